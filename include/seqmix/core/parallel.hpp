@@ -1,0 +1,262 @@
+// Threading: operators take an Executor and split their work with parallel_for.
+//
+//  - serial_executor(): runs everything on the calling thread (the default everywhere).
+//  - ThreadPool: a reusable pool (threads are started once, not per call); the calling thread
+//    takes part in the work, so ThreadPool(2) uses the caller plus one worker.
+//  - CallbackExecutor: adapts a host's own pool through a parallel-for callback.
+// There is no global mutable state: concurrent calls on different data are safe, and a task that
+// calls back into the same pool runs its nested work inline instead of deadlocking.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+
+namespace seqmix {
+
+// A non-owning reference to a callable, cheaper than std::function (no allocation). The callable
+// must outlive the reference; parallel_for guarantees that by blocking until all tasks finish.
+template <class Signature>
+class FunctionRef;
+
+template <class R, class... Args>
+class FunctionRef<R(Args...)> {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, FunctionRef>>>
+  FunctionRef(F&& f) noexcept  // NOLINT: implicit by design
+      : object_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* object, Args... args) -> R {
+          return (*static_cast<std::remove_reference_t<F>*>(object))(std::forward<Args>(args)...);
+        }) {}
+
+  R operator()(Args... args) const { return call_(object_, std::forward<Args>(args)...); }
+
+ private:
+  void* object_;
+  R (*call_)(void*, Args...);
+};
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  // How many tasks can make progress at once (used to size the split of the work).
+  virtual int concurrency() const noexcept = 0;
+  // Calls task(i) once for each i in [0, count) and returns when all calls have finished. Calls
+  // may run concurrently. If tasks throw, the first exception is rethrown here.
+  virtual void run(index_t count, FunctionRef<void(index_t)> task) const = 0;
+};
+
+class SerialExecutor final : public Executor {
+ public:
+  int concurrency() const noexcept override { return 1; }
+  void run(index_t count, FunctionRef<void(index_t)> task) const override {
+    for (index_t i = 0; i < count; ++i) task(i);
+  }
+};
+
+// The default executor of every operator. Stateless, so sharing it is safe.
+inline const Executor& serial_executor() {
+  static const SerialExecutor instance;
+  return instance;
+}
+
+namespace detail {
+
+// Collects the first exception thrown by concurrently running tasks.
+class FirstError {
+ public:
+  void capture() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!error_) error_ = std::current_exception();
+  }
+  bool has_error() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<bool>(error_);
+  }
+  void rethrow_if_any() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
+
+class ThreadPool final : public Executor {
+ public:
+  // `threads` counts the calling thread; 0 means one per hardware thread.
+  explicit ThreadPool(int threads = 0) {
+    if (threads < 0) throw std::invalid_argument("seqmix::ThreadPool: thread count must be >= 0, got " + std::to_string(threads));
+    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    concurrency_ = threads;
+    workers_.reserve(static_cast<std::size_t>(threads - 1));
+    for (int i = 0; i + 1 < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  ~ThreadPool() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& worker : workers_) worker.join();
+  }
+
+  int concurrency() const noexcept override { return concurrency_; }
+
+  void run(index_t count, FunctionRef<void(index_t)> task) const override {
+    if (count <= 0) return;
+    // Nested call from one of this pool's tasks, or nothing to share: run inline.
+    if (workers_.empty() || count == 1 || current_pool() == this) {
+      for (index_t i = 0; i < count; ++i) task(i);
+      return;
+    }
+    // One job at a time; other host threads queue here.
+    std::lock_guard<std::mutex> submit(submit_mutex_);
+    Job job(task, count);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &job;
+      ++generation_;
+    }
+    wake_.notify_all();
+    execute(job);
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      job_ = nullptr;  // late workers no longer join
+      finished_.wait(lock, [this] { return busy_workers_ == 0; });
+    }
+    job.errors.rethrow_if_any();
+  }
+
+ private:
+  struct Job {
+    Job(FunctionRef<void(index_t)> task_, index_t count_) : task(task_), count(count_) {}
+    FunctionRef<void(index_t)> task;
+    index_t count;
+    std::atomic<index_t> next{0};
+    detail::FirstError errors;
+  };
+
+  static const ThreadPool*& current_pool() {
+    thread_local const ThreadPool* pool = nullptr;
+    return pool;
+  }
+
+  void execute(Job& job) const {
+    const ThreadPool* previous = current_pool();
+    current_pool() = this;
+    for (index_t i = job.next.fetch_add(1); i < job.count; i = job.next.fetch_add(1)) {
+      try {
+        job.task(i);
+      } catch (...) {
+        job.errors.capture();
+        job.next.store(job.count);  // skip the remaining tasks
+      }
+    }
+    current_pool() = previous;
+  }
+
+  void worker_loop() const {
+    std::uint64_t seen_generation = 0;
+    for (;;) {
+      Job* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || (job_ != nullptr && generation_ != seen_generation); });
+        if (stopping_) return;
+        seen_generation = generation_;
+        job = job_;
+        ++busy_workers_;
+      }
+      execute(*job);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --busy_workers_;
+      }
+      finished_.notify_all();
+    }
+  }
+
+  int concurrency_ = 1;
+  std::vector<std::thread> workers_;
+  mutable std::mutex submit_mutex_;
+  mutable std::mutex mutex_;
+  mutable std::condition_variable wake_;
+  mutable std::condition_variable finished_;
+  mutable Job* job_ = nullptr;
+  mutable std::uint64_t generation_ = 0;
+  mutable int busy_workers_ = 0;
+  bool stopping_ = false;
+};
+
+// Runs seqmix work on a host's own thread pool. The callback must call task(i) for every i in
+// [0, count) (in any order, on any threads) and return only when all calls have finished.
+class CallbackExecutor final : public Executor {
+ public:
+  using ParallelFor = std::function<void(index_t count, const std::function<void(index_t)>& task)>;
+
+  CallbackExecutor(int concurrency, ParallelFor parallel_for)
+      : concurrency_(concurrency), parallel_for_(std::move(parallel_for)) {
+    if (concurrency < 1) throw std::invalid_argument("seqmix::CallbackExecutor: concurrency must be >= 1, got " + std::to_string(concurrency));
+    if (!parallel_for_) throw std::invalid_argument("seqmix::CallbackExecutor: parallel_for callback is empty");
+  }
+
+  int concurrency() const noexcept override { return concurrency_; }
+
+  void run(index_t count, FunctionRef<void(index_t)> task) const override {
+    if (count <= 0) return;
+    detail::FirstError errors;
+    parallel_for_(count, [&](index_t i) {
+      if (errors.has_error()) return;
+      try {
+        task(i);
+      } catch (...) {
+        errors.capture();
+      }
+    });
+    errors.rethrow_if_any();
+  }
+
+ private:
+  int concurrency_;
+  ParallelFor parallel_for_;
+};
+
+// Splits [0, n) into contiguous blocks of at least `grain` items and calls body(begin, end) for
+// each, spread over the executor. A few blocks per thread balance uneven work without making
+// blocks so small that scheduling dominates.
+template <class Body>
+void parallel_for(const Executor& executor, index_t n, index_t grain, Body&& body) {
+  if (n <= 0) return;
+  grain = std::max<index_t>(grain, 1);
+  const index_t max_blocks = static_cast<index_t>(executor.concurrency()) * 4;
+  const index_t blocks = std::max<index_t>(1, std::min<index_t>((n + grain - 1) / grain, max_blocks));
+  if (blocks == 1) {
+    body(index_t{0}, n);
+    return;
+  }
+  executor.run(blocks, [&](index_t block) {
+    const index_t begin = n * block / blocks;
+    const index_t end = n * (block + 1) / blocks;
+    if (begin < end) body(begin, end);
+  });
+}
+
+}  // namespace seqmix

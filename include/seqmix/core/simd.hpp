@@ -1,0 +1,100 @@
+// The one place where seqmix touches xsimd's API directly.
+//
+// Operators use seqmix::simd::Batch<float> and the helpers below. The batch width is chosen at
+// compile time from the compiler's target flags (SSE2 by default, AVX-512 with -march=native);
+// every kernel handles the ragged tail with scalar code. Differences between xsimd releases
+// (Debian ships 8.1) are absorbed here and nowhere else.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include <xsimd/xsimd.hpp>
+
+namespace seqmix::simd {
+
+using Arch = xsimd::default_arch;
+
+template <class T>
+using Batch = xsimd::batch<T, Arch>;
+template <class T>
+using BatchBool = xsimd::batch_bool<T, Arch>;
+
+// Number of floats in one register (4 with SSE2, 16 with AVX-512).
+constexpr std::size_t kFloatWidth = Batch<float>::size;
+constexpr std::ptrdiff_t kWidth = static_cast<std::ptrdiff_t>(kFloatWidth);
+
+// Largest multiple of the batch width not above n: the vectorized part of a loop of length n.
+constexpr std::ptrdiff_t vector_end(std::ptrdiff_t n) noexcept { return n - n % kWidth; }
+
+template <class T>
+Batch<T> load(const T* p) noexcept {
+  return Batch<T>::load_unaligned(p);
+}
+template <class T>
+void store(T* p, const Batch<T>& v) noexcept {
+  v.store_unaligned(p);
+}
+template <class T>
+Batch<T> broadcast(T value) noexcept {
+  return Batch<T>(value);
+}
+
+// Horizontal sum: `hadd` in xsimd 8, renamed `reduce_add` in xsimd 9 and later.
+template <class T>
+T reduce_add(const Batch<T>& v) noexcept {
+#if XSIMD_VERSION_MAJOR >= 9
+  return xsimd::reduce_add(v);
+#else
+  return xsimd::hadd(v);
+#endif
+}
+
+template <class T>
+T reduce_max(const Batch<T>& v) noexcept {
+#if XSIMD_VERSION_MAJOR >= 9
+  return xsimd::reduce_max(v);
+#else
+  alignas(64) T lanes[Batch<T>::size];
+  v.store_aligned(lanes);
+  T m = lanes[0];
+  for (std::size_t i = 1; i < Batch<T>::size; ++i) m = lanes[i] > m ? lanes[i] : m;
+  return m;
+#endif
+}
+
+// Reinterprets the bits of a batch as another element type of the same width.
+template <class To, class From>
+Batch<To> bit_cast(const Batch<From>& v) noexcept {
+  return xsimd::bitwise_cast<Batch<To>>(v);
+}
+
+// Elementwise exp; accurate to about 1 ulp (xsimd's implementation, no scalar expf calls).
+inline Batch<float> exp(const Batch<float>& x) noexcept { return xsimd::exp(x); }
+inline Batch<float> fma(const Batch<float>& a, const Batch<float>& b, const Batch<float>& c) noexcept {
+  return xsimd::fma(a, b, c);
+}
+
+// Dot product of two contiguous float arrays of length n.
+inline float dot(const float* a, const float* b, std::ptrdiff_t n) noexcept {
+  Batch<float> acc(0.f);
+  const std::ptrdiff_t nv = vector_end(n);
+  for (std::ptrdiff_t i = 0; i < nv; i += kWidth) acc = fma(load(a + i), load(b + i), acc);
+  float sum = reduce_add(acc);
+  for (std::ptrdiff_t i = nv; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y[i] += alpha * x[i] over n contiguous floats.
+inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) noexcept {
+  const Batch<float> a(alpha);
+  const std::ptrdiff_t nv = vector_end(n);
+  for (std::ptrdiff_t i = 0; i < nv; i += kWidth) store(y + i, fma(a, load(x + i), load(y + i)));
+  for (std::ptrdiff_t i = nv; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// Name of the instruction set the batches compile to, for benchmark and example output.
+inline const char* arch_name() noexcept { return Arch::name(); }
+
+}  // namespace seqmix::simd

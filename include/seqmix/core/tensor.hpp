@@ -1,0 +1,285 @@
+// Non-owning strided tensor view, and a small aligned owning tensor for tests and examples.
+//
+// Element [i0, i1, ..., iR-1] of a view lives at data()[i0*stride(0) + ... + iR-1*stride(R-1)];
+// strides count elements, not bytes, and may be any value (including 0 for broadcasting).
+// Operators take views and never own caller memory.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+
+namespace seqmix {
+
+namespace detail {
+
+template <std::size_t Rank>
+std::array<index_t, Rank> contiguous_strides(const std::array<index_t, Rank>& shape) {
+  std::array<index_t, Rank> strides{};
+  index_t stride = 1;
+  for (std::size_t d = Rank; d-- > 0;) {
+    strides[d] = stride;
+    stride *= shape[d];
+  }
+  return strides;
+}
+
+// Bounds checks compiled into debug builds only: element access sits in inner loops.
+inline void debug_check_index(index_t i, index_t extent, std::size_t dim) {
+#ifndef NDEBUG
+  if (i < 0 || i >= extent) {
+    std::ostringstream msg;
+    msg << "seqmix::TensorView: index " << i << " out of range [0, " << extent << ") in dimension "
+        << dim;
+    throw std::out_of_range(msg.str());
+  }
+#else
+  (void)i, (void)extent, (void)dim;
+#endif
+}
+
+}  // namespace detail
+
+template <class T, std::size_t Rank>
+class TensorView {
+  static_assert(Rank >= 1, "TensorView needs at least one dimension");
+
+ public:
+  using value_type = std::remove_const_t<T>;
+  using element_type = T;
+  using shape_type = std::array<index_t, Rank>;
+  static constexpr std::size_t rank = Rank;
+
+  // An empty view: data() == nullptr, all extents 0. Used for "optional argument not given".
+  TensorView() = default;
+
+  // Contiguous row-major view (last dimension fastest).
+  TensorView(T* data, const shape_type& shape)
+      : data_(data), shape_(shape), strides_(detail::contiguous_strides(shape)) {}
+
+  TensorView(T* data, const shape_type& shape, const shape_type& strides)
+      : data_(data), shape_(shape), strides_(strides) {}
+
+  // A mutable view converts to a read-only one.
+  template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
+  TensorView(const TensorView<U, Rank>& other)  // NOLINT: implicit by design
+      : data_(other.data()), shape_(other.shape()), strides_(other.strides()) {}
+
+  T* data() const noexcept { return data_; }
+  const shape_type& shape() const noexcept { return shape_; }
+  const shape_type& strides() const noexcept { return strides_; }
+  index_t size(std::size_t dim) const noexcept { return shape_[dim]; }
+  index_t stride(std::size_t dim) const noexcept { return strides_[dim]; }
+  bool has_value() const noexcept { return data_ != nullptr; }
+
+  index_t numel() const noexcept {
+    index_t n = 1;
+    for (index_t extent : shape_) n *= extent;
+    return n;
+  }
+  bool empty() const noexcept { return numel() == 0; }
+
+  // True when the elements are densely packed in row-major order.
+  bool is_contiguous() const noexcept {
+    index_t expected = 1;
+    for (std::size_t d = Rank; d-- > 0;) {
+      if (shape_[d] != 1 && strides_[d] != expected) return false;
+      expected *= shape_[d];
+    }
+    return true;
+  }
+  // True when the last dimension has unit stride (what SIMD fast paths need).
+  bool is_last_dim_contiguous() const noexcept { return shape_[Rank - 1] <= 1 || strides_[Rank - 1] == 1; }
+
+  template <class... Indices>
+  T& operator()(Indices... indices) const {
+    static_assert(sizeof...(Indices) == Rank, "wrong number of indices");
+    const std::array<index_t, Rank> idx{static_cast<index_t>(indices)...};
+    index_t offset = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+      detail::debug_check_index(idx[d], shape_[d], d);
+      offset += idx[d] * strides_[d];
+    }
+    return data_[offset];
+  }
+
+  // Pointer to the element at the given leading indices (remaining indices zero).
+  template <class... Indices>
+  T* ptr(Indices... indices) const {
+    static_assert(sizeof...(Indices) <= Rank, "too many indices");
+    const std::array<index_t, sizeof...(Indices)> idx{static_cast<index_t>(indices)...};
+    index_t offset = 0;
+    for (std::size_t d = 0; d < sizeof...(Indices); ++d) {
+      detail::debug_check_index(idx[d], shape_[d], d);
+      offset += idx[d] * strides_[d];
+    }
+    return data_ + offset;
+  }
+
+  // Fixes dimension `dim` at index `i`: a view of one rank less.
+  template <std::size_t R = Rank, class = std::enable_if_t<(R > 1)>>
+  TensorView<T, Rank - 1> select(std::size_t dim, index_t i) const {
+    check_dim(dim);
+    detail::debug_check_index(i, shape_[dim], dim);
+    std::array<index_t, Rank - 1> shape{}, strides{};
+    for (std::size_t d = 0, o = 0; d < Rank; ++d) {
+      if (d == dim) continue;
+      shape[o] = shape_[d];
+      strides[o] = strides_[d];
+      ++o;
+    }
+    return TensorView<T, Rank - 1>(data_ + i * strides_[dim], shape, strides);
+  }
+
+  // Shorthand for select(0, i).
+  template <std::size_t R = Rank, class = std::enable_if_t<(R > 1)>>
+  TensorView<T, Rank - 1> operator[](index_t i) const {
+    return select(0, i);
+  }
+
+  // Sub-view [start, start + length) along dimension `dim`; same rank.
+  TensorView slice(std::size_t dim, index_t start, index_t length) const {
+    check_dim(dim);
+    if (start < 0 || length < 0 || start + length > shape_[dim]) {
+      std::ostringstream msg;
+      msg << "seqmix::TensorView::slice: range [" << start << ", " << start + length
+          << ") does not fit dimension " << dim << " of extent " << shape_[dim];
+      throw std::out_of_range(msg.str());
+    }
+    shape_type shape = shape_;
+    shape[dim] = length;
+    return TensorView(length > 0 ? data_ + start * strides_[dim] : data_, shape, strides_);
+  }
+
+  // The same elements under another shape; only for contiguous views.
+  template <std::size_t NewRank>
+  TensorView<T, NewRank> reshape(const std::array<index_t, NewRank>& shape) const {
+    index_t n = 1;
+    for (index_t extent : shape) n *= extent;
+    if (!is_contiguous() || n != numel()) {
+      throw std::invalid_argument("seqmix::TensorView::reshape: cannot view " +
+                                  shape_to_string(shape_) + (is_contiguous() ? "" : " (strided)") +
+                                  " as " + shape_to_string(shape));
+    }
+    return TensorView<T, NewRank>(data_, shape);
+  }
+
+  TensorView<const T, Rank> as_const() const { return TensorView<const T, Rank>(data_, shape_, strides_); }
+
+ private:
+  static void check_dim(std::size_t dim) {
+    if (dim >= Rank)
+      throw std::out_of_range("seqmix::TensorView: dimension " + std::to_string(dim) +
+                              " out of range for rank " + std::to_string(Rank));
+  }
+
+  T* data_ = nullptr;
+  shape_type shape_{};
+  shape_type strides_{};
+};
+
+template <class T, std::size_t Rank>
+using ConstView = TensorView<const T, Rank>;
+
+// Copies a view elementwise into another of the same shape (any strides).
+template <class Src, class Dst, std::size_t Rank>
+void copy(const TensorView<Src, Rank>& src, const TensorView<Dst, Rank>& dst) {
+  if (src.shape() != dst.shape())
+    throw std::invalid_argument("seqmix::copy: source shape " + shape_to_string(src.shape()) +
+                                " differs from destination shape " + shape_to_string(dst.shape()));
+  if constexpr (Rank == 1) {
+    for (index_t i = 0; i < src.size(0); ++i) dst(i) = static_cast<std::remove_const_t<Dst>>(src(i));
+  } else {
+    for (index_t i = 0; i < src.size(0); ++i) copy(src[i], dst[i]);
+  }
+}
+
+// Allocator returning 64-byte aligned memory: one cache line, one AVX-512 register.
+template <class T>
+struct AlignedAllocator {
+  using value_type = T;
+  static constexpr std::size_t alignment = 64;
+  AlignedAllocator() = default;
+  template <class U>
+  AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    if (n == 0) return nullptr;
+    const std::size_t bytes = (n * sizeof(T) + alignment - 1) / alignment * alignment;
+    void* p = std::aligned_alloc(alignment, bytes);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t) noexcept { std::free(p); }
+  template <class U>
+  bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
+};
+
+template <class T>
+using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
+// A contiguous, 64-byte aligned, zero-initialised owning tensor. For tests, examples and
+// benchmarks; the operators themselves only ever see views.
+template <class T, std::size_t Rank>
+class Tensor {
+ public:
+  using shape_type = std::array<index_t, Rank>;
+  static constexpr std::size_t rank = Rank;
+
+  Tensor() = default;
+  explicit Tensor(const shape_type& shape) : shape_(shape), storage_(count(shape)) {}
+
+  T* data() noexcept { return storage_.data(); }
+  const T* data() const noexcept { return storage_.data(); }
+  const shape_type& shape() const noexcept { return shape_; }
+  index_t size(std::size_t dim) const noexcept { return shape_[dim]; }
+  index_t numel() const noexcept { return static_cast<index_t>(storage_.size()); }
+
+  TensorView<T, Rank> view() noexcept { return TensorView<T, Rank>(data(), shape_); }
+  TensorView<const T, Rank> view() const noexcept { return TensorView<const T, Rank>(data(), shape_); }
+  TensorView<const T, Rank> cview() const noexcept { return view(); }
+  operator TensorView<T, Rank>() noexcept { return view(); }  // NOLINT: implicit by design
+  operator TensorView<const T, Rank>() const noexcept { return view(); }  // NOLINT
+
+  template <class... Indices>
+  T& operator()(Indices... indices) {
+    return view()(indices...);
+  }
+  template <class... Indices>
+  const T& operator()(Indices... indices) const {
+    return view()(indices...);
+  }
+
+  T* begin() noexcept { return data(); }
+  T* end() noexcept { return data() + numel(); }
+  const T* begin() const noexcept { return data(); }
+  const T* end() const noexcept { return data() + numel(); }
+
+  void fill(const T& value) { std::fill(storage_.begin(), storage_.end(), value); }
+
+ private:
+  static std::size_t count(const shape_type& shape) {
+    index_t n = 1;
+    for (index_t extent : shape) {
+      if (extent < 0) throw std::invalid_argument("seqmix::Tensor: negative extent in " + shape_to_string(shape));
+      n *= extent;
+    }
+    return static_cast<std::size_t>(n);
+  }
+
+  shape_type shape_{};
+  AlignedVector<T> storage_;
+};
+
+}  // namespace seqmix

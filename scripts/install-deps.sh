@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install seqmix's build dependencies from Debian's apt repositories.
+#
+# Idempotent: when every package is already installed it changes nothing and needs no network.
+# Runs apt-get as root, through sudo when not root. On a system without dpkg (not Debian or
+# Ubuntu) it only prints what to install and leaves the rest to CMake's error messages.
+set -euo pipefail
+
+packages=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenchmark-dev)
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "install-deps: no dpkg on this system; install the equivalents of: ${packages[*]}" >&2
+  exit 0
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+  # db:Status-Status is "installed" only for a fully installed package (not for one removed
+  # with its configuration files left behind, which `dpkg -s` still reports with status 0).
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+  if [[ "$status" != "installed" ]]; then
+    missing+=("$package")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all dependencies present (${packages[*]})"
+  exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+  as_root=(env DEBIAN_FRONTEND=noninteractive)
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
+else
+  echo "install-deps: missing ${missing[*]}; run this script as root or install sudo" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+# apt-get update can fail on a transient mirror error; try a few times before giving up.
+for attempt in 1 2 3; do
+  if "${as_root[@]}" apt-get update -q; then
+    break
+  fi
+  if [[ $attempt -eq 3 ]]; then
+    echo "install-deps: apt-get update failed three times" >&2
+    exit 1
+  fi
+  sleep 5
+done
+"${as_root[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
+echo "install-deps: done"

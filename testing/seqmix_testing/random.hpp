@@ -1,0 +1,48 @@
+// Deterministic test data for tests, examples and benchmarks. Every generator takes an explicit
+// seed so that a failing case can be reproduced from the seed printed in its message.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix::testing {
+
+// Fills a view (any strides) from a distribution drawn by `draw(engine)`.
+template <class T, std::size_t Rank, class Draw>
+void fill_with(const TensorView<T, Rank>& view, std::uint64_t seed, Draw draw) {
+  std::mt19937_64 engine(seed);
+  if constexpr (Rank == 1) {
+    for (index_t i = 0; i < view.size(0); ++i) view(i) = static_cast<T>(draw(engine));
+  } else {
+    for (index_t i = 0; i < view.size(0); ++i) fill_with(view[i], seed * 1000003u + static_cast<std::uint64_t>(i) + 1u, draw);
+  }
+}
+
+template <class T, std::size_t Rank>
+void fill_uniform(const TensorView<T, Rank>& view, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  fill_with(view, seed, [lo, hi](std::mt19937_64& e) { return std::uniform_real_distribution<float>(lo, hi)(e); });
+}
+
+template <class T, std::size_t Rank>
+void fill_normal(const TensorView<T, Rank>& view, std::uint64_t seed, float mean = 0.f, float stddev = 1.f) {
+  fill_with(view, seed, [mean, stddev](std::mt19937_64& e) { return std::normal_distribution<float>(mean, stddev)(e); });
+}
+
+// Log-space gates g <= 0 with exp(g) spread over [exp(lo), exp(hi)]; lo = -20 is a very strong decay.
+template <class T, std::size_t Rank>
+void fill_log_gate(const TensorView<T, Rank>& view, std::uint64_t seed, float lo = -1.f, float hi = 0.f) {
+  fill_uniform(view, seed, lo, hi);
+}
+
+// Owning tensor with uniform random content in [lo, hi).
+template <std::size_t Rank>
+Tensor<float, Rank> random_tensor(const std::array<index_t, Rank>& shape, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  Tensor<float, Rank> t(shape);
+  fill_uniform(t.view(), seed, lo, hi);
+  return t;
+}
+
+}  // namespace seqmix::testing

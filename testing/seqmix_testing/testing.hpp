@@ -1,0 +1,20 @@
+// Umbrella for the shared test and benchmark helpers.
+#pragma once
+
+#include "seqmix_testing/compare.hpp"
+#include "seqmix_testing/model_shapes.hpp"
+#include "seqmix_testing/random.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace seqmix::testing {
+
+// CI's sanitizer build sets SEQMIX_TEST_SCALE=small: the largest sweeps shrink there so the
+// instrumented suite stays fast. Tests use it to drop only their biggest shapes.
+inline bool small_test_scale() {
+  const char* scale = std::getenv("SEQMIX_TEST_SCALE");
+  return scale != nullptr && std::strcmp(scale, "small") == 0;
+}
+
+}  // namespace seqmix::testing
