@@ -1,0 +1,156 @@
+// selective_scan: Mamba-1's selective state-space scan (SPEC section 3; the semantics of
+// mamba_ssm's selective_scan_ref, but token-major).
+//
+// This header holds the readable definition (seqmix::reference::selective_scan), the argument
+// structs shared by all three forms, and their validation. The fast prefill is in fast.hpp, the
+// single-token decode step in step.hpp.
+//
+//   dt[b,t,d]   = delta[b,t,d] + delta_bias[d], then softplus(dt) if options.delta_softplus
+//   h[d][n]     = exp(dt * A[d][n]) * h[d][n] + dt * Bm[b,t,g,n] * u[b,t,d]   (g = d / (D/G))
+//   y[b,t,d]    = sum_n Cm[b,t,g,n] * h[d][n] + Dskip[d] * u[b,t,d], then * silu(z[b,t,d])
+//   final_state = h after the last token ([B,D,N]); h starts from initial_state (zero if absent)
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+struct SelectiveScanOptions {
+  // Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to delta + delta_bias, as mamba_ssm's
+  // delta_softplus flag does. Off by default, as there.
+  bool delta_softplus = false;
+};
+
+// Prefill arguments. Optional views are empty (default-constructed) when not given.
+struct SelectiveScanInputs {
+  ConstView<float, 3> u;              // [B,T,D]
+  ConstView<float, 3> delta;          // [B,T,D]
+  ConstView<float, 2> A;              // [D,N], normally negative
+  ConstView<float, 4> Bm;             // [B,T,G,N], G divides D; channel d uses group d / (D/G)
+  ConstView<float, 4> Cm;             // [B,T,G,N]
+  ConstView<float, 1> Dskip;          // [D], optional skip connection
+  ConstView<float, 3> z;              // [B,T,D], optional gate: y *= silu(z)
+  ConstView<float, 1> delta_bias;     // [D], optional
+  ConstView<float, 3> initial_state;  // [B,D,N], optional
+};
+
+// y must not overlap any input. final_state may be the very same view as initial_state (the
+// state is then carried in place).
+struct SelectiveScanOutputs {
+  TensorView<float, 3> y;            // [B,T,D]
+  TensorView<float, 3> final_state;  // [B,D,N], optional
+};
+
+// Decode-step arguments: one token per batch row.
+struct SelectiveScanStepInputs {
+  ConstView<float, 2> u;           // [B,D]
+  ConstView<float, 2> delta;       // [B,D]
+  ConstView<float, 2> A;           // [D,N]
+  ConstView<float, 3> Bm;          // [B,G,N]
+  ConstView<float, 3> Cm;          // [B,G,N]
+  ConstView<float, 1> Dskip;       // [D], optional
+  ConstView<float, 2> z;           // [B,D], optional
+  ConstView<float, 1> delta_bias;  // [D], optional
+};
+
+struct SelectiveScanStepOutputs {
+  TensorView<float, 2> y;      // [B,D]
+  TensorView<float, 3> state;  // [B,D,N], read and then updated in place (required)
+};
+
+namespace detail {
+
+struct ScanDims {
+  index_t B, T, D, N, G;
+};
+
+// softplus as mamba_ssm computes it: the identity above 20, where log1p(exp(x)) == x in fp32.
+inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
+
+inline float scan_silu(float v) { return v / (1.f + std::exp(-v)); }
+
+inline ScanDims validate_selective_scan(const char* op, const SelectiveScanInputs& in,
+                                        const SelectiveScanOutputs& out) {
+  const ArgCheck check(op);
+  const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2);
+  const index_t N = in.A.size(1), G = in.Bm.size(2);
+  check.shape("u", in.u, std::array<index_t, 3>{-1, -1, -1}, "B,T,D");
+  check.shape("delta", in.delta, std::array<index_t, 3>{B, T, D}, "B,T,D");
+  check.shape("A", in.A, std::array<index_t, 2>{D, -1}, "D,N");
+  check.shape("Bm", in.Bm, std::array<index_t, 4>{B, T, -1, N}, "B,T,G,N");
+  if (D > 0) check.divides(G, D, "Bm", "groups (dimension 2)");
+  check.shape("Cm", in.Cm, std::array<index_t, 4>{B, T, G, N}, "B,T,G,N");
+  check.optional_shape("Dskip", in.Dskip, std::array<index_t, 1>{D}, "D");
+  check.optional_shape("z", in.z, std::array<index_t, 3>{B, T, D}, "B,T,D");
+  check.optional_shape("delta_bias", in.delta_bias, std::array<index_t, 1>{D}, "D");
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{B, D, N}, "B,D,N");
+  check.shape("y", out.y, std::array<index_t, 3>{B, T, D}, "B,T,D");
+  // A NaN or infinite A poisons every later token; reading [D,N] once is cheap next to the scan.
+  for (index_t d = 0; d < D; ++d)
+    for (index_t n = 0; n < N; ++n) check.finite(in.A(d, n), "A");
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{B, D, N}, "B,D,N");
+  return {B, T, D, N, G};
+}
+
+inline ScanDims validate_selective_scan_step(const char* op, const SelectiveScanStepInputs& in,
+                                             const SelectiveScanStepOutputs& out) {
+  const ArgCheck check(op);
+  const index_t B = in.u.size(0), D = in.u.size(1);
+  const index_t N = in.A.size(1), G = in.Bm.size(1);
+  check.shape("u", in.u, std::array<index_t, 2>{-1, -1}, "B,D");
+  check.shape("delta", in.delta, std::array<index_t, 2>{B, D}, "B,D");
+  check.shape("A", in.A, std::array<index_t, 2>{D, -1}, "D,N");
+  check.shape("Bm", in.Bm, std::array<index_t, 3>{B, -1, N}, "B,G,N");
+  if (D > 0) check.divides(G, D, "Bm", "groups (dimension 1)");
+  check.shape("Cm", in.Cm, std::array<index_t, 3>{B, G, N}, "B,G,N");
+  check.optional_shape("Dskip", in.Dskip, std::array<index_t, 1>{D}, "D");
+  check.optional_shape("z", in.z, std::array<index_t, 2>{B, D}, "B,D");
+  check.optional_shape("delta_bias", in.delta_bias, std::array<index_t, 1>{D}, "D");
+  check.shape("state", out.state, std::array<index_t, 3>{B, D, N}, "B,D,N");
+  check.shape("y", out.y, std::array<index_t, 2>{B, D}, "B,D");
+  return {B, 1, D, N, G};
+}
+
+}  // namespace detail
+
+namespace reference {
+
+// The definition, token by token. Single-threaded; `executor` is accepted for a uniform
+// signature. The state of one (batch, channel) lives in a local buffer, so final_state may alias
+// initial_state.
+inline void selective_scan(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
+                           const SelectiveScanOptions& options = {},
+                           const Executor& executor = serial_executor()) {
+  (void)executor;
+  const auto [B, T, D, N, G] = detail::validate_selective_scan("reference::selective_scan", in, out);
+  const index_t channels_per_group = D / G;
+  std::vector<float> h(static_cast<std::size_t>(N));
+  for (index_t b = 0; b < B; ++b)
+    for (index_t d = 0; d < D; ++d) {
+      const index_t g = d / channels_per_group;
+      for (index_t n = 0; n < N; ++n) h[n] = in.initial_state.has_value() ? in.initial_state(b, d, n) : 0.f;
+      for (index_t t = 0; t < T; ++t) {
+        float dt = in.delta(b, t, d) + (in.delta_bias.has_value() ? in.delta_bias(d) : 0.f);
+        if (options.delta_softplus) dt = detail::softplus(dt);
+        const float u = in.u(b, t, d);
+        float y = 0.f;
+        for (index_t n = 0; n < N; ++n) {
+          h[n] = std::exp(dt * in.A(d, n)) * h[n] + dt * in.Bm(b, t, g, n) * u;
+          y += in.Cm(b, t, g, n) * h[n];
+        }
+        if (in.Dskip.has_value()) y += in.Dskip(d) * u;
+        if (in.z.has_value()) y *= detail::scan_silu(in.z(b, t, d));
+        out.y(b, t, d) = y;
+      }
+      if (out.final_state.has_value())
+        for (index_t n = 0; n < N; ++n) out.final_state(b, d, n) = h[n];
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix
