@@ -1,0 +1,428 @@
+// attention, split-KV decode: few queries (Tq = 1 in generation), long key sequence.
+//
+// Decode is bound by reading K and V once. The work of one (batch, KV head) is the
+// [Tq * group] rows of every query head that shares the KV head, so each K/V row is read once
+// for all of them; the visible key tiles are split into contiguous pieces spread over the
+// executor (so one query uses every core), each piece keeps an unnormalized online-softmax state
+// (m, l, acc), and the pieces are combined with the attention_merge monoid (merge.hpp).
+//
+// This header also holds the tile machinery the prefill (flash.hpp) shares: K/V tile loads with
+// on-the-fly conversion to fp32, the logit rule (softcap, ALiBi, mask, visibility) applied to a
+// tile of logits, and the register-blocked GEMM kernel used for P*V.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "seqmix/attention/dense/merge.hpp"
+#include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+namespace detail {
+
+using FBatch = simd::Batch<float>;
+
+inline index_t round_up(index_t n, index_t multiple) noexcept { return (n + multiple - 1) / multiple * multiple; }
+
+// ---- K/V element conversion -------------------------------------------------------------------
+
+// dst[c] = float(src[c * stride]) for c < n. The one place K/V storage types are read, so a new
+// storage type only needs a branch here.
+template <class KV>
+inline void kv_row_to_float(const KV* src, index_t stride, index_t n, float* dst) noexcept {
+  if constexpr (std::is_same_v<KV, float>) {
+    if (stride == 1) {
+      std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
+      return;
+    }
+  }
+  for (index_t c = 0; c < n; ++c) dst[c] = static_cast<float>(src[c * stride]);
+}
+
+// Rows [j0, j0 + n) of x[b, :, h, :] into dst [rows x ld] fp32, zero beyond n rows / D columns:
+// the zero padding lets the kernels run whole vectors and whole tiles without tail cases.
+template <class KV>
+void load_kv_tile(const ConstView<KV, 4>& x, index_t b, index_t h, index_t j0, index_t n, index_t rows, float* dst,
+                  index_t ld) {
+  const index_t D = x.size(3);
+  for (index_t r = 0; r < n; ++r) {
+    kv_row_to_float(x.ptr(b, j0 + r, h), x.stride(3), D, dst + r * ld);
+    std::fill(dst + r * ld + D, dst + (r + 1) * ld, 0.f);
+  }
+  std::fill(dst + n * ld, dst + rows * ld, 0.f);
+}
+
+// Same rows, transposed: dst[c * ld + r] = x[b, j0 + r, h, c], so that the q.k tile becomes a
+// broadcast-FMA GEMM with keys along the vector lanes. `row` is a D-float scratch row.
+template <class KV>
+void load_kv_tile_transposed(const ConstView<KV, 4>& x, index_t b, index_t h, index_t j0, index_t n, index_t cols,
+                             float* dst, index_t ld, float* row) {
+  const index_t D = x.size(3);
+  for (index_t r = 0; r < n; ++r) {
+    kv_row_to_float(x.ptr(b, j0 + r, h), x.stride(3), D, row);
+    for (index_t c = 0; c < D; ++c) dst[c * ld + r] = row[c];
+  }
+  if (n < cols)
+    for (index_t c = 0; c < D; ++c) std::fill(dst + c * ld + n, dst + c * ld + cols, 0.f);
+}
+
+// ---- GEMM kernel -------------------------------------------------------------------------------
+
+// C[MR x NV*W] = row_scale * C + A[MR x K] * B[K x NV*W], accumulators in registers.
+// A is read by broadcast (any lda), B and C by whole vectors.
+template <int MR, int NV>
+inline void gemm_block(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t K,
+                       const float* row_scale) noexcept {
+  FBatch acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = row_scale ? simd::load(C + r * ldc + v * simd::kWidth) * FBatch(row_scale[r]) : FBatch(0.f);
+  for (index_t k = 0; k < K; ++k) {
+    FBatch bk[NV];
+    for (int v = 0; v < NV; ++v) bk[v] = simd::load(B + k * ldb + v * simd::kWidth);
+    for (int r = 0; r < MR; ++r) {
+      const FBatch a(A[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(a, bk[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(C + r * ldc + v * simd::kWidth, acc[r][v]);
+}
+
+// 6 rows x 2 vectors: 12 accumulators + 2 B vectors + 1 broadcast fit the 16 registers of
+// SSE2/AVX2 and leave room on AVX-512; with two FMA ports the loop is FMA-bound.
+constexpr int kGemmRows = 6;
+
+template <int NV>
+inline void gemm_column_block(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc,
+                              index_t M, index_t K, const float* row_scale) noexcept {
+  index_t r = 0;
+  for (; r + kGemmRows <= M; r += kGemmRows)
+    gemm_block<kGemmRows, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr);
+  const float* scale = row_scale ? row_scale + r : nullptr;
+  A += r * lda, C += r * ldc;
+  switch (M - r) {  // the ragged rows in one pass over B, not one pass per row
+    case 5: gemm_block<5, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 4: gemm_block<4, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 3: gemm_block<3, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 2: gemm_block<2, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 1: gemm_block<1, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    default: break;
+  }
+}
+
+// C[M x N] = diag(row_scale) C + A[M x K] B[K x N] (C = A B when row_scale is null).
+// N must be a multiple of the vector width (callers pad with zeros).
+inline void gemm(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t M, index_t N,
+                 index_t K, const float* row_scale) noexcept {
+  const index_t W = simd::kWidth;
+  index_t c = 0;
+  // A few rows (decode): 4-vector column blocks halve the broadcasts of A per FMA.
+  if (M <= 4)
+    for (; c + 4 * W <= N; c += 4 * W) gemm_column_block<4>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
+  // Column blocks outer: one B panel (K x 2W) stays in L1 while every row block streams past.
+  for (; c + 2 * W <= N; c += 2 * W) gemm_column_block<2>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
+  for (; c < N; c += W) gemm_column_block<1>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
+}
+
+// ---- logits --------------------------------------------------------------------------------
+
+// The keys visible to one query: [0, sink_end) and [lo, hi).
+struct VisibleKeys {
+  index_t sink_end, lo, hi;
+};
+
+inline VisibleKeys visible_keys(const AttentionOptions& options, index_t pos, index_t Tk) noexcept {
+  const index_t hi = options.causal ? std::clamp<index_t>(pos + 1, 0, Tk) : Tk;
+  const index_t lo = options.window > 0 ? std::clamp<index_t>(pos - options.window + 1, 0, hi) : 0;
+  const index_t sink_end = options.window > 0 ? std::min(options.sink_tokens, lo) : 0;
+  return {sink_end, lo, hi};
+}
+
+// Finishes one row of a logit tile: s holds scale * q.k for keys [j0, j0 + n), padded to
+// `cols`; applies softcap, ALiBi and the mask, and sets invisible and padding keys to -inf.
+template <class KV>
+struct LogitRule {
+  const AttentionInputs<KV>& in;
+  const AttentionOptions& options;
+  index_t Tk;
+
+  void apply(float* s, index_t j0, index_t n, index_t cols, index_t b, index_t i, index_t h, index_t pos) const {
+    if (options.softcap > 0.f) softcap(s, n);
+    if (in.alibi_slopes.has_value()) {
+      const float slope = in.alibi_slopes(h);
+      for (index_t c = 0; c < n; ++c) s[c] -= slope * static_cast<float>(std::abs(pos - (j0 + c)));
+    }
+    if (in.mask.has_value()) {
+      const float* mask = in.mask.ptr(in.mask.size(0) == 1 ? 0 : b, i, j0);
+      const index_t stride = in.mask.stride(2);
+      for (index_t c = 0; c < n; ++c) s[c] += mask[c * stride];
+    }
+    const VisibleKeys vis = visible_keys(options, pos, Tk);
+    // Tile-relative bounds of [0, sink_end) and [lo, hi); everything else becomes -inf.
+    const auto rel = [&](index_t j) { return std::clamp<index_t>(j - j0, 0, n); };
+    const index_t sink_end = rel(vis.sink_end), lo = std::max(rel(vis.lo), sink_end), hi = std::max(rel(vis.hi), lo);
+    std::fill(s + sink_end, s + lo, kMinusInf);
+    std::fill(s + hi, s + cols, kMinusInf);
+  }
+
+  void softcap(float* s, index_t n) const {
+    const float cap = options.softcap, inv = 1.f / options.softcap;
+    const FBatch vcap(cap), vinv(inv);
+    const index_t nv = simd::vector_end(n);
+    // tanh(x) = 1 - 2 / (exp(2x) + 1): saturates cleanly to +-1 (exp gives inf or 0) and is
+    // within 1e-7 absolute of tanh, plenty for a logit. (xsimd's tanh trips GCC 12's
+    // -Wmaybe-uninitialized inside its AVX-512 intrinsics.)
+    const FBatch one(1.f), two(2.f);
+    for (index_t c = 0; c < nv; c += simd::kWidth) {
+      const FBatch e = simd::exp(simd::load(s + c) * (two * vinv));
+      simd::store(s + c, vcap * (one - two / (e + one)));
+    }
+    for (index_t c = nv; c < n; ++c) s[c] = cap * std::tanh(s[c] * inv);
+  }
+};
+
+// Key tiles of width `tile` that hold a key visible to any of the given positions.
+inline std::vector<index_t> visible_tiles(const AttentionOptions& options, const index_t* positions, index_t count,
+                                          index_t Tk, index_t tile) {
+  index_t sink_end = 0, lo = Tk, hi = 0;
+  for (index_t r = 0; r < count; ++r) {
+    const VisibleKeys v = visible_keys(options, positions[r], Tk);
+    sink_end = std::max(sink_end, v.sink_end);
+    if (v.lo < v.hi) lo = std::min(lo, v.lo), hi = std::max(hi, v.hi);
+  }
+  std::vector<index_t> tiles;
+  for (index_t j0 = 0; j0 < Tk; j0 += tile)
+    if (j0 < sink_end || (j0 < hi && j0 + tile > lo)) tiles.push_back(j0);
+  return tiles;
+}
+
+// q rows of one (batch, KV head) group, scaled, as [rows x ld] with row r = query (i0 + r / G),
+// head (hk * G + r % G): the query heads sharing a KV head form one GEMM M dimension.
+inline void load_query_rows(const ConstView<float, 4>& q, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
+                            float scale, float* dst, index_t ld) {
+  const index_t D = q.size(3);
+  for (index_t r = 0; r < nq * G; ++r) {
+    const float* src = q.ptr(b, i0 + r / G, hk * G + r % G);
+    for (index_t c = 0; c < D; ++c) dst[r * ld + c] = scale * src[c * q.stride(3)];
+    std::fill(dst + r * ld + D, dst + (r + 1) * ld, 0.f);
+  }
+}
+
+// ---- decode kernel ------------------------------------------------------------------------
+
+// Scores of the decode kernel in dot form (no transpose of K, which would cost more than the
+// dot products in this memory-bound path): a block of 4 rows x kScoreKeys keys keeps W
+// accumulators, each K and Q vector load feeds several FMAs, and one reduce_add_rows reduces all W dot
+// products at once instead of W separate horizontal sums.
+constexpr index_t kScoreRows = 4;
+constexpr index_t kScoreKeys = simd::kWidth >= 4 ? simd::kWidth / kScoreRows : 1;
+static_assert(kScoreRows * kScoreKeys == simd::kWidth, "the score block must fill one reduce_add_rows");
+
+// S[r][c0 + c] = Q_r . K_{c0 + c} for r < 4, c < kScoreKeys. D is a multiple of the width.
+inline void score_block(const float* Q, index_t ldq, const float* K, index_t ldk, index_t D, float* S,
+                        index_t lds) noexcept {
+  FBatch acc[simd::kWidth];
+  for (auto& a : acc) a = FBatch(0.f);
+  for (index_t d = 0; d < D; d += simd::kWidth) {
+    FBatch k[kScoreKeys];
+    for (index_t c = 0; c < kScoreKeys; ++c) k[c] = simd::load(K + c * ldk + d);
+    for (index_t r = 0; r < kScoreRows; ++r) {
+      const FBatch q = simd::load(Q + r * ldq + d);
+      for (index_t c = 0; c < kScoreKeys; ++c) acc[r * kScoreKeys + c] = simd::fma(q, k[c], acc[r * kScoreKeys + c]);
+    }
+  }
+  alignas(64) float sums[simd::kWidth];
+  simd::reduce_add_rows(acc).store_aligned(sums);
+  for (index_t r = 0; r < kScoreRows; ++r)
+    for (index_t c = 0; c < kScoreKeys; ++c) S[r * lds + c] = sums[r * kScoreKeys + c];
+}
+
+// S [M x n] = Q K^T for rows padded to a multiple of 4 and n a multiple of kScoreKeys (the
+// buffers are zero-padded, so the extra rows and keys are harmless).
+inline void scores_dot(const float* Q, index_t ldq, index_t M, const float* K, index_t ldk, index_t n, index_t D,
+                       float* S, index_t lds) noexcept {
+  for (index_t r = 0; r < M; r += kScoreRows)
+    for (index_t c = 0; c < n; c += kScoreKeys) score_block(Q + r * ldq, ldq, K + c * ldk, ldk, D, S + r * lds + c, lds);
+}
+
+// 32 keys: one head's fp32 K and V tiles (2 x 32 x 128 x 4 B = 32 KB at D = 128) stay in L1
+// between their conversion and their use.
+constexpr index_t kDecodeTile = 32;
+// A split below 8 tiles (256 keys) costs more in merging and scheduling than it saves.
+constexpr index_t kMinTilesPerSplit = 8;
+
+// Asks for rows [j0 + r0, j0 + r1) of x[b] (all heads) to be brought into L2 ahead of use.
+// Decode is bound by reading K/V; with the prefetch for tile t + 1 spread over the compute of
+// tile t, the memory system has many lines in flight instead of stalling on each tile's copy.
+template <class KV>
+void prefetch_kv_rows(const ConstView<KV, 4>& x, index_t b, index_t j0, index_t r0, index_t r1) {
+  const index_t H = x.size(2), D = x.size(3);
+  if (x.stride(3) != 1 || x.stride(2) != D) return;  // heads not packed: leave it to the hardware
+  constexpr index_t kLine = 64;
+  const index_t bytes = H * D * static_cast<index_t>(sizeof(KV));
+  for (index_t r = r0; r < r1; ++r) {
+    const char* row = reinterpret_cast<const char*>(x.ptr(b, j0 + r, 0));
+    for (index_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(row + offset, 0, 2);
+  }
+}
+
+// Per-thread scratch of the decode kernel, allocated once per parallel block: per KV head the
+// scaled query rows (padded to a multiple of 4 rows); the K and V tiles and the logits of the
+// head being processed.
+struct DecodeScratch {
+  index_t rows_padded, q_stride, k_stride, v_stride, s_stride;
+  AlignedVector<float> q, k, v, s;
+  std::vector<index_t> pos;
+  DecodeScratch(index_t Hkv, index_t rows, index_t Dkp, index_t Dvp)
+      : rows_padded(round_up(rows, kScoreRows)),
+        q_stride(rows_padded * Dkp),
+        k_stride(kDecodeTile * Dkp),
+        v_stride(kDecodeTile * Dvp),
+        s_stride(rows_padded * kDecodeTile),
+        q(static_cast<std::size_t>(Hkv * q_stride), 0.f),
+        k(static_cast<std::size_t>(k_stride)),
+        v(static_cast<std::size_t>(v_stride)),
+        s(static_cast<std::size_t>(s_stride)),
+        pos(static_cast<std::size_t>(rows)) {}
+};
+
+// Visible decode tiles per batch row (rows differ only through explicit positions).
+template <class KV>
+std::vector<std::vector<index_t>> decode_tiles(const AttentionInputs<KV>& in, const AttentionOptions& options,
+                                               const AttentionDims& d) {
+  std::vector<std::vector<index_t>> tiles(static_cast<std::size_t>(d.B));
+  std::vector<index_t> pos(static_cast<std::size_t>(d.Tq));
+  for (index_t b = 0; b < d.B; ++b) {
+    for (index_t i = 0; i < d.Tq; ++i) pos[i] = query_position(in, b, i);
+    tiles[b] = visible_tiles(options, pos.data(), d.Tq, d.Tk, kDecodeTile);
+  }
+  return tiles;
+}
+
+// Where one head's K/V tile is read from: the converted L1 copy, or the caller's fp32 rows.
+struct KvTile {
+  const float *k, *v;
+  index_t ldk, ldv;
+};
+
+// fp32 K/V whose rows are whole vectors are read in place (a full tile only: the kernels run
+// whole tiles of keys); anything else is converted into the scratch tiles.
+template <class KV>
+KvTile decode_kv_tile(const AttentionInputs<KV>& in, const AttentionDims& d, DecodeScratch& w, index_t b, index_t hk,
+                      index_t j0, index_t n) {
+  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  if constexpr (std::is_same_v<KV, float>) {
+    const bool in_place = n == kDecodeTile && in.k.stride(3) == 1 && in.v.stride(3) == 1 && d.Dk == Dkp && d.Dv == Dvp;
+    if (in_place) return {in.k.ptr(b, j0, hk), in.v.ptr(b, j0, hk), in.k.stride(1), in.v.stride(1)};
+  }
+  load_kv_tile(in.k, b, hk, j0, n, kDecodeTile, w.k.data(), Dkp);
+  load_kv_tile(in.v, b, hk, j0, n, kDecodeTile, w.v.data(), Dvp);
+  return {w.k.data(), w.v.data(), Dkp, Dvp};
+}
+
+// One decode tile for KV head hk: logits, logit rule, online softmax, P V into acc [M x Dvp].
+template <class KV>
+void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t hk,
+                 index_t j0, index_t n, const KvTile& tile, SoftmaxRow* state, float* acc) {
+  const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
+  const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W), T = kDecodeTile;
+  scores_dot(w.q.data() + hk * w.q_stride, Dkp, M, tile.k, tile.ldk, round_up(n, kScoreKeys), Dkp, w.s.data(), T);
+  float alpha[64];  // row scale factors, in chunks of 64 rows
+  for (index_t r0 = 0; r0 < M; r0 += 64) {
+    const index_t rows = std::min<index_t>(64, M - r0);
+    for (index_t r = r0; r < r0 + rows; ++r) {
+      float* s = w.s.data() + r * T;
+      rule.apply(s, j0, n, T, b, r / G, hk * G + r % G, w.pos[r]);
+      alpha[r - r0] = online_softmax_tile(s, T, state[r].m, state[r].l);
+    }
+    gemm(w.s.data() + r0 * T, T, tile.v, tile.ldv, acc + r0 * Dvp, Dvp, rows, Dvp, n, alpha);
+  }
+}
+
+}  // namespace detail
+
+// Split-KV attention, meant for Tq = 1 (or a few draft tokens): same arguments and results as
+// reference::attention. A task is (batch row, contiguous piece of the visible key tiles) and
+// covers every KV head, so K/V stream through memory in order. Allocates one workspace per call
+// (the partial states of every piece, B * splits * Hq * Tq * (Dv + 2) floats) and one scratch
+// per parallel block.
+template <class KV>
+void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+                      const Executor& executor = serial_executor()) {
+  using namespace detail;
+  const auto d = validate_attention("attention_decode", in, out, options);
+  const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
+  const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W);
+  if (d.B * d.Tq * d.Hq == 0) return;
+  const float scale = attention_scale(options, d.Dk);
+  const LogitRule<KV> rule{in, options, d.Tk};
+  const std::vector<std::vector<index_t>> tiles = decode_tiles(in, options, d);
+  index_t max_tiles = 0;
+  for (const auto& list : tiles) max_tiles = std::max<index_t>(max_tiles, static_cast<index_t>(list.size()));
+
+  // Enough pieces for 4 tasks per thread, but none shorter than kMinTilesPerSplit tiles.
+  const index_t wanted = (4 * executor.concurrency() + d.B - 1) / d.B;
+  const index_t splits = std::clamp<index_t>(max_tiles / kMinTilesPerSplit, 1, wanted);
+  const index_t tasks = d.B * splits, rows_per_task = d.Hkv * M;
+
+  // Workspace: per task and KV head, the row states and the [M x Dvp] accumulators.
+  std::vector<SoftmaxRow> states(static_cast<std::size_t>(tasks * rows_per_task));
+  AlignedVector<float> accs(static_cast<std::size_t>(tasks * rows_per_task * Dvp), 0.f);
+
+  parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
+    DecodeScratch w(d.Hkv, M, Dkp, Dvp);
+    for (index_t t = begin; t < end; ++t) {
+      const index_t b = t / splits, split = t % splits;
+      const std::vector<index_t>& list = tiles[b];
+      const index_t count = static_cast<index_t>(list.size());
+      const index_t first = count * split / splits, last = count * (split + 1) / splits;
+      if (first == last) continue;
+      for (index_t hk = 0; hk < d.Hkv; ++hk)
+        load_query_rows(in.q, b, hk, G, 0, d.Tq, scale, w.q.data() + hk * w.q_stride, Dkp);
+      for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, r / G);
+      for (index_t tile = first; tile < last; ++tile) {
+        const index_t j0 = list[tile], n = std::min(kDecodeTile, d.Tk - j0);
+        const index_t next = tile + 1 < last ? list[tile + 1] : -1;
+        const index_t next_n = next >= 0 ? std::min(kDecodeTile, d.Tk - next) : 0;
+        for (index_t hk = 0; hk < d.Hkv; ++hk) {
+          if (next >= 0) {  // a share of the next tile per head
+            const index_t r0 = next_n * hk / d.Hkv, r1 = next_n * (hk + 1) / d.Hkv;
+            prefetch_kv_rows(in.k, b, next, r0, r1);
+            prefetch_kv_rows(in.v, b, next, r0, r1);
+          }
+          // One head at a time so converted fp32 tiles stay in L1 (16 KB each at D = 128); the
+          // prefetch above already brought the rows in.
+          const KvTile kv = decode_kv_tile(in, d, w, b, hk, j0, n);
+          const index_t row0 = t * rows_per_task + hk * M;
+          decode_tile(rule, d, w, b, hk, j0, n, kv, states.data() + row0, accs.data() + row0 * Dvp);
+        }
+      }
+    }
+  });
+
+  // Combine the pieces of every row in key order and write o / lse.
+  const bool has_sink = in.sink_logits.has_value();
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hk = 0; hk < d.Hkv; ++hk)
+      for (index_t r = 0; r < M; ++r) {
+        const auto row_of = [&](index_t split) { return (b * splits + split) * rows_per_task + hk * M + r; };
+        SoftmaxRow row = states[row_of(0)];
+        float* acc = accs.data() + row_of(0) * Dvp;
+        for (index_t split = 1; split < splits; ++split)
+          combine_rows(row, acc, states[row_of(split)], accs.data() + row_of(split) * Dvp, d.Dv);
+        const index_t i = r / G, h = hk * G + r % G;
+        const float lse = finish_row(row, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
+                                     out.o.ptr(b, i, h), out.o.stride(3));
+        if (out.lse.has_value()) out.lse(b, i, h) = lse;
+      }
+}
+
+}  // namespace seqmix

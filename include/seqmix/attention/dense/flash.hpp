@@ -1,0 +1,123 @@
+// attention, tiled online-softmax prefill (FlashAttention-2 order on a CPU), and
+// seqmix::attention, the entry point that picks between it and the split-KV decode.
+//
+// One task is (batch row, KV head, block of queries). Its rows are [queries x group] (every
+// query head sharing the KV head), so each K/V tile is converted and loaded once per task and
+// both products are GEMM-shaped:
+//   S   = Q K^T        [rows x kTile]   (K tile transposed into keys-along-lanes layout)
+//   S  <- logit rule, online softmax: P = exp(S - m_new), factor = exp(m_old - m_new)
+//   acc = factor * acc + P V          [rows x Dv]
+// Key tiles that no row of the block can see (beyond the causal diagonal, before the window,
+// except sink tokens) are never visited, so the causal case costs half the full one; the
+// [Tq x Tk] matrix is never formed. See README.md for the derivation.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "seqmix/attention/dense/decode.hpp"
+#include "seqmix/attention/dense/merge.hpp"
+#include "seqmix/attention/dense/reference.hpp"
+
+namespace seqmix {
+namespace detail {
+
+// 64 keys per tile: the transposed K tile (D x 64 x 4 B = 32 KB at D = 128) fits L1 while a
+// row block of Q streams past it; the S tile of 256 rows x 64 stays in L2 with acc.
+constexpr index_t kFlashKeyTile = 64;
+// Rows (queries x group) per task aimed at: 256 rows amortize each K/V tile conversion over
+// 256 x 64 x D x 4 flops, while T = 1024 with 8 KV heads still gives 128 tasks for balancing.
+constexpr index_t kFlashRows = 256;
+
+inline index_t flash_query_block(index_t G, index_t Tq) {
+  return std::clamp<index_t>(kFlashRows / G, 1, std::max<index_t>(Tq, 1));
+}
+
+// Per-thread scratch of the prefill, allocated once per parallel block.
+struct FlashScratch {
+  AlignedVector<float> q, kt, v, s, acc, alpha, row;
+  std::vector<index_t> pos;
+  std::vector<SoftmaxRow> state;
+  FlashScratch(index_t rows, index_t Dk, index_t Dkp, index_t Dvp)
+      : q(static_cast<std::size_t>(rows * Dkp)),
+        kt(static_cast<std::size_t>(Dk * kFlashKeyTile)),
+        v(static_cast<std::size_t>(kFlashKeyTile * Dvp)),
+        s(static_cast<std::size_t>(rows * kFlashKeyTile)),
+        acc(static_cast<std::size_t>(rows * Dvp)),
+        alpha(static_cast<std::size_t>(rows)),
+        row(static_cast<std::size_t>(Dk)),
+        pos(static_cast<std::size_t>(rows)),
+        state(static_cast<std::size_t>(rows)) {}
+};
+
+// One task: queries [i0, i0 + nq) of batch row b against KV head hk.
+template <class KV>
+void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+                 const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w) {
+  const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  const index_t T = kFlashKeyTile;
+  const LogitRule<KV> rule{in, options, d.Tk};
+  load_query_rows(in.q, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
+  for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, i0 + r / G);
+  std::fill(w.state.begin(), w.state.begin() + M, SoftmaxRow{});
+  std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);
+  for (const index_t j0 : visible_tiles(options, w.pos.data(), M, d.Tk, T)) {
+    const index_t n = std::min(T, d.Tk - j0);
+    load_kv_tile_transposed(in.k, b, hk, j0, n, T, w.kt.data(), T, w.row.data());
+    load_kv_tile(in.v, b, hk, j0, n, T, w.v.data(), Dvp);
+    gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
+    for (index_t r = 0; r < M; ++r) {
+      float* s = w.s.data() + r * T;
+      rule.apply(s, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
+      w.alpha[r] = online_softmax_tile(s, T, w.state[r].m, w.state[r].l);
+    }
+    gemm(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data());
+  }
+  const bool has_sink = in.sink_logits.has_value();
+  for (index_t r = 0; r < M; ++r) {
+    const index_t i = i0 + r / G, h = hk * G + r % G;
+    const float lse = finish_row(w.state[r], w.acc.data() + r * Dvp, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
+                                 out.o.ptr(b, i, h), out.o.stride(3));
+    if (out.lse.has_value()) out.lse(b, i, h) = lse;
+  }
+}
+
+}  // namespace detail
+
+// Tiled prefill: same arguments and results as reference::attention, for any Tq. Allocates one
+// scratch per parallel block (about (2 * rows + 64) * (D + 64) floats), none inside the loops.
+template <class KV>
+void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+                     const Executor& executor = serial_executor()) {
+  using namespace detail;
+  const auto d = validate_attention("attention_flash", in, out, options);
+  if (d.B * d.Tq * d.Hq == 0) return;
+  const float scale = attention_scale(options, d.Dk);
+  const index_t G = d.group(), bq = flash_query_block(G, d.Tq), blocks = (d.Tq + bq - 1) / bq;
+  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  // Task t = (group, query block), query blocks fastest: a contiguous range of tasks then mixes
+  // cheap early blocks and expensive late ones of the causal case.
+  parallel_for(executor, d.B * d.Hkv * blocks, 1, [&](index_t begin, index_t end) {
+    FlashScratch scratch(bq * G, d.Dk, Dkp, Dvp);
+    for (index_t t = begin; t < end; ++t) {
+      const index_t block = t % blocks, group = t / blocks;
+      const index_t i0 = block * bq;
+      flash_block(in, out, options, d, scale, group / d.Hkv, group % d.Hkv, i0, std::min(bq, d.Tq - i0), scratch);
+    }
+  });
+}
+
+// Dense attention (SPEC section 5), the fast form: split-KV decode for a few queries, tiled
+// prefill otherwise. Same arguments and results as reference::attention.
+template <class KV>
+void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+               const Executor& executor = serial_executor()) {
+  // Up to 4 queries, one tile of queries per KV head is too little work to spread over threads,
+  // so the keys are split instead.
+  if (in.q.size(1) <= 4)
+    attention_decode(in, out, options, executor);
+  else
+    attention_flash(in, out, options, executor);
+}
+
+}  // namespace seqmix

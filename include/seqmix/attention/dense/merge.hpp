@@ -1,0 +1,159 @@
+// attention_merge, and the online-softmax accumulator that every fast attention form shares.
+//
+// A partial attention result over a key set K is (o, lse) with o = sum_K p_j v_j / sum_K p_j and
+// lse = log sum_K exp(s_j). Two results over disjoint key sets combine as
+//   lse = logaddexp(lse1, lse2),   o = exp(lse1 - lse) o1 + exp(lse2 - lse) o2,
+// which is associative and commutative (it is the monoid of SPEC section 2 in normalized form).
+// A part with lse = -inf (no visible key) has weight 0; two such parts give o = 0, lse = -inf.
+//
+// Inside the kernels the same monoid is kept unnormalized per row: (m, l, acc) with
+// l = sum exp(s_j - m), acc = sum exp(s_j - m) v_j, so a new tile only rescales by exp(m_old - m).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+namespace detail {
+
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+// acc[0..n) *= factor.
+inline void scale_row(float* acc, index_t n, float factor) noexcept {
+  const simd::Batch<float> f(factor);
+  const index_t nv = simd::vector_end(n);
+  for (index_t c = 0; c < nv; c += simd::kWidth) simd::store(acc + c, simd::load(acc + c) * f);
+  for (index_t c = nv; c < n; ++c) acc[c] *= factor;
+}
+
+inline float row_max(const float* s, index_t n) noexcept {
+  simd::Batch<float> m(kMinusInf);
+  const index_t nv = simd::vector_end(n);
+  for (index_t j = 0; j < nv; j += simd::kWidth) m = xsimd::max(m, simd::load(s + j));
+  float top = nv > 0 ? simd::reduce_max(m) : kMinusInf;
+  for (index_t j = nv; j < n; ++j) top = std::max(top, s[j]);
+  return top;
+}
+
+// One row of the online softmax over a new tile of logits s[0..n) (-inf = invisible). Replaces
+// s by p = exp(s - m_new), updates (m, l) and returns the factor exp(m_old - m_new) the caller
+// applies to its accumulator. A row that has seen no visible key keeps m = -inf, l = 0, p = 0.
+inline float online_softmax_tile(float* s, index_t n, float& m, float& l) noexcept {
+  const float m_new = std::max(m, row_max(s, n));
+  if (m_new == kMinusInf) {
+    std::fill(s, s + n, 0.f);
+    return 1.f;
+  }
+  const simd::Batch<float> shift(m_new);
+  simd::Batch<float> sum(0.f);
+  const index_t nv = simd::vector_end(n);
+  for (index_t j = 0; j < nv; j += simd::kWidth) {
+    const simd::Batch<float> p = simd::exp(simd::load(s + j) - shift);
+    simd::store(s + j, p);
+    sum += p;
+  }
+  float total = simd::reduce_add(sum);
+  for (index_t j = nv; j < n; ++j) {
+    s[j] = std::exp(s[j] - m_new);
+    total += s[j];
+  }
+  const float alpha = m == kMinusInf ? 0.f : std::exp(m - m_new);
+  l = l * alpha + total;
+  m = m_new;
+  return alpha;
+}
+
+// Unnormalized online-softmax state of one row: the (m, l) pair; acc lives beside it.
+struct SoftmaxRow {
+  float m = kMinusInf;
+  float l = 0.f;
+};
+
+// Folds the unnormalized state (m2, l2, acc2) into (m1, l1, acc1): the monoid's combine.
+inline void combine_rows(SoftmaxRow& a, float* acc_a, const SoftmaxRow& b, const float* acc_b, index_t n) noexcept {
+  if (b.m == kMinusInf) return;
+  if (a.m == kMinusInf) {
+    a = b;
+    std::copy(acc_b, acc_b + n, acc_a);
+    return;
+  }
+  const float m = std::max(a.m, b.m);
+  const float wa = std::exp(a.m - m), wb = std::exp(b.m - m);
+  const simd::Batch<float> va(wa), vb(wb);
+  const index_t nv = simd::vector_end(n);
+  for (index_t c = 0; c < nv; c += simd::kWidth)
+    simd::store(acc_a + c, simd::fma(va, simd::load(acc_a + c), vb * simd::load(acc_b + c)));
+  for (index_t c = nv; c < n; ++c) acc_a[c] = wa * acc_a[c] + wb * acc_b[c];
+  a.l = a.l * wa + b.l * wb;
+  a.m = m;
+}
+
+// Turns a finished row state into (o, lse), adding exp(sink) to the denominator when has_sink.
+// o has stride o_stride; a row without a visible key gives zeros.
+inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool has_sink, float sink, float* o,
+                        index_t o_stride) noexcept {
+  float lse = row.l > 0.f ? row.m + std::log(row.l) : kMinusInf;
+  if (has_sink) {
+    const float top = std::max(lse, sink);
+    lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
+  }
+  // o = acc * exp(m) / exp(lse); exp(m - lse) / ... kept in one factor to stay in range.
+  const float factor = row.l > 0.f ? std::exp(row.m - lse) : 0.f;
+  if (o_stride == 1) {
+    const simd::Batch<float> f(factor);
+    const index_t nv = simd::vector_end(n);
+    for (index_t c = 0; c < nv; c += simd::kWidth) simd::store(o + c, simd::load(acc + c) * f);
+    for (index_t c = nv; c < n; ++c) o[c] = acc[c] * factor;
+  } else {
+    for (index_t c = 0; c < n; ++c) o[c * o_stride] = acc[c] * factor;
+  }
+  return lse;
+}
+
+}  // namespace detail
+
+// Combines two partial attention results over disjoint key sets (see the top of this file).
+// o1, o2, o: [B,Tq,H,Dv]; lse1, lse2, lse: [B,Tq,H]. o / lse may be the same views as o1 / lse1
+// (merging in place). If sink logits were used, give them to exactly one of the parts.
+inline void attention_merge(const ConstView<float, 4>& o1, const ConstView<float, 3>& lse1,
+                            const ConstView<float, 4>& o2, const ConstView<float, 3>& lse2,
+                            const TensorView<float, 4>& o, const TensorView<float, 3>& lse,
+                            const Executor& executor = serial_executor()) {
+  const ArgCheck check("attention_merge");
+  check.shape("o1", o1, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,H,Dv");
+  const index_t B = o1.size(0), Tq = o1.size(1), H = o1.size(2), Dv = o1.size(3);
+  check.shape("lse1", lse1, std::array<index_t, 3>{B, Tq, H}, "B,Tq,H");
+  check.shape("o2", o2, std::array<index_t, 4>{B, Tq, H, Dv}, "B,Tq,H,Dv");
+  check.shape("lse2", lse2, std::array<index_t, 3>{B, Tq, H}, "B,Tq,H");
+  check.shape("o", o, std::array<index_t, 4>{B, Tq, H, Dv}, "B,Tq,H,Dv");
+  check.shape("lse", lse, std::array<index_t, 3>{B, Tq, H}, "B,Tq,H");
+  const index_t rows = B * Tq * H;
+  parallel_for(executor, rows, std::max<index_t>(1, 4096 / std::max<index_t>(Dv, 1)), [&](index_t begin, index_t end) {
+    for (index_t r = begin; r < end; ++r) {
+      const index_t b = r / (Tq * H), i = r / H % Tq, h = r % H;
+      const float l1 = lse1(b, i, h), l2 = lse2(b, i, h);
+      const float top = std::max(l1, l2);
+      float w1 = 0.f, w2 = 0.f, merged = detail::kMinusInf;
+      if (top != detail::kMinusInf) {
+        const float e1 = std::exp(l1 - top), e2 = std::exp(l2 - top);
+        merged = top + std::log(e1 + e2);
+        w1 = e1 / (e1 + e2);
+        w2 = e2 / (e1 + e2);
+      }
+      // Read both inputs before writing: o may alias o1.
+      for (index_t c = 0; c < Dv; ++c) {
+        const float a = o1(b, i, h, c), bb = o2(b, i, h, c);
+        o(b, i, h, c) = (w1 != 0.f ? w1 * a : 0.f) + (w2 != 0.f ? w2 * bb : 0.f);
+      }
+      lse(b, i, h) = merged;
+    }
+  });
+}
+
+}  // namespace seqmix

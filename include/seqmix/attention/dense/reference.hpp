@@ -1,0 +1,178 @@
+// attention: dense softmax attention (SPEC section 5).
+//
+// This header holds the readable definition (seqmix::reference::attention), the argument
+// structs shared by every form, and their validation. The tiled prefill is in flash.hpp (which
+// also holds seqmix::attention, the entry point that picks a form), the split-KV decode in
+// decode.hpp, and attention_merge in merge.hpp.
+//
+//   pos_i    = positions[b,i] if given, else Tk - Tq + i          (bottom-right aligned)
+//   s_ij     = scale * q_i . k_j
+//   s_ij     = softcap * tanh(s_ij / softcap)                      if softcap > 0
+//   s_ij    += -alibi_slopes[h] * |pos_i - j|                      if slopes are given
+//   s_ij    += mask[b,i,j]                                         if a mask is given
+//   visible  = (!causal || j <= pos_i) && (window == 0 || j > pos_i - window || j < sink_tokens)
+//   o_i      = sum_{visible j} exp(s_ij) v_j / (sum_{visible j} exp(s_ij) + exp(sink_logits[h]))
+//   lse_i    = log of that denominator
+// Query head h reads KV head h / (Hq / Hkv). A row without a visible key (or whose mask is all
+// -inf) gives o = 0 and lse = -inf (lse = sink_logits[h] when sink logits are given, since the
+// denominator is then exp(sink_logits[h])).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+struct AttentionOptions {
+  // Multiplies q.k; std::nullopt means 1/sqrt(Dk).
+  std::optional<float> scale;
+  // Hides keys after the query's position (j > pos_i).
+  bool causal = false;
+  // Sliding window W > 0 also hides keys j <= pos_i - W, so each query sees at most W keys ending
+  // at its own position (Mistral / Gemma local layers). 0: no window.
+  index_t window = 0;
+  // StreamingLLM attention sinks: the first n keys stay visible whatever the window says (the
+  // causal rule still applies). Only meaningful together with `window`.
+  index_t sink_tokens = 0;
+  // Gemma-2 / Grok logit soft-capping: s = softcap * tanh(s / softcap) before biases. 0: off.
+  float softcap = 0.f;
+};
+
+// Arguments. KV is the storage type of k and v: float, or seqmix::f16 / seqmix::bf16 (read
+// through on-the-fly conversion, never copied whole to fp32). Optional views are empty
+// (default-constructed) when not given.
+template <class KV = float>
+struct AttentionInputs {
+  ConstView<float, 4> q;             // [B,Tq,Hq,Dk]
+  ConstView<KV, 4> k;                // [B,Tk,Hkv,Dk], Hkv divides Hq
+  ConstView<KV, 4> v;                // [B,Tk,Hkv,Dv]
+  ConstView<float, 3> mask;          // [B,Tq,Tk] or [1,Tq,Tk] (shared by every batch row); additive, may hold -inf
+  ConstView<float, 1> alibi_slopes;  // [Hq]: adds -slope_h * |pos_i - j|
+  ConstView<float, 1> sink_logits;   // [Hq]: adds exp(sink_h) to each softmax denominator only
+  ConstView<std::int32_t, 2> positions;  // [B,Tq]: absolute query positions (default Tk - Tq + i)
+};
+
+// o must not overlap any input.
+struct AttentionOutputs {
+  TensorView<float, 4> o;    // [B,Tq,Hq,Dv]
+  TensorView<float, 3> lse;  // [B,Tq,Hq], optional: log of each softmax denominator
+};
+
+// A [Tq,Tk] mask shared by every batch row, as the [1,Tq,Tk] view AttentionInputs::mask takes.
+inline ConstView<float, 3> shared_mask(const ConstView<float, 2>& mask) {
+  return ConstView<float, 3>(mask.data(), {1, mask.size(0), mask.size(1)}, {0, mask.stride(0), mask.stride(1)});
+}
+
+namespace detail {
+
+struct AttentionDims {
+  index_t B, Tq, Tk, Hq, Hkv, Dk, Dv;
+  index_t group() const noexcept { return Hq / Hkv; }
+};
+
+template <class KV>
+AttentionDims validate_attention(const char* op, const AttentionInputs<KV>& in, const AttentionOutputs& out,
+                                 const AttentionOptions& options) {
+  const ArgCheck check(op);
+  check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,Dk");
+  const index_t B = in.q.size(0), Tq = in.q.size(1), Hq = in.q.size(2), Dk = in.q.size(3);
+  check.shape("k", in.k, std::array<index_t, 4>{B, -1, -1, Dk}, "B,Tk,Hkv,Dk");
+  const index_t Tk = in.k.size(1), Hkv = in.k.size(2);
+  if (Hq > 0 || Hkv > 0) check.divides(Hkv, Hq, "k", "KV heads (dimension 2)");
+  check.shape("v", in.v, std::array<index_t, 4>{B, Tk, Hkv, -1}, "B,Tk,Hkv,Dv");
+  const index_t Dv = in.v.size(3);
+  if (in.mask.has_value()) {
+    const index_t mask_batch = in.mask.size(0) == 1 ? 1 : B;
+    check.shape("mask", in.mask, std::array<index_t, 3>{mask_batch, Tq, Tk}, "B,Tq,Tk");
+  }
+  check.optional_shape("alibi_slopes", in.alibi_slopes, std::array<index_t, 1>{Hq}, "Hq");
+  check.optional_shape("sink_logits", in.sink_logits, std::array<index_t, 1>{Hq}, "Hq");
+  check.optional_shape("positions", in.positions, std::array<index_t, 2>{B, Tq}, "B,Tq");
+  check.shape("o", out.o, std::array<index_t, 4>{B, Tq, Hq, Dv}, "B,Tq,Hq,Dv");
+  check.optional_shape("lse", out.lse, std::array<index_t, 3>{B, Tq, Hq}, "B,Tq,Hq");
+  if (options.scale) check.finite(*options.scale, "options.scale");
+  check.finite(options.softcap, "options.softcap");
+  check.that(options.softcap >= 0.f, "options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
+  check.that(options.window >= 0, "options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
+  check.that(options.sink_tokens >= 0, "options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  return {B, Tq, Tk, Hq, Hkv, Dk, Dv};
+}
+
+inline float attention_scale(const AttentionOptions& options, index_t Dk) {
+  return options.scale ? *options.scale : 1.f / std::sqrt(static_cast<float>(Dk > 0 ? Dk : 1));
+}
+
+// Absolute position of query i of batch row b.
+template <class KV>
+index_t query_position(const AttentionInputs<KV>& in, index_t b, index_t i) {
+  const index_t Tq = in.q.size(1), Tk = in.k.size(1);
+  return in.positions.has_value() ? static_cast<index_t>(in.positions(b, i)) : Tk - Tq + i;
+}
+
+}  // namespace detail
+
+namespace reference {
+
+// The definition, one query row at a time, accumulated in double. Single-threaded; `executor`
+// is accepted for a uniform signature.
+template <class KV>
+void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+               const Executor& executor = serial_executor()) {
+  (void)executor;
+  const auto d = detail::validate_attention("reference::attention", in, out, options);
+  const double scale = detail::attention_scale(options, d.Dk);
+  const double minus_inf = -std::numeric_limits<double>::infinity();
+  std::vector<double> logits(static_cast<std::size_t>(d.Tk));
+  std::vector<double> acc(static_cast<std::size_t>(d.Dv));
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t i = 0; i < d.Tq; ++i)
+      for (index_t h = 0; h < d.Hq; ++h) {
+        const index_t hk = h / d.group();
+        const index_t pos = detail::query_position(in, b, i);
+        double max_logit = minus_inf;
+        for (index_t j = 0; j < d.Tk; ++j) {
+          const bool visible = (!options.causal || j <= pos) &&
+                               (options.window == 0 || j > pos - options.window || j < options.sink_tokens);
+          double s = minus_inf;
+          if (visible) {
+            s = 0.0;
+            for (index_t c = 0; c < d.Dk; ++c)
+              s += static_cast<double>(in.q(b, i, h, c)) * static_cast<double>(static_cast<float>(in.k(b, j, hk, c)));
+            s *= scale;
+            if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
+            if (in.alibi_slopes.has_value()) s -= in.alibi_slopes(h) * std::abs(static_cast<double>(pos - j));
+            if (in.mask.has_value()) s += in.mask(in.mask.size(0) == 1 ? 0 : b, i, j);
+          }
+          logits[j] = s;
+          max_logit = std::max(max_logit, s);
+        }
+        double denominator = 0.0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        if (max_logit > minus_inf)
+          for (index_t j = 0; j < d.Tk; ++j) {
+            const double p = std::exp(logits[j] - max_logit);
+            denominator += p;
+            for (index_t c = 0; c < d.Dv; ++c) acc[c] += p * static_cast<double>(static_cast<float>(in.v(b, j, hk, c)));
+          }
+        // Log of the denominator, then the sink's exp(sink_h) added to it in log space.
+        double lse = max_logit > minus_inf ? max_logit + std::log(denominator) : minus_inf;
+        if (in.sink_logits.has_value()) {
+          const double sink = in.sink_logits(h);
+          const double top = std::max(lse, sink);
+          lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
+        }
+        for (index_t c = 0; c < d.Dv; ++c)
+          out.o(b, i, h, c) = max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
+        if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
+      }
+}
+
+}  // namespace reference
+}  // namespace seqmix
