@@ -1,5 +1,6 @@
 // seqmix: efficient sequence-mixing operators for CPUs. Including this header brings in the
-// whole library; each concern also has its own header beneath it.
+// whole library; each family also has its own umbrella header (seqmix/ssm.hpp, ...), and each
+// concern its own header beneath that.
 #pragma once
 
 #include "seqmix/core/eigen.hpp"
@@ -7,3 +8,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
+
+#include "seqmix/attention.hpp"
+#include "seqmix/io/npy.hpp"
+#include "seqmix/ssm.hpp"
