@@ -11,4 +11,5 @@
 
 #include "seqmix/attention.hpp"
 #include "seqmix/io/npy.hpp"
+#include "seqmix/linear_attention.hpp"
 #include "seqmix/ssm.hpp"

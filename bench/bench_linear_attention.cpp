@@ -1,0 +1,196 @@
+// Benchmarks of the linear-attention family: gated_linear_attention (channel and scalar gate),
+// linear_attention and rwkv6; fast prefill (automatic choice, plus each algorithm forced, which
+// is what detail::la::choose_algorithm was tuned from), decode step, and the reference as the
+// baseline (names ending in /reference, at a shorter T where the loops are slow). Two threads.
+//
+// Counters (per second of wall time), independent of the algorithm that ran:
+//   prefill  flops = 4 * B*T*HV*K*V     per token and state element: the update k v^T (2) and
+//                                        the readout S^T q (2); decays and O(T*K) terms left out
+//   step     bytes = 4 * (2*B*HV*K*V + B*(3*H*K + 2*HV*V))   state in and out, q/k/g, v, o
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/gla/reference.hpp"
+#include "seqmix/linear_attention/gla/step.hpp"
+#include "seqmix/linear_attention/linear_attention/chunked.hpp"
+#include "seqmix/linear_attention/linear_attention/reference.hpp"
+#include "seqmix/linear_attention/rwkv6/chunked.hpp"
+#include "seqmix/linear_attention/rwkv6/reference.hpp"
+#include "seqmix/linear_attention/rwkv6/step.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::GateKind;
+using seqmix::index_t;
+using seqmix::LinearAttentionAlgorithm;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+const seqmix::ThreadPool& pool() {
+  static const seqmix::ThreadPool instance(2);
+  return instance;
+}
+
+const st::LinearAttentionShape& shape_named(const std::string& name) {
+  for (const auto& s : st::linear_attention_shapes())
+    if (s.name == name) return s;
+  throw std::invalid_argument("bench_linear_attention: no shape named " + name);
+}
+
+double prefill_flops(index_t B, index_t T, const st::LinearAttentionShape& s) { return 4.0 * B * T * s.HV * s.K * s.V; }
+double step_bytes(index_t B, const st::LinearAttentionShape& s) {
+  return 4.0 * (2.0 * B * s.HV * s.K * s.V + B * (3.0 * s.H * s.K + 2.0 * s.HV * s.V));
+}
+
+// Inputs shared by all three ops: q (= r), k, v, a channel gate, a scalar gate, u.
+struct Data {
+  Tensor<float, 4> q, k, v, g, o, state;
+  Tensor<float, 3> gs;
+  Tensor<float, 2> u;
+  Data(index_t B, index_t T, const st::LinearAttentionShape& s)
+      : q(st::random_tensor<4>({B, T, s.H, s.K}, 1)), k(st::random_tensor<4>({B, T, s.H, s.K}, 2)),
+        v(st::random_tensor<4>({B, T, s.HV, s.V}, 3)), g({B, T, s.H, s.K}), o({B, T, s.HV, s.V}),
+        state({B, s.HV, s.K, s.V}), gs({B, T, s.H}), u(st::random_tensor<2>({s.H, s.K}, 6)) {
+    // GLA's gates: logsigmoid(x) / 16 in the paper, i.e. mostly in [-0.3, 0].
+    st::fill_log_gate(g.view(), 4, -0.3f, 0.f);
+    st::fill_log_gate(gs.view(), 5, -0.3f, 0.f);
+  }
+  seqmix::GlaInputs gla(GateKind gate) const {
+    seqmix::GlaInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view();
+    if (gate == GateKind::channel) in.g = g.view();
+    if (gate == GateKind::scalar) in.g_scalar = gs.view();
+    return in;
+  }
+  seqmix::Rwkv6Inputs rwkv() const { return {q.view(), k.view(), v.view(), g.view(), u.view(), {}}; }
+};
+
+enum class Form { fast, chunked, recurrent, reference };
+
+LinearAttentionAlgorithm algorithm_of(Form form) {
+  if (form == Form::chunked) return LinearAttentionAlgorithm::chunked;
+  if (form == Form::recurrent) return LinearAttentionAlgorithm::recurrent;
+  return LinearAttentionAlgorithm::automatic;
+}
+
+void gla_prefill(benchmark::State& state, std::string shape, index_t T, GateKind gate, Form form) {
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  seqmix::GlaOptions options;
+  options.gate = gate;
+  options.algorithm = algorithm_of(form);
+  const seqmix::GlaOutputs out{data.o.view(), data.state.view()};
+  for (auto _ : state) {
+    if (form == Form::reference)
+      seqmix::reference::gated_linear_attention(data.gla(gate), out, options, pool());
+    else
+      seqmix::gated_linear_attention(data.gla(gate), out, options, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void la_prefill(benchmark::State& state, std::string shape, index_t T, Form form) {
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  seqmix::LinearAttentionOptions options;
+  options.algorithm = algorithm_of(form);
+  const seqmix::LinearAttentionInputs in{data.q.view(), data.k.view(), data.v.view(), {}, {}};
+  const seqmix::LinearAttentionOutputs out{data.o.view(), data.state.view(), {}};
+  for (auto _ : state) {
+    if (form == Form::reference)
+      seqmix::reference::linear_attention(in, out, options, pool());
+    else
+      seqmix::linear_attention(in, out, options, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void rwkv6_prefill(benchmark::State& state, std::string shape, index_t T, Form form) {
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  seqmix::Rwkv6Options options;
+  options.algorithm = algorithm_of(form);
+  const seqmix::Rwkv6Outputs out{data.o.view(), data.state.view()};
+  for (auto _ : state) {
+    if (form == Form::reference)
+      seqmix::reference::rwkv6(data.rwkv(), out, options, pool());
+    else
+      seqmix::rwkv6(data.rwkv(), out, options, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void gla_step(benchmark::State& state, std::string shape, GateKind gate) {
+  const auto& s = shape_named(shape);
+  Data data(1, 1, s);
+  seqmix::GlaOptions options;
+  options.gate = gate;
+  seqmix::GlaStepInputs in;
+  in.q = data.q.view().select(1, 0), in.k = data.k.view().select(1, 0), in.v = data.v.view().select(1, 0);
+  if (gate == GateKind::channel) in.g = data.g.view().select(1, 0);
+  if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, 0);
+  const seqmix::GlaStepOutputs out{data.o.view().select(1, 0), data.state.view()};
+  for (auto _ : state) {
+    seqmix::gated_linear_attention_step(in, out, options, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(step_bytes(1, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void rwkv6_step(benchmark::State& state, std::string shape) {
+  const auto& s = shape_named(shape);
+  Data data(1, 1, s);
+  const seqmix::Rwkv6StepInputs in{data.q.view().select(1, 0), data.k.view().select(1, 0), data.v.view().select(1, 0),
+                                   data.g.view().select(1, 0), data.u.view()};
+  const seqmix::Rwkv6StepOutputs out{data.o.view().select(1, 0), data.state.view()};
+  for (auto _ : state) {
+    seqmix::rwkv6_step(in, out, {}, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(step_bytes(1, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Registers one prefill benchmark per form; the reference runs at t_reference tokens.
+template <class Fn>
+void register_prefill(const std::string& op, const std::string& shape, index_t T, index_t t_reference, Fn fn) {
+  const std::string base = op + "/prefill/" + shape + "-t" + std::to_string(T);
+  benchmark::RegisterBenchmark(base.c_str(), [=](benchmark::State& s) { fn(s, T, Form::fast); })->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark((base + "/chunked").c_str(), [=](benchmark::State& s) { fn(s, T, Form::chunked); })->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark((base + "/recurrent").c_str(), [=](benchmark::State& s) { fn(s, T, Form::recurrent); })->UseRealTime()->Unit(benchmark::kMillisecond);
+  const std::string ref = op + "/prefill/" + shape + "-t" + std::to_string(t_reference) + "/reference";
+  benchmark::RegisterBenchmark(ref.c_str(), [=](benchmark::State& s) { fn(s, t_reference, Form::reference); })->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+const int kRegistered = [] {
+  for (std::string shape : {"gla-1.3b", "gla-k128"})
+    register_prefill("gated_linear_attention", shape, 512, 512,
+                     [shape](benchmark::State& s, index_t T, Form f) { gla_prefill(s, shape, T, GateKind::channel, f); });
+  register_prefill("gated_linear_attention", "gla-1.3b", 8192, 512, [](benchmark::State& s, index_t T, Form f) {
+    gla_prefill(s, "gla-1.3b", T, GateKind::channel, f);
+  });
+  register_prefill("simple_gla", "gla-1.3b", 8192, 512, [](benchmark::State& s, index_t T, Form f) {
+    gla_prefill(s, "gla-1.3b", T, GateKind::scalar, f);
+  });
+  register_prefill("linear_attention", "gla-1.3b", 8192, 512,
+                   [](benchmark::State& s, index_t T, Form f) { la_prefill(s, "gla-1.3b", T, f); });
+  register_prefill("rwkv6", "rwkv-h32-k64", 512, 512,
+                   [](benchmark::State& s, index_t T, Form f) { rwkv6_prefill(s, "rwkv-h32-k64", T, f); });
+  for (std::string shape : {"gla-1.3b", "gla-k128"})
+    benchmark::RegisterBenchmark(("gated_linear_attention/step/" + shape).c_str(),
+                                 [shape](benchmark::State& s) { gla_step(s, shape, GateKind::channel); })
+        ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("simple_gla/step/gla-1.3b", [](benchmark::State& s) { gla_step(s, "gla-1.3b", GateKind::scalar); })
+      ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("rwkv6/step/rwkv-h32-k64", [](benchmark::State& s) { rwkv6_step(s, "rwkv-h32-k64"); })
+      ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  return 0;
+}();
+
+}  // namespace

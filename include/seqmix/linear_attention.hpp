@@ -1,0 +1,14 @@
+// Linear-attention family (SPEC section 4): linear_attention (feature maps, normalize, JRT
+// prefix), gated_linear_attention (GLA, simple GLA, RetNet retention, ungated) and rwkv6. Each
+// operator's folder under seqmix/linear_attention/ holds its reference, chunked prefill and step.
+#pragma once
+
+#include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/gla/reference.hpp"
+#include "seqmix/linear_attention/gla/step.hpp"
+#include "seqmix/linear_attention/linear_attention/chunked.hpp"
+#include "seqmix/linear_attention/linear_attention/reference.hpp"
+#include "seqmix/linear_attention/linear_attention/step.hpp"
+#include "seqmix/linear_attention/rwkv6/chunked.hpp"
+#include "seqmix/linear_attention/rwkv6/reference.hpp"
+#include "seqmix/linear_attention/rwkv6/step.hpp"

@@ -1,0 +1,182 @@
+// One (batch, value head) slice of a linear-attention-family problem, and the per-token
+// loaders every form shares (feature maps, gates, strided rows). Internal.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <string>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/common.hpp"
+
+namespace seqmix::detail::la {
+
+// Gates below this are clamped: exp(-128) is 0 in fp32 already, and a finite floor keeps the
+// chunked form's cumulative sums free of -inf - -inf = NaN after a hard reset (g = -inf).
+constexpr float kGateFloor = -128.f;
+
+// When o_t reads the state: GLA / linear_attention read S_t (after the update at t); rwkv6
+// reads S_{t-1} and adds the bonus (q_t . (u * k_t)) v_t for the current token.
+enum class Readout { inclusive, exclusive_bonus };
+
+// The work of one (b, hv): everything the recurrent and chunked engines need.
+struct HeadProblem {
+  ConstView<float, 2> q, k;  // [T,K] raw rows (phi is applied while loading)
+  ConstView<float, 2> v;     // [T,V]
+  // [T,K] log-decays. A scalar gate is the same view with column stride 0 (and a fixed per-head
+  // decay has both strides 0), so one loader serves every gate kind. Empty: no decay.
+  ConstView<float, 2> g;
+  bool scalar_gate = false;  // g is constant along K: cheaper per-token exp and masks
+  ConstView<float, 1> u;     // [K] rwkv6 bonus (Readout::exclusive_bonus only)
+  TensorView<float, 2> o;    // [T,V]
+  FeatureMap phi = FeatureMap::identity;
+  float scale = 1.f;         // folded into the loaded q
+  bool normalize = false;    // o_t /= scale * phi(q_t).z_t (the state carries z as column V)
+  Readout readout = Readout::inclusive;
+
+  index_t T() const { return q.size(0); }
+  index_t K() const { return q.size(1); }
+  index_t Kf() const { return feature_dim(phi, q.size(1)); }
+  index_t V() const { return v.size(1); }
+  // Columns of the internal state: z rides along as an extra value column when normalizing.
+  index_t Vp() const { return v.size(1) + (normalize ? 1 : 0); }
+  bool gated() const { return g.has_value(); }
+};
+
+// Tokens [t0, t0 + n) of a head, as a head of its own.
+inline HeadProblem slice_head(const HeadProblem& p, index_t t0, index_t n) {
+  HeadProblem s = p;
+  s.q = p.q.slice(0, t0, n);
+  s.k = p.k.slice(0, t0, n);
+  s.v = p.v.slice(0, t0, n);
+  s.o = p.o.slice(0, t0, n);
+  if (p.g.has_value()) s.g = p.g.slice(0, t0, n);
+  return s;
+}
+
+// Copies a strided row into contiguous memory (or returns it when it already is contiguous).
+inline const float* row_ptr(const ConstView<float, 1>& row, float* scratch) {
+  if (row.size(0) <= 1 || row.stride(0) == 1) return row.data();
+  for (index_t i = 0; i < row.size(0); ++i) scratch[i] = row(i);
+  return scratch;
+}
+
+// out[0..Kf) = phi(x) * factor, x a row of K values.
+inline void apply_feature_map(FeatureMap phi, const ConstView<float, 1>& x, float factor, float* out) {
+  const index_t K = x.size(0);
+  switch (phi) {
+    case FeatureMap::identity:
+      for (index_t i = 0; i < K; ++i) out[i] = factor * x(i);
+      return;
+    case FeatureMap::elu1:
+      for (index_t i = 0; i < K; ++i) {
+        const float a = x(i);
+        out[i] = factor * (a > 0.f ? a + 1.f : std::exp(a));
+      }
+      return;
+    case FeatureMap::relu:
+      for (index_t i = 0; i < K; ++i) out[i] = factor * std::max(x(i), 0.f);
+      return;
+    case FeatureMap::taylor2: {
+      const float d = static_cast<float>(K);
+      const float c1 = factor / std::sqrt(std::sqrt(d));
+      const float c2 = factor / (std::sqrt(2.f) * std::sqrt(d));
+      out[0] = factor;
+      for (index_t i = 0; i < K; ++i) out[1 + i] = c1 * x(i);
+      float* quad = out + 1 + K;
+      for (index_t i = 0; i < K; ++i) {
+        const float xi = c2 * x(i);
+        for (index_t j = 0; j < K; ++j) quad[i * K + j] = xi * x(j);
+      }
+      return;
+    }
+  }
+}
+
+// Loads v_t into out[0..V) and appends the constant 1 that accumulates z when normalizing.
+inline void load_value_row(const HeadProblem& p, index_t t, float* out) {
+  const ConstView<float, 1> row = p.v[t];
+  for (index_t i = 0; i < row.size(0); ++i) out[i] = row(i);
+  if (p.normalize) out[row.size(0)] = 1.f;
+}
+
+// out[0..K) = g_t (the decay row of token t, broadcast for scalar gates).
+inline void load_gate_row(const HeadProblem& p, index_t t, float* out) {
+  const ConstView<float, 1> row = p.g[t];
+  for (index_t i = 0; i < row.size(0); ++i) out[i] = row(i);
+}
+
+// Elementwise exp of n contiguous floats.
+inline void exp_inplace(float* x, index_t n) {
+  const index_t nv = simd::vector_end(n);
+  for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(x + i, simd::exp(simd::load(x + i)));
+  for (index_t i = nv; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// Writes one output row from the internal row of Vp values (dividing by the z column).
+inline void store_output_row(const HeadProblem& p, index_t t, const float* row) {
+  const TensorView<float, 1> out = p.o[t];
+  const index_t V = p.V();
+  if (p.normalize) {
+    const float inv = 1.f / row[V];
+    for (index_t i = 0; i < V; ++i) out(i) = row[i] * inv;
+  } else {
+    for (index_t i = 0; i < V; ++i) out(i) = row[i];
+  }
+}
+
+// Rejects a positive or NaN log-gate: exp(g) > 1 makes the state grow without bound and the
+// chunked form's decay factors overflow. One read of g, split over the executor; it costs about
+// 1/V of the op itself. `dims` names the layout for the message.
+template <std::size_t Rank>
+void check_log_gate(const ArgCheck& check, const char* argument, const ConstView<float, Rank>& g,
+                    const Executor& executor) {
+  if (!g.has_value() || g.numel() == 0) return;
+  const index_t rows = g.numel() / g.size(Rank - 1);
+  const index_t inner = g.size(Rank - 1);
+  // Index of row r's first element: rows enumerate all leading indices in row-major order.
+  auto row_offset = [&](index_t r, std::array<index_t, Rank>& idx) {
+    index_t offset = 0;
+    for (std::size_t d = Rank - 1; d-- > 0;) {
+      idx[d] = r % g.size(d);
+      r /= g.size(d);
+      offset += idx[d] * g.stride(d);
+    }
+    return offset;
+  };
+  std::atomic<index_t> first_bad{rows};
+  parallel_for(executor, rows, 4096 / std::max<index_t>(inner, 1) + 1, [&](index_t r0, index_t r1) {
+    std::array<index_t, Rank> idx{};
+    for (index_t r = r0; r < r1; ++r) {
+      const float* row = g.data() + row_offset(r, idx);
+      const index_t s = g.stride(Rank - 1);
+      int bad = 0;
+      for (index_t i = 0; i < inner; ++i) bad |= !(row[i * s] <= 0.f);
+      if (bad) {
+        index_t expected = first_bad.load();
+        while (r < expected && !first_bad.compare_exchange_weak(expected, r)) {
+        }
+        return;
+      }
+    }
+  });
+  const index_t r = first_bad.load();
+  if (r == rows) return;
+  std::array<index_t, Rank> idx{};
+  const float* row = g.data() + row_offset(r, idx);
+  for (index_t i = 0; i < inner; ++i) {
+    const float value = row[i * g.stride(Rank - 1)];
+    if (value <= 0.f) continue;
+    idx[Rank - 1] = i;
+    check.that(false, argument,
+               "must be a log-space decay <= 0 everywhere (multiplier exp(g) <= 1), got " +
+                   std::to_string(value) + " at " + shape_to_string(idx) + " of shape " +
+                   shape_to_string(g.shape()));
+  }
+}
+
+}  // namespace seqmix::detail::la

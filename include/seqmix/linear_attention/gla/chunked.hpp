@@ -1,0 +1,95 @@
+// The fast prefill of gated_linear_attention and its named special cases:
+//   seqmix::gated_linear_attention  per-channel (or any GateKind) decay
+//   seqmix::simple_gla              one scalar decay per token and head (g_scalar)
+//   seqmix::retention               RetNet: fixed decay log(1 - 2^(-5-h)) per value head h
+//   seqmix::ungated_linear_attention no decay (linear_attention with the identity map)
+// Multi-threaded over (batch, value head); chunked or recurrent per shape (detail::la::
+// choose_algorithm says which and why). The definition is in reference.hpp.
+#pragma once
+
+#include <vector>
+
+#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/gla/reference.hpp"
+
+namespace seqmix {
+
+namespace detail::la {
+
+// The HeadProblem of value head hv of batch row b. `fixed_gate` backs a retnet decay.
+inline HeadProblem gla_head(const GlaInputs& in, const GlaOutputs& out, GateKind gate, float scale, const Dims& d,
+                            index_t b, index_t hv, const float* fixed_gate) {
+  HeadProblem p;
+  const index_t h = hv / d.heads_per_qk();
+  p.q = in.q[b].select(1, h);
+  p.k = in.k[b].select(1, h);
+  p.v = in.v[b].select(1, hv);
+  p.o = out.o[b].select(1, hv);
+  p.scale = scale;
+  switch (gate) {
+    case GateKind::channel: p.g = in.g[b].select(1, head_for(in.g.size(2), hv, d)); break;
+    case GateKind::scalar: {
+      const ConstView<float, 1> g = in.g_scalar[b].select(1, head_for(in.g_scalar.size(2), hv, d));
+      p.g = ConstView<float, 2>(g.data(), {d.T, d.K}, {g.stride(0), 0});
+      p.scalar_gate = true;
+      break;
+    }
+    case GateKind::retnet:
+      p.g = ConstView<float, 2>(fixed_gate, {d.T, d.K}, {0, 0});
+      p.scalar_gate = true;
+      break;
+    case GateKind::none: break;
+  }
+  return p;
+}
+
+// The per-head decays a retnet call points its gate views at (empty for other gates).
+inline std::vector<float> retnet_gates(GateKind gate, index_t HV) {
+  std::vector<float> gates(gate == GateKind::retnet ? static_cast<std::size_t>(HV) : 0);
+  for (std::size_t h = 0; h < gates.size(); ++h) gates[h] = retnet_log_decay(static_cast<index_t>(h));
+  return gates;
+}
+
+inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet ? GateKind::scalar : gate; }
+
+}  // namespace detail::la
+
+inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
+                                   const Executor& executor = serial_executor()) {
+  using namespace detail::la;
+  const Dims d = validate_gla("gated_linear_attention", in, out, options, executor);
+  const float scale = check_scale(ArgCheck("gated_linear_attention"), options.scale, d.K);
+  PrefillPlan plan{d.B, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
+  if (plan.algorithm == LinearAttentionAlgorithm::automatic)
+    plan.algorithm = choose_algorithm(effective_gate(options.gate), d.T, d.K, d.V, options.chunk_size);
+  StateIo io;
+  io.initial_state = in.initial_state;
+  io.final_state = out.final_state;
+  const std::vector<float> fixed_gates = retnet_gates(options.gate, d.HV);
+  run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
+    return gla_head(in, out, options.gate, scale, d, b, hv, fixed_gates.data() + hv);
+  });
+}
+
+// Simple GLA: one log-decay per token and head, g_scalar [B,T,Hg].
+inline void simple_gla(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
+                       const Executor& executor = serial_executor()) {
+  options.gate = GateKind::scalar;
+  gated_linear_attention(in, out, options, executor);
+}
+
+// RetNet retention: decay log(1 - 2^(-5-h)) for value head h; no gate input.
+inline void retention(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
+                      const Executor& executor = serial_executor()) {
+  options.gate = GateKind::retnet;
+  gated_linear_attention(in, out, options, executor);
+}
+
+// No decay: S_t = S_{t-1} + k_t v_t^T (see also linear_attention for feature maps).
+inline void ungated_linear_attention(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
+                                     const Executor& executor = serial_executor()) {
+  options.gate = GateKind::none;
+  gated_linear_attention(in, out, options, executor);
+}
+
+}  // namespace seqmix

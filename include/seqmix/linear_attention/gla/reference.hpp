@@ -1,0 +1,178 @@
+// gated_linear_attention (GLA, SPEC section 4) and its named special cases: simple_gla (one
+// scalar gate per token and head), retention (RetNet's fixed per-head decay) and the ungated
+// form. This header holds the argument structs, the options, their validation and the readable
+// definition seqmix::reference::gated_linear_attention. Fast prefill: chunked.hpp; decode step:
+// step.hpp; derivation of the chunked form: ../README.md.
+//
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T        S [K,V] per (batch, value head)
+//   o_t = scale * S_t^T q_t                          the state is updated before it is read
+//
+// Value head hv uses q/k head hv / (HV/H); a gate given with H heads is shared the same way.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/common.hpp"
+#include "seqmix/linear_attention/detail/head.hpp"
+#include "seqmix/linear_attention/detail/validate.hpp"
+
+namespace seqmix {
+
+struct GlaOptions {
+  // Which decay the call uses, and so which gate input it reads (see GateKind).
+  GateKind gate = GateKind::channel;
+  // Multiplies q; default 1/sqrt(K).
+  std::optional<float> scale;
+  // Tokens per chunk of the chunked algorithm. 64 measured best on AVX-512 for K=V=64..128: the
+  // [64,K] tiles and the 64x64 score tile of one head stay in L1/L2 and the intra-chunk GEMMs stay
+  // small next to the state GEMMs. Any value in [1, 4096] works; it changes rounding only.
+  index_t chunk_size = 64;
+  LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
+};
+
+// Prefill arguments. Optional views are empty when not given. The gate has Hg = H or HV heads.
+struct GlaInputs {
+  ConstView<float, 4> q;              // [B,T,H,K]
+  ConstView<float, 4> k;              // [B,T,H,K]
+  ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of H
+  ConstView<float, 4> g;              // [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
+  ConstView<float, 3> g_scalar;       // [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
+  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero state if absent)
+};
+
+// o must not overlap an input; final_state may be the same view as initial_state.
+struct GlaOutputs {
+  TensorView<float, 4> o;            // [B,T,HV,V]
+  TensorView<float, 4> final_state;  // [B,HV,K,V], optional
+};
+
+// Decode-step arguments: one token per batch row.
+struct GlaStepInputs {
+  ConstView<float, 3> q;         // [B,H,K]
+  ConstView<float, 3> k;         // [B,H,K]
+  ConstView<float, 3> v;         // [B,HV,V]
+  ConstView<float, 3> g;         // [B,Hg,K] (GateKind::channel)
+  ConstView<float, 2> g_scalar;  // [B,Hg]   (GateKind::scalar)
+};
+
+struct GlaStepOutputs {
+  TensorView<float, 3> o;      // [B,HV,V]
+  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+};
+
+namespace detail::la {
+
+// The gate arguments of one call, prefill or step (Rank 4 / 3 for channel gates).
+template <std::size_t GRank>
+inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<float, GRank>& g,
+                       const ConstView<float, GRank - 1>& g_scalar, const Dims& d, const Executor& executor) {
+  constexpr bool prefill = GRank == 4;
+  const char* g_dims = prefill ? "B,T,Hg,K" : "B,Hg,K";
+  const char* s_dims = prefill ? "B,T,Hg" : "B,Hg";
+  if (gate == GateKind::channel) {
+    check.that(g.has_value() || g.size(GRank - 1) > 0, "g", std::string("is required for GateKind::channel, shape [") + g_dims + "]");
+    std::array<index_t, GRank> expected{};
+    expected.fill(-1);
+    expected[0] = d.B;
+    if constexpr (prefill) expected[1] = d.T;
+    expected[GRank - 1] = d.K;
+    check.shape("g", g, expected, g_dims);
+    check_head_count(check, "g", g.size(GRank - 2), d, shape_to_string(g.shape()));
+    check.that(!g_scalar.has_value(), "g_scalar", "must be empty with GateKind::channel (the gate is g)");
+    check_log_gate(check, "g", g, executor);
+  } else if (gate == GateKind::scalar) {
+    check.that(g_scalar.has_value() || g_scalar.size(GRank - 2) > 0, "g_scalar",
+               std::string("is required for GateKind::scalar, shape [") + s_dims + "]");
+    std::array<index_t, GRank - 1> expected{};
+    expected.fill(-1);
+    expected[0] = d.B;
+    if constexpr (prefill) expected[1] = d.T;
+    check.shape("g_scalar", g_scalar, expected, s_dims);
+    check_head_count(check, "g_scalar", g_scalar.size(GRank - 2), d, shape_to_string(g_scalar.shape()));
+    check.that(!g.has_value(), "g", "must be empty with GateKind::scalar (the gate is g_scalar)");
+    check_log_gate(check, "g_scalar", g_scalar, executor);
+  } else {
+    check.that(!g.has_value() && !g_scalar.has_value(), g.has_value() ? "g" : "g_scalar",
+               "must be empty: GateKind::retnet and GateKind::none take no gate input");
+  }
+}
+
+inline Dims validate_gla(const char* op, const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options,
+                         const Executor& executor) {
+  const ArgCheck check(op);
+  const Dims d = check_qkv(check, "q", in.q, in.k, in.v);
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check_scale(check, options.scale, d.K);
+  check_chunk(check, options.chunk_size);
+  check_gate<4>(check, options.gate, in.g, in.g_scalar, d, executor);
+  return d;
+}
+
+inline Dims validate_gla_step(const char* op, const GlaStepInputs& in, const GlaStepOutputs& out,
+                              const GlaOptions& options, const Executor& executor) {
+  const ArgCheck check(op);
+  const Dims d = check_qkv_step(check, "q", in.q, in.k, in.v);
+  check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
+  check.shape("state", out.state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check_scale(check, options.scale, d.K);
+  check_gate<3>(check, options.gate, in.g, in.g_scalar, d, executor);
+  return d;
+}
+
+// The log-decay of key channel c for value head hv at token t of a prefill (any gate kind).
+inline float gla_log_gate(const GlaInputs& in, GateKind gate, const Dims& d, index_t b, index_t t, index_t hv,
+                          index_t c) {
+  switch (gate) {
+    case GateKind::channel: return in.g(b, t, head_for(in.g.size(2), hv, d), c);
+    case GateKind::scalar: return in.g_scalar(b, t, head_for(in.g_scalar.size(2), hv, d));
+    case GateKind::retnet: return retnet_log_decay(hv);
+    case GateKind::none: break;
+  }
+  return 0.f;
+}
+
+}  // namespace detail::la
+
+namespace reference {
+
+// The definition, token by token, with the state in double precision. Single-threaded;
+// `executor` only splits the gate check. final_state may alias initial_state.
+inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
+                                   const Executor& executor = serial_executor()) {
+  using namespace detail::la;
+  const Dims d = validate_gla("reference::gated_linear_attention", in, out, options, executor);
+  const double scale = check_scale(ArgCheck("reference::gated_linear_attention"), options.scale, d.K);
+  std::vector<double> S(static_cast<std::size_t>(d.K * d.V));
+  auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hv = 0; hv < d.HV; ++hv) {
+      const index_t h = hv / d.heads_per_qk();
+      for (index_t r = 0; r < d.K; ++r)
+        for (index_t c = 0; c < d.V; ++c) s(r, c) = in.initial_state.has_value() ? in.initial_state(b, hv, r, c) : 0.0;
+      for (index_t t = 0; t < d.T; ++t) {
+        for (index_t r = 0; r < d.K; ++r) {
+          const double decay = std::exp(static_cast<double>(gla_log_gate(in, options.gate, d, b, t, hv, r)));
+          for (index_t c = 0; c < d.V; ++c) s(r, c) = decay * s(r, c) + double(in.k(b, t, h, r)) * in.v(b, t, hv, c);
+        }
+        for (index_t c = 0; c < d.V; ++c) {
+          double acc = 0.0;
+          for (index_t r = 0; r < d.K; ++r) acc += double(in.q(b, t, h, r)) * s(r, c);
+          out.o(b, t, hv, c) = static_cast<float>(scale * acc);
+        }
+      }
+      if (out.final_state.has_value())
+        for (index_t r = 0; r < d.K; ++r)
+          for (index_t c = 0; c < d.V; ++c) out.final_state(b, hv, r, c) = static_cast<float>(s(r, c));
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix

@@ -1,0 +1,46 @@
+// The fast prefill of linear_attention: feature maps are applied while each chunk (or token) is
+// loaded, the normalizer z rides along as one more value column, and JRT's prefix is a prefill of
+// the prefix followed by one read of its final state. Multi-threaded over (batch, value head).
+#pragma once
+
+#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/linear_attention/reference.hpp"
+
+namespace seqmix {
+
+namespace detail::la {
+
+inline HeadProblem linear_attention_head(const ConstView<float, 4>& q, const ConstView<float, 4>& k,
+                                         const ConstView<float, 4>& v, const TensorView<float, 4>& o,
+                                         const LinearAttentionOptions& options, float scale, const Dims& d, index_t b,
+                                         index_t hv) {
+  HeadProblem p;
+  const index_t h = hv / d.heads_per_qk();
+  p.q = q[b].select(1, h);
+  p.k = k[b].select(1, h);
+  p.v = v[b].select(1, hv);
+  p.o = o[b].select(1, hv);
+  p.phi = options.feature_map;
+  p.scale = scale;
+  p.normalize = options.normalize;
+  return p;
+}
+
+}  // namespace detail::la
+
+inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
+                             const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  using namespace detail::la;
+  const Dims d = validate_linear_attention("linear_attention", in, out, options);
+  const float scale = check_scale(ArgCheck("linear_attention"), options.scale, d.K);
+  PrefillPlan plan{d.B, d.HV, d.K, d.Kf, d.V, options.normalize, options.algorithm, options.chunk_size,
+                   options.prefix_len};
+  if (plan.algorithm == LinearAttentionAlgorithm::automatic)
+    plan.algorithm = choose_algorithm(GateKind::none, d.T, d.Kf, d.V, options.chunk_size);
+  const StateIo io{in.initial_state, in.initial_normalizer, out.final_state, out.final_normalizer};
+  run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
+    return linear_attention_head(in.q, in.k, in.v, out.o, options, scale, d, b, hv);
+  });
+}
+
+}  // namespace seqmix

@@ -1,0 +1,35 @@
+// The fast prefill of rwkv6: the family's chunked / recurrent engines with the exclusive readout
+// (o_t reads S_{t-1}; the diagonal of the intra-chunk scores is the bonus r_t . (u * k_t)).
+// Multi-threaded over (batch, value head); see detail::la::choose_algorithm for the choice.
+#pragma once
+
+#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/rwkv6/reference.hpp"
+
+namespace seqmix {
+
+inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+                  const Executor& executor = serial_executor()) {
+  using namespace detail::la;
+  const Dims d = validate_rwkv6("rwkv6", in, out, options, executor);
+  PrefillPlan plan{d.B, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
+  if (plan.algorithm == LinearAttentionAlgorithm::automatic)
+    plan.algorithm = choose_algorithm(GateKind::channel, d.T, d.K, d.V, options.chunk_size);
+  StateIo io;
+  io.initial_state = in.initial_state;
+  io.final_state = out.final_state;
+  run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
+    HeadProblem p;
+    const index_t h = hv / d.heads_per_qk();
+    p.q = in.r[b].select(1, h);
+    p.k = in.k[b].select(1, h);
+    p.v = in.v[b].select(1, hv);
+    p.o = out.o[b].select(1, hv);
+    p.g = in.g[b].select(1, head_for(in.g.size(2), hv, d));
+    p.u = in.u[head_for(in.u.size(0), hv, d)];
+    p.readout = Readout::exclusive_bonus;
+    return p;
+  });
+}
+
+}  // namespace seqmix

@@ -1,0 +1,130 @@
+// rwkv6 (RWKV-6 "Finch" time mixing, SPEC section 4): data-dependent per-channel decay and the
+// bonus u for the current token. This header holds the argument structs, the options, their
+// validation and the readable definition seqmix::reference::rwkv6. Fast prefill: chunked.hpp;
+// decode step: step.hpp; derivation: ../README.md.
+//
+//   o_t = S_{t-1}^T r_t + (r_t . (u * k_t)) v_t      the state is read BEFORE the update
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T          S [K,V] per (batch, value head); no scale
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/common.hpp"
+#include "seqmix/linear_attention/detail/head.hpp"
+#include "seqmix/linear_attention/detail/validate.hpp"
+
+namespace seqmix {
+
+struct Rwkv6Options {
+  // Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
+  index_t chunk_size = 64;
+  LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
+};
+
+// g and u have Hg = H or HV heads (shared like r/k, or one per value head).
+struct Rwkv6Inputs {
+  ConstView<float, 4> r;              // [B,T,H,K] receptance (the query)
+  ConstView<float, 4> k;              // [B,T,H,K]
+  ConstView<float, 4> v;              // [B,T,HV,V]
+  ConstView<float, 4> g;              // [B,T,Hg,K] log-decay <= 0 (w = exp(g))
+  ConstView<float, 2> u;              // [Hg,K] bonus of the current token
+  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero if absent)
+};
+
+struct Rwkv6Outputs {
+  TensorView<float, 4> o;            // [B,T,HV,V]
+  TensorView<float, 4> final_state;  // [B,HV,K,V], optional; may be the initial_state view
+};
+
+struct Rwkv6StepInputs {
+  ConstView<float, 3> r;  // [B,H,K]
+  ConstView<float, 3> k;  // [B,H,K]
+  ConstView<float, 3> v;  // [B,HV,V]
+  ConstView<float, 3> g;  // [B,Hg,K]
+  ConstView<float, 2> u;  // [Hg,K]
+};
+
+struct Rwkv6StepOutputs {
+  TensorView<float, 3> o;      // [B,HV,V]
+  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+};
+
+namespace detail::la {
+
+inline void check_rwkv6_u(const ArgCheck& check, const ConstView<float, 2>& u, const Dims& d) {
+  check.shape("u", u, std::array<index_t, 2>{-1, d.K}, "Hg,K");
+  check_head_count(check, "u", u.size(0), d, shape_to_string(u.shape()));
+}
+
+inline Dims validate_rwkv6(const char* op, const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options,
+                           const Executor& executor) {
+  const ArgCheck check(op);
+  const Dims d = check_qkv(check, "r", in.r, in.k, in.v);
+  check.shape("g", in.g, std::array<index_t, 4>{d.B, d.T, -1, d.K}, "B,T,Hg,K");
+  check_head_count(check, "g", in.g.size(2), d, shape_to_string(in.g.shape()));
+  check_rwkv6_u(check, in.u, d);
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check_chunk(check, options.chunk_size);
+  check_log_gate(check, "g", in.g, executor);
+  return d;
+}
+
+inline Dims validate_rwkv6_step(const char* op, const Rwkv6StepInputs& in, const Rwkv6StepOutputs& out,
+                                const Executor& executor) {
+  const ArgCheck check(op);
+  const Dims d = check_qkv_step(check, "r", in.r, in.k, in.v);
+  check.shape("g", in.g, std::array<index_t, 3>{d.B, -1, d.K}, "B,Hg,K");
+  check_head_count(check, "g", in.g.size(1), d, shape_to_string(in.g.shape()));
+  check_rwkv6_u(check, in.u, d);
+  check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
+  check.shape("state", out.state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check_log_gate(check, "g", in.g, executor);
+  return d;
+}
+
+}  // namespace detail::la
+
+namespace reference {
+
+// The definition, token by token, state in double precision. Single-threaded; `executor` only
+// splits the gate check.
+inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+                  const Executor& executor = serial_executor()) {
+  using namespace detail::la;
+  const Dims d = validate_rwkv6("reference::rwkv6", in, out, options, executor);
+  std::vector<double> S(static_cast<std::size_t>(d.K * d.V));
+  auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hv = 0; hv < d.HV; ++hv) {
+      const index_t h = hv / d.heads_per_qk();
+      const index_t hg = head_for(in.g.size(2), hv, d), hu = head_for(in.u.size(0), hv, d);
+      for (index_t r = 0; r < d.K; ++r)
+        for (index_t c = 0; c < d.V; ++c) s(r, c) = in.initial_state.has_value() ? in.initial_state(b, hv, r, c) : 0.0;
+      for (index_t t = 0; t < d.T; ++t) {
+        double bonus = 0.0;
+        for (index_t r = 0; r < d.K; ++r) bonus += double(in.r(b, t, h, r)) * in.u(hu, r) * in.k(b, t, h, r);
+        for (index_t c = 0; c < d.V; ++c) {
+          double acc = bonus * in.v(b, t, hv, c);
+          for (index_t r = 0; r < d.K; ++r) acc += double(in.r(b, t, h, r)) * s(r, c);
+          out.o(b, t, hv, c) = static_cast<float>(acc);
+        }
+        for (index_t r = 0; r < d.K; ++r) {
+          const double w = std::exp(static_cast<double>(in.g(b, t, hg, r)));
+          for (index_t c = 0; c < d.V; ++c) s(r, c) = w * s(r, c) + double(in.k(b, t, h, r)) * in.v(b, t, hv, c);
+        }
+      }
+      if (out.final_state.has_value())
+        for (index_t r = 0; r < d.K; ++r)
+          for (index_t c = 0; c < d.V; ++c) out.final_state(b, hv, r, c) = static_cast<float>(s(r, c));
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix

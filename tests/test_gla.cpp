@@ -1,0 +1,301 @@
+// gated_linear_attention (and simple_gla / retention / ungated): every fast form against the
+// reference recurrence over a shape table, plus split-run, chunk-size, threading, strided-view,
+// long-sequence and bad-argument properties.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/gla/reference.hpp"
+#include "seqmix/linear_attention/gla/step.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::GateKind;
+using seqmix::index_t;
+using seqmix::LinearAttentionAlgorithm;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct GlaCase {
+  index_t B, T, H, HV, K, V;
+  GateKind gate;
+  float gate_lo;  // log-gates drawn from [gate_lo, gate_hi]
+  float gate_hi;
+  bool big;  // dropped under SEQMIX_TEST_SCALE=small
+};
+
+std::string describe(const GlaCase& c, std::uint64_t seed) {
+  static const char* gates[] = {"channel", "scalar", "retnet", "none"};
+  std::ostringstream s;
+  s << "B=" << c.B << " T=" << c.T << " H=" << c.H << " HV=" << c.HV << " K=" << c.K << " V=" << c.V
+    << " gate=" << gates[static_cast<int>(c.gate)] << " g in [" << c.gate_lo << ", " << c.gate_hi << "] seed=" << seed;
+  return s.str();
+}
+
+// Random inputs of one case; initial state included.
+struct GlaData {
+  Tensor<float, 4> q, k, v, g, s0;
+  Tensor<float, 3> gs;
+  GlaData(const GlaCase& c, std::uint64_t seed)
+      : q(st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 1)),
+        k(st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 2)),
+        v(st::random_tensor<4>({c.B, c.T, c.HV, c.V}, seed + 3)),
+        s0(st::random_tensor<4>({c.B, c.HV, c.K, c.V}, seed + 5)) {
+    if (c.gate == GateKind::channel) {
+      g = Tensor<float, 4>({c.B, c.T, c.H, c.K});
+      st::fill_log_gate(g.view(), seed + 4, c.gate_lo, c.gate_hi);
+    }
+    if (c.gate == GateKind::scalar) {
+      gs = Tensor<float, 3>({c.B, c.T, c.H});
+      st::fill_log_gate(gs.view(), seed + 4, c.gate_lo, c.gate_hi);
+    }
+  }
+  seqmix::GlaInputs inputs() const {
+    seqmix::GlaInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.initial_state = s0.view();
+    if (g.numel()) in.g = g.view();
+    if (gs.numel()) in.g_scalar = gs.view();
+    return in;
+  }
+};
+
+struct GlaResult {
+  Tensor<float, 4> o, state;
+  GlaResult(const GlaCase& c) : o({c.B, c.T, c.HV, c.V}), state({c.B, c.HV, c.K, c.V}) {}
+  seqmix::GlaOutputs outputs() { return {o.view(), state.view()}; }
+};
+
+void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
+  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
+  INFO(what << ": " << cmp.describe());
+  REQUIRE(cmp.ok);
+}
+
+// The table: each listed value of T, K, V, H, B and gate strength appears, in ragged
+// combinations around the chunk size 64 (smaller, equal, one over, several, long).
+std::vector<GlaCase> gla_table() {
+  std::vector<GlaCase> cases = {
+      {1, 1, 1, 1, 16, 16, GateKind::channel, -1.f, 0.f, false},
+      {3, 17, 4, 4, 16, 64, GateKind::channel, -0.1f, 0.f, false},
+      {1, 64, 1, 1, 64, 64, GateKind::channel, -20.f, 0.f, false},
+      {3, 65, 4, 4, 80, 16, GateKind::channel, -3.f, -0.5f, false},
+      {1, 300, 4, 4, 64, 80, GateKind::channel, -0.05f, 0.f, false},
+      {1, 300, 1, 1, 128, 64, GateKind::channel, -20.f, -5.f, false},
+      {3, 300, 1, 4, 16, 128, GateKind::channel, -1e-3f, 0.f, false},
+      {1, 2048, 1, 1, 64, 64, GateKind::channel, -0.5f, 0.f, false},
+      {1, 2048, 4, 4, 128, 128, GateKind::channel, -1.f, 0.f, true},
+      {1, 1, 4, 4, 64, 16, GateKind::scalar, -1.f, 0.f, false},
+      {3, 65, 1, 1, 16, 80, GateKind::scalar, -20.f, 0.f, false},
+      {1, 300, 4, 4, 128, 64, GateKind::scalar, -0.01f, 0.f, false},
+      {1, 2048, 1, 2, 80, 64, GateKind::scalar, -0.1f, 0.f, false},
+      {3, 17, 4, 4, 64, 64, GateKind::retnet, 0.f, 0.f, false},
+      {1, 300, 4, 8, 64, 16, GateKind::retnet, 0.f, 0.f, false},
+      {1, 65, 1, 1, 80, 128, GateKind::none, 0.f, 0.f, false},
+      {3, 300, 4, 4, 16, 16, GateKind::none, 0.f, 0.f, false},
+  };
+  if (st::small_test_scale()) cases.erase(std::remove_if(cases.begin(), cases.end(), [](const GlaCase& c) { return c.big; }), cases.end());
+  return cases;
+}
+
+// fp32 chunked/recurrent against the double reference; long ungated sums grow, so the bound
+// scales with max|ref| (SPEC's rule).
+constexpr double kTol = 2e-4;
+
+}  // namespace
+
+TEST_CASE("gated_linear_attention: fast forms match the reference over the shape table", "[gla]") {
+  std::uint64_t seed = 100;
+  for (const GlaCase& c : gla_table()) {
+    seed += 10;
+    const GlaData data(c, seed);
+    seqmix::GlaOptions options;
+    options.gate = c.gate;
+    GlaResult ref(c);
+    seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
+    for (auto algorithm : {LinearAttentionAlgorithm::automatic, LinearAttentionAlgorithm::chunked,
+                           LinearAttentionAlgorithm::recurrent}) {
+      options.algorithm = algorithm;
+      GlaResult fast(c);
+      seqmix::gated_linear_attention(data.inputs(), fast.outputs(), options);
+      const std::string what = describe(c, seed) + " algorithm=" + std::to_string(static_cast<int>(algorithm));
+      require_close(fast.o, ref.o, kTol, what + " o");
+      require_close(fast.state, ref.state, kTol, what + " final_state");
+    }
+  }
+}
+
+TEST_CASE("gated_linear_attention: chunk sizes and thread counts agree", "[gla]") {
+  const GlaCase c{2, 300, 2, 4, 64, 80, GateKind::channel, -25.f, 0.f, false};
+  const GlaData data(c, 7);
+  GlaResult ref(c);
+  seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs());
+  seqmix::ThreadPool pool(2);
+  for (index_t chunk : {1, 16, 33, 64, 128, 512}) {
+    for (float lo : {-25.f, -0.05f}) {
+      GlaData d2 = data;
+      st::fill_log_gate(d2.g.view(), 9, lo, 0.f);
+      GlaResult r2(c), fast(c);
+      seqmix::reference::gated_linear_attention(d2.inputs(), r2.outputs());
+      seqmix::GlaOptions options;
+      options.chunk_size = chunk;
+      options.algorithm = LinearAttentionAlgorithm::chunked;
+      seqmix::gated_linear_attention(d2.inputs(), fast.outputs(), options, pool);
+      require_close(fast.o, r2.o, kTol, "chunk=" + std::to_string(chunk) + " g_lo=" + std::to_string(lo));
+      require_close(fast.state, r2.state, kTol, "chunk=" + std::to_string(chunk));
+    }
+  }
+}
+
+TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "[gla]") {
+  for (GateKind gate : {GateKind::channel, GateKind::scalar, GateKind::retnet, GateKind::none}) {
+    const GlaCase c{2, 150, 2, 4, 64, 48, gate, -2.f, 0.f, false};
+    const GlaData data(c, 31);
+    seqmix::GlaOptions options;
+    options.gate = gate;
+    GlaResult full(c);
+    seqmix::gated_linear_attention(data.inputs(), full.outputs(), options);
+
+    // Pieces [0,100), [100,137), then 13 single steps, carrying the state in place.
+    Tensor<float, 4> state({c.B, c.HV, c.K, c.V});
+    seqmix::copy(data.s0.cview(), state.view());
+    Tensor<float, 4> o({c.B, c.T, c.HV, c.V});
+    auto piece = [&](index_t t0, index_t n) {
+      seqmix::GlaInputs in = data.inputs();
+      in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+      if (in.g.has_value()) in.g = in.g.slice(1, t0, n);
+      if (in.g_scalar.has_value()) in.g_scalar = in.g_scalar.slice(1, t0, n);
+      in.initial_state = state.cview();
+      seqmix::gated_linear_attention(in, {o.view().slice(1, t0, n), state.view()}, options);
+    };
+    piece(0, 100);
+    piece(100, 37);
+    for (index_t t = 137; t < c.T; ++t) {
+      seqmix::GlaStepInputs in;
+      in.q = data.q.view().select(1, t), in.k = data.k.view().select(1, t), in.v = data.v.view().select(1, t);
+      if (gate == GateKind::channel) in.g = data.g.view().select(1, t);
+      if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, t);
+      seqmix::gated_linear_attention_step(in, {o.view().select(1, t), state.view()}, options);
+    }
+    const std::string what = describe(c, 31);
+    require_close(o, full.o, 1e-5, what + " o");
+    require_close(state, full.state, 1e-5, what + " state");
+  }
+}
+
+TEST_CASE("gated_linear_attention: strided views give the same result", "[gla]") {
+  const GlaCase c{2, 70, 2, 2, 20, 24, GateKind::channel, -1.f, 0.f, false};
+  const GlaData data(c, 55);
+  GlaResult ref(c);
+  seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs());
+  // q as every other element of a wider buffer (strided last dim); o into a padded buffer.
+  Tensor<float, 4> wide({c.B, c.T, c.H, 2 * c.K});
+  seqmix::TensorView<float, 4> q_strided(wide.data(), {c.B, c.T, c.H, c.K},
+                                         {c.T * c.H * 2 * c.K, c.H * 2 * c.K, 2 * c.K, 2});
+  seqmix::copy(data.q.cview(), q_strided);
+  Tensor<float, 4> o_pad({c.B, c.T, c.HV, c.V + 3});
+  auto o_view = o_pad.view().slice(3, 1, c.V);
+  seqmix::GlaInputs in = data.inputs();
+  in.q = q_strided;
+  Tensor<float, 4> state({c.B, c.HV, c.K, c.V});
+  for (auto algorithm : {LinearAttentionAlgorithm::chunked, LinearAttentionAlgorithm::recurrent}) {
+    seqmix::GlaOptions options;
+    options.algorithm = algorithm;
+    seqmix::gated_linear_attention(in, {o_view, state.view()}, options);
+    Tensor<float, 4> o({c.B, c.T, c.HV, c.V});
+    seqmix::copy(o_view.as_const(), o.view());
+    require_close(o, ref.o, kTol, describe(c, 55) + " strided");
+  }
+}
+
+TEST_CASE("gated_linear_attention: a 65536-token run stays finite and matches the recurrence", "[gla][long]") {
+  if (st::small_test_scale()) return;
+  const GlaCase c{1, 65536, 1, 1, 16, 16, GateKind::channel, -20.f, 0.f, false};
+  GlaData data(c, 77);
+  // Mostly slow decays, with stretches of very strong ones and exact zeros (no decay).
+  st::fill_log_gate(data.g.view(), 78, -0.02f, 0.f);
+  for (index_t t = 0; t < c.T; t += 997)
+    for (index_t j = 0; j < 40 && t + j < c.T; ++j) data.g(0, t + j, 0, j % c.K) = -20.f;
+  for (index_t t = 500; t < 700; ++t)
+    for (index_t kk = 0; kk < c.K; ++kk) data.g(0, t, 0, kk) = 0.f;
+  GlaResult ref(c), fast(c);
+  seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs());
+  seqmix::gated_linear_attention(data.inputs(), fast.outputs());
+  REQUIRE(std::all_of(fast.o.begin(), fast.o.end(), [](float x) { return std::isfinite(x); }));
+  require_close(fast.o, ref.o, 1e-3, describe(c, 77));
+  require_close(fast.state, ref.state, 1e-3, describe(c, 77) + " state");
+  seqmix::GlaOptions options;
+  options.algorithm = LinearAttentionAlgorithm::chunked;
+  seqmix::gated_linear_attention(data.inputs(), fast.outputs(), options);
+  REQUIRE(std::all_of(fast.o.begin(), fast.o.end(), [](float x) { return std::isfinite(x); }));
+  require_close(fast.o, ref.o, 1e-3, describe(c, 77) + " chunked");
+}
+
+TEST_CASE("gated_linear_attention: bad arguments are rejected before any output is written", "[gla]") {
+  const GlaCase c{1, 10, 2, 4, 8, 8, GateKind::channel, -1.f, 0.f, false};
+  GlaData data(c, 3);
+  GlaResult out(c);
+  out.o.fill(42.f);
+  auto expect_error = [&](const seqmix::GlaInputs& in, const seqmix::GlaOutputs& o, const seqmix::GlaOptions& opt,
+                          const std::string& fragment) {
+    try {
+      seqmix::gated_linear_attention(in, o, opt);
+      FAIL("no error; expected one mentioning " << fragment);
+    } catch (const seqmix::ShapeError& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    }
+    for (float x : out.o) REQUIRE(x == 42.f);
+  };
+  seqmix::GlaOptions options;
+  // A positive log-gate.
+  data.g(0, 3, 1, 5) = 0.25f;
+  expect_error(data.inputs(), out.outputs(), options, "'g' must be a log-space decay <= 0");
+  data.g(0, 3, 1, 5) = std::nanf("");
+  expect_error(data.inputs(), out.outputs(), options, "'g'");
+  data.g(0, 3, 1, 5) = -0.5f;
+  // Wrong k shape, bad value-head count, missing gate, wrong output shape.
+  Tensor<float, 4> k_bad({1, 10, 2, 9}), v_bad({1, 10, 3, 8}), o_bad({1, 10, 4, 7});
+  seqmix::GlaInputs in = data.inputs();
+  in.k = k_bad.view();
+  expect_error(in, out.outputs(), options, "'k' must have shape [B,T,H,K] = [1, 10, 2, 8], got [1, 10, 2, 9]");
+  in = data.inputs();
+  in.v = v_bad.view();
+  expect_error(in, out.outputs(), options, "'v'");
+  in = data.inputs();
+  in.g = {};
+  expect_error(in, out.outputs(), options, "'g' is required");
+  expect_error(data.inputs(), {o_bad.view(), out.state.view()}, options, "'o' must have shape");
+  // A scalar gate given as g_scalar with a positive value.
+  Tensor<float, 3> gs({1, 10, 2});
+  gs(0, 9, 1) = 1.f;
+  in = data.inputs();
+  in.g = {};
+  in.g_scalar = gs.view();
+  options.gate = GateKind::scalar;
+  expect_error(in, out.outputs(), options, "'g_scalar' must be a log-space decay <= 0");
+  options.gate = GateKind::channel;
+  options.chunk_size = 0;
+  expect_error(data.inputs(), out.outputs(), options, "chunk_size");
+}
+
+TEST_CASE("retention uses RetNet's per-head decay", "[gla]") {
+  CHECK(seqmix::retnet_log_decay(0) == Approx(std::log(1.0 - 1.0 / 32)).epsilon(1e-6));
+  CHECK(seqmix::retnet_log_decay(3) == Approx(std::log(1.0 - 1.0 / 256)).epsilon(1e-6));
+  // retention() == gated_linear_attention with a scalar gate filled with those decays.
+  const GlaCase c{1, 90, 3, 3, 16, 16, GateKind::scalar, 0.f, 0.f, false};
+  GlaData data(c, 12);
+  for (index_t t = 0; t < c.T; ++t)
+    for (index_t h = 0; h < c.H; ++h) data.gs(0, t, h) = seqmix::retnet_log_decay(h);
+  GlaResult a(c), b(c);
+  seqmix::simple_gla(data.inputs(), a.outputs());
+  seqmix::GlaInputs in = data.inputs();
+  in.g_scalar = {};
+  seqmix::retention(in, b.outputs());
+  require_close(b.o, a.o, 1e-5, "retention vs simple_gla");
+}

@@ -1,0 +1,152 @@
+// rwkv6: fast forms against the reference over a shape table (gates from near 0 to -20 per
+// step), split runs with steps, chunk sizes, bad arguments.
+#include <catch2/catch.hpp>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/linear_attention/rwkv6/chunked.hpp"
+#include "seqmix/linear_attention/rwkv6/reference.hpp"
+#include "seqmix/linear_attention/rwkv6/step.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::LinearAttentionAlgorithm;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct RwkvCase {
+  index_t B, T, H, HV, K, V;
+  float gate_lo, gate_hi;
+  bool big;
+};
+
+std::string describe(const RwkvCase& c, std::uint64_t seed) {
+  std::ostringstream s;
+  s << "B=" << c.B << " T=" << c.T << " H=" << c.H << " HV=" << c.HV << " K=" << c.K << " V=" << c.V << " g in ["
+    << c.gate_lo << ", " << c.gate_hi << "] seed=" << seed;
+  return s.str();
+}
+
+struct RwkvData {
+  Tensor<float, 4> r, k, v, g, s0;
+  Tensor<float, 2> u;
+  RwkvData(const RwkvCase& c, std::uint64_t seed)
+      : r(st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 1)),
+        k(st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 2)),
+        v(st::random_tensor<4>({c.B, c.T, c.HV, c.V}, seed + 3)),
+        g({c.B, c.T, c.H, c.K}),
+        s0(st::random_tensor<4>({c.B, c.HV, c.K, c.V}, seed + 5)),
+        u(st::random_tensor<2>({c.H, c.K}, seed + 6)) {
+    st::fill_log_gate(g.view(), seed + 4, c.gate_lo, c.gate_hi);
+  }
+  seqmix::Rwkv6Inputs inputs() const { return {r.view(), k.view(), v.view(), g.view(), u.view(), s0.view()}; }
+};
+
+struct RwkvResult {
+  Tensor<float, 4> o, state;
+  explicit RwkvResult(const RwkvCase& c) : o({c.B, c.T, c.HV, c.V}), state({c.B, c.HV, c.K, c.V}) {}
+  seqmix::Rwkv6Outputs outputs() { return {o.view(), state.view()}; }
+};
+
+void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
+  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
+  INFO(what << ": " << cmp.describe());
+  REQUIRE(cmp.ok);
+}
+
+std::vector<RwkvCase> rwkv_table() {
+  std::vector<RwkvCase> cases = {
+      {1, 1, 1, 1, 16, 16, -1.f, 0.f, false},
+      {3, 17, 4, 4, 64, 16, -20.f, 0.f, false},
+      {1, 64, 1, 1, 64, 64, -0.05f, 0.f, false},
+      {3, 65, 4, 4, 16, 80, -3.f, -1.f, false},
+      {1, 300, 4, 8, 80, 64, -20.f, -5.f, false},
+      {1, 300, 1, 1, 128, 128, -1e-3f, 0.f, false},
+      {3, 300, 1, 1, 64, 64, -0.5f, 0.f, false},
+      {1, 2048, 1, 1, 64, 64, -0.2f, 0.f, false},
+      {1, 2048, 4, 4, 128, 128, -1.f, 0.f, true},
+  };
+  if (st::small_test_scale()) cases.pop_back();
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("rwkv6: fast forms match the reference over the shape table", "[rwkv6]") {
+  std::uint64_t seed = 500;
+  for (const RwkvCase& c : rwkv_table()) {
+    seed += 10;
+    const RwkvData data(c, seed);
+    RwkvResult ref(c);
+    seqmix::reference::rwkv6(data.inputs(), ref.outputs());
+    for (auto algorithm : {LinearAttentionAlgorithm::automatic, LinearAttentionAlgorithm::chunked,
+                           LinearAttentionAlgorithm::recurrent}) {
+      seqmix::Rwkv6Options options;
+      options.algorithm = algorithm;
+      RwkvResult fast(c);
+      seqmix::rwkv6(data.inputs(), fast.outputs(), options);
+      const std::string what = describe(c, seed) + " algorithm=" + std::to_string(static_cast<int>(algorithm));
+      require_close(fast.o, ref.o, 2e-4, what + " o");
+      require_close(fast.state, ref.state, 2e-4, what + " final_state");
+    }
+  }
+}
+
+TEST_CASE("rwkv6: chunk sizes and threads agree", "[rwkv6]") {
+  seqmix::ThreadPool pool(2);
+  for (float lo : {-25.f, -0.1f}) {
+    const RwkvCase c{2, 200, 2, 2, 32, 48, lo, 0.f, false};
+    const RwkvData data(c, 9);
+    RwkvResult ref(c);
+    seqmix::reference::rwkv6(data.inputs(), ref.outputs());
+    for (index_t chunk : {1, 16, 50, 64, 256}) {
+      seqmix::Rwkv6Options options;
+      options.chunk_size = chunk;
+      options.algorithm = LinearAttentionAlgorithm::chunked;
+      RwkvResult fast(c);
+      seqmix::rwkv6(data.inputs(), fast.outputs(), options, pool);
+      require_close(fast.o, ref.o, 2e-4, describe(c, 9) + " chunk=" + std::to_string(chunk));
+      require_close(fast.state, ref.state, 2e-4, describe(c, 9) + " chunk=" + std::to_string(chunk));
+    }
+  }
+}
+
+TEST_CASE("rwkv6: one call equals prefill + prefill + steps", "[rwkv6]") {
+  const RwkvCase c{2, 150, 2, 4, 64, 48, -2.f, 0.f, false};
+  const RwkvData data(c, 61);
+  RwkvResult full(c), split(c);
+  seqmix::rwkv6(data.inputs(), full.outputs());
+  seqmix::copy(data.s0.cview(), split.state.view());
+  auto piece = [&](index_t t0, index_t n) {
+    seqmix::Rwkv6Inputs in = data.inputs();
+    in.r = in.r.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n), in.g = in.g.slice(1, t0, n);
+    in.initial_state = split.state.cview();
+    seqmix::rwkv6(in, {split.o.view().slice(1, t0, n), split.state.view()});
+  };
+  piece(0, 100);
+  piece(100, 37);
+  for (index_t t = 137; t < c.T; ++t) {
+    const seqmix::Rwkv6StepInputs in{data.r.view().select(1, t), data.k.view().select(1, t), data.v.view().select(1, t),
+                                     data.g.view().select(1, t), data.u.view()};
+    seqmix::rwkv6_step(in, {split.o.view().select(1, t), split.state.view()});
+  }
+  require_close(split.o, full.o, 1e-5, describe(c, 61) + " o");
+  require_close(split.state, full.state, 1e-5, describe(c, 61) + " state");
+}
+
+TEST_CASE("rwkv6: bad arguments are rejected", "[rwkv6]") {
+  const RwkvCase c{1, 10, 2, 2, 8, 8, -1.f, 0.f, false};
+  RwkvData data(c, 2);
+  RwkvResult out(c);
+  data.g(0, 4, 1, 2) = 0.5f;
+  CHECK_THROWS_WITH(seqmix::rwkv6(data.inputs(), out.outputs()), Catch::Contains("'g' must be a log-space decay <= 0"));
+  data.g(0, 4, 1, 2) = -0.5f;
+  Tensor<float, 2> u_bad({3, 8});
+  seqmix::Rwkv6Inputs in = data.inputs();
+  in.u = u_bad.view();
+  CHECK_THROWS_WITH(seqmix::rwkv6(in, out.outputs()), Catch::Contains("'u' must have H = 2 or HV = 2 heads"));
+}
