@@ -55,12 +55,12 @@ class ArgCheck {
   const std::string& op() const noexcept { return op_; }
 
   // View must be non-null (unless it has no elements) and match `expected` exactly.
-  template <class View, std::size_t Rank>
+  // The rank comes from the view, so the expected shape can be written as a braced list.
+  template <class View>
   const ArgCheck& shape(const char* argument, const View& view,
-                        const std::array<index_t, Rank>& expected, const char* dims) const {
-    static_assert(View::rank == Rank, "expected shape has a different rank than the view");
+                        const std::array<index_t, View::rank>& expected, const char* dims) const {
     bool matches = true;
-    for (std::size_t d = 0; d < Rank; ++d)
+    for (std::size_t d = 0; d < View::rank; ++d)
       if (expected[d] >= 0 && view.size(d) != expected[d]) matches = false;
     if (!matches) {
       throw ShapeError(op_, argument,
@@ -74,9 +74,9 @@ class ArgCheck {
   }
 
   // Same, but an empty (default-constructed) view means "not given" and passes.
-  template <class View, std::size_t Rank>
+  template <class View>
   const ArgCheck& optional_shape(const char* argument, const View& view,
-                                 const std::array<index_t, Rank>& expected,
+                                 const std::array<index_t, View::rank>& expected,
                                  const char* dims) const {
     if (view.data() == nullptr && view.numel() == 0) return *this;
     return shape(argument, view, expected, dims);
