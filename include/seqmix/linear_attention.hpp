@@ -12,3 +12,14 @@
 #include "seqmix/linear_attention/rwkv6/chunked.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 #include "seqmix/linear_attention/rwkv6/step.hpp"
+
+// Delta-rule members of the family: DeltaNet, Gated DeltaNet / KDA, RWKV-7.
+#include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/delta_rule/reference.hpp"
+#include "seqmix/linear_attention/delta_rule/step.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/step.hpp"
+#include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+#include "seqmix/linear_attention/rwkv7/reference.hpp"
+#include "seqmix/linear_attention/rwkv7/step.hpp"

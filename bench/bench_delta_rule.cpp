@@ -1,0 +1,205 @@
+// Benchmarks of the delta-rule family on 2 threads (seqmix::ThreadPool(2)), names
+// <op>/<prefill|step>/<shape>[/<form>]. Prefill reports GFLOP/s counting the recurrence's
+// arithmetic, whatever the algorithm does:
+//   delta / gated delta / KDA: 6 * B*T*HV*K*V  (S'^T k: 2KV, k u^T added: 2KV, S^T q: 2KV)
+//   rwkv7:                     8 * B*T*H*K*V   (a^T S, b p^T, k v^T, S^T r: 2KV each)
+// Steps report GB/s of state traffic, 2 * B*HV*K*V*4 bytes (the state is read and written once).
+// The reference runs as a baseline on a shorter T (it is a double-precision loop), named so.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <string>
+
+#include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/step.hpp"
+#include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+#include "seqmix/linear_attention/rwkv7/reference.hpp"
+#include "seqmix/linear_attention/rwkv7/step.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::DeltaAlgorithm;
+using seqmix::DeltaGate;
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+seqmix::ThreadPool& pool() {
+  static seqmix::ThreadPool instance(2);
+  return instance;
+}
+
+void normalize_rows(Tensor<float, 4>& x) {
+  const index_t D = x.size(3);
+  for (index_t i = 0; i < x.numel() / D; ++i) {
+    float* row = x.data() + i * D;
+    float sum = 0.f;
+    for (index_t j = 0; j < D; ++j) sum += row[j] * row[j];
+    for (index_t j = 0; j < D; ++j) row[j] /= std::sqrt(sum + 1e-6f);
+  }
+}
+
+// Inputs of a gated delta rule prefill with B = 1, HK = HV = H, K = V.
+struct GdrBenchData {
+  Tensor<float, 4> q, k, v, g, o, state;
+  Tensor<float, 3> beta, gs;
+  GdrBenchData(index_t T, index_t H, index_t K, DeltaGate gate)
+      : q(st::random_tensor<4>({1, T, H, K}, 1)), k(st::random_tensor<4>({1, T, H, K}, 2)),
+        v(st::random_tensor<4>({1, T, H, K}, 3)), o({1, T, H, K}), state({1, H, K, K}),
+        beta(st::random_tensor<3>({1, T, H}, 4, 0.f, 1.f)) {
+    normalize_rows(q);
+    normalize_rows(k);
+    if (gate == DeltaGate::channel) {
+      g = Tensor<float, 4>({1, T, H, K});
+      st::fill_log_gate(g.view(), 5, -0.1f, 0.f);
+    } else {
+      gs = Tensor<float, 3>({1, T, H});
+      st::fill_log_gate(gs.view(), 5, -0.1f, 0.f);
+    }
+  }
+  seqmix::GatedDeltaRuleInputs inputs() const {
+    seqmix::GatedDeltaRuleInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
+    if (g.numel()) in.g = g.view();
+    if (gs.numel()) in.g_scalar = gs.view();
+    return in;
+  }
+};
+
+void set_prefill_counters(benchmark::State& state, double flops) {
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
+void gdr_prefill(benchmark::State& state, index_t T, index_t H, index_t K, DeltaGate gate, DeltaAlgorithm algorithm,
+                 bool reference) {
+  GdrBenchData data(T, H, K, gate);
+  seqmix::GatedDeltaRuleOptions options;
+  options.gate = gate;
+  options.algorithm = algorithm;
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, options);
+    else
+      seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, options, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  set_prefill_counters(state, 6.0 * T * H * K * K);
+}
+
+void gdr_step(benchmark::State& state, index_t H, index_t K, DeltaGate gate) {
+  GdrBenchData data(1, H, K, gate);
+  seqmix::GatedDeltaRuleOptions options;
+  options.gate = gate;
+  seqmix::GatedDeltaRuleStepInputs in;
+  in.q = data.q.view().select(1, 0), in.k = data.k.view().select(1, 0), in.v = data.v.view().select(1, 0);
+  in.beta = data.beta.view().select(1, 0);
+  if (gate == DeltaGate::channel) in.g = data.g.view().select(1, 0);
+  if (gate == DeltaGate::scalar) in.g_scalar = data.gs.view().select(1, 0);
+  st::fill_uniform(data.state.view(), 9, -0.1f, 0.1f);
+  for (auto _ : state) {
+    seqmix::gated_delta_rule_step(in, {data.o.view().select(1, 0), data.state.view()}, options, pool());
+    benchmark::DoNotOptimize(data.state.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(2.0 * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,
+                                              benchmark::Counter::kIsRate);
+}
+
+void delta_prefill(benchmark::State& state, index_t T, index_t H, index_t K, DeltaAlgorithm algorithm) {
+  GdrBenchData data(T, H, K, DeltaGate::scalar);
+  seqmix::DeltaRuleInputs in;
+  in.q = data.q.view(), in.k = data.k.view(), in.v = data.v.view(), in.beta = data.beta.view();
+  seqmix::DeltaRuleOptions options;
+  options.algorithm = algorithm;
+  for (auto _ : state) {
+    seqmix::delta_rule(in, {data.o.view(), data.state.view()}, options, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  set_prefill_counters(state, 6.0 * T * H * K * K);
+}
+
+struct Rwkv7BenchData {
+  Tensor<float, 4> r, k, v, a, b, g, o, state;
+  Rwkv7BenchData(index_t T, index_t H, index_t K)
+      : r(st::random_tensor<4>({1, T, H, K}, 1)), k(st::random_tensor<4>({1, T, H, K}, 2)),
+        v(st::random_tensor<4>({1, T, H, K}, 3)), a(st::random_tensor<4>({1, T, H, K}, 4)),
+        b(st::random_tensor<4>({1, T, H, K}, 5)), g({1, T, H, K}), o({1, T, H, K}), state({1, H, K, K}) {
+    normalize_rows(k);
+    // RWKV-7's a = -kappa, b = kappa * lr keeps the transition contractive.
+    normalize_rows(a);
+    for (index_t i = 0; i < a.numel(); ++i) b.data()[i] = -0.5f * a.data()[i];
+    st::fill_log_gate(g.view(), 6, -0.5f, 0.f);
+  }
+  seqmix::Rwkv7Inputs inputs() const {
+    return {r.view(), k.view(), v.view(), a.view(), b.view(), g.view(), seqmix::ConstView<float, 4>()};
+  }
+};
+
+void rwkv7_prefill(benchmark::State& state, index_t T, index_t H, index_t K, bool reference) {
+  Rwkv7BenchData data(T, H, K);
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::rwkv7(data.inputs(), {data.o.view(), data.state.view()});
+    else
+      seqmix::rwkv7(data.inputs(), {data.o.view(), data.state.view()}, pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  set_prefill_counters(state, 8.0 * T * H * K * K);
+}
+
+void rwkv7_step(benchmark::State& state, index_t H, index_t K) {
+  Rwkv7BenchData data(1, H, K);
+  seqmix::Rwkv7StepInputs in;
+  auto row = [](const Tensor<float, 4>& x) { return x.view().select(1, 0); };
+  in.r = row(data.r), in.k = row(data.k), in.v = row(data.v), in.a = row(data.a), in.b = row(data.b);
+  in.g = row(data.g);
+  st::fill_uniform(data.state.view(), 9, -0.1f, 0.1f);
+  for (auto _ : state) {
+    seqmix::rwkv7_step(in, {data.o.view().select(1, 0), data.state.view()}, pool());
+    benchmark::DoNotOptimize(data.state.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(2.0 * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,
+                                              benchmark::Counter::kIsRate);
+}
+
+void register_all() {
+  using seqmix::DeltaAlgorithm;
+  auto reg = [](const std::string& name, auto fn) {
+    benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMicrosecond);
+  };
+  const DeltaAlgorithm autom = DeltaAlgorithm::automatic, chunked = DeltaAlgorithm::chunked,
+                       recurrent = DeltaAlgorithm::recurrent;
+  // Targets (issue #5): h32 t512 <= 10 ms, h32 t1024 <= 20 ms, h4 t1024 <= 3 ms.
+  struct Shape { const char* name; index_t T, H, K; };
+  for (const Shape& s : {Shape{"h32_k128_t512", 512, 32, 128}, Shape{"h32_k128_t1024", 1024, 32, 128},
+                         Shape{"h4_k128_t1024", 1024, 4, 128}, Shape{"h16_k64_t1024", 1024, 16, 64}}) {
+    const std::string base = std::string("gated_delta_rule/prefill/") + s.name;
+    reg(base, [s, autom](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, autom, false); });
+    reg(base + "/chunked", [s, chunked](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, chunked, false); });
+    reg(base + "/recurrent", [s, recurrent](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, recurrent, false); });
+  }
+  reg("gated_delta_rule/prefill/h32_k128_t64/reference",
+      [autom](benchmark::State& st) { gdr_prefill(st, 64, 32, 128, DeltaGate::scalar, autom, true); });
+  reg("delta_rule/prefill/h32_k128_t512", [autom](benchmark::State& st) { delta_prefill(st, 512, 32, 128, autom); });
+  // Targets: step h32 k128 <= 70 us, h16 k64 <= 12 us.
+  reg("gated_delta_rule/step/h32_k128", [](benchmark::State& st) { gdr_step(st, 32, 128, DeltaGate::scalar); });
+  reg("gated_delta_rule/step/h16_k64", [](benchmark::State& st) { gdr_step(st, 16, 64, DeltaGate::scalar); });
+  // KDA targets: prefill h32 k128 t64 <= 2.5 ms, step <= 90 us.
+  reg("kda/prefill/h32_k128_t64", [autom](benchmark::State& st) { gdr_prefill(st, 64, 32, 128, DeltaGate::channel, autom, false); });
+  reg("kda/prefill/h32_k128_t64/chunked", [chunked](benchmark::State& st) { gdr_prefill(st, 64, 32, 128, DeltaGate::channel, chunked, false); });
+  reg("kda/prefill/h32_k128_t512", [autom](benchmark::State& st) { gdr_prefill(st, 512, 32, 128, DeltaGate::channel, autom, false); });
+  reg("kda/prefill/h32_k128_t512/chunked", [chunked](benchmark::State& st) { gdr_prefill(st, 512, 32, 128, DeltaGate::channel, chunked, false); });
+  reg("kda/prefill/h32_k128_t64/reference", [autom](benchmark::State& st) { gdr_prefill(st, 64, 32, 128, DeltaGate::channel, autom, true); });
+  reg("kda/step/h32_k128", [](benchmark::State& st) { gdr_step(st, 32, 128, DeltaGate::channel); });
+  // rwkv7 targets: prefill h32 k64 t512 <= 2.5 ms, step <= 8 us.
+  reg("rwkv7/prefill/h32_k64_t512", [](benchmark::State& st) { rwkv7_prefill(st, 512, 32, 64, false); });
+  reg("rwkv7/prefill/h32_k64_t64/reference", [](benchmark::State& st) { rwkv7_prefill(st, 64, 32, 64, true); });
+  reg("rwkv7/step/h32_k64", [](benchmark::State& st) { rwkv7_step(st, 32, 64); });
+}
+
+const int kRegistered = (register_all(), 0);
+
+}  // namespace

@@ -1,0 +1,130 @@
+// The delta-rule family (delta_rule, gated_delta_rule / KDA, rwkv7): public enums, one
+// (batch, value head) slice of a problem, per-token loaders and the shared argument checks.
+// The shape checks of q/k/v, scale and chunk size are the linear-attention family's
+// (detail/validate.hpp), reused as they are.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <string>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/detail/head.hpp"
+#include "seqmix/linear_attention/detail/validate.hpp"
+
+namespace seqmix {
+
+// How the decay of gated_delta_rule is given (natural-log space, <= 0).
+enum class DeltaGate {
+  scalar,   // g_scalar [B,T,HV]: one log-decay per token and value head (Gated DeltaNet)
+  channel,  // g [B,T,HV,K]: one per token, value head and key channel (KDA, Kimi Delta Attention)
+};
+
+// Optional normalization of q and k inside the kernel, per token and q/k head.
+enum class QkNorm {
+  none,  // q and k are used as given (callers normalized them already)
+  l2,    // x / sqrt(sum x^2 + 1e-6), as flash-linear-attention's use_qk_l2norm_in_kernel
+};
+
+// Which prefill algorithm a delta-family op runs. Both compute the same function (to rounding).
+enum class DeltaAlgorithm {
+  automatic,  // whichever measured faster for the shape (delta_detail::choose_delta_algorithm)
+  chunked,    // chunkwise WY / UT form on GEMMs (../DELTA_README.md)
+  recurrent,  // token by token: the fused decode-step kernel applied T times
+};
+
+namespace delta_detail {
+
+using detail::la::Dims;
+
+// Epsilon of QkNorm::l2, inside the square root (flash-linear-attention's value).
+constexpr float kL2NormEps = 1e-6f;
+
+// One (batch, value head) of a delta_rule / gated_delta_rule prefill.
+struct DeltaHead {
+  ConstView<float, 2> q, k;  // [T,K] raw rows of q/k head hv / (HV/HK)
+  ConstView<float, 2> v;     // [T,V]
+  ConstView<float, 1> beta;  // [T]
+  // [T,K] log-decays; a scalar gate is the same view with column stride 0. Empty: no decay.
+  ConstView<float, 2> g;
+  bool scalar_gate = false;
+  TensorView<float, 2> o;  // [T,V]
+  float scale = 1.f;
+  QkNorm norm = QkNorm::none;
+
+  index_t T() const { return q.size(0); }
+  index_t K() const { return q.size(1); }
+  index_t V() const { return v.size(1); }
+  bool gated() const { return g.has_value(); }
+};
+
+// Tokens [t0, t0 + n) of a head as a head of its own.
+inline DeltaHead slice_head(const DeltaHead& p, index_t t0, index_t n) {
+  DeltaHead s = p;
+  s.q = p.q.slice(0, t0, n);
+  s.k = p.k.slice(0, t0, n);
+  s.v = p.v.slice(0, t0, n);
+  s.beta = p.beta.slice(0, t0, n);
+  s.o = p.o.slice(0, t0, n);
+  if (p.g.has_value()) s.g = p.g.slice(0, t0, n);
+  return s;
+}
+
+// out[0..n) = factor * x (any stride), times 1/||x|| when normalizing.
+inline void load_row(const ConstView<float, 1>& x, float factor, QkNorm norm, float* out) {
+  const index_t n = x.size(0);
+  if (x.is_last_dim_contiguous()) {
+    const float* p = x.data();
+    if (norm == QkNorm::l2) factor /= std::sqrt(simd::dot(p, p, n) + kL2NormEps);
+    const simd::Batch<float> f(factor);
+    const index_t nv = simd::vector_end(n);
+    for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(out + i, f * simd::load(p + i));
+    for (index_t i = nv; i < n; ++i) out[i] = factor * p[i];
+    return;
+  }
+  float sum = 0.f;
+  for (index_t i = 0; i < n; ++i) out[i] = x(i);
+  if (norm == QkNorm::l2) {
+    for (index_t i = 0; i < n; ++i) sum += out[i] * out[i];
+    factor /= std::sqrt(sum + kL2NormEps);
+  }
+  for (index_t i = 0; i < n; ++i) out[i] *= factor;
+}
+
+// Copies a (possibly strided) row into out[0..n).
+inline void copy_row(const ConstView<float, 1>& x, float* out) {
+  const index_t n = x.size(0);
+  if (x.is_last_dim_contiguous()) {
+    std::copy(x.data(), x.data() + n, out);
+    return;
+  }
+  for (index_t i = 0; i < n; ++i) out[i] = x(i);
+}
+
+// beta [B,T,HV] (prefill) or [B,HV] (step): shape and range. beta outside [0, 1] is not
+// forbidden by SPEC (DeltaNet variants use beta in (0, 2)), but it must be finite.
+template <std::size_t Rank>
+inline void check_beta(const ArgCheck& check, const ConstView<float, Rank>& beta, const std::array<index_t, Rank>& shape,
+                       const char* dims) {
+  check.shape("beta", beta, shape, dims);
+  std::array<index_t, Rank> idx{};
+  const index_t n = beta.numel();
+  for (index_t flat = 0; flat < n; ++flat) {
+    index_t r = flat, offset = 0;
+    for (std::size_t d = Rank; d-- > 0;) {
+      idx[d] = r % beta.size(d);
+      r /= beta.size(d);
+      offset += idx[d] * beta.stride(d);
+    }
+    const float value = beta.data()[offset];
+    if (!std::isfinite(value))
+      check.that(false, "beta", "must be finite, got " + std::to_string(value) + " at " + shape_to_string(idx));
+  }
+}
+
+}  // namespace delta_detail
+}  // namespace seqmix

@@ -1,0 +1,201 @@
+// The chunkwise WY / UT-transform form of the (gated) delta rule, one head at a time. Internal.
+// ../DELTA_README.md derives it; in short, for a chunk of L tokens entering with state S,
+// gamma_i = sum_{s<=i} g_s (cumulative log-gate from the chunk start, per channel for KDA):
+//   A   = strict_tril(diag(beta) [k_i . (k_j * exp(gamma_i - gamma_j))])          [L,L]
+//   M   = tril([q_i . (k_j * exp(gamma_i - gamma_j))])                            [L,L]
+//   (I + A) U = diag(beta) (V - (K * exp(gamma)) S)     blocked forward substitution
+//   O   = (Q * exp(gamma)) S + M U
+//   S   = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U
+// U is the WY form's U - W S with W = T diag(beta) (K * exp(gamma)), U = T diag(beta) V,
+// T = (I + A)^-1: on a CPU the chunks of one head run in order, so T is applied once, to the
+// combined right-hand side, instead of forming W and U separately (that would cost one more
+// [L,L]x[L,K] GEMM per chunk for the same result).
+//
+// Every exponent is <= 0 (the factor exp(gamma_i - gamma_j) is only needed for j <= i) except
+// in the per-channel scores, which are computed safely:
+//  - decay over the chunk at most kAnchorRange: one GEMM of (X * exp(gamma - m)) and
+//    (K * exp(m - gamma)) with the anchor m half way, every factor within exp(+-30);
+//  - stronger decay: each pair (i, j <= i) summed directly with exp of the non-positive
+//    difference, vectorized over K.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include <Eigen/Core>
+
+#include "seqmix/core/simd.hpp"
+#include "seqmix/linear_attention/delta_detail/head.hpp"
+#include "seqmix/linear_attention/delta_detail/recurrent.hpp"
+#include "seqmix/linear_attention/detail/chunked.hpp"
+
+namespace seqmix::delta_detail {
+
+using detail::la::RowMatrix;
+using detail::la::kGateFloor;
+
+// 60: with the anchor half way, factors stay within exp(+-30) ~ 1e13, far from fp32 overflow
+// even for the masked-out (j > i) products, and kept ones far from underflow.
+constexpr float kAnchorRange = 60.f;
+// 16: rows of one forward-substitution block. The off-diagonal part of a block is a GEMM; the
+// 16x16 diagonal block is done row by row with vector axpys over V.
+constexpr index_t kSolveBlock = 16;
+
+// Per-thread scratch of the chunked form for chunk size C, allocated once per parallel block
+// and reused for every chunk and head (never allocated per chunk).
+struct WyWorkspace {
+  WyWorkspace(index_t C, index_t K, index_t V)
+      : KQ(2 * C, K), KQg(2 * C, K), Kn(C, K), gamma(C, K), G(2 * C, C), A(C, C), M(C, C), P(2 * C, V), Vc(C, V),
+        U(C, V), beta(C), anchor(K) {}
+  RowMatrix KQ;     // [2C,K] rows [0,L): k (normalized), rows [L,2L): q (normalized, * scale)
+  RowMatrix KQg;    // [2C,K] the same rows * exp(gamma) (the read of the carried state)
+  RowMatrix Kn;     // [C,K]  k * exp(m - gamma) (anchored scores), then k * exp(gamma_L - gamma)
+  RowMatrix gamma;  // [C,K]  cumulative log-gates (column 0 only for a scalar gate)
+  RowMatrix G;      // [2C,C] raw scores: rows [0,L) against k, rows [L,2L) q against k
+  RowMatrix A, M;   // [C,C]  strictly lower beta-scaled k scores; lower q scores
+  RowMatrix P;      // [2C,V] (K;Q) * exp(gamma) times S
+  RowMatrix Vc, U;  // [C,V]  values; right-hand side, then the solution U
+  Eigen::Matrix<float, 1, Eigen::Dynamic> beta, anchor;
+};
+
+// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, v, beta, cumulative gates.
+inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
+  for (index_t i = 0; i < L; ++i) {
+    load_row(p.k[t0 + i], 1.f, p.norm, ws.KQ.row(i).data());
+    load_row(p.q[t0 + i], p.scale, p.norm, ws.KQ.row(L + i).data());
+    copy_row(p.v[t0 + i], ws.Vc.row(i).data());
+    ws.beta(i) = p.beta(t0 + i);
+  }
+  if (!p.gated()) return;
+  const index_t n = p.scalar_gate ? 1 : p.K();
+  for (index_t i = 0; i < L; ++i) {
+    float* cur = ws.gamma.row(i).data();
+    const float* prev = i > 0 ? ws.gamma.row(i - 1).data() : nullptr;
+    // The floor keeps a hard reset (g = -inf) from making -inf - -inf = NaN below.
+    for (index_t c = 0; c < n; ++c) cur[c] = (prev ? prev[c] : 0.f) + std::max(p.g(t0 + i, c), kGateFloor);
+  }
+}
+
+// sum_c x_c k_c exp(gx_c - gk_c) for one pair with gx <= gk channelwise.
+inline float decayed_dot(const float* x, const float* k, const float* gx, const float* gk, index_t K) {
+  using simd::Batch;
+  Batch<float> acc(0.f);
+  const index_t kv = simd::vector_end(K);
+  for (index_t c = 0; c < kv; c += simd::kWidth)
+    acc = simd::fma(simd::load(x + c) * simd::load(k + c), simd::exp(simd::load(gx + c) - simd::load(gk + c)), acc);
+  float sum = simd::reduce_add(acc);
+  for (index_t c = kv; c < K; ++c) sum += x[c] * k[c] * std::exp(gx[c] - gk[c]);
+  return sum;
+}
+
+// Fills A (strict lower, beta-scaled) and M (lower) from the raw scores G, with the pairwise
+// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise.
+inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
+  for (index_t i = 0; i < L; ++i) {
+    const float bi = ws.beta(i);
+    for (index_t j = 0; j <= i; ++j) {
+      const float decay = scalar_decay ? std::exp(ws.gamma(i, 0) - ws.gamma(j, 0)) : 1.f;
+      ws.A(i, j) = j < i ? bi * decay * ws.G(i, j) : 0.f;
+      ws.M(i, j) = decay * ws.G(L + i, j);
+    }
+    for (index_t j = i + 1; j < L; ++j) ws.A(i, j) = ws.M(i, j) = 0.f;
+  }
+}
+
+// Raw scores G for per-channel gates (see the header comment for the two regimes).
+inline void channel_scores(index_t L, index_t K, WyWorkspace& ws) {
+  const float range = -ws.gamma.row(L - 1).minCoeff();
+  if (range <= kAnchorRange) {
+    ws.anchor = 0.5f * ws.gamma.row(L - 1);
+    ws.Kn.topRows(L).array() =
+        ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + ws.anchor).array().exp();
+    for (int half = 0; half < 2; ++half)
+      ws.KQg.middleRows(half * L, L).array() =
+          ws.KQ.middleRows(half * L, L).array() * (ws.gamma.topRows(L).rowwise() - ws.anchor).array().exp();
+    ws.G.topLeftCorner(2 * L, L).noalias() = ws.KQg.topRows(2 * L) * ws.Kn.topRows(L).transpose();
+    return;
+  }
+  for (index_t i = 0; i < L; ++i)
+    for (index_t j = 0; j <= i; ++j) {
+      const float* gi = ws.gamma.row(i).data();
+      const float* gj = ws.gamma.row(j).data();
+      ws.G(i, j) = decayed_dot(ws.KQ.row(i).data(), ws.KQ.row(j).data(), gi, gj, K);
+      ws.G(L + i, j) = decayed_dot(ws.KQ.row(L + i).data(), ws.KQ.row(j).data(), gi, gj, K);
+    }
+}
+
+// KQg = (K;Q) * exp(gamma) rowwise (scalar) or elementwise (channel).
+inline void decay_rows(const DeltaHead& p, index_t L, WyWorkspace& ws) {
+  for (int half = 0; half < 2; ++half) {
+    auto dst = ws.KQg.middleRows(half * L, L);
+    const auto src = ws.KQ.middleRows(half * L, L);
+    if (p.scalar_gate)
+      dst.array() = src.array().colwise() * ws.gamma.col(0).head(L).array().exp();
+    else
+      dst.array() = src.array() * ws.gamma.topRows(L).array().exp();
+  }
+}
+
+// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution.
+inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
+  const index_t V = X.cols();
+  for (index_t i0 = 0; i0 < L; i0 += kSolveBlock) {
+    const index_t n = std::min(kSolveBlock, L - i0);
+    if (i0 > 0) X.middleRows(i0, n).noalias() -= A.block(i0, 0, n, i0) * X.topRows(i0);
+    for (index_t i = i0 + 1; i < i0 + n; ++i)
+      for (index_t j = i0; j < i; ++j) simd::axpy(-A(i, j), X.row(j).data(), X.row(i).data(), V);
+  }
+}
+
+// Advances S [K,V] over chunk [t0, t0 + L) of head p and writes its outputs.
+inline void wy_chunk(const DeltaHead& p, index_t t0, index_t L, RowMatrix& S, WyWorkspace& ws) {
+  const index_t K = p.K(), V = p.V();
+  load_chunk(p, t0, L, ws);
+  const bool channel = p.gated() && !p.scalar_gate;
+  if (channel)
+    channel_scores(L, K, ws);
+  else
+    ws.G.topLeftCorner(2 * L, L).noalias() = ws.KQ.topRows(2 * L) * ws.KQ.topRows(L).transpose();
+  mask_scores(L, p.gated() && p.scalar_gate, ws);
+
+  // The read of the carried state by k (for the right-hand side) and by q (for the output).
+  if (p.gated()) {
+    decay_rows(p, L, ws);
+    ws.P.topRows(2 * L).noalias() = ws.KQg.topRows(2 * L) * S;
+  } else {
+    ws.P.topRows(2 * L).noalias() = ws.KQ.topRows(2 * L) * S;
+  }
+  ws.U.topRows(L).array() = (ws.Vc.topRows(L) - ws.P.topRows(L)).array().colwise() * ws.beta.head(L).transpose().array();
+  solve_unit_lower(ws.A, L, ws.U);
+
+  auto O = ws.P.middleRows(L, L);
+  O.noalias() += ws.M.topLeftCorner(L, L) * ws.U.topRows(L);
+  for (index_t i = 0; i < L; ++i) {
+    const TensorView<float, 1> out = p.o[t0 + i];
+    for (index_t c = 0; c < V; ++c) out(c) = O(i, c);
+  }
+
+  // State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
+  if (!p.gated()) {
+    S.noalias() += ws.KQ.topRows(L).transpose() * ws.U.topRows(L);
+  } else if (p.scalar_gate) {
+    const float last = ws.gamma(L - 1, 0);
+    ws.Kn.topRows(L).array() =
+        ws.KQ.topRows(L).array().colwise() * (last - ws.gamma.col(0).head(L).array()).exp();
+    S *= std::exp(last);
+    S.noalias() += ws.Kn.topRows(L).transpose() * ws.U.topRows(L);
+  } else {
+    const auto last = ws.gamma.row(L - 1);
+    ws.Kn.topRows(L).array() =
+        ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
+    S.array().colwise() *= last.transpose().array().exp();
+    S.noalias() += ws.Kn.topRows(L).transpose() * ws.U.topRows(L);
+  }
+}
+
+// The chunked prefill of one head on the state S [K,V].
+inline void run_wy(const DeltaHead& p, index_t chunk, RowMatrix& S, WyWorkspace& ws) {
+  for (index_t t0 = 0; t0 < p.T(); t0 += chunk) wy_chunk(p, t0, std::min(chunk, p.T() - t0), S, ws);
+}
+
+}  // namespace seqmix::delta_detail

@@ -1,0 +1,16 @@
+// The fast prefill of delta_rule: gated_delta_rule's chunked WY form (or its recurrent kernel,
+// see delta_detail::choose_delta_algorithm) with no decay; the exp factors drop out.
+#pragma once
+
+#include "seqmix/linear_attention/delta_rule/reference.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+
+namespace seqmix {
+
+// DeltaNet prefill. final_state may be the initial_state view (updated in place).
+inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
+                       const Executor& executor = serial_executor()) {
+  delta_detail::fast_delta("delta_rule", delta_detail::ungated_call(in, out, options), executor);
+}
+
+}  // namespace seqmix

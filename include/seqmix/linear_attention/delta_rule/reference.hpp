@@ -1,0 +1,76 @@
+// delta_rule (DeltaNet), SPEC section 4: the delta rule without decay. This header holds the
+// argument structs, the options and the readable definition seqmix::reference::delta_rule.
+// Fast prefill: chunked.hpp; decode step: step.hpp. Every form is the gated_delta_rule machinery
+// with the gate left out (../gated_delta_rule/), so the two cannot drift apart.
+//
+//   S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T      S [K,V] per (batch, value head)
+//   o_t = scale * S_t^T q_t                                  the state is updated before it is read
+//
+// q/k have HK heads, v / beta have HV (a multiple of HK): value head hv uses q/k head hv / (HV/HK).
+#pragma once
+
+#include <optional>
+
+#include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
+
+namespace seqmix {
+
+struct DeltaRuleOptions {
+  // Multiplies q; default 1/sqrt(K).
+  std::optional<float> scale;
+  // Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
+  QkNorm qk_norm = QkNorm::none;
+  // Tokens per chunk of the chunked WY form; see GatedDeltaRuleOptions::chunk_size.
+  index_t chunk_size = 64;
+  DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
+};
+
+struct DeltaRuleInputs {
+  ConstView<float, 4> q;              // [B,T,HK,K]
+  ConstView<float, 4> k;              // [B,T,HK,K]
+  ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of HK
+  ConstView<float, 3> beta;           // [B,T,HV]
+  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero state if absent)
+};
+
+// o must not overlap an input; final_state may be the same view as initial_state.
+struct DeltaRuleOutputs {
+  TensorView<float, 4> o;            // [B,T,HV,V]
+  TensorView<float, 4> final_state;  // [B,HV,K,V], optional
+};
+
+struct DeltaRuleStepInputs {
+  ConstView<float, 3> q;     // [B,HK,K]
+  ConstView<float, 3> k;     // [B,HK,K]
+  ConstView<float, 3> v;     // [B,HV,V]
+  ConstView<float, 2> beta;  // [B,HV]
+};
+
+struct DeltaRuleStepOutputs {
+  TensorView<float, 3> o;      // [B,HV,V]
+  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+};
+
+namespace delta_detail {
+
+inline DeltaCall ungated_call(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options) {
+  DeltaCall c;
+  c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
+  c.initial_state = in.initial_state;
+  c.o = out.o, c.final_state = out.final_state;
+  c.scale = options.scale, c.norm = options.qk_norm, c.chunk = options.chunk_size, c.algorithm = options.algorithm;
+  return c;
+}
+
+}  // namespace delta_detail
+
+namespace reference {
+
+// The definition, token by token, state in double. final_state may alias initial_state.
+inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
+                       const Executor& executor = serial_executor()) {
+  delta_detail::reference_delta("reference::delta_rule", delta_detail::ungated_call(in, out, options), executor);
+}
+
+}  // namespace reference
+}  // namespace seqmix

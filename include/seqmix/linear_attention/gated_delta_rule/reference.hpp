@@ -1,0 +1,213 @@
+// gated_delta_rule (Gated DeltaNet; KDA when the gate is per key channel), SPEC section 4. This
+// header holds the argument structs, the options, their validation and the readable definition
+// seqmix::reference::gated_delta_rule. Fast prefill: chunked.hpp; decode step: step.hpp;
+// derivation of the chunked WY form: ../DELTA_README.md.
+//
+//   S' = exp(g_t) S_{t-1}          (KDA: diag(exp(g_t)) S_{t-1})      S [K,V] per (batch, value head)
+//   S_t = S' + beta_t k_t (v_t - S'^T k_t)^T
+//   o_t = scale * S_t^T q_t        the state is updated before it is read
+//
+// q/k have HK heads, v / beta / g have HV (a multiple of HK): value head hv uses q/k head
+// hv / (HV/HK) (repeat-interleave, SPEC section 1).
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/delta_detail/head.hpp"
+
+namespace seqmix {
+
+struct GatedDeltaRuleOptions {
+  // Which gate input the call reads (see DeltaGate).
+  DeltaGate gate = DeltaGate::scalar;
+  // Multiplies q; default 1/sqrt(K).
+  std::optional<float> scale;
+  // Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
+  QkNorm qk_norm = QkNorm::none;
+  // Tokens per chunk of the chunked WY form. 64 measured best for K=V=128 (DELTA_README.md):
+  // the chunk's [64,128] tiles and 64x64 score and solve blocks stay in L1/L2 while the
+  // state GEMMs are large enough to run near peak. Any value in [1, 4096] works; it changes
+  // rounding only.
+  index_t chunk_size = 64;
+  DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
+};
+
+struct GatedDeltaRuleInputs {
+  ConstView<float, 4> q;              // [B,T,HK,K]
+  ConstView<float, 4> k;              // [B,T,HK,K]
+  ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of HK
+  ConstView<float, 3> beta;           // [B,T,HV]
+  ConstView<float, 3> g_scalar;       // [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
+  ConstView<float, 4> g;              // [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
+  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero state if absent)
+};
+
+// o must not overlap an input; final_state may be the same view as initial_state.
+struct GatedDeltaRuleOutputs {
+  TensorView<float, 4> o;            // [B,T,HV,V]
+  TensorView<float, 4> final_state;  // [B,HV,K,V], optional
+};
+
+// Decode step: one token per batch row.
+struct GatedDeltaRuleStepInputs {
+  ConstView<float, 3> q;         // [B,HK,K]
+  ConstView<float, 3> k;         // [B,HK,K]
+  ConstView<float, 3> v;         // [B,HV,V]
+  ConstView<float, 2> beta;      // [B,HV]
+  ConstView<float, 2> g_scalar;  // [B,HV]   (DeltaGate::scalar)
+  ConstView<float, 3> g;         // [B,HV,K] (DeltaGate::channel)
+};
+
+struct GatedDeltaRuleStepOutputs {
+  TensorView<float, 3> o;      // [B,HV,V]
+  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+};
+
+namespace delta_detail {
+
+// The gate arguments of a prefill (GRank 4) or a step (GRank 3). `gated` false: no gate at all
+// (delta_rule), both views must be empty.
+template <std::size_t GRank>
+inline void check_delta_gate(const ArgCheck& check, bool gated, DeltaGate gate, const ConstView<float, GRank>& g,
+                             const ConstView<float, GRank - 1>& g_scalar, const Dims& d, const Executor& executor) {
+  constexpr bool prefill = GRank == 4;
+  std::array<index_t, GRank> g_shape{};
+  std::array<index_t, GRank - 1> s_shape{};
+  if constexpr (prefill) {
+    g_shape = {d.B, d.T, d.HV, d.K};
+    s_shape = {d.B, d.T, d.HV};
+  } else {
+    g_shape = {d.B, d.HV, d.K};
+    s_shape = {d.B, d.HV};
+  }
+  const char* g_dims = prefill ? "B,T,HV,K" : "B,HV,K";
+  const char* s_dims = prefill ? "B,T,HV" : "B,HV";
+  if (!gated) return;
+  if (gate == DeltaGate::channel) {
+    check.that(g.has_value() || g.numel() == 0, "g", std::string("is required for DeltaGate::channel, shape [") + g_dims + "]");
+    check.shape("g", g, g_shape, g_dims);
+    check.that(!g_scalar.has_value(), "g_scalar", "must be empty with DeltaGate::channel (the gate is g)");
+    detail::la::check_log_gate(check, "g", g, executor);
+  } else {
+    check.that(g_scalar.has_value() || g_scalar.numel() == 0, "g_scalar",
+               std::string("is required for DeltaGate::scalar, shape [") + s_dims + "]");
+    check.shape("g_scalar", g_scalar, s_shape, s_dims);
+    check.that(!g.has_value(), "g", "must be empty with DeltaGate::scalar (the gate is g_scalar)");
+    detail::la::check_log_gate(check, "g_scalar", g_scalar, executor);
+  }
+}
+
+// Everything a delta-rule prefill needs, gated or not (delta_rule passes gated = false).
+struct DeltaCall {
+  ConstView<float, 4> q, k, v;
+  ConstView<float, 3> beta;
+  bool gated = false;
+  DeltaGate gate = DeltaGate::scalar;
+  ConstView<float, 3> g_scalar;
+  ConstView<float, 4> g;
+  ConstView<float, 4> initial_state;
+  TensorView<float, 4> o, final_state;
+  std::optional<float> scale;
+  QkNorm norm = QkNorm::none;
+  index_t chunk = 64;
+  DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
+};
+
+// Validates a prefill call before any output is written; returns its sizes.
+inline Dims validate_delta(const ArgCheck& check, const DeltaCall& c, const Executor& executor) {
+  using namespace detail::la;
+  const Dims d = check_qkv(check, "q", c.q, c.k, c.v);
+  check_beta<3>(check, c.beta, {d.B, d.T, d.HV}, "B,T,HV");
+  check_delta_gate<4>(check, c.gated, c.gate, c.g, c.g_scalar, d, executor);
+  check.optional_shape("initial_state", c.initial_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check.shape("o", c.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
+  check.optional_shape("final_state", c.final_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check_scale(check, c.scale, d.K);
+  check_chunk(check, c.chunk);
+  return d;
+}
+
+// x / sqrt(sum x^2 + eps) (or x) for the reference, in double.
+inline std::vector<double> reference_row(const ConstView<float, 1>& x, QkNorm norm) {
+  std::vector<double> out(static_cast<std::size_t>(x.size(0)));
+  double sum = 0.0;
+  for (index_t i = 0; i < x.size(0); ++i) sum += double(x(i)) * x(i);
+  const double f = norm == QkNorm::l2 ? 1.0 / std::sqrt(sum + double(kL2NormEps)) : 1.0;
+  for (index_t i = 0; i < x.size(0); ++i) out[static_cast<std::size_t>(i)] = f * x(i);
+  return out;
+}
+
+// The definition, token by token, with the state in double precision. Single-threaded.
+inline void reference_delta(const char* op, const DeltaCall& c, const Executor& executor) {
+  const ArgCheck check(op);
+  const Dims d = validate_delta(check, c, executor);
+  const double scale = detail::la::check_scale(check, c.scale, d.K);
+  std::vector<double> S(static_cast<std::size_t>(d.K * d.V)), w(static_cast<std::size_t>(d.K)),
+      u(static_cast<std::size_t>(d.V));
+  auto s = [&](index_t r, index_t col) -> double& { return S[static_cast<std::size_t>(r * d.V + col)]; };
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hv = 0; hv < d.HV; ++hv) {
+      const index_t h = hv / d.heads_per_qk();
+      for (index_t r = 0; r < d.K; ++r)
+        for (index_t col = 0; col < d.V; ++col)
+          s(r, col) = c.initial_state.has_value() ? c.initial_state(b, hv, r, col) : 0.0;
+      for (index_t t = 0; t < d.T; ++t) {
+        const std::vector<double> q = reference_row(c.q[b][t][h], c.norm);
+        const std::vector<double> k = reference_row(c.k[b][t][h], c.norm);
+        for (index_t r = 0; r < d.K; ++r) {
+          double g = 0.0;
+          if (c.gated) g = c.gate == DeltaGate::scalar ? c.g_scalar(b, t, hv) : c.g(b, t, hv, r);
+          w[static_cast<std::size_t>(r)] = std::exp(g);
+        }
+        // S' = diag(w) S; u = beta (v - S'^T k); S = S' + k u^T; o = scale S^T q.
+        for (index_t r = 0; r < d.K; ++r)
+          for (index_t col = 0; col < d.V; ++col) s(r, col) *= w[static_cast<std::size_t>(r)];
+        for (index_t col = 0; col < d.V; ++col) {
+          double kv = 0.0;
+          for (index_t r = 0; r < d.K; ++r) kv += k[static_cast<std::size_t>(r)] * s(r, col);
+          u[static_cast<std::size_t>(col)] = double(c.beta(b, t, hv)) * (double(c.v(b, t, hv, col)) - kv);
+        }
+        for (index_t r = 0; r < d.K; ++r)
+          for (index_t col = 0; col < d.V; ++col) s(r, col) += k[static_cast<std::size_t>(r)] * u[static_cast<std::size_t>(col)];
+        for (index_t col = 0; col < d.V; ++col) {
+          double acc = 0.0;
+          for (index_t r = 0; r < d.K; ++r) acc += q[static_cast<std::size_t>(r)] * s(r, col);
+          c.o(b, t, hv, col) = static_cast<float>(scale * acc);
+        }
+      }
+      if (c.final_state.has_value())
+        for (index_t r = 0; r < d.K; ++r)
+          for (index_t col = 0; col < d.V; ++col) c.final_state(b, hv, r, col) = static_cast<float>(s(r, col));
+    }
+}
+
+inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+                            const GatedDeltaRuleOptions& options) {
+  DeltaCall c;
+  c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
+  c.gated = true, c.gate = options.gate, c.g_scalar = in.g_scalar, c.g = in.g;
+  c.initial_state = in.initial_state;
+  c.o = out.o, c.final_state = out.final_state;
+  c.scale = options.scale, c.norm = options.qk_norm, c.chunk = options.chunk_size, c.algorithm = options.algorithm;
+  return c;
+}
+
+}  // namespace delta_detail
+
+namespace reference {
+
+// The definition, token by token, state in double. final_state may alias initial_state.
+// `executor` only splits the gate check.
+inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+                             const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+  delta_detail::reference_delta("reference::gated_delta_rule", delta_detail::gated_call(in, out, options), executor);
+}
+
+}  // namespace reference
+}  // namespace seqmix

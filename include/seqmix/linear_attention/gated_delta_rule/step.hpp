@@ -1,0 +1,77 @@
+// The decode step of gated_delta_rule: one token per batch row, the state [B,HV,K,V] updated in
+// place. Per (batch, value head) it is the fused kernel of delta_detail/recurrent.hpp: one sweep
+// computes S'^T k (the decay applied to k, not to S), the second decays S, adds k u^T and
+// accumulates o = S^T q while the tile is still in L1, so S streams from memory once.
+#pragma once
+
+#include "seqmix/linear_attention/delta_detail/driver.hpp"
+#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
+
+namespace seqmix {
+
+namespace delta_detail {
+
+struct DeltaStepCall {
+  ConstView<float, 3> q, k, v;
+  ConstView<float, 2> beta;
+  bool gated = false;
+  DeltaGate gate = DeltaGate::scalar;
+  ConstView<float, 2> g_scalar;
+  ConstView<float, 3> g;
+  TensorView<float, 3> o;
+  TensorView<float, 4> state;
+  std::optional<float> scale;
+  QkNorm norm = QkNorm::none;
+};
+
+inline void fast_delta_step(const char* op, const DeltaStepCall& c, const Executor& executor) {
+  using detail::la::as_token;
+  using detail::la::check_qkv_step;
+  using detail::la::check_scale;
+  const ArgCheck check(op);
+  const Dims d = check_qkv_step(check, "q", c.q, c.k, c.v);
+  check_beta<2>(check, c.beta, {d.B, d.HV}, "B,HV");
+  check_delta_gate<3>(check, c.gated, c.gate, c.g, c.g_scalar, d, executor);
+  check.shape("o", c.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
+  check.shape("state", c.state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  const float scale = check_scale(check, c.scale, d.K);
+  const bool channel = c.gated && c.gate == DeltaGate::channel;
+  auto make_token = [&](index_t b, index_t hv, TokenWorkspace& ws) {
+    DeltaHead p;
+    const index_t h = hv / d.heads_per_qk();
+    p.q = as_token(c.q[b][h]);
+    p.k = as_token(c.k[b][h]);
+    p.v = as_token(c.v[b][hv]);
+    p.beta = ConstView<float, 1>(c.beta.ptr(b, hv), {1});
+    p.scale = scale;
+    p.norm = c.norm;
+    if (channel) {
+      p.g = as_token(c.g[b][hv]);
+    } else if (c.gated) {
+      p.g = ConstView<float, 2>(c.g_scalar.ptr(b, hv), {1, d.K}, {0, 0});
+      p.scalar_gate = true;
+    }
+    return load_delta_token(p, 0, ws);
+  };
+  auto store_output = [&](index_t b, index_t hv, const float* o) {
+    const TensorView<float, 1> out = c.o[b][hv];
+    for (index_t i = 0; i < d.V; ++i) out(i) = o[i];
+  };
+  run_step(Update::delta, d.B, d.HV, d.K, d.V, c.state, executor, make_token, store_output);
+}
+
+}  // namespace delta_detail
+
+// One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
+inline void gated_delta_rule_step(const GatedDeltaRuleStepInputs& in, const GatedDeltaRuleStepOutputs& out,
+                                  const GatedDeltaRuleOptions& options = {},
+                                  const Executor& executor = serial_executor()) {
+  delta_detail::DeltaStepCall c;
+  c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
+  c.gated = true, c.gate = options.gate, c.g_scalar = in.g_scalar, c.g = in.g;
+  c.o = out.o, c.state = out.state, c.scale = options.scale, c.norm = options.qk_norm;
+  delta_detail::fast_delta_step("gated_delta_rule_step", c, executor);
+}
+
+}  // namespace seqmix

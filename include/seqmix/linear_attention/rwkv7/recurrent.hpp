@@ -1,0 +1,77 @@
+// The fast prefill of rwkv7: the recurrent form, vectorized over V and multi-threaded over
+// (batch, head). It is the delta family's fused token kernel (delta_detail/recurrent.hpp) in
+// its rwkv7 mode: sweep 1 reads p = S^T a, sweep 2 writes S = diag(w) S + b p^T + k v^T and
+// accumulates o = S^T r while the column tile is in L1.
+//
+// Why recurrent and not chunked: a chunked form of the diagonal-plus-rank-one transition needs
+// the WY solve with a per-channel decay (pairwise exp(gamma_i - gamma_j) per channel, as KDA's
+// strong-decay path) plus two extra [C,K] x [K,V] products for the a- and b-terms. For RWKV-7's
+// K = V = 64 the state of a head is 16 KB and stays in L1, where this kernel runs at about 5
+// vector ops per state element per token; the chunked form would do roughly 3x the flops in
+// GEMMs of that small size. So the recurrent form is the fast path here (measured figures in
+// DELTA_README.md).
+#pragma once
+
+#include <optional>
+
+#include "seqmix/linear_attention/delta_detail/driver.hpp"
+#include "seqmix/linear_attention/rwkv7/reference.hpp"
+
+namespace seqmix {
+
+namespace delta_detail {
+
+// The operands of token (b, t, h) of a [B,T,H,K] / [B,T,H,V] call or (b, h) of a step; rows
+// with a contiguous last dimension are used in place.
+template <class View3>
+inline TokenOperands load_rwkv7_token(const View3& r, const View3& k, const View3& v, const View3& a, const View3& b,
+                                      const View3& g, index_t i, index_t h, TokenWorkspace& ws) {
+  auto row = [&](const View3& x, float* scratch) -> const float* {
+    const auto rowv = x[i][h];
+    if (rowv.is_last_dim_contiguous()) return rowv.data();
+    copy_row(rowv, scratch);
+    return scratch;
+  };
+  TokenOperands x;
+  x.q = row(r, ws.q());
+  x.k = row(k, ws.k());
+  x.v = row(v, ws.v());
+  x.alpha = row(a, ws.alpha());
+  x.b = row(b, ws.b());
+  copy_row(g[i][h], ws.w());
+  exp_rows(ws.w(), ws.w(), g.size(2));
+  x.w = ws.w();
+  x.w_stride = 1;
+  return x;
+}
+
+}  // namespace delta_detail
+
+// RWKV-7 prefill. final_state may be the initial_state view (updated in place). Workspace: one
+// [K,V] state and a few rows per parallel block, allocated once per call.
+inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
+  using namespace delta_detail;
+  const Dims d = validate_rwkv7(ArgCheck("rwkv7"), in, out, executor);
+  parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
+    RowMatrix S(d.K, d.V);
+    TokenWorkspace ws(d.K, d.V);
+    AlignedVector<float> o_row(static_cast<std::size_t>(d.V));
+    for (index_t task = begin; task < end; ++task) {
+      const index_t bi = task / d.H, h = task % d.H;
+      load_state(in.initial_state, bi, h, S);
+      const auto r = in.r[bi], k = in.k[bi], v = in.v[bi], a = in.a[bi], b = in.b[bi], g = in.g[bi];
+      const auto o = out.o[bi];
+      for (index_t t = 0; t < d.T; ++t) {
+        const TokenOperands x = load_rwkv7_token(r, k, v, a, b, g, t, h, ws);
+        const auto o_t = o[t][h];
+        float* dst = o_t.is_last_dim_contiguous() ? o_t.data() : o_row.data();
+        advance_token(Update::rwkv7, S.data(), d.V, d.K, d.V, x, dst);
+        if (dst == o_row.data())
+          for (index_t c = 0; c < d.V; ++c) o_t(c) = o_row[static_cast<std::size_t>(c)];
+      }
+      store_state(out.final_state, bi, h, S);
+    }
+  });
+}
+
+}  // namespace seqmix

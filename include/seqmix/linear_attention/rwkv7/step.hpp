@@ -1,0 +1,24 @@
+// The decode step of rwkv7: one token per batch row, the state [B,H,K,V] updated in place by
+// the fused kernel of delta_detail/recurrent.hpp (one pass reading S^T a, one pass writing S
+// and reading o, the column tile in L1 between them).
+#pragma once
+
+#include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+
+namespace seqmix {
+
+inline void rwkv7_step(const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
+                       const Executor& executor = serial_executor()) {
+  using namespace delta_detail;
+  const Dims d = validate_rwkv7_step(ArgCheck("rwkv7_step"), in, out, executor);
+  auto make_token = [&](index_t b, index_t h, TokenWorkspace& ws) {
+    return load_rwkv7_token(in.r, in.k, in.v, in.a, in.b, in.g, b, h, ws);
+  };
+  auto store_output = [&](index_t b, index_t h, const float* o) {
+    const TensorView<float, 1> row = out.o[b][h];
+    for (index_t c = 0; c < d.V; ++c) row(c) = o[c];
+  };
+  run_step(Update::rwkv7, d.B, d.H, d.K, d.V, out.state, executor, make_token, store_output);
+}
+
+}  // namespace seqmix
