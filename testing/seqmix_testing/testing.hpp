@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "seqmix/core/parallel.hpp"
+
 namespace seqmix::testing {
 
 // CI's sanitizer build sets SEQMIX_TEST_SCALE=small: the largest sweeps shrink there so the
@@ -15,6 +17,13 @@ namespace seqmix::testing {
 inline bool small_test_scale() {
   const char* scale = std::getenv("SEQMIX_TEST_SCALE");
   return scale != nullptr && std::strcmp(scale, "small") == 0;
+}
+
+// The pool every benchmark runs on: the machine's two cores (the caller plus one worker),
+// created once so no benchmark pays for thread start-up.
+inline const ThreadPool& benchmark_pool() {
+  static const ThreadPool pool(2);
+  return pool;
 }
 
 }  // namespace seqmix::testing
