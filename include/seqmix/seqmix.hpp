@@ -7,6 +7,7 @@
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/scan.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 

@@ -10,15 +10,24 @@
 
 namespace seqmix::testing {
 
-// Fills a view (any strides) from a distribution drawn by `draw(engine)`.
+namespace detail {
+template <class T, std::size_t Rank, class Draw>
+void fill_from_engine(const TensorView<T, Rank>& view, std::mt19937_64& engine, Draw& draw) {
+  for (index_t i = 0; i < view.size(0); ++i) {
+    if constexpr (Rank == 1)
+      view(i) = static_cast<T>(draw(engine));
+    else
+      fill_from_engine(view[i], engine, draw);
+  }
+}
+}  // namespace detail
+
+// Fills a view (any strides) in row-major order from a distribution drawn by `draw(engine)`.
+// One engine per call: seeding a Mersenne Twister costs far more than drawing from it.
 template <class T, std::size_t Rank, class Draw>
 void fill_with(const TensorView<T, Rank>& view, std::uint64_t seed, Draw draw) {
   std::mt19937_64 engine(seed);
-  if constexpr (Rank == 1) {
-    for (index_t i = 0; i < view.size(0); ++i) view(i) = static_cast<T>(draw(engine));
-  } else {
-    for (index_t i = 0; i < view.size(0); ++i) fill_with(view[i], seed * 1000003u + static_cast<std::uint64_t>(i) + 1u, draw);
-  }
+  detail::fill_from_engine(view, engine, draw);
 }
 
 template <class T, std::size_t Rank>

@@ -13,6 +13,10 @@
 
 #include <xsimd/xsimd.hpp>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // non-temporal stores, which xsimd 8.1 does not wrap
+#endif
+
 namespace seqmix::simd {
 
 using Arch = xsimd::default_arch;
@@ -110,6 +114,33 @@ inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) noexce
   const std::ptrdiff_t nv = vector_end(n);
   for (std::ptrdiff_t i = 0; i < nv; i += kWidth) store(y + i, fma(a, load(x + i), load(y + i)));
   for (std::ptrdiff_t i = nv; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// Non-temporal store of one batch, bypassing the cache: for outputs larger than the cache that
+// are not read back soon, it saves the read-for-ownership of every line (a quarter of a scan's
+// traffic). xsimd 8.1 has none, so the x86 instruction is chosen by the arch tag; elsewhere it is
+// a plain store. `p` must be aligned to the batch size. The stores are weakly ordered: call
+// stream_fence() after a task's last one, before handing its results to another thread.
+template <class A>
+void stream_store(float* p, const xsimd::batch<float, A>& v) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>)
+    _mm512_stream_ps(p, v);
+  else if constexpr (std::is_base_of_v<xsimd::avx, A>)
+    _mm256_stream_ps(p, v);
+  else if constexpr (std::is_base_of_v<xsimd::sse2, A>)
+    _mm_stream_ps(p, v);
+  else
+    v.store_aligned(p);
+#else
+  v.store_aligned(p);
+#endif
+}
+
+inline void stream_fence() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
 }
 
 // Name of the instruction set the batches compile to, for benchmark and example output.

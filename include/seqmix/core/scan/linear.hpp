@@ -1,0 +1,427 @@
+// Fast first-order linear recurrence h_t = a_t * h_{t-1} + b_t over [B,T,D] (SPEC section 2; the
+// definition is reference::linear_scan in reference.hpp).
+//
+// Vectorized across channels (the recurrence is independent per channel). Two ways to use
+// several threads, chosen by LinearScanOptions::split (see ScanSplit):
+//   channels  each task owns (batch row, block of channels) for all T: one streaming pass.
+//   time      the three-pass chunked scan, for inputs with too few channels to share: chunk c is
+//             reduced to the affine map h -> P_c h + L_c (P_c = prod of a over the chunk, L_c = the
+//             chunk's scan from zero), the maps are composed serially over chunks, and each chunk
+//             is rescanned from its true carry. Chunk 0 knows its carry (h0) at once, so it is
+//             scanned for good in pass 1; with only h_last wanted there is no pass 3 at all.
+// Both paths give the same results as the reference up to rounding (FMA, vector exp, and the
+// regrouped products of the time path).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/scan/reference.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+namespace detail {
+
+// Below four vectors per thread and time step, the per-step loop overhead and the FMA latency
+// chain through the state show, and cutting time instead measures faster.
+constexpr index_t kMinChannelsPerTask = 4 * simd::kWidth;
+// Shorter time chunks make the fixed cost of the extra passes (two synchronisations, the carry
+// scan over B*D channels per chunk) visible next to the chunk's own work.
+constexpr index_t kMinTimeChunk = 512;
+// Outputs above this size (half the 32 MiB L3 of the target machines) are evicted before anyone
+// reads them, so OutputStores::automatic writes them around the caches: that saves the
+// read-for-ownership of every output line, a quarter of the traffic of an all-states scan.
+constexpr index_t kStreamingOutputBytes = index_t{16} << 20;
+
+// The [T, n] part of one batch row from channel d0 on: element (t, i) is at
+// ptr[t * t_stride + i * d_stride].
+template <class T>
+struct ScanSlice {
+  T* ptr = nullptr;
+  index_t t_stride = 0, d_stride = 0;
+  T* row(index_t t) const { return ptr + t * t_stride; }
+};
+
+template <class T>
+ScanSlice<T> scan_slice(const TensorView<T, 3>& view, index_t batch, index_t d0) {
+  if (!view.has_value()) return {};
+  return {view.data() + batch * view.stride(0) + d0 * view.stride(2), view.stride(1), view.stride(2)};
+}
+
+template <GateSpace G>
+simd::Batch<float> gate_value(const simd::Batch<float>& stored) {
+  if constexpr (G == GateSpace::log)
+    return simd::exp(stored);
+  else
+    return stored;
+}
+
+template <GateSpace G>
+float gate_value(float stored) {
+  if constexpr (G == GateSpace::log)
+    return std::exp(stored);
+  else
+    return stored;
+}
+
+// How a scan step writes its output row.
+enum class StoreKind { none, cached, streaming };
+
+constexpr std::size_t kBatchBytes = simd::kFloatWidth * sizeof(float);
+
+// Scalars to process before `out` is aligned for stream_store (all n if it never will be).
+inline index_t stream_head(const float* out, index_t n) {
+  const auto address = reinterpret_cast<std::uintptr_t>(out);
+  if (address % sizeof(float) != 0) return n;
+  return std::min<index_t>(n, static_cast<index_t>((kBatchBytes - address % kBatchBytes) % kBatchBytes / sizeof(float)));
+}
+
+// One time step over n channels: state = a * state + b, then out = state unless S is none.
+// `state` is contiguous scratch; a, b, out are rows of the operands with channel stride 1.
+template <GateSpace G, StoreKind S>
+void step_contiguous(const float* a, const float* b, float* state, float* out, index_t n) {
+  auto scalar = [&](index_t i) {
+    state[i] = gate_value<G>(a[i]) * state[i] + b[i];
+    if constexpr (S != StoreKind::none) out[i] = state[i];
+  };
+  index_t i = 0;
+  if constexpr (S == StoreKind::streaming)
+    for (const index_t head = stream_head(out, n); i < head; ++i) scalar(i);
+  for (const index_t nv = i + simd::vector_end(n - i); i < nv; i += simd::kWidth) {
+    const auto h = simd::fma(gate_value<G>(simd::load(a + i)), simd::load(state + i), simd::load(b + i));
+    simd::store(state + i, h);
+    if constexpr (S == StoreKind::cached) simd::store(out + i, h);
+    if constexpr (S == StoreKind::streaming) simd::stream_store(out + i, h);
+  }
+  for (; i < n; ++i) scalar(i);
+}
+
+// The same for rows with any channel strides (scalar).
+template <GateSpace G, StoreKind S>
+void step_strided(const float* a, index_t sa, const float* b, index_t sb, float* state, float* out,
+                  index_t so, index_t n) {
+  for (index_t i = 0; i < n; ++i) {
+    state[i] = gate_value<G>(a[i * sa]) * state[i] + b[i * sb];
+    if constexpr (S != StoreKind::none) out[i * so] = state[i];
+  }
+}
+
+// Rows narrower than this many vectors keep their state in registers across time steps (a step
+// then costs one FMA latency, not a store-to-load round trip through the scratch state).
+constexpr index_t kMaxTileVectors = 4;
+
+// Rows [t0, t1) of the first kVectors * kWidth channels, state held in registers.
+template <GateSpace G, bool kStore, int kVectors>
+void scan_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& b, const ScanSlice<float>& h,
+               float* state, index_t t0, index_t t1) {
+  simd::Batch<float> s[kVectors];
+  for (int v = 0; v < kVectors; ++v) s[v] = simd::load(state + v * simd::kWidth);
+  for (index_t t = t0; t < t1; ++t) {
+    const float *ar = a.row(t), *br = b.row(t);
+    for (int v = 0; v < kVectors; ++v) {
+      s[v] = simd::fma(gate_value<G>(simd::load(ar + v * simd::kWidth)), s[v], simd::load(br + v * simd::kWidth));
+      if constexpr (kStore) simd::store(h.row(t) + v * simd::kWidth, s[v]);
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) simd::store(state + v * simd::kWidth, s[v]);
+}
+
+// Channels [i0, n) of narrow rows, one channel at a time with its state in a register.
+template <GateSpace G, bool kStore>
+void scan_lanes(const ScanSlice<const float>& a, const ScanSlice<const float>& b, const ScanSlice<float>& h,
+                float* state, index_t t0, index_t t1, index_t i0, index_t n) {
+  for (index_t i = i0; i < n; ++i) {
+    float s = state[i];
+    for (index_t t = t0; t < t1; ++t) {
+      s = gate_value<G>(a.row(t)[i * a.d_stride]) * s + b.row(t)[i * b.d_stride];
+      if constexpr (kStore) h.row(t)[i * h.d_stride] = s;
+    }
+    state[i] = s;
+  }
+}
+
+template <GateSpace G, bool kStore>
+void scan_narrow(const ScanSlice<const float>& a, const ScanSlice<const float>& b, const ScanSlice<float>& h,
+                 float* state, index_t t0, index_t t1, index_t n) {
+  const index_t vectors = n / simd::kWidth;
+  switch (vectors) {
+    case 1: scan_tile<G, kStore, 1>(a, b, h, state, t0, t1); break;
+    case 2: scan_tile<G, kStore, 2>(a, b, h, state, t0, t1); break;
+    case 3: scan_tile<G, kStore, 3>(a, b, h, state, t0, t1); break;
+    case 4: scan_tile<G, kStore, 4>(a, b, h, state, t0, t1); break;
+    default: break;
+  }
+  scan_lanes<G, kStore>(a, b, h, state, t0, t1, vectors * simd::kWidth, n);
+}
+
+// Runs the recurrence over rows [t0, t1) of n channels from `state` (updated in place).
+template <GateSpace G, StoreKind S>
+void scan_rows(const ScanSlice<const float>& a, const ScanSlice<const float>& b, const ScanSlice<float>& h,
+               float* state, index_t t0, index_t t1, index_t n) {
+  constexpr bool kStore = S != StoreKind::none;
+  const bool contiguous = n <= 1 || (a.d_stride == 1 && b.d_stride == 1 && (!kStore || h.d_stride == 1));
+  if (contiguous && n < (kMaxTileVectors + 1) * simd::kWidth) return scan_narrow<G, kStore>(a, b, h, state, t0, t1, n);
+  for (index_t t = t0; t < t1; ++t) {
+    if (contiguous)
+      step_contiguous<G, S>(a.row(t), b.row(t), state, kStore ? h.row(t) : nullptr, n);
+    else
+      step_strided<G, S>(a.row(t), a.d_stride, b.row(t), b.d_stride, state, kStore ? h.row(t) : nullptr,
+                         h.d_stride, n);
+  }
+  if constexpr (S == StoreKind::streaming) simd::stream_fence();
+}
+
+// One time step of the chunk reduction: state = a * state + b and prod *= a (both contiguous).
+template <GateSpace G>
+void reduce_step_contiguous(const float* a, const float* b, float* state, float* prod, index_t n) {
+  const index_t nv = simd::vector_end(n);
+  for (index_t i = 0; i < nv; i += simd::kWidth) {
+    const auto gate = gate_value<G>(simd::load(a + i));
+    simd::store(state + i, simd::fma(gate, simd::load(state + i), simd::load(b + i)));
+    simd::store(prod + i, gate * simd::load(prod + i));
+  }
+  for (index_t i = nv; i < n; ++i) {
+    const float gate = gate_value<G>(a[i]);
+    state[i] = gate * state[i] + b[i];
+    prod[i] *= gate;
+  }
+}
+
+template <GateSpace G>
+void reduce_step_strided(const float* a, index_t sa, const float* b, index_t sb, float* state, float* prod,
+                         index_t n) {
+  for (index_t i = 0; i < n; ++i) {
+    const float gate = gate_value<G>(a[i * sa]);
+    state[i] = gate * state[i] + b[i * sb];
+    prod[i] *= gate;
+  }
+}
+
+// Narrow rows: the reduction of the first kVectors vectors with state and product in registers.
+template <GateSpace G, int kVectors>
+void reduce_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
+                 index_t t0, index_t t1) {
+  simd::Batch<float> s[kVectors], p[kVectors];
+  for (int v = 0; v < kVectors; ++v) s[v] = simd::Batch<float>(0.f), p[v] = simd::Batch<float>(1.f);
+  for (index_t t = t0; t < t1; ++t) {
+    const float *ar = a.row(t), *br = b.row(t);
+    for (int v = 0; v < kVectors; ++v) {
+      const auto gate = gate_value<G>(simd::load(ar + v * simd::kWidth));
+      s[v] = simd::fma(gate, s[v], simd::load(br + v * simd::kWidth));
+      p[v] = gate * p[v];
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) simd::store(state + v * simd::kWidth, s[v]), simd::store(prod + v * simd::kWidth, p[v]);
+}
+
+template <GateSpace G>
+void reduce_narrow(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
+                   index_t t0, index_t t1, index_t n) {
+  const index_t vectors = n / simd::kWidth;
+  switch (vectors) {
+    case 1: reduce_tile<G, 1>(a, b, state, prod, t0, t1); break;
+    case 2: reduce_tile<G, 2>(a, b, state, prod, t0, t1); break;
+    case 3: reduce_tile<G, 3>(a, b, state, prod, t0, t1); break;
+    case 4: reduce_tile<G, 4>(a, b, state, prod, t0, t1); break;
+    default: break;
+  }
+  for (index_t i = vectors * simd::kWidth; i < n; ++i) {
+    float s = 0.f, p = 1.f;
+    for (index_t t = t0; t < t1; ++t) {
+      const float gate = gate_value<G>(a.row(t)[i * a.d_stride]);
+      s = gate * s + b.row(t)[i * b.d_stride];
+      p *= gate;
+    }
+    state[i] = s, prod[i] = p;
+  }
+}
+
+// Reduces rows [t0, t1) to the affine map h -> prod * h + state.
+template <GateSpace G>
+void reduce_rows(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
+                 index_t t0, index_t t1, index_t n) {
+  const bool contiguous = n <= 1 || (a.d_stride == 1 && b.d_stride == 1);
+  if (contiguous && n < (kMaxTileVectors + 1) * simd::kWidth) return reduce_narrow<G>(a, b, state, prod, t0, t1, n);
+  std::fill(state, state + n, 0.f);
+  std::fill(prod, prod + n, 1.f);
+  for (index_t t = t0; t < t1; ++t) {
+    if (contiguous)
+      reduce_step_contiguous<G>(a.row(t), b.row(t), state, prod, n);
+    else
+      reduce_step_strided<G>(a.row(t), a.d_stride, b.row(t), b.d_stride, state, prod, n);
+  }
+}
+
+struct LinearScanArgs {
+  ConstView<float, 3> a, b;
+  ConstView<float, 2> h0;
+  TensorView<float, 3> h_all;
+  TensorView<float, 2> h_last;
+  index_t B, T, D;
+  bool stream;  // write h_all with non-temporal stores
+
+  // state[i] = h0[batch, d0 + i], or 0 without h0.
+  void load_state(index_t batch, index_t d0, index_t n, float* state) const {
+    for (index_t i = 0; i < n; ++i) state[i] = h0.has_value() ? h0(batch, d0 + i) : 0.f;
+  }
+  void store_last(index_t batch, index_t d0, index_t n, const float* state) const {
+    if (h_last.has_value())
+      for (index_t i = 0; i < n; ++i) h_last(batch, d0 + i) = state[i];
+  }
+  // Rows [t0, t1) of channels [d0, d0 + n) of one batch row, from state; h_all written if given.
+  template <GateSpace G>
+  void scan(index_t batch, index_t d0, index_t n, float* state, index_t t0, index_t t1) const {
+    const auto as = scan_slice(a, batch, d0), bs = scan_slice(b, batch, d0);
+    if (!h_all.has_value())
+      scan_rows<G, StoreKind::none>(as, bs, {}, state, t0, t1, n);
+    else if (stream)
+      scan_rows<G, StoreKind::streaming>(as, bs, scan_slice(h_all, batch, d0), state, t0, t1, n);
+    else
+      scan_rows<G, StoreKind::cached>(as, bs, scan_slice(h_all, batch, d0), state, t0, t1, n);
+  }
+};
+
+inline bool use_streaming_stores(OutputStores requested, const TensorView<float, 3>& h_all) {
+  if (requested != OutputStores::automatic) return requested == OutputStores::streaming;
+  return h_all.numel() * static_cast<index_t>(sizeof(float)) > kStreamingOutputBytes;
+}
+
+inline ScanSplit choose_split(ScanSplit requested, index_t B, index_t T, index_t D, int threads) {
+  if (requested != ScanSplit::automatic) return requested;
+  if (threads <= 1 || B * D >= threads * kMinChannelsPerTask) return ScanSplit::channels;
+  return T >= threads * kMinTimeChunk ? ScanSplit::time : ScanSplit::channels;
+}
+
+// Channel blocks per batch row: enough tasks to be a multiple of the thread count (3 rows on 2
+// threads become 6 half rows, not 2 + 1), each block at least one vector wide.
+inline index_t channel_blocks(index_t B, index_t D, int threads) {
+  index_t blocks = 1;
+  while ((B * blocks) % threads != 0 && blocks < threads) ++blocks;
+  return std::max<index_t>(1, std::min(blocks, D / simd::kWidth));
+}
+
+// Block j of `blocks` over D channels; inner boundaries are multiples of the vector width.
+inline index_t block_start(index_t D, index_t blocks, index_t j) {
+  if (j >= blocks) return D;
+  const index_t start = D * j / blocks;
+  return start - start % simd::kWidth;
+}
+
+template <GateSpace G>
+void linear_scan_channels(const LinearScanArgs& x, const Executor& executor) {
+  const index_t blocks = channel_blocks(x.B, x.D, executor.concurrency());
+  AlignedVector<float> state(static_cast<std::size_t>(x.B * x.D));  // [B,D], each task its own part
+  executor.run(x.B * blocks, [&](index_t task) {
+    const index_t batch = task / blocks, j = task % blocks;
+    const index_t d0 = block_start(x.D, blocks, j), n = block_start(x.D, blocks, j + 1) - d0;
+    float* s = state.data() + batch * x.D + d0;
+    x.load_state(batch, d0, n, s);
+    x.template scan<G>(batch, d0, n, s, 0, x.T);
+    x.store_last(batch, d0, n, s);
+  });
+}
+
+// Chunk starts along time (and T at the end). With a rescan (h_all wanted), threads + 1 chunks:
+// pass 1 scans chunk 0 for good while the others reduce theirs, pass 3 rescans chunks 1..p. For
+// wide rows (memory-bound) chunk 0 is two thirds the size of the others, since its scan moves 12
+// bytes per element and a reduction 8, so pass 1 stays balanced; narrow rows are bound by the
+// FMA latency chain, where scan and reduction cost the same, so all chunks are equal. Without a
+// rescan, one equal chunk per thread.
+inline std::vector<index_t> linear_scan_chunks(index_t T, int threads, bool rescan, bool narrow, index_t chunk_size) {
+  std::vector<index_t> bounds;
+  if (chunk_size > 0) {
+    for (index_t t = 0; t < T; t += chunk_size) bounds.push_back(t);
+    if (bounds.empty()) bounds.push_back(0);
+  } else if (rescan) {
+    const index_t first = narrow ? 3 : 2, weight = first + 3 * static_cast<index_t>(threads);
+    bounds.push_back(0);
+    for (index_t c = 1; c <= threads; ++c) bounds.push_back(T * (first + 3 * (c - 1)) / weight);
+  } else {
+    for (index_t c = 0; c < threads; ++c) bounds.push_back(T * c / threads);
+  }
+  bounds.push_back(T);
+  return bounds;
+}
+
+template <GateSpace G>
+void linear_scan_time(const LinearScanArgs& x, index_t chunk_size, const Executor& executor) {
+  const bool rescan = x.h_all.has_value();
+  const bool narrow = x.D < (kMaxTileVectors + 1) * simd::kWidth;  // the rows scan_narrow handles
+  const std::vector<index_t> bounds = linear_scan_chunks(x.T, executor.concurrency(), rescan, narrow, chunk_size);
+  const index_t chunks = static_cast<index_t>(bounds.size()) - 1;
+  if (chunks < 2) return linear_scan_channels<G>(x, executor);
+  const index_t B = x.B, D = x.D, BD = B * D;
+  // carry[c][b][d]: the state entering chunk c; pass 1 leaves chunk c-1's local scan there.
+  // prod[c][b][d]: the product of a over chunk c.
+  AlignedVector<float> carry(static_cast<std::size_t>((chunks + 1) * BD));
+  AlignedVector<float> prod(static_cast<std::size_t>(chunks * BD));
+  const index_t reduced = rescan ? chunks - 1 : chunks;  // the last chunk needs no reduction if rescanned
+  executor.run(reduced, [&](index_t c) {
+    for (index_t batch = 0; batch < B; ++batch) {
+      float* local = carry.data() + ((c + 1) * B + batch) * D;
+      if (c == 0) {
+        x.load_state(batch, 0, D, local);
+        x.template scan<G>(batch, 0, D, local, bounds[0], bounds[1]);
+      } else {
+        reduce_rows<G>(scan_slice(x.a, batch, 0), scan_slice(x.b, batch, 0), local,
+                       prod.data() + (c * B + batch) * D, bounds[c], bounds[c + 1], D);
+      }
+    }
+  });
+  // Pass 2: carry[c+1] = prod[c] * carry[c] + local[c], serially over chunks.
+  for (index_t c = 1; c < reduced; ++c) {
+    const float* p = prod.data() + c * BD;
+    const float* in = carry.data() + c * BD;
+    float* out = carry.data() + (c + 1) * BD;
+    for (index_t i = 0; i < BD; ++i) out[i] = p[i] * in[i] + out[i];
+  }
+  if (rescan) {
+    executor.run(chunks - 1, [&](index_t task) {
+      const index_t c = task + 1;  // updates carry[c] in place; no other task reads it
+      for (index_t batch = 0; batch < B; ++batch)
+        x.template scan<G>(batch, 0, D, carry.data() + (c * B + batch) * D, bounds[c], bounds[c + 1]);
+    });
+  }
+  const float* last = carry.data() + (rescan ? chunks - 1 : chunks) * BD;
+  for (index_t batch = 0; batch < B; ++batch) x.store_last(batch, 0, D, last + batch * D);
+}
+
+template <GateSpace G>
+void linear_scan_dispatch(const LinearScanArgs& x, const LinearScanOptions& options, const Executor& executor) {
+  if (choose_split(options.split, x.B, x.T, x.D, executor.concurrency()) == ScanSplit::time)
+    linear_scan_time<G>(x, options.chunk_size, executor);
+  else
+    linear_scan_channels<G>(x, executor);
+}
+
+}  // namespace detail
+
+// h_t = a_t * h_{t-1} + b_t for every batch row and channel (definition: reference::linear_scan).
+//   a, b    [B,T,D]  a_t directly or as log a_t (options.gate_space); any strides
+//   h0      [B,D]    initial state; empty view = zeros
+//   h_all   [B,T,D]  every state h_t; empty view = not wanted
+//   h_last  [B,D]    the last state (h0 when T = 0); empty view = not wanted
+// At least one of h_all and h_last must be given. h_all may be the very same view as a or b (the
+// scan runs in place: each element is read before it is overwritten) and h_last may be h0; no
+// other overlap is allowed. Scratch: O(B*D) floats per call (times the chunk count on the time
+// path), allocated here.
+inline void linear_scan(ConstView<float, 3> a, ConstView<float, 3> b, ConstView<float, 2> h0,
+                        TensorView<float, 3> h_all, TensorView<float, 2> h_last,
+                        const LinearScanOptions& options = {}, const Executor& executor = serial_executor()) {
+  const auto [B, T, D] = detail::validate_linear_scan("linear_scan", a, b, h0, h_all, h_last, options);
+  const detail::LinearScanArgs args{a, b, h0, h_all, h_last, B, T, D,
+                                    detail::use_streaming_stores(options.stores, h_all)};
+  if (options.gate_space == GateSpace::log)
+    detail::linear_scan_dispatch<GateSpace::log>(args, options, executor);
+  else
+    detail::linear_scan_dispatch<GateSpace::direct>(args, options, executor);
+}
+
+}  // namespace seqmix
