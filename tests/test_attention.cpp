@@ -13,6 +13,7 @@
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -357,24 +358,91 @@ TEST_CASE("attention: bad arguments are rejected before any output is written", 
   for (float x : o) CHECK(x == 42.f);
 }
 
-TEST_CASE("attention: K/V of another storage type go through the converting tile loads", "[attention]") {
-  // seqmix::f16 / bf16 (core/half.hpp) are not in the tree yet; double storage exercises the same
-  // templated path (per-tile conversion instead of reading fp32 rows in place) for every form.
-  const Case c{"kv-double", 1, 7, 1000, 8, 2, 80, 64, true, 300, 4, 0.f, Extra::lse | Extra::alibi, false};
-  Problem p(c, 99);
-  Tensor<double, 4> k({c.B, c.Tk, c.Hkv, c.Dk}), v({c.B, c.Tk, c.Hkv, c.Dv});
+namespace {
+
+// K/V stored as KV: every form must equal the reference run in fp32 on the same rounded values.
+template <class KV>
+void check_kv_storage(const Case& c, std::uint64_t seed, const char* kv_name) {
+  Problem p(c, seed);
+  Tensor<KV, 4> k({c.B, c.Tk, c.Hkv, c.Dk}), v({c.B, c.Tk, c.Hkv, c.Dv});
   seqmix::copy(p.k, k.view());
   seqmix::copy(p.v, v.view());
-  seqmix::AttentionInputs<double> in;
-  in.q = p.q, in.k = k.view(), in.v = v.view(), in.alibi_slopes = p.inputs.alibi_slopes;
+  // The reference sees exactly the values the kernels see: the stored ones, widened back.
+  Tensor<float, 4> k_rounded({c.B, c.Tk, c.Hkv, c.Dk}), v_rounded({c.B, c.Tk, c.Hkv, c.Dv});
+  seqmix::copy(k.cview(), k_rounded.view());
+  seqmix::copy(v.cview(), v_rounded.view());
+  seqmix::AttentionInputs<float> rounded = p.inputs;
+  rounded.k = k_rounded.view(), rounded.v = v_rounded.view();
+  seqmix::AttentionInputs<KV> in;
+  in.q = p.q, in.k = k.view(), in.v = v.view();
+  in.alibi_slopes = p.inputs.alibi_slopes, in.sink_logits = p.inputs.sink_logits, in.mask = p.inputs.mask;
   const auto options = options_of(c);
-  Result ref(c, true), fast(c, true), flash(c, true), decode(c, true);
-  seqmix::reference::attention(p.inputs, ref.outputs(), options);
+  const bool lse = has(c.extras, Extra::lse);
+  Result ref(c, lse), fast(c, lse), flash(c, lse), decode(c, lse);
+  seqmix::reference::attention(rounded, ref.outputs(), options);
   seqmix::ThreadPool pool(2);
+  const std::string name = std::string(kv_name);
   seqmix::attention(in, fast.outputs(), options, pool);
-  check_against(c, 99, "attention<double>", fast, ref);
+  check_against(c, seed, ("attention<" + name + ">").c_str(), fast, ref);
   seqmix::attention_flash(in, flash.outputs(), options, pool);
-  check_against(c, 99, "attention_flash<double>", flash, ref);
-  seqmix::attention_decode(in, decode.outputs(), options, pool);
-  check_against(c, 99, "attention_decode<double>", decode, ref);
+  check_against(c, seed, ("attention_flash<" + name + ">").c_str(), flash, ref);
+  if (c.Tq <= 8) {
+    seqmix::attention_decode(in, decode.outputs(), options, pool);
+    check_against(c, seed, ("attention_decode<" + name + ">").c_str(), decode, ref);
+  }
+}
+
+// Shapes for 16-bit K/V: D a multiple of the vector width and not (80, 72: the scalar tail of
+// each row), decode and prefill, a full tile and a ragged one.
+const std::vector<Case>& kv_storage_cases() {
+  using E = Extra;
+  static const std::vector<Case> table = {
+      {"kv16-decode-gqa4", 1, 1, 1000, 8, 2, 128, 128, true, 0, 0, 0.f, E::lse, false},
+      {"kv16-decode-d80-window", 2, 1, 1000, 8, 1, 80, 72, true, 300, 4, 0.f, E::lse | E::alibi, false},
+      {"kv16-draft-tokens", 1, 7, 1000, 8, 2, 80, 64, true, 300, 4, 0.f, E::lse | E::alibi, false},
+      {"kv16-prefill", 1, 64, 65, 8, 2, 64, 64, true, 0, 0, 0.f, E::lse | E::sink_logits, false},
+      {"kv16-mask-dv-ne-dk", 1, 64, 200, 4, 4, 64, 32, false, 0, 0, 0.f, E::lse | E::mask, false},
+  };
+  return table;
+}
+
+}  // namespace
+
+TEST_CASE("attention: f16 and bf16 K/V match the reference on the same rounded values", "[attention]") {
+  for (const Case& c : kv_storage_cases()) {
+    const std::uint64_t seed = 500 + static_cast<std::uint64_t>(&c - kv_storage_cases().data());
+    check_kv_storage<seqmix::f16>(c, seed, "f16");
+    check_kv_storage<seqmix::bf16>(c, seed, "bf16");
+  }
+}
+
+TEST_CASE("attention: K/V of another storage type go through the converting tile loads", "[attention]") {
+  // double storage has no vector conversion: the scalar per-element branch of kv_row_to_float.
+  check_kv_storage<double>(Case{"kv-double", 1, 7, 1000, 8, 2, 80, 64, true, 300, 4, 0.f, Extra::lse | Extra::alibi, false},
+                           99, "double");
+}
+
+TEST_CASE("attention: the K/V row conversion is bit-exact for every f16 and bf16 pattern", "[attention]") {
+  // All 65536 patterns, converted as contiguous rows (vector body + scalar tail) and one strided
+  // row, against core/half.hpp's scalar conversions; NaNs compared by bits (both quiet them).
+  const auto check = [](auto tag, auto scalar, const char* name) {
+    using Half = decltype(tag);
+    std::vector<Half> src(65536 + 3);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = Half::from_bits(static_cast<std::uint16_t>(i * 40503u));
+    std::vector<float> dst(src.size());
+    seqmix::detail::kv_row_to_float(src.data(), 1, static_cast<index_t>(src.size()), dst.data());
+    index_t mismatches = 0;
+    for (std::size_t i = 0; i < src.size(); ++i) {
+      const float want = scalar(src[i].bits);
+      if (seqmix::detail::float_bits(dst[i]) != seqmix::detail::float_bits(want) && mismatches++ < 5)
+        UNSCOPED_INFO(name << " pattern 0x" << std::hex << src[i].bits << ": got " << dst[i] << " want " << want);
+    }
+    std::vector<float> strided(7);
+    seqmix::detail::kv_row_to_float(src.data(), 3, 7, strided.data());
+    for (index_t c = 0; c < 7; ++c)
+      if (seqmix::detail::float_bits(strided[c]) != seqmix::detail::float_bits(scalar(src[3 * c].bits))) ++mismatches;
+    CHECK(mismatches == 0);
+  };
+  check(seqmix::f16{}, seqmix::f16_to_float, "f16");
+  check(seqmix::bf16{}, seqmix::bf16_to_float, "bf16");
 }

@@ -1,4 +1,5 @@
-// Softmax attention (SPEC section 5): dense flash-style prefill and split-KV decode,
+// Softmax attention (SPEC section 5): dense flash-style prefill and split-KV decode (fp32, fp16
+// or bf16 K/V),
 // attention_merge, and the lightning indexer.
 #pragma once
 
@@ -8,3 +9,13 @@
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/attention/lightning_indexer/fast.hpp"
 #include "seqmix/attention/lightning_indexer/reference.hpp"
+
+// Sparse forms: block-sparse attention with its pattern builders, top-k attention with its
+// selectors, and retrieval attention over an external key/value memory.
+#include "seqmix/attention/block_sparse/fast.hpp"
+#include "seqmix/attention/block_sparse/patterns.hpp"
+#include "seqmix/attention/block_sparse/reference.hpp"
+#include "seqmix/attention/retrieval/retrieval.hpp"
+#include "seqmix/attention/topk/fast.hpp"
+#include "seqmix/attention/topk/reference.hpp"
+#include "seqmix/attention/topk/selectors.hpp"

@@ -8,6 +8,8 @@
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/attention/lightning_indexer/fast.hpp"
 #include "seqmix/attention/lightning_indexer/reference.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix/core/tensor.hpp"
 
 namespace {
 
@@ -21,6 +23,19 @@ void run_attention_with(const seqmix::AttentionInputs<KV>& in, const seqmix::Att
     seqmix::attention(in, out, options);
   else
     seqmix::reference::attention(in, out, options);
+}
+
+// An fp32 K or V input as fp16; a value that fp16 cannot hold exactly is a broken case.
+seqmix::Tensor<seqmix::f16, 4> to_f16(const seqmix::ConstView<float, 4>& x, const CaseData& c, const char* name) {
+  seqmix::Tensor<seqmix::f16, 4> out(x.shape());
+  seqmix::copy(x, out.view());
+  seqmix::Tensor<float, 4> back(x.shape()), given(x.shape());
+  seqmix::copy(out.cview(), back.view());
+  seqmix::copy(x, given.view());
+  for (index_t i = 0; i < back.numel(); ++i)
+    if (back.data()[i] != given.data()[i] && given.data()[i] == given.data()[i])  // NaN stays NaN
+      throw CaseError(c.id() + ": input '" + name + "' holds a value not exactly representable in fp16 although kv_storage is \"f16\"");
+  return out;
 }
 
 OutputMap run_attention(const CaseData& c, bool fast) {
@@ -48,10 +63,17 @@ OutputMap run_attention(const CaseData& c, bool fast) {
     throw CaseError(c.id() + ": param 'kv_storage' must be \"f32\" or \"f16\", got \"" + storage + "\"");
   OutputMap out;
   const seqmix::AttentionOutputs outputs{c.make_output<4>(out, "o"), {}};
-  // kv_storage "f16": the golden k/v values are exactly representable in fp16. seqmix/core/half.hpp
-  // (the f16 storage type) has not landed yet, so they run through the fp32 kernel, which gives
-  // the identical result; switch to AttentionInputs<seqmix::f16> once it exists.
-  run_attention_with(in, outputs, options, fast);
+  // kv_storage "f16": the golden k/v values are exactly representable in fp16; store them as
+  // seqmix::f16 (a rounding that changes nothing, checked below) and run the 16-bit kernels.
+  if (storage == "f16") {
+    const seqmix::Tensor<seqmix::f16, 4> k16 = to_f16(in.k, c, "k"), v16 = to_f16(in.v, c, "v");
+    seqmix::AttentionInputs<seqmix::f16> in16;
+    in16.q = in.q, in16.k = k16.view(), in16.v = v16.view();
+    in16.mask = in.mask, in16.alibi_slopes = in.alibi_slopes, in16.sink_logits = in.sink_logits;
+    run_attention_with(in16, outputs, options, fast);
+  } else {
+    run_attention_with(in, outputs, options, fast);
+  }
   return out;
 }
 

@@ -14,12 +14,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -33,6 +35,12 @@ inline index_t round_up(index_t n, index_t multiple) noexcept { return (n + mult
 
 // ---- K/V element conversion -------------------------------------------------------------------
 
+// 16-bit K/V rows are widened kWidth at a time by half.hpp's loaders (bit-identical to the
+// scalar conversions); the tile is converted once into L1 and then feeds all query heads of
+// its KV group.
+inline FBatch load_kv_batch(const f16* p) noexcept { return simd::load_f16(p); }
+inline FBatch load_kv_batch(const bf16* p) noexcept { return simd::load_bf16(p); }
+
 // dst[c] = float(src[c * stride]) for c < n. The one place K/V storage types are read, so a new
 // storage type only needs a branch here.
 template <class KV>
@@ -40,6 +48,13 @@ inline void kv_row_to_float(const KV* src, index_t stride, index_t n, float* dst
   if constexpr (std::is_same_v<KV, float>) {
     if (stride == 1) {
       std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
+      return;
+    }
+  } else if constexpr (std::is_same_v<KV, f16> || std::is_same_v<KV, bf16>) {
+    if (stride == 1) {
+      const index_t nv = simd::vector_end(n);
+      for (index_t c = 0; c < nv; c += simd::kWidth) simd::store(dst + c, load_kv_batch(src + c));
+      convert(src + nv, dst + nv, n - nv);  // the tail, scalar
       return;
     }
   }

@@ -50,10 +50,29 @@ struct FlashScratch {
         state(static_cast<std::size_t>(rows)) {}
 };
 
-// One task: queries [i0, i0 + nq) of batch row b against KV head hk.
-template <class KV>
+// A run of at most kFlashKeyTile keys [j0, j0 + n) that one step of a task visits.
+struct KeyTile {
+  index_t j0, n;
+};
+
+// The dense key tiles a block of rows at these positions can see.
+inline std::vector<KeyTile> dense_key_tiles(const AttentionOptions& options, const index_t* positions, index_t rows,
+                                            index_t Tk) {
+  std::vector<KeyTile> tiles;
+  for (const index_t j0 : visible_tiles(options, positions, rows, Tk, kFlashKeyTile))
+    tiles.push_back({j0, std::min(kFlashKeyTile, Tk - j0)});
+  return tiles;
+}
+
+// One task: queries [i0, i0 + nq) of batch row b against KV head hk, over the key tiles that
+// select_tiles(positions, rows) returns (dense: every visible tile; block-sparse attention: the
+// selected blocks). The logit rule still masks what causal / window / mask hide from each row,
+// so a tile list may hold keys some rows cannot see; it must hold only keys the task's rows are
+// allowed to attend to otherwise, each key once.
+template <class KV, class SelectTiles>
 void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
-                 const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w) {
+                 const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
+                 SelectTiles&& select_tiles) {
   const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   const index_t T = kFlashKeyTile;
   const LogitRule<KV> rule{in, options, d.Tk};
@@ -61,8 +80,8 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
   for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, i0 + r / G);
   std::fill(w.state.begin(), w.state.begin() + M, SoftmaxRow{});
   std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);
-  for (const index_t j0 : visible_tiles(options, w.pos.data(), M, d.Tk, T)) {
-    const index_t n = std::min(T, d.Tk - j0);
+  for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
+    const index_t j0 = tile.j0, n = tile.n;
     load_kv_tile_transposed(in.k, b, hk, j0, n, T, w.kt.data(), T, w.row.data());
     load_kv_tile(in.v, b, hk, j0, n, T, w.v.data(), Dvp);
     gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
@@ -102,7 +121,8 @@ void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out,
     for (index_t t = begin; t < end; ++t) {
       const index_t block = t % blocks, group = t / blocks;
       const index_t i0 = block * bq;
-      flash_block(in, out, options, d, scale, group / d.Hkv, group % d.Hkv, i0, std::min(bq, d.Tq - i0), scratch);
+      flash_block(in, out, options, d, scale, group / d.Hkv, group % d.Hkv, i0, std::min(bq, d.Tq - i0), scratch,
+                  [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); });
     }
   });
 }

@@ -1,0 +1,131 @@
+// topk_attention (SPEC section 5): each query attends only to a selected set of keys: its top-k
+// keys under some score, plus the always-kept sink tokens and recent window.
+//
+// The operator is split in two stages, so that any scorer can feed it:
+//   1. a selector (selectors.hpp) scores the keys, or blocks of keys, per (batch row, query,
+//      selection head): exact q.k, block summaries (mean key; Quest min/max bounds), low-rank
+//      projected keys (Loki), or the lightning indexer (DeepSeek sparse attention); then
+//      select_topk turns scores into a sorted list of key indices per row;
+//   2. topk_attention computes exact softmax attention of each query head over the keys listed
+//      for its selection head.
+// Selection heads: indices are [B, Tq, Hs, capacity]; query head h reads selection head
+// h / (Hq / Hs). Hs = Hq selects per head (Quest), Hs = Hkv per KV group, Hs = 1 per token
+// (DeepSeek sparse attention). Unused slots hold -1; listed keys are strictly increasing.
+//
+// Attention over the selected keys is exact dense attention restricted to them:
+//   o = sum_{j in S} exp(s_j) v_j / (sum_{j in S} exp(s_j) + exp(sink_logits[h])),
+//   s_j = scale * q.k_j, soft-capped if softcap > 0.
+// Visibility (causal, sinks, recent window) is decided at selection; a row with no selected
+// key gives o = 0 and lse = -inf (or sink_logits[h]), as in dense attention.
+//
+// This header holds the argument structs, validation and reference::topk_attention (the dense
+// reference with a mask that is -inf outside the selected keys); fast.hpp gathers the selected
+// rows and runs the dense decode kernel on them.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+
+#include "seqmix/attention/block_sparse/reference.hpp"  // detail::head_slice
+#include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+// The attention part's options (selection has its own, TopkOptions in selectors.hpp).
+struct TopkAttentionOptions {
+  // Multiplies q.k; std::nullopt means 1/sqrt(Dk).
+  std::optional<float> scale;
+  // s = softcap * tanh(s / softcap) when > 0, as in dense attention.
+  float softcap = 0.f;
+};
+
+// q, k, v and sink_logits as in AttentionInputs (KV: float, f16 or bf16); indices from
+// select_topk.
+template <class KV = float>
+struct TopkAttentionInputs {
+  ConstView<float, 4> q;                 // [B,Tq,Hq,Dk]
+  ConstView<KV, 4> k;                    // [B,Tk,Hkv,Dk]
+  ConstView<KV, 4> v;                    // [B,Tk,Hkv,Dv]
+  ConstView<std::int32_t, 4> indices;    // [B,Tq,Hs,capacity], Hs divides Hq; -1 = unused slot
+  ConstView<float, 1> sink_logits;       // [Hq], optional
+};
+
+namespace detail {
+
+struct TopkDims {
+  AttentionDims attention;
+  index_t Hs, capacity;
+  index_t heads_per_selection() const noexcept { return attention.Hq / Hs; }
+};
+
+template <class KV>
+TopkDims validate_topk_attention(const char* op, const TopkAttentionInputs<KV>& in, const AttentionOutputs& out,
+                                 const TopkAttentionOptions& options) {
+  AttentionInputs<KV> dense;
+  dense.q = in.q, dense.k = in.k, dense.v = in.v, dense.sink_logits = in.sink_logits;
+  AttentionOptions dense_options;
+  dense_options.scale = options.scale, dense_options.softcap = options.softcap;
+  const AttentionDims d = validate_attention(op, dense, out, dense_options);
+  const ArgCheck check(op);
+  check.shape("indices", in.indices, std::array<index_t, 4>{d.B, d.Tq, -1, -1}, "B,Tq,Hs,capacity");
+  const index_t Hs = in.indices.size(2);
+  if (d.Hq > 0 || Hs > 0) check.divides(Hs, d.Hq, "indices", "selection heads (dimension 2)");
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t i = 0; i < d.Tq; ++i)
+      for (index_t s = 0; s < Hs; ++s) {
+        index_t previous = -1;
+        for (index_t e = 0; e < in.indices.size(3); ++e) {
+          const index_t j = in.indices(b, i, s, e);
+          if (j < 0) continue;
+          if (j >= d.Tk || j <= previous)  // message built only on failure: this loop is per slot
+            check.that(false, "indices",
+                       "must hold strictly increasing key indices in [0, " + std::to_string(d.Tk) + ") per row, got " +
+                           std::to_string(j) + " after " + std::to_string(previous) + " in row (" + std::to_string(b) +
+                           ", " + std::to_string(i) + ", " + std::to_string(s) + ")");
+          previous = j;
+        }
+      }
+  return {d, Hs, in.indices.size(3)};
+}
+
+inline AttentionOptions as_attention_options(const TopkAttentionOptions& options) {
+  AttentionOptions o;
+  o.scale = options.scale, o.softcap = options.softcap;
+  return o;
+}
+
+}  // namespace detail
+
+namespace reference {
+
+// The definition: per query head, dense reference::attention with an additive mask that is -inf
+// outside the selected keys. Materializes a [B,Tq,Tk] mask per head; meant for tests.
+template <class KV>
+void topk_attention(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out,
+                    const TopkAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  const auto t = detail::validate_topk_attention("reference::topk_attention", in, out, options);
+  const detail::AttentionDims& d = t.attention;
+  Tensor<float, 3> mask({d.B, d.Tq, d.Tk});
+  AttentionInputs<KV> dense;
+  dense.q = in.q, dense.k = in.k, dense.v = in.v, dense.sink_logits = in.sink_logits;
+  for (index_t h = 0; h < d.Hq; ++h) {
+    mask.fill(-std::numeric_limits<float>::infinity());
+    for (index_t b = 0; b < d.B; ++b)
+      for (index_t i = 0; i < d.Tq; ++i)
+        for (index_t e = 0; e < t.capacity; ++e) {
+          const index_t j = in.indices(b, i, h / t.heads_per_selection(), e);
+          if (j >= 0) mask(b, i, j) = 0.f;
+        }
+    AttentionInputs<KV> head = detail::head_slice(dense, h, 1, h / d.group());
+    head.mask = mask.view();
+    reference::attention(head, detail::head_slice(out, h, 1), detail::as_attention_options(options), executor);
+  }
+}
+
+}  // namespace reference
+}  // namespace seqmix
