@@ -1,6 +1,5 @@
 // Softmax attention (SPEC section 5): dense flash-style prefill and split-KV decode (fp32, fp16
-// or bf16 K/V),
-// attention_merge, and the lightning indexer.
+// or bf16 K/V), attention_merge, and the lightning indexer.
 #pragma once
 
 #include "seqmix/attention/dense/decode.hpp"
