@@ -80,7 +80,7 @@ void gdr_prefill(benchmark::State& state, index_t T, index_t H, index_t K, Delta
     if (reference)
       seqmix::reference::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, options);
     else
-      seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, options, st::benchmark_pool());
+      seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   set_prefill_counters(state, 6.0 * T * H * K * K);
@@ -97,7 +97,7 @@ void gdr_step(benchmark::State& state, index_t H, index_t K, DeltaGate gate) {
   if (gate == DeltaGate::scalar) in.g_scalar = data.gs.view().select(1, 0);
   st::fill_uniform(data.state.view(), 9, -0.1f, 0.1f);
   for (auto _ : state) {
-    seqmix::gated_delta_rule_step(in, {data.o.view().select(1, 0), data.state.view()}, options, st::benchmark_pool());
+    seqmix::gated_delta_rule_step(in, {data.o.view().select(1, 0), data.state.view()}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.state.data());
   }
   state.counters["GB/s"] = benchmark::Counter(2.0 * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,
@@ -111,7 +111,7 @@ void delta_prefill(benchmark::State& state, index_t T, index_t H, index_t K, Del
   seqmix::DeltaRuleOptions options;
   options.algorithm = algorithm;
   for (auto _ : state) {
-    seqmix::delta_rule(in, {data.o.view(), data.state.view()}, options, st::benchmark_pool());
+    seqmix::delta_rule(in, {data.o.view(), data.state.view()}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   set_prefill_counters(state, 6.0 * T * H * K * K);
@@ -140,7 +140,7 @@ void rwkv7_prefill(benchmark::State& state, index_t T, index_t H, index_t K, boo
     if (reference)
       seqmix::reference::rwkv7(data.inputs(), {data.o.view(), data.state.view()});
     else
-      seqmix::rwkv7(data.inputs(), {data.o.view(), data.state.view()}, st::benchmark_pool());
+      seqmix::rwkv7(data.inputs(), {data.o.view(), data.state.view()}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   set_prefill_counters(state, 8.0 * T * H * K * K);
@@ -154,7 +154,7 @@ void rwkv7_step(benchmark::State& state, index_t H, index_t K) {
   in.g = row(data.g);
   st::fill_uniform(data.state.view(), 9, -0.1f, 0.1f);
   for (auto _ : state) {
-    seqmix::rwkv7_step(in, {data.o.view().select(1, 0), data.state.view()}, st::benchmark_pool());
+    seqmix::rwkv7_step(in, {data.o.view().select(1, 0), data.state.view()}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.state.data());
   }
   state.counters["GB/s"] = benchmark::Counter(2.0 * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,

@@ -82,9 +82,9 @@ void gla_prefill(benchmark::State& state, std::string shape, index_t T, GateKind
   const seqmix::GlaOutputs out{data.o.view(), data.state.view()};
   for (auto _ : state) {
     if (form == Form::reference)
-      seqmix::reference::gated_linear_attention(data.gla(gate), out, options, st::benchmark_pool());
+      seqmix::reference::gated_linear_attention(data.gla(gate), out, options, st::two_thread_pool());
     else
-      seqmix::gated_linear_attention(data.gla(gate), out, options, st::benchmark_pool());
+      seqmix::gated_linear_attention(data.gla(gate), out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
@@ -99,9 +99,9 @@ void la_prefill(benchmark::State& state, std::string shape, index_t T, Form form
   const seqmix::LinearAttentionOutputs out{data.o.view(), data.state.view(), {}};
   for (auto _ : state) {
     if (form == Form::reference)
-      seqmix::reference::linear_attention(in, out, options, st::benchmark_pool());
+      seqmix::reference::linear_attention(in, out, options, st::two_thread_pool());
     else
-      seqmix::linear_attention(in, out, options, st::benchmark_pool());
+      seqmix::linear_attention(in, out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
@@ -115,9 +115,9 @@ void rwkv6_prefill(benchmark::State& state, std::string shape, index_t T, Form f
   const seqmix::Rwkv6Outputs out{data.o.view(), data.state.view()};
   for (auto _ : state) {
     if (form == Form::reference)
-      seqmix::reference::rwkv6(data.rwkv(), out, options, st::benchmark_pool());
+      seqmix::reference::rwkv6(data.rwkv(), out, options, st::two_thread_pool());
     else
-      seqmix::rwkv6(data.rwkv(), out, options, st::benchmark_pool());
+      seqmix::rwkv6(data.rwkv(), out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
@@ -134,7 +134,7 @@ void gla_step(benchmark::State& state, std::string shape, GateKind gate) {
   if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, 0);
   const seqmix::GlaStepOutputs out{data.o.view().select(1, 0), data.state.view()};
   for (auto _ : state) {
-    seqmix::gated_linear_attention_step(in, out, options, st::benchmark_pool());
+    seqmix::gated_linear_attention_step(in, out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   state.counters["GB/s"] = benchmark::Counter(step_bytes(1, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
@@ -147,7 +147,7 @@ void rwkv6_step(benchmark::State& state, std::string shape) {
                                    data.g.view().select(1, 0), data.u.view()};
   const seqmix::Rwkv6StepOutputs out{data.o.view().select(1, 0), data.state.view()};
   for (auto _ : state) {
-    seqmix::rwkv6_step(in, out, {}, st::benchmark_pool());
+    seqmix::rwkv6_step(in, out, {}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
   state.counters["GB/s"] = benchmark::Counter(step_bytes(1, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);

@@ -70,9 +70,9 @@ void conv_prefill(benchmark::State& state, ConvShape s) {
   const seqmix::CausalConv1dOptions options{seqmix::ConvActivation::silu};
   for (auto _ : state) {
     if (kReference)
-      seqmix::reference::causal_conv1d(in, out, options, st::benchmark_pool());
+      seqmix::reference::causal_conv1d(in, out, options, st::two_thread_pool());
     else
-      seqmix::causal_conv1d(in, out, options, st::benchmark_pool());
+      seqmix::causal_conv1d(in, out, options, st::two_thread_pool());
     benchmark::ClobberMemory();
   }
   const double btd = double(s.B * s.T * s.D);
@@ -89,9 +89,9 @@ void conv_step(benchmark::State& state, ConvShape s) {
   const seqmix::CausalConv1dOptions options{seqmix::ConvActivation::silu};
   for (auto _ : state) {
     if (kReference)
-      seqmix::reference::causal_conv1d(ref_in, {data.y.view(), data.state.view()}, options, st::benchmark_pool());
+      seqmix::reference::causal_conv1d(ref_in, {data.y.view(), data.state.view()}, options, st::two_thread_pool());
     else
-      seqmix::causal_conv1d_step(in, {y.view(), data.state.view()}, options, st::benchmark_pool());
+      seqmix::causal_conv1d_step(in, {y.view(), data.state.view()}, options, st::two_thread_pool());
     benchmark::ClobberMemory();
   }
   const double bd = double(s.B * s.D);
@@ -149,9 +149,9 @@ void scan_prefill(benchmark::State& state, ScanShape s) {
   const seqmix::SelectiveScanOutputs out{data.y.view(), data.final_state.view()};
   for (auto _ : state) {
     if (kReference)
-      seqmix::reference::selective_scan(in, out, mamba_options(), st::benchmark_pool());
+      seqmix::reference::selective_scan(in, out, mamba_options(), st::two_thread_pool());
     else
-      seqmix::selective_scan(in, out, mamba_options(), st::benchmark_pool());
+      seqmix::selective_scan(in, out, mamba_options(), st::two_thread_pool());
     benchmark::ClobberMemory();
   }
   const double btd = double(s.B * s.T * s.D);
@@ -170,9 +170,9 @@ void scan_step(benchmark::State& state, ScanShape s) {
   ref_in.initial_state = data.state.view();
   for (auto _ : state) {
     if (kReference)
-      seqmix::reference::selective_scan(ref_in, {data.y.view(), data.state.view()}, mamba_options(), st::benchmark_pool());
+      seqmix::reference::selective_scan(ref_in, {data.y.view(), data.state.view()}, mamba_options(), st::two_thread_pool());
     else
-      seqmix::selective_scan_step(step, {y.view(), data.state.view()}, mamba_options(), st::benchmark_pool());
+      seqmix::selective_scan_step(step, {y.view(), data.state.view()}, mamba_options(), st::two_thread_pool());
     benchmark::ClobberMemory();
   }
   const double bd = double(s.B * s.D);

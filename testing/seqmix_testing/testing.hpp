@@ -19,9 +19,9 @@ inline bool small_test_scale() {
   return scale != nullptr && std::strcmp(scale, "small") == 0;
 }
 
-// The pool every benchmark runs on: the machine's two cores (the caller plus one worker),
+// The pool the benchmarks and threaded tests run on: the machine's two cores (the caller plus one worker),
 // created once so no benchmark pays for thread start-up.
-inline const ThreadPool& benchmark_pool() {
+inline const ThreadPool& two_thread_pool() {
   static const ThreadPool pool(2);
   return pool;
 }
