@@ -1,5 +1,6 @@
-// Selective state-space operators (SPEC section 3): causal_conv1d, selective_scan (Mamba-1).
-// Each operator's folder under seqmix/ssm/ holds its reference, fast prefill and decode step.
+// Selective state-space operators (SPEC section 3): causal_conv1d, selective_scan (Mamba-1) and
+// ssd (Mamba-2). Each operator's folder under seqmix/ssm/ holds its reference, fast prefill and
+// decode step.
 #pragma once
 
 #include "seqmix/ssm/causal_conv1d/fast.hpp"
@@ -8,3 +9,6 @@
 #include "seqmix/ssm/selective_scan/fast.hpp"
 #include "seqmix/ssm/selective_scan/reference.hpp"
 #include "seqmix/ssm/selective_scan/step.hpp"
+#include "seqmix/ssm/ssd/chunked.hpp"
+#include "seqmix/ssm/ssd/reference.hpp"
+#include "seqmix/ssm/ssd/step.hpp"

@@ -1,0 +1,130 @@
+// ssd (Mamba-2) benchmarks on the named model shapes: prefill (automatic choice, and each
+// algorithm and chunk size forced), the decode step, and the reference recurrence as baseline.
+//
+// Counters:
+//   GFLOP/s = 5 * B*T*H*P*N / time: the recurrence's work per token and state element (decay
+//             multiply, rank-1 update FMA, read-out FMA). The same count for every algorithm, so
+//             the rates compare; the chunked form does about 4*P*N + L*P per token and head.
+//   GB/s    (step) = 2 * B*H*P*N*4 / time: the state read and written once per token, which is
+//             what bounds the step.
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/ssm/ssd/chunked.hpp"
+#include "seqmix/ssm/ssd/reference.hpp"
+#include "seqmix/ssm/ssd/step.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+
+// One problem with Mamba-2-like data: softplus(dt + dt_bias) in about [0.001, 0.1], D and z on.
+struct Problem {
+  index_t B, T, H, P, N, G;
+  Tensor<float, 4> x, z, Bm, Cm, state, y;
+  Tensor<float, 3> dt;
+  Tensor<float, 1> A, D, dt_bias;
+
+  Problem(index_t B_, index_t T_, const st::SsmShape& s)
+      : B(B_), T(T_), H(s.H), P(s.P), N(s.N), G(s.G),
+        x(st::random_tensor<4>({B, T, H, P}, 1)),
+        z(st::random_tensor<4>({B, T, H, P}, 2)),
+        Bm(st::random_tensor<4>({B, T, G, N}, 3)),
+        Cm(st::random_tensor<4>({B, T, G, N}, 4)),
+        state(st::random_tensor<4>({B, H, P, N}, 5)),
+        y({B, T, H, P}),
+        dt(st::random_tensor<3>({B, T, H}, 6, -1.f, 1.f)),
+        A(st::random_tensor<1>({H}, 7, -16.f, -1.f)),
+        D(st::random_tensor<1>({H}, 8)),
+        dt_bias(st::random_tensor<1>({H}, 9, -6.f, -2.5f)) {}
+
+  seqmix::SsdInputs inputs() const {
+    return {x.view(), dt.view(), A.view(), Bm.view(), Cm.view(), D.view(), z.view(), dt_bias.view(), state.view()};
+  }
+  seqmix::SsdStepInputs step_inputs() const {
+    return {x.view().select(1, 0), dt.view().select(1, 0), A.view(),       Bm.view().select(1, 0),
+            Cm.view().select(1, 0), D.view(),              z.view().select(1, 0), dt_bias.view()};
+  }
+  double state_elements() const { return static_cast<double>(B * H * P * N); }
+};
+
+seqmix::SsdOptions options(seqmix::SsdAlgorithm algorithm, index_t chunk = seqmix::SsdOptions{}.chunk_size) {
+  seqmix::SsdOptions o;
+  o.dt_softplus = true;
+  o.algorithm = algorithm;
+  o.chunk_size = chunk;
+  return o;
+}
+
+void set_flop_rate(benchmark::State& state, const Problem& p) {
+  state.counters["GFLOP/s"] = benchmark::Counter(5.0 * p.T * p.state_elements() * 1e-9 * state.iterations(),
+                                                 benchmark::Counter::kIsRate);
+}
+
+void prefill(benchmark::State& state, const st::SsmShape& shape, index_t T, seqmix::SsdOptions o) {
+  Problem p(1, T, shape);
+  Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
+  for (auto _ : state) {
+    seqmix::ssd(p.inputs(), {p.y.view(), final_state.view()}, o, st::two_thread_pool());
+    benchmark::DoNotOptimize(p.y.data());
+  }
+  set_flop_rate(state, p);
+}
+
+void prefill_reference(benchmark::State& state, const st::SsmShape& shape, index_t T) {
+  Problem p(1, T, shape);
+  Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
+  for (auto _ : state) {
+    seqmix::reference::ssd(p.inputs(), {p.y.view(), final_state.view()}, options(seqmix::SsdAlgorithm::automatic));
+    benchmark::DoNotOptimize(p.y.data());
+  }
+  set_flop_rate(state, p);
+}
+
+void step(benchmark::State& state, const st::SsmShape& shape) {
+  Problem p(1, 1, shape);
+  Tensor<float, 3> y({p.B, p.H, p.P});
+  for (auto _ : state) {
+    seqmix::ssd_step(p.step_inputs(), {y.view(), p.state.view()}, options(seqmix::SsdAlgorithm::automatic), st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_flop_rate(state, p);
+  state.counters["GB/s"] =
+      benchmark::Counter(2.0 * 4.0 * p.state_elements() * 1e-9 * state.iterations(), benchmark::Counter::kIsRate);
+}
+
+const st::SsmShape& shape_named(const std::string& name) {
+  for (const auto& s : st::ssm_shapes())
+    if (s.name == name) return s;
+  throw std::invalid_argument("bench_ssd: no SSM shape named " + name);
+}
+
+// Registered at startup so the shape table supplies the names.
+const int kRegistered = [] {
+  using seqmix::SsdAlgorithm;
+  for (const char* name : {"mamba2-780m", "ssd-h128-p80"}) {
+    const st::SsmShape& s = shape_named(name);
+    const std::string base = std::string("ssd/prefill/") + name + "/T512";
+    benchmark::RegisterBenchmark(base.c_str(), prefill, s, 512, options(SsdAlgorithm::automatic))->UseRealTime();
+    benchmark::RegisterBenchmark((base + "/recurrent").c_str(), prefill, s, 512, options(SsdAlgorithm::recurrent))
+        ->UseRealTime();
+    for (index_t chunk : {32, 64, 128})
+      benchmark::RegisterBenchmark((base + "/chunked/L" + std::to_string(chunk)).c_str(), prefill, s, 512,
+                                   options(SsdAlgorithm::chunked, chunk))
+          ->UseRealTime();
+    // The reference is single-threaded and ~100x slower: a shorter prompt keeps the run short.
+    benchmark::RegisterBenchmark((std::string("ssd/prefill/") + name + "/T128/reference").c_str(),
+                                 prefill_reference, s, 128)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark((std::string("ssd/step/") + name).c_str(), step, s)->UseRealTime();
+  }
+  return 0;
+}();
+
+}  // namespace

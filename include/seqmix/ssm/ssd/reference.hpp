@@ -1,0 +1,190 @@
+// ssd: Mamba-2's state-space duality layer (SPEC section 3; the semantics of mamba_ssm's
+// ssd_minimal / mamba_chunk_scan_combined, token-major).
+//
+// This header holds the readable definition (seqmix::reference::ssd), the argument structs and
+// options shared by all three forms, and their validation. The fast prefill is in chunked.hpp,
+// the single-token decode step in step.hpp; README.md derives the chunked form.
+//
+//   dt[b,t,h]   = dt[b,t,h] + dt_bias[h], then softplus(dt) if options.dt_softplus
+//   h[p][n]     = exp(dt * A[h]) * h[p][n] + dt * x[b,t,h,p] * Bm[b,t,g,n]   (g = h / (H/G))
+//   y[b,t,h,p]  = sum_n h[p][n] * Cm[b,t,g,n] + D[h] * x[b,t,h,p], then * silu(z[b,t,h,p])
+//   final_state = h after the last token ([B,H,P,N]); h starts from initial_state (zero if absent)
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+// Which prefill algorithm seqmix::ssd runs. Both compute the same function (to rounding).
+enum class SsdAlgorithm {
+  automatic,  // chunked for long inputs, recurrent for short ones (see detail::ssd_use_chunked)
+  chunked,    // the SSD block decomposition on GEMMs (chunked.hpp, README.md)
+  recurrent,  // token by token, vectorized over N: the decode step's kernel applied T times
+};
+
+struct SsdOptions {
+  // Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to dt + dt_bias, as mamba_ssm's
+  // dt_softplus flag does. Off by default, as there.
+  bool dt_softplus = false;
+  // Tokens per chunk of the chunked algorithm. 32 measured best on AVX-512 at P = 64..80,
+  // N = 128 (3-6% ahead of 64, 15% ahead of 128): per token the chunked form costs
+  // 2P(N + L) + 2PN flops, so a shorter chunk does less work, until the per-chunk O(P*N) costs
+  // (decaying and re-packing the state) take over. Any value >= 1 is accepted; it changes
+  // rounding only.
+  index_t chunk_size = 32;
+  SsdAlgorithm algorithm = SsdAlgorithm::automatic;
+};
+
+// Prefill arguments. Optional views are empty (default-constructed) when not given.
+struct SsdInputs {
+  ConstView<float, 4> x;              // [B,T,H,P]
+  ConstView<float, 3> dt;             // [B,T,H], before bias and softplus
+  ConstView<float, 1> A;              // [H], <= 0 (Mamba-2 uses A = -exp(A_log))
+  ConstView<float, 4> Bm;             // [B,T,G,N], G divides H; head h uses group h / (H/G)
+  ConstView<float, 4> Cm;             // [B,T,G,N]
+  ConstView<float, 1> D;              // [H], optional skip connection
+  ConstView<float, 4> z;              // [B,T,H,P], optional gate: y *= silu(z)
+  ConstView<float, 1> dt_bias;        // [H], optional
+  ConstView<float, 4> initial_state;  // [B,H,P,N], optional (zero state if absent)
+};
+
+// y must not overlap any input. final_state may be the very same view as initial_state (the
+// state is then carried in place).
+struct SsdOutputs {
+  TensorView<float, 4> y;            // [B,T,H,P]
+  TensorView<float, 4> final_state;  // [B,H,P,N], optional
+};
+
+// Decode-step arguments: one token per batch row.
+struct SsdStepInputs {
+  ConstView<float, 3> x;        // [B,H,P]
+  ConstView<float, 2> dt;       // [B,H]
+  ConstView<float, 1> A;        // [H]
+  ConstView<float, 3> Bm;       // [B,G,N]
+  ConstView<float, 3> Cm;       // [B,G,N]
+  ConstView<float, 1> D;        // [H], optional
+  ConstView<float, 3> z;        // [B,H,P], optional
+  ConstView<float, 1> dt_bias;  // [H], optional
+};
+
+struct SsdStepOutputs {
+  TensorView<float, 3> y;      // [B,H,P]
+  TensorView<float, 4> state;  // [B,H,P,N], read and then updated in place (required)
+};
+
+namespace detail {
+
+struct SsdDims {
+  index_t B, T, H, P, N, G;
+};
+
+// softplus as mamba_ssm computes it: the identity above 20, where log1p(exp(x)) == x in fp32.
+inline float ssd_softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
+
+inline float ssd_silu(float v) { return v / (1.f + std::exp(-v)); }
+
+// The effective step size of head h: bias, then the optional softplus.
+inline float ssd_dt(float dt, const ConstView<float, 1>& dt_bias, index_t h, bool softplus) {
+  if (dt_bias.has_value()) dt += dt_bias(h);
+  return softplus ? ssd_softplus(dt) : dt;
+}
+
+// Checks shared by prefill and step: A finite and <= 0 (a positive A makes the state grow
+// without bound and the chunked form's decays overflow), and the option values.
+inline void check_ssd_parameters(const ArgCheck& check, const ConstView<float, 1>& A) {
+  for (index_t h = 0; h < A.size(0); ++h) {
+    check.finite(A(h), "A");
+    check.that(A(h) <= 0.f, "A", "must be <= 0 (a decay rate), got " + std::to_string(A(h)) +
+                                     " at head " + std::to_string(h));
+  }
+}
+
+inline SsdDims validate_ssd(const char* op, const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options) {
+  const ArgCheck check(op);
+  const index_t B = in.x.size(0), T = in.x.size(1), H = in.x.size(2), P = in.x.size(3);
+  const index_t G = in.Bm.size(2), N = in.Bm.size(3);
+  check.shape("x", in.x, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,P");
+  check.shape("dt", in.dt, std::array<index_t, 3>{B, T, H}, "B,T,H");
+  check.shape("A", in.A, std::array<index_t, 1>{H}, "H");
+  check.shape("Bm", in.Bm, std::array<index_t, 4>{B, T, -1, -1}, "B,T,G,N");
+  if (H > 0) check.divides(G, H, "Bm", "groups (dimension 2)");
+  check.shape("Cm", in.Cm, std::array<index_t, 4>{B, T, G, N}, "B,T,G,N");
+  check.optional_shape("D", in.D, std::array<index_t, 1>{H}, "H");
+  check.optional_shape("z", in.z, std::array<index_t, 4>{B, T, H, P}, "B,T,H,P");
+  check.optional_shape("dt_bias", in.dt_bias, std::array<index_t, 1>{H}, "H");
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{B, H, P, N}, "B,H,P,N");
+  check.shape("y", out.y, std::array<index_t, 4>{B, T, H, P}, "B,T,H,P");
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{B, H, P, N}, "B,H,P,N");
+  check.that(options.chunk_size >= 1, "options.chunk_size",
+             "must be >= 1, got " + std::to_string(options.chunk_size));
+  check_ssd_parameters(check, in.A);
+  return {B, T, H, P, N, G};
+}
+
+inline SsdDims validate_ssd_step(const char* op, const SsdStepInputs& in, const SsdStepOutputs& out) {
+  const ArgCheck check(op);
+  const index_t B = in.x.size(0), H = in.x.size(1), P = in.x.size(2);
+  const index_t G = in.Bm.size(1), N = in.Bm.size(2);
+  check.shape("x", in.x, std::array<index_t, 3>{-1, -1, -1}, "B,H,P");
+  check.shape("dt", in.dt, std::array<index_t, 2>{B, H}, "B,H");
+  check.shape("A", in.A, std::array<index_t, 1>{H}, "H");
+  check.shape("Bm", in.Bm, std::array<index_t, 3>{B, -1, -1}, "B,G,N");
+  if (H > 0) check.divides(G, H, "Bm", "groups (dimension 1)");
+  check.shape("Cm", in.Cm, std::array<index_t, 3>{B, G, N}, "B,G,N");
+  check.optional_shape("D", in.D, std::array<index_t, 1>{H}, "H");
+  check.optional_shape("z", in.z, std::array<index_t, 3>{B, H, P}, "B,H,P");
+  check.optional_shape("dt_bias", in.dt_bias, std::array<index_t, 1>{H}, "H");
+  check.shape("y", out.y, std::array<index_t, 3>{B, H, P}, "B,H,P");
+  check.shape("state", out.state, std::array<index_t, 4>{B, H, P, N}, "B,H,P,N");
+  check_ssd_parameters(check, in.A);
+  return {B, 1, H, P, N, G};
+}
+
+}  // namespace detail
+
+namespace reference {
+
+// The definition, token by token. Single-threaded; `executor` is accepted for a uniform
+// signature. The state of one (batch, head) lives in a local buffer, so final_state may alias
+// initial_state.
+inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
+                const Executor& executor = serial_executor()) {
+  (void)executor;
+  const auto [B, T, H, P, N, G] = detail::validate_ssd("reference::ssd", in, out, options);
+  const index_t heads_per_group = H / G;
+  std::vector<float> state(static_cast<std::size_t>(P * N));
+  auto s = [&](index_t p, index_t n) -> float& { return state[static_cast<std::size_t>(p * N + n)]; };
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h) {
+      const index_t g = h / heads_per_group;
+      for (index_t p = 0; p < P; ++p)
+        for (index_t n = 0; n < N; ++n) s(p, n) = in.initial_state.has_value() ? in.initial_state(b, h, p, n) : 0.f;
+      for (index_t t = 0; t < T; ++t) {
+        const float dt = detail::ssd_dt(in.dt(b, t, h), in.dt_bias, h, options.dt_softplus);
+        const float decay = std::exp(dt * in.A(h));
+        for (index_t p = 0; p < P; ++p) {
+          const float x = in.x(b, t, h, p);
+          float y = 0.f;
+          for (index_t n = 0; n < N; ++n) {
+            s(p, n) = decay * s(p, n) + dt * x * in.Bm(b, t, g, n);
+            y += s(p, n) * in.Cm(b, t, g, n);
+          }
+          if (in.D.has_value()) y += in.D(h) * x;
+          if (in.z.has_value()) y *= detail::ssd_silu(in.z(b, t, h, p));
+          out.y(b, t, h, p) = y;
+        }
+      }
+      if (out.final_state.has_value())
+        for (index_t p = 0; p < P; ++p)
+          for (index_t n = 0; n < N; ++n) out.final_state(b, h, p, n) = s(p, n);
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix
