@@ -229,7 +229,22 @@ inline Int float_to_bf16_bits(const Batch<float>& x) noexcept {
 #endif
 
 // kWidth consecutive f16 / bf16 values as a float batch (for kernels reading a 16-bit K/V cache).
-inline Batch<float> load_f16(const f16* p) noexcept { return detail::f16_bits_to_float(detail::widen(p)); }
+// Where the target has the hardware conversion (AVX-512F, or F16C for 8-wide AVX batches) it is one
+// instruction, exact for every pattern like the portable path (NaNs come out quiet); it is what
+// keeps a decode over an f16 KV cache bound by memory rather than by the conversion.
+// (A template on the arch only so that the branch for the other register width is discarded.)
+template <class A = Arch>
+xsimd::batch<float, A> load_f16(const f16* p) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>)
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#endif
+#if defined(__F16C__)
+  if constexpr (std::is_base_of_v<xsimd::avx, A> && !std::is_base_of_v<xsimd::avx512f, A>)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#endif
+  return detail::f16_bits_to_float(detail::widen(p));
+}
 inline Batch<float> load_bf16(const bf16* p) noexcept { return detail::bf16_bits_to_float(detail::widen(p)); }
 
 // Rounds a float batch to kWidth consecutive f16 / bf16 values (for kernels writing a cache).
