@@ -93,7 +93,7 @@ TEST_CASE("every executor runs every index exactly once", "[parallel]") {
   CHECK(&seqmix::serial_executor() == &seqmix::serial_executor());  // one shared instance
 }
 
-TEST_CASE("parallel_for covers [0, n) exactly once for any grain", "[parallel]") {
+TEST_CASE("parallel_for covers 0..n-1 exactly once for any grain", "[parallel]") {
   for (const ExecutorCase& c : executor_cases()) {
     CAPTURE(c.name);
     const auto executor = c.make();

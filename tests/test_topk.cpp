@@ -266,7 +266,7 @@ TEST_CASE("topk selection: Quest's bound is at least every score of its block", 
   CHECK(violations == 0);
 }
 
-TEST_CASE("topk selection: sinks and the recent window are kept; -inf never selected", "[topk]") {
+TEST_CASE("topk selection: sinks and the recent window are kept, -inf never selected", "[topk]") {
   // 20 keys, one query at position 19, per-key scores rising with j except a few -inf.
   const index_t Tk = 20;
   Tensor<float, 4> scores({1, 1, 1, Tk});
