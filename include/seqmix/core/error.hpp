@@ -83,8 +83,13 @@ class ArgCheck {
   }
 
   const ArgCheck& that(bool condition, const char* argument, const std::string& problem) const {
-    if (!condition) throw ShapeError(op_, argument, problem);
+    if (!condition) fail(argument, problem);
     return *this;
+  }
+
+  // For checks whose message is costly to format: test first, then call fail() to throw.
+  [[noreturn]] void fail(const char* argument, const std::string& problem) const {
+    throw ShapeError(op_, argument, problem);
   }
 
   // For a value that must divide another (grouped heads): names both counts in the message.

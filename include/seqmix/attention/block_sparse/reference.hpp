@@ -72,16 +72,16 @@ BlockSparseDims validate_block_sparse(const char* op, const AttentionInputs<KV>&
         // Messages are built only on failure: these loops run once per layout entry.
         const auto where = [&] { return " in row (" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(qb) + ")"; };
         if (!(0 <= begin && begin <= end && end <= nnz))
-          check.that(false, "layout.offsets",
+          check.fail("layout.offsets",
                      "must be non-decreasing within [0, " + std::to_string(nnz) + "], got [" + std::to_string(begin) +
                          ", " + std::to_string(end) + ")" + where());
         for (index_t e = begin; e < end; ++e) {
           const index_t kb = layout.indices(e);
           if (!(0 <= kb && kb < Nk))
-            check.that(false, "layout.indices",
+            check.fail("layout.indices",
                        "must hold key blocks in [0, " + std::to_string(Nk) + "), got " + std::to_string(kb) + where());
           if (e > begin && layout.indices(e - 1) >= kb)
-            check.that(false, "layout.indices", "must be strictly increasing within a row" + where());
+            check.fail("layout.indices", "must be strictly increasing within a row" + where());
         }
       }
   return {d, Nq, Nk};

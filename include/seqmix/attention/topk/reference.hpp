@@ -83,7 +83,7 @@ TopkDims validate_topk_attention(const char* op, const TopkAttentionInputs<KV>& 
           const index_t j = in.indices(b, i, s, e);
           if (j < 0) continue;
           if (j >= d.Tk || j <= previous)  // message built only on failure: this loop is per slot
-            check.that(false, "indices",
+            check.fail("indices",
                        "must hold strictly increasing key indices in [0, " + std::to_string(d.Tk) + ") per row, got " +
                            std::to_string(j) + " after " + std::to_string(previous) + " in row (" + std::to_string(b) +
                            ", " + std::to_string(i) + ", " + std::to_string(s) + ")");

@@ -122,7 +122,7 @@ inline void check_beta(const ArgCheck& check, const ConstView<float, Rank>& beta
     }
     const float value = beta.data()[offset];
     if (!std::isfinite(value))
-      check.that(false, "beta", "must be finite, got " + std::to_string(value) + " at " + shape_to_string(idx));
+      check.fail("beta", "must be finite, got " + std::to_string(value) + " at " + shape_to_string(idx));
   }
 }
 

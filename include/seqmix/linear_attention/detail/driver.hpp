@@ -83,9 +83,9 @@ inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, floa
 // heads are adjacent in [B,T,H,D] memory, so q/k/v/g are read and o written almost sequentially.
 // One head at a time over all T tokens strides through memory (8 KB apart for H=32, K=64) and
 // was DRAM-latency-bound once the inputs outgrow L3: T=8192, H=32, K=V=64 ran at 56 GFLOP/s on 2
-// threads vs ~210 with blocks of 8. 8: the block's rows of all heads stay near in memory, while a
-// head's state (16-64 KB, in L2) is re-read only every 8 tokens (blocks of 4..64 measured).
-constexpr index_t kTokenBlock = 8;
+// threads vs ~210 with blocks of 8. 8 (kTokenBlock, recurrent.hpp): the block's rows of all
+// heads stay near in memory, while a head's state (16-64 KB, in L2) is re-read only every 8
+// tokens (blocks of 4..64 measured).
 
 template <class MakeHead>
 void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, index_t begin, index_t end, MakeHead& make_head) {
@@ -93,7 +93,7 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, index_t beg
   const index_t n = end - begin;
   std::vector<HeadProblem> heads;
   std::vector<RowMatrix> states(static_cast<std::size_t>(n), RowMatrix(plan.Kf, Vp));
-  RecurrentWorkspace ws(plan.K, plan.Kf, Vp);
+  RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
   heads.reserve(static_cast<std::size_t>(n));
   for (index_t i = 0; i < n; ++i) {
     const index_t task = begin + i;
@@ -132,7 +132,7 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
     if (chunked)
       chunk_ws.emplace(plan.chunk, plan.K, plan.Kf, Vp);
     else
-      rec_ws.emplace(plan.K, plan.Kf, Vp);
+      rec_ws.emplace(plan.K, plan.Kf, Vp, kTokenBlock);
     auto run = [&](const HeadProblem& p) {
       if (chunked)
         run_chunked(p, plan.chunk, S, *chunk_ws);

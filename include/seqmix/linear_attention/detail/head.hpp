@@ -172,7 +172,7 @@ void check_log_gate(const ArgCheck& check, const char* argument, const ConstView
     const float value = row[i * g.stride(Rank - 1)];
     if (value <= 0.f) continue;
     idx[Rank - 1] = i;
-    check.that(false, argument,
+    check.fail(argument,
                "must be a log-space decay <= 0 everywhere (multiplier exp(g) <= 1), got " +
                    std::to_string(value) + " at " + shape_to_string(idx) + " of shape " +
                    shape_to_string(g.shape()));

@@ -5,7 +5,8 @@
 //   inclusive (GLA, linear attention):  s = w_r * s + k_r * v;   o += q_r * s
 //   exclusive (rwkv6):                  o += q_r * s;            s = w_r * s + k_r * v
 // and rwkv6 adds (q . (u * k)) v to o at the end. That is 3 vector ops per state element (2
-// without decay), with o and v held in registers across all rows of a column tile.
+// without decay), with o and v held in registers across all rows of a column tile, and several
+// tokens applied to each loaded piece of S (see kTokenBlock).
 #pragma once
 
 #include <algorithm>
@@ -26,36 +27,58 @@ struct TokenOperands {
   float bonus;         // exclusive readout: q . (u * k); 0 otherwise
 };
 
-// Columns [c0, c0 + NB*kWidth) of the state, all Kf rows. NB batches of o and v stay in
-// registers; 4 batches (64 floats on AVX-512) keep the 3*NB live values below 32 registers.
-template <int NB, bool kDecay, bool kExclusive>
-inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands& x, float* o) {
+// Columns [c0, c0 + NB*kWidth) of the state, all Kf rows, advanced through NT consecutive tokens
+// x[0..NT) in one pass: each loaded row piece takes all NT updates before it is stored, so S is
+// loaded and stored once per NT tokens. The NT*NB batches of o and of v stay in registers: NT=4,
+// NB=2 holds 2*NT*NB + NB = 18 live batches plus 3*NT broadcasts, within 32 AVX-512 registers.
+template <int NT, int NB, bool kDecay, bool kExclusive>
+inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, float* const* o) {
   using simd::Batch;
   constexpr index_t W = simd::kWidth;
-  Batch<float> vv[NB], acc[NB];
-  for (int b = 0; b < NB; ++b) {
-    vv[b] = simd::load(x.v + c0 + b * W);
-    acc[b] = Batch<float>(0.f);
+  Batch<float> vv[NT][NB], acc[NT][NB];
+  // Locals, not x's fields: the stores to S could alias x, which made the compiler reload the
+  // pointers every row.
+  const float *q[NT], *k[NT], *w[NT];
+  index_t w_stride[NT];
+  for (int j = 0; j < NT; ++j) {
+    for (int b = 0; b < NB; ++b) {
+      vv[j][b] = simd::load(x[j].v + c0 + b * W);
+      acc[j][b] = Batch<float>(0.f);
+    }
+    q[j] = x[j].q, k[j] = x[j].k, w[j] = x[j].w, w_stride[j] = x[j].w_stride;
   }
   for (index_t r = 0; r < Kf; ++r) {
     float* row = S + r * ldS + c0;
-    const Batch<float> kr(x.k[r]), qr(x.q[r]);
-    const Batch<float> wr(kDecay ? x.w[r * x.w_stride] : 1.f);
-    for (int b = 0; b < NB; ++b) {
-      Batch<float> s = simd::load(row + b * W);
-      if constexpr (kExclusive) acc[b] = simd::fma(qr, s, acc[b]);
-      if constexpr (kDecay)
-        s = simd::fma(kr, vv[b], wr * s);
-      else
-        s = simd::fma(kr, vv[b], s);
-      if constexpr (!kExclusive) acc[b] = simd::fma(qr, s, acc[b]);
-      simd::store(row + b * W, s);
+    Batch<float> s[NB];
+    for (int b = 0; b < NB; ++b) s[b] = simd::load(row + b * W);
+    for (int j = 0; j < NT; ++j) {
+      const Batch<float> kr(k[j][r]), qr(q[j][r]);
+      const Batch<float> wr(kDecay ? w[j][r * w_stride[j]] : 1.f);
+      for (int b = 0; b < NB; ++b) {
+        if constexpr (kExclusive) acc[j][b] = simd::fma(qr, s[b], acc[j][b]);
+        if constexpr (kDecay)
+          s[b] = simd::fma(kr, vv[j][b], wr * s[b]);
+        else
+          s[b] = simd::fma(kr, vv[j][b], s[b]);
+        if constexpr (!kExclusive) acc[j][b] = simd::fma(qr, s[b], acc[j][b]);
+      }
     }
+    for (int b = 0; b < NB; ++b) simd::store(row + b * W, s[b]);
   }
-  for (int b = 0; b < NB; ++b) {
-    if constexpr (kExclusive) acc[b] = simd::fma(Batch<float>(x.bonus), vv[b], acc[b]);
-    simd::store(o + c0 + b * W, acc[b]);
-  }
+  for (int j = 0; j < NT; ++j)
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (kExclusive) acc[j][b] = simd::fma(Batch<float>(x[j].bonus), vv[j][b], acc[j][b]);
+      simd::store(o[j] + c0 + b * W, acc[j][b]);
+    }
+}
+
+// Columns [c0, c0 + NB*kWidth) through tokens x[0..n), NT at a time.
+template <int NT, int NB, bool kDecay, bool kExclusive>
+inline void recurrent_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, index_t n,
+                                  float* const* o) {
+  index_t j = 0;
+  for (; j + NT <= n; j += NT) recurrent_tile<NT, NB, kDecay, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+  for (; j < n; ++j) recurrent_tile<1, NB, kDecay, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
 }
 
 // The scalar tail: columns [c0, ncols).
@@ -76,40 +99,82 @@ inline void recurrent_tail(float* S, index_t ldS, index_t Kf, index_t c0, index_
   }
 }
 
-template <bool kDecay, bool kExclusive>
-inline void recurrent_token_impl(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands& x, float* o) {
+// Columns [c, ncols) through tokens x[0..n), in tiles of NB batches, NT tokens per pass.
+template <int NT, int NB, bool kDecay, bool kExclusive>
+inline void recurrent_columns(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
+                              float* const* o) {
   constexpr index_t W = simd::kWidth;
   index_t c = 0;
-  for (; c + 4 * W <= ncols; c += 4 * W) recurrent_tile<4, kDecay, kExclusive>(S, ldS, Kf, c, x, o);
-  for (; c + W <= ncols; c += W) recurrent_tile<1, kDecay, kExclusive>(S, ldS, Kf, c, x, o);
-  if (c < ncols) recurrent_tail<kDecay, kExclusive>(S, ldS, Kf, c, ncols, x, o);
+  for (; c + NB * W <= ncols; c += NB * W) recurrent_tile_tokens<NT, NB, kDecay, kExclusive>(S, ldS, Kf, c, x, n, o);
+  for (; c + W <= ncols; c += W) recurrent_tile_tokens<NT, 1, kDecay, kExclusive>(S, ldS, Kf, c, x, n, o);
+  if (c < ncols)
+    for (index_t j = 0; j < n; ++j) recurrent_tail<kDecay, kExclusive>(S, ldS, Kf, c, ncols, x[j], o[j]);
 }
 
-// Advances the state S ([Kf, ncols], rows ldS apart, contiguous columns) by one token and writes
-// o[0..ncols). `exclusive` selects the rwkv6 readout.
+// Prefill tokens are processed kTokenBlock at a time (the driver interleaves heads per block, see
+// driver.hpp), and inside a block 4 tokens per pass over 32-column tiles of the state: S is loaded
+// and stored once per 4 tokens instead of every token, and a tile of a K=128 head (16 KB) stays in
+// L1 where the whole 64 KB state did not. Measured (2 threads, median ms, quiet moments of a
+// shared machine): gla-k128-t512 2.61 -> 1.95-2.1 with one token per pass and 64-column tiles
+// -> 2.3; 2 tokens x 64 columns was within noise of 4 x 32 (1.93-2.22). A single token (decode)
+// keeps 64-column tiles: 32-column ones took the rwkv6 step from 6.3 to 7.2-7.6 us.
+constexpr index_t kTokenBlock = 8;
+
+// Advances columns [0, ncols) of S through tokens x[0..n), token j writing o[j][0..ncols).
+template <bool kDecay, bool kExclusive>
+inline void recurrent_block_impl(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
+                                 float* const* o) {
+  if (n >= 4)
+    recurrent_columns<4, 2, kDecay, kExclusive>(S, ldS, Kf, ncols, x, n, o);
+  else
+    recurrent_columns<1, 4, kDecay, kExclusive>(S, ldS, Kf, ncols, x, n, o);
+}
+
+// Advances the state S ([Kf, ncols], rows ldS apart, contiguous columns) by n tokens in order
+// (all decayed or none) and writes o[j][0..ncols) for each. `exclusive` selects the rwkv6 readout.
+inline void recurrent_block(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
+                            bool exclusive, float* const* o) {
+  const bool decay = x[0].w != nullptr;
+  if (decay && exclusive) return recurrent_block_impl<true, true>(S, ldS, Kf, ncols, x, n, o);
+  if (decay) return recurrent_block_impl<true, false>(S, ldS, Kf, ncols, x, n, o);
+  if (exclusive) return recurrent_block_impl<false, true>(S, ldS, Kf, ncols, x, n, o);
+  recurrent_block_impl<false, false>(S, ldS, Kf, ncols, x, n, o);
+}
+
+// One token: S advanced, o[0..ncols) written.
 inline void recurrent_token(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands& x, bool exclusive,
                             float* o) {
-  const bool decay = x.w != nullptr;
-  if (decay && exclusive) return recurrent_token_impl<true, true>(S, ldS, Kf, ncols, x, o);
-  if (decay) return recurrent_token_impl<true, false>(S, ldS, Kf, ncols, x, o);
-  if (exclusive) return recurrent_token_impl<false, true>(S, ldS, Kf, ncols, x, o);
-  recurrent_token_impl<false, false>(S, ldS, Kf, ncols, x, o);
+  recurrent_block(S, ldS, Kf, ncols, &x, 1, exclusive, &o);
 }
 
-// Per-thread scratch of the recurrent form, allocated once per parallel block.
+// Per-thread scratch of the recurrent form: the operands of up to `slots` tokens. Small ones
+// (a decode step's single token) live inline, so a step allocates nothing.
 class RecurrentWorkspace {
  public:
-  RecurrentWorkspace(index_t K, index_t Kf, index_t Vp)
-      : buffer_(static_cast<std::size_t>(2 * Kf + std::max(Kf, K) + 2 * Vp)), Kf_(Kf), Vp_(Vp) {}
-  float* q() { return buffer_.data(); }
-  float* k() { return q() + Kf_; }
-  float* v() { return k() + Kf_; }
-  float* o() { return v() + Vp_; }
-  float* w() { return o() + Vp_; }
+  RecurrentWorkspace(index_t K, index_t Kf, index_t Vp, index_t slots = 1)
+      : slot_(round_up(2 * Kf + std::max(Kf, K) + 2 * Vp)), Kf_(Kf), Vp_(Vp), slots_(slots) {
+    const index_t n = slot_ * slots;
+    if (n > kInline) heap_.resize(static_cast<std::size_t>(n));
+    base_ = n > kInline ? heap_.data() : inline_;
+  }
+  RecurrentWorkspace(const RecurrentWorkspace&) = delete;
+  RecurrentWorkspace& operator=(const RecurrentWorkspace&) = delete;
+
+  index_t slots() const { return slots_; }
+  float* q(index_t j = 0) { return base_ + j * slot_; }
+  float* k(index_t j = 0) { return q(j) + Kf_; }
+  float* v(index_t j = 0) { return k(j) + Kf_; }
+  float* o(index_t j = 0) { return v(j) + Vp_; }
+  float* w(index_t j = 0) { return o(j) + Vp_; }
 
  private:
-  AlignedVector<float> buffer_;
-  index_t Kf_, Vp_;
+  // Slots start on a batch boundary.
+  static index_t round_up(index_t n) { return (n + simd::kWidth - 1) / simd::kWidth * simd::kWidth; }
+  static constexpr index_t kInline = 1024;  // K = V = 128 needs 640 floats
+  alignas(64) float inline_[kInline];
+  AlignedVector<float> heap_;
+  float* base_;
+  index_t slot_, Kf_, Vp_, slots_;
 };
 
 // out[0..n) = factor * x[0..n), vectorized (x contiguous).
@@ -127,66 +192,87 @@ inline void exp_copy(const float* x, float* out, index_t n) {
   for (index_t i = nv; i < n; ++i) out[i] = std::exp(x[i]);
 }
 
+// q . (u * k): vectorized, as a scalar loop it was ~20% of an rwkv6 step or prefill (64 dependent
+// adds per token and head).
+inline float bonus_dot(const float* q, const ConstView<float, 1>& u, const float* k, index_t K) {
+  float sum = 0.f;
+  index_t i = 0;
+  if (u.is_last_dim_contiguous()) {
+    const float* up = u.data();
+    simd::Batch<float> acc(0.f);
+    for (; i + simd::kWidth <= K; i += simd::kWidth)
+      acc = simd::fma(simd::load(q + i) * simd::load(up + i), simd::load(k + i), acc);
+    sum = simd::reduce_add(acc);
+  }
+  for (; i < K; ++i) sum += q[i] * u(i) * k[i];
+  return sum;
+}
+
 // Loads token t of a head: phi(q)*scale, phi(k), v (+1 column), decays, bonus. Contiguous rows
 // with the identity map are used in place (k, v) or with one vector pass (q, g): this per-token
 // work is O(K + V) next to the kernel's O(K V), but with scalar strided loops it cost ~30%.
-inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorkspace& ws) {
+inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot = 0) {
   TokenOperands x{};
   const index_t K = p.K();
   const bool identity = p.phi == FeatureMap::identity;
   const ConstView<float, 1> q = p.q[t], k = p.k[t], v = p.v[t];
   if (identity && q.is_last_dim_contiguous())
-    scale_copy(q.data(), p.scale, ws.q(), K);
+    scale_copy(q.data(), p.scale, ws.q(slot), K);
   else
-    apply_feature_map(p.phi, q, p.scale, ws.q());
-  x.q = ws.q();
+    apply_feature_map(p.phi, q, p.scale, ws.q(slot));
+  x.q = ws.q(slot);
   if (identity && k.is_last_dim_contiguous()) {
     x.k = k.data();
   } else {
-    apply_feature_map(p.phi, k, 1.f, ws.k());
-    x.k = ws.k();
+    apply_feature_map(p.phi, k, 1.f, ws.k(slot));
+    x.k = ws.k(slot);
   }
   if (!p.normalize && v.is_last_dim_contiguous()) {
     x.v = v.data();
   } else {
-    load_value_row(p, t, ws.v());
-    x.v = ws.v();
+    load_value_row(p, t, ws.v(slot));
+    x.v = ws.v(slot);
   }
   if (p.gated()) {
     if (p.scalar_gate) {
-      ws.w()[0] = std::exp(std::max(p.g(t, 0), kGateFloor));
+      ws.w(slot)[0] = std::exp(std::max(p.g(t, 0), kGateFloor));
       x.w_stride = 0;
     } else {
       const ConstView<float, 1> g = p.g[t];
       if (g.is_last_dim_contiguous()) {
-        exp_copy(g.data(), ws.w(), K);
+        exp_copy(g.data(), ws.w(slot), K);
       } else {
-        load_gate_row(p, t, ws.w());
-        exp_inplace(ws.w(), K);
+        load_gate_row(p, t, ws.w(slot));
+        exp_inplace(ws.w(slot), K);
       }
       x.w_stride = 1;
     }
-    x.w = ws.w();
+    x.w = ws.w(slot);
   }
   if (p.readout == Readout::exclusive_bonus) {
-    float bonus = 0.f;
-    for (index_t i = 0; i < K; ++i) bonus += x.q[i] * p.u(i) * x.k[i];
-    x.bonus = bonus;
+    x.bonus = bonus_dot(x.q, p.u, x.k, K);
   }
   return x;
 }
 
-// The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous). Outputs go
-// straight into o when its rows are contiguous and need no division.
+// The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous), in blocks of
+// ws.slots() tokens. Outputs go straight into o when its rows are contiguous and need no division.
 inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws) {
   const index_t Kf = p.Kf(), Vp = p.Vp();
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool direct = !p.normalize && p.o.is_last_dim_contiguous();
-  for (index_t t = 0; t < p.T(); ++t) {
-    const TokenOperands x = load_token(p, t, ws);
-    float* o = direct ? p.o.ptr(t) : ws.o();
-    recurrent_token(S, Vp, Kf, Vp, x, exclusive, o);
-    if (!direct) store_output_row(p, t, o);
+  TokenOperands x[kTokenBlock];
+  float* o[kTokenBlock];
+  const index_t block = std::min(ws.slots(), kTokenBlock);
+  for (index_t t0 = 0; t0 < p.T(); t0 += block) {
+    const index_t n = std::min(block, p.T() - t0);
+    for (index_t j = 0; j < n; ++j) {
+      x[j] = load_token(p, t0 + j, ws, j);
+      o[j] = direct ? p.o.ptr(t0 + j) : ws.o(j);
+    }
+    recurrent_block(S, Vp, Kf, Vp, x, n, exclusive, o);
+    if (!direct)
+      for (index_t j = 0; j < n; ++j) store_output_row(p, t0 + j, o[j]);
   }
 }
 

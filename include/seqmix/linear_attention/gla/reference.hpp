@@ -83,7 +83,7 @@ inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<flo
     if constexpr (prefill) expected[1] = d.T;
     expected[GRank - 1] = d.K;
     check.shape("g", g, expected, g_dims);
-    check_head_count(check, "g", g.size(GRank - 2), d, shape_to_string(g.shape()));
+    check_head_count(check, "g", g.size(GRank - 2), d, g.shape());
     check.that(!g_scalar.has_value(), "g_scalar", "must be empty with GateKind::channel (the gate is g)");
     check_log_gate(check, "g", g, executor);
   } else if (gate == GateKind::scalar) {
@@ -94,7 +94,7 @@ inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<flo
     expected[0] = d.B;
     if constexpr (prefill) expected[1] = d.T;
     check.shape("g_scalar", g_scalar, expected, s_dims);
-    check_head_count(check, "g_scalar", g_scalar.size(GRank - 2), d, shape_to_string(g_scalar.shape()));
+    check_head_count(check, "g_scalar", g_scalar.size(GRank - 2), d, g_scalar.shape());
     check.that(!g.has_value(), "g", "must be empty with GateKind::scalar (the gate is g_scalar)");
     check_log_gate(check, "g_scalar", g_scalar, executor);
   } else {

@@ -58,7 +58,7 @@ namespace detail::la {
 
 inline void check_rwkv6_u(const ArgCheck& check, const ConstView<float, 2>& u, const Dims& d) {
   check.shape("u", u, std::array<index_t, 2>{-1, d.K}, "Hg,K");
-  check_head_count(check, "u", u.size(0), d, shape_to_string(u.shape()));
+  check_head_count(check, "u", u.size(0), d, u.shape());
 }
 
 inline Dims validate_rwkv6(const char* op, const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options,
@@ -66,7 +66,7 @@ inline Dims validate_rwkv6(const char* op, const Rwkv6Inputs& in, const Rwkv6Out
   const ArgCheck check(op);
   const Dims d = check_qkv(check, "r", in.r, in.k, in.v);
   check.shape("g", in.g, std::array<index_t, 4>{d.B, d.T, -1, d.K}, "B,T,Hg,K");
-  check_head_count(check, "g", in.g.size(2), d, shape_to_string(in.g.shape()));
+  check_head_count(check, "g", in.g.size(2), d, in.g.shape());
   check_rwkv6_u(check, in.u, d);
   check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
@@ -81,7 +81,7 @@ inline Dims validate_rwkv6_step(const char* op, const Rwkv6StepInputs& in, const
   const ArgCheck check(op);
   const Dims d = check_qkv_step(check, "r", in.r, in.k, in.v);
   check.shape("g", in.g, std::array<index_t, 3>{d.B, -1, d.K}, "B,Hg,K");
-  check_head_count(check, "g", in.g.size(1), d, shape_to_string(in.g.shape()));
+  check_head_count(check, "g", in.g.size(1), d, in.g.shape());
   check_rwkv6_u(check, in.u, d);
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
   check.shape("state", out.state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
