@@ -41,6 +41,22 @@ std::string shape_to_string(const std::array<index_t, Rank>& shape) {
   return out.str();
 }
 
+// An expected shape, where -1 (any extent) prints as '*': "[2, *, 4]".
+template <std::size_t Rank>
+std::string expected_shape_to_string(const std::array<index_t, Rank>& shape) {
+  std::ostringstream out;
+  out << '[';
+  for (std::size_t d = 0; d < Rank; ++d) {
+    out << (d ? ", " : "");
+    if (shape[d] < 0)
+      out << '*';
+    else
+      out << shape[d];
+  }
+  out << ']';
+  return out.str();
+}
+
 // Validates the arguments of one operator call, one readable line per argument:
 //   ArgCheck check("ssd");
 //   check.shape("x", x, {B, T, H, P}, "B,T,H,P").shape("dt", dt, {B, T, H}, "B,T,H");
@@ -65,7 +81,7 @@ class ArgCheck {
     if (!matches) {
       throw ShapeError(op_, argument,
                        std::string("must have shape [") + dims + "] = " +
-                           expected_to_string(expected) + ", got " + shape_to_string(view.shape()));
+                           expected_shape_to_string(expected) + ", got " + shape_to_string(view.shape()));
     }
     if (view.data() == nullptr && view.numel() > 0)
       throw ShapeError(op_, argument, "has shape " + shape_to_string(view.shape()) +
@@ -114,21 +130,6 @@ class ArgCheck {
   }
 
  private:
-  template <std::size_t Rank>
-  static std::string expected_to_string(const std::array<index_t, Rank>& shape) {
-    std::ostringstream out;
-    out << '[';
-    for (std::size_t d = 0; d < Rank; ++d) {
-      out << (d ? ", " : "");
-      if (shape[d] < 0)
-        out << '*';
-      else
-        out << shape[d];
-    }
-    out << ']';
-    return out.str();
-  }
-
   std::string op_;
 };
 

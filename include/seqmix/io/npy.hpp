@@ -68,21 +68,6 @@ inline std::string shape_string(const std::vector<index_t>& shape) {
   return out.str();
 }
 
-template <std::size_t R>
-std::string expected_shape_string(const std::array<index_t, R>& shape) {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t d = 0; d < R; ++d) {
-    out << (d ? ", " : "");
-    if (shape[d] < 0)
-      out << '*';
-    else
-      out << shape[d];
-  }
-  out << ']';
-  return out.str();
-}
-
 inline bool host_is_little_endian() {
   const std::uint16_t probe = 1;
   unsigned char first = 0;
@@ -380,7 +365,7 @@ struct NpyArray {
       if (expected && (*expected)[d] >= 0 && (*expected)[d] != shape[d]) matches = false;
     }
     if (!matches)
-      throw NpyError(path, "expected shape" + label + " = " + npy_detail::expected_shape_string(*expected) + ", got " +
+      throw NpyError(path, "expected shape" + label + " = " + expected_shape_to_string(*expected) + ", got " +
                                shape_string());
     return extents;
   }
