@@ -13,6 +13,7 @@
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/delta_rule/reference.hpp"
 #include "seqmix/linear_attention/delta_rule/step.hpp"
+#include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -67,9 +68,7 @@ struct DrResult {
 };
 
 void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
-  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
-  INFO(what << ": " << cmp.describe());
-  REQUIRE(cmp.ok);
+  st::require_close(what.c_str(), out.view(), ref.view(), tol);
 }
 
 // Each T in {1, 17, 64, 65, 300, 2048}, K=V in {16, 64, 80, 128}, B in {1, 3}, grouped heads

@@ -12,6 +12,7 @@
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/step.hpp"
+#include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -85,9 +86,7 @@ struct GdrResult {
 };
 
 void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
-  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
-  INFO(what << ": " << cmp.describe());
-  REQUIRE(cmp.ok);
+  st::require_close(what.c_str(), out.view(), ref.view(), tol);
 }
 
 // Each listed T, K=V, B, grouping, gate strength and beta range appears at least once, in

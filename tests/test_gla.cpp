@@ -12,6 +12,7 @@
 #include "seqmix/linear_attention/gla/chunked.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"
 #include "seqmix/linear_attention/gla/step.hpp"
+#include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -72,9 +73,7 @@ struct GlaResult {
 };
 
 void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
-  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
-  INFO(what << ": " << cmp.describe());
-  REQUIRE(cmp.ok);
+  st::require_close(what.c_str(), out.view(), ref.view(), tol);
 }
 
 // The table: each listed value of T, K, V, H, B and gate strength appears, in ragged

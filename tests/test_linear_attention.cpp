@@ -9,6 +9,7 @@
 #include "seqmix/linear_attention/linear_attention/chunked.hpp"
 #include "seqmix/linear_attention/linear_attention/reference.hpp"
 #include "seqmix/linear_attention/linear_attention/step.hpp"
+#include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -73,9 +74,7 @@ seqmix::LinearAttentionOptions options_for(const LaCase& c) {
 
 template <std::size_t R>
 void require_close(const Tensor<float, R>& out, const Tensor<float, R>& ref, double tol, const std::string& what) {
-  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
-  INFO(what << ": " << cmp.describe());
-  REQUIRE(cmp.ok);
+  st::require_close(what.c_str(), out.view(), ref.view(), tol);
 }
 
 std::vector<LaCase> la_table() {

@@ -9,6 +9,7 @@
 #include "seqmix/linear_attention/rwkv6/chunked.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 #include "seqmix/linear_attention/rwkv6/step.hpp"
+#include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -53,9 +54,7 @@ struct RwkvResult {
 };
 
 void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
-  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
-  INFO(what << ": " << cmp.describe());
-  REQUIRE(cmp.ok);
+  st::require_close(what.c_str(), out.view(), ref.view(), tol);
 }
 
 std::vector<RwkvCase> rwkv_table() {

@@ -11,6 +11,7 @@
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
 #include "seqmix/linear_attention/rwkv7/step.hpp"
+#include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -58,9 +59,7 @@ struct R7Data {
 };
 
 void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
-  const st::Comparison cmp = st::compare(out.view(), ref.view(), tol);
-  INFO(what << ": " << cmp.describe());
-  REQUIRE(cmp.ok);
+  st::require_close(what.c_str(), out.view(), ref.view(), tol);
 }
 
 constexpr double kTol = 2e-4;
