@@ -233,22 +233,35 @@ inline void load_query_rows(const ConstView<float, 4>& q, index_t b, index_t hk,
 
 // ---- decode kernel ------------------------------------------------------------------------
 
+// Where the decode kernel reads one head's key or value rows: row j at `base + j * ld`, a whole
+// number of vectors long. Rows of the caller's tensor are read in place and 16-bit rows are
+// widened in registers, so K and V make one trip from memory to the FMAs (no fp32 copy of the
+// tile, which cost a store and a reload per element).
+template <class KV>
+struct KvRows {
+  const KV* base;
+  index_t ld;
+  const KV* row(index_t j) const noexcept { return base + j * ld; }
+};
+
+inline FBatch load_kv_batch(const float* p) noexcept { return simd::load(p); }
+
 // Scores of the decode kernel in dot form (no transpose of K, which would cost more than the
 // dot products in this memory-bound path): a block of 4 rows x kScoreKeys keys keeps W
-// accumulators, each K and Q vector load feeds several FMAs, and one reduce_add_rows reduces all W dot
-// products at once instead of W separate horizontal sums.
+// accumulators, each K and Q vector load feeds several FMAs, and one reduce_add_rows reduces all
+// W dot products at once instead of W separate horizontal sums.
 constexpr index_t kScoreRows = 4;
 constexpr index_t kScoreKeys = simd::kWidth >= 4 ? simd::kWidth / kScoreRows : 1;
 static_assert(kScoreRows * kScoreKeys == simd::kWidth, "the score block must fill one reduce_add_rows");
 
-// S[r][c0 + c] = Q_r . K_{c0 + c} for r < 4, c < kScoreKeys. D is a multiple of the width.
-inline void score_block(const float* Q, index_t ldq, const float* K, index_t ldk, index_t D, float* S,
-                        index_t lds) noexcept {
+// S[r][c] = Q_r . K_c for r < 4 and the kScoreKeys key rows `keys`. D is a multiple of the width.
+template <class KV>
+inline void score_block(const float* Q, index_t ldq, const KV* const* keys, index_t D, float* S, index_t lds) noexcept {
   FBatch acc[simd::kWidth];
   for (auto& a : acc) a = FBatch(0.f);
   for (index_t d = 0; d < D; d += simd::kWidth) {
     FBatch k[kScoreKeys];
-    for (index_t c = 0; c < kScoreKeys; ++c) k[c] = simd::load(K + c * ldk + d);
+    for (index_t c = 0; c < kScoreKeys; ++c) k[c] = load_kv_batch(keys[c] + d);
     for (index_t r = 0; r < kScoreRows; ++r) {
       const FBatch q = simd::load(Q + r * ldq + d);
       for (index_t c = 0; c < kScoreKeys; ++c) acc[r * kScoreKeys + c] = simd::fma(q, k[c], acc[r * kScoreKeys + c]);
@@ -260,53 +273,104 @@ inline void score_block(const float* Q, index_t ldq, const float* K, index_t ldk
     for (index_t c = 0; c < kScoreKeys; ++c) S[r * lds + c] = sums[r * kScoreKeys + c];
 }
 
-// S [M x n] = Q K^T for rows padded to a multiple of 4 and n a multiple of kScoreKeys (the
-// buffers are zero-padded, so the extra rows and keys are harmless).
-inline void scores_dot(const float* Q, index_t ldq, index_t M, const float* K, index_t ldk, index_t n, index_t D,
-                       float* S, index_t lds) noexcept {
-  for (index_t r = 0; r < M; r += kScoreRows)
-    for (index_t c = 0; c < n; c += kScoreKeys) score_block(Q + r * ldq, ldq, K + c * ldk, ldk, D, S + r * lds + c, lds);
-}
-
-// 32 keys: one head's fp32 K and V tiles (2 x 32 x 128 x 4 B = 32 KB at D = 128) stay in L1
-// between their conversion and their use.
-constexpr index_t kDecodeTile = 32;
-// A split below 8 tiles (256 keys) costs more in merging and scheduling than it saves.
-constexpr index_t kMinTilesPerSplit = 8;
-
-// Asks for rows [j0 + r0, j0 + r1) of x[b] (all heads) to be brought into L2 ahead of use.
-// Decode is bound by reading K/V; with the prefetch for tile t + 1 spread over the compute of
-// tile t, the memory system has many lines in flight instead of stalling on each tile's copy.
+// S [M x round_up(n, kScoreKeys)] = Q K^T for Q rows padded to a multiple of 4 (zero rows are
+// harmless). Keys past n repeat key n - 1, so no row beyond the tile is read; callers mask
+// those columns.
 template <class KV>
-void prefetch_kv_rows(const ConstView<KV, 4>& x, index_t b, index_t j0, index_t r0, index_t r1) {
-  const index_t H = x.size(2), D = x.size(3);
-  if (x.stride(3) != 1 || x.stride(2) != D) return;  // heads not packed: leave it to the hardware
-  constexpr index_t kLine = 64;
-  const index_t bytes = H * D * static_cast<index_t>(sizeof(KV));
-  for (index_t r = r0; r < r1; ++r) {
-    const char* row = reinterpret_cast<const char*>(x.ptr(b, j0 + r, 0));
-    for (index_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(row + offset, 0, 2);
+inline void scores_rows(const float* Q, index_t ldq, index_t M, const KvRows<KV>& K, index_t n, index_t D, float* S,
+                        index_t lds) noexcept {
+  for (index_t c = 0; c < n; c += kScoreKeys) {
+    const KV* keys[kScoreKeys];
+    for (index_t i = 0; i < kScoreKeys; ++i) keys[i] = K.row(std::min(c + i, n - 1));
+    for (index_t r = 0; r < M; r += kScoreRows) score_block(Q + r * ldq, ldq, keys, D, S + r * lds + c, lds);
   }
 }
 
+// The same over an fp32 tile [n x ldk] whose rows past n are zero (the top-k selectors and
+// retrieval score their gathered tiles this way).
+inline void scores_dot(const float* Q, index_t ldq, index_t M, const float* K, index_t ldk, index_t n, index_t D,
+                       float* S, index_t lds) noexcept {
+  scores_rows(Q, ldq, M, KvRows<float>{K, ldk}, n, D, S, lds);
+}
+
+// acc[r][col : col + NV * W] += sum_c P[r][c] V_c for R rows over n keys: R x NV accumulators
+// stay in registers over the keys, and each value vector is loaded (and widened) once for all
+// R rows.
+template <int R, int NV, class KV>
+inline void pv_block(const float* P, index_t ldp, const KvRows<KV>& V, index_t n, index_t col, float* acc,
+                     index_t ldacc) noexcept {
+  FBatch a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + col + v * simd::kWidth);
+  for (index_t c = 0; c < n; ++c) {
+    const KV* row = V.row(c) + col;
+    FBatch x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = load_kv_batch(row + v * simd::kWidth);
+    for (int r = 0; r < R; ++r) {
+      const FBatch p(P[r * ldp + c]);
+      for (int v = 0; v < NV; ++v) a[r][v] = simd::fma(p, x[v], a[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(acc + r * ldacc + col + v * simd::kWidth, a[r][v]);
+}
+
+// 4 rows x 4 vectors: 16 accumulators + 4 values + 1 broadcast fit AVX-512's 32 registers;
+// narrower targets (16 registers) take 2 vectors.
+constexpr int kPvVectors = simd::kWidth >= 16 ? 4 : 2;
+
+template <int R, class KV>
+inline void pv_rows(const float* P, index_t ldp, const KvRows<KV>& V, index_t n, index_t Dv, float* acc,
+                    index_t ldacc) noexcept {
+  const index_t W = simd::kWidth;
+  index_t col = 0;
+  for (; col + kPvVectors * W <= Dv; col += kPvVectors * W) pv_block<R, kPvVectors>(P, ldp, V, n, col, acc, ldacc);
+  for (; col < Dv; col += W) pv_block<R, 1>(P, ldp, V, n, col, acc, ldacc);
+}
+
+// acc [M x ldacc] += P [M x n] V [n x Dv], in blocks of 4 rows.
+template <class KV>
+inline void accumulate_pv(const float* P, index_t ldp, index_t M, const KvRows<KV>& V, index_t n, index_t Dv,
+                          float* acc, index_t ldacc) noexcept {
+  index_t r = 0;
+  for (; r + 4 <= M; r += 4) pv_rows<4>(P + r * ldp, ldp, V, n, Dv, acc + r * ldacc, ldacc);
+  P += r * ldp, acc += r * ldacc;
+  switch (M - r) {
+    case 3: pv_rows<3>(P, ldp, V, n, Dv, acc, ldacc); break;
+    case 2: pv_rows<2>(P, ldp, V, n, Dv, acc, ldacc); break;
+    case 1: pv_rows<1>(P, ldp, V, n, Dv, acc, ldacc); break;
+    default: break;
+  }
+}
+
+// 64 keys per tile: the per-tile work (logit rule, softmax bookkeeping, accumulator rescale)
+// is spread over enough FMAs, and the logits of all heads (8 x 4 x 64 floats at Hkv = 8,
+// G = 4) stay in L1 next to the queries and accumulators.
+constexpr index_t kDecodeTile = 64;
+// Value rows per pass over the heads: each head's accumulators are loaded and stored once per
+// 8 keys, which keeps that traffic well below the FMAs.
+constexpr index_t kPvKeys = 8;
+// A split below 4 tiles (256 keys) costs more in merging and scheduling than it saves.
+constexpr index_t kMinTilesPerSplit = 4;
+
 // Per-thread scratch of the decode kernel, allocated once per parallel block: per KV head the
-// scaled query rows (padded to a multiple of 4 rows); the K and V tiles and the logits of the
-// head being processed.
+// scaled query rows (padded to a multiple of 4 rows) and the logits of the current tile; one
+// head's fp32 K and V tiles for the fallback path; per row its position and visible keys.
 struct DecodeScratch {
-  index_t rows_padded, q_stride, k_stride, v_stride, s_stride;
+  index_t rows_padded, q_stride, s_stride;
   AlignedVector<float> q, k, v, s;
   std::vector<index_t> pos;
+  std::vector<VisibleKeys> visible;
   DecodeScratch(index_t Hkv, index_t rows, index_t Dkp, index_t Dvp)
       : rows_padded(round_up(rows, kScoreRows)),
         q_stride(rows_padded * Dkp),
-        k_stride(kDecodeTile * Dkp),
-        v_stride(kDecodeTile * Dvp),
         s_stride(rows_padded * kDecodeTile),
         q(static_cast<std::size_t>(Hkv * q_stride), 0.f),
-        k(static_cast<std::size_t>(k_stride)),
-        v(static_cast<std::size_t>(v_stride)),
-        s(static_cast<std::size_t>(s_stride)),
-        pos(static_cast<std::size_t>(rows)) {}
+        k(static_cast<std::size_t>(kDecodeTile * Dkp)),
+        v(static_cast<std::size_t>(kDecodeTile * Dvp)),
+        s(static_cast<std::size_t>(Hkv * s_stride)),
+        pos(static_cast<std::size_t>(rows)),
+        visible(static_cast<std::size_t>(rows)) {}
 };
 
 // Visible decode tiles per batch row (rows differ only through explicit positions).
@@ -322,43 +386,128 @@ std::vector<std::vector<index_t>> decode_tiles(const AttentionInputs<KV>& in, co
   return tiles;
 }
 
-// Where one head's K/V tile is read from: the converted L1 copy, or the caller's fp32 rows.
+// Where one head's K/V tile is read from: the caller's rows, or fp32 copies in the scratch.
+template <class KV>
 struct KvTile {
-  const float *k, *v;
-  index_t ldk, ldv;
+  using stored_type = KV;
+  KvRows<KV> k, v;
 };
 
-// fp32 K/V whose rows are whole vectors are read in place (a full tile only: the kernels run
-// whole tiles of keys); anything else is converted into the scratch tiles.
+// K/V rows that are contiguous whole vectors of fp32 / fp16 / bf16 are read in place; anything
+// else (strided features, a head size that is not a multiple of the width, another element
+// type) is converted head by head into the scratch tiles, zero-padded to whole vectors, and
+// read as fp32.
 template <class KV>
-KvTile decode_kv_tile(const AttentionInputs<KV>& in, const AttentionDims& d, DecodeScratch& w, index_t b, index_t hk,
-                      index_t j0, index_t n) {
-  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
-  if constexpr (std::is_same_v<KV, float>) {
-    const bool in_place = n == kDecodeTile && in.k.stride(3) == 1 && in.v.stride(3) == 1 && d.Dk == Dkp && d.Dv == Dvp;
-    if (in_place) return {in.k.ptr(b, j0, hk), in.v.ptr(b, j0, hk), in.k.stride(1), in.v.stride(1)};
-  }
-  load_kv_tile(in.k, b, hk, j0, n, kDecodeTile, w.k.data(), Dkp);
-  load_kv_tile(in.v, b, hk, j0, n, kDecodeTile, w.v.data(), Dvp);
-  return {w.k.data(), w.v.data(), Dkp, Dvp};
+constexpr bool kv_loads_as_vectors = std::is_same_v<KV, float> || std::is_same_v<KV, f16> || std::is_same_v<KV, bf16>;
+
+template <class KV>
+bool decode_reads_in_place(const AttentionInputs<KV>& in, const AttentionDims& d) noexcept {
+  return in.k.stride(3) == 1 && in.v.stride(3) == 1 && d.Dk % simd::kWidth == 0 && d.Dv % simd::kWidth == 0;
 }
 
-// One decode tile for KV head hk: logits, logit rule, online softmax, P V into acc [M x Dvp].
+// True when every key of the full tile [j0, j0 + kDecodeTile) is visible to every row and no
+// logit transform applies, so the logit rule has nothing to do (the common case in decode).
+inline bool tile_needs_no_rule(const AttentionOptions& options, bool has_alibi, bool has_mask,
+                               const std::vector<VisibleKeys>& visible, index_t j0, index_t n) noexcept {
+  if (n != kDecodeTile || options.softcap > 0.f || has_alibi || has_mask) return false;
+  for (const VisibleKeys& v : visible)
+    if (!(j0 + n <= v.sink_end || (j0 >= v.lo && j0 + n <= v.hi))) return false;
+  return true;
+}
+
+// Rows [j, j + count) of x[b] for every head, to be read soon. Hardware prefetchers stop at
+// 4 KB pages, and a page holds only one or two key rows here, so within the compute of one
+// phase they never get far ahead; the kernel names each tile's rows one phase early instead
+// (the values while it scores the keys, the next tile's keys while it accumulates values),
+// which puts them in L2 by the time they are used.
 template <class KV>
-void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t hk,
-                 index_t j0, index_t n, const KvTile& tile, SoftmaxRow* state, float* acc) {
+void prefetch_rows(const ConstView<KV, 4>& x, index_t b, index_t j, index_t count) noexcept {
+  constexpr index_t kLine = 64;
+  const index_t H = x.size(2), D = x.size(3);
+  if (count <= 0 || x.stride(3) != 1 || x.stride(2) != D) return;  // heads not packed: left to the hardware
+  const index_t bytes = H * D * static_cast<index_t>(sizeof(KV));
+  for (index_t r = j; r < j + count; ++r) {
+    const char* row = reinterpret_cast<const char*>(x.ptr(b, r, 0));
+    for (index_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(row + offset, 0, 2);
+  }
+}
+
+// The rows a tile names for prefetch: its own values, and the keys of the tile after it
+// (next_n = 0 when there is none).
+template <class KV>
+struct TilePrefetch {
+  const AttentionInputs<KV>& in;
+  index_t b, j0, next_j0, next_n;
+};
+
+// One decode tile [j0, j0 + n) for KV heads [h0, h1): logits, logit rule, online softmax and
+// P V into each head's accumulators [M x Dvp]. K and V rows of all heads lie side by side in
+// memory, so both passes walk keys in small blocks with the heads inside: the tile is read in
+// address order, which the hardware prefetchers follow at nearly full bandwidth (one head's
+// rows alone are 256-byte pieces 2 KB apart, which they do not: 28 vs 50 GB/s on one core).
+template <class KV, class TileOf>
+void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
+                 index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
+                 float* accs, const TilePrefetch<KV>& ahead) {
+  using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
   const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W), T = kDecodeTile;
-  scores_dot(w.q.data() + hk * w.q_stride, Dkp, M, tile.k, tile.ldk, round_up(n, kScoreKeys), Dkp, w.s.data(), T);
-  float alpha[64];  // row scale factors, in chunks of 64 rows
-  for (index_t r0 = 0; r0 < M; r0 += 64) {
-    const index_t rows = std::min<index_t>(64, M - r0);
-    for (index_t r = r0; r < r0 + rows; ++r) {
-      float* s = w.s.data() + r * T;
-      rule.apply(s, j0, n, T, b, r / G, hk * G + r % G, w.pos[r]);
-      alpha[r - r0] = online_softmax_tile(s, T, state[r].m, state[r].l);
+  for (index_t c = 0; c < n; c += kScoreKeys) {
+    prefetch_rows(ahead.in.v, ahead.b, ahead.j0 + c, std::min(kScoreKeys, n - c));
+    for (index_t h = h0; h < h1; ++h) {
+      const KvTile<Stored> tile = tile_of(h);
+      const Stored* keys[kScoreKeys];
+      for (index_t i = 0; i < kScoreKeys; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
+      const float* q = w.q.data() + h * w.q_stride;
+      float* s = w.s.data() + h * w.s_stride + c;
+      for (index_t r = 0; r < M; r += kScoreRows) score_block(q + r * Dkp, Dkp, keys, Dkp, s + r * T, T);
     }
-    gemm(w.s.data() + r0 * T, T, tile.v, tile.ldv, acc + r0 * Dvp, Dvp, rows, Dvp, n, alpha);
+  }
+  for (index_t h = h0; h < h1; ++h)
+    for (index_t r = 0; r < M; ++r) {
+      float* s = w.s.data() + h * w.s_stride + r * T;
+      if (!skip_rule) rule.apply(s, j0, n, n, b, r / G, h * G + r % G, w.pos[r]);
+      const FBatch alpha(online_softmax_tile(s, n, states[h * M + r].m, states[h * M + r].l));
+      float* acc = accs + (h * M + r) * Dvp;
+      for (index_t col = 0; col < Dvp; col += W) simd::store(acc + col, simd::load(acc + col) * alpha);
+    }
+  for (index_t c = 0; c < n; c += kPvKeys) {
+    if (c < ahead.next_n) prefetch_rows(ahead.in.k, ahead.b, ahead.next_j0 + c, std::min(kPvKeys, ahead.next_n - c));
+    for (index_t h = h0; h < h1; ++h) {
+      const KvRows<Stored> v = tile_of(h).v;
+      accumulate_pv(w.s.data() + h * w.s_stride + c, T, M, KvRows<Stored>{v.row(c), v.ld}, std::min(kPvKeys, n - c),
+                    Dvp, accs + h * M * Dvp, Dvp);
+    }
+  }
+}
+
+// Runs the tiles [first, last) of batch row b for every KV head.
+template <class KV>
+void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options, const AttentionDims& d,
+                  const LogitRule<KV>& rule, DecodeScratch& w, const std::vector<index_t>& list, index_t b,
+                  index_t first, index_t last, SoftmaxRow* states, float* accs) {
+  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  for (index_t tile = first; tile < last; ++tile) {
+    const index_t j0 = list[tile], n = std::min(kDecodeTile, d.Tk - j0);
+    const bool skip_rule =
+        tile_needs_no_rule(options, in.alibi_slopes.has_value(), in.mask.has_value(), w.visible, j0, n);
+    const index_t next_j0 = tile + 1 < last ? list[tile + 1] : 0;
+    const TilePrefetch<KV> ahead{in, b, j0, next_j0, tile + 1 < last ? std::min(kDecodeTile, d.Tk - next_j0) : 0};
+    if constexpr (kv_loads_as_vectors<KV>) {
+      if (decode_reads_in_place(in, d)) {
+        const auto in_tensor = [&](index_t h) {
+          return KvTile<KV>{{in.k.ptr(b, j0, h), in.k.stride(1)}, {in.v.ptr(b, j0, h), in.v.stride(1)}};
+        };
+        decode_tile(rule, d, w, b, j0, n, 0, d.Hkv, in_tensor, skip_rule, states, accs, ahead);
+        continue;
+      }
+    }
+    for (index_t h = 0; h < d.Hkv; ++h) {
+      load_kv_tile(in.k, b, h, j0, n, kDecodeTile, w.k.data(), Dkp);
+      load_kv_tile(in.v, b, h, j0, n, kDecodeTile, w.v.data(), Dvp);
+      const auto in_scratch = [&](index_t) { return KvTile<float>{{w.k.data(), Dkp}, {w.v.data(), Dvp}}; };
+      decode_tile(rule, d, w, b, j0, n, h, h + 1, in_scratch, skip_rule, states, accs, ahead);
+    }
   }
 }
 
@@ -402,24 +551,12 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
       if (first == last) continue;
       for (index_t hk = 0; hk < d.Hkv; ++hk)
         load_query_rows(in.q, b, hk, G, 0, d.Tq, scale, w.q.data() + hk * w.q_stride, Dkp);
-      for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, r / G);
-      for (index_t tile = first; tile < last; ++tile) {
-        const index_t j0 = list[tile], n = std::min(kDecodeTile, d.Tk - j0);
-        const index_t next = tile + 1 < last ? list[tile + 1] : -1;
-        const index_t next_n = next >= 0 ? std::min(kDecodeTile, d.Tk - next) : 0;
-        for (index_t hk = 0; hk < d.Hkv; ++hk) {
-          if (next >= 0) {  // a share of the next tile per head
-            const index_t r0 = next_n * hk / d.Hkv, r1 = next_n * (hk + 1) / d.Hkv;
-            prefetch_kv_rows(in.k, b, next, r0, r1);
-            prefetch_kv_rows(in.v, b, next, r0, r1);
-          }
-          // One head at a time so converted fp32 tiles stay in L1 (16 KB each at D = 128); the
-          // prefetch above already brought the rows in.
-          const KvTile kv = decode_kv_tile(in, d, w, b, hk, j0, n);
-          const index_t row0 = t * rows_per_task + hk * M;
-          decode_tile(rule, d, w, b, hk, j0, n, kv, states.data() + row0, accs.data() + row0 * Dvp);
-        }
+      for (index_t r = 0; r < M; ++r) {
+        w.pos[r] = query_position(in, b, r / G);
+        w.visible[r] = visible_keys(options, w.pos[r], d.Tk);
       }
+      const index_t row0 = t * rows_per_task;
+      decode_piece(in, options, d, rule, w, list, b, first, last, states.data() + row0, accs.data() + row0 * Dvp);
     }
   });
 
