@@ -1,0 +1,534 @@
+// Streaming segments: one long input fed through a recurrent operator in segments of any size,
+// with memory bounded by the operator's state.
+//
+//   seqmix::RecurrentStream<seqmix::GlaInputs> stream(options);
+//   for (each segment of tokens) stream.feed(segment_inputs, segment_outputs, pool);
+//
+// Every recurrent operator of the library takes an initial state and writes a final state that
+// may alias it, so a segment is one call of the fast operator with the stream's own state as
+// both. What makes the result reproducible is the rest of the call: the stream fixes the
+// prefill algorithm once (an `automatic` choice can differ between a short and a long call) and
+// drops per-call options that only make sense at the start of a sequence (a JRT prefix) after
+// the first segment. Then, for segments whose lengths are multiples of the chunk size, the
+// stream computes bit for bit what one call over the whole input computes (the same chunk grid
+// and the same arithmetic per chunk); other boundaries change rounding only.
+//
+// Supported: linear_attention, gated_linear_attention (all GateKinds), rwkv6, delta_rule,
+// gated_delta_rule (scalar gate and KDA), rwkv7, causal_conv1d (the conv state), selective_scan
+// and ssd. StreamTraits<Inputs> below is the one place that knows each operator's per-token
+// inputs, state tensors and call; a new recurrent operator needs one specialization.
+#pragma once
+
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention.hpp"
+#include "seqmix/ssm.hpp"
+
+namespace seqmix {
+
+// What a stream needs to know about one operator (specialized below for each).
+//   Outputs, Options, State     the operator's output and option structs; the state it carries
+//   name                        for error messages
+//   tokens(in)                  T of a call
+//   slice(in|out, t0, count)    tokens [t0, t0 + count) of a call (views, no copies)
+//   state_shape(in, options)    the shape of the main state tensor for a call
+//   make_state(in, options)     a zero state shaped for the call
+//   load_initial(state, in)     copies a caller's initial state into the stream's state
+//   write_final(state, out)     copies the state into the final-state views a caller asked for
+//   bind(in, out, state)        points initial and final state at the stream's state
+//   fix_options(options, in)    the options every segment uses (algorithm resolved)
+//   later_options(options)      the options of segments after the first
+//   run(in, out, options, ex)   the fast operator
+template <class Inputs>
+struct StreamTraits;
+
+namespace detail::stream {
+
+template <class T, std::size_t R>
+TensorView<T, R> time_slice(const TensorView<T, R>& x, index_t t0, index_t count) {
+  return x.has_value() ? x.slice(1, t0, count) : x;
+}
+
+template <class T, std::size_t R>
+void copy_into(Tensor<T, R>& dst, const ConstView<T, R>& src) {
+  if (src.has_value()) copy(src, dst.view());
+}
+
+template <class T, std::size_t R>
+void copy_out(const Tensor<T, R>& src, const TensorView<T, R>& dst) {
+  if (dst.has_value()) copy(src.cview(), dst);
+}
+
+// The state of the operators whose only carried tensor is S [B, H, K, V].
+struct MatrixState {
+  Tensor<float, 4> s;
+};
+
+template <class In>
+MatrixState matrix_state(const In& in, index_t heads, index_t K, index_t V) {
+  return {Tensor<float, 4>({in.q.size(0), heads, K, V})};
+}
+
+}  // namespace detail::stream
+
+// ---- linear attention family ---------------------------------------------------------------
+
+template <>
+struct StreamTraits<LinearAttentionInputs> {
+  using Outputs = LinearAttentionOutputs;
+  using Options = LinearAttentionOptions;
+  struct State {
+    Tensor<float, 4> s;  // [B,HV,Kf,V]
+    Tensor<float, 3> z;  // [B,HV,Kf] (normalize only)
+  };
+  static constexpr const char* name = "linear_attention";
+  static index_t tokens(const LinearAttentionInputs& in) { return in.q.size(1); }
+  static LinearAttentionInputs slice(LinearAttentionInputs in, index_t t0, index_t n) {
+    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.o = out.o.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 4> state_shape(const LinearAttentionInputs& in, const Options& o) {
+    return {in.q.size(0), in.v.size(2), feature_dim(o.feature_map, in.k.size(3)), in.v.size(3)};
+  }
+  static State make_state(const LinearAttentionInputs& in, const Options& o) {
+    const auto shape = state_shape(in, o);
+    return {Tensor<float, 4>(shape), Tensor<float, 3>({shape[0], shape[1], shape[2]})};
+  }
+  static void load_initial(State& st, const LinearAttentionInputs& in) {
+    detail::stream::copy_into(st.s, in.initial_state);
+    detail::stream::copy_into(st.z, in.initial_normalizer);
+  }
+  static void bind(LinearAttentionInputs& in, Outputs& out, State& st, const Options& o) {
+    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+    in.initial_normalizer = o.normalize ? st.z.cview() : ConstView<float, 3>{};
+    out.final_normalizer = o.normalize ? st.z.view() : TensorView<float, 3>{};
+  }
+  static void write_final(const State& st, const Outputs& out) {
+    detail::stream::copy_out(st.s, out.final_state);
+    detail::stream::copy_out(st.z, out.final_normalizer);
+  }
+  static Options fix_options(Options o, const LinearAttentionInputs& in) {
+    if (o.algorithm == LinearAttentionAlgorithm::automatic)
+      o.algorithm = detail::la::choose_algorithm(GateKind::none, std::numeric_limits<index_t>::max(),
+                                                 feature_dim(o.feature_map, in.k.size(3)), in.v.size(3), o.chunk_size);
+    return o;
+  }
+  static Options later_options(Options o) {
+    o.prefix_len = 0;  // a JRT prefix belongs to the start of the sequence
+    return o;
+  }
+  static void run(const LinearAttentionInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+    linear_attention(in, out, o, ex);
+  }
+};
+
+template <>
+struct StreamTraits<GlaInputs> {
+  using Outputs = GlaOutputs;
+  using Options = GlaOptions;
+  using State = detail::stream::MatrixState;
+  static constexpr const char* name = "gated_linear_attention";
+  static index_t tokens(const GlaInputs& in) { return in.q.size(1); }
+  static GlaInputs slice(GlaInputs in, index_t t0, index_t n) {
+    using detail::stream::time_slice;
+    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+    in.g = time_slice(in.g, t0, n), in.g_scalar = time_slice(in.g_scalar, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.o = out.o.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 4> state_shape(const GlaInputs& in, const Options&) {
+    return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
+  }
+  static State make_state(const GlaInputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
+  static void load_initial(State& st, const GlaInputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
+  static void bind(GlaInputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
+  static Options fix_options(Options o, const GlaInputs& in) {
+    if (o.algorithm == LinearAttentionAlgorithm::automatic)
+      o.algorithm = detail::la::choose_algorithm(detail::la::effective_gate(o.gate), std::numeric_limits<index_t>::max(),
+                                                 in.k.size(3), in.v.size(3), o.chunk_size);
+    return o;
+  }
+  static Options later_options(Options o) { return o; }
+  static void run(const GlaInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+    gated_linear_attention(in, out, o, ex);
+  }
+};
+
+template <>
+struct StreamTraits<Rwkv6Inputs> {
+  using Outputs = Rwkv6Outputs;
+  using Options = Rwkv6Options;
+  using State = detail::stream::MatrixState;
+  static constexpr const char* name = "rwkv6";
+  static index_t tokens(const Rwkv6Inputs& in) { return in.r.size(1); }
+  static Rwkv6Inputs slice(Rwkv6Inputs in, index_t t0, index_t n) {
+    in.r = in.r.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+    in.g = in.g.slice(1, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.o = out.o.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 4> state_shape(const Rwkv6Inputs& in, const Options&) {
+    return {in.r.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
+  }
+  static State make_state(const Rwkv6Inputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
+  static void load_initial(State& st, const Rwkv6Inputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
+  static void bind(Rwkv6Inputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
+  static Options fix_options(Options o, const Rwkv6Inputs& in) {
+    if (o.algorithm == LinearAttentionAlgorithm::automatic)
+      o.algorithm = detail::la::choose_algorithm(GateKind::channel, std::numeric_limits<index_t>::max(), in.k.size(3),
+                                                 in.v.size(3), o.chunk_size);
+    return o;
+  }
+  static Options later_options(Options o) { return o; }
+  static void run(const Rwkv6Inputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+    rwkv6(in, out, o, ex);
+  }
+};
+
+template <>
+struct StreamTraits<DeltaRuleInputs> {
+  using Outputs = DeltaRuleOutputs;
+  using Options = DeltaRuleOptions;
+  using State = detail::stream::MatrixState;
+  static constexpr const char* name = "delta_rule";
+  static index_t tokens(const DeltaRuleInputs& in) { return in.q.size(1); }
+  static DeltaRuleInputs slice(DeltaRuleInputs in, index_t t0, index_t n) {
+    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+    in.beta = in.beta.slice(1, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.o = out.o.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 4> state_shape(const DeltaRuleInputs& in, const Options&) {
+    return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
+  }
+  static State make_state(const DeltaRuleInputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
+  static void load_initial(State& st, const DeltaRuleInputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
+  static void bind(DeltaRuleInputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
+  static Options fix_options(Options o, const DeltaRuleInputs& in) {
+    if (o.algorithm == DeltaAlgorithm::automatic)
+      o.algorithm = delta_detail::choose_delta_algorithm(false, std::numeric_limits<index_t>::max(), in.k.size(3),
+                                                         in.v.size(3), o.chunk_size);
+    return o;
+  }
+  static Options later_options(Options o) { return o; }
+  static void run(const DeltaRuleInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+    delta_rule(in, out, o, ex);
+  }
+};
+
+template <>
+struct StreamTraits<GatedDeltaRuleInputs> {
+  using Outputs = GatedDeltaRuleOutputs;
+  using Options = GatedDeltaRuleOptions;
+  using State = detail::stream::MatrixState;
+  static constexpr const char* name = "gated_delta_rule";
+  static index_t tokens(const GatedDeltaRuleInputs& in) { return in.q.size(1); }
+  static GatedDeltaRuleInputs slice(GatedDeltaRuleInputs in, index_t t0, index_t n) {
+    using detail::stream::time_slice;
+    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+    in.beta = in.beta.slice(1, t0, n);
+    in.g_scalar = time_slice(in.g_scalar, t0, n), in.g = time_slice(in.g, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.o = out.o.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 4> state_shape(const GatedDeltaRuleInputs& in, const Options&) {
+    return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
+  }
+  static State make_state(const GatedDeltaRuleInputs& in, const Options& o) {
+    return {Tensor<float, 4>(state_shape(in, o))};
+  }
+  static void load_initial(State& st, const GatedDeltaRuleInputs& in) {
+    detail::stream::copy_into(st.s, in.initial_state);
+  }
+  static void bind(GatedDeltaRuleInputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
+  static Options fix_options(Options o, const GatedDeltaRuleInputs& in) {
+    if (o.algorithm == DeltaAlgorithm::automatic)
+      o.algorithm = delta_detail::choose_delta_algorithm(o.gate == DeltaGate::channel, std::numeric_limits<index_t>::max(),
+                                                         in.k.size(3), in.v.size(3), o.chunk_size);
+    return o;
+  }
+  static Options later_options(Options o) { return o; }
+  static void run(const GatedDeltaRuleInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+    gated_delta_rule(in, out, o, ex);
+  }
+};
+
+// rwkv7 has no options; the stream still takes (and ignores) this empty struct.
+struct Rwkv7StreamOptions {};
+
+template <>
+struct StreamTraits<Rwkv7Inputs> {
+  using Outputs = Rwkv7Outputs;
+  using Options = Rwkv7StreamOptions;
+  using State = detail::stream::MatrixState;
+  static constexpr const char* name = "rwkv7";
+  static index_t tokens(const Rwkv7Inputs& in) { return in.r.size(1); }
+  static Rwkv7Inputs slice(Rwkv7Inputs in, index_t t0, index_t n) {
+    in.r = in.r.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+    in.a = in.a.slice(1, t0, n), in.b = in.b.slice(1, t0, n), in.g = in.g.slice(1, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.o = out.o.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 4> state_shape(const Rwkv7Inputs& in, const Options&) {
+    return {in.r.size(0), in.r.size(2), in.k.size(3), in.v.size(3)};
+  }
+  static State make_state(const Rwkv7Inputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
+  static void load_initial(State& st, const Rwkv7Inputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
+  static void bind(Rwkv7Inputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
+  static Options fix_options(Options o, const Rwkv7Inputs&) { return o; }
+  static Options later_options(Options o) { return o; }
+  static void run(const Rwkv7Inputs& in, const Outputs& out, const Options&, const Executor& ex) {
+    rwkv7(in, out, ex);
+  }
+};
+
+// ---- selective state-space family ------------------------------------------------------------
+
+template <>
+struct StreamTraits<CausalConv1dInputs> {
+  using Outputs = CausalConv1dOutputs;
+  using Options = CausalConv1dOptions;
+  struct State {
+    Tensor<float, 3> window;  // [B,W-1,D]: the last W-1 inputs, oldest first
+  };
+  static constexpr const char* name = "causal_conv1d";
+  static index_t tokens(const CausalConv1dInputs& in) { return in.x.size(1); }
+  static CausalConv1dInputs slice(CausalConv1dInputs in, index_t t0, index_t n) {
+    in.x = in.x.slice(1, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.y = out.y.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 3> state_shape(const CausalConv1dInputs& in, const Options&) {
+    return {in.x.size(0), in.weight.size(1) - 1, in.x.size(2)};
+  }
+  static State make_state(const CausalConv1dInputs& in, const Options& o) { return {Tensor<float, 3>(state_shape(in, o))}; }
+  static void load_initial(State& st, const CausalConv1dInputs& in) {
+    detail::stream::copy_into(st.window, in.initial_state);
+  }
+  static void bind(CausalConv1dInputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.window.cview(), out.final_state = st.window.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.window, out.final_state); }
+  static Options fix_options(Options o, const CausalConv1dInputs&) { return o; }
+  static Options later_options(Options o) { return o; }
+  static void run(const CausalConv1dInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+    causal_conv1d(in, out, o, ex);
+  }
+};
+
+template <>
+struct StreamTraits<SelectiveScanInputs> {
+  using Outputs = SelectiveScanOutputs;
+  using Options = SelectiveScanOptions;
+  struct State {
+    Tensor<float, 3> h;  // [B,D,N]
+  };
+  static constexpr const char* name = "selective_scan";
+  static index_t tokens(const SelectiveScanInputs& in) { return in.u.size(1); }
+  static SelectiveScanInputs slice(SelectiveScanInputs in, index_t t0, index_t n) {
+    in.u = in.u.slice(1, t0, n), in.delta = in.delta.slice(1, t0, n);
+    in.Bm = in.Bm.slice(1, t0, n), in.Cm = in.Cm.slice(1, t0, n);
+    in.z = detail::stream::time_slice(in.z, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.y = out.y.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 3> state_shape(const SelectiveScanInputs& in, const Options&) {
+    return {in.u.size(0), in.u.size(2), in.A.size(1)};
+  }
+  static State make_state(const SelectiveScanInputs& in, const Options& o) { return {Tensor<float, 3>(state_shape(in, o))}; }
+  static void load_initial(State& st, const SelectiveScanInputs& in) { detail::stream::copy_into(st.h, in.initial_state); }
+  static void bind(SelectiveScanInputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.h.cview(), out.final_state = st.h.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.h, out.final_state); }
+  static Options fix_options(Options o, const SelectiveScanInputs&) { return o; }
+  static Options later_options(Options o) { return o; }
+  static void run(const SelectiveScanInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+    selective_scan(in, out, o, ex);
+  }
+};
+
+template <>
+struct StreamTraits<SsdInputs> {
+  using Outputs = SsdOutputs;
+  using Options = SsdOptions;
+  struct State {
+    Tensor<float, 4> h;  // [B,H,P,N]
+  };
+  static constexpr const char* name = "ssd";
+  static index_t tokens(const SsdInputs& in) { return in.x.size(1); }
+  static SsdInputs slice(SsdInputs in, index_t t0, index_t n) {
+    in.x = in.x.slice(1, t0, n), in.dt = in.dt.slice(1, t0, n);
+    in.Bm = in.Bm.slice(1, t0, n), in.Cm = in.Cm.slice(1, t0, n);
+    in.z = detail::stream::time_slice(in.z, t0, n);
+    return in;
+  }
+  static Outputs slice(Outputs out, index_t t0, index_t n) {
+    out.y = out.y.slice(1, t0, n);
+    return out;
+  }
+  static std::array<index_t, 4> state_shape(const SsdInputs& in, const Options&) {
+    return {in.x.size(0), in.x.size(2), in.x.size(3), in.Bm.size(3)};
+  }
+  static State make_state(const SsdInputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
+  static void load_initial(State& st, const SsdInputs& in) { detail::stream::copy_into(st.h, in.initial_state); }
+  static void bind(SsdInputs& in, Outputs& out, State& st, const Options&) {
+    in.initial_state = st.h.cview(), out.final_state = st.h.view();
+  }
+  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.h, out.final_state); }
+  static Options fix_options(Options o, const SsdInputs&) {
+    // A long call runs chunked; a short one would go token by token (kSsdChunkedMinTokens).
+    if (o.algorithm == SsdAlgorithm::automatic) o.algorithm = SsdAlgorithm::chunked;
+    return o;
+  }
+  static Options later_options(Options o) { return o; }
+  static void run(const SsdInputs& in, const Outputs& out, const Options& o, const Executor& ex) { ssd(in, out, o, ex); }
+};
+
+// ---- the stream ----------------------------------------------------------------------------
+
+// Carries one operator's state across calls. The state is the only memory a stream holds, so
+// an input of any length costs the state plus what one segment's call needs.
+template <class Inputs>
+class RecurrentStream {
+ public:
+  using Traits = StreamTraits<Inputs>;
+  using Outputs = typename Traits::Outputs;
+  using Options = typename Traits::Options;
+  using State = typename Traits::State;
+  using StateShape = decltype(Traits::state_shape(std::declval<const Inputs&>(), std::declval<const Options&>()));
+
+  explicit RecurrentStream(const Options& options = {}) : options_(options) {}
+
+  // Runs the next `Traits::tokens(segment)` tokens. The first segment fixes the state's shape
+  // and may carry initial_state (and initial_normalizer) to start from; later segments must
+  // not, and must not ask for final states: the stream owns them (see state()).
+  void feed(Inputs segment, Outputs out, const Executor& executor = serial_executor()) {
+    check_segment(segment, out);
+    if (!started_) {
+      fixed_ = Traits::fix_options(options_, segment);
+      state_ = Traits::make_state(segment, fixed_);
+      shape_ = Traits::state_shape(segment, fixed_);
+      Traits::load_initial(state_, segment);
+    }
+    const Options call_options = started_ ? Traits::later_options(fixed_) : fixed_;
+    Traits::bind(segment, out, state_, call_options);
+    Traits::run(segment, out, call_options, executor);
+    started_ = true;
+    tokens_ += Traits::tokens(segment);
+  }
+
+  // The carried state after the tokens fed so far (empty before the first segment).
+  const State& state() const noexcept { return state_; }
+  index_t tokens_seen() const noexcept { return tokens_; }
+  bool started() const noexcept { return started_; }
+
+  // Forgets the sequence: the next segment starts a new one (possibly of another shape).
+  void reset() {
+    state_ = State{};
+    started_ = false;
+    tokens_ = 0;
+  }
+
+ private:
+  void check_segment(const Inputs& segment, const Outputs& out) const {
+    if (!started_) return;
+    const std::string op = std::string(Traits::name) + " stream";
+    if (segment.initial_state.has_value())
+      throw ShapeError(op, "initial_state",
+                       "is given after the first segment; the stream carries the state (reset() starts over)");
+    if (out.final_state.has_value())
+      throw ShapeError(op, "final_state", "is requested after the first segment; read the carried state with state()");
+    const StateShape shape = Traits::state_shape(segment, fixed_);
+    if (shape != shape_)
+      throw ShapeError(op, "segment",
+                       "has other batch/head/feature sizes than the first segment: state shape " + shape_text(shape) +
+                           " vs the stream's " + shape_text(shape_));
+  }
+
+  static std::string shape_text(const StateShape& shape) {
+    std::ostringstream s;
+    s << '[';
+    for (std::size_t i = 0; i < shape.size(); ++i) s << (i ? "," : "") << shape[i];
+    s << ']';
+    return s.str();
+  }
+
+  Options options_, fixed_{};
+  State state_{};
+  StateShape shape_{};
+  bool started_ = false;
+  index_t tokens_ = 0;
+};
+
+// One call computed as consecutive segments of `segment_length` tokens through a stream: the
+// same outputs (bit for bit when segment_length is a multiple of the operator's chunk size),
+// with the operator's working memory bounded by one segment. The final state, if asked for, is
+// written at the end.
+template <class Inputs>
+void run_in_segments(const Inputs& in, const typename StreamTraits<Inputs>::Outputs& out,
+                     const typename StreamTraits<Inputs>::Options& options, index_t segment_length,
+                     const Executor& executor = serial_executor()) {
+  using Traits = StreamTraits<Inputs>;
+  if (segment_length < 1)
+    throw ShapeError(std::string(Traits::name) + " run_in_segments", "segment_length",
+                     "must be >= 1, got " + std::to_string(segment_length));
+  RecurrentStream<Inputs> stream(options);
+  const index_t T = Traits::tokens(in);
+  for (index_t t0 = 0; t0 < std::max<index_t>(T, 1); t0 += segment_length) {
+    const index_t n = std::min(segment_length, T - t0);
+    Inputs segment = Traits::slice(in, t0, n);
+    typename Traits::Outputs part = Traits::slice(out, t0, n);
+    if (t0 > 0) segment.initial_state = {};
+    part.final_state = {};  // the stream carries the state; the caller's copy is written at the end
+    stream.feed(segment, part, executor);
+  }
+  Traits::write_final(stream.state(), out);
+}
+
+}  // namespace seqmix
