@@ -1,0 +1,244 @@
+// BASED (Arora et al. 2024, "Simple linear attention language models balance the recall-throughput
+// tradeoff"): a taylor2 linear attention over small feature-dim q/k plus an exact causal
+// sliding-window softmax attention over full-dim q/k, both reading the same values, summed.
+// This header holds the argument structs, the state, validation and the readable definition
+// seqmix::reference::based. Fast prefill: fast.hpp; decode step: step.hpp; derivation: README.md.
+//
+// For value head h (linear-branch q/k head hf = h / (H / Hf)), token t:
+//   phi(x)   = [1, x / F^(1/4), vec(x x^T) / (sqrt(2) sqrt(F))]       (taylor2, 1 + F + F^2 features)
+//   lin_t    = sum_{s<=t} (phi(qf_t).phi(kf_s)) v_s / sum_{s<=t} phi(qf_t).phi(kf_s)     (feature_sum)
+//            = linear_scale * sum_{s<=t} (phi(qf_t).phi(kf_s)) v_s                        (none)
+//   swa_t    = softmax_{t-W < s <= t}(window_scale * q_t.k_s) v_s
+//   o_t      = lin_t + swa_t
+// phi(q).phi(k) = 1 + q.k/sqrt(F) + (q.k)^2/(2F): the second-order Taylor expansion of exp(q.k/sqrt F),
+// as in the paper and flash-linear-attention's `based` (use_norm=True is feature_sum).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/common.hpp"
+#include "seqmix/linear_attention/detail/head.hpp"
+
+namespace seqmix {
+
+// How the linear branch's output is normalized.
+enum class BasedNormalization {
+  feature_sum,  // divide by phi(q_t).z_t, z_t = sum_{s<=t} phi(k_s) (the paper; fla use_norm=True)
+  none,         // unnormalized: linear_scale * S_t^T phi(q_t)
+};
+
+struct BasedOptions {
+  // Sliding window W >= 1: token t attends softmax-wise to tokens (t - W, t]. 64 in the paper.
+  index_t window = 64;
+  BasedNormalization normalization = BasedNormalization::feature_sum;
+  // Multiplies the linear branch (cancels under feature_sum); default 1/sqrt(F).
+  std::optional<float> linear_scale;
+  // Softmax logit scale of the window branch; default 1/sqrt(D).
+  std::optional<float> window_scale;
+  // Chunk length of the linear branch's chunked prefill (seqmix::linear_attention).
+  index_t chunk_size = 64;
+};
+
+// Optional views are empty when not given. Kf = 1 + F + F^2.
+struct BasedInputs {
+  ConstView<float, 4> q_feat;  // [B,T,Hf,F]   linear-branch queries (small F, e.g. 16)
+  ConstView<float, 4> k_feat;  // [B,T,Hf,F]   linear-branch keys; Hf divides H
+  ConstView<float, 4> q;       // [B,T,H,D]    window-branch queries
+  ConstView<float, 4> k;       // [B,T,H,D]    window-branch keys
+  ConstView<float, 4> v;       // [B,T,H,V]    values, shared by both branches
+};
+
+struct BasedOutputs {
+  TensorView<float, 4> o;  // [B,T,H,V]; must not overlap an input
+};
+
+// The decode state (also the optional initial / final state of a prefill, updated in place).
+// Size per (batch, head): Kf*V + Kf + W*(D+V) floats.
+struct BasedState {
+  TensorView<float, 4> kv;          // [B,H,Kf,V]  linear-attention state S
+  TensorView<float, 3> normalizer;  // [B,H,Kf]    z (feature_sum only; leave empty with none)
+  TensorView<float, 4> window_k;    // [B,W,H,D]   ring buffer: token p sits in slot p % W
+  TensorView<float, 4> window_v;    // [B,W,H,V]
+  index_t position = 0;             // tokens absorbed so far (ring slots < min(position, W) are valid)
+};
+
+struct BasedStepInputs {
+  ConstView<float, 3> q_feat;  // [B,Hf,F]
+  ConstView<float, 3> k_feat;  // [B,Hf,F]
+  ConstView<float, 3> q;       // [B,H,D]
+  ConstView<float, 3> k;       // [B,H,D]
+  ConstView<float, 3> v;       // [B,H,V]
+};
+
+struct BasedStepOutputs {
+  TensorView<float, 3> o;  // [B,H,V]
+};
+
+namespace detail::based {
+
+struct Dims {
+  index_t B, T, Hf, F, Kf, H, D, V;
+  index_t group() const noexcept { return H / Hf; }
+};
+
+inline void check_options(const ArgCheck& check, const BasedOptions& options) {
+  check.that(options.window >= 1, "options.window", "must be >= 1, got " + std::to_string(options.window));
+  check.that(options.chunk_size >= 1 && options.chunk_size <= 4096, "options.chunk_size",
+             "must be in [1, 4096], got " + std::to_string(options.chunk_size));
+  if (options.linear_scale) check.finite(*options.linear_scale, "options.linear_scale");
+  if (options.window_scale) check.finite(*options.window_scale, "options.window_scale");
+}
+
+inline void check_state(const ArgCheck& check, const BasedState& s, const BasedOptions& options, const Dims& d) {
+  check.shape("state.kv", s.kv, std::array<index_t, 4>{d.B, d.H, d.Kf, d.V}, "B,H,Kf,V");
+  if (options.normalization == BasedNormalization::feature_sum)
+    check.shape("state.normalizer", s.normalizer, std::array<index_t, 3>{d.B, d.H, d.Kf}, "B,H,Kf");
+  else
+    check.that(!s.normalizer.has_value(), "state.normalizer", "is only used with BasedNormalization::feature_sum");
+  check.shape("state.window_k", s.window_k, std::array<index_t, 4>{d.B, options.window, d.H, d.D}, "B,W,H,D");
+  check.shape("state.window_v", s.window_v, std::array<index_t, 4>{d.B, options.window, d.H, d.V}, "B,W,H,V");
+  check.that(s.position >= 0, "state.position", "must be >= 0, got " + std::to_string(s.position));
+}
+
+inline Dims validate(const char* op, const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options,
+                     const BasedState* state) {
+  const ArgCheck check(op);
+  check.shape("q_feat", in.q_feat, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,Hf,F");
+  const index_t B = in.q_feat.size(0), T = in.q_feat.size(1), Hf = in.q_feat.size(2), F = in.q_feat.size(3);
+  check.shape("k_feat", in.k_feat, std::array<index_t, 4>{B, T, Hf, F}, "B,T,Hf,F");
+  check.shape("q", in.q, std::array<index_t, 4>{B, T, -1, -1}, "B,T,H,D");
+  const index_t H = in.q.size(2), D = in.q.size(3);
+  check.shape("k", in.k, std::array<index_t, 4>{B, T, H, D}, "B,T,H,D");
+  check.shape("v", in.v, std::array<index_t, 4>{B, T, H, -1}, "B,T,H,V");
+  const index_t V = in.v.size(3);
+  check.that(F > 0 && D > 0 && V > 0, "q_feat", "feature sizes F, D, V must be positive");
+  check.divides(Hf, H, "q_feat", "linear-branch heads Hf (dimension 2); the value head count H");
+  check.shape("o", out.o, std::array<index_t, 4>{B, T, H, V}, "B,T,H,V");
+  check_options(check, options);
+  const Dims d{B, T, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V};
+  if (state) check_state(check, *state, options, d);
+  return d;
+}
+
+inline Dims validate_step(const char* op, const BasedStepInputs& in, const BasedStepOutputs& out,
+                          const BasedOptions& options, const BasedState& state) {
+  const ArgCheck check(op);
+  check.shape("q_feat", in.q_feat, std::array<index_t, 3>{-1, -1, -1}, "B,Hf,F");
+  const index_t B = in.q_feat.size(0), Hf = in.q_feat.size(1), F = in.q_feat.size(2);
+  check.shape("k_feat", in.k_feat, std::array<index_t, 3>{B, Hf, F}, "B,Hf,F");
+  check.shape("q", in.q, std::array<index_t, 3>{B, -1, -1}, "B,H,D");
+  const index_t H = in.q.size(1), D = in.q.size(2);
+  check.shape("k", in.k, std::array<index_t, 3>{B, H, D}, "B,H,D");
+  check.shape("v", in.v, std::array<index_t, 3>{B, H, -1}, "B,H,V");
+  const index_t V = in.v.size(2);
+  check.that(F > 0 && D > 0 && V > 0, "q_feat", "feature sizes F, D, V must be positive");
+  check.divides(Hf, H, "q_feat", "linear-branch heads Hf (dimension 1); the value head count H");
+  check.shape("o", out.o, std::array<index_t, 3>{B, H, V}, "B,H,V");
+  check_options(check, options);
+  const Dims d{B, 1, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V};
+  check_state(check, state, options, d);
+  return d;
+}
+
+inline float linear_scale(const BasedOptions& o, index_t F) {
+  return o.linear_scale ? *o.linear_scale : 1.f / std::sqrt(static_cast<float>(F));
+}
+inline float window_scale(const BasedOptions& o, index_t D) {
+  return o.window_scale ? *o.window_scale : 1.f / std::sqrt(static_cast<float>(D));
+}
+
+}  // namespace detail::based
+
+namespace reference {
+
+// The definition, token by token, in double precision. `state` (optional) is read as the initial
+// state and overwritten with the final one. Single-threaded.
+inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
+                  BasedState* state = nullptr, const Executor& executor = serial_executor()) {
+  (void)executor;
+  using namespace detail::based;
+  const Dims d = validate("reference::based", in, out, options, state);
+  const bool normalize = options.normalization == BasedNormalization::feature_sum;
+  const double lscale = linear_scale(options, d.F), wscale = window_scale(options, d.D);
+  const index_t W = options.window, pos0 = state ? state->position : 0;
+  // History the window can still see: tokens [pos0 - hist, pos0).
+  const index_t hist = std::min(pos0, W - 1);
+  std::vector<double> S(static_cast<std::size_t>(d.Kf * d.V)), z(static_cast<std::size_t>(d.Kf));
+  std::vector<float> phq(static_cast<std::size_t>(d.Kf)), phk(static_cast<std::size_t>(d.Kf));
+  // Window keys/values of one (b, h) in token order: history then this call's tokens.
+  std::vector<std::vector<float>> keys, values;
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t h = 0; h < d.H; ++h) {
+      const index_t hf = h / d.group();
+      for (index_t r = 0; r < d.Kf; ++r) {
+        for (index_t c = 0; c < d.V; ++c) S[r * d.V + c] = state ? state->kv(b, h, r, c) : 0.0;
+        z[r] = state && normalize ? state->normalizer(b, h, r) : 0.0;
+      }
+      keys.clear(), values.clear();
+      for (index_t p = pos0 - hist; p < pos0; ++p) {
+        const index_t slot = p % W;
+        keys.emplace_back(), values.emplace_back();
+        for (index_t c = 0; c < d.D; ++c) keys.back().push_back(state->window_k(b, slot, h, c));
+        for (index_t c = 0; c < d.V; ++c) values.back().push_back(state->window_v(b, slot, h, c));
+      }
+      for (index_t t = 0; t < d.T; ++t) {
+        // Linear branch: S += phi(k) v^T, z += phi(k); read phi(q)^T S.
+        detail::la::apply_feature_map(FeatureMap::taylor2, in.k_feat[b][t][hf], 1.f, phk.data());
+        detail::la::apply_feature_map(FeatureMap::taylor2, in.q_feat[b][t][hf], 1.f, phq.data());
+        for (index_t r = 0; r < d.Kf; ++r) {
+          z[r] += phk[r];
+          for (index_t c = 0; c < d.V; ++c) S[r * d.V + c] += double(phk[r]) * in.v(b, t, h, c);
+        }
+        double den = 0.0;
+        for (index_t r = 0; r < d.Kf; ++r) den += double(phq[r]) * z[r];
+        std::vector<double> o(static_cast<std::size_t>(d.V));
+        for (index_t c = 0; c < d.V; ++c) {
+          double acc = 0.0;
+          for (index_t r = 0; r < d.Kf; ++r) acc += double(phq[r]) * S[r * d.V + c];
+          o[c] = normalize ? acc / den : lscale * acc;
+        }
+        // Window branch: softmax over the last W tokens, this one included.
+        keys.emplace_back(), values.emplace_back();
+        for (index_t c = 0; c < d.D; ++c) keys.back().push_back(in.k(b, t, h, c));
+        for (index_t c = 0; c < d.V; ++c) values.back().push_back(in.v(b, t, h, c));
+        const index_t last = static_cast<index_t>(keys.size()) - 1, first = std::max<index_t>(0, last - W + 1);
+        std::vector<double> logits;
+        double top = -INFINITY, sum = 0.0;
+        for (index_t j = first; j <= last; ++j) {
+          double s = 0.0;
+          for (index_t c = 0; c < d.D; ++c) s += double(in.q(b, t, h, c)) * keys[j][c];
+          logits.push_back(wscale * s);
+          top = std::max(top, logits.back());
+        }
+        for (double& s : logits) sum += (s = std::exp(s - top));
+        for (index_t j = first; j <= last; ++j)
+          for (index_t c = 0; c < d.V; ++c) o[c] += logits[j - first] / sum * values[j][c];
+        for (index_t c = 0; c < d.V; ++c) out.o(b, t, h, c) = static_cast<float>(o[c]);
+      }
+      if (state) {
+        for (index_t r = 0; r < d.Kf; ++r) {
+          for (index_t c = 0; c < d.V; ++c) state->kv(b, h, r, c) = static_cast<float>(S[r * d.V + c]);
+          if (normalize) state->normalizer(b, h, r) = static_cast<float>(z[r]);
+        }
+        // The last min(W, hist + T) tokens go to their ring slots.
+        const index_t n = static_cast<index_t>(keys.size()), keep = std::min(W, n);
+        for (index_t j = n - keep; j < n; ++j) {
+          const index_t slot = (pos0 - hist + j) % W;
+          for (index_t c = 0; c < d.D; ++c) state->window_k(b, slot, h, c) = keys[j][c];
+          for (index_t c = 0; c < d.V; ++c) state->window_v(b, slot, h, c) = values[j][c];
+        }
+      }
+    }
+  if (state) state->position = pos0 + d.T;
+}
+
+}  // namespace reference
+}  // namespace seqmix

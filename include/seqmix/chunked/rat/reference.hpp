@@ -1,0 +1,227 @@
+// RAT (Wei et al. 2025, "RAT: Bridging RNN efficiency and attention accuracy in language
+// modeling"): a gated linear recurrence inside chunks of length L, and softmax attention across the
+// chunk-end states. This header holds the argument structs, the state, validation and the readable
+// definition seqmix::reference::rat. Fast prefill: fast.hpp; decode step: step.hpp; README.md.
+//
+// Token at absolute position p lies in chunk c = p / L. Per KV head, elementwise over D channels,
+// with a_p = exp(g_p) (g <= 0, log space) and the recurrent state zeroed before each chunk:
+//   kr_p = a_p * kr_{p-1} + (1 - a_p) * k_p        kr_{p-1} := 0 when p % L == 0
+//   vr_p = a_p * vr_{p-1} + (1 - a_p) * v_p        (same gate for keys and values)
+// Chunk c's summary is its last state (Kc_c, Vc_c) = (kr, vr) at p = c*L + L - 1. Query head h
+// (KV head h / G) attends with one softmax over the summaries of every earlier chunk and its own
+// position's in-chunk state:
+//   keys  {Kc_0, ..., Kc_{c-1}, kr_p},  values {Vc_0, ..., Vc_{c-1}, vr_p},  logits scale * q_p . key
+// It is causal: kr_p and vr_p depend on tokens <= p only. (RAT's output gate and projections are
+// the caller's; this op is the mixing core.)
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+struct RatOptions {
+  // Chunk length L >= 1 (16 in the paper's default configuration).
+  index_t chunk = 16;
+  // Softmax logit scale; default 1/sqrt(D).
+  std::optional<float> scale;
+};
+
+struct RatInputs {
+  ConstView<float, 4> q;  // [B,T,H,D]
+  ConstView<float, 4> k;  // [B,T,Hkv,D], Hkv divides H
+  ConstView<float, 4> v;  // [B,T,Hkv,D]
+  ConstView<float, 4> g;  // [B,T,Hkv,D] log forget gate, <= 0
+};
+
+struct RatOutputs {
+  TensorView<float, 4> o;  // [B,T,H,D]; must not overlap an input
+};
+
+// The decode state (also the optional initial / final state of a prefill, updated in place). It
+// grows like a KV cache, by one entry per L tokens: capacity C must hold (position + T) / L chunk
+// summaries after the call. Size per (batch, KV head): 2*D*(C + 1) floats.
+struct RatState {
+  TensorView<float, 4> chunk_k;  // [B,C,Hkv,D] summaries of finished chunks, rows < position / L
+  TensorView<float, 4> chunk_v;  // [B,C,Hkv,D]
+  TensorView<float, 3> k_run;    // [B,Hkv,D] in-chunk state after the last token (0 rows at a chunk start)
+  TensorView<float, 3> v_run;    // [B,Hkv,D]
+  index_t position = 0;          // tokens absorbed so far
+};
+
+struct RatStepInputs {
+  ConstView<float, 3> q;  // [B,H,D]
+  ConstView<float, 3> k;  // [B,Hkv,D]
+  ConstView<float, 3> v;  // [B,Hkv,D]
+  ConstView<float, 3> g;  // [B,Hkv,D]
+};
+
+struct RatStepOutputs {
+  TensorView<float, 3> o;  // [B,H,D]
+};
+
+namespace detail::rat {
+
+struct Dims {
+  index_t B, T, H, Hkv, D;
+  index_t group() const noexcept { return H / Hkv; }
+};
+
+inline void check_state(const ArgCheck& check, const RatState& s, const RatOptions& options, const Dims& d) {
+  check.that(s.position >= 0, "state.position", "must be >= 0, got " + std::to_string(s.position));
+  const index_t needed = (s.position + d.T) / options.chunk;
+  check.shape("state.chunk_k", s.chunk_k, std::array<index_t, 4>{d.B, -1, d.Hkv, d.D}, "B,C,Hkv,D");
+  check.shape("state.chunk_v", s.chunk_v, std::array<index_t, 4>{d.B, s.chunk_k.size(1), d.Hkv, d.D}, "B,C,Hkv,D");
+  if (s.chunk_k.size(1) < needed)
+    check.fail("state.chunk_k", "has room for " + std::to_string(s.chunk_k.size(1)) + " chunk summaries, but " +
+                                    std::to_string(needed) + " are needed after this call (position " +
+                                    std::to_string(s.position) + " + T " + std::to_string(d.T) + ", chunk " +
+                                    std::to_string(options.chunk) + ")");
+  check.shape("state.k_run", s.k_run, std::array<index_t, 3>{d.B, d.Hkv, d.D}, "B,Hkv,D");
+  check.shape("state.v_run", s.v_run, std::array<index_t, 3>{d.B, d.Hkv, d.D}, "B,Hkv,D");
+}
+
+inline void check_options(const ArgCheck& check, const RatOptions& options) {
+  check.that(options.chunk >= 1, "options.chunk", "must be >= 1, got " + std::to_string(options.chunk));
+  if (options.scale) check.finite(*options.scale, "options.scale");
+}
+
+// Gates must be <= 0 (a multiplier in (0, 1]); NaN fails too. One pass over g, cheap next to
+// the attention.
+template <class View>
+void check_gate(const ArgCheck& check, const View& g) {
+  if constexpr (View::rank == 4) {
+    for (index_t b = 0; b < g.size(0); ++b) check_gate(check, g[b]);
+  } else {
+    for (index_t i = 0; i < g.size(0); ++i)
+      for (index_t j = 0; j < g.size(1); ++j)
+        for (index_t c = 0; c < g.size(2); ++c)
+          if (!(g(i, j, c) <= 0.f))
+            check.fail("g", "must hold log gates <= 0, got " + std::to_string(g(i, j, c)));
+  }
+}
+
+inline Dims validate(const char* op, const RatInputs& in, const RatOutputs& out, const RatOptions& options,
+                     const RatState* state) {
+  const ArgCheck check(op);
+  check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,D");
+  const index_t B = in.q.size(0), T = in.q.size(1), H = in.q.size(2), D = in.q.size(3);
+  check.shape("k", in.k, std::array<index_t, 4>{B, T, -1, D}, "B,T,Hkv,D");
+  const index_t Hkv = in.k.size(2);
+  check.shape("v", in.v, std::array<index_t, 4>{B, T, Hkv, D}, "B,T,Hkv,D");
+  check.shape("g", in.g, std::array<index_t, 4>{B, T, Hkv, D}, "B,T,Hkv,D");
+  check.that(D > 0, "q", "must have a positive head size D, got shape " + shape_to_string(in.q.shape()));
+  check.divides(Hkv, H, "k", "KV heads (dimension 2); the query head count H");
+  check.shape("o", out.o, std::array<index_t, 4>{B, T, H, D}, "B,T,H,D");
+  check_options(check, options);
+  const Dims d{B, T, H, Hkv, D};
+  if (state) check_state(check, *state, options, d);
+  check_gate(check, in.g);
+  return d;
+}
+
+inline Dims validate_step(const char* op, const RatStepInputs& in, const RatStepOutputs& out,
+                          const RatOptions& options, const RatState& state) {
+  const ArgCheck check(op);
+  check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,D");
+  const index_t B = in.q.size(0), H = in.q.size(1), D = in.q.size(2);
+  check.shape("k", in.k, std::array<index_t, 3>{B, -1, D}, "B,Hkv,D");
+  const index_t Hkv = in.k.size(1);
+  check.shape("v", in.v, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
+  check.shape("g", in.g, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
+  check.that(D > 0, "q", "must have a positive head size D, got shape " + shape_to_string(in.q.shape()));
+  check.divides(Hkv, H, "k", "KV heads (dimension 1); the query head count H");
+  check.shape("o", out.o, std::array<index_t, 3>{B, H, D}, "B,H,D");
+  check_options(check, options);
+  const Dims d{B, 1, H, Hkv, D};
+  check_state(check, state, options, d);
+  check_gate(check, in.g);
+  return d;
+}
+
+inline float scale_of(const RatOptions& options, index_t D) {
+  return options.scale ? *options.scale : 1.f / std::sqrt(static_cast<float>(D));
+}
+
+}  // namespace detail::rat
+
+namespace reference {
+
+// The definition, token by token, in double precision. `state` (optional) is read as the initial
+// state and overwritten with the final one. Single-threaded.
+inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& options = {}, RatState* state = nullptr,
+                const Executor& executor = serial_executor()) {
+  (void)executor;
+  using namespace detail::rat;
+  const Dims d = validate("reference::rat", in, out, options, state);
+  const index_t L = options.chunk, pos0 = state ? state->position : 0;
+  const double scale = scale_of(options, d.D);
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hk = 0; hk < d.Hkv; ++hk) {
+      std::vector<std::vector<double>> ck, cv;  // chunk summaries
+      for (index_t c = 0; c < pos0 / L; ++c) {
+        ck.emplace_back(), cv.emplace_back();
+        for (index_t i = 0; i < d.D; ++i) {
+          ck.back().push_back(state->chunk_k(b, c, hk, i));
+          cv.back().push_back(state->chunk_v(b, c, hk, i));
+        }
+      }
+      std::vector<double> kr(static_cast<std::size_t>(d.D)), vr(static_cast<std::size_t>(d.D));
+      for (index_t i = 0; i < d.D; ++i) {
+        kr[i] = state ? state->k_run(b, hk, i) : 0.0;
+        vr[i] = state ? state->v_run(b, hk, i) : 0.0;
+      }
+      for (index_t t = 0; t < d.T; ++t) {
+        const index_t p = pos0 + t;
+        for (index_t i = 0; i < d.D; ++i) {
+          const double a = std::exp(double(in.g(b, t, hk, i)));
+          const double keep = p % L == 0 ? 0.0 : a;  // the chunk starts from a zero state
+          kr[i] = keep * kr[i] + (1.0 - a) * in.k(b, t, hk, i);
+          vr[i] = keep * vr[i] + (1.0 - a) * in.v(b, t, hk, i);
+        }
+        for (index_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
+          // Logits over the earlier chunks' summaries, then over the own state (last).
+          std::vector<double> s;
+          auto logit = [&](const std::vector<double>& key) {
+            double x = 0.0;
+            for (index_t i = 0; i < d.D; ++i) x += double(in.q(b, t, h, i)) * key[i];
+            s.push_back(scale * x);
+          };
+          for (const auto& key : ck) logit(key);
+          logit(kr);
+          const double top = *std::max_element(s.begin(), s.end());
+          double sum = 0.0;
+          for (double& x : s) sum += (x = std::exp(x - top));
+          for (index_t i = 0; i < d.D; ++i) {
+            double acc = s.back() * vr[i];
+            for (std::size_t c = 0; c < ck.size(); ++c) acc += s[c] * cv[c][i];
+            out.o(b, t, h, i) = static_cast<float>(acc / sum);
+          }
+        }
+        if ((p + 1) % L == 0) ck.push_back(kr), cv.push_back(vr);
+      }
+      if (state) {
+        for (index_t c = pos0 / L; c < static_cast<index_t>(ck.size()); ++c)
+          for (index_t i = 0; i < d.D; ++i) {
+            state->chunk_k(b, c, hk, i) = static_cast<float>(ck[c][i]);
+            state->chunk_v(b, c, hk, i) = static_cast<float>(cv[c][i]);
+          }
+        for (index_t i = 0; i < d.D; ++i) {
+          state->k_run(b, hk, i) = static_cast<float>(kr[i]);
+          state->v_run(b, hk, i) = static_cast<float>(vr[i]);
+        }
+      }
+    }
+  if (state) state->position = pos0 + d.T;
+}
+
+}  // namespace reference
+}  // namespace seqmix
