@@ -1,0 +1,191 @@
+// Benchmarks of the chunked-scan mixers: Mega (damped EMA + chunk-diagonal attention), Aaren
+// (attention as a scan) and the parallel Newton solver against the sequential loop. Two threads
+// (the caller plus one worker) unless the name ends in /reference (the plain-loop baseline, one
+// thread). The machine is shared: run with --benchmark_repetitions=5 and read the minimum.
+//
+// Counters:
+//   mega     GFLOP/s: EMA 4*D*N per token + attention 4*c/2*D (q.k and p.v, causal half chunk) per token
+//   aaren    GB/s: k and v read, o written once (4*H*(Dk+2*Dv) bytes per token)
+//   newton   iterations of the last run, and GB/s of the sequential loop's ideal traffic
+#include <benchmark/benchmark.h>
+
+#include <string>
+#include <vector>
+
+#include "seqmix/chunked/aaren/fast.hpp"
+#include "seqmix/chunked/aaren/reference.hpp"
+#include "seqmix/chunked/aaren/step.hpp"
+#include "seqmix/chunked/mega/fast.hpp"
+#include "seqmix/chunked/mega/reference.hpp"
+#include "seqmix/chunked/mega/step.hpp"
+#include "seqmix/chunked/newton/fast.hpp"
+#include "seqmix/chunked/newton/reference.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+const seqmix::ThreadPool& pool() { return st::two_thread_pool(); }
+
+void rate(benchmark::State& state, const char* name, double amount) {
+  state.counters[name] = benchmark::Counter(amount, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Mega: T=8192, D=1024, N=16, chunk 128, H=1 (Mega's single attention head over Z, Dk=1024) and
+// Dv=1024; the step at position 8192+64 (half a chunk in the cache).
+struct MegaBench {
+  index_t B = 1, T, D = 1024, N = 16, H = 1, Dv = 1024, c = 128;
+  Tensor<float, 3> x;
+  Tensor<float, 4> v, o;
+  Tensor<float, 2> alpha, delta, beta, eta;
+  Tensor<float, 1> qs, qb, ks, kb;
+  explicit MegaBench(index_t T_)
+      : T(T_), x(st::random_tensor<3>({1, T_, 1024}, 1)), v(st::random_tensor<4>({1, T_, 1, 1024}, 2)), o({1, T_, 1, 1024}),
+        alpha(st::random_tensor<2>({1024, 16}, 3, -3.f, 3.f)), delta(st::random_tensor<2>({1024, 16}, 4, -3.f, 3.f)),
+        beta(st::random_tensor<2>({1024, 16}, 5)), eta(st::random_tensor<2>({1024, 16}, 6)),
+        qs(st::random_tensor<1>({1024}, 7)), qb(st::random_tensor<1>({1024}, 8)), ks(st::random_tensor<1>({1024}, 9)),
+        kb(st::random_tensor<1>({1024}, 10)) {}
+  seqmix::MegaParams params() const {
+    return {alpha.cview(), delta.cview(), beta.cview(), eta.cview(), qs.cview(), qb.cview(), ks.cview(), kb.cview()};
+  }
+  double flops_per_token() const { return 4.0 * D * N + 4.0 * (c / 2.0) * D; }
+};
+
+void BM_mega_prefill(benchmark::State& state, bool reference) {
+  MegaBench m(8192);
+  seqmix::MegaOptions options;
+  options.chunk_size = m.c;
+  const seqmix::MegaInputs in{m.x.cview(), m.v.cview(), m.params(), {}};
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::mega(in, {m.o.view(), {}, {}, {}, {}}, options);
+    else
+      seqmix::mega(in, {m.o.view(), {}, {}, {}, {}}, options, pool());
+    benchmark::ClobberMemory();
+  }
+  rate(state, "GFLOP/s", m.flops_per_token() * m.T / 1e9);
+}
+
+void BM_mega_step(benchmark::State& state) {
+  MegaBench m(1);
+  seqmix::MegaOptions options;
+  options.chunk_size = m.c;
+  Tensor<float, 3> ema({1, m.D, m.N}), o({1, 1, m.Dv});
+  Tensor<float, 4> kc({1, m.c, 1, m.D}), vc({1, m.c, 1, m.Dv});
+  ema.fill(0.f), kc.fill(0.f), vc.fill(0.f);
+  const seqmix::MegaStepInputs in{m.x.cview().select(1, 0), m.v.cview().select(1, 0), m.params(), 8192 + 64};
+  for (auto _ : state) {
+    seqmix::mega_step(in, o.view(), {ema.view(), kc.view(), vc.view()}, options, pool());
+    benchmark::ClobberMemory();
+  }
+  rate(state, "GFLOP/s", (4.0 * m.D * m.N + 4.0 * 65 * m.D) / 1e9);
+}
+
+// Aaren: T=8192, H=16, Dk=Dv=64.
+struct AarenBench {
+  index_t B = 1, T, H = 16, D = 64;
+  Tensor<float, 2> query;
+  Tensor<float, 4> k, v, o;
+  explicit AarenBench(index_t T_)
+      : T(T_), query(st::random_tensor<2>({16, 64}, 1)), k(st::random_tensor<4>({1, T_, 16, 64}, 2)),
+        v(st::random_tensor<4>({1, T_, 16, 64}, 3)), o({1, T_, 16, 64}) {}
+};
+
+void BM_aaren_prefill(benchmark::State& state, int form) {  // 0 fast, 1 fast time split, 2 reference
+  AarenBench a(form == 2 ? 1024 : 8192);  // the O(T^2) reference runs on T=1024 (cost x64 smaller)
+  seqmix::AarenOptions options;
+  if (form == 1) options.split = seqmix::AarenSplit::time;
+  const seqmix::AarenInputs in{a.query.cview(), a.k.cview(), a.v.cview(), {}};
+  for (auto _ : state) {
+    if (form == 2)
+      seqmix::reference::aaren(in, {a.o.view(), {}}, options);
+    else
+      seqmix::aaren(in, {a.o.view(), {}}, options, pool());
+    benchmark::ClobberMemory();
+  }
+  rate(state, "GB/s", 4.0 * a.H * 3 * a.D * a.T / 1e9);
+}
+
+void BM_aaren_step(benchmark::State& state) {
+  AarenBench a(1);
+  Tensor<float, 2> m({1, 16}), l({1, 16});
+  Tensor<float, 3> acc({1, 16, 64}), o({1, 16, 64});
+  const seqmix::AarenState s{m.view(), l.view(), acc.view()};
+  seqmix::aaren_reset_state(s);
+  for (auto _ : state) {
+    seqmix::aaren_step({a.query.cview(), a.k.cview().select(1, 0), a.v.cview().select(1, 0)}, o.view(), s, {}, pool());
+    benchmark::ClobberMemory();
+  }
+  rate(state, "GB/s", 4.0 * 16 * 3 * 64 / 1e9);
+}
+
+// Newton vs the sequential loop, B=1. Inputs in [-1,1], recurrent weights in [-1,1]; the LSTM's
+// forget-gate peephole wf in [-1,0] (a positive peephole lets the true cell state grow without
+// bound over 65536 steps).
+template <class Cell>
+struct NewtonBench {
+  std::vector<Tensor<float, 3>> streams;
+  std::vector<Tensor<float, 1>> params;
+  Tensor<float, 3> h;
+  NewtonBench(index_t T, index_t D) : h({1, T, D}) {
+    for (int s = 0; s < Cell::kInputs; ++s) streams.push_back(st::random_tensor<3>({1, T, D}, 20 + s));
+    for (int s = 0; s < Cell::kParams; ++s) params.push_back(st::random_tensor<1>({D}, 30 + s, -1.f, s == 1 && Cell::kParams == 3 ? 0.f : 1.f));
+  }
+  seqmix::NonlinearRecurrenceInputs<Cell> inputs() const {
+    seqmix::NonlinearRecurrenceInputs<Cell> in;
+    for (int s = 0; s < Cell::kInputs; ++s) in.inputs[s] = streams[s].cview();
+    for (int s = 0; s < Cell::kParams; ++s) in.params[s] = params[s].cview();
+    return in;
+  }
+};
+
+template <class Cell>
+void BM_newton(benchmark::State& state, index_t T, index_t D, int form) {  // 0 newton, 1 sequential, 2 reference
+  NewtonBench<Cell> n(T, D);
+  const auto in = n.inputs();
+  seqmix::NewtonReport report;
+  for (auto _ : state) {
+    if (form == 0)
+      report = seqmix::nonlinear_recurrence_newton<Cell>(in, {n.h.view(), {}}, {}, pool());
+    else if (form == 1)
+      seqmix::nonlinear_recurrence<Cell>(in, {n.h.view(), {}}, pool());
+    else
+      seqmix::reference::nonlinear_recurrence<Cell>(in, {n.h.view(), {}});
+    benchmark::ClobberMemory();
+  }
+  if (form == 0) {
+    state.counters["iterations"] = static_cast<double>(report.iterations);
+    state.counters["converged"] = report.converged ? 1 : 0;
+  }
+  rate(state, "GB/s", 4.0 * (Cell::kInputs + 1) * T * D / 1e9);
+}
+
+template <class Cell>
+void register_newton() {
+  for (index_t D : {16, 64, 256})
+    for (index_t T : {1024, 65536}) {
+      const std::string shape = "D" + std::to_string(D) + "_T" + std::to_string(T);
+      const std::string base = std::string("newton/") + Cell::kName + "/";
+      benchmark::RegisterBenchmark((base + shape).c_str(), BM_newton<Cell>, T, D, 0)->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::RegisterBenchmark((base + shape + "/sequential").c_str(), BM_newton<Cell>, T, D, 1)->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::RegisterBenchmark((base + shape + "/reference").c_str(), BM_newton<Cell>, T, D, 2)->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+}
+
+const bool registered = [] {
+  benchmark::RegisterBenchmark("mega/prefill/T8192_D1024_N16_c128", BM_mega_prefill, false)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("mega/prefill/T8192_D1024_N16_c128/reference", BM_mega_prefill, true)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+  benchmark::RegisterBenchmark("mega/step/D1024_N16_c128", BM_mega_step)->Unit(benchmark::kMicrosecond)->UseRealTime();
+  benchmark::RegisterBenchmark("aaren/prefill/T8192_H16_D64", BM_aaren_prefill, 0)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("aaren/prefill/T8192_H16_D64/time_split", BM_aaren_prefill, 1)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("aaren/prefill/T1024_H16_D64/reference", BM_aaren_prefill, 2)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("aaren/step/H16_D64", BM_aaren_step)->Unit(benchmark::kMicrosecond)->UseRealTime();
+  register_newton<seqmix::MinGruCell>();
+  register_newton<seqmix::DiagLstmCell>();
+  return true;
+}();
+
+}  // namespace

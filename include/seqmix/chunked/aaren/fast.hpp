@@ -1,0 +1,187 @@
+// Aaren fast form (definition in reference.hpp): the online-softmax recurrence, vectorized over
+// Dv, one exp per token (only the side of the max that moved is rescaled).
+//
+// Threads: (batch, head) pairs are independent, so with enough of them each task streams one
+// head in one pass (AarenSplit::heads). With fewer pairs than threads the sequence is cut into
+// chunks (AarenSplit::time), the associative-scan structure of core/scan/associative.hpp:
+//   pass 1  chunk 0 runs for good from the initial state; every other chunk but the last is
+//           reduced to its own (m, l, acc) from the empty state,
+//   pass 2  the chunk summaries are scanned with the core associative_scan over the
+//           OnlineSoftmax monoid (core/scan/monoids.hpp), one scalar scan per value channel
+//           (m and l come out identical in every channel; the scans are tiny: one element per chunk),
+//   pass 3  every chunk after the first reruns from its carry, writing o.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "seqmix/chunked/aaren/reference.hpp"
+#include "seqmix/core/scan/associative.hpp"
+#include "seqmix/core/scan/monoids.hpp"
+#include "seqmix/core/simd.hpp"
+
+namespace seqmix {
+namespace detail::aaren {
+
+// The running online-softmax state of one (batch, head); acc has Dv floats.
+struct Running {
+  float m = -std::numeric_limits<float>::infinity();
+  float l = 0.f;
+  float* acc = nullptr;
+};
+
+// acc = acc * c + w * v over n floats.
+inline void rescale_add(float* acc, float c, float w, const float* v, index_t n) {
+  const simd::Batch<float> cb(c), wb(w);
+  const index_t nv = simd::vector_end(n);
+  for (index_t j = 0; j < nv; j += simd::kWidth)
+    simd::store(acc + j, simd::fma(wb, simd::load(v + j), cb * simd::load(acc + j)));
+  for (index_t j = nv; j < n; ++j) acc[j] = acc[j] * c + w * v[j];
+}
+
+inline void scale_into(float* out, const float* acc, float r, index_t n) {
+  const simd::Batch<float> rb(r);
+  const index_t nv = simd::vector_end(n);
+  for (index_t j = 0; j < nv; j += simd::kWidth) simd::store(out + j, rb * simd::load(acc + j));
+  for (index_t j = nv; j < n; ++j) out[j] = r * acc[j];
+}
+
+// Adds token (logit s, value v) to the state: one exp, on whichever side is now below the max.
+inline void absorb(Running& st, float s, const float* v, index_t Dv) {
+  if (s > st.m) {
+    const float c = std::exp(st.m - s);  // 0 for the empty state (m = -inf)
+    st.l = st.l * c + 1.f;
+    rescale_add(st.acc, c, 1.f, v, Dv);
+    st.m = s;
+  } else {
+    const float w = std::exp(s - st.m);
+    st.l += w;
+    simd::axpy(w, v, st.acc, Dv);
+  }
+}
+
+// Rows of k / v / o with a contiguous last dimension, or copied into `row` scratch otherwise.
+inline const float* row_of(const ConstView<float, 4>& x, index_t b, index_t t, index_t h, float* row) {
+  if (x.is_last_dim_contiguous()) return x.ptr(b, t, h);
+  for (index_t j = 0; j < x.size(3); ++j) row[j] = x(b, t, h, j);
+  return row;
+}
+
+// Runs tokens [t0, t1) of (b, h) through `st`, writing o when `write`.
+inline void run_tokens(const AarenInputs& in, const AarenOutputs& out, const Dims& d, float scale, index_t b, index_t h,
+                       index_t t0, index_t t1, Running& st, bool write, float* scratch) {
+  float *krow = scratch, *vrow = scratch + d.Dk, *orow = scratch + d.Dk + d.Dv;
+  const float* q = in.query.is_last_dim_contiguous() ? in.query.ptr(h) : nullptr;
+  std::vector<float> qcopy;
+  if (!q) {
+    for (index_t c = 0; c < d.Dk; ++c) qcopy.push_back(in.query(h, c));
+    q = qcopy.data();
+  }
+  const bool o_contiguous = out.o.is_last_dim_contiguous();
+  for (index_t t = t0; t < t1; ++t) {
+    const float s = scale * simd::dot(q, row_of(in.k, b, t, h, krow), d.Dk);
+    absorb(st, s, row_of(in.v, b, t, h, vrow), d.Dv);
+    if (!write) continue;
+    float* o = o_contiguous ? out.o.ptr(b, t, h) : orow;
+    scale_into(o, st.acc, 1.f / st.l, d.Dv);
+    if (!o_contiguous)
+      for (index_t j = 0; j < d.Dv; ++j) out.o(b, t, h, j) = orow[j];
+  }
+}
+
+inline void load_initial(const AarenInputs& in, index_t b, index_t h, index_t Dv, Running& st) {
+  if (!in.initial.m.has_value()) {
+    std::fill(st.acc, st.acc + Dv, 0.f);
+    return;
+  }
+  st.m = in.initial.m(b, h), st.l = in.initial.l(b, h);
+  for (index_t j = 0; j < Dv; ++j) st.acc[j] = in.initial.acc(b, h, j);
+}
+
+// Copies the state out at the end (reads everything first, so the final state may alias the initial one).
+inline void store_final(const AarenOutputs& out, index_t b, index_t h, index_t Dv, const Running& st) {
+  if (!out.final_state.m.has_value()) return;
+  out.final_state.m(b, h) = st.m, out.final_state.l(b, h) = st.l;
+  for (index_t j = 0; j < Dv; ++j) out.final_state.acc(b, h, j) = st.acc[j];
+}
+
+inline bool use_time_split(AarenSplit split, index_t pairs, int threads) {
+  if (split != AarenSplit::automatic) return split == AarenSplit::time;
+  return threads > 1 && pairs < 2 * threads;
+}
+
+}  // namespace detail::aaren
+
+inline void aaren(const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options = {},
+                  const Executor& executor = serial_executor()) {
+  using namespace detail::aaren;
+  const Dims d = validate("aaren", in, out, options);
+  const float scale = scale_of(options, d.Dk);
+  const index_t pairs = d.B * d.H, scratch_floats = d.Dk + 3 * d.Dv;
+  if (pairs == 0) return;
+  if (!use_time_split(options.split, pairs, executor.concurrency()) || d.T < 2) {
+    parallel_for(executor, pairs, 1, [&](index_t p0, index_t p1) {
+      std::vector<float> scratch(static_cast<std::size_t>(scratch_floats));
+      for (index_t p = p0; p < p1; ++p) {
+        Running st;
+        st.acc = scratch.data() + d.Dk + 2 * d.Dv;
+        load_initial(in, p / d.H, p % d.H, d.Dv, st);
+        run_tokens(in, out, d, scale, p / d.H, p % d.H, 0, d.T, st, true, scratch.data());
+        store_final(out, p / d.H, p % d.H, d.Dv, st);
+      }
+    });
+    return;
+  }
+  const index_t chunks = std::clamp<index_t>(options.chunks > 0 ? options.chunks : executor.concurrency() + 1, 2, d.T);
+  std::vector<index_t> bounds(static_cast<std::size_t>(chunks + 1));
+  for (index_t c = 0; c <= chunks; ++c) bounds[c] = d.T * c / chunks;
+  // summary[p][c]: (m, l) and acc [Dv] of chunk c alone; chunk 0's entry holds the state after it.
+  std::vector<float> sm(static_cast<std::size_t>(pairs * chunks)), sl(sm.size());
+  std::vector<float> sacc(static_cast<std::size_t>(pairs * chunks * d.Dv));
+  auto summary = [&](index_t p, index_t c) {
+    Running st;
+    st.acc = sacc.data() + (p * chunks + c) * d.Dv;
+    return st;
+  };
+  executor.run(pairs * (chunks - 1), [&](index_t task) {
+    const index_t p = task / (chunks - 1), c = task % (chunks - 1);
+    std::vector<float> scratch(static_cast<std::size_t>(scratch_floats));
+    Running st = summary(p, c);
+    if (c == 0)
+      load_initial(in, p / d.H, p % d.H, d.Dv, st);
+    else
+      std::fill(st.acc, st.acc + d.Dv, 0.f);
+    run_tokens(in, out, d, scale, p / d.H, p % d.H, bounds[c], bounds[c + 1], st, c == 0, scratch.data());
+    sm[p * chunks + c] = st.m, sl[p * chunks + c] = st.l;
+  });
+  // Pass 2: carry[c] = state before chunk c = prefix of the summaries 0..c-1, per value channel.
+  const index_t carries = chunks - 1;  // carries for chunks 1 .. chunks-1
+  std::vector<float> cm(static_cast<std::size_t>(pairs * carries)), cl(cm.size());
+  std::vector<float> cacc(static_cast<std::size_t>(pairs * carries * d.Dv));
+  parallel_for(executor, pairs, 1, [&](index_t p0, index_t p1) {
+    std::vector<OnlineSoftmaxState> items(static_cast<std::size_t>(carries));
+    for (index_t p = p0; p < p1; ++p)
+      for (index_t j = 0; j < std::max<index_t>(d.Dv, 1); ++j) {
+        for (index_t c = 0; c < carries; ++c)
+          items[c] = {sm[p * chunks + c], sl[p * chunks + c], d.Dv > 0 ? sacc[(p * chunks + c) * d.Dv + j] : 0.f};
+        associative_scan(OnlineSoftmax{}, items.data(), items.data(), carries);
+        for (index_t c = 0; c < carries; ++c) {
+          cm[p * carries + c] = items[c].m, cl[p * carries + c] = items[c].l;
+          if (d.Dv > 0) cacc[(p * carries + c) * d.Dv + j] = items[c].acc;
+        }
+      }
+  });
+  executor.run(pairs * carries, [&](index_t task) {
+    const index_t p = task / carries, c = task % carries + 1;
+    std::vector<float> scratch(static_cast<std::size_t>(scratch_floats));
+    Running st;
+    st.acc = cacc.data() + (p * carries + c - 1) * d.Dv;  // updated in place; only this task reads it
+    st.m = cm[p * carries + c - 1], st.l = cl[p * carries + c - 1];
+    run_tokens(in, out, d, scale, p / d.H, p % d.H, bounds[c], bounds[c + 1], st, true, scratch.data());
+    if (c == chunks - 1) store_final(out, p / d.H, p % d.H, d.Dv, st);
+  });
+}
+
+}  // namespace seqmix

@@ -1,0 +1,152 @@
+// Attention as a scan (Aaren; Feng et al. 2024, "Attention as an RNN"): a fixed query per head
+// attends over every prefix of the keys, giving one output per token:
+//   s_t = scale * q_h . k_t
+//   o_t = sum_{s<=t} exp(s_s) v_s / sum_{s<=t} exp(s_s)
+// with an optional initial state (m0, l0, acc0) standing for earlier tokens: it adds
+// exp(m0) * acc0 to the numerator and exp(m0) * l0 to the denominator. The state is the
+// online-softmax triple (m = running max logit, l = sum exp(s - m), acc = sum exp(s - m) v), the
+// monoid OnlineSoftmax of core/scan/monoids.hpp with a vector acc; o_t = acc_t / l_t.
+// Per-token queries make o_t ordinary causal attention (the logits then depend on t), which is
+// seqmix::attention with causal = true, not a scan.
+//
+// Layouts: query [H,Dk], k [B,T,H,Dk], v [B,T,H,Dv], o [B,T,H,Dv]; state m, l [B,H], acc [B,H,Dv].
+// Empty state (no earlier tokens): m = -inf, l = 0, acc = 0 (aaren_reset_state).
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+struct AarenState {
+  TensorView<float, 2> m;    // [B,H] running max logit
+  TensorView<float, 2> l;    // [B,H] sum of exp(s - m)
+  TensorView<float, 3> acc;  // [B,H,Dv] sum of exp(s - m) v
+};
+struct AarenConstState {
+  ConstView<float, 2> m;
+  ConstView<float, 2> l;
+  ConstView<float, 3> acc;
+};
+
+struct AarenInputs {
+  ConstView<float, 2> query;  // [H,Dk] the learned query of each head
+  ConstView<float, 4> k;      // [B,T,H,Dk]
+  ConstView<float, 4> v;      // [B,T,H,Dv]
+  AarenConstState initial;    // optional (all three or none): earlier tokens
+};
+
+struct AarenOutputs {
+  TensorView<float, 4> o;  // [B,T,H,Dv]
+  AarenState final_state;  // optional (all three or none); may alias the initial state
+};
+
+// How the fast form uses several threads.
+enum class AarenSplit {
+  automatic,  // heads when B*H gives every thread at least two (batch, head) pairs, time otherwise
+  heads,      // one pass per (batch, head)
+  time,       // chunked scan: chunk summaries, carry scan through core associative_scan, rescan
+};
+
+struct AarenOptions {
+  std::optional<float> scale;  // multiplies q.k; default 1/sqrt(Dk)
+  AarenSplit split = AarenSplit::automatic;
+  index_t chunks = 0;  // time chunks per (batch, head) for AarenSplit::time; 0 = threads + 1
+};
+
+// Sets a state to "no tokens seen" (m = -inf, l = 0, acc = 0).
+inline void aaren_reset_state(const AarenState& s) {
+  for (index_t b = 0; b < s.m.size(0); ++b)
+    for (index_t h = 0; h < s.m.size(1); ++h) {
+      s.m(b, h) = -std::numeric_limits<float>::infinity();
+      s.l(b, h) = 0.f;
+      for (index_t j = 0; j < s.acc.size(2); ++j) s.acc(b, h, j) = 0.f;
+    }
+}
+
+namespace detail::aaren {
+
+struct Dims {
+  index_t B, T, H, Dk, Dv;
+};
+
+template <class State>
+void check_state(const ArgCheck& check, const State& s, const Dims& d, const char* m, const char* l, const char* acc) {
+  const bool any = s.m.has_value() || s.l.has_value() || s.acc.has_value();
+  if (!any) return;
+  check.shape(m, s.m, std::array<index_t, 2>{d.B, d.H}, "B,H");
+  check.shape(l, s.l, std::array<index_t, 2>{d.B, d.H}, "B,H");
+  check.shape(acc, s.acc, std::array<index_t, 3>{d.B, d.H, d.Dv}, "B,H,Dv");
+  check.that(s.m.has_value() && s.l.has_value() && (s.acc.has_value() || d.B * d.H * d.Dv == 0), m,
+             "and its siblings l, acc must be given together");
+}
+
+inline Dims validate(const char* op, const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options) {
+  const ArgCheck check(op);
+  check.shape("k", in.k, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,Dk");
+  const Dims d{in.k.size(0), in.k.size(1), in.k.size(2), in.k.size(3), in.v.size(3)};
+  check.shape("query", in.query, std::array<index_t, 2>{d.H, d.Dk}, "H,Dk");
+  check.shape("v", in.v, std::array<index_t, 4>{d.B, d.T, d.H, -1}, "B,T,H,Dv");
+  check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.H, d.Dv}, "B,T,H,Dv");
+  check_state(check, in.initial, d, "initial.m", "initial.l", "initial.acc");
+  check_state(check, out.final_state, d, "final_state.m", "final_state.l", "final_state.acc");
+  if (options.scale) check.finite(*options.scale, "options.scale");
+  check.that(options.chunks >= 0, "options.chunks", "must be >= 0 (0 = automatic)");
+  return d;
+}
+
+inline float scale_of(const AarenOptions& o, index_t Dk) {
+  return o.scale ? *o.scale : 1.f / std::sqrt(static_cast<float>(Dk > 0 ? Dk : 1));
+}
+
+}  // namespace detail::aaren
+
+namespace reference {
+
+// Every prefix computed directly (O(T^2) per head): the definition, not the recurrence.
+inline void aaren(const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options = {},
+                  const Executor& executor = serial_executor()) {
+  (void)executor;
+  using namespace detail::aaren;
+  const Dims d = validate("reference::aaren", in, out, options);
+  const float scale = scale_of(options, d.Dk);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<double> s(static_cast<std::size_t>(d.T)), num(static_cast<std::size_t>(d.Dv));
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t h = 0; h < d.H; ++h) {
+      const float m0 = in.initial.m.has_value() ? in.initial.m(b, h) : ninf;
+      for (index_t t = 0; t < d.T; ++t) {
+        double dot = 0;
+        for (index_t c = 0; c < d.Dk; ++c) dot += static_cast<double>(in.query(h, c)) * in.k(b, t, h, c);
+        s[t] = scale * dot;
+      }
+      // n = number of tokens in the prefix: o[n-1] for n >= 1, and the final state at n = T.
+      for (index_t n = d.T == 0 ? 0 : 1; n <= d.T; ++n) {
+        double m = m0;
+        for (index_t u = 0; u < n; ++u) m = std::max(m, s[u]);
+        double den = m0 == ninf ? 0.0 : in.initial.l(b, h) * std::exp(m0 - m);
+        for (index_t j = 0; j < d.Dv; ++j) num[j] = m0 == ninf ? 0.0 : in.initial.acc(b, h, j) * std::exp(m0 - m);
+        for (index_t u = 0; u < n; ++u) {
+          const double w = std::exp(s[u] - m);
+          den += w;
+          for (index_t j = 0; j < d.Dv; ++j) num[j] += w * in.v(b, u, h, j);
+        }
+        if (n >= 1)
+          for (index_t j = 0; j < d.Dv; ++j) out.o(b, n - 1, h, j) = den > 0 ? static_cast<float>(num[j] / den) : 0.f;
+        if (n == d.T && out.final_state.m.has_value()) {
+          out.final_state.m(b, h) = static_cast<float>(m);
+          out.final_state.l(b, h) = static_cast<float>(den);
+          for (index_t j = 0; j < d.Dv; ++j) out.final_state.acc(b, h, j) = static_cast<float>(num[j]);
+        }
+      }
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix
