@@ -12,6 +12,8 @@
 #include "seqmix/core/tensor.hpp"
 
 #include "seqmix/attention.hpp"
+#include "seqmix/chunked.hpp"
 #include "seqmix/io/npy.hpp"
+#include "seqmix/kv_cache.hpp"
 #include "seqmix/linear_attention.hpp"
 #include "seqmix/ssm.hpp"

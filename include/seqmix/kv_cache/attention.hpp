@@ -1,0 +1,471 @@
+// Decode attention over a KvCache, reading the compressed blocks directly (SPEC sections 5, 6).
+//
+// Same semantics as seqmix::attention, with keys at their stored positions p_j:
+//   pos_i    = positions[b,i] if given, else cache.next_position(b) - Tq + i (the queries are the
+//              last Tq appended tokens, as bottom-right alignment does for a dense K/V)
+//   s_ij     = scale * q_i . k_j;  softcap;  -= alibi_slopes[h] * |pos_i - p_j|
+//   visible  = (!causal || p_j <= pos_i) && (window == 0 || p_j > pos_i - window || p_j < sink_tokens)
+//   o, lse   as in attention (sink_logits, rows without a visible key give 0 / -inf).
+// No additive mask: a cache has no fixed key axis to lay one over.
+//
+// Fused dequantization (no fp32 copy of the cache). Per block, for the G*Tq query rows that
+// share a KV head (scaled by `scale`):
+//   per-channel keys  k = min_c + scale_c * code:  s = sum_c (q_c scale_c) code_c + sum_c q_c min_c,
+//                     q' = q * scale and the bias q.min computed once per block;
+//   per-token keys    s = sum_g [ scale_g * (q_g . code_g) + min_g * sum(q_g) ];
+//   values            acc += (p * scale_t) * code_t, and sum_t p * min_t added once per block.
+// Keys are channel-major, so each 16-token vector of codes of one channel is loaded and widened
+// once and feeds one FMA per query row (G = 4 rows at once); values are token-major, so each
+// 16-channel vector of a token's codes feeds the G rows. The blocks of every (b, KV head) are
+// split into pieces spread over the executor, and the pieces' online-softmax states are combined
+// with the attention_merge monoid (merge.hpp).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "seqmix/attention/dense/merge.hpp"
+#include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/kv_cache/cache.hpp"
+
+namespace seqmix {
+
+struct KvCacheAttentionInputs {
+  ConstView<float, 4> q;                  // [B,Tq,Hq,Dk], Hq a multiple of the cache's Hkv
+  const KvCache* cache = nullptr;
+  ConstView<float, 1> alibi_slopes;       // [Hq]
+  ConstView<float, 1> sink_logits;        // [Hq]
+  ConstView<std::int64_t, 2> positions;   // [B,Tq] absolute query positions
+};
+
+namespace detail {
+
+struct KvAttentionDims {
+  index_t B, Tq, Hq, Hkv, Dk, Dv;
+  index_t group() const noexcept { return Hq / Hkv; }
+};
+
+inline KvAttentionDims validate_kv_attention(const char* op, const KvCacheAttentionInputs& in, const AttentionOutputs& out,
+                                             const AttentionOptions& options) {
+  const ArgCheck check(op);
+  check.that(in.cache != nullptr, "cache", "must not be null");
+  const KvCacheConfig& cfg = in.cache->config();
+  check.shape("q", in.q, {cfg.batch, -1, -1, cfg.key_dim}, "B,Tq,Hq,Dk");
+  const index_t B = cfg.batch, Tq = in.q.size(1), Hq = in.q.size(2);
+  check.divides(cfg.kv_heads, Hq, "q", "cache KV heads");
+  check.optional_shape("alibi_slopes", in.alibi_slopes, {Hq}, "Hq");
+  check.optional_shape("sink_logits", in.sink_logits, {Hq}, "Hq");
+  check.optional_shape("positions", in.positions, {B, Tq}, "B,Tq");
+  check.shape("o", out.o, {B, Tq, Hq, cfg.value_dim}, "B,Tq,Hq,Dv");
+  check.optional_shape("lse", out.lse, {B, Tq, Hq}, "B,Tq,Hq");
+  if (options.scale) check.finite(*options.scale, "options.scale");
+  check.finite(options.softcap, "options.softcap");
+  check.that(options.softcap >= 0.f, "options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
+  check.that(options.window >= 0, "options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
+  check.that(options.sink_tokens >= 0, "options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  return {B, Tq, Hq, cfg.kv_heads, cfg.key_dim, cfg.value_dim};
+}
+
+inline std::int64_t kv_query_position(const KvCacheAttentionInputs& in, index_t b, index_t i) {
+  return in.positions.has_value() ? in.positions(b, i) : in.cache->next_position(b) - in.q.size(1) + i;
+}
+
+inline bool kv_visible(const AttentionOptions& o, std::int64_t key, std::int64_t query) noexcept {
+  return (!o.causal || key <= query) && (o.window == 0 || key > query - o.window || key < o.sink_tokens);
+}
+
+}  // namespace detail
+
+namespace reference {
+
+// The definition over the cache, entry by entry (each read through KvCache::read_key /
+// read_value, i.e. dequantized), accumulated in double. Single-threaded.
+inline void kv_cache_attention(const KvCacheAttentionInputs& in, const AttentionOutputs& out,
+                               const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  (void)executor;
+  const auto d = detail::validate_kv_attention("reference::kv_cache_attention", in, out, options);
+  const KvCache& cache = *in.cache;
+  const double scale = detail::attention_scale(options, d.Dk), minus_inf = -std::numeric_limits<double>::infinity();
+  std::vector<float> k(static_cast<std::size_t>(d.Dk)), v(static_cast<std::size_t>(d.Dv));
+  std::vector<double> acc(static_cast<std::size_t>(d.Dv)), logits;
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t i = 0; i < d.Tq; ++i)
+      for (index_t h = 0; h < d.Hq; ++h) {
+        const index_t hk = h / d.group(), n = cache.size(b, hk);
+        const std::int64_t pos = detail::kv_query_position(in, b, i);
+        const std::vector<std::int64_t> key_pos = cache.positions(b, hk);
+        logits.assign(static_cast<std::size_t>(n), minus_inf);
+        double max_logit = minus_inf;
+        for (index_t j = 0; j < n; ++j) {
+          if (!detail::kv_visible(options, key_pos[j], pos)) continue;
+          cache.read_key(b, hk, j, k.data());
+          double s = 0.0;
+          for (index_t c = 0; c < d.Dk; ++c) s += static_cast<double>(in.q(b, i, h, c)) * k[c];
+          s *= scale;
+          if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
+          if (in.alibi_slopes.has_value()) s -= in.alibi_slopes(h) * std::abs(static_cast<double>(pos - key_pos[j]));
+          logits[j] = s;
+          max_logit = std::max(max_logit, s);
+        }
+        double denominator = 0.0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        if (max_logit > minus_inf)
+          for (index_t j = 0; j < n; ++j) {
+            if (logits[j] == minus_inf) continue;
+            const double p = std::exp(logits[j] - max_logit);
+            denominator += p;
+            cache.read_value(b, hk, j, v.data());
+            for (index_t c = 0; c < d.Dv; ++c) acc[c] += p * v[c];
+          }
+        double lse = max_logit > minus_inf ? max_logit + std::log(denominator) : minus_inf;
+        if (in.sink_logits.has_value()) {
+          const double sink = in.sink_logits(h), top = std::max(lse, sink);
+          lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
+        }
+        for (index_t c = 0; c < d.Dv; ++c)
+          out.o(b, i, h, c) = max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
+        if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
+      }
+}
+
+}  // namespace reference
+
+namespace detail {
+
+using KvF = simd::Batch<float>;
+constexpr index_t kKvRows = 4;  // query rows per register block (the GQA group of 4 in Llama-style models)
+// Rows of one (b, KV head) task are processed in groups of kKvRows (padded with zero queries).
+
+// The token vector v (kWidth tokens) of one key channel row, widened to fp32. Full 16-byte
+// chunks only (the slot granule guarantees it).
+template <KvFormat F>
+inline KvF load_key_vector(const std::uint8_t* row, index_t v) noexcept {
+  const index_t e = v * simd::kWidth;
+  if constexpr (F == KvFormat::f32) return simd::load(reinterpret_cast<const float*>(row) + e);
+  if constexpr (F == KvFormat::f16) return simd::load_f16(reinterpret_cast<const f16*>(row) + e);
+  if constexpr (F == KvFormat::bf16) return simd::load_bf16(reinterpret_cast<const bf16*>(row) + e);
+  if constexpr (is_quantized(F)) {
+    constexpr int bits = format_bits(F);
+    const index_t per_chunk = 128 / bits, r = e % per_chunk;
+    const index_t byte = 16 * (e / per_chunk) + r % 16;
+    return quant::codes_part(quant::widen_bytes(row + byte), bits, static_cast<int>(r / 16));
+  }
+  return KvF(0.f);
+}
+
+// acc[r][t] += sum_{c in [c0, c1)} Q[r][c] * key[c][token vector t], for kKvRows rows.
+template <KvFormat F, int NT>
+inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t c0, index_t c1, const float* Q, index_t ldq,
+                     KvF (&acc)[kKvRows][NT]) noexcept {
+  for (index_t c = c0; c < c1; ++c) {
+    const std::uint8_t* row = keys + c * key_row;
+    KvF k[NT];
+    for (int t = 0; t < NT; ++t) k[t] = load_key_vector<F>(row, t);
+    for (index_t r = 0; r < kKvRows; ++r) {
+      const KvF q(Q[r * ldq + c]);
+      for (int t = 0; t < NT; ++t) acc[r][t] = simd::fma(q, k[t], acc[r][t]);
+    }
+  }
+}
+
+// Per-task scratch.
+struct KvScratch {
+  index_t rows, ldq, lds, ldacc;
+  AlignedVector<float> q, q_scaled_keys, bias, qsum, s, weights, min_sums, row;
+  std::vector<std::int64_t> pos;
+  KvScratch(index_t rows_padded, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups)
+      : rows(rows_padded), ldq(Dk), lds(kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
+        q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
+        q_scaled_keys(static_cast<std::size_t>(rows_padded * Dk), 0.f),
+        bias(static_cast<std::size_t>(rows_padded), 0.f),
+        qsum(static_cast<std::size_t>(rows_padded * key_groups), 0.f),
+        s(static_cast<std::size_t>(rows_padded * kKvBlockTokens), 0.f),
+        weights(static_cast<std::size_t>(kKvBlockTokens * value_groups * kKvRows), 0.f),
+        min_sums(static_cast<std::size_t>(kKvRows * value_groups), 0.f),
+        row(static_cast<std::size_t>(std::max(Dk, Dv) + simd::kWidth), 0.f),
+        pos(static_cast<std::size_t>(rows_padded), 0) {}
+};
+
+// Scores of one block for every row: w.s[r][0..slots) = scale * q_r . k_t (garbage beyond count).
+template <KvFormat F, int NT>
+void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w) {
+  const index_t Dk = cfg.key_dim;
+  const bool per_token = is_quantized(F) && cfg.key_quant == KeyQuant::per_token;
+  const index_t group = per_token && cfg.group_size > 0 ? cfg.group_size : Dk;
+  const float* Q = w.q.data();
+  if (is_quantized(F) && !per_token) {  // q' = q * scale_c, bias = q . min
+    for (index_t r = 0; r < w.rows; ++r) {
+      float bias = 0.f;
+      for (index_t c = 0; c < Dk; ++c) {
+        w.q_scaled_keys[r * Dk + c] = Q[r * Dk + c] * blk.key_params[2 * c];
+        bias += Q[r * Dk + c] * blk.key_params[2 * c + 1];
+      }
+      w.bias[r] = bias;
+    }
+    Q = w.q_scaled_keys.data();
+  }
+  for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
+    KvF acc[kKvRows][NT];
+    for (auto& a : acc)
+      for (auto& x : a) x = KvF(0.f);
+    if (!per_token) {
+      key_dots<F, NT>(blk.keys.data(), blk.key_row, 0, Dk, Q + r0 * Dk, Dk, acc);
+      if (is_quantized(F))
+        for (index_t r = 0; r < kKvRows; ++r)
+          for (int t = 0; t < NT; ++t) acc[r][t] += KvF(w.bias[r0 + r]);
+    } else {
+      const index_t groups = quant::group_count(Dk, group);
+      for (index_t g = 0; g < groups; ++g) {
+        KvF part[kKvRows][NT];
+        for (auto& a : part)
+          for (auto& x : a) x = KvF(0.f);
+        key_dots<F, NT>(blk.keys.data(), blk.key_row, g * group, std::min(Dk, (g + 1) * group), Q + r0 * Dk, Dk, part);
+        const float* scales = blk.key_params.data() + 2 * g * blk.slots;
+        const float* mins = scales + blk.slots;
+        for (index_t r = 0; r < kKvRows; ++r) {
+          const KvF qsum(w.qsum[(r0 + r) * groups + g]);
+          for (int t = 0; t < NT; ++t)
+            acc[r][t] = simd::fma(part[r][t], simd::load(scales + t * simd::kWidth),
+                                  simd::fma(qsum, simd::load(mins + t * simd::kWidth), acc[r][t]));
+        }
+      }
+    }
+    for (index_t r = 0; r < kKvRows; ++r)
+      for (int t = 0; t < NT; ++t) simd::store(w.s.data() + (r0 + r) * w.lds + t * simd::kWidth, acc[r][t]);
+  }
+}
+
+template <KvFormat F>
+void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w) {
+  switch (blk.slots / simd::kWidth) {
+    case 1: block_scores<F, 1>(blk, cfg, w); break;
+    case 2: block_scores<F, 2>(blk, cfg, w); break;
+    case 4: block_scores<F, 4>(blk, cfg, w); break;
+    case 8: block_scores<F, 8>(blk, cfg, w); break;
+    default: break;
+  }
+}
+
+// The value vector at element e (a multiple of kWidth, inside the row's full chunks).
+template <KvFormat F>
+inline KvF load_value_vector(const std::uint8_t* row, index_t e) noexcept {
+  return load_key_vector<F>(row, e / simd::kWidth);  // same chunk layout along the row
+}
+
+// acc[r] += sum_t p[r][t] * v_t over a block's `count` tokens, for kKvRows rows starting at r0.
+// Quantized: weights[t][g][r] = p * scale_{t,g} and the min terms added after the tokens.
+template <KvFormat F, int NV>
+void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* weights, index_t groups, index_t group,
+                 float* acc, index_t ldacc) noexcept {
+  KvF a[kKvRows][NV];
+  for (index_t r = 0; r < kKvRows; ++r)
+    for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
+  index_t g_of[NV];
+  for (int v = 0; v < NV; ++v) g_of[v] = is_quantized(F) ? (c0 + v * simd::kWidth) / group : 0;
+  for (index_t t = 0; t < count; ++t) {
+    const std::uint8_t* row = blk.values.data() + t * blk.value_row;
+    const float* wt = weights + t * groups * kKvRows;
+    for (int v = 0; v < NV; ++v) {
+      const KvF x = load_value_vector<F>(row, c0 + v * simd::kWidth);
+      const float* wg = wt + g_of[v] * kKvRows;
+      for (index_t r = 0; r < kKvRows; ++r) a[r][v] = simd::fma(KvF(wg[r]), x, a[r][v]);
+    }
+  }
+  for (index_t r = 0; r < kKvRows; ++r)
+    for (int v = 0; v < NV; ++v) simd::store(acc + r * ldacc + c0 + v * simd::kWidth, a[r][v]);
+}
+
+template <KvFormat F>
+void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
+  const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count;
+  const bool quantized = is_quantized(F);
+  const index_t group = quantized && cfg.group_size > 0 ? cfg.group_size : Dv;
+  const index_t groups = quantized ? quant::group_count(Dv, group) : 1;
+  // Vector part: whole chunks (quantized) or whole vectors (floats), one parameter pair per vector.
+  index_t vec_end = quantized ? Dv - Dv % quant::chunk_codes(format_bits(F)) : simd::vector_end(Dv);
+  if (quantized && groups > 1 && group % W != 0) vec_end = 0;
+  for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
+    for (index_t t = 0; t < count; ++t)
+      for (index_t g = 0; g < groups; ++g)
+        for (index_t r = 0; r < kKvRows; ++r) {
+          const float p = w.s[(r0 + r) * w.lds + t];
+          w.weights[(t * groups + g) * kKvRows + r] = quantized ? p * blk.value_params[t * groups + g].scale : p;
+        }
+    float* acc_rows = acc + r0 * w.ldacc;
+    index_t c = 0;
+    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc);
+    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc);
+    // Tail channels (and groups that split a vector): dequantize each row's tail, scalar FMAs.
+    if (c < Dv)
+      for (index_t t = 0; t < count; ++t) {
+        value_row(blk, cfg.group_size, Dv, t, w.row.data());
+        for (index_t r = 0; r < kKvRows; ++r) {
+          const float p = w.s[(r0 + r) * w.lds + t];
+          if (p == 0.f) continue;
+          for (index_t cc = c; cc < Dv; ++cc) acc_rows[r * w.ldacc + cc] += p * w.row[cc];
+        }
+      }
+    if (quantized && c > 0) {  // + sum_t p * min_{t,g} on the vectorized channels
+      for (index_t r = 0; r < kKvRows; ++r)
+        for (index_t g = 0; g < groups; ++g) {
+          float sum = 0.f;
+          for (index_t t = 0; t < count; ++t) sum += w.s[(r0 + r) * w.lds + t] * blk.value_params[t * groups + g].min;
+          const index_t g0 = g * group, g1 = std::min(c, (g + 1) * group);
+          for (index_t cc = g0; cc < g1; ++cc) acc_rows[r * w.ldacc + cc] += sum;
+        }
+    }
+  }
+}
+
+template <class Fn>
+void dispatch_format(KvFormat f, Fn&& fn) {
+  switch (f) {
+    case KvFormat::f32: fn(std::integral_constant<KvFormat, KvFormat::f32>{}); break;
+    case KvFormat::f16: fn(std::integral_constant<KvFormat, KvFormat::f16>{}); break;
+    case KvFormat::bf16: fn(std::integral_constant<KvFormat, KvFormat::bf16>{}); break;
+    case KvFormat::int8: fn(std::integral_constant<KvFormat, KvFormat::int8>{}); break;
+    case KvFormat::int4: fn(std::integral_constant<KvFormat, KvFormat::int4>{}); break;
+    case KvFormat::int2: fn(std::integral_constant<KvFormat, KvFormat::int2>{}); break;
+  }
+}
+
+// Logit rule on one row of a tile (positions of its `count` keys; the rest of `width` -> -inf),
+// then the online softmax; returns the accumulator's rescale factor.
+inline float kv_softmax_row(float* s, const std::int64_t* key_pos, index_t count, index_t width, std::int64_t qpos,
+                            const AttentionOptions& options, bool alibi, float slope, SoftmaxRow& state) {
+  for (index_t t = 0; t < count; ++t) {
+    if (!kv_visible(options, key_pos[t], qpos)) {
+      s[t] = kMinusInf;
+      continue;
+    }
+    if (options.softcap > 0.f) s[t] = options.softcap * std::tanh(s[t] / options.softcap);
+    if (alibi) s[t] -= slope * static_cast<float>(std::abs(qpos - key_pos[t]));
+  }
+  std::fill(s + count, s + width, kMinusInf);
+  return online_softmax_tile(s, width, state.m, state.l);
+}
+
+struct KvPiece {
+  index_t b, hk, first_block, last_block;
+  bool residual;
+};
+
+}  // namespace detail
+
+// Fast decode attention over the cache. Meant for Tq = 1 (or a few draft tokens); any Tq works.
+// Allocates the pieces' partial states (pieces * Tq * Hq * (Dv + 2) floats) and one scratch per
+// parallel block.
+inline void kv_cache_attention(const KvCacheAttentionInputs& in, const AttentionOutputs& out,
+                               const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  using namespace detail;
+  const auto d = validate_kv_attention("kv_cache_attention", in, out, options);
+  if (d.B * d.Tq * d.Hq == 0) return;
+  const KvCache& cache = *in.cache;
+  const KvCacheConfig& cfg = cache.config();
+  const index_t G = d.group(), M = d.Tq * G, rows = (M + kKvRows - 1) / kKvRows * kKvRows;
+  const index_t key_groups = quant::group_count(d.Dk, cache.key_group());
+  const index_t value_groups = quant::group_count(d.Dv, cfg.group_size);
+  const float scale = attention_scale(options, d.Dk);
+  const bool alibi = in.alibi_slopes.has_value();
+
+  // Pieces: a (b, KV head)'s blocks in contiguous runs of at least 8 (256 tokens), enough of them
+  // for about 4 pieces per thread; the residual goes with the last piece.
+  constexpr index_t kMinBlocksPerPiece = 8;
+  const index_t wanted = std::max<index_t>(1, (4 * executor.concurrency() + d.B * d.Hkv - 1) / (d.B * d.Hkv));
+  std::vector<KvPiece> pieces;
+  std::vector<index_t> first_piece(static_cast<std::size_t>(d.B * d.Hkv + 1), 0);
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hk = 0; hk < d.Hkv; ++hk) {
+      first_piece[b * d.Hkv + hk] = static_cast<index_t>(pieces.size());
+      const index_t nb = static_cast<index_t>(cache.head(b, hk).blocks.size());
+      const index_t split = std::clamp<index_t>(nb / kMinBlocksPerPiece, 1, wanted);
+      for (index_t p = 0; p < split; ++p) pieces.push_back({b, hk, nb * p / split, nb * (p + 1) / split, p == split - 1});
+    }
+  first_piece[d.B * d.Hkv] = static_cast<index_t>(pieces.size());
+  const index_t ldacc = (d.Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth;
+  std::vector<SoftmaxRow> states(pieces.size() * static_cast<std::size_t>(rows));
+  AlignedVector<float> accs(pieces.size() * static_cast<std::size_t>(rows * ldacc), 0.f);
+
+  parallel_for(executor, static_cast<index_t>(pieces.size()), 1, [&](index_t begin, index_t end) {
+    KvScratch w(rows, d.Dk, d.Dv, key_groups, value_groups);
+    for (index_t pi = begin; pi < end; ++pi) {
+      const KvPiece& piece = pieces[pi];
+      const KvHead& hd = cache.head(piece.b, piece.hk);
+      SoftmaxRow* state = states.data() + pi * rows;
+      float* acc = accs.data() + pi * rows * ldacc;
+      // Query rows r = i * G + g (query i, head hk * G + g), scaled; zero padding rows.
+      for (index_t r = 0; r < M; ++r) {
+        const index_t i = r / G, h = piece.hk * G + r % G;
+        for (index_t c = 0; c < d.Dk; ++c) w.q[r * d.Dk + c] = scale * in.q(piece.b, i, h, c);
+        for (index_t g = 0; g < key_groups; ++g) {
+          float sum = 0.f;
+          const index_t g1 = std::min(d.Dk, (g + 1) * cache.key_group());
+          for (index_t c = g * cache.key_group(); c < g1; ++c) sum += w.q[r * d.Dk + c];
+          w.qsum[r * key_groups + g] = sum;
+        }
+        w.pos[r] = kv_query_position(in, piece.b, i);
+      }
+      std::int64_t qmin = w.pos[0], qmax = w.pos[0];
+      for (index_t r = 0; r < M; ++r) qmin = std::min(qmin, w.pos[r]), qmax = std::max(qmax, w.pos[r]);
+      const auto softmax_rows = [&](const std::int64_t* key_pos, index_t count, index_t width) {
+        for (index_t r = 0; r < M; ++r) {
+          const float slope = alibi ? in.alibi_slopes(piece.hk * G + r % G) : 0.f;
+          const float alpha = kv_softmax_row(w.s.data() + r * w.lds, key_pos, count, width, w.pos[r], options, alibi,
+                                             slope, state[r]);
+          if (alpha != 1.f) scale_row(acc + r * ldacc, ldacc, alpha);
+        }
+        for (index_t r = M; r < rows; ++r) std::fill(w.s.begin() + r * w.lds, w.s.begin() + (r + 1) * w.lds, 0.f);
+      };
+      for (index_t k = piece.first_block; k < piece.last_block; ++k) {
+        const KvBlock& blk = hd.blocks[static_cast<std::size_t>(k)];
+        if (blk.count == 0) continue;
+        // A block no query row can see (causal, or window without sinks) is skipped whole.
+        const bool after_every_query = options.causal && blk.min_position > qmax;
+        const bool before_every_window = options.window > 0 && blk.max_position <= qmin - options.window &&
+                                         blk.min_position >= options.sink_tokens;
+        if (after_every_query || before_every_window) continue;
+        dispatch_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w); });
+        softmax_rows(blk.positions.data(), blk.count, blk.slots);
+        dispatch_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, acc); });
+      }
+      if (piece.residual) {
+        const KvResidual& res = hd.residual;
+        for (index_t t0 = 0; t0 < res.size(); t0 += kKvBlockTokens) {
+          const index_t n = std::min(kKvBlockTokens, res.size() - t0);
+          for (index_t r = 0; r < M; ++r)
+            for (index_t t = 0; t < n; ++t)
+              w.s[r * w.lds + t] = simd::dot(w.q.data() + r * d.Dk, res.keys.data() + (t0 + t) * d.Dk, d.Dk);
+          softmax_rows(res.positions.data() + t0, n, kKvBlockTokens);
+          for (index_t r = 0; r < M; ++r)
+            for (index_t t = 0; t < n; ++t) {
+              const float p = w.s[r * w.lds + t];
+              if (p != 0.f) simd::axpy(p, res.values.data() + (t0 + t) * d.Dv, acc + r * ldacc, d.Dv);
+            }
+        }
+      }
+    }
+  });
+
+  const bool has_sink = in.sink_logits.has_value();
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hk = 0; hk < d.Hkv; ++hk) {
+      const index_t p0 = first_piece[b * d.Hkv + hk], p1 = first_piece[b * d.Hkv + hk + 1];
+      for (index_t r = 0; r < M; ++r) {
+        SoftmaxRow row = states[p0 * rows + r];
+        float* acc = accs.data() + (p0 * rows + r) * ldacc;
+        for (index_t p = p0 + 1; p < p1; ++p) combine_rows(row, acc, states[p * rows + r], accs.data() + (p * rows + r) * ldacc, d.Dv);
+        const index_t i = r / G, h = hk * G + r % G;
+        const float lse = finish_row(row, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f, out.o.ptr(b, i, h),
+                                     out.o.stride(3));
+        if (out.lse.has_value()) out.lse(b, i, h) = lse;
+      }
+    }
+}
+
+}  // namespace seqmix

@@ -1,0 +1,502 @@
+// KV cache: quantization error bounds and packing, the cache object (append, residual flush,
+// retain, replace, mixed precision, memory accounting, errors) and decode attention over the
+// cache against (a) its reference form over the same cache and (b) fp32 reference::attention
+// on the uncompressed K/V within the bound the storage implies (README.md in kv_cache/).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/kv_cache.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::KvCache;
+using seqmix::KvCacheConfig;
+using seqmix::KvFormat;
+using seqmix::KeyQuant;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+namespace quant = seqmix::quant;
+
+// ---- quantization and packing ------------------------------------------------------------------
+
+TEST_CASE("kv quantize error is at most half a step per group", "[kv_cache]") {
+  for (int bits : {8, 4, 2})
+    for (index_t n : {1, 5, 16, 31, 32, 33, 100, 128})
+      for (index_t group : {0, 7, 16, 32}) {
+        std::vector<float> x(n), y(n);
+        std::mt19937 rng(static_cast<unsigned>(bits * 1000 + n * 10 + group));
+        std::normal_distribution<float> dist(0.3f, 2.f);
+        for (auto& v : x) v = dist(rng);
+        const index_t groups = quant::group_count(n, group);
+        std::vector<quant::Params> params(groups);
+        std::vector<std::uint8_t> packed(seqmix::row_bytes(KvFormat::int8, n)), scratch(n);
+        quant::quantize_row(x.data(), n, group, bits, packed.data(), params.data(), scratch.data());
+        quant::dequantize_row(packed.data(), n, group, bits, params.data(), y.data());
+        const index_t g = group > 0 ? group : n;
+        for (index_t i = 0; i < n; ++i) {
+          INFO("bits=" << bits << " n=" << n << " group=" << group << " i=" << i);
+          REQUIRE(std::abs(x[i] - y[i]) <= quant::error_bound(params[i / g]));
+        }
+      }
+}
+
+TEST_CASE("kv quantize constant group has scale 0 and is exact", "[kv_cache]") {
+  for (int bits : {8, 4, 2}) {
+    std::vector<float> x(37, -1.25f), y(37);
+    std::vector<std::uint8_t> packed(37), scratch(37);
+    quant::Params p;
+    quant::quantize_row(x.data(), 37, 0, bits, packed.data(), &p, scratch.data());
+    CHECK(p.scale == 0.f);
+    quant::dequantize_row(packed.data(), 37, 0, bits, &p, y.data());
+    for (float v : y) REQUIRE(v == -1.25f);
+  }
+}
+
+TEST_CASE("kv packing round trips densely", "[kv_cache]") {
+  for (int bits : {8, 4, 2})
+    for (index_t n : {1, 3, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 129}) {
+      std::vector<std::uint8_t> codes(n), back(n);
+      std::mt19937 rng(static_cast<unsigned>(n * 7 + bits));
+      for (auto& c : codes) c = static_cast<std::uint8_t>(rng() & quant::code_max(bits));
+      const index_t bytes = (n * bits + 7) / 8;
+      std::vector<std::uint8_t> packed(bytes + 4, 0xAB);  // sentinel past the end
+      quant::pack_codes(codes.data(), n, bits, packed.data());
+      for (index_t i = bytes; i < bytes + 4; ++i) REQUIRE(packed[i] == 0xAB);
+      quant::unpack_codes(packed.data(), n, bits, back.data());
+      INFO("bits=" << bits << " n=" << n);
+      REQUIRE(back == codes);
+      for (index_t e = 0; e < n; ++e) REQUIRE(quant::code_at(packed.data(), n, bits, e) == codes[e]);
+    }
+}
+
+// ---- cache object ------------------------------------------------------------------------------
+
+struct Storage {
+  const char* name;
+  KvFormat key, value;
+  KeyQuant key_quant;
+  index_t group;
+  index_t residual;
+  bool mixed;
+};
+
+const std::vector<Storage>& storages() {
+  static const std::vector<Storage> table = {
+      {"fp32", KvFormat::f32, KvFormat::f32, KeyQuant::per_channel, 0, 0, false},
+      {"fp16", KvFormat::f16, KvFormat::f16, KeyQuant::per_channel, 0, 0, false},
+      {"bf16", KvFormat::bf16, KvFormat::bf16, KeyQuant::per_channel, 0, 0, false},
+      {"int8 per-channel", KvFormat::int8, KvFormat::int8, KeyQuant::per_channel, 0, 0, false},
+      {"int4 per-channel R=32", KvFormat::int4, KvFormat::int4, KeyQuant::per_channel, 0, 32, false},
+      {"int8 per-token g=16", KvFormat::int8, KvFormat::int8, KeyQuant::per_token, 16, 0, false},
+      {"int4 per-token g=7", KvFormat::int4, KvFormat::int2, KeyQuant::per_token, 7, 0, false},
+      {"int4 keys int2 values", KvFormat::int4, KvFormat::int2, KeyQuant::per_channel, 0, 0, false},
+      {"zipcache int8/int4", KvFormat::int8, KvFormat::int8, KeyQuant::per_channel, 0, 0, true},
+  };
+  return table;
+}
+
+KvCacheConfig make_config(const Storage& s, index_t B, index_t H, index_t Dk, index_t Dv) {
+  KvCacheConfig c;
+  c.batch = B, c.kv_heads = H, c.key_dim = Dk, c.value_dim = Dv;
+  c.key_format = s.key, c.value_format = s.value, c.key_quant = s.key_quant;
+  c.group_size = s.group, c.residual = s.residual;
+  if (s.mixed) c.mixed = seqmix::KvMixedPrecision{KvFormat::int4, KvFormat::int4, 0.25f};
+  return c;
+}
+
+// Largest elementwise storage error of a format for data with |x| <= amax (range <= 2 amax).
+double format_error(KvFormat f, double amax) {
+  switch (f) {
+    case KvFormat::f32: return 0.0;
+    case KvFormat::f16: return amax * std::ldexp(1.0, -11);
+    case KvFormat::bf16: return amax * std::ldexp(1.0, -8);
+    default: return 2.0 * amax / quant::code_max(seqmix::format_bits(f)) / 2.0 * (1 + 1e-5) + 1e-6;
+  }
+}
+
+Tensor<float, 2> read_all(const KvCache& cache, index_t b, index_t h, bool keys) {
+  const index_t D = keys ? cache.config().key_dim : cache.config().value_dim;
+  Tensor<float, 2> out({cache.size(b, h), D});
+  if (keys)
+    cache.read_keys(b, h, out.view());
+  else
+    cache.read_values(b, h, out.view());
+  return out;
+}
+
+TEST_CASE("kv cache stores every format within its bound", "[kv_cache]") {
+  for (const Storage& s : storages())
+    for (index_t D : {5, 64, 100}) {
+      const index_t B = 2, H = 2, T = 77;
+      KvCache cache(make_config(s, B, H, D, D + 3));
+      auto k = st::random_tensor<4>({B, T, H, D}, 1), v = st::random_tensor<4>({B, T, H, D + 3}, 2);
+      cache.append(k.view(), v.view());
+      for (index_t b = 0; b < B; ++b)
+        for (index_t h = 0; h < H; ++h) {
+          REQUIRE(cache.size(b, h) == T);
+          const auto K = read_all(cache, b, h, true), V = read_all(cache, b, h, false);
+          const double ek = format_error(s.mixed ? KvFormat::int4 : s.key, 1.0);
+          const double ev = format_error(s.mixed ? KvFormat::int4 : s.value, 1.0);
+          for (index_t t = 0; t < T; ++t) {
+            INFO(s.name << " D=" << D << " b=" << b << " h=" << h << " t=" << t);
+            for (index_t c = 0; c < D; ++c) REQUIRE(std::abs(K(t, c) - k(b, t, h, c)) <= ek);
+            for (index_t c = 0; c < D + 3; ++c) REQUIRE(std::abs(V(t, c) - v(b, t, h, c)) <= ev);
+          }
+          const auto pos = cache.positions(b, h);
+          for (index_t t = 0; t < T; ++t) REQUIRE(pos[t] == t);
+        }
+    }
+}
+
+TEST_CASE("kv cache append in pieces equals append at once", "[kv_cache]") {
+  for (const Storage& s : storages()) {
+    const index_t T = 150, D = 40;
+    KvCache whole(make_config(s, 1, 2, D, D)), pieces(make_config(s, 1, 2, D, D));
+    auto k = st::random_tensor<4>({1, T, 2, D}, 3), v = st::random_tensor<4>({1, T, 2, D}, 4);
+    whole.append(k.view(), v.view());
+    for (index_t t0 = 0, step = 1; t0 < T; t0 += step, step = step % 37 + 5) {
+      const index_t n = std::min(step, T - t0);
+      pieces.append(k.view().slice(1, t0, n), v.view().slice(1, t0, n));
+    }
+    INFO(s.name);
+    REQUIRE(pieces.bytes() == whole.bytes());
+    for (index_t h = 0; h < 2; ++h) {
+      const auto a = read_all(whole, 0, h, true), b = read_all(pieces, 0, h, true);
+      const auto c = read_all(whole, 0, h, false), d = read_all(pieces, 0, h, false);
+      REQUIRE(std::equal(a.begin(), a.end(), b.begin()));
+      REQUIRE(std::equal(c.begin(), c.end(), d.begin()));
+    }
+  }
+}
+
+TEST_CASE("kv cache residual window stays exact and flushes in groups of 32", "[kv_cache]") {
+  Storage s{"int4 R=40", KvFormat::int4, KvFormat::int4, KeyQuant::per_channel, 0, 40, false};
+  KvCache cache(make_config(s, 1, 1, 16, 16));
+  auto k = st::random_tensor<4>({1, 100, 1, 16}, 5), v = st::random_tensor<4>({1, 100, 1, 16}, 6);
+  for (index_t t = 0; t < 100; ++t) {
+    cache.append(k.view().slice(1, t, 1), v.view().slice(1, t, 1));
+    const index_t n = t + 1;
+    // Flushes happen when the residual reaches R + 32 = 72 tokens.
+    const index_t flushed = n < 72 ? 0 : (n - 72) / 32 * 32 + 32;
+    REQUIRE(cache.head(0, 0).residual.size() == n - flushed);
+    REQUIRE(cache.head(0, 0).blocks.size() == static_cast<std::size_t>(flushed / 32));
+  }
+  const auto K = read_all(cache, 0, 0, true);
+  for (index_t t = 32; t < 100; ++t)  // the residual: bit-exact
+    for (index_t c = 0; c < 16; ++c) REQUIRE(K(t, c) == k(0, t, 0, c));
+}
+
+TEST_CASE("kv cache retain keeps exactly the named entries", "[kv_cache]") {
+  for (const Storage& s : storages()) {
+    const index_t T = 130, D = 33;
+    KvCache cache(make_config(s, 2, 1, D, D));
+    auto k = st::random_tensor<4>({2, T, 1, D}, 7), v = st::random_tensor<4>({2, T, 1, D}, 8);
+    cache.append(k.view(), v.view());
+    const auto K0 = read_all(cache, 1, 0, true), V0 = read_all(cache, 1, 0, false);
+    const auto P0 = cache.positions(1, 0);
+    std::vector<index_t> kept;
+    for (index_t e = 0; e < T; ++e)
+      if (e < 4 || e % 7 == 3 || e >= T - 20) kept.push_back(e);
+    cache.retain(1, 0, kept);
+    INFO(s.name);
+    REQUIRE(cache.size(1, 0) == static_cast<index_t>(kept.size()));
+    REQUIRE(cache.size(0, 0) == T);
+    const auto K = read_all(cache, 1, 0, true), V = read_all(cache, 1, 0, false);
+    const auto P = cache.positions(1, 0);
+    for (std::size_t i = 0; i < kept.size(); ++i) {
+      REQUIRE(P[i] == P0[kept[i]]);
+      for (index_t c = 0; c < D; ++c) {
+        REQUIRE(K(i, c) == K0(kept[i], c));  // codes moved, never requantized
+        REQUIRE(V(i, c) == V0(kept[i], c));
+      }
+      REQUIRE(cache.find_position(1, 0, P0[kept[i]]) == static_cast<index_t>(i));
+    }
+    st::require_shape_error("position", [&] { cache.find_position(1, 0, 5); });  // evicted
+    cache.retain(1, 0, {});
+    REQUIRE(cache.size(1, 0) == 0);
+  }
+}
+
+TEST_CASE("kv cache replace re-encodes one entry", "[kv_cache]") {
+  for (const Storage& s : storages()) {
+    const index_t T = 70, D = 24;
+    KvCache cache(make_config(s, 1, 1, D, D));
+    auto k = st::random_tensor<4>({1, T, 1, D}, 9), v = st::random_tensor<4>({1, T, 1, D}, 10);
+    cache.append(k.view(), v.view());
+    const auto K0 = read_all(cache, 0, 0, true), V0 = read_all(cache, 0, 0, false);
+    std::vector<float> key(D), value(D);
+    for (index_t c = 0; c < D; ++c) key[c] = 0.5f - 0.03f * c, value[c] = 0.02f * c - 0.2f;
+    for (index_t e : {3, 40, 69}) {
+      cache.replace(0, 0, e, key.data(), value.data());
+      const auto K = read_all(cache, 0, 0, true), V = read_all(cache, 0, 0, false);
+      const double ek = format_error(s.mixed ? KvFormat::int4 : s.key, 1.0);
+      const double ev = format_error(s.mixed ? KvFormat::int4 : s.value, 1.0);
+      INFO(s.name << " entry " << e);
+      for (index_t c = 0; c < D; ++c) {
+        REQUIRE(std::abs(K(e, c) - key[c]) <= ek);
+        REQUIRE(std::abs(V(e, c) - value[c]) <= ev);
+      }
+      // Per-token storage: the other entries are untouched.
+      if (s.key_quant == KeyQuant::per_token || !seqmix::is_quantized(s.key))
+        for (index_t t = 0; t < T; ++t)
+          if (t != 3 && t != 40 && t != 69)
+            for (index_t c = 0; c < D; ++c) REQUIRE(K(t, c) == K0(t, c));
+    }
+  }
+}
+
+TEST_CASE("kv cache bytes accounting", "[kv_cache]") {
+  Storage s{"fp16", KvFormat::f16, KvFormat::f16, KeyQuant::per_channel, 0, 0, false};
+  KvCache cache(make_config(s, 1, 1, 16, 16));
+  auto k = st::random_tensor<4>({1, 70, 1, 16}, 11), v = st::random_tensor<4>({1, 70, 1, 16}, 12);
+  cache.append(k.view(), v.view());
+  // 2 blocks: keys 16*32*2 + values 32*16*2 + positions 32*8 each; entry map 64*8; residual of
+  // 6 tokens: (16 + 16 + 3) floats + one int64 each.
+  const std::size_t block = 16 * 32 * 2 + 32 * 16 * 2 + 32 * 8;
+  REQUIRE(cache.bytes() == 2 * block + 64 * 8 + 6 * (35 * 4 + 8));
+  // int4 keys per channel, int2 values, D = 128: codes 64 + 32 bytes a token plus parameters.
+  Storage q{"int4", KvFormat::int4, KvFormat::int2, KeyQuant::per_channel, 0, 0, false};
+  KvCache small(make_config(q, 1, 1, 128, 128));
+  auto k2 = st::random_tensor<4>({1, 1024, 1, 128}, 13), v2 = st::random_tensor<4>({1, 1024, 1, 128}, 14);
+  small.append(k2.view(), v2.view());
+  const double expected = 64 + 32 + (2 * 128 * 4) / 32.0 + 8 /*value params*/ + 8 /*pos*/ + 8 /*map*/;
+  REQUIRE(small.bytes_per_token() == Approx(expected));
+}
+
+TEST_CASE("kv cache streaming 100000 tokens under a budget keeps memory bounded", "[kv_cache]") {
+  Storage s{"int4 R=32", KvFormat::int4, KvFormat::int4, KeyQuant::per_channel, 0, 32, false};
+  const index_t D = 16, budget = 256, sinks = 4;
+  KvCache cache(make_config(s, 1, 2, D, D));
+  const index_t total = st::small_test_scale() ? 20000 : 100000;
+  auto k = st::random_tensor<4>({1, 64, 2, D}, 15), v = st::random_tensor<4>({1, 64, 2, D}, 16);
+  std::size_t peak = 0;
+  for (index_t t0 = 0; t0 < total; t0 += 64) {
+    for (index_t j = 0; j < 64; j += 16) cache.append(k.view().slice(1, j, 16), v.view().slice(1, j, 16));
+    for (index_t h = 0; h < 2; ++h) {  // StreamingLLM-style: sinks + the most recent
+      const index_t n = cache.size(0, h);
+      if (n <= budget) continue;
+      std::vector<index_t> kept;
+      for (index_t e = 0; e < sinks; ++e) kept.push_back(e);
+      for (index_t e = n - (budget - sinks); e < n; ++e) kept.push_back(e);
+      cache.retain(0, h, kept);
+      REQUIRE(cache.size(0, h) == budget);
+    }
+    peak = std::max(peak, cache.bytes());
+  }
+  const auto pos = cache.positions(0, 1);
+  REQUIRE(pos.front() == 0);
+  REQUIRE(pos.back() == (total + 63) / 64 * 64 - 1);
+  // Bounded by (budget + 64 appended) tokens at fp32 cost with block waste: far below the total.
+  REQUIRE(peak < static_cast<std::size_t>(2 * (budget + 64) * (2 * D * 4 + 64)));
+}
+
+TEST_CASE("kv cache mixed precision keeps the salient tokens in the high format", "[kv_cache]") {
+  Storage s{"zip", KvFormat::int8, KvFormat::int8, KeyQuant::per_channel, 0, 0, true};
+  KvCache cache(make_config(s, 1, 1, 32, 32));
+  auto k = st::random_tensor<4>({1, 64, 1, 32}, 17), v = st::random_tensor<4>({1, 64, 1, 32}, 18);
+  Tensor<float, 3> sal({1, 64, 1});
+  for (index_t t = 0; t < 64; ++t) sal(0, t, 0) = (t % 5 == 0) ? 10.f + t : 0.f;
+  cache.append(k.view(), v.view(), {}, sal.view());
+  const auto& hd = cache.head(0, 0);
+  // Each group of 32: ceil(0.25 * 32) = 8 high, 24 low; the 7 (or 6) tokens t % 5 == 0 among them.
+  REQUIRE(hd.blocks.size() == 4);
+  index_t high = 0;
+  for (const auto& blk : hd.blocks) high += blk.key_format == KvFormat::int8 ? blk.count : 0;
+  REQUIRE(high == 16);
+  for (std::size_t e = 0; e < hd.order.size(); ++e)
+    if (e % 5 == 0) REQUIRE(hd.blocks[hd.order[e].block].value_format == KvFormat::int8);
+  const auto P = cache.positions(0, 0);
+  for (index_t t = 0; t < 64; ++t) REQUIRE(P[t] == t);
+
+  // Saliency from observed attention: normalized by the number of queries that saw the token.
+  Tensor<float, 2> probs({2, 3});
+  Tensor<std::int64_t, 1> qpos({2}), kpos({3});
+  Tensor<float, 1> out({3});
+  qpos(0) = 1, qpos(1) = 2, kpos(0) = 0, kpos(1) = 1, kpos(2) = 2;
+  probs(0, 0) = 0.5f, probs(0, 1) = 0.5f, probs(0, 2) = 0.f, probs(1, 0) = 0.2f, probs(1, 1) = 0.2f, probs(1, 2) = 0.6f;
+  seqmix::normalized_attention_saliency(probs.view(), qpos.view(), kpos.view(), out.view());
+  CHECK(out(0) == Approx(0.35f));
+  CHECK(out(1) == Approx(0.35f));
+  CHECK(out(2) == Approx(0.6f));
+}
+
+TEST_CASE("kv cache errors on misuse", "[kv_cache]") {
+  Storage s{"int8", KvFormat::int8, KvFormat::int8, KeyQuant::per_channel, 0, 0, false};
+  KvCache cache(make_config(s, 2, 2, 8, 8));
+  auto k = st::random_tensor<4>({2, 3, 2, 8}, 19), v = st::random_tensor<4>({2, 3, 2, 8}, 20);
+  auto bad_k = st::random_tensor<4>({2, 3, 2, 7}, 19), bad_v = st::random_tensor<4>({2, 4, 2, 8}, 20);
+  st::require_shape_error("keys", [&] { cache.append(bad_k.view(), v.view()); });
+  st::require_shape_error("values", [&] { cache.append(k.view(), bad_v.view()); });
+  Tensor<std::int64_t, 2> pos({2, 3});
+  for (index_t b = 0; b < 2; ++b) pos(b, 0) = 5, pos(b, 1) = 4, pos(b, 2) = 9;
+  st::require_shape_error("positions", [&] { cache.append(k.view(), v.view(), pos.view()); });
+  REQUIRE(cache.size(0, 0) == 0);  // nothing appended by the failed calls
+  cache.append(k.view(), v.view());
+  st::require_shape_error("kept", [&] { cache.retain(0, 0, {2, 1}); });
+  st::require_shape_error("kept", [&] { cache.retain(0, 0, {0, 3}); });
+  st::require_shape_error("b, h", [&] { cache.retain(2, 0, {}); });
+  st::require_shape_error("position", [&] { cache.find_position(0, 0, 17); });
+  st::require_shape_error("entry", [&] {
+    std::vector<float> x(8);
+    cache.replace(0, 0, 3, x.data(), x.data());
+  });
+  Tensor<float, 2> out({2, 8});
+  st::require_shape_error("out", [&] { cache.read_keys(0, 0, out.view()); });
+  KvCacheConfig c = make_config(s, 1, 1, 8, 8);
+  c.key_format = KvFormat::int2;
+  st::require_shape_error("config.key_format", [&] { KvCache bad(c); });
+  // Attention: q with the wrong Dk, Hq not a multiple of Hkv.
+  Tensor<float, 4> q({2, 1, 4, 9}), q3({2, 1, 3, 8}), o({2, 1, 4, 8});
+  seqmix::KvCacheAttentionInputs in;
+  in.cache = &cache, in.q = q.view();
+  st::require_shape_error("q", [&] { seqmix::kv_cache_attention(in, {o.view(), {}}); });
+  in.q = q3.view();
+  st::require_shape_error("q", [&] { seqmix::kv_cache_attention(in, {o.view(), {}}); });
+}
+
+// ---- attention over the cache ------------------------------------------------------------------
+
+struct AttnCase {
+  const char* name;
+  index_t B, Tq, T, Hq, Hkv, Dk, Dv;
+  bool causal;
+  index_t window, sinks;
+  float softcap;
+  bool alibi, sink_logits;
+};
+
+const std::vector<AttnCase>& attn_cases() {
+  static const std::vector<AttnCase> table = {
+      {"decode GQA4 D128", 1, 1, 300, 8, 2, 128, 128, true, 0, 0, 0.f, false, false},
+      {"decode Hq=Hkv odd D", 2, 1, 77, 3, 3, 37, 45, true, 0, 0, 0.f, false, true},
+      {"Tq>1 causal GQA2", 2, 5, 130, 4, 2, 64, 64, true, 0, 0, 0.f, false, false},
+      {"window + sinks", 1, 3, 200, 6, 2, 48, 40, true, 50, 4, 0.f, true, false},
+      {"softcap alibi non-causal", 1, 2, 65, 4, 1, 20, 33, false, 0, 0, 5.f, true, true},
+      {"short T=1", 1, 1, 1, 2, 1, 16, 16, true, 0, 0, 0.f, false, false},
+  };
+  return table;
+}
+
+TEST_CASE("kv cache attention matches its reference and fp32 attention within the storage bound", "[kv_cache]") {
+  const seqmix::Executor& pool = st::two_thread_pool();
+  for (const AttnCase& ac : attn_cases())
+    for (const Storage& s : storages()) {
+      KvCache cache(make_config(s, ac.B, ac.Hkv, ac.Dk, ac.Dv));
+      auto k = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dk}, 21), v = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dv}, 22);
+      auto q = st::random_tensor<4>({ac.B, ac.Tq, ac.Hq, ac.Dk}, 23, -2.f, 2.f);
+      auto slopes = st::random_tensor<1>({ac.Hq}, 24, 0.f, 0.1f), sinks = st::random_tensor<1>({ac.Hq}, 25);
+      cache.append(k.view(), v.view());
+      seqmix::AttentionOptions opt;
+      opt.causal = ac.causal, opt.window = ac.window, opt.sink_tokens = ac.sinks, opt.softcap = ac.softcap;
+      seqmix::KvCacheAttentionInputs in;
+      in.q = q.view(), in.cache = &cache;
+      if (ac.alibi) in.alibi_slopes = slopes.view();
+      if (ac.sink_logits) in.sink_logits = sinks.view();
+      Tensor<float, 4> o({ac.B, ac.Tq, ac.Hq, ac.Dv}), o_ref({ac.B, ac.Tq, ac.Hq, ac.Dv}), o_dense({ac.B, ac.Tq, ac.Hq, ac.Dv});
+      Tensor<float, 3> lse({ac.B, ac.Tq, ac.Hq}), lse_ref({ac.B, ac.Tq, ac.Hq});
+      seqmix::kv_cache_attention(in, {o.view(), lse.view()}, opt, pool);
+      seqmix::reference::kv_cache_attention(in, {o_ref.view(), lse_ref.view()}, opt);
+      INFO(ac.name << " / " << s.name);
+      st::require_close("o vs reference over the cache", o.cview(), o_ref.cview(), 1e-5);
+      st::require_close("lse vs reference over the cache", lse.cview(), lse_ref.cview(), 1e-5);
+
+      // (b) against fp32 attention on the original K/V. Score error <= scale * |q|_1 * max|dk|
+      // = eps; softmax weights move by a factor within exp(+-2 eps), so
+      // |do| <= (exp(2 eps) - 1) max|v| + max|dv| (README.md).
+      seqmix::AttentionInputs<float> din;
+      din.q = q.view(), din.k = k.view(), din.v = v.view();
+      if (ac.alibi) din.alibi_slopes = slopes.view();
+      if (ac.sink_logits) din.sink_logits = sinks.view();
+      seqmix::reference::attention(din, {o_dense.view(), {}}, opt);
+      double dk = 0, dv = 0, q1 = 0;
+      for (index_t b = 0; b < ac.B; ++b)
+        for (index_t h = 0; h < ac.Hkv; ++h) {
+          const auto K = read_all(cache, b, h, true), V = read_all(cache, b, h, false);
+          for (index_t t = 0; t < ac.T; ++t) {
+            for (index_t c = 0; c < ac.Dk; ++c) dk = std::max(dk, double(std::abs(K(t, c) - k(b, t, h, c))));
+            for (index_t c = 0; c < ac.Dv; ++c) dv = std::max(dv, double(std::abs(V(t, c) - v(b, t, h, c))));
+          }
+        }
+      for (index_t b = 0; b < ac.B; ++b)
+        for (index_t i = 0; i < ac.Tq; ++i)
+          for (index_t h = 0; h < ac.Hq; ++h) {
+            double n1 = 0;
+            for (index_t c = 0; c < ac.Dk; ++c) n1 += std::abs(q(b, i, h, c));
+            q1 = std::max(q1, n1);
+          }
+      const double eps = q1 / std::sqrt(double(ac.Dk)) * dk;
+      const double bound = std::expm1(2 * eps) * 1.0 + dv + 1e-5;
+      double worst = 0;
+      for (index_t i = 0; i < o.numel(); ++i) worst = std::max(worst, double(std::abs(o.data()[i] - o_dense.data()[i])));
+      INFO("worst " << worst << " bound " << bound << " (eps " << eps << ", max|dk| " << dk << ", max|dv| " << dv << ")");
+      REQUIRE(worst <= bound);
+    }
+}
+
+TEST_CASE("kv cache attention after eviction and replace matches the reference", "[kv_cache]") {
+  for (const Storage& s : storages()) {
+    const index_t T = 260, Dk = 64, Dv = 48, Hq = 8, Hkv = 2;
+    KvCache cache(make_config(s, 1, Hkv, Dk, Dv));
+    auto k = st::random_tensor<4>({1, T, Hkv, Dk}, 26), v = st::random_tensor<4>({1, T, Hkv, Dv}, 27);
+    auto q = st::random_tensor<4>({1, 2, Hq, Dk}, 28, -2.f, 2.f);
+    cache.append(k.view(), v.view());
+    for (index_t h = 0; h < Hkv; ++h) {
+      std::vector<index_t> kept;
+      for (index_t e = 0; e < T; ++e)
+        if (e < 4 || (e * (h + 3)) % 5 == 1 || e >= T - 40) kept.push_back(e);
+      cache.retain(0, h, kept);
+      std::vector<float> key(Dk, 0.1f), value(Dv, -0.3f);
+      cache.replace(0, h, 5, key.data(), value.data());
+    }
+    seqmix::AttentionOptions opt;
+    opt.causal = true;
+    seqmix::KvCacheAttentionInputs in;
+    in.q = q.view(), in.cache = &cache;
+    Tensor<std::int64_t, 2> qpos({1, 2});
+    qpos(0, 0) = 200, qpos(0, 1) = T - 1;  // explicit positions: the first query sees part of the cache
+    in.positions = qpos.view();
+    Tensor<float, 4> o({1, 2, Hq, Dv}), o_ref({1, 2, Hq, Dv}), o_serial({1, 2, Hq, Dv});
+    seqmix::kv_cache_attention(in, {o.view(), {}}, opt, st::two_thread_pool());
+    seqmix::kv_cache_attention(in, {o_serial.view(), {}}, opt);
+    seqmix::reference::kv_cache_attention(in, {o_ref.view(), {}}, opt);
+    INFO(s.name);
+    st::require_close("o", o.cview(), o_ref.cview(), 1e-5);
+    st::require_close("o threads vs serial", o.cview(), o_serial.cview(), 1e-6);
+  }
+}
+
+TEST_CASE("kv cache attention row with no visible key gives zeros", "[kv_cache]") {
+  Storage s{"int8", KvFormat::int8, KvFormat::int8, KeyQuant::per_channel, 0, 0, false};
+  KvCache cache(make_config(s, 1, 1, 16, 16));
+  auto k = st::random_tensor<4>({1, 40, 1, 16}, 29), v = st::random_tensor<4>({1, 40, 1, 16}, 30);
+  Tensor<std::int64_t, 2> kpos({1, 40});
+  for (index_t t = 0; t < 40; ++t) kpos(0, t) = 100 + t;
+  cache.append(k.view(), v.view(), kpos.view());
+  REQUIRE(cache.next_position(0) == 140);
+  auto q = st::random_tensor<4>({1, 1, 2, 16}, 31);
+  Tensor<std::int64_t, 2> qpos({1, 1});
+  qpos(0, 0) = 50;
+  seqmix::KvCacheAttentionInputs in;
+  in.q = q.view(), in.cache = &cache, in.positions = qpos.view();
+  seqmix::AttentionOptions opt;
+  opt.causal = true;
+  Tensor<float, 4> o({1, 1, 2, 16});
+  Tensor<float, 3> lse({1, 1, 2});
+  o.fill(7.f);
+  seqmix::kv_cache_attention(in, {o.view(), lse.view()}, opt);
+  for (float x : o) REQUIRE(x == 0.f);
+  REQUIRE(lse(0, 0, 0) == -std::numeric_limits<float>::infinity());
+}
+
+}  // namespace
