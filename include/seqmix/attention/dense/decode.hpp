@@ -246,6 +246,28 @@ struct KvRows {
 
 inline FBatch load_kv_batch(const float* p) noexcept { return simd::load(p); }
 
+// Cache lines to request ahead of use, handed out a few at a time from inside the kernels'
+// inner loops. Requests issued in one burst queue behind the few misses a core can have in
+// flight and stall the arithmetic; spread one or two per FMA block they overlap with it.
+struct LineStream {
+  const char* cur[2] = {nullptr, nullptr};
+  const char* end[2] = {nullptr, nullptr};
+  int per_step = 0;
+
+  void set(int range, const void* p, std::size_t bytes) noexcept {
+    cur[range] = static_cast<const char*>(p);
+    end[range] = cur[range] + bytes;
+  }
+  void step() noexcept {
+    for (int i = 0; i < per_step; ++i) {
+      const int r = cur[0] < end[0] ? 0 : 1;
+      if (cur[r] >= end[r]) return;
+      __builtin_prefetch(cur[r], 0, 3);
+      cur[r] += 64;
+    }
+  }
+};
+
 // Scores of the decode kernel in dot form (no transpose of K, which would cost more than the
 // dot products in this memory-bound path): a block of 4 rows x kScoreKeys keys keeps W
 // accumulators, each K and Q vector load feeds several FMAs, and one reduce_add_rows reduces all
@@ -256,10 +278,12 @@ static_assert(kScoreRows * kScoreKeys == simd::kWidth, "the score block must fil
 
 // S[r][c] = Q_r . K_c for r < 4 and the kScoreKeys key rows `keys`. D is a multiple of the width.
 template <class KV>
-inline void score_block(const float* Q, index_t ldq, const KV* const* keys, index_t D, float* S, index_t lds) noexcept {
+inline void score_block(const float* Q, index_t ldq, const KV* const* keys, index_t D, float* S, index_t lds,
+                        LineStream* ahead = nullptr) noexcept {
   FBatch acc[simd::kWidth];
   for (auto& a : acc) a = FBatch(0.f);
   for (index_t d = 0; d < D; d += simd::kWidth) {
+    if (ahead) ahead->step();
     FBatch k[kScoreKeys];
     for (index_t c = 0; c < kScoreKeys; ++c) k[c] = load_kv_batch(keys[c] + d);
     for (index_t r = 0; r < kScoreRows; ++r) {
@@ -298,11 +322,12 @@ inline void scores_dot(const float* Q, index_t ldq, index_t M, const float* K, i
 // R rows.
 template <int R, int NV, class KV>
 inline void pv_block(const float* P, index_t ldp, const KvRows<KV>& V, index_t n, index_t col, float* acc,
-                     index_t ldacc) noexcept {
+                     index_t ldacc, LineStream* ahead) noexcept {
   FBatch a[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + col + v * simd::kWidth);
   for (index_t c = 0; c < n; ++c) {
+    if (ahead) ahead->step();
     const KV* row = V.row(c) + col;
     FBatch x[NV];
     for (int v = 0; v < NV; ++v) x[v] = load_kv_batch(row + v * simd::kWidth);
@@ -321,24 +346,25 @@ constexpr int kPvVectors = simd::kWidth >= 16 ? 4 : 2;
 
 template <int R, class KV>
 inline void pv_rows(const float* P, index_t ldp, const KvRows<KV>& V, index_t n, index_t Dv, float* acc,
-                    index_t ldacc) noexcept {
+                    index_t ldacc, LineStream* ahead) noexcept {
   const index_t W = simd::kWidth;
   index_t col = 0;
-  for (; col + kPvVectors * W <= Dv; col += kPvVectors * W) pv_block<R, kPvVectors>(P, ldp, V, n, col, acc, ldacc);
-  for (; col < Dv; col += W) pv_block<R, 1>(P, ldp, V, n, col, acc, ldacc);
+  for (; col + kPvVectors * W <= Dv; col += kPvVectors * W)
+    pv_block<R, kPvVectors>(P, ldp, V, n, col, acc, ldacc, ahead);
+  for (; col < Dv; col += W) pv_block<R, 1>(P, ldp, V, n, col, acc, ldacc, ahead);
 }
 
 // acc [M x ldacc] += P [M x n] V [n x Dv], in blocks of 4 rows.
 template <class KV>
 inline void accumulate_pv(const float* P, index_t ldp, index_t M, const KvRows<KV>& V, index_t n, index_t Dv,
-                          float* acc, index_t ldacc) noexcept {
+                          float* acc, index_t ldacc, LineStream* ahead = nullptr) noexcept {
   index_t r = 0;
-  for (; r + 4 <= M; r += 4) pv_rows<4>(P + r * ldp, ldp, V, n, Dv, acc + r * ldacc, ldacc);
+  for (; r + 4 <= M; r += 4) pv_rows<4>(P + r * ldp, ldp, V, n, Dv, acc + r * ldacc, ldacc, ahead);
   P += r * ldp, acc += r * ldacc;
   switch (M - r) {
-    case 3: pv_rows<3>(P, ldp, V, n, Dv, acc, ldacc); break;
-    case 2: pv_rows<2>(P, ldp, V, n, Dv, acc, ldacc); break;
-    case 1: pv_rows<1>(P, ldp, V, n, Dv, acc, ldacc); break;
+    case 3: pv_rows<3>(P, ldp, V, n, Dv, acc, ldacc, ahead); break;
+    case 2: pv_rows<2>(P, ldp, V, n, Dv, acc, ldacc, ahead); break;
+    case 1: pv_rows<1>(P, ldp, V, n, Dv, acc, ldacc, ahead); break;
     default: break;
   }
 }
@@ -415,30 +441,30 @@ inline bool tile_needs_no_rule(const AttentionOptions& options, bool has_alibi, 
   return true;
 }
 
-// Rows [j, j + count) of x[b] for every head, to be read soon. Hardware prefetchers stop at
-// 4 KB pages, and a page holds only one or two key rows here, so within the compute of one
-// phase they never get far ahead; the kernel names each tile's rows one phase early instead
-// (the values while it scores the keys, the next tile's keys while it accumulates values),
-// which puts them in L2 by the time they are used.
+// The next tile's K and V rows, as the lines the current tile's kernels request ahead. Hardware
+// prefetchers stop at 4 KB pages, and a page holds only one or two key rows here, so they never
+// get far ahead on their own. Only rows of packed heads (one contiguous block per key) are
+// named; other layouts are left to the hardware.
 template <class KV>
-void prefetch_rows(const ConstView<KV, 4>& x, index_t b, index_t j, index_t count) noexcept {
-  constexpr index_t kLine = 64;
-  const index_t H = x.size(2), D = x.size(3);
-  if (count <= 0 || x.stride(3) != 1 || x.stride(2) != D) return;  // heads not packed: left to the hardware
-  const index_t bytes = H * D * static_cast<index_t>(sizeof(KV));
-  for (index_t r = j; r < j + count; ++r) {
-    const char* row = reinterpret_cast<const char*>(x.ptr(b, r, 0));
-    for (index_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(row + offset, 0, 2);
-  }
+LineStream next_tile_lines(const AttentionInputs<KV>& in, const AttentionDims& d, index_t b, index_t next_j0,
+                           index_t next_n, index_t n) {
+  LineStream lines;
+  const auto packed = [](const ConstView<KV, 4>& x) {
+    return x.stride(3) == 1 && x.stride(2) == x.size(3) && x.stride(1) == x.size(2) * x.size(3);
+  };
+  if (next_n <= 0 || !packed(in.k) || !packed(in.v)) return lines;
+  const std::size_t k_bytes = static_cast<std::size_t>(next_n * d.Hkv * d.Dk) * sizeof(KV);
+  const std::size_t v_bytes = static_cast<std::size_t>(next_n * d.Hkv * d.Dv) * sizeof(KV);
+  lines.set(0, in.k.ptr(b, next_j0, 0), k_bytes);
+  lines.set(1, in.v.ptr(b, next_j0, 0), v_bytes);
+  // Inner-loop steps of one tile: score blocks x feature vectors, plus value rows x column blocks.
+  const index_t W = simd::kWidth, row_blocks = (d.Tq * d.group() + 3) / 4;
+  const index_t steps = d.Hkv * row_blocks *
+                        ((n + kScoreKeys - 1) / kScoreKeys * (d.Dk / W) + n * ((d.Dv + kPvVectors * W - 1) / (kPvVectors * W)));
+  const std::size_t lines_total = (k_bytes + v_bytes) / 64 + 2;
+  lines.per_step = static_cast<int>((lines_total + static_cast<std::size_t>(steps) - 1) / static_cast<std::size_t>(std::max<index_t>(steps, 1)));
+  return lines;
 }
-
-// The rows a tile names for prefetch: its own values, and the keys of the tile after it
-// (next_n = 0 when there is none).
-template <class KV>
-struct TilePrefetch {
-  const AttentionInputs<KV>& in;
-  index_t b, j0, next_j0, next_n;
-};
 
 // One decode tile [j0, j0 + n) for KV heads [h0, h1): logits, logit rule, online softmax and
 // P V into each head's accumulators [M x Dvp]. K and V rows of all heads lie side by side in
@@ -448,19 +474,18 @@ struct TilePrefetch {
 template <class KV, class TileOf>
 void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
                  index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
-                 float* accs, const TilePrefetch<KV>& ahead) {
+                 float* accs, LineStream& ahead) {
   using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
   const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W), T = kDecodeTile;
   for (index_t c = 0; c < n; c += kScoreKeys) {
-    prefetch_rows(ahead.in.v, ahead.b, ahead.j0 + c, std::min(kScoreKeys, n - c));
     for (index_t h = h0; h < h1; ++h) {
       const KvTile<Stored> tile = tile_of(h);
       const Stored* keys[kScoreKeys];
       for (index_t i = 0; i < kScoreKeys; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
       const float* q = w.q.data() + h * w.q_stride;
       float* s = w.s.data() + h * w.s_stride + c;
-      for (index_t r = 0; r < M; r += kScoreRows) score_block(q + r * Dkp, Dkp, keys, Dkp, s + r * T, T);
+      for (index_t r = 0; r < M; r += kScoreRows) score_block(q + r * Dkp, Dkp, keys, Dkp, s + r * T, T, &ahead);
     }
   }
   for (index_t h = h0; h < h1; ++h)
@@ -472,11 +497,10 @@ void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratc
       for (index_t col = 0; col < Dvp; col += W) simd::store(acc + col, simd::load(acc + col) * alpha);
     }
   for (index_t c = 0; c < n; c += kPvKeys) {
-    if (c < ahead.next_n) prefetch_rows(ahead.in.k, ahead.b, ahead.next_j0 + c, std::min(kPvKeys, ahead.next_n - c));
     for (index_t h = h0; h < h1; ++h) {
       const KvRows<Stored> v = tile_of(h).v;
       accumulate_pv(w.s.data() + h * w.s_stride + c, T, M, KvRows<Stored>{v.row(c), v.ld}, std::min(kPvKeys, n - c),
-                    Dvp, accs + h * M * Dvp, Dvp);
+                    Dvp, accs + h * M * Dvp, Dvp, &ahead);
     }
   }
 }
@@ -492,7 +516,7 @@ void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options
     const bool skip_rule =
         tile_needs_no_rule(options, in.alibi_slopes.has_value(), in.mask.has_value(), w.visible, j0, n);
     const index_t next_j0 = tile + 1 < last ? list[tile + 1] : 0;
-    const TilePrefetch<KV> ahead{in, b, j0, next_j0, tile + 1 < last ? std::min(kDecodeTile, d.Tk - next_j0) : 0};
+    LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(kDecodeTile, d.Tk - next_j0) : 0, n);
     if constexpr (kv_loads_as_vectors<KV>) {
       if (decode_reads_in_place(in, d)) {
         const auto in_tensor = [&](index_t h) {
