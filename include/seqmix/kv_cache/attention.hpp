@@ -32,6 +32,7 @@
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
+#include "seqmix/core/prefetch.hpp"
 #include "seqmix/kv_cache/cache.hpp"
 
 namespace seqmix {
@@ -162,8 +163,9 @@ inline KvF load_key_vector(const std::uint8_t* row, index_t v) noexcept {
 // acc[r][t] += sum_{c in [c0, c1)} Q[r][c] * key[c][token vector t], for kKvRows rows.
 template <KvFormat F, int NT>
 inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t c0, index_t c1, const float* Q, index_t ldq,
-                     KvF (&acc)[kKvRows][NT]) noexcept {
+                     KvF (&acc)[kKvRows][NT], LineStream& ahead) noexcept {
   for (index_t c = c0; c < c1; ++c) {
+    ahead.step();
     const std::uint8_t* row = keys + c * key_row;
     KvF k[NT];
     for (int t = 0; t < NT; ++t) k[t] = load_key_vector<F>(row, t);
@@ -172,6 +174,22 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t c0, inde
       for (int t = 0; t < NT; ++t) acc[r][t] = simd::fma(q, k[t], acc[r][t]);
     }
   }
+}
+
+// The next block's codes and parameters, requested from inside this block's inner loops (see
+// core/prefetch.hpp): each block is its own few-KB allocations, where the hardware prefetchers,
+// which stop at page boundaries, keep restarting.
+inline LineStream block_lines(const KvBlock& blk, index_t rows) noexcept {
+  LineStream lines;
+  lines.set(0, blk.keys.data(), blk.keys.size());
+  lines.set(1, blk.key_params.data(), blk.key_params.size() * sizeof(float));
+  lines.set(2, blk.values.data(), blk.values.size());
+  lines.set(3, blk.value_params.data(), blk.value_params.size() * sizeof(quant::Params));
+  // Steps: one per key channel and one per value row and 64-channel chunk, per 4 query rows.
+  const index_t key_channels = static_cast<index_t>(blk.key_row > 0 ? blk.keys.size() / blk.key_row : 0);
+  const index_t row_blocks = (rows + kKvRows - 1) / kKvRows;
+  lines.spread_over(static_cast<std::size_t>(row_blocks * (key_channels + blk.count * 2)));
+  return lines;
 }
 
 // Per-task scratch.
@@ -188,25 +206,36 @@ struct KvScratch {
         s(static_cast<std::size_t>(rows_padded * kKvBlockTokens), 0.f),
         weights(static_cast<std::size_t>(kKvBlockTokens * value_groups * kKvRows), 0.f),
         min_sums(static_cast<std::size_t>(kKvRows * value_groups), 0.f),
-        row(static_cast<std::size_t>(std::max(Dk, Dv) + simd::kWidth), 0.f),
+        row(static_cast<std::size_t>(std::max({Dk, Dv, kKvBlockTokens}) + simd::kWidth), 0.f),
         pos(static_cast<std::size_t>(rows_padded), 0) {}
 };
 
 // Scores of one block for every row: w.s[r][0..slots) = scale * q_r . k_t (garbage beyond count).
 template <KvFormat F, int NT>
-void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w) {
+void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, LineStream& ahead) {
   const index_t Dk = cfg.key_dim;
   const bool per_token = is_quantized(F) && cfg.key_quant == KeyQuant::per_token;
   const index_t group = per_token && cfg.group_size > 0 ? cfg.group_size : Dk;
   const float* Q = w.q.data();
-  if (is_quantized(F) && !per_token) {  // q' = q * scale_c, bias = q . min
+  if (is_quantized(F) && !per_token) {  // q' = q * scale_c, bias = q . min (params planar)
+    const float* scales = blk.key_params.data();
+    const float* mins = scales + Dk;
+    const index_t nv = simd::vector_end(Dk);
     for (index_t r = 0; r < w.rows; ++r) {
-      float bias = 0.f;
-      for (index_t c = 0; c < Dk; ++c) {
-        w.q_scaled_keys[r * Dk + c] = Q[r * Dk + c] * blk.key_params[2 * c];
-        bias += Q[r * Dk + c] * blk.key_params[2 * c + 1];
+      const float* q = Q + r * Dk;
+      float* qs = w.q_scaled_keys.data() + r * Dk;
+      KvF bias(0.f);
+      for (index_t c = 0; c < nv; c += simd::kWidth) {
+        const KvF qc = simd::load(q + c);
+        simd::store(qs + c, qc * simd::load(scales + c));
+        bias = simd::fma(qc, simd::load(mins + c), bias);
       }
-      w.bias[r] = bias;
+      float total = simd::reduce_add(bias);
+      for (index_t c = nv; c < Dk; ++c) {
+        qs[c] = q[c] * scales[c];
+        total += q[c] * mins[c];
+      }
+      w.bias[r] = total;
     }
     Q = w.q_scaled_keys.data();
   }
@@ -215,7 +244,7 @@ void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w) {
     for (auto& a : acc)
       for (auto& x : a) x = KvF(0.f);
     if (!per_token) {
-      key_dots<F, NT>(blk.keys.data(), blk.key_row, 0, Dk, Q + r0 * Dk, Dk, acc);
+      key_dots<F, NT>(blk.keys.data(), blk.key_row, 0, Dk, Q + r0 * Dk, Dk, acc, ahead);
       if (is_quantized(F))
         for (index_t r = 0; r < kKvRows; ++r)
           for (int t = 0; t < NT; ++t) acc[r][t] += KvF(w.bias[r0 + r]);
@@ -225,7 +254,8 @@ void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w) {
         KvF part[kKvRows][NT];
         for (auto& a : part)
           for (auto& x : a) x = KvF(0.f);
-        key_dots<F, NT>(blk.keys.data(), blk.key_row, g * group, std::min(Dk, (g + 1) * group), Q + r0 * Dk, Dk, part);
+        key_dots<F, NT>(blk.keys.data(), blk.key_row, g * group, std::min(Dk, (g + 1) * group), Q + r0 * Dk, Dk, part,
+                        ahead);
         const float* scales = blk.key_params.data() + 2 * g * blk.slots;
         const float* mins = scales + blk.slots;
         for (index_t r = 0; r < kKvRows; ++r) {
@@ -242,12 +272,12 @@ void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w) {
 }
 
 template <KvFormat F>
-void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w) {
+void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, LineStream& ahead) {
   switch (blk.slots / simd::kWidth) {
-    case 1: block_scores<F, 1>(blk, cfg, w); break;
-    case 2: block_scores<F, 2>(blk, cfg, w); break;
-    case 4: block_scores<F, 4>(blk, cfg, w); break;
-    case 8: block_scores<F, 8>(blk, cfg, w); break;
+    case 1: block_scores<F, 1>(blk, cfg, w, ahead); break;
+    case 2: block_scores<F, 2>(blk, cfg, w, ahead); break;
+    case 4: block_scores<F, 4>(blk, cfg, w, ahead); break;
+    case 8: block_scores<F, 8>(blk, cfg, w, ahead); break;
     default: break;
   }
 }
@@ -262,13 +292,14 @@ inline KvF load_value_vector(const std::uint8_t* row, index_t e) noexcept {
 // Quantized: weights[t][g][r] = p * scale_{t,g} and the min terms added after the tokens.
 template <KvFormat F, int NV>
 void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* weights, index_t groups, index_t group,
-                 float* acc, index_t ldacc) noexcept {
+                 float* acc, index_t ldacc, LineStream& ahead) noexcept {
   KvF a[kKvRows][NV];
   for (index_t r = 0; r < kKvRows; ++r)
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
   index_t g_of[NV];
   for (int v = 0; v < NV; ++v) g_of[v] = is_quantized(F) ? (c0 + v * simd::kWidth) / group : 0;
   for (index_t t = 0; t < count; ++t) {
+    ahead.step();
     const std::uint8_t* row = blk.values.data() + t * blk.value_row;
     const float* wt = weights + t * groups * kKvRows;
     for (int v = 0; v < NV; ++v) {
@@ -282,7 +313,7 @@ void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* wei
 }
 
 template <KvFormat F>
-void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
+void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc, LineStream& ahead) {
   const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count;
   const bool quantized = is_quantized(F);
   const index_t group = quantized && cfg.group_size > 0 ? cfg.group_size : Dv;
@@ -299,8 +330,8 @@ void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, fl
         }
     float* acc_rows = acc + r0 * w.ldacc;
     index_t c = 0;
-    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc);
-    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc);
+    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc, ahead);
+    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc, ahead);
     // Tail channels (and groups that split a vector): dequantize each row's tail, scalar FMAs.
     if (c < Dv)
       for (index_t t = 0; t < count; ++t) {
@@ -312,13 +343,19 @@ void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, fl
         }
       }
     if (quantized && c > 0) {  // + sum_t p * min_{t,g} on the vectorized channels
-      for (index_t r = 0; r < kKvRows; ++r)
-        for (index_t g = 0; g < groups; ++g) {
-          float sum = 0.f;
-          for (index_t t = 0; t < count; ++t) sum += w.s[(r0 + r) * w.lds + t] * blk.value_params[t * groups + g].min;
-          const index_t g0 = g * group, g1 = std::min(c, (g + 1) * group);
-          for (index_t cc = g0; cc < g1; ++cc) acc_rows[r * w.ldacc + cc] += sum;
+      for (index_t g = 0; g < groups; ++g) {
+        // The group's mins as one contiguous row, so each row's sum is a vector dot product
+        // rather than a chain of dependent scalar adds.
+        for (index_t t = 0; t < count; ++t) w.row[t] = blk.value_params[t * groups + g].min;
+        const index_t g0 = g * group, g1 = std::min(c, (g + 1) * group);
+        for (index_t r = 0; r < kKvRows; ++r) {
+          const KvF sum(simd::dot(w.s.data() + (r0 + r) * w.lds, w.row.data(), count));
+          float* a = acc_rows + r * w.ldacc;
+          index_t cc = g0;
+          for (; cc + W <= g1; cc += W) simd::store(a + cc, simd::load(a + cc) + sum);
+          for (; cc < g1; ++cc) a[cc] += sum.get(0);
         }
+      }
     }
   }
 }
@@ -336,10 +373,11 @@ void dispatch_format(KvFormat f, Fn&& fn) {
 }
 
 // Logit rule on one row of a tile (positions of its `count` keys; the rest of `width` -> -inf),
-// then the online softmax; returns the accumulator's rescale factor.
+// then the online softmax; returns the accumulator's rescale factor. `plain`: every key is
+// visible and no logit transform applies, so only the softmax runs.
 inline float kv_softmax_row(float* s, const std::int64_t* key_pos, index_t count, index_t width, std::int64_t qpos,
-                            const AttentionOptions& options, bool alibi, float slope, SoftmaxRow& state) {
-  for (index_t t = 0; t < count; ++t) {
+                            const AttentionOptions& options, bool alibi, float slope, bool plain, SoftmaxRow& state) {
+  for (index_t t = 0; t < count && !plain; ++t) {
     if (!kv_visible(options, key_pos[t], qpos)) {
       s[t] = kMinusInf;
       continue;
@@ -413,26 +451,36 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       }
       std::int64_t qmin = w.pos[0], qmax = w.pos[0];
       for (index_t r = 0; r < M; ++r) qmin = std::min(qmin, w.pos[r]), qmax = std::max(qmax, w.pos[r]);
+      // True when every key in [lo, hi] is visible to every query row and no logit transform
+      // applies (the common decode case): the per-key rule is skipped.
+      const auto plain_range = [&](std::int64_t lo, std::int64_t hi) {
+        if (options.softcap > 0.f || alibi) return false;
+        return (!options.causal || hi <= qmin) &&
+               (options.window == 0 || lo > qmax - options.window || hi < options.sink_tokens);
+      };
       const auto softmax_rows = [&](const std::int64_t* key_pos, index_t count, index_t width) {
+        const bool plain = count > 0 && plain_range(key_pos[0], key_pos[count - 1]);
         for (index_t r = 0; r < M; ++r) {
           const float slope = alibi ? in.alibi_slopes(piece.hk * G + r % G) : 0.f;
           const float alpha = kv_softmax_row(w.s.data() + r * w.lds, key_pos, count, width, w.pos[r], options, alibi,
-                                             slope, state[r]);
+                                             slope, plain, state[r]);
           if (alpha != 1.f) scale_row(acc + r * ldacc, ldacc, alpha);
         }
         for (index_t r = M; r < rows; ++r) std::fill(w.s.begin() + r * w.lds, w.s.begin() + (r + 1) * w.lds, 0.f);
       };
       for (index_t k = piece.first_block; k < piece.last_block; ++k) {
         const KvBlock& blk = hd.blocks[static_cast<std::size_t>(k)];
+        LineStream ahead = k + 1 < piece.last_block ? block_lines(hd.blocks[static_cast<std::size_t>(k + 1)], w.rows)
+                                                    : LineStream{};
         if (blk.count == 0) continue;
         // A block no query row can see (causal, or window without sinks) is skipped whole.
         const bool after_every_query = options.causal && blk.min_position > qmax;
         const bool before_every_window = options.window > 0 && blk.max_position <= qmin - options.window &&
                                          blk.min_position >= options.sink_tokens;
         if (after_every_query || before_every_window) continue;
-        dispatch_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w); });
+        dispatch_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, ahead); });
         softmax_rows(blk.positions.data(), blk.count, blk.slots);
-        dispatch_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, acc); });
+        dispatch_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, acc, ahead); });
       }
       if (piece.residual) {
         const KvResidual& res = hd.residual;

@@ -76,7 +76,7 @@ struct KvBlock {
   index_t slots = 0;  // key slots per channel row, count rounded up to the granule
   index_t key_row = 0, value_row = 0;  // bytes of one key channel row / one value row
   AlignedVector<std::uint8_t> keys;    // [Dk][key_row], channel-major
-  // per_channel: [Dk] pairs. per_token: [groups][2][slots]: the scales, then the mins, of
+  // per_channel: [Dk] scales, then [Dk] mins (planar, for vector loads). per_token: [groups][2][slots]: the scales, then the mins, of
   // each token, as vectors over tokens (the score kernel loads them 16 at a time).
   AlignedVector<float> key_params;
   AlignedVector<std::uint8_t> values;        // [count][value_row], token-major
@@ -149,7 +149,10 @@ inline float key_element(const KvBlock& blk, KeyQuant kq, index_t group, index_t
   const std::uint8_t* row = blk.keys.data() + c * blk.key_row;
   if (!is_quantized(blk.key_format)) return load_float(blk.key_format, row, t);
   const int code = quant::code_at(row, blk.slots, format_bits(blk.key_format), t);
-  if (kq == KeyQuant::per_channel) return quant::decode(code, {blk.key_params[2 * c], blk.key_params[2 * c + 1]});
+  if (kq == KeyQuant::per_channel) {  // planar: Dk scales, then Dk mins
+    const index_t Dk = static_cast<index_t>(blk.key_params.size() / 2);
+    return quant::decode(code, {blk.key_params[c], blk.key_params[Dk + c]});
+  }
   const index_t g = c / group;
   const float* p = blk.key_params.data() + 2 * g * blk.slots;
   return quant::decode(code, {p[t], p[blk.slots + t]});
@@ -208,7 +211,7 @@ inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, co
         continue;
       }
       const quant::Params p = quant::min_max_params(column.data(), n, 1, kbits);
-      blk.key_params[2 * c] = p.scale, blk.key_params[2 * c + 1] = p.min;
+      blk.key_params[c] = p.scale, blk.key_params[Dk + c] = p.min;  // planar, for vector loads
       std::fill(codes.begin(), codes.end(), std::uint8_t{0});
       quant::encode_codes(column.data(), n, p, kbits, codes.data());
       quant::pack_codes(codes.data(), blk.slots, kbits, row);

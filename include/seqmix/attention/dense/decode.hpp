@@ -23,6 +23,7 @@
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/prefetch.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -246,28 +247,6 @@ struct KvRows {
 
 inline FBatch load_kv_batch(const float* p) noexcept { return simd::load(p); }
 
-// Cache lines to request ahead of use, handed out a few at a time from inside the kernels'
-// inner loops. Requests issued in one burst queue behind the few misses a core can have in
-// flight and stall the arithmetic; spread one or two per FMA block they overlap with it.
-struct LineStream {
-  const char* cur[2] = {nullptr, nullptr};
-  const char* end[2] = {nullptr, nullptr};
-  int per_step = 0;
-
-  void set(int range, const void* p, std::size_t bytes) noexcept {
-    cur[range] = static_cast<const char*>(p);
-    end[range] = cur[range] + bytes;
-  }
-  void step() noexcept {
-    for (int i = 0; i < per_step; ++i) {
-      const int r = cur[0] < end[0] ? 0 : 1;
-      if (cur[r] >= end[r]) return;
-      __builtin_prefetch(cur[r], 0, 3);
-      cur[r] += 64;
-    }
-  }
-};
-
 // Scores of the decode kernel in dot form (no transpose of K, which would cost more than the
 // dot products in this memory-bound path): a block of 4 rows x kScoreKeys keys keeps W
 // accumulators, each K and Q vector load feeds several FMAs, and one reduce_add_rows reduces all
@@ -461,8 +440,7 @@ LineStream next_tile_lines(const AttentionInputs<KV>& in, const AttentionDims& d
   const index_t W = simd::kWidth, row_blocks = (d.Tq * d.group() + 3) / 4;
   const index_t steps = d.Hkv * row_blocks *
                         ((n + kScoreKeys - 1) / kScoreKeys * (d.Dk / W) + n * ((d.Dv + kPvVectors * W - 1) / (kPvVectors * W)));
-  const std::size_t lines_total = (k_bytes + v_bytes) / 64 + 2;
-  lines.per_step = static_cast<int>((lines_total + static_cast<std::size_t>(steps) - 1) / static_cast<std::size_t>(std::max<index_t>(steps, 1)));
+  lines.spread_over(static_cast<std::size_t>(steps));
   return lines;
 }
 
