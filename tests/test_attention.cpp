@@ -53,8 +53,8 @@ struct Case {
   }
 };
 
-// Each Tq in {1, 7, 64, 300}, Tk in {1, 64, 65, 1000, 5000}, D in {64, 80, 128}, group in
-// {1, 4, 8}, Dv != Dk and every option alone, then in combination; not the cross product.
+// Each Tq in {1, 2, 7, 64, 300}, Tk in {1, 64, 65, 777, 1000, 5000}, D in {64, 80, 128}, group in
+// {1, 2, 4, 8} (decode rows per KV head 1, 2, 4, 8), Dv != Dk and every option alone, then in combination; not the cross product.
 const std::vector<Case>& cases() {
   using E = Extra;
   static const std::vector<Case> table = {
@@ -66,6 +66,9 @@ const std::vector<Case>& cases() {
       {"tk1", 2, 1, 1, 4, 4, 64, 64, false, 0, 0, 0.f, E::lse, false},
       {"decode-gqa8", 1, 1, 1000, 8, 1, 128, 128, true, 0, 0, 0.f, E::lse, false},
       {"decode-gqa4-b2", 2, 1, 1000, 8, 2, 64, 64, true, 0, 0, 0.f, E::lse, false},
+      {"decode-mha", 1, 1, 1000, 4, 4, 64, 64, true, 0, 0, 0.f, E::lse, false},
+      {"decode-gqa2-b2", 2, 1, 777, 8, 4, 128, 128, true, 0, 0, 0.f, E::lse, false},
+      {"draft-tq2-mha", 1, 2, 1000, 4, 4, 64, 80, true, 0, 0, 0.f, E::lse, false},
       {"dv-lt-dk", 1, 64, 65, 4, 2, 128, 80, true, 0, 0, 0.f, E::lse, false},
       {"dv-gt-dk", 1, 7, 64, 4, 4, 64, 128, false, 0, 0, 0.f, E::none, false},
       {"softcap", 1, 64, 65, 4, 1, 64, 64, true, 0, 0, 5.f, E::lse, false},

@@ -255,25 +255,28 @@ constexpr index_t kScoreRows = 4;
 constexpr index_t kScoreKeys = simd::kWidth >= 4 ? simd::kWidth / kScoreRows : 1;
 static_assert(kScoreRows * kScoreKeys == simd::kWidth, "the score block must fill one reduce_add_rows");
 
-// S[r][c] = Q_r . K_c for r < 4 and the kScoreKeys key rows `keys`. D is a multiple of the width.
-template <class KV>
+// S[r][c] = Q_r . K_c for r < R and the W / R key rows `keys` (R = 4 by default; 1 or 2 when
+// fewer query rows share a KV head, so no padded row costs FMAs). D is a multiple of the width.
+template <index_t R = kScoreRows, class KV>
 inline void score_block(const float* Q, index_t ldq, const KV* const* keys, index_t D, float* S, index_t lds,
                         LineStream* ahead = nullptr) noexcept {
+  constexpr index_t KC = simd::kWidth / R;
+  static_assert(R * KC == simd::kWidth, "the score block must fill one reduce_add_rows");
   FBatch acc[simd::kWidth];
   for (auto& a : acc) a = FBatch(0.f);
   for (index_t d = 0; d < D; d += simd::kWidth) {
     if (ahead) ahead->step();
-    FBatch k[kScoreKeys];
-    for (index_t c = 0; c < kScoreKeys; ++c) k[c] = load_kv_batch(keys[c] + d);
-    for (index_t r = 0; r < kScoreRows; ++r) {
+    FBatch k[KC];
+    for (index_t c = 0; c < KC; ++c) k[c] = load_kv_batch(keys[c] + d);
+    for (index_t r = 0; r < R; ++r) {
       const FBatch q = simd::load(Q + r * ldq + d);
-      for (index_t c = 0; c < kScoreKeys; ++c) acc[r * kScoreKeys + c] = simd::fma(q, k[c], acc[r * kScoreKeys + c]);
+      for (index_t c = 0; c < KC; ++c) acc[r * KC + c] = simd::fma(q, k[c], acc[r * KC + c]);
     }
   }
   alignas(64) float sums[simd::kWidth];
   simd::reduce_add_rows(acc).store_aligned(sums);
-  for (index_t r = 0; r < kScoreRows; ++r)
-    for (index_t c = 0; c < kScoreKeys; ++c) S[r * lds + c] = sums[r * kScoreKeys + c];
+  for (index_t r = 0; r < R; ++r)
+    for (index_t c = 0; c < KC; ++c) S[r * lds + c] = sums[r * KC + c];
 }
 
 // S [M x round_up(n, kScoreKeys)] = Q K^T for Q rows padded to a multiple of 4 (zero rows are
@@ -285,7 +288,7 @@ inline void scores_rows(const float* Q, index_t ldq, index_t M, const KvRows<KV>
   for (index_t c = 0; c < n; c += kScoreKeys) {
     const KV* keys[kScoreKeys];
     for (index_t i = 0; i < kScoreKeys; ++i) keys[i] = K.row(std::min(c + i, n - 1));
-    for (index_t r = 0; r < M; r += kScoreRows) score_block(Q + r * ldq, ldq, keys, D, S + r * lds + c, lds);
+    for (index_t r = 0; r < M; r += kScoreRows) score_block<kScoreRows>(Q + r * ldq, ldq, keys, D, S + r * lds + c, lds);
   }
 }
 
@@ -353,8 +356,8 @@ inline void accumulate_pv(const float* P, index_t ldp, index_t M, const KvRows<K
 // G = 4) stay in L1 next to the queries and accumulators.
 constexpr index_t kDecodeTile = 64;
 // Value rows per pass over the heads: each head's accumulators are loaded and stored once per
-// 8 keys, which keeps that traffic well below the FMAs.
-constexpr index_t kPvKeys = 8;
+// 16 keys, which keeps that traffic well below the FMAs.
+constexpr index_t kPvKeys = 16;
 // A split below 4 tiles (256 keys) costs more in merging and scheduling than it saves.
 constexpr index_t kMinTilesPerSplit = 4;
 
@@ -444,6 +447,23 @@ LineStream next_tile_lines(const AttentionInputs<KV>& in, const AttentionDims& d
   return lines;
 }
 
+// Logits of one tile for KV heads [h0, h1), R query rows per score block: keys in blocks of
+// W / R with the heads inside, so the tile is read in address order.
+template <index_t R, class Stored, class TileOf>
+void score_tile(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, const TileOf& tile_of, index_t Dkp,
+                LineStream& ahead) {
+  constexpr index_t KC = simd::kWidth / R;
+  for (index_t c = 0; c < n; c += KC)
+    for (index_t h = h0; h < h1; ++h) {
+      const KvTile<Stored> tile = tile_of(h);
+      const Stored* keys[KC];
+      for (index_t i = 0; i < KC; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
+      const float* q = w.q.data() + h * w.q_stride;
+      float* s = w.s.data() + h * w.s_stride + c;
+      for (index_t r = 0; r < M; r += R) score_block<R>(q + r * Dkp, Dkp, keys, Dkp, s + r * kDecodeTile, kDecodeTile, &ahead);
+    }
+}
+
 // One decode tile [j0, j0 + n) for KV heads [h0, h1): logits, logit rule, online softmax and
 // P V into each head's accumulators [M x Dvp]. K and V rows of all heads lie side by side in
 // memory, so both passes walk keys in small blocks with the heads inside: the tile is read in
@@ -456,23 +476,21 @@ void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratc
   using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
   const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W), T = kDecodeTile;
-  for (index_t c = 0; c < n; c += kScoreKeys) {
-    for (index_t h = h0; h < h1; ++h) {
-      const KvTile<Stored> tile = tile_of(h);
-      const Stored* keys[kScoreKeys];
-      for (index_t i = 0; i < kScoreKeys; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
-      const float* q = w.q.data() + h * w.q_stride;
-      float* s = w.s.data() + h * w.s_stride + c;
-      for (index_t r = 0; r < M; r += kScoreRows) score_block(q + r * Dkp, Dkp, keys, Dkp, s + r * T, T, &ahead);
-    }
-  }
+  // One or two query rows per KV head (MHA, or GQA groups of 2) take narrower score blocks.
+  if (M == 1)
+    score_tile<1, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+  else if (M == 2)
+    score_tile<2, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+  else
+    score_tile<kScoreRows, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
   for (index_t h = h0; h < h1; ++h)
     for (index_t r = 0; r < M; ++r) {
       float* s = w.s.data() + h * w.s_stride + r * T;
       if (!skip_rule) rule.apply(s, j0, n, n, b, r / G, h * G + r % G, w.pos[r]);
-      const FBatch alpha(online_softmax_tile(s, n, states[h * M + r].m, states[h * M + r].l));
+      const float alpha = online_softmax_tile(s, n, states[h * M + r].m, states[h * M + r].l);
+      if (alpha == 1.f) continue;  // the running maximum held: nothing to rescale
       float* acc = accs + (h * M + r) * Dvp;
-      for (index_t col = 0; col < Dvp; col += W) simd::store(acc + col, simd::load(acc + col) * alpha);
+      for (index_t col = 0; col < Dvp; col += W) simd::store(acc + col, simd::load(acc + col) * FBatch(alpha));
     }
   for (index_t c = 0; c < n; c += kPvKeys) {
     for (index_t h = h0; h < h1; ++h) {
