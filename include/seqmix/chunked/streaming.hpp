@@ -64,16 +64,41 @@ void copy_out(const Tensor<T, R>& src, const TensorView<T, R>& dst) {
   if (dst.has_value()) copy(src.cview(), dst);
 }
 
-// The state of the operators whose only carried tensor is S [B, H, K, V].
-struct MatrixState {
-  Tensor<float, 4> s;
+// What every operator with one state tensor (initial_state in, final_state out) shares: the
+// state, its copies in and out, and options that need no fixing. Derived supplies name,
+// tokens, slice, state_shape and run (and fix_options where an algorithm choice needs pinning).
+template <class In, class Out, class Opt, std::size_t R>
+struct SingleStateTraits {
+  using Outputs = Out;
+  using Options = Opt;
+  struct State {
+    Tensor<float, R> s;
+  };
+  static void load_initial(State& st, const In& in) { copy_into(st.s, in.initial_state); }
+  static void bind(In& in, Out& out, State& st, const Opt&) {
+    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  }
+  static void write_final(const State& st, const Out& out) { copy_out(st.s, out.final_state); }
+  static Opt fix_options(Opt o, const In&) { return o; }
+  static Opt later_options(Opt o) { return o; }
 };
 
-template <class In>
-MatrixState matrix_state(const In& in, index_t heads, index_t K, index_t V) {
-  return {Tensor<float, 4>({in.q.size(0), heads, K, V})};
+// The per-token views of an operator's inputs, sliced to tokens [t0, t0 + n) (empty optional
+// views stay empty).
+template <class... Views>
+void slice_all(index_t t0, index_t n, Views&... views) {
+  ((views = time_slice(views, t0, n)), ...);
 }
 
+}  // namespace detail::stream
+
+namespace detail::stream {
+
+// make_state of a SingleStateTraits operator: a zero state of Traits::state_shape.
+template <class Traits, class In, class Opt>
+typename Traits::State make_single_state(const In& in, const Opt& o) {
+  return {decltype(std::declval<typename Traits::State>().s)(Traits::state_shape(in, o))};
+}
 }  // namespace detail::stream
 
 // ---- linear attention family ---------------------------------------------------------------
@@ -89,11 +114,11 @@ struct StreamTraits<LinearAttentionInputs> {
   static constexpr const char* name = "linear_attention";
   static index_t tokens(const LinearAttentionInputs& in) { return in.q.size(1); }
   static LinearAttentionInputs slice(LinearAttentionInputs in, index_t t0, index_t n) {
-    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, in.q, in.k, in.v);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.o = out.o.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.o);
     return out;
   }
   static std::array<index_t, 4> state_shape(const LinearAttentionInputs& in, const Options& o) {
@@ -132,155 +157,118 @@ struct StreamTraits<LinearAttentionInputs> {
 };
 
 template <>
-struct StreamTraits<GlaInputs> {
-  using Outputs = GlaOutputs;
-  using Options = GlaOptions;
-  using State = detail::stream::MatrixState;
+struct StreamTraits<GlaInputs> : detail::stream::SingleStateTraits<GlaInputs, GlaOutputs, GlaOptions, 4> {
   static constexpr const char* name = "gated_linear_attention";
   static index_t tokens(const GlaInputs& in) { return in.q.size(1); }
   static GlaInputs slice(GlaInputs in, index_t t0, index_t n) {
-    using detail::stream::time_slice;
-    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
-    in.g = time_slice(in.g, t0, n), in.g_scalar = time_slice(in.g_scalar, t0, n);
+    detail::stream::slice_all(t0, n, in.q, in.k, in.v, in.g, in.g_scalar);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.o = out.o.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.o);
     return out;
   }
   static std::array<index_t, 4> state_shape(const GlaInputs& in, const Options&) {
     return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const GlaInputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
-  static void load_initial(State& st, const GlaInputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
-  static void bind(GlaInputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  static State make_state(const GlaInputs& in, const Options& o) {
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
   static Options fix_options(Options o, const GlaInputs& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(detail::la::effective_gate(o.gate), std::numeric_limits<index_t>::max(),
                                                  in.k.size(3), in.v.size(3), o.chunk_size);
     return o;
   }
-  static Options later_options(Options o) { return o; }
   static void run(const GlaInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
     gated_linear_attention(in, out, o, ex);
   }
 };
 
 template <>
-struct StreamTraits<Rwkv6Inputs> {
-  using Outputs = Rwkv6Outputs;
-  using Options = Rwkv6Options;
-  using State = detail::stream::MatrixState;
+struct StreamTraits<Rwkv6Inputs> : detail::stream::SingleStateTraits<Rwkv6Inputs, Rwkv6Outputs, Rwkv6Options, 4> {
   static constexpr const char* name = "rwkv6";
   static index_t tokens(const Rwkv6Inputs& in) { return in.r.size(1); }
   static Rwkv6Inputs slice(Rwkv6Inputs in, index_t t0, index_t n) {
-    in.r = in.r.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
-    in.g = in.g.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, in.r, in.k, in.v, in.g);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.o = out.o.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.o);
     return out;
   }
   static std::array<index_t, 4> state_shape(const Rwkv6Inputs& in, const Options&) {
     return {in.r.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const Rwkv6Inputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
-  static void load_initial(State& st, const Rwkv6Inputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
-  static void bind(Rwkv6Inputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  static State make_state(const Rwkv6Inputs& in, const Options& o) {
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
   static Options fix_options(Options o, const Rwkv6Inputs& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(GateKind::channel, std::numeric_limits<index_t>::max(), in.k.size(3),
                                                  in.v.size(3), o.chunk_size);
     return o;
   }
-  static Options later_options(Options o) { return o; }
   static void run(const Rwkv6Inputs& in, const Outputs& out, const Options& o, const Executor& ex) {
     rwkv6(in, out, o, ex);
   }
 };
 
 template <>
-struct StreamTraits<DeltaRuleInputs> {
-  using Outputs = DeltaRuleOutputs;
-  using Options = DeltaRuleOptions;
-  using State = detail::stream::MatrixState;
+struct StreamTraits<DeltaRuleInputs>
+    : detail::stream::SingleStateTraits<DeltaRuleInputs, DeltaRuleOutputs, DeltaRuleOptions, 4> {
   static constexpr const char* name = "delta_rule";
   static index_t tokens(const DeltaRuleInputs& in) { return in.q.size(1); }
   static DeltaRuleInputs slice(DeltaRuleInputs in, index_t t0, index_t n) {
-    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
-    in.beta = in.beta.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, in.q, in.k, in.v, in.beta);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.o = out.o.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.o);
     return out;
   }
   static std::array<index_t, 4> state_shape(const DeltaRuleInputs& in, const Options&) {
     return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const DeltaRuleInputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
-  static void load_initial(State& st, const DeltaRuleInputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
-  static void bind(DeltaRuleInputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  static State make_state(const DeltaRuleInputs& in, const Options& o) {
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
   static Options fix_options(Options o, const DeltaRuleInputs& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
       o.algorithm = delta_detail::choose_delta_algorithm(false, std::numeric_limits<index_t>::max(), in.k.size(3),
                                                          in.v.size(3), o.chunk_size);
     return o;
   }
-  static Options later_options(Options o) { return o; }
   static void run(const DeltaRuleInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
     delta_rule(in, out, o, ex);
   }
 };
 
 template <>
-struct StreamTraits<GatedDeltaRuleInputs> {
-  using Outputs = GatedDeltaRuleOutputs;
-  using Options = GatedDeltaRuleOptions;
-  using State = detail::stream::MatrixState;
+struct StreamTraits<GatedDeltaRuleInputs>
+    : detail::stream::SingleStateTraits<GatedDeltaRuleInputs, GatedDeltaRuleOutputs, GatedDeltaRuleOptions, 4> {
   static constexpr const char* name = "gated_delta_rule";
   static index_t tokens(const GatedDeltaRuleInputs& in) { return in.q.size(1); }
   static GatedDeltaRuleInputs slice(GatedDeltaRuleInputs in, index_t t0, index_t n) {
-    using detail::stream::time_slice;
-    in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
-    in.beta = in.beta.slice(1, t0, n);
-    in.g_scalar = time_slice(in.g_scalar, t0, n), in.g = time_slice(in.g, t0, n);
+    detail::stream::slice_all(t0, n, in.q, in.k, in.v, in.beta, in.g_scalar, in.g);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.o = out.o.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.o);
     return out;
   }
   static std::array<index_t, 4> state_shape(const GatedDeltaRuleInputs& in, const Options&) {
     return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
   static State make_state(const GatedDeltaRuleInputs& in, const Options& o) {
-    return {Tensor<float, 4>(state_shape(in, o))};
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void load_initial(State& st, const GatedDeltaRuleInputs& in) {
-    detail::stream::copy_into(st.s, in.initial_state);
-  }
-  static void bind(GatedDeltaRuleInputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.s.cview(), out.final_state = st.s.view();
-  }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
   static Options fix_options(Options o, const GatedDeltaRuleInputs& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
       o.algorithm = delta_detail::choose_delta_algorithm(o.gate == DeltaGate::channel, std::numeric_limits<index_t>::max(),
                                                          in.k.size(3), in.v.size(3), o.chunk_size);
     return o;
   }
-  static Options later_options(Options o) { return o; }
   static void run(const GatedDeltaRuleInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
     gated_delta_rule(in, out, o, ex);
   }
@@ -290,32 +278,24 @@ struct StreamTraits<GatedDeltaRuleInputs> {
 struct Rwkv7StreamOptions {};
 
 template <>
-struct StreamTraits<Rwkv7Inputs> {
-  using Outputs = Rwkv7Outputs;
-  using Options = Rwkv7StreamOptions;
-  using State = detail::stream::MatrixState;
+struct StreamTraits<Rwkv7Inputs>
+    : detail::stream::SingleStateTraits<Rwkv7Inputs, Rwkv7Outputs, Rwkv7StreamOptions, 4> {
   static constexpr const char* name = "rwkv7";
   static index_t tokens(const Rwkv7Inputs& in) { return in.r.size(1); }
   static Rwkv7Inputs slice(Rwkv7Inputs in, index_t t0, index_t n) {
-    in.r = in.r.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
-    in.a = in.a.slice(1, t0, n), in.b = in.b.slice(1, t0, n), in.g = in.g.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, in.r, in.k, in.v, in.a, in.b, in.g);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.o = out.o.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.o);
     return out;
   }
   static std::array<index_t, 4> state_shape(const Rwkv7Inputs& in, const Options&) {
     return {in.r.size(0), in.r.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const Rwkv7Inputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
-  static void load_initial(State& st, const Rwkv7Inputs& in) { detail::stream::copy_into(st.s, in.initial_state); }
-  static void bind(Rwkv7Inputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.s.cview(), out.final_state = st.s.view();
+  static State make_state(const Rwkv7Inputs& in, const Options& o) {
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.s, out.final_state); }
-  static Options fix_options(Options o, const Rwkv7Inputs&) { return o; }
-  static Options later_options(Options o) { return o; }
   static void run(const Rwkv7Inputs& in, const Outputs& out, const Options&, const Executor& ex) {
     rwkv7(in, out, ex);
   }
@@ -324,109 +304,77 @@ struct StreamTraits<Rwkv7Inputs> {
 // ---- selective state-space family ------------------------------------------------------------
 
 template <>
-struct StreamTraits<CausalConv1dInputs> {
-  using Outputs = CausalConv1dOutputs;
-  using Options = CausalConv1dOptions;
-  struct State {
-    Tensor<float, 3> window;  // [B,W-1,D]: the last W-1 inputs, oldest first
-  };
+struct StreamTraits<CausalConv1dInputs>
+    : detail::stream::SingleStateTraits<CausalConv1dInputs, CausalConv1dOutputs, CausalConv1dOptions, 3> {
   static constexpr const char* name = "causal_conv1d";
   static index_t tokens(const CausalConv1dInputs& in) { return in.x.size(1); }
   static CausalConv1dInputs slice(CausalConv1dInputs in, index_t t0, index_t n) {
-    in.x = in.x.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, in.x);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.y = out.y.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.y);
     return out;
   }
+  // The last W-1 inputs, oldest first.
   static std::array<index_t, 3> state_shape(const CausalConv1dInputs& in, const Options&) {
     return {in.x.size(0), in.weight.size(1) - 1, in.x.size(2)};
   }
-  static State make_state(const CausalConv1dInputs& in, const Options& o) { return {Tensor<float, 3>(state_shape(in, o))}; }
-  static void load_initial(State& st, const CausalConv1dInputs& in) {
-    detail::stream::copy_into(st.window, in.initial_state);
+  static State make_state(const CausalConv1dInputs& in, const Options& o) {
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void bind(CausalConv1dInputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.window.cview(), out.final_state = st.window.view();
-  }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.window, out.final_state); }
-  static Options fix_options(Options o, const CausalConv1dInputs&) { return o; }
-  static Options later_options(Options o) { return o; }
   static void run(const CausalConv1dInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
     causal_conv1d(in, out, o, ex);
   }
 };
 
 template <>
-struct StreamTraits<SelectiveScanInputs> {
-  using Outputs = SelectiveScanOutputs;
-  using Options = SelectiveScanOptions;
-  struct State {
-    Tensor<float, 3> h;  // [B,D,N]
-  };
+struct StreamTraits<SelectiveScanInputs>
+    : detail::stream::SingleStateTraits<SelectiveScanInputs, SelectiveScanOutputs, SelectiveScanOptions, 3> {
   static constexpr const char* name = "selective_scan";
   static index_t tokens(const SelectiveScanInputs& in) { return in.u.size(1); }
   static SelectiveScanInputs slice(SelectiveScanInputs in, index_t t0, index_t n) {
-    in.u = in.u.slice(1, t0, n), in.delta = in.delta.slice(1, t0, n);
-    in.Bm = in.Bm.slice(1, t0, n), in.Cm = in.Cm.slice(1, t0, n);
-    in.z = detail::stream::time_slice(in.z, t0, n);
+    detail::stream::slice_all(t0, n, in.u, in.delta, in.Bm, in.Cm, in.z);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.y = out.y.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.y);
     return out;
   }
   static std::array<index_t, 3> state_shape(const SelectiveScanInputs& in, const Options&) {
     return {in.u.size(0), in.u.size(2), in.A.size(1)};
   }
-  static State make_state(const SelectiveScanInputs& in, const Options& o) { return {Tensor<float, 3>(state_shape(in, o))}; }
-  static void load_initial(State& st, const SelectiveScanInputs& in) { detail::stream::copy_into(st.h, in.initial_state); }
-  static void bind(SelectiveScanInputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.h.cview(), out.final_state = st.h.view();
+  static State make_state(const SelectiveScanInputs& in, const Options& o) {
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.h, out.final_state); }
-  static Options fix_options(Options o, const SelectiveScanInputs&) { return o; }
-  static Options later_options(Options o) { return o; }
   static void run(const SelectiveScanInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
     selective_scan(in, out, o, ex);
   }
 };
 
 template <>
-struct StreamTraits<SsdInputs> {
-  using Outputs = SsdOutputs;
-  using Options = SsdOptions;
-  struct State {
-    Tensor<float, 4> h;  // [B,H,P,N]
-  };
+struct StreamTraits<SsdInputs> : detail::stream::SingleStateTraits<SsdInputs, SsdOutputs, SsdOptions, 4> {
   static constexpr const char* name = "ssd";
   static index_t tokens(const SsdInputs& in) { return in.x.size(1); }
   static SsdInputs slice(SsdInputs in, index_t t0, index_t n) {
-    in.x = in.x.slice(1, t0, n), in.dt = in.dt.slice(1, t0, n);
-    in.Bm = in.Bm.slice(1, t0, n), in.Cm = in.Cm.slice(1, t0, n);
-    in.z = detail::stream::time_slice(in.z, t0, n);
+    detail::stream::slice_all(t0, n, in.x, in.dt, in.Bm, in.Cm, in.z);
     return in;
   }
   static Outputs slice(Outputs out, index_t t0, index_t n) {
-    out.y = out.y.slice(1, t0, n);
+    detail::stream::slice_all(t0, n, out.y);
     return out;
   }
   static std::array<index_t, 4> state_shape(const SsdInputs& in, const Options&) {
     return {in.x.size(0), in.x.size(2), in.x.size(3), in.Bm.size(3)};
   }
-  static State make_state(const SsdInputs& in, const Options& o) { return {Tensor<float, 4>(state_shape(in, o))}; }
-  static void load_initial(State& st, const SsdInputs& in) { detail::stream::copy_into(st.h, in.initial_state); }
-  static void bind(SsdInputs& in, Outputs& out, State& st, const Options&) {
-    in.initial_state = st.h.cview(), out.final_state = st.h.view();
+  static State make_state(const SsdInputs& in, const Options& o) {
+    return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void write_final(const State& st, const Outputs& out) { detail::stream::copy_out(st.h, out.final_state); }
   static Options fix_options(Options o, const SsdInputs&) {
     // A long call runs chunked; a short one would go token by token (kSsdChunkedMinTokens).
     if (o.algorithm == SsdAlgorithm::automatic) o.algorithm = SsdAlgorithm::chunked;
     return o;
   }
-  static Options later_options(Options o) { return o; }
   static void run(const SsdInputs& in, const Outputs& out, const Options& o, const Executor& ex) { ssd(in, out, o, ex); }
 };
 
