@@ -251,6 +251,42 @@ TEST_CASE("kv snapkv keeps the planted key and the window and pools neighbours",
   st::require_shape_error("kernel", [&] { kv::snapkv_from_scores(s.cview(), 10, small, options); });
 }
 
+TEST_CASE("kv snapkv keeps every peak before the neighbours max pooling ties with it", "[kv_policies]") {
+  // N = 200, window 16, 4 sinks, capacity 40: 20 free slots for 8 equal spikes whose kernel-7
+  // neighbourhoods (56 entries) all pool to the spike's score. Ties go to the higher raw score,
+  // so all 8 spikes are kept, then the oldest neighbours.
+  const index_t N = 200, W = 16;
+  Tensor<float, 3> s({1, 1, N});
+  for (index_t j = 0; j < N; ++j) s(0, 0, j) = 0.1f;
+  std::vector<index_t> spikes;
+  for (index_t i = 1; i <= 8; ++i) spikes.push_back(20 * i), s(0, 0, 20 * i) = 5.f;
+  kv::SnapKvOptions options;
+  options.kernel = 7;
+  const kv::Budget budget{40, 4, 0};
+  const auto kept = kv::snapkv_from_scores(s.cview(), W, budget, options, st::two_thread_pool())(0, 0);
+  REQUIRE(static_cast<index_t>(kept.size()) == 40);
+  CHECK(strictly_increasing(kept));
+  for (index_t j : spikes) CHECK(contains(kept, j));
+  for (index_t j = 0; j < 4; ++j) CHECK(contains(kept, j));
+  for (index_t j = N - W; j < N; ++j) CHECK(contains(kept, j));
+  // The 12 slots left after the spikes go to the oldest neighbours: 17..23 (6) and 37..43 (6).
+  std::vector<index_t> expected = {0, 1, 2, 3};
+  for (index_t j = 17; j <= 23; ++j) expected.push_back(j);
+  for (index_t j = 37; j <= 43; ++j) expected.push_back(j);
+  for (index_t i = 3; i <= 8; ++i) expected.push_back(20 * i);
+  for (index_t j = N - W; j < N; ++j) expected.push_back(j);
+  std::sort(expected.begin(), expected.end());
+  CHECK(kept == expected);
+  // The pooled score still ranks first: a weaker spike's raw peak loses to a stronger spike's
+  // neighbour (pooled 5 > 3), so only the raw score breaks ties, it is not blended in.
+  s(0, 0, 160) = 3.f;
+  const kv::Budget tight{4 + W + 8, 4, 0};
+  const auto k2 = kv::snapkv_from_scores(s.cview(), W, tight, options)(0, 0);
+  for (index_t i = 1; i <= 7; ++i) CHECK(contains(k2, 20 * i));
+  CHECK(contains(k2, 17));  // pooled 5, raw 0.1: ahead of the spike of 3
+  CHECK_FALSE(contains(k2, 160));
+}
+
 TEST_CASE("kv snapkv scores aggregate the GQA group", "[kv_policies]") {
   // Only query head 1 of the group of KV head 0 looks at entry 20; the group sum must keep it.
   const index_t W = 4, Hq = 4, Hkv = 1, N = 64, D = 16;

@@ -15,6 +15,9 @@
 //              channel are contiguous, so the attention kernel scores 16 tokens per vector with
 //              no horizontal sums); values token-major ([count][Dv], the layout P*V wants).
 //   order    : entry index -> (block, slot) of the block part; residual entries follow.
+// Compaction: retain() empties slots of blocks; compact() (called by retain() when the head's
+// blocks are less than half full on average) merges partly filled blocks of the same formats
+// into full ones, in entry order (see compact()).
 // ZipCache mixed precision: when a group of 32 tokens is flushed, the top `salient_fraction` of
 // them by saliency go to a block in the high formats, the rest to a block in the low formats.
 // Saliency is the caller's per-token score given to append(), or the normalized attention
@@ -291,6 +294,78 @@ inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const std::vec
   }
 }
 
+// A block holding the entries `src` (in this order, at most kKvBlockTokens, non-empty) of blocks
+// that share one key format and one value format. Values (per-token parameters), positions,
+// float keys and per-token key codes and parameters are moved exactly. Per-channel quantized keys
+// share parameters per block: taken from one source block they keep its parameters and codes;
+// gathered from several they are dequantized and refitted over the merged entries (each element
+// moves by at most half of the new step: the new range holds every dequantized value, so the new
+// scale is at most (max - min) / (2^bits - 1) of the merged keys).
+inline KvBlock merge_entries(const KvCacheConfig& cfg, const std::vector<KvBlock>& blocks, const std::vector<KvSlot>& src) {
+  const index_t n = static_cast<index_t>(src.size()), Dk = cfg.key_dim, Dv = cfg.value_dim;
+  const KvBlock& first = blocks[src[0].block];
+  const KvFormat kf = first.key_format, vf = first.value_format;
+  const bool one_source = std::all_of(src.begin(), src.end(), [&](const KvSlot& s) { return s.block == src[0].block; });
+  const bool per_channel_codes = is_quantized(kf) && cfg.key_quant == KeyQuant::per_channel;
+  std::vector<std::int64_t> pos(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) pos[i] = blocks[src[i].block].positions[src[i].slot];
+  KvBlock blk;
+  if (per_channel_codes && !one_source) {
+    const index_t group = cfg.group_size > 0 ? cfg.group_size : Dk;
+    std::vector<float> K(static_cast<std::size_t>(n * Dk)), V(static_cast<std::size_t>(n * Dv), 0.f);
+    for (index_t i = 0; i < n; ++i)
+      for (index_t c = 0; c < Dk; ++c) K[i * Dk + c] = key_element(blocks[src[i].block], cfg.key_quant, group, c, src[i].slot);
+    blk = make_block(cfg, kf, KvFormat::f32, K.data(), Dk, V.data(), Dv, pos.data(), n);  // values set below
+  } else {
+    const index_t granule = key_slot_granule(kf);
+    blk.key_format = kf, blk.count = n;
+    blk.slots = (n + granule - 1) / granule * granule;
+    blk.key_row = row_bytes(kf, blk.slots);
+    blk.keys.assign(static_cast<std::size_t>(Dk * blk.key_row), 0);
+    blk.positions = pos;
+    blk.min_position = *std::min_element(pos.begin(), pos.end());
+    blk.max_position = *std::max_element(pos.begin(), pos.end());
+    const int bits = format_bits(kf);
+    std::vector<std::uint8_t> codes(static_cast<std::size_t>(blk.slots), 0);
+    for (index_t c = 0; c < Dk; ++c) {
+      std::uint8_t* dst = blk.keys.data() + c * blk.key_row;
+      for (index_t i = 0; i < n; ++i) {
+        const KvBlock& from = blocks[src[i].block];
+        const std::uint8_t* row = from.keys.data() + c * from.key_row;
+        if (is_quantized(kf))
+          codes[i] = static_cast<std::uint8_t>(quant::code_at(row, from.slots, bits, src[i].slot));
+        else
+          std::memcpy(dst + i * (bits / 8), row + src[i].slot * (bits / 8), static_cast<std::size_t>(bits / 8));
+      }
+      if (is_quantized(kf)) quant::pack_codes(codes.data(), blk.slots, bits, dst);
+    }
+    if (per_channel_codes) {
+      blk.key_params = first.key_params;
+    } else if (is_quantized(kf)) {  // per token: [groups][2][slots] vectors over tokens
+      const index_t rows = 2 * quant::group_count(Dk, cfg.group_size > 0 ? cfg.group_size : Dk);
+      blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < n; ++i) {
+          const KvBlock& from = blocks[src[i].block];
+          blk.key_params[r * blk.slots + i] = from.key_params[r * from.slots + src[i].slot];
+        }
+    }
+  }
+  blk.value_format = vf;
+  blk.value_row = row_bytes(vf, Dv);
+  blk.values.assign(static_cast<std::size_t>(n * blk.value_row), 0);
+  const index_t vgroups = is_quantized(vf) ? quant::group_count(Dv, cfg.group_size) : 0;
+  blk.value_params.assign(static_cast<std::size_t>(n * vgroups), quant::Params{});
+  for (index_t i = 0; i < n; ++i) {
+    const KvBlock& from = blocks[src[i].block];
+    const index_t t = src[i].slot;
+    std::memcpy(blk.values.data() + i * blk.value_row, from.values.data() + t * from.value_row,
+                static_cast<std::size_t>(blk.value_row));
+    for (index_t g = 0; g < vgroups; ++g) blk.value_params[i * vgroups + g] = from.value_params[t * vgroups + g];
+  }
+  return blk;
+}
+
 }  // namespace detail
 
 class KvCache {
@@ -451,6 +526,32 @@ class KvCache {
     hd.order = std::move(order);
     hd.order.shrink_to_fit();
     keep_residual(hd.residual, kept_residual);
+    // Scattered eviction leaves many partly filled blocks; merge them once the head's blocks are
+    // less than half full on average. Not after every retain: merging per-channel quantized keys
+    // requantizes them, and a threshold makes that rare (an entry is requantized at most once per
+    // halving of the block fill) while keeping memory within 2x of the packed size.
+    if (2 * static_cast<index_t>(hd.order.size()) < detail::kKvBlockTokens * static_cast<index_t>(hd.blocks.size()))
+      compact_head(hd);
+  }
+
+  // Merges the partly filled blocks of (b, h): per format pair (one pair, or ZipCache's high and
+  // low pairs, which never mix), the entries of the blocks holding fewer than 32 are repacked in
+  // entry order into full blocks plus at most one partly filled one. Full blocks, and a partly
+  // filled block alone in its format pair, are not touched. Entry order, positions and values are
+  // preserved exactly, and so are float keys and per-token quantized keys (codes and parameters
+  // move). Per-channel quantized keys (KIVI) gathered from several blocks get new per-block
+  // parameters: they are dequantized and requantized, adding at most half of the merged block's
+  // new step (scale / 2, plus float rounding) per element to their error, and only when blocks
+  // merge. Afterwards bytes() is within one block per format pair of the packed size.
+  void compact(index_t b, index_t h) {
+    const ArgCheck check("KvCache::compact");
+    check_head(check, b, h);
+    compact_head(head_mut(b, h));
+  }
+
+  // compact(b, h) for every batch row and KV head.
+  void compact() {
+    for (auto& hd : heads_) compact_head(hd);
   }
 
   // Re-encodes one entry with a new key [Dk] and value [Dv] (merging, compensation tokens). In a
@@ -592,6 +693,65 @@ class KvCache {
         read_value(b, h, e, row.data());
       for (index_t c = 0; c < D; ++c) out(e, c) = row[c];
     }
+  }
+
+  void compact_head(detail::KvHead& hd) const {
+    const index_t Bt = detail::kKvBlockTokens, E = static_cast<index_t>(hd.order.size());
+    const std::size_t nb = hd.blocks.size();
+    // Format pair of each block, and the entries (in entry order) of the partly filled blocks of each.
+    std::vector<std::pair<KvFormat, KvFormat>> pairs;
+    std::vector<std::size_t> pair_of(nb);
+    for (std::size_t k = 0; k < nb; ++k) {
+      const auto p = std::make_pair(hd.blocks[k].key_format, hd.blocks[k].value_format);
+      const auto it = std::find(pairs.begin(), pairs.end(), p);
+      pair_of[k] = static_cast<std::size_t>(it - pairs.begin());
+      if (it == pairs.end()) pairs.push_back(p);
+    }
+    std::vector<index_t> partial_blocks(pairs.size(), 0);
+    for (std::size_t k = 0; k < nb; ++k)
+      if (hd.blocks[k].count < Bt) ++partial_blocks[pair_of[k]];
+    std::vector<char> merge(nb, 0);
+    bool any = false;
+    for (std::size_t k = 0; k < nb; ++k)
+      if (hd.blocks[k].count < Bt && partial_blocks[pair_of[k]] >= 2) merge[k] = 1, any = true;
+    if (!any) return;
+
+    // Output blocks: the untouched ones and the merged groups, each with its first entry index
+    // (blocks stay ordered by their first entry, so a block spans a narrow range of positions).
+    struct Out {
+      index_t first;
+      std::size_t old_block;  // nb: a merged block
+      std::vector<detail::KvSlot> sources;
+    };
+    std::vector<Out> outs;
+    std::vector<index_t> out_of_block(nb, -1);
+    std::vector<index_t> out_of_pair(pairs.size(), -1);
+    std::vector<detail::KvSlot> target(static_cast<std::size_t>(E));  // entry -> (output, slot)
+    for (index_t e = 0; e < E; ++e) {
+      const detail::KvSlot s = hd.order[e];
+      if (!merge[s.block]) {
+        if (out_of_block[s.block] < 0) {
+          out_of_block[s.block] = static_cast<index_t>(outs.size());
+          outs.push_back({e, s.block, {}});
+        }
+        target[e] = {static_cast<std::uint32_t>(out_of_block[s.block]), s.slot};
+        continue;
+      }
+      index_t& open = out_of_pair[pair_of[s.block]];
+      if (open < 0 || static_cast<index_t>(outs[open].sources.size()) == Bt) {
+        open = static_cast<index_t>(outs.size());
+        outs.push_back({e, nb, {}});
+      }
+      target[e] = {static_cast<std::uint32_t>(open), static_cast<std::uint32_t>(outs[open].sources.size())};
+      outs[open].sources.push_back(s);
+    }
+    // Outputs were created in order of first entry, so their indices are the new block ids.
+    std::vector<detail::KvBlock> blocks;
+    blocks.reserve(outs.size());
+    for (const Out& o : outs)
+      blocks.push_back(o.old_block < nb ? std::move(hd.blocks[o.old_block]) : detail::merge_entries(config_, hd.blocks, o.sources));
+    hd.order = std::move(target);
+    hd.blocks = std::move(blocks);
   }
 
   // Refits and re-encodes the keys of a block from fp32 rows K [count][Dk]; values untouched.

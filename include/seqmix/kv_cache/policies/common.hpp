@@ -93,30 +93,23 @@ inline float rank_key(float score, Keep keep) noexcept {
   return keep == Keep::Highest ? score : -score;
 }
 
-// Appends to `kept` the `count` best entries of candidates [first, last) (by rank_key of
-// score(j); ties to the lower index), in no particular order. O(last - first).
-template <class Score>
-void append_best(index_t first, index_t last, index_t count, Keep keep, Score&& score, std::vector<index_t>& kept,
-                 std::vector<index_t>& scratch) {
+// Appends to `kept` the `count` best entries of candidates [first, last) under `better` (a strict
+// total order: better(a, b) when a ranks before b), in no particular order. O(last - first).
+template <class Better>
+void append_best_by(index_t first, index_t last, index_t count, Better&& better, std::vector<index_t>& kept,
+                    std::vector<index_t>& scratch) {
   count = std::min(count, last - first);
   if (count <= 0) return;
   scratch.resize(static_cast<std::size_t>(last - first));
   std::iota(scratch.begin(), scratch.end(), first);
-  if (count < last - first) {
-    const auto better = [&](index_t a, index_t b) {
-      const float ka = rank_key(score(a), keep), kb = rank_key(score(b), keep);
-      return ka > kb || (ka == kb && a < b);
-    };
-    std::nth_element(scratch.begin(), scratch.begin() + count, scratch.end(), better);
-  }
+  if (count < last - first) std::nth_element(scratch.begin(), scratch.begin() + count, scratch.end(), better);
   kept.insert(kept.end(), scratch.begin(), scratch.begin() + count);
 }
 
 // One head's kept set: sinks [0, s), the window [N - r, N), and the best `capacity - s - r` of
-// the entries in between. Returned sorted.
-template <class Score>
-std::vector<index_t> select_head(index_t N, const Budget& budget, Keep keep, Score&& score,
-                                 std::vector<index_t>& scratch) {
+// the entries in between under `better` (see append_best_by). Returned sorted.
+template <class Better>
+std::vector<index_t> select_head_by(index_t N, const Budget& budget, Better&& better, std::vector<index_t>& scratch) {
   std::vector<index_t> kept;
   if (N <= budget.capacity) {
     kept.resize(static_cast<std::size_t>(N));
@@ -127,10 +120,21 @@ std::vector<index_t> select_head(index_t N, const Budget& budget, Keep keep, Sco
   const index_t sinks = std::min(budget.sink_tokens, N);
   const index_t window_start = std::max(sinks, N - budget.recent);
   for (index_t j = 0; j < sinks; ++j) kept.push_back(j);
-  append_best(sinks, window_start, budget.capacity - sinks - (N - window_start), keep, score, kept, scratch);
+  append_best_by(sinks, window_start, budget.capacity - sinks - (N - window_start), better, kept, scratch);
   for (index_t j = window_start; j < N; ++j) kept.push_back(j);
   std::sort(kept.begin(), kept.end());
   return kept;
+}
+
+// select_head_by ranking by rank_key(score(j), keep), ties to the older (lower) index.
+template <class Score>
+std::vector<index_t> select_head(index_t N, const Budget& budget, Keep keep, Score&& score,
+                                 std::vector<index_t>& scratch) {
+  const auto better = [&](index_t a, index_t b) {
+    const float ka = rank_key(score(a), keep), kb = rank_key(score(b), keep);
+    return ka > kb || (ka == kb && a < b);
+  };
+  return select_head_by(N, budget, better, scratch);
 }
 
 }  // namespace detail

@@ -170,8 +170,18 @@ inline KeptSet snapkv_from_scores(const ConstView<float, 3>& scores, index_t win
       pooled.resize(static_cast<std::size_t>(prefix));
       for (index_t j = 0; j < prefix; ++j) row[static_cast<std::size_t>(j)] = scores(b, h, j);
       pool_scores(row.data(), pooled.data(), prefix, options.kernel, options.pooling);
-      kept(b, h) = detail::select_head(N, effective, Keep::Highest,
-                                       [&](index_t j) { return pooled[static_cast<std::size_t>(j)]; }, scratch);
+      // Max-pooling gives a peak's neighbours the peak's score; among equal pooled scores the
+      // higher raw score goes first (then the older entry), so when the budget cannot hold every
+      // pooled neighbourhood the peaks themselves are kept before their neighbours. Two exact
+      // keys, no epsilon blend: the order among different pooled scores is unchanged.
+      const auto better = [&](index_t x, index_t y) {
+        const std::size_t i = static_cast<std::size_t>(x), k = static_cast<std::size_t>(y);
+        const float px = detail::rank_key(pooled[i], Keep::Highest), py = detail::rank_key(pooled[k], Keep::Highest);
+        if (px != py) return px > py;
+        const float rx = detail::rank_key(row[i], Keep::Highest), ry = detail::rank_key(row[k], Keep::Highest);
+        return rx > ry || (rx == ry && x < y);
+      };
+      kept(b, h) = detail::select_head_by(N, effective, better, scratch);
     }
   });
   return kept;
