@@ -404,7 +404,7 @@ Row mega(const Problem& p) {
   seqmix::mega({x, p.v.cview(), params, {}}, {full.view(), {}, {}, {}, {}}, options, p.executor);
   compare(row, o, full);
   row.state_bytes = bytes_of(ema, k_cache, v_cache);
-  row.note = text("Mega decode: the steps attend within their chunk of c = %td (T %% c = %td); mega_step is plain loops",
+  row.note = text("Mega decode: the steps attend within their chunk of c = %td (T %% c = %td)",
                   c, p.T % c);
   return row;
 }

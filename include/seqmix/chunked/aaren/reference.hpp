@@ -50,7 +50,7 @@ struct AarenOutputs {
 // How the fast form uses several threads.
 enum class AarenSplit {
   automatic,  // heads when B*H gives every thread at least two (batch, head) pairs, time otherwise
-  heads,      // one pass per (batch, head)
+  heads,      // one token-major pass per (batch row, block of heads)
   time,       // chunked scan: chunk summaries, carry scan through core associative_scan, rescan
 };
 

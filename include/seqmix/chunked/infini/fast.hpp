@@ -64,11 +64,26 @@ struct Memory {
 // Per-task scratch: sigma of one row [K], a [V] accumulator, the delta rule's corrected values.
 struct MemoryScratch {
   std::vector<float> sig, acc, update;
-  MemoryScratch(index_t K, index_t V) : sig(static_cast<std::size_t>(K)), acc(static_cast<std::size_t>(V)) {}
+  MemoryScratch() = default;
+  MemoryScratch(index_t K, index_t V) { fit(K, V); }
+  // Sizes sig / acc for K, V; reallocates only when they grow (the step keeps one per thread).
+  void fit(index_t K, index_t V) {
+    sig.resize(static_cast<std::size_t>(K)), acc.resize(static_cast<std::size_t>(V));
+  }
 };
 
+// out = sigma(x) = elu(x) + 1, vectorized for unit stride (the step calls it once per query head).
 inline void sigma_row(const float* x, index_t stride, index_t K, float* out) {
-  for (index_t r = 0; r < K; ++r) out[r] = sigma(x[r * stride]);
+  index_t r = 0;
+  if (stride == 1) {
+    using FB = simd::Batch<float>;
+    const FB zero(0.f), one(1.f);
+    for (; r < simd::vector_end(K); r += simd::kWidth) {
+      const FB v = simd::load(x + r);
+      simd::store(out + r, xsimd::select(v > zero, v + one, simd::exp(xsimd::min(v, zero))));
+    }
+  }
+  for (; r < K; ++r) out[r] = sigma(x[r * stride]);
 }
 
 // acc = sigma(x)^T M / (sigma(x).z) (0 when the denominator is 0); sig holds sigma(x) on return.

@@ -37,17 +37,26 @@ inline void infini_attention_step(const InfiniAttentionStepInputs& in, const Inf
 
   const bool completes = filled + 1 == S;
   Memory memory(d, &state);
+  if (!completes) {
+    // Reading the memory costs H*(K*V + K) FMAs, well below a second thread hand-off (the decode
+    // attention above already took one): run it here, with this thread's reused scratch.
+    thread_local MemoryScratch w;
+    w.fit(d.K, d.V);
+    for (index_t task = 0; task < d.B * d.Hkv; ++task)
+      mix_memory(ai.q, o, in.beta, task / d.Hkv, task % d.Hkv, d.group(), 0, 1, memory.m(task), memory.norm(task), w);
+    ++state.position;
+    return;
+  }
   parallel_for(executor, d.B * d.Hkv, 1, [&](index_t begin, index_t end) {
     MemoryScratch w(d.K, d.V);
     for (index_t task = begin; task < end; ++task) {
       const index_t b = task / d.Hkv, hk = task % d.Hkv;
       mix_memory(ai.q, o, in.beta, b, hk, d.group(), 0, 1, memory.m(task), memory.norm(task), w);
-      if (completes)
-        absorb_segment(state.segment_k, state.segment_v, b, hk, 0, S, options.update, memory.m(task),
-                       memory.norm(task), w);
+      absorb_segment(state.segment_k, state.segment_v, b, hk, 0, S, options.update, memory.m(task),
+                     memory.norm(task), w);
     }
   });
-  if (completes) memory.store(state);
+  memory.store(state);
   ++state.position;
 }
 

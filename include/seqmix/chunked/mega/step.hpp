@@ -3,13 +3,20 @@
 // every batch row), so slot position % c of the cache receives this token's k and v and the query
 // attends to slots [0, slot]. A step at slot 0 starts a new chunk (earlier slots are ignored).
 // Prefill with final_state / k_cache / v_cache, then steps from position T, equals one call.
+//
+// Cost: the EMA state is updated in place in its [B,D,N] layout (no transposed copy), with the
+// decay and gain recomputed from the logits on the fly (2 exps per (d, j), vectorized over j:
+// the parameters arrive with every call, and the prefill's [N,D] transposition would cost more
+// than the step itself); the attention over the slot + 1 cached keys uses simd::dot / axpy rows.
+// Scratch: D + c floats in a per-thread buffer that only grows, so steps do not allocate.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "seqmix/chunked/mega/fast.hpp"
+#include "seqmix/core/simd.hpp"
 
 namespace seqmix {
 
@@ -25,6 +32,75 @@ struct MegaDecodeState {
   TensorView<float, 4> k_cache;  // [B,c,H,Dk]
   TensorView<float, 4> v_cache;  // [B,c,H,Dv]
 };
+
+namespace detail::mega {
+
+inline simd::Batch<float> sigmoid(const simd::Batch<float>& x) {
+  const simd::Batch<float> one(1.f);
+  return one / (one + simd::exp(-x));
+}
+
+// Advances the N states of channel d by one token in place (state row h, stride hs) and returns
+// y = sum_j eta[d,j] h[j]. Same arithmetic as coefficients() + ema_token: decay = 1 - alpha delta,
+// gain = alpha beta, h = fma(decay, h, gain x).
+inline float ema_channel_step(const MegaParams& p, index_t d, index_t N, float x, float* h, index_t hs) {
+  using FB = simd::Batch<float>;
+  index_t j = 0;
+  float y = 0.f;
+  const bool rows = hs == 1 && p.alpha_logit.stride(1) == 1 && p.delta_logit.stride(1) == 1 &&
+                    p.beta.stride(1) == 1 && p.eta.stride(1) == 1;
+  if (rows) {
+    const float *al = p.alpha_logit.ptr(d), *dl = p.delta_logit.ptr(d), *be = p.beta.ptr(d), *et = p.eta.ptr(d);
+    const FB one(1.f), xv(x);
+    FB acc(0.f);
+    for (; j < simd::vector_end(N); j += simd::kWidth) {
+      const FB alpha = sigmoid(simd::load(al + j)), delta = sigmoid(simd::load(dl + j));
+      const FB s = simd::fma(one - alpha * delta, simd::load(h + j), (alpha * simd::load(be + j)) * xv);
+      simd::store(h + j, s);
+      acc = simd::fma(simd::load(et + j), s, acc);
+    }
+    y = simd::reduce_add(acc);
+  }
+  for (; j < N; ++j) {
+    const float alpha = sigmoid(p.alpha_logit(d, j)), delta = sigmoid(p.delta_logit(d, j));
+    float& s = h[j * hs];
+    s = (1.f - alpha * delta) * s + (alpha * p.beta(d, j)) * x;
+    y += p.eta(d, j) * s;
+  }
+  return y;
+}
+
+// Softmax attention of one head's query q [Dk] over cache rows [0, n) of (b, h), into o (stride os).
+// w: n floats of scratch.
+inline void chunk_attention_step(const float* q, const TensorView<float, 4>& kc, const TensorView<float, 4>& vc,
+                                 index_t b, index_t h, index_t n, float scale, float* w, float* o, index_t os) {
+  const index_t Dk = kc.size(3), Dv = vc.size(3);
+  float m = -std::numeric_limits<float>::infinity(), den = 0.f;
+  for (index_t s = 0; s < n; ++s) {
+    const float* key = kc.ptr(b, s, h);
+    float dot = 0.f;
+    if (kc.stride(3) == 1)
+      dot = simd::dot(q, key, Dk);
+    else
+      for (index_t i = 0; i < Dk; ++i) dot += q[i] * key[i * kc.stride(3)];
+    w[s] = scale * dot;
+    m = std::max(m, w[s]);
+  }
+  for (index_t s = 0; s < n; ++s) den += (w[s] = std::exp(w[s] - m));
+  const float inv = 1.f / den;
+  if (os == 1 && vc.stride(3) == 1) {
+    std::fill(o, o + Dv, 0.f);
+    for (index_t s = 0; s < n; ++s) simd::axpy(w[s] * inv, vc.ptr(b, s, h), o, Dv);
+    return;
+  }
+  for (index_t e = 0; e < Dv; ++e) {
+    float acc = 0.f;
+    for (index_t s = 0; s < n; ++s) acc += w[s] * vc(b, s, h, e);
+    o[e * os] = acc * inv;
+  }
+}
+
+}  // namespace detail::mega
 
 // o [B,H,Dv].
 inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, const MegaDecodeState& state,
@@ -48,34 +124,23 @@ inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, c
   check.shape("state.k_cache", state.k_cache, std::array<index_t, 4>{B, c, H, Dk}, "B,c,H,Dk");
   check.shape("state.v_cache", state.v_cache, std::array<index_t, 4>{B, c, H, Dv}, "B,c,H,Dv");
   const float scale = scale_of(options, Dk);
-  const Coefficients coef = coefficients(in.params, D, N);
   const index_t slot = in.position % c;
-  std::vector<float> st(static_cast<std::size_t>(N * D)), xr(static_cast<std::size_t>(D)), q(xr.size()), k(xr.size()),
-      w(static_cast<std::size_t>(slot + 1));
+  // q [D] then the logits [slot + 1]; grows to the largest step seen on this thread, then stays.
+  thread_local AlignedVector<float> scratch;
+  scratch.resize(std::max(scratch.size(), static_cast<std::size_t>(D + slot + 1)));
+  float* q = scratch.data();
+  float* w = q + D;
+  const MegaParams& p = in.params;
   for (index_t b = 0; b < B; ++b) {
     for (index_t d = 0; d < D; ++d) {
-      xr[d] = in.x(b, d);
-      for (index_t j = 0; j < N; ++j) st[j * D + d] = state.ema(b, d, j);
+      const float y = ema_channel_step(p, d, N, in.x(b, d), state.ema.ptr(b, d), state.ema.stride(2));
+      q[d] = p.q_scale(d) * y + p.q_bias(d);
+      state.k_cache(b, slot, d / Dk, d % Dk) = p.k_scale(d) * y + p.k_bias(d);
     }
-    ema_token(coef, 0, D, xr.data(), st.data(), nullptr, q.data(), k.data());
-    for (index_t d = 0; d < D; ++d)
-      for (index_t j = 0; j < N; ++j) state.ema(b, d, j) = st[j * D + d];
     for (index_t h = 0; h < H; ++h) {
-      for (index_t i = 0; i < Dk; ++i) state.k_cache(b, slot, h, i) = k[h * Dk + i];
       for (index_t e = 0; e < Dv; ++e) state.v_cache(b, slot, h, e) = in.v(b, h, e);
-      float m = -std::numeric_limits<float>::infinity(), den = 0.f;
-      for (index_t s = 0; s <= slot; ++s) {
-        float dot = 0.f;
-        for (index_t i = 0; i < Dk; ++i) dot += q[h * Dk + i] * state.k_cache(b, s, h, i);
-        w[s] = scale * dot;
-        m = std::max(m, w[s]);
-      }
-      for (index_t s = 0; s <= slot; ++s) den += (w[s] = std::exp(w[s] - m));
-      for (index_t e = 0; e < Dv; ++e) {
-        float acc = 0.f;
-        for (index_t s = 0; s <= slot; ++s) acc += w[s] * state.v_cache(b, s, h, e);
-        o(b, h, e) = acc / den;
-      }
+      chunk_attention_step(q + h * Dk, state.k_cache, state.v_cache, b, h, slot + 1, scale, w, o.ptr(b, h),
+                           o.stride(2));
     }
   }
 }
