@@ -4,8 +4,9 @@
 #pragma once
 
 #include <algorithm>
-#include <optional>
+#include <type_traits>
 
+#include "seqmix/chunked/engine.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/delta_detail/head.hpp"
@@ -99,29 +100,59 @@ struct DeltaPlan {
   index_t chunk;
 };
 
+// The chunked WY form as a kernel of the chunkwise engine (chunked/engine.hpp); the state
+// S [K,V] lives in the workspace, the steps are wy.hpp's.
+template <class MakeHead>
+struct WyKernel {
+  const DeltaPlan& plan;
+  const ConstView<float, 4>& initial_state;
+  const TensorView<float, 4>& final_state;
+  MakeHead& make_head;
+
+  struct Workspace {
+    RowMatrix S;
+    WyWorkspace wy;
+  };
+  struct Head {
+    DeltaHead p;
+    index_t b, hv;
+  };
+
+  Workspace make_workspace() const { return Workspace{RowMatrix(plan.K, plan.V), WyWorkspace(plan.chunk, plan.K, plan.V)}; }
+  Head begin_head(index_t item, Workspace& ws) const {
+    const index_t b = item / plan.HV, hv = item % plan.HV;
+    Head h{make_head(b, hv), b, hv};
+    load_state(initial_state, b, hv, ws.S);
+    return h;
+  }
+  index_t tokens(const Head& h) const { return h.p.T(); }
+  void load_chunk(const Head& h, index_t t0, index_t L, Workspace& ws) const { wy_load_chunk(h.p, t0, L, ws.wy); }
+  void state_to_output(const Head& h, index_t, index_t L, Workspace& ws) const { wy_read_state(h.p, L, ws.S, ws.wy); }
+  void intra(const Head&, index_t, index_t L, Workspace& ws) const { wy_intra(L, ws.wy); }
+  void update_state(const Head& h, index_t, index_t L, Workspace& ws) const { wy_update_state(h.p, L, ws.S, ws.wy); }
+  void store_outputs(const Head& h, index_t t0, index_t L, Workspace& ws) const { wy_store_outputs(h.p, t0, L, ws.wy); }
+  void end_head(const Head& h, Workspace& ws) const { store_state(final_state, h.b, h.hv, ws.S); }
+};
+
 // Prefill over all heads: make_head(b, hv) returns the DeltaHead of one (batch, value head).
 // Each parallel block allocates its state and workspace once and reuses them for all its heads.
 // final_state may alias initial_state: a head's state is read completely before it is written.
 template <class MakeHead>
 void run_prefill(const DeltaPlan& plan, const ConstView<float, 4>& initial_state, const TensorView<float, 4>& final_state,
                  const Executor& executor, MakeHead&& make_head) {
+  if (plan.algorithm == DeltaAlgorithm::chunked) {
+    const WyKernel<std::remove_reference_t<MakeHead>> kernel{plan, initial_state, final_state, make_head};
+    seqmix::chunked::run(kernel, plan.B * plan.HV, 1, plan.chunk, executor);
+    return;
+  }
   parallel_for(executor, plan.B * plan.HV, 1, [&](index_t begin, index_t end) {
     RowMatrix S(plan.K, plan.V);
-    const bool chunked = plan.algorithm == DeltaAlgorithm::chunked;
-    std::optional<WyWorkspace> wy;
-    std::optional<TokenWorkspace> tok;
-    if (chunked)
-      wy.emplace(plan.chunk, plan.K, plan.V);
-    else
-      tok.emplace(plan.K, plan.V);
+    TokenWorkspace tok(plan.K, plan.V);
     for (index_t task = begin; task < end; ++task) {
       const index_t b = task / plan.HV, hv = task % plan.HV;
       const DeltaHead p = make_head(b, hv);
       load_state(initial_state, b, hv, S);
-      if (chunked)
-        run_wy(p, plan.chunk, S, *wy);
-      else
-        run_recurrent(p, S.data(), *tok);
+      run_recurrent(p, S.data(), tok);
       store_state(final_state, b, hv, S);
     }
   });

@@ -147,35 +147,40 @@ inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
   }
 }
 
-// Advances S [K,V] over chunk [t0, t0 + L) of head p and writes its outputs.
-inline void wy_chunk(const DeltaHead& p, index_t t0, index_t L, RowMatrix& S, WyWorkspace& ws) {
-  const index_t K = p.K(), V = p.V();
+// The steps of one chunk [t0, t0 + L) of head p on the state S [K,V], in the order the chunkwise
+// engine (chunked/engine.hpp) calls them; driver.hpp binds them to its hooks.
+
+// Operands and the state-free scores: A and M.
+inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
   load_chunk(p, t0, L, ws);
   const bool channel = p.gated() && !p.scalar_gate;
   if (channel)
-    channel_scores(L, K, ws);
+    channel_scores(L, p.K(), ws);
   else
     ws.G.topLeftCorner(2 * L, L).noalias() = ws.KQ.topRows(2 * L) * ws.KQ.topRows(L).transpose();
   mask_scores(L, p.gated() && p.scalar_gate, ws);
+}
 
-  // The read of the carried state by k (for the right-hand side) and by q (for the output).
+// The read of the carried state by k (for the right-hand side) and by q (for the output).
+inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyWorkspace& ws) {
   if (p.gated()) {
     decay_rows(p, L, ws);
     ws.P.topRows(2 * L).noalias() = ws.KQg.topRows(2 * L) * S;
   } else {
     ws.P.topRows(2 * L).noalias() = ws.KQ.topRows(2 * L) * S;
   }
+}
+
+// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L)).
+inline void wy_intra(index_t L, WyWorkspace& ws) {
   ws.U.topRows(L).array() = (ws.Vc.topRows(L) - ws.P.topRows(L)).array().colwise() * ws.beta.head(L).transpose().array();
   solve_unit_lower(ws.A, L, ws.U);
-
   auto O = ws.P.middleRows(L, L);
   O.noalias() += ws.M.topLeftCorner(L, L) * ws.U.topRows(L);
-  for (index_t i = 0; i < L; ++i) {
-    const TensorView<float, 1> out = p.o[t0 + i];
-    for (index_t c = 0; c < V; ++c) out(c) = O(i, c);
-  }
+}
 
-  // State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
+// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
+inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorkspace& ws) {
   if (!p.gated()) {
     S.noalias() += ws.KQ.topRows(L).transpose() * ws.U.topRows(L);
   } else if (p.scalar_gate) {
@@ -193,9 +198,13 @@ inline void wy_chunk(const DeltaHead& p, index_t t0, index_t L, RowMatrix& S, Wy
   }
 }
 
-// The chunked prefill of one head on the state S [K,V].
-inline void run_wy(const DeltaHead& p, index_t chunk, RowMatrix& S, WyWorkspace& ws) {
-  for (index_t t0 = 0; t0 < p.T(); t0 += chunk) wy_chunk(p, t0, std::min(chunk, p.T() - t0), S, ws);
+// The chunk's outputs (P's rows [L, 2L)) out to o, any stride. Nothing above overwrites them.
+inline void wy_store_outputs(const DeltaHead& p, index_t t0, index_t L, const WyWorkspace& ws) {
+  const auto O = ws.P.middleRows(L, L);
+  for (index_t i = 0; i < L; ++i) {
+    const TensorView<float, 1> out = p.o[t0 + i];
+    for (index_t c = 0; c < p.V(); ++c) out(c) = O(i, c);
+  }
 }
 
 }  // namespace seqmix::delta_detail

@@ -51,6 +51,9 @@ struct ChunkWorkspace {
   RowVector bonus;     // [C] rwkv6 diagonal
 };
 
+// The chunk loop itself is seqmix::chunked's engine (chunked/engine.hpp); driver.hpp maps its
+// hooks onto the steps below.
+
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
   for (index_t i = 0; i < L; ++i) {
@@ -181,16 +184,9 @@ inline void chunk_state_update(const HeadProblem& p, index_t L, RowMatrix& S, Ch
   }
 }
 
-// The chunked prefill of one head on the internal state S [Kf, Vp].
-inline void run_chunked(const HeadProblem& p, index_t chunk, RowMatrix& S, ChunkWorkspace& ws) {
-  for (index_t t0 = 0; t0 < p.T(); t0 += chunk) {
-    const index_t L = std::min(chunk, p.T() - t0);
-    load_chunk(p, t0, L, ws);
-    chunk_inter(p, L, S, ws);
-    chunk_intra(p, L, ws);
-    chunk_state_update(p, L, S, ws);
-    for (index_t i = 0; i < L; ++i) store_output_row(p, t0 + i, ws.O.row(i).data());
-  }
+// Writes the chunk's output rows (the engine's store_outputs hook).
+inline void store_chunk_outputs(const HeadProblem& p, index_t t0, index_t L, const ChunkWorkspace& ws) {
+  for (index_t i = 0; i < L; ++i) store_output_row(p, t0 + i, ws.O.row(i).data());
 }
 
 }  // namespace seqmix::detail::la

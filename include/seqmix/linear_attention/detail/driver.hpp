@@ -3,9 +3,10 @@
 #pragma once
 
 #include <algorithm>
-#include <optional>
+#include <type_traits>
 #include <vector>
 
+#include "seqmix/chunked/engine.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/detail/chunked.hpp"
@@ -110,6 +111,53 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, index_t beg
     store_state(io, (begin + i) / plan.HV, (begin + i) % plan.HV, plan.V, states[static_cast<std::size_t>(i)]);
 }
 
+// The family's chunked form as a kernel of the chunkwise engine (chunked/engine.hpp). The
+// state S [Kf, Vp] lives in the workspace; the steps are chunked.hpp's.
+template <class MakeHead>
+struct ChunkKernel {
+  const PrefillPlan& plan;
+  const StateIo& io;
+  MakeHead& make_head;
+
+  struct Workspace {
+    RowMatrix S;
+    ChunkWorkspace chunk;
+    AlignedVector<float> prefix_buffer;  // [Kf + Vp] for the JRT prefix read, else empty
+  };
+  struct Head {
+    HeadProblem p;
+    index_t b, hv;
+  };
+
+  index_t Vp() const { return plan.V + (plan.normalize ? 1 : 0); }
+  Workspace make_workspace() const {
+    return Workspace{RowMatrix(plan.Kf, Vp()), ChunkWorkspace(plan.chunk, plan.K, plan.Kf, Vp()),
+                     AlignedVector<float>(plan.prefix_len > 0 ? static_cast<std::size_t>(plan.Kf + Vp()) : 0)};
+  }
+  Head begin_head(index_t item, Workspace& ws) const {
+    const index_t b = item / plan.HV, hv = item % plan.HV;
+    Head h{make_head(b, hv), b, hv};
+    load_state(io, b, hv, plan.V, ws.S);
+    return h;
+  }
+  index_t tokens(const Head& h) const { return h.p.T(); }
+  void load_chunk(const Head& h, index_t t0, index_t L, Workspace& ws) const { la::load_chunk(h.p, t0, L, ws.chunk); }
+  void state_to_output(const Head& h, index_t, index_t L, Workspace& ws) const { chunk_inter(h.p, L, ws.S, ws.chunk); }
+  void intra(const Head& h, index_t, index_t L, Workspace& ws) const { chunk_intra(h.p, L, ws.chunk); }
+  void update_state(const Head& h, index_t, index_t L, Workspace& ws) const {
+    chunk_state_update(h.p, L, ws.S, ws.chunk);
+  }
+  void store_outputs(const Head& h, index_t t0, index_t L, Workspace& ws) const {
+    store_chunk_outputs(h.p, t0, L, ws.chunk);
+  }
+  void end_head(const Head& h, Workspace& ws) const { store_state(io, h.b, h.hv, plan.V, ws.S); }
+  // JRT: the prefix's causal outputs are overwritten by the read of the full prefix state.
+  index_t prefix_tokens(const Head&) const { return plan.prefix_len; }
+  void after_prefix(const Head& h, index_t P, Workspace& ws) const {
+    read_state(slice_head(h.p, 0, P), ws.S, ws.prefix_buffer.data(), ws.prefix_buffer.data() + plan.Kf);
+  }
+};
+
 // Prefill: make_head(b, hv) returns the HeadProblem of one (batch, value head). Each parallel
 // block allocates its workspace and states once and reuses them for all its heads. final_state
 // may alias initial_state: a head's state is read completely before it is written.
@@ -117,42 +165,31 @@ template <class MakeHead>
 void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& executor, MakeHead&& make_head) {
   const index_t Vp = plan.V + (plan.normalize ? 1 : 0);
   const index_t tasks = plan.B * plan.HV;
-  if (plan.algorithm == LinearAttentionAlgorithm::recurrent && plan.prefix_len == 0) {
+  if (plan.algorithm == LinearAttentionAlgorithm::chunked) {
+    const ChunkKernel<std::remove_reference_t<MakeHead>> kernel{plan, io, make_head};
+    seqmix::chunked::run(kernel, tasks, 1, plan.chunk, executor);
+    return;
+  }
+  if (plan.prefix_len == 0) {
     // One contiguous range of heads per thread: equal work, and the interleaving needs ranges.
     const index_t per_thread = (tasks + executor.concurrency() - 1) / executor.concurrency();
     parallel_for(executor, tasks, per_thread,
                  [&](index_t begin, index_t end) { run_recurrent_heads(plan, io, begin, end, make_head); });
     return;
   }
+  // The recurrent form with a JRT prefix: one head at a time.
   parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
     RowMatrix S(plan.Kf, Vp);
-    const bool chunked = plan.algorithm == LinearAttentionAlgorithm::chunked;
-    std::optional<ChunkWorkspace> chunk_ws;
-    std::optional<RecurrentWorkspace> rec_ws;
-    if (chunked)
-      chunk_ws.emplace(plan.chunk, plan.K, plan.Kf, Vp);
-    else
-      rec_ws.emplace(plan.K, plan.Kf, Vp, kTokenBlock);
-    auto run = [&](const HeadProblem& p) {
-      if (chunked)
-        run_chunked(p, plan.chunk, S, *chunk_ws);
-      else
-        run_recurrent(p, S.data(), *rec_ws);
-    };
-    AlignedVector<float> prefix_buffer(plan.prefix_len > 0 ? static_cast<std::size_t>(plan.Kf + Vp) : 0);
+    RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
+    AlignedVector<float> prefix_buffer(static_cast<std::size_t>(plan.Kf + Vp));
     for (index_t task = begin; task < end; ++task) {
       const index_t b = task / plan.HV, hv = task % plan.HV;
       const HeadProblem p = make_head(b, hv);
       load_state(io, b, hv, plan.V, S);
-      if (plan.prefix_len > 0) {
-        // The prefix's causal outputs are overwritten by the read of the full prefix state.
-        const index_t P = plan.prefix_len;
-        run(slice_head(p, 0, P));
-        read_state(slice_head(p, 0, P), S, prefix_buffer.data(), prefix_buffer.data() + plan.Kf);
-        if (P < p.T()) run(slice_head(p, P, p.T() - P));
-      } else {
-        run(p);
-      }
+      const index_t P = std::min(plan.prefix_len, p.T());
+      run_recurrent(slice_head(p, 0, P), S.data(), ws);
+      read_state(slice_head(p, 0, P), S, prefix_buffer.data(), prefix_buffer.data() + plan.Kf);
+      if (P < p.T()) run_recurrent(slice_head(p, P, p.T() - P), S.data(), ws);
       store_state(io, b, hv, plan.V, S);
     }
   });

@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 
+#include "seqmix/chunked/engine.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
@@ -161,51 +162,85 @@ inline void ssd_chunk_cb(const ConstView<float, 4>& Bm, const ConstView<float, 4
   });
 }
 
-// All chunks of one (batch, head), in order, carrying the state (transposed) in scratch.rhs.
-inline void ssd_chunked_head(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
-                             const SsdChunkPlan& plan, const float* cb, index_t b, index_t h, SsdChunkScratch& s) {
-  const index_t P = dims.P, N = dims.N, L = plan.L, g = h / (dims.H / dims.G);
-  const float D = in.D.has_value() ? in.D(h) : 0.f;
-  auto state_t = s.rhs.topRows(N);  // [N,P]
-  if (in.initial_state.has_value()) {
-    state_t = as_matrix(in.initial_state.select(0, b).select(0, h)).transpose();
-  } else {
-    state_t.setZero();
+// The chunked SSD form as a kernel of the chunkwise engine (chunked/engine.hpp): an item is one
+// (batch, head), its state carried transposed in the workspace's rhs. state_to_output has
+// nothing to do of its own: the read of the state and the intra-chunk term are one GEMM (intra).
+struct SsdChunkKernel {
+  const SsdInputs& in;
+  const SsdOutputs& out;
+  const SsdOptions& options;
+  const SsdDims& dims;
+  const SsdChunkPlan& plan;
+  const float* cb;  // the shared C B^T tiles (ssd_chunk_cb)
+
+  using Workspace = SsdChunkScratch;
+  struct Head {
+    index_t b, h, g;
+    float D;
+  };
+
+  Workspace make_workspace() const { return SsdChunkScratch(plan.L, dims.P, dims.N); }
+  Head begin_head(index_t item, Workspace& s) const {
+    const index_t b = item / dims.H, h = item % dims.H;
+    const Head head{b, h, h / (dims.H / dims.G), in.D.has_value() ? in.D(h) : 0.f};
+    auto state_t = s.rhs.topRows(dims.N);  // [N,P]
+    if (in.initial_state.has_value()) {
+      state_t = as_matrix(in.initial_state.select(0, b).select(0, h)).transpose();
+    } else {
+      state_t.setZero();
+    }
+    return head;
   }
-  for (index_t c = 0; c < plan.chunks; ++c) {
-    const index_t t0 = c * L, l = std::min(L, dims.T - t0);
+  index_t tokens(const Head&) const { return dims.T; }
+
+  // Decays, dt-scaled x (below the state in rhs), decayed C and the decay-masked C B^T (lhs).
+  void load_chunk(const Head& hd, index_t t0, index_t l, Workspace& s) const {
+    const index_t P = dims.P, N = dims.N, L = plan.L, b = hd.b, h = hd.h, g = hd.g;
     ssd_chunk_decays(in, options.dt_softplus, b, t0, l, h, s);
-    if (c + 1 < plan.chunks) {  // the next chunk's rows arrive while this one computes
+    if (t0 + L < dims.T) {  // the next chunk's rows arrive while this one computes
       const index_t next = std::min(L, dims.T - t0 - L);
       ssd_prefetch_rows(in.x.ptr(b, t0 + L, h), in.x.stride(1), next, P);
       if (in.z.has_value()) ssd_prefetch_rows(in.z.ptr(b, t0 + L, h), in.z.stride(1), next, P);
     }
-    const float cs_end = s.cs[l - 1];
-    const SsdConstTile x = ssd_tile(in.x, b, t0, l, h), Cm = ssd_tile(in.Cm, b, t0, l, g), Bm = ssd_tile(in.Bm, b, t0, l, g);
-    auto xd = s.rhs.middleRows(N, l), xw = s.xw.topRows(l), y = s.y.topRows(l);
+    const SsdConstTile x = ssd_tile(in.x, b, t0, l, h), Cm = ssd_tile(in.Cm, b, t0, l, g);
+    auto xd = s.rhs.middleRows(N, l), xw = s.xw.topRows(l);
     for (index_t i = 0; i < l; ++i) {
       xd.row(i) = s.dt[i] * x.row(i);
       xw.row(i) = s.decay_out[i] * xd.row(i);
       s.lhs.row(i).head(N) = s.decay_in[i] * Cm.row(i);
     }
-    const float* cb_tile = cb + ((b * dims.G + g) * plan.chunks + c) * L * L;
+    const float* cb_tile = cb + ((b * dims.G + g) * plan.chunks + t0 / L) * L * L;
     ssd_decay_mask(cb_tile, l, s.cs.data(), s.cs_lo.data(), l, s.lhs.data() + N, s.lhs.cols());
-    // State to output and intra-chunk term in one product (see SsdChunkScratch).
-    y.noalias() = s.lhs.topLeftCorner(l, N + l) * s.rhs.topRows(N + l);
-    // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution.
-    state_t *= std::exp(cs_end);
-    state_t.noalias() += Bm.transpose() * xw;
-    // D skip and z gate, row by row, then out to y (any stride).
+  }
+  void state_to_output(const Head&, index_t, index_t, Workspace&) const {}
+  // State to output and intra-chunk term in one product (see SsdChunkScratch).
+  void intra(const Head&, index_t, index_t l, Workspace& s) const {
+    const index_t N = dims.N;
+    s.y.topRows(l).noalias() = s.lhs.topLeftCorner(l, N + l) * s.rhs.topRows(N + l);
+  }
+  // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution.
+  void update_state(const Head& hd, index_t t0, index_t l, Workspace& s) const {
+    auto state_t = s.rhs.topRows(dims.N);
+    state_t *= std::exp(s.cs[l - 1]);
+    state_t.noalias() += ssd_tile(in.Bm, hd.b, t0, l, hd.g).transpose() * s.xw.topRows(l);
+  }
+  // D skip and z gate, row by row, then out to y (any stride).
+  void store_outputs(const Head& hd, index_t t0, index_t l, Workspace& s) const {
+    const index_t P = dims.P, b = hd.b, h = hd.h;
+    const SsdConstTile x = ssd_tile(in.x, b, t0, l, h);
     for (index_t i = 0; i < l; ++i) {
       const float* zrow = nullptr;
       if (in.z.has_value()) zrow = in.z.ptr(b, t0 + i, h);  // last dim contiguous (see ssd_chunked)
       float* yrow = s.y.data() + i * P;
-      ssd_finish(yrow, x.data() + i * x.outerStride(), D, zrow, P);
+      ssd_finish(yrow, x.data() + i * x.outerStride(), hd.D, zrow, P);
       ssd_scatter(yrow, P, out.y.ptr(b, t0 + i, h), out.y.stride(3));
     }
   }
-  if (out.final_state.has_value()) as_matrix(out.final_state.select(0, b).select(0, h)) = state_t.transpose();
-}
+  void end_head(const Head& hd, Workspace& s) const {
+    if (out.final_state.has_value())
+      as_matrix(out.final_state.select(0, hd.b).select(0, hd.h)) = s.rhs.topRows(dims.N).transpose();
+  }
+};
 
 // The chunked prefill. Workspace, allocated once per call: B*G*ceil(T/L)*L*L floats for the
 // shared C B^T tiles (plus contiguous copies of x, z, Bm, Cm if they have a strided last
@@ -234,11 +269,8 @@ inline void ssd_chunked(const SsdInputs& in_arg, const SsdOutputs& out, const Ss
   AlignedVector<float> cb(static_cast<std::size_t>(dims.B * dims.G * plan.chunks * L * L));
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb.data(), executor);
 
-  parallel_for(executor, dims.B * dims.H, ssd_grain(dims.T * dims.P * dims.N), [&](index_t begin, index_t end) {
-    SsdChunkScratch scratch(L, dims.P, dims.N);
-    for (index_t bh = begin; bh < end; ++bh)
-      ssd_chunked_head(in, out, options, dims, plan, cb.data(), bh / dims.H, bh % dims.H, scratch);
-  });
+  const SsdChunkKernel kernel{in, out, options, dims, plan, cb.data()};
+  seqmix::chunked::run(kernel, dims.B * dims.H, ssd_grain(dims.T * dims.P * dims.N), L, executor);
 }
 
 // Below this many tokens the recurrent form wins: the chunked form has fixed costs per call and

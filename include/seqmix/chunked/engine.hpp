@@ -1,0 +1,99 @@
+// The chunkwise engine: the loop shared by every chunked recurrence of the library (linear
+// attention / GLA / RWKV-6, the delta-rule WY form, Mamba-2 SSD). Internal; ENGINE.md next to
+// this file lists which family fills which hook.
+//
+// Every chunked form computes, per independent item (a (batch, head) pair) and per chunk of at
+// most `chunk` tokens, in order:
+//   load_chunk       the chunk's operands and whatever intra-chunk work needs no state
+//   state_to_output  what the chunk's tokens read from the state carried into the chunk
+//   intra            the intra-chunk (chunk-local, parallel over tokens) outputs
+//   update_state     state passing: the carried state decayed over the chunk plus its summary
+//   store_outputs    the chunk's output rows, out to the caller's tensor
+// The engine owns the loops only: items split over the executor, one workspace per parallel
+// block (never per item or chunk), chunks of `chunk` tokens with a ragged last one, and the
+// state load at the start of an item / store at its end. The numerics stay in the families.
+//
+// A Kernel is a small const object (it holds the views of one call) with:
+//   using Workspace = ...;                      per-thread scratch, state included
+//   using Head = ...;                           one item: its views and token count
+//   Workspace make_workspace() const;           called once per parallel block
+//   Head begin_head(index_t item, Workspace&) const;   binds the item and loads its state
+//   index_t tokens(const Head&) const;          T of the item
+//   void load_chunk(const Head&, index_t t0, index_t L, Workspace&) const;
+//   void state_to_output(const Head&, index_t t0, index_t L, Workspace&) const;
+//   void intra(const Head&, index_t t0, index_t L, Workspace&) const;
+//   void update_state(const Head&, index_t t0, index_t L, Workspace&) const;
+//   void store_outputs(const Head&, index_t t0, index_t L, Workspace&) const;
+//   void end_head(const Head&, Workspace&) const;      stores the item's final state
+// Optional, for an item whose first tokens form a segment of their own (JRT's prefix in
+// linear_attention): `index_t prefix_tokens(const Head&) const` and
+// `void after_prefix(const Head&, index_t P, Workspace&) const`; chunks then restart at P.
+//
+// Aliasing: end_head runs after every chunk of the item, and begin_head of the next item only
+// after that, so a final state may alias the initial state as long as begin_head copies the
+// item's state completely into the workspace (every family does).
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+#include <utility>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix::chunked {
+
+namespace engine_detail {
+
+template <class Kernel, class = void>
+struct has_prefix : std::false_type {};
+
+template <class Kernel>
+struct has_prefix<Kernel, std::void_t<decltype(std::declval<const Kernel&>().prefix_tokens(
+                              std::declval<const typename Kernel::Head&>()))>> : std::true_type {};
+
+}  // namespace engine_detail
+
+// Runs tokens [t_begin, t_end) of one item chunk by chunk, the state carried in the workspace.
+// Chunks start at t_begin + k * chunk; the last one may be shorter.
+template <class Kernel>
+void run_chunks(const Kernel& kernel, const typename Kernel::Head& head, index_t t_begin, index_t t_end, index_t chunk,
+                typename Kernel::Workspace& ws) {
+  for (index_t t0 = t_begin; t0 < t_end; t0 += chunk) {
+    const index_t L = std::min(chunk, t_end - t0);
+    kernel.load_chunk(head, t0, L, ws);
+    kernel.state_to_output(head, t0, L, ws);
+    kernel.intra(head, t0, L, ws);
+    kernel.update_state(head, t0, L, ws);
+    kernel.store_outputs(head, t0, L, ws);
+  }
+}
+
+// One item from its initial state to its final state.
+template <class Kernel>
+void run_item(const Kernel& kernel, index_t item, index_t chunk, typename Kernel::Workspace& ws) {
+  const typename Kernel::Head head = kernel.begin_head(item, ws);
+  const index_t T = kernel.tokens(head);
+  index_t P = 0;
+  if constexpr (engine_detail::has_prefix<Kernel>::value) {
+    P = std::min(kernel.prefix_tokens(head), T);
+    if (P > 0) {
+      run_chunks(kernel, head, 0, P, chunk, ws);
+      kernel.after_prefix(head, P, ws);
+    }
+  }
+  run_chunks(kernel, head, P, T, chunk, ws);
+  kernel.end_head(head, ws);
+}
+
+// The chunked prefill of `items` independent items over the executor, `grain` items at least
+// per task. Items of one parallel block share one workspace.
+template <class Kernel>
+void run(const Kernel& kernel, index_t items, index_t grain, index_t chunk, const Executor& executor) {
+  parallel_for(executor, items, grain, [&](index_t begin, index_t end) {
+    typename Kernel::Workspace ws = kernel.make_workspace();
+    for (index_t item = begin; item < end; ++item) run_item(kernel, item, chunk, ws);
+  });
+}
+
+}  // namespace seqmix::chunked
