@@ -262,15 +262,16 @@ inline void score_block(const float* Q, index_t ldq, const KV* const* keys, inde
                         LineStream* ahead = nullptr) noexcept {
   constexpr index_t KC = simd::kWidth / R;
   static_assert(R * KC == simd::kWidth, "the score block must fill one reduce_add_rows");
+  // The first feature vector initializes the accumulators (a zero-filled array here became a
+  // memset call per block).
   FBatch acc[simd::kWidth];
-  for (auto& a : acc) a = FBatch(0.f);
   for (index_t d = 0; d < D; d += simd::kWidth) {
     if (ahead) ahead->step();
     FBatch k[KC];
     for (index_t c = 0; c < KC; ++c) k[c] = load_kv_batch(keys[c] + d);
     for (index_t r = 0; r < R; ++r) {
-      const FBatch q = simd::load(Q + r * ldq + d);
-      for (index_t c = 0; c < KC; ++c) acc[r * KC + c] = simd::fma(q, k[c], acc[r * KC + c]);
+      const FBatch q = simd::in_register(simd::load(Q + r * ldq + d));
+      for (index_t c = 0; c < KC; ++c) acc[r * KC + c] = d == 0 ? q * k[c] : simd::fma(q, k[c], acc[r * KC + c]);
     }
   }
   alignas(64) float sums[simd::kWidth];
@@ -314,7 +315,7 @@ inline void pv_block(const float* P, index_t ldp, const KvRows<KV>& V, index_t n
     FBatch x[NV];
     for (int v = 0; v < NV; ++v) x[v] = load_kv_batch(row + v * simd::kWidth);
     for (int r = 0; r < R; ++r) {
-      const FBatch p(P[r * ldp + c]);
+      const FBatch p = simd::in_register(FBatch(P[r * ldp + c]));
       for (int v = 0; v < NV; ++v) a[r][v] = simd::fma(p, x[v], a[r][v]);
     }
   }
@@ -351,10 +352,18 @@ inline void accumulate_pv(const float* P, index_t ldp, index_t M, const KvRows<K
   }
 }
 
-// 64 keys per tile: the per-tile work (logit rule, softmax bookkeeping, accumulator rescale)
-// is spread over enough FMAs, and the logits of all heads (8 x 4 x 64 floats at Hkv = 8,
-// G = 4) stay in L1 next to the queries and accumulators.
+// At most 64 keys per tile: the per-tile work (logit rule, softmax bookkeeping, accumulator
+// rescale) is spread over enough FMAs, and the logits of all heads (8 x 4 x 64 floats at
+// Hkv = 8, G = 4) stay in L1 next to the queries and accumulators.
 constexpr index_t kDecodeTile = 64;
+// Keys per tile for a K/V row of `row_bytes` (all KV heads of one key): about 128 KB of K per
+// tile, which is what the prefetch of the next tile measured best with (Hq=32 Hkv=8 D=128,
+// Tk=16384, 2 threads: fp16 64 keys 1.66 ms vs 32: 1.77, 128: 1.79; fp32 32 keys 2.29 ms vs
+// 64: 2.79), in multiples of 16 keys.
+inline index_t decode_tile_keys(index_t row_bytes) noexcept {
+  constexpr index_t kTileBytes = 128 * 1024;
+  return std::clamp<index_t>(kTileBytes / std::max<index_t>(row_bytes, 1) / 16 * 16, 16, kDecodeTile);
+}
 // Value rows per pass over the heads: each head's accumulators are loaded and stored once per
 // 16 keys, which keeps that traffic well below the FMAs.
 constexpr index_t kPvKeys = 16;
@@ -384,12 +393,12 @@ struct DecodeScratch {
 // Visible decode tiles per batch row (rows differ only through explicit positions).
 template <class KV>
 std::vector<std::vector<index_t>> decode_tiles(const AttentionInputs<KV>& in, const AttentionOptions& options,
-                                               const AttentionDims& d) {
+                                               const AttentionDims& d, index_t tile) {
   std::vector<std::vector<index_t>> tiles(static_cast<std::size_t>(d.B));
   std::vector<index_t> pos(static_cast<std::size_t>(d.Tq));
   for (index_t b = 0; b < d.B; ++b) {
     for (index_t i = 0; i < d.Tq; ++i) pos[i] = query_position(in, b, i);
-    tiles[b] = visible_tiles(options, pos.data(), d.Tq, d.Tk, kDecodeTile);
+    tiles[b] = visible_tiles(options, pos.data(), d.Tq, d.Tk, tile);
   }
   return tiles;
 }
@@ -413,11 +422,11 @@ bool decode_reads_in_place(const AttentionInputs<KV>& in, const AttentionDims& d
   return in.k.stride(3) == 1 && in.v.stride(3) == 1 && d.Dk % simd::kWidth == 0 && d.Dv % simd::kWidth == 0;
 }
 
-// True when every key of the full tile [j0, j0 + kDecodeTile) is visible to every row and no
+// True when every key of the full tile [j0, j0 + tile) is visible to every row and no
 // logit transform applies, so the logit rule has nothing to do (the common case in decode).
 inline bool tile_needs_no_rule(const AttentionOptions& options, bool has_alibi, bool has_mask,
-                               const std::vector<VisibleKeys>& visible, index_t j0, index_t n) noexcept {
-  if (n != kDecodeTile || options.softcap > 0.f || has_alibi || has_mask) return false;
+                               const std::vector<VisibleKeys>& visible, index_t j0, index_t n, index_t tile) noexcept {
+  if (n != tile || options.softcap > 0.f || has_alibi || has_mask) return false;
   for (const VisibleKeys& v : visible)
     if (!(j0 + n <= v.sink_end || (j0 >= v.lo && j0 + n <= v.hi))) return false;
   return true;
@@ -505,19 +514,20 @@ void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratc
 template <class KV>
 void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options, const AttentionDims& d,
                   const LogitRule<KV>& rule, DecodeScratch& w, const std::vector<index_t>& list, index_t b,
-                  index_t first, index_t last, SoftmaxRow* states, float* accs) {
+                  index_t first, index_t last, index_t keys_per_tile, SoftmaxRow* states, float* accs) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   for (index_t tile = first; tile < last; ++tile) {
-    const index_t j0 = list[tile], n = std::min(kDecodeTile, d.Tk - j0);
+    const index_t j0 = list[tile], n = std::min(keys_per_tile, d.Tk - j0);
     const bool skip_rule =
-        tile_needs_no_rule(options, in.alibi_slopes.has_value(), in.mask.has_value(), w.visible, j0, n);
+        tile_needs_no_rule(options, in.alibi_slopes.has_value(), in.mask.has_value(), w.visible, j0, n, keys_per_tile);
     const index_t next_j0 = tile + 1 < last ? list[tile + 1] : 0;
-    LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(kDecodeTile, d.Tk - next_j0) : 0, n);
+    LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(keys_per_tile, d.Tk - next_j0) : 0, n);
     if constexpr (kv_loads_as_vectors<KV>) {
       if (decode_reads_in_place(in, d)) {
-        const auto in_tensor = [&](index_t h) {
-          return KvTile<KV>{{in.k.ptr(b, j0, h), in.k.stride(1)}, {in.v.ptr(b, j0, h), in.v.stride(1)}};
-        };
+        // Head h's rows start one head stride after head 0's (ptr() per call showed in profiles).
+        const KV *k0 = in.k.ptr(b, j0, 0), *v0 = in.v.ptr(b, j0, 0);
+        const index_t kh = in.k.stride(2), vh = in.v.stride(2), kld = in.k.stride(1), vld = in.v.stride(1);
+        const auto in_tensor = [=](index_t h) { return KvTile<KV>{{k0 + h * kh, kld}, {v0 + h * vh, vld}}; };
         decode_tile(rule, d, w, b, j0, n, 0, d.Hkv, in_tensor, skip_rule, states, accs, ahead);
         continue;
       }
@@ -548,7 +558,8 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
   if (d.B * d.Tq * d.Hq == 0) return;
   const float scale = attention_scale(options, d.Dk);
   const LogitRule<KV> rule{in, options, d.Tk};
-  const std::vector<std::vector<index_t>> tiles = decode_tiles(in, options, d);
+  const index_t keys_per_tile = decode_tile_keys(d.Hkv * d.Dk * static_cast<index_t>(sizeof(KV)));
+  const std::vector<std::vector<index_t>> tiles = decode_tiles(in, options, d, keys_per_tile);
   index_t max_tiles = 0;
   for (const auto& list : tiles) max_tiles = std::max<index_t>(max_tiles, static_cast<index_t>(list.size()));
 
@@ -576,7 +587,8 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
         w.visible[r] = visible_keys(options, w.pos[r], d.Tk);
       }
       const index_t row0 = t * rows_per_task;
-      decode_piece(in, options, d, rule, w, list, b, first, last, states.data() + row0, accs.data() + row0 * Dvp);
+      decode_piece(in, options, d, rule, w, list, b, first, last, keys_per_tile, states.data() + row0,
+                   accs.data() + row0 * Dvp);
     }
   });
 
