@@ -170,7 +170,7 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t c0, inde
     KvF k[NT];
     for (int t = 0; t < NT; ++t) k[t] = load_key_vector<F>(row, t);
     for (index_t r = 0; r < kKvRows; ++r) {
-      const KvF q(Q[r * ldq + c]);
+      const KvF q = simd::in_register(KvF(Q[r * ldq + c]));
       for (int t = 0; t < NT; ++t) acc[r][t] = simd::fma(q, k[t], acc[r][t]);
     }
   }
@@ -298,14 +298,26 @@ void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* wei
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
   index_t g_of[NV];
   for (int v = 0; v < NV; ++v) g_of[v] = is_quantized(F) ? (c0 + v * simd::kWidth) / group : 0;
+  // One parameter group over the whole chunk (the usual case): each row's weight is broadcast
+  // once per token into a register and feeds NV FMAs.
+  const bool one_group = g_of[0] == g_of[NV - 1];
   for (index_t t = 0; t < count; ++t) {
     ahead.step();
     const std::uint8_t* row = blk.values.data() + t * blk.value_row;
     const float* wt = weights + t * groups * kKvRows;
-    for (int v = 0; v < NV; ++v) {
-      const KvF x = load_value_vector<F>(row, c0 + v * simd::kWidth);
-      const float* wg = wt + g_of[v] * kKvRows;
-      for (index_t r = 0; r < kKvRows; ++r) a[r][v] = simd::fma(KvF(wg[r]), x, a[r][v]);
+    KvF x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = load_value_vector<F>(row, c0 + v * simd::kWidth);
+    if (one_group) {
+      const float* wg = wt + g_of[0] * kKvRows;
+      for (index_t r = 0; r < kKvRows; ++r) {
+        const KvF w = simd::in_register(KvF(wg[r]));
+        for (int v = 0; v < NV; ++v) a[r][v] = simd::fma(w, x[v], a[r][v]);
+      }
+    } else {
+      for (int v = 0; v < NV; ++v) {
+        const float* wg = wt + g_of[v] * kKvRows;
+        for (index_t r = 0; r < kKvRows; ++r) a[r][v] = simd::fma(KvF(wg[r]), x[v], a[r][v]);
+      }
     }
   }
   for (index_t r = 0; r < kKvRows; ++r)
