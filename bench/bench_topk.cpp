@@ -122,7 +122,7 @@ const bool kRegistered = [] {
   const std::string shape = st::attention_shapes().front().name;
   const index_t Tk = 131072;
   add("attention/decode/" + shape + "_Tk131072_f16", [Tk](benchmark::State& s) { dense_decode(s, Tk); });
-  for (const index_t block : {16, 32})
+  for (const index_t block : {16, 32, 64})
     add("topk_attention/decode/" + shape + "_Tk131072_k2048_quest-b" + std::to_string(block) + "-per-group_f16",
         [Tk, block](benchmark::State& s) { quest_decode(s, Tk, block, 8); });
   add("topk_attention/decode/" + shape + "_Tk131072_k2048_quest-b16-per-head_f16",

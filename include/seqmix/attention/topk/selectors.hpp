@@ -163,36 +163,64 @@ void block_key_summaries(const ConstView<KV, 4>& k, index_t block, const TensorV
 
 namespace detail {
 
-// Quest bounds of key blocks [g0, g0 + count) (count <= W) for the query heads [h0, h0 + heads)
-// of one selection head (rows of qrows, D floats each): the max over the heads, written to out.
-// max(q*lo, q*hi) is q * (q > 0 ? hi : lo), one select and one FMA per channel; W blocks keep W
-// accumulators that one reduce_add_rows sums.
-inline void quest_group(const float* qrows, index_t h0, index_t heads, index_t G, index_t D,
-                        const ConstView<float, 4>& min, const ConstView<float, 4>& max, index_t b, index_t g0,
-                        index_t count, float* out, index_t out_stride) {
-  const index_t W = simd::kWidth, Dv = simd::vector_end(D);
-  alignas(64) float bounds[simd::kFloatWidth];
-  std::fill(bounds, bounds + W, kMinusInf);
-  for (index_t r = 0; r < heads; ++r) {
-    const index_t hk = (h0 + r) / G;
-    const float* qr = qrows + r * D;
-    FBatch acc[simd::kFloatWidth];
-    for (index_t e = 0; e < W; ++e) acc[e] = FBatch(0.f);
-    for (index_t c = 0; c < Dv; c += W) {
-      const FBatch qc = simd::load(qr + c);
-      const auto positive = qc > FBatch(0.f);
-      for (index_t e = 0; e < count; ++e)
-        acc[e] = simd::fma(qc, xsimd::select(positive, simd::load(max.ptr(b, g0 + e, hk) + c),
-                                             simd::load(min.ptr(b, g0 + e, hk) + c)), acc[e]);
-    }
-    alignas(64) float sums[simd::kFloatWidth];
-    simd::reduce_add_rows(acc).store_aligned(sums);
-    for (index_t e = 0; e < count; ++e) {
-      const float *lo = min.ptr(b, g0 + e, hk), *hi = max.ptr(b, g0 + e, hk);
-      for (index_t c = Dv; c < D; ++c) sums[e] += std::max(qr[c] * lo[c], qr[c] * hi[c]);
-      bounds[e] = std::max(bounds[e], sums[e]);
+// Quest bounds for R query rows and KC = W / R key blocks: sums[r * KC + e] = sum over the
+// vectorized channels of qpos[r] . hi[e] + qneg[r] . lo[e], where qpos = max(q, 0) and
+// qneg = min(q, 0), so that the sum is max(q_c lo_c, q_c hi_c) per channel without a select.
+// Each block's lo / hi vector is loaded once for the R rows; one reduce_add_rows sums all W.
+template <index_t R>
+inline void quest_block(const float* qpos, const float* qneg, index_t ldq, index_t Dv, const float* const* lo,
+                        const float* const* hi, float* sums) noexcept {
+  constexpr index_t KC = simd::kWidth / R;
+  FBatch acc[simd::kFloatWidth];
+  for (auto& a : acc) a = FBatch(0.f);
+  for (index_t c = 0; c < Dv; c += simd::kWidth) {
+    FBatch l[KC], h[KC];
+    for (index_t e = 0; e < KC; ++e) l[e] = simd::load(lo[e] + c), h[e] = simd::load(hi[e] + c);
+    for (index_t r = 0; r < R; ++r) {
+      const FBatch qp = simd::in_register(simd::load(qpos + r * ldq + c));
+      const FBatch qn = simd::in_register(simd::load(qneg + r * ldq + c));
+      for (index_t e = 0; e < KC; ++e) acc[r * KC + e] = simd::fma(qp, h[e], simd::fma(qn, l[e], acc[r * KC + e]));
     }
   }
+  simd::reduce_add_rows(acc).store_aligned(sums);
+}
+
+// Quest bounds of key blocks [g0, g0 + count) for the query heads [h0, h0 + heads) of one
+// selection head: the max over the heads, written to out. q is given split into its positive
+// and negative parts (qpos, qneg; rows of ldq floats) and q itself for the scalar tail.
+inline void quest_group(const float* qrows, const float* qpos, const float* qneg, index_t ldq, index_t h0,
+                        index_t heads, index_t G, index_t D, const ConstView<float, 4>& min,
+                        const ConstView<float, 4>& max, index_t b, index_t g0, index_t count, float* out,
+                        index_t out_stride) {
+  const index_t W = simd::kWidth, Dv = simd::vector_end(D);
+  alignas(64) float bounds[simd::kFloatWidth];
+  alignas(64) float sums[simd::kFloatWidth];
+  std::fill(bounds, bounds + W, kMinusInf);
+  // 4 rows x W/4 blocks per kernel call where 4 consecutive heads share a KV head (and so the
+  // blocks' summaries), else one row x W blocks.
+  const auto run_rows = [&](index_t r0, auto rows_tag) {
+    constexpr index_t R = decltype(rows_tag)::value, KC = simd::kWidth / R;
+    const index_t hk = (h0 + r0) / G;
+    for (index_t e0 = 0; e0 < count; e0 += KC) {
+      const float *lo[KC], *hi[KC];
+      for (index_t e = 0; e < KC; ++e) {
+        const index_t blk = g0 + std::min(e0 + e, count - 1);  // past count: repeat the last block
+        lo[e] = min.ptr(b, blk, hk), hi[e] = max.ptr(b, blk, hk);
+      }
+      quest_block<R>(qpos + r0 * ldq, qneg + r0 * ldq, ldq, Dv, lo, hi, sums);
+      for (index_t r = 0; r < R; ++r)
+        for (index_t e = 0; e < KC && e0 + e < count; ++e) {
+          float sum = sums[r * KC + e];
+          const float* qr = qrows + (r0 + r) * ldq;
+          for (index_t c = Dv; c < D; ++c) sum += std::max(qr[c] * lo[e][c], qr[c] * hi[e][c]);
+          bounds[e0 + e] = std::max(bounds[e0 + e], sum);
+        }
+    }
+  };
+  index_t r = 0;
+  if (G % 4 == 0 && h0 % 4 == 0 && simd::kWidth % 4 == 0)
+    for (; r + 4 <= heads; r += 4) run_rows(r, std::integral_constant<index_t, 4>{});
+  for (; r < heads; ++r) run_rows(r, std::integral_constant<index_t, 1>{});
   for (index_t e = 0; e < count; ++e) out[e * out_stride] = bounds[e];
 }
 
@@ -221,16 +249,19 @@ inline void topk_scores_quest(const ConstView<float, 4>& q, const ConstView<floa
   // each read once, while a block's rows stay in L1 for all the heads that use them.
   const index_t pieces = std::max<index_t>(1, std::min<index_t>(4 * executor.concurrency(), Nb / 64));
   parallel_for(executor, B * Tq * pieces, 1, [&](index_t first, index_t last) {
-    AlignedVector<float> qrows(static_cast<std::size_t>(Hq * D));
+    AlignedVector<float> qrows(static_cast<std::size_t>(Hq * D)), qpos(qrows.size()), qneg(qrows.size());
     for (index_t task = first; task < last; ++task) {
       const index_t piece = task % pieces, i = task / pieces % Tq, b = task / pieces / Tq;
       const index_t nb0 = Nb * piece / pieces, nb1 = Nb * (piece + 1) / pieces;
       for (index_t h = 0; h < Hq; ++h) kv_row_to_float(q.ptr(b, i, h), q.stride(3), D, qrows.data() + h * D);
+      for (std::size_t c = 0; c < qrows.size(); ++c) qpos[c] = std::max(qrows[c], 0.f), qneg[c] = std::min(qrows[c], 0.f);
       for (index_t g0 = nb0; g0 < nb1; g0 += W) {
         const index_t count = std::min(W, nb1 - g0);
-        for (index_t sel = 0; sel < Hs; ++sel)
-          quest_group(qrows.data() + sel * Gs * D, sel * Gs, Gs, G, D, min, max, b, g0, count,
-                      scores.ptr(b, i, sel, g0), scores.stride(3));
+        for (index_t sel = 0; sel < Hs; ++sel) {
+          const index_t row0 = sel * Gs * D;
+          quest_group(qrows.data() + row0, qpos.data() + row0, qneg.data() + row0, D, sel * Gs, Gs, G, D, min, max, b,
+                      g0, count, scores.ptr(b, i, sel, g0), scores.stride(3));
+        }
       }
     }
   });
