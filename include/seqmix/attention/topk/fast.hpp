@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "seqmix/attention/dense/decode.hpp"
@@ -29,19 +30,44 @@ inline void prefetch_row(const T* p, index_t count) noexcept {
   for (index_t offset = 0; offset < count * static_cast<index_t>(sizeof(T)); offset += 64) __builtin_prefetch(bytes + offset, 0, 3);
 }
 
-// Per-thread scratch of topk_attention: gathered fp32 K and V rows.
+// Per-thread scratch of topk_attention: the gathered K and V rows in their storage type (the
+// decode kernel widens fp16 / bf16 in registers). Kept per thread and grown, never shrunk or
+// zeroed: allocating it per call mapped and zero-filled 2 MB per thread per decode step, which
+// cost more than the attention itself at k = 2048.
+template <class KV>
 struct TopkScratch {
-  AlignedVector<float> k, v;
-  TopkScratch(index_t capacity, index_t Dk, index_t Dv)
-      : k(static_cast<std::size_t>(std::max<index_t>(capacity, 1) * Dk)),
-        v(static_cast<std::size_t>(std::max<index_t>(capacity, 1) * Dv)) {}
+  AlignedVector<KV> k, v;
+  void fit(index_t capacity, index_t Dk, index_t Dv) {
+    const auto grow = [](AlignedVector<KV>& x, index_t n) {
+      if (x.size() < static_cast<std::size_t>(n)) x.resize(static_cast<std::size_t>(n));
+    };
+    grow(k, std::max<index_t>(capacity, 1) * Dk);
+    grow(v, std::max<index_t>(capacity, 1) * Dv);
+  }
 };
+
+template <class KV>
+TopkScratch<KV>& topk_scratch(index_t capacity, index_t Dk, index_t Dv) {
+  thread_local TopkScratch<KV> scratch;
+  scratch.fit(capacity, Dk, Dv);
+  return scratch;
+}
+
+// Copies one K or V row (any element stride) into a contiguous row of the scratch.
+template <class KV>
+inline void copy_row(const KV* src, index_t stride, index_t n, KV* dst) noexcept {
+  if (stride == 1) {
+    std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(KV));
+    return;
+  }
+  for (index_t c = 0; c < n; ++c) dst[c] = src[c * stride];
+}
 
 // One task: query i of batch row b, selection head sel, with `inner` running the decode kernel
 // (serial when tasks are spread over threads, the caller's executor when there is one task).
 template <class KV>
 void topk_task(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out, const TopkAttentionOptions& options,
-               const TopkDims& t, index_t b, index_t i, index_t sel, TopkScratch& w, const Executor& inner) {
+               const TopkDims& t, index_t b, index_t i, index_t sel, TopkScratch<KV>& w, const Executor& inner) {
   const AttentionDims& d = t.attention;
   const index_t G = d.group(), Gs = t.heads_per_selection();
   // The selected keys of this row: a prefix of the slots (select_topk pads with -1 at the end),
@@ -62,15 +88,15 @@ void topk_task(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out, c
         prefetch_row(in.k.ptr(b, ahead, hk), d.Dk * in.k.stride(3));
         prefetch_row(in.v.ptr(b, ahead, hk), d.Dv * in.v.stride(3));
       }
-      kv_row_to_float(in.k.ptr(b, j, hk), in.k.stride(3), d.Dk, w.k.data() + n * d.Dk);
-      kv_row_to_float(in.v.ptr(b, j, hk), in.v.stride(3), d.Dv, w.v.data() + n * d.Dv);
+      copy_row(in.k.ptr(b, j, hk), in.k.stride(3), d.Dk, w.k.data() + n * d.Dk);
+      copy_row(in.v.ptr(b, j, hk), in.v.stride(3), d.Dv, w.v.data() + n * d.Dv);
       ++n;
     }
     const index_t count = heads.h1 - heads.h0;
-    AttentionInputs<float> gathered;
+    AttentionInputs<KV> gathered;
     gathered.q = in.q.slice(0, b, 1).slice(1, i, 1).slice(2, heads.h0, count);
-    gathered.k = ConstView<float, 4>(w.k.data(), {1, n, 1, d.Dk});
-    gathered.v = ConstView<float, 4>(w.v.data(), {1, n, 1, d.Dv});
+    gathered.k = ConstView<KV, 4>(w.k.data(), {1, n, 1, d.Dk});
+    gathered.v = ConstView<KV, 4>(w.v.data(), {1, n, 1, d.Dv});
     if (in.sink_logits.has_value()) gathered.sink_logits = in.sink_logits.slice(0, heads.h0, count);
     AttentionOutputs part;
     part.o = out.o.slice(0, b, 1).slice(1, i, 1).slice(2, heads.h0, count);
@@ -81,8 +107,9 @@ void topk_task(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out, c
 
 }  // namespace detail
 
-// Same arguments and results as reference::topk_attention. Allocates one gather scratch per
-// parallel block (capacity x (Dk + Dv) floats) and the decode kernel's small per-call state.
+// Same arguments and results as reference::topk_attention. Each thread keeps one gather scratch
+// (capacity x (Dk + Dv) elements of KV) across calls; the decode kernel allocates its small
+// per-call state.
 template <class KV>
 void topk_attention(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out,
                     const TopkAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
@@ -95,7 +122,7 @@ void topk_attention(const TopkAttentionInputs<KV>& in, const AttentionOutputs& o
   const bool split_inside = tasks < 2 * executor.concurrency();
   const Executor& inner = split_inside ? executor : serial_executor();
   const auto run = [&](index_t first, index_t last) {
-    TopkScratch scratch(t.capacity, d.Dk, d.Dv);
+    TopkScratch<KV>& scratch = topk_scratch<KV>(t.capacity, d.Dk, d.Dv);
     for (index_t task = first; task < last; ++task)
       topk_task(in, out, options, t, task / t.Hs / d.Tq, task / t.Hs % d.Tq, task % t.Hs, scratch, inner);
   };
