@@ -364,9 +364,7 @@ inline index_t decode_tile_keys(index_t row_bytes) noexcept {
   constexpr index_t kTileBytes = 128 * 1024;
   return std::clamp<index_t>(kTileBytes / std::max<index_t>(row_bytes, 1) / 16 * 16, 16, kDecodeTile);
 }
-// Value rows per pass over the heads: each head's accumulators are loaded and stored once per
-// 16 keys, which keeps that traffic well below the FMAs.
-constexpr index_t kPvKeys = 16;
+
 // A split below 4 tiles (256 keys) costs more in merging and scheduling than it saves.
 constexpr index_t kMinTilesPerSplit = 4;
 
@@ -475,9 +473,10 @@ void score_tile(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, 
 
 // One decode tile [j0, j0 + n) for KV heads [h0, h1): logits, logit rule, online softmax and
 // P V into each head's accumulators [M x Dvp]. K and V rows of all heads lie side by side in
-// memory, so both passes walk keys in small blocks with the heads inside: the tile is read in
-// address order, which the hardware prefetchers follow at nearly full bandwidth (one head's
-// rows alone are 256-byte pieces 2 KB apart, which they do not: 28 vs 50 GB/s on one core).
+// memory; the scores walk keys in small blocks with the heads inside, so the keys are read in
+// address order (one head's rows alone are 256-byte pieces 2 KB apart, which the hardware
+// prefetchers do not follow: 28 vs 50 GB/s on one core), while the next tile's lines are
+// requested from the inner loops (LineStream).
 template <class KV, class TileOf>
 void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
                  index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
@@ -501,13 +500,11 @@ void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratc
       float* acc = accs + (h * M + r) * Dvp;
       for (index_t col = 0; col < Dvp; col += W) simd::store(acc + col, simd::load(acc + col) * FBatch(alpha));
     }
-  for (index_t c = 0; c < n; c += kPvKeys) {
-    for (index_t h = h0; h < h1; ++h) {
-      const KvRows<Stored> v = tile_of(h).v;
-      accumulate_pv(w.s.data() + h * w.s_stride + c, T, M, KvRows<Stored>{v.row(c), v.ld}, std::min(kPvKeys, n - c),
-                    Dvp, accs + h * M * Dvp, Dvp, &ahead);
-    }
-  }
+  // Values head by head over the whole tile: its lines were requested during the previous tile,
+  // so the order no longer matters for memory, and one pass per head keeps the accumulators in
+  // registers for all the tile's keys (passes of 16 keys with the heads inside: 1.45 vs 1.35 ms).
+  for (index_t h = h0; h < h1; ++h)
+    accumulate_pv(w.s.data() + h * w.s_stride, T, M, tile_of(h).v, n, Dvp, accs + h * M * Dvp, Dvp, &ahead);
 }
 
 // Runs the tiles [first, last) of batch row b for every KV head.
