@@ -155,7 +155,7 @@ inline KvF load_key_vector(const std::uint8_t* row, index_t v) noexcept {
     constexpr int bits = format_bits(F);
     const index_t per_chunk = 128 / bits, r = e % per_chunk;
     const index_t byte = 16 * (e / per_chunk) + r % 16;
-    return quant::codes_part(quant::widen_bytes(row + byte), bits, static_cast<int>(r / 16));
+    return quant::codes_part(simd::load_u8_widened(row + byte), bits, static_cast<int>(r / 16));
   }
   return KvF(0.f);
 }

@@ -19,8 +19,6 @@
 #include <cstring>
 #include <limits>
 #include <string>
-#include <type_traits>
-#include <utility>
 
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/simd.hpp"
@@ -185,26 +183,6 @@ inline void set_code(std::uint8_t* packed, index_t n, int bits, index_t e, int c
 
 using IBatch = simd::Batch<std::int32_t>;
 
-template <std::size_t... I>
-inline IBatch widen_bytes_portable(const std::uint8_t* p, std::index_sequence<I...>) noexcept {
-  return IBatch{static_cast<std::int32_t>(p[I])...};
-}
-// kWidth bytes zero-extended to 32-bit lanes: one vpmovzxbd where the target has it (GCC builds
-// the portable form from 16 scalar inserts, which made the decode kernel 10x slower). A template
-// on the arch, as in half.hpp, so the branch for the other register width is discarded.
-template <class A = simd::Arch>
-inline xsimd::batch<std::int32_t, A> widen_bytes(const std::uint8_t* p) noexcept {
-#if defined(__AVX512F__)
-  if constexpr (std::is_base_of_v<xsimd::avx512f, A>)
-    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-#endif
-#if defined(__AVX2__)
-  if constexpr (std::is_base_of_v<xsimd::avx2, A> && !std::is_base_of_v<xsimd::avx512f, A>)
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-#endif
-  return widen_bytes_portable(p, std::make_index_sequence<simd::kFloatWidth>{});
-}
-
 // The codes of lane-row `part` of widened chunk bytes, as floats.
 inline simd::Batch<float> codes_part(const IBatch& bytes, int bits, int part) noexcept {
   if (bits == 8) return xsimd::to_float(bytes);
@@ -240,7 +218,7 @@ inline void dequantize_row(const std::uint8_t* packed, index_t n, index_t group,
     for (index_t first = 0; first < full; first += per_chunk) {
       const std::uint8_t* bytes = packed + first * bits / 8;
       for (index_t half = 0; half < 16; half += W) {  // 16 bytes per chunk, W lanes at a time
-        const IBatch wide = widen_bytes(bytes + half);
+        const IBatch wide = simd::load_u8_widened(bytes + half);
         for (int part = 0; part < 8 / bits; ++part) {
           const index_t e = first + part * 16 + half;
           const Params& p = params[e / g];

@@ -140,7 +140,7 @@ inline void gemm(const float* A, index_t lda, const float* B, index_t ldb, float
                  index_t K, const float* row_scale) noexcept {
   const index_t W = simd::kWidth;
   index_t c = 0;
-  // A few rows (decode): 4-vector column blocks halve the broadcasts of A per FMA.
+  // A few rows (a short query block): 4-vector column blocks halve the broadcasts of A per FMA.
   if (M <= 4)
     for (; c + 4 * W <= N; c += 4 * W) gemm_column_block<4>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
   // Column blocks outer: one B panel (K x 2W) stays in L1 while every row block streams past.
@@ -365,7 +365,7 @@ inline index_t decode_tile_keys(index_t row_bytes) noexcept {
   return std::clamp<index_t>(kTileBytes / std::max<index_t>(row_bytes, 1) / 16 * 16, 16, kDecodeTile);
 }
 
-// A split below 4 tiles (256 keys) costs more in merging and scheduling than it saves.
+// A split below 4 tiles (128 to 256 keys) costs more in merging and scheduling than it saves.
 constexpr index_t kMinTilesPerSplit = 4;
 
 // Per-thread scratch of the decode kernel, allocated once per parallel block: per KV head the
