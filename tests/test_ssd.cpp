@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/chunked/streaming.hpp"  // StreamTraits: the per-token views of a call
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/ssm/ssd/chunked.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
@@ -107,12 +108,7 @@ struct SsdData {
 
   // Tokens [t0, t0 + n) as prefill inputs (the state comes from the caller).
   seqmix::SsdInputs slice(const SsdCase& c, index_t t0, index_t n) const {
-    seqmix::SsdInputs in = inputs(c);
-    in.x = in.x.slice(1, t0, n);
-    in.dt = in.dt.slice(1, t0, n);
-    in.Bm = in.Bm.slice(1, t0, n);
-    in.Cm = in.Cm.slice(1, t0, n);
-    if (in.z.has_value()) in.z = in.z.slice(1, t0, n);
+    seqmix::SsdInputs in = seqmix::StreamTraits<seqmix::SsdInputs>::slice(inputs(c), t0, n);
     in.initial_state = {};
     return in;
   }
