@@ -155,30 +155,6 @@ inline void stream_fence() noexcept {
 #endif
 }
 
-namespace detail {
-template <class A, std::size_t... I>
-xsimd::batch<std::int32_t, A> widen_u8_portable(const std::uint8_t* p, std::index_sequence<I...>) noexcept {
-  return xsimd::batch<std::int32_t, A>{static_cast<std::int32_t>(p[I])...};
-}
-}  // namespace detail
-
-// The batch-width bytes at p zero-extended to 32-bit lanes (quantized codes on their way to
-// floats): one vpmovzxbd where the target has it; GCC builds the portable form from one scalar
-// insert per lane, which made the quantized KV-cache kernels 10x slower. A template on the arch
-// only so that the branch for the other register width is discarded.
-template <class A = Arch>
-xsimd::batch<std::int32_t, A> load_u8_widened(const std::uint8_t* p) noexcept {
-#if defined(__AVX512F__)
-  if constexpr (std::is_base_of_v<xsimd::avx512f, A>)
-    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-#endif
-#if defined(__AVX2__)
-  if constexpr (std::is_base_of_v<xsimd::avx2, A> && !std::is_base_of_v<xsimd::avx512f, A>)
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-#endif
-  return detail::widen_u8_portable<A>(p, std::make_index_sequence<xsimd::batch<std::int32_t, A>::size>{});
-}
-
 // Name of the instruction set the batches compile to, for benchmark and example output.
 inline const char* arch_name() noexcept { return Arch::name(); }
 

@@ -8,17 +8,16 @@
 //   o, lse   as in attention (sink_logits, rows without a visible key give 0 / -inf).
 // No additive mask: a cache has no fixed key axis to lay one over.
 //
-// Fused dequantization (no fp32 copy of the cache). Per block, for the G*Tq query rows that
-// share a KV head (scaled by `scale`):
-//   per-channel keys  k = min_c + scale_c * code:  s = sum_c (q_c scale_c) code_c + sum_c q_c min_c,
-//                     q' = q * scale and the bias q.min computed once per block;
+// No fp32 copy of the cache. Per block, for the G*Tq query rows that share a KV head (scaled by
+// `scale`):
+//   per-channel keys  k = min_c + scale_c * code:  s = sum_c (q_c scale_c) code_c + sum_c q_c min_c;
 //   per-token keys    s = sum_g [ scale_g * (q_g . code_g) + min_g * sum(q_g) ];
 //   values            acc += (p * scale_t) * code_t, and sum_t p * min_t added once per block.
-// Keys are channel-major, so each 16-token vector of codes of one channel is loaded and widened
-// once and feeds one FMA per query row (G = 4 rows at once); values are token-major, so each
-// 16-channel vector of a token's codes feeds the G rows. The blocks of every (b, KV head) are
-// split into pieces spread over the executor, and the pieces' online-softmax states are combined
-// with the attention_merge monoid (merge.hpp).
+// Quantized blocks: integer dot products on the codes (integer_dots.hpp). Float blocks: keys are
+// channel-major, so each 16-token vector of one channel feeds one FMA per query row (G = 4 rows
+// at once); values are token-major, so each 16-channel vector of a token feeds the G rows. The
+// blocks of every (b, KV head) are split into pieces spread over the executor, and the pieces'
+// online-softmax states are combined with the attention_merge monoid (merge.hpp).
 #pragma once
 
 #include <algorithm>
@@ -34,6 +33,7 @@
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/prefetch.hpp"
 #include "seqmix/kv_cache/cache.hpp"
+#include "seqmix/kv_cache/integer_dots.hpp"
 
 namespace seqmix {
 
@@ -143,28 +143,20 @@ using KvF = simd::Batch<float>;
 constexpr index_t kKvRows = 4;  // query rows per register block (the GQA group of 4 in Llama-style models)
 // Rows of one (b, KV head) task are processed in groups of kKvRows (padded with zero queries).
 
-// The token vector v (kWidth tokens) of one key channel row, widened to fp32. Full 16-byte
-// chunks only (the slot granule guarantees it).
+// The token vector v (kWidth tokens) of one key channel row of a float block, as fp32.
 template <KvFormat F>
 inline KvF load_key_vector(const std::uint8_t* row, index_t v) noexcept {
   const index_t e = v * simd::kWidth;
-  if constexpr (F == KvFormat::f32) return simd::load(reinterpret_cast<const float*>(row) + e);
   if constexpr (F == KvFormat::f16) return simd::load_f16(reinterpret_cast<const f16*>(row) + e);
   if constexpr (F == KvFormat::bf16) return simd::load_bf16(reinterpret_cast<const bf16*>(row) + e);
-  if constexpr (is_quantized(F)) {
-    constexpr int bits = format_bits(F);
-    const index_t per_chunk = 128 / bits, r = e % per_chunk;
-    const index_t byte = 16 * (e / per_chunk) + r % 16;
-    return quant::codes_part(simd::load_u8_widened(row + byte), bits, static_cast<int>(r / 16));
-  }
-  return KvF(0.f);
+  return simd::load(reinterpret_cast<const float*>(row) + e);
 }
 
-// acc[r][t] += sum_{c in [c0, c1)} Q[r][c] * key[c][token vector t], for kKvRows rows.
+// acc[r][t] += sum_c Q[r][c] * key[c][token vector t], for kKvRows rows.
 template <KvFormat F, int NT>
-inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t c0, index_t c1, const float* Q, index_t ldq,
+inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, const float* Q, index_t ldq,
                      KvF (&acc)[kKvRows][NT], LineStream& ahead) noexcept {
-  for (index_t c = c0; c < c1; ++c) {
+  for (index_t c = 0; c < Dk; ++c) {
     ahead.step();
     const std::uint8_t* row = keys + c * key_row;
     KvF k[NT];
@@ -179,93 +171,52 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t c0, inde
 // The next block's codes and parameters, requested from inside this block's inner loops (see
 // core/prefetch.hpp): each block is its own few-KB allocations, where the hardware prefetchers,
 // which stop at page boundaries, keep restarting.
-inline LineStream block_lines(const KvBlock& blk, index_t rows) noexcept {
+inline LineStream block_lines(const KvBlock& blk, const KvCacheConfig& cfg, index_t rows) noexcept {
   LineStream lines;
   lines.set(0, blk.keys.data(), blk.keys.size());
   lines.set(1, blk.key_params.data(), blk.key_params.size() * sizeof(float));
   lines.set(2, blk.values.data(), blk.values.size());
   lines.set(3, blk.value_params.data(), blk.value_params.size() * sizeof(quant::Params));
-  // Steps: one per key channel and one per value row and 64-channel chunk, per 4 query rows.
-  const index_t key_channels = static_cast<index_t>(blk.key_row > 0 ? blk.keys.size() / blk.key_row : 0);
+  // Steps the kernels take: float keys one per channel, float values one per value row and
+  // 64-channel chunk, per 4 query rows; the integer kernels count their own.
   const index_t row_blocks = (rows + kKvRows - 1) / kKvRows;
-  lines.spread_over(static_cast<std::size_t>(row_blocks * (key_channels + blk.count * 2)));
+  const index_t key_steps =
+      integer_keys_supported(blk, cfg) ? integer_key_steps(cfg.key_dim, rows) : row_blocks * cfg.key_dim;
+  const index_t value_steps = integer_values_supported(blk, cfg) ? integer_value_steps(blk, cfg.value_dim, rows)
+                                                                 : row_blocks * blk.count * 2;
+  lines.spread_over(static_cast<std::size_t>(key_steps + value_steps));
   return lines;
 }
 
 // Per-task scratch.
 struct KvScratch {
   index_t rows, ldq, lds, ldacc;
-  AlignedVector<float> q, q_scaled_keys, bias, qsum, s, weights, min_sums, row;
+  AlignedVector<float> q, qsum, s, row;
   std::vector<std::int64_t> pos;
+  IntegerScratch ints;             // operand bytes of the integer kernels
+  bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
+  KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
   KvScratch(index_t rows_padded, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups)
       : rows(rows_padded), ldq(Dk), lds(kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
         q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
-        q_scaled_keys(static_cast<std::size_t>(rows_padded * Dk), 0.f),
-        bias(static_cast<std::size_t>(rows_padded), 0.f),
         qsum(static_cast<std::size_t>(rows_padded * key_groups), 0.f),
         s(static_cast<std::size_t>(rows_padded * kKvBlockTokens), 0.f),
-        weights(static_cast<std::size_t>(kKvBlockTokens * value_groups * kKvRows), 0.f),
-        min_sums(static_cast<std::size_t>(kKvRows * value_groups), 0.f),
         row(static_cast<std::size_t>(std::max({Dk, Dv, kKvBlockTokens}) + simd::kWidth), 0.f),
-        pos(static_cast<std::size_t>(rows_padded), 0) {}
+        pos(static_cast<std::size_t>(rows_padded), 0) {
+    if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups);
+  }
 };
 
-// Scores of one block for every row: w.s[r][0..slots) = scale * q_r . k_t (garbage beyond count).
+// Scores of one float block for every row: w.s[r][0..slots) = scale * q_r . k_t (garbage
+// beyond count).
 template <KvFormat F, int NT>
 void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, LineStream& ahead) {
   const index_t Dk = cfg.key_dim;
-  const bool per_token = is_quantized(F) && cfg.key_quant == KeyQuant::per_token;
-  const index_t group = per_token && cfg.group_size > 0 ? cfg.group_size : Dk;
-  const float* Q = w.q.data();
-  if (is_quantized(F) && !per_token) {  // q' = q * scale_c, bias = q . min (params planar)
-    const float* scales = blk.key_params.data();
-    const float* mins = scales + Dk;
-    const index_t nv = simd::vector_end(Dk);
-    for (index_t r = 0; r < w.rows; ++r) {
-      const float* q = Q + r * Dk;
-      float* qs = w.q_scaled_keys.data() + r * Dk;
-      KvF bias(0.f);
-      for (index_t c = 0; c < nv; c += simd::kWidth) {
-        const KvF qc = simd::load(q + c);
-        simd::store(qs + c, qc * simd::load(scales + c));
-        bias = simd::fma(qc, simd::load(mins + c), bias);
-      }
-      float total = simd::reduce_add(bias);
-      for (index_t c = nv; c < Dk; ++c) {
-        qs[c] = q[c] * scales[c];
-        total += q[c] * mins[c];
-      }
-      w.bias[r] = total;
-    }
-    Q = w.q_scaled_keys.data();
-  }
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
     KvF acc[kKvRows][NT];
     for (auto& a : acc)
       for (auto& x : a) x = KvF(0.f);
-    if (!per_token) {
-      key_dots<F, NT>(blk.keys.data(), blk.key_row, 0, Dk, Q + r0 * Dk, Dk, acc, ahead);
-      if (is_quantized(F))
-        for (index_t r = 0; r < kKvRows; ++r)
-          for (int t = 0; t < NT; ++t) acc[r][t] += KvF(w.bias[r0 + r]);
-    } else {
-      const index_t groups = quant::group_count(Dk, group);
-      for (index_t g = 0; g < groups; ++g) {
-        KvF part[kKvRows][NT];
-        for (auto& a : part)
-          for (auto& x : a) x = KvF(0.f);
-        key_dots<F, NT>(blk.keys.data(), blk.key_row, g * group, std::min(Dk, (g + 1) * group), Q + r0 * Dk, Dk, part,
-                        ahead);
-        const float* scales = blk.key_params.data() + 2 * g * blk.slots;
-        const float* mins = scales + blk.slots;
-        for (index_t r = 0; r < kKvRows; ++r) {
-          const KvF qsum(w.qsum[(r0 + r) * groups + g]);
-          for (int t = 0; t < NT; ++t)
-            acc[r][t] = simd::fma(part[r][t], simd::load(scales + t * simd::kWidth),
-                                  simd::fma(qsum, simd::load(mins + t * simd::kWidth), acc[r][t]));
-        }
-      }
-    }
+    key_dots<F, NT>(blk.keys.data(), blk.key_row, Dk, w.q.data() + r0 * Dk, Dk, acc, ahead);
     for (index_t r = 0; r < kKvRows; ++r)
       for (int t = 0; t < NT; ++t) simd::store(w.s.data() + (r0 + r) * w.lds + t * simd::kWidth, acc[r][t]);
   }
@@ -282,42 +233,22 @@ void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScrat
   }
 }
 
-// The value vector at element e (a multiple of kWidth, inside the row's full chunks).
-template <KvFormat F>
-inline KvF load_value_vector(const std::uint8_t* row, index_t e) noexcept {
-  return load_key_vector<F>(row, e / simd::kWidth);  // same chunk layout along the row
-}
-
-// acc[r] += sum_t p[r][t] * v_t over a block's `count` tokens, for kKvRows rows starting at r0.
-// Quantized: weights[t][g][r] = p * scale_{t,g} and the min terms added after the tokens.
+// acc[r] += sum_t p[r][t] * v_t over a float block's `count` tokens, for kKvRows rows.
 template <KvFormat F, int NV>
-void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* weights, index_t groups, index_t group,
-                 float* acc, index_t ldacc, LineStream& ahead) noexcept {
+void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc, index_t ldacc,
+                 LineStream& ahead) noexcept {
   KvF a[kKvRows][NV];
   for (index_t r = 0; r < kKvRows; ++r)
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
-  index_t g_of[NV];
-  for (int v = 0; v < NV; ++v) g_of[v] = is_quantized(F) ? (c0 + v * simd::kWidth) / group : 0;
-  // One parameter group over the whole chunk (the usual case): each row's weight is broadcast
-  // once per token into a register and feeds NV FMAs.
-  const bool one_group = g_of[0] == g_of[NV - 1];
   for (index_t t = 0; t < count; ++t) {
     ahead.step();
     const std::uint8_t* row = blk.values.data() + t * blk.value_row;
-    const float* wt = weights + t * groups * kKvRows;
     KvF x[NV];
-    for (int v = 0; v < NV; ++v) x[v] = load_value_vector<F>(row, c0 + v * simd::kWidth);
-    if (one_group) {
-      const float* wg = wt + g_of[0] * kKvRows;
-      for (index_t r = 0; r < kKvRows; ++r) {
-        const KvF w = simd::in_register(KvF(wg[r]));
-        for (int v = 0; v < NV; ++v) a[r][v] = simd::fma(w, x[v], a[r][v]);
-      }
-    } else {
-      for (int v = 0; v < NV; ++v) {
-        const float* wg = wt + g_of[v] * kKvRows;
-        for (index_t r = 0; r < kKvRows; ++r) a[r][v] = simd::fma(KvF(wg[r]), x[v], a[r][v]);
-      }
+    for (int v = 0; v < NV; ++v) x[v] = load_key_vector<F>(row, c0 / simd::kWidth + v);  // same layout along the row
+    // Each row's weight is broadcast once per token into a register and feeds NV FMAs.
+    for (index_t r = 0; r < kKvRows; ++r) {
+      const KvF w = simd::in_register(KvF(p[r * lds + t]));
+      for (int v = 0; v < NV; ++v) a[r][v] = simd::fma(w, x[v], a[r][v]);
     }
   }
   for (index_t r = 0; r < kKvRows; ++r)
@@ -326,62 +257,117 @@ void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* wei
 
 template <KvFormat F>
 void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc, LineStream& ahead) {
-  const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count;
-  const bool quantized = is_quantized(F);
-  const index_t group = quantized && cfg.group_size > 0 ? cfg.group_size : Dv;
-  const index_t groups = quantized ? quant::group_count(Dv, group) : 1;
-  // Vector part: whole chunks (quantized) or whole vectors (floats), one parameter pair per vector.
-  index_t vec_end = quantized ? Dv - Dv % quant::chunk_codes(format_bits(F)) : simd::vector_end(Dv);
-  if (quantized && groups > 1 && group % W != 0) vec_end = 0;
+  const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count, vec_end = simd::vector_end(Dv);
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
-    for (index_t t = 0; t < count; ++t)
-      for (index_t g = 0; g < groups; ++g)
-        for (index_t r = 0; r < kKvRows; ++r) {
-          const float p = w.s[(r0 + r) * w.lds + t];
-          w.weights[(t * groups + g) * kKvRows + r] = quantized ? p * blk.value_params[t * groups + g].scale : p;
-        }
+    const float* p = w.s.data() + r0 * w.lds;
     float* acc_rows = acc + r0 * w.ldacc;
     index_t c = 0;
-    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc, ahead);
-    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, w.weights.data(), groups, group, acc_rows, w.ldacc, ahead);
-    // Tail channels (and groups that split a vector): dequantize each row's tail, scalar FMAs.
-    if (c < Dv)
-      for (index_t t = 0; t < count; ++t) {
-        value_row(blk, cfg.group_size, Dv, t, w.row.data());
-        for (index_t r = 0; r < kKvRows; ++r) {
-          const float p = w.s[(r0 + r) * w.lds + t];
-          if (p == 0.f) continue;
-          for (index_t cc = c; cc < Dv; ++cc) acc_rows[r * w.ldacc + cc] += p * w.row[cc];
-        }
-      }
-    if (quantized && c > 0) {  // + sum_t p * min_{t,g} on the vectorized channels
-      for (index_t g = 0; g < groups; ++g) {
-        // The group's mins as one contiguous row, so each row's sum is a vector dot product
-        // rather than a chain of dependent scalar adds.
-        for (index_t t = 0; t < count; ++t) w.row[t] = blk.value_params[t * groups + g].min;
-        const index_t g0 = g * group, g1 = std::min(c, (g + 1) * group);
-        for (index_t r = 0; r < kKvRows; ++r) {
-          const KvF sum(simd::dot(w.s.data() + (r0 + r) * w.lds, w.row.data(), count));
-          float* a = acc_rows + r * w.ldacc;
-          index_t cc = g0;
-          for (; cc + W <= g1; cc += W) simd::store(a + cc, simd::load(a + cc) + sum);
-          for (; cc < g1; ++cc) a[cc] += sum.get(0);
-        }
-      }
+    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, p, w.lds, acc_rows, w.ldacc, ahead);
+    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, p, w.lds, acc_rows, w.ldacc, ahead);
+    for (index_t t = 0; t < count && c < Dv; ++t) {  // tail channels
+      const std::uint8_t* row = blk.values.data() + t * blk.value_row;
+      for (index_t r = 0; r < kKvRows; ++r)
+        for (index_t cc = c; cc < Dv; ++cc) acc_rows[r * w.ldacc + cc] += p[r * w.lds + t] * load_float(F, row, cc);
     }
   }
 }
 
 template <class Fn>
-void dispatch_format(KvFormat f, Fn&& fn) {
+void dispatch_float_format(KvFormat f, Fn&& fn) {
   switch (f) {
-    case KvFormat::f32: fn(std::integral_constant<KvFormat, KvFormat::f32>{}); break;
     case KvFormat::f16: fn(std::integral_constant<KvFormat, KvFormat::f16>{}); break;
     case KvFormat::bf16: fn(std::integral_constant<KvFormat, KvFormat::bf16>{}); break;
-    case KvFormat::int8: fn(std::integral_constant<KvFormat, KvFormat::int8>{}); break;
-    case KvFormat::int4: fn(std::integral_constant<KvFormat, KvFormat::int4>{}); break;
-    case KvFormat::int2: fn(std::integral_constant<KvFormat, KvFormat::int2>{}); break;
+    default: fn(std::integral_constant<KvFormat, KvFormat::f32>{}); break;
   }
+}
+
+// A quantized block's keys / values as an fp32 tile in the float kernels' layouts (builds
+// without integer dot products, and group sizes those kernels cannot follow).
+inline const KvBlock& float_key_tile(const KvBlock& blk, const KvCacheConfig& cfg, KvBlock& tile) {
+  const index_t Dk = cfg.key_dim, group = cfg.group_size > 0 ? cfg.group_size : Dk;
+  tile.key_format = KvFormat::f32, tile.count = blk.count, tile.slots = blk.slots;
+  tile.key_row = blk.slots * static_cast<index_t>(sizeof(float));
+  tile.keys.assign(static_cast<std::size_t>(Dk * tile.key_row), 0);
+  for (index_t c = 0; c < Dk; ++c) {
+    float* row = reinterpret_cast<float*>(tile.keys.data() + c * tile.key_row);
+    for (index_t t = 0; t < blk.count; ++t) row[t] = key_element(blk, cfg.key_quant, group, c, t);
+  }
+  return tile;
+}
+inline const KvBlock& float_value_tile(const KvBlock& blk, const KvCacheConfig& cfg, KvBlock& tile) {
+  const index_t Dv = cfg.value_dim;
+  tile.value_format = KvFormat::f32, tile.count = blk.count, tile.slots = blk.slots;
+  tile.value_row = Dv * static_cast<index_t>(sizeof(float));
+  tile.values.assign(static_cast<std::size_t>(blk.count * tile.value_row), 0);
+  for (index_t t = 0; t < blk.count; ++t)
+    value_row(blk, cfg.group_size, Dv, t, reinterpret_cast<float*>(tile.values.data() + t * tile.value_row));
+  return tile;
+}
+
+// Scores of any block into w.s.
+inline void any_block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, LineStream& ahead) {
+  if (!is_quantized(blk.key_format)) {
+    dispatch_float_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, ahead); });
+    return;
+  }
+  if (!integer_keys_supported(blk, cfg)) {
+    block_scores_dispatch<KvFormat::f32>(float_key_tile(blk, cfg, w.key_tile), cfg, w, ahead);
+    return;
+  }
+#if SEQMIX_KV_INTEGER_DOTS
+  if (cfg.key_quant == KeyQuant::per_channel || !w.query_bytes_ready) {
+    prepare_query_bytes(blk, cfg, w.q.data(), w.rows, w.ints);
+    w.query_bytes_ready = true;
+  }
+  const index_t key_groups = quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
+  const float* qsum = w.qsum.data();
+  if (blk.key_format == KvFormat::int4)
+    integer_key_scores<4, 2>(blk, cfg, w.ints, qsum, key_groups, w.s.data(), w.lds, ahead);
+  else if (blk.slots == 16)
+    integer_key_scores<8, 1>(blk, cfg, w.ints, qsum, key_groups, w.s.data(), w.lds, ahead);
+  else
+    integer_key_scores<8, 2>(blk, cfg, w.ints, qsum, key_groups, w.s.data(), w.lds, ahead);
+#endif
+}
+
+// acc += sum_t p_t * min_{t,g} on the channels of every value group g (quantized values).
+inline void add_value_min_terms(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
+  const index_t Dv = cfg.value_dim, group = cfg.group_size > 0 ? cfg.group_size : Dv;
+  const index_t groups = quant::group_count(Dv, cfg.group_size), W = simd::kWidth;
+  for (index_t g = 0; g < groups; ++g) {
+    // The group's mins as one contiguous row, so each row's sum is a vector dot product.
+    for (index_t t = 0; t < blk.count; ++t) w.row[t] = blk.value_params[t * groups + g].min;
+    const index_t g0 = g * group, g1 = std::min(Dv, (g + 1) * group);
+    for (index_t r = 0; r < w.rows; ++r) {
+      const KvF sum(simd::dot(w.s.data() + r * w.lds, w.row.data(), blk.count));
+      float* a = acc + r * w.ldacc;
+      index_t c = g0;
+      for (; c + W <= g1; c += W) simd::store(a + c, simd::load(a + c) + sum);
+      for (; c < g1; ++c) a[c] += sum.get(0);
+    }
+  }
+}
+
+// Probability-weighted values of any block into the accumulators.
+inline void any_block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc, LineStream& ahead) {
+  if (!is_quantized(blk.value_format)) {
+    dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, acc, ahead); });
+    return;
+  }
+  if (!integer_values_supported(blk, cfg)) {
+    // The tile holds dequantized values, min included.
+    block_values<KvFormat::f32>(float_value_tile(blk, cfg, w.value_tile), cfg, w, acc, ahead);
+    return;
+  }
+#if SEQMIX_KV_INTEGER_DOTS
+  prepare_value_weights(blk, w.s.data(), w.lds, w.ints);
+  switch (blk.value_format) {
+    case KvFormat::int8: integer_block_values<8>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
+    case KvFormat::int4: integer_block_values<4>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
+    default: integer_block_values<2>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
+  }
+  add_value_min_terms(blk, cfg, w, acc);
+#endif
 }
 
 // Logit rule on one row of a tile (positions of its `count` keys; the rest of `width` -> -inf),
@@ -425,9 +411,11 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   const bool alibi = in.alibi_slopes.has_value();
 
   // Pieces: a (b, KV head)'s blocks in contiguous runs of at least 8 (256 tokens), enough of them
-  // for about 4 pieces per thread; the residual goes with the last piece.
+  // for about 16 pieces per thread, so the pool's dynamic scheduling evens out the finish (with 4,
+  // one head per piece at Hkv 8, a core idled for most of a piece: int8 Tk 16384 2.10 -> 1.36 ms);
+  // the residual goes with the last piece.
   constexpr index_t kMinBlocksPerPiece = 8;
-  const index_t wanted = std::max<index_t>(1, (4 * executor.concurrency() + d.B * d.Hkv - 1) / (d.B * d.Hkv));
+  const index_t wanted = std::max<index_t>(1, (16 * executor.concurrency() + d.B * d.Hkv - 1) / (d.B * d.Hkv));
   std::vector<KvPiece> pieces;
   std::vector<index_t> first_piece(static_cast<std::size_t>(d.B * d.Hkv + 1), 0);
   for (index_t b = 0; b < d.B; ++b)
@@ -461,6 +449,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
         }
         w.pos[r] = kv_query_position(in, piece.b, i);
       }
+      w.query_bytes_ready = false;
       std::int64_t qmin = w.pos[0], qmax = w.pos[0];
       for (index_t r = 0; r < M; ++r) qmin = std::min(qmin, w.pos[r]), qmax = std::max(qmax, w.pos[r]);
       // True when every key in [lo, hi] is visible to every query row and no logit transform
@@ -482,17 +471,18 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       };
       for (index_t k = piece.first_block; k < piece.last_block; ++k) {
         const KvBlock& blk = hd.blocks[static_cast<std::size_t>(k)];
-        LineStream ahead = k + 1 < piece.last_block ? block_lines(hd.blocks[static_cast<std::size_t>(k + 1)], w.rows)
-                                                    : LineStream{};
+        LineStream ahead = k + 1 < piece.last_block
+                               ? block_lines(hd.blocks[static_cast<std::size_t>(k + 1)], cfg, w.rows)
+                               : LineStream{};
         if (blk.count == 0) continue;
         // A block no query row can see (causal, or window without sinks) is skipped whole.
         const bool after_every_query = options.causal && blk.min_position > qmax;
         const bool before_every_window = options.window > 0 && blk.max_position <= qmin - options.window &&
                                          blk.min_position >= options.sink_tokens;
         if (after_every_query || before_every_window) continue;
-        dispatch_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, ahead); });
+        any_block_scores(blk, cfg, w, ahead);
         softmax_rows(blk.positions.data(), blk.count, blk.slots);
-        dispatch_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, acc, ahead); });
+        any_block_values(blk, cfg, w, acc, ahead);
       }
       if (piece.residual) {
         const KvResidual& res = hd.residual;

@@ -11,9 +11,10 @@
 //              whole group of 32 tokens).
 //   blocks   : fixed-format blocks of at most 32 entries, each with its own quantization
 //              parameters, so dropping a row compacts only its block and never requantizes the
-//              others. Keys are stored channel-major ([Dk][slots]: the 16 or 32 token codes of a
-//              channel are contiguous, so the attention kernel scores 16 tokens per vector with
-//              no horizontal sums); values token-major ([count][Dv], the layout P*V wants).
+//              others. Float keys are stored channel-major ([Dk][slots]: 16 tokens of a channel
+//              per vector, so scores need no horizontal sums), float values token-major
+//              ([count][Dv]); quantized codes in the integer kernels' units (layout.hpp): keys as
+//              16 tokens x 4 channels, values as 16 channels x 4 tokens per 64 bytes.
 //   order    : entry index -> (block, slot) of the block part; residual entries follow.
 // Compaction: retain() empties slots of blocks; compact() (called by retain() when the head's
 // blocks are less than half full on average) merges partly filled blocks of the same formats
@@ -39,6 +40,7 @@
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/kv_cache/layout.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
 
 namespace seqmix {
@@ -77,12 +79,14 @@ struct KvBlock {
   KvFormat key_format = KvFormat::f32, value_format = KvFormat::f32;
   index_t count = 0;  // entries held
   index_t slots = 0;  // key slots per channel row, count rounded up to the granule
-  index_t key_row = 0, value_row = 0;  // bytes of one key channel row / one value row
-  AlignedVector<std::uint8_t> keys;    // [Dk][key_row], channel-major
+  // Float formats: bytes of one key channel row / one value row. Quantized: key_row is 0 and
+  // value_row is the bytes of one token quad (layout.hpp).
+  index_t key_row = 0, value_row = 0;
+  AlignedVector<std::uint8_t> keys;    // float: [Dk][key_row], channel-major; quantized: layout.hpp
   // per_channel: [Dk] scales, then [Dk] mins (planar, for vector loads). per_token: [groups][2][slots]: the scales, then the mins, of
   // each token, as vectors over tokens (the score kernel loads them 16 at a time).
   AlignedVector<float> key_params;
-  AlignedVector<std::uint8_t> values;        // [count][value_row], token-major
+  AlignedVector<std::uint8_t> values;        // float: [count][value_row], token-major; quantized: layout.hpp
   std::vector<quant::Params> value_params;   // [count][groups]
   std::vector<std::int64_t> positions;       // [count]
   std::int64_t min_position = 0, max_position = 0;
@@ -148,10 +152,56 @@ inline void store_floats(KvFormat f, const float* x, index_t n, std::uint8_t* ro
   }
 }
 
+// Codes of quantized blocks, one at a time (construction, compaction, reads; layout.hpp).
+inline int key_code(const KvBlock& blk, index_t c, index_t t) noexcept {
+  const int bits = format_bits(blk.key_format);
+  return read_code(blk.keys.data(), key_code_spot(bits, blk.slots, c, t), bits);
+}
+inline void set_key_code(KvBlock& blk, index_t c, index_t t, int code) noexcept {
+  const int bits = format_bits(blk.key_format);
+  write_code(blk.keys.data(), key_code_spot(bits, blk.slots, c, t), bits, code);
+}
+inline int value_code(const KvBlock& blk, index_t Dv, index_t t, index_t c) noexcept {
+  const int bits = format_bits(blk.value_format);
+  return read_code(blk.values.data(), value_code_spot(bits, Dv, t, c), bits);
+}
+inline void set_value_code(KvBlock& blk, index_t Dv, index_t t, index_t c, int code) noexcept {
+  const int bits = format_bits(blk.value_format);
+  write_code(blk.values.data(), value_code_spot(bits, Dv, t, c), bits, code);
+}
+
+// Sizes the key storage of a block for its format and slots (codes zeroed).
+inline void allocate_keys(KvBlock& blk, index_t Dk) {
+  const KvFormat f = blk.key_format;
+  blk.key_row = is_quantized(f) ? 0 : row_bytes(f, blk.slots);
+  const index_t bytes = is_quantized(f) ? key_code_bytes(format_bits(f), Dk, blk.slots) : Dk * blk.key_row;
+  blk.keys.assign(static_cast<std::size_t>(bytes), 0);
+}
+inline void allocate_values(KvBlock& blk, index_t Dv, index_t n) {
+  const KvFormat f = blk.value_format;
+  const int bits = format_bits(f);
+  blk.value_row = is_quantized(f) ? value_quad_bytes(bits, Dv) : row_bytes(f, Dv);
+  const index_t bytes = is_quantized(f) ? value_code_bytes(bits, Dv, n) : n * blk.value_row;
+  blk.values.assign(static_cast<std::size_t>(bytes), 0);
+}
+
+// Quantizes x [Dv] into value row t of a block: its group parameters and its codes. `scratch`
+// holds Dv bytes.
+inline void encode_value(KvBlock& blk, index_t t, const float* x, index_t Dv, index_t group, std::uint8_t* scratch) {
+  const int bits = format_bits(blk.value_format);
+  const index_t g = group > 0 ? group : Dv, groups = quant::group_count(Dv, group);
+  quant::Params* params = blk.value_params.data() + t * groups;
+  for (index_t k = 0; k < groups; ++k) {
+    const index_t c0 = k * g, len = std::min(g, Dv - c0);
+    params[k] = quant::min_max_params(x + c0, len, 1, bits);
+    quant::encode_codes(x + c0, len, params[k], bits, scratch + c0);
+  }
+  for (index_t c = 0; c < Dv; ++c) set_value_code(blk, Dv, t, c, scratch[c]);
+}
+
 inline float key_element(const KvBlock& blk, KeyQuant kq, index_t group, index_t c, index_t t) {
-  const std::uint8_t* row = blk.keys.data() + c * blk.key_row;
-  if (!is_quantized(blk.key_format)) return load_float(blk.key_format, row, t);
-  const int code = quant::code_at(row, blk.slots, format_bits(blk.key_format), t);
+  if (!is_quantized(blk.key_format)) return load_float(blk.key_format, blk.keys.data() + c * blk.key_row, t);
+  const int code = key_code(blk, c, t);
   if (kq == KeyQuant::per_channel) {  // planar: Dk scales, then Dk mins
     const index_t Dk = static_cast<index_t>(blk.key_params.size() / 2);
     return quant::decode(code, {blk.key_params[c], blk.key_params[Dk + c]});
@@ -162,13 +212,14 @@ inline float key_element(const KvBlock& blk, KeyQuant kq, index_t group, index_t
 }
 
 inline void value_row(const KvBlock& blk, index_t group, index_t Dv, index_t t, float* out) {
-  const std::uint8_t* row = blk.values.data() + t * blk.value_row;
   if (!is_quantized(blk.value_format)) {
+    const std::uint8_t* row = blk.values.data() + t * blk.value_row;
     for (index_t c = 0; c < Dv; ++c) out[c] = load_float(blk.value_format, row, c);
     return;
   }
-  const index_t groups = quant::group_count(Dv, group);
-  quant::dequantize_row(row, Dv, group, format_bits(blk.value_format), blk.value_params.data() + t * groups, out);
+  const index_t g = group > 0 ? group : Dv, groups = quant::group_count(Dv, group);
+  const quant::Params* params = blk.value_params.data() + t * groups;
+  for (index_t c = 0; c < Dv; ++c) out[c] = quant::decode(value_code(blk, Dv, t, c), params[c / g]);
 }
 
 // ---- block construction -----------------------------------------------------------------------
@@ -180,8 +231,7 @@ inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, co
   KvBlock blk;
   blk.key_format = kf, blk.value_format = vf, blk.count = n;
   blk.slots = (n + key_slot_granule(kf) - 1) / key_slot_granule(kf) * key_slot_granule(kf);
-  blk.key_row = row_bytes(kf, blk.slots);
-  blk.keys.assign(static_cast<std::size_t>(Dk * blk.key_row), 0);
+  allocate_keys(blk, Dk);
   blk.positions.assign(pos, pos + n);
   blk.min_position = n > 0 ? *std::min_element(pos, pos + n) : 0;
   blk.max_position = n > 0 ? *std::max_element(pos, pos + n) : 0;
@@ -200,98 +250,98 @@ inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, co
       }
     for (index_t c = 0; c < Dk; ++c) {
       const float* p = blk.key_params.data() + 2 * (c / group) * blk.slots;
-      std::fill(codes.begin(), codes.end(), std::uint8_t{0});
-      for (index_t t = 0; t < n; ++t) codes[t] = quant::encode(K[t * ldk + c], {p[t], p[blk.slots + t]}, kbits);
-      quant::pack_codes(codes.data(), blk.slots, kbits, blk.keys.data() + c * blk.key_row);
+      for (index_t t = 0; t < n; ++t) set_key_code(blk, c, t, quant::encode(K[t * ldk + c], {p[t], p[blk.slots + t]}, kbits));
     }
   } else {
     if (is_quantized(kf)) blk.key_params.assign(static_cast<std::size_t>(2 * Dk), 0.f);
     for (index_t c = 0; c < Dk; ++c) {
       for (index_t t = 0; t < n; ++t) column[t] = K[t * ldk + c];
-      std::uint8_t* row = blk.keys.data() + c * blk.key_row;
       if (!is_quantized(kf)) {
-        store_floats(kf, column.data(), blk.slots, row);
+        store_floats(kf, column.data(), blk.slots, blk.keys.data() + c * blk.key_row);
         continue;
       }
       const quant::Params p = quant::min_max_params(column.data(), n, 1, kbits);
       blk.key_params[c] = p.scale, blk.key_params[Dk + c] = p.min;  // planar, for vector loads
-      std::fill(codes.begin(), codes.end(), std::uint8_t{0});
       quant::encode_codes(column.data(), n, p, kbits, codes.data());
-      quant::pack_codes(codes.data(), blk.slots, kbits, row);
+      for (index_t t = 0; t < n; ++t) set_key_code(blk, c, t, codes[t]);
     }
   }
 
-  blk.value_row = row_bytes(vf, Dv);
-  blk.values.assign(static_cast<std::size_t>(n * blk.value_row), 0);
+  allocate_values(blk, Dv, n);
   const index_t vgroups = quant::group_count(Dv, cfg.group_size);
   if (is_quantized(vf)) blk.value_params.resize(static_cast<std::size_t>(n * vgroups));
   for (index_t t = 0; t < n; ++t) {
-    std::uint8_t* row = blk.values.data() + t * blk.value_row;
     if (is_quantized(vf))
-      quant::quantize_row(V + t * ldv, Dv, cfg.group_size, format_bits(vf), row, blk.value_params.data() + t * vgroups,
-                          codes.data());
+      encode_value(blk, t, V + t * ldv, Dv, cfg.group_size, codes.data());
     else
-      store_floats(vf, V + t * ldv, Dv, row);
+      store_floats(vf, V + t * ldv, Dv, blk.values.data() + t * blk.value_row);
   }
   return blk;
 }
 
+// An empty block for n entries of these formats: storage sized and zeroed, per-token key and
+// value parameters and positions sized (per-channel key parameters are left to the caller).
+inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) {
+  KvBlock blk;
+  blk.key_format = kf, blk.value_format = vf, blk.count = n;
+  const index_t granule = key_slot_granule(kf);
+  blk.slots = (n + granule - 1) / granule * granule;
+  allocate_keys(blk, cfg.key_dim);
+  allocate_values(blk, cfg.value_dim, n);
+  if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
+    const index_t rows = 2 * quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
+    blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
+  }
+  if (is_quantized(vf)) blk.value_params.assign(static_cast<std::size_t>(n * quant::group_count(cfg.value_dim, cfg.group_size)), {});
+  blk.positions.assign(static_cast<std::size_t>(n), 0);
+  return blk;
+}
+
+// Copies entry t of `from` into slot i of `to` (same formats, `to` sized by empty_block): key codes
+// or floats with any per-token key parameters, the value row with its parameters, the position.
+// Codes move exactly; per-channel key parameters belong to the block and are not touched.
+inline void copy_entry(const KvBlock& from, index_t t, KvBlock& to, index_t i, const KvCacheConfig& cfg) {
+  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  if (is_quantized(from.key_format)) {
+    for (index_t c = 0; c < Dk; ++c) set_key_code(to, c, i, key_code(from, c, t));
+    if (cfg.key_quant == KeyQuant::per_token) {
+      const index_t rows = static_cast<index_t>(from.key_params.size()) / from.slots;
+      for (index_t r = 0; r < rows; ++r) to.key_params[r * to.slots + i] = from.key_params[r * from.slots + t];
+    }
+  } else {
+    const std::size_t bytes = static_cast<std::size_t>(format_bits(from.key_format) / 8);
+    for (index_t c = 0; c < Dk; ++c)
+      std::memcpy(to.keys.data() + c * to.key_row + i * bytes, from.keys.data() + c * from.key_row + t * bytes, bytes);
+  }
+  if (is_quantized(from.value_format)) {
+    for (index_t c = 0; c < Dv; ++c) set_value_code(to, Dv, i, c, value_code(from, Dv, t, c));
+    const index_t groups = quant::group_count(Dv, cfg.group_size);
+    for (index_t g = 0; g < groups; ++g) to.value_params[i * groups + g] = from.value_params[t * groups + g];
+  } else {
+    std::memcpy(to.values.data() + i * to.value_row, from.values.data() + t * from.value_row,
+                static_cast<std::size_t>(from.value_row));
+  }
+  to.positions[i] = from.positions[t];
+}
+
+inline void set_position_range(KvBlock& blk) noexcept {
+  if (blk.count == 0) return;
+  blk.min_position = *std::min_element(blk.positions.begin(), blk.positions.end());
+  blk.max_position = *std::max_element(blk.positions.begin(), blk.positions.end());
+}
+
 // Keeps the slots marked in `keep` (size count), in order; codes are moved, never requantized.
 inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const std::vector<char>& keep) {
-  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
   std::vector<index_t> kept;
   for (index_t t = 0; t < blk.count; ++t)
     if (keep[t]) kept.push_back(t);
   const index_t n = static_cast<index_t>(kept.size());
-  const index_t granule = key_slot_granule(blk.key_format);
-  const index_t slots = (n + granule - 1) / granule * granule, key_row = row_bytes(blk.key_format, slots);
-  AlignedVector<std::uint8_t> keys(static_cast<std::size_t>(Dk * key_row), 0);
-  const bool quantized = is_quantized(blk.key_format);
-  const int bits = format_bits(blk.key_format);
-  const index_t bytes_per = bits / 8;
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(std::max(blk.slots, slots)));
-  for (index_t c = 0; c < Dk; ++c) {
-    const std::uint8_t* src = blk.keys.data() + c * blk.key_row;
-    std::uint8_t* dst = keys.data() + c * key_row;
-    if (quantized) {
-      quant::unpack_codes(src, blk.slots, bits, codes.data());
-      for (index_t i = 0; i < n; ++i) codes[i] = codes[kept[i]];
-      std::fill(codes.begin() + n, codes.begin() + slots, std::uint8_t{0});
-      quant::pack_codes(codes.data(), slots, bits, dst);
-    } else {
-      for (index_t i = 0; i < n; ++i)
-        std::memcpy(dst + i * bytes_per, src + kept[i] * bytes_per, static_cast<std::size_t>(bytes_per));
-    }
-  }
-  if (quantized && cfg.key_quant == KeyQuant::per_token) {
-    const index_t groups = quant::group_count(Dk, cfg.group_size > 0 ? cfg.group_size : Dk);
-    AlignedVector<float> params(static_cast<std::size_t>(groups * 2 * slots), 0.f);
-    for (index_t row = 0; row < 2 * groups; ++row)
-      for (index_t i = 0; i < n; ++i) params[row * slots + i] = blk.key_params[row * blk.slots + kept[i]];
-    blk.key_params = std::move(params);
-  }
-  const index_t vgroups = is_quantized(blk.value_format) ? quant::group_count(Dv, cfg.group_size) : 0;
-  for (index_t i = 0; i < n; ++i) {
-    const index_t t = kept[i];
-    if (t != i) {
-      std::memmove(blk.values.data() + i * blk.value_row, blk.values.data() + t * blk.value_row,
-                   static_cast<std::size_t>(blk.value_row));
-      for (index_t g = 0; g < vgroups; ++g) blk.value_params[i * vgroups + g] = blk.value_params[t * vgroups + g];
-      blk.positions[i] = blk.positions[t];
-    }
-  }
-  blk.values.resize(static_cast<std::size_t>(n * blk.value_row));
-  blk.values.shrink_to_fit();
-  blk.value_params.resize(static_cast<std::size_t>(n * vgroups));
-  blk.value_params.shrink_to_fit();
-  blk.positions.resize(static_cast<std::size_t>(n));
-  blk.positions.shrink_to_fit();
-  blk.keys = std::move(keys);
-  blk.slots = slots, blk.key_row = key_row, blk.count = n;
-  if (n > 0) {
-    blk.min_position = *std::min_element(blk.positions.begin(), blk.positions.end());
-    blk.max_position = *std::max_element(blk.positions.begin(), blk.positions.end());
-  }
+  KvBlock out = empty_block(cfg, blk.key_format, blk.value_format, n);
+  if (is_quantized(blk.key_format) && cfg.key_quant == KeyQuant::per_channel) out.key_params = blk.key_params;
+  for (index_t i = 0; i < n; ++i) copy_entry(blk, kept[i], out, i, cfg);
+  set_position_range(out);
+  if (n == 0) out.min_position = blk.min_position, out.max_position = blk.max_position;
+  blk = std::move(out);
 }
 
 // A block holding the entries `src` (in this order, at most kKvBlockTokens, non-empty) of blocks
@@ -304,65 +354,22 @@ inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const std::vec
 inline KvBlock merge_entries(const KvCacheConfig& cfg, const std::vector<KvBlock>& blocks, const std::vector<KvSlot>& src) {
   const index_t n = static_cast<index_t>(src.size()), Dk = cfg.key_dim, Dv = cfg.value_dim;
   const KvBlock& first = blocks[src[0].block];
-  const KvFormat kf = first.key_format, vf = first.value_format;
+  KvBlock blk = empty_block(cfg, first.key_format, first.value_format, n);
+  for (index_t i = 0; i < n; ++i) copy_entry(blocks[src[i].block], src[i].slot, blk, i, cfg);
+  set_position_range(blk);
+  if (!is_quantized(first.key_format) || cfg.key_quant != KeyQuant::per_channel) return blk;
   const bool one_source = std::all_of(src.begin(), src.end(), [&](const KvSlot& s) { return s.block == src[0].block; });
-  const bool per_channel_codes = is_quantized(kf) && cfg.key_quant == KeyQuant::per_channel;
-  std::vector<std::int64_t> pos(static_cast<std::size_t>(n));
-  for (index_t i = 0; i < n; ++i) pos[i] = blocks[src[i].block].positions[src[i].slot];
-  KvBlock blk;
-  if (per_channel_codes && !one_source) {
-    const index_t group = cfg.group_size > 0 ? cfg.group_size : Dk;
-    std::vector<float> K(static_cast<std::size_t>(n * Dk)), V(static_cast<std::size_t>(n * Dv), 0.f);
-    for (index_t i = 0; i < n; ++i)
-      for (index_t c = 0; c < Dk; ++c) K[i * Dk + c] = key_element(blocks[src[i].block], cfg.key_quant, group, c, src[i].slot);
-    blk = make_block(cfg, kf, KvFormat::f32, K.data(), Dk, V.data(), Dv, pos.data(), n);  // values set below
-  } else {
-    const index_t granule = key_slot_granule(kf);
-    blk.key_format = kf, blk.count = n;
-    blk.slots = (n + granule - 1) / granule * granule;
-    blk.key_row = row_bytes(kf, blk.slots);
-    blk.keys.assign(static_cast<std::size_t>(Dk * blk.key_row), 0);
-    blk.positions = pos;
-    blk.min_position = *std::min_element(pos.begin(), pos.end());
-    blk.max_position = *std::max_element(pos.begin(), pos.end());
-    const int bits = format_bits(kf);
-    std::vector<std::uint8_t> codes(static_cast<std::size_t>(blk.slots), 0);
-    for (index_t c = 0; c < Dk; ++c) {
-      std::uint8_t* dst = blk.keys.data() + c * blk.key_row;
-      for (index_t i = 0; i < n; ++i) {
-        const KvBlock& from = blocks[src[i].block];
-        const std::uint8_t* row = from.keys.data() + c * from.key_row;
-        if (is_quantized(kf))
-          codes[i] = static_cast<std::uint8_t>(quant::code_at(row, from.slots, bits, src[i].slot));
-        else
-          std::memcpy(dst + i * (bits / 8), row + src[i].slot * (bits / 8), static_cast<std::size_t>(bits / 8));
-      }
-      if (is_quantized(kf)) quant::pack_codes(codes.data(), blk.slots, bits, dst);
-    }
-    if (per_channel_codes) {
-      blk.key_params = first.key_params;
-    } else if (is_quantized(kf)) {  // per token: [groups][2][slots] vectors over tokens
-      const index_t rows = 2 * quant::group_count(Dk, cfg.group_size > 0 ? cfg.group_size : Dk);
-      blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
-      for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < n; ++i) {
-          const KvBlock& from = blocks[src[i].block];
-          blk.key_params[r * blk.slots + i] = from.key_params[r * from.slots + src[i].slot];
-        }
-    }
+  if (one_source) {
+    blk.key_params = first.key_params;
+    return blk;
   }
-  blk.value_format = vf;
-  blk.value_row = row_bytes(vf, Dv);
-  blk.values.assign(static_cast<std::size_t>(n * blk.value_row), 0);
-  const index_t vgroups = is_quantized(vf) ? quant::group_count(Dv, cfg.group_size) : 0;
-  blk.value_params.assign(static_cast<std::size_t>(n * vgroups), quant::Params{});
-  for (index_t i = 0; i < n; ++i) {
-    const KvBlock& from = blocks[src[i].block];
-    const index_t t = src[i].slot;
-    std::memcpy(blk.values.data() + i * blk.value_row, from.values.data() + t * from.value_row,
-                static_cast<std::size_t>(blk.value_row));
-    for (index_t g = 0; g < vgroups; ++g) blk.value_params[i * vgroups + g] = from.value_params[t * vgroups + g];
-  }
+  const index_t group = cfg.group_size > 0 ? cfg.group_size : Dk;
+  std::vector<float> K(static_cast<std::size_t>(n * Dk)), V(static_cast<std::size_t>(n * Dv), 0.f);
+  for (index_t i = 0; i < n; ++i)
+    for (index_t c = 0; c < Dk; ++c) K[i * Dk + c] = key_element(blocks[src[i].block], cfg.key_quant, group, c, src[i].slot);
+  KvBlock keys = make_block(cfg, first.key_format, KvFormat::f32, K.data(), Dk, V.data(), Dv, blk.positions.data(), n);
+  blk.keys = std::move(keys.keys);
+  blk.key_params = std::move(keys.key_params);
   return blk;
 }
 
@@ -575,14 +582,11 @@ class KvCache {
     detail::KvBlock& blk = hd.blocks[s.block];
     const index_t t = s.slot;
     // The value row has its own parameters: re-encode it alone.
-    std::uint8_t* vrow = blk.values.data() + t * blk.value_row;
     if (is_quantized(blk.value_format)) {
       std::vector<std::uint8_t> scratch(static_cast<std::size_t>(Dv));
-      const index_t groups = quant::group_count(Dv, config_.group_size);
-      quant::quantize_row(value, Dv, config_.group_size, format_bits(blk.value_format), vrow,
-                          blk.value_params.data() + t * groups, scratch.data());
+      detail::encode_value(blk, t, value, Dv, config_.group_size, scratch.data());
     } else {
-      detail::store_floats(blk.value_format, value, Dv, vrow);
+      detail::store_floats(blk.value_format, value, Dv, blk.values.data() + t * blk.value_row);
     }
     const int bits = format_bits(blk.key_format);
     if (!is_quantized(blk.key_format)) {  // one element per channel row
@@ -594,8 +598,7 @@ class KvCache {
         const quant::Params p = quant::min_max_params(key + c0, c1 - c0, 1, bits);
         blk.key_params[(2 * g) * blk.slots + t] = p.scale;
         blk.key_params[(2 * g + 1) * blk.slots + t] = p.min;
-        for (index_t c = c0; c < c1; ++c)
-          quant::set_code(blk.keys.data() + c * blk.key_row, blk.slots, bits, t, quant::encode(key[c], p, bits));
+        for (index_t c = c0; c < c1; ++c) detail::set_key_code(blk, c, t, quant::encode(key[c], p, bits));
       }
     } else {
       // Per-channel parameters are shared by the block: refit them over the dequantized keys with

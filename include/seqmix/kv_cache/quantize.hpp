@@ -1,16 +1,10 @@
-// Asymmetric min-max group quantization for the KV cache (SPEC section 6), and the dense code
-// packing every quantized cache row uses.
+// Asymmetric min-max group quantization for the KV cache (SPEC section 6).
 //
 //   scale = (max - min) / (2^bits - 1),  code = round((x - min) / scale) in [0, 2^bits - 1],
 //   x'    = min + scale * code,          |x - x'| <= scale / 2 (plus float rounding).
 // A constant group has scale 0, every code 0, and dequantizes to min exactly.
 //
-// Packing ("planar chunks"): a packed row is cut into chunks of 16 bytes, i.e. 16 int8, 32 int4
-// or 64 int2 codes. In a chunk of m codes with L = 8 / bits codes per byte and q = ceil(m / L),
-// code e sits in byte e % q at bit (e / q) * bits. For a full chunk q = 16, so widening its 16
-// bytes to 16 lanes once and shifting by 0, 4 (int4) or 0, 2, 4, 6 (int2) yields the codes of
-// 16 consecutive elements per shift: no nibble shuffling in the kernels. Only the last chunk of a
-// row may be short; the row still takes exactly ceil(n * bits / 8) bytes.
+// Codes are unsigned, one per element; where a cache block keeps them is layout.hpp.
 #pragma once
 
 #include <algorithm>
@@ -67,9 +61,6 @@ struct Params {
 
 inline int code_max(int bits) noexcept { return (1 << bits) - 1; }
 
-// Codes per 16-byte chunk.
-inline index_t chunk_codes(int bits) noexcept { return 128 / bits; }
-
 // Min-max parameters of n values x[i * stride].
 inline Params min_max_params(const float* x, index_t n, index_t stride, int bits) noexcept {
   if (n <= 0) return {};
@@ -120,118 +111,11 @@ inline void encode_codes(const float* x, index_t n, const Params& p, int bits, s
   for (index_t i = nv; i < n; ++i) codes[i] = encode(x[i], p, bits);
 }
 
-// Layout of one chunk: its length m, bytes per lane-row q and the byte offset of its start.
-struct Chunk {
-  index_t first, m, q, byte;
-};
-inline Chunk chunk_of(index_t first, index_t n, int bits) noexcept {
-  const index_t per_byte = 8 / bits, m = std::min(chunk_codes(bits), n - first);
-  return {first, m, (m + per_byte - 1) / per_byte, first * bits / 8};
-}
-
-// Unpacked codes (one per byte) -> packed row of ceil(n * bits / 8) bytes (see the top).
-inline void pack_codes(const std::uint8_t* codes, index_t n, int bits, std::uint8_t* packed) noexcept {
-  if (bits == 8) {
-    std::memcpy(packed, codes, static_cast<std::size_t>(n));
-    return;
-  }
-  for (index_t first = 0; first < n; first += chunk_codes(bits)) {
-    const Chunk c = chunk_of(first, n, bits);
-    std::uint8_t* out = packed + c.byte;
-    std::fill(out, out + c.q, std::uint8_t{0});
-    for (index_t e = 0; e < c.m; ++e)
-      out[e % c.q] = static_cast<std::uint8_t>(out[e % c.q] | (codes[first + e] << ((e / c.q) * bits)));
-  }
-}
-
-inline void unpack_codes(const std::uint8_t* packed, index_t n, int bits, std::uint8_t* codes) noexcept {
-  if (bits == 8) {
-    std::memcpy(codes, packed, static_cast<std::size_t>(n));
-    return;
-  }
-  const int mask = code_max(bits);
-  for (index_t first = 0; first < n; first += chunk_codes(bits)) {
-    const Chunk c = chunk_of(first, n, bits);
-    for (index_t e = 0; e < c.m; ++e)
-      codes[first + e] = static_cast<std::uint8_t>((packed[c.byte + e % c.q] >> ((e / c.q) * bits)) & mask);
-  }
-}
-
-// One packed code (random access, for compaction and reference reads).
-inline int code_at(const std::uint8_t* packed, index_t n, int bits, index_t e) noexcept {
-  if (bits == 8) return packed[e];
-  const index_t first = e - e % chunk_codes(bits);
-  const Chunk c = chunk_of(first, n, bits);
-  const index_t r = e - first;
-  return (packed[c.byte + r % c.q] >> ((r / c.q) * bits)) & code_max(bits);
-}
-
-// Overwrites one packed code.
-inline void set_code(std::uint8_t* packed, index_t n, int bits, index_t e, int code) noexcept {
-  if (bits == 8) {
-    packed[e] = static_cast<std::uint8_t>(code);
-    return;
-  }
-  const index_t first = e - e % chunk_codes(bits);
-  const Chunk c = chunk_of(first, n, bits);
-  const index_t r = e - first, shift = (r / c.q) * bits;
-  std::uint8_t& byte = packed[c.byte + r % c.q];
-  byte = static_cast<std::uint8_t>((byte & ~(code_max(bits) << shift)) | (code << shift));
-}
-
-// ---- vector widening of codes (the kernels' inner loads) ---------------------------------------
-
-using IBatch = simd::Batch<std::int32_t>;
-
-// The codes of lane-row `part` of widened chunk bytes, as floats.
-inline simd::Batch<float> codes_part(const IBatch& bytes, int bits, int part) noexcept {
-  if (bits == 8) return xsimd::to_float(bytes);
-  return xsimd::to_float((bytes >> (part * bits)) & IBatch(code_max(bits)));
-}
-
-// ---- rows with one parameter pair per group of `group` elements -------------------------------
+// ---- groups of `group` elements (0: one group) ------------------------------------------------
 
 inline index_t group_count(index_t n, index_t group) noexcept { return group > 0 ? (n + group - 1) / group : 1; }
 
-// Quantizes a contiguous row of n values in groups of `group` (0: one group), writes the packed
-// row and params[g] for each group. `scratch` holds n bytes.
-inline void quantize_row(const float* x, index_t n, index_t group, int bits, std::uint8_t* packed, Params* params,
-                         std::uint8_t* scratch) noexcept {
-  const index_t g = group > 0 ? group : n;
-  for (index_t k = 0, c0 = 0; c0 < n; ++k, c0 += g) {
-    const index_t len = std::min(g, n - c0);
-    params[k] = min_max_params(x + c0, len, 1, bits);
-    encode_codes(x + c0, len, params[k], bits, scratch + c0);
-  }
-  pack_codes(scratch, n, bits, packed);
-}
-
-// Inverse of quantize_row. The full chunks are decoded a vector at a time; when the group is a
-// multiple of the vector width each vector has one parameter pair.
-inline void dequantize_row(const std::uint8_t* packed, index_t n, index_t group, int bits, const Params* params,
-                           float* out) noexcept {
-  const index_t g = group > 0 ? group : n, W = simd::kWidth, per_chunk = chunk_codes(bits);
-  const bool vector_groups = g % W == 0 && per_chunk % W == 0;
-  index_t done = 0;
-  if (vector_groups) {
-    const index_t full = n - n % per_chunk;
-    for (index_t first = 0; first < full; first += per_chunk) {
-      const std::uint8_t* bytes = packed + first * bits / 8;
-      for (index_t half = 0; half < 16; half += W) {  // 16 bytes per chunk, W lanes at a time
-        const IBatch wide = simd::load_u8_widened(bytes + half);
-        for (int part = 0; part < 8 / bits; ++part) {
-          const index_t e = first + part * 16 + half;
-          const Params& p = params[e / g];
-          simd::store(out + e, simd::fma(codes_part(wide, bits, part), simd::Batch<float>(p.scale), simd::Batch<float>(p.min)));
-        }
-      }
-    }
-    done = full;
-  }
-  for (index_t e = done; e < n; ++e) out[e] = decode(code_at(packed, n, bits, e), params[e / g]);
-}
-
-// Largest error quantize_row may make on a group with these params (the bound tests check).
+// Largest error encode + decode may make on a group with these params (the bound tests check).
 inline float error_bound(const Params& p) noexcept {
   return 0.5f * p.scale + 4.f * std::numeric_limits<float>::epsilon() * (std::abs(p.min) + p.scale * 255.f);
 }

@@ -1,0 +1,329 @@
+// Decode-attention kernels for quantized blocks: integer dot products on the stored codes.
+//
+// The fp32 route (widen each code, convert, FMA) spends more instructions converting than
+// multiplying: at Tk = 16384, Hq 32, Hkv 8, D 128 it stayed at 1.9 ms for int8 and int4 alike.
+// One AVX-512 VNNI instruction (vpdpbusd) multiplies 64 unsigned codes by 64 signed bytes and
+// sums them in fours into 16 int32 lanes, so the float operand is rounded to bytes first:
+//   x ~ a (h + l / 256),  a = max|x| / 127,  h = round(x / a),  l = round(256 (x / a - h)),
+// two signed bytes per element (h, l in [-128, 127]), |x - a (h + l / 256)| <= a / 512, i.e. a
+// relative precision of 2^-16 of the largest element, far below the cache's own rounding
+// (int8: 2^-9 of the range) and two instructions per 64 codes instead of 16 FMAs.
+//   keys   operand = the query row (times the per-channel key scales, per block), one pair
+//          of bytes per channel; lanes = tokens (layout.hpp), so no horizontal sums;
+//   values operand = p * scale_t per token (per block, row and value group); lanes = channels.
+// The int32 sums are exact; each block's sums are turned into floats once.
+// Without VNNI (or for group sizes the lanes cannot follow), a quantized block is dequantized
+// into an fp32 tile and goes through the float kernels: same results up to that rounding.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define SEQMIX_KV_INTEGER_DOTS 1
+#else
+#define SEQMIX_KV_INTEGER_DOTS 0
+#endif
+
+#include "seqmix/core/prefetch.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/kv_cache/cache.hpp"
+
+namespace seqmix::detail {
+
+constexpr bool kKvIntegerDots = SEQMIX_KV_INTEGER_DOTS == 1;
+
+// Operand bytes and scales of one task (rows = query rows padded to 4).
+struct IntegerScratch {
+  index_t rows = 0, quad_bytes = 0, weight_bytes = 0, groups = 0;
+  AlignedVector<float> q_scaled;           // [4][quad_bytes]: four rows at a time
+  AlignedVector<std::int8_t> q_hi, q_lo;   // [rows][quad_bytes]: the two bytes of each channel
+  AlignedVector<float> q_step;             // [rows]: a of the row
+  AlignedVector<float> bias;               // [rows]: q . min (per-channel keys)
+  AlignedVector<std::int8_t> w_hi, w_lo;   // [rows][groups][32 tokens]
+  AlignedVector<float> w_step;             // [rows][groups]
+  AlignedVector<float> weights, value_scales;  // [32] scratch, [groups][32]
+  IntegerScratch() = default;
+  IntegerScratch(index_t rows_padded, index_t Dk, index_t value_groups)
+      : rows(rows_padded), quad_bytes((Dk + 63) / 64 * 64), weight_bytes(value_groups * kKvBlockTokens),
+        groups(value_groups),
+        q_scaled(static_cast<std::size_t>(4 * quad_bytes), 0.f),
+        q_hi(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
+        q_lo(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
+        q_step(static_cast<std::size_t>(rows_padded), 0.f),
+        bias(static_cast<std::size_t>(rows_padded), 0.f),
+        w_hi(static_cast<std::size_t>(rows_padded * weight_bytes), 0),
+        w_lo(static_cast<std::size_t>(rows_padded * weight_bytes), 0),
+        w_step(static_cast<std::size_t>(rows_padded * value_groups), 0.f),
+        weights(static_cast<std::size_t>(kKvBlockTokens), 0.f),
+        value_scales(static_cast<std::size_t>(value_groups * kKvBlockTokens), 0.f) {}
+};
+
+// Whether the integer kernels can follow the block's parameter groups: a key group must hold
+// whole channel quads, a value group whole 16-channel vectors.
+inline bool integer_keys_supported(const KvBlock& blk, const KvCacheConfig& cfg) noexcept {
+  if (!kKvIntegerDots || !is_quantized(blk.key_format)) return false;
+  if (cfg.key_quant == KeyQuant::per_channel) return true;
+  const index_t group = cfg.group_size > 0 ? cfg.group_size : cfg.key_dim;
+  return group >= cfg.key_dim || group % 4 == 0;
+}
+inline bool integer_values_supported(const KvBlock& blk, const KvCacheConfig& cfg) noexcept {
+  if (!kKvIntegerDots || !is_quantized(blk.value_format)) return false;
+  return cfg.group_size == 0 || cfg.group_size >= cfg.value_dim || cfg.group_size % 16 == 0;
+}
+
+// Prefetch steps the integer kernels take per block (core/prefetch.hpp): one per 4 channel
+// quads of keys and per 2 token quads of values (a step costs a few cycles; a block is short).
+inline index_t integer_key_steps(index_t Dk, index_t rows) noexcept { return rows / 4 * ((Dk + 15) / 16); }
+
+#if SEQMIX_KV_INTEGER_DOTS
+
+// x [n16] (n16 a multiple of 16, zero padded) -> hi, lo bytes, given top = max|x|; returns a.
+inline float quantize_two_term(const float* x, index_t n16, float top, std::int8_t* hi, std::int8_t* lo) noexcept {
+  if (!(top > 0.f)) {
+    std::memset(hi, 0, static_cast<std::size_t>(n16));
+    std::memset(lo, 0, static_cast<std::size_t>(n16));
+    return 0.f;
+  }
+  const __m512 inv = _mm512_set1_ps(127.f / top), k256 = _mm512_set1_ps(256.f);
+  for (index_t i = 0; i < n16; i += 16) {
+    const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
+    const __m512 h = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 l = _mm512_mul_ps(_mm512_sub_ps(v, h), k256);  // in [-128, 128]; +128 saturates
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(hi + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(h)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(l)));
+  }
+  return top / 127.f;
+}
+
+inline __m512i broadcast_quad(const std::int8_t* bytes) noexcept {
+  std::int32_t v;
+  std::memcpy(&v, bytes, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// Plane p of a 64-byte unit of Bits-bit codes, as 64 bytes.
+template <int Bits>
+inline __m512i code_plane(__m512i raw, int p) noexcept {
+  if constexpr (Bits == 8) {
+    (void)p;
+    return raw;
+  } else {
+    const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << Bits) - 1));
+    return _mm512_and_si512(_mm512_srli_epi16(raw, static_cast<unsigned>(p * Bits)), mask);
+  }
+}
+
+// Query bytes of every row for this block. Per-channel keys: q' = q * scale_c, bias = q . min;
+// per-token keys: q itself (the same for every block: done once per task by the caller). Four
+// rows go through each pass together: their reductions are independent chains.
+inline void prepare_query_bytes(const KvBlock& blk, const KvCacheConfig& cfg, const float* Q, index_t rows,
+                                IntegerScratch& x) {
+  const index_t Dk = cfg.key_dim, n16 = (Dk + 15) / 16 * 16;
+  const bool per_channel = cfg.key_quant == KeyQuant::per_channel;
+  const float* scales = blk.key_params.data();
+  const float* mins = scales + Dk;
+  for (index_t r0 = 0; r0 < rows; r0 += 4) {
+    __m512 bias[4], top[4];
+    for (int r = 0; r < 4; ++r) bias[r] = top[r] = _mm512_setzero_ps();
+    for (index_t c = 0; c < n16; c += 16) {
+      const index_t left = std::min<index_t>(16, Dk - c);
+      const __mmask16 valid = static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 sc = per_channel ? _mm512_maskz_loadu_ps(valid, scales + c) : _mm512_set1_ps(1.f);
+      const __m512 mn = per_channel ? _mm512_maskz_loadu_ps(valid, mins + c) : _mm512_setzero_ps();
+      for (int r = 0; r < 4; ++r) {
+        const __m512 qc = _mm512_maskz_loadu_ps(valid, Q + (r0 + r) * Dk + c);
+        const __m512 qs = _mm512_mul_ps(qc, sc);
+        _mm512_storeu_ps(x.q_scaled.data() + r * x.quad_bytes + c, qs);
+        bias[r] = _mm512_fmadd_ps(qc, mn, bias[r]);
+        top[r] = _mm512_max_ps(top[r], _mm512_abs_ps(qs));
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      const index_t at = (r0 + r) * x.quad_bytes;
+      x.bias[r0 + r] = _mm512_reduce_add_ps(bias[r]);
+      x.q_step[r0 + r] = quantize_two_term(x.q_scaled.data() + r * x.quad_bytes, n16, _mm512_reduce_max_ps(top[r]),
+                                           x.q_hi.data() + at, x.q_lo.data() + at);
+    }
+  }
+}
+
+// Scores of one block, 4 rows at a time: s[r][t] = scale * q_r . k_t for the block's slots.
+// NT = slots / 16 token vectors; a key group spans `group` channels (Dk for per-channel keys).
+template <int Bits, int NT>
+void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const IntegerScratch& x, const float* qsum,
+                        index_t key_groups, float* s, index_t lds, LineStream& ahead) noexcept {
+  constexpr int L = 8 / Bits;
+  constexpr int kUnits = NT / L;  // 64-byte units per channel quad
+  static_assert(NT % L == 0, "a block's slots are whole units");
+  const index_t Dk = cfg.key_dim, quads = (Dk + 3) / 4;
+  const bool per_token = cfg.key_quant == KeyQuant::per_token;
+  const index_t group = per_token && cfg.group_size > 0 ? std::min(cfg.group_size, Dk) : Dk;
+  const index_t quads_per_group = (group + 3) / 4;
+  const __m512 inv256 = _mm512_set1_ps(1.f / 256.f);
+  for (index_t r0 = 0; r0 < x.rows; r0 += 4) {
+    __m512 score[4][NT];
+    for (auto& row : score)
+      for (auto& v : row) v = _mm512_setzero_ps();
+    for (index_t g = 0, q0 = 0; q0 < quads; ++g, q0 += quads_per_group) {
+      __m512i hi[4][NT], lo[4][NT];
+      for (int r = 0; r < 4; ++r)
+        for (int v = 0; v < NT; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
+      const index_t q1 = std::min(quads, q0 + quads_per_group);
+      for (index_t cq = q0; cq < q1; ++cq) {
+        if (cq % 4 == 0) ahead.step();
+        const std::uint8_t* unit = blk.keys.data() + cq * kUnits * kCodeUnitBytes;
+        __m512i codes[NT];
+        for (int u = 0; u < kUnits; ++u) {
+          const __m512i raw = _mm512_load_si512(unit + u * kCodeUnitBytes);
+          for (int p = 0; p < L; ++p) codes[u * L + p] = code_plane<Bits>(raw, p);
+        }
+        for (int r = 0; r < 4; ++r) {
+          const __m512i bh = broadcast_quad(x.q_hi.data() + (r0 + r) * x.quad_bytes + 4 * cq);
+          const __m512i bl = broadcast_quad(x.q_lo.data() + (r0 + r) * x.quad_bytes + 4 * cq);
+          for (int v = 0; v < NT; ++v) {
+            hi[r][v] = _mm512_dpbusd_epi32(hi[r][v], codes[v], bh);
+            lo[r][v] = _mm512_dpbusd_epi32(lo[r][v], codes[v], bl);
+          }
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        const __m512 step = _mm512_set1_ps(x.q_step[r0 + r]);
+        for (int v = 0; v < NT; ++v) {
+          const __m512 dot = _mm512_mul_ps(
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][v]), inv256, _mm512_cvtepi32_ps(hi[r][v])), step);
+          if (!per_token) {
+            score[r][v] = _mm512_add_ps(dot, _mm512_set1_ps(x.bias[r0 + r]));
+          } else {  // + scale_{t,g} * dot + min_{t,g} * sum(q_g)
+            const float* scales = blk.key_params.data() + 2 * g * blk.slots + 16 * v;
+            const float* mins = scales + blk.slots;
+            score[r][v] = _mm512_fmadd_ps(dot, _mm512_load_ps(scales), score[r][v]);
+            score[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(qsum[(r0 + r) * key_groups + g]), _mm512_load_ps(mins), score[r][v]);
+          }
+        }
+      }
+    }
+    for (int r = 0; r < 4; ++r)
+      for (int v = 0; v < NT; ++v) _mm512_storeu_ps(s + (r0 + r) * lds + 16 * v, score[r][v]);
+  }
+}
+
+// Value weights of one block: w[r][g][t] = p[r][t] * scale_{t,g} as byte pairs per (row, group).
+inline void prepare_value_weights(const KvBlock& blk, const float* p, index_t lds, IntegerScratch& x) {
+  const index_t groups = x.groups, count = blk.count;
+  for (index_t g = 0; g < groups; ++g) {
+    float* sc = x.value_scales.data() + g * kKvBlockTokens;
+    for (index_t t = 0; t < count; ++t) sc[t] = blk.value_params[t * groups + g].scale;
+    std::fill(sc + count, sc + kKvBlockTokens, 0.f);
+  }
+  for (index_t r = 0; r < x.rows; ++r)
+    for (index_t g = 0; g < groups; ++g) {
+      const float* sc = x.value_scales.data() + g * kKvBlockTokens;
+      __m512 top = _mm512_setzero_ps();  // weights are >= 0
+      for (index_t t = 0; t < kKvBlockTokens; t += 16) {  // slots past count may hold stale values
+        const index_t left = std::clamp<index_t>(count - t, 0, 16);
+        const __mmask16 valid = static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(valid, p + r * lds + t), _mm512_load_ps(sc + t));
+        _mm512_store_ps(x.weights.data() + t, w);
+        top = _mm512_max_ps(top, w);
+      }
+      const index_t at = r * x.weight_bytes + g * kKvBlockTokens;
+      x.w_step[r * groups + g] = quantize_two_term(x.weights.data(), kKvBlockTokens, _mm512_reduce_max_ps(top),
+                                                   x.w_hi.data() + at, x.w_lo.data() + at) / 256.f;
+    }
+}
+
+// acc[r][c] += sum_t w[r][t] code[t][c] for R rows and the channels of kUnits units from u0.
+// OneGroup: the tile's channels share one value group, so each row's weight bytes are broadcast
+// once per token quad.
+template <int Bits, int kUnits, int R, bool OneGroup>
+void integer_value_tile(const KvBlock& blk, index_t Dv, index_t group, index_t u0, index_t r0, const IntegerScratch& x,
+                        float* acc, index_t ldacc, LineStream& ahead) noexcept {
+  constexpr int L = 8 / Bits, NV = kUnits * L;
+  const index_t quads = (blk.count + 3) / 4, c0 = 16 * u0 * L;
+  const std::int8_t* wh0 = x.w_hi.data() + r0 * x.weight_bytes;
+  const std::int8_t* wl0 = x.w_lo.data() + r0 * x.weight_bytes;
+  index_t g_at[NV];  // byte offset of each vector's group in a row's weights
+  for (int v = 0; v < NV; ++v) g_at[v] = OneGroup ? 0 : (c0 + 16 * v) / group * kKvBlockTokens;
+  __m512i hi[R][NV], lo[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
+  const std::uint8_t* src = blk.values.data() + u0 * kCodeUnitBytes;
+  for (index_t tq = 0; tq < quads; ++tq, src += blk.value_row) {
+    if (tq % 2 == 0) ahead.step();
+    __m512i codes[NV];
+    for (int u = 0; u < kUnits; ++u) {
+      const __m512i raw = _mm512_load_si512(src + u * kCodeUnitBytes);
+      for (int p = 0; p < L; ++p) codes[u * L + p] = code_plane<Bits>(raw, p);
+    }
+    for (int r = 0; r < R; ++r) {
+      const std::int8_t* wh = wh0 + r * x.weight_bytes + 4 * tq;
+      const std::int8_t* wl = wl0 + r * x.weight_bytes + 4 * tq;
+      if constexpr (OneGroup) {
+        const __m512i bh = broadcast_quad(wh), bl = broadcast_quad(wl);
+        for (int v = 0; v < NV; ++v) {
+          hi[r][v] = _mm512_dpbusd_epi32(hi[r][v], codes[v], bh);
+          lo[r][v] = _mm512_dpbusd_epi32(lo[r][v], codes[v], bl);
+        }
+      } else {
+        for (int v = 0; v < NV; ++v) {
+          hi[r][v] = _mm512_dpbusd_epi32(hi[r][v], codes[v], broadcast_quad(wh + g_at[v]));
+          lo[r][v] = _mm512_dpbusd_epi32(lo[r][v], codes[v], broadcast_quad(wl + g_at[v]));
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const index_t c = c0 + 16 * v;
+      if (c >= Dv) continue;  // padding lanes of the last unit
+      // 256 h + l fits: |h sums| <= 127 * 255 * 32 tokens < 2^23.
+      const __m512i total = _mm512_add_epi32(_mm512_slli_epi32(hi[r][v], 8), lo[r][v]);
+      float* a = acc + (r0 + r) * ldacc + c;
+      const __m512 step = _mm512_set1_ps(x.w_step[(r0 + r) * x.groups + (OneGroup ? 0 : c / group)]);
+      _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), step, _mm512_loadu_ps(a)));
+    }
+}
+
+template <int Bits, bool OneGroup>
+void integer_value_tiles(const KvBlock& blk, index_t Dv, index_t group, const IntegerScratch& x, float* acc,
+                         index_t ldacc, LineStream& ahead) noexcept {
+  constexpr int L = 8 / Bits;
+  // 16 int32 accumulators per tile: 4 rows x 2 units (int8), 4 rows x 1 unit (int4), 2 x 1 (int2).
+  constexpr int kRows = Bits == 2 ? 2 : 4;
+  constexpr int kTileUnits = Bits == 8 ? 2 : 1;
+  const index_t units = (Dv + 16 * L - 1) / (16 * L);
+  for (index_t r0 = 0; r0 < x.rows; r0 += kRows) {
+    index_t u = 0;
+    for (; u + kTileUnits <= units; u += kTileUnits)
+      integer_value_tile<Bits, kTileUnits, kRows, OneGroup>(blk, Dv, group, u, r0, x, acc, ldacc, ahead);
+    for (; u < units; ++u) integer_value_tile<Bits, 1, kRows, OneGroup>(blk, Dv, group, u, r0, x, acc, ldacc, ahead);
+  }
+}
+
+template <int Bits>
+void integer_block_values(const KvBlock& blk, const KvCacheConfig& cfg, const IntegerScratch& x, float* acc,
+                          index_t ldacc, LineStream& ahead) noexcept {
+  const index_t Dv = cfg.value_dim, group = cfg.group_size > 0 ? std::min(cfg.group_size, Dv) : Dv;
+  if (group >= Dv)
+    integer_value_tiles<Bits, true>(blk, Dv, group, x, acc, ldacc, ahead);
+  else
+    integer_value_tiles<Bits, false>(blk, Dv, group, x, acc, ldacc, ahead);
+}
+
+inline index_t integer_value_steps(const KvBlock& blk, index_t Dv, index_t rows) noexcept {
+  const int bits = format_bits(blk.value_format);
+  const index_t units = (Dv + lanes_per_unit(bits) - 1) / lanes_per_unit(bits);
+  const index_t tiles = bits == 8 ? (units + 1) / 2 : units, row_blocks = bits == 2 ? rows / 2 : rows / 4;
+  return row_blocks * tiles * ((blk.count + 7) / 8);
+}
+
+#else  // no VNNI: the callers take the fp32 tile route; these are never called.
+
+inline index_t integer_value_steps(const KvBlock&, index_t, index_t) noexcept { return 0; }
+
+#endif
+
+}  // namespace seqmix::detail
