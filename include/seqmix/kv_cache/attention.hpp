@@ -190,14 +190,14 @@ inline LineStream block_lines(const KvBlock& blk, const KvCacheConfig& cfg, inde
 
 // Per-task scratch.
 struct KvScratch {
-  index_t rows, ldq, lds, ldacc;
+  index_t rows, lds, ldacc;
   AlignedVector<float> q, qsum, s, row;
   std::vector<std::int64_t> pos;
   IntegerScratch ints;             // operand bytes of the integer kernels
   bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
   KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
   KvScratch(index_t rows_padded, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups)
-      : rows(rows_padded), ldq(Dk), lds(kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
+      : rows(rows_padded), lds(kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
         q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
         qsum(static_cast<std::size_t>(rows_padded * key_groups), 0.f),
         s(static_cast<std::size_t>(rows_padded * kKvBlockTokens), 0.f),

@@ -70,10 +70,10 @@ struct KvCacheConfig {
 
 namespace detail {
 
-// Entries per block, and the key-slot granularity: a channel row of a block holds whole 16-byte
-// chunks of codes (16 int8 / fp codes per vector group, 32 int4), so the kernels need no tails.
+// Entries per block, and the key-slot granularity: whole 16-token vectors for float keys, whole
+// code units for quantized ones (layout.hpp), so the kernels need no tails.
 constexpr index_t kKvBlockTokens = 32;
-inline index_t key_slot_granule(KvFormat f) noexcept { return f == KvFormat::int4 ? 32 : 16; }
+inline index_t key_slot_granule(KvFormat f) noexcept { return is_quantized(f) ? lanes_per_unit(format_bits(f)) : 16; }
 
 struct KvBlock {
   KvFormat key_format = KvFormat::f32, value_format = KvFormat::f32;
@@ -224,24 +224,43 @@ inline void value_row(const KvBlock& blk, index_t group, index_t Dv, index_t t, 
 
 // ---- block construction -----------------------------------------------------------------------
 
+inline void set_position_range(KvBlock& blk) noexcept {
+  if (blk.count == 0) return;
+  blk.min_position = *std::min_element(blk.positions.begin(), blk.positions.end());
+  blk.max_position = *std::max_element(blk.positions.begin(), blk.positions.end());
+}
+
+// An empty block for n entries of these formats: storage sized and zeroed, per-token key and
+// value parameters and positions sized (per-channel key parameters are left to the caller).
+inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) {
+  KvBlock blk;
+  blk.key_format = kf, blk.value_format = vf, blk.count = n;
+  const index_t granule = key_slot_granule(kf);
+  blk.slots = (n + granule - 1) / granule * granule;
+  allocate_keys(blk, cfg.key_dim);
+  allocate_values(blk, cfg.value_dim, n);
+  if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
+    const index_t rows = 2 * quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
+    blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
+  }
+  if (is_quantized(vf)) blk.value_params.assign(static_cast<std::size_t>(n * quant::group_count(cfg.value_dim, cfg.group_size)), {});
+  blk.positions.assign(static_cast<std::size_t>(n), 0);
+  return blk;
+}
+
 // A block from n fp32 rows K [n][Dk], V [n][Dv] (row strides ldk, ldv) and their positions.
 inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, const float* K, index_t ldk,
                           const float* V, index_t ldv, const std::int64_t* pos, index_t n) {
   const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
-  KvBlock blk;
-  blk.key_format = kf, blk.value_format = vf, blk.count = n;
-  blk.slots = (n + key_slot_granule(kf) - 1) / key_slot_granule(kf) * key_slot_granule(kf);
-  allocate_keys(blk, Dk);
-  blk.positions.assign(pos, pos + n);
-  blk.min_position = n > 0 ? *std::min_element(pos, pos + n) : 0;
-  blk.max_position = n > 0 ? *std::max_element(pos, pos + n) : 0;
+  KvBlock blk = empty_block(cfg, kf, vf, n);
+  std::copy(pos, pos + n, blk.positions.begin());
+  set_position_range(blk);
 
   std::vector<float> column(static_cast<std::size_t>(blk.slots), 0.f);
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(std::max(blk.slots, Dv)), 0);
   const int kbits = format_bits(kf);
   if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
     const index_t group = cfg.group_size > 0 ? cfg.group_size : Dk, groups = quant::group_count(Dk, group);
-    blk.key_params.assign(static_cast<std::size_t>(groups * 2 * blk.slots), 0.f);
     for (index_t t = 0; t < n; ++t)
       for (index_t g = 0; g < groups; ++g) {
         const quant::Params p = quant::min_max_params(K + t * ldk + g * group, std::min(group, Dk - g * group), 1, kbits);
@@ -267,33 +286,12 @@ inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, co
     }
   }
 
-  allocate_values(blk, Dv, n);
-  const index_t vgroups = quant::group_count(Dv, cfg.group_size);
-  if (is_quantized(vf)) blk.value_params.resize(static_cast<std::size_t>(n * vgroups));
   for (index_t t = 0; t < n; ++t) {
     if (is_quantized(vf))
       encode_value(blk, t, V + t * ldv, Dv, cfg.group_size, codes.data());
     else
       store_floats(vf, V + t * ldv, Dv, blk.values.data() + t * blk.value_row);
   }
-  return blk;
-}
-
-// An empty block for n entries of these formats: storage sized and zeroed, per-token key and
-// value parameters and positions sized (per-channel key parameters are left to the caller).
-inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) {
-  KvBlock blk;
-  blk.key_format = kf, blk.value_format = vf, blk.count = n;
-  const index_t granule = key_slot_granule(kf);
-  blk.slots = (n + granule - 1) / granule * granule;
-  allocate_keys(blk, cfg.key_dim);
-  allocate_values(blk, cfg.value_dim, n);
-  if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
-    const index_t rows = 2 * quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
-    blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
-  }
-  if (is_quantized(vf)) blk.value_params.assign(static_cast<std::size_t>(n * quant::group_count(cfg.value_dim, cfg.group_size)), {});
-  blk.positions.assign(static_cast<std::size_t>(n), 0);
   return blk;
 }
 
@@ -324,11 +322,6 @@ inline void copy_entry(const KvBlock& from, index_t t, KvBlock& to, index_t i, c
   to.positions[i] = from.positions[t];
 }
 
-inline void set_position_range(KvBlock& blk) noexcept {
-  if (blk.count == 0) return;
-  blk.min_position = *std::min_element(blk.positions.begin(), blk.positions.end());
-  blk.max_position = *std::max_element(blk.positions.begin(), blk.positions.end());
-}
 
 // Keeps the slots marked in `keep` (size count), in order; codes are moved, never requantized.
 inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const std::vector<char>& keep) {
