@@ -15,33 +15,54 @@
 namespace seqmix::detail {
 
 // Up to kRanges byte ranges, handed out `per_step` cache lines per step() call, in order.
+// step() sits in inner loops, so its common path is one compare, a prefetch and an add (a
+// version that searched the ranges on every call took 14% of a quantized KV-cache decode).
 struct LineStream {
   static constexpr int kRanges = 4;
-  const char* cur[kRanges] = {};
+  const char* start[kRanges] = {};
   const char* end[kRanges] = {};
-  int next_range = 0;
+  const char* next = nullptr;  // the line to request next, in range `range`
+  const char* stop = nullptr;  // end of that range
+  int range = -1;
   int per_step = 0;
 
-  void set(int range, const void* p, std::size_t bytes) noexcept {
-    cur[range] = static_cast<const char*>(p);
-    end[range] = cur[range] + (p ? bytes : 0);
+  void set(int r, const void* p, std::size_t bytes) noexcept {
+    start[r] = static_cast<const char*>(p);
+    end[r] = start[r] + (p ? bytes : 0);
   }
 
   // per_step = ceil(lines / steps): the lines of all ranges are requested by the time the
   // kernel has made `steps` calls to step().
   void spread_over(std::size_t steps) noexcept {
     std::size_t lines = 0;
-    for (int r = 0; r < kRanges; ++r) lines += static_cast<std::size_t>(end[r] - cur[r] + 63) / 64;
+    for (int r = 0; r < kRanges; ++r) lines += static_cast<std::size_t>(end[r] - start[r] + 63) / 64;
     per_step = steps == 0 ? 0 : static_cast<int>((lines + steps - 1) / steps);
+    range = -1;
+    next = stop = nullptr;
+    next_range();
   }
 
   void step() noexcept {
-    for (int i = 0; i < per_step; ++i) {
-      while (next_range < kRanges && cur[next_range] >= end[next_range]) ++next_range;
-      if (next_range == kRanges) return;
-      __builtin_prefetch(cur[next_range], 0, 3);
-      cur[next_range] += 64;
+    const char* line = next;  // a local, so the loop does not store to *this per line
+    for (int i = 0; i < per_step; ++i, line += 64) {
+      if (line >= stop) {
+        if (!next_range()) return;
+        line = next;
+      }
+      __builtin_prefetch(line, 0, 3);
     }
+    next = line;
+  }
+
+  // Moves to the next non-empty range; when none is left, later steps do nothing.
+  bool next_range() noexcept {
+    while (++range < kRanges)
+      if (start[range] < end[range]) {
+        next = start[range], stop = end[range];
+        return true;
+      }
+    per_step = 0;
+    return false;
   }
 };
 

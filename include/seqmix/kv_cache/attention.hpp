@@ -141,6 +141,9 @@ namespace detail {
 
 using KvF = simd::Batch<float>;
 constexpr index_t kKvRows = 4;  // query rows per register block (the GQA group of 4 in Llama-style models)
+// Blocks whose scores go through one online-softmax step: the per-row maximum, exponentials,
+// sum and accumulator rescale are paid once per span instead of once per 32-token block.
+constexpr index_t kKvSpanBlocks = 8;
 // Rows of one (b, KV head) task are processed in groups of kKvRows (padded with zero queries).
 
 // The token vector v (kWidth tokens) of one key channel row of a float block, as fp32.
@@ -197,10 +200,10 @@ struct KvScratch {
   bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
   KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
   KvScratch(index_t rows_padded, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups)
-      : rows(rows_padded), lds(kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
+      : rows(rows_padded), lds(kKvSpanBlocks * kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
         q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
         qsum(static_cast<std::size_t>(rows_padded * key_groups), 0.f),
-        s(static_cast<std::size_t>(rows_padded * kKvBlockTokens), 0.f),
+        s(static_cast<std::size_t>(rows_padded * kKvSpanBlocks * kKvBlockTokens), 0.f),
         row(static_cast<std::size_t>(std::max({Dk, Dv, kKvBlockTokens}) + simd::kWidth), 0.f),
         pos(static_cast<std::size_t>(rows_padded), 0) {
     if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups);
@@ -210,7 +213,7 @@ struct KvScratch {
 // Scores of one float block for every row: w.s[r][0..slots) = scale * q_r . k_t (garbage
 // beyond count).
 template <KvFormat F, int NT>
-void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, LineStream& ahead) {
+void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   const index_t Dk = cfg.key_dim;
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
     KvF acc[kKvRows][NT];
@@ -218,17 +221,17 @@ void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, Li
       for (auto& x : a) x = KvF(0.f);
     key_dots<F, NT>(blk.keys.data(), blk.key_row, Dk, w.q.data() + r0 * Dk, Dk, acc, ahead);
     for (index_t r = 0; r < kKvRows; ++r)
-      for (int t = 0; t < NT; ++t) simd::store(w.s.data() + (r0 + r) * w.lds + t * simd::kWidth, acc[r][t]);
+      for (int t = 0; t < NT; ++t) simd::store(s + (r0 + r) * w.lds + t * simd::kWidth, acc[r][t]);
   }
 }
 
 template <KvFormat F>
-void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, LineStream& ahead) {
+void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   switch (blk.slots / simd::kWidth) {
-    case 1: block_scores<F, 1>(blk, cfg, w, ahead); break;
-    case 2: block_scores<F, 2>(blk, cfg, w, ahead); break;
-    case 4: block_scores<F, 4>(blk, cfg, w, ahead); break;
-    case 8: block_scores<F, 8>(blk, cfg, w, ahead); break;
+    case 1: block_scores<F, 1>(blk, cfg, w, s, ahead); break;
+    case 2: block_scores<F, 2>(blk, cfg, w, s, ahead); break;
+    case 4: block_scores<F, 4>(blk, cfg, w, s, ahead); break;
+    case 8: block_scores<F, 8>(blk, cfg, w, s, ahead); break;
     default: break;
   }
 }
@@ -256,10 +259,11 @@ void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* p, 
 }
 
 template <KvFormat F>
-void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc, LineStream& ahead) {
+void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc,
+                  LineStream& ahead) {
   const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count, vec_end = simd::vector_end(Dv);
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
-    const float* p = w.s.data() + r0 * w.lds;
+    const float* p = s + r0 * w.lds;
     float* acc_rows = acc + r0 * w.ldacc;
     index_t c = 0;
     for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, p, w.lds, acc_rows, w.ldacc, ahead);
@@ -305,33 +309,35 @@ inline const KvBlock& float_value_tile(const KvBlock& blk, const KvCacheConfig& 
 }
 
 // Scores of any block into w.s.
-inline void any_block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, LineStream& ahead) {
+inline void any_block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   if (!is_quantized(blk.key_format)) {
-    dispatch_float_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, ahead); });
+    dispatch_float_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, s, ahead); });
     return;
   }
   if (!integer_keys_supported(blk, cfg)) {
-    block_scores_dispatch<KvFormat::f32>(float_key_tile(blk, cfg, w.key_tile), cfg, w, ahead);
+    block_scores_dispatch<KvFormat::f32>(float_key_tile(blk, cfg, w.key_tile), cfg, w, s, ahead);
     return;
   }
 #if SEQMIX_KV_INTEGER_DOTS
-  if (cfg.key_quant == KeyQuant::per_channel || !w.query_bytes_ready) {
-    prepare_query_bytes(blk, cfg, w.q.data(), w.rows, w.ints);
+  if (cfg.key_quant == KeyQuant::per_channel) {
+    prepare_query_bytes<true>(blk, cfg.key_dim, w.q.data(), w.ints);
+  } else if (!w.query_bytes_ready) {
+    prepare_query_bytes<false>(blk, cfg.key_dim, w.q.data(), w.ints);
     w.query_bytes_ready = true;
   }
   const index_t key_groups = quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
   const float* qsum = w.qsum.data();
   if (blk.key_format == KvFormat::int4)
-    integer_key_scores<4, 2>(blk, cfg, w.ints, qsum, key_groups, w.s.data(), w.lds, ahead);
+    integer_key_scores<4, 2>(blk, cfg, w.ints, qsum, key_groups, s, w.lds, ahead);
   else if (blk.slots == 16)
-    integer_key_scores<8, 1>(blk, cfg, w.ints, qsum, key_groups, w.s.data(), w.lds, ahead);
+    integer_key_scores<8, 1>(blk, cfg, w.ints, qsum, key_groups, s, w.lds, ahead);
   else
-    integer_key_scores<8, 2>(blk, cfg, w.ints, qsum, key_groups, w.s.data(), w.lds, ahead);
+    integer_key_scores<8, 2>(blk, cfg, w.ints, qsum, key_groups, s, w.lds, ahead);
 #endif
 }
 
 // acc += sum_t p_t * min_{t,g} on the channels of every value group g (quantized values).
-inline void add_value_min_terms(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
+[[gnu::noinline]] inline void add_value_min_terms(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
   const index_t Dv = cfg.value_dim, group = cfg.group_size > 0 ? cfg.group_size : Dv;
   const index_t groups = quant::group_count(Dv, cfg.group_size), W = simd::kWidth;
   for (index_t g = 0; g < groups; ++g) {
@@ -339,7 +345,7 @@ inline void add_value_min_terms(const KvBlock& blk, const KvCacheConfig& cfg, Kv
     for (index_t t = 0; t < blk.count; ++t) w.row[t] = blk.value_params[t * groups + g].min;
     const index_t g0 = g * group, g1 = std::min(Dv, (g + 1) * group);
     for (index_t r = 0; r < w.rows; ++r) {
-      const KvF sum(simd::dot(w.s.data() + r * w.lds, w.row.data(), blk.count));
+      const KvF sum(simd::dot(p + r * w.lds, w.row.data(), blk.count));
       float* a = acc + r * w.ldacc;
       index_t c = g0;
       for (; c + W <= g1; c += W) simd::store(a + c, simd::load(a + c) + sum);
@@ -349,32 +355,32 @@ inline void add_value_min_terms(const KvBlock& blk, const KvCacheConfig& cfg, Kv
 }
 
 // Probability-weighted values of any block into the accumulators.
-inline void any_block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* acc, LineStream& ahead) {
+inline void any_block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc,
+                             LineStream& ahead) {
   if (!is_quantized(blk.value_format)) {
-    dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, acc, ahead); });
+    dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, p, acc, ahead); });
     return;
   }
   if (!integer_values_supported(blk, cfg)) {
     // The tile holds dequantized values, min included.
-    block_values<KvFormat::f32>(float_value_tile(blk, cfg, w.value_tile), cfg, w, acc, ahead);
+    block_values<KvFormat::f32>(float_value_tile(blk, cfg, w.value_tile), cfg, w, p, acc, ahead);
     return;
   }
 #if SEQMIX_KV_INTEGER_DOTS
-  prepare_value_weights(blk, w.s.data(), w.lds, w.ints);
+  prepare_value_weights(blk, p, w.lds, w.ints);
   switch (blk.value_format) {
     case KvFormat::int8: integer_block_values<8>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
     case KvFormat::int4: integer_block_values<4>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
     default: integer_block_values<2>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
   }
-  add_value_min_terms(blk, cfg, w, acc);
+  add_value_min_terms(blk, cfg, w, p, acc);
 #endif
 }
 
-// Logit rule on one row of a tile (positions of its `count` keys; the rest of `width` -> -inf),
-// then the online softmax; returns the accumulator's rescale factor. `plain`: every key is
-// visible and no logit transform applies, so only the softmax runs.
-inline float kv_softmax_row(float* s, const std::int64_t* key_pos, index_t count, index_t width, std::int64_t qpos,
-                            const AttentionOptions& options, bool alibi, float slope, bool plain, SoftmaxRow& state) {
+// Logit rule on one row of a block's scores (positions of its `count` keys; the rest of `width`
+// -> -inf). `plain`: every key is visible and no logit transform applies, so only the fill runs.
+inline void kv_logit_rule(float* s, const std::int64_t* key_pos, index_t count, index_t width, std::int64_t qpos,
+                          const AttentionOptions& options, bool alibi, float slope, bool plain) {
   for (index_t t = 0; t < count && !plain; ++t) {
     if (!kv_visible(options, key_pos[t], qpos)) {
       s[t] = kMinusInf;
@@ -384,8 +390,13 @@ inline float kv_softmax_row(float* s, const std::int64_t* key_pos, index_t count
     if (alibi) s[t] -= slope * static_cast<float>(std::abs(qpos - key_pos[t]));
   }
   std::fill(s + count, s + width, kMinusInf);
-  return online_softmax_tile(s, width, state.m, state.l);
 }
+
+// One segment of a span: kKvBlockTokens score columns holding `count` keys at `positions`.
+struct KvSegment {
+  const std::int64_t* positions;
+  index_t count;
+};
 
 struct KvPiece {
   index_t b, hk, first_block, last_block;
@@ -459,30 +470,52 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
         return (!options.causal || hi <= qmin) &&
                (options.window == 0 || lo > qmax - options.window || hi < options.sink_tokens);
       };
-      const auto softmax_rows = [&](const std::int64_t* key_pos, index_t count, index_t width) {
-        const bool plain = count > 0 && plain_range(key_pos[0], key_pos[count - 1]);
+      // The span's segments take the logit rule, then one online-softmax step per row over all
+      // of them; w.s then holds the probabilities.
+      const auto softmax_span = [&](const KvSegment* segs, index_t n) {
+        const index_t width = n * kKvBlockTokens;
         for (index_t r = 0; r < M; ++r) {
           const float slope = alibi ? in.alibi_slopes(piece.hk * G + r % G) : 0.f;
-          const float alpha = kv_softmax_row(w.s.data() + r * w.lds, key_pos, count, width, w.pos[r], options, alibi,
-                                             slope, plain, state[r]);
+          float* s = w.s.data() + r * w.lds;
+          for (index_t j = 0; j < n; ++j) {
+            const KvSegment& seg = segs[j];
+            const bool plain = plain_range(seg.positions[0], seg.positions[seg.count - 1]);
+            kv_logit_rule(s + j * kKvBlockTokens, seg.positions, seg.count, kKvBlockTokens, w.pos[r], options, alibi,
+                          slope, plain);
+          }
+          const float alpha = online_softmax_tile(s, width, state[r].m, state[r].l);
           if (alpha != 1.f) scale_row(acc + r * ldacc, ldacc, alpha);
         }
         for (index_t r = M; r < rows; ++r) std::fill(w.s.begin() + r * w.lds, w.s.begin() + (r + 1) * w.lds, 0.f);
       };
-      for (index_t k = piece.first_block; k < piece.last_block; ++k) {
-        const KvBlock& blk = hd.blocks[static_cast<std::size_t>(k)];
-        LineStream ahead = k + 1 < piece.last_block
-                               ? block_lines(hd.blocks[static_cast<std::size_t>(k + 1)], cfg, w.rows)
-                               : LineStream{};
-        if (blk.count == 0) continue;
-        // A block no query row can see (causal, or window without sinks) is skipped whole.
+      // A block no query row can see (causal, or window without sinks) is skipped whole.
+      const auto skipped = [&](const KvBlock& blk) {
         const bool after_every_query = options.causal && blk.min_position > qmax;
         const bool before_every_window = options.window > 0 && blk.max_position <= qmin - options.window &&
                                          blk.min_position >= options.sink_tokens;
-        if (after_every_query || before_every_window) continue;
-        any_block_scores(blk, cfg, w, ahead);
-        softmax_rows(blk.positions.data(), blk.count, blk.slots);
-        any_block_values(blk, cfg, w, acc, ahead);
+        return blk.count == 0 || after_every_query || before_every_window;
+      };
+      // Spans of up to kKvSpanBlocks blocks: scores of each, the softmax step, values of each.
+      // Each block's kernels prefetch the next block to be read.
+      const KvBlock* span[kKvSpanBlocks];
+      KvSegment segs[kKvSpanBlocks];
+      LineStream streams[kKvSpanBlocks];
+      index_t k = piece.first_block;
+      while (true) {
+        index_t n = 0;
+        for (; k < piece.last_block && n < kKvSpanBlocks; ++k) {
+          const KvBlock& blk = hd.blocks[static_cast<std::size_t>(k)];
+          if (!skipped(blk)) span[n++] = &blk;
+        }
+        if (n == 0) break;
+        for (index_t j = 0; j < n; ++j) {
+          const KvBlock* next = j + 1 < n ? span[j + 1] : k < piece.last_block ? &hd.blocks[static_cast<std::size_t>(k)] : nullptr;
+          streams[j] = next ? block_lines(*next, cfg, w.rows) : LineStream{};
+          segs[j] = {span[j]->positions.data(), span[j]->count};
+          any_block_scores(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, streams[j]);
+        }
+        softmax_span(segs, n);
+        for (index_t j = 0; j < n; ++j) any_block_values(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, acc, streams[j]);
       }
       if (piece.residual) {
         const KvResidual& res = hd.residual;
@@ -491,7 +524,8 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           for (index_t r = 0; r < M; ++r)
             for (index_t t = 0; t < n; ++t)
               w.s[r * w.lds + t] = simd::dot(w.q.data() + r * d.Dk, res.keys.data() + (t0 + t) * d.Dk, d.Dk);
-          softmax_rows(res.positions.data() + t0, n, kKvBlockTokens);
+          const KvSegment seg{res.positions.data() + t0, n};
+          softmax_span(&seg, 1);
           for (index_t r = 0; r < M; ++r)
             for (index_t t = 0; t < n; ++t) {
               const float p = w.s[r * w.lds + t];

@@ -38,18 +38,16 @@ constexpr bool kKvIntegerDots = SEQMIX_KV_INTEGER_DOTS == 1;
 // Operand bytes and scales of one task (rows = query rows padded to 4).
 struct IntegerScratch {
   index_t rows = 0, quad_bytes = 0, weight_bytes = 0, groups = 0;
-  AlignedVector<float> q_scaled;           // [4][quad_bytes]: four rows at a time
   AlignedVector<std::int8_t> q_hi, q_lo;   // [rows][quad_bytes]: the two bytes of each channel
   AlignedVector<float> q_step;             // [rows]: a of the row
   AlignedVector<float> bias;               // [rows]: q . min (per-channel keys)
   AlignedVector<std::int8_t> w_hi, w_lo;   // [rows][groups][32 tokens]
   AlignedVector<float> w_step;             // [rows][groups]
-  AlignedVector<float> weights, value_scales;  // [32] scratch, [groups][32]
+  AlignedVector<float> value_scales;       // [groups][32]
   IntegerScratch() = default;
   IntegerScratch(index_t rows_padded, index_t Dk, index_t value_groups)
       : rows(rows_padded), quad_bytes((Dk + 63) / 64 * 64), weight_bytes(value_groups * kKvBlockTokens),
         groups(value_groups),
-        q_scaled(static_cast<std::size_t>(4 * quad_bytes), 0.f),
         q_hi(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
         q_lo(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
         q_step(static_cast<std::size_t>(rows_padded), 0.f),
@@ -57,7 +55,6 @@ struct IntegerScratch {
         w_hi(static_cast<std::size_t>(rows_padded * weight_bytes), 0),
         w_lo(static_cast<std::size_t>(rows_padded * weight_bytes), 0),
         w_step(static_cast<std::size_t>(rows_padded * value_groups), 0.f),
-        weights(static_cast<std::size_t>(kKvBlockTokens), 0.f),
         value_scales(static_cast<std::size_t>(value_groups * kKvBlockTokens), 0.f) {}
 };
 
@@ -80,22 +77,27 @@ inline index_t integer_key_steps(index_t Dk, index_t rows) noexcept { return row
 
 #if SEQMIX_KV_INTEGER_DOTS
 
-// x [n16] (n16 a multiple of 16, zero padded) -> hi, lo bytes, given top = max|x|; returns a.
-inline float quantize_two_term(const float* x, index_t n16, float top, std::int8_t* hi, std::int8_t* lo) noexcept {
-  if (!(top > 0.f)) {
-    std::memset(hi, 0, static_cast<std::size_t>(n16));
-    std::memset(lo, 0, static_cast<std::size_t>(n16));
-    return 0.f;
-  }
-  const __m512 inv = _mm512_set1_ps(127.f / top), k256 = _mm512_set1_ps(256.f);
-  for (index_t i = 0; i < n16; i += 16) {
-    const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
-    const __m512 h = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 l = _mm512_mul_ps(_mm512_sub_ps(v, h), k256);  // in [-128, 128]; +128 saturates
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(hi + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(h)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(l)));
-  }
-  return top / 127.f;
+// 16 values already divided by their a (so in [-127, 127]) -> their h and l bytes.
+inline void store_two_term(__m512 v, std::int8_t* hi, std::int8_t* lo) noexcept {
+  const __m512 h = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 l = _mm512_mul_ps(_mm512_sub_ps(v, h), _mm512_set1_ps(256.f));  // in [-128, 128]; +128 saturates
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(hi), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(h)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(l)));
+}
+
+// 1 / a for the largest magnitude `top` (0 when top is 0: every byte becomes 0).
+inline float inverse_step(float top) noexcept { return top > 0.f ? 127.f / top : 0.f; }
+
+// acc + the 4-byte dot products of unsigned `codes` and signed `operand`, per int32 lane
+// (vpdpbusd). GCC 12 copies every accumulator twice per loop iteration around the intrinsic
+// (the value tile ran at half speed); an asm statement with a tied operand keeps it in place.
+inline __m512i dot_u8s8(__m512i acc, __m512i codes, __m512i operand) noexcept {
+#if defined(__GNUC__) && !defined(__clang__)
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(codes), "v"(operand));
+  return acc;
+#else
+  return _mm512_dpbusd_epi32(acc, codes, operand);
+#endif
 }
 
 inline __m512i broadcast_quad(const std::int8_t* bytes) noexcept {
@@ -118,34 +120,44 @@ inline __m512i code_plane(__m512i raw, int p) noexcept {
 
 // Query bytes of every row for this block. Per-channel keys: q' = q * scale_c, bias = q . min;
 // per-token keys: q itself (the same for every block: done once per task by the caller). Four
-// rows go through each pass together: their reductions are independent chains.
-inline void prepare_query_bytes(const KvBlock& blk, const KvCacheConfig& cfg, const float* Q, index_t rows,
-                                IntegerScratch& x) {
-  const index_t Dk = cfg.key_dim, n16 = (Dk + 15) / 16 * 16;
-  const bool per_channel = cfg.key_quant == KeyQuant::per_channel;
+// rows at a time, so their reductions (a serial chain each) overlap; q' is recomputed in the
+// second pass rather than stored and reloaded.
+template <bool PerChannel>
+[[gnu::noinline]] void prepare_query_bytes(const KvBlock& blk, index_t Dk, const float* Q, IntegerScratch& x) {
+  const index_t n16 = (Dk + 15) / 16 * 16;
   const float* scales = blk.key_params.data();
   const float* mins = scales + Dk;
-  for (index_t r0 = 0; r0 < rows; r0 += 4) {
-    __m512 bias[4], top[4];
-    for (int r = 0; r < 4; ++r) bias[r] = top[r] = _mm512_setzero_ps();
+  const auto lane_mask = [Dk](index_t c) { return static_cast<__mmask16>((1u << std::min<index_t>(16, Dk - c)) - 1u); };
+  const auto scaled_query = [&](const float* q, index_t c, __mmask16 valid) {
+    const __m512 qc = _mm512_maskz_loadu_ps(valid, q + c);
+    return PerChannel ? _mm512_mul_ps(qc, _mm512_maskz_loadu_ps(valid, scales + c)) : qc;
+  };
+  for (index_t r0 = 0; r0 < x.rows; r0 += 4) {
+    __m512 top[4], bias[4];
+    for (int r = 0; r < 4; ++r) top[r] = bias[r] = _mm512_setzero_ps();
     for (index_t c = 0; c < n16; c += 16) {
-      const index_t left = std::min<index_t>(16, Dk - c);
-      const __mmask16 valid = static_cast<__mmask16>((1u << left) - 1u);
-      const __m512 sc = per_channel ? _mm512_maskz_loadu_ps(valid, scales + c) : _mm512_set1_ps(1.f);
-      const __m512 mn = per_channel ? _mm512_maskz_loadu_ps(valid, mins + c) : _mm512_setzero_ps();
+      const __mmask16 valid = lane_mask(c);
+      const __m512 mn = PerChannel ? _mm512_maskz_loadu_ps(valid, mins + c) : _mm512_setzero_ps();
       for (int r = 0; r < 4; ++r) {
-        const __m512 qc = _mm512_maskz_loadu_ps(valid, Q + (r0 + r) * Dk + c);
-        const __m512 qs = _mm512_mul_ps(qc, sc);
-        _mm512_storeu_ps(x.q_scaled.data() + r * x.quad_bytes + c, qs);
-        bias[r] = _mm512_fmadd_ps(qc, mn, bias[r]);
-        top[r] = _mm512_max_ps(top[r], _mm512_abs_ps(qs));
+        const float* q = Q + (r0 + r) * Dk;
+        top[r] = _mm512_max_ps(top[r], _mm512_abs_ps(scaled_query(q, c, valid)));
+        if (PerChannel) bias[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, q + c), mn, bias[r]);
       }
     }
+    __m512 inv[4];
     for (int r = 0; r < 4; ++r) {
-      const index_t at = (r0 + r) * x.quad_bytes;
-      x.bias[r0 + r] = _mm512_reduce_add_ps(bias[r]);
-      x.q_step[r0 + r] = quantize_two_term(x.q_scaled.data() + r * x.quad_bytes, n16, _mm512_reduce_max_ps(top[r]),
-                                           x.q_hi.data() + at, x.q_lo.data() + at);
+      const float max_abs = _mm512_reduce_max_ps(top[r]);
+      inv[r] = _mm512_set1_ps(inverse_step(max_abs));
+      x.q_step[r0 + r] = max_abs / 127.f;
+      x.bias[r0 + r] = PerChannel ? _mm512_reduce_add_ps(bias[r]) : 0.f;
+    }
+    for (index_t c = 0; c < n16; c += 16) {
+      const __mmask16 valid = lane_mask(c);
+      for (int r = 0; r < 4; ++r) {
+        const index_t at = (r0 + r) * x.quad_bytes + c;
+        store_two_term(_mm512_mul_ps(scaled_query(Q + (r0 + r) * Dk, c, valid), inv[r]), x.q_hi.data() + at,
+                       x.q_lo.data() + at);
+      }
     }
   }
 }
@@ -184,8 +196,8 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
           const __m512i bh = broadcast_quad(x.q_hi.data() + (r0 + r) * x.quad_bytes + 4 * cq);
           const __m512i bl = broadcast_quad(x.q_lo.data() + (r0 + r) * x.quad_bytes + 4 * cq);
           for (int v = 0; v < NT; ++v) {
-            hi[r][v] = _mm512_dpbusd_epi32(hi[r][v], codes[v], bh);
-            lo[r][v] = _mm512_dpbusd_epi32(lo[r][v], codes[v], bl);
+            hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
+            lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
           }
         }
       }
@@ -211,28 +223,27 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
 }
 
 // Value weights of one block: w[r][g][t] = p[r][t] * scale_{t,g} as byte pairs per (row, group).
-inline void prepare_value_weights(const KvBlock& blk, const float* p, index_t lds, IntegerScratch& x) {
+[[gnu::noinline]] inline void prepare_value_weights(const KvBlock& blk, const float* p, index_t lds, IntegerScratch& x) {
   const index_t groups = x.groups, count = blk.count;
   for (index_t g = 0; g < groups; ++g) {
     float* sc = x.value_scales.data() + g * kKvBlockTokens;
     for (index_t t = 0; t < count; ++t) sc[t] = blk.value_params[t * groups + g].scale;
-    std::fill(sc + count, sc + kKvBlockTokens, 0.f);
+    std::fill(sc + count, sc + kKvBlockTokens, 0.f);  // slots past count may hold stale weights
   }
-  for (index_t r = 0; r < x.rows; ++r)
+  static_assert(kKvBlockTokens == 32, "a block's weights are two vectors");
+  for (index_t r = 0; r < x.rows; ++r) {
+    const __m512 p0 = _mm512_loadu_ps(p + r * lds), p1 = _mm512_loadu_ps(p + r * lds + 16);
     for (index_t g = 0; g < groups; ++g) {
       const float* sc = x.value_scales.data() + g * kKvBlockTokens;
-      __m512 top = _mm512_setzero_ps();  // weights are >= 0
-      for (index_t t = 0; t < kKvBlockTokens; t += 16) {  // slots past count may hold stale values
-        const index_t left = std::clamp<index_t>(count - t, 0, 16);
-        const __mmask16 valid = static_cast<__mmask16>((1u << left) - 1u);
-        const __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(valid, p + r * lds + t), _mm512_load_ps(sc + t));
-        _mm512_store_ps(x.weights.data() + t, w);
-        top = _mm512_max_ps(top, w);
-      }
+      const __m512 w0 = _mm512_mul_ps(p0, _mm512_load_ps(sc)), w1 = _mm512_mul_ps(p1, _mm512_load_ps(sc + 16));
+      const float top = _mm512_reduce_max_ps(_mm512_max_ps(w0, w1));  // weights are >= 0
+      const __m512 inv = _mm512_set1_ps(inverse_step(top));
       const index_t at = r * x.weight_bytes + g * kKvBlockTokens;
-      x.w_step[r * groups + g] = quantize_two_term(x.weights.data(), kKvBlockTokens, _mm512_reduce_max_ps(top),
-                                                   x.w_hi.data() + at, x.w_lo.data() + at) / 256.f;
+      store_two_term(_mm512_mul_ps(w0, inv), x.w_hi.data() + at, x.w_lo.data() + at);
+      store_two_term(_mm512_mul_ps(w1, inv), x.w_hi.data() + at + 16, x.w_lo.data() + at + 16);
+      x.w_step[r * groups + g] = top / (127.f * 256.f);
     }
+  }
 }
 
 // acc[r][c] += sum_t w[r][t] code[t][c] for R rows and the channels of kUnits units from u0.
@@ -264,13 +275,13 @@ void integer_value_tile(const KvBlock& blk, index_t Dv, index_t group, index_t u
       if constexpr (OneGroup) {
         const __m512i bh = broadcast_quad(wh), bl = broadcast_quad(wl);
         for (int v = 0; v < NV; ++v) {
-          hi[r][v] = _mm512_dpbusd_epi32(hi[r][v], codes[v], bh);
-          lo[r][v] = _mm512_dpbusd_epi32(lo[r][v], codes[v], bl);
+          hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
+          lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
         }
       } else {
         for (int v = 0; v < NV; ++v) {
-          hi[r][v] = _mm512_dpbusd_epi32(hi[r][v], codes[v], broadcast_quad(wh + g_at[v]));
-          lo[r][v] = _mm512_dpbusd_epi32(lo[r][v], codes[v], broadcast_quad(wl + g_at[v]));
+          hi[r][v] = dot_u8s8(hi[r][v], codes[v], broadcast_quad(wh + g_at[v]));
+          lo[r][v] = dot_u8s8(lo[r][v], codes[v], broadcast_quad(wl + g_at[v]));
         }
       }
     }
@@ -288,7 +299,7 @@ void integer_value_tile(const KvBlock& blk, index_t Dv, index_t group, index_t u
 }
 
 template <int Bits, bool OneGroup>
-void integer_value_tiles(const KvBlock& blk, index_t Dv, index_t group, const IntegerScratch& x, float* acc,
+[[gnu::noinline]] void integer_value_tiles(const KvBlock& blk, index_t Dv, index_t group, const IntegerScratch& x, float* acc,
                          index_t ldacc, LineStream& ahead) noexcept {
   constexpr int L = 8 / Bits;
   // 16 int32 accumulators per tile: 4 rows x 2 units (int8), 4 rows x 1 unit (int4), 2 x 1 (int2).
