@@ -171,23 +171,24 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, cons
   }
 }
 
-// The next block's codes and parameters, requested from inside this block's inner loops (see
-// core/prefetch.hpp): each block is its own few-KB allocations, where the hardware prefetchers,
-// which stop at page boundaries, keep restarting.
-inline LineStream block_lines(const KvBlock& blk, const KvCacheConfig& cfg, index_t rows) noexcept {
+// Lines requested from inside a block's key kernel (see core/prefetch.hpp): the keys of the
+// next block to be scored and this block's values, read after the span's softmax step. Each
+// block is its own few-KB allocations, where the hardware prefetchers, which stop at page
+// boundaries, keep restarting.
+inline LineStream key_phase_lines(const KvBlock* next, const KvBlock& blk, const KvCacheConfig& cfg,
+                                  index_t rows) noexcept {
   LineStream lines;
-  lines.set(0, blk.keys.data(), blk.keys.size());
-  lines.set(1, blk.key_params.data(), blk.key_params.size() * sizeof(float));
+  if (next) {
+    lines.set(0, next->keys.data(), next->keys.size());
+    lines.set(1, next->key_params.data(), next->key_params.size() * sizeof(float));
+  }
   lines.set(2, blk.values.data(), blk.values.size());
-  lines.set(3, blk.value_params.data(), blk.value_params.size() * sizeof(quant::Params));
-  // Steps the kernels take: float keys one per channel, float values one per value row and
-  // 64-channel chunk, per 4 query rows; the integer kernels count their own.
-  const index_t row_blocks = (rows + kKvRows - 1) / kKvRows;
-  const index_t key_steps =
-      integer_keys_supported(blk, cfg) ? integer_key_steps(cfg.key_dim, rows) : row_blocks * cfg.key_dim;
-  const index_t value_steps = integer_values_supported(blk, cfg) ? integer_value_steps(blk, cfg.value_dim, rows)
-                                                                 : row_blocks * blk.count * 2;
-  lines.spread_over(static_cast<std::size_t>(key_steps + value_steps));
+  lines.set(3, blk.value_params.data(), blk.value_params.size() * sizeof(float));
+  // Steps the key kernels take: float keys one per channel per 4 query rows; the integer kernel
+  // counts its own.
+  const index_t key_steps = integer_keys_supported(blk, cfg) ? integer_key_steps(cfg.key_dim, rows)
+                                                             : (rows + kKvRows - 1) / kKvRows * cfg.key_dim;
+  lines.spread_over(static_cast<std::size_t>(key_steps));
   return lines;
 }
 
@@ -206,7 +207,7 @@ struct KvScratch {
         s(static_cast<std::size_t>(rows_padded * kKvSpanBlocks * kKvBlockTokens), 0.f),
         row(static_cast<std::size_t>(std::max({Dk, Dv, kKvBlockTokens}) + simd::kWidth), 0.f),
         pos(static_cast<std::size_t>(rows_padded), 0) {
-    if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups);
+    if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups, kKvSpanBlocks);
   }
 };
 
@@ -238,13 +239,12 @@ void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScrat
 
 // acc[r] += sum_t p[r][t] * v_t over a float block's `count` tokens, for kKvRows rows.
 template <KvFormat F, int NV>
-void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc, index_t ldacc,
-                 LineStream& ahead) noexcept {
+void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc,
+                 index_t ldacc) noexcept {
   KvF a[kKvRows][NV];
   for (index_t r = 0; r < kKvRows; ++r)
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
   for (index_t t = 0; t < count; ++t) {
-    ahead.step();
     const std::uint8_t* row = blk.values.data() + t * blk.value_row;
     KvF x[NV];
     for (int v = 0; v < NV; ++v) x[v] = load_key_vector<F>(row, c0 / simd::kWidth + v);  // same layout along the row
@@ -259,15 +259,14 @@ void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* p, 
 }
 
 template <KvFormat F>
-void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc,
-                  LineStream& ahead) {
+void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc) {
   const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count, vec_end = simd::vector_end(Dv);
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
     const float* p = s + r0 * w.lds;
     float* acc_rows = acc + r0 * w.ldacc;
     index_t c = 0;
-    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, p, w.lds, acc_rows, w.ldacc, ahead);
-    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, p, w.lds, acc_rows, w.ldacc, ahead);
+    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, p, w.lds, acc_rows, w.ldacc);
+    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, p, w.lds, acc_rows, w.ldacc);
     for (index_t t = 0; t < count && c < Dv; ++t) {  // tail channels
       const std::uint8_t* row = blk.values.data() + t * blk.value_row;
       for (index_t r = 0; r < kKvRows; ++r)
@@ -336,45 +335,40 @@ inline void any_block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScr
 #endif
 }
 
-// acc += sum_t p_t * min_{t,g} on the channels of every value group g (quantized values).
-[[gnu::noinline]] inline void add_value_min_terms(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
-  const index_t Dv = cfg.value_dim, group = cfg.group_size > 0 ? cfg.group_size : Dv;
-  const index_t groups = quant::group_count(Dv, cfg.group_size), W = simd::kWidth;
-  for (index_t g = 0; g < groups; ++g) {
-    // The group's mins as one contiguous row, so each row's sum is a vector dot product.
-    for (index_t t = 0; t < blk.count; ++t) w.row[t] = blk.value_params[t * groups + g].min;
-    const index_t g0 = g * group, g1 = std::min(Dv, (g + 1) * group);
-    for (index_t r = 0; r < w.rows; ++r) {
-      const KvF sum(simd::dot(p + r * w.lds, w.row.data(), blk.count));
-      float* a = acc + r * w.ldacc;
-      index_t c = g0;
-      for (; c + W <= g1; c += W) simd::store(a + c, simd::load(a + c) + sum);
-      for (; c < g1; ++c) a[c] += sum.get(0);
-    }
+// Probability-weighted values of one float block, or of a quantized one the integer kernels
+// cannot follow, into the accumulators (p: the block's probabilities, row stride w.lds).
+inline void any_block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
+  if (!is_quantized(blk.value_format)) {
+    dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, p, acc); });
+    return;
   }
+  // The tile holds dequantized values, min included.
+  block_values<KvFormat::f32>(float_value_tile(blk, cfg, w.value_tile), cfg, w, p, acc);
 }
 
-// Probability-weighted values of any block into the accumulators.
-inline void any_block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc,
-                             LineStream& ahead) {
-  if (!is_quantized(blk.value_format)) {
-    dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, p, acc, ahead); });
-    return;
-  }
-  if (!integer_values_supported(blk, cfg)) {
-    // The tile holds dequantized values, min included.
-    block_values<KvFormat::f32>(float_value_tile(blk, cfg, w.value_tile), cfg, w, p, acc, ahead);
-    return;
-  }
+// Values of a span's n blocks (block j's probabilities at w.s + 32 j): runs of blocks with the
+// same quantized value format go through the integer kernels together, the rest block by block.
+inline void span_values(const KvBlock* const* span, index_t n, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
+  for (index_t j = 0; j < n;) {
+    const KvBlock& blk = *span[j];
+    const float* p = w.s.data() + j * kKvBlockTokens;
+    if (!integer_values_supported(blk, cfg)) {
+      any_block_values(blk, cfg, w, p, acc);
+      ++j;
+      continue;
+    }
+    index_t end = j + 1;
+    while (end < n && span[end]->value_format == blk.value_format) ++end;
 #if SEQMIX_KV_INTEGER_DOTS
-  prepare_value_weights(blk, p, w.lds, w.ints);
-  switch (blk.value_format) {
-    case KvFormat::int8: integer_block_values<8>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
-    case KvFormat::int4: integer_block_values<4>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
-    default: integer_block_values<2>(blk, cfg, w.ints, acc, w.ldacc, ahead); break;
-  }
-  add_value_min_terms(blk, cfg, w, p, acc);
+    prepare_value_weights(span + j, end - j, p, w.lds, w.ints);
+    switch (blk.value_format) {
+      case KvFormat::int8: integer_run_values<8>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
+      case KvFormat::int4: integer_run_values<4>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
+      default: integer_run_values<2>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
+    }
 #endif
+    j = end;
+  }
 }
 
 // Logit rule on one row of a block's scores (positions of its `count` keys; the rest of `width`
@@ -496,10 +490,8 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
         return blk.count == 0 || after_every_query || before_every_window;
       };
       // Spans of up to kKvSpanBlocks blocks: scores of each, the softmax step, values of each.
-      // Each block's kernels prefetch the next block to be read.
       const KvBlock* span[kKvSpanBlocks];
       KvSegment segs[kKvSpanBlocks];
-      LineStream streams[kKvSpanBlocks];
       index_t k = piece.first_block;
       while (true) {
         index_t n = 0;
@@ -510,12 +502,12 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
         if (n == 0) break;
         for (index_t j = 0; j < n; ++j) {
           const KvBlock* next = j + 1 < n ? span[j + 1] : k < piece.last_block ? &hd.blocks[static_cast<std::size_t>(k)] : nullptr;
-          streams[j] = next ? block_lines(*next, cfg, w.rows) : LineStream{};
+          LineStream ahead = key_phase_lines(next, *span[j], cfg, w.rows);
           segs[j] = {span[j]->positions.data(), span[j]->count};
-          any_block_scores(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, streams[j]);
+          any_block_scores(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
         }
         softmax_span(segs, n);
-        for (index_t j = 0; j < n; ++j) any_block_values(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, acc, streams[j]);
+        span_values(span, n, cfg, w, acc);
       }
       if (piece.residual) {
         const KvResidual& res = hd.residual;

@@ -87,13 +87,15 @@ struct KvBlock {
   // each token, as vectors over tokens (the score kernel loads them 16 at a time).
   AlignedVector<float> key_params;
   AlignedVector<std::uint8_t> values;        // float: [count][value_row], token-major; quantized: layout.hpp
-  std::vector<quant::Params> value_params;   // [count][groups]
+  // Quantized values: [groups][2][kKvBlockTokens], each group's token scales, then its token
+  // mins, as vectors over tokens (the value kernels load them 16 at a time).
+  AlignedVector<float> value_params;
   std::vector<std::int64_t> positions;       // [count]
   std::int64_t min_position = 0, max_position = 0;
 
   std::size_t bytes() const noexcept {
     return keys.size() + key_params.size() * sizeof(float) + values.size() +
-           value_params.size() * sizeof(quant::Params) + positions.size() * sizeof(std::int64_t);
+           value_params.size() * sizeof(float) + positions.size() * sizeof(std::int64_t);
   }
 };
 
@@ -185,16 +187,26 @@ inline void allocate_values(KvBlock& blk, index_t Dv, index_t n) {
   blk.values.assign(static_cast<std::size_t>(bytes), 0);
 }
 
+// The scale and min of value group g of entry t (quantized values).
+inline quant::Params value_params(const KvBlock& blk, index_t g, index_t t) noexcept {
+  const float* p = blk.value_params.data() + 2 * g * kKvBlockTokens + t;
+  return {p[0], p[kKvBlockTokens]};
+}
+inline void set_value_params(KvBlock& blk, index_t g, index_t t, quant::Params params) noexcept {
+  float* p = blk.value_params.data() + 2 * g * kKvBlockTokens + t;
+  p[0] = params.scale, p[kKvBlockTokens] = params.min;
+}
+
 // Quantizes x [Dv] into value row t of a block: its group parameters and its codes. `scratch`
 // holds Dv bytes.
 inline void encode_value(KvBlock& blk, index_t t, const float* x, index_t Dv, index_t group, std::uint8_t* scratch) {
   const int bits = format_bits(blk.value_format);
   const index_t g = group > 0 ? group : Dv, groups = quant::group_count(Dv, group);
-  quant::Params* params = blk.value_params.data() + t * groups;
   for (index_t k = 0; k < groups; ++k) {
     const index_t c0 = k * g, len = std::min(g, Dv - c0);
-    params[k] = quant::min_max_params(x + c0, len, 1, bits);
-    quant::encode_codes(x + c0, len, params[k], bits, scratch + c0);
+    const quant::Params params = quant::min_max_params(x + c0, len, 1, bits);
+    set_value_params(blk, k, t, params);
+    quant::encode_codes(x + c0, len, params, bits, scratch + c0);
   }
   for (index_t c = 0; c < Dv; ++c) set_value_code(blk, Dv, t, c, scratch[c]);
 }
@@ -217,9 +229,8 @@ inline void value_row(const KvBlock& blk, index_t group, index_t Dv, index_t t, 
     for (index_t c = 0; c < Dv; ++c) out[c] = load_float(blk.value_format, row, c);
     return;
   }
-  const index_t g = group > 0 ? group : Dv, groups = quant::group_count(Dv, group);
-  const quant::Params* params = blk.value_params.data() + t * groups;
-  for (index_t c = 0; c < Dv; ++c) out[c] = quant::decode(value_code(blk, Dv, t, c), params[c / g]);
+  const index_t g = group > 0 ? group : Dv;
+  for (index_t c = 0; c < Dv; ++c) out[c] = quant::decode(value_code(blk, Dv, t, c), value_params(blk, c / g, t));
 }
 
 // ---- block construction -----------------------------------------------------------------------
@@ -243,7 +254,8 @@ inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, i
     const index_t rows = 2 * quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
     blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
   }
-  if (is_quantized(vf)) blk.value_params.assign(static_cast<std::size_t>(n * quant::group_count(cfg.value_dim, cfg.group_size)), {});
+  if (is_quantized(vf))
+    blk.value_params.assign(static_cast<std::size_t>(2 * kKvBlockTokens * quant::group_count(cfg.value_dim, cfg.group_size)), 0.f);
   blk.positions.assign(static_cast<std::size_t>(n), 0);
   return blk;
 }
@@ -314,7 +326,7 @@ inline void copy_entry(const KvBlock& from, index_t t, KvBlock& to, index_t i, c
   if (is_quantized(from.value_format)) {
     for (index_t c = 0; c < Dv; ++c) set_value_code(to, Dv, i, c, value_code(from, Dv, t, c));
     const index_t groups = quant::group_count(Dv, cfg.group_size);
-    for (index_t g = 0; g < groups; ++g) to.value_params[i * groups + g] = from.value_params[t * groups + g];
+    for (index_t g = 0; g < groups; ++g) set_value_params(to, g, i, value_params(from, g, t));
   } else {
     std::memcpy(to.values.data() + i * to.value_row, from.values.data() + t * from.value_row,
                 static_cast<std::size_t>(from.value_row));

@@ -35,27 +35,30 @@ namespace seqmix::detail {
 
 constexpr bool kKvIntegerDots = SEQMIX_KV_INTEGER_DOTS == 1;
 
-// Operand bytes and scales of one task (rows = query rows padded to 4).
+// Operand bytes and scales of one task (rows = query rows padded to 4; weights for up to
+// `blocks` blocks at a time).
 struct IntegerScratch {
   index_t rows = 0, quad_bytes = 0, weight_bytes = 0, groups = 0;
   AlignedVector<std::int8_t> q_hi, q_lo;   // [rows][quad_bytes]: the two bytes of each channel
   AlignedVector<float> q_step;             // [rows]: a of the row
   AlignedVector<float> bias;               // [rows]: q . min (per-channel keys)
-  AlignedVector<std::int8_t> w_hi, w_lo;   // [rows][groups][32 tokens]
-  AlignedVector<float> w_step;             // [rows][groups]
-  AlignedVector<float> value_scales;       // [groups][32]
+  AlignedVector<std::int8_t> w_hi, w_lo;   // [blocks][rows][groups][32 tokens]
+  AlignedVector<float> w_step;             // [blocks][rows][groups]
+  AlignedVector<float> min_terms;          // [rows][groups][16]: partial sums of p * min
+  AlignedVector<float> min_sum;            // [rows][groups]
   IntegerScratch() = default;
-  IntegerScratch(index_t rows_padded, index_t Dk, index_t value_groups)
+  IntegerScratch(index_t rows_padded, index_t Dk, index_t value_groups, index_t blocks)
       : rows(rows_padded), quad_bytes((Dk + 63) / 64 * 64), weight_bytes(value_groups * kKvBlockTokens),
         groups(value_groups),
         q_hi(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
         q_lo(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
         q_step(static_cast<std::size_t>(rows_padded), 0.f),
         bias(static_cast<std::size_t>(rows_padded), 0.f),
-        w_hi(static_cast<std::size_t>(rows_padded * weight_bytes), 0),
-        w_lo(static_cast<std::size_t>(rows_padded * weight_bytes), 0),
-        w_step(static_cast<std::size_t>(rows_padded * value_groups), 0.f),
-        value_scales(static_cast<std::size_t>(value_groups * kKvBlockTokens), 0.f) {}
+        w_hi(static_cast<std::size_t>(blocks * rows_padded * weight_bytes), 0),
+        w_lo(static_cast<std::size_t>(blocks * rows_padded * weight_bytes), 0),
+        w_step(static_cast<std::size_t>(blocks * rows_padded * value_groups), 0.f),
+        min_terms(static_cast<std::size_t>(rows_padded * value_groups * 16), 0.f),
+        min_sum(static_cast<std::size_t>(rows_padded * value_groups), 0.f) {}
 };
 
 // Whether the integer kernels can follow the block's parameter groups: a key group must hold
@@ -71,9 +74,9 @@ inline bool integer_values_supported(const KvBlock& blk, const KvCacheConfig& cf
   return cfg.group_size == 0 || cfg.group_size >= cfg.value_dim || cfg.group_size % 16 == 0;
 }
 
-// Prefetch steps the integer kernels take per block (core/prefetch.hpp): one per 4 channel
-// quads of keys and per 2 token quads of values (a step costs a few cycles; a block is short).
-inline index_t integer_key_steps(index_t Dk, index_t rows) noexcept { return rows / 4 * ((Dk + 15) / 16); }
+// Prefetch steps the integer key kernel takes per block (core/prefetch.hpp): one per channel
+// quad per 4 query rows, about a dozen vpdpbusd apart.
+inline index_t integer_key_steps(index_t Dk, index_t rows) noexcept { return rows / 4 * ((Dk + 3) / 4); }
 
 #if SEQMIX_KV_INTEGER_DOTS
 
@@ -185,7 +188,7 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
         for (int v = 0; v < NT; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
       const index_t q1 = std::min(quads, q0 + quads_per_group);
       for (index_t cq = q0; cq < q1; ++cq) {
-        if (cq % 4 == 0) ahead.step();
+        ahead.step();
         const std::uint8_t* unit = blk.keys.data() + cq * kUnits * kCodeUnitBytes;
         __m512i codes[NT];
         for (int u = 0; u < kUnits; ++u) {
@@ -222,118 +225,135 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
   }
 }
 
-// Value weights of one block: w[r][g][t] = p[r][t] * scale_{t,g} as byte pairs per (row, group).
-[[gnu::noinline]] inline void prepare_value_weights(const KvBlock& blk, const float* p, index_t lds, IntegerScratch& x) {
-  const index_t groups = x.groups, count = blk.count;
-  for (index_t g = 0; g < groups; ++g) {
-    float* sc = x.value_scales.data() + g * kKvBlockTokens;
-    for (index_t t = 0; t < count; ++t) sc[t] = blk.value_params[t * groups + g].scale;
-    std::fill(sc + count, sc + kKvBlockTokens, 0.f);  // slots past count may hold stale weights
-  }
+// Value weights of a run of blocks (consecutive in a span, same value format; p[j * 32 + t] is
+// row r's probability of block j's entry t at p + r * lds): w[j][r][g][t] = p * scale_{t,g} as
+// byte pairs with their step, and min_sum[r][g] = sum over the run of p * min_{t,g}.
+[[gnu::noinline]] inline void prepare_value_weights(const KvBlock* const* blocks, index_t n, const float* p, index_t lds,
+                                                    IntegerScratch& x) {
   static_assert(kKvBlockTokens == 32, "a block's weights are two vectors");
-  for (index_t r = 0; r < x.rows; ++r) {
-    const __m512 p0 = _mm512_loadu_ps(p + r * lds), p1 = _mm512_loadu_ps(p + r * lds + 16);
+  const index_t groups = x.groups, rows = x.rows;
+  std::fill(x.min_terms.begin(), x.min_terms.end(), 0.f);
+  for (index_t j = 0; j < n; ++j) {
+    const KvBlock& blk = *blocks[j];
+    // Slots past count may hold stale parameters; their probabilities are 0.
+    const index_t count = blk.count;
+    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<index_t>(16, count)) - 1u);
+    const __mmask16 m1 = static_cast<__mmask16>((1u << std::clamp<index_t>(count - 16, 0, 16)) - 1u);
     for (index_t g = 0; g < groups; ++g) {
-      const float* sc = x.value_scales.data() + g * kKvBlockTokens;
-      const __m512 w0 = _mm512_mul_ps(p0, _mm512_load_ps(sc)), w1 = _mm512_mul_ps(p1, _mm512_load_ps(sc + 16));
-      const float top = _mm512_reduce_max_ps(_mm512_max_ps(w0, w1));  // weights are >= 0
-      const __m512 inv = _mm512_set1_ps(inverse_step(top));
-      const index_t at = r * x.weight_bytes + g * kKvBlockTokens;
-      store_two_term(_mm512_mul_ps(w0, inv), x.w_hi.data() + at, x.w_lo.data() + at);
-      store_two_term(_mm512_mul_ps(w1, inv), x.w_hi.data() + at + 16, x.w_lo.data() + at + 16);
-      x.w_step[r * groups + g] = top / (127.f * 256.f);
-    }
-  }
-}
-
-// acc[r][c] += sum_t w[r][t] code[t][c] for R rows and the channels of kUnits units from u0.
-// OneGroup: the tile's channels share one value group, so each row's weight bytes are broadcast
-// once per token quad.
-template <int Bits, int kUnits, int R, bool OneGroup>
-void integer_value_tile(const KvBlock& blk, index_t Dv, index_t group, index_t u0, index_t r0, const IntegerScratch& x,
-                        float* acc, index_t ldacc, LineStream& ahead) noexcept {
-  constexpr int L = 8 / Bits, NV = kUnits * L;
-  const index_t quads = (blk.count + 3) / 4, c0 = 16 * u0 * L;
-  const std::int8_t* wh0 = x.w_hi.data() + r0 * x.weight_bytes;
-  const std::int8_t* wl0 = x.w_lo.data() + r0 * x.weight_bytes;
-  index_t g_at[NV];  // byte offset of each vector's group in a row's weights
-  for (int v = 0; v < NV; ++v) g_at[v] = OneGroup ? 0 : (c0 + 16 * v) / group * kKvBlockTokens;
-  __m512i hi[R][NV], lo[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
-  const std::uint8_t* src = blk.values.data() + u0 * kCodeUnitBytes;
-  for (index_t tq = 0; tq < quads; ++tq, src += blk.value_row) {
-    if (tq % 2 == 0) ahead.step();
-    __m512i codes[NV];
-    for (int u = 0; u < kUnits; ++u) {
-      const __m512i raw = _mm512_load_si512(src + u * kCodeUnitBytes);
-      for (int p = 0; p < L; ++p) codes[u * L + p] = code_plane<Bits>(raw, p);
-    }
-    for (int r = 0; r < R; ++r) {
-      const std::int8_t* wh = wh0 + r * x.weight_bytes + 4 * tq;
-      const std::int8_t* wl = wl0 + r * x.weight_bytes + 4 * tq;
-      if constexpr (OneGroup) {
-        const __m512i bh = broadcast_quad(wh), bl = broadcast_quad(wl);
-        for (int v = 0; v < NV; ++v) {
-          hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
-          lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
-        }
-      } else {
-        for (int v = 0; v < NV; ++v) {
-          hi[r][v] = dot_u8s8(hi[r][v], codes[v], broadcast_quad(wh + g_at[v]));
-          lo[r][v] = dot_u8s8(lo[r][v], codes[v], broadcast_quad(wl + g_at[v]));
-        }
+      const float* scale = blk.value_params.data() + 2 * g * kKvBlockTokens;
+      const float* mins = scale + kKvBlockTokens;
+      const __m512 s0 = _mm512_maskz_load_ps(m0, scale), s1 = _mm512_maskz_load_ps(m1, scale + 16);
+      const __m512 n0 = _mm512_maskz_load_ps(m0, mins), n1 = _mm512_maskz_load_ps(m1, mins + 16);
+      for (index_t r = 0; r < rows; ++r) {
+        const float* pr = p + r * lds + j * kKvBlockTokens;
+        const __m512 p0 = _mm512_loadu_ps(pr), p1 = _mm512_loadu_ps(pr + 16);
+        const __m512 w0 = _mm512_mul_ps(p0, s0), w1 = _mm512_mul_ps(p1, s1);
+        const float top = _mm512_reduce_max_ps(_mm512_max_ps(w0, w1));  // weights are >= 0
+        const __m512 inv = _mm512_set1_ps(inverse_step(top));
+        const index_t at = (j * rows + r) * x.weight_bytes + g * kKvBlockTokens;
+        store_two_term(_mm512_mul_ps(w0, inv), x.w_hi.data() + at, x.w_lo.data() + at);
+        store_two_term(_mm512_mul_ps(w1, inv), x.w_hi.data() + at + 16, x.w_lo.data() + at + 16);
+        x.w_step[(j * rows + r) * groups + g] = top / (127.f * 256.f);
+        float* mt = x.min_terms.data() + (r * groups + g) * 16;
+        _mm512_store_ps(mt, _mm512_fmadd_ps(p1, n1, _mm512_fmadd_ps(p0, n0, _mm512_load_ps(mt))));
       }
     }
   }
+  for (index_t i = 0; i < rows * groups; ++i) x.min_sum[i] = _mm512_reduce_add_ps(_mm512_load_ps(x.min_terms.data() + i * 16));
+}
+
+// acc[r][c] += sum over the run's blocks and tokens of w[r][t] code[t][c] + min_sum[r][group of
+// c], for R rows and the channels of kUnits units from u0. Each block's exact int32 sums become
+// floats once (times the block's step) into accumulators that stay in registers for the run.
+// OneGroup: the tile's channels share one value group, so each row's weight bytes are broadcast
+// once per token quad.
+template <int Bits, int kUnits, int R, bool OneGroup>
+void integer_value_tile(const KvBlock* const* blocks, index_t n, index_t Dv, index_t group, index_t u0, index_t r0,
+                        const IntegerScratch& x, float* acc, index_t ldacc) noexcept {
+  constexpr int L = 8 / Bits, NV = kUnits * L;
+  const index_t c0 = 16 * u0 * L;
+  index_t vg[NV];  // value group of each vector
+  for (int v = 0; v < NV; ++v) vg[v] = OneGroup ? 0 : std::min(c0 + 16 * v, Dv - 1) / group;
+  __m512 out[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) {
-      const index_t c = c0 + 16 * v;
-      if (c >= Dv) continue;  // padding lanes of the last unit
-      // 256 h + l fits: |h sums| <= 127 * 255 * 32 tokens < 2^23.
-      const __m512i total = _mm512_add_epi32(_mm512_slli_epi32(hi[r][v], 8), lo[r][v]);
-      float* a = acc + (r0 + r) * ldacc + c;
-      const __m512 step = _mm512_set1_ps(x.w_step[(r0 + r) * x.groups + (OneGroup ? 0 : c / group)]);
-      _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), step, _mm512_loadu_ps(a)));
+      const index_t c = c0 + 16 * v;  // c >= Dv: padding lanes of the last unit, never stored
+      out[r][v] = c < Dv ? _mm512_add_ps(_mm512_loadu_ps(acc + (r0 + r) * ldacc + c),
+                                         _mm512_set1_ps(x.min_sum[(r0 + r) * x.groups + vg[v]]))
+                         : _mm512_setzero_ps();
     }
+  for (index_t j = 0; j < n; ++j) {
+    const KvBlock& blk = *blocks[j];
+    const index_t quads = (blk.count + 3) / 4;
+    const std::int8_t* wh0 = x.w_hi.data() + (j * x.rows + r0) * x.weight_bytes;
+    const std::int8_t* wl0 = x.w_lo.data() + (j * x.rows + r0) * x.weight_bytes;
+    __m512i hi[R][NV], lo[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
+    const std::uint8_t* src = blk.values.data() + u0 * kCodeUnitBytes;
+    for (index_t tq = 0; tq < quads; ++tq, src += blk.value_row) {
+      __m512i codes[NV];
+      for (int u = 0; u < kUnits; ++u) {
+        const __m512i raw = _mm512_load_si512(src + u * kCodeUnitBytes);
+        for (int p = 0; p < L; ++p) codes[u * L + p] = code_plane<Bits>(raw, p);
+      }
+      for (int r = 0; r < R; ++r) {
+        const std::int8_t* wh = wh0 + r * x.weight_bytes + 4 * tq;
+        const std::int8_t* wl = wl0 + r * x.weight_bytes + 4 * tq;
+        if constexpr (OneGroup) {
+          const __m512i bh = broadcast_quad(wh), bl = broadcast_quad(wl);
+          for (int v = 0; v < NV; ++v) {
+            hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
+            lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
+          }
+        } else {
+          for (int v = 0; v < NV; ++v) {
+            hi[r][v] = dot_u8s8(hi[r][v], codes[v], broadcast_quad(wh + vg[v] * kKvBlockTokens));
+            lo[r][v] = dot_u8s8(lo[r][v], codes[v], broadcast_quad(wl + vg[v] * kKvBlockTokens));
+          }
+        }
+      }
+    }
+    const float* steps = x.w_step.data() + (j * x.rows + r0) * x.groups;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) {
+        // 256 h + l fits: |h sums| <= 127 * 255 * 32 tokens < 2^23.
+        const __m512i total = _mm512_add_epi32(_mm512_slli_epi32(hi[r][v], 8), lo[r][v]);
+        out[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(steps[r * x.groups + vg[v]]), out[r][v]);
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v)
+      if (c0 + 16 * v < Dv) _mm512_storeu_ps(acc + (r0 + r) * ldacc + c0 + 16 * v, out[r][v]);
 }
 
 template <int Bits, bool OneGroup>
-[[gnu::noinline]] void integer_value_tiles(const KvBlock& blk, index_t Dv, index_t group, const IntegerScratch& x, float* acc,
-                         index_t ldacc, LineStream& ahead) noexcept {
+[[gnu::noinline]] void integer_value_tiles(const KvBlock* const* blocks, index_t n, index_t Dv, index_t group,
+                                           const IntegerScratch& x, float* acc, index_t ldacc) noexcept {
   constexpr int L = 8 / Bits;
-  // 16 int32 accumulators per tile: 4 rows x 2 units (int8), 4 rows x 1 unit (int4), 2 x 1 (int2).
+  // 16 int32 and 8 float accumulators per tile: 4 rows x 2 units (int8), 4 rows x 1 unit (int4),
+  // 2 rows x 1 unit (int2).
   constexpr int kRows = Bits == 2 ? 2 : 4;
   constexpr int kTileUnits = Bits == 8 ? 2 : 1;
   const index_t units = (Dv + 16 * L - 1) / (16 * L);
   for (index_t r0 = 0; r0 < x.rows; r0 += kRows) {
     index_t u = 0;
     for (; u + kTileUnits <= units; u += kTileUnits)
-      integer_value_tile<Bits, kTileUnits, kRows, OneGroup>(blk, Dv, group, u, r0, x, acc, ldacc, ahead);
-    for (; u < units; ++u) integer_value_tile<Bits, 1, kRows, OneGroup>(blk, Dv, group, u, r0, x, acc, ldacc, ahead);
+      integer_value_tile<Bits, kTileUnits, kRows, OneGroup>(blocks, n, Dv, group, u, r0, x, acc, ldacc);
+    for (; u < units; ++u) integer_value_tile<Bits, 1, kRows, OneGroup>(blocks, n, Dv, group, u, r0, x, acc, ldacc);
   }
 }
 
+// Probability-weighted values of a run of blocks with the same quantized value format.
 template <int Bits>
-void integer_block_values(const KvBlock& blk, const KvCacheConfig& cfg, const IntegerScratch& x, float* acc,
-                          index_t ldacc, LineStream& ahead) noexcept {
+void integer_run_values(const KvBlock* const* blocks, index_t n, const KvCacheConfig& cfg, const IntegerScratch& x,
+                        float* acc, index_t ldacc) noexcept {
   const index_t Dv = cfg.value_dim, group = cfg.group_size > 0 ? std::min(cfg.group_size, Dv) : Dv;
   if (group >= Dv)
-    integer_value_tiles<Bits, true>(blk, Dv, group, x, acc, ldacc, ahead);
+    integer_value_tiles<Bits, true>(blocks, n, Dv, group, x, acc, ldacc);
   else
-    integer_value_tiles<Bits, false>(blk, Dv, group, x, acc, ldacc, ahead);
+    integer_value_tiles<Bits, false>(blocks, n, Dv, group, x, acc, ldacc);
 }
-
-inline index_t integer_value_steps(const KvBlock& blk, index_t Dv, index_t rows) noexcept {
-  const int bits = format_bits(blk.value_format);
-  const index_t units = (Dv + lanes_per_unit(bits) - 1) / lanes_per_unit(bits);
-  const index_t tiles = bits == 8 ? (units + 1) / 2 : units, row_blocks = bits == 2 ? rows / 2 : rows / 4;
-  return row_blocks * tiles * ((blk.count + 7) / 8);
-}
-
-#else  // no VNNI: the callers take the fp32 tile route; these are never called.
-
-inline index_t integer_value_steps(const KvBlock&, index_t, index_t) noexcept { return 0; }
 
 #endif
 
