@@ -443,10 +443,11 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       SoftmaxRow* state = states.data() + pi * rows;
       float* acc = accs.data() + pi * rows * ldacc;
       // Query rows r = i * G + g (query i, head hk * G + g), scaled; zero padding rows.
+      const bool per_token_keys = cfg.key_quant == KeyQuant::per_token;
       for (index_t r = 0; r < M; ++r) {
         const index_t i = r / G, h = piece.hk * G + r % G;
         for (index_t c = 0; c < d.Dk; ++c) w.q[r * d.Dk + c] = scale * in.q(piece.b, i, h, c);
-        for (index_t g = 0; g < key_groups; ++g) {
+        for (index_t g = 0; g < key_groups && per_token_keys; ++g) {  // the min terms of per-token keys
           float sum = 0.f;
           const index_t g1 = std::min(d.Dk, (g + 1) * cache.key_group());
           for (index_t c = g * cache.key_group(); c < g1; ++c) sum += w.q[r * d.Dk + c];
