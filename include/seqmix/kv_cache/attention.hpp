@@ -12,7 +12,7 @@
 // `scale`):
 //   per-channel keys  k = min_c + scale_c * code:  s = sum_c (q_c scale_c) code_c + sum_c q_c min_c;
 //   per-token keys    s = sum_g [ scale_g * (q_g . code_g) + min_g * sum(q_g) ];
-//   values            acc += (p * scale_t) * code_t, and sum_t p * min_t added once per block.
+//   values            acc += (p * scale_t) * code_t, and sum_t p * min_t added once per span.
 // Quantized blocks: integer dot products on the codes (integer_dots.hpp). Float blocks: keys are
 // channel-major, so each 16-token vector of one channel feeds one FMA per query row (G = 4 rows
 // at once); values are token-major, so each 16-channel vector of a token feeds the G rows. The
@@ -178,9 +178,9 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, cons
 inline LineStream key_phase_lines(const KvBlock* next, const KvBlock& blk, const KvCacheConfig& cfg,
                                   index_t rows) noexcept {
   LineStream lines;
-  if (next) {
-    lines.set(0, next->keys.data(), next->keys.size());
-    lines.set(1, next->key_params.data(), next->key_params.size() * sizeof(float));
+  if (next) {  // parameters first: the query operands of the next block read them before its codes
+    lines.set(0, next->key_params.data(), next->key_params.size() * sizeof(float));
+    lines.set(1, next->keys.data(), next->keys.size());
   }
   lines.set(2, blk.values.data(), blk.values.size());
   lines.set(3, blk.value_params.data(), blk.value_params.size() * sizeof(float));
