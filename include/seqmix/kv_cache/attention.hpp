@@ -390,6 +390,7 @@ inline void kv_logit_rule(float* s, const std::int64_t* key_pos, index_t count, 
 struct KvSegment {
   const std::int64_t* positions;
   index_t count;
+  std::int64_t lowest, highest;  // position range, for the "every key visible" test
 };
 
 struct KvPiece {
@@ -474,7 +475,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           float* s = w.s.data() + r * w.lds;
           for (index_t j = 0; j < n; ++j) {
             const KvSegment& seg = segs[j];
-            const bool plain = plain_range(seg.positions[0], seg.positions[seg.count - 1]);
+            const bool plain = plain_range(seg.lowest, seg.highest);
             kv_logit_rule(s + j * kKvBlockTokens, seg.positions, seg.count, kKvBlockTokens, w.pos[r], options, alibi,
                           slope, plain);
           }
@@ -504,7 +505,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
         for (index_t j = 0; j < n; ++j) {
           const KvBlock* next = j + 1 < n ? span[j + 1] : k < piece.last_block ? &hd.blocks[static_cast<std::size_t>(k)] : nullptr;
           LineStream ahead = key_phase_lines(next, *span[j], cfg, w.rows);
-          segs[j] = {span[j]->positions.data(), span[j]->count};
+          segs[j] = {span[j]->positions.data(), span[j]->count, span[j]->min_position, span[j]->max_position};
           any_block_scores(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
         }
         softmax_span(segs, n);
@@ -517,7 +518,8 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           for (index_t r = 0; r < M; ++r)
             for (index_t t = 0; t < n; ++t)
               w.s[r * w.lds + t] = simd::dot(w.q.data() + r * d.Dk, res.keys.data() + (t0 + t) * d.Dk, d.Dk);
-          const KvSegment seg{res.positions.data() + t0, n};
+          const auto [lowest, highest] = std::minmax_element(res.positions.begin() + t0, res.positions.begin() + t0 + n);
+          const KvSegment seg{res.positions.data() + t0, n, *lowest, *highest};
           softmax_span(&seg, 1);
           for (index_t r = 0; r < M; ++r)
             for (index_t t = 0; t < n; ++t) {
