@@ -87,8 +87,9 @@ struct KvBlock {
   // each token, as vectors over tokens (the score kernel loads them 16 at a time).
   AlignedVector<float> key_params;
   AlignedVector<std::uint8_t> values;        // float: [count][value_row], token-major; quantized: layout.hpp
-  // Quantized values: [groups][2][kKvBlockTokens], each group's token scales, then its token
-  // mins, as vectors over tokens (the value kernels load them 16 at a time).
+  // Quantized values: [groups][2][count], each group's token scales, then its token mins, as
+  // vectors over tokens (the value kernels load them 16 at a time, masked to count: blocks are
+  // made for their final count, and unpadded rows keep ZipCache's small blocks small).
   AlignedVector<float> value_params;
   std::vector<std::int64_t> positions;       // [count]
   std::int64_t min_position = 0, max_position = 0;
@@ -189,12 +190,12 @@ inline void allocate_values(KvBlock& blk, index_t Dv, index_t n) {
 
 // The scale and min of value group g of entry t (quantized values).
 inline quant::Params value_params(const KvBlock& blk, index_t g, index_t t) noexcept {
-  const float* p = blk.value_params.data() + 2 * g * kKvBlockTokens + t;
-  return {p[0], p[kKvBlockTokens]};
+  const float* p = blk.value_params.data() + 2 * g * blk.count + t;
+  return {p[0], p[blk.count]};
 }
 inline void set_value_params(KvBlock& blk, index_t g, index_t t, quant::Params params) noexcept {
-  float* p = blk.value_params.data() + 2 * g * kKvBlockTokens + t;
-  p[0] = params.scale, p[kKvBlockTokens] = params.min;
+  float* p = blk.value_params.data() + 2 * g * blk.count + t;
+  p[0] = params.scale, p[blk.count] = params.min;
 }
 
 // Quantizes x [Dv] into value row t of a block: its group parameters and its codes. `scratch`
@@ -255,7 +256,7 @@ inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, i
     blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
   }
   if (is_quantized(vf))
-    blk.value_params.assign(static_cast<std::size_t>(2 * kKvBlockTokens * quant::group_count(cfg.value_dim, cfg.group_size)), 0.f);
+    blk.value_params.assign(static_cast<std::size_t>(2 * n * quant::group_count(cfg.value_dim, cfg.group_size)), 0.f);
   blk.positions.assign(static_cast<std::size_t>(n), 0);
   return blk;
 }

@@ -237,15 +237,15 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
   std::fill(x.min_terms.begin(), x.min_terms.end(), 0.f);
   for (index_t j = 0; j < n; ++j) {
     const KvBlock& blk = *blocks[j];
-    // Slots past count may hold stale parameters; their probabilities are 0.
+    // Parameter rows hold `count` tokens (masked lanes are not read); later probabilities are 0.
     const index_t count = blk.count;
     const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<index_t>(16, count)) - 1u);
     const __mmask16 m1 = static_cast<__mmask16>((1u << std::clamp<index_t>(count - 16, 0, 16)) - 1u);
     for (index_t g = 0; g < groups; ++g) {
-      const float* scale = blk.value_params.data() + 2 * g * kKvBlockTokens;
-      const float* mins = scale + kKvBlockTokens;
-      const __m512 s0 = _mm512_maskz_load_ps(m0, scale), s1 = _mm512_maskz_load_ps(m1, scale + 16);
-      const __m512 n0 = _mm512_maskz_load_ps(m0, mins), n1 = _mm512_maskz_load_ps(m1, mins + 16);
+      const float* scale = blk.value_params.data() + 2 * g * count;
+      const float* mins = scale + count;
+      const __m512 s0 = _mm512_maskz_loadu_ps(m0, scale), s1 = _mm512_maskz_loadu_ps(m1, scale + 16);
+      const __m512 n0 = _mm512_maskz_loadu_ps(m0, mins), n1 = _mm512_maskz_loadu_ps(m1, mins + 16);
       for (index_t r = 0; r < rows; ++r) {
         const float* pr = p + r * lds + j * kKvBlockTokens;
         const __m512 p0 = _mm512_loadu_ps(pr), p1 = _mm512_loadu_ps(pr + 16);
