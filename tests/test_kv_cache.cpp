@@ -131,6 +131,7 @@ const std::vector<Storage>& storages() {
       {"int8 per-token g=16", KvFormat::int8, KvFormat::int8, KeyQuant::per_token, 16, 0, false},
       {"int4 per-token g=7", KvFormat::int4, KvFormat::int2, KeyQuant::per_token, 7, 0, false},
       {"int4 keys int2 values", KvFormat::int4, KvFormat::int2, KeyQuant::per_channel, 0, 0, false},
+      {"int8 per-token g=32", KvFormat::int8, KvFormat::int8, KeyQuant::per_token, 32, 0, false},
       {"zipcache int8/int4", KvFormat::int8, KvFormat::int8, KeyQuant::per_channel, 0, 0, true},
   };
   return table;
@@ -562,6 +563,10 @@ const std::vector<AttnCase>& attn_cases() {
       {"window + sinks", 1, 3, 200, 6, 2, 48, 40, true, 50, 4, 0.f, true, false},
       {"softcap alibi non-causal", 1, 2, 65, 4, 1, 20, 33, false, 0, 0, 5.f, true, true},
       {"short T=1", 1, 1, 1, 2, 1, 16, 16, true, 0, 0, 0.f, false, false},
+      // 47 blocks per head: several spans of 8 blocks in several pieces, the last span partial.
+      {"long decode GQA4", 1, 1, 1500, 8, 2, 64, 64, true, 0, 0, 0.f, false, false},
+      // Blocks wholly outside the window are skipped, so spans gather non-adjacent blocks.
+      {"long window + sinks", 1, 2, 1100, 4, 1, 32, 32, true, 300, 40, 0.f, false, false},
   };
   return table;
 }
