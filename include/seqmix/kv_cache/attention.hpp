@@ -195,7 +195,7 @@ inline LineStream key_phase_lines(const KvBlock* next, const KvBlock& blk, const
 // Per-task scratch.
 struct KvScratch {
   index_t rows, lds, ldacc;
-  AlignedVector<float> q, qsum, s, row;
+  AlignedVector<float> q, qsum, s;
   std::vector<std::int64_t> pos;
   IntegerScratch ints;             // operand bytes of the integer kernels
   bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
@@ -205,14 +205,13 @@ struct KvScratch {
         q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
         qsum(static_cast<std::size_t>(rows_padded * key_groups), 0.f),
         s(static_cast<std::size_t>(rows_padded * kKvSpanBlocks * kKvBlockTokens), 0.f),
-        row(static_cast<std::size_t>(std::max({Dk, Dv, kKvBlockTokens}) + simd::kWidth), 0.f),
         pos(static_cast<std::size_t>(rows_padded), 0) {
     if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups, kKvSpanBlocks);
   }
 };
 
-// Scores of one float block for every row: w.s[r][0..slots) = scale * q_r . k_t (garbage
-// beyond count).
+// Scores of one float block for every row: s[r * w.lds + t] = scale * q_r . k_t for t < slots
+// (garbage beyond count).
 template <KvFormat F, int NT>
 void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   const index_t Dk = cfg.key_dim;
@@ -307,7 +306,7 @@ inline const KvBlock& float_value_tile(const KvBlock& blk, const KvCacheConfig& 
   return tile;
 }
 
-// Scores of any block into w.s.
+// Scores of any block into s (row stride w.lds).
 inline void any_block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   if (!is_quantized(blk.key_format)) {
     dispatch_float_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, s, ahead); });
@@ -386,11 +385,11 @@ inline void kv_logit_rule(float* s, const std::int64_t* key_pos, index_t count, 
   std::fill(s + count, s + width, kMinusInf);
 }
 
-// One segment of a span: kKvBlockTokens score columns holding `count` keys at `positions`.
+// One segment of a span: kKvBlockTokens score columns holding `count` keys at `positions`
+// (increasing: append checks it, and blocks keep entry order).
 struct KvSegment {
   const std::int64_t* positions;
   index_t count;
-  std::int64_t lowest, highest;  // position range, for the "every key visible" test
 };
 
 struct KvPiece {
@@ -475,7 +474,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           float* s = w.s.data() + r * w.lds;
           for (index_t j = 0; j < n; ++j) {
             const KvSegment& seg = segs[j];
-            const bool plain = plain_range(seg.lowest, seg.highest);
+            const bool plain = plain_range(seg.positions[0], seg.positions[seg.count - 1]);
             kv_logit_rule(s + j * kKvBlockTokens, seg.positions, seg.count, kKvBlockTokens, w.pos[r], options, alibi,
                           slope, plain);
           }
@@ -505,7 +504,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
         for (index_t j = 0; j < n; ++j) {
           const KvBlock* next = j + 1 < n ? span[j + 1] : k < piece.last_block ? &hd.blocks[static_cast<std::size_t>(k)] : nullptr;
           LineStream ahead = key_phase_lines(next, *span[j], cfg, w.rows);
-          segs[j] = {span[j]->positions.data(), span[j]->count, span[j]->min_position, span[j]->max_position};
+          segs[j] = {span[j]->positions.data(), span[j]->count};
           any_block_scores(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
         }
         softmax_span(segs, n);
@@ -518,8 +517,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           for (index_t r = 0; r < M; ++r)
             for (index_t t = 0; t < n; ++t)
               w.s[r * w.lds + t] = simd::dot(w.q.data() + r * d.Dk, res.keys.data() + (t0 + t) * d.Dk, d.Dk);
-          const auto [lowest, highest] = std::minmax_element(res.positions.begin() + t0, res.positions.begin() + t0 + n);
-          const KvSegment seg{res.positions.data() + t0, n, *lowest, *highest};
+          const KvSegment seg{res.positions.data() + t0, n};
           softmax_span(&seg, 1);
           for (index_t r = 0; r < M; ++r)
             for (index_t t = 0; t < n; ++t) {

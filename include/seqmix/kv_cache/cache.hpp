@@ -335,7 +335,6 @@ inline void copy_entry(const KvBlock& from, index_t t, KvBlock& to, index_t i, c
   to.positions[i] = from.positions[t];
 }
 
-
 // Keeps the slots marked in `keep` (size count), in order; codes are moved, never requantized.
 inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const std::vector<char>& keep) {
   std::vector<index_t> kept;

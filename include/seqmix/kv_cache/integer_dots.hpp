@@ -105,6 +105,11 @@ inline __m512i dot_u8s8(__m512i acc, __m512i codes, __m512i operand) noexcept {
 #endif
 }
 
+// The first n lanes of a 16-lane vector (n clamped to [0, 16]).
+inline __mmask16 first_lanes(index_t n) noexcept {
+  return static_cast<__mmask16>((1u << std::clamp<index_t>(n, 0, 16)) - 1u);
+}
+
 inline __m512i broadcast_quad(const std::int8_t* bytes) noexcept {
   std::int32_t v;
   std::memcpy(&v, bytes, 4);
@@ -132,7 +137,6 @@ template <bool PerChannel>
   const index_t n16 = (Dk + 15) / 16 * 16;
   const float* scales = blk.key_params.data();
   const float* mins = scales + Dk;
-  const auto lane_mask = [Dk](index_t c) { return static_cast<__mmask16>((1u << std::min<index_t>(16, Dk - c)) - 1u); };
   const auto scaled_query = [&](const float* q, index_t c, __mmask16 valid) {
     const __m512 qc = _mm512_maskz_loadu_ps(valid, q + c);
     return PerChannel ? _mm512_mul_ps(qc, _mm512_maskz_loadu_ps(valid, scales + c)) : qc;
@@ -141,7 +145,7 @@ template <bool PerChannel>
     __m512 top[4], bias[4];
     for (int r = 0; r < 4; ++r) top[r] = bias[r] = _mm512_setzero_ps();
     for (index_t c = 0; c < n16; c += 16) {
-      const __mmask16 valid = lane_mask(c);
+      const __mmask16 valid = first_lanes(Dk - c);
       const __m512 mn = PerChannel ? _mm512_maskz_loadu_ps(valid, mins + c) : _mm512_setzero_ps();
       for (int r = 0; r < 4; ++r) {
         const float* q = Q + (r0 + r) * Dk;
@@ -157,7 +161,7 @@ template <bool PerChannel>
       x.bias[r0 + r] = PerChannel ? _mm512_reduce_add_ps(bias[r]) : 0.f;
     }
     for (index_t c = 0; c < n16; c += 16) {
-      const __mmask16 valid = lane_mask(c);
+      const __mmask16 valid = first_lanes(Dk - c);
       for (int r = 0; r < 4; ++r) {
         const index_t at = (r0 + r) * x.quad_bytes + c;
         store_two_term(_mm512_mul_ps(scaled_query(Q + (r0 + r) * Dk, c, valid), inv[r]), x.q_hi.data() + at,
@@ -239,8 +243,7 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
     const KvBlock& blk = *blocks[j];
     // Parameter rows hold `count` tokens (masked lanes are not read); later probabilities are 0.
     const index_t count = blk.count;
-    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<index_t>(16, count)) - 1u);
-    const __mmask16 m1 = static_cast<__mmask16>((1u << std::clamp<index_t>(count - 16, 0, 16)) - 1u);
+    const __mmask16 m0 = first_lanes(count), m1 = first_lanes(count - 16);
     for (index_t g = 0; g < groups; ++g) {
       const float* scale = blk.value_params.data() + 2 * g * count;
       const float* mins = scale + count;
