@@ -3,6 +3,7 @@
 // concern its own header beneath that.
 #pragma once
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/half.hpp"

@@ -235,7 +235,7 @@ struct StreamTraits<DeltaRuleInputs>
   }
   static Options fix_options(Options o, const DeltaRuleInputs& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_detail::choose_delta_algorithm(false, std::numeric_limits<index_t>::max(), in.k.size(3),
+      o.algorithm = delta_update::choose_delta_algorithm(false, std::numeric_limits<index_t>::max(), in.k.size(3),
                                                          in.v.size(3), o.chunk_size);
     return o;
   }
@@ -265,7 +265,7 @@ struct StreamTraits<GatedDeltaRuleInputs>
   }
   static Options fix_options(Options o, const GatedDeltaRuleInputs& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_detail::choose_delta_algorithm(o.gate == DeltaGate::channel, std::numeric_limits<index_t>::max(),
+      o.algorithm = delta_update::choose_delta_algorithm(o.gate == DeltaGate::channel, std::numeric_limits<index_t>::max(),
                                                          in.k.size(3), in.v.size(3), o.chunk_size);
     return o;
   }

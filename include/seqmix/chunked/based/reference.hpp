@@ -25,7 +25,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
-#include "seqmix/linear_attention/detail/head.hpp"
+#include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
 namespace seqmix {
 

@@ -1,5 +1,5 @@
 // The fast prefill of delta_rule: gated_delta_rule's chunked WY form (or its recurrent kernel,
-// see delta_detail::choose_delta_algorithm) with no decay; the exp factors drop out.
+// see delta_update::choose_delta_algorithm) with no decay; the exp factors drop out.
 #pragma once
 
 #include "seqmix/linear_attention/delta_rule/reference.hpp"
@@ -10,7 +10,7 @@ namespace seqmix {
 // DeltaNet prefill. final_state may be the initial_state view (updated in place).
 inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
                        const Executor& executor = serial_executor()) {
-  delta_detail::fast_delta("delta_rule", delta_detail::ungated_call(in, out, options), executor);
+  delta_update::fast_delta("delta_rule", delta_update::ungated_call(in, out, options), executor);
 }
 
 }  // namespace seqmix

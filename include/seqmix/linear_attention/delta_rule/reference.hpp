@@ -51,7 +51,7 @@ struct DeltaRuleStepOutputs {
   TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
 };
 
-namespace delta_detail {
+namespace delta_update {
 
 inline DeltaCall ungated_call(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options) {
   DeltaCall c;
@@ -62,14 +62,14 @@ inline DeltaCall ungated_call(const DeltaRuleInputs& in, const DeltaRuleOutputs&
   return c;
 }
 
-}  // namespace delta_detail
+}  // namespace delta_update
 
 namespace reference {
 
 // The definition, token by token, state in double. final_state may alias initial_state.
 inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
                        const Executor& executor = serial_executor()) {
-  delta_detail::reference_delta("reference::delta_rule", delta_detail::ungated_call(in, out, options), executor);
+  delta_update::reference_delta("reference::delta_rule", delta_update::ungated_call(in, out, options), executor);
 }
 
 }  // namespace reference

@@ -9,10 +9,10 @@ namespace seqmix {
 // One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
 inline void delta_rule_step(const DeltaRuleStepInputs& in, const DeltaRuleStepOutputs& out,
                             const DeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
-  delta_detail::DeltaStepCall c;
+  delta_update::DeltaStepCall c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
   c.o = out.o, c.state = out.state, c.scale = options.scale, c.norm = options.qk_norm;
-  delta_detail::fast_delta_step("delta_rule_step", c, executor);
+  delta_update::fast_delta_step("delta_rule_step", c, executor);
 }
 
 }  // namespace seqmix

@@ -1,17 +1,17 @@
 // The fast prefill of gated_delta_rule (scalar gate: Gated DeltaNet; per-channel gate: KDA).
 // Multi-threaded over (batch, value head); per head either the chunked WY form
-// (delta_detail/wy.hpp) or the fused recurrent kernel (delta_detail/recurrent.hpp), chosen by
-// delta_detail::choose_delta_algorithm, which says why. Workspace: one state [K,V] and one
+// (delta_update/wy.hpp) or the fused recurrent kernel (delta_update/recurrent.hpp), chosen by
+// delta_update::choose_delta_algorithm, which says why. Workspace: one state [K,V] and one
 // chunk workspace (about (9C + 2V) x K floats for chunk size C) per parallel block, allocated
 // once per call. The definition is in reference.hpp.
 #pragma once
 
-#include "seqmix/linear_attention/delta_detail/driver.hpp"
+#include "seqmix/linear_attention/delta_update/driver.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 
 namespace seqmix {
 
-namespace delta_detail {
+namespace delta_update {
 
 // The fast prefill of a validated-on-entry call (gated or not).
 inline void fast_delta(const char* op, const DeltaCall& c, const Executor& executor) {
@@ -43,12 +43,12 @@ inline void fast_delta(const char* op, const DeltaCall& c, const Executor& execu
   });
 }
 
-}  // namespace delta_detail
+}  // namespace delta_update
 
 // Gated DeltaNet / KDA prefill. final_state may be the initial_state view (updated in place).
 inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
-  delta_detail::fast_delta("gated_delta_rule", delta_detail::gated_call(in, out, options), executor);
+  delta_update::fast_delta("gated_delta_rule", delta_update::gated_call(in, out, options), executor);
 }
 
 }  // namespace seqmix

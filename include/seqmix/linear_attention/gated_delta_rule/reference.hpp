@@ -1,7 +1,7 @@
 // gated_delta_rule (Gated DeltaNet; KDA when the gate is per key channel), SPEC section 4. This
 // header holds the argument structs, the options, their validation and the readable definition
 // seqmix::reference::gated_delta_rule. Fast prefill: chunked.hpp; decode step: step.hpp;
-// derivation of the chunked WY form: ../DELTA_README.md.
+// derivation of the chunked WY form: ../delta_update/README.md.
 //
 //   S' = exp(g_t) S_{t-1}          (KDA: diag(exp(g_t)) S_{t-1})      S [K,V] per (batch, value head)
 //   S_t = S' + beta_t k_t (v_t - S'^T k_t)^T
@@ -19,7 +19,7 @@
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
-#include "seqmix/linear_attention/delta_detail/head.hpp"
+#include "seqmix/linear_attention/delta_update/head.hpp"
 
 namespace seqmix {
 
@@ -30,7 +30,7 @@ struct GatedDeltaRuleOptions {
   std::optional<float> scale;
   // Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
   QkNorm qk_norm = QkNorm::none;
-  // Tokens per chunk of the chunked WY form. 64 measured best for K=V=128 (DELTA_README.md):
+  // Tokens per chunk of the chunked WY form. 64 measured best for K=V=128 (delta_update/README.md):
   // the chunk's [64,128] tiles and 64x64 score and solve blocks stay in L1/L2 while the
   // state GEMMs are large enough to run near peak. Any value in [1, 4096] works; it changes
   // rounding only.
@@ -69,7 +69,7 @@ struct GatedDeltaRuleStepOutputs {
   TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
 };
 
-namespace delta_detail {
+namespace delta_update {
 
 // The gate arguments of a prefill (GRank 4) or a step (GRank 3). `gated` false: no gate at all
 // (delta_rule), both views must be empty.
@@ -198,7 +198,7 @@ inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRule
   return c;
 }
 
-}  // namespace delta_detail
+}  // namespace delta_update
 
 namespace reference {
 
@@ -206,7 +206,7 @@ namespace reference {
 // `executor` only splits the gate check.
 inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
-  delta_detail::reference_delta("reference::gated_delta_rule", delta_detail::gated_call(in, out, options), executor);
+  delta_update::reference_delta("reference::gated_delta_rule", delta_update::gated_call(in, out, options), executor);
 }
 
 }  // namespace reference

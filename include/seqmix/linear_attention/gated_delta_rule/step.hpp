@@ -1,16 +1,16 @@
 // The decode step of gated_delta_rule: one token per batch row, the state [B,HV,K,V] updated in
-// place. Per (batch, value head) it is the fused kernel of delta_detail/recurrent.hpp: one sweep
+// place. Per (batch, value head) it is the fused kernel of delta_update/recurrent.hpp: one sweep
 // computes S'^T k (the decay applied to k, not to S), the second decays S, adds k u^T and
 // accumulates o = S^T q while the tile is still in L1, so S streams from memory once.
 #pragma once
 
-#include "seqmix/linear_attention/delta_detail/driver.hpp"
-#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/delta_update/driver.hpp"
+#include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 
 namespace seqmix {
 
-namespace delta_detail {
+namespace delta_update {
 
 struct DeltaStepCall {
   ConstView<float, 3> q, k, v;
@@ -61,17 +61,17 @@ inline void fast_delta_step(const char* op, const DeltaStepCall& c, const Execut
   run_step(Update::delta, d.B, d.HV, d.K, d.V, c.state, executor, make_token, store_output);
 }
 
-}  // namespace delta_detail
+}  // namespace delta_update
 
 // One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
 inline void gated_delta_rule_step(const GatedDeltaRuleStepInputs& in, const GatedDeltaRuleStepOutputs& out,
                                   const GatedDeltaRuleOptions& options = {},
                                   const Executor& executor = serial_executor()) {
-  delta_detail::DeltaStepCall c;
+  delta_update::DeltaStepCall c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
   c.gated = true, c.gate = options.gate, c.g_scalar = in.g_scalar, c.g = in.g;
   c.o = out.o, c.state = out.state, c.scale = options.scale, c.norm = options.qk_norm;
-  delta_detail::fast_delta_step("gated_delta_rule_step", c, executor);
+  delta_update::fast_delta_step("gated_delta_rule_step", c, executor);
 }
 
 }  // namespace seqmix

@@ -9,7 +9,7 @@
 
 #include <vector>
 
-#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"
 
 namespace seqmix {

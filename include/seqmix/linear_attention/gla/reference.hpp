@@ -19,8 +19,8 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
-#include "seqmix/linear_attention/detail/head.hpp"
-#include "seqmix/linear_attention/detail/validate.hpp"
+#include "seqmix/linear_attention/diagonal_decay/head.hpp"
+#include "seqmix/linear_attention/diagonal_decay/validate.hpp"
 
 namespace seqmix {
 

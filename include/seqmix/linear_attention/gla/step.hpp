@@ -1,11 +1,11 @@
 // The decode step of gated_linear_attention (and simple_gla / retention / ungated): one token
 // per batch row, the state [B,HV,K,V] updated in place. Each (batch, value head) is the
-// recurrent kernel of detail/recurrent.hpp: 3 vector ops per state element, o and v in registers.
+// recurrent kernel of diagonal_decay/recurrent.hpp: 3 vector ops per state element, o and v in registers.
 #pragma once
 
 #include <vector>
 
-#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"
 

@@ -3,7 +3,7 @@
 // the prefix followed by one read of its final state. Multi-threaded over (batch, value head).
 #pragma once
 
-#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/linear_attention/reference.hpp"
 
 namespace seqmix {

@@ -2,7 +2,7 @@
 // normalizer z [B,HV,Kf] when normalizing) updated in place by the recurrent kernel.
 #pragma once
 
-#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/linear_attention/reference.hpp"
 
 namespace seqmix {

@@ -3,7 +3,7 @@
 // Multi-threaded over (batch, value head); see detail::la::choose_algorithm for the choice.
 #pragma once
 
-#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 
 namespace seqmix {

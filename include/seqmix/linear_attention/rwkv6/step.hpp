@@ -2,7 +2,7 @@
 // the family's recurrent kernel (read S_{t-1}, add the bonus, then decay and absorb k v^T).
 #pragma once
 
-#include "seqmix/linear_attention/detail/driver.hpp"
+#include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 
 namespace seqmix {

@@ -1,5 +1,5 @@
 // The fast prefill of rwkv7: the recurrent form, vectorized over V and multi-threaded over
-// (batch, head). It is the delta family's fused token kernel (delta_detail/recurrent.hpp) in
+// (batch, head). It is the delta family's fused token kernel (delta_update/recurrent.hpp) in
 // its rwkv7 mode: sweep 1 reads p = S^T a, sweep 2 writes S = diag(w) S + b p^T + k v^T and
 // accumulates o = S^T r while the column tile is in L1.
 //
@@ -9,17 +9,17 @@
 // K = V = 64 the state of a head is 16 KB and stays in L1, where this kernel runs at about 5
 // vector ops per state element per token; the chunked form would do roughly 3x the flops in
 // GEMMs of that small size. So the recurrent form is the fast path here (measured figures in
-// DELTA_README.md).
+// delta_update/README.md).
 #pragma once
 
 #include <optional>
 
-#include "seqmix/linear_attention/delta_detail/driver.hpp"
+#include "seqmix/linear_attention/delta_update/driver.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
 
 namespace seqmix {
 
-namespace delta_detail {
+namespace delta_update {
 
 // The operands of token (b, t, h) of a [B,T,H,K] / [B,T,H,V] call or (b, h) of a step; rows
 // with a contiguous last dimension are used in place.
@@ -45,12 +45,12 @@ inline TokenOperands load_rwkv7_token(const View3& r, const View3& k, const View
   return x;
 }
 
-}  // namespace delta_detail
+}  // namespace delta_update
 
 // RWKV-7 prefill. final_state may be the initial_state view (updated in place). Workspace: one
 // [K,V] state and a few rows per parallel block, allocated once per call.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
-  using namespace delta_detail;
+  using namespace delta_update;
   const Dims d = validate_rwkv7(ArgCheck("rwkv7"), in, out, executor);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
     RowMatrix S(d.K, d.V);

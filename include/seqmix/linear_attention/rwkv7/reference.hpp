@@ -17,7 +17,7 @@
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
-#include "seqmix/linear_attention/delta_detail/head.hpp"
+#include "seqmix/linear_attention/delta_update/head.hpp"
 
 namespace seqmix {
 
@@ -49,7 +49,7 @@ struct Rwkv7StepOutputs {
   TensorView<float, 4> state;  // [B,H,K,V], read and then updated in place (required)
 };
 
-namespace delta_detail {
+namespace delta_update {
 
 inline Dims validate_rwkv7(const ArgCheck& check, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
                            const Executor& executor) {
@@ -78,14 +78,14 @@ inline Dims validate_rwkv7_step(const ArgCheck& check, const Rwkv7StepInputs& in
   return d;
 }
 
-}  // namespace delta_detail
+}  // namespace delta_update
 
 namespace reference {
 
 // The definition, token by token, state in double. Single-threaded; `executor` only splits the
 // gate check. final_state may alias initial_state.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
-  const delta_detail::Dims d = delta_detail::validate_rwkv7(ArgCheck("reference::rwkv7"), in, out, executor);
+  const delta_update::Dims d = delta_update::validate_rwkv7(ArgCheck("reference::rwkv7"), in, out, executor);
   const std::size_t K = static_cast<std::size_t>(d.K), V = static_cast<std::size_t>(d.V);
   std::vector<double> S(K * V), sa(V);
   for (index_t b = 0; b < d.B; ++b)

@@ -1,5 +1,5 @@
 // The decode step of rwkv7: one token per batch row, the state [B,H,K,V] updated in place by
-// the fused kernel of delta_detail/recurrent.hpp (one pass reading S^T a, one pass writing S
+// the fused kernel of delta_update/recurrent.hpp (one pass reading S^T a, one pass writing S
 // and reading o, the column tile in L1 between them).
 #pragma once
 
@@ -9,7 +9,7 @@ namespace seqmix {
 
 inline void rwkv7_step(const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
                        const Executor& executor = serial_executor()) {
-  using namespace delta_detail;
+  using namespace delta_update;
   const Dims d = validate_rwkv7_step(ArgCheck("rwkv7_step"), in, out, executor);
   auto make_token = [&](index_t b, index_t h, TokenWorkspace& ws) {
     return load_rwkv7_token(in.r, in.k, in.v, in.a, in.b, in.g, b, h, ws);

@@ -15,7 +15,7 @@
 
 #include <Eigen/Core>
 
-#include "seqmix/chunked/engine.hpp"
+#include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
@@ -162,7 +162,7 @@ inline void ssd_chunk_cb(const ConstView<float, 4>& Bm, const ConstView<float, 4
   });
 }
 
-// The chunked SSD form as a kernel of the chunkwise engine (chunked/engine.hpp): an item is one
+// The chunked SSD form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): an item is one
 // (batch, head), its state carried transposed in the workspace's rhs. state_to_output has
 // nothing to do of its own: the read of the state and the intra-chunk term are one GEMM (intra).
 struct SsdChunkKernel {
@@ -270,7 +270,7 @@ inline void ssd_chunked(const SsdInputs& in_arg, const SsdOutputs& out, const Ss
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb.data(), executor);
 
   const SsdChunkKernel kernel{in, out, options, dims, plan, cb.data()};
-  seqmix::chunked::run(kernel, dims.B * dims.H, ssd_grain(dims.T * dims.P * dims.N), L, executor);
+  seqmix::chunkwise::run(kernel, dims.B * dims.H, ssd_grain(dims.T * dims.P * dims.N), L, executor);
 }
 
 // Below this many tokens the recurrent form wins: the chunked form has fixed costs per call and

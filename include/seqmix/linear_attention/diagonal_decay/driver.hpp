@@ -6,12 +6,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "seqmix/chunked/engine.hpp"
+#include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
-#include "seqmix/linear_attention/detail/chunked.hpp"
-#include "seqmix/linear_attention/detail/head.hpp"
-#include "seqmix/linear_attention/detail/recurrent.hpp"
+#include "seqmix/linear_attention/diagonal_decay/chunked.hpp"
+#include "seqmix/linear_attention/diagonal_decay/head.hpp"
+#include "seqmix/linear_attention/diagonal_decay/recurrent.hpp"
 
 namespace seqmix::detail::la {
 
@@ -111,7 +111,7 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, index_t beg
     store_state(io, (begin + i) / plan.HV, (begin + i) % plan.HV, plan.V, states[static_cast<std::size_t>(i)]);
 }
 
-// The family's chunked form as a kernel of the chunkwise engine (chunked/engine.hpp). The
+// The family's chunked form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp). The
 // state S [Kf, Vp] lives in the workspace; the steps are chunked.hpp's.
 template <class MakeHead>
 struct ChunkKernel {
@@ -167,7 +167,7 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
   const index_t tasks = plan.B * plan.HV;
   if (plan.algorithm == LinearAttentionAlgorithm::chunked) {
     const ChunkKernel<std::remove_reference_t<MakeHead>> kernel{plan, io, make_head};
-    seqmix::chunked::run(kernel, tasks, 1, plan.chunk, executor);
+    seqmix::chunkwise::run(kernel, tasks, 1, plan.chunk, executor);
     return;
   }
   if (plan.prefix_len == 0) {

@@ -1,5 +1,5 @@
 // The chunkwise WY / UT-transform form of the (gated) delta rule, one head at a time. Internal.
-// ../DELTA_README.md derives it; in short, for a chunk of L tokens entering with state S,
+// README.md derives it; in short, for a chunk of L tokens entering with state S,
 // gamma_i = sum_{s<=i} g_s (cumulative log-gate from the chunk start, per channel for KDA):
 //   A   = strict_tril(diag(beta) [k_i . (k_j * exp(gamma_i - gamma_j))])          [L,L]
 //   M   = tril([q_i . (k_j * exp(gamma_i - gamma_j))])                            [L,L]
@@ -25,11 +25,11 @@
 #include <Eigen/Core>
 
 #include "seqmix/core/simd.hpp"
-#include "seqmix/linear_attention/delta_detail/head.hpp"
-#include "seqmix/linear_attention/delta_detail/recurrent.hpp"
-#include "seqmix/linear_attention/detail/chunked.hpp"
+#include "seqmix/linear_attention/delta_update/head.hpp"
+#include "seqmix/linear_attention/delta_update/recurrent.hpp"
+#include "seqmix/linear_attention/diagonal_decay/chunked.hpp"
 
-namespace seqmix::delta_detail {
+namespace seqmix::delta_update {
 
 using detail::la::RowMatrix;
 using detail::la::kGateFloor;
@@ -148,7 +148,7 @@ inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
 }
 
 // The steps of one chunk [t0, t0 + L) of head p on the state S [K,V], in the order the chunkwise
-// engine (chunked/engine.hpp) calls them; driver.hpp binds them to its hooks.
+// engine (core/chunkwise/engine.hpp) calls them; driver.hpp binds them to its hooks.
 
 // Operands and the state-free scores: A and M.
 inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
@@ -207,4 +207,4 @@ inline void wy_store_outputs(const DeltaHead& p, index_t t0, index_t L, const Wy
   }
 }
 
-}  // namespace seqmix::delta_detail
+}  // namespace seqmix::delta_update

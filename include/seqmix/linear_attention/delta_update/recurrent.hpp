@@ -18,7 +18,7 @@
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 
-namespace seqmix::delta_detail {
+namespace seqmix::delta_update {
 
 enum class Update {
   delta,  // x = beta (v - p), no b term
@@ -139,4 +139,4 @@ inline void multiply_rows(const float* a, const float* b, float* out, index_t n)
   for (index_t i = nv; i < n; ++i) out[i] = a[i] * b[i];
 }
 
-}  // namespace seqmix::delta_detail
+}  // namespace seqmix::delta_update

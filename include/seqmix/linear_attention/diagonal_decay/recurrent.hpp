@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "seqmix/core/simd.hpp"
-#include "seqmix/linear_attention/detail/head.hpp"
+#include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
 namespace seqmix::detail::la {
 

@@ -6,17 +6,17 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "seqmix/chunked/engine.hpp"
+#include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
-#include "seqmix/linear_attention/delta_detail/head.hpp"
-#include "seqmix/linear_attention/delta_detail/recurrent.hpp"
-#include "seqmix/linear_attention/delta_detail/wy.hpp"
+#include "seqmix/linear_attention/delta_update/head.hpp"
+#include "seqmix/linear_attention/delta_update/recurrent.hpp"
+#include "seqmix/linear_attention/delta_update/wy.hpp"
 
-namespace seqmix::delta_detail {
+namespace seqmix::delta_update {
 
 // Picks the prefill algorithm. Measured on the 2-core AVX-512 (Zen 4) machine this was tuned on
-// with bench/bench_delta_rule.cpp (both forms forced; table in DELTA_README.md): at K = V = 128
+// with bench/bench_delta_rule.cpp (both forms forced; table in README.md): at K = V = 128
 // the fused recurrent kernel and the chunked WY form are within 5% of each other (H=32 T=512:
 // 20.1 vs 20.1 ms single-thread; H=4 T=1024: 4.15 vs 4.75 ms), and for smaller states or
 // per-channel gates the recurrent kernel wins clearly (H=16 K=V=64: 3.5 vs 8.7 ms; KDA T=512:
@@ -100,7 +100,7 @@ struct DeltaPlan {
   index_t chunk;
 };
 
-// The chunked WY form as a kernel of the chunkwise engine (chunked/engine.hpp); the state
+// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp); the state
 // S [K,V] lives in the workspace, the steps are wy.hpp's.
 template <class MakeHead>
 struct WyKernel {
@@ -142,7 +142,7 @@ void run_prefill(const DeltaPlan& plan, const ConstView<float, 4>& initial_state
                  const Executor& executor, MakeHead&& make_head) {
   if (plan.algorithm == DeltaAlgorithm::chunked) {
     const WyKernel<std::remove_reference_t<MakeHead>> kernel{plan, initial_state, final_state, make_head};
-    seqmix::chunked::run(kernel, plan.B * plan.HV, 1, plan.chunk, executor);
+    seqmix::chunkwise::run(kernel, plan.B * plan.HV, 1, plan.chunk, executor);
     return;
   }
   parallel_for(executor, plan.B * plan.HV, 1, [&](index_t begin, index_t end) {
@@ -188,4 +188,4 @@ void run_step(Update update, index_t B, index_t HV, index_t K, index_t V, const 
   });
 }
 
-}  // namespace seqmix::delta_detail
+}  // namespace seqmix::delta_update

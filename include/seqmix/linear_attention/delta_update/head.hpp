@@ -1,7 +1,7 @@
 // The delta-rule family (delta_rule, gated_delta_rule / KDA, rwkv7): public enums, one
 // (batch, value head) slice of a problem, per-token loaders and the shared argument checks.
 // The shape checks of q/k/v, scale and chunk size are the linear-attention family's
-// (detail/validate.hpp), reused as they are.
+// (diagonal_decay/validate.hpp), reused as they are.
 #pragma once
 
 #include <algorithm>
@@ -13,8 +13,8 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
-#include "seqmix/linear_attention/detail/head.hpp"
-#include "seqmix/linear_attention/detail/validate.hpp"
+#include "seqmix/linear_attention/diagonal_decay/head.hpp"
+#include "seqmix/linear_attention/diagonal_decay/validate.hpp"
 
 namespace seqmix {
 
@@ -32,12 +32,12 @@ enum class QkNorm {
 
 // Which prefill algorithm a delta-family op runs. Both compute the same function (to rounding).
 enum class DeltaAlgorithm {
-  automatic,  // whichever measured faster for the shape (delta_detail::choose_delta_algorithm)
-  chunked,    // chunkwise WY / UT form on GEMMs (../DELTA_README.md)
+  automatic,  // whichever measured faster for the shape (delta_update::choose_delta_algorithm)
+  chunked,    // chunkwise WY / UT form on GEMMs (README.md)
   recurrent,  // token by token: the fused decode-step kernel applied T times
 };
 
-namespace delta_detail {
+namespace delta_update {
 
 using detail::la::Dims;
 
@@ -126,5 +126,5 @@ inline void check_beta(const ArgCheck& check, const ConstView<float, Rank>& beta
   }
 }
 
-}  // namespace delta_detail
+}  // namespace delta_update
 }  // namespace seqmix

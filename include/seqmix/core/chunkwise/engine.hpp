@@ -1,5 +1,5 @@
 // The chunkwise engine: the loop shared by every chunked recurrence of the library (linear
-// attention / GLA / RWKV-6, the delta-rule WY form, Mamba-2 SSD). Internal; ENGINE.md next to
+// attention / GLA / RWKV-6, the delta-rule WY form, Mamba-2 SSD). Internal; README.md next to
 // this file lists which family fills which hook.
 //
 // Every chunked form computes, per independent item (a (batch, head) pair) and per chunk of at
@@ -41,7 +41,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 
-namespace seqmix::chunked {
+namespace seqmix::chunkwise {
 
 namespace engine_detail {
 
@@ -96,4 +96,4 @@ void run(const Kernel& kernel, index_t items, index_t grain, index_t chunk, cons
   });
 }
 
-}  // namespace seqmix::chunked
+}  // namespace seqmix::chunkwise

@@ -24,7 +24,7 @@
 #include <Eigen/Core>
 
 #include "seqmix/core/simd.hpp"
-#include "seqmix/linear_attention/detail/head.hpp"
+#include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
 namespace seqmix::detail::la {
 
@@ -51,7 +51,7 @@ struct ChunkWorkspace {
   RowVector bonus;     // [C] rwkv6 diagonal
 };
 
-// The chunk loop itself is seqmix::chunked's engine (chunked/engine.hpp); driver.hpp maps its
+// The chunk loop itself is seqmix::chunkwise's engine (core/chunkwise/engine.hpp); driver.hpp maps its
 // hooks onto the steps below.
 
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
