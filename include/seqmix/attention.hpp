@@ -1,5 +1,5 @@
-// Softmax attention (SPEC section 5): dense flash-style prefill and split-KV decode (fp32, fp16
-// or bf16 K/V), attention_merge, and the lightning indexer.
+// Softmax attention (SPEC section 5): dense flash-style prefill (also packed / varlen) and
+// split-KV decode (fp32, fp16 or bf16 K/V), attention_merge, and the lightning indexer.
 #pragma once
 
 #include "seqmix/attention/dense/decode.hpp"
@@ -8,6 +8,11 @@
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/attention/lightning_indexer/fast.hpp"
 #include "seqmix/attention/lightning_indexer/reference.hpp"
+
+// Paged KV cache (vLLM block pool): paged_attention over pages, paged_kv_append into them.
+#include "seqmix/attention/paged/append.hpp"
+#include "seqmix/attention/paged/paged.hpp"
+#include "seqmix/attention/paged/reference.hpp"
 
 // Sparse forms: block-sparse attention with its pattern builders, top-k attention with its
 // selectors, and retrieval attention over an external key/value memory.

@@ -303,15 +303,15 @@ inline void scores_dot(const float* Q, index_t ldq, index_t M, const float* K, i
 // acc[r][col : col + NV * W] += sum_c P[r][c] V_c for R rows over n keys: R x NV accumulators
 // stay in registers over the keys, and each value vector is loaded (and widened) once for all
 // R rows.
-template <int R, int NV, class KV>
-inline void pv_block(const float* P, index_t ldp, const KvRows<KV>& V, index_t n, index_t col, float* acc,
+template <int R, int NV, class Rows>
+inline void pv_block(const float* P, index_t ldp, const Rows& V, index_t n, index_t col, float* acc,
                      index_t ldacc, LineStream* ahead) noexcept {
   FBatch a[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + col + v * simd::kWidth);
   for (index_t c = 0; c < n; ++c) {
     if (ahead) ahead->step();
-    const KV* row = V.row(c) + col;
+    const auto* row = V.row(c) + col;
     FBatch x[NV];
     for (int v = 0; v < NV; ++v) x[v] = load_kv_batch(row + v * simd::kWidth);
     for (int r = 0; r < R; ++r) {
@@ -327,8 +327,8 @@ inline void pv_block(const float* P, index_t ldp, const KvRows<KV>& V, index_t n
 // narrower targets (16 registers) take 2 vectors.
 constexpr int kPvVectors = simd::kWidth >= 16 ? 4 : 2;
 
-template <int R, class KV>
-inline void pv_rows(const float* P, index_t ldp, const KvRows<KV>& V, index_t n, index_t Dv, float* acc,
+template <int R, class Rows>
+inline void pv_rows(const float* P, index_t ldp, const Rows& V, index_t n, index_t Dv, float* acc,
                     index_t ldacc, LineStream* ahead) noexcept {
   const index_t W = simd::kWidth;
   index_t col = 0;
@@ -337,9 +337,10 @@ inline void pv_rows(const float* P, index_t ldp, const KvRows<KV>& V, index_t n,
   for (; col < Dv; col += W) pv_block<R, 1>(P, ldp, V, n, col, acc, ldacc, ahead);
 }
 
-// acc [M x ldacc] += P [M x n] V [n x Dv], in blocks of 4 rows.
-template <class KV>
-inline void accumulate_pv(const float* P, index_t ldp, index_t M, const KvRows<KV>& V, index_t n, index_t Dv,
+// acc [M x ldacc] += P [M x n] V [n x Dv], in blocks of 4 rows. Rows: KvRows, or any type whose
+// row(j) points at value row j (a paged cache's rows, paged/paged.hpp).
+template <class Rows>
+inline void accumulate_pv(const float* P, index_t ldp, index_t M, const Rows& V, index_t n, index_t Dv,
                           float* acc, index_t ldacc, LineStream* ahead = nullptr) noexcept {
   index_t r = 0;
   for (; r + 4 <= M; r += 4) pv_rows<4>(P + r * ldp, ldp, V, n, Dv, acc + r * ldacc, ldacc, ahead);
@@ -368,44 +369,79 @@ inline index_t decode_tile_keys(index_t row_bytes) noexcept {
 // A split below 4 tiles (128 to 256 keys) costs more in merging and scheduling than it saves.
 constexpr index_t kMinTilesPerSplit = 4;
 
-// Per-thread scratch of the decode kernel, allocated once per parallel block: per KV head the
-// scaled query rows (padded to a multiple of 4 rows) and the logits of the current tile; one
-// head's fp32 K and V tiles for the fallback path; per row its position and visible keys.
+// Per-thread scratch of the decode kernel, kept across calls (thread_local, grown on demand, so
+// decode allocates nothing once warm): per KV head the scaled query rows (padded to a multiple
+// of 4 rows) and the logits of the current tile; one head's fp32 K and V tiles for the fallback
+// path; per row its position and visible keys.
 struct DecodeScratch {
-  index_t rows_padded, q_stride, s_stride;
+  index_t rows = 0, rows_padded = 0, q_stride = 0, s_stride = 0;
   AlignedVector<float> q, k, v, s;
   std::vector<index_t> pos;
   std::vector<VisibleKeys> visible;
-  DecodeScratch(index_t Hkv, index_t rows, index_t Dkp, index_t Dvp)
-      : rows_padded(round_up(rows, kScoreRows)),
-        q_stride(rows_padded * Dkp),
-        s_stride(rows_padded * kDecodeTile),
-        q(static_cast<std::size_t>(Hkv * q_stride), 0.f),
-        k(static_cast<std::size_t>(kDecodeTile * Dkp)),
-        v(static_cast<std::size_t>(kDecodeTile * Dvp)),
-        s(static_cast<std::size_t>(Hkv * s_stride)),
-        pos(static_cast<std::size_t>(rows)),
-        visible(static_cast<std::size_t>(rows)) {}
+
+  // Sizes the scratch for `rows` query rows per KV head; reuses the storage when it is big enough.
+  void reserve(index_t Hkv, index_t rows_, index_t Dkp, index_t Dvp) {
+    rows = rows_;
+    rows_padded = round_up(rows, kScoreRows);
+    q_stride = rows_padded * Dkp;
+    s_stride = rows_padded * kDecodeTile;
+    grow(q, Hkv * q_stride);
+    grow(k, kDecodeTile * Dkp);
+    grow(v, kDecodeTile * Dvp);
+    grow(s, Hkv * s_stride);
+    grow(pos, rows);
+    grow(visible, rows);
+    // Padding query rows feed score rows nobody reads; zero them so they stay finite.
+    for (index_t h = 0; h < Hkv; ++h)
+      std::fill(q.begin() + h * q_stride + rows * Dkp, q.begin() + (h + 1) * q_stride, 0.f);
+  }
+
+  // This thread's scratch.
+  static DecodeScratch& local() {
+    thread_local DecodeScratch scratch;
+    return scratch;
+  }
+
+  template <class Vector>
+  static void grow(Vector& x, index_t n) {
+    if (static_cast<index_t>(x.size()) < n) x.resize(static_cast<std::size_t>(n));
+  }
 };
 
-// Visible decode tiles per batch row (rows differ only through explicit positions).
-template <class KV>
-std::vector<std::vector<index_t>> decode_tiles(const AttentionInputs<KV>& in, const AttentionOptions& options,
-                                               const AttentionDims& d, index_t tile) {
-  std::vector<std::vector<index_t>> tiles(static_cast<std::size_t>(d.B));
-  std::vector<index_t> pos(static_cast<std::size_t>(d.Tq));
-  for (index_t b = 0; b < d.B; ++b) {
-    for (index_t i = 0; i < d.Tq; ++i) pos[i] = query_position(in, b, i);
-    tiles[b] = visible_tiles(options, pos.data(), d.Tq, d.Tk, tile);
+// The key tiles one row block can see, as index ranges of tiles of width `tile`: the sink tiles
+// [0, sink_tiles) and the window tiles [first, last) (merged when they touch). visible_tiles
+// without a list, so decode builds no vector per call.
+struct TileRange {
+  index_t sink_tiles = 0, first = 0, last = 0, tile = 1;
+
+  index_t count() const noexcept { return sink_tiles + (last - first); }
+  index_t key(index_t t) const noexcept { return (t < sink_tiles ? t : first + (t - sink_tiles)) * tile; }
+
+  // Same tiles as visible_tiles(options, positions, count, Tk, tile).
+  static TileRange of(const AttentionOptions& options, const index_t* positions, index_t count, index_t Tk,
+                      index_t tile) noexcept {
+    index_t sink_end = 0, lo = Tk, hi = 0;
+    for (index_t r = 0; r < count; ++r) {
+      const VisibleKeys v = visible_keys(options, positions[r], Tk);
+      sink_end = std::max(sink_end, v.sink_end);
+      if (v.lo < v.hi) lo = std::min(lo, v.lo), hi = std::max(hi, v.hi);
+    }
+    TileRange range;
+    range.tile = tile;
+    range.sink_tiles = (sink_end + tile - 1) / tile;
+    if (lo < hi) {
+      range.first = std::max(lo / tile, range.sink_tiles);
+      range.last = std::max((hi + tile - 1) / tile, range.first);
+    }
+    return range;
   }
-  return tiles;
-}
+};
 
 // Where one head's K/V tile is read from: the caller's rows, or fp32 copies in the scratch.
-template <class KV>
+template <class KV, class Rows = KvRows<KV>>
 struct KvTile {
   using stored_type = KV;
-  KvRows<KV> k, v;
+  Rows k, v;
 };
 
 // K/V rows that are contiguous whole vectors of fp32 / fp16 / bf16 are read in place; anything
@@ -423,11 +459,22 @@ bool decode_reads_in_place(const AttentionInputs<KV>& in, const AttentionDims& d
 // True when every key of the full tile [j0, j0 + tile) is visible to every row and no
 // logit transform applies, so the logit rule has nothing to do (the common case in decode).
 inline bool tile_needs_no_rule(const AttentionOptions& options, bool has_alibi, bool has_mask,
-                               const std::vector<VisibleKeys>& visible, index_t j0, index_t n, index_t tile) noexcept {
+                               const VisibleKeys* visible, index_t rows, index_t j0, index_t n, index_t tile) noexcept {
   if (n != tile || options.softcap > 0.f || has_alibi || has_mask) return false;
-  for (const VisibleKeys& v : visible)
+  for (index_t r = 0; r < rows; ++r) {
+    const VisibleKeys& v = visible[r];
     if (!(j0 + n <= v.sink_end || (j0 >= v.lo && j0 + n <= v.hi))) return false;
+  }
   return true;
+}
+
+// Inner-loop steps (LineStream::step calls) of one decode tile of n keys: score blocks x feature
+// vectors, plus value rows x column blocks.
+inline std::size_t decode_tile_steps(const AttentionDims& d, index_t n) noexcept {
+  const index_t W = simd::kWidth, row_blocks = (d.Tq * d.group() + 3) / 4;
+  const index_t steps = d.Hkv * row_blocks *
+                        ((n + kScoreKeys - 1) / kScoreKeys * (d.Dk / W) + n * ((d.Dv + kPvVectors * W - 1) / (kPvVectors * W)));
+  return static_cast<std::size_t>(steps);
 }
 
 // The next tile's K and V rows, as the lines the current tile's kernels request ahead. Hardware
@@ -446,11 +493,7 @@ LineStream next_tile_lines(const AttentionInputs<KV>& in, const AttentionDims& d
   const std::size_t v_bytes = static_cast<std::size_t>(next_n * d.Hkv * d.Dv) * sizeof(KV);
   lines.set(0, in.k.ptr(b, next_j0, 0), k_bytes);
   lines.set(1, in.v.ptr(b, next_j0, 0), v_bytes);
-  // Inner-loop steps of one tile: score blocks x feature vectors, plus value rows x column blocks.
-  const index_t W = simd::kWidth, row_blocks = (d.Tq * d.group() + 3) / 4;
-  const index_t steps = d.Hkv * row_blocks *
-                        ((n + kScoreKeys - 1) / kScoreKeys * (d.Dk / W) + n * ((d.Dv + kPvVectors * W - 1) / (kPvVectors * W)));
-  lines.spread_over(static_cast<std::size_t>(steps));
+  lines.spread_over(decode_tile_steps(d, n));
   return lines;
 }
 
@@ -462,7 +505,7 @@ void score_tile(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, 
   constexpr index_t KC = simd::kWidth / R;
   for (index_t c = 0; c < n; c += KC)
     for (index_t h = h0; h < h1; ++h) {
-      const KvTile<Stored> tile = tile_of(h);
+      const auto tile = tile_of(h);
       const Stored* keys[KC];
       for (index_t i = 0; i < KC; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
       const float* q = w.q.data() + h * w.q_stride;
@@ -507,17 +550,17 @@ void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratc
     accumulate_pv(w.s.data() + h * w.s_stride, T, M, tile_of(h).v, n, Dvp, accs + h * M * Dvp, Dvp, &ahead);
 }
 
-// Runs the tiles [first, last) of batch row b for every KV head.
+// Runs the tiles [first, last) of `list` for batch row b and every KV head.
 template <class KV>
 void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options, const AttentionDims& d,
-                  const LogitRule<KV>& rule, DecodeScratch& w, const std::vector<index_t>& list, index_t b,
-                  index_t first, index_t last, index_t keys_per_tile, SoftmaxRow* states, float* accs) {
+                  const LogitRule<KV>& rule, DecodeScratch& w, const TileRange& list, index_t b, index_t first,
+                  index_t last, index_t keys_per_tile, SoftmaxRow* states, float* accs) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   for (index_t tile = first; tile < last; ++tile) {
-    const index_t j0 = list[tile], n = std::min(keys_per_tile, d.Tk - j0);
-    const bool skip_rule =
-        tile_needs_no_rule(options, in.alibi_slopes.has_value(), in.mask.has_value(), w.visible, j0, n, keys_per_tile);
-    const index_t next_j0 = tile + 1 < last ? list[tile + 1] : 0;
+    const index_t j0 = list.key(tile), n = std::min(keys_per_tile, d.Tk - j0);
+    const bool skip_rule = tile_needs_no_rule(options, in.alibi_slopes.has_value(), in.mask.has_value(),
+                                              w.visible.data(), w.rows, j0, n, keys_per_tile);
+    const index_t next_j0 = tile + 1 < last ? list.key(tile + 1) : 0;
     LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(keys_per_tile, d.Tk - next_j0) : 0, n);
     if constexpr (kv_loads_as_vectors<KV>) {
       if (decode_reads_in_place(in, d)) {
@@ -538,27 +581,67 @@ void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options
   }
 }
 
+// The partial results of split-KV decode: per task and row, the online-softmax state and its
+// [Dvp] accumulator. Kept by the calling thread across calls (grown on demand).
+struct DecodeWorkspace {
+  std::vector<SoftmaxRow> states;
+  AlignedVector<float> accs;
+  std::vector<TileRange> tiles;  // per batch row or sequence
+
+  void reserve(index_t rows, index_t Dvp, index_t lists) {
+    DecodeScratch::grow(states, rows);
+    DecodeScratch::grow(accs, rows * Dvp);
+    DecodeScratch::grow(tiles, lists);
+    std::fill(states.begin(), states.begin() + rows, SoftmaxRow{});
+    std::fill(accs.begin(), accs.begin() + rows * Dvp, 0.f);
+  }
+
+  static DecodeWorkspace& local() {
+    thread_local DecodeWorkspace workspace;
+    return workspace;
+  }
+};
+
+// Validation of the decode entry point without a heap allocation: the checker (and its op
+// name, longer than the short-string buffer) is built once.
+template <class KV>
+AttentionDims validate_attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out,
+                                        const AttentionOptions& options) {
+  static const ArgCheck check("attention_decode");
+  return validate_attention(check, in, out, options);
+}
+
 }  // namespace detail
 
 // Split-KV attention, meant for Tq = 1 (or a few draft tokens): same arguments and results as
 // reference::attention. A task is (batch row, contiguous piece of the visible key tiles) and
-// covers every KV head, so K/V stream through memory in order. Allocates one workspace per call
-// (the partial states of every piece, B * splits * Hq * Tq * (Dv + 2) floats) and one scratch
-// per parallel block.
+// covers every KV head, so K/V stream through memory in order. The partial states of the pieces
+// (B * splits * Hq * Tq * (Dv + 2) floats) and each thread's scratch are kept across calls, so
+// after a first call of the same shape it makes no heap allocation.
 template <class KV>
 void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                       const Executor& executor = serial_executor()) {
   using namespace detail;
-  const auto d = validate_attention("attention_decode", in, out, options);
+  const auto d = validate_attention_decode(in, out, options);
   const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W);
   if (d.B * d.Tq * d.Hq == 0) return;
   const float scale = attention_scale(options, d.Dk);
   const LogitRule<KV> rule{in, options, d.Tk};
   const index_t keys_per_tile = decode_tile_keys(d.Hkv * d.Dk * static_cast<index_t>(sizeof(KV)));
-  const std::vector<std::vector<index_t>> tiles = decode_tiles(in, options, d, keys_per_tile);
+
+  DecodeWorkspace& ws = DecodeWorkspace::local();
+  DecodeScratch::grow(ws.tiles, d.B);
   index_t max_tiles = 0;
-  for (const auto& list : tiles) max_tiles = std::max<index_t>(max_tiles, static_cast<index_t>(list.size()));
+  {
+    DecodeScratch& w = DecodeScratch::local();
+    DecodeScratch::grow(w.pos, d.Tq);
+    for (index_t b = 0; b < d.B; ++b) {
+      for (index_t i = 0; i < d.Tq; ++i) w.pos[i] = query_position(in, b, i);
+      ws.tiles[b] = TileRange::of(options, w.pos.data(), d.Tq, d.Tk, keys_per_tile);
+      max_tiles = std::max(max_tiles, ws.tiles[b].count());
+    }
+  }
 
   // Enough pieces for 4 tasks per thread, but none shorter than kMinTilesPerSplit tiles.
   const index_t wanted = (4 * executor.concurrency() + d.B - 1) / d.B;
@@ -566,15 +649,18 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
   const index_t tasks = d.B * splits, rows_per_task = d.Hkv * M;
 
   // Workspace: per task and KV head, the row states and the [M x Dvp] accumulators.
-  std::vector<SoftmaxRow> states(static_cast<std::size_t>(tasks * rows_per_task));
-  AlignedVector<float> accs(static_cast<std::size_t>(tasks * rows_per_task * Dvp), 0.f);
+  ws.reserve(tasks * rows_per_task, Dvp, d.B);
+  SoftmaxRow* const states = ws.states.data();
+  float* const accs = ws.accs.data();
+  const TileRange* const tiles = ws.tiles.data();
 
   parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
-    DecodeScratch w(d.Hkv, M, Dkp, Dvp);
+    DecodeScratch& w = DecodeScratch::local();
+    w.reserve(d.Hkv, M, Dkp, Dvp);
     for (index_t t = begin; t < end; ++t) {
       const index_t b = t / splits, split = t % splits;
-      const std::vector<index_t>& list = tiles[b];
-      const index_t count = static_cast<index_t>(list.size());
+      const TileRange& list = tiles[b];
+      const index_t count = list.count();
       const index_t first = count * split / splits, last = count * (split + 1) / splits;
       if (first == last) continue;
       for (index_t hk = 0; hk < d.Hkv; ++hk)
@@ -584,8 +670,7 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
         w.visible[r] = visible_keys(options, w.pos[r], d.Tk);
       }
       const index_t row0 = t * rows_per_task;
-      decode_piece(in, options, d, rule, w, list, b, first, last, keys_per_tile, states.data() + row0,
-                   accs.data() + row0 * Dvp);
+      decode_piece(in, options, d, rule, w, list, b, first, last, keys_per_tile, states + row0, accs + row0 * Dvp);
     }
   });
 
@@ -596,9 +681,9 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
       for (index_t r = 0; r < M; ++r) {
         const auto row_of = [&](index_t split) { return (b * splits + split) * rows_per_task + hk * M + r; };
         SoftmaxRow row = states[row_of(0)];
-        float* acc = accs.data() + row_of(0) * Dvp;
+        float* acc = accs + row_of(0) * Dvp;
         for (index_t split = 1; split < splits; ++split)
-          combine_rows(row, acc, states[row_of(split)], accs.data() + row_of(split) * Dvp, d.Dv);
+          combine_rows(row, acc, states[row_of(split)], accs + row_of(split) * Dvp, d.Dv);
         const index_t i = r / G, h = hk * G + r % G;
         const float lse = finish_row(row, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
                                      out.o.ptr(b, i, h), out.o.stride(3));

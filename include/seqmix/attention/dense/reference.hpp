@@ -13,7 +13,12 @@
 //   visible  = (!causal || j <= pos_i) && (window == 0 || j > pos_i - window || j < sink_tokens)
 //   o_i      = sum_{visible j} exp(s_ij) v_j / (sum_{visible j} exp(s_ij) + exp(sink_logits[h]))
 //   lse_i    = log of that denominator
-// Query head h reads KV head h / (Hq / Hkv). A row without a visible key (or whose mask is all
+// Query head h reads KV head h / (Hq / Hkv).
+//
+// Packed (varlen) self-attention: with inputs.batch.cu_seqlens [N+1], q, k, v, o and lse are
+// [1, total_T, ...] and sequence n is tokens [cu[n], cu[n+1]) of all of them, attending only to
+// its own keys (Tq = Tk = its length, so bottom-right and top-left alignment coincide). The
+// result equals one call per sequence on those slices. A row without a visible key (or whose mask is all
 // -inf) gives o = 0 and lse = -inf (lse = sink_logits[h] when sink logits are given, since the
 // denominator is then exp(sink_logits[h])).
 #pragma once
@@ -24,6 +29,7 @@
 #include <optional>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -57,9 +63,12 @@ struct AttentionInputs {
   ConstView<float, 1> alibi_slopes;  // [Hq]: adds -slope_h * |pos_i - j|
   ConstView<float, 1> sink_logits;   // [Hq]: adds exp(sink_h) to each softmax denominator only
   ConstView<std::int32_t, 2> positions;  // [B,Tq]: absolute query positions (default Tk - Tq + i)
+  // Packed sequences (cu_seqlens only: attention keeps no state, so state_indices and
+  // has_initial_state are refused). Not combinable with mask or positions.
+  SequenceBatch batch;
 };
 
-// o must not overlap any input.
+// o and lse must not overlap any input (ShapeError).
 struct AttentionOutputs {
   TensorView<float, 4> o;    // [B,Tq,Hq,Dv]
   TensorView<float, 3> lse;  // [B,Tq,Hq], optional: log of each softmax denominator
@@ -77,10 +86,11 @@ struct AttentionDims {
   index_t group() const noexcept { return Hq / Hkv; }
 };
 
+// Validation shared by every form. Formats a message only on failure, so a call with good
+// arguments allocates nothing (decode's zero-allocation contract).
 template <class KV>
-AttentionDims validate_attention(const char* op, const AttentionInputs<KV>& in, const AttentionOutputs& out,
+AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV>& in, const AttentionOutputs& out,
                                  const AttentionOptions& options) {
-  const ArgCheck check(op);
   check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,Dk");
   const index_t B = in.q.size(0), Tq = in.q.size(1), Hq = in.q.size(2), Dk = in.q.size(3);
   check.shape("k", in.k, std::array<index_t, 4>{B, -1, -1, Dk}, "B,Tk,Hkv,Dk");
@@ -99,10 +109,52 @@ AttentionDims validate_attention(const char* op, const AttentionInputs<KV>& in, 
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{B, Tq, Hq}, "B,Tq,Hq");
   if (options.scale) check.finite(*options.scale, "options.scale");
   check.finite(options.softcap, "options.softcap");
-  check.that(options.softcap >= 0.f, "options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
-  check.that(options.window >= 0, "options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
-  check.that(options.sink_tokens >= 0, "options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  if (!(options.softcap >= 0.f))
+    check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
+  if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
+  if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  if (in.batch.slotted() || in.batch.has_initial_state.has_value())
+    check.fail("batch", "attention keeps no state: state_indices and has_initial_state are not used");
+  if (in.batch.packed()) {
+    SequenceMap::make(check.op(), in.batch, B, Tq, false, -1);
+    if (Tk != Tq)
+      check.fail("k", "packed (cu_seqlens) attention is self-attention: k needs the queries' total_T = " +
+                          std::to_string(Tq) + " tokens, got " + std::to_string(Tk));
+    if (in.mask.has_value()) check.fail("mask", "is not supported with packed sequences (cu_seqlens)");
+    if (in.positions.has_value()) check.fail("positions", "is not supported with packed sequences (cu_seqlens)");
+  }
+  const auto refuse_overlap = [&](const char* output, const auto& view) {
+    if (views_overlap(view, in.q) || views_overlap(view, in.k) || views_overlap(view, in.v))
+      check.fail(output, "overlaps an input (q, k or v); attention cannot write in place");
+  };
+  refuse_overlap("o", out.o);
+  refuse_overlap("lse", out.lse);
+  if (views_overlap(out.o, out.lse)) check.fail("lse", "overlaps o");
   return {B, Tq, Tk, Hq, Hkv, Dk, Dv};
+}
+
+template <class KV>
+AttentionDims validate_attention(const char* op, const AttentionInputs<KV>& in, const AttentionOutputs& out,
+                                 const AttentionOptions& options) {
+  return validate_attention(ArgCheck(op), in, out, options);
+}
+
+// Sequence `s` of a packed call as a dense call with B = 1: slices of every token tensor.
+template <class KV>
+AttentionInputs<KV> sequence_inputs(const AttentionInputs<KV>& in, const SequenceSpan& s) {
+  AttentionInputs<KV> one = in;
+  one.batch = {};
+  one.q = in.q.slice(1, s.token_begin, s.tokens);
+  one.k = in.k.slice(1, s.token_begin, s.tokens);
+  one.v = in.v.slice(1, s.token_begin, s.tokens);
+  return one;
+}
+
+inline AttentionOutputs sequence_outputs(const AttentionOutputs& out, const SequenceSpan& s) {
+  AttentionOutputs one;
+  one.o = out.o.slice(1, s.token_begin, s.tokens);
+  if (out.lse.has_value()) one.lse = out.lse.slice(1, s.token_begin, s.tokens);
+  return one;
 }
 
 inline float attention_scale(const AttentionOptions& options, index_t Dk) {
@@ -127,6 +179,12 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
                const Executor& executor = serial_executor()) {
   (void)executor;
   const auto d = detail::validate_attention("reference::attention", in, out, options);
+  if (in.batch.packed()) {  // one call per sequence, on its slices
+    const SequenceMap seqs = SequenceMap::make("reference::attention", in.batch, d.B, d.Tq, false, -1);
+    for (index_t n = 0; n < seqs.sequences(); ++n)
+      reference::attention(detail::sequence_inputs(in, seqs[n]), detail::sequence_outputs(out, seqs[n]), options);
+    return;
+  }
   const double scale = detail::attention_scale(options, d.Dk);
   const double minus_inf = -std::numeric_limits<double>::infinity();
   std::vector<double> logits(static_cast<std::size_t>(d.Tk));

@@ -1,0 +1,217 @@
+// paged_attention: softmax attention over a paged KV cache (vLLM's block pool, flash-attn's
+// flash_attn_with_kvcache with a block table). The readable definition, the argument structs
+// and their validation; the fast form is in paged.hpp, the append of new K/V rows in append.hpp.
+//
+// Memory is the caller's: a pool of pages shared by every sequence,
+//   k_pages [num_blocks, block_size, Hkv, Dk],  v_pages [num_blocks, block_size, Hkv, Dv]
+// (fp32, fp16 or bf16), and per sequence n its pages in order, block_table[n, 0 .. ceil(L/bs)),
+// where L = cache_seqlens[n] counts the cached tokens, the new queries' own K/V included. Key j
+// of sequence n is row j % bs of page block_table[n, j / bs]. Entries past a sequence's last
+// page are never read (engines pad them with anything).
+//
+// Queries are [N, Tq, Hq, Dk], or packed [1, total_q, Hq, Dk] with cu_seqlens_q [N+1]. Query i
+// of the Tq_n queries of sequence n sits at position L - Tq_n + i (bottom-right: the queries are
+// the last Tq_n tokens of the sequence), so Tq_n = 1 is decode and Tq_n > 1 a chunk of prefill
+// or a speculative verify against the cached prefix. Then exactly dense attention's rules
+// (dense/reference.hpp) over keys [0, L): causal (on by default), window, sink tokens, softcap,
+// ALiBi, sink logits, GQA (query head h reads KV head h / (Hq / Hkv)).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/batch.hpp"
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+// A read-only 2-D table of indices stored as int32 or int64 (vLLM's block_tables are int32,
+// some engines keep int64), read as index_t. The 2-D sibling of IndexList.
+class BlockTable {
+ public:
+  BlockTable() = default;  // not given
+  BlockTable(ConstView<std::int32_t, 2> v) : i32_(v) {}   // NOLINT: implicit by design
+  BlockTable(ConstView<std::int64_t, 2> v) : i64_(v) {}   // NOLINT
+  BlockTable(TensorView<std::int32_t, 2> v) : i32_(v) {}  // NOLINT
+  BlockTable(TensorView<std::int64_t, 2> v) : i64_(v) {}  // NOLINT
+
+  bool has_value() const noexcept { return i32_.has_value() || i64_.has_value(); }
+  index_t rows() const noexcept { return i32_.has_value() ? i32_.size(0) : i64_.size(0); }
+  index_t cols() const noexcept { return i32_.has_value() ? i32_.size(1) : i64_.size(1); }
+  index_t operator()(index_t n, index_t i) const {
+    return i32_.has_value() ? static_cast<index_t>(i32_(n, i)) : static_cast<index_t>(i64_(n, i));
+  }
+  bool dangling() const noexcept {
+    return (i32_.data() == nullptr && i32_.numel() > 0) || (i64_.data() == nullptr && i64_.numel() > 0);
+  }
+
+ private:
+  ConstView<std::int32_t, 2> i32_;
+  ConstView<std::int64_t, 2> i64_;
+};
+
+// The same rules as AttentionOptions; `causal` is on by default because the queries of a paged
+// call are the newest tokens of their sequences.
+struct PagedAttentionOptions {
+  std::optional<float> scale;  // std::nullopt: 1/sqrt(Dk)
+  bool causal = true;          // a query sees keys up to its own position
+  index_t window = 0;          // sliding window W (0: none), as AttentionOptions::window
+  index_t sink_tokens = 0;     // StreamingLLM sinks kept visible by the window
+  float softcap = 0.f;         // logit soft-capping (0: off)
+
+  AttentionOptions dense() const {
+    AttentionOptions o;
+    o.scale = scale, o.causal = causal, o.window = window, o.sink_tokens = sink_tokens, o.softcap = softcap;
+    return o;
+  }
+};
+
+template <class KV = float>
+struct PagedAttentionInputs {
+  ConstView<float, 4> q;             // [N,Tq,Hq,Dk], or [1,total_q,Hq,Dk] with cu_seqlens_q
+  ConstView<KV, 4> k_pages;          // [num_blocks,block_size,Hkv,Dk], Hkv divides Hq
+  ConstView<KV, 4> v_pages;          // [num_blocks,block_size,Hkv,Dv]
+  BlockTable block_table;            // [N,max_blocks]: page of each block of each sequence
+  IndexList cache_seqlens;           // [N]: cached tokens per sequence, the queries' own included
+  IndexList cu_seqlens_q;            // [N+1], optional: packed queries (sequence n: [cu[n], cu[n+1]))
+  ConstView<float, 1> alibi_slopes;  // [Hq], optional
+  ConstView<float, 1> sink_logits;   // [Hq], optional
+};
+
+// Same layout as q ([N,Tq,Hq,Dv] or packed); must not overlap an input.
+struct PagedAttentionOutputs {
+  TensorView<float, 4> o;    // [N,Tq,Hq,Dv] or [1,total_q,Hq,Dv]
+  TensorView<float, 3> lse;  // [N,Tq,Hq] or [1,total_q,Hq], optional
+};
+
+namespace detail {
+
+struct PagedDims {
+  index_t N, Hq, Hkv, Dk, Dv, num_blocks, block_size, max_blocks;
+  bool packed;
+  index_t group() const noexcept { return Hq / Hkv; }
+};
+
+// Queries of sequence n: [first query row, count) in q's dims 0/1 (row b = n when dense).
+struct PagedQueries {
+  index_t b, i0, count;
+};
+
+template <class KV>
+PagedQueries paged_queries(const PagedAttentionInputs<KV>& in, index_t n) {
+  if (in.cu_seqlens_q.has_value()) return {0, in.cu_seqlens_q[n], in.cu_seqlens_q[n + 1] - in.cu_seqlens_q[n]};
+  return {n, 0, in.q.size(1)};
+}
+
+// Every argument, every used block table entry and every length is checked here, before any
+// output is written; messages are formatted only on failure (no allocation on a good call).
+template <class KV>
+PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionInputs<KV>& in,
+                                   const PagedAttentionOutputs& out, const PagedAttentionOptions& options) {
+  check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "N,Tq,Hq,Dk");
+  const index_t Bq = in.q.size(0), Tq = in.q.size(1), Hq = in.q.size(2), Dk = in.q.size(3);
+  check.shape("k_pages", in.k_pages, std::array<index_t, 4>{-1, -1, -1, Dk}, "num_blocks,block_size,Hkv,Dk");
+  const index_t NB = in.k_pages.size(0), BS = in.k_pages.size(1), Hkv = in.k_pages.size(2);
+  if (Hq > 0 || Hkv > 0) check.divides(Hkv, Hq, "k_pages", "KV heads (dimension 2)");
+  if (BS < 1) check.fail("k_pages", "needs a block size (dimension 1) >= 1, got " + std::to_string(BS));
+  check.shape("v_pages", in.v_pages, std::array<index_t, 4>{NB, BS, Hkv, -1}, "num_blocks,block_size,Hkv,Dv");
+  const index_t Dv = in.v_pages.size(3);
+  const bool packed = in.cu_seqlens_q.has_value();
+  index_t N = Bq;
+  if (packed) {
+    SequenceBatch batch;
+    batch.cu_seqlens = in.cu_seqlens_q;
+    N = SequenceMap::make(check.op(), batch, Bq, Tq, false, -1).sequences();
+  }
+  if (!in.block_table.has_value() && N > 0) check.fail("block_table", "is required ([N, max_blocks])");
+  if (in.block_table.dangling()) check.fail("block_table", "has a null data pointer");
+  if (in.block_table.has_value() && in.block_table.rows() != N)
+    check.fail("block_table", "must have one row per sequence (" + std::to_string(N) + "), got " +
+                                  std::to_string(in.block_table.rows()));
+  const index_t max_blocks = in.block_table.has_value() ? in.block_table.cols() : 0;
+  if (in.cache_seqlens.dangling()) check.fail("cache_seqlens", "has a null data pointer");
+  if (in.cache_seqlens.size() != N)
+    check.fail("cache_seqlens", "must hold one length per sequence (" + std::to_string(N) + "), got " +
+                                    std::to_string(in.cache_seqlens.size()));
+  for (index_t n = 0; n < N; ++n) {
+    const index_t L = in.cache_seqlens[n];
+    const index_t queries = packed ? in.cu_seqlens_q[n + 1] - in.cu_seqlens_q[n] : Tq;
+    if (L < 0 || L > max_blocks * BS)
+      check.fail("cache_seqlens", "entry " + std::to_string(n) + " is " + std::to_string(L) + ", outside [0, " +
+                                      std::to_string(max_blocks * BS) + "] (max_blocks " + std::to_string(max_blocks) +
+                                      " x block_size " + std::to_string(BS) + ")");
+    if (queries > L)
+      check.fail("q", "sequence " + std::to_string(n) + " has " + std::to_string(queries) +
+                          " queries but only " + std::to_string(L) +
+                          " cached tokens; the queries' own K/V must be appended first");
+    for (index_t blk = 0; blk * BS < L; ++blk) {
+      const index_t page = in.block_table(n, blk);
+      if (page < 0 || page >= NB)
+        check.fail("block_table", "entry [" + std::to_string(n) + ", " + std::to_string(blk) + "] is " +
+                                      std::to_string(page) + ", outside [0, " + std::to_string(NB) +
+                                      ") (the pool has " + std::to_string(NB) + " blocks)");
+    }
+  }
+  check.optional_shape("alibi_slopes", in.alibi_slopes, std::array<index_t, 1>{Hq}, "Hq");
+  check.optional_shape("sink_logits", in.sink_logits, std::array<index_t, 1>{Hq}, "Hq");
+  check.shape("o", out.o, std::array<index_t, 4>{Bq, Tq, Hq, Dv}, "N,Tq,Hq,Dv");
+  check.optional_shape("lse", out.lse, std::array<index_t, 3>{Bq, Tq, Hq}, "N,Tq,Hq");
+  if (options.scale) check.finite(*options.scale, "options.scale");
+  check.finite(options.softcap, "options.softcap");
+  if (!(options.softcap >= 0.f))
+    check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
+  if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
+  if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  const auto refuse_overlap = [&](const char* output, const auto& view) {
+    if (views_overlap(view, in.q) || views_overlap(view, in.k_pages) || views_overlap(view, in.v_pages))
+      check.fail(output, "overlaps an input (q, k_pages or v_pages)");
+  };
+  refuse_overlap("o", out.o);
+  refuse_overlap("lse", out.lse);
+  if (views_overlap(out.o, out.lse)) check.fail("lse", "overlaps o");
+  return {N, Hq, Hkv, Dk, Dv, NB, BS, max_blocks, packed};
+}
+
+}  // namespace detail
+
+namespace reference {
+
+// The definition: each sequence's keys gathered from its pages into a contiguous fp32 cache,
+// then reference::attention with its queries at the end of it. Allocates; single-threaded.
+template <class KV>
+void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out,
+                     const PagedAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  (void)executor;
+  const auto d = detail::validate_paged_attention(ArgCheck("reference::paged_attention"), in, out, options);
+  for (index_t n = 0; n < d.N; ++n) {
+    const index_t L = in.cache_seqlens[n];
+    const detail::PagedQueries qs = detail::paged_queries(in, n);
+    if (qs.count == 0) continue;
+    Tensor<float, 4> k({1, L, d.Hkv, d.Dk}), v({1, L, d.Hkv, d.Dv});
+    for (index_t j = 0; j < L; ++j) {
+      const index_t page = in.block_table(n, j / d.block_size), row = j % d.block_size;
+      for (index_t h = 0; h < d.Hkv; ++h) {
+        for (index_t c = 0; c < d.Dk; ++c) k(0, j, h, c) = static_cast<float>(in.k_pages(page, row, h, c));
+        for (index_t c = 0; c < d.Dv; ++c) v(0, j, h, c) = static_cast<float>(in.v_pages(page, row, h, c));
+      }
+    }
+    AttentionInputs<float> dense;
+    dense.q = ConstView<float, 4>(in.q.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dk},
+                                  {0, in.q.stride(1), in.q.stride(2), in.q.stride(3)});
+    dense.k = k.view(), dense.v = v.view();
+    dense.alibi_slopes = in.alibi_slopes, dense.sink_logits = in.sink_logits;
+    AttentionOutputs dense_out;
+    dense_out.o = TensorView<float, 4>(out.o.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dv},
+                                       {0, out.o.stride(1), out.o.stride(2), out.o.stride(3)});
+    if (out.lse.has_value())
+      dense_out.lse = TensorView<float, 3>(out.lse.ptr(qs.b, qs.i0), {1, qs.count, d.Hq},
+                                           {0, out.lse.stride(1), out.lse.stride(2)});
+    reference::attention(dense, dense_out, options.dense());
+  }
+}
+
+}  // namespace reference
+}  // namespace seqmix
