@@ -1,0 +1,234 @@
+// One storage block of a KvCache head: up to 32 entries in one key format and one value format,
+// with their own quantization parameters (layout and formats: cache.hpp, layout.hpp). Element
+// access, and building a block from fp32 rows.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "seqmix/core/half.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/kv_cache/config.hpp"
+#include "seqmix/kv_cache/layout.hpp"
+#include "seqmix/kv_cache/quantize.hpp"
+
+namespace seqmix::detail {
+
+// Entries per block, and the key-slot granularity: whole 16-token vectors for float keys, whole
+// code units for quantized ones (layout.hpp), so the kernels need no tails.
+constexpr index_t kKvBlockTokens = 32;
+inline index_t key_slot_granule(KvFormat f) noexcept { return is_quantized(f) ? lanes_per_unit(format_bits(f)) : 16; }
+
+struct KvBlock {
+  KvFormat key_format = KvFormat::f32, value_format = KvFormat::f32;
+  index_t count = 0;  // entries held
+  index_t slots = 0;  // key slots per channel row, count rounded up to the granule
+  // Float formats: bytes of one key channel row / one value row. Quantized: key_row is 0 and
+  // value_row is the bytes of one token quad (layout.hpp).
+  index_t key_row = 0, value_row = 0;
+  AlignedVector<std::uint8_t> keys;    // float: [Dk][key_row], channel-major; quantized: layout.hpp
+  // per_channel: [Dk] scales, then [Dk] mins (planar, for vector loads). per_token: [groups][2][slots]: the scales, then the mins, of
+  // each token, as vectors over tokens (the score kernel loads them 16 at a time).
+  AlignedVector<float> key_params;
+  AlignedVector<std::uint8_t> values;        // float: [count][value_row], token-major; quantized: layout.hpp
+  // Quantized values: [groups][2][count], each group's token scales, then its token mins, as
+  // vectors over tokens (the value kernels load them 16 at a time, masked to count: blocks are
+  // made for their final count, and unpadded rows keep ZipCache's small blocks small).
+  AlignedVector<float> value_params;
+  std::vector<std::int64_t> positions;       // [count]
+  std::int64_t min_position = 0, max_position = 0;
+
+  std::size_t bytes() const noexcept {
+    return keys.size() + key_params.size() * sizeof(float) + values.size() +
+           value_params.size() * sizeof(float) + positions.size() * sizeof(std::int64_t);
+  }
+};
+
+// ---- element access ---------------------------------------------------------------------------
+
+inline float load_float(KvFormat f, const std::uint8_t* row, index_t i) noexcept {
+  switch (f) {
+    case KvFormat::f32: {
+      float x;
+      std::memcpy(&x, row + 4 * i, 4);
+      return x;
+    }
+    case KvFormat::f16: {
+      std::uint16_t b;
+      std::memcpy(&b, row + 2 * i, 2);
+      return f16_to_float(b);
+    }
+    case KvFormat::bf16: {
+      std::uint16_t b;
+      std::memcpy(&b, row + 2 * i, 2);
+      return bf16_to_float(b);
+    }
+    default: return 0.f;
+  }
+}
+
+inline void store_floats(KvFormat f, const float* x, index_t n, std::uint8_t* row) noexcept {
+  switch (f) {
+    case KvFormat::f32: std::memcpy(row, x, static_cast<std::size_t>(n) * 4); break;
+    case KvFormat::f16: convert(x, reinterpret_cast<f16*>(row), n); break;
+    case KvFormat::bf16: convert(x, reinterpret_cast<bf16*>(row), n); break;
+    default: break;
+  }
+}
+
+// Codes of quantized blocks, one at a time (construction, compaction, reads; layout.hpp).
+inline int key_code(const KvBlock& blk, index_t c, index_t t) noexcept {
+  const int bits = format_bits(blk.key_format);
+  return read_code(blk.keys.data(), key_code_spot(bits, blk.slots, c, t), bits);
+}
+inline void set_key_code(KvBlock& blk, index_t c, index_t t, int code) noexcept {
+  const int bits = format_bits(blk.key_format);
+  write_code(blk.keys.data(), key_code_spot(bits, blk.slots, c, t), bits, code);
+}
+inline int value_code(const KvBlock& blk, index_t Dv, index_t t, index_t c) noexcept {
+  const int bits = format_bits(blk.value_format);
+  return read_code(blk.values.data(), value_code_spot(bits, Dv, t, c), bits);
+}
+inline void set_value_code(KvBlock& blk, index_t Dv, index_t t, index_t c, int code) noexcept {
+  const int bits = format_bits(blk.value_format);
+  write_code(blk.values.data(), value_code_spot(bits, Dv, t, c), bits, code);
+}
+
+// Sizes the key storage of a block for its format and slots (codes zeroed).
+inline void allocate_keys(KvBlock& blk, index_t Dk) {
+  const KvFormat f = blk.key_format;
+  blk.key_row = is_quantized(f) ? 0 : row_bytes(f, blk.slots);
+  const index_t bytes = is_quantized(f) ? key_code_bytes(format_bits(f), Dk, blk.slots) : Dk * blk.key_row;
+  blk.keys.assign(static_cast<std::size_t>(bytes), 0);
+}
+inline void allocate_values(KvBlock& blk, index_t Dv, index_t n) {
+  const KvFormat f = blk.value_format;
+  const int bits = format_bits(f);
+  blk.value_row = is_quantized(f) ? value_quad_bytes(bits, Dv) : row_bytes(f, Dv);
+  const index_t bytes = is_quantized(f) ? value_code_bytes(bits, Dv, n) : n * blk.value_row;
+  blk.values.assign(static_cast<std::size_t>(bytes), 0);
+}
+
+// The scale and min of value group g of entry t (quantized values).
+inline quant::Params value_params(const KvBlock& blk, index_t g, index_t t) noexcept {
+  const float* p = blk.value_params.data() + 2 * g * blk.count + t;
+  return {p[0], p[blk.count]};
+}
+inline void set_value_params(KvBlock& blk, index_t g, index_t t, quant::Params params) noexcept {
+  float* p = blk.value_params.data() + 2 * g * blk.count + t;
+  p[0] = params.scale, p[blk.count] = params.min;
+}
+
+// Quantizes x [Dv] into value row t of a block: its group parameters and its codes. `scratch`
+// holds Dv bytes.
+inline void encode_value(KvBlock& blk, index_t t, const float* x, index_t Dv, index_t group, std::uint8_t* scratch) {
+  const int bits = format_bits(blk.value_format);
+  const index_t g = group > 0 ? group : Dv, groups = quant::group_count(Dv, group);
+  for (index_t k = 0; k < groups; ++k) {
+    const index_t c0 = k * g, len = std::min(g, Dv - c0);
+    const quant::Params params = quant::min_max_params(x + c0, len, 1, bits);
+    set_value_params(blk, k, t, params);
+    quant::encode_codes(x + c0, len, params, bits, scratch + c0);
+  }
+  for (index_t c = 0; c < Dv; ++c) set_value_code(blk, Dv, t, c, scratch[c]);
+}
+
+inline float key_element(const KvBlock& blk, KeyQuant kq, index_t group, index_t c, index_t t) {
+  if (!is_quantized(blk.key_format)) return load_float(blk.key_format, blk.keys.data() + c * blk.key_row, t);
+  const int code = key_code(blk, c, t);
+  if (kq == KeyQuant::per_channel) {  // planar: Dk scales, then Dk mins
+    const index_t Dk = static_cast<index_t>(blk.key_params.size() / 2);
+    return quant::decode(code, {blk.key_params[c], blk.key_params[Dk + c]});
+  }
+  const index_t g = c / group;
+  const float* p = blk.key_params.data() + 2 * g * blk.slots;
+  return quant::decode(code, {p[t], p[blk.slots + t]});
+}
+
+inline void value_row(const KvBlock& blk, index_t group, index_t Dv, index_t t, float* out) {
+  if (!is_quantized(blk.value_format)) {
+    const std::uint8_t* row = blk.values.data() + t * blk.value_row;
+    for (index_t c = 0; c < Dv; ++c) out[c] = load_float(blk.value_format, row, c);
+    return;
+  }
+  const index_t g = group > 0 ? group : Dv;
+  for (index_t c = 0; c < Dv; ++c) out[c] = quant::decode(value_code(blk, Dv, t, c), value_params(blk, c / g, t));
+}
+
+// ---- block construction -----------------------------------------------------------------------
+
+inline void set_position_range(KvBlock& blk) noexcept {
+  if (blk.count == 0) return;
+  blk.min_position = *std::min_element(blk.positions.begin(), blk.positions.end());
+  blk.max_position = *std::max_element(blk.positions.begin(), blk.positions.end());
+}
+
+// An empty block for n entries of these formats: storage sized and zeroed, per-token key and
+// value parameters and positions sized (per-channel key parameters are left to the caller).
+inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) {
+  KvBlock blk;
+  blk.key_format = kf, blk.value_format = vf, blk.count = n;
+  const index_t granule = key_slot_granule(kf);
+  blk.slots = (n + granule - 1) / granule * granule;
+  allocate_keys(blk, cfg.key_dim);
+  allocate_values(blk, cfg.value_dim, n);
+  if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
+    const index_t rows = 2 * quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
+    blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
+  }
+  if (is_quantized(vf))
+    blk.value_params.assign(static_cast<std::size_t>(2 * n * quant::group_count(cfg.value_dim, cfg.group_size)), 0.f);
+  blk.positions.assign(static_cast<std::size_t>(n), 0);
+  return blk;
+}
+
+// A block from n fp32 rows K [n][Dk], V [n][Dv] (row strides ldk, ldv) and their positions.
+inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, const float* K, index_t ldk,
+                          const float* V, index_t ldv, const std::int64_t* pos, index_t n) {
+  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  KvBlock blk = empty_block(cfg, kf, vf, n);
+  std::copy(pos, pos + n, blk.positions.begin());
+  set_position_range(blk);
+
+  std::vector<float> column(static_cast<std::size_t>(blk.slots), 0.f);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(std::max(blk.slots, Dv)), 0);
+  const int kbits = format_bits(kf);
+  if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
+    const index_t group = cfg.group_size > 0 ? cfg.group_size : Dk, groups = quant::group_count(Dk, group);
+    for (index_t t = 0; t < n; ++t)
+      for (index_t g = 0; g < groups; ++g) {
+        const quant::Params p = quant::min_max_params(K + t * ldk + g * group, std::min(group, Dk - g * group), 1, kbits);
+        blk.key_params[(2 * g) * blk.slots + t] = p.scale;
+        blk.key_params[(2 * g + 1) * blk.slots + t] = p.min;
+      }
+    for (index_t c = 0; c < Dk; ++c) {
+      const float* p = blk.key_params.data() + 2 * (c / group) * blk.slots;
+      for (index_t t = 0; t < n; ++t) set_key_code(blk, c, t, quant::encode(K[t * ldk + c], {p[t], p[blk.slots + t]}, kbits));
+    }
+  } else {
+    if (is_quantized(kf)) blk.key_params.assign(static_cast<std::size_t>(2 * Dk), 0.f);
+    for (index_t c = 0; c < Dk; ++c) {
+      for (index_t t = 0; t < n; ++t) column[t] = K[t * ldk + c];
+      if (!is_quantized(kf)) {
+        store_floats(kf, column.data(), blk.slots, blk.keys.data() + c * blk.key_row);
+        continue;
+      }
+      const quant::Params p = quant::min_max_params(column.data(), n, 1, kbits);
+      blk.key_params[c] = p.scale, blk.key_params[Dk + c] = p.min;  // planar, for vector loads
+      quant::encode_codes(column.data(), n, p, kbits, codes.data());
+      for (index_t t = 0; t < n; ++t) set_key_code(blk, c, t, codes[t]);
+    }
+  }
+
+  for (index_t t = 0; t < n; ++t) {
+    if (is_quantized(vf))
+      encode_value(blk, t, V + t * ldv, Dv, cfg.group_size, codes.data());
+    else
+      store_floats(vf, V + t * ldv, Dv, blk.values.data() + t * blk.value_row);
+  }
+  return blk;
+}
+
+}  // namespace seqmix::detail

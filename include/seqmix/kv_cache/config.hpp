@@ -1,0 +1,36 @@
+// KvCacheConfig: what one KvCache stores and how (SPEC section 6). The storage it describes is
+// explained in cache.hpp and README.md.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/kv_cache/quantize.hpp"
+
+namespace seqmix {
+
+enum class KeyQuant : std::uint8_t {
+  per_channel,  // KIVI: one (scale, min) per channel per block of up to 32 tokens
+  per_token,    // one (scale, min) per token per group of `group_size` channels
+};
+
+struct KvMixedPrecision {
+  KvFormat key_format = KvFormat::int4;    // formats of the non-salient tokens
+  KvFormat value_format = KvFormat::int2;
+  float salient_fraction = 0.2f;           // share of each flushed group kept in the high formats
+};
+
+struct KvCacheConfig {
+  index_t batch = 1, kv_heads = 1, key_dim = 0, value_dim = 0;  // B, Hkv, Dk, Dv
+  KvFormat key_format = KvFormat::f16;    // f32, f16, bf16, int8 or int4
+  KvFormat value_format = KvFormat::f16;  // f32, f16, bf16, int8, int4 or int2
+  KeyQuant key_quant = KeyQuant::per_channel;
+  // Channels per quantization group for per-token keys and for values; 0 = the whole row.
+  index_t group_size = 0;
+  // Full-precision window R: the newest R (up to R + 31) tokens stay fp32.
+  index_t residual = 0;
+  std::optional<KvMixedPrecision> mixed;  // ZipCache; empty = one precision
+};
+
+}  // namespace seqmix

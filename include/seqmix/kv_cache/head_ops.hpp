@@ -1,0 +1,166 @@
+// Upkeep of one head's storage: flushing the residual window into blocks (ZipCache's split
+// included), dropping residual rows, refitting a block's keys, and merging partly filled blocks
+// (compaction). The KvCache class calls these with its configuration.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <utility>
+#include <vector>
+
+#include "seqmix/kv_cache/block.hpp"
+#include "seqmix/kv_cache/block_edit.hpp"
+#include "seqmix/kv_cache/head.hpp"
+
+namespace seqmix::detail {
+
+// Keeps residual rows `rows` (increasing), dropping the others, and releases the memory.
+inline void keep_residual(const KvCacheConfig& cfg, KvResidual& r, const std::vector<index_t>& rows) {
+  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const index_t e = rows[i], d = static_cast<index_t>(i);
+    if (e == d) continue;
+    std::copy_n(r.keys.begin() + e * Dk, Dk, r.keys.begin() + d * Dk);
+    std::copy_n(r.values.begin() + e * Dv, Dv, r.values.begin() + d * Dv);
+    r.positions[d] = r.positions[e];
+    r.given_saliency[d] = r.given_saliency[e];
+    r.attention_sum[d] = r.attention_sum[e];
+    r.attention_queries[d] = r.attention_queries[e];
+  }
+  const std::size_t n = rows.size();
+  r.keys.resize(n * static_cast<std::size_t>(Dk));
+  r.values.resize(n * static_cast<std::size_t>(Dv));
+  r.positions.resize(n);
+  r.given_saliency.resize(n);
+  r.attention_sum.resize(n);
+  r.attention_queries.resize(n);
+}
+
+// Saliency of residual token e at flush time.
+inline float saliency_of(const KvResidual& r, index_t e) {
+  if (!std::isnan(r.given_saliency[e])) return r.given_saliency[e];
+  if (r.attention_queries[e] > 0.f) return r.attention_sum[e] / r.attention_queries[e];
+  return std::numeric_limits<float>::infinity();  // never observed: keep it precise
+}
+
+// One block from residual rows rows[0..n) (in increasing order of position after sorting).
+inline void add_blocks(const KvCacheConfig& cfg, KvHead& hd, index_t* rows, index_t n, KvFormat kf, KvFormat vf) {
+  if (n == 0) return;
+  std::sort(rows, rows + n);
+  const KvResidual& r = hd.residual;
+  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  std::vector<float> K(static_cast<std::size_t>(n * Dk)), V(static_cast<std::size_t>(n * Dv));
+  std::vector<std::int64_t> pos(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) {
+    std::copy_n(r.keys.begin() + rows[i] * Dk, Dk, K.begin() + i * Dk);
+    std::copy_n(r.values.begin() + rows[i] * Dv, Dv, V.begin() + i * Dv);
+    pos[i] = r.positions[rows[i]];
+  }
+  const std::uint32_t id = static_cast<std::uint32_t>(hd.blocks.size());
+  hd.blocks.push_back(make_block(cfg, kf, vf, K.data(), Dk, V.data(), Dv, pos.data(), n));
+  for (index_t i = 0; i < n; ++i) hd.order.push_back({id, static_cast<std::uint32_t>(i)});
+}
+
+// Moves the oldest 32 residual tokens into blocks while the residual holds R + 32 or more.
+inline void flush(const KvCacheConfig& cfg, KvHead& hd) {
+  KvResidual& r = hd.residual;
+  const index_t Bt = kKvBlockTokens;
+  index_t first = 0;
+  while (r.size() - first >= cfg.residual + Bt) {
+    std::vector<index_t> rows(static_cast<std::size_t>(Bt));
+    std::iota(rows.begin(), rows.end(), first);
+    index_t high = Bt;
+    if (cfg.mixed) {
+      std::vector<float> s(static_cast<std::size_t>(Bt));
+      for (index_t t = 0; t < Bt; ++t) s[t] = saliency_of(r, first + t);
+      std::stable_sort(rows.begin(), rows.end(), [&](index_t a, index_t c) { return s[a - first] > s[c - first]; });
+      high = static_cast<index_t>(std::ceil(cfg.mixed->salient_fraction * static_cast<float>(Bt)));
+    }
+    add_blocks(cfg, hd, rows.data(), high, cfg.key_format, cfg.value_format);
+    if (high < Bt) add_blocks(cfg, hd, rows.data() + high, Bt - high, cfg.mixed->key_format, cfg.mixed->value_format);
+    // Entry order stays append order even when a group was split over two blocks.
+    std::sort(hd.order.end() - Bt, hd.order.end(), [&](const KvSlot& a, const KvSlot& c) {
+      return hd.blocks[a.block].positions[a.slot] < hd.blocks[c.block].positions[c.slot];
+    });
+    first += Bt;
+  }
+  if (first > 0) {
+    std::vector<index_t> rest(static_cast<std::size_t>(r.size() - first));
+    std::iota(rest.begin(), rest.end(), first);
+    keep_residual(cfg, r, rest);
+  }
+}
+
+// Refits and re-encodes the keys of a block from fp32 rows K [count][Dk]; values untouched.
+inline void rebuild_keys(const KvCacheConfig& cfg, KvBlock& blk, const float* K) {
+  std::vector<float> V(static_cast<std::size_t>(blk.count * cfg.value_dim), 0.f);
+  KvBlock keys_only = make_block(cfg, blk.key_format, KvFormat::f32, K, cfg.key_dim, V.data(),
+                                                 cfg.value_dim, blk.positions.data(), blk.count);
+  blk.keys = std::move(keys_only.keys);
+  blk.key_params = std::move(keys_only.key_params);
+}
+
+// compact() of KvCache on one head (the rules are documented there).
+inline void compact_head(const KvCacheConfig& cfg, KvHead& hd) {
+  const index_t Bt = kKvBlockTokens, E = static_cast<index_t>(hd.order.size());
+  const std::size_t nb = hd.blocks.size();
+  // Format pair of each block, and the entries (in entry order) of the partly filled blocks of each.
+  std::vector<std::pair<KvFormat, KvFormat>> pairs;
+  std::vector<std::size_t> pair_of(nb);
+  for (std::size_t k = 0; k < nb; ++k) {
+    const auto p = std::make_pair(hd.blocks[k].key_format, hd.blocks[k].value_format);
+    const auto it = std::find(pairs.begin(), pairs.end(), p);
+    pair_of[k] = static_cast<std::size_t>(it - pairs.begin());
+    if (it == pairs.end()) pairs.push_back(p);
+  }
+  std::vector<index_t> partial_blocks(pairs.size(), 0);
+  for (std::size_t k = 0; k < nb; ++k)
+    if (hd.blocks[k].count < Bt) ++partial_blocks[pair_of[k]];
+  std::vector<char> merge(nb, 0);
+  bool any = false;
+  for (std::size_t k = 0; k < nb; ++k)
+    if (hd.blocks[k].count < Bt && partial_blocks[pair_of[k]] >= 2) merge[k] = 1, any = true;
+  if (!any) return;
+
+  // Output blocks: the untouched ones and the merged groups, each with its first entry index
+  // (blocks stay ordered by their first entry, so a block spans a narrow range of positions).
+  struct Out {
+    index_t first;
+    std::size_t old_block;  // nb: a merged block
+    std::vector<KvSlot> sources;
+  };
+  std::vector<Out> outs;
+  std::vector<index_t> out_of_block(nb, -1);
+  std::vector<index_t> out_of_pair(pairs.size(), -1);
+  std::vector<KvSlot> target(static_cast<std::size_t>(E));  // entry -> (output, slot)
+  for (index_t e = 0; e < E; ++e) {
+    const KvSlot s = hd.order[e];
+    if (!merge[s.block]) {
+      if (out_of_block[s.block] < 0) {
+        out_of_block[s.block] = static_cast<index_t>(outs.size());
+        outs.push_back({e, s.block, {}});
+      }
+      target[e] = {static_cast<std::uint32_t>(out_of_block[s.block]), s.slot};
+      continue;
+    }
+    index_t& open = out_of_pair[pair_of[s.block]];
+    if (open < 0 || static_cast<index_t>(outs[open].sources.size()) == Bt) {
+      open = static_cast<index_t>(outs.size());
+      outs.push_back({e, nb, {}});
+    }
+    target[e] = {static_cast<std::uint32_t>(open), static_cast<std::uint32_t>(outs[open].sources.size())};
+    outs[open].sources.push_back(s);
+  }
+  // Outputs were created in order of first entry, so their indices are the new block ids.
+  std::vector<KvBlock> blocks;
+  blocks.reserve(outs.size());
+  for (const Out& o : outs)
+    blocks.push_back(o.old_block < nb ? std::move(hd.blocks[o.old_block]) : merge_entries(cfg, hd.blocks, o.sources));
+  hd.order = std::move(target);
+  hd.blocks = std::move(blocks);
+}
+
+}  // namespace seqmix::detail
