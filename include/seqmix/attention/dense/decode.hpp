@@ -623,6 +623,12 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
                       const Executor& executor = serial_executor()) {
   using namespace detail;
   const auto d = validate_attention_decode(in, out, options);
+  if (in.batch.packed()) {  // one call per sequence on its slices
+    const SequenceMap seqs = SequenceMap::make("attention_decode", in.batch, d.B, d.Tq, false, -1);
+    for (index_t n = 0; n < seqs.sequences(); ++n)
+      attention_decode(sequence_inputs(in, seqs[n]), sequence_outputs(out, seqs[n]), options, executor);
+    return;
+  }
   const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W);
   if (d.B * d.Tq * d.Hq == 0) return;

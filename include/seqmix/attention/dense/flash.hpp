@@ -13,6 +13,8 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <memory>
 #include <vector>
 
 #include "seqmix/attention/dense/decode.hpp"
@@ -101,6 +103,52 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
   }
 }
 
+// One task of a packed call: query block [i0, i0 + nq) of one sequence against KV head hk.
+struct VarlenTask {
+  index_t seq, hk, i0, nq;
+  double cost;  // (query, key) pairs it visits, for the longest-first order
+};
+
+// Packed (cu_seqlens) prefill: each sequence is tiled on its own, so a sequence of n tokens costs
+// about what n tokens cost (a 17-token sequence is one block of 17 queries against one key
+// tile), and no block mixes sequences. Tasks (sequence, KV head, query block) are handed out
+// most expensive first, one at a time (Executor::run's counter), so a long sequence's late
+// causal blocks start early and short ones fill the gaps at the end.
+template <class KV>
+void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+                            const AttentionDims& d, const Executor& executor) {
+  const SequenceMap seqs = SequenceMap::make("attention_flash", in.batch, d.B, d.Tq, false, -1);
+  const float scale = attention_scale(options, d.Dk);
+  const index_t G = d.group(), bq = flash_query_block(G, seqs.max_tokens());
+  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  std::vector<VarlenTask> tasks;
+  for (index_t n = 0; n < seqs.sequences(); ++n) {
+    const index_t L = seqs[n].tokens;
+    for (index_t i0 = 0; i0 < L; i0 += bq) {
+      const index_t nq = std::min(bq, L - i0);
+      index_t keys = options.causal ? i0 + nq : L;
+      if (options.window > 0) keys = std::min(keys, options.window + nq + options.sink_tokens);
+      for (index_t hk = 0; hk < d.Hkv; ++hk)
+        tasks.push_back({n, hk, i0, nq, static_cast<double>(nq) * static_cast<double>(keys)});
+    }
+  }
+  std::stable_sort(tasks.begin(), tasks.end(), [](const VarlenTask& a, const VarlenTask& b) { return a.cost > b.cost; });
+  executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
+    const VarlenTask& task = tasks[static_cast<std::size_t>(t)];
+    const SequenceSpan span = seqs[task.seq];
+    const AttentionInputs<KV> one = sequence_inputs(in, span);
+    const AttentionOutputs one_out = sequence_outputs(out, span);
+    const AttentionDims one_dims{1, span.tokens, span.tokens, d.Hq, d.Hkv, d.Dk, d.Dv};
+    // One scratch per thread for the whole call (tasks are too small to allocate each).
+    thread_local std::unique_ptr<FlashScratch> scratch;
+    thread_local std::array<index_t, 4> sized{};
+    const std::array<index_t, 4> need{bq * G, d.Dk, Dkp, Dvp};
+    if (!scratch || sized != need) scratch = std::make_unique<FlashScratch>(bq * G, d.Dk, Dkp, Dvp), sized = need;
+    flash_block(one, one_out, options, one_dims, scale, 0, task.hk, task.i0, task.nq, *scratch,
+                [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, span.tokens); });
+  });
+}
+
 }  // namespace detail
 
 // Tiled prefill: same arguments and results as reference::attention, for any Tq. Allocates one
@@ -111,6 +159,7 @@ void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out,
   using namespace detail;
   const auto d = validate_attention("attention_flash", in, out, options);
   if (d.B * d.Tq * d.Hq == 0) return;
+  if (in.batch.packed()) return attention_flash_varlen(in, out, options, d, executor);
   const float scale = attention_scale(options, d.Dk);
   const index_t G = d.group(), bq = flash_query_block(G, d.Tq), blocks = (d.Tq + bq - 1) / bq;
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
@@ -128,13 +177,14 @@ void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out,
 }
 
 // Dense attention (SPEC section 5), the fast form: split-KV decode for a few queries, tiled
-// prefill otherwise. Same arguments and results as reference::attention.
+// prefill otherwise (and for packed sequences). Same arguments and results as
+// reference::attention.
 template <class KV>
 void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                const Executor& executor = serial_executor()) {
   // Up to 4 queries, one tile of queries per KV head is too little work to spread over threads,
-  // so the keys are split instead.
-  if (in.q.size(1) <= 4)
+  // so the keys are split instead. Packed sequences are tiled one by one (attention_flash).
+  if (in.q.size(1) <= 4 && !in.batch.packed())
     attention_decode(in, out, options, executor);
   else
     attention_flash(in, out, options, executor);
