@@ -10,7 +10,8 @@ namespace seqmix {
 // DeltaNet prefill. final_state may be the initial_state view (updated in place).
 inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
                        const Executor& executor = serial_executor()) {
-  delta_update::fast_delta("delta_rule", delta_update::ungated_call(in, out, options), executor);
+  static const ArgCheck check("delta_rule");
+  delta_update::fast_delta(check, delta_update::ungated_call(in, out, options), executor);
 }
 
 }  // namespace seqmix

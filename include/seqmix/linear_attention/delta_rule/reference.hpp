@@ -7,6 +7,7 @@
 //   o_t = scale * S_t^T q_t                                  the state is updated before it is read
 //
 // q/k have HK heads, v / beta have HV (a multiple of HK): value head hv uses q/k head hv / (HV/HK).
+// Serving (batch, token_states): as gated_delta_rule (../gated_delta_rule/reference.hpp).
 #pragma once
 
 #include <optional>
@@ -30,13 +31,15 @@ struct DeltaRuleInputs {
   ConstView<float, 4> k;              // [B,T,HK,K]
   ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of HK
   ConstView<float, 3> beta;           // [B,T,HV]
-  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero state if absent)
+  ConstView<float, 4> initial_state;  // [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
+  SequenceBatch batch;                // optional: cu_seqlens, state_indices, has_initial_state
 };
 
 // o must not overlap an input; final_state may be the same view as initial_state.
 struct DeltaRuleOutputs {
-  TensorView<float, 4> o;            // [B,T,HV,V]
-  TensorView<float, 4> final_state;  // [B,HV,K,V], optional
+  TensorView<float, 4> o;             // [B,T,HV,V]
+  TensorView<float, 4> final_state;   // [N,HV,K,V] or the pool, optional
+  TensorView<float, 5> token_states;  // [B,T,HV,K,V], optional: the state after each token
 };
 
 struct DeltaRuleStepInputs {
@@ -44,11 +47,12 @@ struct DeltaRuleStepInputs {
   ConstView<float, 3> k;     // [B,HK,K]
   ConstView<float, 3> v;     // [B,HV,V]
   ConstView<float, 2> beta;  // [B,HV]
+  SequenceBatch batch;       // optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 struct DeltaRuleStepOutputs {
   TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+  TensorView<float, 4> state;  // [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)
 };
 
 namespace delta_update {
@@ -56,8 +60,8 @@ namespace delta_update {
 inline DeltaCall ungated_call(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options) {
   DeltaCall c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
-  c.initial_state = in.initial_state;
-  c.o = out.o, c.final_state = out.final_state;
+  c.initial_state = in.initial_state, c.batch = in.batch;
+  c.o = out.o, c.final_state = out.final_state, c.token_states = out.token_states;
   c.scale = options.scale, c.norm = options.qk_norm, c.chunk = options.chunk_size, c.algorithm = options.algorithm;
   return c;
 }

@@ -11,8 +11,9 @@ inline void delta_rule_step(const DeltaRuleStepInputs& in, const DeltaRuleStepOu
                             const DeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
   delta_update::DeltaStepCall c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
-  c.o = out.o, c.state = out.state, c.scale = options.scale, c.norm = options.qk_norm;
-  delta_update::fast_delta_step("delta_rule_step", c, executor);
+  c.o = out.o, c.state = out.state, c.batch = in.batch, c.scale = options.scale, c.norm = options.qk_norm;
+  static const ArgCheck check("delta_rule_step");
+  delta_update::fast_delta_step(check, c, executor);
 }
 
 }  // namespace seqmix

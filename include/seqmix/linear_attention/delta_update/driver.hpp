@@ -1,6 +1,6 @@
-// Runs a delta_rule / gated_delta_rule prefill or decode step over all (batch, value head)
-// pairs: state hand-in and hand-out, per-token loading, the choice between the chunked WY form
-// and the recurrent form. Internal.
+// Runs a delta_rule / gated_delta_rule prefill item (one sequence and value head) or a decode
+// step over all (row, value head) pairs: per-token loading, state hand-in and hand-out, the
+// chunked WY form or the recurrent form. Internal.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
 #include "seqmix/linear_attention/delta_update/recurrent.hpp"
+#include "seqmix/linear_attention/delta_update/sequences.hpp"
 #include "seqmix/linear_attention/delta_update/wy.hpp"
 
 namespace seqmix::delta_update {
@@ -28,23 +29,6 @@ inline DeltaAlgorithm choose_delta_algorithm(bool channel_gate, index_t T, index
   (void)V;
   if (T < chunk || channel_gate) return DeltaAlgorithm::recurrent;
   return K > 128 ? DeltaAlgorithm::chunked : DeltaAlgorithm::recurrent;
-}
-
-// Copies the [K,V] state of one head in or out (strided views accepted).
-inline void load_state(const ConstView<float, 4>& initial, index_t b, index_t hv, RowMatrix& S) {
-  if (!initial.has_value()) {
-    S.setZero();
-    return;
-  }
-  const auto s = initial[b][hv];
-  for (index_t r = 0; r < S.rows(); ++r) copy_row(s[r], S.row(r).data());
-}
-
-inline void store_state(const TensorView<float, 4>& final_state, index_t b, index_t hv, const RowMatrix& S) {
-  if (!final_state.has_value()) return;
-  const auto s = final_state[b][hv];
-  for (index_t r = 0; r < S.rows(); ++r)
-    for (index_t c = 0; c < S.cols(); ++c) s(r, c) = S(r, c);
 }
 
 // Loads token t of a delta head into the workspace: q (scaled), k, alpha = w * k, decays.
@@ -82,8 +66,10 @@ inline TokenOperands load_delta_token(const DeltaHead& p, index_t t, TokenWorksp
   return x;
 }
 
-// The recurrent prefill of one head on a contiguous state S [K,V].
-inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws) {
+// The recurrent prefill of one head on a contiguous state S [K,V]; with `token_states` [T,K,V]
+// given, S is copied there after every token.
+inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws,
+                          const TensorView<float, 3>& token_states = TensorView<float, 3>()) {
   const bool direct = p.o.is_last_dim_contiguous();
   for (index_t t = 0; t < p.T(); ++t) {
     const TokenOperands x = load_delta_token(p, t, ws);
@@ -91,99 +77,89 @@ inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws) {
     advance_token(Update::delta, S, p.V(), p.K(), p.V(), x, o);
     if (!direct)
       for (index_t c = 0; c < p.V(); ++c) p.o(t, c) = o[c];
+    if (token_states.has_value()) store_item_state(token_states[t], S, p.K(), p.V());
   }
 }
 
-struct DeltaPlan {
-  index_t B, HV, K, V;
-  DeltaAlgorithm algorithm;  // never automatic here
-  index_t chunk;
+// One (sequence, value head) item of a prefill: its head views and state views.
+struct DeltaItem {
+  DeltaHead p;
+  ConstView<float, 2> initial;        // [K,V], empty: start from zeros
+  TensorView<float, 2> final_state;   // [K,V], optional
+  TensorView<float, 3> token_states;  // [T,K,V], optional
+  DeltaAlgorithm algorithm;           // never automatic here
 };
 
-// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp); the state
-// S [K,V] lives in the workspace, the steps are wy.hpp's.
-template <class MakeHead>
+// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): the
+// engine's item number is the index into `items` (the caller's list of bound items); the state
+// S [K,V] lives in the per-thread scratch; the steps are wy.hpp's.
 struct WyKernel {
-  const DeltaPlan& plan;
-  const ConstView<float, 4>& initial_state;
-  const TensorView<float, 4>& final_state;
-  MakeHead& make_head;
+  const DeltaItem* item;
+  index_t chunk;
 
-  struct Workspace {
-    RowMatrix S;
-    WyWorkspace wy;
-  };
-  struct Head {
-    DeltaHead p;
-    index_t b, hv;
-  };
+  using Workspace = ItemScratch;
+  using Head = const DeltaItem*;
 
-  Workspace make_workspace() const { return Workspace{RowMatrix(plan.K, plan.V), WyWorkspace(plan.chunk, plan.K, plan.V)}; }
-  Head begin_head(index_t item, Workspace& ws) const {
-    const index_t b = item / plan.HV, hv = item % plan.HV;
-    Head h{make_head(b, hv), b, hv};
-    load_state(initial_state, b, hv, ws.S);
-    return h;
+  Head begin_head(index_t, Workspace& ws) const {
+    load_item_state(item->initial, ws.S);
+    ws.wy_for(chunk);
+    return item;
   }
-  index_t tokens(const Head& h) const { return h.p.T(); }
-  void load_chunk(const Head& h, index_t t0, index_t L, Workspace& ws) const { wy_load_chunk(h.p, t0, L, ws.wy); }
-  void state_to_output(const Head& h, index_t, index_t L, Workspace& ws) const { wy_read_state(h.p, L, ws.S, ws.wy); }
-  void intra(const Head&, index_t, index_t L, Workspace& ws) const { wy_intra(L, ws.wy); }
-  void update_state(const Head& h, index_t, index_t L, Workspace& ws) const { wy_update_state(h.p, L, ws.S, ws.wy); }
-  void store_outputs(const Head& h, index_t t0, index_t L, Workspace& ws) const { wy_store_outputs(h.p, t0, L, ws.wy); }
-  void end_head(const Head& h, Workspace& ws) const { store_state(final_state, h.b, h.hv, ws.S); }
+  index_t tokens(Head h) const { return h->p.T(); }
+  void load_chunk(Head h, index_t t0, index_t L, Workspace& ws) const { wy_load_chunk(h->p, t0, L, *ws.wy); }
+  void state_to_output(Head h, index_t, index_t L, Workspace& ws) const { wy_read_state(h->p, L, ws.S, *ws.wy); }
+  void intra(Head, index_t, index_t L, Workspace& ws) const { wy_intra(L, *ws.wy); }
+  void update_state(Head h, index_t, index_t L, Workspace& ws) const { wy_update_state(h->p, L, ws.S, *ws.wy); }
+  void store_outputs(Head h, index_t t0, index_t L, Workspace& ws) const { wy_store_outputs(h->p, t0, L, *ws.wy); }
+  void end_head(Head h, Workspace& ws) const { store_item_state(h->final_state, ws.S.data(), ws.S.rows(), ws.S.cols()); }
 };
 
-// Prefill over all heads: make_head(b, hv) returns the DeltaHead of one (batch, value head).
-// Each parallel block allocates its state and workspace once and reuses them for all its heads.
-// final_state may alias initial_state: a head's state is read completely before it is written.
-template <class MakeHead>
-void run_prefill(const DeltaPlan& plan, const ConstView<float, 4>& initial_state, const TensorView<float, 4>& final_state,
-                 const Executor& executor, MakeHead&& make_head) {
-  if (plan.algorithm == DeltaAlgorithm::chunked) {
-    const WyKernel<std::remove_reference_t<MakeHead>> kernel{plan, initial_state, final_state, make_head};
-    seqmix::chunkwise::run(kernel, plan.B * plan.HV, 1, plan.chunk, executor);
+// Runs one bound item from its initial state to its final state in `ws`. The state is read
+// completely before anything is written, so final_state may alias initial.
+inline void run_delta_item(const DeltaItem& item, index_t chunk, ItemScratch& ws) {
+  if (item.algorithm == DeltaAlgorithm::chunked) {
+    seqmix::chunkwise::run_item(WyKernel{&item, chunk}, 0, chunk, ws);
     return;
   }
-  parallel_for(executor, plan.B * plan.HV, 1, [&](index_t begin, index_t end) {
-    RowMatrix S(plan.K, plan.V);
-    TokenWorkspace tok(plan.K, plan.V);
-    for (index_t task = begin; task < end; ++task) {
-      const index_t b = task / plan.HV, hv = task % plan.HV;
-      const DeltaHead p = make_head(b, hv);
-      load_state(initial_state, b, hv, S);
-      run_recurrent(p, S.data(), tok);
-      store_state(final_state, b, hv, S);
-    }
-  });
+  load_item_state(item.initial, ws.S);
+  run_recurrent(item.p, ws.S.data(), *ws.tok, item.token_states);
+  store_item_state(item.final_state, ws.S.data(), ws.S.rows(), ws.S.cols());
 }
 
-// Decode step over all heads, in place on state [B,HV,K,V]. make_token(b, hv, ws) returns the
-// loaded operands of one head; a state whose last dimension is strided is staged through a copy.
+// Decode step over all (row, value head) pairs, in place on the pool `state` [S,HV,K,V]:
+// row b uses pool row slots.row(b) (-1: skipped, output untouched), zeroed first when
+// slots.fresh(b). make_token(b, hv, ws) returns the loaded operands of one head; a state whose
+// last dimension is strided is staged through a per-thread copy. No allocation after warm-up.
 template <class MakeToken, class StoreOutput>
 void run_step(Update update, index_t B, index_t HV, index_t K, index_t V, const TensorView<float, 4>& state,
-              const Executor& executor, MakeToken&& make_token, StoreOutput&& store_output) {
+              const StepSlots& slots, const Executor& executor, MakeToken&& make_token, StoreOutput&& store_output) {
   const bool in_place = state.is_last_dim_contiguous();
   // Waking a pool thread costs a few microseconds, about what one core needs to stream 1 MB of
   // state through this kernel; smaller steps stay on the calling thread.
   const bool parallel = B * HV * K * V >= (index_t{1} << 18);
   parallel_for(parallel ? executor : serial_executor(), B * HV, 1, [&](index_t begin, index_t end) {
-    TokenWorkspace ws(K, V);
-    AlignedVector<float> staged(in_place ? 0 : static_cast<std::size_t>(K * V));
+    ItemScratch& ws = item_scratch(K, V);
+    if (!in_place && static_cast<index_t>(ws.staged.size()) < K * V) ws.staged.resize(static_cast<std::size_t>(K * V));
     for (index_t task = begin; task < end; ++task) {
       const index_t b = task / HV, hv = task % HV;
-      const TokenOperands x = make_token(b, hv, ws);
-      const auto s = state[b][hv];
+      const index_t row = slots.row(b);
+      if (row < 0) continue;
+      const auto s = state[row][hv];
+      if (slots.fresh(b))
+        for (index_t r = 0; r < K; ++r)
+          for (index_t c = 0; c < V; ++c) s(r, c) = 0.f;
+      const TokenOperands x = make_token(b, hv, *ws.tok);
       if (in_place) {
-        advance_token(update, s.data(), s.stride(0), K, V, x, ws.o());
+        advance_token(update, s.data(), s.stride(0), K, V, x, ws.tok->o());
       } else {
+        float* staged = ws.staged.data();
         for (index_t r = 0; r < K; ++r)
-          for (index_t c = 0; c < V; ++c) staged[static_cast<std::size_t>(r * V + c)] = s(r, c);
-        advance_token(update, staged.data(), V, K, V, x, ws.o());
+          for (index_t c = 0; c < V; ++c) staged[r * V + c] = s(r, c);
+        advance_token(update, staged, V, K, V, x, ws.tok->o());
         for (index_t r = 0; r < K; ++r)
-          for (index_t c = 0; c < V; ++c) s(r, c) = staged[static_cast<std::size_t>(r * V + c)];
+          for (index_t c = 0; c < V; ++c) s(r, c) = staged[r * V + c];
       }
-      store_output(b, hv, ws.o());
+      store_output(b, hv, ws.tok->o());
     }
   });
 }

@@ -1,9 +1,11 @@
 // The fast prefill of gated_delta_rule (scalar gate: Gated DeltaNet; per-channel gate: KDA).
-// Multi-threaded over (batch, value head); per head either the chunked WY form
-// (delta_update/wy.hpp) or the fused recurrent kernel (delta_update/recurrent.hpp), chosen by
-// delta_update::choose_delta_algorithm, which says why. Workspace: one state [K,V] and one
-// chunk workspace (about (9C + 2V) x K floats for chunk size C) per parallel block, allocated
-// once per call. The definition is in reference.hpp.
+// Multi-threaded over (sequence, value head) items, longest sequences first; per item either
+// the chunked WY form (delta_update/wy.hpp) or the fused recurrent kernel
+// (delta_update/recurrent.hpp), chosen per sequence by delta_update::choose_delta_algorithm,
+// which says why. Packed sequences each run on their own chunk grid, so a short one costs about
+// its tokens. Workspace: one state [K,V] and (for chunked items) one chunk workspace (about
+// (9C + 2V) x K floats for chunk size C) per thread, kept across calls
+// (delta_update/sequences.hpp). The definition is in reference.hpp.
 #pragma once
 
 #include "seqmix/linear_attention/delta_update/driver.hpp"
@@ -13,33 +15,41 @@ namespace seqmix {
 
 namespace delta_update {
 
-// The fast prefill of a validated-on-entry call (gated or not).
-inline void fast_delta(const char* op, const DeltaCall& c, const Executor& executor) {
-  const ArgCheck check(op);
-  const Dims d = validate_delta(check, c, executor);
-  const float scale = detail::la::check_scale(check, c.scale, d.K);
+// The fast prefill of a validated-on-entry call (gated or not): one item per (sequence, value
+// head), longest sequences first. Each sequence picks its algorithm on its own length (as a
+// call of that sequence alone would); token_states take the recurrent kernel.
+inline void fast_delta(const ArgCheck& check, const DeltaCall& c, const Executor& executor) {
+  const DeltaProblem pr = validate_delta(check, c, executor);
+  const Dims& d = pr.d;
   const bool channel = c.gated && c.gate == DeltaGate::channel;
-  DeltaPlan plan{d.B, d.HV, d.K, d.V, c.algorithm, c.chunk};
-  if (plan.algorithm == DeltaAlgorithm::automatic)
-    plan.algorithm = choose_delta_algorithm(channel, d.T, d.K, d.V, c.chunk);
-  run_prefill(plan, c.initial_state, c.final_state, executor, [&](index_t b, index_t hv) {
-    DeltaHead p;
+  for_each_item(executor, pr.map, d.HV, d.K, d.V, [&](index_t n, index_t hv, ItemScratch& ws) {
+    const SequenceSpan span = pr.map[n];
+    const DeltaCall one = sequence_call(c, span);
+    DeltaItem item;
+    DeltaHead& p = item.p;
     const index_t h = hv / d.heads_per_qk();
-    p.q = c.q[b].select(1, h);
-    p.k = c.k[b].select(1, h);
-    p.v = c.v[b].select(1, hv);
-    p.beta = c.beta[b].select(1, hv);
-    p.o = c.o[b].select(1, hv);
-    p.scale = scale;
+    p.q = one.q[0].select(1, h);
+    p.k = one.k[0].select(1, h);
+    p.v = one.v[0].select(1, hv);
+    p.beta = one.beta[0].select(1, hv);
+    p.o = one.o[0].select(1, hv);
+    p.scale = pr.scale;
     p.norm = c.norm;
     if (channel) {
-      p.g = c.g[b].select(1, hv);
+      p.g = one.g[0].select(1, hv);
     } else if (c.gated) {
-      const ConstView<float, 1> g = c.g_scalar[b].select(1, hv);
-      p.g = ConstView<float, 2>(g.data(), {d.T, d.K}, {g.stride(0), 0});
+      const ConstView<float, 1> g = one.g_scalar[0].select(1, hv);
+      p.g = ConstView<float, 2>(g.data(), {span.tokens, d.K}, {g.stride(0), 0});
       p.scalar_gate = true;
     }
-    return p;
+    if (one.initial_state.has_value()) item.initial = one.initial_state[0][hv];
+    if (one.final_state.has_value()) item.final_state = one.final_state[0][hv];
+    if (one.token_states.has_value()) item.token_states = one.token_states[0].select(1, hv);
+    item.algorithm = c.algorithm;
+    if (item.algorithm == DeltaAlgorithm::automatic)
+      item.algorithm = choose_delta_algorithm(channel, span.tokens, d.K, d.V, c.chunk);
+    if (item.token_states.has_value()) item.algorithm = DeltaAlgorithm::recurrent;
+    run_delta_item(item, c.chunk, ws);
   });
 }
 
@@ -48,7 +58,8 @@ inline void fast_delta(const char* op, const DeltaCall& c, const Executor& execu
 // Gated DeltaNet / KDA prefill. final_state may be the initial_state view (updated in place).
 inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
-  delta_update::fast_delta("gated_delta_rule", delta_update::gated_call(in, out, options), executor);
+  static const ArgCheck check("gated_delta_rule");
+  delta_update::fast_delta(check, delta_update::gated_call(in, out, options), executor);
 }
 
 }  // namespace seqmix

@@ -9,6 +9,12 @@
 //
 // q/k have HK heads, v / beta / g have HV (a multiple of HK): value head hv uses q/k head
 // hv / (HV/HK) (repeat-interleave, SPEC section 1).
+//
+// Serving (core/batch.hpp): `batch` packs sequences ([1, total_T, ...] with cu_seqlens) and/or
+// maps them to rows of a state pool [S,HV,K,V] (state_indices, has_initial_state); states are
+// then per sequence, [N,HV,K,V] or the pool. `token_states` [Bt,Tt,HV,K,V] receives the state
+// after every token (a speculative verify keeps the one after its last accepted token); given
+// it, the fast form runs its recurrent kernel. A step's `batch` maps its rows to pool rows.
 #pragma once
 
 #include <array>
@@ -16,10 +22,12 @@
 #include <optional>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
+#include "seqmix/linear_attention/delta_update/sequences.hpp"
 
 namespace seqmix {
 
@@ -45,13 +53,15 @@ struct GatedDeltaRuleInputs {
   ConstView<float, 3> beta;           // [B,T,HV]
   ConstView<float, 3> g_scalar;       // [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
   ConstView<float, 4> g;              // [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
-  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero state if absent)
+  ConstView<float, 4> initial_state;  // [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
+  SequenceBatch batch;                // optional: cu_seqlens, state_indices, has_initial_state
 };
 
 // o must not overlap an input; final_state may be the same view as initial_state.
 struct GatedDeltaRuleOutputs {
-  TensorView<float, 4> o;            // [B,T,HV,V]
-  TensorView<float, 4> final_state;  // [B,HV,K,V], optional
+  TensorView<float, 4> o;             // [B,T,HV,V]
+  TensorView<float, 4> final_state;   // [N,HV,K,V] or the pool, optional
+  TensorView<float, 5> token_states;  // [B,T,HV,K,V], optional: the state after each token
 };
 
 // Decode step: one token per batch row.
@@ -62,11 +72,12 @@ struct GatedDeltaRuleStepInputs {
   ConstView<float, 2> beta;      // [B,HV]
   ConstView<float, 2> g_scalar;  // [B,HV]   (DeltaGate::scalar)
   ConstView<float, 3> g;         // [B,HV,K] (DeltaGate::channel)
+  SequenceBatch batch;           // optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 struct GatedDeltaRuleStepOutputs {
   TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+  TensorView<float, 4> state;  // [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)
 };
 
 namespace delta_update {
@@ -90,15 +101,16 @@ inline void check_delta_gate(const ArgCheck& check, bool gated, DeltaGate gate, 
   const char* s_dims = prefill ? "B,T,HV" : "B,HV";
   if (!gated) return;
   if (gate == DeltaGate::channel) {
-    check.that(g.has_value() || g.numel() == 0, "g", std::string("is required for DeltaGate::channel, shape [") + g_dims + "]");
+    if (!g.has_value() && g.numel() != 0)
+      check.fail("g", std::string("is required for DeltaGate::channel, shape [") + g_dims + "]");
     check.shape("g", g, g_shape, g_dims);
-    check.that(!g_scalar.has_value(), "g_scalar", "must be empty with DeltaGate::channel (the gate is g)");
+    if (g_scalar.has_value()) check.fail("g_scalar", "must be empty with DeltaGate::channel (the gate is g)");
     detail::la::check_log_gate(check, "g", g, executor);
   } else {
-    check.that(g_scalar.has_value() || g_scalar.numel() == 0, "g_scalar",
-               std::string("is required for DeltaGate::scalar, shape [") + s_dims + "]");
+    if (!g_scalar.has_value() && g_scalar.numel() != 0)
+      check.fail("g_scalar", std::string("is required for DeltaGate::scalar, shape [") + s_dims + "]");
     check.shape("g_scalar", g_scalar, s_shape, s_dims);
-    check.that(!g.has_value(), "g", "must be empty with DeltaGate::scalar (the gate is g_scalar)");
+    if (g.has_value()) check.fail("g", "must be empty with DeltaGate::scalar (the gate is g_scalar)");
     detail::la::check_log_gate(check, "g_scalar", g_scalar, executor);
   }
 }
@@ -113,24 +125,76 @@ struct DeltaCall {
   ConstView<float, 4> g;
   ConstView<float, 4> initial_state;
   TensorView<float, 4> o, final_state;
+  TensorView<float, 5> token_states;
+  SequenceBatch batch;
   std::optional<float> scale;
   QkNorm norm = QkNorm::none;
   index_t chunk = 64;
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
 };
 
-// Validates a prefill call before any output is written; returns its sizes.
-inline Dims validate_delta(const ArgCheck& check, const DeltaCall& c, const Executor& executor) {
+// A validated prefill: its sizes, its sequences and the resolved scale.
+struct DeltaProblem {
+  Dims d;
+  SequenceMap map;
+  float scale;
+};
+
+// Outputs that may not share memory with anything else of the call (the states may be one view,
+// updated in place; they may not overlap otherwise).
+inline void check_delta_aliasing(const ArgCheck& check, const DeltaCall& c) {
+  const auto inputs = [&](const char* name, const auto& out) {
+    refuse_overlap(check, name, out, "q", c.q);
+    refuse_overlap(check, name, out, "k", c.k);
+    refuse_overlap(check, name, out, "v", c.v);
+    refuse_overlap(check, name, out, "beta", c.beta);
+    refuse_overlap(check, name, out, "g", c.g);
+    refuse_overlap(check, name, out, "g_scalar", c.g_scalar);
+  };
+  inputs("o", c.o);
+  inputs("final_state", c.final_state);
+  inputs("token_states", c.token_states);
+  refuse_overlap(check, "o", c.o, "initial_state", c.initial_state);
+  refuse_overlap(check, "o", c.o, "final_state", c.final_state);
+  refuse_overlap(check, "o", c.o, "token_states", c.token_states);
+  refuse_overlap(check, "token_states", c.token_states, "initial_state", c.initial_state);
+  refuse_overlap(check, "token_states", c.token_states, "final_state", c.final_state);
+  if (!same_view(c.initial_state, c.final_state))
+    refuse_overlap(check, "final_state", c.final_state, "initial_state (other than as the same view)", c.initial_state);
+}
+
+// Validates a prefill call before any output is written.
+inline DeltaProblem validate_delta(const ArgCheck& check, const DeltaCall& c, const Executor& executor) {
   using namespace detail::la;
   const Dims d = check_qkv(check, "q", c.q, c.k, c.v);
   check_beta<3>(check, c.beta, {d.B, d.T, d.HV}, "B,T,HV");
   check_delta_gate<4>(check, c.gated, c.gate, c.g, c.g_scalar, d, executor);
-  check.optional_shape("initial_state", c.initial_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  const std::array<index_t, 4> state_shape{-1, d.HV, d.K, d.V};
+  check.optional_shape("initial_state", c.initial_state, state_shape, "N,HV,K,V");
   check.shape("o", c.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
-  check.optional_shape("final_state", c.final_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
-  check_scale(check, c.scale, d.K);
+  check.optional_shape("final_state", c.final_state, state_shape, "N,HV,K,V");
+  check.optional_shape("token_states", c.token_states, std::array<index_t, 5>{d.B, d.T, d.HV, d.K, d.V}, "B,T,HV,K,V");
+  const float scale = check_scale(check, c.scale, d.K);
   check_chunk(check, c.chunk);
-  return d;
+  const index_t rows = state_rows(check, c.initial_state, c.final_state);
+  const SequenceMap map = SequenceMap::make(check.op(), c.batch, d.B, d.T, c.initial_state.has_value(), rows);
+  check_delta_aliasing(check, c);
+  return {d, map, scale};
+}
+
+// Sequence s of a validated call as a dense call of its own (B = 1, its tokens, its state row;
+// no initial state when it starts from zeros).
+inline DeltaCall sequence_call(const DeltaCall& c, const SequenceSpan& s) {
+  DeltaCall one = c;
+  one.q = sequence_rows(c.q, s), one.k = sequence_rows(c.k, s), one.v = sequence_rows(c.v, s);
+  one.beta = sequence_rows(c.beta, s);
+  one.g = sequence_rows(c.g, s), one.g_scalar = sequence_rows(c.g_scalar, s);
+  one.o = sequence_rows(c.o, s);
+  one.token_states = sequence_rows(c.token_states, s);
+  one.initial_state = state_row(c.initial_state, s, s.read_state);
+  one.final_state = state_row(c.final_state, s, true);
+  one.batch = SequenceBatch();
+  return one;
 }
 
 // x / sqrt(sum x^2 + eps) (or x) for the reference, in double.
@@ -143,48 +207,58 @@ inline std::vector<double> reference_row(const ConstView<float, 1>& x, QkNorm no
   return out;
 }
 
-// The definition, token by token, with the state in double precision. Single-threaded.
-inline void reference_delta(const char* op, const DeltaCall& c, const Executor& executor) {
-  const ArgCheck check(op);
-  const Dims d = validate_delta(check, c, executor);
-  const double scale = detail::la::check_scale(check, c.scale, d.K);
+// The definition on one sequence `c` (B = 1), token by token, the state in double.
+inline void reference_sequence(const DeltaCall& c, const Dims& d, double scale) {
+  const index_t T = c.q.size(1);
   std::vector<double> S(static_cast<std::size_t>(d.K * d.V)), w(static_cast<std::size_t>(d.K)),
       u(static_cast<std::size_t>(d.V));
   auto s = [&](index_t r, index_t col) -> double& { return S[static_cast<std::size_t>(r * d.V + col)]; };
-  for (index_t b = 0; b < d.B; ++b)
-    for (index_t hv = 0; hv < d.HV; ++hv) {
-      const index_t h = hv / d.heads_per_qk();
-      for (index_t r = 0; r < d.K; ++r)
-        for (index_t col = 0; col < d.V; ++col)
-          s(r, col) = c.initial_state.has_value() ? c.initial_state(b, hv, r, col) : 0.0;
-      for (index_t t = 0; t < d.T; ++t) {
-        const std::vector<double> q = reference_row(c.q[b][t][h], c.norm);
-        const std::vector<double> k = reference_row(c.k[b][t][h], c.norm);
-        for (index_t r = 0; r < d.K; ++r) {
-          double g = 0.0;
-          if (c.gated) g = c.gate == DeltaGate::scalar ? c.g_scalar(b, t, hv) : c.g(b, t, hv, r);
-          w[static_cast<std::size_t>(r)] = std::exp(g);
-        }
-        // S' = diag(w) S; u = beta (v - S'^T k); S = S' + k u^T; o = scale S^T q.
-        for (index_t r = 0; r < d.K; ++r)
-          for (index_t col = 0; col < d.V; ++col) s(r, col) *= w[static_cast<std::size_t>(r)];
-        for (index_t col = 0; col < d.V; ++col) {
-          double kv = 0.0;
-          for (index_t r = 0; r < d.K; ++r) kv += k[static_cast<std::size_t>(r)] * s(r, col);
-          u[static_cast<std::size_t>(col)] = double(c.beta(b, t, hv)) * (double(c.v(b, t, hv, col)) - kv);
-        }
-        for (index_t r = 0; r < d.K; ++r)
-          for (index_t col = 0; col < d.V; ++col) s(r, col) += k[static_cast<std::size_t>(r)] * u[static_cast<std::size_t>(col)];
-        for (index_t col = 0; col < d.V; ++col) {
-          double acc = 0.0;
-          for (index_t r = 0; r < d.K; ++r) acc += q[static_cast<std::size_t>(r)] * s(r, col);
-          c.o(b, t, hv, col) = static_cast<float>(scale * acc);
-        }
+  for (index_t hv = 0; hv < d.HV; ++hv) {
+    const index_t h = hv / d.heads_per_qk();
+    for (index_t r = 0; r < d.K; ++r)
+      for (index_t col = 0; col < d.V; ++col)
+        s(r, col) = c.initial_state.has_value() ? c.initial_state(0, hv, r, col) : 0.0;
+    for (index_t t = 0; t < T; ++t) {
+      const std::vector<double> q = reference_row(c.q[0][t][h], c.norm);
+      const std::vector<double> k = reference_row(c.k[0][t][h], c.norm);
+      for (index_t r = 0; r < d.K; ++r) {
+        double g = 0.0;
+        if (c.gated) g = c.gate == DeltaGate::scalar ? c.g_scalar(0, t, hv) : c.g(0, t, hv, r);
+        w[static_cast<std::size_t>(r)] = std::exp(g);
       }
-      if (c.final_state.has_value())
+      // S' = diag(w) S; u = beta (v - S'^T k); S = S' + k u^T; o = scale S^T q.
+      for (index_t r = 0; r < d.K; ++r)
+        for (index_t col = 0; col < d.V; ++col) s(r, col) *= w[static_cast<std::size_t>(r)];
+      for (index_t col = 0; col < d.V; ++col) {
+        double kv = 0.0;
+        for (index_t r = 0; r < d.K; ++r) kv += k[static_cast<std::size_t>(r)] * s(r, col);
+        u[static_cast<std::size_t>(col)] = double(c.beta(0, t, hv)) * (double(c.v(0, t, hv, col)) - kv);
+      }
+      for (index_t r = 0; r < d.K; ++r)
+        for (index_t col = 0; col < d.V; ++col) s(r, col) += k[static_cast<std::size_t>(r)] * u[static_cast<std::size_t>(col)];
+      for (index_t col = 0; col < d.V; ++col) {
+        double acc = 0.0;
+        for (index_t r = 0; r < d.K; ++r) acc += q[static_cast<std::size_t>(r)] * s(r, col);
+        c.o(0, t, hv, col) = static_cast<float>(scale * acc);
+      }
+      if (c.token_states.has_value())
         for (index_t r = 0; r < d.K; ++r)
-          for (index_t col = 0; col < d.V; ++col) c.final_state(b, hv, r, col) = static_cast<float>(s(r, col));
+          for (index_t col = 0; col < d.V; ++col) c.token_states(0, t, hv, r, col) = static_cast<float>(s(r, col));
     }
+    if (c.final_state.has_value())
+      for (index_t r = 0; r < d.K; ++r)
+        for (index_t col = 0; col < d.V; ++col) c.final_state(0, hv, r, col) = static_cast<float>(s(r, col));
+  }
+}
+
+// The definition: each sequence of the batch alone (padding sequences skipped). Single-threaded.
+inline void reference_delta(const char* op, const DeltaCall& c, const Executor& executor) {
+  const ArgCheck check(op);
+  const DeltaProblem pr = validate_delta(check, c, executor);
+  for (index_t n = 0; n < pr.map.sequences(); ++n) {
+    const SequenceSpan s = pr.map[n];
+    if (s.state_row >= 0) reference_sequence(sequence_call(c, s), pr.d, pr.scale);
+  }
 }
 
 inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
@@ -192,8 +266,8 @@ inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRule
   DeltaCall c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
   c.gated = true, c.gate = options.gate, c.g_scalar = in.g_scalar, c.g = in.g;
-  c.initial_state = in.initial_state;
-  c.o = out.o, c.final_state = out.final_state;
+  c.initial_state = in.initial_state, c.batch = in.batch;
+  c.o = out.o, c.final_state = out.final_state, c.token_states = out.token_states;
   c.scale = options.scale, c.norm = options.qk_norm, c.chunk = options.chunk_size, c.algorithm = options.algorithm;
   return c;
 }

@@ -2,6 +2,9 @@
 // place. Per (batch, value head) it is the fused kernel of delta_update/recurrent.hpp: one sweep
 // computes S'^T k (the decay applied to k, not to S), the second decays S, adds k u^T and
 // accumulates o = S^T q while the tile is still in L1, so S streams from memory once.
+// With batch.state_indices the state is a pool [S,HV,K,V] and row b updates pool row
+// state_indices[b] in place (-1: padding row, nothing touched); has_initial_state[b] false
+// zeroes that row first. No heap allocation after the first call (per-thread scratch).
 #pragma once
 
 #include "seqmix/linear_attention/delta_update/driver.hpp"
@@ -21,21 +24,23 @@ struct DeltaStepCall {
   ConstView<float, 3> g;
   TensorView<float, 3> o;
   TensorView<float, 4> state;
+  SequenceBatch batch;
   std::optional<float> scale;
   QkNorm norm = QkNorm::none;
 };
 
-inline void fast_delta_step(const char* op, const DeltaStepCall& c, const Executor& executor) {
+inline void fast_delta_step(const ArgCheck& check, const DeltaStepCall& c, const Executor& executor) {
   using detail::la::as_token;
   using detail::la::check_qkv_step;
   using detail::la::check_scale;
-  const ArgCheck check(op);
   const Dims d = check_qkv_step(check, "q", c.q, c.k, c.v);
   check_beta<2>(check, c.beta, {d.B, d.HV}, "B,HV");
   check_delta_gate<3>(check, c.gated, c.gate, c.g, c.g_scalar, d, executor);
   check.shape("o", c.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
-  check.shape("state", c.state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check.shape("state", c.state, std::array<index_t, 4>{-1, d.HV, d.K, d.V}, "S,HV,K,V");
   const float scale = check_scale(check, c.scale, d.K);
+  const StepSlots slots = check_step_slots(check, c.batch, d.B, c.state.size(0));
+  refuse_overlap(check, "o", c.o, "state", c.state);
   const bool channel = c.gated && c.gate == DeltaGate::channel;
   auto make_token = [&](index_t b, index_t hv, TokenWorkspace& ws) {
     DeltaHead p;
@@ -58,7 +63,7 @@ inline void fast_delta_step(const char* op, const DeltaStepCall& c, const Execut
     const TensorView<float, 1> out = c.o[b][hv];
     for (index_t i = 0; i < d.V; ++i) out(i) = o[i];
   };
-  run_step(Update::delta, d.B, d.HV, d.K, d.V, c.state, executor, make_token, store_output);
+  run_step(Update::delta, d.B, d.HV, d.K, d.V, c.state, slots, executor, make_token, store_output);
 }
 
 }  // namespace delta_update
@@ -70,8 +75,9 @@ inline void gated_delta_rule_step(const GatedDeltaRuleStepInputs& in, const Gate
   delta_update::DeltaStepCall c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
   c.gated = true, c.gate = options.gate, c.g_scalar = in.g_scalar, c.g = in.g;
-  c.o = out.o, c.state = out.state, c.scale = options.scale, c.norm = options.qk_norm;
-  delta_update::fast_delta_step("gated_delta_rule_step", c, executor);
+  c.o = out.o, c.state = out.state, c.batch = in.batch, c.scale = options.scale, c.norm = options.qk_norm;
+  static const ArgCheck check("gated_delta_rule_step");  // built once: a step allocates nothing
+  delta_update::fast_delta_step(check, c, executor);
 }
 
 }  // namespace seqmix

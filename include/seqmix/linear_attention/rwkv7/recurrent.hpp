@@ -47,30 +47,32 @@ inline TokenOperands load_rwkv7_token(const View3& r, const View3& k, const View
 
 }  // namespace delta_update
 
-// RWKV-7 prefill. final_state may be the initial_state view (updated in place). Workspace: one
-// [K,V] state and a few rows per parallel block, allocated once per call.
+// RWKV-7 prefill. final_state may be the initial_state view (updated in place). One item per
+// (sequence, head), longest sequences first; each thread keeps one [K,V] state and a few rows
+// across calls (delta_update/sequences.hpp). token_states, when given, get S after every token.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
   using namespace delta_update;
-  const Dims d = validate_rwkv7(ArgCheck("rwkv7"), in, out, executor);
-  parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
-    RowMatrix S(d.K, d.V);
-    TokenWorkspace ws(d.K, d.V);
-    AlignedVector<float> o_row(static_cast<std::size_t>(d.V));
-    for (index_t task = begin; task < end; ++task) {
-      const index_t bi = task / d.H, h = task % d.H;
-      load_state(in.initial_state, bi, h, S);
-      const auto r = in.r[bi], k = in.k[bi], v = in.v[bi], a = in.a[bi], b = in.b[bi], g = in.g[bi];
-      const auto o = out.o[bi];
-      for (index_t t = 0; t < d.T; ++t) {
-        const TokenOperands x = load_rwkv7_token(r, k, v, a, b, g, t, h, ws);
-        const auto o_t = o[t][h];
-        float* dst = o_t.is_last_dim_contiguous() ? o_t.data() : o_row.data();
-        advance_token(Update::rwkv7, S.data(), d.V, d.K, d.V, x, dst);
-        if (dst == o_row.data())
-          for (index_t c = 0; c < d.V; ++c) o_t(c) = o_row[static_cast<std::size_t>(c)];
-      }
-      store_state(out.final_state, bi, h, S);
+  static const ArgCheck check("rwkv7");
+  const Rwkv7Problem pr = validate_rwkv7(check, in, out, executor);
+  const Dims& d = pr.d;
+  for_each_item(executor, pr.map, d.H, d.K, d.V, [&](index_t n, index_t h, ItemScratch& ws) {
+    const SequenceSpan span = pr.map[n];
+    const auto one = rwkv7_sequence(in, out, span);
+    const Rwkv7Inputs& x = one.first;
+    const Rwkv7Outputs& y = one.second;
+    load_item_state(x.initial_state.has_value() ? x.initial_state[0][h] : ConstView<float, 2>(), ws.S);
+    const auto r = x.r[0], k = x.k[0], v = x.v[0], a = x.a[0], b = x.b[0], g = x.g[0];
+    const auto o = y.o[0];
+    for (index_t t = 0; t < span.tokens; ++t) {
+      const TokenOperands tok = load_rwkv7_token(r, k, v, a, b, g, t, h, *ws.tok);
+      const auto o_t = o[t][h];
+      float* dst = o_t.is_last_dim_contiguous() ? o_t.data() : ws.tok->o();
+      advance_token(Update::rwkv7, ws.S.data(), d.V, d.K, d.V, tok, dst);
+      if (dst != o_t.data())
+        for (index_t c = 0; c < d.V; ++c) o_t(c) = dst[c];
+      if (y.token_states.has_value()) store_item_state(y.token_states[0][t][h], ws.S.data(), d.K, d.V);
     }
+    if (y.final_state.has_value()) store_item_state(y.final_state[0][h], ws.S.data(), d.K, d.V);
   });
 }
 

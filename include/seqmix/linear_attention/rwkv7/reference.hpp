@@ -12,12 +12,15 @@
 
 #include <array>
 #include <cmath>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
+#include "seqmix/linear_attention/delta_update/sequences.hpp"
 
 namespace seqmix {
 
@@ -28,13 +31,15 @@ struct Rwkv7Inputs {
   ConstView<float, 4> a;              // [B,T,H,K] the state read by the rank-one term
   ConstView<float, 4> b;              // [B,T,H,K] where that read is written back
   ConstView<float, 4> g;              // [B,T,H,K] log-decay <= 0 (w = exp(g))
-  ConstView<float, 4> initial_state;  // [B,H,K,V], optional (zero state if absent)
+  ConstView<float, 4> initial_state;  // [N,H,K,V] or the pool [S,H,K,V], optional (zeros if absent)
+  SequenceBatch batch;                // optional: cu_seqlens, state_indices, has_initial_state
 };
 
 // o must not overlap an input; final_state may be the same view as initial_state.
 struct Rwkv7Outputs {
-  TensorView<float, 4> o;            // [B,T,H,V]
-  TensorView<float, 4> final_state;  // [B,H,K,V], optional
+  TensorView<float, 4> o;             // [B,T,H,V]
+  TensorView<float, 4> final_state;   // [N,H,K,V] or the pool, optional
+  TensorView<float, 5> token_states;  // [B,T,H,K,V], optional: the state after each token
 };
 
 struct Rwkv7StepInputs {
@@ -42,27 +47,70 @@ struct Rwkv7StepInputs {
   ConstView<float, 3> v;     // [B,H,V]
   ConstView<float, 3> a, b;  // [B,H,K]
   ConstView<float, 3> g;     // [B,H,K] log-decay <= 0
+  SequenceBatch batch;       // optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 struct Rwkv7StepOutputs {
   TensorView<float, 3> o;      // [B,H,V]
-  TensorView<float, 4> state;  // [B,H,K,V], read and then updated in place (required)
+  TensorView<float, 4> state;  // [B,H,K,V] or the pool [S,H,K,V], updated in place (required)
 };
 
 namespace delta_update {
 
-inline Dims validate_rwkv7(const ArgCheck& check, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
-                           const Executor& executor) {
+// A validated rwkv7 prefill: its sizes and its sequences.
+struct Rwkv7Problem {
+  Dims d;
+  SequenceMap map;
+};
+
+inline Rwkv7Problem validate_rwkv7(const ArgCheck& check, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
+                                   const Executor& executor) {
   const Dims d = detail::la::check_qkv(check, "r", in.r, in.k, in.v);
   check.that(d.HV == d.H, "v", "must have as many heads as r and k (H = " + std::to_string(d.H) + "), got shape " +
                                    shape_to_string(in.v.shape()));
   const std::array<index_t, 4> bthk{d.B, d.T, d.H, d.K};
   check.shape("a", in.a, bthk, "B,T,H,K").shape("b", in.b, bthk, "B,T,H,K").shape("g", in.g, bthk, "B,T,H,K");
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{d.B, d.H, d.K, d.V}, "B,H,K,V");
+  const std::array<index_t, 4> state_shape{-1, d.H, d.K, d.V};
+  check.optional_shape("initial_state", in.initial_state, state_shape, "N,H,K,V");
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.H, d.V}, "B,T,H,V");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{d.B, d.H, d.K, d.V}, "B,H,K,V");
+  check.optional_shape("final_state", out.final_state, state_shape, "N,H,K,V");
+  check.optional_shape("token_states", out.token_states, std::array<index_t, 5>{d.B, d.T, d.H, d.K, d.V}, "B,T,H,K,V");
   detail::la::check_log_gate(check, "g", in.g, executor);
-  return d;
+  const index_t rows = state_rows(check, in.initial_state, out.final_state);
+  const SequenceMap map = SequenceMap::make(check.op(), in.batch, d.B, d.T, in.initial_state.has_value(), rows);
+  const auto inputs = [&](const char* name, const auto& x) {
+    refuse_overlap(check, name, x, "r", in.r);
+    refuse_overlap(check, name, x, "k", in.k);
+    refuse_overlap(check, name, x, "v", in.v);
+    refuse_overlap(check, name, x, "a", in.a);
+    refuse_overlap(check, name, x, "b", in.b);
+    refuse_overlap(check, name, x, "g", in.g);
+  };
+  inputs("o", out.o);
+  inputs("final_state", out.final_state);
+  inputs("token_states", out.token_states);
+  refuse_overlap(check, "o", out.o, "initial_state", in.initial_state);
+  refuse_overlap(check, "o", out.o, "final_state", out.final_state);
+  refuse_overlap(check, "o", out.o, "token_states", out.token_states);
+  refuse_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
+  refuse_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
+  if (!same_view(in.initial_state, out.final_state))
+    refuse_overlap(check, "final_state", out.final_state, "initial_state (other than as the same view)", in.initial_state);
+  return {d, map};
+}
+
+// Sequence s of a validated call as a dense call of its own (B = 1).
+inline std::pair<Rwkv7Inputs, Rwkv7Outputs> rwkv7_sequence(const Rwkv7Inputs& in, const Rwkv7Outputs& out,
+                                                          const SequenceSpan& s) {
+  Rwkv7Inputs i;
+  i.r = sequence_rows(in.r, s), i.k = sequence_rows(in.k, s), i.v = sequence_rows(in.v, s);
+  i.a = sequence_rows(in.a, s), i.b = sequence_rows(in.b, s), i.g = sequence_rows(in.g, s);
+  i.initial_state = state_row(in.initial_state, s, s.read_state);
+  Rwkv7Outputs o;
+  o.o = sequence_rows(out.o, s);
+  o.final_state = state_row(out.final_state, s, true);
+  o.token_states = sequence_rows(out.token_states, s);
+  return {i, o};
 }
 
 inline Dims validate_rwkv7_step(const ArgCheck& check, const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
@@ -73,7 +121,7 @@ inline Dims validate_rwkv7_step(const ArgCheck& check, const Rwkv7StepInputs& in
   const std::array<index_t, 3> bhk{d.B, d.H, d.K};
   check.shape("a", in.a, bhk, "B,H,K").shape("b", in.b, bhk, "B,H,K").shape("g", in.g, bhk, "B,H,K");
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.H, d.V}, "B,H,V");
-  check.shape("state", out.state, std::array<index_t, 4>{d.B, d.H, d.K, d.V}, "B,H,K,V");
+  check.shape("state", out.state, std::array<index_t, 4>{-1, d.H, d.K, d.V}, "S,H,K,V");
   detail::la::check_log_gate(check, "g", in.g, executor);
   return d;
 }
@@ -85,36 +133,46 @@ namespace reference {
 // The definition, token by token, state in double. Single-threaded; `executor` only splits the
 // gate check. final_state may alias initial_state.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
-  const delta_update::Dims d = delta_update::validate_rwkv7(ArgCheck("reference::rwkv7"), in, out, executor);
+  const delta_update::Rwkv7Problem pr = delta_update::validate_rwkv7(ArgCheck("reference::rwkv7"), in, out, executor);
+  const delta_update::Dims& d = pr.d;
   const std::size_t K = static_cast<std::size_t>(d.K), V = static_cast<std::size_t>(d.V);
   std::vector<double> S(K * V), sa(V);
-  for (index_t b = 0; b < d.B; ++b)
+  for (index_t n = 0; n < pr.map.sequences(); ++n) {
+    const SequenceSpan span = pr.map[n];
+    if (span.state_row < 0) continue;
+    const auto one = delta_update::rwkv7_sequence(in, out, span);
+    const Rwkv7Inputs& x = one.first;
+    const Rwkv7Outputs& y = one.second;
     for (index_t h = 0; h < d.H; ++h) {
       for (std::size_t r = 0; r < K; ++r)
         for (std::size_t c = 0; c < V; ++c)
-          S[r * V + c] = in.initial_state.has_value() ? in.initial_state(b, h, r, c) : 0.0;
-      for (index_t t = 0; t < d.T; ++t) {
+          S[r * V + c] = x.initial_state.has_value() ? x.initial_state(0, h, r, c) : 0.0;
+      for (index_t t = 0; t < span.tokens; ++t) {
         // sa = S_{t-1}^T a_t, read before the update.
         for (std::size_t c = 0; c < V; ++c) {
           double acc = 0.0;
-          for (std::size_t r = 0; r < K; ++r) acc += double(in.a(b, t, h, r)) * S[r * V + c];
+          for (std::size_t r = 0; r < K; ++r) acc += double(x.a(0, t, h, r)) * S[r * V + c];
           sa[c] = acc;
         }
         for (std::size_t r = 0; r < K; ++r) {
-          const double w = std::exp(double(in.g(b, t, h, r)));
+          const double w = std::exp(double(x.g(0, t, h, r)));
           for (std::size_t c = 0; c < V; ++c)
-            S[r * V + c] = w * S[r * V + c] + double(in.b(b, t, h, r)) * sa[c] + double(in.k(b, t, h, r)) * in.v(b, t, h, c);
+            S[r * V + c] = w * S[r * V + c] + double(x.b(0, t, h, r)) * sa[c] + double(x.k(0, t, h, r)) * x.v(0, t, h, c);
         }
         for (std::size_t c = 0; c < V; ++c) {
           double acc = 0.0;
-          for (std::size_t r = 0; r < K; ++r) acc += double(in.r(b, t, h, r)) * S[r * V + c];
-          out.o(b, t, h, c) = static_cast<float>(acc);
+          for (std::size_t r = 0; r < K; ++r) acc += double(x.r(0, t, h, r)) * S[r * V + c];
+          y.o(0, t, h, c) = static_cast<float>(acc);
         }
+        if (y.token_states.has_value())
+          for (std::size_t r = 0; r < K; ++r)
+            for (std::size_t c = 0; c < V; ++c) y.token_states(0, t, h, r, c) = static_cast<float>(S[r * V + c]);
       }
-      if (out.final_state.has_value())
+      if (y.final_state.has_value())
         for (std::size_t r = 0; r < K; ++r)
-          for (std::size_t c = 0; c < V; ++c) out.final_state(b, h, r, c) = static_cast<float>(S[r * V + c]);
+          for (std::size_t c = 0; c < V; ++c) y.final_state(0, h, r, c) = static_cast<float>(S[r * V + c]);
     }
+  }
 }
 
 }  // namespace reference

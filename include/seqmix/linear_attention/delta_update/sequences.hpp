@@ -1,0 +1,184 @@
+// Serving plumbing of the delta-rule family (delta_rule, gated_delta_rule / KDA, rwkv7): how a
+// packed or slotted call maps its (sequence, head) items to views, the per-thread scratch the
+// items run in, the step's slot check and the aliasing checks. Internal.
+//
+// A prefill resolves its SequenceBatch once (core/batch.hpp) and then works item by item: item
+// i is (sequence order[i / H], head i % H) with the sequences sorted longest first, so the
+// executor's dynamic hand-out starts the longest items first and both cores finish together.
+// Each item sees only its own tokens: the sequence's token rows sliced out as a B = 1 call, its
+// state row of the pool (or none), its rows of token_states.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/batch.hpp"
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/delta_update/recurrent.hpp"
+#include "seqmix/linear_attention/delta_update/wy.hpp"
+
+namespace seqmix::delta_update {
+
+// Token rows of one sequence of a [Bt, Tt, ...] tensor as a [1, tokens, ...] view (empty stays empty).
+template <class T, std::size_t R>
+TensorView<T, R> sequence_rows(const TensorView<T, R>& x, const SequenceSpan& s) {
+  if (!x.has_value()) return x;
+  return x.slice(0, s.batch_row, 1).slice(1, s.token_begin, s.tokens);
+}
+
+// The state row of one sequence as a [1, ...] view; empty when `use` is false or there is none.
+template <class T, std::size_t R>
+TensorView<T, R> state_row(const TensorView<T, R>& x, const SequenceSpan& s, bool use) {
+  if (!x.has_value() || !use || s.state_row < 0) return TensorView<T, R>();
+  return x.slice(0, s.state_row, 1);
+}
+
+// The sequences of a call that run (padding sequences, state row -1, are left out), longest
+// first; ties keep their order so the split is deterministic. Written into a per-thread list
+// reused across calls.
+inline const std::vector<index_t>& longest_first(const SequenceMap& map) {
+  thread_local std::vector<index_t> order;
+  order.clear();
+  for (index_t n = 0; n < map.sequences(); ++n)
+    if (map[n].state_row >= 0) order.push_back(n);
+  std::sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+    const index_t ta = map[a].tokens, tb = map[b].tokens;
+    return ta != tb ? ta > tb : a < b;
+  });
+  return order;
+}
+
+// Per-thread scratch of one item: the state [K,V], the token kernel's rows and (when a chunked
+// item needs it) the WY workspace. Grown on demand and kept across calls, so steps and repeated
+// prefills of one shape allocate nothing after the first call.
+struct ItemScratch {
+  RowMatrix S;
+  std::optional<TokenWorkspace> tok;
+  std::optional<WyWorkspace> wy;
+  index_t K = 0, V = 0, wy_chunk = 0;
+  AlignedVector<float> staged;  // a strided step state, copied in and out
+
+  void ensure(index_t k, index_t v) {
+    if (k == K && v == V) return;
+    S.resize(k, v);
+    tok.emplace(k, v);
+    wy.reset();
+    wy_chunk = 0;
+    K = k, V = v;
+  }
+  WyWorkspace& wy_for(index_t chunk) {
+    if (wy_chunk != chunk) {
+      wy.emplace(chunk, K, V);
+      wy_chunk = chunk;
+    }
+    return *wy;
+  }
+};
+
+inline ItemScratch& item_scratch(index_t K, index_t V) {
+  thread_local ItemScratch scratch;
+  scratch.ensure(K, V);
+  return scratch;
+}
+
+// S = the [K,V] view `initial` (any strides), or zeros when it is empty.
+inline void load_item_state(const ConstView<float, 2>& initial, RowMatrix& S) {
+  if (!initial.has_value()) {
+    S.setZero();
+    return;
+  }
+  for (index_t r = 0; r < S.rows(); ++r) copy_row(initial[r], S.row(r).data());
+}
+
+// The [K,V] state S out to `dst` (any strides); nothing when `dst` is empty.
+inline void store_item_state(const TensorView<float, 2>& dst, const float* S, index_t K, index_t V) {
+  if (!dst.has_value()) return;
+  for (index_t r = 0; r < K; ++r) {
+    const TensorView<float, 1> row = dst[r];
+    if (row.is_last_dim_contiguous())
+      std::copy(S + r * V, S + (r + 1) * V, row.data());
+    else
+      for (index_t c = 0; c < V; ++c) row(c) = S[r * V + c];
+  }
+}
+
+// Runs item(n, h, scratch) for every (running sequence n, head h), longest sequences first, one
+// task per item handed out dynamically by the executor.
+template <class Item>
+void for_each_item(const Executor& executor, const SequenceMap& map, index_t H, index_t K, index_t V, Item&& item) {
+  const std::vector<index_t>& order = longest_first(map);
+  const index_t items = static_cast<index_t>(order.size()) * H;
+  executor.run(items, [&](index_t i) { item(order[static_cast<std::size_t>(i / H)], i % H, item_scratch(K, V)); });
+}
+
+// The state tensors' row count (N, or the pool's S with slots), -1 when no state is given.
+template <class Initial, class Final>
+index_t state_rows(const ArgCheck& check, const Initial& initial, const Final& final_state) {
+  if (initial.has_value() && final_state.has_value() && initial.size(0) != final_state.size(0))
+    check.fail("final_state", "must have as many rows as initial_state (" + std::to_string(initial.size(0)) +
+                                  "), got " + std::to_string(final_state.size(0)));
+  if (initial.has_value()) return initial.size(0);
+  return final_state.has_value() ? final_state.size(0) : -1;
+}
+
+// Same views (data, shape, strides): an in-place update the ops allow for states.
+template <class A, class B, std::size_t R>
+bool same_view(const TensorView<A, R>& a, const TensorView<B, R>& b) {
+  if (static_cast<const void*>(a.data()) != static_cast<const void*>(b.data())) return false;
+  for (std::size_t d = 0; d < R; ++d)
+    if (a.size(d) != b.size(d) || a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+// ShapeError when output `out` shares memory with `other`.
+template <class A, std::size_t RA, class B, std::size_t RB>
+void refuse_overlap(const ArgCheck& check, const char* out_name, const TensorView<A, RA>& out, const char* other_name,
+                    const TensorView<B, RB>& other) {
+  if (views_overlap(out, other))
+    check.fail(out_name, std::string("must not overlap ") + other_name + " (the op reads it while writing)");
+}
+
+// The slots of a step: token row b uses pool row row(b); fresh(b) says it starts from zeros.
+struct StepSlots {
+  IndexList indices;
+  FlagList has_initial_state;
+  index_t row(index_t b) const { return indices.has_value() ? indices[b] : b; }
+  bool fresh(index_t b) const { return has_initial_state.has_value() && !has_initial_state[b]; }
+};
+
+// Checks a step's batch against B token rows and a pool of S rows without allocating on valid
+// input (SequenceMap::make formats strings on every call, so it runs only to report a bad one).
+inline StepSlots check_step_slots(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t S) {
+  if (batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
+  bool ok = !batch.has_initial_state.has_value() || batch.has_initial_state.size() == B;
+  if (batch.slotted()) {
+    const IndexList& idx = batch.state_indices;
+    ok = ok && !idx.dangling() && idx.size() == B;
+    thread_local std::vector<std::uint8_t> seen;
+    if (ok) {
+      if (static_cast<index_t>(seen.size()) < S) seen.resize(static_cast<std::size_t>(S), 0);
+      for (index_t b = 0; b < B && ok; ++b) {
+        const index_t row = idx[b];
+        if (row < -1 || row >= S) ok = false;
+        else if (row >= 0 && seen[static_cast<std::size_t>(row)]) ok = false;
+        else if (row >= 0) seen[static_cast<std::size_t>(row)] = 1;
+      }
+      for (index_t b = 0; b < B; ++b)
+        if (idx[b] >= 0 && idx[b] < S) seen[static_cast<std::size_t>(idx[b])] = 0;
+    }
+  } else {
+    ok = ok && S == B;
+  }
+  if (!ok) {
+    SequenceMap::make(check.op(), batch, B, 1, true, S);  // throws the shared message
+    check.fail("state_indices", "do not fit the state pool");
+  }
+  return StepSlots{batch.state_indices, batch.has_initial_state};
+}
+
+}  // namespace seqmix::delta_update
