@@ -14,6 +14,8 @@
 # the build, and the program's test cases can #include "<name>.hpp" to run it. The Markdown files
 # are configure dependencies: editing one re-extracts its snippets (unchanged files are not
 # rewritten, so nothing rebuilds needlessly).
+include(${CMAKE_CURRENT_LIST_DIR}/seqmix_markdown.cmake)
+
 function(seqmix_extract_doc_snippets)
   cmake_parse_arguments(ARG "" "OUT_DIR;SOURCES" "FILES" ${ARGN})
   file(MAKE_DIRECTORY "${ARG_OUT_DIR}")
@@ -22,23 +24,14 @@ function(seqmix_extract_doc_snippets)
   foreach(md IN LISTS ARG_FILES)
     set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${md}")
     file(RELATIVE_PATH md_rel "${PROJECT_SOURCE_DIR}" "${md}")
-    file(READ "${md}" text)
-    # One list element per line; ';', brackets and backslashes would disturb CMake's lists.
-    string(REPLACE ";" "<SEMI>" text "${text}")
-    string(REPLACE "[" "<LB>" text "${text}")
-    string(REPLACE "]" "<RB>" text "${text}")
-    string(REPLACE "\\" "<BS>" text "${text}")
-    string(REPLACE "\n" ";" lines "${text}")
+    seqmix_markdown_lines("${md}" lines)
     set(state "text")  # text -> marked (saw the comment) -> code (inside the block)
     set(line_no 0)
     foreach(line IN LISTS lines)
       math(EXPR line_no "${line_no} + 1")
       if(state STREQUAL "code")
         if(line MATCHES "^```[ ]*$")
-          string(REPLACE "<SEMI>" ";" code "${code}")
-          string(REPLACE "<LB>" "[" code "${code}")
-          string(REPLACE "<RB>" "]" code "${code}")
-          string(REPLACE "<BS>" "\\" code "${code}")
+          seqmix_markdown_restore("${code}" code)
           file(WRITE "${ARG_OUT_DIR}/${name}.hpp.new"
                "// Generated from ${md_rel} (snippet '${name}') when CMake configures: edit the docs.\n"
                "#pragma once\n#line ${first_line} \"${md_rel}\"\n${code}")
