@@ -86,6 +86,20 @@ struct AttentionDims {
   index_t group() const noexcept { return Hq / Hkv; }
 };
 
+// The number of sequences of a packed call, cu_seqlens checked against token tensors [B, T].
+// SequenceMap::make builds its messages' strings even when a check passes (an allocation per
+// call), so it runs only once the quick test below has found a problem, to throw its message.
+inline index_t packed_sequences(const ArgCheck& check, const IndexList& cu, index_t B, index_t T) {
+  bool ok = !cu.dangling() && cu.size() >= 1 && B == 1 && cu[0] == 0 && cu[cu.size() - 1] == T;
+  for (index_t n = 1; ok && n < cu.size(); ++n) ok = cu[n] >= cu[n - 1];
+  if (!ok) {
+    SequenceBatch batch;
+    batch.cu_seqlens = cu;
+    SequenceMap::make(check.op(), batch, B, T, false, -1);
+  }
+  return cu.size() - 1;
+}
+
 // Validation shared by every form. Formats a message only on failure, so a call with good
 // arguments allocates nothing (decode's zero-allocation contract).
 template <class KV>
@@ -116,7 +130,7 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
   if (in.batch.slotted() || in.batch.has_initial_state.has_value())
     check.fail("batch", "attention keeps no state: state_indices and has_initial_state are not used");
   if (in.batch.packed()) {
-    SequenceMap::make(check.op(), in.batch, B, Tq, false, -1);
+    packed_sequences(check, in.batch.cu_seqlens, B, Tq);
     if (Tk != Tq)
       check.fail("k", "packed (cu_seqlens) attention is self-attention: k needs the queries' total_T = " +
                           std::to_string(Tq) + " tokens, got " + std::to_string(Tk));

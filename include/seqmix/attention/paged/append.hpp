@@ -81,11 +81,7 @@ index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedK
   if (BS < 1) check.fail("k_pages", "needs a block size (dimension 1) >= 1, got " + std::to_string(BS));
   check.shape("v_pages", pool.v_pages, std::array<index_t, 4>{NB, BS, Hkv, Dv}, "num_blocks,block_size,Hkv,Dv");
   index_t N = B;
-  if (in.cu_seqlens.has_value()) {
-    SequenceBatch batch;
-    batch.cu_seqlens = in.cu_seqlens;
-    N = SequenceMap::make(check.op(), batch, B, T, false, -1).sequences();
-  }
+  if (in.cu_seqlens.has_value()) N = packed_sequences(check, in.cu_seqlens, B, T);
   const index_t rows = B * T;
   if (in.slot_mapping.has_value()) {
     if (in.slot_mapping.dangling()) check.fail("slot_mapping", "has a null data pointer");

@@ -121,11 +121,7 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   const index_t Dv = in.v_pages.size(3);
   const bool packed = in.cu_seqlens_q.has_value();
   index_t N = Bq;
-  if (packed) {
-    SequenceBatch batch;
-    batch.cu_seqlens = in.cu_seqlens_q;
-    N = SequenceMap::make(check.op(), batch, Bq, Tq, false, -1).sequences();
-  }
+  if (packed) N = packed_sequences(check, in.cu_seqlens_q, Bq, Tq);
   if (!in.block_table.has_value() && N > 0) check.fail("block_table", "is required ([N, max_blocks])");
   if (in.block_table.dangling()) check.fail("block_table", "has a null data pointer");
   if (in.block_table.has_value() && in.block_table.rows() != N)

@@ -1,0 +1,115 @@
+// Attention's hot path allocates nothing after warm-up: dense decode (seqmix::attention with
+// Tq <= 4, fp32 and fp16 K/V), paged decode and speculative verify (paged_attention, Tq 1 and
+// 4, packed queries), and paged_kv_append; serial and on a two-thread pool.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "counting_new.hpp"
+#include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/paged/append.hpp"
+#include "seqmix/attention/paged/paged.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+// Warm-up calls before counting: a pool's worker takes tasks only when it wakes in time, so a
+// few calls make sure every thread has grown its scratch once.
+constexpr int kWarmUp = 20;
+constexpr int kCalls = 100;
+
+template <class F>
+void expect_no_allocation(const char* what, F&& call) {
+  for (int i = 0; i < kWarmUp; ++i) call();
+  seqmix::testing::AllocationCounter counter;
+  for (int i = 0; i < kCalls; ++i) call();
+  const std::size_t allocations = counter.allocations();  // before INFO, which allocates
+  INFO(what << ": " << allocations << " allocations in " << kCalls << " calls");
+  CHECK(allocations == 0);
+}
+
+template <class KV>
+Tensor<KV, 4> random_kv(const std::array<index_t, 4>& shape, std::uint64_t seed) {
+  Tensor<KV, 4> out(shape);
+  seqmix::copy(st::random_tensor<4>(shape, seed).cview(), out.view());
+  return out;
+}
+
+template <class KV>
+void dense_decode(const seqmix::Executor& executor, const char* name) {
+  const index_t B = 2, Hq = 8, Hkv = 2, D = 128, Tk = 1000;
+  for (const index_t Tq : {1, 4}) {
+    const auto q = st::random_tensor<4>({B, Tq, Hq, D}, 1);
+    const auto k = random_kv<KV>({B, Tk, Hkv, D}, 2), v = random_kv<KV>({B, Tk, Hkv, D}, 3);
+    Tensor<float, 4> o({B, Tq, Hq, D});
+    Tensor<float, 3> lse({B, Tq, Hq});
+    seqmix::AttentionInputs<KV> in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view();
+    seqmix::AttentionOptions options;
+    options.causal = true, options.window = 300, options.sink_tokens = 4;
+    expect_no_allocation((std::string("attention decode ") + name + " Tq=" + std::to_string(Tq)).c_str(),
+                         [&] { seqmix::attention(in, {o.view(), lse.view()}, options, executor); });
+  }
+}
+
+template <class KV>
+void paged(const seqmix::Executor& executor, const char* name) {
+  const index_t N = 4, Hq = 8, Hkv = 2, D = 64, bs = 16, max_blocks = 40, blocks = N * max_blocks;
+  auto k_pages = random_kv<KV>({blocks, bs, Hkv, D}, 4), v_pages = random_kv<KV>({blocks, bs, Hkv, D}, 5);
+  Tensor<std::int32_t, 2> table({N, max_blocks});
+  for (index_t i = 0; i < N * max_blocks; ++i) table.data()[i] = static_cast<std::int32_t>((i * 37) % blocks);
+  const std::vector<std::int32_t> lengths{600, 17, 333, 640};
+  for (const index_t Tq : {1, 4}) {
+    const auto q = st::random_tensor<4>({N, Tq, Hq, D}, 6);
+    Tensor<float, 4> o({N, Tq, Hq, D});
+    seqmix::PagedAttentionInputs<KV> in;
+    in.q = q.view(), in.k_pages = k_pages.view(), in.v_pages = v_pages.view();
+    in.block_table = table.view(), in.cache_seqlens = lengths;
+    expect_no_allocation((std::string("paged_attention ") + name + " Tq=" + std::to_string(Tq)).c_str(),
+                         [&] { seqmix::paged_attention(in, {o.view(), {}}, {}, executor); });
+  }
+  // Packed queries of different counts (decode rows beside a verify of 5).
+  const std::vector<std::int32_t> cu{0, 1, 6, 7, 8};
+  const auto q = st::random_tensor<4>({1, 8, Hq, D}, 7);
+  Tensor<float, 4> o({1, 8, Hq, D});
+  seqmix::PagedAttentionInputs<KV> in;
+  in.q = q.view(), in.k_pages = k_pages.view(), in.v_pages = v_pages.view();
+  in.block_table = table.view(), in.cache_seqlens = lengths, in.cu_seqlens_q = cu;
+  expect_no_allocation((std::string("paged_attention packed ") + name).c_str(),
+                       [&] { seqmix::paged_attention(in, {o.view(), {}}, {}, executor); });
+  // Append one token per sequence (written over and over at the same positions).
+  const auto k_new = st::random_tensor<4>({N, 1, Hkv, D}, 8), v_new = st::random_tensor<4>({N, 1, Hkv, D}, 9);
+  seqmix::PagedKvAppendInputs<float> append;
+  append.k = k_new.view(), append.v = v_new.view(), append.block_table = table.view();
+  const std::vector<std::int32_t> starts{599, 16, 332, 639};
+  append.cache_seqlens = starts;
+  const seqmix::PagedKvPool<KV> pool{k_pages.view(), v_pages.view()};
+  expect_no_allocation((std::string("paged_kv_append ") + name).c_str(),
+                       [&] { seqmix::paged_kv_append(append, pool, executor); });
+}
+
+}  // namespace
+
+TEST_CASE("attention decode allocates nothing after warm-up", "[alloc][attention]") {
+  const seqmix::ThreadPool pool(2);
+  dense_decode<float>(seqmix::serial_executor(), "f32 serial");
+  dense_decode<float>(pool, "f32 pool(2)");
+  dense_decode<seqmix::f16>(seqmix::serial_executor(), "f16 serial");
+  dense_decode<seqmix::f16>(pool, "f16 pool(2)");
+}
+
+TEST_CASE("paged attention and paged append allocate nothing after warm-up", "[alloc][attention][paged]") {
+  const seqmix::ThreadPool pool(2);
+  paged<float>(seqmix::serial_executor(), "f32 serial");
+  paged<float>(pool, "f32 pool(2)");
+  paged<seqmix::f16>(seqmix::serial_executor(), "f16 serial");
+  paged<seqmix::bf16>(pool, "bf16 pool(2)");
+}
