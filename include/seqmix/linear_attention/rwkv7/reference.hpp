@@ -66,8 +66,9 @@ struct Rwkv7Problem {
 inline Rwkv7Problem validate_rwkv7(const ArgCheck& check, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
                                    const Executor& executor) {
   const Dims d = detail::la::check_qkv(check, "r", in.r, in.k, in.v);
-  check.that(d.HV == d.H, "v", "must have as many heads as r and k (H = " + std::to_string(d.H) + "), got shape " +
-                                   shape_to_string(in.v.shape()));
+  if (d.HV != d.H)
+    check.fail("v", "must have as many heads as r and k (H = " + std::to_string(d.H) + "), got shape " +
+                        shape_to_string(in.v.shape()));
   const std::array<index_t, 4> bthk{d.B, d.T, d.H, d.K};
   check.shape("a", in.a, bthk, "B,T,H,K").shape("b", in.b, bthk, "B,T,H,K").shape("g", in.g, bthk, "B,T,H,K");
   const std::array<index_t, 4> state_shape{-1, d.H, d.K, d.V};
@@ -116,8 +117,9 @@ inline std::pair<Rwkv7Inputs, Rwkv7Outputs> rwkv7_sequence(const Rwkv7Inputs& in
 inline Dims validate_rwkv7_step(const ArgCheck& check, const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
                                 const Executor& executor) {
   const Dims d = detail::la::check_qkv_step(check, "r", in.r, in.k, in.v);
-  check.that(d.HV == d.H, "v", "must have as many heads as r and k (H = " + std::to_string(d.H) + "), got shape " +
-                                   shape_to_string(in.v.shape()));
+  if (d.HV != d.H)
+    check.fail("v", "must have as many heads as r and k (H = " + std::to_string(d.H) + "), got shape " +
+                        shape_to_string(in.v.shape()));
   const std::array<index_t, 3> bhk{d.B, d.H, d.K};
   check.shape("a", in.a, bhk, "B,H,K").shape("b", in.b, bhk, "B,H,K").shape("g", in.g, bhk, "B,H,K");
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.H, d.V}, "B,H,V");
