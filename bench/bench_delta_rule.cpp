@@ -7,8 +7,14 @@
 // The reference runs as a baseline on a shorter T (it is a double-precision loop), named so.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <random>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
@@ -161,6 +167,70 @@ void rwkv7_step(benchmark::State& state, index_t H, index_t K) {
                                               benchmark::Counter::kIsRate);
 }
 
+// Serving shapes (issue 14): 8 sequences of these lengths, 4689 tokens.
+const std::vector<index_t> kVarlenLengths = {17, 33, 100, 255, 512, 700, 1024, 2048};
+
+// Varlen prefill of kVarlenLengths with H heads, K = V, three ways over the same tokens:
+// "packed" (cu_seqlens, per-sequence states), "dense" (one B = 1 call over all 4689 tokens as
+// one sequence: the cost to match), "padded" (B = 8, every sequence padded to 2048). GFLOP/s
+// count the real tokens only, so the three are directly comparable.
+enum class VarlenForm { packed, dense, padded };
+
+void gdr_varlen(benchmark::State& state, index_t H, index_t K, DeltaGate gate, VarlenForm form) {
+  const index_t N = static_cast<index_t>(kVarlenLengths.size());
+  std::vector<std::int64_t> cu{0};
+  for (index_t len : kVarlenLengths) cu.push_back(cu.back() + len);
+  const index_t total = cu.back(), longest = 2048;
+  const index_t B = form == VarlenForm::padded ? N : 1, T = form == VarlenForm::padded ? longest : total;
+  GdrBenchData data(B * T, H, K, gate);  // [1, B*T, ...], viewed as [B, T, ...] below
+  auto as_bt = [&](auto& x) {
+    auto shape = x.shape();
+    shape[0] = B, shape[1] = T;
+    return std::remove_cv_t<std::remove_reference_t<decltype(x.view())>>(x.data(), shape);
+  };
+  seqmix::GatedDeltaRuleInputs in;
+  in.q = as_bt(data.q), in.k = as_bt(data.k), in.v = as_bt(data.v), in.beta = as_bt(data.beta);
+  if (gate == DeltaGate::channel) in.g = as_bt(data.g);
+  if (gate == DeltaGate::scalar) in.g_scalar = as_bt(data.gs);
+  const index_t states = form == VarlenForm::dense ? 1 : N;
+  Tensor<float, 4> final_state({states, H, K, K});
+  if (form == VarlenForm::packed) in.batch.cu_seqlens = cu;
+  seqmix::GatedDeltaRuleOptions options;
+  options.gate = gate;
+  for (auto _ : state) {
+    seqmix::gated_delta_rule(in, {as_bt(data.o), final_state.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  set_prefill_counters(state, 6.0 * total * H * K * K);
+}
+
+// Batched decode of 64 sequences whose states sit in a pool of 96 rows (holes between them,
+// slots shuffled), one call; beside it the plain step on a dense [64,H,K,V] state. GB/s count
+// the state bytes read and written, 2 * 64*H*K*V*4.
+void gdr_step_slots(benchmark::State& state, index_t H, index_t K, DeltaGate gate, bool slots) {
+  const index_t B = 64, S = slots ? 96 : B;
+  GdrBenchData data(B, H, K, gate);  // token b of data is row b of the step
+  Tensor<float, 4> pool({S, H, K, K});
+  st::fill_uniform(pool.view(), 9, -0.1f, 0.1f);
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(S));
+  for (index_t i = 0; i < S; ++i) rows[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  std::shuffle(rows.begin(), rows.end(), std::mt19937_64(7));
+  rows.resize(static_cast<std::size_t>(B));
+  seqmix::GatedDeltaRuleOptions options;
+  options.gate = gate;
+  seqmix::GatedDeltaRuleStepInputs in;
+  in.q = data.q.view()[0], in.k = data.k.view()[0], in.v = data.v.view()[0], in.beta = data.beta.view()[0];
+  if (gate == DeltaGate::channel) in.g = data.g.view()[0];
+  if (gate == DeltaGate::scalar) in.g_scalar = data.gs.view()[0];
+  if (slots) in.batch.state_indices = rows;
+  for (auto _ : state) {
+    seqmix::gated_delta_rule_step(in, {data.o.view()[0], pool.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(pool.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(2.0 * B * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,
+                                              benchmark::Counter::kIsRate);
+}
+
 void register_all() {
   using seqmix::DeltaAlgorithm;
   auto reg = [](const std::string& name, auto fn) {
@@ -194,6 +264,19 @@ void register_all() {
   reg("rwkv7/prefill/h32_k64_t512", [](benchmark::State& st) { rwkv7_prefill(st, 512, 32, 64, false); });
   reg("rwkv7/prefill/h32_k64_t64/reference", [](benchmark::State& st) { rwkv7_prefill(st, 64, 32, 64, true); });
   reg("rwkv7/step/h32_k64", [](benchmark::State& st) { rwkv7_step(st, 32, 64); });
+  // Serving (issue 14): varlen within 15% of the dense call and faster than padding; slotted
+  // decode at >= 70% of streaming bandwidth, beside the plain B = 64 step.
+  for (auto form : {std::pair<VarlenForm, const char*>{VarlenForm::packed, "packed"}, {VarlenForm::dense, "dense"},
+                    {VarlenForm::padded, "padded"}}) {
+    reg(std::string("gated_delta_rule/varlen/h16_k128/") + form.second,
+        [form](benchmark::State& st) { gdr_varlen(st, 16, 128, DeltaGate::scalar, form.first); });
+    reg(std::string("kda/varlen/h16_k128/") + form.second,
+        [form](benchmark::State& st) { gdr_varlen(st, 16, 128, DeltaGate::channel, form.first); });
+  }
+  reg("gated_delta_rule_step/slots/b64_h16_k128", [](benchmark::State& st) { gdr_step_slots(st, 16, 128, DeltaGate::scalar, true); });
+  reg("gated_delta_rule_step/slots/b64_h16_k128/dense", [](benchmark::State& st) { gdr_step_slots(st, 16, 128, DeltaGate::scalar, false); });
+  reg("kda_step/slots/b64_h16_k128", [](benchmark::State& st) { gdr_step_slots(st, 16, 128, DeltaGate::channel, true); });
+  reg("kda_step/slots/b64_h16_k128/dense", [](benchmark::State& st) { gdr_step_slots(st, 16, 128, DeltaGate::channel, false); });
 }
 
 const int kRegistered = (register_all(), 0);
