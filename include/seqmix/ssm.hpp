@@ -3,6 +3,7 @@
 // decode step.
 #pragma once
 
+#include "seqmix/ssm/serving.hpp"
 #include "seqmix/ssm/causal_conv1d/fast.hpp"
 #include "seqmix/ssm/causal_conv1d/reference.hpp"
 #include "seqmix/ssm/causal_conv1d/step.hpp"

@@ -51,6 +51,7 @@ constexpr index_t kConvTimeTile = 64;
 
 struct ConvTile {
   index_t b, t0, t1, c0, c1;
+  index_t seq = 0;  // which sequence of the call (its views are a batch of one: b = 0)
 };
 
 // Per-task scratch, allocated once per task outside the loops.
@@ -151,8 +152,10 @@ inline void conv_tile_generic(const CausalConv1dInputs& in, const TensorView<flo
 inline void conv_tile(const CausalConv1dInputs& in, const TensorView<float, 3>& y, ConvActivation activation,
                       const ConvTile& tile, ConvScratch& scratch) {
   conv_transpose_weights(in.weight, tile, scratch.weights.data());
-  const bool unit = in.x.stride(2) == 1 && y.stride(2) == 1 &&
-                    (!in.initial_state.has_value() || in.initial_state.stride(2) == 1) &&
+  // A tile past the first W-1 steps never reads the state, whatever its layout (a channel-major
+  // state has stride W-1 along channels).
+  const bool reads_state = tile.t0 < in.weight.size(1) - 1 && in.initial_state.has_value();
+  const bool unit = in.x.stride(2) == 1 && y.stride(2) == 1 && (!reads_state || in.initial_state.stride(2) == 1) &&
                     (!in.bias.has_value() || in.bias.stride(0) == 1);
   switch (unit ? in.weight.size(1) : 0) {
     case 2: return conv_tile_fixed<2>(in, y, activation, tile, scratch);
@@ -162,48 +165,101 @@ inline void conv_tile(const CausalConv1dInputs& in, const TensorView<float, 3>& 
   }
 }
 
-// final_state[b] = the last S rows of concat(initial_state[b], x[b]). Ascending rows read row
-// T + r >= r, so final_state may alias initial_state.
+// Row r of xs = concat(initial_state, x) of batch row b, channel d (zeros stand in for an
+// absent state).
+inline float conv_xs(const CausalConv1dInputs& in, index_t b, index_t r, index_t d) {
+  const index_t S = in.weight.size(1) - 1;
+  if (r >= S) return in.x(b, r - S, d);
+  return in.initial_state.has_value() ? in.initial_state(b, r, d) : 0.f;
+}
+
+// final_state[b] = the last S rows of xs[b]. Ascending rows read row T + r >= r, so
+// final_state may alias initial_state.
 inline void conv_write_final_state(const CausalConv1dInputs& in, const TensorView<float, 3>& final_state,
                                    index_t b) {
   const index_t T = in.x.size(1), D = in.x.size(2), S = final_state.size(1);
-  for (index_t r = 0; r < S; ++r) {
-    const index_t src = T + r - S;  // row of x, negative inside the state
-    for (index_t d = 0; d < D; ++d)
-      final_state(b, r, d) = src >= 0 ? in.x(b, src, d)
-                                      : (in.initial_state.has_value() ? in.initial_state(b, src + S, d) : 0.f);
+  for (index_t r = 0; r < S; ++r)
+    for (index_t d = 0; d < D; ++d) final_state(b, r, d) = conv_xs(in, b, T + r, d);
+}
+
+// token_states[b, t] = rows t+1 .. t+S of xs[b]: the window after token t.
+inline void conv_write_token_states(const CausalConv1dInputs& in, const TensorView<float, 4>& token_states,
+                                    index_t b) {
+  const index_t T = in.x.size(1), D = in.x.size(2), S = token_states.size(2);
+  for (index_t t = 0; t < T; ++t)
+    for (index_t r = 0; r < S; ++r)
+      for (index_t d = 0; d < D; ++d) token_states(b, t, r, d) = conv_xs(in, b, t + 1 + r, d);
+}
+
+// One sequence of a call as a batch of one: its token rows, the state row it starts from (empty
+// for zeros) and the outputs it writes.
+struct ConvSequence {
+  CausalConv1dInputs in;
+  TensorView<float, 3> y, final_state;
+  TensorView<float, 4> token_states;
+};
+
+inline std::vector<ConvSequence> conv_sequences(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
+                                                const SequenceMap& map) {
+  std::vector<ConvSequence> seqs;
+  seqs.reserve(static_cast<std::size_t>(map.sequences()));
+  for (index_t n = 0; n < map.sequences(); ++n) {
+    const SequenceSpan span = map[n];
+    if (span.state_row < 0) continue;  // padding: nothing read or written
+    ConvSequence s;
+    s.in = in;
+    s.in.batch = {};
+    s.in.x = sequence_tokens(in.x, span);
+    s.in.initial_state = span.read_state ? state_row(in.initial_state, span.state_row) : ConstView<float, 3>();
+    s.y = sequence_tokens(out.y, span);
+    s.final_state = state_row(out.final_state, span.state_row);
+    s.token_states = sequence_tokens(out.token_states, span);
+    seqs.push_back(s);
   }
+  return seqs;
 }
 
 }  // namespace detail
 
 // Fast prefill. Same arguments and results as reference::causal_conv1d (see reference.hpp); any
-// strides are accepted, unit channel stride is the fast case. Scratch: ConvScratch (a W x 256
-// weight tile and a few pointers) per task, allocated once per task outside the loops.
+// strides are accepted, unit channel stride is the fast case. A packed or slotted batch is cut
+// into sequences, each a batch of one, and every sequence's tiles go into one parallel pass, so
+// a short sequence costs about its tokens. Scratch: ConvScratch (a W x 1024 weight tile and a few
+// pointers) per task, allocated once per task outside the loops.
 inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                           const CausalConv1dOptions& options = {},
                           const Executor& executor = serial_executor()) {
-  const auto [B, T, D, W] = detail::validate_causal_conv1d("causal_conv1d", in, out, options);
+  const auto call = detail::validate_causal_conv1d("causal_conv1d", in, out, options);
+  const index_t D = call.dims.D, W = call.dims.W;
   using detail::kConvChannelTile;
   using detail::kConvTimeTile;
+  const std::vector<detail::ConvSequence> seqs = detail::conv_sequences(in, out, call.map);
   const index_t channel_tiles = (D + kConvChannelTile - 1) / kConvChannelTile;
-  const index_t time_tiles = (T + kConvTimeTile - 1) / kConvTimeTile;
-  const index_t tiles = B * time_tiles * channel_tiles;
-  parallel_for(executor, tiles, 1, [&](index_t begin, index_t end) {
+  std::vector<detail::ConvTile> tiles;
+  for (std::size_t n = 0; n < seqs.size(); ++n) {
+    const index_t T = seqs[n].in.x.size(1);
+    // Channel tile fastest: neighbouring tasks share time rows.
+    for (index_t t0 = 0; t0 < T; t0 += kConvTimeTile)
+      for (index_t c = 0; c < channel_tiles; ++c)
+        tiles.push_back({0, t0, std::min(T, t0 + kConvTimeTile), c * kConvChannelTile,
+                         std::min(D, (c + 1) * kConvChannelTile), static_cast<index_t>(n)});
+  }
+  parallel_for(executor, static_cast<index_t>(tiles.size()), 1, [&](index_t begin, index_t end) {
     detail::ConvScratch scratch(W);
     for (index_t i = begin; i < end; ++i) {
-      // Channel tile fastest: neighbouring tasks share time rows.
-      const index_t c = i % channel_tiles, t = (i / channel_tiles) % time_tiles, b = i / (channel_tiles * time_tiles);
-      const detail::ConvTile tile{b, t * kConvTimeTile, std::min(T, (t + 1) * kConvTimeTile), c * kConvChannelTile,
-                                  std::min(D, (c + 1) * kConvChannelTile)};
-      detail::conv_tile(in, out.y, options.activation, tile, scratch);
+      const detail::ConvTile& tile = tiles[static_cast<std::size_t>(i)];
+      const detail::ConvSequence& s = seqs[static_cast<std::size_t>(tile.seq)];
+      detail::conv_tile(s.in, s.y, options.activation, tile, scratch);
     }
   });
   // After all outputs: final_state may alias initial_state, which the tiles above still read.
-  if (out.final_state.has_value())
-    parallel_for(executor, B, 1, [&](index_t begin, index_t end) {
-      for (index_t b = begin; b < end; ++b) detail::conv_write_final_state(in, out.final_state, b);
-    });
+  parallel_for(executor, static_cast<index_t>(seqs.size()), 1, [&](index_t begin, index_t end) {
+    for (index_t n = begin; n < end; ++n) {
+      const detail::ConvSequence& s = seqs[static_cast<std::size_t>(n)];
+      if (s.token_states.has_value()) detail::conv_write_token_states(s.in, s.token_states, 0);
+      if (s.final_state.has_value()) detail::conv_write_final_state(s.in, s.final_state, 0);
+    }
+  });
 }
 
 }  // namespace seqmix

@@ -8,13 +8,19 @@
 //   xs = concat(initial_state, x) along time            (W-1+T rows)
 //   y[b,t,d] = act(bias[d] + sum_{j<W} weight[d][j] * xs[b,t+j,d])
 //   final_state = the last W-1 rows of xs               ([B,W-1,D])
+//
+// Serving (README.md, "Serving"): `batch` packs sequences (cu_seqlens) and maps them to rows of
+// a conv state pool (state_indices, has_initial_state); `token_states` keeps the window after
+// every token for a speculative verify.
 #pragma once
 
 #include <cmath>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/ssm/serving.hpp"
 
 namespace seqmix {
 
@@ -33,14 +39,20 @@ struct CausalConv1dInputs {
   ConstView<float, 3> x;              // [B,T,D]
   ConstView<float, 2> weight;         // [D,W], W >= 1 taps; tap W-1 multiplies the newest input
   ConstView<float, 1> bias;           // [D], optional
-  ConstView<float, 3> initial_state;  // [B,W-1,D], optional: the last W-1 inputs seen, oldest first
+  ConstView<float, 3> initial_state;  // [N or S, W-1, D], optional: the last W-1 inputs seen, oldest
+                                      // first; any strides (channel_major_conv_state for [S,D,W-1])
+  SequenceBatch batch;                // optional: packed sequences, state slots (core/batch.hpp)
 };
 
-// y must not overlap any input. final_state may be the very same view as initial_state (the
-// state is then carried in place); it is written after every output has been computed.
+// y must not overlap any input (ShapeError). final_state may be the very same view as
+// initial_state (the state is then carried in place, e.g. a slot pool); it is written after
+// every output of its sequence has been computed.
 struct CausalConv1dOutputs {
   TensorView<float, 3> y;            // [B,T,D]
-  TensorView<float, 3> final_state;  // [B,W-1,D], optional
+  TensorView<float, 3> final_state;  // [N or S, W-1, D], optional
+  // [Bt,Tt,W-1,D], optional (speculative verify): the window after each token, i.e. the final
+  // state a prefill ending at that token would return. [Bt,Tt] are x's first two dims.
+  TensorView<float, 4> token_states;
 };
 
 // Decode-step arguments: one token per batch row.
@@ -48,11 +60,13 @@ struct CausalConv1dStepInputs {
   ConstView<float, 2> x;       // [B,D]
   ConstView<float, 2> weight;  // [D,W]
   ConstView<float, 1> bias;    // [D], optional
+  SequenceBatch batch;         // optional: state_indices [B] into the conv_state pool, has_initial_state [B]
 };
 
+// y may be the very same view as x; it must not overlap conv_state, weight or bias.
 struct CausalConv1dStepOutputs {
   TensorView<float, 2> y;           // [B,D]
-  TensorView<float, 3> conv_state;  // [B,W-1,D], read and then updated in place (required)
+  TensorView<float, 3> conv_state;  // [B or S, W-1, D], read and then updated in place (required)
 };
 
 namespace detail {
@@ -68,71 +82,115 @@ inline float apply_activation(float v, ConvActivation activation) {
 }
 
 inline void check_conv_options(const ArgCheck& check, const CausalConv1dOptions& options) {
-  check.that(options.activation == ConvActivation::none || options.activation == ConvActivation::silu,
-             "options.activation", "must be ConvActivation::none or ConvActivation::silu");
+  // Tested before the message is built: the step validates on every token and must not allocate.
+  if (options.activation != ConvActivation::none && options.activation != ConvActivation::silu)
+    check.fail("options.activation", "must be ConvActivation::none or ConvActivation::silu");
 }
 
+// A validated prefill: the sizes and the map from sequences to tokens and state rows.
+struct Conv1dCall {
+  Conv1dDims dims;
+  SequenceMap map;
+};
+
 // Validates a prefill call (shared by the reference and the fast form).
-inline Conv1dDims validate_causal_conv1d(const char* op, const CausalConv1dInputs& in,
-                                         const CausalConv1dOutputs& out,
+inline Conv1dCall validate_causal_conv1d(const char* op, const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                                          const CausalConv1dOptions& options) {
   const ArgCheck check(op);
   const index_t B = in.x.size(0), T = in.x.size(1), D = in.x.size(2), W = in.weight.size(1);
   check.shape("x", in.x, std::array<index_t, 3>{-1, -1, -1}, "B,T,D");
   check.shape("weight", in.weight, std::array<index_t, 2>{D, -1}, "D,W");
-  check.that(W >= 1, "weight", "must have at least one tap (W >= 1), got shape " + shape_to_string(in.weight.shape()));
+  if (W < 1) check.fail("weight", "must have at least one tap (W >= 1), got shape " + shape_to_string(in.weight.shape()));
   check.optional_shape("bias", in.bias, std::array<index_t, 1>{D}, "D");
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{B, W - 1, D}, "B,W-1,D");
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{-1, W - 1, D}, "N,W-1,D");
   check.shape("y", out.y, std::array<index_t, 3>{B, T, D}, "B,T,D");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{B, W - 1, D}, "B,W-1,D");
+  // With W = 1 the state has no elements (and may have no data pointer): its rows still count.
+  const auto given = [](const auto& v) { return v.has_value() || v.size(0) > 0; };
+  const index_t rows = given(in.initial_state) ? in.initial_state.size(0) : -1;
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{rows, W - 1, D}, "N,W-1,D");
+  check.optional_shape("token_states", out.token_states, std::array<index_t, 4>{B, T, W - 1, D}, "Bt,Tt,W-1,D");
   check_conv_options(check, options);
-  return {B, T, D, W};
+  const index_t state_rows = rows >= 0 ? rows : (given(out.final_state) ? out.final_state.size(0) : -1);
+  const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
+  // The fast form reads x and the initial state while it writes y: no output may alias them.
+  check_no_overlap(check, "y", out.y, "x", in.x);
+  check_no_overlap(check, "y", out.y, "weight", in.weight);
+  check_no_overlap(check, "y", out.y, "bias", in.bias);
+  check_no_overlap(check, "y", out.y, "initial_state", in.initial_state);
+  check_no_overlap(check, "final_state", out.final_state, "x", in.x);
+  check_no_overlap(check, "final_state", out.final_state, "weight", in.weight);
+  check_no_overlap(check, "final_state", out.final_state, "y", out.y);
+  check_no_partial_overlap(check, "final_state", out.final_state, "initial_state", in.initial_state);
+  check_no_overlap(check, "token_states", out.token_states, "x", in.x);
+  check_no_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
+  check_no_overlap(check, "token_states", out.token_states, "y", out.y);
+  check_no_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
+  return {{B, T, D, W}, map};
 }
 
-inline Conv1dDims validate_causal_conv1d_step(const char* op, const CausalConv1dStepInputs& in,
-                                              const CausalConv1dStepOutputs& out,
-                                              const CausalConv1dOptions& options) {
-  const ArgCheck check(op);
+struct Conv1dStepCall {
+  Conv1dDims dims;
+  StepSlots map;
+};
+
+// Allocation-free on success (the step runs once per token): `check` is built once by the caller.
+inline Conv1dStepCall validate_causal_conv1d_step(const ArgCheck& check, const CausalConv1dStepInputs& in,
+                                                  const CausalConv1dStepOutputs& out,
+                                                  const CausalConv1dOptions& options) {
   const index_t B = in.x.size(0), D = in.x.size(1), W = in.weight.size(1);
   check.shape("x", in.x, std::array<index_t, 2>{-1, -1}, "B,D");
   check.shape("weight", in.weight, std::array<index_t, 2>{D, -1}, "D,W");
-  check.that(W >= 1, "weight", "must have at least one tap (W >= 1), got shape " + shape_to_string(in.weight.shape()));
+  if (W < 1) check.fail("weight", "must have at least one tap (W >= 1), got shape " + shape_to_string(in.weight.shape()));
   check.optional_shape("bias", in.bias, std::array<index_t, 1>{D}, "D");
-  check.shape("conv_state", out.conv_state, std::array<index_t, 3>{B, W - 1, D}, "B,W-1,D");
+  check.shape("conv_state", out.conv_state, std::array<index_t, 3>{-1, W - 1, D}, "S,W-1,D");
   check.shape("y", out.y, std::array<index_t, 2>{B, D}, "B,D");
   check_conv_options(check, options);
-  return {B, 1, D, W};
+  const StepSlots map = ssm_step_slots(check, in.batch, B, out.conv_state.size(0));
+  check_no_partial_overlap(check, "y", out.y, "x", in.x);
+  check_no_overlap(check, "y", out.y, "conv_state", out.conv_state);
+  check_no_overlap(check, "y", out.y, "weight", in.weight);
+  check_no_overlap(check, "y", out.y, "bias", in.bias);
+  check_no_overlap(check, "conv_state", out.conv_state, "x", in.x);
+  check_no_overlap(check, "conv_state", out.conv_state, "weight", in.weight);
+  return {{B, 1, D, W}, map};
 }
 
 }  // namespace detail
 
 namespace reference {
 
-// The definition, one output at a time. Single-threaded; `executor` is accepted for a uniform
-// signature.
+// The definition, one output at a time, sequence by sequence. Single-threaded; `executor` is
+// accepted for a uniform signature.
 inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                           const CausalConv1dOptions& options = {},
                           const Executor& executor = serial_executor()) {
   (void)executor;
-  const auto [B, T, D, W] = detail::validate_causal_conv1d("reference::causal_conv1d", in, out, options);
-  const index_t S = W - 1;  // rows of conv state
-  // xs[b, r, d] for r in [0, S + T): state rows first, then the inputs.
-  auto xs = [&](index_t b, index_t r, index_t d) -> float {
-    if (r < S) return in.initial_state.has_value() ? in.initial_state(b, r, d) : 0.f;
-    return in.x(b, r - S, d);
-  };
-  for (index_t b = 0; b < B; ++b)
+  const auto call = detail::validate_causal_conv1d("reference::causal_conv1d", in, out, options);
+  const index_t D = call.dims.D, W = call.dims.W, S = W - 1;  // S: rows of conv state
+  for (index_t n = 0; n < call.map.sequences(); ++n) {
+    const SequenceSpan seq = call.map[n];
+    if (seq.state_row < 0) continue;  // padding sequence: nothing read or written
+    const index_t b = seq.batch_row, t0 = seq.token_begin, T = seq.tokens;
+    // xs[r] for r in [0, S + T): the state rows first, then the sequence's inputs.
+    auto xs = [&](index_t r, index_t d) -> float {
+      if (r < S) return seq.read_state ? in.initial_state(seq.state_row, r, d) : 0.f;
+      return in.x(b, t0 + r - S, d);
+    };
     for (index_t t = 0; t < T; ++t)
       for (index_t d = 0; d < D; ++d) {
         float acc = in.bias.has_value() ? in.bias(d) : 0.f;
-        for (index_t j = 0; j < W; ++j) acc += in.weight(d, j) * xs(b, t + j, d);
-        out.y(b, t, d) = detail::apply_activation(acc, options.activation);
+        for (index_t j = 0; j < W; ++j) acc += in.weight(d, j) * xs(t + j, d);
+        out.y(b, t0 + t, d) = detail::apply_activation(acc, options.activation);
       }
-  // Ascending rows read xs row T + r >= r: safe when final_state aliases initial_state.
-  if (out.final_state.has_value())
-    for (index_t b = 0; b < B; ++b)
+    if (out.token_states.has_value())
+      for (index_t t = 0; t < T; ++t)
+        for (index_t r = 0; r < S; ++r)
+          for (index_t d = 0; d < D; ++d) out.token_states(b, t0 + t, r, d) = xs(t + 1 + r, d);
+    // Ascending rows read xs row T + r >= r: safe when final_state aliases initial_state.
+    if (out.final_state.has_value())
       for (index_t r = 0; r < S; ++r)
-        for (index_t d = 0; d < D; ++d) out.final_state(b, r, d) = xs(b, T + r, d);
+        for (index_t d = 0; d < D; ++d) out.final_state(seq.state_row, r, d) = xs(T + r, d);
+  }
 }
 
 }  // namespace reference

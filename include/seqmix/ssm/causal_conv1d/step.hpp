@@ -50,9 +50,10 @@ inline void conv_step_taps_generic(const ConstView<float, 2>& weight, index_t c0
   }
 }
 
-// One block of channels [c0, c0 + lanes) of batch row b, lanes <= kConvStepBlock.
+// One block of channels [c0, c0 + lanes) of batch row b, whose state is row `row` of the
+// conv_state pool; lanes <= kConvStepBlock.
 inline void conv_step_block(const CausalConv1dStepInputs& in, const CausalConv1dStepOutputs& out,
-                            ConvActivation activation, index_t b, index_t c0, index_t lanes) {
+                            ConvActivation activation, index_t b, index_t row, index_t c0, index_t lanes) {
   const index_t W = in.weight.size(1), S = W - 1;
   // xs rows of this token: the S state rows (oldest first), then x.
   const float* rows[kStepStackTaps];
@@ -65,7 +66,7 @@ inline void conv_step_block(const CausalConv1dStepInputs& in, const CausalConv1d
     rows_heap.resize(static_cast<std::size_t>(W)), strides_heap.resize(static_cast<std::size_t>(W));
     row_ptr = rows_heap.data(), stride_ptr = strides_heap.data();
   }
-  for (index_t j = 0; j < S; ++j) row_ptr[j] = out.conv_state.ptr(b, j, c0), stride_ptr[j] = out.conv_state.stride(2);
+  for (index_t j = 0; j < S; ++j) row_ptr[j] = out.conv_state.ptr(row, j, c0), stride_ptr[j] = out.conv_state.stride(2);
   row_ptr[S] = in.x.ptr(b, c0), stride_ptr[S] = in.x.stride(1);
 
   alignas(64) float acc[kConvStepBlock];
@@ -88,7 +89,7 @@ inline void conv_step_block(const CausalConv1dStepInputs& in, const CausalConv1d
   for (index_t i = 0; i < lanes; i += simd::kWidth) {
     const index_t n = std::min(simd::kWidth, lanes - i);
     for (index_t j = 0; j < S; ++j)
-      store_lanes(out.conv_state.ptr(b, j, c0 + i), state_stride, n,
+      store_lanes(out.conv_state.ptr(row, j, c0 + i), state_stride, n,
                   load_lanes(row_ptr[j + 1] + i * stride_ptr[j + 1], stride_ptr[j + 1], n));
     FloatBatch v = load_lanes(acc + i, 1, n);
     if (activation == ConvActivation::silu) v = silu(v);
@@ -96,23 +97,38 @@ inline void conv_step_block(const CausalConv1dStepInputs& in, const CausalConv1d
   }
 }
 
+// Zeroes channels [c0, c0 + lanes) of a state row (a slot handed to a new sequence).
+inline void conv_step_zero_state(const TensorView<float, 3>& state, index_t row, index_t c0, index_t lanes) {
+  for (index_t j = 0; j < state.size(1); ++j)
+    for (index_t i = 0; i < lanes; ++i) state(row, j, c0 + i) = 0.f;
+}
+
 }  // namespace detail
 
-// Decode step for one token per batch row: reads conv_state [B,W-1,D], writes y [B,D] and the
-// shifted state. y may be the same view as x; it must not overlap conv_state. Vectorized over channels, threaded over channel groups and batch once the call
-// is large enough to pay for waking a thread.
+// Decode step for one token per batch row: reads conv_state, writes y [B,D] and the shifted
+// state. Without batch.state_indices conv_state is [B,W-1,D]; with it, conv_state is the
+// caller's pool [S,W-1,D] (any strides: channel_major_conv_state views a [S,D,W-1] pool), row b
+// uses pool row state_indices[b] in place (-1: padding, y row and state untouched) and
+// has_initial_state[b] false zeroes that row first. y may be the same view as x; it must not
+// overlap conv_state. No heap allocation for W <= 8. Vectorized over channels, threaded over
+// channel groups and batch once the call is large enough to pay for waking a thread.
 inline void causal_conv1d_step(const CausalConv1dStepInputs& in, const CausalConv1dStepOutputs& out,
                                const CausalConv1dOptions& options = {},
                                const Executor& executor = serial_executor()) {
-  const auto dims = detail::validate_causal_conv1d_step("causal_conv1d_step", in, out, options);
-  const index_t B = dims.B, D = dims.D, W = dims.W;
+  static const ArgCheck check("causal_conv1d_step");  // built once: validation allocates nothing
+  const auto call = detail::validate_causal_conv1d_step(check, in, out, options);
+  const index_t B = call.dims.B, D = call.dims.D, W = call.dims.W;
   const index_t blocks_per_row = (D + detail::kConvStepBlock - 1) / detail::kConvStepBlock;
   const index_t groups = B * blocks_per_row;
   const index_t tasks = B * D * W >= detail::kConvStepMinParallelWork ? executor.concurrency() : 1;
   auto body = [&](index_t begin, index_t end) {
     for (index_t i = begin; i < end; ++i) {
       const index_t b = i / blocks_per_row, c0 = (i % blocks_per_row) * detail::kConvStepBlock;
-      detail::conv_step_block(in, out, options.activation, b, c0, std::min(detail::kConvStepBlock, D - c0));
+      const SequenceSpan seq = call.map[b];
+      if (seq.state_row < 0) continue;
+      const index_t lanes = std::min(detail::kConvStepBlock, D - c0);
+      if (!seq.read_state) detail::conv_step_zero_state(out.conv_state, seq.state_row, c0, lanes);
+      detail::conv_step_block(in, out, options.activation, b, seq.state_row, c0, lanes);
     }
   };
   if (tasks <= 1) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <algorithm>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
@@ -61,6 +62,9 @@ inline void scan_lanes(const SelectiveScanInputs& in, const SelectiveScanOutputs
       hn.store_aligned(h + n * W);
       y = simd::fma(hn, FloatBatch(Ct[n * cn_stride]), y);
     }
+    if (out.token_states.has_value())
+      for (index_t i = 0; i < lanes; ++i)
+        for (index_t n = 0; n < N; ++n) out.token_states(b, t, d0 + i, n) = h[n * W + i];
     y = simd::fma(skip, u, y);
     if (in.z.has_value()) y *= silu(load_lanes(in.z.ptr(b, t, d0), in.z.stride(2), lanes));
     store_lanes(out.y.ptr(b, t, d0), out.y.stride(2), lanes, y);
@@ -73,7 +77,9 @@ inline void scan_lanes(const SelectiveScanInputs& in, const SelectiveScanOutputs
 }  // namespace detail
 
 // Fast prefill. Same arguments and results as reference::selective_scan (see reference.hpp); any
-// strides are accepted, unit channel stride is the fast case.
+// strides are accepted, unit channel stride is the fast case. A packed or slotted batch is cut
+// into sequences (each a batch of one); the work items are (sequence, channel group), longest
+// sequences first, handed out dynamically.
 //
 // Not done yet: parallel over time for long T with few channels (it needs the core scan, and
 // recomputing the decay products in the fix-up pass costs as much as the scan itself, so it only
@@ -81,21 +87,26 @@ inline void scan_lanes(const SelectiveScanInputs& in, const SelectiveScanOutputs
 inline void selective_scan(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
                            const SelectiveScanOptions& options = {},
                            const Executor& executor = serial_executor()) {
-  const auto [B, T, D, N, G] = detail::validate_selective_scan("selective_scan", in, out);
-  if (B == 0 || D == 0) return;
+  const auto call = detail::validate_selective_scan("selective_scan", in, out);
+  const index_t D = call.dims.D, N = call.dims.N, G = call.dims.G;
+  if (D == 0) return;
+  std::vector<detail::ScanSequence> seqs = detail::scan_sequences(in, out, call.map);
+  std::stable_sort(seqs.begin(), seqs.end(), [](const detail::ScanSequence& a, const detail::ScanSequence& b) {
+    return a.in.u.size(1) > b.in.u.size(1);
+  });
   // Channel groups never straddle a B/C group, so each lane group broadcasts one B and C row.
   const index_t per_group = D / G;
   const index_t lane_groups_per_bc_group = (per_group + simd::kWidth - 1) / simd::kWidth;
   const index_t lane_groups = G * lane_groups_per_bc_group;
-  (void)T;
-  parallel_for(executor, B * lane_groups, 1, [&](index_t begin, index_t end) {
+  parallel_for(executor, static_cast<index_t>(seqs.size()) * lane_groups, 1, [&](index_t begin, index_t end) {
     detail::ScanScratch scratch(N);
     for (index_t i = begin; i < end; ++i) {
-      const index_t b = i / lane_groups, k = i % lane_groups;
+      const detail::ScanSequence& seq = seqs[static_cast<std::size_t>(i / lane_groups)];
+      const index_t k = i % lane_groups;
       const index_t g = k / lane_groups_per_bc_group;
       const index_t offset = (k % lane_groups_per_bc_group) * simd::kWidth;
       const index_t lanes = std::min(simd::kWidth, per_group - offset);
-      detail::scan_lanes(in, out, options, b, g * per_group + offset, lanes, g, scratch);
+      detail::scan_lanes(seq.in, seq.out, options, 0, g * per_group + offset, lanes, g, scratch);
     }
   });
 }

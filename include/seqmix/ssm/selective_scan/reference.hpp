@@ -9,6 +9,10 @@
 //   h[d][n]     = exp(dt * A[d][n]) * h[d][n] + dt * Bm[b,t,g,n] * u[b,t,d]   (g = d / (D/G))
 //   y[b,t,d]    = sum_n Cm[b,t,g,n] * h[d][n] + Dskip[d] * u[b,t,d], then * silu(z[b,t,d])
 //   final_state = h after the last token ([B,D,N]); h starts from initial_state (zero if absent)
+//
+// Serving (ssd/README.md, "Serving", applies unchanged): `batch` packs sequences (cu_seqlens)
+// and maps them to rows of a state pool (state_indices, has_initial_state); `token_states`
+// keeps the state after every token for a speculative verify.
 #pragma once
 
 #include <cmath>
@@ -17,6 +21,7 @@
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/ssm/serving.hpp"
 
 namespace seqmix {
 
@@ -36,14 +41,18 @@ struct SelectiveScanInputs {
   ConstView<float, 1> Dskip;          // [D], optional skip connection
   ConstView<float, 3> z;              // [B,T,D], optional gate: y *= silu(z)
   ConstView<float, 1> delta_bias;     // [D], optional
-  ConstView<float, 3> initial_state;  // [B,D,N], optional
+  ConstView<float, 3> initial_state;  // [N or S, D, N], optional
+  SequenceBatch batch;                // optional: packed sequences, state slots (core/batch.hpp)
 };
 
 // y must not overlap any input. final_state may be the very same view as initial_state (the
 // state is then carried in place).
 struct SelectiveScanOutputs {
   TensorView<float, 3> y;            // [B,T,D]
-  TensorView<float, 3> final_state;  // [B,D,N], optional
+  TensorView<float, 3> final_state;  // [N or S, D, N], optional
+  // [Bt,Tt,D,N], optional (speculative verify): the state after each token; [Bt,Tt] are u's
+  // first two dims.
+  TensorView<float, 4> token_states;
 };
 
 // Decode-step arguments: one token per batch row.
@@ -56,11 +65,13 @@ struct SelectiveScanStepInputs {
   ConstView<float, 1> Dskip;       // [D], optional
   ConstView<float, 2> z;           // [B,D], optional
   ConstView<float, 1> delta_bias;  // [D], optional
+  SequenceBatch batch;             // optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
+// y must not overlap state or any input.
 struct SelectiveScanStepOutputs {
   TensorView<float, 2> y;      // [B,D]
-  TensorView<float, 3> state;  // [B,D,N], read and then updated in place (required)
+  TensorView<float, 3> state;  // [B or S, D, N], read and then updated in place (required)
 };
 
 namespace detail {
@@ -74,8 +85,13 @@ inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); 
 
 inline float scan_silu(float v) { return v / (1.f + std::exp(-v)); }
 
-inline ScanDims validate_selective_scan(const char* op, const SelectiveScanInputs& in,
-                                        const SelectiveScanOutputs& out) {
+// A validated call: the sizes and the map from sequences to tokens and state rows.
+struct ScanCall {
+  ScanDims dims;
+  SequenceMap map;
+};
+
+inline ScanCall validate_selective_scan(const char* op, const SelectiveScanInputs& in, const SelectiveScanOutputs& out) {
   const ArgCheck check(op);
   const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2);
   const index_t N = in.A.size(1), G = in.Bm.size(2);
@@ -88,18 +104,43 @@ inline ScanDims validate_selective_scan(const char* op, const SelectiveScanInput
   check.optional_shape("Dskip", in.Dskip, std::array<index_t, 1>{D}, "D");
   check.optional_shape("z", in.z, std::array<index_t, 3>{B, T, D}, "B,T,D");
   check.optional_shape("delta_bias", in.delta_bias, std::array<index_t, 1>{D}, "D");
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{B, D, N}, "B,D,N");
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{-1, D, N}, "N,D,N");
   check.shape("y", out.y, std::array<index_t, 3>{B, T, D}, "B,T,D");
   // A NaN or infinite A poisons every later token; reading [D,N] once is cheap next to the scan.
   for (index_t d = 0; d < D; ++d)
     for (index_t n = 0; n < N; ++n) check.finite(in.A(d, n), "A");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{B, D, N}, "B,D,N");
-  return {B, T, D, N, G};
+  const index_t rows = in.initial_state.has_value() ? in.initial_state.size(0) : -1;
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{rows, D, N}, "N,D,N");
+  check.optional_shape("token_states", out.token_states, std::array<index_t, 4>{B, T, D, N}, "Bt,Tt,D,N");
+  const index_t state_rows = rows >= 0 ? rows : (out.final_state.has_value() ? out.final_state.size(0) : -1);
+  const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
+  const auto no_input_overlap = [&](const char* name, const auto& output) {
+    check_no_overlap(check, name, output, "u", in.u);
+    check_no_overlap(check, name, output, "delta", in.delta);
+    check_no_overlap(check, name, output, "Bm", in.Bm);
+    check_no_overlap(check, name, output, "Cm", in.Cm);
+    check_no_overlap(check, name, output, "z", in.z);
+  };
+  no_input_overlap("y", out.y);
+  check_no_overlap(check, "y", out.y, "initial_state", in.initial_state);
+  no_input_overlap("final_state", out.final_state);
+  check_no_overlap(check, "final_state", out.final_state, "y", out.y);
+  check_no_partial_overlap(check, "final_state", out.final_state, "initial_state", in.initial_state);
+  no_input_overlap("token_states", out.token_states);
+  check_no_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
+  check_no_overlap(check, "token_states", out.token_states, "y", out.y);
+  check_no_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
+  return {{B, T, D, N, G}, map};
 }
 
-inline ScanDims validate_selective_scan_step(const char* op, const SelectiveScanStepInputs& in,
+struct ScanStepCall {
+  ScanDims dims;
+  StepSlots map;
+};
+
+// Allocation-free on success (it runs on every token).
+inline ScanStepCall validate_selective_scan_step(const ArgCheck& check, const SelectiveScanStepInputs& in,
                                              const SelectiveScanStepOutputs& out) {
-  const ArgCheck check(op);
   const index_t B = in.u.size(0), D = in.u.size(1);
   const index_t N = in.A.size(1), G = in.Bm.size(1);
   check.shape("u", in.u, std::array<index_t, 2>{-1, -1}, "B,D");
@@ -111,45 +152,90 @@ inline ScanDims validate_selective_scan_step(const char* op, const SelectiveScan
   check.optional_shape("Dskip", in.Dskip, std::array<index_t, 1>{D}, "D");
   check.optional_shape("z", in.z, std::array<index_t, 2>{B, D}, "B,D");
   check.optional_shape("delta_bias", in.delta_bias, std::array<index_t, 1>{D}, "D");
-  check.shape("state", out.state, std::array<index_t, 3>{B, D, N}, "B,D,N");
+  check.shape("state", out.state, std::array<index_t, 3>{-1, D, N}, "S,D,N");
   check.shape("y", out.y, std::array<index_t, 2>{B, D}, "B,D");
-  return {B, 1, D, N, G};
+  const StepSlots map = ssm_step_slots(check, in.batch, B, out.state.size(0));
+  check_no_overlap(check, "y", out.y, "state", out.state);
+  check_no_overlap(check, "y", out.y, "u", in.u);
+  check_no_overlap(check, "y", out.y, "Bm", in.Bm);
+  check_no_overlap(check, "y", out.y, "Cm", in.Cm);
+  check_no_overlap(check, "y", out.y, "z", in.z);
+  check_no_overlap(check, "state", out.state, "u", in.u);
+  check_no_overlap(check, "state", out.state, "Bm", in.Bm);
+  check_no_overlap(check, "state", out.state, "Cm", in.Cm);
+  return {{B, 1, D, N, G}, map};
+}
+
+// One sequence of a call as a batch of one: its token rows, the state row it starts from (empty
+// for zeros) and the outputs it writes. Padding sequences are left out.
+struct ScanSequence {
+  SelectiveScanInputs in;
+  SelectiveScanOutputs out;
+};
+
+inline std::vector<ScanSequence> scan_sequences(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
+                                                const SequenceMap& map) {
+  std::vector<ScanSequence> seqs;
+  seqs.reserve(static_cast<std::size_t>(map.sequences()));
+  for (index_t n = 0; n < map.sequences(); ++n) {
+    const SequenceSpan span = map[n];
+    if (span.state_row < 0) continue;
+    ScanSequence s{in, out};
+    s.in.batch = {};
+    s.in.u = sequence_tokens(in.u, span);
+    s.in.delta = sequence_tokens(in.delta, span);
+    s.in.Bm = sequence_tokens(in.Bm, span);
+    s.in.Cm = sequence_tokens(in.Cm, span);
+    s.in.z = sequence_tokens(in.z, span);
+    s.in.initial_state = span.read_state ? state_row(in.initial_state, span.state_row) : ConstView<float, 3>();
+    s.out.y = sequence_tokens(out.y, span);
+    s.out.final_state = state_row(out.final_state, span.state_row);
+    s.out.token_states = sequence_tokens(out.token_states, span);
+    seqs.push_back(s);
+  }
+  return seqs;
 }
 
 }  // namespace detail
 
 namespace reference {
 
-// The definition, token by token. Single-threaded; `executor` is accepted for a uniform
-// signature. The state of one (batch, channel) lives in a local buffer, so final_state may alias
-// initial_state.
-inline void selective_scan(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
+// The definition, token by token, one sequence (a batch of one) at a time. Single-threaded;
+// `executor` is accepted for a uniform signature. The state of one (sequence, channel) lives in a
+// local buffer, so final_state may alias initial_state.
+inline void selective_scan(const SelectiveScanInputs& in_all, const SelectiveScanOutputs& out_all,
                            const SelectiveScanOptions& options = {},
                            const Executor& executor = serial_executor()) {
   (void)executor;
-  const auto [B, T, D, N, G] = detail::validate_selective_scan("reference::selective_scan", in, out);
-  const index_t channels_per_group = D / G;
+  const auto call = detail::validate_selective_scan("reference::selective_scan", in_all, out_all);
+  const index_t D = call.dims.D, N = call.dims.N, channels_per_group = D / call.dims.G;
   std::vector<float> h(static_cast<std::size_t>(N));
-  for (index_t b = 0; b < B; ++b)
+  for (const detail::ScanSequence& seq : detail::scan_sequences(in_all, out_all, call.map)) {
+    const SelectiveScanInputs& in = seq.in;
+    const SelectiveScanOutputs& out = seq.out;
+    const index_t T = in.u.size(1);
     for (index_t d = 0; d < D; ++d) {
       const index_t g = d / channels_per_group;
-      for (index_t n = 0; n < N; ++n) h[n] = in.initial_state.has_value() ? in.initial_state(b, d, n) : 0.f;
+      for (index_t n = 0; n < N; ++n) h[n] = in.initial_state.has_value() ? in.initial_state(0, d, n) : 0.f;
       for (index_t t = 0; t < T; ++t) {
-        float dt = in.delta(b, t, d) + (in.delta_bias.has_value() ? in.delta_bias(d) : 0.f);
+        float dt = in.delta(0, t, d) + (in.delta_bias.has_value() ? in.delta_bias(d) : 0.f);
         if (options.delta_softplus) dt = detail::softplus(dt);
-        const float u = in.u(b, t, d);
+        const float u = in.u(0, t, d);
         float y = 0.f;
         for (index_t n = 0; n < N; ++n) {
-          h[n] = std::exp(dt * in.A(d, n)) * h[n] + dt * in.Bm(b, t, g, n) * u;
-          y += in.Cm(b, t, g, n) * h[n];
+          h[n] = std::exp(dt * in.A(d, n)) * h[n] + dt * in.Bm(0, t, g, n) * u;
+          y += in.Cm(0, t, g, n) * h[n];
         }
         if (in.Dskip.has_value()) y += in.Dskip(d) * u;
-        if (in.z.has_value()) y *= detail::scan_silu(in.z(b, t, d));
-        out.y(b, t, d) = y;
+        if (in.z.has_value()) y *= detail::scan_silu(in.z(0, t, d));
+        out.y(0, t, d) = y;
+        if (out.token_states.has_value())
+          for (index_t n = 0; n < N; ++n) out.token_states(0, t, d, n) = h[n];
       }
       if (out.final_state.has_value())
-        for (index_t n = 0; n < N; ++n) out.final_state(b, d, n) = h[n];
+        for (index_t n = 0; n < N; ++n) out.final_state(0, d, n) = h[n];
     }
+  }
 }
 
 }  // namespace reference

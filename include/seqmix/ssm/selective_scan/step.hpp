@@ -40,9 +40,9 @@ inline FloatBatch scan_step_channel(float* h, index_t h_stride, const float* A, 
   return acc;
 }
 
-// Channels [d0, d0 + lanes) of batch row b.
+// Channels [d0, d0 + lanes) of batch row b, whose state is row `row` of the state pool.
 inline void scan_step_lanes(const SelectiveScanStepInputs& in, const SelectiveScanStepOutputs& out,
-                            const SelectiveScanOptions& options, index_t b, index_t d0, index_t lanes) {
+                            const SelectiveScanOptions& options, index_t b, index_t row, index_t d0, index_t lanes) {
   const index_t N = in.A.size(1), per_group = in.u.size(1) / in.Bm.size(1);
   FloatBatch dt = load_lanes(in.delta.ptr(b, d0), in.delta.stride(1), lanes);
   if (in.delta_bias.has_value()) dt += load_lanes(in.delta_bias.ptr(d0), in.delta_bias.stride(0), lanes);
@@ -60,7 +60,7 @@ inline void scan_step_lanes(const SelectiveScanStepInputs& in, const SelectiveSc
       continue;
     }
     const index_t d = d0 + i, g = d / per_group;
-    sums[i] = scan_step_channel(out.state.ptr(b, d), out.state.stride(2), in.A.ptr(d), in.A.stride(1),
+    sums[i] = scan_step_channel(out.state.ptr(row, d), out.state.stride(2), in.A.ptr(d), in.A.stride(1),
                                 in.Bm.ptr(b, g), in.Bm.stride(2), in.Cm.ptr(b, g), in.Cm.stride(2), N, dt_lanes[i],
                                 dt_u_lanes[i]);
   }
@@ -72,20 +72,30 @@ inline void scan_step_lanes(const SelectiveScanStepInputs& in, const SelectiveSc
 
 }  // namespace detail
 
-// Decode step for one token per batch row. Threaded over (batch, channel group) once the call is
-// large enough to pay for waking a thread.
+// Decode step for one token per batch row. Without batch.state_indices state is [B,D,N]; with
+// it, state is the caller's pool [S,D,N], row b uses pool row state_indices[b] in place (-1:
+// padding, y row and state untouched) and has_initial_state[b] false zeroes that row first. No
+// heap allocation. Threaded over (batch, channel group) once the call is large enough to pay for
+// waking a thread.
 inline void selective_scan_step(const SelectiveScanStepInputs& in, const SelectiveScanStepOutputs& out,
                                 const SelectiveScanOptions& options = {},
                                 const Executor& executor = serial_executor()) {
-  const auto dims = detail::validate_selective_scan_step("selective_scan_step", in, out);
-  const index_t B = dims.B, D = dims.D, N = dims.N;
+  static const ArgCheck check("selective_scan_step");  // built once: validation allocates nothing
+  const auto call = detail::validate_selective_scan_step(check, in, out);
+  const index_t B = call.dims.B, D = call.dims.D, N = call.dims.N;
   const index_t groups_per_row = (D + simd::kWidth - 1) / simd::kWidth;
   const index_t groups = B * groups_per_row;
   const index_t tasks = B * D * N >= detail::kScanStepMinParallelWork ? executor.concurrency() : 1;
   auto body = [&](index_t begin, index_t end) {
     for (index_t i = begin; i < end; ++i) {
       const index_t b = i / groups_per_row, d0 = (i % groups_per_row) * simd::kWidth;
-      detail::scan_step_lanes(in, out, options, b, d0, std::min(simd::kWidth, D - d0));
+      const SequenceSpan seq = call.map[b];
+      if (seq.state_row < 0) continue;  // padding row
+      const index_t lanes = std::min(simd::kWidth, D - d0);
+      if (!seq.read_state)
+        for (index_t c = 0; c < lanes; ++c)
+          for (index_t n = 0; n < N; ++n) out.state(seq.state_row, d0 + c, n) = 0.f;
+      detail::scan_step_lanes(in, out, options, b, seq.state_row, d0, lanes);
     }
   };
   if (tasks <= 1) {

@@ -143,28 +143,49 @@ inline void ssd_chunk_decays(const SsdInputs& in, bool softplus, index_t b, inde
   }
 }
 
+// The chunk grid of a call: every sequence is cut into chunks of L tokens on its own grid (its
+// last chunk may be shorter), so a short sequence costs about its tokens.
 struct SsdChunkPlan {
-  index_t L, chunks;
+  struct Chunk {
+    index_t b, t0, l;  // batch row, first token (in the token tensors), tokens
+  };
+  index_t L = 1;
+  std::vector<SequenceSpan> seqs;   // ssd_sequences: longest first
+  std::vector<index_t> first_chunk;  // [seqs]: index of each sequence's first chunk in `chunks`
+  std::vector<Chunk> chunks;         // all chunks of all sequences
+
+  SsdChunkPlan(const SequenceMap& map, index_t chunk_size) : seqs(ssd_sequences(map)) {
+    index_t longest = 1;
+    for (const SequenceSpan& s : seqs) longest = std::max(longest, s.tokens);
+    L = std::min(chunk_size, longest);
+    for (const SequenceSpan& s : seqs) {
+      first_chunk.push_back(static_cast<index_t>(chunks.size()));
+      for (index_t t = 0; t < s.tokens; t += L) chunks.push_back({s.batch_row, s.token_begin + t, std::min(L, s.tokens - t)});
+    }
+  }
+  index_t chunk_count() const { return static_cast<index_t>(chunks.size()); }
 };
 
-// C B^T for every (b, g, chunk): [B*G*chunks] tiles of [L,L], shared by the heads of a group.
+// C B^T for every (group, chunk): [G * chunks] tiles of [L,L], shared by the heads of a group.
 inline void ssd_chunk_cb(const ConstView<float, 4>& Bm, const ConstView<float, 4>& Cm, const SsdDims& dims,
                          const SsdChunkPlan& plan, float* cb, const Executor& executor) {
-  const index_t L = plan.L, items = dims.B * dims.G * plan.chunks;
+  const index_t L = plan.L, chunks = plan.chunk_count(), items = dims.G * chunks;
   const index_t flops_per_item = 2 * L * L * dims.N;
   parallel_for(executor, items, ssd_grain(flops_per_item / 4), [&](index_t begin, index_t end) {
     for (index_t item = begin; item < end; ++item) {
-      const index_t c = item % plan.chunks, bg = item / plan.chunks;
-      const index_t b = bg / dims.G, g = bg % dims.G, t0 = c * L, l = std::min(L, dims.T - t0);
-      Eigen::Map<SsdMatrix> tile(cb + item * L * L, l, l);
-      tile.noalias() = ssd_tile(Cm, b, t0, l, g) * ssd_tile(Bm, b, t0, l, g).transpose();
+      const SsdChunkPlan::Chunk& c = plan.chunks[static_cast<std::size_t>(item % chunks)];
+      const index_t g = item / chunks;
+      Eigen::Map<SsdMatrix> tile(cb + item * L * L, c.l, c.l);
+      tile.noalias() = ssd_tile(Cm, c.b, c.t0, c.l, g) * ssd_tile(Bm, c.b, c.t0, c.l, g).transpose();
     }
   });
 }
 
-// The chunked SSD form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): an item is one
-// (batch, head), its state carried transposed in the workspace's rhs. state_to_output has
-// nothing to do of its own: the read of the state and the intra-chunk term are one GEMM (intra).
+// The chunked SSD form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): an item is
+// one (sequence, head), numbered as ssd_sequences says, its state carried transposed in the
+// workspace's rhs. Chunk offsets from the engine are relative to the sequence's first token.
+// state_to_output has nothing to do of its own: the read of the state and the intra-chunk term
+// are one GEMM (intra).
 struct SsdChunkKernel {
   const SsdInputs& in;
   const SsdOutputs& out;
@@ -175,30 +196,34 @@ struct SsdChunkKernel {
 
   using Workspace = SsdChunkScratch;
   struct Head {
-    index_t b, h, g;
+    index_t rank, h, g;  // rank: the sequence's position in plan.seqs
+    SequenceSpan seq;
     float D;
   };
 
   Workspace make_workspace() const { return SsdChunkScratch(plan.L, dims.P, dims.N); }
   Head begin_head(index_t item, Workspace& s) const {
-    const index_t b = item / dims.H, h = item % dims.H;
-    const Head head{b, h, h / (dims.H / dims.G), in.D.has_value() ? in.D(h) : 0.f};
+    const index_t count = static_cast<index_t>(plan.seqs.size());
+    const index_t rank = item % count, h = item / count;
+    const Head head{rank, h, h / (dims.H / dims.G), plan.seqs[static_cast<std::size_t>(rank)],
+                    in.D.has_value() ? in.D(h) : 0.f};
     auto state_t = s.rhs.topRows(dims.N);  // [N,P]
-    if (in.initial_state.has_value()) {
-      state_t = as_matrix(in.initial_state.select(0, b).select(0, h)).transpose();
+    if (head.seq.read_state) {
+      state_t = as_matrix(in.initial_state.select(0, head.seq.state_row).select(0, h)).transpose();
     } else {
       state_t.setZero();
     }
     return head;
   }
-  index_t tokens(const Head&) const { return dims.T; }
+  index_t tokens(const Head& hd) const { return hd.seq.tokens; }
 
   // Decays, dt-scaled x (below the state in rhs), decayed C and the decay-masked C B^T (lhs).
-  void load_chunk(const Head& hd, index_t t0, index_t l, Workspace& s) const {
-    const index_t P = dims.P, N = dims.N, L = plan.L, b = hd.b, h = hd.h, g = hd.g;
+  void load_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
+    const index_t P = dims.P, N = dims.N, L = plan.L, b = hd.seq.batch_row, h = hd.h, g = hd.g;
+    const index_t t0 = hd.seq.token_begin + c0;
     ssd_chunk_decays(in, options.dt_softplus, b, t0, l, h, s);
-    if (t0 + L < dims.T) {  // the next chunk's rows arrive while this one computes
-      const index_t next = std::min(L, dims.T - t0 - L);
+    if (c0 + L < hd.seq.tokens) {  // the next chunk's rows arrive while this one computes
+      const index_t next = std::min(L, hd.seq.tokens - c0 - L);
       ssd_prefetch_rows(in.x.ptr(b, t0 + L, h), in.x.stride(1), next, P);
       if (in.z.has_value()) ssd_prefetch_rows(in.z.ptr(b, t0 + L, h), in.z.stride(1), next, P);
     }
@@ -209,8 +234,8 @@ struct SsdChunkKernel {
       xw.row(i) = s.decay_out[i] * xd.row(i);
       s.lhs.row(i).head(N) = s.decay_in[i] * Cm.row(i);
     }
-    const float* cb_tile = cb + ((b * dims.G + g) * plan.chunks + t0 / L) * L * L;
-    ssd_decay_mask(cb_tile, l, s.cs.data(), s.cs_lo.data(), l, s.lhs.data() + N, s.lhs.cols());
+    const index_t chunk = g * plan.chunk_count() + plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / L;
+    ssd_decay_mask(cb + chunk * L * L, l, s.cs.data(), s.cs_lo.data(), l, s.lhs.data() + N, s.lhs.cols());
   }
   void state_to_output(const Head&, index_t, index_t, Workspace&) const {}
   // State to output and intra-chunk term in one product (see SsdChunkScratch).
@@ -219,14 +244,14 @@ struct SsdChunkKernel {
     s.y.topRows(l).noalias() = s.lhs.topLeftCorner(l, N + l) * s.rhs.topRows(N + l);
   }
   // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution.
-  void update_state(const Head& hd, index_t t0, index_t l, Workspace& s) const {
+  void update_state(const Head& hd, index_t c0, index_t l, Workspace& s) const {
     auto state_t = s.rhs.topRows(dims.N);
     state_t *= std::exp(s.cs[l - 1]);
-    state_t.noalias() += ssd_tile(in.Bm, hd.b, t0, l, hd.g).transpose() * s.xw.topRows(l);
+    state_t.noalias() += ssd_tile(in.Bm, hd.seq.batch_row, hd.seq.token_begin + c0, l, hd.g).transpose() * s.xw.topRows(l);
   }
   // D skip and z gate, row by row, then out to y (any stride).
-  void store_outputs(const Head& hd, index_t t0, index_t l, Workspace& s) const {
-    const index_t P = dims.P, b = hd.b, h = hd.h;
+  void store_outputs(const Head& hd, index_t c0, index_t l, Workspace& s) const {
+    const index_t P = dims.P, b = hd.seq.batch_row, h = hd.h, t0 = hd.seq.token_begin + c0;
     const SsdConstTile x = ssd_tile(in.x, b, t0, l, h);
     for (index_t i = 0; i < l; ++i) {
       const float* zrow = nullptr;
@@ -238,25 +263,15 @@ struct SsdChunkKernel {
   }
   void end_head(const Head& hd, Workspace& s) const {
     if (out.final_state.has_value())
-      as_matrix(out.final_state.select(0, hd.b).select(0, hd.h)) = s.rhs.topRows(dims.N).transpose();
+      as_matrix(out.final_state.select(0, hd.seq.state_row).select(0, hd.h)) = s.rhs.topRows(dims.N).transpose();
   }
 };
 
-// The chunked prefill. Workspace, allocated once per call: B*G*ceil(T/L)*L*L floats for the
-// shared C B^T tiles (plus contiguous copies of x, z, Bm, Cm if they have a strided last
-// dimension), and per task O(L*(L+P) + P*N) floats.
+// The chunked prefill. Workspace, allocated once per call: G*chunks*L*L floats for the shared
+// C B^T tiles (plus contiguous copies of x, z, Bm, Cm if they have a strided last dimension),
+// and per task O(L*(L+P) + P*N) floats.
 inline void ssd_chunked(const SsdInputs& in_arg, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
-                        const Executor& executor) {
-  if (dims.T == 0) {
-    // No tokens: the state passes through unchanged.
-    if (out.final_state.has_value())
-      for (index_t b = 0; b < dims.B; ++b)
-        for (index_t h = 0; h < dims.H; ++h)
-          for (index_t p = 0; p < dims.P; ++p)
-            for (index_t n = 0; n < dims.N; ++n)
-              out.final_state(b, h, p, n) = in_arg.initial_state.has_value() ? in_arg.initial_state(b, h, p, n) : 0.f;
-    return;
-  }
+                        const SequenceMap& map, const Executor& executor) {
   SsdInputs in = in_arg;
   Tensor<float, 4> x_copy, z_copy, B_copy, C_copy;
   in.x = ssd_contiguous_last(in.x, x_copy);
@@ -264,13 +279,16 @@ inline void ssd_chunked(const SsdInputs& in_arg, const SsdOutputs& out, const Ss
   in.Bm = ssd_contiguous_last(in.Bm, B_copy);
   in.Cm = ssd_contiguous_last(in.Cm, C_copy);
 
-  const index_t L = std::min(options.chunk_size, dims.T);
-  const SsdChunkPlan plan{L, (dims.T + L - 1) / L};
-  AlignedVector<float> cb(static_cast<std::size_t>(dims.B * dims.G * plan.chunks * L * L));
+  const SsdChunkPlan plan(map, options.chunk_size);
+  const index_t count = static_cast<index_t>(plan.seqs.size());
+  if (count == 0) return;
+  const index_t L = plan.L;
+  AlignedVector<float> cb(static_cast<std::size_t>(dims.G * plan.chunk_count() * L * L));
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb.data(), executor);
 
   const SsdChunkKernel kernel{in, out, options, dims, plan, cb.data()};
-  seqmix::chunkwise::run(kernel, dims.B * dims.H, ssd_grain(dims.T * dims.P * dims.N), L, executor);
+  const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
+  seqmix::chunkwise::run(kernel, count * dims.H, ssd_grain(mean_tokens * dims.P * dims.N), L, executor);
 }
 
 // Below this many tokens the recurrent form wins: the chunked form has fixed costs per call and
@@ -279,7 +297,9 @@ inline void ssd_chunked(const SsdInputs& in_arg, const SsdOutputs& out, const Ss
 // T=16 0.43 vs 0.39 ms; the gap grows with T from there.
 constexpr index_t kSsdChunkedMinTokens = 16;
 
-inline bool ssd_use_chunked(const SsdOptions& options, const SsdDims& dims) {
+// The state after every token (token_states) comes from the recurrent form only.
+inline bool ssd_use_chunked(const SsdOptions& options, const SequenceMap& map, const SsdOutputs& out) {
+  if (out.token_states.has_value()) return false;
   switch (options.algorithm) {
     case SsdAlgorithm::chunked:
       return true;
@@ -287,23 +307,25 @@ inline bool ssd_use_chunked(const SsdOptions& options, const SsdDims& dims) {
       return false;
     case SsdAlgorithm::automatic:
     default:
-      return dims.T >= kSsdChunkedMinTokens;
+      return map.max_tokens() >= kSsdChunkedMinTokens;
   }
 }
 
 }  // namespace detail
 
 // Mamba-2 SSD prefill (SPEC section 3): y [B,T,H,P] and optionally final_state [B,H,P,N] from x,
-// dt, A, Bm, Cm and the optional D, z, dt_bias, initial_state. options.algorithm picks the
-// chunked or recurrent form (automatic by default); both agree with reference::ssd to rounding.
-// Threaded over (batch, head) pairs.
+// dt, A, Bm, Cm and the optional D, z, dt_bias, initial_state; in.batch packs sequences and
+// maps them to state slots, out.token_states keeps every token's state (README.md, "Serving").
+// options.algorithm picks the chunked or recurrent form (automatic by default; token_states
+// forces the recurrent one); both agree with reference::ssd to rounding. Threaded over
+// (sequence, head) pairs.
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
-  const detail::SsdDims dims = detail::validate_ssd("ssd", in, out, options);
-  if (detail::ssd_use_chunked(options, dims))
-    detail::ssd_chunked(in, out, options, dims, executor);
+  const detail::SsdCall call = detail::validate_ssd("ssd", in, out, options);
+  if (detail::ssd_use_chunked(options, call.map, out))
+    detail::ssd_chunked(in, out, options, call.dims, call.map, executor);
   else
-    detail::ssd_recurrent(in, out, options, dims, executor);
+    detail::ssd_recurrent(in, out, options, call.dims, call.map, executor);
 }
 
 }  // namespace seqmix

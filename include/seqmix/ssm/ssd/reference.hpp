@@ -9,15 +9,21 @@
 //   h[p][n]     = exp(dt * A[h]) * h[p][n] + dt * x[b,t,h,p] * Bm[b,t,g,n]   (g = h / (H/G))
 //   y[b,t,h,p]  = sum_n h[p][n] * Cm[b,t,g,n] + D[h] * x[b,t,h,p], then * silu(z[b,t,h,p])
 //   final_state = h after the last token ([B,H,P,N]); h starts from initial_state (zero if absent)
+//
+// Serving (README.md, "Serving"): `batch` packs sequences (cu_seqlens) and maps them to rows of
+// a state pool (state_indices, has_initial_state); `token_states` keeps the state after every
+// token for a speculative verify.
 #pragma once
 
 #include <array>
 #include <cmath>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/ssm/serving.hpp"
 
 namespace seqmix {
 
@@ -51,14 +57,18 @@ struct SsdInputs {
   ConstView<float, 1> D;              // [H], optional skip connection
   ConstView<float, 4> z;              // [B,T,H,P], optional gate: y *= silu(z)
   ConstView<float, 1> dt_bias;        // [H], optional
-  ConstView<float, 4> initial_state;  // [B,H,P,N], optional (zero state if absent)
+  ConstView<float, 4> initial_state;  // [N or S, H,P,N], optional (zero state if absent)
+  SequenceBatch batch;                // optional: packed sequences, state slots (core/batch.hpp)
 };
 
-// y must not overlap any input. final_state may be the very same view as initial_state (the
-// state is then carried in place).
+// y must not overlap any input (ShapeError). final_state may be the very same view as
+// initial_state (the state is then carried in place, e.g. a slot pool).
 struct SsdOutputs {
   TensorView<float, 4> y;            // [B,T,H,P]
-  TensorView<float, 4> final_state;  // [B,H,P,N], optional
+  TensorView<float, 4> final_state;  // [N or S, H,P,N], optional
+  // [Bt,Tt,H,P,N], optional (speculative verify): the state after each token. [Bt,Tt] are x's
+  // first two dims. Given, the prefill runs the recurrent form.
+  TensorView<float, 5> token_states;
 };
 
 // Decode-step arguments: one token per batch row.
@@ -71,11 +81,13 @@ struct SsdStepInputs {
   ConstView<float, 1> D;        // [H], optional
   ConstView<float, 3> z;        // [B,H,P], optional
   ConstView<float, 1> dt_bias;  // [H], optional
+  SequenceBatch batch;          // optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
+// y must not overlap state or any input.
 struct SsdStepOutputs {
   TensorView<float, 3> y;      // [B,H,P]
-  TensorView<float, 4> state;  // [B,H,P,N], read and then updated in place (required)
+  TensorView<float, 4> state;  // [B or S, H,P,N], read and then updated in place (required)
 };
 
 namespace detail {
@@ -97,15 +109,22 @@ inline float ssd_dt(float dt, const ConstView<float, 1>& dt_bias, index_t h, boo
 
 // Checks shared by prefill and step: A finite and <= 0 (a positive A makes the state grow
 // without bound and the chunked form's decays overflow), and the option values.
+// The message is built only on failure: the step validates on every token and must not allocate.
 inline void check_ssd_parameters(const ArgCheck& check, const ConstView<float, 1>& A) {
   for (index_t h = 0; h < A.size(0); ++h) {
     check.finite(A(h), "A");
-    check.that(A(h) <= 0.f, "A", "must be <= 0 (a decay rate), got " + std::to_string(A(h)) +
-                                     " at head " + std::to_string(h));
+    if (!(A(h) <= 0.f))
+      check.fail("A", "must be <= 0 (a decay rate), got " + std::to_string(A(h)) + " at head " + std::to_string(h));
   }
 }
 
-inline SsdDims validate_ssd(const char* op, const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options) {
+// A validated call: the sizes and the map from sequences to tokens and state rows.
+struct SsdCall {
+  SsdDims dims;
+  SequenceMap map;
+};
+
+inline SsdCall validate_ssd(const char* op, const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options) {
   const ArgCheck check(op);
   const index_t B = in.x.size(0), T = in.x.size(1), H = in.x.size(2), P = in.x.size(3);
   const index_t G = in.Bm.size(2), N = in.Bm.size(3);
@@ -118,17 +137,42 @@ inline SsdDims validate_ssd(const char* op, const SsdInputs& in, const SsdOutput
   check.optional_shape("D", in.D, std::array<index_t, 1>{H}, "H");
   check.optional_shape("z", in.z, std::array<index_t, 4>{B, T, H, P}, "B,T,H,P");
   check.optional_shape("dt_bias", in.dt_bias, std::array<index_t, 1>{H}, "H");
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{B, H, P, N}, "B,H,P,N");
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{-1, H, P, N}, "N,H,P,N");
   check.shape("y", out.y, std::array<index_t, 4>{B, T, H, P}, "B,T,H,P");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{B, H, P, N}, "B,H,P,N");
+  const index_t rows = in.initial_state.has_value() ? in.initial_state.size(0) : -1;
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{rows, H, P, N}, "N,H,P,N");
+  check.optional_shape("token_states", out.token_states, std::array<index_t, 5>{B, T, H, P, N}, "Bt,Tt,H,P,N");
   check.that(options.chunk_size >= 1, "options.chunk_size",
              "must be >= 1, got " + std::to_string(options.chunk_size));
   check_ssd_parameters(check, in.A);
-  return {B, T, H, P, N, G};
+  const index_t state_rows = rows >= 0 ? rows : (out.final_state.has_value() ? out.final_state.size(0) : -1);
+  const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
+  const auto no_input_overlap = [&](const char* name, const auto& output) {
+    check_no_overlap(check, name, output, "x", in.x);
+    check_no_overlap(check, name, output, "dt", in.dt);
+    check_no_overlap(check, name, output, "Bm", in.Bm);
+    check_no_overlap(check, name, output, "Cm", in.Cm);
+    check_no_overlap(check, name, output, "z", in.z);
+  };
+  no_input_overlap("y", out.y);
+  check_no_overlap(check, "y", out.y, "initial_state", in.initial_state);
+  no_input_overlap("final_state", out.final_state);
+  check_no_overlap(check, "final_state", out.final_state, "y", out.y);
+  check_no_partial_overlap(check, "final_state", out.final_state, "initial_state", in.initial_state);
+  no_input_overlap("token_states", out.token_states);
+  check_no_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
+  check_no_overlap(check, "token_states", out.token_states, "y", out.y);
+  check_no_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
+  return {{B, T, H, P, N, G}, map};
 }
 
-inline SsdDims validate_ssd_step(const char* op, const SsdStepInputs& in, const SsdStepOutputs& out) {
-  const ArgCheck check(op);
+struct SsdStepCall {
+  SsdDims dims;
+  StepSlots map;
+};
+
+// Allocation-free on success (it runs on every token).
+inline SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputs& in, const SsdStepOutputs& out) {
   const index_t B = in.x.size(0), H = in.x.size(1), P = in.x.size(2);
   const index_t G = in.Bm.size(1), N = in.Bm.size(2);
   check.shape("x", in.x, std::array<index_t, 3>{-1, -1, -1}, "B,H,P");
@@ -141,31 +185,45 @@ inline SsdDims validate_ssd_step(const char* op, const SsdStepInputs& in, const 
   check.optional_shape("z", in.z, std::array<index_t, 3>{B, H, P}, "B,H,P");
   check.optional_shape("dt_bias", in.dt_bias, std::array<index_t, 1>{H}, "H");
   check.shape("y", out.y, std::array<index_t, 3>{B, H, P}, "B,H,P");
-  check.shape("state", out.state, std::array<index_t, 4>{B, H, P, N}, "B,H,P,N");
+  check.shape("state", out.state, std::array<index_t, 4>{-1, H, P, N}, "S,H,P,N");
   check_ssd_parameters(check, in.A);
-  return {B, 1, H, P, N, G};
+  const StepSlots map = ssm_step_slots(check, in.batch, B, out.state.size(0));
+  check_no_overlap(check, "y", out.y, "state", out.state);
+  check_no_overlap(check, "y", out.y, "x", in.x);
+  check_no_overlap(check, "y", out.y, "Bm", in.Bm);
+  check_no_overlap(check, "y", out.y, "Cm", in.Cm);
+  check_no_overlap(check, "y", out.y, "z", in.z);
+  check_no_overlap(check, "state", out.state, "x", in.x);
+  check_no_overlap(check, "state", out.state, "Bm", in.Bm);
+  check_no_overlap(check, "state", out.state, "Cm", in.Cm);
+  return {{B, 1, H, P, N, G}, map};
 }
 
 }  // namespace detail
 
 namespace reference {
 
-// The definition, token by token. Single-threaded; `executor` is accepted for a uniform
-// signature. The state of one (batch, head) lives in a local buffer, so final_state may alias
-// initial_state.
+// The definition, token by token, sequence by sequence. Single-threaded; `executor` is accepted
+// for a uniform signature. The state of one (sequence, head) lives in a local buffer, so
+// final_state may alias initial_state.
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
   (void)executor;
-  const auto [B, T, H, P, N, G] = detail::validate_ssd("reference::ssd", in, out, options);
+  const auto call = detail::validate_ssd("reference::ssd", in, out, options);
+  const auto [B, T_all, H, P, N, G] = call.dims;
+  (void)B, (void)T_all;
   const index_t heads_per_group = H / G;
   std::vector<float> state(static_cast<std::size_t>(P * N));
   auto s = [&](index_t p, index_t n) -> float& { return state[static_cast<std::size_t>(p * N + n)]; };
-  for (index_t b = 0; b < B; ++b)
+  for (index_t q = 0; q < call.map.sequences(); ++q) {
+    const SequenceSpan seq = call.map[q];
+    if (seq.state_row < 0) continue;  // padding sequence: nothing read or written
+    const index_t b = seq.batch_row;
     for (index_t h = 0; h < H; ++h) {
       const index_t g = h / heads_per_group;
       for (index_t p = 0; p < P; ++p)
-        for (index_t n = 0; n < N; ++n) s(p, n) = in.initial_state.has_value() ? in.initial_state(b, h, p, n) : 0.f;
-      for (index_t t = 0; t < T; ++t) {
+        for (index_t n = 0; n < N; ++n) s(p, n) = seq.read_state ? in.initial_state(seq.state_row, h, p, n) : 0.f;
+      for (index_t t = seq.token_begin; t < seq.token_begin + seq.tokens; ++t) {
         const float dt = detail::ssd_dt(in.dt(b, t, h), in.dt_bias, h, options.dt_softplus);
         const float decay = std::exp(dt * in.A(h));
         for (index_t p = 0; p < P; ++p) {
@@ -179,11 +237,15 @@ inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& op
           if (in.z.has_value()) y *= detail::ssd_silu(in.z(b, t, h, p));
           out.y(b, t, h, p) = y;
         }
+        if (out.token_states.has_value())
+          for (index_t p = 0; p < P; ++p)
+            for (index_t n = 0; n < N; ++n) out.token_states(b, t, h, p, n) = s(p, n);
       }
       if (out.final_state.has_value())
         for (index_t p = 0; p < P; ++p)
-          for (index_t n = 0; n < N; ++n) out.final_state(b, h, p, n) = s(p, n);
+          for (index_t n = 0; n < N; ++n) out.final_state(seq.state_row, h, p, n) = s(p, n);
     }
+  }
 }
 
 }  // namespace reference

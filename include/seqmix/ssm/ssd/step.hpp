@@ -128,17 +128,41 @@ inline void ssd_finish(float* y, const float* x, float D, const float* z, index_
   }
 }
 
-// Per-task scratch of the recurrent kernels: one token's rows of one head, contiguous.
+// The contiguous rows of one token of one head that the recurrent kernels work on: x, u = dt*x,
+// z and y [P]; Bn and Cn [N].
+struct SsdTokenBuffers {
+  float *x, *u, *z, *y, *Bn, *Cn;
+};
+
+// Heap scratch for the buffers, allocated once per task of the recurrent prefill (or once per
+// thread for a step with heads larger than SsdStackScratch holds).
 struct SsdTokenScratch {
   std::vector<float> x, u, z, y, Bn, Cn;
-  SsdTokenScratch(index_t P, index_t N)
-      : x(static_cast<std::size_t>(P)),
-        u(static_cast<std::size_t>(P)),
-        z(static_cast<std::size_t>(P)),
-        y(static_cast<std::size_t>(P)),
-        Bn(static_cast<std::size_t>(N)),
-        Cn(static_cast<std::size_t>(N)) {}
+  SsdTokenScratch() = default;
+  SsdTokenScratch(index_t P, index_t N) { fit(P, N); }
+  void fit(index_t P, index_t N) {
+    const auto p = static_cast<std::size_t>(P), n = static_cast<std::size_t>(N);
+    if (x.size() < p) x.resize(p), u.resize(p), z.resize(p), y.resize(p);
+    if (Bn.size() < n) Bn.resize(n), Cn.resize(n);
+  }
+  SsdTokenBuffers buffers() { return {x.data(), u.data(), z.data(), y.data(), Bn.data(), Cn.data()}; }
 };
+
+// The step's buffers on the stack (6 KiB) for P, N <= 256 (Mamba-2 uses P = 64, N = 128): no
+// allocation at all, on whichever thread runs the block.
+constexpr index_t kSsdStackRow = 256;
+struct SsdStackScratch {
+  alignas(64) float x[kSsdStackRow], u[kSsdStackRow], z[kSsdStackRow], y[kSsdStackRow];
+  alignas(64) float Bn[kSsdStackRow], Cn[kSsdStackRow];
+  SsdTokenBuffers buffers() { return {x, u, z, y, Bn, Cn}; }
+};
+
+// A larger head's step buffers: per thread, grown on its first step and reused after.
+inline SsdTokenBuffers ssd_thread_buffers(index_t P, index_t N) {
+  thread_local SsdTokenScratch scratch;
+  scratch.fit(P, N);
+  return scratch.buffers();
+}
 
 // The token-major views of one (batch, head) at one token, as the recurrent kernels read them.
 struct SsdTokenRows {
@@ -157,18 +181,18 @@ struct SsdTokenRows {
 // in sc.y. The state is `s` (rows s_row_stride apart, N contiguous) or, when s is null, the
 // strided view `strided`.
 inline void ssd_token_all(const SsdTokenRows& rows, float A, float D, float* s, index_t s_row_stride,
-                          const TensorView<float, 2>& strided, index_t P, index_t N, SsdTokenScratch& sc) {
-  ssd_gather(rows.x, rows.x_stride, P, sc.x.data());
-  ssd_gather(rows.Bn, rows.B_stride, N, sc.Bn.data());
-  ssd_gather(rows.Cn, rows.C_stride, N, sc.Cn.data());
+                          const TensorView<float, 2>& strided, index_t P, index_t N, const SsdTokenBuffers& sc) {
+  ssd_gather(rows.x, rows.x_stride, P, sc.x);
+  ssd_gather(rows.Bn, rows.B_stride, N, sc.Bn);
+  ssd_gather(rows.Cn, rows.C_stride, N, sc.Cn);
   for (index_t p = 0; p < P; ++p) sc.u[p] = rows.dt * sc.x[p];
   const float decay = std::exp(rows.dt * A);
   if (s)
-    ssd_token(s, s_row_stride, P, N, decay, sc.u.data(), sc.Bn.data(), sc.Cn.data(), sc.y.data());
+    ssd_token(s, s_row_stride, P, N, decay, sc.u, sc.Bn, sc.Cn, sc.y);
   else
-    ssd_token_strided(strided, decay, sc.u.data(), sc.Bn.data(), sc.Cn.data(), sc.y.data());
-  if (rows.z) ssd_gather(rows.z, rows.z_stride, P, sc.z.data());
-  ssd_finish(sc.y.data(), sc.x.data(), D, rows.z ? sc.z.data() : nullptr, P);
+    ssd_token_strided(strided, decay, sc.u, sc.Bn, sc.Cn, sc.y);
+  if (rows.z) ssd_gather(rows.z, rows.z_stride, P, sc.z);
+  ssd_finish(sc.y, sc.x, D, rows.z ? sc.z : nullptr, P);
 }
 
 // Work below which a call stays on the calling thread: waking a worker costs a few microseconds,
@@ -179,63 +203,107 @@ inline index_t ssd_grain(index_t work_per_item) {
   return std::max<index_t>(1, kSsdMinParallelStateWork / std::max<index_t>(1, work_per_item));
 }
 
-// The recurrent prefill: per (batch, head), every token through ssd_token with the state in a
-// contiguous local buffer (so final_state may alias initial_state). Threaded over (b, h).
+// The sequences of a call that have work, longest first (padding sequences dropped). Items are
+// (sequence, head) pairs numbered head-major over this order, item = h * count + rank: every
+// contiguous block of items parallel_for hands out then holds a similar mix of long and short
+// sequences, so the blocks cost about the same.
+inline std::vector<SequenceSpan> ssd_sequences(const SequenceMap& map) {
+  std::vector<SequenceSpan> seqs;
+  seqs.reserve(static_cast<std::size_t>(map.sequences()));
+  for (index_t n = 0; n < map.sequences(); ++n)
+    if (map[n].state_row >= 0) seqs.push_back(map[n]);
+  std::stable_sort(seqs.begin(), seqs.end(),
+                   [](const SequenceSpan& a, const SequenceSpan& b) { return a.tokens > b.tokens; });
+  return seqs;
+}
+
+inline index_t ssd_total_tokens(const std::vector<SequenceSpan>& seqs) {
+  index_t total = 0;
+  for (const SequenceSpan& s : seqs) total += s.tokens;
+  return total;
+}
+
+// The recurrent prefill: per (sequence, head), every token through ssd_token with the state in a
+// contiguous local buffer (so final_state may alias initial_state), copied out to token_states
+// after each token when asked. Threaded over (sequence, head).
 inline void ssd_recurrent(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
-                          const Executor& executor) {
-  const auto [B, T, H, P, N, G] = dims;
-  const index_t heads_per_group = H / G;
-  parallel_for(executor, B * H, ssd_grain(T * P * N), [&](index_t begin, index_t end) {
-    SsdTokenScratch scratch(P, N);
+                          const SequenceMap& map, const Executor& executor) {
+  const index_t H = dims.H, P = dims.P, N = dims.N, heads_per_group = H / dims.G;
+  const std::vector<SequenceSpan> seqs = ssd_sequences(map);
+  const index_t count = static_cast<index_t>(seqs.size());
+  if (count == 0) return;
+  const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(seqs) / count);
+  parallel_for(executor, count * H, ssd_grain(mean_tokens * P * N), [&](index_t begin, index_t end) {
+    SsdTokenScratch heap(P, N);
+    const SsdTokenBuffers scratch = heap.buffers();
     std::vector<float> state(static_cast<std::size_t>(P * N));
-    for (index_t bh = begin; bh < end; ++bh) {
-      const index_t b = bh / H, h = bh % H, g = h / heads_per_group;
-      if (in.initial_state.has_value())
+    for (index_t item = begin; item < end; ++item) {
+      const SequenceSpan& seq = seqs[static_cast<std::size_t>(item % count)];
+      const index_t b = seq.batch_row, h = item / count, g = h / heads_per_group;
+      if (seq.read_state)
         for (index_t p = 0; p < P; ++p)
-          ssd_gather(in.initial_state.ptr(b, h, p), in.initial_state.stride(3), N, &state[static_cast<std::size_t>(p * N)]);
+          ssd_gather(in.initial_state.ptr(seq.state_row, h, p), in.initial_state.stride(3), N,
+                     &state[static_cast<std::size_t>(p * N)]);
       else
         std::fill(state.begin(), state.end(), 0.f);
       const float A = in.A(h), D = in.D.has_value() ? in.D(h) : 0.f;
-      for (index_t t = 0; t < T; ++t) {
+      for (index_t t = seq.token_begin; t < seq.token_begin + seq.tokens; ++t) {
         const SsdTokenRows rows{in.x.ptr(b, t, h),  in.x.stride(3),
                                 in.z.has_value() ? in.z.ptr(b, t, h) : nullptr,
                                 in.z.stride(3),     in.Bm.ptr(b, t, g),
                                 in.Bm.stride(3),    in.Cm.ptr(b, t, g),
                                 in.Cm.stride(3),    ssd_dt(in.dt(b, t, h), in.dt_bias, h, options.dt_softplus)};
         ssd_token_all(rows, A, D, state.data(), N, {}, P, N, scratch);
-        ssd_scatter(scratch.y.data(), P, out.y.ptr(b, t, h), out.y.stride(3));
+        ssd_scatter(scratch.y, P, out.y.ptr(b, t, h), out.y.stride(3));
+        if (out.token_states.has_value())
+          for (index_t p = 0; p < P; ++p)
+            ssd_scatter(&state[static_cast<std::size_t>(p * N)], N, out.token_states.ptr(b, t, h, p),
+                        out.token_states.stride(4));
       }
       if (out.final_state.has_value())
         for (index_t p = 0; p < P; ++p)
-          ssd_scatter(&state[static_cast<std::size_t>(p * N)], N, out.final_state.ptr(b, h, p), out.final_state.stride(3));
+          ssd_scatter(&state[static_cast<std::size_t>(p * N)], N, out.final_state.ptr(seq.state_row, h, p),
+                      out.final_state.stride(3));
     }
   });
 }
 
 }  // namespace detail
 
-// Decode step for one token per batch row: reads state [B,H,P,N], updates it in place and
-// writes y [B,H,P]. One fused pass over each head's state; threaded over (batch, head) once
-// the state is large enough to pay for waking a thread. options.dt_softplus applies; the
-// chunk options are ignored.
+// Decode step for one token per batch row: reads the state, updates it in place and writes
+// y [B,H,P]. Without batch.state_indices state is [B,H,P,N]; with it, state is the caller's pool
+// [S,H,P,N], row b uses pool row state_indices[b] in place (-1: padding, y row and state
+// untouched) and has_initial_state[b] false zeroes that row first. One fused pass over each
+// head's state; threaded over (batch, head) once the state is large enough to pay for waking a
+// thread. No heap allocation for P, N <= 256 (stack buffers); larger heads allocate on a
+// thread's first step only (thread-local scratch).
+// options.dt_softplus applies; the chunk options are ignored.
 inline void ssd_step(const SsdStepInputs& in, const SsdStepOutputs& out, const SsdOptions& options = {},
                      const Executor& executor = serial_executor()) {
-  const auto dims = detail::validate_ssd_step("ssd_step", in, out);
-  const index_t B = dims.B, H = dims.H, P = dims.P, N = dims.N, heads_per_group = H / dims.G;
+  static const ArgCheck check("ssd_step");
+  const auto call = detail::validate_ssd_step(check, in, out);
+  const index_t B = call.dims.B, H = call.dims.H, P = call.dims.P, N = call.dims.N, heads_per_group = H / call.dims.G;
   const bool contiguous_state = out.state.stride(3) == 1 || N <= 1;
   auto body = [&](index_t begin, index_t end) {
-    detail::SsdTokenScratch scratch(P, N);
+    detail::SsdStackScratch stack;
+    const detail::SsdTokenBuffers scratch =
+        P <= detail::kSsdStackRow && N <= detail::kSsdStackRow ? stack.buffers() : detail::ssd_thread_buffers(P, N);
     for (index_t bh = begin; bh < end; ++bh) {
       const index_t b = bh / H, h = bh % H, g = h / heads_per_group;
+      const SequenceSpan seq = call.map[b];
+      if (seq.state_row < 0) continue;  // padding row
+      const TensorView<float, 2> state = out.state.select(0, seq.state_row).select(0, h);
+      if (!seq.read_state)
+        for (index_t p = 0; p < P; ++p)
+          for (index_t n = 0; n < N; ++n) state(p, n) = 0.f;
       const detail::SsdTokenRows rows{in.x.ptr(b, h),  in.x.stride(2),
                                       in.z.has_value() ? in.z.ptr(b, h) : nullptr,
                                       in.z.stride(2),  in.Bm.ptr(b, g),
                                       in.Bm.stride(2), in.Cm.ptr(b, g),
                                       in.Cm.stride(2), detail::ssd_dt(in.dt(b, h), in.dt_bias, h, options.dt_softplus)};
-      const TensorView<float, 2> state = out.state.select(0, b).select(0, h);
       detail::ssd_token_all(rows, in.A(h), in.D.has_value() ? in.D(h) : 0.f,
                             contiguous_state ? state.data() : nullptr, state.stride(0), state, P, N, scratch);
-      detail::ssd_scatter(scratch.y.data(), P, out.y.ptr(b, h), out.y.stride(2));
+      detail::ssd_scatter(scratch.y, P, out.y.ptr(b, h), out.y.stride(2));
     }
   };
   const index_t items = B * H;

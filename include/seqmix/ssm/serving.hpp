@@ -1,0 +1,122 @@
+// Serving helpers shared by the selective state-space operators (causal_conv1d, selective_scan,
+// ssd): resolving a step's state slots without heap allocation, slicing one sequence out of a
+// dense or packed batch, the aliasing checks, and the channel-major conv state view.
+// core/batch.hpp defines the serving arguments themselves (SequenceBatch, SequenceMap).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/batch.hpp"
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+// A zero-copy view of a conv state stored channel-major, as causal-conv1d and vLLM keep it
+// ([S, D, W-1]: the W-1 taps of a channel contiguous), in the shape every seqmix conv form
+// addresses ([S, W-1, D]). Pass it as initial_state / final_state / conv_state; reads and writes
+// land in the caller's buffer.
+inline TensorView<float, 3> channel_major_conv_state(const TensorView<float, 3>& state_sdw) {
+  return TensorView<float, 3>(state_sdw.data(), {state_sdw.size(0), state_sdw.size(2), state_sdw.size(1)},
+                              {state_sdw.stride(0), state_sdw.stride(2), state_sdw.stride(1)});
+}
+
+namespace detail {
+
+// Token rows of one sequence: [1, tokens, ...] out of a [B, T, ...] (dense) or [1, total_T, ...]
+// (packed) token tensor.
+template <class V>
+V sequence_tokens(const V& v, const SequenceSpan& s) {
+  if (!v.has_value()) return v;
+  return v.slice(0, s.batch_row, 1).slice(1, s.token_begin, s.tokens);
+}
+
+// Row `row` of a state tensor as a batch of one; empty when the tensor is not given.
+template <class V>
+V state_row(const V& v, index_t row) {
+  if (!v.has_value() || row < 0) return V();
+  return v.slice(0, row, 1);
+}
+
+// Two views that overlap must be the very same view (a state carried in place).
+template <class A, class B>
+bool same_view(const A& a, const B& b) {
+  return static_cast<const void*>(a.data()) == static_cast<const void*>(b.data()) && a.shape() == b.shape() &&
+         a.strides() == b.strides();
+}
+
+// Refuses an output that overlaps an input it must not alias.
+template <class Out, class In>
+void check_no_overlap(const ArgCheck& check, const char* output, const Out& out, const char* input, const In& in) {
+  if (views_overlap(out, in))
+    check.fail(output, std::string("overlaps input '") + input +
+                           "'; this operator does not compute in place, pass a separate buffer");
+}
+
+// The same, except that the very same view is allowed (final_state == initial_state).
+template <class Out, class In>
+void check_no_partial_overlap(const ArgCheck& check, const char* output, const Out& out, const char* input,
+                              const In& in) {
+  if (views_overlap(out, in) && !same_view(out, in))
+    check.fail(output, std::string("partly overlaps '") + input + "'; it may only be the very same view");
+}
+
+// The slots of a decode step: token row b uses state row slots[b].state_row of the pool (-1: a
+// padding row), zeroed first when !slots[b].read_state.
+class StepSlots {
+ public:
+  StepSlots(const SequenceBatch& batch) : batch_(batch) {}  // NOLINT: built by ssm_step_slots
+  SequenceSpan operator[](index_t b) const {
+    SequenceSpan s;
+    s.batch_row = b;
+    s.tokens = 1;
+    s.state_row = batch_.slotted() ? batch_.state_indices[b] : b;
+    s.read_state = s.state_row >= 0 && (!batch_.has_initial_state.has_value() || batch_.has_initial_state[b]);
+    return s;
+  }
+
+ private:
+  SequenceBatch batch_;
+};
+
+// True when a step's batch is valid: the checks of SequenceMap::make for one token per row,
+// without building any message. SequenceMap::make allocates on every call (std::string
+// temporaries for its check messages, and a copy of the op name), which a decode step must not;
+// so the step runs this test and calls SequenceMap::make only to report what is wrong.
+// (core/batch.hpp building its messages only on failure would remove this detour.)
+inline bool step_slots_valid(const SequenceBatch& batch, index_t B, index_t pool_rows) {
+  if (batch.has_initial_state.has_value() && batch.has_initial_state.size() != B) return false;
+  if (!batch.slotted()) return pool_rows == B;
+  const IndexList& idx = batch.state_indices;
+  if (idx.dangling() || idx.size() != B) return false;
+  for (index_t b = 0; b < B; ++b)
+    if (idx[b] < -1 || idx[b] >= pool_rows) return false;
+  // Duplicates, on a per-thread mark table over the pool (grown once, cleared after use).
+  thread_local std::vector<std::uint8_t> seen;
+  if (static_cast<index_t>(seen.size()) < pool_rows) seen.resize(static_cast<std::size_t>(pool_rows), 0);
+  bool unique = true;
+  for (index_t b = 0; b < B; ++b) {
+    if (idx[b] < 0) continue;
+    unique = unique && !seen[static_cast<std::size_t>(idx[b])];
+    seen[static_cast<std::size_t>(idx[b])] = 1;
+  }
+  for (index_t b = 0; b < B; ++b)
+    if (idx[b] >= 0) seen[static_cast<std::size_t>(idx[b])] = 0;
+  return unique;
+}
+
+// Validates a step's slots. cu_seqlens has no meaning for one token per row and is refused.
+inline StepSlots ssm_step_slots(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t pool_rows) {
+  if (batch.packed())
+    check.fail("batch.cu_seqlens", "must be empty for a decode step (one token per batch row); use state_indices");
+  if (!step_slots_valid(batch, B, pool_rows)) {
+    SequenceMap::make(check.op(), batch, B, 1, true, pool_rows);  // throws the precise ShapeError
+    check.fail("state_indices", "is not valid for this call");      // not reached
+  }
+  return StepSlots(batch);
+}
+
+}  // namespace detail
+}  // namespace seqmix
