@@ -7,15 +7,28 @@
 //             its rate on the same work is 2x lower than its raw FLOP count suggests.
 //   GB/s    (decode)  = B * Tk * Hkv * (Dk + Dv) * sizeof(KV) / time: K and V read once, the
 //             bound of decode; compare with the 68 GB/s 2-core streaming bandwidth.
+// Serving forms (issue 14), each beside its dense counterpart in the same run:
+//   attention/paged/...   paged decode, 16 sequences x 4096 cached tokens in fp16 pages of 16
+//                         and 64 tokens (shuffled block table), beside attention/paged/..._contiguous,
+//                         dense decode of B = 16 over the same bytes; GB/s as decode.
+//   attention/varlen/...  packed causal prefill of 8 sequences {17, 33, 100, 255, 512, 700, 1024,
+//                         2048}, beside one dense call on B = 1, T = 4689 (the same tokens) and the
+//                         same sequences padded to B = 8 x T = 2048; GFLOP/s on the visible pairs
+//                         of the *packed* problem, so the three rates compare as times.
 // Each family also runs the reference on a smaller shape (names end in _reference) next to
 // the fast form on that same shape, for the speed-up.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/attention/paged/append.hpp"
+#include "seqmix/attention/paged/paged.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -125,7 +138,105 @@ void register_kv() {
   }
 }
 
+// 16 sequences x Tk cached tokens, pages of `block_size` in a shuffled pool (with spare pages).
+void paged_decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk, index_t block_size) {
+  using KV = seqmix::f16;
+  const index_t N = 16, blocks_per_seq = (Tk + block_size - 1) / block_size, blocks = N * blocks_per_seq + 16;
+  const auto q = st::random_tensor<4>({N, 1, shape.Hq, shape.D}, 1);
+  const Tensor<KV, 4> k_pages = random_kv<KV>({blocks, block_size, shape.Hkv, shape.D}, 2);
+  const Tensor<KV, 4> v_pages = random_kv<KV>({blocks, block_size, shape.Hkv, shape.D}, 3);
+  Tensor<std::int32_t, 2> table({N, blocks_per_seq});
+  for (index_t i = 0; i < N * blocks_per_seq; ++i)
+    table.data()[i] = static_cast<std::int32_t>((i * 7919) % blocks);  // 7919 is prime: a permutation
+  const std::vector<std::int32_t> lengths(static_cast<std::size_t>(N), static_cast<std::int32_t>(Tk));
+  Tensor<float, 4> o({N, 1, shape.Hq, shape.D});
+  seqmix::PagedAttentionInputs<KV> in;
+  in.q = q.view(), in.k_pages = k_pages.view(), in.v_pages = v_pages.view();
+  in.block_table = table.view(), in.cache_seqlens = lengths;
+  for (auto _ : state) {
+    seqmix::paged_attention(in, {o.view(), {}}, {}, pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  const double bytes = static_cast<double>(N * Tk * shape.Hkv * 2 * shape.D) * sizeof(KV);
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The contiguous counterpart: dense decode of B = 16 rows over Tk keys each.
+void batched_decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk) {
+  using KV = seqmix::f16;
+  const index_t B = 16;
+  const auto q = st::random_tensor<4>({B, 1, shape.Hq, shape.D}, 1);
+  const Tensor<KV, 4> k = random_kv<KV>({B, Tk, shape.Hkv, shape.D}, 2), v = random_kv<KV>({B, Tk, shape.Hkv, shape.D}, 3);
+  Tensor<float, 4> o({B, 1, shape.Hq, shape.D});
+  seqmix::AttentionInputs<KV> in;
+  in.q = q.view(), in.k = k.view(), in.v = v.view();
+  seqmix::AttentionOptions options;
+  options.causal = true;
+  for (auto _ : state) {
+    seqmix::attention(in, {o.view(), {}}, options, pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  const double bytes = static_cast<double>(B * Tk * shape.Hkv * 2 * shape.D) * sizeof(KV);
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+const std::vector<index_t>& varlen_lengths() {
+  static const std::vector<index_t> lengths = {17, 33, 100, 255, 512, 700, 1024, 2048};
+  return lengths;
+}
+
+enum class VarlenForm { packed, dense_same_tokens, padded };
+
+void varlen_prefill(benchmark::State& state, const st::AttentionShape& shape, VarlenForm form) {
+  const std::vector<index_t>& lengths = varlen_lengths();
+  std::vector<std::int64_t> cu{0};
+  double pairs = 0.0;
+  index_t longest = 0;
+  for (index_t L : lengths) {
+    cu.push_back(cu.back() + L);
+    pairs += 0.5 * static_cast<double>(L) * static_cast<double>(L + 1);
+    longest = std::max(longest, L);
+  }
+  const index_t total = cu.back();
+  const index_t B = form == VarlenForm::padded ? static_cast<index_t>(lengths.size()) : 1;
+  const index_t T = form == VarlenForm::padded ? longest : total;
+  const auto q = st::random_tensor<4>({B, T, shape.Hq, shape.D}, 1);
+  const auto k = st::random_tensor<4>({B, T, shape.Hkv, shape.D}, 2);
+  const auto v = st::random_tensor<4>({B, T, shape.Hkv, shape.D}, 3);
+  Tensor<float, 4> o({B, T, shape.Hq, shape.D});
+  seqmix::AttentionInputs<float> in;
+  in.q = q.view(), in.k = k.view(), in.v = v.view();
+  if (form == VarlenForm::packed) in.batch.cu_seqlens = cu;
+  seqmix::AttentionOptions options;
+  options.causal = true;
+  for (auto _ : state) {
+    seqmix::attention(in, {o.view(), {}}, options, pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  const double flops = 2.0 * static_cast<double>(shape.Hq * 2 * shape.D) * pairs;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_serving() {
+  const st::AttentionShape& llama = st::attention_shapes().front();  // Hq=32, Hkv=8, D=128
+  const auto add = [](const std::string& name, auto fn) {
+    benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  for (const index_t bs : {16, 64})
+    add("attention/paged/" + llama.name + "_N16_Tk4096_bs" + std::to_string(bs) + "_f16",
+        [&llama, bs](benchmark::State& s) { paged_decode(s, llama, 4096, bs); });
+  add("attention/paged/" + llama.name + "_N16_Tk4096_f16_contiguous",
+      [&llama](benchmark::State& s) { batched_decode(s, llama, 4096); });
+  add("attention/varlen/" + llama.name + "_8seqs_causal_f32",
+      [&llama](benchmark::State& s) { varlen_prefill(s, llama, VarlenForm::packed); });
+  add("attention/varlen/" + llama.name + "_8seqs_causal_f32_dense_same_tokens",
+      [&llama](benchmark::State& s) { varlen_prefill(s, llama, VarlenForm::dense_same_tokens); });
+  add("attention/varlen/" + llama.name + "_8seqs_causal_f32_padded_2048",
+      [&llama](benchmark::State& s) { varlen_prefill(s, llama, VarlenForm::padded); });
+}
+
 const bool kRegistered = [] {
+  register_serving();
   register_kv<float>();
   // 16-bit K/V: decode targets at Hq=32 Hkv=8 D=128 are <= 1.5 ms at Tk=16384 and <= 6 ms at
   // Tk=65536 (ggml: 5.82 ms and 27.6 ms).
