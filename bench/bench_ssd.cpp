@@ -7,9 +7,22 @@
 //             the rates compare; the chunked form does about 4*P*N + L*P per token and head.
 //   GB/s    (step) = 2 * B*H*P*N*4 / time: the state read and written once per token, which is
 //             what bounds the step.
+//
+// Serving cases (issue 14), each beside its non-ragged form in the same run:
+//   ssd/varlen/<shape>/packed   8 sequences of {17, 33, 100, 255, 512, 700, 1024, 2048} tokens
+//                               in one packed call (cu_seqlens); .../dense is one call over the
+//                               same 4689 tokens, .../padded the 8 sequences padded to 2048.
+//                               GFLOP/s counts the real tokens only, so the rates compare.
+//   ssd_step/slots/<shape>      64 sequences whose states sit in a pool of 96 rows (holes between
+//                               them, rows in shuffled order); .../dense is a plain B = 64 step.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/ssm/ssd/chunked.hpp"
@@ -45,11 +58,11 @@ struct Problem {
         dt_bias(st::random_tensor<1>({H}, 9, -6.f, -2.5f)) {}
 
   seqmix::SsdInputs inputs() const {
-    return {x.view(), dt.view(), A.view(), Bm.view(), Cm.view(), D.view(), z.view(), dt_bias.view(), state.view()};
+    return {x.view(), dt.view(), A.view(), Bm.view(), Cm.view(), D.view(), z.view(), dt_bias.view(), state.view(), {}};
   }
   seqmix::SsdStepInputs step_inputs() const {
     return {x.view().select(1, 0), dt.view().select(1, 0), A.view(),       Bm.view().select(1, 0),
-            Cm.view().select(1, 0), D.view(),              z.view().select(1, 0), dt_bias.view()};
+            Cm.view().select(1, 0), D.view(),              z.view().select(1, 0), dt_bias.view(), {}};
   }
   double state_elements() const { return static_cast<double>(B * H * P * N); }
 };
@@ -99,6 +112,95 @@ void step(benchmark::State& state, const st::SsmShape& shape) {
       benchmark::Counter(2.0 * 4.0 * p.state_elements() * 1e-9 * state.iterations(), benchmark::Counter::kIsRate);
 }
 
+// ---- serving (issue 14) ------------------------------------------------------------------------
+
+const std::vector<index_t> kVarlenLengths = {17, 33, 100, 255, 512, 700, 1024, 2048};
+
+index_t total_tokens() { return std::accumulate(kVarlenLengths.begin(), kVarlenLengths.end(), index_t{0}); }
+
+void set_token_flop_rate(benchmark::State& state, const st::SsmShape& s, index_t tokens) {
+  state.counters["GFLOP/s"] = benchmark::Counter(5.0 * tokens * s.H * s.P * s.N * 1e-9 * state.iterations(),
+                                                 benchmark::Counter::kIsRate);
+}
+
+// The 8 sequences packed as [1, 4689, ...], states in rows 0..7 of a pool of 8.
+void varlen_packed(benchmark::State& state, const st::SsmShape& shape) {
+  const index_t total = total_tokens(), N = static_cast<index_t>(kVarlenLengths.size());
+  Problem p(1, total, shape);
+  std::vector<std::int64_t> cu(1, 0);
+  for (index_t l : kVarlenLengths) cu.push_back(cu.back() + l);
+  Tensor<float, 4> pool = st::random_tensor<4>({N, p.H, p.P, p.N}, 10);
+  seqmix::SsdInputs in = p.inputs();
+  in.initial_state = pool.view();
+  in.batch.cu_seqlens = cu;
+  for (auto _ : state) {
+    seqmix::ssd(in, {p.y.view(), pool.view(), {}}, options(seqmix::SsdAlgorithm::automatic), st::two_thread_pool());
+    benchmark::DoNotOptimize(p.y.data());
+  }
+  set_token_flop_rate(state, shape, total);
+}
+
+// One dense sequence of the same 4689 tokens.
+void varlen_dense(benchmark::State& state, const st::SsmShape& shape) {
+  prefill(state, shape, total_tokens(), options(seqmix::SsdAlgorithm::automatic));
+}
+
+// The 8 sequences padded to [8, 2048]: what an engine without varlen runs.
+void varlen_padded(benchmark::State& state, const st::SsmShape& shape) {
+  const index_t T = *std::max_element(kVarlenLengths.begin(), kVarlenLengths.end());
+  Problem p(static_cast<index_t>(kVarlenLengths.size()), T, shape);
+  Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
+  for (auto _ : state) {
+    seqmix::ssd(p.inputs(), {p.y.view(), final_state.view()}, options(seqmix::SsdAlgorithm::automatic),
+                st::two_thread_pool());
+    benchmark::DoNotOptimize(p.y.data());
+  }
+  set_token_flop_rate(state, shape, total_tokens());  // useful tokens, as the packed case
+}
+
+constexpr index_t kStepSequences = 64, kStepPool = 96;
+
+// Slots of 64 sequences in a pool of 96: a random subset in shuffled order, so holes sit
+// between the rows a step touches.
+std::vector<std::int32_t> pool_slots(std::uint64_t seed) {
+  std::vector<std::int32_t> rows(kStepPool);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(rows.begin(), rows.end(), rng);
+  rows.resize(kStepSequences);
+  return rows;
+}
+
+void set_state_rate(benchmark::State& state, const st::SsmShape& s) {
+  state.counters["GB/s"] = benchmark::Counter(2.0 * 4.0 * kStepSequences * s.H * s.P * s.N * 1e-9 * state.iterations(),
+                                              benchmark::Counter::kIsRate);
+}
+
+void step_slots(benchmark::State& state, const st::SsmShape& shape) {
+  Problem p(kStepSequences, 1, shape);
+  Tensor<float, 4> pool = st::random_tensor<4>({kStepPool, p.H, p.P, p.N}, 11);
+  const std::vector<std::int32_t> slots = pool_slots(12);
+  Tensor<float, 3> y({p.B, p.H, p.P});
+  seqmix::SsdStepInputs in = p.step_inputs();
+  in.batch.state_indices = slots;
+  for (auto _ : state) {
+    seqmix::ssd_step(in, {y.view(), pool.view()}, options(seqmix::SsdAlgorithm::automatic), st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_state_rate(state, shape);
+}
+
+void step_dense(benchmark::State& state, const st::SsmShape& shape) {
+  Problem p(kStepSequences, 1, shape);
+  Tensor<float, 3> y({p.B, p.H, p.P});
+  for (auto _ : state) {
+    seqmix::ssd_step(p.step_inputs(), {y.view(), p.state.view()}, options(seqmix::SsdAlgorithm::automatic),
+                     st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_state_rate(state, shape);
+}
+
 const st::SsmShape& shape_named(const std::string& name) {
   for (const auto& s : st::ssm_shapes())
     if (s.name == name) return s;
@@ -124,6 +226,14 @@ const int kRegistered = [] {
         ->UseRealTime();
     benchmark::RegisterBenchmark((std::string("ssd/step/") + name).c_str(), step, s)->UseRealTime();
   }
+  const st::SsmShape& serving = shape_named("mamba2-780m");  // H = 48, P = 64, N = 128
+  const std::string varlen = "ssd/varlen/mamba2-780m/8seq";
+  benchmark::RegisterBenchmark((varlen + "/packed").c_str(), varlen_packed, serving)->UseRealTime();
+  benchmark::RegisterBenchmark((varlen + "/dense").c_str(), varlen_dense, serving)->UseRealTime();
+  benchmark::RegisterBenchmark((varlen + "/padded").c_str(), varlen_padded, serving)->UseRealTime();
+  const std::string slots = "ssd_step/slots/mamba2-780m/B64";
+  benchmark::RegisterBenchmark((slots + "/pool96").c_str(), step_slots, serving)->UseRealTime();
+  benchmark::RegisterBenchmark((slots + "/dense").c_str(), step_dense, serving)->UseRealTime();
   return 0;
 }();
 

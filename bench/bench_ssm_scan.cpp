@@ -11,8 +11,12 @@
 //   scan step      bytes = 4 * (2*B*D*N + D*N + 2*B*G*N + 4*B*D)    state in and out, A, B, C, u, delta, z, y
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/ssm/causal_conv1d/fast.hpp"
@@ -65,8 +69,8 @@ struct ConvData {
 template <bool kReference>
 void conv_prefill(benchmark::State& state, ConvShape s) {
   ConvData data(s);
-  const seqmix::CausalConv1dInputs in{data.x.view(), data.weight.view(), data.bias.view(), data.state.view()};
-  const seqmix::CausalConv1dOutputs out{data.y.view(), data.final_state.view()};
+  const seqmix::CausalConv1dInputs in{data.x.view(), data.weight.view(), data.bias.view(), data.state.view(), {}};
+  const seqmix::CausalConv1dOutputs out{data.y.view(), data.final_state.view(), {}};
   const seqmix::CausalConv1dOptions options{seqmix::ConvActivation::silu};
   for (auto _ : state) {
     if (kReference)
@@ -84,8 +88,8 @@ template <bool kReference>
 void conv_step(benchmark::State& state, ConvShape s) {
   ConvData data(s);
   Tensor<float, 2> y({s.B, s.D});
-  const seqmix::CausalConv1dStepInputs in{data.x.view().select(1, 0), data.weight.view(), data.bias.view()};
-  const seqmix::CausalConv1dInputs ref_in{data.x.view(), data.weight.view(), data.bias.view(), data.state.view()};
+  const seqmix::CausalConv1dStepInputs in{data.x.view().select(1, 0), data.weight.view(), data.bias.view(), {}};
+  const seqmix::CausalConv1dInputs ref_in{data.x.view(), data.weight.view(), data.bias.view(), data.state.view(), {}};
   const seqmix::CausalConv1dOptions options{seqmix::ConvActivation::silu};
   for (auto _ : state) {
     if (kReference)
@@ -179,6 +183,37 @@ void scan_step(benchmark::State& state, ScanShape s) {
   set_rates(state, 7.0 * bd * s.N, 4.0 * (2 * bd * s.N + s.D * s.N + 2.0 * s.B * s.G * s.N + 4 * bd));
 }
 
+// --- serving (issue 14): causal_conv1d_step through state slots ----------------------------------
+//   causal_conv1d_step/slots/<shape>/pool96   64 sequences whose conv states sit in a pool of 96
+//                                             rows (a shuffled subset: holes between them);
+//   .../dense                                 the plain B = 64 step over a [64, W-1, D] state.
+// GB/s counts the bytes of the step above (state in and out, weight, bias, x, y), so the two
+// compare directly.
+
+constexpr index_t kSlotSequences = 64, kSlotPool = 96;
+
+template <bool kSlots>
+void conv_step_slots(benchmark::State& state, ConvShape s) {
+  const index_t B = kSlotSequences, S = kSlots ? kSlotPool : kSlotSequences;
+  const Tensor<float, 2> x = st::random_tensor<2>({B, s.D}, 1), weight = st::random_tensor<2>({s.D, s.W}, 3);
+  const Tensor<float, 1> bias = st::random_tensor<1>({s.D}, 4);
+  Tensor<float, 3> pool = st::random_tensor<3>({S, s.W - 1, s.D}, 2);
+  Tensor<float, 2> y({B, s.D});
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(S));
+  std::iota(rows.begin(), rows.end(), 0);
+  std::shuffle(rows.begin(), rows.end(), std::mt19937_64(5));
+  rows.resize(static_cast<std::size_t>(B));
+  seqmix::CausalConv1dStepInputs in{x.view(), weight.view(), bias.view(), {}};
+  if (kSlots) in.batch.state_indices = rows;
+  const seqmix::CausalConv1dOptions options{seqmix::ConvActivation::silu};
+  for (auto _ : state) {
+    seqmix::causal_conv1d_step(in, {y.view(), pool.view()}, options, st::two_thread_pool());
+    benchmark::ClobberMemory();
+  }
+  const double bd = double(B * s.D);
+  set_rates(state, 2.0 * bd * s.W, 4.0 * (2 * bd * (s.W - 1) + s.D * s.W + s.D + 2 * bd));
+}
+
 const int kRegistered = [] {
   for (const ConvShape& s : kConvShapes) {
     benchmark::RegisterBenchmark(("causal_conv1d/prefill/" + s.name).c_str(), conv_prefill<false>, s)->UseRealTime();
@@ -191,6 +226,10 @@ const int kRegistered = [] {
   benchmark::RegisterBenchmark(("causal_conv1d/step/" + step_shape.name + "/reference").c_str(), conv_step<true>,
                                step_shape)
       ->UseRealTime();
+
+  const std::string slots = "causal_conv1d_step/slots/" + step_shape.name + "/B64";
+  benchmark::RegisterBenchmark((slots + "/pool96").c_str(), conv_step_slots<true>, step_shape)->UseRealTime();
+  benchmark::RegisterBenchmark((slots + "/dense").c_str(), conv_step_slots<false>, step_shape)->UseRealTime();
 
   const ScanShape prefill = mamba_130m(1024);
   benchmark::RegisterBenchmark(("selective_scan/prefill/" + prefill.name).c_str(), scan_prefill<false>, prefill)
