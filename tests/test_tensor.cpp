@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <type_traits>
@@ -307,4 +308,35 @@ TEST_CASE("Tensor ownership, alignment and initialisation", "[tensor]") {
   Tensor<float, 2> none({0, 5});
   CHECK(none.numel() == 0);
   CHECK(none.view().empty());
+}
+
+namespace {
+
+// An empty view reshaped to [2^62, 4], whose count wraps to the empty view's 0.
+void none_view_reshape_overflows() {
+  Tensor<float, 2> none({0, 5});
+  (void)none.view().reshape(std::array<index_t, 2>{index_t{1} << 62, 4});
+}
+
+}  // namespace
+
+TEST_CASE("Tensor and reshape refuse shapes that overflow before allocating", "[tensor][hostile]") {
+  constexpr index_t k2to62 = index_t{1} << 62;
+  // 4 * 2^62 wraps to 0 elements; 2^62 floats are 2^64 bytes.
+  CHECK_THROWS_AS((Tensor<float, 2>({k2to62, 4})), seqmix::ShapeError);
+  CHECK_THROWS_WITH((Tensor<float, 1>({k2to62})), Catch::Contains("seqmix::Tensor") && Catch::Contains("bytes"));
+  CHECK_THROWS_AS((Tensor<float, 3>({index_t{1} << 32, index_t{1} << 32, 3})), seqmix::ShapeError);
+  CHECK_THROWS_WITH((Tensor<float, 2>({3, -2})), Catch::Contains("negative extent"));
+  // A zero extent is an empty tensor whatever the other extents are.
+  CHECK(Tensor<float, 2>({0, k2to62}).numel() == 0);
+
+  Tensor<float, 2> t({2, 3});
+  // -2 * -3 = 6 and 2^62 * 4 wrapping to 0 must not pass as element counts.
+  CHECK_THROWS_AS(t.view().reshape(std::array<index_t, 2>{-2, -3}), seqmix::ShapeError);
+  CHECK_THROWS_AS(none_view_reshape_overflows(), seqmix::ShapeError);
+  CHECK_NOTHROW(t.view().reshape(std::array<index_t, 1>{6}));
+
+  // The allocator refuses byte counts that wrap.
+  seqmix::AlignedAllocator<double> allocator;
+  CHECK_THROWS_AS(allocator.allocate(std::numeric_limits<std::size_t>::max() / 4), std::bad_array_new_length);
 }

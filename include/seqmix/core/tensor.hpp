@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <new>
 #include <sstream>
@@ -23,13 +25,20 @@ namespace seqmix {
 
 namespace detail {
 
+// a * b wrapping around like unsigned arithmetic: views are built from any shape the caller
+// gives (validation refuses the overflowing ones later, with a message), so building one must
+// not be undefined behaviour.
+constexpr index_t wrapping_mul(index_t a, index_t b) noexcept {
+  return static_cast<index_t>(static_cast<std::uint64_t>(a) * static_cast<std::uint64_t>(b));
+}
+
 template <std::size_t Rank>
 std::array<index_t, Rank> contiguous_strides(const std::array<index_t, Rank>& shape) {
   std::array<index_t, Rank> strides{};
   index_t stride = 1;
   for (std::size_t d = Rank; d-- > 0;) {
     strides[d] = stride;
-    stride *= shape[d];
+    stride = wrapping_mul(stride, shape[d]);
   }
   return strides;
 }
@@ -82,9 +91,10 @@ class TensorView {
   index_t stride(std::size_t dim) const noexcept { return strides_[dim]; }
   bool has_value() const noexcept { return data_ != nullptr; }
 
+  // Wraps around for shapes beyond index_t, which ArgCheck refuses.
   index_t numel() const noexcept {
     index_t n = 1;
-    for (index_t extent : shape_) n *= extent;
+    for (index_t extent : shape_) n = detail::wrapping_mul(n, extent);
     return n;
   }
   bool empty() const noexcept { return numel() == 0; }
@@ -94,7 +104,7 @@ class TensorView {
     index_t expected = 1;
     for (std::size_t d = Rank; d-- > 0;) {
       if (shape_[d] != 1 && strides_[d] != expected) return false;
-      expected *= shape_[d];
+      expected = detail::wrapping_mul(expected, shape_[d]);
     }
     return true;
   }
@@ -164,12 +174,14 @@ class TensorView {
   // The same elements under another shape; only for contiguous views.
   template <std::size_t NewRank>
   TensorView<T, NewRank> reshape(const std::array<index_t, NewRank>& shape) const {
-    index_t n = 1;
-    for (index_t extent : shape) n *= extent;
-    if (!is_contiguous() || n != numel()) {
-      throw std::invalid_argument("seqmix::TensorView::reshape: cannot view " +
-                                  shape_to_string(shape_) + (is_contiguous() ? "" : " (strided)") +
-                                  " as " + shape_to_string(shape));
+    // Counted with overflow checks: a hostile shape must not wrap around to a matching count.
+    index_t n = 0, own = 0;
+    bool valid = detail::element_count(shape, &n) && detail::element_count(shape_, &own) && n == own;
+    for (index_t extent : shape) valid = valid && extent >= 0;
+    if (!valid || !is_contiguous()) {
+      throw ShapeError("TensorView::reshape", "shape",
+                       "cannot view " + shape_to_string(shape_) + (is_contiguous() ? "" : " (strided)") +
+                           " as " + shape_to_string(shape));
     }
     return TensorView<T, NewRank>(data_, shape);
   }
@@ -214,6 +226,7 @@ struct AlignedAllocator {
   AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
   T* allocate(std::size_t n) {
     if (n == 0) return nullptr;
+    if (n > (std::numeric_limits<std::size_t>::max() - alignment) / sizeof(T)) throw std::bad_array_new_length();
     const std::size_t bytes = (n * sizeof(T) + alignment - 1) / alignment * alignment;
     void* p = std::aligned_alloc(alignment, bytes);
     if (!p) throw std::bad_alloc();
@@ -269,12 +282,14 @@ class Tensor {
   void fill(const T& value) { std::fill(storage_.begin(), storage_.end(), value); }
 
  private:
+  // Refuses negative extents, and counts whose elements or bytes overflow, before allocating.
   static std::size_t count(const shape_type& shape) {
-    index_t n = 1;
-    for (index_t extent : shape) {
-      if (extent < 0) throw std::invalid_argument("seqmix::Tensor: negative extent in " + shape_to_string(shape));
-      n *= extent;
-    }
+    const ArgCheck check("Tensor");
+    for (index_t extent : shape)
+      check.that(extent >= 0, "shape", "has a negative extent in " + shape_to_string(shape));
+    index_t n = 0;
+    check.that(detail::element_count(shape, &n) && n <= detail::kIndexMax / static_cast<index_t>(sizeof(T)),
+               "shape", shape_to_string(shape) + " holds more bytes than index_t counts");
     return static_cast<std::size_t>(n);
   }
 
