@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
+#include "seqmix_testing/testing.hpp"
 
 namespace {
 
@@ -199,8 +201,82 @@ TEST_CASE("pools reuse their threads across calls", "[parallel]") {
   }
 }
 
-TEST_CASE("invalid executor construction is rejected", "[parallel]") {
+TEST_CASE("invalid executor construction is rejected with ShapeError", "[parallel]") {
+  CHECK_THROWS_AS(ThreadPool(-1), seqmix::ShapeError);
+  CHECK_THROWS_WITH(ThreadPool(-1), Catch::Contains("seqmix::ThreadPool") && Catch::Contains("'threads'"));
+  CHECK_THROWS_AS(ThreadPool(std::numeric_limits<int>::min()), seqmix::ShapeError);
+  CHECK_THROWS_AS(CallbackExecutor(0, host_loop(1)), seqmix::ShapeError);
+  CHECK_THROWS_AS(CallbackExecutor(-5, host_loop(1)), seqmix::ShapeError);
+  CHECK_THROWS_WITH(CallbackExecutor(2, CallbackExecutor::ParallelFor{}), Catch::Contains("'parallel_for'"));
+  // ShapeError is a std::invalid_argument, so older catch sites keep working.
   CHECK_THROWS_AS(ThreadPool(-1), std::invalid_argument);
-  CHECK_THROWS_AS(CallbackExecutor(0, host_loop(1)), std::invalid_argument);
-  CHECK_THROWS_AS(CallbackExecutor(2, CallbackExecutor::ParallelFor{}), std::invalid_argument);
+}
+
+TEST_CASE("a callback that skips or repeats tasks is reported", "[parallel]") {
+  const CallbackExecutor skips(2, [](index_t count, const std::function<void(index_t)>& task) {
+    for (index_t i = 0; i + 1 < count; ++i) task(i);
+  });
+  CHECK_THROWS_WITH(skips.run(10, [](index_t) {}), Catch::Contains("'parallel_for'") && Catch::Contains("9 task calls"));
+  const CallbackExecutor repeats(2, [](index_t count, const std::function<void(index_t)>& task) {
+    for (index_t i = 0; i < count; ++i) task(i), task(i);
+  });
+  CHECK_THROWS_AS(repeats.run(3, [](index_t) {}), seqmix::ShapeError);
+}
+
+// Pools calling into each other from tasks, from several host threads at once: the pattern
+// ThreadSanitizer flagged as a lock-order inversion when a caller held its pool's submission
+// lock while its tasks submitted to the other pool. Every index must run exactly once, and the
+// test must finish (a deadlock hangs it).
+TEST_CASE("pools nested in each other from several host threads do not deadlock", "[parallel]") {
+  ThreadPool a(2), b(2);
+  const int rounds = seqmix::testing::small_test_scale() ? 20 : 100;
+  constexpr index_t kOuter = 6, kInner = 9;
+  std::atomic<int> failures{0};
+  // outer pool -> inner pool -> outer pool again, so both orders of the two pools occur.
+  auto host = [&](const ThreadPool& outer, const ThreadPool& inner) {
+    for (int round = 0; round < rounds; ++round) {
+      std::vector<std::atomic<int>> hits(static_cast<std::size_t>(kOuter * kInner * 2));
+      outer.run(kOuter, [&](index_t i) {
+        inner.run(kInner, [&](index_t j) {
+          outer.run(2, [&](index_t k) { hits[static_cast<std::size_t>((i * kInner + j) * 2 + k)].fetch_add(1); });
+        });
+      });
+      for (const auto& hit : hits)
+        if (hit.load() != 1) failures.fetch_add(1);
+    }
+  };
+  std::thread t1(host, std::cref(a), std::cref(b));
+  std::thread t2(host, std::cref(b), std::cref(a));
+  host(a, b);  // the main thread too
+  t1.join();
+  t2.join();
+  CHECK(failures.load() == 0);
+}
+
+TEST_CASE("several host threads share one pool, with nested calls and errors", "[parallel]") {
+  ThreadPool pool(2);
+  const int rounds = seqmix::testing::small_test_scale() ? 30 : 150;
+  std::atomic<int> failures{0}, caught{0};
+  auto host = [&](int id) {
+    for (int round = 0; round < rounds; ++round) {
+      std::atomic<index_t> sum{0};
+      seqmix::parallel_for(pool, 64, 1, [&](index_t begin, index_t end) {
+        for (index_t i = begin; i < end; ++i) pool.run(4, [&](index_t j) { sum.fetch_add(i * 4 + j); });
+      });
+      if (sum.load() != 256 * 255 / 2) failures.fetch_add(1);
+      try {
+        pool.run(16, [&](index_t i) {
+          if (i == (id + round) % 16) throw std::runtime_error("task failed");
+        });
+      } catch (const std::runtime_error&) {
+        caught.fetch_add(1);
+      }
+    }
+  };
+  std::vector<std::thread> hosts;
+  for (int id = 0; id < 4; ++id) hosts.emplace_back(host, id);
+  for (auto& t : hosts) t.join();
+  CHECK(failures.load() == 0);
+  CHECK(caught.load() == 4 * rounds);
+  check_run_covers(pool, 1000);  // still usable, and parallel again once idle
 }

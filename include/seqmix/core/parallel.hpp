@@ -4,8 +4,16 @@
 //  - ThreadPool: a reusable pool (threads are started once, not per call); the calling thread
 //    takes part in the work, so ThreadPool(2) uses the caller plus one worker.
 //  - CallbackExecutor: adapts a host's own pool through a parallel-for callback.
-// There is no global mutable state: concurrent calls on different data are safe, and a task that
-// calls back into the same pool runs its nested work inline instead of deadlocking.
+// There is no global mutable state: concurrent calls on different data are safe.
+//
+// Nesting and concurrency (deadlock-free by construction): ThreadPool::run never waits for
+// another job. A pool runs one job at a time; a run() that finds its pool busy (a job from
+// another host thread, or an enclosing job when a task calls run() on its own pool or on a pool
+// further up the call chain) runs its tasks inline on the calling thread, in index order, and
+// returns when they are done. Waits happen only for the workers helping with the caller's own
+// job, and no mutex is held while a task runs, so no cycle of waits (and no lock-order
+// inversion, which ThreadSanitizer would report) can form whatever pools tasks call into.
+// Results never depend on which way a job ran; only the parallelism does.
 #pragma once
 
 #include <algorithm>
@@ -99,36 +107,37 @@ class ThreadPool final : public Executor {
  public:
   // `threads` counts the calling thread; 0 means one per hardware thread.
   explicit ThreadPool(int threads = 0) {
-    if (threads < 0) throw std::invalid_argument("seqmix::ThreadPool: thread count must be >= 0, got " + std::to_string(threads));
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    ArgCheck("ThreadPool").that(threads >= 0, "threads", "must be >= 0 (0 = one per hardware thread), got " + std::to_string(threads));
+    if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     concurrency_ = threads;
     workers_.reserve(static_cast<std::size_t>(threads - 1));
-    for (int i = 0; i + 1 < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+    try {
+      for (int i = 0; i + 1 < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+    } catch (...) {
+      stop_workers();  // the system refused a thread: join those started, then report
+      throw;
+    }
   }
 
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
-  ~ThreadPool() override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping_.store(true, std::memory_order_release);
-    }
-    wake_.notify_all();
-    for (auto& worker : workers_) worker.join();
-  }
+  ~ThreadPool() override { stop_workers(); }
 
   int concurrency() const noexcept override { return concurrency_; }
 
+  // Runs task(0 .. count-1) on the pool, or inline when the pool is busy (see the top of this
+  // file). Makes no heap allocation.
   void run(index_t count, FunctionRef<void(index_t)> task) const override {
     if (count <= 0) return;
-    // Nested call from one of this pool's tasks, or nothing to share: run inline.
-    if (workers_.empty() || count == 1 || current_pool() == this) {
-      for (index_t i = 0; i < count; ++i) task(i);
+    // Nothing to share, a nested call from one of this pool's tasks, or the pool is running
+    // another job: run inline rather than wait for it.
+    bool idle = false;
+    if (workers_.empty() || count == 1 || current_pool() == this ||
+        !active_.compare_exchange_strong(idle, true, std::memory_order_acquire)) {
+      run_inline(count, task);
       return;
     }
-    // One job at a time; other host threads queue here.
-    std::lock_guard<std::mutex> submit(submit_mutex_);
     Job job(task, count);
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -138,7 +147,7 @@ class ThreadPool final : public Executor {
     wake_.notify_all();
     execute(job);
     {
-      std::unique_lock<std::mutex> lock(mutex_);
+      std::lock_guard<std::mutex> lock(mutex_);
       job_ = nullptr;  // late workers no longer join
     }
     // Workers usually finish within microseconds of the caller: spin before sleeping.
@@ -147,6 +156,7 @@ class ThreadPool final : public Executor {
       std::unique_lock<std::mutex> lock(mutex_);
       finished_.wait(lock, [this] { return busy_workers_.load(std::memory_order_acquire) == 0; });
     }
+    active_.store(false, std::memory_order_release);
     job.errors.rethrow_if_any();
   }
 
@@ -164,6 +174,11 @@ class ThreadPool final : public Executor {
     return pool;
   }
 
+  // The serial form of run(): same semantics (the first exception stops the remaining tasks).
+  static void run_inline(index_t count, FunctionRef<void(index_t)> task) {
+    for (index_t i = 0; i < count; ++i) task(i);
+  }
+
   void execute(Job& job) const {
     const ThreadPool* previous = current_pool();
     current_pool() = this;
@@ -176,6 +191,16 @@ class ThreadPool final : public Executor {
       }
     }
     current_pool() = previous;
+  }
+
+  void stop_workers() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_.store(true, std::memory_order_release);
+    }
+    wake_.notify_all();
+    for (auto& worker : workers_) worker.join();
+    workers_.clear();
   }
 
   // Spins for a bounded time (tens of microseconds) until `ready()` holds. Decode steps issue
@@ -213,7 +238,7 @@ class ThreadPool final : public Executor {
         job = job_;
         busy_workers_.fetch_add(1, std::memory_order_acq_rel);
       }
-      execute(*job);
+      execute(*job);  // no mutex held while tasks run
       {
         std::lock_guard<std::mutex> lock(mutex_);
         busy_workers_.fetch_sub(1, std::memory_order_acq_rel);
@@ -224,13 +249,16 @@ class ThreadPool final : public Executor {
 
   int concurrency_ = 1;
   std::vector<std::thread> workers_;
-  mutable std::mutex submit_mutex_;
+  // Guards job_, generation_ and busy_workers_ changes; held only for a few instructions, never
+  // while a task runs or while another mutex is taken.
   mutable std::mutex mutex_;
   mutable std::condition_variable wake_;
   mutable std::condition_variable finished_;
   // About 20-50 microseconds of pause instructions on current x86 cores.
   static constexpr int kSpinIterations = 2000;
 
+  // True while a job owns the pool (from its claim to the last helper leaving it).
+  mutable std::atomic<bool> active_{false};
   // Written under mutex_; atomic so that spinning threads may read them without it.
   mutable Job* job_ = nullptr;
   mutable std::atomic<std::uint64_t> generation_{0};
@@ -246,17 +274,23 @@ class CallbackExecutor final : public Executor {
 
   CallbackExecutor(int concurrency, ParallelFor parallel_for)
       : concurrency_(concurrency), parallel_for_(std::move(parallel_for)) {
-    if (concurrency < 1) throw std::invalid_argument("seqmix::CallbackExecutor: concurrency must be >= 1, got " + std::to_string(concurrency));
-    if (!parallel_for_) throw std::invalid_argument("seqmix::CallbackExecutor: parallel_for callback is empty");
+    const ArgCheck check("CallbackExecutor");
+    check.that(concurrency >= 1, "concurrency", "must be >= 1, got " + std::to_string(concurrency));
+    check.that(static_cast<bool>(parallel_for_), "parallel_for", "is an empty callback");
   }
 
   int concurrency() const noexcept override { return concurrency_; }
 
+  // Nesting: whether a task may call run() again depends on the host's pool; this adapter adds
+  // no lock of its own. A callback that returns without calling every task exactly once breaks
+  // its contract: run() then throws ShapeError naming 'parallel_for' (the outputs are partial).
   void run(index_t count, FunctionRef<void(index_t)> task) const override {
     if (count <= 0) return;
     detail::FirstError errors;
+    std::atomic<index_t> calls{0};
     parallel_for_(count, [&](index_t i) {
-      if (errors.has_error()) return;
+      calls.fetch_add(1, std::memory_order_relaxed);
+      if (i < 0 || i >= count || errors.has_error()) return;
       try {
         task(i);
       } catch (...) {
@@ -264,6 +298,10 @@ class CallbackExecutor final : public Executor {
       }
     });
     errors.rethrow_if_any();
+    if (calls.load() != count) {
+      ArgCheck("CallbackExecutor").fail("parallel_for", "made " + std::to_string(calls.load()) + " task calls for " +
+                                                            std::to_string(count) + " tasks");
+    }
   }
 
  private:
