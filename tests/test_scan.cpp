@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -271,6 +272,20 @@ TEST_CASE("linear_scan rejects bad arguments before writing", "[scan][linear_sca
   // h_all sharing b's pointer with other strides (a partial overlap).
   const TensorView<float, 3> shifted(const_cast<float*>(b.data()), {2, 8, 4}, {32, 1, 8});
   expect_error([&] { seqmix::linear_scan(a.view(), b.view(), {}, shifted, {}); }, "h_all", "identical view");
+  // Partial overlaps with other pointers: h_all one token behind a (each write would land on an
+  // element of a still to be read), h_last inside h_all, h_last over part of h0.
+  Tensor<float, 3> storage({2, 9, 4});
+  const TensorView<float, 3> a_in(storage.data() + 4, {2, 8, 4}, {36, 4, 1});
+  const TensorView<float, 3> behind(storage.data(), {2, 8, 4}, {36, 4, 1});
+  expect_error([&] { seqmix::linear_scan(a_in, b.view(), {}, behind, {}); }, "h_all", "overlaps argument 'a'");
+  expect_error([&] { seqmix::linear_scan(a.view(), b.view(), {}, h_all.view(), TensorView<float, 2>(h_all.data() + 8, {2, 4})); },
+               "h_last", "overlaps argument 'h_all'");
+  Tensor<float, 2> h0({3, 4});
+  expect_error([&] { seqmix::linear_scan(a.view(), b.view(), h0.view().slice(0, 0, 2), h_all.view(),
+                                         TensorView<float, 2>(h0.data() + 4, {2, 4})); },
+               "h_last", "overlaps argument 'h0'");
+  // The identical view is in place and allowed: h_last = h0.
+  CHECK_NOTHROW(seqmix::linear_scan(a.view(), b.view(), h0.view().slice(0, 0, 2), {}, h0.view().slice(0, 0, 2)));
 }
 
 // --- associative_scan ---------------------------------------------------------------------------
@@ -399,3 +414,141 @@ TEST_CASE("associative_scan rejects bad arguments", "[scan][associative_scan]") 
 }
 
 }  // namespace
+
+namespace {
+
+// One element of a fast result against the sequential reference where values may overflow:
+// NaN where the reference is NaN, the same infinity where it is infinite, else within kTol
+// relative (the values may be near FLT_MAX).
+bool agrees_with_sequential(float got, float ref) {
+  if (std::isnan(ref)) return std::isnan(got);
+  if (std::isinf(ref)) return got == ref;
+  return std::isfinite(got) && std::fabs(static_cast<double>(got) - ref) <= kTol * (1.0 + std::fabs(static_cast<double>(ref)));
+}
+
+// Element counts by class, printed on failure.
+struct Census {
+  index_t nan = 0, inf = 0, finite = 0, mismatches = 0;
+  index_t first_mismatch = -1;
+};
+
+Census compare_sequential(const float* got, const float* ref, index_t n) {
+  Census c;
+  for (index_t i = 0; i < n; ++i) {
+    if (std::isnan(ref[i])) ++c.nan; else if (std::isinf(ref[i])) ++c.inf; else ++c.finite;
+    if (!agrees_with_sequential(got[i], ref[i])) {
+      if (c.mismatches++ == 0) c.first_mismatch = i;
+    }
+  }
+  return c;
+}
+
+// The time split with its automatic chunks and with chunks that put the test's special tokens
+// inside a chunk, and the sequential forms.
+const RunConfig kNonFiniteRuns[] = {
+    {"2 threads, time", 2, ScanSplit::time, 0, OutputStores::cached},
+    {"2 threads, time chunks of 256", 2, ScanSplit::time, 256, OutputStores::cached},
+    {"1 thread, time chunks of 64", 1, ScanSplit::time, 64, OutputStores::automatic},
+    {"2 threads, channels", 2, ScanSplit::channels, 0, OutputStores::automatic},
+    {"1 thread", 1, ScanSplit::automatic, 0, OutputStores::automatic},
+};
+
+// Every run of kNonFiniteRuns against the reference on inputs whose recurrence overflows; both
+// outputs, and h_last alone (the time split then has no rescan).
+void check_overflowing_scan(const Tensor<float, 3>& a, const Tensor<float, 3>& b, ConstView<float, 2> h0,
+                            GateSpace gate, const std::string& what) {
+  const index_t B = a.size(0), T = a.size(1), D = a.size(2);
+  Tensor<float, 3> ref_all({B, T, D});
+  Tensor<float, 2> ref_last({B, D});
+  seqmix::reference::linear_scan(a.view(), b.view(), h0, ref_all.view(), ref_last.view(), LinearScanOptions{gate});
+  for (const RunConfig& run : kNonFiniteRuns)
+    for (const bool want_all : {true, false}) {
+      INFO(what << ", B=" << B << " T=" << T << " D=" << D << ", " << run.name << (want_all ? ", h_all + h_last" : ", h_last only"));
+      Tensor<float, 3> h_all({B, T, D});
+      Tensor<float, 2> h_last({B, D});
+      seqmix::linear_scan(a.view(), b.view(), h0, want_all ? h_all.view() : TensorView<float, 3>(), h_last.view(),
+                          LinearScanOptions{gate, run.split, run.chunk_size, run.stores}, executor_for(run.threads));
+      if (want_all) {
+        const Census all = compare_sequential(h_all.data(), ref_all.data(), h_all.numel());
+        INFO("h_all: reference has " << all.nan << " NaN, " << all.inf << " inf, " << all.finite << " finite; "
+                                     << all.mismatches << " mismatches, first at flat index " << all.first_mismatch);
+        CHECK(all.mismatches == 0);
+      }
+      const Census last = compare_sequential(h_last.data(), ref_last.data(), h_last.numel());
+      INFO("h_last: " << last.mismatches << " mismatches, first at " << last.first_mismatch);
+      CHECK(last.mismatches == 0);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("time-split linear_scan agrees with the sequential form where the recurrence overflows", "[scan][linear_scan][nonfinite]") {
+  const index_t T = 4096;
+  for (const index_t D : {index_t{3}, index_t{16}, index_t{17}}) {
+    Tensor<float, 3> a({2, T, D}), b({2, T, D});
+    st::fill_uniform(flat(b), 7 + static_cast<std::uint64_t>(D));
+    // a = -1.5: |h| grows by half each token and overflows to alternating infinities near token
+    // 220; the product of a chunk's gates overflows for any chunk longer than that.
+    a.fill(-1.5f);
+    check_overflowing_scan(a, b, {}, GateSpace::direct, "a = -1.5");
+    // log a = +1: a = e, overflow near token 88.
+    a.fill(1.f);
+    check_overflowing_scan(a, b, {}, GateSpace::log, "log a = +1");
+    // Growth then decay: h reaches about 1e34 and comes back, all finite (a = 1.3 for 300
+    // tokens, then 0.75), on a large h0 in half the channels.
+    Tensor<float, 2> h0({2, D});
+    for (index_t d = 0; d < D; ++d) h0(0, d) = d % 2 ? 1e3f : 0.f, h0(1, d) = 1.f;
+    for (index_t n = 0; n < 2; ++n)
+      for (index_t t = 0; t < T; ++t)
+        for (index_t d = 0; d < D; ++d) a(n, t, d) = (t + 40 * n) % 700 < 300 ? 1.3f : 0.75f;
+    check_overflowing_scan(a, b, h0.view(), GateSpace::direct, "growth then decay");
+    // A prefix product that overflows mid-chunk and is zeroed by a later gate: the recurrence
+    // reaches inf, then 0 * inf = NaN, while the chunk's product is 0 and its local scan finite.
+    // Chunks of 256 and 64 (and the automatic ones) put these tokens inside a chunk, after its start.
+    for (index_t n = 0; n < 2; ++n)
+      for (index_t t = 0; t < T; ++t)
+        for (index_t d = 0; d < D; ++d) a(n, t, d) = t >= 2410 && t < 2420 ? 1e5f : (t == 2420 ? 0.f : 1.f);
+    for (index_t d = 0; d < D; ++d) h0(0, d) = 1e10f, h0(1, d) = d % 2 ? 1e-30f : 1e10f;
+    check_overflowing_scan(a, b, h0.view(), GateSpace::direct, "overflow then a zero gate");
+  }
+}
+
+TEST_CASE("a non-finite input reaches only its own channel's later states", "[scan][linear_scan][nonfinite]") {
+  const index_t B = 2, T = 3000, D = 17, t_bad = 1500, d_bad = 5;
+  Tensor<float, 3> a({B, T, D}), b({B, T, D});
+  st::fill_uniform(flat(a), 31, -1.f, 1.f);
+  st::fill_uniform(flat(b), 32);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  struct Poison {
+    const char* name;
+    bool in_a;
+    float value;
+  };
+  const Poison poisons[] = {{"NaN in b", false, nan}, {"inf in b", false, inf}, {"NaN in a", true, nan}, {"inf in a", true, inf}};
+  for (const Poison& poison : poisons)
+    for (const RunConfig& run : kNonFiniteRuns) {
+      INFO(poison.name << " at token " << t_bad << ", channel " << d_bad << ", " << run.name);
+      const LinearScanOptions options{GateSpace::direct, run.split, run.chunk_size, run.stores};
+      Tensor<float, 3> clean_all({B, T, D});
+      seqmix::linear_scan(a.view(), b.view(), {}, clean_all.view(), {}, options, executor_for(run.threads));
+      Tensor<float, 3> a2 = a, b2 = b;
+      (poison.in_a ? a2 : b2)(1, t_bad, d_bad) = poison.value;
+      Tensor<float, 3> h_all({B, T, D}), ref_all({B, T, D});
+      seqmix::linear_scan(a2.view(), b2.view(), {}, h_all.view(), {}, options, executor_for(run.threads));
+      seqmix::reference::linear_scan(a2.view(), b2.view(), {}, ref_all.view(), {});
+      index_t changed_elsewhere = 0, nonfinite_before = 0, mismatches = 0, nonfinite_after = 0;
+      for (index_t n = 0; n < B; ++n)
+        for (index_t t = 0; t < T; ++t)
+          for (index_t d = 0; d < D; ++d) {
+            const bool poisoned = n == 1 && d == d_bad && t >= t_bad;
+            if (!poisoned && std::memcmp(&h_all(n, t, d), &clean_all(n, t, d), sizeof(float)) != 0) ++changed_elsewhere;
+            if (n == 1 && d == d_bad && t < t_bad && !std::isfinite(h_all(n, t, d))) ++nonfinite_before;
+            if (poisoned && !std::isfinite(h_all(n, t, d))) ++nonfinite_after;
+            if (!agrees_with_sequential(h_all(n, t, d), ref_all(n, t, d))) ++mismatches;
+          }
+      CHECK(changed_elsewhere == 0);  // earlier tokens and other channels: bit for bit the clean run
+      CHECK(nonfinite_before == 0);
+      CHECK(nonfinite_after > 0);
+      CHECK(mismatches == 0);
+    }
+}

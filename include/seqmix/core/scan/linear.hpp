@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -178,85 +179,139 @@ void scan_rows(const ScanSlice<const float>& a, const ScanSlice<const float>& b,
   if constexpr (S == StoreKind::streaming) simd::stream_fence();
 }
 
-// One time step of the chunk reduction: state = a * state + b and prod *= a (both contiguous).
+// The chunk reduction of the time split keeps, per channel, three numbers: the local scan from
+// zero (state), the product of the gates (prod) and the largest magnitude any prefix of that
+// product reached (peak). The peak bounds the part of the true states the carry contributes
+// (|prefix product * carry|), which tells pass 2 whether combining the chunk's map with its
+// carry is safe (see combine_chunk).
+inline simd::Batch<float> running_peak(const simd::Batch<float>& peak, const simd::Batch<float>& prod) {
+  return xsimd::max(peak, xsimd::abs(prod));
+}
+inline float running_peak(float peak, float prod) { return std::max(peak, std::fabs(prod)); }
+
+// One time step of the chunk reduction: state = a * state + b, prod *= a, peak = max(peak, |prod|)
+// (all contiguous).
 template <GateSpace G>
-void reduce_step_contiguous(const float* a, const float* b, float* state, float* prod, index_t n) {
+void reduce_step_contiguous(const float* a, const float* b, float* state, float* prod, float* peak, index_t n) {
   const index_t nv = simd::vector_end(n);
   for (index_t i = 0; i < nv; i += simd::kWidth) {
     const auto gate = gate_value<G>(simd::load(a + i));
     simd::store(state + i, simd::fma(gate, simd::load(state + i), simd::load(b + i)));
-    simd::store(prod + i, gate * simd::load(prod + i));
+    const auto p = gate * simd::load(prod + i);
+    simd::store(prod + i, p);
+    simd::store(peak + i, running_peak(simd::load(peak + i), p));
   }
   for (index_t i = nv; i < n; ++i) {
     const float gate = gate_value<G>(a[i]);
     state[i] = gate * state[i] + b[i];
     prod[i] *= gate;
+    peak[i] = running_peak(peak[i], prod[i]);
   }
 }
 
 template <GateSpace G>
 void reduce_step_strided(const float* a, index_t sa, const float* b, index_t sb, float* state, float* prod,
-                         index_t n) {
+                         float* peak, index_t n) {
   for (index_t i = 0; i < n; ++i) {
     const float gate = gate_value<G>(a[i * sa]);
     state[i] = gate * state[i] + b[i * sb];
     prod[i] *= gate;
+    peak[i] = running_peak(peak[i], prod[i]);
   }
 }
 
 // Narrow rows: the reduction of the first kVectors vectors with state and product in registers.
 template <GateSpace G, int kVectors>
 void reduce_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
-                 index_t t0, index_t t1) {
-  simd::Batch<float> s[kVectors], p[kVectors];
-  for (int v = 0; v < kVectors; ++v) s[v] = simd::Batch<float>(0.f), p[v] = simd::Batch<float>(1.f);
+                 float* peak, index_t t0, index_t t1) {
+  simd::Batch<float> s[kVectors], p[kVectors], m[kVectors];
+  for (int v = 0; v < kVectors; ++v)
+    s[v] = simd::Batch<float>(0.f), p[v] = simd::Batch<float>(1.f), m[v] = simd::Batch<float>(0.f);
   for (index_t t = t0; t < t1; ++t) {
     const float *ar = a.row(t), *br = b.row(t);
     for (int v = 0; v < kVectors; ++v) {
       const auto gate = gate_value<G>(simd::load(ar + v * simd::kWidth));
       s[v] = simd::fma(gate, s[v], simd::load(br + v * simd::kWidth));
       p[v] = gate * p[v];
+      m[v] = running_peak(m[v], p[v]);  // off the latency chains of s and p
     }
   }
-  for (int v = 0; v < kVectors; ++v) simd::store(state + v * simd::kWidth, s[v]), simd::store(prod + v * simd::kWidth, p[v]);
+  for (int v = 0; v < kVectors; ++v) {
+    simd::store(state + v * simd::kWidth, s[v]);
+    simd::store(prod + v * simd::kWidth, p[v]);
+    simd::store(peak + v * simd::kWidth, m[v]);
+  }
 }
 
 template <GateSpace G>
 void reduce_narrow(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
-                   index_t t0, index_t t1, index_t n) {
+                   float* peak, index_t t0, index_t t1, index_t n) {
   const index_t vectors = n / simd::kWidth;
   switch (vectors) {
-    case 1: reduce_tile<G, 1>(a, b, state, prod, t0, t1); break;
-    case 2: reduce_tile<G, 2>(a, b, state, prod, t0, t1); break;
-    case 3: reduce_tile<G, 3>(a, b, state, prod, t0, t1); break;
-    case 4: reduce_tile<G, 4>(a, b, state, prod, t0, t1); break;
+    case 1: reduce_tile<G, 1>(a, b, state, prod, peak, t0, t1); break;
+    case 2: reduce_tile<G, 2>(a, b, state, prod, peak, t0, t1); break;
+    case 3: reduce_tile<G, 3>(a, b, state, prod, peak, t0, t1); break;
+    case 4: reduce_tile<G, 4>(a, b, state, prod, peak, t0, t1); break;
     default: break;
   }
   for (index_t i = vectors * simd::kWidth; i < n; ++i) {
-    float s = 0.f, p = 1.f;
+    float s = 0.f, p = 1.f, m = 0.f;
     for (index_t t = t0; t < t1; ++t) {
       const float gate = gate_value<G>(a.row(t)[i * a.d_stride]);
       s = gate * s + b.row(t)[i * b.d_stride];
       p *= gate;
+      m = running_peak(m, p);
     }
-    state[i] = s, prod[i] = p;
+    state[i] = s, prod[i] = p, peak[i] = m;
   }
 }
 
-// Reduces rows [t0, t1) to the affine map h -> prod * h + state.
+// Reduces rows [t0, t1) to the affine map h -> prod * h + state, and the peak of its prefix
+// products.
 template <GateSpace G>
 void reduce_rows(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
-                 index_t t0, index_t t1, index_t n) {
+                 float* peak, index_t t0, index_t t1, index_t n) {
   const bool contiguous = n <= 1 || (a.d_stride == 1 && b.d_stride == 1);
-  if (contiguous && n < (kMaxTileVectors + 1) * simd::kWidth) return reduce_narrow<G>(a, b, state, prod, t0, t1, n);
+  if (contiguous && n < (kMaxTileVectors + 1) * simd::kWidth)
+    return reduce_narrow<G>(a, b, state, prod, peak, t0, t1, n);
   std::fill(state, state + n, 0.f);
   std::fill(prod, prod + n, 1.f);
+  std::fill(peak, peak + n, 0.f);
   for (index_t t = t0; t < t1; ++t) {
     if (contiguous)
-      reduce_step_contiguous<G>(a.row(t), b.row(t), state, prod, n);
+      reduce_step_contiguous<G>(a.row(t), b.row(t), state, prod, peak, n);
     else
-      reduce_step_strided<G>(a.row(t), a.d_stride, b.row(t), b.d_stride, state, prod, n);
+      reduce_step_strided<G>(a.row(t), a.d_stride, b.row(t), b.d_stride, state, prod, peak, n);
   }
+}
+
+// Pass 2 of the time split for one channel of one chunk: the state leaving the chunk, given the
+// state `carry` entering it (exact, by induction over the chunks) and the chunk's reduction.
+//
+// Non-finite values: the time split must give what the sequential recurrence gives, also where
+// that overflows to +-inf or turns NaN (a = -1.5 over thousands of tokens, log a = +1, a NaN or
+// inf in the input). The regrouped form prod * carry + local cannot: prod overflows to inf while
+// carry is 0 (inf * 0 = NaN where the recurrence stays finite), prod * carry and local overflow
+// to infinities of opposite sign (inf - inf = NaN where the recurrence holds one of them), and a
+// prefix of the product can overflow mid-chunk and be multiplied back to a finite value by a
+// later zero gate (the recurrence is NaN there, the regrouped form finite). So the regrouped form
+// is used only when it is safe: every term finite, and the carry's share of every state inside
+// the chunk, at most peak * |carry|, far (a factor 16) below FLT_MAX, so no state in the chunk
+// can overflow whatever rounding does. Otherwise this channel's chunk is rescanned from its
+// carry one token at a time, exactly as the sequential form does: slow, but only for channels
+// that overflow or carry non-finite values, which no useful model produces.
+// NaN stays causal either way: a chunk's carry depends only on earlier tokens.
+template <GateSpace G>
+float combine_chunk(float carry, float prod, float local, float peak, const ScanSlice<const float>& a,
+                    const ScanSlice<const float>& b, index_t i, index_t t0, index_t t1) {
+  constexpr double kSafeMagnitude = std::numeric_limits<float>::max() / 16.0;
+  const float combined = prod * carry + local;
+  if (std::isfinite(combined) && std::isfinite(local) && std::isfinite(carry) && std::isfinite(peak) &&
+      static_cast<double>(peak) * std::fabs(static_cast<double>(carry)) <= kSafeMagnitude)
+    return combined;
+  float s = carry;
+  for (index_t t = t0; t < t1; ++t) s = gate_value<G>(a.row(t)[i * a.d_stride]) * s + b.row(t)[i * b.d_stride];
+  return s;
 }
 
 struct LinearScanArgs {
@@ -374,9 +429,10 @@ void linear_scan_time(const LinearScanArgs& x, index_t chunk_size, const Executo
   if (chunks < 2) return linear_scan_channels<G>(x, executor);
   const index_t B = x.B, D = x.D, BD = B * D;
   // carry[c][b][d]: the state entering chunk c; pass 1 leaves chunk c-1's local scan there.
-  // prod[c][b][d]: the product of a over chunk c.
+  // prod[c][b][d]: the product of a over chunk c; peak[c][b][d]: the largest |prefix product|.
   AlignedVector<float> carry(static_cast<std::size_t>((chunks + 1) * BD));
   AlignedVector<float> prod(static_cast<std::size_t>(chunks * BD));
+  AlignedVector<float> peak(static_cast<std::size_t>(chunks * BD));
   const index_t reduced = rescan ? chunks - 1 : chunks;  // the last chunk needs no reduction if rescanned
   executor.run(reduced, [&](index_t c) {
     for (index_t batch = 0; batch < B; ++batch) {
@@ -386,16 +442,22 @@ void linear_scan_time(const LinearScanArgs& x, index_t chunk_size, const Executo
         x.template scan<G>(batch, 0, D, local, bounds[0], bounds[1]);
       } else {
         reduce_rows<G>(scan_slice(x.a, batch, 0), scan_slice(x.b, batch, 0), local,
-                       prod.data() + (c * B + batch) * D, bounds[c], bounds[c + 1], D);
+                       prod.data() + (c * B + batch) * D, peak.data() + (c * B + batch) * D, bounds[c],
+                       bounds[c + 1], D);
       }
     }
   });
-  // Pass 2: carry[c+1] = prod[c] * carry[c] + local[c], serially over chunks.
+  // Pass 2: carry[c+1] = prod[c] * carry[c] + local[c], serially over chunks (combine_chunk).
   for (index_t c = 1; c < reduced; ++c) {
     const float* p = prod.data() + c * BD;
+    const float* m = peak.data() + c * BD;
     const float* in = carry.data() + c * BD;
     float* out = carry.data() + (c + 1) * BD;
-    for (index_t i = 0; i < BD; ++i) out[i] = p[i] * in[i] + out[i];
+    for (index_t batch = 0; batch < B; ++batch) {
+      const auto as = scan_slice(x.a, batch, 0), bs = scan_slice(x.b, batch, 0);
+      for (index_t d = 0, i = batch * D; d < D; ++d, ++i)
+        out[i] = combine_chunk<G>(in[i], p[i], out[i], m[i], as, bs, d, bounds[c], bounds[c + 1]);
+    }
   }
   if (rescan) {
     executor.run(chunks - 1, [&](index_t task) {

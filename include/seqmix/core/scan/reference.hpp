@@ -82,15 +82,21 @@ bool is_given(const View& view) {
   return view.has_value() || view.shape() != typename View::shape_type{};
 }
 
-// h_all may be the very same view as a or b (the scan then runs in place); a partial overlap
-// would let a write land on an element not yet read.
-inline void check_in_place(const ArgCheck& check, const char* input, const ConstView<float, 3>& in,
-                           const TensorView<float, 3>& h_all) {
-  if (!h_all.has_value() || in.data() != h_all.data()) return;
-  check.that(in.strides() == h_all.strides(), "h_all",
-             std::string("shares its data pointer with '") + input + "' but has strides " +
-                 shape_to_string(h_all.strides()) + " instead of " + shape_to_string(in.strides()) +
-                 " (in-place scans need the identical view)");
+// An output may be the very same view as the input it replaces (h_all as a or b, h_last as h0:
+// the scan then runs in place, each element read before it is overwritten); any other overlap
+// would let a write land on an element not yet read, and is refused.
+template <std::size_t Rank>
+void check_in_place(const ArgCheck& check, const char* output, const TensorView<float, Rank>& out,
+                    const char* input, const ConstView<float, Rank>& in) {
+  if (!out.has_value()) return;
+  if (in.data() == out.data() && in.shape() == out.shape()) {
+    check.that(in.strides() == out.strides(), output,
+               std::string("shares its data pointer with '") + input + "' but has strides " +
+                   shape_to_string(out.strides()) + " instead of " + shape_to_string(in.strides()) +
+                   " (in-place scans need the identical view)");
+    return;
+  }
+  check.no_overlap(output, out, input, in);
 }
 
 inline LinearScanDims validate_linear_scan(const char* op, const ConstView<float, 3>& a,
@@ -109,8 +115,11 @@ inline LinearScanDims validate_linear_scan(const char* op, const ConstView<float
              "and argument 'h_last' are both empty: give at least one output");
   check.that(options.chunk_size >= 0, "options.chunk_size",
              "must be >= 0 (0 = automatic), got " + std::to_string(options.chunk_size));
-  check_in_place(check, "a", a, h_all);
-  check_in_place(check, "b", b, h_all);
+  check_in_place(check, "h_all", h_all, "a", a);
+  check_in_place(check, "h_all", h_all, "b", b);
+  check_in_place(check, "h_last", h_last, "h0", h0);
+  check.no_overlap("h_all", h_all, "h0", h0).no_overlap("h_last", h_last, "h_all", h_all);
+  check.no_overlap("h_last", h_last, "a", a).no_overlap("h_last", h_last, "b", b);
   return {B, T, D};
 }
 
