@@ -35,9 +35,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/kv_cache/block.hpp"
@@ -54,21 +56,42 @@ class KvCache {
  public:
   explicit KvCache(const KvCacheConfig& config) : config_(config) {
     const ArgCheck check("KvCache");
-    check.that(config.batch >= 1, "config.batch", "must be >= 1, got " + std::to_string(config.batch));
-    check.that(config.kv_heads >= 1, "config.kv_heads", "must be >= 1, got " + std::to_string(config.kv_heads));
-    check.that(config.key_dim >= 1, "config.key_dim", "must be >= 1, got " + std::to_string(config.key_dim));
-    check.that(config.value_dim >= 1, "config.value_dim", "must be >= 1, got " + std::to_string(config.value_dim));
-    check.that(config.group_size >= 0, "config.group_size", "must be >= 0 (0: whole row), got " + std::to_string(config.group_size));
-    check.that(config.residual >= 0, "config.residual", "must be >= 0, got " + std::to_string(config.residual));
-    check_key_format(check, config.key_format, "config.key_format");
+    // Each extent is bounded so that every size and byte count derived from it (heads, block
+    // bytes = 32 * dim * 4, residual + 32) is far from overflowing index_t.
+    auto extent = [&](index_t v, index_t lo, index_t hi, const char* name) {
+      if (v < lo || v > hi)
+        check.fail(name, "must lie in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(v));
+    };
+    extent(config.batch, 1, kMaxExtent, "config.batch");
+    extent(config.kv_heads, 1, kMaxExtent, "config.kv_heads");
+    extent(config.key_dim, 1, kMaxDim, "config.key_dim");
+    extent(config.value_dim, 1, kMaxDim, "config.value_dim");
+    extent(config.group_size, 0, kMaxDim, "config.group_size");
+    extent(config.residual, 0, kMaxExtent, "config.residual");
+    extent(config.rollback, 0, kMaxExtent, "config.rollback");
+    if (config.batch > kMaxExtent / config.kv_heads)
+      check.fail("config.kv_heads", "times config.batch must be <= " + std::to_string(kMaxExtent) + ", got " +
+                                        std::to_string(config.kv_heads) + " x " + std::to_string(config.batch));
+    check_format(check, config.key_format, "config.key_format", true);
+    check_format(check, config.value_format, "config.value_format", false);
+    check.that(config.key_quant == KeyQuant::per_channel || config.key_quant == KeyQuant::per_token, "config.key_quant",
+               "is out of range (" + std::to_string(static_cast<int>(config.key_quant)) + ")");
     if (config.mixed) {
-      check_key_format(check, config.mixed->key_format, "config.mixed.key_format");
+      check_format(check, config.mixed->key_format, "config.mixed.key_format", true);
+      check_format(check, config.mixed->value_format, "config.mixed.value_format", false);
       const float f = config.mixed->salient_fraction;
       check.that(f >= 0.f && f <= 1.f, "config.mixed.salient_fraction", "must lie in [0, 1], got " + std::to_string(f));
     }
     heads_.resize(static_cast<std::size_t>(config.batch * config.kv_heads));
     next_position_.assign(static_cast<std::size_t>(config.batch), 0);
   }
+
+  // Positions lie in [0, kMaxPosition): far enough from INT64_MAX that position arithmetic
+  // (next position, window and ALiBi distances) cannot overflow.
+  static constexpr std::int64_t kMaxPosition = std::int64_t{1} << 62;
+  // Bounds of batch, kv_heads (and their product), residual and rollback; of key_dim, value_dim
+  // and group_size.
+  static constexpr index_t kMaxExtent = index_t{1} << 31, kMaxDim = index_t{1} << 24;
 
   const KvCacheConfig& config() const noexcept { return config_; }
 
@@ -77,38 +100,85 @@ class KvCache {
   // already appended; saliency [B,T,Hkv] (ZipCache score, larger = more salient).
   void append(const ConstView<float, 4>& keys, const ConstView<float, 4>& values,
               const ConstView<std::int64_t, 2>& positions = {}, const ConstView<float, 3>& saliency = {}) {
+    KvAppendInputs in;
+    in.keys = keys, in.values = values, in.positions = positions, in.saliency = saliency;
+    append(in);
+  }
+
+  // Ragged append (KvAppendInputs): each sequence of in.batch appends its own number of tokens
+  // to its own cache row in one call. Everything is validated before any row changes.
+  void append(const KvAppendInputs& in) {
     const ArgCheck check("KvCache::append");
-    const index_t B = config_.batch, H = config_.kv_heads;
-    check.shape("keys", keys, {B, -1, H, config_.key_dim}, "B,T,Hkv,Dk");
-    const index_t T = keys.size(1);
-    check.shape("values", values, {B, T, H, config_.value_dim}, "B,T,Hkv,Dv");
-    check.optional_shape("positions", positions, {B, T}, "B,T");
-    check.optional_shape("saliency", saliency, {B, T, H}, "B,T,Hkv");
-    if (positions.has_value())
-      for (index_t b = 0; b < B; ++b)
-        for (index_t t = 0; t < T; ++t) {
-          const std::int64_t floor = t == 0 ? next_position_[b] : positions(b, t - 1) + 1;
-          if (positions(b, t) < floor)
-            check.fail("positions", "must be strictly increasing and >= " + std::to_string(floor) + " (row " +
-                                        std::to_string(b) + ", token " + std::to_string(t) + "), got " +
-                                        std::to_string(positions(b, t)));
-        }
+    const index_t H = config_.kv_heads;
+    const bool rows_are_sequences = !in.batch.packed() && !in.batch.slotted();
+    check.shape("keys", in.keys, {rows_are_sequences ? config_.batch : -1, -1, H, config_.key_dim}, "Bt,T,Hkv,Dk");
+    const index_t Bt = in.keys.size(0), T = in.keys.size(1);
+    check.shape("values", in.values, {Bt, T, H, config_.value_dim}, "Bt,T,Hkv,Dv");
+    check.optional_shape("positions", in.positions, {Bt, T}, "Bt,T");
+    check.optional_shape("saliency", in.saliency, {Bt, T, H}, "Bt,T,Hkv");
+    const SequenceMap map = SequenceMap::make("KvCache::append", in.batch, Bt, T, true, config_.batch);
+    for (index_t n = 0; n < map.sequences(); ++n) {
+      const SequenceSpan s = map[n];
+      if (s.state_row < 0) continue;
+      const std::int64_t start = s.read_state ? next_position_[s.state_row] : 0;
+      if (!in.positions.has_value()) {
+        if (s.tokens > kMaxPosition - start)
+          check.fail("positions", "would pass " + std::to_string(kMaxPosition) + " in row " + std::to_string(s.state_row) +
+                                      " (next position " + std::to_string(start) + ", " + std::to_string(s.tokens) + " tokens)");
+        continue;
+      }
+      for (index_t t = 0; t < s.tokens; ++t) {
+        const std::int64_t p = in.positions(s.batch_row, s.token_begin + t);
+        const std::int64_t floor = t == 0 ? start : in.positions(s.batch_row, s.token_begin + t - 1) + 1;
+        if (p < floor || p >= kMaxPosition)
+          check.fail("positions", "must be strictly increasing, >= " + std::to_string(floor) + " and < " +
+                                      std::to_string(kMaxPosition) + " (row " + std::to_string(s.state_row) + ", token " +
+                                      std::to_string(s.token_begin + t) + "), got " + std::to_string(p));
+      }
+    }
     const float no_saliency = std::numeric_limits<float>::quiet_NaN();
-    for (index_t b = 0; b < B; ++b) {
+    for (index_t n = 0; n < map.sequences(); ++n) {
+      const SequenceSpan s = map[n];
+      if (s.state_row < 0) continue;
+      const index_t b = s.state_row, r0 = s.batch_row, t0 = s.token_begin, T1 = s.tokens;
+      if (!s.read_state) reset(b);
       for (index_t h = 0; h < H; ++h) {
         detail::KvResidual& r = head_mut(b, h).residual;
-        for (index_t t = 0; t < T; ++t) {
-          for (index_t c = 0; c < config_.key_dim; ++c) r.keys.push_back(keys(b, t, h, c));
-          for (index_t c = 0; c < config_.value_dim; ++c) r.values.push_back(values(b, t, h, c));
-          r.positions.push_back(positions.has_value() ? positions(b, t) : next_position_[b] + t);
-          r.given_saliency.push_back(saliency.has_value() ? saliency(b, t, h) : no_saliency);
+        for (index_t t = t0; t < t0 + T1; ++t) {
+          for (index_t c = 0; c < config_.key_dim; ++c) r.keys.push_back(in.keys(r0, t, h, c));
+          for (index_t c = 0; c < config_.value_dim; ++c) r.values.push_back(in.values(r0, t, h, c));
+          r.positions.push_back(in.positions.has_value() ? in.positions(r0, t) : next_position_[b] + (t - t0));
+          r.given_saliency.push_back(in.saliency.has_value() ? in.saliency(r0, t, h) : no_saliency);
           r.attention_sum.push_back(0.f);
           r.attention_queries.push_back(0.f);
         }
         detail::flush(config_, head_mut(b, h));
       }
-      if (T > 0) next_position_[b] = (positions.has_value() ? positions(b, T - 1) : next_position_[b] + T - 1) + 1;
+      if (T1 > 0) next_position_[b] = (in.positions.has_value() ? in.positions(r0, t0 + T1 - 1) : next_position_[b] + T1 - 1) + 1;
     }
+  }
+
+  // Rolls row b back to `position` (speculative rollback): every entry at a position >= position
+  // is dropped in every KV head, and the next default position becomes min(next, position).
+  // Within config.rollback newest tokens the cache is left exactly as if the dropped tokens had
+  // never been appended (flushes they caused are undone from the kept fp32 rows), so truncate then
+  // re-append equals appending only the kept tokens, bit for bit, in every format. Deeper, or
+  // after retain() / compact() / replace() on the head, the entries are dropped and the surviving
+  // block entries keep their codes.
+  void truncate(index_t b, std::int64_t position) {
+    const ArgCheck check("KvCache::truncate");
+    check_head(check, b, 0);
+    if (position < 0) check.fail("position", "must be >= 0, got " + std::to_string(position));
+    if (position >= next_position_[b]) return;
+    for (index_t h = 0; h < config_.kv_heads; ++h) truncate_head(b, h, position);
+    next_position_[b] = position;
+  }
+
+  // Empties row b (every KV head) and restarts its positions at 0: a row handed to a new request.
+  void reset(index_t b) {
+    check_head(ArgCheck("KvCache::reset"), b, 0);
+    for (index_t h = 0; h < config_.kv_heads; ++h) head_mut(b, h) = detail::KvHead{};
+    next_position_[b] = 0;
   }
 
   // The position the next appended token of row b gets by default.
@@ -174,6 +244,7 @@ class KvCache {
       if (kept[i] < 0 || kept[i] >= hd.size() || (i > 0 && kept[i] <= kept[i - 1]))
         check.fail("kept", "must be strictly increasing entry indices in [0, " + std::to_string(hd.size()) +
                                "), got " + std::to_string(kept[i]) + " at index " + std::to_string(i));
+    hd.flushed.clear();  // entries change: flushes can no longer be undone
     const index_t n_blocks_entries = static_cast<index_t>(hd.order.size());
     std::vector<std::vector<char>> keep(hd.blocks.size());
     for (std::size_t k = 0; k < hd.blocks.size(); ++k) keep[k].assign(static_cast<std::size_t>(hd.blocks[k].count), 0);
@@ -253,6 +324,7 @@ class KvCache {
       std::copy(value, value + Dv, hd.residual.values.begin() + r * Dv);
       return;
     }
+    hd.flushed.clear();  // a flushed entry changes: its kept fp32 row is stale
     const detail::KvSlot s = hd.order[entry];
     detail::KvBlock& blk = hd.blocks[s.block];
     const index_t t = s.slot;
@@ -306,12 +378,14 @@ class KvCache {
         }
   }
 
-  // Memory held: codes, parameters, positions, the entry map and the residual window.
+  // Memory held: codes, parameters, positions, the entry map, the residual window and the rows
+  // kept for rollback.
   std::size_t bytes() const noexcept {
     std::size_t total = 0;
     for (const auto& hd : heads_) {
       for (const auto& blk : hd.blocks) total += blk.bytes();
       total += hd.order.size() * sizeof(detail::KvSlot) + hd.residual.bytes();
+      for (const auto& g : hd.flushed) total += g.rows.bytes();  // rollback rows (config.rollback)
     }
     return total;
   }
@@ -342,8 +416,10 @@ class KvCache {
     return heads_[static_cast<std::size_t>(b * config_.kv_heads + h)];
   }
 
-  static void check_key_format(const ArgCheck& check, KvFormat f, const char* name) {
-    check.that(f != KvFormat::int2, name, "int2 is only supported for values (2-bit keys lose the ranking)");
+  static void check_format(const ArgCheck& check, KvFormat f, const char* name, bool key) {
+    check.that(static_cast<int>(f) <= static_cast<int>(KvFormat::int2), name,
+               "is out of range (" + std::to_string(static_cast<int>(f)) + ")");
+    if (key) check.that(f != KvFormat::int2, name, "int2 is only supported for values (2-bit keys lose the ranking)");
   }
 
   void check_head(const ArgCheck& check, index_t b, index_t h) const {
@@ -355,6 +431,28 @@ class KvCache {
   static void check_entry(const char* op, const detail::KvHead& hd, index_t entry) {
     if (entry < 0 || entry >= hd.size())
       throw ShapeError(op, "entry", "= " + std::to_string(entry) + " out of range [0, " + std::to_string(hd.size()) + ")");
+  }
+
+  void truncate_head(index_t b, index_t h, std::int64_t position) {
+    detail::KvHead& hd = head_mut(b, h);
+    const std::vector<std::int64_t> pos = positions(b, h);
+    const index_t kept = static_cast<index_t>(std::lower_bound(pos.begin(), pos.end(), position) - pos.begin());
+    // Tokens a cache of `kept` appended tokens has flushed into blocks (groups of 32 leave the
+    // residual window while it holds R + 32 or more).
+    const index_t Bt = detail::kKvBlockTokens, R = config_.residual;
+    const index_t flushed = kept >= R ? (kept - R) / Bt * Bt : 0;
+    while (!hd.flushed.empty() && (static_cast<index_t>(hd.order.size()) > flushed ||
+                                   hd.flushed.back().rows.positions.back() >= position))
+      detail::unflush_newest(config_, hd);
+    if (kept >= static_cast<index_t>(hd.order.size())) {
+      std::vector<index_t> rows(static_cast<std::size_t>(kept - static_cast<index_t>(hd.order.size())));
+      std::iota(rows.begin(), rows.end(), index_t{0});
+      detail::keep_residual(config_, hd.residual, rows);
+      return;
+    }
+    std::vector<index_t> rows(static_cast<std::size_t>(kept));
+    std::iota(rows.begin(), rows.end(), index_t{0});
+    retain(b, h, rows);
   }
 
   void read(index_t b, index_t h, const TensorView<float, 2>& out, bool keys, const char* op) const {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
 
@@ -31,6 +32,24 @@ struct KvCacheConfig {
   // Full-precision window R: the newest R (up to R + 31) tokens stay fp32.
   index_t residual = 0;
   std::optional<KvMixedPrecision> mixed;  // ZipCache; empty = one precision
+  // Exact rollback depth W: truncate() of up to W newest tokens leaves the cache exactly as if
+  // they had never been appended, in every format (the fp32 rows of the newest ceil(W / 32)
+  // flushed groups are kept to undo their flush). Deeper truncation drops entries without
+  // restoring them (the survivors keep their codes). 0 = no rows kept.
+  index_t rollback = 0;
+};
+
+// One ragged append (KvCache::append): tokens of several sequences, each to its own cache row.
+struct KvAppendInputs {
+  ConstView<float, 4> keys;             // [Bt, T, Hkv, Dk]: dense [B, T] or packed [1, total_T]
+  ConstView<float, 4> values;           // [Bt, T, Hkv, Dv]
+  ConstView<std::int64_t, 2> positions; // [Bt, T], optional: default continues each row
+  ConstView<float, 3> saliency;         // [Bt, T, Hkv], optional (ZipCache)
+  // cu_seqlens [N+1]: sequence n appends tokens [cu[n], cu[n+1]) of the packed tensors.
+  // state_indices [N]: the cache row (in [0, config.batch)) each sequence appends to; -1 = a
+  // padding sequence, nothing appended. Without it sequence n appends to row n (N = batch).
+  // has_initial_state [N] false: the row is emptied first (reset(): a new request in the row).
+  SequenceBatch batch;
 };
 
 }  // namespace seqmix

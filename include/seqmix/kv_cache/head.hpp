@@ -25,10 +25,22 @@ struct KvSlot {
   std::uint32_t block, slot;
 };
 
+// The fp32 rows of one flushed group of 32 residual tokens, as they were when flushed (saliency
+// state included), and the number of blocks (1, or 2 with ZipCache) made from them. Kept for the
+// newest groups only, so that truncate() can put them back into the residual window exactly.
+struct KvFlushedGroup {
+  KvResidual rows;
+  index_t blocks = 0;
+};
+
 struct KvHead {
   std::vector<KvBlock> blocks;
   std::vector<KvSlot> order;  // entry -> slot, for the block part
   KvResidual residual;
+  // The newest flushed groups, oldest first (at most ceil(config.rollback / 32) of them). Their
+  // blocks are the last `blocks` of `blocks` and their entries the last 32 each of `order`;
+  // retain(), compact() and replace() break that and clear it.
+  std::vector<KvFlushedGroup> flushed;
   index_t size() const noexcept { return static_cast<index_t>(order.size()) + residual.size(); }
 };
 

@@ -39,6 +39,29 @@ inline void keep_residual(const KvCacheConfig& cfg, KvResidual& r, const std::ve
   r.attention_queries.resize(n);
 }
 
+// Appends residual rows [begin, begin + n) of `from` to `to`.
+inline void copy_residual_rows(const KvCacheConfig& cfg, const KvResidual& from, index_t begin, index_t n, KvResidual& to) {
+  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  to.keys.insert(to.keys.end(), from.keys.begin() + begin * Dk, from.keys.begin() + (begin + n) * Dk);
+  to.values.insert(to.values.end(), from.values.begin() + begin * Dv, from.values.begin() + (begin + n) * Dv);
+  auto tail = [&](auto& dst, const auto& src) { dst.insert(dst.end(), src.begin() + begin, src.begin() + begin + n); };
+  tail(to.positions, from.positions);
+  tail(to.given_saliency, from.given_saliency);
+  tail(to.attention_sum, from.attention_sum);
+  tail(to.attention_queries, from.attention_queries);
+}
+
+// Undoes the newest flush of a head (hd.flushed non-empty): drops the blocks and entries made
+// from the newest kept group and puts its rows back in front of the residual window.
+inline void unflush_newest(const KvCacheConfig& cfg, KvHead& hd) {
+  KvFlushedGroup g = std::move(hd.flushed.back());
+  hd.flushed.pop_back();
+  hd.blocks.erase(hd.blocks.end() - g.blocks, hd.blocks.end());
+  hd.order.erase(hd.order.end() - g.rows.size(), hd.order.end());
+  copy_residual_rows(cfg, hd.residual, 0, hd.residual.size(), g.rows);
+  hd.residual = std::move(g.rows);
+}
+
 // Saliency of residual token e at flush time.
 inline float saliency_of(const KvResidual& r, index_t e) {
   if (!std::isnan(r.given_saliency[e])) return r.given_saliency[e];
@@ -85,6 +108,14 @@ inline void flush(const KvCacheConfig& cfg, KvHead& hd) {
     std::sort(hd.order.end() - Bt, hd.order.end(), [&](const KvSlot& a, const KvSlot& c) {
       return hd.blocks[a.block].positions[a.slot] < hd.blocks[c.block].positions[c.slot];
     });
+    if (cfg.rollback > 0) {  // keep the group's rows to undo this flush (truncate)
+      KvFlushedGroup g;
+      g.blocks = (high > 0 ? 1 : 0) + (high < Bt ? 1 : 0);
+      copy_residual_rows(cfg, r, first, Bt, g.rows);
+      const std::size_t keep = static_cast<std::size_t>((cfg.rollback + Bt - 1) / Bt);
+      if (hd.flushed.size() == keep) hd.flushed.erase(hd.flushed.begin());
+      hd.flushed.push_back(std::move(g));
+    }
     first += Bt;
   }
   if (first > 0) {
@@ -124,6 +155,7 @@ inline void compact_head(const KvCacheConfig& cfg, KvHead& hd) {
   for (std::size_t k = 0; k < nb; ++k)
     if (hd.blocks[k].count < Bt && partial_blocks[pair_of[k]] >= 2) merge[k] = 1, any = true;
   if (!any) return;
+  hd.flushed.clear();  // blocks are renumbered: flushes can no longer be undone
 
   // Output blocks: the untouched ones and the merged groups, each with its first entry index
   // (blocks stay ordered by their first entry, so a block spans a narrow range of positions).

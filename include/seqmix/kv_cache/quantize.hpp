@@ -62,41 +62,65 @@ struct Params {
 inline int code_max(int bits) noexcept { return (1 << bits) - 1; }
 
 // Min-max parameters of n values x[i * stride].
+// Non-finite input: a group holding a NaN or an inf gets scale = min = NaN, so every element of
+// it dequantizes to NaN (kept visible, as the fp32 cache would propagate it) and encodes to code
+// 0 (never a float-to-integer conversion of NaN). Extreme finite groups (hi - lo beyond the
+// float range, e.g. +-3e38) get scale = hi / c - lo / c, which stays finite, and encode and
+// decode below avoid the overflowing differences, so they round-trip finite.
 inline Params min_max_params(const float* x, index_t n, index_t stride, int bits) noexcept {
   if (n <= 0) return {};
   float lo = x[0], hi = x[0];
+  float poison = 0.f;  // x * 0 summed: NaN when any element is NaN or inf
   if (stride == 1) {
     const index_t nv = simd::vector_end(n);
     if (nv > 0) {
-      simd::Batch<float> vlo = simd::load(x), vhi = vlo;
-      for (index_t i = simd::kWidth; i < nv; i += simd::kWidth) {
+      simd::Batch<float> vlo = simd::load(x), vhi = vlo, vpoison(0.f);
+      for (index_t i = 0; i < nv; i += simd::kWidth) {
         const auto v = simd::load(x + i);
-        vlo = xsimd::min(vlo, v), vhi = xsimd::max(vhi, v);
+        vlo = xsimd::min(vlo, v), vhi = xsimd::max(vhi, v), vpoison = vpoison + v * 0.f;
       }
       hi = simd::reduce_max(vhi);
       lo = -simd::reduce_max(-vlo);
+      poison = simd::reduce_add(vpoison);
     }
-    for (index_t i = nv; i < n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+    for (index_t i = nv; i < n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]), poison += x[i] * 0.f;
   } else {
-    for (index_t i = 1; i < n; ++i) lo = std::min(lo, x[i * stride]), hi = std::max(hi, x[i * stride]);
+    for (index_t i = 0; i < n; ++i) lo = std::min(lo, x[i * stride]), hi = std::max(hi, x[i * stride]), poison += x[i * stride] * 0.f;
   }
-  return {(hi - lo) / static_cast<float>(code_max(bits)), lo};
+  if (std::isnan(poison)) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
+  const float top = static_cast<float>(code_max(bits));
+  const float range = hi - lo;
+  return {std::isfinite(range) ? range / top : hi / top - lo / top, lo};
 }
 
-// round((x - min) / scale) clamped to the code range; 0 when scale is 0. Division (not a
+// True for a group whose range reaches past half the float range: x - min may overflow there, so
+// encoding halves both terms first (exact otherwise, so only these groups take that route).
+inline bool wide_group(const Params& p, int bits) noexcept {
+  return !(p.scale * static_cast<float>(code_max(bits)) <= 0.5f * std::numeric_limits<float>::max());
+}
+
+// round((x - min) / scale) clamped to the code range; 0 when scale is 0 or NaN. Division (not a
 // multiplication by 1/scale) keeps the rounding decision exact up to one float rounding.
 inline std::uint8_t encode(float x, const Params& p, int bits) noexcept {
   if (!(p.scale > 0.f)) return 0;
-  const float t = std::nearbyint((x - p.min) / p.scale);
-  return static_cast<std::uint8_t>(std::clamp(t, 0.f, static_cast<float>(code_max(bits))));
+  const float q = wide_group(p, bits) ? (0.5f * x - 0.5f * p.min) / (0.5f * p.scale) : (x - p.min) / p.scale;
+  const float t = std::nearbyint(q);
+  if (!(t >= 0.f)) return 0;  // negative, or NaN (a NaN element in a group of finite parameters)
+  return static_cast<std::uint8_t>(std::min(t, static_cast<float>(code_max(bits))));
 }
 
-inline float decode(int code, const Params& p) noexcept { return p.min + p.scale * static_cast<float>(code); }
+// min + scale * code; where that overflows (an extreme finite group) the fused form, whose exact
+// intermediate lands back within [min, max] of the group.
+inline float decode(int code, const Params& p) noexcept {
+  const float y = p.min + p.scale * static_cast<float>(code);
+  if (std::isfinite(y) || !std::isfinite(p.min) || !std::isfinite(p.scale)) return y;
+  return std::fma(p.scale, static_cast<float>(code), p.min);
+}
 
 // codes[i] for n values with one parameter pair, vectorized.
 inline void encode_codes(const float* x, index_t n, const Params& p, int bits, std::uint8_t* codes) noexcept {
-  if (!(p.scale > 0.f)) {
-    std::fill(codes, codes + n, std::uint8_t{0});
+  if (!(p.scale > 0.f) || wide_group(p, bits)) {  // constant or non-finite group, or a rare wide one
+    for (index_t i = 0; i < n; ++i) codes[i] = encode(x[i], p, bits);
     return;
   }
   using FB = simd::Batch<float>;
