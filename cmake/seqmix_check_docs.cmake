@@ -27,10 +27,7 @@ include(${CMAKE_CURRENT_LIST_DIR}/seqmix_markdown.cmake)
 
 # GitHub's anchor for a heading text (placeholders already in place).
 function(_docs_slug heading out)
-  string(REPLACE "<LB>" "" s "${heading}")
-  string(REPLACE "<RB>" "" s "${s}")
-  string(REPLACE "<SEMI>" "" s "${s}")
-  string(REPLACE "<BS>" "" s "${s}")
+  seqmix_markdown_restore("${heading}" s)  # the characters dropped below, like any punctuation
   string(TOLOWER "${s}" s)
   string(STRIP "${s}" s)
   string(REGEX REPLACE "[^a-z0-9 _-]" "" s "${s}")
