@@ -217,7 +217,8 @@ TEST_CASE("delta family serving: packed prefill with slots equals each sequence 
       for (DeltaAlgorithm alg : {DeltaAlgorithm::automatic, DeltaAlgorithm::chunked}) {
         if (op == Op::rwkv7 && alg == DeltaAlgorithm::chunked) continue;  // rwkv7 is recurrent only
         const index_t N = std::uniform_int_distribution<index_t>(6, 16)(rng);
-        const std::vector<index_t> len = ragged_lengths(rng, N, chunk, round == 0 ? 40 : 150);
+        const index_t max_len[] = {40, 150, 700};
+        const std::vector<index_t> len = ragged_lengths(rng, N, chunk, max_len[round]);
         const std::vector<std::int64_t> cu = offsets(len);
         const index_t TT = cu.back();
         const Tokens d(op, TT, K, V, rng());

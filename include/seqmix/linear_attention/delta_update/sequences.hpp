@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
@@ -141,6 +142,34 @@ void refuse_overlap(const ArgCheck& check, const char* out_name, const TensorVie
                     const TensorView<B, RB>& other) {
   if (views_overlap(out, other))
     check.fail(out_name, std::string("must not overlap ") + other_name + " (the op reads it while writing)");
+}
+
+// A named input view for check_prefill_aliasing.
+template <class View>
+std::pair<const char*, View> named(const char* name, const View& view) {
+  return {name, view};
+}
+
+// A prefill's outputs o, final_state and token_states may not share memory with any input nor
+// with each other; final_state may be initial_state as the same view (updated in place), never
+// overlap it otherwise.
+template <class... Named>
+void check_prefill_aliasing(const ArgCheck& check, const TensorView<float, 4>& o, const TensorView<float, 4>& final_state,
+                            const TensorView<float, 5>& token_states, const ConstView<float, 4>& initial,
+                            const Named&... inputs) {
+  const auto against_inputs = [&](const char* name, const auto& out) {
+    (refuse_overlap(check, name, out, inputs.first, inputs.second), ...);
+  };
+  against_inputs("o", o);
+  against_inputs("final_state", final_state);
+  against_inputs("token_states", token_states);
+  refuse_overlap(check, "o", o, "initial_state", initial);
+  refuse_overlap(check, "o", o, "final_state", final_state);
+  refuse_overlap(check, "o", o, "token_states", token_states);
+  refuse_overlap(check, "token_states", token_states, "initial_state", initial);
+  refuse_overlap(check, "token_states", token_states, "final_state", final_state);
+  if (!same_view(initial, final_state))
+    refuse_overlap(check, "final_state", final_state, "initial_state (other than as the same view)", initial);
 }
 
 // The slots of a step: token row b uses pool row row(b); fresh(b) says it starts from zeros.

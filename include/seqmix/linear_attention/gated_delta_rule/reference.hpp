@@ -140,29 +140,6 @@ struct DeltaProblem {
   float scale;
 };
 
-// Outputs that may not share memory with anything else of the call (the states may be one view,
-// updated in place; they may not overlap otherwise).
-inline void check_delta_aliasing(const ArgCheck& check, const DeltaCall& c) {
-  const auto inputs = [&](const char* name, const auto& out) {
-    refuse_overlap(check, name, out, "q", c.q);
-    refuse_overlap(check, name, out, "k", c.k);
-    refuse_overlap(check, name, out, "v", c.v);
-    refuse_overlap(check, name, out, "beta", c.beta);
-    refuse_overlap(check, name, out, "g", c.g);
-    refuse_overlap(check, name, out, "g_scalar", c.g_scalar);
-  };
-  inputs("o", c.o);
-  inputs("final_state", c.final_state);
-  inputs("token_states", c.token_states);
-  refuse_overlap(check, "o", c.o, "initial_state", c.initial_state);
-  refuse_overlap(check, "o", c.o, "final_state", c.final_state);
-  refuse_overlap(check, "o", c.o, "token_states", c.token_states);
-  refuse_overlap(check, "token_states", c.token_states, "initial_state", c.initial_state);
-  refuse_overlap(check, "token_states", c.token_states, "final_state", c.final_state);
-  if (!same_view(c.initial_state, c.final_state))
-    refuse_overlap(check, "final_state", c.final_state, "initial_state (other than as the same view)", c.initial_state);
-}
-
 // Validates a prefill call before any output is written.
 inline DeltaProblem validate_delta(const ArgCheck& check, const DeltaCall& c, const Executor& executor) {
   using namespace detail::la;
@@ -178,7 +155,8 @@ inline DeltaProblem validate_delta(const ArgCheck& check, const DeltaCall& c, co
   check_chunk(check, c.chunk);
   const index_t rows = state_rows(check, c.initial_state, c.final_state);
   const SequenceMap map = SequenceMap::make(check.op(), c.batch, d.B, d.T, c.initial_state.has_value(), rows);
-  check_delta_aliasing(check, c);
+  check_prefill_aliasing(check, c.o, c.final_state, c.token_states, c.initial_state, named("q", c.q), named("k", c.k),
+                         named("v", c.v), named("beta", c.beta), named("g", c.g), named("g_scalar", c.g_scalar));
   return {d, map, scale};
 }
 

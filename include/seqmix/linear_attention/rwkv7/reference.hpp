@@ -79,24 +79,8 @@ inline Rwkv7Problem validate_rwkv7(const ArgCheck& check, const Rwkv7Inputs& in,
   detail::la::check_log_gate(check, "g", in.g, executor);
   const index_t rows = state_rows(check, in.initial_state, out.final_state);
   const SequenceMap map = SequenceMap::make(check.op(), in.batch, d.B, d.T, in.initial_state.has_value(), rows);
-  const auto inputs = [&](const char* name, const auto& x) {
-    refuse_overlap(check, name, x, "r", in.r);
-    refuse_overlap(check, name, x, "k", in.k);
-    refuse_overlap(check, name, x, "v", in.v);
-    refuse_overlap(check, name, x, "a", in.a);
-    refuse_overlap(check, name, x, "b", in.b);
-    refuse_overlap(check, name, x, "g", in.g);
-  };
-  inputs("o", out.o);
-  inputs("final_state", out.final_state);
-  inputs("token_states", out.token_states);
-  refuse_overlap(check, "o", out.o, "initial_state", in.initial_state);
-  refuse_overlap(check, "o", out.o, "final_state", out.final_state);
-  refuse_overlap(check, "o", out.o, "token_states", out.token_states);
-  refuse_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
-  refuse_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
-  if (!same_view(in.initial_state, out.final_state))
-    refuse_overlap(check, "final_state", out.final_state, "initial_state (other than as the same view)", in.initial_state);
+  check_prefill_aliasing(check, out.o, out.final_state, out.token_states, in.initial_state, named("r", in.r),
+                         named("k", in.k), named("v", in.v), named("a", in.a), named("b", in.b), named("g", in.g));
   return {d, map};
 }
 
