@@ -443,25 +443,16 @@ Census compare_sequential(const float* got, const float* ref, index_t n) {
   return c;
 }
 
-// The time split with its automatic chunks and with chunks that put the test's special tokens
-// inside a chunk, and the sequential forms.
-const RunConfig kNonFiniteRuns[] = {
-    {"2 threads, time", 2, ScanSplit::time, 0, OutputStores::cached},
-    {"2 threads, time chunks of 256", 2, ScanSplit::time, 256, OutputStores::cached},
-    {"1 thread, time chunks of 64", 1, ScanSplit::time, 64, OutputStores::automatic},
-    {"2 threads, channels", 2, ScanSplit::channels, 0, OutputStores::automatic},
-    {"1 thread", 1, ScanSplit::automatic, 0, OutputStores::automatic},
-};
-
-// Every run of kNonFiniteRuns against the reference on inputs whose recurrence overflows; both
-// outputs, and h_last alone (the time split then has no rescan).
+// Every run of kRuns (time splits with automatic chunks and chunks of 37 and 64, channel splits)
+// against the reference on inputs whose recurrence overflows; both outputs, and h_last alone
+// (the time split then has no rescan).
 void check_overflowing_scan(const Tensor<float, 3>& a, const Tensor<float, 3>& b, ConstView<float, 2> h0,
                             GateSpace gate, const std::string& what) {
   const index_t B = a.size(0), T = a.size(1), D = a.size(2);
   Tensor<float, 3> ref_all({B, T, D});
   Tensor<float, 2> ref_last({B, D});
   seqmix::reference::linear_scan(a.view(), b.view(), h0, ref_all.view(), ref_last.view(), LinearScanOptions{gate});
-  for (const RunConfig& run : kNonFiniteRuns)
+  for (const RunConfig& run : kRuns)
     for (const bool want_all : {true, false}) {
       INFO(what << ", B=" << B << " T=" << T << " D=" << D << ", " << run.name << (want_all ? ", h_all + h_last" : ", h_last only"));
       Tensor<float, 3> h_all({B, T, D});
@@ -504,7 +495,7 @@ TEST_CASE("time-split linear_scan agrees with the sequential form where the recu
     check_overflowing_scan(a, b, h0.view(), GateSpace::direct, "growth then decay");
     // A prefix product that overflows mid-chunk and is zeroed by a later gate: the recurrence
     // reaches inf, then 0 * inf = NaN, while the chunk's product is 0 and its local scan finite.
-    // Chunks of 256 and 64 (and the automatic ones) put these tokens inside a chunk, after its start.
+    // Chunks of 37 and 64 (and the automatic ones) put these tokens inside a chunk, after its start.
     for (index_t n = 0; n < 2; ++n)
       for (index_t t = 0; t < T; ++t)
         for (index_t d = 0; d < D; ++d) a(n, t, d) = t >= 2410 && t < 2420 ? 1e5f : (t == 2420 ? 0.f : 1.f);
@@ -526,7 +517,7 @@ TEST_CASE("a non-finite input reaches only its own channel's later states", "[sc
   };
   const Poison poisons[] = {{"NaN in b", false, nan}, {"inf in b", false, inf}, {"NaN in a", true, nan}, {"inf in a", true, inf}};
   for (const Poison& poison : poisons)
-    for (const RunConfig& run : kNonFiniteRuns) {
+    for (const RunConfig& run : kRuns) {
       INFO(poison.name << " at token " << t_bad << ", channel " << d_bad << ", " << run.name);
       const LinearScanOptions options{GateSpace::direct, run.split, run.chunk_size, run.stores};
       Tensor<float, 3> clean_all({B, T, D});
