@@ -1,71 +1,99 @@
-// Runs a family op over all (batch, value head) pairs: state hand-in and hand-out, the choice
-// between the chunked and the recurrent form, and the in-place decode step. Internal.
+// Runs a family op over all (sequence, value head) pairs of a dense or packed batch: state
+// hand-in and hand-out (per sequence or through slots of a pool), the choice between the chunked
+// and the recurrent form, and the in-place decode step. Internal.
 #pragma once
 
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/diagonal_decay/chunked.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 #include "seqmix/linear_attention/diagonal_decay/recurrent.hpp"
+#include "seqmix/linear_attention/diagonal_decay/validate.hpp"
 
 namespace seqmix::detail::la {
 
-// The state a prefill starts from and returns. Normalizers are z = sum phi(k) (normalize only).
+// The state a prefill starts from and returns. Rows are state rows (SequenceSpan::state_row): one
+// per sequence, or a pool of slots. Normalizers are z = sum phi(k) (normalize only).
 struct StateIo {
-  ConstView<float, 4> initial_state;       // [B,HV,Kf,V], optional
-  ConstView<float, 3> initial_normalizer;  // [B,HV,Kf], optional
-  TensorView<float, 4> final_state;        // [B,HV,Kf,V], optional
-  TensorView<float, 3> final_normalizer;   // [B,HV,Kf], optional
+  ConstView<float, 4> initial_state;       // [S,HV,Kf,V], optional
+  ConstView<float, 3> initial_normalizer;  // [S,HV,Kf], optional
+  TensorView<float, 4> final_state;        // [S,HV,Kf,V], optional
+  TensorView<float, 3> final_normalizer;   // [S,HV,Kf], optional
+  TensorView<float, 5> token_states;       // [Bt,Tt,HV,Kf,V], optional: the state after each token
 };
 
 struct PrefillPlan {
-  index_t B, HV, K, Kf, V;
+  SequenceMap seqs;  // sequences -> token ranges and state rows, validated
+  index_t HV, K, Kf, V;
   bool normalize;
   LinearAttentionAlgorithm algorithm;  // never automatic here
   index_t chunk;
-  index_t prefix_len = 0;  // JRT prefix (linear_attention only)
+  index_t prefix_len = 0;  // JRT prefix (linear_attention only), per sequence
 };
 
-// Picks the prefill algorithm for a shape. Measured on the 2-core AVX-512 machine this was
-// tuned on (bench/bench_linear_attention.cpp runs both forms forced, README.md has the table):
-// while the state of one head fits in ~256 KB (K*V <= 256*256 floats) the recurrent form wins
-// for every gate kind, e.g. K=V=64, T=2048, one core: ungated 133 vs 67 GFLOP/s (chunk 64) or
-// 81 (chunk 32); scalar gate 139 vs 50-64; channel gate 128 vs 28. Per token it costs 2-3
-// vector ops per state element with o and v in registers and the state in L1/L2, while the
-// chunked form does 2x the flops for C=K=V=64 (the intra-chunk C x C products) in small GEMMs
-// that reach well under half of peak, plus exp-scaled copies of Q and K for decays. For larger
-// states (taylor2 features, K=V>256) the chunked GEMMs catch up and keep the state out of the
-// per-token loop, so they are used there. Inputs shorter than one chunk always go token by token.
-inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk) {
+// Picks the prefill algorithm for a shape (T: the longest sequence of the call). Measured on the
+// 2-core AVX-512 machine this was tuned on (bench/bench_linear_attention.cpp runs both forms
+// forced, README.md has the table): while the state of one head fits in ~256 KB (K*V <= 256*256
+// floats) the recurrent form wins for every gate kind, e.g. K=V=64, T=2048, one core: ungated 133
+// vs 67 GFLOP/s (chunk 64) or 81 (chunk 32); scalar gate 139 vs 50-64; channel gate 128 vs 28. Per
+// token it costs 2-3 vector ops per state element with o and v in registers and the state in
+// L1/L2, while the chunked form does 2x the flops for C=K=V=64 (the intra-chunk C x C products) in
+// small GEMMs that reach well under half of peak, plus exp-scaled copies of Q and K for decays.
+// For larger states (taylor2 features, K=V>256) the chunked GEMMs catch up and keep the state out
+// of the per-token loop, so they are used there. Inputs shorter than one chunk always go token by
+// token, and so does a call that keeps token_states (the state exists after every token only there).
+inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
+                                                 bool token_states = false) {
   (void)gate;  // the same rule holds for every gate kind on the measured machine
-  if (T < chunk) return LinearAttentionAlgorithm::recurrent;
+  if (T < chunk || token_states) return LinearAttentionAlgorithm::recurrent;
   return Kf * V <= 256 * 256 ? LinearAttentionAlgorithm::recurrent : LinearAttentionAlgorithm::chunked;
 }
 
-inline void load_state(const StateIo& io, index_t b, index_t hv, index_t V, RowMatrix& S) {
-  S.setZero();
-  if (io.initial_state.has_value()) {
-    const auto s = io.initial_state[b][hv];
-    for (index_t r = 0; r < S.rows(); ++r)
-      for (index_t c = 0; c < V; ++c) S(r, c) = s(r, c);
-  }
-  if (S.cols() > V && io.initial_normalizer.has_value())
-    for (index_t r = 0; r < S.rows(); ++r) S(r, V) = io.initial_normalizer(b, hv, r);
+// The sequences that run (padding ones, state_row -1, do not), longest first: items handed out in
+// this order leave short ones for the end, so both cores stay busy until the call finishes.
+inline std::vector<index_t> sequence_order(const SequenceMap& seqs) {
+  std::vector<index_t> order;
+  order.reserve(static_cast<std::size_t>(seqs.sequences()));
+  for (index_t n = 0; n < seqs.sequences(); ++n)
+    if (seqs[n].state_row >= 0) order.push_back(n);
+  if (seqs.packed())
+    std::stable_sort(order.begin(), order.end(),
+                     [&](index_t a, index_t b) { return seqs[a].tokens > seqs[b].tokens; });
+  return order;
 }
 
-inline void store_state(const StateIo& io, index_t b, index_t hv, index_t V, const RowMatrix& S) {
-  if (io.final_state.has_value()) {
-    const auto s = io.final_state[b][hv];
+// Value head hv of one sequence: the batch row's head cut to the sequence's tokens.
+template <class MakeHead>
+HeadProblem sequence_head(MakeHead& make_head, const SequenceSpan& s, index_t hv) {
+  return slice_head(make_head(s.batch_row, hv), s.token_begin, s.tokens);
+}
+
+inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, RowMatrix& S) {
+  S.setZero();
+  if (!s.read_state) return;
+  if (io.initial_state.has_value()) {
+    const auto src = io.initial_state[s.state_row][hv];
     for (index_t r = 0; r < S.rows(); ++r)
-      for (index_t c = 0; c < V; ++c) s(r, c) = S(r, c);
+      for (index_t c = 0; c < V; ++c) S(r, c) = src(r, c);
+  }
+  if (S.cols() > V && io.initial_normalizer.has_value())
+    for (index_t r = 0; r < S.rows(); ++r) S(r, V) = io.initial_normalizer(s.state_row, hv, r);
+}
+
+inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, const RowMatrix& S) {
+  if (io.final_state.has_value()) {
+    const auto dst = io.final_state[s.state_row][hv];
+    for (index_t r = 0; r < S.rows(); ++r)
+      for (index_t c = 0; c < V; ++c) dst(r, c) = S(r, c);
   }
   if (S.cols() > V && io.final_normalizer.has_value())
-    for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(b, hv, r) = S(r, V);
+    for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(s.state_row, hv, r) = S(r, V);
 }
 
 // o_t = S^T (phi(q_t) * scale) for every token of p: a read of a fixed state (JRT's prefix).
@@ -79,44 +107,66 @@ inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, floa
   }
 }
 
-// The recurrent prefill of heads [begin, end), interleaved over blocks of tokens: for each block
-// of kTokenBlock tokens, every head of the range advances by that block. A token's rows of all
-// heads are adjacent in [B,T,H,D] memory, so q/k/v/g are read and o written almost sequentially.
-// One head at a time over all T tokens strides through memory (8 KB apart for H=32, K=64) and
-// was DRAM-latency-bound once the inputs outgrow L3: T=8192, H=32, K=V=64 ran at 56 GFLOP/s on 2
-// threads vs ~210 with blocks of 8. 8 (kTokenBlock, recurrent.hpp): the block's rows of all
-// heads stay near in memory, while a head's state (16-64 KB, in L2) is re-read only every 8
-// tokens (blocks of 4..64 measured).
-
-template <class MakeHead>
-void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, index_t begin, index_t end, MakeHead& make_head) {
-  const index_t Vp = plan.V + (plan.normalize ? 1 : 0);
-  const index_t n = end - begin;
-  std::vector<HeadProblem> heads;
-  std::vector<RowMatrix> states(static_cast<std::size_t>(n), RowMatrix(plan.Kf, Vp));
-  RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
-  heads.reserve(static_cast<std::size_t>(n));
-  for (index_t i = 0; i < n; ++i) {
-    const index_t task = begin + i;
-    heads.push_back(make_head(task / plan.HV, task % plan.HV));
-    load_state(io, task / plan.HV, task % plan.HV, plan.V, states[static_cast<std::size_t>(i)]);
+// The recurrent prefill of one head one token at a time, the state after token t copied to
+// states[t] ([T, Kf, V]). The one-token kernel does the same operations per element as the
+// blocked one, so outputs and final states equal those of a call without token_states.
+inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, RecurrentWorkspace& ws,
+                                         const TensorView<float, 3>& states) {
+  const index_t Kf = p.Kf(), Vp = p.Vp(), V = p.V();
+  const bool exclusive = p.readout == Readout::exclusive_bonus;
+  const bool direct = !p.normalize && p.o.is_last_dim_contiguous();
+  for (index_t t = 0; t < p.T(); ++t) {
+    const TokenOperands x = load_token(p, t, ws, 0);
+    float* o = direct ? p.o.ptr(t) : ws.o(0);
+    recurrent_token(S.data(), Vp, Kf, Vp, x, exclusive, o);
+    if (!direct) store_output_row(p, t, o);
+    const auto dst = states[t];
+    for (index_t r = 0; r < Kf; ++r)
+      for (index_t c = 0; c < V; ++c) dst(r, c) = S(r, c);
   }
-  const index_t T = n > 0 ? heads[0].T() : 0;
-  for (index_t t0 = 0; t0 < T; t0 += kTokenBlock) {
-    const index_t len = std::min(kTokenBlock, T - t0);
-    for (index_t i = 0; i < n; ++i)
-      run_recurrent(slice_head(heads[static_cast<std::size_t>(i)], t0, len), states[static_cast<std::size_t>(i)].data(), ws);
-  }
-  for (index_t i = 0; i < n; ++i)
-    store_state(io, (begin + i) / plan.HV, (begin + i) % plan.HV, plan.V, states[static_cast<std::size_t>(i)]);
 }
 
-// The family's chunked form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp). The
+// The recurrent prefill of value heads [hv0, hv1) of one sequence, interleaved over blocks of
+// tokens: for each block of kTokenBlock tokens, every head of the range advances by that block. A
+// token's rows of all heads are adjacent in [B,T,H,D] memory, so q/k/v/g are read and o written
+// almost sequentially. One head at a time over all T tokens strides through memory (8 KB apart
+// for H=32, K=64) and was DRAM-latency-bound once the inputs outgrow L3: T=8192, H=32, K=V=64 ran
+// at 56 GFLOP/s on 2 threads vs ~210 with blocks of 8. 8 (kTokenBlock, recurrent.hpp): the
+// block's rows of all heads stay near in memory, while a head's state (16-64 KB, in L2) is
+// re-read only every 8 tokens (blocks of 4..64 measured). `states` holds hv1 - hv0 matrices.
+template <class MakeHead>
+void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const SequenceSpan& s, index_t hv0, index_t hv1,
+                         MakeHead& make_head, std::vector<HeadProblem>& heads, std::vector<RowMatrix>& states,
+                         RecurrentWorkspace& ws) {
+  const index_t n = hv1 - hv0;
+  heads.clear();
+  for (index_t i = 0; i < n; ++i) {
+    heads.push_back(sequence_head(make_head, s, hv0 + i));
+    load_state(io, s, hv0 + i, plan.V, states[static_cast<std::size_t>(i)]);
+  }
+  if (io.token_states.has_value()) {
+    for (index_t i = 0; i < n; ++i)
+      run_recurrent_keeping_states(heads[static_cast<std::size_t>(i)], states[static_cast<std::size_t>(i)], ws,
+                                   io.token_states[s.batch_row].slice(0, s.token_begin, s.tokens).select(1, hv0 + i));
+  } else {
+    for (index_t t0 = 0; t0 < s.tokens; t0 += kTokenBlock) {
+      const index_t len = std::min(kTokenBlock, s.tokens - t0);
+      for (index_t i = 0; i < n; ++i)
+        run_recurrent(slice_head(heads[static_cast<std::size_t>(i)], t0, len), states[static_cast<std::size_t>(i)].data(),
+                      ws);
+    }
+  }
+  for (index_t i = 0; i < n; ++i) store_state(io, s, hv0 + i, plan.V, states[static_cast<std::size_t>(i)]);
+}
+
+// The family's chunked form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp). Item
+// i is value head i % HV of sequence order[i / HV]; each sequence is chunked on its own grid. The
 // state S [Kf, Vp] lives in the workspace; the steps are chunked.hpp's.
 template <class MakeHead>
 struct ChunkKernel {
   const PrefillPlan& plan;
   const StateIo& io;
+  const std::vector<index_t>& order;
   MakeHead& make_head;
 
   struct Workspace {
@@ -126,7 +176,8 @@ struct ChunkKernel {
   };
   struct Head {
     HeadProblem p;
-    index_t b, hv;
+    SequenceSpan s;
+    index_t hv;
   };
 
   index_t Vp() const { return plan.V + (plan.normalize ? 1 : 0); }
@@ -135,9 +186,10 @@ struct ChunkKernel {
                      AlignedVector<float>(plan.prefix_len > 0 ? static_cast<std::size_t>(plan.Kf + Vp()) : 0)};
   }
   Head begin_head(index_t item, Workspace& ws) const {
-    const index_t b = item / plan.HV, hv = item % plan.HV;
-    Head h{make_head(b, hv), b, hv};
-    load_state(io, b, hv, plan.V, ws.S);
+    const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(item / plan.HV)]];
+    const index_t hv = item % plan.HV;
+    Head h{sequence_head(make_head, s, hv), s, hv};
+    load_state(io, s, hv, plan.V, ws.S);
     return h;
   }
   index_t tokens(const Head& h) const { return h.p.T(); }
@@ -150,7 +202,7 @@ struct ChunkKernel {
   void store_outputs(const Head& h, index_t t0, index_t L, Workspace& ws) const {
     store_chunk_outputs(h.p, t0, L, ws.chunk);
   }
-  void end_head(const Head& h, Workspace& ws) const { store_state(io, h.b, h.hv, plan.V, ws.S); }
+  void end_head(const Head& h, Workspace& ws) const { store_state(io, h.s, h.hv, plan.V, ws.S); }
   // JRT: the prefix's causal outputs are overwritten by the read of the full prefix state.
   index_t prefix_tokens(const Head&) const { return plan.prefix_len; }
   void after_prefix(const Head& h, index_t P, Workspace& ws) const {
@@ -158,39 +210,55 @@ struct ChunkKernel {
   }
 };
 
-// Prefill: make_head(b, hv) returns the HeadProblem of one (batch, value head). Each parallel
-// block allocates its workspace and states once and reuses them for all its heads. final_state
-// may alias initial_state: a head's state is read completely before it is written.
+// Prefill: make_head(b, hv) returns the HeadProblem of one (batch row, value head) over all T
+// tokens of the row; the driver cuts it to each sequence of plan.seqs. Each parallel block
+// allocates its workspace and states once and reuses them for all its heads. final_state may
+// alias initial_state: a head's state is read completely before it is written, and no two
+// sequences share a state row (SequenceMap refuses a slot named twice).
 template <class MakeHead>
 void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& executor, MakeHead&& make_head) {
   const index_t Vp = plan.V + (plan.normalize ? 1 : 0);
-  const index_t tasks = plan.B * plan.HV;
+  const std::vector<index_t> order = sequence_order(plan.seqs);
+  const index_t sequences = static_cast<index_t>(order.size());
   if (plan.algorithm == LinearAttentionAlgorithm::chunked) {
-    const ChunkKernel<std::remove_reference_t<MakeHead>> kernel{plan, io, make_head};
-    seqmix::chunkwise::run(kernel, tasks, 1, plan.chunk, executor);
+    const ChunkKernel<std::remove_reference_t<MakeHead>> kernel{plan, io, order, make_head};
+    seqmix::chunkwise::run(kernel, sequences * plan.HV, 1, plan.chunk, executor);
     return;
   }
   if (plan.prefix_len == 0) {
-    // One contiguous range of heads per thread: equal work, and the interleaving needs ranges.
-    const index_t per_thread = (tasks + executor.concurrency() - 1) / executor.concurrency();
-    parallel_for(executor, tasks, per_thread,
-                 [&](index_t begin, index_t end) { run_recurrent_heads(plan, io, begin, end, make_head); });
+    // Tasks of `group` value heads of one sequence (heads of one sequence share its tokens, which
+    // the interleaving needs). A dense batch of one row splits into one range per thread as before;
+    // ragged batches give several tasks per thread, longest sequences first.
+    const index_t group = (plan.HV + executor.concurrency() - 1) / executor.concurrency();
+    const index_t per_sequence = (plan.HV + group - 1) / group;
+    parallel_for(executor, sequences * per_sequence, 1, [&](index_t begin, index_t end) {
+      std::vector<HeadProblem> heads;
+      heads.reserve(static_cast<std::size_t>(group));
+      std::vector<RowMatrix> states(static_cast<std::size_t>(group), RowMatrix(plan.Kf, Vp));
+      RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
+      for (index_t task = begin; task < end; ++task) {
+        const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(task / per_sequence)]];
+        const index_t hv0 = task % per_sequence * group;
+        run_recurrent_heads(plan, io, s, hv0, std::min(plan.HV, hv0 + group), make_head, heads, states, ws);
+      }
+    });
     return;
   }
   // The recurrent form with a JRT prefix: one head at a time.
-  parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
+  parallel_for(executor, sequences * plan.HV, 1, [&](index_t begin, index_t end) {
     RowMatrix S(plan.Kf, Vp);
     RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
     AlignedVector<float> prefix_buffer(static_cast<std::size_t>(plan.Kf + Vp));
     for (index_t task = begin; task < end; ++task) {
-      const index_t b = task / plan.HV, hv = task % plan.HV;
-      const HeadProblem p = make_head(b, hv);
-      load_state(io, b, hv, plan.V, S);
+      const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(task / plan.HV)]];
+      const index_t hv = task % plan.HV;
+      const HeadProblem p = sequence_head(make_head, s, hv);
+      load_state(io, s, hv, plan.V, S);
       const index_t P = std::min(plan.prefix_len, p.T());
       run_recurrent(slice_head(p, 0, P), S.data(), ws);
       read_state(slice_head(p, 0, P), S, prefix_buffer.data(), prefix_buffer.data() + plan.Kf);
       if (P < p.T()) run_recurrent(slice_head(p, P, p.T() - P), S.data(), ws);
-      store_state(io, b, hv, plan.V, S);
+      store_state(io, s, hv, plan.V, S);
     }
   });
 }
@@ -201,12 +269,28 @@ TensorView<T, 2> as_token(const TensorView<T, 1>& row) {
   return TensorView<T, 2>(row.data(), {1, row.size(0)}, {0, row.stride(0)});
 }
 
-// Decode step, in place on state [B,HV,Kf,V] (and normalizer [B,HV,Kf] when normalizing).
-// make_head(b, hv) returns a one-token HeadProblem. A state whose last dimension is strided is
-// staged through a contiguous copy.
+// The one-token head of a step's batch row b and value head hv: the q/k rows of its q/k head
+// (r for rwkv6), its v row and output row. Gates, maps and readout are the op's to add.
+inline HeadProblem step_head(const ConstView<float, 3>& q, const ConstView<float, 3>& k, const ConstView<float, 3>& v,
+                             const TensorView<float, 3>& o, const Dims& d, index_t b, index_t hv) {
+  HeadProblem p;
+  const index_t h = hv / d.heads_per_qk();
+  p.q = as_token(q[b][h]);
+  p.k = as_token(k[b][h]);
+  p.v = as_token(v[b][hv]);
+  p.o = as_token(o[b][hv]);
+  return p;
+}
+
+// Decode step, in place on the state pool [S,HV,Kf,V] (and normalizer [S,HV,Kf] when
+// normalizing). make_head(b, hv) returns the one-token HeadProblem of batch row b. Row b steps
+// pool row state_indices[b] (b without slots; -1: skipped, output untouched), zeroed first when
+// has_initial_state[b] is false. `batch` is validated (check_step_batch). A state whose last
+// dimension is strided is staged through a contiguous copy. Allocates nothing.
 template <class MakeHead>
 void run_step(index_t B, index_t HV, index_t K, index_t Kf, index_t V, bool normalize, const TensorView<float, 4>& state,
-              const TensorView<float, 3>& normalizer, const Executor& executor, MakeHead&& make_head) {
+              const TensorView<float, 3>& normalizer, const SequenceBatch& batch, const Executor& executor,
+              MakeHead&& make_head) {
   const bool in_place = state.is_last_dim_contiguous();
   // Waking a pool thread costs several microseconds, about what one core needs to stream 1 MB of
   // state (K=V=64 with 64 heads) through this kernel; below 2^19 state elements (2 MB) a step
@@ -218,10 +302,19 @@ void run_step(index_t B, index_t HV, index_t K, index_t Kf, index_t V, bool norm
     AlignedVector<float> staged(in_place ? 0 : static_cast<std::size_t>(Kf * V));
     for (index_t task = begin; task < end; ++task) {
       const index_t b = task / HV, hv = task % HV;
+      const index_t row = batch.slotted() ? batch.state_indices[b] : b;
+      if (row < 0) continue;
+      const auto s = state[row][hv];
+      const bool fresh = batch.has_initial_state.has_value() && !batch.has_initial_state[b];
+      if (fresh) {
+        for (index_t r = 0; r < Kf; ++r)
+          for (index_t c = 0; c < V; ++c) s(r, c) = 0.f;
+        if (normalize)
+          for (index_t r = 0; r < Kf; ++r) normalizer(row, hv, r) = 0.f;
+      }
       const HeadProblem p = make_head(b, hv);
       const TokenOperands x = load_token(p, 0, ws);
       const bool exclusive = p.readout == Readout::exclusive_bonus;
-      const auto s = state[b][hv];
       if (in_place) {
         recurrent_token(s.data(), s.stride(0), Kf, V, x, exclusive, ws.o());
       } else {
@@ -235,7 +328,7 @@ void run_step(index_t B, index_t HV, index_t K, index_t Kf, index_t V, bool norm
         // z is one more state column with value 1: the same kernel, on a [Kf, 1] state.
         TokenOperands xz = x;
         xz.v = x.v + V;
-        const auto z = normalizer[b][hv];
+        const auto z = normalizer[row][hv];
         recurrent_token(z.data(), z.stride(0), Kf, 1, xz, exclusive, ws.o() + V);
       }
       store_output_row(p, 0, ws.o());

@@ -5,16 +5,25 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix::detail::la {
 
 // Sizes of a family call: q/k heads H, value heads HV (a multiple of H), gate/bonus heads Hg.
+// B, T are the token tensors' first dims ([1, total_T] when packed).
 struct Dims {
   index_t B, T, H, HV, K, Kf, V;
   index_t heads_per_qk() const { return HV / H; }
+};
+
+// What a prefill's validation resolves: the sizes and the sequences of the call.
+struct PrefillCheck {
+  Dims d;
+  SequenceMap seqs;
 };
 
 // q and k [B,T,H,K], v [B,T,HV,V] with H dividing HV. Names q as `q_name` (r for rwkv6).
@@ -64,8 +73,76 @@ inline float check_scale(const ArgCheck& check, const std::optional<float>& scal
 }
 
 inline void check_chunk(const ArgCheck& check, index_t chunk) {
-  check.that(chunk >= 1 && chunk <= 4096, "options.chunk_size",
-             "must be in [1, 4096], got " + std::to_string(chunk));
+  if (chunk < 1 || chunk > 4096) check.fail("options.chunk_size", "must be in [1, 4096], got " + std::to_string(chunk));
+}
+
+// The initial / final state pair of a prefill, each optional, [S,HV,Kf,V] with S one row per
+// sequence or a pool of slots: checks their shapes agree and returns S (-1 if neither is given).
+inline index_t check_state_pair(const ArgCheck& check, const char* initial_name, const ConstView<float, 4>& initial,
+                                const char* final_name, const TensorView<float, 4>& final_state, const Dims& d) {
+  check.optional_shape(initial_name, initial, std::array<index_t, 4>{-1, d.HV, d.Kf, d.V}, "S,HV,Kf,V");
+  const index_t rows = initial.has_value() ? initial.size(0) : -1;
+  check.optional_shape(final_name, final_state, std::array<index_t, 4>{rows, d.HV, d.Kf, d.V}, "S,HV,Kf,V");
+  return initial.has_value() ? rows : final_state.has_value() ? final_state.size(0) : -1;
+}
+
+// Same for a [S,HV,Kf] normalizer pair; `rows` is the state pair's S (-1: not given).
+inline index_t check_normalizer_pair(const ArgCheck& check, const ConstView<float, 3>& initial,
+                                     const TensorView<float, 3>& final_z, index_t rows, const Dims& d) {
+  check.optional_shape("initial_normalizer", initial, std::array<index_t, 3>{rows, d.HV, d.Kf}, "S,HV,Kf");
+  if (rows < 0 && initial.has_value()) rows = initial.size(0);
+  check.optional_shape("final_normalizer", final_z, std::array<index_t, 3>{rows, d.HV, d.Kf}, "S,HV,Kf");
+  return rows >= 0 ? rows : final_z.has_value() ? final_z.size(0) : -1;
+}
+
+// token_states [B,T,HV,Kf,V] (the token tensors' first two dims), optional.
+inline void check_token_states(const ArgCheck& check, const TensorView<float, 5>& token_states, const Dims& d) {
+  check.optional_shape("token_states", token_states, std::array<index_t, 5>{d.B, d.T, d.HV, d.Kf, d.V},
+                       "B,T,HV,Kf,V");
+}
+
+// Refuses an output that shares memory with any of `inputs` (the family computes outputs while
+// it still reads its inputs; only a final state may alias its initial state).
+template <class Out, class... In>
+void check_no_overlap(const ArgCheck& check, const char* out_name, const Out& out, const In&... inputs) {
+  const bool overlap = (views_overlap(out, inputs) || ...);
+  if (overlap) check.fail(out_name, "must not overlap an input view (it is written while the inputs are read)");
+}
+
+// True when every slot is -1 or in [0, S) and none repeats. A per-thread mark table over the
+// pool, cleared by a second walk, keeps this free of allocations after warm-up.
+inline bool slots_distinct_in_range(const IndexList& slots, index_t S) {
+  const index_t n = slots.size();
+  for (index_t i = 0; i < n; ++i)
+    if (slots[i] < -1 || slots[i] >= S) return false;
+  thread_local std::vector<unsigned char> seen;
+  if (static_cast<index_t>(seen.size()) < S) seen.resize(static_cast<std::size_t>(S), 0);
+  bool distinct = true;
+  for (index_t i = 0; i < n && distinct; ++i) {
+    const index_t row = slots[i];
+    if (row < 0) continue;
+    distinct = !seen[static_cast<std::size_t>(row)];
+    seen[static_cast<std::size_t>(row)] = 1;
+  }
+  for (index_t i = 0; i < n; ++i)
+    if (slots[i] >= 0) seen[static_cast<std::size_t>(slots[i])] = 0;
+  return distinct;
+}
+
+// The batch of a decode step over B token rows and a state pool of S rows: no cu_seqlens, slots
+// and flags one per row. A valid batch is recognised here without SequenceMap::make, which copies
+// the op name into a std::string (a heap allocation per call for names over 15 characters, and a
+// step must not allocate); a doubtful one goes through SequenceMap::make for the shared message.
+inline void check_step_batch(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t S) {
+  if (batch.packed())
+    check.fail("cu_seqlens", "must be empty for a decode step (one token per batch row; state_indices maps rows)");
+  bool valid = !batch.has_initial_state.has_value() || batch.has_initial_state.size() == B;
+  if (batch.slotted())
+    valid = valid && !batch.state_indices.dangling() && batch.state_indices.size() == B &&
+            slots_distinct_in_range(batch.state_indices, S);
+  else
+    valid = valid && S == B;
+  if (!valid) SequenceMap::make(check.op(), batch, B, 1, true, S);
 }
 
 }  // namespace seqmix::detail::la

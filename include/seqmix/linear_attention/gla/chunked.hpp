@@ -3,8 +3,10 @@
 //   seqmix::simple_gla              one scalar decay per token and head (g_scalar)
 //   seqmix::retention               RetNet: fixed decay log(1 - 2^(-5-h)) per value head h
 //   seqmix::ungated_linear_attention no decay (linear_attention with the identity map)
-// Multi-threaded over (batch, value head); chunked or recurrent per shape (detail::la::
-// choose_algorithm says which and why). The definition is in reference.hpp.
+// Multi-threaded over (sequence, value head); chunked or recurrent per shape (detail::la::
+// choose_algorithm says which and why). Dense or packed (cu_seqlens) batches, states per sequence
+// or in slots of a pool, the state after every token on request (GlaInputs / GlaOutputs). The
+// definition is in reference.hpp.
 #pragma once
 
 #include <vector>
@@ -50,6 +52,14 @@ inline std::vector<float> retnet_gates(GateKind gate, index_t HV) {
   return gates;
 }
 
+// The same for a decode step, in a per-thread table grown on demand (a step allocates nothing
+// after warm-up). Valid until the calling thread's next call.
+inline const float* retnet_gates_cached(index_t HV) {
+  thread_local std::vector<float> gates;
+  for (index_t h = static_cast<index_t>(gates.size()); h < HV; ++h) gates.push_back(retnet_log_decay(h));
+  return gates.data();
+}
+
 inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet ? GateKind::scalar : gate; }
 
 }  // namespace detail::la
@@ -57,14 +67,16 @@ inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet 
 inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const Dims d = validate_gla("gated_linear_attention", in, out, options, executor);
+  const auto [d, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
   const float scale = check_scale(ArgCheck("gated_linear_attention"), options.scale, d.K);
-  PrefillPlan plan{d.B, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
+  PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
+  if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
-    plan.algorithm = choose_algorithm(effective_gate(options.gate), d.T, d.K, d.V, options.chunk_size);
+    plan.algorithm = choose_algorithm(effective_gate(options.gate), seqs.max_tokens(), d.K, d.V, options.chunk_size);
   StateIo io;
   io.initial_state = in.initial_state;
   io.final_state = out.final_state;
+  io.token_states = out.token_states;
   const std::vector<float> fixed_gates = retnet_gates(options.gate, d.HV);
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
     return gla_head(in, out, options.gate, scale, d, b, hv, fixed_gates.data() + hv);

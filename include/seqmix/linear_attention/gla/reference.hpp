@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -37,19 +38,28 @@ struct GlaOptions {
 };
 
 // Prefill arguments. Optional views are empty when not given. The gate has Hg = H or HV heads.
+// Dense: B sequences of T tokens, states [B,HV,K,V]. Packed (batch.cu_seqlens [N+1]): token
+// tensors [1,total_T,...], sequence n is tokens [cu[n], cu[n+1]), states [N,HV,K,V]. With
+// batch.state_indices the states are a pool [S,HV,K,V] read and written at row state_indices[n]
+// (-1: padding sequence, nothing read or written, its outputs untouched); has_initial_state[n]
+// false starts sequence n from zeros (seqmix/core/batch.hpp).
 struct GlaInputs {
   ConstView<float, 4> q;              // [B,T,H,K]
   ConstView<float, 4> k;              // [B,T,H,K]
   ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of H
   ConstView<float, 4> g;              // [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
   ConstView<float, 3> g_scalar;       // [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
-  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero state if absent)
+  ConstView<float, 4> initial_state;  // [N,HV,K,V] or a pool [S,HV,K,V], optional (zeros if absent)
+  SequenceBatch batch;                // cu_seqlens, state_indices, has_initial_state (all optional)
 };
 
-// o must not overlap an input; final_state may be the same view as initial_state.
+// o must not overlap an input; final_state may be the same view as initial_state (in place).
 struct GlaOutputs {
   TensorView<float, 4> o;            // [B,T,HV,V]
-  TensorView<float, 4> final_state;  // [B,HV,K,V], optional
+  TensorView<float, 4> final_state;  // [N,HV,K,V] or the pool [S,HV,K,V], optional
+  // [B,T,HV,K,V], optional: the state after each token (speculative verify keeps the state of the
+  // last accepted token). Given, the call runs the recurrent form.
+  TensorView<float, 5> token_states;
 };
 
 // Decode-step arguments: one token per batch row.
@@ -59,11 +69,14 @@ struct GlaStepInputs {
   ConstView<float, 3> v;         // [B,HV,V]
   ConstView<float, 3> g;         // [B,Hg,K] (GateKind::channel)
   ConstView<float, 2> g_scalar;  // [B,Hg]   (GateKind::scalar)
+  // state_indices [B]: row b steps pool row state_indices[b] (-1: padding row, its output and
+  // every state untouched); has_initial_state[b] false zeroes that row first. No cu_seqlens.
+  SequenceBatch batch;
 };
 
 struct GlaStepOutputs {
   TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+  TensorView<float, 4> state;  // [B,HV,K,V] or a pool [S,HV,K,V], updated in place (required)
 };
 
 namespace detail::la {
@@ -76,7 +89,8 @@ inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<flo
   const char* g_dims = prefill ? "B,T,Hg,K" : "B,Hg,K";
   const char* s_dims = prefill ? "B,T,Hg" : "B,Hg";
   if (gate == GateKind::channel) {
-    check.that(g.has_value() || g.size(GRank - 1) > 0, "g", std::string("is required for GateKind::channel, shape [") + g_dims + "]");
+    if (!g.has_value() && g.size(GRank - 1) == 0)
+      check.fail("g", std::string("is required for GateKind::channel, shape [") + g_dims + "]");
     std::array<index_t, GRank> expected{};
     expected.fill(-1);
     expected[0] = d.B;
@@ -84,46 +98,54 @@ inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<flo
     expected[GRank - 1] = d.K;
     check.shape("g", g, expected, g_dims);
     check_head_count(check, "g", g.size(GRank - 2), d, g.shape());
-    check.that(!g_scalar.has_value(), "g_scalar", "must be empty with GateKind::channel (the gate is g)");
+    if (g_scalar.has_value()) check.fail("g_scalar", "must be empty with GateKind::channel (the gate is g)");
     check_log_gate(check, "g", g, executor);
   } else if (gate == GateKind::scalar) {
-    check.that(g_scalar.has_value() || g_scalar.size(GRank - 2) > 0, "g_scalar",
-               std::string("is required for GateKind::scalar, shape [") + s_dims + "]");
+    if (!g_scalar.has_value() && g_scalar.size(GRank - 2) == 0)
+      check.fail("g_scalar", std::string("is required for GateKind::scalar, shape [") + s_dims + "]");
     std::array<index_t, GRank - 1> expected{};
     expected.fill(-1);
     expected[0] = d.B;
     if constexpr (prefill) expected[1] = d.T;
     check.shape("g_scalar", g_scalar, expected, s_dims);
     check_head_count(check, "g_scalar", g_scalar.size(GRank - 2), d, g_scalar.shape());
-    check.that(!g.has_value(), "g", "must be empty with GateKind::scalar (the gate is g_scalar)");
+    if (g.has_value()) check.fail("g", "must be empty with GateKind::scalar (the gate is g_scalar)");
     check_log_gate(check, "g_scalar", g_scalar, executor);
   } else {
-    check.that(!g.has_value() && !g_scalar.has_value(), g.has_value() ? "g" : "g_scalar",
-               "must be empty: GateKind::retnet and GateKind::none take no gate input");
+    if (g.has_value() || g_scalar.has_value())
+      check.fail(g.has_value() ? "g" : "g_scalar", "must be empty: GateKind::retnet and GateKind::none take no gate input");
   }
 }
 
-inline Dims validate_gla(const char* op, const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options,
-                         const Executor& executor) {
+// Checks a prefill (before anything is written) and resolves its sequences.
+inline PrefillCheck validate_gla(const char* op, const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options,
+                                 const Executor& executor) {
   const ArgCheck check(op);
   const Dims d = check_qkv(check, "q", in.q, in.k, in.v);
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  const index_t rows = check_state_pair(check, "initial_state", in.initial_state, "final_state", out.final_state, d);
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check_token_states(check, out.token_states, d);
   check_scale(check, options.scale, d.K);
   check_chunk(check, options.chunk_size);
   check_gate<4>(check, options.gate, in.g, in.g_scalar, d, executor);
-  return d;
+  const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
+  check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.g, in.g_scalar, in.initial_state, out.final_state,
+                   out.token_states);
+  check_no_overlap(check, "token_states", out.token_states, in.q, in.k, in.v, in.g, in.g_scalar, in.initial_state,
+                   out.final_state);
+  return {d, seqs};
 }
 
-inline Dims validate_gla_step(const char* op, const GlaStepInputs& in, const GlaStepOutputs& out,
+// `check` is the caller's (a static: building an ArgCheck allocates its name).
+inline Dims validate_gla_step(const ArgCheck& check, const GlaStepInputs& in, const GlaStepOutputs& out,
                               const GlaOptions& options, const Executor& executor) {
-  const ArgCheck check(op);
   const Dims d = check_qkv_step(check, "q", in.q, in.k, in.v);
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
-  check.shape("state", out.state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check.shape("state", out.state, std::array<index_t, 4>{-1, d.HV, d.K, d.V}, "S,HV,K,V");
+  check_step_batch(check, in.batch, d.B, out.state.size(0));
   check_scale(check, options.scale, d.K);
   check_gate<3>(check, options.gate, in.g, in.g_scalar, d, executor);
+  check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.g, in.g_scalar, out.state);
   return d;
 }
 
@@ -143,21 +165,24 @@ inline float gla_log_gate(const GlaInputs& in, GateKind gate, const Dims& d, ind
 
 namespace reference {
 
-// The definition, token by token, with the state in double precision. Single-threaded;
-// `executor` only splits the gate check. final_state may alias initial_state.
+// The definition, token by token, with the state in double precision, one sequence at a time.
+// Single-threaded; `executor` only splits the gate check. final_state may alias initial_state.
 inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const Dims d = validate_gla("reference::gated_linear_attention", in, out, options, executor);
+  const auto [d, seqs] = validate_gla("reference::gated_linear_attention", in, out, options, executor);
   const double scale = check_scale(ArgCheck("reference::gated_linear_attention"), options.scale, d.K);
   std::vector<double> S(static_cast<std::size_t>(d.K * d.V));
   auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
-  for (index_t b = 0; b < d.B; ++b)
+  for (index_t n = 0; n < seqs.sequences(); ++n) {
+    const SequenceSpan span = seqs[n];
+    if (span.state_row < 0) continue;
+    const index_t b = span.batch_row;
     for (index_t hv = 0; hv < d.HV; ++hv) {
       const index_t h = hv / d.heads_per_qk();
       for (index_t r = 0; r < d.K; ++r)
-        for (index_t c = 0; c < d.V; ++c) s(r, c) = in.initial_state.has_value() ? in.initial_state(b, hv, r, c) : 0.0;
-      for (index_t t = 0; t < d.T; ++t) {
+        for (index_t c = 0; c < d.V; ++c) s(r, c) = span.read_state ? in.initial_state(span.state_row, hv, r, c) : 0.0;
+      for (index_t t = span.token_begin; t < span.token_begin + span.tokens; ++t) {
         for (index_t r = 0; r < d.K; ++r) {
           const double decay = std::exp(static_cast<double>(gla_log_gate(in, options.gate, d, b, t, hv, r)));
           for (index_t c = 0; c < d.V; ++c) s(r, c) = decay * s(r, c) + double(in.k(b, t, h, r)) * in.v(b, t, hv, c);
@@ -167,11 +192,15 @@ inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, c
           for (index_t r = 0; r < d.K; ++r) acc += double(in.q(b, t, h, r)) * s(r, c);
           out.o(b, t, hv, c) = static_cast<float>(scale * acc);
         }
+        if (out.token_states.has_value())
+          for (index_t r = 0; r < d.K; ++r)
+            for (index_t c = 0; c < d.V; ++c) out.token_states(b, t, hv, r, c) = static_cast<float>(s(r, c));
       }
       if (out.final_state.has_value())
         for (index_t r = 0; r < d.K; ++r)
-          for (index_t c = 0; c < d.V; ++c) out.final_state(b, hv, r, c) = static_cast<float>(s(r, c));
+          for (index_t c = 0; c < d.V; ++c) out.final_state(span.state_row, hv, r, c) = static_cast<float>(s(r, c));
     }
+  }
 }
 
 }  // namespace reference

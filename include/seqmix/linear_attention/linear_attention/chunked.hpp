@@ -1,6 +1,7 @@
 // The fast prefill of linear_attention: feature maps are applied while each chunk (or token) is
 // loaded, the normalizer z rides along as one more value column, and JRT's prefix is a prefill of
-// the prefix followed by one read of its final state. Multi-threaded over (batch, value head).
+// the prefix followed by one read of its final state. Multi-threaded over (sequence, value head);
+// dense or packed batches, states per sequence or in slots (see GlaInputs).
 #pragma once
 
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"
@@ -31,13 +32,14 @@ inline HeadProblem linear_attention_head(const ConstView<float, 4>& q, const Con
 inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const Dims d = validate_linear_attention("linear_attention", in, out, options);
+  const auto [d, seqs] = validate_linear_attention("linear_attention", in, out, options);
   const float scale = check_scale(ArgCheck("linear_attention"), options.scale, d.K);
-  PrefillPlan plan{d.B, d.HV, d.K, d.Kf, d.V, options.normalize, options.algorithm, options.chunk_size,
+  PrefillPlan plan{seqs, d.HV, d.K, d.Kf, d.V, options.normalize, options.algorithm, options.chunk_size,
                    options.prefix_len};
+  if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
-    plan.algorithm = choose_algorithm(GateKind::none, d.T, d.Kf, d.V, options.chunk_size);
-  const StateIo io{in.initial_state, in.initial_normalizer, out.final_state, out.final_normalizer};
+    plan.algorithm = choose_algorithm(GateKind::none, seqs.max_tokens(), d.Kf, d.V, options.chunk_size);
+  const StateIo io{in.initial_state, in.initial_normalizer, out.final_state, out.final_normalizer, out.token_states};
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
     return linear_attention_head(in.q, in.k, in.v, out.o, options, scale, d, b, hv);
   });

@@ -7,14 +7,17 @@
 //   z_t = z_{t-1} + phi(k_t)             (normalize only; z [Kf])
 //   o_t = scale * S_t^T phi(q_t)         divided by scale * phi(q_t).z_t when normalizing
 // With prefix_len P > 0 (JRT prefix-linear attention), tokens t < P read the full prefix state
-// S_{P-1} (and z_{P-1}) instead of S_t; tokens t >= P are causal as above.
+// S_{P-1} (and z_{P-1}) instead of S_t; tokens t >= P are causal as above. In a packed batch the
+// prefix is min(P, length) tokens of each sequence. Batches, slots and token_states: GlaInputs.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <optional>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -46,6 +49,9 @@ struct LinearAttentionInputs {
   ConstView<float, 4> v;                   // [B,T,HV,V], HV a multiple of H
   ConstView<float, 4> initial_state;       // [B,HV,Kf,V], optional (zero if absent)
   ConstView<float, 3> initial_normalizer;  // [B,HV,Kf], optional z (normalize only; zero if absent)
+  // cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): states
+  // and normalizers are then [N,...] per sequence or a pool [S,...] of slots.
+  SequenceBatch batch;
 };
 
 // o must not overlap an input; a final view may be the same view as its initial one.
@@ -53,18 +59,21 @@ struct LinearAttentionOutputs {
   TensorView<float, 4> o;                 // [B,T,HV,V]
   TensorView<float, 4> final_state;       // [B,HV,Kf,V], optional
   TensorView<float, 3> final_normalizer;  // [B,HV,Kf], optional (normalize only)
+  TensorView<float, 5> token_states;      // [B,T,HV,Kf,V], optional, the state after each token
+                                          // (not with normalize or prefix_len; recurrent form)
 };
 
 struct LinearAttentionStepInputs {
   ConstView<float, 3> q;  // [B,H,K]
   ConstView<float, 3> k;  // [B,H,K]
   ConstView<float, 3> v;  // [B,HV,V]
+  SequenceBatch batch;    // state_indices / has_initial_state per row (see GlaStepInputs)
 };
 
 struct LinearAttentionStepOutputs {
   TensorView<float, 3> o;           // [B,HV,V]
-  TensorView<float, 4> state;       // [B,HV,Kf,V], updated in place (required)
-  TensorView<float, 3> normalizer;  // [B,HV,Kf], updated in place (required iff normalize)
+  TensorView<float, 4> state;       // [B,HV,Kf,V] or a pool [S,HV,Kf,V], updated in place (required)
+  TensorView<float, 3> normalizer;  // [B,HV,Kf] or [S,HV,Kf], updated in place (required iff normalize)
 };
 
 namespace detail::la {
@@ -73,41 +82,50 @@ inline void check_linear_attention_options(const ArgCheck& check, const LinearAt
                                            const Dims& d, bool step) {
   check_scale(check, options.scale, d.K);
   check_chunk(check, options.chunk_size);
-  check.that(options.prefix_len >= 0 && (step ? options.prefix_len == 0 : options.prefix_len <= d.T),
-             "options.prefix_len",
-             step ? "must be 0 for a decode step (the prefix is a prefill concept)"
-                  : "must be in [0, T = " + std::to_string(d.T) + "], got " + std::to_string(options.prefix_len));
+  if (step && options.prefix_len != 0)
+    check.fail("options.prefix_len", "must be 0 for a decode step (the prefix is a prefill concept)");
+  if (!step && (options.prefix_len < 0 || options.prefix_len > d.T))
+    check.fail("options.prefix_len",
+               "must be in [0, T = " + std::to_string(d.T) + "], got " + std::to_string(options.prefix_len));
 }
 
-inline Dims validate_linear_attention(const char* op, const LinearAttentionInputs& in,
-                                      const LinearAttentionOutputs& out, const LinearAttentionOptions& options) {
+inline PrefillCheck validate_linear_attention(const char* op, const LinearAttentionInputs& in,
+                                              const LinearAttentionOutputs& out, const LinearAttentionOptions& options) {
   const ArgCheck check(op);
   Dims d = check_qkv(check, "q", in.q, in.k, in.v);
   d.Kf = feature_dim(options.feature_map, d.K);
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{d.B, d.HV, d.Kf, d.V}, "B,HV,Kf,V");
-  check.optional_shape("initial_normalizer", in.initial_normalizer, std::array<index_t, 3>{d.B, d.HV, d.Kf}, "B,HV,Kf");
+  index_t rows = check_state_pair(check, "initial_state", in.initial_state, "final_state", out.final_state, d);
+  rows = check_normalizer_pair(check, in.initial_normalizer, out.final_normalizer, rows, d);
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{d.B, d.HV, d.Kf, d.V}, "B,HV,Kf,V");
-  check.optional_shape("final_normalizer", out.final_normalizer, std::array<index_t, 3>{d.B, d.HV, d.Kf}, "B,HV,Kf");
+  check_token_states(check, out.token_states, d);
   check.that(options.normalize || (!in.initial_normalizer.has_value() && !out.final_normalizer.has_value()),
              in.initial_normalizer.has_value() ? "initial_normalizer" : "final_normalizer",
              "is only used with options.normalize = true");
+  if (out.token_states.has_value() && (options.normalize || options.prefix_len > 0))
+    check.fail("token_states", "is not supported with options.normalize or options.prefix_len");
   check_linear_attention_options(check, options, d, false);
-  return d;
+  const bool has_initial = in.initial_state.has_value() || in.initial_normalizer.has_value();
+  const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, has_initial, rows);
+  check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.initial_state, in.initial_normalizer, out.final_state,
+                   out.final_normalizer, out.token_states);
+  check_no_overlap(check, "token_states", out.token_states, in.q, in.k, in.v, in.initial_state, out.final_state);
+  return {d, seqs};
 }
 
-inline Dims validate_linear_attention_step(const char* op, const LinearAttentionStepInputs& in,
+// `check` is the caller's (a static: building an ArgCheck allocates its name).
+inline Dims validate_linear_attention_step(const ArgCheck& check, const LinearAttentionStepInputs& in,
                                            const LinearAttentionStepOutputs& out, const LinearAttentionOptions& options) {
-  const ArgCheck check(op);
   Dims d = check_qkv_step(check, "q", in.q, in.k, in.v);
   d.Kf = feature_dim(options.feature_map, d.K);
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
-  check.shape("state", out.state, std::array<index_t, 4>{d.B, d.HV, d.Kf, d.V}, "B,HV,Kf,V");
+  check.shape("state", out.state, std::array<index_t, 4>{-1, d.HV, d.Kf, d.V}, "S,HV,Kf,V");
   if (options.normalize)
-    check.shape("normalizer", out.normalizer, std::array<index_t, 3>{d.B, d.HV, d.Kf}, "B,HV,Kf");
-  else
-    check.that(!out.normalizer.has_value(), "normalizer", "is only used with options.normalize = true");
+    check.shape("normalizer", out.normalizer, std::array<index_t, 3>{out.state.size(0), d.HV, d.Kf}, "S,HV,Kf");
+  else if (out.normalizer.has_value())
+    check.fail("normalizer", "is only used with options.normalize = true");
+  check_step_batch(check, in.batch, d.B, out.state.size(0));
   check_linear_attention_options(check, options, d, true);
+  check_no_overlap(check, "o", out.o, in.q, in.k, in.v, out.state, out.normalizer);
   return d;
 }
 
@@ -115,23 +133,30 @@ inline Dims validate_linear_attention_step(const char* op, const LinearAttention
 
 namespace reference {
 
-// The definition, token by token, state in double precision. Single-threaded.
+// The definition, token by token, state in double precision, one sequence at a time.
+// Single-threaded.
 inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::la;
-  const Dims d = validate_linear_attention("reference::linear_attention", in, out, options);
+  const auto [d, seqs] = validate_linear_attention("reference::linear_attention", in, out, options);
   const double scale = check_scale(ArgCheck("reference::linear_attention"), options.scale, d.K);
-  const index_t Kf = d.Kf, P = options.prefix_len;
+  const index_t Kf = d.Kf;
   std::vector<double> S(static_cast<std::size_t>(Kf * d.V)), z(static_cast<std::size_t>(Kf));
   std::vector<float> phi_q(static_cast<std::size_t>(Kf)), phi_k(static_cast<std::size_t>(Kf));
   auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
-  for (index_t b = 0; b < d.B; ++b)
+  for (index_t n = 0; n < seqs.sequences(); ++n) {
+    const SequenceSpan span = seqs[n];
+    if (span.state_row < 0) continue;
+    const index_t b = span.batch_row, t0 = span.token_begin, t1 = span.token_begin + span.tokens;
+    const index_t P = t0 + std::min(options.prefix_len, span.tokens);
+    const bool read_s = span.read_state && in.initial_state.has_value();
+    const bool read_z = span.read_state && in.initial_normalizer.has_value();
     for (index_t hv = 0; hv < d.HV; ++hv) {
       const index_t h = hv / d.heads_per_qk();
       for (index_t r = 0; r < Kf; ++r) {
-        for (index_t c = 0; c < d.V; ++c) s(r, c) = in.initial_state.has_value() ? in.initial_state(b, hv, r, c) : 0.0;
-        z[r] = in.initial_normalizer.has_value() ? in.initial_normalizer(b, hv, r) : 0.0;
+        for (index_t c = 0; c < d.V; ++c) s(r, c) = read_s ? in.initial_state(span.state_row, hv, r, c) : 0.0;
+        z[r] = read_z ? in.initial_normalizer(span.state_row, hv, r) : 0.0;
       }
       auto absorb = [&](index_t t) {  // S += phi(k_t) v_t^T, z += phi(k_t)
         apply_feature_map(options.feature_map, in.k[b][t][h], 1.f, phi_k.data());
@@ -139,6 +164,9 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
           z[r] += phi_k[r];
           for (index_t c = 0; c < d.V; ++c) s(r, c) += double(phi_k[r]) * in.v(b, t, hv, c);
         }
+        if (out.token_states.has_value())
+          for (index_t r = 0; r < Kf; ++r)
+            for (index_t c = 0; c < d.V; ++c) out.token_states(b, t, hv, r, c) = static_cast<float>(s(r, c));
       };
       auto read = [&](index_t t) {  // o_t from the current state
         apply_feature_map(options.feature_map, in.q[b][t][h], 1.f, phi_q.data());
@@ -150,18 +178,19 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
           out.o(b, t, hv, c) = static_cast<float>(options.normalize ? scale * acc / den : scale * acc);
         }
       };
-      for (index_t t = 0; t < P; ++t) absorb(t);
-      for (index_t t = 0; t < P; ++t) read(t);
-      for (index_t t = P; t < d.T; ++t) {
+      for (index_t t = t0; t < P; ++t) absorb(t);
+      for (index_t t = t0; t < P; ++t) read(t);
+      for (index_t t = P; t < t1; ++t) {
         absorb(t);
         read(t);
       }
       for (index_t r = 0; r < Kf; ++r) {
         if (out.final_state.has_value())
-          for (index_t c = 0; c < d.V; ++c) out.final_state(b, hv, r, c) = static_cast<float>(s(r, c));
-        if (out.final_normalizer.has_value()) out.final_normalizer(b, hv, r) = static_cast<float>(z[r]);
+          for (index_t c = 0; c < d.V; ++c) out.final_state(span.state_row, hv, r, c) = static_cast<float>(s(r, c));
+        if (out.final_normalizer.has_value()) out.final_normalizer(span.state_row, hv, r) = static_cast<float>(z[r]);
       }
     }
+  }
 }
 
 }  // namespace reference

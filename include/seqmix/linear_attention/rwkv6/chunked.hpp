@@ -1,6 +1,7 @@
 // The fast prefill of rwkv6: the family's chunked / recurrent engines with the exclusive readout
 // (o_t reads S_{t-1}; the diagonal of the intra-chunk scores is the bonus r_t . (u * k_t)).
-// Multi-threaded over (batch, value head); see detail::la::choose_algorithm for the choice.
+// Multi-threaded over (sequence, value head); see detail::la::choose_algorithm for the choice.
+// Dense or packed batches, states per sequence or in slots, token_states (see GlaInputs).
 #pragma once
 
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"
@@ -11,13 +12,15 @@ namespace seqmix {
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const Dims d = validate_rwkv6("rwkv6", in, out, options, executor);
-  PrefillPlan plan{d.B, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
+  const auto [d, seqs] = validate_rwkv6("rwkv6", in, out, options, executor);
+  PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
+  if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
-    plan.algorithm = choose_algorithm(GateKind::channel, d.T, d.K, d.V, options.chunk_size);
+    plan.algorithm = choose_algorithm(GateKind::channel, seqs.max_tokens(), d.K, d.V, options.chunk_size);
   StateIo io;
   io.initial_state = in.initial_state;
   io.final_state = out.final_state;
+  io.token_states = out.token_states;
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
     HeadProblem p;
     const index_t h = hv / d.heads_per_qk();

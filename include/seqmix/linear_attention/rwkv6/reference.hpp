@@ -11,6 +11,7 @@
 #include <cmath>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -34,11 +35,15 @@ struct Rwkv6Inputs {
   ConstView<float, 4> g;              // [B,T,Hg,K] log-decay <= 0 (w = exp(g))
   ConstView<float, 2> u;              // [Hg,K] bonus of the current token
   ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero if absent)
+  // cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): the
+  // states are then [N,HV,K,V] per sequence or a pool [S,HV,K,V] of slots.
+  SequenceBatch batch;
 };
 
 struct Rwkv6Outputs {
-  TensorView<float, 4> o;            // [B,T,HV,V]
-  TensorView<float, 4> final_state;  // [B,HV,K,V], optional; may be the initial_state view
+  TensorView<float, 4> o;             // [B,T,HV,V]
+  TensorView<float, 4> final_state;   // [B,HV,K,V], optional; may be the initial_state view
+  TensorView<float, 5> token_states;  // [B,T,HV,K,V], optional: S_t after each token t
 };
 
 struct Rwkv6StepInputs {
@@ -47,11 +52,12 @@ struct Rwkv6StepInputs {
   ConstView<float, 3> v;  // [B,HV,V]
   ConstView<float, 3> g;  // [B,Hg,K]
   ConstView<float, 2> u;  // [Hg,K]
+  SequenceBatch batch;    // state_indices / has_initial_state per row (see GlaStepInputs)
 };
 
 struct Rwkv6StepOutputs {
   TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V], read and then updated in place (required)
+  TensorView<float, 4> state;  // [B,HV,K,V] or a pool [S,HV,K,V], read and then updated in place (required)
 };
 
 namespace detail::la {
@@ -61,31 +67,38 @@ inline void check_rwkv6_u(const ArgCheck& check, const ConstView<float, 2>& u, c
   check_head_count(check, "u", u.size(0), d, u.shape());
 }
 
-inline Dims validate_rwkv6(const char* op, const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options,
-                           const Executor& executor) {
+inline PrefillCheck validate_rwkv6(const char* op, const Rwkv6Inputs& in, const Rwkv6Outputs& out,
+                                   const Rwkv6Options& options, const Executor& executor) {
   const ArgCheck check(op);
   const Dims d = check_qkv(check, "r", in.r, in.k, in.v);
   check.shape("g", in.g, std::array<index_t, 4>{d.B, d.T, -1, d.K}, "B,T,Hg,K");
   check_head_count(check, "g", in.g.size(2), d, in.g.shape());
   check_rwkv6_u(check, in.u, d);
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  const index_t rows = check_state_pair(check, "initial_state", in.initial_state, "final_state", out.final_state, d);
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check_token_states(check, out.token_states, d);
   check_chunk(check, options.chunk_size);
   check_log_gate(check, "g", in.g, executor);
-  return d;
+  const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
+  check_no_overlap(check, "o", out.o, in.r, in.k, in.v, in.g, in.u, in.initial_state, out.final_state,
+                   out.token_states);
+  check_no_overlap(check, "token_states", out.token_states, in.r, in.k, in.v, in.g, in.u, in.initial_state,
+                   out.final_state);
+  return {d, seqs};
 }
 
-inline Dims validate_rwkv6_step(const char* op, const Rwkv6StepInputs& in, const Rwkv6StepOutputs& out,
+// `check` is the caller's (a static: building an ArgCheck allocates its name).
+inline Dims validate_rwkv6_step(const ArgCheck& check, const Rwkv6StepInputs& in, const Rwkv6StepOutputs& out,
                                 const Executor& executor) {
-  const ArgCheck check(op);
   const Dims d = check_qkv_step(check, "r", in.r, in.k, in.v);
   check.shape("g", in.g, std::array<index_t, 3>{d.B, -1, d.K}, "B,Hg,K");
   check_head_count(check, "g", in.g.size(1), d, in.g.shape());
   check_rwkv6_u(check, in.u, d);
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
-  check.shape("state", out.state, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+  check.shape("state", out.state, std::array<index_t, 4>{-1, d.HV, d.K, d.V}, "S,HV,K,V");
+  check_step_batch(check, in.batch, d.B, out.state.size(0));
   check_log_gate(check, "g", in.g, executor);
+  check_no_overlap(check, "o", out.o, in.r, in.k, in.v, in.g, in.u, out.state);
   return d;
 }
 
@@ -93,21 +106,24 @@ inline Dims validate_rwkv6_step(const char* op, const Rwkv6StepInputs& in, const
 
 namespace reference {
 
-// The definition, token by token, state in double precision. Single-threaded; `executor` only
-// splits the gate check.
+// The definition, token by token, state in double precision, one sequence at a time.
+// Single-threaded; `executor` only splits the gate check.
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const Dims d = validate_rwkv6("reference::rwkv6", in, out, options, executor);
+  const auto [d, seqs] = validate_rwkv6("reference::rwkv6", in, out, options, executor);
   std::vector<double> S(static_cast<std::size_t>(d.K * d.V));
   auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
-  for (index_t b = 0; b < d.B; ++b)
+  for (index_t n = 0; n < seqs.sequences(); ++n) {
+    const SequenceSpan span = seqs[n];
+    if (span.state_row < 0) continue;
+    const index_t b = span.batch_row;
     for (index_t hv = 0; hv < d.HV; ++hv) {
       const index_t h = hv / d.heads_per_qk();
       const index_t hg = head_for(in.g.size(2), hv, d), hu = head_for(in.u.size(0), hv, d);
       for (index_t r = 0; r < d.K; ++r)
-        for (index_t c = 0; c < d.V; ++c) s(r, c) = in.initial_state.has_value() ? in.initial_state(b, hv, r, c) : 0.0;
-      for (index_t t = 0; t < d.T; ++t) {
+        for (index_t c = 0; c < d.V; ++c) s(r, c) = span.read_state ? in.initial_state(span.state_row, hv, r, c) : 0.0;
+      for (index_t t = span.token_begin; t < span.token_begin + span.tokens; ++t) {
         double bonus = 0.0;
         for (index_t r = 0; r < d.K; ++r) bonus += double(in.r(b, t, h, r)) * in.u(hu, r) * in.k(b, t, h, r);
         for (index_t c = 0; c < d.V; ++c) {
@@ -119,11 +135,15 @@ inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Opt
           const double w = std::exp(static_cast<double>(in.g(b, t, hg, r)));
           for (index_t c = 0; c < d.V; ++c) s(r, c) = w * s(r, c) + double(in.k(b, t, h, r)) * in.v(b, t, hv, c);
         }
+        if (out.token_states.has_value())
+          for (index_t r = 0; r < d.K; ++r)
+            for (index_t c = 0; c < d.V; ++c) out.token_states(b, t, hv, r, c) = static_cast<float>(s(r, c));
       }
       if (out.final_state.has_value())
         for (index_t r = 0; r < d.K; ++r)
-          for (index_t c = 0; c < d.V; ++c) out.final_state(b, hv, r, c) = static_cast<float>(s(r, c));
+          for (index_t c = 0; c < d.V; ++c) out.final_state(span.state_row, hv, r, c) = static_cast<float>(s(r, c));
     }
+  }
 }
 
 }  // namespace reference
