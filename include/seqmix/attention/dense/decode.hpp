@@ -602,6 +602,22 @@ struct DecodeWorkspace {
   }
 };
 
+// Sink logit of a head without one (finish_pieces' `sink`).
+constexpr float kNoSink = kMinusInf;
+
+// Merges the partial states of one row's pieces, rows row_of(0), row_of(1), ... in key order,
+// and writes the normalized row to o (stride o_stride); returns its lse. `sink` is the head's
+// sink logit, or kNoSink.
+template <class RowOf>
+float finish_pieces(const SoftmaxRow* states, float* accs, index_t Dvp, index_t Dv, index_t pieces, float sink, float* o,
+                    index_t o_stride, const RowOf& row_of) {
+  SoftmaxRow row = states[row_of(0)];
+  float* acc = accs + row_of(0) * Dvp;
+  for (index_t piece = 1; piece < pieces; ++piece)
+    combine_rows(row, acc, states[row_of(piece)], accs + row_of(piece) * Dvp, Dv);
+  return finish_row(row, acc, Dv, sink != kNoSink, sink != kNoSink ? sink : 0.f, o, o_stride);
+}
+
 // Validation of the decode entry point without a heap allocation: the checker (and its op
 // name, longer than the short-string buffer) is built once.
 template <class KV>
@@ -685,14 +701,11 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
   for (index_t b = 0; b < d.B; ++b)
     for (index_t hk = 0; hk < d.Hkv; ++hk)
       for (index_t r = 0; r < M; ++r) {
-        const auto row_of = [&](index_t split) { return (b * splits + split) * rows_per_task + hk * M + r; };
-        SoftmaxRow row = states[row_of(0)];
-        float* acc = accs + row_of(0) * Dvp;
-        for (index_t split = 1; split < splits; ++split)
-          combine_rows(row, acc, states[row_of(split)], accs + row_of(split) * Dvp, d.Dv);
         const index_t i = r / G, h = hk * G + r % G;
-        const float lse = finish_row(row, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
-                                     out.o.ptr(b, i, h), out.o.stride(3));
+        const float lse = finish_pieces(states, accs, Dvp, d.Dv, splits, has_sink ? in.sink_logits(h) : kNoSink,
+                                        out.o.ptr(b, i, h), out.o.stride(3), [&](index_t split) {
+                                          return (b * splits + split) * rows_per_task + hk * M + r;
+                                        });
         if (out.lse.has_value()) out.lse(b, i, h) = lse;
       }
 }

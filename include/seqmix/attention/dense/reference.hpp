@@ -100,6 +100,27 @@ inline index_t packed_sequences(const ArgCheck& check, const IndexList& cu, inde
   return cu.size() - 1;
 }
 
+inline void validate_attention_options(const ArgCheck& check, const AttentionOptions& options) {
+  if (options.scale) check.finite(*options.scale, "options.scale");
+  check.finite(options.softcap, "options.softcap");
+  if (!(options.softcap >= 0.f))
+    check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
+  if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
+  if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+}
+
+// Attention never writes in place: o and lse may overlap neither an input nor each other.
+template <class Q, class K, class V>
+void refuse_output_overlap(const ArgCheck& check, const TensorView<float, 4>& o, const TensorView<float, 3>& lse,
+                           const Q& q, const K& k, const V& v, const char* inputs) {
+  for (int which = 0; which < 2; ++which) {
+    const bool overlaps = which == 0 ? views_overlap(o, q) || views_overlap(o, k) || views_overlap(o, v)
+                                     : views_overlap(lse, q) || views_overlap(lse, k) || views_overlap(lse, v);
+    if (overlaps) check.fail(which == 0 ? "o" : "lse", std::string("overlaps an input ") + inputs + "; attention cannot write in place");
+  }
+  if (views_overlap(o, lse)) check.fail("lse", "overlaps o");
+}
+
 // Validation shared by every form. Formats a message only on failure, so a call with good
 // arguments allocates nothing (decode's zero-allocation contract).
 template <class KV>
@@ -121,12 +142,7 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
   check.optional_shape("positions", in.positions, std::array<index_t, 2>{B, Tq}, "B,Tq");
   check.shape("o", out.o, std::array<index_t, 4>{B, Tq, Hq, Dv}, "B,Tq,Hq,Dv");
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{B, Tq, Hq}, "B,Tq,Hq");
-  if (options.scale) check.finite(*options.scale, "options.scale");
-  check.finite(options.softcap, "options.softcap");
-  if (!(options.softcap >= 0.f))
-    check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
-  if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
-  if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  validate_attention_options(check, options);
   if (in.batch.slotted() || in.batch.has_initial_state.has_value())
     check.fail("batch", "attention keeps no state: state_indices and has_initial_state are not used");
   if (in.batch.packed()) {
@@ -137,13 +153,7 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
     if (in.mask.has_value()) check.fail("mask", "is not supported with packed sequences (cu_seqlens)");
     if (in.positions.has_value()) check.fail("positions", "is not supported with packed sequences (cu_seqlens)");
   }
-  const auto refuse_overlap = [&](const char* output, const auto& view) {
-    if (views_overlap(view, in.q) || views_overlap(view, in.k) || views_overlap(view, in.v))
-      check.fail(output, "overlaps an input (q, k or v); attention cannot write in place");
-  };
-  refuse_overlap("o", out.o);
-  refuse_overlap("lse", out.lse);
-  if (views_overlap(out.o, out.lse)) check.fail("lse", "overlaps o");
+  refuse_output_overlap(check, out.o, out.lse, in.q, in.k, in.v, "(q, k or v)");
   return {B, Tq, Tk, Hq, Hkv, Dk, Dv};
 }
 

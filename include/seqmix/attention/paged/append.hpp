@@ -83,7 +83,7 @@ index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedK
   index_t N = B;
   if (in.cu_seqlens.has_value()) N = packed_sequences(check, in.cu_seqlens, B, T);
   const index_t rows = B * T;
-  if (in.slot_mapping.has_value()) {
+  if (in.slot_mapping.has_value()) {  // else block_table and cache_seqlens are required
     if (in.slot_mapping.dangling()) check.fail("slot_mapping", "has a null data pointer");
     if (in.slot_mapping.size() != rows)
       check.fail("slot_mapping", "must hold one slot per token row (" + std::to_string(rows) + "), got " +
@@ -95,17 +95,7 @@ index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedK
                                        std::to_string(NB * BS) + ") (num_blocks x block_size)");
     }
   } else {
-    if (!in.block_table.has_value() && rows > 0)
-      check.fail("block_table", "is required ([N, max_blocks]) when slot_mapping is not given");
-    if (in.block_table.dangling()) check.fail("block_table", "has a null data pointer");
-    if (in.block_table.has_value() && in.block_table.rows() != N)
-      check.fail("block_table", "must have one row per sequence (" + std::to_string(N) + "), got " +
-                                    std::to_string(in.block_table.rows()));
-    if (in.cache_seqlens.dangling()) check.fail("cache_seqlens", "has a null data pointer");
-    if (in.cache_seqlens.size() != N)
-      check.fail("cache_seqlens", "must hold one length per sequence (" + std::to_string(N) + "), got " +
-                                      std::to_string(in.cache_seqlens.size()));
-    const index_t capacity = (in.block_table.has_value() ? in.block_table.cols() : 0) * BS;
+    const index_t capacity = check_block_table(check, in.block_table, in.cache_seqlens, N) * BS;
     for (index_t n = 0; n < N; ++n) {
       index_t row0 = 0, count = 0;
       append_sequence_rows(in, n, row0, count);

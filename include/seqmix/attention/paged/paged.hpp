@@ -243,14 +243,11 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
     const index_t M = item.nq * G;
     for (index_t hk = 0; hk < d.Hkv; ++hk)
       for (index_t r = 0; r < M; ++r) {
-        const auto row_of = [&](index_t split) { return tasks[item.task0 + split].row0 + hk * M + r; };
-        SoftmaxRow row = states[row_of(0)];
-        float* acc = accs + row_of(0) * Dvp;
-        for (index_t split = 1; split < item.splits; ++split)
-          combine_rows(row, acc, states[row_of(split)], accs + row_of(split) * Dvp, d.Dv);
         const index_t i = qs.i0 + item.q0 + r / G, h = hk * G + r % G;
-        const float lse = finish_row(row, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
-                                     out.o.ptr(qs.b, i, h), out.o.stride(3));
+        const float lse = finish_pieces(states, accs, Dvp, d.Dv, item.splits, has_sink ? in.sink_logits(h) : kNoSink,
+                                        out.o.ptr(qs.b, i, h), out.o.stride(3), [&](index_t split) {
+                                          return tasks[item.task0 + split].row0 + hk * M + r;
+                                        });
         if (out.lse.has_value()) out.lse(qs.b, i, h) = lse;
       }
   }

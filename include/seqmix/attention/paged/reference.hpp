@@ -106,6 +106,22 @@ PagedQueries paged_queries(const PagedAttentionInputs<KV>& in, index_t n) {
   return {n, 0, in.q.size(1)};
 }
 
+// block_table [N, max_blocks] and cache_seqlens [N] given with one row / entry per sequence;
+// returns max_blocks.
+inline index_t check_block_table(const ArgCheck& check, const BlockTable& table, const IndexList& cache_seqlens,
+                                 index_t N) {
+  if (!table.has_value() && N > 0) check.fail("block_table", "is required ([N, max_blocks])");
+  if (table.dangling()) check.fail("block_table", "has a null data pointer");
+  if (table.has_value() && table.rows() != N)
+    check.fail("block_table", "must have one row per sequence (" + std::to_string(N) + "), got " +
+                                  std::to_string(table.rows()));
+  if (cache_seqlens.dangling()) check.fail("cache_seqlens", "has a null data pointer");
+  if (cache_seqlens.size() != N)
+    check.fail("cache_seqlens", "must hold one length per sequence (" + std::to_string(N) + "), got " +
+                                    std::to_string(cache_seqlens.size()));
+  return table.has_value() ? table.cols() : 0;
+}
+
 // Every argument, every used block table entry and every length is checked here, before any
 // output is written; messages are formatted only on failure (no allocation on a good call).
 template <class KV>
@@ -122,16 +138,7 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   const bool packed = in.cu_seqlens_q.has_value();
   index_t N = Bq;
   if (packed) N = packed_sequences(check, in.cu_seqlens_q, Bq, Tq);
-  if (!in.block_table.has_value() && N > 0) check.fail("block_table", "is required ([N, max_blocks])");
-  if (in.block_table.dangling()) check.fail("block_table", "has a null data pointer");
-  if (in.block_table.has_value() && in.block_table.rows() != N)
-    check.fail("block_table", "must have one row per sequence (" + std::to_string(N) + "), got " +
-                                  std::to_string(in.block_table.rows()));
-  const index_t max_blocks = in.block_table.has_value() ? in.block_table.cols() : 0;
-  if (in.cache_seqlens.dangling()) check.fail("cache_seqlens", "has a null data pointer");
-  if (in.cache_seqlens.size() != N)
-    check.fail("cache_seqlens", "must hold one length per sequence (" + std::to_string(N) + "), got " +
-                                    std::to_string(in.cache_seqlens.size()));
+  const index_t max_blocks = check_block_table(check, in.block_table, in.cache_seqlens, N);
   for (index_t n = 0; n < N; ++n) {
     const index_t L = in.cache_seqlens[n];
     const index_t queries = packed ? in.cu_seqlens_q[n + 1] - in.cu_seqlens_q[n] : Tq;
@@ -155,19 +162,8 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   check.optional_shape("sink_logits", in.sink_logits, std::array<index_t, 1>{Hq}, "Hq");
   check.shape("o", out.o, std::array<index_t, 4>{Bq, Tq, Hq, Dv}, "N,Tq,Hq,Dv");
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{Bq, Tq, Hq}, "N,Tq,Hq");
-  if (options.scale) check.finite(*options.scale, "options.scale");
-  check.finite(options.softcap, "options.softcap");
-  if (!(options.softcap >= 0.f))
-    check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
-  if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
-  if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
-  const auto refuse_overlap = [&](const char* output, const auto& view) {
-    if (views_overlap(view, in.q) || views_overlap(view, in.k_pages) || views_overlap(view, in.v_pages))
-      check.fail(output, "overlaps an input (q, k_pages or v_pages)");
-  };
-  refuse_overlap("o", out.o);
-  refuse_overlap("lse", out.lse);
-  if (views_overlap(out.o, out.lse)) check.fail("lse", "overlaps o");
+  validate_attention_options(check, options.dense());
+  refuse_output_overlap(check, out.o, out.lse, in.q, in.k_pages, in.v_pages, "(q, k_pages or v_pages)");
   return {N, Hq, Hkv, Dk, Dv, NB, BS, max_blocks, packed};
 }
 
