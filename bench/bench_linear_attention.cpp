@@ -7,9 +7,20 @@
 //   prefill  flops = 4 * B*T*HV*K*V     per token and state element: the update k v^T (2) and
 //                                        the readout S^T q (2); decays and O(T*K) terms left out
 //   step     bytes = 4 * (2*B*HV*K*V + B*(3*H*K + 2*HV*V))   state in and out, q/k/g, v, o
+//
+// Serving (issue 14): gated_linear_attention/varlen/... packs 8 sequences of 17..2048 tokens
+// (4689 in all) into one call (/packed, states per sequence), beside one dense call over the same
+// 4689 tokens (/dense) and the same sequences padded to 2048 (/padded); all three count the flops
+// of the 4689 real tokens, so their GFLOP/s compare directly. gated_linear_attention_step/slots
+// steps 64 sequences through a 96-row state pool with holes (/slots), beside a plain B=64 step
+// (/dense); GB/s counts the same bytes for both.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
 #include <string>
+#include <vector>
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
@@ -153,6 +164,53 @@ void rwkv6_step(benchmark::State& state, std::string shape) {
   state.counters["GB/s"] = benchmark::Counter(step_bytes(1, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The ragged batch of issue 14's serving benchmark.
+const std::vector<index_t> kVarlenLengths = {17, 33, 100, 255, 512, 700, 1024, 2048};
+
+enum class Layout { packed, dense, padded };
+
+void gla_varlen(benchmark::State& state, std::string shape, Layout layout) {
+  const auto& s = shape_named(shape);
+  const index_t N = static_cast<index_t>(kVarlenLengths.size());
+  const index_t total = std::accumulate(kVarlenLengths.begin(), kVarlenLengths.end(), index_t{0});
+  const index_t longest = *std::max_element(kVarlenLengths.begin(), kVarlenLengths.end());
+  const index_t B = layout == Layout::padded ? N : 1, T = layout == Layout::padded ? longest : total;
+  const index_t rows = layout == Layout::dense ? 1 : N;
+  Data data(B, T, s);
+  Tensor<float, 4> final_state({rows, s.HV, s.K, s.V});
+  std::vector<std::int64_t> cu{0};
+  for (index_t len : kVarlenLengths) cu.push_back(cu.back() + len);
+  seqmix::GlaInputs in = data.gla(GateKind::channel);
+  if (layout == Layout::packed) in.batch.cu_seqlens = cu;
+  const seqmix::GlaOutputs out{data.o.view(), final_state.view()};
+  for (auto _ : state) {
+    seqmix::gated_linear_attention(in, out, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, total, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// 64 sequences stepped in place in a pool of 96 rows (every third row a hole), or a plain B=64 step.
+void gla_step_slots(benchmark::State& state, std::string shape, bool slotted) {
+  const auto& s = shape_named(shape);
+  const index_t B = 64, S = slotted ? 96 : B;
+  Data data(B, 1, s);
+  Tensor<float, 4> pool = st::random_tensor<4>({S, s.HV, s.K, s.V}, 7, -0.1f, 0.1f);
+  std::vector<std::int32_t> slots;
+  for (index_t row = 0; row < S && static_cast<index_t>(slots.size()) < B; ++row)
+    if (row % 3 != 1) slots.push_back(static_cast<std::int32_t>(row));
+  seqmix::GlaStepInputs in;
+  in.q = data.q.view().select(1, 0), in.k = data.k.view().select(1, 0), in.v = data.v.view().select(1, 0);
+  in.g = data.g.view().select(1, 0);
+  if (slotted) in.batch.state_indices = slots;
+  const seqmix::GlaStepOutputs out{data.o.view().select(1, 0), pool.view()};
+  for (auto _ : state) {
+    seqmix::gated_linear_attention_step(in, out, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(step_bytes(B, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Registers one prefill benchmark per form; the reference runs at t_reference tokens.
 template <class Fn>
 void register_prefill(const std::string& op, const std::string& shape, index_t T, index_t t_reference, Fn fn) {
@@ -186,6 +244,15 @@ const int kRegistered = [] {
       ->UseRealTime()->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("rwkv6/step/rwkv-h32-k64", [](benchmark::State& s) { rwkv6_step(s, "rwkv-h32-k64"); })
       ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  const std::pair<const char*, Layout> layouts[] = {{"packed", Layout::packed}, {"dense", Layout::dense}, {"padded", Layout::padded}};
+  for (const auto& [name, layout] : layouts)
+    benchmark::RegisterBenchmark((std::string("gated_linear_attention/varlen/gla-1.3b-n8-t4689/") + name).c_str(),
+                                 [layout = layout](benchmark::State& s) { gla_varlen(s, "gla-1.3b", layout); })
+        ->UseRealTime()->Unit(benchmark::kMillisecond);
+  for (const bool slotted : {true, false})
+    benchmark::RegisterBenchmark(std::string("gated_linear_attention_step/slots/gla-1.3b-b64/").append(slotted ? "slots" : "dense").c_str(),
+                                 [slotted](benchmark::State& s) { gla_step_slots(s, "gla-1.3b", slotted); })
+        ->UseRealTime()->Unit(benchmark::kMicrosecond);
   return 0;
 }();
 

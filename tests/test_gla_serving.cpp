@@ -384,14 +384,14 @@ TEST_CASE("gated_linear_attention_step: slots, padding rows and fresh states equ
     st::fill_log_gate(g.view(), 4), st::fill_log_gate(gs.view(), 5);
     const Tensor<float, 4> pool0 = st::random_tensor<4>({S, HV, K, V}, 6);
     const std::vector<std::int32_t> slots = {9, -1, 0, 4, 10, -1, 2};
-    const std::vector<std::uint8_t> fresh = {1, 1, 0, 1, 0, 1, 1};
+    const std::vector<std::uint8_t> keep = {1, 1, 0, 1, 0, 1, 1};
     seqmix::GlaOptions options;
     options.gate = gate;
     seqmix::GlaStepInputs in{q.view(), k.view(), v.view()};
     if (gate == GateKind::channel) in.g = g.view();
     if (gate == GateKind::scalar) in.g_scalar = gs.view();
     in.batch.state_indices = slots;
-    in.batch.has_initial_state = fresh;
+    in.batch.has_initial_state = keep;
     Tensor<float, 4> pool = pool0;
     auto o = filled<3>({B, HV, V}, kSentinel);
     seqmix::gated_linear_attention_step(in, {o.view(), pool.view()}, options);
@@ -403,7 +403,7 @@ TEST_CASE("gated_linear_attention_step: slots, padding rows and fresh states equ
       }
       Tensor<float, 4> state({1, HV, K, V});
       std::fill(state.data(), state.data() + state.numel(), 0.f);
-      if (fresh[b]) copy_view(pool0.view().slice(0, slots[b], 1), state.view());
+      if (keep[b]) copy_view(pool0.view().slice(0, slots[b], 1), state.view());
       Tensor<float, 3> o1({1, HV, V});
       seqmix::GlaStepInputs one{q.view().slice(0, b, 1), k.view().slice(0, b, 1), v.view().slice(0, b, 1)};
       if (gate == GateKind::channel) one.g = g.view().slice(0, b, 1);

@@ -133,6 +133,8 @@ inline bool slots_distinct_in_range(const IndexList& slots, index_t S) {
 // and flags one per row. A valid batch is recognised here without SequenceMap::make, which copies
 // the op name into a std::string (a heap allocation per call for names over 15 characters, and a
 // step must not allocate); a doubtful one goes through SequenceMap::make for the shared message.
+// ssm/serving.hpp and delta_update/ carry the same detour; core/batch.hpp checking a step batch
+// without allocating would replace all three.
 inline void check_step_batch(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t S) {
   if (batch.packed())
     check.fail("cu_seqlens", "must be empty for a decode step (one token per batch row; state_indices maps rows)");
@@ -142,7 +144,10 @@ inline void check_step_batch(const ArgCheck& check, const SequenceBatch& batch, 
             slots_distinct_in_range(batch.state_indices, S);
   else
     valid = valid && S == B;
-  if (!valid) SequenceMap::make(check.op(), batch, B, 1, true, S);
+  if (!valid) {
+    SequenceMap::make(check.op(), batch, B, 1, true, S);  // throws the shared, precise message
+    check.fail("state_indices", "is not valid for this call");  // not reached
+  }
 }
 
 }  // namespace seqmix::detail::la
