@@ -84,7 +84,7 @@ void prefill(benchmark::State& state, const st::SsmShape& shape, index_t T, seqm
   Problem p(1, T, shape);
   Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
   for (auto _ : state) {
-    seqmix::ssd(p.inputs(), {p.y.view(), final_state.view()}, o, st::two_thread_pool());
+    seqmix::ssd(p.inputs(), {p.y.view(), final_state.view(), {}}, o, st::two_thread_pool());
     benchmark::DoNotOptimize(p.y.data());
   }
   set_flop_rate(state, p);
@@ -94,7 +94,7 @@ void prefill_reference(benchmark::State& state, const st::SsmShape& shape, index
   Problem p(1, T, shape);
   Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
   for (auto _ : state) {
-    seqmix::reference::ssd(p.inputs(), {p.y.view(), final_state.view()}, options(seqmix::SsdAlgorithm::automatic));
+    seqmix::reference::ssd(p.inputs(), {p.y.view(), final_state.view(), {}}, options(seqmix::SsdAlgorithm::automatic));
     benchmark::DoNotOptimize(p.y.data());
   }
   set_flop_rate(state, p);
@@ -151,7 +151,7 @@ void varlen_padded(benchmark::State& state, const st::SsmShape& shape) {
   Problem p(static_cast<index_t>(kVarlenLengths.size()), T, shape);
   Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
   for (auto _ : state) {
-    seqmix::ssd(p.inputs(), {p.y.view(), final_state.view()}, options(seqmix::SsdAlgorithm::automatic),
+    seqmix::ssd(p.inputs(), {p.y.view(), final_state.view(), {}}, options(seqmix::SsdAlgorithm::automatic),
                 st::two_thread_pool());
     benchmark::DoNotOptimize(p.y.data());
   }

@@ -93,7 +93,7 @@ void conv_step(benchmark::State& state, ConvShape s) {
   const seqmix::CausalConv1dOptions options{seqmix::ConvActivation::silu};
   for (auto _ : state) {
     if (kReference)
-      seqmix::reference::causal_conv1d(ref_in, {data.y.view(), data.state.view()}, options, st::two_thread_pool());
+      seqmix::reference::causal_conv1d(ref_in, {data.y.view(), data.state.view(), {}}, options, st::two_thread_pool());
     else
       seqmix::causal_conv1d_step(in, {y.view(), data.state.view()}, options, st::two_thread_pool());
     benchmark::ClobberMemory();
@@ -135,7 +135,7 @@ struct ScanData {
 
   seqmix::SelectiveScanInputs inputs() const {
     return {u.view(), delta.view(), A.view(), Bm.view(), Cm.view(), Dskip.view(), z.view(), delta_bias.view(),
-            state.view()};
+            state.view(), {}};
   }
 };
 
@@ -150,7 +150,7 @@ template <bool kReference>
 void scan_prefill(benchmark::State& state, ScanShape s) {
   ScanData data(s);
   const auto in = data.inputs();
-  const seqmix::SelectiveScanOutputs out{data.y.view(), data.final_state.view()};
+  const seqmix::SelectiveScanOutputs out{data.y.view(), data.final_state.view(), {}};
   for (auto _ : state) {
     if (kReference)
       seqmix::reference::selective_scan(in, out, mamba_options(), st::two_thread_pool());
@@ -168,13 +168,13 @@ void scan_step(benchmark::State& state, ScanShape s) {
   const auto in = data.inputs();
   seqmix::SelectiveScanStepInputs step{in.u.select(1, 0),  in.delta.select(1, 0), in.A,
                                        in.Bm.select(1, 0), in.Cm.select(1, 0),    in.Dskip,
-                                       in.z.select(1, 0),  in.delta_bias};
+                                       in.z.select(1, 0),  in.delta_bias,          {}};
   Tensor<float, 2> y({s.B, s.D});
   auto ref_in = in;
   ref_in.initial_state = data.state.view();
   for (auto _ : state) {
     if (kReference)
-      seqmix::reference::selective_scan(ref_in, {data.y.view(), data.state.view()}, mamba_options(), st::two_thread_pool());
+      seqmix::reference::selective_scan(ref_in, {data.y.view(), data.state.view(), {}}, mamba_options(), st::two_thread_pool());
     else
       seqmix::selective_scan_step(step, {y.view(), data.state.view()}, mamba_options(), st::two_thread_pool());
     benchmark::ClobberMemory();

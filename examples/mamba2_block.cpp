@@ -152,8 +152,8 @@ class Mamba2Layer {
     Tensor<float, 3> xBC_conv({B, T, c_.conv_dim()});
     seqmix::CausalConv1dOptions conv_options;
     conv_options.activation = seqmix::ConvActivation::silu;
-    seqmix::causal_conv1d({xBC, w_.conv_weight.view(), w_.conv_bias.view(), cache.conv_state.view()},
-                          {xBC_conv.view(), cache.conv_state.view()}, conv_options, executor_);
+    seqmix::causal_conv1d({xBC, w_.conv_weight.view(), w_.conv_bias.view(), cache.conv_state.view(), {}},
+                          {xBC_conv.view(), cache.conv_state.view(), {}}, conv_options, executor_);
 
     // 3. SSD over the heads, from the cached state; z is not passed: it gates the norm instead.
     const ConstView<float, 3> conv = xBC_conv.view();
@@ -167,7 +167,7 @@ class Mamba2Layer {
     in.D = w_.D.view();
     in.dt_bias = w_.dt_bias.view();
     in.initial_state = cache.ssm_state.view();
-    seqmix::ssd(in, {y.view(), cache.ssm_state.view()}, ssd_options(), executor_);
+    seqmix::ssd(in, {y.view(), cache.ssm_state.view(), {}}, ssd_options(), executor_);
 
     // 4. Gated RMSNorm, 5. out-projection; y's heads read as d_inner channels per token.
     for (index_t b = 0; b < B; ++b) {
@@ -190,7 +190,7 @@ class Mamba2Layer {
     Tensor<float, 2> xBC_conv({B, c_.conv_dim()});
     seqmix::CausalConv1dOptions conv_options;
     conv_options.activation = seqmix::ConvActivation::silu;
-    seqmix::causal_conv1d_step({xBC, w_.conv_weight.view(), w_.conv_bias.view()},
+    seqmix::causal_conv1d_step({xBC, w_.conv_weight.view(), w_.conv_bias.view(), {}},
                                {xBC_conv.view(), cache.conv_state.view()}, conv_options, executor_);
 
     const ConstView<float, 2> conv = xBC_conv.view();

@@ -164,9 +164,9 @@ void ssd_alone(const SsdData& d, const Ragged& r, std::size_t n, const Tensor<fl
   y = Tensor<float, 4>({1, r.len[n], d.H, d.P});
   final_state = Tensor<float, 4>({1, d.H, d.P, d.N});
   if (reference)
-    seqmix::reference::ssd(in, {y.view(), final_state.view()}, o);
+    seqmix::reference::ssd(in, {y.view(), final_state.view(), {}}, o);
   else
-    seqmix::ssd(in, {y.view(), final_state.view()}, o);
+    seqmix::ssd(in, {y.view(), final_state.view(), {}}, o);
 }
 
 void check_ssd_varlen(const Ragged& r, const SsdData& d, const seqmix::SsdOptions& o, bool reference,
@@ -263,7 +263,7 @@ TEST_CASE("ssd dense batches with slots and has_initial_state", "[ssd][serving]"
     one.Cm = in.Cm.slice(0, b, 1), one.z = in.z.slice(0, b, 1);
     one.initial_state = init[b] ? pool0.view().slice(0, slots[b], 1) : seqmix::ConstView<float, 4>();
     Tensor<float, 4> y_ref({1, T, H, P}), s_ref({1, H, P, N});
-    seqmix::ssd(one, {y_ref.view(), s_ref.view()}, o);
+    seqmix::ssd(one, {y_ref.view(), s_ref.view(), {}}, o);
     st::require_close("y", y.cview().slice(0, b, 1), y_ref.cview(), kTol);
     st::require_close("slot", pool.cview().slice(0, slots[b], 1), s_ref.cview(), kTol);
   }
@@ -292,7 +292,7 @@ TEST_CASE("ssd token_states for speculative verify and rollback", "[ssd][serving
       Tensor<float, 4> y_ref({1, t + 1, H, P}), s_ref({1, H, P, N});
       seqmix::SsdInputs one = d.slice(r.begin(n), t + 1);
       if (r.init[n]) one.initial_state = pool0.view().slice(0, r.slot[n], 1);
-      seqmix::reference::ssd(one, {y_ref.view(), s_ref.view()}, o);
+      seqmix::reference::ssd(one, {y_ref.view(), s_ref.view(), {}}, o);
       st::require_close("token_states[t]", ts.cview().select(0, 0).select(0, r.begin(n) + t), s_ref.cview().select(0, 0), kTol);
     }
   }
@@ -349,7 +349,7 @@ TEST_CASE("ssd token_states for speculative verify and rollback", "[ssd][serving
       seqmix::SsdInputs one{xx.view(), dd.view(), d.A.view(), BB.view(), CC.view(), d.D.view(), zz.view(), d.dt_bias.view(), {}, {}};
       if (r.init[static_cast<std::size_t>(n)]) one.initial_state = pool0.view().slice(0, slots[n], 1);
       Tensor<float, 4> y_ref({1, L, H, P}), s_ref({1, H, P, N});
-      seqmix::reference::ssd(one, {y_ref.view(), s_ref.view()}, o);
+      seqmix::reference::ssd(one, {y_ref.view(), s_ref.view(), {}}, o);
       st::require_close("last step output", y_step.cview()[n], y_ref.cview().select(0, 0).select(0, L - 1), kTol);
       st::require_close("state after rollback and steps", pool.cview()[slots[n]], s_ref.cview()[0], kTol);
     }
@@ -420,7 +420,7 @@ TEST_CASE("ssd prefill then slotted steps equal one call", "[ssd][serving]") {
     seqmix::SsdInputs one{xx.view(), dd.view(), d.A.view(), BB.view(), CC.view(), d.D.view(), zz.view(), d.dt_bias.view(), {}, {}};
     if (r.init[static_cast<std::size_t>(n)]) one.initial_state = pool0.view().slice(0, slots[b], 1);
     Tensor<float, 4> y_ref({1, L, H, P}), s_ref({1, H, P, N});
-    seqmix::ssd(one, {y_ref.view(), s_ref.view()}, o);
+    seqmix::ssd(one, {y_ref.view(), s_ref.view(), {}}, o);
     INFO("row " << b << " sequence " << n);
     st::require_close("last step output", last_y.cview()[b], y_ref.cview().select(0, 0).select(0, L - 1), kTol);
     st::require_close("slot", pool.cview()[slots[b]], s_ref.cview()[0], kTol);

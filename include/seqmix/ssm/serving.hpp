@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
@@ -61,6 +62,42 @@ void check_no_partial_overlap(const ArgCheck& check, const char* output, const O
                               const In& in) {
   if (views_overlap(out, in) && !same_view(out, in))
     check.fail(output, std::string("partly overlaps '") + input + "'; it may only be the very same view");
+}
+
+// A named input view for the aliasing checks below.
+template <class V>
+std::pair<const char*, V> named(const char* name, const V& view) {
+  return {name, view};
+}
+
+// The aliasing rules of a prefill: y, final_state and token_states overlap none of `inputs` nor
+// each other, y and token_states not the initial state either; final_state may only be the very
+// same view as initial_state (a state carried in place).
+template <class Y, class I, class F, class TS, class... In>
+void check_prefill_aliasing(const ArgCheck& check, const Y& y, const I& initial_state, const F& final_state,
+                            const TS& token_states, const std::pair<const char*, In>&... inputs) {
+  const auto against_inputs = [&](const char* output, const auto& out) {
+    (check_no_overlap(check, output, out, inputs.first, inputs.second), ...);
+  };
+  against_inputs("y", y);
+  check_no_overlap(check, "y", y, "initial_state", initial_state);
+  against_inputs("final_state", final_state);
+  check_no_overlap(check, "final_state", final_state, "y", y);
+  check_no_partial_overlap(check, "final_state", final_state, "initial_state", initial_state);
+  against_inputs("token_states", token_states);
+  check_no_overlap(check, "token_states", token_states, "initial_state", initial_state);
+  check_no_overlap(check, "token_states", token_states, "y", y);
+  check_no_overlap(check, "token_states", token_states, "final_state", final_state);
+}
+
+// The aliasing rules of a step: y overlaps neither the state nor any of `inputs`, the state
+// (updated in place) none of `inputs`.
+template <class Y, class S, class... In>
+void check_step_aliasing(const ArgCheck& check, const Y& y, const std::pair<const char*, S>& state,
+                         const std::pair<const char*, In>&... inputs) {
+  check_no_overlap(check, "y", y, state.first, state.second);
+  (check_no_overlap(check, "y", y, inputs.first, inputs.second), ...);
+  (check_no_overlap(check, state.first, state.second, inputs.first, inputs.second), ...);
 }
 
 // The slots of a decode step: token row b uses state row slots[b].state_row of the pool (-1: a

@@ -113,18 +113,8 @@ inline Conv1dCall validate_causal_conv1d(const char* op, const CausalConv1dInput
   const index_t state_rows = rows >= 0 ? rows : (given(out.final_state) ? out.final_state.size(0) : -1);
   const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
   // The fast form reads x and the initial state while it writes y: no output may alias them.
-  check_no_overlap(check, "y", out.y, "x", in.x);
-  check_no_overlap(check, "y", out.y, "weight", in.weight);
-  check_no_overlap(check, "y", out.y, "bias", in.bias);
-  check_no_overlap(check, "y", out.y, "initial_state", in.initial_state);
-  check_no_overlap(check, "final_state", out.final_state, "x", in.x);
-  check_no_overlap(check, "final_state", out.final_state, "weight", in.weight);
-  check_no_overlap(check, "final_state", out.final_state, "y", out.y);
-  check_no_partial_overlap(check, "final_state", out.final_state, "initial_state", in.initial_state);
-  check_no_overlap(check, "token_states", out.token_states, "x", in.x);
-  check_no_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
-  check_no_overlap(check, "token_states", out.token_states, "y", out.y);
-  check_no_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
+  check_prefill_aliasing(check, out.y, in.initial_state, out.final_state, out.token_states, named("x", in.x),
+                         named("weight", in.weight), named("bias", in.bias));
   return {{B, T, D, W}, map};
 }
 
@@ -146,12 +136,10 @@ inline Conv1dStepCall validate_causal_conv1d_step(const ArgCheck& check, const C
   check.shape("y", out.y, std::array<index_t, 2>{B, D}, "B,D");
   check_conv_options(check, options);
   const StepSlots map = ssm_step_slots(check, in.batch, B, out.conv_state.size(0));
+  // y may be x itself: each block of channels reads its inputs before it writes its outputs.
   check_no_partial_overlap(check, "y", out.y, "x", in.x);
-  check_no_overlap(check, "y", out.y, "conv_state", out.conv_state);
-  check_no_overlap(check, "y", out.y, "weight", in.weight);
-  check_no_overlap(check, "y", out.y, "bias", in.bias);
   check_no_overlap(check, "conv_state", out.conv_state, "x", in.x);
-  check_no_overlap(check, "conv_state", out.conv_state, "weight", in.weight);
+  check_step_aliasing(check, out.y, named("conv_state", out.conv_state), named("weight", in.weight), named("bias", in.bias));
   return {{B, 1, D, W}, map};
 }
 

@@ -114,22 +114,8 @@ inline ScanCall validate_selective_scan(const char* op, const SelectiveScanInput
   check.optional_shape("token_states", out.token_states, std::array<index_t, 4>{B, T, D, N}, "Bt,Tt,D,N");
   const index_t state_rows = rows >= 0 ? rows : (out.final_state.has_value() ? out.final_state.size(0) : -1);
   const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
-  const auto no_input_overlap = [&](const char* name, const auto& output) {
-    check_no_overlap(check, name, output, "u", in.u);
-    check_no_overlap(check, name, output, "delta", in.delta);
-    check_no_overlap(check, name, output, "Bm", in.Bm);
-    check_no_overlap(check, name, output, "Cm", in.Cm);
-    check_no_overlap(check, name, output, "z", in.z);
-  };
-  no_input_overlap("y", out.y);
-  check_no_overlap(check, "y", out.y, "initial_state", in.initial_state);
-  no_input_overlap("final_state", out.final_state);
-  check_no_overlap(check, "final_state", out.final_state, "y", out.y);
-  check_no_partial_overlap(check, "final_state", out.final_state, "initial_state", in.initial_state);
-  no_input_overlap("token_states", out.token_states);
-  check_no_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
-  check_no_overlap(check, "token_states", out.token_states, "y", out.y);
-  check_no_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
+  check_prefill_aliasing(check, out.y, in.initial_state, out.final_state, out.token_states, named("u", in.u),
+                         named("delta", in.delta), named("Bm", in.Bm), named("Cm", in.Cm), named("z", in.z));
   return {{B, T, D, N, G}, map};
 }
 
@@ -155,14 +141,8 @@ inline ScanStepCall validate_selective_scan_step(const ArgCheck& check, const Se
   check.shape("state", out.state, std::array<index_t, 3>{-1, D, N}, "S,D,N");
   check.shape("y", out.y, std::array<index_t, 2>{B, D}, "B,D");
   const StepSlots map = ssm_step_slots(check, in.batch, B, out.state.size(0));
-  check_no_overlap(check, "y", out.y, "state", out.state);
-  check_no_overlap(check, "y", out.y, "u", in.u);
-  check_no_overlap(check, "y", out.y, "Bm", in.Bm);
-  check_no_overlap(check, "y", out.y, "Cm", in.Cm);
-  check_no_overlap(check, "y", out.y, "z", in.z);
-  check_no_overlap(check, "state", out.state, "u", in.u);
-  check_no_overlap(check, "state", out.state, "Bm", in.Bm);
-  check_no_overlap(check, "state", out.state, "Cm", in.Cm);
+  check_step_aliasing(check, out.y, named("state", out.state), named("u", in.u), named("delta", in.delta), named("Bm", in.Bm),
+                      named("Cm", in.Cm), named("z", in.z));
   return {{B, 1, D, N, G}, map};
 }
 

@@ -147,22 +147,8 @@ inline SsdCall validate_ssd(const char* op, const SsdInputs& in, const SsdOutput
   check_ssd_parameters(check, in.A);
   const index_t state_rows = rows >= 0 ? rows : (out.final_state.has_value() ? out.final_state.size(0) : -1);
   const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
-  const auto no_input_overlap = [&](const char* name, const auto& output) {
-    check_no_overlap(check, name, output, "x", in.x);
-    check_no_overlap(check, name, output, "dt", in.dt);
-    check_no_overlap(check, name, output, "Bm", in.Bm);
-    check_no_overlap(check, name, output, "Cm", in.Cm);
-    check_no_overlap(check, name, output, "z", in.z);
-  };
-  no_input_overlap("y", out.y);
-  check_no_overlap(check, "y", out.y, "initial_state", in.initial_state);
-  no_input_overlap("final_state", out.final_state);
-  check_no_overlap(check, "final_state", out.final_state, "y", out.y);
-  check_no_partial_overlap(check, "final_state", out.final_state, "initial_state", in.initial_state);
-  no_input_overlap("token_states", out.token_states);
-  check_no_overlap(check, "token_states", out.token_states, "initial_state", in.initial_state);
-  check_no_overlap(check, "token_states", out.token_states, "y", out.y);
-  check_no_overlap(check, "token_states", out.token_states, "final_state", out.final_state);
+  check_prefill_aliasing(check, out.y, in.initial_state, out.final_state, out.token_states, named("x", in.x),
+                         named("dt", in.dt), named("Bm", in.Bm), named("Cm", in.Cm), named("z", in.z));
   return {{B, T, H, P, N, G}, map};
 }
 
@@ -188,14 +174,8 @@ inline SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputs&
   check.shape("state", out.state, std::array<index_t, 4>{-1, H, P, N}, "S,H,P,N");
   check_ssd_parameters(check, in.A);
   const StepSlots map = ssm_step_slots(check, in.batch, B, out.state.size(0));
-  check_no_overlap(check, "y", out.y, "state", out.state);
-  check_no_overlap(check, "y", out.y, "x", in.x);
-  check_no_overlap(check, "y", out.y, "Bm", in.Bm);
-  check_no_overlap(check, "y", out.y, "Cm", in.Cm);
-  check_no_overlap(check, "y", out.y, "z", in.z);
-  check_no_overlap(check, "state", out.state, "x", in.x);
-  check_no_overlap(check, "state", out.state, "Bm", in.Bm);
-  check_no_overlap(check, "state", out.state, "Cm", in.Cm);
+  check_step_aliasing(check, out.y, named("state", out.state), named("x", in.x), named("dt", in.dt), named("Bm", in.Bm),
+                      named("Cm", in.Cm), named("z", in.z));
   return {{B, 1, H, P, N, G}, map};
 }
 
