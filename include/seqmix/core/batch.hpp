@@ -110,17 +110,23 @@ class SequenceMap {
   // says whether the call was given an initial state at all. Throws ShapeError naming `op`.
   static SequenceMap make(const std::string& op, const SequenceBatch& batch, index_t B, index_t T,
                           bool has_initial, index_t state_rows) {
+    return make(ArgCheck(op), batch, B, T, has_initial, state_rows);
+  }
+
+  // The same with the caller's ArgCheck: no allocation on a valid call (decode steps keep theirs
+  // in a function-local static), messages are formatted only on failure.
+  static SequenceMap make(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t T,
+                          bool has_initial, index_t state_rows) {
     SequenceMap m;
     m.batch_ = batch;
     m.B_ = B;
     m.T_ = T;
     m.has_initial_ = has_initial;
-    ArgCheck check(op);
     if (batch.packed()) {
       const IndexList& cu = batch.cu_seqlens;
-      check.that(!cu.dangling(), "cu_seqlens", "has a null data pointer");
-      check.that(cu.size() >= 1, "cu_seqlens", "must hold N+1 >= 1 offsets, got an empty list");
-      check.that(B == 1, "cu_seqlens", "needs packed token tensors with batch 1, got B = " + std::to_string(B));
+      if (cu.dangling()) check.fail("cu_seqlens", "has a null data pointer");
+      if (cu.size() < 1) check.fail("cu_seqlens", "must hold N+1 >= 1 offsets, got an empty list");
+      if (B != 1) check.fail("cu_seqlens", "needs packed token tensors with batch 1, got B = " + std::to_string(B));
       if (cu[0] != 0) check.fail("cu_seqlens", "must start at 0, got " + std::to_string(cu[0]));
       for (index_t n = 1; n < cu.size(); ++n)
         if (cu[n] < cu[n - 1]) {
@@ -138,7 +144,7 @@ class SequenceMap {
     }
     if (batch.slotted()) {
       const IndexList& idx = batch.state_indices;
-      check.that(!idx.dangling(), "state_indices", "has a null data pointer");
+      if (idx.dangling()) check.fail("state_indices", "has a null data pointer");
       if (idx.size() != m.N_)
         check.fail("state_indices", "must hold one entry per sequence (" + std::to_string(m.N_) + "), got " +
                                         std::to_string(idx.size()));
