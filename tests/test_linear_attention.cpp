@@ -177,7 +177,7 @@ TEST_CASE("linear_attention: bad arguments are rejected", "[linear_attention]") 
   seqmix::LinearAttentionOutputs outputs = out.outputs(c);
   outputs.final_state = small_state.view();
   CHECK_THROWS_WITH(seqmix::linear_attention(data.inputs(c), outputs, options),
-                    Catch::Contains("'final_state' must have shape [B,HV,Kf,V] = [1, 2, 73, 8]"));
+                    Catch::Contains("'final_state' must have shape [S,HV,Kf,V] = [1, 2, 73, 8]"));
   options.prefix_len = 11;
   CHECK_THROWS_WITH(seqmix::linear_attention(data.inputs(c), out.outputs(c), options), Catch::Contains("prefix_len"));
   options.prefix_len = 0;
