@@ -221,6 +221,62 @@ TEST_CASE("kv cache truncate beyond the rollback depth drops entries and keeps t
   }
 }
 
+// ---- caller-provided storage ------------------------------------------------------------------
+
+// The same operations on a cache in an arena and on one on the heap give the same cache; a full
+// arena is refused with KvArenaFull, leaving the cache usable.
+TEST_CASE("kv cache in a caller arena equals the heap cache", "[kv_cache][serving][arena]") {
+  const index_t H = 2, Dk = 16, Dv = 16, B = 3;
+  for (const Storage& s : storages()) {
+    INFO(s.name);
+    std::vector<std::uint8_t> buffer(8u << 20);
+    seqmix::KvArena arena(buffer.data(), buffer.size());
+    KvCacheConfig cfg = make_config(s, B, H, Dk, Dv, 24);
+    KvCache heap(cfg);
+    cfg.arena = &arena;
+    KvCache owned(cfg);
+    REQUIRE(owned.arena() == &arena);
+    auto k = st::random_tensor<4>({B, 150, H, Dk}, 1), v = st::random_tensor<4>({B, 150, H, Dv}, 2);
+    auto sal = st::random_tensor<3>({B, 150, H}, 3, 0.f, 1.f);
+    for (KvCache* c : {&heap, &owned}) {
+      c->append(k.cview().slice(1, 0, 100), v.cview().slice(1, 0, 100), {}, sal.cview().slice(1, 0, 100));
+      c->truncate(1, 90);
+      c->append(k.cview().slice(1, 100, 50), v.cview().slice(1, 100, 50), {}, sal.cview().slice(1, 100, 50));
+      c->retain(0, 1, {0, 3, 5, 40, 41, 90, 120, 130});
+      c->truncate(2, 20);
+      c->reset(1);
+      c->compact();
+    }
+    REQUIRE(arena.bytes_used() > 0);
+    for (index_t b = 0; b < B; ++b)
+      for (index_t h = 0; h < H; ++h) require_same_head(owned, heap, b, b, h);
+  }
+  // A small arena runs out: KvArenaFull names the arena; the rows appended before stay readable.
+  std::vector<std::uint8_t> small(64 << 10);
+  seqmix::KvArena arena(small.data(), small.size());
+  KvCacheConfig cfg = make_config(storages()[2], 1, 1, 64, 64, 0);
+  cfg.arena = &arena;
+  KvCache cache(cfg);
+  auto k = st::random_tensor<4>({1, 32, 1, 64}, 1), v = st::random_tensor<4>({1, 32, 1, 64}, 2);
+  index_t appended = 0;
+  bool full = false;
+  for (int i = 0; i < 100 && !full; ++i) {
+    try {
+      cache.append(k.cview(), v.cview());
+      appended += 32;
+    } catch (const seqmix::KvArenaFull& e) {
+      full = true;
+      CHECK(std::string(e.what()).find("KvArena") != std::string::npos);
+    }
+  }
+  REQUIRE(full);
+  REQUIRE(cache.size(0, 0) >= appended);
+  Tensor<float, 2> keys({cache.size(0, 0), 64});
+  cache.read_keys(0, 0, keys.view());
+  cache.truncate(0, appended);  // give back what the failed call left
+  REQUIRE(cache.size(0, 0) == appended);
+}
+
 // ---- bad input ---------------------------------------------------------------------------------
 
 TEST_CASE("kv cache refuses absurd configurations", "[kv_cache][serving]") {

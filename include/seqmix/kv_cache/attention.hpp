@@ -52,10 +52,11 @@ struct KvAttentionDims {
   index_t group() const noexcept { return Hq / Hkv; }
 };
 
-inline KvAttentionDims validate_kv_attention(const char* op, const KvCacheAttentionInputs& in, const AttentionOutputs& out,
+// `check` names the operator; callers keep it thread_local so that validation allocates nothing
+// (ArgCheck holds the name as a std::string).
+inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCacheAttentionInputs& in, const AttentionOutputs& out,
                                              const AttentionOptions& options) {
-  const ArgCheck check(op);
-  check.that(in.cache != nullptr, "cache", "must not be null");
+  if (in.cache == nullptr) check.fail("cache", "must not be null");
   const KvCacheConfig& cfg = in.cache->config();
   check.shape("q", in.q, {cfg.batch, -1, -1, cfg.key_dim}, "B,Tq,Hq,Dk");
   const index_t B = cfg.batch, Tq = in.q.size(1), Hq = in.q.size(2);
@@ -67,9 +68,10 @@ inline KvAttentionDims validate_kv_attention(const char* op, const KvCacheAttent
   check.optional_shape("lse", out.lse, {B, Tq, Hq}, "B,Tq,Hq");
   if (options.scale) check.finite(*options.scale, "options.scale");
   check.finite(options.softcap, "options.softcap");
-  check.that(options.softcap >= 0.f, "options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
-  check.that(options.window >= 0, "options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
-  check.that(options.sink_tokens >= 0, "options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  // Messages are formatted only on failure (no allocation on the decode path).
+  if (!(options.softcap >= 0.f)) check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
+  if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
+  if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
   return {B, Tq, Hq, cfg.kv_heads, cfg.key_dim, cfg.value_dim};
 }
 
@@ -90,7 +92,7 @@ namespace reference {
 inline void kv_cache_attention(const KvCacheAttentionInputs& in, const AttentionOutputs& out,
                                const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   (void)executor;
-  const auto d = detail::validate_kv_attention("reference::kv_cache_attention", in, out, options);
+  const auto d = detail::validate_kv_attention(ArgCheck("reference::kv_cache_attention"), in, out, options);
   const KvCache& cache = *in.cache;
   const double scale = detail::attention_scale(options, d.Dk), minus_inf = -std::numeric_limits<double>::infinity();
   std::vector<float> k(static_cast<std::size_t>(d.Dk)), v(static_cast<std::size_t>(d.Dv));
@@ -209,6 +211,21 @@ struct KvScratch {
     if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups, kKvSpanBlocks);
   }
 };
+
+// The calling thread's scratch for these dimensions, made on first use and kept (a decode loop
+// allocates nothing after its first call). M (the query rows in use) is part of the key so that
+// padding rows keep their zeros.
+inline KvScratch& kv_scratch(index_t rows, index_t M, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups) {
+  thread_local std::vector<KvScratch> kept;  // at most one
+  thread_local index_t key[6] = {-1, -1, -1, -1, -1, -1};
+  const index_t want[6] = {rows, M, Dk, Dv, key_groups, value_groups};
+  if (kept.empty() || !std::equal(want, want + 6, key)) {
+    kept.clear();
+    kept.emplace_back(rows, Dk, Dv, key_groups, value_groups);
+    std::copy(want, want + 6, key);
+  }
+  return kept.front();
+}
 
 // Scores of one float block for every row: s[r * w.lds + t] = scale * q_r . k_t for t < slots
 // (garbage beyond count).
@@ -405,7 +422,8 @@ struct KvPiece {
 inline void kv_cache_attention(const KvCacheAttentionInputs& in, const AttentionOutputs& out,
                                const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail;
-  const auto d = validate_kv_attention("kv_cache_attention", in, out, options);
+  thread_local const ArgCheck check("kv_cache_attention");
+  const auto d = validate_kv_attention(check, in, out, options);
   if (d.B * d.Tq * d.Hq == 0) return;
   const KvCache& cache = *in.cache;
   const KvCacheConfig& cfg = cache.config();
@@ -421,8 +439,14 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   // the residual goes with the last piece.
   constexpr index_t kMinBlocksPerPiece = 8;
   const index_t wanted = std::max<index_t>(1, (16 * executor.concurrency() + d.B * d.Hkv - 1) / (d.B * d.Hkv));
-  std::vector<KvPiece> pieces;
-  std::vector<index_t> first_piece(static_cast<std::size_t>(d.B * d.Hkv + 1), 0);
+  // Per-call tables in thread_local storage, grown on demand: no allocation after warm-up.
+  // (References: the tasks below run on other threads, whose thread_locals are not these.)
+  thread_local std::vector<KvPiece> t_pieces;
+  thread_local std::vector<index_t> t_first_piece;
+  std::vector<KvPiece>& pieces = t_pieces;
+  std::vector<index_t>& first_piece = t_first_piece;
+  pieces.clear();
+  first_piece.assign(static_cast<std::size_t>(d.B * d.Hkv + 1), 0);
   for (index_t b = 0; b < d.B; ++b)
     for (index_t hk = 0; hk < d.Hkv; ++hk) {
       first_piece[b * d.Hkv + hk] = static_cast<index_t>(pieces.size());
@@ -432,11 +456,15 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
     }
   first_piece[d.B * d.Hkv] = static_cast<index_t>(pieces.size());
   const index_t ldacc = (d.Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth;
-  std::vector<SoftmaxRow> states(pieces.size() * static_cast<std::size_t>(rows));
-  AlignedVector<float> accs(pieces.size() * static_cast<std::size_t>(rows * ldacc), 0.f);
+  thread_local std::vector<SoftmaxRow> t_states;
+  thread_local AlignedVector<float> t_accs;
+  std::vector<SoftmaxRow>& states = t_states;
+  AlignedVector<float>& accs = t_accs;
+  states.assign(pieces.size() * static_cast<std::size_t>(rows), SoftmaxRow());
+  accs.assign(pieces.size() * static_cast<std::size_t>(rows * ldacc), 0.f);
 
   parallel_for(executor, static_cast<index_t>(pieces.size()), 1, [&](index_t begin, index_t end) {
-    KvScratch w(rows, d.Dk, d.Dv, key_groups, value_groups);
+    KvScratch& w = kv_scratch(rows, M, d.Dk, d.Dv, key_groups, value_groups);
     for (index_t pi = begin; pi < end; ++pi) {
       const KvPiece& piece = pieces[pi];
       const KvHead& hd = cache.head(piece.b, piece.hk);

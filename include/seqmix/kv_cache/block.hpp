@@ -10,6 +10,7 @@
 
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/kv_cache/arena.hpp"
 #include "seqmix/kv_cache/config.hpp"
 #include "seqmix/kv_cache/layout.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
@@ -28,16 +29,21 @@ struct KvBlock {
   // Float formats: bytes of one key channel row / one value row. Quantized: key_row is 0 and
   // value_row is the bytes of one token quad (layout.hpp).
   index_t key_row = 0, value_row = 0;
-  AlignedVector<std::uint8_t> keys;    // float: [Dk][key_row], channel-major; quantized: layout.hpp
+  KvBlock() = default;
+  explicit KvBlock(KvArena* a)
+      : keys(KvAllocator<std::uint8_t>(a)), key_params(KvAllocator<float>(a)), values(KvAllocator<std::uint8_t>(a)),
+        value_params(KvAllocator<float>(a)), positions(KvAllocator<std::int64_t>(a)) {}
+
+  KvVector<std::uint8_t> keys;    // float: [Dk][key_row], channel-major; quantized: layout.hpp
   // per_channel: [Dk] scales, then [Dk] mins (planar, for vector loads). per_token: [groups][2][slots]: the scales, then the mins, of
   // each token, as vectors over tokens (the score kernel loads them 16 at a time).
-  AlignedVector<float> key_params;
-  AlignedVector<std::uint8_t> values;        // float: [count][value_row], token-major; quantized: layout.hpp
+  KvVector<float> key_params;
+  KvVector<std::uint8_t> values;        // float: [count][value_row], token-major; quantized: layout.hpp
   // Quantized values: [groups][2][count], each group's token scales, then its token mins, as
   // vectors over tokens (the value kernels load them 16 at a time, masked to count: blocks are
   // made for their final count, and unpadded rows keep ZipCache's small blocks small).
-  AlignedVector<float> value_params;
-  std::vector<std::int64_t> positions;       // [count]
+  KvVector<float> value_params;
+  KvVector<std::int64_t> positions;       // [count]
   std::int64_t min_position = 0, max_position = 0;
 
   std::size_t bytes() const noexcept {
@@ -168,7 +174,7 @@ inline void set_position_range(KvBlock& blk) noexcept {
 // An empty block for n entries of these formats: storage sized and zeroed, per-token key and
 // value parameters and positions sized (per-channel key parameters are left to the caller).
 inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) {
-  KvBlock blk;
+  KvBlock blk(cfg.arena);
   blk.key_format = kf, blk.value_format = vf, blk.count = n;
   const index_t granule = key_slot_granule(kf);
   blk.slots = (n + granule - 1) / granule * granule;
@@ -192,8 +198,8 @@ inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, co
   std::copy(pos, pos + n, blk.positions.begin());
   set_position_range(blk);
 
-  std::vector<float> column(static_cast<std::size_t>(blk.slots), 0.f);
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(std::max(blk.slots, Dv)), 0);
+  KvVector<float> column = kv_vector<float>(cfg.arena, static_cast<std::size_t>(blk.slots), 0.f);
+  KvVector<std::uint8_t> codes = kv_vector<std::uint8_t>(cfg.arena, static_cast<std::size_t>(std::max(blk.slots, Dv)), 0);
   const int kbits = format_bits(kf);
   if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
     const index_t group = cfg.group_size > 0 ? cfg.group_size : Dk, groups = quant::group_count(Dk, group);

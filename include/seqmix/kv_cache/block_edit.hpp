@@ -40,8 +40,8 @@ inline void copy_entry(const KvBlock& from, index_t t, KvBlock& to, index_t i, c
 }
 
 // Keeps the slots marked in `keep` (size count), in order; codes are moved, never requantized.
-inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const std::vector<char>& keep) {
-  std::vector<index_t> kept;
+inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const KvVector<char>& keep) {
+  KvVector<index_t> kept = kv_vector<index_t>(cfg.arena);
   for (index_t t = 0; t < blk.count; ++t)
     if (keep[t]) kept.push_back(t);
   const index_t n = static_cast<index_t>(kept.size());
@@ -60,7 +60,7 @@ inline void compact_block(KvBlock& blk, const KvCacheConfig& cfg, const std::vec
 // gathered from several they are dequantized and refitted over the merged entries (each element
 // moves by at most half of the new step: the new range holds every dequantized value, so the new
 // scale is at most (max - min) / (2^bits - 1) of the merged keys).
-inline KvBlock merge_entries(const KvCacheConfig& cfg, const std::vector<KvBlock>& blocks, const std::vector<KvSlot>& src) {
+inline KvBlock merge_entries(const KvCacheConfig& cfg, const KvVector<KvBlock>& blocks, const KvVector<KvSlot>& src) {
   const index_t n = static_cast<index_t>(src.size()), Dk = cfg.key_dim, Dv = cfg.value_dim;
   const KvBlock& first = blocks[src[0].block];
   KvBlock blk = empty_block(cfg, first.key_format, first.value_format, n);
@@ -73,7 +73,8 @@ inline KvBlock merge_entries(const KvCacheConfig& cfg, const std::vector<KvBlock
     return blk;
   }
   const index_t group = cfg.group_size > 0 ? cfg.group_size : Dk;
-  std::vector<float> K(static_cast<std::size_t>(n * Dk)), V(static_cast<std::size_t>(n * Dv), 0.f);
+  KvVector<float> K = kv_vector<float>(cfg.arena, static_cast<std::size_t>(n * Dk));
+  KvVector<float> V = kv_vector<float>(cfg.arena, static_cast<std::size_t>(n * Dv), 0.f);
   for (index_t i = 0; i < n; ++i)
     for (index_t c = 0; c < Dk; ++c) K[i * Dk + c] = key_element(blocks[src[i].block], cfg.key_quant, group, c, src[i].slot);
   KvBlock keys = make_block(cfg, first.key_format, KvFormat::f32, K.data(), Dk, V.data(), Dv, blk.positions.data(), n);

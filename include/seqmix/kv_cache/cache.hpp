@@ -82,7 +82,8 @@ class KvCache {
       const float f = config.mixed->salient_fraction;
       check.that(f >= 0.f && f <= 1.f, "config.mixed.salient_fraction", "must lie in [0, 1], got " + std::to_string(f));
     }
-    heads_.resize(static_cast<std::size_t>(config.batch * config.kv_heads));
+    heads_.reserve(static_cast<std::size_t>(config.batch * config.kv_heads));
+    for (index_t i = 0; i < config.batch * config.kv_heads; ++i) heads_.emplace_back(config.arena);
     next_position_.assign(static_cast<std::size_t>(config.batch), 0);
   }
 
@@ -116,9 +117,19 @@ class KvCache {
     check.shape("values", in.values, {Bt, T, H, config_.value_dim}, "Bt,T,Hkv,Dv");
     check.optional_shape("positions", in.positions, {Bt, T}, "Bt,T");
     check.optional_shape("saliency", in.saliency, {Bt, T, H}, "Bt,T,Hkv");
-    const SequenceMap map = SequenceMap::make("KvCache::append", in.batch, Bt, T, true, config_.batch);
-    for (index_t n = 0; n < map.sequences(); ++n) {
-      const SequenceSpan s = map[n];
+    // Dense rows without slots need no map (and SequenceMap::make builds message strings on
+    // every call: this keeps the plain decode append free of heap allocation).
+    const bool ragged = !rows_are_sequences || in.batch.has_initial_state.has_value();
+    const SequenceMap map = ragged ? SequenceMap::make("KvCache::append", in.batch, Bt, T, true, config_.batch) : SequenceMap();
+    const index_t N = ragged ? map.sequences() : Bt;
+    const auto span = [&](index_t n) {
+      if (ragged) return map[n];
+      SequenceSpan s;
+      s.batch_row = n, s.token_begin = 0, s.tokens = T, s.state_row = n, s.read_state = true;
+      return s;
+    };
+    for (index_t n = 0; n < N; ++n) {
+      const SequenceSpan s = span(n);
       if (s.state_row < 0) continue;
       const std::int64_t start = s.read_state ? next_position_[s.state_row] : 0;
       if (!in.positions.has_value()) {
@@ -136,12 +147,29 @@ class KvCache {
                                       std::to_string(s.token_begin + t) + "), got " + std::to_string(p));
       }
     }
+    // Room for every sequence's tokens first: an allocation failure (KvArenaFull with an arena)
+    // then changes nothing. A failure while flushing (after every token is in) leaves the tokens
+    // appended, some still in the residual window (exact; the next append flushes them).
+    for (index_t n = 0; n < N; ++n) {
+      const SequenceSpan s = span(n);
+      if (s.state_row < 0) continue;
+      for (index_t h = 0; h < H; ++h) {
+        detail::KvResidual& r = head_mut(s.state_row, h).residual;
+        const std::size_t rows = static_cast<std::size_t>((s.read_state ? r.size() : 0) + s.tokens);
+        const auto grow = [](auto& v, std::size_t n) {  // geometric, like push_back
+          if (n > v.capacity()) v.reserve(std::max(n, 2 * v.capacity()));
+        };
+        grow(r.keys, rows * static_cast<std::size_t>(config_.key_dim));
+        grow(r.values, rows * static_cast<std::size_t>(config_.value_dim));
+        grow(r.positions, rows), grow(r.given_saliency, rows), grow(r.attention_sum, rows), grow(r.attention_queries, rows);
+      }
+    }
     const float no_saliency = std::numeric_limits<float>::quiet_NaN();
-    for (index_t n = 0; n < map.sequences(); ++n) {
-      const SequenceSpan s = map[n];
+    for (index_t n = 0; n < N; ++n) {
+      const SequenceSpan s = span(n);
       if (s.state_row < 0) continue;
       const index_t b = s.state_row, r0 = s.batch_row, t0 = s.token_begin, T1 = s.tokens;
-      if (!s.read_state) reset(b);
+      if (!s.read_state) clear_row(b);
       for (index_t h = 0; h < H; ++h) {
         detail::KvResidual& r = head_mut(b, h).residual;
         for (index_t t = t0; t < t0 + T1; ++t) {
@@ -152,10 +180,12 @@ class KvCache {
           r.attention_sum.push_back(0.f);
           r.attention_queries.push_back(0.f);
         }
-        detail::flush(config_, head_mut(b, h));
       }
       if (T1 > 0) next_position_[b] = (in.positions.has_value() ? in.positions(r0, t0 + T1 - 1) : next_position_[b] + T1 - 1) + 1;
     }
+    for (index_t n = 0; n < N; ++n)
+      if (span(n).state_row >= 0)
+        for (index_t h = 0; h < H; ++h) detail::flush(config_, head_mut(span(n).state_row, h));
   }
 
   // Rolls row b back to `position` (speculative rollback): every entry at a position >= position
@@ -166,20 +196,22 @@ class KvCache {
   // after retain() / compact() / replace() on the head, the entries are dropped and the surviving
   // block entries keep their codes.
   void truncate(index_t b, std::int64_t position) {
-    const ArgCheck check("KvCache::truncate");
-    check_head(check, b, 0);
-    if (position < 0) check.fail("position", "must be >= 0, got " + std::to_string(position));
+    if (b < 0 || b >= config_.batch) check_head(ArgCheck("KvCache::truncate"), b, 0);  // throws
+    if (position < 0) throw ShapeError("KvCache::truncate", "position", "must be >= 0, got " + std::to_string(position));
     if (position >= next_position_[b]) return;
-    for (index_t h = 0; h < config_.kv_heads; ++h) truncate_head(b, h, position);
+    for (index_t h = 0; h < config_.kv_heads; ++h) truncate_head(head_mut(b, h), position);
     next_position_[b] = position;
   }
 
   // Empties row b (every KV head) and restarts its positions at 0: a row handed to a new request.
   void reset(index_t b) {
     check_head(ArgCheck("KvCache::reset"), b, 0);
-    for (index_t h = 0; h < config_.kv_heads; ++h) head_mut(b, h) = detail::KvHead{};
+    for (index_t h = 0; h < config_.kv_heads; ++h) head_mut(b, h) = detail::KvHead(config_.arena);
     next_position_[b] = 0;
   }
+
+  // The arena given in the configuration (null: the heap).
+  KvArena* arena() const noexcept { return config_.arena; }
 
   // The position the next appended token of row b gets by default.
   std::int64_t next_position(index_t b) const { return next_position_.at(static_cast<std::size_t>(b)); }
@@ -244,47 +276,7 @@ class KvCache {
       if (kept[i] < 0 || kept[i] >= hd.size() || (i > 0 && kept[i] <= kept[i - 1]))
         check.fail("kept", "must be strictly increasing entry indices in [0, " + std::to_string(hd.size()) +
                                "), got " + std::to_string(kept[i]) + " at index " + std::to_string(i));
-    hd.flushed.clear();  // entries change: flushes can no longer be undone
-    const index_t n_blocks_entries = static_cast<index_t>(hd.order.size());
-    std::vector<std::vector<char>> keep(hd.blocks.size());
-    for (std::size_t k = 0; k < hd.blocks.size(); ++k) keep[k].assign(static_cast<std::size_t>(hd.blocks[k].count), 0);
-    std::vector<index_t> kept_residual;
-    for (index_t e : kept) {
-      if (e < n_blocks_entries)
-        keep[hd.order[e].block][hd.order[e].slot] = 1;
-      else
-        kept_residual.push_back(e - n_blocks_entries);
-    }
-    // New slot of every kept slot (its rank among its block's kept slots), and new block ids.
-    std::vector<std::vector<std::uint32_t>> new_slot(hd.blocks.size());
-    std::vector<std::uint32_t> new_block(hd.blocks.size(), 0);
-    std::vector<detail::KvBlock> blocks;
-    for (std::size_t k = 0; k < hd.blocks.size(); ++k) {
-      new_slot[k].resize(keep[k].size());
-      std::uint32_t rank = 0;
-      for (std::size_t t = 0; t < keep[k].size(); ++t)
-        if (keep[k][t]) new_slot[k][t] = rank++;
-      if (rank == 0) continue;
-      if (rank != static_cast<std::uint32_t>(hd.blocks[k].count)) detail::compact_block(hd.blocks[k], config_, keep[k]);
-      new_block[k] = static_cast<std::uint32_t>(blocks.size());
-      blocks.push_back(std::move(hd.blocks[k]));
-    }
-    std::vector<detail::KvSlot> order;
-    for (index_t e : kept)
-      if (e < n_blocks_entries) {
-        const detail::KvSlot s = hd.order[e];
-        order.push_back({new_block[s.block], new_slot[s.block][s.slot]});
-      }
-    hd.blocks = std::move(blocks);
-    hd.order = std::move(order);
-    hd.order.shrink_to_fit();
-    detail::keep_residual(config_, hd.residual, kept_residual);
-    // Scattered eviction leaves many partly filled blocks; merge them once the head's blocks are
-    // less than half full on average. Not after every retain: merging per-channel quantized keys
-    // requantizes them, and a threshold makes that rare (an entry is requantized at most once per
-    // halving of the block fill) while keeping memory within 2x of the packed size.
-    if (2 * static_cast<index_t>(hd.order.size()) < detail::kKvBlockTokens * static_cast<index_t>(hd.blocks.size()))
-      detail::compact_head(config_, hd);
+    retain_head(hd, kept.data(), static_cast<index_t>(kept.size()));
   }
 
   // Merges the partly filled blocks of (b, h): per format pair (one pair, or ZipCache's high and
@@ -330,7 +322,7 @@ class KvCache {
     const index_t t = s.slot;
     // The value row has its own parameters: re-encode it alone.
     if (is_quantized(blk.value_format)) {
-      std::vector<std::uint8_t> scratch(static_cast<std::size_t>(Dv));
+      auto scratch = detail::kv_vector<std::uint8_t>(config_.arena, static_cast<std::size_t>(Dv));
       detail::encode_value(blk, t, value, Dv, config_.group_size, scratch.data());
     } else {
       detail::store_floats(blk.value_format, value, Dv, blk.values.data() + t * blk.value_row);
@@ -350,7 +342,7 @@ class KvCache {
     } else {
       // Per-channel parameters are shared by the block: refit them over the dequantized keys with
       // this one swapped (the block's other keys move by at most half their new step).
-      std::vector<float> K(static_cast<std::size_t>(blk.count * Dk));
+      auto K = detail::kv_vector<float>(config_.arena, static_cast<std::size_t>(blk.count * Dk));
       for (index_t r = 0; r < blk.count; ++r)
         for (index_t c = 0; c < Dk; ++c) K[r * Dk + c] = detail::key_element(blk, config_.key_quant, key_group(), c, r);
       std::copy(key, key + Dk, K.begin() + t * Dk);
@@ -433,10 +425,72 @@ class KvCache {
       throw ShapeError(op, "entry", "= " + std::to_string(entry) + " out of range [0, " + std::to_string(hd.size()) + ")");
   }
 
-  void truncate_head(index_t b, index_t h, std::int64_t position) {
-    detail::KvHead& hd = head_mut(b, h);
-    const std::vector<std::int64_t> pos = positions(b, h);
-    const index_t kept = static_cast<index_t>(std::lower_bound(pos.begin(), pos.end(), position) - pos.begin());
+  // retain() on one head, after validation: kept[0..n) strictly increasing entry indices.
+  void retain_head(detail::KvHead& hd, const index_t* kept, index_t n) {
+    KvArena* const A = config_.arena;
+    hd.flushed.clear();  // entries change: flushes can no longer be undone
+    const index_t n_blocks_entries = static_cast<index_t>(hd.order.size());
+    auto keep = detail::kv_vector<detail::KvVector<char>>(A);
+    keep.reserve(hd.blocks.size());
+    for (std::size_t k = 0; k < hd.blocks.size(); ++k)
+      keep.push_back(detail::kv_vector<char>(A, static_cast<std::size_t>(hd.blocks[k].count), 0));
+    auto kept_residual = detail::kv_vector<index_t>(A);
+    for (index_t i = 0; i < n; ++i) {
+      const index_t e = kept[i];
+      if (e < n_blocks_entries)
+        keep[hd.order[e].block][hd.order[e].slot] = 1;
+      else
+        kept_residual.push_back(e - n_blocks_entries);
+    }
+    // New slot of every kept slot (its rank among its block's kept slots), and new block ids.
+    auto new_slot = detail::kv_vector<detail::KvVector<std::uint32_t>>(A);
+    new_slot.reserve(hd.blocks.size());
+    auto new_block = detail::kv_vector<std::uint32_t>(A, hd.blocks.size(), 0);
+    auto blocks = detail::kv_vector<detail::KvBlock>(A);
+    for (std::size_t k = 0; k < hd.blocks.size(); ++k) {
+      new_slot.push_back(detail::kv_vector<std::uint32_t>(A, keep[k].size(), 0));
+      std::uint32_t rank = 0;
+      for (std::size_t t = 0; t < keep[k].size(); ++t)
+        if (keep[k][t]) new_slot[k][t] = rank++;
+      if (rank == 0) continue;
+      if (rank != static_cast<std::uint32_t>(hd.blocks[k].count)) detail::compact_block(hd.blocks[k], config_, keep[k]);
+      new_block[k] = static_cast<std::uint32_t>(blocks.size());
+      blocks.push_back(std::move(hd.blocks[k]));
+    }
+    auto order = detail::kv_vector<detail::KvSlot>(A);
+    for (index_t i = 0; i < n; ++i)
+      if (kept[i] < n_blocks_entries) {
+        const detail::KvSlot s = hd.order[kept[i]];
+        order.push_back({new_block[s.block], new_slot[s.block][s.slot]});
+      }
+    hd.blocks = std::move(blocks);
+    hd.order = std::move(order);
+    hd.order.shrink_to_fit();
+    detail::keep_residual(config_, hd.residual, kept_residual);
+    // Scattered eviction leaves many partly filled blocks; merge them once the head's blocks are
+    // less than half full on average. Not after every retain: merging per-channel quantized keys
+    // requantizes them, and a threshold makes that rare (an entry is requantized at most once per
+    // halving of the block fill) while keeping memory within 2x of the packed size.
+    if (2 * static_cast<index_t>(hd.order.size()) < detail::kKvBlockTokens * static_cast<index_t>(hd.blocks.size()))
+      detail::compact_head(config_, hd);
+  }
+
+
+  // Empties row b keeping its storage's capacity (append of a new request: no reallocation).
+  void clear_row(index_t b) {
+    for (index_t h = 0; h < config_.kv_heads; ++h) {
+      detail::KvHead& hd = head_mut(b, h);
+      hd.blocks.clear(), hd.order.clear(), hd.flushed.clear();
+      detail::drop_residual_front(config_, hd.residual, hd.residual.size());
+    }
+    next_position_[b] = 0;
+  }
+
+  void truncate_head(detail::KvHead& hd, std::int64_t position) {
+    // Entries in order have increasing positions: count those below `position`.
+    index_t kept = 0;
+    for (const auto& s : hd.order) kept += hd.blocks[s.block].positions[s.slot] < position ? 1 : 0;
+    for (const std::int64_t p : hd.residual.positions) kept += p < position ? 1 : 0;
     // Tokens a cache of `kept` appended tokens has flushed into blocks (groups of 32 leave the
     // residual window while it holds R + 32 or more).
     const index_t Bt = detail::kKvBlockTokens, R = config_.residual;
@@ -445,14 +499,12 @@ class KvCache {
                                    hd.flushed.back().rows.positions.back() >= position))
       detail::unflush_newest(config_, hd);
     if (kept >= static_cast<index_t>(hd.order.size())) {
-      std::vector<index_t> rows(static_cast<std::size_t>(kept - static_cast<index_t>(hd.order.size())));
-      std::iota(rows.begin(), rows.end(), index_t{0});
-      detail::keep_residual(config_, hd.residual, rows);
+      detail::keep_residual_front(config_, hd.residual, kept - static_cast<index_t>(hd.order.size()));
       return;
     }
-    std::vector<index_t> rows(static_cast<std::size_t>(kept));
+    auto rows = detail::kv_vector<index_t>(config_.arena, static_cast<std::size_t>(kept));
     std::iota(rows.begin(), rows.end(), index_t{0});
-    retain(b, h, rows);
+    retain_head(hd, rows.data(), kept);
   }
 
   void read(index_t b, index_t h, const TensorView<float, 2>& out, bool keys, const char* op) const {
@@ -461,7 +513,7 @@ class KvCache {
     const detail::KvHead& hd = head(b, h);
     const index_t D = keys ? config_.key_dim : config_.value_dim;
     check.shape("out", out, {hd.size(), D}, keys ? "size(b,h),Dk" : "size(b,h),Dv");
-    std::vector<float> row(static_cast<std::size_t>(D));
+    auto row = detail::kv_vector<float>(config_.arena, static_cast<std::size_t>(D));
     for (index_t e = 0; e < hd.size(); ++e) {
       if (keys)
         read_key(b, h, e, row.data());

@@ -7,6 +7,7 @@
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/kv_cache/arena.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
 
 namespace seqmix {
@@ -37,6 +38,9 @@ struct KvCacheConfig {
   // flushed groups are kept to undo their flush). Deeper truncation drops entries without
   // restoring them (the survivors keep their codes). 0 = no rows kept.
   index_t rollback = 0;
+  // Caller-provided storage (arena.hpp): every byte the cache holds or uses after construction
+  // comes from this arena (KvArenaFull when it runs out); null = the heap. Not owned.
+  KvArena* arena = nullptr;
 };
 
 // One ragged append (KvCache::append): tokens of several sequences, each to its own cache row.
