@@ -229,16 +229,7 @@ class SequenceMap {
 template <class A, std::size_t RA, class B, std::size_t RB>
 bool views_overlap(const TensorView<A, RA>& a, const TensorView<B, RB>& b) {
   if (!a.has_value() || !b.has_value() || a.numel() == 0 || b.numel() == 0) return false;
-  auto range = [](const auto& v) {
-    const char* lo = reinterpret_cast<const char*>(v.data());
-    const char* hi = lo;
-    for (std::size_t d = 0; d < std::decay_t<decltype(v)>::rank; ++d) {
-      const index_t step = (v.size(d) - 1) * v.stride(d) * static_cast<index_t>(sizeof(*v.data()));
-      if (step < 0) lo += step; else hi += step;
-    }
-    return std::pair<const char*, const char*>(lo, hi + sizeof(*v.data()));
-  };
-  const auto ra = range(a), rb = range(b);
+  const auto ra = detail::address_range(a), rb = detail::address_range(b);
   return ra.first < rb.second && rb.first < ra.second;
 }
 
