@@ -17,17 +17,7 @@ using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
 
-constexpr int kWarmup = 20;  // enough for every worker of the pool to have grown its scratch
-constexpr int kSteps = 100;
-
-// Runs `step` kWarmup times, then counts the allocations of kSteps more calls.
-template <class Step>
-std::size_t allocations_after_warmup(Step&& step) {
-  for (int i = 0; i < kWarmup; ++i) step();
-  st::AllocationCounter counter;
-  for (int i = 0; i < kSteps; ++i) step();
-  return counter.allocations();
-}
+using st::allocations_after_warmup;
 
 // Slots of 4 token rows in a pool of 9: a padding row, holes, one fresh sequence.
 const std::vector<std::int32_t> kSlots = {6, -1, 2, 0};

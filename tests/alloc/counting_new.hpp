@@ -23,4 +23,17 @@ class AllocationCounter {
   std::size_t start_;
 };
 
+// The hot-path check every family runs: `step` kWarmup times (enough for every worker of a pool
+// to grow its per-thread scratch), then the allocations of kSteps more calls.
+constexpr int kWarmup = 20;
+constexpr int kSteps = 100;
+
+template <class Step>
+std::size_t allocations_after_warmup(Step&& step) {
+  for (int i = 0; i < kWarmup; ++i) step();
+  AllocationCounter counter;
+  for (int i = 0; i < kSteps; ++i) step();
+  return counter.allocations();
+}
+
 }  // namespace seqmix::testing
