@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <sstream>
@@ -50,17 +51,24 @@ std::string describe(const VarlenCase& c, const std::vector<index_t>& lengths, s
   return s.str();
 }
 
+// Lengths as static arrays copied into each case: GCC 12 under ASan with
+// detect_stack_use_after_return (CI's sanitizer stage) read a nested initializer_list of the static
+// table from a stale frame, so the table is built without one.
+std::vector<index_t> lengths_of(std::initializer_list<index_t> values) { return std::vector<index_t>(values); }
+
 const std::vector<VarlenCase>& varlen_cases() {
-  static const std::vector<VarlenCase> table = {
-      // lengths around the 64-key tile and the 64-query block (G = 4: 256 rows / 4)
-      {"tiles", {1, 63, 64, 65, 2, 128, 0, 129}, 8, 8, 2, 64, true, 0, 0, 0.f, false, false, true},
-      {"random-16", {}, 16, 8, 2, 64, true, 0, 0, 0.f, false, false, false},
-      {"mha-noncausal", {}, 4, 2, 2, 80, false, 0, 0, 0.f, false, false, false},
-      {"gqa8-window-sinks", {}, 5, 8, 1, 128, true, 50, 4, 0.f, false, true, false},
-      {"softcap-alibi", {}, 7, 8, 4, 64, true, 0, 0, 15.f, true, false, false},
-      {"small-all-options", {5, 1, 70, 33}, 4, 4, 2, 64, true, 20, 2, 15.f, true, true, true},
-      {"single-700", {700}, 1, 4, 1, 64, true, 0, 0, 0.f, false, false, false},
-  };
+  static const std::vector<VarlenCase> table = [] {
+    std::vector<VarlenCase> t;
+    // lengths around the 64-key tile and the 64-query block (G = 4: 256 rows / 4)
+    t.push_back({"tiles", lengths_of({1, 63, 64, 65, 2, 128, 0, 129}), 8, 8, 2, 64, true, 0, 0, 0.f, false, false, true});
+    t.push_back({"random-16", {}, 16, 8, 2, 64, true, 0, 0, 0.f, false, false, false});
+    t.push_back({"mha-noncausal", {}, 4, 2, 2, 80, false, 0, 0, 0.f, false, false, false});
+    t.push_back({"gqa8-window-sinks", {}, 5, 8, 1, 128, true, 50, 4, 0.f, false, true, false});
+    t.push_back({"softcap-alibi", {}, 7, 8, 4, 64, true, 0, 0, 15.f, true, false, false});
+    t.push_back({"small-all-options", lengths_of({5, 1, 70, 33}), 4, 4, 2, 64, true, 20, 2, 15.f, true, true, true});
+    t.push_back({"single-700", lengths_of({700}), 1, 4, 1, 64, true, 0, 0, 0.f, false, false, false});
+    return t;
+  }();
   return table;
 }
 
