@@ -118,40 +118,11 @@ class StepSlots {
   SequenceBatch batch_;
 };
 
-// True when a step's batch is valid: the checks of SequenceMap::make for one token per row,
-// without building any message. SequenceMap::make allocates on every call (std::string
-// temporaries for its check messages, and a copy of the op name), which a decode step must not;
-// so the step runs this test and calls SequenceMap::make only to report what is wrong.
-// (core/batch.hpp building its messages only on failure would remove this detour.)
-inline bool step_slots_valid(const SequenceBatch& batch, index_t B, index_t pool_rows) {
-  if (batch.has_initial_state.has_value() && batch.has_initial_state.size() != B) return false;
-  if (!batch.slotted()) return pool_rows == B;
-  const IndexList& idx = batch.state_indices;
-  if (idx.dangling() || idx.size() != B) return false;
-  for (index_t b = 0; b < B; ++b)
-    if (idx[b] < -1 || idx[b] >= pool_rows) return false;
-  // Duplicates, on a per-thread mark table over the pool (grown once, cleared after use).
-  thread_local std::vector<std::uint8_t> seen;
-  if (static_cast<index_t>(seen.size()) < pool_rows) seen.resize(static_cast<std::size_t>(pool_rows), 0);
-  bool unique = true;
-  for (index_t b = 0; b < B; ++b) {
-    if (idx[b] < 0) continue;
-    unique = unique && !seen[static_cast<std::size_t>(idx[b])];
-    seen[static_cast<std::size_t>(idx[b])] = 1;
-  }
-  for (index_t b = 0; b < B; ++b)
-    if (idx[b] >= 0) seen[static_cast<std::size_t>(idx[b])] = 0;
-  return unique;
-}
-
 // Validates a step's slots. cu_seqlens has no meaning for one token per row and is refused.
 inline StepSlots ssm_step_slots(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t pool_rows) {
   if (batch.packed())
     check.fail("batch.cu_seqlens", "must be empty for a decode step (one token per batch row); use state_indices");
-  if (!step_slots_valid(batch, B, pool_rows)) {
-    SequenceMap::make(check.op(), batch, B, 1, true, pool_rows);  // throws the precise ShapeError
-    check.fail("state_indices", "is not valid for this call");      // not reached
-  }
+  SequenceMap::make(check, batch, B, 1, true, pool_rows);  // slots and flags; no allocation when valid
   return StepSlots(batch);
 }
 

@@ -180,33 +180,10 @@ struct StepSlots {
   bool fresh(index_t b) const { return has_initial_state.has_value() && !has_initial_state[b]; }
 };
 
-// Checks a step's batch against B token rows and a pool of S rows without allocating on valid
-// input (SequenceMap::make formats strings on every call, so it runs only to report a bad one).
+// Checks a step's batch against B token rows and a pool of S rows (no allocation on valid input).
 inline StepSlots check_step_slots(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t S) {
   if (batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
-  bool ok = !batch.has_initial_state.has_value() || batch.has_initial_state.size() == B;
-  if (batch.slotted()) {
-    const IndexList& idx = batch.state_indices;
-    ok = ok && !idx.dangling() && idx.size() == B;
-    thread_local std::vector<std::uint8_t> seen;
-    if (ok) {
-      if (static_cast<index_t>(seen.size()) < S) seen.resize(static_cast<std::size_t>(S), 0);
-      for (index_t b = 0; b < B && ok; ++b) {
-        const index_t row = idx[b];
-        if (row < -1 || row >= S) ok = false;
-        else if (row >= 0 && seen[static_cast<std::size_t>(row)]) ok = false;
-        else if (row >= 0) seen[static_cast<std::size_t>(row)] = 1;
-      }
-      for (index_t b = 0; b < B; ++b)
-        if (idx[b] >= 0 && idx[b] < S) seen[static_cast<std::size_t>(idx[b])] = 0;
-    }
-  } else {
-    ok = ok && S == B;
-  }
-  if (!ok) {
-    SequenceMap::make(check.op(), batch, B, 1, true, S);  // throws the shared message
-    check.fail("state_indices", "do not fit the state pool");
-  }
+  SequenceMap::make(check, batch, B, 1, true, S);  // slots and flags; no allocation when valid
   return StepSlots{batch.state_indices, batch.has_initial_state};
 }
 

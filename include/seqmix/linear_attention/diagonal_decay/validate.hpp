@@ -109,45 +109,12 @@ void check_no_overlap(const ArgCheck& check, const char* out_name, const Out& ou
   if (overlap) check.fail(out_name, "must not overlap an input view (it is written while the inputs are read)");
 }
 
-// True when every slot is -1 or in [0, S) and none repeats. A per-thread mark table over the
-// pool, cleared by a second walk, keeps this free of allocations after warm-up.
-inline bool slots_distinct_in_range(const IndexList& slots, index_t S) {
-  const index_t n = slots.size();
-  for (index_t i = 0; i < n; ++i)
-    if (slots[i] < -1 || slots[i] >= S) return false;
-  thread_local std::vector<unsigned char> seen;
-  if (static_cast<index_t>(seen.size()) < S) seen.resize(static_cast<std::size_t>(S), 0);
-  bool distinct = true;
-  for (index_t i = 0; i < n && distinct; ++i) {
-    const index_t row = slots[i];
-    if (row < 0) continue;
-    distinct = !seen[static_cast<std::size_t>(row)];
-    seen[static_cast<std::size_t>(row)] = 1;
-  }
-  for (index_t i = 0; i < n; ++i)
-    if (slots[i] >= 0) seen[static_cast<std::size_t>(slots[i])] = 0;
-  return distinct;
-}
-
 // The batch of a decode step over B token rows and a state pool of S rows: no cu_seqlens, slots
-// and flags one per row. A valid batch is recognised here without SequenceMap::make, which copies
-// the op name into a std::string (a heap allocation per call for names over 15 characters, and a
-// step must not allocate); a doubtful one goes through SequenceMap::make for the shared message.
-// ssm/serving.hpp and delta_update/ carry the same detour; core/batch.hpp checking a step batch
-// without allocating would replace all three.
+// and flags one per row (SequenceMap::make, which allocates nothing on valid input).
 inline void check_step_batch(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t S) {
   if (batch.packed())
     check.fail("cu_seqlens", "must be empty for a decode step (one token per batch row; state_indices maps rows)");
-  bool valid = !batch.has_initial_state.has_value() || batch.has_initial_state.size() == B;
-  if (batch.slotted())
-    valid = valid && !batch.state_indices.dangling() && batch.state_indices.size() == B &&
-            slots_distinct_in_range(batch.state_indices, S);
-  else
-    valid = valid && S == B;
-  if (!valid) {
-    SequenceMap::make(check.op(), batch, B, 1, true, S);  // throws the shared, precise message
-    check.fail("state_indices", "is not valid for this call");  // not reached
-  }
+  SequenceMap::make(check, batch, B, 1, true, S);
 }
 
 }  // namespace seqmix::detail::la
