@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
 # Install seqmix's build dependencies from Debian's apt repositories.
 #
+#   bash scripts/install-deps.sh            # the build dependencies
+#   bash scripts/install-deps.sh docs       # ... and doxygen, for the API reference (scripts/docs.sh)
+#
+# Optional components are opt-in so that CI and users who never build the API reference do not
+# download doxygen.
+#
 # Idempotent: when every package is already installed it changes nothing and needs no network.
 # Runs apt-get as root, through sudo when not root. On a system without dpkg (not Debian or
 # Ubuntu) it only prints what to install and leaves the rest to CMake's error messages.
 set -euo pipefail
 
 packages=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenchmark-dev)
+
+for component in "$@"; do
+  case "$component" in
+    docs) packages+=(doxygen) ;;
+    *)
+      echo "install-deps: unknown component '$component' (known: docs)" >&2
+      exit 2
+      ;;
+  esac
+done
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "install-deps: no dpkg on this system; install the equivalents of: ${packages[*]}" >&2
