@@ -18,3 +18,13 @@
 #include "seqmix/kv_cache.hpp"
 #include "seqmix/linear_attention.hpp"
 #include "seqmix/ssm.hpp"
+
+/// \namespace seqmix
+/// The public API: every operator's fast prefill `seqmix::<op>` and decode step
+/// `seqmix::<op>_step`, their argument structs (`<Op>Inputs`, `<Op>Outputs`, `<Op>Options`), the
+/// tensor views they take, the executors, KvCache and the serving descriptors. Definitions,
+/// layouts and defaults: docs/operators.md.
+///
+/// \namespace seqmix::reference
+/// The readable definition of every operator (`seqmix::reference::<op>`): plain per-token loops
+/// with the same arguments and validation as the fast form, which the tests compare against.

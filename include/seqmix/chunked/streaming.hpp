@@ -31,19 +31,19 @@
 
 namespace seqmix {
 
-// What a stream needs to know about one operator (specialized below for each).
-//   Outputs, Options, State     the operator's output and option structs; the state it carries
-//   name                        for error messages
-//   tokens(in)                  T of a call
-//   slice(in|out, t0, count)    tokens [t0, t0 + count) of a call (views, no copies)
-//   state_shape(in, options)    the shape of the main state tensor for a call
-//   make_state(in, options)     a zero state shaped for the call
-//   load_initial(state, in)     copies a caller's initial state into the stream's state
-//   write_final(state, out)     copies the state into the final-state views a caller asked for
-//   bind(in, out, state)        points initial and final state at the stream's state
-//   fix_options(options, in)    the options every segment uses (algorithm resolved)
-//   later_options(options)      the options of segments after the first
-//   run(in, out, options, ex)   the fast operator
+/// What a stream needs to know about one operator (specialized below for each).
+///   Outputs, Options, State     the operator's output and option structs; the state it carries
+///   name                        for error messages
+///   tokens(in)                  T of a call
+///   slice(in|out, t0, count)    tokens [t0, t0 + count) of a call (views, no copies)
+///   state_shape(in, options)    the shape of the main state tensor for a call
+///   make_state(in, options)     a zero state shaped for the call
+///   load_initial(state, in)     copies a caller's initial state into the stream's state
+///   write_final(state, out)     copies the state into the final-state views a caller asked for
+///   bind(in, out, state)        points initial and final state at the stream's state
+///   fix_options(options, in)    the options every segment uses (algorithm resolved)
+///   later_options(options)      the options of segments after the first
+///   run(in, out, options, ex)   the fast operator
 template <class Inputs>
 struct StreamTraits;
 
@@ -108,8 +108,8 @@ struct StreamTraits<LinearAttentionInputs> {
   using Outputs = LinearAttentionOutputs;
   using Options = LinearAttentionOptions;
   struct State {
-    Tensor<float, 4> s;  // [B,HV,Kf,V]
-    Tensor<float, 3> z;  // [B,HV,Kf] (normalize only)
+    Tensor<float, 4> s;  ///< [B,HV,Kf,V]
+    Tensor<float, 3> z;  ///< [B,HV,Kf] (normalize only)
   };
   static constexpr const char* name = "linear_attention";
   static index_t tokens(const LinearAttentionInputs& in) { return in.q.size(1); }
@@ -274,7 +274,7 @@ struct StreamTraits<GatedDeltaRuleInputs>
   }
 };
 
-// rwkv7 has no options; the stream still takes (and ignores) this empty struct.
+/// rwkv7 has no options; the stream still takes (and ignores) this empty struct.
 struct Rwkv7StreamOptions {};
 
 template <>
@@ -316,7 +316,7 @@ struct StreamTraits<CausalConv1dInputs>
     detail::stream::slice_all(t0, n, out.y);
     return out;
   }
-  // The last W-1 inputs, oldest first.
+  /// The last W-1 inputs, oldest first.
   static std::array<index_t, 3> state_shape(const CausalConv1dInputs& in, const Options&) {
     return {in.x.size(0), in.weight.size(1) - 1, in.x.size(2)};
   }
@@ -380,8 +380,8 @@ struct StreamTraits<SsdInputs> : detail::stream::SingleStateTraits<SsdInputs, Ss
 
 // ---- the stream ----------------------------------------------------------------------------
 
-// Carries one operator's state across calls. The state is the only memory a stream holds, so
-// an input of any length costs the state plus what one segment's call needs.
+/// Carries one operator's state across calls. The state is the only memory a stream holds, so
+/// an input of any length costs the state plus what one segment's call needs.
 template <class Inputs>
 class RecurrentStream {
  public:
@@ -393,9 +393,9 @@ class RecurrentStream {
 
   explicit RecurrentStream(const Options& options = {}) : options_(options) {}
 
-  // Runs the next `Traits::tokens(segment)` tokens. The first segment fixes the state's shape
-  // and may carry initial_state (and initial_normalizer) to start from; later segments must
-  // not, and must not ask for final states: the stream owns them (see state()).
+  /// Runs the next `Traits::tokens(segment)` tokens. The first segment fixes the state's shape
+  /// and may carry initial_state (and initial_normalizer) to start from; later segments must
+  /// not, and must not ask for final states: the stream owns them (see state()).
   void feed(Inputs segment, Outputs out, const Executor& executor = serial_executor()) {
     check_segment(segment, out);
     if (!started_) {
@@ -411,12 +411,12 @@ class RecurrentStream {
     tokens_ += Traits::tokens(segment);
   }
 
-  // The carried state after the tokens fed so far (empty before the first segment).
+  /// The carried state after the tokens fed so far (empty before the first segment).
   const State& state() const noexcept { return state_; }
   index_t tokens_seen() const noexcept { return tokens_; }
   bool started() const noexcept { return started_; }
 
-  // Forgets the sequence: the next segment starts a new one (possibly of another shape).
+  /// Forgets the sequence: the next segment starts a new one (possibly of another shape).
   void reset() {
     state_ = State{};
     started_ = false;
@@ -454,10 +454,10 @@ class RecurrentStream {
   index_t tokens_ = 0;
 };
 
-// One call computed as consecutive segments of `segment_length` tokens through a stream: the
-// same outputs (bit for bit when segment_length is a multiple of the operator's chunk size),
-// with the operator's working memory bounded by one segment. The final state, if asked for, is
-// written at the end.
+/// One call computed as consecutive segments of `segment_length` tokens through a stream: the
+/// same outputs (bit for bit when segment_length is a multiple of the operator's chunk size),
+/// with the operator's working memory bounded by one segment. The final state, if asked for, is
+/// written at the end.
 template <class Inputs>
 void run_in_segments(const Inputs& in, const typename StreamTraits<Inputs>::Outputs& out,
                      const typename StreamTraits<Inputs>::Options& options, index_t segment_length,

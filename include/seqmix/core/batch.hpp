@@ -33,10 +33,12 @@
 
 namespace seqmix {
 
-// A read-only list of indices stored as int32 or int64 (the caller's choice), read as index_t.
+/// A read-only list of indices stored as int32 or int64 (the caller's choice), read as index_t.
 class IndexList {
  public:
-  IndexList() = default;  // not given
+  IndexList() = default;  ///< not given
+  /// Wraps a caller's int32 or int64 index tensor or vector (not copied: it must outlive the call).
+  ///@{
   IndexList(ConstView<std::int32_t, 1> v) : i32_(v) {}  // NOLINT: implicit by design
   IndexList(ConstView<std::int64_t, 1> v) : i64_(v) {}  // NOLINT
   IndexList(TensorView<std::int32_t, 1> v) : i32_(v) {}  // NOLINT
@@ -46,12 +48,16 @@ class IndexList {
   IndexList(const std::vector<std::int64_t>& v)  // NOLINT
       : i64_(v.data(), {static_cast<index_t>(v.size())}) {}
 
+  ///@}
+  /// False for the default (not given).
   bool has_value() const noexcept { return i32_.has_value() || i64_.has_value(); }
+  /// Number of indices.
   index_t size() const noexcept { return i32_.has_value() ? i32_.size(0) : i64_.size(0); }
+  /// Index i, widened to index_t.
   index_t operator[](index_t i) const {
     return i32_.has_value() ? static_cast<index_t>(i32_(i)) : static_cast<index_t>(i64_(i));
   }
-  // A null pointer with a non-zero extent: refused by validation.
+  /// A null pointer with a non-zero extent: refused by validation.
   bool dangling() const noexcept {
     return (i32_.data() == nullptr && i32_.size(0) > 0) || (i64_.data() == nullptr && i64_.size(0) > 0);
   }
@@ -61,10 +67,12 @@ class IndexList {
   ConstView<std::int64_t, 1> i64_;
 };
 
-// A read-only list of flags stored as bool or uint8 (non-zero is true).
+/// A read-only list of flags stored as bool or uint8 (non-zero is true).
 class FlagList {
  public:
   FlagList() = default;
+  /// Wraps a caller's bool or uint8 flag tensor or vector (not copied: it must outlive the call).
+  ///@{
   FlagList(ConstView<bool, 1> v) : b_(v) {}           // NOLINT: implicit by design
   FlagList(ConstView<std::uint8_t, 1> v) : u8_(v) {}  // NOLINT
   FlagList(TensorView<bool, 1> v) : b_(v) {}          // NOLINT
@@ -72,8 +80,12 @@ class FlagList {
   FlagList(const std::vector<std::uint8_t>& v)        // NOLINT
       : u8_(v.data(), {static_cast<index_t>(v.size())}) {}
 
+  ///@}
+  /// False for the default (not given).
   bool has_value() const noexcept { return b_.has_value() || u8_.has_value(); }
+  /// Number of flags.
   index_t size() const noexcept { return b_.has_value() ? b_.size(0) : u8_.size(0); }
+  /// Flag i.
   bool operator[](index_t i) const { return b_.has_value() ? b_(i) : u8_(i) != 0; }
 
  private:
@@ -81,40 +93,42 @@ class FlagList {
   ConstView<std::uint8_t, 1> u8_;
 };
 
-// The serving arguments of one call. Operators take it as the `batch` member of their inputs.
+/// The serving arguments of one call. Operators take it as the `batch` member of their inputs.
 struct SequenceBatch {
-  IndexList cu_seqlens;        // [N+1], optional: packed tokens
-  IndexList state_indices;     // [N], optional: state rows in a pool, -1 = padding
-  FlagList has_initial_state;  // [N], optional: false = start from zeros
+  IndexList cu_seqlens;        ///< [N+1], optional: packed tokens
+  IndexList state_indices;     ///< [N], optional: state rows in a pool, -1 = padding
+  FlagList has_initial_state;  ///< [N], optional: false = start from zeros
 
+  /// True when cu_seqlens is given (tokens packed along dim 1 of a [1, total_T, ...] tensor).
   bool packed() const noexcept { return cu_seqlens.has_value(); }
+  /// True when state_indices is given (states are rows of a pool).
   bool slotted() const noexcept { return state_indices.has_value(); }
 };
 
-// One sequence of a call, resolved.
+/// One sequence of a call, resolved.
 struct SequenceSpan {
-  index_t batch_row = 0;    // row of dim 0 of the token tensors
-  index_t token_begin = 0;  // first token in dim 1
-  index_t tokens = 0;       // number of tokens
-  index_t state_row = -1;   // row of the state tensors / pool; -1: padding (skip the sequence)
-  bool read_state = false;  // start from the state at state_row (else from zeros)
+  index_t batch_row = 0;    ///< row of dim 0 of the token tensors
+  index_t token_begin = 0;  ///< first token in dim 1
+  index_t tokens = 0;       ///< number of tokens
+  index_t state_row = -1;   ///< row of the state tensors / pool; -1: padding (skip the sequence)
+  bool read_state = false;  ///< start from the state at state_row (else from zeros)
 };
 
-// The validated map from sequences to tokens and state rows. Cheap to copy, owns nothing.
+/// The validated map from sequences to tokens and state rows. Cheap to copy, owns nothing.
 class SequenceMap {
  public:
   SequenceMap() = default;
 
-  // Checks `batch` against token tensors [B, T, ...] and a state tensor of `state_rows` rows
-  // (the pool size S with slots, else the number of sequences is required). `has_initial`
-  // says whether the call was given an initial state at all. Throws ShapeError naming `op`.
+  /// Checks `batch` against token tensors [B, T, ...] and a state tensor of `state_rows` rows
+  /// (the pool size S with slots, else the number of sequences is required). `has_initial`
+  /// says whether the call was given an initial state at all. Throws ShapeError naming `op`.
   static SequenceMap make(const std::string& op, const SequenceBatch& batch, index_t B, index_t T,
                           bool has_initial, index_t state_rows) {
     return make(ArgCheck(op), batch, B, T, has_initial, state_rows);
   }
 
-  // The same with the caller's ArgCheck: no allocation on a valid call (decode steps keep theirs
-  // in a function-local static), messages are formatted only on failure.
+  /// The same with the caller's ArgCheck: no allocation on a valid call (decode steps keep theirs
+  /// in a function-local static), messages are formatted only on failure.
   static SequenceMap make(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t T,
                           bool has_initial, index_t state_rows) {
     SequenceMap m;
@@ -159,10 +173,14 @@ class SequenceMap {
     return m;
   }
 
+  /// Number of sequences N.
   index_t sequences() const noexcept { return N_; }
+  /// True for a packed (cu_seqlens) batch.
   bool packed() const noexcept { return batch_.packed(); }
+  /// True when states live in pool slots (state_indices).
   bool slotted() const noexcept { return batch_.slotted(); }
 
+  /// Sequence n: its batch row, token range and state row.
   SequenceSpan operator[](index_t n) const {
     SequenceSpan s;
     if (batch_.packed()) {
@@ -180,7 +198,7 @@ class SequenceMap {
     return s;
   }
 
-  // The longest sequence (for workspace sizing).
+  /// The longest sequence (for workspace sizing).
   index_t max_tokens() const {
     if (!batch_.packed()) return T_;
     index_t m = 0;
@@ -189,7 +207,7 @@ class SequenceMap {
   }
 
  private:
-  // Every slot in [-1, S), no slot twice: two sequences writing one row would race.
+  /// Every slot in [-1, S), no slot twice: two sequences writing one row would race.
   static void check_slots(const ArgCheck& check, const IndexList& idx, index_t S) {
     const index_t N = idx.size();
     for (index_t n = 0; n < N; ++n) {
@@ -224,8 +242,8 @@ class SequenceMap {
   bool has_initial_ = false;
 };
 
-// True when the memory spanned by two views overlaps (used to refuse aliasing an operator
-// forbids). Conservative: compares the address ranges the views can touch.
+/// True when the memory spanned by two views overlaps (used to refuse aliasing an operator
+/// forbids). Conservative: compares the address ranges the views can touch.
 template <class A, std::size_t RA, class B, std::size_t RB>
 bool views_overlap(const TensorView<A, RA>& a, const TensorView<B, RB>& b) {
   if (!a.has_value() || !b.has_value() || a.numel() == 0 || b.numel() == 0) return false;

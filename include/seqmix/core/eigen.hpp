@@ -13,21 +13,23 @@
 
 namespace seqmix {
 
+/// A dynamic-size row-major Eigen matrix of T (const removed).
 template <class T>
 using RowMajorMatrix = Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+/// An Eigen map over a rank-2 view's memory with its row and column strides (const T: read-only).
 template <class T>
 using MatrixMap = Eigen::Map<std::conditional_t<std::is_const_v<T>, const RowMajorMatrix<T>, RowMajorMatrix<T>>,
                              Eigen::Unaligned, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
 
-// A [rows, cols] view as an Eigen map with the view's strides.
+/// A [rows, cols] view as an Eigen map with the view's strides.
 template <class T>
 MatrixMap<T> as_matrix(const TensorView<T, 2>& view) {
   return MatrixMap<T>(view.data(), view.size(0), view.size(1),
                       Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(view.stride(0), view.stride(1)));
 }
 
-// A view over an Eigen row-major matrix (or map) without copying.
+/// A view over an Eigen row-major matrix (or map) without copying.
 template <class Derived>
 auto as_view(Eigen::PlainObjectBase<Derived>& matrix) {
   static_assert(Derived::IsRowMajor || Derived::ColsAtCompileTime == 1,

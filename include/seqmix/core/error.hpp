@@ -28,16 +28,24 @@
 
 namespace seqmix {
 
+/// Signed integer of every extent, stride, index and position in the API (64-bit on 64-bit
+/// targets, like ggml's int64_t extents).
 using index_t = std::ptrdiff_t;
 
+/// Thrown by every operator for bad arguments (shapes, strides, options, indices, overlaps) before
+/// any output or state is written. what() reads "seqmix::<op>: argument '<name>' <problem>".
 class ShapeError : public std::invalid_argument {
  public:
+  /// `op`: the operator (without "seqmix::"); `argument`: the argument's name; `problem`: what is
+  /// wrong with it, naming the expected and the actual shape where there is one.
   ShapeError(const std::string& op, const std::string& argument, const std::string& problem)
       : std::invalid_argument("seqmix::" + op + ": argument '" + argument + "' " + problem),
         op_(op),
         argument_(argument) {}
 
+  /// The operator that refused the call.
   const std::string& op() const noexcept { return op_; }
+  /// The argument that was wrong.
   const std::string& argument() const noexcept { return argument_; }
 
  private:
@@ -45,6 +53,7 @@ class ShapeError : public std::invalid_argument {
   std::string argument_;
 };
 
+/// A shape as "[2, 3, 4]", the form every error message uses.
 template <std::size_t Rank>
 std::string shape_to_string(const std::array<index_t, Rank>& shape) {
   std::ostringstream out;
@@ -54,7 +63,7 @@ std::string shape_to_string(const std::array<index_t, Rank>& shape) {
   return out.str();
 }
 
-// An expected shape, where -1 (any extent) prints as '*': "[2, *, 4]".
+/// An expected shape, where -1 (any extent) prints as '*': "[2, *, 4]".
 template <std::size_t Rank>
 std::string expected_shape_to_string(const std::array<index_t, Rank>& shape) {
   std::ostringstream out;
@@ -70,9 +79,9 @@ std::string expected_shape_to_string(const std::array<index_t, Rank>& shape) {
   return out.str();
 }
 
-// Positions (token indices, cache positions, lengths counted from them) must lie in
-// [0, kMaxPosition): 2^62 leaves room for the sums and differences an operator forms from a
-// position and a length or window (p + T, p - window, -100 - p) without overflowing index_t.
+/// Positions (token indices, cache positions, lengths counted from them) must lie in
+/// [0, kMaxPosition): 2^62 leaves room for the sums and differences an operator forms from a
+/// position and a length or window (p + T, p - window, -100 - p) without overflowing index_t.
 constexpr index_t kMaxPosition = index_t{1} << 62;
 
 namespace detail {
@@ -153,10 +162,10 @@ index_t extent_value(const std::string& op, const char* argument, Extent extent)
 
 }  // namespace detail
 
-// The product of extents, for sizes computed from several arguments before an allocation or an
-// index computation (e.g. a cache's heads * pages * page_size * dim). Throws ShapeError naming
-// `argument` when an extent is negative or the product overflows index_t.
-//   const index_t elements = checked_product("KvCache", "config", heads, pages, page_size, dim);
+/// The product of extents, for sizes computed from several arguments before an allocation or an
+/// index computation (e.g. a cache's heads * pages * page_size * dim). Throws ShapeError naming
+/// `argument` when an extent is negative or the product overflows index_t.
+///   const index_t elements = checked_product("KvCache", "config", heads, pages, page_size, dim);
 template <class... Extents>
 index_t checked_product(const std::string& op, const char* argument, Extents... extents) {
   const index_t values[] = {index_t{1}, detail::extent_value(op, argument, extents)...};
@@ -173,8 +182,8 @@ index_t checked_product(const std::string& op, const char* argument, Extents... 
   return product;
 }
 
-// Enum arguments read from configs or files: the value must be one of the `count` enumerators
-// 0 .. count-1 (an out-of-range value would index a table or select no branch at all).
+/// Enum arguments read from configs or files: the value must be one of the `count` enumerators
+/// 0 .. count-1 (an out-of-range value would index a table or select no branch at all).
 template <class Enum>
 void check_enum(const std::string& op, const char* argument, Enum value, int count) {
   static_assert(std::is_enum_v<Enum> || std::is_integral_v<Enum>, "check_enum takes an enum");
@@ -190,8 +199,8 @@ void check_enum(const std::string& op, const char* argument, Enum value, int cou
   }
 }
 
-// Positions [first, first + count) (count >= 0 tokens from position `first`) must lie within
-// [0, kMaxPosition), so that position arithmetic cannot overflow.
+/// Positions [first, first + count) (count >= 0 tokens from position `first`) must lie within
+/// [0, kMaxPosition), so that position arithmetic cannot overflow.
 inline void check_positions(const std::string& op, const char* argument, index_t first, index_t count = 1) {
   if (first < 0 || count < 0 || first > kMaxPosition - count) {
     std::ostringstream msg;
@@ -201,22 +210,24 @@ inline void check_positions(const std::string& op, const char* argument, index_t
   }
 }
 
-// Validates the arguments of one operator call, one readable line per argument:
-//   ArgCheck check("ssd");
-//   check.shape("x", x, {B, T, H, P}, "B,T,H,P").shape("dt", dt, {B, T, H}, "B,T,H");
-//   check.optional_shape("D", D, {H}, "H");
-//   check.that(P > 0, "x", "must have a non-empty head dimension P");
-// An expected extent of -1 accepts any size (used where a dimension is only constrained by
-// another argument).
+/// Validates the arguments of one operator call, one readable line per argument:
+///   ArgCheck check("ssd");
+///   check.shape("x", x, {B, T, H, P}, "B,T,H,P").shape("dt", dt, {B, T, H}, "B,T,H");
+///   check.optional_shape("D", D, {H}, "H");
+///   check.that(P > 0, "x", "must have a non-empty head dimension P");
+/// An expected extent of -1 accepts any size (used where a dimension is only constrained by
+/// another argument).
 class ArgCheck {
  public:
+  /// `op` names the operator in every message (a static ArgCheck keeps a hot path allocation-free).
   explicit ArgCheck(std::string op) : op_(std::move(op)) {}
 
+  /// The operator name the messages carry.
   const std::string& op() const noexcept { return op_; }
 
-  // View must be a valid layout (see layout()), non-null unless it has no elements, and match
-  // `expected` exactly. The rank comes from the view, so the expected shape can be written as a
-  // braced list. An expected extent below -1 (one computed from a negative size) is refused too.
+  /// View must be a valid layout (see layout()), non-null unless it has no elements, and match
+  /// `expected` exactly. The rank comes from the view, so the expected shape can be written as a
+  /// braced list. An expected extent below -1 (one computed from a negative size) is refused too.
   template <class View>
   const ArgCheck& shape(const char* argument, const View& view,
                         const std::array<index_t, View::rank>& expected, const char* dims) const {
@@ -238,7 +249,7 @@ class ArgCheck {
     return *this;
   }
 
-  // Same, but an empty (default-constructed) view means "not given" and passes.
+  /// Same, but an empty (default-constructed) view means "not given" and passes.
   template <class View>
   const ArgCheck& optional_shape(const char* argument, const View& view,
                                  const std::array<index_t, View::rank>& expected,
@@ -247,8 +258,8 @@ class ArgCheck {
     return shape(argument, view, expected, dims);
   }
 
-  // The layout checks of shape() alone, for views whose shape is checked otherwise: no negative
-  // extent, element count and element span within index_t. Returns the element count.
+  /// The layout checks of shape() alone, for views whose shape is checked otherwise: no negative
+  /// extent, element count and element span within index_t. Returns the element count.
   template <class View>
   index_t layout(const char* argument, const View& view) const {
     for (std::size_t d = 0; d < View::rank; ++d)
@@ -268,9 +279,9 @@ class ArgCheck {
     return count;
   }
 
-  // Refuses two views that share memory where the operator forbids aliasing (an output written
-  // while an input that overlaps it is still to be read). Empty or absent views never overlap.
-  // Call after both views passed shape() (their spans are then known to fit).
+  /// Refuses two views that share memory where the operator forbids aliasing (an output written
+  /// while an input that overlaps it is still to be read). Empty or absent views never overlap.
+  /// Call after both views passed shape() (their spans are then known to fit).
   template <class ViewA, class ViewB>
   const ArgCheck& no_overlap(const char* a_name, const ViewA& a, const char* b_name, const ViewB& b) const {
     if (a.data() == nullptr || b.data() == nullptr || layout(a_name, a) == 0 || layout(b_name, b) == 0)
@@ -281,33 +292,36 @@ class ArgCheck {
     return *this;
   }
 
-  // Free-function checks bound to this operator (see checked_product, check_enum,
-  // check_positions above).
+  /// Free-function checks bound to this operator (see checked_product, check_enum,
+  /// check_positions above).
   template <class... Extents>
   index_t product(const char* argument, Extents... extents) const {
     return checked_product(op_, argument, extents...);
   }
+  /// check_enum bound to this operator: `value` must be one of the enum's first `count` values.
   template <class Enum>
   const ArgCheck& enum_value(const char* argument, Enum value, int count) const {
     check_enum(op_, argument, value, count);
     return *this;
   }
+  /// check_positions bound to this operator: positions [first, first + count) fit int64 arithmetic.
   const ArgCheck& positions(const char* argument, index_t first, index_t count = 1) const {
     check_positions(op_, argument, first, count);
     return *this;
   }
 
+  /// Fails with `problem` about `argument` unless `condition` holds.
   const ArgCheck& that(bool condition, const char* argument, const std::string& problem) const {
     if (!condition) fail(argument, problem);
     return *this;
   }
 
-  // For checks whose message is costly to format: test first, then call fail() to throw.
+  /// For checks whose message is costly to format: test first, then call fail() to throw.
   [[noreturn]] void fail(const char* argument, const std::string& problem) const {
     throw ShapeError(op_, argument, problem);
   }
 
-  // For a value that must divide another (grouped heads): names both counts in the message.
+  /// For a value that must divide another (grouped heads): names both counts in the message.
   const ArgCheck& divides(index_t small, index_t large, const char* argument,
                           const char* what) const {
     if (small <= 0 || large % small != 0) {
@@ -318,7 +332,7 @@ class ArgCheck {
     return *this;
   }
 
-  // A value that must be finite (e.g. a scale or a log-gate parameter).
+  /// A value that must be finite (e.g. a scale or a log-gate parameter).
   const ArgCheck& finite(double value, const char* argument) const {
     if (!std::isfinite(value)) {
       std::ostringstream msg;

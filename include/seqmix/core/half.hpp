@@ -49,7 +49,7 @@ constexpr std::uint32_t kF16RoundBias = 0xfffu - kRebias;
 
 }  // namespace detail
 
-// Exact: every f16 is a float.
+/// Exact: every f16 is a float.
 inline float f16_to_float(std::uint16_t h) noexcept {
   using namespace detail;
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
@@ -67,7 +67,7 @@ inline float f16_to_float(std::uint16_t h) noexcept {
   return bits_float(out | sign);
 }
 
-// Round to nearest even; |x| >= 65520 becomes inf.
+/// Round to nearest even; |x| >= 65520 becomes inf.
 inline std::uint16_t float_to_f16(float x) noexcept {
   using namespace detail;
   const std::uint32_t u = float_bits(x);
@@ -88,14 +88,14 @@ inline std::uint16_t float_to_f16(float x) noexcept {
   return static_cast<std::uint16_t>(h | sign);
 }
 
-// Exact: a bf16 is the top half of a float.
+/// Exact: a bf16 is the top half of a float.
 inline float bf16_to_float(std::uint16_t b) noexcept {
   std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
   if ((u & detail::kAbsMask) > 0x7f800000u) u |= detail::kQuietBit;
   return detail::bits_float(u);
 }
 
-// Round to nearest even; values above the largest bf16 round to inf as IEEE requires.
+/// Round to nearest even; values above the largest bf16 round to inf as IEEE requires.
 inline std::uint16_t float_to_bf16(float x) noexcept {
   const std::uint32_t u = detail::float_bits(x);
   if ((u & detail::kAbsMask) > 0x7f800000u)  // NaN: must not round into inf
@@ -103,33 +103,46 @@ inline std::uint16_t float_to_bf16(float x) noexcept {
   return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-// Storage types: trivially copyable, 2 bytes, zero bits by value-initialisation.
+/// Storage types: trivially copyable, 2 bytes, zero bits by value-initialisation.
 struct f16 {
+  /// The IEEE binary16 bit pattern.
   std::uint16_t bits;
 
   f16() = default;
+  /// Rounds x to nearest, ties to even (NaN stays NaN).
   explicit f16(float x) noexcept : bits(float_to_f16(x)) {}
+  /// The value with bit pattern b.
   static f16 from_bits(std::uint16_t b) noexcept {
     f16 h;
     h.bits = b;
     return h;
   }
+  /// The exact float value.
+  ///@{
   float to_float() const noexcept { return f16_to_float(bits); }
   explicit operator float() const noexcept { return to_float(); }  // lets seqmix::copy convert
+  ///@}
 };
 
+/// bfloat16: the upper 16 bits of a float (8-bit exponent, 7-bit mantissa).
 struct bf16 {
+  /// The bfloat16 bit pattern (the upper half of the float's).
   std::uint16_t bits;
 
   bf16() = default;
+  /// Rounds x to nearest, ties to even (NaN stays NaN).
   explicit bf16(float x) noexcept : bits(float_to_bf16(x)) {}
+  /// The value with bit pattern b.
   static bf16 from_bits(std::uint16_t b) noexcept {
     bf16 h;
     h.bits = b;
     return h;
   }
+  /// The exact float value.
+  ///@{
   float to_float() const noexcept { return bf16_to_float(bits); }
   explicit operator float() const noexcept { return to_float(); }
+  ///@}
 };
 
 static_assert(sizeof(f16) == 2 && std::is_trivially_copyable_v<f16> && std::is_trivial_v<f16>);
@@ -253,7 +266,8 @@ inline void store_bf16(bf16* p, const Batch<float>& v) noexcept { detail::narrow
 
 }  // namespace simd
 
-// Bulk conversions of n contiguous values; vectorized with a scalar tail.
+///@{
+/// Bulk conversions of n contiguous values; vectorized with a scalar tail.
 inline void convert(const f16* src, float* dst, index_t n) noexcept {
   const index_t nv = simd::vector_end(n);
   for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(dst + i, simd::load_f16(src + i));
@@ -278,4 +292,5 @@ inline void convert(const float* src, bf16* dst, index_t n) noexcept {
   for (index_t i = nv; i < n; ++i) dst[i].bits = float_to_bf16(src[i]);
 }
 
+///@}
 }  // namespace seqmix

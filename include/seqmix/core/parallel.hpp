@@ -33,21 +33,24 @@
 
 namespace seqmix {
 
-// A non-owning reference to a callable, cheaper than std::function (no allocation). The callable
-// must outlive the reference; parallel_for guarantees that by blocking until all tasks finish.
+/// A non-owning reference to a callable, cheaper than std::function (no allocation). The callable
+/// must outlive the reference; parallel_for guarantees that by blocking until all tasks finish.
 template <class Signature>
 class FunctionRef;
 
+/// FunctionRef for a call signature R(Args...).
 template <class R, class... Args>
 class FunctionRef<R(Args...)> {
  public:
   template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, FunctionRef>>>
+  /// References f (not copied: f must outlive this object).
   FunctionRef(F&& f) noexcept  // NOLINT: implicit by design
       : object_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
         call_([](void* object, Args... args) -> R {
           return (*static_cast<std::remove_reference_t<F>*>(object))(std::forward<Args>(args)...);
         }) {}
 
+  /// Calls the referenced callable.
   R operator()(Args... args) const { return call_(object_, std::forward<Args>(args)...); }
 
  private:
@@ -55,16 +58,20 @@ class FunctionRef<R(Args...)> {
   R (*call_)(void*, Args...);
 };
 
+/// Where an operator runs its parallel tasks: serial_executor(), a ThreadPool or a
+/// CallbackExecutor over the host's pool. Every operator takes one as its last argument (default
+/// serial_executor()); results do not depend on which (nesting rules: docs/reliability.md).
 class Executor {
  public:
   virtual ~Executor() = default;
-  // How many tasks can make progress at once (used to size the split of the work).
+  /// How many tasks can make progress at once (used to size the split of the work).
   virtual int concurrency() const noexcept = 0;
-  // Calls task(i) once for each i in [0, count) and returns when all calls have finished. Calls
-  // may run concurrently. If tasks throw, the first exception is rethrown here.
+  /// Calls task(i) once for each i in [0, count) and returns when all calls have finished. Calls
+  /// may run concurrently. If tasks throw, the first exception is rethrown here.
   virtual void run(index_t count, FunctionRef<void(index_t)> task) const = 0;
 };
 
+/// Runs every task on the calling thread, in index order (the type of serial_executor()).
 class SerialExecutor final : public Executor {
  public:
   int concurrency() const noexcept override { return 1; }
@@ -73,7 +80,7 @@ class SerialExecutor final : public Executor {
   }
 };
 
-// The default executor of every operator. Stateless, so sharing it is safe.
+/// The default executor of every operator. Stateless, so sharing it is safe.
 inline const Executor& serial_executor() {
   static const SerialExecutor instance;
   return instance;
@@ -103,9 +110,13 @@ class FirstError {
 
 }  // namespace detail
 
+/// A reusable pool of worker threads, started once; the calling thread takes part in each run, so
+/// ThreadPool(2) is the caller plus one worker. One job at a time: a run() that finds the pool
+/// busy (another host thread's job, or a task calling back into its own pool) runs its tasks
+/// inline on the calling thread instead of waiting, so nesting cannot deadlock.
 class ThreadPool final : public Executor {
  public:
-  // `threads` counts the calling thread; 0 means one per hardware thread.
+  /// `threads` counts the calling thread; 0 means one per hardware thread.
   explicit ThreadPool(int threads = 0) {
     ArgCheck("ThreadPool").that(threads >= 0, "threads", "must be >= 0 (0 = one per hardware thread), got " + std::to_string(threads));
     if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -126,8 +137,8 @@ class ThreadPool final : public Executor {
 
   int concurrency() const noexcept override { return concurrency_; }
 
-  // Runs task(0 .. count-1) on the pool, or inline when the pool is busy (see the top of this
-  // file). Makes no heap allocation.
+  /// Runs task(0 .. count-1) on the pool, or inline when the pool is busy (see the top of this
+  /// file). Makes no heap allocation.
   void run(index_t count, FunctionRef<void(index_t)> task) const override {
     if (count <= 0) return;
     // Nothing to share, a nested call from one of this pool's tasks, or the pool is running
@@ -174,7 +185,7 @@ class ThreadPool final : public Executor {
     return pool;
   }
 
-  // The serial form of run(): same semantics (the first exception stops the remaining tasks).
+  /// The serial form of run(): same semantics (the first exception stops the remaining tasks).
   static void run_inline(index_t count, FunctionRef<void(index_t)> task) {
     for (index_t i = 0; i < count; ++i) task(i);
   }
@@ -203,9 +214,9 @@ class ThreadPool final : public Executor {
     workers_.clear();
   }
 
-  // Spins for a bounded time (tens of microseconds) until `ready()` holds. Decode steps issue
-  // back-to-back jobs of a few microseconds each; sleeping on a condition variable between them
-  // costs more than the job, so a worker and the caller first spin briefly, then block.
+  /// Spins for a bounded time (tens of microseconds) until `ready()` holds. Decode steps issue
+  /// back-to-back jobs of a few microseconds each; sleeping on a condition variable between them
+  /// costs more than the job, so a worker and the caller first spin briefly, then block.
   template <class Ready>
   static void spin_until(Ready ready) {
     for (int i = 0; i < kSpinIterations; ++i) {
@@ -249,29 +260,32 @@ class ThreadPool final : public Executor {
 
   int concurrency_ = 1;
   std::vector<std::thread> workers_;
-  // Guards job_, generation_ and busy_workers_ changes; held only for a few instructions, never
-  // while a task runs or while another mutex is taken.
+  /// Guards job_, generation_ and busy_workers_ changes; held only for a few instructions, never
+  /// while a task runs or while another mutex is taken.
   mutable std::mutex mutex_;
   mutable std::condition_variable wake_;
   mutable std::condition_variable finished_;
-  // About 20-50 microseconds of pause instructions on current x86 cores.
+  /// About 20-50 microseconds of pause instructions on current x86 cores.
   static constexpr int kSpinIterations = 2000;
 
-  // True while a job owns the pool (from its claim to the last helper leaving it).
+  /// True while a job owns the pool (from its claim to the last helper leaving it).
   mutable std::atomic<bool> active_{false};
-  // Written under mutex_; atomic so that spinning threads may read them without it.
+  /// Written under mutex_; atomic so that spinning threads may read them without it.
   mutable Job* job_ = nullptr;
   mutable std::atomic<std::uint64_t> generation_{0};
   mutable std::atomic<int> busy_workers_{0};
   std::atomic<bool> stopping_{false};
 };
 
-// Runs seqmix work on a host's own thread pool. The callback must call task(i) for every i in
-// [0, count) (in any order, on any threads) and return only when all calls have finished.
+/// Runs seqmix work on a host's own thread pool. The callback must call task(i) for every i in
+/// [0, count) (in any order, on any threads) and return only when all calls have finished.
 class CallbackExecutor final : public Executor {
  public:
+  /// The host's parallel-for: call task(i) for every i in [0, count), return when all are done.
   using ParallelFor = std::function<void(index_t count, const std::function<void(index_t)>& task)>;
 
+  /// `concurrency` (>= 1) sizes the split of the work; a ShapeError if it is < 1 or parallel_for
+  /// is empty.
   CallbackExecutor(int concurrency, ParallelFor parallel_for)
       : concurrency_(concurrency), parallel_for_(std::move(parallel_for)) {
     const ArgCheck check("CallbackExecutor");
@@ -281,9 +295,9 @@ class CallbackExecutor final : public Executor {
 
   int concurrency() const noexcept override { return concurrency_; }
 
-  // Nesting: whether a task may call run() again depends on the host's pool; this adapter adds
-  // no lock of its own. A callback that returns without calling every task exactly once breaks
-  // its contract: run() then throws ShapeError naming 'parallel_for' (the outputs are partial).
+  /// Nesting: whether a task may call run() again depends on the host's pool; this adapter adds
+  /// no lock of its own. A callback that returns without calling every task exactly once breaks
+  /// its contract: run() then throws ShapeError naming 'parallel_for' (the outputs are partial).
   void run(index_t count, FunctionRef<void(index_t)> task) const override {
     if (count <= 0) return;
     detail::FirstError errors;
@@ -309,9 +323,9 @@ class CallbackExecutor final : public Executor {
   ParallelFor parallel_for_;
 };
 
-// Splits [0, n) into contiguous blocks of at least `grain` items and calls body(begin, end) for
-// each, spread over the executor. A few blocks per thread balance uneven work without making
-// blocks so small that scheduling dominates.
+/// Splits [0, n) into contiguous blocks of at least `grain` items and calls body(begin, end) for
+/// each, spread over the executor. A few blocks per thread balance uneven work without making
+/// blocks so small that scheduling dominates.
 template <class Body>
 void parallel_for(const Executor& executor, index_t n, index_t grain, Body&& body) {
   if (n <= 0) return;

@@ -27,11 +27,11 @@ using Batch = xsimd::batch<T, Arch>;
 template <class T>
 using BatchBool = xsimd::batch_bool<T, Arch>;
 
-// Number of floats in one register (4 with SSE2, 16 with AVX-512).
+/// Number of floats in one register (4 with SSE2, 16 with AVX-512).
 constexpr std::size_t kFloatWidth = Batch<float>::size;
 constexpr std::ptrdiff_t kWidth = static_cast<std::ptrdiff_t>(kFloatWidth);
 
-// Largest multiple of the batch width not above n: the vectorized part of a loop of length n.
+/// Largest multiple of the batch width not above n: the vectorized part of a loop of length n.
 constexpr std::ptrdiff_t vector_end(std::ptrdiff_t n) noexcept { return n - n % kWidth; }
 
 template <class T>
@@ -47,7 +47,7 @@ Batch<T> broadcast(T value) noexcept {
   return Batch<T>(value);
 }
 
-// Horizontal sum: `hadd` in xsimd 8, renamed `reduce_add` in xsimd 9 and later.
+/// Horizontal sum: `hadd` in xsimd 8, renamed `reduce_add` in xsimd 9 and later.
 template <class T>
 T reduce_add(const Batch<T>& v) noexcept {
 #if XSIMD_VERSION_MAJOR >= 9
@@ -70,10 +70,10 @@ T reduce_max(const Batch<T>& v) noexcept {
 #endif
 }
 
-// Lane i of the result is the horizontal sum of rows[i], for kFloatWidth rows: W dot products
-// reduced at the cost of about one. xsimd 8.1's AVX-512 haddp returns its lanes in the order
-// [0,1,4,5,2,3,6,7, 8,9,12,13,10,11,14,15]; that permutation is its own inverse, so feeding the
-// rows in that order yields sorted lanes (the swap is free: it only renames registers).
+/// Lane i of the result is the horizontal sum of rows[i], for kFloatWidth rows: W dot products
+/// reduced at the cost of about one. xsimd 8.1's AVX-512 haddp returns its lanes in the order
+/// [0,1,4,5,2,3,6,7, 8,9,12,13,10,11,14,15]; that permutation is its own inverse, so feeding the
+/// rows in that order yields sorted lanes (the swap is free: it only renames registers).
 inline Batch<float> reduce_add_rows(const Batch<float>* rows) noexcept {
   constexpr bool avx512_lane_order_bug =
       XSIMD_VERSION_MAJOR < 9 && std::is_base_of<xsimd::avx512f, Arch>::value && kFloatWidth == 16;
@@ -87,16 +87,16 @@ inline Batch<float> reduce_add_rows(const Batch<float>* rows) noexcept {
   }
 }
 
-// Reinterprets the bits of a batch as another element type of the same width.
+/// Reinterprets the bits of a batch as another element type of the same width.
 template <class To, class From>
 Batch<To> bit_cast(const Batch<From>& v) noexcept {
   return xsimd::bitwise_cast<Batch<To>>(v);
 }
 
-// A value loaded once and used by several FMAs: GCC folds the load into every FMA that uses it
-// (a memory operand each), which turns one load into four and made the decode kernels bound by
-// the load ports instead of the FMAs. The empty asm makes the value a register the compiler
-// cannot re-derive from memory; it emits no instruction.
+/// A value loaded once and used by several FMAs: GCC folds the load into every FMA that uses it
+/// (a memory operand each), which turns one load into four and made the decode kernels bound by
+/// the load ports instead of the FMAs. The empty asm makes the value a register the compiler
+/// cannot re-derive from memory; it emits no instruction.
 inline Batch<float> in_register(Batch<float> v) noexcept {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   asm("" : "+v"(v.data));
@@ -104,13 +104,13 @@ inline Batch<float> in_register(Batch<float> v) noexcept {
   return v;
 }
 
-// Elementwise exp; accurate to about 1 ulp (xsimd's implementation, no scalar expf calls).
+/// Elementwise exp; accurate to about 1 ulp (xsimd's implementation, no scalar expf calls).
 inline Batch<float> exp(const Batch<float>& x) noexcept { return xsimd::exp(x); }
 inline Batch<float> fma(const Batch<float>& a, const Batch<float>& b, const Batch<float>& c) noexcept {
   return xsimd::fma(a, b, c);
 }
 
-// Dot product of two contiguous float arrays of length n.
+/// Dot product of two contiguous float arrays of length n.
 inline float dot(const float* a, const float* b, std::ptrdiff_t n) noexcept {
   Batch<float> acc(0.f);
   const std::ptrdiff_t nv = vector_end(n);
@@ -120,7 +120,7 @@ inline float dot(const float* a, const float* b, std::ptrdiff_t n) noexcept {
   return sum;
 }
 
-// y[i] += alpha * x[i] over n contiguous floats.
+/// y[i] += alpha * x[i] over n contiguous floats.
 inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) noexcept {
   const Batch<float> a(alpha);
   const std::ptrdiff_t nv = vector_end(n);
@@ -128,11 +128,11 @@ inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) noexce
   for (std::ptrdiff_t i = nv; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// Non-temporal store of one batch, bypassing the cache: for outputs larger than the cache that
-// are not read back soon, it saves the read-for-ownership of every line (a quarter of a scan's
-// traffic). xsimd 8.1 has none, so the x86 instruction is chosen by the arch tag; elsewhere it is
-// a plain store. `p` must be aligned to the batch size. The stores are weakly ordered: call
-// stream_fence() after a task's last one, before handing its results to another thread.
+/// Non-temporal store of one batch, bypassing the cache: for outputs larger than the cache that
+/// are not read back soon, it saves the read-for-ownership of every line (a quarter of a scan's
+/// traffic). xsimd 8.1 has none, so the x86 instruction is chosen by the arch tag; elsewhere it is
+/// a plain store. `p` must be aligned to the batch size. The stores are weakly ordered: call
+/// stream_fence() after a task's last one, before handing its results to another thread.
 template <class A>
 void stream_store(float* p, const xsimd::batch<float, A>& v) noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -155,7 +155,7 @@ inline void stream_fence() noexcept {
 #endif
 }
 
-// Name of the instruction set the batches compile to, for benchmark and example output.
+/// Name of the instruction set the batches compile to, for benchmark and example output.
 inline const char* arch_name() noexcept { return Arch::name(); }
 
 }  // namespace seqmix::simd

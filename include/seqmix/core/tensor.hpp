@@ -59,47 +59,62 @@ inline void debug_check_index(index_t i, index_t extent, std::size_t dim) {
 
 }  // namespace detail
 
+/// Non-owning strided view of a rank-`Rank` tensor of `T` (const T for read-only arguments).
+/// Element [i0, ..., iR-1] is at data()[i0 * stride(0) + ... + iR-1 * stride(R-1)]; strides
+/// count elements and may be anything, 0 included (broadcast). Copying a view copies the handle.
 template <class T, std::size_t Rank>
 class TensorView {
   static_assert(Rank >= 1, "TensorView needs at least one dimension");
 
  public:
+  /// The element type without const.
   using value_type = std::remove_const_t<T>;
+  /// `T` as given (const for a read-only view).
   using element_type = T;
+  /// Extents or strides, one per dimension.
   using shape_type = std::array<index_t, Rank>;
+  /// Number of dimensions.
   static constexpr std::size_t rank = Rank;
 
-  // An empty view: data() == nullptr, all extents 0. Used for "optional argument not given".
+  /// An empty view: data() == nullptr, all extents 0. Used for "optional argument not given".
   TensorView() = default;
 
-  // Contiguous row-major view (last dimension fastest).
+  /// Contiguous row-major view (last dimension fastest).
   TensorView(T* data, const shape_type& shape)
       : data_(data), shape_(shape), strides_(detail::contiguous_strides(shape)) {}
 
+  /// Strided view: element [i...] at data[sum_d i_d * strides[d]] (strides in elements).
   TensorView(T* data, const shape_type& shape, const shape_type& strides)
       : data_(data), shape_(shape), strides_(strides) {}
 
-  // A mutable view converts to a read-only one.
+  /// A mutable view converts to a read-only one.
   template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
   TensorView(const TensorView<U, Rank>& other)  // NOLINT: implicit by design
       : data_(other.data()), shape_(other.shape()), strides_(other.strides()) {}
 
+  /// Pointer to element [0, ..., 0] (nullptr for an empty view).
   T* data() const noexcept { return data_; }
+  /// Extents of every dimension.
   const shape_type& shape() const noexcept { return shape_; }
+  /// Strides of every dimension, in elements.
   const shape_type& strides() const noexcept { return strides_; }
+  /// Extent of dimension `dim`.
   index_t size(std::size_t dim) const noexcept { return shape_[dim]; }
+  /// Stride of dimension `dim`, in elements.
   index_t stride(std::size_t dim) const noexcept { return strides_[dim]; }
+  /// False for the default-constructed view (an optional argument not given).
   bool has_value() const noexcept { return data_ != nullptr; }
 
-  // Wraps around for shapes beyond index_t, which ArgCheck refuses.
+  /// Wraps around for shapes beyond index_t, which ArgCheck refuses.
   index_t numel() const noexcept {
     index_t n = 1;
     for (index_t extent : shape_) n = detail::wrapping_mul(n, extent);
     return n;
   }
+  /// True when some extent is 0.
   bool empty() const noexcept { return numel() == 0; }
 
-  // True when the elements are densely packed in row-major order.
+  /// True when the elements are densely packed in row-major order.
   bool is_contiguous() const noexcept {
     index_t expected = 1;
     for (std::size_t d = Rank; d-- > 0;) {
@@ -108,9 +123,10 @@ class TensorView {
     }
     return true;
   }
-  // True when the last dimension has unit stride (what SIMD fast paths need).
+  /// True when the last dimension has unit stride (what SIMD fast paths need).
   bool is_last_dim_contiguous() const noexcept { return shape_[Rank - 1] <= 1 || strides_[Rank - 1] == 1; }
 
+  /// Element at the given indices, one per dimension (bounds-checked in debug builds only).
   template <class... Indices>
   T& operator()(Indices... indices) const {
     static_assert(sizeof...(Indices) == Rank, "wrong number of indices");
@@ -123,7 +139,7 @@ class TensorView {
     return data_[offset];
   }
 
-  // Pointer to the element at the given leading indices (remaining indices zero).
+  /// Pointer to the element at the given leading indices (remaining indices zero).
   template <class... Indices>
   T* ptr(Indices... indices) const {
     static_assert(sizeof...(Indices) <= Rank, "too many indices");
@@ -136,7 +152,7 @@ class TensorView {
     return data_ + offset;
   }
 
-  // Fixes dimension `dim` at index `i`: a view of one rank less.
+  /// Fixes dimension `dim` at index `i`: a view of one rank less.
   template <std::size_t R = Rank, class = std::enable_if_t<(R > 1)>>
   TensorView<T, Rank - 1> select(std::size_t dim, index_t i) const {
     check_dim(dim);
@@ -151,13 +167,13 @@ class TensorView {
     return TensorView<T, Rank - 1>(data_ + i * strides_[dim], shape, strides);
   }
 
-  // Shorthand for select(0, i).
+  /// Shorthand for select(0, i).
   template <std::size_t R = Rank, class = std::enable_if_t<(R > 1)>>
   TensorView<T, Rank - 1> operator[](index_t i) const {
     return select(0, i);
   }
 
-  // Sub-view [start, start + length) along dimension `dim`; same rank.
+  /// Sub-view [start, start + length) along dimension `dim`; same rank.
   TensorView slice(std::size_t dim, index_t start, index_t length) const {
     check_dim(dim);
     if (start < 0 || length < 0 || start + length > shape_[dim]) {
@@ -171,7 +187,7 @@ class TensorView {
     return TensorView(length > 0 ? data_ + start * strides_[dim] : data_, shape, strides_);
   }
 
-  // The same elements under another shape; only for contiguous views.
+  /// The same elements under another shape; only for contiguous views.
   template <std::size_t NewRank>
   TensorView<T, NewRank> reshape(const std::array<index_t, NewRank>& shape) const {
     // Counted with overflow checks: a hostile shape must not wrap around to a matching count.
@@ -186,6 +202,7 @@ class TensorView {
     return TensorView<T, NewRank>(data_, shape);
   }
 
+  /// The same view, read-only.
   TensorView<const T, Rank> as_const() const { return TensorView<const T, Rank>(data_, shape_, strides_); }
 
  private:
@@ -200,10 +217,11 @@ class TensorView {
   shape_type strides_{};
 };
 
+/// A read-only view: what operators take for their inputs.
 template <class T, std::size_t Rank>
 using ConstView = TensorView<const T, Rank>;
 
-// Copies a view elementwise into another of the same shape (any strides).
+/// Copies a view elementwise into another of the same shape (any strides).
 template <class Src, class Dst, std::size_t Rank>
 void copy(const TensorView<Src, Rank>& src, const TensorView<Dst, Rank>& dst) {
   if (src.shape() != dst.shape())
@@ -216,14 +234,17 @@ void copy(const TensorView<Src, Rank>& src, const TensorView<Dst, Rank>& dst) {
   }
 }
 
-// Allocator returning 64-byte aligned memory: one cache line, one AVX-512 register.
+/// Allocator returning 64-byte aligned memory: one cache line, one AVX-512 register.
 template <class T>
 struct AlignedAllocator {
+  /// Allocator interface (std::allocator_traits).
+  ///@{
   using value_type = T;
   static constexpr std::size_t alignment = 64;
   AlignedAllocator() = default;
   template <class U>
   AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
+  /// Allocates n elements rounded up to whole 64-byte lines; throws std::bad_alloc when refused.
   T* allocate(std::size_t n) {
     if (n == 0) return nullptr;
     if (n > (std::numeric_limits<std::size_t>::max() - alignment) / sizeof(T)) throw std::bad_array_new_length();
@@ -232,39 +253,61 @@ struct AlignedAllocator {
     if (!p) throw std::bad_alloc();
     return static_cast<T*>(p);
   }
+  /// Frees memory from allocate().
   void deallocate(T* p, std::size_t) noexcept { std::free(p); }
+  /// All AlignedAllocators are interchangeable.
   template <class U>
   bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
   template <class U>
   bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
+  ///@}
 };
 
+/// A std::vector whose buffer is 64-byte aligned.
 template <class T>
 using AlignedVector = std::vector<T, AlignedAllocator<T>>;
 
-// A contiguous, 64-byte aligned, zero-initialised owning tensor. For tests, examples and
-// benchmarks; the operators themselves only ever see views.
+/// A contiguous, 64-byte aligned, zero-initialised owning tensor. For tests, examples and
+/// benchmarks; the operators themselves only ever see views.
 template <class T, std::size_t Rank>
 class Tensor {
  public:
+  /// Extents, one per dimension.
   using shape_type = std::array<index_t, Rank>;
+  /// Number of dimensions.
   static constexpr std::size_t rank = Rank;
 
   Tensor() = default;
+  /// Allocates shape's elements, zeroed; a negative extent or an overflowing size is a ShapeError.
   explicit Tensor(const shape_type& shape) : shape_(shape), storage_(count(shape)) {}
 
+  /// Pointer to the first element (row-major, contiguous).
+  ///@{
   T* data() noexcept { return storage_.data(); }
   const T* data() const noexcept { return storage_.data(); }
+  ///@}
+  /// Extents of every dimension.
   const shape_type& shape() const noexcept { return shape_; }
+  /// Extent of dimension `dim`.
   index_t size(std::size_t dim) const noexcept { return shape_[dim]; }
+  /// Number of elements.
   index_t numel() const noexcept { return static_cast<index_t>(storage_.size()); }
 
+  /// A view of the whole tensor (read-only from a const tensor).
+  ///@{
   TensorView<T, Rank> view() noexcept { return TensorView<T, Rank>(data(), shape_); }
   TensorView<const T, Rank> view() const noexcept { return TensorView<const T, Rank>(data(), shape_); }
+  ///@}
+  /// A read-only view of the whole tensor.
   TensorView<const T, Rank> cview() const noexcept { return view(); }
+  /// Converts to a view, so a Tensor can be passed where an operator takes one.
+  ///@{
   operator TensorView<T, Rank>() noexcept { return view(); }  // NOLINT: implicit by design
   operator TensorView<const T, Rank>() const noexcept { return view(); }  // NOLINT
 
+  ///@}
+  /// Element at the given indices, one per dimension.
+  ///@{
   template <class... Indices>
   T& operator()(Indices... indices) {
     return view()(indices...);
@@ -274,15 +317,20 @@ class Tensor {
     return view()(indices...);
   }
 
+  ///@}
+  /// Iterators over every element in memory order.
+  ///@{
   T* begin() noexcept { return data(); }
   T* end() noexcept { return data() + numel(); }
   const T* begin() const noexcept { return data(); }
   const T* end() const noexcept { return data() + numel(); }
 
+  ///@}
+  /// Sets every element to `value`.
   void fill(const T& value) { std::fill(storage_.begin(), storage_.end(), value); }
 
  private:
-  // Refuses negative extents, and counts whose elements or bytes overflow, before allocating.
+  /// Refuses negative extents, and counts whose elements or bytes overflow, before allocating.
   static std::size_t count(const shape_type& shape) {
     const ArgCheck check("Tensor");
     for (index_t extent : shape)

@@ -36,15 +36,18 @@
 
 namespace seqmix {
 
-// The one error type of this header. what() is "<path>: <problem>".
+/// The one error type of this header. what() is "<path>: <problem>".
 class NpyError : public std::runtime_error {
  public:
+  /// `path`: the file (may be empty for an in-memory array); `problem`: what was wrong.
   NpyError(const std::string& path, const std::string& problem)
       : std::runtime_error((path.empty() ? std::string("<npy array>") : path) + ": " + problem),
         path_(path),
         problem_(problem) {}
 
+  /// The file the error concerns.
   const std::string& path() const noexcept { return path_; }
+  /// What was wrong, without the path.
   const std::string& problem() const noexcept { return problem_; }
 
  private:
@@ -52,10 +55,10 @@ class NpyError : public std::runtime_error {
   std::string problem_;
 };
 
-// What read_npy does with a '<f8' (float64) file.
+/// What read_npy does with a '<f8' (float64) file.
 enum class NpyF64 {
-  reject,         // throw NpyError: the caller expects float32 or int32 data
-  narrow_to_f32,  // convert each element to float (round to nearest) and store it in NpyArray::f32
+  reject,         ///< throw NpyError: the caller expects float32 or int32 data
+  narrow_to_f32,  ///< convert each element to float (round to nearest) and store it in NpyArray::f32
 };
 
 namespace npy_detail {
@@ -302,41 +305,47 @@ inline std::vector<index_t> checked_shape(const std::string& path, const std::ve
 
 }  // namespace npy_detail
 
-// One array read from a .npy file. Exactly one of f32 / i32 holds the elements (C order).
+/// One array read from a .npy file. Exactly one of f32 / i32 holds the elements (C order).
 struct NpyArray {
-  std::string path;               // the file it came from, used in error messages; may be empty
-  std::string dtype;              // as stored in the file: "<f4", "<i4" or "<f8" (narrowed into f32)
-  std::vector<index_t> shape;     // empty for a 0-d (scalar) array
-  std::vector<float> f32;         // elements when dtype is "<f4" or "<f8"
-  std::vector<std::int32_t> i32;  // elements when dtype is "<i4"
+  std::string path;               ///< the file it came from, used in error messages; may be empty
+  std::string dtype;              ///< as stored in the file: "<f4", "<i4" or "<f8" (narrowed into f32)
+  std::vector<index_t> shape;     ///< empty for a 0-d (scalar) array
+  std::vector<float> f32;         ///< elements when dtype is "<f4" or "<f8"
+  std::vector<std::int32_t> i32;  ///< elements when dtype is "<i4"
 
+  /// True when the elements are in f32 ("<f4", or "<f8" narrowed).
   bool is_float() const noexcept { return dtype == "<f4" || dtype == "<f8"; }
+  /// True when the elements are in i32.
   bool is_int32() const noexcept { return dtype == "<i4"; }
+  /// Number of dimensions (0 for a scalar).
   std::size_t rank() const noexcept { return shape.size(); }
+  /// Number of elements.
   index_t numel() const noexcept {
     index_t n = 1;
     for (index_t extent : shape) n *= extent;
     return n;
   }
+  /// The shape as "[2, 3]", for messages.
   std::string shape_string() const { return npy_detail::shape_string(shape); }
 
-  // The float elements as a rank-R view. `dims` names the expected dimensions for the message,
-  // e.g. view_f32<4>("B,T,H,P") on a [2, 3] array throws
-  //   x.npy: expected rank 4 [B,T,H,P], got shape [2, 3]
+  /// The float elements as a rank-R view. `dims` names the expected dimensions for the message,
+  /// e.g. view_f32<4>("B,T,H,P") on a [2, 3] array throws
+  ///   x.npy: expected rank 4 [B,T,H,P], got shape [2, 3]
   template <std::size_t R>
   TensorView<const float, R> view_f32(const std::string& dims = "") const {
     require_dtype(is_float(), "float32");
     return TensorView<const float, R>(f32.data(), checked_extents<R>(dims));
   }
 
-  // Same, and every extent must equal `expected` (an extent of -1 accepts any size):
-  //   x.npy: expected shape [B,T,H,P] = [2, 64, 4, 16], got [2, 64, 3, 16]
+  /// Same, and every extent must equal `expected` (an extent of -1 accepts any size):
+  ///   x.npy: expected shape [B,T,H,P] = [2, 64, 4, 16], got [2, 64, 3, 16]
   template <std::size_t R>
   TensorView<const float, R> view_f32(const std::string& dims, const std::array<index_t, R>& expected) const {
     require_dtype(is_float(), "float32");
     return TensorView<const float, R>(f32.data(), checked_extents<R>(dims, &expected));
   }
 
+  /// The int32 elements as a rank-R view; the same checks as view_f32.
   template <std::size_t R>
   TensorView<const std::int32_t, R> view_i32(const std::string& dims = "") const {
     require_dtype(is_int32(), "int32");
@@ -371,7 +380,7 @@ struct NpyArray {
   }
 };
 
-// Reads a whole .npy file. Throws NpyError naming the file and the problem.
+/// Reads a whole .npy file. Throws NpyError naming the file and the problem.
 inline NpyArray read_npy(const std::string& path, NpyF64 f64 = NpyF64::reject) {
   const std::vector<unsigned char> bytes = npy_detail::read_file_bytes(path);
   static const unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
@@ -477,7 +486,8 @@ inline NpyArray read_npy(const std::string& path, NpyF64 f64 = NpyF64::reject) {
   return array;
 }
 
-// Writes contiguous C-order data with the given shape ('<f4' or '<i4').
+///@{
+/// Writes contiguous C-order data with the given shape ('<f4' or '<i4').
 inline void write_npy(const std::string& path, const std::vector<index_t>& shape, const float* data) {
   const std::vector<index_t> dims = npy_detail::checked_shape(path, shape);
   index_t n = 1;
@@ -500,7 +510,8 @@ inline void write_npy(const std::string& path, const std::vector<index_t>& shape
   npy_detail::write_file_bytes(path, npy_detail::make_header("<i4", dims), little.data(), little.size() * 4);
 }
 
-// Writes a view of any strides (float or int32) as a C-order array of the view's shape.
+///@}
+/// Writes a view of any strides (float or int32) as a C-order array of the view's shape.
 template <class T, std::size_t R>
 void write_npy(const std::string& path, const TensorView<T, R>& view) {
   using Value = std::remove_const_t<T>;
@@ -524,12 +535,13 @@ void write_npy(const std::string& path, const TensorView<T, R>& view) {
   write_npy(path, shape, flat.data());
 }
 
+/// Writes an owning tensor (same as its view()).
 template <class T, std::size_t R>
 void write_npy(const std::string& path, const Tensor<T, R>& tensor) {
   write_npy(path, tensor.view());
 }
 
-// Writes an array read earlier (or built by hand); '<f8' arrays are written as '<f4'.
+/// Writes an array read earlier (or built by hand); '<f8' arrays are written as '<f4'.
 inline void write_npy(const std::string& path, const NpyArray& array) {
   if (array.is_int32()) {
     if (array.i32.size() != static_cast<std::size_t>(array.numel()))

@@ -37,7 +37,7 @@ class KvArena {
  public:
   static constexpr std::size_t kAlignment = 64;
 
-  // `buffer` of `bytes` bytes, owned by the caller and alive as long as any cache using it.
+  /// `buffer` of `bytes` bytes, owned by the caller and alive as long as any cache using it.
   KvArena(void* buffer, std::size_t bytes) noexcept {
     const auto base = reinterpret_cast<std::uintptr_t>(buffer);
     const std::uintptr_t aligned = (base + kAlignment - 1) / kAlignment * kAlignment;
@@ -74,9 +74,9 @@ class KvArena {
   }
 
   std::size_t capacity() const noexcept { return static_cast<std::size_t>(end_ - begin_); }
-  // Bytes in chunks handed out now (rounded up to their class).
+  /// Bytes in chunks handed out now (rounded up to their class).
   std::size_t bytes_used() const noexcept { return used_; }
-  // Bytes ever carved from the buffer (freed chunks are kept for reuse): the size this workload needs.
+  /// Bytes ever carved from the buffer (freed chunks are kept for reuse): the size this workload needs.
   std::size_t high_water() const noexcept { return static_cast<std::size_t>(top_ - begin_); }
 
  private:

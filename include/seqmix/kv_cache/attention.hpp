@@ -38,11 +38,11 @@
 namespace seqmix {
 
 struct KvCacheAttentionInputs {
-  ConstView<float, 4> q;                  // [B,Tq,Hq,Dk], Hq a multiple of the cache's Hkv
+  ConstView<float, 4> q;                  ///< [B,Tq,Hq,Dk], Hq a multiple of the cache's Hkv
   const KvCache* cache = nullptr;
-  ConstView<float, 1> alibi_slopes;       // [Hq]
-  ConstView<float, 1> sink_logits;        // [Hq]
-  ConstView<std::int64_t, 2> positions;   // [B,Tq] absolute query positions
+  ConstView<float, 1> alibi_slopes;       ///< [Hq]
+  ConstView<float, 1> sink_logits;        ///< [Hq]
+  ConstView<std::int64_t, 2> positions;   ///< [B,Tq] absolute query positions
 };
 
 namespace detail {
@@ -87,8 +87,8 @@ inline bool kv_visible(const AttentionOptions& o, std::int64_t key, std::int64_t
 
 namespace reference {
 
-// The definition over the cache, entry by entry (each read through KvCache::read_key /
-// read_value, i.e. dequantized), accumulated in double. Single-threaded.
+/// The definition over the cache, entry by entry (each read through KvCache::read_key /
+/// read_value, i.e. dequantized), accumulated in double. Single-threaded.
 inline void kv_cache_attention(const KvCacheAttentionInputs& in, const AttentionOutputs& out,
                                const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   (void)executor;
@@ -416,9 +416,9 @@ struct KvPiece {
 
 }  // namespace detail
 
-// Fast decode attention over the cache. Meant for Tq = 1 (or a few draft tokens); any Tq works.
-// Allocates the pieces' partial states (pieces * Tq * Hq * (Dv + 2) floats) and one scratch per
-// parallel block.
+/// Fast decode attention over the cache. Meant for Tq = 1 (or a few draft tokens); any Tq works.
+/// Allocates the pieces' partial states (pieces * Tq * Hq * (Dv + 2) floats) and one scratch per
+/// parallel block.
 inline void kv_cache_attention(const KvCacheAttentionInputs& in, const AttentionOutputs& out,
                                const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail;

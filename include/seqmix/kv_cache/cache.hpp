@@ -87,18 +87,18 @@ class KvCache {
     next_position_.assign(static_cast<std::size_t>(config.batch), 0);
   }
 
-  // Positions lie in [0, kMaxPosition): far enough from INT64_MAX that position arithmetic
-  // (next position, window and ALiBi distances) cannot overflow.
+  /// Positions lie in [0, kMaxPosition): far enough from INT64_MAX that position arithmetic
+  /// (next position, window and ALiBi distances) cannot overflow.
   static constexpr std::int64_t kMaxPosition = std::int64_t{1} << 62;
-  // Bounds of batch, kv_heads (and their product), residual and rollback; of key_dim, value_dim
-  // and group_size.
+  /// Bounds of batch, kv_heads (and their product), residual and rollback; of key_dim, value_dim
+  /// and group_size.
   static constexpr index_t kMaxExtent = index_t{1} << 31, kMaxDim = index_t{1} << 24;
 
   const KvCacheConfig& config() const noexcept { return config_; }
 
-  // keys [B,T,Hkv,Dk], values [B,T,Hkv,Dv]; positions [B,T] (default: continuing from the last
-  // appended position of each row, starting at 0), strictly increasing and beyond every position
-  // already appended; saliency [B,T,Hkv] (ZipCache score, larger = more salient).
+  /// keys [B,T,Hkv,Dk], values [B,T,Hkv,Dv]; positions [B,T] (default: continuing from the last
+  /// appended position of each row, starting at 0), strictly increasing and beyond every position
+  /// already appended; saliency [B,T,Hkv] (ZipCache score, larger = more salient).
   void append(const ConstView<float, 4>& keys, const ConstView<float, 4>& values,
               const ConstView<std::int64_t, 2>& positions = {}, const ConstView<float, 3>& saliency = {}) {
     KvAppendInputs in;
@@ -106,8 +106,8 @@ class KvCache {
     append(in);
   }
 
-  // Ragged append (KvAppendInputs): each sequence of in.batch appends its own number of tokens
-  // to its own cache row in one call. Everything is validated before any row changes.
+  /// Ragged append (KvAppendInputs): each sequence of in.batch appends its own number of tokens
+  /// to its own cache row in one call. Everything is validated before any row changes.
   void append(const KvAppendInputs& in) {
     const ArgCheck check("KvCache::append");
     const index_t H = config_.kv_heads;
@@ -188,13 +188,13 @@ class KvCache {
         for (index_t h = 0; h < H; ++h) detail::flush(config_, head_mut(span(n).state_row, h));
   }
 
-  // Rolls row b back to `position` (speculative rollback): every entry at a position >= position
-  // is dropped in every KV head, and the next default position becomes min(next, position).
-  // Within config.rollback newest tokens the cache is left exactly as if the dropped tokens had
-  // never been appended (flushes they caused are undone from the kept fp32 rows), so truncate then
-  // re-append equals appending only the kept tokens, bit for bit, in every format. Deeper, or
-  // after retain() / compact() / replace() on the head, the entries are dropped and the surviving
-  // block entries keep their codes.
+  /// Rolls row b back to `position` (speculative rollback): every entry at a position >= position
+  /// is dropped in every KV head, and the next default position becomes min(next, position).
+  /// Within config.rollback newest tokens the cache is left exactly as if the dropped tokens had
+  /// never been appended (flushes they caused are undone from the kept fp32 rows), so truncate then
+  /// re-append equals appending only the kept tokens, bit for bit, in every format. Deeper, or
+  /// after retain() / compact() / replace() on the head, the entries are dropped and the surviving
+  /// block entries keep their codes.
   void truncate(index_t b, std::int64_t position) {
     if (b < 0 || b >= config_.batch) check_head(ArgCheck("KvCache::truncate"), b, 0);  // throws
     if (position < 0) throw ShapeError("KvCache::truncate", "position", "must be >= 0, got " + std::to_string(position));
@@ -203,17 +203,17 @@ class KvCache {
     next_position_[b] = position;
   }
 
-  // Empties row b (every KV head) and restarts its positions at 0: a row handed to a new request.
+  /// Empties row b (every KV head) and restarts its positions at 0: a row handed to a new request.
   void reset(index_t b) {
     check_head(ArgCheck("KvCache::reset"), b, 0);
     for (index_t h = 0; h < config_.kv_heads; ++h) head_mut(b, h) = detail::KvHead(config_.arena);
     next_position_[b] = 0;
   }
 
-  // The arena given in the configuration (null: the heap).
+  /// The arena given in the configuration (null: the heap).
   KvArena* arena() const noexcept { return config_.arena; }
 
-  // The position the next appended token of row b gets by default.
+  /// The position the next appended token of row b gets by default.
   std::int64_t next_position(index_t b) const { return next_position_.at(static_cast<std::size_t>(b)); }
 
   index_t size(index_t b, index_t h) const { return head(b, h).size(); }
@@ -227,7 +227,7 @@ class KvCache {
     return out;
   }
 
-  // Entry index of a position; ShapeError if it is not (or no longer) in the cache.
+  /// Entry index of a position; ShapeError if it is not (or no longer) in the cache.
   index_t find_position(index_t b, index_t h, std::int64_t position) const {
     const std::vector<std::int64_t> pos = positions(b, h);
     const auto it = std::lower_bound(pos.begin(), pos.end(), position);
@@ -238,11 +238,11 @@ class KvCache {
     return static_cast<index_t>(it - pos.begin());
   }
 
-  // Dequantized keys / values of every entry, in entry order: out [size(b,h), Dk or Dv].
+  /// Dequantized keys / values of every entry, in entry order: out [size(b,h), Dk or Dv].
   void read_keys(index_t b, index_t h, const TensorView<float, 2>& out) const { read(b, h, out, true, "read_keys"); }
   void read_values(index_t b, index_t h, const TensorView<float, 2>& out) const { read(b, h, out, false, "read_values"); }
 
-  // One entry, dequantized (out holds Dk / Dv floats).
+  /// One entry, dequantized (out holds Dk / Dv floats).
   void read_key(index_t b, index_t h, index_t entry, float* out) const {
     const detail::KvHead& hd = head(b, h);
     check_entry("KvCache::read_key", hd, entry);
@@ -267,7 +267,7 @@ class KvCache {
     detail::value_row(hd.blocks[s.block], config_.group_size, config_.value_dim, s.slot, out);
   }
 
-  // Keeps the entries whose indices are listed (strictly increasing) and drops the others.
+  /// Keeps the entries whose indices are listed (strictly increasing) and drops the others.
   void retain(index_t b, index_t h, const std::vector<index_t>& kept) {
     const ArgCheck check("KvCache::retain");
     check_head(check, b, h);
@@ -279,30 +279,30 @@ class KvCache {
     retain_head(hd, kept.data(), static_cast<index_t>(kept.size()));
   }
 
-  // Merges the partly filled blocks of (b, h): per format pair (one pair, or ZipCache's high and
-  // low pairs, which never mix), the entries of the blocks holding fewer than 32 are repacked in
-  // entry order into full blocks plus at most one partly filled one. Full blocks, and a partly
-  // filled block alone in its format pair, are not touched. Entry order, positions and values are
-  // preserved exactly, and so are float keys and per-token quantized keys (codes and parameters
-  // move). Per-channel quantized keys (KIVI) gathered from several blocks get new per-block
-  // parameters: they are dequantized and requantized, adding at most half of the merged block's
-  // new step (scale / 2, plus float rounding) per element to their error, and only when blocks
-  // merge. Afterwards bytes() is within one block per format pair of the packed size.
+  /// Merges the partly filled blocks of (b, h): per format pair (one pair, or ZipCache's high and
+  /// low pairs, which never mix), the entries of the blocks holding fewer than 32 are repacked in
+  /// entry order into full blocks plus at most one partly filled one. Full blocks, and a partly
+  /// filled block alone in its format pair, are not touched. Entry order, positions and values are
+  /// preserved exactly, and so are float keys and per-token quantized keys (codes and parameters
+  /// move). Per-channel quantized keys (KIVI) gathered from several blocks get new per-block
+  /// parameters: they are dequantized and requantized, adding at most half of the merged block's
+  /// new step (scale / 2, plus float rounding) per element to their error, and only when blocks
+  /// merge. Afterwards bytes() is within one block per format pair of the packed size.
   void compact(index_t b, index_t h) {
     const ArgCheck check("KvCache::compact");
     check_head(check, b, h);
     detail::compact_head(config_, head_mut(b, h));
   }
 
-  // compact(b, h) for every batch row and KV head.
+  /// compact(b, h) for every batch row and KV head.
   void compact() {
     for (auto& hd : heads_) detail::compact_head(config_, hd);
   }
 
-  // Re-encodes one entry with a new key [Dk] and value [Dv] (merging, compensation tokens). In a
-  // per-channel key block this refits that block's key parameters (the other keys of the block
-  // are requantized once, an error of at most half their new scale); elsewhere only the entry
-  // changes.
+  /// Re-encodes one entry with a new key [Dk] and value [Dv] (merging, compensation tokens). In a
+  /// per-channel key block this refits that block's key parameters (the other keys of the block
+  /// are requantized once, an error of at most half their new scale); elsewhere only the entry
+  /// changes.
   void replace(index_t b, index_t h, index_t entry, const float* key, const float* value) {
     const ArgCheck check("KvCache::replace");
     check_head(check, b, h);
@@ -350,9 +350,9 @@ class KvCache {
     }
   }
 
-  // ZipCache saliency for tokens still in the residual window: probs [Tq, size(b,h)] are the
-  // softmax probabilities of Tq queries at query_positions [Tq] over every entry of (b, h). A
-  // residual token accumulates the probability of each query at or after its position.
+  /// ZipCache saliency for tokens still in the residual window: probs [Tq, size(b,h)] are the
+  /// softmax probabilities of Tq queries at query_positions [Tq] over every entry of (b, h). A
+  /// residual token accumulates the probability of each query at or after its position.
   void observe_attention(index_t b, index_t h, const ConstView<float, 2>& probs,
                          const ConstView<std::int64_t, 1>& query_positions) {
     const ArgCheck check("KvCache::observe_attention");
@@ -370,8 +370,8 @@ class KvCache {
         }
   }
 
-  // Memory held: codes, parameters, positions, the entry map, the residual window and the rows
-  // kept for rollback.
+  /// Memory held: codes, parameters, positions, the entry map, the residual window and the rows
+  /// kept for rollback.
   std::size_t bytes() const noexcept {
     std::size_t total = 0;
     for (const auto& hd : heads_) {
@@ -388,13 +388,13 @@ class KvCache {
     return n;
   }
 
-  // bytes() per entry of one (b, h): what a token costs in one KV head.
+  /// bytes() per entry of one (b, h): what a token costs in one KV head.
   double bytes_per_token() const noexcept {
     const index_t n = total_entries();
     return n > 0 ? static_cast<double>(bytes()) / static_cast<double>(n) : 0.0;
   }
 
-  // Channels per per-token key group.
+  /// Channels per per-token key group.
   index_t key_group() const noexcept { return config_.group_size > 0 ? config_.group_size : config_.key_dim; }
 
   const detail::KvHead& head(index_t b, index_t h) const {
@@ -425,7 +425,7 @@ class KvCache {
       throw ShapeError(op, "entry", "= " + std::to_string(entry) + " out of range [0, " + std::to_string(hd.size()) + ")");
   }
 
-  // retain() on one head, after validation: kept[0..n) strictly increasing entry indices.
+  /// retain() on one head, after validation: kept[0..n) strictly increasing entry indices.
   void retain_head(detail::KvHead& hd, const index_t* kept, index_t n) {
     KvArena* const A = config_.arena;
     hd.flushed.clear();  // entries change: flushes can no longer be undone
@@ -476,7 +476,7 @@ class KvCache {
   }
 
 
-  // Empties row b keeping its storage's capacity (append of a new request: no reallocation).
+  /// Empties row b keeping its storage's capacity (append of a new request: no reallocation).
   void clear_row(index_t b) {
     for (index_t h = 0; h < config_.kv_heads; ++h) {
       detail::KvHead& hd = head_mut(b, h);

@@ -13,46 +13,46 @@
 namespace seqmix {
 
 enum class KeyQuant : std::uint8_t {
-  per_channel,  // KIVI: one (scale, min) per channel per block of up to 32 tokens
-  per_token,    // one (scale, min) per token per group of `group_size` channels
+  per_channel,  ///< KIVI: one (scale, min) per channel per block of up to 32 tokens
+  per_token,    ///< one (scale, min) per token per group of `group_size` channels
 };
 
 struct KvMixedPrecision {
-  KvFormat key_format = KvFormat::int4;    // formats of the non-salient tokens
+  KvFormat key_format = KvFormat::int4;    ///< formats of the non-salient tokens
   KvFormat value_format = KvFormat::int2;
-  float salient_fraction = 0.2f;           // share of each flushed group kept in the high formats
+  float salient_fraction = 0.2f;           ///< share of each flushed group kept in the high formats
 };
 
 struct KvCacheConfig {
-  index_t batch = 1, kv_heads = 1, key_dim = 0, value_dim = 0;  // B, Hkv, Dk, Dv
-  KvFormat key_format = KvFormat::f16;    // f32, f16, bf16, int8 or int4
-  KvFormat value_format = KvFormat::f16;  // f32, f16, bf16, int8, int4 or int2
+  index_t batch = 1, kv_heads = 1, key_dim = 0, value_dim = 0;  ///< B, Hkv, Dk, Dv
+  KvFormat key_format = KvFormat::f16;    ///< f32, f16, bf16, int8 or int4
+  KvFormat value_format = KvFormat::f16;  ///< f32, f16, bf16, int8, int4 or int2
   KeyQuant key_quant = KeyQuant::per_channel;
-  // Channels per quantization group for per-token keys and for values; 0 = the whole row.
+  /// Channels per quantization group for per-token keys and for values; 0 = the whole row.
   index_t group_size = 0;
-  // Full-precision window R: the newest R (up to R + 31) tokens stay fp32.
+  /// Full-precision window R: the newest R (up to R + 31) tokens stay fp32.
   index_t residual = 0;
-  std::optional<KvMixedPrecision> mixed;  // ZipCache; empty = one precision
-  // Exact rollback depth W: truncate() of up to W newest tokens leaves the cache exactly as if
-  // they had never been appended, in every format (the fp32 rows of the newest ceil(W / 32)
-  // flushed groups are kept to undo their flush). Deeper truncation drops entries without
-  // restoring them (the survivors keep their codes). 0 = no rows kept.
+  std::optional<KvMixedPrecision> mixed;  ///< ZipCache; empty = one precision
+  /// Exact rollback depth W: truncate() of up to W newest tokens leaves the cache exactly as if
+  /// they had never been appended, in every format (the fp32 rows of the newest ceil(W / 32)
+  /// flushed groups are kept to undo their flush). Deeper truncation drops entries without
+  /// restoring them (the survivors keep their codes). 0 = no rows kept.
   index_t rollback = 0;
-  // Caller-provided storage (arena.hpp): every byte the cache holds or uses after construction
-  // comes from this arena (KvArenaFull when it runs out); null = the heap. Not owned.
+  /// Caller-provided storage (arena.hpp): every byte the cache holds or uses after construction
+  /// comes from this arena (KvArenaFull when it runs out); null = the heap. Not owned.
   KvArena* arena = nullptr;
 };
 
-// One ragged append (KvCache::append): tokens of several sequences, each to its own cache row.
+/// One ragged append (KvCache::append): tokens of several sequences, each to its own cache row.
 struct KvAppendInputs {
-  ConstView<float, 4> keys;             // [Bt, T, Hkv, Dk]: dense [B, T] or packed [1, total_T]
-  ConstView<float, 4> values;           // [Bt, T, Hkv, Dv]
-  ConstView<std::int64_t, 2> positions; // [Bt, T], optional: default continues each row
-  ConstView<float, 3> saliency;         // [Bt, T, Hkv], optional (ZipCache)
-  // cu_seqlens [N+1]: sequence n appends tokens [cu[n], cu[n+1]) of the packed tensors.
-  // state_indices [N]: the cache row (in [0, config.batch)) each sequence appends to; -1 = a
-  // padding sequence, nothing appended. Without it sequence n appends to row n (N = batch).
-  // has_initial_state [N] false: the row is emptied first (reset(): a new request in the row).
+  ConstView<float, 4> keys;             ///< [Bt, T, Hkv, Dk]: dense [B, T] or packed [1, total_T]
+  ConstView<float, 4> values;           ///< [Bt, T, Hkv, Dv]
+  ConstView<std::int64_t, 2> positions; ///< [Bt, T], optional: default continues each row
+  ConstView<float, 3> saliency;         ///< [Bt, T, Hkv], optional (ZipCache)
+  /// cu_seqlens [N+1]: sequence n appends tokens [cu[n], cu[n+1]) of the packed tensors.
+  /// state_indices [N]: the cache row (in [0, config.batch)) each sequence appends to; -1 = a
+  /// padding sequence, nothing appended. Without it sequence n appends to row n (N = batch).
+  /// has_initial_state [N] false: the row is emptied first (reset(): a new request in the row).
   SequenceBatch batch;
 };
 

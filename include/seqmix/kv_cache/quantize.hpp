@@ -19,8 +19,8 @@
 
 namespace seqmix {
 
-// Element formats of a cache row. The float formats are stored as they are; the integer ones are
-// unsigned codes with a (scale, min) pair per group.
+/// Element formats of a cache row. The float formats are stored as they are; the integer ones are
+/// unsigned codes with a (scale, min) pair per group.
 enum class KvFormat : std::uint8_t { f32, f16, bf16, int8, int4, int2 };
 
 constexpr int format_bits(KvFormat f) noexcept {
@@ -49,24 +49,24 @@ inline const char* format_name(KvFormat f) noexcept {
   return "?";
 }
 
-// Bytes of n elements of a format, packed densely.
+/// Bytes of n elements of a format, packed densely.
 inline index_t row_bytes(KvFormat f, index_t n) noexcept { return (n * format_bits(f) + 7) / 8; }
 
 namespace quant {
 
 struct Params {
-  float scale = 0.f;  // (max - min) / (2^bits - 1); 0 for a constant group
-  float min = 0.f;    // the zero point: code 0 dequantizes to it
+  float scale = 0.f;  ///< (max - min) / (2^bits - 1); 0 for a constant group
+  float min = 0.f;    ///< the zero point: code 0 dequantizes to it
 };
 
 inline int code_max(int bits) noexcept { return (1 << bits) - 1; }
 
-// Min-max parameters of n values x[i * stride].
-// Non-finite input: a group holding a NaN or an inf gets scale = min = NaN, so every element of
-// it dequantizes to NaN (kept visible, as the fp32 cache would propagate it) and encodes to code
-// 0 (never a float-to-integer conversion of NaN). Extreme finite groups (hi - lo beyond the
-// float range, e.g. +-3e38) get scale = hi / c - lo / c, which stays finite, and encode and
-// decode below avoid the overflowing differences, so they round-trip finite.
+/// Min-max parameters of n values x[i * stride].
+/// Non-finite input: a group holding a NaN or an inf gets scale = min = NaN, so every element of
+/// it dequantizes to NaN (kept visible, as the fp32 cache would propagate it) and encodes to code
+/// 0 (never a float-to-integer conversion of NaN). Extreme finite groups (hi - lo beyond the
+/// float range, e.g. +-3e38) get scale = hi / c - lo / c, which stays finite, and encode and
+/// decode below avoid the overflowing differences, so they round-trip finite.
 inline Params min_max_params(const float* x, index_t n, index_t stride, int bits) noexcept {
   if (n <= 0) return {};
   float lo = x[0], hi = x[0];
@@ -93,14 +93,14 @@ inline Params min_max_params(const float* x, index_t n, index_t stride, int bits
   return {std::isfinite(range) ? range / top : hi / top - lo / top, lo};
 }
 
-// True for a group whose range reaches past half the float range: x - min may overflow there, so
-// encoding halves both terms first (exact otherwise, so only these groups take that route).
+/// True for a group whose range reaches past half the float range: x - min may overflow there, so
+/// encoding halves both terms first (exact otherwise, so only these groups take that route).
 inline bool wide_group(const Params& p, int bits) noexcept {
   return !(p.scale * static_cast<float>(code_max(bits)) <= 0.5f * std::numeric_limits<float>::max());
 }
 
-// round((x - min) / scale) clamped to the code range; 0 when scale is 0 or NaN. Division (not a
-// multiplication by 1/scale) keeps the rounding decision exact up to one float rounding.
+/// round((x - min) / scale) clamped to the code range; 0 when scale is 0 or NaN. Division (not a
+/// multiplication by 1/scale) keeps the rounding decision exact up to one float rounding.
 inline std::uint8_t encode(float x, const Params& p, int bits) noexcept {
   if (!(p.scale > 0.f)) return 0;
   const float q = wide_group(p, bits) ? (0.5f * x - 0.5f * p.min) / (0.5f * p.scale) : (x - p.min) / p.scale;
@@ -109,15 +109,15 @@ inline std::uint8_t encode(float x, const Params& p, int bits) noexcept {
   return static_cast<std::uint8_t>(std::min(t, static_cast<float>(code_max(bits))));
 }
 
-// min + scale * code; where that overflows (an extreme finite group) the fused form, whose exact
-// intermediate lands back within [min, max] of the group.
+/// min + scale * code; where that overflows (an extreme finite group) the fused form, whose exact
+/// intermediate lands back within [min, max] of the group.
 inline float decode(int code, const Params& p) noexcept {
   const float y = p.min + p.scale * static_cast<float>(code);
   if (std::isfinite(y) || !std::isfinite(p.min) || !std::isfinite(p.scale)) return y;
   return std::fma(p.scale, static_cast<float>(code), p.min);
 }
 
-// codes[i] for n values with one parameter pair, vectorized.
+/// codes[i] for n values with one parameter pair, vectorized.
 inline void encode_codes(const float* x, index_t n, const Params& p, int bits, std::uint8_t* codes) noexcept {
   if (!(p.scale > 0.f) || wide_group(p, bits)) {  // constant or non-finite group, or a rare wide one
     for (index_t i = 0; i < n; ++i) codes[i] = encode(x[i], p, bits);
@@ -139,7 +139,7 @@ inline void encode_codes(const float* x, index_t n, const Params& p, int bits, s
 
 inline index_t group_count(index_t n, index_t group) noexcept { return group > 0 ? (n + group - 1) / group : 1; }
 
-// Largest error encode + decode may make on a group with these params (the bound tests check).
+/// Largest error encode + decode may make on a group with these params (the bound tests check).
 inline float error_bound(const Params& p) noexcept {
   return 0.5f * p.scale + 4.f * std::numeric_limits<float>::epsilon() * (std::abs(p.min) + p.scale * 255.f);
 }

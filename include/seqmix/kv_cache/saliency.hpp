@@ -9,10 +9,10 @@
 
 namespace seqmix {
 
-// ZipCache's normalized attention saliency: out[j] = sum_i probs[i, j] / #{i : query_positions[i]
-// >= key_positions[j]}, the attention a key receives averaged over the queries that could see it
-// (plain accumulated attention favours early tokens, which more queries see). probs [Tq, Tk],
-// query_positions [Tq], key_positions [Tk], out [Tk]; a key no query sees gets 0.
+/// ZipCache's normalized attention saliency: out[j] = sum_i probs[i, j] / #{i : query_positions[i]
+/// >= key_positions[j]}, the attention a key receives averaged over the queries that could see it
+/// (plain accumulated attention favours early tokens, which more queries see). probs [Tq, Tk],
+/// query_positions [Tq], key_positions [Tk], out [Tk]; a key no query sees gets 0.
 inline void normalized_attention_saliency(const ConstView<float, 2>& probs, const ConstView<std::int64_t, 1>& query_positions,
                                           const ConstView<std::int64_t, 1>& key_positions, const TensorView<float, 1>& out) {
   const ArgCheck check("normalized_attention_saliency");

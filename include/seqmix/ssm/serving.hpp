@@ -15,10 +15,10 @@
 
 namespace seqmix {
 
-// A zero-copy view of a conv state stored channel-major, as causal-conv1d and vLLM keep it
-// ([S, D, W-1]: the W-1 taps of a channel contiguous), in the shape every seqmix conv form
-// addresses ([S, W-1, D]). Pass it as initial_state / final_state / conv_state; reads and writes
-// land in the caller's buffer.
+/// A zero-copy view of a conv state stored channel-major, as causal-conv1d and vLLM keep it
+/// ([S, D, W-1]: the W-1 taps of a channel contiguous), in the shape every seqmix conv form
+/// addresses ([S, W-1, D]). Pass it as initial_state / final_state / conv_state; reads and writes
+/// land in the caller's buffer.
 inline TensorView<float, 3> channel_major_conv_state(const TensorView<float, 3>& state_sdw) {
   return TensorView<float, 3>(state_sdw.data(), {state_sdw.size(0), state_sdw.size(2), state_sdw.size(1)},
                               {state_sdw.stride(0), state_sdw.stride(2), state_sdw.stride(1)});

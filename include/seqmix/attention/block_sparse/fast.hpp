@@ -47,9 +47,9 @@ inline std::vector<KeyTile> selected_key_tiles(const BlockSparseLayout& layout, 
 
 }  // namespace detail
 
-// Same arguments and results as reference::block_sparse_attention; K/V may be float, f16 or bf16.
-// Allocates one flash scratch per parallel block (rows = block_q x heads per task) and one tile
-// list per task, nothing inside the tile loops.
+/// Same arguments and results as reference::block_sparse_attention; K/V may be float, f16 or bf16.
+/// Allocates one flash scratch per parallel block (rows = block_q x heads per task) and one tile
+/// list per task, nothing inside the tile loops.
 template <class KV>
 void block_sparse_attention(const AttentionInputs<KV>& in, const BlockSparseLayout& layout, const AttentionOutputs& out,
                             const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {

@@ -34,7 +34,7 @@
 
 namespace seqmix {
 
-// The query / key sequence lengths and block sizes a pattern is built for.
+/// The query / key sequence lengths and block sizes a pattern is built for.
 struct BlockGrid {
   index_t Tq = 0, Tk = 0;
   index_t block_q = 64, block_k = 64;
@@ -42,11 +42,11 @@ struct BlockGrid {
   index_t key_blocks() const noexcept { return detail::ceil_div(Tk, block_k); }
 };
 
-// An owned layout for one (batch row, head), shared by all of them.
+/// An owned layout for one (batch row, head), shared by all of them.
 struct BlockPattern {
   BlockGrid grid;
-  std::vector<std::int32_t> offsets;  // [query_blocks + 1]
-  std::vector<std::int32_t> indices;  // selected key blocks, increasing within each query block
+  std::vector<std::int32_t> offsets;  ///< [query_blocks + 1]
+  std::vector<std::int32_t> indices;  ///< selected key blocks, increasing within each query block
 
   BlockSparseLayout layout() const {
     BlockSparseLayout l;
@@ -58,17 +58,17 @@ struct BlockPattern {
   bool selected(index_t qb, index_t kb) const {
     return std::binary_search(indices.begin() + offsets[qb], indices.begin() + offsets[qb + 1], static_cast<std::int32_t>(kb));
   }
-  // Fraction of the query-block x key-block grid that is selected.
+  /// Fraction of the query-block x key-block grid that is selected.
   double density() const {
     return static_cast<double>(indices.size()) / static_cast<double>(grid.query_blocks() * grid.key_blocks());
   }
 };
 
 struct LocalGlobalPattern {
-  index_t window_blocks = 1;  // key blocks on each side of the diagonal
-  index_t global_blocks = 1;  // leading key blocks that every query block sees, and that see all
-  index_t random_blocks = 0;  // BigBird: extra random key blocks per query block
-  std::uint64_t seed = 0;     // for the random blocks
+  index_t window_blocks = 1;  ///< key blocks on each side of the diagonal
+  index_t global_blocks = 1;  ///< leading key blocks that every query block sees, and that see all
+  index_t random_blocks = 0;  ///< BigBird: extra random key blocks per query block
+  std::uint64_t seed = 0;     ///< for the random blocks
   bool causal = true;
 };
 struct StridedPattern {

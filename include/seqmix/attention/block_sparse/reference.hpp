@@ -27,19 +27,19 @@
 
 namespace seqmix {
 
-// The selected key blocks in compressed-sparse-row form, one row per (batch row, query head,
-// query block):
-//   row (b, h, qb) selects key blocks indices[offsets(b', h', qb) .. offsets(b', h', qb + 1))
-//   with b' = b if offsets.size(0) == B else 0 (1: one layout shared by every batch row) and
-//   h' = h if offsets.size(1) == Hq else 0 (1: shared by every query head).
-// offsets is [Bl, Hl, ceil(Tq / block_q) + 1], non-decreasing; its values index the flat
-// `indices`. The key-block ids of a row are strictly increasing and lie in [0, ceil(Tk / block_k)).
-// Both arrays are int32, as in the block-sparse kernels of the peer systems.
+/// The selected key blocks in compressed-sparse-row form, one row per (batch row, query head,
+/// query block):
+///   row (b, h, qb) selects key blocks indices[offsets(b', h', qb) .. offsets(b', h', qb + 1))
+///   with b' = b if offsets.size(0) == B else 0 (1: one layout shared by every batch row) and
+///   h' = h if offsets.size(1) == Hq else 0 (1: shared by every query head).
+/// offsets is [Bl, Hl, ceil(Tq / block_q) + 1], non-decreasing; its values index the flat
+/// `indices`. The key-block ids of a row are strictly increasing and lie in [0, ceil(Tk / block_k)).
+/// Both arrays are int32, as in the block-sparse kernels of the peer systems.
 struct BlockSparseLayout {
   index_t block_q = 64;
   index_t block_k = 64;
-  ConstView<std::int32_t, 3> offsets;  // [Bl, Hl, Nq + 1]
-  ConstView<std::int32_t, 1> indices;  // [nnz]
+  ConstView<std::int32_t, 3> offsets;  ///< [Bl, Hl, Nq + 1]
+  ConstView<std::int32_t, 1> indices;  ///< [nnz]
 };
 
 namespace detail {
@@ -117,9 +117,9 @@ inline AttentionOutputs head_slice(const AttentionOutputs& out, index_t h0, inde
 
 namespace reference {
 
-// The definition: for each query head, dense reference::attention with an additive mask that is
-// -inf outside the selected blocks (plus the caller's mask, if any). Materializes a [B,Tq,Tk]
-// mask per head; meant for tests.
+/// The definition: for each query head, dense reference::attention with an additive mask that is
+/// -inf outside the selected blocks (plus the caller's mask, if any). Materializes a [B,Tq,Tk]
+/// mask per head; meant for tests.
 template <class KV>
 void block_sparse_attention(const AttentionInputs<KV>& in, const BlockSparseLayout& layout, const AttentionOutputs& out,
                             const AttentionOptions& options = {}, const Executor& executor = serial_executor()) {

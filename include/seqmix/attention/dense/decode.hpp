@@ -629,11 +629,11 @@ AttentionDims validate_attention_decode(const AttentionInputs<KV>& in, const Att
 
 }  // namespace detail
 
-// Split-KV attention, meant for Tq = 1 (or a few draft tokens): same arguments and results as
-// reference::attention. A task is (batch row, contiguous piece of the visible key tiles) and
-// covers every KV head, so K/V stream through memory in order. The partial states of the pieces
-// (B * splits * Hq * Tq * (Dv + 2) floats) and each thread's scratch are kept across calls, so
-// after a first call of the same shape it makes no heap allocation.
+/// Split-KV attention, meant for Tq = 1 (or a few draft tokens): same arguments and results as
+/// reference::attention. A task is (batch row, contiguous piece of the visible key tiles) and
+/// covers every KV head, so K/V stream through memory in order. The partial states of the pieces
+/// (B * splits * Hq * Tq * (Dv + 2) floats) and each thread's scratch are kept across calls, so
+/// after a first call of the same shape it makes no heap allocation.
 template <class KV>
 void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                       const Executor& executor = serial_executor()) {

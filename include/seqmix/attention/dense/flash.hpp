@@ -151,8 +151,8 @@ void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutput
 
 }  // namespace detail
 
-// Tiled prefill: same arguments and results as reference::attention, for any Tq. Allocates one
-// scratch per parallel block (about (2 * rows + 64) * (D + 64) floats), none inside the loops.
+/// Tiled prefill: same arguments and results as reference::attention, for any Tq. Allocates one
+/// scratch per parallel block (about (2 * rows + 64) * (D + 64) floats), none inside the loops.
 template <class KV>
 void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                      const Executor& executor = serial_executor()) {
@@ -176,9 +176,9 @@ void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out,
   });
 }
 
-// Dense attention (SPEC section 5), the fast form: split-KV decode for a few queries, tiled
-// prefill otherwise (and for packed sequences). Same arguments and results as
-// reference::attention.
+/// Dense attention (SPEC section 5), the fast form: split-KV decode for a few queries, tiled
+/// prefill otherwise (and for packed sequences). Same arguments and results as
+/// reference::attention.
 template <class KV>
 void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                const Executor& executor = serial_executor()) {

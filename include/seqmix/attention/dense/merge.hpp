@@ -118,9 +118,9 @@ inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool
 
 }  // namespace detail
 
-// Combines two partial attention results over disjoint key sets (see the top of this file).
-// o1, o2, o: [B,Tq,H,Dv]; lse1, lse2, lse: [B,Tq,H]. o / lse may be the same views as o1 / lse1
-// (merging in place). If sink logits were used, give them to exactly one of the parts.
+/// Combines two partial attention results over disjoint key sets (see the top of this file).
+/// o1, o2, o: [B,Tq,H,Dv]; lse1, lse2, lse: [B,Tq,H]. o / lse may be the same views as o1 / lse1
+/// (merging in place). If sink logits were used, give them to exactly one of the parts.
 inline void attention_merge(const ConstView<float, 4>& o1, const ConstView<float, 3>& lse1,
                             const ConstView<float, 4>& o2, const ConstView<float, 3>& lse2,
                             const TensorView<float, 4>& o, const TensorView<float, 3>& lse,

@@ -37,44 +37,44 @@
 namespace seqmix {
 
 struct AttentionOptions {
-  // Multiplies q.k; std::nullopt means 1/sqrt(Dk).
+  /// Multiplies q.k; std::nullopt means 1/sqrt(Dk).
   std::optional<float> scale;
-  // Hides keys after the query's position (j > pos_i).
+  /// Hides keys after the query's position (j > pos_i).
   bool causal = false;
-  // Sliding window W > 0 also hides keys j <= pos_i - W, so each query sees at most W keys ending
-  // at its own position (Mistral / Gemma local layers). 0: no window.
+  /// Sliding window W > 0 also hides keys j <= pos_i - W, so each query sees at most W keys ending
+  /// at its own position (Mistral / Gemma local layers). 0: no window.
   index_t window = 0;
-  // StreamingLLM attention sinks: the first n keys stay visible whatever the window says (the
-  // causal rule still applies). Only meaningful together with `window`.
+  /// StreamingLLM attention sinks: the first n keys stay visible whatever the window says (the
+  /// causal rule still applies). Only meaningful together with `window`.
   index_t sink_tokens = 0;
-  // Gemma-2 / Grok logit soft-capping: s = softcap * tanh(s / softcap) before biases. 0: off.
+  /// Gemma-2 / Grok logit soft-capping: s = softcap * tanh(s / softcap) before biases. 0: off.
   float softcap = 0.f;
 };
 
-// Arguments. KV is the storage type of k and v: float, or seqmix::f16 / seqmix::bf16 (read
-// through on-the-fly conversion, never copied whole to fp32). Optional views are empty
-// (default-constructed) when not given.
+/// Arguments. KV is the storage type of k and v: float, or seqmix::f16 / seqmix::bf16 (read
+/// through on-the-fly conversion, never copied whole to fp32). Optional views are empty
+/// (default-constructed) when not given.
 template <class KV = float>
 struct AttentionInputs {
-  ConstView<float, 4> q;             // [B,Tq,Hq,Dk]
-  ConstView<KV, 4> k;                // [B,Tk,Hkv,Dk], Hkv divides Hq
-  ConstView<KV, 4> v;                // [B,Tk,Hkv,Dv]
-  ConstView<float, 3> mask;          // [B,Tq,Tk] or [1,Tq,Tk] (shared by every batch row); additive, may hold -inf
-  ConstView<float, 1> alibi_slopes;  // [Hq]: adds -slope_h * |pos_i - j|
-  ConstView<float, 1> sink_logits;   // [Hq]: adds exp(sink_h) to each softmax denominator only
-  ConstView<std::int32_t, 2> positions;  // [B,Tq]: absolute query positions (default Tk - Tq + i)
-  // Packed sequences (cu_seqlens only: attention keeps no state, so state_indices and
-  // has_initial_state are refused). Not combinable with mask or positions.
+  ConstView<float, 4> q;             ///< [B,Tq,Hq,Dk]
+  ConstView<KV, 4> k;                ///< [B,Tk,Hkv,Dk], Hkv divides Hq
+  ConstView<KV, 4> v;                ///< [B,Tk,Hkv,Dv]
+  ConstView<float, 3> mask;          ///< [B,Tq,Tk] or [1,Tq,Tk] (shared by every batch row); additive, may hold -inf
+  ConstView<float, 1> alibi_slopes;  ///< [Hq]: adds -slope_h * |pos_i - j|
+  ConstView<float, 1> sink_logits;   ///< [Hq]: adds exp(sink_h) to each softmax denominator only
+  ConstView<std::int32_t, 2> positions;  ///< [B,Tq]: absolute query positions (default Tk - Tq + i)
+  /// Packed sequences (cu_seqlens only: attention keeps no state, so state_indices and
+  /// has_initial_state are refused). Not combinable with mask or positions.
   SequenceBatch batch;
 };
 
-// o and lse must not overlap any input (ShapeError).
+/// o and lse must not overlap any input (ShapeError).
 struct AttentionOutputs {
-  TensorView<float, 4> o;    // [B,Tq,Hq,Dv]
-  TensorView<float, 3> lse;  // [B,Tq,Hq], optional: log of each softmax denominator
+  TensorView<float, 4> o;    ///< [B,Tq,Hq,Dv]
+  TensorView<float, 3> lse;  ///< [B,Tq,Hq], optional: log of each softmax denominator
 };
 
-// A [Tq,Tk] mask shared by every batch row, as the [1,Tq,Tk] view AttentionInputs::mask takes.
+/// A [Tq,Tk] mask shared by every batch row, as the [1,Tq,Tk] view AttentionInputs::mask takes.
 inline ConstView<float, 3> shared_mask(const ConstView<float, 2>& mask) {
   return ConstView<float, 3>(mask.data(), {1, mask.size(0), mask.size(1)}, {0, mask.stride(0), mask.stride(1)});
 }
@@ -196,8 +196,8 @@ index_t query_position(const AttentionInputs<KV>& in, index_t b, index_t i) {
 
 namespace reference {
 
-// The definition, one query row at a time, accumulated in double. Single-threaded; `executor`
-// is accepted for a uniform signature.
+/// The definition, one query row at a time, accumulated in double. Single-threaded; `executor`
+/// is accepted for a uniform signature.
 template <class KV>
 void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                const Executor& executor = serial_executor()) {

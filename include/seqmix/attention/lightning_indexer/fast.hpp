@@ -28,8 +28,8 @@ inline void weighted_relu_sum(const float* S, index_t lds, const float* w, index
 
 }  // namespace detail
 
-// Same arguments and results as reference::lightning_indexer; any strides. Allocates one
-// scratch per parallel block, none inside the loops.
+/// Same arguments and results as reference::lightning_indexer; any strides. Allocates one
+/// scratch per parallel block, none inside the loops.
 inline void lightning_indexer(const LightningIndexerInputs& in, const TensorView<float, 3>& scores,
                               const LightningIndexerOptions& options = {},
                               const Executor& executor = serial_executor()) {

@@ -18,14 +18,14 @@
 namespace seqmix {
 
 struct LightningIndexerOptions {
-  // Scores of keys j > Tk - T + t are set to -inf.
+  /// Scores of keys j > Tk - T + t are set to -inf.
   bool causal = false;
 };
 
 struct LightningIndexerInputs {
-  ConstView<float, 4> q;        // [B,T,Hi,Di]
-  ConstView<float, 3> k;        // [B,Tk,Di], one key head shared by every indexer head
-  ConstView<float, 3> weights;  // [B,T,Hi]
+  ConstView<float, 4> q;        ///< [B,T,Hi,Di]
+  ConstView<float, 3> k;        ///< [B,Tk,Di], one key head shared by every indexer head
+  ConstView<float, 3> weights;  ///< [B,T,Hi]
 };
 
 namespace detail {
@@ -50,7 +50,7 @@ inline IndexerDims validate_lightning_indexer(const char* op, const LightningInd
 
 namespace reference {
 
-// The definition, one (query, key) pair at a time, accumulated in double.
+/// The definition, one (query, key) pair at a time, accumulated in double.
 inline void lightning_indexer(const LightningIndexerInputs& in, const TensorView<float, 3>& scores,
                               const LightningIndexerOptions& options = {},
                               const Executor& executor = serial_executor()) {

@@ -27,19 +27,19 @@ namespace seqmix {
 
 template <class In = float>
 struct PagedKvAppendInputs {
-  ConstView<In, 4> k;        // [N,T,Hkv,Dk] or [1,total_T,Hkv,Dk]
-  ConstView<In, 4> v;        // [N,T,Hkv,Dv] or [1,total_T,Hkv,Dv]
-  IndexList slot_mapping;    // [N*T or total_T], optional: flat slots, -1 = skip
-  BlockTable block_table;    // [N,max_blocks]: used with cache_seqlens when slot_mapping is not given
-  IndexList cache_seqlens;   // [N]: tokens cached before this append
-  IndexList cu_seqlens;      // [N+1], optional: packed new tokens
+  ConstView<In, 4> k;        ///< [N,T,Hkv,Dk] or [1,total_T,Hkv,Dk]
+  ConstView<In, 4> v;        ///< [N,T,Hkv,Dv] or [1,total_T,Hkv,Dv]
+  IndexList slot_mapping;    ///< [N*T or total_T], optional: flat slots, -1 = skip
+  BlockTable block_table;    ///< [N,max_blocks]: used with cache_seqlens when slot_mapping is not given
+  IndexList cache_seqlens;   ///< [N]: tokens cached before this append
+  IndexList cu_seqlens;      ///< [N+1], optional: packed new tokens
 };
 
-// The pool written to: the same views paged_attention reads.
+/// The pool written to: the same views paged_attention reads.
 template <class KV>
 struct PagedKvPool {
-  TensorView<KV, 4> k_pages;  // [num_blocks,block_size,Hkv,Dk]
-  TensorView<KV, 4> v_pages;  // [num_blocks,block_size,Hkv,Dv]
+  TensorView<KV, 4> k_pages;  ///< [num_blocks,block_size,Hkv,Dk]
+  TensorView<KV, 4> v_pages;  ///< [num_blocks,block_size,Hkv,Dv]
 };
 
 namespace detail {
@@ -142,8 +142,8 @@ void store_kv_row(const In* src, index_t src_stride, index_t n, KV* dst, index_t
 
 }  // namespace detail
 
-// Writes every new K/V row into its page (rounded to the pool's storage type). Rows of different
-// sequences go to different slots, so tokens are spread over the executor.
+/// Writes every new K/V row into its page (rounded to the pool's storage type). Rows of different
+/// sequences go to different slots, so tokens are spread over the executor.
 template <class In, class KV>
 void paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedKvPool<KV>& pool,
                      const Executor& executor = serial_executor()) {

@@ -171,9 +171,9 @@ PagedDims validate_paged_attention_fast(const PagedAttentionInputs<KV>& in, cons
 
 }  // namespace detail
 
-// Attention over a paged KV cache (reference.hpp has the definition): same arguments and results
-// as reference::paged_attention. Every argument and every used block-table entry is checked
-// before any output is written (ShapeError). No heap allocation after a warm-up call.
+/// Attention over a paged KV cache (reference.hpp has the definition): same arguments and results
+/// as reference::paged_attention. Every argument and every used block-table entry is checked
+/// before any output is written (ShapeError). No heap allocation after a warm-up call.
 template <class KV>
 void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out,
                      const PagedAttentionOptions& options = {}, const Executor& executor = serial_executor()) {

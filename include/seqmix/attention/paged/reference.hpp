@@ -28,11 +28,11 @@
 
 namespace seqmix {
 
-// A read-only 2-D table of indices stored as int32 or int64 (vLLM's block_tables are int32,
-// some engines keep int64), read as index_t. The 2-D sibling of IndexList.
+/// A read-only 2-D table of indices stored as int32 or int64 (vLLM's block_tables are int32,
+/// some engines keep int64), read as index_t. The 2-D sibling of IndexList.
 class BlockTable {
  public:
-  BlockTable() = default;  // not given
+  BlockTable() = default;  ///< not given
   BlockTable(ConstView<std::int32_t, 2> v) : i32_(v) {}   // NOLINT: implicit by design
   BlockTable(ConstView<std::int64_t, 2> v) : i64_(v) {}   // NOLINT
   BlockTable(TensorView<std::int32_t, 2> v) : i32_(v) {}  // NOLINT
@@ -53,14 +53,14 @@ class BlockTable {
   ConstView<std::int64_t, 2> i64_;
 };
 
-// The same rules as AttentionOptions; `causal` is on by default because the queries of a paged
-// call are the newest tokens of their sequences.
+/// The same rules as AttentionOptions; `causal` is on by default because the queries of a paged
+/// call are the newest tokens of their sequences.
 struct PagedAttentionOptions {
-  std::optional<float> scale;  // std::nullopt: 1/sqrt(Dk)
-  bool causal = true;          // a query sees keys up to its own position
-  index_t window = 0;          // sliding window W (0: none), as AttentionOptions::window
-  index_t sink_tokens = 0;     // StreamingLLM sinks kept visible by the window
-  float softcap = 0.f;         // logit soft-capping (0: off)
+  std::optional<float> scale;  ///< std::nullopt: 1/sqrt(Dk)
+  bool causal = true;          ///< a query sees keys up to its own position
+  index_t window = 0;          ///< sliding window W (0: none), as AttentionOptions::window
+  index_t sink_tokens = 0;     ///< StreamingLLM sinks kept visible by the window
+  float softcap = 0.f;         ///< logit soft-capping (0: off)
 
   AttentionOptions dense() const {
     AttentionOptions o;
@@ -71,20 +71,20 @@ struct PagedAttentionOptions {
 
 template <class KV = float>
 struct PagedAttentionInputs {
-  ConstView<float, 4> q;             // [N,Tq,Hq,Dk], or [1,total_q,Hq,Dk] with cu_seqlens_q
-  ConstView<KV, 4> k_pages;          // [num_blocks,block_size,Hkv,Dk], Hkv divides Hq
-  ConstView<KV, 4> v_pages;          // [num_blocks,block_size,Hkv,Dv]
-  BlockTable block_table;            // [N,max_blocks]: page of each block of each sequence
-  IndexList cache_seqlens;           // [N]: cached tokens per sequence, the queries' own included
-  IndexList cu_seqlens_q;            // [N+1], optional: packed queries (sequence n: [cu[n], cu[n+1]))
-  ConstView<float, 1> alibi_slopes;  // [Hq], optional
-  ConstView<float, 1> sink_logits;   // [Hq], optional
+  ConstView<float, 4> q;             ///< [N,Tq,Hq,Dk], or [1,total_q,Hq,Dk] with cu_seqlens_q
+  ConstView<KV, 4> k_pages;          ///< [num_blocks,block_size,Hkv,Dk], Hkv divides Hq
+  ConstView<KV, 4> v_pages;          ///< [num_blocks,block_size,Hkv,Dv]
+  BlockTable block_table;            ///< [N,max_blocks]: page of each block of each sequence
+  IndexList cache_seqlens;           ///< [N]: cached tokens per sequence, the queries' own included
+  IndexList cu_seqlens_q;            ///< [N+1], optional: packed queries (sequence n: [cu[n], cu[n+1]))
+  ConstView<float, 1> alibi_slopes;  ///< [Hq], optional
+  ConstView<float, 1> sink_logits;   ///< [Hq], optional
 };
 
-// Same layout as q ([N,Tq,Hq,Dv] or packed); must not overlap an input.
+/// Same layout as q ([N,Tq,Hq,Dv] or packed); must not overlap an input.
 struct PagedAttentionOutputs {
-  TensorView<float, 4> o;    // [N,Tq,Hq,Dv] or [1,total_q,Hq,Dv]
-  TensorView<float, 3> lse;  // [N,Tq,Hq] or [1,total_q,Hq], optional
+  TensorView<float, 4> o;    ///< [N,Tq,Hq,Dv] or [1,total_q,Hq,Dv]
+  TensorView<float, 3> lse;  ///< [N,Tq,Hq] or [1,total_q,Hq], optional
 };
 
 namespace detail {
@@ -171,8 +171,8 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
 
 namespace reference {
 
-// The definition: each sequence's keys gathered from its pages into a contiguous fp32 cache,
-// then reference::attention with its queries at the end of it. Allocates; single-threaded.
+/// The definition: each sequence's keys gathered from its pages into a contiguous fp32 cache,
+/// then reference::attention with its queries at the end of it. Allocates; single-threaded.
 template <class KV>
 void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out,
                      const PagedAttentionOptions& options = {}, const Executor& executor = serial_executor()) {

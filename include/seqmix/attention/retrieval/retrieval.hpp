@@ -27,9 +27,9 @@
 
 namespace seqmix {
 
-// An append-only key/value memory for one sequence: entry n holds keys [Hkv, Dk] and values
-// [Hkv, Dv]. It owns its rows (it is a container, like a KV cache), and views of it stay valid
-// until the next append.
+/// An append-only key/value memory for one sequence: entry n holds keys [Hkv, Dk] and values
+/// [Hkv, Dv]. It owns its rows (it is a container, like a KV cache), and views of it stay valid
+/// until the next append.
 class KeyValueMemory {
  public:
   KeyValueMemory(index_t heads, index_t key_dim, index_t value_dim) : H_(heads), Dk_(key_dim), Dv_(value_dim) {
@@ -37,7 +37,7 @@ class KeyValueMemory {
                                     "and key/value sizes must be positive");
   }
 
-  // Appends entries: keys [n, Hkv, Dk], values [n, Hkv, Dv] (any strides).
+  /// Appends entries: keys [n, Hkv, Dk], values [n, Hkv, Dv] (any strides).
   void append(const ConstView<float, 3>& keys, const ConstView<float, 3>& values) {
     const ArgCheck check("KeyValueMemory::append");
     check.shape("keys", keys, std::array<index_t, 3>{-1, H_, Dk_}, "n,Hkv,Dk");
@@ -51,7 +51,7 @@ class KeyValueMemory {
 
   index_t size() const noexcept { return static_cast<index_t>(keys_.size()) / (H_ * Dk_); }
   index_t heads() const noexcept { return H_; }
-  // As one batch row of a [1, N, Hkv, D] attention input.
+  /// As one batch row of a [1, N, Hkv, D] attention input.
   ConstView<float, 4> keys() const { return ConstView<float, 4>(keys_.data(), {1, size(), H_, Dk_}); }
   ConstView<float, 4> values() const { return ConstView<float, 4>(values_.data(), {1, size(), H_, Dv_}); }
 
@@ -60,20 +60,20 @@ class KeyValueMemory {
   AlignedVector<float> keys_, values_;
 };
 
-// Top-k search by inner product. ids[i, h, :] are the entries with the k largest q[i, h] . key
-// (of KV head h / (Hq / Hkv)), strictly increasing, -1 padded when the memory is smaller.
+/// Top-k search by inner product. ids[i, h, :] are the entries with the k largest q[i, h] . key
+/// (of KV head h / (Hq / Hkv)), strictly increasing, -1 padded when the memory is smaller.
 class MemoryIndex {
  public:
   virtual ~MemoryIndex() = default;
-  // q [Tq, Hq, Dk] -> ids [Tq, Hq, k].
+  /// q [Tq, Hq, Dk] -> ids [Tq, Hq, k].
   virtual void search(const ConstView<float, 3>& q, const TensorView<std::int32_t, 3>& ids,
                       const Executor& executor) const = 0;
 };
 
-// Exact search over a KeyValueMemory (which it reads, not copies): keys are scored in tiles with
-// the decode score kernel (every query head of a KV head at once) and a running candidate list
-// per row is cut back to the best k whenever it doubles, so the [Tq, Hq, N] score matrix never
-// exists. Ties go to the lower id, as in select_topk.
+/// Exact search over a KeyValueMemory (which it reads, not copies): keys are scored in tiles with
+/// the decode score kernel (every query head of a KV head at once) and a running candidate list
+/// per row is cut back to the best k whenever it doubles, so the [Tq, Hq, N] score matrix never
+/// exists. Ties go to the lower id, as in select_topk.
 class ExactMemoryIndex final : public MemoryIndex {
  public:
   explicit ExactMemoryIndex(const KeyValueMemory& memory) : memory_(memory) {}
@@ -121,7 +121,7 @@ class ExactMemoryIndex final : public MemoryIndex {
   }
 
  private:
-  // Keeps the k best (score desc, id asc); NaN scores are dropped.
+  /// Keeps the k best (score desc, id asc); NaN scores are dropped.
   static void keep_best(std::vector<std::pair<float, std::int32_t>>& list, index_t k) {
     list.erase(std::remove_if(list.begin(), list.end(), [](const auto& p) { return p.first != p.first; }), list.end());
     if (static_cast<index_t>(list.size()) <= k) return;
@@ -135,13 +135,13 @@ class ExactMemoryIndex final : public MemoryIndex {
 };
 
 struct RetrievalOptions {
-  index_t k = 32;              // entries retrieved per (query, query head)
-  std::optional<float> scale;  // multiplies q.k; std::nullopt means 1/sqrt(Dk)
+  index_t k = 32;              ///< entries retrieved per (query, query head)
+  std::optional<float> scale;  ///< multiplies q.k; std::nullopt means 1/sqrt(Dk)
 };
 
-// The memory part for one sequence: q [1, Tq, Hq, Dk] -> o [1, Tq, Hq, Dv], lse [1, Tq, Hq]
-// (lse is required: it is what attention_merge weighs the parts with). Allocates the id list
-// (Tq * Hq * k ints) per call.
+/// The memory part for one sequence: q [1, Tq, Hq, Dk] -> o [1, Tq, Hq, Dv], lse [1, Tq, Hq]
+/// (lse is required: it is what attention_merge weighs the parts with). Allocates the id list
+/// (Tq * Hq * k ints) per call.
 inline void retrieval_attention(const ConstView<float, 4>& q, const KeyValueMemory& memory, const MemoryIndex& index,
                                 const AttentionOutputs& out, const RetrievalOptions& options = {},
                                 const Executor& executor = serial_executor()) {
@@ -158,8 +158,8 @@ inline void retrieval_attention(const ConstView<float, 4>& q, const KeyValueMemo
   topk_attention(in, out, topk_options, executor);
 }
 
-// Memory part + local dense attention (local inputs and options as for seqmix::attention, one
-// batch row), merged: out.o, out.lse (optional). Allocates the two partial results per call.
+/// Memory part + local dense attention (local inputs and options as for seqmix::attention, one
+/// batch row), merged: out.o, out.lse (optional). Allocates the two partial results per call.
 template <class KV>
 void retrieval_attention_merged(const AttentionInputs<KV>& local, const AttentionOptions& local_options,
                                 const KeyValueMemory& memory, const MemoryIndex& index, const AttentionOutputs& out,

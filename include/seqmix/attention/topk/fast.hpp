@@ -107,9 +107,9 @@ void topk_task(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out, c
 
 }  // namespace detail
 
-// Same arguments and results as reference::topk_attention. Each thread keeps one gather scratch
-// (capacity x (Dk + Dv) elements of KV) across calls; the decode kernel allocates its small
-// per-call state.
+/// Same arguments and results as reference::topk_attention. Each thread keeps one gather scratch
+/// (capacity x (Dk + Dv) elements of KV) across calls; the decode kernel allocates its small
+/// per-call state.
 template <class KV>
 void topk_attention(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out,
                     const TopkAttentionOptions& options = {}, const Executor& executor = serial_executor()) {

@@ -36,23 +36,23 @@
 
 namespace seqmix {
 
-// The attention part's options (selection has its own, TopkOptions in selectors.hpp).
+/// The attention part's options (selection has its own, TopkOptions in selectors.hpp).
 struct TopkAttentionOptions {
-  // Multiplies q.k; std::nullopt means 1/sqrt(Dk).
+  /// Multiplies q.k; std::nullopt means 1/sqrt(Dk).
   std::optional<float> scale;
-  // s = softcap * tanh(s / softcap) when > 0, as in dense attention.
+  /// s = softcap * tanh(s / softcap) when > 0, as in dense attention.
   float softcap = 0.f;
 };
 
-// q, k, v and sink_logits as in AttentionInputs (KV: float, f16 or bf16); indices from
-// select_topk.
+/// q, k, v and sink_logits as in AttentionInputs (KV: float, f16 or bf16); indices from
+/// select_topk.
 template <class KV = float>
 struct TopkAttentionInputs {
-  ConstView<float, 4> q;                 // [B,Tq,Hq,Dk]
-  ConstView<KV, 4> k;                    // [B,Tk,Hkv,Dk]
-  ConstView<KV, 4> v;                    // [B,Tk,Hkv,Dv]
-  ConstView<std::int32_t, 4> indices;    // [B,Tq,Hs,capacity], Hs divides Hq; -1 = unused slot
-  ConstView<float, 1> sink_logits;       // [Hq], optional
+  ConstView<float, 4> q;                 ///< [B,Tq,Hq,Dk]
+  ConstView<KV, 4> k;                    ///< [B,Tk,Hkv,Dk]
+  ConstView<KV, 4> v;                    ///< [B,Tk,Hkv,Dv]
+  ConstView<std::int32_t, 4> indices;    ///< [B,Tq,Hs,capacity], Hs divides Hq; -1 = unused slot
+  ConstView<float, 1> sink_logits;       ///< [Hq], optional
 };
 
 namespace detail {
@@ -103,8 +103,8 @@ inline AttentionOptions as_attention_options(const TopkAttentionOptions& options
 
 namespace reference {
 
-// The definition: per query head, dense reference::attention with an additive mask that is -inf
-// outside the selected keys. Materializes a [B,Tq,Tk] mask per head; meant for tests.
+/// The definition: per query head, dense reference::attention with an additive mask that is -inf
+/// outside the selected keys. Materializes a [B,Tq,Tk] mask per head; meant for tests.
 template <class KV>
 void topk_attention(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out,
                     const TopkAttentionOptions& options = {}, const Executor& executor = serial_executor()) {

@@ -34,19 +34,19 @@
 namespace seqmix {
 
 struct TopkOptions {
-  // Keys chosen by score per row, besides the kept ones; rounded up to whole blocks.
+  /// Keys chosen by score per row, besides the kept ones; rounded up to whole blocks.
   index_t k = 2048;
-  // Keys per score: 1 for per-key scores, the summary block size for block scores.
+  /// Keys per score: 1 for per-key scores, the summary block size for block scores.
   index_t block = 1;
-  // Keys j < sink_tokens are always kept (StreamingLLM sinks), if visible.
+  /// Keys j < sink_tokens are always kept (StreamingLLM sinks), if visible.
   index_t sink_tokens = 0;
-  // Keys pos - recent < j <= pos are always kept (the local window).
+  /// Keys pos - recent < j <= pos are always kept (the local window).
   index_t recent = 0;
-  // Only keys j <= pos are candidates; pos = positions[b, i] if given, else Tk - Tq + i.
+  /// Only keys j <= pos are candidates; pos = positions[b, i] if given, else Tk - Tq + i.
   bool causal = true;
 };
 
-// Slots per row select_topk may fill: the size of dimension 3 of its `indices` output.
+/// Slots per row select_topk may fill: the size of dimension 3 of its `indices` output.
 inline index_t topk_capacity(const TopkOptions& o) {
   return (o.k + o.block - 1) / std::max<index_t>(o.block, 1) * o.block + o.sink_tokens + o.recent;
 }
@@ -72,7 +72,7 @@ constexpr index_t kScoreChunk = 4096;
 
 }  // namespace detail
 
-// scores[b, i, s, j] = max over query heads h of s of q[b, i, h] . k[b, j, h / (Hq / Hkv)].
+/// scores[b, i, s, j] = max over query heads h of s of q[b, i, h] . k[b, j, h / (Hq / Hkv)].
 template <class KV>
 void topk_scores_exact(const ConstView<float, 4>& q, const ConstView<KV, 4>& k, const TensorView<float, 4>& scores,
                        const Executor& executor = serial_executor()) {
@@ -119,9 +119,9 @@ void topk_scores_exact(const ConstView<float, 4>& q, const ConstView<KV, 4>& k, 
   });
 }
 
-// Per-block key summaries over blocks of `block` keys (the last block may be shorter): the mean
-// key and the per-channel min and max (Quest). Each output is [B, ceil(Tk / block), Hkv, D] and
-// optional (empty view: not computed).
+/// Per-block key summaries over blocks of `block` keys (the last block may be shorter): the mean
+/// key and the per-channel min and max (Quest). Each output is [B, ceil(Tk / block), Hkv, D] and
+/// optional (empty view: not computed).
 template <class KV>
 void block_key_summaries(const ConstView<KV, 4>& k, index_t block, const TensorView<float, 4>& mean,
                          const TensorView<float, 4>& min, const TensorView<float, 4>& max,
@@ -226,8 +226,8 @@ inline void quest_group(const float* qrows, const float* qpos, const float* qneg
 
 }  // namespace detail
 
-// Quest: scores[b, i, s, nb] = max over query heads h of s of sum_c max(q_c * min_c, q_c * max_c)
-// with the min / max of key block nb of h's KV head; an upper bound of q . k over the block.
+/// Quest: scores[b, i, s, nb] = max over query heads h of s of sum_c max(q_c * min_c, q_c * max_c)
+/// with the min / max of key block nb of h's KV head; an upper bound of q . k over the block.
 inline void topk_scores_quest(const ConstView<float, 4>& q, const ConstView<float, 4>& min,
                               const ConstView<float, 4>& max, const TensorView<float, 4>& scores,
                               const Executor& executor = serial_executor()) {
@@ -267,8 +267,8 @@ inline void topk_scores_quest(const ConstView<float, 4>& q, const ConstView<floa
   });
 }
 
-// Loki: k_low[b, j, hk] = k[b, j, hk] P[hk], P = projection [Hkv, Dk, R] (e.g. the top-R principal
-// directions of the keys). Computed once per key and kept beside the cache.
+/// Loki: k_low[b, j, hk] = k[b, j, hk] P[hk], P = projection [Hkv, Dk, R] (e.g. the top-R principal
+/// directions of the keys). Computed once per key and kept beside the cache.
 template <class KV>
 void project_keys(const ConstView<KV, 4>& k, const ConstView<float, 3>& projection, const TensorView<float, 4>& k_low,
                   const Executor& executor = serial_executor()) {
@@ -291,8 +291,8 @@ void project_keys(const ConstView<KV, 4>& k, const ConstView<float, 3>& projecti
   });
 }
 
-// Loki's scores: (q P) . k_low, with k_low from project_keys. Projects q (small: Tq rows) into
-// one allocation per call, then ranks as topk_scores_exact in the R-dimensional subspace.
+/// Loki's scores: (q P) . k_low, with k_low from project_keys. Projects q (small: Tq rows) into
+/// one allocation per call, then ranks as topk_scores_exact in the R-dimensional subspace.
 inline void topk_scores_low_rank(const ConstView<float, 4>& q, const ConstView<float, 3>& projection,
                                  const ConstView<float, 4>& k_low, const TensorView<float, 4>& scores,
                                  const Executor& executor = serial_executor()) {
@@ -315,7 +315,7 @@ inline void topk_scores_low_rank(const ConstView<float, 4>& q, const ConstView<f
   topk_scores_exact(q_low.cview(), k_low, scores, executor);
 }
 
-// DeepSeek sparse attention: the lightning indexer's scores as one selection head, [B,T,1,Tk].
+/// DeepSeek sparse attention: the lightning indexer's scores as one selection head, [B,T,1,Tk].
 inline void topk_scores_indexer(const LightningIndexerInputs& in, const TensorView<float, 4>& scores,
                                 const Executor& executor = serial_executor()) {
   ArgCheck("topk_scores_indexer").shape("scores", scores, std::array<index_t, 4>{-1, -1, 1, -1}, "B,T,1,Tk");
@@ -368,8 +368,8 @@ inline void select_row(const float* score, index_t score_stride, index_t N, inde
 
 }  // namespace detail
 
-// scores [B,Tq,Hs,N] (N = ceil(Tk / block)) -> indices [B,Tq,Hs,capacity >= topk_capacity(o)].
-// positions [B,Tq] optional, as in AttentionInputs.
+/// scores [B,Tq,Hs,N] (N = ceil(Tk / block)) -> indices [B,Tq,Hs,capacity >= topk_capacity(o)].
+/// positions [B,Tq] optional, as in AttentionInputs.
 inline void select_topk(const ConstView<float, 4>& scores, index_t Tk, const TensorView<std::int32_t, 4>& indices,
                         const TopkOptions& o, const ConstView<std::int32_t, 2>& positions = {},
                         const Executor& executor = serial_executor()) {

@@ -25,9 +25,9 @@
 namespace seqmix {
 
 struct AarenState {
-  TensorView<float, 2> m;    // [B,H] running max logit
-  TensorView<float, 2> l;    // [B,H] sum of exp(s - m)
-  TensorView<float, 3> acc;  // [B,H,Dv] sum of exp(s - m) v
+  TensorView<float, 2> m;    ///< [B,H] running max logit
+  TensorView<float, 2> l;    ///< [B,H] sum of exp(s - m)
+  TensorView<float, 3> acc;  ///< [B,H,Dv] sum of exp(s - m) v
 };
 struct AarenConstState {
   ConstView<float, 2> m;
@@ -36,31 +36,31 @@ struct AarenConstState {
 };
 
 struct AarenInputs {
-  ConstView<float, 2> query;  // [H,Dk] the learned query of each head
-  ConstView<float, 4> k;      // [B,T,H,Dk]
-  ConstView<float, 4> v;      // [B,T,H,Dv]
-  AarenConstState initial;    // optional (all three or none): earlier tokens
+  ConstView<float, 2> query;  ///< [H,Dk] the learned query of each head
+  ConstView<float, 4> k;      ///< [B,T,H,Dk]
+  ConstView<float, 4> v;      ///< [B,T,H,Dv]
+  AarenConstState initial;    ///< optional (all three or none): earlier tokens
 };
 
 struct AarenOutputs {
-  TensorView<float, 4> o;  // [B,T,H,Dv]
-  AarenState final_state;  // optional (all three or none); may alias the initial state
+  TensorView<float, 4> o;  ///< [B,T,H,Dv]
+  AarenState final_state;  ///< optional (all three or none); may alias the initial state
 };
 
-// How the fast form uses several threads.
+/// How the fast form uses several threads.
 enum class AarenSplit {
-  automatic,  // heads when B*H gives every thread at least two (batch, head) pairs, time otherwise
-  heads,      // one token-major pass per (batch row, block of heads)
-  time,       // chunked scan: chunk summaries, carry scan through core associative_scan, rescan
+  automatic,  ///< heads when B*H gives every thread at least two (batch, head) pairs, time otherwise
+  heads,      ///< one token-major pass per (batch row, block of heads)
+  time,       ///< chunked scan: chunk summaries, carry scan through core associative_scan, rescan
 };
 
 struct AarenOptions {
-  std::optional<float> scale;  // multiplies q.k; default 1/sqrt(Dk)
+  std::optional<float> scale;  ///< multiplies q.k; default 1/sqrt(Dk)
   AarenSplit split = AarenSplit::automatic;
-  index_t chunks = 0;  // time chunks per (batch, head) for AarenSplit::time; 0 = threads + 1
+  index_t chunks = 0;  ///< time chunks per (batch, head) for AarenSplit::time; 0 = threads + 1
 };
 
-// Sets a state to "no tokens seen" (m = -inf, l = 0, acc = 0).
+/// Sets a state to "no tokens seen" (m = -inf, l = 0, acc = 0).
 inline void aaren_reset_state(const AarenState& s) {
   for (index_t b = 0; b < s.m.size(0); ++b)
     for (index_t h = 0; h < s.m.size(1); ++h) {
@@ -109,7 +109,7 @@ inline float scale_of(const AarenOptions& o, index_t Dk) {
 
 namespace reference {
 
-// Every prefix computed directly (O(T^2) per head): the definition, not the recurrence.
+/// Every prefix computed directly (O(T^2) per head): the definition, not the recurrence.
 inline void aaren(const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options = {},
                   const Executor& executor = serial_executor()) {
   (void)executor;

@@ -7,12 +7,12 @@
 namespace seqmix {
 
 struct AarenStepInputs {
-  ConstView<float, 2> query;  // [H,Dk]
-  ConstView<float, 3> k;      // [B,H,Dk] this token's keys
-  ConstView<float, 3> v;      // [B,H,Dv]
+  ConstView<float, 2> query;  ///< [H,Dk]
+  ConstView<float, 3> k;      ///< [B,H,Dk] this token's keys
+  ConstView<float, 3> v;      ///< [B,H,Dv]
 };
 
-// o [B,H,Dv]; state m, l [B,H], acc [B,H,Dv] (aaren_reset_state for a fresh sequence).
+/// o [B,H,Dv]; state m, l [B,H], acc [B,H,Dv] (aaren_reset_state for a fresh sequence).
 inline void aaren_step(const AarenStepInputs& in, const TensorView<float, 3>& o, const AarenState& state,
                        const AarenOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::aaren;

@@ -105,9 +105,9 @@ inline void window_prefill(const BasedInputs& in, const TensorView<float, 4>& o_
 
 }  // namespace detail::based
 
-// BASED prefill (definition: reference::based). `state`, if given, is read as the initial state
-// and overwritten with the final one, so prefill-then-steps and split calls equal one call.
-// Scratch: one [B,T,H,V] buffer for the window branch (plus 2*(W-1) rows when resuming).
+/// BASED prefill (definition: reference::based). `state`, if given, is read as the initial state
+/// and overwritten with the final one, so prefill-then-steps and split calls equal one call.
+/// Scratch: one [B,T,H,V] buffer for the window branch (plus 2*(W-1) rows when resuming).
 inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
                   BasedState* state = nullptr, const Executor& executor = serial_executor()) {
   using namespace detail::based;

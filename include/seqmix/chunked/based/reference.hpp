@@ -29,58 +29,58 @@
 
 namespace seqmix {
 
-// How the linear branch's output is normalized.
+/// How the linear branch's output is normalized.
 enum class BasedNormalization {
-  feature_sum,  // divide by phi(q_t).z_t, z_t = sum_{s<=t} phi(k_s) (the paper; fla use_norm=True)
-  none,         // unnormalized: linear_scale * S_t^T phi(q_t)
+  feature_sum,  ///< divide by phi(q_t).z_t, z_t = sum_{s<=t} phi(k_s) (the paper; fla use_norm=True)
+  none,         ///< unnormalized: linear_scale * S_t^T phi(q_t)
 };
 
 struct BasedOptions {
-  // Sliding window W >= 1: token t attends softmax-wise to tokens (t - W, t]. 64 in the paper.
+  /// Sliding window W >= 1: token t attends softmax-wise to tokens (t - W, t]. 64 in the paper.
   index_t window = 64;
   BasedNormalization normalization = BasedNormalization::feature_sum;
-  // Multiplies the linear branch (cancels under feature_sum); default 1/sqrt(F).
+  /// Multiplies the linear branch (cancels under feature_sum); default 1/sqrt(F).
   std::optional<float> linear_scale;
-  // Softmax logit scale of the window branch; default 1/sqrt(D).
+  /// Softmax logit scale of the window branch; default 1/sqrt(D).
   std::optional<float> window_scale;
-  // Chunk length of the linear branch's chunked prefill (seqmix::linear_attention). 32 measured
-  // fastest for taylor2 at F = 16, V = 64 (16: 61 ms, 32: 58, 48: 61, 64: 63 ms of CPU per thread).
+  /// Chunk length of the linear branch's chunked prefill (seqmix::linear_attention). 32 measured
+  /// fastest for taylor2 at F = 16, V = 64 (16: 61 ms, 32: 58, 48: 61, 64: 63 ms of CPU per thread).
   index_t chunk_size = 32;
 };
 
-// Optional views are empty when not given. Kf = 1 + F + F^2.
+/// Optional views are empty when not given. Kf = 1 + F + F^2.
 struct BasedInputs {
-  ConstView<float, 4> q_feat;  // [B,T,Hf,F]   linear-branch queries (small F, e.g. 16)
-  ConstView<float, 4> k_feat;  // [B,T,Hf,F]   linear-branch keys; Hf divides H
-  ConstView<float, 4> q;       // [B,T,H,D]    window-branch queries
-  ConstView<float, 4> k;       // [B,T,H,D]    window-branch keys
-  ConstView<float, 4> v;       // [B,T,H,V]    values, shared by both branches
+  ConstView<float, 4> q_feat;  ///< [B,T,Hf,F]   linear-branch queries (small F, e.g. 16)
+  ConstView<float, 4> k_feat;  ///< [B,T,Hf,F]   linear-branch keys; Hf divides H
+  ConstView<float, 4> q;       ///< [B,T,H,D]    window-branch queries
+  ConstView<float, 4> k;       ///< [B,T,H,D]    window-branch keys
+  ConstView<float, 4> v;       ///< [B,T,H,V]    values, shared by both branches
 };
 
 struct BasedOutputs {
-  TensorView<float, 4> o;  // [B,T,H,V]; must not overlap an input
+  TensorView<float, 4> o;  ///< [B,T,H,V]; must not overlap an input
 };
 
-// The decode state (also the optional initial / final state of a prefill, updated in place).
-// Size per (batch, head): Kf*V + Kf + W*(D+V) floats.
+/// The decode state (also the optional initial / final state of a prefill, updated in place).
+/// Size per (batch, head): Kf*V + Kf + W*(D+V) floats.
 struct BasedState {
-  TensorView<float, 4> kv;          // [B,H,Kf,V]  linear-attention state S
-  TensorView<float, 3> normalizer;  // [B,H,Kf]    z (feature_sum only; leave empty with none)
-  TensorView<float, 4> window_k;    // [B,W,H,D]   ring buffer: token p sits in slot p % W
-  TensorView<float, 4> window_v;    // [B,W,H,V]
-  index_t position = 0;             // tokens absorbed so far (ring slots < min(position, W) are valid)
+  TensorView<float, 4> kv;          ///< [B,H,Kf,V]  linear-attention state S
+  TensorView<float, 3> normalizer;  ///< [B,H,Kf]    z (feature_sum only; leave empty with none)
+  TensorView<float, 4> window_k;    ///< [B,W,H,D]   ring buffer: token p sits in slot p % W
+  TensorView<float, 4> window_v;    ///< [B,W,H,V]
+  index_t position = 0;             ///< tokens absorbed so far (ring slots < min(position, W) are valid)
 };
 
 struct BasedStepInputs {
-  ConstView<float, 3> q_feat;  // [B,Hf,F]
-  ConstView<float, 3> k_feat;  // [B,Hf,F]
-  ConstView<float, 3> q;       // [B,H,D]
-  ConstView<float, 3> k;       // [B,H,D]
-  ConstView<float, 3> v;       // [B,H,V]
+  ConstView<float, 3> q_feat;  ///< [B,Hf,F]
+  ConstView<float, 3> k_feat;  ///< [B,Hf,F]
+  ConstView<float, 3> q;       ///< [B,H,D]
+  ConstView<float, 3> k;       ///< [B,H,D]
+  ConstView<float, 3> v;       ///< [B,H,V]
 };
 
 struct BasedStepOutputs {
-  TensorView<float, 3> o;  // [B,H,V]
+  TensorView<float, 3> o;  ///< [B,H,V]
 };
 
 namespace detail::based {
@@ -160,8 +160,8 @@ inline float window_scale(const BasedOptions& o, index_t D) {
 
 namespace reference {
 
-// The definition, token by token, in double precision. `state` (optional) is read as the initial
-// state and overwritten with the final one. Single-threaded.
+/// The definition, token by token, in double precision. `state` (optional) is read as the initial
+/// state and overwritten with the final one. Single-threaded.
 inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
                   BasedState* state = nullptr, const Executor& executor = serial_executor()) {
   (void)executor;

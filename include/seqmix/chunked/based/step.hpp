@@ -23,7 +23,7 @@ TensorView<T, 4> as_sequence(const TensorView<T, 3>& x) {
 
 }  // namespace detail::based
 
-// Advances `state` by one token and writes that token's output. Scratch: B*H*V floats.
+/// Advances `state` by one token and writes that token's output. Scratch: B*H*V floats.
 inline void based_step(const BasedStepInputs& in, const BasedStepOutputs& out, BasedState& state,
                        const BasedOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::based;

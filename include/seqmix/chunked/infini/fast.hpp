@@ -147,9 +147,9 @@ inline AttentionOptions local_options(const InfiniAttentionOptions& options, ind
 
 }  // namespace detail::infini
 
-// Infini-attention prefill (definition: reference::infini_attention). `state`, if given, is read as
-// the initial state and overwritten with the final one, so prefill-then-steps and split calls
-// equal one call. Scratch: B*Hkv*(K*V + K) floats for the memory, S*V per task for the delta rule.
+/// Infini-attention prefill (definition: reference::infini_attention). `state`, if given, is read as
+/// the initial state and overwritten with the final one, so prefill-then-steps and split calls
+/// equal one call. Scratch: B*Hkv*(K*V + K) floats for the memory, S*V per task for the delta rule.
 inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttentionOutputs& out,
                              const InfiniAttentionOptions& options = {}, InfiniAttentionState* state = nullptr,
                              const Executor& executor = serial_executor()) {

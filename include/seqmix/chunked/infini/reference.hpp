@@ -30,50 +30,50 @@
 
 namespace seqmix {
 
-// How a finished segment is written into the compressive memory.
+/// How a finished segment is written into the compressive memory.
 enum class InfiniMemoryUpdate {
-  linear,  // M += sigma(K)^T V
-  delta,   // M += sigma(K)^T (V - retrieved(K)): only what the memory does not already return
+  linear,  ///< M += sigma(K)^T V
+  delta,   ///< M += sigma(K)^T (V - retrieved(K)): only what the memory does not already return
 };
 
 struct InfiniAttentionOptions {
-  // Segment length S >= 1 (2048 in the paper's long-context runs).
+  /// Segment length S >= 1 (2048 in the paper's long-context runs).
   index_t segment = 2048;
   InfiniMemoryUpdate update = InfiniMemoryUpdate::linear;
-  // Softmax logit scale of the local attention; default 1/sqrt(K). The memory has no scale.
+  /// Softmax logit scale of the local attention; default 1/sqrt(K). The memory has no scale.
   std::optional<float> scale;
 };
 
 struct InfiniAttentionInputs {
-  ConstView<float, 4> q;     // [B,T,H,K]
-  ConstView<float, 4> k;     // [B,T,Hkv,K], Hkv divides H
-  ConstView<float, 4> v;     // [B,T,Hkv,V]
-  ConstView<float, 1> beta;  // [H] gate logits: sigmoid(beta_h) is the memory's share
+  ConstView<float, 4> q;     ///< [B,T,H,K]
+  ConstView<float, 4> k;     ///< [B,T,Hkv,K], Hkv divides H
+  ConstView<float, 4> v;     ///< [B,T,Hkv,V]
+  ConstView<float, 1> beta;  ///< [H] gate logits: sigmoid(beta_h) is the memory's share
 };
 
 struct InfiniAttentionOutputs {
-  TensorView<float, 4> o;  // [B,T,H,V]; must not overlap an input
+  TensorView<float, 4> o;  ///< [B,T,H,V]; must not overlap an input
 };
 
-// The decode state (also the optional initial / final state of a prefill, updated in place).
-// Size per (batch, KV head): K*V + K + S*(K+V) floats.
+/// The decode state (also the optional initial / final state of a prefill, updated in place).
+/// Size per (batch, KV head): K*V + K + S*(K+V) floats.
 struct InfiniAttentionState {
-  TensorView<float, 4> memory;      // [B,Hkv,K,V]  M
-  TensorView<float, 3> normalizer;  // [B,Hkv,K]    z
-  TensorView<float, 4> segment_k;   // [B,S,Hkv,K]  keys of the unfinished segment, rows < position % S
-  TensorView<float, 4> segment_v;   // [B,S,Hkv,V]
-  index_t position = 0;             // tokens absorbed so far
+  TensorView<float, 4> memory;      ///< [B,Hkv,K,V]  M
+  TensorView<float, 3> normalizer;  ///< [B,Hkv,K]    z
+  TensorView<float, 4> segment_k;   ///< [B,S,Hkv,K]  keys of the unfinished segment, rows < position % S
+  TensorView<float, 4> segment_v;   ///< [B,S,Hkv,V]
+  index_t position = 0;             ///< tokens absorbed so far
 };
 
 struct InfiniAttentionStepInputs {
-  ConstView<float, 3> q;     // [B,H,K]
-  ConstView<float, 3> k;     // [B,Hkv,K]
-  ConstView<float, 3> v;     // [B,Hkv,V]
-  ConstView<float, 1> beta;  // [H]
+  ConstView<float, 3> q;     ///< [B,H,K]
+  ConstView<float, 3> k;     ///< [B,Hkv,K]
+  ConstView<float, 3> v;     ///< [B,Hkv,V]
+  ConstView<float, 1> beta;  ///< [H]
 };
 
 struct InfiniAttentionStepOutputs {
-  TensorView<float, 3> o;  // [B,H,V]
+  TensorView<float, 3> o;  ///< [B,H,V]
 };
 
 namespace detail::infini {
@@ -145,8 +145,8 @@ inline float local_scale(const InfiniAttentionOptions& options, index_t K) {
 
 namespace reference {
 
-// The definition, token by token, in double precision. `state` (optional) is read as the initial
-// state and overwritten with the final one. Single-threaded.
+/// The definition, token by token, in double precision. `state` (optional) is read as the initial
+/// state and overwritten with the final one. Single-threaded.
 inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttentionOutputs& out,
                              const InfiniAttentionOptions& options = {}, InfiniAttentionState* state = nullptr,
                              const Executor& executor = serial_executor()) {

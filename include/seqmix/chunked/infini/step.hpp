@@ -9,8 +9,8 @@
 
 namespace seqmix {
 
-// Advances `state` by one token and writes that token's output. A contiguous state's memory is
-// updated in place; a strided one goes through B*Hkv*(K*V + K) floats of scratch.
+/// Advances `state` by one token and writes that token's output. A contiguous state's memory is
+/// updated in place; a strided one goes through B*Hkv*(K*V + K) floats of scratch.
 inline void infini_attention_step(const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
                                   InfiniAttentionState& state, const InfiniAttentionOptions& options = {},
                                   const Executor& executor = serial_executor()) {

@@ -90,8 +90,8 @@ constexpr index_t kEmaBlock = 4 * simd::kWidth;
 
 }  // namespace detail::mega
 
-// Same arguments and results as reference::mega. Scratch: q and k [B,T,D] (2*B*T*D floats),
-// x copied only if its channels are strided.
+/// Same arguments and results as reference::mega. Scratch: q and k [B,T,D] (2*B*T*D floats),
+/// x copied only if its channels are strided.
 inline void mega(const MegaInputs& in, const MegaOutputs& out, const MegaOptions& options = {},
                  const Executor& executor = serial_executor()) {
   using namespace detail::mega;

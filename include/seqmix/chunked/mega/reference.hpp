@@ -30,33 +30,33 @@
 namespace seqmix {
 
 struct MegaParams {
-  ConstView<float, 2> alpha_logit;  // [D,N]
-  ConstView<float, 2> delta_logit;  // [D,N]
-  ConstView<float, 2> beta;         // [D,N]
-  ConstView<float, 2> eta;          // [D,N]
-  ConstView<float, 1> q_scale, q_bias, k_scale, k_bias;  // [D]
+  ConstView<float, 2> alpha_logit;  ///< [D,N]
+  ConstView<float, 2> delta_logit;  ///< [D,N]
+  ConstView<float, 2> beta;         ///< [D,N]
+  ConstView<float, 2> eta;          ///< [D,N]
+  ConstView<float, 1> q_scale, q_bias, k_scale, k_bias;  ///< [D]
 };
 
 struct MegaInputs {
-  ConstView<float, 3> x;              // [B,T,D]
-  ConstView<float, 4> v;              // [B,T,H,Dv]; H divides D
+  ConstView<float, 3> x;              ///< [B,T,D]
+  ConstView<float, 4> v;              ///< [B,T,H,Dv]; H divides D
   MegaParams params;
-  ConstView<float, 3> initial_state;  // [B,D,N] optional EMA state
+  ConstView<float, 3> initial_state;  ///< [B,D,N] optional EMA state
 };
 
 struct MegaOutputs {
-  TensorView<float, 4> o;            // [B,T,H,Dv]
-  TensorView<float, 3> ema;          // [B,T,D] optional: y
-  TensorView<float, 3> final_state;  // [B,D,N] optional EMA state
-  // Optional decode hand-off: the keys / values of the last, partial chunk (tokens
-  // [T - T % c, T)) in rows [0, T % c); a step at position T continues that chunk.
-  TensorView<float, 4> k_cache;  // [B,c,H,Dk]
-  TensorView<float, 4> v_cache;  // [B,c,H,Dv]
+  TensorView<float, 4> o;            ///< [B,T,H,Dv]
+  TensorView<float, 3> ema;          ///< [B,T,D] optional: y
+  TensorView<float, 3> final_state;  ///< [B,D,N] optional EMA state
+  /// Optional decode hand-off: the keys / values of the last, partial chunk (tokens
+  /// [T - T % c, T)) in rows [0, T % c); a step at position T continues that chunk.
+  TensorView<float, 4> k_cache;  ///< [B,c,H,Dk]
+  TensorView<float, 4> v_cache;  ///< [B,c,H,Dv]
 };
 
 struct MegaOptions {
-  index_t chunk_size = 128;    // c
-  std::optional<float> scale;  // default 1/sqrt(Dk)
+  index_t chunk_size = 128;    ///< c
+  std::optional<float> scale;  ///< default 1/sqrt(Dk)
 };
 
 namespace detail::mega {

@@ -21,16 +21,16 @@
 namespace seqmix {
 
 struct MegaStepInputs {
-  ConstView<float, 2> x;  // [B,D]
-  ConstView<float, 3> v;  // [B,H,Dv]
+  ConstView<float, 2> x;  ///< [B,D]
+  ConstView<float, 3> v;  ///< [B,H,Dv]
   MegaParams params;
   index_t position = 0;
 };
 
 struct MegaDecodeState {
-  TensorView<float, 3> ema;      // [B,D,N]
-  TensorView<float, 4> k_cache;  // [B,c,H,Dk]
-  TensorView<float, 4> v_cache;  // [B,c,H,Dv]
+  TensorView<float, 3> ema;      ///< [B,D,N]
+  TensorView<float, 4> k_cache;  ///< [B,c,H,Dk]
+  TensorView<float, 4> v_cache;  ///< [B,c,H,Dv]
 };
 
 namespace detail::mega {
@@ -102,7 +102,7 @@ inline void chunk_attention_step(const float* q, const TensorView<float, 4>& kc,
 
 }  // namespace detail::mega
 
-// o [B,H,Dv].
+/// o [B,H,Dv].
 inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, const MegaDecodeState& state,
                       const MegaOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::mega;

@@ -34,11 +34,11 @@ inline FBatch tanh_v(const FBatch& x) { return FBatch(1.f) - FBatch(2.f) / (simd
 
 }  // namespace detail::cell
 
-// Minimal GRU with a recurrent nonlinearity (minGRU made genuinely nonlinear), per channel:
-//   c_t = tanh(a * h_{t-1} + x_t),  z_t = sigmoid(w * h_{t-1} + u_t)
-//   h_t = (1 - z_t) h_{t-1} + z_t c_t
-//   dh_t/dh_{t-1} = (1 - z_t) + z_t (1 - z_t) w (c_t - h_{t-1}) + z_t a (1 - c_t^2)
-// Inputs x, u [B,T,D] (the caller's projections of the token); parameters a, w [D].
+/// Minimal GRU with a recurrent nonlinearity (minGRU made genuinely nonlinear), per channel:
+///   c_t = tanh(a * h_{t-1} + x_t),  z_t = sigmoid(w * h_{t-1} + u_t)
+///   h_t = (1 - z_t) h_{t-1} + z_t c_t
+///   dh_t/dh_{t-1} = (1 - z_t) + z_t (1 - z_t) w (c_t - h_{t-1}) + z_t a (1 - c_t^2)
+/// Inputs x, u [B,T,D] (the caller's projections of the token); parameters a, w [D].
 struct MinGruCell {
   static constexpr int kInputs = 2, kParams = 2;
   static constexpr const char* kName = "mingru";
@@ -61,14 +61,14 @@ struct MinGruCell {
   }
 };
 
-// Diagonal LSTM-like cell (peephole gates on the cell state only, no hidden-state feedback), per
-// channel, the recurrent state being the cell state c:
-//   f_t = sigmoid(wf * c_{t-1} + uf_t),  i_t = sigmoid(wi * c_{t-1} + ui_t),  g_t = tanh(r * c_{t-1} + x_t)
-//   c_t = f_t c_{t-1} + i_t g_t
-//   dc_t/dc_{t-1} = f_t + f_t (1 - f_t) wf c_{t-1} + i_t (1 - i_t) wi g_t + i_t r (1 - g_t^2)
-// An LSTM's output h_t = o_t tanh(c_t) (o_t from the token only) is a pointwise readout the caller
-// applies afterwards; it does not feed back, so the recurrence stays scalar per channel.
-// Inputs x, uf, ui [B,T,D]; parameters r, wf, wi [D].
+/// Diagonal LSTM-like cell (peephole gates on the cell state only, no hidden-state feedback), per
+/// channel, the recurrent state being the cell state c:
+///   f_t = sigmoid(wf * c_{t-1} + uf_t),  i_t = sigmoid(wi * c_{t-1} + ui_t),  g_t = tanh(r * c_{t-1} + x_t)
+///   c_t = f_t c_{t-1} + i_t g_t
+///   dc_t/dc_{t-1} = f_t + f_t (1 - f_t) wf c_{t-1} + i_t (1 - i_t) wi g_t + i_t r (1 - g_t^2)
+/// An LSTM's output h_t = o_t tanh(c_t) (o_t from the token only) is a pointwise readout the caller
+/// applies afterwards; it does not feed back, so the recurrence stays scalar per channel.
+/// Inputs x, uf, ui [B,T,D]; parameters r, wf, wi [D].
 struct DiagLstmCell {
   static constexpr int kInputs = 3, kParams = 3;
   static constexpr const char* kName = "diag_lstm";

@@ -452,8 +452,8 @@ inline void write_last(const NonlinearRecurrenceOutputs& out, const ConstView<fl
 
 }  // namespace detail::newton
 
-// The sequential loop h_t = f(h_{t-1}, x_t), vectorized across channels and threaded across
-// (batch row, channel block). Same arguments and results as reference::nonlinear_recurrence.
+/// The sequential loop h_t = f(h_{t-1}, x_t), vectorized across channels and threaded across
+/// (batch row, channel block). Same arguments and results as reference::nonlinear_recurrence.
 template <class Cell>
 void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
                           const Executor& executor = serial_executor()) {
@@ -465,10 +465,10 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
   write_last(out, in.h0, d);
 }
 
-// Parallel Newton solution of h_t = f(h_{t-1}, x_t) (see the header comment and README.md).
-// Returns the report: status, iterations, last update size, residual of the returned h. When
-// Newton fails (iteration cap, NaN/inf), h holds NaN or the sequential result (options.fallback),
-// never a silently wrong iterate. Scratch: with the time split, two [B,T,D] buffers.
+/// Parallel Newton solution of h_t = f(h_{t-1}, x_t) (see the header comment and README.md).
+/// Returns the report: status, iterations, last update size, residual of the returned h. When
+/// Newton fails (iteration cap, NaN/inf), h holds NaN or the sequential result (options.fallback),
+/// never a silently wrong iterate. Scratch: with the time split, two [B,T,D] buffers.
 template <class Cell>
 NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
                                          const NewtonOptions& options = {}, const Executor& executor = serial_executor()) {

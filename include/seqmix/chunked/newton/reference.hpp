@@ -32,65 +32,65 @@ namespace seqmix {
 
 template <class Cell>
 struct NonlinearRecurrenceInputs {
-  std::array<ConstView<float, 3>, Cell::kInputs> inputs;  // each [B,T,D], named by Cell::kInputNames
-  std::array<ConstView<float, 1>, Cell::kParams> params;  // each [D], named by Cell::kParamNames
-  ConstView<float, 2> h0;                                 // [B,D]; empty = zeros
+  std::array<ConstView<float, 3>, Cell::kInputs> inputs;  ///< each [B,T,D], named by Cell::kInputNames
+  std::array<ConstView<float, 1>, Cell::kParams> params;  ///< each [D], named by Cell::kParamNames
+  ConstView<float, 2> h0;                                 ///< [B,D]; empty = zeros
 };
 
 struct NonlinearRecurrenceOutputs {
-  TensorView<float, 3> h;       // [B,T,D] every state; must not overlap the inputs
-  TensorView<float, 2> h_last;  // [B,D] optional: the last state (h0 when T = 0)
+  TensorView<float, 3> h;       ///< [B,T,D] every state; must not overlap the inputs
+  TensorView<float, 2> h_last;  ///< [B,D] optional: the last state (h0 when T = 0)
 };
 
-// Where the threads of the Newton solver split the work.
+/// Where the threads of the Newton solver split the work.
 enum class NewtonSplit {
-  // channels when every thread gets at least detail::newton::kMinChannelsPerTask channels, time otherwise.
+  /// channels when every thread gets at least detail::newton::kMinChannelsPerTask channels, time otherwise.
   automatic,
-  // Each task owns (batch row, channel block) for all T and iterates on its own: one fused pass
-  // per iteration (f, J and the scan together), no synchronisation between iterations.
+  /// Each task owns (batch row, channel block) for all T and iterates on its own: one fused pass
+  /// per iteration (f, J and the scan together), no synchronisation between iterations.
   channels,
-  // Each iteration is a chunked scan over time: (1) every chunk evaluates f and J and scans
-  // locally from zero, keeping the running product of J, (2) chunk carries, (3) fix-up
-  // h += P * carry, split over all threads. For few channels, where the sequential loop is
-  // latency-bound (see README.md).
+  /// Each iteration is a chunked scan over time: (1) every chunk evaluates f and J and scans
+  /// locally from zero, keeping the running product of J, (2) chunk carries, (3) fix-up
+  /// h += P * carry, split over all threads. For few channels, where the sequential loop is
+  /// latency-bound (see README.md).
   time,
 };
 
-// What the outputs hold when Newton does not converge.
+/// What the outputs hold when Newton does not converge.
 enum class NewtonFallback {
-  poison,      // h (and h_last) are filled with NaN, so an unchecked result cannot pass as valid
-  sequential,  // h holds the sequential loop's result (report.used_fallback = true)
+  poison,      ///< h (and h_last) are filled with NaN, so an unchecked result cannot pass as valid
+  sequential,  ///< h holds the sequential loop's result (report.used_fallback = true)
 };
 
 struct NewtonOptions {
-  float tol = 1e-6f;            // stop when max |h^(i+1) - h^(i)| <= tol
-  index_t max_iterations = 64;  // Newton updates at most
-  // ELK-style damping: clamp J_t to [-jacobian_clamp, jacobian_clamp] (0 = off). Keeps the scan's
-  // running products bounded for expansive cells; the fixed point is unchanged.
+  float tol = 1e-6f;            ///< stop when max |h^(i+1) - h^(i)| <= tol
+  index_t max_iterations = 64;  ///< Newton updates at most
+  /// ELK-style damping: clamp J_t to [-jacobian_clamp, jacobian_clamp] (0 = off). Keeps the scan's
+  /// running products bounded for expansive cells; the fixed point is unchanged.
   float jacobian_clamp = 0.f;
-  // Start from the content of outputs.h instead of zeros (e.g. the previous solve's result).
+  /// Start from the content of outputs.h instead of zeros (e.g. the previous solve's result).
   bool warm_start = false;
   NewtonSplit split = NewtonSplit::automatic;
-  // Time chunks per iteration for NewtonSplit::time; 0 = one per thread.
+  /// Time chunks per iteration for NewtonSplit::time; 0 = one per thread.
   index_t chunks = 0;
   NewtonFallback fallback = NewtonFallback::poison;
 };
 
 enum class NewtonStatus {
-  converged,        // max update <= tol
-  iteration_limit,  // max_iterations updates done, update still > tol
-  non_finite,       // NaN or inf appeared in f, J or the iterate
+  converged,        ///< max update <= tol
+  iteration_limit,  ///< max_iterations updates done, update still > tol
+  non_finite,       ///< NaN or inf appeared in f, J or the iterate
 };
 
 struct NewtonReport {
   NewtonStatus status = NewtonStatus::converged;
   bool converged = false;
-  index_t iterations = 0;  // Newton updates performed (largest over channel-split tasks)
-  float max_update = 0.f;  // max |h^(i+1) - h^(i)| of the last update
-  // max_t |h_t - f(h_{t-1}, x_t)| of what the outputs hold (NaN when poisoned)
+  index_t iterations = 0;  ///< Newton updates performed (largest over channel-split tasks)
+  float max_update = 0.f;  ///< max |h^(i+1) - h^(i)| of the last update
+  /// max_t |h_t - f(h_{t-1}, x_t)| of what the outputs hold (NaN when poisoned)
   float residual = 0.f;
-  bool used_fallback = false;  // outputs hold the sequential loop's result
-  std::string message;         // empty when converged; says what went wrong otherwise
+  bool used_fallback = false;  ///< outputs hold the sequential loop's result
+  std::string message;         ///< empty when converged; says what went wrong otherwise
 };
 
 namespace detail::newton {
@@ -146,7 +146,7 @@ void load_token(const NonlinearRecurrenceInputs<Cell>& in, index_t b, index_t t,
 
 namespace reference {
 
-// h_t = f(h_{t-1}, x_t) token by token: the definition.
+/// h_t = f(h_{t-1}, x_t) token by token: the definition.
 template <class Cell>
 void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
                           const Executor& executor = serial_executor()) {
@@ -166,8 +166,8 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
     }
 }
 
-// The Newton iteration of the header comment in plain loops (zero initial guess unless
-// warm_start). Same report as the fast form; splits and chunks are ignored.
+/// The Newton iteration of the header comment in plain loops (zero initial guess unless
+/// warm_start). Same report as the fast form; splits and chunks are ignored.
 template <class Cell>
 NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
                                          const NewtonOptions& options = {}, const Executor& executor = serial_executor()) {

@@ -11,11 +11,11 @@ namespace seqmix {
 
 template <class Cell>
 struct NonlinearRecurrenceStepInputs {
-  std::array<ConstView<float, 2>, Cell::kInputs> inputs;  // each [B,D]: this token's streams
-  std::array<ConstView<float, 1>, Cell::kParams> params;  // each [D]
+  std::array<ConstView<float, 2>, Cell::kInputs> inputs;  ///< each [B,D]: this token's streams
+  std::array<ConstView<float, 1>, Cell::kParams> params;  ///< each [D]
 };
 
-// state [B,D]: h_{t-1} on entry, h_t on return (channels contiguous on the SIMD path).
+/// state [B,D]: h_{t-1} on entry, h_t on return (channels contiguous on the SIMD path).
 template <class Cell>
 void nonlinear_recurrence_step(const NonlinearRecurrenceStepInputs<Cell>& in, const TensorView<float, 2>& state,
                                const Executor& executor = serial_executor()) {

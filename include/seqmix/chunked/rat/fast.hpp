@@ -65,10 +65,10 @@ inline void gate_row(const float* g, index_t sg, const float* k, index_t sk, con
 
 }  // namespace detail::rat
 
-// RAT prefill (definition: reference::rat). `state`, if given, is read as the initial state and
-// overwritten with the final one (chunk summaries appended), so prefill-then-steps and split calls
-// equal one call. Scratch: 2 * B*T*2*Hkv*D floats for the scan, B*T*H for the log-sum-exp, and,
-// without a state, the B*(T/L)*Hkv*D*2 summaries.
+/// RAT prefill (definition: reference::rat). `state`, if given, is read as the initial state and
+/// overwritten with the final one (chunk summaries appended), so prefill-then-steps and split calls
+/// equal one call. Scratch: 2 * B*T*2*Hkv*D floats for the scan, B*T*H for the log-sum-exp, and,
+/// without a state, the B*(T/L)*Hkv*D*2 summaries.
 inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& options = {}, RatState* state = nullptr,
                 const Executor& executor = serial_executor()) {
   using namespace detail::rat;

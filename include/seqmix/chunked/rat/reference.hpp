@@ -29,43 +29,43 @@
 namespace seqmix {
 
 struct RatOptions {
-  // Chunk length L >= 1 (16 in the paper's default configuration).
+  /// Chunk length L >= 1 (16 in the paper's default configuration).
   index_t chunk = 16;
-  // Softmax logit scale; default 1/sqrt(D).
+  /// Softmax logit scale; default 1/sqrt(D).
   std::optional<float> scale;
 };
 
 struct RatInputs {
-  ConstView<float, 4> q;  // [B,T,H,D]
-  ConstView<float, 4> k;  // [B,T,Hkv,D], Hkv divides H
-  ConstView<float, 4> v;  // [B,T,Hkv,D]
-  ConstView<float, 4> g;  // [B,T,Hkv,D] log forget gate, <= 0
+  ConstView<float, 4> q;  ///< [B,T,H,D]
+  ConstView<float, 4> k;  ///< [B,T,Hkv,D], Hkv divides H
+  ConstView<float, 4> v;  ///< [B,T,Hkv,D]
+  ConstView<float, 4> g;  ///< [B,T,Hkv,D] log forget gate, <= 0
 };
 
 struct RatOutputs {
-  TensorView<float, 4> o;  // [B,T,H,D]; must not overlap an input
+  TensorView<float, 4> o;  ///< [B,T,H,D]; must not overlap an input
 };
 
-// The decode state (also the optional initial / final state of a prefill, updated in place). It
-// grows like a KV cache, by one entry per L tokens: capacity C must hold (position + T) / L chunk
-// summaries after the call. Size per (batch, KV head): 2*D*(C + 1) floats.
+/// The decode state (also the optional initial / final state of a prefill, updated in place). It
+/// grows like a KV cache, by one entry per L tokens: capacity C must hold (position + T) / L chunk
+/// summaries after the call. Size per (batch, KV head): 2*D*(C + 1) floats.
 struct RatState {
-  TensorView<float, 4> chunk_k;  // [B,C,Hkv,D] summaries of finished chunks, rows < position / L
-  TensorView<float, 4> chunk_v;  // [B,C,Hkv,D]
-  TensorView<float, 3> k_run;    // [B,Hkv,D] in-chunk state after the last token (0 rows at a chunk start)
-  TensorView<float, 3> v_run;    // [B,Hkv,D]
-  index_t position = 0;          // tokens absorbed so far
+  TensorView<float, 4> chunk_k;  ///< [B,C,Hkv,D] summaries of finished chunks, rows < position / L
+  TensorView<float, 4> chunk_v;  ///< [B,C,Hkv,D]
+  TensorView<float, 3> k_run;    ///< [B,Hkv,D] in-chunk state after the last token (0 rows at a chunk start)
+  TensorView<float, 3> v_run;    ///< [B,Hkv,D]
+  index_t position = 0;          ///< tokens absorbed so far
 };
 
 struct RatStepInputs {
-  ConstView<float, 3> q;  // [B,H,D]
-  ConstView<float, 3> k;  // [B,Hkv,D]
-  ConstView<float, 3> v;  // [B,Hkv,D]
-  ConstView<float, 3> g;  // [B,Hkv,D]
+  ConstView<float, 3> q;  ///< [B,H,D]
+  ConstView<float, 3> k;  ///< [B,Hkv,D]
+  ConstView<float, 3> v;  ///< [B,Hkv,D]
+  ConstView<float, 3> g;  ///< [B,Hkv,D]
 };
 
 struct RatStepOutputs {
-  TensorView<float, 3> o;  // [B,H,D]
+  TensorView<float, 3> o;  ///< [B,H,D]
 };
 
 namespace detail::rat {
@@ -155,8 +155,8 @@ inline float scale_of(const RatOptions& options, index_t D) {
 
 namespace reference {
 
-// The definition, token by token, in double precision. `state` (optional) is read as the initial
-// state and overwritten with the final one. Single-threaded.
+/// The definition, token by token, in double precision. `state` (optional) is read as the initial
+/// state and overwritten with the final one. Single-threaded.
 inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& options = {}, RatState* state = nullptr,
                 const Executor& executor = serial_executor()) {
   (void)executor;

@@ -41,8 +41,8 @@ inline const float* unit_row(const float* x, index_t stride, index_t D, float* r
 
 }  // namespace detail::rat
 
-// Advances `state` by one token and writes that token's output. Scratch: B*H floats (lse) and three
-// D-float rows (strided inputs only), in a per-thread buffer reused across steps.
+/// Advances `state` by one token and writes that token's output. Scratch: B*H floats (lse) and three
+/// D-float rows (strided inputs only), in a per-thread buffer reused across steps.
 inline void rat_step(const RatStepInputs& in, const RatStepOutputs& out, RatState& state,
                      const RatOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::rat;

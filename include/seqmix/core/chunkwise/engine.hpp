@@ -54,8 +54,8 @@ struct has_prefix<Kernel, std::void_t<decltype(std::declval<const Kernel&>().pre
 
 }  // namespace engine_detail
 
-// Runs tokens [t_begin, t_end) of one item chunk by chunk, the state carried in the workspace.
-// Chunks start at t_begin + k * chunk; the last one may be shorter.
+/// Runs tokens [t_begin, t_end) of one item chunk by chunk, the state carried in the workspace.
+/// Chunks start at t_begin + k * chunk; the last one may be shorter.
 template <class Kernel>
 void run_chunks(const Kernel& kernel, const typename Kernel::Head& head, index_t t_begin, index_t t_end, index_t chunk,
                 typename Kernel::Workspace& ws) {
@@ -69,7 +69,7 @@ void run_chunks(const Kernel& kernel, const typename Kernel::Head& head, index_t
   }
 }
 
-// One item from its initial state to its final state.
+/// One item from its initial state to its final state.
 template <class Kernel>
 void run_item(const Kernel& kernel, index_t item, index_t chunk, typename Kernel::Workspace& ws) {
   const typename Kernel::Head head = kernel.begin_head(item, ws);
@@ -86,8 +86,8 @@ void run_item(const Kernel& kernel, index_t item, index_t chunk, typename Kernel
   kernel.end_head(head, ws);
 }
 
-// The chunked prefill of `items` independent items over the executor, `grain` items at least
-// per task. Items of one parallel block share one workspace.
+/// The chunked prefill of `items` independent items over the executor, `grain` items at least
+/// per task. Items of one parallel block share one workspace.
 template <class Kernel>
 void run(const Kernel& kernel, index_t items, index_t grain, index_t chunk, const Executor& executor) {
   parallel_for(executor, items, grain, [&](index_t begin, index_t end) {

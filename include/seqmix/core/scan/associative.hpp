@@ -59,9 +59,9 @@ inline std::vector<index_t> associative_chunks(index_t n, int threads, index_t c
 
 }  // namespace detail
 
-// Inclusive scan: out[i] = in[0] (+) in[1] (+) ... (+) in[i], with (+) = monoid.combine (see
-// monoids.hpp for the requirements). Views may be strided; out may be the very same view as in
-// (in place) but must not otherwise overlap it. Allocates one value per chunk.
+/// Inclusive scan: out[i] = in[0] (+) in[1] (+) ... (+) in[i], with (+) = monoid.combine (see
+/// monoids.hpp for the requirements). Views may be strided; out may be the very same view as in
+/// (in place) but must not otherwise overlap it. Allocates one value per chunk.
 template <class Monoid>
 void associative_scan(const Monoid& monoid, ConstView<typename Monoid::value_type, 1> in,
                       TensorView<typename Monoid::value_type, 1> out, const AssociativeScanOptions& options = {},
@@ -90,7 +90,8 @@ void associative_scan(const Monoid& monoid, ConstView<typename Monoid::value_typ
   });
 }
 
-// The same over contiguous arrays of n values.
+///@{
+/// The same over contiguous arrays of n values.
 template <class Monoid>
 void associative_scan(const Monoid& monoid, const typename Monoid::value_type* in,
                       typename Monoid::value_type* out, index_t n, const AssociativeScanOptions& options,
@@ -106,4 +107,5 @@ void associative_scan(const Monoid& monoid, const typename Monoid::value_type* i
   associative_scan(monoid, in, out, n, AssociativeScanOptions{}, executor);
 }
 
+///@}
 }  // namespace seqmix

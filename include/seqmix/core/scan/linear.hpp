@@ -480,15 +480,15 @@ void linear_scan_dispatch(const LinearScanArgs& x, const LinearScanOptions& opti
 
 }  // namespace detail
 
-// h_t = a_t * h_{t-1} + b_t for every batch row and channel (definition: reference::linear_scan).
-//   a, b    [B,T,D]  a_t directly or as log a_t (options.gate_space); any strides
-//   h0      [B,D]    initial state; empty view = zeros
-//   h_all   [B,T,D]  every state h_t; empty view = not wanted
-//   h_last  [B,D]    the last state (h0 when T = 0); empty view = not wanted
-// At least one of h_all and h_last must be given. h_all may be the very same view as a or b (the
-// scan runs in place: each element is read before it is overwritten) and h_last may be h0; no
-// other overlap is allowed. Scratch: O(B*D) floats per call (times the chunk count on the time
-// path), allocated here.
+/// h_t = a_t * h_{t-1} + b_t for every batch row and channel (definition: reference::linear_scan).
+///   a, b    [B,T,D]  a_t directly or as log a_t (options.gate_space); any strides
+///   h0      [B,D]    initial state; empty view = zeros
+///   h_all   [B,T,D]  every state h_t; empty view = not wanted
+///   h_last  [B,D]    the last state (h0 when T = 0); empty view = not wanted
+/// At least one of h_all and h_last must be given. h_all may be the very same view as a or b (the
+/// scan runs in place: each element is read before it is overwritten) and h_last may be h0; no
+/// other overlap is allowed. Scratch: O(B*D) floats per call (times the chunk count on the time
+/// path), allocated here.
 inline void linear_scan(ConstView<float, 3> a, ConstView<float, 3> b, ConstView<float, 2> h0,
                         TensorView<float, 3> h_all, TensorView<float, 2> h_last,
                         const LinearScanOptions& options = {}, const Executor& executor = serial_executor()) {

@@ -23,49 +23,53 @@
 
 namespace seqmix {
 
-// How the multiplier a_t is stored.
+/// How the multiplier a_t is stored.
 enum class GateSpace {
-  direct,  // a holds a_t itself (any real value)
-  log,     // a holds log a_t (usually <= 0, as SPEC gates are); the scan uses exp(a)
+  direct,  ///< a holds a_t itself (any real value)
+  log,     ///< a holds log a_t (usually <= 0, as SPEC gates are); the scan uses exp(a)
 };
 
-// How the fast linear scan spreads work over the executor's threads.
+/// How the fast linear scan spreads work over the executor's threads.
 enum class ScanSplit {
-  // channels when B*D gives every thread at least detail::kMinChannelsPerTask channels (or there
-  // is one thread, or T is too short to chunk), time otherwise.
+  /// channels when B*D gives every thread at least detail::kMinChannelsPerTask channels (or there
+  /// is one thread, or T is too short to chunk), time otherwise.
   automatic,
-  // Each task owns a block of channels for all T: one pass, 12 bytes per element (8 for last-only).
+  /// Each task owns a block of channels for all T: one pass, 12 bytes per element (8 for last-only).
   channels,
-  // Each task owns a time chunk: (1) reduce the chunk to (prod a, local h from zero), (2) scan the
-  // chunk carries serially, (3) rescan each chunk from its carry. About 20 bytes per element with
-  // h_all (chunk 0 is scanned finally in pass 1), 8 for last-only (no pass 3). For few channels.
+  /// Each task owns a time chunk: (1) reduce the chunk to (prod a, local h from zero), (2) scan the
+  /// chunk carries serially, (3) rescan each chunk from its carry. About 20 bytes per element with
+  /// h_all (chunk 0 is scanned finally in pass 1), 8 for last-only (no pass 3). For few channels.
   time,
 };
 
-// How the fast linear scan writes h_all.
+/// How the fast linear scan writes h_all.
 enum class OutputStores {
-  // streaming when h_all is larger than detail::kStreamingOutputBytes (16 MiB), cached otherwise.
+  /// streaming when h_all is larger than detail::kStreamingOutputBytes (16 MiB), cached otherwise.
   automatic,
-  // Ordinary stores: h_all stays in cache for an operator that reads it next.
+  /// Ordinary stores: h_all stays in cache for an operator that reads it next.
   cached,
-  // Non-temporal stores that bypass the caches: no read-for-ownership of h_all's cache lines, so
-  // a memory-bound scan moves 12 instead of 16 bytes per element.
+  /// Non-temporal stores that bypass the caches: no read-for-ownership of h_all's cache lines, so
+  /// a memory-bound scan moves 12 instead of 16 bytes per element.
   streaming,
 };
 
+/// Options of linear_scan and linear_scan_step (docs/operators.md section 2).
 struct LinearScanOptions {
+  /// How `a` is given: the decay itself (default) or its log (see GateSpace).
   GateSpace gate_space = GateSpace::direct;
+  /// Which dimension runs in parallel: channels, time or the automatic choice (see ScanSplit).
   ScanSplit split = ScanSplit::automatic;
-  // Time-chunk length for ScanSplit::time; 0 picks one chunk per thread (plus one, sized so that
-  // pass 1 and pass 3 take equally long). Results do not depend on it beyond rounding.
+  /// Time-chunk length for ScanSplit::time; 0 picks one chunk per thread (plus one, sized so that
+  /// pass 1 and pass 3 take equally long). Results do not depend on it beyond rounding.
   index_t chunk_size = 0;
+  /// Cached or streaming stores for h_all (see OutputStores).
   OutputStores stores = OutputStores::automatic;
 };
 
-// Options of the generic associative scan.
+/// Options of the generic associative scan.
 struct AssociativeScanOptions {
-  // Elements per time chunk when run on several threads; 0 picks threads + 1 equal chunks.
-  // Results do not depend on it beyond rounding (exactly not, for an exact monoid).
+  /// Elements per time chunk when run on several threads; 0 picks threads + 1 equal chunks.
+  /// Results do not depend on it beyond rounding (exactly not, for an exact monoid).
   index_t chunk_size = 0;
 };
 
@@ -141,9 +145,9 @@ void validate_associative_scan(const char* op, const ConstView<V, 1>& in, const 
 
 namespace reference {
 
-// The definition, token by token (channels innermost, so the loop streams through memory).
-// Single-threaded; `executor` is accepted for a uniform signature. h_all may be the same view as
-// a or b, h_last the same as h0.
+/// The definition, token by token (channels innermost, so the loop streams through memory).
+/// Single-threaded; `executor` is accepted for a uniform signature. h_all may be the same view as
+/// a or b, h_last the same as h0.
 inline void linear_scan(ConstView<float, 3> a, ConstView<float, 3> b, ConstView<float, 2> h0,
                         TensorView<float, 3> h_all, TensorView<float, 2> h_last,
                         const LinearScanOptions& options = {},
@@ -164,7 +168,7 @@ inline void linear_scan(ConstView<float, 3> a, ConstView<float, 3> b, ConstView<
   }
 }
 
-// Sequential fold: out[i] = combine(out[i-1], in[i]), starting from identity(). out may be in.
+/// Sequential fold: out[i] = combine(out[i-1], in[i]), starting from identity(). out may be in.
 template <class Monoid>
 void associative_scan(const Monoid& monoid, ConstView<typename Monoid::value_type, 1> in,
                       TensorView<typename Monoid::value_type, 1> out,

@@ -17,19 +17,19 @@
 namespace seqmix::kv {
 
 struct PyramidOptions {
-  // Sum of the per-layer capacities.
+  /// Sum of the per-layer capacities.
   index_t total = 0;
-  // Top-layer capacity = total / (layers * beta) (PyramidKV's beta; larger = steeper pyramid).
-  // beta = 1 gives a flat schedule.
+  /// Top-layer capacity = total / (layers * beta) (PyramidKV's beta; larger = steeper pyramid).
+  /// beta = 1 gives a flat schedule.
   double beta = 20.0;
-  // No layer gets less (e.g. sink_tokens + window, so every layer's Budget stays valid).
+  /// No layer gets less (e.g. sink_tokens + window, so every layer's Budget stays valid).
   index_t min_per_layer = 0;
 };
 
-// Capacities of layers 0 (bottom) .. layers-1 (top): a decreasing arithmetic sequence from
-// 2 * total / layers - top to top (both ends clamped to min_per_layer), rounded down, with the
-// remainder handed to the bottom layers one entry each, so the result is non-increasing and
-// sums exactly to total.
+/// Capacities of layers 0 (bottom) .. layers-1 (top): a decreasing arithmetic sequence from
+/// 2 * total / layers - top to top (both ends clamped to min_per_layer), rounded down, with the
+/// remainder handed to the bottom layers one entry each, so the result is non-increasing and
+/// sums exactly to total.
 inline std::vector<index_t> pyramid_budgets(index_t layers, const PyramidOptions& options) {
   const ArgCheck check("kv::pyramid_budgets");
   check.that(layers >= 1, "layers", "must be >= 1, got " + std::to_string(layers));
@@ -60,7 +60,7 @@ inline std::vector<index_t> pyramid_budgets(index_t layers, const PyramidOptions
   return budgets;
 }
 
-// One layer's capacity (bottom = 0) from the same schedule.
+/// One layer's capacity (bottom = 0) from the same schedule.
 inline index_t pyramid_layer_budget(index_t layer, index_t layers, const PyramidOptions& options) {
   const ArgCheck check("kv::pyramid_layer_budget");
   check.that(layer >= 0 && layer < layers, "layer",
@@ -69,10 +69,10 @@ inline index_t pyramid_layer_budget(index_t layer, index_t layers, const Pyramid
 }
 
 struct AdaKvOptions {
-  // Entries kept per batch row over all heads of the layer.
+  /// Entries kept per batch row over all heads of the layer.
   index_t total = 0;
-  // Every head keeps at least this many (AdaKV's safeguard, e.g. alpha * total / heads); it
-  // includes the protected entries, so it must be >= sink_tokens + recent.
+  /// Every head keeps at least this many (AdaKV's safeguard, e.g. alpha * total / heads); it
+  /// includes the protected entries, so it must be >= sink_tokens + recent.
   index_t floor_per_head = 0;
   index_t sink_tokens = 0;
   index_t recent = 0;
@@ -80,14 +80,14 @@ struct AdaKvOptions {
 
 struct AdaKvResult {
   KeptSet kept;
-  std::vector<index_t> budgets;  // [B * H]: budgets[b * H + h] = kept(b, h).size()
+  std::vector<index_t> budgets;  ///< [B * H]: budgets[b * H + h] = kept(b, h).size()
 };
 
-// scores [B, H, N] must be comparable across heads (e.g. observation_scores probabilities,
-// pooled as in SnapKV). Per batch row: each head keeps min(N, floor_per_head) (protected
-// entries first, then its best scores); the remaining total - sum of floors goes to the
-// highest remaining scores over all heads (ties: lower head, then older entry). A head with
-// N entries never exceeds N; the kept counts sum to min(total, H * N).
+/// scores [B, H, N] must be comparable across heads (e.g. observation_scores probabilities,
+/// pooled as in SnapKV). Per batch row: each head keeps min(N, floor_per_head) (protected
+/// entries first, then its best scores); the remaining total - sum of floors goes to the
+/// highest remaining scores over all heads (ties: lower head, then older entry). A head with
+/// N entries never exceeds N; the kept counts sum to min(total, H * N).
 inline AdaKvResult adakv(const ConstView<float, 3>& scores, const AdaKvOptions& options,
                          const Executor& executor = serial_executor()) {
   const ArgCheck check("kv::adakv");

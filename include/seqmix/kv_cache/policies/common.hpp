@@ -27,23 +27,23 @@
 
 namespace seqmix::kv {
 
-// Entries kept per (batch row, KV head).
+/// Entries kept per (batch row, KV head).
 struct Budget {
-  // Total entries a head keeps, protected ones included. A head with N <= capacity keeps all N.
+  /// Total entries a head keeps, protected ones included. A head with N <= capacity keeps all N.
   index_t capacity = 0;
-  // The first `sink_tokens` entries are always kept (StreamingLLM's attention sinks).
+  /// The first `sink_tokens` entries are always kept (StreamingLLM's attention sinks).
   index_t sink_tokens = 0;
-  // The last `recent` entries are always kept (the local window; SnapKV's observation window).
+  /// The last `recent` entries are always kept (the local window; SnapKV's observation window).
   index_t recent = 0;
 };
 
-// Which end of the score scale a policy keeps.
+/// Which end of the score scale a policy keeps.
 enum class Keep {
-  Highest,  // the largest scores (attention mass, projections)
-  Lowest,   // the smallest scores (key norms)
+  Highest,  ///< the largest scores (attention mass, projections)
+  Lowest,   ///< the smallest scores (key norms)
 };
 
-// The kept entries of every (batch row, KV head), each list strictly increasing.
+/// The kept entries of every (batch row, KV head), each list strictly increasing.
 class KeptSet {
  public:
   KeptSet() = default;
@@ -52,7 +52,7 @@ class KeptSet {
 
   index_t batch() const noexcept { return batch_; }
   index_t heads() const noexcept { return heads_; }
-  // N: the number of entries the policy chose from (kept indices are < N).
+  /// N: the number of entries the policy chose from (kept indices are < N).
   index_t entries() const noexcept { return entries_; }
 
   std::vector<index_t>& operator()(index_t b, index_t h) { return rows_[static_cast<std::size_t>(b * heads_ + h)]; }
@@ -60,7 +60,7 @@ class KeptSet {
     return rows_[static_cast<std::size_t>(b * heads_ + h)];
   }
 
-  // The largest kept count over all heads (the capacity a compacted cache needs).
+  /// The largest kept count over all heads (the capacity a compacted cache needs).
   index_t max_kept() const noexcept {
     std::size_t m = 0;
     for (const auto& r : rows_) m = std::max(m, r.size());
@@ -69,7 +69,7 @@ class KeptSet {
 
  private:
   index_t batch_ = 0, heads_ = 0, entries_ = 0;
-  std::vector<std::vector<index_t>> rows_;  // [b * heads + h]
+  std::vector<std::vector<index_t>> rows_;  ///< [b * heads + h]
 };
 
 namespace detail {
@@ -139,9 +139,9 @@ std::vector<index_t> select_head(index_t N, const Budget& budget, Keep keep, Sco
 
 }  // namespace detail
 
-// The kept set of a score-based policy: per (b, h), the protected entries plus the best
-// `capacity - sink_tokens - recent` others by scores[b, h, :] (Keep::Highest or Lowest; ties to
-// the older entry; NaN scores rank last). scores [B, H, N], any strides.
+/// The kept set of a score-based policy: per (b, h), the protected entries plus the best
+/// `capacity - sink_tokens - recent` others by scores[b, h, :] (Keep::Highest or Lowest; ties to
+/// the older entry; NaN scores rank last). scores [B, H, N], any strides.
 inline KeptSet select_by_score(const ConstView<float, 3>& scores, const Budget& budget, Keep keep,
                                const Executor& executor = serial_executor(), const char* op = "kv::select_by_score") {
   const ArgCheck check(op);

@@ -22,8 +22,8 @@
 
 namespace seqmix::kv {
 
-// StreamingLLM: the first sink_tokens entries and the most recent capacity - sink_tokens.
-// (budget.recent only adds to the check; all non-sink slots go to the most recent entries.)
+/// StreamingLLM: the first sink_tokens entries and the most recent capacity - sink_tokens.
+/// (budget.recent only adds to the check; all non-sink slots go to the most recent entries.)
 inline KeptSet streaming_llm(index_t batch, index_t heads, index_t entries, const Budget& budget) {
   const ArgCheck check("kv::streaming_llm");
   check.that(batch >= 0 && heads >= 0 && entries >= 0, "entries",
@@ -42,25 +42,25 @@ inline KeptSet streaming_llm(index_t batch, index_t heads, index_t entries, cons
   return kept;
 }
 
-// H2O (heavy hitters + recent): `accumulated` [B, H, N] is the attention each entry has received,
-// summed over the queries seen so far (observation_scores at prefill, plus each decode step's
-// probabilities). Keeps the recent window and the heaviest hitters.
+/// H2O (heavy hitters + recent): `accumulated` [B, H, N] is the attention each entry has received,
+/// summed over the queries seen so far (observation_scores at prefill, plus each decode step's
+/// probabilities). Keeps the recent window and the heaviest hitters.
 inline KeptSet h2o(const ConstView<float, 3>& accumulated, const Budget& budget,
                    const Executor& executor = serial_executor()) {
   return select_by_score(accumulated, budget, Keep::Highest, executor, "kv::h2o");
 }
 
-// TOVA: `current` [B, H, N] is the attention of the current query (observation_scores with the
-// last query only, Visibility::All). Keeping the top `capacity` by it is what TOVA's streaming
-// rule does one token at a time (when the cache exceeds the budget by one, drop the entry the
-// current query attends to least). The paper averages over heads of a layer; pass the same
-// score row to every head for that variant.
+/// TOVA: `current` [B, H, N] is the attention of the current query (observation_scores with the
+/// last query only, Visibility::All). Keeping the top `capacity` by it is what TOVA's streaming
+/// rule does one token at a time (when the cache exceeds the budget by one, drop the entry the
+/// current query attends to least). The paper averages over heads of a layer; pass the same
+/// score row to every head for that variant.
 inline KeptSet tova(const ConstView<float, 3>& current, const Budget& budget,
                     const Executor& executor = serial_executor()) {
   return select_by_score(current, budget, Keep::Highest, executor, "kv::tova");
 }
 
-// L2 norm of every key: norms[b, h, j] = ||keys[b, j, h, :]||. keys [B, N, H, D], norms [B, H, N].
+/// L2 norm of every key: norms[b, h, j] = ||keys[b, j, h, :]||. keys [B, N, H, D], norms [B, H, N].
 inline void key_norms(const ConstView<float, 4>& keys, const TensorView<float, 3>& norms) {
   const ArgCheck check("kv::key_norms");
   check.shape("keys", keys, {-1, -1, -1, -1}, "B,N,H,D");
@@ -79,7 +79,7 @@ inline void key_norms(const ConstView<float, 4>& keys, const TensorView<float, 3
       }
 }
 
-// Key-norm eviction: keeps the keys with the lowest L2 norm (low-norm keys draw high attention).
+/// Key-norm eviction: keeps the keys with the lowest L2 norm (low-norm keys draw high attention).
 inline KeptSet key_norm(const ConstView<float, 4>& keys, const Budget& budget,
                         const Executor& executor = serial_executor()) {
   const ArgCheck check("kv::key_norm");
@@ -90,10 +90,10 @@ inline KeptSet key_norm(const ConstView<float, 4>& keys, const Budget& budget,
   return select_by_score(norms.cview(), budget, Keep::Lowest, executor, "kv::key_norm");
 }
 
-// Q-Filters projection: keeps the keys with the highest <k, directions[h]>. The direction of a
-// head is the principal direction of its queries, signed so that E[<q, u>] > 0; then
-// q.k ~ E[<q,u>] <k,u> and a high projection predicts high attention.
-// keys [B, N, H, D], directions [H, D].
+/// Q-Filters projection: keeps the keys with the highest <k, directions[h]>. The direction of a
+/// head is the principal direction of its queries, signed so that E[<q, u>] > 0; then
+/// q.k ~ E[<q,u>] <k,u> and a high projection predicts high attention.
+/// keys [B, N, H, D], directions [H, D].
 inline KeptSet qfilters(const ConstView<float, 4>& keys, const ConstView<float, 2>& directions, const Budget& budget,
                         const Executor& executor = serial_executor()) {
   const ArgCheck check("kv::qfilters");
@@ -113,12 +113,12 @@ inline KeptSet qfilters(const ConstView<float, 4>& keys, const ConstView<float, 
 }
 
 enum class Pooling {
-  Max,   // SnapKV's default: a key next to a strong key is kept with it (keeps local context)
-  Mean,  // average over the in-range neighbours (SnapKV's avgpool option)
+  Max,   ///< SnapKV's default: a key next to a strong key is kept with it (keeps local context)
+  Mean,  ///< average over the in-range neighbours (SnapKV's avgpool option)
 };
 
-// out[j] = pool of in[j - kernel/2 .. j + kernel/2] clipped to [0, n) ('same' padding).
-// kernel must be odd; kernel 1 copies. O(n * kernel).
+/// out[j] = pool of in[j - kernel/2 .. j + kernel/2] clipped to [0, n) ('same' padding).
+/// kernel must be odd; kernel 1 copies. O(n * kernel).
 inline void pool_scores(const float* in, float* out, index_t n, index_t kernel, Pooling pooling) {
   const index_t half = kernel / 2;
   for (index_t j = 0; j < n; ++j) {
@@ -130,17 +130,17 @@ inline void pool_scores(const float* in, float* out, index_t n, index_t kernel, 
 }
 
 struct SnapKvOptions {
-  // Pooling kernel along entries (odd; 1 = no pooling). SnapKV uses 5 or 7.
+  /// Pooling kernel along entries (odd; 1 = no pooling). SnapKV uses 5 or 7.
   index_t kernel = 5;
   Pooling pooling = Pooling::Max;
-  // How the window's attention is computed (scale, causal window, sum or mean over GQA group).
+  /// How the window's attention is computed (scale, causal window, sum or mean over GQA group).
   ObservationOptions scores;
 };
 
-// SnapKV from precomputed window scores [B, H, N] (observation_scores of the last `window`
-// queries): the prefix scores [0, N - window) are pooled, and the best of them kept besides
-// the window and the sinks. The window counts in the budget: budget.recent is raised to
-// `window`, so capacity must be >= sink_tokens + max(recent, window).
+/// SnapKV from precomputed window scores [B, H, N] (observation_scores of the last `window`
+/// queries): the prefix scores [0, N - window) are pooled, and the best of them kept besides
+/// the window and the sinks. The window counts in the budget: budget.recent is raised to
+/// `window`, so capacity must be >= sink_tokens + max(recent, window).
 inline KeptSet snapkv_from_scores(const ConstView<float, 3>& scores, index_t window, const Budget& budget,
                                   const SnapKvOptions& options = {}, const Executor& executor = serial_executor()) {
   const ArgCheck check("kv::snapkv");
@@ -187,8 +187,8 @@ inline KeptSet snapkv_from_scores(const ConstView<float, 3>& scores, index_t win
   return kept;
 }
 
-// SnapKV end to end: window scores of q_obs (the last W tokens' queries, W = q_obs.size(1)) on
-// the keys, then snapkv_from_scores with window W.
+/// SnapKV end to end: window scores of q_obs (the last W tokens' queries, W = q_obs.size(1)) on
+/// the keys, then snapkv_from_scores with window W.
 inline KeptSet snapkv(const ObservationInputs& in, const Budget& budget, const SnapKvOptions& options,
                       ObservationWorkspace& workspace, const Executor& executor = serial_executor()) {
   const ArgCheck check("kv::snapkv");

@@ -16,8 +16,8 @@
 
 namespace seqmix::kv {
 
-// retrieval[h] (size H) marks retrieval heads. Streaming heads keep the first
-// budget.sink_tokens and last budget.recent entries (budget.capacity is not used here).
+/// retrieval[h] (size H) marks retrieval heads. Streaming heads keep the first
+/// budget.sink_tokens and last budget.recent entries (budget.capacity is not used here).
 inline KeptSet retrieval_heads(index_t batch, index_t entries, const std::vector<bool>& retrieval, const Budget& budget) {
   const ArgCheck check("kv::retrieval_heads");
   check.that(batch >= 0 && entries >= 0, "entries",
@@ -42,11 +42,11 @@ inline KeptSet retrieval_heads(index_t batch, index_t entries, const std::vector
   return kept;
 }
 
-// RazorAttention's compensation token: for every (b, h), the mean of the keys and of the values
-// of the entries NOT in kept(b, h), written to comp_keys[b, h] and comp_values[b, h] (zeros when
-// nothing was evicted). Returns the evicted counts [B * H] (a caller may bias the token's
-// logit by log(count) so it stands for that many entries). keys [B, N, H, Dk], values
-// [B, N, H, Dv], comp_keys [B, H, Dk], comp_values [B, H, Dv].
+/// RazorAttention's compensation token: for every (b, h), the mean of the keys and of the values
+/// of the entries NOT in kept(b, h), written to comp_keys[b, h] and comp_values[b, h] (zeros when
+/// nothing was evicted). Returns the evicted counts [B * H] (a caller may bias the token's
+/// logit by log(count) so it stands for that many entries). keys [B, N, H, Dk], values
+/// [B, N, H, Dv], comp_keys [B, H, Dk], comp_values [B, H, Dv].
 inline std::vector<index_t> razor_compensation(const ConstView<float, 4>& keys, const ConstView<float, 4>& values,
                                                const KeptSet& kept, const TensorView<float, 3>& comp_keys,
                                                const TensorView<float, 3>& comp_values) {
@@ -83,12 +83,12 @@ inline std::vector<index_t> razor_compensation(const ConstView<float, 4>& keys, 
   return counts;
 }
 
-// FastGen's candidate policies, from cheapest to most expensive for a long prompt.
+/// FastGen's candidate policies, from cheapest to most expensive for a long prompt.
 enum class HeadPolicy {
-  Special,       // only the special tokens (e.g. BOS, separators) listed by the caller
-  Local,         // only the last `recent` entries
-  SpecialLocal,  // both
-  Full,          // every entry
+  Special,       ///< only the special tokens (e.g. BOS, separators) listed by the caller
+  Local,         ///< only the last `recent` entries
+  SpecialLocal,  ///< both
+  Full,          ///< every entry
 };
 
 inline const char* to_string(HeadPolicy p) noexcept {
@@ -101,23 +101,23 @@ inline const char* to_string(HeadPolicy p) noexcept {
 }
 
 struct FastGenOptions {
-  // Entry indices of the special tokens (any order, duplicates and out-of-range ones ignored).
+  /// Entry indices of the special tokens (any order, duplicates and out-of-range ones ignored).
   std::vector<index_t> special;
-  // Size of the local window.
+  /// Size of the local window.
   index_t recent = 0;
-  // A policy qualifies when its kept entries hold >= threshold of the head's attention mass.
+  /// A policy qualifies when its kept entries hold >= threshold of the head's attention mass.
   double threshold = 0.95;
 };
 
 struct FastGenResult {
   KeptSet kept;
-  std::vector<HeadPolicy> choice;  // [B * H]
+  std::vector<HeadPolicy> choice;  ///< [B * H]
 };
 
-// scores [B, H, N]: each head's attention mass per entry over the profiled (prompt) queries,
-// e.g. observation_scores with Visibility::Causal over the whole prompt. Per head, the qualifying
-// candidate with the fewest kept entries wins (ties: the order of HeadPolicy); Full always
-// qualifies. A head with zero total mass picks the cheapest candidate.
+/// scores [B, H, N]: each head's attention mass per entry over the profiled (prompt) queries,
+/// e.g. observation_scores with Visibility::Causal over the whole prompt. Per head, the qualifying
+/// candidate with the fewest kept entries wins (ties: the order of HeadPolicy); Full always
+/// qualifies. A head with zero total mass picks the cheapest candidate.
 inline FastGenResult fastgen(const ConstView<float, 3>& scores, const FastGenOptions& options) {
   const ArgCheck check("kv::fastgen");
   check.shape("scores", scores, {-1, -1, -1}, "B,H,N");

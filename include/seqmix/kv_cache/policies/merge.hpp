@@ -22,15 +22,15 @@
 namespace seqmix::kv {
 
 struct MergeInputs {
-  ConstView<float, 2> keys;    // [N, Dk]
-  ConstView<float, 2> values;  // [N, Dv]
-  ConstView<float, 1> mass;    // [N], >= 0
+  ConstView<float, 2> keys;    ///< [N, Dk]
+  ConstView<float, 2> values;  ///< [N, Dv]
+  ConstView<float, 1> mass;    ///< [N], >= 0
 };
 
 struct MergeOutputs {
-  TensorView<float, 2> keys;    // [n, Dk], n = kept.size(): row i is the merged kept[i]
-  TensorView<float, 2> values;  // [n, Dv]
-  TensorView<float, 1> mass;    // [n]
+  TensorView<float, 2> keys;    ///< [n, Dk], n = kept.size(): row i is the merged kept[i]
+  TensorView<float, 2> values;  ///< [n, Dv]
+  TensorView<float, 1> mass;    ///< [n]
 };
 
 namespace detail {
@@ -54,9 +54,9 @@ inline RowMajorMatrix<float> normalized_rows(const ConstView<float, 2>& x, const
 
 }  // namespace detail
 
-// Merges the entries of one head not listed in `kept` (strictly increasing indices < N) into
-// the kept ones; returns, for each evicted entry in increasing index order, the position in
-// `kept` it was merged into.
+/// Merges the entries of one head not listed in `kept` (strictly increasing indices < N) into
+/// the kept ones; returns, for each evicted entry in increasing index order, the position in
+/// `kept` it was merged into.
 inline std::vector<index_t> merge_evicted(const MergeInputs& in, const std::vector<index_t>& kept,
                                           const MergeOutputs& out) {
   const ArgCheck check("kv::merge_evicted");
@@ -124,9 +124,9 @@ inline std::vector<index_t> merge_evicted(const MergeInputs& in, const std::vect
   return target;
 }
 
-// Every (b, h) of a KeptSet at once. keys [B, N, H, Dk], values [B, N, H, Dv], mass [B, H, N];
-// outputs out_keys [B, C, H, Dk], out_values [B, C, H, Dv], out_mass [B, H, C] with
-// C >= kept.max_kept(); rows past a head's kept count are left untouched.
+/// Every (b, h) of a KeptSet at once. keys [B, N, H, Dk], values [B, N, H, Dv], mass [B, H, N];
+/// outputs out_keys [B, C, H, Dk], out_values [B, C, H, Dv], out_mass [B, H, C] with
+/// C >= kept.max_kept(); rows past a head's kept count are left untouched.
 inline void merge_evicted(const ConstView<float, 4>& keys, const ConstView<float, 4>& values,
                           const ConstView<float, 3>& mass, const KeptSet& kept, const TensorView<float, 4>& out_keys,
                           const TensorView<float, 4>& out_values, const TensorView<float, 3>& out_mass,

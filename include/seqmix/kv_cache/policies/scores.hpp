@@ -28,8 +28,8 @@
 
 namespace seqmix::kv {
 
-// Scratch memory for observation_scores / observation_attention. Keep one per thread of
-// callers and pass it to every call; it grows to the largest problem seen and is then reused.
+/// Scratch memory for observation_scores / observation_attention. Keep one per thread of
+/// callers and pass it to every call; it grows to the largest problem seen and is then reused.
 class ObservationWorkspace {
  public:
   float* reserve(std::size_t floats) {
@@ -233,8 +233,8 @@ inline void observation_run(const ObservationInputs& in, const ObservationOption
 
 }  // namespace detail
 
-// scores[b, h, j] = sum over window queries w (and the GQA group) of their attention
-// probability on entry j; see scores_reference.hpp. scores [B, Hkv, N].
+/// scores[b, h, j] = sum over window queries w (and the GQA group) of their attention
+/// probability on entry j; see scores_reference.hpp. scores [B, Hkv, N].
 inline void observation_scores(const ObservationInputs& in, const TensorView<float, 3>& scores,
                                const ObservationOptions& options, ObservationWorkspace& workspace,
                                const Executor& executor = serial_executor()) {
@@ -250,8 +250,8 @@ inline void observation_scores(const ObservationInputs& in, const TensorView<flo
   observation_scores(in, scores, options, workspace, executor);
 }
 
-// probs[b, h, w, j]: window query w's attention probability on entry j, aggregated over the
-// GQA group; see scores_reference.hpp. probs [B, Hkv, W, N].
+/// probs[b, h, w, j]: window query w's attention probability on entry j, aggregated over the
+/// GQA group; see scores_reference.hpp. probs [B, Hkv, W, N].
 inline void observation_attention(const ObservationInputs& in, const TensorView<float, 4>& probs,
                                   const ObservationOptions& options, ObservationWorkspace& workspace,
                                   const Executor& executor = serial_executor()) {

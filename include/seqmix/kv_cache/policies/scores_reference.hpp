@@ -32,26 +32,26 @@
 namespace seqmix::kv {
 
 enum class Visibility {
-  All,     // every window query sees every entry (e.g. TOVA's current query over the whole cache)
-  Causal,  // window query w sees entries j <= pos_w (prefill: the window's own keys are causal)
+  All,     ///< every window query sees every entry (e.g. TOVA's current query over the whole cache)
+  Causal,  ///< window query w sees entries j <= pos_w (prefill: the window's own keys are causal)
 };
 
 enum class GroupReduction {
-  Sum,   // add the probabilities of the G query heads of a KV head (SnapKV's GQA vote)
-  Mean,  // average them (keeps scores on the scale of one head's probabilities)
+  Sum,   ///< add the probabilities of the G query heads of a KV head (SnapKV's GQA vote)
+  Mean,  ///< average them (keeps scores on the scale of one head's probabilities)
 };
 
 struct ObservationOptions {
-  // Multiplies q.k before the softmax; std::nullopt means 1/sqrt(D).
+  /// Multiplies q.k before the softmax; std::nullopt means 1/sqrt(D).
   std::optional<float> scale;
   Visibility visibility = Visibility::Causal;
   GroupReduction group = GroupReduction::Sum;
 };
 
 struct ObservationInputs {
-  ConstView<float, 4> q;                        // [B, W, Hq, D] the observation window's queries
-  ConstView<float, 4> keys;                     // [B, N, Hkv, D] the cached keys, entry j at index j
-  ConstView<std::int32_t, 2> query_positions;   // [B, W] optional; Causal: query w sees j <= pos
+  ConstView<float, 4> q;                        ///< [B, W, Hq, D] the observation window's queries
+  ConstView<float, 4> keys;                     ///< [B, N, Hkv, D] the cached keys, entry j at index j
+  ConstView<std::int32_t, 2> query_positions;   ///< [B, W] optional; Causal: query w sees j <= pos
 };
 
 namespace detail {
@@ -89,7 +89,7 @@ inline float observation_scale(const ObservationOptions& options, index_t D) {
 
 namespace reference {
 
-// The definition, one query row at a time (double accumulation); probs [B, Hkv, W, N].
+/// The definition, one query row at a time (double accumulation); probs [B, Hkv, W, N].
 inline void observation_attention(const ObservationInputs& in, const TensorView<float, 4>& probs,
                                   const ObservationOptions& options = {}) {
   const ArgCheck check("kv::reference::observation_attention");
@@ -119,7 +119,7 @@ inline void observation_attention(const ObservationInputs& in, const TensorView<
       }
 }
 
-// scores[b, h, j] = sum_w probs[b, h, w, j] of observation_attention; scores [B, Hkv, N].
+/// scores[b, h, j] = sum_w probs[b, h, w, j] of observation_attention; scores [B, Hkv, N].
 inline void observation_scores(const ObservationInputs& in, const TensorView<float, 3>& scores,
                                const ObservationOptions& options = {}) {
   const ArgCheck check("kv::reference::observation_scores");

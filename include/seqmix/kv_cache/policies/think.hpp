@@ -19,9 +19,9 @@
 namespace seqmix::kv {
 
 struct ThinkOptions {
-  // Channels kept per head; 0 means round(keep_ratio * D), at least 1.
+  /// Channels kept per head; 0 means round(keep_ratio * D), at least 1.
   index_t keep_channels = 0;
-  // Fraction of channels kept when keep_channels is 0 (ThinK prunes 40-50%: 0.5-0.6 kept).
+  /// Fraction of channels kept when keep_channels is 0 (ThinK prunes 40-50%: 0.5-0.6 kept).
   double keep_ratio = 0.5;
 };
 
@@ -30,8 +30,8 @@ inline index_t think_kept_channels(index_t D, const ThinkOptions& options) {
   return std::clamp<index_t>(static_cast<index_t>(std::lround(options.keep_ratio * static_cast<double>(D))), 1, D);
 }
 
-// scores[b, h, c] = ||Q[:, c]||_2 * ||K[:, c]||_2 as above. q [B, W, Hq, D], keys [B, N, Hkv, D],
-// scores [B, Hkv, D].
+/// scores[b, h, c] = ||Q[:, c]||_2 * ||K[:, c]||_2 as above. q [B, W, Hq, D], keys [B, N, Hkv, D],
+/// scores [B, Hkv, D].
 inline void think_scores(const ConstView<float, 4>& q, const ConstView<float, 4>& keys,
                          const TensorView<float, 3>& scores) {
   const ArgCheck check("kv::think_scores");
@@ -57,8 +57,8 @@ inline void think_scores(const ConstView<float, 4>& q, const ConstView<float, 4>
     }
 }
 
-// The kept channels of every (b, KV head): a KeptSet over D "entries", each row of the same size
-// think_kept_channels(D, options), sorted.
+/// The kept channels of every (b, KV head): a KeptSet over D "entries", each row of the same size
+/// think_kept_channels(D, options), sorted.
 inline KeptSet think_channels(const ConstView<float, 4>& q, const ConstView<float, 4>& keys,
                               const ThinkOptions& options = {}, const Executor& executor = serial_executor()) {
   const ArgCheck check("kv::think_channels");
@@ -86,7 +86,7 @@ inline void check_channel_set(const ArgCheck& check, const KeptSet& channels, in
 }
 }  // namespace detail
 
-// out[b, j, h, i] = keys[b, j, h, channels(b, h)[i]]. keys [B, N, Hkv, D], out [B, N, Hkv, Dk].
+/// out[b, j, h, i] = keys[b, j, h, channels(b, h)[i]]. keys [B, N, Hkv, D], out [B, N, Hkv, Dk].
 inline void think_gather_keys(const ConstView<float, 4>& keys, const KeptSet& channels,
                               const TensorView<float, 4>& out) {
   const ArgCheck check("kv::think_gather_keys");
@@ -103,8 +103,8 @@ inline void think_gather_keys(const ConstView<float, 4>& keys, const KeptSet& ch
       }
 }
 
-// out[b, t, g, i] = q[b, t, g, channels(b, g / G)[i]] (a query head uses its KV head's channels).
-// q [B, T, Hq, D], out [B, T, Hq, Dk].
+/// out[b, t, g, i] = q[b, t, g, channels(b, g / G)[i]] (a query head uses its KV head's channels).
+/// q [B, T, Hq, D], out [B, T, Hq, Dk].
 inline void think_gather_queries(const ConstView<float, 4>& q, const KeptSet& channels,
                                  const TensorView<float, 4>& out) {
   const ArgCheck check("kv::think_gather_queries");

@@ -7,7 +7,7 @@
 
 namespace seqmix {
 
-// DeltaNet prefill. final_state may be the initial_state view (updated in place).
+/// DeltaNet prefill. final_state may be the initial_state view (updated in place).
 inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
                        const Executor& executor = serial_executor()) {
   static const ArgCheck check("delta_rule");

@@ -17,42 +17,42 @@
 namespace seqmix {
 
 struct DeltaRuleOptions {
-  // Multiplies q; default 1/sqrt(K).
+  /// Multiplies q; default 1/sqrt(K).
   std::optional<float> scale;
-  // Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
+  /// Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
   QkNorm qk_norm = QkNorm::none;
-  // Tokens per chunk of the chunked WY form; see GatedDeltaRuleOptions::chunk_size.
+  /// Tokens per chunk of the chunked WY form; see GatedDeltaRuleOptions::chunk_size.
   index_t chunk_size = 64;
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
 };
 
 struct DeltaRuleInputs {
-  ConstView<float, 4> q;              // [B,T,HK,K]
-  ConstView<float, 4> k;              // [B,T,HK,K]
-  ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of HK
-  ConstView<float, 3> beta;           // [B,T,HV]
-  ConstView<float, 4> initial_state;  // [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
-  SequenceBatch batch;                // optional: cu_seqlens, state_indices, has_initial_state
+  ConstView<float, 4> q;              ///< [B,T,HK,K]
+  ConstView<float, 4> k;              ///< [B,T,HK,K]
+  ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of HK
+  ConstView<float, 3> beta;           ///< [B,T,HV]
+  ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
+  SequenceBatch batch;                ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
-// o must not overlap an input; final_state may be the same view as initial_state.
+/// o must not overlap an input; final_state may be the same view as initial_state.
 struct DeltaRuleOutputs {
-  TensorView<float, 4> o;             // [B,T,HV,V]
-  TensorView<float, 4> final_state;   // [N,HV,K,V] or the pool, optional
-  TensorView<float, 5> token_states;  // [B,T,HV,K,V], optional: the state after each token
+  TensorView<float, 4> o;             ///< [B,T,HV,V]
+  TensorView<float, 4> final_state;   ///< [N,HV,K,V] or the pool, optional
+  TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: the state after each token
 };
 
 struct DeltaRuleStepInputs {
-  ConstView<float, 3> q;     // [B,HK,K]
-  ConstView<float, 3> k;     // [B,HK,K]
-  ConstView<float, 3> v;     // [B,HV,V]
-  ConstView<float, 2> beta;  // [B,HV]
-  SequenceBatch batch;       // optional: state_indices [B] (-1 = padding row), has_initial_state [B]
+  ConstView<float, 3> q;     ///< [B,HK,K]
+  ConstView<float, 3> k;     ///< [B,HK,K]
+  ConstView<float, 3> v;     ///< [B,HV,V]
+  ConstView<float, 2> beta;  ///< [B,HV]
+  SequenceBatch batch;       ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 struct DeltaRuleStepOutputs {
-  TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)
+  TensorView<float, 3> o;      ///< [B,HV,V]
+  TensorView<float, 4> state;  ///< [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)
 };
 
 namespace delta_update {
@@ -70,7 +70,7 @@ inline DeltaCall ungated_call(const DeltaRuleInputs& in, const DeltaRuleOutputs&
 
 namespace reference {
 
-// The definition, token by token, state in double. final_state may alias initial_state.
+/// The definition, token by token, state in double. final_state may alias initial_state.
 inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
                        const Executor& executor = serial_executor()) {
   delta_update::reference_delta("reference::delta_rule", delta_update::ungated_call(in, out, options), executor);

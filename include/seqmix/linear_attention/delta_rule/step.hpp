@@ -6,7 +6,7 @@
 
 namespace seqmix {
 
-// One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
+/// One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
 inline void delta_rule_step(const DeltaRuleStepInputs& in, const DeltaRuleStepOutputs& out,
                             const DeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
   delta_update::DeltaStepCall c;

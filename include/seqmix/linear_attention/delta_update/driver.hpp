@@ -16,22 +16,22 @@
 
 namespace seqmix::delta_update {
 
-// Picks the prefill algorithm. Measured on the 2-core AVX-512 (Zen 4) machine this was tuned on
-// with bench/bench_delta_rule.cpp (both forms forced; table in README.md): at K = V = 128
-// the fused recurrent kernel and the chunked WY form are within 5% of each other (H=32 T=512:
-// 20.1 vs 20.1 ms single-thread; H=4 T=1024: 4.15 vs 4.75 ms), and for smaller states or
-// per-channel gates the recurrent kernel wins clearly (H=16 K=V=64: 3.5 vs 8.7 ms; KDA T=512:
-// 21.8 vs 34.3 ms): its two sweeps per token run from L1 while the chunk GEMMs are small and do
-// ~1.4x the flops. Beyond K = 128 the recurrent kernel's column tile (K rows x
-// 64 floats) no longer fits the 48 KB L1, so larger scalar-gated states go to the GEMMs
-// (not measured: no such model shape in the table).
+/// Picks the prefill algorithm. Measured on the 2-core AVX-512 (Zen 4) machine this was tuned on
+/// with bench/bench_delta_rule.cpp (both forms forced; table in README.md): at K = V = 128
+/// the fused recurrent kernel and the chunked WY form are within 5% of each other (H=32 T=512:
+/// 20.1 vs 20.1 ms single-thread; H=4 T=1024: 4.15 vs 4.75 ms), and for smaller states or
+/// per-channel gates the recurrent kernel wins clearly (H=16 K=V=64: 3.5 vs 8.7 ms; KDA T=512:
+/// 21.8 vs 34.3 ms): its two sweeps per token run from L1 while the chunk GEMMs are small and do
+/// ~1.4x the flops. Beyond K = 128 the recurrent kernel's column tile (K rows x
+/// 64 floats) no longer fits the 48 KB L1, so larger scalar-gated states go to the GEMMs
+/// (not measured: no such model shape in the table).
 inline DeltaAlgorithm choose_delta_algorithm(bool channel_gate, index_t T, index_t K, index_t V, index_t chunk) {
   (void)V;
   if (T < chunk || channel_gate) return DeltaAlgorithm::recurrent;
   return K > 128 ? DeltaAlgorithm::chunked : DeltaAlgorithm::recurrent;
 }
 
-// Loads token t of a delta head into the workspace: q (scaled), k, alpha = w * k, decays.
+/// Loads token t of a delta head into the workspace: q (scaled), k, alpha = w * k, decays.
 inline TokenOperands load_delta_token(const DeltaHead& p, index_t t, TokenWorkspace& ws) {
   const index_t K = p.K();
   TokenOperands x;
@@ -66,8 +66,8 @@ inline TokenOperands load_delta_token(const DeltaHead& p, index_t t, TokenWorksp
   return x;
 }
 
-// The recurrent prefill of one head on a contiguous state S [K,V]; with `token_states` [T,K,V]
-// given, S is copied there after every token.
+/// The recurrent prefill of one head on a contiguous state S [K,V]; with `token_states` [T,K,V]
+/// given, S is copied there after every token.
 inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws,
                           const TensorView<float, 3>& token_states = TensorView<float, 3>()) {
   const bool direct = p.o.is_last_dim_contiguous();
@@ -81,18 +81,18 @@ inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws,
   }
 }
 
-// One (sequence, value head) item of a prefill: its head views and state views.
+/// One (sequence, value head) item of a prefill: its head views and state views.
 struct DeltaItem {
   DeltaHead p;
-  ConstView<float, 2> initial;        // [K,V], empty: start from zeros
-  TensorView<float, 2> final_state;   // [K,V], optional
-  TensorView<float, 3> token_states;  // [T,K,V], optional
-  DeltaAlgorithm algorithm;           // never automatic here
+  ConstView<float, 2> initial;        ///< [K,V], empty: start from zeros
+  TensorView<float, 2> final_state;   ///< [K,V], optional
+  TensorView<float, 3> token_states;  ///< [T,K,V], optional
+  DeltaAlgorithm algorithm;           ///< never automatic here
 };
 
-// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): the
-// engine's item number is the index into `items` (the caller's list of bound items); the state
-// S [K,V] lives in the per-thread scratch; the steps are wy.hpp's.
+/// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): the
+/// engine's item number is the index into `items` (the caller's list of bound items); the state
+/// S [K,V] lives in the per-thread scratch; the steps are wy.hpp's.
 struct WyKernel {
   const DeltaItem* item;
   index_t chunk;
@@ -114,8 +114,8 @@ struct WyKernel {
   void end_head(Head h, Workspace& ws) const { store_item_state(h->final_state, ws.S.data(), ws.S.rows(), ws.S.cols()); }
 };
 
-// Runs one bound item from its initial state to its final state in `ws`. The state is read
-// completely before anything is written, so final_state may alias initial.
+/// Runs one bound item from its initial state to its final state in `ws`. The state is read
+/// completely before anything is written, so final_state may alias initial.
 inline void run_delta_item(const DeltaItem& item, index_t chunk, ItemScratch& ws) {
   if (item.algorithm == DeltaAlgorithm::chunked) {
     seqmix::chunkwise::run_item(WyKernel{&item, chunk}, 0, chunk, ws);
@@ -126,10 +126,10 @@ inline void run_delta_item(const DeltaItem& item, index_t chunk, ItemScratch& ws
   store_item_state(item.final_state, ws.S.data(), ws.S.rows(), ws.S.cols());
 }
 
-// Decode step over all (row, value head) pairs, in place on the pool `state` [S,HV,K,V]:
-// row b uses pool row slots.row(b) (-1: skipped, output untouched), zeroed first when
-// slots.fresh(b). make_token(b, hv, ws) returns the loaded operands of one head; a state whose
-// last dimension is strided is staged through a per-thread copy. No allocation after warm-up.
+/// Decode step over all (row, value head) pairs, in place on the pool `state` [S,HV,K,V]:
+/// row b uses pool row slots.row(b) (-1: skipped, output untouched), zeroed first when
+/// slots.fresh(b). make_token(b, hv, ws) returns the loaded operands of one head; a state whose
+/// last dimension is strided is staged through a per-thread copy. No allocation after warm-up.
 template <class MakeToken, class StoreOutput>
 void run_step(Update update, index_t B, index_t HV, index_t K, index_t V, const TensorView<float, 4>& state,
               const StepSlots& slots, const Executor& executor, MakeToken&& make_token, StoreOutput&& store_output) {

@@ -18,23 +18,23 @@
 
 namespace seqmix {
 
-// How the decay of gated_delta_rule is given (natural-log space, <= 0).
+/// How the decay of gated_delta_rule is given (natural-log space, <= 0).
 enum class DeltaGate {
-  scalar,   // g_scalar [B,T,HV]: one log-decay per token and value head (Gated DeltaNet)
-  channel,  // g [B,T,HV,K]: one per token, value head and key channel (KDA, Kimi Delta Attention)
+  scalar,   ///< g_scalar [B,T,HV]: one log-decay per token and value head (Gated DeltaNet)
+  channel,  ///< g [B,T,HV,K]: one per token, value head and key channel (KDA, Kimi Delta Attention)
 };
 
-// Optional normalization of q and k inside the kernel, per token and q/k head.
+/// Optional normalization of q and k inside the kernel, per token and q/k head.
 enum class QkNorm {
-  none,  // q and k are used as given (callers normalized them already)
-  l2,    // x / sqrt(sum x^2 + 1e-6), as flash-linear-attention's use_qk_l2norm_in_kernel
+  none,  ///< q and k are used as given (callers normalized them already)
+  l2,    ///< x / sqrt(sum x^2 + 1e-6), as flash-linear-attention's use_qk_l2norm_in_kernel
 };
 
-// Which prefill algorithm a delta-family op runs. Both compute the same function (to rounding).
+/// Which prefill algorithm a delta-family op runs. Both compute the same function (to rounding).
 enum class DeltaAlgorithm {
-  automatic,  // whichever measured faster for the shape (delta_update::choose_delta_algorithm)
-  chunked,    // chunkwise WY / UT form on GEMMs (README.md)
-  recurrent,  // token by token: the fused decode-step kernel applied T times
+  automatic,  ///< whichever measured faster for the shape (delta_update::choose_delta_algorithm)
+  chunked,    ///< chunkwise WY / UT form on GEMMs (README.md)
+  recurrent,  ///< token by token: the fused decode-step kernel applied T times
 };
 
 namespace delta_update {

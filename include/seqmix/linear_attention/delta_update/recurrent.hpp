@@ -21,20 +21,20 @@
 namespace seqmix::delta_update {
 
 enum class Update {
-  delta,  // x = beta (v - p), no b term
-  rwkv7,  // x = v, plus b p^T
+  delta,  ///< x = beta (v - p), no b term
+  rwkv7,  ///< x = v, plus b p^T
 };
 
-// One token's operands, contiguous.
+/// One token's operands, contiguous.
 struct TokenOperands {
-  const float* q = nullptr;      // [K] readout vector (scale folded in); r for rwkv7
-  const float* k = nullptr;      // [K]
-  const float* v = nullptr;      // [V]
-  const float* alpha = nullptr;  // [K] sweep-1 coefficients: w * k (delta) or a (rwkv7)
-  const float* b = nullptr;      // [K] rwkv7 only
-  const float* w = nullptr;      // decays exp(g): [K] (w_stride 1), one value (w_stride 0), or nullptr
+  const float* q = nullptr;      ///< [K] readout vector (scale folded in); r for rwkv7
+  const float* k = nullptr;      ///< [K]
+  const float* v = nullptr;      ///< [V]
+  const float* alpha = nullptr;  ///< [K] sweep-1 coefficients: w * k (delta) or a (rwkv7)
+  const float* b = nullptr;      ///< [K] rwkv7 only
+  const float* w = nullptr;      ///< decays exp(g): [K] (w_stride 1), one value (w_stride 0), or nullptr
   index_t w_stride = 0;
-  float beta = 1.f;              // delta only
+  float beta = 1.f;              ///< delta only
 };
 
 template <int NB, Update kUpdate, bool kDecay>
@@ -69,7 +69,7 @@ inline void token_tile(float* S, index_t ldS, index_t K, index_t c0, const Token
   for (int j = 0; j < NB; ++j) simd::store(o + c0 + j * W, acc[j]);
 }
 
-// Scalar columns [c0, V): the ragged tail when V is not a multiple of the batch width.
+/// Scalar columns [c0, V): the ragged tail when V is not a multiple of the batch width.
 template <Update kUpdate, bool kDecay>
 inline void token_tail(float* S, index_t ldS, index_t K, index_t c0, index_t V, const TokenOperands& x, float* o) {
   for (index_t c = c0; c < V; ++c) {
@@ -97,7 +97,7 @@ inline void token_impl(float* S, index_t ldS, index_t K, index_t V, const TokenO
   if (c < V) token_tail<kUpdate, kDecay>(S, ldS, K, c, V, x, o);
 }
 
-// Advances S ([K,V], rows ldS apart, contiguous columns) by one token; writes o[0..V).
+/// Advances S ([K,V], rows ldS apart, contiguous columns) by one token; writes o[0..V).
 inline void advance_token(Update update, float* S, index_t ldS, index_t K, index_t V, const TokenOperands& x,
                           float* o) {
   const bool decay = x.w != nullptr;
@@ -107,8 +107,8 @@ inline void advance_token(Update update, float* S, index_t ldS, index_t K, index
     decay ? token_impl<Update::rwkv7, true>(S, ldS, K, V, x, o) : token_impl<Update::rwkv7, false>(S, ldS, K, V, x, o);
 }
 
-// Per-thread scratch of the token kernel: q, k, alpha, b, w rows and v, o rows. Allocated once
-// per parallel block, reused for every token and head.
+/// Per-thread scratch of the token kernel: q, k, alpha, b, w rows and v, o rows. Allocated once
+/// per parallel block, reused for every token and head.
 class TokenWorkspace {
  public:
   TokenWorkspace(index_t K, index_t V) : buffer_(static_cast<std::size_t>(5 * K + 2 * V)), K_(K), V_(V) {}
@@ -125,14 +125,14 @@ class TokenWorkspace {
   index_t K_, V_;
 };
 
-// out[i] = exp(x[i]) over n contiguous floats.
+/// out[i] = exp(x[i]) over n contiguous floats.
 inline void exp_rows(const float* x, float* out, index_t n) {
   const index_t nv = simd::vector_end(n);
   for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(out + i, simd::exp(simd::load(x + i)));
   for (index_t i = nv; i < n; ++i) out[i] = std::exp(x[i]);
 }
 
-// out[i] = a[i] * b[i] over n contiguous floats.
+/// out[i] = a[i] * b[i] over n contiguous floats.
 inline void multiply_rows(const float* a, const float* b, float* out, index_t n) {
   const index_t nv = simd::vector_end(n);
   for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(out + i, simd::load(a + i) * simd::load(b + i));

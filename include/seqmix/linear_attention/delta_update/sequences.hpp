@@ -25,23 +25,23 @@
 
 namespace seqmix::delta_update {
 
-// Token rows of one sequence of a [Bt, Tt, ...] tensor as a [1, tokens, ...] view (empty stays empty).
+/// Token rows of one sequence of a [Bt, Tt, ...] tensor as a [1, tokens, ...] view (empty stays empty).
 template <class T, std::size_t R>
 TensorView<T, R> sequence_rows(const TensorView<T, R>& x, const SequenceSpan& s) {
   if (!x.has_value()) return x;
   return x.slice(0, s.batch_row, 1).slice(1, s.token_begin, s.tokens);
 }
 
-// The state row of one sequence as a [1, ...] view; empty when `use` is false or there is none.
+/// The state row of one sequence as a [1, ...] view; empty when `use` is false or there is none.
 template <class T, std::size_t R>
 TensorView<T, R> state_row(const TensorView<T, R>& x, const SequenceSpan& s, bool use) {
   if (!x.has_value() || !use || s.state_row < 0) return TensorView<T, R>();
   return x.slice(0, s.state_row, 1);
 }
 
-// The sequences of a call that run (padding sequences, state row -1, are left out), longest
-// first; ties keep their order so the split is deterministic. Written into a per-thread list
-// reused across calls.
+/// The sequences of a call that run (padding sequences, state row -1, are left out), longest
+/// first; ties keep their order so the split is deterministic. Written into a per-thread list
+/// reused across calls.
 inline const std::vector<index_t>& longest_first(const SequenceMap& map) {
   thread_local std::vector<index_t> order;
   order.clear();
@@ -54,15 +54,15 @@ inline const std::vector<index_t>& longest_first(const SequenceMap& map) {
   return order;
 }
 
-// Per-thread scratch of one item: the state [K,V], the token kernel's rows and (when a chunked
-// item needs it) the WY workspace. Grown on demand and kept across calls, so steps and repeated
-// prefills of one shape allocate nothing after the first call.
+/// Per-thread scratch of one item: the state [K,V], the token kernel's rows and (when a chunked
+/// item needs it) the WY workspace. Grown on demand and kept across calls, so steps and repeated
+/// prefills of one shape allocate nothing after the first call.
 struct ItemScratch {
   RowMatrix S;
   std::optional<TokenWorkspace> tok;
   std::optional<WyWorkspace> wy;
   index_t K = 0, V = 0, wy_chunk = 0;
-  AlignedVector<float> staged;  // a strided step state, copied in and out
+  AlignedVector<float> staged;  ///< a strided step state, copied in and out
 
   void ensure(index_t k, index_t v) {
     if (k == K && v == V) return;
@@ -87,7 +87,7 @@ inline ItemScratch& item_scratch(index_t K, index_t V) {
   return scratch;
 }
 
-// S = the [K,V] view `initial` (any strides), or zeros when it is empty.
+/// S = the [K,V] view `initial` (any strides), or zeros when it is empty.
 inline void load_item_state(const ConstView<float, 2>& initial, RowMatrix& S) {
   if (!initial.has_value()) {
     S.setZero();
@@ -96,7 +96,7 @@ inline void load_item_state(const ConstView<float, 2>& initial, RowMatrix& S) {
   for (index_t r = 0; r < S.rows(); ++r) copy_row(initial[r], S.row(r).data());
 }
 
-// The [K,V] state S out to `dst` (any strides); nothing when `dst` is empty.
+/// The [K,V] state S out to `dst` (any strides); nothing when `dst` is empty.
 inline void store_item_state(const TensorView<float, 2>& dst, const float* S, index_t K, index_t V) {
   if (!dst.has_value()) return;
   for (index_t r = 0; r < K; ++r) {
@@ -108,8 +108,8 @@ inline void store_item_state(const TensorView<float, 2>& dst, const float* S, in
   }
 }
 
-// Runs item(n, h, scratch) for every (running sequence n, head h), longest sequences first, one
-// task per item handed out dynamically by the executor.
+/// Runs item(n, h, scratch) for every (running sequence n, head h), longest sequences first, one
+/// task per item handed out dynamically by the executor.
 template <class Item>
 void for_each_item(const Executor& executor, const SequenceMap& map, index_t H, index_t K, index_t V, Item&& item) {
   const std::vector<index_t>& order = longest_first(map);
@@ -117,7 +117,7 @@ void for_each_item(const Executor& executor, const SequenceMap& map, index_t H, 
   executor.run(items, [&](index_t i) { item(order[static_cast<std::size_t>(i / H)], i % H, item_scratch(K, V)); });
 }
 
-// The state tensors' row count (N, or the pool's S with slots), -1 when no state is given.
+/// The state tensors' row count (N, or the pool's S with slots), -1 when no state is given.
 template <class Initial, class Final>
 index_t state_rows(const ArgCheck& check, const Initial& initial, const Final& final_state) {
   if (initial.has_value() && final_state.has_value() && initial.size(0) != final_state.size(0))
@@ -127,7 +127,7 @@ index_t state_rows(const ArgCheck& check, const Initial& initial, const Final& f
   return final_state.has_value() ? final_state.size(0) : -1;
 }
 
-// Same views (data, shape, strides): an in-place update the ops allow for states.
+/// Same views (data, shape, strides): an in-place update the ops allow for states.
 template <class A, class B, std::size_t R>
 bool same_view(const TensorView<A, R>& a, const TensorView<B, R>& b) {
   if (static_cast<const void*>(a.data()) != static_cast<const void*>(b.data())) return false;
@@ -136,7 +136,7 @@ bool same_view(const TensorView<A, R>& a, const TensorView<B, R>& b) {
   return true;
 }
 
-// ShapeError when output `out` shares memory with `other`.
+/// ShapeError when output `out` shares memory with `other`.
 template <class A, std::size_t RA, class B, std::size_t RB>
 void refuse_overlap(const ArgCheck& check, const char* out_name, const TensorView<A, RA>& out, const char* other_name,
                     const TensorView<B, RB>& other) {
@@ -144,15 +144,15 @@ void refuse_overlap(const ArgCheck& check, const char* out_name, const TensorVie
     check.fail(out_name, std::string("must not overlap ") + other_name + " (the op reads it while writing)");
 }
 
-// A named input view for check_prefill_aliasing.
+/// A named input view for check_prefill_aliasing.
 template <class View>
 std::pair<const char*, View> named(const char* name, const View& view) {
   return {name, view};
 }
 
-// A prefill's outputs o, final_state and token_states may not share memory with any input nor
-// with each other; final_state may be initial_state as the same view (updated in place), never
-// overlap it otherwise.
+/// A prefill's outputs o, final_state and token_states may not share memory with any input nor
+/// with each other; final_state may be initial_state as the same view (updated in place), never
+/// overlap it otherwise.
 template <class... Named>
 void check_prefill_aliasing(const ArgCheck& check, const TensorView<float, 4>& o, const TensorView<float, 4>& final_state,
                             const TensorView<float, 5>& token_states, const ConstView<float, 4>& initial,
@@ -172,7 +172,7 @@ void check_prefill_aliasing(const ArgCheck& check, const TensorView<float, 4>& o
     refuse_overlap(check, "final_state", final_state, "initial_state (other than as the same view)", initial);
 }
 
-// The slots of a step: token row b uses pool row row(b); fresh(b) says it starts from zeros.
+/// The slots of a step: token row b uses pool row row(b); fresh(b) says it starts from zeros.
 struct StepSlots {
   IndexList indices;
   FlagList has_initial_state;
@@ -180,7 +180,7 @@ struct StepSlots {
   bool fresh(index_t b) const { return has_initial_state.has_value() && !has_initial_state[b]; }
 };
 
-// Checks a step's batch against B token rows and a pool of S rows (no allocation on valid input).
+/// Checks a step's batch against B token rows and a pool of S rows (no allocation on valid input).
 inline StepSlots check_step_slots(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t S) {
   if (batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
   SequenceMap::make(check, batch, B, 1, true, S);  // slots and flags; no allocation when valid

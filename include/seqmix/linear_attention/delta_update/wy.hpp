@@ -34,31 +34,31 @@ namespace seqmix::delta_update {
 using detail::la::RowMatrix;
 using detail::la::kGateFloor;
 
-// 60: with the anchor half way, factors stay within exp(+-30) ~ 1e13, far from fp32 overflow
-// even for the masked-out (j > i) products, and kept ones far from underflow.
+/// 60: with the anchor half way, factors stay within exp(+-30) ~ 1e13, far from fp32 overflow
+/// even for the masked-out (j > i) products, and kept ones far from underflow.
 constexpr float kAnchorRange = 60.f;
-// 16: rows of one forward-substitution block. The off-diagonal part of a block is a GEMM; the
-// 16x16 diagonal block is done row by row with vector axpys over V.
+/// 16: rows of one forward-substitution block. The off-diagonal part of a block is a GEMM; the
+/// 16x16 diagonal block is done row by row with vector axpys over V.
 constexpr index_t kSolveBlock = 16;
 
-// Per-thread scratch of the chunked form for chunk size C, allocated once per parallel block
-// and reused for every chunk and head (never allocated per chunk).
+/// Per-thread scratch of the chunked form for chunk size C, allocated once per parallel block
+/// and reused for every chunk and head (never allocated per chunk).
 struct WyWorkspace {
   WyWorkspace(index_t C, index_t K, index_t V)
       : KQ(2 * C, K), KQg(2 * C, K), Kn(C, K), gamma(C, K), G(2 * C, C), A(C, C), M(C, C), P(2 * C, V), Vc(C, V),
         U(C, V), beta(C), anchor(K) {}
-  RowMatrix KQ;     // [2C,K] rows [0,L): k (normalized), rows [L,2L): q (normalized, * scale)
-  RowMatrix KQg;    // [2C,K] the same rows * exp(gamma) (the read of the carried state)
-  RowMatrix Kn;     // [C,K]  k * exp(m - gamma) (anchored scores), then k * exp(gamma_L - gamma)
-  RowMatrix gamma;  // [C,K]  cumulative log-gates (column 0 only for a scalar gate)
-  RowMatrix G;      // [2C,C] raw scores: rows [0,L) against k, rows [L,2L) q against k
-  RowMatrix A, M;   // [C,C]  strictly lower beta-scaled k scores; lower q scores
-  RowMatrix P;      // [2C,V] (K;Q) * exp(gamma) times S
-  RowMatrix Vc, U;  // [C,V]  values; right-hand side, then the solution U
+  RowMatrix KQ;     ///< [2C,K] rows [0,L): k (normalized), rows [L,2L): q (normalized, * scale)
+  RowMatrix KQg;    ///< [2C,K] the same rows * exp(gamma) (the read of the carried state)
+  RowMatrix Kn;     ///< [C,K]  k * exp(m - gamma) (anchored scores), then k * exp(gamma_L - gamma)
+  RowMatrix gamma;  ///< [C,K]  cumulative log-gates (column 0 only for a scalar gate)
+  RowMatrix G;      ///< [2C,C] raw scores: rows [0,L) against k, rows [L,2L) q against k
+  RowMatrix A, M;   ///< [C,C]  strictly lower beta-scaled k scores; lower q scores
+  RowMatrix P;      ///< [2C,V] (K;Q) * exp(gamma) times S
+  RowMatrix Vc, U;  ///< [C,V]  values; right-hand side, then the solution U
   Eigen::Matrix<float, 1, Eigen::Dynamic> beta, anchor;
 };
 
-// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, v, beta, cumulative gates.
+/// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, v, beta, cumulative gates.
 inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
   for (index_t i = 0; i < L; ++i) {
     load_row(p.k[t0 + i], 1.f, p.norm, ws.KQ.row(i).data());
@@ -76,7 +76,7 @@ inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& w
   }
 }
 
-// sum_c x_c k_c exp(gx_c - gk_c) for one pair with gx <= gk channelwise.
+/// sum_c x_c k_c exp(gx_c - gk_c) for one pair with gx <= gk channelwise.
 inline float decayed_dot(const float* x, const float* k, const float* gx, const float* gk, index_t K) {
   using simd::Batch;
   Batch<float> acc(0.f);
@@ -88,8 +88,8 @@ inline float decayed_dot(const float* x, const float* k, const float* gx, const 
   return sum;
 }
 
-// Fills A (strict lower, beta-scaled) and M (lower) from the raw scores G, with the pairwise
-// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise.
+/// Fills A (strict lower, beta-scaled) and M (lower) from the raw scores G, with the pairwise
+/// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise.
 inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
   for (index_t i = 0; i < L; ++i) {
     const float bi = ws.beta(i);
@@ -102,7 +102,7 @@ inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
   }
 }
 
-// Raw scores G for per-channel gates (see the header comment for the two regimes).
+/// Raw scores G for per-channel gates (see the header comment for the two regimes).
 inline void channel_scores(index_t L, index_t K, WyWorkspace& ws) {
   const float range = -ws.gamma.row(L - 1).minCoeff();
   if (range <= kAnchorRange) {
@@ -124,7 +124,7 @@ inline void channel_scores(index_t L, index_t K, WyWorkspace& ws) {
     }
 }
 
-// KQg = (K;Q) * exp(gamma) rowwise (scalar) or elementwise (channel).
+/// KQg = (K;Q) * exp(gamma) rowwise (scalar) or elementwise (channel).
 inline void decay_rows(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   for (int half = 0; half < 2; ++half) {
     auto dst = ws.KQg.middleRows(half * L, L);
@@ -136,7 +136,7 @@ inline void decay_rows(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   }
 }
 
-// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution.
+/// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution.
 inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
   const index_t V = X.cols();
   for (index_t i0 = 0; i0 < L; i0 += kSolveBlock) {
@@ -150,7 +150,7 @@ inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
 // The steps of one chunk [t0, t0 + L) of head p on the state S [K,V], in the order the chunkwise
 // engine (core/chunkwise/engine.hpp) calls them; driver.hpp binds them to its hooks.
 
-// Operands and the state-free scores: A and M.
+/// Operands and the state-free scores: A and M.
 inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
   load_chunk(p, t0, L, ws);
   const bool channel = p.gated() && !p.scalar_gate;
@@ -161,7 +161,7 @@ inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace
   mask_scores(L, p.gated() && p.scalar_gate, ws);
 }
 
-// The read of the carried state by k (for the right-hand side) and by q (for the output).
+/// The read of the carried state by k (for the right-hand side) and by q (for the output).
 inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyWorkspace& ws) {
   if (p.gated()) {
     decay_rows(p, L, ws);
@@ -171,7 +171,7 @@ inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyW
   }
 }
 
-// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L)).
+/// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L)).
 inline void wy_intra(index_t L, WyWorkspace& ws) {
   ws.U.topRows(L).array() = (ws.Vc.topRows(L) - ws.P.topRows(L)).array().colwise() * ws.beta.head(L).transpose().array();
   solve_unit_lower(ws.A, L, ws.U);
@@ -179,7 +179,7 @@ inline void wy_intra(index_t L, WyWorkspace& ws) {
   O.noalias() += ws.M.topLeftCorner(L, L) * ws.U.topRows(L);
 }
 
-// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
+/// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
 inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorkspace& ws) {
   if (!p.gated()) {
     S.noalias() += ws.KQ.topRows(L).transpose() * ws.U.topRows(L);
@@ -198,7 +198,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
   }
 }
 
-// The chunk's outputs (P's rows [L, 2L)) out to o, any stride. Nothing above overwrites them.
+/// The chunk's outputs (P's rows [L, 2L)) out to o, any stride. Nothing above overwrites them.
 inline void wy_store_outputs(const DeltaHead& p, index_t t0, index_t L, const WyWorkspace& ws) {
   const auto O = ws.P.middleRows(L, L);
   for (index_t i = 0; i < L; ++i) {

@@ -55,7 +55,7 @@ inline void fast_delta(const ArgCheck& check, const DeltaCall& c, const Executor
 
 }  // namespace delta_update
 
-// Gated DeltaNet / KDA prefill. final_state may be the initial_state view (updated in place).
+/// Gated DeltaNet / KDA prefill. final_state may be the initial_state view (updated in place).
 inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
   static const ArgCheck check("gated_delta_rule");

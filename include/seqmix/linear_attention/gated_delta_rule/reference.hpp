@@ -32,52 +32,52 @@
 namespace seqmix {
 
 struct GatedDeltaRuleOptions {
-  // Which gate input the call reads (see DeltaGate).
+  /// Which gate input the call reads (see DeltaGate).
   DeltaGate gate = DeltaGate::scalar;
-  // Multiplies q; default 1/sqrt(K).
+  /// Multiplies q; default 1/sqrt(K).
   std::optional<float> scale;
-  // Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
+  /// Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
   QkNorm qk_norm = QkNorm::none;
-  // Tokens per chunk of the chunked WY form. 64 measured best for K=V=128 (delta_update/README.md):
-  // the chunk's [64,128] tiles and 64x64 score and solve blocks stay in L1/L2 while the
-  // state GEMMs are large enough to run near peak. Any value in [1, 4096] works; it changes
-  // rounding only.
+  /// Tokens per chunk of the chunked WY form. 64 measured best for K=V=128 (delta_update/README.md):
+  /// the chunk's [64,128] tiles and 64x64 score and solve blocks stay in L1/L2 while the
+  /// state GEMMs are large enough to run near peak. Any value in [1, 4096] works; it changes
+  /// rounding only.
   index_t chunk_size = 64;
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
 };
 
 struct GatedDeltaRuleInputs {
-  ConstView<float, 4> q;              // [B,T,HK,K]
-  ConstView<float, 4> k;              // [B,T,HK,K]
-  ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of HK
-  ConstView<float, 3> beta;           // [B,T,HV]
-  ConstView<float, 3> g_scalar;       // [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
-  ConstView<float, 4> g;              // [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
-  ConstView<float, 4> initial_state;  // [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
-  SequenceBatch batch;                // optional: cu_seqlens, state_indices, has_initial_state
+  ConstView<float, 4> q;              ///< [B,T,HK,K]
+  ConstView<float, 4> k;              ///< [B,T,HK,K]
+  ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of HK
+  ConstView<float, 3> beta;           ///< [B,T,HV]
+  ConstView<float, 3> g_scalar;       ///< [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
+  ConstView<float, 4> g;              ///< [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
+  ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
+  SequenceBatch batch;                ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
-// o must not overlap an input; final_state may be the same view as initial_state.
+/// o must not overlap an input; final_state may be the same view as initial_state.
 struct GatedDeltaRuleOutputs {
-  TensorView<float, 4> o;             // [B,T,HV,V]
-  TensorView<float, 4> final_state;   // [N,HV,K,V] or the pool, optional
-  TensorView<float, 5> token_states;  // [B,T,HV,K,V], optional: the state after each token
+  TensorView<float, 4> o;             ///< [B,T,HV,V]
+  TensorView<float, 4> final_state;   ///< [N,HV,K,V] or the pool, optional
+  TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: the state after each token
 };
 
-// Decode step: one token per batch row.
+/// Decode step: one token per batch row.
 struct GatedDeltaRuleStepInputs {
-  ConstView<float, 3> q;         // [B,HK,K]
-  ConstView<float, 3> k;         // [B,HK,K]
-  ConstView<float, 3> v;         // [B,HV,V]
-  ConstView<float, 2> beta;      // [B,HV]
-  ConstView<float, 2> g_scalar;  // [B,HV]   (DeltaGate::scalar)
-  ConstView<float, 3> g;         // [B,HV,K] (DeltaGate::channel)
-  SequenceBatch batch;           // optional: state_indices [B] (-1 = padding row), has_initial_state [B]
+  ConstView<float, 3> q;         ///< [B,HK,K]
+  ConstView<float, 3> k;         ///< [B,HK,K]
+  ConstView<float, 3> v;         ///< [B,HV,V]
+  ConstView<float, 2> beta;      ///< [B,HV]
+  ConstView<float, 2> g_scalar;  ///< [B,HV]   (DeltaGate::scalar)
+  ConstView<float, 3> g;         ///< [B,HV,K] (DeltaGate::channel)
+  SequenceBatch batch;           ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 struct GatedDeltaRuleStepOutputs {
-  TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)
+  TensorView<float, 3> o;      ///< [B,HV,V]
+  TensorView<float, 4> state;  ///< [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)
 };
 
 namespace delta_update {
@@ -254,8 +254,8 @@ inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRule
 
 namespace reference {
 
-// The definition, token by token, state in double. final_state may alias initial_state.
-// `executor` only splits the gate check.
+/// The definition, token by token, state in double. final_state may alias initial_state.
+/// `executor` only splits the gate check.
 inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
   delta_update::reference_delta("reference::gated_delta_rule", delta_update::gated_call(in, out, options), executor);

@@ -68,7 +68,7 @@ inline void fast_delta_step(const ArgCheck& check, const DeltaStepCall& c, const
 
 }  // namespace delta_update
 
-// One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
+/// One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
 inline void gated_delta_rule_step(const GatedDeltaRuleStepInputs& in, const GatedDeltaRuleStepOutputs& out,
                                   const GatedDeltaRuleOptions& options = {},
                                   const Executor& executor = serial_executor()) {

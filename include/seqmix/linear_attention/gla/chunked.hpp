@@ -83,21 +83,21 @@ inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, c
   });
 }
 
-// Simple GLA: one log-decay per token and head, g_scalar [B,T,Hg].
+/// Simple GLA: one log-decay per token and head, g_scalar [B,T,Hg].
 inline void simple_gla(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
                        const Executor& executor = serial_executor()) {
   options.gate = GateKind::scalar;
   gated_linear_attention(in, out, options, executor);
 }
 
-// RetNet retention: decay log(1 - 2^(-5-h)) for value head h; no gate input.
+/// RetNet retention: decay log(1 - 2^(-5-h)) for value head h; no gate input.
 inline void retention(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
                       const Executor& executor = serial_executor()) {
   options.gate = GateKind::retnet;
   gated_linear_attention(in, out, options, executor);
 }
 
-// No decay: S_t = S_{t-1} + k_t v_t^T (see also linear_attention for feature maps).
+/// No decay: S_t = S_{t-1} + k_t v_t^T (see also linear_attention for feature maps).
 inline void ungated_linear_attention(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
                                      const Executor& executor = serial_executor()) {
   options.gate = GateKind::none;

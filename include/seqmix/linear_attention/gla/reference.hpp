@@ -26,57 +26,57 @@
 namespace seqmix {
 
 struct GlaOptions {
-  // Which decay the call uses, and so which gate input it reads (see GateKind).
+  /// Which decay the call uses, and so which gate input it reads (see GateKind).
   GateKind gate = GateKind::channel;
-  // Multiplies q; default 1/sqrt(K).
+  /// Multiplies q; default 1/sqrt(K).
   std::optional<float> scale;
-  // Tokens per chunk of the chunked algorithm. 64 measured best on AVX-512 for K=V=64..128: the
-  // [64,K] tiles and the 64x64 score tile of one head stay in L1/L2 and the intra-chunk GEMMs stay
-  // small next to the state GEMMs. Any value in [1, 4096] works; it changes rounding only.
+  /// Tokens per chunk of the chunked algorithm. 64 measured best on AVX-512 for K=V=64..128: the
+  /// [64,K] tiles and the 64x64 score tile of one head stay in L1/L2 and the intra-chunk GEMMs stay
+  /// small next to the state GEMMs. Any value in [1, 4096] works; it changes rounding only.
   index_t chunk_size = 64;
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
 };
 
-// Prefill arguments. Optional views are empty when not given. The gate has Hg = H or HV heads.
-// Dense: B sequences of T tokens, states [B,HV,K,V]. Packed (batch.cu_seqlens [N+1]): token
-// tensors [1,total_T,...], sequence n is tokens [cu[n], cu[n+1]), states [N,HV,K,V]. With
-// batch.state_indices the states are a pool [S,HV,K,V] read and written at row state_indices[n]
-// (-1: padding sequence, nothing read or written, its outputs untouched); has_initial_state[n]
-// false starts sequence n from zeros (seqmix/core/batch.hpp).
+/// Prefill arguments. Optional views are empty when not given. The gate has Hg = H or HV heads.
+/// Dense: B sequences of T tokens, states [B,HV,K,V]. Packed (batch.cu_seqlens [N+1]): token
+/// tensors [1,total_T,...], sequence n is tokens [cu[n], cu[n+1]), states [N,HV,K,V]. With
+/// batch.state_indices the states are a pool [S,HV,K,V] read and written at row state_indices[n]
+/// (-1: padding sequence, nothing read or written, its outputs untouched); has_initial_state[n]
+/// false starts sequence n from zeros (seqmix/core/batch.hpp).
 struct GlaInputs {
-  ConstView<float, 4> q;              // [B,T,H,K]
-  ConstView<float, 4> k;              // [B,T,H,K]
-  ConstView<float, 4> v;              // [B,T,HV,V], HV a multiple of H
-  ConstView<float, 4> g;              // [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
-  ConstView<float, 3> g_scalar;       // [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
-  ConstView<float, 4> initial_state;  // [N,HV,K,V] or a pool [S,HV,K,V], optional (zeros if absent)
-  SequenceBatch batch;                // cu_seqlens, state_indices, has_initial_state (all optional)
+  ConstView<float, 4> q;              ///< [B,T,H,K]
+  ConstView<float, 4> k;              ///< [B,T,H,K]
+  ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of H
+  ConstView<float, 4> g;              ///< [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
+  ConstView<float, 3> g_scalar;       ///< [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
+  ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or a pool [S,HV,K,V], optional (zeros if absent)
+  SequenceBatch batch;                ///< cu_seqlens, state_indices, has_initial_state (all optional)
 };
 
-// o must not overlap an input; final_state may be the same view as initial_state (in place).
+/// o must not overlap an input; final_state may be the same view as initial_state (in place).
 struct GlaOutputs {
-  TensorView<float, 4> o;            // [B,T,HV,V]
-  TensorView<float, 4> final_state;  // [N,HV,K,V] or the pool [S,HV,K,V], optional
-  // [B,T,HV,K,V], optional: the state after each token (speculative verify keeps the state of the
-  // last accepted token). Given, the call runs the recurrent form.
+  TensorView<float, 4> o;            ///< [B,T,HV,V]
+  TensorView<float, 4> final_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional
+  /// [B,T,HV,K,V], optional: the state after each token (speculative verify keeps the state of the
+  /// last accepted token). Given, the call runs the recurrent form.
   TensorView<float, 5> token_states;
 };
 
-// Decode-step arguments: one token per batch row.
+/// Decode-step arguments: one token per batch row.
 struct GlaStepInputs {
-  ConstView<float, 3> q;         // [B,H,K]
-  ConstView<float, 3> k;         // [B,H,K]
-  ConstView<float, 3> v;         // [B,HV,V]
-  ConstView<float, 3> g;         // [B,Hg,K] (GateKind::channel)
-  ConstView<float, 2> g_scalar;  // [B,Hg]   (GateKind::scalar)
-  // state_indices [B]: row b steps pool row state_indices[b] (-1: padding row, its output and
-  // every state untouched); has_initial_state[b] false zeroes that row first. No cu_seqlens.
+  ConstView<float, 3> q;         ///< [B,H,K]
+  ConstView<float, 3> k;         ///< [B,H,K]
+  ConstView<float, 3> v;         ///< [B,HV,V]
+  ConstView<float, 3> g;         ///< [B,Hg,K] (GateKind::channel)
+  ConstView<float, 2> g_scalar;  ///< [B,Hg]   (GateKind::scalar)
+  /// state_indices [B]: row b steps pool row state_indices[b] (-1: padding row, its output and
+  /// every state untouched); has_initial_state[b] false zeroes that row first. No cu_seqlens.
   SequenceBatch batch;
 };
 
 struct GlaStepOutputs {
-  TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V] or a pool [S,HV,K,V], updated in place (required)
+  TensorView<float, 3> o;      ///< [B,HV,V]
+  TensorView<float, 4> state;  ///< [B,HV,K,V] or a pool [S,HV,K,V], updated in place (required)
 };
 
 namespace detail::la {
@@ -165,8 +165,8 @@ inline float gla_log_gate(const GlaInputs& in, GateKind gate, const Dims& d, ind
 
 namespace reference {
 
-// The definition, token by token, with the state in double precision, one sequence at a time.
-// Single-threaded; `executor` only splits the gate check. final_state may alias initial_state.
+/// The definition, token by token, with the state in double precision, one sequence at a time.
+/// Single-threaded; `executor` only splits the gate check. final_state may alias initial_state.
 inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;

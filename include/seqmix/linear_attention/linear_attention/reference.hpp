@@ -29,51 +29,51 @@ namespace seqmix {
 
 struct LinearAttentionOptions {
   FeatureMap feature_map = FeatureMap::identity;
-  // Divide o_t by scale * phi(q_t).z_t, z_t = sum_{s<=t} phi(k_s). Plain division, as in the
-  // definition: use a positive feature map (elu1) or a taylor2 map so the denominator stays > 0.
+  /// Divide o_t by scale * phi(q_t).z_t, z_t = sum_{s<=t} phi(k_s). Plain division, as in the
+  /// definition: use a positive feature map (elu1) or a taylor2 map so the denominator stays > 0.
   bool normalize = false;
-  // JRT prefix mode: the first prefix_len tokens of the call read the state after the whole
-  // prefix (non-causal within the prefix). 0: fully causal. Must not exceed T.
+  /// JRT prefix mode: the first prefix_len tokens of the call read the state after the whole
+  /// prefix (non-causal within the prefix). 0: fully causal. Must not exceed T.
   index_t prefix_len = 0;
-  // Multiplies phi(q); default 1/sqrt(K) with K the input key size (not the feature count).
+  /// Multiplies phi(q); default 1/sqrt(K) with K the input key size (not the feature count).
   std::optional<float> scale;
-  // Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
+  /// Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
   index_t chunk_size = 64;
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
 };
 
-// Optional views are empty when not given. Kf = feature_dim(options.feature_map, K).
+/// Optional views are empty when not given. Kf = feature_dim(options.feature_map, K).
 struct LinearAttentionInputs {
-  ConstView<float, 4> q;                   // [B,T,H,K]
-  ConstView<float, 4> k;                   // [B,T,H,K]
-  ConstView<float, 4> v;                   // [B,T,HV,V], HV a multiple of H
-  ConstView<float, 4> initial_state;       // [B,HV,Kf,V], optional (zero if absent)
-  ConstView<float, 3> initial_normalizer;  // [B,HV,Kf], optional z (normalize only; zero if absent)
-  // cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): states
-  // and normalizers are then [N,...] per sequence or a pool [S,...] of slots.
+  ConstView<float, 4> q;                   ///< [B,T,H,K]
+  ConstView<float, 4> k;                   ///< [B,T,H,K]
+  ConstView<float, 4> v;                   ///< [B,T,HV,V], HV a multiple of H
+  ConstView<float, 4> initial_state;       ///< [B,HV,Kf,V], optional (zero if absent)
+  ConstView<float, 3> initial_normalizer;  ///< [B,HV,Kf], optional z (normalize only; zero if absent)
+  /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): states
+  /// and normalizers are then [N,...] per sequence or a pool [S,...] of slots.
   SequenceBatch batch;
 };
 
-// o must not overlap an input; a final view may be the same view as its initial one.
+/// o must not overlap an input; a final view may be the same view as its initial one.
 struct LinearAttentionOutputs {
-  TensorView<float, 4> o;                 // [B,T,HV,V]
-  TensorView<float, 4> final_state;       // [B,HV,Kf,V], optional
-  TensorView<float, 3> final_normalizer;  // [B,HV,Kf], optional (normalize only)
-  TensorView<float, 5> token_states;      // [B,T,HV,Kf,V], optional, the state after each token
-                                          // (not with normalize or prefix_len; recurrent form)
+  TensorView<float, 4> o;                 ///< [B,T,HV,V]
+  TensorView<float, 4> final_state;       ///< [B,HV,Kf,V], optional
+  TensorView<float, 3> final_normalizer;  ///< [B,HV,Kf], optional (normalize only)
+  TensorView<float, 5> token_states;      ///< [B,T,HV,Kf,V], optional, the state after each token
+                                          ///< (not with normalize or prefix_len; recurrent form)
 };
 
 struct LinearAttentionStepInputs {
-  ConstView<float, 3> q;  // [B,H,K]
-  ConstView<float, 3> k;  // [B,H,K]
-  ConstView<float, 3> v;  // [B,HV,V]
-  SequenceBatch batch;    // state_indices / has_initial_state per row (see GlaStepInputs)
+  ConstView<float, 3> q;  ///< [B,H,K]
+  ConstView<float, 3> k;  ///< [B,H,K]
+  ConstView<float, 3> v;  ///< [B,HV,V]
+  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GlaStepInputs)
 };
 
 struct LinearAttentionStepOutputs {
-  TensorView<float, 3> o;           // [B,HV,V]
-  TensorView<float, 4> state;       // [B,HV,Kf,V] or a pool [S,HV,Kf,V], updated in place (required)
-  TensorView<float, 3> normalizer;  // [B,HV,Kf] or [S,HV,Kf], updated in place (required iff normalize)
+  TensorView<float, 3> o;           ///< [B,HV,V]
+  TensorView<float, 4> state;       ///< [B,HV,Kf,V] or a pool [S,HV,Kf,V], updated in place (required)
+  TensorView<float, 3> normalizer;  ///< [B,HV,Kf] or [S,HV,Kf], updated in place (required iff normalize)
 };
 
 namespace detail::la {
@@ -133,8 +133,8 @@ inline Dims validate_linear_attention_step(const ArgCheck& check, const LinearAt
 
 namespace reference {
 
-// The definition, token by token, state in double precision, one sequence at a time.
-// Single-threaded.
+/// The definition, token by token, state in double precision, one sequence at a time.
+/// Single-threaded.
 inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   (void)executor;

@@ -22,42 +22,42 @@
 namespace seqmix {
 
 struct Rwkv6Options {
-  // Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
+  /// Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
   index_t chunk_size = 64;
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
 };
 
-// g and u have Hg = H or HV heads (shared like r/k, or one per value head).
+/// g and u have Hg = H or HV heads (shared like r/k, or one per value head).
 struct Rwkv6Inputs {
-  ConstView<float, 4> r;              // [B,T,H,K] receptance (the query)
-  ConstView<float, 4> k;              // [B,T,H,K]
-  ConstView<float, 4> v;              // [B,T,HV,V]
-  ConstView<float, 4> g;              // [B,T,Hg,K] log-decay <= 0 (w = exp(g))
-  ConstView<float, 2> u;              // [Hg,K] bonus of the current token
-  ConstView<float, 4> initial_state;  // [B,HV,K,V], optional (zero if absent)
-  // cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): the
-  // states are then [N,HV,K,V] per sequence or a pool [S,HV,K,V] of slots.
+  ConstView<float, 4> r;              ///< [B,T,H,K] receptance (the query)
+  ConstView<float, 4> k;              ///< [B,T,H,K]
+  ConstView<float, 4> v;              ///< [B,T,HV,V]
+  ConstView<float, 4> g;              ///< [B,T,Hg,K] log-decay <= 0 (w = exp(g))
+  ConstView<float, 2> u;              ///< [Hg,K] bonus of the current token
+  ConstView<float, 4> initial_state;  ///< [B,HV,K,V], optional (zero if absent)
+  /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): the
+  /// states are then [N,HV,K,V] per sequence or a pool [S,HV,K,V] of slots.
   SequenceBatch batch;
 };
 
 struct Rwkv6Outputs {
-  TensorView<float, 4> o;             // [B,T,HV,V]
-  TensorView<float, 4> final_state;   // [B,HV,K,V], optional; may be the initial_state view
-  TensorView<float, 5> token_states;  // [B,T,HV,K,V], optional: S_t after each token t
+  TensorView<float, 4> o;             ///< [B,T,HV,V]
+  TensorView<float, 4> final_state;   ///< [B,HV,K,V], optional; may be the initial_state view
+  TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: S_t after each token t
 };
 
 struct Rwkv6StepInputs {
-  ConstView<float, 3> r;  // [B,H,K]
-  ConstView<float, 3> k;  // [B,H,K]
-  ConstView<float, 3> v;  // [B,HV,V]
-  ConstView<float, 3> g;  // [B,Hg,K]
-  ConstView<float, 2> u;  // [Hg,K]
-  SequenceBatch batch;    // state_indices / has_initial_state per row (see GlaStepInputs)
+  ConstView<float, 3> r;  ///< [B,H,K]
+  ConstView<float, 3> k;  ///< [B,H,K]
+  ConstView<float, 3> v;  ///< [B,HV,V]
+  ConstView<float, 3> g;  ///< [B,Hg,K]
+  ConstView<float, 2> u;  ///< [Hg,K]
+  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GlaStepInputs)
 };
 
 struct Rwkv6StepOutputs {
-  TensorView<float, 3> o;      // [B,HV,V]
-  TensorView<float, 4> state;  // [B,HV,K,V] or a pool [S,HV,K,V], read and then updated in place (required)
+  TensorView<float, 3> o;      ///< [B,HV,V]
+  TensorView<float, 4> state;  ///< [B,HV,K,V] or a pool [S,HV,K,V], read and then updated in place (required)
 };
 
 namespace detail::la {
@@ -106,8 +106,8 @@ inline Dims validate_rwkv6_step(const ArgCheck& check, const Rwkv6StepInputs& in
 
 namespace reference {
 
-// The definition, token by token, state in double precision, one sequence at a time.
-// Single-threaded; `executor` only splits the gate check.
+/// The definition, token by token, state in double precision, one sequence at a time.
+/// Single-threaded; `executor` only splits the gate check.
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::la;

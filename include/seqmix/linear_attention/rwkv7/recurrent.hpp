@@ -47,9 +47,9 @@ inline TokenOperands load_rwkv7_token(const View3& r, const View3& k, const View
 
 }  // namespace delta_update
 
-// RWKV-7 prefill. final_state may be the initial_state view (updated in place). One item per
-// (sequence, head), longest sequences first; each thread keeps one [K,V] state and a few rows
-// across calls (delta_update/sequences.hpp). token_states, when given, get S after every token.
+/// RWKV-7 prefill. final_state may be the initial_state view (updated in place). One item per
+/// (sequence, head), longest sequences first; each thread keeps one [K,V] state and a few rows
+/// across calls (delta_update/sequences.hpp). token_states, when given, get S after every token.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
   using namespace delta_update;
   static const ArgCheck check("rwkv7");

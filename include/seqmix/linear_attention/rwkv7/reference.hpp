@@ -25,34 +25,34 @@
 namespace seqmix {
 
 struct Rwkv7Inputs {
-  ConstView<float, 4> r;              // [B,T,H,K] receptance (the query)
-  ConstView<float, 4> k;              // [B,T,H,K]
-  ConstView<float, 4> v;              // [B,T,H,V]
-  ConstView<float, 4> a;              // [B,T,H,K] the state read by the rank-one term
-  ConstView<float, 4> b;              // [B,T,H,K] where that read is written back
-  ConstView<float, 4> g;              // [B,T,H,K] log-decay <= 0 (w = exp(g))
-  ConstView<float, 4> initial_state;  // [N,H,K,V] or the pool [S,H,K,V], optional (zeros if absent)
-  SequenceBatch batch;                // optional: cu_seqlens, state_indices, has_initial_state
+  ConstView<float, 4> r;              ///< [B,T,H,K] receptance (the query)
+  ConstView<float, 4> k;              ///< [B,T,H,K]
+  ConstView<float, 4> v;              ///< [B,T,H,V]
+  ConstView<float, 4> a;              ///< [B,T,H,K] the state read by the rank-one term
+  ConstView<float, 4> b;              ///< [B,T,H,K] where that read is written back
+  ConstView<float, 4> g;              ///< [B,T,H,K] log-decay <= 0 (w = exp(g))
+  ConstView<float, 4> initial_state;  ///< [N,H,K,V] or the pool [S,H,K,V], optional (zeros if absent)
+  SequenceBatch batch;                ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
-// o must not overlap an input; final_state may be the same view as initial_state.
+/// o must not overlap an input; final_state may be the same view as initial_state.
 struct Rwkv7Outputs {
-  TensorView<float, 4> o;             // [B,T,H,V]
-  TensorView<float, 4> final_state;   // [N,H,K,V] or the pool, optional
-  TensorView<float, 5> token_states;  // [B,T,H,K,V], optional: the state after each token
+  TensorView<float, 4> o;             ///< [B,T,H,V]
+  TensorView<float, 4> final_state;   ///< [N,H,K,V] or the pool, optional
+  TensorView<float, 5> token_states;  ///< [B,T,H,K,V], optional: the state after each token
 };
 
 struct Rwkv7StepInputs {
-  ConstView<float, 3> r, k;  // [B,H,K]
-  ConstView<float, 3> v;     // [B,H,V]
-  ConstView<float, 3> a, b;  // [B,H,K]
-  ConstView<float, 3> g;     // [B,H,K] log-decay <= 0
-  SequenceBatch batch;       // optional: state_indices [B] (-1 = padding row), has_initial_state [B]
+  ConstView<float, 3> r, k;  ///< [B,H,K]
+  ConstView<float, 3> v;     ///< [B,H,V]
+  ConstView<float, 3> a, b;  ///< [B,H,K]
+  ConstView<float, 3> g;     ///< [B,H,K] log-decay <= 0
+  SequenceBatch batch;       ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 struct Rwkv7StepOutputs {
-  TensorView<float, 3> o;      // [B,H,V]
-  TensorView<float, 4> state;  // [B,H,K,V] or the pool [S,H,K,V], updated in place (required)
+  TensorView<float, 3> o;      ///< [B,H,V]
+  TensorView<float, 4> state;  ///< [B,H,K,V] or the pool [S,H,K,V], updated in place (required)
 };
 
 namespace delta_update {
@@ -116,8 +116,8 @@ inline Dims validate_rwkv7_step(const ArgCheck& check, const Rwkv7StepInputs& in
 
 namespace reference {
 
-// The definition, token by token, state in double. Single-threaded; `executor` only splits the
-// gate check. final_state may alias initial_state.
+/// The definition, token by token, state in double. Single-threaded; `executor` only splits the
+/// gate check. final_state may alias initial_state.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
   const delta_update::Rwkv7Problem pr = delta_update::validate_rwkv7(ArgCheck("reference::rwkv7"), in, out, executor);
   const delta_update::Dims& d = pr.d;

@@ -221,11 +221,11 @@ inline std::vector<ConvSequence> conv_sequences(const CausalConv1dInputs& in, co
 
 }  // namespace detail
 
-// Fast prefill. Same arguments and results as reference::causal_conv1d (see reference.hpp); any
-// strides are accepted, unit channel stride is the fast case. A packed or slotted batch is cut
-// into sequences, each a batch of one, and every sequence's tiles go into one parallel pass, so
-// a short sequence costs about its tokens. Scratch: ConvScratch (a W x 1024 weight tile and a few
-// pointers) per task, allocated once per task outside the loops.
+/// Fast prefill. Same arguments and results as reference::causal_conv1d (see reference.hpp); any
+/// strides are accepted, unit channel stride is the fast case. A packed or slotted batch is cut
+/// into sequences, each a batch of one, and every sequence's tiles go into one parallel pass, so
+/// a short sequence costs about its tokens. Scratch: ConvScratch (a W x 1024 weight tile and a few
+/// pointers) per task, allocated once per task outside the loops.
 inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                           const CausalConv1dOptions& options = {},
                           const Executor& executor = serial_executor()) {

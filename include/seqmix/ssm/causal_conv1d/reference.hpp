@@ -24,49 +24,49 @@
 
 namespace seqmix {
 
-// The nonlinearity applied to each output of the convolution.
+/// The nonlinearity applied to each output of the convolution.
 enum class ConvActivation {
-  none,  // y = conv
-  silu,  // y = conv * sigmoid(conv), as in Mamba
+  none,  ///< y = conv
+  silu,  ///< y = conv * sigmoid(conv), as in Mamba
 };
 
 struct CausalConv1dOptions {
   ConvActivation activation = ConvActivation::none;
 };
 
-// Prefill arguments. Optional views are empty (default-constructed) when not given.
+/// Prefill arguments. Optional views are empty (default-constructed) when not given.
 struct CausalConv1dInputs {
-  ConstView<float, 3> x;              // [B,T,D]
-  ConstView<float, 2> weight;         // [D,W], W >= 1 taps; tap W-1 multiplies the newest input
-  ConstView<float, 1> bias;           // [D], optional
-  ConstView<float, 3> initial_state;  // [N or S, W-1, D], optional: the last W-1 inputs seen, oldest
-                                      // first; any strides (channel_major_conv_state for [S,D,W-1])
-  SequenceBatch batch;                // optional: packed sequences, state slots (core/batch.hpp)
+  ConstView<float, 3> x;              ///< [B,T,D]
+  ConstView<float, 2> weight;         ///< [D,W], W >= 1 taps; tap W-1 multiplies the newest input
+  ConstView<float, 1> bias;           ///< [D], optional
+  ConstView<float, 3> initial_state;  ///< [N or S, W-1, D], optional: the last W-1 inputs seen, oldest
+                                      ///< first; any strides (channel_major_conv_state for [S,D,W-1])
+  SequenceBatch batch;                ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
-// y must not overlap any input (ShapeError). final_state may be the very same view as
-// initial_state (the state is then carried in place, e.g. a slot pool); it is written after
-// every output of its sequence has been computed.
+/// y must not overlap any input (ShapeError). final_state may be the very same view as
+/// initial_state (the state is then carried in place, e.g. a slot pool); it is written after
+/// every output of its sequence has been computed.
 struct CausalConv1dOutputs {
-  TensorView<float, 3> y;            // [B,T,D]
-  TensorView<float, 3> final_state;  // [N or S, W-1, D], optional
-  // [Bt,Tt,W-1,D], optional (speculative verify): the window after each token, i.e. the final
-  // state a prefill ending at that token would return. [Bt,Tt] are x's first two dims.
+  TensorView<float, 3> y;            ///< [B,T,D]
+  TensorView<float, 3> final_state;  ///< [N or S, W-1, D], optional
+  /// [Bt,Tt,W-1,D], optional (speculative verify): the window after each token, i.e. the final
+  /// state a prefill ending at that token would return. [Bt,Tt] are x's first two dims.
   TensorView<float, 4> token_states;
 };
 
-// Decode-step arguments: one token per batch row.
+/// Decode-step arguments: one token per batch row.
 struct CausalConv1dStepInputs {
-  ConstView<float, 2> x;       // [B,D]
-  ConstView<float, 2> weight;  // [D,W]
-  ConstView<float, 1> bias;    // [D], optional
-  SequenceBatch batch;         // optional: state_indices [B] into the conv_state pool, has_initial_state [B]
+  ConstView<float, 2> x;       ///< [B,D]
+  ConstView<float, 2> weight;  ///< [D,W]
+  ConstView<float, 1> bias;    ///< [D], optional
+  SequenceBatch batch;         ///< optional: state_indices [B] into the conv_state pool, has_initial_state [B]
 };
 
-// y may be the very same view as x; it must not overlap conv_state, weight or bias.
+/// y may be the very same view as x; it must not overlap conv_state, weight or bias.
 struct CausalConv1dStepOutputs {
-  TensorView<float, 2> y;           // [B,D]
-  TensorView<float, 3> conv_state;  // [B or S, W-1, D], read and then updated in place (required)
+  TensorView<float, 2> y;           ///< [B,D]
+  TensorView<float, 3> conv_state;  ///< [B or S, W-1, D], read and then updated in place (required)
 };
 
 namespace detail {
@@ -147,8 +147,8 @@ inline Conv1dStepCall validate_causal_conv1d_step(const ArgCheck& check, const C
 
 namespace reference {
 
-// The definition, one output at a time, sequence by sequence. Single-threaded; `executor` is
-// accepted for a uniform signature.
+/// The definition, one output at a time, sequence by sequence. Single-threaded; `executor` is
+/// accepted for a uniform signature.
 inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                           const CausalConv1dOptions& options = {},
                           const Executor& executor = serial_executor()) {

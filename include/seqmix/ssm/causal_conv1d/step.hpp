@@ -105,13 +105,13 @@ inline void conv_step_zero_state(const TensorView<float, 3>& state, index_t row,
 
 }  // namespace detail
 
-// Decode step for one token per batch row: reads conv_state, writes y [B,D] and the shifted
-// state. Without batch.state_indices conv_state is [B,W-1,D]; with it, conv_state is the
-// caller's pool [S,W-1,D] (any strides: channel_major_conv_state views a [S,D,W-1] pool), row b
-// uses pool row state_indices[b] in place (-1: padding, y row and state untouched) and
-// has_initial_state[b] false zeroes that row first. y may be the same view as x; it must not
-// overlap conv_state. No heap allocation for W <= 8. Vectorized over channels, threaded over
-// channel groups and batch once the call is large enough to pay for waking a thread.
+/// Decode step for one token per batch row: reads conv_state, writes y [B,D] and the shifted
+/// state. Without batch.state_indices conv_state is [B,W-1,D]; with it, conv_state is the
+/// caller's pool [S,W-1,D] (any strides: channel_major_conv_state views a [S,D,W-1] pool), row b
+/// uses pool row state_indices[b] in place (-1: padding, y row and state untouched) and
+/// has_initial_state[b] false zeroes that row first. y may be the same view as x; it must not
+/// overlap conv_state. No heap allocation for W <= 8. Vectorized over channels, threaded over
+/// channel groups and batch once the call is large enough to pay for waking a thread.
 inline void causal_conv1d_step(const CausalConv1dStepInputs& in, const CausalConv1dStepOutputs& out,
                                const CausalConv1dOptions& options = {},
                                const Executor& executor = serial_executor()) {

@@ -76,14 +76,14 @@ inline void scan_lanes(const SelectiveScanInputs& in, const SelectiveScanOutputs
 
 }  // namespace detail
 
-// Fast prefill. Same arguments and results as reference::selective_scan (see reference.hpp); any
-// strides are accepted, unit channel stride is the fast case. A packed or slotted batch is cut
-// into sequences (each a batch of one); the work items are (sequence, channel group), longest
-// sequences first, handed out dynamically.
-//
-// Not done yet: parallel over time for long T with few channels (it needs the core scan, and
-// recomputing the decay products in the fix-up pass costs as much as the scan itself, so it only
-// pays when B * D / kWidth channel groups are fewer than the threads).
+/// Fast prefill. Same arguments and results as reference::selective_scan (see reference.hpp); any
+/// strides are accepted, unit channel stride is the fast case. A packed or slotted batch is cut
+/// into sequences (each a batch of one); the work items are (sequence, channel group), longest
+/// sequences first, handed out dynamically.
+///
+/// Not done yet: parallel over time for long T with few channels (it needs the core scan, and
+/// recomputing the decay products in the fix-up pass costs as much as the scan itself, so it only
+/// pays when B * D / kWidth channel groups are fewer than the threads).
 inline void selective_scan(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
                            const SelectiveScanOptions& options = {},
                            const Executor& executor = serial_executor()) {

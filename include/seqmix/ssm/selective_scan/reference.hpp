@@ -26,52 +26,52 @@
 namespace seqmix {
 
 struct SelectiveScanOptions {
-  // Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to delta + delta_bias, as mamba_ssm's
-  // delta_softplus flag does. Off by default, as there.
+  /// Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to delta + delta_bias, as mamba_ssm's
+  /// delta_softplus flag does. Off by default, as there.
   bool delta_softplus = false;
 };
 
-// Prefill arguments. Optional views are empty (default-constructed) when not given.
+/// Prefill arguments. Optional views are empty (default-constructed) when not given.
 struct SelectiveScanInputs {
-  ConstView<float, 3> u;              // [B,T,D]
-  ConstView<float, 3> delta;          // [B,T,D]
-  ConstView<float, 2> A;              // [D,N], normally negative
-  ConstView<float, 4> Bm;             // [B,T,G,N], G divides D; channel d uses group d / (D/G)
-  ConstView<float, 4> Cm;             // [B,T,G,N]
-  ConstView<float, 1> Dskip;          // [D], optional skip connection
-  ConstView<float, 3> z;              // [B,T,D], optional gate: y *= silu(z)
-  ConstView<float, 1> delta_bias;     // [D], optional
-  ConstView<float, 3> initial_state;  // [N or S, D, N], optional
-  SequenceBatch batch;                // optional: packed sequences, state slots (core/batch.hpp)
+  ConstView<float, 3> u;              ///< [B,T,D]
+  ConstView<float, 3> delta;          ///< [B,T,D]
+  ConstView<float, 2> A;              ///< [D,N], normally negative
+  ConstView<float, 4> Bm;             ///< [B,T,G,N], G divides D; channel d uses group d / (D/G)
+  ConstView<float, 4> Cm;             ///< [B,T,G,N]
+  ConstView<float, 1> Dskip;          ///< [D], optional skip connection
+  ConstView<float, 3> z;              ///< [B,T,D], optional gate: y *= silu(z)
+  ConstView<float, 1> delta_bias;     ///< [D], optional
+  ConstView<float, 3> initial_state;  ///< [N or S, D, N], optional
+  SequenceBatch batch;                ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
-// y must not overlap any input. final_state may be the very same view as initial_state (the
-// state is then carried in place).
+/// y must not overlap any input. final_state may be the very same view as initial_state (the
+/// state is then carried in place).
 struct SelectiveScanOutputs {
-  TensorView<float, 3> y;            // [B,T,D]
-  TensorView<float, 3> final_state;  // [N or S, D, N], optional
-  // [Bt,Tt,D,N], optional (speculative verify): the state after each token; [Bt,Tt] are u's
-  // first two dims.
+  TensorView<float, 3> y;            ///< [B,T,D]
+  TensorView<float, 3> final_state;  ///< [N or S, D, N], optional
+  /// [Bt,Tt,D,N], optional (speculative verify): the state after each token; [Bt,Tt] are u's
+  /// first two dims.
   TensorView<float, 4> token_states;
 };
 
-// Decode-step arguments: one token per batch row.
+/// Decode-step arguments: one token per batch row.
 struct SelectiveScanStepInputs {
-  ConstView<float, 2> u;           // [B,D]
-  ConstView<float, 2> delta;       // [B,D]
-  ConstView<float, 2> A;           // [D,N]
-  ConstView<float, 3> Bm;          // [B,G,N]
-  ConstView<float, 3> Cm;          // [B,G,N]
-  ConstView<float, 1> Dskip;       // [D], optional
-  ConstView<float, 2> z;           // [B,D], optional
-  ConstView<float, 1> delta_bias;  // [D], optional
-  SequenceBatch batch;             // optional: state_indices [B] into the state pool, has_initial_state [B]
+  ConstView<float, 2> u;           ///< [B,D]
+  ConstView<float, 2> delta;       ///< [B,D]
+  ConstView<float, 2> A;           ///< [D,N]
+  ConstView<float, 3> Bm;          ///< [B,G,N]
+  ConstView<float, 3> Cm;          ///< [B,G,N]
+  ConstView<float, 1> Dskip;       ///< [D], optional
+  ConstView<float, 2> z;           ///< [B,D], optional
+  ConstView<float, 1> delta_bias;  ///< [D], optional
+  SequenceBatch batch;             ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
-// y must not overlap state or any input.
+/// y must not overlap state or any input.
 struct SelectiveScanStepOutputs {
-  TensorView<float, 2> y;      // [B,D]
-  TensorView<float, 3> state;  // [B or S, D, N], read and then updated in place (required)
+  TensorView<float, 2> y;      ///< [B,D]
+  TensorView<float, 3> state;  ///< [B or S, D, N], read and then updated in place (required)
 };
 
 namespace detail {
@@ -180,9 +180,9 @@ inline std::vector<ScanSequence> scan_sequences(const SelectiveScanInputs& in, c
 
 namespace reference {
 
-// The definition, token by token, one sequence (a batch of one) at a time. Single-threaded;
-// `executor` is accepted for a uniform signature. The state of one (sequence, channel) lives in a
-// local buffer, so final_state may alias initial_state.
+/// The definition, token by token, one sequence (a batch of one) at a time. Single-threaded;
+/// `executor` is accepted for a uniform signature. The state of one (sequence, channel) lives in a
+/// local buffer, so final_state may alias initial_state.
 inline void selective_scan(const SelectiveScanInputs& in_all, const SelectiveScanOutputs& out_all,
                            const SelectiveScanOptions& options = {},
                            const Executor& executor = serial_executor()) {

@@ -72,11 +72,11 @@ inline void scan_step_lanes(const SelectiveScanStepInputs& in, const SelectiveSc
 
 }  // namespace detail
 
-// Decode step for one token per batch row. Without batch.state_indices state is [B,D,N]; with
-// it, state is the caller's pool [S,D,N], row b uses pool row state_indices[b] in place (-1:
-// padding, y row and state untouched) and has_initial_state[b] false zeroes that row first. No
-// heap allocation. Threaded over (batch, channel group) once the call is large enough to pay for
-// waking a thread.
+/// Decode step for one token per batch row. Without batch.state_indices state is [B,D,N]; with
+/// it, state is the caller's pool [S,D,N], row b uses pool row state_indices[b] in place (-1:
+/// padding, y row and state untouched) and has_initial_state[b] false zeroes that row first. No
+/// heap allocation. Threaded over (batch, channel group) once the call is large enough to pay for
+/// waking a thread.
 inline void selective_scan_step(const SelectiveScanStepInputs& in, const SelectiveScanStepOutputs& out,
                                 const SelectiveScanOptions& options = {},
                                 const Executor& executor = serial_executor()) {

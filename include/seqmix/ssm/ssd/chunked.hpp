@@ -313,12 +313,12 @@ inline bool ssd_use_chunked(const SsdOptions& options, const SequenceMap& map, c
 
 }  // namespace detail
 
-// Mamba-2 SSD prefill (SPEC section 3): y [B,T,H,P] and optionally final_state [B,H,P,N] from x,
-// dt, A, Bm, Cm and the optional D, z, dt_bias, initial_state; in.batch packs sequences and
-// maps them to state slots, out.token_states keeps every token's state (README.md, "Serving").
-// options.algorithm picks the chunked or recurrent form (automatic by default; token_states
-// forces the recurrent one); both agree with reference::ssd to rounding. Threaded over
-// (sequence, head) pairs.
+/// Mamba-2 SSD prefill (SPEC section 3): y [B,T,H,P] and optionally final_state [B,H,P,N] from x,
+/// dt, A, Bm, Cm and the optional D, z, dt_bias, initial_state; in.batch packs sequences and
+/// maps them to state slots, out.token_states keeps every token's state (README.md, "Serving").
+/// options.algorithm picks the chunked or recurrent form (automatic by default; token_states
+/// forces the recurrent one); both agree with reference::ssd to rounding. Threaded over
+/// (sequence, head) pairs.
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
   const detail::SsdCall call = detail::validate_ssd("ssd", in, out, options);

@@ -27,67 +27,67 @@
 
 namespace seqmix {
 
-// Which prefill algorithm seqmix::ssd runs. Both compute the same function (to rounding).
+/// Which prefill algorithm seqmix::ssd runs. Both compute the same function (to rounding).
 enum class SsdAlgorithm {
-  automatic,  // chunked for long inputs, recurrent for short ones (see detail::ssd_use_chunked)
-  chunked,    // the SSD block decomposition on GEMMs (chunked.hpp, README.md)
-  recurrent,  // token by token, vectorized over N: the decode step's kernel applied T times
+  automatic,  ///< chunked for long inputs, recurrent for short ones (see detail::ssd_use_chunked)
+  chunked,    ///< the SSD block decomposition on GEMMs (chunked.hpp, README.md)
+  recurrent,  ///< token by token, vectorized over N: the decode step's kernel applied T times
 };
 
 struct SsdOptions {
-  // Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to dt + dt_bias, as mamba_ssm's
-  // dt_softplus flag does. Off by default, as there.
+  /// Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to dt + dt_bias, as mamba_ssm's
+  /// dt_softplus flag does. Off by default, as there.
   bool dt_softplus = false;
-  // Tokens per chunk of the chunked algorithm. 32 measured best on AVX-512 at P = 64..80,
-  // N = 128 (3-6% ahead of 64, 15% ahead of 128): per token the chunked form costs
-  // 2P(N + L) + 2PN flops, so a shorter chunk does less work, until the per-chunk O(P*N) costs
-  // (decaying and re-packing the state) take over. Any value >= 1 is accepted; it changes
-  // rounding only.
+  /// Tokens per chunk of the chunked algorithm. 32 measured best on AVX-512 at P = 64..80,
+  /// N = 128 (3-6% ahead of 64, 15% ahead of 128): per token the chunked form costs
+  /// 2P(N + L) + 2PN flops, so a shorter chunk does less work, until the per-chunk O(P*N) costs
+  /// (decaying and re-packing the state) take over. Any value >= 1 is accepted; it changes
+  /// rounding only.
   index_t chunk_size = 32;
   SsdAlgorithm algorithm = SsdAlgorithm::automatic;
 };
 
-// Prefill arguments. Optional views are empty (default-constructed) when not given.
+/// Prefill arguments. Optional views are empty (default-constructed) when not given.
 struct SsdInputs {
-  ConstView<float, 4> x;              // [B,T,H,P]
-  ConstView<float, 3> dt;             // [B,T,H], before bias and softplus
-  ConstView<float, 1> A;              // [H], <= 0 (Mamba-2 uses A = -exp(A_log))
-  ConstView<float, 4> Bm;             // [B,T,G,N], G divides H; head h uses group h / (H/G)
-  ConstView<float, 4> Cm;             // [B,T,G,N]
-  ConstView<float, 1> D;              // [H], optional skip connection
-  ConstView<float, 4> z;              // [B,T,H,P], optional gate: y *= silu(z)
-  ConstView<float, 1> dt_bias;        // [H], optional
-  ConstView<float, 4> initial_state;  // [N or S, H,P,N], optional (zero state if absent)
-  SequenceBatch batch;                // optional: packed sequences, state slots (core/batch.hpp)
+  ConstView<float, 4> x;              ///< [B,T,H,P]
+  ConstView<float, 3> dt;             ///< [B,T,H], before bias and softplus
+  ConstView<float, 1> A;              ///< [H], <= 0 (Mamba-2 uses A = -exp(A_log))
+  ConstView<float, 4> Bm;             ///< [B,T,G,N], G divides H; head h uses group h / (H/G)
+  ConstView<float, 4> Cm;             ///< [B,T,G,N]
+  ConstView<float, 1> D;              ///< [H], optional skip connection
+  ConstView<float, 4> z;              ///< [B,T,H,P], optional gate: y *= silu(z)
+  ConstView<float, 1> dt_bias;        ///< [H], optional
+  ConstView<float, 4> initial_state;  ///< [N or S, H,P,N], optional (zero state if absent)
+  SequenceBatch batch;                ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
-// y must not overlap any input (ShapeError). final_state may be the very same view as
-// initial_state (the state is then carried in place, e.g. a slot pool).
+/// y must not overlap any input (ShapeError). final_state may be the very same view as
+/// initial_state (the state is then carried in place, e.g. a slot pool).
 struct SsdOutputs {
-  TensorView<float, 4> y;            // [B,T,H,P]
-  TensorView<float, 4> final_state;  // [N or S, H,P,N], optional
-  // [Bt,Tt,H,P,N], optional (speculative verify): the state after each token. [Bt,Tt] are x's
-  // first two dims. Given, the prefill runs the recurrent form.
+  TensorView<float, 4> y;            ///< [B,T,H,P]
+  TensorView<float, 4> final_state;  ///< [N or S, H,P,N], optional
+  /// [Bt,Tt,H,P,N], optional (speculative verify): the state after each token. [Bt,Tt] are x's
+  /// first two dims. Given, the prefill runs the recurrent form.
   TensorView<float, 5> token_states;
 };
 
-// Decode-step arguments: one token per batch row.
+/// Decode-step arguments: one token per batch row.
 struct SsdStepInputs {
-  ConstView<float, 3> x;        // [B,H,P]
-  ConstView<float, 2> dt;       // [B,H]
-  ConstView<float, 1> A;        // [H]
-  ConstView<float, 3> Bm;       // [B,G,N]
-  ConstView<float, 3> Cm;       // [B,G,N]
-  ConstView<float, 1> D;        // [H], optional
-  ConstView<float, 3> z;        // [B,H,P], optional
-  ConstView<float, 1> dt_bias;  // [H], optional
-  SequenceBatch batch;          // optional: state_indices [B] into the state pool, has_initial_state [B]
+  ConstView<float, 3> x;        ///< [B,H,P]
+  ConstView<float, 2> dt;       ///< [B,H]
+  ConstView<float, 1> A;        ///< [H]
+  ConstView<float, 3> Bm;       ///< [B,G,N]
+  ConstView<float, 3> Cm;       ///< [B,G,N]
+  ConstView<float, 1> D;        ///< [H], optional
+  ConstView<float, 3> z;        ///< [B,H,P], optional
+  ConstView<float, 1> dt_bias;  ///< [H], optional
+  SequenceBatch batch;          ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
-// y must not overlap state or any input.
+/// y must not overlap state or any input.
 struct SsdStepOutputs {
-  TensorView<float, 3> y;      // [B,H,P]
-  TensorView<float, 4> state;  // [B or S, H,P,N], read and then updated in place (required)
+  TensorView<float, 3> y;      ///< [B,H,P]
+  TensorView<float, 4> state;  ///< [B or S, H,P,N], read and then updated in place (required)
 };
 
 namespace detail {
@@ -183,9 +183,9 @@ inline SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputs&
 
 namespace reference {
 
-// The definition, token by token, sequence by sequence. Single-threaded; `executor` is accepted
-// for a uniform signature. The state of one (sequence, head) lives in a local buffer, so
-// final_state may alias initial_state.
+/// The definition, token by token, sequence by sequence. Single-threaded; `executor` is accepted
+/// for a uniform signature. The state of one (sequence, head) lives in a local buffer, so
+/// final_state may alias initial_state.
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
   (void)executor;

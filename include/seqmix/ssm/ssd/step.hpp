@@ -270,14 +270,14 @@ inline void ssd_recurrent(const SsdInputs& in, const SsdOutputs& out, const SsdO
 
 }  // namespace detail
 
-// Decode step for one token per batch row: reads the state, updates it in place and writes
-// y [B,H,P]. Without batch.state_indices state is [B,H,P,N]; with it, state is the caller's pool
-// [S,H,P,N], row b uses pool row state_indices[b] in place (-1: padding, y row and state
-// untouched) and has_initial_state[b] false zeroes that row first. One fused pass over each
-// head's state; threaded over (batch, head) once the state is large enough to pay for waking a
-// thread. No heap allocation for P, N <= 256 (stack buffers); larger heads allocate on a
-// thread's first step only (thread-local scratch).
-// options.dt_softplus applies; the chunk options are ignored.
+/// Decode step for one token per batch row: reads the state, updates it in place and writes
+/// y [B,H,P]. Without batch.state_indices state is [B,H,P,N]; with it, state is the caller's pool
+/// [S,H,P,N], row b uses pool row state_indices[b] in place (-1: padding, y row and state
+/// untouched) and has_initial_state[b] false zeroes that row first. One fused pass over each
+/// head's state; threaded over (batch, head) once the state is large enough to pay for waking a
+/// thread. No heap allocation for P, N <= 256 (stack buffers); larger heads allocate on a
+/// thread's first step only (thread-local scratch).
+/// options.dt_softplus applies; the chunk options are ignored.
 inline void ssd_step(const SsdStepInputs& in, const SsdStepOutputs& out, const SsdOptions& options = {},
                      const Executor& executor = serial_executor()) {
   static const ArgCheck check("ssd_step");
