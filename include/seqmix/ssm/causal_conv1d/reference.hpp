@@ -30,7 +30,9 @@ enum class ConvActivation {
   silu,  ///< y = conv * sigmoid(conv), as in Mamba
 };
 
+/// Options of causal_conv1d and causal_conv1d_step (docs/operators.md section 3).
 struct CausalConv1dOptions {
+  /// Applied to bias + convolution; none by default (Mamba uses silu).
   ConvActivation activation = ConvActivation::none;
 };
 

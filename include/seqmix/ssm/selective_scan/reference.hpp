@@ -25,6 +25,7 @@
 
 namespace seqmix {
 
+/// Options of selective_scan and selective_scan_step (docs/operators.md section 3).
 struct SelectiveScanOptions {
   /// Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to delta + delta_bias, as mamba_ssm's
   /// delta_softplus flag does. Off by default, as there.

@@ -34,6 +34,7 @@ enum class SsdAlgorithm {
   recurrent,  ///< token by token, vectorized over N: the decode step's kernel applied T times
 };
 
+/// Options of ssd and ssd_step (docs/operators.md section 3).
 struct SsdOptions {
   /// Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to dt + dt_bias, as mamba_ssm's
   /// dt_softplus flag does. Off by default, as there.
@@ -44,6 +45,7 @@ struct SsdOptions {
   /// (decaying and re-packing the state) take over. Any value >= 1 is accepted; it changes
   /// rounding only.
   index_t chunk_size = 32;
+  /// Prefill algorithm; automatic picks by input length (the step ignores it).
   SsdAlgorithm algorithm = SsdAlgorithm::automatic;
 };
 
