@@ -16,6 +16,7 @@
 
 namespace seqmix {
 
+/// Options of delta_rule and delta_rule_step (DeltaNet, docs/operators.md section 4).
 struct DeltaRuleOptions {
   /// Multiplies q; default 1/sqrt(K).
   std::optional<float> scale;
@@ -23,9 +24,12 @@ struct DeltaRuleOptions {
   QkNorm qk_norm = QkNorm::none;
   /// Tokens per chunk of the chunked WY form; see GatedDeltaRuleOptions::chunk_size.
   index_t chunk_size = 64;
+  /// Prefill algorithm: chunked WY form, recurrent, or the measured choice (the step ignores it).
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
 };
 
+/// Prefill arguments of delta_rule. Optional views are empty when not given; packed batches and
+/// state slots as in GatedDeltaRuleInputs (core/batch.hpp).
 struct DeltaRuleInputs {
   ConstView<float, 4> q;              ///< [B,T,HK,K]
   ConstView<float, 4> k;              ///< [B,T,HK,K]
@@ -42,6 +46,7 @@ struct DeltaRuleOutputs {
   TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: the state after each token
 };
 
+/// Decode-step arguments of delta_rule_step: one token per batch row.
 struct DeltaRuleStepInputs {
   ConstView<float, 3> q;     ///< [B,HK,K]
   ConstView<float, 3> k;     ///< [B,HK,K]
@@ -50,6 +55,7 @@ struct DeltaRuleStepInputs {
   SequenceBatch batch;       ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
+/// Decode-step outputs; o must not overlap an input.
 struct DeltaRuleStepOutputs {
   TensorView<float, 3> o;      ///< [B,HV,V]
   TensorView<float, 4> state;  ///< [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)

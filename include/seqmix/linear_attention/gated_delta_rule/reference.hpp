@@ -31,6 +31,8 @@
 
 namespace seqmix {
 
+/// Options of gated_delta_rule and gated_delta_rule_step (Gated DeltaNet, KDA; docs/operators.md
+/// section 4).
 struct GatedDeltaRuleOptions {
   /// Which gate input the call reads (see DeltaGate).
   DeltaGate gate = DeltaGate::scalar;
@@ -43,9 +45,13 @@ struct GatedDeltaRuleOptions {
   /// state GEMMs are large enough to run near peak. Any value in [1, 4096] works; it changes
   /// rounding only.
   index_t chunk_size = 64;
+  /// Prefill algorithm: chunked WY form, recurrent, or the measured choice (the step ignores it).
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
 };
 
+/// Prefill arguments. Optional views are empty when not given. Dense: B sequences of T tokens,
+/// states [B,HV,K,V]; packed (batch.cu_seqlens [N+1]): token tensors [1,total_T,...], states
+/// [N,HV,K,V]; with batch.state_indices the states are rows of a pool [S,HV,K,V] (core/batch.hpp).
 struct GatedDeltaRuleInputs {
   ConstView<float, 4> q;              ///< [B,T,HK,K]
   ConstView<float, 4> k;              ///< [B,T,HK,K]
@@ -75,6 +81,7 @@ struct GatedDeltaRuleStepInputs {
   SequenceBatch batch;           ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
+/// Decode-step outputs; o must not overlap an input.
 struct GatedDeltaRuleStepOutputs {
   TensorView<float, 3> o;      ///< [B,HV,V]
   TensorView<float, 4> state;  ///< [B,HV,K,V] or the pool [S,HV,K,V], updated in place (required)

@@ -64,6 +64,9 @@ inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet 
 
 }  // namespace detail::la
 
+/// GLA prefill with the decay options.gate selects (per-channel by default;
+/// reference::gated_linear_attention is the definition). final_state may be the initial_state
+/// view (in place); token_states forces the recurrent form. Threaded over (sequence, value head).
 inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;

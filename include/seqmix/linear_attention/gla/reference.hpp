@@ -25,6 +25,8 @@
 
 namespace seqmix {
 
+/// Options of gated_linear_attention, simple_gla, retention and their steps (docs/operators.md
+/// section 4).
 struct GlaOptions {
   /// Which decay the call uses, and so which gate input it reads (see GateKind).
   GateKind gate = GateKind::channel;
@@ -34,6 +36,7 @@ struct GlaOptions {
   /// [64,K] tiles and the 64x64 score tile of one head stay in L1/L2 and the intra-chunk GEMMs stay
   /// small next to the state GEMMs. Any value in [1, 4096] works; it changes rounding only.
   index_t chunk_size = 64;
+  /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
 };
 
@@ -74,6 +77,7 @@ struct GlaStepInputs {
   SequenceBatch batch;
 };
 
+/// Decode-step outputs; o must not overlap an input.
 struct GlaStepOutputs {
   TensorView<float, 3> o;      ///< [B,HV,V]
   TensorView<float, 4> state;  ///< [B,HV,K,V] or a pool [S,HV,K,V], updated in place (required)

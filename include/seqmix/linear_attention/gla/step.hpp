@@ -12,6 +12,9 @@
 
 namespace seqmix {
 
+/// GLA decode step: one token per batch row, out.state (or pool rows through
+/// in.batch.state_indices) decayed and updated in place, then read for o. No allocation after the
+/// first call.
 inline void gated_linear_attention_step(const GlaStepInputs& in, const GlaStepOutputs& out,
                                         const GlaOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::la;
@@ -39,12 +42,14 @@ inline void gated_linear_attention_step(const GlaStepInputs& in, const GlaStepOu
            });
 }
 
+/// gated_linear_attention_step with GateKind::scalar (one log-decay per token and head, g_scalar).
 inline void simple_gla_step(const GlaStepInputs& in, const GlaStepOutputs& out, GlaOptions options = {},
                             const Executor& executor = serial_executor()) {
   options.gate = GateKind::scalar;
   gated_linear_attention_step(in, out, options, executor);
 }
 
+/// gated_linear_attention_step with GateKind::retnet (RetNet's fixed per-head decay, no gate input).
 inline void retention_step(const GlaStepInputs& in, const GlaStepOutputs& out, GlaOptions options = {},
                            const Executor& executor = serial_executor()) {
   options.gate = GateKind::retnet;

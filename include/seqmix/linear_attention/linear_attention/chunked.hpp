@@ -29,6 +29,9 @@ inline HeadProblem linear_attention_head(const ConstView<float, 4>& q, const Con
 
 }  // namespace detail::la
 
+/// Linear attention prefill with a feature map, the optional normalizer and JRT's prefix
+/// (reference::linear_attention is the definition). Final views may be their initial views (in
+/// place). Threaded over (sequence, value head).
 inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::la;

@@ -27,7 +27,9 @@
 
 namespace seqmix {
 
+/// Options of linear_attention and linear_attention_step (docs/operators.md section 4).
 struct LinearAttentionOptions {
+  /// phi applied to q and k (identity by default); it sets the state's key size Kf.
   FeatureMap feature_map = FeatureMap::identity;
   /// Divide o_t by scale * phi(q_t).z_t, z_t = sum_{s<=t} phi(k_s). Plain division, as in the
   /// definition: use a positive feature map (elu1) or a taylor2 map so the denominator stays > 0.
@@ -39,6 +41,7 @@ struct LinearAttentionOptions {
   std::optional<float> scale;
   /// Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
   index_t chunk_size = 64;
+  /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
 };
 
@@ -63,6 +66,7 @@ struct LinearAttentionOutputs {
                                           ///< (not with normalize or prefix_len; recurrent form)
 };
 
+/// Decode-step arguments of linear_attention_step: one token per batch row.
 struct LinearAttentionStepInputs {
   ConstView<float, 3> q;  ///< [B,H,K]
   ConstView<float, 3> k;  ///< [B,H,K]
@@ -70,6 +74,7 @@ struct LinearAttentionStepInputs {
   SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GlaStepInputs)
 };
 
+/// Decode-step outputs; o must not overlap an input.
 struct LinearAttentionStepOutputs {
   TensorView<float, 3> o;           ///< [B,HV,V]
   TensorView<float, 4> state;       ///< [B,HV,Kf,V] or a pool [S,HV,Kf,V], updated in place (required)

@@ -8,6 +8,8 @@
 
 namespace seqmix {
 
+/// Linear attention decode step: one token per batch row, state (and normalizer) updated in
+/// place, or pool rows through in.batch.state_indices. No allocation after warm-up.
 inline void linear_attention_step(const LinearAttentionStepInputs& in, const LinearAttentionStepOutputs& out,
                                   const LinearAttentionOptions& options = {},
                                   const Executor& executor = serial_executor()) {

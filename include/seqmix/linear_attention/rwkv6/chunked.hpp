@@ -9,6 +9,9 @@
 
 namespace seqmix {
 
+/// RWKV-6 prefill: o_t reads the state before token t plus the bonus u for the token itself
+/// (reference::rwkv6 is the definition). final_state may be the initial_state view (in place);
+/// token_states forces the recurrent form. Threaded over (sequence, value head).
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::la;

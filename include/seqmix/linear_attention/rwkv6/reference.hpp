@@ -21,9 +21,11 @@
 
 namespace seqmix {
 
+/// Options of rwkv6 and rwkv6_step (RWKV-6, docs/operators.md section 4).
 struct Rwkv6Options {
   /// Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
   index_t chunk_size = 64;
+  /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
 };
 
@@ -40,12 +42,14 @@ struct Rwkv6Inputs {
   SequenceBatch batch;
 };
 
+/// Prefill outputs; o must not overlap an input.
 struct Rwkv6Outputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
   TensorView<float, 4> final_state;   ///< [B,HV,K,V], optional; may be the initial_state view
   TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: S_t after each token t
 };
 
+/// Decode-step arguments of rwkv6_step: one token per batch row.
 struct Rwkv6StepInputs {
   ConstView<float, 3> r;  ///< [B,H,K]
   ConstView<float, 3> k;  ///< [B,H,K]
@@ -55,6 +59,7 @@ struct Rwkv6StepInputs {
   SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GlaStepInputs)
 };
 
+/// Decode-step outputs; o must not overlap an input.
 struct Rwkv6StepOutputs {
   TensorView<float, 3> o;      ///< [B,HV,V]
   TensorView<float, 4> state;  ///< [B,HV,K,V] or a pool [S,HV,K,V], read and then updated in place (required)

@@ -8,6 +8,8 @@
 
 namespace seqmix {
 
+/// RWKV-6 decode step: one token per batch row, out.state (or pool rows through
+/// in.batch.state_indices) read for o, then decayed and updated in place. No allocation.
 inline void rwkv6_step(const Rwkv6StepInputs& in, const Rwkv6StepOutputs& out, const Rwkv6Options& options = {},
                        const Executor& executor = serial_executor()) {
   (void)options;

@@ -24,6 +24,8 @@
 
 namespace seqmix {
 
+/// Prefill arguments of rwkv7 (RWKV-7, docs/operators.md section 4). Optional views are empty
+/// when not given; packed batches and state slots as in GatedDeltaRuleInputs (core/batch.hpp).
 struct Rwkv7Inputs {
   ConstView<float, 4> r;              ///< [B,T,H,K] receptance (the query)
   ConstView<float, 4> k;              ///< [B,T,H,K]
@@ -42,14 +44,22 @@ struct Rwkv7Outputs {
   TensorView<float, 5> token_states;  ///< [B,T,H,K,V], optional: the state after each token
 };
 
+/// Decode-step arguments of rwkv7_step: one token per batch row.
 struct Rwkv7StepInputs {
+  ///@{
+  /// Receptance r and key k, [B,H,K].
   ConstView<float, 3> r, k;  ///< [B,H,K]
+  ///@}
   ConstView<float, 3> v;     ///< [B,H,V]
+  ///@{
+  /// The rank-one term's read (a) and write-back (b) vectors, [B,H,K].
   ConstView<float, 3> a, b;  ///< [B,H,K]
+  ///@}
   ConstView<float, 3> g;     ///< [B,H,K] log-decay <= 0
   SequenceBatch batch;       ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
+/// Decode-step outputs; o must not overlap an input.
 struct Rwkv7StepOutputs {
   TensorView<float, 3> o;      ///< [B,H,V]
   TensorView<float, 4> state;  ///< [B,H,K,V] or the pool [S,H,K,V], updated in place (required)

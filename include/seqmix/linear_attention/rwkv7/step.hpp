@@ -8,6 +8,8 @@
 
 namespace seqmix {
 
+/// RWKV-7 decode step: one token per batch row, out.state updated in place (or pool rows through
+/// in.batch.state_indices); o is read from the updated state. Threaded over (row, head).
 inline void rwkv7_step(const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
                        const Executor& executor = serial_executor()) {
   using namespace delta_update;
