@@ -36,18 +36,29 @@ namespace seqmix {
 
 /// The query / key sequence lengths and block sizes a pattern is built for.
 struct BlockGrid {
+  ///@{
+  /// Query and key sequence lengths.
   index_t Tq = 0, Tk = 0;
+  ///@}
+  ///@{
+  /// Query and key block sizes, in tokens (64 by default).
   index_t block_q = 64, block_k = 64;
+  ///@}
+  /// ceil(Tq / block_q).
   index_t query_blocks() const noexcept { return detail::ceil_div(Tq, block_q); }
+  /// ceil(Tk / block_k).
   index_t key_blocks() const noexcept { return detail::ceil_div(Tk, block_k); }
 };
 
 /// An owned layout for one (batch row, head), shared by all of them.
 struct BlockPattern {
+  /// What the pattern was built for.
   BlockGrid grid;
   std::vector<std::int32_t> offsets;  ///< [query_blocks + 1]
   std::vector<std::int32_t> indices;  ///< selected key blocks, increasing within each query block
 
+  /// A view of the pattern as the [1, 1, Nq + 1] layout block_sparse_attention takes (valid while
+  /// the pattern lives).
   BlockSparseLayout layout() const {
     BlockSparseLayout l;
     l.block_q = grid.block_q, l.block_k = grid.block_k;
@@ -55,6 +66,7 @@ struct BlockPattern {
     l.indices = ConstView<std::int32_t, 1>(indices.data(), {static_cast<index_t>(indices.size())});
     return l;
   }
+  /// Whether query block qb sees key block kb.
   bool selected(index_t qb, index_t kb) const {
     return std::binary_search(indices.begin() + offsets[qb], indices.begin() + offsets[qb + 1], static_cast<std::int32_t>(kb));
   }
@@ -64,28 +76,43 @@ struct BlockPattern {
   }
 };
 
+/// Options of local_global_pattern (Longformer / BigBird / ETC).
 struct LocalGlobalPattern {
   index_t window_blocks = 1;  ///< key blocks on each side of the diagonal
   index_t global_blocks = 1;  ///< leading key blocks that every query block sees, and that see all
   index_t random_blocks = 0;  ///< BigBird: extra random key blocks per query block
   std::uint64_t seed = 0;     ///< for the random blocks
+  /// Drop key blocks after the query block's diagonal (they are masked anyway when causal).
   bool causal = true;
 };
+/// Options of strided_pattern (Sparse Transformer "strided").
 struct StridedPattern {
+  /// Width of the local band and period of the strided columns, in blocks.
   index_t stride_blocks = 4;
+  /// Drop key blocks after the query block's diagonal.
   bool causal = true;
 };
+/// Options of fixed_pattern (Sparse Transformer "fixed").
 struct FixedPattern {
+  /// Segment length, in key blocks.
   index_t segment_blocks = 4;
+  /// Trailing blocks of every segment that all later query blocks see.
   index_t summary_blocks = 1;
+  /// Drop key blocks after the query block's diagonal.
   bool causal = true;
 };
+/// Options of power_pattern (PowerAttention).
 struct PowerPattern {
+  /// Blocks at distance below this are always seen.
   index_t local_blocks = 1;
+  /// Drop key blocks after the query block's diagonal.
   bool causal = true;
 };
+/// Options of chunk_diagonal_pattern (chunked attention as in MEGA / TCNCA).
 struct ChunkDiagonalPattern {
+  /// Chunk length, in key blocks.
   index_t chunk_blocks = 4;
+  /// Drop key blocks after the query block's diagonal.
   bool causal = true;
 };
 
@@ -133,6 +160,9 @@ inline bool is_power_of_two(index_t x) noexcept { return x > 0 && (x & (x - 1)) 
 
 }  // namespace detail
 
+/// Longformer / BigBird layout: a band of window_blocks around the diagonal, global_blocks
+/// leading blocks seen by and seeing everyone, random_blocks random blocks drawn with seed.
+/// Pattern builders throw ShapeError for a non-positive block size or negative option.
 inline BlockPattern local_global_pattern(const BlockGrid& g, const LocalGlobalPattern& o) {
   detail::check_grid("local_global_pattern", g);
   const ArgCheck check("local_global_pattern");
@@ -159,6 +189,7 @@ inline BlockPattern local_global_pattern(const BlockGrid& g, const LocalGlobalPa
   });
 }
 
+/// Sparse Transformer "strided": the local band plus every stride_blocks-th block back.
 inline BlockPattern strided_pattern(const BlockGrid& g, const StridedPattern& o) {
   detail::check_grid("strided_pattern", g);
   ArgCheck("strided_pattern").that(o.stride_blocks >= 1, "options.stride_blocks", "must be >= 1");
@@ -167,6 +198,7 @@ inline BlockPattern strided_pattern(const BlockGrid& g, const StridedPattern& o)
   });
 }
 
+/// Sparse Transformer "fixed": own segment plus the summary blocks of every segment.
 inline BlockPattern fixed_pattern(const BlockGrid& g, const FixedPattern& o) {
   detail::check_grid("fixed_pattern", g);
   ArgCheck("fixed_pattern")
@@ -180,6 +212,7 @@ inline BlockPattern fixed_pattern(const BlockGrid& g, const FixedPattern& o) {
   });
 }
 
+/// PowerAttention: the local band plus blocks at power-of-two distances.
 inline BlockPattern power_pattern(const BlockGrid& g, const PowerPattern& o) {
   detail::check_grid("power_pattern", g);
   ArgCheck("power_pattern").that(o.local_blocks >= 1, "options.local_blocks", "must be >= 1");
@@ -189,6 +222,7 @@ inline BlockPattern power_pattern(const BlockGrid& g, const PowerPattern& o) {
   });
 }
 
+/// Chunked attention: only the chunk(s) holding the query block's positions.
 inline BlockPattern chunk_diagonal_pattern(const BlockGrid& g, const ChunkDiagonalPattern& o) {
   detail::check_grid("chunk_diagonal_pattern", g);
   ArgCheck("chunk_diagonal_pattern").that(o.chunk_blocks >= 1, "options.chunk_blocks", "must be >= 1");

@@ -36,7 +36,9 @@ namespace seqmix {
 /// `indices`. The key-block ids of a row are strictly increasing and lie in [0, ceil(Tk / block_k)).
 /// Both arrays are int32, as in the block-sparse kernels of the peer systems.
 struct BlockSparseLayout {
+  /// Queries per query block.
   index_t block_q = 64;
+  /// Keys per key block.
   index_t block_k = 64;
   ConstView<std::int32_t, 3> offsets;  ///< [Bl, Hl, Nq + 1]
   ConstView<std::int32_t, 1> indices;  ///< [nnz]

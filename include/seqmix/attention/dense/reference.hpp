@@ -36,6 +36,9 @@
 
 namespace seqmix {
 
+/// Options of attention, attention_decode and the attention forms built on them (masking rules,
+/// scale, ALiBi, softcap; docs/operators.md section 5). The defaults are plain non-causal softmax
+/// attention with scale 1/sqrt(Dk).
 struct AttentionOptions {
   /// Multiplies q.k; std::nullopt means 1/sqrt(Dk).
   std::optional<float> scale;

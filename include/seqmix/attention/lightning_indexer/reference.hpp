@@ -17,11 +17,13 @@
 
 namespace seqmix {
 
+/// Options of lightning_indexer (docs/operators.md section 5).
 struct LightningIndexerOptions {
   /// Scores of keys j > Tk - T + t are set to -inf.
   bool causal = false;
 };
 
+/// Arguments of lightning_indexer: Hi indexer heads of size Di scoring one shared key head.
 struct LightningIndexerInputs {
   ConstView<float, 4> q;        ///< [B,T,Hi,Di]
   ConstView<float, 3> k;        ///< [B,Tk,Di], one key head shared by every indexer head

@@ -25,6 +25,9 @@
 
 namespace seqmix {
 
+/// Arguments of paged_kv_append: the new K/V rows (fp32, f16 or bf16, converted to the pool's
+/// type) and where they go, either flat slots (vLLM's slot_mapping) or after each sequence's
+/// cache_seqlens through the block table (flash-attn's k / v arguments).
 template <class In = float>
 struct PagedKvAppendInputs {
   ConstView<In, 4> k;        ///< [N,T,Hkv,Dk] or [1,total_T,Hkv,Dk]

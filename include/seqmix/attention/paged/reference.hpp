@@ -33,17 +33,25 @@ namespace seqmix {
 class BlockTable {
  public:
   BlockTable() = default;  ///< not given
+  /// Wraps a caller's int32 or int64 [N, max_blocks] tensor (not copied).
+  ///@{
   BlockTable(ConstView<std::int32_t, 2> v) : i32_(v) {}   // NOLINT: implicit by design
   BlockTable(ConstView<std::int64_t, 2> v) : i64_(v) {}   // NOLINT
   BlockTable(TensorView<std::int32_t, 2> v) : i32_(v) {}  // NOLINT
   BlockTable(TensorView<std::int64_t, 2> v) : i64_(v) {}  // NOLINT
 
+  ///@}
+  /// False for the default (not given).
   bool has_value() const noexcept { return i32_.has_value() || i64_.has_value(); }
+  /// Number of sequences N.
   index_t rows() const noexcept { return i32_.has_value() ? i32_.size(0) : i64_.size(0); }
+  /// Blocks per row (max_blocks).
   index_t cols() const noexcept { return i32_.has_value() ? i32_.size(1) : i64_.size(1); }
+  /// Page of block i of sequence n.
   index_t operator()(index_t n, index_t i) const {
     return i32_.has_value() ? static_cast<index_t>(i32_(n, i)) : static_cast<index_t>(i64_(n, i));
   }
+  /// A null pointer with a non-zero extent: refused by validation.
   bool dangling() const noexcept {
     return (i32_.data() == nullptr && i32_.numel() > 0) || (i64_.data() == nullptr && i64_.numel() > 0);
   }
@@ -62,6 +70,7 @@ struct PagedAttentionOptions {
   index_t sink_tokens = 0;     ///< StreamingLLM sinks kept visible by the window
   float softcap = 0.f;         ///< logit soft-capping (0: off)
 
+  /// The same rules as AttentionOptions (what the dense kernels take).
   AttentionOptions dense() const {
     AttentionOptions o;
     o.scale = scale, o.causal = causal, o.window = window, o.sink_tokens = sink_tokens, o.softcap = softcap;
@@ -69,6 +78,8 @@ struct PagedAttentionOptions {
   }
 };
 
+/// Arguments of paged_attention: queries, the page pools of K and V (KV = float, f16 or bf16)
+/// and the block table that maps each sequence's blocks to pages (vLLM's layout).
 template <class KV = float>
 struct PagedAttentionInputs {
   ConstView<float, 4> q;             ///< [N,Tq,Hq,Dk], or [1,total_q,Hq,Dk] with cu_seqlens_q

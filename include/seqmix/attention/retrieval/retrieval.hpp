@@ -32,6 +32,8 @@ namespace seqmix {
 /// until the next append.
 class KeyValueMemory {
  public:
+  /// An empty memory of `heads` KV heads with keys of key_dim and values of value_dim floats
+  /// (ShapeError if any is not positive).
   KeyValueMemory(index_t heads, index_t key_dim, index_t value_dim) : H_(heads), Dk_(key_dim), Dv_(value_dim) {
     ArgCheck("KeyValueMemory").that(heads > 0 && key_dim > 0 && value_dim > 0, "heads",
                                     "and key/value sizes must be positive");
@@ -49,12 +51,16 @@ class KeyValueMemory {
     copy(values, TensorView<float, 3>(values_.data() + n0 * H_ * Dv_, {n, H_, Dv_}));
   }
 
+  /// Number of entries N.
   index_t size() const noexcept { return static_cast<index_t>(keys_.size()) / (H_ * Dk_); }
+  /// Number of KV heads.
   index_t heads() const noexcept { return H_; }
+  ///@{
   /// As one batch row of a [1, N, Hkv, D] attention input.
   ConstView<float, 4> keys() const { return ConstView<float, 4>(keys_.data(), {1, size(), H_, Dk_}); }
   ConstView<float, 4> values() const { return ConstView<float, 4>(values_.data(), {1, size(), H_, Dv_}); }
 
+  ///@}
  private:
   index_t H_, Dk_, Dv_;
   AlignedVector<float> keys_, values_;
@@ -76,6 +82,7 @@ class MemoryIndex {
 /// exists. Ties go to the lower id, as in select_topk.
 class ExactMemoryIndex final : public MemoryIndex {
  public:
+  /// Searches `memory`, which must outlive the index (entries appended later are searched too).
   explicit ExactMemoryIndex(const KeyValueMemory& memory) : memory_(memory) {}
 
   void search(const ConstView<float, 3>& q, const TensorView<std::int32_t, 3>& ids,
@@ -134,6 +141,7 @@ class ExactMemoryIndex final : public MemoryIndex {
   const KeyValueMemory& memory_;
 };
 
+/// Options of retrieval_attention.
 struct RetrievalOptions {
   index_t k = 32;              ///< entries retrieved per (query, query head)
   std::optional<float> scale;  ///< multiplies q.k; std::nullopt means 1/sqrt(Dk)

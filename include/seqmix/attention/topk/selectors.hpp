@@ -33,6 +33,7 @@
 
 namespace seqmix {
 
+/// Options of select_topk and the selection rules topk_attention's key lists follow.
 struct TopkOptions {
   /// Keys chosen by score per row, besides the kept ones; rounded up to whole blocks.
   index_t k = 2048;
