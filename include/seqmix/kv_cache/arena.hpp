@@ -24,17 +24,26 @@
 
 namespace seqmix {
 
+/// Thrown when a KvArena has no chunk left for a request: a std::bad_alloc whose what() names
+/// the request and the arena's state. The cache that asked is left valid.
 class KvArenaFull : public std::bad_alloc {
  public:
+  /// `message`: what what() returns.
   explicit KvArenaFull(std::string message) : message_(std::move(message)) {}
+  /// The request and the arena's state.
   const char* what() const noexcept override { return message_.c_str(); }
 
  private:
   std::string message_;
 };
 
+/// Caller-provided storage for KvCache (KvCacheConfig::arena): a fixed buffer carved into 64-byte
+/// aligned power-of-two chunks with per-class free lists, so a serving loop's steady state does
+/// not fragment (up to 2x per chunk: size the buffer from high_water() of a trial run). One arena
+/// may back several caches; not thread-safe, like the caches.
 class KvArena {
  public:
+  /// Alignment of every chunk, in bytes (one cache line).
   static constexpr std::size_t kAlignment = 64;
 
   /// `buffer` of `bytes` bytes, owned by the caller and alive as long as any cache using it.
@@ -48,6 +57,7 @@ class KvArena {
   KvArena(const KvArena&) = delete;
   KvArena& operator=(const KvArena&) = delete;
 
+  /// A chunk of at least `bytes` bytes (nullptr for 0); KvArenaFull when none is left.
   void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
     const int k = size_class(bytes);
@@ -65,6 +75,7 @@ class KvArena {
     return p;
   }
 
+  /// Returns a chunk from allocate(`bytes`) to its class's free list.
   void deallocate(void* p, std::size_t bytes) noexcept {
     if (p == nullptr || bytes == 0) return;
     const int k = size_class(bytes);
@@ -73,6 +84,7 @@ class KvArena {
     used_ -= chunk_bytes(k);
   }
 
+  /// Usable bytes of the buffer (after aligning its start).
   std::size_t capacity() const noexcept { return static_cast<std::size_t>(end_ - begin_); }
   /// Bytes in chunks handed out now (rounded up to their class).
   std::size_t bytes_used() const noexcept { return used_; }

@@ -37,8 +37,11 @@
 
 namespace seqmix {
 
+/// Arguments of kv_cache_attention (docs/operators.md sections 5 and 6). Optional views are
+/// empty when not given.
 struct KvCacheAttentionInputs {
   ConstView<float, 4> q;                  ///< [B,Tq,Hq,Dk], Hq a multiple of the cache's Hkv
+  /// The cache read (required; not modified).
   const KvCache* cache = nullptr;
   ConstView<float, 1> alibi_slopes;       ///< [Hq]
   ConstView<float, 1> sink_logits;        ///< [Hq]

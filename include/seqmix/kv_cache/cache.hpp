@@ -52,8 +52,13 @@
 
 namespace seqmix {
 
+/// The KV cache of one attention layer (docs/operators.md section 6): per (batch row, KV head) an
+/// ordered list of entries (key, value, int64 position) in the configured storage formats, with
+/// append, truncate / rollback, retain (eviction), compaction and dequantizing reads;
+/// kv_cache_attention reads it directly. Not thread-safe: one writer at a time.
 class KvCache {
  public:
+  /// An empty cache; ShapeError for an extent out of range or a format the role does not support.
   explicit KvCache(const KvCacheConfig& config) : config_(config) {
     const ArgCheck check("KvCache");
     // Each extent is bounded so that every size and byte count derived from it (heads, block
@@ -92,8 +97,11 @@ class KvCache {
   static constexpr std::int64_t kMaxPosition = std::int64_t{1} << 62;
   /// Bounds of batch, kv_heads (and their product), residual and rollback; of key_dim, value_dim
   /// and group_size.
+  ///@{
   static constexpr index_t kMaxExtent = index_t{1} << 31, kMaxDim = index_t{1} << 24;
 
+  ///@}
+  /// The configuration it was built with.
   const KvCacheConfig& config() const noexcept { return config_; }
 
   /// keys [B,T,Hkv,Dk], values [B,T,Hkv,Dv]; positions [B,T] (default: continuing from the last
@@ -216,8 +224,10 @@ class KvCache {
   /// The position the next appended token of row b gets by default.
   std::int64_t next_position(index_t b) const { return next_position_.at(static_cast<std::size_t>(b)); }
 
+  /// Number of entries of (b, h).
   index_t size(index_t b, index_t h) const { return head(b, h).size(); }
 
+  /// Positions of the entries of (b, h), in entry order (allocates the vector).
   std::vector<std::int64_t> positions(index_t b, index_t h) const {
     const detail::KvHead& hd = head(b, h);
     std::vector<std::int64_t> out;
@@ -238,10 +248,13 @@ class KvCache {
     return static_cast<index_t>(it - pos.begin());
   }
 
+  ///@{
   /// Dequantized keys / values of every entry, in entry order: out [size(b,h), Dk or Dv].
   void read_keys(index_t b, index_t h, const TensorView<float, 2>& out) const { read(b, h, out, true, "read_keys"); }
   void read_values(index_t b, index_t h, const TensorView<float, 2>& out) const { read(b, h, out, false, "read_values"); }
 
+  ///@}
+  ///@{
   /// One entry, dequantized (out holds Dk / Dv floats).
   void read_key(index_t b, index_t h, index_t entry, float* out) const {
     const detail::KvHead& hd = head(b, h);
@@ -267,6 +280,7 @@ class KvCache {
     detail::value_row(hd.blocks[s.block], config_.group_size, config_.value_dim, s.slot, out);
   }
 
+  ///@}
   /// Keeps the entries whose indices are listed (strictly increasing) and drops the others.
   void retain(index_t b, index_t h, const std::vector<index_t>& kept) {
     const ArgCheck check("KvCache::retain");
@@ -382,6 +396,7 @@ class KvCache {
     return total;
   }
 
+  /// Entries over every (b, h).
   index_t total_entries() const noexcept {
     index_t n = 0;
     for (const auto& hd : heads_) n += hd.size();
@@ -397,6 +412,7 @@ class KvCache {
   /// Channels per per-token key group.
   index_t key_group() const noexcept { return config_.group_size > 0 ? config_.group_size : config_.key_dim; }
 
+  /// \private Storage of (b, h), read by kv_cache_attention and the policies (internal).
   const detail::KvHead& head(index_t b, index_t h) const {
     check_head(ArgCheck("KvCache"), b, h);
     return heads_[static_cast<std::size_t>(b * config_.kv_heads + h)];

@@ -12,21 +12,30 @@
 
 namespace seqmix {
 
+/// How quantized keys are grouped (values are always per token).
 enum class KeyQuant : std::uint8_t {
   per_channel,  ///< KIVI: one (scale, min) per channel per block of up to 32 tokens
   per_token,    ///< one (scale, min) per token per group of `group_size` channels
 };
 
+/// ZipCache mixed precision: the salient tokens of each flushed group keep the config's formats,
+/// the others get these lower ones.
 struct KvMixedPrecision {
   KvFormat key_format = KvFormat::int4;    ///< formats of the non-salient tokens
+  /// Format of the non-salient values.
   KvFormat value_format = KvFormat::int2;
   float salient_fraction = 0.2f;           ///< share of each flushed group kept in the high formats
 };
 
+/// What one KvCache stores and how (docs/operators.md section 6). Defaults: one row, one head,
+/// fp16 keys and values, no residual window, no rollback rows, heap storage.
 struct KvCacheConfig {
+  ///@{
   index_t batch = 1, kv_heads = 1, key_dim = 0, value_dim = 0;  ///< B, Hkv, Dk, Dv
+  ///@}
   KvFormat key_format = KvFormat::f16;    ///< f32, f16, bf16, int8 or int4
   KvFormat value_format = KvFormat::f16;  ///< f32, f16, bf16, int8, int4 or int2
+  /// Key grouping for integer key formats (KIVI's per-channel by default).
   KeyQuant key_quant = KeyQuant::per_channel;
   /// Channels per quantization group for per-token keys and for values; 0 = the whole row.
   index_t group_size = 0;

@@ -23,6 +23,7 @@ namespace seqmix {
 /// unsigned codes with a (scale, min) pair per group.
 enum class KvFormat : std::uint8_t { f32, f16, bf16, int8, int4, int2 };
 
+/// Bits per element of a format (32, 16, 8, 4 or 2).
 constexpr int format_bits(KvFormat f) noexcept {
   switch (f) {
     case KvFormat::f32: return 32;
@@ -35,8 +36,10 @@ constexpr int format_bits(KvFormat f) noexcept {
   return 0;
 }
 
+/// True for the integer formats (int8, int4, int2).
 constexpr bool is_quantized(KvFormat f) noexcept { return f == KvFormat::int8 || f == KvFormat::int4 || f == KvFormat::int2; }
 
+/// The format's name as in the API ("f16", "int4", ...), for messages and reports.
 inline const char* format_name(KvFormat f) noexcept {
   switch (f) {
     case KvFormat::f32: return "fp32";
@@ -52,13 +55,18 @@ inline const char* format_name(KvFormat f) noexcept {
 /// Bytes of n elements of a format, packed densely.
 inline index_t row_bytes(KvFormat f, index_t n) noexcept { return (n * format_bits(f) + 7) / 8; }
 
+/// \namespace seqmix::quant
+/// Asymmetric min-max group quantization (the header comment gives the formulas): parameters,
+/// encoding, decoding and the error bound, on plain float arrays.
 namespace quant {
 
+/// The quantization parameters of one group.
 struct Params {
   float scale = 0.f;  ///< (max - min) / (2^bits - 1); 0 for a constant group
   float min = 0.f;    ///< the zero point: code 0 dequantizes to it
 };
 
+/// The largest code of a `bits`-bit format, 2^bits - 1.
 inline int code_max(int bits) noexcept { return (1 << bits) - 1; }
 
 /// Min-max parameters of n values x[i * stride].
@@ -137,6 +145,7 @@ inline void encode_codes(const float* x, index_t n, const Params& p, int bits, s
 
 // ---- groups of `group` elements (0: one group) ------------------------------------------------
 
+/// Number of groups of `group` elements in n (one group when group is 0).
 inline index_t group_count(index_t n, index_t group) noexcept { return group > 0 ? (n + group - 1) / group : 1; }
 
 /// Largest error encode + decode may make on a group with these params (the bound tests check).

@@ -16,6 +16,7 @@
 
 namespace seqmix::kv {
 
+/// Options of pyramid_budgets / pyramid_budget (PyramidKV's per-layer capacities).
 struct PyramidOptions {
   /// Sum of the per-layer capacities.
   index_t total = 0;
@@ -68,17 +69,22 @@ inline index_t pyramid_layer_budget(index_t layer, index_t layers, const Pyramid
   return pyramid_budgets(layers, options)[static_cast<std::size_t>(layer)];
 }
 
+/// Options of adakv (AdaKV's budget split across the heads of a layer).
 struct AdaKvOptions {
   /// Entries kept per batch row over all heads of the layer.
   index_t total = 0;
   /// Every head keeps at least this many (AdaKV's safeguard, e.g. alpha * total / heads); it
   /// includes the protected entries, so it must be >= sink_tokens + recent.
   index_t floor_per_head = 0;
+  /// Leading entries every head keeps whatever their score (StreamingLLM sinks).
   index_t sink_tokens = 0;
+  /// Newest entries every head keeps whatever their score.
   index_t recent = 0;
 };
 
+/// What adakv returns: the kept entries and the budget each head got.
 struct AdaKvResult {
+  /// Kept entries per (b, h), strictly increasing.
   KeptSet kept;
   std::vector<index_t> budgets;  ///< [B * H]: budgets[b * H + h] = kept(b, h).size()
 };

@@ -25,6 +25,11 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 
+/// \namespace seqmix::kv
+/// KV-cache eviction, selection and merging policies, and budgets across heads and layers
+/// (docs/operators.md section 6). A policy reads one layer's cache as N entries per (batch row,
+/// KV head), oldest first, and returns the indices to keep (KeptSet) without renumbering
+/// positions; KvCache::retain applies them.
 namespace seqmix::kv {
 
 /// Entries kept per (batch row, KV head).
@@ -47,19 +52,25 @@ enum class Keep {
 class KeptSet {
  public:
   KeptSet() = default;
+  /// Empty lists for `batch` x `heads` heads choosing among `entries` entries.
   KeptSet(index_t batch, index_t heads, index_t entries)
       : batch_(batch), heads_(heads), entries_(entries), rows_(static_cast<std::size_t>(batch * heads)) {}
 
+  /// Batch rows B.
   index_t batch() const noexcept { return batch_; }
+  /// KV heads H.
   index_t heads() const noexcept { return heads_; }
   /// N: the number of entries the policy chose from (kept indices are < N).
   index_t entries() const noexcept { return entries_; }
 
+  /// The kept indices of (b, h).
+  ///@{
   std::vector<index_t>& operator()(index_t b, index_t h) { return rows_[static_cast<std::size_t>(b * heads_ + h)]; }
   const std::vector<index_t>& operator()(index_t b, index_t h) const {
     return rows_[static_cast<std::size_t>(b * heads_ + h)];
   }
 
+  ///@}
   /// The largest kept count over all heads (the capacity a compacted cache needs).
   index_t max_kept() const noexcept {
     std::size_t m = 0;

@@ -112,6 +112,7 @@ inline KeptSet qfilters(const ConstView<float, 4>& keys, const ConstView<float, 
   return select_by_score(projections.cview(), budget, Keep::Highest, executor, "kv::qfilters");
 }
 
+/// How SnapKV pools the window's scores along entries.
 enum class Pooling {
   Max,   ///< SnapKV's default: a key next to a strong key is kept with it (keeps local context)
   Mean,  ///< average over the in-range neighbours (SnapKV's avgpool option)
@@ -129,9 +130,11 @@ inline void pool_scores(const float* in, float* out, index_t n, index_t kernel, 
   }
 }
 
+/// Options of snapkv and snapkv_from_scores.
 struct SnapKvOptions {
   /// Pooling kernel along entries (odd; 1 = no pooling). SnapKV uses 5 or 7.
   index_t kernel = 5;
+  /// Max (SnapKV's default) or mean pooling.
   Pooling pooling = Pooling::Max;
   /// How the window's attention is computed (scale, causal window, sum or mean over GQA group).
   ObservationOptions scores;
@@ -206,6 +209,7 @@ inline KeptSet snapkv(const ObservationInputs& in, const Budget& budget, const S
   return snapkv_from_scores(scores.cview(), d.W, budget, options, executor);
 }
 
+/// snapkv with a workspace of its own (allocates per call).
 inline KeptSet snapkv(const ObservationInputs& in, const Budget& budget, const SnapKvOptions& options = {},
                       const Executor& executor = serial_executor()) {
   ObservationWorkspace workspace;

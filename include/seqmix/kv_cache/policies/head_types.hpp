@@ -91,6 +91,7 @@ enum class HeadPolicy {
   Full,          ///< every entry
 };
 
+/// The policy's name ("special", "local", "special+local", "full"), for reports.
 inline const char* to_string(HeadPolicy p) noexcept {
   switch (p) {
     case HeadPolicy::Special: return "special";
@@ -100,6 +101,7 @@ inline const char* to_string(HeadPolicy p) noexcept {
   }
 }
 
+/// Options of fastgen (FastGen's per-head policy choice from a profiled prompt).
 struct FastGenOptions {
   /// Entry indices of the special tokens (any order, duplicates and out-of-range ones ignored).
   std::vector<index_t> special;
@@ -109,7 +111,9 @@ struct FastGenOptions {
   double threshold = 0.95;
 };
 
+/// What fastgen returns: the kept entries and the policy chosen for each head.
 struct FastGenResult {
+  /// Kept entries per (b, h), strictly increasing.
   KeptSet kept;
   std::vector<HeadPolicy> choice;  ///< [B * H]
 };

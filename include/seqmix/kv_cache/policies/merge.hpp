@@ -21,12 +21,14 @@
 
 namespace seqmix::kv {
 
+/// The rows of one head merge_evicted reads: every entry's key, value and attention mass.
 struct MergeInputs {
   ConstView<float, 2> keys;    ///< [N, Dk]
   ConstView<float, 2> values;  ///< [N, Dv]
   ConstView<float, 1> mass;    ///< [N], >= 0
 };
 
+/// Where merge_evicted writes the kept rows after the evicted ones are merged into them.
 struct MergeOutputs {
   TensorView<float, 2> keys;    ///< [n, Dk], n = kept.size(): row i is the merged kept[i]
   TensorView<float, 2> values;  ///< [n, Dv]

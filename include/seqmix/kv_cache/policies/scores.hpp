@@ -32,10 +32,12 @@ namespace seqmix::kv {
 /// callers and pass it to every call; it grows to the largest problem seen and is then reused.
 class ObservationWorkspace {
  public:
+  /// At least `floats` floats of scratch (grows, never shrinks).
   float* reserve(std::size_t floats) {
     if (buffer_.size() < floats) buffer_.resize(floats);
     return buffer_.data();
   }
+  /// Bytes held now.
   std::size_t bytes() const noexcept { return buffer_.size() * sizeof(float); }
 
  private:
@@ -244,6 +246,7 @@ inline void observation_scores(const ObservationInputs& in, const TensorView<flo
   detail::observation_run(in, options, d, detail::ObservationOutput::Scores, scores, {}, workspace, executor);
 }
 
+/// observation_scores with a workspace of its own (allocates per call).
 inline void observation_scores(const ObservationInputs& in, const TensorView<float, 3>& scores,
                                const ObservationOptions& options = {}, const Executor& executor = serial_executor()) {
   ObservationWorkspace workspace;
@@ -261,6 +264,7 @@ inline void observation_attention(const ObservationInputs& in, const TensorView<
   detail::observation_run(in, options, d, detail::ObservationOutput::Probs, {}, probs, workspace, executor);
 }
 
+/// observation_attention with a workspace of its own (allocates per call).
 inline void observation_attention(const ObservationInputs& in, const TensorView<float, 4>& probs,
                                   const ObservationOptions& options = {}, const Executor& executor = serial_executor()) {
   ObservationWorkspace workspace;

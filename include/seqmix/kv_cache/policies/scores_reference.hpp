@@ -31,23 +31,31 @@
 
 namespace seqmix::kv {
 
+/// Which entries each observation-window query sees.
 enum class Visibility {
   All,     ///< every window query sees every entry (e.g. TOVA's current query over the whole cache)
   Causal,  ///< window query w sees entries j <= pos_w (prefill: the window's own keys are causal)
 };
 
+/// How the query heads of a GQA group combine into their KV head's score.
 enum class GroupReduction {
   Sum,   ///< add the probabilities of the G query heads of a KV head (SnapKV's GQA vote)
   Mean,  ///< average them (keeps scores on the scale of one head's probabilities)
 };
 
+/// Options of observation_scores / observation_attention (the window attention score-based
+/// policies rank entries by).
 struct ObservationOptions {
   /// Multiplies q.k before the softmax; std::nullopt means 1/sqrt(D).
   std::optional<float> scale;
+  /// Causal by default (the window's own keys are seen causally).
   Visibility visibility = Visibility::Causal;
+  /// Sum over the GQA group by default (SnapKV's vote).
   GroupReduction group = GroupReduction::Sum;
 };
 
+/// Arguments of observation_scores / observation_attention: the window's queries and the cached
+/// keys they score.
 struct ObservationInputs {
   ConstView<float, 4> q;                        ///< [B, W, Hq, D] the observation window's queries
   ConstView<float, 4> keys;                     ///< [B, N, Hkv, D] the cached keys, entry j at index j

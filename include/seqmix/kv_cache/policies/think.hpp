@@ -18,6 +18,7 @@
 
 namespace seqmix::kv {
 
+/// Options of ThinK's key-channel pruning.
 struct ThinkOptions {
   /// Channels kept per head; 0 means round(keep_ratio * D), at least 1.
   index_t keep_channels = 0;
@@ -25,6 +26,8 @@ struct ThinkOptions {
   double keep_ratio = 0.5;
 };
 
+/// Channels ThinK keeps per head of size D: keep_channels (at most D) or round(keep_ratio * D),
+/// at least 1.
 inline index_t think_kept_channels(index_t D, const ThinkOptions& options) {
   if (options.keep_channels > 0) return std::min(options.keep_channels, D);
   return std::clamp<index_t>(static_cast<index_t>(std::lround(options.keep_ratio * static_cast<double>(D))), 1, D);
