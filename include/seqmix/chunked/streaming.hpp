@@ -101,6 +101,10 @@ typename Traits::State make_single_state(const In& in, const Opt& o) {
 }
 }  // namespace detail::stream
 
+// The specializations below fill StreamTraits' interface for each supported operator; the API
+// reference lists the supported operators (above) rather than each specialization's members.
+/// \cond SEQMIX_STREAM_TRAITS
+
 // ---- linear attention family ---------------------------------------------------------------
 
 template <>
@@ -274,8 +278,12 @@ struct StreamTraits<GatedDeltaRuleInputs>
   }
 };
 
+/// \endcond
+
 /// rwkv7 has no options; the stream still takes (and ignores) this empty struct.
 struct Rwkv7StreamOptions {};
+
+/// \cond SEQMIX_STREAM_TRAITS
 
 template <>
 struct StreamTraits<Rwkv7Inputs>
@@ -378,6 +386,8 @@ struct StreamTraits<SsdInputs> : detail::stream::SingleStateTraits<SsdInputs, Ss
   static void run(const SsdInputs& in, const Outputs& out, const Options& o, const Executor& ex) { ssd(in, out, o, ex); }
 };
 
+/// \endcond
+
 // ---- the stream ----------------------------------------------------------------------------
 
 /// Carries one operator's state across calls. The state is the only memory a stream holds, so
@@ -385,12 +395,18 @@ struct StreamTraits<SsdInputs> : detail::stream::SingleStateTraits<SsdInputs, Ss
 template <class Inputs>
 class RecurrentStream {
  public:
+  /// The operator's StreamTraits.
   using Traits = StreamTraits<Inputs>;
+  /// The operator's output struct.
   using Outputs = typename Traits::Outputs;
+  /// The operator's options struct.
   using Options = typename Traits::Options;
+  /// The state the stream owns (one or more Tensors).
   using State = typename Traits::State;
+  /// The shape of the main state tensor.
   using StateShape = decltype(Traits::state_shape(std::declval<const Inputs&>(), std::declval<const Options&>()));
 
+  /// A stream that runs every segment with `options` (the algorithm is fixed at the first segment).
   explicit RecurrentStream(const Options& options = {}) : options_(options) {}
 
   /// Runs the next `Traits::tokens(segment)` tokens. The first segment fixes the state's shape
@@ -413,7 +429,9 @@ class RecurrentStream {
 
   /// The carried state after the tokens fed so far (empty before the first segment).
   const State& state() const noexcept { return state_; }
+  /// Tokens fed since the start or the last reset().
   index_t tokens_seen() const noexcept { return tokens_; }
+  /// True once a segment has been fed.
   bool started() const noexcept { return started_; }
 
   /// Forgets the sequence: the next segment starts a new one (possibly of another shape).

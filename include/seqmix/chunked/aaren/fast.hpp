@@ -120,6 +120,9 @@ inline bool use_time_split(AarenSplit split, index_t pairs, int threads) {
 
 }  // namespace detail::aaren
 
+/// Aaren prefill (reference::aaren is the definition): o_t is softmax attention of each head's
+/// query over tokens 0..t, resumed from `initial` when given. Threaded over heads or time
+/// (options.split).
 inline void aaren(const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::aaren;

@@ -24,17 +24,24 @@
 
 namespace seqmix {
 
+/// Aaren's online-softmax state per (batch row, head), updated by aaren (final_state) and
+/// aaren_step (docs/operators.md section 8).
 struct AarenState {
   TensorView<float, 2> m;    ///< [B,H] running max logit
   TensorView<float, 2> l;    ///< [B,H] sum of exp(s - m)
   TensorView<float, 3> acc;  ///< [B,H,Dv] sum of exp(s - m) v
 };
+/// A read-only AarenState (the initial state of a prefill).
 struct AarenConstState {
+  /// [B,H] running max logit.
   ConstView<float, 2> m;
+  /// [B,H] sum of exp(s - m).
   ConstView<float, 2> l;
+  /// [B,H,Dv] sum of exp(s - m) v.
   ConstView<float, 3> acc;
 };
 
+/// Arguments of aaren (attention as a scan): one learned query per head over every prefix of k.
 struct AarenInputs {
   ConstView<float, 2> query;  ///< [H,Dk] the learned query of each head
   ConstView<float, 4> k;      ///< [B,T,H,Dk]
@@ -42,6 +49,7 @@ struct AarenInputs {
   AarenConstState initial;    ///< optional (all three or none): earlier tokens
 };
 
+/// Outputs of aaren; o must not overlap an input.
 struct AarenOutputs {
   TensorView<float, 4> o;  ///< [B,T,H,Dv]
   AarenState final_state;  ///< optional (all three or none); may alias the initial state
@@ -54,8 +62,10 @@ enum class AarenSplit {
   time,       ///< chunked scan: chunk summaries, carry scan through core associative_scan, rescan
 };
 
+/// Options of aaren and aaren_step.
 struct AarenOptions {
   std::optional<float> scale;  ///< multiplies q.k; default 1/sqrt(Dk)
+  /// How the fast form uses several threads (automatic by default).
   AarenSplit split = AarenSplit::automatic;
   index_t chunks = 0;  ///< time chunks per (batch, head) for AarenSplit::time; 0 = threads + 1
 };

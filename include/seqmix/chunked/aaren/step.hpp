@@ -6,6 +6,7 @@
 
 namespace seqmix {
 
+/// Arguments of aaren_step: one token per (batch row, head).
 struct AarenStepInputs {
   ConstView<float, 2> query;  ///< [H,Dk]
   ConstView<float, 3> k;      ///< [B,H,Dk] this token's keys

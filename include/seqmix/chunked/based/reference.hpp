@@ -35,9 +35,11 @@ enum class BasedNormalization {
   none,         ///< unnormalized: linear_scale * S_t^T phi(q_t)
 };
 
+/// Options of based and based_step (docs/operators.md section 8).
 struct BasedOptions {
   /// Sliding window W >= 1: token t attends softmax-wise to tokens (t - W, t]. 64 in the paper.
   index_t window = 64;
+  /// feature_sum (the paper's) by default.
   BasedNormalization normalization = BasedNormalization::feature_sum;
   /// Multiplies the linear branch (cancels under feature_sum); default 1/sqrt(F).
   std::optional<float> linear_scale;
@@ -57,6 +59,7 @@ struct BasedInputs {
   ConstView<float, 4> v;       ///< [B,T,H,V]    values, shared by both branches
 };
 
+/// Outputs of based.
 struct BasedOutputs {
   TensorView<float, 4> o;  ///< [B,T,H,V]; must not overlap an input
 };
@@ -71,6 +74,7 @@ struct BasedState {
   index_t position = 0;             ///< tokens absorbed so far (ring slots < min(position, W) are valid)
 };
 
+/// Arguments of based_step: one token per batch row.
 struct BasedStepInputs {
   ConstView<float, 3> q_feat;  ///< [B,Hf,F]
   ConstView<float, 3> k_feat;  ///< [B,Hf,F]
@@ -79,6 +83,7 @@ struct BasedStepInputs {
   ConstView<float, 3> v;       ///< [B,H,V]
 };
 
+/// Outputs of based_step.
 struct BasedStepOutputs {
   TensorView<float, 3> o;  ///< [B,H,V]
 };

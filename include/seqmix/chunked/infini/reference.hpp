@@ -36,14 +36,18 @@ enum class InfiniMemoryUpdate {
   delta,   ///< M += sigma(K)^T (V - retrieved(K)): only what the memory does not already return
 };
 
+/// Options of infini_attention and infini_attention_step (docs/operators.md section 8).
 struct InfiniAttentionOptions {
   /// Segment length S >= 1 (2048 in the paper's long-context runs).
   index_t segment = 2048;
+  /// Linear memory update by default (delta: the paper's Linear + Delta variant).
   InfiniMemoryUpdate update = InfiniMemoryUpdate::linear;
   /// Softmax logit scale of the local attention; default 1/sqrt(K). The memory has no scale.
   std::optional<float> scale;
 };
 
+/// Arguments of infini_attention: local causal attention within segments plus the compressive
+/// memory, mixed per head by sigmoid(beta).
 struct InfiniAttentionInputs {
   ConstView<float, 4> q;     ///< [B,T,H,K]
   ConstView<float, 4> k;     ///< [B,T,Hkv,K], Hkv divides H
@@ -51,6 +55,7 @@ struct InfiniAttentionInputs {
   ConstView<float, 1> beta;  ///< [H] gate logits: sigmoid(beta_h) is the memory's share
 };
 
+/// Outputs of infini_attention.
 struct InfiniAttentionOutputs {
   TensorView<float, 4> o;  ///< [B,T,H,V]; must not overlap an input
 };
@@ -65,6 +70,7 @@ struct InfiniAttentionState {
   index_t position = 0;             ///< tokens absorbed so far
 };
 
+/// Arguments of infini_attention_step: one token per batch row.
 struct InfiniAttentionStepInputs {
   ConstView<float, 3> q;     ///< [B,H,K]
   ConstView<float, 3> k;     ///< [B,Hkv,K]
@@ -72,6 +78,7 @@ struct InfiniAttentionStepInputs {
   ConstView<float, 1> beta;  ///< [H]
 };
 
+/// Outputs of infini_attention_step.
 struct InfiniAttentionStepOutputs {
   TensorView<float, 3> o;  ///< [B,H,V]
 };

@@ -29,21 +29,31 @@
 
 namespace seqmix {
 
+/// Mega's per-channel parameters, unconstrained as Mega stores them (the header comment gives
+/// how each enters the EMA and the query / key maps).
 struct MegaParams {
   ConstView<float, 2> alpha_logit;  ///< [D,N]
   ConstView<float, 2> delta_logit;  ///< [D,N]
   ConstView<float, 2> beta;         ///< [D,N]
   ConstView<float, 2> eta;          ///< [D,N]
+  ///@{
+  /// [D] per-channel affine maps of the EMA output into queries (q_scale, q_bias) and keys
+  /// (k_scale, k_bias).
   ConstView<float, 1> q_scale, q_bias, k_scale, k_bias;  ///< [D]
+  ///@}
 };
 
+/// Arguments of mega (docs/operators.md section 8): the EMA input x, the caller's values v and
+/// the parameters.
 struct MegaInputs {
   ConstView<float, 3> x;              ///< [B,T,D]
   ConstView<float, 4> v;              ///< [B,T,H,Dv]; H divides D
+  /// EMA and query / key parameters.
   MegaParams params;
   ConstView<float, 3> initial_state;  ///< [B,D,N] optional EMA state
 };
 
+/// Outputs of mega; o must not overlap an input.
 struct MegaOutputs {
   TensorView<float, 4> o;            ///< [B,T,H,Dv]
   TensorView<float, 3> ema;          ///< [B,T,D] optional: y
@@ -54,6 +64,7 @@ struct MegaOutputs {
   TensorView<float, 4> v_cache;  ///< [B,c,H,Dv]
 };
 
+/// Options of mega and mega_step.
 struct MegaOptions {
   index_t chunk_size = 128;    ///< c
   std::optional<float> scale;  ///< default 1/sqrt(Dk)
@@ -107,6 +118,8 @@ inline float scale_of(const MegaOptions& o, index_t Dk) {
 
 namespace reference {
 
+/// The readable definition: the EMA token by token, then chunk-diagonal causal attention with
+/// plain loops.
 inline void mega(const MegaInputs& in, const MegaOutputs& out, const MegaOptions& options = {},
                  const Executor& executor = serial_executor()) {
   (void)executor;

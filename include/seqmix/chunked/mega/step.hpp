@@ -20,13 +20,19 @@
 
 namespace seqmix {
 
+/// Arguments of mega_step: one token per batch row.
 struct MegaStepInputs {
   ConstView<float, 2> x;  ///< [B,D]
   ConstView<float, 3> v;  ///< [B,H,Dv]
+  /// EMA and query / key parameters, as for mega.
   MegaParams params;
+  /// The token's index in the sequence (the same for every row): it goes to chunk slot
+  /// position % chunk_size, and slot 0 starts a new chunk.
   index_t position = 0;
 };
 
+/// Mega's decode state: the EMA state and the keys / values of the current chunk (what mega's
+/// final_state, k_cache and v_cache hand over), updated in place.
 struct MegaDecodeState {
   TensorView<float, 3> ema;      ///< [B,D,N]
   TensorView<float, 4> k_cache;  ///< [B,c,H,Dk]

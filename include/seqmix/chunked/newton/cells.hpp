@@ -40,17 +40,24 @@ inline FBatch tanh_v(const FBatch& x) { return FBatch(1.f) - FBatch(2.f) / (simd
 ///   dh_t/dh_{t-1} = (1 - z_t) + z_t (1 - z_t) w (c_t - h_{t-1}) + z_t a (1 - c_t^2)
 /// Inputs x, u [B,T,D] (the caller's projections of the token); parameters a, w [D].
 struct MinGruCell {
+  ///@{
+  /// The cell interface (header comment): input and parameter counts, and the names validation
+  /// messages use.
   static constexpr int kInputs = 2, kParams = 2;
   static constexpr const char* kName = "mingru";
   static constexpr const char* kInputNames[kInputs] = {"x", "u"};
   static constexpr const char* kParamNames[kParams] = {"a", "w"};
 
+  ///@}
+  /// f(h, x_t): the next state from state h, the token's inputs in[kInputs] and the channel's
+  /// parameters p[kParams] (V: float or a SIMD batch).
   template <class V>
   static V value(const V& h, const V* in, const V* p) {
     const V c = detail::cell::tanh_v(p[0] * h + in[0]);
     const V z = detail::cell::sigmoid(p[1] * h + in[1]);
     return h + z * (c - h);
   }
+  /// f and its derivative J = df/dh, what a Newton iteration needs.
   template <class V>
   static void eval(const V& h, const V* in, const V* p, V& f, V& J) {
     const V c = detail::cell::tanh_v(p[0] * h + in[0]);
@@ -70,11 +77,17 @@ struct MinGruCell {
 /// applies afterwards; it does not feed back, so the recurrence stays scalar per channel.
 /// Inputs x, uf, ui [B,T,D]; parameters r, wf, wi [D].
 struct DiagLstmCell {
+  ///@{
+  /// The cell interface (header comment): input and parameter counts, and the names validation
+  /// messages use.
   static constexpr int kInputs = 3, kParams = 3;
   static constexpr const char* kName = "diag_lstm";
   static constexpr const char* kInputNames[kInputs] = {"x", "uf", "ui"};
   static constexpr const char* kParamNames[kParams] = {"r", "wf", "wi"};
 
+  ///@}
+  /// f(c, x_t): the next cell state from c, the token's inputs in[kInputs] and the channel's
+  /// parameters p[kParams] (V: float or a SIMD batch).
   template <class V>
   static V value(const V& c, const V* in, const V* p) {
     const V fg = detail::cell::sigmoid(p[1] * c + in[1]);
@@ -82,6 +95,7 @@ struct DiagLstmCell {
     const V g = detail::cell::tanh_v(p[0] * c + in[0]);
     return fg * c + ig * g;
   }
+  /// f and its derivative J = df/dc, what a Newton iteration needs.
   template <class V>
   static void eval(const V& c, const V* in, const V* p, V& f, V& J) {
     const V fg = detail::cell::sigmoid(p[1] * c + in[1]);

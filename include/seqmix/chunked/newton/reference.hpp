@@ -30,6 +30,8 @@
 
 namespace seqmix {
 
+/// Arguments of nonlinear_recurrence and nonlinear_recurrence_newton for a cell type (cells.hpp):
+/// the cell's per-token input streams, its per-channel parameters and the initial state.
 template <class Cell>
 struct NonlinearRecurrenceInputs {
   std::array<ConstView<float, 3>, Cell::kInputs> inputs;  ///< each [B,T,D], named by Cell::kInputNames
@@ -37,6 +39,7 @@ struct NonlinearRecurrenceInputs {
   ConstView<float, 2> h0;                                 ///< [B,D]; empty = zeros
 };
 
+/// Outputs of nonlinear_recurrence and nonlinear_recurrence_newton.
 struct NonlinearRecurrenceOutputs {
   TensorView<float, 3> h;       ///< [B,T,D] every state; must not overlap the inputs
   TensorView<float, 2> h_last;  ///< [B,D] optional: the last state (h0 when T = 0)
@@ -62,6 +65,7 @@ enum class NewtonFallback {
   sequential,  ///< h holds the sequential loop's result (report.used_fallback = true)
 };
 
+/// Options of nonlinear_recurrence_newton (docs/operators.md section 8; README.md in this folder).
 struct NewtonOptions {
   float tol = 1e-6f;            ///< stop when max |h^(i+1) - h^(i)| <= tol
   index_t max_iterations = 64;  ///< Newton updates at most
@@ -70,20 +74,26 @@ struct NewtonOptions {
   float jacobian_clamp = 0.f;
   /// Start from the content of outputs.h instead of zeros (e.g. the previous solve's result).
   bool warm_start = false;
+  /// How threads split the work (automatic by default).
   NewtonSplit split = NewtonSplit::automatic;
   /// Time chunks per iteration for NewtonSplit::time; 0 = one per thread.
   index_t chunks = 0;
+  /// What the outputs hold when Newton does not converge: NaN by default (poison).
   NewtonFallback fallback = NewtonFallback::poison;
 };
 
+/// How a Newton solve ended (NewtonReport::status).
 enum class NewtonStatus {
   converged,        ///< max update <= tol
   iteration_limit,  ///< max_iterations updates done, update still > tol
   non_finite,       ///< NaN or inf appeared in f, J or the iterate
 };
 
+/// What nonlinear_recurrence_newton returns: how the solve ended and how good its result is.
 struct NewtonReport {
+  /// How the solve ended.
   NewtonStatus status = NewtonStatus::converged;
+  /// status == NewtonStatus::converged.
   bool converged = false;
   index_t iterations = 0;  ///< Newton updates performed (largest over channel-split tasks)
   float max_update = 0.f;  ///< max |h^(i+1) - h^(i)| of the last update

@@ -9,6 +9,7 @@
 
 namespace seqmix {
 
+/// Arguments of nonlinear_recurrence_step: one token per batch row.
 template <class Cell>
 struct NonlinearRecurrenceStepInputs {
   std::array<ConstView<float, 2>, Cell::kInputs> inputs;  ///< each [B,D]: this token's streams

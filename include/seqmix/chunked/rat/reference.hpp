@@ -28,6 +28,7 @@
 
 namespace seqmix {
 
+/// Options of rat and rat_step (docs/operators.md section 8).
 struct RatOptions {
   /// Chunk length L >= 1 (16 in the paper's default configuration).
   index_t chunk = 16;
@@ -35,6 +36,8 @@ struct RatOptions {
   std::optional<float> scale;
 };
 
+/// Arguments of rat: a gated recurrence over k and v inside chunks of L tokens, and softmax
+/// attention of q over the chunk-end states.
 struct RatInputs {
   ConstView<float, 4> q;  ///< [B,T,H,D]
   ConstView<float, 4> k;  ///< [B,T,Hkv,D], Hkv divides H
@@ -42,6 +45,7 @@ struct RatInputs {
   ConstView<float, 4> g;  ///< [B,T,Hkv,D] log forget gate, <= 0
 };
 
+/// Outputs of rat.
 struct RatOutputs {
   TensorView<float, 4> o;  ///< [B,T,H,D]; must not overlap an input
 };
@@ -57,6 +61,7 @@ struct RatState {
   index_t position = 0;          ///< tokens absorbed so far
 };
 
+/// Arguments of rat_step: one token per batch row.
 struct RatStepInputs {
   ConstView<float, 3> q;  ///< [B,H,D]
   ConstView<float, 3> k;  ///< [B,Hkv,D]
@@ -64,6 +69,7 @@ struct RatStepInputs {
   ConstView<float, 3> g;  ///< [B,Hkv,D]
 };
 
+/// Outputs of rat_step.
 struct RatStepOutputs {
   TensorView<float, 3> o;  ///< [B,H,D]
 };
