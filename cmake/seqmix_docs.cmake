@@ -3,7 +3,8 @@
 #   cmake --build build --target docs
 # Added only when SEQMIX_BUILD_DOCS is on and doxygen is found (Debian: doxygen, or
 # `bash scripts/install-deps.sh docs`). Any doxygen warning, e.g. an undocumented public entity,
-# fails the target (WARN_AS_ERROR in docs/Doxyfile). scripts/docs.sh does the same without CMake.
+# fails the target (WARN_AS_ERROR in docs/Doxyfile), and so does an undocumented enum value
+# (docs/Doxyfile.enumvalues.awk over the XML output). scripts/docs.sh does the same without CMake.
 option(SEQMIX_BUILD_DOCS "Add the docs target (Doxygen API reference) when doxygen is found" ${PROJECT_IS_TOP_LEVEL})
 
 if(SEQMIX_BUILD_DOCS)
@@ -17,7 +18,9 @@ if(SEQMIX_BUILD_DOCS)
       "@INCLUDE = \"${CMAKE_CURRENT_SOURCE_DIR}/docs/Doxyfile\"\n"
       "OUTPUT_DIRECTORY = \"${_seqmix_docs_dir}\"\n")
     add_custom_target(docs
+      COMMAND ${CMAKE_COMMAND} -E rm -rf ${_seqmix_docs_dir}/xml
       COMMAND Doxygen::doxygen ${_seqmix_docs_dir}/Doxyfile
+      COMMAND sh -c "awk -f '${CMAKE_CURRENT_SOURCE_DIR}/docs/Doxyfile.enumvalues.awk' '${_seqmix_docs_dir}'/xml/*.xml"
       WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}
       COMMENT "seqmix: API reference in ${_seqmix_docs_dir}/html/index.html"
       VERBATIM)

@@ -22,6 +22,18 @@ namespace seqmix {
 /// Element formats of a cache row. The float formats are stored as they are; the integer ones are
 /// unsigned codes with a (scale, min) pair per group.
 enum class KvFormat : std::uint8_t { f32, f16, bf16, int8, int4, int2 };
+/// \var KvFormat::f32
+/// 32-bit float, stored as given.
+/// \var KvFormat::f16
+/// IEEE half precision (seqmix::f16), rounded to nearest even.
+/// \var KvFormat::bf16
+/// bfloat16 (seqmix::bf16), rounded to nearest even.
+/// \var KvFormat::int8
+/// 8-bit unsigned codes with a (scale, min) pair per group.
+/// \var KvFormat::int4
+/// 4-bit codes, two per byte, with a (scale, min) pair per group.
+/// \var KvFormat::int2
+/// 2-bit codes, four per byte, with a (scale, min) pair per group (values only).
 
 /// Bits per element of a format (32, 16, 8, 4 or 2).
 constexpr int format_bits(KvFormat f) noexcept {
