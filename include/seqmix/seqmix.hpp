@@ -25,6 +25,12 @@
 /// tensor views they take, the executors, KvCache and the serving descriptors. Definitions,
 /// layouts and defaults: docs/operators.md.
 ///
+/// Shared rules: layouts are token-major ([B, T, H, D]) over caller memory (TensorView, any
+/// strides); optional arguments are empty views; every entry point validates all of its
+/// arguments and throws ShapeError, naming the operator and the argument, before it writes any
+/// output or state; the Executor argument (serial_executor() by default) changes how the work
+/// is split, not the results (beyond rounding where a split regroups sums).
+///
 /// \namespace seqmix::reference
 /// The readable definition of every operator (`seqmix::reference::<op>`): plain per-token loops
 /// with the same arguments and validation as the fast form, which the tests compare against.
