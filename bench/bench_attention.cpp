@@ -31,6 +31,7 @@
 #include "seqmix/attention/paged/paged.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -87,7 +88,7 @@ void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T
   }
   const double pairs = causal ? 0.5 * static_cast<double>(T) * static_cast<double>(T + 1) : static_cast<double>(T) * T;
   const double flops = 2.0 * static_cast<double>(p.Hq * 2 * p.D) * pairs;
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, flops);
 }
 
 template <class KV>
@@ -103,7 +104,7 @@ void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk
     benchmark::DoNotOptimize(p.o.data());
   }
   const double bytes = static_cast<double>(Tk * p.Hkv * 2 * p.D) * sizeof(KV);
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 template <class KV>
@@ -158,7 +159,7 @@ void paged_decode(benchmark::State& state, const st::AttentionShape& shape, inde
     benchmark::DoNotOptimize(o.data());
   }
   const double bytes = static_cast<double>(N * Tk * shape.Hkv * 2 * shape.D) * sizeof(KV);
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 // The contiguous counterpart: dense decode of B = 16 rows over Tk keys each.
@@ -177,7 +178,7 @@ void batched_decode(benchmark::State& state, const st::AttentionShape& shape, in
     benchmark::DoNotOptimize(o.data());
   }
   const double bytes = static_cast<double>(B * Tk * shape.Hkv * 2 * shape.D) * sizeof(KV);
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 const std::vector<index_t>& varlen_lengths() {
@@ -214,7 +215,7 @@ void varlen_prefill(benchmark::State& state, const st::AttentionShape& shape, Va
     benchmark::DoNotOptimize(o.data());
   }
   const double flops = 2.0 * static_cast<double>(shape.Hq * 2 * shape.D) * pairs;
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, flops);
 }
 
 void register_serving() {

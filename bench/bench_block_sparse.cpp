@@ -17,6 +17,7 @@
 #include "seqmix/attention/block_sparse/reference.hpp"
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -84,8 +85,7 @@ void prefill(benchmark::State& state, index_t T, Form form) {
     benchmark::DoNotOptimize(p.o.data());
   }
   const double pairs = form == Form::dense ? 0.5 * static_cast<double>(T) * static_cast<double>(T + 1) : visible_pairs(pattern);
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * kHeads * 2 * kDim * pairs * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, 2.0 * kHeads * 2 * kDim * pairs);
   const double blocks = static_cast<double>(pattern.grid.query_blocks());
   state.counters["blocks%"] = form == Form::dense ? 100.0 : 100.0 * static_cast<double>(pattern.indices.size()) / (blocks * (blocks + 1) / 2);
 }

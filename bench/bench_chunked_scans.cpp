@@ -20,6 +20,7 @@
 #include "seqmix/chunked/mega/step.hpp"
 #include "seqmix/chunked/newton/fast.hpp"
 #include "seqmix/chunked/newton/reference.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -30,9 +31,6 @@ namespace st = seqmix::testing;
 
 const seqmix::ThreadPool& pool() { return st::two_thread_pool(); }
 
-void rate(benchmark::State& state, const char* name, double amount) {
-  state.counters[name] = benchmark::Counter(amount, benchmark::Counter::kIsIterationInvariantRate);
-}
 
 // Mega: T=8192, D=1024, N=16, chunk 128, H=1 (Mega's single attention head over Z, Dk=1024) and
 // Dv=1024; the step at position 8192+64 (half a chunk in the cache).
@@ -66,7 +64,7 @@ void BM_mega_prefill(benchmark::State& state, bool reference) {
       seqmix::mega(in, {m.o.view(), {}, {}, {}, {}}, options, pool());
     benchmark::ClobberMemory();
   }
-  rate(state, "GFLOP/s", m.flops_per_token() * m.T / 1e9);
+  st::report_gflops(state, m.flops_per_token() * m.T);
 }
 
 void BM_mega_step(benchmark::State& state) {
@@ -81,7 +79,7 @@ void BM_mega_step(benchmark::State& state) {
     seqmix::mega_step(in, o.view(), {ema.view(), kc.view(), vc.view()}, options, pool());
     benchmark::ClobberMemory();
   }
-  rate(state, "GFLOP/s", (4.0 * m.D * m.N + 4.0 * 65 * m.D) / 1e9);
+  st::report_gflops(state, (4.0 * m.D * m.N + 4.0 * 65 * m.D));
 }
 
 // Aaren: T=8192, H=16, Dk=Dv=64.
@@ -106,7 +104,7 @@ void BM_aaren_prefill(benchmark::State& state, int form) {  // 0 fast, 1 fast ti
       seqmix::aaren(in, {a.o.view(), {}}, options, pool());
     benchmark::ClobberMemory();
   }
-  rate(state, "GB/s", 4.0 * a.H * 3 * a.D * a.T / 1e9);
+  st::report_gbytes(state, 4.0 * a.H * 3 * a.D * a.T);
 }
 
 void BM_aaren_step(benchmark::State& state) {
@@ -119,7 +117,7 @@ void BM_aaren_step(benchmark::State& state) {
     seqmix::aaren_step({a.query.cview(), a.k.cview().select(1, 0), a.v.cview().select(1, 0)}, o.view(), s, {}, pool());
     benchmark::ClobberMemory();
   }
-  rate(state, "GB/s", 4.0 * 16 * 3 * 64 / 1e9);
+  st::report_gbytes(state, 4.0 * 16 * 3 * 64);
 }
 
 // Newton vs the sequential loop, B=1. Inputs in [-1,1], recurrent weights in [-1,1]; the LSTM's
@@ -160,7 +158,7 @@ void BM_newton(benchmark::State& state, index_t T, index_t D, int form) {  // 0 
     state.counters["iterations"] = static_cast<double>(report.iterations);
     state.counters["converged"] = report.converged ? 1 : 0;
   }
-  rate(state, "GB/s", 4.0 * (Cell::kInputs + 1) * T * D / 1e9);
+  st::report_gbytes(state, 4.0 * (Cell::kInputs + 1) * T * D);
 }
 
 template <class Cell>

@@ -23,6 +23,7 @@
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
 #include "seqmix/linear_attention/rwkv7/step.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -72,8 +73,7 @@ struct GdrBenchData {
 };
 
 void set_prefill_counters(benchmark::State& state, double flops) {
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  seqmix::testing::report_gflops(state, flops);
 }
 
 void gdr_prefill(benchmark::State& state, index_t T, index_t H, index_t K, DeltaGate gate, DeltaAlgorithm algorithm,
@@ -106,8 +106,7 @@ void gdr_step(benchmark::State& state, index_t H, index_t K, DeltaGate gate) {
     seqmix::gated_delta_rule_step(in, {data.o.view().select(1, 0), data.state.view()}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.state.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(2.0 * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  seqmix::testing::report_gbytes(state, 2.0 * H * K * K * 4);
 }
 
 void delta_prefill(benchmark::State& state, index_t T, index_t H, index_t K, DeltaAlgorithm algorithm) {
@@ -163,8 +162,7 @@ void rwkv7_step(benchmark::State& state, index_t H, index_t K) {
     seqmix::rwkv7_step(in, {data.o.view().select(1, 0), data.state.view()}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.state.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(2.0 * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  seqmix::testing::report_gbytes(state, 2.0 * H * K * K * 4);
 }
 
 // Serving shapes (issue 14): 8 sequences of these lengths, 4689 tokens.
@@ -227,8 +225,7 @@ void gdr_step_slots(benchmark::State& state, index_t H, index_t K, DeltaGate gat
     seqmix::gated_delta_rule_step(in, {data.o.view()[0], pool.view()}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(pool.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(2.0 * B * H * K * K * 4 * static_cast<double>(state.iterations()) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  seqmix::testing::report_gbytes(state, 2.0 * B * H * K * K * 4);
 }
 
 void register_all() {

@@ -24,6 +24,7 @@
 #include "seqmix/chunked/rat/fast.hpp"
 #include "seqmix/chunked/rat/reference.hpp"
 #include "seqmix/chunked/rat/step.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -35,7 +36,7 @@ namespace st = seqmix::testing;
 const seqmix::Executor& pool() { return st::two_thread_pool(); }
 
 void set_rate(benchmark::State& state, double flops) {
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, flops);
 }
 
 // ---- BASED: H = 16, feature dim F = 16, head dim 64, window 64 (the paper's 360M config) ----

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "seqmix/kv_cache.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -51,7 +52,7 @@ void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index
       seqmix::kv_cache_attention(in, {o.view(), {}}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(o.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(cache.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, static_cast<double>(cache.bytes()));
   state.counters["bytes/token"] = cache.bytes_per_token();
 }
 

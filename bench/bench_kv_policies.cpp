@@ -16,6 +16,7 @@
 
 #include "seqmix/kv_cache/policies/eviction.hpp"
 #include "seqmix/kv_cache/policies/scores_reference.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -47,7 +48,7 @@ Problem& problem(index_t N, index_t W) {
 }
 
 void set_counters(benchmark::State& state, const Problem& p) {
-  state.counters["GFLOP/s"] = benchmark::Counter(p.flops() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, p.flops());
 }
 
 void snapkv(benchmark::State& state, index_t N, index_t W) {

@@ -31,6 +31,7 @@
 #include "seqmix/linear_attention/rwkv6/chunked.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 #include "seqmix/linear_attention/rwkv6/step.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -98,7 +99,7 @@ void gla_prefill(benchmark::State& state, std::string shape, index_t T, GateKind
       seqmix::gated_linear_attention(data.gla(gate), out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, prefill_flops(1, T, s));
 }
 
 void la_prefill(benchmark::State& state, std::string shape, index_t T, Form form) {
@@ -115,7 +116,7 @@ void la_prefill(benchmark::State& state, std::string shape, index_t T, Form form
       seqmix::linear_attention(in, out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, prefill_flops(1, T, s));
 }
 
 void rwkv6_prefill(benchmark::State& state, std::string shape, index_t T, Form form) {
@@ -131,7 +132,7 @@ void rwkv6_prefill(benchmark::State& state, std::string shape, index_t T, Form f
       seqmix::rwkv6(data.rwkv(), out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, T, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, prefill_flops(1, T, s));
 }
 
 void gla_step(benchmark::State& state, std::string shape, GateKind gate) {
@@ -148,7 +149,7 @@ void gla_step(benchmark::State& state, std::string shape, GateKind gate) {
     seqmix::gated_linear_attention_step(in, out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(step_bytes(1, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, step_bytes(1, s));
 }
 
 void rwkv6_step(benchmark::State& state, std::string shape) {
@@ -161,7 +162,7 @@ void rwkv6_step(benchmark::State& state, std::string shape) {
     seqmix::rwkv6_step(in, out, {}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(step_bytes(1, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, step_bytes(1, s));
 }
 
 // The ragged batch of issue 14's serving benchmark.
@@ -187,7 +188,7 @@ void gla_varlen(benchmark::State& state, std::string shape, Layout layout) {
     seqmix::gated_linear_attention(in, out, {}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(prefill_flops(1, total, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gflops(state, prefill_flops(1, total, s));
 }
 
 // 64 sequences stepped in place in a pool of 96 rows (every third row a hole), or a plain B=64 step.
@@ -208,7 +209,7 @@ void gla_step_slots(benchmark::State& state, std::string shape, bool slotted) {
     seqmix::gated_linear_attention_step(in, out, {}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(step_bytes(B, s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, step_bytes(B, s));
 }
 
 // Registers one prefill benchmark per form; the reference runs at t_reference tokens.

@@ -16,6 +16,7 @@
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/scan.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -32,7 +33,7 @@ const seqmix::ThreadPool& pool() {
 }
 
 void set_bandwidth(benchmark::State& state, double bytes) {
-  state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 struct LinearShape {

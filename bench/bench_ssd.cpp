@@ -28,6 +28,7 @@
 #include "seqmix/ssm/ssd/chunked.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
 #include "seqmix/ssm/ssd/step.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -76,8 +77,7 @@ seqmix::SsdOptions options(seqmix::SsdAlgorithm algorithm, index_t chunk = seqmi
 }
 
 void set_flop_rate(benchmark::State& state, const Problem& p) {
-  state.counters["GFLOP/s"] = benchmark::Counter(5.0 * p.T * p.state_elements() * 1e-9 * state.iterations(),
-                                                 benchmark::Counter::kIsRate);
+  seqmix::testing::report_gflops(state, 5.0 * p.T * p.state_elements());
 }
 
 void prefill(benchmark::State& state, const st::SsmShape& shape, index_t T, seqmix::SsdOptions o) {
@@ -108,8 +108,7 @@ void step(benchmark::State& state, const st::SsmShape& shape) {
     benchmark::DoNotOptimize(y.data());
   }
   set_flop_rate(state, p);
-  state.counters["GB/s"] =
-      benchmark::Counter(2.0 * 4.0 * p.state_elements() * 1e-9 * state.iterations(), benchmark::Counter::kIsRate);
+  seqmix::testing::report_gbytes(state, 2.0 * 4.0 * p.state_elements());
 }
 
 // ---- serving (issue 14) ------------------------------------------------------------------------
@@ -119,8 +118,7 @@ const std::vector<index_t> kVarlenLengths = {17, 33, 100, 255, 512, 700, 1024, 2
 index_t total_tokens() { return std::accumulate(kVarlenLengths.begin(), kVarlenLengths.end(), index_t{0}); }
 
 void set_token_flop_rate(benchmark::State& state, const st::SsmShape& s, index_t tokens) {
-  state.counters["GFLOP/s"] = benchmark::Counter(5.0 * tokens * s.H * s.P * s.N * 1e-9 * state.iterations(),
-                                                 benchmark::Counter::kIsRate);
+  seqmix::testing::report_gflops(state, 5.0 * tokens * s.H * s.P * s.N);
 }
 
 // The 8 sequences packed as [1, 4689, ...], states in rows 0..7 of a pool of 8.
@@ -172,8 +170,7 @@ std::vector<std::int32_t> pool_slots(std::uint64_t seed) {
 }
 
 void set_state_rate(benchmark::State& state, const st::SsmShape& s) {
-  state.counters["GB/s"] = benchmark::Counter(2.0 * 4.0 * kStepSequences * s.H * s.P * s.N * 1e-9 * state.iterations(),
-                                              benchmark::Counter::kIsRate);
+  seqmix::testing::report_gbytes(state, 2.0 * 4.0 * kStepSequences * s.H * s.P * s.N);
 }
 
 void step_slots(benchmark::State& state, const st::SsmShape& shape) {

@@ -25,6 +25,7 @@
 #include "seqmix/ssm/selective_scan/fast.hpp"
 #include "seqmix/ssm/selective_scan/reference.hpp"
 #include "seqmix/ssm/selective_scan/step.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -36,8 +37,8 @@ namespace st = seqmix::testing;
 
 void set_rates(benchmark::State& state, double flops, double bytes) {
   using benchmark::Counter;
-  if (flops > 0) state.counters["GFLOP/s"] = Counter(flops / 1e9, Counter::kIsIterationInvariantRate);
-  state.counters["GB/s"] = Counter(bytes / 1e9, Counter::kIsIterationInvariantRate);
+  if (flops > 0) seqmix::testing::report_gflops(state, flops);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 // --- causal_conv1d ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@
 #include "seqmix/attention/topk/selectors.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -72,7 +73,7 @@ void dense_decode(benchmark::State& state, index_t Tk) {
     benchmark::DoNotOptimize(p.o.data());
   }
   const double bytes = static_cast<double>(Tk * p.Hkv * 2 * p.D) * sizeof(KV);
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 // Quest selection with Hs selection heads (Hkv: one per KV group; Hq: per head), then attention.
@@ -92,7 +93,7 @@ void quest_decode(benchmark::State& state, index_t Tk, index_t block, index_t Hs
     benchmark::DoNotOptimize(p.o.data());
   }
   const double bytes = static_cast<double>(Nb * p.Hkv * 2 * p.D) * 4 + static_cast<double>(Hs * capacity * 2 * p.D) * sizeof(KV);
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 // The reference on a small cache, for scale.

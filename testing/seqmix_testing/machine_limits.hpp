@@ -1,0 +1,246 @@
+// The limits of the machine the benchmarks run on (fp32 FMA, AVX512-BF16 and VNNI dot products,
+// AMX tiles, streaming read bandwidth), measured on all cores. Shared by seqmix-machine-limits
+// (tools/machine_limits.cpp) and the benchmarks' efficiency counters (bench_counters.hpp), so
+// both quote the same definition of "the limit".
+//
+// Each figure is the best of several repetitions: a shared machine's neighbours only ever slow a
+// run down.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+#include "seqmix/core/simd.hpp"
+
+#if defined(__AVX512BF16__) || defined(__AVX512VNNI__) || defined(__AMX_TILE__)
+#include <immintrin.h>
+#endif
+#if defined(__AMX_TILE__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace seqmix::testing::limits {
+
+
+using Clock = std::chrono::steady_clock;
+
+// How long each measurement runs. `quick` shortens every loop (for the test that checks the tool
+// runs); the benchmarks use the default lengths with fewer repetitions.
+struct Settings {
+  bool quick = false;
+  int threads = 1;
+  int repetitions = 5;
+};
+
+// Runs body(thread) on `threads` threads at once and returns the wall time in seconds.
+template <class Body>
+inline double timed_on_threads(int threads, Body body) {
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> workers;
+  Clock::time_point start;
+  for (int t = 0; t < threads; ++t)
+    workers.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) {
+      }
+      body(t);
+    });
+  while (ready.load() < threads) {
+  }
+  start = Clock::now();
+  go.store(true, std::memory_order_release);
+  for (auto& w : workers) w.join();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+template <class Rate>
+inline double best_of(const Settings& s, Rate rate) {
+  double best = 0;
+  for (int r = 0; r < s.repetitions; ++r) best = std::max(best, rate());
+  return best;
+}
+
+inline std::atomic<double> g_sink{0};  // keeps every kernel's result alive
+
+// 12 independent FMA chains: enough to cover the FMA latency (4 cycles) times two ports.
+inline double fp32_fma_gflops(const Settings& s) {
+  using batch = xsimd::batch<float>;
+  const long iterations = s.quick ? 200000 : 20000000;
+  return best_of(s, [&] {
+    const double seconds = timed_on_threads(s.threads, [&](int) {
+      batch acc[12];
+      for (int i = 0; i < 12; ++i) acc[i] = batch(static_cast<float>(i));
+      const batch b(1.0000001f), c(1e-7f);
+      for (long it = 0; it < iterations; ++it)
+        for (int i = 0; i < 12; ++i) acc[i] = xsimd::fma(acc[i], b, c);
+      batch sum = acc[0];
+      for (int i = 1; i < 12; ++i) sum += acc[i];
+      g_sink = g_sink + seqmix::simd::reduce_add(sum);
+    });
+    return s.threads * iterations * 12.0 * batch::size * 2.0 / seconds / 1e9;
+  });
+}
+
+#if defined(__AVX512BF16__)
+// vdpbf16ps: per 32-bit lane, two bf16 products added to an fp32 accumulator (4 flops a lane).
+inline double bf16_dot_gflops(const Settings& s) {
+  const long iterations = s.quick ? 200000 : 20000000;
+  return best_of(s, [&] {
+    const double seconds = timed_on_threads(s.threads, [&](int) {
+      __m512 acc[12];
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+      const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(2e-3f));
+      for (long it = 0; it < iterations; ++it)
+        for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, a);
+      __m512 sum = acc[0];
+      for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, acc[i]);
+      g_sink = g_sink + _mm512_reduce_add_ps(sum);
+    });
+    return s.threads * iterations * 12.0 * 16 * 4 / seconds / 1e9;
+  });
+}
+#endif
+
+#if defined(__AVX512VNNI__)
+// vpdpbusd: per 32-bit lane, four u8 x s8 products added to an int32 accumulator (8 ops a lane).
+inline double int8_dot_gops(const Settings& s) {
+  const long iterations = s.quick ? 200000 : 20000000;
+  return best_of(s, [&] {
+    const double seconds = timed_on_threads(s.threads, [&](int) {
+      __m512i acc[12];
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+      const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
+      for (long it = 0; it < iterations; ++it)
+        for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+      __m512i sum = acc[0];
+      for (int i = 1; i < 12; ++i) sum = _mm512_add_epi32(sum, acc[i]);
+      g_sink = g_sink + _mm512_reduce_add_epi32(sum);
+    });
+    return s.threads * iterations * 12.0 * 16 * 8 / seconds / 1e9;
+  });
+}
+#endif
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(__linux__)
+// Linux hands out the AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18).
+inline bool request_amx() {
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureTileData = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
+}
+
+// Palette 1: tiles 0-3 accumulate [16 rows x 16 fp32/int32], tiles 4-5 hold A [16 x 64 bytes],
+// tiles 6-7 hold B [16 x 64 bytes]. Each tile product is 16 x 16 x 32 bf16 MACs (or 16 x 16 x 64
+// int8 MACs): 2 ops per MAC.
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+template <bool Int8>
+inline double amx_rate(const Settings& s) {
+  const long iterations = s.quick ? 20000 : 2000000;
+  return best_of(s, [&] {
+    const double seconds = timed_on_threads(s.threads, [&](int) {
+      if (!request_amx()) return;
+      TileConfig config;
+      for (int t = 0; t < 8; ++t) {
+        config.colsb[t] = 64;
+        config.rows[t] = 16;
+      }
+      _tile_loadconfig(&config);
+      alignas(64) std::uint8_t operand[16 * 64];
+      std::memset(operand, 1, sizeof operand);
+      alignas(64) std::int32_t out[16 * 16];
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      _tile_loadd(4, operand, 64);
+      _tile_loadd(5, operand, 64);
+      _tile_loadd(6, operand, 64);
+      _tile_loadd(7, operand, 64);
+      for (long it = 0; it < iterations; ++it) {
+        if constexpr (Int8) {
+          _tile_dpbssd(0, 4, 6);
+          _tile_dpbssd(1, 4, 7);
+          _tile_dpbssd(2, 5, 6);
+          _tile_dpbssd(3, 5, 7);
+        } else {
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, out, 64);
+      _tile_release();
+      g_sink = g_sink + out[0];
+    });
+    const double macs_per_product = Int8 ? 16.0 * 16 * 64 : 16.0 * 16 * 32;
+    return s.threads * iterations * 4.0 * macs_per_product * 2 / seconds / 1e9;
+  });
+}
+#endif
+
+// Every core sums its share of one buffer: the read bandwidth a memory-bound decode can reach.
+inline double stream_read_gbs(const Settings& s) {
+  using batch = xsimd::batch<float>;
+  const std::size_t floats = (s.quick ? std::size_t{8} : std::size_t{128}) << 20;  // 32 MiB / 512 MiB
+  std::vector<float, xsimd::aligned_allocator<float>> buffer(floats, 1.f);
+  return best_of(s, [&] {
+    const double seconds = timed_on_threads(s.threads, [&](int t) {
+      const std::size_t per = floats / static_cast<std::size_t>(s.threads) / (4 * batch::size) * (4 * batch::size);
+      const float* p = buffer.data() + per * static_cast<std::size_t>(t);
+      batch a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+      for (std::size_t i = 0; i < per; i += 4 * batch::size) {
+        a0 += batch::load_aligned(p + i);
+        a1 += batch::load_aligned(p + i + batch::size);
+        a2 += batch::load_aligned(p + i + 2 * batch::size);
+        a3 += batch::load_aligned(p + i + 3 * batch::size);
+      }
+      g_sink = g_sink + seqmix::simd::reduce_add((a0 + a1) + (a2 + a3));
+    });
+    return floats * sizeof(float) / seconds / 1e9;
+  });
+}
+
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  return "unknown";
+}
+
+// The CPU flags that decide which kernels can run, as the kernel reports them.
+inline std::string cpu_flags() {
+  static const char* const interesting[] = {"avx2",        "fma",        "avx512f",   "avx512bw",  "avx512_vnni",
+                                            "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"};
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, found;
+  while (std::getline(in, line))
+    if (line.rfind("flags", 0) == 0) {
+      const std::string padded = " " + line.substr(line.find(':') + 1) + " ";
+      for (const char* flag : interesting)
+        if (padded.find(std::string(" ") + flag + " ") != std::string::npos) found += (found.empty() ? "" : " ") + std::string(flag);
+      break;
+    }
+  return found;
+}
+
+}  // namespace seqmix::testing::limits
