@@ -1,0 +1,107 @@
+// rope: the argument structs, their validation and the readable definition
+// (seqmix::reference::rope). The fast form is in fast.hpp.
+//
+// For token (b, t) at position p = positions[b*T + t] (or positions[t] when one list of T
+// serves every row, or t when no list is given), head h, pair i < R/2 of the layout's pairs
+// (a, b) = (i, i + R/2) half-split or (2i, 2i+1) interleaved, m = attention factor:
+//   out[a] = m * (x[a] * cos(p * inv_freq[i]) - x[b] * sin(p * inv_freq[i]))
+//   out[b] = m * (x[b] * cos(p * inv_freq[i]) + x[a] * sin(p * inv_freq[i]))
+//   out[d] = x[d]                                              for R <= d < D (partial rotary)
+// Positions are int32 or int64 (IndexList), so packed ([1, total_T, H, D] with each sequence's
+// own positions) and paged batches need no copy. out may be x itself (in place: same data and
+// strides) but may not overlap it otherwise.
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "seqmix/core/batch.hpp"
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/positional/rope/table.hpp"
+
+namespace seqmix {
+
+struct RopeInputs {
+  ConstView<float, 4> x;  // [B,T,H,D], D >= rotary_dim
+  IndexList positions;    // [B*T] (token (b,t) at b*T+t) or [T] (every row alike); empty: p = t
+};
+
+struct RopeOutputs {
+  TensorView<float, 4> out;  // [B,T,H,D]; may be exactly x (in place)
+};
+
+namespace detail {
+
+inline bool same_view(const ConstView<float, 4>& a, const TensorView<float, 4>& b) noexcept {
+  return a.data() == b.data() && a.shape() == b.shape() && a.strides() == b.strides();
+}
+
+// Position of token (b, t), the list already validated.
+inline index_t rope_position(const IndexList& positions, index_t b, index_t t, index_t T) {
+  if (!positions.has_value()) return t;
+  return positions.size() == T ? positions[t] : positions[b * T + t];
+}
+
+// Every check of a rope call: the table, the shapes, the aliasing, every position inside the
+// table. Nothing is written before it returns. Formats messages only on failure.
+inline void validate_rope(const ArgCheck& check, const RopeTable& table, const RopeInputs& in,
+                          const RopeOutputs& out) {
+  if (table.empty()) check.fail("table", "is empty (default-constructed); build it from a RopeConfig");
+  check.shape("x", in.x, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,D");
+  const index_t B = in.x.size(0), T = in.x.size(1), H = in.x.size(2), D = in.x.size(3);
+  if (D < table.rotary_dim())
+    check.fail("x", "has head size D = " + std::to_string(D) + ", below the table's rotary_dim " +
+                        std::to_string(table.rotary_dim()));
+  check.shape("out", out.out, std::array<index_t, 4>{B, T, H, D}, "B,T,H,D");
+  if (!same_view(in.x, out.out)) check.no_overlap("out", out.out, "x", in.x);
+  const IndexList& pos = in.positions;
+  if (!pos.has_value()) {
+    if (T > table.positions())
+      check.fail("x", "has T = " + std::to_string(T) + " tokens at positions 0..T-1, beyond the table's " +
+                          std::to_string(table.positions()) + " positions");
+    return;
+  }
+  if (pos.dangling()) check.fail("positions", "has a null data pointer");
+  const index_t count = B * T;
+  if (pos.size() != count && pos.size() != T)
+    check.fail("positions", "must hold B*T = " + std::to_string(count) + " (or T = " + std::to_string(T) +
+                                ") entries, got " + std::to_string(pos.size()));
+  for (index_t i = 0; i < pos.size(); ++i) {
+    const index_t p = pos[i];
+    if (p < 0 || p >= table.positions())
+      check.fail("positions", "entry " + std::to_string(i) + " is " + std::to_string(p) +
+                                  ", outside the table's positions [0, " + std::to_string(table.positions()) + ")");
+  }
+}
+
+}  // namespace detail
+
+namespace reference {
+
+// Plain loops, angles and rotations in double from the table's frequencies (not its cos/sin).
+inline void rope(const RopeTable& table, const RopeInputs& in, const RopeOutputs& out) {
+  detail::validate_rope(ArgCheck("reference::rope"), table, in, out);
+  const index_t B = in.x.size(0), T = in.x.size(1), H = in.x.size(2), D = in.x.size(3);
+  const index_t R = table.rotary_dim(), half = R / 2;
+  const bool interleaved = table.layout() == RopeLayout::interleaved;
+  const double m = table.attention_factor();
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < T; ++t) {
+      const double p = static_cast<double>(detail::rope_position(in.positions, b, t, T));
+      for (index_t h = 0; h < H; ++h) {
+        for (index_t i = 0; i < half; ++i) {
+          const index_t ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
+          const double angle = p * table.inv_freq()[static_cast<std::size_t>(i)];
+          const double c = m * std::cos(angle), s = m * std::sin(angle);
+          const double xa = in.x(b, t, h, ia), xb = in.x(b, t, h, ib);
+          out.out(b, t, h, ia) = static_cast<float>(xa * c - xb * s);
+          out.out(b, t, h, ib) = static_cast<float>(xb * c + xa * s);
+        }
+        for (index_t d = R; d < D; ++d) out.out(b, t, h, d) = in.x(b, t, h, d);
+      }
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix
