@@ -9,6 +9,10 @@
 #include "seqmix/attention/lightning_indexer/fast.hpp"
 #include "seqmix/attention/lightning_indexer/reference.hpp"
 
+// Multi-head latent attention (DeepSeek): expanded prefill, absorbed decode over the latent cache.
+#include "seqmix/attention/mla/mla.hpp"
+#include "seqmix/attention/mla/reference.hpp"
+
 // Paged KV cache (vLLM block pool): paged_attention over pages, paged_kv_append into them.
 #include "seqmix/attention/paged/append.hpp"
 #include "seqmix/attention/paged/paged.hpp"
