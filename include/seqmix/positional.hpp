@@ -1,4 +1,4 @@
-// Positional schemes (docs/operators.md section 11): rotary embeddings with every frequency
+// Positional schemes (docs/operators.md section 10): rotary embeddings with every frequency
 // scaling of the field, on [B, T, H, D] views at explicit positions. This family sits below
 // attention and the KV cache, which take a RopeTable to rotate on the fly.
 #pragma once

@@ -1,4 +1,4 @@
-// mla: multi-head latent attention (DeepSeek-V2/V3; docs/operators.md section 12). This header
+// mla: multi-head latent attention (DeepSeek-V2/V3; docs/operators.md section 10). This header
 // holds the argument structs, their validation and the naive expanded definition
 // (seqmix::reference::mla); the expanded prefill and the absorbed decode are in mla.hpp.
 //

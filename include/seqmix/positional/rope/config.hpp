@@ -1,5 +1,5 @@
 // rope: the rotary position embedding's configuration and the frequencies it defines
-// (docs/operators.md section 11).
+// (docs/operators.md section 10).
 //
 // Rotary dimension pair i (0 <= i < R/2, R = rotary_dim) turns by the angle p * inv_freq[i] at
 // position p. The schemes differ only in inv_freq and in one attention factor that multiplies
