@@ -46,7 +46,7 @@ inline void latent_rows_to_float(const ConstView<C, 3>& x, index_t b, index_t j0
 
 }  // namespace detail
 
-// The expanded prefill. Same arguments and results as reference::mla.
+/// The expanded prefill. Same arguments and results as reference::mla.
 template <class C>
 void mla_prefill(const MlaPrefillInputs<C>& in, const MlaPrefillOutputs& out, const MlaOptions& options = {},
                  const Executor& executor = serial_executor()) {
@@ -86,8 +86,8 @@ void mla_prefill(const MlaPrefillInputs<C>& in, const MlaPrefillOutputs& out, co
   attention(ain, AttentionOutputs{out.o, out.lse}, aopt, executor);
 }
 
-// The absorbed decode over the latent cache. Same results as reference::mla with one query at
-// the end of each sequence's cache.
+/// The absorbed decode over the latent cache. Same results as reference::mla with one query at
+/// the end of each sequence's cache.
 template <class C>
 void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const MlaOptions& options = {},
                 const Executor& executor = serial_executor()) {

@@ -26,49 +26,52 @@
 
 namespace seqmix {
 
+/// Options of mla_prefill, mla_decode and reference::mla.
 struct MlaOptions {
-  std::optional<float> scale;  // multiplies the whole score; default 1/sqrt(d_nope + d_r)
-  bool causal = true;          // prefill: bottom-right causal (decode sees its whole cache)
+  std::optional<float> scale;  ///< multiplies the whole score; default 1/sqrt(d_nope + d_r)
+  bool causal = true;          ///< prefill: bottom-right causal (decode sees its whole cache)
 };
 
-// The up-projections of kv_b_proj per head. A PyTorch weight [H*(d_nope+d_v), d_c] is the view
-// [H, d_nope+d_v, d_c]: w_uk is its rows [0, d_nope) and w_uv rows [d_nope, d_nope+d_v), as
-// strided views without a copy.
+/// The up-projections of kv_b_proj per head. A PyTorch weight [H*(d_nope+d_v), d_c] is the view
+/// [H, d_nope+d_v, d_c]: w_uk is its rows [0, d_nope) and w_uv rows [d_nope, d_nope+d_v), as
+/// strided views without a copy.
 struct MlaWeights {
-  ConstView<float, 3> w_uk;  // [H, d_nope, d_c]
-  ConstView<float, 3> w_uv;  // [H, d_v, d_c]
+  ConstView<float, 3> w_uk;  ///< [H, d_nope, d_c]
+  ConstView<float, 3> w_uv;  ///< [H, d_v, d_c]
 };
 
-// Prefill: queries of the new tokens against c_kv / k_rope of the whole context (the new
-// tokens last). C is the latent storage: float, f16 or bf16.
+/// Prefill: queries of the new tokens against c_kv / k_rope of the whole context (the new
+/// tokens last). C is the latent storage: float, f16 or bf16.
 template <class C = float>
 struct MlaPrefillInputs {
-  ConstView<float, 4> q_nope;  // [B, Tq, H, d_nope]
-  ConstView<float, 4> q_rope;  // [B, Tq, H, d_r], rotated
-  ConstView<C, 3> c_kv;        // [B, Tk, d_c]
-  ConstView<C, 3> k_rope;      // [B, Tk, d_r], rotated
-  MlaWeights weights;
+  ConstView<float, 4> q_nope;  ///< [B, Tq, H, d_nope]
+  ConstView<float, 4> q_rope;  ///< [B, Tq, H, d_r], rotated
+  ConstView<C, 3> c_kv;        ///< [B, Tk, d_c]
+  ConstView<C, 3> k_rope;      ///< [B, Tk, d_r], rotated
+  MlaWeights weights;  ///< per-head up-projections
 };
 
+/// mla_prefill's outputs.
 struct MlaPrefillOutputs {
-  TensorView<float, 4> o;    // [B, Tq, H, d_v]
-  TensorView<float, 3> lse;  // [B, Tq, H], optional
+  TensorView<float, 4> o;    ///< [B, Tq, H, d_v]
+  TensorView<float, 3> lse;  ///< [B, Tq, H], optional
 };
 
-// Decode: one query per sequence against the latent cache rows [0, cache_seqlens[b]).
+/// Decode: one query per sequence against the latent cache rows [0, cache_seqlens[b]).
 template <class C = float>
 struct MlaDecodeInputs {
-  ConstView<float, 3> q_nope;  // [B, H, d_nope]
-  ConstView<float, 3> q_rope;  // [B, H, d_r], rotated
-  ConstView<C, 3> c_kv;        // [B, Tmax, d_c]: the latent cache
-  ConstView<C, 3> k_rope;      // [B, Tmax, d_r]
-  IndexList cache_seqlens;     // [B], optional: cached tokens per row, <= Tmax (default Tmax)
-  MlaWeights weights;
+  ConstView<float, 3> q_nope;  ///< [B, H, d_nope]
+  ConstView<float, 3> q_rope;  ///< [B, H, d_r], rotated
+  ConstView<C, 3> c_kv;        ///< [B, Tmax, d_c]: the latent cache
+  ConstView<C, 3> k_rope;      ///< [B, Tmax, d_r]
+  IndexList cache_seqlens;     ///< [B], optional: cached tokens per row, <= Tmax (default Tmax)
+  MlaWeights weights;  ///< per-head up-projections
 };
 
+/// mla_decode's outputs.
 struct MlaDecodeOutputs {
-  TensorView<float, 3> o;    // [B, H, d_v]
-  TensorView<float, 2> lse;  // [B, H], optional
+  TensorView<float, 3> o;    ///< [B, H, d_v]
+  TensorView<float, 2> lse;  ///< [B, H], optional
 };
 
 namespace detail {
@@ -161,8 +164,8 @@ double latent_value(const C& x) {
 
 namespace reference {
 
-// The naive expanded form in double: every head's keys and values built from the latents,
-// then softmax attention.
+/// The naive expanded form in double: every head's keys and values built from the latents,
+/// then softmax attention.
 template <class C>
 void mla(const MlaPrefillInputs<C>& in, const MlaPrefillOutputs& out, const MlaOptions& options = {}) {
   const detail::MlaDims d = detail::validate_mla_prefill(ArgCheck("reference::mla"), in, out, options);

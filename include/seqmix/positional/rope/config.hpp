@@ -33,57 +33,78 @@
 
 namespace seqmix {
 
-enum class RopeScheme : int { plain, linear, ntk, dynamic_ntk, yarn, llama3, longrope };
+/// How the rotation frequencies are derived from the base (the rope_scaling types of the field).
+enum class RopeScheme : int {
+  plain,        ///< base^(-2i/R) (no rope_scaling)
+  linear,       ///< position interpolation: frequencies divided by factor
+  ntk,          ///< NTK-aware: base multiplied by factor^(R/(R-2))
+  dynamic_ntk,  ///< NTK-aware with the factor adapted to the sequence length (HF "dynamic")
+  yarn,         ///< YaRN: ramp between interpolation and extrapolation, attention factor mscale
+  llama3,       ///< Llama-3.1: low frequencies divided by factor, high kept, a blend between
+  longrope,     ///< LongRoPE / Phi-3: per-pair short or long factors
+};
+/// The number of RopeScheme values (for validation).
 constexpr int kRopeSchemeCount = 7;
 
-// Which dimensions form a rotated pair.
+/// Which dimensions form a rotated pair.
 enum class RopeLayout : int {
-  half_split,   // (x[i], x[i + R/2]): GPT-NeoX, Hugging Face `rotate_half`, Llama in HF format
-  interleaved,  // (x[2i], x[2i+1]): GPT-J, Meta's original Llama, DeepSeek's checkpoints
+  half_split,   ///< (x[i], x[i + R/2]): GPT-NeoX, Hugging Face `rotate_half`, Llama in HF format
+  interleaved,  ///< (x[2i], x[2i+1]): GPT-J, Meta's original Llama, DeepSeek's checkpoints
 };
+/// The number of RopeLayout values.
 constexpr int kRopeLayoutCount = 2;
 
+/// A rotary embedding: which dimensions rotate, and the scheme with its parameters
+/// (docs/operators.md section 10). Build one directly or with rope_config_from_hf.
 struct RopeConfig {
-  RopeScheme scheme = RopeScheme::plain;
-  RopeLayout layout = RopeLayout::half_split;
-  // R: the leading dimensions of each head that rotate (even, 2 <= R <= D); the other D - R
-  // pass through unchanged (partial rotary: GPT-NeoX rotary_pct, Phi partial_rotary_factor).
+  RopeScheme scheme = RopeScheme::plain;       ///< how inv_freq is derived
+  RopeLayout layout = RopeLayout::half_split;  ///< which dimensions pair up
+  /// R: the leading dimensions of each head that rotate (even, 2 <= R <= D); the other D - R
+  /// pass through unchanged (partial rotary: GPT-NeoX rotary_pct, Phi partial_rotary_factor).
   index_t rotary_dim = 0;
-  double base = 10000.0;  // rope_theta
-  double factor = 1.0;    // rope_scaling.factor (linear, ntk, dynamic_ntk, yarn, llama3)
-  // L0: the context the model was trained with (rope_scaling.original_max_position_embeddings,
-  // else max_position_embeddings). dynamic_ntk, yarn, llama3 and longrope need it.
+  double base = 10000.0;  ///< rope_theta
+  double factor = 1.0;    ///< rope_scaling.factor (linear, ntk, dynamic_ntk, yarn, llama3)
+  /// L0: the context the model was trained with (rope_scaling.original_max_position_embeddings,
+  /// else max_position_embeddings). dynamic_ntk, yarn, llama3 and longrope need it.
   index_t original_max_position_embeddings = 0;
-  index_t max_position_embeddings = 0;  // M: longrope's attention factor (the extended context)
-  // yarn
-  double beta_fast = 32.0, beta_slow = 1.0;
-  bool truncate = true;  // round the correction range outwards (transformers' default)
-  double mscale = 0.0, mscale_all_dim = 0.0;  // DeepSeek's variant of the attention factor
-  // llama3
-  double low_freq_factor = 1.0, high_freq_factor = 4.0;
-  // longrope: one factor per pair (R/2 each)
-  std::vector<double> short_factor, long_factor;
-  // Multiplies cos and sin when given; else the scheme's own (1 except yarn and longrope).
+  index_t max_position_embeddings = 0;  ///< M: longrope's attention factor (the extended context)
+  double beta_fast = 32.0;  ///< yarn: rotations in L0 below which pairs extrapolate
+  double beta_slow = 1.0;   ///< yarn: rotations in L0 above which pairs interpolate
+  bool truncate = true;     ///< yarn: round the correction range outwards (transformers' default)
+  double mscale = 0.0;          ///< yarn, DeepSeek: numerator mscale of the attention factor (0: unused)
+  double mscale_all_dim = 0.0;  ///< yarn, DeepSeek: denominator mscale of the attention factor (0: unused)
+  double low_freq_factor = 1.0;   ///< llama3: wavelengths above L0 / low_freq_factor are scaled
+  double high_freq_factor = 4.0;  ///< llama3: wavelengths below L0 / high_freq_factor are kept
+  std::vector<double> short_factor;  ///< longrope: R/2 factors used up to L0 tokens
+  std::vector<double> long_factor;   ///< longrope: R/2 factors used beyond L0 tokens
+  /// Multiplies cos and sin when given; else the scheme's own (1 except yarn and longrope).
   std::optional<double> attention_factor;
 };
 
-// The keys of a Hugging Face config.json that define its rotary embedding. Unset optionals take
-// transformers' defaults.
+/// The keys of a Hugging Face config.json that define its rotary embedding. Unset optionals take
+/// transformers' defaults.
 struct HfRopeKeys {
-  index_t head_dim = 0;                          // head_dim, else hidden_size / num_attention_heads
-  double rope_theta = 10000.0;                   // rope_theta
-  double partial_rotary_factor = 1.0;            // partial_rotary_factor (rotary_pct)
-  index_t max_position_embeddings = 0;           // max_position_embeddings
-  index_t config_original_max_position_embeddings = 0;  // top-level original_max_position_embeddings (Phi-3)
-  // rope_scaling: absent, or a type ("default", "linear", "dynamic", "ntk", "yarn", "llama3",
-  // "longrope"; "su" is longrope's old name) with its keys. `rope_type` and `type` are synonyms.
+  index_t head_dim = 0;                          ///< head_dim, else hidden_size / num_attention_heads
+  double rope_theta = 10000.0;                   ///< rope_theta
+  double partial_rotary_factor = 1.0;            ///< partial_rotary_factor (rotary_pct)
+  index_t max_position_embeddings = 0;           ///< max_position_embeddings
+  index_t config_original_max_position_embeddings = 0;  ///< top-level original_max_position_embeddings (Phi-3)
+  /// rope_scaling: absent, or a type ("default", "linear", "dynamic", "ntk", "yarn", "llama3",
+  /// "longrope"; "su" is longrope's old name) with its keys. `rope_type` and `type` are synonyms.
   std::string rope_type = "default";
-  std::optional<double> factor, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor;
-  std::optional<double> low_freq_factor, high_freq_factor;
-  std::optional<index_t> original_max_position_embeddings;  // rope_scaling.original_max_position_embeddings
-  std::optional<bool> truncate;
-  std::vector<double> short_factor, long_factor;
-  bool interleaved = false;  // the checkpoint's layout (HF format is half-split)
+  std::optional<double> factor;            ///< rope_scaling.factor
+  std::optional<double> beta_fast;         ///< rope_scaling.beta_fast (yarn, default 32)
+  std::optional<double> beta_slow;         ///< rope_scaling.beta_slow (yarn, default 1)
+  std::optional<double> mscale;            ///< rope_scaling.mscale (yarn, DeepSeek)
+  std::optional<double> mscale_all_dim;    ///< rope_scaling.mscale_all_dim (yarn, DeepSeek)
+  std::optional<double> attention_factor;  ///< rope_scaling.attention_factor
+  std::optional<double> low_freq_factor;   ///< rope_scaling.low_freq_factor (llama3, default 1)
+  std::optional<double> high_freq_factor;  ///< rope_scaling.high_freq_factor (llama3, default 4)
+  std::optional<index_t> original_max_position_embeddings;  ///< rope_scaling.original_max_position_embeddings
+  std::optional<bool> truncate;       ///< rope_scaling.truncate (yarn, default true)
+  std::vector<double> short_factor;   ///< rope_scaling.short_factor (longrope)
+  std::vector<double> long_factor;    ///< rope_scaling.long_factor (longrope)
+  bool interleaved = false;  ///< the checkpoint's layout (HF format is half-split)
 };
 
 namespace detail {
@@ -96,7 +117,7 @@ inline std::string rope_number(double v) {
 
 }  // namespace detail
 
-// Every configuration error a RopeTable would meet, as a ShapeError naming `op` and the field.
+/// Every configuration error a RopeTable would meet, as a ShapeError naming `op` and the field.
 inline void validate_rope_config(const ArgCheck& check, const RopeConfig& c) {
   check.enum_value("scheme", c.scheme, kRopeSchemeCount).enum_value("layout", c.layout, kRopeLayoutCount);
   if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0)
@@ -145,8 +166,8 @@ inline void validate_rope_config(const ArgCheck& check, const RopeConfig& c) {
   }
 }
 
-// transformers' `_compute_*_parameters`, as a RopeConfig. Throws ShapeError naming the key for
-// an unknown rope type, a missing factor, a head size that gives an odd rotary dimension, ...
+/// transformers' `_compute_*_parameters`, as a RopeConfig. Throws ShapeError naming the key for
+/// an unknown rope type, a missing factor, a head size that gives an odd rotary dimension, ...
 inline RopeConfig rope_config_from_hf(const HfRopeKeys& keys) {
   const ArgCheck check("rope_config_from_hf");
   RopeConfig c;

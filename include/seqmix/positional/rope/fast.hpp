@@ -72,8 +72,8 @@ inline void rope_strided_row(const float* x, index_t xs, float* o, index_t os, c
 
 }  // namespace detail
 
-// Rotates x into out (or x in place when out is x). Throws ShapeError before writing anything
-// when a position lies outside the table, the shapes disagree or out partly overlaps x.
+/// Rotates x into out (or x in place when out is x). Throws ShapeError before writing anything
+/// when a position lies outside the table, the shapes disagree or out partly overlaps x.
 inline void rope(const RopeTable& table, const RopeInputs& in, const RopeOutputs& out,
                  const Executor& executor = serial_executor()) {
   static const ArgCheck check("rope");

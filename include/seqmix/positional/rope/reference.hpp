@@ -22,13 +22,15 @@
 
 namespace seqmix {
 
+/// rope's inputs.
 struct RopeInputs {
-  ConstView<float, 4> x;  // [B,T,H,D], D >= rotary_dim
-  IndexList positions;    // [B*T] (token (b,t) at b*T+t) or [T] (every row alike); empty: p = t
+  ConstView<float, 4> x;  ///< [B,T,H,D], D >= rotary_dim
+  IndexList positions;    ///< [B*T] (token (b,t) at b*T+t) or [T] (every row alike); empty: p = t
 };
 
+/// rope's output.
 struct RopeOutputs {
-  TensorView<float, 4> out;  // [B,T,H,D]; may be exactly x (in place)
+  TensorView<float, 4> out;  ///< [B,T,H,D]; may be exactly x (in place)
 };
 
 namespace detail {
@@ -79,7 +81,7 @@ inline void validate_rope(const ArgCheck& check, const RopeTable& table, const R
 
 namespace reference {
 
-// Plain loops, angles and rotations in double from the table's frequencies (not its cos/sin).
+/// Plain loops, angles and rotations in double from the table's frequencies (not its cos/sin).
 inline void rope(const RopeTable& table, const RopeInputs& in, const RopeOutputs& out) {
   detail::validate_rope(ArgCheck("reference::rope"), table, in, out);
   const index_t B = in.x.size(0), T = in.x.size(1), H = in.x.size(2), D = in.x.size(3);

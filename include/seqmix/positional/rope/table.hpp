@@ -27,13 +27,14 @@ inline double yarn_mscale(double scale, double mscale) {
 
 }  // namespace detail
 
-// The per-pair inverse frequencies of `c` (R/2 values) for a sequence of `sequence_length`
-// tokens (dynamic_ntk and longrope depend on it), and the attention factor. Validated first.
+/// The per-pair inverse frequencies of `c` (R/2 values) for a sequence of `sequence_length`
+/// tokens (dynamic_ntk and longrope depend on it), and the attention factor. Validated first.
 struct RopeFrequencies {
-  std::vector<double> inv_freq;
-  double attention_factor = 1.0;
+  std::vector<double> inv_freq;   ///< R/2 inverse frequencies, radians per position
+  double attention_factor = 1.0;  ///< multiplies cos and sin
 };
 
+/// The frequencies of `c` for a sequence of `sequence_length` tokens.
 inline RopeFrequencies rope_frequencies(const RopeConfig& c, index_t sequence_length) {
   validate_rope_config(ArgCheck("rope_frequencies"), c);
   const index_t pairs = c.rotary_dim / 2;
@@ -100,13 +101,16 @@ inline RopeFrequencies rope_frequencies(const RopeConfig& c, index_t sequence_le
   return f;
 }
 
+/// The cos and sin of every (position, pair) of a configuration, computed once in double and
+/// kept by the caller; rope() reads it.
 class RopeTable {
  public:
+  /// An empty table (refused by rope()).
   RopeTable() = default;
 
-  // cos and sin for positions [0, positions). `sequence_length` (0: `positions`) is the length
-  // dynamic_ntk and longrope adapt to, as transformers does for a sequence of that many tokens:
-  // an engine serving longer sequences builds a new table.
+  /// cos and sin for positions [0, positions). `sequence_length` (0: `positions`) is the length
+  /// dynamic_ntk and longrope adapt to, as transformers does for a sequence of that many tokens:
+  /// an engine serving longer sequences builds a new table.
   RopeTable(const RopeConfig& config, index_t positions, index_t sequence_length = 0) : config_(config) {
     const ArgCheck check("RopeTable");
     validate_rope_config(check, config);
@@ -128,17 +132,18 @@ class RopeTable {
     }
   }
 
-  const RopeConfig& config() const noexcept { return config_; }
-  index_t positions() const noexcept { return positions_; }
-  index_t rotary_dim() const noexcept { return config_.rotary_dim; }
-  index_t pairs() const noexcept { return config_.rotary_dim / 2; }
-  RopeLayout layout() const noexcept { return config_.layout; }
-  const std::vector<double>& inv_freq() const noexcept { return frequencies_.inv_freq; }
-  double attention_factor() const noexcept { return frequencies_.attention_factor; }
-  bool empty() const noexcept { return positions_ == 0; }
+  const RopeConfig& config() const noexcept { return config_; }  ///< the configuration
+  index_t positions() const noexcept { return positions_; }      ///< positions [0, positions()) are covered
+  index_t rotary_dim() const noexcept { return config_.rotary_dim; }  ///< R
+  index_t pairs() const noexcept { return config_.rotary_dim / 2; }   ///< R/2
+  RopeLayout layout() const noexcept { return config_.layout; }       ///< the pair layout
+  const std::vector<double>& inv_freq() const noexcept { return frequencies_.inv_freq; }  ///< R/2 frequencies
+  double attention_factor() const noexcept { return frequencies_.attention_factor; }  ///< on cos and sin
+  bool empty() const noexcept { return positions_ == 0; }  ///< default-constructed
 
-  // attention_factor * cos / sin of position p, pairs() floats each; p in [0, positions()).
+  /// attention_factor * cos of position p, pairs() floats; p in [0, positions()).
   const float* cos_row(index_t p) const noexcept { return cos_.data() + p * pairs(); }
+  /// attention_factor * sin of position p, pairs() floats.
   const float* sin_row(index_t p) const noexcept { return sin_.data() + p * pairs(); }
 
  private:
