@@ -8,6 +8,14 @@
 //   rope/reference/<shape>      reference::rope on a smaller shape, beside rope/half_split on it
 // GB/s = 2 * B*T*H*D * 4 bytes (x read, out written) / time; compare with the machine's
 // streaming bandwidth (68 GB/s on both cores, seqmix-machine-limits).
+//
+// Multi-head latent attention, decode over one sequence's fp16 latent cache (DeepSeek-V2/V3:
+// 128 heads, d_c = 512, d_r = 64, d_nope = d_v = 128):
+//   mla/decode/<shape>          mla_decode (absorbed), GB/s = Tk * (d_c + d_r) * 2 bytes / time
+//                               and GFLOP/s = 2 * H * Tk * (2 d_c + d_r) / time
+//   mla/stream/<shape>          the baseline: one pass summing the same fp16 cache bytes
+// With 128 heads the absorbed decode does ~160 FLOP per cache byte, so it is bound by the FMAs,
+// not by the cache's bandwidth; H1 and H16 show where it becomes bandwidth-bound.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -16,6 +24,8 @@
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/attention/mla/mla.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/positional.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -102,6 +112,71 @@ void register_all() {
   add(std::string("rope/reference/") + kSmall.name, kSmall, seqmix::RopeLayout::half_split, Form::reference);
 }
 
-const int kRegistered = (register_all(), 0);
+struct MlaShape {
+  const char* name;
+  index_t Tk, H, dc, dr, dn, dv;
+};
+
+const MlaShape kMlaShapes[] = {{"Tk32768_H128_dc512_dr64_fp16", 32768, 128, 512, 64, 128, 128},
+                               {"Tk32768_H16_dc512_dr64_fp16", 32768, 16, 512, 64, 128, 128},
+                               {"Tk32768_H1_dc512_dr64_fp16", 32768, 1, 512, 64, 128, 128}};
+
+Tensor<seqmix::f16, 3> random_f16(const std::array<index_t, 3>& shape, std::uint64_t seed) {
+  const Tensor<float, 3> values = st::random_tensor<3>(shape, seed);
+  Tensor<seqmix::f16, 3> out(shape);
+  for (index_t i = 0; i < values.numel(); ++i) out.data()[i] = seqmix::f16(values.data()[i]);
+  return out;
+}
+
+void mla(benchmark::State& state, const MlaShape& s, bool stream) {
+  const auto c_kv = random_f16({1, s.Tk, s.dc}, 1), k_rope = random_f16({1, s.Tk, s.dr}, 2);
+  const auto q_nope = st::random_tensor<3>({1, s.H, s.dn}, 3), q_rope = st::random_tensor<3>({1, s.H, s.dr}, 4);
+  const auto w = st::random_tensor<3>({s.H, s.dn + s.dv, s.dc}, 5, -0.05f, 0.05f);
+  Tensor<float, 3> o({1, s.H, s.dv});
+  const seqmix::MlaDecodeInputs<seqmix::f16> in{q_nope.view(), q_rope.view(), c_kv.view(), k_rope.view(), {},
+                                                {w.view().slice(1, 0, s.dn), w.view().slice(1, s.dn, s.dv)}};
+  for (auto _ : state) {
+    if (stream) {
+      float sums[2] = {0.f, 0.f};
+      seqmix::parallel_for(st::two_thread_pool(), 2, 1, [&](index_t begin, index_t end) {
+        for (index_t part = begin; part < end; ++part) {
+          const auto* c = c_kv.data() + part * (c_kv.numel() / 2);
+          const auto* r = k_rope.data() + part * (k_rope.numel() / 2);
+          seqmix::simd::Batch<float> acc(0.f);
+          for (index_t i = 0; i + seqmix::simd::kWidth <= c_kv.numel() / 2; i += seqmix::simd::kWidth)
+            acc += seqmix::simd::load_f16(c + i);
+          for (index_t i = 0; i + seqmix::simd::kWidth <= k_rope.numel() / 2; i += seqmix::simd::kWidth)
+            acc += seqmix::simd::load_f16(r + i);
+          sums[part] = seqmix::simd::reduce_add(acc);
+        }
+      });
+      benchmark::DoNotOptimize(sums);
+    } else {
+      seqmix::mla_decode(in, {o.view(), {}}, {}, st::two_thread_pool());
+      benchmark::DoNotOptimize(o.data());
+    }
+  }
+  const double bytes = static_cast<double>(s.Tk * (s.dc + s.dr)) * 2.0;
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  if (!stream) {
+    const double flops = 2.0 * static_cast<double>(s.H * s.Tk * (2 * s.dc + s.dr));
+    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  }
+}
+
+void register_mla() {
+  for (const MlaShape& s : kMlaShapes) {
+    benchmark::RegisterBenchmark((std::string("mla/decode/") + s.name).c_str(),
+                                 [=](benchmark::State& st_) { mla(st_, s, false); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  benchmark::RegisterBenchmark((std::string("mla/stream/") + kMlaShapes[0].name).c_str(),
+                               [=](benchmark::State& st_) { mla(st_, kMlaShapes[0], true); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
+
+const int kRegistered = (register_all(), register_mla(), 0);
 
 }  // namespace
