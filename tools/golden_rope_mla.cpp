@@ -1,0 +1,265 @@
+// Writes the conformance cases of rope, mla_prefill and mla_decode into <golden>/<op>/<case>/
+// (tests/golden/README.md), computed by plain double-precision loops written here from the
+// formulas of docs/operators.md section 10 and transformers' rope utilities. Nothing of seqmix is
+// used but its .npy writer, so the vectors are independent of the operators they check.
+//
+//   g++ -std=c++17 -O2 -I include tools/golden_rope_mla.cpp -o golden_rope_mla
+//   ./golden_rope_mla tests/golden
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "seqmix/io/npy.hpp"
+
+namespace {
+
+using seqmix::index_t;
+namespace fs = std::filesystem;
+const double kPi = 3.14159265358979323846;
+
+struct Array {
+  std::vector<index_t> shape;
+  std::vector<double> v;
+};
+
+Array random_array(std::vector<index_t> shape, std::mt19937_64& rng, double scale = 1.0) {
+  Array a{std::move(shape), {}};
+  index_t n = 1;
+  for (const index_t d : a.shape) n *= d;
+  std::uniform_real_distribution<double> u(-scale, scale);
+  // Values rounded to float first: the file holds fp32 and the result is exact for those.
+  for (index_t i = 0; i < n; ++i) a.v.push_back(static_cast<double>(static_cast<float>(u(rng))));
+  return a;
+}
+
+void write(const fs::path& dir, const std::string& name, const Array& a) {
+  std::vector<float> f(a.v.begin(), a.v.end());
+  seqmix::write_npy((dir / (name + ".npy")).string(), a.shape, f.data());
+}
+
+void write_case(const fs::path& dir, const std::string& json) {
+  fs::create_directories(dir);
+  std::ofstream(dir / "case.json") << json;
+}
+
+// ---- rope ---------------------------------------------------------------------------------
+
+struct Rope {
+  std::string scheme, layout;
+  int R = 0;
+  double base = 10000, factor = 1, L0 = 0, M = 0, beta_fast = 32, beta_slow = 1, mscale = 0, mscale_all_dim = 0;
+  double low = 1, high = 4;
+  std::vector<double> short_factor, long_factor;
+  double L = 0;  // sequence length the table serves
+};
+
+// transformers' _compute_*_parameters, restated.
+void frequencies(const Rope& c, std::vector<double>& inv, double& m) {
+  const int dim = c.R;
+  inv.clear();
+  m = 1.0;
+  double base = c.base;
+  if (c.scheme == "ntk") base = c.base * std::pow(c.factor, dim / (dim - 2.0));
+  if (c.scheme == "dynamic_ntk" && c.L > c.L0)
+    base = c.base * std::pow(c.factor * c.L / c.L0 - (c.factor - 1.0), dim / (dim - 2.0));
+  for (int k = 0; k < dim; k += 2) inv.push_back(1.0 / std::pow(base, static_cast<double>(k) / dim));
+  auto get_mscale = [](double s, double ms) { return s <= 1 ? 1.0 : 0.1 * ms * std::log(s) + 1.0; };
+  if (c.scheme == "linear")
+    for (auto& w : inv) w /= c.factor;
+  if (c.scheme == "yarn") {
+    auto corr = [&](double rot) { return dim * std::log(c.L0 / (rot * 2 * kPi)) / (2 * std::log(c.base)); };
+    double lo = std::max(std::floor(corr(c.beta_fast)), 0.0), hi = std::min(std::ceil(corr(c.beta_slow)), dim - 1.0);
+    if (lo == hi) hi += 0.001;
+    for (int i = 0; i < dim / 2; ++i) {
+      const double ramp = std::min(1.0, std::max(0.0, (i - lo) / (hi - lo)));
+      inv[i] = inv[i] / c.factor * ramp + inv[i] * (1 - ramp);
+    }
+    m = (c.mscale != 0 && c.mscale_all_dim != 0) ? get_mscale(c.factor, c.mscale) / get_mscale(c.factor, c.mscale_all_dim)
+                                                 : get_mscale(c.factor, 1.0);
+  }
+  if (c.scheme == "llama3")
+    for (auto& w : inv) {
+      const double wl = 2 * kPi / w;
+      if (wl > c.L0 / c.low) {
+        w /= c.factor;
+      } else if (wl >= c.L0 / c.high) {
+        const double s = (c.L0 / wl - c.low) / (c.high - c.low);
+        w = (1 - s) * w / c.factor + s * w;
+      }
+    }
+  if (c.scheme == "longrope") {
+    const auto& ext = c.L > c.L0 ? c.long_factor : c.short_factor;
+    for (int i = 0; i < dim / 2; ++i) inv[i] /= ext[i];
+    const double f = c.M / c.L0;
+    m = f <= 1 ? 1.0 : std::sqrt(1 + std::log(f) / std::log(c.L0));
+  }
+}
+
+void rope_case(const fs::path& root, const std::string& name, const Rope& c, index_t B, index_t T, index_t H,
+               index_t D, const std::vector<double>& pos, index_t table_positions, std::mt19937_64& rng) {
+  std::vector<double> inv;
+  double m = 1;
+  frequencies(c, inv, m);
+  const Array x = random_array({B, T, H, D}, rng);
+  Array out{x.shape, x.v}, positions{{B * T}, pos};
+  for (index_t bt = 0; bt < B * T; ++bt)
+    for (index_t h = 0; h < H; ++h)
+      for (int i = 0; i < c.R / 2; ++i) {
+        const index_t a = c.layout == "interleaved" ? 2 * i : i, o = c.layout == "interleaved" ? 2 * i + 1 : i + c.R / 2;
+        const index_t base = (bt * H + h) * D;
+        const double th = pos[bt] * inv[i];
+        out.v[base + a] = m * (x.v[base + a] * std::cos(th) - x.v[base + o] * std::sin(th));
+        out.v[base + o] = m * (x.v[base + o] * std::cos(th) + x.v[base + a] * std::sin(th));
+      }
+  const fs::path dir = root / "rope" / name;
+  char params[1024];
+  std::snprintf(params, sizeof params,
+                "{ \"scheme\": \"%s\", \"layout\": \"%s\", \"rotary_dim\": %d, \"base\": %.17g, \"factor\": %.17g, "
+                "\"original_max_position_embeddings\": %.0f, \"max_position_embeddings\": %.0f, \"beta_fast\": %.17g, "
+                "\"beta_slow\": %.17g, \"mscale\": %.17g, \"mscale_all_dim\": %.17g, \"low_freq_factor\": %.17g, "
+                "\"high_freq_factor\": %.17g, \"table_positions\": %ld, \"sequence_length\": %.0f }",
+                c.scheme.c_str(), c.layout.c_str(), c.R, c.base, c.factor, c.L0, c.M, c.beta_fast, c.beta_slow,
+                c.mscale, c.mscale_all_dim, c.low, c.high, static_cast<long>(table_positions), c.L);
+  const bool factors = !c.short_factor.empty();
+  write_case(dir, std::string("{ \"op\": \"rope\",\n  \"params\": ") + params +
+                      ",\n  \"inputs\":  { \"x\": \"x.npy\", \"positions\": \"positions.npy\"" +
+                      (factors ? ", \"short_factor\": \"short_factor.npy\", \"long_factor\": \"long_factor.npy\"" : "") +
+                      " },\n  \"outputs\": { \"out\": \"out.npy\" },\n  \"tol\": 1e-05,\n"
+                      "  \"source\": \"tools/golden_rope_mla.cpp: float64 loop of the formulas of docs/operators.md "
+                      "section 10 (transformers' rope parameters restated), independent of seqmix's operators\" }\n");
+  write(dir, "x", x);
+  write(dir, "positions", positions);
+  write(dir, "out", out);
+  if (factors) {
+    write(dir, "short_factor", Array{{static_cast<index_t>(c.short_factor.size())}, c.short_factor});
+    write(dir, "long_factor", Array{{static_cast<index_t>(c.long_factor.size())}, c.long_factor});
+  }
+}
+
+// ---- mla ----------------------------------------------------------------------------------
+
+// One query row (H heads) against keys [0, visible) of latents c [.., dc], rotary keys r [.., dr].
+void mla_row(const double* qn, const double* qr, const double* c, const double* r, const Array& wuk, const Array& wuv,
+             index_t H, index_t dn, index_t dr, index_t dc, index_t dv, index_t visible, double scale, double* o,
+             double* lse) {
+  for (index_t h = 0; h < H; ++h) {
+    std::vector<double> s(visible);
+    double mx = -INFINITY;
+    for (index_t j = 0; j < visible; ++j) {
+      double acc = 0;
+      for (index_t e = 0; e < dn; ++e) {
+        double k = 0;
+        for (index_t a = 0; a < dc; ++a) k += wuk.v[(h * dn + e) * dc + a] * c[j * dc + a];
+        acc += qn[h * dn + e] * k;
+      }
+      for (index_t e = 0; e < dr; ++e) acc += qr[h * dr + e] * r[j * dr + e];
+      s[j] = scale * acc;
+      mx = std::max(mx, s[j]);
+    }
+    double sum = 0;
+    for (index_t j = 0; j < visible; ++j) sum += std::exp(s[j] - mx);
+    for (index_t e = 0; e < dv; ++e) {
+      double acc = 0;
+      for (index_t j = 0; j < visible; ++j) {
+        double v = 0;
+        for (index_t a = 0; a < dc; ++a) v += wuv.v[(h * dv + e) * dc + a] * c[j * dc + a];
+        acc += std::exp(s[j] - mx) * v;
+      }
+      o[h * dv + e] = acc / sum;
+    }
+    lse[h] = mx + std::log(sum);
+  }
+}
+
+const char* kMlaSource =
+    "  \"tol\": 1e-05,\n  \"source\": \"tools/golden_rope_mla.cpp: float64 loop of the expanded MLA formula of "
+    "docs/operators.md section 10 (keys and values expanded per head), independent of seqmix's operators\" }\n";
+
+void mla_prefill_case(const fs::path& root, std::mt19937_64& rng) {
+  const index_t B = 1, Tq = 5, Tk = 12, H = 4, dn = 16, dr = 8, dc = 32, dv = 12;
+  const double scale = 0.2;
+  const Array qn = random_array({B, Tq, H, dn}, rng), qr = random_array({B, Tq, H, dr}, rng);
+  const Array c = random_array({B, Tk, dc}, rng), r = random_array({B, Tk, dr}, rng);
+  const Array wuk = random_array({H, dn, dc}, rng, 0.3), wuv = random_array({H, dv, dc}, rng, 0.3);
+  Array o{{B, Tq, H, dv}, std::vector<double>(B * Tq * H * dv)}, lse{{B, Tq, H}, std::vector<double>(B * Tq * H)};
+  for (index_t i = 0; i < Tq; ++i)
+    mla_row(&qn.v[i * H * dn], &qr.v[i * H * dr], c.v.data(), r.v.data(), wuk, wuv, H, dn, dr, dc, dv, Tk - Tq + i + 1,
+            scale, &o.v[i * H * dv], &lse.v[i * H]);
+  const fs::path dir = root / "mla_prefill" / "causal_chunk_after_prefix_h4";
+  write_case(dir, std::string("{ \"op\": \"mla_prefill\",\n  \"params\": { \"scale\": 0.2, \"causal\": true },\n"
+                              "  \"inputs\":  { \"q_nope\": \"q_nope.npy\", \"q_rope\": \"q_rope.npy\", \"c_kv\": "
+                              "\"c_kv.npy\", \"k_rope\": \"k_rope.npy\", \"w_uk\": \"w_uk.npy\", \"w_uv\": \"w_uv.npy\" },\n"
+                              "  \"outputs\": { \"o\": \"o.npy\", \"lse\": \"lse.npy\" },\n") +
+                      kMlaSource);
+  for (const auto& [name, a] : {std::pair<const char*, const Array*>{"q_nope", &qn}, {"q_rope", &qr}, {"c_kv", &c},
+                                {"k_rope", &r}, {"w_uk", &wuk}, {"w_uv", &wuv}, {"o", &o}, {"lse", &lse}})
+    write(dir, name, *a);
+}
+
+void mla_decode_case(const fs::path& root, std::mt19937_64& rng) {
+  const index_t B = 2, Tmax = 70, H = 8, dn = 16, dr = 8, dc = 48, dv = 16;
+  const std::vector<double> lens = {70, 33};
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dn + dr));
+  const Array qn = random_array({B, H, dn}, rng), qr = random_array({B, H, dr}, rng);
+  const Array c = random_array({B, Tmax, dc}, rng), r = random_array({B, Tmax, dr}, rng);
+  const Array wuk = random_array({H, dn, dc}, rng, 0.3), wuv = random_array({H, dv, dc}, rng, 0.3);
+  Array o{{B, H, dv}, std::vector<double>(B * H * dv)}, lse{{B, H}, std::vector<double>(B * H)};
+  for (index_t b = 0; b < B; ++b)
+    mla_row(&qn.v[b * H * dn], &qr.v[b * H * dr], &c.v[b * Tmax * dc], &r.v[b * Tmax * dr], wuk, wuv, H, dn, dr, dc, dv,
+            static_cast<index_t>(lens[b]), scale, &o.v[b * H * dv], &lse.v[b * H]);
+  const fs::path dir = root / "mla_decode" / "two_rows_h8_dc48";
+  write_case(dir, std::string("{ \"op\": \"mla_decode\",\n  \"params\": { },\n"
+                              "  \"inputs\":  { \"q_nope\": \"q_nope.npy\", \"q_rope\": \"q_rope.npy\", \"c_kv\": "
+                              "\"c_kv.npy\", \"k_rope\": \"k_rope.npy\", \"cache_seqlens\": \"cache_seqlens.npy\", "
+                              "\"w_uk\": \"w_uk.npy\", \"w_uv\": \"w_uv.npy\" },\n"
+                              "  \"outputs\": { \"o\": \"o.npy\", \"lse\": \"lse.npy\" },\n") +
+                      kMlaSource);
+  const Array seqlens{{B}, lens};
+  for (const auto& [name, a] : {std::pair<const char*, const Array*>{"q_nope", &qn}, {"q_rope", &qr}, {"c_kv", &c},
+                                {"k_rope", &r}, {"cache_seqlens", &seqlens}, {"w_uk", &wuk}, {"w_uv", &wuv},
+                                {"o", &o}, {"lse", &lse}})
+    write(dir, name, *a);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
+    return 2;
+  }
+  const fs::path root = argv[1];
+  std::mt19937_64 rng(15);
+
+  Rope llama;
+  llama.scheme = "llama3", llama.layout = "half_split", llama.R = 32, llama.base = 500000, llama.factor = 8;
+  llama.L0 = 8192, llama.low = 1, llama.high = 4, llama.L = 131072;
+  rope_case(root, "llama3_half_split_partial_r32_d48", llama, 1, 6, 3, 48, {0, 1, 8191, 8192, 100000, 131071}, 131072,
+            rng);
+
+  Rope yarn;
+  yarn.scheme = "yarn", yarn.layout = "interleaved", yarn.R = 8, yarn.factor = 40, yarn.L0 = 4096;
+  yarn.mscale = 0.707, yarn.mscale_all_dim = 1.0, yarn.L = 1048576;
+  rope_case(root, "yarn_interleaved_r8_positions_to_2e20", yarn, 2, 3, 2, 8,
+            {0, 4095, 65536, 1000000, 1048575, 777777}, 1048576, rng);
+
+  Rope longrope;
+  longrope.scheme = "longrope", longrope.layout = "half_split", longrope.R = 16, longrope.L0 = 4096;
+  longrope.M = 131072, longrope.L = 8192;
+  for (int i = 0; i < 8; ++i) longrope.short_factor.push_back(1.0 + 0.125 * i), longrope.long_factor.push_back(1.0 + 3.0 * i);
+  rope_case(root, "longrope_long_factors_r16", longrope, 1, 4, 2, 16, {0, 17, 4096, 8191}, 8192, rng);
+
+  Rope dyn;
+  dyn.scheme = "dynamic_ntk", dyn.layout = "interleaved", dyn.R = 12, dyn.factor = 2, dyn.L0 = 256, dyn.L = 1024;
+  rope_case(root, "dynamic_ntk_interleaved_partial_r12_d20", dyn, 1, 5, 3, 20, {0, 3, 255, 256, 1023}, 1024, rng);
+
+  mla_prefill_case(root, rng);
+  mla_decode_case(root, rng);
+  std::printf("wrote rope, mla_prefill and mla_decode cases under %s\n", root.string().c_str());
+  return 0;
+}
