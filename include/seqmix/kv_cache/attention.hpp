@@ -180,15 +180,15 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, cons
 // next block to be scored and this block's values, read after the span's softmax step. Each
 // block is its own few-KB allocations, where the hardware prefetchers, which stop at page
 // boundaries, keep restarting.
-inline LineStream key_phase_lines(const KvBlock* next, const KvBlock& blk, const KvCacheConfig& cfg,
+inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView& blk, const KvCacheConfig& cfg,
                                   index_t rows) noexcept {
   LineStream lines;
   if (next) {  // parameters first: the query operands of the next block read them before its codes
-    lines.set(0, next->key_params.data(), next->key_params.size() * sizeof(float));
-    lines.set(1, next->keys.data(), next->keys.size());
+    lines.set(0, next->key_params, next->key_param_count * sizeof(float));
+    lines.set(1, next->keys, next->key_bytes);
   }
-  lines.set(2, blk.values.data(), blk.values.size());
-  lines.set(3, blk.value_params.data(), blk.value_params.size() * sizeof(float));
+  lines.set(2, blk.values, blk.value_bytes);
+  lines.set(3, blk.value_params, blk.value_param_count * sizeof(float));
   // Steps the key kernels take: float keys one per channel per 4 query rows; the integer kernel
   // counts its own.
   const index_t key_steps = integer_keys_supported(blk, cfg) ? integer_key_steps(cfg.key_dim, rows)
@@ -197,22 +197,25 @@ inline LineStream key_phase_lines(const KvBlock* next, const KvBlock& blk, const
   return lines;
 }
 
-// Per-task scratch.
+// Per-task scratch, for up to `capacity` query rows (rows: those of the current piece, a multiple
+// of kKvRows; padding rows hold zero queries).
 struct KvScratch {
-  index_t rows, lds, ldacc;
+  index_t rows, capacity, lds, ldacc;
   AlignedVector<float> q, qsum, s;
   std::vector<std::int64_t> pos;
   IntegerScratch ints;             // operand bytes of the integer kernels
   bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
   KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
   KvScratch(index_t rows_padded, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups)
-      : rows(rows_padded), lds(kKvSpanBlocks * kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
+      : rows(rows_padded), capacity(rows_padded), lds(kKvSpanBlocks * kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
         q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
         qsum(static_cast<std::size_t>(rows_padded * key_groups), 0.f),
         s(static_cast<std::size_t>(rows_padded * kKvSpanBlocks * kKvBlockTokens), 0.f),
         pos(static_cast<std::size_t>(rows_padded), 0) {
     if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups, kKvSpanBlocks);
   }
+  // Pieces with fewer rows than the capacity (the integer kernels' operand strides follow rows).
+  void use_rows(index_t n) noexcept { rows = n, ints.rows = n; }
 };
 
 // The calling thread's scratch for these dimensions, made on first use and kept (a decode loop
@@ -227,26 +230,27 @@ inline KvScratch& kv_scratch(index_t rows, index_t M, index_t Dk, index_t Dv, in
     kept.emplace_back(rows, Dk, Dv, key_groups, value_groups);
     std::copy(want, want + 6, key);
   }
+  kept.front().use_rows(rows);
   return kept.front();
 }
 
 // Scores of one float block for every row: s[r * w.lds + t] = scale * q_r . k_t for t < slots
 // (garbage beyond count).
 template <KvFormat F, int NT>
-void block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
+void block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   const index_t Dk = cfg.key_dim;
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
     KvF acc[kKvRows][NT];
     for (auto& a : acc)
       for (auto& x : a) x = KvF(0.f);
-    key_dots<F, NT>(blk.keys.data(), blk.key_row, Dk, w.q.data() + r0 * Dk, Dk, acc, ahead);
+    key_dots<F, NT>(blk.keys, blk.key_row, Dk, w.q.data() + r0 * Dk, Dk, acc, ahead);
     for (index_t r = 0; r < kKvRows; ++r)
       for (int t = 0; t < NT; ++t) simd::store(s + (r0 + r) * w.lds + t * simd::kWidth, acc[r][t]);
   }
 }
 
 template <KvFormat F>
-void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
+void block_scores_dispatch(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   switch (blk.slots / simd::kWidth) {
     case 1: block_scores<F, 1>(blk, cfg, w, s, ahead); break;
     case 2: block_scores<F, 2>(blk, cfg, w, s, ahead); break;
@@ -258,13 +262,13 @@ void block_scores_dispatch(const KvBlock& blk, const KvCacheConfig& cfg, KvScrat
 
 // acc[r] += sum_t p[r][t] * v_t over a float block's `count` tokens, for kKvRows rows.
 template <KvFormat F, int NV>
-void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc,
+void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc,
                  index_t ldacc) noexcept {
   KvF a[kKvRows][NV];
   for (index_t r = 0; r < kKvRows; ++r)
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
   for (index_t t = 0; t < count; ++t) {
-    const std::uint8_t* row = blk.values.data() + t * blk.value_row;
+    const std::uint8_t* row = blk.values + t * blk.value_row;
     KvF x[NV];
     for (int v = 0; v < NV; ++v) x[v] = load_key_vector<F>(row, c0 / simd::kWidth + v);  // same layout along the row
     // Each row's weight is broadcast once per token into a register and feeds NV FMAs.
@@ -278,7 +282,7 @@ void value_chunk(const KvBlock& blk, index_t count, index_t c0, const float* p, 
 }
 
 template <KvFormat F>
-void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc) {
+void block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc) {
   const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count, vec_end = simd::vector_end(Dv);
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
     const float* p = s + r0 * w.lds;
@@ -287,7 +291,7 @@ void block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, co
     for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, p, w.lds, acc_rows, w.ldacc);
     for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, p, w.lds, acc_rows, w.ldacc);
     for (index_t t = 0; t < count && c < Dv; ++t) {  // tail channels
-      const std::uint8_t* row = blk.values.data() + t * blk.value_row;
+      const std::uint8_t* row = blk.values + t * blk.value_row;
       for (index_t r = 0; r < kKvRows; ++r)
         for (index_t cc = c; cc < Dv; ++cc) acc_rows[r * w.ldacc + cc] += p[r * w.lds + t] * load_float(F, row, cc);
     }
@@ -305,7 +309,7 @@ void dispatch_float_format(KvFormat f, Fn&& fn) {
 
 // A quantized block's keys / values as an fp32 tile in the float kernels' layouts (builds
 // without integer dot products, and group sizes those kernels cannot follow).
-inline const KvBlock& float_key_tile(const KvBlock& blk, const KvCacheConfig& cfg, KvBlock& tile) {
+inline KvBlockView float_key_tile(const KvBlockView& blk, const KvCacheConfig& cfg, KvBlock& tile) {
   const index_t Dk = cfg.key_dim, group = cfg.group_size > 0 ? cfg.group_size : Dk;
   tile.key_format = KvFormat::f32, tile.count = blk.count, tile.slots = blk.slots;
   tile.key_row = blk.slots * static_cast<index_t>(sizeof(float));
@@ -314,20 +318,20 @@ inline const KvBlock& float_key_tile(const KvBlock& blk, const KvCacheConfig& cf
     float* row = reinterpret_cast<float*>(tile.keys.data() + c * tile.key_row);
     for (index_t t = 0; t < blk.count; ++t) row[t] = key_element(blk, cfg.key_quant, group, c, t);
   }
-  return tile;
+  return view_of(tile);
 }
-inline const KvBlock& float_value_tile(const KvBlock& blk, const KvCacheConfig& cfg, KvBlock& tile) {
+inline KvBlockView float_value_tile(const KvBlockView& blk, const KvCacheConfig& cfg, KvBlock& tile) {
   const index_t Dv = cfg.value_dim;
   tile.value_format = KvFormat::f32, tile.count = blk.count, tile.slots = blk.slots;
   tile.value_row = Dv * static_cast<index_t>(sizeof(float));
   tile.values.assign(static_cast<std::size_t>(blk.count * tile.value_row), 0);
   for (index_t t = 0; t < blk.count; ++t)
     value_row(blk, cfg.group_size, Dv, t, reinterpret_cast<float*>(tile.values.data() + t * tile.value_row));
-  return tile;
+  return view_of(tile);
 }
 
 // Scores of any block into s (row stride w.lds).
-inline void any_block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
+inline void any_block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
   if (!is_quantized(blk.key_format)) {
     dispatch_float_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, s, ahead); });
     return;
@@ -356,7 +360,7 @@ inline void any_block_scores(const KvBlock& blk, const KvCacheConfig& cfg, KvScr
 
 // Probability-weighted values of one float block, or of a quantized one the integer kernels
 // cannot follow, into the accumulators (p: the block's probabilities, row stride w.lds).
-inline void any_block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
+inline void any_block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
   if (!is_quantized(blk.value_format)) {
     dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, p, acc); });
     return;
@@ -367,9 +371,9 @@ inline void any_block_values(const KvBlock& blk, const KvCacheConfig& cfg, KvScr
 
 // Values of a span's n blocks (block j's probabilities at w.s + 32 j): runs of blocks with the
 // same quantized value format go through the integer kernels together, the rest block by block.
-inline void span_values(const KvBlock* const* span, index_t n, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
+inline void span_values(const KvBlockView* span, index_t n, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
   for (index_t j = 0; j < n;) {
-    const KvBlock& blk = *span[j];
+    const KvBlockView& blk = span[j];
     const float* p = w.s.data() + j * kKvBlockTokens;
     if (!integer_values_supported(blk, cfg)) {
       any_block_values(blk, cfg, w, p, acc);
@@ -377,7 +381,7 @@ inline void span_values(const KvBlock* const* span, index_t n, const KvCacheConf
       continue;
     }
     index_t end = j + 1;
-    while (end < n && span[end]->value_format == blk.value_format) ++end;
+    while (end < n && span[end].value_format == blk.value_format) ++end;
 #if SEQMIX_KV_INTEGER_DOTS
     prepare_value_weights(span + j, end - j, p, w.lds, w.ints);
     switch (blk.value_format) {
@@ -417,6 +421,124 @@ struct KvPiece {
   bool residual;
 };
 
+
+// The fp32 rows of one (sequence, KV head) kept beside its blocks: a KvCache's residual window,
+// or the tail of a paged pool's incomplete group. Row t: keys + t * key_stride (Dk floats),
+// values + t * value_stride (Dv floats), at positions[t].
+struct KvTailRows {
+  const float* keys = nullptr;
+  index_t key_stride = 0;
+  const float* values = nullptr;
+  index_t value_stride = 0;
+  const std::int64_t* positions = nullptr;
+  index_t size = 0;
+};
+
+// A piece's query rows into w: row r = i * G + g is query i0 + i of batch row b, head hk * G + g,
+// times `scale`; per-token keys also get each key group's sum; w.pos[r] = position(i). Padding
+// rows [M, w.rows) are zero queries.
+template <class Position>
+void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, index_t i0, index_t hk, index_t G,
+                        index_t M, float scale, index_t key_group, index_t key_groups, bool per_token_keys,
+                        Position&& position) {
+  const index_t Dk = q.size(3);
+  for (index_t r = 0; r < M; ++r) {
+    const index_t i = r / G, h = hk * G + r % G;
+    for (index_t c = 0; c < Dk; ++c) w.q[r * Dk + c] = scale * q(b, i0 + i, h, c);
+    for (index_t g = 0; g < key_groups && per_token_keys; ++g) {  // the min terms of per-token keys
+      float sum = 0.f;
+      const index_t g1 = std::min(Dk, (g + 1) * key_group);
+      for (index_t c = g * key_group; c < g1; ++c) sum += w.q[r * Dk + c];
+      w.qsum[r * key_groups + g] = sum;
+    }
+    w.pos[r] = position(i);
+  }
+  std::fill(w.q.begin() + M * Dk, w.q.begin() + w.rows * Dk, 0.f);
+  std::fill(w.qsum.begin() + M * key_groups, w.qsum.begin() + w.rows * key_groups, 0.f);
+  w.query_bytes_ready = false;
+}
+
+// One piece of one (sequence, KV head): blocks [first, last) (block_at(k) gives block k as a
+// KvBlockView, positions increasing), then the tail rows, into the rows' online-softmax states
+// and accumulators (row r: state[r], acc + r * w.ldacc). The query rows are in w
+// (kv_load_query_rows); alibi slopes are those of heads hk * G + g. Used by kv_cache_attention
+// and by paged_attention over quantized pages (attention/paged/quantized.hpp).
+template <class BlockAt>
+void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, const ConstView<float, 1>& alibi_slopes,
+                     index_t hk, index_t G, index_t M, KvScratch& w, BlockAt&& block_at, index_t first, index_t last,
+                     const KvTailRows& tail, SoftmaxRow* state, float* acc) {
+  const bool alibi = alibi_slopes.has_value();
+  const index_t ldacc = w.ldacc, Dk = cfg.key_dim, Dv = cfg.value_dim;
+  std::int64_t qmin = w.pos[0], qmax = w.pos[0];
+  for (index_t r = 0; r < M; ++r) qmin = std::min(qmin, w.pos[r]), qmax = std::max(qmax, w.pos[r]);
+  // True when every key in [lo, hi] is visible to every query row and no logit transform
+  // applies (the common decode case): the per-key rule is skipped.
+  const auto plain_range = [&](std::int64_t lo, std::int64_t hi) {
+    if (options.softcap > 0.f || alibi) return false;
+    return (!options.causal || hi <= qmin) &&
+           (options.window == 0 || lo > qmax - options.window || hi < options.sink_tokens);
+  };
+  // The span's segments take the logit rule, then one online-softmax step per row over all
+  // of them; w.s then holds the probabilities.
+  const auto softmax_span = [&](const KvSegment* segs, index_t n) {
+    const index_t width = n * kKvBlockTokens;
+    for (index_t r = 0; r < M; ++r) {
+      const float slope = alibi ? alibi_slopes(hk * G + r % G) : 0.f;
+      float* s = w.s.data() + r * w.lds;
+      for (index_t j = 0; j < n; ++j) {
+        const KvSegment& seg = segs[j];
+        const bool plain = plain_range(seg.positions[0], seg.positions[seg.count - 1]);
+        kv_logit_rule(s + j * kKvBlockTokens, seg.positions, seg.count, kKvBlockTokens, w.pos[r], options, alibi,
+                      slope, plain);
+      }
+      const float alpha = online_softmax_tile(s, width, state[r].m, state[r].l);
+      if (alpha != 1.f) scale_row(acc + r * ldacc, ldacc, alpha);
+    }
+    for (index_t r = M; r < w.rows; ++r) std::fill(w.s.begin() + r * w.lds, w.s.begin() + (r + 1) * w.lds, 0.f);
+  };
+  // A block no query row can see (causal, or window without sinks) is skipped whole.
+  const auto skipped = [&](const KvBlockView& blk) {
+    const bool after_every_query = options.causal && blk.min_position > qmax;
+    const bool before_every_window = options.window > 0 && blk.max_position <= qmin - options.window &&
+                                     blk.min_position >= options.sink_tokens;
+    return blk.count == 0 || after_every_query || before_every_window;
+  };
+  // Spans of up to kKvSpanBlocks blocks: scores of each, the softmax step, values of each.
+  KvBlockView span[kKvSpanBlocks];
+  KvSegment segs[kKvSpanBlocks];
+  index_t k = first;
+  while (true) {
+    index_t n = 0;
+    for (; k < last && n < kKvSpanBlocks; ++k) {
+      const KvBlockView blk = block_at(k);
+      if (!skipped(blk)) span[n++] = blk;
+    }
+    if (n == 0) break;
+    for (index_t j = 0; j < n; ++j) {
+      KvBlockView after;
+      if (j + 1 >= n && k < last) after = block_at(k);
+      const KvBlockView* next = j + 1 < n ? &span[j + 1] : k < last ? &after : nullptr;
+      LineStream ahead = key_phase_lines(next, span[j], cfg, w.rows);
+      segs[j] = {span[j].positions, span[j].count};
+      any_block_scores(span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
+    }
+    softmax_span(segs, n);
+    span_values(span, n, cfg, w, acc);
+  }
+  for (index_t t0 = 0; t0 < tail.size; t0 += kKvBlockTokens) {
+    const index_t n = std::min(kKvBlockTokens, tail.size - t0);
+    for (index_t r = 0; r < M; ++r)
+      for (index_t t = 0; t < n; ++t)
+        w.s[r * w.lds + t] = simd::dot(w.q.data() + r * Dk, tail.keys + (t0 + t) * tail.key_stride, Dk);
+    const KvSegment seg{tail.positions + t0, n};
+    softmax_span(&seg, 1);
+    for (index_t r = 0; r < M; ++r)
+      for (index_t t = 0; t < n; ++t) {
+        const float p = w.s[r * w.lds + t];
+        if (p != 0.f) simd::axpy(p, tail.values + (t0 + t) * tail.value_stride, acc + r * ldacc, Dv);
+      }
+  }
+}
 }  // namespace detail
 
 /// Fast decode attention over the cache. Meant for Tq = 1 (or a few draft tokens); any Tq works.
@@ -434,7 +556,6 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   const index_t key_groups = quant::group_count(d.Dk, cache.key_group());
   const index_t value_groups = quant::group_count(d.Dv, cfg.group_size);
   const float scale = attention_scale(options, d.Dk);
-  const bool alibi = in.alibi_slopes.has_value();
 
   // Pieces: a (b, KV head)'s blocks in contiguous runs of at least 8 (256 tokens), enough of them
   // for about 16 pieces per thread, so the pool's dynamic scheduling evens out the finish (with 4,
@@ -448,6 +569,9 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   thread_local std::vector<index_t> t_first_piece;
   std::vector<KvPiece>& pieces = t_pieces;
   std::vector<index_t>& first_piece = t_first_piece;
+  // At most `wanted` pieces per (b, KV head): reserved, so a cache that grows between calls (and
+  // splits into more pieces) allocates nothing once the tables reached that size.
+  pieces.reserve(static_cast<std::size_t>(d.B * d.Hkv * wanted));
   pieces.clear();
   first_piece.assign(static_cast<std::size_t>(d.B * d.Hkv + 1), 0);
   for (index_t b = 0; b < d.B; ++b)
@@ -463,100 +587,28 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   thread_local AlignedVector<float> t_accs;
   std::vector<SoftmaxRow>& states = t_states;
   AlignedVector<float>& accs = t_accs;
+  states.reserve(pieces.capacity() * static_cast<std::size_t>(rows));
+  accs.reserve(pieces.capacity() * static_cast<std::size_t>(rows * ldacc));
   states.assign(pieces.size() * static_cast<std::size_t>(rows), SoftmaxRow());
   accs.assign(pieces.size() * static_cast<std::size_t>(rows * ldacc), 0.f);
 
+  const bool per_token_keys = cfg.key_quant == KeyQuant::per_token;
   parallel_for(executor, static_cast<index_t>(pieces.size()), 1, [&](index_t begin, index_t end) {
     KvScratch& w = kv_scratch(rows, M, d.Dk, d.Dv, key_groups, value_groups);
     for (index_t pi = begin; pi < end; ++pi) {
       const KvPiece& piece = pieces[pi];
       const KvHead& hd = cache.head(piece.b, piece.hk);
-      SoftmaxRow* state = states.data() + pi * rows;
-      float* acc = accs.data() + pi * rows * ldacc;
-      // Query rows r = i * G + g (query i, head hk * G + g), scaled; zero padding rows.
-      const bool per_token_keys = cfg.key_quant == KeyQuant::per_token;
-      for (index_t r = 0; r < M; ++r) {
-        const index_t i = r / G, h = piece.hk * G + r % G;
-        for (index_t c = 0; c < d.Dk; ++c) w.q[r * d.Dk + c] = scale * in.q(piece.b, i, h, c);
-        for (index_t g = 0; g < key_groups && per_token_keys; ++g) {  // the min terms of per-token keys
-          float sum = 0.f;
-          const index_t g1 = std::min(d.Dk, (g + 1) * cache.key_group());
-          for (index_t c = g * cache.key_group(); c < g1; ++c) sum += w.q[r * d.Dk + c];
-          w.qsum[r * key_groups + g] = sum;
-        }
-        w.pos[r] = kv_query_position(in, piece.b, i);
-      }
-      w.query_bytes_ready = false;
-      std::int64_t qmin = w.pos[0], qmax = w.pos[0];
-      for (index_t r = 0; r < M; ++r) qmin = std::min(qmin, w.pos[r]), qmax = std::max(qmax, w.pos[r]);
-      // True when every key in [lo, hi] is visible to every query row and no logit transform
-      // applies (the common decode case): the per-key rule is skipped.
-      const auto plain_range = [&](std::int64_t lo, std::int64_t hi) {
-        if (options.softcap > 0.f || alibi) return false;
-        return (!options.causal || hi <= qmin) &&
-               (options.window == 0 || lo > qmax - options.window || hi < options.sink_tokens);
-      };
-      // The span's segments take the logit rule, then one online-softmax step per row over all
-      // of them; w.s then holds the probabilities.
-      const auto softmax_span = [&](const KvSegment* segs, index_t n) {
-        const index_t width = n * kKvBlockTokens;
-        for (index_t r = 0; r < M; ++r) {
-          const float slope = alibi ? in.alibi_slopes(piece.hk * G + r % G) : 0.f;
-          float* s = w.s.data() + r * w.lds;
-          for (index_t j = 0; j < n; ++j) {
-            const KvSegment& seg = segs[j];
-            const bool plain = plain_range(seg.positions[0], seg.positions[seg.count - 1]);
-            kv_logit_rule(s + j * kKvBlockTokens, seg.positions, seg.count, kKvBlockTokens, w.pos[r], options, alibi,
-                          slope, plain);
-          }
-          const float alpha = online_softmax_tile(s, width, state[r].m, state[r].l);
-          if (alpha != 1.f) scale_row(acc + r * ldacc, ldacc, alpha);
-        }
-        for (index_t r = M; r < rows; ++r) std::fill(w.s.begin() + r * w.lds, w.s.begin() + (r + 1) * w.lds, 0.f);
-      };
-      // A block no query row can see (causal, or window without sinks) is skipped whole.
-      const auto skipped = [&](const KvBlock& blk) {
-        const bool after_every_query = options.causal && blk.min_position > qmax;
-        const bool before_every_window = options.window > 0 && blk.max_position <= qmin - options.window &&
-                                         blk.min_position >= options.sink_tokens;
-        return blk.count == 0 || after_every_query || before_every_window;
-      };
-      // Spans of up to kKvSpanBlocks blocks: scores of each, the softmax step, values of each.
-      const KvBlock* span[kKvSpanBlocks];
-      KvSegment segs[kKvSpanBlocks];
-      index_t k = piece.first_block;
-      while (true) {
-        index_t n = 0;
-        for (; k < piece.last_block && n < kKvSpanBlocks; ++k) {
-          const KvBlock& blk = hd.blocks[static_cast<std::size_t>(k)];
-          if (!skipped(blk)) span[n++] = &blk;
-        }
-        if (n == 0) break;
-        for (index_t j = 0; j < n; ++j) {
-          const KvBlock* next = j + 1 < n ? span[j + 1] : k < piece.last_block ? &hd.blocks[static_cast<std::size_t>(k)] : nullptr;
-          LineStream ahead = key_phase_lines(next, *span[j], cfg, w.rows);
-          segs[j] = {span[j]->positions.data(), span[j]->count};
-          any_block_scores(*span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
-        }
-        softmax_span(segs, n);
-        span_values(span, n, cfg, w, acc);
-      }
+      kv_load_query_rows(w, in.q, piece.b, 0, piece.hk, G, M, scale, cache.key_group(), key_groups, per_token_keys,
+                         [&](index_t i) { return kv_query_position(in, piece.b, i); });
+      KvTailRows tail;
       if (piece.residual) {
         const KvResidual& res = hd.residual;
-        for (index_t t0 = 0; t0 < res.size(); t0 += kKvBlockTokens) {
-          const index_t n = std::min(kKvBlockTokens, res.size() - t0);
-          for (index_t r = 0; r < M; ++r)
-            for (index_t t = 0; t < n; ++t)
-              w.s[r * w.lds + t] = simd::dot(w.q.data() + r * d.Dk, res.keys.data() + (t0 + t) * d.Dk, d.Dk);
-          const KvSegment seg{res.positions.data() + t0, n};
-          softmax_span(&seg, 1);
-          for (index_t r = 0; r < M; ++r)
-            for (index_t t = 0; t < n; ++t) {
-              const float p = w.s[r * w.lds + t];
-              if (p != 0.f) simd::axpy(p, res.values.data() + (t0 + t) * d.Dv, acc + r * ldacc, d.Dv);
-            }
-        }
+        tail = {res.keys.data(), d.Dk, res.values.data(), d.Dv, res.positions.data(), res.size()};
       }
+      kv_attend_piece(
+          cfg, options, in.alibi_slopes, piece.hk, G, M, w,
+          [&](index_t k) { return view_of(hd.blocks[static_cast<std::size_t>(k)]); }, piece.first_block,
+          piece.last_block, tail, states.data() + pi * rows, accs.data() + pi * rows * ldacc);
     }
   });
 

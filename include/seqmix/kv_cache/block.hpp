@@ -52,6 +52,41 @@ struct KvBlock {
   }
 };
 
+// What the decode kernels read of a block, as plain pointers: a KvBlock's vectors (view_of), or
+// a quantized page of caller memory (attention/paged/quantized.hpp) laid out the same way. Key and
+// value codes and per-token key parameters are 64-byte aligned (the integer kernels' aligned loads).
+struct KvBlockView {
+  KvFormat key_format = KvFormat::f32, value_format = KvFormat::f32;
+  index_t count = 0, slots = 0, key_row = 0, value_row = 0;  // as KvBlock
+  const std::uint8_t* keys = nullptr;
+  std::size_t key_bytes = 0;
+  const float* key_params = nullptr;
+  std::size_t key_param_count = 0;
+  const std::uint8_t* values = nullptr;
+  std::size_t value_bytes = 0;
+  const float* value_params = nullptr;
+  std::size_t value_param_count = 0;
+  const std::int64_t* positions = nullptr;  // [count]
+  std::int64_t min_position = 0, max_position = 0;
+};
+
+inline KvBlockView view_of(const KvBlock& b) noexcept {
+  KvBlockView v;
+  v.key_format = b.key_format, v.value_format = b.value_format;
+  v.count = b.count, v.slots = b.slots, v.key_row = b.key_row, v.value_row = b.value_row;
+  v.keys = b.keys.data(), v.key_bytes = b.keys.size();
+  v.key_params = b.key_params.data(), v.key_param_count = b.key_params.size();
+  v.values = b.values.data(), v.value_bytes = b.values.size();
+  v.value_params = b.value_params.data(), v.value_param_count = b.value_params.size();
+  v.positions = b.positions.data(), v.min_position = b.min_position, v.max_position = b.max_position;
+  return v;
+}
+
+// Storage sizes of a block of n entries in these formats (what empty_block allocates).
+struct KvBlockSizes {
+  index_t slots, key_row, value_row, key_bytes, key_params, value_bytes, value_params;
+};
+
 // ---- element access ---------------------------------------------------------------------------
 
 inline float load_float(KvFormat f, const std::uint8_t* row, index_t i) noexcept {
@@ -85,43 +120,47 @@ inline void store_floats(KvFormat f, const float* x, index_t n, std::uint8_t* ro
 }
 
 // Codes of quantized blocks, one at a time (construction, compaction, reads; layout.hpp).
-inline int key_code(const KvBlock& blk, index_t c, index_t t) noexcept {
+inline int key_code(const KvBlockView& blk, index_t c, index_t t) noexcept {
   const int bits = format_bits(blk.key_format);
-  return read_code(blk.keys.data(), key_code_spot(bits, blk.slots, c, t), bits);
+  return read_code(blk.keys, key_code_spot(bits, blk.slots, c, t), bits);
 }
+inline int key_code(const KvBlock& blk, index_t c, index_t t) noexcept { return key_code(view_of(blk), c, t); }
 inline void set_key_code(KvBlock& blk, index_t c, index_t t, int code) noexcept {
   const int bits = format_bits(blk.key_format);
   write_code(blk.keys.data(), key_code_spot(bits, blk.slots, c, t), bits, code);
 }
-inline int value_code(const KvBlock& blk, index_t Dv, index_t t, index_t c) noexcept {
+inline int value_code(const KvBlockView& blk, index_t Dv, index_t t, index_t c) noexcept {
   const int bits = format_bits(blk.value_format);
-  return read_code(blk.values.data(), value_code_spot(bits, Dv, t, c), bits);
+  return read_code(blk.values, value_code_spot(bits, Dv, t, c), bits);
 }
+inline int value_code(const KvBlock& blk, index_t Dv, index_t t, index_t c) noexcept { return value_code(view_of(blk), Dv, t, c); }
 inline void set_value_code(KvBlock& blk, index_t Dv, index_t t, index_t c, int code) noexcept {
   const int bits = format_bits(blk.value_format);
   write_code(blk.values.data(), value_code_spot(bits, Dv, t, c), bits, code);
 }
 
-// Sizes the key storage of a block for its format and slots (codes zeroed).
-inline void allocate_keys(KvBlock& blk, index_t Dk) {
-  const KvFormat f = blk.key_format;
-  blk.key_row = is_quantized(f) ? 0 : row_bytes(f, blk.slots);
-  const index_t bytes = is_quantized(f) ? key_code_bytes(format_bits(f), Dk, blk.slots) : Dk * blk.key_row;
-  blk.keys.assign(static_cast<std::size_t>(bytes), 0);
-}
-inline void allocate_values(KvBlock& blk, index_t Dv, index_t n) {
-  const KvFormat f = blk.value_format;
-  const int bits = format_bits(f);
-  blk.value_row = is_quantized(f) ? value_quad_bytes(bits, Dv) : row_bytes(f, Dv);
-  const index_t bytes = is_quantized(f) ? value_code_bytes(bits, Dv, n) : n * blk.value_row;
-  blk.values.assign(static_cast<std::size_t>(bytes), 0);
+inline KvBlockSizes block_sizes(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) noexcept {
+  KvBlockSizes z{};
+  const index_t granule = key_slot_granule(kf), Dk = cfg.key_dim, Dv = cfg.value_dim;
+  z.slots = (n + granule - 1) / granule * granule;
+  z.key_row = is_quantized(kf) ? 0 : row_bytes(kf, z.slots);
+  z.key_bytes = is_quantized(kf) ? key_code_bytes(format_bits(kf), Dk, z.slots) : Dk * z.key_row;
+  if (is_quantized(kf))
+    z.key_params = cfg.key_quant == KeyQuant::per_token
+                       ? 2 * quant::group_count(Dk, cfg.group_size > 0 ? cfg.group_size : Dk) * z.slots
+                       : 2 * Dk;
+  z.value_row = is_quantized(vf) ? value_quad_bytes(format_bits(vf), Dv) : row_bytes(vf, Dv);
+  z.value_bytes = is_quantized(vf) ? value_code_bytes(format_bits(vf), Dv, n) : n * z.value_row;
+  z.value_params = is_quantized(vf) ? 2 * n * quant::group_count(Dv, cfg.group_size) : 0;
+  return z;
 }
 
 // The scale and min of value group g of entry t (quantized values).
-inline quant::Params value_params(const KvBlock& blk, index_t g, index_t t) noexcept {
-  const float* p = blk.value_params.data() + 2 * g * blk.count + t;
+inline quant::Params value_params(const KvBlockView& blk, index_t g, index_t t) noexcept {
+  const float* p = blk.value_params + 2 * g * blk.count + t;
   return {p[0], p[blk.count]};
 }
+inline quant::Params value_params(const KvBlock& blk, index_t g, index_t t) noexcept { return value_params(view_of(blk), g, t); }
 inline void set_value_params(KvBlock& blk, index_t g, index_t t, quant::Params params) noexcept {
   float* p = blk.value_params.data() + 2 * g * blk.count + t;
   p[0] = params.scale, p[blk.count] = params.min;
@@ -141,26 +180,32 @@ inline void encode_value(KvBlock& blk, index_t t, const float* x, index_t Dv, in
   for (index_t c = 0; c < Dv; ++c) set_value_code(blk, Dv, t, c, scratch[c]);
 }
 
-inline float key_element(const KvBlock& blk, KeyQuant kq, index_t group, index_t c, index_t t) {
-  if (!is_quantized(blk.key_format)) return load_float(blk.key_format, blk.keys.data() + c * blk.key_row, t);
+inline float key_element(const KvBlockView& blk, KeyQuant kq, index_t group, index_t c, index_t t) {
+  if (!is_quantized(blk.key_format)) return load_float(blk.key_format, blk.keys + c * blk.key_row, t);
   const int code = key_code(blk, c, t);
   if (kq == KeyQuant::per_channel) {  // planar: Dk scales, then Dk mins
-    const index_t Dk = static_cast<index_t>(blk.key_params.size() / 2);
+    const index_t Dk = static_cast<index_t>(blk.key_param_count / 2);
     return quant::decode(code, {blk.key_params[c], blk.key_params[Dk + c]});
   }
   const index_t g = c / group;
-  const float* p = blk.key_params.data() + 2 * g * blk.slots;
+  const float* p = blk.key_params + 2 * g * blk.slots;
   return quant::decode(code, {p[t], p[blk.slots + t]});
 }
+inline float key_element(const KvBlock& blk, KeyQuant kq, index_t group, index_t c, index_t t) {
+  return key_element(view_of(blk), kq, group, c, t);
+}
 
-inline void value_row(const KvBlock& blk, index_t group, index_t Dv, index_t t, float* out) {
+inline void value_row(const KvBlockView& blk, index_t group, index_t Dv, index_t t, float* out) {
   if (!is_quantized(blk.value_format)) {
-    const std::uint8_t* row = blk.values.data() + t * blk.value_row;
+    const std::uint8_t* row = blk.values + t * blk.value_row;
     for (index_t c = 0; c < Dv; ++c) out[c] = load_float(blk.value_format, row, c);
     return;
   }
   const index_t g = group > 0 ? group : Dv;
   for (index_t c = 0; c < Dv; ++c) out[c] = quant::decode(value_code(blk, Dv, t, c), value_params(blk, c / g, t));
+}
+inline void value_row(const KvBlock& blk, index_t group, index_t Dv, index_t t, float* out) {
+  value_row(view_of(blk), group, Dv, t, out);
 }
 
 // ---- block construction -----------------------------------------------------------------------
@@ -176,16 +221,12 @@ inline void set_position_range(KvBlock& blk) noexcept {
 inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) {
   KvBlock blk(cfg.arena);
   blk.key_format = kf, blk.value_format = vf, blk.count = n;
-  const index_t granule = key_slot_granule(kf);
-  blk.slots = (n + granule - 1) / granule * granule;
-  allocate_keys(blk, cfg.key_dim);
-  allocate_values(blk, cfg.value_dim, n);
-  if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) {
-    const index_t rows = 2 * quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
-    blk.key_params.assign(static_cast<std::size_t>(rows * blk.slots), 0.f);
-  }
-  if (is_quantized(vf))
-    blk.value_params.assign(static_cast<std::size_t>(2 * n * quant::group_count(cfg.value_dim, cfg.group_size)), 0.f);
+  const KvBlockSizes z = block_sizes(cfg, kf, vf, n);
+  blk.slots = z.slots, blk.key_row = z.key_row, blk.value_row = z.value_row;
+  blk.keys.assign(static_cast<std::size_t>(z.key_bytes), 0);
+  blk.values.assign(static_cast<std::size_t>(z.value_bytes), 0);
+  if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) blk.key_params.assign(static_cast<std::size_t>(z.key_params), 0.f);
+  if (is_quantized(vf)) blk.value_params.assign(static_cast<std::size_t>(z.value_params), 0.f);
   blk.positions.assign(static_cast<std::size_t>(n), 0);
   return blk;
 }

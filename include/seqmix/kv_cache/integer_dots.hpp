@@ -65,13 +65,13 @@ struct IntegerScratch {
 
 // Whether the integer kernels can follow the block's parameter groups: a key group must hold
 // whole channel quads, a value group whole 16-channel vectors.
-inline bool integer_keys_supported(const KvBlock& blk, const KvCacheConfig& cfg) noexcept {
+inline bool integer_keys_supported(const KvBlockView& blk, const KvCacheConfig& cfg) noexcept {
   if (!kKvIntegerDots || !is_quantized(blk.key_format)) return false;
   if (cfg.key_quant == KeyQuant::per_channel) return true;
   const index_t group = cfg.group_size > 0 ? cfg.group_size : cfg.key_dim;
   return group >= cfg.key_dim || group % 4 == 0;
 }
-inline bool integer_values_supported(const KvBlock& blk, const KvCacheConfig& cfg) noexcept {
+inline bool integer_values_supported(const KvBlockView& blk, const KvCacheConfig& cfg) noexcept {
   if (!kKvIntegerDots || !is_quantized(blk.value_format)) return false;
   return cfg.group_size == 0 || cfg.group_size >= cfg.value_dim || cfg.group_size % 16 == 0;
 }
@@ -133,9 +133,9 @@ inline __m512i code_plane(__m512i raw, int p) noexcept {
 // rows at a time, so their reductions (a serial chain each) overlap; q' is recomputed in the
 // second pass rather than stored and reloaded.
 template <bool PerChannel>
-[[gnu::noinline]] void prepare_query_bytes(const KvBlock& blk, index_t Dk, const float* Q, IntegerScratch& x) {
+[[gnu::noinline]] void prepare_query_bytes(const KvBlockView& blk, index_t Dk, const float* Q, IntegerScratch& x) {
   const index_t n16 = (Dk + 15) / 16 * 16;
-  const float* scales = blk.key_params.data();
+  const float* scales = blk.key_params;
   const float* mins = scales + Dk;
   const auto scaled_query = [&](const float* q, index_t c, __mmask16 valid) {
     const __m512 qc = _mm512_maskz_loadu_ps(valid, q + c);
@@ -174,7 +174,7 @@ template <bool PerChannel>
 // Scores of one block, 4 rows at a time: s[r][t] = scale * q_r . k_t for the block's slots.
 // NT = slots / 16 token vectors; a key group spans `group` channels (Dk for per-channel keys).
 template <int Bits, int NT>
-void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const IntegerScratch& x, const float* qsum,
+void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const IntegerScratch& x, const float* qsum,
                         index_t key_groups, float* s, index_t lds, LineStream& ahead) noexcept {
   constexpr int L = 8 / Bits;
   constexpr int kUnits = NT / L;  // 64-byte units per channel quad
@@ -195,7 +195,7 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
       const index_t q1 = std::min(quads, q0 + quads_per_group);
       for (index_t cq = q0; cq < q1; ++cq) {
         ahead.step();
-        const std::uint8_t* unit = blk.keys.data() + cq * kUnits * kCodeUnitBytes;
+        const std::uint8_t* unit = blk.keys + cq * kUnits * kCodeUnitBytes;
         __m512i codes[NT];
         for (int u = 0; u < kUnits; ++u) {
           const __m512i raw = _mm512_load_si512(unit + u * kCodeUnitBytes);
@@ -218,7 +218,7 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
           if (!per_token) {
             score[r][v] = _mm512_add_ps(dot, _mm512_set1_ps(x.bias[r0 + r]));
           } else {  // + scale_{t,g} * dot + min_{t,g} * sum(q_g)
-            const float* scales = blk.key_params.data() + 2 * g * blk.slots + 16 * v;
+            const float* scales = blk.key_params + 2 * g * blk.slots + 16 * v;
             const float* mins = scales + blk.slots;
             score[r][v] = _mm512_fmadd_ps(dot, _mm512_load_ps(scales), score[r][v]);
             score[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(qsum[(r0 + r) * key_groups + g]), _mm512_load_ps(mins), score[r][v]);
@@ -234,18 +234,18 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
 // Value weights of a run of blocks (consecutive in a span, same value format; p[j * 32 + t] is
 // row r's probability of block j's entry t at p + r * lds): w[j][r][g][t] = p * scale_{t,g} as
 // byte pairs with their step, and min_sum[r][g] = sum over the run of p * min_{t,g}.
-[[gnu::noinline]] inline void prepare_value_weights(const KvBlock* const* blocks, index_t n, const float* p, index_t lds,
+[[gnu::noinline]] inline void prepare_value_weights(const KvBlockView* blocks, index_t n, const float* p, index_t lds,
                                                     IntegerScratch& x) {
   static_assert(kKvBlockTokens == 32, "a block's weights are two vectors");
   const index_t groups = x.groups, rows = x.rows;
   std::fill(x.min_terms.begin(), x.min_terms.end(), 0.f);
   for (index_t j = 0; j < n; ++j) {
-    const KvBlock& blk = *blocks[j];
+    const KvBlockView& blk = blocks[j];
     // Parameter rows hold `count` tokens (masked lanes are not read); later probabilities are 0.
     const index_t count = blk.count;
     const __mmask16 m0 = first_lanes(count), m1 = first_lanes(count - 16);
     for (index_t g = 0; g < groups; ++g) {
-      const float* scale = blk.value_params.data() + 2 * g * count;
+      const float* scale = blk.value_params + 2 * g * count;
       const float* mins = scale + count;
       const __m512 s0 = _mm512_maskz_loadu_ps(m0, scale), s1 = _mm512_maskz_loadu_ps(m1, scale + 16);
       const __m512 n0 = _mm512_maskz_loadu_ps(m0, mins), n1 = _mm512_maskz_loadu_ps(m1, mins + 16);
@@ -273,7 +273,7 @@ void integer_key_scores(const KvBlock& blk, const KvCacheConfig& cfg, const Inte
 // OneGroup: the tile's channels share one value group, so each row's weight bytes are broadcast
 // once per token quad.
 template <int Bits, int kUnits, int R, bool OneGroup>
-void integer_value_tile(const KvBlock* const* blocks, index_t n, index_t Dv, index_t group, index_t u0, index_t r0,
+void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_t group, index_t u0, index_t r0,
                         const IntegerScratch& x, float* acc, index_t ldacc) noexcept {
   constexpr int L = 8 / Bits, NV = kUnits * L;
   const index_t c0 = 16 * u0 * L;
@@ -288,14 +288,14 @@ void integer_value_tile(const KvBlock* const* blocks, index_t n, index_t Dv, ind
                          : _mm512_setzero_ps();
     }
   for (index_t j = 0; j < n; ++j) {
-    const KvBlock& blk = *blocks[j];
+    const KvBlockView& blk = blocks[j];
     const index_t quads = (blk.count + 3) / 4;
     const std::int8_t* wh0 = x.w_hi.data() + (j * x.rows + r0) * x.weight_bytes;
     const std::int8_t* wl0 = x.w_lo.data() + (j * x.rows + r0) * x.weight_bytes;
     __m512i hi[R][NV], lo[R][NV];
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
-    const std::uint8_t* src = blk.values.data() + u0 * kCodeUnitBytes;
+    const std::uint8_t* src = blk.values + u0 * kCodeUnitBytes;
     for (index_t tq = 0; tq < quads; ++tq, src += blk.value_row) {
       __m512i codes[NV];
       for (int u = 0; u < kUnits; ++u) {
@@ -333,7 +333,7 @@ void integer_value_tile(const KvBlock* const* blocks, index_t n, index_t Dv, ind
 }
 
 template <int Bits, bool OneGroup>
-[[gnu::noinline]] void integer_value_tiles(const KvBlock* const* blocks, index_t n, index_t Dv, index_t group,
+[[gnu::noinline]] void integer_value_tiles(const KvBlockView* blocks, index_t n, index_t Dv, index_t group,
                                            const IntegerScratch& x, float* acc, index_t ldacc) noexcept {
   constexpr int L = 8 / Bits;
   // 16 int32 and 8 float accumulators per tile: 4 rows x 2 units (int8), 4 rows x 1 unit (int4),
@@ -351,7 +351,7 @@ template <int Bits, bool OneGroup>
 
 // Probability-weighted values of a run of blocks with the same quantized value format.
 template <int Bits>
-void integer_run_values(const KvBlock* const* blocks, index_t n, const KvCacheConfig& cfg, const IntegerScratch& x,
+void integer_run_values(const KvBlockView* blocks, index_t n, const KvCacheConfig& cfg, const IntegerScratch& x,
                         float* acc, index_t ldacc) noexcept {
   const index_t Dv = cfg.value_dim, group = cfg.group_size > 0 ? std::min(cfg.group_size, Dv) : Dv;
   if (group >= Dv)

@@ -72,17 +72,12 @@ void append_sequence_rows(const PagedKvAppendInputs<In>& in, index_t n, index_t&
   }
 }
 
-template <class In, class KV>
-index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedKvPool<KV>& pool) {
-  static const ArgCheck check("paged_kv_append");
-  check.shape("k", in.k, std::array<index_t, 4>{-1, -1, -1, -1}, "N,T,Hkv,Dk");
-  const index_t B = in.k.size(0), T = in.k.size(1), Hkv = in.k.size(2), Dk = in.k.size(3);
-  check.shape("v", in.v, std::array<index_t, 4>{B, T, Hkv, -1}, "N,T,Hkv,Dv");
-  const index_t Dv = in.v.size(3);
-  check.shape("k_pages", pool.k_pages, std::array<index_t, 4>{-1, -1, Hkv, Dk}, "num_blocks,block_size,Hkv,Dk");
-  const index_t NB = pool.k_pages.size(0), BS = pool.k_pages.size(1);
-  if (BS < 1) check.fail("k_pages", "needs a block size (dimension 1) >= 1, got " + std::to_string(BS));
-  check.shape("v_pages", pool.v_pages, std::array<index_t, 4>{NB, BS, Hkv, Dv}, "num_blocks,block_size,Hkv,Dv");
+// Where the new rows go, over a pool of NB pages of BS tokens: N sequences (from cu_seqlens when
+// packed), every slot_mapping entry in [-1, NB * BS), or every sequence's new tokens within its
+// pages and the table entries they use in [0, NB). Returns N.
+template <class In>
+index_t check_append_targets(const ArgCheck& check, const PagedKvAppendInputs<In>& in, index_t NB, index_t BS) {
+  const index_t B = in.k.size(0), T = in.k.size(1);
   index_t N = B;
   if (in.cu_seqlens.has_value()) N = packed_sequences(check, in.cu_seqlens, B, T);
   const index_t rows = B * T;
@@ -115,6 +110,21 @@ index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedK
       }
     }
   }
+  return N;
+}
+
+template <class In, class KV>
+index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedKvPool<KV>& pool) {
+  static const ArgCheck check("paged_kv_append");
+  check.shape("k", in.k, std::array<index_t, 4>{-1, -1, -1, -1}, "N,T,Hkv,Dk");
+  const index_t B = in.k.size(0), T = in.k.size(1), Hkv = in.k.size(2), Dk = in.k.size(3);
+  check.shape("v", in.v, std::array<index_t, 4>{B, T, Hkv, -1}, "N,T,Hkv,Dv");
+  const index_t Dv = in.v.size(3);
+  check.shape("k_pages", pool.k_pages, std::array<index_t, 4>{-1, -1, Hkv, Dk}, "num_blocks,block_size,Hkv,Dk");
+  const index_t NB = pool.k_pages.size(0), BS = pool.k_pages.size(1);
+  if (BS < 1) check.fail("k_pages", "needs a block size (dimension 1) >= 1, got " + std::to_string(BS));
+  check.shape("v_pages", pool.v_pages, std::array<index_t, 4>{NB, BS, Hkv, Dv}, "num_blocks,block_size,Hkv,Dv");
+  const index_t N = check_append_targets(check, in, NB, BS);
   if (views_overlap(pool.k_pages, pool.v_pages)) check.fail("v_pages", "overlaps k_pages");
   for (const char* name : {"k_pages", "v_pages"}) {
     const bool is_k = name[0] == 'k';

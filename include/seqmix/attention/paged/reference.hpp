@@ -133,6 +133,39 @@ inline index_t check_block_table(const ArgCheck& check, const BlockTable& table,
   return table.has_value() ? table.cols() : 0;
 }
 
+// The sequences of a paged call over a pool of NB pages of BS tokens: N (from cu_seqlens_q when
+// the queries are packed), one block-table row and length per sequence, every length within its
+// pages and at least its query count, every used table entry in [0, NB). Returns N and sets
+// max_blocks.
+inline index_t check_paged_sequences(const ArgCheck& check, const ConstView<float, 4>& q, const IndexList& cu_seqlens_q,
+                                     const BlockTable& table, const IndexList& cache_seqlens, index_t NB, index_t BS,
+                                     index_t& max_blocks) {
+  const bool packed = cu_seqlens_q.has_value();
+  const index_t Tq = q.size(1);
+  const index_t N = packed ? packed_sequences(check, cu_seqlens_q, q.size(0), Tq) : q.size(0);
+  max_blocks = check_block_table(check, table, cache_seqlens, N);
+  for (index_t n = 0; n < N; ++n) {
+    const index_t L = cache_seqlens[n];
+    const index_t queries = packed ? cu_seqlens_q[n + 1] - cu_seqlens_q[n] : Tq;
+    if (L < 0 || L > max_blocks * BS)
+      check.fail("cache_seqlens", "entry " + std::to_string(n) + " is " + std::to_string(L) + ", outside [0, " +
+                                      std::to_string(max_blocks * BS) + "] (max_blocks " + std::to_string(max_blocks) +
+                                      " x block_size " + std::to_string(BS) + ")");
+    if (queries > L)
+      check.fail("q", "sequence " + std::to_string(n) + " has " + std::to_string(queries) +
+                          " queries but only " + std::to_string(L) +
+                          " cached tokens; the queries' own K/V must be appended first");
+    for (index_t blk = 0; blk * BS < L; ++blk) {
+      const index_t page = table(n, blk);
+      if (page < 0 || page >= NB)
+        check.fail("block_table", "entry [" + std::to_string(n) + ", " + std::to_string(blk) + "] is " +
+                                      std::to_string(page) + ", outside [0, " + std::to_string(NB) +
+                                      ") (the pool has " + std::to_string(NB) + " blocks)");
+    }
+  }
+  return N;
+}
+
 // Every argument, every used block table entry and every length is checked here, before any
 // output is written; messages are formatted only on failure (no allocation on a good call).
 template <class KV>
@@ -147,28 +180,8 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   check.shape("v_pages", in.v_pages, std::array<index_t, 4>{NB, BS, Hkv, -1}, "num_blocks,block_size,Hkv,Dv");
   const index_t Dv = in.v_pages.size(3);
   const bool packed = in.cu_seqlens_q.has_value();
-  index_t N = Bq;
-  if (packed) N = packed_sequences(check, in.cu_seqlens_q, Bq, Tq);
-  const index_t max_blocks = check_block_table(check, in.block_table, in.cache_seqlens, N);
-  for (index_t n = 0; n < N; ++n) {
-    const index_t L = in.cache_seqlens[n];
-    const index_t queries = packed ? in.cu_seqlens_q[n + 1] - in.cu_seqlens_q[n] : Tq;
-    if (L < 0 || L > max_blocks * BS)
-      check.fail("cache_seqlens", "entry " + std::to_string(n) + " is " + std::to_string(L) + ", outside [0, " +
-                                      std::to_string(max_blocks * BS) + "] (max_blocks " + std::to_string(max_blocks) +
-                                      " x block_size " + std::to_string(BS) + ")");
-    if (queries > L)
-      check.fail("q", "sequence " + std::to_string(n) + " has " + std::to_string(queries) +
-                          " queries but only " + std::to_string(L) +
-                          " cached tokens; the queries' own K/V must be appended first");
-    for (index_t blk = 0; blk * BS < L; ++blk) {
-      const index_t page = in.block_table(n, blk);
-      if (page < 0 || page >= NB)
-        check.fail("block_table", "entry [" + std::to_string(n) + ", " + std::to_string(blk) + "] is " +
-                                      std::to_string(page) + ", outside [0, " + std::to_string(NB) +
-                                      ") (the pool has " + std::to_string(NB) + " blocks)");
-    }
-  }
+  index_t max_blocks = 0;
+  const index_t N = check_paged_sequences(check, in.q, in.cu_seqlens_q, in.block_table, in.cache_seqlens, NB, BS, max_blocks);
   check.optional_shape("alibi_slopes", in.alibi_slopes, std::array<index_t, 1>{Hq}, "Hq");
   check.optional_shape("sink_logits", in.sink_logits, std::array<index_t, 1>{Hq}, "Hq");
   check.shape("o", out.o, std::array<index_t, 4>{Bq, Tq, Hq, Dv}, "N,Tq,Hq,Dv");
