@@ -4,10 +4,22 @@
 // positions + entry map) / time, i.e. the cache bytes read once per call; compare with the
 // machine's ~68 GB/s 2-core streaming bandwidth. The reference form (entry-by-entry
 // dequantization, double accumulation, single thread) runs on Tk = 1024 as a baseline.
+//
+// attention/paged/<format>/decode/N16_Tk4096_Hq32_Hkv8_D128_bs<32|64>: paged_attention over
+// quantized pages (attention/paged/quantized.hpp; pages of 32 and 64 tokens, whole quantization
+// groups, shuffled block table) for 16 sequences of 4096 tokens, beside ..._kv_cache_attention:
+// a KvCache (batch 16, residual 0) holding the same tokens. GB/s on the bytes read: the pages'
+// group images (codes + parameters) of every sequence, or KvCache::bytes().
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <memory>
+#include <numeric>
+#include <random>
 #include <string>
+#include <vector>
 
+#include "seqmix/attention/paged/quantized.hpp"
 #include "seqmix/kv_cache.hpp"
 #include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -56,6 +68,72 @@ void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index
   state.counters["bytes/token"] = cache.bytes_per_token();
 }
 
+// 16 sequences x Tk tokens in a quantized page pool and in a KvCache; decode one query each.
+struct PagedSetup {
+  static constexpr index_t N = 16, Hq = 32, Hkv = 8, D = 128;
+  seqmix::QuantizedPageFormat format;
+  index_t block_size, Tk;
+  seqmix::Tensor<std::uint8_t, 2> pages;
+  seqmix::Tensor<float, 4> tail_k, tail_v;
+  seqmix::Tensor<std::int32_t, 2> table;
+  std::vector<std::int32_t> lengths;
+  std::unique_ptr<seqmix::KvCache> cache;
+
+  PagedSetup(const Setup& s, index_t bs, index_t tk)
+      : format{s.key, s.value, KeyQuant::per_channel, 0}, block_size(bs), Tk(tk),
+        pages({N * (tk / bs), seqmix::quantized_page_bytes(format, bs, Hkv, D, D)}),
+        tail_k({N, 32, Hkv, D}), tail_v({N, 32, Hkv, D}), table({N, tk / bs}), lengths(N, 0) {
+    std::vector<std::int32_t> order(static_cast<std::size_t>(pages.size(0)));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), std::mt19937_64(1));
+    for (index_t i = 0; i < table.numel(); ++i) table.data()[i] = order[static_cast<std::size_t>(i)];
+    seqmix::KvCacheConfig config;
+    config.batch = N, config.kv_heads = Hkv, config.key_dim = D, config.value_dim = D;
+    config.key_format = s.key, config.value_format = s.value, config.key_quant = KeyQuant::per_channel;
+    cache = std::make_unique<seqmix::KvCache>(config);
+    for (index_t n = 0; n < N; ++n) {  // one sequence at a time (the fp32 rows of one only)
+      const auto k = st::random_tensor<4>({1, tk, Hkv, D}, 10 + n), v = st::random_tensor<4>({1, tk, Hkv, D}, 50 + n);
+      std::vector<std::int32_t> cu(static_cast<std::size_t>(N + 1), 0);
+      for (index_t m = n; m < N; ++m) cu[static_cast<std::size_t>(m + 1)] = static_cast<std::int32_t>(tk);
+      seqmix::PagedKvAppendInputs<float> in;
+      in.k = k.cview(), in.v = v.cview(), in.block_table = table.cview(), in.cache_seqlens = lengths, in.cu_seqlens = cu;
+      seqmix::paged_kv_append(in, pool());
+      seqmix::KvAppendInputs ci;
+      ci.keys = k.cview(), ci.values = v.cview(), ci.batch.cu_seqlens = cu;
+      cache->append(ci);
+      lengths[static_cast<std::size_t>(n)] = static_cast<std::int32_t>(tk);
+    }
+  }
+  seqmix::QuantizedKvPages pool() {
+    seqmix::QuantizedKvPages p;
+    p.pages = pages.view(), p.block_size = block_size, p.tail_k = tail_k.view(), p.tail_v = tail_v.view(), p.format = format;
+    return p;
+  }
+  double page_bytes_read() const {
+    const index_t image = (seqmix::quantized_page_bytes(format, block_size, Hkv, D, D) - 64) / (block_size / 32);
+    return static_cast<double>(N) * static_cast<double>(Tk / 32) * static_cast<double>(image);
+  }
+};
+
+void paged_quantized_decode(benchmark::State& state, Setup setup, index_t block_size, bool kv_cache) {
+  PagedSetup p(setup, block_size, 4096);
+  const auto q = st::random_tensor<4>({PagedSetup::N, 1, PagedSetup::Hq, PagedSetup::D}, 3);
+  seqmix::Tensor<float, 4> o({PagedSetup::N, 1, PagedSetup::Hq, PagedSetup::D});
+  seqmix::QuantizedPagedAttentionInputs in;
+  in.q = q.cview(), in.pages = p.pool(), in.block_table = p.table.cview(), in.cache_seqlens = p.lengths;
+  seqmix::KvCacheAttentionInputs ci;
+  ci.q = q.cview(), ci.cache = p.cache.get();
+  for (auto _ : state) {
+    if (kv_cache)
+      seqmix::kv_cache_attention(ci, {o.view(), {}}, {}, st::two_thread_pool());
+    else
+      seqmix::paged_attention(in, {o.view(), {}}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  const double bytes = kv_cache ? static_cast<double>(p.cache->bytes()) : p.page_bytes_read();
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 std::string shape_name(index_t Hq, index_t Hkv, index_t D, index_t Tk) {
   return "Hq" + std::to_string(Hq) + "_Hkv" + std::to_string(Hkv) + "_D" + std::to_string(D) + "_Tk" + std::to_string(Tk);
 }
@@ -71,6 +149,17 @@ const bool registered = [] {
         ->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark((base + shape_name(32, 8, 128, 1024) + "_reference").c_str(),
                                  [s](benchmark::State& st_) { decode(st_, s, 32, 8, 128, 1024, true); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+  for (const Setup& s : kSetups) {
+    if (s.key == KvFormat::f16) continue;  // fp16 pages: attention/paged/... in bench_attention
+    const std::string base = std::string("attention/paged/") + s.name + "/decode/N16_Tk4096_Hq32_Hkv8_D128";
+    for (index_t bs : {32, 64})
+      benchmark::RegisterBenchmark((base + "_bs" + std::to_string(bs)).c_str(),
+                                   [s, bs](benchmark::State& st_) { paged_quantized_decode(st_, s, bs, false); })
+          ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark((base + "_kv_cache_attention").c_str(),
+                                 [s](benchmark::State& st_) { paged_quantized_decode(st_, s, 64, true); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();
   }
   return true;

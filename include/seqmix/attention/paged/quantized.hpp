@@ -47,36 +47,36 @@
 
 namespace seqmix {
 
-// Tokens per quantization group: the KvCache's block (per-channel key parameters span it).
+/// Tokens per quantization group: the KvCache's block (per-channel key parameters span it).
 constexpr index_t kKvGroupTokens = detail::kKvBlockTokens;
 
-// The formats of a quantized pool (the KvCache's; kv_cache/README.md).
+/// The formats of a quantized pool (the KvCache's; kv_cache/README.md).
 struct QuantizedPageFormat {
-  KvFormat key_format = KvFormat::int8;    // int8, int4 (or f32 / f16 / bf16)
-  KvFormat value_format = KvFormat::int8;  // int8, int4, int2 (or f32 / f16 / bf16)
-  KeyQuant key_quant = KeyQuant::per_channel;
-  index_t group_size = 0;  // channels per parameter group (per-token keys, values); 0 = whole row
+  KvFormat key_format = KvFormat::int8;    ///< int8, int4 (or f32 / f16 / bf16)
+  KvFormat value_format = KvFormat::int8;  ///< int8, int4, int2 (or f32 / f16 / bf16)
+  KeyQuant key_quant = KeyQuant::per_channel;  ///< per_channel (KIVI) or per_token keys
+  index_t group_size = 0;  ///< channels per parameter group (per-token keys, values); 0 = whole row
 };
 
-// A quantized page pool and the per-sequence fp32 tails, all caller memory (views).
+/// A quantized page pool and the per-sequence fp32 tails, all caller memory (views).
 struct QuantizedKvPages {
-  TensorView<std::uint8_t, 2> pages;  // [num_blocks, page_bytes]: quantized_page_bytes(), 64-byte aligned
-  index_t block_size = 0;             // tokens per page: a multiple of kKvGroupTokens
-  TensorView<float, 4> tail_k;        // [S, 32, Hkv, Dk]: each sequence's incomplete group (features contiguous)
-  TensorView<float, 4> tail_v;        // [S, 32, Hkv, Dv]
-  IndexList tail_indices;             // [N] of this call, optional: the tail row of sequence n (default n)
-  QuantizedPageFormat format;
+  TensorView<std::uint8_t, 2> pages;  ///< [num_blocks, page_bytes]: quantized_page_bytes(), 64-byte aligned
+  index_t block_size = 0;             ///< tokens per page: a multiple of kKvGroupTokens
+  TensorView<float, 4> tail_k;        ///< [S, 32, Hkv, Dk]: each sequence's incomplete group (features contiguous)
+  TensorView<float, 4> tail_v;        ///< [S, 32, Hkv, Dv]
+  IndexList tail_indices;             ///< [N] of this call, optional: the tail row of sequence n (default n)
+  QuantizedPageFormat format;         ///< what the pages hold (checked against each page header)
 };
 
-// Attention inputs: as PagedAttentionInputs, with the quantized pool in place of k/v pages.
+/// Attention inputs: as PagedAttentionInputs, with the quantized pool in place of k/v pages.
 struct QuantizedPagedAttentionInputs {
-  ConstView<float, 4> q;             // [N,Tq,Hq,Dk], or [1,total_q,Hq,Dk] with cu_seqlens_q
-  QuantizedKvPages pages;            // read only here
-  BlockTable block_table;            // [N,max_blocks]
-  IndexList cache_seqlens;           // [N]: cached tokens, the queries' own included
-  IndexList cu_seqlens_q;            // [N+1], optional
-  ConstView<float, 1> alibi_slopes;  // [Hq], optional
-  ConstView<float, 1> sink_logits;   // [Hq], optional
+  ConstView<float, 4> q;             ///< [N,Tq,Hq,Dk], or [1,total_q,Hq,Dk] with cu_seqlens_q
+  QuantizedKvPages pages;            ///< read only here
+  BlockTable block_table;            ///< [N,max_blocks]
+  IndexList cache_seqlens;           ///< [N]: cached tokens, the queries' own included
+  IndexList cu_seqlens_q;            ///< [N+1], optional
+  ConstView<float, 1> alibi_slopes;  ///< [Hq], optional
+  ConstView<float, 1> sink_logits;   ///< [Hq], optional
 };
 
 namespace detail {
@@ -327,18 +327,18 @@ inline QuantizedDims validate_quantized_paged_attention(const QuantizedPagedAtte
 
 }  // namespace detail
 
-// Bytes of one page of a quantized pool (the second dimension of QuantizedKvPages::pages).
+/// Bytes of one page of a quantized pool (the second dimension of QuantizedKvPages::pages).
 inline index_t quantized_page_bytes(const QuantizedPageFormat& format, index_t block_size, index_t kv_heads,
                                     index_t key_dim, index_t value_dim) {
   return detail::QuantizedPageLayout(detail::page_config(format, kv_heads, key_dim, value_dim), block_size).page_bytes;
 }
 
-// Appends new K/V rows (fp32 / fp16 / bf16) to quantized pages: each token goes to its
-// sequence's fp32 tail at position % 32; a token at position 32 g + 31 completes group g, which
-// is quantized into page block_table[n, 32 g / block_size]. block_table and cache_seqlens
-// (tokens cached before the append) are required; every argument, every used table entry and
-// the header of every page already holding a group are checked before anything is written.
-// Sequences are spread over the executor; nothing is allocated after a first call of the shape.
+/// Appends new K/V rows (fp32 / fp16 / bf16) to quantized pages: each token goes to its
+/// sequence's fp32 tail at position % 32; a token at position 32 g + 31 completes group g, which
+/// is quantized into page block_table[n, 32 g / block_size]. block_table and cache_seqlens
+/// (tokens cached before the append) are required; every argument, every used table entry and
+/// the header of every page already holding a group are checked before anything is written.
+/// Sequences are spread over the executor; nothing is allocated after a first call of the shape.
 template <class In>
 void paged_kv_append(const PagedKvAppendInputs<In>& in, const QuantizedKvPages& pool,
                      const Executor& executor = serial_executor()) {
@@ -404,11 +404,11 @@ void paged_kv_append(const PagedKvAppendInputs<In>& in, const QuantizedKvPages& 
   });
 }
 
-// Attention over quantized pages (decode and chunks of queries at the end of each sequence):
-// the rules of paged_attention, and the result of kv_cache_attention over a KvCache (residual 0,
-// the pool's formats) holding the same tokens, bit for bit (same kernels, pieces and merge).
-// Every argument, every used table entry and every read page's header are checked before any
-// output is written. No heap allocation after a first call of the same shape.
+/// Attention over quantized pages (decode and chunks of queries at the end of each sequence):
+/// the rules of paged_attention, and the result of kv_cache_attention over a KvCache (residual 0,
+/// the pool's formats) holding the same tokens, bit for bit (same kernels, pieces and merge).
+/// Every argument, every used table entry and every read page's header are checked before any
+/// output is written. No heap allocation after a first call of the same shape.
 inline void paged_attention(const QuantizedPagedAttentionInputs& in, const PagedAttentionOutputs& out,
                             const PagedAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail;
