@@ -131,7 +131,7 @@ void paged_quantized_decode(benchmark::State& state, Setup setup, index_t block_
     benchmark::DoNotOptimize(o.data());
   }
   const double bytes = kv_cache ? static_cast<double>(p.cache->bytes()) : p.page_bytes_read();
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  seqmix::testing::report_gbytes(state, bytes);
 }
 
 std::string shape_name(index_t Hq, index_t Hkv, index_t D, index_t Tk) {
