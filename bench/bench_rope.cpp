@@ -7,7 +7,7 @@
 //                               what rope cannot go below)
 //   rope/reference/<shape>      reference::rope on a smaller shape, beside rope/half_split on it
 // GB/s = 2 * B*T*H*D * 4 bytes (x read, out written) / time; compare with the machine's
-// streaming bandwidth (68 GB/s on both cores, seqmix-machine-limits).
+// streaming bandwidth through "eff" (bench_counters.hpp: the fraction of the machine's limit).
 //
 // Multi-head latent attention, decode over one sequence's fp16 latent cache (DeepSeek-V2/V3:
 // 128 heads, d_c = 512, d_r = 64, d_nope = d_v = 128):
@@ -27,6 +27,7 @@
 #include "seqmix/attention/mla/mla.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/positional.hpp"
+#include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -56,8 +57,7 @@ seqmix::RopeConfig llama3_config(seqmix::RopeLayout layout) {
 }
 
 void set_bytes(benchmark::State& state, const RopeShape& s) {
-  const double bytes = 2.0 * static_cast<double>(s.B * s.T * s.H * s.D) * sizeof(float);
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st::report_gbytes(state, 2.0 * static_cast<double>(s.B * s.T * s.H * s.D) * sizeof(float));
 }
 
 std::vector<std::int32_t> positions(const RopeShape& s) {
@@ -157,11 +157,10 @@ void mla(benchmark::State& state, const MlaShape& s, bool stream) {
     }
   }
   const double bytes = static_cast<double>(s.Tk * (s.dc + s.dr)) * 2.0;
-  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  if (!stream) {
-    const double flops = 2.0 * static_cast<double>(s.H * s.Tk * (2 * s.dc + s.dr));
-    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  }
+  if (stream)
+    st::report_gbytes(state, bytes);
+  else
+    st::report_throughput(state, 2.0 * static_cast<double>(s.H * s.Tk * (2 * s.dc + s.dr)), bytes);
 }
 
 void register_mla() {
