@@ -353,6 +353,94 @@ inline void accumulate_pv(const float* P, index_t ldp, index_t M, const Rows& V,
   }
 }
 
+// Value rows that must not meet a weight of exactly 0 (docs/reliability.md): in P V a key's
+// weight is 0 for the rows that cannot see it (causal, window, mask, padding), and
+// 0 * NaN = 0 * inf = NaN would reach those rows anyway. A tile where some weight is 0 looks
+// for value rows holding a NaN or inf (O(M n) for the test, the rows are read only then) and
+// keeps them out of the product; add_nonfinite_keys then adds them to the rows whose weight is
+// not 0. Clean tiles and tiles where every row sees every key pay the O(M n) test only.
+struct NonFiniteKeys {
+  static constexpr index_t kMax = 64;  // keys per tile: kDecodeTile, kFlashKeyTile
+  index_t count = 0;
+  std::array<index_t, kMax> key{};
+  bool contains(index_t j) const noexcept { return std::find(key.begin(), key.begin() + count, j) != key.begin() + count; }
+};
+
+// One value row's first Dv entries as fp32 in `dst` (a pointer to them for fp32 rows).
+template <class KV>
+const float* value_row_as_float(const KV* row, index_t Dv, float* dst) noexcept {
+  if constexpr (std::is_same_v<KV, float>) {
+    (void)Dv, (void)dst;
+    return row;
+  } else {
+    kv_row_to_float(row, 1, Dv, dst);
+    return dst;
+  }
+}
+
+// Finds the keys of the tile (n <= NonFiniteKeys::kMax) whose value row holds a NaN or inf,
+// when some weight of P [M x n] is exactly 0; false when there is nothing to keep apart.
+// `row` is scratch for Dv floats.
+template <class Rows>
+bool find_nonfinite_keys(const float* P, index_t ldp, index_t M, const Rows& V, index_t n, index_t Dv, float* row,
+                         NonFiniteKeys& bad) noexcept {
+  bad.count = 0;
+  bool zero = false;
+  for (index_t r = 0; r < M && !zero; ++r)
+    for (index_t j = 0; j < n; ++j) zero |= P[r * ldp + j] == 0.f;
+  if (!zero) return false;
+  for (index_t j = 0; j < n && bad.count < NonFiniteKeys::kMax; ++j) {
+    const float* x = value_row_as_float(V.row(j), Dv, row);
+    bool finite = true;
+    for (index_t c = 0; c < Dv; ++c) finite &= std::isfinite(x[c]);
+    if (!finite) bad.key[bad.count++] = j;
+  }
+  return bad.count > 0;
+}
+
+// acc[r] += P[r][j] v_j for the keys in `bad` and the rows whose weight for them is not 0.
+template <class Rows>
+void add_nonfinite_keys(const float* P, index_t ldp, index_t M, const Rows& V, index_t Dv, const NonFiniteKeys& bad,
+                        float* acc, index_t ldacc, float* row) noexcept {
+  for (index_t b = 0; b < bad.count; ++b) {
+    const index_t j = bad.key[b];
+    const float* x = value_row_as_float(V.row(j), Dv, row);
+    for (index_t r = 0; r < M; ++r) {
+      const float p = P[r * ldp + j];
+      if (p == 0.f) continue;
+      for (index_t c = 0; c < Dv; ++c) acc[r * ldacc + c] += p * x[c];
+    }
+  }
+}
+
+// Rows with the keys in `skip` replaced by a row of zeros (`zero`, at least Dv entries).
+template <class Rows, class Stored>
+struct RowsWithout {
+  const Rows& rows;
+  const NonFiniteKeys& skip;
+  const Stored* zero;
+  const Stored* row(index_t j) const noexcept { return skip.contains(j) ? zero : rows.row(j); }
+};
+
+// accumulate_pv, where a value row holding a NaN or inf reaches only the rows that give it a
+// non-zero weight (see NonFiniteKeys).
+template <class Rows>
+void accumulate_pv_guarded(const float* P, index_t ldp, index_t M, const Rows& V, index_t n, index_t Dv, float* acc,
+                           index_t ldacc, LineStream* ahead) {
+  using Stored = std::remove_cv_t<std::remove_pointer_t<decltype(V.row(0))>>;
+  thread_local std::vector<float> row;  // grown on first use, kept (decode allocates nothing once warm)
+  thread_local std::vector<Stored> zero;
+  if (static_cast<index_t>(row.size()) < Dv) row.resize(static_cast<std::size_t>(Dv));
+  NonFiniteKeys bad;
+  if (n > NonFiniteKeys::kMax || !find_nonfinite_keys(P, ldp, M, V, n, Dv, row.data(), bad)) {
+    accumulate_pv(P, ldp, M, V, n, Dv, acc, ldacc, ahead);
+    return;
+  }
+  if (static_cast<index_t>(zero.size()) < Dv) zero.resize(static_cast<std::size_t>(Dv));
+  accumulate_pv(P, ldp, M, RowsWithout<Rows, Stored>{V, bad, zero.data()}, n, Dv, acc, ldacc, ahead);
+  add_nonfinite_keys(P, ldp, M, V, Dv, bad, acc, ldacc, row.data());
+}
+
 // At most 64 keys per tile: the per-tile work (logit rule, softmax bookkeeping, accumulator
 // rescale) is spread over enough FMAs, and the logits of all heads (8 x 4 x 64 floats at
 // Hkv = 8, G = 4) stay in L1 next to the queries and accumulators.
@@ -547,7 +635,7 @@ void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratc
   // so the order no longer matters for memory, and one pass per head keeps the accumulators in
   // registers for all the tile's keys (passes of 16 keys with the heads inside: 1.45 vs 1.35 ms).
   for (index_t h = h0; h < h1; ++h)
-    accumulate_pv(w.s.data() + h * w.s_stride, T, M, tile_of(h).v, n, Dvp, accs + h * M * Dvp, Dvp, &ahead);
+    accumulate_pv_guarded(w.s.data() + h * w.s_stride, T, M, tile_of(h).v, n, Dvp, accs + h * M * Dvp, Dvp, &ahead);
 }
 
 // Runs the tiles [first, last) of `list` for batch row b and every KV head.

@@ -40,6 +40,8 @@ struct FlashScratch {
   AlignedVector<float> q, kt, v, s, acc, alpha, row;
   std::vector<index_t> pos;
   std::vector<SoftmaxRow> state;
+  NonFiniteKeys bad;              // value rows kept out of the P V GEMM (NaN / inf)
+  std::vector<float> bad_rows;    // their saved contents (sized on first use)
   FlashScratch(index_t rows, index_t Dk, index_t Dkp, index_t Dvp)
       : q(static_cast<std::size_t>(rows * Dkp)),
         kt(static_cast<std::size_t>(Dk * kFlashKeyTile)),
@@ -92,7 +94,30 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
       rule.apply(s, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
       w.alpha[r] = online_softmax_tile(s, T, w.state[r].m, w.state[r].l);
     }
+    // Value rows holding a NaN / inf sit out the GEMM where some row gives them weight 0, and are
+    // added to the rows that see them afterwards (NonFiniteKeys in decode.hpp).
+    const KvRows<float> values{w.v.data(), Dvp};
+    const bool guard = find_nonfinite_keys(w.s.data(), T, M, values, n, d.Dv, nullptr, w.bad);
+    if (guard) {
+      w.bad_rows.resize(static_cast<std::size_t>(w.bad.count * Dvp));
+      for (index_t b = 0; b < w.bad.count; ++b) {
+        float* row = w.v.data() + w.bad.key[b] * Dvp;
+        std::copy(row, row + Dvp, w.bad_rows.data() + b * Dvp);
+        std::fill(row, row + Dvp, 0.f);
+      }
+    }
     gemm(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data());
+    if (guard) {
+      for (index_t b = 0; b < w.bad.count; ++b) {
+        const index_t j = w.bad.key[b];
+        const float* x = w.bad_rows.data() + b * Dvp;
+        for (index_t r = 0; r < M; ++r) {
+          const float p = w.s[r * T + j];
+          if (p != 0.f)
+            for (index_t c = 0; c < d.Dv; ++c) w.acc[r * Dvp + c] += p * x[c];
+        }
+      }
+    }
   }
   const bool has_sink = in.sink_logits.has_value();
   for (index_t r = 0; r < M; ++r) {

@@ -44,11 +44,16 @@ inline float row_max(const float* s, index_t n) noexcept {
 // One row of the online softmax over a new tile of logits s[0..n) (-inf = invisible). Replaces
 // s by p = exp(s - m_new), updates (m, l) and returns the factor exp(m_old - m_new) the caller
 // applies to its accumulator. A row that has seen no visible key keeps m = -inf, l = 0, p = 0.
+// A NaN logit makes l NaN (so the row's lse and o come out NaN, as the reference's): through
+// p = exp(NaN - m), or, when row_max's vector max dropped it and saw nothing else, through m.
 inline float online_softmax_tile(float* s, index_t n, float& m, float& l) noexcept {
-  const float m_new = std::max(m, row_max(s, n));
+  float m_new = std::max(m, row_max(s, n));
   if (m_new == kMinusInf) {
-    std::fill(s, s + n, 0.f);
-    return 1.f;
+    if (std::none_of(s, s + n, [](float x) { return std::isnan(x); })) {
+      std::fill(s, s + n, 0.f);
+      return 1.f;
+    }
+    m_new = std::numeric_limits<float>::quiet_NaN();
   }
   const simd::Batch<float> shift(m_new);
   simd::Batch<float> sum(0.f);
@@ -98,13 +103,15 @@ inline void combine_rows(SoftmaxRow& a, float* acc_a, const SoftmaxRow& b, const
 // o has stride o_stride; a row without a visible key gives zeros.
 inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool has_sink, float sink, float* o,
                         index_t o_stride) noexcept {
-  float lse = row.l > 0.f ? row.m + std::log(row.l) : kMinusInf;
+  // l = 0: no visible key. l NaN (a NaN or +inf logit): lse and o come out NaN.
+  const bool seen = !(row.l <= 0.f);
+  float lse = seen ? row.m + std::log(row.l) : kMinusInf;
   if (has_sink) {
     const float top = std::max(lse, sink);
     lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
   }
   // o = acc * exp(m) / exp(lse); exp(m - lse) / ... kept in one factor to stay in range.
-  const float factor = row.l > 0.f ? std::exp(row.m - lse) : 0.f;
+  const float factor = seen ? std::exp(row.m - lse) : 0.f;
   if (o_stride == 1) {
     const simd::Batch<float> f(factor);
     const index_t nv = simd::vector_end(n);
@@ -138,7 +145,7 @@ inline void attention_merge(const ConstView<float, 4>& o1, const ConstView<float
     for (index_t r = begin; r < end; ++r) {
       const index_t b = r / (Tq * H), i = r / H % Tq, h = r % H;
       const float l1 = lse1(b, i, h), l2 = lse2(b, i, h);
-      const float top = std::max(l1, l2);
+      const float top = std::isnan(l2) ? l2 : std::max(l1, l2);  // a NaN part makes the merge NaN
       float w1 = 0.f, w2 = 0.f, merged = detail::kMinusInf;
       if (top != detail::kMinusInf) {
         const float e1 = std::exp(l1 - top), e2 = std::exp(l2 - top);

@@ -21,6 +21,13 @@
 // result equals one call per sequence on those slices. A row without a visible key (or whose mask is all
 // -inf) gives o = 0 and lse = -inf (lse = sink_logits[h] when sink logits are given, since the
 // denominator is then exp(sink_logits[h])).
+//
+// Non-finite values (docs/reliability.md): a NaN logit of a visible key (a NaN in q, in that k,
+// or in the mask entry) makes the row's o and lse NaN; a +inf logit makes them NaN too
+// (exp(inf - inf)); a -inf logit hides the key. A key whose weight exp(s_ij - max) is exactly 0
+// (hidden, or negligible in the precision of the form) takes no part, so a NaN or inf in its
+// value reaches no output; any other key's non-finite value makes the row's o non-finite, and
+// leaves its lse (which does not depend on values) as it is.
 #pragma once
 
 #include <cmath>
@@ -222,6 +229,7 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
         const index_t hk = h / d.group();
         const index_t pos = detail::query_position(in, b, i);
         double max_logit = minus_inf;
+        bool nan_logit = false;
         for (index_t j = 0; j < d.Tk; ++j) {
           const bool visible = (!options.causal || j <= pos) &&
                                (options.window == 0 || j > pos - options.window || j < options.sink_tokens);
@@ -237,12 +245,14 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
           }
           logits[j] = s;
           max_logit = std::max(max_logit, s);
+          nan_logit |= std::isnan(s);
         }
         double denominator = 0.0;
         std::fill(acc.begin(), acc.end(), 0.0);
         if (max_logit > minus_inf)
           for (index_t j = 0; j < d.Tk; ++j) {
             const double p = std::exp(logits[j] - max_logit);
+            if (p == 0.0) continue;  // hidden (-inf) or negligible: its value, even NaN, takes no part
             denominator += p;
             for (index_t c = 0; c < d.Dv; ++c) acc[c] += p * static_cast<double>(static_cast<float>(in.v(b, j, hk, c)));
           }
@@ -253,8 +263,10 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
           const double top = std::max(lse, sink);
           lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
         }
+        if (nan_logit) lse = std::numeric_limits<double>::quiet_NaN();  // max() skipped it
         for (index_t c = 0; c < d.Dv; ++c)
-          out.o(b, i, h, c) = max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
+          out.o(b, i, h, c) = nan_logit ? static_cast<float>(lse)
+                              : max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
         if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
       }
 }

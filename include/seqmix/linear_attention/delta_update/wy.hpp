@@ -24,6 +24,7 @@
 
 #include <Eigen/Core>
 
+#include "seqmix/core/chunkwise/causal_product.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
 #include "seqmix/linear_attention/delta_update/recurrent.hpp"
@@ -56,6 +57,7 @@ struct WyWorkspace {
   RowMatrix P;      ///< [2C,V] (K;Q) * exp(gamma) times S
   RowMatrix Vc, U;  ///< [C,V]  values; right-hand side, then the solution U
   Eigen::Matrix<float, 1, Eigen::Dynamic> beta, anchor;
+  chunkwise::ProductScratch finite_u;  // add_lower_product's scratch (non-finite U only)
 };
 
 /// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, v, beta, cumulative gates.
@@ -175,8 +177,8 @@ inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyW
 inline void wy_intra(index_t L, WyWorkspace& ws) {
   ws.U.topRows(L).array() = (ws.Vc.topRows(L) - ws.P.topRows(L)).array().colwise() * ws.beta.head(L).transpose().array();
   solve_unit_lower(ws.A, L, ws.U);
-  auto O = ws.P.middleRows(L, L);
-  O.noalias() += ws.M.topLeftCorner(L, L) * ws.U.topRows(L);
+  // O += M U, causal also for a non-finite U (core/chunkwise/causal_product.hpp).
+  chunkwise::add_lower_product(ws.M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L), ws.finite_u);
 }
 
 /// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.

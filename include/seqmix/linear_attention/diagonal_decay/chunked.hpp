@@ -23,6 +23,7 @@
 
 #include <Eigen/Core>
 
+#include "seqmix/core/chunkwise/causal_product.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
@@ -31,6 +32,12 @@ namespace seqmix::detail::la {
 // 60: with the anchor half way, factors stay within exp(+-30) ~ 1e13, so even masked-out
 // products of O(1) inputs are far from fp32 overflow (3e38) and kept ones from underflow.
 constexpr float kAnchorRange = 60.f;
+// A chunk whose cumulative log-decay falls below -kPrefixRange runs as pieces of decay at most
+// kPieceRange each (driver.hpp, ChunkKernel::run_in_pieces): fp32 prefix sums of magnitude
+// kPrefixRange + 128 still resolve a difference to ~3e-5, twice that no longer meets the 1e-4
+// tolerance of the chunked forms.
+constexpr float kPrefixRange = 256.f;
+constexpr float kPieceRange = 128.f;
 // 16: the diagonal blocks cost C*16/2 pairwise exps; off-diagonal blocks stay GEMMs.
 constexpr index_t kSubChunk = 16;
 
@@ -49,6 +56,7 @@ struct ChunkWorkspace {
   RowMatrix Bq, Bk;    // [C,K] cumulative log-decays (column 0 only for scalar gates)
   RowVector m;         // [K] anchor
   RowVector bonus;     // [C] rwkv6 diagonal
+  chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 };
 
 // The chunk loop itself is seqmix::chunkwise's engine (core/chunkwise/engine.hpp); driver.hpp maps its
@@ -163,7 +171,8 @@ inline void chunk_intra(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
     for (index_t j = exclusive ? i : i + 1; j < L; ++j) A(i, j) = 0.f;
   if (exclusive)
     for (index_t i = 0; i < L; ++i) A(i, i) = ws.bonus(i);
-  ws.O.topRows(L).noalias() += A * ws.Vc.topRows(L);
+  // O += A V, causal also for non-finite values (core/chunkwise/causal_product.hpp).
+  chunkwise::add_lower_product(A, ws.Vc.topRows(L), ws.O.topRows(L), ws.finite_values);
 }
 
 // S = diag(exp(Bk_last)) S + (K * exp(Bk_last - Bk))^T V.

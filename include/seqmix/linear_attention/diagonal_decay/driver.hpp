@@ -173,6 +173,8 @@ struct ChunkKernel {
     RowMatrix S;
     ChunkWorkspace chunk;
     AlignedVector<float> prefix_buffer;  // [Kf + Vp] for the JRT prefix read, else empty
+    bool in_pieces = false;              // the current chunk runs as pieces (run_in_pieces)
+    std::vector<index_t> piece_ends;     // their ends (capacity: the chunk size)
   };
   struct Head {
     HeadProblem p;
@@ -182,8 +184,10 @@ struct ChunkKernel {
 
   index_t Vp() const { return plan.V + (plan.normalize ? 1 : 0); }
   Workspace make_workspace() const {
-    return Workspace{RowMatrix(plan.Kf, Vp()), ChunkWorkspace(plan.chunk, plan.K, plan.Kf, Vp()),
-                     AlignedVector<float>(plan.prefix_len > 0 ? static_cast<std::size_t>(plan.Kf + Vp()) : 0)};
+    Workspace ws{RowMatrix(plan.Kf, Vp()), ChunkWorkspace(plan.chunk, plan.K, plan.Kf, Vp()),
+                 AlignedVector<float>(plan.prefix_len > 0 ? static_cast<std::size_t>(plan.Kf + Vp()) : 0), false, {}};
+    ws.piece_ends.reserve(static_cast<std::size_t>(plan.chunk));
+    return ws;
   }
   Head begin_head(index_t item, Workspace& ws) const {
     const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(item / plan.HV)]];
@@ -193,14 +197,58 @@ struct ChunkKernel {
     return h;
   }
   index_t tokens(const Head& h) const { return h.p.T(); }
-  void load_chunk(const Head& h, index_t t0, index_t L, Workspace& ws) const { la::load_chunk(h.p, t0, L, ws.chunk); }
-  void state_to_output(const Head& h, index_t, index_t L, Workspace& ws) const { chunk_inter(h.p, L, ws.S, ws.chunk); }
-  void intra(const Head& h, index_t, index_t L, Workspace& ws) const { chunk_intra(h.p, L, ws.chunk); }
-  void update_state(const Head& h, index_t, index_t L, Workspace& ws) const {
-    chunk_state_update(h.p, L, ws.S, ws.chunk);
+  void load_chunk(const Head& h, index_t t0, index_t L, Workspace& ws) const {
+    la::load_chunk(h.p, t0, L, ws.chunk);
+    ws.in_pieces = h.p.gated() && -ws.chunk.Bk.row(L - 1).head(h.p.scalar_gate ? 1 : h.p.K()).minCoeff() > kPrefixRange;
+  }
+  void state_to_output(const Head& h, index_t, index_t L, Workspace& ws) const {
+    if (!ws.in_pieces) chunk_inter(h.p, L, ws.S, ws.chunk);
+  }
+  void intra(const Head& h, index_t, index_t L, Workspace& ws) const {
+    if (!ws.in_pieces) chunk_intra(h.p, L, ws.chunk);
+  }
+  void update_state(const Head& h, index_t t0, index_t L, Workspace& ws) const {
+    if (ws.in_pieces)
+      run_in_pieces(h.p, t0, L, ws);
+    else
+      chunk_state_update(h.p, L, ws.S, ws.chunk);
   }
   void store_outputs(const Head& h, index_t t0, index_t L, Workspace& ws) const {
-    store_chunk_outputs(h.p, t0, L, ws.chunk);
+    if (!ws.in_pieces) store_chunk_outputs(h.p, t0, L, ws.chunk);
+  }
+
+  // A chunk whose cumulative log-decay falls below -kPrefixRange: its prefix sums Bk are too
+  // large for fp32 to resolve the small differences of nearby tokens (ulp(3600) = 2.4e-4, so
+  // resets of -100 every 7th token at chunk 256 were 4.5e-4 off). It runs as consecutive
+  // pieces, each as long as its own decay stays within kPieceRange (at least one token), with
+  // the state handed from piece to piece; prefix sums then stay below kPieceRange + 128 (one
+  // floored gate), resolved to ~3e-5. Pairs of tokens in different pieces are more than
+  // kPieceRange apart in log-decay, where exp() has long underflowed, so nothing is lost.
+  void run_in_pieces(const HeadProblem& p, index_t t0, index_t L, Workspace& ws) const {
+    // Piece ends first (the chunk-relative sums are coarse but only decide where pieces end),
+    // since loading a piece overwrites them.
+    const index_t channels = p.scalar_gate ? 1 : p.K();
+    ws.piece_ends.clear();
+    for (index_t begin = 0; begin < L;) {
+      const auto Bk = ws.chunk.Bk.leftCols(channels);
+      index_t end = begin + 1;
+      const auto reach = [&](index_t e) {  // decay over [begin, e], per channel, at most
+        return begin > 0 ? (Bk.row(begin - 1) - Bk.row(e)).maxCoeff() : -Bk.row(e).minCoeff();
+      };
+      while (end < L && reach(end) <= kPieceRange) ++end;
+      ws.piece_ends.push_back(end);
+      begin = end;
+    }
+    index_t begin = 0;
+    for (const index_t end : ws.piece_ends) {
+      const index_t n = end - begin;
+      la::load_chunk(p, t0 + begin, n, ws.chunk);
+      chunk_inter(p, n, ws.S, ws.chunk);
+      chunk_intra(p, n, ws.chunk);
+      chunk_state_update(p, n, ws.S, ws.chunk);
+      store_chunk_outputs(p, t0 + begin, n, ws.chunk);
+      begin = end;
+    }
   }
   void end_head(const Head& h, Workspace& ws) const { store_state(io, h.s, h.hv, plan.V, ws.S); }
   // JRT: the prefix's causal outputs are overwritten by the read of the full prefix state.

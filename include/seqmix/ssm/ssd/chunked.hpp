@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 
+#include "seqmix/core/chunkwise/causal_product.hpp"
 #include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -57,6 +58,7 @@ struct SsdChunkScratch {
   // [L] each: step size, log-decay a = dt*A, its prefix sum cs, exp(cs), exp(cs_end - cs)
   std::vector<float> dt, a, cs, decay_in, decay_out;
   std::vector<float> cs_lo;  // [L] rounding error of cs (see ssd_decay_mask)
+  chunkwise::ProductScratch nonfinite_xd;  // dt * x of a chunk holding a NaN / inf (sized on first use)
 
   SsdChunkScratch(index_t L, index_t P, index_t N)
       : lhs(L, N + L), rhs(N + L, P), xw(L, P), y(L, P), dt(static_cast<std::size_t>(L)), a(static_cast<std::size_t>(L)),
@@ -241,7 +243,17 @@ struct SsdChunkKernel {
   // State to output and intra-chunk term in one product (see SsdChunkScratch).
   void intra(const Head&, index_t, index_t l, Workspace& s) const {
     const index_t N = dims.N;
+    // A NaN or inf in dt * x takes part as 0 and is added to the rows that see it afterwards:
+    // causal for non-finite values (core/chunkwise/causal_product.hpp), and every other row is
+    // what a clean chunk gives, bit for bit.
+    auto xd = s.rhs.middleRows(N, l);
+    const bool finite = xd.allFinite();
+    if (!finite) {
+      s.nonfinite_xd = xd;
+      xd = xd.array().isFinite().select(xd, 0.f);
+    }
     s.y.topRows(l).noalias() = s.lhs.topLeftCorner(l, N + l) * s.rhs.topRows(N + l);
+    if (!finite) chunkwise::add_nonfinite_lower(s.lhs.block(0, N, l, l), s.nonfinite_xd, s.y.topRows(l));
   }
   // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution.
   void update_state(const Head& hd, index_t c0, index_t l, Workspace& s) const {
