@@ -19,6 +19,10 @@
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/delta_rule/reference.hpp"
 #include "seqmix/linear_attention/delta_rule/step.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/linear_attention/chunked.hpp"
+#include "seqmix/ssm/ssd/chunked.hpp"
 #include "seqmix/ssm/causal_conv1d/fast.hpp"
 #include "seqmix/ssm/causal_conv1d/reference.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -236,5 +240,66 @@ TEST_CASE("causal_conv1d refuses negative extents and an output aliasing its inp
     in.weight = weight.view();
     in.x = as(y, {B, T, D});  // y == x
     expect_refused("y aliasing x", outputs, [&] { run(in, {y.view(), {}, {}}); });
+  }
+}
+
+TEST_CASE("option enums out of range are refused before writing", "[hostile][options]") {
+  // An enum read from a config as a raw integer: every family checks its option enums with
+  // check_enum, so 7 is a ShapeError naming the option, not a silent GateKind::none.
+  const index_t B = 1, T = 8, H = 2, K = 8, V = 8;
+  Tensor<float, 4> q({B, T, H, K}), k({B, T, H, K}), v({B, T, H, V}), o({B, T, H, V}), g({B, T, H, K});
+  Tensor<float, 3> gs({B, T, H}), beta({B, T, H});
+  seqmix::testing::fill_uniform(q.view(), 1);
+  seqmix::testing::fill_uniform(k.view(), 2);
+  seqmix::testing::fill_uniform(v.view(), 3);
+  g.fill(-0.1f), gs.fill(-0.1f), beta.fill(0.5f);
+  Outputs outputs;
+  outputs.add(o);
+  auto bad = [](auto value) { return static_cast<decltype(value)>(7); };
+  {
+    seqmix::GlaInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.g = g.view();
+    seqmix::GlaOptions options;
+    options.gate = bad(options.gate);
+    expect_refused("GlaOptions::gate = 7", outputs, [&] { seqmix::gated_linear_attention(in, {o.view(), {}, {}}, options); });
+    expect_refused("reference, GlaOptions::gate = 7", outputs,
+                   [&] { seqmix::reference::gated_linear_attention(in, {o.view(), {}, {}}, options); });
+    options = {};
+    options.algorithm = bad(options.algorithm);
+    expect_refused("GlaOptions::algorithm = 7", outputs, [&] { seqmix::gated_linear_attention(in, {o.view(), {}, {}}, options); });
+  }
+  {
+    seqmix::LinearAttentionInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view();
+    seqmix::LinearAttentionOptions options;
+    options.feature_map = bad(options.feature_map);
+    expect_refused("LinearAttentionOptions::feature_map = 7", outputs,
+                   [&] { seqmix::linear_attention(in, {o.view(), {}, {}, {}}, options); });
+  }
+  {
+    seqmix::GatedDeltaRuleInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.g_scalar = gs.view();
+    for (int which = 0; which < 3; ++which) {
+      seqmix::GatedDeltaRuleOptions options;
+      if (which == 0) options.gate = bad(options.gate);
+      if (which == 1) options.qk_norm = bad(options.qk_norm);
+      if (which == 2) options.algorithm = bad(options.algorithm);
+      expect_refused("GatedDeltaRuleOptions enum " + std::to_string(which) + " = 7", outputs,
+                     [&] { seqmix::gated_delta_rule(in, {o.view(), {}, {}}, options); });
+    }
+  }
+  {
+    const index_t P = 8, N = 8;
+    Tensor<float, 4> x({B, T, H, P}), Bm({B, T, 1, N}), y({B, T, H, P});
+    Tensor<float, 3> dt({B, T, H});
+    Tensor<float, 1> A({H});
+    x.fill(0.5f), Bm.fill(0.5f), dt.fill(0.1f), A.fill(-1.f);
+    Outputs ys;
+    ys.add(y);
+    seqmix::SsdInputs in;
+    in.x = x.view(), in.dt = dt.view(), in.A = A.view(), in.Bm = Bm.view(), in.Cm = Bm.view();
+    seqmix::SsdOptions options;
+    options.algorithm = bad(options.algorithm);
+    expect_refused("SsdOptions::algorithm = 7", ys, [&] { seqmix::ssd(in, {y.view(), {}, {}}, options); });
   }
 }

@@ -76,6 +76,11 @@ inline void check_chunk(const ArgCheck& check, index_t chunk) {
   if (chunk < 1 || chunk > 4096) check.fail("options.chunk_size", "must be in [1, 4096], got " + std::to_string(chunk));
 }
 
+// An out-of-range algorithm would run neither form's checks nor pick a form (issue 24 item 1).
+inline void check_algorithm(const ArgCheck& check, LinearAttentionAlgorithm algorithm) {
+  check_enum(check.op(), "options.algorithm", algorithm, 3);
+}
+
 // The initial / final state pair of a prefill, each optional, [S,HV,Kf,V] with S one row per
 // sequence or a pool of slots: checks their shapes agree and returns S (-1 if neither is given).
 inline index_t check_state_pair(const ArgCheck& check, const char* initial_name, const ConstView<float, 4>& initial,

@@ -95,6 +95,7 @@ template <std::size_t GRank>
 inline void check_delta_gate(const ArgCheck& check, bool gated, DeltaGate gate, const ConstView<float, GRank>& g,
                              const ConstView<float, GRank - 1>& g_scalar, const Dims& d, const Executor& executor) {
   constexpr bool prefill = GRank == 4;
+  if (gated) check_enum(check.op(), "options.gate", gate, 2);
   std::array<index_t, GRank> g_shape{};
   std::array<index_t, GRank - 1> s_shape{};
   if constexpr (prefill) {
@@ -160,6 +161,8 @@ inline DeltaProblem validate_delta(const ArgCheck& check, const DeltaCall& c, co
   check.optional_shape("token_states", c.token_states, std::array<index_t, 5>{d.B, d.T, d.HV, d.K, d.V}, "B,T,HV,K,V");
   const float scale = check_scale(check, c.scale, d.K);
   check_chunk(check, c.chunk);
+  check_enum(check.op(), "options.qk_norm", c.norm, 2);
+  check_enum(check.op(), "options.algorithm", c.algorithm, 3);
   const index_t rows = state_rows(check, c.initial_state, c.final_state);
   const SequenceMap map = SequenceMap::make(check.op(), c.batch, d.B, d.T, c.initial_state.has_value(), rows);
   check_prefill_aliasing(check, c.o, c.final_state, c.token_states, c.initial_state, named("q", c.q), named("k", c.k),

@@ -92,6 +92,7 @@ inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<flo
   constexpr bool prefill = GRank == 4;
   const char* g_dims = prefill ? "B,T,Hg,K" : "B,Hg,K";
   const char* s_dims = prefill ? "B,T,Hg" : "B,Hg";
+  check_enum(check.op(), "options.gate", gate, 4);  // else it would silently run as GateKind::none
   if (gate == GateKind::channel) {
     if (!g.has_value() && g.size(GRank - 1) == 0)
       check.fail("g", std::string("is required for GateKind::channel, shape [") + g_dims + "]");
@@ -131,6 +132,7 @@ inline PrefillCheck validate_gla(const char* op, const GlaInputs& in, const GlaO
   check_token_states(check, out.token_states, d);
   check_scale(check, options.scale, d.K);
   check_chunk(check, options.chunk_size);
+  check_algorithm(check, options.algorithm);
   check_gate<4>(check, options.gate, in.g, in.g_scalar, d, executor);
   const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
   check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.g, in.g_scalar, in.initial_state, out.final_state,

@@ -83,6 +83,7 @@ inline PrefillCheck validate_rwkv6(const char* op, const Rwkv6Inputs& in, const 
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
   check_token_states(check, out.token_states, d);
   check_chunk(check, options.chunk_size);
+  check_algorithm(check, options.algorithm);
   check_log_gate(check, "g", in.g, executor);
   const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
   check_no_overlap(check, "o", out.o, in.r, in.k, in.v, in.g, in.u, in.initial_state, out.final_state,

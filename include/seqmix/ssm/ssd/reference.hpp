@@ -146,6 +146,7 @@ inline SsdCall validate_ssd(const char* op, const SsdInputs& in, const SsdOutput
   check.optional_shape("token_states", out.token_states, std::array<index_t, 5>{B, T, H, P, N}, "Bt,Tt,H,P,N");
   check.that(options.chunk_size >= 1, "options.chunk_size",
              "must be >= 1, got " + std::to_string(options.chunk_size));
+  check_enum(check.op(), "options.algorithm", options.algorithm, 3);
   check_ssd_parameters(check, in.A);
   const index_t state_rows = rows >= 0 ? rows : (out.final_state.has_value() ? out.final_state.size(0) : -1);
   const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
