@@ -3,6 +3,7 @@
 #
 #   bash scripts/install-deps.sh            # the build dependencies
 #   bash scripts/install-deps.sh docs       # ... and doxygen, for the API reference (scripts/docs.sh)
+#   bash scripts/install-deps.sh report     # ... and python3-matplotlib, for scripts/bench_report.sh
 #
 # Optional components are opt-in so that CI and users who never build the API reference do not
 # download doxygen.
@@ -17,8 +18,9 @@ packages=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenchmark-dev)
 for component in "$@"; do
   case "$component" in
     docs) packages+=(doxygen) ;;
+    report) packages+=(python3 python3-matplotlib) ;;
     *)
-      echo "install-deps: unknown component '$component' (known: docs)" >&2
+      echo "install-deps: unknown component '$component' (known: docs, report)" >&2
       exit 2
       ;;
   esac

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The performance report (issue 19): run every benchmark program with JSON output against this
+# machine's measured limits, then write a dated report with tables and PNG plots.
+#
+#   bash scripts/bench_report.sh            # report in docs/performance/<cpu>/<date>/report.md
+#
+# Environment:
+#   SEQMIX_BUILD_DIR       build folder (default build; reused when already configured)
+#   SEQMIX_JOBS            parallel compile jobs (default: number of cores)
+#   SEQMIX_BENCH_MIN_TIME  --benchmark_min_time per case (default 0.5)
+#   SEQMIX_BENCH_REPS      --benchmark_repetitions; the report shows medians (default 3)
+#   SEQMIX_BENCH_PROGRAMS  space-separated program names to run, e.g. "scan ssd" (default: all)
+#   SEQMIX_BENCH_FILTER    --benchmark_filter regular expression (default: every case)
+#   SEQMIX_REPORT_DIR      where the reports are kept (default docs/performance)
+#
+# The plots need Debian's python3-matplotlib, installed here (`install-deps.sh report`) and only
+# when a report is asked for. Run it on an otherwise idle machine: the figures are only as good
+# as the quiet they were measured in.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+build_dir=${SEQMIX_BUILD_DIR:-build}
+jobs=${SEQMIX_JOBS:-$(nproc 2>/dev/null || echo 2)}
+min_time=${SEQMIX_BENCH_MIN_TIME:-0.5}
+reps=${SEQMIX_BENCH_REPS:-3}
+report_dir=${SEQMIX_REPORT_DIR:-docs/performance}
+
+bash scripts/install-deps.sh report
+
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSEQMIX_BUILD_BENCHMARKS=ON >/dev/null
+programs=()
+if [[ -n "${SEQMIX_BENCH_PROGRAMS:-}" ]]; then
+  for name in $SEQMIX_BENCH_PROGRAMS; do programs+=("seqmix_bench_$name"); done
+else
+  for source in bench/bench_*.cpp; do
+    name=$(basename "$source" .cpp)
+    programs+=("seqmix_$name")
+  done
+fi
+cmake --build "$build_dir" -j "$jobs" --target seqmix-machine-limits "${programs[@]}"
+
+raw=$(mktemp -d "${TMPDIR:-/tmp}/seqmix-bench-report.XXXXXX")
+trap 'rm -rf "$raw"' EXIT
+
+"$build_dir/seqmix-machine-limits" --json > "$raw/machine_limits.json"
+cat "$raw/machine_limits.json"
+args=(--benchmark_min_time="$min_time" --benchmark_format=json)
+if [[ "$reps" -gt 1 ]]; then
+  args+=(--benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true)
+fi
+if [[ -n "${SEQMIX_BENCH_FILTER:-}" ]]; then
+  args+=(--benchmark_filter="$SEQMIX_BENCH_FILTER")
+fi
+for program in "${programs[@]}"; do
+  echo "== $program"
+  SEQMIX_MACHINE_LIMITS="$raw/machine_limits.json" \
+    "$build_dir/bench/$program" "${args[@]}" --benchmark_out="$raw/$program.json" >/dev/null
+done
+
+/usr/bin/python3 tools/bench_report.py "$raw" "$report_dir"
