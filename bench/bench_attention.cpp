@@ -11,6 +11,10 @@
 //   attention/paged/...   paged decode, 16 sequences x 4096 cached tokens in fp16 pages of 16
 //                         and 64 tokens (shuffled block table), beside attention/paged/..._contiguous,
 //                         dense decode of B = 16 over the same bytes; GB/s as decode.
+//   attention/paged/prefill/...  a 512-query chunk against a 4096-token cached prefix in fp16
+//                         pages of 16 and 64 (the flash path over pages), beside .._contiguous,
+//                         dense prefill of the same queries over contiguous K/V; GFLOP/s as
+//                         prefill on the visible (bottom-right causal) pairs.
 //   attention/varlen/...  packed causal prefill of 8 sequences {17, 33, 100, 255, 512, 700, 1024,
 //                         2048}, beside one dense call on B = 1, T = 4689 (the same tokens) and the
 //                         same sequences padded to B = 8 x T = 2048; GFLOP/s on the visible pairs
@@ -181,6 +185,48 @@ void batched_decode(benchmark::State& state, const st::AttentionShape& shape, in
   seqmix::testing::report_gbytes(state, bytes);
 }
 
+// Chunked prefill against the cache: `chunk` new queries of one sequence whose cache holds
+// prefix + chunk tokens, fp16 pages of `block_size` in a shuffled pool (block_size 0: the same
+// problem as dense attention over contiguous K/V, the baseline). GFLOP/s as prefill, on the
+// (query, key) pairs the bottom-right causal mask lets through.
+void paged_prefill(benchmark::State& state, const st::AttentionShape& shape, index_t prefix, index_t chunk,
+                   index_t block_size) {
+  using KV = seqmix::f16;
+  const index_t L = prefix + chunk;
+  const auto q = st::random_tensor<4>({1, chunk, shape.Hq, shape.D}, 1);
+  Tensor<float, 4> o({1, chunk, shape.Hq, shape.D});
+  Tensor<KV, 4> k, v;
+  Tensor<std::int32_t, 2> table;
+  const std::vector<std::int32_t> lengths{static_cast<std::int32_t>(L)};
+  if (block_size > 0) {
+    const index_t blocks_per_seq = (L + block_size - 1) / block_size, blocks = blocks_per_seq + 16;
+    k = random_kv<KV>({blocks, block_size, shape.Hkv, shape.D}, 2);
+    v = random_kv<KV>({blocks, block_size, shape.Hkv, shape.D}, 3);
+    table = Tensor<std::int32_t, 2>({1, blocks_per_seq});
+    for (index_t i = 0; i < blocks_per_seq; ++i) table.data()[i] = static_cast<std::int32_t>((i * 7919) % blocks);
+  } else {
+    k = random_kv<KV>({1, L, shape.Hkv, shape.D}, 2);
+    v = random_kv<KV>({1, L, shape.Hkv, shape.D}, 3);
+  }
+  seqmix::PagedAttentionInputs<KV> paged;
+  paged.q = q.view(), paged.k_pages = k.view(), paged.v_pages = v.view();
+  paged.block_table = table.view(), paged.cache_seqlens = lengths;
+  seqmix::AttentionInputs<KV> dense;
+  dense.q = q.view(), dense.k = k.view(), dense.v = v.view();
+  seqmix::AttentionOptions options;
+  options.causal = true;  // queries at the end of the keys (bottom-right), as paged
+  for (auto _ : state) {
+    if (block_size > 0)
+      seqmix::paged_attention(paged, {o.view(), {}}, {}, pool());
+    else
+      seqmix::attention(dense, {o.view(), {}}, options, pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  const double pairs = static_cast<double>(chunk) * static_cast<double>(prefix) + 0.5 * chunk * (chunk + 1.0);
+  const double flops = 2.0 * static_cast<double>(shape.Hq * 2 * shape.D) * pairs;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 const std::vector<index_t>& varlen_lengths() {
   static const std::vector<index_t> lengths = {17, 33, 100, 255, 512, 700, 1024, 2048};
   return lengths;
@@ -228,6 +274,11 @@ void register_serving() {
         [&llama, bs](benchmark::State& s) { paged_decode(s, llama, 4096, bs); });
   add("attention/paged/" + llama.name + "_N16_Tk4096_f16_contiguous",
       [&llama](benchmark::State& s) { batched_decode(s, llama, 4096); });
+  for (const index_t bs : {16, 64})
+    add("attention/paged/prefill/" + llama.name + "_prefix4096_chunk512_bs" + std::to_string(bs) + "_f16",
+        [&llama, bs](benchmark::State& s) { paged_prefill(s, llama, 4096, 512, bs); });
+  add("attention/paged/prefill/" + llama.name + "_prefix4096_chunk512_f16_contiguous",
+      [&llama](benchmark::State& s) { paged_prefill(s, llama, 4096, 512, 0); });
   add("attention/varlen/" + llama.name + "_8seqs_causal_f32",
       [&llama](benchmark::State& s) { varlen_prefill(s, llama, VarlenForm::packed); });
   add("attention/varlen/" + llama.name + "_8seqs_causal_f32_dense_same_tokens",

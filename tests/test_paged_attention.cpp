@@ -1,7 +1,8 @@
 // Paged attention: paged_attention (fast) and reference::paged_attention against dense
 // reference::attention on each sequence's K/V gathered from its pages, over block sizes 1 / 5 /
-// 16 / 64, shuffled block tables with unused blocks, ragged cache lengths, Tq 1..16 (dense and
-// packed), GQA, window / sinks / softcap / ALiBi / sink logits, fp32 / fp16 / bf16 pages;
+// 16 / 64, shuffled block tables with unused blocks, ragged cache lengths, Tq 1..16 (the decode
+// kernel, dense and packed) and prefill chunks of 17..700 queries (the flash path), decode and
+// prefill sequences mixed in one packed call, GQA, window / sinks / softcap / ALiBi / sink logits, fp32 / fp16 / bf16 pages;
 // paged_kv_append then attention equals attention on the concatenated cache; bad arguments.
 #include <catch2/catch.hpp>
 
@@ -35,19 +36,22 @@ constexpr double kTol = 1e-4;
 struct PagedCase {
   const char* name;
   index_t N, Hq, Hkv, Dk, Dv, block_size;
-  index_t Tq;  // queries per sequence; 0: packed, 1..16 per sequence at random
+  index_t Tq;  // queries per sequence; 0: packed, 1..max_packed_q per sequence at random
   index_t max_len;
   bool causal;
   index_t window, sink_tokens;
   float softcap;
   bool alibi, sink_logits;
+  // Packed cases: queries per sequence at most; above 16, every third sequence still decodes
+  // (1..16 queries) beside the prefill chunks.
+  index_t max_packed_q = 16;
 
   std::string describe(std::uint64_t seed, const char* kv) const {
     std::ostringstream s;
     s << name << ": N=" << N << " Hq=" << Hq << " Hkv=" << Hkv << " Dk=" << Dk << " Dv=" << Dv
       << " block_size=" << block_size << " Tq=" << Tq << " max_len=" << max_len << " causal=" << causal
       << " window=" << window << " sinks=" << sink_tokens << " softcap=" << softcap << " alibi=" << alibi
-      << " sink_logits=" << sink_logits << " kv=" << kv << " seed=" << seed
+      << " sink_logits=" << sink_logits << " max_packed_q=" << max_packed_q << " kv=" << kv << " seed=" << seed
       << " simd=" << seqmix::simd::arch_name();
     return s.str();
   }
@@ -70,6 +74,16 @@ const std::vector<PagedCase>& paged_cases() {
       {"softcap-bs16", 3, 8, 4, 64, 64, 16, 2, 300, true, 0, 0, 10.f, false, false},
       {"noncausal-tq5", 3, 4, 2, 64, 64, 16, 5, 300, false, 0, 0, 0.f, false, false},
       {"all-options-packed-bs5", 6, 8, 2, 80, 64, 5, 0, 400, true, 64, 3, 20.f, true, true},
+      // Prefill chunks (more than 16 queries: tiles of queries over the pages), around the
+      // 64-key tile and the 256 / group query block.
+      {"prefill-tq17-bs16", 3, 8, 2, 64, 64, 16, 17, 300, true, 0, 0, 0.f, false, false},
+      {"prefill-tq130-bs64", 2, 4, 1, 128, 128, 64, 130, 450, true, 0, 0, 0.f, false, true},
+      {"prefill-tq70-bs1", 2, 4, 2, 64, 64, 1, 70, 200, true, 0, 0, 0.f, false, false},
+      {"prefill-noncausal-bs5", 2, 4, 1, 64, 72, 5, 33, 150, false, 0, 0, 0.f, false, false},
+      {"mixed-packed-bs16", 4, 4, 1, 64, 64, 16, 0, 750, true, 0, 0, 0.f, false, false, 700},
+      {"mixed-packed-bs5-options", 4, 4, 2, 80, 64, 5, 0, 400, true, 90, 4, 15.f, true, true, 300},
+      {"mixed-packed-bs64-window", 3, 4, 1, 64, 64, 64, 0, 600, true, 200, 0, 0.f, false, false, 500},
+      {"mixed-packed-bs1", 4, 4, 2, 64, 64, 1, 0, 160, true, 0, 0, 0.f, false, false, 120},
   };
   return table;
 }
@@ -95,7 +109,8 @@ struct PagedProblem {
     };
     index_t used_blocks = 0;
     for (index_t n = 0; n < N; ++n) {
-      const index_t tq = packed ? uniform(n == 0 ? 0 : 1, 16) : c.Tq;
+      const index_t most_q = c.max_packed_q > 16 && n % 3 == 2 ? 16 : c.max_packed_q;
+      const index_t tq = packed ? uniform(n == 0 ? 0 : 1, most_q) : c.Tq;
       // Lengths: a page boundary, one past it, a single query's worth, and random.
       index_t L = uniform(std::max<index_t>(tq, 1), c.max_len);
       if (n == 1) L = std::max(tq, (c.max_len / bs) * bs);

@@ -1,6 +1,7 @@
 // Attention's hot path allocates nothing after warm-up: dense decode (seqmix::attention with
 // Tq <= 4, fp32 and fp16 K/V), paged decode and speculative verify (paged_attention, Tq 1 and
-// 4, packed queries), and paged_kv_append; serial and on a two-thread pool.
+// 4, packed queries), paged prefill chunks beside decode rows, and paged_kv_append; serial and
+// on a two-thread pool.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -85,6 +86,13 @@ void paged(const seqmix::Executor& executor, const char* name) {
   in.block_table = table.view(), in.cache_seqlens = lengths, in.cu_seqlens_q = cu;
   expect_no_allocation((std::string("paged_attention packed ") + name).c_str(),
                        [&] { seqmix::paged_attention(in, {o.view(), {}}, {}, executor); });
+  // Prefill chunks (40 and 258 queries, the flash path) beside two decode rows in one call.
+  const std::vector<std::int32_t> cu_mixed{0, 40, 41, 42, 300};
+  const auto q_mixed = st::random_tensor<4>({1, 300, Hq, D}, 10);
+  Tensor<float, 4> o_mixed({1, 300, Hq, D});
+  in.q = q_mixed.view(), in.cu_seqlens_q = cu_mixed;
+  expect_no_allocation((std::string("paged_attention prefill + decode ") + name).c_str(),
+                       [&] { seqmix::paged_attention(in, {o_mixed.view(), {}}, {}, executor); });
   // Append one token per sequence (written over and over at the same positions).
   const auto k_new = st::random_tensor<4>({N, 1, Hkv, D}, 8), v_new = st::random_tensor<4>({N, 1, Hkv, D}, 9);
   seqmix::PagedKvAppendInputs<float> append;

@@ -14,16 +14,23 @@
 
 namespace seqmix::detail {
 
-// Up to kRanges byte ranges, handed out `per_step` cache lines per step() call, in order.
+// Up to kRanges byte ranges, then up to kLists lists of equally long rows (a paged cache's key
+// rows, wherever their pages are), handed out `per_step` cache lines per step() call, in order.
 // step() sits in inner loops, so its common path is one compare, a prefetch and an add (a
-// version that searched the ranges on every call took 14% of a quantized KV-cache decode).
+// version that searched the ranges on every call took 14% of a quantized KV-cache decode); rows
+// that follow each other in memory are requested as one range.
 struct LineStream {
   static constexpr int kRanges = 4;
+  static constexpr int kLists = 2;
   const char* start[kRanges] = {};
   const char* end[kRanges] = {};
+  const void* const* rows[kLists] = {};  // row list l: rows[l][0 .. row_count[l]), row_bytes[l] each
+  int row_count[kLists] = {};
+  std::size_t row_bytes[kLists] = {};
   const char* next = nullptr;  // the line to request next, in range `range`
   const char* stop = nullptr;  // end of that range
-  int range = -1;
+  int range = -1;              // the fixed range being requested (kRanges - 1 once past them)
+  int list = 0, row = 0;       // then the row list and its next row
   int per_step = 0;
 
   void set(int r, const void* p, std::size_t bytes) noexcept {
@@ -31,13 +38,21 @@ struct LineStream {
     end[r] = start[r] + (p ? bytes : 0);
   }
 
+  // Row list l: `count` rows of `bytes` each at p[0 .. count). The pointer array must outlive
+  // the stream's use. (Any object pointer array is read as an array of addresses.)
+  template <class T>
+  void set_rows(int l, const T* const* p, int count, std::size_t bytes) noexcept {
+    rows[l] = reinterpret_cast<const void* const*>(p), row_count[l] = p ? count : 0, row_bytes[l] = bytes;
+  }
+
   // per_step = ceil(lines / steps): the lines of all ranges are requested by the time the
   // kernel has made `steps` calls to step().
   void spread_over(std::size_t steps) noexcept {
     std::size_t lines = 0;
     for (int r = 0; r < kRanges; ++r) lines += static_cast<std::size_t>(end[r] - start[r] + 63) / 64;
+    for (int l = 0; l < kLists; ++l) lines += static_cast<std::size_t>(row_count[l]) * ((row_bytes[l] + 63) / 64);
     per_step = steps == 0 ? 0 : static_cast<int>((lines + steps - 1) / steps);
-    range = -1;
+    range = -1, list = 0, row = 0;
     next = stop = nullptr;
     next_range();
   }
@@ -54,13 +69,21 @@ struct LineStream {
     next = line;
   }
 
-  // Moves to the next non-empty range; when none is left, later steps do nothing.
+  // Moves to the next non-empty range (a fixed range, or a run of rows that follow each other
+  // in memory); when none is left, later steps do nothing.
   bool next_range() noexcept {
-    while (++range < kRanges)
-      if (start[range] < end[range]) {
+    while (range + 1 < kRanges)
+      if (++range, start[range] < end[range]) {
         next = start[range], stop = end[range];
         return true;
       }
+    for (; list < kLists; ++list, row = 0) {
+      if (row >= row_count[list] || row_bytes[list] == 0) continue;
+      next = static_cast<const char*>(rows[list][row]);
+      stop = next + row_bytes[list];
+      for (++row; row < row_count[list] && static_cast<const char*>(rows[list][row]) == stop; ++row) stop += row_bytes[list];
+      return true;
+    }
     per_step = 0;
     return false;
   }

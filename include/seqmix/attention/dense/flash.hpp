@@ -73,10 +73,14 @@ inline std::vector<KeyTile> dense_key_tiles(const AttentionOptions& options, con
 // selected blocks). The logit rule still masks what causal / window / mask hide from each row,
 // so a tile list may hold keys some rows cannot see; it must hold only keys the task's rows are
 // allowed to attend to otherwise, each key once.
-template <class KV, class SelectTiles>
+//
+// load_tile(j0, n, w) fills w.kt with the tile's keys transposed ([Dk x kFlashKeyTile]) and w.v
+// with its values ([kFlashKeyTile x Dvp]), fp32 and zero past n keys / Dv features; the overload
+// below reads them from in.k / in.v, paged attention from its pages.
+template <class KV, class SelectTiles, class LoadTile>
 void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
                  const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
-                 SelectTiles&& select_tiles) {
+                 SelectTiles&& select_tiles, LoadTile&& load_tile) {
   const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   const index_t T = kFlashKeyTile;
   const LogitRule<KV> rule{in, options, d.Tk};
@@ -86,8 +90,7 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
   std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);
   for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
     const index_t j0 = tile.j0, n = tile.n;
-    load_kv_tile_transposed(in.k, b, hk, j0, n, T, w.kt.data(), T, w.row.data());
-    load_kv_tile(in.v, b, hk, j0, n, T, w.v.data(), Dvp);
+    load_tile(j0, n, w);
     gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
     for (index_t r = 0; r < M; ++r) {
       float* s = w.s.data() + r * T;
@@ -126,6 +129,18 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
                                  out.o.ptr(b, i, h), out.o.stride(3));
     if (out.lse.has_value()) out.lse(b, i, h) = lse;
   }
+}
+
+// The same with the K/V tiles read from in.k / in.v.
+template <class KV, class SelectTiles>
+void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+                 const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
+                 SelectTiles&& select_tiles) {
+  const index_t T = kFlashKeyTile, Dvp = round_up(d.Dv, simd::kWidth);
+  flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, [&](index_t j0, index_t n, FlashScratch& s) {
+    load_kv_tile_transposed(in.k, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
+    load_kv_tile(in.v, b, hk, j0, n, T, s.v.data(), Dvp);
+  });
 }
 
 // One task of a packed call: query block [i0, i0 + nq) of one sequence against KV head hk.

@@ -1,35 +1,45 @@
-// paged_attention, the fast form: split-KV decode (dense/decode.hpp) over the pages of a paged
-// KV cache.
+// paged_attention, the fast form: split-KV decode (dense/decode.hpp) for a few queries per
+// sequence and tiled prefill (dense/flash.hpp) for longer query chunks, both reading the pages of
+// a paged KV cache in place.
 //
-// The kernel is dense decode's: a work item is (sequence, block of up to 16 queries) with rows
-// [queries x group] per KV head, its visible key tiles are split into contiguous pieces spread
-// over the executor, each piece keeps (m, l, acc) per row, and the pieces are merged in key
-// order. Only where a tile's rows come from changes: decode_tile reads key / value row c of
-// head h at rows[c] + h * head_stride (PagedRows), with rows[] looked up in the block table once
-// per tile, so pages are read in place (fp16 / bf16 widened in registers) at the bandwidth of
-// contiguous decode. Tiles start at multiples of their width and span at most two pages when
-// block_size >= tile / 2, so the next tile's K and V are four byte ranges, which the LineStream
-// prefetch names while the current tile is computed.
+// Up to kPagedQueryBlock (16) queries of a sequence, decode and speculative verify: a work item
+// is (sequence, its queries) with rows [queries x group] per KV head; its visible key tiles are
+// split into contiguous pieces spread over the executor, each piece keeps (m, l, acc) per row,
+// and the pieces are merged in key order (an item in one piece is finished by its task, from
+// per-thread scratch). Only where a tile's rows come from changes from dense decode:
+// decode_tile reads key / value row c of head h at rows[c] + h * head_stride (PagedRows), with
+// rows[] looked up in the block table once per tile, so pages are read in place (fp16 / bf16
+// widened in registers). Tiles are dense decode's width (64 keys at Hkv = 8, D = 128, fp16)
+// whatever the page size; the next tile's rows are named to the LineStream as row lists (one
+// range per run of rows on one page), which it requests over the current tile's inner loops.
 //
-// Multi-token queries (chunked prefill against the cached prefix, speculative verify) run the
-// same kernel with up to 16 queries x group rows per item; causal masking inside the last tiles
-// comes from the logit rule, tiles no query can see are never visited.
+// More queries (chunked prefill of a long chunk against the cached prefix): dense prefill's
+// tasks (sequence, KV head, block of up to 256 / group queries), flash_block with its K/V tiles
+// gathered page by page into the fp32 tile scratch; tasks run longest first beside the decode
+// pieces of the same call. Causal masking (bottom-right), window, sinks, softcap and ALiBi come
+// from the same logit rule as dense attention; tiles no query can see are never visited.
 //
 // No heap allocation after a first call of the same shape: the plan (items, tasks), the partial
-// states and every thread's scratch are thread_local and grown on demand.
+// states of split items and every thread's scratch are thread_local and grown on demand. The
+// scratch a call touches is small (per thread: one item's rows, or one prefill block; per call:
+// the partial states of split items only), so a first call costs little more than a later one.
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <memory>
+#include <tuple>
 #include <vector>
 
 #include "seqmix/attention/dense/decode.hpp"
+#include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/paged/reference.hpp"
 
 namespace seqmix {
 namespace detail {
 
-// Queries per work item: 16 queries x group 4 = 64 rows per KV head, the speculative-verify
-// size; longer query chunks become several items (each still reads its tiles once for 64 rows).
+// Queries per sequence that still take the decode kernel: 16 queries x group 4 = 64 rows per KV
+// head, the speculative-verify size. A sequence with more queries is a prefill chunk.
 constexpr index_t kPagedQueryBlock = 16;
 
 // Key / value row c of one head of a paged tile: rows[c] is the row's head-0 element, heads
@@ -41,14 +51,28 @@ struct PagedRows {
   const KV* row(index_t c) const noexcept { return rows[c] + head_offset; }
 };
 
-// Keys per tile: dense decode's choice (about 128 KB of K), but at most two pages per tile when
-// pages are small (block_size 16: 32 keys), so the next tile fits the LineStream's four ranges;
-// at least 16 keys (pages of 1-7 keys then prefetch their first two pages only).
-inline index_t paged_tile_keys(index_t block_size, index_t row_bytes) noexcept {
-  const index_t keys = decode_tile_keys(row_bytes);
-  if (2 * block_size >= keys) return keys;
-  return std::max<index_t>(2 * block_size, std::min<index_t>(16, keys));
-}
+// Where keys [j0, j0 + n) of sequence `seq` lie: the head-0 element of each K and V row, looked up
+// page by page in the block table.
+template <class KV>
+struct PagedTileRows {
+  const KV* k[kDecodeTile];
+  const KV* v[kDecodeTile];
+  index_t n = 0;
+
+  template <class Inputs>
+  void gather(const Inputs& in, index_t block_size, index_t seq, index_t j0, index_t count) noexcept {
+    n = count;
+    for (index_t c = 0; c < n;) {
+      const index_t j = j0 + c, page = in.block_table(seq, j / block_size), offset = j % block_size;
+      const index_t run = std::min(block_size - offset, n - c);
+      const KV *kp = in.k_pages.ptr(page, offset), *vp = in.v_pages.ptr(page, offset);
+      for (index_t i = 0; i < run; ++i, ++c) {
+        k[c] = kp + i * in.k_pages.stride(1);
+        v[c] = vp + i * in.v_pages.stride(1);
+      }
+    }
+  }
+};
 
 // One (sequence, query block) of a call and its split into pieces.
 struct PagedItem {
@@ -57,14 +81,22 @@ struct PagedItem {
   index_t task0, splits;   // its pieces are tasks [task0, task0 + splits)
 };
 
-// One piece: tiles [first, last) of an item; its row states start at row0.
+// One piece: tiles [first, last) of an item; its row states start at row0 of the call's partial
+// states (split items only; an item in one piece keeps them in its thread's scratch).
 struct PagedTask {
   index_t item, first, last, row0;
+};
+
+// One prefill task: queries [i0, i0 + nq) of sequence seq against KV head hk.
+struct PagedPrefillTask {
+  index_t seq, hk, i0, nq;
+  double cost;  // (query, key) pairs it can see, for the longest-first order
 };
 
 struct PagedWorkspace {
   std::vector<PagedItem> items;
   std::vector<PagedTask> tasks;
+  std::vector<PagedPrefillTask> prefill;
   std::vector<SoftmaxRow> states;
   AlignedVector<float> accs;
 
@@ -74,30 +106,41 @@ struct PagedWorkspace {
   }
 };
 
-template <class KV>
-bool pages_packed(const ConstView<KV, 4>& x) noexcept {
-  return x.stride(3) == 1 && x.stride(2) == x.size(3) && x.stride(1) == x.size(2) * x.size(3);
-}
+// A task thread's partial states for an item that is not split: [Hkv x rows] states and
+// [Hkv x rows x Dvp] accumulators, reused by every such item the thread runs.
+struct PagedPieceScratch {
+  std::vector<SoftmaxRow> states;
+  AlignedVector<float> accs;
 
-// The next tile's K and V rows as up to four byte ranges (two pages each), requested over the
-// current tile's inner loops like dense decode's next_tile_lines.
-template <class KV>
-LineStream paged_tile_lines(const PagedAttentionInputs<KV>& in, const PagedDims& d, index_t seq, index_t next_j0,
-                            index_t next_n, const AttentionDims& tile_dims, index_t n) {
-  LineStream lines;
-  if (next_n <= 0 || !pages_packed(in.k_pages) || !pages_packed(in.v_pages)) return lines;
-  const std::size_t k_row = static_cast<std::size_t>(d.Hkv * d.Dk) * sizeof(KV);
-  const std::size_t v_row = static_cast<std::size_t>(d.Hkv * d.Dv) * sizeof(KV);
-  index_t j = next_j0;
-  for (int range = 0; range < 2 && j < next_j0 + next_n; ++range) {
-    const index_t page = in.block_table(seq, j / d.block_size), offset = j % d.block_size;
-    const index_t count = std::min(d.block_size - offset, next_j0 + next_n - j);
-    lines.set(range, in.k_pages.ptr(page, offset), static_cast<std::size_t>(count) * k_row);
-    lines.set(range + 2, in.v_pages.ptr(page, offset), static_cast<std::size_t>(count) * v_row);
-    j += count;
+  static PagedPieceScratch& local() {
+    thread_local PagedPieceScratch scratch;
+    return scratch;
   }
-  lines.spread_over(decode_tile_steps(tile_dims, n));
-  return lines;
+};
+
+// The visible key tiles of a TileRange as flash_block's KeyTile runs, without building a list.
+struct PagedKeyTiles {
+  TileRange range;
+  index_t L;
+
+  struct iterator {
+    const PagedKeyTiles* tiles;
+    index_t t;
+    KeyTile operator*() const noexcept {
+      const index_t j0 = tiles->range.key(t);
+      return {j0, std::min(tiles->range.tile, tiles->L - j0)};
+    }
+    iterator& operator++() noexcept { return ++t, *this; }
+    bool operator!=(const iterator& other) const noexcept { return t != other.t; }
+  };
+  iterator begin() const noexcept { return {this, 0}; }
+  iterator end() const noexcept { return {this, range.count()}; }
+};
+
+// Rows whose Hkv heads lie side by side (one contiguous run per key), as the prefetch names them.
+template <class KV>
+bool heads_packed(const ConstView<KV, 4>& x) noexcept {
+  return x.stride(3) == 1 && x.stride(2) == x.size(3);
 }
 
 // Runs one piece: the item's query rows against tiles [first, last), into its row states.
@@ -119,29 +162,32 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
   const AttentionDims tile_dims{1, item.nq, item.L, d.Hq, d.Hkv, d.Dk, d.Dv};
   const LogitRule<KV> rule{rule_inputs, options, item.L};
   const bool in_place = in.k_pages.stride(3) == 1 && in.v_pages.stride(3) == 1 && d.Dk % W == 0 && d.Dv % W == 0;
-  const KV* k_rows[kDecodeTile];
-  const KV* v_rows[kDecodeTile];
-  for (index_t tile = task.first; tile < task.last; ++tile) {
-    const index_t j0 = item.tiles.key(tile), n = std::min(keys_per_tile, item.L - j0);
-    for (index_t c = 0; c < n;) {  // row pointers, page by page
-      const index_t j = j0 + c, page = in.block_table(item.seq, j / d.block_size), offset = j % d.block_size;
-      const index_t count = std::min(d.block_size - offset, n - c);
-      const KV *k = in.k_pages.ptr(page, offset), *v = in.v_pages.ptr(page, offset);
-      for (index_t i = 0; i < count; ++i, ++c) {
-        k_rows[c] = k + i * in.k_pages.stride(1);
-        v_rows[c] = v + i * in.v_pages.stride(1);
-      }
+  const bool prefetch = heads_packed(in.k_pages) && heads_packed(in.v_pages);
+  const std::size_t k_row = static_cast<std::size_t>(d.Hkv * d.Dk) * sizeof(KV);
+  const std::size_t v_row = static_cast<std::size_t>(d.Hkv * d.Dv) * sizeof(KV);
+  const auto tile_keys = [&](index_t tile) { return std::min(keys_per_tile, item.L - item.tiles.key(tile)); };
+  // This tile's rows and the next one's, which the LineStream requests while this one runs.
+  PagedTileRows<KV> buffers[2];
+  buffers[0].gather(in, d.block_size, item.seq, item.tiles.key(task.first), tile_keys(task.first));
+  for (index_t tile = task.first, current = 0; tile < task.last; ++tile, current ^= 1) {
+    const PagedTileRows<KV>& rows = buffers[current];
+    PagedTileRows<KV>& next = buffers[current ^ 1];
+    const index_t j0 = item.tiles.key(tile), n = rows.n;
+    next.n = 0;
+    if (tile + 1 < task.last) next.gather(in, d.block_size, item.seq, item.tiles.key(tile + 1), tile_keys(tile + 1));
+    LineStream ahead;
+    if (prefetch) {
+      ahead.set_rows(0, next.k, static_cast<int>(next.n), k_row);
+      ahead.set_rows(1, next.v, static_cast<int>(next.n), v_row);
+      ahead.spread_over(decode_tile_steps(tile_dims, n));
     }
     const bool skip_rule = tile_needs_no_rule(options, rule_inputs.alibi_slopes.has_value(), false, w.visible.data(), M,
                                               j0, n, keys_per_tile);
-    const index_t next_j0 = tile + 1 < task.last ? item.tiles.key(tile + 1) : 0;
-    const index_t next_n = tile + 1 < task.last ? std::min(keys_per_tile, item.L - next_j0) : 0;
-    LineStream ahead = paged_tile_lines(in, d, item.seq, next_j0, next_n, tile_dims, n);
     if constexpr (kv_loads_as_vectors<KV>) {
       if (in_place) {
         const index_t kh = in.k_pages.stride(2), vh = in.v_pages.stride(2);
         const auto in_pages = [&](index_t h) {
-          return KvTile<KV, PagedRows<KV>>{{k_rows, h * kh}, {v_rows, h * vh}};
+          return KvTile<KV, PagedRows<KV>>{{rows.k, h * kh}, {rows.v, h * vh}};
         };
         decode_tile(rule, tile_dims, w, 0, j0, n, 0, d.Hkv, in_pages, skip_rule, states, accs, ahead);
         continue;
@@ -153,13 +199,80 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
       std::fill(w.k.begin(), w.k.begin() + kDecodeTile * Dkp, 0.f);
       std::fill(w.v.begin(), w.v.begin() + kDecodeTile * Dvp, 0.f);
       for (index_t c = 0; c < n; ++c) {
-        kv_row_to_float(k_rows[c] + h * in.k_pages.stride(2), in.k_pages.stride(3), d.Dk, w.k.data() + c * Dkp);
-        kv_row_to_float(v_rows[c] + h * in.v_pages.stride(2), in.v_pages.stride(3), d.Dv, w.v.data() + c * Dvp);
+        kv_row_to_float(rows.k[c] + h * in.k_pages.stride(2), in.k_pages.stride(3), d.Dk, w.k.data() + c * Dkp);
+        kv_row_to_float(rows.v[c] + h * in.v_pages.stride(2), in.v_pages.stride(3), d.Dv, w.v.data() + c * Dvp);
       }
       const auto in_scratch = [&](index_t) { return KvTile<float>{{w.k.data(), Dkp}, {w.v.data(), Dvp}}; };
       decode_tile(rule, tile_dims, w, 0, j0, n, h, h + 1, in_scratch, skip_rule, states, accs, ahead);
     }
   }
+}
+
+// Merges an item's pieces in key order and writes its o / lse rows; row_of(split, hk, r) is the
+// index of row r of KV head hk of piece `split` in states / accs.
+template <class KV, class RowOf>
+void finish_paged_item(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out, const PagedDims& d,
+                       const PagedItem& item, const SoftmaxRow* states, float* accs, const RowOf& row_of) {
+  const PagedQueries qs = paged_queries(in, item.seq);
+  const index_t G = d.group(), M = item.nq * G, Dvp = round_up(d.Dv, simd::kWidth);
+  const bool has_sink = in.sink_logits.has_value();
+  for (index_t hk = 0; hk < d.Hkv; ++hk)
+    for (index_t r = 0; r < M; ++r) {
+      const index_t i = qs.i0 + item.q0 + r / G, h = hk * G + r % G;
+      const float lse = finish_pieces(states, accs, Dvp, d.Dv, item.splits, has_sink ? in.sink_logits(h) : kNoSink,
+                                      out.o.ptr(qs.b, i, h), out.o.stride(3),
+                                      [&](index_t split) { return row_of(split, hk, r); });
+      if (out.lse.has_value()) out.lse(qs.b, i, h) = lse;
+    }
+}
+
+// One prefill task: dense prefill's flash_block on the sequence's queries, with each K/V tile
+// gathered from the pages (page by page) into the fp32 tile scratch.
+template <class KV>
+void paged_prefill_block(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out, const PagedDims& d,
+                         const AttentionOptions& options, float scale, index_t rows_per_block,
+                         const PagedPrefillTask& task) {
+  const PagedQueries qs = paged_queries(in, task.seq);
+  const index_t L = in.cache_seqlens[task.seq], T = kFlashKeyTile;
+  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  // The sequence as one dense batch row: its queries, and K / V views that carry only the key
+  // count L (query i sits at L - count + i); the tiles are read through load_tile below.
+  AttentionInputs<KV> one;
+  one.q = ConstView<float, 4>(in.q.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dk},
+                              {0, in.q.stride(1), in.q.stride(2), in.q.stride(3)});
+  one.k = ConstView<KV, 4>(in.k_pages.data(), {1, L, d.Hkv, d.Dk}, {0, 0, 0, 0});
+  one.v = ConstView<KV, 4>(in.v_pages.data(), {1, L, d.Hkv, d.Dv}, {0, 0, 0, 0});
+  one.alibi_slopes = in.alibi_slopes, one.sink_logits = in.sink_logits;
+  AttentionOutputs one_out;
+  one_out.o = TensorView<float, 4>(out.o.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dv},
+                                   {0, out.o.stride(1), out.o.stride(2), out.o.stride(3)});
+  if (out.lse.has_value())
+    one_out.lse = TensorView<float, 3>(out.lse.ptr(qs.b, qs.i0), {1, qs.count, d.Hq},
+                                       {0, out.lse.stride(1), out.lse.stride(2)});
+  const AttentionDims one_dims{1, qs.count, L, d.Hq, d.Hkv, d.Dk, d.Dv};
+  // One scratch per thread, kept while the shape holds.
+  thread_local std::unique_ptr<FlashScratch> scratch;
+  thread_local std::array<index_t, 4> sized{};
+  const std::array<index_t, 4> need{rows_per_block, d.Dk, Dkp, Dvp};
+  if (!scratch || sized != need) scratch = std::make_unique<FlashScratch>(rows_per_block, d.Dk, Dkp, Dvp), sized = need;
+  const index_t hk = task.hk;
+  const auto load_tile = [&](index_t j0, index_t n, FlashScratch& w) {
+    for (index_t c = 0; c < n;) {  // page by page: K transposed into columns [c, c + run), V rows
+      const index_t j = j0 + c, page = in.block_table(task.seq, j / d.block_size), offset = j % d.block_size;
+      const index_t run = std::min(d.block_size - offset, n - c);
+      load_kv_tile_transposed(in.k_pages, page, hk, offset, run, run, w.kt.data() + c, T, w.row.data());
+      load_kv_tile(in.v_pages, page, hk, offset, run, run, w.v.data() + c * Dvp, Dvp);
+      c += run;
+    }
+    if (n < T) {  // zero keys past the tile's end, as the dense loaders do
+      for (index_t c = 0; c < d.Dk; ++c) std::fill(w.kt.data() + c * T + n, w.kt.data() + (c + 1) * T, 0.f);
+      std::fill(w.v.data() + n * Dvp, w.v.data() + T * Dvp, 0.f);
+    }
+  };
+  const auto select_tiles = [&](const index_t* positions, index_t rows) {
+    return PagedKeyTiles{TileRange::of(options, positions, rows, L, T), L};
+  };
+  flash_block(one, one_out, options, one_dims, scale, 0, hk, task.i0, task.nq, *scratch, select_tiles, load_tile);
 }
 
 template <class KV>
@@ -183,40 +296,58 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
   const AttentionOptions dense_options = options.dense();
   const float scale = attention_scale(dense_options, d.Dk);
   const index_t G = d.group(), Dvp = round_up(d.Dv, simd::kWidth);
-  const index_t keys_per_tile = paged_tile_keys(d.block_size, d.Hkv * d.Dk * static_cast<index_t>(sizeof(KV)));
+  const index_t keys_per_tile = decode_tile_keys(d.Hkv * d.Dk * static_cast<index_t>(sizeof(KV)));
+  const index_t block_queries = flash_query_block(G, kFlashRows);  // prefill queries per task
 
-  // Plan: items and their visible tiles, then pieces in proportion to each item's tiles (about
-  // 4 pieces per thread over the whole call, none shorter than kMinTilesPerSplit tiles).
+  // Plan: decode items and their visible tiles, prefill tasks, then the decode items' pieces in
+  // proportion to their tiles (about 4 pieces per thread, none shorter than kMinTilesPerSplit).
   PagedWorkspace& ws = PagedWorkspace::local();
   ws.items.clear();
+  ws.prefill.clear();
   index_t total_tiles = 0;
   for (index_t n = 0; n < d.N; ++n) {
     const PagedQueries qs = paged_queries(in, n);
     const index_t L = in.cache_seqlens[n];
-    for (index_t q0 = 0; q0 < qs.count; q0 += kPagedQueryBlock) {
-      PagedItem item{};
-      item.seq = n, item.q0 = q0, item.nq = std::min(kPagedQueryBlock, qs.count - q0), item.L = L;
-      index_t pos[kPagedQueryBlock];
-      for (index_t i = 0; i < item.nq; ++i) pos[i] = L - qs.count + q0 + i;
-      item.tiles = TileRange::of(dense_options, pos, item.nq, L, keys_per_tile);
-      total_tiles += item.tiles.count();
-      ws.items.push_back(item);
+    if (qs.count > kPagedQueryBlock) {
+      for (index_t i0 = 0; i0 < qs.count; i0 += block_queries) {
+        const index_t nq = std::min(block_queries, qs.count - i0);
+        index_t keys = dense_options.causal ? L - qs.count + i0 + nq : L;
+        if (dense_options.window > 0) keys = std::min(keys, dense_options.window + nq + dense_options.sink_tokens);
+        for (index_t hk = 0; hk < d.Hkv; ++hk)
+          ws.prefill.push_back({n, hk, i0, nq, static_cast<double>(nq) * static_cast<double>(keys)});
+      }
+      continue;
     }
+    if (qs.count == 0) continue;
+    PagedItem item{};
+    item.seq = n, item.q0 = 0, item.nq = qs.count, item.L = L;
+    index_t pos[kPagedQueryBlock];
+    for (index_t i = 0; i < item.nq; ++i) pos[i] = L - qs.count + i;
+    item.tiles = TileRange::of(dense_options, pos, item.nq, L, keys_per_tile);
+    total_tiles += item.tiles.count();
+    ws.items.push_back(item);
   }
+  // Longest first (ties in plan order, so the order does not depend on the sort).
+  std::sort(ws.prefill.begin(), ws.prefill.end(), [](const PagedPrefillTask& a, const PagedPrefillTask& b) {
+    if (a.cost != b.cost) return a.cost > b.cost;
+    return std::tie(a.seq, a.i0, a.hk) < std::tie(b.seq, b.i0, b.hk);
+  });
   const index_t pieces = 4 * static_cast<index_t>(executor.concurrency());
   ws.tasks.clear();
-  index_t rows = 0;
+  index_t rows = 0, piece_rows = 0;
   for (index_t it = 0; it < static_cast<index_t>(ws.items.size()); ++it) {
     PagedItem& item = ws.items[it];
-    const index_t count = item.tiles.count();
+    const index_t count = item.tiles.count(), item_rows = d.Hkv * item.nq * G;
     const index_t share = total_tiles > 0 ? (count * pieces + total_tiles - 1) / total_tiles : 1;
     item.splits = std::clamp<index_t>(share, 1, std::max<index_t>(1, count / kMinTilesPerSplit));
     item.task0 = static_cast<index_t>(ws.tasks.size());
+    piece_rows = std::max(piece_rows, item_rows);
     for (index_t s = 0; s < item.splits; ++s) {
-      ws.tasks.push_back({it, count * s / item.splits, count * (s + 1) / item.splits, rows});
-      rows += d.Hkv * item.nq * G;
+      ws.tasks.push_back({it, count * s / item.splits, count * (s + 1) / item.splits, item.splits > 1 ? rows : -1});
+      if (item.splits > 1) rows += item_rows;
     }
   }
+  // Partial states of the split items only (the others finish from their thread's scratch).
   DecodeScratch::grow(ws.states, rows);
   DecodeScratch::grow(ws.accs, rows * Dvp);
   std::fill(ws.states.begin(), ws.states.begin() + rows, SoftmaxRow{});
@@ -227,29 +358,42 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
   rule_inputs.alibi_slopes = in.alibi_slopes;
   const PagedItem* const items = ws.items.data();
   const PagedTask* const tasks = ws.tasks.data();
+  const PagedPrefillTask* const prefill = ws.prefill.data();
+  const index_t prefill_tasks = static_cast<index_t>(ws.prefill.size());
   SoftmaxRow* const states = ws.states.data();
   float* const accs = ws.accs.data();
-  executor.run(static_cast<index_t>(ws.tasks.size()), [&](index_t t) {
-    const PagedTask& task = tasks[t];
-    if (task.first == task.last) return;
-    paged_piece(in, d, dense_options, rule_inputs, scale, keys_per_tile, items[task.item], task,
-                states + task.row0, accs + task.row0 * Dvp);
+  // Prefill tasks first (the longest work), then the decode pieces.
+  executor.run(prefill_tasks + static_cast<index_t>(ws.tasks.size()), [&](index_t t) {
+    if (t < prefill_tasks) return paged_prefill_block(in, out, d, dense_options, scale, block_queries * G, prefill[t]);
+    const PagedTask& task = tasks[t - prefill_tasks];
+    const PagedItem& item = items[task.item];
+    if (item.splits > 1) {
+      if (task.first < task.last)
+        paged_piece(in, d, dense_options, rule_inputs, scale, keys_per_tile, item, task, states + task.row0,
+                    accs + task.row0 * Dvp);
+      return;
+    }
+    // Unsplit: the whole item here, from this thread's scratch, and its rows written out.
+    PagedPieceScratch& w = PagedPieceScratch::local();
+    const index_t item_rows = d.Hkv * item.nq * G;
+    DecodeScratch::grow(w.states, piece_rows);
+    DecodeScratch::grow(w.accs, piece_rows * Dvp);
+    std::fill(w.states.begin(), w.states.begin() + item_rows, SoftmaxRow{});
+    std::fill(w.accs.begin(), w.accs.begin() + item_rows * Dvp, 0.f);
+    if (task.first < task.last)
+      paged_piece(in, d, dense_options, rule_inputs, scale, keys_per_tile, item, task, w.states.data(), w.accs.data());
+    const index_t M = item.nq * G;
+    finish_paged_item(in, out, d, item, w.states.data(), w.accs.data(),
+                      [M](index_t, index_t hk, index_t r) { return hk * M + r; });
   });
 
-  // Merge every item's pieces in key order and write o / lse.
-  const bool has_sink = in.sink_logits.has_value();
+  // Merge the split items' pieces in key order and write o / lse.
   for (const PagedItem& item : ws.items) {
-    const PagedQueries qs = paged_queries(in, item.seq);
+    if (item.splits == 1) continue;
     const index_t M = item.nq * G;
-    for (index_t hk = 0; hk < d.Hkv; ++hk)
-      for (index_t r = 0; r < M; ++r) {
-        const index_t i = qs.i0 + item.q0 + r / G, h = hk * G + r % G;
-        const float lse = finish_pieces(states, accs, Dvp, d.Dv, item.splits, has_sink ? in.sink_logits(h) : kNoSink,
-                                        out.o.ptr(qs.b, i, h), out.o.stride(3), [&](index_t split) {
-                                          return tasks[item.task0 + split].row0 + hk * M + r;
-                                        });
-        if (out.lse.has_value()) out.lse(qs.b, i, h) = lse;
-      }
+    finish_paged_item(in, out, d, item, states, accs, [&](index_t split, index_t hk, index_t r) {
+      return tasks[item.task0 + split].row0 + hk * M + r;
+    });
   }
 }
 
