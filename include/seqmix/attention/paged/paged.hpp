@@ -97,24 +97,16 @@ struct PagedWorkspace {
   std::vector<PagedItem> items;
   std::vector<PagedTask> tasks;
   std::vector<PagedPrefillTask> prefill;
-  std::vector<SoftmaxRow> states;
+  std::vector<SoftmaxRow> states;  // the split items' pieces, [rows] and [rows x Dvp]
   AlignedVector<float> accs;
+  // As a task thread: the states of an item left in one piece, [Hkv x rows] and
+  // [Hkv x rows x Dvp], reused by every such item the thread runs.
+  std::vector<SoftmaxRow> piece_states;
+  AlignedVector<float> piece_accs;
 
   static PagedWorkspace& local() {
     thread_local PagedWorkspace workspace;
     return workspace;
-  }
-};
-
-// A task thread's partial states for an item that is not split: [Hkv x rows] states and
-// [Hkv x rows x Dvp] accumulators, reused by every such item the thread runs.
-struct PagedPieceScratch {
-  std::vector<SoftmaxRow> states;
-  AlignedVector<float> accs;
-
-  static PagedPieceScratch& local() {
-    thread_local PagedPieceScratch scratch;
-    return scratch;
   }
 };
 
@@ -238,17 +230,10 @@ void paged_prefill_block(const PagedAttentionInputs<KV>& in, const PagedAttentio
   // The sequence as one dense batch row: its queries, and K / V views that carry only the key
   // count L (query i sits at L - count + i); the tiles are read through load_tile below.
   AttentionInputs<KV> one;
-  one.q = ConstView<float, 4>(in.q.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dk},
-                              {0, in.q.stride(1), in.q.stride(2), in.q.stride(3)});
+  AttentionOutputs one_out;
+  sequence_as_dense(in, out, d, qs, one, one_out);
   one.k = ConstView<KV, 4>(in.k_pages.data(), {1, L, d.Hkv, d.Dk}, {0, 0, 0, 0});
   one.v = ConstView<KV, 4>(in.v_pages.data(), {1, L, d.Hkv, d.Dv}, {0, 0, 0, 0});
-  one.alibi_slopes = in.alibi_slopes, one.sink_logits = in.sink_logits;
-  AttentionOutputs one_out;
-  one_out.o = TensorView<float, 4>(out.o.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dv},
-                                   {0, out.o.stride(1), out.o.stride(2), out.o.stride(3)});
-  if (out.lse.has_value())
-    one_out.lse = TensorView<float, 3>(out.lse.ptr(qs.b, qs.i0), {1, qs.count, d.Hq},
-                                       {0, out.lse.stride(1), out.lse.stride(2)});
   const AttentionDims one_dims{1, qs.count, L, d.Hq, d.Hkv, d.Dk, d.Dv};
   // One scratch per thread, kept while the shape holds.
   thread_local std::unique_ptr<FlashScratch> scratch;
@@ -374,16 +359,19 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
       return;
     }
     // Unsplit: the whole item here, from this thread's scratch, and its rows written out.
-    PagedPieceScratch& w = PagedPieceScratch::local();
+    // (The calling thread's workspace holds the plan too; these two vectors are not part of it.)
+    PagedWorkspace& w = PagedWorkspace::local();
     const index_t item_rows = d.Hkv * item.nq * G;
-    DecodeScratch::grow(w.states, piece_rows);
-    DecodeScratch::grow(w.accs, piece_rows * Dvp);
-    std::fill(w.states.begin(), w.states.begin() + item_rows, SoftmaxRow{});
-    std::fill(w.accs.begin(), w.accs.begin() + item_rows * Dvp, 0.f);
+    DecodeScratch::grow(w.piece_states, piece_rows);
+    DecodeScratch::grow(w.piece_accs, piece_rows * Dvp);
+    std::fill(w.piece_states.begin(), w.piece_states.begin() + item_rows, SoftmaxRow{});
+    std::fill(w.piece_accs.begin(), w.piece_accs.begin() + item_rows * Dvp, 0.f);
+    SoftmaxRow* const piece_states = w.piece_states.data();
+    float* const piece_accs = w.piece_accs.data();
     if (task.first < task.last)
-      paged_piece(in, d, dense_options, rule_inputs, scale, keys_per_tile, item, task, w.states.data(), w.accs.data());
+      paged_piece(in, d, dense_options, rule_inputs, scale, keys_per_tile, item, task, piece_states, piece_accs);
     const index_t M = item.nq * G;
-    finish_paged_item(in, out, d, item, w.states.data(), w.accs.data(),
+    finish_paged_item(in, out, d, item, piece_states, piece_accs,
                       [M](index_t, index_t hk, index_t r) { return hk * M + r; });
   });
 

@@ -191,6 +191,21 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   return {N, Hq, Hkv, Dk, Dv, NB, BS, max_blocks, packed};
 }
 
+// One sequence's queries, output rows and per-head vectors as a dense batch row ([1, count, ...]
+// views into q / o / lse); the caller sets dense.k / dense.v ([1, L, Hkv, D]).
+template <class KV, class DenseKV>
+void sequence_as_dense(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out, const PagedDims& d,
+                       const PagedQueries& qs, AttentionInputs<DenseKV>& dense, AttentionOutputs& dense_out) {
+  dense.q = ConstView<float, 4>(in.q.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dk},
+                                {0, in.q.stride(1), in.q.stride(2), in.q.stride(3)});
+  dense.alibi_slopes = in.alibi_slopes, dense.sink_logits = in.sink_logits;
+  dense_out.o = TensorView<float, 4>(out.o.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dv},
+                                     {0, out.o.stride(1), out.o.stride(2), out.o.stride(3)});
+  if (out.lse.has_value())
+    dense_out.lse = TensorView<float, 3>(out.lse.ptr(qs.b, qs.i0), {1, qs.count, d.Hq},
+                                         {0, out.lse.stride(1), out.lse.stride(2)});
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -215,16 +230,9 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
       }
     }
     AttentionInputs<float> dense;
-    dense.q = ConstView<float, 4>(in.q.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dk},
-                                  {0, in.q.stride(1), in.q.stride(2), in.q.stride(3)});
-    dense.k = k.view(), dense.v = v.view();
-    dense.alibi_slopes = in.alibi_slopes, dense.sink_logits = in.sink_logits;
     AttentionOutputs dense_out;
-    dense_out.o = TensorView<float, 4>(out.o.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dv},
-                                       {0, out.o.stride(1), out.o.stride(2), out.o.stride(3)});
-    if (out.lse.has_value())
-      dense_out.lse = TensorView<float, 3>(out.lse.ptr(qs.b, qs.i0), {1, qs.count, d.Hq},
-                                           {0, out.lse.stride(1), out.lse.stride(2)});
+    detail::sequence_as_dense(in, out, d, qs, dense, dense_out);
+    dense.k = k.view(), dense.v = v.view();
     reference::attention(dense, dense_out, options.dense());
   }
 }
