@@ -21,9 +21,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "seqmix/attention/dense/merge.hpp"
@@ -218,21 +220,48 @@ struct KvScratch {
   void use_rows(index_t n) noexcept { rows = n, ints.rows = n; }
 };
 
-// The calling thread's scratch for these dimensions, made on first use and kept (a decode loop
-// allocates nothing after its first call). M (the query rows in use) is part of the key so that
-// padding rows keep their zeros.
-inline KvScratch& kv_scratch(index_t rows, index_t M, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups) {
-  thread_local std::vector<KvScratch> kept;  // at most one
-  thread_local index_t key[6] = {-1, -1, -1, -1, -1, -1};
-  const index_t want[6] = {rows, M, Dk, Dv, key_groups, value_groups};
-  if (kept.empty() || !std::equal(want, want + 6, key)) {
-    kept.clear();
-    kept.emplace_back(rows, Dk, Dv, key_groups, value_groups);
-    std::copy(want, want + 6, key);
+// The scratch of one call's tasks, owned by the calling thread and built there, before the tasks
+// run, for these dimensions (kept across calls: a decode loop allocates nothing after its first
+// call). A task takes a free scratch and gives it back; there is one per thread that can run a
+// task at once. (A thread_local scratch per worker, as before, was built by a pool worker inside
+// whichever call it first joined: under load, after any number of warm-up calls, the sporadic
+// allocations tests/alloc saw.)
+class KvScratchSet {
+ public:
+  static KvScratchSet& local() {
+    thread_local KvScratchSet set;
+    return set;
   }
-  kept.front().use_rows(rows);
-  return kept.front();
-}
+  // `slots` scratches of `rows` rows (their padding rows are zeroed per piece).
+  void prepare(index_t slots, index_t rows, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups) {
+    const index_t want[5] = {rows, Dk, Dv, key_groups, value_groups};
+    if (!std::equal(want, want + 5, key_) || static_cast<index_t>(items_.size()) < slots) {
+      items_.clear();
+      for (index_t i = 0; i < slots; ++i) items_.push_back(std::make_unique<KvScratch>(rows, Dk, Dv, key_groups, value_groups));
+      busy_ = std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(slots));
+      std::copy(want, want + 5, key_);
+    }
+    for (index_t i = 0; i < static_cast<index_t>(items_.size()); ++i) {
+      items_[static_cast<std::size_t>(i)]->use_rows(rows);
+      busy_[static_cast<std::size_t>(i)].store(false, std::memory_order_relaxed);
+    }
+  }
+  // A free scratch (waits while all are taken, which more concurrent tasks than slots would cause).
+  KvScratch& acquire(index_t& slot) noexcept {
+    for (;;)
+      for (std::size_t i = 0; i < items_.size(); ++i)
+        if (!busy_[i].load(std::memory_order_relaxed) && !busy_[i].exchange(true, std::memory_order_acquire)) {
+          slot = static_cast<index_t>(i);
+          return *items_[i];
+        }
+  }
+  void release(index_t slot) noexcept { busy_[static_cast<std::size_t>(slot)].store(false, std::memory_order_release); }
+
+ private:
+  std::vector<std::unique_ptr<KvScratch>> items_;
+  std::unique_ptr<std::atomic<bool>[]> busy_;
+  index_t key_[5] = {-1, -1, -1, -1, -1};
+};
 
 // Scores of one float block for every row: s[r * w.lds + t] = scale * q_r . k_t for t < slots
 // (garbage beyond count).
@@ -593,8 +622,11 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   accs.assign(pieces.size() * static_cast<std::size_t>(rows * ldacc), 0.f);
 
   const bool per_token_keys = cfg.key_quant == KeyQuant::per_token;
+  KvScratchSet& scratch = KvScratchSet::local();
+  scratch.prepare(executor.concurrency() + 1, rows, d.Dk, d.Dv, key_groups, value_groups);
   parallel_for(executor, static_cast<index_t>(pieces.size()), 1, [&](index_t begin, index_t end) {
-    KvScratch& w = kv_scratch(rows, M, d.Dk, d.Dv, key_groups, value_groups);
+    index_t slot = 0;
+    KvScratch& w = scratch.acquire(slot);
     for (index_t pi = begin; pi < end; ++pi) {
       const KvPiece& piece = pieces[pi];
       const KvHead& hd = cache.head(piece.b, piece.hk);
@@ -610,6 +642,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           [&](index_t k) { return view_of(hd.blocks[static_cast<std::size_t>(k)]); }, piece.first_block,
           piece.last_block, tail, states.data() + pi * rows, accs.data() + pi * rows * ldacc);
     }
+    scratch.release(slot);
   });
 
   const bool has_sink = in.sink_logits.has_value();

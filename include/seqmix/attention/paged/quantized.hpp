@@ -475,8 +475,11 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
   const QuantizedPiece* const pieces = ws.pieces.data();
   SoftmaxRow* const states = ws.states.data();
   float* const accs = ws.accs.data();
+  KvScratchSet& scratch = KvScratchSet::local();
+  scratch.prepare(executor.concurrency() + 1, capacity, d.Dk, d.Dv, key_groups, value_groups);
   parallel_for(executor, static_cast<index_t>(ws.pieces.size()), 1, [&](index_t begin, index_t end) {
-    KvScratch& w = kv_scratch(capacity, capacity, d.Dk, d.Dv, key_groups, value_groups);
+    index_t slot = 0;
+    KvScratch& w = scratch.acquire(slot);
     for (index_t pi = begin; pi < end; ++pi) {
       const QuantizedPiece& piece = pieces[pi];
       const QuantizedItem& item = items[piece.item];
@@ -500,6 +503,7 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
       kv_attend_piece(cfg, dense_options, in.alibi_slopes, piece.hk, G, item.nq * G, w, group_at, piece.first,
                       piece.last, tail, states + piece.row0, accs + piece.row0 * ldacc);
     }
+    scratch.release(slot);
   });
 
   // Merge each (item, KV head)'s pieces in key order and write o / lse.
