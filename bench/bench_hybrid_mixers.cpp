@@ -132,7 +132,7 @@ struct RatProblem {
   seqmix::RatInputs inputs() const { return {q.view(), k.view(), v.view(), g.view()}; }
   seqmix::RatOptions options() const {
     seqmix::RatOptions o_;
-    o_.chunk = kRatL;
+    o_.chunk_size = kRatL;
     return o_;
   }
 };

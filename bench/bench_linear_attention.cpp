@@ -67,8 +67,8 @@ struct Data {
     st::fill_log_gate(g.view(), 4, -0.3f, 0.f);
     st::fill_log_gate(gs.view(), 5, -0.3f, 0.f);
   }
-  seqmix::GlaInputs gla(GateKind gate) const {
-    seqmix::GlaInputs in;
+  seqmix::GatedLinearAttentionInputs gla(GateKind gate) const {
+    seqmix::GatedLinearAttentionInputs in;
     in.q = q.view(), in.k = k.view(), in.v = v.view();
     if (gate == GateKind::channel) in.g = g.view();
     if (gate == GateKind::scalar) in.g_scalar = gs.view();
@@ -88,10 +88,10 @@ LinearAttentionAlgorithm algorithm_of(Form form) {
 void gla_prefill(benchmark::State& state, std::string shape, index_t T, GateKind gate, Form form) {
   const auto& s = shape_named(shape);
   Data data(1, T, s);
-  seqmix::GlaOptions options;
+  seqmix::GatedLinearAttentionOptions options;
   options.gate = gate;
   options.algorithm = algorithm_of(form);
-  const seqmix::GlaOutputs out{data.o.view(), data.state.view()};
+  const seqmix::GatedLinearAttentionOutputs out{data.o.view(), data.state.view()};
   for (auto _ : state) {
     if (form == Form::reference)
       seqmix::reference::gated_linear_attention(data.gla(gate), out, options, st::two_thread_pool());
@@ -138,13 +138,13 @@ void rwkv6_prefill(benchmark::State& state, std::string shape, index_t T, Form f
 void gla_step(benchmark::State& state, std::string shape, GateKind gate) {
   const auto& s = shape_named(shape);
   Data data(1, 1, s);
-  seqmix::GlaOptions options;
+  seqmix::GatedLinearAttentionOptions options;
   options.gate = gate;
-  seqmix::GlaStepInputs in;
+  seqmix::GatedLinearAttentionStepInputs in;
   in.q = data.q.view().select(1, 0), in.k = data.k.view().select(1, 0), in.v = data.v.view().select(1, 0);
   if (gate == GateKind::channel) in.g = data.g.view().select(1, 0);
   if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, 0);
-  const seqmix::GlaStepOutputs out{data.o.view().select(1, 0), data.state.view()};
+  const seqmix::GatedLinearAttentionStepOutputs out{data.o.view().select(1, 0), data.state.view()};
   for (auto _ : state) {
     seqmix::gated_linear_attention_step(in, out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
@@ -181,9 +181,9 @@ void gla_varlen(benchmark::State& state, std::string shape, Layout layout) {
   Tensor<float, 4> final_state({rows, s.HV, s.K, s.V});
   std::vector<std::int64_t> cu{0};
   for (index_t len : kVarlenLengths) cu.push_back(cu.back() + len);
-  seqmix::GlaInputs in = data.gla(GateKind::channel);
+  seqmix::GatedLinearAttentionInputs in = data.gla(GateKind::channel);
   if (layout == Layout::packed) in.batch.cu_seqlens = cu;
-  const seqmix::GlaOutputs out{data.o.view(), final_state.view()};
+  const seqmix::GatedLinearAttentionOutputs out{data.o.view(), final_state.view()};
   for (auto _ : state) {
     seqmix::gated_linear_attention(in, out, {}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
@@ -200,11 +200,11 @@ void gla_step_slots(benchmark::State& state, std::string shape, bool slotted) {
   std::vector<std::int32_t> slots;
   for (index_t row = 0; row < S && static_cast<index_t>(slots.size()) < B; ++row)
     if (row % 3 != 1) slots.push_back(static_cast<std::int32_t>(row));
-  seqmix::GlaStepInputs in;
+  seqmix::GatedLinearAttentionStepInputs in;
   in.q = data.q.view().select(1, 0), in.k = data.k.view().select(1, 0), in.v = data.v.view().select(1, 0);
   in.g = data.g.view().select(1, 0);
   if (slotted) in.batch.state_indices = slots;
-  const seqmix::GlaStepOutputs out{data.o.view().select(1, 0), pool.view()};
+  const seqmix::GatedLinearAttentionStepOutputs out{data.o.view().select(1, 0), pool.view()};
   for (auto _ : state) {
     seqmix::gated_linear_attention_step(in, out, {}, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());

@@ -50,8 +50,8 @@ void project(const Projections& p, const Matrix& x, Matrix& q, Matrix& k, Matrix
   g = g.unaryExpr([](float a) { return logsigmoid(a) / 16.f; });
 }
 
-seqmix::GlaInputs gla_inputs(const Matrix& q, const Matrix& k, const Matrix& v, const Matrix& g, index_t T) {
-  seqmix::GlaInputs in;
+seqmix::GatedLinearAttentionInputs gla_inputs(const Matrix& q, const Matrix& k, const Matrix& v, const Matrix& g, index_t T) {
+  seqmix::GatedLinearAttentionInputs in;
   in.q = seqmix::ConstView<float, 4>(q.data(), {1, T, kHeads, kKey});
   in.k = seqmix::ConstView<float, 4>(k.data(), {1, T, kHeads, kKey});
   in.v = seqmix::ConstView<float, 4>(v.data(), {1, T, kHeads, kValue});
@@ -87,7 +87,7 @@ int main() {
     const float rms = std::sqrt(outputs.row(t - 1).squaredNorm() / kHidden + 1e-6f);
     x.row(t) = outputs.row(t - 1) / rms;
     project(proj, x.row(t), q, k, v, g);
-    seqmix::GlaStepInputs in;
+    seqmix::GatedLinearAttentionStepInputs in;
     in.q = seqmix::ConstView<float, 3>(q.data(), {1, kHeads, kKey});
     in.k = seqmix::ConstView<float, 3>(k.data(), {1, kHeads, kKey});
     in.v = seqmix::ConstView<float, 3>(v.data(), {1, kHeads, kValue});

@@ -190,7 +190,7 @@ Row gla(const Problem& p) {
   Tensor<float, 4> g = random_tensor<4>({1, p.N, kHeads, kDim}, 10, normal());
   apply(g, [](float x) { return logsigmoid(x) / 16.f; });
   auto inputs = [&](index_t t0, index_t n) {
-    seqmix::GlaInputs in;
+    seqmix::GatedLinearAttentionInputs in;
     in.q = tokens(p.q, t0, n), in.k = tokens(p.k, t0, n), in.v = tokens(p.v, t0, n), in.g = tokens(g, t0, n);
     return in;
   };
@@ -199,7 +199,7 @@ Row gla(const Problem& p) {
       p, row,
       [&] { seqmix::gated_linear_attention(inputs(0, p.T), {o.view().slice(1, 0, p.T), state.view()}, {}, p.executor); },
       [&](index_t t) {
-        seqmix::GlaStepInputs in;
+        seqmix::GatedLinearAttentionStepInputs in;
         in.q = token(p.q, t), in.k = token(p.k, t), in.v = token(p.v, t), in.g = token(g, t);
         seqmix::gated_linear_attention_step(in, {o.view().select(1, t), state.view()}, {}, p.executor);
       });
@@ -314,7 +314,7 @@ Row rat(const Problem& p) {
   Tensor<float, 4> g = random_tensor<4>({1, p.N, kHeads, kDim}, 50, normal());
   apply(g, [](float x) { return logsigmoid(x + 2.f); });  // forget gates around 0.88
   seqmix::RatOptions options;
-  options.chunk = L;
+  options.chunk_size = L;
   auto inputs = [&](index_t t0, index_t n) {
     return seqmix::RatInputs{tokens(p.q, t0, n), tokens(p.k, t0, n), tokens(p.v, t0, n), tokens(g, t0, n)};
   };

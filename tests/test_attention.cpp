@@ -1,4 +1,4 @@
-// Dense attention: every fast form (seqmix::attention, attention_flash, attention_decode)
+// Dense attention: every fast form (seqmix::attention, attention_flash, attention_step)
 // against reference::attention over a table of shapes and options, attention_merge properties,
 // and argument validation.
 #include <catch2/catch.hpp>
@@ -213,8 +213,8 @@ TEST_CASE("attention: fast forms match the reference over the shape/option table
     seqmix::attention_flash(p.inputs, flash.outputs(), options);
     check_against(c, seed, "attention_flash(serial)", flash, ref);
     if (c.Tq <= 8) {  // decode is meant for a few queries; it still must be right for them
-      seqmix::attention_decode(p.inputs, decode.outputs(), options, pool);
-      check_against(c, seed, "attention_decode(pool 2)", decode, ref);
+      seqmix::attention_step(p.inputs, decode.outputs(), options, pool);
+      check_against(c, seed, "attention_step(pool 2)", decode, ref);
     }
   }
 }
@@ -390,8 +390,8 @@ void check_kv_storage(const Case& c, std::uint64_t seed, const char* kv_name) {
   seqmix::attention_flash(in, flash.outputs(), options, pool);
   check_against(c, seed, ("attention_flash<" + name + ">").c_str(), flash, ref);
   if (c.Tq <= 8) {
-    seqmix::attention_decode(in, decode.outputs(), options, pool);
-    check_against(c, seed, ("attention_decode<" + name + ">").c_str(), decode, ref);
+    seqmix::attention_step(in, decode.outputs(), options, pool);
+    check_against(c, seed, ("attention_step<" + name + ">").c_str(), decode, ref);
   }
 }
 

@@ -75,7 +75,7 @@ void check_newton_against_sequential(index_t B, index_t T, index_t D) {
       INFO(describe_newton(Cell::kName, B, T, D, threads, split_names[s]));
       Tensor<float, 3> h({B, T, D});
       Tensor<float, 2> last({B, D});
-      seqmix::NewtonOptions options;
+      seqmix::NonlinearRecurrenceNewtonOptions options;
       options.split = splits[s];
       options.max_iterations = 200;
       const seqmix::NewtonReport report =
@@ -125,7 +125,7 @@ TEST_CASE("newton reports non-convergence and never returns a silent iterate", "
   for (int threads : {1, 2})
     for (auto split : {seqmix::NewtonSplit::channels, seqmix::NewtonSplit::time}) {
       INFO("threads=" << threads << " split=" << static_cast<int>(split));
-      seqmix::NewtonOptions options;
+      seqmix::NonlinearRecurrenceNewtonOptions options;
       options.max_iterations = 2;
       options.split = split;
       Tensor<float, 3> h({B, T, D});
@@ -155,7 +155,7 @@ TEST_CASE("newton reports NaN inputs as non-finite", "[chunked][newton]") {
   NewtonData<seqmix::MinGruCell> data(1, 64, 16, 3);
   data.streams[0](0, 30, 5) = std::nanf("");
   for (auto split : {seqmix::NewtonSplit::channels, seqmix::NewtonSplit::time}) {
-    seqmix::NewtonOptions options;
+    seqmix::NonlinearRecurrenceNewtonOptions options;
     options.split = split;
     Tensor<float, 3> h({1, 64, 16});
     const auto report = seqmix::nonlinear_recurrence_newton<seqmix::MinGruCell>(data.inputs(), {h.view(), {}}, options,
@@ -170,7 +170,7 @@ TEST_CASE("newton with jacobian clamping and warm start converges to the same an
   const NewtonData<seqmix::DiagLstmCell> data(B, T, D, 5);
   Tensor<float, 3> ref({B, T, D}), h({B, T, D});
   seqmix::reference::nonlinear_recurrence<seqmix::DiagLstmCell>(data.inputs(), {ref.view(), {}});
-  seqmix::NewtonOptions options;
+  seqmix::NonlinearRecurrenceNewtonOptions options;
   options.jacobian_clamp = 0.5f;
   options.max_iterations = 400;
   auto report = seqmix::nonlinear_recurrence_newton<seqmix::DiagLstmCell>(data.inputs(), {h.view(), {}}, options, st::two_thread_pool());
@@ -221,7 +221,7 @@ TEST_CASE("newton bad shapes name the argument", "[chunked][newton][errors]") {
   auto in_h0 = in;
   in_h0.h0 = bad_h0.cview();
   st::require_shape_error("h0", [&] { seqmix::nonlinear_recurrence_newton<seqmix::MinGruCell>(in_h0, {h.view(), {}}); });
-  seqmix::NewtonOptions options;
+  seqmix::NonlinearRecurrenceNewtonOptions options;
   options.tol = -1.f;
   st::require_shape_error("options.tol", [&] { seqmix::nonlinear_recurrence_newton<seqmix::MinGruCell>(in, {h.view(), {}}, options); });
 }
@@ -245,7 +245,7 @@ struct AarenData {
         acc0(st::random_tensor<3>({B_, H_, Dv_}, seed + 5)) {}
   seqmix::AarenInputs inputs(bool with_state) const {
     seqmix::AarenInputs in{query.cview(), k.cview(), v.cview(), {}};
-    if (with_state) in.initial = {m0.cview(), l0.cview(), acc0.cview()};
+    if (with_state) in.initial_state = {m0.cview(), l0.cview(), acc0.cview()};
     return in;
   }
 };
@@ -304,8 +304,8 @@ TEST_CASE("aaren bad shapes name the argument", "[chunked][aaren][errors]") {
   st::require_shape_error("query", [&] { seqmix::aaren(in, {o.view(), {}}); });
   st::require_shape_error("query", [&] { seqmix::reference::aaren(in, {o.view(), {}}); });
   in = data.inputs(true);
-  in.initial.m = bad_m.cview();
-  st::require_shape_error("initial.m", [&] { seqmix::aaren(in, {o.view(), {}}); });
+  in.initial_state.m = bad_m.cview();
+  st::require_shape_error("initial_state.m", [&] { seqmix::aaren(in, {o.view(), {}}); });
 }
 
 // ---------------------------------------------------------------------------------------------

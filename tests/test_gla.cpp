@@ -57,8 +57,8 @@ struct GlaData {
       st::fill_log_gate(gs.view(), seed + 4, c.gate_lo, c.gate_hi);
     }
   }
-  seqmix::GlaInputs inputs() const {
-    seqmix::GlaInputs in;
+  seqmix::GatedLinearAttentionInputs inputs() const {
+    seqmix::GatedLinearAttentionInputs in;
     in.q = q.view(), in.k = k.view(), in.v = v.view(), in.initial_state = s0.view();
     if (g.numel()) in.g = g.view();
     if (gs.numel()) in.g_scalar = gs.view();
@@ -69,7 +69,7 @@ struct GlaData {
 struct GlaResult {
   Tensor<float, 4> o, state;
   GlaResult(const GlaCase& c) : o({c.B, c.T, c.HV, c.V}), state({c.B, c.HV, c.K, c.V}) {}
-  seqmix::GlaOutputs outputs() { return {o.view(), state.view()}; }
+  seqmix::GatedLinearAttentionOutputs outputs() { return {o.view(), state.view()}; }
 };
 
 void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, double tol, const std::string& what) {
@@ -113,7 +113,7 @@ TEST_CASE("gated_linear_attention: fast forms match the reference over the shape
   for (const GlaCase& c : gla_table()) {
     seed += 10;
     const GlaData data(c, seed);
-    seqmix::GlaOptions options;
+    seqmix::GatedLinearAttentionOptions options;
     options.gate = c.gate;
     GlaResult ref(c);
     seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
@@ -141,7 +141,7 @@ TEST_CASE("gated_linear_attention: chunk sizes and thread counts agree", "[gla]"
       st::fill_log_gate(d2.g.view(), 9, lo, 0.f);
       GlaResult r2(c), fast(c);
       seqmix::reference::gated_linear_attention(d2.inputs(), r2.outputs());
-      seqmix::GlaOptions options;
+      seqmix::GatedLinearAttentionOptions options;
       options.chunk_size = chunk;
       options.algorithm = LinearAttentionAlgorithm::chunked;
       seqmix::gated_linear_attention(d2.inputs(), fast.outputs(), options, pool);
@@ -155,7 +155,7 @@ TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "
   for (GateKind gate : {GateKind::channel, GateKind::scalar, GateKind::retnet, GateKind::none}) {
     const GlaCase c{2, 150, 2, 4, 64, 48, gate, -2.f, 0.f, false};
     const GlaData data(c, 31);
-    seqmix::GlaOptions options;
+    seqmix::GatedLinearAttentionOptions options;
     options.gate = gate;
     GlaResult full(c);
     seqmix::gated_linear_attention(data.inputs(), full.outputs(), options);
@@ -165,7 +165,7 @@ TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "
     seqmix::copy(data.s0.cview(), state.view());
     Tensor<float, 4> o({c.B, c.T, c.HV, c.V});
     auto piece = [&](index_t t0, index_t n) {
-      seqmix::GlaInputs in = data.inputs();
+      seqmix::GatedLinearAttentionInputs in = data.inputs();
       in.q = in.q.slice(1, t0, n), in.k = in.k.slice(1, t0, n), in.v = in.v.slice(1, t0, n);
       if (in.g.has_value()) in.g = in.g.slice(1, t0, n);
       if (in.g_scalar.has_value()) in.g_scalar = in.g_scalar.slice(1, t0, n);
@@ -175,7 +175,7 @@ TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "
     piece(0, 100);
     piece(100, 37);
     for (index_t t = 137; t < c.T; ++t) {
-      seqmix::GlaStepInputs in;
+      seqmix::GatedLinearAttentionStepInputs in;
       in.q = data.q.view().select(1, t), in.k = data.k.view().select(1, t), in.v = data.v.view().select(1, t);
       if (gate == GateKind::channel) in.g = data.g.view().select(1, t);
       if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, t);
@@ -199,11 +199,11 @@ TEST_CASE("gated_linear_attention: strided views give the same result", "[gla]")
   seqmix::copy(data.q.cview(), q_strided);
   Tensor<float, 4> o_pad({c.B, c.T, c.HV, c.V + 3});
   auto o_view = o_pad.view().slice(3, 1, c.V);
-  seqmix::GlaInputs in = data.inputs();
+  seqmix::GatedLinearAttentionInputs in = data.inputs();
   in.q = q_strided;
   Tensor<float, 4> state({c.B, c.HV, c.K, c.V});
   for (auto algorithm : {LinearAttentionAlgorithm::chunked, LinearAttentionAlgorithm::recurrent}) {
-    seqmix::GlaOptions options;
+    seqmix::GatedLinearAttentionOptions options;
     options.algorithm = algorithm;
     seqmix::gated_linear_attention(in, {o_view, state.view()}, options);
     Tensor<float, 4> o({c.B, c.T, c.HV, c.V});
@@ -228,7 +228,7 @@ TEST_CASE("gated_linear_attention: a 65536-token run stays finite and matches th
   REQUIRE(std::all_of(fast.o.begin(), fast.o.end(), [](float x) { return std::isfinite(x); }));
   require_close(fast.o, ref.o, 1e-3, describe(c, 77));
   require_close(fast.state, ref.state, 1e-3, describe(c, 77) + " state");
-  seqmix::GlaOptions options;
+  seqmix::GatedLinearAttentionOptions options;
   options.algorithm = LinearAttentionAlgorithm::chunked;
   seqmix::gated_linear_attention(data.inputs(), fast.outputs(), options);
   REQUIRE(std::all_of(fast.o.begin(), fast.o.end(), [](float x) { return std::isfinite(x); }));
@@ -240,7 +240,7 @@ TEST_CASE("gated_linear_attention: bad arguments are rejected before any output 
   GlaData data(c, 3);
   GlaResult out(c);
   out.o.fill(42.f);
-  auto expect_error = [&](const seqmix::GlaInputs& in, const seqmix::GlaOutputs& o, const seqmix::GlaOptions& opt,
+  auto expect_error = [&](const seqmix::GatedLinearAttentionInputs& in, const seqmix::GatedLinearAttentionOutputs& o, const seqmix::GatedLinearAttentionOptions& opt,
                           const std::string& fragment) {
     try {
       seqmix::gated_linear_attention(in, o, opt);
@@ -251,7 +251,7 @@ TEST_CASE("gated_linear_attention: bad arguments are rejected before any output 
     }
     for (float x : out.o) REQUIRE(x == 42.f);
   };
-  seqmix::GlaOptions options;
+  seqmix::GatedLinearAttentionOptions options;
   // A positive log-gate.
   data.g(0, 3, 1, 5) = 0.25f;
   expect_error(data.inputs(), out.outputs(), options, "'g' must be a log-space decay <= 0");
@@ -260,7 +260,7 @@ TEST_CASE("gated_linear_attention: bad arguments are rejected before any output 
   data.g(0, 3, 1, 5) = -0.5f;
   // Wrong k shape, bad value-head count, missing gate, wrong output shape.
   Tensor<float, 4> k_bad({1, 10, 2, 9}), v_bad({1, 10, 3, 8}), o_bad({1, 10, 4, 7});
-  seqmix::GlaInputs in = data.inputs();
+  seqmix::GatedLinearAttentionInputs in = data.inputs();
   in.k = k_bad.view();
   expect_error(in, out.outputs(), options, "'k' must have shape [B,T,H,K] = [1, 10, 2, 8], got [1, 10, 2, 9]");
   in = data.inputs();
@@ -293,7 +293,7 @@ TEST_CASE("retention uses RetNet's per-head decay", "[gla]") {
     for (index_t h = 0; h < c.H; ++h) data.gs(0, t, h) = seqmix::retnet_log_decay(h);
   GlaResult a(c), b(c);
   seqmix::simple_gla(data.inputs(), a.outputs());
-  seqmix::GlaInputs in = data.inputs();
+  seqmix::GatedLinearAttentionInputs in = data.inputs();
   in.g_scalar = {};
   seqmix::retention(in, b.outputs());
   require_close(b.o, a.o, 1e-5, "retention vs simple_gla");

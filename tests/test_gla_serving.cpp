@@ -129,19 +129,19 @@ struct GlaPacked {
     }
   }
   // Tokens [t0, t0 + n) as a dense batch of one sequence.
-  seqmix::GlaInputs inputs(index_t t0, index_t n) const {
-    seqmix::GlaInputs in;
+  seqmix::GatedLinearAttentionInputs inputs(index_t t0, index_t n) const {
+    seqmix::GatedLinearAttentionInputs in;
     in.q = q.view().slice(1, t0, n), in.k = k.view().slice(1, t0, n), in.v = v.view().slice(1, t0, n);
     if (g.numel()) in.g = g.view().slice(1, t0, n);
     if (gs.numel()) in.g_scalar = gs.view().slice(1, t0, n);
     return in;
   }
-  seqmix::GlaInputs all() const { return inputs(0, q.size(1)); }
+  seqmix::GatedLinearAttentionInputs all() const { return inputs(0, q.size(1)); }
 };
 
 // Runs each live sequence of `r` alone (B = 1, its initial state from pool0 or zeros) and checks
 // the packed call's outputs o and pool against it (tolerance tol; 0 = bit-exact).
-void check_gla_against_singles(const GlaPacked& data, const Ragged& r, const seqmix::GlaOptions& options,
+void check_gla_against_singles(const GlaPacked& data, const Ragged& r, const seqmix::GatedLinearAttentionOptions& options,
                                const Tensor<float, 4>& o, const Tensor<float, 4>& pool, double tol,
                                const std::string& what) {
   const GlaShape& s = data.s;
@@ -155,7 +155,7 @@ void check_gla_against_singles(const GlaPacked& data, const Ragged& r, const seq
     }
     Tensor<float, 4> init({1, s.HV, s.K, s.V}), fin({1, s.HV, s.K, s.V}), o1({1, len, s.HV, s.V});
     if (r.has_init[n]) copy_view(data.pool0.view().slice(0, slot, 1), init.view());
-    seqmix::GlaInputs in = data.inputs(t0, len);
+    seqmix::GatedLinearAttentionInputs in = data.inputs(t0, len);
     in.initial_state = init.view();
     seqmix::gated_linear_attention(in, {o1.view(), fin.view()}, options);
     st::require_close("o", o.view().slice(1, t0, len), o1.view(), tol);
@@ -184,12 +184,12 @@ TEST_CASE("gated_linear_attention: packed batches with slots equal per-sequence 
         const index_t N = 1 + static_cast<index_t>(seed % 16);
         const Ragged r = make_ragged(seed, N, max_len);
         const GlaPacked data(shape, r.total(), r.pool_rows, seed);
-        seqmix::GlaOptions options;
+        seqmix::GatedLinearAttentionOptions options;
         options.gate = shape.gate;
         options.algorithm = algorithm;
         Tensor<float, 4> pool = data.pool0;
         auto o = filled<4>({1, r.total(), shape.HV, shape.V}, kSentinel);
-        seqmix::GlaInputs in = data.all();
+        seqmix::GatedLinearAttentionInputs in = data.all();
         in.initial_state = pool.view();
         in.batch.state_indices = r.slots;
         in.batch.has_initial_state = r.has_init;
@@ -230,7 +230,7 @@ TEST_CASE("gated_linear_attention: dense batches take slots and has_initial_stat
   r.pool_rows = 6;
   Tensor<float, 4> pool = data.pool0;
   auto o = filled<4>({1, B * T, shape.HV, shape.V}, kSentinel);
-  seqmix::GlaInputs in;
+  seqmix::GatedLinearAttentionInputs in;
   in.q = dense(data.q), in.k = dense(data.k), in.v = dense(data.v), in.g = dense(data.g);
   in.initial_state = pool.view();
   in.batch.state_indices = r.slots;
@@ -260,7 +260,7 @@ TEST_CASE("gated_linear_attention: prefill then slotted steps equals one call", 
     seqmix::ThreadPool exec(threads);
     Tensor<float, 4> pool = full.pool0;
     Tensor<float, 4> o_prompt({1, r.total(), shape.HV, shape.V});
-    seqmix::GlaInputs in = prompts.all();
+    seqmix::GatedLinearAttentionInputs in = prompts.all();
     in.initial_state = pool.view();
     in.batch.cu_seqlens = r.cu64;
     in.batch.state_indices = r.slots;
@@ -281,7 +281,7 @@ TEST_CASE("gated_linear_attention: prefill then slotted steps equals one call", 
         copy_view(full.q.view()[0][t], q.view()[b]), copy_view(full.k.view()[0][t], k.view()[b]);
         copy_view(full.v.view()[0][t], v.view()[b]), copy_view(full.g.view()[0][t], g.view()[b]);
       }
-      seqmix::GlaStepInputs sin{q.view(), k.view(), v.view(), g.view(), {}};
+      seqmix::GatedLinearAttentionStepInputs sin{q.view(), k.view(), v.view(), g.view(), {}};
       sin.batch.state_indices = row_slot;
       seqmix::gated_linear_attention_step(sin, {o.view(), pool.view()}, {}, exec);
       for (index_t b = 0; b < B; ++b) {
@@ -294,9 +294,9 @@ TEST_CASE("gated_linear_attention: prefill then slotted steps equals one call", 
         const index_t len = r.lengths[n] + j + 1;
         Tensor<float, 4> init({1, shape.HV, shape.K, shape.V}), o1({1, len, shape.HV, shape.V});
         if (r.has_init[n]) copy_view(full.pool0.view().slice(0, r.slots[n], 1), init.view());
-        seqmix::GlaInputs one = full.inputs(full_cu[n], len);
+        seqmix::GatedLinearAttentionInputs one = full.inputs(full_cu[n], len);
         one.initial_state = init.view();
-        seqmix::GlaOptions recurrent;
+        seqmix::GatedLinearAttentionOptions recurrent;
         recurrent.algorithm = LinearAttentionAlgorithm::recurrent;
         seqmix::gated_linear_attention(one, {o1.view(), init.view()}, recurrent);
         INFO("threads " << threads << " step " << j << " sequence " << n);
@@ -312,17 +312,17 @@ TEST_CASE("gated_linear_attention: token_states, and rollback to a token continu
     const GlaShape shape{2, 4, 16, 32, gate};
     Ragged r = make_ragged(500 + static_cast<int>(gate), 6, 40);
     const GlaPacked data(shape, r.total(), r.pool_rows, 501);
-    seqmix::GlaOptions options;
+    seqmix::GatedLinearAttentionOptions options;
     options.gate = gate;
     Tensor<float, 4> pool = data.pool0;
     auto o = filled<4>({1, r.total(), shape.HV, shape.V}, kSentinel);
     auto ts = filled<5>({1, r.total(), shape.HV, shape.K, shape.V}, kSentinel);
-    seqmix::GlaInputs in = data.all();
+    seqmix::GatedLinearAttentionInputs in = data.all();
     in.initial_state = pool.view();
     in.batch.cu_seqlens = r.cu64;
     in.batch.state_indices = r.slots;
     in.batch.has_initial_state = r.has_init;
-    seqmix::GlaOutputs out{o.view(), pool.view(), ts.view()};
+    seqmix::GatedLinearAttentionOutputs out{o.view(), pool.view(), ts.view()};
     seqmix::gated_linear_attention(in, out, options, st::two_thread_pool());
     // Outputs and final states are those of a call without token_states.
     check_gla_against_singles(data, r, options, o, pool, 0.0, "with token_states");
@@ -346,14 +346,14 @@ TEST_CASE("gated_linear_attention: token_states, and rollback to a token continu
       Tensor<float, 4> o_all({1, len, shape.HV, shape.V});
       {
         Tensor<float, 4> fin({1, shape.HV, shape.K, shape.V});
-        seqmix::GlaInputs one = data.inputs(t0, len);
+        seqmix::GatedLinearAttentionInputs one = data.inputs(t0, len);
         one.initial_state = init.view();
         seqmix::gated_linear_attention(one, {o_all.view(), fin.view()}, options);
       }
       for (index_t t = 0; t < len; ++t) {
         // token_states[t] is the final state of the first t + 1 tokens.
         Tensor<float, 4> fin({1, shape.HV, shape.K, shape.V}), o1({1, t + 1, shape.HV, shape.V});
-        seqmix::GlaInputs one = data.inputs(t0, t + 1);
+        seqmix::GatedLinearAttentionInputs one = data.inputs(t0, t + 1);
         one.initial_state = init.view();
         seqmix::gated_linear_attention(one, {o1.view(), fin.view()}, options);
         INFO("sequence " << n << " token " << t);
@@ -363,7 +363,7 @@ TEST_CASE("gated_linear_attention: token_states, and rollback to a token continu
           Tensor<float, 4> from({1, shape.HV, shape.K, shape.V}), rest_fin({1, shape.HV, shape.K, shape.V});
           copy_view(ts.view()[0][t0 + t], from.view()[0]);
           Tensor<float, 4> o_rest({1, len - t - 1, shape.HV, shape.V});
-          seqmix::GlaInputs rest = data.inputs(t0 + t + 1, len - t - 1);
+          seqmix::GatedLinearAttentionInputs rest = data.inputs(t0 + t + 1, len - t - 1);
           rest.initial_state = from.view();
           seqmix::gated_linear_attention(rest, {o_rest.view(), rest_fin.view()}, options);
           st::require_close("continued o", o_rest.view(), o_all.view().slice(1, t + 1, len - t - 1), 0.0);
@@ -385,9 +385,9 @@ TEST_CASE("gated_linear_attention_step: slots, padding rows and fresh states equ
     const Tensor<float, 4> pool0 = st::random_tensor<4>({S, HV, K, V}, 6);
     const std::vector<std::int32_t> slots = {9, -1, 0, 4, 10, -1, 2};
     const std::vector<std::uint8_t> keep = {1, 1, 0, 1, 0, 1, 1};
-    seqmix::GlaOptions options;
+    seqmix::GatedLinearAttentionOptions options;
     options.gate = gate;
-    seqmix::GlaStepInputs in{q.view(), k.view(), v.view()};
+    seqmix::GatedLinearAttentionStepInputs in{q.view(), k.view(), v.view()};
     if (gate == GateKind::channel) in.g = g.view();
     if (gate == GateKind::scalar) in.g_scalar = gs.view();
     in.batch.state_indices = slots;
@@ -405,7 +405,7 @@ TEST_CASE("gated_linear_attention_step: slots, padding rows and fresh states equ
       std::fill(state.data(), state.data() + state.numel(), 0.f);
       if (keep[b]) copy_view(pool0.view().slice(0, slots[b], 1), state.view());
       Tensor<float, 3> o1({1, HV, V});
-      seqmix::GlaStepInputs one{q.view().slice(0, b, 1), k.view().slice(0, b, 1), v.view().slice(0, b, 1)};
+      seqmix::GatedLinearAttentionStepInputs one{q.view().slice(0, b, 1), k.view().slice(0, b, 1), v.view().slice(0, b, 1)};
       if (gate == GateKind::channel) one.g = g.view().slice(0, b, 1);
       if (gate == GateKind::scalar) one.g_scalar = gs.view().slice(0, b, 1);
       seqmix::gated_linear_attention_step(one, {o1.view(), state.view()}, options);
@@ -426,10 +426,10 @@ TEST_CASE("gated_linear_attention: bad serving arguments throw before anything i
   const Tensor<float, 4> o0 = o;
   auto ts = filled<5>({1, r.total(), shape.HV, shape.K, shape.V}, kSentinel);
   auto prefill = [&](const seqmix::SequenceBatch& batch, const char* argument, bool with_ts = false) {
-    seqmix::GlaInputs in = data.all();
+    seqmix::GatedLinearAttentionInputs in = data.all();
     in.initial_state = pool.view();
     in.batch = batch;
-    seqmix::GlaOutputs out{o.view(), pool.view()};
+    seqmix::GatedLinearAttentionOutputs out{o.view(), pool.view()};
     if (with_ts) out.token_states = ts.view().slice(1, 0, r.total() - 1);
     st::require_shape_error(argument, [&] { seqmix::gated_linear_attention(in, out); });
     st::require_shape_error(argument, [&] { seqmix::reference::gated_linear_attention(in, out); });
@@ -462,12 +462,12 @@ TEST_CASE("gated_linear_attention: bad serving arguments throw before anything i
   prefill(bad, "state");  // a pool of N + 3 rows without slots
   prefill(good, "token_states", true);
   {  // o overlapping q
-    seqmix::GlaInputs in = data.all();
+    seqmix::GatedLinearAttentionInputs in = data.all();
     in.batch = good;
     in.initial_state = pool.view();
     const Tensor<float, 4> q0 = data.q;
     // q is [1,total,2,16], the shape of o: an output written over an input.
-    seqmix::GlaOutputs out{TensorView<float, 4>(const_cast<float*>(data.q.data()), {1, r.total(), 2, 16}), pool.view()};
+    seqmix::GatedLinearAttentionOutputs out{TensorView<float, 4>(const_cast<float*>(data.q.data()), {1, r.total(), 2, 16}), pool.view()};
     st::require_shape_error("o", [&] { seqmix::gated_linear_attention(in, out); });
     CHECK(same(data.q, q0));
     CHECK(same(pool, data.pool0));
@@ -480,7 +480,7 @@ TEST_CASE("gated_linear_attention: bad serving arguments throw before anything i
   auto so = filled<3>({B, 2, 16}, kSentinel);
   const Tensor<float, 3> so0 = so;
   auto step = [&](const seqmix::SequenceBatch& batch, const char* argument) {
-    seqmix::GlaStepInputs in{q.view(), k.view(), v.view(), g.view(), {}, batch};
+    seqmix::GatedLinearAttentionStepInputs in{q.view(), k.view(), v.view(), g.view(), {}, batch};
     st::require_shape_error(argument, [&] { seqmix::gated_linear_attention_step(in, {so.view(), pool.view()}); });
     CHECK(same(so, so0));
     CHECK(same(pool, data.pool0));

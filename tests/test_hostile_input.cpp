@@ -105,7 +105,7 @@ TEST_CASE("attention refuses negative and overflowing extents before writing", "
   const std::pair<const char*, Run> forms[] = {
       {"attention", [](const Inputs& in, const seqmix::AttentionOutputs& out) { seqmix::attention(in, out); }},
       {"attention_flash", [](const Inputs& in, const seqmix::AttentionOutputs& out) { seqmix::attention_flash(in, out); }},
-      {"attention_decode", [](const Inputs& in, const seqmix::AttentionOutputs& out) { seqmix::attention_decode(in, out); }},
+      {"attention_step", [](const Inputs& in, const seqmix::AttentionOutputs& out) { seqmix::attention_step(in, out); }},
       {"reference::attention",
        [](const Inputs& in, const seqmix::AttentionOutputs& out) { seqmix::reference::attention(in, out); }},
   };

@@ -420,7 +420,7 @@ struct RatData {
   seqmix::RatStepInputs step(index_t t) const { return {token(q, t), token(k, t), token(v, t), token(g, t)}; }
   seqmix::RatOptions options() const {
     seqmix::RatOptions o;
-    o.chunk = c.L;
+    o.chunk_size = c.L;
     return o;
   }
 };
@@ -531,9 +531,9 @@ TEST_CASE("rat rejects bad arguments naming them", "[rat][errors]") {
     in.g = positive_g.view();
     seqmix::rat(in, {o.view()}, data.options());
   });
-  st::require_shape_error("options.chunk", [&] {
+  st::require_shape_error("options.chunk_size", [&] {
     auto opt = data.options();
-    opt.chunk = 0;
+    opt.chunk_size = 0;
     seqmix::rat(data.inputs(0, c.T), {o.view()}, opt);
   });
   // A cache too small for the chunk summaries this call produces.

@@ -100,7 +100,7 @@ TEST_CASE("retrieval: memory + local attention merged equals dense attention ove
       local.q = q.cview(), local.k = lk.cview(), local.v = lv.cview();
       seqmix::AttentionOptions local_options;
       local_options.causal = true;
-      seqmix::RetrievalOptions options;
+      seqmix::RetrievalAttentionOptions options;
       options.k = k;
       Tensor<float, 4> got({1, c.Tq, c.Hq, c.D});
       Tensor<float, 3> got_lse({1, c.Tq, c.Hq});

@@ -100,15 +100,15 @@ TEST_CASE("streaming: linear attention and GLA in segments equal one call", "[st
   SECTION("GLA channel gate with an initial state") {
     Tensor<float, 4> g({B, kT, H, K});
     st::fill_log_gate(g.view(), 5, -2.f, 0.f);
-    seqmix::GlaInputs in{q.cview(), k.cview(), v.cview(), g.cview(), {}, s0.cview()};
-    seqmix::GlaOptions o;
+    seqmix::GatedLinearAttentionInputs in{q.cview(), k.cview(), v.cview(), g.cview(), {}, s0.cview()};
+    seqmix::GatedLinearAttentionOptions o;
     check_segmentations("gla", in, std::array<index_t, 4>{B, kT, HV, V}, o, o.chunk_size);
   }
   SECTION("simple GLA, chunked algorithm forced") {
     Tensor<float, 3> g({B, kT, HV});
     st::fill_log_gate(g.view(), 6, -1.f, 0.f);
-    seqmix::GlaInputs in{q.cview(), k.cview(), v.cview(), {}, g.cview(), {}};
-    seqmix::GlaOptions o;
+    seqmix::GatedLinearAttentionInputs in{q.cview(), k.cview(), v.cview(), {}, g.cview(), {}};
+    seqmix::GatedLinearAttentionOptions o;
     o.gate = seqmix::GateKind::scalar;
     o.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
     o.chunk_size = 32;
@@ -212,16 +212,16 @@ TEST_CASE("streaming: a stream fed segment by segment keeps only its state", "[s
   const Tensor<float, 4> v = st::random_tensor<4>({B, T, H, V}, 53);
   Tensor<float, 4> g({B, T, H, K});
   st::fill_log_gate(g.view(), 54, -1.f, 0.f);
-  const seqmix::GlaInputs all{q.cview(), k.cview(), v.cview(), g.cview(), {}, {}};
+  const seqmix::GatedLinearAttentionInputs all{q.cview(), k.cview(), v.cview(), g.cview(), {}, {}};
   Tensor<float, 4> o_one({B, T, H, V}), s_one({B, H, K, V});
   seqmix::gated_linear_attention(all, {o_one.view(), s_one.view()});
 
-  seqmix::RecurrentStream<seqmix::GlaInputs> stream;
+  seqmix::RecurrentStream<seqmix::GatedLinearAttentionInputs> stream;
   Tensor<float, 4> o_seg({B, T, H, V});
-  using Traits = seqmix::StreamTraits<seqmix::GlaInputs>;
+  using Traits = seqmix::StreamTraits<seqmix::GatedLinearAttentionInputs>;
   index_t t0 = 0;
   for (const index_t n : {64, 1, 1, 200, 7, 128, 599}) {  // sums to T
-    stream.feed(Traits::slice(all, t0, n), Traits::slice(seqmix::GlaOutputs{o_seg.view(), {}}, t0, n));
+    stream.feed(Traits::slice(all, t0, n), Traits::slice(seqmix::GatedLinearAttentionOutputs{o_seg.view(), {}}, t0, n));
     t0 += n;
   }
   REQUIRE(t0 == T);
@@ -231,7 +231,7 @@ TEST_CASE("streaming: a stream fed segment by segment keeps only its state", "[s
 
   SECTION("later segments may not bring or ask for a state") {
     Tensor<float, 4> s({B, H, K, V}), o({B, 4, H, V});
-    seqmix::GlaInputs seg = Traits::slice(all, 0, 4);
+    seqmix::GatedLinearAttentionInputs seg = Traits::slice(all, 0, 4);
     seg.initial_state = s.cview();
     CHECK_THROWS_WITH(stream.feed(seg, {o.view(), {}}), Catch::Contains("initial_state"));
     CHECK_THROWS_WITH(stream.feed(Traits::slice(all, 0, 4), {o.view(), s.view()}), Catch::Contains("final_state"));
@@ -240,7 +240,7 @@ TEST_CASE("streaming: a stream fed segment by segment keeps only its state", "[s
     const Tensor<float, 4> q2 = st::random_tensor<4>({B, 4, H, 8}, 55), k2 = st::random_tensor<4>({B, 4, H, 8}, 56);
     Tensor<float, 4> g2({B, 4, H, 8}), o2({B, 4, H, V});
     st::fill_log_gate(g2.view(), 57, -1.f, 0.f);
-    const seqmix::GlaInputs other{q2.cview(), k2.cview(), Traits::slice(all, 0, 4).v, g2.cview(), {}, {}};
+    const seqmix::GatedLinearAttentionInputs other{q2.cview(), k2.cview(), Traits::slice(all, 0, 4).v, g2.cview(), {}, {}};
     CHECK_THROWS_WITH(stream.feed(other, {o2.view(), {}}), Catch::Contains("[1,2,8,16]") && Catch::Contains("[1,2,16,16]"));
     stream.reset();
     CHECK_NOTHROW(stream.feed(other, {o2.view(), {}}));
@@ -248,7 +248,7 @@ TEST_CASE("streaming: a stream fed segment by segment keeps only its state", "[s
   }
   SECTION("run_in_segments rejects a segment length below 1") {
     Tensor<float, 4> o({B, T, H, V});
-    CHECK_THROWS_WITH(seqmix::run_in_segments(all, seqmix::GlaOutputs{o.view(), {}}, seqmix::GlaOptions{}, 0),
+    CHECK_THROWS_WITH(seqmix::run_in_segments(all, seqmix::GatedLinearAttentionOutputs{o.view(), {}}, seqmix::GatedLinearAttentionOptions{}, 0),
                       Catch::Contains("segment_length"));
   }
 }

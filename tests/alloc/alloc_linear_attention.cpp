@@ -50,11 +50,11 @@ TEST_CASE("linear-attention family steps allocate nothing after warm-up", "[allo
       Tensor<float, 4> state = st::random_tensor<4>({S, H, K, V}, 8, -0.1f, 0.1f);
       Tensor<float, 3> o({kRows, H, V});
       for (GateKind gate : {GateKind::channel, GateKind::scalar, GateKind::retnet, GateKind::none}) {
-        seqmix::GlaStepInputs in{q.view(), k.view(), v.view()};
+        seqmix::GatedLinearAttentionStepInputs in{q.view(), k.view(), v.view()};
         if (gate == GateKind::channel) in.g = g.view();
         if (gate == GateKind::scalar) in.g_scalar = gs.view();
         in.batch = batch;
-        seqmix::GlaOptions options;
+        seqmix::GatedLinearAttentionOptions options;
         options.gate = gate;
         INFO("gated_linear_attention_step gate " << static_cast<int>(gate));
         CHECK(allocations_after_warmup(

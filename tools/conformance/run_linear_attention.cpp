@@ -52,12 +52,12 @@ OutputMap run_linear_attention(const CaseData& c, bool fast) {
 }
 
 OutputMap run_gla(const CaseData& c, bool fast) {
-  seqmix::GlaInputs in;
+  seqmix::GatedLinearAttentionInputs in;
   in.q = c.in<4>("q", "B,T,H,K");
   in.k = c.in<4>("k", "B,T,H,K");
   in.v = c.in<4>("v", "B,T,HV,V");
   in.initial_state = c.opt_in<4>("initial_state", "B,HV,K,V");
-  seqmix::GlaOptions options;
+  seqmix::GatedLinearAttentionOptions options;
   options.scale = scale_param(c);
   const std::string gate = c.param_string("gate", "channel");
   if (gate == "channel") {
@@ -70,7 +70,7 @@ OutputMap run_gla(const CaseData& c, bool fast) {
     throw CaseError(c.id() + ": param 'gate' must be \"channel\" or \"scalar\", got \"" + gate + "\"");
   }
   OutputMap out;
-  const seqmix::GlaOutputs outputs{c.make_output<4>(out, "o"), c.make_output<4>(out, "final_state")};
+  const seqmix::GatedLinearAttentionOutputs outputs{c.make_output<4>(out, "o"), c.make_output<4>(out, "final_state")};
   if (fast)
     seqmix::gated_linear_attention(in, outputs, options);
   else

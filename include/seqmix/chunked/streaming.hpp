@@ -1,7 +1,7 @@
 // Streaming segments: one long input fed through a recurrent operator in segments of any size,
 // with memory bounded by the operator's state.
 //
-//   seqmix::RecurrentStream<seqmix::GlaInputs> stream(options);
+//   seqmix::RecurrentStream<seqmix::GatedLinearAttentionInputs> stream(options);
 //   for (each segment of tokens) stream.feed(segment_inputs, segment_outputs, pool);
 //
 // Every recurrent operator of the library takes an initial state and writes a final state that
@@ -161,10 +161,12 @@ struct StreamTraits<LinearAttentionInputs> {
 };
 
 template <>
-struct StreamTraits<GlaInputs> : detail::stream::SingleStateTraits<GlaInputs, GlaOutputs, GlaOptions, 4> {
+struct StreamTraits<GatedLinearAttentionInputs>
+    : detail::stream::SingleStateTraits<GatedLinearAttentionInputs, GatedLinearAttentionOutputs,
+                                        GatedLinearAttentionOptions, 4> {
   static constexpr const char* name = "gated_linear_attention";
-  static index_t tokens(const GlaInputs& in) { return in.q.size(1); }
-  static GlaInputs slice(GlaInputs in, index_t t0, index_t n) {
+  static index_t tokens(const GatedLinearAttentionInputs& in) { return in.q.size(1); }
+  static GatedLinearAttentionInputs slice(GatedLinearAttentionInputs in, index_t t0, index_t n) {
     detail::stream::slice_all(t0, n, in.q, in.k, in.v, in.g, in.g_scalar);
     return in;
   }
@@ -172,19 +174,19 @@ struct StreamTraits<GlaInputs> : detail::stream::SingleStateTraits<GlaInputs, Gl
     detail::stream::slice_all(t0, n, out.o);
     return out;
   }
-  static std::array<index_t, 4> state_shape(const GlaInputs& in, const Options&) {
+  static std::array<index_t, 4> state_shape(const GatedLinearAttentionInputs& in, const Options&) {
     return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const GlaInputs& in, const Options& o) {
+  static State make_state(const GatedLinearAttentionInputs& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const GlaInputs& in) {
+  static Options fix_options(Options o, const GatedLinearAttentionInputs& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(detail::la::effective_gate(o.gate), std::numeric_limits<index_t>::max(),
                                                  in.k.size(3), in.v.size(3), o.chunk_size);
     return o;
   }
-  static void run(const GlaInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+  static void run(const GatedLinearAttentionInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
     gated_linear_attention(in, out, o, ex);
   }
 };

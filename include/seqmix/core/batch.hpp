@@ -21,6 +21,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -65,6 +66,47 @@ class IndexList {
  private:
   ConstView<std::int32_t, 1> i32_;
   ConstView<std::int64_t, 1> i64_;
+};
+
+/// A read-only 2-D table of indices or positions stored as int32 or int64 (the caller's choice),
+/// read as index_t: attention's query positions [B,Tq], the KV cache's token positions [B,T],
+/// paged attention's block tables [N,max_blocks]. The 2-D sibling of IndexList.
+class IndexTable {
+ public:
+  IndexTable() = default;  ///< not given
+  /// Wraps a caller's int32 or int64 [rows, cols] tensor (not copied).
+  ///@{
+  IndexTable(ConstView<std::int32_t, 2> v) : i32_(v) {}   // NOLINT: implicit by design
+  IndexTable(ConstView<std::int64_t, 2> v) : i64_(v) {}   // NOLINT
+  IndexTable(TensorView<std::int32_t, 2> v) : i32_(v) {}  // NOLINT
+  IndexTable(TensorView<std::int64_t, 2> v) : i64_(v) {}  // NOLINT
+  ///@}
+
+  /// False for the default (not given).
+  bool has_value() const noexcept { return i32_.has_value() || i64_.has_value(); }
+  /// Extent of dimension 0.
+  index_t rows() const noexcept { return i32_.has_value() ? i32_.size(0) : i64_.size(0); }
+  /// Extent of dimension 1.
+  index_t cols() const noexcept { return i32_.has_value() ? i32_.size(1) : i64_.size(1); }
+  /// Entry (n, i), read as index_t.
+  index_t operator()(index_t n, index_t i) const {
+    return i32_.has_value() ? static_cast<index_t>(i32_(n, i)) : static_cast<index_t>(i64_(n, i));
+  }
+  /// A null pointer with a non-zero extent: refused by validation.
+  bool dangling() const noexcept {
+    return (i32_.data() == nullptr && i32_.numel() > 0) || (i64_.data() == nullptr && i64_.numel() > 0);
+  }
+  /// ArgCheck::optional_shape on the table: a table not given passes, a given one must have the
+  /// expected shape (-1 = any extent) and a data pointer.
+  void check_optional_shape(const ArgCheck& check, const char* argument, const std::array<index_t, 2>& expected,
+                            const char* dims) const {
+    check.optional_shape(argument, i32_, expected, dims);
+    check.optional_shape(argument, i64_, expected, dims);
+  }
+
+ private:
+  ConstView<std::int32_t, 2> i32_;
+  ConstView<std::int64_t, 2> i64_;
 };
 
 /// A read-only list of flags stored as bool or uint8 (non-zero is true).

@@ -47,7 +47,7 @@ struct KvCacheAttentionInputs {
   const KvCache* cache = nullptr;
   ConstView<float, 1> alibi_slopes;       ///< [Hq]
   ConstView<float, 1> sink_logits;        ///< [Hq]
-  ConstView<std::int64_t, 2> positions;   ///< [B,Tq] absolute query positions
+  IndexTable positions;                   ///< [B,Tq] int32 or int64: absolute query positions
 };
 
 namespace detail {
@@ -68,7 +68,7 @@ inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCach
   check.divides(cfg.kv_heads, Hq, "q", "cache KV heads");
   check.optional_shape("alibi_slopes", in.alibi_slopes, {Hq}, "Hq");
   check.optional_shape("sink_logits", in.sink_logits, {Hq}, "Hq");
-  check.optional_shape("positions", in.positions, {B, Tq}, "B,Tq");
+  in.positions.check_optional_shape(check, "positions", {B, Tq}, "B,Tq");
   check.shape("o", out.o, {B, Tq, Hq, cfg.value_dim}, "B,Tq,Hq,Dv");
   check.optional_shape("lse", out.lse, {B, Tq, Hq}, "B,Tq,Hq");
   if (options.scale) check.finite(*options.scale, "options.scale");

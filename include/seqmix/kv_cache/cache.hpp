@@ -108,7 +108,7 @@ class KvCache {
   /// appended position of each row, starting at 0), strictly increasing and beyond every position
   /// already appended; saliency [B,T,Hkv] (ZipCache score, larger = more salient).
   void append(const ConstView<float, 4>& keys, const ConstView<float, 4>& values,
-              const ConstView<std::int64_t, 2>& positions = {}, const ConstView<float, 3>& saliency = {}) {
+              const IndexTable& positions = {}, const ConstView<float, 3>& saliency = {}) {
     KvAppendInputs in;
     in.keys = keys, in.values = values, in.positions = positions, in.saliency = saliency;
     append(in);
@@ -123,7 +123,7 @@ class KvCache {
     check.shape("keys", in.keys, {rows_are_sequences ? config_.batch : -1, -1, H, config_.key_dim}, "Bt,T,Hkv,Dk");
     const index_t Bt = in.keys.size(0), T = in.keys.size(1);
     check.shape("values", in.values, {Bt, T, H, config_.value_dim}, "Bt,T,Hkv,Dv");
-    check.optional_shape("positions", in.positions, {Bt, T}, "Bt,T");
+    in.positions.check_optional_shape(check, "positions", {Bt, T}, "Bt,T");
     check.optional_shape("saliency", in.saliency, {Bt, T, H}, "Bt,T,Hkv");
     // Dense rows without slots need no map (and SequenceMap::make builds message strings on
     // every call: this keeps the plain decode append free of heap allocation).

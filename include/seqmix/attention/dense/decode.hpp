@@ -709,28 +709,30 @@ float finish_pieces(const SoftmaxRow* states, float* accs, index_t Dvp, index_t 
 // Validation of the decode entry point without a heap allocation: the checker (and its op
 // name, longer than the short-string buffer) is built once.
 template <class KV>
-AttentionDims validate_attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out,
-                                        const AttentionOptions& options) {
-  static const ArgCheck check("attention_decode");
+AttentionDims validate_attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out,
+                                      const AttentionOptions& options) {
+  static const ArgCheck check("attention_step");
   return validate_attention(check, in, out, options);
 }
 
 }  // namespace detail
 
-/// Split-KV attention, meant for Tq = 1 (or a few draft tokens): same arguments and results as
-/// reference::attention. A task is (batch row, contiguous piece of the visible key tiles) and
-/// covers every KV head, so K/V stream through memory in order. The partial states of the pieces
-/// (B * splits * Hq * Tq * (Dv + 2) floats) and each thread's scratch are kept across calls, so
-/// after a first call of the same shape it makes no heap allocation.
+/// The decode form of attention (docs/operators.md section 5): split-KV attention, meant for
+/// Tq = 1 (or a few draft tokens) over many keys, any Tq accepted; same arguments and results as
+/// reference::attention; seqmix::attention calls it by itself for Tq <= 4. A task is (batch row,
+/// contiguous piece of the visible key tiles) and covers every KV head, so K/V stream through
+/// memory in order. The partial states of the pieces (B * splits * Hq * Tq * (Dv + 2) floats) and
+/// each thread's scratch are kept across calls, so after a first call of the same shape it makes
+/// no heap allocation.
 template <class KV>
-void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
-                      const Executor& executor = serial_executor()) {
+void attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+                    const Executor& executor = serial_executor()) {
   using namespace detail;
-  const auto d = validate_attention_decode(in, out, options);
+  const auto d = validate_attention_step(in, out, options);
   if (in.batch.packed()) {  // one call per sequence on its slices
-    const SequenceMap seqs = SequenceMap::make("attention_decode", in.batch, d.B, d.Tq, false, -1);
+    const SequenceMap seqs = SequenceMap::make("attention_step", in.batch, d.B, d.Tq, false, -1);
     for (index_t n = 0; n < seqs.sequences(); ++n)
-      attention_decode(sequence_inputs(in, seqs[n]), sequence_outputs(out, seqs[n]), options, executor);
+      attention_step(sequence_inputs(in, seqs[n]), sequence_outputs(out, seqs[n]), options, executor);
     return;
   }
   const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
@@ -796,6 +798,15 @@ void attention_decode(const AttentionInputs<KV>& in, const AttentionOutputs& out
                                         });
         if (out.lse.has_value()) out.lse(b, i, h) = lse;
       }
+}
+
+// The name attention_step had before the naming scheme of docs/conventions.md (`<op>_step`).
+template <class KV>
+[[deprecated("renamed seqmix::attention_step")]] void attention_decode(const AttentionInputs<KV>& in,
+                                                                        const AttentionOutputs& out,
+                                                                        const AttentionOptions& options = {},
+                                                                        const Executor& executor = serial_executor()) {
+  attention_step(in, out, options, executor);
 }
 
 }  // namespace seqmix

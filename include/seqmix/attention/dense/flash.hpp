@@ -225,7 +225,7 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
   // Up to 4 queries, one tile of queries per KV head is too little work to spread over threads,
   // so the keys are split instead. Packed sequences are tiled one by one (attention_flash).
   if (in.q.size(1) <= 4 && !in.batch.packed())
-    attention_decode(in, out, options, executor);
+    attention_step(in, out, options, executor);
   else
     attention_flash(in, out, options, executor);
 }

@@ -43,7 +43,7 @@
 
 namespace seqmix {
 
-/// Options of attention, attention_decode and the attention forms built on them (masking rules,
+/// Options of attention, attention_step and the attention forms built on them (masking rules,
 /// scale, ALiBi, softcap; docs/operators.md section 5). The defaults are plain non-causal softmax
 /// attention with scale 1/sqrt(Dk).
 struct AttentionOptions {
@@ -72,7 +72,7 @@ struct AttentionInputs {
   ConstView<float, 3> mask;          ///< [B,Tq,Tk] or [1,Tq,Tk] (shared by every batch row); additive, may hold -inf
   ConstView<float, 1> alibi_slopes;  ///< [Hq]: adds -slope_h * |pos_i - j|
   ConstView<float, 1> sink_logits;   ///< [Hq]: adds exp(sink_h) to each softmax denominator only
-  ConstView<std::int32_t, 2> positions;  ///< [B,Tq]: absolute query positions (default Tk - Tq + i)
+  IndexTable positions;  ///< [B,Tq] int32 or int64: absolute query positions (default Tk - Tq + i)
   /// Packed sequences (cu_seqlens only: attention keeps no state, so state_indices and
   /// has_initial_state are refused). Not combinable with mask or positions.
   SequenceBatch batch;
@@ -149,7 +149,7 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
   }
   check.optional_shape("alibi_slopes", in.alibi_slopes, std::array<index_t, 1>{Hq}, "Hq");
   check.optional_shape("sink_logits", in.sink_logits, std::array<index_t, 1>{Hq}, "Hq");
-  check.optional_shape("positions", in.positions, std::array<index_t, 2>{B, Tq}, "B,Tq");
+  in.positions.check_optional_shape(check, "positions", {B, Tq}, "B,Tq");
   check.shape("o", out.o, std::array<index_t, 4>{B, Tq, Hq, Dv}, "B,Tq,Hq,Dv");
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{B, Tq, Hq}, "B,Tq,Hq");
   validate_attention_options(check, options);
@@ -199,7 +199,7 @@ inline float attention_scale(const AttentionOptions& options, index_t Dk) {
 template <class KV>
 index_t query_position(const AttentionInputs<KV>& in, index_t b, index_t i) {
   const index_t Tq = in.q.size(1), Tk = in.k.size(1);
-  return in.positions.has_value() ? static_cast<index_t>(in.positions(b, i)) : Tk - Tq + i;
+  return in.positions.has_value() ? in.positions(b, i) : Tk - Tq + i;
 }
 
 }  // namespace detail

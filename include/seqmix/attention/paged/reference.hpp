@@ -28,38 +28,8 @@
 
 namespace seqmix {
 
-/// A read-only 2-D table of indices stored as int32 or int64 (vLLM's block_tables are int32,
-/// some engines keep int64), read as index_t. The 2-D sibling of IndexList.
-class BlockTable {
- public:
-  BlockTable() = default;  ///< not given
-  /// Wraps a caller's int32 or int64 [N, max_blocks] tensor (not copied).
-  ///@{
-  BlockTable(ConstView<std::int32_t, 2> v) : i32_(v) {}   // NOLINT: implicit by design
-  BlockTable(ConstView<std::int64_t, 2> v) : i64_(v) {}   // NOLINT
-  BlockTable(TensorView<std::int32_t, 2> v) : i32_(v) {}  // NOLINT
-  BlockTable(TensorView<std::int64_t, 2> v) : i64_(v) {}  // NOLINT
-
-  ///@}
-  /// False for the default (not given).
-  bool has_value() const noexcept { return i32_.has_value() || i64_.has_value(); }
-  /// Number of sequences N.
-  index_t rows() const noexcept { return i32_.has_value() ? i32_.size(0) : i64_.size(0); }
-  /// Blocks per row (max_blocks).
-  index_t cols() const noexcept { return i32_.has_value() ? i32_.size(1) : i64_.size(1); }
-  /// Page of block i of sequence n.
-  index_t operator()(index_t n, index_t i) const {
-    return i32_.has_value() ? static_cast<index_t>(i32_(n, i)) : static_cast<index_t>(i64_(n, i));
-  }
-  /// A null pointer with a non-zero extent: refused by validation.
-  bool dangling() const noexcept {
-    return (i32_.data() == nullptr && i32_.numel() > 0) || (i64_.data() == nullptr && i64_.numel() > 0);
-  }
-
- private:
-  ConstView<std::int32_t, 2> i32_;
-  ConstView<std::int64_t, 2> i64_;
-};
+/// Block tables are IndexTables (core/batch.hpp): int32 as vLLM keeps them, or int64.
+using BlockTable = IndexTable;
 
 /// The same rules as AttentionOptions; `causal` is on by default because the queries of a paged
 /// call are the newest tokens of their sequences.

@@ -142,7 +142,7 @@ class ExactMemoryIndex final : public MemoryIndex {
 };
 
 /// Options of retrieval_attention.
-struct RetrievalOptions {
+struct RetrievalAttentionOptions {
   index_t k = 32;              ///< entries retrieved per (query, query head)
   std::optional<float> scale;  ///< multiplies q.k; std::nullopt means 1/sqrt(Dk)
 };
@@ -151,7 +151,7 @@ struct RetrievalOptions {
 /// (lse is required: it is what attention_merge weighs the parts with). Allocates the id list
 /// (Tq * Hq * k ints) per call.
 inline void retrieval_attention(const ConstView<float, 4>& q, const KeyValueMemory& memory, const MemoryIndex& index,
-                                const AttentionOutputs& out, const RetrievalOptions& options = {},
+                                const AttentionOutputs& out, const RetrievalAttentionOptions& options = {},
                                 const Executor& executor = serial_executor()) {
   const ArgCheck check("retrieval_attention");
   check.shape("q", q, std::array<index_t, 4>{1, -1, -1, memory.keys().size(3)}, "1,Tq,Hq,Dk");
@@ -171,7 +171,8 @@ inline void retrieval_attention(const ConstView<float, 4>& q, const KeyValueMemo
 template <class KV>
 void retrieval_attention_merged(const AttentionInputs<KV>& local, const AttentionOptions& local_options,
                                 const KeyValueMemory& memory, const MemoryIndex& index, const AttentionOutputs& out,
-                                const RetrievalOptions& options = {}, const Executor& executor = serial_executor()) {
+                                const RetrievalAttentionOptions& options = {},
+                                const Executor& executor = serial_executor()) {
   const ArgCheck check("retrieval_attention_merged");
   check.shape("local.q", local.q, std::array<index_t, 4>{1, -1, -1, -1}, "1,Tq,Hq,Dk");
   const index_t Tq = local.q.size(1), Hq = local.q.size(2), Dv = memory.values().size(3);
@@ -179,12 +180,15 @@ void retrieval_attention_merged(const AttentionInputs<KV>& local, const Attentio
   check.optional_shape("out.lse", out.lse, std::array<index_t, 3>{1, Tq, Hq}, "1,Tq,Hq");
   Tensor<float, 4> o_memory({1, Tq, Hq, Dv}), o_local({1, Tq, Hq, Dv});
   Tensor<float, 3> lse_memory({1, Tq, Hq}), lse_local({1, Tq, Hq}), lse({1, Tq, Hq});
-  RetrievalOptions memory_options = options;
+  RetrievalAttentionOptions memory_options = options;
   if (!memory_options.scale) memory_options.scale = detail::attention_scale(local_options, local.q.size(3));
   retrieval_attention(local.q, memory, index, {o_memory.view(), lse_memory.view()}, memory_options, executor);
   attention(local, {o_local.view(), lse_local.view()}, local_options, executor);
   attention_merge(o_memory.cview(), lse_memory.cview(), o_local.cview(), lse_local.cview(), out.o,
                   out.lse.has_value() ? out.lse : lse.view(), executor);
 }
+
+// The name before the naming scheme of docs/conventions.md (`<Op>Options`).
+using RetrievalOptions [[deprecated("renamed seqmix::RetrievalAttentionOptions")]] = RetrievalAttentionOptions;
 
 }  // namespace seqmix

@@ -2,7 +2,7 @@
 //
 // A task is (batch row, query, selection head). For each KV head its query heads read, the
 // selected rows of K and V are converted into contiguous fp32 scratch ([n, 1, 1, D]: the
-// gathered keys in increasing order) and attention_decode runs those query heads on them with
+// gathered keys in increasing order) and attention_step runs those query heads on them with
 // no visibility rule (selection already applied it). The gather reads n rows where dense decode
 // reads Tk, which is where the saving comes from; the kernel itself is the dense one, so the
 // attention over the selected keys is exact.
@@ -101,7 +101,7 @@ void topk_task(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out, c
     AttentionOutputs part;
     part.o = out.o.slice(0, b, 1).slice(1, i, 1).slice(2, heads.h0, count);
     if (out.lse.has_value()) part.lse = out.lse.slice(0, b, 1).slice(1, i, 1).slice(2, heads.h0, count);
-    attention_decode(gathered, part, as_attention_options(options), inner);
+    attention_step(gathered, part, as_attention_options(options), inner);
   }
 }
 

@@ -29,6 +29,7 @@
 #include "seqmix/attention/dense/decode.hpp"  // kv tiles, query rows, scores_dot
 #include "seqmix/attention/lightning_indexer/fast.hpp"
 #include "seqmix/attention/topk/reference.hpp"
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/parallel.hpp"
 
 namespace seqmix {
@@ -372,7 +373,7 @@ inline void select_row(const float* score, index_t score_stride, index_t N, inde
 /// scores [B,Tq,Hs,N] (N = ceil(Tk / block)) -> indices [B,Tq,Hs,capacity >= topk_capacity(o)].
 /// positions [B,Tq] optional, as in AttentionInputs.
 inline void select_topk(const ConstView<float, 4>& scores, index_t Tk, const TensorView<std::int32_t, 4>& indices,
-                        const TopkOptions& o, const ConstView<std::int32_t, 2>& positions = {},
+                        const TopkOptions& o, const IndexTable& positions = {},
                         const Executor& executor = serial_executor()) {
   const ArgCheck check("select_topk");
   check.that(o.k >= 0 && o.block >= 1 && o.sink_tokens >= 0 && o.recent >= 0, "options",
@@ -385,13 +386,13 @@ inline void select_topk(const ConstView<float, 4>& scores, index_t Tk, const Ten
   check.that(indices.size(3) >= topk_capacity(o), "indices",
              "needs capacity >= topk_capacity(options) = " + std::to_string(topk_capacity(o)) + ", got " +
                  std::to_string(indices.size(3)));
-  check.optional_shape("positions", positions, std::array<index_t, 2>{B, Tq}, "B,Tq");
+  positions.check_optional_shape(check, "positions", {B, Tq}, "B,Tq");
   parallel_for(executor, B * Tq * Hs, 1, [&](index_t first, index_t last) {
     std::vector<std::pair<float, std::int32_t>> candidates;
     std::vector<std::int32_t> keys;
     for (index_t row = first; row < last; ++row) {
       const index_t s = row % Hs, i = row / Hs % Tq, b = row / Hs / Tq;
-      const index_t pos = positions.has_value() ? static_cast<index_t>(positions(b, i)) : Tk - Tq + i;
+      const index_t pos = positions.has_value() ? positions(b, i) : Tk - Tq + i;
       detail::select_row(scores.ptr(b, i, s), scores.stride(3), N, pos, Tk, o, indices.ptr(b, i, s), indices.stride(3),
                          indices.size(3), candidates, keys);
     }

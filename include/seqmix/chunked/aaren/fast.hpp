@@ -98,12 +98,12 @@ inline void run_tokens(const AarenInputs& in, const AarenOutputs& out, const Dim
 }
 
 inline void load_initial(const AarenInputs& in, index_t b, index_t h, index_t Dv, Running& st) {
-  if (!in.initial.m.has_value()) {
+  if (!in.initial_state.m.has_value()) {
     std::fill(st.acc, st.acc + Dv, 0.f);
     return;
   }
-  st.m = in.initial.m(b, h), st.l = in.initial.l(b, h);
-  for (index_t j = 0; j < Dv; ++j) st.acc[j] = in.initial.acc(b, h, j);
+  st.m = in.initial_state.m(b, h), st.l = in.initial_state.l(b, h);
+  for (index_t j = 0; j < Dv; ++j) st.acc[j] = in.initial_state.acc(b, h, j);
 }
 
 // Copies the state out at the end (reads everything first, so the final state may alias the initial one).
@@ -121,11 +121,12 @@ inline bool use_time_split(AarenSplit split, index_t pairs, int threads) {
 }  // namespace detail::aaren
 
 /// Aaren prefill (reference::aaren is the definition): o_t is softmax attention of each head's
-/// query over tokens 0..t, resumed from `initial` when given. Threaded over heads or time
+/// query over tokens 0..t, resumed from `initial_state` when given. Threaded over heads or time
 /// (options.split).
-inline void aaren(const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options = {},
+inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const AarenOptions& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::aaren;
+  const AarenInputs in = current(inputs);
   const Dims d = validate("aaren", in, out, options);
   const float scale = scale_of(options, d.Dk);
   const index_t pairs = d.B * d.H, scratch_floats = d.Dk + 2 * d.Dv;  // run_tokens' rows

@@ -41,12 +41,30 @@ struct AarenConstState {
   ConstView<float, 3> acc;
 };
 
+/// AarenInputs::initial, the former name of initial_state: assigning it still compiles, with a
+/// deprecation warning, and the operators read it when initial_state is not given. (A plain
+/// [[deprecated]] member would warn in every aggregate initialization of AarenInputs.)
+class AarenFormerInitial {
+ public:
+  /// Sets the initial state under its former name.
+  [[deprecated("renamed AarenInputs::initial_state")]] AarenFormerInitial& operator=(const AarenConstState& s) {
+    state_ = s;
+    return *this;
+  }
+  /// The state assigned, empty views if none.
+  const AarenConstState& state() const noexcept { return state_; }
+
+ private:
+  AarenConstState state_;
+};
+
 /// Arguments of aaren (attention as a scan): one learned query per head over every prefix of k.
 struct AarenInputs {
-  ConstView<float, 2> query;  ///< [H,Dk] the learned query of each head
-  ConstView<float, 4> k;      ///< [B,T,H,Dk]
-  ConstView<float, 4> v;      ///< [B,T,H,Dv]
-  AarenConstState initial;    ///< optional (all three or none): earlier tokens
+  ConstView<float, 2> query;        ///< [H,Dk] the learned query of each head
+  ConstView<float, 4> k;            ///< [B,T,H,Dk]
+  ConstView<float, 4> v;            ///< [B,T,H,Dv]
+  AarenConstState initial_state;    ///< optional (all three or none): earlier tokens
+  AarenFormerInitial initial = {};  ///< deprecated name of initial_state
 };
 
 /// Outputs of aaren; o must not overlap an input.
@@ -97,6 +115,15 @@ void check_state(const ArgCheck& check, const State& s, const Dims& d, const cha
              "and its siblings l, acc must be given together");
 }
 
+// The inputs with the deprecated AarenInputs::initial moved to initial_state when only it is given.
+inline AarenInputs current(const AarenInputs& in) {
+  AarenInputs r = in;
+  const AarenConstState& s = in.initial_state;
+  if (!s.m.has_value() && !s.l.has_value() && !s.acc.has_value()) r.initial_state = in.initial.state();
+  r.initial = AarenFormerInitial{};
+  return r;
+}
+
 inline Dims validate(const char* op, const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options) {
   const ArgCheck check(op);
   check.shape("k", in.k, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,Dk");
@@ -104,7 +131,7 @@ inline Dims validate(const char* op, const AarenInputs& in, const AarenOutputs& 
   check.shape("query", in.query, std::array<index_t, 2>{d.H, d.Dk}, "H,Dk");
   check.shape("v", in.v, std::array<index_t, 4>{d.B, d.T, d.H, -1}, "B,T,H,Dv");
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.H, d.Dv}, "B,T,H,Dv");
-  check_state(check, in.initial, d, "initial.m", "initial.l", "initial.acc");
+  check_state(check, in.initial_state, d, "initial_state.m", "initial_state.l", "initial_state.acc");
   check_state(check, out.final_state, d, "final_state.m", "final_state.l", "final_state.acc");
   if (options.scale) check.finite(*options.scale, "options.scale");
   check.that(options.chunks >= 0, "options.chunks", "must be >= 0 (0 = automatic)");
@@ -120,17 +147,18 @@ inline float scale_of(const AarenOptions& o, index_t Dk) {
 namespace reference {
 
 /// Every prefix computed directly (O(T^2) per head): the definition, not the recurrence.
-inline void aaren(const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options = {},
+inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const AarenOptions& options = {},
                   const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::aaren;
+  const AarenInputs in = current(inputs);
   const Dims d = validate("reference::aaren", in, out, options);
   const float scale = scale_of(options, d.Dk);
   const float ninf = -std::numeric_limits<float>::infinity();
   std::vector<double> s(static_cast<std::size_t>(d.T)), num(static_cast<std::size_t>(d.Dv));
   for (index_t b = 0; b < d.B; ++b)
     for (index_t h = 0; h < d.H; ++h) {
-      const float m0 = in.initial.m.has_value() ? in.initial.m(b, h) : ninf;
+      const float m0 = in.initial_state.m.has_value() ? in.initial_state.m(b, h) : ninf;
       for (index_t t = 0; t < d.T; ++t) {
         double dot = 0;
         for (index_t c = 0; c < d.Dk; ++c) dot += static_cast<double>(in.query(h, c)) * in.k(b, t, h, c);
@@ -140,8 +168,8 @@ inline void aaren(const AarenInputs& in, const AarenOutputs& out, const AarenOpt
       for (index_t n = d.T == 0 ? 0 : 1; n <= d.T; ++n) {
         double m = m0;
         for (index_t u = 0; u < n; ++u) m = std::max(m, s[u]);
-        double den = m0 == ninf ? 0.0 : in.initial.l(b, h) * std::exp(m0 - m);
-        for (index_t j = 0; j < d.Dv; ++j) num[j] = m0 == ninf ? 0.0 : in.initial.acc(b, h, j) * std::exp(m0 - m);
+        double den = m0 == ninf ? 0.0 : in.initial_state.l(b, h) * std::exp(m0 - m);
+        for (index_t j = 0; j < d.Dv; ++j) num[j] = m0 == ninf ? 0.0 : in.initial_state.acc(b, h, j) * std::exp(m0 - m);
         for (index_t u = 0; u < n; ++u) {
           const double w = std::exp(s[u] - m);
           den += w;

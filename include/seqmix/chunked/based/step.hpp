@@ -47,7 +47,7 @@ inline void based_step(const BasedStepInputs& in, const BasedStepOutputs& out, B
   AttentionOptions ao;  // every valid slot is visible: no causal or window rule
   ao.scale = window_scale(options, d.D);
   Tensor<float, 4> o_sw({d.B, 1, d.H, d.V});
-  attention_decode(ai, AttentionOutputs{o_sw.view(), {}}, ao, executor);
+  attention_step(ai, AttentionOutputs{o_sw.view(), {}}, ao, executor);
   add_into(as_sequence(out.o), o_sw, executor);
   ++state.position;
 }

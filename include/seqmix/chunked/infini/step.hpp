@@ -33,7 +33,7 @@ inline void infini_attention_step(const InfiniAttentionStepInputs& in, const Inf
   AttentionOptions ao;  // every filled row is visible
   ao.scale = local_scale(options, d.K);
   const TensorView<float, 4> o = seq(out.o);
-  attention_decode(ai, AttentionOutputs{o, {}}, ao, executor);
+  attention_step(ai, AttentionOutputs{o, {}}, ao, executor);
 
   const bool completes = filled + 1 == S;
   Memory memory(d, &state);

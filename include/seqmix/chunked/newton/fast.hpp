@@ -369,8 +369,8 @@ inline bool use_time_split(NewtonSplit split, index_t B, index_t D, int threads)
 
 // Channel split: every (batch row, channel block) iterates on its own.
 template <class Cell>
-void newton_channels(const Problem<Cell>& p, const Rows& h, const NewtonOptions& o, const Executor& executor,
-                     NewtonReport& report) {
+void newton_channels(const Problem<Cell>& p, const Rows& h, const NonlinearRecurrenceNewtonOptions& o,
+                     const Executor& executor, NewtonReport& report) {
   const index_t blocks = channel_blocks(p.D, executor.concurrency()), tasks = p.B * blocks;
   std::vector<Tally> last(static_cast<std::size_t>(tasks));
   std::vector<index_t> iterations(static_cast<std::size_t>(tasks), 0);
@@ -400,8 +400,8 @@ void newton_channels(const Problem<Cell>& p, const Rows& h, const NewtonOptions&
 
 // Time split: every iteration is one chunked scan over the whole problem.
 template <class Cell>
-void newton_time(const Problem<Cell>& p, const Rows& h, const NewtonOptions& o, const Executor& executor,
-                 NewtonReport& report) {
+void newton_time(const Problem<Cell>& p, const Rows& h, const NonlinearRecurrenceNewtonOptions& o,
+                 const Executor& executor, NewtonReport& report) {
   const index_t chunks = std::clamp<index_t>(o.chunks > 0 ? o.chunks : executor.concurrency(), 1, std::max<index_t>(p.T, 1));
   std::vector<index_t> bounds(static_cast<std::size_t>(chunks + 1));
   for (index_t c = 0; c <= chunks; ++c) bounds[c] = p.T * c / chunks;
@@ -470,8 +470,10 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
 /// Newton fails (iteration cap, NaN/inf), h holds NaN or the sequential result (options.fallback),
 /// never a silently wrong iterate. Scratch: with the time split, two [B,T,D] buffers.
 template <class Cell>
-NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
-                                         const NewtonOptions& options = {}, const Executor& executor = serial_executor()) {
+NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in,
+                                         const NonlinearRecurrenceOutputs& out,
+                                         const NonlinearRecurrenceNewtonOptions& options = {},
+                                         const Executor& executor = serial_executor()) {
   using namespace detail::newton;
   const char* op = "nonlinear_recurrence_newton";
   const Dims d = validate(op, in, out);

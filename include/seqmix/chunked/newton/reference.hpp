@@ -66,7 +66,7 @@ enum class NewtonFallback {
 };
 
 /// Options of nonlinear_recurrence_newton (docs/operators.md section 8; README.md in this folder).
-struct NewtonOptions {
+struct NonlinearRecurrenceNewtonOptions {
   float tol = 1e-6f;            ///< stop when max |h^(i+1) - h^(i)| <= tol
   index_t max_iterations = 64;  ///< Newton updates at most
   /// ELK-style damping: clamp J_t to [-jacobian_clamp, jacobian_clamp] (0 = off). Keeps the scan's
@@ -123,7 +123,7 @@ Dims validate(const char* op, const NonlinearRecurrenceInputs<Cell>& in, const N
   return {B, T, D};
 }
 
-inline void validate_options(const char* op, const NewtonOptions& o) {
+inline void validate_options(const char* op, const NonlinearRecurrenceNewtonOptions& o) {
   const ArgCheck check(op);
   check.finite(o.tol, "options.tol").that(o.tol >= 0.f, "options.tol", "must be >= 0, got " + std::to_string(o.tol));
   check.that(o.max_iterations >= 0, "options.max_iterations", "must be >= 0, got " + std::to_string(o.max_iterations));
@@ -179,8 +179,10 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
 /// The Newton iteration of the header comment in plain loops (zero initial guess unless
 /// warm_start). Same report as the fast form; splits and chunks are ignored.
 template <class Cell>
-NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
-                                         const NewtonOptions& options = {}, const Executor& executor = serial_executor()) {
+NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in,
+                                         const NonlinearRecurrenceOutputs& out,
+                                         const NonlinearRecurrenceNewtonOptions& options = {},
+                                         const Executor& executor = serial_executor()) {
   using namespace detail::newton;
   const char* op = "reference::nonlinear_recurrence_newton";
   const Dims d = validate(op, in, out);
@@ -249,4 +251,9 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
 }
 
 }  // namespace reference
+
+// The name before the naming scheme of docs/conventions.md (`<Op>Options`).
+using NewtonOptions [[deprecated("renamed seqmix::NonlinearRecurrenceNewtonOptions")]] =
+    NonlinearRecurrenceNewtonOptions;
+
 }  // namespace seqmix

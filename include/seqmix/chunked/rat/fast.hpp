@@ -73,7 +73,7 @@ inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& op
                 const Executor& executor = serial_executor()) {
   using namespace detail::rat;
   const Dims d = validate("rat", in, out, options, state);
-  const index_t L = options.chunk, pos0 = state ? state->position : 0, D = d.D, HD = d.Hkv * D, C2 = 2 * HD;
+  const index_t L = chunk_length(options), pos0 = state ? state->position : 0, D = d.D, HD = d.Hkv * D, C2 = 2 * HD;
   const float scale = scale_of(options, D);
   if (d.B * d.T == 0) {
     if (state) state->position += d.T;

@@ -28,12 +28,31 @@
 
 namespace seqmix {
 
+/// RatOptions::chunk, the former name of chunk_size: assigning it still compiles, with a
+/// deprecation warning, and wins over chunk_size. (A plain [[deprecated]] member would warn in
+/// every aggregate initialization of RatOptions.)
+class RatFormerChunk {
+ public:
+  /// Sets the chunk length under its former name.
+  [[deprecated("renamed RatOptions::chunk_size")]] RatFormerChunk& operator=(index_t chunk_size) {
+    value_ = chunk_size;
+    return *this;
+  }
+  /// The chunk length assigned, if any.
+  const std::optional<index_t>& value() const noexcept { return value_; }
+
+ private:
+  std::optional<index_t> value_;
+};
+
 /// Options of rat and rat_step (docs/operators.md section 8).
 struct RatOptions {
-  /// Chunk length L >= 1 (16 in the paper's default configuration).
-  index_t chunk = 16;
+  /// Chunk length L >= 1 (16 in the paper's default configuration). Unlike a compute tile, it is
+  /// part of the model: the result depends on it.
+  index_t chunk_size = 16;
   /// Softmax logit scale; default 1/sqrt(D).
   std::optional<float> scale;
+  RatFormerChunk chunk = {};  ///< deprecated name of chunk_size
 };
 
 /// Arguments of rat: a gated recurrence over k and v inside chunks of L tokens, and softmax
@@ -81,22 +100,28 @@ struct Dims {
   index_t group() const noexcept { return H / Hkv; }
 };
 
+// The chunk length L: chunk_size, or the deprecated RatOptions::chunk when a caller still sets it.
+inline index_t chunk_length(const RatOptions& options) {
+  return options.chunk.value() ? *options.chunk.value() : options.chunk_size;
+}
+
 inline void check_state(const ArgCheck& check, const RatState& s, const RatOptions& options, const Dims& d) {
   check.that(s.position >= 0, "state.position", "must be >= 0, got " + std::to_string(s.position));
-  const index_t needed = (s.position + d.T) / options.chunk;
+  const index_t needed = (s.position + d.T) / chunk_length(options);
   check.shape("state.chunk_k", s.chunk_k, std::array<index_t, 4>{d.B, -1, d.Hkv, d.D}, "B,C,Hkv,D");
   check.shape("state.chunk_v", s.chunk_v, std::array<index_t, 4>{d.B, s.chunk_k.size(1), d.Hkv, d.D}, "B,C,Hkv,D");
   if (s.chunk_k.size(1) < needed)
     check.fail("state.chunk_k", "has room for " + std::to_string(s.chunk_k.size(1)) + " chunk summaries, but " +
                                     std::to_string(needed) + " are needed after this call (position " +
                                     std::to_string(s.position) + " + T " + std::to_string(d.T) + ", chunk " +
-                                    std::to_string(options.chunk) + ")");
+                                    std::to_string(chunk_length(options)) + ")");
   check.shape("state.k_run", s.k_run, std::array<index_t, 3>{d.B, d.Hkv, d.D}, "B,Hkv,D");
   check.shape("state.v_run", s.v_run, std::array<index_t, 3>{d.B, d.Hkv, d.D}, "B,Hkv,D");
 }
 
 inline void check_options(const ArgCheck& check, const RatOptions& options) {
-  check.that(options.chunk >= 1, "options.chunk", "must be >= 1, got " + std::to_string(options.chunk));
+  check.that(chunk_length(options) >= 1, "options.chunk_size",
+             "must be >= 1, got " + std::to_string(chunk_length(options)));
   if (options.scale) check.finite(*options.scale, "options.scale");
 }
 
@@ -168,7 +193,7 @@ inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& op
   (void)executor;
   using namespace detail::rat;
   const Dims d = validate("reference::rat", in, out, options, state);
-  const index_t L = options.chunk, pos0 = state ? state->position : 0;
+  const index_t L = chunk_length(options), pos0 = state ? state->position : 0;
   const double scale = scale_of(options, d.D);
   for (index_t b = 0; b < d.B; ++b)
     for (index_t hk = 0; hk < d.Hkv; ++hk) {

@@ -1,7 +1,7 @@
 // RAT decode step: the in-chunk state advances by one token (zeroed first at a chunk start), the
 // split-KV decode attention runs over the position / L finished chunk summaries (all visible),
 // the own-state key is merged in, and a token that ends its chunk appends the state to the
-// summaries. Nothing is allocated per step beyond what attention_decode allocates: the lse and
+// summaries. Nothing is allocated per step beyond what attention_step allocates: the lse and
 // the row copies of strided inputs live in a per-thread buffer that only grows.
 #pragma once
 
@@ -47,7 +47,7 @@ inline void rat_step(const RatStepInputs& in, const RatStepOutputs& out, RatStat
                      const RatOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::rat;
   const Dims d = validate_step("rat_step", in, out, options, state);
-  const index_t L = options.chunk, p = state.position, D = d.D;
+  const index_t L = chunk_length(options), p = state.position, D = d.D;
   const float scale = scale_of(options, D);
   const bool keep = p % L != 0;
   for (index_t b = 0; b < d.B; ++b)
@@ -70,7 +70,7 @@ inline void rat_step(const RatStepInputs& in, const RatStepOutputs& out, RatStat
     ai.v = state.chunk_v.as_const().slice(1, 0, chunks);
     AttentionOptions ao;  // every finished chunk is visible
     ao.scale = scale;
-    attention_decode(ai, AttentionOutputs{o, lse}, ao, executor);
+    attention_step(ai, AttentionOutputs{o, lse}, ao, executor);
   } else {
     std::fill(scratch.data(), scratch.data() + d.B * d.H, detail::kMinusInf);
   }

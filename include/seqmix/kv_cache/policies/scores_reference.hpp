@@ -25,6 +25,7 @@
 #include <optional>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -59,7 +60,7 @@ struct ObservationOptions {
 struct ObservationInputs {
   ConstView<float, 4> q;                        ///< [B, W, Hq, D] the observation window's queries
   ConstView<float, 4> keys;                     ///< [B, N, Hkv, D] the cached keys, entry j at index j
-  ConstView<std::int32_t, 2> query_positions;   ///< [B, W] optional; Causal: query w sees j <= pos
+  IndexTable query_positions;                   ///< [B, W] int32 or int64, optional; Causal: query w sees j <= pos
 };
 
 namespace detail {
@@ -76,7 +77,7 @@ inline ObservationDims validate_observation(const ArgCheck& check, const Observa
   check.shape("keys", in.keys, {B, -1, -1, D}, "B,N,Hkv,D");
   const index_t N = in.keys.size(1), Hkv = in.keys.size(2);
   if (Hq > 0 || Hkv > 0) check.divides(Hkv, Hq, "keys", "KV heads (dimension 2)");
-  check.optional_shape("query_positions", in.query_positions, {B, W}, "B,W");
+  in.query_positions.check_optional_shape(check, "query_positions", {B, W}, "B,W");
   if (options.scale) check.finite(*options.scale, "scale");
   return {B, W, Hq, Hkv, D, N};
 }
@@ -85,7 +86,7 @@ inline ObservationDims validate_observation(const ArgCheck& check, const Observa
 inline index_t visible_end(const ObservationInputs& in, const ObservationOptions& options, const ObservationDims& d,
                            index_t b, index_t w) {
   if (options.visibility == Visibility::All) return d.N;
-  const index_t pos = in.query_positions.has_value() ? static_cast<index_t>(in.query_positions(b, w)) : d.N - d.W + w;
+  const index_t pos = in.query_positions.has_value() ? in.query_positions(b, w) : d.N - d.W + w;
   return std::clamp<index_t>(pos + 1, 0, d.N);
 }
 

@@ -5,8 +5,8 @@
 //   seqmix::ungated_linear_attention no decay (linear_attention with the identity map)
 // Multi-threaded over (sequence, value head); chunked or recurrent per shape (detail::la::
 // choose_algorithm says which and why). Dense or packed (cu_seqlens) batches, states per sequence
-// or in slots of a pool, the state after every token on request (GlaInputs / GlaOutputs). The
-// definition is in reference.hpp.
+// or in slots of a pool, the state after every token on request (GatedLinearAttentionInputs /
+// GatedLinearAttentionOutputs). The definition is in reference.hpp.
 #pragma once
 
 #include <vector>
@@ -19,8 +19,8 @@ namespace seqmix {
 namespace detail::la {
 
 // The HeadProblem of value head hv of batch row b. `fixed_gate` backs a retnet decay.
-inline HeadProblem gla_head(const GlaInputs& in, const GlaOutputs& out, GateKind gate, float scale, const Dims& d,
-                            index_t b, index_t hv, const float* fixed_gate) {
+inline HeadProblem gla_head(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GateKind gate,
+                            float scale, const Dims& d, index_t b, index_t hv, const float* fixed_gate) {
   HeadProblem p;
   const index_t h = hv / d.heads_per_qk();
   p.q = in.q[b].select(1, h);
@@ -67,7 +67,7 @@ inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet 
 /// GLA prefill with the decay options.gate selects (per-channel by default;
 /// reference::gated_linear_attention is the definition). final_state may be the initial_state
 /// view (in place); token_states forces the recurrent form. Threaded over (sequence, value head).
-inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
+inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
   const auto [d, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
@@ -87,21 +87,21 @@ inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, c
 }
 
 /// Simple GLA: one log-decay per token and head, g_scalar [B,T,Hg].
-inline void simple_gla(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
+inline void simple_gla(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GatedLinearAttentionOptions options = {},
                        const Executor& executor = serial_executor()) {
   options.gate = GateKind::scalar;
   gated_linear_attention(in, out, options, executor);
 }
 
 /// RetNet retention: decay log(1 - 2^(-5-h)) for value head h; no gate input.
-inline void retention(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
+inline void retention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GatedLinearAttentionOptions options = {},
                       const Executor& executor = serial_executor()) {
   options.gate = GateKind::retnet;
   gated_linear_attention(in, out, options, executor);
 }
 
 /// No decay: S_t = S_{t-1} + k_t v_t^T (see also linear_attention for feature maps).
-inline void ungated_linear_attention(const GlaInputs& in, const GlaOutputs& out, GlaOptions options = {},
+inline void ungated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GatedLinearAttentionOptions options = {},
                                      const Executor& executor = serial_executor()) {
   options.gate = GateKind::none;
   gated_linear_attention(in, out, options, executor);

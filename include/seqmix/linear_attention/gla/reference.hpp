@@ -27,7 +27,7 @@ namespace seqmix {
 
 /// Options of gated_linear_attention, simple_gla, retention and their steps (docs/operators.md
 /// section 4).
-struct GlaOptions {
+struct GatedLinearAttentionOptions {
   /// Which decay the call uses, and so which gate input it reads (see GateKind).
   GateKind gate = GateKind::channel;
   /// Multiplies q; default 1/sqrt(K).
@@ -46,7 +46,7 @@ struct GlaOptions {
 /// batch.state_indices the states are a pool [S,HV,K,V] read and written at row state_indices[n]
 /// (-1: padding sequence, nothing read or written, its outputs untouched); has_initial_state[n]
 /// false starts sequence n from zeros (seqmix/core/batch.hpp).
-struct GlaInputs {
+struct GatedLinearAttentionInputs {
   ConstView<float, 4> q;              ///< [B,T,H,K]
   ConstView<float, 4> k;              ///< [B,T,H,K]
   ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of H
@@ -57,7 +57,7 @@ struct GlaInputs {
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state (in place).
-struct GlaOutputs {
+struct GatedLinearAttentionOutputs {
   TensorView<float, 4> o;            ///< [B,T,HV,V]
   TensorView<float, 4> final_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional
   /// [B,T,HV,K,V], optional: the state after each token (speculative verify keeps the state of the
@@ -66,7 +66,7 @@ struct GlaOutputs {
 };
 
 /// Decode-step arguments: one token per batch row.
-struct GlaStepInputs {
+struct GatedLinearAttentionStepInputs {
   ConstView<float, 3> q;         ///< [B,H,K]
   ConstView<float, 3> k;         ///< [B,H,K]
   ConstView<float, 3> v;         ///< [B,HV,V]
@@ -78,7 +78,7 @@ struct GlaStepInputs {
 };
 
 /// Decode-step outputs; o must not overlap an input.
-struct GlaStepOutputs {
+struct GatedLinearAttentionStepOutputs {
   TensorView<float, 3> o;      ///< [B,HV,V]
   TensorView<float, 4> state;  ///< [B,HV,K,V] or a pool [S,HV,K,V], updated in place (required)
 };
@@ -123,7 +123,8 @@ inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<flo
 }
 
 // Checks a prefill (before anything is written) and resolves its sequences.
-inline PrefillCheck validate_gla(const char* op, const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options,
+inline PrefillCheck validate_gla(const char* op, const GatedLinearAttentionInputs& in,
+                                 const GatedLinearAttentionOutputs& out, const GatedLinearAttentionOptions& options,
                                  const Executor& executor) {
   const ArgCheck check(op);
   const Dims d = check_qkv(check, "q", in.q, in.k, in.v);
@@ -143,8 +144,9 @@ inline PrefillCheck validate_gla(const char* op, const GlaInputs& in, const GlaO
 }
 
 // `check` is the caller's (a static: building an ArgCheck allocates its name).
-inline Dims validate_gla_step(const ArgCheck& check, const GlaStepInputs& in, const GlaStepOutputs& out,
-                              const GlaOptions& options, const Executor& executor) {
+inline Dims validate_gla_step(const ArgCheck& check, const GatedLinearAttentionStepInputs& in,
+                              const GatedLinearAttentionStepOutputs& out, const GatedLinearAttentionOptions& options,
+                              const Executor& executor) {
   const Dims d = check_qkv_step(check, "q", in.q, in.k, in.v);
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
   check.shape("state", out.state, std::array<index_t, 4>{-1, d.HV, d.K, d.V}, "S,HV,K,V");
@@ -156,8 +158,8 @@ inline Dims validate_gla_step(const ArgCheck& check, const GlaStepInputs& in, co
 }
 
 // The log-decay of key channel c for value head hv at token t of a prefill (any gate kind).
-inline float gla_log_gate(const GlaInputs& in, GateKind gate, const Dims& d, index_t b, index_t t, index_t hv,
-                          index_t c) {
+inline float gla_log_gate(const GatedLinearAttentionInputs& in, GateKind gate, const Dims& d, index_t b, index_t t,
+                          index_t hv, index_t c) {
   switch (gate) {
     case GateKind::channel: return in.g(b, t, head_for(in.g.size(2), hv, d), c);
     case GateKind::scalar: return in.g_scalar(b, t, head_for(in.g_scalar.size(2), hv, d));
@@ -173,7 +175,7 @@ namespace reference {
 
 /// The definition, token by token, with the state in double precision, one sequence at a time.
 /// Single-threaded; `executor` only splits the gate check. final_state may alias initial_state.
-inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, const GlaOptions& options = {},
+inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
   const auto [d, seqs] = validate_gla("reference::gated_linear_attention", in, out, options, executor);
@@ -210,4 +212,13 @@ inline void gated_linear_attention(const GlaInputs& in, const GlaOutputs& out, c
 }
 
 }  // namespace reference
+
+// Names before the naming scheme of docs/conventions.md (`<Op>Inputs`, `<Op>Options`, ...).
+using GlaInputs [[deprecated("renamed seqmix::GatedLinearAttentionInputs")]] = GatedLinearAttentionInputs;
+using GlaOutputs [[deprecated("renamed seqmix::GatedLinearAttentionOutputs")]] = GatedLinearAttentionOutputs;
+using GlaStepInputs [[deprecated("renamed seqmix::GatedLinearAttentionStepInputs")]] = GatedLinearAttentionStepInputs;
+using GlaStepOutputs [[deprecated("renamed seqmix::GatedLinearAttentionStepOutputs")]] =
+    GatedLinearAttentionStepOutputs;
+using GlaOptions [[deprecated("renamed seqmix::GatedLinearAttentionOptions")]] = GatedLinearAttentionOptions;
+
 }  // namespace seqmix

@@ -1,7 +1,7 @@
 // The fast prefill of linear_attention: feature maps are applied while each chunk (or token) is
 // loaded, the normalizer z rides along as one more value column, and JRT's prefix is a prefill of
 // the prefix followed by one read of its final state. Multi-threaded over (sequence, value head);
-// dense or packed batches, states per sequence or in slots (see GlaInputs).
+// dense or packed batches, states per sequence or in slots (see GatedLinearAttentionInputs).
 #pragma once
 
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"

@@ -8,7 +8,7 @@
 //   o_t = scale * S_t^T phi(q_t)         divided by scale * phi(q_t).z_t when normalizing
 // With prefix_len P > 0 (JRT prefix-linear attention), tokens t < P read the full prefix state
 // S_{P-1} (and z_{P-1}) instead of S_t; tokens t >= P are causal as above. In a packed batch the
-// prefix is min(P, length) tokens of each sequence. Batches, slots and token_states: GlaInputs.
+// prefix is min(P, length) tokens of each sequence. Batches, slots and token_states: GatedLinearAttentionInputs.
 #pragma once
 
 #include <algorithm>
@@ -39,7 +39,7 @@ struct LinearAttentionOptions {
   index_t prefix_len = 0;
   /// Multiplies phi(q); default 1/sqrt(K) with K the input key size (not the feature count).
   std::optional<float> scale;
-  /// Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
+  /// Tokens per chunk of the chunked algorithm; see GatedLinearAttentionOptions::chunk_size for why 64.
   index_t chunk_size = 64;
   /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
@@ -52,7 +52,7 @@ struct LinearAttentionInputs {
   ConstView<float, 4> v;                   ///< [B,T,HV,V], HV a multiple of H
   ConstView<float, 4> initial_state;       ///< [B,HV,Kf,V], optional (zero if absent)
   ConstView<float, 3> initial_normalizer;  ///< [B,HV,Kf], optional z (normalize only; zero if absent)
-  /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): states
+  /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GatedLinearAttentionInputs): states
   /// and normalizers are then [N,...] per sequence or a pool [S,...] of slots.
   SequenceBatch batch;
 };
@@ -71,7 +71,7 @@ struct LinearAttentionStepInputs {
   ConstView<float, 3> q;  ///< [B,H,K]
   ConstView<float, 3> k;  ///< [B,H,K]
   ConstView<float, 3> v;  ///< [B,HV,V]
-  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GlaStepInputs)
+  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
 };
 
 /// Decode-step outputs; o must not overlap an input.

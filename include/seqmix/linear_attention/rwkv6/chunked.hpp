@@ -1,7 +1,7 @@
 // The fast prefill of rwkv6: the family's chunked / recurrent engines with the exclusive readout
 // (o_t reads S_{t-1}; the diagonal of the intra-chunk scores is the bonus r_t . (u * k_t)).
 // Multi-threaded over (sequence, value head); see detail::la::choose_algorithm for the choice.
-// Dense or packed batches, states per sequence or in slots, token_states (see GlaInputs).
+// Dense or packed batches, states per sequence or in slots, token_states (see GatedLinearAttentionInputs).
 #pragma once
 
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"

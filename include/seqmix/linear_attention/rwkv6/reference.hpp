@@ -23,7 +23,7 @@ namespace seqmix {
 
 /// Options of rwkv6 and rwkv6_step (RWKV-6, docs/operators.md section 4).
 struct Rwkv6Options {
-  /// Tokens per chunk of the chunked algorithm; see GlaOptions::chunk_size for why 64.
+  /// Tokens per chunk of the chunked algorithm; see GatedLinearAttentionOptions::chunk_size for why 64.
   index_t chunk_size = 64;
   /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
@@ -37,7 +37,7 @@ struct Rwkv6Inputs {
   ConstView<float, 4> g;              ///< [B,T,Hg,K] log-decay <= 0 (w = exp(g))
   ConstView<float, 2> u;              ///< [Hg,K] bonus of the current token
   ConstView<float, 4> initial_state;  ///< [B,HV,K,V], optional (zero if absent)
-  /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GlaInputs): the
+  /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GatedLinearAttentionInputs): the
   /// states are then [N,HV,K,V] per sequence or a pool [S,HV,K,V] of slots.
   SequenceBatch batch;
 };
@@ -56,7 +56,7 @@ struct Rwkv6StepInputs {
   ConstView<float, 3> v;  ///< [B,HV,V]
   ConstView<float, 3> g;  ///< [B,Hg,K]
   ConstView<float, 2> u;  ///< [Hg,K]
-  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GlaStepInputs)
+  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
 };
 
 /// Decode-step outputs; o must not overlap an input.
