@@ -800,7 +800,7 @@ void attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out, 
       }
 }
 
-// The name attention_step had before the naming scheme of docs/conventions.md (`<op>_step`).
+/// \deprecated The former name of attention_step (docs/conventions.md, naming).
 template <class KV>
 [[deprecated("renamed seqmix::attention_step")]] void attention_decode(const AttentionInputs<KV>& in,
                                                                         const AttentionOutputs& out,

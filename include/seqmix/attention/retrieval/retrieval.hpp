@@ -188,7 +188,7 @@ void retrieval_attention_merged(const AttentionInputs<KV>& local, const Attentio
                   out.lse.has_value() ? out.lse : lse.view(), executor);
 }
 
-// The name before the naming scheme of docs/conventions.md (`<Op>Options`).
+/// \deprecated Renamed RetrievalAttentionOptions (docs/conventions.md, naming).
 using RetrievalOptions [[deprecated("renamed seqmix::RetrievalAttentionOptions")]] = RetrievalAttentionOptions;
 
 }  // namespace seqmix

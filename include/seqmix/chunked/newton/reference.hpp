@@ -252,7 +252,7 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
 
 }  // namespace reference
 
-// The name before the naming scheme of docs/conventions.md (`<Op>Options`).
+/// \deprecated Renamed NonlinearRecurrenceNewtonOptions (docs/conventions.md, naming).
 using NewtonOptions [[deprecated("renamed seqmix::NonlinearRecurrenceNewtonOptions")]] =
     NonlinearRecurrenceNewtonOptions;
 

@@ -67,7 +67,8 @@ inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet 
 /// GLA prefill with the decay options.gate selects (per-channel by default;
 /// reference::gated_linear_attention is the definition). final_state may be the initial_state
 /// view (in place); token_states forces the recurrent form. Threaded over (sequence, value head).
-inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, const GatedLinearAttentionOptions& options = {},
+inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                                   const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
   const auto [d, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
@@ -87,21 +88,22 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
 }
 
 /// Simple GLA: one log-decay per token and head, g_scalar [B,T,Hg].
-inline void simple_gla(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GatedLinearAttentionOptions options = {},
-                       const Executor& executor = serial_executor()) {
+inline void simple_gla(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                       GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
   options.gate = GateKind::scalar;
   gated_linear_attention(in, out, options, executor);
 }
 
 /// RetNet retention: decay log(1 - 2^(-5-h)) for value head h; no gate input.
-inline void retention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GatedLinearAttentionOptions options = {},
-                      const Executor& executor = serial_executor()) {
+inline void retention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                      GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
   options.gate = GateKind::retnet;
   gated_linear_attention(in, out, options, executor);
 }
 
 /// No decay: S_t = S_{t-1} + k_t v_t^T (see also linear_attention for feature maps).
-inline void ungated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GatedLinearAttentionOptions options = {},
+inline void ungated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                                     GatedLinearAttentionOptions options = {},
                                      const Executor& executor = serial_executor()) {
   options.gate = GateKind::none;
   gated_linear_attention(in, out, options, executor);

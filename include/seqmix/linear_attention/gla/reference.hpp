@@ -175,7 +175,8 @@ namespace reference {
 
 /// The definition, token by token, with the state in double precision, one sequence at a time.
 /// Single-threaded; `executor` only splits the gate check. final_state may alias initial_state.
-inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, const GatedLinearAttentionOptions& options = {},
+inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                                   const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
   const auto [d, seqs] = validate_gla("reference::gated_linear_attention", in, out, options, executor);
@@ -213,12 +214,16 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
 
 }  // namespace reference
 
-// Names before the naming scheme of docs/conventions.md (`<Op>Inputs`, `<Op>Options`, ...).
+/// \deprecated Renamed GatedLinearAttentionInputs (docs/conventions.md, naming).
 using GlaInputs [[deprecated("renamed seqmix::GatedLinearAttentionInputs")]] = GatedLinearAttentionInputs;
+/// \deprecated Renamed GatedLinearAttentionOutputs (docs/conventions.md, naming).
 using GlaOutputs [[deprecated("renamed seqmix::GatedLinearAttentionOutputs")]] = GatedLinearAttentionOutputs;
+/// \deprecated Renamed GatedLinearAttentionStepInputs (docs/conventions.md, naming).
 using GlaStepInputs [[deprecated("renamed seqmix::GatedLinearAttentionStepInputs")]] = GatedLinearAttentionStepInputs;
+/// \deprecated Renamed GatedLinearAttentionStepOutputs (docs/conventions.md, naming).
 using GlaStepOutputs [[deprecated("renamed seqmix::GatedLinearAttentionStepOutputs")]] =
     GatedLinearAttentionStepOutputs;
+/// \deprecated Renamed GatedLinearAttentionOptions (docs/conventions.md, naming).
 using GlaOptions [[deprecated("renamed seqmix::GatedLinearAttentionOptions")]] = GatedLinearAttentionOptions;
 
 }  // namespace seqmix

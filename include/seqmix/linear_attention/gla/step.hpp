@@ -15,8 +15,10 @@ namespace seqmix {
 /// GLA decode step: one token per batch row, out.state (or pool rows through
 /// in.batch.state_indices) decayed and updated in place, then read for o. No allocation after the
 /// first call.
-inline void gated_linear_attention_step(const GatedLinearAttentionStepInputs& in, const GatedLinearAttentionStepOutputs& out,
-                                        const GatedLinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+inline void gated_linear_attention_step(const GatedLinearAttentionStepInputs& in,
+                                        const GatedLinearAttentionStepOutputs& out,
+                                        const GatedLinearAttentionOptions& options = {},
+                                        const Executor& executor = serial_executor()) {
   using namespace detail::la;
   static const ArgCheck check("gated_linear_attention_step");
   const Dims d = validate_gla_step(check, in, out, options, executor);
@@ -43,15 +45,15 @@ inline void gated_linear_attention_step(const GatedLinearAttentionStepInputs& in
 }
 
 /// gated_linear_attention_step with GateKind::scalar (one log-decay per token and head, g_scalar).
-inline void simple_gla_step(const GatedLinearAttentionStepInputs& in, const GatedLinearAttentionStepOutputs& out, GatedLinearAttentionOptions options = {},
-                            const Executor& executor = serial_executor()) {
+inline void simple_gla_step(const GatedLinearAttentionStepInputs& in, const GatedLinearAttentionStepOutputs& out,
+                            GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
   options.gate = GateKind::scalar;
   gated_linear_attention_step(in, out, options, executor);
 }
 
 /// gated_linear_attention_step with GateKind::retnet (RetNet's fixed per-head decay, no gate input).
-inline void retention_step(const GatedLinearAttentionStepInputs& in, const GatedLinearAttentionStepOutputs& out, GatedLinearAttentionOptions options = {},
-                           const Executor& executor = serial_executor()) {
+inline void retention_step(const GatedLinearAttentionStepInputs& in, const GatedLinearAttentionStepOutputs& out,
+                           GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
   options.gate = GateKind::retnet;
   gated_linear_attention_step(in, out, options, executor);
 }
