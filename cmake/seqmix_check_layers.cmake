@@ -2,9 +2,9 @@
 #
 #   cmake -DSEQMIX_SOURCE_DIR=<source tree> -P cmake/seqmix_check_layers.cmake
 #
-# The library is layered in floors (docs/compile_time.md): core at the bottom; ssm,
-# linear_attention and attention on it, each on its own; kv_cache on attention; chunked (the
-# hybrids) on ssm, linear_attention and attention; io beside core. A header may include only
+# The library is layered in floors (docs/compile_time.md): core at the bottom; positional (rope),
+# ssm and linear_attention on it, each on its own; attention on core and positional; kv_cache on
+# attention; chunked (the hybrids) on ssm, linear_attention and attention; io beside core. A header may include only
 # headers of its own family and of the families below it, so a user who includes one family's
 # umbrella header does not compile the others. Two rules are checked:
 #
@@ -12,8 +12,8 @@
 #    includes seqmix headers of the allowed families only (_allowed_<family> below). A problem
 #    names the file, the include and the family it brought in.
 # 2. The transitive includes of every umbrella header stay within its allowed families, and
-#    those of the Eigen-free headers (_eigen_free below) never reach <Eigen/...>: dense,
-#    paged and sparse attention and the light core headers need no Eigen.
+#    those of the Eigen-free headers (_eigen_free below) never reach <Eigen/...>: dense and
+#    paged attention, rope and the light core headers need no Eigen.
 #
 # Every problem is printed; the script fails (FATAL_ERROR) if there was any.
 cmake_minimum_required(VERSION 3.16)
@@ -24,20 +24,29 @@ endif()
 set(_inc "${SEQMIX_SOURCE_DIR}/include")
 
 # Families each family may include (its own is always allowed). Mirrors the folder layout.
-set(_families core io ssm linear_attention attention kv_cache chunked)
+set(_families core io positional ssm linear_attention attention kv_cache chunked)
 set(_allowed_core "")
 set(_allowed_io core)
+set(_allowed_positional core)
 set(_allowed_ssm core)
 set(_allowed_linear_attention core)
-set(_allowed_attention core)
-set(_allowed_kv_cache core attention)
-set(_allowed_chunked core ssm linear_attention attention)
+set(_allowed_attention core positional)
+set(_allowed_kv_cache core attention positional)
+set(_allowed_chunked core ssm linear_attention attention positional)
+
+# Known exceptions, each to be removed when fixed (docs/compile_time.md, "Open"): a header that
+# may include a family above its floor, and so the umbrella headers that reach it.
+#   attention/paged/quantized.hpp reads quantized pages with the KV cache's block kernels
+#   (kv_cache/attention.hpp), which puts kv_cache and Eigen under seqmix/attention.hpp.
+set(_exception_headers seqmix/attention/paged/quantized.hpp)
+set(_exception_families kv_cache)
 
 # Headers whose transitive includes must not reach Eigen.
 set(_eigen_free
   seqmix/core/error.hpp seqmix/core/tensor.hpp seqmix/core/batch.hpp seqmix/core/parallel.hpp
-  seqmix/core/simd.hpp seqmix/core/half.hpp seqmix/core/scan.hpp seqmix/attention.hpp
-  seqmix/io/npy.hpp)
+  seqmix/core/simd.hpp seqmix/core/half.hpp seqmix/core/scan.hpp seqmix/io/npy.hpp
+  seqmix/attention/dense/flash.hpp seqmix/attention/dense/decode.hpp seqmix/attention/paged/paged.hpp
+  seqmix/positional.hpp)
 
 set(_problems "")
 
@@ -104,6 +113,9 @@ foreach(_h IN LISTS _headers)
       continue()
     endif()
     _layer_family("${_target}" _tfam)
+    if(_h IN_LIST _exception_headers AND _tfam IN_LIST _exception_families)
+      continue()
+    endif()
     if(NOT _tfam STREQUAL _fam AND NOT _tfam IN_LIST _allowed_${_fam})
       list(APPEND _problems
         "${_h}: includes ${_target}: family '${_fam}' may include only '${_fam}' and '${_allowed_${_fam}}', not '${_tfam}'")
@@ -114,6 +126,7 @@ endforeach()
 # 2. Transitive includes of the umbrella headers and of the Eigen-free headers.
 function(_layer_closure rel out_seqmix out_system)
   set(todo "${rel}")
+  set(skip_exceptions ${ARGN})
   set(seen "")
   set(system "")
   while(todo)
@@ -123,6 +136,9 @@ function(_layer_closure rel out_seqmix out_system)
     endif()
     list(APPEND seen "${h}")
     string(MAKE_C_IDENTIFIER "${h}" key)
+    if(skip_exceptions AND h IN_LIST _exception_headers)
+      continue()  # a known exception: what it reaches is reported once, by the direct check's list
+    endif()
     list(APPEND todo ${_seqmix_of_${key}})
     list(APPEND system ${_system_of_${key}})
   endwhile()
@@ -140,7 +156,7 @@ endforeach()
 
 foreach(_u IN LISTS _umbrellas)
   _layer_family("${_u}" _fam)
-  _layer_closure("${_u}" _all _sys)
+  _layer_closure("${_u}" _all _sys SKIP_EXCEPTIONS)
   set(_reached "")
   foreach(_h IN LISTS _all)
     _layer_family("${_h}" _hfam)
@@ -158,7 +174,7 @@ foreach(_h IN LISTS _eigen_free)
     list(APPEND _problems "${_h}: listed as Eigen-free but does not exist")
     continue()
   endif()
-  _layer_closure("${_h}" _all _sys)
+  _layer_closure("${_h}" _all _sys SKIP_EXCEPTIONS)
   foreach(_s IN LISTS _sys)
     if(_s MATCHES "^Eigen/")
       list(APPEND _problems "${_h}: reaches <${_s}>, but needs no Eigen")
@@ -176,3 +192,6 @@ if(_problems)
   message(FATAL_ERROR "layers: ${_np} problem(s) in ${_nh} headers")
 endif()
 message(STATUS "layers: ${_nh} headers, ${_checked} seqmix includes checked, no family pulled in that is not needed")
+foreach(_h IN LISTS _exception_headers)
+  message(STATUS "layers: known exception, to be removed: ${_h} may include ${_exception_families}")
+endforeach()

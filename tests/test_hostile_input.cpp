@@ -257,16 +257,16 @@ TEST_CASE("option enums out of range are refused before writing", "[hostile][opt
   outputs.add(o);
   auto bad = [](auto value) { return static_cast<decltype(value)>(7); };
   {
-    seqmix::GlaInputs in;
+    seqmix::GatedLinearAttentionInputs in;
     in.q = q.view(), in.k = k.view(), in.v = v.view(), in.g = g.view();
-    seqmix::GlaOptions options;
+    seqmix::GatedLinearAttentionOptions options;
     options.gate = bad(options.gate);
-    expect_refused("GlaOptions::gate = 7", outputs, [&] { seqmix::gated_linear_attention(in, {o.view(), {}, {}}, options); });
-    expect_refused("reference, GlaOptions::gate = 7", outputs,
+    expect_refused("GatedLinearAttentionOptions::gate = 7", outputs, [&] { seqmix::gated_linear_attention(in, {o.view(), {}, {}}, options); });
+    expect_refused("reference, GatedLinearAttentionOptions::gate = 7", outputs,
                    [&] { seqmix::reference::gated_linear_attention(in, {o.view(), {}, {}}, options); });
     options = {};
     options.algorithm = bad(options.algorithm);
-    expect_refused("GlaOptions::algorithm = 7", outputs, [&] { seqmix::gated_linear_attention(in, {o.view(), {}, {}}, options); });
+    expect_refused("GatedLinearAttentionOptions::algorithm = 7", outputs, [&] { seqmix::gated_linear_attention(in, {o.view(), {}, {}}, options); });
   }
   {
     seqmix::LinearAttentionInputs in;

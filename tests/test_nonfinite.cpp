@@ -214,14 +214,14 @@ Op gla_op(seqmix::GateKind gate, index_t T, index_t chunk) {
   op.inputs.push_back(random_field("initial_state", {B, H, K, V}, 5, -1.f, 1.f, -1));
   op.outputs = {zero_field("o", {B, T, H, V}), zero_field("final_state", {B, H, K, V}, -1)};
   auto io = [gate](const Fields& in, Fields& out) {
-    seqmix::GlaInputs i;
+    seqmix::GatedLinearAttentionInputs i;
     i.q = in[0].in<4>(), i.k = in[1].in<4>(), i.v = in[2].in<4>();
     if (gate == seqmix::GateKind::channel) i.g = in[3].in<4>();
     if (gate == seqmix::GateKind::scalar) i.g_scalar = in[3].in<3>();
     i.initial_state = in.back().in<4>();
-    return std::make_pair(i, seqmix::GlaOutputs{out[0].out<4>(), out[1].out<4>(), {}});
+    return std::make_pair(i, seqmix::GatedLinearAttentionOutputs{out[0].out<4>(), out[1].out<4>(), {}});
   };
-  seqmix::GlaOptions options;
+  seqmix::GatedLinearAttentionOptions options;
   options.gate = gate;
   options.chunk_size = chunk;
   op.reference = [=](const Fields& in, Fields& out) {
@@ -229,7 +229,7 @@ Op gla_op(seqmix::GateKind gate, index_t T, index_t chunk) {
     seqmix::reference::gated_linear_attention(i, o, options);
   };
   for (auto algorithm : {seqmix::LinearAttentionAlgorithm::chunked, seqmix::LinearAttentionAlgorithm::recurrent}) {
-    seqmix::GlaOptions fast = options;
+    seqmix::GatedLinearAttentionOptions fast = options;
     fast.algorithm = algorithm;
     op.forms.push_back({algorithm == seqmix::LinearAttentionAlgorithm::chunked ? "chunked" : "recurrent",
                         [=](const Fields& in, Fields& out) {
@@ -507,9 +507,9 @@ Op attention_op(index_t T, bool with_mask, bool softcap) {
                         const auto [i, o] = io(in, out);
                         seqmix::attention_flash(i, o, options, st::two_thread_pool());
                       }});
-  op.forms.push_back({"attention_decode (split KV)", [=](const Fields& in, Fields& out) {
+  op.forms.push_back({"attention_step (split KV)", [=](const Fields& in, Fields& out) {
                         const auto [i, o] = io(in, out);
-                        seqmix::attention_decode(i, o, options, st::two_thread_pool());
+                        seqmix::attention_step(i, o, options, st::two_thread_pool());
                       }});
   op.tokens = {0, 5, T / 2 + 1, T - 1};
   return op;
