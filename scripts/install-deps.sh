@@ -4,6 +4,7 @@
 #   bash scripts/install-deps.sh            # the build dependencies
 #   bash scripts/install-deps.sh docs       # ... and doxygen, for the API reference (scripts/docs.sh)
 #   bash scripts/install-deps.sh report     # ... and python3-matplotlib, for scripts/bench_report.sh
+#   bash scripts/install-deps.sh fuzz       # ... and clang (libFuzzer), for scripts/fuzz.sh
 #
 # Optional components are opt-in so that CI and users who never build the API reference do not
 # download doxygen.
@@ -18,9 +19,10 @@ packages=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenchmark-dev)
 for component in "$@"; do
   case "$component" in
     docs) packages+=(doxygen) ;;
+    fuzz) packages+=(clang) ;;  # libFuzzer and its sanitizer runtimes, for scripts/fuzz.sh
     report) packages+=(python3 python3-matplotlib) ;;
     *)
-      echo "install-deps: unknown component '$component' (known: docs, report)" >&2
+      echo "install-deps: unknown component '$component' (known: docs, report, fuzz)" >&2
       exit 2
       ;;
   esac

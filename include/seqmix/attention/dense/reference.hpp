@@ -146,6 +146,9 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
   if (in.mask.has_value()) {
     const index_t mask_batch = in.mask.size(0) == 1 ? 1 : B;
     check.shape("mask", in.mask, std::array<index_t, 3>{mask_batch, Tq, Tk}, "B,Tq,Tk");
+  } else {
+    // No data: an absent mask, unless its extents are negative (refused like any view's).
+    check.optional_shape("mask", in.mask, std::array<index_t, 3>{-1, -1, -1}, "B,Tq,Tk");
   }
   check.optional_shape("alibi_slopes", in.alibi_slopes, std::array<index_t, 1>{Hq}, "Hq");
   check.optional_shape("sink_logits", in.sink_logits, std::array<index_t, 1>{Hq}, "Hq");

@@ -74,12 +74,23 @@ inline DeltaHead slice_head(const DeltaHead& p, index_t t0, index_t n) {
   return s;
 }
 
+// factor / sqrt(sum x^2 + eps) for x[0..n) given its float sum of squares. That sum overflows to
+// inf once an element passes ~1.8e19 (finite inputs would then be scaled to 0, where the
+// reference, in double, gives x / ||x||), so an infinite sum is redone in double; a NaN or inf
+// element still gives a non-finite norm.
+inline float l2_normalized(float factor, const float* x, index_t n, float sum) {
+  if (!std::isinf(sum)) return factor / std::sqrt(sum + kL2NormEps);
+  double wide = 0.0;
+  for (index_t i = 0; i < n; ++i) wide += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  return static_cast<float>(static_cast<double>(factor) / std::sqrt(wide + static_cast<double>(kL2NormEps)));
+}
+
 // out[0..n) = factor * x (any stride), times 1/||x|| when normalizing.
 inline void load_row(const ConstView<float, 1>& x, float factor, QkNorm norm, float* out) {
   const index_t n = x.size(0);
   if (x.is_last_dim_contiguous()) {
     const float* p = x.data();
-    if (norm == QkNorm::l2) factor /= std::sqrt(simd::dot(p, p, n) + kL2NormEps);
+    if (norm == QkNorm::l2) factor = l2_normalized(factor, p, n, simd::dot(p, p, n));
     const simd::Batch<float> f(factor);
     const index_t nv = simd::vector_end(n);
     for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(out + i, f * simd::load(p + i));
@@ -90,7 +101,7 @@ inline void load_row(const ConstView<float, 1>& x, float factor, QkNorm norm, fl
   for (index_t i = 0; i < n; ++i) out[i] = x(i);
   if (norm == QkNorm::l2) {
     for (index_t i = 0; i < n; ++i) sum += out[i] * out[i];
-    factor /= std::sqrt(sum + kL2NormEps);
+    factor = l2_normalized(factor, out, n, sum);
   }
   for (index_t i = 0; i < n; ++i) out[i] *= factor;
 }

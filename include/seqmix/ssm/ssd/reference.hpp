@@ -197,7 +197,10 @@ inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& op
   (void)B, (void)T_all;
   const index_t heads_per_group = H / G;
   std::vector<float> state(static_cast<std::size_t>(P * N));
-  auto s = [&](index_t p, index_t n) -> float& { return state[static_cast<std::size_t>(p * N + n)]; };
+  // N through a plain variable: a lambda may not capture a structured binding before C++20
+  // (clang rejects it).
+  const index_t state_n = N;
+  auto s = [&](index_t p, index_t n) -> float& { return state[static_cast<std::size_t>(p * state_n + n)]; };
   for (index_t q = 0; q < call.map.sequences(); ++q) {
     const SequenceSpan seq = call.map[q];
     if (seq.state_row < 0) continue;  // padding sequence: nothing read or written

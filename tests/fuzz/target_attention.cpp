@@ -1,0 +1,118 @@
+// Fuzz target: softmax attention. Dense attention through every form (seqmix::attention, which
+// picks decode for Tq <= 4, attention_flash, attention_decode) with causal / window / sinks /
+// softcap / ALiBi / sink logits / mask / positions / packed cu_seqlens, against
+// reference::attention; and paged attention over a fuzzed block table (pages shuffled, shared,
+// out of range) against reference::paged_attention.
+#include "fuzz.hpp"
+
+#include "seqmix/attention.hpp"
+
+namespace seqmix::fuzz {
+
+namespace {
+
+constexpr double kTol = 2e-4;
+
+void dense(Decoder& in) {
+  const Mode mode = decode_mode(in);
+  const bool packed = in.one_in(4);
+  const Batch bt = decode_batch(in, mode == Mode::batch ? Mode::clean : mode, 3, 80, true);
+  index_t B = bt.B, Tq = in.size(0, 70), Tk = in.size(0, 90);
+  if (packed) B = bt.B, Tq = Tk = bt.T;
+  const index_t Hkv = in.size(1, 2), Hq = Hkv * in.size(1, 3), Dk = in.size(1, 24), Dv = in.size(1, 24);
+  AttentionOptions options;
+  options.causal = in.flag();
+  options.window = in.one_in(3) ? in.size(1, 40) : 0;
+  options.sink_tokens = in.one_in(3) ? in.size(0, 4) : 0;
+  options.softcap = in.one_in(4) ? 30.f : 0.f;
+  const bool with_mask = !packed && in.one_in(4), with_alibi = in.one_in(4), with_sink = in.one_in(4);
+  const bool with_pos = !packed && in.one_in(4), with_lse = in.flag();
+  Tensor<float, 4> q({B, Tq, Hq, Dk}), k({B, Tk, Hkv, Dk}), v({B, Tk, Hkv, Dv});
+  Tensor<float, 3> mask({B, Tq, Tk});
+  Tensor<float, 1> alibi({Hq}), sink({Hq});
+  Tensor<std::int32_t, 2> pos({B, Tq});
+  fill(q, in, mode, -2.f, 2.f), fill(k, in, mode, -2.f, 2.f), fill(v, in, mode, -1.f, 1.f);
+  fill(mask, in, mode, -3.f, 1.f), fill(alibi, in, Mode::clean, 0.f, 0.5f), fill(sink, in, mode, -2.f, 2.f);
+  for (index_t i = 0; i < pos.numel(); ++i) pos.data()[i] = static_cast<std::int32_t>(in.range(0, Tk + 2));
+  for (index_t i = 0; i < mask.numel(); ++i)
+    if (mask.data()[i] < -2.5f) mask.data()[i] = -std::numeric_limits<float>::infinity();
+  Hostile hostile(in, mode, 9);
+  options.window = hostile.scalar(7, options.window, -1);
+  options.softcap = static_cast<float>(hostile.scalar(8, static_cast<index_t>(options.softcap), -2));
+  AttentionInputs<float> ai;
+  ai.q = hostile.in(0, q), ai.k = hostile.in(1, k), ai.v = hostile.in(2, v);
+  if (with_mask) ai.mask = hostile.in(3, mask);
+  if (with_alibi) ai.alibi_slopes = hostile.in(4, alibi);
+  if (with_sink) ai.sink_logits = hostile.in(5, sink);
+  if (with_pos) ai.positions = pos.view();
+  if (packed) ai.batch = bt.view();
+  Tensor<float, 4> o_fast({B, Tq, Hq, Dv}), o_ref({B, Tq, Hq, Dv});
+  Tensor<float, 3> l_fast({B, Tq, Hq}), l_ref({B, Tq, Hq});
+  o_fast.fill(-3.f), o_ref.fill(-3.f), l_fast.fill(-3.f), l_ref.fill(-3.f);
+  const int form = in.byte() % 3;
+  const Executor& exec = executor(in);
+  Snapshot snap;
+  snap.add(o_fast).add(l_fast);
+  const AttentionOutputs of{hostile.out(6, o_fast), with_lse ? l_fast.view() : TensorView<float, 3>()};
+  const bool fast_ok = accepted("attention", snap, [&] {
+    if (form == 0) attention(ai, of, options, exec);
+    else if (form == 1) attention_flash(ai, of, options, exec);
+    else attention_decode(ai, of, options, exec);
+  });
+  const bool ref_ok = accepted("reference::attention", Snapshot(), [&] {
+    reference::attention(ai, {hostile.out(6, o_ref), with_lse ? l_ref.view() : TensorView<float, 3>()}, options);
+  });
+  if (!verdicts_agree("attention", fast_ok, ref_ok, hostile)) return;
+  require_close("attention o", o_fast, o_ref, kTol, false, mode);
+  if (with_lse) require_close("attention lse", l_fast, l_ref, kTol, false, mode);
+}
+
+void paged(Decoder& in) {
+  const Mode mode = decode_mode(in);
+  const index_t N = in.size(1, 4), block = in.pick<index_t>({1, 3, 16, 64}), max_blocks = in.size(1, 6);
+  const index_t blocks = in.size(1, 12), Hkv = in.size(1, 2), Hq = Hkv * in.size(1, 3);
+  const index_t Dk = in.size(1, 20), Dv = in.size(1, 20), Tq = in.size(1, 4);
+  Tensor<float, 4> kp({blocks, block, Hkv, Dk}), vp({blocks, block, Hkv, Dv}), q({N, Tq, Hq, Dk});
+  fill(kp, in, mode, -2.f, 2.f), fill(vp, in, mode, -1.f, 1.f), fill(q, in, mode, -2.f, 2.f);
+  Tensor<std::int32_t, 2> table({N, max_blocks});
+  std::vector<std::int64_t> seqlens(static_cast<std::size_t>(N));
+  for (index_t i = 0; i < table.numel(); ++i) table.data()[i] = static_cast<std::int32_t>(in.range(0, blocks - 1));
+  for (auto& L : seqlens) L = in.range(Tq, std::max(Tq, max_blocks * block));
+  if (mode == Mode::batch) {  // an out-of-range page, or a sequence longer than its pages
+    if (in.flag()) table.data()[in.byte() % table.numel()] = static_cast<std::int32_t>(in.flag() ? blocks : -1);
+    else seqlens[in.byte() % seqlens.size()] = max_blocks * block + 1;
+  }
+  PagedAttentionOptions options;
+  options.causal = in.flag() || in.flag();
+  options.window = in.one_in(3) ? in.size(1, 50) : 0;
+  Hostile hostile(in, mode, 4);
+  PagedAttentionInputs<float> pi;
+  pi.q = hostile.in(0, q), pi.k_pages = hostile.in(1, kp), pi.v_pages = hostile.in(2, vp);
+  pi.block_table = table.view(), pi.cache_seqlens = seqlens;
+  Tensor<float, 4> o_fast({N, Tq, Hq, Dv}), o_ref({N, Tq, Hq, Dv});
+  Tensor<float, 3> l_fast({N, Tq, Hq}), l_ref({N, Tq, Hq});
+  o_fast.fill(-3.f), o_ref.fill(-3.f), l_fast.fill(-3.f), l_ref.fill(-3.f);
+  Snapshot snap;
+  snap.add(o_fast).add(l_fast);
+  const Executor& exec = executor(in);
+  const bool fast_ok = accepted("paged_attention", snap, [&] {
+    paged_attention(pi, {hostile.out(3, o_fast), l_fast.view()}, options, exec);
+  });
+  const bool ref_ok = accepted("reference::paged_attention", Snapshot(), [&] {
+    reference::paged_attention(pi, {hostile.out(3, o_ref), l_ref.view()}, options);
+  });
+  if (!verdicts_agree("paged_attention", fast_ok, ref_ok, hostile)) return;
+  require_close("paged_attention o", o_fast, o_ref, kTol, false, mode);
+  require_close("paged_attention lse", l_fast, l_ref, kTol, false, mode);
+}
+
+}  // namespace
+
+int fuzz_attention(const std::uint8_t* data, std::size_t size) {
+  Decoder in(data, size);
+  if (in.byte() % 3 == 0) paged(in);
+  else dense(in);
+  return 0;
+}
+
+}  // namespace seqmix::fuzz
