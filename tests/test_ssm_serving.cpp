@@ -761,4 +761,104 @@ TEST_CASE("selective_scan slotted steps equal the dense step", "[selective_scan]
   for (index_t r : {1, 2, 3, 5, 6}) require_equal("untouched", pool.cview()[r], pool0.cview()[r]);
 }
 
+// Tokens `ids` of a packed [1, total, ...] tensor, gathered into a [1, ids.size(), ...] tensor.
+template <std::size_t R>
+Tensor<float, R> gather_tokens(const TensorView<const float, R>& packed, const std::vector<index_t>& ids) {
+  auto shape = packed.shape();
+  shape[1] = static_cast<index_t>(ids.size());
+  Tensor<float, R> out(shape);
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    seqmix::copy(packed.select(1, ids[i]), out.view().select(1, static_cast<index_t>(i)));
+  return out;
+}
+
+// A Mamba-1 block (causal_conv1d, then selective_scan on its output) verifies T draft tokens per
+// sequence in one packed call keeping both token_states; sequence n accepts j = len/2 tokens,
+// restores its conv window and scan state to token j-1 (or to its initial state for j = 0), then
+// decodes 3 new tokens through slotted steps. That equals running the accepted prefix and the 3
+// new tokens alone, as if the verify had never gone past token j-1.
+TEST_CASE("selective_scan and causal_conv1d token_states roll a speculative verify back",
+          "[selective_scan][causal_conv1d][serving]") {
+  const index_t D = 24, N = 8, G = 2, W = 4, extra = 3;
+  const Ragged r = make_ragged(90, 7, 4, 16, /*padding=*/false);
+  INFO(r.describe());
+  const index_t seqs = static_cast<index_t>(r.len.size()), extra0 = r.total;
+  const ScanData sd(r.total + seqs * extra, D, N, G, 900);
+  const ConvData cd(r.total + seqs * extra, D, W, 910);
+  Tensor<float, 3> ssm_pool = st::random_tensor<3>({r.S, D, N}, 91);
+  Tensor<float, 3> conv_pool = st::random_tensor<3>({r.S, W - 1, D}, 92);
+  const Tensor<float, 3> ssm0 = clone(ssm_pool.cview()), conv0 = clone(conv_pool.cview());
+  const seqmix::CausalConv1dOptions co{seqmix::ConvActivation::silu};
+  const seqmix::SelectiveScanOptions so{true};
+
+  // The verify pass over every sequence's drafts.
+  Tensor<float, 3> u({1, r.total, D}), y({1, r.total, D});
+  Tensor<float, 4> conv_ts({1, r.total, W - 1, D}), ssm_ts({1, r.total, D, N});
+  seqmix::causal_conv1d({tokens(cd.x.cview(), 0, r.total), cd.weight.view(), cd.bias.view(), conv_pool.view(), r.batch()},
+                        {u.view(), conv_pool.view(), conv_ts.view()}, co, pool2());
+  seqmix::SelectiveScanInputs in = sd.slice(0, r.total);
+  in.u = u.cview();
+  in.initial_state = ssm_pool.view();
+  in.batch = r.batch();
+  seqmix::selective_scan(in, {y.view(), ssm_pool.view(), ssm_ts.view()}, so, pool2());
+
+  // Rollback to j accepted tokens.
+  std::vector<index_t> accepted;
+  for (std::size_t n = 0; n < r.len.size(); ++n) {
+    const index_t j = r.len[n] / 2, slot = r.slot[n];
+    accepted.push_back(j);
+    if (j > 0) {
+      seqmix::copy(conv_ts.cview().select(0, 0).select(0, r.begin(n) + j - 1), conv_pool.view()[slot]);
+      seqmix::copy(ssm_ts.cview().select(0, 0).select(0, r.begin(n) + j - 1), ssm_pool.view()[slot]);
+    } else if (r.init[n]) {
+      seqmix::copy(conv0.cview()[slot], conv_pool.view()[slot]);
+      seqmix::copy(ssm0.cview()[slot], ssm_pool.view()[slot]);
+    } else {
+      fill(conv_pool.view()[slot], 0.f);
+      fill(ssm_pool.view()[slot], 0.f);
+    }
+  }
+
+  // Decode: row n takes token extra0 + extra * n + k through its slots.
+  Tensor<float, 2> y_step({seqs, D});
+  for (index_t k = 0; k < extra; ++k) {
+    std::vector<index_t> ids;
+    for (index_t n = 0; n < seqs; ++n) ids.push_back(extra0 + extra * n + k);
+    const auto x = gather_tokens(cd.x.cview(), ids), delta = gather_tokens(sd.delta.cview(), ids),
+               z = gather_tokens(sd.z.cview(), ids);
+    const auto Bm = gather_tokens(sd.Bm.cview(), ids), Cm = gather_tokens(sd.Cm.cview(), ids);
+    Tensor<float, 2> u_step({seqs, D});
+    seqmix::CausalConv1dStepInputs cs{x.cview()[0], cd.weight.view(), cd.bias.view(), {}};
+    cs.batch.state_indices = r.slot;
+    seqmix::causal_conv1d_step(cs, {u_step.view(), conv_pool.view()}, co);
+    seqmix::SelectiveScanStepInputs ss{u_step.cview(), delta.cview()[0], sd.A.view(), Bm.cview()[0], Cm.cview()[0],
+                                       sd.Dskip.view(), z.cview()[0], sd.delta_bias.view(), {}};
+    ss.batch.state_indices = r.slot;
+    seqmix::selective_scan_step(ss, {y_step.view(), ssm_pool.view()}, so);
+  }
+
+  for (std::size_t n = 0; n < r.len.size(); ++n) {
+    INFO("sequence " << n << " accepted " << accepted[n] << " of " << r.len[n]);
+    std::vector<index_t> ids;
+    for (index_t t = 0; t < accepted[n]; ++t) ids.push_back(r.begin(n) + t);
+    for (index_t k = 0; k < extra; ++k) ids.push_back(extra0 + extra * static_cast<index_t>(n) + k);
+    const index_t L = static_cast<index_t>(ids.size()), slot = r.slot[n];
+    const auto x = gather_tokens(cd.x.cview(), ids);
+    seqmix::CausalConv1dInputs conv_one{x.cview(), cd.weight.view(), cd.bias.view(), {}, {}};
+    if (r.init[n]) conv_one.initial_state = conv0.view().slice(0, slot, 1);
+    Tensor<float, 3> u_ref({1, L, D}), conv_ref({1, W - 1, D});
+    seqmix::reference::causal_conv1d(conv_one, {u_ref.view(), conv_ref.view(), {}}, co);
+    const auto Bm = gather_tokens(sd.Bm.cview(), ids), Cm = gather_tokens(sd.Cm.cview(), ids);
+    const auto delta = gather_tokens(sd.delta.cview(), ids), z = gather_tokens(sd.z.cview(), ids);
+    seqmix::SelectiveScanInputs scan_one{u_ref.cview(), delta.cview(), sd.A.view(), Bm.cview(), Cm.cview(),
+                                         sd.Dskip.view(), z.cview(), sd.delta_bias.view(), {}, {}};
+    if (r.init[n]) scan_one.initial_state = ssm0.view().slice(0, slot, 1);
+    Tensor<float, 3> y_ref({1, L, D}), ssm_ref({1, D, N});
+    seqmix::reference::selective_scan(scan_one, {y_ref.view(), ssm_ref.view(), {}}, so);
+    st::require_close("last step output", y_step.cview()[static_cast<index_t>(n)], y_ref.cview()[0][L - 1], kTol);
+    st::require_close("conv window after rollback and steps", conv_pool.cview()[slot], conv_ref.cview()[0], kTol);
+    st::require_close("scan state after rollback and steps", ssm_pool.cview()[slot], ssm_ref.cview()[0], kTol);
+  }
+}
+
 }  // namespace
