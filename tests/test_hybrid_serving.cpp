@@ -349,6 +349,14 @@ TEST_CASE("aaren serving forms refuse bad input before writing", "[aaren][servin
   require_refused("state_indices", os, d.acc, step({}, {0, 4}));
   require_refused("state_indices", os, d.acc, step({}, {1, 1}));
   require_refused("state", os, d.acc, step({}, {}));  // 2 rows against a pool of 4
+  // Without states a packed call is a stateless prefill: each sequence from the empty state.
+  const std::vector<std::int64_t> cu = {0, 8, 20};
+  Tensor<float, 4> o_packed({1, total, H, Dv}), o_alone({1, 12, H, Dv});
+  seqmix::AarenInputs packed{d.query.cview(), d.k.cview(), d.v.cview(), {}, {}};
+  packed.batch.cu_seqlens = cu;
+  seqmix::aaren(packed, {o_packed.view(), {}, {}});
+  seqmix::aaren({d.query.cview(), tokens(d.k.cview(), 8, 12), tokens(d.v.cview(), 8, 12), {}, {}}, {o_alone.view(), {}, {}});
+  require_equal("stateless packed call", tokens(o_packed.cview(), 8, 12), o_alone.cview());
 }
 
 // ---- Nonlinear recurrence (Newton) ---------------------------------------------------------
@@ -493,6 +501,14 @@ TEST_CASE("nonlinear_recurrence rollback and slotted steps equal one call", "[ne
     seqmix::reference::nonlinear_recurrence(one, {h1.view(), last.view()});
     st::require_close("slot after the steps", pool.cview().slice(0, slot, 1), last.cview(), 1e-6);
   }
+  // Without h0 or h_last a packed call starts every sequence from h = 0.
+  const index_t n1 = 1;
+  Tensor<float, 3> h_packed({1, r.total, D}), h_alone({1, r.len[n1], D});
+  seqmix::NonlinearRecurrenceInputs<Cell> packed = d.slice(0, r.total);
+  packed.batch.cu_seqlens = r.cu32;
+  seqmix::nonlinear_recurrence(packed, {h_packed.view(), {}});
+  seqmix::nonlinear_recurrence(d.slice(r.begin(n1), r.len[n1]), {h_alone.view(), {}});
+  require_equal("stateless packed call", tokens(h_packed.cview(), r.begin(n1), r.len[n1]), h_alone.cview());
 }
 
 // ---- Normalized linear attention -----------------------------------------------------------

@@ -146,8 +146,8 @@ inline Call validate(const char* op, const AarenInputs& in, const AarenOutputs& 
   }
   if (options.scale) check.finite(*options.scale, "options.scale");
   check.that(options.chunks >= 0, "options.chunks", "must be >= 0 (0 = automatic)");
-  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, has_state(in.initial),
-                                             in.batch.slotted() || state_rows >= 0 ? state_rows : d.B);
+  // state_rows -1: no state at all (a stateless prefill), which any batch accepts.
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, has_state(in.initial), state_rows);
   // Outputs are written while inputs are still read: none may share memory with an input (the
   // final state may be the initial one: it is written after its sequence's last read).
   auto refuse_overlap = [&](const char* name, const auto& view) {

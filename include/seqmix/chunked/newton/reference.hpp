@@ -135,8 +135,9 @@ Dims validate(const char* op, const NonlinearRecurrenceInputs<Cell>& in, const N
   check.shape("h", out.h, std::array<index_t, 3>{B, T, D}, "B,T,D");
   const index_t rows = in.h0.has_value() ? in.h0.size(0) : serving ? -1 : B;
   check.optional_shape("h_last", out.h_last, std::array<index_t, 2>{rows, D}, serving ? "S,D" : "B,D");
+  // -1: no state given (h0 = 0, no h_last), which any batch accepts.
   const SequenceMap map = SequenceMap::make(check, in.batch, B, T, in.h0.has_value(),
-                                            rows >= 0 ? rows : out.h_last.has_value() ? out.h_last.size(0) : B);
+                                            in.h0.has_value() ? rows : out.h_last.has_value() ? out.h_last.size(0) : -1);
   for (int s = 0; s < Cell::kInputs; ++s) check.no_overlap("h", out.h, Cell::kInputNames[s], in.inputs[s]);
   for (int p = 0; p < Cell::kParams; ++p) check.no_overlap("h", out.h, Cell::kParamNames[p], in.params[p]);
   check.no_overlap("h", out.h, "h0", in.h0).no_overlap("h", out.h, "h_last", out.h_last);
