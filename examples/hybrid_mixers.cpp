@@ -419,13 +419,13 @@ Row aaren(const Problem& p) {
   time_mixer(
       p, row,
       [&] {
-        seqmix::aaren({query.cview(), tokens(p.k, 0, p.T), tokens(p.v, 0, p.T), {}}, {o.view().slice(1, 0, p.T), state},
-                      {}, p.executor);
+        seqmix::aaren({query.cview(), tokens(p.k, 0, p.T), tokens(p.v, 0, p.T), {}, {}},
+                      {o.view().slice(1, 0, p.T), state, {}}, {}, p.executor);
       },
       [&](index_t t) {
-        seqmix::aaren_step({query.cview(), token(p.k, t), token(p.v, t)}, o.view().select(1, t), state, {}, p.executor);
+        seqmix::aaren_step({query.cview(), token(p.k, t), token(p.v, t), {}}, o.view().select(1, t), state, {}, p.executor);
       });
-  seqmix::aaren({query.cview(), p.k.cview(), p.v.cview(), {}}, {full.view(), {}}, {}, p.executor);
+  seqmix::aaren({query.cview(), p.k.cview(), p.v.cview(), {}, {}}, {full.view(), {}, {}}, {}, p.executor);
   compare(row, o, full);
   row.state_bytes = bytes_of(m, l, acc);
   return row;

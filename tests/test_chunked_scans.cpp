@@ -244,7 +244,7 @@ struct AarenData {
         l0(st::random_tensor<2>({B_, H_}, seed + 4, 0.5f, 2.f)),
         acc0(st::random_tensor<3>({B_, H_, Dv_}, seed + 5)) {}
   seqmix::AarenInputs inputs(bool with_state) const {
-    seqmix::AarenInputs in{query.cview(), k.cview(), v.cview(), {}};
+    seqmix::AarenInputs in{query.cview(), k.cview(), v.cview(), {}, {}};
     if (with_state) in.initial_state = {m0.cview(), l0.cview(), acc0.cview()};
     return in;
   }
@@ -259,7 +259,7 @@ TEST_CASE("aaren fast and step match the prefix-by-prefix reference", "[chunked]
       Tensor<float, 4> ref({c.B, c.T, c.H, c.Dv});
       Tensor<float, 2> rm({c.B, c.H}), rl({c.B, c.H});
       Tensor<float, 3> racc({c.B, c.H, c.Dv});
-      seqmix::reference::aaren(data.inputs(with_state), {ref.view(), {rm.view(), rl.view(), racc.view()}});
+      seqmix::reference::aaren(data.inputs(with_state), {ref.view(), {rm.view(), rl.view(), racc.view()}, {}});
       for (int threads : {1, 2})
         for (auto split : {seqmix::AarenSplit::heads, seqmix::AarenSplit::time}) {
           INFO("B=" << c.B << " T=" << c.T << " H=" << c.H << " Dk=" << c.Dk << " Dv=" << c.Dv << " state=" << with_state
@@ -270,7 +270,7 @@ TEST_CASE("aaren fast and step match the prefix-by-prefix reference", "[chunked]
           Tensor<float, 4> o({c.B, c.T, c.H, c.Dv});
           Tensor<float, 2> m({c.B, c.H}), l({c.B, c.H});
           Tensor<float, 3> acc({c.B, c.H, c.Dv});
-          seqmix::aaren(data.inputs(with_state), {o.view(), {m.view(), l.view(), acc.view()}}, options, executor_for(threads));
+          seqmix::aaren(data.inputs(with_state), {o.view(), {m.view(), l.view(), acc.view()}, {}}, options, executor_for(threads));
           st::require_close("o", o.cview(), ref.cview(), 1e-5);
           // The state is defined up to the common factor exp(m): compare acc / l and the max.
           st::require_close("m", m.cview(), rm.cview(), 1e-5);
@@ -286,9 +286,9 @@ TEST_CASE("aaren fast and step match the prefix-by-prefix reference", "[chunked]
       Tensor<float, 3> acc({c.B, c.H, c.Dv}), ot({c.B, c.H, c.Dv});
       const seqmix::AarenState state{m.view(), l.view(), acc.view()};
       if (!with_state) seqmix::aaren_reset_state(state);
-      seqmix::aaren(prefix, {o.view(), state}, {}, st::two_thread_pool());
+      seqmix::aaren(prefix, {o.view(), state, {}}, {}, st::two_thread_pool());
       for (index_t t = split_at; t < c.T; ++t) {
-        seqmix::aaren_step({data.query.cview(), data.k.cview().select(1, t), data.v.cview().select(1, t)}, ot.view(), state);
+        seqmix::aaren_step({data.query.cview(), data.k.cview().select(1, t), data.v.cview().select(1, t), {}}, ot.view(), state);
         st::require_close("step o", ot.cview(), ref.cview().select(1, t), 1e-5);
       }
     }
@@ -298,14 +298,14 @@ TEST_CASE("aaren bad shapes name the argument", "[chunked][aaren][errors]") {
   const AarenData data(2, 8, 3, 4, 5, 1);
   Tensor<float, 4> o({2, 8, 3, 5}), bad_o({2, 8, 3, 4});
   Tensor<float, 2> bad_q({2, 4}), bad_m({2, 2});
-  st::require_shape_error("o", [&] { seqmix::aaren(data.inputs(false), {bad_o.view(), {}}); });
+  st::require_shape_error("o", [&] { seqmix::aaren(data.inputs(false), {bad_o.view(), {}, {}}); });
   auto in = data.inputs(false);
   in.query = bad_q.cview();
-  st::require_shape_error("query", [&] { seqmix::aaren(in, {o.view(), {}}); });
-  st::require_shape_error("query", [&] { seqmix::reference::aaren(in, {o.view(), {}}); });
+  st::require_shape_error("query", [&] { seqmix::aaren(in, {o.view(), {}, {}}); });
+  st::require_shape_error("query", [&] { seqmix::reference::aaren(in, {o.view(), {}, {}}); });
   in = data.inputs(true);
   in.initial_state.m = bad_m.cview();
-  st::require_shape_error("initial_state.m", [&] { seqmix::aaren(in, {o.view(), {}}); });
+  st::require_shape_error("initial_state.m", [&] { seqmix::aaren(in, {o.view(), {}, {}}); });
 }
 
 // ---------------------------------------------------------------------------------------------

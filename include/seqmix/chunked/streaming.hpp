@@ -445,6 +445,14 @@ class RecurrentStream {
 
  private:
   void check_segment(const Inputs& segment, const Outputs& out) const {
+    // A stream is one dense batch whose state it owns. Ragged batches in an engine need no
+    // stream: a chunk of each prompt is one packed call of the operator itself, with the
+    // states in slots (state_indices) and has_initial_state true after the first chunk.
+    const SequenceBatch& b = segment.batch;
+    if (b.packed() || b.slotted() || b.has_initial_state.has_value())
+      throw ShapeError(std::string(Traits::name) + " stream", "batch",
+                       "is not supported: a stream carries the state of one dense batch; for chunked prefill of "
+                       "ragged sequences call the operator with cu_seqlens, state_indices and has_initial_state");
     if (!started_) return;
     const std::string op = std::string(Traits::name) + " stream";
     if (segment.initial_state.has_value())

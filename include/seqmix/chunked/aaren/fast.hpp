@@ -74,9 +74,11 @@ inline const float* row_of(const ConstView<float, 4>& x, index_t b, index_t t, i
 // head's rows alone lie H*D floats apart (4 KB at H = 16, D = 64, one row per page), which the
 // hardware prefetchers do not follow, and the pass became latency-bound (29.5 ms for 100 MB at
 // T = 8192). The heads' exp chains are independent, so they also overlap.
-// scratch: Dk + 2*Dv floats, plus (h1 - h0)*Dk when the query rows are strided.
+// scratch: Dk + 2*Dv floats, plus (h1 - h0)*Dk when the query rows are strided. With `keep`, the
+// state after each token is copied to token_states as well.
 inline void run_tokens(const AarenInputs& in, const AarenOutputs& out, const Dims& d, float scale, index_t b,
-                       index_t h0, index_t h1, index_t t0, index_t t1, Running* st, bool write, float* scratch) {
+                       index_t h0, index_t h1, index_t t0, index_t t1, Running* st, bool write, float* scratch,
+                       bool keep = false) {
   float *krow = scratch, *vrow = scratch + d.Dk, *orow = scratch + d.Dk + d.Dv, *qcopy = orow + d.Dv;
   const bool q_contiguous = in.query.is_last_dim_contiguous();
   if (!q_contiguous)
@@ -89,6 +91,10 @@ inline void run_tokens(const AarenInputs& in, const AarenOutputs& out, const Dim
       const float* q = q_contiguous ? in.query.ptr(h) : qcopy + (h - h0) * d.Dk;
       const float logit = scale * simd::dot(q, row_of(in.k, b, t, h, krow), d.Dk);
       absorb(s, logit, row_of(in.v, b, t, h, vrow), d.Dv);
+      if (keep) {
+        out.token_states.m(b, t, h) = s.m, out.token_states.l(b, t, h) = s.l;
+        for (index_t j = 0; j < d.Dv; ++j) out.token_states.acc(b, t, h, j) = s.acc[j];
+      }
       if (!write) continue;
       float* o = o_contiguous ? out.o.ptr(b, t, h) : orow;
       scale_into(o, s.acc, 1.f / s.l, d.Dv);
@@ -97,25 +103,36 @@ inline void run_tokens(const AarenInputs& in, const AarenOutputs& out, const Dim
     }
 }
 
-inline void load_initial(const AarenInputs& in, index_t b, index_t h, index_t Dv, Running& st) {
-  if (!in.initial_state.m.has_value()) {
+// Loads head h of state row `row` (the empty state when `read` is false).
+inline void load_initial(const AarenInputs& in, index_t row, index_t h, index_t Dv, Running& st, bool read) {
+  if (!read || !in.initial_state.m.has_value()) {
+    st.m = -std::numeric_limits<float>::infinity(), st.l = 0.f;
     std::fill(st.acc, st.acc + Dv, 0.f);
     return;
   }
-  st.m = in.initial_state.m(b, h), st.l = in.initial_state.l(b, h);
-  for (index_t j = 0; j < Dv; ++j) st.acc[j] = in.initial_state.acc(b, h, j);
+  st.m = in.initial_state.m(row, h), st.l = in.initial_state.l(row, h);
+  for (index_t j = 0; j < Dv; ++j) st.acc[j] = in.initial_state.acc(row, h, j);
 }
 
 // Copies the state out at the end (reads everything first, so the final state may alias the initial one).
-inline void store_final(const AarenOutputs& out, index_t b, index_t h, index_t Dv, const Running& st) {
+inline void store_final(const AarenOutputs& out, index_t row, index_t h, index_t Dv, const Running& st) {
   if (!out.final_state.m.has_value()) return;
-  out.final_state.m(b, h) = st.m, out.final_state.l(b, h) = st.l;
-  for (index_t j = 0; j < Dv; ++j) out.final_state.acc(b, h, j) = st.acc[j];
+  out.final_state.m(row, h) = st.m, out.final_state.l(row, h) = st.l;
+  for (index_t j = 0; j < Dv; ++j) out.final_state.acc(row, h, j) = st.acc[j];
 }
 
 inline bool use_time_split(AarenSplit split, index_t pairs, int threads) {
   if (split != AarenSplit::automatic) return split == AarenSplit::time;
   return threads > 1 && pairs < 2 * threads;
+}
+
+// The sequences that run (not padding), longest first so short ones fill the end of the call.
+inline std::vector<index_t> running_sequences(const SequenceMap& seqs) {
+  std::vector<index_t> order;
+  for (index_t n = 0; n < seqs.sequences(); ++n)
+    if (seqs[n].state_row >= 0) order.push_back(n);
+  std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) { return seqs[a].tokens > seqs[b].tokens; });
+  return order;
 }
 
 }  // namespace detail::aaren
@@ -127,29 +144,37 @@ inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const Aare
                   const Executor& executor = serial_executor()) {
   using namespace detail::aaren;
   const AarenInputs in = current(inputs);
-  const Dims d = validate("aaren", in, out, options);
+  const auto [d, seqs] = validate("aaren", in, out, options);
   const float scale = scale_of(options, d.Dk);
   const index_t pairs = d.B * d.H, scratch_floats = d.Dk + 2 * d.Dv;  // run_tokens' rows
-  if (pairs == 0) return;
-  if (!use_time_split(options.split, pairs, executor.concurrency()) || d.T < 2) {
-    // Tasks are (batch row, block of heads): as many blocks per row as it takes to give every
-    // thread one task, each as wide as possible so its rows stay long contiguous runs.
-    const index_t blocks = std::clamp<index_t>((executor.concurrency() + d.B - 1) / d.B, 1, d.H);
-    parallel_for(executor, d.B * blocks, 1, [&](index_t task0, index_t task1) {
+  if (pairs == 0 || d.H == 0) return;
+  // The time split serves one dense batch; packed or slotted calls and token_states go by heads
+  // (a (sequence, head) pair then computes exactly what a dense call of that sequence alone does
+  // by heads, so results are bit-identical to per-sequence calls with AarenSplit::heads).
+  const bool serving = seqs.packed() || seqs.slotted() || has_state(out.token_states);
+  if (serving || !use_time_split(options.split, pairs, executor.concurrency()) || d.T < 2) {
+    // Tasks are (sequence, block of heads): as many blocks per sequence as it takes to give
+    // every thread one task, each as wide as possible so its rows stay long contiguous runs.
+    const std::vector<index_t> order = running_sequences(seqs);
+    const index_t N = static_cast<index_t>(order.size());
+    if (N == 0) return;
+    const index_t blocks = std::clamp<index_t>((executor.concurrency() + N - 1) / N, 1, d.H);
+    const bool keep = has_state(out.token_states);
+    parallel_for(executor, N * blocks, 1, [&](index_t task0, index_t task1) {
       const index_t widest = (d.H + blocks - 1) / blocks;
       std::vector<float> scratch(static_cast<std::size_t>(scratch_floats + widest * (d.Dk + d.Dv)));
       std::vector<Running> st(static_cast<std::size_t>(widest));
       for (index_t task = task0; task < task1; ++task) {
-        const index_t b = task / blocks, blk = task % blocks;
-        const index_t h0 = d.H * blk / blocks, h1 = d.H * (blk + 1) / blocks;
+        const SequenceSpan s = seqs[order[static_cast<std::size_t>(task / blocks)]];
+        const index_t blk = task % blocks, h0 = d.H * blk / blocks, h1 = d.H * (blk + 1) / blocks;
         float* accs = scratch.data() + scratch_floats + widest * d.Dk;
         for (index_t h = h0; h < h1; ++h) {
-          st[h - h0] = Running{};
           st[h - h0].acc = accs + (h - h0) * d.Dv;
-          load_initial(in, b, h, d.Dv, st[h - h0]);
+          load_initial(in, s.state_row, h, d.Dv, st[h - h0], s.read_state);
         }
-        run_tokens(in, out, d, scale, b, h0, h1, 0, d.T, st.data(), true, scratch.data());
-        for (index_t h = h0; h < h1; ++h) store_final(out, b, h, d.Dv, st[h - h0]);
+        run_tokens(in, out, d, scale, s.batch_row, h0, h1, s.token_begin, s.token_begin + s.tokens, st.data(), true,
+                   scratch.data(), keep);
+        for (index_t h = h0; h < h1; ++h) store_final(out, s.state_row, h, d.Dv, st[h - h0]);
       }
     });
     return;
@@ -170,7 +195,7 @@ inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const Aare
     std::vector<float> scratch(static_cast<std::size_t>(scratch_floats + d.Dk));
     Running st = summary(p, c);
     if (c == 0)
-      load_initial(in, p / d.H, p % d.H, d.Dv, st);
+      load_initial(in, p / d.H, p % d.H, d.Dv, st, true);
     else
       std::fill(st.acc, st.acc + d.Dv, 0.f);
     run_tokens(in, out, d, scale, p / d.H, p % d.H, p % d.H + 1, bounds[c], bounds[c + 1], &st, c == 0, scratch.data());

@@ -11,6 +11,9 @@
 //
 // Layouts: query [H,Dk], k [B,T,H,Dk], v [B,T,H,Dv], o [B,T,H,Dv]; state m, l [B,H], acc [B,H,Dv].
 // Empty state (no earlier tokens): m = -inf, l = 0, acc = 0 (aaren_reset_state).
+// Serving (inputs.batch, core/batch.hpp): packed k/v [1,total_T,H,*] with cu_seqlens, states as
+// rows of a pool [S,H,*] through state_indices (-1: padding), has_initial_state (false: the empty
+// state), and token_states, the triple after each token, for a speculative verify.
 #pragma once
 
 #include <cmath>
@@ -18,6 +21,7 @@
 #include <optional>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -58,19 +62,29 @@ class AarenFormerInitial {
   AarenConstState state_;
 };
 
+/// The state after every token of a prefill (speculative verify): restoring token t's triple
+/// into a slot equals a prefill that stopped after token t. [B,T] are k's first two dims.
+struct AarenTokenStates {
+  TensorView<float, 3> m;    ///< [B,T,H]
+  TensorView<float, 3> l;    ///< [B,T,H]
+  TensorView<float, 4> acc;  ///< [B,T,H,Dv]
+};
+
 /// Arguments of aaren (attention as a scan): one learned query per head over every prefix of k.
 struct AarenInputs {
-  ConstView<float, 2> query;        ///< [H,Dk] the learned query of each head
-  ConstView<float, 4> k;            ///< [B,T,H,Dk]
-  ConstView<float, 4> v;            ///< [B,T,H,Dv]
-  AarenConstState initial_state;    ///< optional (all three or none): earlier tokens
+  ConstView<float, 2> query;  ///< [H,Dk] the learned query of each head
+  ConstView<float, 4> k;      ///< [B,T,H,Dk], or [1,total_T,H,Dk] packed
+  ConstView<float, 4> v;      ///< [B,T,H,Dv]
+  AarenConstState initial_state;  ///< optional (all three or none): earlier tokens; [N or S,H,*] with a batch
+  SequenceBatch batch;            ///< optional: cu_seqlens, state_indices, has_initial_state (core/batch.hpp)
   AarenFormerInitial initial = {};  ///< deprecated name of initial_state
 };
 
 /// Outputs of aaren; o must not overlap an input.
 struct AarenOutputs {
-  TensorView<float, 4> o;  ///< [B,T,H,Dv]
-  AarenState final_state;  ///< optional (all three or none); may alias the initial state
+  TensorView<float, 4> o;         ///< [B,T,H,Dv]
+  AarenState final_state;         ///< optional (all three or none); may alias the initial state
+  AarenTokenStates token_states;  ///< optional (all three or none): the state after each token
 };
 
 /// How the fast form uses several threads.
@@ -104,38 +118,76 @@ struct Dims {
   index_t B, T, H, Dk, Dv;
 };
 
+// A state triple of `rows` rows (-1: any; the state rows are then checked by SequenceMap).
 template <class State>
-void check_state(const ArgCheck& check, const State& s, const Dims& d, const char* m, const char* l, const char* acc) {
+void check_state(const ArgCheck& check, const State& s, index_t rows, const Dims& d, const char* m, const char* l,
+                 const char* acc) {
   const bool any = s.m.has_value() || s.l.has_value() || s.acc.has_value();
   if (!any) return;
-  check.shape(m, s.m, std::array<index_t, 2>{d.B, d.H}, "B,H");
-  check.shape(l, s.l, std::array<index_t, 2>{d.B, d.H}, "B,H");
-  check.shape(acc, s.acc, std::array<index_t, 3>{d.B, d.H, d.Dv}, "B,H,Dv");
-  check.that(s.m.has_value() && s.l.has_value() && (s.acc.has_value() || d.B * d.H * d.Dv == 0), m,
+  check.shape(m, s.m, std::array<index_t, 2>{rows, d.H}, "S,H");
+  check.shape(l, s.l, std::array<index_t, 2>{s.m.size(0), d.H}, "S,H");
+  check.shape(acc, s.acc, std::array<index_t, 3>{s.m.size(0), d.H, d.Dv}, "S,H,Dv");
+  check.that(s.m.has_value() && s.l.has_value() && (s.acc.has_value() || s.m.size(0) * d.H * d.Dv == 0), m,
              "and its siblings l, acc must be given together");
+}
+
+template <class State>
+bool has_state(const State& s) {
+  return s.m.has_value() || s.l.has_value() || s.acc.has_value();
 }
 
 // The inputs with the deprecated AarenInputs::initial moved to initial_state when only it is given.
 inline AarenInputs current(const AarenInputs& in) {
   AarenInputs r = in;
-  const AarenConstState& s = in.initial_state;
-  if (!s.m.has_value() && !s.l.has_value() && !s.acc.has_value()) r.initial_state = in.initial.state();
+  if (!has_state(in.initial_state)) r.initial_state = in.initial.state();
   r.initial = AarenFormerInitial{};
   return r;
 }
 
-inline Dims validate(const char* op, const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options) {
+// The validated call: shapes and the map from sequences to tokens and state rows.
+struct Call {
+  Dims d;
+  SequenceMap seqs;
+};
+
+inline Call validate(const char* op, const AarenInputs& in, const AarenOutputs& out, const AarenOptions& options) {
   const ArgCheck check(op);
   check.shape("k", in.k, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,Dk");
+  check.shape("v", in.v, std::array<index_t, 4>{in.k.size(0), in.k.size(1), in.k.size(2), -1}, "B,T,H,Dv");
   const Dims d{in.k.size(0), in.k.size(1), in.k.size(2), in.k.size(3), in.v.size(3)};
   check.shape("query", in.query, std::array<index_t, 2>{d.H, d.Dk}, "H,Dk");
-  check.shape("v", in.v, std::array<index_t, 4>{d.B, d.T, d.H, -1}, "B,T,H,Dv");
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.H, d.Dv}, "B,T,H,Dv");
-  check_state(check, in.initial_state, d, "initial_state.m", "initial_state.l", "initial_state.acc");
-  check_state(check, out.final_state, d, "final_state.m", "final_state.l", "final_state.acc");
+  // Without slots or packing the states have one row per batch row; otherwise SequenceMap
+  // checks their rows against the sequences (N) or the pool (S).
+  const bool serving = in.batch.packed() || in.batch.slotted();
+  check_state(check, in.initial_state, serving ? -1 : d.B, d, "initial_state.m", "initial_state.l", "initial_state.acc");
+  const index_t rows = has_state(in.initial_state) ? in.initial_state.m.size(0) : -1;
+  check_state(check, out.final_state, serving ? rows : d.B, d, "final_state.m", "final_state.l", "final_state.acc");
+  const index_t state_rows = rows >= 0 ? rows : has_state(out.final_state) ? out.final_state.m.size(0) : -1;
+  const AarenTokenStates& ts = out.token_states;
+  if (has_state(ts)) {
+    check.shape("token_states.m", ts.m, std::array<index_t, 3>{d.B, d.T, d.H}, "B,T,H");
+    check.shape("token_states.l", ts.l, std::array<index_t, 3>{d.B, d.T, d.H}, "B,T,H");
+    check.shape("token_states.acc", ts.acc, std::array<index_t, 4>{d.B, d.T, d.H, d.Dv}, "B,T,H,Dv");
+  }
   if (options.scale) check.finite(*options.scale, "options.scale");
   check.that(options.chunks >= 0, "options.chunks", "must be >= 0 (0 = automatic)");
-  return d;
+  // state_rows -1: no state at all (a stateless prefill), which any batch accepts.
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, has_state(in.initial_state), state_rows);
+  // Outputs are written while inputs are still read: none may share memory with an input (the
+  // final state may be the initial one: it is written after its sequence's last read).
+  auto refuse_overlap = [&](const char* name, const auto& view) {
+    check.no_overlap(name, view, "k", in.k).no_overlap(name, view, "v", in.v).no_overlap(name, view, "query", in.query);
+    check.no_overlap(name, view, "initial_state.m", in.initial_state.m).no_overlap(name, view, "initial_state.l", in.initial_state.l);
+    check.no_overlap(name, view, "initial_state.acc", in.initial_state.acc);
+  };
+  refuse_overlap("o", out.o);
+  refuse_overlap("token_states.m", ts.m);
+  refuse_overlap("token_states.l", ts.l);
+  refuse_overlap("token_states.acc", ts.acc);
+  for (const auto& kept : {ts.m, ts.l}) check.no_overlap("token_states", kept, "o", out.o);
+  check.no_overlap("token_states.acc", ts.acc, "o", out.o);
+  return {d, seqs};
 }
 
 inline float scale_of(const AarenOptions& o, index_t Dk) {
@@ -152,38 +204,49 @@ inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const Aare
   (void)executor;
   using namespace detail::aaren;
   const AarenInputs in = current(inputs);
-  const Dims d = validate("reference::aaren", in, out, options);
+  const auto [d, seqs] = validate("reference::aaren", in, out, options);
   const float scale = scale_of(options, d.Dk);
   const float ninf = -std::numeric_limits<float>::infinity();
+  const bool keep = has_state(out.token_states);
   std::vector<double> s(static_cast<std::size_t>(d.T)), num(static_cast<std::size_t>(d.Dv));
-  for (index_t b = 0; b < d.B; ++b)
+  for (index_t seq = 0; seq < seqs.sequences(); ++seq) {
+    const SequenceSpan span = seqs[seq];
+    if (span.state_row < 0) continue;
+    const index_t b = span.batch_row, t0 = span.token_begin, T = span.tokens, row = span.state_row;
     for (index_t h = 0; h < d.H; ++h) {
-      const float m0 = in.initial_state.m.has_value() ? in.initial_state.m(b, h) : ninf;
-      for (index_t t = 0; t < d.T; ++t) {
+      const float m0 = span.read_state ? in.initial_state.m(row, h) : ninf;
+      for (index_t t = 0; t < T; ++t) {
         double dot = 0;
-        for (index_t c = 0; c < d.Dk; ++c) dot += static_cast<double>(in.query(h, c)) * in.k(b, t, h, c);
+        for (index_t c = 0; c < d.Dk; ++c) dot += static_cast<double>(in.query(h, c)) * in.k(b, t0 + t, h, c);
         s[t] = scale * dot;
       }
       // n = number of tokens in the prefix: o[n-1] for n >= 1, and the final state at n = T.
-      for (index_t n = d.T == 0 ? 0 : 1; n <= d.T; ++n) {
+      for (index_t n = T == 0 ? 0 : 1; n <= T; ++n) {
         double m = m0;
         for (index_t u = 0; u < n; ++u) m = std::max(m, s[u]);
-        double den = m0 == ninf ? 0.0 : in.initial_state.l(b, h) * std::exp(m0 - m);
-        for (index_t j = 0; j < d.Dv; ++j) num[j] = m0 == ninf ? 0.0 : in.initial_state.acc(b, h, j) * std::exp(m0 - m);
+        double den = m0 == ninf ? 0.0 : in.initial_state.l(row, h) * std::exp(m0 - m);
+        for (index_t j = 0; j < d.Dv; ++j) num[j] = m0 == ninf ? 0.0 : in.initial_state.acc(row, h, j) * std::exp(m0 - m);
         for (index_t u = 0; u < n; ++u) {
           const double w = std::exp(s[u] - m);
           den += w;
-          for (index_t j = 0; j < d.Dv; ++j) num[j] += w * in.v(b, u, h, j);
+          for (index_t j = 0; j < d.Dv; ++j) num[j] += w * in.v(b, t0 + u, h, j);
         }
         if (n >= 1)
-          for (index_t j = 0; j < d.Dv; ++j) out.o(b, n - 1, h, j) = den > 0 ? static_cast<float>(num[j] / den) : 0.f;
-        if (n == d.T && out.final_state.m.has_value()) {
-          out.final_state.m(b, h) = static_cast<float>(m);
-          out.final_state.l(b, h) = static_cast<float>(den);
-          for (index_t j = 0; j < d.Dv; ++j) out.final_state.acc(b, h, j) = static_cast<float>(num[j]);
+          for (index_t j = 0; j < d.Dv; ++j)
+            out.o(b, t0 + n - 1, h, j) = den > 0 ? static_cast<float>(num[j] / den) : 0.f;
+        if (n >= 1 && keep) {
+          out.token_states.m(b, t0 + n - 1, h) = static_cast<float>(m);
+          out.token_states.l(b, t0 + n - 1, h) = static_cast<float>(den);
+          for (index_t j = 0; j < d.Dv; ++j) out.token_states.acc(b, t0 + n - 1, h, j) = static_cast<float>(num[j]);
+        }
+        if (n == T && out.final_state.m.has_value()) {
+          out.final_state.m(row, h) = static_cast<float>(m);
+          out.final_state.l(row, h) = static_cast<float>(den);
+          for (index_t j = 0; j < d.Dv; ++j) out.final_state.acc(row, h, j) = static_cast<float>(num[j]);
         }
       }
     }
+  }
 }
 
 }  // namespace reference

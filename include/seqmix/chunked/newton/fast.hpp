@@ -458,7 +458,14 @@ template <class Cell>
 void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
                           const Executor& executor = serial_executor()) {
   using namespace detail::newton;
-  const Dims d = validate("nonlinear_recurrence", in, out);
+  SequenceMap seqs;
+  const Dims d = validate("nonlinear_recurrence", in, out, &seqs);
+  if (seqs.packed() || seqs.slotted()) {
+    solve_per_sequence(in, out, seqs, [&](const auto& one, const auto& one_out, const SequenceSpan&) {
+      seqmix::nonlinear_recurrence(one, one_out, executor);
+    });
+    return;
+  }
   std::vector<Tensor<float, 3>> copies;
   const Problem<Cell> p = make_problem(in, d, 0.f, copies);
   with_contiguous_output<Cell>(out, d, [&](const Rows& h) { run_sequential(p, h, executor); });
@@ -476,8 +483,13 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
                                          const Executor& executor = serial_executor()) {
   using namespace detail::newton;
   const char* op = "nonlinear_recurrence_newton";
-  const Dims d = validate(op, in, out);
+  SequenceMap seqs;
+  const Dims d = validate(op, in, out, &seqs);
   validate_options(op, options);
+  if (seqs.packed() || seqs.slotted())
+    return newton_per_sequence(in, out, seqs, [&](const auto& one, const auto& one_out) {
+      return seqmix::nonlinear_recurrence_newton(one, one_out, options, executor);
+    });
   std::vector<Tensor<float, 3>> copies;
   const Problem<Cell> p = make_problem(in, d, options.jacobian_clamp, copies);
   NewtonReport report;

@@ -14,6 +14,13 @@
 // (h = J h + f - J h = f), so J only decides how fast it is reached: clamping it (ELK-style
 // damping) cannot change the answer. Exactness also spreads one step per iteration (h^(i)_t is
 // exact for t < i), so T iterations always suffice in exact arithmetic.
+//
+// Serving (inputs.batch, core/batch.hpp): packed streams [1,total_T,D] with cu_seqlens, h0 and
+// h_last as rows of a pool [S,D] through state_indices (-1: padding, nothing read or written),
+// has_initial_state (false: h0 = 0). Each sequence is solved on its own (chunked/serving.hpp), so
+// a packed call equals per-sequence calls bit for bit; the Newton report merges theirs. h itself
+// is the state after every token, so a speculative verify needs no token_states: restoring
+// h[t] into the slot rolls the sequence back to token t.
 #pragma once
 
 #include <algorithm>
@@ -24,6 +31,7 @@
 #include <vector>
 
 #include "seqmix/chunked/newton/cells.hpp"
+#include "seqmix/chunked/serving.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -36,13 +44,15 @@ template <class Cell>
 struct NonlinearRecurrenceInputs {
   std::array<ConstView<float, 3>, Cell::kInputs> inputs;  ///< each [B,T,D], named by Cell::kInputNames
   std::array<ConstView<float, 1>, Cell::kParams> params;  ///< each [D], named by Cell::kParamNames
-  ConstView<float, 2> h0;                                 ///< [B,D]; empty = zeros
+  ConstView<float, 2> h0;  ///< [B,D] ([N or S,D] with a batch); empty = zeros
+  SequenceBatch batch;     ///< optional: cu_seqlens, state_indices, has_initial_state (core/batch.hpp)
 };
 
 /// Outputs of nonlinear_recurrence and nonlinear_recurrence_newton.
 struct NonlinearRecurrenceOutputs {
   TensorView<float, 3> h;       ///< [B,T,D] every state; must not overlap the inputs
-  TensorView<float, 2> h_last;  ///< [B,D] optional: the last state (h0 when T = 0)
+  TensorView<float, 2> h_last;  ///< [B,D] ([N or S,D] with a batch) optional: the last state (h0 when
+                                ///< T = 0); may be the same view as h0 (a slot pool updated in place)
 };
 
 /// Where the threads of the Newton solver split the work.
@@ -109,18 +119,45 @@ struct Dims {
   index_t B, T, D;
 };
 
+// Checks a call; `seqs` (optional) receives the map from sequences to tokens and state rows.
 template <class Cell>
-Dims validate(const char* op, const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out) {
+Dims validate(const char* op, const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
+              SequenceMap* seqs = nullptr) {
   const ArgCheck check(op);
   check.shape(Cell::kInputNames[0], in.inputs[0], std::array<index_t, 3>{-1, -1, -1}, "B,T,D");
   const index_t B = in.inputs[0].size(0), T = in.inputs[0].size(1), D = in.inputs[0].size(2);
   for (int s = 1; s < Cell::kInputs; ++s)
     check.shape(Cell::kInputNames[s], in.inputs[s], std::array<index_t, 3>{B, T, D}, "B,T,D");
   for (int p = 0; p < Cell::kParams; ++p) check.shape(Cell::kParamNames[p], in.params[p], std::array<index_t, 1>{D}, "D");
-  check.optional_shape("h0", in.h0, std::array<index_t, 2>{B, D}, "B,D");
+  // States have one row per batch row, or (packed or slotted) one per sequence or pool slot.
+  const bool serving = in.batch.packed() || in.batch.slotted();
+  check.optional_shape("h0", in.h0, std::array<index_t, 2>{serving ? -1 : B, D}, serving ? "S,D" : "B,D");
   check.shape("h", out.h, std::array<index_t, 3>{B, T, D}, "B,T,D");
-  check.optional_shape("h_last", out.h_last, std::array<index_t, 2>{B, D}, "B,D");
+  const index_t rows = in.h0.has_value() ? in.h0.size(0) : serving ? -1 : B;
+  check.optional_shape("h_last", out.h_last, std::array<index_t, 2>{rows, D}, serving ? "S,D" : "B,D");
+  // -1: no state given (h0 = 0, no h_last), which any batch accepts.
+  const SequenceMap map = SequenceMap::make(check, in.batch, B, T, in.h0.has_value(),
+                                            in.h0.has_value() ? rows : out.h_last.has_value() ? out.h_last.size(0) : -1);
+  for (int s = 0; s < Cell::kInputs; ++s) check.no_overlap("h", out.h, Cell::kInputNames[s], in.inputs[s]);
+  for (int p = 0; p < Cell::kParams; ++p) check.no_overlap("h", out.h, Cell::kParamNames[p], in.params[p]);
+  check.no_overlap("h", out.h, "h0", in.h0).no_overlap("h", out.h, "h_last", out.h_last);
+  if (seqs) *seqs = map;
   return {B, T, D};
+}
+
+// Solves each sequence of a packed or slotted call on its own: solve(inputs, outputs) gets the
+// dense B = 1 problem of one sequence (its tokens, its state row or none).
+template <class Cell, class Solve>
+void solve_per_sequence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
+                        const SequenceMap& seqs, Solve&& solve) {
+  using namespace detail::serving;
+  for_each_sequence(seqs, [&](const SequenceSpan& s) {
+    NonlinearRecurrenceInputs<Cell> one;
+    for (int i = 0; i < Cell::kInputs; ++i) one.inputs[i] = sequence_tokens(in.inputs[i], s);
+    one.params = in.params;
+    one.h0 = initial_row(in.h0, s);
+    solve(one, NonlinearRecurrenceOutputs{sequence_tokens(out.h, s), state_row(out.h_last, s)}, s);
+  });
 }
 
 inline void validate_options(const char* op, const NonlinearRecurrenceNewtonOptions& o) {
@@ -152,6 +189,32 @@ void load_token(const NonlinearRecurrenceInputs<Cell>& in, index_t b, index_t t,
   for (int s = 0; s < Cell::kParams; ++s) p[s] = in.params[s](d);
 }
 
+// Folds the report of one sequence into a packed call's: the worst status, the most iterations,
+// the largest update and residual; the message names the first sequence that failed.
+inline void merge_report(NewtonReport& all, const NewtonReport& one, index_t first_token) {
+  all.status = std::max(all.status, one.status);
+  all.converged = all.status == NewtonStatus::converged;
+  all.iterations = std::max(all.iterations, one.iterations);
+  all.max_update = std::max(all.max_update, one.max_update);
+  all.residual = std::isnan(one.residual) || std::isnan(all.residual) ? std::numeric_limits<float>::quiet_NaN()
+                                                                       : std::max(all.residual, one.residual);
+  all.used_fallback = all.used_fallback || one.used_fallback;
+  if (all.message.empty() && !one.message.empty())
+    all.message = "sequence starting at token " + std::to_string(first_token) + ": " + one.message;
+}
+
+// Newton over each sequence of a packed or slotted call, reports merged.
+template <class Cell, class Newton>
+NewtonReport newton_per_sequence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
+                                 const SequenceMap& seqs, Newton&& newton) {
+  NewtonReport all;
+  all.converged = true;
+  solve_per_sequence(in, out, seqs, [&](const auto& one, const auto& one_out, const SequenceSpan& s) {
+    merge_report(all, newton(one, one_out), s.token_begin);
+  });
+  return all;
+}
+
 }  // namespace detail::newton
 
 namespace reference {
@@ -162,7 +225,14 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
                           const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::newton;
-  const Dims d = validate("reference::nonlinear_recurrence", in, out);
+  SequenceMap seqs;
+  const Dims d = validate("reference::nonlinear_recurrence", in, out, &seqs);
+  if (seqs.packed() || seqs.slotted()) {
+    solve_per_sequence(in, out, seqs, [&](const auto& one, const auto& one_out, const SequenceSpan&) {
+      reference::nonlinear_recurrence(one, one_out, executor);
+    });
+    return;
+  }
   float x[Cell::kInputs], p[Cell::kParams];
   for (index_t b = 0; b < d.B; ++b)
     for (index_t c = 0; c < d.D; ++c) {
@@ -179,14 +249,17 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
 /// The Newton iteration of the header comment in plain loops (zero initial guess unless
 /// warm_start). Same report as the fast form; splits and chunks are ignored.
 template <class Cell>
-NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in,
-                                         const NonlinearRecurrenceOutputs& out,
-                                         const NonlinearRecurrenceNewtonOptions& options = {},
-                                         const Executor& executor = serial_executor()) {
+NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
+                                         const NonlinearRecurrenceNewtonOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::newton;
   const char* op = "reference::nonlinear_recurrence_newton";
-  const Dims d = validate(op, in, out);
+  SequenceMap seqs;
+  const Dims d = validate(op, in, out, &seqs);
   validate_options(op, options);
+  if (seqs.packed() || seqs.slotted())
+    return newton_per_sequence(in, out, seqs, [&](const auto& one, const auto& one_out) {
+      return reference::nonlinear_recurrence_newton(one, one_out, options, executor);
+    });
   std::vector<float> next(static_cast<std::size_t>(d.T));
   float x[Cell::kInputs], p[Cell::kParams];
   NewtonReport report;
@@ -251,7 +324,6 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
 }
 
 }  // namespace reference
-
 /// \deprecated Renamed NonlinearRecurrenceNewtonOptions (docs/conventions.md, naming).
 using NewtonOptions [[deprecated("renamed seqmix::NonlinearRecurrenceNewtonOptions")]] =
     NonlinearRecurrenceNewtonOptions;

@@ -26,6 +26,7 @@ struct StateIo {
   TensorView<float, 4> final_state;        // [S,HV,Kf,V], optional
   TensorView<float, 3> final_normalizer;   // [S,HV,Kf], optional
   TensorView<float, 5> token_states;       // [Bt,Tt,HV,Kf,V], optional: the state after each token
+  TensorView<float, 4> token_normalizers;  // [Bt,Tt,HV,Kf], optional (normalize only): z after each token
 };
 
 struct PrefillPlan {
@@ -108,10 +109,11 @@ inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, floa
 }
 
 // The recurrent prefill of one head one token at a time, the state after token t copied to
-// states[t] ([T, Kf, V]). The one-token kernel does the same operations per element as the
-// blocked one, so outputs and final states equal those of a call without token_states.
+// states[t] ([T, Kf, V]) and the normalizer (column V of S) to normalizers[t] ([T, Kf]), each when
+// given. The one-token kernel does the same operations per element as the blocked one, so
+// outputs and final states equal those of a call without token_states.
 inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, RecurrentWorkspace& ws,
-                                         const TensorView<float, 3>& states) {
+                                         const TensorView<float, 3>& states, const TensorView<float, 2>& normalizers) {
   const index_t Kf = p.Kf(), Vp = p.Vp(), V = p.V();
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool direct = !p.normalize && p.o.is_last_dim_contiguous();
@@ -120,9 +122,13 @@ inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, Rec
     float* o = direct ? p.o.ptr(t) : ws.o(0);
     recurrent_token(S.data(), Vp, Kf, Vp, x, exclusive, o);
     if (!direct) store_output_row(p, t, o);
-    const auto dst = states[t];
-    for (index_t r = 0; r < Kf; ++r)
-      for (index_t c = 0; c < V; ++c) dst(r, c) = S(r, c);
+    if (states.has_value()) {
+      const auto dst = states[t];
+      for (index_t r = 0; r < Kf; ++r)
+        for (index_t c = 0; c < V; ++c) dst(r, c) = S(r, c);
+    }
+    if (normalizers.has_value() && Vp > V)
+      for (index_t r = 0; r < Kf; ++r) normalizers(t, r) = S(r, V);
   }
 }
 
@@ -144,10 +150,17 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
     heads.push_back(sequence_head(make_head, s, hv0 + i));
     load_state(io, s, hv0 + i, plan.V, states[static_cast<std::size_t>(i)]);
   }
-  if (io.token_states.has_value()) {
-    for (index_t i = 0; i < n; ++i)
-      run_recurrent_keeping_states(heads[static_cast<std::size_t>(i)], states[static_cast<std::size_t>(i)], ws,
-                                   io.token_states[s.batch_row].slice(0, s.token_begin, s.tokens).select(1, hv0 + i));
+  if (io.token_states.has_value() || io.token_normalizers.has_value()) {
+    for (index_t i = 0; i < n; ++i) {
+      TensorView<float, 3> kept;
+      TensorView<float, 2> kept_z;
+      if (io.token_states.has_value())
+        kept = io.token_states[s.batch_row].slice(0, s.token_begin, s.tokens).select(1, hv0 + i);
+      if (io.token_normalizers.has_value())
+        kept_z = io.token_normalizers[s.batch_row].slice(0, s.token_begin, s.tokens).select(1, hv0 + i);
+      run_recurrent_keeping_states(heads[static_cast<std::size_t>(i)], states[static_cast<std::size_t>(i)], ws, kept,
+                                   kept_z);
+    }
   } else {
     for (index_t t0 = 0; t0 < s.tokens; t0 += kTokenBlock) {
       const index_t len = std::min(kTokenBlock, s.tokens - t0);

@@ -39,10 +39,11 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
   const float scale = check_scale(ArgCheck("linear_attention"), options.scale, d.K);
   PrefillPlan plan{seqs, d.HV, d.K, d.Kf, d.V, options.normalize, options.algorithm, options.chunk_size,
                    options.prefix_len};
-  if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
+  if (out.token_states.has_value() || out.token_normalizers.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
     plan.algorithm = choose_algorithm(GateKind::none, seqs.max_tokens(), d.Kf, d.V, options.chunk_size);
-  const StateIo io{in.initial_state, in.initial_normalizer, out.final_state, out.final_normalizer, out.token_states};
+  const StateIo io{in.initial_state, in.initial_normalizer, out.final_state, out.final_normalizer, out.token_states,
+                   out.token_normalizers};
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
     return linear_attention_head(in.q, in.k, in.v, out.o, options, scale, d, b, hv);
   });

@@ -63,7 +63,9 @@ struct LinearAttentionOutputs {
   TensorView<float, 4> final_state;       ///< [B,HV,Kf,V], optional
   TensorView<float, 3> final_normalizer;  ///< [B,HV,Kf], optional (normalize only)
   TensorView<float, 5> token_states;      ///< [B,T,HV,Kf,V], optional, the state after each token
-                                          ///< (not with normalize or prefix_len; recurrent form)
+                                          ///< (not with prefix_len; recurrent form)
+  TensorView<float, 4> token_normalizers;  ///< [B,T,HV,Kf], optional (normalize only), z after each
+                                           ///< token: with token_states, what a verify rolls back to
 };
 
 /// Decode-step arguments of linear_attention_step: one token per batch row.
@@ -105,17 +107,26 @@ inline PrefillCheck validate_linear_attention(const char* op, const LinearAttent
   rows = check_normalizer_pair(check, in.initial_normalizer, out.final_normalizer, rows, d);
   check.shape("o", out.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
   check_token_states(check, out.token_states, d);
+  check.optional_shape("token_normalizers", out.token_normalizers, std::array<index_t, 4>{d.B, d.T, d.HV, d.Kf},
+                       "B,T,HV,Kf");
   check.that(options.normalize || (!in.initial_normalizer.has_value() && !out.final_normalizer.has_value()),
              in.initial_normalizer.has_value() ? "initial_normalizer" : "final_normalizer",
              "is only used with options.normalize = true");
-  if (out.token_states.has_value() && (options.normalize || options.prefix_len > 0))
-    check.fail("token_states", "is not supported with options.normalize or options.prefix_len");
+  if (out.token_normalizers.has_value() && !options.normalize)
+    check.fail("token_normalizers", "is only used with options.normalize = true");
+  // Within a JRT prefix every token reads the whole prefix: no per-token state to roll back to.
+  if (options.prefix_len > 0 && (out.token_states.has_value() || out.token_normalizers.has_value()))
+    check.fail(out.token_states.has_value() ? "token_states" : "token_normalizers",
+               "is not supported with options.prefix_len > 0");
   check_linear_attention_options(check, options, d, false);
   const bool has_initial = in.initial_state.has_value() || in.initial_normalizer.has_value();
   const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, has_initial, rows);
   check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.initial_state, in.initial_normalizer, out.final_state,
-                   out.final_normalizer, out.token_states);
-  check_no_overlap(check, "token_states", out.token_states, in.q, in.k, in.v, in.initial_state, out.final_state);
+                   out.final_normalizer, out.token_states, out.token_normalizers);
+  check_no_overlap(check, "token_states", out.token_states, in.q, in.k, in.v, in.initial_state, out.final_state,
+                   in.initial_normalizer, out.final_normalizer, out.token_normalizers);
+  check_no_overlap(check, "token_normalizers", out.token_normalizers, in.q, in.k, in.v, in.initial_state,
+                   out.final_state, in.initial_normalizer, out.final_normalizer);
   return {d, seqs};
 }
 
@@ -175,6 +186,8 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
         if (out.token_states.has_value())
           for (index_t r = 0; r < Kf; ++r)
             for (index_t c = 0; c < d.V; ++c) out.token_states(b, t, hv, r, c) = static_cast<float>(s(r, c));
+        if (out.token_normalizers.has_value())
+          for (index_t r = 0; r < Kf; ++r) out.token_normalizers(b, t, hv, r) = static_cast<float>(z[r]);
       };
       auto read = [&](index_t t) {  // o_t from the current state
         apply_feature_map(options.feature_map, in.q[b][t][h], 1.f, phi_q.data());
