@@ -70,7 +70,9 @@ void block_sparse_attention(const AttentionInputs<KV>& in, const BlockSparseLayo
     for (index_t t = first; t < last; ++t) {
       const index_t qb = t % bs.query_blocks, set = t / bs.query_blocks % head_sets, b = t / bs.query_blocks / head_sets;
       const index_t h0 = set * heads, i0 = qb * bq, nq = std::min(bq, d.Tq - i0);
-      const auto [begin, end] = layout_row(layout, b, h0, qb);
+      // Plain variables, not a structured binding: the tile lambda captures them (C++17).
+      const auto row = layout_row(layout, b, h0, qb);
+      const auto begin = row.first, end = row.second;
       // The task's heads as a problem of their own with one KV head (hk = 0 below).
       const AttentionInputs<KV> task_in = head_slice(in, h0, heads, h0 / d.group());
       const AttentionOutputs task_out = head_slice(out, h0, heads);

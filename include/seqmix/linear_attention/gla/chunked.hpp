@@ -71,7 +71,8 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
                                    const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const auto [d, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
+  const auto [checked_dims, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
+  const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   const float scale = check_scale(ArgCheck("gated_linear_attention"), options.scale, d.K);
   PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
   if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;

@@ -179,7 +179,8 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
                                    const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const auto [d, seqs] = validate_gla("reference::gated_linear_attention", in, out, options, executor);
+  const auto [checked_dims, seqs] = validate_gla("reference::gated_linear_attention", in, out, options, executor);
+  const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   const double scale = check_scale(ArgCheck("reference::gated_linear_attention"), options.scale, d.K);
   std::vector<double> S(static_cast<std::size_t>(d.K * d.V));
   auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };

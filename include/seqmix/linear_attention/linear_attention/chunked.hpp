@@ -35,7 +35,8 @@ inline HeadProblem linear_attention_head(const ConstView<float, 4>& q, const Con
 inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const auto [d, seqs] = validate_linear_attention("linear_attention", in, out, options);
+  const auto [checked_dims, seqs] = validate_linear_attention("linear_attention", in, out, options);
+  const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   const float scale = check_scale(ArgCheck("linear_attention"), options.scale, d.K);
   PrefillPlan plan{seqs, d.HV, d.K, d.Kf, d.V, options.normalize, options.algorithm, options.chunk_size,
                    options.prefix_len};

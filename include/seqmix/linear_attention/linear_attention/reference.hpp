@@ -158,7 +158,8 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::la;
-  const auto [d, seqs] = validate_linear_attention("reference::linear_attention", in, out, options);
+  const auto [checked_dims, seqs] = validate_linear_attention("reference::linear_attention", in, out, options);
+  const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   const double scale = check_scale(ArgCheck("reference::linear_attention"), options.scale, d.K);
   const index_t Kf = d.Kf;
   std::vector<double> S(static_cast<std::size_t>(Kf * d.V)), z(static_cast<std::size_t>(Kf));

@@ -15,7 +15,8 @@ namespace seqmix {
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const auto [d, seqs] = validate_rwkv6("rwkv6", in, out, options, executor);
+  const auto [checked_dims, seqs] = validate_rwkv6("rwkv6", in, out, options, executor);
+  const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
   if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)

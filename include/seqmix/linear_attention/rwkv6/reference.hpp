@@ -117,7 +117,8 @@ namespace reference {
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
   using namespace detail::la;
-  const auto [d, seqs] = validate_rwkv6("reference::rwkv6", in, out, options, executor);
+  const auto [checked_dims, seqs] = validate_rwkv6("reference::rwkv6", in, out, options, executor);
+  const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   std::vector<double> S(static_cast<std::size_t>(d.K * d.V));
   auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
   for (index_t n = 0; n < seqs.sequences(); ++n) {
