@@ -6,7 +6,7 @@
 // dequantization, double accumulation, single thread) runs on Tk = 1024 as a baseline.
 //
 // attention/paged/<format>/decode/N16_Tk4096_Hq32_Hkv8_D128_bs<32|64>: paged_attention over
-// quantized pages (attention/paged/quantized.hpp; pages of 32 and 64 tokens, whole quantization
+// quantized pages (kv_cache/paged.hpp; pages of 32 and 64 tokens, whole quantization
 // groups, shuffled block table) for 16 sequences of 4096 tokens, beside ..._kv_cache_attention:
 // a KvCache (batch 16, residual 0) holding the same tokens. GB/s on the bytes read: the pages'
 // group images (codes + parameters) of every sequence, or KvCache::bytes().
@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "seqmix/attention/paged/quantized.hpp"
+#include "seqmix/kv_cache/paged.hpp"
 #include "seqmix/kv_cache.hpp"
 #include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"

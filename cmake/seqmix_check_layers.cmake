@@ -34,12 +34,10 @@ set(_allowed_attention core positional)
 set(_allowed_kv_cache core attention positional)
 set(_allowed_chunked core ssm linear_attention attention positional)
 
-# Known exceptions, each to be removed when fixed (docs/compile_time.md, "Open"): a header that
-# may include a family above its floor, and so the umbrella headers that reach it.
-#   attention/paged/quantized.hpp reads quantized pages with the KV cache's block kernels
-#   (kv_cache/attention.hpp), which puts kv_cache and Eigen under seqmix/attention.hpp.
-set(_exception_headers seqmix/attention/paged/quantized.hpp)
-set(_exception_families kv_cache)
+# Known exceptions, each to be removed when fixed (docs/compile_time.md): a header that may
+# include a family above its floor, and so the umbrella headers that reach it. None today.
+set(_exception_headers)
+set(_exception_families)
 
 # Headers whose transitive includes must not reach Eigen.
 set(_eigen_free

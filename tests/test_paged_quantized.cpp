@@ -1,4 +1,4 @@
-// Paged attention over quantized pages (attention/paged/quantized.hpp): paged_kv_append in
+// Paged attention over quantized pages (kv_cache/paged.hpp): paged_kv_append in
 // ragged chunks into a pool of quantized pages with shuffled block tables, then paged_attention,
 // against a KvCache (residual 0, same formats) holding the same tokens and kv_cache_attention over
 // it: equal bit for bit (same kernels, pieces and merge), over int8 / int4 / int2 formats with
@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "seqmix/attention/paged/quantized.hpp"
+#include "seqmix/kv_cache/paged.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/kv_cache.hpp"
 #include "seqmix_testing/catch_checks.hpp"

@@ -16,7 +16,6 @@
 // Paged KV cache (vLLM block pool): paged_attention over pages, paged_kv_append into them.
 #include "seqmix/attention/paged/append.hpp"
 #include "seqmix/attention/paged/paged.hpp"
-#include "seqmix/attention/paged/quantized.hpp"
 #include "seqmix/attention/paged/reference.hpp"
 
 // Sparse forms: block-sparse attention with its pattern builders, top-k attention with its

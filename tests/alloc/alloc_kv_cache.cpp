@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "counting_new.hpp"
-#include "seqmix/attention/paged/quantized.hpp"
+#include "seqmix/kv_cache/paged.hpp"
 #include "seqmix/kv_cache.hpp"
 #include "seqmix_testing/random.hpp"
 

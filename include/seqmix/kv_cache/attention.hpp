@@ -491,7 +491,7 @@ void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, i
 // KvBlockView, positions increasing), then the tail rows, into the rows' online-softmax states
 // and accumulators (row r: state[r], acc + r * w.ldacc). The query rows are in w
 // (kv_load_query_rows); alibi slopes are those of heads hk * G + g. Used by kv_cache_attention
-// and by paged_attention over quantized pages (attention/paged/quantized.hpp).
+// and by paged_attention over quantized pages (kv_cache/paged.hpp).
 template <class BlockAt>
 void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, const ConstView<float, 1>& alibi_slopes,
                      index_t hk, index_t G, index_t M, KvScratch& w, BlockAt&& block_at, index_t first, index_t last,

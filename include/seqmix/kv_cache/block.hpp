@@ -53,7 +53,7 @@ struct KvBlock {
 };
 
 // What the decode kernels read of a block, as plain pointers: a KvBlock's vectors (view_of), or
-// a quantized page of caller memory (attention/paged/quantized.hpp) laid out the same way. Key and
+// a quantized page of caller memory (kv_cache/paged.hpp) laid out the same way. Key and
 // value codes and per-token key parameters are 64-byte aligned (the integer kernels' aligned loads).
 struct KvBlockView {
   KvFormat key_format = KvFormat::f32, value_format = KvFormat::f32;

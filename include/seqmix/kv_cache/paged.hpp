@@ -250,6 +250,13 @@ inline std::uint8_t* group_arena_buffer(index_t bytes) {
   return buffer.data();
 }
 
+// Copies a block's vector into a page image; an empty vector (a float format has no parameters)
+// may have no data pointer, which memcpy must not be given even for 0 bytes.
+template <class Vector>
+void copy_bytes(std::uint8_t* to, const Vector& from) {
+  if (!from.empty()) std::memcpy(to, from.data(), from.size() * sizeof(from[0]));
+}
+
 // Quantizes group g of a sequence (its 32 rows in the tail) into its page: one KvCache block
 // per KV head, made by make_block and copied into the page's image.
 inline void flush_group(const QuantizedKvPages& p, const QuantizedPageLayout& layout, const KvCacheConfig& cfg,
@@ -260,10 +267,10 @@ inline void flush_group(const QuantizedKvPages& p, const QuantizedPageLayout& la
     const KvBlock blk = make_block(cfg, cfg.key_format, cfg.value_format, p.tail_k.ptr(tail, 0, h), p.tail_k.stride(1),
                                    p.tail_v.ptr(tail, 0, h), p.tail_v.stride(1), positions, kKvGroupTokens);
     std::uint8_t* image = base + layout.image_at(h, s);
-    std::memcpy(image + layout.key_at, blk.keys.data(), blk.keys.size());
-    std::memcpy(image + layout.key_params_at, blk.key_params.data(), blk.key_params.size() * sizeof(float));
-    std::memcpy(image + layout.values_at, blk.values.data(), blk.values.size());
-    std::memcpy(image + layout.value_params_at, blk.value_params.data(), blk.value_params.size() * sizeof(float));
+    copy_bytes(image + layout.key_at, blk.keys);
+    copy_bytes(image + layout.key_params_at, blk.key_params);
+    copy_bytes(image + layout.values_at, blk.values);
+    copy_bytes(image + layout.value_params_at, blk.value_params);
   }
   std::memcpy(base, &header, sizeof(PageHeader));
 }
