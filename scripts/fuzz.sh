@@ -19,7 +19,9 @@ mkdir -p "$out/findings"
 bash "$root/scripts/install-deps.sh" fuzz
 cxx=${SEQMIX_FUZZ_CXX:-clang++}
 targets=(scan ssm linear_attention attention kv_cache npy)
-flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+# -march=native: the SIMD kernels the machine really runs are the ones fuzzed under the sanitizers
+# (the test suite's sanitizer stage builds the SSE2 baseline).
+flags=(-std=c++17 -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
        -fno-sanitize-recover=undefined -I "$root/include" -I "$root/tests/fuzz" -I /usr/include/eigen3)
 
 start=$(date +%s)
