@@ -62,7 +62,7 @@ struct KvAppendInputs {
   /// state_indices [N]: the cache row (in [0, config.batch)) each sequence appends to; -1 = a
   /// padding sequence, nothing appended. Without it sequence n appends to row n (N = batch).
   /// has_initial_state [N] false: the row is emptied first (reset(): a new request in the row).
-  SequenceBatch batch;
+  SequenceBatch batch = {};
 };
 
 }  // namespace seqmix

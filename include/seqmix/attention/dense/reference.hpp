@@ -75,7 +75,7 @@ struct AttentionInputs {
   IndexTable positions;  ///< [B,Tq] int32 or int64: absolute query positions (default Tk - Tq + i)
   /// Packed sequences (cu_seqlens only: attention keeps no state, so state_indices and
   /// has_initial_state are refused). Not combinable with mask or positions.
-  SequenceBatch batch;
+  SequenceBatch batch = {};
 };
 
 /// o and lse must not overlap any input (ShapeError).
@@ -103,7 +103,7 @@ inline index_t packed_sequences(const ArgCheck& check, const IndexList& cu, inde
   bool ok = !cu.dangling() && cu.size() >= 1 && B == 1 && cu[0] == 0 && cu[cu.size() - 1] == T;
   for (index_t n = 1; ok && n < cu.size(); ++n) ok = cu[n] >= cu[n - 1];
   if (!ok) {
-    SequenceBatch batch;
+    SequenceBatch batch = {};
     batch.cu_seqlens = cu;
     SequenceMap::make(check.op(), batch, B, T, false, -1);
   }

@@ -76,7 +76,7 @@ struct AarenInputs {
   ConstView<float, 4> k;      ///< [B,T,H,Dk], or [1,total_T,H,Dk] packed
   ConstView<float, 4> v;      ///< [B,T,H,Dv]
   AarenConstState initial_state;  ///< optional (all three or none): earlier tokens; [N or S,H,*] with a batch
-  SequenceBatch batch;            ///< optional: cu_seqlens, state_indices, has_initial_state (core/batch.hpp)
+  SequenceBatch batch = {};       ///< optional: cu_seqlens, state_indices, has_initial_state (core/batch.hpp)
   AarenFormerInitial initial = {};  ///< deprecated name of initial_state
 };
 
@@ -84,7 +84,7 @@ struct AarenInputs {
 struct AarenOutputs {
   TensorView<float, 4> o;         ///< [B,T,H,Dv]
   AarenState final_state;         ///< optional (all three or none); may alias the initial state
-  AarenTokenStates token_states;  ///< optional (all three or none): the state after each token
+  AarenTokenStates token_states = {}; ///< optional (all three or none): the state after each token
 };
 
 /// How the fast form uses several threads.

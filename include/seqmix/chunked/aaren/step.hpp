@@ -16,7 +16,7 @@ struct AarenStepInputs {
   ConstView<float, 2> query;  ///< [H,Dk]
   ConstView<float, 3> k;      ///< [B,H,Dk] this token's keys
   ConstView<float, 3> v;      ///< [B,H,Dv]
-  SequenceBatch batch;        ///< optional: state_indices [B] into the state pool, has_initial_state [B]
+  SequenceBatch batch = {};   ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
 namespace detail::aaren {

@@ -45,7 +45,7 @@ struct NonlinearRecurrenceInputs {
   std::array<ConstView<float, 3>, Cell::kInputs> inputs;  ///< each [B,T,D], named by Cell::kInputNames
   std::array<ConstView<float, 1>, Cell::kParams> params;  ///< each [D], named by Cell::kParamNames
   ConstView<float, 2> h0;  ///< [B,D] ([N or S,D] with a batch); empty = zeros
-  SequenceBatch batch;     ///< optional: cu_seqlens, state_indices, has_initial_state (core/batch.hpp)
+  SequenceBatch batch = {}; ///< optional: cu_seqlens, state_indices, has_initial_state (core/batch.hpp)
 };
 
 /// Outputs of nonlinear_recurrence and nonlinear_recurrence_newton.

@@ -16,7 +16,7 @@ struct NonlinearRecurrenceStepInputs {
   std::array<ConstView<float, 1>, Cell::kParams> params;  ///< each [D]
   /// optional: state_indices [B] into a state pool [S,D] (-1: padding row, nothing read or
   /// written), has_initial_state [B] (false: the row starts from h = 0).
-  SequenceBatch batch;
+  SequenceBatch batch = {};
 };
 
 /// state [B,D] or a pool [S,D]: h_{t-1} on entry, h_t on return (channels contiguous on the SIMD

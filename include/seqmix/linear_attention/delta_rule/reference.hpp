@@ -36,14 +36,14 @@ struct DeltaRuleInputs {
   ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of HK
   ConstView<float, 3> beta;           ///< [B,T,HV]
   ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
-  SequenceBatch batch;                ///< optional: cu_seqlens, state_indices, has_initial_state
+  SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state.
 struct DeltaRuleOutputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
   TensorView<float, 4> final_state;   ///< [N,HV,K,V] or the pool, optional
-  TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: the state after each token
+  TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: the state after each token
 };
 
 /// Decode-step arguments of delta_rule_step: one token per batch row.
@@ -52,7 +52,7 @@ struct DeltaRuleStepInputs {
   ConstView<float, 3> k;     ///< [B,HK,K]
   ConstView<float, 3> v;     ///< [B,HV,V]
   ConstView<float, 2> beta;  ///< [B,HV]
-  SequenceBatch batch;       ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
+  SequenceBatch batch = {};  ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 /// Decode-step outputs; o must not overlap an input.

@@ -86,7 +86,7 @@ struct DeltaItem {
   DeltaHead p;
   ConstView<float, 2> initial;        ///< [K,V], empty: start from zeros
   TensorView<float, 2> final_state;   ///< [K,V], optional
-  TensorView<float, 3> token_states;  ///< [T,K,V], optional
+  TensorView<float, 3> token_states = {}; ///< [T,K,V], optional
   DeltaAlgorithm algorithm;           ///< never automatic here
 };
 

@@ -25,8 +25,8 @@ struct StateIo {
   ConstView<float, 3> initial_normalizer;  // [S,HV,Kf], optional
   TensorView<float, 4> final_state;        // [S,HV,Kf,V], optional
   TensorView<float, 3> final_normalizer;   // [S,HV,Kf], optional
-  TensorView<float, 5> token_states;       // [Bt,Tt,HV,Kf,V], optional: the state after each token
-  TensorView<float, 4> token_normalizers;  // [Bt,Tt,HV,Kf], optional (normalize only): z after each token
+  TensorView<float, 5> token_states = {};  // [Bt,Tt,HV,Kf,V], optional: the state after each token
+  TensorView<float, 4> token_normalizers = {}; // [Bt,Tt,HV,Kf], optional (normalize only): z after each token
 };
 
 struct PrefillPlan {

@@ -60,14 +60,14 @@ struct GatedDeltaRuleInputs {
   ConstView<float, 3> g_scalar;       ///< [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
   ConstView<float, 4> g;              ///< [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
   ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
-  SequenceBatch batch;                ///< optional: cu_seqlens, state_indices, has_initial_state
+  SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state.
 struct GatedDeltaRuleOutputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
   TensorView<float, 4> final_state;   ///< [N,HV,K,V] or the pool, optional
-  TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: the state after each token
+  TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: the state after each token
 };
 
 /// Decode step: one token per batch row.
@@ -78,7 +78,7 @@ struct GatedDeltaRuleStepInputs {
   ConstView<float, 2> beta;      ///< [B,HV]
   ConstView<float, 2> g_scalar;  ///< [B,HV]   (DeltaGate::scalar)
   ConstView<float, 3> g;         ///< [B,HV,K] (DeltaGate::channel)
-  SequenceBatch batch;           ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
+  SequenceBatch batch = {};      ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 /// Decode-step outputs; o must not overlap an input.
@@ -133,8 +133,8 @@ struct DeltaCall {
   ConstView<float, 4> g;
   ConstView<float, 4> initial_state;
   TensorView<float, 4> o, final_state;
-  TensorView<float, 5> token_states;
-  SequenceBatch batch;
+  TensorView<float, 5> token_states = {};
+  SequenceBatch batch = {};
   std::optional<float> scale;
   QkNorm norm = QkNorm::none;
   index_t chunk = 64;

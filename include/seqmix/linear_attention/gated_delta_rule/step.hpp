@@ -24,7 +24,7 @@ struct DeltaStepCall {
   ConstView<float, 3> g;
   TensorView<float, 3> o;
   TensorView<float, 4> state;
-  SequenceBatch batch;
+  SequenceBatch batch = {};
   std::optional<float> scale;
   QkNorm norm = QkNorm::none;
 };

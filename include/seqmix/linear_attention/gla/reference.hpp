@@ -53,7 +53,7 @@ struct GatedLinearAttentionInputs {
   ConstView<float, 4> g;              ///< [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
   ConstView<float, 3> g_scalar;       ///< [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
   ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or a pool [S,HV,K,V], optional (zeros if absent)
-  SequenceBatch batch;                ///< cu_seqlens, state_indices, has_initial_state (all optional)
+  SequenceBatch batch = {};           ///< cu_seqlens, state_indices, has_initial_state (all optional)
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state (in place).
@@ -62,7 +62,7 @@ struct GatedLinearAttentionOutputs {
   TensorView<float, 4> final_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional
   /// [B,T,HV,K,V], optional: the state after each token (speculative verify keeps the state of the
   /// last accepted token). Given, the call runs the recurrent form.
-  TensorView<float, 5> token_states;
+  TensorView<float, 5> token_states = {};
 };
 
 /// Decode-step arguments: one token per batch row.
@@ -74,7 +74,7 @@ struct GatedLinearAttentionStepInputs {
   ConstView<float, 2> g_scalar;  ///< [B,Hg]   (GateKind::scalar)
   /// state_indices [B]: row b steps pool row state_indices[b] (-1: padding row, its output and
   /// every state untouched); has_initial_state[b] false zeroes that row first. No cu_seqlens.
-  SequenceBatch batch;
+  SequenceBatch batch = {};
 };
 
 /// Decode-step outputs; o must not overlap an input.

@@ -54,7 +54,7 @@ struct LinearAttentionInputs {
   ConstView<float, 3> initial_normalizer;  ///< [B,HV,Kf], optional z (normalize only; zero if absent)
   /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GatedLinearAttentionInputs): states
   /// and normalizers are then [N,...] per sequence or a pool [S,...] of slots.
-  SequenceBatch batch;
+  SequenceBatch batch = {};
 };
 
 /// o must not overlap an input; a final view may be the same view as its initial one.
@@ -62,9 +62,9 @@ struct LinearAttentionOutputs {
   TensorView<float, 4> o;                 ///< [B,T,HV,V]
   TensorView<float, 4> final_state;       ///< [B,HV,Kf,V], optional
   TensorView<float, 3> final_normalizer;  ///< [B,HV,Kf], optional (normalize only)
-  TensorView<float, 5> token_states;      ///< [B,T,HV,Kf,V], optional, the state after each token
+  TensorView<float, 5> token_states = {}; ///< [B,T,HV,Kf,V], optional, the state after each token
                                           ///< (not with prefix_len; recurrent form)
-  TensorView<float, 4> token_normalizers;  ///< [B,T,HV,Kf], optional (normalize only), z after each
+  TensorView<float, 4> token_normalizers = {}; ///< [B,T,HV,Kf], optional (normalize only), z after each
                                            ///< token: with token_states, what a verify rolls back to
 };
 
@@ -73,7 +73,7 @@ struct LinearAttentionStepInputs {
   ConstView<float, 3> q;  ///< [B,H,K]
   ConstView<float, 3> k;  ///< [B,H,K]
   ConstView<float, 3> v;  ///< [B,HV,V]
-  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
+  SequenceBatch batch = {}; ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
 };
 
 /// Decode-step outputs; o must not overlap an input.

@@ -39,14 +39,14 @@ struct Rwkv6Inputs {
   ConstView<float, 4> initial_state;  ///< [B,HV,K,V], optional (zero if absent)
   /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GatedLinearAttentionInputs): the
   /// states are then [N,HV,K,V] per sequence or a pool [S,HV,K,V] of slots.
-  SequenceBatch batch;
+  SequenceBatch batch = {};
 };
 
 /// Prefill outputs; o must not overlap an input.
 struct Rwkv6Outputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
   TensorView<float, 4> final_state;   ///< [B,HV,K,V], optional; may be the initial_state view
-  TensorView<float, 5> token_states;  ///< [B,T,HV,K,V], optional: S_t after each token t
+  TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: S_t after each token t
 };
 
 /// Decode-step arguments of rwkv6_step: one token per batch row.
@@ -56,7 +56,7 @@ struct Rwkv6StepInputs {
   ConstView<float, 3> v;  ///< [B,HV,V]
   ConstView<float, 3> g;  ///< [B,Hg,K]
   ConstView<float, 2> u;  ///< [Hg,K]
-  SequenceBatch batch;    ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
+  SequenceBatch batch = {}; ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
 };
 
 /// Decode-step outputs; o must not overlap an input.

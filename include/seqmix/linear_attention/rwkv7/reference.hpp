@@ -34,14 +34,14 @@ struct Rwkv7Inputs {
   ConstView<float, 4> b;              ///< [B,T,H,K] where that read is written back
   ConstView<float, 4> g;              ///< [B,T,H,K] log-decay <= 0 (w = exp(g))
   ConstView<float, 4> initial_state;  ///< [N,H,K,V] or the pool [S,H,K,V], optional (zeros if absent)
-  SequenceBatch batch;                ///< optional: cu_seqlens, state_indices, has_initial_state
+  SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state.
 struct Rwkv7Outputs {
   TensorView<float, 4> o;             ///< [B,T,H,V]
   TensorView<float, 4> final_state;   ///< [N,H,K,V] or the pool, optional
-  TensorView<float, 5> token_states;  ///< [B,T,H,K,V], optional: the state after each token
+  TensorView<float, 5> token_states = {}; ///< [B,T,H,K,V], optional: the state after each token
 };
 
 /// Decode-step arguments of rwkv7_step: one token per batch row.
@@ -56,7 +56,7 @@ struct Rwkv7StepInputs {
   ConstView<float, 3> a, b;  ///< [B,H,K]
   ///@}
   ConstView<float, 3> g;     ///< [B,H,K] log-decay <= 0
-  SequenceBatch batch;       ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
+  SequenceBatch batch = {};  ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 
 /// Decode-step outputs; o must not overlap an input.

@@ -196,7 +196,7 @@ inline void conv_write_token_states(const CausalConv1dInputs& in, const TensorVi
 struct ConvSequence {
   CausalConv1dInputs in;
   TensorView<float, 3> y, final_state;
-  TensorView<float, 4> token_states;
+  TensorView<float, 4> token_states = {};
 };
 
 inline std::vector<ConvSequence> conv_sequences(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,

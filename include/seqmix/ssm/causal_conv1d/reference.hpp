@@ -43,7 +43,7 @@ struct CausalConv1dInputs {
   ConstView<float, 1> bias;           ///< [D], optional
   ConstView<float, 3> initial_state;  ///< [N or S, W-1, D], optional: the last W-1 inputs seen, oldest
                                       ///< first; any strides (channel_major_conv_state for [S,D,W-1])
-  SequenceBatch batch;                ///< optional: packed sequences, state slots (core/batch.hpp)
+  SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
 /// y must not overlap any input (ShapeError). final_state may be the very same view as
@@ -54,7 +54,7 @@ struct CausalConv1dOutputs {
   TensorView<float, 3> final_state;  ///< [N or S, W-1, D], optional
   /// [Bt,Tt,W-1,D], optional (speculative verify): the window after each token, i.e. the final
   /// state a prefill ending at that token would return. [Bt,Tt] are x's first two dims.
-  TensorView<float, 4> token_states;
+  TensorView<float, 4> token_states = {};
 };
 
 /// Decode-step arguments: one token per batch row.
@@ -62,7 +62,7 @@ struct CausalConv1dStepInputs {
   ConstView<float, 2> x;       ///< [B,D]
   ConstView<float, 2> weight;  ///< [D,W]
   ConstView<float, 1> bias;    ///< [D], optional
-  SequenceBatch batch;         ///< optional: state_indices [B] into the conv_state pool, has_initial_state [B]
+  SequenceBatch batch = {};    ///< optional: state_indices [B] into the conv_state pool, has_initial_state [B]
 };
 
 /// y may be the very same view as x; it must not overlap conv_state, weight or bias.

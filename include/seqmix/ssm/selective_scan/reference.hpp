@@ -43,7 +43,7 @@ struct SelectiveScanInputs {
   ConstView<float, 3> z;              ///< [B,T,D], optional gate: y *= silu(z)
   ConstView<float, 1> delta_bias;     ///< [D], optional
   ConstView<float, 3> initial_state;  ///< [N or S, D, N], optional
-  SequenceBatch batch;                ///< optional: packed sequences, state slots (core/batch.hpp)
+  SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
 /// y must not overlap any input. final_state may be the very same view as initial_state (the
@@ -53,7 +53,7 @@ struct SelectiveScanOutputs {
   TensorView<float, 3> final_state;  ///< [N or S, D, N], optional
   /// [Bt,Tt,D,N], optional (speculative verify): the state after each token; [Bt,Tt] are u's
   /// first two dims.
-  TensorView<float, 4> token_states;
+  TensorView<float, 4> token_states = {};
 };
 
 /// Decode-step arguments: one token per batch row.
@@ -66,7 +66,7 @@ struct SelectiveScanStepInputs {
   ConstView<float, 1> Dskip;       ///< [D], optional
   ConstView<float, 2> z;           ///< [B,D], optional
   ConstView<float, 1> delta_bias;  ///< [D], optional
-  SequenceBatch batch;             ///< optional: state_indices [B] into the state pool, has_initial_state [B]
+  SequenceBatch batch = {};        ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
 /// y must not overlap state or any input.

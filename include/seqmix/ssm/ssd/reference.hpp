@@ -60,7 +60,7 @@ struct SsdInputs {
   ConstView<float, 4> z;              ///< [B,T,H,P], optional gate: y *= silu(z)
   ConstView<float, 1> dt_bias;        ///< [H], optional
   ConstView<float, 4> initial_state;  ///< [N or S, H,P,N], optional (zero state if absent)
-  SequenceBatch batch;                ///< optional: packed sequences, state slots (core/batch.hpp)
+  SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
 /// y must not overlap any input (ShapeError). final_state may be the very same view as
@@ -70,7 +70,7 @@ struct SsdOutputs {
   TensorView<float, 4> final_state;  ///< [N or S, H,P,N], optional
   /// [Bt,Tt,H,P,N], optional (speculative verify): the state after each token. [Bt,Tt] are x's
   /// first two dims. Given, the prefill runs the recurrent form.
-  TensorView<float, 5> token_states;
+  TensorView<float, 5> token_states = {};
 };
 
 /// Decode-step arguments: one token per batch row.
@@ -83,7 +83,7 @@ struct SsdStepInputs {
   ConstView<float, 1> D;        ///< [H], optional
   ConstView<float, 3> z;        ///< [B,H,P], optional
   ConstView<float, 1> dt_bias;  ///< [H], optional
-  SequenceBatch batch;          ///< optional: state_indices [B] into the state pool, has_initial_state [B]
+  SequenceBatch batch = {};     ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
 /// y must not overlap state or any input.
