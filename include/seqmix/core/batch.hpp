@@ -137,9 +137,9 @@ class FlagList {
 
 /// The serving arguments of one call. Operators take it as the `batch` member of their inputs.
 struct SequenceBatch {
-  IndexList cu_seqlens;        ///< [N+1], optional: packed tokens
-  IndexList state_indices;     ///< [N], optional: state rows in a pool, -1 = padding
-  FlagList has_initial_state;  ///< [N], optional: false = start from zeros
+  IndexList cu_seqlens = {};   ///< [N+1], optional: packed tokens
+  IndexList state_indices = {}; ///< [N], optional: state rows in a pool, -1 = padding
+  FlagList has_initial_state = {}; ///< [N], optional: false = start from zeros
 
   /// True when cu_seqlens is given (tokens packed along dim 1 of a [1, total_T, ...] tensor).
   bool packed() const noexcept { return cu_seqlens.has_value(); }

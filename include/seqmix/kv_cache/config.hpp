@@ -56,8 +56,8 @@ struct KvCacheConfig {
 struct KvAppendInputs {
   ConstView<float, 4> keys;             ///< [Bt, T, Hkv, Dk]: dense [B, T] or packed [1, total_T]
   ConstView<float, 4> values;           ///< [Bt, T, Hkv, Dv]
-  IndexTable positions;                 ///< [Bt, T] int32 or int64, optional: default continues each row
-  ConstView<float, 3> saliency;         ///< [Bt, T, Hkv], optional (ZipCache)
+  IndexTable positions = {};            ///< [Bt, T] int32 or int64, optional: default continues each row
+  ConstView<float, 3> saliency = {};    ///< [Bt, T, Hkv], optional (ZipCache)
   /// cu_seqlens [N+1]: sequence n appends tokens [cu[n], cu[n+1]) of the packed tensors.
   /// state_indices [N]: the cache row (in [0, config.batch)) each sequence appends to; -1 = a
   /// padding sequence, nothing appended. Without it sequence n appends to row n (N = batch).

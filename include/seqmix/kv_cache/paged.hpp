@@ -64,7 +64,7 @@ struct QuantizedKvPages {
   index_t block_size = 0;             ///< tokens per page: a multiple of kKvGroupTokens
   TensorView<float, 4> tail_k;        ///< [S, 32, Hkv, Dk]: each sequence's incomplete group (features contiguous)
   TensorView<float, 4> tail_v;        ///< [S, 32, Hkv, Dv]
-  IndexList tail_indices;             ///< [N] of this call, optional: the tail row of sequence n (default n)
+  IndexList tail_indices = {};        ///< [N] of this call, optional: the tail row of sequence n (default n)
   QuantizedPageFormat format;         ///< what the pages hold (checked against each page header)
 };
 
@@ -74,9 +74,9 @@ struct QuantizedPagedAttentionInputs {
   QuantizedKvPages pages;            ///< read only here
   BlockTable block_table;            ///< [N,max_blocks]
   IndexList cache_seqlens;           ///< [N]: cached tokens, the queries' own included
-  IndexList cu_seqlens_q;            ///< [N+1], optional
-  ConstView<float, 1> alibi_slopes;  ///< [Hq], optional
-  ConstView<float, 1> sink_logits;   ///< [Hq], optional
+  IndexList cu_seqlens_q = {};       ///< [N+1], optional
+  ConstView<float, 1> alibi_slopes = {}; ///< [Hq], optional
+  ConstView<float, 1> sink_logits = {}; ///< [Hq], optional
 };
 
 namespace detail {

@@ -81,7 +81,7 @@ struct AttentionInputs {
 /// o and lse must not overlap any input (ShapeError).
 struct AttentionOutputs {
   TensorView<float, 4> o;    ///< [B,Tq,Hq,Dv]
-  TensorView<float, 3> lse;  ///< [B,Tq,Hq], optional: log of each softmax denominator
+  TensorView<float, 3> lse = {}; ///< [B,Tq,Hq], optional: log of each softmax denominator
 };
 
 /// A [Tq,Tk] mask shared by every batch row, as the [1,Tq,Tk] view AttentionInputs::mask takes.

@@ -54,7 +54,7 @@ struct MlaPrefillInputs {
 /// mla_prefill's outputs.
 struct MlaPrefillOutputs {
   TensorView<float, 4> o;    ///< [B, Tq, H, d_v]
-  TensorView<float, 3> lse;  ///< [B, Tq, H], optional
+  TensorView<float, 3> lse = {}; ///< [B, Tq, H], optional
 };
 
 /// Decode: one query per sequence against the latent cache rows [0, cache_seqlens[b]).
@@ -64,14 +64,14 @@ struct MlaDecodeInputs {
   ConstView<float, 3> q_rope;  ///< [B, H, d_r], rotated
   ConstView<C, 3> c_kv;        ///< [B, Tmax, d_c]: the latent cache
   ConstView<C, 3> k_rope;      ///< [B, Tmax, d_r]
-  IndexList cache_seqlens;     ///< [B], optional: cached tokens per row, <= Tmax (default Tmax)
+  IndexList cache_seqlens = {}; ///< [B], optional: cached tokens per row, <= Tmax (default Tmax)
   MlaWeights weights;  ///< per-head up-projections
 };
 
 /// mla_decode's outputs.
 struct MlaDecodeOutputs {
   TensorView<float, 3> o;    ///< [B, H, d_v]
-  TensorView<float, 2> lse;  ///< [B, H], optional
+  TensorView<float, 2> lse = {}; ///< [B, H], optional
 };
 
 namespace detail {

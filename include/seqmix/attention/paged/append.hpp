@@ -32,10 +32,10 @@ template <class In = float>
 struct PagedKvAppendInputs {
   ConstView<In, 4> k;        ///< [N,T,Hkv,Dk] or [1,total_T,Hkv,Dk]
   ConstView<In, 4> v;        ///< [N,T,Hkv,Dv] or [1,total_T,Hkv,Dv]
-  IndexList slot_mapping;    ///< [N*T or total_T], optional: flat slots, -1 = skip
+  IndexList slot_mapping = {}; ///< [N*T or total_T], optional: flat slots, -1 = skip
   BlockTable block_table;    ///< [N,max_blocks]: used with cache_seqlens when slot_mapping is not given
   IndexList cache_seqlens;   ///< [N]: tokens cached before this append
-  IndexList cu_seqlens;      ///< [N+1], optional: packed new tokens
+  IndexList cu_seqlens = {}; ///< [N+1], optional: packed new tokens
 };
 
 /// The pool written to: the same views paged_attention reads.

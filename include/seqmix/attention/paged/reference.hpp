@@ -57,15 +57,15 @@ struct PagedAttentionInputs {
   ConstView<KV, 4> v_pages;          ///< [num_blocks,block_size,Hkv,Dv]
   BlockTable block_table;            ///< [N,max_blocks]: page of each block of each sequence
   IndexList cache_seqlens;           ///< [N]: cached tokens per sequence, the queries' own included
-  IndexList cu_seqlens_q;            ///< [N+1], optional: packed queries (sequence n: [cu[n], cu[n+1]))
-  ConstView<float, 1> alibi_slopes;  ///< [Hq], optional
-  ConstView<float, 1> sink_logits;   ///< [Hq], optional
+  IndexList cu_seqlens_q = {};       ///< [N+1], optional: packed queries (sequence n: [cu[n], cu[n+1]))
+  ConstView<float, 1> alibi_slopes = {}; ///< [Hq], optional
+  ConstView<float, 1> sink_logits = {}; ///< [Hq], optional
 };
 
 /// Same layout as q ([N,Tq,Hq,Dv] or packed); must not overlap an input.
 struct PagedAttentionOutputs {
   TensorView<float, 4> o;    ///< [N,Tq,Hq,Dv] or [1,total_q,Hq,Dv]
-  TensorView<float, 3> lse;  ///< [N,Tq,Hq] or [1,total_q,Hq], optional
+  TensorView<float, 3> lse = {}; ///< [N,Tq,Hq] or [1,total_q,Hq], optional
 };
 
 namespace detail {

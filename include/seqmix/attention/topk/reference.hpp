@@ -52,7 +52,7 @@ struct TopkAttentionInputs {
   ConstView<KV, 4> k;                    ///< [B,Tk,Hkv,Dk]
   ConstView<KV, 4> v;                    ///< [B,Tk,Hkv,Dv]
   ConstView<std::int32_t, 4> indices;    ///< [B,Tq,Hs,capacity], Hs divides Hq; -1 = unused slot
-  ConstView<float, 1> sink_logits;       ///< [Hq], optional
+  ConstView<float, 1> sink_logits = {};  ///< [Hq], optional
 };
 
 namespace detail {

@@ -50,14 +50,14 @@ struct MegaInputs {
   ConstView<float, 4> v;              ///< [B,T,H,Dv]; H divides D
   /// EMA and query / key parameters.
   MegaParams params;
-  ConstView<float, 3> initial_state;  ///< [B,D,N] optional EMA state
+  ConstView<float, 3> initial_state = {}; ///< [B,D,N] optional EMA state
 };
 
 /// Outputs of mega; o must not overlap an input.
 struct MegaOutputs {
   TensorView<float, 4> o;            ///< [B,T,H,Dv]
-  TensorView<float, 3> ema;          ///< [B,T,D] optional: y
-  TensorView<float, 3> final_state;  ///< [B,D,N] optional EMA state
+  TensorView<float, 3> ema = {};     ///< [B,T,D] optional: y
+  TensorView<float, 3> final_state = {}; ///< [B,D,N] optional EMA state
   /// Optional decode hand-off: the keys / values of the last, partial chunk (tokens
   /// [T - T % c, T)) in rows [0, T % c); a step at position T continues that chunk.
   TensorView<float, 4> k_cache;  ///< [B,c,H,Dk]

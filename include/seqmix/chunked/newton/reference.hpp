@@ -51,7 +51,7 @@ struct NonlinearRecurrenceInputs {
 /// Outputs of nonlinear_recurrence and nonlinear_recurrence_newton.
 struct NonlinearRecurrenceOutputs {
   TensorView<float, 3> h;       ///< [B,T,D] every state; must not overlap the inputs
-  TensorView<float, 2> h_last;  ///< [B,D] ([N or S,D] with a batch) optional: the last state (h0 when
+  TensorView<float, 2> h_last = {}; ///< [B,D] ([N or S,D] with a batch) optional: the last state (h0 when
                                 ///< T = 0); may be the same view as h0 (a slot pool updated in place)
 };
 

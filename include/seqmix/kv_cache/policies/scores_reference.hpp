@@ -60,7 +60,7 @@ struct ObservationOptions {
 struct ObservationInputs {
   ConstView<float, 4> q;                        ///< [B, W, Hq, D] the observation window's queries
   ConstView<float, 4> keys;                     ///< [B, N, Hkv, D] the cached keys, entry j at index j
-  IndexTable query_positions;                   ///< [B, W] int32 or int64, optional; Causal: query w sees j <= pos
+  IndexTable query_positions = {};              ///< [B, W] int32 or int64, optional; Causal: query w sees j <= pos
 };
 
 namespace detail {

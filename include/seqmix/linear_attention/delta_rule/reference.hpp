@@ -35,14 +35,14 @@ struct DeltaRuleInputs {
   ConstView<float, 4> k;              ///< [B,T,HK,K]
   ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of HK
   ConstView<float, 3> beta;           ///< [B,T,HV]
-  ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
+  ConstView<float, 4> initial_state = {}; ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
   SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state.
 struct DeltaRuleOutputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
-  TensorView<float, 4> final_state;   ///< [N,HV,K,V] or the pool, optional
+  TensorView<float, 4> final_state = {}; ///< [N,HV,K,V] or the pool, optional
   TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: the state after each token
 };
 

@@ -85,7 +85,7 @@ inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws,
 struct DeltaItem {
   DeltaHead p;
   ConstView<float, 2> initial;        ///< [K,V], empty: start from zeros
-  TensorView<float, 2> final_state;   ///< [K,V], optional
+  TensorView<float, 2> final_state = {}; ///< [K,V], optional
   TensorView<float, 3> token_states = {}; ///< [T,K,V], optional
   DeltaAlgorithm algorithm;           ///< never automatic here
 };

@@ -59,14 +59,14 @@ struct GatedDeltaRuleInputs {
   ConstView<float, 3> beta;           ///< [B,T,HV]
   ConstView<float, 3> g_scalar;       ///< [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
   ConstView<float, 4> g;              ///< [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
-  ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
+  ConstView<float, 4> initial_state = {}; ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
   SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state.
 struct GatedDeltaRuleOutputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
-  TensorView<float, 4> final_state;   ///< [N,HV,K,V] or the pool, optional
+  TensorView<float, 4> final_state = {}; ///< [N,HV,K,V] or the pool, optional
   TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: the state after each token
 };
 

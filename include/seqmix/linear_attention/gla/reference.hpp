@@ -47,19 +47,19 @@ struct GatedLinearAttentionOptions {
 /// (-1: padding sequence, nothing read or written, its outputs untouched); has_initial_state[n]
 /// false starts sequence n from zeros (seqmix/core/batch.hpp).
 struct GatedLinearAttentionInputs {
-  ConstView<float, 4> q;              ///< [B,T,H,K]
-  ConstView<float, 4> k;              ///< [B,T,H,K]
-  ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of H
-  ConstView<float, 4> g;              ///< [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
-  ConstView<float, 3> g_scalar;       ///< [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
-  ConstView<float, 4> initial_state;  ///< [N,HV,K,V] or a pool [S,HV,K,V], optional (zeros if absent)
-  SequenceBatch batch = {};           ///< cu_seqlens, state_indices, has_initial_state (all optional)
+  ConstView<float, 4> q;                   ///< [B,T,H,K]
+  ConstView<float, 4> k;                   ///< [B,T,H,K]
+  ConstView<float, 4> v;                   ///< [B,T,HV,V], HV a multiple of H
+  ConstView<float, 4> g = {};              ///< [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
+  ConstView<float, 3> g_scalar = {};       ///< [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
+  ConstView<float, 4> initial_state = {};  ///< [N,HV,K,V] or a pool [S,HV,K,V], optional (zeros if absent)
+  SequenceBatch batch = {};                ///< cu_seqlens, state_indices, has_initial_state (all optional)
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state (in place).
 struct GatedLinearAttentionOutputs {
   TensorView<float, 4> o;            ///< [B,T,HV,V]
-  TensorView<float, 4> final_state;  ///< [N,HV,K,V] or the pool [S,HV,K,V], optional
+  TensorView<float, 4> final_state = {}; ///< [N,HV,K,V] or the pool [S,HV,K,V], optional
   /// [B,T,HV,K,V], optional: the state after each token (speculative verify keeps the state of the
   /// last accepted token). Given, the call runs the recurrent form.
   TensorView<float, 5> token_states = {};

@@ -50,8 +50,8 @@ struct LinearAttentionInputs {
   ConstView<float, 4> q;                   ///< [B,T,H,K]
   ConstView<float, 4> k;                   ///< [B,T,H,K]
   ConstView<float, 4> v;                   ///< [B,T,HV,V], HV a multiple of H
-  ConstView<float, 4> initial_state;       ///< [B,HV,Kf,V], optional (zero if absent)
-  ConstView<float, 3> initial_normalizer;  ///< [B,HV,Kf], optional z (normalize only; zero if absent)
+  ConstView<float, 4> initial_state = {};  ///< [B,HV,Kf,V], optional (zero if absent)
+  ConstView<float, 3> initial_normalizer = {}; ///< [B,HV,Kf], optional z (normalize only; zero if absent)
   /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GatedLinearAttentionInputs): states
   /// and normalizers are then [N,...] per sequence or a pool [S,...] of slots.
   SequenceBatch batch = {};
@@ -60,8 +60,8 @@ struct LinearAttentionInputs {
 /// o must not overlap an input; a final view may be the same view as its initial one.
 struct LinearAttentionOutputs {
   TensorView<float, 4> o;                 ///< [B,T,HV,V]
-  TensorView<float, 4> final_state;       ///< [B,HV,Kf,V], optional
-  TensorView<float, 3> final_normalizer;  ///< [B,HV,Kf], optional (normalize only)
+  TensorView<float, 4> final_state = {};  ///< [B,HV,Kf,V], optional
+  TensorView<float, 3> final_normalizer = {}; ///< [B,HV,Kf], optional (normalize only)
   TensorView<float, 5> token_states = {}; ///< [B,T,HV,Kf,V], optional, the state after each token
                                           ///< (not with prefix_len; recurrent form)
   TensorView<float, 4> token_normalizers = {}; ///< [B,T,HV,Kf], optional (normalize only), z after each

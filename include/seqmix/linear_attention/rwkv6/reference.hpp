@@ -36,7 +36,7 @@ struct Rwkv6Inputs {
   ConstView<float, 4> v;              ///< [B,T,HV,V]
   ConstView<float, 4> g;              ///< [B,T,Hg,K] log-decay <= 0 (w = exp(g))
   ConstView<float, 2> u;              ///< [Hg,K] bonus of the current token
-  ConstView<float, 4> initial_state;  ///< [B,HV,K,V], optional (zero if absent)
+  ConstView<float, 4> initial_state = {}; ///< [B,HV,K,V], optional (zero if absent)
   /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GatedLinearAttentionInputs): the
   /// states are then [N,HV,K,V] per sequence or a pool [S,HV,K,V] of slots.
   SequenceBatch batch = {};
@@ -45,7 +45,7 @@ struct Rwkv6Inputs {
 /// Prefill outputs; o must not overlap an input.
 struct Rwkv6Outputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
-  TensorView<float, 4> final_state;   ///< [B,HV,K,V], optional; may be the initial_state view
+  TensorView<float, 4> final_state = {}; ///< [B,HV,K,V], optional; may be the initial_state view
   TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: S_t after each token t
 };
 

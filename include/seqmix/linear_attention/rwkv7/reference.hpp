@@ -33,14 +33,14 @@ struct Rwkv7Inputs {
   ConstView<float, 4> a;              ///< [B,T,H,K] the state read by the rank-one term
   ConstView<float, 4> b;              ///< [B,T,H,K] where that read is written back
   ConstView<float, 4> g;              ///< [B,T,H,K] log-decay <= 0 (w = exp(g))
-  ConstView<float, 4> initial_state;  ///< [N,H,K,V] or the pool [S,H,K,V], optional (zeros if absent)
+  ConstView<float, 4> initial_state = {}; ///< [N,H,K,V] or the pool [S,H,K,V], optional (zeros if absent)
   SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
 
 /// o must not overlap an input; final_state may be the same view as initial_state.
 struct Rwkv7Outputs {
   TensorView<float, 4> o;             ///< [B,T,H,V]
-  TensorView<float, 4> final_state;   ///< [N,H,K,V] or the pool, optional
+  TensorView<float, 4> final_state = {}; ///< [N,H,K,V] or the pool, optional
   TensorView<float, 5> token_states = {}; ///< [B,T,H,K,V], optional: the state after each token
 };
 

@@ -40,8 +40,8 @@ struct CausalConv1dOptions {
 struct CausalConv1dInputs {
   ConstView<float, 3> x;              ///< [B,T,D]
   ConstView<float, 2> weight;         ///< [D,W], W >= 1 taps; tap W-1 multiplies the newest input
-  ConstView<float, 1> bias;           ///< [D], optional
-  ConstView<float, 3> initial_state;  ///< [N or S, W-1, D], optional: the last W-1 inputs seen, oldest
+  ConstView<float, 1> bias = {};      ///< [D], optional
+  ConstView<float, 3> initial_state = {}; ///< [N or S, W-1, D], optional: the last W-1 inputs seen, oldest
                                       ///< first; any strides (channel_major_conv_state for [S,D,W-1])
   SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
@@ -51,7 +51,7 @@ struct CausalConv1dInputs {
 /// every output of its sequence has been computed.
 struct CausalConv1dOutputs {
   TensorView<float, 3> y;            ///< [B,T,D]
-  TensorView<float, 3> final_state;  ///< [N or S, W-1, D], optional
+  TensorView<float, 3> final_state = {}; ///< [N or S, W-1, D], optional
   /// [Bt,Tt,W-1,D], optional (speculative verify): the window after each token, i.e. the final
   /// state a prefill ending at that token would return. [Bt,Tt] are x's first two dims.
   TensorView<float, 4> token_states = {};
@@ -61,7 +61,7 @@ struct CausalConv1dOutputs {
 struct CausalConv1dStepInputs {
   ConstView<float, 2> x;       ///< [B,D]
   ConstView<float, 2> weight;  ///< [D,W]
-  ConstView<float, 1> bias;    ///< [D], optional
+  ConstView<float, 1> bias = {}; ///< [D], optional
   SequenceBatch batch = {};    ///< optional: state_indices [B] into the conv_state pool, has_initial_state [B]
 };
 

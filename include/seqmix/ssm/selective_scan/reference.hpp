@@ -39,10 +39,10 @@ struct SelectiveScanInputs {
   ConstView<float, 2> A;              ///< [D,N], normally negative
   ConstView<float, 4> Bm;             ///< [B,T,G,N], G divides D; channel d uses group d / (D/G)
   ConstView<float, 4> Cm;             ///< [B,T,G,N]
-  ConstView<float, 1> Dskip;          ///< [D], optional skip connection
-  ConstView<float, 3> z;              ///< [B,T,D], optional gate: y *= silu(z)
-  ConstView<float, 1> delta_bias;     ///< [D], optional
-  ConstView<float, 3> initial_state;  ///< [N or S, D, N], optional
+  ConstView<float, 1> Dskip = {};     ///< [D], optional skip connection
+  ConstView<float, 3> z = {};         ///< [B,T,D], optional gate: y *= silu(z)
+  ConstView<float, 1> delta_bias = {}; ///< [D], optional
+  ConstView<float, 3> initial_state = {}; ///< [N or S, D, N], optional
   SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
@@ -50,7 +50,7 @@ struct SelectiveScanInputs {
 /// state is then carried in place).
 struct SelectiveScanOutputs {
   TensorView<float, 3> y;            ///< [B,T,D]
-  TensorView<float, 3> final_state;  ///< [N or S, D, N], optional
+  TensorView<float, 3> final_state = {}; ///< [N or S, D, N], optional
   /// [Bt,Tt,D,N], optional (speculative verify): the state after each token; [Bt,Tt] are u's
   /// first two dims.
   TensorView<float, 4> token_states = {};
@@ -63,9 +63,9 @@ struct SelectiveScanStepInputs {
   ConstView<float, 2> A;           ///< [D,N]
   ConstView<float, 3> Bm;          ///< [B,G,N]
   ConstView<float, 3> Cm;          ///< [B,G,N]
-  ConstView<float, 1> Dskip;       ///< [D], optional
-  ConstView<float, 2> z;           ///< [B,D], optional
-  ConstView<float, 1> delta_bias;  ///< [D], optional
+  ConstView<float, 1> Dskip = {};  ///< [D], optional
+  ConstView<float, 2> z = {};      ///< [B,D], optional
+  ConstView<float, 1> delta_bias = {}; ///< [D], optional
   SequenceBatch batch = {};        ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 

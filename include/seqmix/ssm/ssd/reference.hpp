@@ -56,10 +56,10 @@ struct SsdInputs {
   ConstView<float, 1> A;              ///< [H], <= 0 (Mamba-2 uses A = -exp(A_log))
   ConstView<float, 4> Bm;             ///< [B,T,G,N], G divides H; head h uses group h / (H/G)
   ConstView<float, 4> Cm;             ///< [B,T,G,N]
-  ConstView<float, 1> D;              ///< [H], optional skip connection
-  ConstView<float, 4> z;              ///< [B,T,H,P], optional gate: y *= silu(z)
-  ConstView<float, 1> dt_bias;        ///< [H], optional
-  ConstView<float, 4> initial_state;  ///< [N or S, H,P,N], optional (zero state if absent)
+  ConstView<float, 1> D = {};         ///< [H], optional skip connection
+  ConstView<float, 4> z = {};         ///< [B,T,H,P], optional gate: y *= silu(z)
+  ConstView<float, 1> dt_bias = {};   ///< [H], optional
+  ConstView<float, 4> initial_state = {}; ///< [N or S, H,P,N], optional (zero state if absent)
   SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
@@ -67,7 +67,7 @@ struct SsdInputs {
 /// initial_state (the state is then carried in place, e.g. a slot pool).
 struct SsdOutputs {
   TensorView<float, 4> y;            ///< [B,T,H,P]
-  TensorView<float, 4> final_state;  ///< [N or S, H,P,N], optional
+  TensorView<float, 4> final_state = {}; ///< [N or S, H,P,N], optional
   /// [Bt,Tt,H,P,N], optional (speculative verify): the state after each token. [Bt,Tt] are x's
   /// first two dims. Given, the prefill runs the recurrent form.
   TensorView<float, 5> token_states = {};
@@ -80,9 +80,9 @@ struct SsdStepInputs {
   ConstView<float, 1> A;        ///< [H]
   ConstView<float, 3> Bm;       ///< [B,G,N]
   ConstView<float, 3> Cm;       ///< [B,G,N]
-  ConstView<float, 1> D;        ///< [H], optional
-  ConstView<float, 3> z;        ///< [B,H,P], optional
-  ConstView<float, 1> dt_bias;  ///< [H], optional
+  ConstView<float, 1> D = {};   ///< [H], optional
+  ConstView<float, 3> z = {};   ///< [B,H,P], optional
+  ConstView<float, 1> dt_bias = {}; ///< [H], optional
   SequenceBatch batch = {};     ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
 
