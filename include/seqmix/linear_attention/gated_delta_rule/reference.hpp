@@ -57,8 +57,8 @@ struct GatedDeltaRuleInputs {
   ConstView<float, 4> k;              ///< [B,T,HK,K]
   ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of HK
   ConstView<float, 3> beta;           ///< [B,T,HV]
-  ConstView<float, 3> g_scalar;       ///< [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
-  ConstView<float, 4> g;              ///< [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
+  ConstView<float, 3> g_scalar = {};  ///< [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
+  ConstView<float, 4> g = {};         ///< [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
   ConstView<float, 4> initial_state = {}; ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
   SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
@@ -76,8 +76,8 @@ struct GatedDeltaRuleStepInputs {
   ConstView<float, 3> k;         ///< [B,HK,K]
   ConstView<float, 3> v;         ///< [B,HV,V]
   ConstView<float, 2> beta;      ///< [B,HV]
-  ConstView<float, 2> g_scalar;  ///< [B,HV]   (DeltaGate::scalar)
-  ConstView<float, 3> g;         ///< [B,HV,K] (DeltaGate::channel)
+  ConstView<float, 2> g_scalar = {};  ///< [B,HV]   (DeltaGate::scalar)
+  ConstView<float, 3> g = {};         ///< [B,HV,K] (DeltaGate::channel)
   SequenceBatch batch = {};      ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
 

@@ -67,11 +67,11 @@ struct GatedLinearAttentionOutputs {
 
 /// Decode-step arguments: one token per batch row.
 struct GatedLinearAttentionStepInputs {
-  ConstView<float, 3> q;         ///< [B,H,K]
-  ConstView<float, 3> k;         ///< [B,H,K]
-  ConstView<float, 3> v;         ///< [B,HV,V]
-  ConstView<float, 3> g;         ///< [B,Hg,K] (GateKind::channel)
-  ConstView<float, 2> g_scalar;  ///< [B,Hg]   (GateKind::scalar)
+  ConstView<float, 3> q;              ///< [B,H,K]
+  ConstView<float, 3> k;              ///< [B,H,K]
+  ConstView<float, 3> v;              ///< [B,HV,V]
+  ConstView<float, 3> g = {};         ///< [B,Hg,K] (GateKind::channel)
+  ConstView<float, 2> g_scalar = {};  ///< [B,Hg]   (GateKind::scalar)
   /// state_indices [B]: row b steps pool row state_indices[b] (-1: padding row, its output and
   /// every state untouched); has_initial_state[b] false zeroes that row first. No cu_seqlens.
   SequenceBatch batch = {};

@@ -80,7 +80,7 @@ struct LinearAttentionStepInputs {
 struct LinearAttentionStepOutputs {
   TensorView<float, 3> o;           ///< [B,HV,V]
   TensorView<float, 4> state;       ///< [B,HV,Kf,V] or a pool [S,HV,Kf,V], updated in place (required)
-  TensorView<float, 3> normalizer;  ///< [B,HV,Kf] or [S,HV,Kf], updated in place (required iff normalize)
+  TensorView<float, 3> normalizer = {};  ///< [B,HV,Kf] or [S,HV,Kf], updated in place (required iff normalize)
 };
 
 namespace detail::la {
