@@ -142,6 +142,21 @@ TEST_CASE("attention refuses negative and overflowing extents before writing", "
       in.v = as(v, {B, Tk, H, D}, {0, k2to61, D, 1});
       expect_refused("v with a 2^61 token stride", outputs, [&] { run(in, out); });
     }
+    for (const std::int64_t extreme : {std::numeric_limits<std::int64_t>::max(), -(std::int64_t{1} << 62)}) {
+      Tensor<std::int64_t, 2> positions({B, Tq});  // int64 positions where windows would overflow
+      for (index_t i = 0; i < Tq; ++i) positions(0, i) = i;
+      positions(0, Tq - 1) = extreme;
+      Inputs in = good();
+      in.positions = positions.view();
+      seqmix::AttentionOptions options;
+      options.window = 4;
+      expect_refused("position " + std::to_string(extreme), outputs, [&] {
+        if (std::string(name) == "reference::attention") seqmix::reference::attention(in, out, options);
+        else if (std::string(name) == "attention_flash") seqmix::attention_flash(in, out, options);
+        else if (std::string(name) == "attention_step") seqmix::attention_step(in, out, options);
+        else seqmix::attention(in, out, options);
+      });
+    }
   }
 }
 

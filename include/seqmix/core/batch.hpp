@@ -103,6 +103,18 @@ class IndexTable {
     check.optional_shape(argument, i32_, expected, dims);
     check.optional_shape(argument, i64_, expected, dims);
   }
+  /// Positions given as a table: every entry within (-2^62, 2^62), so that the differences and
+  /// windows an operator forms from them cannot overflow (int64 positions come from the caller).
+  void check_position_range(const ArgCheck& check, const char* argument) const {
+    if (!i64_.has_value()) return;  // int32 entries cannot reach the bound
+    for (index_t n = 0; n < rows(); ++n)
+      for (index_t i = 0; i < cols(); ++i) {
+        const index_t p = (*this)(n, i);
+        if (p <= -kMaxPosition || p >= kMaxPosition)
+          check.fail(argument, "entry (" + std::to_string(n) + ", " + std::to_string(i) + ") = " + std::to_string(p) +
+                                   " is outside (-2^62, 2^62), where position arithmetic could overflow");
+      }
+  }
 
  private:
   ConstView<std::int32_t, 2> i32_;

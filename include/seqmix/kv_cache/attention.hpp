@@ -69,6 +69,7 @@ inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCach
   check.optional_shape("alibi_slopes", in.alibi_slopes, {Hq}, "Hq");
   check.optional_shape("sink_logits", in.sink_logits, {Hq}, "Hq");
   in.positions.check_optional_shape(check, "positions", {B, Tq}, "B,Tq");
+  in.positions.check_position_range(check, "positions");
   check.shape("o", out.o, {B, Tq, Hq, cfg.value_dim}, "B,Tq,Hq,Dv");
   check.optional_shape("lse", out.lse, {B, Tq, Hq}, "B,Tq,Hq");
   if (options.scale) check.finite(*options.scale, "options.scale");

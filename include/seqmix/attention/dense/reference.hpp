@@ -153,6 +153,7 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
   check.optional_shape("alibi_slopes", in.alibi_slopes, std::array<index_t, 1>{Hq}, "Hq");
   check.optional_shape("sink_logits", in.sink_logits, std::array<index_t, 1>{Hq}, "Hq");
   in.positions.check_optional_shape(check, "positions", {B, Tq}, "B,Tq");
+  in.positions.check_position_range(check, "positions");
   check.shape("o", out.o, std::array<index_t, 4>{B, Tq, Hq, Dv}, "B,Tq,Hq,Dv");
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{B, Tq, Hq}, "B,Tq,Hq");
   validate_attention_options(check, options);

@@ -387,6 +387,7 @@ inline void select_topk(const ConstView<float, 4>& scores, index_t Tk, const Ten
              "needs capacity >= topk_capacity(options) = " + std::to_string(topk_capacity(o)) + ", got " +
                  std::to_string(indices.size(3)));
   positions.check_optional_shape(check, "positions", {B, Tq}, "B,Tq");
+  positions.check_position_range(check, "positions");
   parallel_for(executor, B * Tq * Hs, 1, [&](index_t first, index_t last) {
     std::vector<std::pair<float, std::int32_t>> candidates;
     std::vector<std::int32_t> keys;

@@ -78,6 +78,7 @@ inline ObservationDims validate_observation(const ArgCheck& check, const Observa
   const index_t N = in.keys.size(1), Hkv = in.keys.size(2);
   if (Hq > 0 || Hkv > 0) check.divides(Hkv, Hq, "keys", "KV heads (dimension 2)");
   in.query_positions.check_optional_shape(check, "query_positions", {B, W}, "B,W");
+  in.query_positions.check_position_range(check, "query_positions");
   if (options.scale) check.finite(*options.scale, "scale");
   return {B, W, Hq, Hkv, D, N};
 }
