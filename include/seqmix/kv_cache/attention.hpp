@@ -209,12 +209,16 @@ struct KvScratch {
   IntegerScratch ints;             // operand bytes of the integer kernels
   bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
   KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
+  AlignedVector<float> saved_acc;  // the accumulators before a span's values (guard_hidden_values)
+  AlignedVector<float> value_buf;  // one dequantized value row
   KvScratch(index_t rows_padded, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups)
       : rows(rows_padded), capacity(rows_padded), lds(kKvSpanBlocks * kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
         q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
         qsum(static_cast<std::size_t>(rows_padded * key_groups), 0.f),
         s(static_cast<std::size_t>(rows_padded * kKvSpanBlocks * kKvBlockTokens), 0.f),
-        pos(static_cast<std::size_t>(rows_padded), 0) {
+        pos(static_cast<std::size_t>(rows_padded), 0),
+        saved_acc(static_cast<std::size_t>(rows_padded * ldacc), 0.f),
+        value_buf(static_cast<std::size_t>(Dv), 0.f) {
     if (kKvIntegerDots) ints = IntegerScratch(rows_padded, Dk, value_groups, kKvSpanBlocks);
   }
   // Pieces with fewer rows than the capacity (the integer kernels' operand strides follow rows).
@@ -424,6 +428,34 @@ inline void span_values(const KvBlockView* span, index_t n, const KvCacheConfig&
   }
 }
 
+// Hidden keys (masked by causality or the window inside a visible block) have weight exactly 0,
+// and 0 * NaN or 0 * inf in such a key's value would reach the row through the block-wide value
+// kernels. Where a row's accumulators turn non-finite in a span while they were finite before,
+// the row is redone from the saved accumulators token by token, leaving out the zero weights: it
+// stays non-finite only if a key it sees carries the non-finite value (docs/reliability.md).
+inline void guard_hidden_values(const KvBlockView* span, index_t n, const KvCacheConfig& cfg, KvScratch& w, index_t M,
+                                float* acc) {
+  const index_t Dv = cfg.value_dim;
+  const auto finite = [Dv](const float* row) {
+    for (index_t c = 0; c < Dv; ++c)
+      if (!std::isfinite(row[c])) return false;
+    return true;
+  };
+  for (index_t r = 0; r < M; ++r) {
+    float* row = acc + r * w.ldacc;
+    const float* saved = w.saved_acc.data() + r * w.ldacc;
+    if (finite(row) || !finite(saved)) continue;
+    std::copy(saved, saved + Dv, row);
+    for (index_t j = 0; j < n; ++j)
+      for (index_t t = 0; t < span[j].count; ++t) {
+        const float p = w.s[static_cast<std::size_t>(r * w.lds + j * kKvBlockTokens + t)];
+        if (p == 0.f) continue;
+        value_row(span[j], cfg.group_size, Dv, t, w.value_buf.data());
+        for (index_t c = 0; c < Dv; ++c) row[c] += p * w.value_buf[static_cast<std::size_t>(c)];
+      }
+  }
+}
+
 // Logit rule on one row of a block's scores (positions of its `count` keys; the rest of `width`
 // -> -inf). `plain`: every key is visible and no logit transform applies, so only the fill runs.
 inline void kv_logit_rule(float* s, const std::int64_t* key_pos, index_t count, index_t width, std::int64_t qpos,
@@ -553,7 +585,10 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
       any_block_scores(span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
     }
     softmax_span(segs, n);
+    for (index_t r = 0; r < M; ++r)
+      std::copy(acc + r * w.ldacc, acc + r * w.ldacc + cfg.value_dim, w.saved_acc.data() + r * w.ldacc);
     span_values(span, n, cfg, w, acc);
+    guard_hidden_values(span, n, cfg, w, M, acc);
   }
   for (index_t t0 = 0; t0 < tail.size; t0 += kKvBlockTokens) {
     const index_t n = std::min(kKvBlockTokens, tail.size - t0);
