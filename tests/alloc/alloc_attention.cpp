@@ -47,6 +47,24 @@ Tensor<KV, 4> random_kv(const std::array<index_t, 4>& shape, std::uint64_t seed)
 template <class KV>
 void dense_decode(const seqmix::Executor& executor, const char* name) {
   const index_t B = 2, Hq = 8, Hkv = 2, D = 128, Tk = 1000;
+  seqmix::AttentionOptions options;
+  options.causal = true, options.window = 300, options.sink_tokens = 4;
+  {
+    // Every thread of the pool must have run a decode task before counting: the kernel's scratch
+    // is per thread, grown by that thread's first task, and on a busy machine a worker can sit
+    // out all the ordinary warm-up calls (the caller then takes every task; CI saw 3 allocations
+    // in 100 calls that way). A long context gives each call several tasks of about a
+    // millisecond, long enough for the worker to join; Tq = 4 sizes the scratch for both cases.
+    const index_t long_Tk = 16384;
+    const auto q = st::random_tensor<4>({B, 4, Hq, D}, 11);
+    const auto k = random_kv<KV>({B, long_Tk, Hkv, D}, 12), v = random_kv<KV>({B, long_Tk, Hkv, D}, 13);
+    Tensor<float, 4> o({B, 4, Hq, D});
+    Tensor<float, 3> lse({B, 4, Hq});
+    seqmix::AttentionInputs<KV> in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view();
+    seqmix::AttentionOptions unwindowed;  // all the keys: the longest tasks
+    for (int i = 0; i < 5; ++i) seqmix::attention(in, {o.view(), lse.view()}, unwindowed, executor);
+  }
   for (const index_t Tq : {1, 4}) {
     const auto q = st::random_tensor<4>({B, Tq, Hq, D}, 1);
     const auto k = random_kv<KV>({B, Tk, Hkv, D}, 2), v = random_kv<KV>({B, Tk, Hkv, D}, 3);
@@ -54,8 +72,6 @@ void dense_decode(const seqmix::Executor& executor, const char* name) {
     Tensor<float, 3> lse({B, Tq, Hq});
     seqmix::AttentionInputs<KV> in;
     in.q = q.view(), in.k = k.view(), in.v = v.view();
-    seqmix::AttentionOptions options;
-    options.causal = true, options.window = 300, options.sink_tokens = 4;
     expect_no_allocation((std::string("attention decode ") + name + " Tq=" + std::to_string(Tq)).c_str(),
                          [&] { seqmix::attention(in, {o.view(), lse.view()}, options, executor); });
   }
