@@ -12,6 +12,12 @@
 set -euo pipefail
 
 seconds=${1:-45}
+# SEQMIX_FUZZ_RUNS=N: a fixed number of inputs per target from a fixed seed instead of a time
+# budget, so that a run is reproducible (CI uses it: a finding there is one anyone can replay).
+budget=(-max_total_time="$seconds")
+if [[ -n "${SEQMIX_FUZZ_RUNS:-}" ]]; then
+  budget=(-runs="$SEQMIX_FUZZ_RUNS" -seed="${SEQMIX_FUZZ_SEED:-1}")
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${SEQMIX_FUZZ_OUT:-$root/build-fuzz}
 mkdir -p "$out/findings"
@@ -42,9 +48,9 @@ for t in "${targets[@]}"; do
   mkdir -p "$scratch"
   seeds=()
   [[ -d "$root/tests/fuzz/corpus/$t" ]] && seeds+=("$root/tests/fuzz/corpus/$t")
-  echo "fuzz.sh: $t for $seconds s"
+  echo "fuzz.sh: $t (${budget[*]})"
   if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      "$out/fuzz_$t" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 -max_len=4096 \
+      "$out/fuzz_$t" "${budget[@]}" -timeout=30 -rss_limit_mb=2048 -max_len=4096 \
       -artifact_prefix="$out/findings/$t-" -print_final_stats=1 "$scratch" "${seeds[@]}" \
       > "$out/fuzz_$t.log" 2>&1; then
     echo "fuzz.sh: $t FOUND A PROBLEM (log: $out/fuzz_$t.log, input in $out/findings/)" >&2

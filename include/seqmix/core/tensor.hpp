@@ -164,7 +164,8 @@ class TensorView {
       strides[o] = strides_[d];
       ++o;
     }
-    return TensorView<T, Rank - 1>(data_ + i * strides_[dim], shape, strides);
+    // An empty view (no data: an optional argument not given) stays empty: no offset on null.
+    return TensorView<T, Rank - 1>(data_ == nullptr ? nullptr : data_ + i * strides_[dim], shape, strides);
   }
 
   /// Shorthand for select(0, i).
