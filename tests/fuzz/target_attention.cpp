@@ -1,5 +1,5 @@
 // Fuzz target: softmax attention. Dense attention through every form (seqmix::attention, which
-// picks decode for Tq <= 4, attention_flash, attention_decode) with causal / window / sinks /
+// picks decode for Tq <= 4, attention_flash, attention_step) with causal / window / sinks /
 // softcap / ALiBi / sink logits / mask / positions / packed cu_seqlens, against
 // reference::attention; and paged attention over a fuzzed block table (pages shuffled, shared,
 // out of range) against reference::paged_attention.
@@ -57,7 +57,7 @@ void dense(Decoder& in) {
   const bool fast_ok = accepted("attention", snap, [&] {
     if (form == 0) attention(ai, of, options, exec);
     else if (form == 1) attention_flash(ai, of, options, exec);
-    else attention_decode(ai, of, options, exec);
+    else attention_step(ai, of, options, exec);
   });
   const bool ref_ok = accepted("reference::attention", Snapshot(), [&] {
     reference::attention(ai, {hostile.out(6, o_ref), with_lse ? l_ref.view() : TensorView<float, 3>()}, options);
