@@ -89,7 +89,8 @@ int fuzz_kv_cache(const std::uint8_t* data, std::size_t size) {
           if (jump == 0) p = KvCache::kMaxPosition - T / 2;            // across the limit: refused
           else if (jump == 1) p = std::numeric_limits<std::int64_t>::max() - 1;
           else if (jump == 2) p += in.range(0, 1000);
-          for (index_t t = 0; t < T; ++t) pos(r, t) = p + t;
+          for (index_t t = 0; t < T; ++t)  // saturated: the harness must not overflow either
+            pos(r, t) = p > std::numeric_limits<std::int64_t>::max() - t ? std::numeric_limits<std::int64_t>::max() : p + t;
           if (jump == 3 && T > 1) pos(r, T - 1) = pos(r, 0);            // not increasing: refused
         }
         const bool ok = cache_op("append", cache, model, [&] {
