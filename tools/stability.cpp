@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -57,31 +58,35 @@ struct Rng {
 };
 
 // Errors of one operator over the run.
+// max |x - ref| / max |ref| over ref.size() values; clears `finite` when x holds a NaN or inf.
+double relative_error(const float* x, const std::vector<double>& ref, bool& finite) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(x[i])) finite = false;
+    diff = std::max(diff, std::abs(x[i] - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
 struct Tally {
   double worst_output = 0;  // max over steps of max|o - o_ref| / max|o_ref|
   index_t worst_step = -1;
   bool finite = true;
   void output(const float* o, const std::vector<double>& ref, index_t step) {
-    double diff = 0, scale = 0;
-    for (std::size_t i = 0; i < ref.size(); ++i) {
-      if (!std::isfinite(o[i])) finite = false;
-      diff = std::max(diff, std::abs(o[i] - ref[i]));
-      scale = std::max(scale, std::abs(ref[i]));
-    }
-    const double rel = diff / std::max(scale, 1e-30);
+    const double rel = relative_error(o, ref, finite);
     if (rel > worst_output) worst_output = rel, worst_step = step;
   }
 };
 
-double state_error(const float* s, const std::vector<double>& ref, bool& finite) {
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(s[i])) finite = false;
-    diff = std::max(diff, std::abs(s[i] - ref[i]));
-    scale = std::max(scale, std::abs(ref[i]));
-  }
-  return diff / std::max(scale, 1e-30);
-}
+// The outputs and the [kHeads, kKey, kValue] state of the matrix-state steps (GLA, gated delta
+// rule, RWKV-7), in fp32 (the library's, zeros to start) and in float64 (the recurrence here).
+struct MatrixHeads {
+  Tensor<float, 3> o{{1, kHeads, kValue}};
+  Tensor<float, 4> state{{1, kHeads, kKey, kValue}};
+  std::vector<double> ref = std::vector<double>(kHeads * kKey * kValue, 0.0);
+  std::vector<double> o_ref = std::vector<double>(kHeads * kValue);
+};
 
 // One operator: a step of the library and of the double recurrence on the same random token.
 struct Case {
@@ -91,16 +96,18 @@ struct Case {
   std::function<double(bool&)> state_error;         // library state vs reference state
 };
 
+// Case::state_error of an operator whose data keeps `state` (fp32) beside `ref` (float64).
+template <class Data>
+std::function<double(bool&)> compare_states(const std::shared_ptr<Data>& d) {
+  return [d](bool& finite) { return relative_error(d->state.data(), d->ref, finite); };
+}
+
 // S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t (one state per head).
 Case gla_case() {
-  struct Data {
+  struct Data : MatrixHeads {
     Tensor<float, 3> q{{1, kHeads, kKey}}, k{{1, kHeads, kKey}}, v{{1, kHeads, kValue}}, g{{1, kHeads, kKey}};
-    Tensor<float, 3> o{{1, kHeads, kValue}};
-    Tensor<float, 4> state{{1, kHeads, kKey, kValue}};
-    std::vector<double> ref = std::vector<double>(kHeads * kKey * kValue, 0.0), o_ref = std::vector<double>(kHeads * kValue);
   };
   auto d = std::make_shared<Data>();
-  std::fill(d->state.begin(), d->state.end(), 0.f);
   Case c;
   c.name = "gated_linear_attention_step";
   c.draw = [d](Rng& r) {
@@ -122,21 +129,17 @@ Case gla_case() {
       }
     tally.output(d->o.data(), d->o_ref, t);
   };
-  c.state_error = [d](bool& finite) { return state_error(d->state.data(), d->ref, finite); };
+  c.state_error = compare_states(d);
   return c;
 }
 
 // S' = exp(g_t) S_{t-1}; S_t = S' + beta_t k_t (v_t - S'^T k_t)^T; o_t = scale * S_t^T q_t.
 Case gated_delta_case() {
-  struct Data {
+  struct Data : MatrixHeads {
     Tensor<float, 3> q{{1, kHeads, kKey}}, k{{1, kHeads, kKey}}, v{{1, kHeads, kValue}};
     Tensor<float, 2> beta{{1, kHeads}}, g{{1, kHeads}};
-    Tensor<float, 3> o{{1, kHeads, kValue}};
-    Tensor<float, 4> state{{1, kHeads, kKey, kValue}};
-    std::vector<double> ref = std::vector<double>(kHeads * kKey * kValue, 0.0), o_ref = std::vector<double>(kHeads * kValue);
   };
   auto d = std::make_shared<Data>();
-  std::fill(d->state.begin(), d->state.end(), 0.f);
   Case c;
   c.name = "gated_delta_rule_step";
   c.draw = [d](Rng& r) {
@@ -166,22 +169,18 @@ Case gated_delta_case() {
     }
     tally.output(d->o.data(), d->o_ref, t);
   };
-  c.state_error = [d](bool& finite) { return state_error(d->state.data(), d->ref, finite); };
+  c.state_error = compare_states(d);
   return c;
 }
 
 // S_t = diag(exp(g_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T; o_t = S_t^T r_t, with RWKV-7's
 // a = -kappa_hat, b = kappa_hat * a_lr (a unit kappa_hat and a learning rate in (0, 1)).
 Case rwkv7_case() {
-  struct Data {
+  struct Data : MatrixHeads {
     Tensor<float, 3> r{{1, kHeads, kKey}}, k{{1, kHeads, kKey}}, v{{1, kHeads, kValue}};
     Tensor<float, 3> a{{1, kHeads, kKey}}, b{{1, kHeads, kKey}}, g{{1, kHeads, kKey}};
-    Tensor<float, 3> o{{1, kHeads, kValue}};
-    Tensor<float, 4> state{{1, kHeads, kKey, kValue}};
-    std::vector<double> ref = std::vector<double>(kHeads * kKey * kValue, 0.0), o_ref = std::vector<double>(kHeads * kValue);
   };
   auto d = std::make_shared<Data>();
-  std::fill(d->state.begin(), d->state.end(), 0.f);
   Case c;
   c.name = "rwkv7_step";
   c.draw = [d](Rng& rng) {
@@ -218,7 +217,7 @@ Case rwkv7_case() {
     }
     tally.output(d->o.data(), d->o_ref, t);
   };
-  c.state_error = [d](bool& finite) { return state_error(d->state.data(), d->ref, finite); };
+  c.state_error = compare_states(d);
   return c;
 }
 
@@ -233,7 +232,6 @@ Case ssd_case() {
     std::vector<double> ref = std::vector<double>(kHeads * kSsdP * kSsdN, 0.0), y_ref = std::vector<double>(kHeads * kSsdP);
   };
   auto d = std::make_shared<Data>();
-  std::fill(d->state.begin(), d->state.end(), 0.f);
   for (index_t h = 0; h < kHeads; ++h) d->A(h) = -1.f - h, d->D(h) = 0.5f;
   Case c;
   c.name = "ssd_step";
@@ -258,7 +256,7 @@ Case ssd_case() {
     }
     tally.output(d->y.data(), d->y_ref, t);
   };
-  c.state_error = [d](bool& finite) { return state_error(d->state.data(), d->ref, finite); };
+  c.state_error = compare_states(d);
   return c;
 }
 
@@ -273,7 +271,6 @@ Case selective_scan_case() {
     std::vector<double> ref = std::vector<double>(kScanD * kScanN, 0.0), y_ref = std::vector<double>(kScanD);
   };
   auto d = std::make_shared<Data>();
-  std::fill(d->state.begin(), d->state.end(), 0.f);
   for (index_t c = 0; c < kScanD; ++c) {
     d->Dskip(c) = 1.f;
     for (index_t n = 0; n < kScanN; ++n) d->A(c, n) = -static_cast<float>(n + 1);
@@ -300,7 +297,7 @@ Case selective_scan_case() {
     }
     tally.output(d->y.data(), d->y_ref, t);
   };
-  c.state_error = [d](bool& finite) { return state_error(d->state.data(), d->ref, finite); };
+  c.state_error = compare_states(d);
   return c;
 }
 
