@@ -22,18 +22,10 @@ using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
 
-// Warm-up calls before counting: a pool's worker takes tasks only when it wakes in time, so a
-// few calls make sure every thread has grown its scratch once.
-constexpr int kWarmUp = 20;
-constexpr int kCalls = 100;
-
 template <class F>
-void expect_no_allocation(const char* what, F&& call) {
-  for (int i = 0; i < kWarmUp; ++i) call();
-  seqmix::testing::AllocationCounter counter;
-  for (int i = 0; i < kCalls; ++i) call();
-  const std::size_t allocations = counter.allocations();  // before INFO, which allocates
-  INFO(what << ": " << allocations << " allocations in " << kCalls << " calls");
+void expect_no_allocation(const char* what, const seqmix::Executor& executor, F&& call) {
+  const std::size_t allocations = st::allocations_after_warmup(executor, call);  // before INFO, which allocates
+  INFO(what << ": " << allocations << " allocations in " << st::kSteps << " calls");
   CHECK(allocations == 0);
 }
 
@@ -49,22 +41,6 @@ void dense_decode(const seqmix::Executor& executor, const char* name) {
   const index_t B = 2, Hq = 8, Hkv = 2, D = 128, Tk = 1000;
   seqmix::AttentionOptions options;
   options.causal = true, options.window = 300, options.sink_tokens = 4;
-  {
-    // Every thread of the pool must have run a decode task before counting: the kernel's scratch
-    // is per thread, grown by that thread's first task, and on a busy machine a worker can sit
-    // out all the ordinary warm-up calls (the caller then takes every task; CI saw 3 allocations
-    // in 100 calls that way). A long context gives each call several tasks of about a
-    // millisecond, long enough for the worker to join; Tq = 4 sizes the scratch for both cases.
-    const index_t long_Tk = 16384;
-    const auto q = st::random_tensor<4>({B, 4, Hq, D}, 11);
-    const auto k = random_kv<KV>({B, long_Tk, Hkv, D}, 12), v = random_kv<KV>({B, long_Tk, Hkv, D}, 13);
-    Tensor<float, 4> o({B, 4, Hq, D});
-    Tensor<float, 3> lse({B, 4, Hq});
-    seqmix::AttentionInputs<KV> in;
-    in.q = q.view(), in.k = k.view(), in.v = v.view();
-    seqmix::AttentionOptions unwindowed;  // all the keys: the longest tasks
-    for (int i = 0; i < 5; ++i) seqmix::attention(in, {o.view(), lse.view()}, unwindowed, executor);
-  }
   for (const index_t Tq : {1, 4}) {
     const auto q = st::random_tensor<4>({B, Tq, Hq, D}, 1);
     const auto k = random_kv<KV>({B, Tk, Hkv, D}, 2), v = random_kv<KV>({B, Tk, Hkv, D}, 3);
@@ -72,7 +48,7 @@ void dense_decode(const seqmix::Executor& executor, const char* name) {
     Tensor<float, 3> lse({B, Tq, Hq});
     seqmix::AttentionInputs<KV> in;
     in.q = q.view(), in.k = k.view(), in.v = v.view();
-    expect_no_allocation((std::string("attention decode ") + name + " Tq=" + std::to_string(Tq)).c_str(),
+    expect_no_allocation((std::string("attention decode ") + name + " Tq=" + std::to_string(Tq)).c_str(), executor,
                          [&] { seqmix::attention(in, {o.view(), lse.view()}, options, executor); });
   }
 }
@@ -90,7 +66,7 @@ void paged(const seqmix::Executor& executor, const char* name) {
     seqmix::PagedAttentionInputs<KV> in;
     in.q = q.view(), in.k_pages = k_pages.view(), in.v_pages = v_pages.view();
     in.block_table = table.view(), in.cache_seqlens = lengths;
-    expect_no_allocation((std::string("paged_attention ") + name + " Tq=" + std::to_string(Tq)).c_str(),
+    expect_no_allocation((std::string("paged_attention ") + name + " Tq=" + std::to_string(Tq)).c_str(), executor,
                          [&] { seqmix::paged_attention(in, {o.view(), {}}, {}, executor); });
   }
   // Packed queries of different counts (decode rows beside a verify of 5).
@@ -100,14 +76,14 @@ void paged(const seqmix::Executor& executor, const char* name) {
   seqmix::PagedAttentionInputs<KV> in;
   in.q = q.view(), in.k_pages = k_pages.view(), in.v_pages = v_pages.view();
   in.block_table = table.view(), in.cache_seqlens = lengths, in.cu_seqlens_q = cu;
-  expect_no_allocation((std::string("paged_attention packed ") + name).c_str(),
+  expect_no_allocation((std::string("paged_attention packed ") + name).c_str(), executor,
                        [&] { seqmix::paged_attention(in, {o.view(), {}}, {}, executor); });
   // Prefill chunks (40 and 258 queries, the flash path) beside two decode rows in one call.
   const std::vector<std::int32_t> cu_mixed{0, 40, 41, 42, 300};
   const auto q_mixed = st::random_tensor<4>({1, 300, Hq, D}, 10);
   Tensor<float, 4> o_mixed({1, 300, Hq, D});
   in.q = q_mixed.view(), in.cu_seqlens_q = cu_mixed;
-  expect_no_allocation((std::string("paged_attention prefill + decode ") + name).c_str(),
+  expect_no_allocation((std::string("paged_attention prefill + decode ") + name).c_str(), executor,
                        [&] { seqmix::paged_attention(in, {o_mixed.view(), {}}, {}, executor); });
   // Append one token per sequence (written over and over at the same positions).
   const auto k_new = st::random_tensor<4>({N, 1, Hkv, D}, 8), v_new = st::random_tensor<4>({N, 1, Hkv, D}, 9);
@@ -116,7 +92,7 @@ void paged(const seqmix::Executor& executor, const char* name) {
   const std::vector<std::int32_t> starts{599, 16, 332, 639};
   append.cache_seqlens = starts;
   const seqmix::PagedKvPool<KV> pool{k_pages.view(), v_pages.view()};
-  expect_no_allocation((std::string("paged_kv_append ") + name).c_str(),
+  expect_no_allocation((std::string("paged_kv_append ") + name).c_str(), executor,
                        [&] { seqmix::paged_kv_append(append, pool, executor); });
 }
 

@@ -42,13 +42,9 @@ struct StepData {
 };
 
 template <class Step>
-void require_no_allocation(const char* what, Step&& step) {
+void require_no_allocation(const char* what, const seqmix::Executor& executor, Step&& step) {
   INFO(what);
-  step();  // warm-up: per-thread scratch grows here
-  step();
-  const seqmix::testing::AllocationCounter counter;
-  for (int i = 0; i < 100; ++i) step();
-  CHECK(counter.allocations() == 0);
+  CHECK(seqmix::testing::allocations_after_warmup(executor, step) == 0);
 }
 
 }  // namespace
@@ -63,20 +59,20 @@ TEST_CASE("delta-rule family steps allocate nothing after warm-up", "[alloc][del
         // Dense: a state of B rows (the first four of the pool).
         const seqmix::TensorView<float, 4> state = slotted ? d.pool.view() : d.pool.view().slice(0, 0, d.B);
         INFO("H = " << heads << (slotted ? " slots" : " dense") << " threads " << ex->concurrency());
-        require_no_allocation("gated_delta_rule_step", [&] {
+        require_no_allocation("gated_delta_rule_step", *ex, [&] {
           seqmix::gated_delta_rule_step({d.q.view(), d.k.view(), d.v.view(), d.beta.view(), d.gs.view(), {}, batch},
                                         {d.o.view(), state}, {}, *ex);
         });
         seqmix::GatedDeltaRuleOptions kda;
         kda.gate = DeltaGate::channel;
-        require_no_allocation("gated_delta_rule_step (KDA)", [&] {
+        require_no_allocation("gated_delta_rule_step (KDA)", *ex, [&] {
           seqmix::gated_delta_rule_step({d.q.view(), d.k.view(), d.v.view(), d.beta.view(), {}, d.g.view(), batch},
                                         {d.o.view(), state}, kda, *ex);
         });
-        require_no_allocation("delta_rule_step", [&] {
+        require_no_allocation("delta_rule_step", *ex, [&] {
           seqmix::delta_rule_step({d.q.view(), d.k.view(), d.v.view(), d.beta.view(), batch}, {d.o.view(), state}, {}, *ex);
         });
-        require_no_allocation("rwkv7_step", [&] {
+        require_no_allocation("rwkv7_step", *ex, [&] {
           seqmix::rwkv7_step({d.q.view(), d.k.view(), d.v.view(), d.a.view(), d.b.view(), d.g.view(), batch},
                              {d.o.view(), state}, *ex);
         });

@@ -31,7 +31,7 @@ TEST_CASE("hybrid decode steps allocate nothing after warm-up", "[alloc][chunked
       const seqmix::AarenStepInputs in{query.view(), k.view(), v.view(), batch};
       const seqmix::AarenState state{m.view(), l.view(), acc.view()};
       INFO("aaren_step");
-      CHECK(st::allocations_after_warmup([&] { seqmix::aaren_step(in, o.view(), state, {}, ex); }) == 0);
+      CHECK(st::allocations_after_warmup(ex, [&] { seqmix::aaren_step(in, o.view(), state, {}, ex); }) == 0);
     }
     {
       const index_t D = 512;
@@ -43,7 +43,7 @@ TEST_CASE("hybrid decode steps allocate nothing after warm-up", "[alloc][chunked
       in.batch = batch;
       Tensor<float, 2> state = st::random_tensor<2>({S, D}, 13);
       INFO("nonlinear_recurrence_step");
-      CHECK(st::allocations_after_warmup(
+      CHECK(st::allocations_after_warmup(ex,
                 [&] { seqmix::nonlinear_recurrence_step<seqmix::MinGruCell>(in, state.view(), ex); }) == 0);
     }
   });

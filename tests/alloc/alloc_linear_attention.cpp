@@ -57,7 +57,7 @@ TEST_CASE("linear-attention family steps allocate nothing after warm-up", "[allo
         seqmix::GatedLinearAttentionOptions options;
         options.gate = gate;
         INFO("gated_linear_attention_step gate " << static_cast<int>(gate));
-        CHECK(allocations_after_warmup(
+        CHECK(allocations_after_warmup(ex,
                   [&] { seqmix::gated_linear_attention_step(in, {o.view(), state.view()}, options, ex); }) == 0);
       }
       {
@@ -67,13 +67,13 @@ TEST_CASE("linear-attention family steps allocate nothing after warm-up", "[allo
         options.feature_map = seqmix::FeatureMap::elu1;
         options.normalize = true;
         INFO("linear_attention_step");
-        CHECK(allocations_after_warmup(
+        CHECK(allocations_after_warmup(ex,
                   [&] { seqmix::linear_attention_step(in, {o.view(), state.view(), z.view()}, options, ex); }) == 0);
       }
       {
         seqmix::Rwkv6StepInputs in{q.view(), k.view(), v.view(), g.view(), u.view(), batch};
         INFO("rwkv6_step");
-        CHECK(allocations_after_warmup([&] { seqmix::rwkv6_step(in, {o.view(), state.view()}, {}, ex); }) == 0);
+        CHECK(allocations_after_warmup(ex, [&] { seqmix::rwkv6_step(in, {o.view(), state.view()}, {}, ex); }) == 0);
       }
     }
   }

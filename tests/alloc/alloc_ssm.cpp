@@ -49,7 +49,7 @@ TEST_CASE("ssm decode steps allocate nothing after warm-up", "[alloc][ssm]") {
         seqmix::SsdOptions o;
         o.dt_softplus = true;
         INFO("ssd_step");
-        CHECK(allocations_after_warmup([&] { seqmix::ssd_step(in, {y.view(), state.view()}, o, ex); }) == 0);
+        CHECK(allocations_after_warmup(ex, [&] { seqmix::ssd_step(in, {y.view(), state.view()}, o, ex); }) == 0);
       }
       {  // causal_conv1d_step
         const index_t D = 8192, W = 4;
@@ -60,7 +60,7 @@ TEST_CASE("ssm decode steps allocate nothing after warm-up", "[alloc][ssm]") {
         seqmix::CausalConv1dStepInputs in{x.view(), weight.view(), bias.view(), batch};
         const seqmix::CausalConv1dOptions o{seqmix::ConvActivation::silu};
         INFO("causal_conv1d_step");
-        CHECK(allocations_after_warmup([&] { seqmix::causal_conv1d_step(in, {y.view(), state.view()}, o, ex); }) == 0);
+        CHECK(allocations_after_warmup(ex, [&] { seqmix::causal_conv1d_step(in, {y.view(), state.view()}, o, ex); }) == 0);
       }
       {  // selective_scan_step
         const index_t D = 1024, N = 16, G = 1;
@@ -72,7 +72,7 @@ TEST_CASE("ssm decode steps allocate nothing after warm-up", "[alloc][ssm]") {
         seqmix::SelectiveScanStepInputs in{u.view(), delta.view(), A.view(), Bm.view(), Cm.view(), {}, {}, {}, batch};
         const seqmix::SelectiveScanOptions o{true};
         INFO("selective_scan_step");
-        CHECK(allocations_after_warmup([&] { seqmix::selective_scan_step(in, {y.view(), state.view()}, o, ex); }) == 0);
+        CHECK(allocations_after_warmup(ex, [&] { seqmix::selective_scan_step(in, {y.view(), state.view()}, o, ex); }) == 0);
       }
     }
   }

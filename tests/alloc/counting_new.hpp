@@ -7,7 +7,12 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <mutex>
+#include <thread>
+
+#include "seqmix/core/parallel.hpp"
 
 namespace seqmix::testing {
 
@@ -23,13 +28,36 @@ class AllocationCounter {
   std::size_t start_;
 };
 
-// The hot-path check every family runs: `step` kWarmup times (enough for every worker of a pool
-// to grow its per-thread scratch), then the allocations of kSteps more calls.
+// Calls `step` once on every thread of `executor`, one thread after the other. An operator keeps
+// per-thread scratch that a thread grows in its first task, and ordinary warm-up calls cannot
+// make a pool's worker take one: when the caller runs every task before the worker wakes (small
+// calls, a busy machine), the worker's first task, and its allocations, come during the count
+// (CI saw 3 allocations in 100 calls so). Here each thread takes one task of a job that waits
+// until all of them have started, and calls `step` from it: a ThreadPool runs a call made from
+// inside its own task inline, on that thread, which grows that thread's scratch.
+template <class Step>
+void run_on_every_thread(const seqmix::Executor& executor, Step&& step) {
+  const int threads = executor.concurrency();
+  std::atomic<int> started{0};
+  std::mutex one_at_a_time;  // the calls share their outputs and state
+  executor.run(threads, [&](seqmix::index_t) {
+    started.fetch_add(1);
+    // A pool that is not free runs this job inline: then nobody else comes, so stop waiting.
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (started.load() < threads && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+    const std::lock_guard<std::mutex> lock(one_at_a_time);
+    step();
+  });
+}
+
+// The hot-path check every family runs: `step` on every thread of `executor` and kWarmup more
+// times, then the allocations of kSteps more calls.
 constexpr int kWarmup = 20;
 constexpr int kSteps = 100;
 
 template <class Step>
-std::size_t allocations_after_warmup(Step&& step) {
+std::size_t allocations_after_warmup(const seqmix::Executor& executor, Step&& step) {
+  run_on_every_thread(executor, step);
   for (int i = 0; i < kWarmup; ++i) step();
   AllocationCounter counter;
   for (int i = 0; i < kSteps; ++i) step();
