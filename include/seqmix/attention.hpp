@@ -27,3 +27,8 @@
 #include "seqmix/attention/topk/fast.hpp"
 #include "seqmix/attention/topk/reference.hpp"
 #include "seqmix/attention/topk/selectors.hpp"
+
+// Content-based sparse attention: MoBA (mixture of block attention).
+#include "seqmix/attention/moba/fast.hpp"
+#include "seqmix/attention/moba/reference.hpp"
+#include "seqmix/attention/moba/step.hpp"

@@ -1,0 +1,148 @@
+// Content-based sparse attention benchmarks against dense attention in the same run, 2 threads,
+// Llama-3-8B heads (Hq = 32, Hkv = 8, D = 128).
+//
+//   moba/prefill/<shape>        seqmix::moba (block 512, top_k 3: the own block + 3 chosen),
+//                               causal, fp32, beside attention/prefill/<shape> (dense flash)
+//   moba/decode/<shape>         seqmix::moba_step, one query against an fp16 cache of Tk keys,
+//                               with the caller's kept block means (the serving form) or
+//                               computing them (_means_computed, which reads all of K), beside
+//                               attention/decode/<shape> (dense split-KV decode)
+//   moba/prefill/..._reference  reference::moba on a small shape, beside moba/prefill on it
+// GFLOP/s count the pairs each form computes (moba: (own part + top_k * block) keys per query,
+// dense: the causal triangle), so time is the comparison between forms; decode GB/s count the
+// K/V bytes each form reads.
+//
+// The issue asks for prefill at T = 32768; dense causal flash there is about 8.8 TFLOP (a minute
+// or more per call on 2 cores), so the prefill shapes run at T = 8192 (named so).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <string>
+
+#include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/moba/fast.hpp"
+#include "seqmix/attention/moba/reference.hpp"
+#include "seqmix/attention/moba/step.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+constexpr index_t kHq = 32, kHkv = 8, kD = 128, kBlock = 512, kTopK = 3;
+
+const seqmix::ThreadPool& pool() {
+  static const seqmix::ThreadPool instance(2);
+  return instance;
+}
+
+template <class KV>
+Tensor<KV, 4> random_kv(const std::array<index_t, 4>& shape, std::uint64_t seed) {
+  const Tensor<float, 4> values = st::random_tensor<4>(shape, seed);
+  Tensor<KV, 4> out(shape);
+  for (index_t i = 0; i < values.numel(); ++i) out.data()[i] = static_cast<KV>(values.data()[i]);
+  return out;
+}
+
+template <class KV>
+struct Problem {
+  Tensor<float, 4> q, o;
+  Tensor<KV, 4> k, v;
+  Tensor<float, 4> means;
+  Problem(index_t Tq, index_t Tk, index_t block)
+      : q(st::random_tensor<4>({1, Tq, kHq, kD}, 1)),
+        o({1, Tq, kHq, kD}),
+        k(random_kv<KV>({1, Tk, kHkv, kD}, 2)),
+        v(random_kv<KV>({1, Tk, kHkv, kD}, 3)),
+        means({1, (Tk + block - 1) / block, kHkv, kD}) {
+    seqmix::block_key_summaries(k.cview(), block, means.view(), {}, {}, pool());
+  }
+  seqmix::MobaInputs<KV> moba(bool kept_means) const {
+    seqmix::MobaInputs<KV> in;
+    in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
+    if (kept_means) in.block_means = means.cview();
+    return in;
+  }
+  seqmix::AttentionInputs<KV> dense() const {
+    seqmix::AttentionInputs<KV> in;
+    in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
+    return in;
+  }
+  seqmix::AttentionOutputs outputs() { return {o.view(), {}}; }
+};
+
+// Keys moba attends to per query, summed over the T queries of a prefill.
+double moba_pairs(index_t T, index_t block, index_t top_k) {
+  double pairs = 0;
+  for (index_t i = 0; i < T; ++i) pairs += static_cast<double>(i % block + 1 + std::min(top_k, i / block) * block);
+  return pairs;
+}
+
+enum class Form { moba, moba_reference, dense };
+
+void prefill(benchmark::State& state, index_t T, index_t block, Form form) {
+  Problem<float> p(T, T, block);
+  seqmix::MobaOptions options;
+  options.block_size = block, options.top_k = kTopK;
+  seqmix::AttentionOptions causal;
+  causal.causal = true;
+  for (auto _ : state) {
+    if (form == Form::moba)
+      seqmix::moba(p.moba(false), p.outputs(), options, pool());
+    else if (form == Form::moba_reference)
+      seqmix::reference::moba(p.moba(false), p.outputs(), options);
+    else
+      seqmix::attention(p.dense(), p.outputs(), causal, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  const double pairs = form == Form::dense ? 0.5 * static_cast<double>(T) * static_cast<double>(T + 1)
+                                           : moba_pairs(T, block, kTopK);
+  st::report_gflops(state, 4.0 * kHq * kD * pairs);
+}
+
+void decode(benchmark::State& state, index_t Tk, Form form, bool kept_means) {
+  Problem<seqmix::f16> p(1, Tk, kBlock);
+  seqmix::MobaOptions options;
+  options.block_size = kBlock, options.top_k = kTopK;
+  seqmix::AttentionOptions causal;
+  causal.causal = true;
+  for (auto _ : state) {
+    if (form == Form::moba)
+      seqmix::moba_step(p.moba(kept_means), p.outputs(), options, pool());
+    else
+      seqmix::attention(p.dense(), p.outputs(), causal, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  const double rows = form == Form::dense ? static_cast<double>(Tk * kHkv)
+                                          : static_cast<double>((kTopK + 1) * kBlock * kHq) +
+                                                (kept_means ? 0.0 : static_cast<double>(Tk * kHkv) / 2);
+  st::report_gbytes(state, rows * 2 * kD * sizeof(seqmix::f16));
+}
+
+const bool registered = [] {
+  const auto add = [](const std::string& name, auto fn) {
+    return benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  const std::string shape = "llama3_8b_H32_KV8_D128";
+  const index_t T = 8192, Tk = 131072;
+  add("moba/prefill/" + shape + "_T" + std::to_string(T), [=](benchmark::State& s) { prefill(s, T, kBlock, Form::moba); });
+  add("attention/prefill/" + shape + "_T" + std::to_string(T) + "_dense",
+      [=](benchmark::State& s) { prefill(s, T, kBlock, Form::dense); });
+  add("moba/decode/" + shape + "_Tk" + std::to_string(Tk) + "_f16",
+      [=](benchmark::State& s) { decode(s, Tk, Form::moba, true); });
+  add("moba/decode/" + shape + "_Tk" + std::to_string(Tk) + "_f16_means_computed",
+      [=](benchmark::State& s) { decode(s, Tk, Form::moba, false); });
+  add("attention/decode/" + shape + "_Tk" + std::to_string(Tk) + "_f16_dense",
+      [=](benchmark::State& s) { decode(s, Tk, Form::dense, false); });
+  add("moba/prefill/" + shape + "_T512_block64", [](benchmark::State& s) { prefill(s, 512, 64, Form::moba); });
+  add("moba/prefill/" + shape + "_T512_block64_reference",
+      [](benchmark::State& s) { prefill(s, 512, 64, Form::moba_reference); });
+  return true;
+}();
+
+}  // namespace
