@@ -1,0 +1,104 @@
+// Long convolution benchmarks (issue 16), 2 threads, D = 768 channels (Hyena / H3 at GPT-2
+// width), one filter per channel as long as the sequence (L = T) unless the name says otherwise:
+//
+//   long_conv/<fft|direct>/D768_T<T>_L<L>   the two prefill forms, T in {1024, 4096, 16384, 65536}
+//   long_conv/auto/D768_T<T>_L<L>           the automatic choice (should track the cheaper one)
+//   long_conv/reference/D768_T256_L256      the reference (double loops), the baseline
+//   long_conv/step/D768_L<L>                one decode step against an L-1 row state
+// The crossover: short filters (L = 16, 64, 256 at T = 4096) and L = T at every T.
+// GFLOP/s counts each form's own work: direct 2 * D * sum_t min(L, t+1); FFT 3 real transforms of
+// N per channel at 2.5 N log2 N each plus the product, 6 (N/2+1) per channel. GB/s: u read, y
+// written once (4 bytes each) and the filter read once.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <string>
+
+#include "seqmix/lti.hpp"
+#include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::LongConvMethod;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+constexpr index_t kD = 768;
+
+double direct_flop(index_t T, index_t L) {
+  double taps = 0;
+  for (index_t t = 0; t < T; ++t) taps += static_cast<double>(std::min(L, t + 1));
+  return 2.0 * kD * taps;
+}
+
+double fft_flop(index_t T, index_t L) {
+  const seqmix::detail::LongConvDims dims{1, T, kD, L, 0, kD};
+  const double N = static_cast<double>(seqmix::detail::long_conv_fft_length(dims, false));
+  return kD * (3 * 2.5 * N * std::log2(N) + 6 * (N / 2 + 1));
+}
+
+enum class Form { fft, direct, automatic, reference };
+
+void prefill(benchmark::State& state, index_t T, index_t L, Form form) {
+  const Tensor<float, 3> u = st::random_tensor<3>({1, T, kD}, 1);
+  const Tensor<float, 2> h = st::random_tensor<2>({L, kD}, 2, -0.05f, 0.05f);
+  Tensor<float, 3> y({1, T, kD});
+  const LongConvMethod method =
+      form == Form::fft ? LongConvMethod::fft : form == Form::direct ? LongConvMethod::direct : LongConvMethod::automatic;
+  for (auto _ : state) {
+    if (form == Form::reference)
+      seqmix::reference::long_conv({u.view(), h.view()}, {y.view()});
+    else
+      seqmix::long_conv({u.view(), h.view()}, {y.view()}, {seqmix::LongConvDirection::causal, method},
+                        st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  bool fft = form == Form::fft;
+  if (form == Form::automatic)
+    fft = seqmix::long_conv_method({u.view(), h.view()}, {y.view()}) == LongConvMethod::fft;
+  const double bytes = 4.0 * (2.0 * T * kD + static_cast<double>(L) * kD);
+  st::report_throughput(state, fft ? fft_flop(T, L) : direct_flop(T, L), bytes);
+}
+
+void step(benchmark::State& state, index_t L) {
+  const Tensor<float, 2> u = st::random_tensor<2>({1, kD}, 1);
+  const Tensor<float, 2> h = st::random_tensor<2>({L, kD}, 2, -0.05f, 0.05f);
+  Tensor<float, 3> conv_state = st::random_tensor<3>({1, L - 1, kD}, 3);
+  Tensor<float, 2> y({1, kD});
+  for (auto _ : state) {
+    seqmix::long_conv_step({u.view(), h.view()}, {y.view(), conv_state.view()}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  // Reads the filter and the state, writes the state again (the shift).
+  st::report_throughput(state, 2.0 * L * kD, 4.0 * 3.0 * L * kD);
+}
+
+void register_all() {
+  const auto add = [](const std::string& name, auto fn) {
+    benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  const auto shape = [](index_t T, index_t L) { return "D768_T" + std::to_string(T) + "_L" + std::to_string(L); };
+  for (index_t T : {1024, 4096, 16384, 65536}) {
+    add("long_conv/fft/" + shape(T, T), [=](benchmark::State& s) { prefill(s, T, T, Form::fft); });
+    if (T <= 16384)  // 65536^2 / 2 * 768 taps: about a minute per iteration
+      add("long_conv/direct/" + shape(T, T), [=](benchmark::State& s) { prefill(s, T, T, Form::direct); });
+    add("long_conv/auto/" + shape(T, T), [=](benchmark::State& s) { prefill(s, T, T, Form::automatic); });
+  }
+  for (index_t L : {16, 64, 128, 256, 512}) {
+    add("long_conv/fft/" + shape(4096, L), [=](benchmark::State& s) { prefill(s, 4096, L, Form::fft); });
+    add("long_conv/direct/" + shape(4096, L), [=](benchmark::State& s) { prefill(s, 4096, L, Form::direct); });
+  }
+  add("long_conv/reference/" + shape(256, 256), [](benchmark::State& s) { prefill(s, 256, 256, Form::reference); });
+  for (index_t L : {4, 1024, 16384})
+    benchmark::RegisterBenchmark(("long_conv/step/D768_L" + std::to_string(L)).c_str(),
+                                 [=](benchmark::State& s) { step(s, L); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+}
+
+const int kRegistered = (register_all(), 0);
+
+}  // namespace

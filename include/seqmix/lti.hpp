@@ -1,0 +1,10 @@
+// Linear time-invariant mixers (issue 16): long convolutions with filters as long as the
+// sequence, and the state-space kernels that produce such filters. Each operator's folder under
+// seqmix/lti/ holds its reference, fast prefill and decode step.
+#pragma once
+
+#include "seqmix/lti/long_conv/direct.hpp"
+#include "seqmix/lti/long_conv/fast.hpp"
+#include "seqmix/lti/long_conv/fft.hpp"
+#include "seqmix/lti/long_conv/reference.hpp"
+#include "seqmix/lti/long_conv/step.hpp"

@@ -1,0 +1,76 @@
+// long_conv, fast prefill: the direct or the FFT form, whichever the cost model below expects to
+// be cheaper (options.method forces one).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/lti/long_conv/direct.hpp"
+#include "seqmix/lti/long_conv/fft.hpp"
+#include "seqmix/lti/long_conv/reference.hpp"
+
+namespace seqmix {
+namespace detail {
+
+// Measured costs (bench/bench_long_conv.cpp, 2 threads, AMD EPYC with AVX-512, a machine shared
+// with other jobs; README.md, "Crossover"), per channel and batch row: the direct form's time per
+// multiply-add and per output (the window copy and the output pass), and the FFT form's time per
+// N log2 N of one real transform (gather, product and scatter included). Only the ratios matter:
+// at D = 768 the FFT form wins from L ~ 2000 taps at T = 4096 and at L = T from T ~ 3000 on.
+constexpr double kLongConvDirectNsPerTap = 0.075;
+constexpr double kLongConvDirectNsPerOutput = 10.0;
+constexpr double kLongConvFftNsPerNLogN = 2.3;
+
+// Multiply-adds of the direct form per channel and batch row: sum over t of the taps it reads.
+inline double long_conv_direct_taps(const LongConvDims& dims, bool has_state) {
+  const double T = static_cast<double>(dims.T), S = has_state ? static_cast<double>(dims.L - 1) : 0.0;
+  const double L = static_cast<double>(dims.L), Lb = static_cast<double>(dims.Lb);
+  // Causal: min(L, t + 1 + S) taps at step t; backward: min(Lb, T - t).
+  const auto ramp = [T](double cap, double offset) {
+    // sum_{t<T} min(cap, t + 1 + offset)
+    const double full_from = std::max(0.0, std::min(T, cap - 1 - offset));  // steps below the cap
+    const double rising = full_from * (offset + 1) + full_from * (full_from - 1) / 2;
+    return rising + (T - full_from) * cap;
+  };
+  return ramp(L, S) + (dims.Lb > 0 ? ramp(Lb, 0.0) : 0.0);
+}
+
+inline bool long_conv_prefers_fft(const LongConvDims& dims, bool has_state) {
+  const double N = static_cast<double>(long_conv_fft_length(dims, has_state));
+  const double BD = static_cast<double>(dims.B * dims.D);
+  const double transforms = 2.0 * BD + static_cast<double>(dims.G) * (dims.Lb > 0 ? 2.0 : 1.0);
+  const double fft_ns = transforms * N * std::log2(N) * kLongConvFftNsPerNLogN;
+  const double direct_ns = BD * (long_conv_direct_taps(dims, has_state) * kLongConvDirectNsPerTap +
+                                static_cast<double>(dims.T) * kLongConvDirectNsPerOutput);
+  return fft_ns < direct_ns;
+}
+
+}  // namespace detail
+
+/// Which form long_conv runs for these arguments (LongConvMethod::direct or LongConvMethod::fft), the choice
+/// of the measured cost model when options.method is automatic. Validates like long_conv.
+inline LongConvMethod long_conv_method(const LongConvInputs& in, const LongConvOutputs& out,
+                                       const LongConvOptions& options = {}) {
+  const auto dims = detail::validate_long_conv("long_conv", in, out, options);
+  if (options.method != LongConvMethod::automatic) return options.method;
+  return detail::long_conv_prefers_fft(dims, in.initial_state.has_value()) ? LongConvMethod::fft
+                                                                            : LongConvMethod::direct;
+}
+
+/// Fast prefill: same arguments and results as reference::long_conv (see reference.hpp), by the
+/// direct form (direct.hpp) for short filters and the FFT form (fft.hpp) for long ones, chosen
+/// by a cost model measured on both (README.md, "Crossover") unless options.method forces one.
+/// Threaded through `executor`; any strides.
+inline void long_conv(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
+                      const Executor& executor = serial_executor()) {
+  const LongConvMethod method = long_conv_method(in, out, options);
+  if (method == LongConvMethod::fft)
+    detail::long_conv_fft_run(in, out.y, executor);
+  else
+    detail::long_conv_direct_run(in, out.y, executor);
+  if (out.final_state.has_value())
+    for (index_t b = 0; b < in.u.size(0); ++b) detail::long_conv_write_final_state(in, out.final_state, b);
+}
+
+}  // namespace seqmix

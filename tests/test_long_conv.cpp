@@ -1,0 +1,260 @@
+// long_conv: the direct, FFT and automatic prefill and the decode step against the reference
+// (double accumulation), over a table of T, filter lengths, channel counts, head sharing and
+// directions; segments and steps against one call; bad arguments refused before any write.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/lti.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::LongConvDirection;
+using seqmix::LongConvMethod;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct LongCase {
+  index_t B, T, D, L, G, Lb;  // Lb > 0: bidirectional
+  bool skip, bias, state;
+  std::uint64_t seed;
+
+  std::string describe() const {
+    std::ostringstream s;
+    s << "B=" << B << " T=" << T << " D=" << D << " L=" << L << " G=" << G << " Lb=" << Lb << " skip=" << skip
+      << " bias=" << bias << " state=" << state << " seed=" << seed;
+    return s.str();
+  }
+};
+
+// The arguments of one case; filters scaled by 1/sqrt(L) so outputs stay O(1) at every length.
+struct LongData {
+  Tensor<float, 3> u, state;
+  Tensor<float, 2> h, hb;
+  Tensor<float, 1> skip, bias;
+
+  explicit LongData(const LongCase& c)
+      : u(st::random_tensor<3>({c.B, c.T, c.D}, c.seed)),
+        state(st::random_tensor<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
+        h(st::random_tensor<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
+        hb(st::random_tensor<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
+        skip(st::random_tensor<1>({c.D}, c.seed + 4)),
+        bias(st::random_tensor<1>({c.D}, c.seed + 5)) {}
+
+  seqmix::LongConvInputs inputs(const LongCase& c) const {
+    seqmix::LongConvInputs in{u.view(), h.view()};
+    if (c.Lb > 0) in.filter_backward = hb.view();
+    if (c.skip) in.skip = skip.view();
+    if (c.bias) in.bias = bias.view();
+    if (c.state) in.initial_state = state.view();
+    return in;
+  }
+};
+
+seqmix::LongConvOptions options_of(const LongCase& c, LongConvMethod method) {
+  return {c.Lb > 0 ? LongConvDirection::bidirectional : LongConvDirection::causal, method};
+}
+
+// T from the list; filter lengths 1, short, about T/2, T and past T; channels sampled in
+// 1..1024 across the SIMD width and the 64-channel tile; every option on and off across the table.
+std::vector<LongCase> long_cases() {
+  std::vector<LongCase> cases;
+  std::uint64_t seed = 1;
+  const index_t Ts[] = {1, 7, 64, 1000, 4097};
+  const index_t Ds[] = {1, 5, 16, 17, 64, 100};
+  for (index_t T : Ts) {
+    const index_t Ls[] = {1, 3, std::max<index_t>(1, T / 2), T, T + 5};
+    for (index_t L : Ls) {
+      // The reference costs T L D / 2: the longest sequences get few channels.
+      const index_t D = T > 1000 ? std::min<index_t>(Ds[seed % 6], 5) : Ds[seed % 6];
+      const index_t G = (seed % 4 == 1 && D % 4 == 0) ? D / 4 : (seed % 4 == 3 ? 1 : D);
+      const bool bidir = seed % 3 == 2;
+      const index_t Lb = bidir ? std::max<index_t>(1, (L + 1) / 2) : 0;
+      const index_t B = seed % 5 == 0 ? 2 : 1;
+      cases.push_back({B, T, D, L, G, Lb, bool(seed & 1), bool(seed & 2), !bidir && bool(seed & 4), seed});
+      ++seed;
+    }
+  }
+  cases.push_back({1, 300, 1024, 300, 1024, 0, true, true, true, 99});  // the widest channel count
+  cases.push_back({2, 129, 768, 129, 12, 65, true, false, false, 100});  // heads of 64 channels, both ways
+  return cases;
+}
+
+// Outputs of one form: y and the final state (causal calls).
+struct Result {
+  Tensor<float, 3> y, final_state;
+};
+
+Result run(const LongCase& c, const LongData& data, LongConvMethod method, bool use_reference,
+           const seqmix::Executor& executor) {
+  Result r{Tensor<float, 3>({c.B, c.T, c.D}), Tensor<float, 3>({c.B, c.L - 1, c.D})};
+  seqmix::LongConvOutputs out{r.y.view()};
+  if (c.Lb == 0) out.final_state = r.final_state.view();
+  if (use_reference)
+    seqmix::reference::long_conv(data.inputs(c), out, options_of(c, method));
+  else
+    seqmix::long_conv(data.inputs(c), out, options_of(c, method), executor);
+  return r;
+}
+
+TEST_CASE("long_conv: direct, FFT and automatic forms match the reference", "[long_conv]") {
+  for (const LongCase& c : long_cases()) {
+    INFO(c.describe());
+    const LongData data(c);
+    const Result ref = run(c, data, LongConvMethod::automatic, true, seqmix::serial_executor());
+    const struct {
+      LongConvMethod method;
+      double tol;
+    } forms[] = {{LongConvMethod::direct, 1e-5}, {LongConvMethod::fft, 2e-5}, {LongConvMethod::automatic, 2e-5}};
+    for (const auto& form : forms) {
+      INFO("method " << int(form.method));
+      const Result got = run(c, data, form.method, false, c.seed % 2 ? st::two_thread_pool() : seqmix::serial_executor());
+      st::require_close("y", got.y.cview(), ref.y.cview(), form.tol);
+      if (c.Lb == 0) st::require_close("final_state", got.final_state.cview(), ref.final_state.cview(), 0.0);
+    }
+  }
+}
+
+TEST_CASE("long_conv: the cost model picks direct for short filters and FFT for long ones", "[long_conv]") {
+  const auto method = [](index_t T, index_t L) {
+    Tensor<float, 3> u({1, T, 16}), y({1, T, 16});
+    Tensor<float, 2> h({L, 16});
+    return seqmix::long_conv_method({u.view(), h.view()}, {y.view()});
+  };
+  CHECK(method(4096, 4) == LongConvMethod::direct);
+  CHECK(method(1024, 1024) == LongConvMethod::direct);
+  CHECK(method(16384, 16384) == LongConvMethod::fft);
+  CHECK(method(65536, 65536) == LongConvMethod::fft);
+}
+
+TEST_CASE("long_conv: segments with the state carried equal one call", "[long_conv]") {
+  const index_t B = 2, T = 700, D = 33, L = 250;
+  const LongCase whole{B, T, D, L, D, 0, true, true, true, 7};
+  const LongData data(whole);
+  const Result ref = run(whole, data, LongConvMethod::automatic, true, seqmix::serial_executor());
+  for (LongConvMethod method : {LongConvMethod::direct, LongConvMethod::fft, LongConvMethod::automatic}) {
+    INFO("method " << int(method));
+    // Pieces shorter and longer than L, then single steps; the state is carried in place.
+    Tensor<float, 3> state = data.state, y({B, T, D});
+    const index_t cuts[] = {0, 100, 101, 400, 690, T};
+    for (std::size_t i = 0; i + 1 < std::size(cuts); ++i) {
+      const index_t t0 = cuts[i], n = cuts[i + 1] - t0;
+      seqmix::LongConvInputs in{data.u.view().slice(1, t0, n), data.h.view()};
+      in.skip = data.skip.view(), in.bias = data.bias.view(), in.initial_state = state.view();
+      if (n < 20) {  // the last piece token by token through the step
+        for (index_t t = t0; t < t0 + n; ++t)
+          seqmix::long_conv_step({data.u.view().select(1, t), data.h.view(), data.skip.view(), data.bias.view()},
+                                 {y.view().select(1, t), state.view()}, st::two_thread_pool());
+        continue;
+      }
+      seqmix::long_conv(in, {y.view().slice(1, t0, n), state.view()}, {LongConvDirection::causal, method},
+                        st::two_thread_pool());
+    }
+    st::require_close("y", y.cview(), ref.y.cview(), 2e-5);
+    st::require_close("final_state", state.cview(), ref.final_state.cview(), 0.0);
+  }
+}
+
+TEST_CASE("long_conv: steps from an empty state equal one call, shared heads", "[long_conv]") {
+  const index_t B = 3, T = 40, D = 48, L = 64, G = 3;
+  const LongCase c{B, T, D, L, G, 0, true, false, false, 11};
+  const LongData data(c);
+  const Result ref = run(c, data, LongConvMethod::automatic, true, seqmix::serial_executor());
+  Tensor<float, 3> state({B, L - 1, D}), y({B, T, D});
+  for (index_t t = 0; t < T; ++t)
+    seqmix::long_conv_step({data.u.view().select(1, t), data.h.view(), data.skip.view()},
+                           {y.view().select(1, t), state.view()});
+  st::require_close("y", y.cview(), ref.y.cview(), 1e-5);
+  st::require_close("state", state.cview(), ref.final_state.cview(), 0.0);
+}
+
+TEST_CASE("long_conv: T = 65536 by FFT against the direct form", "[long_conv]") {
+  if (st::small_test_scale()) return;  // the sanitizer build skips the largest shape only
+  const LongCase c{1, 65536, 16, 300, 16, 0, false, false, false, 21};
+  const LongData data(c);
+  const Result direct = run(c, data, LongConvMethod::direct, false, st::two_thread_pool());
+  const Result fft = run(c, data, LongConvMethod::fft, false, st::two_thread_pool());
+  st::require_close("y", fft.y.cview(), direct.y.cview(), 2e-5);
+  // And a few outputs against a double sum written here.
+  for (index_t t : {index_t{0}, index_t{299}, index_t{40000}, index_t{65535}})
+    for (index_t d : {index_t{0}, index_t{15}}) {
+      double acc = 0;
+      for (index_t s = 0; s < c.L && s <= t; ++s) acc += double(data.h(s, d)) * data.u(0, t - s, d);
+      CHECK(std::abs(fft.y(0, t, d) - acc) < 1e-5);
+    }
+}
+
+TEST_CASE("long_conv: a non-finite input reaches only the outputs that read it", "[long_conv]") {
+  const LongCase c{1, 200, 20, 200, 20, 0, false, false, false, 31};
+  LongData data(c);
+  data.u(0, 120, 3) = std::numeric_limits<float>::quiet_NaN();
+  data.u(0, 50, 17) = std::numeric_limits<float>::infinity();
+  const Result ref = run(c, data, LongConvMethod::automatic, true, seqmix::serial_executor());
+  for (LongConvMethod method : {LongConvMethod::direct, LongConvMethod::fft}) {
+    const Result got = run(c, data, method, false, seqmix::serial_executor());
+    for (index_t t = 0; t < c.T; ++t)
+      for (index_t d = 0; d < c.D; ++d) {
+        const bool reached = (d == 3 && t >= 120) || (d == 17 && t >= 50);
+        INFO("method " << int(method) << " t=" << t << " d=" << d);
+        REQUIRE(std::isfinite(got.y(0, t, d)) == !reached);
+        if (!reached) REQUIRE(std::abs(got.y(0, t, d) - ref.y(0, t, d)) < 1e-5);
+      }
+  }
+}
+
+TEST_CASE("long_conv: bad arguments are refused before any write", "[long_conv]") {
+  const index_t B = 2, T = 16, D = 8, L = 5;
+  Tensor<float, 3> u = st::random_tensor<3>({B, T, D}, 1), y({B, T, D}), state({B, L - 1, D});
+  Tensor<float, 2> h = st::random_tensor<2>({L, D}, 2), h3({L, 3}), empty({0, D});
+  Tensor<float, 3> wrong_y({B, T + 1, D}), wrong_state({B, L, D});
+  y.fill(7.f);
+  const auto untouched = [&] {
+    for (float v : y) REQUIRE(v == 7.f);
+  };
+  for (LongConvMethod m : {LongConvMethod::automatic, LongConvMethod::direct, LongConvMethod::fft}) {
+    const seqmix::LongConvOptions opt{LongConvDirection::causal, m};
+    st::require_shape_error("filter", [&] { seqmix::long_conv({u.view(), h3.view()}, {y.view()}, opt); });
+    st::require_shape_error("filter", [&] { seqmix::long_conv({u.view(), empty.view()}, {y.view()}, opt); });
+    st::require_shape_error("y", [&] { seqmix::long_conv({u.view(), h.view()}, {wrong_y.view()}, opt); });
+    st::require_shape_error("final_state",
+                            [&] { seqmix::long_conv({u.view(), h.view()}, {y.view(), wrong_state.view()}, opt); });
+    st::require_shape_error("filter_backward",
+                            [&] { seqmix::long_conv({u.view(), h.view(), h.view()}, {y.view()}, opt); });
+    st::require_shape_error("filter_backward", [&] {
+      seqmix::long_conv({u.view(), h.view()}, {y.view()}, {LongConvDirection::bidirectional, m});
+    });
+    st::require_shape_error("initial_state", [&] {
+      seqmix::long_conv({u.view(), h.view(), h.view(), {}, {}, state.view()}, {y.view()},
+                        {LongConvDirection::bidirectional, m});
+    });
+    st::require_shape_error("y", [&] { seqmix::long_conv({u.view(), h.view()}, {u.view()}, opt); });
+    Tensor<float, 2> bad = h;
+    bad(3, 5) = std::numeric_limits<float>::quiet_NaN();
+    st::require_shape_error("filter", [&] { seqmix::long_conv({u.view(), bad.view()}, {y.view()}, opt); });
+    bad(3, 5) = std::numeric_limits<float>::infinity();
+    st::require_shape_error("filter", [&] { seqmix::long_conv({u.view(), bad.view()}, {y.view()}, opt); });
+    untouched();
+  }
+  st::require_shape_error("options.method",
+                          [&] { seqmix::long_conv({u.view(), h.view()}, {y.view()}, {{}, static_cast<LongConvMethod>(7)}); });
+  // The step.
+  Tensor<float, 2> y1({B, D}), u1 = st::random_tensor<2>({B, D}, 3);
+  y1.fill(7.f);
+  st::require_shape_error("state", [&] { seqmix::long_conv_step({u1.view(), h.view()}, {y1.view(), wrong_state.view()}); });
+  st::require_shape_error("filter", [&] { seqmix::long_conv_step({u1.view(), h3.view()}, {y1.view(), state.view()}); });
+  Tensor<float, 2> bad = h;
+  bad(0, 0) = std::numeric_limits<float>::quiet_NaN();
+  st::require_shape_error("filter", [&] { seqmix::long_conv_step({u1.view(), bad.view()}, {y1.view(), state.view()}); });
+  for (float v : y1) REQUIRE(v == 7.f);
+  for (float v : state) REQUIRE(v == 0.f);
+}
+
+}  // namespace
