@@ -19,6 +19,7 @@
 #include "seqmix/linear_attention.hpp"
 #include "seqmix/lti.hpp"
 #include "seqmix/positional.hpp"
+#include "seqmix/rnn.hpp"
 #include "seqmix/ssm.hpp"
 
 /// \namespace seqmix

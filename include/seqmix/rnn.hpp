@@ -1,0 +1,16 @@
+// Nonlinear recurrent cells (docs/operators.md, "Recurrent cells"): lstm and gru (PyTorch's
+// cells), slstm (xLSTM). Each operator's folder under seqmix/rnn/ holds its reference, fast
+// prefill and decode step; the shared interface is seqmix/rnn/common.hpp.
+#pragma once
+
+#include "seqmix/rnn/common.hpp"
+#include "seqmix/rnn/engine.hpp"
+#include "seqmix/rnn/gru/fast.hpp"
+#include "seqmix/rnn/gru/reference.hpp"
+#include "seqmix/rnn/gru/step.hpp"
+#include "seqmix/rnn/lstm/fast.hpp"
+#include "seqmix/rnn/lstm/reference.hpp"
+#include "seqmix/rnn/lstm/step.hpp"
+#include "seqmix/rnn/slstm/fast.hpp"
+#include "seqmix/rnn/slstm/reference.hpp"
+#include "seqmix/rnn/slstm/step.hpp"

@@ -1,0 +1,191 @@
+// The shared interface of the nonlinear recurrent cells (lstm, gru, slstm): argument structs,
+// validation and the readable per-token definition every cell's reference runs.
+//
+// A cell with G gates and S state vectors of H units each reads, per token,
+//   ax = W_ih x_t + b_ih           [G*H]   (x_t itself when W_ih is not given: pre-activations)
+//   ah = W_hh h_{t-1} + b_hh       [G*H]   (block-diagonal over `heads` when heads > 1)
+// and updates its state s = (h, ...) unit by unit; the output is the new h. Rows of W_ih, W_hh
+// and the biases are gate-major (row g*H + j: gate g, unit j), as PyTorch stores them, so
+// PyTorch's nn.LSTM / nn.GRU weights load unchanged. With heads > 1, W_hh is [G*H, H/heads]: row
+// g*H + j multiplies only the h units of j's head (FlashRNN / xLSTM's head-wise recurrence).
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+/// Options of the recurrent cells (lstm, gru, slstm and their steps).
+struct RnnOptions {
+  /// Blocks of the recurrent matrix: 1 is a dense W_hh [G*H, H]; heads > 1 makes it
+  /// block-diagonal, W_hh [G*H, H/heads], head-wise as FlashRNN and xLSTM's sLSTM run it.
+  index_t heads = 1;
+};
+
+/// Prefill arguments of a recurrent cell with G gates and S state vectors (lstm: G = 4, S = 2
+/// (h, c); gru: G = 3, S = 1 (h); slstm: G = 4, S = 4 (h, c, n, m)).
+struct RnnInputs {
+  /// [B,T,I] inputs, or [B,T,G*H] gate pre-activations when w_ih is not given.
+  ConstView<float, 3> x;
+  ConstView<float, 2> w_ih = {};           ///< [G*H, I], optional (PyTorch's weight_ih_l0)
+  ConstView<float, 2> w_hh;                ///< [G*H, H/heads] (PyTorch's weight_hh_l0 for heads = 1)
+  ConstView<float, 1> b_ih = {};           ///< [G*H], optional
+  ConstView<float, 1> b_hh = {};           ///< [G*H], optional
+  ConstView<float, 3> initial_state = {};  ///< [B,S,H], optional (zeros): h first, then the cell's others
+};
+
+/// Prefill outputs. y must not overlap an input; final_state may be the very same view as
+/// initial_state (it is written after the last token).
+struct RnnOutputs {
+  TensorView<float, 3> y;                 ///< [B,T,H]: h after every token
+  TensorView<float, 3> final_state = {};  ///< [B,S,H], optional
+};
+
+/// Decode-step arguments: one token per batch row.
+struct RnnStepInputs {
+  ConstView<float, 2> x;        ///< [B,I], or [B,G*H] pre-activations when w_ih is not given
+  ConstView<float, 2> w_ih = {};  ///< [G*H, I], optional
+  ConstView<float, 2> w_hh;     ///< [G*H, H/heads]
+  ConstView<float, 1> b_ih = {};  ///< [G*H], optional
+  ConstView<float, 1> b_hh = {};  ///< [G*H], optional
+};
+
+/// Decode-step outputs: state is read, then updated in place; y must not overlap anything.
+struct RnnStepOutputs {
+  TensorView<float, 2> y;      ///< [B,H]
+  TensorView<float, 3> state;  ///< [B,S,H], read and updated in place (required)
+};
+
+namespace detail {
+
+// Numerically safe scalar pieces of the cells: no overflow to NaN at extreme pre-activations.
+inline float rnn_sigmoid(float v) {
+  if (v >= 0.f) return 1.f / (1.f + std::exp(-v));
+  const float e = std::exp(v);
+  return e / (1.f + e);
+}
+
+inline float rnn_log_sigmoid(float v) {
+  return v >= 0.f ? -std::log1p(std::exp(-v)) : v - std::log1p(std::exp(v));
+}
+
+struct RnnDims {
+  index_t B, T, I, H, heads, Dh;
+};
+
+// Validates the weights of a call (shared by prefill and step): G gates, x's last extent `xin`.
+template <class Cell>
+RnnDims validate_rnn_weights(const ArgCheck& check, index_t B, index_t T, index_t xin, const ConstView<float, 2>& w_ih,
+                             const ConstView<float, 2>& w_hh, const ConstView<float, 1>& b_ih,
+                             const ConstView<float, 1>& b_hh, const RnnOptions& options) {
+  constexpr index_t G = Cell::kGates;
+  check.shape("w_hh", w_hh, std::array<index_t, 2>{-1, -1}, "G*H,H/heads");
+  const index_t GH = w_hh.size(0);
+  if (GH <= 0 || GH % G != 0)
+    check.fail("w_hh", "must have G*H rows with G = " + std::to_string(G) + " gates, got shape " +
+                           shape_to_string(w_hh.shape()));
+  const index_t H = GH / G;
+  if (options.heads < 1 || H % options.heads != 0)
+    check.fail("options.heads", "must be >= 1 and divide H = " + std::to_string(H) + ", got " +
+                                    std::to_string(options.heads));
+  const index_t Dh = H / options.heads;
+  check.shape("w_hh", w_hh, std::array<index_t, 2>{GH, Dh}, "G*H,H/heads");
+  index_t I = xin;
+  if (w_ih.has_value() || w_ih.numel() > 0) {
+    check.shape("w_ih", w_ih, std::array<index_t, 2>{GH, xin}, "G*H,I");
+  } else if (xin != GH) {
+    check.fail("x", "must hold G*H = " + std::to_string(GH) + " gate pre-activations per token when w_ih is not given, got " +
+                        std::to_string(xin));
+  }
+  check.optional_shape("b_ih", b_ih, std::array<index_t, 1>{GH}, "G*H");
+  check.optional_shape("b_hh", b_hh, std::array<index_t, 1>{GH}, "G*H");
+  return {B, T, I, H, options.heads, Dh};
+}
+
+template <class Cell>
+RnnDims validate_rnn(const ArgCheck& check, const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options) {
+  constexpr index_t S = Cell::kStates;
+  check.shape("x", in.x, std::array<index_t, 3>{-1, -1, -1}, "B,T,I");
+  const index_t B = in.x.size(0), T = in.x.size(1);
+  const RnnDims d = validate_rnn_weights<Cell>(check, B, T, in.x.size(2), in.w_ih, in.w_hh, in.b_ih, in.b_hh, options);
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{B, S, d.H}, "B,S,H");
+  check.shape("y", out.y, std::array<index_t, 3>{B, T, d.H}, "B,T,H");
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{B, S, d.H}, "B,S,H");
+  check.no_overlap("y", out.y, "x", in.x).no_overlap("y", out.y, "w_ih", in.w_ih).no_overlap("y", out.y, "w_hh", in.w_hh);
+  check.no_overlap("y", out.y, "b_ih", in.b_ih).no_overlap("y", out.y, "b_hh", in.b_hh);
+  check.no_overlap("y", out.y, "initial_state", in.initial_state).no_overlap("y", out.y, "final_state", out.final_state);
+  // final_state is written last, so it may be initial_state itself, but not overlap it otherwise.
+  if (out.final_state.data() != in.initial_state.data() || out.final_state.strides() != in.initial_state.strides())
+    check.no_overlap("final_state", out.final_state, "initial_state", in.initial_state);
+  check.no_overlap("final_state", out.final_state, "x", in.x).no_overlap("final_state", out.final_state, "w_hh", in.w_hh);
+  check.no_overlap("final_state", out.final_state, "w_ih", in.w_ih);
+  return d;
+}
+
+template <class Cell>
+RnnDims validate_rnn_step(const ArgCheck& check, const RnnStepInputs& in, const RnnStepOutputs& out,
+                          const RnnOptions& options) {
+  constexpr index_t S = Cell::kStates;
+  check.shape("x", in.x, std::array<index_t, 2>{-1, -1}, "B,I");
+  const index_t B = in.x.size(0);
+  const RnnDims d = validate_rnn_weights<Cell>(check, B, 1, in.x.size(1), in.w_ih, in.w_hh, in.b_ih, in.b_hh, options);
+  check.shape("state", out.state, std::array<index_t, 3>{B, S, d.H}, "B,S,H");
+  check.shape("y", out.y, std::array<index_t, 2>{B, d.H}, "B,H");
+  check.no_overlap("y", out.y, "x", in.x).no_overlap("y", out.y, "state", out.state);
+  check.no_overlap("y", out.y, "w_ih", in.w_ih).no_overlap("y", out.y, "w_hh", in.w_hh);
+  check.no_overlap("state", out.state, "x", in.x).no_overlap("state", out.state, "w_ih", in.w_ih);
+  check.no_overlap("state", out.state, "w_hh", in.w_hh);
+  check.no_overlap("y", out.y, "b_ih", in.b_ih).no_overlap("y", out.y, "b_hh", in.b_hh);
+  check.no_overlap("state", out.state, "b_ih", in.b_ih).no_overlap("state", out.state, "b_hh", in.b_hh);
+  return d;
+}
+
+// The definition, one batch row at a time, token by token, with double accumulators. `Cell`
+// provides kGates, kStates and update(ax, ah, s): s = (h, ...) updated in place from the gate
+// pre-activations ax (input side) and ah (recurrent side) of one unit.
+template <class Cell>
+void rnn_reference(const char* op, const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options) {
+  constexpr index_t G = Cell::kGates, S = Cell::kStates;
+  const ArgCheck check(op);
+  const RnnDims d = validate_rnn<Cell>(check, in, out, options);
+  const index_t H = d.H, Dh = d.Dh;
+  std::vector<float> state(static_cast<std::size_t>(S * H)), h_prev(static_cast<std::size_t>(H));
+  for (index_t b = 0; b < d.B; ++b) {
+    for (index_t k = 0; k < S; ++k)
+      for (index_t j = 0; j < H; ++j) state[k * H + j] = in.initial_state.has_value() ? in.initial_state(b, k, j) : 0.f;
+    for (index_t t = 0; t < d.T; ++t) {
+      for (index_t j = 0; j < H; ++j) h_prev[j] = state[j];
+      for (index_t j = 0; j < H; ++j) {
+        float ax[G], ah[G], s[S];
+        const index_t head0 = (j / Dh) * Dh;  // first h unit of j's head
+        for (index_t g = 0; g < G; ++g) {
+          const index_t row = g * H + j;
+          double a = in.b_ih.has_value() ? in.b_ih(row) : 0.0;
+          if (in.w_ih.has_value()) {
+            for (index_t i = 0; i < d.I; ++i) a += double(in.w_ih(row, i)) * in.x(b, t, i);
+          } else {
+            a += in.x(b, t, row);
+          }
+          double r = in.b_hh.has_value() ? in.b_hh(row) : 0.0;
+          for (index_t k = 0; k < Dh; ++k) r += double(in.w_hh(row, k)) * h_prev[head0 + k];
+          ax[g] = static_cast<float>(a), ah[g] = static_cast<float>(r);
+        }
+        for (index_t k = 0; k < S; ++k) s[k] = state[k * H + j];
+        Cell::update(ax, ah, s);
+        for (index_t k = 0; k < S; ++k) state[k * H + j] = s[k];
+        out.y(b, t, j) = s[0];
+      }
+    }
+    if (out.final_state.has_value())
+      for (index_t k = 0; k < S; ++k)
+        for (index_t j = 0; j < H; ++j) out.final_state(b, k, j) = state[k * H + j];
+  }
+}
+
+}  // namespace detail
+}  // namespace seqmix
