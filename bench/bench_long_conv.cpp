@@ -5,6 +5,10 @@
 //   long_conv/auto/D768_T<T>_L<L>           the automatic choice (should track the cheaper one)
 //   long_conv/reference/D768_T256_L256      the reference (double loops), the baseline
 //   long_conv/step/D768_L<L>                one decode step against an L-1 row state
+//   ssm_kernel/prefill/H768_N64_T16384     S4D kernel generation (complex diagonal A, ZOH), GFLOP/s at
+//                                          8 flops per (l, h, n): a complex multiply and a complex FMA
+//   ssm_kernel/reference/H16_N64_T1024     the double Vandermonde loop, the baseline
+//   ssm_kernel/step/B1_H768_N64            one recurrent decode step
 // The crossover: short filters (L = 16, 64, 256 at T = 4096) and L = T at every T.
 // GFLOP/s counts each form's own work: direct 2 * D * sum_t min(L, t+1); FFT 3 real transforms of
 // N per channel at 2.5 N log2 N each plus the product, 6 (N/2+1) per channel. GB/s: u read, y
@@ -76,6 +80,38 @@ void step(benchmark::State& state, index_t L) {
   st::report_throughput(state, 2.0 * L * kD, 4.0 * 3.0 * L * kD);
 }
 
+void kernel(benchmark::State& state, index_t H, index_t N, index_t T, bool reference) {
+  Tensor<float, 2> A_real({H, N}), A_imag({H, N}), k({T, H});
+  seqmix::ssm_init_diagonal(seqmix::SsmInit::s4d_lin, A_real.view(), A_imag.view());
+  const Tensor<float, 2> B = st::random_tensor<2>({H, N}, 1), C_re = st::random_tensor<2>({H, N}, 2),
+                         C_im = st::random_tensor<2>({H, N}, 3);
+  const Tensor<float, 1> dt = st::random_tensor<1>({H}, 4, 0.001f, 0.1f);
+  const seqmix::SsmParams p{A_real.view(), A_imag.view(), B.view(), {}, C_re.view(), C_im.view(), dt.view()};
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::ssm_kernel(p, k.view());
+    else
+      seqmix::ssm_kernel(p, k.view(), {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(k.data());
+  }
+  st::report_throughput(state, 8.0 * T * H * N, 4.0 * T * H);
+}
+
+void ssm_step(benchmark::State& state, index_t H, index_t N) {
+  const Tensor<float, 2> u = st::random_tensor<2>({1, H}, 1), C = st::random_tensor<2>({H, N}, 2);
+  const Tensor<float, 2> Ar = st::random_tensor<2>({H, N}, 3, 0.5f, 0.9f), Ai = st::random_tensor<2>({H, N}, 4, -0.1f, 0.1f),
+                         Br = st::random_tensor<2>({H, N}, 5), Bi = st::random_tensor<2>({H, N}, 6);
+  Tensor<float, 3> xr({1, H, N}), xi({1, H, N});
+  Tensor<float, 2> y({1, H});
+  for (auto _ : state) {
+    seqmix::ssm_step({u.view(), Ar.view(), Ai.view(), Br.view(), Bi.view(), C.view()}, {y.view(), xr.view(), xi.view()},
+                     {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  // Reads the system (5 planes) and the state, writes the state.
+  st::report_throughput(state, 10.0 * H * N, 4.0 * 9.0 * H * N);
+}
+
 void register_all() {
   const auto add = [](const std::string& name, auto fn) {
     benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -97,6 +133,11 @@ void register_all() {
                                  [=](benchmark::State& s) { step(s, L); })
         ->UseRealTime()
         ->Unit(benchmark::kMicrosecond);
+  add("ssm_kernel/prefill/H768_N64_T16384", [](benchmark::State& s) { kernel(s, 768, 64, 16384, false); });
+  add("ssm_kernel/reference/H16_N64_T1024", [](benchmark::State& s) { kernel(s, 16, 64, 1024, true); });
+  benchmark::RegisterBenchmark("ssm_kernel/step/B1_H768_N64", [](benchmark::State& s) { ssm_step(s, 768, 64); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
 }
 
 const int kRegistered = (register_all(), 0);

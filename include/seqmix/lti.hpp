@@ -8,3 +8,6 @@
 #include "seqmix/lti/long_conv/fft.hpp"
 #include "seqmix/lti/long_conv/reference.hpp"
 #include "seqmix/lti/long_conv/step.hpp"
+#include "seqmix/lti/ssm_kernel/kernel.hpp"
+#include "seqmix/lti/ssm_kernel/reference.hpp"
+#include "seqmix/lti/ssm_kernel/step.hpp"
