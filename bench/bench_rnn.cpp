@@ -11,6 +11,10 @@
 //                                        block-diagonal recurrence, pre-activation input as xLSTM
 //                                        feeds it)
 //   lstm/reference/H256_T256_B1          the reference (baseline), beside lstm/prefill on it
+//   mlstm/<chunked|recurrent>/NH8_D256_T4096_B1, mlstm/step/NH8_D256_B1, mlstm/reference/NH8_D256_T256_B1
+//                                        xLSTM-7B-like heads (8 x 256, K = V); GFLOP/s counts the
+//                                        recurrence's 4*DK*DV per token and head for every form,
+//                                        so the figures compare speeds
 // GFLOP/s = 2 * B * T * G * H * (I + H/heads) / time (the two matrix products; the elementwise
 // update is not counted), eff against the machine's measured fp32 FMA peak. The recurrence of
 // a single sequence (B = 1) is a chain of T matrix-vector products: it streams W_hh (16 MiB at
@@ -102,6 +106,52 @@ void register_all() {
         ->Unit(benchmark::kMillisecond);
 }
 
-const int kRegistered = (register_all(), 0);
+struct MlstmShape {
+  std::string name;
+  index_t B, T, NH, D;
+  int form;  // 0 chunked, 1 recurrent, 2 step, 3 reference
+};
+
+void run_mlstm(benchmark::State& state, const MlstmShape& s) {
+  const index_t T = s.form == 2 ? 1 : s.T;
+  const Tensor<float, 4> q = st::random_tensor<4>({s.B, T, s.NH, s.D}, 1), k = st::random_tensor<4>({s.B, T, s.NH, s.D}, 2);
+  const Tensor<float, 4> v = st::random_tensor<4>({s.B, T, s.NH, s.D}, 3);
+  const Tensor<float, 3> i = st::random_tensor<3>({s.B, T, s.NH}, 4, -3.f, 3.f), f = st::random_tensor<3>({s.B, T, s.NH}, 5, 0.f, 6.f);
+  Tensor<float, 4> h({s.B, T, s.NH, s.D}), c({s.B, s.NH, s.D, s.D});
+  Tensor<float, 3> n({s.B, s.NH, s.D});
+  Tensor<float, 2> m({s.B, s.NH});
+  const seqmix::MlstmInputs in{q.cview(), k.cview(), v.cview(), i.cview(), f.cview()};
+  seqmix::MlstmOptions options;
+  if (s.form == 1) options.algorithm = seqmix::MlstmAlgorithm::recurrent;
+  const seqmix::MlstmStepInputs si{q.cview().select(1, 0), k.cview().select(1, 0), v.cview().select(1, 0),
+                                   i.cview().select(1, 0), f.cview().select(1, 0)};
+  for (auto _ : state) {
+    if (s.form == 2)
+      seqmix::mlstm_step(si, {h.view().select(1, 0), c.view(), n.view(), m.view()}, options, st::two_thread_pool());
+    else if (s.form == 3)
+      seqmix::reference::mlstm(in, {h.view(), c.view(), n.view(), m.view()}, options);
+    else
+      seqmix::mlstm(in, {h.view(), c.view(), n.view(), m.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(h.data());
+    benchmark::ClobberMemory();
+  }
+  // The state (C) is read and written once per token in the recurrent forms.
+  st::report_throughput(state, 4.0 * static_cast<double>(s.B * T * s.NH * s.D * s.D),
+                        s.form == 0 ? 0.0 : 2.0 * static_cast<double>(s.B * T * s.NH * s.D * s.D) * sizeof(float));
+}
+
+void register_mlstm() {
+  const MlstmShape shapes[] = {{"mlstm/chunked/NH8_D256_T4096_B1", 1, 4096, 8, 256, 0},
+                               {"mlstm/recurrent/NH8_D256_T4096_B1", 1, 4096, 8, 256, 1},
+                               {"mlstm/step/NH8_D256_B1", 1, 1, 8, 256, 2},
+                               {"mlstm/chunked/NH8_D256_T256_B1", 1, 256, 8, 256, 0},
+                               {"mlstm/reference/NH8_D256_T256_B1", 1, 256, 8, 256, 3}};
+  for (const MlstmShape& s : shapes)
+    benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_mlstm(st_, s); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+const int kRegistered = (register_all(), register_mlstm(), 0);
 
 }  // namespace

@@ -1,5 +1,5 @@
 // Nonlinear recurrent cells (docs/operators.md, "Recurrent cells"): lstm and gru (PyTorch's
-// cells), slstm (xLSTM). Each operator's folder under seqmix/rnn/ holds its reference, fast
+// cells), slstm and mlstm (xLSTM). Each operator's folder under seqmix/rnn/ holds its reference, fast
 // prefill and decode step; the shared interface is seqmix/rnn/common.hpp.
 #pragma once
 
@@ -11,6 +11,9 @@
 #include "seqmix/rnn/lstm/fast.hpp"
 #include "seqmix/rnn/lstm/reference.hpp"
 #include "seqmix/rnn/lstm/step.hpp"
+#include "seqmix/rnn/mlstm/chunked.hpp"
+#include "seqmix/rnn/mlstm/reference.hpp"
+#include "seqmix/rnn/mlstm/step.hpp"
 #include "seqmix/rnn/slstm/fast.hpp"
 #include "seqmix/rnn/slstm/reference.hpp"
 #include "seqmix/rnn/slstm/step.hpp"
