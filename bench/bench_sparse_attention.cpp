@@ -8,6 +8,10 @@
 //                               computing them (_means_computed, which reads all of K), beside
 //                               attention/decode/<shape> (dense split-KV decode)
 //   moba/prefill/..._reference  reference::moba on a small shape, beside moba/prefill on it
+//   nsa/prefill/<shape>         seqmix::nsa with the paper's settings (l = 32, d = 16, l' = 64,
+//                               top_n = 16, window 512), random gates, fp32
+//   nsa/decode/<shape>          seqmix::nsa_step on the fp16 cache, with the caller's kept
+//                               compressed K/V (fp32) or pooling them (_compression_computed)
 // GFLOP/s count the pairs each form computes (moba: (own part + top_k * block) keys per query,
 // dense: the causal triangle), so time is the comparison between forms; decode GB/s count the
 // K/V bytes each form reads.
@@ -23,6 +27,8 @@
 #include "seqmix/attention/moba/fast.hpp"
 #include "seqmix/attention/moba/reference.hpp"
 #include "seqmix/attention/moba/step.hpp"
+#include "seqmix/attention/nsa/fast.hpp"
+#include "seqmix/attention/nsa/step.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix_testing/bench_counters.hpp"
@@ -124,6 +130,58 @@ void decode(benchmark::State& state, index_t Tk, Form form, bool kept_means) {
   st::report_gbytes(state, rows * 2 * kD * sizeof(seqmix::f16));
 }
 
+
+// NSA's problem: the MoBA problem's tensors plus gates and the compressed K/V.
+template <class KV>
+struct NsaProblem : Problem<KV> {
+  Tensor<float, 4> gates, ck, cv;
+  seqmix::NsaOptions options;
+  NsaProblem(index_t Tq, index_t Tk)
+      : Problem<KV>(Tq, Tk, kBlock),
+        gates(st::random_tensor<4>({1, Tq, kHq, 3}, 4, 0.f, 1.f)),
+        ck({1, seqmix::nsa_compressed_blocks(Tk, seqmix::NsaOptions{}), kHkv, kD}),
+        cv({1, seqmix::nsa_compressed_blocks(Tk, seqmix::NsaOptions{}), kHkv, kD}) {
+    seqmix::nsa_compress(this->k.cview(), this->v.cview(), ck.view(), cv.view(), options, pool());
+  }
+  seqmix::NsaInputs<KV> inputs(bool kept) const {
+    seqmix::NsaInputs<KV> in;
+    in.q = this->q.cview(), in.k = this->k.cview(), in.v = this->v.cview(), in.gates = gates.cview();
+    if (kept) in.compressed_k = ck.cview(), in.compressed_v = cv.cview();
+    return in;
+  }
+};
+
+// Pairs per query NSA computes (compressed blocks, selected keys, window), summed over T queries.
+double nsa_pairs(index_t T, const seqmix::NsaOptions& o) {
+  double pairs = 0;
+  for (index_t i = 0; i < T; ++i)
+    pairs += static_cast<double>(seqmix::nsa_compressed_blocks(i + 1, o) +
+                                 std::min(i + 1, o.top_n * o.select_block) + std::min(i + 1, o.window));
+  return pairs;
+}
+
+void nsa_prefill(benchmark::State& state, index_t T) {
+  NsaProblem<float> p(T, T);
+  for (auto _ : state) {
+    seqmix::nsa(p.inputs(false), p.o.view(), p.options, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  st::report_gflops(state, 4.0 * kHq * kD * nsa_pairs(T, p.options));
+}
+
+void nsa_decode(benchmark::State& state, index_t Tk, bool kept) {
+  NsaProblem<seqmix::f16> p(1, Tk);
+  for (auto _ : state) {
+    seqmix::nsa_step(p.inputs(kept), p.o.view(), p.options, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  const seqmix::NsaOptions& o = p.options;
+  const double rows = static_cast<double>((o.top_n * o.select_block + o.window) * kHkv);
+  const double compressed = static_cast<double>(seqmix::nsa_compressed_blocks(Tk, o) * kHkv) * 2 * kD * sizeof(float);
+  st::report_gbytes(state, rows * 2 * kD * sizeof(seqmix::f16) + compressed +
+                               (kept ? 0.0 : static_cast<double>(Tk * kHkv) * 2 * kD * sizeof(seqmix::f16)));
+}
+
 const bool registered = [] {
   const auto add = [](const std::string& name, auto fn) {
     return benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -139,6 +197,10 @@ const bool registered = [] {
       [=](benchmark::State& s) { decode(s, Tk, Form::moba, false); });
   add("attention/decode/" + shape + "_Tk" + std::to_string(Tk) + "_f16_dense",
       [=](benchmark::State& s) { decode(s, Tk, Form::dense, false); });
+  add("nsa/prefill/" + shape + "_T" + std::to_string(T), [=](benchmark::State& s) { nsa_prefill(s, T); });
+  add("nsa/decode/" + shape + "_Tk" + std::to_string(Tk) + "_f16", [=](benchmark::State& s) { nsa_decode(s, Tk, true); });
+  add("nsa/decode/" + shape + "_Tk" + std::to_string(Tk) + "_f16_compression_computed",
+      [=](benchmark::State& s) { nsa_decode(s, Tk, false); });
   add("moba/prefill/" + shape + "_T512_block64", [](benchmark::State& s) { prefill(s, 512, 64, Form::moba); });
   add("moba/prefill/" + shape + "_T512_block64_reference",
       [](benchmark::State& s) { prefill(s, 512, 64, Form::moba_reference); });

@@ -28,7 +28,12 @@
 #include "seqmix/attention/topk/reference.hpp"
 #include "seqmix/attention/topk/selectors.hpp"
 
-// Content-based sparse attention: MoBA (mixture of block attention).
+// Content-based sparse attention: MoBA (mixture of block attention), NSA (native sparse
+// attention), on the kernel for gathered queries over one key block.
+#include "seqmix/attention/block_sparse/gathered.hpp"
 #include "seqmix/attention/moba/fast.hpp"
 #include "seqmix/attention/moba/reference.hpp"
 #include "seqmix/attention/moba/step.hpp"
+#include "seqmix/attention/nsa/fast.hpp"
+#include "seqmix/attention/nsa/reference.hpp"
+#include "seqmix/attention/nsa/step.hpp"

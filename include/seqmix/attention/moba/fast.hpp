@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "seqmix/attention/block_sparse/fast.hpp"  // append_key_tiles
+#include "seqmix/attention/block_sparse/gathered.hpp"
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/moba/reference.hpp"
 
@@ -34,24 +35,6 @@ struct MobaTask {
   bool own;
   index_t g, n, i0, count;
   double cost;
-};
-
-// Per-thread scratch of moba's prefill: the flash scratch and the gathered Q / o / lse tiles.
-struct MobaScratch {
-  std::unique_ptr<FlashScratch> flash;
-  std::array<index_t, 3> sized{};
-  AlignedVector<float> q, o, lse;
-  MobaScratch& fit(index_t rows, index_t Dk, index_t Dv) {
-    const std::array<index_t, 3> need{rows, Dk, Dv};
-    if (!flash || sized != need) {
-      flash = std::make_unique<FlashScratch>(rows, Dk, round_up(Dk, simd::kWidth), round_up(Dv, simd::kWidth));
-      q.resize(static_cast<std::size_t>(rows * Dk));
-      o.resize(static_cast<std::size_t>(rows * Dv));
-      lse.resize(static_cast<std::size_t>(rows));
-      sized = need;
-    }
-    return *this;
-  }
 };
 
 }  // namespace detail
@@ -144,8 +127,8 @@ void moba(const MobaInputs<KV>& in, const AttentionOutputs& out, const MobaOptio
       const AttentionOutputs own_out{out.o, own_lse.view()};
       executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
         const MobaTask& task = tasks[static_cast<std::size_t>(t)];
-        thread_local MobaScratch scratch;
-        MobaScratch& w = scratch.fit(rows, d.Dk, d.Dv);
+        thread_local GatheredScratch scratch;
+        GatheredScratch& w = scratch.fit(rows, d.Dk, d.Dv);
         if (task.own) {
           const index_t last = d.Tk - d.Tq + task.i0 + task.count;  // one past the last query's position
           flash_block(dense, own_out, causal, d, scale, b, hk, task.i0, task.count, *w.flash,
@@ -156,22 +139,10 @@ void moba(const MobaInputs<KV>& in, const AttentionOutputs& out, const MobaOptio
                       });
           return;
         }
-        const index_t h = h0 + task.g, count = task.count;
-        for (index_t r = 0; r < count; ++r)
-          kv_row_to_float(in.q.ptr(b, entry_query[static_cast<std::size_t>(task.i0 + r)], h), in.q.stride(3), d.Dk,
-                          w.q.data() + r * d.Dk);
-        AttentionInputs<KV> gathered;
-        gathered.q = ConstView<float, 4>(w.q.data(), {1, count, 1, d.Dk});
-        gathered.k = in.k.slice(0, b, 1).slice(2, hk, 1);
-        gathered.v = in.v.slice(0, b, 1).slice(2, hk, 1);
-        const AttentionOutputs gathered_out{TensorView<float, 4>(w.o.data(), {1, count, 1, d.Dv}),
-                                            TensorView<float, 3>(w.lse.data(), {1, count, 1})};
-        const AttentionDims gd{1, count, d.Tk, 1, 1, d.Dk, d.Dv};
-        flash_block(gathered, gathered_out, open, gd, scale, 0, 0, 0, count, *w.flash, [&](const index_t*, index_t) {
-          std::vector<KeyTile> tiles;
-          append_key_tiles(task.n * bs, std::min((task.n + 1) * bs, d.Tk), tiles);
-          return tiles;
-        });
+        const index_t count = task.count;
+        // Chosen blocks are wholly before the query's own block: no causal rule needed.
+        gathered_block_attention(dense, b, hk, h0 + task.g, 1, entry_query.data() + task.i0, count, task.n * bs,
+                                 std::min((task.n + 1) * bs, d.Tk), open, scale, w);
         for (index_t r = 0; r < count; ++r) {
           const auto at = static_cast<std::size_t>(task.i0 + r);
           const index_t i = entry_query[at], e = entry_slot[at];
@@ -183,35 +154,9 @@ void moba(const MobaInputs<KV>& in, const AttentionOutputs& out, const MobaOptio
       parallel_for(executor, d.Tq * G, 64, [&](index_t first, index_t last) {
         for (index_t r = first; r < last; ++r) {
           const index_t g = r % G, i = r / G, h = h0 + g;
-          float top = own_lse(b, i, h);
-          bool nan = std::isnan(top);
-          for (index_t e = 0; e < K; ++e) {
-            const float l = part_lse(i, g, e);
-            nan = nan || std::isnan(l);
-            top = std::max(top, l);
-          }
-          float* o = out.o.ptr(b, i, h);
-          const index_t os = out.o.stride(3);
-          if (nan || top == kMinusInf) {  // no key at all cannot happen (own key); NaN spreads
-            const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.f;
-            for (index_t c = 0; c < d.Dv; ++c) o[c * os] = fill;
-            if (out.lse.has_value()) out.lse(b, i, h) = nan ? fill : kMinusInf;
-            continue;
-          }
-          const float w_own = std::exp(own_lse(b, i, h) - top);
-          float total = w_own;
-          for (index_t c = 0; c < d.Dv; ++c) o[c * os] *= w_own;
-          for (index_t e = 0; e < K; ++e) {
-            const float l = part_lse(i, g, e);
-            if (l == kMinusInf) continue;
-            const float wp = std::exp(l - top);
-            total += wp;
-            const float* p = part_o.view().ptr(i, g, e);
-            for (index_t c = 0; c < d.Dv; ++c) o[c * os] += wp * p[c];
-          }
-          const float inv = 1.f / total;
-          for (index_t c = 0; c < d.Dv; ++c) o[c * os] *= inv;
-          if (out.lse.has_value()) out.lse(b, i, h) = top + std::log(total);
+          const float lse = merge_partial_rows(out.o.ptr(b, i, h), out.o.stride(3), own_lse(b, i, h),
+                                               part_o.view().ptr(i, g, 0), part_lse.view().ptr(i, g), K, d.Dv);
+          if (out.lse.has_value()) out.lse(b, i, h) = lse;
         }
       });
     }
