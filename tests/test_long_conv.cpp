@@ -130,7 +130,9 @@ TEST_CASE("long_conv: the cost model picks direct for short filters and FFT for 
     return seqmix::long_conv_method({u.view(), h.view()}, {y.view()});
   };
   CHECK(method(4096, 4) == LongConvMethod::direct);
-  CHECK(method(1024, 1024) == LongConvMethod::direct);
+  CHECK(method(4096, 32) == LongConvMethod::direct);
+  CHECK(method(4096, 1024) == LongConvMethod::fft);
+  CHECK(method(1024, 1024) == LongConvMethod::fft);
   CHECK(method(16384, 16384) == LongConvMethod::fft);
   CHECK(method(65536, 65536) == LongConvMethod::fft);
 }
