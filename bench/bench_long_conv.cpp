@@ -9,6 +9,9 @@
 //                                          8 flops per (l, h, n): a complex multiply and a complex FMA
 //   ssm_kernel/reference/H16_N64_T1024     the double Vandermonde loop, the baseline
 //   ssm_kernel/step/B1_H768_N64            one recurrent decode step
+//   s5/prefill/T4096_H512_P256             S5 prefill (GEMMs + associative scan), GFLOP/s counting the
+//                                          two complex projections, 16 T H P flops
+//   s5/step/B1_H512_P256                   one decode step
 // The crossover: short filters (L = 16, 64, 256 at T = 4096) and L = T at every T.
 // GFLOP/s counts each form's own work: direct 2 * D * sum_t min(L, t+1); FFT 3 real transforms of
 // N per channel at 2.5 N log2 N each plus the product, 6 (N/2+1) per channel. GB/s: u read, y
@@ -112,6 +115,26 @@ void ssm_step(benchmark::State& state, index_t H, index_t N) {
   st::report_throughput(state, 10.0 * H * N, 4.0 * 9.0 * H * N);
 }
 
+void s5(benchmark::State& state, index_t T, index_t H, index_t P, bool step) {
+  const Tensor<float, 1> L_re = st::random_tensor<1>({P}, 1, -1.f, -0.1f), L_im = st::random_tensor<1>({P}, 2),
+                         dt = st::random_tensor<1>({P}, 3, 0.001f, 0.1f);
+  const Tensor<float, 2> B_re = st::random_tensor<2>({P, H}, 4), B_im = st::random_tensor<2>({P, H}, 5),
+                         C_re = st::random_tensor<2>({H, P}, 6), C_im = st::random_tensor<2>({H, P}, 7);
+  const seqmix::S5Params p{L_re.view(), L_im.view(), B_re.view(), B_im.view(), C_re.view(), C_im.view(), dt.view()};
+  const Tensor<float, 3> u = st::random_tensor<3>({1, T, H}, 8);
+  Tensor<float, 3> y({1, T, H});
+  Tensor<float, 2> s_re({1, P}), s_im({1, P});
+  for (auto _ : state) {
+    if (step)
+      seqmix::s5_step(p, {u.view().select(1, 0)}, {y.view().select(1, 0), s_re.view(), s_im.view()});
+    else
+      seqmix::s5(p, {u.view()}, {y.view()}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double tokens = step ? 1.0 : static_cast<double>(T);
+  st::report_throughput(state, 16.0 * tokens * H * P, 4.0 * (2.0 * tokens * H + 4.0 * H * P));
+}
+
 void register_all() {
   const auto add = [](const std::string& name, auto fn) {
     benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -133,6 +156,10 @@ void register_all() {
                                  [=](benchmark::State& s) { step(s, L); })
         ->UseRealTime()
         ->Unit(benchmark::kMicrosecond);
+  add("s5/prefill/T4096_H512_P256", [](benchmark::State& s) { s5(s, 4096, 512, 256, false); });
+  benchmark::RegisterBenchmark("s5/step/B1_H512_P256", [](benchmark::State& s) { s5(s, 1, 512, 256, true); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
   add("ssm_kernel/prefill/H768_N64_T16384", [](benchmark::State& s) { kernel(s, 768, 64, 16384, false); });
   add("ssm_kernel/reference/H16_N64_T1024", [](benchmark::State& s) { kernel(s, 16, 64, 1024, true); });
   benchmark::RegisterBenchmark("ssm_kernel/step/B1_H768_N64", [](benchmark::State& s) { ssm_step(s, 768, 64); })

@@ -11,3 +11,6 @@
 #include "seqmix/lti/ssm_kernel/kernel.hpp"
 #include "seqmix/lti/ssm_kernel/reference.hpp"
 #include "seqmix/lti/ssm_kernel/step.hpp"
+#include "seqmix/lti/s5/reference.hpp"
+#include "seqmix/lti/s5/scan.hpp"
+#include "seqmix/lti/s5/step.hpp"

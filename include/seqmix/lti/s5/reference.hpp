@@ -1,0 +1,210 @@
+// s5: the simplified structured state space layer (S5, issue 16 item 3): one complex diagonal
+// MIMO state space per layer, shared by all H channels.
+//
+// This header holds the argument structs, validation, the discretization shared by every form
+// and the readable definition (seqmix::reference::s5, the recurrence in double). The fast
+// prefill (projections as GEMMs, the recurrence as core/scan's associative scan over the complex
+// affine monoid) is in scan.hpp, the decode step in step.hpp.
+//
+//   u [B,T,H]; Lambda [P] complex (Re < 0); B [P,H], C [H,P] complex; dt [P] > 0; D [H]
+//   ZOH:      Lambda_bar = exp(dt Lambda),  B_bar = (Lambda_bar - 1) / Lambda * B      (row p)
+//   bilinear: Lambda_bar = (1 + dt Lambda/2)/(1 - dt Lambda/2),  B_bar = dt/(1 - dt Lambda/2) B
+//   x_t = Lambda_bar x_{t-1} + B_bar u_t      (x_{-1} = initial_state or 0)
+//   y_t = c Re(C x_t) + D u_t                 (c = 2 with conjugate pairs, else 1)
+#pragma once
+
+#include <cmath>
+#include <complex>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/batch.hpp"
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/lti/ssm_kernel/reference.hpp"
+
+namespace seqmix {
+
+/// The S5 layer's parameters. Complex values are two planes; empty imaginary planes are zero.
+struct S5Params {
+  ConstView<float, 1> Lambda_real;       ///< [P], must be < 0 (stable)
+  ConstView<float, 1> Lambda_imag = {};  ///< [P], optional
+  ConstView<float, 2> B_real;            ///< [P,H]
+  ConstView<float, 2> B_imag = {};       ///< [P,H], optional
+  ConstView<float, 2> C_real;            ///< [H,P]
+  ConstView<float, 2> C_imag = {};       ///< [H,P], optional
+  ConstView<float, 1> dt;                ///< [P], > 0 (S5 learns a step per state)
+  ConstView<float, 1> D = {};            ///< [H], optional feedthrough
+};
+
+/// Prefill inputs.
+struct S5Inputs {
+  ConstView<float, 3> u;                      ///< [B,T,H]
+  ConstView<float, 2> initial_state_real = {}; ///< [B,P], optional (zero)
+  ConstView<float, 2> initial_state_imag = {}; ///< [B,P], optional (zero)
+};
+
+/// Prefill outputs. y must overlap no input; the final state may be the very initial state.
+struct S5Outputs {
+  TensorView<float, 3> y;                      ///< [B,T,H]
+  TensorView<float, 2> final_state_real = {};  ///< [B,P], optional (given with final_state_imag)
+  TensorView<float, 2> final_state_imag = {};  ///< [B,P], optional
+};
+
+namespace detail {
+
+struct S5Dims {
+  index_t B, T, H, P;
+};
+
+// The discretized system in double: Lambda_bar [P] and B_bar [P,H].
+struct S5Discrete {
+  std::vector<SsmComplex> Lambda_bar;  // [P]
+  std::vector<SsmComplex> B_bar;       // [P*H], row p
+};
+
+inline SsmComplex s5_value(const ConstView<float, 1>& re, const ConstView<float, 1>& im, index_t i) {
+  return {double(re(i)), im.has_value() ? double(im(i)) : 0.0};
+}
+
+// Shapes, finiteness, stability of the parameters (shared by prefill and step).
+inline S5Dims validate_s5_params(const ArgCheck& check, const S5Params& p, index_t H, const SsmKernelOptions& options) {
+  check.enum_value("options.discretization", options.discretization, 2)
+      .enum_value("options.symmetry", options.symmetry, 2);
+  check.shape("Lambda_real", p.Lambda_real, {-1}, "P");
+  const index_t P = p.Lambda_real.size(0);
+  check.optional_shape("Lambda_imag", p.Lambda_imag, {P}, "P")
+      .shape("B_real", p.B_real, {P, H}, "P,H")
+      .optional_shape("B_imag", p.B_imag, {P, H}, "P,H")
+      .shape("C_real", p.C_real, {H, P}, "H,P")
+      .optional_shape("C_imag", p.C_imag, {H, P}, "H,P")
+      .shape("dt", p.dt, {P}, "P")
+      .optional_shape("D", p.D, {H}, "H");
+  const std::pair<const char*, ConstView<float, 2>> planes[] = {
+      {"B_real", p.B_real}, {"B_imag", p.B_imag}, {"C_real", p.C_real}, {"C_imag", p.C_imag}};
+  for (const auto& plane : planes)
+    if (plane.second.has_value()) ssm_check_finite(check, plane.first, plane.second);
+  const std::pair<const char*, ConstView<float, 1>> vectors[] = {{"Lambda_imag", p.Lambda_imag}, {"D", p.D}};
+  for (const auto& v : vectors)
+    for (index_t i = 0; i < v.second.size(0) && v.second.has_value(); ++i)
+      if (!std::isfinite(v.second(i)))
+        check.fail(v.first, "must be finite, element [" + std::to_string(i) + "] is " + std::to_string(v.second(i)));
+  for (index_t i = 0; i < P; ++i) {
+    if (!(p.Lambda_real(i) < 0.f))
+      check.fail("Lambda_real", "must be < 0 (a stable system: Re(lambda) < 0), element [" + std::to_string(i) +
+                                    "] is " + std::to_string(p.Lambda_real(i)));
+    if (!(p.dt(i) > 0.f) || !std::isfinite(p.dt(i)))
+      check.fail("dt", "must be finite and > 0, element [" + std::to_string(i) + "] is " + std::to_string(p.dt(i)));
+  }
+  return {0, 0, H, P};
+}
+
+inline S5Dims validate_s5(const char* op, const S5Params& p, const S5Inputs& in, const S5Outputs& out,
+                          const SsmKernelOptions& options) {
+  const ArgCheck check(op);
+  check.shape("u", in.u, {-1, -1, -1}, "B,T,H");
+  const index_t B = in.u.size(0), T = in.u.size(1), H = in.u.size(2);
+  S5Dims dims = validate_s5_params(check, p, H, options);
+  dims.B = B, dims.T = T;
+  const index_t P = dims.P;
+  check.optional_shape("initial_state_real", in.initial_state_real, {B, P}, "B,P")
+      .optional_shape("initial_state_imag", in.initial_state_imag, {B, P}, "B,P")
+      .shape("y", out.y, {B, T, H}, "B,T,H")
+      .optional_shape("final_state_real", out.final_state_real, {B, P}, "B,P")
+      .optional_shape("final_state_imag", out.final_state_imag, {B, P}, "B,P");
+  if (out.final_state_real.has_value() != out.final_state_imag.has_value())
+    check.fail(out.final_state_real.has_value() ? "final_state_imag" : "final_state_real",
+               "must be given with its other plane");
+  if (in.initial_state_imag.has_value() && !in.initial_state_real.has_value())
+    check.fail("initial_state_real", "must be given with initial_state_imag");
+  const auto inputs = [&](const char* name, const auto& o) {
+    const std::pair<const char*, ConstView<float, 2>> views[] = {{"B_real", p.B_real}, {"B_imag", p.B_imag},
+                                                                 {"C_real", p.C_real}, {"C_imag", p.C_imag}};
+    for (const auto& v : views)
+      if (views_overlap(o, v.second)) check.fail(name, std::string("overlaps input '") + v.first + "'");
+    if (views_overlap(o, in.u)) check.fail(name, "overlaps input 'u'");
+  };
+  inputs("y", out.y);
+  inputs("final_state_real", out.final_state_real);
+  inputs("final_state_imag", out.final_state_imag);
+  if (views_overlap(out.y, in.initial_state_real) || views_overlap(out.y, in.initial_state_imag))
+    check.fail("y", "overlaps the initial state");
+  if (views_overlap(out.final_state_real, out.final_state_imag) || views_overlap(out.final_state_real, out.y) ||
+      views_overlap(out.final_state_imag, out.y))
+    check.fail("final_state_real", "overlaps another output");
+  return dims;
+}
+
+inline S5Discrete s5_discretize(const S5Params& p, index_t H, const SsmKernelOptions& options) {
+  const index_t P = p.Lambda_real.size(0);
+  S5Discrete d;
+  d.Lambda_bar.resize(static_cast<std::size_t>(P));
+  d.B_bar.resize(static_cast<std::size_t>(P * H));
+  for (index_t i = 0; i < P; ++i) {
+    const SsmComplex lambda = s5_value(p.Lambda_real, p.Lambda_imag, i);
+    const double dt = p.dt(i);
+    SsmComplex A_bar, factor;
+    if (options.discretization == SsmDiscretization::zoh) {
+      A_bar = std::exp(dt * lambda);
+      factor = (A_bar - 1.0) / lambda;
+    } else {
+      const SsmComplex denominator = 1.0 - dt * lambda / 2.0;
+      A_bar = (1.0 + dt * lambda / 2.0) / denominator;
+      factor = dt / denominator;
+    }
+    d.Lambda_bar[static_cast<std::size_t>(i)] = A_bar;
+    for (index_t h = 0; h < H; ++h) {
+      const SsmComplex b{double(p.B_real(i, h)), p.B_imag.has_value() ? double(p.B_imag(i, h)) : 0.0};
+      d.B_bar[static_cast<std::size_t>(i * H + h)] = factor * b;
+    }
+  }
+  return d;
+}
+
+inline SsmComplex s5_initial(const S5Inputs& in, index_t b, index_t i) {
+  if (!in.initial_state_real.has_value()) return 0.0;
+  return {double(in.initial_state_real(b, i)),
+          in.initial_state_imag.has_value() ? double(in.initial_state_imag(b, i)) : 0.0};
+}
+
+}  // namespace detail
+
+namespace reference {
+
+/// The definition: the recurrence token by token, in double. Single-threaded; `executor` is
+/// accepted for a uniform signature.
+inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const SsmKernelOptions& options = {},
+               const Executor& executor = serial_executor()) {
+  (void)executor;
+  const auto dims = detail::validate_s5("reference::s5", params, in, out, options);
+  const auto sys = detail::s5_discretize(params, dims.H, options);
+  const double scale = detail::ssm_output_scale(options);
+  std::vector<detail::SsmComplex> x(static_cast<std::size_t>(dims.P));
+  for (index_t b = 0; b < dims.B; ++b) {
+    for (index_t i = 0; i < dims.P; ++i) x[static_cast<std::size_t>(i)] = detail::s5_initial(in, b, i);
+    for (index_t t = 0; t < dims.T; ++t) {
+      for (index_t i = 0; i < dims.P; ++i) {
+        detail::SsmComplex bu = 0.0;
+        for (index_t h = 0; h < dims.H; ++h) bu += sys.B_bar[static_cast<std::size_t>(i * dims.H + h)] * double(in.u(b, t, h));
+        x[static_cast<std::size_t>(i)] = sys.Lambda_bar[static_cast<std::size_t>(i)] * x[static_cast<std::size_t>(i)] + bu;
+      }
+      for (index_t h = 0; h < dims.H; ++h) {
+        double y = 0.0;
+        for (index_t i = 0; i < dims.P; ++i) {
+          const detail::SsmComplex c{double(params.C_real(h, i)), params.C_imag.has_value() ? double(params.C_imag(h, i)) : 0.0};
+          y += (c * x[static_cast<std::size_t>(i)]).real();
+        }
+        out.y(b, t, h) = static_cast<float>(scale * y + (params.D.has_value() ? double(params.D(h)) * in.u(b, t, h) : 0.0));
+      }
+    }
+    if (out.final_state_real.has_value())
+      for (index_t i = 0; i < dims.P; ++i) {
+        out.final_state_real(b, i) = static_cast<float>(x[static_cast<std::size_t>(i)].real());
+        out.final_state_imag(b, i) = static_cast<float>(x[static_cast<std::size_t>(i)].imag());
+      }
+  }
+}
+
+}  // namespace reference
+}  // namespace seqmix

@@ -1,0 +1,80 @@
+// s5, decode step: one token per batch row through the recurrence, x = Lambda_bar x + B_bar u,
+// y = c Re(C x) + D u, with the complex state [B,P] updated in place.
+#pragma once
+
+#include <complex>
+#include <string>
+
+#include "seqmix/core/batch.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/lti/s5/reference.hpp"
+
+namespace seqmix {
+
+/// Decode-step arguments: one input per batch row.
+struct S5StepInputs {
+  ConstView<float, 2> u;  ///< [B,H]
+};
+
+/// The state is read and updated in place; y must overlap no input nor the state.
+struct S5StepOutputs {
+  TensorView<float, 2> y;           ///< [B,H]
+  TensorView<float, 2> state_real;  ///< [B,P]
+  TensorView<float, 2> state_imag;  ///< [B,P]
+};
+
+/// Decode step: same parameters and options as s5. B_bar is never formed: row p of B_bar is
+/// B's row p times the scalar (Lambda_bar_p - 1) / Lambda_p (ZOH) or dt_p / (1 - dt_p Lambda_p / 2)
+/// (bilinear), computed in double per state and step. O(P H) per batch row, no heap allocation;
+/// single-threaded (`executor` is accepted for a uniform signature).
+inline void s5_step(const S5Params& params, const S5StepInputs& in, const S5StepOutputs& out,
+                    const SsmKernelOptions& options = {}, const Executor& executor = serial_executor()) {
+  (void)executor;
+  static const ArgCheck check("s5_step");
+  check.shape("u", in.u, {-1, -1}, "B,H");
+  const index_t B = in.u.size(0), H = in.u.size(1);
+  const index_t P = detail::validate_s5_params(check, params, H, options).P;
+  check.shape("y", out.y, {B, H}, "B,H")
+      .shape("state_real", out.state_real, {B, P}, "B,P")
+      .shape("state_imag", out.state_imag, {B, P}, "B,P");
+  if (views_overlap(out.y, in.u) || views_overlap(out.y, out.state_real) || views_overlap(out.y, out.state_imag))
+    check.fail("y", "overlaps 'u' or the state; pass a separate buffer");
+  if (views_overlap(out.state_real, out.state_imag) || views_overlap(out.state_real, in.u) ||
+      views_overlap(out.state_imag, in.u))
+    check.fail("state_real", "overlaps 'state_imag' or 'u'");
+  const double scale = detail::ssm_output_scale(options);
+  for (index_t b = 0; b < B; ++b) {
+    for (index_t i = 0; i < P; ++i) {
+      const detail::SsmComplex lambda = detail::s5_value(params.Lambda_real, params.Lambda_imag, i);
+      const double dt = params.dt(i);
+      detail::SsmComplex A_bar, factor;
+      if (options.discretization == SsmDiscretization::zoh) {
+        A_bar = std::exp(dt * lambda);
+        factor = (A_bar - 1.0) / lambda;
+      } else {
+        const detail::SsmComplex denominator = 1.0 - dt * lambda / 2.0;
+        A_bar = (1.0 + dt * lambda / 2.0) / denominator;
+        factor = dt / denominator;
+      }
+      float bu_re = 0.f, bu_im = 0.f;
+      for (index_t h = 0; h < H; ++h) {
+        bu_re += params.B_real(i, h) * in.u(b, h);
+        if (params.B_imag.has_value()) bu_im += params.B_imag(i, h) * in.u(b, h);
+      }
+      const detail::SsmComplex x = A_bar * detail::SsmComplex(out.state_real(b, i), out.state_imag(b, i)) +
+                                   factor * detail::SsmComplex(bu_re, bu_im);
+      out.state_real(b, i) = static_cast<float>(x.real()), out.state_imag(b, i) = static_cast<float>(x.imag());
+    }
+    for (index_t h = 0; h < H; ++h) {
+      float y = 0.f;
+      for (index_t i = 0; i < P; ++i) {
+        y += params.C_real(h, i) * out.state_real(b, i);
+        if (params.C_imag.has_value()) y -= params.C_imag(h, i) * out.state_imag(b, i);
+      }
+      out.y(b, h) = static_cast<float>(scale * y) + (params.D.has_value() ? params.D(h) * in.u(b, h) : 0.f);
+    }
+  }
+}
+
+}  // namespace seqmix
