@@ -19,12 +19,16 @@
 //                         2048}, beside one dense call on B = 1, T = 4689 (the same tokens) and the
 //                         same sequences padded to B = 8 x T = 2048; GFLOP/s on the visible pairs
 //                         of the *packed* problem, so the three rates compare as times.
+//   attention/prefill|decode/..._rope  the same with the fused rope (Llama-3.1 scaling): prefill
+//                         rotates q and every key in the kernel, decode rotates q over a cache of
+//                         rotated keys (rope_rotated_keys = Tk); issue 15 asks <= 5% over plain.
 // Each family also runs the reference on a smaller shape (names end in _reference) next to
 // the fast form on that same shape, for the speed-up.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -35,6 +39,7 @@
 #include "seqmix/attention/paged/paged.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/positional/rope/table.hpp"
 #include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -78,14 +83,31 @@ struct Problem {
 
 enum class Form { fast, reference };
 
+// The Llama-3.1 rope table (rope_theta 500000, llama3 scaling x8 from 8192) over `positions`,
+// one per size for the process: attention/..._rope runs the fused rope (issue 15 item 2).
+const seqmix::RopeTable* llama3_rope(index_t D, index_t positions) {
+  static std::vector<std::unique_ptr<seqmix::RopeTable>> tables;
+  for (const auto& t : tables)
+    if (t->rotary_dim() == D && t->positions() == positions) return t.get();
+  seqmix::RopeConfig c;
+  c.scheme = seqmix::RopeScheme::llama3, c.rotary_dim = D, c.base = 500000.0, c.factor = 8.0;
+  c.original_max_position_embeddings = 8192;
+  tables.push_back(std::make_unique<seqmix::RopeTable>(c, positions));
+  return tables.back().get();
+}
+
+// rope: q and every key rotated in the kernel (prefill), q only over a rotated cache (decode).
 template <class KV>
-void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T, bool causal, Form form) {
+void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T, bool causal, Form form,
+             bool rope = false) {
   Problem<KV> p(T, T, shape);
   seqmix::AttentionOptions options;
   options.causal = causal;
+  seqmix::AttentionInputs<KV> in = p.inputs();
+  if (rope) in.rope = llama3_rope(p.D, T);
   for (auto _ : state) {
     if (form == Form::fast)
-      seqmix::attention(p.inputs(), p.outputs(), options, pool());
+      seqmix::attention(in, p.outputs(), options, pool());
     else
       seqmix::reference::attention(p.inputs(), p.outputs(), options);
     benchmark::DoNotOptimize(p.o.data());
@@ -96,13 +118,15 @@ void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T
 }
 
 template <class KV>
-void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk, Form form) {
+void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk, Form form, bool rope = false) {
   Problem<KV> p(1, Tk, shape);
   seqmix::AttentionOptions options;
   options.causal = true;
+  seqmix::AttentionInputs<KV> in = p.inputs();
+  if (rope) in.rope = llama3_rope(p.D, Tk), in.rope_rotated_keys = Tk;  // the cache holds rotated keys
   for (auto _ : state) {
     if (form == Form::fast)
-      seqmix::attention(p.inputs(), p.outputs(), options, pool());
+      seqmix::attention(in, p.outputs(), options, pool());
     else
       seqmix::reference::attention(p.inputs(), p.outputs(), options);
     benchmark::DoNotOptimize(p.o.data());
@@ -133,6 +157,11 @@ void register_kv() {
   for (const index_t Tk : {16384, 65536})
     add("attention/decode/" + llama.name + "_Tk" + std::to_string(Tk) + "_" + kv,
         [&llama, Tk](benchmark::State& s) { decode<KV>(s, llama, Tk, Form::fast); });
+  // Fused rope beside the plain runs above (target: at most 5% slower).
+  add("attention/prefill/" + llama.name + "_T1024_causal_" + kv + "_rope",
+      [&llama](benchmark::State& s) { prefill<KV>(s, llama, 1024, true, Form::fast, true); });
+  add("attention/decode/" + llama.name + "_Tk16384_" + kv + "_rope",
+      [&llama](benchmark::State& s) { decode<KV>(s, llama, 16384, Form::fast, true); });
   // Reference baselines on shapes it finishes in well under a second, with the fast form beside.
   for (const Form form : {Form::fast, Form::reference}) {
     const std::string suffix = form == Form::reference ? "_reference" : "";

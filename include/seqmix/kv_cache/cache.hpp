@@ -48,6 +48,7 @@
 #include "seqmix/kv_cache/head.hpp"
 #include "seqmix/kv_cache/head_ops.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
+#include "seqmix/positional/rope/fast.hpp"
 #include "seqmix/kv_cache/saliency.hpp"
 
 namespace seqmix {
@@ -136,6 +137,7 @@ class KvCache {
       s.batch_row = n, s.token_begin = 0, s.tokens = T, s.state_row = n, s.read_state = true;
       return s;
     };
+    if (in.rope) detail::check_fused_rope_table(check, *in.rope, config_.key_dim);
     for (index_t n = 0; n < N; ++n) {
       const SequenceSpan s = span(n);
       if (s.state_row < 0) continue;
@@ -144,6 +146,10 @@ class KvCache {
         if (s.tokens > kMaxPosition - start)
           check.fail("positions", "would pass " + std::to_string(kMaxPosition) + " in row " + std::to_string(s.state_row) +
                                       " (next position " + std::to_string(start) + ", " + std::to_string(s.tokens) + " tokens)");
+        if (in.rope && s.tokens > 0 && start + s.tokens > in.rope->positions())
+          check.fail("rope", "covers positions [0, " + std::to_string(in.rope->positions()) + "), but row " +
+                                 std::to_string(s.state_row) + " would append up to position " +
+                                 std::to_string(start + s.tokens - 1));
         continue;
       }
       for (index_t t = 0; t < s.tokens; ++t) {
@@ -153,6 +159,10 @@ class KvCache {
           check.fail("positions", "must be strictly increasing, >= " + std::to_string(floor) + " and < " +
                                       std::to_string(kMaxPosition) + " (row " + std::to_string(s.state_row) + ", token " +
                                       std::to_string(s.token_begin + t) + "), got " + std::to_string(p));
+        if (in.rope && p >= in.rope->positions())
+          check.fail("positions", "entry " + std::to_string(s.token_begin + t) + " of row " + std::to_string(s.batch_row) +
+                                      " is " + std::to_string(p) + ", outside the rope table's positions [0, " +
+                                      std::to_string(in.rope->positions()) + ")");
       }
     }
     // Room for every sequence's tokens first: an allocation failure (KvArenaFull with an arena)
@@ -184,6 +194,9 @@ class KvCache {
           for (index_t c = 0; c < config_.key_dim; ++c) r.keys.push_back(in.keys(r0, t, h, c));
           for (index_t c = 0; c < config_.value_dim; ++c) r.values.push_back(in.values(r0, t, h, c));
           r.positions.push_back(in.positions.has_value() ? in.positions(r0, t) : next_position_[b] + (t - t0));
+          if (in.rope)  // the row just stored, rotated where it lies (room was reserved above)
+            detail::rope_row_in_place(*in.rope, static_cast<index_t>(r.positions.back()),
+                              r.keys.data() + r.keys.size() - static_cast<std::size_t>(config_.key_dim), 1);
           r.given_saliency.push_back(in.saliency.has_value() ? in.saliency(r0, t, h) : no_saliency);
           r.attention_sum.push_back(0.f);
           r.attention_queries.push_back(0.f);

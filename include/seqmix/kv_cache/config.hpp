@@ -9,6 +9,7 @@
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/kv_cache/arena.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
+#include "seqmix/positional/rope/table.hpp"
 
 namespace seqmix {
 
@@ -63,6 +64,10 @@ struct KvAppendInputs {
   /// padding sequence, nothing appended. Without it sequence n appends to row n (N = batch).
   /// has_initial_state [N] false: the row is emptied first (reset(): a new request in the row).
   SequenceBatch batch = {};
+  /// Rotary embedding fused into the append (docs/operators.md section 10), or nullptr: each new
+  /// key is rotated at its position (given or default) before it is stored, so the cache holds
+  /// rotated keys; values are stored as given. The table must outlive the call.
+  const RopeTable* rope = nullptr;
 };
 
 }  // namespace seqmix

@@ -232,6 +232,47 @@ inline void load_query_rows(const ConstView<float, 4>& q, index_t b, index_t hk,
   }
 }
 
+// The same rows of in.q, rotated at their positions first when the call carries a rope
+// (AttentionInputs::rope): each row is copied, rotated and scaled in the q tile, so q is rotated
+// once per call and never written back. load_query_rows_rotated takes query i's position from
+// position_of(i) (paged attention's queries sit at the end of their sequence).
+template <class PositionOf>
+void load_query_rows_rotated(const ConstView<float, 4>& q, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
+                             float scale, float* dst, index_t ld, const RopeTable& rope, const PositionOf& position_of) {
+  const index_t D = q.size(3);
+  for (index_t r = 0; r < nq * G; ++r) {
+    const float* src = q.ptr(b, i0 + r / G, hk * G + r % G);
+    float* row = dst + r * ld;
+    for (index_t c = 0; c < D; ++c) row[c] = src[c * q.stride(3)];
+    rope_row_in_place(rope, position_of(i0 + r / G), row, 1);
+    for (index_t c = 0; c < D; ++c) row[c] *= scale;
+    std::fill(row + D, row + ld, 0.f);
+  }
+}
+
+template <class KV>
+void load_query_rows(const AttentionInputs<KV>& in, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
+                     float scale, float* dst, index_t ld) {
+  if (!in.rope) return load_query_rows(in.q, b, hk, G, i0, nq, scale, dst, ld);
+  load_query_rows_rotated(in.q, b, hk, G, i0, nq, scale, dst, ld, *in.rope,
+                          [&](index_t i) { return query_position(in, b, i); });
+}
+
+// Keys [j0, j0 + n) of a tile loaded as fp32 rows [n x ld] (key r at row r): rotated in place at
+// their positions j0 + r where the call's rope rotates them (key j >= rope_rotated_keys).
+template <class KV>
+void rotate_key_rows(const AttentionInputs<KV>& in, index_t j0, index_t n, float* rows, index_t ld) {
+  if (!in.rope) return;
+  for (index_t r = std::max<index_t>(0, in.rope_rotated_keys - j0); r < n; ++r)
+    rope_row_in_place(*in.rope, j0 + r, rows + r * ld, 1);
+}
+
+// True when some key of [j0, j0 + n) is rotated by the call's rope on loading.
+template <class KV>
+bool tile_needs_rotation(const AttentionInputs<KV>& in, index_t j0, index_t n) noexcept {
+  return in.rope && j0 + n > in.rope_rotated_keys;
+}
+
 // ---- decode kernel ------------------------------------------------------------------------
 
 // Where the decode kernel reads one head's key or value rows: row j at `base + j * ld`, a whole
@@ -651,7 +692,7 @@ void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options
     const index_t next_j0 = tile + 1 < last ? list.key(tile + 1) : 0;
     LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(keys_per_tile, d.Tk - next_j0) : 0, n);
     if constexpr (kv_loads_as_vectors<KV>) {
-      if (decode_reads_in_place(in, d)) {
+      if (decode_reads_in_place(in, d) && !tile_needs_rotation(in, j0, n)) {
         // Head h's rows start one head stride after head 0's (ptr() per call showed in profiles).
         const KV *k0 = in.k.ptr(b, j0, 0), *v0 = in.v.ptr(b, j0, 0);
         const index_t kh = in.k.stride(2), vh = in.v.stride(2), kld = in.k.stride(1), vld = in.v.stride(1);
@@ -662,6 +703,7 @@ void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options
     }
     for (index_t h = 0; h < d.Hkv; ++h) {
       load_kv_tile(in.k, b, h, j0, n, kDecodeTile, w.k.data(), Dkp);
+      rotate_key_rows(in, j0, n, w.k.data(), Dkp);
       load_kv_tile(in.v, b, h, j0, n, kDecodeTile, w.v.data(), Dvp);
       const auto in_scratch = [&](index_t) { return KvTile<float>{{w.k.data(), Dkp}, {w.v.data(), Dvp}}; };
       decode_tile(rule, d, w, b, j0, n, h, h + 1, in_scratch, skip_rule, states, accs, ahead);
@@ -776,7 +818,7 @@ void attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out, 
       const index_t first = count * split / splits, last = count * (split + 1) / splits;
       if (first == last) continue;
       for (index_t hk = 0; hk < d.Hkv; ++hk)
-        load_query_rows(in.q, b, hk, G, 0, d.Tq, scale, w.q.data() + hk * w.q_stride, Dkp);
+        load_query_rows(in, b, hk, G, 0, d.Tq, scale, w.q.data() + hk * w.q_stride, Dkp);
       for (index_t r = 0; r < M; ++r) {
         w.pos[r] = query_position(in, b, r / G);
         w.visible[r] = visible_keys(options, w.pos[r], d.Tk);

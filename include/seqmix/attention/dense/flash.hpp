@@ -68,6 +68,23 @@ inline std::vector<KeyTile> dense_key_tiles(const AttentionOptions& options, con
   return tiles;
 }
 
+// load_kv_tile_transposed with the call's rope: each key row is rotated at its position in the
+// fp32 row scratch between widening and transposing, so the keys of a prefill are rotated as
+// their tiles are loaded, with no pass of their own over k.
+template <class KV>
+void load_key_tile_rotated(const AttentionInputs<KV>& in, index_t b, index_t h, index_t j0, index_t n, index_t cols,
+                           float* dst, index_t ld, float* row) {
+  const ConstView<KV, 4>& x = in.k;
+  const index_t D = x.size(3);
+  for (index_t r = 0; r < n; ++r) {
+    kv_row_to_float(x.ptr(b, j0 + r, h), x.stride(3), D, row);
+    if (j0 + r >= in.rope_rotated_keys) rope_row_in_place(*in.rope, j0 + r, row, 1);
+    for (index_t c = 0; c < D; ++c) dst[c * ld + r] = row[c];
+  }
+  if (n < cols)
+    for (index_t c = 0; c < D; ++c) std::fill(dst + c * ld + n, dst + c * ld + cols, 0.f);
+}
+
 // One task: queries [i0, i0 + nq) of batch row b against KV head hk, over the key tiles that
 // select_tiles(positions, rows) returns (dense: every visible tile; block-sparse attention: the
 // selected blocks). The logit rule still masks what causal / window / mask hide from each row,
@@ -84,7 +101,7 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
   const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   const index_t T = kFlashKeyTile;
   const LogitRule<KV> rule{in, options, d.Tk};
-  load_query_rows(in.q, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
+  load_query_rows(in, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
   for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, i0 + r / G);
   std::fill(w.state.begin(), w.state.begin() + M, SoftmaxRow{});
   std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);
@@ -138,7 +155,10 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
                  SelectTiles&& select_tiles) {
   const index_t T = kFlashKeyTile, Dvp = round_up(d.Dv, simd::kWidth);
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, [&](index_t j0, index_t n, FlashScratch& s) {
-    load_kv_tile_transposed(in.k, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
+    if (tile_needs_rotation(in, j0, n))
+      load_key_tile_rotated(in, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
+    else
+      load_kv_tile_transposed(in.k, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
     load_kv_tile(in.v, b, hk, j0, n, T, s.v.data(), Dvp);
   });
 }

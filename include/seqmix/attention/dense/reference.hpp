@@ -30,6 +30,7 @@
 // leaves its lse (which does not depend on values) as it is.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -40,6 +41,7 @@
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/positional/rope/fast.hpp"
 
 namespace seqmix {
 
@@ -76,6 +78,16 @@ struct AttentionInputs {
   /// Packed sequences (cu_seqlens only: attention keeps no state, so state_indices and
   /// has_initial_state are refused). Not combinable with mask or positions.
   SequenceBatch batch = {};
+  /// Rotary embedding fused into the kernel (docs/operators.md section 10), or nullptr (none).
+  /// Query i is rotated at its position pos_i (the one causal masking uses) into the kernel's q
+  /// tile, key j >= rope_rotated_keys at position j as its tile is loaded (within its sequence
+  /// when packed): the result is seqmix::rope on q and those keys, then attention. The table is
+  /// the caller's and must outlive the call; every position must lie inside it.
+  const RopeTable* rope = nullptr;
+  /// Keys [0, rope_rotated_keys) of k are stored rotated already (a cache filled by a rotating
+  /// append, or an earlier chunk); only the rest are rotated. Decode over a rotated cache passes
+  /// Tk (or more), so only q is rotated. 0: every key is rotated.
+  index_t rope_rotated_keys = 0;
 };
 
 /// o and lse must not overlap any input (ShapeError).
@@ -131,6 +143,48 @@ void refuse_output_overlap(const ArgCheck& check, const TensorView<float, 4>& o,
   if (views_overlap(o, lse)) check.fail("lse", "overlaps o");
 }
 
+// The fused rope of a call (AttentionInputs::rope): the table against Dk, and every query and key
+// position it will look up inside the table. Called once the shapes are checked; no allocation.
+template <class KV>
+void validate_attention_rope(const ArgCheck& check, const AttentionInputs<KV>& in) {
+  const RopeTable& table = *in.rope;
+  const index_t Tq = in.q.size(1), Tk = in.k.size(1), Dk = in.q.size(3);
+  check_fused_rope_table(check, table, Dk);
+  if (in.rope_rotated_keys < 0)
+    check.fail("rope_rotated_keys", "must be >= 0, got " + std::to_string(in.rope_rotated_keys));
+  const index_t P = table.positions();
+  // Packed: positions are local to each sequence (0 .. its length - 1, queries and keys alike).
+  index_t longest = Tk;
+  if (in.batch.packed()) {
+    longest = 0;
+    for (index_t n = 0; n + 1 < in.batch.cu_seqlens.size(); ++n)
+      longest = std::max(longest, in.batch.cu_seqlens[n + 1] - in.batch.cu_seqlens[n]);
+  }
+  if (in.rope_rotated_keys < longest && longest > P)
+    check.fail("rope", "covers positions [0, " + std::to_string(P) + "), but keys up to position " +
+                           std::to_string(longest - 1) + " are to be rotated");
+  if (in.positions.has_value()) {
+    for (index_t b = 0; b < in.positions.rows(); ++b)
+      for (index_t i = 0; i < in.positions.cols(); ++i) {
+        const index_t p = in.positions(b, i);
+        if (p < 0 || p >= P)
+          check.fail("positions", "entry [" + std::to_string(b) + ", " + std::to_string(i) + "] is " +
+                                      std::to_string(p) + ", outside the rope table's positions [0, " +
+                                      std::to_string(P) + ")");
+      }
+  } else if (Tq > 0 && !in.batch.packed()) {
+    if (Tq > Tk)
+      check.fail("q", "has Tq = " + std::to_string(Tq) + " > Tk = " + std::to_string(Tk) +
+                          ": the default query positions Tk - Tq + i are negative, which rope cannot rotate");
+    if (Tk > P)
+      check.fail("rope", "covers positions [0, " + std::to_string(P) + "), but the last query is at position " +
+                             std::to_string(Tk - 1));
+  } else if (Tq > 0 && longest > P) {
+    check.fail("rope", "covers positions [0, " + std::to_string(P) + "), but packed queries reach position " +
+                           std::to_string(longest - 1));
+  }
+}
+
 // Validation shared by every form. Formats a message only on failure, so a call with good
 // arguments allocates nothing (decode's zero-allocation contract).
 template <class KV>
@@ -168,6 +222,7 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
     if (in.positions.has_value()) check.fail("positions", "is not supported with packed sequences (cu_seqlens)");
   }
   refuse_output_overlap(check, out.o, out.lse, in.q, in.k, in.v, "(q, k or v)");
+  if (in.rope) validate_attention_rope(check, in);
   return {B, Tq, Tk, Hq, Hkv, Dk, Dv};
 }
 
@@ -227,11 +282,23 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
   const double minus_inf = -std::numeric_limits<double>::infinity();
   std::vector<double> logits(static_cast<std::size_t>(d.Tk));
   std::vector<double> acc(static_cast<std::size_t>(d.Dv));
-  for (index_t b = 0; b < d.B; ++b)
+  // The current query row in double, and with a rope the rotated keys of batch row b, so each
+  // key is rotated once per row rather than once per query.
+  std::vector<double> query(static_cast<std::size_t>(d.Dk));
+  std::vector<double> keys(in.rope ? static_cast<std::size_t>(d.Tk * d.Hkv * d.Dk) : 0);
+  for (index_t b = 0; b < d.B; ++b) {
+    for (index_t j = 0; in.rope && j < d.Tk; ++j)
+      for (index_t hk = 0; hk < d.Hkv; ++hk) {
+        double* key = keys.data() + (j * d.Hkv + hk) * d.Dk;
+        for (index_t c = 0; c < d.Dk; ++c) key[c] = static_cast<double>(static_cast<float>(in.k(b, j, hk, c)));
+        if (in.rope && j >= in.rope_rotated_keys) detail::rope_row_double(*in.rope, j, key);
+      }
     for (index_t i = 0; i < d.Tq; ++i)
       for (index_t h = 0; h < d.Hq; ++h) {
         const index_t hk = h / d.group();
         const index_t pos = detail::query_position(in, b, i);
+        for (index_t c = 0; c < d.Dk; ++c) query[c] = static_cast<double>(in.q(b, i, h, c));
+        if (in.rope) detail::rope_row_double(*in.rope, pos, query.data());
         double max_logit = minus_inf;
         bool nan_logit = false;
         for (index_t j = 0; j < d.Tk; ++j) {
@@ -240,8 +307,12 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
           double s = minus_inf;
           if (visible) {
             s = 0.0;
-            for (index_t c = 0; c < d.Dk; ++c)
-              s += static_cast<double>(in.q(b, i, h, c)) * static_cast<double>(static_cast<float>(in.k(b, j, hk, c)));
+            if (in.rope) {
+              const double* key = keys.data() + (j * d.Hkv + hk) * d.Dk;
+              for (index_t c = 0; c < d.Dk; ++c) s += query[c] * key[c];
+            } else {
+              for (index_t c = 0; c < d.Dk; ++c) s += query[c] * static_cast<double>(static_cast<float>(in.k(b, j, hk, c)));
+            }
             s *= scale;
             if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
             if (in.alibi_slopes.has_value()) s -= in.alibi_slopes(h) * std::abs(static_cast<double>(pos - j));
@@ -273,6 +344,7 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
                               : max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
         if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
       }
+  }
 }
 
 }  // namespace reference

@@ -11,6 +11,7 @@
 //                          cache_seqlens counts the tokens cached *before* this append (flash-attn's
 //                          meaning); paged_attention afterwards takes cache_seqlens + new tokens.
 // New tokens are [N, T, Hkv, D], or packed [1, total_T, Hkv, D] with cu_seqlens [N+1].
+// With a rope table the keys are rotated at their positions as they are written (section 10).
 // Everything is checked before the first row is written; nothing is allocated after warm-up.
 #pragma once
 
@@ -36,6 +37,14 @@ struct PagedKvAppendInputs {
   BlockTable block_table;    ///< [N,max_blocks]: used with cache_seqlens when slot_mapping is not given
   IndexList cache_seqlens;   ///< [N]: tokens cached before this append
   IndexList cu_seqlens = {}; ///< [N+1], optional: packed new tokens
+  /// Rotary embedding fused into the append (docs/operators.md section 10), or nullptr: each new
+  /// key is rotated at its position in fp32 before it is rounded to the pool's type, so the pages
+  /// hold rotated keys (what paged_attention with the same table expects). Values are stored as
+  /// given. The table must outlive the call.
+  const RopeTable* rope = nullptr;
+  /// [N*T or total_T], optional: the position of each new token row for the rope. Required with
+  /// rope and slot_mapping; with a block table it defaults to cache_seqlens[n] + t.
+  IndexList positions = {};
 };
 
 /// The pool written to: the same views paged_attention reads.
@@ -60,6 +69,13 @@ PagedSlot append_slot(const PagedKvAppendInputs<In>& in, index_t block_size, ind
   }
   const index_t pos = in.cache_seqlens[n] + t;
   return {in.block_table(n, pos / block_size), pos % block_size};
+}
+
+// The rope position of token row `row` (sequence n, token t): positions[row] if given, else
+// the cached length before the append plus t.
+template <class In>
+index_t append_position(const PagedKvAppendInputs<In>& in, index_t row, index_t n, index_t t) {
+  return in.positions.has_value() ? in.positions[row] : in.cache_seqlens[n] + t;
 }
 
 // Sequence n's token rows: [row0, row0 + count) of k flattened over dims 0 and 1.
@@ -125,6 +141,30 @@ index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedK
   if (BS < 1) check.fail("k_pages", "needs a block size (dimension 1) >= 1, got " + std::to_string(BS));
   check.shape("v_pages", pool.v_pages, std::array<index_t, 4>{NB, BS, Hkv, Dv}, "num_blocks,block_size,Hkv,Dv");
   const index_t N = check_append_targets(check, in, NB, BS);
+  if (in.positions.has_value()) {
+    if (in.positions.dangling()) check.fail("positions", "has a null data pointer");
+    if (in.positions.size() != B * T)
+      check.fail("positions", "must hold one position per token row (" + std::to_string(B * T) + "), got " +
+                                  std::to_string(in.positions.size()));
+  }
+  if (in.rope) {
+    const RopeTable& table = *in.rope;
+    check_fused_rope_table(check, table, Dk);
+    if (!in.positions.has_value() && in.slot_mapping.has_value())
+      check.fail("positions", "is required with rope and slot_mapping (a slot does not tell a token's position)");
+    for (index_t n = 0; n < N; ++n) {
+      index_t row0 = 0, count = 0;
+      append_sequence_rows(in, n, row0, count);
+      for (index_t t = 0; t < count; ++t) {
+        if (in.slot_mapping.has_value() && in.slot_mapping[row0 + t] < 0) continue;  // skipped row
+        const index_t p = append_position(in, row0 + t, n, t);
+        if (p < 0 || p >= table.positions())
+          check.fail(in.positions.has_value() ? "positions" : "cache_seqlens",
+                     "puts token row " + std::to_string(row0 + t) + " at position " + std::to_string(p) +
+                         ", outside the rope table's positions [0, " + std::to_string(table.positions()) + ")");
+      }
+    }
+  }
   if (views_overlap(pool.k_pages, pool.v_pages)) check.fail("v_pages", "overlaps k_pages");
   for (const char* name : {"k_pages", "v_pages"}) {
     const bool is_k = name[0] == 'k';
@@ -135,10 +175,13 @@ index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedK
   return N;
 }
 
-// dst[c * dst_stride] = KV(src[c * src_stride]) for c < n, through fp32 (`tmp`, n floats).
+// dst[c * dst_stride] = KV(src[c * src_stride]) for c < n, through fp32 (`tmp`, n floats),
+// rotated at `position` in fp32 first when `rope` is given.
 template <class In, class KV>
-void store_kv_row(const In* src, index_t src_stride, index_t n, KV* dst, index_t dst_stride, float* tmp) {
+void store_kv_row(const In* src, index_t src_stride, index_t n, KV* dst, index_t dst_stride, float* tmp,
+                  const RopeTable* rope = nullptr, index_t position = 0) {
   kv_row_to_float(src, src_stride, n, tmp);
+  if (rope) rope_row_in_place(*rope, position, tmp, 1);
   if constexpr (std::is_same_v<KV, float>) {
     if (dst_stride == 1) {
       std::memcpy(dst, tmp, static_cast<std::size_t>(n) * sizeof(float));
@@ -174,9 +217,10 @@ void paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedKvPool<KV>& p
         const index_t row = row0 + t, b = row / std::max<index_t>(T, 1), i = row % std::max<index_t>(T, 1);
         const PagedSlot slot = append_slot(in, BS, row, n, t);
         if (slot.page < 0) continue;
+        const index_t position = in.rope ? append_position(in, row, n, t) : 0;
         for (index_t h = 0; h < Hkv; ++h) {
           store_kv_row(in.k.ptr(b, i, h), in.k.stride(3), Dk, pool.k_pages.ptr(slot.page, slot.offset, h),
-                       pool.k_pages.stride(3), tmp.data());
+                       pool.k_pages.stride(3), tmp.data(), in.rope, position);
           store_kv_row(in.v.ptr(b, i, h), in.v.stride(3), Dv, pool.v_pages.ptr(slot.page, slot.offset, h),
                        pool.v_pages.stride(3), tmp.data());
         }

@@ -145,8 +145,15 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
   const PagedQueries qs = paged_queries(in, item.seq);
   DecodeScratch& w = DecodeScratch::local();
   w.reserve(d.Hkv, M, Dkp, Dvp);
-  for (index_t hk = 0; hk < d.Hkv; ++hk)
-    load_query_rows(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, w.q.data() + hk * w.q_stride, Dkp);
+  // Query i of the call (row qs.i0 + t of q) sits at position L - count + t of its sequence.
+  const auto position_of = [&](index_t i) { return item.L - qs.count + (i - qs.i0); };
+  for (index_t hk = 0; hk < d.Hkv; ++hk) {
+    float* const dst = w.q.data() + hk * w.q_stride;
+    if (in.rope)
+      load_query_rows_rotated(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp, *in.rope, position_of);
+    else
+      load_query_rows(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp);
+  }
   for (index_t r = 0; r < M; ++r) {
     w.pos[r] = item.L - qs.count + item.q0 + r / G;
     w.visible[r] = visible_keys(options, w.pos[r], item.L);

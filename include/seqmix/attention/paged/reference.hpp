@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -60,6 +61,11 @@ struct PagedAttentionInputs {
   IndexList cu_seqlens_q = {};       ///< [N+1], optional: packed queries (sequence n: [cu[n], cu[n+1]))
   ConstView<float, 1> alibi_slopes = {}; ///< [Hq], optional
   ConstView<float, 1> sink_logits = {}; ///< [Hq], optional
+  /// Rotary embedding fused into the kernel (docs/operators.md section 10), or nullptr: query t
+  /// of sequence n is rotated at its position cache_seqlens[n] - Tq_n + t in the kernel's q tile.
+  /// The keys in the pages are taken as stored rotated (paged_kv_append with the same table
+  /// rotates them as it writes). The table must outlive the call.
+  const RopeTable* rope = nullptr;
 };
 
 /// Same layout as q ([N,Tq,Hq,Dv] or packed); must not overlap an input.
@@ -158,6 +164,15 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{Bq, Tq, Hq}, "N,Tq,Hq");
   validate_attention_options(check, options.dense());
   refuse_output_overlap(check, out.o, out.lse, in.q, in.k_pages, in.v_pages, "(q, k_pages or v_pages)");
+  if (in.rope) {  // queries sit at positions up to cache_seqlens[n] - 1
+    const RopeTable& table = *in.rope;
+    check_fused_rope_table(check, table, Dk);
+    for (index_t n = 0; n < N; ++n)
+      if (paged_queries(in, n).count > 0 && in.cache_seqlens[n] > table.positions())
+        check.fail("rope", "covers positions [0, " + std::to_string(table.positions()) + "), but sequence " +
+                               std::to_string(n) + "'s last query is at position " +
+                               std::to_string(in.cache_seqlens[n] - 1));
+  }
   return {N, Hq, Hkv, Dk, Dv, NB, BS, max_blocks, packed};
 }
 
@@ -169,6 +184,8 @@ void sequence_as_dense(const PagedAttentionInputs<KV>& in, const PagedAttentionO
   dense.q = ConstView<float, 4>(in.q.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dk},
                                 {0, in.q.stride(1), in.q.stride(2), in.q.stride(3)});
   dense.alibi_slopes = in.alibi_slopes, dense.sink_logits = in.sink_logits;
+  dense.rope = in.rope;  // q only: the pages hold rotated keys
+  dense.rope_rotated_keys = std::numeric_limits<index_t>::max();
   dense_out.o = TensorView<float, 4>(out.o.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dv},
                                      {0, out.o.stride(1), out.o.stride(2), out.o.stride(3)});
   if (out.lse.has_value())

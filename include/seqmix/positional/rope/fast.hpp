@@ -70,6 +70,19 @@ inline void rope_strided_row(const float* x, index_t xs, float* o, index_t os, c
   }
 }
 
+// One head's row x[0, R) rotated in place at table position p (already checked against the
+// table), features at stride xs: the fused forms (attention's q tile, key tiles and appends)
+// rotate rows they already hold in scratch with it, so q and k make no extra trip to memory.
+inline void rope_row_in_place(const RopeTable& table, index_t p, float* x, index_t xs) noexcept {
+  const index_t half = table.pairs();
+  const float* c = table.cos_row(p);
+  const float* s = table.sin_row(p);
+  if (xs == 1 && table.layout() == RopeLayout::half_split)
+    rope_half_split_row(x, x, c, s, half);  // each pair is read before it is written
+  else
+    rope_strided_row(x, xs, x, xs, c, s, half, table.layout() == RopeLayout::interleaved);
+}
+
 }  // namespace detail
 
 /// Rotates x into out (or x in place when out is x). Throws ShapeError before writing anything

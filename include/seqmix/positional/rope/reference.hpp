@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
@@ -43,6 +44,30 @@ inline bool same_view(const ConstView<float, 4>& a, const TensorView<float, 4>& 
 inline index_t rope_position(const IndexList& positions, index_t b, index_t t, index_t T) {
   if (!positions.has_value()) return t;
   return positions.size() == T ? positions[t] : positions[b * T + t];
+}
+
+// x[0, R) rotated at position p in double, from the table's frequencies (not its cos/sin): the
+// definition, shared by reference::rope and the reference forms of the fused rope.
+inline void rope_row_double(const RopeTable& table, index_t p, double* x) {
+  const index_t half = table.pairs();
+  const bool interleaved = table.layout() == RopeLayout::interleaved;
+  const double m = table.attention_factor();
+  for (index_t i = 0; i < half; ++i) {
+    const index_t ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
+    const double angle = static_cast<double>(p) * table.inv_freq()[static_cast<std::size_t>(i)];
+    const double c = m * std::cos(angle), s = m * std::sin(angle), a = x[ia], b = x[ib];
+    x[ia] = a * c - b * s;
+    x[ib] = b * c + a * s;
+  }
+}
+
+// A table handed to a fused form (attention, the appends): built, and no wider than the head
+// size `D` of the rows it rotates. Positions are the caller's to check.
+inline void check_fused_rope_table(const ArgCheck& check, const RopeTable& table, index_t D) {
+  if (table.empty()) check.fail("rope", "is an empty table (default-constructed); build it from a RopeConfig");
+  if (table.rotary_dim() > D)
+    check.fail("rope", "has rotary_dim " + std::to_string(table.rotary_dim()) + ", above the key head size Dk = " +
+                           std::to_string(D));
 }
 
 // Every check of a rope call: the table, the shapes, the aliasing, every position inside the
@@ -85,22 +110,14 @@ namespace reference {
 inline void rope(const RopeTable& table, const RopeInputs& in, const RopeOutputs& out) {
   detail::validate_rope(ArgCheck("reference::rope"), table, in, out);
   const index_t B = in.x.size(0), T = in.x.size(1), H = in.x.size(2), D = in.x.size(3);
-  const index_t R = table.rotary_dim(), half = R / 2;
-  const bool interleaved = table.layout() == RopeLayout::interleaved;
-  const double m = table.attention_factor();
+  std::vector<double> row(static_cast<std::size_t>(D));
   for (index_t b = 0; b < B; ++b)
     for (index_t t = 0; t < T; ++t) {
-      const double p = static_cast<double>(detail::rope_position(in.positions, b, t, T));
+      const index_t p = detail::rope_position(in.positions, b, t, T);
       for (index_t h = 0; h < H; ++h) {
-        for (index_t i = 0; i < half; ++i) {
-          const index_t ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
-          const double angle = p * table.inv_freq()[static_cast<std::size_t>(i)];
-          const double c = m * std::cos(angle), s = m * std::sin(angle);
-          const double xa = in.x(b, t, h, ia), xb = in.x(b, t, h, ib);
-          out.out(b, t, h, ia) = static_cast<float>(xa * c - xb * s);
-          out.out(b, t, h, ib) = static_cast<float>(xb * c + xa * s);
-        }
-        for (index_t d = R; d < D; ++d) out.out(b, t, h, d) = in.x(b, t, h, d);
+        for (index_t d = 0; d < D; ++d) row[static_cast<std::size_t>(d)] = in.x(b, t, h, d);
+        detail::rope_row_double(table, p, row.data());
+        for (index_t d = 0; d < D; ++d) out.out(b, t, h, d) = static_cast<float>(row[static_cast<std::size_t>(d)]);
       }
     }
 }
