@@ -11,7 +11,8 @@
 //   nsa/prefill/<shape>         seqmix::nsa with the paper's settings (l = 32, d = 16, l' = 64,
 //                               top_n = 16, window 512), random gates, fp32
 //   nsa/decode/<shape>          seqmix::nsa_step on the fp16 cache, with the caller's kept
-//                               compressed K/V (fp32) or pooling them (_compression_computed)
+//                               compressed K/V (fp16, like the cache) or pooling them
+//                               (_compression_computed)
 // GFLOP/s count the pairs each form computes (moba: (own part + top_k * block) keys per query,
 // dense: the causal triangle), so time is the comparison between forms; decode GB/s count the
 // K/V bytes each form reads.
@@ -134,7 +135,8 @@ void decode(benchmark::State& state, index_t Tk, Form form, bool kept_means) {
 // NSA's problem: the MoBA problem's tensors plus gates and the compressed K/V.
 template <class KV>
 struct NsaProblem : Problem<KV> {
-  Tensor<float, 4> gates, ck, cv;
+  Tensor<float, 4> gates;
+  Tensor<KV, 4> ck, cv;
   seqmix::NsaOptions options;
   NsaProblem(index_t Tq, index_t Tk)
       : Problem<KV>(Tq, Tk, kBlock),
@@ -177,7 +179,7 @@ void nsa_decode(benchmark::State& state, index_t Tk, bool kept) {
   }
   const seqmix::NsaOptions& o = p.options;
   const double rows = static_cast<double>((o.top_n * o.select_block + o.window) * kHkv);
-  const double compressed = static_cast<double>(seqmix::nsa_compressed_blocks(Tk, o) * kHkv) * 2 * kD * sizeof(float);
+  const double compressed = static_cast<double>(seqmix::nsa_compressed_blocks(Tk, o) * kHkv) * 2 * kD * sizeof(seqmix::f16);
   st::report_gbytes(state, rows * 2 * kD * sizeof(seqmix::f16) + compressed +
                                (kept ? 0.0 : static_cast<double>(Tk * kHkv) * 2 * kD * sizeof(seqmix::f16)));
 }

@@ -116,8 +116,10 @@ TEST_CASE("nsa: 16-bit K/V and caller-given compressed K/V match the reference",
   check_same("nsa_step bf16", step, want);
   // A caller's compression (here random: any phi): every form reads it instead of mean pooling.
   const index_t Nc = seqmix::nsa_compressed_blocks(c.Tk, opt);
-  const Tensor<float, 4> ck = st::random_tensor<4>({c.B, Nc, c.Hkv, c.D}, 12),
-                         cv = st::random_tensor<4>({c.B, Nc, c.Hkv, c.D}, 13);
+  const Tensor<float, 4> ckf = st::random_tensor<4>({c.B, Nc, c.Hkv, c.D}, 12),
+                         cvf = st::random_tensor<4>({c.B, Nc, c.Hkv, c.D}, 13);
+  Tensor<seqmix::bf16, 4> ck({c.B, Nc, c.Hkv, c.D}), cv({c.B, Nc, c.Hkv, c.D});
+  for (index_t e = 0; e < ck.numel(); ++e) ck.data()[e] = seqmix::bf16(ckf.data()[e]), cv.data()[e] = seqmix::bf16(cvf.data()[e]);
   seqmix::NsaInputs<seqmix::bf16> given = p.inputs();
   given.compressed_k = ck.cview(), given.compressed_v = cv.cview();
   Tensor<float, 4> want2 = nan_output(c, c.Tq), fast2 = nan_output(c, c.Tq), step2 = nan_output(c, c.Tq);

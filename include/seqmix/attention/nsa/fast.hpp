@@ -23,13 +23,13 @@ namespace detail {
 
 // Compressed K/V: the caller's, or mean pooling into `own_k` / `own_v`.
 template <class KV>
-std::pair<ConstView<float, 4>, ConstView<float, 4>> nsa_compressed(const NsaInputs<KV>& in, const NsaDims& n,
-                                                                   const NsaOptions& options, Tensor<float, 4>& own_k,
-                                                                   Tensor<float, 4>& own_v, const Executor& executor) {
+std::pair<ConstView<KV, 4>, ConstView<KV, 4>> nsa_compressed(const NsaInputs<KV>& in, const NsaDims& n,
+                                                             const NsaOptions& options, Tensor<KV, 4>& own_k,
+                                                             Tensor<KV, 4>& own_v, const Executor& executor) {
   if (in.compressed_k.has_value()) return {in.compressed_k, in.compressed_v};
   const AttentionDims& d = n.attention;
-  own_k = Tensor<float, 4>({d.B, n.compressed, d.Hkv, d.Dk});
-  own_v = Tensor<float, 4>({d.B, n.compressed, d.Hkv, d.Dv});
+  own_k = Tensor<KV, 4>({d.B, n.compressed, d.Hkv, d.Dk});
+  own_v = Tensor<KV, 4>({d.B, n.compressed, d.Hkv, d.Dv});
   nsa_compress(in.k, in.v, own_k.view(), own_v.view(), options, executor);
   return {own_k.cview(), own_v.cview()};
 }
@@ -37,7 +37,7 @@ std::pair<ConstView<float, 4>, ConstView<float, 4>> nsa_compressed(const NsaInpu
 // The compressed and sliding-window branches (dense attention with their visibility rules).
 template <class KV>
 void nsa_dense_branches(const NsaInputs<KV>& in, const NsaDims& n, const NsaOptions& options,
-                        const ConstView<float, 4>& ck, const ConstView<float, 4>& cv, const TensorView<float, 4>& o_cmp,
+                        const ConstView<KV, 4>& ck, const ConstView<KV, 4>& cv, const TensorView<float, 4>& o_cmp,
                         const TensorView<float, 4>& o_win, const Executor& executor) {
   const AttentionDims& d = n.attention;
   AttentionOptions causal;
@@ -46,7 +46,7 @@ void nsa_dense_branches(const NsaInputs<KV>& in, const NsaDims& n, const NsaOpti
     Tensor<std::int64_t, 2> positions({d.B, d.Tq});
     for (index_t b = 0; b < d.B; ++b)
       for (index_t i = 0; i < d.Tq; ++i) positions(b, i) = nsa_compressed_position(d.Tk - d.Tq + i, options);
-    AttentionInputs<float> compressed;
+    AttentionInputs<KV> compressed;
     compressed.q = in.q, compressed.k = ck, compressed.v = cv, compressed.positions = positions.cview();
     attention(compressed, {o_cmp, {}}, causal, executor);
   } else {
@@ -158,7 +158,7 @@ void nsa(const NsaInputs<KV>& in, const TensorView<float, 4>& o, const NsaOption
   const NsaDims n = validate_nsa("nsa", in, o, options);
   const AttentionDims& d = n.attention;
   if (d.B * d.Tq * d.Hq == 0) return;
-  Tensor<float, 4> own_k, own_v;
+  Tensor<KV, 4> own_k, own_v;
   const auto compressed = nsa_compressed(in, n, options, own_k, own_v, executor);
   Tensor<std::int32_t, 4> blocks({d.B, d.Tq, d.Hkv, options.top_n});
   nsa_block_selection(in, compressed.first, blocks.view(), options, executor);

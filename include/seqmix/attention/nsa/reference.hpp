@@ -18,8 +18,8 @@
 //  - sliding-window branch: o_win = softmax attention over keys pos - w < j <= pos.
 //  o = g_cmp * o_cmp + g_slc * o_slc + g_win * o_win,  gates [B, Tq, Hq, 3] in [0, 1].
 //
-// The selection (nsa_block_selection) is one routine shared by every form, computed in float
-// from topk_scores_exact's scores, so the forms choose the same blocks and differ only in the
+// The selection (nsa_block_selection) is one routine shared by every form, computed from float
+// scores of each (query, compressed key) pair that do not depend on the call's shape, so the forms choose the same blocks and differ only in the
 // rounding of the attention. This header holds the options, validation, nsa_compress,
 // nsa_block_selection and reference::nsa (plain loops in double).
 #pragma once
@@ -33,7 +33,8 @@
 #include <vector>
 
 #include "seqmix/attention/dense/reference.hpp"
-#include "seqmix/attention/topk/selectors.hpp"
+#include "seqmix/attention/dense/decode.hpp"  // kv_row_to_float
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -60,15 +61,16 @@ struct NsaOptions {
 };
 
 /// Arguments (KV: float, f16 or bf16). compressed_k / compressed_v are optional and go together:
-/// the caller's compressed keys and values (its own pooling or MLP), in place of mean pooling.
+/// the caller's compressed keys and values (its own pooling or MLP), in place of mean pooling,
+/// stored like the cache (KV), so that decode reads them at the cache's width.
 template <class KV = float>
 struct NsaInputs {
   ConstView<float, 4> q;                  ///< [B,Tq,Hq,Dk], Tq <= Tk
   ConstView<KV, 4> k;                     ///< [B,Tk,Hkv,Dk], Hkv divides Hq
   ConstView<KV, 4> v;                     ///< [B,Tk,Hkv,Dv]
   ConstView<float, 4> gates;              ///< [B,Tq,Hq,3]: g_cmp, g_slc, g_win in [0, 1]
-  ConstView<float, 4> compressed_k = {};  ///< [B,Nc,Hkv,Dk], optional (Nc = nsa_compressed_blocks)
-  ConstView<float, 4> compressed_v = {};  ///< [B,Nc,Hkv,Dv], optional, with compressed_k
+  ConstView<KV, 4> compressed_k = {};     ///< [B,Nc,Hkv,Dk], optional (Nc = nsa_compressed_blocks)
+  ConstView<KV, 4> compressed_v = {};     ///< [B,Nc,Hkv,Dv], optional, with compressed_k
 };
 
 /// Compressed blocks of Tk keys: (Tk - l) / d + 1, or 0 when Tk < l.
@@ -204,10 +206,11 @@ inline void nsa_select_row(const float* scores, index_t head_stride, index_t G, 
 }  // namespace detail
 
 /// Mean pooling with block l and stride d: ck[b, c, h] = mean(k[b, c d .. c d + l, h]), the same
-/// for v. ck [B, Nc, Hkv, Dk], cv [B, Nc, Hkv, Dv] with Nc = nsa_compressed_blocks(Tk, options).
+/// for v, summed in float and stored as KV (the cache's type). ck [B, Nc, Hkv, Dk],
+/// cv [B, Nc, Hkv, Dv] with Nc = nsa_compressed_blocks(Tk, options).
 template <class KV>
-void nsa_compress(const ConstView<KV, 4>& k, const ConstView<KV, 4>& v, const TensorView<float, 4>& ck,
-                  const TensorView<float, 4>& cv, const NsaOptions& options = {},
+void nsa_compress(const ConstView<KV, 4>& k, const ConstView<KV, 4>& v, const TensorView<KV, 4>& ck,
+                  const TensorView<KV, 4>& cv, const NsaOptions& options = {},
                   const Executor& executor = serial_executor()) {
   const ArgCheck check("nsa_compress");
   detail::validate_nsa_options(check, options);
@@ -224,23 +227,38 @@ void nsa_compress(const ConstView<KV, 4>& k, const ConstView<KV, 4>& v, const Te
       const index_t h = t % H, c = t / H % Nc, b = t / H / Nc;
       for (int which = 0; which < 2; ++which) {
         const ConstView<KV, 4>& x = which == 0 ? k : v;
-        const TensorView<float, 4>& out = which == 0 ? ck : cv;
+        const TensorView<KV, 4>& out = which == 0 ? ck : cv;
         const index_t D = x.size(3);
         sum.assign(static_cast<std::size_t>(D), 0.f);
         for (index_t j = c * d; j < c * d + l; ++j)
           for (index_t e = 0; e < D; ++e) sum[static_cast<std::size_t>(e)] += static_cast<float>(x(b, j, h, e));
-        for (index_t e = 0; e < D; ++e) out(b, c, h, e) = sum[static_cast<std::size_t>(e)] / static_cast<float>(l);
+        for (index_t e = 0; e < D; ++e) out(b, c, h, e) = static_cast<KV>(sum[static_cast<std::size_t>(e)] / static_cast<float>(l));
       }
     }
   });
 }
 
+namespace detail {
+
+// q . row for one query row (float) and one compressed key row (converted to float): SIMD
+// lanes then a fixed reduction, so the value of a pair does not depend on the call's shape.
+inline float nsa_dot(const float* q, const float* row, index_t D) noexcept {
+  simd::Batch<float> acc(0.f);
+  const index_t Dv = simd::vector_end(D);
+  for (index_t c = 0; c < Dv; c += simd::kWidth) acc = simd::fma(simd::load(q + c), simd::load(row + c), acc);
+  float sum = Dv > 0 ? simd::reduce_add(acc) : 0.f;
+  for (index_t c = Dv; c < D; ++c) sum += q[c] * row[c];
+  return sum;
+}
+
+}  // namespace detail
+
 /// The selection blocks nsa attends to: blocks[b, i, hk, e] (e < top_n), increasing, padded with
 /// -1, shared by the query heads of KV head hk. ck: the compressed keys (nsa_compress's or the
-/// caller's). Every form uses this selection. Allocates the scores of 512 queries of one group
-/// at a time ([512, G, Nc] floats).
+/// caller's). Every form uses this selection. A task is (batch row, query, KV head): each
+/// visible compressed key is converted once and scored against the group's G query rows.
 template <class KV>
-void nsa_block_selection(const NsaInputs<KV>& in, const ConstView<float, 4>& ck,
+void nsa_block_selection(const NsaInputs<KV>& in, const ConstView<KV, 4>& ck,
                          const TensorView<std::int32_t, 4>& blocks, const NsaOptions& options = {},
                          const Executor& executor = serial_executor()) {
   using namespace detail;
@@ -250,26 +268,25 @@ void nsa_block_selection(const NsaInputs<KV>& in, const ConstView<float, 4>& ck,
   check.shape("ck", ck, std::array<index_t, 4>{d.B, n.compressed, d.Hkv, d.Dk}, "B,Nc,Hkv,Dk");
   check.shape("blocks", blocks, std::array<index_t, 4>{d.B, d.Tq, d.Hkv, options.top_n}, "B,Tq,Hkv,top_n");
   if (d.B * d.Tq * d.Hq == 0) return;
-  const index_t G = d.group(), chunk = std::min<index_t>(512, d.Tq), Nc = n.compressed;
+  const index_t G = d.group(), Nc = std::max<index_t>(n.compressed, 1), Dp = round_up(d.Dk, simd::kWidth);
   AttentionOptions scale_only;
   scale_only.scale = options.scale;
   const float scale = attention_scale(scale_only, d.Dk);
-  Tensor<float, 4> scores({1, chunk, G, std::max<index_t>(Nc, 1)});
-  for (index_t b = 0; b < d.B; ++b)
-    for (index_t hk = 0; hk < d.Hkv; ++hk)
-      for (index_t i0 = 0; i0 < d.Tq; i0 += chunk) {
-        const index_t rows = std::min(chunk, d.Tq - i0);
-        const TensorView<float, 4> s = scores.view().slice(1, 0, rows).slice(3, 0, Nc);
-        if (Nc > 0)
-          topk_scores_exact(in.q.slice(0, b, 1).slice(1, i0, rows).slice(2, hk * G, G), ck.slice(0, b, 1).slice(2, hk, 1),
-                            s, executor);
-        parallel_for(executor, rows, 16, [&](index_t first, index_t last) {
-          NsaSelectScratch w;
-          for (index_t r = first; r < last; ++r)
-            nsa_select_row(Nc > 0 ? s.ptr(0, r, 0) : nullptr, s.stride(2), G, d.Tk - d.Tq + i0 + r, scale, options,
-                           blocks.ptr(b, i0 + r, hk), w);
-        });
+  parallel_for(executor, d.B * d.Tq * d.Hkv, 4, [&](index_t first, index_t last) {
+    NsaSelectScratch w;
+    AlignedVector<float> q(static_cast<std::size_t>(G * Dp), 0.f), row(static_cast<std::size_t>(Dp), 0.f),
+        scores(static_cast<std::size_t>(G * Nc));
+    for (index_t t = first; t < last; ++t) {
+      const index_t hk = t % d.Hkv, i = t / d.Hkv % d.Tq, b = t / d.Hkv / d.Tq, pos = d.Tk - d.Tq + i;
+      const index_t visible = nsa_compressed_position(pos, options) + 1;
+      for (index_t g = 0; g < G; ++g) kv_row_to_float(in.q.ptr(b, i, hk * G + g), in.q.stride(3), d.Dk, q.data() + g * Dp);
+      for (index_t c = 0; c < visible; ++c) {
+        kv_row_to_float(ck.ptr(b, c, hk), ck.stride(3), d.Dk, row.data());
+        for (index_t g = 0; g < G; ++g) scores[static_cast<std::size_t>(g * Nc + c)] = nsa_dot(q.data() + g * Dp, row.data(), d.Dk);
       }
+      nsa_select_row(scores.data(), Nc, G, pos, scale, options, blocks.ptr(b, i, hk), w);
+    }
+  });
 }
 
 namespace reference {
@@ -283,11 +300,11 @@ void nsa(const NsaInputs<KV>& in, const TensorView<float, 4>& o, const NsaOption
   const detail::NsaDims n = detail::validate_nsa("reference::nsa", in, o, options);
   const detail::AttentionDims& d = n.attention;
   if (d.B * d.Tq * d.Hq == 0) return;
-  Tensor<float, 4> own_k, own_v;
-  ConstView<float, 4> ck = in.compressed_k, cv = in.compressed_v;
+  Tensor<KV, 4> own_k, own_v;
+  ConstView<KV, 4> ck = in.compressed_k, cv = in.compressed_v;
   if (!ck.has_value()) {
-    own_k = Tensor<float, 4>({d.B, n.compressed, d.Hkv, d.Dk});
-    own_v = Tensor<float, 4>({d.B, n.compressed, d.Hkv, d.Dv});
+    own_k = Tensor<KV, 4>({d.B, n.compressed, d.Hkv, d.Dk});
+    own_v = Tensor<KV, 4>({d.B, n.compressed, d.Hkv, d.Dv});
     nsa_compress(in.k, in.v, own_k.view(), own_v.view(), options, executor);
     ck = own_k.cview(), cv = own_v.cview();
   }

@@ -24,7 +24,7 @@ void nsa_step(const NsaInputs<KV>& in, const TensorView<float, 4>& o, const NsaO
   const NsaDims n = validate_nsa("nsa_step", in, o, options);
   const AttentionDims& d = n.attention;
   if (d.B * d.Tq * d.Hq == 0) return;
-  Tensor<float, 4> own_k, own_v;
+  Tensor<KV, 4> own_k, own_v;
   const auto compressed = nsa_compressed(in, n, options, own_k, own_v, executor);
   Tensor<std::int32_t, 4> blocks({d.B, d.Tq, d.Hkv, options.top_n});
   nsa_block_selection(in, compressed.first, blocks.view(), options, executor);
