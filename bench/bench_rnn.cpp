@@ -93,6 +93,7 @@ void register_all() {
       {"lstm/recurrence/H256_T512_B1", Cell::lstm, 1, 512, 0, 256, 1, false, false, Form::fast},
       {"lstm/recurrence/H256_T512_B1_1core", Cell::lstm, 1, 512, 0, 256, 1, false, true, Form::fast},
       {"lstm/recurrence/H128_T512_B1", Cell::lstm, 1, 512, 0, 128, 1, false, false, Form::fast},
+      {"lstm/recurrence/H1024_T64_B16", Cell::lstm, 16, 64, 0, 1024, 1, false, false, Form::fast},
       {"lstm/step/H1024_B1", Cell::lstm, 1, 1, 1024, 1024, 1, true, false, Form::step},
       {"lstm/step/H1024_B16", Cell::lstm, 16, 1, 1024, 1024, 1, true, false, Form::step},
       {"gru/prefill/H1024_T4096_B1", Cell::gru, 1, 4096, 1024, 1024, 1, true, false, Form::fast},

@@ -198,6 +198,17 @@ TEST_CASE("rnn cells: pre-activation input, strided views and in-place state", "
     run_reference(k, ref, {y_ref.view(), state_ref.view()}, {});
     st::require_close("y", y.cview(), y_ref.cview(), 1e-5);
     st::require_close("state", state.cview(), state_ref.cview(), 1e-5);
+    // The step on the column-strided weights (Eigen's product) equals it on the dense ones (the
+    // tiled product of several batch rows).
+    Tensor<float, 3> s1 = state_ref, s2 = state_ref;
+    Tensor<float, 2> y1({B, H}), y2({B, H});
+    seqmix::RnnStepInputs si;
+    si.x = x.select(1, 4), si.w_hh = w_hh_strided;
+    run_step(k, si, {y1.view(), s1.view()}, {});
+    si.w_hh = w_hh.cview();
+    run_step(k, si, {y2.view(), s2.view()}, {});
+    st::require_close("step y", y1.cview(), y2.cview(), 1e-5);
+    st::require_close("step state", s1.cview(), s2.cview(), 1e-5);
   }
 }
 

@@ -15,14 +15,16 @@
 
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/rnn/common.hpp"
 
 namespace seqmix {
 namespace detail {
 
 // Multiply-adds of one recurrent step (B*G*H*Dh) from which the step is split over threads.
-// Measured (bench_rnn, 2 cores): at H = 256 (262k MACs, ~25 us per step on one core) the split
-// already gains; below, waking the second thread costs more than it saves.
+// Measured (bench_rnn lstm/recurrence, B = 1, T = 512, on a 2-core EPYC shared with other jobs):
+// H = 256 (2^18 MACs) 56 ms on two cores against 126 ms on one, H = 1024 1.98 s against 2.86 s;
+// at H = 128 the two-core run (61 ms) was no faster, so smaller steps stay on one core.
 constexpr index_t kRnnParallelWork = 256 * 1024;
 // Rows (batch x tokens) of one input-projection GEMM: large enough for Eigen's blocking to reach
 // its peak, small enough that the [rows, G*H] pre-activations stay a few MB.
@@ -42,6 +44,45 @@ inline RnnRowMap rnn_rows(const ConstView<float, 2>& v, std::vector<float>& copy
   for (index_t r = 0; r < rows; ++r)
     for (index_t c = 0; c < cols; ++c) copy[static_cast<std::size_t>(r * cols + c)] = v(r, c);
   return RnnRowMap(copy.data(), rows, cols, Eigen::OuterStride<>(cols));
+}
+
+// ah[b, r] = sum_k w[r, k] h[b, k] (w [R, K] with row stride ldw, unit columns) for several batch
+// rows: tiles of 4 rows x 4 batch rows, 16 vector accumulators, each W row loaded once per 4
+// batch rows while its 4 rows stay in L1. Eigen's product would pack W again on every token (an
+// extra pass over the block's weights per step, measured 4-5x slower per token for B = 2..16 at
+// H = 1024); here W is read as it lies. For B = 1, Eigen's GEMV (no packing) is faster and is
+// used instead. Ragged tiles repeat the last row and drop its sums.
+inline void rnn_block_product(const float* w, index_t ldw, index_t R, index_t K, const float* h, index_t ldh, index_t B,
+                              float* ah, index_t ldah) {
+  using V = simd::Batch<float>;
+  const index_t kv = simd::vector_end(K);
+  for (index_t r0 = 0; r0 < R; r0 += 4)
+    for (index_t b0 = 0; b0 < B; b0 += 4) {
+      const float* wr[4];
+      const float* hb[4];
+      for (index_t i = 0; i < 4; ++i) {
+        wr[i] = w + std::min(r0 + i, R - 1) * ldw;
+        hb[i] = h + std::min(b0 + i, B - 1) * ldh;
+      }
+      V acc[4][4];
+      for (auto& row : acc)
+        for (V& a : row) a = V(0.f);
+      for (index_t k = 0; k < kv; k += simd::kWidth) {
+        const V h0 = simd::load(hb[0] + k), h1 = simd::load(hb[1] + k), h2 = simd::load(hb[2] + k),
+                h3 = simd::load(hb[3] + k);
+        for (index_t i = 0; i < 4; ++i) {
+          const V wv = simd::load(wr[i] + k);
+          acc[i][0] = simd::fma(wv, h0, acc[i][0]), acc[i][1] = simd::fma(wv, h1, acc[i][1]);
+          acc[i][2] = simd::fma(wv, h2, acc[i][2]), acc[i][3] = simd::fma(wv, h3, acc[i][3]);
+        }
+      }
+      for (index_t i = 0; i < std::min<index_t>(4, R - r0); ++i)
+        for (index_t j = 0; j < std::min<index_t>(4, B - b0); ++j) {
+          float sum = simd::reduce_add(acc[i][j]);
+          for (index_t k = kv; k < K; ++k) sum += wr[i][k] * hb[j][k];
+          ah[(b0 + j) * ldah + r0 + i] = sum;
+        }
+    }
 }
 
 // Units [j0, j1) of one head, and the scratch of its recurrent product.
@@ -120,7 +161,12 @@ void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<flo
     float* next = state[cur ^ 1].data();
     const float* prev = state[cur].data();
     const RnnRowMap hb(h_prev + c0, B, Dh, Eigen::OuterStride<>(H));
-    if (pack) {
+    if (pack && B >= 2) {
+      rnn_block_product(blk.w.data(), Dh, G * n, Dh, h_prev + c0, H, B, blk.ah.data(), G * n);
+    } else if (B >= 2 && w_hh.stride(1) == 1) {
+      for (index_t g = 0; g < G; ++g)
+        rnn_block_product(w_hh.ptr(g * H + blk.j0), w_hh.stride(0), n, Dh, h_prev + c0, H, B, blk.ah.data() + g * n, G * n);
+    } else if (pack) {
       RnnMutRowMap ah(blk.ah.data(), B, G * n, Eigen::OuterStride<>(G * n));
       const RnnRowMap w(blk.w.data(), G * n, Dh, Eigen::OuterStride<>(Dh));
       ah.noalias() = hb * w.transpose();
