@@ -1,0 +1,249 @@
+// Writes the conformance cases of long_conv, ssm_kernel and s5 into <golden>/<op>/<case>/
+// (tests/golden/README.md), computed by plain double-precision loops written here from the
+// formulas of docs/operators.md section 11 (the convolution sum; S4D's discretization and
+// Vandermonde kernel with every power formed by repeated multiplication; S5's recurrence). Nothing
+// of seqmix is used but its .npy writer, so the vectors are independent of the operators they check.
+//
+//   g++ -std=c++17 -O2 -I include tools/golden_lti.cpp -o golden_lti
+//   ./golden_lti tests/golden
+#include <cmath>
+#include <complex>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "seqmix/io/npy.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using cd = std::complex<double>;
+namespace fs = std::filesystem;
+
+struct Array {
+  std::vector<index_t> shape;
+  std::vector<double> v;
+  double& at(index_t i) { return v[static_cast<std::size_t>(i)]; }
+};
+
+Array random_array(std::vector<index_t> shape, std::mt19937_64& rng, double lo, double hi) {
+  Array a{std::move(shape), {}};
+  index_t n = 1;
+  for (const index_t d : a.shape) n *= d;
+  std::uniform_real_distribution<double> u(lo, hi);
+  // Rounded to float first: the files hold fp32 and the outputs are exact for those values.
+  for (index_t i = 0; i < n; ++i) a.v.push_back(static_cast<double>(static_cast<float>(u(rng))));
+  return a;
+}
+
+Array zeros(std::vector<index_t> shape) {
+  index_t n = 1;
+  for (const index_t d : shape) n *= d;
+  return {std::move(shape), std::vector<double>(static_cast<std::size_t>(n), 0.0)};
+}
+
+void write(const fs::path& dir, const std::string& name, const Array& a) {
+  std::vector<float> f(a.v.begin(), a.v.end());
+  seqmix::write_npy((dir / (name + ".npy")).string(), a.shape, f.data());
+}
+
+const char* kSource =
+    "tools/golden_lti.cpp: float64 loops of the formulas of docs/operators.md section 11 (convolution sum, "
+    "S4D discretization and Vandermonde kernel by repeated multiplication, S5 recurrence), independent of "
+    "seqmix's operators";
+
+void write_case(const fs::path& dir, const std::string& op, const std::string& params, const std::string& inputs,
+                const std::string& outputs, const char* tol) {
+  std::ofstream(dir / "case.json") << "{ \"op\": \"" << op << "\",\n  \"params\": { " << params
+                                   << " },\n  \"inputs\":  { " << inputs << " },\n  \"outputs\": { " << outputs
+                                   << " },\n  \"tol\": " << tol << ",\n  \"source\": \"" << kSource << "\" }\n";
+}
+
+// ---- long_conv ------------------------------------------------------------------------------
+
+struct ConvCase {
+  std::string name;
+  index_t B, T, D, L, G, Lb;  // Lb > 0: bidirectional
+  bool skip, bias, state;
+};
+
+void long_conv_case(const fs::path& root, const ConvCase& c, std::mt19937_64& rng) {
+  const double a = 1.0 / std::sqrt(static_cast<double>(c.L));
+  Array u = random_array({c.B, c.T, c.D}, rng, -1, 1), h = random_array({c.L, c.G}, rng, -a, a);
+  Array hb = random_array({std::max<index_t>(c.Lb, 1), c.G}, rng, -0.2, 0.2);
+  Array skip = random_array({c.D}, rng, -1, 1), bias = random_array({c.D}, rng, -1, 1);
+  Array s0 = random_array({c.B, c.L - 1, c.D}, rng, -1, 1);
+  Array y = zeros({c.B, c.T, c.D}), fin = zeros({c.B, c.L - 1, c.D});
+  const index_t S = c.L - 1, group = c.D / c.G;
+  // xs row r (r from -S): the state rows, then u.
+  const auto xs = [&](index_t b, index_t r, index_t d) {
+    if (r >= 0) return u.at((b * c.T + r) * c.D + d);
+    return c.state ? s0.at((b * S + S + r) * c.D + d) : 0.0;
+  };
+  for (index_t b = 0; b < c.B; ++b) {
+    for (index_t t = 0; t < c.T; ++t)
+      for (index_t d = 0; d < c.D; ++d) {
+        double acc = (c.bias ? bias.at(d) : 0.0) + (c.skip ? skip.at(d) * u.at((b * c.T + t) * c.D + d) : 0.0);
+        for (index_t s = 0; s < c.L && t - s >= -S; ++s) acc += h.at(s * c.G + d / group) * xs(b, t - s, d);
+        for (index_t s = 0; s < c.Lb && t + s < c.T; ++s) acc += hb.at(s * c.G + d / group) * u.at((b * c.T + t + s) * c.D + d);
+        y.at((b * c.T + t) * c.D + d) = acc;
+      }
+    for (index_t r = 0; r < S; ++r)
+      for (index_t d = 0; d < c.D; ++d) fin.at((b * S + r) * c.D + d) = xs(b, c.T - S + r, d);
+  }
+  const fs::path dir = root / "long_conv" / c.name;
+  fs::create_directories(dir);
+  write(dir, "u", u), write(dir, "filter", h), write(dir, "y", y);
+  std::string inputs = "\"u\": \"u.npy\", \"filter\": \"filter.npy\"", outputs = "\"y\": \"y.npy\"";
+  if (c.Lb > 0) inputs += ", \"filter_backward\": \"filter_backward.npy\"", write(dir, "filter_backward", hb);
+  if (c.skip) inputs += ", \"skip\": \"skip.npy\"", write(dir, "skip", skip);
+  if (c.bias) inputs += ", \"bias\": \"bias.npy\"", write(dir, "bias", bias);
+  if (c.state) inputs += ", \"initial_state\": \"initial_state.npy\"", write(dir, "initial_state", s0);
+  if (c.Lb == 0) outputs += ", \"final_state\": \"final_state.npy\"", write(dir, "final_state", fin);
+  write_case(dir, "long_conv", std::string("\"direction\": \"") + (c.Lb > 0 ? "bidirectional" : "causal") + "\"",
+             inputs, outputs, "1e-05");
+}
+
+// ---- discretization shared by ssm_kernel and s5 ----------------------------------------------
+
+void discretize(cd lambda, double dt, bool zoh, cd* A_bar, cd* factor) {
+  if (zoh) {
+    *A_bar = std::exp(dt * lambda);
+    *factor = (*A_bar - 1.0) / lambda;
+  } else {
+    *A_bar = (1.0 + dt * lambda / 2.0) / (1.0 - dt * lambda / 2.0);
+    *factor = dt / (1.0 - dt * lambda / 2.0);
+  }
+}
+
+Array log_uniform_dt(index_t n, std::mt19937_64& rng) {
+  Array dt = random_array({n}, rng, std::log(1e-3), std::log(1e-1));
+  for (double& v : dt.v) v = static_cast<double>(static_cast<float>(std::exp(v)));
+  return dt;
+}
+
+// ---- ssm_kernel -----------------------------------------------------------------------------
+
+struct KernelCase {
+  std::string name;
+  index_t H, N, L;
+  bool zoh, pairs, complex;
+};
+
+void ssm_kernel_case(const fs::path& root, const KernelCase& c, std::mt19937_64& rng) {
+  // S4D-Lin eigenvalues with a random real part (complex), or S4D-Real ones (real).
+  Array A_re = zeros({c.H, c.N}), A_im = zeros({c.H, c.N});
+  for (index_t h = 0; h < c.H; ++h)
+    for (index_t n = 0; n < c.N; ++n) {
+      A_re.at(h * c.N + n) = c.complex ? -0.5 : -double(n + 1);
+      A_im.at(h * c.N + n) = c.complex ? static_cast<double>(static_cast<float>(3.14159265358979 * n)) : 0.0;
+    }
+  Array B_re = random_array({c.H, c.N}, rng, 0.5, 1.5), B_im = random_array({c.H, c.N}, rng, -0.5, 0.5);
+  Array C_re = random_array({c.H, c.N}, rng, -1, 1), C_im = random_array({c.H, c.N}, rng, -1, 1);
+  Array dt = log_uniform_dt(c.H, rng);
+  Array kernel = zeros({c.L, c.H});
+  for (index_t h = 0; h < c.H; ++h)
+    for (index_t n = 0; n < c.N; ++n) {
+      const index_t i = h * c.N + n;
+      const cd lambda(A_re.at(i), c.complex ? A_im.at(i) : 0.0);
+      cd A_bar, factor;
+      discretize(lambda, dt.at(h), c.zoh, &A_bar, &factor);
+      const cd w = cd(C_re.at(i), c.complex ? C_im.at(i) : 0.0) * factor * cd(B_re.at(i), c.complex ? B_im.at(i) : 0.0);
+      cd power = 1.0;
+      for (index_t l = 0; l < c.L; ++l, power *= A_bar) kernel.at(l * c.H + h) += (c.pairs ? 2.0 : 1.0) * (w * power).real();
+    }
+  const fs::path dir = root / "ssm_kernel" / c.name;
+  fs::create_directories(dir);
+  write(dir, "A_real", A_re), write(dir, "B_real", B_re), write(dir, "C_real", C_re), write(dir, "dt", dt);
+  write(dir, "kernel", kernel);
+  std::string inputs = "\"A_real\": \"A_real.npy\", \"B_real\": \"B_real.npy\", \"C_real\": \"C_real.npy\", \"dt\": \"dt.npy\"";
+  if (c.complex) {
+    write(dir, "A_imag", A_im), write(dir, "B_imag", B_im), write(dir, "C_imag", C_im);
+    inputs += ", \"A_imag\": \"A_imag.npy\", \"B_imag\": \"B_imag.npy\", \"C_imag\": \"C_imag.npy\"";
+  }
+  write_case(dir, "ssm_kernel",
+             std::string("\"discretization\": \"") + (c.zoh ? "zoh" : "bilinear") + "\", \"symmetry\": \"" +
+                 (c.pairs ? "conjugate_pairs" : "none") + "\"",
+             inputs, "\"kernel\": \"kernel.npy\"", "1e-04");
+}
+
+// ---- s5 -------------------------------------------------------------------------------------
+
+struct S5Case {
+  std::string name;
+  index_t B, T, H, P;
+  bool zoh, pairs, state;
+};
+
+void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
+  const double bh = 1.0 / std::sqrt(double(c.H)), cp = 1.0 / std::sqrt(double(c.P));
+  Array L_re = random_array({c.P}, rng, -1, -0.1), L_im = random_array({c.P}, rng, -3, 3);
+  Array B_re = random_array({c.P, c.H}, rng, -bh, bh), B_im = random_array({c.P, c.H}, rng, -bh, bh);
+  Array C_re = random_array({c.H, c.P}, rng, -cp, cp), C_im = random_array({c.H, c.P}, rng, -cp, cp);
+  Array dt = log_uniform_dt(c.P, rng), D = random_array({c.H}, rng, -1, 1);
+  Array u = random_array({c.B, c.T, c.H}, rng, -1, 1);
+  Array s_re = random_array({c.B, c.P}, rng, -1, 1), s_im = random_array({c.B, c.P}, rng, -1, 1);
+  Array y = zeros({c.B, c.T, c.H}), f_re = zeros({c.B, c.P}), f_im = zeros({c.B, c.P});
+  std::vector<cd> A_bar(c.P), factor(c.P);
+  for (index_t p = 0; p < c.P; ++p) discretize(cd(L_re.at(p), L_im.at(p)), dt.at(p), c.zoh, &A_bar[p], &factor[p]);
+  for (index_t b = 0; b < c.B; ++b) {
+    std::vector<cd> x(c.P);
+    for (index_t p = 0; p < c.P; ++p) x[p] = c.state ? cd(s_re.at(b * c.P + p), s_im.at(b * c.P + p)) : 0.0;
+    for (index_t t = 0; t < c.T; ++t) {
+      for (index_t p = 0; p < c.P; ++p) {
+        cd bu = 0.0;
+        for (index_t h = 0; h < c.H; ++h) bu += cd(B_re.at(p * c.H + h), B_im.at(p * c.H + h)) * u.at((b * c.T + t) * c.H + h);
+        x[p] = A_bar[p] * x[p] + factor[p] * bu;
+      }
+      for (index_t h = 0; h < c.H; ++h) {
+        double acc = 0;
+        for (index_t p = 0; p < c.P; ++p) acc += (cd(C_re.at(h * c.P + p), C_im.at(h * c.P + p)) * x[p]).real();
+        y.at((b * c.T + t) * c.H + h) = (c.pairs ? 2.0 : 1.0) * acc + D.at(h) * u.at((b * c.T + t) * c.H + h);
+      }
+    }
+    for (index_t p = 0; p < c.P; ++p) f_re.at(b * c.P + p) = x[p].real(), f_im.at(b * c.P + p) = x[p].imag();
+  }
+  const fs::path dir = root / "s5" / c.name;
+  fs::create_directories(dir);
+  write(dir, "u", u), write(dir, "Lambda_real", L_re), write(dir, "Lambda_imag", L_im), write(dir, "B_real", B_re);
+  write(dir, "B_imag", B_im), write(dir, "C_real", C_re), write(dir, "C_imag", C_im), write(dir, "dt", dt);
+  write(dir, "D", D), write(dir, "y", y), write(dir, "final_state_real", f_re), write(dir, "final_state_imag", f_im);
+  std::string inputs =
+      "\"u\": \"u.npy\", \"Lambda_real\": \"Lambda_real.npy\", \"Lambda_imag\": \"Lambda_imag.npy\", \"B_real\": "
+      "\"B_real.npy\", \"B_imag\": \"B_imag.npy\", \"C_real\": \"C_real.npy\", \"C_imag\": \"C_imag.npy\", \"dt\": "
+      "\"dt.npy\", \"D\": \"D.npy\"";
+  if (c.state) {
+    write(dir, "initial_state_real", s_re), write(dir, "initial_state_imag", s_im);
+    inputs += ", \"initial_state_real\": \"initial_state_real.npy\", \"initial_state_imag\": \"initial_state_imag.npy\"";
+  }
+  write_case(dir, "s5",
+             std::string("\"discretization\": \"") + (c.zoh ? "zoh" : "bilinear") + "\", \"symmetry\": \"" +
+                 (c.pairs ? "conjugate_pairs" : "none") + "\"",
+             inputs,
+             "\"y\": \"y.npy\", \"final_state_real\": \"final_state_real.npy\", \"final_state_imag\": "
+             "\"final_state_imag.npy\"",
+             "1e-04");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
+    return 2;
+  }
+  const fs::path root = argv[1];
+  std::mt19937_64 rng(20261216);
+  long_conv_case(root, {"b2_t50_d6_l50_skip_bias_state", 2, 50, 6, 50, 6, 0, true, true, true}, rng);
+  long_conv_case(root, {"b1_t33_d6_l20_heads2", 1, 33, 6, 20, 2, 0, false, true, false}, rng);
+  long_conv_case(root, {"b1_t30_d5_l70_longer_than_t", 1, 30, 5, 70, 5, 0, true, false, false}, rng);
+  long_conv_case(root, {"b2_t40_d5_l40_bidirectional_lb15", 2, 40, 5, 40, 5, 15, true, true, false}, rng);
+  ssm_kernel_case(root, {"h3_n8_l300_zoh_pairs_s4dlin", 3, 8, 300, true, true, true}, rng);
+  ssm_kernel_case(root, {"h2_n4_l100_bilinear_real", 2, 4, 100, false, false, false}, rng);
+  s5_case(root, {"b2_t40_h6_p5_zoh_pairs_state", 2, 40, 6, 5, true, true, true}, rng);
+  s5_case(root, {"b1_t25_h4_p3_bilinear", 1, 25, 4, 3, false, false, false}, rng);
+  return 0;
+}
