@@ -2,7 +2,7 @@
 //
 //   lstm/prefill/H1024_T4096_B<1|16>     seqmix::lstm, I = H = 1024: input projection (one GEMM
 //                                        per chunk of tokens) plus the recurrence
-//   lstm/recurrence/H<256|1024>_T512_B1[_1core]
+//   lstm/recurrence/H<256|512|1024>_T512_B1[_1core], lstm/recurrence/H1024_T64_B16
 //                                        the recurrent part alone (x given as pre-activations,
 //                                        no w_ih), on two cores and on one: whether the split of
 //                                        the hidden units with one barrier per token pays
@@ -90,6 +90,8 @@ void register_all() {
       {"lstm/prefill/H1024_T4096_B16", Cell::lstm, 16, 4096, 1024, 1024, 1, true, false, Form::fast},
       {"lstm/recurrence/H1024_T512_B1", Cell::lstm, 1, 512, 0, 1024, 1, false, false, Form::fast},
       {"lstm/recurrence/H1024_T512_B1_1core", Cell::lstm, 1, 512, 0, 1024, 1, false, true, Form::fast},
+      {"lstm/recurrence/H512_T512_B1", Cell::lstm, 1, 512, 0, 512, 1, false, false, Form::fast},
+      {"lstm/recurrence/H512_T512_B1_1core", Cell::lstm, 1, 512, 0, 512, 1, false, true, Form::fast},
       {"lstm/recurrence/H256_T512_B1", Cell::lstm, 1, 512, 0, 256, 1, false, false, Form::fast},
       {"lstm/recurrence/H256_T512_B1_1core", Cell::lstm, 1, 512, 0, 256, 1, false, true, Form::fast},
       {"lstm/recurrence/H128_T512_B1", Cell::lstm, 1, 512, 0, 128, 1, false, false, Form::fast},

@@ -106,6 +106,9 @@ inline Batch<float> in_register(Batch<float> v) noexcept {
 
 /// Elementwise exp; accurate to about 1 ulp (xsimd's implementation, no scalar expf calls).
 inline Batch<float> exp(const Batch<float>& x) noexcept { return xsimd::exp(x); }
+/// Elementwise tanh and log(1 + x) (xsimd's implementations).
+inline Batch<float> tanh(const Batch<float>& x) noexcept { return xsimd::tanh(x); }
+inline Batch<float> log1p(const Batch<float>& x) noexcept { return xsimd::log1p(x); }
 inline Batch<float> fma(const Batch<float>& a, const Batch<float>& b, const Batch<float>& c) noexcept {
   return xsimd::fma(a, b, c);
 }

@@ -16,6 +16,7 @@
 
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix {
@@ -63,15 +64,34 @@ struct RnnStepOutputs {
 
 namespace detail {
 
-// Numerically safe scalar pieces of the cells: no overflow to NaN at extreme pre-activations.
+// The cells' scalar functions, each for one float (the reference) and for a vector of units (the
+// fast form), so that both run the very same update code. Numerically safe: no overflow to NaN
+// at extreme pre-activations (exp(-v) = inf gives sigmoid 0).
+using RnnBatch = simd::Batch<float>;
+
 inline float rnn_sigmoid(float v) {
   if (v >= 0.f) return 1.f / (1.f + std::exp(-v));
   const float e = std::exp(v);
   return e / (1.f + e);
 }
+inline RnnBatch rnn_sigmoid(const RnnBatch& v) { return RnnBatch(1.f) / (RnnBatch(1.f) + simd::exp(-v)); }
 
-inline float rnn_log_sigmoid(float v) {
-  return v >= 0.f ? -std::log1p(std::exp(-v)) : v - std::log1p(std::exp(v));
+// log sigmoid(v) = min(v, 0) - log1p(exp(-|v|)).
+inline float rnn_log_sigmoid(float v) { return std::min(v, 0.f) - std::log1p(std::exp(-std::abs(v))); }
+inline RnnBatch rnn_log_sigmoid(const RnnBatch& v) {
+  return xsimd::min(v, RnnBatch(0.f)) - simd::log1p(simd::exp(-xsimd::abs(v)));
+}
+
+inline float rnn_tanh(float v) { return std::tanh(v); }
+inline RnnBatch rnn_tanh(const RnnBatch& v) { return simd::tanh(v); }
+inline float rnn_exp(float v) { return std::exp(v); }
+inline RnnBatch rnn_exp(const RnnBatch& v) { return simd::exp(v); }
+inline float rnn_max(float a, float b) { return std::max(a, b); }
+inline RnnBatch rnn_max(const RnnBatch& a, const RnnBatch& b) { return xsimd::max(a, b); }
+// `if_zero` where x == 0, else `otherwise`.
+inline float rnn_if_zero(float x, float if_zero, float otherwise) { return x == 0.f ? if_zero : otherwise; }
+inline RnnBatch rnn_if_zero(const RnnBatch& x, const RnnBatch& if_zero, const RnnBatch& otherwise) {
+  return xsimd::select(x == RnnBatch(0.f), if_zero, otherwise);
 }
 
 struct RnnDims {
@@ -147,7 +167,8 @@ RnnDims validate_rnn_step(const ArgCheck& check, const RnnStepInputs& in, const 
 
 // The definition, one batch row at a time, token by token, with double accumulators. `Cell`
 // provides kGates, kStates and update(ax, ah, s): s = (h, ...) updated in place from the gate
-// pre-activations ax (input side) and ah (recurrent side) of one unit.
+// pre-activations ax (input side) and ah (recurrent side) of one unit (V = float here; the fast
+// form runs the same code on vectors of units).
 template <class Cell>
 void rnn_reference(const char* op, const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options) {
   constexpr index_t G = Cell::kGates, S = Cell::kStates;

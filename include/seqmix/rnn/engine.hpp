@@ -22,10 +22,11 @@ namespace seqmix {
 namespace detail {
 
 // Multiply-adds of one recurrent step (B*G*H*Dh) from which the step is split over threads.
-// Measured (bench_rnn lstm/recurrence, B = 1, T = 512, on a 2-core EPYC shared with other jobs):
-// H = 256 (2^18 MACs) 56 ms on two cores against 126 ms on one, H = 1024 1.98 s against 2.86 s;
-// at H = 128 the two-core run (61 ms) was no faster, so smaller steps stay on one core.
-constexpr index_t kRnnParallelWork = 256 * 1024;
+// Measured (bench_rnn lstm/recurrence, B = 1, T = 512, median of 3-5 runs on a 2-core EPYC
+// shared with other jobs): H = 1024 (2^22) 1.25 s on two cores against 1.66 s on one; H = 512
+// (2^20) 108 ms against 100 ms; H = 256 36 ms against 19 ms. A per-token hand-off only pays once
+// a step is a few hundred microseconds of work; smaller steps stay on the calling thread.
+constexpr index_t kRnnParallelWork = 2 * 1024 * 1024;
 // Rows (batch x tokens) of one input-projection GEMM: large enough for Eigen's blocking to reach
 // its peak, small enough that the [rows, G*H] pre-activations stay a few MB.
 constexpr index_t kRnnProjectionRows = 256;
@@ -179,7 +180,27 @@ void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<flo
     for (index_t b = 0; b < B; ++b) {
       const float* ax_row = ax.data() + (b * Tc + tt) * GH;
       const float* ah_row = blk.ah.data() + b * G * n;
-      for (index_t u = 0; u < n; ++u) {
+      // Vectors of units first (the cell's update on simd lanes), then the ragged tail.
+      const index_t nv = simd::vector_end(n);
+      for (index_t u = 0; u < nv; u += simd::kWidth) {
+        const index_t j = blk.j0 + u;
+        RnnBatch a_in[G], a_rec[G], s[S];
+        for (index_t g = 0; g < G; ++g) {
+          a_in[g] = simd::load(ax_row + g * H + j);
+          a_rec[g] = simd::load(ah_row + g * n + u) + simd::load(b_hh_dense.data() + g * H + j);
+        }
+        for (index_t k = 0; k < S; ++k) s[k] = simd::load(prev + (k * B + b) * H + j);
+        Cell::update(a_in, a_rec, s);
+        for (index_t k = 0; k < S; ++k) simd::store(next + (k * B + b) * H + j, s[k]);
+        if (y.stride(2) == 1) {
+          simd::store(y.ptr(b, t, j), s[0]);
+        } else {
+          alignas(64) float lanes[simd::kFloatWidth];
+          s[0].store_aligned(lanes);
+          for (index_t l = 0; l < simd::kWidth; ++l) y(b, t, j + l) = lanes[l];
+        }
+      }
+      for (index_t u = nv; u < n; ++u) {
         const index_t j = blk.j0 + u;
         float a_in[G], a_rec[G], s[S];
         for (index_t g = 0; g < G; ++g) {

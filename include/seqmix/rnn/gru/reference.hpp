@@ -20,10 +20,11 @@ namespace detail {
 /// part (with b_hn) is gated by r, which is why the engine keeps the two sides apart.
 struct GruCell {
   static constexpr index_t kGates = 3, kStates = 1;
-  static void update(const float* ax, const float* ah, float* s) {
-    const float r = rnn_sigmoid(ax[0] + ah[0]), z = rnn_sigmoid(ax[1] + ah[1]);
-    const float n = std::tanh(ax[2] + r * ah[2]);
-    s[0] = (1.f - z) * n + z * s[0];
+  template <class V>
+  static void update(const V* ax, const V* ah, V* s) {
+    const V r = rnn_sigmoid(ax[0] + ah[0]), z = rnn_sigmoid(ax[1] + ah[1]);
+    const V n = rnn_tanh(ax[2] + r * ah[2]);
+    s[0] = (V(1.f) - z) * n + z * s[0];
   }
 };
 

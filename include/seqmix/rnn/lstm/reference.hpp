@@ -18,11 +18,12 @@ namespace detail {
 /// The LSTM cell for the shared recurrent engine: 4 gates, state (h, c).
 struct LstmCell {
   static constexpr index_t kGates = 4, kStates = 2;
-  static void update(const float* ax, const float* ah, float* s) {
-    const float i = rnn_sigmoid(ax[0] + ah[0]), f = rnn_sigmoid(ax[1] + ah[1]);
-    const float g = std::tanh(ax[2] + ah[2]), o = rnn_sigmoid(ax[3] + ah[3]);
+  template <class V>
+  static void update(const V* ax, const V* ah, V* s) {
+    const V i = rnn_sigmoid(ax[0] + ah[0]), f = rnn_sigmoid(ax[1] + ah[1]);
+    const V g = rnn_tanh(ax[2] + ah[2]), o = rnn_sigmoid(ax[3] + ah[3]);
     s[1] = f * s[1] + i * g;
-    s[0] = o * std::tanh(s[1]);
+    s[0] = o * rnn_tanh(s[1]);
   }
 };
 

@@ -27,12 +27,13 @@ namespace detail {
 /// normalizer is 0 (a fresh state) takes m = i, as xLSTM's code does, so n becomes 1.
 struct SlstmCell {
   static constexpr index_t kGates = 4, kStates = 4;
-  static void update(const float* ax, const float* ah, float* s) {
-    const float i = ax[0] + ah[0], f = ax[1] + ah[1], z = ax[2] + ah[2], o = ax[3] + ah[3];
-    const float log_f_m = rnn_log_sigmoid(f) + s[3];
-    const float m = s[2] == 0.f ? i : std::max(i, log_f_m);
-    const float ig = std::exp(i - m), fg = s[2] == 0.f ? 0.f : std::exp(log_f_m - m);
-    s[1] = fg * s[1] + ig * std::tanh(z);
+  template <class V>
+  static void update(const V* ax, const V* ah, V* s) {
+    const V i = ax[0] + ah[0], f = ax[1] + ah[1], z = ax[2] + ah[2], o = ax[3] + ah[3];
+    const V log_f_m = rnn_log_sigmoid(f) + s[3];
+    const V m = rnn_if_zero(s[2], i, rnn_max(i, log_f_m));
+    const V ig = rnn_exp(i - m), fg = rnn_if_zero(s[2], V(0.f), rnn_exp(log_f_m - m));
+    s[1] = fg * s[1] + ig * rnn_tanh(z);
     s[2] = fg * s[2] + ig;
     s[3] = m;
     s[0] = rnn_sigmoid(o) * s[1] / s[2];
