@@ -62,6 +62,8 @@ BlockSparseDims validate_block_sparse(const char* op, const AttentionInputs<KV>&
   const ArgCheck check(op);
   // Not fused here (yet): rotate q and k with seqmix::rope first.
   check.that(in.rope == nullptr, "rope", "is not supported by block-sparse attention; apply seqmix::rope to q and k first");
+  check.that(in.relative_bias.kind == RelativeBiasKind::none && !in.head_scales.has_value(), "relative_bias",
+             "and head_scales are not supported by block-sparse attention; pass the bias as a mask");
   check.that(layout.block_q >= 1, "layout.block_q", "must be >= 1, got " + std::to_string(layout.block_q));
   check.that(layout.block_k >= 1, "layout.block_k", "must be >= 1, got " + std::to_string(layout.block_k));
   const index_t Nq = ceil_div(d.Tq, layout.block_q), Nk = ceil_div(d.Tk, layout.block_k);

@@ -176,6 +176,9 @@ struct LogitRule {
       const float slope = in.alibi_slopes(h);
       for (index_t c = 0; c < n; ++c) s[c] -= slope * static_cast<float>(std::abs(pos - (j0 + c)));
     }
+    if (in.relative_bias.kind != RelativeBiasKind::none)
+      for (index_t c = 0; c < n; ++c)
+        s[c] += static_cast<float>(relative_bias_value(in.relative_bias, h, pos, j0 + c));
     if (in.mask.has_value()) {
       const float* mask = in.mask.ptr(in.mask.size(0) == 1 ? 0 : b, i, j0);
       const index_t stride = in.mask.stride(2);
@@ -236,16 +239,20 @@ inline void load_query_rows(const ConstView<float, 4>& q, index_t b, index_t hk,
 // (AttentionInputs::rope): each row is copied, rotated and scaled in the q tile, so q is rotated
 // once per call and never written back. load_query_rows_rotated takes query i's position from
 // position_of(i) (paged attention's queries sit at the end of their sequence).
+// `head_scales` ([Hq] or empty) multiplies each head's scale; `rope` may be null.
 template <class PositionOf>
 void load_query_rows_rotated(const ConstView<float, 4>& q, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
-                             float scale, float* dst, index_t ld, const RopeTable& rope, const PositionOf& position_of) {
+                             float scale, float* dst, index_t ld, const RopeTable* rope, const PositionOf& position_of,
+                             const ConstView<float, 1>& head_scales = {}) {
   const index_t D = q.size(3);
   for (index_t r = 0; r < nq * G; ++r) {
-    const float* src = q.ptr(b, i0 + r / G, hk * G + r % G);
+    const index_t h = hk * G + r % G;
+    const float* src = q.ptr(b, i0 + r / G, h);
     float* row = dst + r * ld;
     for (index_t c = 0; c < D; ++c) row[c] = src[c * q.stride(3)];
-    rope_row_in_place(rope, position_of(i0 + r / G), row, 1);
-    for (index_t c = 0; c < D; ++c) row[c] *= scale;
+    if (rope) rope_row_in_place(*rope, position_of(i0 + r / G), row, 1);
+    const float row_scale = head_scales.has_value() ? scale * head_scales(h) : scale;
+    for (index_t c = 0; c < D; ++c) row[c] *= row_scale;
     std::fill(row + D, row + ld, 0.f);
   }
 }
@@ -253,9 +260,9 @@ void load_query_rows_rotated(const ConstView<float, 4>& q, index_t b, index_t hk
 template <class KV>
 void load_query_rows(const AttentionInputs<KV>& in, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
                      float scale, float* dst, index_t ld) {
-  if (!in.rope) return load_query_rows(in.q, b, hk, G, i0, nq, scale, dst, ld);
-  load_query_rows_rotated(in.q, b, hk, G, i0, nq, scale, dst, ld, *in.rope,
-                          [&](index_t i) { return query_position(in, b, i); });
+  if (!in.rope && !in.head_scales.has_value()) return load_query_rows(in.q, b, hk, G, i0, nq, scale, dst, ld);
+  load_query_rows_rotated(in.q, b, hk, G, i0, nq, scale, dst, ld, in.rope,
+                          [&](index_t i) { return query_position(in, b, i); }, in.head_scales);
 }
 
 // Keys [j0, j0 + n) of a tile loaded as fp32 rows [n x ld] (key r at row r): rotated in place at
@@ -687,7 +694,8 @@ void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   for (index_t tile = first; tile < last; ++tile) {
     const index_t j0 = list.key(tile), n = std::min(keys_per_tile, d.Tk - j0);
-    const bool skip_rule = tile_needs_no_rule(options, in.alibi_slopes.has_value(), in.mask.has_value(),
+    const bool biased = in.alibi_slopes.has_value() || in.relative_bias.kind != RelativeBiasKind::none;
+    const bool skip_rule = tile_needs_no_rule(options, biased, in.mask.has_value(),
                                               w.visible.data(), w.rows, j0, n, keys_per_tile);
     const index_t next_j0 = tile + 1 < last ? list.key(tile + 1) : 0;
     LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(keys_per_tile, d.Tk - next_j0) : 0, n);

@@ -63,6 +63,25 @@ struct AttentionOptions {
   float softcap = 0.f;
 };
 
+/// Relative position biases added to the logits inside the tile loop (docs/operators.md section
+/// 10), never formed as a [Tq, Tk] tensor.
+enum class RelativeBiasKind : int {
+  none,          ///< no bias
+  t5,            ///< T5: table[h, bucket(j - pos_i)], causal or bidirectional buckets
+  kerple_log,    ///< KERPLE logarithmic: -r1[h] * log(1 + r2[h] * |pos_i - j|)
+  kerple_power,  ///< KERPLE power: -r1[h] * |pos_i - j|^r2[h]
+};
+
+/// A relative position bias and its per-head parameters (AttentionInputs::relative_bias).
+struct RelativeBias {
+  RelativeBiasKind kind = RelativeBiasKind::none;  ///< which bias; none: the rest is unused
+  ConstView<float, 2> table = {};  ///< t5: [Hq, num_buckets] (HF relative_attention_bias weights, transposed)
+  bool bidirectional = false;      ///< t5: keys after the query get buckets of their own (encoders)
+  index_t max_distance = 128;      ///< t5: relative_attention_max_distance; farther keys share the last bucket
+  ConstView<float, 1> r1 = {};     ///< kerple: [Hq], > 0
+  ConstView<float, 1> r2 = {};     ///< kerple: [Hq], > 0 (power: <= 2)
+};
+
 /// Arguments. KV is the storage type of k and v: float, or seqmix::f16 / seqmix::bf16 (read
 /// through on-the-fly conversion, never copied whole to fp32). Optional views are empty
 /// (default-constructed) when not given.
@@ -88,6 +107,11 @@ struct AttentionInputs {
   /// append, or an earlier chunk); only the rest are rotated. Decode over a rotated cache passes
   /// Tk (or more), so only q is rotated. 0: every key is rotated.
   index_t rope_rotated_keys = 0;
+  /// Relative position bias computed in the tile loop (section 10); kind none by default.
+  RelativeBias relative_bias = {};
+  /// [Hq], optional: per-head factor on the scale (temperature, NoPE length scaling), so head h
+  /// uses scale * head_scales[h]. Applied to the kernel's q tile.
+  ConstView<float, 1> head_scales = {};
 };
 
 /// o and lse must not overlap any input (ShapeError).
@@ -141,6 +165,83 @@ void refuse_output_overlap(const ArgCheck& check, const TensorView<float, 4>& o,
     if (overlaps) check.fail(which == 0 ? "o" : "lse", std::string("overlaps an input ") + inputs + "; attention cannot write in place");
   }
   if (views_overlap(o, lse)) check.fail("lse", "overlaps o");
+}
+
+// T5's bucket of relative position rel = j - pos_i (transformers' _relative_position_bucket):
+// exact buckets for the nearest distances, then logarithmic ones up to max_distance, beyond it
+// the last; bidirectional splits the buckets between keys before and after the query. The log is
+// taken in double by every form, so they all pick the same bucket.
+inline index_t t5_bucket(index_t rel, bool bidirectional, index_t num_buckets, index_t max_distance) {
+  index_t bucket = 0, nb = num_buckets;
+  if (bidirectional) {
+    nb /= 2;
+    if (rel > 0) bucket = nb;
+    rel = rel < 0 ? -rel : rel;
+  } else {
+    rel = rel < 0 ? -rel : 0;  // keys after the query share bucket 0
+  }
+  const index_t exact = nb / 2;
+  if (rel < exact) return bucket + rel;
+  if (rel >= max_distance) return bucket + nb - 1;
+  const double large = static_cast<double>(exact) +
+                       std::log(static_cast<double>(rel) / static_cast<double>(exact)) /
+                           std::log(static_cast<double>(max_distance) / static_cast<double>(exact)) *
+                           static_cast<double>(nb - exact);
+  return bucket + std::min<index_t>(static_cast<index_t>(large), nb - 1);
+}
+
+// The bias of (query head h at position pos, key j), in double.
+inline double relative_bias_value(const RelativeBias& rb, index_t h, index_t pos, index_t j) {
+  const double distance = std::abs(static_cast<double>(pos - j));
+  switch (rb.kind) {
+    case RelativeBiasKind::t5:
+      return rb.table(h, t5_bucket(j - pos, rb.bidirectional, rb.table.size(1), rb.max_distance));
+    case RelativeBiasKind::kerple_log:
+      return -static_cast<double>(rb.r1(h)) * std::log1p(static_cast<double>(rb.r2(h)) * distance);
+    case RelativeBiasKind::kerple_power:
+      return -static_cast<double>(rb.r1(h)) * std::pow(distance, static_cast<double>(rb.r2(h)));
+    default:
+      return 0.0;
+  }
+}
+
+// The relative bias and head scales of a call; no allocation unless a check fails.
+inline void validate_relative_bias(const ArgCheck& check, const RelativeBias& rb, const ConstView<float, 1>& head_scales,
+                                   index_t Hq) {
+  check.optional_shape("head_scales", head_scales, std::array<index_t, 1>{Hq}, "Hq");
+  for (index_t h = 0; head_scales.has_value() && h < Hq; ++h) check.finite(head_scales(h), "head_scales");
+  switch (rb.kind) {
+    case RelativeBiasKind::none:
+      return;
+    case RelativeBiasKind::t5: {
+      check.shape("relative_bias.table", rb.table, std::array<index_t, 2>{Hq, -1}, "Hq,num_buckets");
+      const index_t nb = rb.table.size(1), exact = (rb.bidirectional ? nb / 2 : nb) / 2;
+      if (exact < 1)
+        check.fail("relative_bias.table", "needs num_buckets >= " + std::string(rb.bidirectional ? "4" : "2") +
+                                              ", got " + std::to_string(nb));
+      if (rb.max_distance <= exact)
+        check.fail("relative_bias.max_distance", "must exceed the exact buckets (" + std::to_string(exact) +
+                                                     "), got " + std::to_string(rb.max_distance));
+      return;
+    }
+    case RelativeBiasKind::kerple_log:
+    case RelativeBiasKind::kerple_power: {
+      check.shape("relative_bias.r1", rb.r1, std::array<index_t, 1>{Hq}, "Hq");
+      check.shape("relative_bias.r2", rb.r2, std::array<index_t, 1>{Hq}, "Hq");
+      const double r2_max = rb.kind == RelativeBiasKind::kerple_power ? 2.0 : std::numeric_limits<double>::infinity();
+      for (index_t h = 0; h < Hq; ++h) {
+        if (!(rb.r1(h) > 0.f) || !std::isfinite(rb.r1(h)))
+          check.fail("relative_bias.r1", "entry " + std::to_string(h) + " must be finite and > 0, got " +
+                                             std::to_string(rb.r1(h)));
+        if (!(rb.r2(h) > 0.f) || !(rb.r2(h) <= r2_max) || !std::isfinite(rb.r2(h)))
+          check.fail("relative_bias.r2", "entry " + std::to_string(h) + " must be finite, > 0" +
+                                             (rb.kind == RelativeBiasKind::kerple_power ? " and <= 2" : "") +
+                                             ", got " + std::to_string(rb.r2(h)));
+      }
+      return;
+    }
+  }
+  check.fail("relative_bias.kind", "is not a RelativeBiasKind (" + std::to_string(static_cast<int>(rb.kind)) + ")");
 }
 
 // The fused rope of a call (AttentionInputs::rope): the table against Dk, and every query and key
@@ -223,6 +324,7 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
   }
   refuse_output_overlap(check, out.o, out.lse, in.q, in.k, in.v, "(q, k or v)");
   if (in.rope) validate_attention_rope(check, in);
+  validate_relative_bias(check, in.relative_bias, in.head_scales, Hq);
   return {B, Tq, Tk, Hq, Hkv, Dk, Dv};
 }
 
@@ -314,8 +416,10 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
               for (index_t c = 0; c < d.Dk; ++c) s += query[c] * static_cast<double>(static_cast<float>(in.k(b, j, hk, c)));
             }
             s *= scale;
+            if (in.head_scales.has_value()) s *= in.head_scales(h);
             if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
             if (in.alibi_slopes.has_value()) s -= in.alibi_slopes(h) * std::abs(static_cast<double>(pos - j));
+            s += detail::relative_bias_value(in.relative_bias, h, pos, j);
             if (in.mask.has_value()) s += in.mask(in.mask.size(0) == 1 ? 0 : b, i, j);
           }
           logits[j] = s;

@@ -150,7 +150,7 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
   for (index_t hk = 0; hk < d.Hkv; ++hk) {
     float* const dst = w.q.data() + hk * w.q_stride;
     if (in.rope)
-      load_query_rows_rotated(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp, *in.rope, position_of);
+      load_query_rows_rotated(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp, in.rope, position_of);
     else
       load_query_rows(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp);
   }

@@ -1,0 +1,185 @@
+// Relative position biases in the attention tile loop (issue 15 item 3): T5 buckets (causal and
+// bidirectional, per-head table), KERPLE log and power, per-head scales; each fused form
+// (attention, attention_flash, attention_step, reference::attention) equals attention on that
+// head alone with the same bias written as a dense [B,Tq,Tk] mask and the head's scale.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::RelativeBiasKind;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct Case {
+  const char* name;
+  RelativeBiasKind kind;
+  bool bidirectional;
+  index_t B, Tq, Tk, Hq, Hkv, D;
+  bool causal, positions, head_scales;
+  std::string describe() const {
+    std::ostringstream s;
+    s << name << ": kind=" << static_cast<int>(kind) << " bidirectional=" << bidirectional << " B=" << B << " Tq=" << Tq
+      << " Tk=" << Tk << " Hq=" << Hq << " Hkv=" << Hkv << " D=" << D << " causal=" << causal
+      << " positions=" << positions << " head_scales=" << head_scales << " simd=" << seqmix::simd::arch_name();
+    return s.str();
+  }
+};
+
+const std::vector<Case> kCases = {
+    {"t5-causal-prefill", RelativeBiasKind::t5, false, 2, 100, 100, 4, 2, 64, true, false, false},
+    {"t5-causal-decode", RelativeBiasKind::t5, false, 1, 1, 1000, 8, 2, 64, true, false, true},
+    {"t5-bidirectional", RelativeBiasKind::t5, true, 1, 150, 150, 4, 4, 64, false, false, false},
+    {"t5-bidirectional-positions", RelativeBiasKind::t5, true, 2, 7, 300, 4, 1, 80, false, true, true},
+    {"kerple-log-prefill", RelativeBiasKind::kerple_log, false, 1, 77, 77, 8, 2, 64, true, false, true},
+    {"kerple-log-decode", RelativeBiasKind::kerple_log, false, 2, 2, 700, 4, 2, 128, true, false, false},
+    {"kerple-power-prefill", RelativeBiasKind::kerple_power, false, 1, 65, 200, 4, 2, 64, true, true, false},
+    {"kerple-power-decode", RelativeBiasKind::kerple_power, false, 1, 1, 513, 8, 1, 64, true, false, true},
+    {"head-scales-only", RelativeBiasKind::none, false, 1, 40, 40, 4, 2, 64, true, false, true},
+};
+
+template <class KV>
+void check_case(const Case& c, std::uint64_t seed) {
+  INFO(c.describe() << " kv bytes=" << sizeof(KV));
+  const auto q = st::random_tensor<4>({c.B, c.Tq, c.Hq, c.D}, seed);
+  Tensor<KV, 4> k({c.B, c.Tk, c.Hkv, c.D}), v({c.B, c.Tk, c.Hkv, c.D});
+  seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 1, -2.f, 2.f).cview(), k.view());
+  seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 2).cview(), v.view());
+  const index_t buckets = c.bidirectional ? 32 : 16;
+  const auto table = st::random_tensor<2>({c.Hq, buckets}, seed + 3, -3.f, 3.f);
+  const auto r1 = st::random_tensor<1>({c.Hq}, seed + 4, 0.05f, 2.f);
+  const auto r2 = st::random_tensor<1>({c.Hq}, seed + 5, 0.1f, c.kind == RelativeBiasKind::kerple_power ? 2.f : 5.f);
+  const auto scales = st::random_tensor<1>({c.Hq}, seed + 6, 0.5f, 2.f);
+  Tensor<std::int64_t, 2> positions({c.B, c.Tq});
+  for (index_t b = 0; b < c.B; ++b)
+    for (index_t i = 0; i < c.Tq; ++i) positions(b, i) = c.Tk - c.Tq - 13 * b + 2 * i;
+
+  seqmix::AttentionInputs<KV> in;
+  in.q = q.view(), in.k = k.view(), in.v = v.view();
+  if (c.positions) in.positions = positions.view();
+  in.relative_bias.kind = c.kind;
+  in.relative_bias.table = table.view(), in.relative_bias.bidirectional = c.bidirectional;
+  in.relative_bias.max_distance = 100;
+  in.relative_bias.r1 = r1.view(), in.relative_bias.r2 = r2.view();
+  if (c.head_scales) in.head_scales = scales.view();
+  seqmix::AttentionOptions options;
+  options.causal = c.causal;
+
+  Tensor<float, 4> o_fast({c.B, c.Tq, c.Hq, c.D}), o_flash({c.B, c.Tq, c.Hq, c.D}), o_step({c.B, c.Tq, c.Hq, c.D});
+  Tensor<float, 4> o_ref({c.B, c.Tq, c.Hq, c.D});
+  seqmix::ThreadPool pool(2);
+  seqmix::attention(in, {o_fast.view()}, options, pool);
+  seqmix::attention_flash(in, {o_flash.view()}, options, pool);
+  seqmix::attention_step(in, {o_step.view()}, options, pool);
+  seqmix::reference::attention(in, {o_ref.view()}, options);
+
+  // Head by head: the same bias as a dense mask, the head's scale as the option.
+  const index_t G = c.Hq / c.Hkv;
+  Tensor<float, 3> mask({c.B, c.Tq, c.Tk});
+  for (index_t h = 0; h < c.Hq; ++h) {
+    INFO("head " << h);
+    for (index_t b = 0; b < c.B; ++b)
+      for (index_t i = 0; i < c.Tq; ++i)
+        for (index_t j = 0; j < c.Tk; ++j)
+          mask(b, i, j) = static_cast<float>(
+              seqmix::detail::relative_bias_value(in.relative_bias, h, seqmix::detail::query_position(in, b, i), j));
+    seqmix::AttentionInputs<KV> one;
+    one.q = in.q.slice(2, h, 1), one.k = in.k.slice(2, h / G, 1), one.v = in.v.slice(2, h / G, 1);
+    one.positions = in.positions, one.mask = mask.view();
+    seqmix::AttentionOptions one_options = options;
+    one_options.scale = 1.f / std::sqrt(static_cast<float>(c.D)) * (c.head_scales ? scales(h) : 1.f);
+    Tensor<float, 4> o_one({c.B, c.Tq, 1, c.D}), o_one_ref({c.B, c.Tq, 1, c.D});
+    seqmix::attention(one, {o_one.view()}, one_options, pool);
+    seqmix::reference::attention(one, {o_one_ref.view()}, one_options);
+    st::require_close("attention (relative bias)", o_fast.cview().slice(2, h, 1), o_one.cview(), 1e-6);
+    st::require_close("attention_flash (relative bias)", o_flash.cview().slice(2, h, 1), o_one.cview(), 1e-6);
+    st::require_close("attention_step (relative bias)", o_step.cview().slice(2, h, 1), o_one.cview(), 1e-6);
+    st::require_close("reference::attention (relative bias)", o_ref.cview().slice(2, h, 1), o_one_ref.cview(), 1e-6);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("relative biases in the tile loop equal the same bias as a dense mask", "[attention][bias]") {
+  for (const Case& c : kCases) {
+    const std::uint64_t seed = 7000 + static_cast<std::uint64_t>(&c - kCases.data()) * 10;
+    check_case<float>(c, seed);
+    check_case<seqmix::f16>(c, seed);
+  }
+}
+
+TEST_CASE("t5 buckets follow transformers' _relative_position_bucket", "[attention][bias]") {
+  using seqmix::detail::t5_bucket;
+  // Causal, 32 buckets, max_distance 128: exact up to 15, then log buckets, 31 from 128 on.
+  CHECK(t5_bucket(0, false, 32, 128) == 0);
+  CHECK(t5_bucket(5, false, 32, 128) == 0);  // keys after the query
+  CHECK(t5_bucket(-15, false, 32, 128) == 15);
+  CHECK(t5_bucket(-16, false, 32, 128) == 16);
+  CHECK(t5_bucket(-32, false, 32, 128) == 21);  // 16 + floor(ln 2 / ln 8 * 16) = 16 + 5
+  CHECK(t5_bucket(-127, false, 32, 128) == 31);
+  CHECK(t5_bucket(-100000, false, 32, 128) == 31);
+  // Bidirectional: 16 buckets each side, 8 exact; keys after the query from 16 on.
+  CHECK(t5_bucket(-7, true, 32, 128) == 7);
+  CHECK(t5_bucket(7, true, 32, 128) == 23);
+  CHECK(t5_bucket(-16, true, 32, 128) == 10);  // 8 + floor(ln 2 / ln 16 * 8) = 8 + 2
+  CHECK(t5_bucket(1000, true, 32, 128) == 31);
+}
+
+TEST_CASE("relative biases and head scales refuse bad parameters before writing", "[attention][bias]") {
+  const index_t Hq = 4;
+  const auto q = st::random_tensor<4>({1, 3, Hq, 64}, 1);
+  const auto k = st::random_tensor<4>({1, 50, 2, 64}, 2);
+  const auto v = st::random_tensor<4>({1, 50, 2, 64}, 3);
+  Tensor<float, 4> o({1, 3, Hq, 64});
+  o.fill(7.f);
+  Tensor<float, 2> table({Hq, 32}), small_table({Hq, 3});
+  Tensor<float, 1> r1({Hq}), r2({Hq}), scales({Hq});
+  r1.fill(1.f), r2.fill(1.f), scales.fill(1.f);
+  seqmix::AttentionInputs<float> in;
+  in.q = q.view(), in.k = k.view(), in.v = v.view();
+  const auto refused = [&](const char* argument) {
+    for (int form = 0; form < 3; ++form) {
+      st::require_shape_error(argument, [&] {
+        if (form == 0) seqmix::attention(in, {o.view()});
+        if (form == 1) seqmix::attention_flash(in, {o.view()});
+        if (form == 2) seqmix::reference::attention(in, {o.view()});
+      });
+      for (index_t i = 0; i < o.numel(); ++i) REQUIRE(o.data()[i] == 7.f);
+    }
+  };
+  in.relative_bias.kind = RelativeBiasKind::t5;
+  refused("relative_bias.table");  // missing
+  in.relative_bias.table = small_table.view();
+  in.relative_bias.bidirectional = true;  // 3 buckets: no exact bucket per side
+  refused("relative_bias.table");
+  in.relative_bias.table = table.view(), in.relative_bias.max_distance = 8;  // 8 exact buckets per side
+  refused("relative_bias.max_distance");
+  in.relative_bias = {};
+  in.relative_bias.kind = RelativeBiasKind::kerple_power;
+  in.relative_bias.r1 = r1.view();
+  refused("relative_bias.r2");  // missing
+  in.relative_bias.r2 = r2.view();
+  r2(2) = 2.5f;  // power needs r2 <= 2
+  refused("relative_bias.r2");
+  r2(2) = 1.f, r1(1) = 0.f;
+  refused("relative_bias.r1");
+  r1(1) = 1.f;
+  in.relative_bias.kind = static_cast<RelativeBiasKind>(9);
+  refused("relative_bias.kind");
+  in.relative_bias = {};
+  scales(3) = std::nanf("");
+  in.head_scales = scales.view();
+  refused("head_scales");
+}
