@@ -619,3 +619,62 @@ TEST_CASE("chunked forms stay accurate at extreme gates and chunk sizes up to 25
     }
   }
 }
+
+namespace {
+
+// ssd's chunked form against the reference on one call (B=1, T=80, H=2, P=8, N=16), within 1e-4
+// relative to max(1, max|ref|), finite where the reference is. `setup` edits dt, x and A.
+void check_ssd_chunked(index_t chunk, float dt_lo, float dt_hi,
+                       const std::function<void(seqmix::Tensor<float, 3>&, seqmix::Tensor<float, 4>&,
+                                                seqmix::Tensor<float, 1>&)>& setup) {
+  const index_t T = 80, H = 2, P = 8, N = 16;
+  seqmix::Tensor<float, 4> x({1, T, H, P}), Bm({1, T, 1, N}), Cm({1, T, 1, N});
+  seqmix::Tensor<float, 3> dt({1, T, H});
+  seqmix::Tensor<float, 1> A({H});
+  st::fill_uniform(x.view(), 61), st::fill_uniform(Bm.view(), 62), st::fill_uniform(Cm.view(), 63);
+  st::fill_uniform(dt.view(), 64, dt_lo, dt_hi);
+  A(0) = -1.5f, A(1) = -0.7f;
+  setup(dt, x, A);
+  seqmix::SsdInputs in;
+  in.x = x.view(), in.dt = dt.view(), in.A = A.view(), in.Bm = Bm.view(), in.Cm = Cm.view();
+  seqmix::Tensor<float, 4> y({1, T, H, P}), y_ref({1, T, H, P}), s({1, H, P, N}), s_ref({1, H, P, N});
+  seqmix::SsdOptions options;
+  options.chunk_size = chunk, options.algorithm = seqmix::SsdAlgorithm::chunked;
+  seqmix::ssd(in, {y.view(), s.view()}, options, st::two_thread_pool());
+  seqmix::reference::ssd(in, {y_ref.view(), s_ref.view()}, options);
+  const auto compare = [&](const char* what, const auto& out, const auto& ref) {
+    double max_ref = 1.0, max_err = 0.0;
+    bool ref_finite = true;
+    for (index_t i = 0; i < ref.numel(); ++i) {
+      ref_finite = ref_finite && std::isfinite(ref.data()[i]);
+      max_ref = std::max(max_ref, std::fabs(double(ref.data()[i])));
+    }
+    REQUIRE(ref_finite);
+    for (index_t i = 0; i < ref.numel(); ++i) {
+      const double e = std::fabs(double(out.data()[i]) - double(ref.data()[i]));
+      if (!(e <= max_err)) max_err = e;  // a NaN output counts as the worst
+    }
+    INFO("chunk " << chunk << " " << what << ": max|err| " << max_err << " (max|ref| " << max_ref << ")");
+    CHECK(max_err <= 1e-4 * max_ref);
+  };
+  compare("y", y, y_ref);
+  compare("final_state", s, s_ref);
+}
+
+}  // namespace
+
+// Fuzz findings tests/fuzz/corpus/ssm/ssd-chunked-extreme-Bm and ssd-chunked-negative-dt /
+// ssd-chunked-growing-state.
+TEST_CASE("ssd chunked: a dt * A overflowing to -inf resets like the recurrence", "[nonfinite][ssm]") {
+  for (index_t chunk : {16, 32, 64}) {
+    check_ssd_chunked(chunk, 0.01f, 0.5f, [](auto& dt, auto& x, auto&) {
+      dt(0, 37, 0) = 3.4e38f;  // dt * A = -inf: exp gives 0 in the recurrence
+      for (index_t p = 0; p < x.shape()[3]; ++p) x(0, 37, 0, p) = 0.f;  // dt * x stays finite (0)
+    });
+  }
+}
+
+TEST_CASE("ssd chunked: a growing state (negative dt without softplus) matches the recurrence", "[nonfinite][ssm]") {
+  for (index_t chunk : {16, 32, 64})
+    for (float lo : {-0.3f, -0.6f}) check_ssd_chunked(chunk, lo, 0.2f, [](auto&, auto&, auto&) {});
+}

@@ -59,6 +59,7 @@ struct SsdChunkScratch {
   std::vector<float> dt, a, cs, decay_in, decay_out;
   std::vector<float> cs_lo;  // [L] rounding error of cs (see ssd_decay_mask)
   chunkwise::ProductScratch nonfinite_xd;  // dt * x of a chunk holding a NaN / inf (sized on first use)
+  bool growing = false;  // some token's log-decay is > 0: the chunk runs token by token (ssd_chunk_decays)
 
   SsdChunkScratch(index_t L, index_t P, index_t N)
       : lhs(L, N + L), rhs(N + L, P), xw(L, P), y(L, P), dt(static_cast<std::size_t>(L)), a(static_cast<std::size_t>(L)),
@@ -70,11 +71,12 @@ struct SsdChunkScratch {
 // float pair hi + lo (hi = cs rounded, lo = the rounding error of a double-precision prefix sum)
 // and the difference is (hi_i - hi_j) + (lo_i - lo_j): once |cs| grows past a few hundred (long
 // chunks, strong decay) a plain float prefix sum has lost digits exactly where exp(cs_i - cs_j)
-// still matters (1.8e-5 relative error at chunk size 300, against 9e-7 this way). For j <= i
-// the exponent is never positive; lanes past the diagonal are clamped to 0 and cleared after.
+// still matters (1.8e-5 relative error at chunk size 300, against 9e-7 this way). The exponent
+// is not clamped to <= 0: without softplus a negative dt + dt_bias makes a token's log-decay
+// positive (a growing state), and exp(cs_i - cs_j) > 1 is then the right weight (clamping it
+// gave errors of 10% of the output). Lanes past the diagonal may overflow; they are cleared after.
 inline void ssd_decay_mask(const float* cb, index_t cb_stride, const float* cs_hi, const float* cs_lo, index_t l,
                            float* mask, index_t mask_stride) noexcept {
-  const SsdBatch zero(0.f);
   for (index_t i = 0; i < l; ++i) {
     const float* cb_row = cb + i * cb_stride;
     float* row = mask + i * mask_stride;
@@ -83,7 +85,7 @@ inline void ssd_decay_mask(const float* cb, index_t cb_stride, const float* cs_h
     const index_t jv = std::min(simd::vector_end(i + simd::kWidth), simd::vector_end(l));
     for (index_t j = 0; j < jv; j += simd::kWidth) {
       const SsdBatch exponent = (hi - simd::load(cs_hi + j)) + (lo - simd::load(cs_lo + j));
-      simd::store(row + j, simd::load(cb_row + j) * simd::exp(xsimd::min(exponent, zero)));
+      simd::store(row + j, simd::load(cb_row + j) * simd::exp(exponent));
     }
     for (index_t j = jv; j <= i; ++j) row[j] = cb_row[j] * std::exp((cs_hi[i] - cs_hi[j]) + (cs_lo[i] - cs_lo[j]));
     std::fill(row + i + 1, row + l, 0.f);
@@ -105,6 +107,10 @@ inline void ssd_prefetch_rows(const float* p, index_t stride, index_t rows, inde
     }
 }
 
+// The floor of a token's log-decay dt * A in the chunked form (see ssd_chunk_decays): exp(-128)
+// is 0 in fp32 already (the diagonal-decay families floor their gates at the same value).
+constexpr float kSsdLogDecayFloor = -128.f;
+
 // softplus over a batch (the scalar ssd_softplus, lane by lane).
 inline SsdBatch ssd_softplus(const SsdBatch& x) noexcept {
   return xsimd::select(x > SsdBatch(20.f), x, xsimd::log1p(simd::exp(x)));
@@ -125,8 +131,15 @@ inline void ssd_chunk_decays(const SsdInputs& in, bool softplus, index_t b, inde
   }
   double prefix = 0.0;
   float suffix = 0.f;
+  s.growing = false;
   for (index_t i = 0; i < l; ++i) {
+    // Floored (NaN kept): the recurrence's exp(dt * A) is 0 for any dt * A below about -104,
+    // and a dt * A of -inf (a finite dt near FLT_MAX overflows it) would make every later prefix
+    // sum -inf and their differences NaN. Any difference spanning a floored token is <= -128, so
+    // its exp is 0 as in the recurrence.
     s.a[i] = s.dt[i] * A;
+    if (s.a[i] < kSsdLogDecayFloor) s.a[i] = kSsdLogDecayFloor;
+    if (s.a[i] > 0.f) s.growing = true;
     prefix += s.a[i];
     s.cs[i] = static_cast<float>(prefix);
     s.cs_lo[i] = static_cast<float>(prefix - s.cs[i]);
@@ -241,8 +254,9 @@ struct SsdChunkKernel {
   }
   void state_to_output(const Head&, index_t, index_t, Workspace&) const {}
   // State to output and intra-chunk term in one product (see SsdChunkScratch).
-  void intra(const Head&, index_t, index_t l, Workspace& s) const {
+  void intra(const Head& hd, index_t c0, index_t l, Workspace& s) const {
     const index_t N = dims.N;
+    if (s.growing) return recurrent_chunk(hd, c0, l, s);
     // A NaN or inf in dt * x takes part as 0 and is added to the rows that see it afterwards:
     // causal for non-finite values (core/chunkwise/causal_product.hpp), and every other row is
     // what a clean chunk gives, bit for bit.
@@ -255,8 +269,24 @@ struct SsdChunkKernel {
     s.y.topRows(l).noalias() = s.lhs.topLeftCorner(l, N + l) * s.rhs.topRows(N + l);
     if (!finite) chunkwise::add_nonfinite_lower(s.lhs.block(0, N, l, l), s.nonfinite_xd, s.y.topRows(l));
   }
+  // A chunk in which some token's log-decay dt * A is positive (without softplus, dt + dt_bias
+  // < 0: the state grows) runs the recurrence token by token, reading and advancing the state
+  // in rhs: the chunked products weigh token j into row i by exp(cs_i - cs_j), which then exceeds
+  // 1, and their sum cancels far above the result (1.5% off the recurrence in fuzzing, at
+  // growths of e^0.3 a token over chunks of 16). Decaying chunks never take this path.
+  void recurrent_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
+    const index_t N = dims.N, b = hd.seq.batch_row, t0 = hd.seq.token_begin + c0;
+    const SsdConstTile Bm = ssd_tile(in.Bm, b, t0, l, hd.g), Cm = ssd_tile(in.Cm, b, t0, l, hd.g);
+    auto state_t = s.rhs.topRows(N);  // [N,P]
+    for (index_t i = 0; i < l; ++i) {
+      state_t *= std::exp(s.a[i]);
+      state_t.noalias() += Bm.row(i).transpose() * s.rhs.row(N + i);
+      s.y.row(i).noalias() = Cm.row(i) * state_t;
+    }
+  }
   // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution.
   void update_state(const Head& hd, index_t c0, index_t l, Workspace& s) const {
+    if (s.growing) return;  // recurrent_chunk advanced it
     auto state_t = s.rhs.topRows(dims.N);
     state_t *= std::exp(s.cs[l - 1]);
     state_t.noalias() += ssd_tile(in.Bm, hd.seq.batch_row, hd.seq.token_begin + c0, l, hd.g).transpose() * s.xw.topRows(l);
