@@ -66,8 +66,10 @@ void conv(Decoder& in, bool step) {
     return;
   }
   Pair<3> y({bt.B, bt.T, D});
+  // W is pinned by the state's W - 1 rows only where there is a state: an empty pool (no
+  // sequences) counts as absent, like any empty view.
   CausalConv1dInputs fi;
-  fi.x = hostile.in(0, x), fi.weight = hostile.in(1, weight, with_state && W > 1 ? -1 : 1), fi.bias = bias_view;
+  fi.x = hostile.in(0, x), fi.weight = hostile.in(1, weight, with_state && W > 1 && bt.S > 0 ? -1 : 1), fi.bias = bias_view;
   fi.batch = bt.view();
   CausalConv1dInputs ri = fi;
   if (with_state) fi.initial_state = pool.fast.view(), ri.initial_state = pool.ref.view();
@@ -162,12 +164,14 @@ void mamba2(Decoder& in, bool step) {
   Tensor<float, 3> dt({bt.B, bt.T, H});
   Tensor<float, 1> A({H}), skip({H}), dbias({H});
   fill(x, in, mode, -1.f, 1.f), fill(z, in, mode, -2.f, 2.f), fill(Bm, in, mode, -1.f, 1.f), fill(Cm, in, mode, -1.f, 1.f);
-  fill(dt, in, mode, options.dt_softplus ? -4.f : 0.f, 0.5f);
-  // Without softplus dt + dt_bias stays >= 0 (a decaying state): a negative dt makes the state
-  // grow by up to e^1.5 a token, and the chunked form then keeps only absolute accuracy (8.7e-4
-  // relative against the recurrence was seen at chunk 16), like a growing linear scan.
+  // Without softplus, dt + dt_bias may be slightly negative: the state then grows (by up to
+  // e^0.3 a token), which the chunked form once got wrong (corpus ssd-chunked-negative-dt,
+  // ssd-chunked-growing-state). Not more: a state growing for long is ill-conditioned (its
+  // output cancels far above itself, and any two float evaluations, the reference's included,
+  // part by more than the tolerance: 0.2% at e^0.7 a token over 89 tokens).
+  fill(dt, in, mode, options.dt_softplus ? -4.f : -0.05f, 0.5f);
   fill(A, in, Mode::clean, -3.f, 0.f), fill(skip, in, mode, -1.f, 1.f);
-  fill(dbias, in, mode, options.dt_softplus ? -0.5f : 0.f, 0.5f);
+  fill(dbias, in, mode, options.dt_softplus ? -0.5f : -0.05f, 0.5f);
   Pair<4> pool({bt.S, H, P, N});
   fill_pool(pool, in, mode);
   Hostile hostile(in, mode, 10);
@@ -195,8 +199,8 @@ void mamba2(Decoder& in, bool step) {
       reference::ssd(ri, {TensorView<float, 4>(y.ref.data(), {bt.B, 1, H, P}), pool.ref.view()}, options);
     });
     if (!verdicts_agree("ssd_step", fast_ok, ref_ok, hostile, false)) return;
-    require_close("ssd_step y", y.fast, y.ref, kTol, false, mode);
-    require_close("ssd_step state", pool.fast, pool.ref, kTol, false, mode);
+    require_close("ssd_step y", y.fast, y.ref, kTol, NonFinite::same_finiteness, mode);
+    require_close("ssd_step state", pool.fast, pool.ref, kTol, NonFinite::same_finiteness, mode);
     return;
   }
   Pair<4> y({bt.B, bt.T, H, P});
@@ -215,8 +219,8 @@ void mamba2(Decoder& in, bool step) {
     reference::ssd(ri, {hostile.out(8, y.ref), with_state ? pool.ref.view() : TensorView<float, 4>()}, options);
   });
   if (!verdicts_agree("ssd", fast_ok, ref_ok, hostile)) return;
-  require_close("ssd y", y.fast, y.ref, kTol, false, mode);
-  require_close("ssd final_state", pool.fast, pool.ref, kTol, false, mode);
+  require_close("ssd y", y.fast, y.ref, kTol, NonFinite::same_finiteness, mode);
+  require_close("ssd final_state", pool.fast, pool.ref, kTol, NonFinite::same_finiteness, mode);
 }
 
 }  // namespace
