@@ -22,6 +22,8 @@
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/chunked/aaren/fast.hpp"
+#include "seqmix/chunked/aaren/reference.hpp"
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/delta_rule/reference.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
@@ -677,4 +679,46 @@ TEST_CASE("ssd chunked: a dt * A overflowing to -inf resets like the recurrence"
 TEST_CASE("ssd chunked: a growing state (negative dt without softplus) matches the recurrence", "[nonfinite][ssm]") {
   for (index_t chunk : {16, 32, 64})
     for (float lo : {-0.3f, -0.6f}) check_ssd_chunked(chunk, lo, 0.2f, [](auto&, auto&, auto&) {});
+}
+
+// ---- chunked hybrids ------------------------------------------------------------------------
+
+namespace {
+
+// Aaren (attention as a scan): a NaN / inf in k or v at token t reaches o from t on.
+Op aaren_op() {
+  const index_t B = 1, T = 70, H = 2, Dk = 8, Dv = 8;
+  Op op;
+  op.name = "aaren";
+  op.inputs = {random_field("k", {B, T, H, Dk}, 71), random_field("v", {B, T, H, Dv}, 72),
+               random_field("query", {H, Dk}, 73, -1.f, 1.f, -1)};
+  op.outputs = {zero_field("o", {B, T, H, Dv})};
+  auto io = [](const Fields& in, Fields& out) {
+    seqmix::AarenInputs i;
+    i.k = in[0].in<4>(), i.v = in[1].in<4>(), i.query = in[2].in<2>();
+    seqmix::AarenOutputs o;
+    o.o = out[0].out<4>();
+    return std::make_pair(i, o);
+  };
+  op.reference = [=](const Fields& in, Fields& out) {
+    const auto [i, o] = io(in, out);
+    seqmix::reference::aaren(i, o);
+  };
+  using S = seqmix::AarenSplit;
+  for (const auto& [name, split] : std::vector<std::pair<std::string, S>>{{"heads", S::heads}, {"time", S::time}}) {
+    seqmix::AarenOptions options;
+    options.split = split;
+    op.forms.push_back({name, [=](const Fields& in, Fields& out) {
+                          const auto [i, o] = io(in, out);
+                          seqmix::aaren(i, o, options, st::two_thread_pool());
+                        }});
+  }
+  op.tokens = {0, 17, 35, T - 1};
+  return op;
+}
+
+}  // namespace
+
+TEST_CASE("non-finite inputs: chunked hybrids", "[nonfinite][chunked]") {
+  probe(aaren_op());
 }

@@ -49,11 +49,16 @@ inline void scale_into(float* out, const float* acc, float r, index_t n) {
 }
 
 // Adds token (logit s, value v) to the state: one exp, on whichever side is now below the max.
+// Non-finite logits follow attention's policy (docs/reliability.md): a -inf logit has weight 0 and
+// takes no part (its v neither), a +inf one makes the state NaN (its weight exp(s - m) is
+// inf / inf, not the one-hot limit), and a NaN one makes l NaN.
 inline void absorb(Running& st, float s, const float* v, index_t Dv) {
+  if (s == -std::numeric_limits<float>::infinity()) return;
   if (s > st.m) {
     const float c = std::exp(st.m - s);  // 0 for the empty state (m = -inf)
-    st.l = st.l * c + 1.f;
-    rescale_add(st.acc, c, 1.f, v, Dv);
+    const float w = s == std::numeric_limits<float>::infinity() ? std::numeric_limits<float>::quiet_NaN() : 1.f;
+    st.l = st.l * c + w;
+    rescale_add(st.acc, c, w, v, Dv);
     st.m = s;
   } else {
     const float w = std::exp(s - st.m);
@@ -61,6 +66,10 @@ inline void absorb(Running& st, float s, const float* v, index_t Dv) {
     simd::axpy(w, v, st.acc, Dv);
   }
 }
+
+// 1 / l, and 0 while no token has weight (l = 0: every logit so far -inf), where the output is
+// 0 as in the reference; a NaN l stays NaN.
+inline float output_scale(float l) { return l == 0.f ? 0.f : 1.f / l; }
 
 // Rows of k / v / o with a contiguous last dimension, or copied into `row` scratch otherwise.
 inline const float* row_of(const ConstView<float, 4>& x, index_t b, index_t t, index_t h, float* row) {
@@ -97,7 +106,7 @@ inline void run_tokens(const AarenInputs& in, const AarenOutputs& out, const Dim
       }
       if (!write) continue;
       float* o = o_contiguous ? out.o.ptr(b, t, h) : orow;
-      scale_into(o, s.acc, 1.f / s.l, d.Dv);
+      scale_into(o, s.acc, output_scale(s.l), d.Dv);
       if (!o_contiguous)
         for (index_t j = 0; j < d.Dv; ++j) out.o(b, t, h, j) = orow[j];
     }

@@ -227,13 +227,14 @@ inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const Aare
         double den = m0 == ninf ? 0.0 : in.initial_state.l(row, h) * std::exp(m0 - m);
         for (index_t j = 0; j < d.Dv; ++j) num[j] = m0 == ninf ? 0.0 : in.initial_state.acc(row, h, j) * std::exp(m0 - m);
         for (index_t u = 0; u < n; ++u) {
-          const double w = std::exp(s[u] - m);
+          if (s[u] == ninf) continue;  // weight 0: takes no part (its v neither)
+          const double w = std::exp(s[u] - m);  // NaN for a NaN logit, and for +inf (inf - inf)
           den += w;
           for (index_t j = 0; j < d.Dv; ++j) num[j] += w * in.v(b, t0 + u, h, j);
         }
         if (n >= 1)
           for (index_t j = 0; j < d.Dv; ++j)
-            out.o(b, t0 + n - 1, h, j) = den > 0 ? static_cast<float>(num[j] / den) : 0.f;
+            out.o(b, t0 + n - 1, h, j) = den == 0 ? 0.f : static_cast<float>(num[j] / den);  // NaN den stays
         if (n >= 1 && keep) {
           out.token_states.m(b, t0 + n - 1, h) = static_cast<float>(m);
           out.token_states.l(b, t0 + n - 1, h) = static_cast<float>(den);

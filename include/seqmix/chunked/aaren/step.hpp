@@ -82,7 +82,7 @@ inline void aaren_step(const AarenStepInputs& in, const TensorView<float, 3>& o,
       if (!acc_contiguous)
         for (index_t j = 0; j < d.Dv; ++j) state.acc(s.state_row, h, j) = acc_copy[j];
       float* out = o_contiguous ? o.ptr(b, h) : orow;
-      scale_into(out, st.acc, 1.f / st.l, d.Dv);
+      scale_into(out, st.acc, output_scale(st.l), d.Dv);
       if (!o_contiguous)
         for (index_t j = 0; j < d.Dv; ++j) o(b, h, j) = orow[j];
     }

@@ -76,7 +76,9 @@ struct OnlineSoftmax {
   value_type identity() const { return {-std::numeric_limits<float>::infinity(), 0.f, 0.f}; }
   value_type combine(const value_type& left, const value_type& right) const {
     const float m = std::fmax(left.m, right.m);
-    if (m == -std::numeric_limits<float>::infinity()) return identity();  // avoids exp(-inf - -inf) = NaN
+    // Both sides empty (or holding only NaN weights, l NaN at m = -inf, which must stay NaN):
+    // adding avoids exp(-inf - -inf) = NaN and gives the identity for two empty sides.
+    if (m == -std::numeric_limits<float>::infinity()) return {m, left.l + right.l, left.acc + right.acc};
     const float wl = std::exp(left.m - m), wr = std::exp(right.m - m);  // exp(-inf) = 0 for an empty side
     return {m, left.l * wl + right.l * wr, left.acc * wl + right.acc * wr};
   }
