@@ -2,7 +2,7 @@
 //
 //   lstm/prefill/H1024_T4096_B<1|16>     seqmix::lstm, I = H = 1024: input projection (one GEMM
 //                                        per chunk of tokens) plus the recurrence
-//   lstm/recurrence/H<256|512|1024>_T512_B1[_1core], lstm/recurrence/H1024_T64_B16
+//   lstm/prefill/H<256|512|1024>_T512_B1_preact[_1core], lstm/prefill/H1024_T64_B16_preact
 //                                        the recurrent part alone (x given as pre-activations,
 //                                        no w_ih), on two cores and on one: whether the split of
 //                                        the hidden units with one barrier per token pays
@@ -11,7 +11,8 @@
 //                                        block-diagonal recurrence, pre-activation input as xLSTM
 //                                        feeds it)
 //   lstm/reference/H256_T256_B1          the reference (baseline), beside lstm/prefill on it
-//   mlstm/<chunked|recurrent>/NH8_D256_T4096_B1, mlstm/step/NH8_D256_B1, mlstm/reference/NH8_D256_T256_B1
+//   mlstm/prefill/NH8_D256_T4096_B1_<chunked|recurrent>, mlstm/step/NH8_D256_B1,
+//   mlstm/reference/NH8_D256_T256_B1 (beside mlstm/prefill/NH8_D256_T256_B1_chunked)
 //                                        xLSTM-7B-like heads (8 x 256, K = V); GFLOP/s counts the
 //                                        recurrence's 4*DK*DV per token and head for every form,
 //                                        so the figures compare speeds
@@ -88,14 +89,14 @@ void register_all() {
   const Shape shapes[] = {
       {"lstm/prefill/H1024_T4096_B1", Cell::lstm, 1, 4096, 1024, 1024, 1, true, false, Form::fast},
       {"lstm/prefill/H1024_T4096_B16", Cell::lstm, 16, 4096, 1024, 1024, 1, true, false, Form::fast},
-      {"lstm/recurrence/H1024_T512_B1", Cell::lstm, 1, 512, 0, 1024, 1, false, false, Form::fast},
-      {"lstm/recurrence/H1024_T512_B1_1core", Cell::lstm, 1, 512, 0, 1024, 1, false, true, Form::fast},
-      {"lstm/recurrence/H512_T512_B1", Cell::lstm, 1, 512, 0, 512, 1, false, false, Form::fast},
-      {"lstm/recurrence/H512_T512_B1_1core", Cell::lstm, 1, 512, 0, 512, 1, false, true, Form::fast},
-      {"lstm/recurrence/H256_T512_B1", Cell::lstm, 1, 512, 0, 256, 1, false, false, Form::fast},
-      {"lstm/recurrence/H256_T512_B1_1core", Cell::lstm, 1, 512, 0, 256, 1, false, true, Form::fast},
-      {"lstm/recurrence/H128_T512_B1", Cell::lstm, 1, 512, 0, 128, 1, false, false, Form::fast},
-      {"lstm/recurrence/H1024_T64_B16", Cell::lstm, 16, 64, 0, 1024, 1, false, false, Form::fast},
+      {"lstm/prefill/H1024_T512_B1_preact", Cell::lstm, 1, 512, 0, 1024, 1, false, false, Form::fast},
+      {"lstm/prefill/H1024_T512_B1_preact_1core", Cell::lstm, 1, 512, 0, 1024, 1, false, true, Form::fast},
+      {"lstm/prefill/H512_T512_B1_preact", Cell::lstm, 1, 512, 0, 512, 1, false, false, Form::fast},
+      {"lstm/prefill/H512_T512_B1_preact_1core", Cell::lstm, 1, 512, 0, 512, 1, false, true, Form::fast},
+      {"lstm/prefill/H256_T512_B1_preact", Cell::lstm, 1, 512, 0, 256, 1, false, false, Form::fast},
+      {"lstm/prefill/H256_T512_B1_preact_1core", Cell::lstm, 1, 512, 0, 256, 1, false, true, Form::fast},
+      {"lstm/prefill/H128_T512_B1_preact", Cell::lstm, 1, 512, 0, 128, 1, false, false, Form::fast},
+      {"lstm/prefill/H1024_T64_B16_preact", Cell::lstm, 16, 64, 0, 1024, 1, false, false, Form::fast},
       {"lstm/step/H1024_B1", Cell::lstm, 1, 1, 1024, 1024, 1, true, false, Form::step},
       {"lstm/step/H1024_B16", Cell::lstm, 16, 1, 1024, 1024, 1, true, false, Form::step},
       {"gru/prefill/H1024_T4096_B1", Cell::gru, 1, 4096, 1024, 1024, 1, true, false, Form::fast},
@@ -144,10 +145,10 @@ void run_mlstm(benchmark::State& state, const MlstmShape& s) {
 }
 
 void register_mlstm() {
-  const MlstmShape shapes[] = {{"mlstm/chunked/NH8_D256_T4096_B1", 1, 4096, 8, 256, 0},
-                               {"mlstm/recurrent/NH8_D256_T4096_B1", 1, 4096, 8, 256, 1},
+  const MlstmShape shapes[] = {{"mlstm/prefill/NH8_D256_T4096_B1_chunked", 1, 4096, 8, 256, 0},
+                               {"mlstm/prefill/NH8_D256_T4096_B1_recurrent", 1, 4096, 8, 256, 1},
                                {"mlstm/step/NH8_D256_B1", 1, 1, 8, 256, 2},
-                               {"mlstm/chunked/NH8_D256_T256_B1", 1, 256, 8, 256, 0},
+                               {"mlstm/prefill/NH8_D256_T256_B1_chunked", 1, 256, 8, 256, 0},
                                {"mlstm/reference/NH8_D256_T256_B1", 1, 256, 8, 256, 3}};
   for (const MlstmShape& s : shapes)
     benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_mlstm(st_, s); })

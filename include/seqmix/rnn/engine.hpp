@@ -22,7 +22,7 @@ namespace seqmix {
 namespace detail {
 
 // Multiply-adds of one recurrent step (B*G*H*Dh) from which the step is split over threads.
-// Measured (bench_rnn lstm/recurrence, B = 1, T = 512, median of 3-5 runs on a 2-core EPYC
+// Measured (bench_rnn lstm/prefill/*_preact, B = 1, T = 512, median of 3-5 runs on a 2-core EPYC
 // shared with other jobs): H = 1024 (2^22) 1.25 s on two cores against 1.66 s on one; H = 512
 // (2^20) 108 ms against 100 ms; H = 256 36 ms against 19 ms. A per-token hand-off only pays once
 // a step is a few hundred microseconds of work; smaller steps stay on the calling thread.
