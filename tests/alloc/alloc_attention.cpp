@@ -1,7 +1,7 @@
 // Attention's hot path allocates nothing after warm-up: dense decode (seqmix::attention with
 // Tq <= 4, fp32 and fp16 K/V), paged decode and speculative verify (paged_attention, Tq 1 and
-// 4, packed queries), paged prefill chunks beside decode rows, and paged_kv_append; serial and
-// on a two-thread pool.
+// 4, packed queries), paged prefill chunks beside decode rows, and paged_kv_append, also with
+// the fused rope and a relative bias; serial and on a two-thread pool.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -112,4 +112,47 @@ TEST_CASE("paged attention and paged append allocate nothing after warm-up", "[a
   paged<float>(pool, "f32 pool(2)");
   paged<seqmix::f16>(seqmix::serial_executor(), "f16 serial");
   paged<seqmix::bf16>(pool, "bf16 pool(2)");
+}
+
+TEST_CASE("fused rope and relative biases allocate nothing after warm-up", "[alloc][attention][rope]") {
+  const seqmix::ThreadPool pool(2);
+  const index_t B = 2, Hq = 8, Hkv = 2, D = 64, Tk = 1000;
+  seqmix::RopeConfig config;
+  config.rotary_dim = D;
+  const seqmix::RopeTable table(config, 1024);
+  const auto q = st::random_tensor<4>({B, 1, Hq, D}, 1);
+  const auto k = random_kv<seqmix::f16>({B, Tk, Hkv, D}, 2), v = random_kv<seqmix::f16>({B, Tk, Hkv, D}, 3);
+  const auto bias_table = st::random_tensor<2>({Hq, 32}, 4);
+  const auto scales = st::random_tensor<1>({Hq}, 5, 0.5f, 2.f);
+  Tensor<float, 4> o({B, 1, Hq, D});
+  seqmix::AttentionInputs<seqmix::f16> in;
+  in.q = q.view(), in.k = k.view(), in.v = v.view();
+  in.rope = &table, in.rope_rotated_keys = Tk;  // decode over a cache of rotated keys
+  in.relative_bias.kind = seqmix::RelativeBiasKind::t5, in.relative_bias.table = bias_table.view();
+  in.head_scales = scales.view();
+  seqmix::AttentionOptions options;
+  options.causal = true;
+  for (const seqmix::Executor* executor : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)})
+    expect_no_allocation("attention decode, fused rope + t5 bias + head scales", *executor,
+                         [&] { seqmix::attention(in, {o.view()}, options, *executor); });
+
+  // Paged: q rotated in the kernel, keys rotated by the append.
+  const index_t N = 2, bs = 16, max_blocks = 8, blocks = N * max_blocks;
+  auto k_pages = random_kv<float>({blocks, bs, Hkv, D}, 6), v_pages = random_kv<float>({blocks, bs, Hkv, D}, 7);
+  Tensor<std::int32_t, 2> block_table({N, max_blocks});
+  for (index_t i = 0; i < blocks; ++i) block_table.data()[i] = static_cast<std::int32_t>(i);
+  const std::vector<std::int32_t> lengths{100, 128}, starts{99, 127};
+  seqmix::PagedAttentionInputs<float> paged_in;
+  paged_in.q = q.view(), paged_in.k_pages = k_pages.view(), paged_in.v_pages = v_pages.view();
+  paged_in.block_table = block_table.view(), paged_in.cache_seqlens = lengths, paged_in.rope = &table;
+  const auto k_new = st::random_tensor<4>({N, 1, Hkv, D}, 8), v_new = st::random_tensor<4>({N, 1, Hkv, D}, 9);
+  seqmix::PagedKvAppendInputs<float> append;
+  append.k = k_new.view(), append.v = v_new.view(), append.block_table = block_table.view();
+  append.cache_seqlens = starts, append.rope = &table;
+  for (const seqmix::Executor* executor : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)}) {
+    expect_no_allocation("paged_attention, fused rope", *executor,
+                         [&] { seqmix::paged_attention(paged_in, {o.view(), {}}, {}, *executor); });
+    expect_no_allocation("paged_kv_append, fused rope", *executor,
+                         [&] { seqmix::paged_kv_append(append, seqmix::PagedKvPool<float>{k_pages.view(), v_pages.view()}, *executor); });
+  }
 }
