@@ -16,13 +16,13 @@ namespace detail {
 // Measured costs (one thread, CPU time, AMD EPYC with AVX-512, D = 768; README.md,
 // "Crossover"), per channel and batch row: the direct form's time per multiply-add and per output
 // (the window copy and the output pass), and the FFT form's time per N log2 N of one channel's
-// transform (gather, product and scatter included). Up to N = 32768 the batched transform's
-// buffers (N * 128 bytes) are served by L2/L3; beyond, every radix-2 pass goes to memory and the
-// cost per N log2 N grows (0.66 ns at N = 131072). Only the ratios matter: the FFT form wins
-// from L ~ 130 taps at T = 4096, and at L = T from T ~ 300.
+// transform (gather, product and scatter included). Past N = 32768 the levels of the transform
+// above its in-cache blocks stream from memory and the cost per N log2 N grows (0.275 ns at
+// N = 131072). Only the ratios matter: the FFT form wins from L ~ 100 taps at T = 4096, and at
+// L = T from T ~ 200.
 constexpr double kLongConvDirectNsPerTap = 0.10;
 constexpr double kLongConvDirectNsPerOutput = 6.0;
-constexpr double kLongConvFftNsPerNLogN = 0.28;
+constexpr double kLongConvFftNsPerNLogN = 0.20;
 constexpr double kLongConvFftCachedLength = 32768;
 
 // Multiply-adds of the direct form per channel and batch row: sum over t of the taps it reads.
@@ -43,7 +43,7 @@ inline bool long_conv_prefers_fft(const LongConvDims& dims, bool has_state) {
   const double N = static_cast<double>(long_conv_fft_length(dims, has_state));
   const double BD = static_cast<double>(dims.B * dims.D);
   const double transforms = 2.0 * BD + static_cast<double>(dims.G) * (dims.Lb > 0 ? 2.0 : 1.0);
-  const double memory_bound = N > kLongConvFftCachedLength ? 1.0 + 0.6 * std::log2(N / kLongConvFftCachedLength) : 1.0;
+  const double memory_bound = N > kLongConvFftCachedLength ? 1.0 + 0.19 * std::log2(N / kLongConvFftCachedLength) : 1.0;
   const double fft_ns = transforms * N * std::log2(N) * kLongConvFftNsPerNLogN * memory_bound;
   const double direct_ns = BD * (long_conv_direct_taps(dims, has_state) * kLongConvDirectNsPerTap +
                                 static_cast<double>(dims.T) * kLongConvDirectNsPerOutput);

@@ -1,11 +1,11 @@
 // long_conv, FFT form: per channel, a zero-padded FFT of the input window and of the filter, a
 // pointwise product, an inverse FFT. O(T log T) per channel instead of O(T L).
 //
-// FFT: our own batched radix-2 Stockham transform (batched_fft.hpp), one channel pair per SIMD
+// FFT: our own batched radix-2 transform (batched_fft.hpp), one channel pair per SIMD
 // lane: two real channels a and b ride in one complex signal a + i b, whose spectrum Z gives both
 // (X_a = (Z[k] + conj Z[-k]) / 2, X_b = (Z[k] - conj Z[-k]) / 2i), so a transform of length N costs
 // what a real transform would per channel. Eigen's kissfft (unsupported/Eigen/FFT) was the first
-// version: one scalar transform at a time, 2.8x slower for the whole operator (batched_fft.hpp).
+// version: one scalar transform at a time, 4x slower for the whole operator (batched_fft.hpp).
 #pragma once
 
 #include <algorithm>
@@ -62,18 +62,21 @@ inline void long_conv_prefetch_row(T* p, int write) noexcept {
 }
 
 struct LongConvFftScratch {
-  AlignedVector<float> x, work;  // [N][kFftElement]: the batched signal and the transform's other buffer
+  AlignedVector<float> x, work;  // [N][kFftElement]: the batched signal, and the product of spectra
   AlignedVector<float> P, Q;     // [N][kFftElement]: the pair spectra, W[k] = Z[k] P[k] + conj(Z[N-k]) Q[k]
 };
 
 // The spectra (H_a, H_b) of the lane pairs' filters from G = FFT(h_a + i h_b), added into P
 // (as H) or, for a backward filter, conjugated (its correlation).
-inline void long_conv_split_pair_spectrum(const float* G, index_t N, bool conjugate, float* Ha, float* Hb) {
+// All spectra are in the transform's bit-reversed order: position k's mirrored frequency is at
+// tw.mirror[k].
+inline void long_conv_split_pair_spectrum(const float* G, const FftTwiddles& tw, bool conjugate, float* Ha, float* Hb) {
+  const index_t N = tw.N;
   constexpr index_t W = simd::kWidth, E = kFftElement;
   const FftBatch half(0.5f);
   for (index_t k = 0; k < N; ++k) {
     const float* g = G + k * E;
-    const float* h = G + ((N - k) % N) * E;  // Z[-k]
+    const float* h = G + tw.mirror[static_cast<std::size_t>(k)] * E;  // G[-k]
     const FftBatch gr = simd::load(g), gi = simd::load(g + W), hr = simd::load(h), hi = simd::load(h + W);
     // H_a = (G[k] + conj G[-k]) / 2, H_b = (G[k] - conj G[-k]) / 2i
     FftBatch ar = (gr + hr) * half, ai = (gi - hi) * half;
@@ -113,13 +116,13 @@ inline void long_conv_pair_filters(const LongConvInputs& in, index_t N, index_t 
   std::fill(Hb, Hb + N * E, 0.f);
   long_conv_load_filter_pairs(in.filter, long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value()),
                               group, c0, width, N, scratch.x.data());
-  batched_fft(scratch.x.data(), scratch.work.data(), tw, false);
-  long_conv_split_pair_spectrum(scratch.x.data(), N, false, Ha, Hb);
+  batched_fft_forward(scratch.x.data(), tw);
+  long_conv_split_pair_spectrum(scratch.x.data(), tw, false, Ha, Hb);
   if (in.filter_backward.has_value()) {
     long_conv_load_filter_pairs(in.filter_backward, std::min(in.filter_backward.size(0), T), group, c0, width, N,
                                 scratch.x.data());
-    batched_fft(scratch.x.data(), scratch.work.data(), tw, false);
-    long_conv_split_pair_spectrum(scratch.x.data(), N, true, Ha, Hb);
+    batched_fft_forward(scratch.x.data(), tw);
+    long_conv_split_pair_spectrum(scratch.x.data(), tw, true, Ha, Hb);
   }
   const FftBatch scale(0.5f / static_cast<float>(N));
   for (index_t i = 0; i < N * E; i += W) {
@@ -154,12 +157,12 @@ inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float
         poison[c] += 0.f * v;
       }
     }
-    batched_fft(x, scratch.work.data(), tw, false);
+    batched_fft_forward(x, tw);
     // W[k] = Z[k] P[k] + conj(Z[N-k]) Q[k], into work.
     float* w = scratch.work.data();
     for (index_t k = 0; k < N; ++k) {
       const float* z = x + k * E;
-      const float* zm = x + ((N - k) % N) * E;
+      const float* zm = x + tw.mirror[static_cast<std::size_t>(k)] * E;
       const FftBatch zr = simd::load(z), zi = simd::load(z + W), mr = simd::load(zm), mi = -simd::load(zm + W);
       const FftBatch pr = simd::load(scratch.P.data() + k * E), pi = simd::load(scratch.P.data() + k * E + W);
       const FftBatch qr = simd::load(scratch.Q.data() + k * E), qi = simd::load(scratch.Q.data() + k * E + W);
@@ -170,7 +173,7 @@ inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float
       simd::store(w + k * E, re);
       simd::store(w + k * E + W, im);
     }
-    batched_fft(w, x, tw, true);
+    batched_fft_inverse(w, tw);
     // A NaN (poison != 0) spreads over the whole pair's transform: both channels of the pair
     // go to the direct form.
     for (index_t lane = 0; lane < W; ++lane)
