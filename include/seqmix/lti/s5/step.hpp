@@ -7,10 +7,25 @@
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/lti/s5/reference.hpp"
 
 namespace seqmix {
+
+namespace detail {
+
+// sum_j m[r, j] v[b, j]: one SIMD dot product when both rows are contiguous.
+template <class V>
+inline float s5_row_dot(const ConstView<float, 2>& m, index_t r, const V& v, index_t b) noexcept {
+  const index_t n = m.size(1);
+  if (m.stride(1) == 1 && v.stride(1) == 1) return simd::dot(m.ptr(r), v.ptr(b), n);
+  float sum = 0.f;
+  for (index_t j = 0; j < n; ++j) sum += m(r, j) * v(b, j);
+  return sum;
+}
+
+}  // namespace detail
 
 /// Decode-step arguments: one input per batch row.
 struct S5StepInputs {
@@ -57,21 +72,15 @@ inline void s5_step(const S5Params& params, const S5StepInputs& in, const S5Step
         A_bar = (1.0 + dt * lambda / 2.0) / denominator;
         factor = dt / denominator;
       }
-      float bu_re = 0.f, bu_im = 0.f;
-      for (index_t h = 0; h < H; ++h) {
-        bu_re += params.B_real(i, h) * in.u(b, h);
-        if (params.B_imag.has_value()) bu_im += params.B_imag(i, h) * in.u(b, h);
-      }
+      const float bu_re = detail::s5_row_dot(params.B_real, i, in.u, b);
+      const float bu_im = params.B_imag.has_value() ? detail::s5_row_dot(params.B_imag, i, in.u, b) : 0.f;
       const detail::SsmComplex x = A_bar * detail::SsmComplex(out.state_real(b, i), out.state_imag(b, i)) +
                                    factor * detail::SsmComplex(bu_re, bu_im);
       out.state_real(b, i) = static_cast<float>(x.real()), out.state_imag(b, i) = static_cast<float>(x.imag());
     }
     for (index_t h = 0; h < H; ++h) {
-      float y = 0.f;
-      for (index_t i = 0; i < P; ++i) {
-        y += params.C_real(h, i) * out.state_real(b, i);
-        if (params.C_imag.has_value()) y -= params.C_imag(h, i) * out.state_imag(b, i);
-      }
+      float y = detail::s5_row_dot(params.C_real, h, out.state_real, b);
+      if (params.C_imag.has_value()) y -= detail::s5_row_dot(params.C_imag, h, out.state_imag, b);
       out.y(b, h) = static_cast<float>(scale * y) + (params.D.has_value() ? params.D(h) * in.u(b, h) : 0.f);
     }
   }
