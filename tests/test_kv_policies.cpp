@@ -239,7 +239,7 @@ TEST_CASE("kv snapkv keeps the planted key and the window and pools neighbours",
   // Mean pooling spreads the peak too.
   options.pooling = kv::Pooling::Mean;
   CHECK(contains(kv::snapkv_from_scores(s.cview(), 10, small, options)(0, 0), 41));
-  // Budget errors name the window; even kernels are rejected.
+  // Budget errors name the window; kernel 0 is rejected.
   try {
     kv::snapkv(in, {W + 3, 4, 0});
     FAIL("no error");
@@ -247,8 +247,88 @@ TEST_CASE("kv snapkv keeps the planted key and the window and pools neighbours",
     CHECK(e.argument() == "budget");
     CHECK(std::string(e.what()).find("sink_tokens + window = 4 + 8 = 12") != std::string::npos);
   }
-  options.kernel = 4;
+  options.kernel = 0;
   st::require_shape_error("kernel", [&] { kv::snapkv_from_scores(s.cview(), 10, small, options); });
+}
+
+namespace {
+// The two mean conventions written out on their own, as the formulas read: avg_pool1d with zero
+// padding kernel/2 (PyTorch's count_include_pad, first n outputs) and the in-range average.
+std::vector<double> avg_pool1d_zero_padded(const std::vector<float>& x, index_t kernel) {
+  const index_t n = static_cast<index_t>(x.size()), pad = kernel / 2;
+  std::vector<float> padded(static_cast<std::size_t>(n + 2 * pad), 0.f);
+  for (index_t i = 0; i < n; ++i) padded[static_cast<std::size_t>(i + pad)] = x[static_cast<std::size_t>(i)];
+  std::vector<double> out;
+  for (index_t j = 0; j + kernel <= static_cast<index_t>(padded.size()) && j < n; ++j) {
+    double sum = 0;
+    for (index_t t = 0; t < kernel; ++t) sum += padded[static_cast<std::size_t>(j + t)];
+    out.push_back(sum / static_cast<double>(kernel));
+  }
+  return out;
+}
+std::vector<double> in_range_mean(const std::vector<float>& x, index_t kernel) {
+  const index_t n = static_cast<index_t>(x.size());
+  std::vector<double> out;
+  for (index_t j = 0; j < n; ++j) {
+    double sum = 0;
+    index_t count = 0;
+    for (index_t i = j - kernel / 2; i < j - kernel / 2 + kernel; ++i)
+      if (i >= 0 && i < n) sum += x[static_cast<std::size_t>(i)], ++count;
+    out.push_back(sum / static_cast<double>(count));
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("kv snapkv mean pooling follows avg_pool1d's zero padding, in-range mean on request", "[kv_policies]") {
+  for (const index_t n : {1, 2, 3, 7, 40})
+    for (const index_t kernel : {1, 2, 3, 4, 5, 6, 7, 9}) {
+      CAPTURE(n, kernel);
+      std::vector<float> x(static_cast<std::size_t>(n));
+      for (index_t i = 0; i < n; ++i) x[static_cast<std::size_t>(i)] = 0.25f + 0.5f * static_cast<float>((i * 7) % 11);
+      const auto zero_padded = avg_pool1d_zero_padded(x, kernel), in_range = in_range_mean(x, kernel);
+      REQUIRE(static_cast<index_t>(zero_padded.size()) == n);
+      std::vector<float> mean(static_cast<std::size_t>(n)), mean_in_range(mean), max(mean);
+      kv::pool_scores(x.data(), mean.data(), n, kernel, kv::Pooling::Mean);
+      kv::pool_scores(x.data(), mean_in_range.data(), n, kernel, kv::Pooling::MeanInRange);
+      kv::pool_scores(x.data(), max.data(), n, kernel, kv::Pooling::Max);
+      for (index_t j = 0; j < n; ++j) {
+        const std::size_t u = static_cast<std::size_t>(j);
+        CHECK(mean[u] == Approx(zero_padded[u]).epsilon(1e-6));
+        CHECK(mean_in_range[u] == Approx(in_range[u]).epsilon(1e-6));
+        float m = -1.f;
+        for (index_t i = std::max<index_t>(0, j - kernel / 2); i < std::min(n, j - kernel / 2 + kernel); ++i)
+          m = std::max(m, x[static_cast<std::size_t>(i)]);
+        CHECK(max[u] == m);
+      }
+      // Where the window is clipped the two means differ: at the start for every kernel > 1, at
+      // the end from kernel 3 (an even kernel's window reaches kernel/2 - 1 entries to the right).
+      if (kernel > 1 && n >= kernel) CHECK(mean.front() < mean_in_range.front());
+      if (kernel > 2 && n >= kernel) CHECK(mean.back() < mean_in_range.back());
+      if (kernel == 2 && n >= kernel) CHECK(mean.back() == mean_in_range.back());
+    }
+  // The kept set at each end of the prompt: a flat row with a strong entry at one end and a
+  // stronger one in the middle. In-range mean ranks the end first (its window averages fewer
+  // values); zero padding counts the missing neighbours as 0 and keeps the middle.
+  const index_t N = 60, W = 10, prefix = N - W;
+  for (const index_t end : {index_t{0}, prefix - 1})
+    for (const index_t kernel : {4, 5}) {
+      CAPTURE(end, kernel);
+      Tensor<float, 3> s({1, 1, N});
+      for (index_t j = 0; j < N; ++j) s(0, 0, j) = 1.f;
+      s(0, 0, end) = 3.f;
+      s(0, 0, 25) = 3.5f;
+      kv::SnapKvOptions options;
+      options.kernel = kernel;
+      CHECK(options.pooling == kv::Pooling::Max);  // SnapKV's default stays max pooling
+      options.pooling = kv::Pooling::Mean;
+      const kv::Budget budget{W + 1, 0, 0};
+      const auto zero_padded = kv::snapkv_from_scores(s.cview(), W, budget, options)(0, 0);
+      options.pooling = kv::Pooling::MeanInRange;
+      const auto in_range = kv::snapkv_from_scores(s.cview(), W, budget, options)(0, 0);
+      CHECK(zero_padded.front() == 25);
+      CHECK(in_range.front() == end);
+    }
 }
 
 TEST_CASE("kv snapkv keeps every peak before the neighbours max pooling ties with it", "[kv_policies]") {

@@ -112,29 +112,42 @@ inline KeptSet qfilters(const ConstView<float, 4>& keys, const ConstView<float, 
   return select_by_score(projections.cview(), budget, Keep::Highest, executor, "kv::qfilters");
 }
 
-/// How SnapKV pools the window's scores along entries.
+/// How SnapKV pools the window's scores along entries. Entry j pools the kernel-wide window
+/// [j - kernel/2, j - kernel/2 + kernel) (centred for odd kernels, one more entry on the left
+/// for even ones); the variants differ only where that window crosses an end of the prefix.
 enum class Pooling {
-  Max,   ///< SnapKV's default: a key next to a strong key is kept with it (keeps local context)
-  Mean,  ///< average over the in-range neighbours (SnapKV's avgpool option)
+  Max,          ///< SnapKV's default: a key next to a strong key is kept with it (keeps local context)
+  Mean,         ///< avg_pool1d with zero padding kernel/2: the in-range sum over `kernel`, also at the ends
+  MeanInRange,  ///< the in-range sum over the number of in-range entries (seqmix's Mean before issue 22)
 };
 
-/// out[j] = pool of in[j - kernel/2 .. j + kernel/2] clipped to [0, n) ('same' padding).
-/// kernel must be odd; kernel 1 copies. O(n * kernel).
+/// out[j] = pool of in[j - kernel/2 .. j - kernel/2 + kernel - 1], n outputs ('same' size).
+/// Max and MeanInRange clip the window to [0, n); Mean counts the entries outside as zeros, the
+/// reference SnapKV / kvpress convention (avg_pool1d with padding kernel/2 and its default
+/// count_include_pad; for even kernels PyTorch returns n + 1 values, these are its first n).
+/// kernel 1 copies. O(n * kernel).
 inline void pool_scores(const float* in, float* out, index_t n, index_t kernel, Pooling pooling) {
   const index_t half = kernel / 2;
   for (index_t j = 0; j < n; ++j) {
-    const index_t lo = std::max<index_t>(0, j - half), hi = std::min(n, j + half + 1);
-    float acc = pooling == Pooling::Max ? in[lo] : 0.f;
-    for (index_t i = lo; i < hi; ++i) acc = pooling == Pooling::Max ? std::max(acc, in[i]) : acc + in[i];
-    out[j] = pooling == Pooling::Max ? acc : acc / static_cast<float>(hi - lo);
+    const index_t lo = std::max<index_t>(0, j - half), hi = std::min(n, j - half + kernel);
+    if (pooling == Pooling::Max) {
+      float acc = in[lo];
+      for (index_t i = lo + 1; i < hi; ++i) acc = std::max(acc, in[i]);
+      out[j] = acc;
+      continue;
+    }
+    float acc = 0.f;
+    for (index_t i = lo; i < hi; ++i) acc += in[i];
+    out[j] = acc / static_cast<float>(pooling == Pooling::Mean ? kernel : hi - lo);
   }
 }
 
 /// Options of snapkv and snapkv_from_scores.
 struct SnapKvOptions {
-  /// Pooling kernel along entries (odd; 1 = no pooling). SnapKV uses 5 or 7.
+  /// Pooling kernel along entries (>= 1; 1 = no pooling). SnapKV uses 5 or 7; an even kernel
+  /// leans one entry to the left (see Pooling).
   index_t kernel = 5;
-  /// Max (SnapKV's default) or mean pooling.
+  /// Max (SnapKV's default), Mean (zero-padded avg_pool1d, the reference) or MeanInRange.
   Pooling pooling = Pooling::Max;
   /// How the window's attention is computed (scale, causal window, sum or mean over GQA group).
   ObservationOptions scores;
@@ -149,8 +162,7 @@ inline KeptSet snapkv_from_scores(const ConstView<float, 3>& scores, index_t win
   const ArgCheck check("kv::snapkv");
   check.shape("scores", scores, {-1, -1, -1}, "B,H,N");
   check.that(window >= 0, "window", "must be >= 0, got " + std::to_string(window));
-  check.that(options.kernel >= 1 && options.kernel % 2 == 1, "kernel",
-             "must be odd and >= 1 ('same' padding), got " + std::to_string(options.kernel));
+  check.that(options.kernel >= 1, "kernel", "must be >= 1, got " + std::to_string(options.kernel));
   Budget effective = budget;
   effective.recent = std::max(budget.recent, window);
   if (budget.capacity < budget.sink_tokens + effective.recent)
@@ -197,8 +209,7 @@ inline KeptSet snapkv(const ObservationInputs& in, const Budget& budget, const S
   const ArgCheck check("kv::snapkv");
   const auto d = detail::validate_observation(check, in, options.scores);
   // Validate the budget before the expensive part.
-  check.that(options.kernel >= 1 && options.kernel % 2 == 1, "kernel",
-             "must be odd and >= 1 ('same' padding), got " + std::to_string(options.kernel));
+  check.that(options.kernel >= 1, "kernel", "must be >= 1, got " + std::to_string(options.kernel));
   if (budget.capacity < budget.sink_tokens + std::max(budget.recent, d.W))
     check.fail("budget", "capacity = " + std::to_string(budget.capacity) +
                              " is below sink_tokens + window = " + std::to_string(budget.sink_tokens) + " + " +
