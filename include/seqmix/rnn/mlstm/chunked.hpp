@@ -12,6 +12,7 @@
 #include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/rnn/mlstm/reference.hpp"
 
 namespace seqmix {
@@ -38,12 +39,23 @@ inline void mlstm_token(MlstmState& s, float* C, float* n, float& m, index_t DK,
   const float* __restrict v = s.v.data();
   for (index_t c = 0; c < DV; ++c) num[c] = 0.f;
   float qn = 0.f;
+  // One pass over C: each row decays, takes k_r v and feeds the numerator (explicit vectors: the
+  // compiler's -O2 cost model leaves this loop scalar).
+  using V = simd::Batch<float>;
+  const index_t dv = simd::vector_end(DV);
+  const V fa_v(fa);
   for (index_t r = 0; r < DK; ++r) {
     float* __restrict row = C + r * DV;
     const float kr = ia * s.k[static_cast<std::size_t>(r)], qr = s.q[static_cast<std::size_t>(r)];
     n[r] = fa * n[r] + kr;
     qn += qr * n[r];
-    for (index_t c = 0; c < DV; ++c) {
+    const V kr_v(kr), qr_v(qr);
+    for (index_t c = 0; c < dv; c += simd::kWidth) {
+      const V updated = simd::fma(kr_v, simd::load(v + c), fa_v * simd::load(row + c));
+      simd::store(row + c, updated);
+      simd::store(num + c, simd::fma(qr_v, updated, simd::load(num + c)));
+    }
+    for (index_t c = dv; c < DV; ++c) {
       row[c] = fa * row[c] + kr * v[c];
       num[c] += qr * row[c];
     }
