@@ -17,6 +17,7 @@
 #include "seqmix/attention/paged/reference.hpp"
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/core/half.hpp"
+#include "seqmix/kv_cache/attention.hpp"
 #include "seqmix/kv_cache/cache.hpp"
 #include "seqmix/positional/rope/fast.hpp"
 #include "seqmix_testing/catch_checks.hpp"
@@ -438,6 +439,32 @@ TEST_CASE("KvCache::append with a fused rope stores what rope then append stores
                             format == seqmix::KvFormat::f32 ? 1e-6 : 2e-3);
           st::require_close("KvCache::append (fused rope) values", va.cview(), vr.cview(), 0.0);
         }
+
+      // kv_cache_attention rotating q in the kernel equals rope(q) then kv_cache_attention, over
+      // the same cache of rotated keys.
+      const index_t Hq = 4, Tq = 2;
+      const auto q = st::random_tensor<4>({B, Tq, Hq, Dk}, 15);
+      std::vector<std::int64_t> qpos;
+      for (index_t b = 0; b < B; ++b)
+        for (index_t i = 0; i < Tq; ++i) qpos.push_back(fused.next_position(b) - Tq + i);
+      Tensor<float, 4> qr({B, Tq, Hq, Dk});
+      seqmix::rope(table, {q.view(), qpos}, {qr.view()});
+      seqmix::AttentionOptions causal;
+      causal.causal = true;
+      seqmix::KvCacheAttentionInputs kin;
+      kin.q = qr.view(), kin.cache = &fused;
+      Tensor<float, 4> o({B, Tq, Hq, Dv}), o_plain({B, Tq, Hq, Dv});
+      seqmix::kv_cache_attention(kin, {o_plain.view()}, causal);
+      kin.q = q.view(), kin.cache = &fused, kin.rope = &table;
+      seqmix::kv_cache_attention(kin, {o.view()}, causal);
+      st::require_close("kv_cache_attention (fused rope)", o.cview(), o_plain.cview(), 1e-6);
+      seqmix::reference::kv_cache_attention(kin, {o.view()}, causal);
+      st::require_close("reference::kv_cache_attention (fused rope)", o.cview(), o_plain.cview(), 1e-6);
+      const RopeTable short_table = make_table(layout, 48, 20);  // queries at 23, 24 / 65, 66 lie beyond it
+      kin.rope = &short_table;
+      o.fill(5.f);
+      st::require_shape_error("rope", [&] { seqmix::kv_cache_attention(kin, {o.view()}, causal); });
+      for (index_t e = 0; e < o.numel(); ++e) REQUIRE(o.data()[e] == 5.f);
 
       // Positions outside the table: refused, nothing appended.
       in.positions = {};

@@ -48,6 +48,10 @@ struct KvCacheAttentionInputs {
   ConstView<float, 1> alibi_slopes;       ///< [Hq]
   ConstView<float, 1> sink_logits;        ///< [Hq]
   IndexTable positions;                   ///< [B,Tq] int32 or int64: absolute query positions
+  /// Rotary embedding fused into the kernel (docs/operators.md section 10), or nullptr: each
+  /// query is rotated at its position in the kernel's q rows; the cache holds keys rotated by
+  /// KvCache::append with the same table. The table must outlive the call.
+  const RopeTable* rope = nullptr;
 };
 
 namespace detail {
@@ -78,6 +82,18 @@ inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCach
   if (!(options.softcap >= 0.f)) check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
   if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
   if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  if (in.rope) {  // every query position inside the table
+    check_fused_rope_table(check, *in.rope, cfg.key_dim);
+    for (index_t b = 0; b < B; ++b)
+      for (index_t i = 0; i < Tq; ++i) {
+        const std::int64_t p = in.positions.has_value() ? in.positions(b, i) : in.cache->next_position(b) - Tq + i;
+        if (p < 0 || p >= in.rope->positions())
+          check.fail(in.positions.has_value() ? "positions" : "rope",
+                     "puts query " + std::to_string(i) + " of row " + std::to_string(b) + " at position " +
+                         std::to_string(p) + ", outside the rope table's positions [0, " +
+                         std::to_string(in.rope->positions()) + ")");
+      }
+  }
   return {B, Tq, Hq, cfg.kv_heads, cfg.key_dim, cfg.value_dim};
 }
 
@@ -102,12 +118,14 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   const KvCache& cache = *in.cache;
   const double scale = detail::attention_scale(options, d.Dk), minus_inf = -std::numeric_limits<double>::infinity();
   std::vector<float> k(static_cast<std::size_t>(d.Dk)), v(static_cast<std::size_t>(d.Dv));
-  std::vector<double> acc(static_cast<std::size_t>(d.Dv)), logits;
+  std::vector<double> acc(static_cast<std::size_t>(d.Dv)), logits, query(static_cast<std::size_t>(d.Dk));
   for (index_t b = 0; b < d.B; ++b)
     for (index_t i = 0; i < d.Tq; ++i)
       for (index_t h = 0; h < d.Hq; ++h) {
         const index_t hk = h / d.group(), n = cache.size(b, hk);
         const std::int64_t pos = detail::kv_query_position(in, b, i);
+        for (index_t c = 0; c < d.Dk; ++c) query[c] = static_cast<double>(in.q(b, i, h, c));
+        if (in.rope) detail::rope_row_double(*in.rope, static_cast<index_t>(pos), query.data());
         const std::vector<std::int64_t> key_pos = cache.positions(b, hk);
         logits.assign(static_cast<std::size_t>(n), minus_inf);
         double max_logit = minus_inf;
@@ -115,7 +133,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           if (!detail::kv_visible(options, key_pos[j], pos)) continue;
           cache.read_key(b, hk, j, k.data());
           double s = 0.0;
-          for (index_t c = 0; c < d.Dk; ++c) s += static_cast<double>(in.q(b, i, h, c)) * k[c];
+          for (index_t c = 0; c < d.Dk; ++c) s += query[c] * k[c];
           s *= scale;
           if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
           if (in.alibi_slopes.has_value()) s -= in.alibi_slopes(h) * std::abs(static_cast<double>(pos - key_pos[j]));
@@ -497,16 +515,23 @@ struct KvTailRows {
 };
 
 // A piece's query rows into w: row r = i * G + g is query i0 + i of batch row b, head hk * G + g,
-// times `scale`; per-token keys also get each key group's sum; w.pos[r] = position(i). Padding
-// rows [M, w.rows) are zero queries.
+// times `scale` (rotated at position(i) first when `rope` is given); per-token keys also get each
+// key group's sum; w.pos[r] = position(i). Padding rows [M, w.rows) are zero queries.
 template <class Position>
 void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, index_t i0, index_t hk, index_t G,
                         index_t M, float scale, index_t key_group, index_t key_groups, bool per_token_keys,
-                        Position&& position) {
+                        Position&& position, const RopeTable* rope = nullptr) {
   const index_t Dk = q.size(3);
   for (index_t r = 0; r < M; ++r) {
     const index_t i = r / G, h = hk * G + r % G;
-    for (index_t c = 0; c < Dk; ++c) w.q[r * Dk + c] = scale * q(b, i0 + i, h, c);
+    float* row = w.q.data() + r * Dk;
+    if (rope) {
+      for (index_t c = 0; c < Dk; ++c) row[c] = q(b, i0 + i, h, c);
+      rope_row_in_place(*rope, static_cast<index_t>(position(i)), row, 1);
+      for (index_t c = 0; c < Dk; ++c) row[c] *= scale;
+    } else {
+      for (index_t c = 0; c < Dk; ++c) row[c] = scale * q(b, i0 + i, h, c);
+    }
     for (index_t g = 0; g < key_groups && per_token_keys; ++g) {  // the min terms of per-token keys
       float sum = 0.f;
       const index_t g1 = std::min(Dk, (g + 1) * key_group);
@@ -667,7 +692,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       const KvPiece& piece = pieces[pi];
       const KvHead& hd = cache.head(piece.b, piece.hk);
       kv_load_query_rows(w, in.q, piece.b, 0, piece.hk, G, M, scale, cache.key_group(), key_groups, per_token_keys,
-                         [&](index_t i) { return kv_query_position(in, piece.b, i); });
+                         [&](index_t i) { return kv_query_position(in, piece.b, i); }, in.rope);
       KvTailRows tail;
       if (piece.residual) {
         const KvResidual& res = hd.residual;
