@@ -3,6 +3,8 @@
 // seqmix/lti/ holds its reference, fast prefill and decode step.
 #pragma once
 
+#include "seqmix/lti/hyena/fast.hpp"
+#include "seqmix/lti/hyena/reference.hpp"
 #include "seqmix/lti/long_conv/direct.hpp"
 #include "seqmix/lti/long_conv/fast.hpp"
 #include "seqmix/lti/long_conv/fft.hpp"

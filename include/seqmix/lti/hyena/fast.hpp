@@ -1,0 +1,64 @@
+// hyena, fast prefill: each order's long convolution by lti/long_conv (the FFT form for filters
+// as long as the sequence, chosen by its cost model), then the gate x_n applied in place. The
+// orders alternate between y and one scratch buffer so that the last one lands in y.
+#pragma once
+
+#include <algorithm>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/lti/hyena/reference.hpp"
+#include "seqmix/lti/long_conv/fast.hpp"
+
+namespace seqmix {
+namespace detail {
+
+// z[b,t,:] *= x[b,t,:] over every row, SIMD when both rows are contiguous.
+inline void hyena_gate(const ConstView<float, 3>& x, const TensorView<float, 3>& z, const Executor& executor) {
+  const index_t T = z.size(1), D = z.size(2);
+  // Rows per task: about 16K elements, so small calls stay on the calling thread.
+  const index_t grain = std::max<index_t>(1, 16384 / std::max<index_t>(D, 1));
+  parallel_for(executor, z.size(0) * T, grain, [&](index_t begin, index_t end) {
+    for (index_t r = begin; r < end; ++r) {
+      const index_t b = r / T, t = r % T;
+      float* zr = z.ptr(b, t, 0);
+      const float* xr = x.ptr(b, t, 0);
+      index_t d = 0;
+      if (z.stride(2) == 1 && x.stride(2) == 1)
+        for (; d < simd::vector_end(D); d += simd::kWidth) simd::store(zr + d, simd::load(zr + d) * simd::load(xr + d));
+      for (; d < D; ++d) z(b, t, d) *= x(b, t, d);
+    }
+  });
+}
+
+}  // namespace detail
+
+/// Fast prefill: same arguments and results as reference::hyena (see reference.hpp) up to float
+/// rounding (the FFT's, about 1e-6 relative per order). Per order one long_conv (options.method:
+/// direct, FFT or the cost model's choice) and one gate pass, threaded through `executor`.
+/// N >= 2 needs a [B,T,D] buffer for the intermediate z_n: out.scratch, or one allocated per call.
+inline void hyena(const HyenaInputs& in, const HyenaOutputs& out, const HyenaOptions& options = {},
+                  const Executor& executor = serial_executor()) {
+  const auto dims = detail::validate_hyena("hyena", in, out, options);
+  Tensor<float, 3> owned;
+  TensorView<float, 3> scratch = out.scratch;
+  if (dims.N >= 2 && !scratch.has_value()) {
+    owned = Tensor<float, 3>({dims.B, dims.T, dims.D});
+    scratch = owned.view();
+  }
+  // Order n writes to y when N - 1 - n is even, so order N - 1 ends in y.
+  ConstView<float, 3> z = in.v;
+  LongConvOptions conv;
+  conv.method = options.method;
+  for (index_t n = 0; n < dims.N; ++n) {
+    const TensorView<float, 3> target = (dims.N - 1 - n) % 2 == 0 ? out.y : scratch;
+    LongConvInputs args{z, in.filter.select(0, n)};
+    if (in.skip.has_value()) args.skip = in.skip.select(0, n);
+    long_conv(args, {target}, conv, executor);
+    detail::hyena_gate(in.x.select(0, n), target, executor);
+    z = target;
+  }
+}
+
+}  // namespace seqmix

@@ -1,0 +1,124 @@
+// hyena: the order-N Hyena operator (issue 16 item 5) on projections and implicit filters the
+// caller computed (the filter MLP and the short convolutions of the projections stay outside).
+//
+// This header holds the argument structs, their validation and the readable definition
+// (seqmix::reference::hyena: direct convolutions in double). The fast prefill, with the long
+// convolutions through lti/long_conv (FFT for long filters), is in fast.hpp.
+//
+//   v [B,T,D], x [N,B,T,D] (x_n = x[n-1]), filters h [N,L,D] (L = T usually), skip [N,D] optional
+//   z_1 = v
+//   z_{n+1}[t,d] = x_n[t,d] * ( sum_{s<L, s<=t} h_n[s,d] z_n[t-s,d] + skip_n[d] z_n[t,d] )
+//   y = z_{N+1}
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/lti/long_conv/reference.hpp"
+
+namespace seqmix {
+
+/// Options of hyena (docs/operators.md, "hyena").
+struct HyenaOptions {
+  /// How each order's long convolution runs (long_conv's choice; automatic by default).
+  LongConvMethod method = LongConvMethod::automatic;
+};
+
+/// Prefill arguments. The order N is x.size(0) = filter.size(0).
+struct HyenaInputs {
+  ConstView<float, 3> v;             ///< [B,T,D]: the value projection, z_1
+  ConstView<float, 4> x;             ///< [N,B,T,D]: the gating projections x_1..x_N (any strides, e.g. slices of one [B,T,(N+1)D] projection)
+  ConstView<float, 3> filter;        ///< [N,L,D], L >= 1: order n's implicit filter, tap 0 multiplies the newest z_n
+  ConstView<float, 2> skip = {};     ///< [N,D], optional: the filters' per-order bias (h_n (*) z_n + skip_n z_n)
+};
+
+/// Outputs. y must overlap no input; scratch (needed for N >= 2, allocated per call when absent)
+/// must overlap nothing else.
+struct HyenaOutputs {
+  TensorView<float, 3> y;                ///< [B,T,D]: the last order's output z_(N+1)
+  TensorView<float, 3> scratch = {};     ///< [B,T,D], optional: the intermediate z_n; contents undefined after the call
+};
+
+namespace detail {
+
+struct HyenaDims {
+  index_t N, B, T, D, L;
+};
+
+// Validates a prefill call (shared by every form), before anything is written: a later order's
+// bad filter must not be found after earlier orders wrote y.
+inline HyenaDims validate_hyena(const char* op, const HyenaInputs& in, const HyenaOutputs& out,
+                                const HyenaOptions& options) {
+  const ArgCheck check(op);
+  check.enum_value("options.method", options.method, 3);
+  check.shape("v", in.v, {-1, -1, -1}, "B,T,D");
+  const index_t B = in.v.size(0), T = in.v.size(1), D = in.v.size(2);
+  check.shape("x", in.x, {-1, B, T, D}, "N,B,T,D");
+  const index_t N = in.x.size(0);
+  if (N < 1) check.fail("x", "must hold at least one order (N >= 1), got shape " + shape_to_string(in.x.shape()));
+  check.shape("filter", in.filter, {N, -1, D}, "N,L,D");
+  const index_t L = in.filter.size(1);
+  if (L < 1) check.fail("filter", "must have at least one tap (L >= 1), got shape " + shape_to_string(in.filter.shape()));
+  check.optional_shape("skip", in.skip, {N, D}, "N,D");
+  check.shape("y", out.y, {B, T, D}, "B,T,D");
+  check.optional_shape("scratch", out.scratch, {B, T, D}, "B,T,D");
+  for (index_t n = 0; n < N; ++n) {
+    for (index_t s = 0; s < L; ++s)
+      for (index_t d = 0; d < D; ++d)
+        if (!std::isfinite(in.filter(n, s, d)))
+          check.fail("filter", "must be finite, element [" + std::to_string(n) + ", " + std::to_string(s) + ", " +
+                                   std::to_string(d) + "] is " + std::to_string(in.filter(n, s, d)));
+    if (in.skip.has_value())
+      for (index_t d = 0; d < D; ++d)
+        if (!std::isfinite(in.skip(n, d)))
+          check.fail("skip", "must be finite, element [" + std::to_string(n) + ", " + std::to_string(d) + "] is " +
+                                 std::to_string(in.skip(n, d)));
+  }
+  // y and scratch are written while v, x and the filters are still read.
+  for (const auto& output : {std::make_pair("y", out.y), std::make_pair("scratch", out.scratch)}) {
+    check.no_overlap(output.first, output.second, "v", in.v)
+        .no_overlap(output.first, output.second, "x", in.x)
+        .no_overlap(output.first, output.second, "filter", in.filter)
+        .no_overlap(output.first, output.second, "skip", in.skip);
+  }
+  check.no_overlap("scratch", out.scratch, "y", out.y);
+  return {N, B, T, D, L};
+}
+
+}  // namespace detail
+
+namespace reference {
+
+/// The definition, order by order with direct convolutions, accumulated in double (the oracle
+/// the fast form is tested against). O(N T L D); single-threaded, `executor` accepted for a
+/// uniform signature. Validates first.
+inline void hyena(const HyenaInputs& in, const HyenaOutputs& out, const HyenaOptions& options = {},
+                  const Executor& executor = serial_executor()) {
+  (void)executor;
+  const auto dims = detail::validate_hyena("reference::hyena", in, out, options);
+  const index_t B = dims.B, T = dims.T, D = dims.D;
+  const auto at = [T, D](index_t b, index_t t, index_t d) { return static_cast<std::size_t>((b * T + t) * D + d); };
+  std::vector<double> z(static_cast<std::size_t>(B * T * D)), next(z.size());
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < T; ++t)
+      for (index_t d = 0; d < D; ++d) z[at(b, t, d)] = in.v(b, t, d);
+  for (index_t n = 0; n < dims.N; ++n) {
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < T; ++t)
+        for (index_t d = 0; d < D; ++d) {
+          double acc = in.skip.has_value() ? double(in.skip(n, d)) * z[at(b, t, d)] : 0.0;
+          for (index_t s = 0; s < dims.L && s <= t; ++s) acc += double(in.filter(n, s, d)) * z[at(b, t - s, d)];
+          next[at(b, t, d)] = double(in.x(n, b, t, d)) * acc;
+        }
+    z.swap(next);
+  }
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < T; ++t)
+      for (index_t d = 0; d < D; ++d) out.y(b, t, d) = static_cast<float>(z[at(b, t, d)]);
+}
+
+}  // namespace reference
+}  // namespace seqmix
