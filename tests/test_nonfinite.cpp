@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -22,6 +23,8 @@
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/attention/topk/fast.hpp"
+#include "seqmix/attention/topk/reference.hpp"
 #include "seqmix/chunked/aaren/fast.hpp"
 #include "seqmix/chunked/aaren/reference.hpp"
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
@@ -721,4 +724,53 @@ Op aaren_op() {
 
 TEST_CASE("non-finite inputs: chunked hybrids", "[nonfinite][chunked]") {
   probe(aaren_op());
+}
+
+namespace {
+
+// topk_attention's own value loops: query i selects up to 8 distinct keys <= i (so a poke at
+// token t may reach only queries >= t), per selection head a different set, -1 padding.
+// Only v is probed (q and k count as parameters here): reference::topk_attention is dense
+// attention with an additive mask of -inf outside the selection, so a NaN or inf logit of an
+// unselected key (NaN + -inf = NaN) makes its row NaN there, where the fast form rightly leaves
+// the key out; the reference needs its own loops first (docs/reliability.md).
+Op topk_op() {
+  const index_t T = 40, Hq = 4, Hkv = 2, Hs = 2, D = 8, capacity = 8;
+  Op op;
+  op.name = "topk_attention";
+  op.inputs = {random_field("q", {1, T, Hq, D}, 81, -1.f, 1.f, -1), random_field("k", {1, T, Hkv, D}, 82, -1.f, 1.f, -1),
+               random_field("v", {1, T, Hkv, D}, 83)};
+  op.outputs = {zero_field("o", {1, T, Hq, D}), zero_field("lse", {1, T, Hq})};
+  auto indices = std::make_shared<seqmix::Tensor<std::int32_t, 4>>(std::array<index_t, 4>{1, T, Hs, capacity});
+  const index_t back[2][8] = {{0, 1, 2, 4, 7, 11, 16, 22}, {0, 3, 5, 6, 9, 13, 19, 30}};
+  for (index_t i = 0; i < T; ++i)
+    for (index_t h = 0; h < Hs; ++h) {
+      index_t e = 0;  // increasing key indices first, then -1
+      for (index_t k = capacity; k-- > 0;)
+        if (i >= back[h][k]) (*indices)(0, i, h, e++) = std::int32_t(i - back[h][k]);
+      for (; e < capacity; ++e) (*indices)(0, i, h, e) = -1;
+    }
+  auto io = [indices](const Fields& in, Fields& out) {
+    seqmix::TopkAttentionInputs<float> i;
+    i.q = in[0].in<4>(), i.k = in[1].in<4>(), i.v = in[2].in<4>(), i.indices = indices->view();
+    seqmix::AttentionOutputs o;
+    o.o = out[0].out<4>(), o.lse = out[1].out<3>();
+    return std::make_pair(i, o);
+  };
+  op.reference = [=](const Fields& in, Fields& out) {
+    const auto [i, o] = io(in, out);
+    seqmix::reference::topk_attention(i, o);
+  };
+  op.forms.push_back({"fast", [=](const Fields& in, Fields& out) {
+                        const auto [i, o] = io(in, out);
+                        seqmix::topk_attention(i, o, {}, st::two_thread_pool());
+                      }});
+  op.tokens = {0, 7, 20, T - 1};
+  return op;
+}
+
+}  // namespace
+
+TEST_CASE("non-finite inputs: topk_attention", "[nonfinite][attention]") {
+  probe(topk_op());
 }
