@@ -637,3 +637,883 @@ TEST_CASE("linear_attention normalizer token states roll a verify back", "[linea
 }
 
 }  // namespace
+
+// ---- Per-slot positions: RAT, BASED, Infini-attention, Mega -------------------------------------
+// Their states hold token buffers addressed by the position, so the pool carries one int64
+// position per slot. A serving call (packed prefill or slotted step) must equal each sequence run
+// alone through the dense form on a copy of its slot, bit for bit; holes and padding untouched.
+
+// Random start positions of a pool's slots, in [0, max_position].
+std::vector<std::int64_t> random_positions(index_t S, index_t max_position, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::int64_t> p(static_cast<std::size_t>(S));
+  for (auto& x : p) x = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(max_position + 1));
+  return p;
+}
+
+TensorView<std::int64_t, 1> positions_view(std::vector<std::int64_t>& p) {
+  return TensorView<std::int64_t, 1>(p.data(), {static_cast<index_t>(p.size())});
+}
+
+// The ragged sizes the position tests sweep: lengths 1..max_len (plus an empty sequence), up to
+// 8 sequences, a pool with holes, padding rows; run serially and on two threads.
+struct PositionsConfig {
+  index_t N, max_len;
+  bool threaded, wide, reference;
+};
+const PositionsConfig kPositionsConfigs[] = {{8, 300, true, true, false},
+                                             {5, 40, false, false, false},
+                                             {6, 24, false, true, true},
+                                             {1, 1, true, false, false}};
+
+// Zeroes row `row` of a contiguous pool tensor (a fresh sequence's recurrent state).
+template <std::size_t R>
+void clear_row(Tensor<float, R>& x, index_t row) {
+  const index_t n = x.numel() / x.size(0);
+  std::fill(x.data() + row * n, x.data() + (row + 1) * n, 0.f);
+}
+
+// Step rows: every sequence of r once, in reverse order, with a padding row after the second.
+std::vector<std::int32_t> step_slots(const Ragged& r, std::vector<index_t>* sequence_of_row) {
+  std::vector<std::int32_t> slots;
+  sequence_of_row->clear();
+  for (index_t n = r.N() - 1; n >= 0; --n) {
+    if (r.slot(n) < 0) continue;
+    slots.push_back(static_cast<std::int32_t>(r.slot(n)));
+    sequence_of_row->push_back(n);
+    if (slots.size() == 2) slots.push_back(-1), sequence_of_row->push_back(-1);
+  }
+  return slots;
+}
+
+// ---- RAT
+
+struct RatPool {
+  Tensor<float, 4> ck, cv;
+  Tensor<float, 3> kr, vr;
+  std::vector<std::int64_t> pos;
+  RatPool(index_t S, index_t C, index_t Hkv, index_t D, index_t max_position, std::uint64_t seed)
+      : ck(st::random_tensor<4>({S, C, Hkv, D}, seed)), cv(st::random_tensor<4>({S, C, Hkv, D}, seed + 1)),
+        kr(st::random_tensor<3>({S, Hkv, D}, seed + 2)), vr(st::random_tensor<3>({S, Hkv, D}, seed + 3)),
+        pos(random_positions(S, max_position, seed + 4)) {}
+  seqmix::RatState state() { return {ck.view(), cv.view(), kr.view(), vr.view(), 0, positions_view(pos)}; }
+  // Slot `slot` as a one-row dense state at `position` (no positions).
+  seqmix::RatState row(index_t slot, index_t position) {
+    return {ck.view().slice(0, slot, 1), cv.view().slice(0, slot, 1), kr.view().slice(0, slot, 1),
+            vr.view().slice(0, slot, 1), position, {}};
+  }
+  void require_row(const char* what, const RatPool& want, index_t slot) const {
+    INFO(what);
+    require_equal("chunk_k", ck.cview()[slot], want.ck.cview()[slot]);
+    require_equal("chunk_v", cv.cview()[slot], want.cv.cview()[slot]);
+    require_equal("k_run", kr.cview()[slot], want.kr.cview()[slot]);
+    require_equal("v_run", vr.cview()[slot], want.vr.cview()[slot]);
+  }
+};
+
+struct RatData {
+  Tensor<float, 4> q, k, v, g;
+  RatData(index_t total, index_t H, index_t Hkv, index_t D, std::uint64_t seed)
+      : q(st::random_tensor<4>({1, total, H, D}, seed)), k(st::random_tensor<4>({1, total, Hkv, D}, seed + 1)),
+        v(st::random_tensor<4>({1, total, Hkv, D}, seed + 2)),
+        g(st::random_tensor<4>({1, total, Hkv, D}, seed + 3, -2.f, -0.01f)) {}
+  seqmix::RatInputs inputs(index_t begin, index_t count) const {
+    return {tokens(q.cview(), begin, count), tokens(k.cview(), begin, count), tokens(v.cview(), begin, count),
+            tokens(g.cview(), begin, count), {}};
+  }
+};
+
+TEST_CASE("rat packed batches with slots and positions equal each sequence alone", "[rat][serving]") {
+  const index_t H = 4, Hkv = 2, D = 16, max_position = 50;
+  std::uint64_t seed = 1000;
+  for (const PositionsConfig& c : kPositionsConfigs) {
+    seqmix::RatOptions options;
+    options.chunk_size = 8;
+    const Ragged r = make_ragged(seed, c.N, options.chunk_size, c.max_len);
+    INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
+    const index_t C = (max_position + c.max_len) / options.chunk_size + 1;
+    RatData d(r.total, H, Hkv, D, seed * 3);
+    RatPool pool(r.pool, C, Hkv, D, max_position, seed * 5);
+    RatPool alone = pool;
+    auto o = filled<4>({1, r.total, H, D}, kSentinel);
+    seqmix::RatInputs in = d.inputs(0, r.total);
+    in.batch = r.batch(c.wide);
+    seqmix::RatState state = pool.state();
+    const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
+    if (c.reference)
+      seqmix::reference::rat(in, {o.view()}, options, &state);
+    else
+      seqmix::rat(in, {o.view()}, options, &state, ex);
+    for (index_t n = 0; n < r.N(); ++n) {
+      const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
+      INFO("sequence " << n << " length " << T << " slot " << slot);
+      if (slot < 0) {
+        for (index_t t = 0; t < T; ++t) CHECK(o(0, t0 + t, 0, 0) == kSentinel);
+        continue;
+      }
+      const index_t p0 = r.fresh(n) ? 0 : alone.pos[static_cast<std::size_t>(slot)];
+      Tensor<float, 4> o1({1, T, H, D});
+      seqmix::RatState one = alone.row(slot, p0);
+      if (c.reference)
+        seqmix::reference::rat(d.inputs(t0, T), {o1.view()}, options, &one);
+      else
+        seqmix::rat(d.inputs(t0, T), {o1.view()}, options, &one, ex);
+      require_equal("o", tokens(o.cview(), t0, T), o1.cview());
+      pool.require_row("state", alone, slot);
+      CHECK(pool.pos[static_cast<std::size_t>(slot)] == p0 + T);
+      alone.pos[static_cast<std::size_t>(slot)] = p0 + T;
+    }
+    CHECK(pool.pos == alone.pos);  // holes and padding slots keep their positions
+    for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+    ++seed;
+  }
+}
+
+TEST_CASE("rat packed prefill then slotted steps equals each sequence in one call", "[rat][serving]") {
+  const index_t H = 4, Hkv = 1, D = 8, steps = 5;
+  seqmix::RatOptions options;
+  options.chunk_size = 4;
+  const Ragged r = make_ragged(1100, 7, options.chunk_size, 30);
+  INFO(r.describe());
+  const index_t extra0 = r.total, C = 40;
+  RatData d(r.total + r.N() * steps, H, Hkv, D, 1101);
+  RatPool pool(r.pool, C, Hkv, D, 0, 1102);
+  std::fill(pool.pos.begin(), pool.pos.end(), 0);
+  // Sequences start fresh so that one dense call from position 0 is the whole sequence.
+  seqmix::SequenceBatch batch = r.batch(true);
+  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
+  batch.has_initial_state = fresh;
+  seqmix::RatInputs in = d.inputs(0, r.total);
+  in.batch = batch;
+  Tensor<float, 4> o({1, r.total, H, D});
+  seqmix::RatState state = pool.state();
+  seqmix::rat(in, {o.view()}, options, &state, st::two_thread_pool());
+  std::vector<index_t> seq_of_row;
+  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
+  const index_t B = static_cast<index_t>(slots.size());
+  auto o_step = filled<4>({steps, B, H, D}, kSentinel);
+  for (index_t s = 0; s < steps; ++s) {
+    Tensor<float, 3> q({B, H, D}), k({B, Hkv, D}), v({B, Hkv, D}), g({B, Hkv, D});
+    for (index_t b = 0; b < B; ++b) {
+      const index_t t = extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s;
+      seqmix::copy(d.q.cview()[0][t], q.view()[b]);
+      seqmix::copy(d.k.cview()[0][t], k.view()[b]);
+      seqmix::copy(d.v.cview()[0][t], v.view()[b]);
+      seqmix::copy(d.g.cview()[0][t], g.view()[b]);
+    }
+    seqmix::RatStepInputs sin{q.cview(), k.cview(), v.cview(), g.cview(), {}};
+    sin.batch.state_indices = slots;
+    seqmix::rat_step(sin, {o_step.view()[s]}, state, options, st::two_thread_pool());
+  }
+  for (index_t b = 0; b < B; ++b) {
+    const index_t n = seq_of_row[b];
+    if (n < 0) {
+      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
+      continue;
+    }
+    const index_t L = r.len[n] + steps, slot = r.slot(n);
+    INFO("row " << b << " sequence " << n << " length " << r.len[n]);
+    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
+    // The same sequence through the dense forms: prefill, then B = 1 steps (bit for bit), and one
+    // call over all its tokens (within the prefill/step tolerance of test_hybrid_mixers).
+    Tensor<float, 4> qq({1, L, H, D}), kk({1, L, Hkv, D}), vv({1, L, Hkv, D}), gg({1, L, Hkv, D}), oo({1, L, H, D});
+    for (index_t t = 0; t < L; ++t) {
+      const index_t src = t < r.len[n] ? r.begin(n) + t : extra0 + n * steps + (t - r.len[n]);
+      seqmix::copy(d.q.cview()[0][src], qq.view()[0][t]);
+      seqmix::copy(d.k.cview()[0][src], kk.view()[0][t]);
+      seqmix::copy(d.v.cview()[0][src], vv.view()[0][t]);
+      seqmix::copy(d.g.cview()[0][src], gg.view()[0][t]);
+    }
+    const seqmix::RatInputs all{qq.cview(), kk.cview(), vv.cview(), gg.cview(), {}};
+    seqmix::rat(all, {oo.view()}, options);
+    RatPool one(1, C, Hkv, D, 0, 7);
+    seqmix::RatState st1 = one.row(0, 0);
+    Tensor<float, 4> o_pre({1, r.len[n], H, D});
+    seqmix::rat({tokens(all.q, 0, r.len[n]), tokens(all.k, 0, r.len[n]), tokens(all.v, 0, r.len[n]),
+                 tokens(all.g, 0, r.len[n]), {}},
+                {o_pre.view()}, options, &st1);
+    for (index_t s = 0; s < steps; ++s) {
+      const index_t t = r.len[n] + s;
+      Tensor<float, 3> o1({1, H, D});
+      seqmix::rat_step({qq.cview()[0].slice(0, t, 1), kk.cview()[0].slice(0, t, 1), vv.cview()[0].slice(0, t, 1),
+                        gg.cview()[0].slice(0, t, 1), {}},
+                       {o1.view()}, st1, options);
+      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
+      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
+    }
+  }
+}
+
+template <class Call>
+void require_refused_rat(const char* argument, Tensor<float, 4>& o, RatPool& pool, Call&& call) {
+  const Tensor<float, 4> o0 = o;
+  const RatPool pool0 = pool;
+  st::require_shape_error(argument, call);
+  require_equal("output after a refused call", o.cview(), o0.cview());
+  for (index_t s = 0; s < pool.ck.size(0); ++s) pool.require_row("pool after a refused call", pool0, s);
+  CHECK(pool.pos == pool0.pos);
+}
+
+TEST_CASE("rat serving forms refuse bad input before writing", "[rat][serving][errors]") {
+  const index_t total = 20, H = 2, Hkv = 1, D = 8, S = 4, C = 6;
+  seqmix::RatOptions options;
+  options.chunk_size = 4;
+  RatData d(total, H, Hkv, D, 1200);
+  RatPool pool(S, C, Hkv, D, 0, 1201);
+  pool.pos = {0, 3, 20, 1};  // slot 2: 20 + 8 tokens need 7 summaries, C = 6
+  Tensor<float, 4> o = st::random_tensor<4>({1, total, H, D}, 1202);
+  auto prefill = [&](std::vector<std::int64_t> cu, std::vector<std::int32_t> slots, bool with_positions = true) {
+    return [&, cu, slots, with_positions] {
+      seqmix::RatInputs in = d.inputs(0, total);
+      in.batch.cu_seqlens = cu;
+      in.batch.state_indices = slots;
+      seqmix::RatState state = pool.state();
+      if (!with_positions) state.positions = {};
+      seqmix::rat(in, {o.view()}, options, &state);
+    };
+  };
+  require_refused_rat("cu_seqlens", o, pool, prefill({0, 12, 8, 20}, {0, 1, 3}));
+  require_refused_rat("state_indices", o, pool, prefill({0, 8, 20}, {4, 1}));
+  require_refused_rat("state_indices", o, pool, prefill({0, 8, 20}, {3, 3}));
+  require_refused_rat("state_indices", o, pool, prefill({0, 8, 20}, {-2, 1}));
+  require_refused_rat("state.chunk_k", o, pool, prefill({0, 12, 20}, {0, 2}));  // capacity, second sequence
+  require_refused_rat("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}, false));
+  pool.pos[1] = -5;
+  require_refused_rat("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}));
+  pool.pos[1] = 3;
+  // Steps: a slot out of range, twice, a position past the capacity.
+  Tensor<float, 3> q = st::random_tensor<3>({2, H, D}, 1203), k = st::random_tensor<3>({2, Hkv, D}, 1204);
+  Tensor<float, 3> g = st::random_tensor<3>({2, Hkv, D}, 1205, -1.f, 0.f);
+  Tensor<float, 3> o_step = st::random_tensor<3>({2, H, D}, 1206);
+  auto step = [&](std::vector<std::int32_t> slots) {
+    return [&, slots] {
+      seqmix::RatStepInputs in{q.cview(), k.cview(), k.cview(), g.cview(), {}};
+      in.batch.state_indices = slots;
+      seqmix::RatState state = pool.state();
+      seqmix::rat_step(in, {o_step.view()}, state, options);
+    };
+  };
+  const Tensor<float, 3> o_step0 = o_step;
+  for (const auto& slots : {std::vector<std::int32_t>{0, 4}, std::vector<std::int32_t>{1, 1}}) {
+    st::require_shape_error("state_indices", step(slots));
+    require_equal("step output after a refused call", o_step.cview(), o_step0.cview());
+  }
+  pool.pos[3] = (C + 1) * options.chunk_size - 1;  // its next token completes a chunk that has no room
+  Tensor<float, 4> ck0 = pool.ck;
+  st::require_shape_error("state.chunk_k", step({0, 3}));
+  require_equal("step output after a refused call", o_step.cview(), o_step0.cview());
+  require_equal("pool after a refused step", pool.ck.cview(), ck0.cview());
+  CHECK(pool.pos[0] == 0);
+}
+
+// ---- BASED
+
+struct BasedPool {
+  Tensor<float, 4> kv, wk, wv;
+  Tensor<float, 3> z;
+  std::vector<std::int64_t> pos;
+  BasedPool(index_t S, index_t H, index_t Kf, index_t W, index_t D, index_t V, index_t max_position, std::uint64_t seed)
+      : kv(st::random_tensor<4>({S, H, Kf, V}, seed)), wk(st::random_tensor<4>({S, W, H, D}, seed + 1)),
+        wv(st::random_tensor<4>({S, W, H, V}, seed + 2)), z(st::random_tensor<3>({S, H, Kf}, seed + 3, 1.f, 4.f)),
+        pos(random_positions(S, max_position, seed + 4)) {}
+  seqmix::BasedState state() { return {kv.view(), z.view(), wk.view(), wv.view(), 0, positions_view(pos)}; }
+  // Slot `slot` as a one-row dense state at `position`; a fresh one has its linear state cleared.
+  seqmix::BasedState row(index_t slot, index_t position, bool fresh) {
+    if (fresh) clear_row(kv, slot), clear_row(z, slot);
+    return {kv.view().slice(0, slot, 1), z.view().slice(0, slot, 1), wk.view().slice(0, slot, 1),
+            wv.view().slice(0, slot, 1), position, {}};
+  }
+  void require_row(const char* what, const BasedPool& want, index_t slot) const {
+    INFO(what);
+    require_equal("kv", kv.cview()[slot], want.kv.cview()[slot]);
+    require_equal("normalizer", z.cview()[slot], want.z.cview()[slot]);
+    require_equal("window_k", wk.cview()[slot], want.wk.cview()[slot]);
+    require_equal("window_v", wv.cview()[slot], want.wv.cview()[slot]);
+  }
+};
+
+struct BasedData {
+  Tensor<float, 4> qf, kf, q, k, v;
+  BasedData(index_t total, index_t Hf, index_t F, index_t H, index_t D, index_t V, std::uint64_t seed)
+      : qf(st::random_tensor<4>({1, total, Hf, F}, seed)), kf(st::random_tensor<4>({1, total, Hf, F}, seed + 1)),
+        q(st::random_tensor<4>({1, total, H, D}, seed + 2)), k(st::random_tensor<4>({1, total, H, D}, seed + 3)),
+        v(st::random_tensor<4>({1, total, H, V}, seed + 4)) {}
+  seqmix::BasedInputs inputs(index_t begin, index_t count) const {
+    return {tokens(qf.cview(), begin, count), tokens(kf.cview(), begin, count), tokens(q.cview(), begin, count),
+            tokens(k.cview(), begin, count), tokens(v.cview(), begin, count), {}};
+  }
+};
+
+TEST_CASE("based packed batches with slots and positions equal each sequence alone", "[based][serving]") {
+  const index_t Hf = 1, F = 4, H = 2, D = 8, V = 8, Kf = 1 + F + F * F, max_position = 40;
+  std::uint64_t seed = 2000;
+  for (const PositionsConfig& c : kPositionsConfigs) {
+    seqmix::BasedOptions options;
+    options.window = 16;
+    options.chunk_size = 8;
+    const Ragged r = make_ragged(seed, c.N, options.window, c.max_len);
+    INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
+    BasedData d(r.total, Hf, F, H, D, V, seed * 3);
+    BasedPool pool(r.pool, H, Kf, options.window, D, V, max_position, seed * 5);
+    BasedPool alone = pool;
+    auto o = filled<4>({1, r.total, H, V}, kSentinel);
+    seqmix::BasedInputs in = d.inputs(0, r.total);
+    in.batch = r.batch(c.wide);
+    seqmix::BasedState state = pool.state();
+    const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
+    if (c.reference)
+      seqmix::reference::based(in, {o.view()}, options, &state);
+    else
+      seqmix::based(in, {o.view()}, options, &state, ex);
+    for (index_t n = 0; n < r.N(); ++n) {
+      const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
+      INFO("sequence " << n << " length " << T << " slot " << slot);
+      if (slot < 0) {
+        for (index_t t = 0; t < T; ++t) CHECK(o(0, t0 + t, 0, 0) == kSentinel);
+        continue;
+      }
+      const index_t p0 = r.fresh(n) ? 0 : alone.pos[static_cast<std::size_t>(slot)];
+      Tensor<float, 4> o1({1, T, H, V});
+      seqmix::BasedState one = alone.row(slot, p0, r.fresh(n));
+      if (c.reference)
+        seqmix::reference::based(d.inputs(t0, T), {o1.view()}, options, &one);
+      else
+        seqmix::based(d.inputs(t0, T), {o1.view()}, options, &one, ex);
+      require_equal("o", tokens(o.cview(), t0, T), o1.cview());
+      pool.require_row("state", alone, slot);
+      CHECK(pool.pos[static_cast<std::size_t>(slot)] == p0 + T);
+      alone.pos[static_cast<std::size_t>(slot)] = p0 + T;
+    }
+    CHECK(pool.pos == alone.pos);
+    for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+    ++seed;
+  }
+}
+
+TEST_CASE("based packed prefill then slotted steps equals each sequence in one call", "[based][serving]") {
+  const index_t Hf = 2, F = 4, H = 4, D = 8, V = 6, Kf = 1 + F + F * F, steps = 5;
+  seqmix::BasedOptions options;
+  options.window = 8;
+  options.chunk_size = 4;
+  const Ragged r = make_ragged(2100, 7, options.window, 30);
+  INFO(r.describe());
+  const index_t extra0 = r.total;
+  BasedData d(r.total + r.N() * steps, Hf, F, H, D, V, 2101);
+  BasedPool pool(r.pool, H, Kf, options.window, D, V, 0, 2102);
+  seqmix::SequenceBatch batch = r.batch(false);
+  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
+  batch.has_initial_state = fresh;  // one dense call from position 0 is then the whole sequence
+  seqmix::BasedInputs in = d.inputs(0, r.total);
+  in.batch = batch;
+  Tensor<float, 4> o({1, r.total, H, V});
+  seqmix::BasedState state = pool.state();
+  seqmix::based(in, {o.view()}, options, &state, st::two_thread_pool());
+  std::vector<index_t> seq_of_row;
+  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
+  const index_t B = static_cast<index_t>(slots.size());
+  auto o_step = filled<4>({steps, B, H, V}, kSentinel);
+  const auto row_of = [](const Tensor<float, 4>& x, index_t t) { return x.cview()[0][t]; };
+  for (index_t s = 0; s < steps; ++s) {
+    Tensor<float, 3> qf({B, Hf, F}), kf({B, Hf, F}), q({B, H, D}), k({B, H, D}), v({B, H, V});
+    for (index_t b = 0; b < B; ++b) {
+      const index_t t = extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s;
+      seqmix::copy(row_of(d.qf, t), qf.view()[b]), seqmix::copy(row_of(d.kf, t), kf.view()[b]);
+      seqmix::copy(row_of(d.q, t), q.view()[b]), seqmix::copy(row_of(d.k, t), k.view()[b]);
+      seqmix::copy(row_of(d.v, t), v.view()[b]);
+    }
+    seqmix::BasedStepInputs sin{qf.cview(), kf.cview(), q.cview(), k.cview(), v.cview(), {}};
+    sin.batch.state_indices = slots;
+    seqmix::based_step(sin, {o_step.view()[s]}, state, options, st::two_thread_pool());
+  }
+  for (index_t b = 0; b < B; ++b) {
+    const index_t n = seq_of_row[b];
+    if (n < 0) {
+      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
+      continue;
+    }
+    const index_t len = r.len[n], L = len + steps, slot = r.slot(n);
+    INFO("row " << b << " sequence " << n << " length " << len);
+    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
+    BasedData one_seq(L, Hf, F, H, D, V, 0);
+    for (index_t t = 0; t < L; ++t) {
+      const index_t src = t < len ? r.begin(n) + t : extra0 + n * steps + (t - len);
+      seqmix::copy(row_of(d.qf, src), one_seq.qf.view()[0][t]), seqmix::copy(row_of(d.kf, src), one_seq.kf.view()[0][t]);
+      seqmix::copy(row_of(d.q, src), one_seq.q.view()[0][t]), seqmix::copy(row_of(d.k, src), one_seq.k.view()[0][t]);
+      seqmix::copy(row_of(d.v, src), one_seq.v.view()[0][t]);
+    }
+    Tensor<float, 4> oo({1, L, H, V}), o_pre({1, len, H, V});
+    seqmix::based(one_seq.inputs(0, L), {oo.view()}, options);
+    BasedPool one(1, H, Kf, options.window, D, V, 0, 9);
+    seqmix::BasedState st1 = one.row(0, 0, true);
+    seqmix::based(one_seq.inputs(0, len), {o_pre.view()}, options, &st1);
+    for (index_t s = 0; s < steps; ++s) {
+      const index_t t = len + s;
+      Tensor<float, 3> o1({1, H, V});
+      seqmix::based_step({one_seq.qf.cview()[0].slice(0, t, 1), one_seq.kf.cview()[0].slice(0, t, 1),
+                          one_seq.q.cview()[0].slice(0, t, 1), one_seq.k.cview()[0].slice(0, t, 1),
+                          one_seq.v.cview()[0].slice(0, t, 1), {}},
+                         {o1.view()}, st1, options);
+      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
+      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
+    }
+  }
+}
+
+TEST_CASE("based serving forms refuse bad input before writing", "[based][serving][errors]") {
+  const index_t total = 20, Hf = 1, F = 2, H = 2, D = 4, V = 4, Kf = 1 + F + F * F, S = 4;
+  seqmix::BasedOptions options;
+  options.window = 4;
+  BasedData d(total, Hf, F, H, D, V, 2200);
+  BasedPool pool(S, H, Kf, options.window, D, V, 10, 2201);
+  Tensor<float, 4> o = st::random_tensor<4>({1, total, H, V}, 2202);
+  const Tensor<float, 4> o0 = o;
+  const BasedPool pool0 = pool;
+  const auto unchanged = [&] {
+    require_equal("output after a refused call", o.cview(), o0.cview());
+    for (index_t s = 0; s < S; ++s) pool.require_row("pool after a refused call", pool0, s);
+    CHECK(pool.pos == pool0.pos);
+  };
+  auto prefill = [&](std::vector<std::int64_t> cu, std::vector<std::int32_t> slots, bool with_positions = true) {
+    return [&, cu, slots, with_positions] {
+      seqmix::BasedInputs in = d.inputs(0, total);
+      in.batch.cu_seqlens = cu;
+      in.batch.state_indices = slots;
+      seqmix::BasedState state = pool.state();
+      if (!with_positions) state.positions = {};
+      seqmix::based(in, {o.view()}, options, &state);
+    };
+  };
+  for (const auto& [cu, slots] : {std::pair<std::vector<std::int64_t>, std::vector<std::int32_t>>{{0, 8, 20}, {4, 1}},
+                                  {{0, 8, 20}, {2, 2}},
+                                  {{0, 8, 20}, {-3, 0}}}) {
+    st::require_shape_error("state_indices", prefill(cu, slots));
+    unchanged();
+  }
+  st::require_shape_error("cu_seqlens", prefill({0, 9, 8, 20}, {0, 1, 2}));
+  unchanged();
+  st::require_shape_error("state.positions", prefill({0, 8, 20}, {0, 1}, false));
+  unchanged();
+  pool.pos[1] = -1;
+  st::require_shape_error("state.positions", prefill({0, 8, 20}, {0, 1}));
+  pool.pos[1] = pool0.pos[1];
+  unchanged();
+  Tensor<float, 3> qf = st::random_tensor<3>({2, Hf, F}, 2203), q = st::random_tensor<3>({2, H, D}, 2204);
+  Tensor<float, 3> o_step = st::random_tensor<3>({2, H, V}, 2205);
+  const Tensor<float, 3> o_step0 = o_step;
+  for (const auto& slots : {std::vector<std::int32_t>{0, 4}, std::vector<std::int32_t>{3, 3}}) {
+    st::require_shape_error("state_indices", [&] {
+      seqmix::BasedStepInputs in{qf.cview(), qf.cview(), q.cview(), q.cview(), q.cview(), {}};
+      in.batch.state_indices = slots;
+      seqmix::BasedState state = pool.state();
+      seqmix::based_step(in, {o_step.view()}, state, options);
+    });
+    require_equal("step output after a refused call", o_step.cview(), o_step0.cview());
+    unchanged();
+  }
+}
+
+// ---- Infini-attention
+
+struct InfiniPool {
+  Tensor<float, 4> mem, sk, sv;
+  Tensor<float, 3> z;
+  std::vector<std::int64_t> pos;
+  InfiniPool(index_t S, index_t Hkv, index_t K, index_t V, index_t seg, index_t max_position, std::uint64_t seed)
+      : mem(st::random_tensor<4>({S, Hkv, K, V}, seed)), sk(st::random_tensor<4>({S, seg, Hkv, K}, seed + 1)),
+        sv(st::random_tensor<4>({S, seg, Hkv, V}, seed + 2)), z(st::random_tensor<3>({S, Hkv, K}, seed + 3, 1.f, 4.f)),
+        pos(random_positions(S, max_position, seed + 4)) {}
+  seqmix::InfiniAttentionState state() { return {mem.view(), z.view(), sk.view(), sv.view(), 0, positions_view(pos)}; }
+  seqmix::InfiniAttentionState row(index_t slot, index_t position, bool fresh) {
+    if (fresh) clear_row(mem, slot), clear_row(z, slot);
+    return {mem.view().slice(0, slot, 1), z.view().slice(0, slot, 1), sk.view().slice(0, slot, 1),
+            sv.view().slice(0, slot, 1), position, {}};
+  }
+  void require_row(const char* what, const InfiniPool& want, index_t slot) const {
+    INFO(what);
+    require_equal("memory", mem.cview()[slot], want.mem.cview()[slot]);
+    require_equal("normalizer", z.cview()[slot], want.z.cview()[slot]);
+    require_equal("segment_k", sk.cview()[slot], want.sk.cview()[slot]);
+    require_equal("segment_v", sv.cview()[slot], want.sv.cview()[slot]);
+  }
+};
+
+struct InfiniData {
+  Tensor<float, 4> q, k, v;
+  Tensor<float, 1> beta;
+  InfiniData(index_t total, index_t H, index_t Hkv, index_t K, index_t V, std::uint64_t seed)
+      : q(st::random_tensor<4>({1, total, H, K}, seed)), k(st::random_tensor<4>({1, total, Hkv, K}, seed + 1)),
+        v(st::random_tensor<4>({1, total, Hkv, V}, seed + 2)), beta(st::random_tensor<1>({H}, seed + 3)) {}
+  seqmix::InfiniAttentionInputs inputs(index_t begin, index_t count) const {
+    return {tokens(q.cview(), begin, count), tokens(k.cview(), begin, count), tokens(v.cview(), begin, count),
+            beta.cview(), {}};
+  }
+};
+
+TEST_CASE("infini_attention packed batches with slots and positions equal each sequence alone", "[infini][serving]") {
+  const index_t H = 4, Hkv = 2, K = 8, V = 8, max_position = 60;
+  std::uint64_t seed = 3000;
+  for (const PositionsConfig& c : kPositionsConfigs) {
+    seqmix::InfiniAttentionOptions options;
+    options.segment = 32;
+    options.update = c.wide ? seqmix::InfiniMemoryUpdate::delta : seqmix::InfiniMemoryUpdate::linear;
+    const Ragged r = make_ragged(seed, c.N, options.segment, c.max_len);
+    INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
+    InfiniData d(r.total, H, Hkv, K, V, seed * 3);
+    InfiniPool pool(r.pool, Hkv, K, V, options.segment, max_position, seed * 5);
+    InfiniPool alone = pool;
+    auto o = filled<4>({1, r.total, H, V}, kSentinel);
+    seqmix::InfiniAttentionInputs in = d.inputs(0, r.total);
+    in.batch = r.batch(c.wide);
+    seqmix::InfiniAttentionState state = pool.state();
+    const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
+    if (c.reference)
+      seqmix::reference::infini_attention(in, {o.view()}, options, &state);
+    else
+      seqmix::infini_attention(in, {o.view()}, options, &state, ex);
+    for (index_t n = 0; n < r.N(); ++n) {
+      const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
+      INFO("sequence " << n << " length " << T << " slot " << slot);
+      if (slot < 0) {
+        for (index_t t = 0; t < T; ++t) CHECK(o(0, t0 + t, 0, 0) == kSentinel);
+        continue;
+      }
+      const index_t p0 = r.fresh(n) ? 0 : alone.pos[static_cast<std::size_t>(slot)];
+      Tensor<float, 4> o1({1, T, H, V});
+      seqmix::InfiniAttentionState one = alone.row(slot, p0, r.fresh(n));
+      if (c.reference)
+        seqmix::reference::infini_attention(d.inputs(t0, T), {o1.view()}, options, &one);
+      else
+        seqmix::infini_attention(d.inputs(t0, T), {o1.view()}, options, &one, ex);
+      require_equal("o", tokens(o.cview(), t0, T), o1.cview());
+      pool.require_row("state", alone, slot);
+      CHECK(pool.pos[static_cast<std::size_t>(slot)] == p0 + T);
+      alone.pos[static_cast<std::size_t>(slot)] = p0 + T;
+    }
+    CHECK(pool.pos == alone.pos);
+    for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+    ++seed;
+  }
+}
+
+TEST_CASE("infini_attention packed prefill then slotted steps equals each sequence in one call", "[infini][serving]") {
+  const index_t H = 4, Hkv = 2, K = 8, V = 6, steps = 6;
+  seqmix::InfiniAttentionOptions options;
+  options.segment = 4;  // steps complete segments
+  options.update = seqmix::InfiniMemoryUpdate::delta;
+  const Ragged r = make_ragged(3100, 7, options.segment, 30);
+  INFO(r.describe());
+  const index_t extra0 = r.total;
+  InfiniData d(r.total + r.N() * steps, H, Hkv, K, V, 3101);
+  InfiniPool pool(r.pool, Hkv, K, V, options.segment, 0, 3102);
+  seqmix::SequenceBatch batch = r.batch(true);
+  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
+  batch.has_initial_state = fresh;  // one dense call from position 0 is then the whole sequence
+  seqmix::InfiniAttentionInputs in = d.inputs(0, r.total);
+  in.batch = batch;
+  Tensor<float, 4> o({1, r.total, H, V});
+  seqmix::InfiniAttentionState state = pool.state();
+  seqmix::infini_attention(in, {o.view()}, options, &state, st::two_thread_pool());
+  std::vector<index_t> seq_of_row;
+  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
+  const index_t B = static_cast<index_t>(slots.size());
+  auto o_step = filled<4>({steps, B, H, V}, kSentinel);
+  const auto row_of = [](const Tensor<float, 4>& x, index_t t) { return x.cview()[0][t]; };
+  for (index_t s = 0; s < steps; ++s) {
+    Tensor<float, 3> q({B, H, K}), k({B, Hkv, K}), v({B, Hkv, V});
+    for (index_t b = 0; b < B; ++b) {
+      const index_t t = extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s;
+      seqmix::copy(row_of(d.q, t), q.view()[b]), seqmix::copy(row_of(d.k, t), k.view()[b]);
+      seqmix::copy(row_of(d.v, t), v.view()[b]);
+    }
+    seqmix::InfiniAttentionStepInputs sin{q.cview(), k.cview(), v.cview(), d.beta.cview(), {}};
+    sin.batch.state_indices = slots;
+    seqmix::infini_attention_step(sin, {o_step.view()[s]}, state, options, st::two_thread_pool());
+  }
+  for (index_t b = 0; b < B; ++b) {
+    const index_t n = seq_of_row[b];
+    if (n < 0) {
+      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
+      continue;
+    }
+    const index_t len = r.len[n], L = len + steps, slot = r.slot(n);
+    INFO("row " << b << " sequence " << n << " length " << len);
+    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
+    InfiniData one_seq(L, H, Hkv, K, V, 0);
+    seqmix::copy(d.beta.cview(), one_seq.beta.view());
+    for (index_t t = 0; t < L; ++t) {
+      const index_t src = t < len ? r.begin(n) + t : extra0 + n * steps + (t - len);
+      seqmix::copy(row_of(d.q, src), one_seq.q.view()[0][t]), seqmix::copy(row_of(d.k, src), one_seq.k.view()[0][t]);
+      seqmix::copy(row_of(d.v, src), one_seq.v.view()[0][t]);
+    }
+    Tensor<float, 4> oo({1, L, H, V}), o_pre({1, len, H, V});
+    seqmix::infini_attention(one_seq.inputs(0, L), {oo.view()}, options);
+    InfiniPool one(1, Hkv, K, V, options.segment, 0, 9);
+    seqmix::InfiniAttentionState st1 = one.row(0, 0, true);
+    seqmix::infini_attention(one_seq.inputs(0, len), {o_pre.view()}, options, &st1);
+    for (index_t s = 0; s < steps; ++s) {
+      const index_t t = len + s;
+      Tensor<float, 3> o1({1, H, V});
+      seqmix::infini_attention_step({one_seq.q.cview()[0].slice(0, t, 1), one_seq.k.cview()[0].slice(0, t, 1),
+                                     one_seq.v.cview()[0].slice(0, t, 1), one_seq.beta.cview(), {}},
+                                    {o1.view()}, st1, options);
+      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
+      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
+    }
+  }
+}
+
+TEST_CASE("infini_attention serving forms refuse bad input before writing", "[infini][serving][errors]") {
+  const index_t total = 20, H = 2, Hkv = 1, K = 4, V = 4, S = 4;
+  seqmix::InfiniAttentionOptions options;
+  options.segment = 8;
+  InfiniData d(total, H, Hkv, K, V, 3200);
+  InfiniPool pool(S, Hkv, K, V, options.segment, 10, 3201);
+  Tensor<float, 4> o = st::random_tensor<4>({1, total, H, V}, 3202);
+  const Tensor<float, 4> o0 = o;
+  const InfiniPool pool0 = pool;
+  const auto unchanged = [&] {
+    require_equal("output after a refused call", o.cview(), o0.cview());
+    for (index_t s = 0; s < S; ++s) pool.require_row("pool after a refused call", pool0, s);
+    CHECK(pool.pos == pool0.pos);
+  };
+  auto prefill = [&](std::vector<std::int64_t> cu, std::vector<std::int32_t> slots, bool with_positions = true) {
+    return [&, cu, slots, with_positions] {
+      seqmix::InfiniAttentionInputs in = d.inputs(0, total);
+      in.batch.cu_seqlens = cu;
+      in.batch.state_indices = slots;
+      seqmix::InfiniAttentionState state = pool.state();
+      if (!with_positions) state.positions = {};
+      seqmix::infini_attention(in, {o.view()}, options, &state);
+    };
+  };
+  for (const auto& slots : {std::vector<std::int32_t>{4, 1}, std::vector<std::int32_t>{2, 2},
+                            std::vector<std::int32_t>{-3, 0}}) {
+    st::require_shape_error("state_indices", prefill({0, 8, 20}, slots));
+    unchanged();
+  }
+  st::require_shape_error("cu_seqlens", prefill({0, 8, 19}, {0, 1}));
+  unchanged();
+  st::require_shape_error("state.positions", prefill({0, 8, 20}, {0, 1}, false));
+  unchanged();
+  Tensor<float, 3> q = st::random_tensor<3>({2, H, K}, 3205), kv = st::random_tensor<3>({2, Hkv, K}, 3203);
+  Tensor<float, 3> o_step = st::random_tensor<3>({2, H, V}, 3204);
+  const Tensor<float, 3> o_step0 = o_step;
+  for (const auto& slots : {std::vector<std::int32_t>{0, 4}, std::vector<std::int32_t>{3, 3}}) {
+    st::require_shape_error("state_indices", [&] {
+      seqmix::InfiniAttentionStepInputs in{q.cview(), kv.cview(), kv.cview(), d.beta.cview(), {}};
+      in.batch.state_indices = slots;
+      seqmix::InfiniAttentionState state = pool.state();
+      seqmix::infini_attention_step(in, {o_step.view()}, state, options);
+    });
+    require_equal("step output after a refused call", o_step.cview(), o_step0.cview());
+    unchanged();
+  }
+}
+
+// ---- Mega: the EMA state and the current chunk's k/v cache per slot; a prefill starts each
+// sequence's chunk grid at its first token and sets its slot's position to its token count.
+
+struct MegaPool {
+  Tensor<float, 3> ema;
+  Tensor<float, 4> kc, vc;
+  std::vector<std::int64_t> pos;
+  MegaPool(index_t S, index_t D, index_t N, index_t c, index_t H, index_t Dv, std::uint64_t seed)
+      : ema(st::random_tensor<3>({S, D, N}, seed)), kc(st::random_tensor<4>({S, c, H, D / H}, seed + 1)),
+        vc(st::random_tensor<4>({S, c, H, Dv}, seed + 2)), pos(random_positions(S, 3 * c, seed + 3)) {}
+  seqmix::MegaDecodeState state() { return {ema.view(), kc.view(), vc.view(), positions_view(pos)}; }
+  void require_row(const char* what, const MegaPool& want, index_t slot) const {
+    INFO(what);
+    require_equal("ema", ema.cview()[slot], want.ema.cview()[slot]);
+    require_equal("k_cache", kc.cview()[slot], want.kc.cview()[slot]);
+    require_equal("v_cache", vc.cview()[slot], want.vc.cview()[slot]);
+  }
+};
+
+struct MegaSeqData {
+  index_t D, N, H, Dv;
+  Tensor<float, 3> x;
+  Tensor<float, 4> v;
+  Tensor<float, 2> alpha, delta, beta, eta;
+  Tensor<float, 1> qs, qb, ks, kb;
+  MegaSeqData(index_t total, index_t D_, index_t N_, index_t H_, index_t Dv_, std::uint64_t seed)
+      : D(D_), N(N_), H(H_), Dv(Dv_), x(st::random_tensor<3>({1, total, D_}, seed)),
+        v(st::random_tensor<4>({1, total, H_, Dv_}, seed + 1)),
+        alpha(st::random_tensor<2>({D_, N_}, seed + 2, -3.f, 3.f)), delta(st::random_tensor<2>({D_, N_}, seed + 3, -3.f, 3.f)),
+        beta(st::random_tensor<2>({D_, N_}, seed + 4)), eta(st::random_tensor<2>({D_, N_}, seed + 5)),
+        qs(st::random_tensor<1>({D_}, seed + 6, 0.f, 2.f)), qb(st::random_tensor<1>({D_}, seed + 7)),
+        ks(st::random_tensor<1>({D_}, seed + 8, 0.f, 2.f)), kb(st::random_tensor<1>({D_}, seed + 9)) {}
+  seqmix::MegaParams params() const {
+    return {alpha.cview(), delta.cview(), beta.cview(), eta.cview(), qs.cview(), qb.cview(), ks.cview(), kb.cview()};
+  }
+  seqmix::MegaInputs inputs(index_t begin, index_t count) const {
+    return {tokens(x.cview(), begin, count), tokens(v.cview(), begin, count), params(), {}, {}};
+  }
+};
+
+TEST_CASE("mega packed batches with slots equal each sequence alone", "[mega][serving]") {
+  const index_t D = 12, N = 3, H = 3, Dv = 5;
+  std::uint64_t seed = 4000;
+  for (const PositionsConfig& c : kPositionsConfigs) {
+    seqmix::MegaOptions options;
+    options.chunk_size = 16;
+    const Ragged r = make_ragged(seed, c.N, options.chunk_size, c.max_len);
+    INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
+    MegaSeqData d(r.total, D, N, H, Dv, seed * 3);
+    MegaPool pool(r.pool, D, N, options.chunk_size, H, Dv, seed * 5);
+    MegaPool alone = pool;
+    auto o = filled<4>({1, r.total, H, Dv}, kSentinel);
+    auto ema = filled<3>({1, r.total, D}, kSentinel);
+    seqmix::MegaInputs in = d.inputs(0, r.total);
+    in.initial_state = pool.ema.cview();
+    in.batch = r.batch(c.wide);
+    const seqmix::MegaOutputs out{o.view(), ema.view(), pool.ema.view(), pool.kc.view(), pool.vc.view(),
+                                  positions_view(pool.pos)};
+    const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
+    if (c.reference)
+      seqmix::reference::mega(in, out, options);
+    else
+      seqmix::mega(in, out, options, ex);
+    for (index_t n = 0; n < r.N(); ++n) {
+      const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
+      INFO("sequence " << n << " length " << T << " slot " << slot);
+      if (slot < 0) {
+        for (index_t t = 0; t < T; ++t) CHECK((o(0, t0 + t, 0, 0) == kSentinel && ema(0, t0 + t, 0) == kSentinel));
+        continue;
+      }
+      Tensor<float, 4> o1({1, T, H, Dv});
+      Tensor<float, 3> ema1({1, T, D});
+      seqmix::MegaInputs one = d.inputs(t0, T);
+      const Tensor<float, 3> initial = alone.ema;
+      if (!r.fresh(n)) one.initial_state = initial.cview().slice(0, slot, 1);
+      const seqmix::MegaOutputs one_out{o1.view(), ema1.view(), alone.ema.view().slice(0, slot, 1),
+                                        alone.kc.view().slice(0, slot, 1), alone.vc.view().slice(0, slot, 1), {}};
+      if (c.reference)
+        seqmix::reference::mega(one, one_out, options);
+      else
+        seqmix::mega(one, one_out, options, ex);
+      require_equal("o", tokens(o.cview(), t0, T), o1.cview());
+      require_equal("ema", tokens(ema.cview(), t0, T), ema1.cview());
+      pool.require_row("state", alone, slot);
+      CHECK(pool.pos[static_cast<std::size_t>(slot)] == T);
+      alone.pos[static_cast<std::size_t>(slot)] = T;
+    }
+    CHECK(pool.pos == alone.pos);
+    for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+    ++seed;
+  }
+}
+
+TEST_CASE("mega packed prefill then slotted steps equals each sequence in one call", "[mega][serving]") {
+  const index_t D = 8, N = 2, H = 2, Dv = 4, steps = 6;
+  seqmix::MegaOptions options;
+  options.chunk_size = 4;  // steps cross chunk starts
+  const Ragged r = make_ragged(4100, 7, options.chunk_size, 30);
+  INFO(r.describe());
+  const index_t extra0 = r.total;
+  MegaSeqData d(r.total + r.N() * steps, D, N, H, Dv, 4101);
+  MegaPool pool(r.pool, D, N, options.chunk_size, H, Dv, 4102);
+  seqmix::MegaInputs in = d.inputs(0, r.total);
+  in.initial_state = pool.ema.cview();
+  in.batch = r.batch(true);
+  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
+  in.batch.has_initial_state = fresh;  // one dense call from zeros is then the whole sequence
+  Tensor<float, 4> o({1, r.total, H, Dv});
+  seqmix::mega(in, {o.view(), {}, pool.ema.view(), pool.kc.view(), pool.vc.view(), positions_view(pool.pos)}, options,
+               st::two_thread_pool());
+  std::vector<index_t> seq_of_row;
+  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
+  const index_t B = static_cast<index_t>(slots.size());
+  auto o_step = filled<4>({steps, B, H, Dv}, kSentinel);
+  for (index_t s = 0; s < steps; ++s) {
+    Tensor<float, 2> x({B, D});
+    Tensor<float, 3> v({B, H, Dv});
+    for (index_t b = 0; b < B; ++b) {
+      const index_t t = extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s;
+      seqmix::copy(d.x.cview()[0][t], x.view()[b]);
+      seqmix::copy(d.v.cview()[0][t], v.view()[b]);
+    }
+    seqmix::MegaStepInputs sin{x.cview(), v.cview(), d.params(), 0, {}};
+    sin.batch.state_indices = slots;
+    seqmix::mega_step(sin, o_step.view()[s], pool.state(), options, st::two_thread_pool());
+  }
+  for (index_t b = 0; b < B; ++b) {
+    const index_t n = seq_of_row[b];
+    if (n < 0) {
+      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
+      continue;
+    }
+    const index_t len = r.len[n], L = len + steps, slot = r.slot(n);
+    INFO("row " << b << " sequence " << n << " length " << len);
+    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
+    MegaSeqData one_seq(L, D, N, H, Dv, 4101);  // same parameters (same seeds), tokens copied below
+    for (index_t t = 0; t < L; ++t) {
+      const index_t src = t < len ? r.begin(n) + t : extra0 + n * steps + (t - len);
+      seqmix::copy(d.x.cview()[0][src], one_seq.x.view()[0][t]);
+      seqmix::copy(d.v.cview()[0][src], one_seq.v.view()[0][t]);
+    }
+    Tensor<float, 4> oo({1, L, H, Dv}), o_pre({1, len, H, Dv});
+    seqmix::mega(one_seq.inputs(0, L), {oo.view(), {}, {}, {}, {}, {}}, options);
+    MegaPool one(1, D, N, options.chunk_size, H, Dv, 9);
+    seqmix::mega(one_seq.inputs(0, len), {o_pre.view(), {}, one.ema.view(), one.kc.view(), one.vc.view(), {}}, options);
+    for (index_t s = 0; s < steps; ++s) {
+      const index_t t = len + s;
+      Tensor<float, 3> o1({1, H, Dv});
+      seqmix::mega_step({one_seq.x.cview()[0].slice(0, t, 1), one_seq.v.cview()[0].slice(0, t, 1), one_seq.params(), t, {}},
+                        o1.view(), {one.ema.view(), one.kc.view(), one.vc.view(), {}}, options);
+      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
+      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
+    }
+  }
+}
+
+TEST_CASE("mega serving forms refuse bad input before writing", "[mega][serving][errors]") {
+  const index_t total = 20, D = 4, N = 2, H = 2, Dv = 3, S = 4;
+  seqmix::MegaOptions options;
+  options.chunk_size = 4;
+  MegaSeqData d(total, D, N, H, Dv, 4200);
+  MegaPool pool(S, D, N, options.chunk_size, H, Dv, 4201);
+  Tensor<float, 4> o = st::random_tensor<4>({1, total, H, Dv}, 4202);
+  const Tensor<float, 4> o0 = o;
+  const MegaPool pool0 = pool;
+  const auto unchanged = [&] {
+    require_equal("output after a refused call", o.cview(), o0.cview());
+    for (index_t s = 0; s < S; ++s) pool.require_row("pool after a refused call", pool0, s);
+    CHECK(pool.pos == pool0.pos);
+  };
+  auto prefill = [&](std::vector<std::int64_t> cu, std::vector<std::int32_t> slots) {
+    return [&, cu, slots] {
+      seqmix::MegaInputs in = d.inputs(0, total);
+      in.initial_state = pool.ema.cview();
+      in.batch.cu_seqlens = cu;
+      in.batch.state_indices = slots;
+      seqmix::mega(in, {o.view(), {}, pool.ema.view(), pool.kc.view(), pool.vc.view(), positions_view(pool.pos)}, options);
+    };
+  };
+  for (const auto& slots : {std::vector<std::int32_t>{4, 1}, std::vector<std::int32_t>{2, 2},
+                            std::vector<std::int32_t>{-3, 0}}) {
+    st::require_shape_error("state_indices", prefill({0, 8, 20}, slots));
+    unchanged();
+  }
+  st::require_shape_error("cu_seqlens", prefill({0, 8, 21}, {0, 1}));
+  unchanged();
+  Tensor<float, 2> x = st::random_tensor<2>({2, D}, 4203);
+  Tensor<float, 3> v = st::random_tensor<3>({2, H, Dv}, 4204), o_step = st::random_tensor<3>({2, H, Dv}, 4205);
+  const Tensor<float, 3> o_step0 = o_step;
+  auto step = [&](std::vector<std::int32_t> slots, bool with_positions) {
+    return [&, slots, with_positions] {
+      seqmix::MegaStepInputs in{x.cview(), v.cview(), d.params(), 0, {}};
+      in.batch.state_indices = slots;
+      seqmix::MegaDecodeState state = pool.state();
+      if (!with_positions) state.positions = {};
+      seqmix::mega_step(in, o_step.view(), state, options);
+    };
+  };
+  st::require_shape_error("state_indices", step({0, 4}, true));
+  st::require_shape_error("state_indices", step({3, 3}, true));
+  st::require_shape_error("state.positions", step({0, 1}, false));
+  pool.pos[1] = -2;
+  st::require_shape_error("state.positions", step({0, 1}, true));
+  pool.pos[1] = pool0.pos[1];
+  require_equal("step output after a refused call", o_step.cview(), o_step0.cview());
+  unchanged();
+}

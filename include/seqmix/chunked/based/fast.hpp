@@ -44,7 +44,7 @@ inline AttentionOptions window_options(const BasedOptions& options, index_t D) {
 }
 
 // o += add, both [B,T,H,V] (o may be strided; add is a contiguous scratch).
-inline void add_into(const TensorView<float, 4>& o, const Tensor<float, 4>& add, const Executor& executor) {
+inline void add_into(const TensorView<float, 4>& o, const ConstView<float, 4>& add, const Executor& executor) {
   const index_t B = o.size(0), T = o.size(1), H = o.size(2), V = o.size(3);
   parallel_for(executor, B * T, std::max<index_t>(1, 16384 / std::max<index_t>(H * V, 1)), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
@@ -111,6 +111,12 @@ inline void window_prefill(const BasedInputs& in, const TensorView<float, 4>& o_
 inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
                   BasedState* state = nullptr, const Executor& executor = serial_executor()) {
   using namespace detail::based;
+  if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
+    serve("based", in, out, options, state, [&](const BasedInputs& one, const BasedOutputs& one_out, BasedState* s) {
+      seqmix::based(one, one_out, options, s, executor);
+    });
+    return;
+  }
   const Dims d = validate("based", in, out, options, state);
   if (d.B * d.T * d.H == 0) return;
   // Linear branch straight into o (state read and written in place).
@@ -130,7 +136,7 @@ inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOpt
   // Window branch, then the sum.
   Tensor<float, 4> o_sw({d.B, d.T, d.H, d.V});
   window_prefill(in, o_sw.view(), options, state, d, executor);
-  add_into(out.o, o_sw, executor);
+  add_into(out.o, o_sw.cview(), executor);
   if (state) {
     write_ring(in.k, 0, d.T, state->position, state->window_k);
     write_ring(in.v, 0, d.T, state->position, state->window_v);

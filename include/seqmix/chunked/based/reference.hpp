@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/chunked/serving.hpp"
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -57,6 +59,10 @@ struct BasedInputs {
   ConstView<float, 4> q;       ///< [B,T,H,D]    window-branch queries
   ConstView<float, 4> k;       ///< [B,T,H,D]    window-branch keys
   ConstView<float, 4> v;       ///< [B,T,H,V]    values, shared by both branches
+  /// Optional serving arguments (docs/operators.md section 9): packed tokens [1,total_T,...] with
+  /// cu_seqlens, the state's rows as a pool [S,...] through state_indices, has_initial_state.
+  /// Any of them needs state.positions when a state is given.
+  SequenceBatch batch = {};
 };
 
 /// Outputs of based.
@@ -72,6 +78,10 @@ struct BasedState {
   TensorView<float, 4> window_k;    ///< [B,W,H,D]   ring buffer: token p sits in slot p % W
   TensorView<float, 4> window_v;    ///< [B,W,H,V]
   index_t position = 0;             ///< tokens absorbed so far (ring slots < min(position, W) are valid)
+  /// Optional per-row positions [B or S] (int64, updated in place; `position` is then unused):
+  /// row r has absorbed positions[r] tokens. Required by serving calls (a `batch`), whose rows are
+  /// pool slots at different positions; a fresh sequence (has_initial_state false) starts at 0.
+  TensorView<std::int64_t, 1> positions = {};
 };
 
 /// Arguments of based_step: one token per batch row.
@@ -81,6 +91,9 @@ struct BasedStepInputs {
   ConstView<float, 3> q;       ///< [B,H,D]
   ConstView<float, 3> k;       ///< [B,H,D]
   ConstView<float, 3> v;       ///< [B,H,V]
+  /// Optional: state_indices [B] into the state pool (-1: padding row, nothing read or written,
+  /// its output row untouched), has_initial_state [B]; needs state.positions.
+  SequenceBatch batch = {};
 };
 
 /// Outputs of based_step.
@@ -96,22 +109,27 @@ struct Dims {
 };
 
 inline void check_options(const ArgCheck& check, const BasedOptions& options) {
-  check.that(options.window >= 1, "options.window", "must be >= 1, got " + std::to_string(options.window));
-  check.that(options.chunk_size >= 1 && options.chunk_size <= 4096, "options.chunk_size",
-             "must be in [1, 4096], got " + std::to_string(options.chunk_size));
+  if (options.window < 1) check.fail("options.window", "must be >= 1, got " + std::to_string(options.window));
+  if (options.chunk_size < 1 || options.chunk_size > 4096)
+    check.fail("options.chunk_size", "must be in [1, 4096], got " + std::to_string(options.chunk_size));
   if (options.linear_scale) check.finite(*options.linear_scale, "options.linear_scale");
   if (options.window_scale) check.finite(*options.window_scale, "options.window_scale");
 }
 
-inline void check_state(const ArgCheck& check, const BasedState& s, const BasedOptions& options, const Dims& d) {
+// Shapes of a state with d.B rows (no allocation when valid).
+inline void check_state_shapes(const ArgCheck& check, const BasedState& s, const BasedOptions& options, const Dims& d) {
   check.shape("state.kv", s.kv, std::array<index_t, 4>{d.B, d.H, d.Kf, d.V}, "B,H,Kf,V");
   if (options.normalization == BasedNormalization::feature_sum)
     check.shape("state.normalizer", s.normalizer, std::array<index_t, 3>{d.B, d.H, d.Kf}, "B,H,Kf");
-  else
-    check.that(!s.normalizer.has_value(), "state.normalizer", "is only used with BasedNormalization::feature_sum");
+  else if (s.normalizer.has_value())
+    check.fail("state.normalizer", "is only used with BasedNormalization::feature_sum");
   check.shape("state.window_k", s.window_k, std::array<index_t, 4>{d.B, options.window, d.H, d.D}, "B,W,H,D");
   check.shape("state.window_v", s.window_v, std::array<index_t, 4>{d.B, options.window, d.H, d.V}, "B,W,H,V");
-  check.that(s.position >= 0, "state.position", "must be >= 0, got " + std::to_string(s.position));
+}
+
+inline void check_state(const ArgCheck& check, const BasedState& s, const BasedOptions& options, const Dims& d) {
+  check_state_shapes(check, s, options, d);
+  if (s.position < 0) check.fail("state.position", "must be >= 0, got " + std::to_string(s.position));
 }
 
 inline Dims validate(const char* op, const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options,
@@ -161,6 +179,48 @@ inline float window_scale(const BasedOptions& o, index_t D) {
   return o.window_scale ? *o.window_scale : 1.f / std::sqrt(static_cast<float>(D));
 }
 
+// Row `row` of a state pool as a one-row state at `position`. A fresh sequence starts from
+// zeros: its linear-attention rows are cleared (the ring holds no valid slot at position 0).
+inline BasedState state_row(const BasedState& s, index_t row, index_t position, bool fresh) {
+  const BasedState one{s.kv.slice(0, row, 1), seqmix::detail::state_row(s.normalizer, row),
+                       s.window_k.slice(0, row, 1), s.window_v.slice(0, row, 1), position, {}};
+  if (fresh) detail::serving::clear(one.kv), detail::serving::clear(one.normalizer);
+  return one;
+}
+
+// The serving form of a prefill (a batch, or per-row positions): everything is validated first,
+// then `run(one_in, one_out, one_state)` is the dense form on each running sequence alone (B = 1,
+// its state rows at its own position); the slot's position advances by its tokens.
+template <class Run>
+void serve(const char* op, const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options,
+           BasedState* state, Run&& run) {
+  using detail::serving::sequence_tokens;
+  BasedInputs dense = in;
+  dense.batch = {};
+  Dims d = validate(op, dense, out, options, nullptr);  // token shapes and options
+  const ArgCheck check(op);
+  index_t S = -1;
+  if (state) {
+    S = state->kv.size(0);
+    Dims ds = d;
+    ds.B = S;
+    check_state_shapes(check, *state, options, ds);
+    detail::serving::check_position_pool(check, state->positions, S);
+  }
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, state != nullptr, S);
+  for (const auto& x : {in.q_feat, in.k_feat, in.q, in.k, in.v}) check.no_overlap("o", out.o, "an input", x);
+  if (state) {
+    check.no_overlap("o", out.o, "state.kv", state->kv).no_overlap("o", out.o, "state.normalizer", state->normalizer);
+    check.no_overlap("o", out.o, "state.window_k", state->window_k).no_overlap("o", out.o, "state.window_v", state->window_v);
+    detail::serving::check_start_positions(check, state->positions, seqs, seqs.sequences());
+  }
+  detail::serving::run_sequences(check, seqs, state, state_row, [&](const SequenceSpan& s, BasedState* one) {
+    const BasedInputs one_in{sequence_tokens(in.q_feat, s), sequence_tokens(in.k_feat, s), sequence_tokens(in.q, s),
+                             sequence_tokens(in.k, s), sequence_tokens(in.v, s), {}};
+    run(one_in, BasedOutputs{sequence_tokens(out.o, s)}, one);
+  });
+}
+
 }  // namespace detail::based
 
 namespace reference {
@@ -171,6 +231,11 @@ inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOpt
                   BasedState* state = nullptr, const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::based;
+  if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
+    serve("reference::based", in, out, options, state,
+          [&](const BasedInputs& one, const BasedOutputs& one_out, BasedState* s) { based(one, one_out, options, s); });
+    return;
+  }
   const Dims d = validate("reference::based", in, out, options, state);
   const bool normalize = options.normalization == BasedNormalization::feature_sum;
   const double lscale = linear_scale(options, d.F), wscale = window_scale(options, d.D);

@@ -23,11 +23,12 @@ TensorView<T, 4> as_sequence(const TensorView<T, 3>& x) {
 
 }  // namespace detail::based
 
-/// Advances `state` by one token and writes that token's output. Scratch: B*H*V floats.
-inline void based_step(const BasedStepInputs& in, const BasedStepOutputs& out, BasedState& state,
-                       const BasedOptions& options = {}, const Executor& executor = serial_executor()) {
-  using namespace detail::based;
-  const Dims d = validate_step("based_step", in, out, options, state);
+namespace detail::based {
+
+// One token of every row of a validated dense call (state rows = batch rows, one position). The
+// window branch's output goes through a per-thread scratch that only grows.
+inline void step_rows(const BasedStepInputs& in, const BasedStepOutputs& out, BasedState& state,
+                      const BasedOptions& options, const Dims& d, const Executor& executor) {
   if (d.B * d.H == 0) return;
   const bool normalize = options.normalization == BasedNormalization::feature_sum;
   LinearAttentionStepOutputs lout{out.o, state.kv, normalize ? state.normalizer : TensorView<float, 3>{}};
@@ -46,10 +47,68 @@ inline void based_step(const BasedStepInputs& in, const BasedStepOutputs& out, B
   ai.v = state.window_v.as_const().slice(1, 0, n);
   AttentionOptions ao;  // every valid slot is visible: no causal or window rule
   ao.scale = window_scale(options, d.D);
-  Tensor<float, 4> o_sw({d.B, 1, d.H, d.V});
-  attention_step(ai, AttentionOutputs{o_sw.view(), {}}, ao, executor);
-  add_into(as_sequence(out.o), o_sw, executor);
+  thread_local AlignedVector<float> scratch;
+  scratch.resize(std::max(scratch.size(), static_cast<std::size_t>(d.B * d.H * d.V)));
+  const TensorView<float, 4> o_sw(scratch.data(), {d.B, 1, d.H, d.V});
+  attention_step(ai, AttentionOutputs{o_sw, {}}, ao, executor);
+  add_into(as_sequence(out.o), o_sw.as_const(), executor);
   ++state.position;
+}
+
+// A serving step: row b advances state row slots[b] (pool [S,...]) from its own position
+// state.positions[row]; validated as a whole before any write, then one dense step per row (a
+// fresh row's linear state cleared first). No allocation on a valid call after warm-up.
+inline void serve_step(const BasedStepInputs& in, const BasedStepOutputs& out, BasedState& state,
+                       const BasedOptions& options, const Executor& executor) {
+  static const ArgCheck check("based_step");  // a static: building an ArgCheck may allocate its name
+  check.shape("q_feat", in.q_feat, std::array<index_t, 3>{-1, -1, -1}, "B,Hf,F");
+  const index_t B = in.q_feat.size(0), Hf = in.q_feat.size(1), F = in.q_feat.size(2);
+  check.shape("k_feat", in.k_feat, std::array<index_t, 3>{B, Hf, F}, "B,Hf,F");
+  check.shape("q", in.q, std::array<index_t, 3>{B, -1, -1}, "B,H,D");
+  const index_t H = in.q.size(1), D = in.q.size(2);
+  check.shape("k", in.k, std::array<index_t, 3>{B, H, D}, "B,H,D");
+  check.shape("v", in.v, std::array<index_t, 3>{B, H, -1}, "B,H,V");
+  const index_t V = in.v.size(2);
+  if (F <= 0 || D <= 0 || V <= 0) check.fail("q_feat", "feature sizes F, D, V must be positive");
+  check.divides(Hf, H, "q_feat", "linear-branch heads Hf (dimension 1); the value head count H");
+  check.shape("o", out.o, std::array<index_t, 3>{B, H, V}, "B,H,V");
+  check_options(check, options);
+  const index_t S = state.kv.size(0);
+  check_state_shapes(check, state, options, Dims{S, 1, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V});
+  detail::serving::check_position_pool(check, state.positions, S);
+  const auto rows = detail::serving::ssm_step_slots(check, in.batch, B, S);
+  detail::serving::check_start_positions(check, state.positions, rows, B);
+  const auto refuse_overlap = [&](const char* name, const ConstView<float, 3>& x) {
+    check.no_overlap("o", out.o, name, x).no_overlap("state.kv", state.kv, name, x);
+    check.no_overlap("state.normalizer", state.normalizer, name, x);
+    check.no_overlap("state.window_k", state.window_k, name, x).no_overlap("state.window_v", state.window_v, name, x);
+  };
+  refuse_overlap("q_feat", in.q_feat), refuse_overlap("k_feat", in.k_feat), refuse_overlap("q", in.q);
+  refuse_overlap("k", in.k), refuse_overlap("v", in.v);
+  check.no_overlap("o", out.o, "state.kv", state.kv).no_overlap("o", out.o, "state.normalizer", state.normalizer);
+  check.no_overlap("o", out.o, "state.window_k", state.window_k).no_overlap("o", out.o, "state.window_v", state.window_v);
+  const Dims one_row{1, 1, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V};
+  detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, BasedState& one) {
+    const BasedStepInputs in1{in.q_feat.slice(0, b, 1), in.k_feat.slice(0, b, 1), in.q.slice(0, b, 1),
+                              in.k.slice(0, b, 1), in.v.slice(0, b, 1), {}};
+    step_rows(in1, BasedStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, executor);
+  });
+}
+
+}  // namespace detail::based
+
+/// Advances `state` by one token and writes that token's output. Scratch: B*H*V floats, per
+/// thread, kept across steps.
+/// Serving (in.batch, or state.positions given): state rows are pool slots at their own positions
+/// (docs/operators.md section 9.2); batched decode of sequences at different positions is one call.
+inline void based_step(const BasedStepInputs& in, const BasedStepOutputs& out, BasedState& state,
+                       const BasedOptions& options = {}, const Executor& executor = serial_executor()) {
+  using namespace detail::based;
+  if (detail::serving::uses_positions(in.batch, state.positions.has_value())) {
+    serve_step(in, out, state, options, executor);
+    return;
+  }
+  step_rows(in, out, state, options, validate_step("based_step", in, out, options, state), executor);
 }
 
 }  // namespace seqmix

@@ -154,6 +154,13 @@ inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttent
                              const InfiniAttentionOptions& options = {}, InfiniAttentionState* state = nullptr,
                              const Executor& executor = serial_executor()) {
   using namespace detail::infini;
+  if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
+    serve("infini_attention", in, out, options, state,
+          [&](const InfiniAttentionInputs& one, const InfiniAttentionOutputs& one_out, InfiniAttentionState* s) {
+            seqmix::infini_attention(one, one_out, options, s, executor);
+          });
+    return;
+  }
   const Dims d = validate("infini_attention", in, out, options, state);
   const index_t S = options.segment, G = d.group();
   Memory memory(d, state);

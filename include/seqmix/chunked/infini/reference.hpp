@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/chunked/serving.hpp"
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -53,6 +55,10 @@ struct InfiniAttentionInputs {
   ConstView<float, 4> k;     ///< [B,T,Hkv,K], Hkv divides H
   ConstView<float, 4> v;     ///< [B,T,Hkv,V]
   ConstView<float, 1> beta;  ///< [H] gate logits: sigmoid(beta_h) is the memory's share
+  /// Optional serving arguments (docs/operators.md section 9): packed tokens [1,total_T,...] with
+  /// cu_seqlens, the state's rows as a pool [S,...] through state_indices, has_initial_state.
+  /// Any of them needs state.positions when a state is given.
+  SequenceBatch batch = {};
 };
 
 /// Outputs of infini_attention.
@@ -67,7 +73,11 @@ struct InfiniAttentionState {
   TensorView<float, 3> normalizer;  ///< [B,Hkv,K]    z
   TensorView<float, 4> segment_k;   ///< [B,S,Hkv,K]  keys of the unfinished segment, rows < position % S
   TensorView<float, 4> segment_v;   ///< [B,S,Hkv,V]
-  index_t position = 0;             ///< tokens absorbed so far
+  index_t position = 0;             ///< tokens absorbed so far (every row; unused with `positions`)
+  /// Optional per-row positions [B or S] (int64, updated in place): row r has absorbed
+  /// positions[r] tokens. Required by serving calls (a `batch`), whose rows are pool slots at
+  /// different positions; a fresh sequence (has_initial_state false) starts at 0.
+  TensorView<std::int64_t, 1> positions = {};
 };
 
 /// Arguments of infini_attention_step: one token per batch row.
@@ -76,6 +86,9 @@ struct InfiniAttentionStepInputs {
   ConstView<float, 3> k;     ///< [B,Hkv,K]
   ConstView<float, 3> v;     ///< [B,Hkv,V]
   ConstView<float, 1> beta;  ///< [H]
+  /// Optional: state_indices [B] into the state pool (-1: padding row, nothing read or written,
+  /// its output row untouched), has_initial_state [B]; needs state.positions.
+  SequenceBatch batch = {};
 };
 
 /// Outputs of infini_attention_step.
@@ -97,17 +110,23 @@ inline void check_common(const ArgCheck& check, const ConstView<float, 1>& beta,
                          const Dims& d) {
   check.shape("beta", beta, std::array<index_t, 1>{d.H}, "H");
   for (index_t h = 0; h < d.H; ++h) check.finite(beta(h), "beta");
-  check.that(options.segment >= 1, "options.segment", "must be >= 1, got " + std::to_string(options.segment));
+  if (options.segment < 1) check.fail("options.segment", "must be >= 1, got " + std::to_string(options.segment));
   if (options.scale) check.finite(*options.scale, "options.scale");
 }
 
-inline void check_state(const ArgCheck& check, const InfiniAttentionState& s, const InfiniAttentionOptions& options,
-                        const Dims& d) {
+// Shapes of a state with d.B rows (no allocation when valid).
+inline void check_state_shapes(const ArgCheck& check, const InfiniAttentionState& s,
+                               const InfiniAttentionOptions& options, const Dims& d) {
   check.shape("state.memory", s.memory, std::array<index_t, 4>{d.B, d.Hkv, d.K, d.V}, "B,Hkv,K,V");
   check.shape("state.normalizer", s.normalizer, std::array<index_t, 3>{d.B, d.Hkv, d.K}, "B,Hkv,K");
   check.shape("state.segment_k", s.segment_k, std::array<index_t, 4>{d.B, options.segment, d.Hkv, d.K}, "B,S,Hkv,K");
   check.shape("state.segment_v", s.segment_v, std::array<index_t, 4>{d.B, options.segment, d.Hkv, d.V}, "B,S,Hkv,V");
-  check.that(s.position >= 0, "state.position", "must be >= 0, got " + std::to_string(s.position));
+}
+
+inline void check_state(const ArgCheck& check, const InfiniAttentionState& s, const InfiniAttentionOptions& options,
+                        const Dims& d) {
+  check_state_shapes(check, s, options, d);
+  if (s.position < 0) check.fail("state.position", "must be >= 0, got " + std::to_string(s.position));
 }
 
 inline Dims validate(const char* op, const InfiniAttentionInputs& in, const InfiniAttentionOutputs& out,
@@ -148,6 +167,48 @@ inline float local_scale(const InfiniAttentionOptions& options, index_t K) {
   return options.scale ? *options.scale : 1.f / std::sqrt(static_cast<float>(K));
 }
 
+// Row `row` of a state pool as a one-row state at `position`. A fresh sequence starts from an
+// empty memory (the segment buffer holds no valid row at position 0).
+inline InfiniAttentionState state_row(const InfiniAttentionState& s, index_t row, index_t position, bool fresh) {
+  const InfiniAttentionState one{s.memory.slice(0, row, 1), s.normalizer.slice(0, row, 1),
+                                 s.segment_k.slice(0, row, 1), s.segment_v.slice(0, row, 1), position, {}};
+  if (fresh) detail::serving::clear(one.memory), detail::serving::clear(one.normalizer);
+  return one;
+}
+
+// The serving form of a prefill (a batch, or per-row positions): everything is validated first,
+// then `run(one_in, one_out, one_state)` is the dense form on each running sequence alone (B = 1,
+// its state rows at its own position); the slot's position advances by its tokens.
+template <class Run>
+void serve(const char* op, const InfiniAttentionInputs& in, const InfiniAttentionOutputs& out,
+           const InfiniAttentionOptions& options, InfiniAttentionState* state, Run&& run) {
+  using detail::serving::sequence_tokens;
+  InfiniAttentionInputs dense = in;
+  dense.batch = {};
+  Dims d = validate(op, dense, out, options, nullptr);  // token shapes, beta and options
+  const ArgCheck check(op);
+  index_t S = -1;
+  if (state) {
+    S = state->memory.size(0);
+    Dims ds = d;
+    ds.B = S;
+    check_state_shapes(check, *state, options, ds);
+    detail::serving::check_position_pool(check, state->positions, S);
+  }
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, state != nullptr, S);
+  check.no_overlap("o", out.o, "q", in.q).no_overlap("o", out.o, "k", in.k).no_overlap("o", out.o, "v", in.v);
+  if (state) {
+    check.no_overlap("o", out.o, "state.memory", state->memory).no_overlap("o", out.o, "state.normalizer", state->normalizer);
+    check.no_overlap("o", out.o, "state.segment_k", state->segment_k).no_overlap("o", out.o, "state.segment_v", state->segment_v);
+    detail::serving::check_start_positions(check, state->positions, seqs, seqs.sequences());
+  }
+  detail::serving::run_sequences(check, seqs, state, state_row, [&](const SequenceSpan& s, InfiniAttentionState* one) {
+    const InfiniAttentionInputs one_in{sequence_tokens(in.q, s), sequence_tokens(in.k, s), sequence_tokens(in.v, s),
+                                       in.beta, {}};
+    run(one_in, InfiniAttentionOutputs{sequence_tokens(out.o, s)}, one);
+  });
+}
+
 }  // namespace detail::infini
 
 namespace reference {
@@ -159,6 +220,13 @@ inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttent
                              const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::infini;
+  if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
+    serve("reference::infini_attention", in, out, options, state,
+          [&](const InfiniAttentionInputs& one, const InfiniAttentionOutputs& one_out, InfiniAttentionState* s) {
+            infini_attention(one, one_out, options, s);
+          });
+    return;
+  }
   const Dims d = validate("reference::infini_attention", in, out, options, state);
   const index_t S = options.segment, pos0 = state ? state->position : 0;
   const double scale = local_scale(options, d.K);

@@ -4,18 +4,19 @@
 // its segment the buffer is written into the memory and the buffer starts over.
 #pragma once
 
+#include <vector>
+
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/chunked/infini/fast.hpp"
 
 namespace seqmix {
 
-/// Advances `state` by one token and writes that token's output. A contiguous state's memory is
-/// updated in place; a strided one goes through B*Hkv*(K*V + K) floats of scratch.
-inline void infini_attention_step(const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
-                                  InfiniAttentionState& state, const InfiniAttentionOptions& options = {},
-                                  const Executor& executor = serial_executor()) {
-  using namespace detail::infini;
-  const Dims d = validate_step("infini_attention_step", in, out, options, state);
+namespace detail::infini {
+
+// One token of every row of a validated dense call (state rows = batch rows, one position).
+inline void step_rows(const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
+                      InfiniAttentionState& state, const InfiniAttentionOptions& options, const Dims& d,
+                      const Executor& executor) {
   const index_t S = options.segment, filled = state.position % S;
   for (index_t b = 0; b < d.B; ++b) {
     copy(in.k[b], state.segment_k[b][filled]);
@@ -47,10 +48,19 @@ inline void infini_attention_step(const InfiniAttentionStepInputs& in, const Inf
     ++state.position;
     return;
   }
-  parallel_for(executor, d.B * d.Hkv, 1, [&](index_t begin, index_t end) {
-    MemoryScratch w(d.K, d.V);
+  // One scratch per task, owned by the calling thread and sized here, so that no pool worker
+  // grows one of its own during a step (steps allocate nothing after the caller's first).
+  thread_local std::vector<MemoryScratch> per_task;
+  if (per_task.size() < static_cast<std::size_t>(d.B * d.Hkv)) per_task.resize(static_cast<std::size_t>(d.B * d.Hkv));
+  for (index_t task = 0; task < d.B * d.Hkv; ++task) {
+    per_task[static_cast<std::size_t>(task)].fit(d.K, d.V);
+    per_task[static_cast<std::size_t>(task)].update.resize(static_cast<std::size_t>(S * d.V));
+  }
+  MemoryScratch* const scratch = per_task.data();  // the caller's, not a worker's thread_local
+  parallel_for(executor, d.B * d.Hkv, 1, [&, scratch](index_t begin, index_t end) {
     for (index_t task = begin; task < end; ++task) {
       const index_t b = task / d.Hkv, hk = task % d.Hkv;
+      MemoryScratch& w = scratch[task];
       mix_memory(ai.q, o, in.beta, b, hk, d.group(), 0, 1, memory.m(task), memory.norm(task), w);
       absorb_segment(state.segment_k, state.segment_v, b, hk, 0, S, options.update, memory.m(task),
                      memory.norm(task), w);
@@ -58,6 +68,59 @@ inline void infini_attention_step(const InfiniAttentionStepInputs& in, const Inf
   });
   memory.store(state);
   ++state.position;
+}
+
+// A serving step: row b advances state row slots[b] (pool [S,...]) from its own position
+// state.positions[row]; validated as a whole before any write, then one dense step per row (a
+// fresh row's memory cleared first). No allocation on a valid call after warm-up.
+inline void serve_step(const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
+                       InfiniAttentionState& state, const InfiniAttentionOptions& options, const Executor& executor) {
+  static const ArgCheck check("infini_attention_step");  // a static: building an ArgCheck allocates its name
+  check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,K");
+  const index_t B = in.q.size(0), H = in.q.size(1), K = in.q.size(2);
+  check.shape("k", in.k, std::array<index_t, 3>{B, -1, K}, "B,Hkv,K");
+  const index_t Hkv = in.k.size(1);
+  check.shape("v", in.v, std::array<index_t, 3>{B, Hkv, -1}, "B,Hkv,V");
+  const index_t V = in.v.size(2);
+  if (K <= 0 || V <= 0) check.fail("q", "feature sizes K and V must be positive");
+  check.divides(Hkv, H, "k", "KV heads (dimension 1); the query head count H");
+  check.shape("o", out.o, std::array<index_t, 3>{B, H, V}, "B,H,V");
+  const index_t S = state.memory.size(0);
+  check_common(check, in.beta, options, Dims{S, 1, H, Hkv, K, V});
+  check_state_shapes(check, state, options, Dims{S, 1, H, Hkv, K, V});
+  detail::serving::check_position_pool(check, state.positions, S);
+  const auto rows = detail::serving::ssm_step_slots(check, in.batch, B, S);
+  detail::serving::check_start_positions(check, state.positions, rows, B);
+  const auto refuse_overlap = [&](const char* name, const ConstView<float, 3>& x) {
+    check.no_overlap("o", out.o, name, x).no_overlap("state.memory", state.memory, name, x);
+    check.no_overlap("state.normalizer", state.normalizer, name, x);
+    check.no_overlap("state.segment_k", state.segment_k, name, x).no_overlap("state.segment_v", state.segment_v, name, x);
+  };
+  refuse_overlap("q", in.q), refuse_overlap("k", in.k), refuse_overlap("v", in.v);
+  check.no_overlap("o", out.o, "state.memory", state.memory).no_overlap("o", out.o, "state.normalizer", state.normalizer);
+  check.no_overlap("o", out.o, "state.segment_k", state.segment_k).no_overlap("o", out.o, "state.segment_v", state.segment_v);
+  const Dims one_row{1, 1, H, Hkv, K, V};
+  detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, InfiniAttentionState& one) {
+    const InfiniAttentionStepInputs in1{in.q.slice(0, b, 1), in.k.slice(0, b, 1), in.v.slice(0, b, 1), in.beta, {}};
+    step_rows(in1, InfiniAttentionStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, executor);
+  });
+}
+
+}  // namespace detail::infini
+
+/// Advances `state` by one token and writes that token's output. A contiguous state's memory is
+/// updated in place; a strided one goes through B*Hkv*(K*V + K) floats of scratch.
+/// Serving (in.batch, or state.positions given): state rows are pool slots at their own positions
+/// (docs/operators.md section 9.2); batched decode of sequences at different positions is one call.
+inline void infini_attention_step(const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
+                                  InfiniAttentionState& state, const InfiniAttentionOptions& options = {},
+                                  const Executor& executor = serial_executor()) {
+  using namespace detail::infini;
+  if (detail::serving::uses_positions(in.batch, state.positions.has_value())) {
+    serve_step(in, out, state, options, executor);
+    return;
+  }
+  step_rows(in, out, state, options, validate_step("infini_attention_step", in, out, options, state), executor);
 }
 
 }  // namespace seqmix

@@ -95,6 +95,11 @@ constexpr index_t kEmaBlock = 4 * simd::kWidth;
 inline void mega(const MegaInputs& in, const MegaOutputs& out, const MegaOptions& options = {},
                  const Executor& executor = serial_executor()) {
   using namespace detail::mega;
+  if (serving(in, out)) {
+    serve("mega", in, out, options,
+          [&](const MegaInputs& one, const MegaOutputs& one_out) { seqmix::mega(one, one_out, options, executor); });
+    return;
+  }
   const Dims d = validate("mega", in, out, options);
   const Coefficients coef = coefficients(in.params, d.D, d.N);
   Tensor<float, 3> x_copy;

@@ -23,6 +23,8 @@
 #include <optional>
 #include <vector>
 
+#include "seqmix/chunked/serving.hpp"
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -50,7 +52,11 @@ struct MegaInputs {
   ConstView<float, 4> v;              ///< [B,T,H,Dv]; H divides D
   /// EMA and query / key parameters.
   MegaParams params;
-  ConstView<float, 3> initial_state = {}; ///< [B,D,N] optional EMA state
+  ConstView<float, 3> initial_state = {}; ///< [B,D,N] optional EMA state ([N or S,D,N] with a batch)
+  /// Optional serving arguments (docs/operators.md section 9): packed tokens [1,total_T,...] with
+  /// cu_seqlens; initial_state, final_state, k_cache, v_cache as rows of pools [S,...] through
+  /// state_indices; has_initial_state. Each sequence starts its own chunk grid at its first token.
+  SequenceBatch batch = {};
 };
 
 /// Outputs of mega; o must not overlap an input.
@@ -62,6 +68,9 @@ struct MegaOutputs {
   /// [T - T % c, T)) in rows [0, T % c); a step at position T continues that chunk.
   TensorView<float, 4> k_cache;  ///< [B,c,H,Dk]
   TensorView<float, 4> v_cache;  ///< [B,c,H,Dv]
+  /// Optional per-row positions [B, N or S] (int64): each running sequence's row is set to its
+  /// token count, the position its decode steps continue from (mega_step's state.positions).
+  TensorView<std::int64_t, 1> positions = {};
 };
 
 /// Options of mega and mega_step.
@@ -114,6 +123,54 @@ inline float scale_of(const MegaOptions& o, index_t Dk) {
   return o.scale ? *o.scale : 1.f / std::sqrt(static_cast<float>(Dk > 0 ? Dk : 1));
 }
 
+// True when a prefill takes the serving path (a batch, or per-row positions to write).
+inline bool serving(const MegaInputs& in, const MegaOutputs& out) {
+  return detail::serving::uses_positions(in.batch, out.positions.has_value());
+}
+
+// The serving form of a prefill: everything is validated first, then `run(one_in, one_out)` is
+// the dense form on each running sequence alone (B = 1, its state and cache rows); the slot's
+// position becomes the sequence's token count (the sequence's chunk grid starts at its first token).
+template <class Run>
+void serve(const char* op, const MegaInputs& in, const MegaOutputs& out, const MegaOptions& options, Run&& run) {
+  using detail::serving::sequence_tokens;
+  MegaInputs dense = in;
+  dense.batch = {}, dense.initial_state = {};
+  MegaOutputs dense_out{out.o, out.ema, {}, {}, {}, {}};
+  const Dims d = validate(op, dense, dense_out, options);  // tokens, parameters, options, o and ema
+  const ArgCheck check(op);
+  // The state rows: the pool size S with slots, else one per sequence (checked by SequenceMap).
+  index_t R = -1;
+  for (const index_t rows : {in.initial_state.size(0), out.final_state.size(0), out.k_cache.size(0),
+                             out.v_cache.size(0), out.positions.size(0)})
+    if (R < 0 && rows > 0) R = rows;
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{R, d.D, d.N}, "S,D,N");
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{R, d.D, d.N}, "S,D,N");
+  check.optional_shape("k_cache", out.k_cache, std::array<index_t, 4>{R, d.c, d.H, d.Dk}, "S,c,H,Dk");
+  check.optional_shape("v_cache", out.v_cache, std::array<index_t, 4>{R, d.c, d.H, d.Dv}, "S,c,H,Dv");
+  check.optional_shape("positions", out.positions, std::array<index_t, 1>{R}, "S");
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, in.initial_state.has_value(), R);
+  const auto refuse_overlap = [&](const char* name, const auto& view) {
+    check.no_overlap(name, view, "x", in.x).no_overlap(name, view, "v", in.v);
+  };
+  refuse_overlap("o", out.o), refuse_overlap("ema", out.ema), refuse_overlap("k_cache", out.k_cache);
+  refuse_overlap("v_cache", out.v_cache), refuse_overlap("final_state", out.final_state);
+  check.no_overlap("o", out.o, "initial_state", in.initial_state).no_overlap("k_cache", out.k_cache, "initial_state", in.initial_state);
+  check.no_overlap("v_cache", out.v_cache, "initial_state", in.initial_state);
+  if (views_overlap(out.final_state, in.initial_state) && !seqmix::detail::same_view(out.final_state, in.initial_state))
+    check.fail("final_state", "partly overlaps 'initial_state'; it may only be the very same view");
+  detail::serving::for_each_sequence(seqs, [&](const SequenceSpan& s) {
+    using seqmix::detail::state_row;
+    MegaInputs one{sequence_tokens(in.x, s), sequence_tokens(in.v, s), in.params,
+                   s.read_state ? state_row(in.initial_state, s.state_row) : ConstView<float, 3>{}, {}};
+    const MegaOutputs one_out{sequence_tokens(out.o, s), sequence_tokens(out.ema, s),
+                              state_row(out.final_state, s.state_row), state_row(out.k_cache, s.state_row),
+                              state_row(out.v_cache, s.state_row), {}};
+    run(one, one_out);
+    if (out.positions.has_value()) out.positions(s.state_row) = s.tokens;
+  });
+}
+
 }  // namespace detail::mega
 
 namespace reference {
@@ -124,6 +181,11 @@ inline void mega(const MegaInputs& in, const MegaOutputs& out, const MegaOptions
                  const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::mega;
+  if (serving(in, out)) {
+    serve("reference::mega", in, out, options,
+          [&](const MegaInputs& one, const MegaOutputs& one_out) { mega(one, one_out, options); });
+    return;
+  }
   const Dims d = validate("reference::mega", in, out, options);
   const MegaParams& p = in.params;
   const float scale = scale_of(options, d.Dk);

@@ -27,8 +27,12 @@ struct MegaStepInputs {
   /// EMA and query / key parameters, as for mega.
   MegaParams params;
   /// The token's index in the sequence (the same for every row): it goes to chunk slot
-  /// position % chunk_size, and slot 0 starts a new chunk.
+  /// position % chunk_size, and slot 0 starts a new chunk. Unused with state.positions.
   index_t position = 0;
+  /// Optional: state_indices [B] into the state pools (-1: padding row, nothing read or written,
+  /// its output row untouched), has_initial_state [B] (false: EMA from zeros, position 0); needs
+  /// state.positions.
+  SequenceBatch batch = {};
 };
 
 /// Mega's decode state: the EMA state and the keys / values of the current chunk (what mega's
@@ -37,6 +41,9 @@ struct MegaDecodeState {
   TensorView<float, 3> ema;      ///< [B,D,N]
   TensorView<float, 4> k_cache;  ///< [B,c,H,Dk]
   TensorView<float, 4> v_cache;  ///< [B,c,H,Dv]
+  /// Optional per-row positions [B or S] (int64, each advanced by one per step): row r's token
+  /// goes to chunk slot positions[r] % c. Required with a batch, whose rows are pool slots.
+  TensorView<std::int64_t, 1> positions = {};
 };
 
 namespace detail::mega {
@@ -108,12 +115,12 @@ inline void chunk_attention_step(const float* q, const TensorView<float, 4>& kc,
 
 }  // namespace detail::mega
 
-/// o [B,H,Dv].
-inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, const MegaDecodeState& state,
-                      const MegaOptions& options = {}, const Executor& executor = serial_executor()) {
-  using namespace detail::mega;
-  (void)executor;  // one token: B*D*N FMAs plus c*D attention MACs, below a thread hand-off
-  const ArgCheck check("mega_step");
+namespace detail::mega {
+
+// The shapes of a step (state rows S: B without slots, the pool size with them). No allocation
+// on a valid call.
+inline Dims validate_step(const ArgCheck& check, const MegaStepInputs& in, const TensorView<float, 3>& o,
+                          const MegaDecodeState& state, const MegaOptions& options, bool pooled) {
   check.shape("x", in.x, std::array<index_t, 2>{-1, -1}, "B,D");
   const index_t B = in.x.size(0), D = in.x.size(1);
   check.shape("params.alpha_logit", in.params.alpha_logit, std::array<index_t, 2>{D, -1}, "D,N");
@@ -122,15 +129,23 @@ inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, c
   check.shape("v", in.v, std::array<index_t, 3>{B, -1, -1}, "B,H,Dv");
   const index_t H = in.v.size(1), Dv = in.v.size(2);
   if (D > 0 || H > 0) check.divides(H, D, "v", "heads (dimension 1), which must divide the channels D of x");
-  check.that(options.chunk_size >= 1, "options.chunk_size", "must be >= 1");
-  check.that(in.position >= 0, "position", "must be >= 0, got " + std::to_string(in.position));
+  if (options.chunk_size < 1) check.fail("options.chunk_size", "must be >= 1");
+  if (options.scale) check.finite(*options.scale, "options.scale");
   const index_t c = options.chunk_size, Dk = H > 0 ? D / H : 0;
   check.shape("o", o, std::array<index_t, 3>{B, H, Dv}, "B,H,Dv");
-  check.shape("state.ema", state.ema, std::array<index_t, 3>{B, D, N}, "B,D,N");
-  check.shape("state.k_cache", state.k_cache, std::array<index_t, 4>{B, c, H, Dk}, "B,c,H,Dk");
-  check.shape("state.v_cache", state.v_cache, std::array<index_t, 4>{B, c, H, Dv}, "B,c,H,Dv");
+  const index_t S = pooled ? state.ema.size(0) : B;
+  check.shape("state.ema", state.ema, std::array<index_t, 3>{S, D, N}, "S,D,N");
+  check.shape("state.k_cache", state.k_cache, std::array<index_t, 4>{S, c, H, Dk}, "S,c,H,Dk");
+  check.shape("state.v_cache", state.v_cache, std::array<index_t, 4>{S, c, H, Dv}, "S,c,H,Dv");
+  return Dims{B, 1, D, N, H, Dk, Dv, c};
+}
+
+// One token of every row of a validated call, all rows at `position`.
+inline void step_rows(const MegaStepInputs& in, const TensorView<float, 3>& o, const MegaDecodeState& state,
+                      const MegaOptions& options, const Dims& dims, index_t position) {
+  const index_t B = dims.B, D = dims.D, N = dims.N, H = dims.H, Dk = dims.Dk, Dv = dims.Dv;
   const float scale = scale_of(options, Dk);
-  const index_t slot = in.position % c;
+  const index_t slot = position % dims.c;
   // q [D] then the logits [slot + 1]; grows to the largest step seen on this thread, then stays.
   thread_local AlignedVector<float> scratch;
   scratch.resize(std::max(scratch.size(), static_cast<std::size_t>(D + slot + 1)));
@@ -148,6 +163,50 @@ inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, c
       chunk_attention_step(q + h * Dk, state.k_cache, state.v_cache, b, h, slot + 1, scale, w, o.ptr(b, h),
                            o.stride(2));
     }
+  }
+}
+
+}  // namespace detail::mega
+
+/// o [B,H,Dv].
+/// Serving (in.batch, or state.positions given): state rows are pool slots at their own positions
+/// (docs/operators.md section 9.7); batched decode of sequences at different positions is one call,
+/// a row with has_initial_state false starts at position 0 from a cleared EMA state.
+inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, const MegaDecodeState& state,
+                      const MegaOptions& options = {}, const Executor& executor = serial_executor()) {
+  using namespace detail::mega;
+  (void)executor;  // one token: B*D*N FMAs plus c*D attention MACs, below a thread hand-off
+  static const ArgCheck check("mega_step");  // a static: no allocation on the hot path
+  const bool pooled = detail::serving::uses_positions(in.batch, state.positions.has_value());
+  const Dims dims = validate_step(check, in, o, state, options, pooled);
+  if (!pooled) {
+    if (in.position < 0) check.fail("position", "must be >= 0, got " + std::to_string(in.position));
+    step_rows(in, o, state, options, dims, in.position);
+    return;
+  }
+  const index_t S = state.ema.size(0);
+  detail::serving::check_position_pool(check, state.positions, S);
+  const auto rows = detail::serving::ssm_step_slots(check, in.batch, dims.B, S);
+  detail::serving::check_start_positions(check, state.positions, rows, dims.B);
+  const auto refuse_overlap = [&](const char* name, const auto& x) {
+    check.no_overlap("o", o, name, x).no_overlap("state.ema", state.ema, name, x);
+    check.no_overlap("state.k_cache", state.k_cache, name, x).no_overlap("state.v_cache", state.v_cache, name, x);
+  };
+  refuse_overlap("x", in.x), refuse_overlap("v", in.v);
+  check.no_overlap("o", o, "state.ema", state.ema).no_overlap("o", o, "state.k_cache", state.k_cache);
+  check.no_overlap("o", o, "state.v_cache", state.v_cache);
+  Dims one_row = dims;
+  one_row.B = 1;
+  for (index_t b = 0; b < dims.B; ++b) {
+    const SequenceSpan s = rows[b];
+    if (s.state_row < 0) continue;
+    const index_t position = detail::serving::start_position(check, state.positions, s);
+    const MegaDecodeState one{state.ema.slice(0, s.state_row, 1), state.k_cache.slice(0, s.state_row, 1),
+                              state.v_cache.slice(0, s.state_row, 1), {}};
+    if (!s.read_state) detail::serving::clear(one.ema);
+    MegaStepInputs row_in{in.x.slice(0, b, 1), in.v.slice(0, b, 1), in.params, position, {}};
+    step_rows(row_in, o.slice(0, b, 1), one, options, one_row, position);
+    state.positions(s.state_row) = position + 1;
   }
 }
 

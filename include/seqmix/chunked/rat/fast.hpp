@@ -72,6 +72,12 @@ inline void gate_row(const float* g, index_t sg, const float* k, index_t sk, con
 inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& options = {}, RatState* state = nullptr,
                 const Executor& executor = serial_executor()) {
   using namespace detail::rat;
+  if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
+    serve("rat", in, out, options, state, [&](const RatInputs& one, const RatOutputs& one_out, RatState* s) {
+      seqmix::rat(one, one_out, options, s, executor);
+    });
+    return;
+  }
   const Dims d = validate("rat", in, out, options, state);
   const index_t L = chunk_length(options), pos0 = state ? state->position : 0, D = d.D, HD = d.Hkv * D, C2 = 2 * HD;
   const float scale = scale_of(options, D);

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/chunked/serving.hpp"
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -62,6 +64,10 @@ struct RatInputs {
   ConstView<float, 4> k;  ///< [B,T,Hkv,D], Hkv divides H
   ConstView<float, 4> v;  ///< [B,T,Hkv,D]
   ConstView<float, 4> g;  ///< [B,T,Hkv,D] log forget gate, <= 0
+  /// Optional serving arguments (docs/operators.md section 9): packed tokens [1,total_T,...] with
+  /// cu_seqlens, the state's rows as a pool [S,...] through state_indices, has_initial_state.
+  /// Any of them needs state.positions when a state is given.
+  SequenceBatch batch = {};
 };
 
 /// Outputs of rat.
@@ -77,7 +83,11 @@ struct RatState {
   TensorView<float, 4> chunk_v;  ///< [B,C,Hkv,D]
   TensorView<float, 3> k_run;    ///< [B,Hkv,D] in-chunk state after the last token (0 rows at a chunk start)
   TensorView<float, 3> v_run;    ///< [B,Hkv,D]
-  index_t position = 0;          ///< tokens absorbed so far
+  index_t position = 0;          ///< tokens absorbed so far (every row; unused with `positions`)
+  /// Optional per-row positions [B or S] (int64, updated in place): row r has absorbed
+  /// positions[r] tokens. Required by serving calls (a `batch`), where rows are pool slots at
+  /// different positions; a fresh sequence (has_initial_state false) starts at 0.
+  TensorView<std::int64_t, 1> positions = {};
 };
 
 /// Arguments of rat_step: one token per batch row.
@@ -86,6 +96,9 @@ struct RatStepInputs {
   ConstView<float, 3> k;  ///< [B,Hkv,D]
   ConstView<float, 3> v;  ///< [B,Hkv,D]
   ConstView<float, 3> g;  ///< [B,Hkv,D]
+  /// Optional: state_indices [B] into the state pool (-1: padding row, nothing read or written,
+  /// its output row untouched), has_initial_state [B]; needs state.positions.
+  SequenceBatch batch = {};
 };
 
 /// Outputs of rat_step.
@@ -105,23 +118,34 @@ inline index_t chunk_length(const RatOptions& options) {
   return options.chunk.value() ? *options.chunk.value() : options.chunk_size;
 }
 
-inline void check_state(const ArgCheck& check, const RatState& s, const RatOptions& options, const Dims& d) {
-  check.that(s.position >= 0, "state.position", "must be >= 0, got " + std::to_string(s.position));
-  const index_t needed = (s.position + d.T) / chunk_length(options);
-  check.shape("state.chunk_k", s.chunk_k, std::array<index_t, 4>{d.B, -1, d.Hkv, d.D}, "B,C,Hkv,D");
-  check.shape("state.chunk_v", s.chunk_v, std::array<index_t, 4>{d.B, s.chunk_k.size(1), d.Hkv, d.D}, "B,C,Hkv,D");
+// The capacity C of the summary cache must hold (position + T) / L summaries after the call.
+inline void check_capacity(const ArgCheck& check, const RatState& s, const RatOptions& options, index_t position,
+                           index_t T) {
+  const index_t needed = (position + T) / chunk_length(options);
   if (s.chunk_k.size(1) < needed)
     check.fail("state.chunk_k", "has room for " + std::to_string(s.chunk_k.size(1)) + " chunk summaries, but " +
                                     std::to_string(needed) + " are needed after this call (position " +
-                                    std::to_string(s.position) + " + T " + std::to_string(d.T) + ", chunk " +
+                                    std::to_string(position) + " + T " + std::to_string(T) + ", chunk " +
                                     std::to_string(chunk_length(options)) + ")");
+}
+
+// Shapes of a state with d.B rows (no allocation when valid).
+inline void check_state_shapes(const ArgCheck& check, const RatState& s, const Dims& d) {
+  check.shape("state.chunk_k", s.chunk_k, std::array<index_t, 4>{d.B, -1, d.Hkv, d.D}, "B,C,Hkv,D");
+  check.shape("state.chunk_v", s.chunk_v, std::array<index_t, 4>{d.B, s.chunk_k.size(1), d.Hkv, d.D}, "B,C,Hkv,D");
   check.shape("state.k_run", s.k_run, std::array<index_t, 3>{d.B, d.Hkv, d.D}, "B,Hkv,D");
   check.shape("state.v_run", s.v_run, std::array<index_t, 3>{d.B, d.Hkv, d.D}, "B,Hkv,D");
 }
 
+inline void check_state(const ArgCheck& check, const RatState& s, const RatOptions& options, const Dims& d) {
+  if (s.position < 0) check.fail("state.position", "must be >= 0, got " + std::to_string(s.position));
+  check_state_shapes(check, s, d);
+  check_capacity(check, s, options, s.position, d.T);
+}
+
 inline void check_options(const ArgCheck& check, const RatOptions& options) {
-  check.that(chunk_length(options) >= 1, "options.chunk_size",
-             "must be >= 1, got " + std::to_string(chunk_length(options)));
+  if (chunk_length(options) < 1)
+    check.fail("options.chunk_size", "must be >= 1, got " + std::to_string(chunk_length(options)));
   if (options.scale) check.finite(*options.scale, "options.scale");
 }
 
@@ -182,6 +206,52 @@ inline float scale_of(const RatOptions& options, index_t D) {
   return options.scale ? *options.scale : 1.f / std::sqrt(static_cast<float>(D));
 }
 
+// Row `row` of a state pool as a one-row state at `position`. A fresh sequence needs no clearing:
+// at position 0 the in-chunk state is reset and no summary is read.
+inline RatState state_row(const RatState& s, index_t row, index_t position, bool /*fresh*/ = false) {
+  return RatState{s.chunk_k.slice(0, row, 1), s.chunk_v.slice(0, row, 1), s.k_run.slice(0, row, 1),
+                  s.v_run.slice(0, row, 1), position, {}};
+}
+
+// Sequence s's token views, as a dense batch of one.
+inline RatInputs sequence_inputs(const RatInputs& in, const SequenceSpan& s) {
+  using detail::serving::sequence_tokens;
+  return RatInputs{sequence_tokens(in.q, s), sequence_tokens(in.k, s), sequence_tokens(in.v, s),
+                   sequence_tokens(in.g, s), {}};
+}
+
+// The serving form of a prefill (a batch, or per-row positions): everything is validated first,
+// then `run(one_in, one_out, one_state)` is the dense form on each running sequence alone (B = 1,
+// its state rows at its own position); the slot's position advances by its tokens.
+template <class Run>
+void serve(const char* op, const RatInputs& in, const RatOutputs& out, const RatOptions& options, RatState* state,
+           Run&& run) {
+  RatInputs dense = in;
+  dense.batch = {};
+  const Dims d = validate(op, dense, out, options, nullptr);  // token shapes and gates
+  const ArgCheck check(op);
+  index_t S = -1;
+  if (state) {
+    S = state->chunk_k.size(0);
+    check_state_shapes(check, *state, Dims{S, 0, d.H, d.Hkv, d.D});
+    detail::serving::check_position_pool(check, state->positions, S);
+  }
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, state != nullptr, S);
+  check.no_overlap("o", out.o, "q", in.q).no_overlap("o", out.o, "k", in.k);
+  check.no_overlap("o", out.o, "v", in.v).no_overlap("o", out.o, "g", in.g);
+  if (state) {
+    check.no_overlap("o", out.o, "state.chunk_k", state->chunk_k).no_overlap("o", out.o, "state.chunk_v", state->chunk_v);
+    check.no_overlap("o", out.o, "state.k_run", state->k_run).no_overlap("o", out.o, "state.v_run", state->v_run);
+    for (index_t n = 0; n < seqs.sequences(); ++n)
+      if (seqs[n].state_row >= 0)
+        check_capacity(check, *state, options, detail::serving::start_position(check, state->positions, seqs[n]),
+                       seqs[n].tokens);
+  }
+  detail::serving::run_sequences(check, seqs, state, state_row, [&](const SequenceSpan& s, RatState* one) {
+    run(sequence_inputs(in, s), RatOutputs{detail::serving::sequence_tokens(out.o, s)}, one);
+  });
+}
+
 }  // namespace detail::rat
 
 namespace reference {
@@ -192,6 +262,11 @@ inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& op
                 const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::rat;
+  if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
+    serve("reference::rat", in, out, options, state,
+          [&](const RatInputs& one, const RatOutputs& one_out, RatState* s) { rat(one, one_out, options, s); });
+    return;
+  }
   const Dims d = validate("reference::rat", in, out, options, state);
   const index_t L = chunk_length(options), pos0 = state ? state->position : 0;
   const double scale = scale_of(options, d.D);

@@ -39,14 +39,9 @@ inline const float* unit_row(const float* x, index_t stride, index_t D, float* r
   return row;
 }
 
-}  // namespace detail::rat
-
-/// Advances `state` by one token and writes that token's output. Scratch: B*H floats (lse) and three
-/// D-float rows (strided inputs only), in a per-thread buffer reused across steps.
-inline void rat_step(const RatStepInputs& in, const RatStepOutputs& out, RatState& state,
-                     const RatOptions& options = {}, const Executor& executor = serial_executor()) {
-  using namespace detail::rat;
-  const Dims d = validate_step("rat_step", in, out, options, state);
+// One token of every row of a validated dense call (state rows = batch rows, one position).
+inline void step_rows(const RatStepInputs& in, const RatStepOutputs& out, RatState& state, const RatOptions& options,
+                      const Dims& d, const Executor& executor) {
   const index_t L = chunk_length(options), p = state.position, D = d.D;
   const float scale = scale_of(options, D);
   const bool keep = p % L != 0;
@@ -88,6 +83,62 @@ inline void rat_step(const RatStepInputs& in, const RatStepOutputs& out, RatStat
       copy(state.v_run.as_const()[b], state.chunk_v[b][chunks]);
     }
   ++state.position;
+}
+
+// A serving step: row b advances state row slots[b] (pool [S,...]) from its own position
+// state.positions[row]; validated as a whole before any write, then one dense step per row.
+// No allocation on a valid call after the first on a thread.
+inline void serve_step(const RatStepInputs& in, const RatStepOutputs& out, RatState& state, const RatOptions& options,
+                       const Executor& executor) {
+  static const ArgCheck check("rat_step");  // a static: building an ArgCheck allocates its name
+  check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,D");
+  const index_t B = in.q.size(0), H = in.q.size(1), D = in.q.size(2);
+  check.shape("k", in.k, std::array<index_t, 3>{B, -1, D}, "B,Hkv,D");
+  const index_t Hkv = in.k.size(1);
+  check.shape("v", in.v, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
+  check.shape("g", in.g, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
+  if (D <= 0) check.fail("q", "must have a positive head size D, got shape " + shape_to_string(in.q.shape()));
+  check.divides(Hkv, H, "k", "KV heads (dimension 1); the query head count H");
+  check.shape("o", out.o, std::array<index_t, 3>{B, H, D}, "B,H,D");
+  check_options(check, options);
+  const index_t S = state.chunk_k.size(0);
+  check_state_shapes(check, state, Dims{S, 1, H, Hkv, D});
+  detail::serving::check_position_pool(check, state.positions, S);
+  const auto rows = detail::serving::ssm_step_slots(check, in.batch, B, S);
+  for (index_t b = 0; b < B; ++b) {
+    const SequenceSpan s = rows[b];
+    if (s.state_row >= 0) check_capacity(check, state, options, detail::serving::start_position(check, state.positions, s), 1);
+  }
+  check_gate(check, in.g);
+  const auto refuse_overlap = [&](const char* name, const ConstView<float, 3>& x) {
+    check.no_overlap("o", out.o, name, x);
+    check.no_overlap("state.chunk_k", state.chunk_k, name, x).no_overlap("state.chunk_v", state.chunk_v, name, x);
+    check.no_overlap("state.k_run", state.k_run, name, x).no_overlap("state.v_run", state.v_run, name, x);
+  };
+  refuse_overlap("q", in.q), refuse_overlap("k", in.k), refuse_overlap("v", in.v), refuse_overlap("g", in.g);
+  check.no_overlap("o", out.o, "state.k_run", state.k_run).no_overlap("o", out.o, "state.v_run", state.v_run);
+  check.no_overlap("o", out.o, "state.chunk_k", state.chunk_k).no_overlap("o", out.o, "state.chunk_v", state.chunk_v);
+  const Dims one_row{1, 1, H, Hkv, D};
+  detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, RatState& one) {
+    const RatStepInputs in1{in.q.slice(0, b, 1), in.k.slice(0, b, 1), in.v.slice(0, b, 1), in.g.slice(0, b, 1), {}};
+    step_rows(in1, RatStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, executor);
+  });
+}
+
+}  // namespace detail::rat
+
+/// Advances `state` by one token and writes that token's output. Scratch: B*H floats (lse) and three
+/// D-float rows (strided inputs only), in a per-thread buffer reused across steps.
+/// Serving (in.batch, or state.positions given): state rows are pool slots at their own positions
+/// (docs/operators.md section 9.2); batched decode of sequences at different positions is one call.
+inline void rat_step(const RatStepInputs& in, const RatStepOutputs& out, RatState& state,
+                     const RatOptions& options = {}, const Executor& executor = serial_executor()) {
+  using namespace detail::rat;
+  if (detail::serving::uses_positions(in.batch, state.positions.has_value())) {
+    serve_step(in, out, state, options, executor);
+    return;
+  }
+  step_rows(in, out, state, options, validate_step("rat_step", in, out, options, state), executor);
 }
 
 }  // namespace seqmix
