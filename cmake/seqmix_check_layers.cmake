@@ -5,7 +5,8 @@
 # The library is layered in floors (docs/compile_time.md): core at the bottom; positional (rope),
 # ssm and linear_attention on it, each on its own; attention on core and positional; kv_cache on
 # attention; chunked (the hybrids) on ssm, linear_attention and attention; lti (long convolutions,
-# LTI state-space kernels) on core alone; rnn (the nonlinear cells) on core alone; io beside
+# LTI state-space kernels) on core alone; rnn (the nonlinear cells) on core alone; memory (product-key
+# memory) on core alone; io beside
 # core. A header may include only
 # headers of its own family and of the families below it, so a user who includes one family's
 # umbrella header does not compile the others. Two rules are checked:
@@ -26,7 +27,7 @@ endif()
 set(_inc "${SEQMIX_SOURCE_DIR}/include")
 
 # Families each family may include (its own is always allowed). Mirrors the folder layout.
-set(_families core io positional ssm linear_attention attention kv_cache chunked lti rnn)
+set(_families core io positional ssm linear_attention attention kv_cache chunked lti rnn memory)
 set(_allowed_core "")
 set(_allowed_io core)
 set(_allowed_positional core)
@@ -37,6 +38,7 @@ set(_allowed_kv_cache core attention positional)
 set(_allowed_chunked core ssm linear_attention attention positional)
 set(_allowed_lti core)
 set(_allowed_rnn core)
+set(_allowed_memory core)
 
 # Known exceptions, each to be removed when fixed (docs/compile_time.md): a header that may
 # include a family above its floor, and so the umbrella headers that reach it. None today.

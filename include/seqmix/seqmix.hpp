@@ -17,6 +17,7 @@
 #include "seqmix/io/npy.hpp"
 #include "seqmix/kv_cache.hpp"
 #include "seqmix/linear_attention.hpp"
+#include "seqmix/memory.hpp"
 #include "seqmix/lti.hpp"
 #include "seqmix/positional.hpp"
 #include "seqmix/rnn.hpp"

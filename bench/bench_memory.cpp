@@ -1,0 +1,83 @@
+// Product-key memory benchmarks, 2 threads.
+//
+//   pkm_<dtype>/T4096_N1M_Dv512_H4_k32_Dk512   product_key_memory over 4096 tokens, a value table
+//                    of N = 1024^2 = 1M rows of 512 (fp16/bf16: 1 GiB, fp32: 2 GiB), 4 heads,
+//                    top-32 per head, Dk = 512 (two sub-key tables of 1024 x 256 per head)
+//   pkm_reference/T64_N4096_Dv128_H2_k8_Dk64     reference (exhaustive search) beside
+//   pkm_f32/T64_N4096_Dv128_H2_k8_Dk64           the fast form on the same small shape
+// GB/s = value bytes gathered (T * H * k * Dv * sizeof(value)) / time: the part that streams from
+// memory (random rows of a table far larger than the cache); GFLOP/s = the sub-key scoring,
+// 2 * T * H * 2 * n_sub * Dk/2 / time; "eff" is the larger fraction of the machine's limits.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/memory.hpp"
+#include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct PkmShape {
+  index_t T, H, Dk, n_sub, Dv, k;
+};
+
+const PkmShape kLarge = {4096, 4, 512, 1024, 512, 32};
+const PkmShape kSmall = {64, 2, 64, 64, 128, 8};
+
+// A cheap deterministic fill for the 1M-row table (random_tensor would take seconds per GiB).
+template <class Value>
+std::unique_ptr<Tensor<Value, 2>> make_values(const PkmShape& s) {
+  auto v = std::make_unique<Tensor<Value, 2>>(std::array<index_t, 2>{s.n_sub * s.n_sub, s.Dv});
+  std::uint32_t x = 12345u;
+  for (auto& e : *v) {
+    x = x * 1664525u + 1013904223u;
+    e = Value(static_cast<float>(x >> 8) * (1.f / 16777216.f) - 0.5f);
+  }
+  return v;
+}
+
+template <class Value>
+void run(benchmark::State& state, const PkmShape& s, bool reference) {
+  const auto q = st::random_tensor<3>({s.T, s.H, s.Dk}, 1);
+  const auto ka = st::random_tensor<3>({s.H, s.n_sub, s.Dk / 2}, 2);
+  const auto kb = st::random_tensor<3>({s.H, s.n_sub, s.Dk / 2}, 3);
+  const auto values = make_values<Value>(s);
+  const auto gate = st::random_tensor<2>({s.T, s.Dv}, 4);
+  Tensor<float, 2> y({s.T, s.Dv});
+  seqmix::ProductKeyMemoryInputs<Value> in{q.cview(), ka.cview(), kb.cview(), values->cview(), gate.cview()};
+  seqmix::ProductKeyMemoryOptions options;
+  options.top_k = s.k;
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::product_key_memory(in, {y.view()}, options);
+    else
+      seqmix::product_key_memory(in, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double bytes = static_cast<double>(s.T * s.H * s.k * s.Dv) * sizeof(Value);
+  const double flop = 2.0 * static_cast<double>(s.T * s.H) * 2.0 * static_cast<double>(s.n_sub * (s.Dk / 2));
+  st::report_throughput(state, flop, bytes);
+  // Microseconds per token: an inverted rate of T * 1e-6 per iteration.
+  state.counters["us/token"] = benchmark::Counter(static_cast<double>(s.T) * 1e-6,
+                                                  benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
+void pkm_f16(benchmark::State& state, const PkmShape& s) { run<seqmix::f16>(state, s, false); }
+void pkm_bf16(benchmark::State& state, const PkmShape& s) { run<seqmix::bf16>(state, s, false); }
+void pkm_f32(benchmark::State& state, const PkmShape& s) { run<float>(state, s, false); }
+void pkm_reference(benchmark::State& state, const PkmShape& s) { run<float>(state, s, true); }
+
+}  // namespace
+
+BENCHMARK_CAPTURE(pkm_f16, f16/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK_CAPTURE(pkm_bf16, bf16/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK_CAPTURE(pkm_f32, f32/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK_CAPTURE(pkm_reference, reference/T64_N4096_Dv128_H2_k8_Dk64, kSmall)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(pkm_f32, f32/T64_N4096_Dv128_H2_k8_Dk64, kSmall)->Unit(benchmark::kMillisecond)->UseRealTime();
