@@ -176,9 +176,7 @@ struct LogitRule {
       const float slope = in.alibi_slopes(h);
       for (index_t c = 0; c < n; ++c) s[c] -= slope * static_cast<float>(std::abs(pos - (j0 + c)));
     }
-    if (in.relative_bias.kind != RelativeBiasKind::none)
-      for (index_t c = 0; c < n; ++c)
-        s[c] += static_cast<float>(relative_bias_value(in.relative_bias, h, pos, j0 + c));
+    if (in.relative_bias.kind != RelativeBiasKind::none) relative_bias(s, j0, n, h, pos);
     if (in.mask.has_value()) {
       const float* mask = in.mask.ptr(in.mask.size(0) == 1 ? 0 : b, i, j0);
       const index_t stride = in.mask.stride(2);
@@ -190,6 +188,32 @@ struct LogitRule {
     const index_t sink_end = rel(vis.sink_end), lo = std::max(rel(vis.lo), sink_end), hi = std::max(rel(vis.hi), lo);
     std::fill(s + sink_end, s + lo, kMinusInf);
     std::fill(s + hi, s + cols, kMinusInf);
+  }
+
+  // The relative bias of keys [j0, j0 + n) for head h at position pos: the values of
+  // relative_bias_value, bit for bit, with the kind chosen once per row.
+  void relative_bias(float* s, index_t j0, index_t n, index_t h, index_t pos) const {
+    const RelativeBias& rb = in.relative_bias;
+    if (rb.kind == RelativeBiasKind::t5) {
+      // Keys max_distance or more before the query share the last bucket, and so do the keys
+      // after it (causal buckets: bucket 0) or max_distance or more after it (bidirectional):
+      // only the keys between look their bucket up.
+      const index_t nb = rb.table.size(1), md = rb.max_distance;
+      const auto bucket_bias = [&](index_t rel) { return rb.table(h, t5_bucket(rel, rb.bidirectional, nb, md)); };
+      const index_t near_lo = std::clamp<index_t>(pos - md + 1 - j0, 0, n);
+      const index_t near_hi = std::clamp<index_t>(pos + (rb.bidirectional ? md : 1) - j0, near_lo, n);
+      const float before = bucket_bias(-md), after = bucket_bias(rb.bidirectional ? md : 1);
+      for (index_t c = 0; c < near_lo; ++c) s[c] += before;
+      for (index_t c = near_lo; c < near_hi; ++c) s[c] += bucket_bias(j0 + c - pos);
+      for (index_t c = near_hi; c < n; ++c) s[c] += after;
+      return;
+    }
+    const double r1 = rb.r1(h), r2 = rb.r2(h);
+    const bool power = rb.kind == RelativeBiasKind::kerple_power;
+    for (index_t c = 0; c < n; ++c) {
+      const double distance = std::abs(static_cast<double>(pos - (j0 + c)));
+      s[c] += static_cast<float>(power ? -r1 * std::pow(distance, r2) : -r1 * std::log1p(r2 * distance));
+    }
   }
 
   void softcap(float* s, index_t n) const {
