@@ -3,6 +3,8 @@
 // seqmix/lti/ holds its reference, fast prefill and decode step.
 #pragma once
 
+#include "seqmix/lti/h3/fast.hpp"
+#include "seqmix/lti/h3/reference.hpp"
 #include "seqmix/lti/hyena/fast.hpp"
 #include "seqmix/lti/hyena/reference.hpp"
 #include "seqmix/lti/long_conv/direct.hpp"
