@@ -52,10 +52,10 @@ void check_case(const PkmCase& c, bool gated, std::uint64_t seed) {
   for (index_t i = 0; i < w.numel(); ++i) CHECK(w.data()[i] == Approx(w_ref.data()[i]).margin(2e-6));
   for (index_t i = 0; i < y.numel(); ++i) {
     CHECK(y.data()[i] == Approx(y_ref.data()[i]).margin(2e-5));
-    CHECK(y2.data()[i] == Approx(y.data()[i]).margin(1e-6));
+    CHECK(y2.data()[i] == y.data()[i]);  // fixed token tiles: the thread count changes nothing
   }
   // A token range alone gives the same rows of y (tokens are independent), up to the sub-key
-  // GEMM's rounding, which depends on a token's place in its tile of 16.
+  // GEMM's rounding, which depends on a token's place in its tile of 16 (here shifted by 2).
   if (c.T > 3) {
     const index_t t0 = 2, len = c.T - 3;
     auto in_part = in;

@@ -66,14 +66,18 @@ void product_key_memory(const ProductKeyMemoryInputs<Value>& in, const ProductKe
   const ArgCheck check("product_key_memory");
   const auto d = detail::validate_pkm(check, in, out, options);
   if (d.T == 0) return;
-  constexpr index_t kTile = 16;  // tokens per sub-key GEMM: one pass over a head's sub-keys serves them
-  parallel_for(executor, d.T, kTile, [&](index_t begin, index_t end) {
-    RowMajorMatrix<float> qa(kTile, d.half), qb(kTile, d.half), sa(kTile, d.n_sub), sb(kTile, d.n_sub);
+  // Tokens per sub-key GEMM: one pass over a head's sub-keys serves them. Tiles are fixed
+  // (tokens [16 i, 16 i + 16)) and always full (a short last tile padded with zero rows), so a
+  // token's scores, hence the result, do not depend on the executor's split.
+  constexpr index_t kTile = 16;
+  const index_t tiles = (d.T + kTile - 1) / kTile;
+  parallel_for(executor, tiles, 1, [&](index_t tile_begin, index_t tile_end) {
+    RowMajorMatrix<float> qa = RowMajorMatrix<float>::Zero(kTile, d.half), qb = qa, sa(kTile, d.n_sub), sb(kTile, d.n_sub);
     std::vector<std::int32_t> all, ia(static_cast<std::size_t>(d.k)), ib(ia);
     std::vector<std::pair<float, std::int64_t>> cand;
     AlignedVector<float> acc(static_cast<std::size_t>(kTile * d.Dv));
-    for (index_t t0 = begin; t0 < end; t0 += kTile) {
-      const index_t tile = std::min(kTile, end - t0);
+    for (index_t ti = tile_begin; ti < tile_end; ++ti) {
+      const index_t t0 = ti * kTile, tile = std::min(kTile, d.T - t0);
       std::fill(acc.begin(), acc.end(), 0.f);
       for (index_t h = 0; h < d.H; ++h) {
         for (index_t r = 0; r < tile; ++r)
@@ -82,8 +86,8 @@ void product_key_memory(const ProductKeyMemoryInputs<Value>& in, const ProductKe
             qb(r, c) = in.query(t0 + r, h, d.half + c);
           }
         const auto ka = as_matrix(in.keys_a[h]), kb = as_matrix(in.keys_b[h]);
-        sa.topRows(tile).noalias() = qa.topRows(tile) * ka.transpose();
-        sb.topRows(tile).noalias() = qb.topRows(tile) * kb.transpose();
+        sa.noalias() = qa * ka.transpose();
+        sb.noalias() = qb * kb.transpose();
         for (index_t r = 0; r < tile; ++r) {
           const index_t t = t0 + r;
           detail::pkm_topk(sa.row(r).data(), d.n_sub, d.k, all, ia.data());
