@@ -1,0 +1,83 @@
+// Hyena and H3 prefill benchmarks (issue 16 items 4-5), 2 threads, at GPT-2 width (D = 768; H3
+// with 12 heads of P = 64), filters as long as the sequence:
+//
+//   hyena/prefill/D768_T<T>_N2     order-2 Hyena, T in {4096, 16384}
+//   hyena/reference/D768_T256_N2   the reference (double loops), the baseline
+//   h3/prefill/H12_P64_T<T>        H3 with a 4-tap shift kernel, T in {1024, 4096}
+//   h3/reference/H1_P64_T128       the reference, the baseline (one head)
+// GFLOP/s counts the FFT work of the long convolutions (3 transforms of N per channel at
+// 2.5 N log2 N plus the product, as bench_long_conv.cpp counts it) and the elementwise passes;
+// GB/s the projections read and y written once.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <string>
+
+#include "seqmix/lti.hpp"
+#include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+// FFT flops of one causal convolution of T steps over `channels` channels with an L = T filter.
+double conv_flop(index_t T, double channels) {
+  const double N = static_cast<double>(seqmix::detail::long_conv_fft_size(2 * T - 1));
+  return channels * (3 * 2.5 * N * std::log2(N) + 6 * (N / 2 + 1));
+}
+
+void hyena(benchmark::State& state, index_t T, index_t N, bool reference) {
+  const index_t D = 768;
+  const Tensor<float, 3> v = st::random_tensor<3>({1, T, D}, 1);
+  const Tensor<float, 4> x = st::random_tensor<4>({N, 1, T, D}, 2);
+  const Tensor<float, 3> h = st::random_tensor<3>({N, T, D}, 3, -0.02f, 0.02f);
+  Tensor<float, 3> y({1, T, D}), scratch({1, T, D});
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::hyena({v.view(), x.view(), h.view()}, {y.view(), scratch.view()});
+    else
+      seqmix::hyena({v.view(), x.view(), h.view()}, {y.view(), scratch.view()}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double flop = reference ? N * D * double(T) * double(T + 1) + N * D * double(T)
+                                : N * (conv_flop(T, D) + double(T) * D);
+  st::report_throughput(state, flop, 4.0 * (N + 2) * double(T) * D);
+}
+
+void h3(benchmark::State& state, index_t T, index_t H, bool reference) {
+  const index_t P = 64, D = H * P, Ls = 4;
+  const Tensor<float, 4> q = st::random_tensor<4>({1, T, H, P}, 1), k = st::random_tensor<4>({1, T, H, P}, 2),
+                         v = st::random_tensor<4>({1, T, H, P}, 3);
+  const Tensor<float, 2> shift = st::random_tensor<2>({Ls, D}, 4), diag = st::random_tensor<2>({T, D}, 5, -0.02f, 0.02f);
+  Tensor<float, 4> y({1, T, H, P});
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::h3({q.view(), k.view(), v.view(), shift.view(), diag.view()}, {y.view()});
+    else
+      seqmix::h3({q.view(), k.view(), v.view(), shift.view(), diag.view()}, {y.view()}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double products = double(D) * P;  // (h, i, j) channels of the diagonal SSM
+  const double flop = reference ? products * double(T) * double(T + 1) * 1.5 + 2.0 * D * T * Ls
+                                : conv_flop(T, products) + 4.0 * products * T + 2.0 * D * T * Ls;
+  st::report_throughput(state, flop, 4.0 * 4.0 * double(T) * D);
+}
+
+void register_all() {
+  const auto add = [](const std::string& name, auto fn) {
+    benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  for (index_t T : {4096, 16384})
+    add("hyena/prefill/D768_T" + std::to_string(T) + "_N2", [=](benchmark::State& s) { hyena(s, T, 2, false); });
+  add("hyena/reference/D768_T256_N2", [](benchmark::State& s) { hyena(s, 256, 2, true); });
+  for (index_t T : {1024, 4096})
+    add("h3/prefill/H12_P64_T" + std::to_string(T), [=](benchmark::State& s) { h3(s, T, 12, false); });
+  add("h3/reference/H1_P64_T128", [](benchmark::State& s) { h3(s, 128, 1, true); });
+}
+
+const int kRegistered = (register_all(), 0);
+
+}  // namespace
