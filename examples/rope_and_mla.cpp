@@ -66,6 +66,17 @@ void llama3_layer(const seqmix::Executor& pool) {
   in.q = q_rot.view(), in.k = k_cache.view(), in.v = v_cache.view();
   seqmix::attention(in, {o.view(), {}}, {}, pool);
 
+  // The same step with the rope fused (issue 15 item 2): q goes in unrotated and is rotated at
+  // its position in the kernel's q tile; the cache holds rotated keys (rope_rotated_keys = Tk), as
+  // KvCache::append or paged_kv_append with the table would have stored them.
+  Tensor<std::int64_t, 2> query_position({1, 1});
+  query_position(0, 0) = Tk;
+  seqmix::AttentionInputs<seqmix::f16> fused = in;
+  fused.q = q.view(), fused.positions = query_position.view();
+  fused.rope = &table, fused.rope_rotated_keys = Tk;
+  Tensor<float, 4> o_fused({1, 1, Hq, D});
+  seqmix::attention(fused, {o_fused.view(), {}}, {}, pool);
+
   // Naive: rotate in double from the frequencies, attend over the same fp16 values.
   Tensor<float, 4> k_naive({1, Tk, Hkv, D}), q_naive({1, 1, Hq, D});
   seqmix::reference::rope(table, {k.view(), {}}, {k_naive.view()});
@@ -79,6 +90,7 @@ void llama3_layer(const seqmix::Executor& pool) {
               static_cast<long>(Tk), static_cast<long>(Tk));
   std::printf("  rotated keys: max rel. diff %.2e against the double loop\n", max_rel_error(k_rot, k_naive));
   std::printf("  decode output: max rel. diff %.2e against reference rope + attention\n", max_rel_error(o, o_ref));
+  std::printf("  decode with the rope fused (q rotated in the kernel): max rel. diff %.2e\n", max_rel_error(o_fused, o_ref));
   std::printf("  GQA cache: %ld bytes per token and layer (K and V, %ld heads of %ld, fp16)\n",
               static_cast<long>(2 * Hkv * D * 2), static_cast<long>(Hkv), static_cast<long>(D));
 }
