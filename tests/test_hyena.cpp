@@ -107,6 +107,42 @@ TEST_CASE("hyena: order 1 is long_conv gated by x_1", "[hyena]") {
       for (index_t d = 0; d < D; ++d) REQUIRE(y(b, t, d) == Approx(x(0, b, t, d) * conv(b, t, d)).margin(1e-6));
 }
 
+// Prefill segments and decode steps, the state of every order carried in one buffer, equal one
+// call without a state (fast and reference prefill; filters shorter than, equal to and longer
+// than the pieces).
+TEST_CASE("hyena: segments and steps with the state carried equal one call", "[hyena]") {
+  const index_t B = 2, T = 50, D = 7;
+  std::uint64_t seed = 40;
+  for (index_t N = 1; N <= 3; ++N)
+    for (index_t L : {index_t(1), index_t(9), T}) {
+      for (bool reference : {false, true}) {
+        INFO("N=" << N << " L=" << L << " reference=" << reference);
+        const Tensor<float, 3> v = st::random_tensor<3>({B, T, D}, seed), h = st::random_tensor<3>({N, L, D}, seed + 1, -0.3f, 0.3f);
+        const Tensor<float, 4> x = st::random_tensor<4>({N, B, T, D}, seed + 2);
+        const Tensor<float, 2> skip = st::random_tensor<2>({N, D}, seed + 3);
+        ++seed;
+        Tensor<float, 3> ref({B, T, D}), y({B, T, D});
+        seqmix::reference::hyena({v.view(), x.view(), h.view(), skip.view()}, {ref.view()});
+        Tensor<float, 4> state({N, B, L - 1, D});
+        // Two prefill segments [0, 20) and [20, 35), then steps.
+        for (const auto& piece : {std::make_pair(index_t(0), index_t(20)), std::make_pair(index_t(20), index_t(15))}) {
+          seqmix::HyenaInputs in{v.view().slice(1, piece.first, piece.second), x.view().slice(2, piece.first, piece.second),
+                                 h.view(), skip.view()};
+          if (piece.first > 0) in.initial_state = state.view();
+          const seqmix::HyenaOutputs out{y.view().slice(1, piece.first, piece.second), {}, state.view()};
+          if (reference)
+            seqmix::reference::hyena(in, out);
+          else
+            seqmix::hyena(in, out, {}, st::two_thread_pool());
+        }
+        for (index_t t = 35; t < T; ++t)
+          seqmix::hyena_step({v.view().select(1, t), x.view().select(2, t), h.view(), skip.view()},
+                             {y.view().select(1, t), state.view()});
+        st::require_close("y", y.cview(), ref.cview(), 3e-5);
+      }
+    }
+}
+
 TEST_CASE("hyena: bad arguments are refused before any write", "[hyena]") {
   const index_t N = 2, B = 2, T = 16, D = 5;
   const Tensor<float, 3> v = st::random_tensor<3>({B, T, D}, 1), h = st::random_tensor<3>({N, T, D}, 2);
@@ -149,6 +185,40 @@ TEST_CASE("hyena: bad arguments are refused before any write", "[hyena]") {
     for (float value : y) REQUIRE(value == 7.f);
     for (float value : scratch) REQUIRE(value == 7.f);
   }
+  // States: wrong shapes, a final state overlapping the initial one without being it.
+  Tensor<float, 4> state({N, B, T - 1, D}), state_wrong({N, B, T, D});
+  state.fill(7.f);
+  st::require_shape_error("initial_state", [&] {
+    seqmix::hyena({v.view(), x.view(), h.view(), {}, state_wrong.view()}, {y.view()});
+  });
+  st::require_shape_error("final_state", [&] {
+    seqmix::hyena({v.view(), x.view(), h.view()}, {y.view(), {}, state_wrong.view()});
+  });
+  st::require_shape_error("final_state", [&] {
+    seqmix::hyena({v.view(), x.view(), h.view(), {}, state_wrong.view().slice(2, 0, T - 1)},
+                  {y.view(), {}, state_wrong.view().slice(2, 1, T - 1)});
+  });
+  // The step: shapes, a bad tap of the last order, aliasing; nothing written.
+  Tensor<float, 2> y1({B, D});
+  y1.fill(7.f);
+  Tensor<float, 3> bad = h;
+  bad(N - 1, 0, 0) = std::numeric_limits<float>::quiet_NaN();
+  st::require_shape_error("state", [&] {
+    seqmix::hyena_step({v.view().select(1, 0), x.view().select(2, 0), h.view()}, {y1.view(), state_wrong.view()});
+  });
+  st::require_shape_error("x", [&] {
+    seqmix::hyena_step({v.view().select(1, 0), x_short.view().select(2, 0).slice(1, 0, 1), h.view()},
+                       {y1.view(), state.view()});
+  });
+  st::require_shape_error("filter", [&] {
+    seqmix::hyena_step({v.view().select(1, 0), x.view().select(2, 0), bad.view()}, {y1.view(), state.view()});
+  });
+  st::require_shape_error("y", [&] {
+    seqmix::hyena_step({v.view().select(1, 0), x.view().select(2, 0), h.view()},
+                       {state.view().select(0, 0).select(1, 0), state.view()});
+  });
+  for (float value : y1) REQUIRE(value == 7.f);
+  for (float value : state) REQUIRE(value == 7.f);
   // The reference validates the same way.
   st::require_shape_error("x", [&] { seqmix::reference::hyena({v.view(), x_short.view(), h.view()}, {y.view()}); });
   for (float value : y) REQUIRE(value == 7.f);

@@ -7,6 +7,7 @@
 #include "seqmix/lti/h3/reference.hpp"
 #include "seqmix/lti/hyena/fast.hpp"
 #include "seqmix/lti/hyena/reference.hpp"
+#include "seqmix/lti/hyena/step.hpp"
 #include "seqmix/lti/long_conv/direct.hpp"
 #include "seqmix/lti/long_conv/fast.hpp"
 #include "seqmix/lti/long_conv/fft.hpp"

@@ -38,6 +38,7 @@ inline void hyena_gate(const ConstView<float, 3>& x, const TensorView<float, 3>&
 /// rounding (the FFT's, about 1e-6 relative per order). Per order one long_conv (options.method:
 /// direct, FFT or the cost model's choice) and one gate pass, threaded through `executor`.
 /// N >= 2 needs a [B,T,D] buffer for the intermediate z_n: out.scratch, or one allocated per call.
+/// With states, each order's long_conv carries its own (initial_state[n] -> final_state[n]).
 inline void hyena(const HyenaInputs& in, const HyenaOutputs& out, const HyenaOptions& options = {},
                   const Executor& executor = serial_executor()) {
   const auto dims = detail::validate_hyena("hyena", in, out, options);
@@ -55,7 +56,10 @@ inline void hyena(const HyenaInputs& in, const HyenaOutputs& out, const HyenaOpt
     const TensorView<float, 3> target = (dims.N - 1 - n) % 2 == 0 ? out.y : scratch;
     LongConvInputs args{z, in.filter.select(0, n)};
     if (in.skip.has_value()) args.skip = in.skip.select(0, n);
-    long_conv(args, {target}, conv, executor);
+    if (in.initial_state.has_value()) args.initial_state = in.initial_state.select(0, n);
+    LongConvOutputs results{target};
+    if (out.final_state.has_value()) results.final_state = out.final_state.select(0, n);
+    long_conv(args, results, conv, executor);
     detail::hyena_gate(in.x.select(0, n), target, executor);
     z = target;
   }
