@@ -152,9 +152,9 @@ inline Dims validate(const char* op, const BasedInputs& in, const BasedOutputs& 
   return d;
 }
 
-inline Dims validate_step(const char* op, const BasedStepInputs& in, const BasedStepOutputs& out,
-                          const BasedOptions& options, const BasedState& state) {
-  const ArgCheck check(op);
+// A step's token and output shapes and the options (no allocation when valid).
+inline Dims step_dims(const ArgCheck& check, const BasedStepInputs& in, const BasedStepOutputs& out,
+                      const BasedOptions& options) {
   check.shape("q_feat", in.q_feat, std::array<index_t, 3>{-1, -1, -1}, "B,Hf,F");
   const index_t B = in.q_feat.size(0), Hf = in.q_feat.size(1), F = in.q_feat.size(2);
   check.shape("k_feat", in.k_feat, std::array<index_t, 3>{B, Hf, F}, "B,Hf,F");
@@ -163,11 +163,17 @@ inline Dims validate_step(const char* op, const BasedStepInputs& in, const Based
   check.shape("k", in.k, std::array<index_t, 3>{B, H, D}, "B,H,D");
   check.shape("v", in.v, std::array<index_t, 3>{B, H, -1}, "B,H,V");
   const index_t V = in.v.size(2);
-  check.that(F > 0 && D > 0 && V > 0, "q_feat", "feature sizes F, D, V must be positive");
+  if (F <= 0 || D <= 0 || V <= 0) check.fail("q_feat", "feature sizes F, D, V must be positive");
   check.divides(Hf, H, "q_feat", "linear-branch heads Hf (dimension 1); the value head count H");
   check.shape("o", out.o, std::array<index_t, 3>{B, H, V}, "B,H,V");
   check_options(check, options);
-  const Dims d{B, 1, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V};
+  return Dims{B, 1, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V};
+}
+
+inline Dims validate_step(const char* op, const BasedStepInputs& in, const BasedStepOutputs& out,
+                          const BasedOptions& options, const BasedState& state) {
+  const ArgCheck check(op);
+  const Dims d = step_dims(check, in, out, options);
   check_state(check, state, options, d);
   return d;
 }

@@ -61,20 +61,12 @@ inline void step_rows(const BasedStepInputs& in, const BasedStepOutputs& out, Ba
 inline void serve_step(const BasedStepInputs& in, const BasedStepOutputs& out, BasedState& state,
                        const BasedOptions& options, const Executor& executor) {
   static const ArgCheck check("based_step");  // a static: building an ArgCheck may allocate its name
-  check.shape("q_feat", in.q_feat, std::array<index_t, 3>{-1, -1, -1}, "B,Hf,F");
-  const index_t B = in.q_feat.size(0), Hf = in.q_feat.size(1), F = in.q_feat.size(2);
-  check.shape("k_feat", in.k_feat, std::array<index_t, 3>{B, Hf, F}, "B,Hf,F");
-  check.shape("q", in.q, std::array<index_t, 3>{B, -1, -1}, "B,H,D");
-  const index_t H = in.q.size(1), D = in.q.size(2);
-  check.shape("k", in.k, std::array<index_t, 3>{B, H, D}, "B,H,D");
-  check.shape("v", in.v, std::array<index_t, 3>{B, H, -1}, "B,H,V");
-  const index_t V = in.v.size(2);
-  if (F <= 0 || D <= 0 || V <= 0) check.fail("q_feat", "feature sizes F, D, V must be positive");
-  check.divides(Hf, H, "q_feat", "linear-branch heads Hf (dimension 1); the value head count H");
-  check.shape("o", out.o, std::array<index_t, 3>{B, H, V}, "B,H,V");
-  check_options(check, options);
+  const Dims d = step_dims(check, in, out, options);
+  const index_t B = d.B;
   const index_t S = state.kv.size(0);
-  check_state_shapes(check, state, options, Dims{S, 1, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V});
+  Dims pool = d;
+  pool.B = S;
+  check_state_shapes(check, state, options, pool);
   detail::serving::check_position_pool(check, state.positions, S);
   const auto rows = detail::serving::ssm_step_slots(check, in.batch, B, S);
   detail::serving::check_start_positions(check, state.positions, rows, B);
@@ -87,7 +79,8 @@ inline void serve_step(const BasedStepInputs& in, const BasedStepOutputs& out, B
   refuse_overlap("k", in.k), refuse_overlap("v", in.v);
   check.no_overlap("o", out.o, "state.kv", state.kv).no_overlap("o", out.o, "state.normalizer", state.normalizer);
   check.no_overlap("o", out.o, "state.window_k", state.window_k).no_overlap("o", out.o, "state.window_v", state.window_v);
-  const Dims one_row{1, 1, Hf, F, feature_dim(FeatureMap::taylor2, F), H, D, V};
+  Dims one_row = d;
+  one_row.B = 1;
   detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, BasedState& one) {
     const BasedStepInputs in1{in.q_feat.slice(0, b, 1), in.k_feat.slice(0, b, 1), in.q.slice(0, b, 1),
                               in.k.slice(0, b, 1), in.v.slice(0, b, 1), {}};

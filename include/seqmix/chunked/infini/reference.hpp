@@ -146,19 +146,26 @@ inline Dims validate(const char* op, const InfiniAttentionInputs& in, const Infi
   return d;
 }
 
-inline Dims validate_step(const char* op, const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
-                          const InfiniAttentionOptions& options, const InfiniAttentionState& state) {
-  const ArgCheck check(op);
+// A step's token and output shapes, beta and the options (no allocation when valid).
+inline Dims step_dims(const ArgCheck& check, const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
+                      const InfiniAttentionOptions& options) {
   check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,K");
   const index_t B = in.q.size(0), H = in.q.size(1), K = in.q.size(2);
   check.shape("k", in.k, std::array<index_t, 3>{B, -1, K}, "B,Hkv,K");
   const index_t Hkv = in.k.size(1);
   check.shape("v", in.v, std::array<index_t, 3>{B, Hkv, -1}, "B,Hkv,V");
-  check.that(K > 0 && in.v.size(2) > 0, "q", "feature sizes K and V must be positive");
+  if (K <= 0 || in.v.size(2) <= 0) check.fail("q", "feature sizes K and V must be positive");
   check.divides(Hkv, H, "k", "KV heads (dimension 1); the query head count H");
   const Dims d{B, 1, H, Hkv, K, in.v.size(2)};
   check.shape("o", out.o, std::array<index_t, 3>{B, H, d.V}, "B,H,V");
   check_common(check, in.beta, options, d);
+  return d;
+}
+
+inline Dims validate_step(const char* op, const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
+                          const InfiniAttentionOptions& options, const InfiniAttentionState& state) {
+  const ArgCheck check(op);
+  const Dims d = step_dims(check, in, out, options);
   check_state(check, state, options, d);
   return d;
 }

@@ -76,18 +76,11 @@ inline void step_rows(const InfiniAttentionStepInputs& in, const InfiniAttention
 inline void serve_step(const InfiniAttentionStepInputs& in, const InfiniAttentionStepOutputs& out,
                        InfiniAttentionState& state, const InfiniAttentionOptions& options, const Executor& executor) {
   static const ArgCheck check("infini_attention_step");  // a static: building an ArgCheck allocates its name
-  check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,K");
-  const index_t B = in.q.size(0), H = in.q.size(1), K = in.q.size(2);
-  check.shape("k", in.k, std::array<index_t, 3>{B, -1, K}, "B,Hkv,K");
-  const index_t Hkv = in.k.size(1);
-  check.shape("v", in.v, std::array<index_t, 3>{B, Hkv, -1}, "B,Hkv,V");
-  const index_t V = in.v.size(2);
-  if (K <= 0 || V <= 0) check.fail("q", "feature sizes K and V must be positive");
-  check.divides(Hkv, H, "k", "KV heads (dimension 1); the query head count H");
-  check.shape("o", out.o, std::array<index_t, 3>{B, H, V}, "B,H,V");
-  const index_t S = state.memory.size(0);
-  check_common(check, in.beta, options, Dims{S, 1, H, Hkv, K, V});
-  check_state_shapes(check, state, options, Dims{S, 1, H, Hkv, K, V});
+  const Dims d = step_dims(check, in, out, options);
+  const index_t B = d.B, S = state.memory.size(0);
+  Dims pool = d;
+  pool.B = S;
+  check_state_shapes(check, state, options, pool);
   detail::serving::check_position_pool(check, state.positions, S);
   const auto rows = detail::serving::ssm_step_slots(check, in.batch, B, S);
   detail::serving::check_start_positions(check, state.positions, rows, B);
@@ -99,7 +92,8 @@ inline void serve_step(const InfiniAttentionStepInputs& in, const InfiniAttentio
   refuse_overlap("q", in.q), refuse_overlap("k", in.k), refuse_overlap("v", in.v);
   check.no_overlap("o", out.o, "state.memory", state.memory).no_overlap("o", out.o, "state.normalizer", state.normalizer);
   check.no_overlap("o", out.o, "state.segment_k", state.segment_k).no_overlap("o", out.o, "state.segment_v", state.segment_v);
-  const Dims one_row{1, 1, H, Hkv, K, V};
+  Dims one_row = d;
+  one_row.B = 1;
   detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, InfiniAttentionState& one) {
     const InfiniAttentionStepInputs in1{in.q.slice(0, b, 1), in.k.slice(0, b, 1), in.v.slice(0, b, 1), in.beta, {}};
     step_rows(in1, InfiniAttentionStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, executor);

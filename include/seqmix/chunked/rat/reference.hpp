@@ -183,20 +183,26 @@ inline Dims validate(const char* op, const RatInputs& in, const RatOutputs& out,
   return d;
 }
 
-inline Dims validate_step(const char* op, const RatStepInputs& in, const RatStepOutputs& out,
-                          const RatOptions& options, const RatState& state) {
-  const ArgCheck check(op);
+// A step's token and output shapes and the options (no allocation when valid).
+inline Dims step_dims(const ArgCheck& check, const RatStepInputs& in, const RatStepOutputs& out,
+                      const RatOptions& options) {
   check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,D");
   const index_t B = in.q.size(0), H = in.q.size(1), D = in.q.size(2);
   check.shape("k", in.k, std::array<index_t, 3>{B, -1, D}, "B,Hkv,D");
   const index_t Hkv = in.k.size(1);
   check.shape("v", in.v, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
   check.shape("g", in.g, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
-  check.that(D > 0, "q", "must have a positive head size D, got shape " + shape_to_string(in.q.shape()));
+  if (D <= 0) check.fail("q", "must have a positive head size D, got shape " + shape_to_string(in.q.shape()));
   check.divides(Hkv, H, "k", "KV heads (dimension 1); the query head count H");
   check.shape("o", out.o, std::array<index_t, 3>{B, H, D}, "B,H,D");
   check_options(check, options);
-  const Dims d{B, 1, H, Hkv, D};
+  return Dims{B, 1, H, Hkv, D};
+}
+
+inline Dims validate_step(const char* op, const RatStepInputs& in, const RatStepOutputs& out,
+                          const RatOptions& options, const RatState& state) {
+  const ArgCheck check(op);
+  const Dims d = step_dims(check, in, out, options);
   check_state(check, state, options, d);
   check_gate(check, in.g);
   return d;

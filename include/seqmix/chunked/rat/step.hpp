@@ -91,16 +91,8 @@ inline void step_rows(const RatStepInputs& in, const RatStepOutputs& out, RatSta
 inline void serve_step(const RatStepInputs& in, const RatStepOutputs& out, RatState& state, const RatOptions& options,
                        const Executor& executor) {
   static const ArgCheck check("rat_step");  // a static: building an ArgCheck allocates its name
-  check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,D");
-  const index_t B = in.q.size(0), H = in.q.size(1), D = in.q.size(2);
-  check.shape("k", in.k, std::array<index_t, 3>{B, -1, D}, "B,Hkv,D");
-  const index_t Hkv = in.k.size(1);
-  check.shape("v", in.v, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
-  check.shape("g", in.g, std::array<index_t, 3>{B, Hkv, D}, "B,Hkv,D");
-  if (D <= 0) check.fail("q", "must have a positive head size D, got shape " + shape_to_string(in.q.shape()));
-  check.divides(Hkv, H, "k", "KV heads (dimension 1); the query head count H");
-  check.shape("o", out.o, std::array<index_t, 3>{B, H, D}, "B,H,D");
-  check_options(check, options);
+  const Dims d = step_dims(check, in, out, options);
+  const index_t B = d.B, H = d.H, Hkv = d.Hkv, D = d.D;
   const index_t S = state.chunk_k.size(0);
   check_state_shapes(check, state, Dims{S, 1, H, Hkv, D});
   detail::serving::check_position_pool(check, state.positions, S);
