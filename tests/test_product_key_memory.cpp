@@ -55,7 +55,7 @@ void check_case(const PkmCase& c, bool gated, std::uint64_t seed) {
     CHECK(y2.data()[i] == y.data()[i]);  // fixed token tiles: the thread count changes nothing
   }
   // A token range alone gives the same rows of y (tokens are independent), up to the sub-key
-  // GEMM's rounding, which depends on a token's place in its tile of 16 (here shifted by 2).
+  // GEMM's rounding, which depends on a token's place in its tile (here shifted by 2).
   if (c.T > 3) {
     const index_t t0 = 2, len = c.T - 3;
     auto in_part = in;
@@ -74,6 +74,7 @@ TEST_CASE("product_key_memory equals the exhaustive search over all keys", "[pkm
   const PkmCase cases[] = {
       {1, 1, 2, 1, 1, 1},     {1, 1, 8, 4, 5, 4},   {5, 2, 16, 8, 17, 3},  {17, 4, 32, 16, 33, 8},
       {33, 3, 12, 23, 7, 23}, {40, 2, 64, 32, 64, 32}, {19, 1, 10, 11, 16, 1},
+      {130, 2, 16, 8, 9, 4},  // three token tiles of 64, the last one short: split over 2 threads
   };
   std::uint64_t seed = 100;
   for (const auto& c : cases)

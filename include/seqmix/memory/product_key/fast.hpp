@@ -66,10 +66,12 @@ void product_key_memory(const ProductKeyMemoryInputs<Value>& in, const ProductKe
   const ArgCheck check("product_key_memory");
   const auto d = detail::validate_pkm(check, in, out, options);
   if (d.T == 0) return;
-  // Tokens per sub-key GEMM: one pass over a head's sub-keys serves them. Tiles are fixed
-  // (tokens [16 i, 16 i + 16)) and always full (a short last tile padded with zero rows), so a
-  // token's scores, hence the result, do not depend on the executor's split.
-  constexpr index_t kTile = 16;
+  // Tokens per sub-key GEMM: one pass over (and one packing of) a head's sub-keys serves them;
+  // 16 rows left Eigen's GEMM spending as long packing the sub-keys as multiplying. Tiles are
+  // fixed (tokens [kTile i, kTile i + kTile), kTile = min(64, T)) and always full (a short last
+  // tile padded with zero rows), so a token's scores, hence the result, do not depend on the
+  // executor's split; a decode call (T = 1) scores one row.
+  const index_t kTile = std::min<index_t>(64, d.T);
   const index_t tiles = (d.T + kTile - 1) / kTile;
   parallel_for(executor, tiles, 1, [&](index_t tile_begin, index_t tile_end) {
     RowMajorMatrix<float> qa = RowMajorMatrix<float>::Zero(kTile, d.half), qb = qa, sa(kTile, d.n_sub), sb(kTile, d.n_sub);
