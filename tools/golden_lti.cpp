@@ -15,52 +15,17 @@
 #include <string>
 #include <vector>
 
-#include "seqmix/io/npy.hpp"
+#include "golden_common.hpp"
 
 namespace {
 
-using seqmix::index_t;
+using namespace golden;
 using cd = std::complex<double>;
-namespace fs = std::filesystem;
-
-struct Array {
-  std::vector<index_t> shape;
-  std::vector<double> v;
-  double& at(index_t i) { return v[static_cast<std::size_t>(i)]; }
-};
-
-Array random_array(std::vector<index_t> shape, std::mt19937_64& rng, double lo, double hi) {
-  Array a{std::move(shape), {}};
-  index_t n = 1;
-  for (const index_t d : a.shape) n *= d;
-  std::uniform_real_distribution<double> u(lo, hi);
-  // Rounded to float first: the files hold fp32 and the outputs are exact for those values.
-  for (index_t i = 0; i < n; ++i) a.v.push_back(static_cast<double>(static_cast<float>(u(rng))));
-  return a;
-}
-
-Array zeros(std::vector<index_t> shape) {
-  index_t n = 1;
-  for (const index_t d : shape) n *= d;
-  return {std::move(shape), std::vector<double>(static_cast<std::size_t>(n), 0.0)};
-}
-
-void write(const fs::path& dir, const std::string& name, const Array& a) {
-  std::vector<float> f(a.v.begin(), a.v.end());
-  seqmix::write_npy((dir / (name + ".npy")).string(), a.shape, f.data());
-}
 
 const char* kSource =
     "tools/golden_lti.cpp: float64 loops of the formulas of docs/operators.md section 11 (convolution sum, "
     "S4D discretization and Vandermonde kernel by repeated multiplication, S5 recurrence), independent of "
     "seqmix's operators";
-
-void write_case(const fs::path& dir, const std::string& op, const std::string& params, const std::string& inputs,
-                const std::string& outputs, const char* tol) {
-  std::ofstream(dir / "case.json") << "{ \"op\": \"" << op << "\",\n  \"params\": { " << params
-                                   << " },\n  \"inputs\":  { " << inputs << " },\n  \"outputs\": { " << outputs
-                                   << " },\n  \"tol\": " << tol << ",\n  \"source\": \"" << kSource << "\" }\n";
-}
 
 // ---- long_conv ------------------------------------------------------------------------------
 
@@ -104,7 +69,7 @@ void long_conv_case(const fs::path& root, const ConvCase& c, std::mt19937_64& rn
   if (c.state) inputs += ", \"initial_state\": \"initial_state.npy\"", write(dir, "initial_state", s0);
   if (c.Lb == 0) outputs += ", \"final_state\": \"final_state.npy\"", write(dir, "final_state", fin);
   write_case(dir, "long_conv", std::string("\"direction\": \"") + (c.Lb > 0 ? "bidirectional" : "causal") + "\"",
-             inputs, outputs, "1e-05");
+             inputs, outputs, "1e-05", kSource);
 }
 
 // ---- discretization shared by ssm_kernel and s5 ----------------------------------------------
@@ -167,7 +132,7 @@ void ssm_kernel_case(const fs::path& root, const KernelCase& c, std::mt19937_64&
   write_case(dir, "ssm_kernel",
              std::string("\"discretization\": \"") + (c.zoh ? "zoh" : "bilinear") + "\", \"symmetry\": \"" +
                  (c.pairs ? "conjugate_pairs" : "none") + "\"",
-             inputs, "\"kernel\": \"kernel.npy\"", "1e-04");
+             inputs, "\"kernel\": \"kernel.npy\"", "1e-04", kSource);
 }
 
 // ---- s5 -------------------------------------------------------------------------------------
@@ -225,7 +190,7 @@ void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
              inputs,
              "\"y\": \"y.npy\", \"final_state_real\": \"final_state_real.npy\", \"final_state_imag\": "
              "\"final_state_imag.npy\"",
-             "1e-04");
+             "1e-04", kSource);
 }
 
 }  // namespace

@@ -14,50 +14,15 @@
 #include <string>
 #include <vector>
 
-#include "seqmix/io/npy.hpp"
+#include "golden_common.hpp"
 
 namespace {
 
-using seqmix::index_t;
-namespace fs = std::filesystem;
-
-struct Array {
-  std::vector<index_t> shape;
-  std::vector<double> v;
-  double& at(index_t i) { return v[static_cast<std::size_t>(i)]; }
-};
-
-Array random_array(std::vector<index_t> shape, std::mt19937_64& rng, double lo, double hi) {
-  Array a{std::move(shape), {}};
-  index_t n = 1;
-  for (const index_t d : a.shape) n *= d;
-  std::uniform_real_distribution<double> u(lo, hi);
-  // Rounded to float first: the files hold fp32 and the outputs are exact for those values.
-  for (index_t i = 0; i < n; ++i) a.v.push_back(static_cast<double>(static_cast<float>(u(rng))));
-  return a;
-}
-
-Array zeros(std::vector<index_t> shape) {
-  index_t n = 1;
-  for (const index_t d : shape) n *= d;
-  return {std::move(shape), std::vector<double>(static_cast<std::size_t>(n), 0.0)};
-}
-
-void write(const fs::path& dir, const std::string& name, const Array& a) {
-  std::vector<float> f(a.v.begin(), a.v.end());
-  seqmix::write_npy((dir / (name + ".npy")).string(), a.shape, f.data());
-}
+using namespace golden;
 
 const char* kSource =
     "tools/golden_lti_mixers.cpp: float64 loops of the hyena and h3 formulas of docs/operators.md section 11, "
     "independent of seqmix's operators";
-
-void write_case(const fs::path& dir, const std::string& op, const std::string& inputs, const std::string& outputs,
-                const char* tol) {
-  std::ofstream(dir / "case.json") << "{ \"op\": \"" << op << "\",\n  \"params\": { },\n  \"inputs\":  { " << inputs
-                                   << " },\n  \"outputs\": { " << outputs << " },\n  \"tol\": " << tol
-                                   << ",\n  \"source\": \"" << kSource << "\" }\n";
-}
 
 // ---- hyena ----------------------------------------------------------------------------------
 
@@ -104,7 +69,7 @@ void hyena_case(const fs::path& root, const HyenaCase& c, std::mt19937_64& rng) 
     inputs += ", \"initial_state\": \"initial_state.npy\"", write(dir, "initial_state", s0);
     outputs += ", \"final_state\": \"final_state.npy\"", write(dir, "final_state", fin);
   }
-  write_case(dir, "hyena", inputs, outputs, "1e-05");
+  write_case(dir, "hyena", "", inputs, outputs, "1e-05", kSource);
 }
 
 // ---- h3 -------------------------------------------------------------------------------------
@@ -140,10 +105,10 @@ void h3_case(const fs::path& root, const H3Case& c, std::mt19937_64& rng) {
   fs::create_directories(dir);
   write(dir, "q", q), write(dir, "k", k), write(dir, "v", v), write(dir, "shift_filter", shift);
   write(dir, "diag_filter", diag), write(dir, "y", y);
-  write_case(dir, "h3",
+  write_case(dir, "h3", "",
              "\"q\": \"q.npy\", \"k\": \"k.npy\", \"v\": \"v.npy\", \"shift_filter\": \"shift_filter.npy\", "
              "\"diag_filter\": \"diag_filter.npy\"",
-             "\"y\": \"y.npy\"", "1e-05");
+             "\"y\": \"y.npy\"", "1e-05", kSource);
 }
 
 }  // namespace

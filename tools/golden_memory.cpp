@@ -17,32 +17,11 @@
 #include <utility>
 #include <vector>
 
-#include "seqmix/io/npy.hpp"
+#include "golden_common.hpp"
 
 namespace {
 
-using seqmix::index_t;
-namespace fs = std::filesystem;
-
-struct Array {
-  std::vector<index_t> shape;
-  std::vector<double> v;
-};
-
-Array random_array(std::vector<index_t> shape, std::mt19937_64& rng, double lo, double hi) {
-  Array a{std::move(shape), {}};
-  index_t n = 1;
-  for (const index_t d : a.shape) n *= d;
-  std::uniform_real_distribution<double> u(lo, hi);
-  // Rounded to float first: the files hold fp32 and the outputs are exact for those values.
-  for (index_t i = 0; i < n; ++i) a.v.push_back(static_cast<double>(static_cast<float>(u(rng))));
-  return a;
-}
-
-void write(const fs::path& dir, const std::string& name, const Array& a) {
-  std::vector<float> f(a.v.begin(), a.v.end());
-  seqmix::write_npy((dir / (name + ".npy")).string(), a.shape, f.data());
-}
+using namespace golden;
 
 const char* kSource =
     "tools/golden_memory.cpp: float64 loop over all N concatenated product keys, full sort, softmax of the "
@@ -100,12 +79,8 @@ void pkm_case(const fs::path& root, const PkmCase& c, std::mt19937_64& rng) {
   write(dir, "query", q), write(dir, "keys_a", ka), write(dir, "keys_b", kb), write(dir, "values", values), write(dir, "y", y);
   std::string inputs = "\"query\": \"query.npy\", \"keys_a\": \"keys_a.npy\", \"keys_b\": \"keys_b.npy\", \"values\": \"values.npy\"";
   if (c.gate) write(dir, "gate", gate), inputs += ", \"gate\": \"gate.npy\"";
-  char scale_text[64];
-  std::snprintf(scale_text, sizeof scale_text, "%.17g", c.scale);
-  std::ofstream(dir / "case.json") << "{ \"op\": \"product_key_memory\",\n  \"params\": { \"top_k\": " << c.k
-                                   << ", \"scale\": " << scale_text << " },\n  \"inputs\":  { " << inputs
-                                   << " },\n  \"outputs\": { \"y\": \"y.npy\" },\n  \"tol\": 1e-05,\n  \"source\": \""
-                                   << kSource << "\" }\n";
+  write_case(dir, "product_key_memory", "\"top_k\": " + std::to_string(c.k) + ", \"scale\": " + exact(c.scale), inputs,
+             "\"y\": \"y.npy\"", "1e-05", kSource);
 }
 
 }  // namespace

@@ -16,39 +16,11 @@
 #include <string>
 #include <vector>
 
-#include "seqmix/io/npy.hpp"
+#include "golden_common.hpp"
 
 namespace {
 
-using seqmix::index_t;
-namespace fs = std::filesystem;
-
-struct Array {
-  std::vector<index_t> shape;
-  std::vector<double> v;
-  double& at(index_t i) { return v[static_cast<std::size_t>(i)]; }
-};
-
-Array random_array(std::vector<index_t> shape, std::mt19937_64& rng, double lo, double hi) {
-  Array a{std::move(shape), {}};
-  index_t n = 1;
-  for (const index_t d : a.shape) n *= d;
-  std::uniform_real_distribution<double> u(lo, hi);
-  // Rounded to float first: the files hold fp32 and the outputs are exact for those values.
-  for (index_t i = 0; i < n; ++i) a.v.push_back(static_cast<double>(static_cast<float>(u(rng))));
-  return a;
-}
-
-Array zeros(std::vector<index_t> shape) {
-  index_t n = 1;
-  for (const index_t d : shape) n *= d;
-  return {std::move(shape), std::vector<double>(static_cast<std::size_t>(n), 0.0)};
-}
-
-void write(const fs::path& dir, const std::string& name, const Array& a) {
-  std::vector<float> f(a.v.begin(), a.v.end());
-  seqmix::write_npy((dir / (name + ".npy")).string(), a.shape, f.data());
-}
+using namespace golden;
 
 double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
@@ -138,9 +110,7 @@ void cell_case(const fs::path& root, const CellCase& c, std::mt19937_64& rng) {
   write(dir, "y", y);
   // The stabilized sLSTM carries c and n scaled by exp(-m): only h is comparable there.
   if (c.cell != Cell::slstm) outputs += ", \"final_state\": \"final_state.npy\"", write(dir, "final_state", fin);
-  std::ofstream(dir / "case.json") << "{ \"op\": \"" << op << "\",\n  \"params\": { \"heads\": " << c.heads
-                                   << " },\n  \"inputs\":  { " << inputs << " },\n  \"outputs\": { " << outputs
-                                   << " },\n  \"tol\": 1e-05,\n  \"source\": \"" << kSource << "\" }\n";
+  write_case(dir, op, "\"heads\": " + std::to_string(c.heads), inputs, outputs, "1e-05", kSource);
 }
 
 // ---- mlstm ----------------------------------------------------------------------------------
@@ -200,12 +170,8 @@ void mlstm_case(const fs::path& root, const MlstmCase& c, std::mt19937_64& rng) 
     write(dir, "initial_c", c0), write(dir, "initial_n", n0), write(dir, "initial_m", m0);
     inputs += ", \"initial_c\": \"initial_c.npy\", \"initial_n\": \"initial_n.npy\", \"initial_m\": \"initial_m.npy\"";
   }
-  char scale_text[64];
-  std::snprintf(scale_text, sizeof scale_text, "%.17g", scale);
-  std::ofstream(dir / "case.json") << "{ \"op\": \"mlstm\",\n  \"params\": { \"scale\": " << scale_text
-                                   << ", \"eps\": 1e-06 },\n  \"inputs\":  { " << inputs
-                                   << " },\n  \"outputs\": { \"h\": \"h.npy\" },\n  \"tol\": 1e-05,\n  \"source\": \""
-                                   << kSource << "\" }\n";
+  write_case(dir, "mlstm", "\"scale\": " + exact(scale) + ", \"eps\": 1e-06", inputs, "\"h\": \"h.npy\"", "1e-05",
+             kSource);
 }
 
 }  // namespace

@@ -14,37 +14,16 @@
 #include <string>
 #include <vector>
 
-#include "seqmix/io/npy.hpp"
+#include "golden_common.hpp"
 
 namespace {
 
-using seqmix::index_t;
-namespace fs = std::filesystem;
+using namespace golden;
 const double kPi = 3.14159265358979323846;
 
-struct Array {
-  std::vector<index_t> shape;
-  std::vector<double> v;
-};
-
+// Every input here is uniform in [-scale, scale).
 Array random_array(std::vector<index_t> shape, std::mt19937_64& rng, double scale = 1.0) {
-  Array a{std::move(shape), {}};
-  index_t n = 1;
-  for (const index_t d : a.shape) n *= d;
-  std::uniform_real_distribution<double> u(-scale, scale);
-  // Values rounded to float first: the file holds fp32 and the result is exact for those.
-  for (index_t i = 0; i < n; ++i) a.v.push_back(static_cast<double>(static_cast<float>(u(rng))));
-  return a;
-}
-
-void write(const fs::path& dir, const std::string& name, const Array& a) {
-  std::vector<float> f(a.v.begin(), a.v.end());
-  seqmix::write_npy((dir / (name + ".npy")).string(), a.shape, f.data());
-}
-
-void write_case(const fs::path& dir, const std::string& json) {
-  fs::create_directories(dir);
-  std::ofstream(dir / "case.json") << json;
+  return golden::random_array(std::move(shape), rng, -scale, scale);
 }
 
 // ---- rope ---------------------------------------------------------------------------------
@@ -119,19 +98,19 @@ void rope_case(const fs::path& root, const std::string& name, const Rope& c, ind
   const fs::path dir = root / "rope" / name;
   char params[1024];
   std::snprintf(params, sizeof params,
-                "{ \"scheme\": \"%s\", \"layout\": \"%s\", \"rotary_dim\": %d, \"base\": %.17g, \"factor\": %.17g, "
+                "\"scheme\": \"%s\", \"layout\": \"%s\", \"rotary_dim\": %d, \"base\": %.17g, \"factor\": %.17g, "
                 "\"original_max_position_embeddings\": %.0f, \"max_position_embeddings\": %.0f, \"beta_fast\": %.17g, "
                 "\"beta_slow\": %.17g, \"mscale\": %.17g, \"mscale_all_dim\": %.17g, \"low_freq_factor\": %.17g, "
-                "\"high_freq_factor\": %.17g, \"table_positions\": %ld, \"sequence_length\": %.0f }",
+                "\"high_freq_factor\": %.17g, \"table_positions\": %ld, \"sequence_length\": %.0f",
                 c.scheme.c_str(), c.layout.c_str(), c.R, c.base, c.factor, c.L0, c.M, c.beta_fast, c.beta_slow,
                 c.mscale, c.mscale_all_dim, c.low, c.high, static_cast<long>(table_positions), c.L);
   const bool factors = !c.short_factor.empty();
-  write_case(dir, std::string("{ \"op\": \"rope\",\n  \"params\": ") + params +
-                      ",\n  \"inputs\":  { \"x\": \"x.npy\", \"positions\": \"positions.npy\"" +
-                      (factors ? ", \"short_factor\": \"short_factor.npy\", \"long_factor\": \"long_factor.npy\"" : "") +
-                      " },\n  \"outputs\": { \"out\": \"out.npy\" },\n  \"tol\": 1e-05,\n"
-                      "  \"source\": \"tools/golden_rope_mla.cpp: float64 loop of the formulas of docs/operators.md "
-                      "section 10 (transformers' rope parameters restated), independent of seqmix's operators\" }\n");
+  write_case(dir, "rope", params,
+             std::string("\"x\": \"x.npy\", \"positions\": \"positions.npy\"") +
+                 (factors ? ", \"short_factor\": \"short_factor.npy\", \"long_factor\": \"long_factor.npy\"" : ""),
+             "\"out\": \"out.npy\"", "1e-05",
+             "tools/golden_rope_mla.cpp: float64 loop of the formulas of docs/operators.md section 10 (transformers' "
+             "rope parameters restated), independent of seqmix's operators");
   write(dir, "x", x);
   write(dir, "positions", positions);
   write(dir, "out", out);
@@ -177,8 +156,9 @@ void mla_row(const double* qn, const double* qr, const double* c, const double* 
 }
 
 const char* kMlaSource =
-    "  \"tol\": 1e-05,\n  \"source\": \"tools/golden_rope_mla.cpp: float64 loop of the expanded MLA formula of "
-    "docs/operators.md section 10 (keys and values expanded per head), independent of seqmix's operators\" }\n";
+    "tools/golden_rope_mla.cpp: float64 loop of the expanded MLA formula of docs/operators.md section 10 (keys and "
+    "values expanded per head), independent of seqmix's operators";
+
 
 void mla_prefill_case(const fs::path& root, std::mt19937_64& rng) {
   const index_t B = 1, Tq = 5, Tk = 12, H = 4, dn = 16, dr = 8, dc = 32, dv = 12;
@@ -191,11 +171,10 @@ void mla_prefill_case(const fs::path& root, std::mt19937_64& rng) {
     mla_row(&qn.v[i * H * dn], &qr.v[i * H * dr], c.v.data(), r.v.data(), wuk, wuv, H, dn, dr, dc, dv, Tk - Tq + i + 1,
             scale, &o.v[i * H * dv], &lse.v[i * H]);
   const fs::path dir = root / "mla_prefill" / "causal_chunk_after_prefix_h4";
-  write_case(dir, std::string("{ \"op\": \"mla_prefill\",\n  \"params\": { \"scale\": 0.2, \"causal\": true },\n"
-                              "  \"inputs\":  { \"q_nope\": \"q_nope.npy\", \"q_rope\": \"q_rope.npy\", \"c_kv\": "
-                              "\"c_kv.npy\", \"k_rope\": \"k_rope.npy\", \"w_uk\": \"w_uk.npy\", \"w_uv\": \"w_uv.npy\" },\n"
-                              "  \"outputs\": { \"o\": \"o.npy\", \"lse\": \"lse.npy\" },\n") +
-                      kMlaSource);
+  write_case(dir, "mla_prefill", "\"scale\": 0.2, \"causal\": true",
+             "\"q_nope\": \"q_nope.npy\", \"q_rope\": \"q_rope.npy\", \"c_kv\": \"c_kv.npy\", \"k_rope\": \"k_rope.npy\", "
+             "\"w_uk\": \"w_uk.npy\", \"w_uv\": \"w_uv.npy\"",
+             "\"o\": \"o.npy\", \"lse\": \"lse.npy\"", "1e-05", kMlaSource);
   for (const auto& [name, a] : {std::pair<const char*, const Array*>{"q_nope", &qn}, {"q_rope", &qr}, {"c_kv", &c},
                                 {"k_rope", &r}, {"w_uk", &wuk}, {"w_uv", &wuv}, {"o", &o}, {"lse", &lse}})
     write(dir, name, *a);
@@ -213,12 +192,10 @@ void mla_decode_case(const fs::path& root, std::mt19937_64& rng) {
     mla_row(&qn.v[b * H * dn], &qr.v[b * H * dr], &c.v[b * Tmax * dc], &r.v[b * Tmax * dr], wuk, wuv, H, dn, dr, dc, dv,
             static_cast<index_t>(lens[b]), scale, &o.v[b * H * dv], &lse.v[b * H]);
   const fs::path dir = root / "mla_decode" / "two_rows_h8_dc48";
-  write_case(dir, std::string("{ \"op\": \"mla_decode\",\n  \"params\": { },\n"
-                              "  \"inputs\":  { \"q_nope\": \"q_nope.npy\", \"q_rope\": \"q_rope.npy\", \"c_kv\": "
-                              "\"c_kv.npy\", \"k_rope\": \"k_rope.npy\", \"cache_seqlens\": \"cache_seqlens.npy\", "
-                              "\"w_uk\": \"w_uk.npy\", \"w_uv\": \"w_uv.npy\" },\n"
-                              "  \"outputs\": { \"o\": \"o.npy\", \"lse\": \"lse.npy\" },\n") +
-                      kMlaSource);
+  write_case(dir, "mla_decode", "",
+             "\"q_nope\": \"q_nope.npy\", \"q_rope\": \"q_rope.npy\", \"c_kv\": \"c_kv.npy\", \"k_rope\": \"k_rope.npy\", "
+             "\"cache_seqlens\": \"cache_seqlens.npy\", \"w_uk\": \"w_uk.npy\", \"w_uv\": \"w_uv.npy\"",
+             "\"o\": \"o.npy\", \"lse\": \"lse.npy\"", "1e-05", kMlaSource);
   const Array seqlens{{B}, lens};
   for (const auto& [name, a] : {std::pair<const char*, const Array*>{"q_nope", &qn}, {"q_rope", &qr}, {"c_kv", &c},
                                 {"k_rope", &r}, {"cache_seqlens", &seqlens}, {"w_uk", &wuk}, {"w_uv", &wuv},
