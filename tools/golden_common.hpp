@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -17,6 +18,15 @@ namespace golden {
 
 using seqmix::index_t;
 namespace fs = std::filesystem;
+
+/// The golden folder named by the program's only argument; prints the usage and exits otherwise.
+inline fs::path root_argument(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
+    std::exit(2);
+  }
+  return argv[1];
+}
 
 /// A row-major float64 array with its shape.
 struct Array {

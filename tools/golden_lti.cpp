@@ -196,11 +196,7 @@ void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
-    return 2;
-  }
-  const fs::path root = argv[1];
+  const fs::path root = root_argument(argc, argv);
   std::mt19937_64 rng(20261216);
   long_conv_case(root, {"b2_t50_d6_l50_skip_bias_state", 2, 50, 6, 50, 6, 0, true, true, true}, rng);
   long_conv_case(root, {"b1_t33_d6_l20_heads2", 1, 33, 6, 20, 2, 0, false, true, false}, rng);

@@ -114,11 +114,7 @@ void h3_case(const fs::path& root, const H3Case& c, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
-    return 2;
-  }
-  const fs::path root = argv[1];
+  const fs::path root = root_argument(argc, argv);
   std::mt19937_64 rng(20261217);
   hyena_case(root, {"n2_b2_t40_d5_l40_skip_state", 2, 2, 40, 5, 40, true, true}, rng);
   hyena_case(root, {"n3_b1_t33_d3_l20", 3, 1, 33, 3, 20, false, false}, rng);

@@ -86,11 +86,7 @@ void pkm_case(const fs::path& root, const PkmCase& c, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
-    return 2;
-  }
-  const fs::path root = argv[1];
+  const fs::path root = root_argument(argc, argv);
   std::mt19937_64 rng(20261202);
   pkm_case(root, {"t20_h2_dk16_nsub12_dv10_k5_gate", 20, 2, 16, 12, 10, 5, 0.25, true}, rng);
   pkm_case(root, {"t7_h1_dk8_nsub9_dv33_k9", 7, 1, 8, 9, 33, 9, 1.0, false}, rng);

@@ -177,11 +177,7 @@ void mlstm_case(const fs::path& root, const MlstmCase& c, std::mt19937_64& rng) 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
-    return 2;
-  }
-  const fs::path root = argv[1];
+  const fs::path root = root_argument(argc, argv);
   std::mt19937_64 rng(20261202);
   cell_case(root, {Cell::lstm, "b2_t33_i12_h16_bias_state", 2, 33, 12, 16, 1, true, true, true}, rng);
   cell_case(root, {Cell::lstm, "b1_t40_h24_heads3_preact", 1, 40, 0, 24, 3, false, false, false}, rng);

@@ -206,11 +206,7 @@ void mla_decode_case(const fs::path& root, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <golden folder>\n", argv[0]);
-    return 2;
-  }
-  const fs::path root = argv[1];
+  const fs::path root = root_argument(argc, argv);
   std::mt19937_64 rng(15);
 
   Rope llama;
