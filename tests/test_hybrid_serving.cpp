@@ -686,6 +686,42 @@ std::vector<std::int32_t> step_slots(const Ragged& r, std::vector<index_t>* sequ
   return slots;
 }
 
+// The packed-batch check of the families with per-slot positions: one packed call `run(inputs,
+// o, &state, reference, executor)` over r's sequences (slots, holes, padding rows, fresh
+// sequences) must equal each sequence alone through the same call on a copy of its slot, bit for
+// bit, and advance exactly the used slots' positions. Pool: state(), row(slot, position, fresh),
+// require_row(), pos; Data: inputs(begin, count). `H` and `Dout` are the output's last two sizes.
+template <class Pool, class Data, class Run>
+void require_packed_equals_alone(const PositionsConfig& c, const Ragged& r, const Data& d, Pool& pool, index_t H,
+                                 index_t Dout, Run&& run) {
+  INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
+  Pool alone = pool;
+  auto o = filled<4>({1, r.total, H, Dout}, kSentinel);
+  auto in = d.inputs(0, r.total);
+  in.batch = r.batch(c.wide);
+  auto state = pool.state();
+  const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
+  run(in, o.view(), &state, c.reference, ex);
+  for (index_t n = 0; n < r.N(); ++n) {
+    const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
+    INFO("sequence " << n << " length " << T << " slot " << slot);
+    if (slot < 0) {
+      for (index_t t = 0; t < T; ++t) CHECK(o(0, t0 + t, 0, 0) == kSentinel);
+      continue;
+    }
+    const index_t p0 = r.fresh(n) ? 0 : alone.pos[static_cast<std::size_t>(slot)];
+    Tensor<float, 4> o1({1, T, H, Dout});
+    auto one = alone.row(slot, p0, r.fresh(n));
+    run(d.inputs(t0, T), o1.view(), &one, c.reference, ex);
+    require_equal("o", tokens(o.cview(), t0, T), o1.cview());
+    pool.require_row("state", alone, slot);
+    CHECK(pool.pos[static_cast<std::size_t>(slot)] == p0 + T);
+    alone.pos[static_cast<std::size_t>(slot)] = p0 + T;
+  }
+  CHECK(pool.pos == alone.pos);  // holes and padding slots keep their positions
+  for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+}
+
 // ---- RAT
 
 struct RatPool {
@@ -697,8 +733,9 @@ struct RatPool {
         kr(st::random_tensor<3>({S, Hkv, D}, seed + 2)), vr(st::random_tensor<3>({S, Hkv, D}, seed + 3)),
         pos(random_positions(S, max_position, seed + 4)) {}
   seqmix::RatState state() { return {ck.view(), cv.view(), kr.view(), vr.view(), 0, positions_view(pos)}; }
-  // Slot `slot` as a one-row dense state at `position` (no positions).
-  seqmix::RatState row(index_t slot, index_t position) {
+  // Slot `slot` as a one-row dense state at `position` (no positions). RAT keeps no running sum
+  // to clear for a fresh sequence: position 0 restarts its buffers.
+  seqmix::RatState row(index_t slot, index_t position, bool /*fresh*/) {
     return {ck.view().slice(0, slot, 1), cv.view().slice(0, slot, 1), kr.view().slice(0, slot, 1),
             vr.view().slice(0, slot, 1), position, {}};
   }
@@ -730,41 +767,16 @@ TEST_CASE("rat packed batches with slots and positions equal each sequence alone
     seqmix::RatOptions options;
     options.chunk_size = 8;
     const Ragged r = make_ragged(seed, c.N, options.chunk_size, c.max_len);
-    INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
     const index_t C = (max_position + c.max_len) / options.chunk_size + 1;
     RatData d(r.total, H, Hkv, D, seed * 3);
     RatPool pool(r.pool, C, Hkv, D, max_position, seed * 5);
-    RatPool alone = pool;
-    auto o = filled<4>({1, r.total, H, D}, kSentinel);
-    seqmix::RatInputs in = d.inputs(0, r.total);
-    in.batch = r.batch(c.wide);
-    seqmix::RatState state = pool.state();
-    const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
-    if (c.reference)
-      seqmix::reference::rat(in, {o.view()}, options, &state);
-    else
-      seqmix::rat(in, {o.view()}, options, &state, ex);
-    for (index_t n = 0; n < r.N(); ++n) {
-      const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
-      INFO("sequence " << n << " length " << T << " slot " << slot);
-      if (slot < 0) {
-        for (index_t t = 0; t < T; ++t) CHECK(o(0, t0 + t, 0, 0) == kSentinel);
-        continue;
-      }
-      const index_t p0 = r.fresh(n) ? 0 : alone.pos[static_cast<std::size_t>(slot)];
-      Tensor<float, 4> o1({1, T, H, D});
-      seqmix::RatState one = alone.row(slot, p0);
-      if (c.reference)
-        seqmix::reference::rat(d.inputs(t0, T), {o1.view()}, options, &one);
-      else
-        seqmix::rat(d.inputs(t0, T), {o1.view()}, options, &one, ex);
-      require_equal("o", tokens(o.cview(), t0, T), o1.cview());
-      pool.require_row("state", alone, slot);
-      CHECK(pool.pos[static_cast<std::size_t>(slot)] == p0 + T);
-      alone.pos[static_cast<std::size_t>(slot)] = p0 + T;
-    }
-    CHECK(pool.pos == alone.pos);  // holes and padding slots keep their positions
-    for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+    require_packed_equals_alone(c, r, d, pool, H, D,
+                                [&](const auto& in, auto o, auto* state, bool reference, const seqmix::Executor& ex) {
+                                  if (reference)
+                                    seqmix::reference::rat(in, {o}, options, state);
+                                  else
+                                    seqmix::rat(in, {o}, options, state, ex);
+                                });
     ++seed;
   }
 }
@@ -827,7 +839,7 @@ TEST_CASE("rat packed prefill then slotted steps equals each sequence in one cal
     const seqmix::RatInputs all{qq.cview(), kk.cview(), vv.cview(), gg.cview(), {}};
     seqmix::rat(all, {oo.view()}, options);
     RatPool one(1, C, Hkv, D, 0, 7);
-    seqmix::RatState st1 = one.row(0, 0);
+    seqmix::RatState st1 = one.row(0, 0, true);
     Tensor<float, 4> o_pre({1, r.len[n], H, D});
     seqmix::rat({tokens(all.q, 0, r.len[n]), tokens(all.k, 0, r.len[n]), tokens(all.v, 0, r.len[n]),
                  tokens(all.g, 0, r.len[n]), {}},
@@ -952,40 +964,15 @@ TEST_CASE("based packed batches with slots and positions equal each sequence alo
     options.window = 16;
     options.chunk_size = 8;
     const Ragged r = make_ragged(seed, c.N, options.window, c.max_len);
-    INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
     BasedData d(r.total, Hf, F, H, D, V, seed * 3);
     BasedPool pool(r.pool, H, Kf, options.window, D, V, max_position, seed * 5);
-    BasedPool alone = pool;
-    auto o = filled<4>({1, r.total, H, V}, kSentinel);
-    seqmix::BasedInputs in = d.inputs(0, r.total);
-    in.batch = r.batch(c.wide);
-    seqmix::BasedState state = pool.state();
-    const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
-    if (c.reference)
-      seqmix::reference::based(in, {o.view()}, options, &state);
-    else
-      seqmix::based(in, {o.view()}, options, &state, ex);
-    for (index_t n = 0; n < r.N(); ++n) {
-      const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
-      INFO("sequence " << n << " length " << T << " slot " << slot);
-      if (slot < 0) {
-        for (index_t t = 0; t < T; ++t) CHECK(o(0, t0 + t, 0, 0) == kSentinel);
-        continue;
-      }
-      const index_t p0 = r.fresh(n) ? 0 : alone.pos[static_cast<std::size_t>(slot)];
-      Tensor<float, 4> o1({1, T, H, V});
-      seqmix::BasedState one = alone.row(slot, p0, r.fresh(n));
-      if (c.reference)
-        seqmix::reference::based(d.inputs(t0, T), {o1.view()}, options, &one);
-      else
-        seqmix::based(d.inputs(t0, T), {o1.view()}, options, &one, ex);
-      require_equal("o", tokens(o.cview(), t0, T), o1.cview());
-      pool.require_row("state", alone, slot);
-      CHECK(pool.pos[static_cast<std::size_t>(slot)] == p0 + T);
-      alone.pos[static_cast<std::size_t>(slot)] = p0 + T;
-    }
-    CHECK(pool.pos == alone.pos);
-    for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+    require_packed_equals_alone(c, r, d, pool, H, V,
+                                [&](const auto& in, auto o, auto* state, bool reference, const seqmix::Executor& ex) {
+                                  if (reference)
+                                    seqmix::reference::based(in, {o}, options, state);
+                                  else
+                                    seqmix::based(in, {o}, options, state, ex);
+                                });
     ++seed;
   }
 }
@@ -1157,40 +1144,15 @@ TEST_CASE("infini_attention packed batches with slots and positions equal each s
     options.segment = 32;
     options.update = c.wide ? seqmix::InfiniMemoryUpdate::delta : seqmix::InfiniMemoryUpdate::linear;
     const Ragged r = make_ragged(seed, c.N, options.segment, c.max_len);
-    INFO(r.describe() << " threaded=" << c.threaded << " wide=" << c.wide << " reference=" << c.reference);
     InfiniData d(r.total, H, Hkv, K, V, seed * 3);
     InfiniPool pool(r.pool, Hkv, K, V, options.segment, max_position, seed * 5);
-    InfiniPool alone = pool;
-    auto o = filled<4>({1, r.total, H, V}, kSentinel);
-    seqmix::InfiniAttentionInputs in = d.inputs(0, r.total);
-    in.batch = r.batch(c.wide);
-    seqmix::InfiniAttentionState state = pool.state();
-    const seqmix::Executor& ex = c.threaded ? st::two_thread_pool() : seqmix::serial_executor();
-    if (c.reference)
-      seqmix::reference::infini_attention(in, {o.view()}, options, &state);
-    else
-      seqmix::infini_attention(in, {o.view()}, options, &state, ex);
-    for (index_t n = 0; n < r.N(); ++n) {
-      const index_t t0 = r.begin(n), T = r.len[n], slot = r.slot(n);
-      INFO("sequence " << n << " length " << T << " slot " << slot);
-      if (slot < 0) {
-        for (index_t t = 0; t < T; ++t) CHECK(o(0, t0 + t, 0, 0) == kSentinel);
-        continue;
-      }
-      const index_t p0 = r.fresh(n) ? 0 : alone.pos[static_cast<std::size_t>(slot)];
-      Tensor<float, 4> o1({1, T, H, V});
-      seqmix::InfiniAttentionState one = alone.row(slot, p0, r.fresh(n));
-      if (c.reference)
-        seqmix::reference::infini_attention(d.inputs(t0, T), {o1.view()}, options, &one);
-      else
-        seqmix::infini_attention(d.inputs(t0, T), {o1.view()}, options, &one, ex);
-      require_equal("o", tokens(o.cview(), t0, T), o1.cview());
-      pool.require_row("state", alone, slot);
-      CHECK(pool.pos[static_cast<std::size_t>(slot)] == p0 + T);
-      alone.pos[static_cast<std::size_t>(slot)] = p0 + T;
-    }
-    CHECK(pool.pos == alone.pos);
-    for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
+    require_packed_equals_alone(c, r, d, pool, H, V,
+                                [&](const auto& in, auto o, auto* state, bool reference, const seqmix::Executor& ex) {
+                                  if (reference)
+                                    seqmix::reference::infini_attention(in, {o}, options, state);
+                                  else
+                                    seqmix::infini_attention(in, {o}, options, state, ex);
+                                });
     ++seed;
   }
 }
