@@ -13,7 +13,8 @@ set -euo pipefail
 
 seconds=${1:-45}
 # SEQMIX_FUZZ_RUNS=N: a fixed number of inputs per target from a fixed seed instead of a time
-# budget, so that a run is reproducible (CI uses it: a finding there is one anyone can replay).
+# budget, so that a run is reproducible (the 20,000-input run of docs/reliability.md; CI uses
+# the time budget).
 budget=(-max_total_time="$seconds")
 if [[ -n "${SEQMIX_FUZZ_RUNS:-}" ]]; then
   budget=(-runs="$SEQMIX_FUZZ_RUNS" -seed="${SEQMIX_FUZZ_SEED:-1}")
