@@ -15,7 +15,9 @@ seconds=${1:-45}
 # SEQMIX_FUZZ_RUNS=N: a fixed number of inputs per target from a fixed seed instead of a time
 # budget, so that a run is reproducible (the 20,000-input run of docs/reliability.md; CI uses
 # the time budget).
-budget=(-max_total_time="$seconds")
+# The seed is fixed (SEQMIX_FUZZ_SEED, default 1; 0 lets libFuzzer draw one) in both modes, so a
+# CI failure can be replayed: a time-bounded run explores a prefix of the same input sequence.
+budget=(-max_total_time="$seconds" -seed="${SEQMIX_FUZZ_SEED:-1}")
 if [[ -n "${SEQMIX_FUZZ_RUNS:-}" ]]; then
   budget=(-runs="$SEQMIX_FUZZ_RUNS" -seed="${SEQMIX_FUZZ_SEED:-1}")
 fi
