@@ -722,6 +722,72 @@ void require_packed_equals_alone(const PositionsConfig& c, const Ragged& r, cons
   for (index_t s = 0; s < r.pool; ++s) pool.require_row("every slot", alone, s);
 }
 
+// A packed [1, n, ...] tensor of the tokens src[0..n) of a packed [1, total, ...] tensor.
+Tensor<float, 4> gather_tokens(const Tensor<float, 4>& x, const std::vector<index_t>& src) {
+  Tensor<float, 4> g({1, static_cast<index_t>(src.size()), x.size(2), x.size(3)});
+  for (std::size_t i = 0; i < src.size(); ++i) seqmix::copy(x.cview()[0][src[i]], g.view()[0][static_cast<index_t>(i)]);
+  return g;
+}
+
+// The prefill-then-steps check of the families with per-slot positions: a packed prefill of r's
+// sequences, all fresh, from a pool at position 0, then `steps` slotted steps over every sequence
+// (reverse order, a padding row), must equal for each sequence the dense prefill then B = 1 steps
+// from `blank` (a one-slot pool) bit for bit, and one call over all its tokens within the
+// prefill/step tolerance of test_hybrid_mixers. prefill(inputs, o, state pointer or nullptr,
+// executor) and step(step_inputs, o, state, executor) call the operator; Data: inputs(begin,
+// count), step_inputs(begin, count), gather(tokens). Step k of sequence n reads token
+// r.total + n * steps + k of d.
+template <class Pool, class Data, class Prefill, class Step>
+void require_prefill_then_steps(const Ragged& r, bool wide, const Data& d, Pool& pool, const Pool& blank,
+                                index_t steps, index_t H, index_t Dout, Prefill&& prefill, Step&& step) {
+  const index_t extra0 = r.total;
+  seqmix::SequenceBatch batch = r.batch(wide);
+  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
+  batch.has_initial_state = fresh;  // one dense call from position 0 is then the whole sequence
+  auto in = d.inputs(0, r.total);
+  in.batch = batch;
+  Tensor<float, 4> o({1, r.total, H, Dout});
+  auto state = pool.state();
+  prefill(in, o.view(), &state, st::two_thread_pool());
+  std::vector<index_t> seq_of_row;
+  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
+  const index_t B = static_cast<index_t>(slots.size());
+  auto o_step = filled<4>({steps, B, H, Dout}, kSentinel);
+  for (index_t s = 0; s < steps; ++s) {
+    std::vector<index_t> src;
+    for (index_t b = 0; b < B; ++b) src.push_back(extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s);
+    const Data rows = d.gather(src);
+    auto sin = rows.step_inputs(0, B);
+    sin.batch.state_indices = slots;
+    step(sin, o_step.view()[s], state, st::two_thread_pool());
+  }
+  for (index_t b = 0; b < B; ++b) {
+    const index_t n = seq_of_row[b];
+    if (n < 0) {
+      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
+      continue;
+    }
+    const index_t len = r.len[n], L = len + steps, slot = r.slot(n);
+    INFO("row " << b << " sequence " << n << " length " << len);
+    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
+    std::vector<index_t> src;
+    for (index_t t = 0; t < L; ++t) src.push_back(t < len ? r.begin(n) + t : extra0 + n * steps + (t - len));
+    const Data one_seq = d.gather(src);
+    Tensor<float, 4> oo({1, L, H, Dout}), o_pre({1, len, H, Dout});
+    prefill(one_seq.inputs(0, L), oo.view(), nullptr, seqmix::serial_executor());
+    Pool one = blank;
+    auto st1 = one.row(0, 0, true);
+    prefill(one_seq.inputs(0, len), o_pre.view(), &st1, seqmix::serial_executor());
+    for (index_t s = 0; s < steps; ++s) {
+      const index_t t = len + s;
+      Tensor<float, 3> o1({1, H, Dout});
+      step(one_seq.step_inputs(t, 1), o1.view(), st1, seqmix::serial_executor());
+      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
+      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
+    }
+  }
+}
+
 // ---- RAT
 
 struct RatPool {
@@ -758,6 +824,16 @@ struct RatData {
     return {tokens(q.cview(), begin, count), tokens(k.cview(), begin, count), tokens(v.cview(), begin, count),
             tokens(g.cview(), begin, count), {}};
   }
+  seqmix::RatStepInputs step_inputs(index_t begin, index_t count) const {
+    return {q.cview()[0].slice(0, begin, count), k.cview()[0].slice(0, begin, count),
+            v.cview()[0].slice(0, begin, count), g.cview()[0].slice(0, begin, count), {}};
+  }
+  RatData gather(const std::vector<index_t>& src) const {
+    RatData out = *this;
+    out.q = gather_tokens(q, src), out.k = gather_tokens(k, src), out.v = gather_tokens(v, src);
+    out.g = gather_tokens(g, src);
+    return out;
+  }
 };
 
 TEST_CASE("rat packed batches with slots and positions equal each sequence alone", "[rat][serving]") {
@@ -787,73 +863,16 @@ TEST_CASE("rat packed prefill then slotted steps equals each sequence in one cal
   options.chunk_size = 4;
   const Ragged r = make_ragged(1100, 7, options.chunk_size, 30);
   INFO(r.describe());
-  const index_t extra0 = r.total, C = 40;
+  const index_t C = 40;
   RatData d(r.total + r.N() * steps, H, Hkv, D, 1101);
   RatPool pool(r.pool, C, Hkv, D, 0, 1102);
   std::fill(pool.pos.begin(), pool.pos.end(), 0);
-  // Sequences start fresh so that one dense call from position 0 is the whole sequence.
-  seqmix::SequenceBatch batch = r.batch(true);
-  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
-  batch.has_initial_state = fresh;
-  seqmix::RatInputs in = d.inputs(0, r.total);
-  in.batch = batch;
-  Tensor<float, 4> o({1, r.total, H, D});
-  seqmix::RatState state = pool.state();
-  seqmix::rat(in, {o.view()}, options, &state, st::two_thread_pool());
-  std::vector<index_t> seq_of_row;
-  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
-  const index_t B = static_cast<index_t>(slots.size());
-  auto o_step = filled<4>({steps, B, H, D}, kSentinel);
-  for (index_t s = 0; s < steps; ++s) {
-    Tensor<float, 3> q({B, H, D}), k({B, Hkv, D}), v({B, Hkv, D}), g({B, Hkv, D});
-    for (index_t b = 0; b < B; ++b) {
-      const index_t t = extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s;
-      seqmix::copy(d.q.cview()[0][t], q.view()[b]);
-      seqmix::copy(d.k.cview()[0][t], k.view()[b]);
-      seqmix::copy(d.v.cview()[0][t], v.view()[b]);
-      seqmix::copy(d.g.cview()[0][t], g.view()[b]);
-    }
-    seqmix::RatStepInputs sin{q.cview(), k.cview(), v.cview(), g.cview(), {}};
-    sin.batch.state_indices = slots;
-    seqmix::rat_step(sin, {o_step.view()[s]}, state, options, st::two_thread_pool());
-  }
-  for (index_t b = 0; b < B; ++b) {
-    const index_t n = seq_of_row[b];
-    if (n < 0) {
-      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
-      continue;
-    }
-    const index_t L = r.len[n] + steps, slot = r.slot(n);
-    INFO("row " << b << " sequence " << n << " length " << r.len[n]);
-    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
-    // The same sequence through the dense forms: prefill, then B = 1 steps (bit for bit), and one
-    // call over all its tokens (within the prefill/step tolerance of test_hybrid_mixers).
-    Tensor<float, 4> qq({1, L, H, D}), kk({1, L, Hkv, D}), vv({1, L, Hkv, D}), gg({1, L, Hkv, D}), oo({1, L, H, D});
-    for (index_t t = 0; t < L; ++t) {
-      const index_t src = t < r.len[n] ? r.begin(n) + t : extra0 + n * steps + (t - r.len[n]);
-      seqmix::copy(d.q.cview()[0][src], qq.view()[0][t]);
-      seqmix::copy(d.k.cview()[0][src], kk.view()[0][t]);
-      seqmix::copy(d.v.cview()[0][src], vv.view()[0][t]);
-      seqmix::copy(d.g.cview()[0][src], gg.view()[0][t]);
-    }
-    const seqmix::RatInputs all{qq.cview(), kk.cview(), vv.cview(), gg.cview(), {}};
-    seqmix::rat(all, {oo.view()}, options);
-    RatPool one(1, C, Hkv, D, 0, 7);
-    seqmix::RatState st1 = one.row(0, 0, true);
-    Tensor<float, 4> o_pre({1, r.len[n], H, D});
-    seqmix::rat({tokens(all.q, 0, r.len[n]), tokens(all.k, 0, r.len[n]), tokens(all.v, 0, r.len[n]),
-                 tokens(all.g, 0, r.len[n]), {}},
-                {o_pre.view()}, options, &st1);
-    for (index_t s = 0; s < steps; ++s) {
-      const index_t t = r.len[n] + s;
-      Tensor<float, 3> o1({1, H, D});
-      seqmix::rat_step({qq.cview()[0].slice(0, t, 1), kk.cview()[0].slice(0, t, 1), vv.cview()[0].slice(0, t, 1),
-                        gg.cview()[0].slice(0, t, 1), {}},
-                       {o1.view()}, st1, options);
-      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
-      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
-    }
-  }
+  require_prefill_then_steps(
+      r, true, d, pool, RatPool(1, C, Hkv, D, 0, 7), steps, H, D,
+      [&](const auto& in, auto o, auto state, const seqmix::Executor& ex) { seqmix::rat(in, {o}, options, state, ex); },
+      [&](const auto& in, auto o, seqmix::RatState& state, const seqmix::Executor& ex) {
+        seqmix::rat_step(in, {o}, state, options, ex);
+      });
 }
 
 template <class Call>
@@ -954,6 +973,17 @@ struct BasedData {
     return {tokens(qf.cview(), begin, count), tokens(kf.cview(), begin, count), tokens(q.cview(), begin, count),
             tokens(k.cview(), begin, count), tokens(v.cview(), begin, count), {}};
   }
+  seqmix::BasedStepInputs step_inputs(index_t begin, index_t count) const {
+    return {qf.cview()[0].slice(0, begin, count), kf.cview()[0].slice(0, begin, count),
+            q.cview()[0].slice(0, begin, count), k.cview()[0].slice(0, begin, count),
+            v.cview()[0].slice(0, begin, count), {}};
+  }
+  BasedData gather(const std::vector<index_t>& src) const {
+    BasedData out = *this;
+    out.qf = gather_tokens(qf, src), out.kf = gather_tokens(kf, src), out.q = gather_tokens(q, src);
+    out.k = gather_tokens(k, src), out.v = gather_tokens(v, src);
+    return out;
+  }
 };
 
 TEST_CASE("based packed batches with slots and positions equal each sequence alone", "[based][serving]") {
@@ -984,66 +1014,14 @@ TEST_CASE("based packed prefill then slotted steps equals each sequence in one c
   options.chunk_size = 4;
   const Ragged r = make_ragged(2100, 7, options.window, 30);
   INFO(r.describe());
-  const index_t extra0 = r.total;
   BasedData d(r.total + r.N() * steps, Hf, F, H, D, V, 2101);
   BasedPool pool(r.pool, H, Kf, options.window, D, V, 0, 2102);
-  seqmix::SequenceBatch batch = r.batch(false);
-  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
-  batch.has_initial_state = fresh;  // one dense call from position 0 is then the whole sequence
-  seqmix::BasedInputs in = d.inputs(0, r.total);
-  in.batch = batch;
-  Tensor<float, 4> o({1, r.total, H, V});
-  seqmix::BasedState state = pool.state();
-  seqmix::based(in, {o.view()}, options, &state, st::two_thread_pool());
-  std::vector<index_t> seq_of_row;
-  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
-  const index_t B = static_cast<index_t>(slots.size());
-  auto o_step = filled<4>({steps, B, H, V}, kSentinel);
-  const auto row_of = [](const Tensor<float, 4>& x, index_t t) { return x.cview()[0][t]; };
-  for (index_t s = 0; s < steps; ++s) {
-    Tensor<float, 3> qf({B, Hf, F}), kf({B, Hf, F}), q({B, H, D}), k({B, H, D}), v({B, H, V});
-    for (index_t b = 0; b < B; ++b) {
-      const index_t t = extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s;
-      seqmix::copy(row_of(d.qf, t), qf.view()[b]), seqmix::copy(row_of(d.kf, t), kf.view()[b]);
-      seqmix::copy(row_of(d.q, t), q.view()[b]), seqmix::copy(row_of(d.k, t), k.view()[b]);
-      seqmix::copy(row_of(d.v, t), v.view()[b]);
-    }
-    seqmix::BasedStepInputs sin{qf.cview(), kf.cview(), q.cview(), k.cview(), v.cview(), {}};
-    sin.batch.state_indices = slots;
-    seqmix::based_step(sin, {o_step.view()[s]}, state, options, st::two_thread_pool());
-  }
-  for (index_t b = 0; b < B; ++b) {
-    const index_t n = seq_of_row[b];
-    if (n < 0) {
-      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
-      continue;
-    }
-    const index_t len = r.len[n], L = len + steps, slot = r.slot(n);
-    INFO("row " << b << " sequence " << n << " length " << len);
-    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
-    BasedData one_seq(L, Hf, F, H, D, V, 0);
-    for (index_t t = 0; t < L; ++t) {
-      const index_t src = t < len ? r.begin(n) + t : extra0 + n * steps + (t - len);
-      seqmix::copy(row_of(d.qf, src), one_seq.qf.view()[0][t]), seqmix::copy(row_of(d.kf, src), one_seq.kf.view()[0][t]);
-      seqmix::copy(row_of(d.q, src), one_seq.q.view()[0][t]), seqmix::copy(row_of(d.k, src), one_seq.k.view()[0][t]);
-      seqmix::copy(row_of(d.v, src), one_seq.v.view()[0][t]);
-    }
-    Tensor<float, 4> oo({1, L, H, V}), o_pre({1, len, H, V});
-    seqmix::based(one_seq.inputs(0, L), {oo.view()}, options);
-    BasedPool one(1, H, Kf, options.window, D, V, 0, 9);
-    seqmix::BasedState st1 = one.row(0, 0, true);
-    seqmix::based(one_seq.inputs(0, len), {o_pre.view()}, options, &st1);
-    for (index_t s = 0; s < steps; ++s) {
-      const index_t t = len + s;
-      Tensor<float, 3> o1({1, H, V});
-      seqmix::based_step({one_seq.qf.cview()[0].slice(0, t, 1), one_seq.kf.cview()[0].slice(0, t, 1),
-                          one_seq.q.cview()[0].slice(0, t, 1), one_seq.k.cview()[0].slice(0, t, 1),
-                          one_seq.v.cview()[0].slice(0, t, 1), {}},
-                         {o1.view()}, st1, options);
-      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
-      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
-    }
-  }
+  require_prefill_then_steps(
+      r, false, d, pool, BasedPool(1, H, Kf, options.window, D, V, 0, 9), steps, H, V,
+      [&](const auto& in, auto o, auto state, const seqmix::Executor& ex) { seqmix::based(in, {o}, options, state, ex); },
+      [&](const auto& in, auto o, seqmix::BasedState& state, const seqmix::Executor& ex) {
+        seqmix::based_step(in, {o}, state, options, ex);
+      });
 }
 
 TEST_CASE("based serving forms refuse bad input before writing", "[based][serving][errors]") {
@@ -1134,6 +1112,15 @@ struct InfiniData {
     return {tokens(q.cview(), begin, count), tokens(k.cview(), begin, count), tokens(v.cview(), begin, count),
             beta.cview(), {}};
   }
+  seqmix::InfiniAttentionStepInputs step_inputs(index_t begin, index_t count) const {
+    return {q.cview()[0].slice(0, begin, count), k.cview()[0].slice(0, begin, count),
+            v.cview()[0].slice(0, begin, count), beta.cview(), {}};
+  }
+  InfiniData gather(const std::vector<index_t>& src) const {
+    InfiniData out = *this;
+    out.q = gather_tokens(q, src), out.k = gather_tokens(k, src), out.v = gather_tokens(v, src);
+    return out;
+  }
 };
 
 TEST_CASE("infini_attention packed batches with slots and positions equal each sequence alone", "[infini][serving]") {
@@ -1164,64 +1151,16 @@ TEST_CASE("infini_attention packed prefill then slotted steps equals each sequen
   options.update = seqmix::InfiniMemoryUpdate::delta;
   const Ragged r = make_ragged(3100, 7, options.segment, 30);
   INFO(r.describe());
-  const index_t extra0 = r.total;
   InfiniData d(r.total + r.N() * steps, H, Hkv, K, V, 3101);
   InfiniPool pool(r.pool, Hkv, K, V, options.segment, 0, 3102);
-  seqmix::SequenceBatch batch = r.batch(true);
-  const std::vector<std::uint8_t> fresh(static_cast<std::size_t>(r.N()), 0);
-  batch.has_initial_state = fresh;  // one dense call from position 0 is then the whole sequence
-  seqmix::InfiniAttentionInputs in = d.inputs(0, r.total);
-  in.batch = batch;
-  Tensor<float, 4> o({1, r.total, H, V});
-  seqmix::InfiniAttentionState state = pool.state();
-  seqmix::infini_attention(in, {o.view()}, options, &state, st::two_thread_pool());
-  std::vector<index_t> seq_of_row;
-  const std::vector<std::int32_t> slots = step_slots(r, &seq_of_row);
-  const index_t B = static_cast<index_t>(slots.size());
-  auto o_step = filled<4>({steps, B, H, V}, kSentinel);
-  const auto row_of = [](const Tensor<float, 4>& x, index_t t) { return x.cview()[0][t]; };
-  for (index_t s = 0; s < steps; ++s) {
-    Tensor<float, 3> q({B, H, K}), k({B, Hkv, K}), v({B, Hkv, V});
-    for (index_t b = 0; b < B; ++b) {
-      const index_t t = extra0 + std::max<index_t>(seq_of_row[b], 0) * steps + s;
-      seqmix::copy(row_of(d.q, t), q.view()[b]), seqmix::copy(row_of(d.k, t), k.view()[b]);
-      seqmix::copy(row_of(d.v, t), v.view()[b]);
-    }
-    seqmix::InfiniAttentionStepInputs sin{q.cview(), k.cview(), v.cview(), d.beta.cview(), {}};
-    sin.batch.state_indices = slots;
-    seqmix::infini_attention_step(sin, {o_step.view()[s]}, state, options, st::two_thread_pool());
-  }
-  for (index_t b = 0; b < B; ++b) {
-    const index_t n = seq_of_row[b];
-    if (n < 0) {
-      for (index_t s = 0; s < steps; ++s) CHECK(o_step(s, b, 0, 0) == kSentinel);
-      continue;
-    }
-    const index_t len = r.len[n], L = len + steps, slot = r.slot(n);
-    INFO("row " << b << " sequence " << n << " length " << len);
-    CHECK(pool.pos[static_cast<std::size_t>(slot)] == L);
-    InfiniData one_seq(L, H, Hkv, K, V, 0);
-    seqmix::copy(d.beta.cview(), one_seq.beta.view());
-    for (index_t t = 0; t < L; ++t) {
-      const index_t src = t < len ? r.begin(n) + t : extra0 + n * steps + (t - len);
-      seqmix::copy(row_of(d.q, src), one_seq.q.view()[0][t]), seqmix::copy(row_of(d.k, src), one_seq.k.view()[0][t]);
-      seqmix::copy(row_of(d.v, src), one_seq.v.view()[0][t]);
-    }
-    Tensor<float, 4> oo({1, L, H, V}), o_pre({1, len, H, V});
-    seqmix::infini_attention(one_seq.inputs(0, L), {oo.view()}, options);
-    InfiniPool one(1, Hkv, K, V, options.segment, 0, 9);
-    seqmix::InfiniAttentionState st1 = one.row(0, 0, true);
-    seqmix::infini_attention(one_seq.inputs(0, len), {o_pre.view()}, options, &st1);
-    for (index_t s = 0; s < steps; ++s) {
-      const index_t t = len + s;
-      Tensor<float, 3> o1({1, H, V});
-      seqmix::infini_attention_step({one_seq.q.cview()[0].slice(0, t, 1), one_seq.k.cview()[0].slice(0, t, 1),
-                                     one_seq.v.cview()[0].slice(0, t, 1), one_seq.beta.cview(), {}},
-                                    {o1.view()}, st1, options);
-      require_equal("step output = dense step", o_step.cview()[s].slice(0, b, 1), o1.cview());
-      st::require_close("step output ~ one call", o_step.cview()[s][b], oo.cview()[0][t], 2e-4);
-    }
-  }
+  require_prefill_then_steps(
+      r, true, d, pool, InfiniPool(1, Hkv, K, V, options.segment, 0, 9), steps, H, V,
+      [&](const auto& in, auto o, auto state, const seqmix::Executor& ex) {
+        seqmix::infini_attention(in, {o}, options, state, ex);
+      },
+      [&](const auto& in, auto o, seqmix::InfiniAttentionState& state, const seqmix::Executor& ex) {
+        seqmix::infini_attention_step(in, {o}, state, options, ex);
+      });
 }
 
 TEST_CASE("infini_attention serving forms refuse bad input before writing", "[infini][serving][errors]") {
