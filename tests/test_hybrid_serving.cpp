@@ -788,6 +788,19 @@ void require_prefill_then_steps(const Ragged& r, bool wide, const Data& d, Pool&
   }
 }
 
+// `call` must throw a ShapeError naming `argument` and leave the packed output `o`, every slot of
+// `pool` and its positions as they were.
+template <class Pool, class Call>
+void require_refused_in_pool(const char* argument, Tensor<float, 4>& o, Pool& pool, Call&& call) {
+  const Tensor<float, 4> o0 = o;
+  const Pool pool0 = pool;
+  st::require_shape_error(argument, call);
+  require_equal("output after a refused call", o.cview(), o0.cview());
+  for (std::size_t s = 0; s < pool.pos.size(); ++s)
+    pool.require_row("pool after a refused call", pool0, static_cast<index_t>(s));
+  CHECK(pool.pos == pool0.pos);
+}
+
 // ---- RAT
 
 struct RatPool {
@@ -875,15 +888,6 @@ TEST_CASE("rat packed prefill then slotted steps equals each sequence in one cal
       });
 }
 
-template <class Call>
-void require_refused_rat(const char* argument, Tensor<float, 4>& o, RatPool& pool, Call&& call) {
-  const Tensor<float, 4> o0 = o;
-  const RatPool pool0 = pool;
-  st::require_shape_error(argument, call);
-  require_equal("output after a refused call", o.cview(), o0.cview());
-  for (index_t s = 0; s < pool.ck.size(0); ++s) pool.require_row("pool after a refused call", pool0, s);
-  CHECK(pool.pos == pool0.pos);
-}
 
 TEST_CASE("rat serving forms refuse bad input before writing", "[rat][serving][errors]") {
   const index_t total = 20, H = 2, Hkv = 1, D = 8, S = 4, C = 6;
@@ -903,14 +907,14 @@ TEST_CASE("rat serving forms refuse bad input before writing", "[rat][serving][e
       seqmix::rat(in, {o.view()}, options, &state);
     };
   };
-  require_refused_rat("cu_seqlens", o, pool, prefill({0, 12, 8, 20}, {0, 1, 3}));
-  require_refused_rat("state_indices", o, pool, prefill({0, 8, 20}, {4, 1}));
-  require_refused_rat("state_indices", o, pool, prefill({0, 8, 20}, {3, 3}));
-  require_refused_rat("state_indices", o, pool, prefill({0, 8, 20}, {-2, 1}));
-  require_refused_rat("state.chunk_k", o, pool, prefill({0, 12, 20}, {0, 2}));  // capacity, second sequence
-  require_refused_rat("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}, false));
+  require_refused_in_pool("cu_seqlens", o, pool, prefill({0, 12, 8, 20}, {0, 1, 3}));
+  require_refused_in_pool("state_indices", o, pool, prefill({0, 8, 20}, {4, 1}));
+  require_refused_in_pool("state_indices", o, pool, prefill({0, 8, 20}, {3, 3}));
+  require_refused_in_pool("state_indices", o, pool, prefill({0, 8, 20}, {-2, 1}));
+  require_refused_in_pool("state.chunk_k", o, pool, prefill({0, 12, 20}, {0, 2}));  // capacity, second sequence
+  require_refused_in_pool("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}, false));
   pool.pos[1] = -5;
-  require_refused_rat("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}));
+  require_refused_in_pool("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}));
   pool.pos[1] = 3;
   // Steps: a slot out of range, twice, a position past the capacity.
   Tensor<float, 3> q = st::random_tensor<3>({2, H, D}, 1203), k = st::random_tensor<3>({2, Hkv, D}, 1204);
@@ -1031,13 +1035,6 @@ TEST_CASE("based serving forms refuse bad input before writing", "[based][servin
   BasedData d(total, Hf, F, H, D, V, 2200);
   BasedPool pool(S, H, Kf, options.window, D, V, 10, 2201);
   Tensor<float, 4> o = st::random_tensor<4>({1, total, H, V}, 2202);
-  const Tensor<float, 4> o0 = o;
-  const BasedPool pool0 = pool;
-  const auto unchanged = [&] {
-    require_equal("output after a refused call", o.cview(), o0.cview());
-    for (index_t s = 0; s < S; ++s) pool.require_row("pool after a refused call", pool0, s);
-    CHECK(pool.pos == pool0.pos);
-  };
   auto prefill = [&](std::vector<std::int64_t> cu, std::vector<std::int32_t> slots, bool with_positions = true) {
     return [&, cu, slots, with_positions] {
       seqmix::BasedInputs in = d.inputs(0, total);
@@ -1051,29 +1048,25 @@ TEST_CASE("based serving forms refuse bad input before writing", "[based][servin
   for (const auto& [cu, slots] : {std::pair<std::vector<std::int64_t>, std::vector<std::int32_t>>{{0, 8, 20}, {4, 1}},
                                   {{0, 8, 20}, {2, 2}},
                                   {{0, 8, 20}, {-3, 0}}}) {
-    st::require_shape_error("state_indices", prefill(cu, slots));
-    unchanged();
+    require_refused_in_pool("state_indices", o, pool, prefill(cu, slots));
   }
-  st::require_shape_error("cu_seqlens", prefill({0, 9, 8, 20}, {0, 1, 2}));
-  unchanged();
-  st::require_shape_error("state.positions", prefill({0, 8, 20}, {0, 1}, false));
-  unchanged();
+  require_refused_in_pool("cu_seqlens", o, pool, prefill({0, 9, 8, 20}, {0, 1, 2}));
+  require_refused_in_pool("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}, false));
+  const std::int64_t pos1 = pool.pos[1];
   pool.pos[1] = -1;
-  st::require_shape_error("state.positions", prefill({0, 8, 20}, {0, 1}));
-  pool.pos[1] = pool0.pos[1];
-  unchanged();
+  require_refused_in_pool("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}));
+  pool.pos[1] = pos1;
   Tensor<float, 3> qf = st::random_tensor<3>({2, Hf, F}, 2203), q = st::random_tensor<3>({2, H, D}, 2204);
   Tensor<float, 3> o_step = st::random_tensor<3>({2, H, V}, 2205);
   const Tensor<float, 3> o_step0 = o_step;
   for (const auto& slots : {std::vector<std::int32_t>{0, 4}, std::vector<std::int32_t>{3, 3}}) {
-    st::require_shape_error("state_indices", [&] {
+    require_refused_in_pool("state_indices", o, pool, [&] {
       seqmix::BasedStepInputs in{qf.cview(), qf.cview(), q.cview(), q.cview(), q.cview(), {}};
       in.batch.state_indices = slots;
       seqmix::BasedState state = pool.state();
       seqmix::based_step(in, {o_step.view()}, state, options);
     });
     require_equal("step output after a refused call", o_step.cview(), o_step0.cview());
-    unchanged();
   }
 }
 
@@ -1170,13 +1163,6 @@ TEST_CASE("infini_attention serving forms refuse bad input before writing", "[in
   InfiniData d(total, H, Hkv, K, V, 3200);
   InfiniPool pool(S, Hkv, K, V, options.segment, 10, 3201);
   Tensor<float, 4> o = st::random_tensor<4>({1, total, H, V}, 3202);
-  const Tensor<float, 4> o0 = o;
-  const InfiniPool pool0 = pool;
-  const auto unchanged = [&] {
-    require_equal("output after a refused call", o.cview(), o0.cview());
-    for (index_t s = 0; s < S; ++s) pool.require_row("pool after a refused call", pool0, s);
-    CHECK(pool.pos == pool0.pos);
-  };
   auto prefill = [&](std::vector<std::int64_t> cu, std::vector<std::int32_t> slots, bool with_positions = true) {
     return [&, cu, slots, with_positions] {
       seqmix::InfiniAttentionInputs in = d.inputs(0, total);
@@ -1189,25 +1175,21 @@ TEST_CASE("infini_attention serving forms refuse bad input before writing", "[in
   };
   for (const auto& slots : {std::vector<std::int32_t>{4, 1}, std::vector<std::int32_t>{2, 2},
                             std::vector<std::int32_t>{-3, 0}}) {
-    st::require_shape_error("state_indices", prefill({0, 8, 20}, slots));
-    unchanged();
+    require_refused_in_pool("state_indices", o, pool, prefill({0, 8, 20}, slots));
   }
-  st::require_shape_error("cu_seqlens", prefill({0, 8, 19}, {0, 1}));
-  unchanged();
-  st::require_shape_error("state.positions", prefill({0, 8, 20}, {0, 1}, false));
-  unchanged();
+  require_refused_in_pool("cu_seqlens", o, pool, prefill({0, 8, 19}, {0, 1}));
+  require_refused_in_pool("state.positions", o, pool, prefill({0, 8, 20}, {0, 1}, false));
   Tensor<float, 3> q = st::random_tensor<3>({2, H, K}, 3205), kv = st::random_tensor<3>({2, Hkv, K}, 3203);
   Tensor<float, 3> o_step = st::random_tensor<3>({2, H, V}, 3204);
   const Tensor<float, 3> o_step0 = o_step;
   for (const auto& slots : {std::vector<std::int32_t>{0, 4}, std::vector<std::int32_t>{3, 3}}) {
-    st::require_shape_error("state_indices", [&] {
+    require_refused_in_pool("state_indices", o, pool, [&] {
       seqmix::InfiniAttentionStepInputs in{q.cview(), kv.cview(), kv.cview(), d.beta.cview(), {}};
       in.batch.state_indices = slots;
       seqmix::InfiniAttentionState state = pool.state();
       seqmix::infini_attention_step(in, {o_step.view()}, state, options);
     });
     require_equal("step output after a refused call", o_step.cview(), o_step0.cview());
-    unchanged();
   }
 }
 
@@ -1392,11 +1374,9 @@ TEST_CASE("mega serving forms refuse bad input before writing", "[mega][serving]
   };
   for (const auto& slots : {std::vector<std::int32_t>{4, 1}, std::vector<std::int32_t>{2, 2},
                             std::vector<std::int32_t>{-3, 0}}) {
-    st::require_shape_error("state_indices", prefill({0, 8, 20}, slots));
-    unchanged();
+    require_refused_in_pool("state_indices", o, pool, prefill({0, 8, 20}, slots));
   }
-  st::require_shape_error("cu_seqlens", prefill({0, 8, 21}, {0, 1}));
-  unchanged();
+  require_refused_in_pool("cu_seqlens", o, pool, prefill({0, 8, 21}, {0, 1}));
   Tensor<float, 2> x = st::random_tensor<2>({2, D}, 4203);
   Tensor<float, 3> v = st::random_tensor<3>({2, H, Dv}, 4204), o_step = st::random_tensor<3>({2, H, Dv}, 4205);
   const Tensor<float, 3> o_step0 = o_step;
