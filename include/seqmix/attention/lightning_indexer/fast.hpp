@@ -48,7 +48,12 @@ inline void lightning_indexer(const LightningIndexerInputs& in, const TensorView
     for (index_t task = begin; task < end; ++task) {
       const index_t b = task / blocks, t0 = task % blocks * tq, nt = std::min(tq, d.T - t0), M = nt * d.Hi;
       // Query rows t * Hi + h: load_query_rows with every head in one group, scale 1.
-      load_query_rows(in.q, b, 0, d.Hi, t0, nt, 1.f, q.data(), Dp);
+      // With a rope, each row is rotated at its position as it is loaded (once per call).
+      if (in.rope.table)
+        load_query_rows_rotated(in.q, b, 0, d.Hi, t0, nt, 1.f, q.data(), Dp, in.rope.table,
+                                [&](index_t t) { return query_rope_position(in.rope, b, t, d.T, d.Tk); });
+      else
+        load_query_rows(in.q, b, 0, d.Hi, t0, nt, 1.f, q.data(), Dp);
       // Causal: the last query of the block sees keys up to Tk - T + t0 + nt - 1.
       const index_t key_end = options.causal ? std::clamp<index_t>(d.Tk - d.T + t0 + nt, 0, d.Tk) : d.Tk;
       for (index_t j0 = 0; j0 < key_end; j0 += T) {

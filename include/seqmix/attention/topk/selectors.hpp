@@ -13,6 +13,10 @@
 //                           projected keys are computed once by project_keys and kept
 //   topk_scores_indexer     DeepSeek's lightning indexer, Hs = 1 (one selection per token)
 //
+// Each query scorer also takes a QueryRope (positional/rope): q rotated once per call into a
+// scratch copy at its positions (default Tk - Tq + i), for keys (or key summaries, or projected
+// keys) the caller computed from rotated keys; equal to seqmix::rope on q, then the scorer.
+//
 // select_topk keeps, per row, the visible keys j < sink_tokens and pos - recent < j <= pos, then
 // adds the ceil(k / block) best-scoring blocks (block = 1: keys) among the other visible ones.
 // Ties are broken by the lower block index; -inf and NaN scores are never selected. Output rows
@@ -72,22 +76,45 @@ inline HeadRange heads_of(index_t s, index_t Gs, index_t hk, index_t G) {
 // one selection head still 32 tasks to balance.
 constexpr index_t kScoreChunk = 4096;
 
+// The scorers' queries: q itself without a rope table, else q rotated at the rope's positions
+// into `scratch` (one copy per call, [B,Tq,Hq,D]; the rope already validated against Tk).
+inline ConstView<float, 4> rotated_queries(const ConstView<float, 4>& q, const QueryRope& rope, index_t Tk,
+                                           Tensor<float, 4>& scratch) {
+  if (!rope.table) return q;
+  const index_t B = q.size(0), Tq = q.size(1), H = q.size(2), D = q.size(3);
+  scratch = Tensor<float, 4>({B, Tq, H, D});
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < Tq; ++i) {
+      const index_t p = query_rope_position(rope, b, i, Tq, Tk);
+      for (index_t h = 0; h < H; ++h) {
+        float* row = scratch.view().ptr(b, i, h);
+        kv_row_to_float(q.ptr(b, i, h), q.stride(3), D, row);
+        rope_row_in_place(*rope.table, p, row, 1);
+      }
+    }
+  return scratch.cview();
+}
+
 }  // namespace detail
 
-/// scores[b, i, s, j] = max over query heads h of s of q[b, i, h] . k[b, j, h / (Hq / Hkv)].
+/// scores[b, i, s, j] = max over query heads h of s of q[b, i, h] . k[b, j, h / (Hq / Hkv)],
+/// with q rotated first when `rope` has a table (k then holds rotated keys).
 template <class KV>
-void topk_scores_exact(const ConstView<float, 4>& q, const ConstView<KV, 4>& k, const TensorView<float, 4>& scores,
-                       const Executor& executor = serial_executor()) {
+void topk_scores_exact(const ConstView<float, 4>& q_in, const ConstView<KV, 4>& k, const TensorView<float, 4>& scores,
+                       const QueryRope& rope, const Executor& executor = serial_executor()) {
   using namespace detail;
   const ArgCheck check("topk_scores_exact");
-  check.shape("q", q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,D");
-  const index_t B = q.size(0), Tq = q.size(1), Hq = q.size(2), D = q.size(3);
+  check.shape("q", q_in, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,D");
+  const index_t B = q_in.size(0), Tq = q_in.size(1), Hq = q_in.size(2), D = q_in.size(3);
   check.shape("k", k, std::array<index_t, 4>{B, -1, -1, D}, "B,Tk,Hkv,D");
   const index_t Tk = k.size(1), Hkv = k.size(2);
   check.shape("scores", scores, std::array<index_t, 4>{B, Tq, -1, Tk}, "B,Tq,Hs,Tk");
   const index_t Hs = scores.size(2);
+  validate_query_rope(check, rope, B, Tq, Tk, D);
   if (B * Tq * Hq * Tk == 0) return;
   check_selection_heads(check, "scores", Hs, Hq, Hkv);
+  Tensor<float, 4> rotated;
+  const ConstView<float, 4> q = rotated_queries(q_in, rope, Tk, rotated);
   const index_t G = Hq / Hkv, Gs = Hq / Hs, Dp = round_up(D, simd::kWidth), T = kDecodeTile;
   const index_t chunks = (Tk + kScoreChunk - 1) / kScoreChunk;
   parallel_for(executor, B * Tq * Hs * chunks, 1, [&](index_t first, index_t last) {
@@ -119,6 +146,13 @@ void topk_scores_exact(const ConstView<float, 4>& q, const ConstView<KV, 4>& k, 
       }
     }
   });
+}
+
+/// topk_scores_exact without a rope.
+template <class KV>
+void topk_scores_exact(const ConstView<float, 4>& q, const ConstView<KV, 4>& k, const TensorView<float, 4>& scores,
+                       const Executor& executor = serial_executor()) {
+  topk_scores_exact(q, k, scores, QueryRope{}, executor);
 }
 
 /// Per-block key summaries over blocks of `block` keys (the last block may be shorter): the mean
@@ -230,21 +264,26 @@ inline void quest_group(const float* qrows, const float* qpos, const float* qneg
 
 /// Quest: scores[b, i, s, nb] = max over query heads h of s of sum_c max(q_c * min_c, q_c * max_c)
 /// with the min / max of key block nb of h's KV head; an upper bound of q . k over the block.
-inline void topk_scores_quest(const ConstView<float, 4>& q, const ConstView<float, 4>& min,
+/// With a rope table, q is rotated first (the summaries then come from rotated keys); the
+/// summaries do not tell Tk, so rope.positions must be given.
+inline void topk_scores_quest(const ConstView<float, 4>& q_in, const ConstView<float, 4>& min,
                               const ConstView<float, 4>& max, const TensorView<float, 4>& scores,
-                              const Executor& executor = serial_executor()) {
+                              const QueryRope& rope, const Executor& executor = serial_executor()) {
   using namespace detail;
   const ArgCheck check("topk_scores_quest");
-  check.shape("q", q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,D");
-  const index_t B = q.size(0), Tq = q.size(1), Hq = q.size(2), D = q.size(3);
+  check.shape("q", q_in, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,D");
+  const index_t B = q_in.size(0), Tq = q_in.size(1), Hq = q_in.size(2), D = q_in.size(3);
   check.shape("min", min, std::array<index_t, 4>{B, -1, -1, D}, "B,Nb,Hkv,D");
   const index_t Nb = min.size(1), Hkv = min.size(2);
   check.shape("max", max, std::array<index_t, 4>{B, Nb, Hkv, D}, "B,Nb,Hkv,D");
   check.shape("scores", scores, std::array<index_t, 4>{B, Tq, -1, Nb}, "B,Tq,Hs,Nb");
   const index_t Hs = scores.size(2);
+  validate_query_rope(check, rope, B, Tq, -1, D);
   if (B * Tq * Hq * Nb == 0) return;
   check_selection_heads(check, "scores", Hs, Hq, Hkv);
   check.that(min.stride(3) == 1 && max.stride(3) == 1, "min", "and 'max' must have a contiguous last dimension");
+  Tensor<float, 4> rotated;
+  const ConstView<float, 4> q = rotated_queries(q_in, rope, -1, rotated);
   const index_t G = Hq / Hkv, Gs = Hq / Hs, W = simd::kWidth;
   // Task = (batch row, query, piece of the blocks); blocks outer, every head inner, so the
   // summaries ([Nb, Hkv, D]: all heads of a block side by side) stream through memory in order,
@@ -267,6 +306,13 @@ inline void topk_scores_quest(const ConstView<float, 4>& q, const ConstView<floa
       }
     }
   });
+}
+
+/// topk_scores_quest without a rope.
+inline void topk_scores_quest(const ConstView<float, 4>& q, const ConstView<float, 4>& min,
+                              const ConstView<float, 4>& max, const TensorView<float, 4>& scores,
+                              const Executor& executor = serial_executor()) {
+  topk_scores_quest(q, min, max, scores, QueryRope{}, executor);
 }
 
 /// Loki: k_low[b, j, hk] = k[b, j, hk] P[hk], P = projection [Hkv, Dk, R] (e.g. the top-R principal
@@ -294,17 +340,21 @@ void project_keys(const ConstView<KV, 4>& k, const ConstView<float, 3>& projecti
 }
 
 /// Loki's scores: (q P) . k_low, with k_low from project_keys. Projects q (small: Tq rows) into
-/// one allocation per call, then ranks as topk_scores_exact in the R-dimensional subspace.
-inline void topk_scores_low_rank(const ConstView<float, 4>& q, const ConstView<float, 3>& projection,
+/// one allocation per call, then ranks as topk_scores_exact in the R-dimensional subspace. With
+/// a rope table, q is rotated before the projection (k_low then projects rotated keys).
+inline void topk_scores_low_rank(const ConstView<float, 4>& q_in, const ConstView<float, 3>& projection,
                                  const ConstView<float, 4>& k_low, const TensorView<float, 4>& scores,
-                                 const Executor& executor = serial_executor()) {
+                                 const QueryRope& rope, const Executor& executor = serial_executor()) {
   const ArgCheck check("topk_scores_low_rank");
-  check.shape("q", q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,Dk");
-  const index_t B = q.size(0), Tq = q.size(1), Hq = q.size(2), D = q.size(3);
+  check.shape("q", q_in, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,Dk");
+  const index_t B = q_in.size(0), Tq = q_in.size(1), Hq = q_in.size(2), D = q_in.size(3);
   check.shape("projection", projection, std::array<index_t, 3>{-1, D, -1}, "Hkv,Dk,R");
   const index_t H = projection.size(0), R = projection.size(2);
   check.shape("k_low", k_low, std::array<index_t, 4>{B, -1, H, R}, "B,Tk,Hkv,R");
   if (Hq > 0 || H > 0) check.divides(H, Hq, "projection", "KV heads (dimension 0)");
+  detail::validate_query_rope(check, rope, B, Tq, k_low.size(1), D);
+  Tensor<float, 4> rotated;
+  const ConstView<float, 4> q = detail::rotated_queries(q_in, rope, k_low.size(1), rotated);
   Tensor<float, 4> q_low({B, Tq, Hq, R});
   for (index_t b = 0; b < B; ++b)
     for (index_t i = 0; i < Tq; ++i)
@@ -317,7 +367,15 @@ inline void topk_scores_low_rank(const ConstView<float, 4>& q, const ConstView<f
   topk_scores_exact(q_low.cview(), k_low, scores, executor);
 }
 
-/// DeepSeek sparse attention: the lightning indexer's scores as one selection head, [B,T,1,Tk].
+/// topk_scores_low_rank without a rope.
+inline void topk_scores_low_rank(const ConstView<float, 4>& q, const ConstView<float, 3>& projection,
+                                 const ConstView<float, 4>& k_low, const TensorView<float, 4>& scores,
+                                 const Executor& executor = serial_executor()) {
+  topk_scores_low_rank(q, projection, k_low, scores, QueryRope{}, executor);
+}
+
+/// DeepSeek sparse attention: the lightning indexer's scores as one selection head, [B,T,1,Tk]
+/// (its query rope, if any, is in.rope).
 inline void topk_scores_indexer(const LightningIndexerInputs& in, const TensorView<float, 4>& scores,
                                 const Executor& executor = serial_executor()) {
   ArgCheck("topk_scores_indexer").shape("scores", scores, std::array<index_t, 4>{-1, -1, 1, -1}, "B,T,1,Tk");

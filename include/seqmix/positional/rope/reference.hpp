@@ -34,6 +34,18 @@ struct RopeOutputs {
   TensorView<float, 4> out;  ///< [B,T,H,D]; may be exactly x (in place)
 };
 
+/// Rotary embedding of the queries of an operator that scores them against keys stored rotated
+/// (the lightning indexer, the top-k scorers; docs/operators.md section 10). The queries are
+/// rotated once per call into the operator's scratch, never written back: the result equals
+/// seqmix::rope on q at these positions, then the operator without it.
+struct QueryRope {
+  /// The table, or nullptr (no rotation). The caller's; it must outlive the call.
+  const RopeTable* table = nullptr;
+  /// [B,Tq] int32 or int64: query i of batch row b is rotated at positions(b, i). Not given:
+  /// Tk - Tq + i (the queries are the last Tq of the Tk keys, as in attention).
+  IndexTable positions = {};
+};
+
 namespace detail {
 
 inline bool same_view(const ConstView<float, 4>& a, const TensorView<float, 4>& b) noexcept {
@@ -68,6 +80,43 @@ inline void check_fused_rope_table(const ArgCheck& check, const RopeTable& table
   if (table.rotary_dim() > D)
     check.fail("rope", "has rotary_dim " + std::to_string(table.rotary_dim()) + ", above the key head size Dk = " +
                            std::to_string(D));
+}
+
+// A QueryRope for queries [B, Tq, *, D] against Tk keys (Tk < 0: unknown, positions required):
+// the table, the positions' shape, every position inside the table. No allocation on success.
+inline void validate_query_rope(const ArgCheck& check, const QueryRope& rope, index_t B, index_t Tq, index_t Tk,
+                                index_t D) {
+  if (!rope.table) {
+    rope.positions.check_optional_shape(check, "rope.positions", {B, Tq}, "B,Tq");
+    return;
+  }
+  check_fused_rope_table(check, *rope.table, D);
+  const index_t P = rope.table->positions();
+  if (!rope.positions.has_value()) {
+    if (Tk < 0 && B * Tq > 0)
+      check.fail("rope.positions", "are required here (the key count is not known, so Tk - Tq + i cannot be formed)");
+    if (Tq > 0 && B > 0 && Tq > Tk)
+      check.fail("rope.positions", "not given, and Tq = " + std::to_string(Tq) + " > Tk = " + std::to_string(Tk) +
+                                       ": the default query positions Tk - Tq + i are negative");
+    if (Tq > 0 && B > 0 && Tk > P)
+      check.fail("rope", "covers positions [0, " + std::to_string(P) + "), but the last query is at position " +
+                             std::to_string(Tk - 1));
+    return;
+  }
+  rope.positions.check_optional_shape(check, "rope.positions", {B, Tq}, "B,Tq");
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < Tq; ++i) {
+      const index_t p = rope.positions(b, i);
+      if (p < 0 || p >= P)
+        check.fail("rope.positions", "entry [" + std::to_string(b) + ", " + std::to_string(i) + "] is " +
+                                         std::to_string(p) + ", outside the table's positions [0, " +
+                                         std::to_string(P) + ")");
+    }
+}
+
+// The position query i of batch row b is rotated at (the QueryRope already validated).
+inline index_t query_rope_position(const QueryRope& rope, index_t b, index_t i, index_t Tq, index_t Tk) {
+  return rope.positions.has_value() ? rope.positions(b, i) : Tk - Tq + i;
 }
 
 // Every check of a rope call: the table, the shapes, the aliasing, every position inside the
