@@ -5,7 +5,8 @@
 // For each (batch row, query head, query block) a BlockSparseLayout lists the key blocks it
 // attends to. The softmax of a query runs over exactly the keys of its selected blocks, with
 // every rule of dense attention (AttentionOptions: scale, causal, window, sink_tokens, softcap;
-// AttentionInputs: mask, ALiBi, sink logits, positions) still applied inside them:
+// AttentionInputs: mask, ALiBi, relative bias, head scales, sink logits, positions) still applied
+// inside them:
 //   o_i = dense attention of query i with s_ij = -inf for every key j outside its selected blocks
 // A query whose selected keys are all invisible gets o = 0, lse = -inf, as in dense attention.
 //
@@ -62,8 +63,6 @@ BlockSparseDims validate_block_sparse(const char* op, const AttentionInputs<KV>&
   const ArgCheck check(op);
   // Not fused here (yet): rotate q and k with seqmix::rope first.
   check.that(in.rope == nullptr, "rope", "is not supported by block-sparse attention; apply seqmix::rope to q and k first");
-  check.that(in.relative_bias.kind == RelativeBiasKind::none && !in.head_scales.has_value(), "relative_bias",
-             "and head_scales are not supported by block-sparse attention; pass the bias as a mask");
   check.that(layout.block_q >= 1, "layout.block_q", "must be >= 1, got " + std::to_string(layout.block_q));
   check.that(layout.block_k >= 1, "layout.block_k", "must be >= 1, got " + std::to_string(layout.block_k));
   const index_t Nq = ceil_div(d.Tq, layout.block_q), Nk = ceil_div(d.Tk, layout.block_k);
@@ -109,6 +108,11 @@ AttentionInputs<KV> head_slice(const AttentionInputs<KV>& in, index_t h0, index_
   s.v = in.v.slice(2, hk, 1);
   if (in.alibi_slopes.has_value()) s.alibi_slopes = in.alibi_slopes.slice(0, h0, count);
   if (in.sink_logits.has_value()) s.sink_logits = in.sink_logits.slice(0, h0, count);
+  if (in.head_scales.has_value()) s.head_scales = in.head_scales.slice(0, h0, count);
+  RelativeBias& rb = s.relative_bias;  // the per-head parameters (validated) of the heads kept
+  if (rb.kind == RelativeBiasKind::t5) rb.table = rb.table.slice(0, h0, count);
+  if (rb.kind == RelativeBiasKind::kerple_log || rb.kind == RelativeBiasKind::kerple_power)
+    rb.r1 = rb.r1.slice(0, h0, count), rb.r2 = rb.r2.slice(0, h0, count);
   return s;
 }
 

@@ -16,8 +16,8 @@
 // More queries (chunked prefill of a long chunk against the cached prefix): dense prefill's
 // tasks (sequence, KV head, block of up to 256 / group queries), flash_block with its K/V tiles
 // gathered page by page into the fp32 tile scratch; tasks run longest first beside the decode
-// pieces of the same call. Causal masking (bottom-right), window, sinks, softcap and ALiBi come
-// from the same logit rule as dense attention; tiles no query can see are never visited.
+// pieces of the same call. Causal masking (bottom-right), window, sinks, softcap, ALiBi and the
+// relative biases come from the same logit rule as dense attention (head scales from the q tile); tiles no query can see are never visited.
 //
 // No heap allocation after a first call of the same shape: the plan (items, tasks), the partial
 // states of split items and every thread's scratch are thread_local and grown on demand. The
@@ -149,8 +149,9 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
   const auto position_of = [&](index_t i) { return item.L - qs.count + (i - qs.i0); };
   for (index_t hk = 0; hk < d.Hkv; ++hk) {
     float* const dst = w.q.data() + hk * w.q_stride;
-    if (in.rope)
-      load_query_rows_rotated(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp, in.rope, position_of);
+    if (in.rope || in.head_scales.has_value())
+      load_query_rows_rotated(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp, in.rope, position_of,
+                              in.head_scales);
     else
       load_query_rows(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp);
   }
@@ -180,8 +181,8 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
       ahead.set_rows(1, next.v, static_cast<int>(next.n), v_row);
       ahead.spread_over(decode_tile_steps(tile_dims, n));
     }
-    const bool skip_rule = tile_needs_no_rule(options, rule_inputs.alibi_slopes.has_value(), false, w.visible.data(), M,
-                                              j0, n, keys_per_tile);
+    const bool biased = rule_inputs.alibi_slopes.has_value() || rule_inputs.relative_bias.kind != RelativeBiasKind::none;
+    const bool skip_rule = tile_needs_no_rule(options, biased, false, w.visible.data(), M, j0, n, keys_per_tile);
     if constexpr (kv_loads_as_vectors<KV>) {
       if (in_place) {
         const index_t kh = in.k_pages.stride(2), vh = in.v_pages.stride(2);
@@ -345,9 +346,11 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
   std::fill(ws.states.begin(), ws.states.begin() + rows, SoftmaxRow{});
   std::fill(ws.accs.begin(), ws.accs.begin() + rows * Dvp, 0.f);
 
-  // The logit rule reads ALiBi slopes (and a mask, never given here) from dense inputs.
+  // The logit rule reads ALiBi slopes and the relative bias (and a mask, never given here) from
+  // dense inputs.
   AttentionInputs<KV> rule_inputs;
   rule_inputs.alibi_slopes = in.alibi_slopes;
+  rule_inputs.relative_bias = in.relative_bias;
   const PagedItem* const items = ws.items.data();
   const PagedTask* const tasks = ws.tasks.data();
   const PagedPrefillTask* const prefill = ws.prefill.data();

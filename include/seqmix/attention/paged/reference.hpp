@@ -14,7 +14,7 @@
 // the last Tq_n tokens of the sequence), so Tq_n = 1 is decode and Tq_n > 1 a chunk of prefill
 // or a speculative verify against the cached prefix. Then exactly dense attention's rules
 // (dense/reference.hpp) over keys [0, L): causal (on by default), window, sink tokens, softcap,
-// ALiBi, sink logits, GQA (query head h reads KV head h / (Hq / Hkv)).
+// ALiBi, relative biases, head scales, sink logits, GQA (query head h reads KV head h / (Hq / Hkv)).
 #pragma once
 
 #include <cstdint>
@@ -66,6 +66,12 @@ struct PagedAttentionInputs {
   /// The keys in the pages are taken as stored rotated (paged_kv_append with the same table
   /// rotates them as it writes). The table must outlive the call.
   const RopeTable* rope = nullptr;
+  /// Relative position bias computed in the tile loop (docs/operators.md section 10), as
+  /// AttentionInputs::relative_bias: query t of sequence n at position cache_seqlens[n] - Tq_n + t,
+  /// key j at j. Kind none by default.
+  RelativeBias relative_bias = {};
+  /// [Hq], optional: per-head factor on the scale, as AttentionInputs::head_scales.
+  ConstView<float, 1> head_scales = {};
 };
 
 /// Same layout as q ([N,Tq,Hq,Dv] or packed); must not overlap an input.
@@ -164,6 +170,7 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{Bq, Tq, Hq}, "N,Tq,Hq");
   validate_attention_options(check, options.dense());
   refuse_output_overlap(check, out.o, out.lse, in.q, in.k_pages, in.v_pages, "(q, k_pages or v_pages)");
+  validate_relative_bias(check, in.relative_bias, in.head_scales, Hq);
   if (in.rope) {  // queries sit at positions up to cache_seqlens[n] - 1
     const RopeTable& table = *in.rope;
     check_fused_rope_table(check, table, Dk);
@@ -184,6 +191,7 @@ void sequence_as_dense(const PagedAttentionInputs<KV>& in, const PagedAttentionO
   dense.q = ConstView<float, 4>(in.q.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dk},
                                 {0, in.q.stride(1), in.q.stride(2), in.q.stride(3)});
   dense.alibi_slopes = in.alibi_slopes, dense.sink_logits = in.sink_logits;
+  dense.relative_bias = in.relative_bias, dense.head_scales = in.head_scales;
   dense.rope = in.rope;  // q only: the pages hold rotated keys
   dense.rope_rotated_keys = std::numeric_limits<index_t>::max();
   dense_out.o = TensorView<float, 4>(out.o.ptr(qs.b, qs.i0), {1, qs.count, d.Hq, d.Dv},
