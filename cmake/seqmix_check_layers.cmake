@@ -7,7 +7,8 @@
 # attention; chunked (the hybrids) on ssm, linear_attention and attention; lti (long convolutions,
 # LTI state-space kernels) on core alone; rnn (the nonlinear cells) on core alone; memory (product-key
 # memory) on core alone; io beside
-# core. A header may include only
+# core; mpi (the optional context-parallel component, which needs <mpi.h>) on top of every
+# operator family, included by no other family and not by seqmix.hpp. A header may include only
 # headers of its own family and of the families below it, so a user who includes one family's
 # umbrella header does not compile the others. Two rules are checked:
 #
@@ -27,7 +28,7 @@ endif()
 set(_inc "${SEQMIX_SOURCE_DIR}/include")
 
 # Families each family may include (its own is always allowed). Mirrors the folder layout.
-set(_families core io positional ssm linear_attention attention kv_cache chunked lti rnn memory)
+set(_families core io positional ssm linear_attention attention kv_cache chunked lti rnn memory mpi)
 set(_allowed_core "")
 set(_allowed_io core)
 set(_allowed_positional core)
@@ -39,6 +40,7 @@ set(_allowed_chunked core ssm linear_attention attention positional)
 set(_allowed_lti core)
 set(_allowed_rnn core)
 set(_allowed_memory core)
+set(_allowed_mpi core positional ssm linear_attention attention chunked)
 
 # Known exceptions, each to be removed when fixed (docs/compile_time.md): a header that may
 # include a family above its floor, and so the umbrella headers that reach it. None today.
@@ -172,6 +174,18 @@ foreach(_u IN LISTS _umbrellas)
   list(LENGTH _all _n)
   message(STATUS "layers: ${_u} reaches ${_n} seqmix headers")
 endforeach()
+
+# The optional MPI component stays out of the whole-library header: seqmix.hpp must compile
+# without <mpi.h>.
+if(EXISTS "${_inc}/seqmix/seqmix.hpp")
+  _layer_closure("seqmix/seqmix.hpp" _all _sys)
+  foreach(_h IN LISTS _all)
+    if(_h MATCHES "^seqmix/mpi[/.]")
+      list(APPEND _problems "seqmix/seqmix.hpp: reaches ${_h}; the MPI component must stay optional")
+      break()
+    endif()
+  endforeach()
+endif()
 
 foreach(_h IN LISTS _eigen_free)
   if(NOT EXISTS "${_inc}/${_h}")

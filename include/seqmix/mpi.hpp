@@ -1,0 +1,13 @@
+// seqmix::mpi, the optional context-parallel component (docs/operators.md, context parallelism
+// over MPI): operators over one sequence sliced by position across the ranks of an MPI
+// communicator. Needs <mpi.h> and an MPI library (CMake target seqmix::mpi); never included by
+// seqmix/seqmix.hpp, so the core library needs no MPI.
+#pragma once
+
+#include "seqmix/mpi/collective.hpp"
+#include "seqmix/mpi/ring_attention.hpp"
+
+/// \namespace seqmix::mpi
+/// Context parallelism over MPI (the optional seqmix::mpi component): ContextSlices (which
+/// positions each rank holds), ring_attention, and the collective argument check that makes every
+/// rank refuse a bad call together instead of leaving the others waiting.
