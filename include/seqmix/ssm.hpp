@@ -1,6 +1,6 @@
 // Selective state-space operators (SPEC section 3): causal_conv1d, selective_scan (Mamba-1) and
-// ssd (Mamba-2). Each operator's folder under seqmix/ssm/ holds its reference, fast prefill and
-// decode step.
+// ssd (Mamba-2); matrix_scan (dense block transitions, orthogonal ones from parameters). Each
+// operator's folder under seqmix/ssm/ holds its reference, fast prefill and decode step.
 #pragma once
 
 #include "seqmix/ssm/serving.hpp"
@@ -13,3 +13,7 @@
 #include "seqmix/ssm/ssd/chunked.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
 #include "seqmix/ssm/ssd/step.hpp"
+#include "seqmix/ssm/matrix_scan/fast.hpp"
+#include "seqmix/ssm/matrix_scan/orthogonal.hpp"
+#include "seqmix/ssm/matrix_scan/reference.hpp"
+#include "seqmix/ssm/matrix_scan/step.hpp"
