@@ -13,6 +13,11 @@
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 #include "seqmix/linear_attention/rwkv6/step.hpp"
 
+// State passing across slices of a sequence (context parallelism): transition, compose, correction.
+#include "seqmix/linear_attention/gla/slice.hpp"
+#include "seqmix/linear_attention/linear_attention/slice.hpp"
+#include "seqmix/linear_attention/rwkv6/slice.hpp"
+
 // Delta-rule members of the family: DeltaNet, Gated DeltaNet / KDA, RWKV-7.
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/delta_rule/reference.hpp"

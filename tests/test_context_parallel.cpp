@@ -1,0 +1,288 @@
+// State passing across slices of one sequence (issue 21 item 2): every recurrent operator's
+// slice functions (run from a zero state with the transition; compose; correct from the true
+// initial state) equal one sequential call over the whole sequence. Slices of unequal length,
+// including a 1-token slice and slices shorter than a chunk, an initial state, B > 1; once with
+// the slices run one after another and once spread over a 2-thread pool.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <functional>
+#include <numeric>
+#include <vector>
+
+#include "seqmix/core/slice_state.hpp"
+#include "seqmix/linear_attention/gla/slice.hpp"
+#include "seqmix/linear_attention/linear_attention/slice.hpp"
+#include "seqmix/linear_attention/rwkv6/slice.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::ConstView;
+using seqmix::Executor;
+using seqmix::index_t;
+using seqmix::Tensor;
+using seqmix::TensorView;
+namespace st = seqmix::testing;
+
+constexpr double kCpTol = 2e-4;  // fp32 fast forms, as against the reference (SPEC)
+
+// One operator's slice protocol over tokens [t0, t0 + n) of its inputs (the whole sequence when
+// t0 = 0, n = T). RO: output rank, RD: transition (log-decay) rank, RS: state rank.
+template <std::size_t RO, std::size_t RD, std::size_t RS>
+struct CpOperator {
+  std::array<index_t, RO> out_shape;    // [B,T,...]
+  std::array<index_t, RS> state_shape;  // [B,...]
+  // One sequential call over the whole sequence from `initial`.
+  std::function<void(ConstView<float, RS> initial, TensorView<float, RO> o, TensorView<float, RS> final_state)> whole;
+  // The slice from a zero state: outputs, local final state, transition.
+  std::function<void(index_t t0, index_t n, TensorView<float, RO> o, TensorView<float, RS> local,
+                     TensorView<float, RD> log_decay, const Executor& executor)>
+      slice;
+  // The correction of a slice's outputs and final state from its true initial state.
+  std::function<void(index_t t0, index_t n, ConstView<float, RS> initial, TensorView<float, RO> o,
+                     TensorView<float, RS> final_state, const Executor& executor)>
+      correct;
+};
+
+template <std::size_t R>
+Tensor<float, R> cp_copy(const Tensor<float, R>& t) {
+  Tensor<float, R> c(t.view().shape());
+  seqmix::copy(ConstView<float, R>(t.view()), c.view());
+  return c;
+}
+
+// Splits the operator's sequence into `lengths`, runs each slice from zero (one after another, or
+// all at once over `pool`), forms every slice's initial state by composing the summaries of the
+// slices before it, corrects each slice, and requires outputs and final state to equal one
+// call. Also checks that composing two summaries first gives the same states (associativity).
+template <std::size_t RO, std::size_t RD, std::size_t RS>
+void cp_require_slices_equal_whole(const CpOperator<RO, RD, RS>& op, const std::vector<index_t>& lengths,
+                                   const Executor* pool) {
+  const index_t T = op.out_shape[1];
+  REQUIRE(std::accumulate(lengths.begin(), lengths.end(), index_t{0}) == T);
+  std::array<index_t, RD> decay_shape{};
+  for (std::size_t d = 0; d < RD; ++d) decay_shape[d] = op.state_shape[d];
+  const Tensor<float, RS> initial = st::random_tensor(op.state_shape, 91);
+  Tensor<float, RO> o_ref(op.out_shape), o(op.out_shape);
+  Tensor<float, RS> final_ref(op.state_shape);
+  op.whole(initial.view(), o_ref.view(), final_ref.view());
+
+  const std::size_t n = lengths.size();
+  std::vector<index_t> begins(n, 0);
+  for (std::size_t i = 1; i < n; ++i) begins[i] = begins[i - 1] + lengths[i - 1];
+  std::vector<Tensor<float, RS>> local, starts, finals;
+  std::vector<Tensor<float, RD>> decay;
+  for (std::size_t i = 0; i < n; ++i) {
+    local.emplace_back(op.state_shape);
+    finals.emplace_back(op.state_shape);
+    decay.emplace_back(decay_shape);
+  }
+  auto run_slice = [&](index_t i) {
+    const auto s = static_cast<std::size_t>(i);
+    op.slice(begins[s], lengths[s], o.view().slice(1, begins[s], lengths[s]), local[s].view(), decay[s].view(),
+             seqmix::serial_executor());
+  };
+  if (pool != nullptr)
+    pool->run(static_cast<index_t>(n), run_slice);
+  else
+    for (std::size_t i = 0; i < n; ++i) run_slice(static_cast<index_t>(i));
+
+  // The exclusive prefix, sequentially: slice i starts from the state after slices 0..i-1.
+  starts.push_back(cp_copy(initial));
+  for (std::size_t i = 0; i < n; ++i) {
+    starts.emplace_back(op.state_shape);
+    seqmix::compose_diagonal_slices<RD, RS>({}, starts[i].view(), decay[i].view(), local[i].view(), {},
+                                            starts[i + 1].view());
+  }
+  if (n >= 3) {  // (slice 1 after slice 0) applied to the initial state = slice 1's end state
+    Tensor<float, RD> d01(decay_shape);
+    Tensor<float, RS> s01(op.state_shape), end1(op.state_shape);
+    seqmix::compose_diagonal_slices<RD, RS>(decay[0].view(), local[0].view(), decay[1].view(), local[1].view(),
+                                            d01.view(), s01.view());
+    seqmix::compose_diagonal_slices<RD, RS>({}, initial.view(), d01.view(), s01.view(), {}, end1.view());
+    st::require_close("composed summaries", end1.view(), starts[2].view(), kCpTol);
+  }
+
+  auto correct_slice = [&](index_t i) {
+    const auto s = static_cast<std::size_t>(i);
+    seqmix::copy(ConstView<float, RS>(local[s].view()), finals[s].view());
+    op.correct(begins[s], lengths[s], starts[s].view(), o.view().slice(1, begins[s], lengths[s]), finals[s].view(),
+               seqmix::serial_executor());
+  };
+  if (pool != nullptr)
+    pool->run(static_cast<index_t>(n), correct_slice);
+  else
+    for (std::size_t i = 0; i < n; ++i) correct_slice(static_cast<index_t>(i));
+
+  st::require_close("outputs", o.view(), o_ref.view(), kCpTol);
+  st::require_close("final state", finals.back().view(), final_ref.view(), kCpTol);
+  for (std::size_t i = 0; i < n; ++i) {
+    INFO("slice " << i);
+    st::require_close("corrected final state = composed start of the next", finals[i].view(), starts[i + 1].view(),
+                      kCpTol);
+  }
+}
+
+// The splits every operator runs: a 1-token slice, slices shorter than a chunk (16 here, 64 by
+// default), one longer than several chunks.
+const std::vector<std::vector<index_t>>& cp_splits() {
+  static const std::vector<std::vector<index_t>> splits = {{1, 5, 70, 30, 1}, {40, 1, 3, 63}, {107}};
+  return splits;
+}
+
+// ---- diagonal-decay linear attention -------------------------------------------------------
+
+struct LaData {
+  index_t B = 2, T = 107, H = 2, HV = 4, K = 12, V = 10;
+  Tensor<float, 4> q, k, v, g, u_unused;
+  Tensor<float, 3> gs;
+  Tensor<float, 2> u;
+  LaData()
+      : q(st::random_tensor<4>({B, T, H, K}, 1)), k(st::random_tensor<4>({B, T, H, K}, 2)),
+        v(st::random_tensor<4>({B, T, HV, V}, 3)), g(st::random_tensor<4>({B, T, HV, K}, 4, -0.3f, 0.f)),
+        gs(st::random_tensor<3>({B, T, H}, 5, -0.2f, 0.f)), u(st::random_tensor<2>({H, K}, 6)) {}
+  template <std::size_t R>
+  static ConstView<float, R> cut(const Tensor<float, R>& t, index_t t0, index_t n) {
+    return ConstView<float, R>(t.view()).slice(1, t0, n);
+  }
+};
+
+using LaOperator = CpOperator<4, 3, 4>;
+
+LaOperator cp_gla(const LaData& x, const seqmix::GatedLinearAttentionOptions& options) {
+  auto inputs = [&x, options](index_t t0, index_t n) {
+    seqmix::GatedLinearAttentionInputs in{LaData::cut(x.q, t0, n), LaData::cut(x.k, t0, n), LaData::cut(x.v, t0, n)};
+    if (options.gate == seqmix::GateKind::channel) in.g = LaData::cut(x.g, t0, n);
+    if (options.gate == seqmix::GateKind::scalar) in.g_scalar = LaData::cut(x.gs, t0, n);
+    return in;
+  };
+  LaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, x.K, x.V}, {}, {}, {}};
+  op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::gated_linear_attention(in, {o, fin}, options);
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 4> o, TensorView<float, 4> local, TensorView<float, 3> decay,
+                 const Executor& ex) { seqmix::gated_linear_attention_slice(inputs(t0, n), {o, local}, decay, options, ex); };
+  op.correct = [=](index_t t0, index_t n, ConstView<float, 4> initial, TensorView<float, 4> o,
+                   TensorView<float, 4> fin, const Executor& ex) {
+    auto in = inputs(t0, n);
+    in.initial_state = initial;
+    seqmix::gated_linear_attention_slice_correct(in, {o, fin}, options, ex);
+  };
+  return op;
+}
+
+LaOperator cp_rwkv6(const LaData& x, const seqmix::Rwkv6Options& options) {
+  auto inputs = [&x](index_t t0, index_t n) {
+    return seqmix::Rwkv6Inputs{LaData::cut(x.q, t0, n), LaData::cut(x.k, t0, n), LaData::cut(x.v, t0, n),
+                               LaData::cut(x.g, t0, n), x.u.view()};
+  };
+  LaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, x.K, x.V}, {}, {}, {}};
+  op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::rwkv6(in, {o, fin}, options);
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 4> o, TensorView<float, 4> local, TensorView<float, 3> decay,
+                 const Executor& ex) { seqmix::rwkv6_slice(inputs(t0, n), {o, local}, decay, options, ex); };
+  op.correct = [=](index_t t0, index_t n, ConstView<float, 4> initial, TensorView<float, 4> o,
+                   TensorView<float, 4> fin, const Executor& ex) {
+    auto in = inputs(t0, n);
+    in.initial_state = initial;
+    seqmix::rwkv6_slice_correct(in, {o, fin}, options, ex);
+  };
+  return op;
+}
+
+LaOperator cp_linear_attention(const LaData& x, const seqmix::LinearAttentionOptions& options) {
+  auto inputs = [&x](index_t t0, index_t n) {
+    return seqmix::LinearAttentionInputs{LaData::cut(x.q, t0, n), LaData::cut(x.k, t0, n), LaData::cut(x.v, t0, n)};
+  };
+  const index_t Kf = seqmix::feature_dim(options.feature_map, x.K);
+  LaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, Kf, x.V}, {}, {}, {}};
+  op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::linear_attention(in, {o, fin}, options);
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 4> o, TensorView<float, 4> local, TensorView<float, 3> decay,
+                 const Executor& ex) {
+    for (index_t i = 0; i < decay.numel(); ++i) decay.data()[i] = 0.f;  // no decay: the identity
+    seqmix::linear_attention_slice(inputs(t0, n), {o, local}, options, ex);
+  };
+  op.correct = [=](index_t t0, index_t n, ConstView<float, 4> initial, TensorView<float, 4> o,
+                   TensorView<float, 4> fin, const Executor& ex) {
+    auto in = inputs(t0, n);
+    in.initial_state = initial;
+    seqmix::linear_attention_slice_correct(in, {o, fin}, options, ex);
+  };
+  return op;
+}
+
+template <class Options>
+Options cp_la_options(seqmix::LinearAttentionAlgorithm algorithm) {
+  Options options;
+  options.algorithm = algorithm;
+  options.chunk_size = 16;
+  return options;
+}
+
+}  // namespace
+
+TEST_CASE("context parallel: diagonal-decay linear attention slices equal one call", "[context_parallel]") {
+  const LaData x;
+  using seqmix::LinearAttentionAlgorithm;
+  for (const auto algorithm : {LinearAttentionAlgorithm::chunked, LinearAttentionAlgorithm::recurrent}) {
+    auto gla = cp_la_options<seqmix::GatedLinearAttentionOptions>(algorithm);
+    auto rwkv = cp_la_options<seqmix::Rwkv6Options>(algorithm);
+    auto la = cp_la_options<seqmix::LinearAttentionOptions>(algorithm);
+    la.feature_map = seqmix::FeatureMap::elu1;
+    for (const auto& split : cp_splits()) {
+      for (const Executor* pool : {static_cast<const Executor*>(nullptr), static_cast<const Executor*>(&st::two_thread_pool())}) {
+        INFO("algorithm " << static_cast<int>(algorithm) << ", " << split.size() << " slices, pool " << (pool != nullptr));
+        for (const auto gate : {seqmix::GateKind::channel, seqmix::GateKind::scalar, seqmix::GateKind::retnet,
+                                seqmix::GateKind::none}) {
+          INFO("gla gate " << static_cast<int>(gate));
+          gla.gate = gate;
+          cp_require_slices_equal_whole(cp_gla(x, gla), split, pool);
+        }
+        cp_require_slices_equal_whole(cp_rwkv6(x, rwkv), split, pool);
+        cp_require_slices_equal_whole(cp_linear_attention(x, la), split, pool);
+      }
+    }
+  }
+}
+
+TEST_CASE("context parallel: linear attention slice calls refuse what they cannot pass on", "[context_parallel]") {
+  const LaData x;
+  Tensor<float, 4> o({x.B, x.T, x.HV, x.V}), fin({x.B, x.HV, x.K, x.V}), init({x.B, x.HV, x.K, x.V});
+  for (index_t i = 0; i < o.numel(); ++i) o.data()[i] = 7.5f;
+  Tensor<float, 3> decay({x.B, x.HV, x.K});
+  const seqmix::GatedLinearAttentionInputs in{x.q.view(), x.k.view(), x.v.view(), x.g.view()};
+  st::require_shape_error("log_decay", [&] {
+    Tensor<float, 3> wrong({x.B, x.HV, x.K + 1});
+    seqmix::gated_linear_attention_slice(in, {o.view(), fin.view()}, wrong.view());
+  });
+  st::require_shape_error("final_state", [&] { seqmix::gated_linear_attention_slice(in, {o.view()}, decay.view()); });
+  st::require_shape_error("initial_state", [&] {
+    auto with_state = in;
+    with_state.initial_state = init.view();
+    seqmix::gated_linear_attention_slice(with_state, {o.view(), fin.view()}, decay.view());
+  });
+  st::require_shape_error("initial_state", [&] { seqmix::gated_linear_attention_slice_correct(in, {o.view(), fin.view()}); });
+  st::require_shape_error("final_state", [&] {
+    auto with_state = in;
+    with_state.initial_state = fin.view();
+    seqmix::gated_linear_attention_slice_correct(with_state, {o.view(), fin.view()});
+  });
+  st::require_shape_error("options.normalize", [&] {
+    seqmix::LinearAttentionOptions options;
+    options.normalize = true;
+    options.feature_map = seqmix::FeatureMap::elu1;
+    seqmix::linear_attention_slice({x.q.view(), x.k.view(), x.v.view()}, {o.view(), fin.view()}, options);
+  });
+  for (index_t i = 0; i < o.view().numel(); ++i) REQUIRE(o.view().data()[i] == 7.5f);
+}
