@@ -14,6 +14,9 @@
 #include "seqmix/linear_attention/gla/slice.hpp"
 #include "seqmix/linear_attention/linear_attention/slice.hpp"
 #include "seqmix/linear_attention/rwkv6/slice.hpp"
+#include "seqmix/ssm/causal_conv1d/slice.hpp"
+#include "seqmix/ssm/selective_scan/slice.hpp"
+#include "seqmix/ssm/ssd/slice.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -134,12 +137,12 @@ const std::vector<std::vector<index_t>>& cp_splits() {
 
 // ---- diagonal-decay linear attention -------------------------------------------------------
 
-struct LaData {
+struct CpLaData {
   index_t B = 2, T = 107, H = 2, HV = 4, K = 12, V = 10;
   Tensor<float, 4> q, k, v, g, u_unused;
   Tensor<float, 3> gs;
   Tensor<float, 2> u;
-  LaData()
+  CpLaData()
       : q(st::random_tensor<4>({B, T, H, K}, 1)), k(st::random_tensor<4>({B, T, H, K}, 2)),
         v(st::random_tensor<4>({B, T, HV, V}, 3)), g(st::random_tensor<4>({B, T, HV, K}, 4, -0.3f, 0.f)),
         gs(st::random_tensor<3>({B, T, H}, 5, -0.2f, 0.f)), u(st::random_tensor<2>({H, K}, 6)) {}
@@ -149,16 +152,16 @@ struct LaData {
   }
 };
 
-using LaOperator = CpOperator<4, 3, 4>;
+using CpLaOperator = CpOperator<4, 3, 4>;
 
-LaOperator cp_gla(const LaData& x, const seqmix::GatedLinearAttentionOptions& options) {
+CpLaOperator cp_gla(const CpLaData& x, const seqmix::GatedLinearAttentionOptions& options) {
   auto inputs = [&x, options](index_t t0, index_t n) {
-    seqmix::GatedLinearAttentionInputs in{LaData::cut(x.q, t0, n), LaData::cut(x.k, t0, n), LaData::cut(x.v, t0, n)};
-    if (options.gate == seqmix::GateKind::channel) in.g = LaData::cut(x.g, t0, n);
-    if (options.gate == seqmix::GateKind::scalar) in.g_scalar = LaData::cut(x.gs, t0, n);
+    seqmix::GatedLinearAttentionInputs in{CpLaData::cut(x.q, t0, n), CpLaData::cut(x.k, t0, n), CpLaData::cut(x.v, t0, n)};
+    if (options.gate == seqmix::GateKind::channel) in.g = CpLaData::cut(x.g, t0, n);
+    if (options.gate == seqmix::GateKind::scalar) in.g_scalar = CpLaData::cut(x.gs, t0, n);
     return in;
   };
-  LaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, x.K, x.V}, {}, {}, {}};
+  CpLaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, x.K, x.V}, {}, {}, {}};
   op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
     auto in = inputs(0, x.T);
     in.initial_state = initial;
@@ -175,12 +178,12 @@ LaOperator cp_gla(const LaData& x, const seqmix::GatedLinearAttentionOptions& op
   return op;
 }
 
-LaOperator cp_rwkv6(const LaData& x, const seqmix::Rwkv6Options& options) {
+CpLaOperator cp_rwkv6(const CpLaData& x, const seqmix::Rwkv6Options& options) {
   auto inputs = [&x](index_t t0, index_t n) {
-    return seqmix::Rwkv6Inputs{LaData::cut(x.q, t0, n), LaData::cut(x.k, t0, n), LaData::cut(x.v, t0, n),
-                               LaData::cut(x.g, t0, n), x.u.view()};
+    return seqmix::Rwkv6Inputs{CpLaData::cut(x.q, t0, n), CpLaData::cut(x.k, t0, n), CpLaData::cut(x.v, t0, n),
+                               CpLaData::cut(x.g, t0, n), x.u.view()};
   };
-  LaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, x.K, x.V}, {}, {}, {}};
+  CpLaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, x.K, x.V}, {}, {}, {}};
   op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
     auto in = inputs(0, x.T);
     in.initial_state = initial;
@@ -197,12 +200,12 @@ LaOperator cp_rwkv6(const LaData& x, const seqmix::Rwkv6Options& options) {
   return op;
 }
 
-LaOperator cp_linear_attention(const LaData& x, const seqmix::LinearAttentionOptions& options) {
+CpLaOperator cp_linear_attention(const CpLaData& x, const seqmix::LinearAttentionOptions& options) {
   auto inputs = [&x](index_t t0, index_t n) {
-    return seqmix::LinearAttentionInputs{LaData::cut(x.q, t0, n), LaData::cut(x.k, t0, n), LaData::cut(x.v, t0, n)};
+    return seqmix::LinearAttentionInputs{CpLaData::cut(x.q, t0, n), CpLaData::cut(x.k, t0, n), CpLaData::cut(x.v, t0, n)};
   };
   const index_t Kf = seqmix::feature_dim(options.feature_map, x.K);
-  LaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, Kf, x.V}, {}, {}, {}};
+  CpLaOperator op{{x.B, x.T, x.HV, x.V}, {x.B, x.HV, Kf, x.V}, {}, {}, {}};
   op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
     auto in = inputs(0, x.T);
     in.initial_state = initial;
@@ -230,10 +233,138 @@ Options cp_la_options(seqmix::LinearAttentionAlgorithm algorithm) {
   return options;
 }
 
+
+// ---- selective state spaces ----------------------------------------------------------------
+
+struct CpSsdData {
+  index_t B = 2, T = 107, H = 4, P = 6, N = 8, G = 2;
+  Tensor<float, 4> x, Bm, Cm, z;
+  Tensor<float, 3> dt;
+  Tensor<float, 1> A, D, dt_bias;
+  CpSsdData()
+      : x(st::random_tensor<4>({B, T, H, P}, 11)), Bm(st::random_tensor<4>({B, T, G, N}, 12)),
+        Cm(st::random_tensor<4>({B, T, G, N}, 13)), z(st::random_tensor<4>({B, T, H, P}, 14)),
+        dt(st::random_tensor<3>({B, T, H}, 15, -2.f, 0.f)), A(st::random_tensor<1>({H}, 16, -1.f, -0.2f)),
+        D(st::random_tensor<1>({H}, 17)), dt_bias(st::random_tensor<1>({H}, 18, -1.f, 0.f)) {}
+};
+
+CpOperator<4, 2, 4> cp_ssd(const CpSsdData& x, const seqmix::SsdOptions& options) {
+  auto inputs = [&x](index_t t0, index_t n) {
+    seqmix::SsdInputs in{CpLaData::cut(x.x, t0, n), CpLaData::cut(x.dt, t0, n), x.A.view(), CpLaData::cut(x.Bm, t0, n),
+                         CpLaData::cut(x.Cm, t0, n), x.D.view(), CpLaData::cut(x.z, t0, n), x.dt_bias.view()};
+    return in;
+  };
+  CpOperator<4, 2, 4> op{{x.B, x.T, x.H, x.P}, {x.B, x.H, x.P, x.N}, {}, {}, {}};
+  op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> y, TensorView<float, 4> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::ssd(in, {y, fin}, options);
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 4> y, TensorView<float, 4> local, TensorView<float, 2> decay,
+                 const Executor& ex) { seqmix::ssd_slice(inputs(t0, n), {y, local}, decay, options, ex); };
+  op.correct = [=](index_t t0, index_t n, ConstView<float, 4> initial, TensorView<float, 4> y,
+                   TensorView<float, 4> fin, const Executor& ex) {
+    auto in = inputs(t0, n);
+    in.initial_state = initial;
+    seqmix::ssd_slice_correct(in, {y, fin}, options, ex);
+  };
+  return op;
+}
+
+struct CpScanData {
+  index_t B = 2, T = 107, D = 6, N = 5, G = 3;
+  Tensor<float, 3> u, delta, z;
+  Tensor<float, 4> Bm, Cm;
+  Tensor<float, 2> A;
+  Tensor<float, 1> Dskip, delta_bias;
+  CpScanData()
+      : u(st::random_tensor<3>({B, T, D}, 21)), delta(st::random_tensor<3>({B, T, D}, 22, 0.f, 1.f)),
+        z(st::random_tensor<3>({B, T, D}, 23)), Bm(st::random_tensor<4>({B, T, G, N}, 24)),
+        Cm(st::random_tensor<4>({B, T, G, N}, 25)), A(st::random_tensor<2>({D, N}, 26, -1.f, -0.1f)),
+        Dskip(st::random_tensor<1>({D}, 27)), delta_bias(st::random_tensor<1>({D}, 28, 0.f, 0.5f)) {}
+};
+
+CpOperator<3, 3, 3> cp_selective_scan(const CpScanData& x, const seqmix::SelectiveScanOptions& options) {
+  auto inputs = [&x](index_t t0, index_t n) {
+    return seqmix::SelectiveScanInputs{CpLaData::cut(x.u, t0, n), CpLaData::cut(x.delta, t0, n), x.A.view(),
+                                       CpLaData::cut(x.Bm, t0, n),   CpLaData::cut(x.Cm, t0, n),    x.Dskip.view(),
+                                       CpLaData::cut(x.z, t0, n),    x.delta_bias.view()};
+  };
+  CpOperator<3, 3, 3> op{{x.B, x.T, x.D}, {x.B, x.D, x.N}, {}, {}, {}};
+  op.whole = [=](ConstView<float, 3> initial, TensorView<float, 3> y, TensorView<float, 3> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::selective_scan(in, {y, fin}, options);
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 3> y, TensorView<float, 3> local, TensorView<float, 3> decay,
+                 const Executor& ex) { seqmix::selective_scan_slice(inputs(t0, n), {y, local}, decay, options, ex); };
+  op.correct = [=](index_t t0, index_t n, ConstView<float, 3> initial, TensorView<float, 3> y,
+                   TensorView<float, 3> fin, const Executor& ex) {
+    auto in = inputs(t0, n);
+    in.initial_state = initial;
+    seqmix::selective_scan_slice_correct(in, {y, fin}, options, ex);
+  };
+  return op;
+}
+
 }  // namespace
 
+TEST_CASE("context parallel: ssd and selective_scan slices equal one call", "[context_parallel]") {
+  const CpSsdData ssd_data;
+  const CpScanData scan_data;
+  for (const auto algorithm : {seqmix::SsdAlgorithm::chunked, seqmix::SsdAlgorithm::recurrent}) {
+    seqmix::SsdOptions ssd;
+    ssd.algorithm = algorithm;
+    ssd.chunk_size = 16;
+    ssd.dt_softplus = true;
+    seqmix::SelectiveScanOptions scan;
+    scan.delta_softplus = algorithm == seqmix::SsdAlgorithm::chunked;
+    for (const auto& split : cp_splits()) {
+      for (const Executor* pool : {static_cast<const Executor*>(nullptr), static_cast<const Executor*>(&st::two_thread_pool())}) {
+        INFO("algorithm " << static_cast<int>(algorithm) << ", " << split.size() << " slices, pool " << (pool != nullptr));
+        cp_require_slices_equal_whole(cp_ssd(ssd_data, ssd), split, pool);
+        cp_require_slices_equal_whole(cp_selective_scan(scan_data, scan), split, pool);
+      }
+    }
+  }
+}
+
+TEST_CASE("context parallel: causal_conv1d slices with the halo equal one call", "[context_parallel]") {
+  const index_t B = 2, T = 37, D = 9;
+  for (const index_t W : {1, 2, 4, 7}) {
+    const Tensor<float, 3> x = st::random_tensor<3>({B, T, D}, 31), initial = st::random_tensor<3>({B, W - 1, D}, 32);
+    const Tensor<float, 2> weight = st::random_tensor<2>({D, W}, 33);
+    const Tensor<float, 1> bias = st::random_tensor<1>({D}, 34);
+    seqmix::CausalConv1dOptions options;
+    options.activation = seqmix::ConvActivation::silu;
+    Tensor<float, 3> y_ref({B, T, D}), final_ref({B, W - 1, D}), y({B, T, D});
+    seqmix::causal_conv1d({x.view(), weight.view(), bias.view(), initial.view()}, {y_ref.view(), final_ref.view()},
+                          options);
+    for (const std::vector<index_t>& split : {std::vector<index_t>{1, 2, 3, 20, 1, 10}, std::vector<index_t>{5, 1, 31}}) {
+      INFO("W " << W << ", " << split.size() << " slices");
+      Tensor<float, 3> carried = cp_copy(initial);  // the true window before the slice
+      index_t t0 = 0;
+      for (const index_t n : split) {
+        const seqmix::CausalConv1dInputs in{CpLaData::cut(x, t0, n), weight.view(), bias.view()};
+        Tensor<float, 3> local({B, W - 1, D}), composed({B, W - 1, D});
+        seqmix::causal_conv1d_slice(in, {y.view().slice(1, t0, n), local.view()}, options);
+        seqmix::compose_causal_conv1d_slices(carried.view(), n, local.view(), composed.view());
+        seqmix::CausalConv1dInputs with_halo = in;
+        with_halo.initial_state = carried.view();
+        seqmix::causal_conv1d_slice_correct(with_halo, {y.view().slice(1, t0, n), local.view()}, options,
+                                            st::two_thread_pool());
+        st::require_close("corrected window = composed window", local.view(), composed.view(), 0.0);
+        carried = std::move(composed);
+        t0 += n;
+      }
+      st::require_close("outputs", y.view(), y_ref.view(), kCpTol);
+      st::require_close("final window", carried.view(), final_ref.view(), 0.0);
+    }
+  }
+}
+
 TEST_CASE("context parallel: diagonal-decay linear attention slices equal one call", "[context_parallel]") {
-  const LaData x;
+  const CpLaData x;
   using seqmix::LinearAttentionAlgorithm;
   for (const auto algorithm : {LinearAttentionAlgorithm::chunked, LinearAttentionAlgorithm::recurrent}) {
     auto gla = cp_la_options<seqmix::GatedLinearAttentionOptions>(algorithm);
@@ -257,7 +388,7 @@ TEST_CASE("context parallel: diagonal-decay linear attention slices equal one ca
 }
 
 TEST_CASE("context parallel: linear attention slice calls refuse what they cannot pass on", "[context_parallel]") {
-  const LaData x;
+  const CpLaData x;
   Tensor<float, 4> o({x.B, x.T, x.HV, x.V}), fin({x.B, x.HV, x.K, x.V}), init({x.B, x.HV, x.K, x.V});
   for (index_t i = 0; i < o.numel(); ++i) o.data()[i] = 7.5f;
   Tensor<float, 3> decay({x.B, x.HV, x.K});

@@ -10,6 +10,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/scan.hpp"
 #include "seqmix/core/simd.hpp"
+#include "seqmix/core/slice_state.hpp"
 #include "seqmix/core/tensor.hpp"
 
 #include "seqmix/attention.hpp"

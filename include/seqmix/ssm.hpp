@@ -17,3 +17,8 @@
 #include "seqmix/ssm/matrix_scan/orthogonal.hpp"
 #include "seqmix/ssm/matrix_scan/reference.hpp"
 #include "seqmix/ssm/matrix_scan/step.hpp"
+
+// State passing across slices of a sequence (context parallelism): transition, compose, correction.
+#include "seqmix/ssm/causal_conv1d/slice.hpp"
+#include "seqmix/ssm/selective_scan/slice.hpp"
+#include "seqmix/ssm/ssd/slice.hpp"

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <string>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -45,6 +46,13 @@ void check_slice_pair(const ArgCheck& check, const char* decay_name, const Const
   if (decay_optional && !decay.has_value()) return;
   check.shape(decay_name, decay, decay_shape, "the state's leading dimensions");
   check.that(decay.is_contiguous(), decay_name, "must be contiguous");
+}
+
+// A slice call takes a dense batch with one state per batch row: packing and state slots are
+// the serving path's, and a slice is one piece of each row's sequence.
+inline void check_slice_batch(const ArgCheck& check, const SequenceBatch& batch) {
+  if (batch.packed() || batch.slotted() || batch.has_initial_state.has_value())
+    check.fail("batch", "must be empty: a slice call takes a dense batch with one state per batch row");
 }
 
 }  // namespace detail

@@ -35,8 +35,7 @@ constexpr index_t kSliceBlock = 64;
 inline void check_slice_call(const ArgCheck& check, const SequenceBatch& batch, const ConstView<float, 4>& initial,
                              const TensorView<float, 4>& final_state, bool token_states, const Dims& d,
                              bool correcting) {
-  if (batch.packed() || batch.slotted() || batch.has_initial_state.has_value())
-    check.fail("batch", "must be empty: a slice call takes a dense batch with one state per batch row");
+  check_slice_batch(check, batch);
   if (token_states) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
   const std::array<index_t, 4> state_shape{d.B, d.HV, d.Kf, d.V};
   if (correcting) {

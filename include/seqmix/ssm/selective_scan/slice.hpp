@@ -1,0 +1,105 @@
+// State passing across slices of one sequence for selective_scan (Mamba-1): run a slice from a
+// zero state with its transition, compose slices (compose_diagonal_slices, core/slice_state.hpp),
+// and correct a slice's outputs and final state from its true initial state without rerunning it.
+//
+// With c_t = sum_{s<=t} dt_s[d] the slice's cumulative step of channel d, the state after token
+// t from S0 is exp(A[d] c_t) * S0[d] + h_t^0 (elementwise over n), so
+//   y_t[d] += silu(z_t[d]) * sum_n C_t[n] exp(A[d][n] c_t) S0[d][n]
+//   final_state += exp(A c_L) * S0,       transition: log_decay[b,d,n] = A[d][n] c_L.
+// The decay differs per (d, n), so the correction is O(T D N) like the scan (no GEMM form), but
+// it reads only dt, C and z and writes no state.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/slice_state.hpp"
+#include "seqmix/ssm/selective_scan/fast.hpp"
+
+namespace seqmix {
+
+namespace detail {
+
+inline float scan_slice_dt(const SelectiveScanInputs& in, const SelectiveScanOptions& options, index_t b, index_t t,
+                           index_t d) {
+  const float dt = in.delta(b, t, d) + (in.delta_bias.has_value() ? in.delta_bias(d) : 0.f);
+  return options.delta_softplus ? softplus(dt) : dt;
+}
+
+inline ScanDims validate_selective_scan_slice(const char* op, const SelectiveScanInputs& in,
+                                              const SelectiveScanOutputs& out, bool correcting) {
+  const ArgCheck check(op);
+  const ScanDims d = validate_selective_scan(op, in, out).dims;
+  check_slice_batch(check, in.batch);
+  if (out.token_states.has_value()) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
+  const std::array<index_t, 3> state_shape{d.B, d.D, d.N};
+  if (correcting) {
+    check.shape("initial_state", in.initial_state, state_shape, "B,D,N");
+    check.optional_shape("final_state", out.final_state, state_shape, "B,D,N");
+    check.no_overlap("final_state", out.final_state, "initial_state", in.initial_state);
+  } else {
+    if (in.initial_state.has_value())
+      check.fail("initial_state", "must be empty: a slice runs from a zero state (its true one is applied later)");
+    check.shape("final_state", out.final_state, state_shape, "B,D,N");
+  }
+  return d;
+}
+
+}  // namespace detail
+
+/// Runs selective_scan on one slice of longer sequences from a zero state: out.y gets the
+/// zero-state outputs, out.final_state [B,D,N] (required) the local final state and log_decay
+/// [B,D,N] the transition A[d][n] * sum_t dt_t[d]. A dense batch only, no in.initial_state, no
+/// token_states. Compose slices with compose_diagonal_slices<3, 3>; finish one with
+/// selective_scan_slice_correct.
+inline void selective_scan_slice(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
+                                 const TensorView<float, 3>& log_decay, const SelectiveScanOptions& options = {},
+                                 const Executor& executor = serial_executor()) {
+  const char* op = "selective_scan_slice";
+  const ArgCheck check(op);
+  const detail::ScanDims d = detail::validate_selective_scan_slice(op, in, out, false);
+  check.shape("log_decay", log_decay, std::array<index_t, 3>{d.B, d.D, d.N}, "B,D,N");
+  check.no_overlap("log_decay", log_decay, "y", out.y).no_overlap("log_decay", log_decay, "final_state", out.final_state);
+  check.no_overlap("log_decay", log_decay, "delta", in.delta);
+  selective_scan(in, out, options, executor);
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t c = 0; c < d.D; ++c) {
+      float steps = 0.f;
+      for (index_t t = 0; t < d.T; ++t) steps += detail::scan_slice_dt(in, options, b, t, c);
+      for (index_t n = 0; n < d.N; ++n) log_decay(b, c, n) = in.A(c, n) * steps;
+    }
+}
+
+/// Finishes a slice run by selective_scan_slice: in.initial_state [B,D,N] (required) is the
+/// slice's true initial state; out.y gains what each token reads from it and out.final_state
+/// (optional, not overlapping initial_state) goes from the local to the true final state.
+/// Reads delta, Cm and z. Equals one selective_scan call over the whole sequence, to rounding.
+inline void selective_scan_slice_correct(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
+                                         const SelectiveScanOptions& options = {},
+                                         const Executor& executor = serial_executor()) {
+  const detail::ScanDims d = detail::validate_selective_scan_slice("selective_scan_slice_correct", in, out, true);
+  const index_t channels_per_group = d.D / d.G;
+  parallel_for(executor, d.B * d.D, 16, [&](index_t begin, index_t end) {
+    std::vector<float> carried(static_cast<std::size_t>(d.N));  // exp(A c_t) * S0, per n
+    for (index_t task = begin; task < end; ++task) {
+      const index_t b = task / d.D, c = task % d.D, g = c / channels_per_group;
+      for (index_t n = 0; n < d.N; ++n) carried[static_cast<std::size_t>(n)] = in.initial_state(b, c, n);
+      for (index_t t = 0; t < d.T; ++t) {
+        const float dt = detail::scan_slice_dt(in, options, b, t, c);
+        float read = 0.f;
+        for (index_t n = 0; n < d.N; ++n) {
+          float& s = carried[static_cast<std::size_t>(n)];
+          s *= std::exp(dt * in.A(c, n));
+          read += in.Cm(b, t, g, n) * s;
+        }
+        out.y(b, t, c) += in.z.has_value() ? detail::scan_silu(in.z(b, t, c)) * read : read;
+      }
+      if (!out.final_state.has_value()) continue;
+      for (index_t n = 0; n < d.N; ++n) out.final_state(b, c, n) += carried[static_cast<std::size_t>(n)];
+    }
+  });
+}
+
+}  // namespace seqmix
