@@ -5,9 +5,9 @@
 // machine's ~68 GB/s 2-core streaming bandwidth. The reference form (entry-by-entry
 // dequantization, double accumulation, single thread) runs on Tk = 1024 as a baseline.
 //
-// attention/paged/<format>/decode/N16_Tk4096_Hq32_Hkv8_D128_bs<32|64>: paged_attention over
-// quantized pages (kv_cache/paged.hpp; pages of 32 and 64 tokens, whole quantization
-// groups, shuffled block table) for 16 sequences of 4096 tokens, beside ..._kv_cache_attention:
+// attention/paged/<format>/decode/N16_Tk4096_Hq32_Hkv8_D128_bs<16|32|64>: paged_attention over
+// quantized pages (kv_cache/paged.hpp; pages of 16 tokens, each half a group's image, and of 32
+// and 64 tokens, whole quantization groups; shuffled block table) for 16 sequences of 4096 tokens, beside ..._kv_cache_attention:
 // a KvCache (batch 16, residual 0) holding the same tokens. GB/s on the bytes read: the pages'
 // group images (codes + parameters) of every sequence, or KvCache::bytes().
 #include <benchmark/benchmark.h>
@@ -110,7 +110,8 @@ struct PagedSetup {
     return p;
   }
   double page_bytes_read() const {
-    const index_t image = (seqmix::quantized_page_bytes(format, block_size, Hkv, D, D) - 64) / (block_size / 32);
+    // Per group: its page bytes past the header (pages of 16: both halves, the larger one twice).
+    const index_t image = (seqmix::quantized_page_bytes(format, block_size, Hkv, D, D) - 64) * 32 / block_size;
     return static_cast<double>(N) * static_cast<double>(Tk / 32) * static_cast<double>(image);
   }
 };
@@ -154,7 +155,7 @@ const bool registered = [] {
   for (const Setup& s : kSetups) {
     if (s.key == KvFormat::f16) continue;  // fp16 pages: attention/paged/... in bench_attention
     const std::string base = std::string("attention/paged/") + s.name + "/decode/N16_Tk4096_Hq32_Hkv8_D128";
-    for (index_t bs : {32, 64})
+    for (index_t bs : {16, 32, 64})
       benchmark::RegisterBenchmark((base + "_bs" + std::to_string(bs)).c_str(),
                                    [s, bs](benchmark::State& st_) { paged_quantized_decode(st_, s, bs, false); })
           ->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -3,7 +3,7 @@
 // against a KvCache (residual 0, same formats) holding the same tokens and kv_cache_attention over
 // it: equal bit for bit (same kernels, pieces and merge), over int8 / int4 / int2 formats with
 // per-channel and per-token keys, value groups the integer kernels follow and ones they do not,
-// block sizes 32 / 64 / 128, ragged lengths around the 32-token groups, GQA, Tq 1..16, window /
+// block sizes 8 / 16 (a group's image cut between pages) and 32 / 64 / 128, ragged lengths around the 32-token groups, GQA, Tq 1..16, window /
 // sinks / softcap / ALiBi / sink logits, serial and 2 threads; also within the documented error
 // of reference::kv_cache_attention; packed queries; bad arguments leave pool and outputs as they were.
 #include <catch2/catch.hpp>
@@ -63,6 +63,9 @@ constexpr Scenario kScenarios[] = {
     {"verify-bs128", 3, 8, 2, 64, 48, 128, 16, 500, 0, 0, 0.f, false, false, false},
     {"chunk5-window-sinks", 4, 4, 1, 32, 32, 64, 5, 600, 100, 4, 0.f, false, false, false},
     {"decode-softcap-alibi-mha", 3, 4, 4, 64, 32, 32, 1, 300, 0, 0, 20.f, true, true, false},
+    {"decode-bs16", 5, 8, 2, 64, 48, 16, 1, 400, 0, 0, 0.f, false, false, false},
+    {"verify-bs16-window", 3, 8, 2, 64, 64, 16, 16, 300, 40, 2, 0.f, false, false, false},
+    {"chunk3-bs8", 3, 4, 1, 32, 48, 8, 3, 300, 0, 0, 0.f, false, false, false},
 };
 
 // A ragged length for sequence n: around the 32-token groups, or random.
@@ -330,10 +333,18 @@ TEST_CASE("quantized paged append and attention refuse bad arguments before writ
     in.pages.format.value_format = KvFormat::int4;
     st::require_shape_error("pages", [&] { attend(in); });
   }
-  SECTION("block size not a multiple of the group") {
-    auto in = s.attention_inputs(q);
-    in.pages.block_size = 16;
-    st::require_shape_error("block_size", [&] { attend(in); });
+  SECTION("block size neither 8, 16 nor a multiple of the group") {
+    for (const index_t bs : {1, 4, 24, 48}) {
+      auto in = s.attention_inputs(q);
+      in.pages.block_size = bs;
+      st::require_shape_error("block_size", [&] { attend(in); });
+      const auto k1 = st::random_tensor<4>({sc.N, 1, sc.Hkv, sc.Dk}, 5), v1 = st::random_tensor<4>({sc.N, 1, sc.Hkv, sc.Dv}, 6);
+      seqmix::PagedKvAppendInputs<float> ai;
+      ai.k = k1.cview(), ai.v = v1.cview(), ai.block_table = full_table.cview(), ai.cache_seqlens = s.seqlens;
+      seqmix::QuantizedKvPages pool = s.pool();
+      pool.block_size = bs;
+      st::require_shape_error("block_size", [&] { seqmix::paged_kv_append(ai, pool); });
+    }
   }
   SECTION("table entry out of range") {
     auto in = s.attention_inputs(q);

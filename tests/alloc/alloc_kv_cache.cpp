@@ -80,14 +80,16 @@ TEST_CASE("kv cache decode attention allocates nothing after warm-up", "[alloc][
 }
 
 TEST_CASE("quantized paged append and decode attention allocate nothing after warm-up", "[alloc][kv_cache][paged]") {
-  // 4 sequences of 700..703 tokens in int8 / int4 pages of 64; each step appends one token per
+  // 4 sequences of 700..703 tokens in int8 / int4 pages of 64 and 16 (a group over two pages); each step appends one token per
   // sequence (a group is quantized into its page every 32 steps) and attends: sequences grow,
   // split into more pieces, and cross page and group boundaries inside the counted steps.
   const seqmix::ThreadPool pool(2);
-  constexpr index_t N = 4, Hkv = 2, Hq = 8, D = 64, bs = 64, max_blocks = 16;
+  constexpr index_t N = 4, Hkv = 2, Hq = 8, D = 64;
+  for (const index_t bs : {64, 16})
   for (seqmix::KvFormat f : {seqmix::KvFormat::int8, seqmix::KvFormat::int4})
     for (const seqmix::Executor* ex : {static_cast<const seqmix::Executor*>(&seqmix::serial_executor()),
                                        static_cast<const seqmix::Executor*>(&pool)}) {
+      const index_t max_blocks = 1024 / bs;
       seqmix::QuantizedKvPages pages;
       pages.format = {f, f, seqmix::KeyQuant::per_channel, 0};
       seqmix::Tensor<std::uint8_t, 2> storage({N * max_blocks, seqmix::quantized_page_bytes(pages.format, bs, Hkv, D, D)});
@@ -115,7 +117,7 @@ TEST_CASE("quantized paged append and decode attention allocate nothing after wa
         for (auto& L : lengths) ++L;
         seqmix::paged_attention(attend, {o.view(), {}}, {}, *ex);
       });
-      INFO(seqmix::format_name(f) << (ex == &pool ? " pool(2)" : " serial"));
+      INFO(seqmix::format_name(f) << " bs " << bs << (ex == &pool ? " pool(2)" : " serial"));
       CHECK(allocations == 0);
       // One call per thread of the executor, the warm-up, the counted calls: each appended a token.
       CHECK(lengths[0] == 700 + ex->concurrency() + seqmix::testing::kWarmup + seqmix::testing::kSteps);

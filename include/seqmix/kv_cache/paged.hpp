@@ -7,8 +7,9 @@
 // Groups and the fp32 tail (KIVI's layout, as KvCache keeps it with residual = 0):
 //   * Tokens are quantized in groups of kKvGroupTokens = 32 consecutive positions, the KvCache's
 //     block: per-channel keys (KIVI) fit one (scale, min) per channel over the group, per-token
-//     keys and values one per token and channel group. A page holds block_size tokens, a
-//     multiple of 32 (pages of 32, 64, 128 ...), i.e. block_size / 32 whole groups.
+//     keys and values one per token and channel group. A page holds block_size tokens: a
+//     multiple of 32 (pages of 32, 64, 128 ...) holds block_size / 32 whole groups; pages of 16
+//     or 8 tokens hold one part of a group each (below: its image is cut between pages).
 //   * The newest L % 32 tokens of a sequence (its incomplete group) are exact fp32 rows in a
 //     per-sequence tail, tail_k / tail_v [S, 32, Hkv, D] (caller memory; sequence n of a call
 //     uses row tail_indices[n], or n). When an append fills position 32 g + 31, group g is
@@ -28,6 +29,16 @@
 //   in the KvCache block layouts (kv_cache/layout.hpp, block.hpp): keys in channel-quad units,
 //   per-channel (scale, min) planar [2][Dk] or per-token [groups][2][32], values in token-quad
 //   units with [groups][2][32] parameters. Positions are not stored (token j is position j).
+//   Pages smaller than a group (16 or 8 tokens) split each group's image by section: a group's
+//   32 tokens lie in 32 / block_size consecutive pages of its sequence, and part p of its image
+//   (per KV head) goes to the p-th of them: with pages of 16, key codes and parameters in the
+//   first, value codes and parameters in the second; with pages of 8, one section per page. The
+//   kernels read a group through pointers to its four sections, so where they lie changes
+//   nothing in the arithmetic (results equal the KvCache's bit for bit whatever the page size).
+//   A section is never cut (the integer kernels read it as one array), so a group can spread
+//   over at most 4 pages: block sizes 1, 2, 4 (and any other that is not 8, 16 or a multiple of
+//   32) are refused. A part's page is sized for the largest part (pages of 16 with int8 keys and
+//   int2 values carry the keys' size twice).
 //
 // Not supported: ZipCache mixed precision (one format pair per pool), slot_mapping appends (a
 // group is quantized when its sequence's 32nd token arrives, which needs the sequence), int2 keys.
@@ -61,7 +72,7 @@ struct QuantizedPageFormat {
 /// A quantized page pool and the per-sequence fp32 tails, all caller memory (views).
 struct QuantizedKvPages {
   TensorView<std::uint8_t, 2> pages;  ///< [num_blocks, page_bytes]: quantized_page_bytes(), 64-byte aligned
-  index_t block_size = 0;             ///< tokens per page: a multiple of kKvGroupTokens
+  index_t block_size = 0;             ///< tokens per page: 8, 16 or a multiple of kKvGroupTokens
   TensorView<float, 4> tail_k;        ///< [S, 32, Hkv, Dk]: each sequence's incomplete group (features contiguous)
   TensorView<float, 4> tail_v;        ///< [S, 32, Hkv, Dv]
   IndexList tail_indices = {};        ///< [N] of this call, optional: the tail row of sequence n (default n)
@@ -101,37 +112,65 @@ struct PageHeader {
 
 inline index_t align64(index_t bytes) noexcept { return (bytes + 63) / 64 * 64; }
 
-// Where each group's block image sits in a page.
+// Block sizes a quantized pool can have: multiples of the group, or 16 / 8 (a group's four image
+// sections over 2 / 4 pages; a section is never cut).
+inline bool quantized_block_size_ok(index_t block_size) noexcept {
+  return block_size > 0 && (block_size % kKvGroupTokens == 0 || block_size == kKvGroupTokens / 2 ||
+                            block_size == kKvGroupTokens / 4);
+}
+
+// Where each group's block image sits in the pages. The image has four sections (key codes, key
+// parameters, value codes, value parameters, each 64-byte aligned); `parts` pages hold one group
+// (1 when pages hold whole groups), part p holding sections [4p / parts, 4(p + 1) / parts).
 struct QuantizedPageLayout {
+  static constexpr int kSections = 4;
   KvBlockSizes z{};
   KvFormat key_format{}, value_format{};
-  index_t key_at = 0, key_params_at = 0, values_at = 0, value_params_at = 0, image_bytes = 0;
-  index_t groups = 0, page_bytes = 0;  // groups per page
+  index_t section_part[kSections] = {}, section_at[kSections] = {};  // which part, offset in it
+  index_t parts = 1, part_bytes = 0;  // pages per group, bytes of one head's part
+  index_t image_bytes = 0;            // one head's whole image (the four sections)
+  index_t groups = 0, page_bytes = 0;  // groups (or parts of groups) per page
 
   QuantizedPageLayout(const KvCacheConfig& cfg, index_t block_size)
       : z(block_sizes(cfg, cfg.key_format, cfg.value_format, kKvGroupTokens)),
         key_format(cfg.key_format),
         value_format(cfg.value_format) {
-    key_params_at = align64(z.key_bytes);
-    values_at = key_params_at + align64(z.key_params * 4);
-    value_params_at = values_at + align64(z.value_bytes);
-    image_bytes = value_params_at + align64(z.value_params * 4);
-    groups = block_size / kKvGroupTokens;
-    page_bytes = kPageHeaderBytes + cfg.kv_heads * groups * image_bytes;
+    const index_t bytes[kSections] = {align64(z.key_bytes), align64(z.key_params * 4), align64(z.value_bytes),
+                                      align64(z.value_params * 4)};
+    parts = block_size > 0 && block_size < kKvGroupTokens ? kKvGroupTokens / block_size : 1;
+    if (parts > kSections) parts = kSections;  // refused by check_group_block_size before use
+    index_t offset = 0;
+    for (int i = 0; i < kSections; ++i) {
+      section_part[i] = i * parts / kSections;
+      if (i > 0 && section_part[i] != section_part[i - 1]) offset = 0;
+      section_at[i] = offset;
+      offset += bytes[i];
+      image_bytes += bytes[i];
+      part_bytes = std::max(part_bytes, offset);
+    }
+    groups = parts > 1 ? 1 : std::max<index_t>(block_size / kKvGroupTokens, 0);
+    page_bytes = kPageHeaderBytes + cfg.kv_heads * groups * part_bytes;
   }
-  index_t image_at(index_t h, index_t s) const noexcept { return kPageHeaderBytes + (h * groups + s) * image_bytes; }
+  index_t image_at(index_t h, index_t s) const noexcept { return kPageHeaderBytes + (h * groups + s) * part_bytes; }
 
-  // Group s of head h of a page as a block of 32 entries at positions [p0, p0 + 32) (`positions`).
-  KvBlockView view(const std::uint8_t* page, index_t h, index_t s, const std::int64_t* positions) const noexcept {
-    const std::uint8_t* image = page + image_at(h, s);
+  // Where section i of head h's image of a group lies: `page[p]` is the page of part p (a single
+  // page when pages hold whole groups), s the group's index in its page.
+  template <class Byte>
+  Byte* section(Byte* const* page, index_t h, index_t s, int i) const noexcept {
+    return page[section_part[i]] + image_at(h, s) + section_at[i];
+  }
+
+  // Group s of head h (its parts in pages page[0 .. parts)) as a block of 32 entries at positions
+  // [p0, p0 + 32) (`positions`).
+  KvBlockView view(const std::uint8_t* const* page, index_t h, index_t s, const std::int64_t* positions) const noexcept {
     KvBlockView v;
     v.key_format = key_format, v.value_format = value_format;
     v.count = kKvGroupTokens, v.slots = z.slots, v.key_row = z.key_row, v.value_row = z.value_row;
-    v.keys = image + key_at, v.key_bytes = static_cast<std::size_t>(z.key_bytes);
-    v.key_params = reinterpret_cast<const float*>(image + key_params_at);
+    v.keys = section(page, h, s, 0), v.key_bytes = static_cast<std::size_t>(z.key_bytes);
+    v.key_params = reinterpret_cast<const float*>(section(page, h, s, 1));
     v.key_param_count = static_cast<std::size_t>(z.key_params);
-    v.values = image + values_at, v.value_bytes = static_cast<std::size_t>(z.value_bytes);
-    v.value_params = reinterpret_cast<const float*>(image + value_params_at);
+    v.values = section(page, h, s, 2), v.value_bytes = static_cast<std::size_t>(z.value_bytes);
+    v.value_params = reinterpret_cast<const float*>(section(page, h, s, 3));
     v.value_param_count = static_cast<std::size_t>(z.value_params);
     v.positions = positions, v.min_position = positions[0], v.max_position = positions[kKvGroupTokens - 1];
     return v;
@@ -149,11 +188,14 @@ inline PageHeader page_header(const KvCacheConfig& cfg, index_t block_size) noex
   return h;
 }
 
-// Pages hold whole quantization groups (checked first: the table checks divide by it).
+// Pages hold whole quantization groups, or a group's image over 2 or 4 pages (checked first: the
+// table checks divide by it).
 inline void check_group_block_size(const ArgCheck& check, index_t block_size) {
-  if (block_size < kKvGroupTokens || block_size % kKvGroupTokens != 0)
-    check.fail("block_size", "must be a multiple of the quantization group (" + std::to_string(kKvGroupTokens) +
-                                 " tokens), got " + std::to_string(block_size));
+  if (!quantized_block_size_ok(block_size))
+    check.fail("block_size", "must be 8, 16 or a multiple of the quantization group (" + std::to_string(kKvGroupTokens) +
+                                 " tokens), got " + std::to_string(block_size) +
+                                 ": a group's image has 4 sections (key codes, key parameters, value codes, value "
+                                 "parameters) that are never cut, so a group spans at most 4 pages");
 }
 
 // The pool's own checks (shapes, formats, alignment, tails); returns the layout. Hkv, Dk, Dv from
@@ -198,8 +240,9 @@ inline index_t tail_row(const QuantizedKvPages& p, index_t n) { return p.tail_in
 // pool's header: a pool written in another format (or never written) is refused.
 inline void check_page_headers(const ArgCheck& check, const QuantizedKvPages& p, const PageHeader& want,
                                const BlockTable& table, index_t n, index_t L) {
-  const index_t groups = L / kKvGroupTokens, per_page = p.block_size / kKvGroupTokens;
-  for (index_t blk = 0; blk * per_page < groups; ++blk) {
+  // The pages holding a part of groups 0 .. L / 32 - 1.
+  const index_t blocks = (L / kKvGroupTokens * kKvGroupTokens + p.block_size - 1) / p.block_size;
+  for (index_t blk = 0; blk < blocks; ++blk) {
     const index_t page = table(n, blk);
     if (page < 0 || page >= p.pages.size(0))
       check.fail("block_table", "entry [" + std::to_string(n) + ", " + std::to_string(blk) + "] is " +
@@ -257,22 +300,32 @@ void copy_bytes(std::uint8_t* to, const Vector& from) {
   if (!from.empty()) std::memcpy(to, from.data(), from.size() * sizeof(from[0]));
 }
 
-// Quantizes group g of a sequence (its 32 rows in the tail) into its page: one KvCache block
-// per KV head, made by make_block and copied into the page's image.
+// The pages of group g's parts (layout.parts of them) in `page`, and the group's index in its page.
+template <class Pool, class Byte>
+index_t group_pages(const Pool& pages, index_t block_size, const QuantizedPageLayout& layout, const BlockTable& table,
+                    index_t n, index_t g, Byte** page) {
+  const index_t first = g * kKvGroupTokens;
+  for (index_t p = 0; p < layout.parts; ++p) page[p] = pages.ptr(table(n, first / block_size + p), 0);
+  return layout.parts > 1 ? 0 : (first % block_size) / kKvGroupTokens;
+}
+
+// Quantizes group g of sequence n (its 32 rows in the tail) into its page(s): one KvCache block
+// per KV head, made by make_block and copied section by section into the group's parts.
 inline void flush_group(const QuantizedKvPages& p, const QuantizedPageLayout& layout, const KvCacheConfig& cfg,
-                        const PageHeader& header, index_t page, index_t s, index_t tail, const std::int64_t* positions) {
+                        const PageHeader& header, const BlockTable& table, index_t n, index_t g, index_t tail,
+                        const std::int64_t* positions) {
   const index_t Hkv = cfg.kv_heads;
-  std::uint8_t* base = p.pages.ptr(page, 0);
+  std::uint8_t* page[QuantizedPageLayout::kSections];
+  const index_t s = group_pages(p.pages, p.block_size, layout, table, n, g, page);
   for (index_t h = 0; h < Hkv; ++h) {
     const KvBlock blk = make_block(cfg, cfg.key_format, cfg.value_format, p.tail_k.ptr(tail, 0, h), p.tail_k.stride(1),
                                    p.tail_v.ptr(tail, 0, h), p.tail_v.stride(1), positions, kKvGroupTokens);
-    std::uint8_t* image = base + layout.image_at(h, s);
-    copy_bytes(image + layout.key_at, blk.keys);
-    copy_bytes(image + layout.key_params_at, blk.key_params);
-    copy_bytes(image + layout.values_at, blk.values);
-    copy_bytes(image + layout.value_params_at, blk.value_params);
+    copy_bytes(layout.section(page, h, s, 0), blk.keys);
+    copy_bytes(layout.section(page, h, s, 1), blk.key_params);
+    copy_bytes(layout.section(page, h, s, 2), blk.values);
+    copy_bytes(layout.section(page, h, s, 3), blk.value_params);
   }
-  std::memcpy(base, &header, sizeof(PageHeader));
+  for (index_t part = 0; part < layout.parts; ++part) std::memcpy(page[part], &header, sizeof(PageHeader));
 }
 
 // One (sequence, query block) of a quantized paged call and its pieces.
@@ -404,8 +457,7 @@ void paged_kv_append(const PagedKvAppendInputs<In>& in, const QuantizedKvPages& 
         }
         if (slot + 1 < kKvGroupTokens) continue;
         const index_t first = pos + 1 - kKvGroupTokens;
-        flush_group(pool, layout, sequence_cfg, header, in.block_table(n, first / pool.block_size),
-                    (first % pool.block_size) / kKvGroupTokens, tail, positions + first);
+        flush_group(pool, layout, sequence_cfg, header, in.block_table, n, first / kKvGroupTokens, tail, positions + first);
       }
     }
   });
@@ -503,9 +555,9 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
                 in.pages.tail_v.stride(1), positions + full, item.L - full};
       }
       const auto group_at = [&](index_t g) {
-        const index_t first = g * kKvGroupTokens;
-        const std::uint8_t* page = in.pages.pages.ptr(in.block_table(item.seq, first / BS), 0);
-        return layout.view(page, piece.hk, (first % BS) / kKvGroupTokens, positions + first);
+        const std::uint8_t* page[QuantizedPageLayout::kSections];
+        const index_t s = group_pages(in.pages.pages, BS, layout, in.block_table, item.seq, g, page);
+        return layout.view(page, piece.hk, s, positions + g * kKvGroupTokens);
       };
       kv_attend_piece(cfg, dense_options, in.alibi_slopes, piece.hk, G, item.nq * G, w, group_at, piece.first,
                       piece.last, tail, states + piece.row0, accs + piece.row0 * ldacc);
