@@ -4,6 +4,7 @@
 #pragma once
 
 #include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/gla/normalized_decay.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"
 #include "seqmix/linear_attention/gla/step.hpp"
 #include "seqmix/linear_attention/linear_attention/chunked.hpp"
