@@ -1,5 +1,6 @@
 // Selective state-space operators (SPEC section 3): causal_conv1d, selective_scan (Mamba-1) and
-// ssd (Mamba-2); matrix_scan (dense block transitions, orthogonal ones from parameters). Each
+// ssd (Mamba-2); matrix_scan (dense block transitions, orthogonal ones from parameters);
+// long_context (sliding-window state, DeciMamba pooling, LongMamba selective accumulation). Each
 // operator's folder under seqmix/ssm/ holds its reference, fast prefill and decode step.
 #pragma once
 
@@ -17,6 +18,9 @@
 #include "seqmix/ssm/matrix_scan/orthogonal.hpp"
 #include "seqmix/ssm/matrix_scan/reference.hpp"
 #include "seqmix/ssm/matrix_scan/step.hpp"
+#include "seqmix/ssm/long_context/reference.hpp"
+#include "seqmix/ssm/long_context/selection.hpp"
+#include "seqmix/ssm/long_context/window.hpp"
 
 // State passing across slices of a sequence (context parallelism): transition, compose, correction.
 #include "seqmix/ssm/causal_conv1d/slice.hpp"
