@@ -11,9 +11,11 @@
 #include <vector>
 
 #include "seqmix/core/slice_state.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/slice.hpp"
 #include "seqmix/linear_attention/gla/slice.hpp"
 #include "seqmix/linear_attention/linear_attention/slice.hpp"
 #include "seqmix/linear_attention/rwkv6/slice.hpp"
+#include "seqmix/linear_attention/rwkv7/slice.hpp"
 #include "seqmix/ssm/causal_conv1d/slice.hpp"
 #include "seqmix/ssm/selective_scan/slice.hpp"
 #include "seqmix/ssm/ssd/slice.hpp"
@@ -307,7 +309,171 @@ CpOperator<3, 3, 3> cp_selective_scan(const CpScanData& x, const seqmix::Selecti
   return op;
 }
 
+
+// ---- matrix transitions: the delta rules and rwkv7 -----------------------------------------
+
+// The slice protocol of an operator with a [K,K] transition: out [B,T,HV,V], state [B,HV,K,V].
+struct CpMatrixOperator {
+  index_t B, T, HV, K, V;
+  std::function<void(ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> final_state)> whole;
+  std::function<void(index_t t0, index_t n, TensorView<float, 4> o, TensorView<float, 4> local,
+                     TensorView<float, 4> readout, TensorView<float, 4> transition, const Executor& executor)>
+      slice;
+};
+
+// As cp_require_slices_equal_whole, with compose_matrix_slices and correct_matrix_slice.
+void cp_require_matrix_slices_equal_whole(const CpMatrixOperator& op, const std::vector<index_t>& lengths,
+                                          const Executor* pool) {
+  const std::array<index_t, 4> state_shape{op.B, op.HV, op.K, op.V}, transition_shape{op.B, op.HV, op.K, op.K};
+  const Tensor<float, 4> initial = st::random_tensor(state_shape, 92);
+  Tensor<float, 4> o_ref({op.B, op.T, op.HV, op.V}), o({op.B, op.T, op.HV, op.V}), final_ref(state_shape);
+  Tensor<float, 4> readout({op.B, op.T, op.HV, op.K});
+  op.whole(initial.view(), o_ref.view(), final_ref.view());
+  const std::size_t n = lengths.size();
+  std::vector<index_t> begins(n, 0);
+  for (std::size_t i = 1; i < n; ++i) begins[i] = begins[i - 1] + lengths[i - 1];
+  std::vector<Tensor<float, 4>> local, transition, starts;
+  for (std::size_t i = 0; i < n; ++i) {
+    local.emplace_back(state_shape);
+    transition.emplace_back(transition_shape);
+  }
+  auto run_slice = [&](index_t i) {
+    const auto s = static_cast<std::size_t>(i);
+    op.slice(begins[s], lengths[s], o.view().slice(1, begins[s], lengths[s]), local[s].view(),
+             readout.view().slice(1, begins[s], lengths[s]), transition[s].view(), seqmix::serial_executor());
+  };
+  if (pool != nullptr)
+    pool->run(static_cast<index_t>(n), run_slice);
+  else
+    for (std::size_t i = 0; i < n; ++i) run_slice(static_cast<index_t>(i));
+  starts.push_back(cp_copy(initial));
+  for (std::size_t i = 0; i < n; ++i) {
+    starts.emplace_back(state_shape);
+    seqmix::compose_matrix_slices({}, starts[i].view(), transition[i].view(), local[i].view(), {}, starts[i + 1].view());
+  }
+  if (n >= 3) {
+    Tensor<float, 4> t01(transition_shape), s01(state_shape), end1(state_shape);
+    seqmix::compose_matrix_slices(transition[0].view(), local[0].view(), transition[1].view(), local[1].view(),
+                                  t01.view(), s01.view());
+    seqmix::compose_matrix_slices({}, initial.view(), t01.view(), s01.view(), {}, end1.view());
+    st::require_close("composed summaries", end1.view(), starts[2].view(), kCpTol);
+  }
+  auto correct_slice = [&](index_t i) {
+    const auto s = static_cast<std::size_t>(i);
+    seqmix::correct_matrix_slice(readout.view().slice(1, begins[s], lengths[s]), transition[s].view(),
+                                 starts[s].view(), o.view().slice(1, begins[s], lengths[s]), local[s].view());
+  };
+  if (pool != nullptr)
+    pool->run(static_cast<index_t>(n), correct_slice);
+  else
+    for (std::size_t i = 0; i < n; ++i) correct_slice(static_cast<index_t>(i));
+  st::require_close("outputs", o.view(), o_ref.view(), kCpTol);
+  for (std::size_t i = 0; i < n; ++i) {
+    INFO("slice " << i);
+    st::require_close("corrected final state = composed start of the next", local[i].view(), starts[i + 1].view(),
+                      kCpTol);
+  }
+  st::require_close("final state", local.back().view(), final_ref.view(), kCpTol);
+}
+
+struct CpDeltaData {
+  index_t B = 2, T = 107, H = 2, HV = 4, K = 12, V = 10;
+  Tensor<float, 4> q, k, v, g, a, b;
+  Tensor<float, 3> beta, gs;
+  CpDeltaData()
+      : q(st::random_tensor<4>({B, T, H, K}, 41)), k(st::random_tensor<4>({B, T, H, K}, 42)),
+        v(st::random_tensor<4>({B, T, HV, V}, 43)), g(st::random_tensor<4>({B, T, HV, K}, 44, -0.3f, 0.f)),
+        a(st::random_tensor<4>({B, T, HV, K}, 45, -0.3f, 0.3f)), b(st::random_tensor<4>({B, T, HV, K}, 46, -0.3f, 0.3f)),
+        beta(st::random_tensor<3>({B, T, HV}, 47, 0.f, 1.f)), gs(st::random_tensor<3>({B, T, HV}, 48, -0.2f, 0.f)) {}
+};
+
+CpMatrixOperator cp_gated_delta_rule(const CpDeltaData& x, const seqmix::GatedDeltaRuleOptions& options) {
+  auto inputs = [&x, options](index_t t0, index_t n) {
+    seqmix::GatedDeltaRuleInputs in{CpLaData::cut(x.q, t0, n), CpLaData::cut(x.k, t0, n), CpLaData::cut(x.v, t0, n),
+                                    CpLaData::cut(x.beta, t0, n)};
+    if (options.gate == seqmix::DeltaGate::scalar) in.g_scalar = CpLaData::cut(x.gs, t0, n);
+    else in.g = CpLaData::cut(x.g, t0, n);
+    return in;
+  };
+  CpMatrixOperator op{x.B, x.T, x.HV, x.K, x.V, {}, {}};
+  op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::gated_delta_rule(in, {o, fin}, options);
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 4> o, TensorView<float, 4> local, TensorView<float, 4> readout,
+                 TensorView<float, 4> transition, const Executor& ex) {
+    seqmix::gated_delta_rule_slice(inputs(t0, n), {o, local}, readout, transition, options, ex);
+  };
+  return op;
+}
+
+CpMatrixOperator cp_delta_rule(const CpDeltaData& x, const seqmix::DeltaRuleOptions& options) {
+  auto inputs = [&x](index_t t0, index_t n) {
+    return seqmix::DeltaRuleInputs{CpLaData::cut(x.q, t0, n), CpLaData::cut(x.k, t0, n), CpLaData::cut(x.v, t0, n),
+                                   CpLaData::cut(x.beta, t0, n)};
+  };
+  CpMatrixOperator op{x.B, x.T, x.HV, x.K, x.V, {}, {}};
+  op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::delta_rule(in, {o, fin}, options);
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 4> o, TensorView<float, 4> local, TensorView<float, 4> readout,
+                 TensorView<float, 4> transition, const Executor& ex) {
+    seqmix::delta_rule_slice(inputs(t0, n), {o, local}, readout, transition, options, ex);
+  };
+  return op;
+}
+
+// rwkv7 has one head count for everything: HV heads of K channels, V = 10 values. r and k reuse
+// the other tensors of that shape (any values will do).
+CpMatrixOperator cp_rwkv7(const CpDeltaData& x) {
+  auto inputs = [&x](index_t t0, index_t n) {
+    const auto head_k = [&](const Tensor<float, 4>& t) { return CpLaData::cut(t, t0, n); };
+    return seqmix::Rwkv7Inputs{head_k(x.a), head_k(x.g), CpLaData::cut(x.v, t0, n), head_k(x.a), head_k(x.b),
+                               head_k(x.g)};
+  };
+  CpMatrixOperator op{x.B, x.T, x.HV, x.K, x.V, {}, {}};
+  op.whole = [=](ConstView<float, 4> initial, TensorView<float, 4> o, TensorView<float, 4> fin) {
+    auto in = inputs(0, x.T);
+    in.initial_state = initial;
+    seqmix::rwkv7(in, {o, fin});
+  };
+  op.slice = [=](index_t t0, index_t n, TensorView<float, 4> o, TensorView<float, 4> local, TensorView<float, 4> readout,
+                 TensorView<float, 4> transition, const Executor& ex) {
+    seqmix::rwkv7_slice(inputs(t0, n), {o, local}, readout, transition, ex);
+  };
+  return op;
+}
+
 }  // namespace
+
+TEST_CASE("context parallel: delta rule, gated delta rule / KDA and rwkv7 slices equal one call", "[context_parallel]") {
+  const CpDeltaData x;
+  for (const auto algorithm : {seqmix::DeltaAlgorithm::chunked, seqmix::DeltaAlgorithm::recurrent}) {
+    seqmix::GatedDeltaRuleOptions gated;
+    gated.algorithm = algorithm;
+    gated.chunk_size = 16;
+    gated.qk_norm = seqmix::QkNorm::l2;
+    seqmix::DeltaRuleOptions plain;
+    plain.algorithm = algorithm;
+    plain.chunk_size = 16;
+    plain.qk_norm = seqmix::QkNorm::l2;
+    for (const auto& split : cp_splits()) {
+      for (const Executor* pool : {static_cast<const Executor*>(nullptr), static_cast<const Executor*>(&st::two_thread_pool())}) {
+        INFO("algorithm " << static_cast<int>(algorithm) << ", " << split.size() << " slices, pool " << (pool != nullptr));
+        for (const auto gate : {seqmix::DeltaGate::scalar, seqmix::DeltaGate::channel}) {
+          INFO("gate " << static_cast<int>(gate));
+          gated.gate = gate;
+          cp_require_matrix_slices_equal_whole(cp_gated_delta_rule(x, gated), split, pool);
+        }
+        cp_require_matrix_slices_equal_whole(cp_delta_rule(x, plain), split, pool);
+        if (algorithm == seqmix::DeltaAlgorithm::recurrent) cp_require_matrix_slices_equal_whole(cp_rwkv7(x), split, pool);
+      }
+    }
+  }
+}
 
 TEST_CASE("context parallel: ssd and selective_scan slices equal one call", "[context_parallel]") {
   const CpSsdData ssd_data;
@@ -387,7 +553,7 @@ TEST_CASE("context parallel: diagonal-decay linear attention slices equal one ca
   }
 }
 
-TEST_CASE("context parallel: linear attention slice calls refuse what they cannot pass on", "[context_parallel]") {
+TEST_CASE("context parallel: slice calls refuse what they cannot pass on", "[context_parallel]") {
   const CpLaData x;
   Tensor<float, 4> o({x.B, x.T, x.HV, x.V}), fin({x.B, x.HV, x.K, x.V}), init({x.B, x.HV, x.K, x.V});
   for (index_t i = 0; i < o.numel(); ++i) o.data()[i] = 7.5f;
@@ -415,5 +581,22 @@ TEST_CASE("context parallel: linear attention slice calls refuse what they canno
     options.feature_map = seqmix::FeatureMap::elu1;
     seqmix::linear_attention_slice({x.q.view(), x.k.view(), x.v.view()}, {o.view(), fin.view()}, options);
   });
+  const CpDeltaData dx;
+  const seqmix::GatedDeltaRuleInputs din{dx.q.view(), dx.k.view(), dx.v.view(), dx.beta.view(), dx.gs.view()};
+  Tensor<float, 4> dfin({dx.B, dx.HV, dx.K, dx.V}), readout({dx.B, dx.T, dx.HV, dx.K}), transition({dx.B, dx.HV, dx.K, dx.K});
+  st::require_shape_error("readout", [&] {
+    Tensor<float, 4> wrong({dx.B, dx.T, dx.HV, dx.K + 1});
+    seqmix::gated_delta_rule_slice(din, {o.view(), dfin.view()}, wrong.view(), transition.view());
+  });
+  st::require_shape_error("transition", [&] {
+    seqmix::gated_delta_rule_slice(din, {o.view(), dfin.view()}, readout.view(), readout.view());
+  });
+  st::require_shape_error("final_state", [&] {
+    seqmix::gated_delta_rule_slice(din, {o.view()}, readout.view(), transition.view());
+  });
+  st::require_shape_error("final_state", [&] {
+    seqmix::correct_matrix_slice(readout.view(), transition.view(), dfin.view(), o.view(), dfin.view());
+  });
   for (index_t i = 0; i < o.view().numel(); ++i) REQUIRE(o.view().data()[i] == 7.5f);
+  for (index_t i = 0; i < readout.view().numel(); ++i) REQUIRE(readout.view().data()[i] == 0.f);
 }

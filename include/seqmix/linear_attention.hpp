@@ -18,6 +18,8 @@
 #include "seqmix/linear_attention/gla/slice.hpp"
 #include "seqmix/linear_attention/linear_attention/slice.hpp"
 #include "seqmix/linear_attention/rwkv6/slice.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/slice.hpp"
+#include "seqmix/linear_attention/rwkv7/slice.hpp"
 
 // Delta-rule members of the family: DeltaNet, Gated DeltaNet / KDA, RWKV-7.
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"

@@ -17,11 +17,15 @@
 // correction from S0 to its outputs.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/eigen.hpp"
+#include "seqmix/core/parallel.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -94,5 +98,105 @@ void compose_diagonal_slices(const typename detail::NoDeduce<ConstView<float, RD
     if (d != nullptr) d[r] = d1[r] + d2[r];
   }
 }
+
+/// Composes the (transition, state) summaries of two consecutive slices with a matrix transition
+/// (the delta rules, RWKV-7): state = second_transition * first_state + second_state and
+/// transition = second_transition * first_transition, per (batch row, head). Transitions
+/// [B,H,K,K], states [B,H,K,V], any strides. first_transition and transition are optional
+/// together (empty: first_state is a plain state, e.g. the sequence's initial state). Outputs may
+/// be any of the inputs (each product is formed before it is stored).
+inline void compose_matrix_slices(const ConstView<float, 4>& first_transition, const ConstView<float, 4>& first_state,
+                                  const ConstView<float, 4>& second_transition, const ConstView<float, 4>& second_state,
+                                  const TensorView<float, 4>& transition, const TensorView<float, 4>& state) {
+  const ArgCheck check("compose_matrix_slices");
+  check.shape("second_state", second_state, std::array<index_t, 4>{-1, -1, -1, -1}, "B,H,K,V");
+  const index_t B = second_state.size(0), H = second_state.size(1), K = second_state.size(2);
+  const std::array<index_t, 4> transition_shape{B, H, K, K};
+  check.shape("second_transition", second_transition, transition_shape, "B,H,K,K");
+  check.shape("first_state", first_state, second_state.shape(), "B,H,K,V");
+  check.shape("state", state, second_state.shape(), "B,H,K,V");
+  check.optional_shape("first_transition", first_transition, transition_shape, "B,H,K,K");
+  check.optional_shape("transition", transition, transition_shape, "B,H,K,K");
+  check.that(first_transition.has_value() == transition.has_value(), "transition",
+             "must be given exactly when first_transition is");
+  RowMajorMatrix<float> product;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h) {
+      const auto T2 = as_matrix(second_transition[b][h]);
+      product.noalias() = T2 * as_matrix(first_state[b][h]);
+      as_matrix(state[b][h]) = product + as_matrix(second_state[b][h]);
+      if (!transition.has_value()) continue;
+      product.noalias() = T2 * as_matrix(first_transition[b][h]);
+      as_matrix(transition[b][h]) = product;
+    }
+}
+
+/// Finishes a slice of a matrix-transition operator once its true initial state is known:
+/// o[b,t,h,:] += readout[b,t,h,:] initial[b,h] (one [T,K] x [K,V] GEMM per batch row and head)
+/// and, when final_state is given, final_state[b,h] += transition[b,h] initial[b,h]. readout
+/// [B,T,H,K] and transition [B,H,K,K] are what the operator's <op>_slice returned, o [B,T,H,V]
+/// its zero-state outputs, final_state [B,H,K,V] (optional) its local final state; initial
+/// [B,H,K,V]. o and final_state must not overlap the other arguments. Threaded over (b, h).
+inline void correct_matrix_slice(const ConstView<float, 4>& readout, const ConstView<float, 4>& transition,
+                                 const ConstView<float, 4>& initial, const TensorView<float, 4>& o,
+                                 const TensorView<float, 4>& final_state, const Executor& executor = serial_executor()) {
+  const ArgCheck check("correct_matrix_slice");
+  check.shape("readout", readout, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,K");
+  const index_t B = readout.size(0), T = readout.size(1), H = readout.size(2), K = readout.size(3);
+  check.shape("transition", transition, std::array<index_t, 4>{B, H, K, K}, "B,H,K,K");
+  check.shape("initial", initial, std::array<index_t, 4>{B, H, K, -1}, "B,H,K,V");
+  const index_t V = initial.size(3);
+  check.shape("o", o, std::array<index_t, 4>{B, T, H, V}, "B,T,H,V");
+  check.optional_shape("final_state", final_state, std::array<index_t, 4>{B, H, K, V}, "B,H,K,V");
+  check.no_overlap("o", o, "readout", readout).no_overlap("o", o, "transition", transition);
+  check.no_overlap("o", o, "initial", initial).no_overlap("o", o, "final_state", final_state);
+  check.no_overlap("final_state", final_state, "readout", readout);
+  check.no_overlap("final_state", final_state, "transition", transition);
+  check.no_overlap("final_state", final_state, "initial", initial);
+  parallel_for(executor, B * H, 1, [&](index_t begin, index_t end) {
+    RowMajorMatrix<float> S, product;
+    for (index_t task = begin; task < end; ++task) {
+      const index_t b = task / H, h = task % H;
+      S = as_matrix(initial[b][h]);
+      if (T > 0) {
+        product.noalias() = as_matrix(readout[b].select(1, h)) * S;
+        as_matrix(o[b].select(1, h)) += product;
+      }
+      if (!final_state.has_value()) continue;
+      product.noalias() = as_matrix(transition[b][h]) * S;
+      as_matrix(final_state[b][h]) += product;
+    }
+  });
+}
+
+namespace detail {
+
+// The threaded driver of the context_parallel_<op> functions: cuts [0, T) into `slices` nearly
+// equal pieces (T*i/slices boundaries, so every piece has a token when slices <= T), runs
+// run_slice(i, begin, length) for all of them at once over the executor, then
+// compose(i) for i = 0..slices-2 in order on the calling thread (slice i+1's initial state from
+// slice i's), then correct(i, begin, length) for all of them at once.
+template <class RunSlice, class Compose, class Correct>
+void run_context_parallel(index_t T, index_t slices, const Executor& executor, RunSlice&& run_slice,
+                          Compose&& compose, Correct&& correct) {
+  std::vector<index_t> begins(static_cast<std::size_t>(slices + 1));
+  for (index_t i = 0; i <= slices; ++i) begins[static_cast<std::size_t>(i)] = T * i / slices;
+  const auto piece = [&](index_t i, auto&& body) {
+    const index_t begin = begins[static_cast<std::size_t>(i)];
+    body(i, begin, begins[static_cast<std::size_t>(i + 1)] - begin);
+  };
+  executor.run(slices, [&](index_t i) { piece(i, run_slice); });
+  for (index_t i = 0; i + 1 < slices; ++i) compose(i);
+  executor.run(slices, [&](index_t i) { piece(i, correct); });
+}
+
+// How many slices a context_parallel_<op> call cuts T tokens into: `requested`, or one per
+// thread of the executor when 0, never more than T.
+inline index_t context_slices(index_t requested, index_t T, const Executor& executor) {
+  const index_t slices = requested > 0 ? requested : static_cast<index_t>(executor.concurrency());
+  return std::max<index_t>(1, std::min(slices, T));
+}
+
+}  // namespace detail
 
 }  // namespace seqmix

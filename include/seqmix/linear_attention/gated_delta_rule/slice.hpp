@@ -1,0 +1,57 @@
+// State passing across slices of one sequence for gated_delta_rule (Gated DeltaNet, KDA) and
+// delta_rule (DeltaNet): a slice runs from a zero state and returns its readout and [K,K]
+// transition (delta_update/slice.hpp derives them); compose_matrix_slices composes slices and
+// correct_matrix_slice applies a slice's true initial state (core/slice_state.hpp).
+#pragma once
+
+#include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/delta_update/slice.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+
+namespace seqmix {
+
+namespace delta_update {
+
+// The slice protocol on a DeltaCall: the zero-state run, then the identity run into readout /
+// transition with the same gates, betas, keys, queries and options.
+inline void run_delta_slice(const ArgCheck& check, const DeltaCall& c, const TensorView<float, 4>& readout,
+                            const TensorView<float, 4>& transition, const Executor& executor) {
+  const detail::la::Dims d = validate_delta(check, c, executor).d;
+  check_matrix_slice(check, c.batch, c.initial_state, c.final_state, c.token_states.has_value(), d, readout,
+                     transition, c.q, c.k, c.v, c.beta, c.g, c.g_scalar, c.o);
+  fast_delta(check, c, executor);
+  const IdentityRun run(d.B, d.T, d.HV, d.K);
+  DeltaCall identity = c;
+  identity.v = run.zero_values;
+  identity.initial_state = run.identity;
+  identity.o = readout;
+  identity.final_state = transition;
+  fast_delta(check, identity, executor);
+}
+
+}  // namespace delta_update
+
+/// Runs gated_delta_rule on one slice of longer sequences from a zero state: out.o gets the
+/// zero-state outputs, out.final_state [B,HV,K,V] (required) the local final state, readout
+/// [B,T,HV,K] what each token's output reads per unit of initial state (o_t gains
+/// readout_t^T S0) and transition [B,HV,K,K] the product of the slice's per-token transitions
+/// (the final state gains transition S0). A dense batch only (in.batch empty), no
+/// in.initial_state, no token_states. Costs about two prefills (the second with V = K). Compose
+/// slices with compose_matrix_slices; finish one with correct_matrix_slice.
+inline void gated_delta_rule_slice(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+                                   const TensorView<float, 4>& readout, const TensorView<float, 4>& transition,
+                                   const GatedDeltaRuleOptions& options = {},
+                                   const Executor& executor = serial_executor()) {
+  static const ArgCheck check("gated_delta_rule_slice");
+  delta_update::run_delta_slice(check, delta_update::gated_call(in, out, options), readout, transition, executor);
+}
+
+/// delta_rule's form of gated_delta_rule_slice (no decay): same outputs and protocol.
+inline void delta_rule_slice(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const TensorView<float, 4>& readout,
+                             const TensorView<float, 4>& transition, const DeltaRuleOptions& options = {},
+                             const Executor& executor = serial_executor()) {
+  static const ArgCheck check("delta_rule_slice");
+  delta_update::run_delta_slice(check, delta_update::ungated_call(in, out, options), readout, transition, executor);
+}
+
+}  // namespace seqmix
