@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/core/error.hpp"
@@ -308,6 +309,21 @@ inline MatrixScanSplit choose_matrix_split(MatrixScanSplit requested, index_t he
   return MatrixScanSplit::time;
 }
 
+// Calls f(std::integral_constant<int, kN>) with kN = N for the block sizes that have unrolled
+// kernels, kN = 0 (any N, strided) otherwise: the one place that lists them.
+template <class F>
+void with_block_size(index_t N, F&& f) {
+  switch (N) {
+    case 1: return f(std::integral_constant<int, 1>());
+    case 2: return f(std::integral_constant<int, 2>());
+    case 3: return f(std::integral_constant<int, 3>());
+    case 4: return f(std::integral_constant<int, 4>());
+    case 8: return f(std::integral_constant<int, 8>());
+    case 16: return f(std::integral_constant<int, 16>());
+    default: return f(std::integral_constant<int, 0>());
+  }
+}
+
 template <int kN>
 void matrix_scan_dispatch(const MatrixScanArgs& a, const MatrixScanOptions& options, const Executor& executor) {
   if (choose_matrix_split(options.split, a.B * a.H, a.T, a.N, executor.concurrency()) == MatrixScanSplit::time)
@@ -328,15 +344,7 @@ inline void matrix_scan(const MatrixScanInputs& in, const MatrixScanOutputs& out
                         const Executor& executor = serial_executor()) {
   const auto [B, T, H, N] = detail::validate_matrix_scan("matrix_scan", in, out, options);
   const detail::MatrixScanArgs args{in, out, B, T, H, N};
-  switch (N) {
-    case 1: return detail::matrix_scan_dispatch<1>(args, options, executor);
-    case 2: return detail::matrix_scan_dispatch<2>(args, options, executor);
-    case 3: return detail::matrix_scan_dispatch<3>(args, options, executor);
-    case 4: return detail::matrix_scan_dispatch<4>(args, options, executor);
-    case 8: return detail::matrix_scan_dispatch<8>(args, options, executor);
-    case 16: return detail::matrix_scan_dispatch<16>(args, options, executor);
-    default: return detail::matrix_scan_dispatch<0>(args, options, executor);
-  }
+  detail::with_block_size(N, [&](auto kN) { detail::matrix_scan_dispatch<decltype(kN)::value>(args, options, executor); });
 }
 
 }  // namespace seqmix

@@ -57,15 +57,7 @@ inline void matrix_scan_step(const MatrixScanStepInputs& in, TensorView<float, 3
     check.fail("A", "must hold square blocks of size N >= 1, got shape " + shape_to_string(in.A.shape()));
   check.shape("x", in.x, {B, H, N}, "B,H,N").shape("state", state, {B, H, N}, "B,H,N");
   check.no_overlap("state", state, "A", in.A).no_overlap("state", state, "x", in.x);
-  switch (N) {
-    case 1: return detail::matrix_scan_step_heads<1>(in, state, executor);
-    case 2: return detail::matrix_scan_step_heads<2>(in, state, executor);
-    case 3: return detail::matrix_scan_step_heads<3>(in, state, executor);
-    case 4: return detail::matrix_scan_step_heads<4>(in, state, executor);
-    case 8: return detail::matrix_scan_step_heads<8>(in, state, executor);
-    case 16: return detail::matrix_scan_step_heads<16>(in, state, executor);
-    default: return detail::matrix_scan_step_heads<0>(in, state, executor);
-  }
+  detail::with_block_size(N, [&](auto kN) { detail::matrix_scan_step_heads<decltype(kN)::value>(in, state, executor); });
 }
 
 }  // namespace seqmix
