@@ -14,6 +14,7 @@
 #include "seqmix/ssm/ssd/chunked.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
 #include "seqmix/ssm/ssd/step.hpp"
+#include "seqmix/ssm/matrix_scan/conv_state.hpp"
 #include "seqmix/ssm/matrix_scan/fast.hpp"
 #include "seqmix/ssm/matrix_scan/orthogonal.hpp"
 #include "seqmix/ssm/matrix_scan/reference.hpp"
