@@ -492,6 +492,9 @@ void linear_scan_dispatch(const LinearScanArgs& x, const LinearScanOptions& opti
 inline void linear_scan(ConstView<float, 3> a, ConstView<float, 3> b, ConstView<float, 2> h0,
                         TensorView<float, 3> h_all, TensorView<float, 2> h_last,
                         const LinearScanOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse)
+    return linear_scan(reversed_time_view(a), reversed_time_view(b), h0, reversed_time_view(h_all), h_last,
+                       detail::forward_options(options), executor);
   const auto [B, T, D] = detail::validate_linear_scan("linear_scan", a, b, h0, h_all, h_last, options);
   const detail::LinearScanArgs args{a, b, h0, h_all, h_last, B, T, D,
                                     detail::use_streaming_stores(options.stores, h_all)};

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -64,6 +65,10 @@ struct LinearScanOptions {
   index_t chunk_size = 0;
   /// Cached or streaming stores for h_all (see OutputStores).
   OutputStores stores = OutputStores::automatic;
+  /// Run from the last token to the first (core/direction.hpp): h_t = a_t h_{t+1} + b_t, h_all[t]
+  /// the state after token t in that order, h_last the state after token 0, h0 the state before
+  /// token T-1. No copy: the views are reversed.
+  bool reverse = false;
 };
 
 /// Options of the generic associative scan.
@@ -152,6 +157,9 @@ inline void linear_scan(ConstView<float, 3> a, ConstView<float, 3> b, ConstView<
                         TensorView<float, 3> h_all, TensorView<float, 2> h_last,
                         const LinearScanOptions& options = {},
                         const Executor& executor = serial_executor()) {
+  if (options.reverse)
+    return linear_scan(reversed_time_view(a), reversed_time_view(b), h0, reversed_time_view(h_all), h_last,
+                       detail::forward_options(options), executor);
   (void)executor;
   const auto [B, T, D] = detail::validate_linear_scan("reference::linear_scan", a, b, h0, h_all, h_last, options);
   std::vector<float> h(static_cast<std::size_t>(D));

@@ -229,6 +229,10 @@ inline std::vector<ConvSequence> conv_sequences(const CausalConv1dInputs& in, co
 inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                           const CausalConv1dOptions& options = {},
                           const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("causal_conv1d", in, out);
+    return causal_conv1d(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto call = detail::validate_causal_conv1d("causal_conv1d", in, out, options);
   const index_t D = call.dims.D, W = call.dims.W;
   using detail::kConvChannelTile;

@@ -34,6 +34,10 @@ enum class ConvActivation {
 struct CausalConv1dOptions {
   /// Applied to bias + convolution; none by default (Mamba uses silu).
   ConvActivation activation = ConvActivation::none;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// Prefill arguments. Optional views are empty (default-constructed) when not given.
@@ -120,6 +124,16 @@ inline Conv1dCall validate_causal_conv1d(const char* op, const CausalConv1dInput
   return {{B, T, D, W}, map};
 }
 
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<CausalConv1dInputs, CausalConv1dOutputs> reversed_call(const char* op, CausalConv1dInputs in,
+                                                                        CausalConv1dOutputs out) {
+  check_reversible(op, in.batch, true);
+  in.x = reversed_time_view(in.x);
+  out.y = reversed_time_view(out.y);
+  out.token_states = reversed_time_view(out.token_states);
+  return {in, out};
+}
+
 struct Conv1dStepCall {
   Conv1dDims dims;
   StepSlots map;
@@ -154,6 +168,10 @@ namespace reference {
 inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                           const CausalConv1dOptions& options = {},
                           const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::causal_conv1d", in, out);
+    return causal_conv1d(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const auto call = detail::validate_causal_conv1d("reference::causal_conv1d", in, out, options);
   const index_t D = call.dims.D, W = call.dims.W, S = W - 1;  // S: rows of conv state

@@ -87,6 +87,10 @@ inline void scan_lanes(const SelectiveScanInputs& in, const SelectiveScanOutputs
 inline void selective_scan(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
                            const SelectiveScanOptions& options = {},
                            const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("selective_scan", in, out);
+    return selective_scan(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto call = detail::validate_selective_scan("selective_scan", in, out);
   const index_t D = call.dims.D, N = call.dims.N, G = call.dims.G;
   if (D == 0) return;

@@ -30,6 +30,10 @@ struct SelectiveScanOptions {
   /// Apply softplus(x) = log1p(exp(x)) (x itself for x > 20) to delta + delta_bias, as mamba_ssm's
   /// delta_softplus flag does. Off by default, as there.
   bool delta_softplus = false;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// Prefill arguments. Optional views are empty (default-constructed) when not given.
@@ -120,6 +124,20 @@ inline ScanCall validate_selective_scan(const char* op, const SelectiveScanInput
   return {{B, T, D, N, G}, map};
 }
 
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<SelectiveScanInputs, SelectiveScanOutputs> reversed_call(const char* op, SelectiveScanInputs in,
+                                                                          SelectiveScanOutputs out) {
+  check_reversible(op, in.batch, true);
+  in.u = reversed_time_view(in.u);
+  in.delta = reversed_time_view(in.delta);
+  in.Bm = reversed_time_view(in.Bm);
+  in.Cm = reversed_time_view(in.Cm);
+  in.z = reversed_time_view(in.z);
+  out.y = reversed_time_view(out.y);
+  out.token_states = reversed_time_view(out.token_states);
+  return {in, out};
+}
+
 struct ScanStepCall {
   ScanDims dims;
   StepSlots map;
@@ -187,6 +205,10 @@ namespace reference {
 inline void selective_scan(const SelectiveScanInputs& in_all, const SelectiveScanOutputs& out_all,
                            const SelectiveScanOptions& options = {},
                            const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::selective_scan", in_all, out_all);
+    return selective_scan(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const auto call = detail::validate_selective_scan("reference::selective_scan", in_all, out_all);
   const index_t D = call.dims.D, N = call.dims.N, channels_per_group = D / call.dims.G;

@@ -363,6 +363,10 @@ inline bool ssd_use_chunked(const SsdOptions& options, const SequenceMap& map, c
 /// (sequence, head) pairs.
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("ssd", in, out);
+    return ssd(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const detail::SsdCall call = detail::validate_ssd("ssd", in, out, options);
   if (detail::ssd_use_chunked(options, call.map, out))
     detail::ssd_chunked(in, out, options, call.dims, call.map, executor);

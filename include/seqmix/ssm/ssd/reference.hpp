@@ -47,6 +47,10 @@ struct SsdOptions {
   index_t chunk_size = 32;
   /// Prefill algorithm; automatic picks by input length (the step ignores it).
   SsdAlgorithm algorithm = SsdAlgorithm::automatic;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// Prefill arguments. Optional views are empty (default-constructed) when not given.
@@ -182,6 +186,19 @@ inline SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputs&
   return {{B, 1, H, P, N, G}, map};
 }
 
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<SsdInputs, SsdOutputs> reversed_call(const char* op, SsdInputs in, SsdOutputs out) {
+  check_reversible(op, in.batch, true);
+  in.x = reversed_time_view(in.x);
+  in.dt = reversed_time_view(in.dt);
+  in.Bm = reversed_time_view(in.Bm);
+  in.Cm = reversed_time_view(in.Cm);
+  in.z = reversed_time_view(in.z);
+  out.y = reversed_time_view(out.y);
+  out.token_states = reversed_time_view(out.token_states);
+  return {in, out};
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -191,6 +208,10 @@ namespace reference {
 /// final_state may alias initial_state.
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::ssd", in, out);
+    return ssd(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const auto call = detail::validate_ssd("reference::ssd", in, out, options);
   const auto [B, T_all, H, P, N, G] = call.dims;
