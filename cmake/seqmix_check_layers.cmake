@@ -6,7 +6,7 @@
 # ssm and linear_attention on it, each on its own; attention on core and positional; kv_cache on
 # attention; chunked (the hybrids) on ssm, linear_attention and attention; lti (long convolutions,
 # LTI state-space kernels) on core alone; rnn (the nonlinear cells) on core alone; memory (product-key
-# memory) on core alone; io beside
+# memory) on core alone; structured (2-D and directional scans) on core and ssm; io beside
 # core; mpi (the optional context-parallel component, which needs <mpi.h>) on top of every
 # operator family, included by no other family and not by seqmix.hpp. A header may include only
 # headers of its own family and of the families below it, so a user who includes one family's
@@ -28,7 +28,7 @@ endif()
 set(_inc "${SEQMIX_SOURCE_DIR}/include")
 
 # Families each family may include (its own is always allowed). Mirrors the folder layout.
-set(_families core io positional ssm linear_attention attention kv_cache chunked lti rnn memory mpi)
+set(_families core io positional ssm linear_attention attention kv_cache chunked lti rnn memory mpi structured)
 set(_allowed_core "")
 set(_allowed_io core)
 set(_allowed_positional core)
@@ -41,6 +41,7 @@ set(_allowed_lti core)
 set(_allowed_rnn core)
 set(_allowed_memory core)
 set(_allowed_mpi core positional ssm linear_attention attention chunked)
+set(_allowed_structured core ssm)
 
 # Known exceptions, each to be removed when fixed (docs/compile_time.md): a header that may
 # include a family above its floor, and so the umbrella headers that reach it. None today.

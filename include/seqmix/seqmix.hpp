@@ -5,6 +5,7 @@
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/eigen.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -23,6 +24,7 @@
 #include "seqmix/positional.hpp"
 #include "seqmix/rnn.hpp"
 #include "seqmix/ssm.hpp"
+#include "seqmix/structured.hpp"
 
 /// \namespace seqmix
 /// The public API: every operator's fast prefill `seqmix::<op>` and decode step

@@ -61,11 +61,11 @@ Options forward_options(Options options) {
 
 // Elementwise dst += src over equal shapes (any strides).
 template <std::size_t Rank>
-void add_into(const ConstView<float, Rank>& src, const TensorView<float, Rank>& dst) {
+void accumulate_into(const ConstView<float, Rank>& src, const TensorView<float, Rank>& dst) {
   if constexpr (Rank == 1) {
     for (index_t i = 0; i < src.size(0); ++i) dst(i) += src(i);
   } else {
-    for (index_t i = 0; i < src.size(0); ++i) add_into(src[i], dst[i]);
+    for (index_t i = 0; i < src.size(0); ++i) accumulate_into(src[i], dst[i]);
   }
 }
 
@@ -127,7 +127,7 @@ void bidirectional(Run&& run, TensorView<float, Rank> y, const BidirectionalOpti
   run(true, backward.view());
   if (merge == BidirectionalMerge::sum) {
     run(false, y);
-    detail::add_into<Rank>(backward.view().as_const(), y);
+    detail::accumulate_into<Rank>(backward.view().as_const(), y);
     return;
   }
   Tensor<float, Rank> forward(y.shape());

@@ -1,0 +1,213 @@
+// Structured and directional scans, 2 threads.
+//
+//   structured/cross_selective_scan/<shape>   VMamba SS2D on a 64 x 64 patch grid (C = 192
+//                                             channels, N = 16, one B/C group): the four scan
+//                                             orders read as strided views, merged by sum
+//   structured/materialized/<shape>           the baseline: cross_scan copies of u, delta, Bm
+//                                             and Cm into [B,4,L,...], four selective_scan calls
+//                                             on contiguous sequences, cross_merge
+//   structured/cross_selective_scan_ms/<shape> MSVMamba scales {full, coarse x 3}
+//   reverse/<op>/<dir>/<shape>                 the reverse option against forward on the same
+//                                             inputs (issue 23 asks for at most 5% more)
+//   grid_scan/<split>/<shape>                  the 2-D linear recurrence, and its reference
+//
+// GFLOP/s of the selective scans counts 6 flops per (token, channel, state) update of the scan
+// (decay multiply, dt*B*u, the state update, C*h) and leaves out the exp; grid_scan counts 4 per
+// cell and channel; linear_scan's GB/s counts a, b read and h_all written once.
+#include <benchmark/benchmark.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/scan.hpp"
+#include "seqmix/ssm.hpp"
+#include "seqmix/structured.hpp"
+#include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct GridShape {
+  const char* name;
+  index_t B, H, W, D, N;
+};
+const GridShape kVmamba = {"vmamba_64x64_C192_N16", 1, 64, 64, 192, 16};
+
+// One direction's grid inputs; u is shared by the four directions, as in VMamba.
+struct BenchDirection {
+  Tensor<float, 4> delta;
+  Tensor<float, 5> Bm, Cm;
+  Tensor<float, 2> A;
+  Tensor<float, 1> Dskip;
+  BenchDirection(const GridShape& s, index_t H, index_t W, std::uint64_t seed)
+      : delta(st::random_tensor<4>({s.B, H, W, s.D}, seed, 0.f, 0.3f)),
+        Bm(st::random_tensor<5>({s.B, H, W, 1, s.N}, seed + 1)), Cm(st::random_tensor<5>({s.B, H, W, 1, s.N}, seed + 2)),
+        A(st::random_tensor<2>({s.D, s.N}, seed + 3, -2.f, -0.1f)), Dskip(st::random_tensor<1>({s.D}, seed + 4)) {}
+  seqmix::CrossScanDirectionInputs inputs(const Tensor<float, 4>& u) const {
+    return {u.cview(), delta.cview(), A.cview(), Bm.cview(), Cm.cview(), Dskip.cview()};
+  }
+};
+
+double scan_flops(const GridShape& s, index_t tokens) { return 6.0 * static_cast<double>(s.B * tokens * s.D * s.N); }
+
+void cross_views(benchmark::State& state, const GridShape& s, bool multi_scale) {
+  const index_t Hc = (s.H + 1) / 2, Wc = (s.W + 1) / 2;
+  const Tensor<float, 4> u = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 1);
+  const Tensor<float, 4> u_coarse = st::random_tensor<4>({s.B, Hc, Wc, s.D}, 2);
+  std::vector<BenchDirection> dirs;
+  for (std::uint64_t k = 0; k < 4; ++k) {
+    const bool coarse = multi_scale && k > 0;
+    dirs.emplace_back(s, coarse ? Hc : s.H, coarse ? Wc : s.W, 10 + 10 * k);
+  }
+  seqmix::CrossSelectiveScanOptions options;
+  if (multi_scale)
+    options.scales = {seqmix::GridScale::full, seqmix::GridScale::coarse, seqmix::GridScale::coarse,
+                      seqmix::GridScale::coarse};
+  const std::array<seqmix::CrossScanDirectionInputs, 4> in{
+      dirs[0].inputs(u), dirs[1].inputs(multi_scale ? u_coarse : u), dirs[2].inputs(multi_scale ? u_coarse : u),
+      dirs[3].inputs(multi_scale ? u_coarse : u)};
+  Tensor<float, 4> y({s.B, s.H, s.W, s.D});
+  for (auto _ : state) {
+    seqmix::cross_selective_scan(in, y.view(), options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const index_t tokens = multi_scale ? s.H * s.W + 3 * Hc * Wc : 4 * s.H * s.W;
+  st::report_gflops(state, scan_flops(s, tokens));
+}
+
+// [B,H,W,...] -> [B,4,L,...] through cross_scan on a [B,H,W,prod(rest)] view of a contiguous map.
+template <std::size_t R>
+void bench_cross_scan(const Tensor<float, R>& x, Tensor<float, R>& xs) {
+  index_t rest = 1;
+  for (std::size_t d = 3; d < R; ++d) rest *= x.shape()[d];
+  const index_t B = x.shape()[0], H = x.shape()[1], W = x.shape()[2];
+  seqmix::cross_scan(seqmix::ConstView<float, 4>(x.data(), {B, H, W, rest}),
+                     seqmix::TensorView<float, 4>(xs.data(), {B, 4, H * W, rest}), st::two_thread_pool());
+}
+
+void cross_materialized(benchmark::State& state, const GridShape& s) {
+  const index_t L = s.H * s.W;
+  const Tensor<float, 4> u = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 1);
+  std::vector<BenchDirection> dirs;
+  for (std::uint64_t k = 0; k < 4; ++k) dirs.emplace_back(s, s.H, s.W, 10 + 10 * k);
+  Tensor<float, 4> us({s.B, 4, L, s.D}), ys({s.B, 4, L, s.D}), y({s.B, s.H, s.W, s.D});
+  std::vector<Tensor<float, 4>> ds(4, Tensor<float, 4>({s.B, 4, L, s.D}));
+  std::vector<Tensor<float, 5>> bs(4, Tensor<float, 5>({s.B, 4, L, 1, s.N})), cs(4, Tensor<float, 5>({s.B, 4, L, 1, s.N}));
+  for (auto _ : state) {
+    bench_cross_scan(u, us);
+    for (std::size_t k = 0; k < 4; ++k) {
+      // Each direction's projections, materialized in scan order (only direction k's copy is used).
+      bench_cross_scan(dirs[k].delta, ds[k]);
+      bench_cross_scan(dirs[k].Bm, bs[k]);
+      bench_cross_scan(dirs[k].Cm, cs[k]);
+      const auto kk = static_cast<index_t>(k);
+      seqmix::selective_scan({us.cview().select(1, kk), ds[k].cview().select(1, kk), dirs[k].A.cview(),
+                              bs[k].cview().select(1, kk), cs[k].cview().select(1, kk), dirs[k].Dskip.cview()},
+                             {ys.view().select(1, kk)}, {}, st::two_thread_pool());
+    }
+    seqmix::cross_merge(ys.cview(), y.view(), st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_gflops(state, scan_flops(s, 4 * L));
+}
+
+// reverse vs forward: selective_scan (Mamba-130M channels), ssd (Mamba-2 780M heads) and the
+// memory-bound linear_scan.
+void reverse_selective(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 2048, D = 1536, N = 16;
+  const auto u = st::random_tensor<3>({B, T, D}, 1), delta = st::random_tensor<3>({B, T, D}, 2, 0.f, 0.3f);
+  const auto A = st::random_tensor<2>({D, N}, 3, -2.f, -0.1f);
+  const auto Bm = st::random_tensor<4>({B, T, 1, N}, 4), Cm = st::random_tensor<4>({B, T, 1, N}, 5);
+  Tensor<float, 3> y({B, T, D});
+  seqmix::SelectiveScanOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::selective_scan({u.cview(), delta.cview(), A.cview(), Bm.cview(), Cm.cview()}, {y.view()}, options,
+                           st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_gflops(state, 6.0 * static_cast<double>(B * T * D * N));
+}
+
+void reverse_ssd(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 2048, H = 48, P = 64, N = 128;
+  const auto x = st::random_tensor<4>({B, T, H, P}, 1);
+  const auto dt = st::random_tensor<3>({B, T, H}, 2, -2.f, 0.f);
+  const auto A = st::random_tensor<1>({H}, 3, -1.f, -0.1f);
+  const auto Bm = st::random_tensor<4>({B, T, 1, N}, 4), Cm = st::random_tensor<4>({B, T, 1, N}, 5);
+  Tensor<float, 4> y({B, T, H, P});
+  seqmix::SsdOptions options;
+  options.reverse = reverse;
+  options.dt_softplus = true;
+  for (auto _ : state) {
+    seqmix::ssd({x.cview(), dt.cview(), A.cview(), Bm.cview(), Cm.cview()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  // The chunked form: about 2P(N + L) + 2PN flops per token and head at chunk L = 32.
+  st::report_gflops(state, static_cast<double>(B * T * H) * (2.0 * P * (N + 32) + 2.0 * P * N));
+}
+
+void reverse_linear(benchmark::State& state, bool reverse) {
+  const index_t B = 2, T = 16384, D = 256;
+  const auto a = st::random_tensor<3>({B, T, D}, 1, 0.5f, 1.f), b = st::random_tensor<3>({B, T, D}, 2);
+  Tensor<float, 3> h({B, T, D});
+  seqmix::LinearScanOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::linear_scan(a.cview(), b.cview(), {}, h.view(), {}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(h.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_gbytes(state, 3.0 * static_cast<double>(B * T * D) * sizeof(float));
+}
+
+void grid(benchmark::State& state, int form) {
+  const GridShape& s = kVmamba;
+  const auto al = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 1, 0.f, 0.5f);
+  const auto at = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 2, 0.f, 0.5f);
+  const auto x = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 3);
+  Tensor<float, 4> h({s.B, s.H, s.W, s.D});
+  seqmix::GridScanOptions options;
+  options.split = form == 1 ? seqmix::GridScanSplit::wavefront : seqmix::GridScanSplit::channels;
+  for (auto _ : state) {
+    if (form == 2)
+      seqmix::reference::grid_scan({al.cview(), at.cview(), x.cview()}, h.view());
+    else
+      seqmix::grid_scan({al.cview(), at.cview(), x.cview()}, h.view(), options, st::two_thread_pool());
+    benchmark::DoNotOptimize(h.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_gflops(state, 4.0 * static_cast<double>(s.B * s.H * s.W * s.D));
+}
+
+void register_all() {
+  auto add = [](const std::string& name, auto body) {
+    benchmark::RegisterBenchmark(name.c_str(), body)->UseRealTime()->Unit(benchmark::kMicrosecond);
+  };
+  const std::string shape = kVmamba.name;
+  add("structured/cross_selective_scan/" + shape, [](benchmark::State& s) { cross_views(s, kVmamba, false); });
+  add("structured/materialized/" + shape, [](benchmark::State& s) { cross_materialized(s, kVmamba); });
+  add("structured/cross_selective_scan_ms/" + shape, [](benchmark::State& s) { cross_views(s, kVmamba, true); });
+  for (bool reverse : {false, true}) {
+    const std::string dir = reverse ? "/reverse/" : "/forward/";
+    add("reverse/selective_scan" + dir + "mamba-130m_T2048", [reverse](benchmark::State& s) { reverse_selective(s, reverse); });
+    add("reverse/ssd" + dir + "mamba2-780m_T2048", [reverse](benchmark::State& s) { reverse_ssd(s, reverse); });
+    add("reverse/linear_scan" + dir + "B2_T16384_D256", [reverse](benchmark::State& s) { reverse_linear(s, reverse); });
+  }
+  add("grid_scan/channels/" + shape, [](benchmark::State& s) { grid(s, 0); });
+  add("grid_scan/wavefront/" + shape, [](benchmark::State& s) { grid(s, 1); });
+  add("grid_scan/reference/" + shape, [](benchmark::State& s) { grid(s, 2); });
+}
+
+const bool registered = (register_all(), true);
+
+}  // namespace
