@@ -26,6 +26,10 @@ struct DeltaRuleOptions {
   index_t chunk_size = 64;
   /// Prefill algorithm: chunked WY form, recurrent, or the measured choice (the step ignores it).
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// Prefill arguments of delta_rule. Optional views are empty when not given; packed batches and
@@ -74,11 +78,31 @@ inline DeltaCall ungated_call(const DeltaRuleInputs& in, const DeltaRuleOutputs&
 
 }  // namespace delta_update
 
+namespace detail {
+
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<DeltaRuleInputs, DeltaRuleOutputs> reversed_call(const char* op, DeltaRuleInputs in, DeltaRuleOutputs out) {
+  check_reversible(op, in.batch, true);
+  in.q = reversed_time_view(in.q);
+  in.k = reversed_time_view(in.k);
+  in.v = reversed_time_view(in.v);
+  in.beta = reversed_time_view(in.beta);
+  out.o = reversed_time_view(out.o);
+  out.token_states = reversed_time_view(out.token_states);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition, token by token, state in double. final_state may alias initial_state.
 inline void delta_rule(const DeltaRuleInputs& in, const DeltaRuleOutputs& out, const DeltaRuleOptions& options = {},
                        const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::delta_rule", in, out);
+    return delta_rule(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   delta_update::reference_delta("reference::delta_rule", delta_update::ungated_call(in, out, options), executor);
 }
 

@@ -58,6 +58,10 @@ inline void fast_delta(const ArgCheck& check, const DeltaCall& c, const Executor
 /// Gated DeltaNet / KDA prefill. final_state may be the initial_state view (updated in place).
 inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("gated_delta_rule", in, out);
+    return gated_delta_rule(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   static const ArgCheck check("gated_delta_rule");
   delta_update::fast_delta(check, delta_update::gated_call(in, out, options), executor);
 }

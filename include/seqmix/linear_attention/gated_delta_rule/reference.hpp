@@ -20,9 +20,11 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -47,6 +49,10 @@ struct GatedDeltaRuleOptions {
   index_t chunk_size = 64;
   /// Prefill algorithm: chunked WY form, recurrent, or the measured choice (the step ignores it).
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// Prefill arguments. Optional views are empty when not given. Dense: B sequences of T tokens,
@@ -262,12 +268,34 @@ inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRule
 
 }  // namespace delta_update
 
+namespace detail {
+
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<GatedDeltaRuleInputs, GatedDeltaRuleOutputs> reversed_call(const char* op, GatedDeltaRuleInputs in, GatedDeltaRuleOutputs out) {
+  check_reversible(op, in.batch, true);
+  in.q = reversed_time_view(in.q);
+  in.k = reversed_time_view(in.k);
+  in.v = reversed_time_view(in.v);
+  in.beta = reversed_time_view(in.beta);
+  in.g_scalar = reversed_time_view(in.g_scalar);
+  in.g = reversed_time_view(in.g);
+  out.o = reversed_time_view(out.o);
+  out.token_states = reversed_time_view(out.token_states);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition, token by token, state in double. final_state may alias initial_state.
 /// `executor` only splits the gate check.
 inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::gated_delta_rule", in, out);
+    return gated_delta_rule(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   delta_update::reference_delta("reference::gated_delta_rule", delta_update::gated_call(in, out, options), executor);
 }
 

@@ -70,6 +70,10 @@ inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet 
 inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
                                    const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("gated_linear_attention", in, out);
+    return gated_linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding

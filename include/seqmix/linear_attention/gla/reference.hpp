@@ -13,9 +13,11 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -38,6 +40,10 @@ struct GatedLinearAttentionOptions {
   index_t chunk_size = 64;
   /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// Prefill arguments. Optional views are empty when not given. The gate has Hg = H or HV heads.
@@ -171,6 +177,23 @@ inline float gla_log_gate(const GatedLinearAttentionInputs& in, GateKind gate, c
 
 }  // namespace detail::la
 
+namespace detail {
+
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<GatedLinearAttentionInputs, GatedLinearAttentionOutputs> reversed_call(const char* op, GatedLinearAttentionInputs in, GatedLinearAttentionOutputs out) {
+  check_reversible(op, in.batch, true);
+  in.q = reversed_time_view(in.q);
+  in.k = reversed_time_view(in.k);
+  in.v = reversed_time_view(in.v);
+  in.g = reversed_time_view(in.g);
+  in.g_scalar = reversed_time_view(in.g_scalar);
+  out.o = reversed_time_view(out.o);
+  out.token_states = reversed_time_view(out.token_states);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition, token by token, with the state in double precision, one sequence at a time.
@@ -178,6 +201,10 @@ namespace reference {
 inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
                                    const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::gated_linear_attention", in, out);
+    return gated_linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_gla("reference::gated_linear_attention", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding

@@ -34,6 +34,10 @@ inline HeadProblem linear_attention_head(const ConstView<float, 4>& q, const Con
 /// place). Threaded over (sequence, value head).
 inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("linear_attention", in, out);
+    return linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_linear_attention("linear_attention", in, out, options);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding

@@ -15,9 +15,11 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -43,6 +45,10 @@ struct LinearAttentionOptions {
   index_t chunk_size = 64;
   /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// Optional views are empty when not given. Kf = feature_dim(options.feature_map, K).
@@ -150,12 +156,32 @@ inline Dims validate_linear_attention_step(const ArgCheck& check, const LinearAt
 
 }  // namespace detail::la
 
+namespace detail {
+
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<LinearAttentionInputs, LinearAttentionOutputs> reversed_call(const char* op, LinearAttentionInputs in, LinearAttentionOutputs out) {
+  check_reversible(op, in.batch, true);
+  in.q = reversed_time_view(in.q);
+  in.k = reversed_time_view(in.k);
+  in.v = reversed_time_view(in.v);
+  out.o = reversed_time_view(out.o);
+  out.token_states = reversed_time_view(out.token_states);
+  out.token_normalizers = reversed_time_view(out.token_normalizers);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition, token by token, state in double precision, one sequence at a time.
 /// Single-threaded.
 inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
                              const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::linear_attention", in, out);
+    return linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_linear_attention("reference::linear_attention", in, out, options);

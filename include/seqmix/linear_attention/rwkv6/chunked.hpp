@@ -14,6 +14,10 @@ namespace seqmix {
 /// token_states forces the recurrent form. Threaded over (sequence, value head).
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("rwkv6", in, out);
+    return rwkv6(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_rwkv6("rwkv6", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding

@@ -9,9 +9,11 @@
 
 #include <array>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -27,6 +29,10 @@ struct Rwkv6Options {
   index_t chunk_size = 64;
   /// Prefill algorithm: chunked, recurrent, or the measured choice (the step ignores it).
   LinearAttentionAlgorithm algorithm = LinearAttentionAlgorithm::automatic;
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
 };
 
 /// g and u have Hg = H or HV heads (shared like r/k, or one per value head).
@@ -110,12 +116,32 @@ inline Dims validate_rwkv6_step(const ArgCheck& check, const Rwkv6StepInputs& in
 
 }  // namespace detail::la
 
+namespace detail {
+
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<Rwkv6Inputs, Rwkv6Outputs> reversed_call(const char* op, Rwkv6Inputs in, Rwkv6Outputs out) {
+  check_reversible(op, in.batch, true);
+  in.r = reversed_time_view(in.r);
+  in.k = reversed_time_view(in.k);
+  in.v = reversed_time_view(in.v);
+  in.g = reversed_time_view(in.g);
+  out.o = reversed_time_view(out.o);
+  out.token_states = reversed_time_view(out.token_states);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition, token by token, state in double precision, one sequence at a time.
 /// Single-threaded; `executor` only splits the gate check.
 inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call("reference::rwkv6", in, out);
+    return rwkv6(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_rwkv6("reference::rwkv6", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
