@@ -113,6 +113,10 @@ AttentionInputs<KV> head_slice(const AttentionInputs<KV>& in, index_t h0, index_
   if (rb.kind == RelativeBiasKind::t5) rb.table = rb.table.slice(0, h0, count);
   if (rb.kind == RelativeBiasKind::kerple_log || rb.kind == RelativeBiasKind::kerple_power)
     rb.r1 = rb.r1.slice(0, h0, count), rb.r2 = rb.r2.slice(0, h0, count);
+  if (rb.kind == RelativeBiasKind::fire) {
+    rb.fire_w1 = rb.fire_w1.slice(0, h0, count), rb.fire_b1 = rb.fire_b1.slice(0, h0, count);
+    rb.fire_w2 = rb.fire_w2.slice(0, h0, count), rb.fire_b2 = rb.fire_b2.slice(0, h0, count);
+  }
   return s;
 }
 

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -162,6 +163,44 @@ inline VisibleKeys visible_keys(const AttentionOptions& options, index_t pos, in
   return {sink_end, lo, hi};
 }
 
+// A call's relative bias per distance (KERPLE and FIRE prefill): bias[h * distances + d] for
+// d < distances, relative_bias_value's values bit for bit, computed once per call so that the
+// tiles look them up instead of taking a log / pow / MLP per logit. FIRE's normalizer depends on
+// the query's position above its threshold L, so there only rows at positions <= L use it.
+struct DistanceBiasCache {
+  std::vector<float> bias;
+  index_t distances = 0;
+  double limit = std::numeric_limits<double>::infinity();  // rows at positions <= limit use the table
+
+  bool covers(index_t pos) const noexcept { return static_cast<double>(pos) <= limit; }
+
+  // Worth building for these kinds only (T5 is a table already; none has nothing to cache).
+  static bool wanted(const RelativeBias& rb) noexcept {
+    return rb.kind == RelativeBiasKind::kerple_log || rb.kind == RelativeBiasKind::kerple_power ||
+           rb.kind == RelativeBiasKind::fire;
+  }
+
+  // The table of Hq heads over distances [0, distances), heads spread over the executor.
+  static DistanceBiasCache build(const RelativeBias& rb, index_t Hq, index_t distances, const Executor& executor) {
+    DistanceBiasCache cache;
+    cache.distances = distances;
+    cache.bias.resize(static_cast<std::size_t>(Hq * distances));
+    const bool fire = rb.kind == RelativeBiasKind::fire;
+    if (fire) cache.limit = static_cast<double>(rb.fire_threshold);
+    // A query at position 0 has FIRE's normalizer of every position up to L, and KERPLE depends
+    // on the distance only, so key j = d of a query at 0 stands for distance d.
+    const double normalizer = fire ? fire_normalizer(rb, 0) : 0.0;
+    float* const out = cache.bias.data();
+    parallel_for(executor, Hq, 1, [&](index_t begin, index_t end) {
+      for (index_t h = begin; h < end; ++h)
+        for (index_t d = 0; d < distances; ++d)
+          out[h * distances + d] = static_cast<float>(fire ? fire_value(rb, h, normalizer, static_cast<double>(d))
+                                                           : relative_bias_value(rb, h, 0, d));
+    });
+    return cache;
+  }
+};
+
 // Finishes one row of a logit tile: s holds scale * q.k for keys [j0, j0 + n), padded to
 // `cols`; applies softcap, ALiBi and the mask, and sets invisible and padding keys to -inf.
 template <class KV>
@@ -169,6 +208,7 @@ struct LogitRule {
   const AttentionInputs<KV>& in;
   const AttentionOptions& options;
   index_t Tk;
+  const DistanceBiasCache* cache = nullptr;  // the call's per-distance bias, if built
 
   void apply(float* s, index_t j0, index_t n, index_t cols, index_t b, index_t i, index_t h, index_t pos) const {
     if (options.softcap > 0.f) softcap(s, n);
@@ -206,6 +246,20 @@ struct LogitRule {
       for (index_t c = 0; c < near_lo; ++c) s[c] += before;
       for (index_t c = near_lo; c < near_hi; ++c) s[c] += bucket_bias(j0 + c - pos);
       for (index_t c = near_hi; c < n; ++c) s[c] += after;
+      return;
+    }
+    if (cache && cache->covers(pos)) {
+      const float* table = cache->bias.data() + h * cache->distances;
+      for (index_t c = 0; c < n; ++c) {
+        const index_t j = j0 + c, d = pos >= j ? pos - j : j - pos;
+        s[c] += d < cache->distances ? table[d] : static_cast<float>(relative_bias_value(rb, h, pos, j));
+      }
+      return;
+    }
+    if (rb.kind == RelativeBiasKind::fire) {
+      const double normalizer = fire_normalizer(rb, pos);  // once per row
+      for (index_t c = 0; c < n; ++c)
+        s[c] += static_cast<float>(fire_value(rb, h, normalizer, std::abs(static_cast<double>(pos - (j0 + c)))));
       return;
     }
     const double r1 = rb.r1(h), r2 = rb.r2(h);

@@ -93,14 +93,15 @@ void load_key_tile_rotated(const AttentionInputs<KV>& in, index_t b, index_t h, 
 //
 // load_tile(j0, n, w) fills w.kt with the tile's keys transposed ([Dk x kFlashKeyTile]) and w.v
 // with its values ([kFlashKeyTile x Dvp]), fp32 and zero past n keys / Dv features; the overload
-// below reads them from in.k / in.v, paged attention from its pages.
+// below reads them from in.k / in.v (dense_tile_loader), paged attention from its pages.
+// `cache` is the call's per-distance relative bias, or null.
 template <class KV, class SelectTiles, class LoadTile>
 void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
                  const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
-                 SelectTiles&& select_tiles, LoadTile&& load_tile) {
+                 SelectTiles&& select_tiles, LoadTile&& load_tile, const DistanceBiasCache* cache = nullptr) {
   const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   const index_t T = kFlashKeyTile;
-  const LogitRule<KV> rule{in, options, d.Tk};
+  const LogitRule<KV> rule{in, options, d.Tk, cache};
   load_query_rows(in, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
   for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, i0 + r / G);
   std::fill(w.state.begin(), w.state.begin() + M, SoftmaxRow{});
@@ -148,19 +149,36 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
   }
 }
 
-// The same with the K/V tiles read from in.k / in.v.
-template <class KV, class SelectTiles>
-void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
-                 const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
-                 SelectTiles&& select_tiles) {
-  const index_t T = kFlashKeyTile, Dvp = round_up(d.Dv, simd::kWidth);
-  flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, [&](index_t j0, index_t n, FlashScratch& s) {
+// flash_block's load_tile for K/V tiles read from in.k / in.v (batch row b, KV head hk), keys
+// rotated on loading where the call's rope asks for it.
+template <class KV>
+auto dense_tile_loader(const AttentionInputs<KV>& in, index_t b, index_t hk) {
+  return [&in, b, hk](index_t j0, index_t n, FlashScratch& s) {
+    const index_t T = kFlashKeyTile, Dvp = round_up(in.v.size(3), simd::kWidth);
     if (tile_needs_rotation(in, j0, n))
       load_key_tile_rotated(in, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
     else
       load_kv_tile_transposed(in.k, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
     load_kv_tile(in.v, b, hk, j0, n, T, s.v.data(), Dvp);
-  });
+  };
+}
+
+// The same with the K/V tiles read from in.k / in.v.
+template <class KV, class SelectTiles>
+void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+                 const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
+                 SelectTiles&& select_tiles) {
+  flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk));
+}
+
+// The per-distance bias of a prefill whose keys lie within `distances` of every query, when
+// its kind is worth a table and the queries are many enough (each distance is then looked up
+// by many rows); empty otherwise.
+inline DistanceBiasCache prefill_bias_cache(const RelativeBias& rb, index_t Hq, index_t Tq, index_t distances,
+                                            const Executor& executor) {
+  constexpr index_t kMinQueries = 16;  // below, the table costs about what it saves
+  if (!DistanceBiasCache::wanted(rb) || Tq < kMinQueries) return {};
+  return DistanceBiasCache::build(rb, Hq, distances, executor);
 }
 
 // One task of a packed call: query block [i0, i0 + nq) of one sequence against KV head hk.
@@ -193,6 +211,9 @@ void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutput
     }
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const VarlenTask& a, const VarlenTask& b) { return a.cost > b.cost; });
+  // Positions are local to each sequence: distances stay below the longest one.
+  const DistanceBiasCache cache = prefill_bias_cache(in.relative_bias, d.Hq, seqs.max_tokens(), seqs.max_tokens(), executor);
+  const DistanceBiasCache* const table = cache.distances > 0 ? &cache : nullptr;
   executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
     const VarlenTask& task = tasks[static_cast<std::size_t>(t)];
     const SequenceSpan span = seqs[task.seq];
@@ -205,7 +226,8 @@ void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutput
     const std::array<index_t, 4> need{bq * G, d.Dk, Dkp, Dvp};
     if (!scratch || sized != need) scratch = std::make_unique<FlashScratch>(bq * G, d.Dk, Dkp, Dvp), sized = need;
     flash_block(one, one_out, options, one_dims, scale, 0, task.hk, task.i0, task.nq, *scratch,
-                [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, span.tokens); });
+                [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, span.tokens); },
+                dense_tile_loader(one, 0, task.hk), table);
   });
 }
 
@@ -223,15 +245,20 @@ void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out,
   const float scale = attention_scale(options, d.Dk);
   const index_t G = d.group(), bq = flash_query_block(G, d.Tq), blocks = (d.Tq + bq - 1) / bq;
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  // KERPLE / FIRE per distance, once per call: with the default positions every distance is
+  // below Tk (given positions farther away fall back to the formula, key by key).
+  const DistanceBiasCache cache = prefill_bias_cache(in.relative_bias, d.Hq, d.Tq, d.Tk, executor);
+  const DistanceBiasCache* const table = cache.distances > 0 ? &cache : nullptr;
   // Task t = (group, query block), query blocks fastest: a contiguous range of tasks then mixes
   // cheap early blocks and expensive late ones of the causal case.
   parallel_for(executor, d.B * d.Hkv * blocks, 1, [&](index_t begin, index_t end) {
     FlashScratch scratch(bq * G, d.Dk, Dkp, Dvp);
     for (index_t t = begin; t < end; ++t) {
-      const index_t block = t % blocks, group = t / blocks;
+      const index_t block = t % blocks, group = t / blocks, b = group / d.Hkv, hk = group % d.Hkv;
       const index_t i0 = block * bq;
-      flash_block(in, out, options, d, scale, group / d.Hkv, group % d.Hkv, i0, std::min(bq, d.Tq - i0), scratch,
-                  [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); });
+      flash_block(in, out, options, d, scale, b, hk, i0, std::min(bq, d.Tq - i0), scratch,
+                  [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
+                  dense_tile_loader(in, b, hk), table);
     }
   });
 }

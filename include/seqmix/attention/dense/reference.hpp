@@ -70,6 +70,7 @@ enum class RelativeBiasKind : int {
   t5,            ///< T5: table[h, bucket(j - pos_i)], causal or bidirectional buckets
   kerple_log,    ///< KERPLE logarithmic: -r1[h] * log(1 + r2[h] * |pos_i - j|)
   kerple_power,  ///< KERPLE power: -r1[h] * |pos_i - j|^r2[h]
+  fire,          ///< FIRE: MLP_h(ln(1 + c d) / (ln(1 + c max(pos_i, L)) + 1e-6)), d = |pos_i - j|
 };
 
 /// A relative position bias and its per-head parameters (AttentionInputs::relative_bias).
@@ -80,6 +81,16 @@ struct RelativeBias {
   index_t max_distance = 128;      ///< t5: relative_attention_max_distance; farther keys share the last bucket
   ConstView<float, 1> r1 = {};     ///< kerple: [Hq], > 0
   ConstView<float, 1> r2 = {};     ///< kerple: [Hq], > 0 (power: <= 2)
+  /// fire: [Hq, W] weights of the hidden layer of head h's MLP, whose input is the normalized
+  /// distance (a view with stride 0 along the heads gives the paper's MLP, whose hidden layer
+  /// every head shares: Linear(1, W).weight).
+  ConstView<float, 2> fire_w1 = {};
+  ConstView<float, 2> fire_b1 = {};  ///< fire: [Hq, W] hidden biases (Linear(1, W).bias, stride 0 along heads)
+  ConstView<float, 2> fire_w2 = {};  ///< fire: [Hq, W] output weights (Linear(W, Hq).weight)
+  ConstView<float, 1> fire_b2 = {};  ///< fire: [Hq] output biases (Linear(W, Hq).bias)
+  float fire_c = 0.1f;               ///< fire: c > 0 of psi(d) = ln(1 + c d)
+  /// fire: L > 0, the progressive normalizer psi(max(pos_i, L)) (the paper's |L_multiplier * init_L|).
+  float fire_threshold = 512.f;
 };
 
 /// Arguments. KV is the storage type of k and v: float, or seqmix::f16 / seqmix::bf16 (read
@@ -190,10 +201,31 @@ inline index_t t5_bucket(index_t rel, bool bidirectional, index_t num_buckets, i
   return bucket + std::min<index_t>(static_cast<index_t>(large), nb - 1);
 }
 
+// FIRE's normalizer of a query at position pos: psi(max(pos, L)) + eps, in double.
+constexpr double kFireEps = 1e-6;
+inline double fire_normalizer(const RelativeBias& rb, index_t pos) {
+  const double c = rb.fire_c, top = std::max(static_cast<double>(pos), static_cast<double>(rb.fire_threshold));
+  return std::log1p(c * top) + kFireEps;
+}
+
+// FIRE's bias of head h at distance d for a query whose normalizer is `normalizer`: the MLP
+// 1 -> W (ReLU) -> 1 on x = psi(d) / normalizer, in double. Every form calls this one function.
+inline double fire_value(const RelativeBias& rb, index_t h, double normalizer, double distance) {
+  const double x = std::log1p(static_cast<double>(rb.fire_c) * distance) / normalizer;
+  const index_t W = rb.fire_w1.size(1);
+  double out = rb.fire_b2(h);
+  for (index_t k = 0; k < W; ++k)
+    out += static_cast<double>(rb.fire_w2(h, k)) *
+           std::max(0.0, static_cast<double>(rb.fire_w1(h, k)) * x + static_cast<double>(rb.fire_b1(h, k)));
+  return out;
+}
+
 // The bias of (query head h at position pos, key j), in double.
 inline double relative_bias_value(const RelativeBias& rb, index_t h, index_t pos, index_t j) {
   const double distance = std::abs(static_cast<double>(pos - j));
   switch (rb.kind) {
+    case RelativeBiasKind::fire:
+      return fire_value(rb, h, fire_normalizer(rb, pos), distance);
     case RelativeBiasKind::t5:
       return rb.table(h, t5_bucket(j - pos, rb.bidirectional, rb.table.size(1), rb.max_distance));
     case RelativeBiasKind::kerple_log:
@@ -238,6 +270,27 @@ inline void validate_relative_bias(const ArgCheck& check, const RelativeBias& rb
                                              (rb.kind == RelativeBiasKind::kerple_power ? " and <= 2" : "") +
                                              ", got " + std::to_string(rb.r2(h)));
       }
+      return;
+    }
+    case RelativeBiasKind::fire: {
+      check.shape("relative_bias.fire_w1", rb.fire_w1, std::array<index_t, 2>{Hq, -1}, "Hq,W");
+      const index_t W = rb.fire_w1.size(1);
+      if (W < 1) check.fail("relative_bias.fire_w1", "needs a hidden width W >= 1, got 0");
+      check.shape("relative_bias.fire_b1", rb.fire_b1, std::array<index_t, 2>{Hq, W}, "Hq,W");
+      check.shape("relative_bias.fire_w2", rb.fire_w2, std::array<index_t, 2>{Hq, W}, "Hq,W");
+      check.shape("relative_bias.fire_b2", rb.fire_b2, std::array<index_t, 1>{Hq}, "Hq");
+      for (index_t h = 0; h < Hq; ++h) {
+        check.finite(rb.fire_b2(h), "relative_bias.fire_b2");
+        for (index_t k = 0; k < W; ++k) {
+          check.finite(rb.fire_w1(h, k), "relative_bias.fire_w1");
+          check.finite(rb.fire_b1(h, k), "relative_bias.fire_b1");
+          check.finite(rb.fire_w2(h, k), "relative_bias.fire_w2");
+        }
+      }
+      if (!(rb.fire_c > 0.f) || !std::isfinite(rb.fire_c))
+        check.fail("relative_bias.fire_c", "must be finite and > 0, got " + std::to_string(rb.fire_c));
+      if (!(rb.fire_threshold > 0.f) || !std::isfinite(rb.fire_threshold))
+        check.fail("relative_bias.fire_threshold", "must be finite and > 0, got " + std::to_string(rb.fire_threshold));
       return;
     }
   }
