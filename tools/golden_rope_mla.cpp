@@ -1,6 +1,8 @@
-// Writes the conformance cases of rope, mla_prefill and mla_decode into <golden>/<op>/<case>/
+// Writes the conformance cases of rope, mla_prefill, mla_decode and attention_positional (attention
+// with a fused rope, a T5 / KERPLE / FIRE relative bias and head scales) into <golden>/<op>/<case>/
 // (tests/golden/README.md), computed by plain double-precision loops written here from the
-// formulas of docs/operators.md section 10 and transformers' rope utilities. Nothing of seqmix is
+// formulas of docs/operators.md section 10, transformers' rope utilities and T5 bucketing, and
+// the FIRE paper. Nothing of seqmix is
 // used but its .npy writer, so the vectors are independent of the operators they check.
 //
 //   g++ -std=c++17 -O2 -I include tools/golden_rope_mla.cpp -o golden_rope_mla
@@ -203,6 +205,189 @@ void mla_decode_case(const fs::path& root, std::mt19937_64& rng) {
     write(dir, name, *a);
 }
 
+// ---- attention_positional ----------------------------------------------------------------
+
+// One case of attention with positional terms: q rotated at its position Tk - Tq + i, keys
+// j >= rotated_keys at j (the rest taken as stored rotated), then softmax attention with
+// scale * head_scale[h] and the relative bias added to each logit.
+struct Positional {
+  std::string name, bias = "none";  // bias: none, t5, kerple_log, kerple_power, fire
+  index_t B = 1, Tq = 1, Tk = 1, Hq = 1, Hkv = 1, D = 8;
+  double scale = 0;  // 0: 1/sqrt(D)
+  bool causal = true, head_scales = false;
+  bool rope = false;
+  Rope rope_config;
+  index_t table_positions = 0, rotated_keys = 0;
+  index_t buckets = 8, max_distance = 16;
+  bool bidirectional = false;
+  index_t W = 4;
+  double fire_c = 0.1, fire_L = 512;
+};
+
+// transformers' T5Attention._relative_position_bucket for relative position rel = j - pos.
+index_t t5_bucket_plain(index_t rel, bool bidirectional, index_t buckets, index_t max_distance) {
+  index_t out = 0, n = buckets, distance;
+  if (bidirectional) {
+    n /= 2;
+    if (rel > 0) out += n;
+    distance = rel < 0 ? -rel : rel;
+  } else {
+    distance = rel < 0 ? -rel : 0;
+  }
+  const index_t exact = n / 2;
+  if (distance < exact) return out + distance;
+  const double large = exact + std::log(static_cast<double>(distance) / exact) /
+                                   std::log(static_cast<double>(max_distance) / exact) * (n - exact);
+  return out + std::min<index_t>(static_cast<index_t>(large), n - 1);
+}
+
+void positional_case(const fs::path& root, const Positional& c, std::mt19937_64& rng) {
+  const Array q = random_array({c.B, c.Tq, c.Hq, c.D}, rng), k = random_array({c.B, c.Tk, c.Hkv, c.D}, rng, 2.0);
+  const Array v = random_array({c.B, c.Tk, c.Hkv, c.D}, rng);
+  const Array table = random_array({c.Hq, c.buckets}, rng, 3.0);
+  const Array r1 = golden::random_array({c.Hq}, rng, 0.05, 1.5), r2 = golden::random_array({c.Hq}, rng, 0.1, 1.9);
+  const Array w1 = random_array({c.Hq, c.W}, rng, 4.0), b1 = random_array({c.Hq, c.W}, rng);
+  const Array w2 = random_array({c.Hq, c.W}, rng), b2 = random_array({c.Hq}, rng);
+  const Array hs = golden::random_array({c.Hq}, rng, 0.5, 2.0);
+  std::vector<double> inv;
+  double m = 1;
+  if (c.rope) frequencies(c.rope_config, inv, m);
+  const int R = c.rope ? c.rope_config.R : 0;
+  const bool interleaved = c.rope && c.rope_config.layout == "interleaved";
+  const auto rotate = [&](std::vector<double>& x, double p) {
+    for (int i = 0; i < R / 2; ++i) {
+      const index_t a = interleaved ? 2 * i : i, o = interleaved ? 2 * i + 1 : i + R / 2;
+      const double th = p * inv[i], xa = x[a], xo = x[o];
+      x[a] = m * (xa * std::cos(th) - xo * std::sin(th));
+      x[o] = m * (xo * std::cos(th) + xa * std::sin(th));
+    }
+  };
+  const auto bias = [&](index_t h, index_t pos, index_t j) -> double {
+    const double d = std::abs(static_cast<double>(pos - j));
+    if (c.bias == "t5") return table.v[h * c.buckets + t5_bucket_plain(j - pos, c.bidirectional, c.buckets, c.max_distance)];
+    if (c.bias == "kerple_log") return -r1.v[h] * std::log(1 + r2.v[h] * d);
+    if (c.bias == "kerple_power") return -r1.v[h] * std::pow(d, r2.v[h]);
+    if (c.bias == "fire") {
+      const double x = std::log(1 + c.fire_c * d) / (std::log(1 + c.fire_c * std::max<double>(pos, c.fire_L)) + 1e-6);
+      double out = b2.v[h];
+      for (index_t e = 0; e < c.W; ++e) out += w2.v[h * c.W + e] * std::max(0.0, w1.v[h * c.W + e] * x + b1.v[h * c.W + e]);
+      return out;
+    }
+    return 0.0;
+  };
+  const double scale = c.scale > 0 ? c.scale : 1.0 / std::sqrt(static_cast<double>(c.D));
+  const index_t G = c.Hq / c.Hkv;
+  Array o{{c.B, c.Tq, c.Hq, c.D}, std::vector<double>(c.B * c.Tq * c.Hq * c.D)};
+  Array lse{{c.B, c.Tq, c.Hq}, std::vector<double>(c.B * c.Tq * c.Hq)};
+  for (index_t b = 0; b < c.B; ++b) {
+    std::vector<std::vector<double>> keys;  // [j * Hkv + hk], rotated where the kernel rotates them
+    for (index_t j = 0; j < c.Tk; ++j)
+      for (index_t hk = 0; hk < c.Hkv; ++hk) {
+        std::vector<double> x(&k.v[((b * c.Tk + j) * c.Hkv + hk) * c.D], &k.v[((b * c.Tk + j) * c.Hkv + hk + 1) * c.D]);
+        if (c.rope && j >= c.rotated_keys) rotate(x, static_cast<double>(j));
+        keys.push_back(x);
+      }
+    for (index_t i = 0; i < c.Tq; ++i)
+      for (index_t h = 0; h < c.Hq; ++h) {
+        const index_t pos = c.Tk - c.Tq + i, hk = h / G;
+        std::vector<double> x(&q.v[((b * c.Tq + i) * c.Hq + h) * c.D], &q.v[((b * c.Tq + i) * c.Hq + h + 1) * c.D]);
+        if (c.rope) rotate(x, static_cast<double>(pos));
+        std::vector<double> s;
+        double mx = -INFINITY;
+        const index_t visible = c.causal ? pos + 1 : c.Tk;
+        for (index_t j = 0; j < visible; ++j) {
+          double dot = 0;
+          for (index_t e = 0; e < c.D; ++e) dot += x[e] * keys[j * c.Hkv + hk][e];
+          s.push_back(dot * scale * (c.head_scales ? hs.v[h] : 1.0) + bias(h, pos, j));
+          mx = std::max(mx, s.back());
+        }
+        double sum = 0;
+        for (const double sj : s) sum += std::exp(sj - mx);
+        for (index_t e = 0; e < c.D; ++e) {
+          double acc = 0;
+          for (index_t j = 0; j < visible; ++j) acc += std::exp(s[j] - mx) * v.v[((b * c.Tk + j) * c.Hkv + hk) * c.D + e];
+          o.v[((b * c.Tq + i) * c.Hq + h) * c.D + e] = acc / sum;
+        }
+        lse.v[(b * c.Tq + i) * c.Hq + h] = mx + std::log(sum);
+      }
+  }
+  std::string params = "\"causal\": " + std::string(c.causal ? "true" : "false") + ", \"bias\": \"" + c.bias + "\"";
+  if (c.scale > 0) params += ", \"scale\": " + exact(c.scale);
+  std::string inputs = "\"q\": \"q.npy\", \"k\": \"k.npy\", \"v\": \"v.npy\"";
+  std::vector<std::pair<std::string, const Array*>> files{{"q", &q}, {"k", &k}, {"v", &v}, {"o", &o}, {"lse", &lse}};
+  if (c.rope) {
+    const Rope& r = c.rope_config;
+    params += ", \"rope\": true, \"scheme\": \"" + r.scheme + "\", \"layout\": \"" + r.layout +
+              "\", \"rotary_dim\": " + std::to_string(r.R) + ", \"base\": " + exact(r.base) + ", \"factor\": " +
+              exact(r.factor) + ", \"original_max_position_embeddings\": " + exact(r.L0) + ", \"mscale\": " +
+              exact(r.mscale) + ", \"mscale_all_dim\": " + exact(r.mscale_all_dim) + ", \"table_positions\": " +
+              std::to_string(c.table_positions) + ", \"sequence_length\": " + exact(r.L) +
+              ", \"rope_rotated_keys\": " + std::to_string(c.rotated_keys);
+  }
+  const auto add = [&](const char* name, const Array& a) {
+    inputs += std::string(", \"") + name + "\": \"" + name + ".npy\"";
+    files.push_back({name, &a});
+  };
+  if (c.bias == "t5") {
+    params += ", \"bidirectional\": " + std::string(c.bidirectional ? "true" : "false") +
+              ", \"max_distance\": " + std::to_string(c.max_distance);
+    add("t5_table", table);
+  }
+  if (c.bias == "kerple_log" || c.bias == "kerple_power") add("r1", r1), add("r2", r2);
+  if (c.bias == "fire") {
+    params += ", \"fire_c\": " + exact(c.fire_c) + ", \"fire_threshold\": " + exact(c.fire_L);
+    add("fire_w1", w1), add("fire_b1", b1), add("fire_w2", w2), add("fire_b2", b2);
+  }
+  if (c.head_scales) add("head_scales", hs);
+  const fs::path dir = root / "attention_positional" / c.name;
+  write_case(dir, "attention_positional", params, inputs, "\"o\": \"o.npy\", \"lse\": \"lse.npy\"", "1e-05",
+             "tools/golden_rope_mla.cpp: float64 loop of attention with the rope, T5 bucket, KERPLE and FIRE formulas "
+             "of docs/operators.md section 10 restated, independent of seqmix's operators");
+  for (const auto& [name, a] : files) write(dir, name, *a);
+}
+
+void positional_cases(const fs::path& root) {
+  std::mt19937_64 rng(1515);  // its own stream: the cases above regenerate byte for byte
+  Positional prefill;
+  prefill.name = "rope_llama3_prefill_causal_gqa2";
+  prefill.Tq = prefill.Tk = 21, prefill.Hq = 4, prefill.Hkv = 2, prefill.D = 16, prefill.rope = true;
+  prefill.rope_config.scheme = "llama3", prefill.rope_config.layout = "half_split", prefill.rope_config.R = 16;
+  prefill.rope_config.base = 500000, prefill.rope_config.factor = 8, prefill.rope_config.L0 = 64;
+  prefill.rope_config.L = 4096, prefill.table_positions = 4096;
+  positional_case(root, prefill, rng);
+
+  Positional decode;
+  decode.name = "rope_yarn_decode_partial_rotated_cache";
+  decode.B = 2, decode.Tq = 1, decode.Tk = 40, decode.Hq = 4, decode.Hkv = 1, decode.D = 16, decode.rope = true;
+  decode.rope_config.scheme = "yarn", decode.rope_config.layout = "interleaved", decode.rope_config.R = 8;
+  decode.rope_config.factor = 4, decode.rope_config.L0 = 32, decode.rope_config.L = 1024, decode.table_positions = 1024;
+  decode.rotated_keys = 30;  // keys 0..29 stored rotated, 30..39 rotated in the kernel
+  positional_case(root, decode, rng);
+
+  Positional t5;
+  t5.name = "t5_bidirectional_encoder";
+  t5.Tq = t5.Tk = 13, t5.Hq = 2, t5.Hkv = 2, t5.D = 8, t5.bias = "t5", t5.causal = false, t5.bidirectional = true;
+  t5.buckets = 8, t5.max_distance = 6, t5.scale = 1;
+  positional_case(root, t5, rng);
+
+  Positional kerple;
+  kerple.name = "kerple_log_causal_head_scales";
+  kerple.Tq = kerple.Tk = 20, kerple.Hq = 2, kerple.Hkv = 1, kerple.D = 8, kerple.bias = "kerple_log";
+  kerple.head_scales = true;
+  positional_case(root, kerple, rng);
+
+  Positional power;
+  power.name = "kerple_power_decode_b2";
+  power.B = 2, power.Tq = 2, power.Tk = 30, power.Hq = 4, power.Hkv = 2, power.D = 8, power.bias = "kerple_power";
+  positional_case(root, power, rng);
+
+  Positional fire;
+  fire.name = "fire_causal_across_threshold";
+  fire.Tq = 20, fire.Tk = 24, fire.Hq = 2, fire.Hkv = 1, fire.D = 8, fire.bias = "fire", fire.W = 4;
+  fire.fire_c = 0.25, fire.fire_L = 12;  // rows on both sides of L
+  positional_case(root, fire, rng);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,6 +418,7 @@ int main(int argc, char** argv) {
 
   mla_prefill_case(root, rng);
   mla_decode_case(root, rng);
-  std::printf("wrote rope, mla_prefill and mla_decode cases under %s\n", root.string().c_str());
+  positional_cases(root);
+  std::printf("wrote rope, mla_prefill, mla_decode and attention_positional cases under %s\n", root.string().c_str());
   return 0;
 }

@@ -1,12 +1,16 @@
-// seqmix-conformance runners for "rope", "mla_prefill" and "mla_decode" (docs/operators.md
-// section 10): the fast forms and the references, each checked against the golden outputs.
+// seqmix-conformance runners for "rope", "mla_prefill", "mla_decode" and "attention_positional"
+// (docs/operators.md section 10: attention with a fused rope, a relative bias and head scales):
+// the fast forms and the references, each checked against the golden outputs.
 // Integer inputs (positions, cache_seqlens) travel as exact fp32 values like every golden array.
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "registry.hpp"
+#include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/attention/mla/mla.hpp"
 #include "seqmix/attention/mla/reference.hpp"
 #include "seqmix/positional.hpp"
@@ -123,11 +127,58 @@ OutputMap run_mla_decode(const CaseData& c, bool fast) {
   return out;
 }
 
+// attention (seqmix::attention, which picks decode or prefill, or the reference) with the case's
+// fused rope (params "rope", the rope params, "rope_rotated_keys"), relative bias (param "bias"
+// and its inputs) and head scales.
+OutputMap run_attention_positional(const CaseData& c, bool fast) {
+  seqmix::AttentionInputs<float> in;
+  in.q = c.in<4>("q", "B,Tq,Hq,Dk");
+  in.k = c.in<4>("k", "B,Tk,Hkv,Dk");
+  in.v = c.in<4>("v", "B,Tk,Hkv,Dv");
+  std::optional<seqmix::RopeTable> table;
+  if (c.param_bool("rope", false)) {
+    table.emplace(rope_config(c), c.param_int("table_positions", 0), c.param_int("sequence_length", 0));
+    in.rope = &*table;
+    in.rope_rotated_keys = c.param_int("rope_rotated_keys", 0);
+  }
+  seqmix::RelativeBias& rb = in.relative_bias;
+  const std::string bias = c.param_string("bias", "none");
+  const char* const kinds[] = {"none", "t5", "kerple_log", "kerple_power", "fire"};
+  int kind = -1;
+  for (int i = 0; i < 5; ++i)
+    if (bias == kinds[i]) kind = i;
+  if (kind < 0) throw CaseError(c.id() + ": param 'bias' \"" + bias + "\" is not a relative bias kind");
+  rb.kind = static_cast<seqmix::RelativeBiasKind>(kind);
+  rb.table = c.opt_in<2>("t5_table", "Hq,num_buckets");
+  rb.bidirectional = c.param_bool("bidirectional", false);
+  rb.max_distance = c.param_int("max_distance", 128);
+  rb.r1 = c.opt_in<1>("r1", "Hq"), rb.r2 = c.opt_in<1>("r2", "Hq");
+  rb.fire_w1 = c.opt_in<2>("fire_w1", "Hq,W"), rb.fire_b1 = c.opt_in<2>("fire_b1", "Hq,W");
+  rb.fire_w2 = c.opt_in<2>("fire_w2", "Hq,W"), rb.fire_b2 = c.opt_in<1>("fire_b2", "Hq");
+  rb.fire_c = static_cast<float>(c.param_double("fire_c", 0.1));
+  rb.fire_threshold = static_cast<float>(c.param_double("fire_threshold", 512.0));
+  in.head_scales = c.opt_in<1>("head_scales", "Hq");
+  seqmix::AttentionOptions options;
+  if (const auto scale = c.param_opt_double("scale")) options.scale = static_cast<float>(*scale);
+  options.causal = c.param_bool("causal", false);
+  OutputMap out;
+  const seqmix::AttentionOutputs outputs{c.make_output<4>(out, "o"), c.make_output<3>(out, "lse")};
+  if (fast)
+    seqmix::attention(in, outputs, options);
+  else
+    seqmix::reference::attention(in, outputs, options);
+  return out;
+}
+
 const RegisterOp kRope("rope", [](const CaseData& c) { return run_rope(c, true); },
                        [](const CaseData& c) { return run_rope(c, false); });
 const RegisterOp kMlaPrefill("mla_prefill", [](const CaseData& c) { return run_mla_prefill(c, true); },
                              [](const CaseData& c) { return run_mla_prefill(c, false); });
 const RegisterOp kMlaDecode("mla_decode", [](const CaseData& c) { return run_mla_decode(c, true); },
                             [](const CaseData& c) { return run_mla_decode(c, false); });
+
+const RegisterOp kAttentionPositional("attention_positional",
+                                      [](const CaseData& c) { return run_attention_positional(c, true); },
+                                      [](const CaseData& c) { return run_attention_positional(c, false); });
 
 }  // namespace
