@@ -10,10 +10,15 @@
 //           the recurrence (6*D per KV head) is counted too
 //   Infini  local: 2*(K + V) * (t % S + 1); memory read 2*K*V + 2*K per query head;
 //           memory write 2*K*V per KV head (the delta rule's extra read is not counted)
+// based/slots/<shape>_B64: a serving step of 64 sequences in a pool of 64 slots at different
+// positions (rows spread over the threads), beside ..._per_row_calls: the same rows as 64 calls
+// of one slotted row each (what a slotted step cost when it ran one dense step per row).
 // The machine is shared and noisy: run with --benchmark_repetitions=N and read the min.
 #include <benchmark/benchmark.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "seqmix/chunked/based/fast.hpp"
 #include "seqmix/chunked/based/reference.hpp"
@@ -101,6 +106,44 @@ void BM_based_step(benchmark::State& state, index_t T) {
     benchmark::DoNotOptimize(p.o.data());
   }
   set_rate(state, based_flops(T, 1));
+}
+
+// B rows of a BASED pool of B slots, slot b at position 100 + 7 b (every window full, ring slots
+// differ); each iteration rewinds the positions.
+void BM_based_slots(benchmark::State& state, index_t B, bool per_row_calls) {
+  const index_t Kf = 1 + kBasedF + kBasedF * kBasedF;
+  const Tensor<float, 3> qf = st::random_tensor<3>({B, kBasedH, kBasedF}, 1), kf = st::random_tensor<3>({B, kBasedH, kBasedF}, 2);
+  const Tensor<float, 3> q = st::random_tensor<3>({B, kBasedH, kBasedD}, 3), k = st::random_tensor<3>({B, kBasedH, kBasedD}, 4);
+  const Tensor<float, 3> v = st::random_tensor<3>({B, kBasedH, kBasedD}, 5);
+  Tensor<float, 3> o({B, kBasedH, kBasedD});
+  Tensor<float, 4> kv = st::random_tensor<4>({B, kBasedH, Kf, kBasedD}, 6, -0.01f, 0.01f);
+  Tensor<float, 3> z = st::random_tensor<3>({B, kBasedH, Kf}, 7, 0.5f, 1.f);
+  Tensor<float, 4> wk = st::random_tensor<4>({B, kBasedW, kBasedH, kBasedD}, 8), wv = st::random_tensor<4>({B, kBasedW, kBasedH, kBasedD}, 9);
+  Tensor<std::int64_t, 1> positions({B});
+  std::vector<std::int32_t> slots(static_cast<std::size_t>(B));
+  for (index_t b = 0; b < B; ++b) slots[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(B - 1 - b);
+  seqmix::BasedState pool_state;
+  pool_state.kv = kv.view(), pool_state.normalizer = z.view(), pool_state.window_k = wk.view(), pool_state.window_v = wv.view();
+  pool_state.positions = positions.view();
+  seqmix::BasedOptions options;
+  options.window = kBasedW;
+  for (auto _ : state) {
+    for (index_t b = 0; b < B; ++b) positions(b) = 100 + 7 * b;
+    if (per_row_calls) {
+      for (index_t b = 0; b < B; ++b) {
+        seqmix::BasedStepInputs in{qf.view().slice(0, b, 1), kf.view().slice(0, b, 1), q.view().slice(0, b, 1),
+                                   k.view().slice(0, b, 1), v.view().slice(0, b, 1), {}};
+        in.batch.state_indices = seqmix::ConstView<std::int32_t, 1>(slots.data() + b, {1}, {1});
+        seqmix::based_step(in, {o.view().slice(0, b, 1)}, pool_state, options, pool());
+      }
+    } else {
+      seqmix::BasedStepInputs in{qf.view(), kf.view(), q.view(), k.view(), v.view(), {}};
+      in.batch.state_indices = slots;
+      seqmix::based_step(in, {o.view()}, pool_state, options, pool());
+    }
+    benchmark::DoNotOptimize(o.data());
+  }
+  set_rate(state, based_flops(100 + 7 * B / 2, 1) * static_cast<double>(B));
 }
 
 // ---- RAT: H = 16, D = 64, L = 16 ----
@@ -240,6 +283,8 @@ const bool registered = [] {
   const std::string based = "H16_F16_D64_W64", rat = "H16_D64_L16", infini = "H16_D64_S2048_delta";
   reg("based/prefill/" + based + "_T8192", BM_based_prefill, kT, false);
   reg("based/step/" + based + "_T8192", BM_based_step, kT);
+  reg("based/slots/" + based + "_B64", BM_based_slots, index_t{64}, false);
+  reg("based/slots/" + based + "_B64_per_row_calls", BM_based_slots, index_t{64}, true);
   reg("based/prefill/" + based + "_T512_fast", BM_based_prefill, kSmallT, false);
   reg("based/prefill/" + based + "_T512_reference", BM_based_prefill, kSmallT, true);
   reg("rat/prefill/" + rat + "_T8192", BM_rat_prefill, kT, false);

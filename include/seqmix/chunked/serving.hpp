@@ -12,6 +12,7 @@
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/ssm/serving.hpp"
 
@@ -112,16 +113,23 @@ void run_sequences(const ArgCheck& check, const SequenceMap& seqs, State* state,
   });
 }
 
-// The same for a validated serving step: run(b, one_state) advances token row b's slot.
+// The same for a validated serving step: run(b, one_state) advances token row b's slot. Rows run
+// in parallel over the executor (each row's step on one thread: run must use a serial executor),
+// so a batch of B rows costs B row steps spread over the threads instead of B thread hand-offs;
+// rows write distinct slots (ssm_step_slots refuses a slot named twice), and the start positions
+// were checked before (check_start_positions), so nothing here throws.
 template <class State, class RowOf, class Run>
-void run_step_rows(const ArgCheck& check, const StepSlots& rows, index_t B, State& state, RowOf&& row_of, Run&& run) {
-  for (index_t b = 0; b < B; ++b) {
-    const SequenceSpan s = rows[b];
-    if (s.state_row < 0) continue;
-    State one = row_of(state, s.state_row, start_position(check, state.positions, s), !s.read_state);
-    run(b, one);
-    state.positions(s.state_row) = one.position;
-  }
+void run_step_rows(const ArgCheck& check, const StepSlots& rows, index_t B, State& state, RowOf&& row_of, Run&& run,
+                   const Executor& executor) {
+  parallel_for(executor, B, 1, [&](index_t begin, index_t end) {
+    for (index_t b = begin; b < end; ++b) {
+      const SequenceSpan s = rows[b];
+      if (s.state_row < 0) continue;
+      State one = row_of(state, s.state_row, start_position(check, state.positions, s), !s.read_state);
+      run(b, one);
+      state.positions(s.state_row) = one.position;
+    }
+  });
 }
 
 }  // namespace seqmix::detail::serving

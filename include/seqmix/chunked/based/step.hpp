@@ -84,8 +84,8 @@ inline void serve_step(const BasedStepInputs& in, const BasedStepOutputs& out, B
   detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, BasedState& one) {
     const BasedStepInputs in1{in.q_feat.slice(0, b, 1), in.k_feat.slice(0, b, 1), in.q.slice(0, b, 1),
                               in.k.slice(0, b, 1), in.v.slice(0, b, 1), {}};
-    step_rows(in1, BasedStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, executor);
-  });
+    step_rows(in1, BasedStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, serial_executor());
+  }, executor);
 }
 
 }  // namespace detail::based

@@ -96,8 +96,8 @@ inline void serve_step(const InfiniAttentionStepInputs& in, const InfiniAttentio
   one_row.B = 1;
   detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, InfiniAttentionState& one) {
     const InfiniAttentionStepInputs in1{in.q.slice(0, b, 1), in.k.slice(0, b, 1), in.v.slice(0, b, 1), in.beta, {}};
-    step_rows(in1, InfiniAttentionStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, executor);
-  });
+    step_rows(in1, InfiniAttentionStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, serial_executor());
+  }, executor);
 }
 
 }  // namespace detail::infini

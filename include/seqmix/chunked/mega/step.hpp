@@ -175,7 +175,8 @@ inline void step_rows(const MegaStepInputs& in, const TensorView<float, 3>& o, c
 inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, const MegaDecodeState& state,
                       const MegaOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::mega;
-  (void)executor;  // one token: B*D*N FMAs plus c*D attention MACs, below a thread hand-off
+  // Dense: one token is B*D*N FMAs plus c*D attention MACs, below a thread hand-off, so it runs
+  // here; a serving batch spreads its rows over the executor.
   static const ArgCheck check("mega_step");  // a static: no allocation on the hot path
   const bool pooled = detail::serving::uses_positions(in.batch, state.positions.has_value());
   const Dims dims = validate_step(check, in, o, state, options, pooled);
@@ -197,17 +198,20 @@ inline void mega_step(const MegaStepInputs& in, const TensorView<float, 3>& o, c
   check.no_overlap("o", o, "state.v_cache", state.v_cache);
   Dims one_row = dims;
   one_row.B = 1;
-  for (index_t b = 0; b < dims.B; ++b) {
-    const SequenceSpan s = rows[b];
-    if (s.state_row < 0) continue;
-    const index_t position = detail::serving::start_position(check, state.positions, s);
-    const MegaDecodeState one{state.ema.slice(0, s.state_row, 1), state.k_cache.slice(0, s.state_row, 1),
-                              state.v_cache.slice(0, s.state_row, 1), {}};
-    if (!s.read_state) detail::serving::clear(one.ema);
-    MegaStepInputs row_in{in.x.slice(0, b, 1), in.v.slice(0, b, 1), in.params, position, {}};
-    step_rows(row_in, o.slice(0, b, 1), one, options, one_row, position);
-    state.positions(s.state_row) = position + 1;
-  }
+  // Rows in parallel (distinct slots; positions checked above, so nothing here throws).
+  parallel_for(executor, dims.B, 1, [&](index_t begin, index_t end) {
+    for (index_t b = begin; b < end; ++b) {
+      const SequenceSpan s = rows[b];
+      if (s.state_row < 0) continue;
+      const index_t position = detail::serving::start_position(check, state.positions, s);
+      const MegaDecodeState one{state.ema.slice(0, s.state_row, 1), state.k_cache.slice(0, s.state_row, 1),
+                                state.v_cache.slice(0, s.state_row, 1), {}};
+      if (!s.read_state) detail::serving::clear(one.ema);
+      MegaStepInputs row_in{in.x.slice(0, b, 1), in.v.slice(0, b, 1), in.params, position, {}};
+      step_rows(row_in, o.slice(0, b, 1), one, options, one_row, position);
+      state.positions(s.state_row) = position + 1;
+    }
+  });
 }
 
 }  // namespace seqmix

@@ -113,8 +113,8 @@ inline void serve_step(const RatStepInputs& in, const RatStepOutputs& out, RatSt
   const Dims one_row{1, 1, H, Hkv, D};
   detail::serving::run_step_rows(check, rows, B, state, state_row, [&](index_t b, RatState& one) {
     const RatStepInputs in1{in.q.slice(0, b, 1), in.k.slice(0, b, 1), in.v.slice(0, b, 1), in.g.slice(0, b, 1), {}};
-    step_rows(in1, RatStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, executor);
-  });
+    step_rows(in1, RatStepOutputs{out.o.slice(0, b, 1)}, one, options, one_row, serial_executor());
+  }, executor);
 }
 
 }  // namespace detail::rat
