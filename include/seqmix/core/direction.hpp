@@ -52,6 +52,12 @@ inline void check_reversible(const char* op, const SequenceBatch& batch, bool re
                      "is not supported with packed sequences (batch.cu_seqlens); give a dense batch");
 }
 
+// Replaces each view by its reversed_time_view: the token-indexed arguments of a reverse call.
+template <class... Views>
+void reverse_time_of(Views&... views) {
+  ((views = reversed_time_view(views)), ...);
+}
+
 // The options of a reverse call with the direction taken out: the reversed views then run forward.
 template <class Options>
 Options forward_options(Options options) {

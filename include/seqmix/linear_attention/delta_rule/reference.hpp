@@ -83,12 +83,7 @@ namespace detail {
 // A reverse call as the forward call on reversed views (core/direction.hpp).
 inline std::pair<DeltaRuleInputs, DeltaRuleOutputs> reversed_call(const char* op, DeltaRuleInputs in, DeltaRuleOutputs out) {
   check_reversible(op, in.batch, true);
-  in.q = reversed_time_view(in.q);
-  in.k = reversed_time_view(in.k);
-  in.v = reversed_time_view(in.v);
-  in.beta = reversed_time_view(in.beta);
-  out.o = reversed_time_view(out.o);
-  out.token_states = reversed_time_view(out.token_states);
+  reverse_time_of(in.q, in.k, in.v, in.beta, out.o, out.token_states);
   return {in, out};
 }
 

@@ -273,14 +273,7 @@ namespace detail {
 // A reverse call as the forward call on reversed views (core/direction.hpp).
 inline std::pair<GatedDeltaRuleInputs, GatedDeltaRuleOutputs> reversed_call(const char* op, GatedDeltaRuleInputs in, GatedDeltaRuleOutputs out) {
   check_reversible(op, in.batch, true);
-  in.q = reversed_time_view(in.q);
-  in.k = reversed_time_view(in.k);
-  in.v = reversed_time_view(in.v);
-  in.beta = reversed_time_view(in.beta);
-  in.g_scalar = reversed_time_view(in.g_scalar);
-  in.g = reversed_time_view(in.g);
-  out.o = reversed_time_view(out.o);
-  out.token_states = reversed_time_view(out.token_states);
+  reverse_time_of(in.q, in.k, in.v, in.beta, in.g_scalar, in.g, out.o, out.token_states);
   return {in, out};
 }
 

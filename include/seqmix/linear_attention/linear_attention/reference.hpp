@@ -161,12 +161,7 @@ namespace detail {
 // A reverse call as the forward call on reversed views (core/direction.hpp).
 inline std::pair<LinearAttentionInputs, LinearAttentionOutputs> reversed_call(const char* op, LinearAttentionInputs in, LinearAttentionOutputs out) {
   check_reversible(op, in.batch, true);
-  in.q = reversed_time_view(in.q);
-  in.k = reversed_time_view(in.k);
-  in.v = reversed_time_view(in.v);
-  out.o = reversed_time_view(out.o);
-  out.token_states = reversed_time_view(out.token_states);
-  out.token_normalizers = reversed_time_view(out.token_normalizers);
+  reverse_time_of(in.q, in.k, in.v, out.o, out.token_states, out.token_normalizers);
   return {in, out};
 }
 

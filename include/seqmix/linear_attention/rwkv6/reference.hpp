@@ -121,12 +121,7 @@ namespace detail {
 // A reverse call as the forward call on reversed views (core/direction.hpp).
 inline std::pair<Rwkv6Inputs, Rwkv6Outputs> reversed_call(const char* op, Rwkv6Inputs in, Rwkv6Outputs out) {
   check_reversible(op, in.batch, true);
-  in.r = reversed_time_view(in.r);
-  in.k = reversed_time_view(in.k);
-  in.v = reversed_time_view(in.v);
-  in.g = reversed_time_view(in.g);
-  out.o = reversed_time_view(out.o);
-  out.token_states = reversed_time_view(out.token_states);
+  reverse_time_of(in.r, in.k, in.v, in.g, out.o, out.token_states);
   return {in, out};
 }
 

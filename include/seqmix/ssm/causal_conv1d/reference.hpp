@@ -128,9 +128,7 @@ inline Conv1dCall validate_causal_conv1d(const char* op, const CausalConv1dInput
 inline std::pair<CausalConv1dInputs, CausalConv1dOutputs> reversed_call(const char* op, CausalConv1dInputs in,
                                                                         CausalConv1dOutputs out) {
   check_reversible(op, in.batch, true);
-  in.x = reversed_time_view(in.x);
-  out.y = reversed_time_view(out.y);
-  out.token_states = reversed_time_view(out.token_states);
+  reverse_time_of(in.x, out.y, out.token_states);
   return {in, out};
 }
 

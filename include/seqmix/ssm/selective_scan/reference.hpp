@@ -128,13 +128,7 @@ inline ScanCall validate_selective_scan(const char* op, const SelectiveScanInput
 inline std::pair<SelectiveScanInputs, SelectiveScanOutputs> reversed_call(const char* op, SelectiveScanInputs in,
                                                                           SelectiveScanOutputs out) {
   check_reversible(op, in.batch, true);
-  in.u = reversed_time_view(in.u);
-  in.delta = reversed_time_view(in.delta);
-  in.Bm = reversed_time_view(in.Bm);
-  in.Cm = reversed_time_view(in.Cm);
-  in.z = reversed_time_view(in.z);
-  out.y = reversed_time_view(out.y);
-  out.token_states = reversed_time_view(out.token_states);
+  reverse_time_of(in.u, in.delta, in.Bm, in.Cm, in.z, out.y, out.token_states);
   return {in, out};
 }
 

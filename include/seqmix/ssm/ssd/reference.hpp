@@ -189,13 +189,7 @@ inline SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputs&
 // A reverse call as the forward call on reversed views (core/direction.hpp).
 inline std::pair<SsdInputs, SsdOutputs> reversed_call(const char* op, SsdInputs in, SsdOutputs out) {
   check_reversible(op, in.batch, true);
-  in.x = reversed_time_view(in.x);
-  in.dt = reversed_time_view(in.dt);
-  in.Bm = reversed_time_view(in.Bm);
-  in.Cm = reversed_time_view(in.Cm);
-  in.z = reversed_time_view(in.z);
-  out.y = reversed_time_view(out.y);
-  out.token_states = reversed_time_view(out.token_states);
+  reverse_time_of(in.x, in.dt, in.Bm, in.Cm, in.z, out.y, out.token_states);
   return {in, out};
 }
 
