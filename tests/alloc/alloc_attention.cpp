@@ -135,6 +135,17 @@ TEST_CASE("fused rope and relative biases allocate nothing after warm-up", "[all
   for (const seqmix::Executor* executor : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)})
     expect_no_allocation("attention decode, fused rope + t5 bias + head scales", *executor,
                          [&] { seqmix::attention(in, {o.view()}, options, *executor); });
+  // FIRE: the per-head MLP evaluated per logit in decode, from the caller's weights.
+  const auto fire_w = st::random_tensor<2>({Hq, 16}, 10);
+  const auto fire_b2 = st::random_tensor<1>({Hq}, 11);
+  seqmix::AttentionInputs<seqmix::f16> fire = in;
+  fire.relative_bias = {};
+  fire.relative_bias.kind = seqmix::RelativeBiasKind::fire;
+  fire.relative_bias.fire_w1 = fire_w.view(), fire.relative_bias.fire_b1 = fire_w.view();
+  fire.relative_bias.fire_w2 = fire_w.view(), fire.relative_bias.fire_b2 = fire_b2.view();
+  for (const seqmix::Executor* executor : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)})
+    expect_no_allocation("attention decode, fire bias", *executor,
+                         [&] { seqmix::attention(fire, {o.view()}, options, *executor); });
 
   // Paged: q rotated in the kernel, keys rotated by the append.
   const index_t N = 2, bs = 16, max_blocks = 8, blocks = N * max_blocks;
@@ -145,12 +156,13 @@ TEST_CASE("fused rope and relative biases allocate nothing after warm-up", "[all
   seqmix::PagedAttentionInputs<float> paged_in;
   paged_in.q = q.view(), paged_in.k_pages = k_pages.view(), paged_in.v_pages = v_pages.view();
   paged_in.block_table = block_table.view(), paged_in.cache_seqlens = lengths, paged_in.rope = &table;
+  paged_in.relative_bias = in.relative_bias, paged_in.head_scales = scales.view();
   const auto k_new = st::random_tensor<4>({N, 1, Hkv, D}, 8), v_new = st::random_tensor<4>({N, 1, Hkv, D}, 9);
   seqmix::PagedKvAppendInputs<float> append;
   append.k = k_new.view(), append.v = v_new.view(), append.block_table = block_table.view();
   append.cache_seqlens = starts, append.rope = &table;
   for (const seqmix::Executor* executor : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)}) {
-    expect_no_allocation("paged_attention, fused rope", *executor,
+    expect_no_allocation("paged_attention, fused rope + t5 bias + head scales", *executor,
                          [&] { seqmix::paged_attention(paged_in, {o.view(), {}}, {}, *executor); });
     expect_no_allocation("paged_kv_append, fused rope", *executor,
                          [&] { seqmix::paged_kv_append(append, seqmix::PagedKvPool<float>{k_pages.view(), v_pages.view()}, *executor); });
