@@ -600,3 +600,50 @@ TEST_CASE("context parallel: slice calls refuse what they cannot pass on", "[con
   for (index_t i = 0; i < o.view().numel(); ++i) REQUIRE(o.view().data()[i] == 7.5f);
   for (index_t i = 0; i < readout.view().numel(); ++i) REQUIRE(readout.view().data()[i] == 0.f);
 }
+
+TEST_CASE("context parallel: one long sequence split over a 2-thread pool equals one call", "[context_parallel]") {
+  const CpLaData x;
+  const CpSsdData y;
+  const CpDeltaData z;
+  const seqmix::Executor& pool = st::two_thread_pool();
+  for (const index_t slices : {0, 3, 7, 200}) {
+    for (const bool with_initial : {false, true}) {
+      INFO(slices << " slices, initial state " << with_initial);
+      {  // GLA, per-channel gate
+        const Tensor<float, 4> init = st::random_tensor<4>({x.B, x.HV, x.K, x.V}, 51);
+        seqmix::GatedLinearAttentionInputs in{x.q.view(), x.k.view(), x.v.view(), x.g.view()};
+        if (with_initial) in.initial_state = init.view();
+        Tensor<float, 4> o_ref({x.B, x.T, x.HV, x.V}), f_ref({x.B, x.HV, x.K, x.V}), o(o_ref.shape()), f(f_ref.shape());
+        seqmix::gated_linear_attention(in, {o_ref.view(), f_ref.view()});
+        seqmix::context_parallel_gated_linear_attention(in, {o.view(), f.view()}, {}, pool, slices);
+        st::require_close("gla outputs", o.view(), o_ref.view(), kCpTol);
+        st::require_close("gla final state", f.view(), f_ref.view(), kCpTol);
+      }
+      {  // ssd
+        const Tensor<float, 4> init = st::random_tensor<4>({y.B, y.H, y.P, y.N}, 52);
+        seqmix::SsdInputs in{y.x.view(), y.dt.view(), y.A.view(), y.Bm.view(), y.Cm.view(), y.D.view(), y.z.view(),
+                             y.dt_bias.view()};
+        if (with_initial) in.initial_state = init.view();
+        seqmix::SsdOptions options;
+        options.dt_softplus = true;
+        Tensor<float, 4> o_ref({y.B, y.T, y.H, y.P}), f_ref({y.B, y.H, y.P, y.N}), o(o_ref.shape()), f(f_ref.shape());
+        seqmix::ssd(in, {o_ref.view(), f_ref.view()}, options);
+        seqmix::context_parallel_ssd(in, {o.view(), f.view()}, options, pool, slices);
+        st::require_close("ssd outputs", o.view(), o_ref.view(), kCpTol);
+        st::require_close("ssd final state", f.view(), f_ref.view(), kCpTol);
+      }
+      {  // Gated DeltaNet
+        const Tensor<float, 4> init = st::random_tensor<4>({z.B, z.HV, z.K, z.V}, 53);
+        seqmix::GatedDeltaRuleInputs in{z.q.view(), z.k.view(), z.v.view(), z.beta.view(), z.gs.view()};
+        if (with_initial) in.initial_state = init.view();
+        seqmix::GatedDeltaRuleOptions options;
+        options.qk_norm = seqmix::QkNorm::l2;
+        Tensor<float, 4> o_ref({z.B, z.T, z.HV, z.V}), f_ref({z.B, z.HV, z.K, z.V}), o(o_ref.shape()), f(f_ref.shape());
+        seqmix::gated_delta_rule(in, {o_ref.view(), f_ref.view()}, options);
+        seqmix::context_parallel_gated_delta_rule(in, {o.view(), f.view()}, options, pool, slices);
+        st::require_close("gated delta rule outputs", o.view(), o_ref.view(), kCpTol);
+        st::require_close("gated delta rule final state", f.view(), f_ref.view(), kCpTol);
+      }
+    }
+  }
+}

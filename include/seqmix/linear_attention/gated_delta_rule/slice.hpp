@@ -54,4 +54,60 @@ inline void delta_rule_slice(const DeltaRuleInputs& in, const DeltaRuleOutputs& 
   delta_update::run_delta_slice(check, delta_update::ungated_call(in, out, options), readout, transition, executor);
 }
 
+/// gated_delta_rule over long sequences split by position across the executor's threads: each of
+/// `slices` pieces (0: one per thread; cut at T*i/slices) runs gated_delta_rule_slice at the same
+/// time, the pieces' initial states follow by composing their summaries in order
+/// (compose_matrix_slices), and each piece is corrected (correct_matrix_slice); the result
+/// equals one gated_delta_rule call to rounding. The slices cost about twice a prefill in all
+/// (the identity run), so it gains over one call only from 3 threads on, or when B * HV is too
+/// small to keep the threads busy. Scratch: a [B,T,HV,K] readout, and two [B,HV,K,V] states and
+/// a [B,HV,K,K] transition per slice. A dense batch only, no token_states; final_state may be
+/// the initial_state view.
+inline void context_parallel_gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+                                              const GatedDeltaRuleOptions& options = {},
+                                              const Executor& executor = serial_executor(), index_t slices = 0) {
+  static const ArgCheck check("context_parallel_gated_delta_rule");
+  const detail::la::Dims d = delta_update::validate_delta(check, delta_update::gated_call(in, out, options), executor).d;
+  detail::check_slice_batch(check, in.batch);
+  if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
+  const index_t P = detail::context_slices(slices, d.T, executor);
+  if (P <= 1) {
+    gated_delta_rule(in, out, options, executor);
+    return;
+  }
+  const std::array<index_t, 4> state_shape{d.B, d.HV, d.K, d.V};
+  Tensor<float, 4> readout({d.B, d.T, d.HV, d.K});
+  std::vector<Tensor<float, 4>> local, starts, transition;
+  for (index_t i = 0; i < P; ++i) {
+    local.emplace_back(state_shape);
+    starts.emplace_back(state_shape);
+    transition.emplace_back(std::array<index_t, 4>{d.B, d.HV, d.K, d.K});
+  }
+  if (in.initial_state.has_value()) copy(in.initial_state, starts[0].view());
+  detail::run_context_parallel(
+      d.T, P, executor,
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        GatedDeltaRuleInputs s = in;
+        s.q = in.q.slice(1, begin, n), s.k = in.k.slice(1, begin, n), s.v = in.v.slice(1, begin, n);
+        s.beta = in.beta.slice(1, begin, n);
+        if (in.g.has_value()) s.g = in.g.slice(1, begin, n);
+        if (in.g_scalar.has_value()) s.g_scalar = in.g_scalar.slice(1, begin, n);
+        s.initial_state = {};
+        gated_delta_rule_slice(s, {out.o.slice(1, begin, n), local[u].view()}, readout.view().slice(1, begin, n),
+                               transition[u].view(), options);
+      },
+      [&](index_t i) {
+        const auto u = static_cast<std::size_t>(i);
+        compose_matrix_slices({}, starts[u].view(), transition[u].view(), local[u].view(), {}, starts[u + 1].view());
+      },
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        if (i == 0 && !in.initial_state.has_value()) return;  // it did start from zeros
+        correct_matrix_slice(readout.view().slice(1, begin, n), transition[u].view(), starts[u].view(),
+                             out.o.slice(1, begin, n), i == P - 1 ? local[u].view() : TensorView<float, 4>());
+      });
+  if (out.final_state.has_value()) copy(ConstView<float, 4>(local.back().view()), out.final_state);
+}
+
 }  // namespace seqmix

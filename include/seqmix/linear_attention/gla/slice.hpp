@@ -59,4 +59,65 @@ inline void gated_linear_attention_slice_correct(const GatedLinearAttentionInput
   });
 }
 
+/// gated_linear_attention over long sequences split by position across the executor's threads:
+/// each of `slices` pieces (0: one per thread; cut at T*i/slices) runs from a zero state at the
+/// same time (gated_linear_attention_slice), the pieces' initial states follow by composing their
+/// summaries in order, and each piece is corrected (gated_linear_attention_slice_correct), so the
+/// result equals one gated_linear_attention call to rounding. Worth it when B * HV is too small
+/// to keep the threads busy (one long sequence); scratch: two [B,HV,K,V] states per slice. A
+/// dense batch only, no token_states; final_state may be the initial_state view.
+inline void context_parallel_gated_linear_attention(const GatedLinearAttentionInputs& in,
+                                                    const GatedLinearAttentionOutputs& out,
+                                                    const GatedLinearAttentionOptions& options = {},
+                                                    const Executor& executor = serial_executor(), index_t slices = 0) {
+  using namespace detail::la;
+  const char* op = "context_parallel_gated_linear_attention";
+  const ArgCheck check(op);
+  const Dims d = validate_gla(op, in, out, options, executor).d;
+  detail::check_slice_batch(check, in.batch);
+  if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
+  const index_t P = detail::context_slices(slices, d.T, executor);
+  if (P <= 1) {
+    gated_linear_attention(in, out, options, executor);
+    return;
+  }
+  const std::array<index_t, 4> state_shape{d.B, d.HV, d.K, d.V};
+  std::vector<Tensor<float, 4>> local, starts;
+  std::vector<Tensor<float, 3>> decay;
+  for (index_t i = 0; i < P; ++i) {
+    local.emplace_back(state_shape);
+    starts.emplace_back(state_shape);
+    decay.emplace_back(std::array<index_t, 3>{d.B, d.HV, d.K});
+  }
+  if (in.initial_state.has_value()) copy(in.initial_state, starts[0].view());
+  const auto piece = [&](index_t begin, index_t n) {
+    GatedLinearAttentionInputs s = in;
+    s.q = in.q.slice(1, begin, n), s.k = in.k.slice(1, begin, n), s.v = in.v.slice(1, begin, n);
+    if (in.g.has_value()) s.g = in.g.slice(1, begin, n);
+    if (in.g_scalar.has_value()) s.g_scalar = in.g_scalar.slice(1, begin, n);
+    s.initial_state = {};
+    return s;
+  };
+  detail::run_context_parallel(
+      d.T, P, executor,
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        gated_linear_attention_slice(piece(begin, n), {out.o.slice(1, begin, n), local[u].view()}, decay[u].view(),
+                                     options);
+      },
+      [&](index_t i) {
+        const auto u = static_cast<std::size_t>(i);
+        compose_diagonal_slices<3, 4>({}, starts[u].view(), decay[u].view(), local[u].view(), {}, starts[u + 1].view());
+      },
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        if (i == 0 && !in.initial_state.has_value()) return;  // it did start from zeros
+        GatedLinearAttentionInputs s = piece(begin, n);
+        s.initial_state = starts[u].view();
+        gated_linear_attention_slice_correct(s, {out.o.slice(1, begin, n), i == P - 1 ? local[u].view() : TensorView<float, 4>()},
+                                             options);
+      });
+  if (out.final_state.has_value()) copy(ConstView<float, 4>(local.back().view()), out.final_state);
+}
+
 }  // namespace seqmix

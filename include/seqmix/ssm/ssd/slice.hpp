@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <vector>
 
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -106,6 +107,61 @@ inline void ssd_slice_correct(const SsdInputs& in, const SsdOutputs& out, const 
         for (index_t n = 0; n < d.N; ++n) out.final_state(b, h, p, n) += decay * S(n, p);
     }
   });
+}
+
+/// ssd over long sequences split by position across the executor's threads: each of `slices`
+/// pieces (0: one per thread; cut at T*i/slices) runs ssd_slice at the same time, the pieces'
+/// initial states follow by composing their summaries in order, and each piece is corrected
+/// (ssd_slice_correct); the result equals one ssd call to rounding. Worth it when B * H is too
+/// small to keep the threads busy; scratch: two [B,H,P,N] states per slice. A dense batch only,
+/// no token_states; final_state may be the initial_state view.
+inline void context_parallel_ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
+                                 const Executor& executor = serial_executor(), index_t slices = 0) {
+  const char* op = "context_parallel_ssd";
+  const ArgCheck check(op);
+  const detail::SsdDims d = detail::validate_ssd(op, in, out, options).dims;
+  detail::check_slice_batch(check, in.batch);
+  if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
+  const index_t P = detail::context_slices(slices, d.T, executor);
+  if (P <= 1) {
+    ssd(in, out, options, executor);
+    return;
+  }
+  const std::array<index_t, 4> state_shape{d.B, d.H, d.P, d.N};
+  std::vector<Tensor<float, 4>> local, starts;
+  std::vector<Tensor<float, 2>> decay;
+  for (index_t i = 0; i < P; ++i) {
+    local.emplace_back(state_shape);
+    starts.emplace_back(state_shape);
+    decay.emplace_back(std::array<index_t, 2>{d.B, d.H});
+  }
+  if (in.initial_state.has_value()) copy(in.initial_state, starts[0].view());
+  const auto piece = [&](index_t begin, index_t n) {
+    SsdInputs s = in;
+    s.x = in.x.slice(1, begin, n), s.dt = in.dt.slice(1, begin, n);
+    s.Bm = in.Bm.slice(1, begin, n), s.Cm = in.Cm.slice(1, begin, n);
+    if (in.z.has_value()) s.z = in.z.slice(1, begin, n);
+    s.initial_state = {};
+    return s;
+  };
+  detail::run_context_parallel(
+      d.T, P, executor,
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        ssd_slice(piece(begin, n), {out.y.slice(1, begin, n), local[u].view()}, decay[u].view(), options);
+      },
+      [&](index_t i) {
+        const auto u = static_cast<std::size_t>(i);
+        compose_diagonal_slices<2, 4>({}, starts[u].view(), decay[u].view(), local[u].view(), {}, starts[u + 1].view());
+      },
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        if (i == 0 && !in.initial_state.has_value()) return;  // it did start from zeros
+        SsdInputs s = piece(begin, n);
+        s.initial_state = starts[u].view();
+        ssd_slice_correct(s, {out.y.slice(1, begin, n), i == P - 1 ? local[u].view() : TensorView<float, 4>()}, options);
+      });
+  if (out.final_state.has_value()) copy(ConstView<float, 4>(local.back().view()), out.final_state);
 }
 
 }  // namespace seqmix
