@@ -597,6 +597,16 @@ TEST_CASE("context parallel: slice calls refuse what they cannot pass on", "[con
   st::require_shape_error("final_state", [&] {
     seqmix::correct_matrix_slice(readout.view(), transition.view(), dfin.view(), o.view(), dfin.view());
   });
+  st::require_shape_error("options.reverse", [&] {
+    seqmix::GatedLinearAttentionOptions options;
+    options.reverse = true;
+    seqmix::gated_linear_attention_slice(in, {o.view(), fin.view()}, decay.view(), options);
+  });
+  st::require_shape_error("options.reverse", [&] {
+    seqmix::GatedDeltaRuleOptions options;
+    options.reverse = true;
+    seqmix::gated_delta_rule_slice(din, {o.view(), dfin.view()}, readout.view(), transition.view(), options);
+  });
   for (index_t i = 0; i < o.view().numel(); ++i) REQUIRE(o.view().data()[i] == 7.5f);
   for (index_t i = 0; i < readout.view().numel(); ++i) REQUIRE(readout.view().data()[i] == 0.f);
 }

@@ -59,6 +59,12 @@ inline void check_slice_batch(const ArgCheck& check, const SequenceBatch& batch)
     check.fail("batch", "must be empty: a slice call takes a dense batch with one state per batch row");
 }
 
+// The slice functions cut a sequence in its forward order; options.reverse would run each slice
+// backwards, which the corrections do not model (pass reversed views to slice a reversed call).
+inline void check_slice_forward(const ArgCheck& check, bool reverse) {
+  if (reverse) check.fail("options.reverse", "is not supported by the slice functions (pass reversed views instead)");
+}
+
 }  // namespace detail
 
 /// Composes the (log-decay, state) summaries of two consecutive slices with a diagonal
@@ -134,9 +140,10 @@ inline void compose_matrix_slices(const ConstView<float, 4>& first_transition, c
 /// Finishes a slice of a matrix-transition operator once its true initial state is known:
 /// o[b,t,h,:] += readout[b,t,h,:] initial[b,h] (one [T,K] x [K,V] GEMM per batch row and head)
 /// and, when final_state is given, final_state[b,h] += transition[b,h] initial[b,h]. readout
-/// [B,T,H,K] and transition [B,H,K,K] are what the operator's <op>_slice returned, o [B,T,H,V]
-/// its zero-state outputs, final_state [B,H,K,V] (optional) its local final state; initial
-/// [B,H,K,V]. o and final_state must not overlap the other arguments. Threaded over (b, h).
+/// [B,T,H,K] and transition [B,H,K,K] are what the operator's slice function returned (e.g.
+/// gated_delta_rule_slice), o [B,T,H,V] its zero-state outputs, final_state [B,H,K,V] (optional)
+/// its local final state; initial [B,H,K,V]. o and final_state must not overlap the other
+/// arguments. Threaded over (b, h).
 inline void correct_matrix_slice(const ConstView<float, 4>& readout, const ConstView<float, 4>& transition,
                                  const ConstView<float, 4>& initial, const TensorView<float, 4>& o,
                                  const TensorView<float, 4>& final_state, const Executor& executor = serial_executor()) {

@@ -43,6 +43,7 @@ inline void gated_delta_rule_slice(const GatedDeltaRuleInputs& in, const GatedDe
                                    const GatedDeltaRuleOptions& options = {},
                                    const Executor& executor = serial_executor()) {
   static const ArgCheck check("gated_delta_rule_slice");
+  detail::check_slice_forward(check, options.reverse);
   delta_update::run_delta_slice(check, delta_update::gated_call(in, out, options), readout, transition, executor);
 }
 
@@ -51,6 +52,7 @@ inline void delta_rule_slice(const DeltaRuleInputs& in, const DeltaRuleOutputs& 
                              const TensorView<float, 4>& transition, const DeltaRuleOptions& options = {},
                              const Executor& executor = serial_executor()) {
   static const ArgCheck check("delta_rule_slice");
+  detail::check_slice_forward(check, options.reverse);
   delta_update::run_delta_slice(check, delta_update::ungated_call(in, out, options), readout, transition, executor);
 }
 
@@ -69,6 +71,7 @@ inline void context_parallel_gated_delta_rule(const GatedDeltaRuleInputs& in, co
   static const ArgCheck check("context_parallel_gated_delta_rule");
   const detail::la::Dims d = delta_update::validate_delta(check, delta_update::gated_call(in, out, options), executor).d;
   detail::check_slice_batch(check, in.batch);
+  detail::check_slice_forward(check, options.reverse);
   if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
   const index_t P = detail::context_slices(slices, d.T, executor);
   if (P <= 1) {

@@ -27,6 +27,7 @@ inline void gated_linear_attention_slice(const GatedLinearAttentionInputs& in, c
   const char* op = "gated_linear_attention_slice";
   const ArgCheck check(op);
   const Dims d = validate_gla(op, in, out, options, executor).d;
+  detail::check_slice_forward(check, options.reverse);
   check_slice_call(check, in.batch, in.initial_state, out.final_state, out.token_states.has_value(), d, false);
   check.shape("log_decay", log_decay, std::array<index_t, 3>{d.B, d.HV, d.K}, "B,HV,K");
   check_no_overlap(check, "log_decay", log_decay, in.q, in.k, in.v, in.g, in.g_scalar, out.o, out.final_state);
@@ -51,6 +52,7 @@ inline void gated_linear_attention_slice_correct(const GatedLinearAttentionInput
   const char* op = "gated_linear_attention_slice_correct";
   const ArgCheck check(op);
   const Dims d = validate_gla(op, in, out, options, executor).d;
+  detail::check_slice_forward(check, options.reverse);
   check_slice_call(check, in.batch, in.initial_state, out.final_state, out.token_states.has_value(), d, true);
   const float scale = check_scale(check, options.scale, d.K);
   const std::vector<float> fixed_gates = retnet_gates(options.gate, d.HV);
@@ -74,6 +76,7 @@ inline void context_parallel_gated_linear_attention(const GatedLinearAttentionIn
   const char* op = "context_parallel_gated_linear_attention";
   const ArgCheck check(op);
   const Dims d = validate_gla(op, in, out, options, executor).d;
+  detail::check_slice_forward(check, options.reverse);
   detail::check_slice_batch(check, in.batch);
   if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
   const index_t P = detail::context_slices(slices, d.T, executor);

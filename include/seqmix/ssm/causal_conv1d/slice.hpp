@@ -22,6 +22,7 @@ inline Conv1dDims validate_causal_conv1d_slice(const char* op, const CausalConv1
   const ArgCheck check(op);
   const Conv1dDims d = validate_causal_conv1d(op, in, out, options).dims;
   check_slice_batch(check, in.batch);
+  check_slice_forward(check, options.reverse);
   if (out.token_states.has_value()) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
   const std::array<index_t, 3> state_shape{d.B, d.W - 1, d.D};
   if (correcting) {

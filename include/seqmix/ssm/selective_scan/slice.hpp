@@ -29,10 +29,12 @@ inline float scan_slice_dt(const SelectiveScanInputs& in, const SelectiveScanOpt
 }
 
 inline ScanDims validate_selective_scan_slice(const char* op, const SelectiveScanInputs& in,
-                                              const SelectiveScanOutputs& out, bool correcting) {
+                                              const SelectiveScanOutputs& out, const SelectiveScanOptions& options,
+                                              bool correcting) {
   const ArgCheck check(op);
   const ScanDims d = validate_selective_scan(op, in, out).dims;
   check_slice_batch(check, in.batch);
+  check_slice_forward(check, options.reverse);
   if (out.token_states.has_value()) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
   const std::array<index_t, 3> state_shape{d.B, d.D, d.N};
   if (correcting) {
@@ -59,7 +61,7 @@ inline void selective_scan_slice(const SelectiveScanInputs& in, const SelectiveS
                                  const Executor& executor = serial_executor()) {
   const char* op = "selective_scan_slice";
   const ArgCheck check(op);
-  const detail::ScanDims d = detail::validate_selective_scan_slice(op, in, out, false);
+  const detail::ScanDims d = detail::validate_selective_scan_slice(op, in, out, options, false);
   check.shape("log_decay", log_decay, std::array<index_t, 3>{d.B, d.D, d.N}, "B,D,N");
   check.no_overlap("log_decay", log_decay, "y", out.y).no_overlap("log_decay", log_decay, "final_state", out.final_state);
   check.no_overlap("log_decay", log_decay, "delta", in.delta);
@@ -79,7 +81,7 @@ inline void selective_scan_slice(const SelectiveScanInputs& in, const SelectiveS
 inline void selective_scan_slice_correct(const SelectiveScanInputs& in, const SelectiveScanOutputs& out,
                                          const SelectiveScanOptions& options = {},
                                          const Executor& executor = serial_executor()) {
-  const detail::ScanDims d = detail::validate_selective_scan_slice("selective_scan_slice_correct", in, out, true);
+  const detail::ScanDims d = detail::validate_selective_scan_slice("selective_scan_slice_correct", in, out, options, true);
   const index_t channels_per_group = d.D / d.G;
   parallel_for(executor, d.B * d.D, 16, [&](index_t begin, index_t end) {
     std::vector<float> carried(static_cast<std::size_t>(d.N));  // exp(A c_t) * S0, per n

@@ -31,6 +31,7 @@ inline SsdDims validate_ssd_slice(const char* op, const SsdInputs& in, const Ssd
   const ArgCheck check(op);
   const SsdDims d = validate_ssd(op, in, out, options).dims;
   check_slice_batch(check, in.batch);
+  check_slice_forward(check, options.reverse);
   if (out.token_states.has_value()) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
   const std::array<index_t, 4> state_shape{d.B, d.H, d.P, d.N};
   if (correcting) {
@@ -121,6 +122,7 @@ inline void context_parallel_ssd(const SsdInputs& in, const SsdOutputs& out, con
   const ArgCheck check(op);
   const detail::SsdDims d = detail::validate_ssd(op, in, out, options).dims;
   detail::check_slice_batch(check, in.batch);
+  detail::check_slice_forward(check, options.reverse);
   if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
   const index_t P = detail::context_slices(slices, d.T, executor);
   if (P <= 1) {
