@@ -31,6 +31,7 @@ namespace seqmix::testing {
 struct BenchLimits {
   double fp32_fma_gflops = 0;  ///< all cores
   double stream_read_gbs = 0;  ///< all cores
+  double bf16_dot_gflops = 0;  ///< all cores, AVX512-BF16 dot products; 0 where the target has none
   std::string source;          ///< the JSON file they were read from, or "measured"
 };
 
@@ -54,6 +55,7 @@ inline BenchLimits read_or_measure_limits() {
     text << in.rdbuf();
     limits.fp32_fma_gflops = json_number(text.str(), "fp32_fma_gflops");
     limits.stream_read_gbs = json_number(text.str(), "stream_read_gbs");
+    limits.bf16_dot_gflops = std::max(0.0, json_number(text.str(), "bf16_dot_gflops"));
     limits.source = path;
     if (limits.fp32_fma_gflops > 0 && limits.stream_read_gbs > 0) return limits;
     std::fprintf(stderr, "SEQMIX_MACHINE_LIMITS=%s has no fp32_fma_gflops / stream_read_gbs; measuring\n", path);
@@ -63,6 +65,9 @@ inline BenchLimits read_or_measure_limits() {
   settings.repetitions = 3;
   limits.fp32_fma_gflops = limits::fp32_fma_gflops(settings);
   limits.stream_read_gbs = limits::stream_read_gbs(settings);
+#if defined(__AVX512BF16__)
+  limits.bf16_dot_gflops = limits::bf16_dot_gflops(settings);
+#endif
   limits.source = "measured";
   return limits;
 }
@@ -73,6 +78,7 @@ inline const BenchLimits& limits_in_context() {
     benchmark::AddCustomContext("cpu_model", limits::cpu_model());
     benchmark::AddCustomContext("fp32_fma_gflops", std::to_string(l.fp32_fma_gflops));
     benchmark::AddCustomContext("stream_read_gbs", std::to_string(l.stream_read_gbs));
+    benchmark::AddCustomContext("bf16_dot_gflops", std::to_string(l.bf16_dot_gflops));
     benchmark::AddCustomContext("limits_source", l.source);
     return l;
   }();
@@ -110,6 +116,16 @@ inline void report_throughput(benchmark::State& state, double flop_per_iteration
 /// "GFLOP/s" and its "eff" against the fp32 FMA peak.
 inline void report_gflops(benchmark::State& state, double flop_per_iteration) {
   report_throughput(state, flop_per_iteration, 0);
+}
+
+/// "GFLOP/s" of a kernel computing with bf16 dot products, its "eff" against the bf16 dot peak
+/// (the fp32 FMA peak where the target has no AVX512-BF16, as the kernel then runs in fp32).
+inline void report_gflops_bf16(benchmark::State& state, double flop_per_iteration) {
+  using benchmark::Counter;
+  const BenchLimits& limits = bench_limits();
+  const double peak = limits.bf16_dot_gflops > 0 ? limits.bf16_dot_gflops : limits.fp32_fma_gflops;
+  state.counters["GFLOP/s"] = Counter(flop_per_iteration * 1e-9, Counter::kIsIterationInvariantRate);
+  state.counters["eff"] = Counter(flop_per_iteration * 1e-9 / peak, Counter::kIsIterationInvariantRate);
 }
 
 /// "GB/s" and its "eff" against the streaming read bandwidth.

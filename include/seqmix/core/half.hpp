@@ -145,6 +145,16 @@ struct bf16 {
   ///@}
 };
 
+/// How a kernel taking bf16 inputs computes its products (AttentionOptions::bf16_compute).
+enum class Bf16Compute : int {
+  /// Inputs widened to fp32, fp32 products: the fp32 result on the stored values (the default).
+  fp32,
+  /// The other GEMM operands rounded to bf16 too (q, the softmax weights), products by AVX512-BF16
+  /// dot products accumulated in fp32, where the compile target has them; fp32 elsewhere. About
+  /// twice the multiply-add rate, relative error bounded by a few bf16 roundings (docs/operators.md).
+  dot,
+};
+
 static_assert(sizeof(f16) == 2 && std::is_trivially_copyable_v<f16> && std::is_trivial_v<f16>);
 static_assert(sizeof(bf16) == 2 && std::is_trivially_copyable_v<bf16> && std::is_trivial_v<bf16>);
 

@@ -9,17 +9,23 @@
 //   acc = factor * acc + P V          [rows x Dv]
 // Key tiles that no row of the block can see (beyond the causal diagonal, before the window,
 // except sink tokens) are never visited, so the causal case costs half the full one; the
-// [Tq x Tk] matrix is never formed. See README.md for the derivation.
+// [Tq x Tk] matrix is never formed. With bf16 K/V and AttentionOptions::bf16_compute = dot, on
+// targets with AVX512-BF16, both products run as bf16 dot products on the bf16 tiles
+// (flash_block_bf16). See README.md for the derivation.
 #pragma once
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/bf16_gemm.hpp"
 
 namespace seqmix {
 namespace detail {
@@ -85,6 +91,80 @@ void load_key_tile_rotated(const AttentionInputs<KV>& in, index_t b, index_t h, 
     for (index_t c = 0; c < D; ++c) std::fill(dst + c * ld + n, dst + c * ld + cols, 0.f);
 }
 
+// The start of a task (queries [i0, i0 + nq) of batch row b, KV head hk): its q rows scaled
+// (and rotated) into w.q, their positions, fresh softmax states and accumulators. Returns the
+// number of rows, nq * group.
+template <class KV>
+index_t flash_begin(const AttentionInputs<KV>& in, const AttentionDims& d, float scale, index_t b, index_t hk,
+                    index_t i0, index_t nq, FlashScratch& w) {
+  const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  load_query_rows(in, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
+  for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, i0 + r / G);
+  std::fill(w.state.begin(), w.state.begin() + M, SoftmaxRow{});
+  std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);
+  return M;
+}
+
+// The logit rule and the online softmax over the task's logit tile w.s (keys [j0, j0 + n)):
+// w.s becomes the weights P, w.alpha each row's rescaling factor.
+template <class KV>
+void flash_softmax(const LogitRule<KV>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
+                   index_t j0, index_t n, FlashScratch& w) {
+  const index_t G = d.group(), T = kFlashKeyTile;
+  for (index_t r = 0; r < M; ++r) {
+    float* s = w.s.data() + r * T;
+    rule.apply(s, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
+    w.alpha[r] = online_softmax_tile(s, T, w.state[r].m, w.state[r].l);
+  }
+}
+
+// One key tile whose keys and values are in w.kt / w.v (fp32): S = Q K^T, softmax, acc += P V.
+template <class KV>
+void flash_tile(const LogitRule<KV>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
+                index_t j0, index_t n, FlashScratch& w) {
+  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
+  gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
+  flash_softmax(rule, d, b, hk, i0, M, j0, n, w);
+  // Value rows holding a NaN / inf sit out the GEMM where some row gives them weight 0, and are
+  // added to the rows that see them afterwards (NonFiniteKeys in decode.hpp).
+  const KvRows<float> values{w.v.data(), Dvp};
+  const bool guard = find_nonfinite_keys(w.s.data(), T, M, values, n, d.Dv, nullptr, w.bad);
+  if (guard) {
+    w.bad_rows.resize(static_cast<std::size_t>(w.bad.count * Dvp));
+    for (index_t b = 0; b < w.bad.count; ++b) {
+      float* row = w.v.data() + w.bad.key[b] * Dvp;
+      std::copy(row, row + Dvp, w.bad_rows.data() + b * Dvp);
+      std::fill(row, row + Dvp, 0.f);
+    }
+  }
+  gemm(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data());
+  if (guard) {
+    for (index_t b = 0; b < w.bad.count; ++b) {
+      const index_t j = w.bad.key[b];
+      const float* x = w.bad_rows.data() + b * Dvp;
+      for (index_t r = 0; r < M; ++r) {
+        const float p = w.s[r * T + j];
+        if (p != 0.f)
+          for (index_t c = 0; c < d.Dv; ++c) w.acc[r * Dvp + c] += p * x[c];
+      }
+    }
+  }
+}
+
+// The end of a task: each row normalized into o (and its lse).
+template <class KV>
+void flash_finish(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionDims& d, index_t b,
+                  index_t hk, index_t i0, index_t M, FlashScratch& w) {
+  const index_t G = d.group(), Dvp = round_up(d.Dv, simd::kWidth);
+  const bool has_sink = in.sink_logits.has_value();
+  for (index_t r = 0; r < M; ++r) {
+    const index_t i = i0 + r / G, h = hk * G + r % G;
+    const float lse = finish_row(w.state[r], w.acc.data() + r * Dvp, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
+                                 out.o.ptr(b, i, h), out.o.stride(3));
+    if (out.lse.has_value()) out.lse(b, i, h) = lse;
+  }
+}
+
 // One task: queries [i0, i0 + nq) of batch row b against KV head hk, over the key tiles that
 // select_tiles(positions, rows) returns (dense: every visible tile; block-sparse attention: the
 // selected blocks). The logit rule still masks what causal / window / mask hide from each row,
@@ -99,54 +179,13 @@ template <class KV, class SelectTiles, class LoadTile>
 void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
                  const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
                  SelectTiles&& select_tiles, LoadTile&& load_tile, const DistanceBiasCache* cache = nullptr) {
-  const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
-  const index_t T = kFlashKeyTile;
   const LogitRule<KV> rule{in, options, d.Tk, cache};
-  load_query_rows(in, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
-  for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, i0 + r / G);
-  std::fill(w.state.begin(), w.state.begin() + M, SoftmaxRow{});
-  std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);
+  const index_t M = flash_begin(in, d, scale, b, hk, i0, nq, w);
   for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
-    const index_t j0 = tile.j0, n = tile.n;
-    load_tile(j0, n, w);
-    gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
-    for (index_t r = 0; r < M; ++r) {
-      float* s = w.s.data() + r * T;
-      rule.apply(s, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
-      w.alpha[r] = online_softmax_tile(s, T, w.state[r].m, w.state[r].l);
-    }
-    // Value rows holding a NaN / inf sit out the GEMM where some row gives them weight 0, and are
-    // added to the rows that see them afterwards (NonFiniteKeys in decode.hpp).
-    const KvRows<float> values{w.v.data(), Dvp};
-    const bool guard = find_nonfinite_keys(w.s.data(), T, M, values, n, d.Dv, nullptr, w.bad);
-    if (guard) {
-      w.bad_rows.resize(static_cast<std::size_t>(w.bad.count * Dvp));
-      for (index_t b = 0; b < w.bad.count; ++b) {
-        float* row = w.v.data() + w.bad.key[b] * Dvp;
-        std::copy(row, row + Dvp, w.bad_rows.data() + b * Dvp);
-        std::fill(row, row + Dvp, 0.f);
-      }
-    }
-    gemm(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data());
-    if (guard) {
-      for (index_t b = 0; b < w.bad.count; ++b) {
-        const index_t j = w.bad.key[b];
-        const float* x = w.bad_rows.data() + b * Dvp;
-        for (index_t r = 0; r < M; ++r) {
-          const float p = w.s[r * T + j];
-          if (p != 0.f)
-            for (index_t c = 0; c < d.Dv; ++c) w.acc[r * Dvp + c] += p * x[c];
-        }
-      }
-    }
+    load_tile(tile.j0, tile.n, w);
+    flash_tile(rule, d, b, hk, i0, M, tile.j0, tile.n, w);
   }
-  const bool has_sink = in.sink_logits.has_value();
-  for (index_t r = 0; r < M; ++r) {
-    const index_t i = i0 + r / G, h = hk * G + r % G;
-    const float lse = finish_row(w.state[r], w.acc.data() + r * Dvp, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
-                                 out.o.ptr(b, i, h), out.o.stride(3));
-    if (out.lse.has_value()) out.lse(b, i, h) = lse;
-  }
+  flash_finish(in, out, d, b, hk, i0, M, w);
 }
 
 // flash_block's load_tile for K/V tiles read from in.k / in.v (batch row b, KV head hk), keys
@@ -169,6 +208,136 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
                  const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
                  SelectTiles&& select_tiles) {
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk));
+}
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// ---- bf16 dot-product tiles (AttentionOptions::bf16_compute = dot, bf16 K/V) -----------------
+//
+// The same task with both products in pair words (core/bf16_gemm.hpp): q rows rounded to bf16
+// once per task, each key tile packed as [Dk / 2 x 64 keys] pair words straight from the bf16
+// rows (no widening), the softmax in fp32 on the fp32 logits, its weights rounded to bf16 for
+// P V against the value tile packed as [32 key pairs x Dv] words, accumulators fp32. Tiles the
+// call's rope rotates, and tiles holding a non-finite key or value (whose weight-0 rules the fp32
+// tile handles), take the fp32 tile instead; both keep the same (m, l, acc) state.
+
+// Per-thread tiles of the bf16 form, grown on demand.
+struct FlashBf16Scratch {
+  AlignedVector<std::uint32_t> q, kt, v, p;
+  AlignedVector<std::uint16_t> row;
+  static void grow(AlignedVector<std::uint32_t>& x, index_t n) {
+    if (static_cast<index_t>(x.size()) < n) x.resize(static_cast<std::size_t>(n));
+  }
+  void reserve(index_t M, index_t Dkw, index_t Dvw, index_t row_len) {
+    grow(q, M * Dkw), grow(kt, Dkw * kFlashKeyTile), grow(v, kFlashKeyTile / 2 * Dvw), grow(p, M * kFlashKeyTile / 2);
+    if (static_cast<index_t>(row.size()) < row_len) row.resize(static_cast<std::size_t>(row_len));
+  }
+  static FlashBf16Scratch& local() {
+    thread_local FlashBf16Scratch scratch;
+    return scratch;
+  }
+};
+
+// 32 bf16 of a row from feature c0 on, zero past D (any stride).
+inline __m512i load_bf16_chunk(const bf16* src, index_t stride, index_t D, index_t c0) noexcept {
+  const index_t m = std::min<index_t>(32, D - c0);
+  if (stride == 1) {
+    const __mmask32 mask = m >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << m) - 1u);
+    return _mm512_maskz_loadu_epi16(mask, src + c0);
+  }
+  alignas(64) std::uint16_t lanes[32] = {};
+  for (index_t c = 0; c < m; ++c) lanes[c] = src[(c0 + c) * stride].bits;
+  return _mm512_load_si512(lanes);
+}
+
+// Keys [j0, j0 + n) of head h as kt[c * 64 + r] = (k[r][2c], k[r][2c + 1]) for c < Dkw, zero past
+// n keys and Dk features. False if a key holds an infinity or a NaN.
+inline bool pack_key_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t h, index_t j0, index_t n, index_t Dkw,
+                               std::uint32_t* kt, std::uint16_t* row) {
+  const index_t D = x.size(3), T = kFlashKeyTile;
+  __mmask32 bad = 0;
+  for (index_t r = 0; r < n; ++r) {
+    const bf16* src = x.ptr(b, j0 + r, h);
+    for (index_t c0 = 0; c0 < 2 * Dkw; c0 += 32) {
+      const __m512i chunk = load_bf16_chunk(src, x.stride(3), D, c0);
+      bad |= bf16_nonfinite(chunk);
+      _mm512_storeu_si512(row + c0, chunk);
+    }
+    for (index_t c = 0; c < Dkw; ++c) {  // the transpose, one pair word at a time
+      std::uint32_t word;
+      std::memcpy(&word, row + 2 * c, sizeof word);
+      kt[c * T + r] = word;
+    }
+  }
+  if (n < T)
+    for (index_t c = 0; c < Dkw; ++c) std::fill(kt + c * T + n, kt + (c + 1) * T, 0u);
+  return bad == 0;
+}
+
+// Values [j0, j0 + n) of head h as v[p * Dvw + c] = (v[2p][c], v[2p + 1][c]) for the 32 key
+// pairs and c < Dvw, zero past n keys and Dv features. False if a value is infinite or NaN.
+inline bool pack_value_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t h, index_t j0, index_t n,
+                                 index_t Dvw, std::uint32_t* v) {
+  const index_t D = x.size(3);
+  __mmask32 bad = 0;
+  const __m512i zero = _mm512_setzero_si512();
+  for (index_t p = 0; p < kFlashKeyTile / 2; ++p) {
+    const index_t r0 = 2 * p, r1 = 2 * p + 1;
+    for (index_t c0 = 0; c0 < Dvw; c0 += 32) {
+      const __m512i x0 = r0 < n ? load_bf16_chunk(x.ptr(b, j0 + r0, h), x.stride(3), D, c0) : zero;
+      const __m512i x1 = r1 < n ? load_bf16_chunk(x.ptr(b, j0 + r1, h), x.stride(3), D, c0) : zero;
+      bad |= bf16_nonfinite(x0) | bf16_nonfinite(x1);
+      __m512i lo, hi;
+      interleave_bf16_rows(x0, x1, lo, hi);
+      _mm512_storeu_si512(v + p * Dvw + c0, lo);
+      if (c0 + 16 < Dvw) _mm512_storeu_si512(v + p * Dvw + c0 + 16, hi);
+    }
+  }
+  return bad == 0;
+}
+
+// flash_block over in.k / in.v with bf16 dot-product tiles (see above).
+template <class SelectTiles>
+void flash_block_bf16(const AttentionInputs<bf16>& in, const AttentionOutputs& out, const AttentionOptions& options,
+                      const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq,
+                      FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache) {
+  const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
+  const index_t Dkw = Dkp / 2, Kw = (d.Dk + 1) / 2;  // pair words per q row / holding features
+  const LogitRule<bf16> rule{in, options, d.Tk, cache};
+  const index_t M = flash_begin(in, d, scale, b, hk, i0, nq, w);
+  FlashBf16Scratch& x = FlashBf16Scratch::local();
+  x.reserve(M, Dkw, Dvp, round_up(std::max(d.Dk, d.Dv), 32));
+  for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.q.data() + r * Dkp, Dkp, x.q.data() + r * Dkw);
+  for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
+    const index_t j0 = tile.j0, n = tile.n;
+    const bool packed = !tile_needs_rotation(in, j0, n) &&
+                        pack_key_tile_bf16(in.k, b, hk, j0, n, Dkw, x.kt.data(), x.row.data()) &&
+                        pack_value_tile_bf16(in.v, b, hk, j0, n, Dvp, x.v.data());
+    if (!packed) {
+      dense_tile_loader(in, b, hk)(j0, n, w);
+      flash_tile(rule, d, b, hk, i0, M, j0, n, w);
+      continue;
+    }
+    gemm_bf16(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, nullptr);
+    flash_softmax(rule, d, b, hk, i0, M, j0, n, w);
+    for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.s.data() + r * T, T, x.p.data() + r * (T / 2));
+    gemm_bf16(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, (n + 1) / 2, w.alpha.data());
+  }
+  flash_finish(in, out, d, b, hk, i0, M, w);
+}
+#endif
+
+// The dense prefill's task: flash_block over in.k / in.v, with bf16 dot-product tiles where the
+// call asks for them and the target has them.
+template <class KV, class SelectTiles>
+void flash_block_dense(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+                       const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq,
+                       FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if constexpr (std::is_same_v<KV, bf16>)
+    if (options.bf16_compute == Bf16Compute::dot)
+      return flash_block_bf16(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, cache);
+#endif
+  flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk), cache);
 }
 
 // The per-distance bias of a prefill whose keys lie within `distances` of every query, when
@@ -225,9 +394,9 @@ void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutput
     thread_local std::array<index_t, 4> sized{};
     const std::array<index_t, 4> need{bq * G, d.Dk, Dkp, Dvp};
     if (!scratch || sized != need) scratch = std::make_unique<FlashScratch>(bq * G, d.Dk, Dkp, Dvp), sized = need;
-    flash_block(one, one_out, options, one_dims, scale, 0, task.hk, task.i0, task.nq, *scratch,
-                [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, span.tokens); },
-                dense_tile_loader(one, 0, task.hk), table);
+    flash_block_dense(one, one_out, options, one_dims, scale, 0, task.hk, task.i0, task.nq, *scratch,
+                      [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, span.tokens); },
+                      table);
   });
 }
 
@@ -256,9 +425,9 @@ void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out,
     for (index_t t = begin; t < end; ++t) {
       const index_t block = t % blocks, group = t / blocks, b = group / d.Hkv, hk = group % d.Hkv;
       const index_t i0 = block * bq;
-      flash_block(in, out, options, d, scale, b, hk, i0, std::min(bq, d.Tq - i0), scratch,
-                  [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
-                  dense_tile_loader(in, b, hk), table);
+      flash_block_dense(in, out, options, d, scale, b, hk, i0, std::min(bq, d.Tq - i0), scratch,
+                        [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
+                        table);
     }
   });
 }

@@ -39,6 +39,7 @@
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/positional/rope/fast.hpp"
@@ -61,6 +62,10 @@ struct AttentionOptions {
   index_t sink_tokens = 0;
   /// Gemma-2 / Grok logit soft-capping: s = softcap * tanh(s / softcap) before biases. 0: off.
   float softcap = 0.f;
+  /// bf16 K/V only: Bf16Compute::dot rounds q and the softmax weights to bf16 and runs the
+  /// prefill's Q K^T and P V tiles as AVX512-BF16 dot products (fp32 accumulation and softmax)
+  /// where the target has them; fp32 (the default) widens K/V and computes in fp32.
+  Bf16Compute bf16_compute = {};
 };
 
 /// Relative position biases added to the logits inside the tile loop (docs/operators.md section

@@ -1,0 +1,216 @@
+// attention over bf16 K/V with bf16 dot products (AttentionOptions::bf16_compute = dot) against
+// the fp32 computation on the same stored values (the default), within the documented bound
+// (docs/operators.md section 5):
+//   per row, Delta = max_j |s_dot_j - s_j| (the logit change from rounding q to bf16),
+//   |o_dot - o_fp32| <= (exp(2 Delta) - 1 + 2^-8) * max_j |v_j|,   |lse_dot - lse_fp32| <= Delta
+// (plus fp32 rounding slack). Ragged shapes: T = 1, T not a multiple of the 64-key tile, odd and
+// non-multiple-of-16 head sizes, GQA, B > 1, masks and logit rules, packed sequences, strided K/V,
+// a non-finite value (its tile takes the fp32 path). On targets without AVX512-BF16 the option
+// falls back to fp32, and the results are checked to be the fp32 ones exactly.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::bf16;
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct Bf16AttnCase {
+  const char* name;
+  index_t B, Tq, Tk, Hq, Hkv, Dk, Dv;
+  bool causal;
+  index_t window, sinks;
+  float softcap;
+  bool mask, packed, strided;
+};
+
+struct Bf16AttnData {
+  Tensor<float, 4> q;
+  Tensor<bf16, 4> k, v;  // strided cases: every other head slot of a wider tensor
+  Tensor<float, 3> mask;
+  std::vector<std::int32_t> cu;
+  seqmix::AttentionInputs<bf16> in;
+  explicit Bf16AttnData(const Bf16AttnCase& c, std::uint64_t seed)
+      : q({c.B, c.Tq, c.Hq, c.Dk}),
+        k({c.B, c.Tk, c.Hkv * (c.strided ? 2 : 1), c.Dk}),
+        v({c.B, c.Tk, c.Hkv * (c.strided ? 2 : 1), c.Dv}),
+        mask({c.mask ? c.B : 0, c.Tq, c.Tk}) {
+    st::fill_normal(q.view(), seed);
+    st::fill_normal(k.view(), seed + 1);
+    st::fill_normal(v.view(), seed + 2);
+    in.q = q.cview();
+    in.k = k.cview(), in.v = v.cview();
+    if (c.strided) {  // heads 0, 2, 4, ... and features with stride 1: head stride 2 * D
+      const index_t Hs = 2 * c.Hkv;
+      in.k = seqmix::ConstView<bf16, 4>(k.data(), {c.B, c.Tk, c.Hkv, c.Dk}, {c.Tk * Hs * c.Dk, Hs * c.Dk, 2 * c.Dk, 1});
+      in.v = seqmix::ConstView<bf16, 4>(v.data(), {c.B, c.Tk, c.Hkv, c.Dv}, {c.Tk * Hs * c.Dv, Hs * c.Dv, 2 * c.Dv, 1});
+    }
+    if (c.mask) {
+      st::fill_uniform(mask.view(), seed + 3, -2.f, 2.f);
+      for (index_t b = 0; b < c.B; ++b)  // a few hidden keys
+        for (index_t i = 0; i < c.Tq; ++i)
+          for (index_t j = (i * 7) % 5; j < c.Tk; j += 11) mask(b, i, j) = -std::numeric_limits<float>::infinity();
+      in.mask = mask.cview();
+    }
+    if (c.packed) {  // ragged sequences over the Tq = Tk tokens
+      cu = {0};
+      for (index_t len = 1; cu.back() < c.Tq; len = len * 3 + 5)
+        cu.push_back(static_cast<std::int32_t>(std::min<index_t>(cu.back() + len, c.Tq)));
+      in.batch.cu_seqlens = cu;
+    }
+  }
+};
+
+// Checks o / lse of the dot form against the fp32 form row by row, within the bound above, with
+// Delta the row's actual logit change: the kernel rounds the scaled q row to bf16, so
+// Delta = max_j |sum_c (bf16(scale q_c) - scale q_c) k_jc| (over every key, a bound for any
+// visible set), plus 1e-6 * sum_c |scale q_c k_jc| for the fp32 sums' different order.
+void bf16_attn_require_bound(const Bf16AttnCase& c, const Bf16AttnData& data, const seqmix::AttentionOptions& options,
+                             const Tensor<float, 4>& o_dot, const Tensor<float, 3>& lse_dot,
+                             const Tensor<float, 4>& o_ref, const Tensor<float, 3>& lse_ref) {
+  const double u = std::ldexp(1.0, -8);
+  const float scale = seqmix::detail::attention_scale(options, c.Dk);
+  const index_t G = c.Hq / c.Hkv;
+  double worst = 0.0;  // the largest error as a fraction of its bound
+  std::vector<double> keys(static_cast<std::size_t>(c.Tk * c.Dk)), dq(static_cast<std::size_t>(c.Dk)),
+      aq(static_cast<std::size_t>(c.Dk));
+  for (index_t b = 0; b < c.B; ++b)
+    for (index_t hk = 0; hk < c.Hkv; ++hk) {
+      double vmax = 0.0;
+      for (index_t j = 0; j < c.Tk; ++j) {
+        for (index_t x = 0; x < c.Dk; ++x) keys[j * c.Dk + x] = data.in.k(b, j, hk, x).to_float();
+        for (index_t x = 0; x < c.Dv; ++x) vmax = std::max(vmax, std::abs(double{data.in.v(b, j, hk, x).to_float()}));
+      }
+      for (index_t h = hk * G; h < (hk + 1) * G; ++h)
+        for (index_t i = 0; i < c.Tq; ++i) {
+          for (index_t x = 0; x < c.Dk; ++x) {
+            const float scaled = scale * data.q(b, i, h, x);
+            dq[x] = static_cast<double>(bf16(scaled).to_float()) - scaled;
+            aq[x] = std::abs(scaled);
+          }
+          double delta = 0.0;
+          for (index_t j = 0; j < c.Tk; ++j) {
+            double change = 0.0, size = 0.0;
+            for (index_t x = 0; x < c.Dk; ++x)
+              change += dq[x] * keys[j * c.Dk + x], size += aq[x] * std::abs(keys[j * c.Dk + x]);
+            delta = std::max(delta, std::abs(change) + 1e-6 * size);
+          }
+          const double o_bound = (std::expm1(2.0 * delta) + u) * vmax + 1e-6;
+          for (index_t x = 0; x < c.Dv; ++x) {
+            const double err = std::abs(static_cast<double>(o_dot(b, i, h, x)) - o_ref(b, i, h, x));
+            worst = std::max(worst, err / o_bound);
+          }
+          const double l = lse_ref(b, i, h), l_dot = lse_dot(b, i, h);
+          if (std::isinf(l)) {  // no visible key: the same in both forms
+            REQUIRE(l_dot == l);
+          } else {
+            worst = std::max(worst, std::abs(l_dot - l) / (delta + 1e-6 * (1.0 + std::abs(l))));
+          }
+        }
+    }
+  INFO(c.name << ": largest error / bound = " << worst);
+  REQUIRE(worst <= 1.0);
+}
+
+void bf16_attn_check(const Bf16AttnCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
+  INFO(c.name << " seed " << seed);
+  const Bf16AttnData data(c, seed);
+  seqmix::AttentionOptions options;
+  options.causal = c.causal, options.window = c.window, options.sink_tokens = c.sinks, options.softcap = c.softcap;
+  Tensor<float, 4> o_ref({c.B, c.Tq, c.Hq, c.Dv}), o_dot({c.B, c.Tq, c.Hq, c.Dv});
+  Tensor<float, 3> lse_ref({c.B, c.Tq, c.Hq}), lse_dot({c.B, c.Tq, c.Hq});
+  seqmix::attention_flash(data.in, {o_ref.view(), lse_ref.view()}, options, executor);
+  options.bf16_compute = seqmix::Bf16Compute::dot;
+  seqmix::attention_flash(data.in, {o_dot.view(), lse_dot.view()}, options, executor);
+  if (!seqmix::detail::kNativeBf16Dot) {  // the fallback is the fp32 form itself
+    REQUIRE(std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_ref.data()));
+    REQUIRE(std::equal(lse_dot.data(), lse_dot.data() + lse_dot.numel(), lse_ref.data()));
+    return;
+  }
+  bf16_attn_require_bound(c, data, options, o_dot, lse_dot, o_ref, lse_ref);
+}
+
+const std::vector<Bf16AttnCase>& bf16_attn_cases() {
+  static const std::vector<Bf16AttnCase> cases = {
+      // name, B, Tq, Tk, Hq, Hkv, Dk, Dv, causal, window, sinks, softcap, mask, packed, strided
+      {"one-query", 1, 1, 1, 2, 1, 64, 64, true, 0, 0, 0.f, false, false, false},
+      {"gqa4-ragged-tiles", 1, 150, 150, 8, 2, 128, 128, true, 0, 0, 0.f, false, false, false},
+      {"b2-full-odd-dims", 2, 70, 133, 6, 3, 67, 40, false, 0, 0, 0.f, false, false, false},
+      {"dk-ne-dv", 1, 65, 65, 4, 4, 48, 80, true, 0, 0, 0.f, false, false, false},
+      {"window-sinks-softcap", 1, 200, 200, 4, 2, 64, 64, true, 50, 4, 30.f, false, false, false},
+      {"mask-bottom-right", 2, 37, 101, 4, 1, 32, 16, true, 0, 0, 0.f, true, false, false},
+      {"packed", 1, 180, 180, 4, 2, 64, 64, true, 0, 0, 0.f, false, true, false},
+      {"strided-heads", 1, 90, 90, 4, 2, 96, 96, true, 0, 0, 0.f, false, false, true},
+  };
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("attention bf16 dot products: within the documented bound of the fp32 form", "[attention][bf16]") {
+  const seqmix::ThreadPool pool(2);
+  std::uint64_t seed = 7100;
+  for (const Bf16AttnCase& c : bf16_attn_cases()) bf16_attn_check(c, seed += 10, pool);
+  if (!st::small_test_scale())  // a chunk after a long prefix: 20 key tiles, 256-row tasks
+    bf16_attn_check({"chunk-after-prefix", 1, 256, 1280, 8, 2, 128, 128, true, 0, 0, 0.f, false, false, false}, 7999,
+                    pool);
+}
+
+TEST_CASE("attention bf16 dot products: a non-finite value reaches only the rows that see it", "[attention][bf16]") {
+  // Key 70's value holds a NaN and key 140's an inf: with causal masking the rows before them
+  // give them weight 0 and must stay finite (their tiles take the fp32 path), the rest are NaN
+  // or inf-contaminated exactly as in the fp32 form.
+  const Bf16AttnCase c{"nonfinite", 1, 200, 200, 4, 2, 64, 64, true, 0, 0, 0.f, false, false, false};
+  Bf16AttnData data(c, 7300);
+  data.v(0, 70, 1, 5) = bf16(std::numeric_limits<float>::quiet_NaN());
+  data.v(0, 140, 0, 9) = bf16(std::numeric_limits<float>::infinity());
+  seqmix::AttentionOptions options;
+  options.causal = true;
+  Tensor<float, 4> o_ref({1, 200, 4, 64}), o_dot({1, 200, 4, 64});
+  Tensor<float, 3> lse_ref({1, 200, 4}), lse_dot({1, 200, 4});
+  seqmix::attention_flash(data.in, {o_ref.view(), lse_ref.view()}, options);
+  options.bf16_compute = seqmix::Bf16Compute::dot;
+  seqmix::attention_flash(data.in, {o_dot.view(), lse_dot.view()}, options);
+  for (index_t i = 0; i < 200; ++i)
+    for (index_t h = 0; h < 4; ++h)
+      for (index_t x = 0; x < 64; ++x) {
+        const float a = o_ref(0, i, h, x), d = o_dot(0, i, h, x);
+        INFO("row " << i << " head " << h << " feature " << x);
+        REQUIRE(std::isfinite(a) == std::isfinite(d));
+        REQUIRE(std::isnan(a) == std::isnan(d));
+        if (i < 70) REQUIRE(std::isfinite(d));
+      }
+  // Where both are finite they are within the bound.
+  for (index_t i = 0; i < 200; ++i)
+    for (index_t h = 0; h < 4; ++h)
+      for (index_t x = 0; x < 64; ++x)
+        if (!std::isfinite(o_ref(0, i, h, x))) o_ref(0, i, h, x) = o_dot(0, i, h, x) = 0.f;
+  data.v(0, 70, 1, 5) = bf16(0.f), data.v(0, 140, 0, 9) = bf16(0.f);  // for the bound's max |v|
+  bf16_attn_require_bound(c, data, options, o_dot, lse_dot, o_ref, lse_ref);
+}
+
+TEST_CASE("attention bf16 dot products: the decode kernel ignores the option", "[attention][bf16]") {
+  // Decode is bound by reading K/V (which bf16 storage halves already): Tq <= 4 keeps fp32 products.
+  const Bf16AttnCase c{"decode", 2, 3, 300, 8, 2, 64, 64, true, 0, 0, 0.f, false, false, false};
+  const Bf16AttnData data(c, 7400);
+  seqmix::AttentionOptions options;
+  options.causal = true;
+  Tensor<float, 4> o_ref({2, 3, 8, 64}), o_dot({2, 3, 8, 64});
+  seqmix::attention(data.in, {o_ref.view(), {}}, options);
+  options.bf16_compute = seqmix::Bf16Compute::dot;
+  seqmix::attention(data.in, {o_dot.view(), {}}, options);
+  REQUIRE(std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_ref.data()));
+}
