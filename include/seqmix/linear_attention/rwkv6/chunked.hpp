@@ -9,6 +9,25 @@
 
 namespace seqmix {
 
+namespace detail::la {
+
+// The HeadProblem of value head hv of batch row b: o_t reads the state before token t and adds
+// the bonus u for the token itself (Readout::exclusive_bonus).
+inline HeadProblem rwkv6_head(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Dims& d, index_t b, index_t hv) {
+  HeadProblem p;
+  const index_t h = hv / d.heads_per_qk();
+  p.q = in.r[b].select(1, h);
+  p.k = in.k[b].select(1, h);
+  p.v = in.v[b].select(1, hv);
+  p.o = out.o[b].select(1, hv);
+  p.g = in.g[b].select(1, head_for(in.g.size(2), hv, d));
+  p.u = in.u[head_for(in.u.size(0), hv, d)];
+  p.readout = Readout::exclusive_bonus;
+  return p;
+}
+
+}  // namespace detail::la
+
 /// RWKV-6 prefill: o_t reads the state before token t plus the bonus u for the token itself
 /// (reference::rwkv6 is the definition). final_state may be the initial_state view (in place);
 /// token_states forces the recurrent form. Threaded over (sequence, value head).
@@ -29,18 +48,7 @@ inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Opt
   io.initial_state = in.initial_state;
   io.final_state = out.final_state;
   io.token_states = out.token_states;
-  run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
-    HeadProblem p;
-    const index_t h = hv / d.heads_per_qk();
-    p.q = in.r[b].select(1, h);
-    p.k = in.k[b].select(1, h);
-    p.v = in.v[b].select(1, hv);
-    p.o = out.o[b].select(1, hv);
-    p.g = in.g[b].select(1, head_for(in.g.size(2), hv, d));
-    p.u = in.u[head_for(in.u.size(0), hv, d)];
-    p.readout = Readout::exclusive_bonus;
-    return p;
-  });
+  run_prefill(plan, io, executor, [&](index_t b, index_t hv) { return rwkv6_head(in, out, d, b, hv); });
 }
 
 }  // namespace seqmix

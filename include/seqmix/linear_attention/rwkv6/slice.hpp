@@ -11,24 +11,6 @@
 
 namespace seqmix {
 
-namespace detail::la {
-
-// The HeadProblem of rwkv6's value head hv of batch row b, as its prefill builds it.
-inline HeadProblem rwkv6_head(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Dims& d, index_t b, index_t hv) {
-  HeadProblem p;
-  const index_t h = hv / d.heads_per_qk();
-  p.q = in.r[b].select(1, h);
-  p.k = in.k[b].select(1, h);
-  p.v = in.v[b].select(1, hv);
-  p.o = out.o[b].select(1, hv);
-  p.g = in.g[b].select(1, head_for(in.g.size(2), hv, d));
-  p.u = in.u[head_for(in.u.size(0), hv, d)];
-  p.readout = Readout::exclusive_bonus;
-  return p;
-}
-
-}  // namespace detail::la
-
 /// Runs rwkv6 on one slice of longer sequences from a zero state: out.o gets the zero-state
 /// outputs, out.final_state [B,HV,K,V] (required) the local final state and log_decay [B,HV,K]
 /// the transition (the sum of the slice's log-decays g). A dense batch only, no
