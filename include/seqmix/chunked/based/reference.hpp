@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
+#include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -288,16 +289,15 @@ inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOpt
         for (index_t c = 0; c < d.V; ++c) values.back().push_back(in.v(b, t, h, c));
         const index_t last = static_cast<index_t>(keys.size()) - 1, first = std::max<index_t>(0, last - W + 1);
         std::vector<double> logits;
-        double top = -INFINITY, sum = 0.0;
         for (index_t j = first; j <= last; ++j) {
           double s = 0.0;
           for (index_t c = 0; c < d.D; ++c) s += double(in.q(b, t, h, c)) * keys[j][c];
           logits.push_back(wscale * s);
-          top = std::max(top, logits.back());
         }
-        for (double& s : logits) sum += (s = std::exp(s - top));
-        for (index_t j = first; j <= last; ++j)
-          for (index_t c = 0; c < d.V; ++c) o[c] += logits[j - first] / sum * values[j][c];
+        const index_t n = last - first + 1;
+        const double sum = detail::hybrid::softmax_weights(logits.data(), n);
+        for (index_t c = 0; c < d.V; ++c)
+          o[c] += detail::hybrid::softmax_average(logits.data(), n, sum, [&](index_t j) { return values[first + j][c]; });
         for (index_t c = 0; c < d.V; ++c) out.o(b, t, h, c) = static_cast<float>(o[c]);
       }
       if (state) {

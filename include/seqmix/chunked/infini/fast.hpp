@@ -86,14 +86,15 @@ inline void sigma_row(const float* x, index_t stride, index_t K, float* out) {
   for (; r < K; ++r) out[r] = sigma(x[r * stride]);
 }
 
-// acc = sigma(x)^T M / (sigma(x).z) (0 when the denominator is 0); sig holds sigma(x) on return.
+// acc = sigma(x)^T M / (sigma(x).z) (0 when the denominator is 0, NaN when it is NaN); sig holds
+// sigma(x) on return.
 inline void retrieve(const float* x, index_t x_stride, const float* M, const float* z, index_t K, index_t V,
                      MemoryScratch& w) {
   sigma_row(x, x_stride, K, w.sig.data());
   std::fill(w.acc.begin(), w.acc.end(), 0.f);
   for (index_t r = 0; r < K; ++r) simd::axpy(w.sig[r], M + r * V, w.acc.data(), V);
   const float den = simd::dot(w.sig.data(), z, K);
-  const float inv = den > 0.f ? 1.f / den : 0.f;
+  const float inv = reads_memory(den) ? 1.f / den : 0.f;
   for (index_t c = 0; c < V; ++c) w.acc[c] *= inv;
 }
 

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
+#include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -105,6 +106,14 @@ struct Dims {
 
 inline float sigma(float x) { return x > 0.f ? x + 1.f : std::exp(x); }
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+// Whether a retrieval's denominator sigma(x).z reads the memory: not while it is 0 (the memory is
+// empty: the retrieval is 0), but a NaN one does, so that a NaN in z, x or the memory reaches the
+// output instead of being read as an empty memory (docs/reliability.md).
+template <class T>
+bool reads_memory(T den) {
+  return den > T(0) || std::isnan(den);
+}
 
 inline void check_common(const ArgCheck& check, const ConstView<float, 1>& beta, const InfiniAttentionOptions& options,
                          const Dims& d) {
@@ -258,24 +267,23 @@ inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttent
         for (index_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
           // Local causal softmax over the segment so far.
           std::vector<double> p;
-          double top = -INFINITY, sum = 0.0;
           for (const auto& key : keys) {
             double s = 0.0;
             for (index_t c = 0; c < d.K; ++c) s += double(in.q(b, t, h, c)) * key[c];
             p.push_back(scale * s);
-            top = std::max(top, p.back());
           }
-          for (double& x : p) sum += (x = std::exp(x - top));
+          const index_t n = static_cast<index_t>(p.size());
+          const double sum = detail::hybrid::softmax_weights(p.data(), n);
           // Memory retrieval.
           double den = 0.0;
           std::vector<double> sq(static_cast<std::size_t>(d.K));
           for (index_t r = 0; r < d.K; ++r) den += (sq[r] = sigma(in.q(b, t, h, r))) * z[r];
           const double g = sigmoid(in.beta(h));
           for (index_t c = 0; c < d.V; ++c) {
-            double local = 0.0, mem = 0.0;
-            for (std::size_t j = 0; j < keys.size(); ++j) local += p[j] / sum * values[j][c];
+            const double local = detail::hybrid::softmax_average(p.data(), n, sum, [&](index_t j) { return values[j][c]; });
+            double mem = 0.0;
             for (index_t r = 0; r < d.K; ++r) mem += sq[r] * M[r * d.V + c];
-            out.o(b, t, h, c) = static_cast<float>(g * (den > 0.0 ? mem / den : 0.0) + (1.0 - g) * local);
+            out.o(b, t, h, c) = static_cast<float>(g * (reads_memory(den) ? mem / den : 0.0) + (1.0 - g) * local);
           }
         }
         if (static_cast<index_t>(keys.size()) == S) {  // segment complete: write it into the memory
@@ -286,7 +294,7 @@ inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttent
             for (index_t r = 0; r < d.K; ++r) den += (sk[r] = sigma(static_cast<float>(keys[j][r]))) * z[r];
             for (index_t c = 0; c < d.V; ++c) {
               double retrieved = 0.0;
-              if (options.update == InfiniMemoryUpdate::delta && den > 0.0) {
+              if (options.update == InfiniMemoryUpdate::delta && reads_memory(den)) {
                 for (index_t r = 0; r < d.K; ++r) retrieved += sk[r] * M[r * d.V + c];
                 retrieved /= den;
               }

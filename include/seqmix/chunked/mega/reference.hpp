@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
+#include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -214,19 +215,15 @@ inline void mega(const MegaInputs& in, const MegaOutputs& out, const MegaOptions
     for (index_t t = 0; t < d.T; ++t)
       for (index_t hh = 0; hh < d.H; ++hh) {
         const index_t s0 = t / d.c * d.c;
-        float m = -std::numeric_limits<float>::infinity(), den = 0.f;
         for (index_t s = s0; s <= t; ++s) {
           float dot = 0.f;
           for (index_t i = 0; i < d.Dk; ++i) dot += q[t * d.D + hh * d.Dk + i] * k[s * d.D + hh * d.Dk + i];
           w[s - s0] = scale * dot;
-          m = std::max(m, w[s - s0]);
         }
-        for (index_t s = s0; s <= t; ++s) den += (w[s - s0] = std::exp(w[s - s0] - m));
-        for (index_t e = 0; e < d.Dv; ++e) {
-          float acc = 0.f;
-          for (index_t s = s0; s <= t; ++s) acc += w[s - s0] * in.v(b, s, hh, e);
-          out.o(b, t, hh, e) = acc / den;
-        }
+        const float den = detail::hybrid::softmax_weights(w.data(), t - s0 + 1);
+        for (index_t e = 0; e < d.Dv; ++e)
+          out.o(b, t, hh, e) = detail::hybrid::softmax_average(w.data(), t - s0 + 1, den,
+                                                               [&](index_t j) { return in.v(b, s0 + j, hh, e); });
       }
     const index_t r = d.T % d.c;
     for (index_t s = 0; s < r; ++s)

@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "seqmix/chunked/mega/fast.hpp"
+#include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/simd.hpp"
 
 namespace seqmix {
@@ -88,7 +89,6 @@ inline float ema_channel_step(const MegaParams& p, index_t d, index_t N, float x
 inline void chunk_attention_step(const float* q, const TensorView<float, 4>& kc, const TensorView<float, 4>& vc,
                                  index_t b, index_t h, index_t n, float scale, float* w, float* o, index_t os) {
   const index_t Dk = kc.size(3), Dv = vc.size(3);
-  float m = -std::numeric_limits<float>::infinity(), den = 0.f;
   for (index_t s = 0; s < n; ++s) {
     const float* key = kc.ptr(b, s, h);
     float dot = 0.f;
@@ -97,18 +97,25 @@ inline void chunk_attention_step(const float* q, const TensorView<float, 4>& kc,
     else
       for (index_t i = 0; i < Dk; ++i) dot += q[i] * key[i * kc.stride(3)];
     w[s] = scale * dot;
-    m = std::max(m, w[s]);
   }
-  for (index_t s = 0; s < n; ++s) den += (w[s] = std::exp(w[s] - m));
+  // Attention's non-finite rule (chunked/softmax.hpp): a NaN row gives NaN, a row that sees no
+  // key 0, and a key of weight 0 takes no part (its value, even NaN, is not read).
+  const float den = detail::hybrid::softmax_weights(w, n);
+  if (!(den > 0.f)) {
+    for (index_t e = 0; e < Dv; ++e) o[e * os] = den == 0.f ? 0.f : std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
   const float inv = 1.f / den;
   if (os == 1 && vc.stride(3) == 1) {
     std::fill(o, o + Dv, 0.f);
-    for (index_t s = 0; s < n; ++s) simd::axpy(w[s] * inv, vc.ptr(b, s, h), o, Dv);
+    for (index_t s = 0; s < n; ++s)
+      if (w[s] != 0.f) simd::axpy(w[s] * inv, vc.ptr(b, s, h), o, Dv);
     return;
   }
   for (index_t e = 0; e < Dv; ++e) {
     float acc = 0.f;
-    for (index_t s = 0; s < n; ++s) acc += w[s] * vc(b, s, h, e);
+    for (index_t s = 0; s < n; ++s)
+      if (w[s] != 0.f) acc += w[s] * vc(b, s, h, e);
     o[e * os] = acc * inv;
   }
 }

@@ -510,7 +510,7 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
     report.converged = report.status == NewtonStatus::converged;
     if (!report.converged) {
       report.message = failure_message(report.status, report.iterations, report.max_update, options.tol);
-      if (options.fallback == NewtonFallback::sequential) {
+      if (falls_back(in, d, options, report)) {
         run_sequential(p, h, executor);
         report.used_fallback = true;
       }

@@ -71,7 +71,10 @@ enum class NewtonSplit {
 
 /// What the outputs hold when Newton does not converge.
 enum class NewtonFallback {
-  poison,      ///< h (and h_last) are filled with NaN, so an unchecked result cannot pass as valid
+  /// h (and h_last) are filled with NaN, so an unchecked result cannot pass as valid. Except when
+  /// the solve turned non-finite because an input (stream, parameter, h0) holds NaN or inf: h is
+  /// then the sequential loop's result, non-finite from that token on (report.used_fallback).
+  poison,
   sequential,  ///< h holds the sequential loop's result (report.used_fallback = true)
 };
 
@@ -181,6 +184,38 @@ inline std::string failure_message(NewtonStatus status, index_t iterations, floa
            " iterations; try options.jacobian_clamp or the sequential fallback";
   return "Newton did not converge in " + std::to_string(iterations) + " iterations: last max update " +
          std::to_string(max_update) + " > tol " + std::to_string(tol);
+}
+
+// Whether an input stream, a parameter or h0 holds a NaN or inf. A Newton solve that turned
+// non-finite on such an input cannot converge (a NaN never settles), yet the definition is
+// well defined: the sequential loop's h, non-finite from the token that holds the value on
+// (docs/reliability.md). The solvers then return that instead of poisoning every token.
+template <class Cell>
+bool has_non_finite_input(const NonlinearRecurrenceInputs<Cell>& in, const Dims& d) {
+  for (int s = 0; s < Cell::kInputs; ++s)
+    for (index_t b = 0; b < d.B; ++b)
+      for (index_t t = 0; t < d.T; ++t)
+        for (index_t c = 0; c < d.D; ++c)
+          if (!std::isfinite(in.inputs[s](b, t, c))) return true;
+  for (int s = 0; s < Cell::kParams; ++s)
+    for (index_t c = 0; c < d.D; ++c)
+      if (!std::isfinite(in.params[s](c))) return true;
+  if (in.h0.has_value())
+    for (index_t b = 0; b < d.B; ++b)
+      for (index_t c = 0; c < d.D; ++c)
+        if (!std::isfinite(in.h0(b, c))) return true;
+  return false;
+}
+
+// Whether a failed solve returns the sequential loop's result: asked for, or forced by a
+// non-finite input (has_non_finite_input); the report's message then says so.
+template <class Cell>
+bool falls_back(const NonlinearRecurrenceInputs<Cell>& in, const Dims& d, const NonlinearRecurrenceNewtonOptions& o,
+                NewtonReport& report) {
+  if (o.fallback == NewtonFallback::sequential) return true;
+  if (report.status != NewtonStatus::non_finite || !has_non_finite_input(in, d)) return false;
+  report.message += "; an input holds NaN or inf, so h holds the sequential loop's result";
+  return true;
 }
 
 template <class Cell>
@@ -295,7 +330,7 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
   report.converged = report.status == NewtonStatus::converged;
   if (!report.converged) {
     report.message = failure_message(report.status, report.iterations, update, options.tol);
-    if (options.fallback == NewtonFallback::sequential) {
+    if (falls_back(in, d, options, report)) {
       reference::nonlinear_recurrence<Cell>(in, out, executor);
       report.used_fallback = true;
     }

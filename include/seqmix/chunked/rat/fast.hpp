@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "seqmix/attention/dense/flash.hpp"
@@ -27,9 +28,21 @@ namespace detail::rat {
 // Folds the own-state key into a partial result (o, lse) over the chunk summaries:
 // o <- (exp(lse - m) o + exp(s - m) vr) / (exp(lse - m) + exp(s - m)), s = scale * q.kr, m = max.
 // q, kr, vr have unit stride; o has stride os. lse = -inf means no summary was visible.
+// Non-finite logits follow attention's rule (chunked/softmax.hpp): a NaN or +inf one (s, or the
+// summaries' NaN lse) makes o NaN; a -inf own logit gives the own state weight 0 (its value takes
+// no part), and with no summary either the row saw no key: o = 0.
 inline void merge_own_state(const float* q, const float* kr, const float* vr, index_t D, float scale, float lse,
                             float* o, index_t os) {
   const float s = scale * simd::dot(q, kr, D);
+  if (std::isnan(s) || std::isnan(lse) || s == -kMinusInf) {
+    for (index_t i = 0; i < D; ++i) o[i * os] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  if (s == kMinusInf) {  // weight 0: o keeps the summaries' result (0 when it saw none)
+    if (lse == kMinusInf)
+      for (index_t i = 0; i < D; ++i) o[i * os] = 0.f;
+    return;
+  }
   const float m = std::max(lse, s);
   const float w_sum = lse == kMinusInf ? 0.f : std::exp(lse - m), w_own = std::exp(s - m);
   const float inv = 1.f / (w_sum + w_own);
@@ -37,6 +50,7 @@ inline void merge_own_state(const float* q, const float* kr, const float* vr, in
     for (index_t i = 0; i < D; ++i) o[i * os] = vr[i];
     return;
   }
+  if (w_own == 0.f) return;  // negligible next to the summaries: o is theirs, its value takes no part
   for (index_t i = 0; i < D; ++i) o[i * os] = (w_sum * o[i * os] + w_own * vr[i]) * inv;
 }
 
@@ -61,6 +75,32 @@ inline void gate_row(const float* g, index_t sg, const float* k, index_t sk, con
     b_k[i] = (1.f - e) * k[i * sk];
     b_v[i] = (1.f - e) * v[i * sv];
   }
+}
+
+// A chunk starts from a zero state, which the scan expresses as a = 0 times the previous chunk's
+// last state; when that state is inf or NaN, 0 * inf = NaN carries into a chunk that never reads
+// it, and on through every later chunk start (docs/reliability.md). A chunk whose first row came
+// out non-finite where its own fresh value (1 - exp(g)) x is finite is rescanned here from that
+// value, with gate_row's arithmetic. x: the scan's output [B,T,2*Hkv*D] (keys, then values).
+// Clean inputs cost one finiteness test of a row per chunk.
+inline void rescan_after_non_finite(const RatInputs& in, index_t pos0, index_t L, const Dims& d, Tensor<float, 3>& x) {
+  const index_t D = d.D, HD = d.Hkv * D, C2 = 2 * HD;
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t t = (L - pos0 % L) % L; t < d.T; t += L)  // the tokens that start a chunk
+      for (index_t ch = 0; ch < C2; ++ch) {
+        if (std::isfinite(x(b, t, ch))) continue;
+        const index_t hk = (ch % HD) / D, i = ch % D;
+        const ConstView<float, 4>& src = ch < HD ? in.k : in.v;
+        const float e0 = std::exp(in.g(b, t, hk, i)), fresh = (1.f - e0) * src(b, t, hk, i);
+        if (!std::isfinite(fresh)) continue;  // the chunk is non-finite from its own first token on
+        float h = fresh;
+        x(b, t, ch) = h;
+        for (index_t u = t + 1; u < std::min(d.T, t + L); ++u) {
+          const float e = std::exp(in.g(b, u, hk, i));
+          h = e * h + (1.f - e) * src(b, u, hk, i);
+          x(b, u, ch) = h;
+        }
+      }
 }
 
 }  // namespace detail::rat
@@ -112,6 +152,7 @@ inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& op
   so.gate_space = GateSpace::direct;
   so.stores = OutputStores::cached;  // stage 2 reads the states right away
   linear_scan(a.view(), x.view(), h0.view(), x.view(), {}, so, executor);
+  rescan_after_non_finite(in, pos0, L, d, x);
 
   // 2. Chunk summaries (the state's cache, or a scratch) and attention over them.
   const index_t first_new = pos0 / L, total = (pos0 + d.T) / L;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
+#include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -295,9 +296,11 @@ inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& op
         const index_t p = pos0 + t;
         for (index_t i = 0; i < d.D; ++i) {
           const double a = std::exp(double(in.g(b, t, hk, i)));
-          const double keep = p % L == 0 ? 0.0 : a;  // the chunk starts from a zero state
-          kr[i] = keep * kr[i] + (1.0 - a) * in.k(b, t, hk, i);
-          vr[i] = keep * vr[i] + (1.0 - a) * in.v(b, t, hk, i);
+          // The chunk starts from a zero state: the previous one is not read (not even as
+          // 0 * state, which is NaN for an inf state).
+          const bool start = p % L == 0;
+          kr[i] = (start ? 0.0 : a * kr[i]) + (1.0 - a) * in.k(b, t, hk, i);
+          vr[i] = (start ? 0.0 : a * vr[i]) + (1.0 - a) * in.v(b, t, hk, i);
         }
         for (index_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
           // Logits over the earlier chunks' summaries, then over the own state (last).
@@ -309,14 +312,11 @@ inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& op
           };
           for (const auto& key : ck) logit(key);
           logit(kr);
-          const double top = *std::max_element(s.begin(), s.end());
-          double sum = 0.0;
-          for (double& x : s) sum += (x = std::exp(x - top));
-          for (index_t i = 0; i < d.D; ++i) {
-            double acc = s.back() * vr[i];
-            for (std::size_t c = 0; c < ck.size(); ++c) acc += s[c] * cv[c][i];
-            out.o(b, t, h, i) = static_cast<float>(acc / sum);
-          }
+          const index_t n = static_cast<index_t>(s.size()), own = n - 1;
+          const double sum = detail::hybrid::softmax_weights(s.data(), n);
+          for (index_t i = 0; i < d.D; ++i)
+            out.o(b, t, h, i) = static_cast<float>(detail::hybrid::softmax_average(
+                s.data(), n, sum, [&](index_t j) { return j == own ? vr[i] : cv[j][i]; }));
         }
         if ((p + 1) % L == 0) ck.push_back(kr), cv.push_back(vr);
       }

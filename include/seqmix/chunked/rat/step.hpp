@@ -15,20 +15,22 @@ namespace seqmix {
 namespace detail::rat {
 
 // One token of the in-chunk recurrence for a row of D channels, in place:
-// run = a * run + (1 - exp(g)) * x with a = keep ? exp(g) : 0 (gate_row's arithmetic).
+// run = a * run + (1 - exp(g)) * x with a = keep ? exp(g) : 0 (gate_row's arithmetic); a chunk's
+// first token (keep false) does not read run at all (0 * inf would be NaN).
 inline void advance_row(const float* g, index_t sg, const float* x, index_t sx, float* run, index_t sr, index_t D,
                         bool keep) {
   index_t i = 0;
   if (sg == 1 && sx == 1 && sr == 1) {
-    const simd::Batch<float> one(1.f), zero(0.f);
+    const simd::Batch<float> one(1.f);
     for (; i < simd::vector_end(D); i += simd::kWidth) {
       const simd::Batch<float> e = simd::exp(simd::load(g + i));
-      simd::store(run + i, simd::fma(keep ? e : zero, simd::load(run + i), (one - e) * simd::load(x + i)));
+      const simd::Batch<float> fresh = (one - e) * simd::load(x + i);
+      simd::store(run + i, keep ? simd::fma(e, simd::load(run + i), fresh) : fresh);
     }
   }
   for (; i < D; ++i) {
-    const float e = std::exp(g[i * sg]), a = keep ? e : 0.f;
-    run[i * sr] = a * run[i * sr] + (1.f - e) * x[i * sx];
+    const float e = std::exp(g[i * sg]);
+    run[i * sr] = keep ? e * run[i * sr] + (1.f - e) * x[i * sx] : (1.f - e) * x[i * sx];
   }
 }
 
