@@ -1,11 +1,18 @@
 // Fuzz target: softmax attention. Dense attention through every form (seqmix::attention, which
 // picks decode for Tq <= 4, attention_flash, attention_step) with causal / window / sinks /
 // softcap / ALiBi / sink logits / mask / positions / packed cu_seqlens, against
-// reference::attention; and paged attention over a fuzzed block table (pages shuffled, shared,
-// out of range) against reference::paged_attention.
+// reference::attention; paged attention over a fuzzed block table (pages shuffled, shared,
+// out of range) against reference::paged_attention; and (one input in twelve) the attention-based
+// hybrids RAT, Infini-attention and Mega and topk_attention against their references under the
+// non-finite policy.
 #include "fuzz.hpp"
 
+#include <functional>
+
 #include "seqmix/attention.hpp"
+#include "seqmix/chunked/infini/fast.hpp"
+#include "seqmix/chunked/mega/fast.hpp"
+#include "seqmix/chunked/rat/fast.hpp"
 
 namespace seqmix::fuzz {
 
@@ -125,11 +132,106 @@ void paged(Decoder& in) {
   require_close("paged_attention lse", l_fast, l_ref, tol, false, mode);
 }
 
+// RAT, Infini-attention, Mega or topk_attention on one fuzzed call (no state, dense batch):
+// refused alike, or equal to the reference within tolerance and finite wherever it is finite.
+void hybrid(Decoder& in) {
+  Mode mode = decode_mode(in);
+  if (mode == Mode::batch) mode = Mode::clean;  // no serving arguments here
+  const int op = in.byte() % 4;
+  const index_t B = in.size(1, 2), T = in.size(0, 48), Hkv = in.size(1, 2), H = Hkv * in.size(1, 2);
+  const index_t D = in.size(1, 12), chunk = in.size(1, 12);
+  Tensor<float, 4> q({B, T, H, D}), k({B, T, Hkv, D}), v({B, T, Hkv, D}), g({B, T, Hkv, D});
+  fill(q, in, mode, -2.f, 2.f), fill(k, in, mode, -2.f, 2.f), fill(v, in, mode, -1.f, 1.f);
+  fill(g, in, mode, -3.f, 0.f);  // RAT's gates: a NaN / +inf one is refused by both forms
+  Tensor<float, 1> beta({H});
+  fill(beta, in, Mode::clean, -2.f, 2.f);
+  Tensor<std::int32_t, 4> indices({B, T, Hkv, 6});  // topk: up to 6 increasing keys <= i, -1 after
+  for (index_t r = 0; r < B * T * Hkv; ++r) {
+    const index_t i = r / Hkv % T;
+    index_t e = 0;
+    for (index_t j = 0; j <= i && e < 6; ++j)
+      if (in.one_in(3) || j == i) indices.data()[r * 6 + e++] = static_cast<std::int32_t>(j);
+    for (; e < 6; ++e) indices.data()[r * 6 + e] = -1;
+  }
+  Tensor<float, 3> x({B, T, H * D});  // Mega: H heads of D channels, values [B,T,H,D]
+  Tensor<float, 4> mv({B, T, H, D});
+  Tensor<float, 2> mp({4 * H * D, 2});  // alpha, delta logits, beta, eta: [D,N] each, N = 2
+  Tensor<float, 1> affine({4 * H * D});
+  fill(x, in, mode, -1.f, 1.f), fill(mv, in, mode, -1.f, 1.f), fill(mp, in, Mode::clean, -2.f, 2.f);
+  fill(affine, in, Mode::clean, -1.f, 1.f);
+  Hostile hostile(in, mode, 4);  // q (Mega: x), k, v, o
+  Tensor<float, 4> o_fast({B, T, H, D}), o_ref({B, T, H, D});
+  o_fast.fill(-3.f), o_ref.fill(-3.f);
+  Snapshot snap;
+  snap.add(o_fast);
+  const Executor& exec = executor(in);
+  const char* name = "rat";
+  std::function<void(Tensor<float, 4>&, bool)> run;  // (o, reference); views made inside, so
+                                                     // that only the arguments used count as hit
+  if (op == 0) {
+    RatOptions ro;
+    ro.chunk_size = chunk;
+    run = [&, ro](Tensor<float, 4>& o, bool ref) {
+      const RatInputs ri{hostile.in(0, q), hostile.in(1, k), hostile.in(2, v), g.view(), {}};
+      if (ref) reference::rat(ri, {hostile.out(3, o)}, ro);
+      else rat(ri, {hostile.out(3, o)}, ro, nullptr, exec);
+    };
+  } else if (op == 1) {
+    name = "infini_attention";
+    InfiniAttentionOptions io;
+    io.segment = chunk;
+    io.update = in.flag() ? InfiniMemoryUpdate::delta : InfiniMemoryUpdate::linear;
+    run = [&, io](Tensor<float, 4>& o, bool ref) {
+      const InfiniAttentionInputs ii{hostile.in(0, q), hostile.in(1, k), hostile.in(2, v), beta.view(), {}};
+      if (ref) reference::infini_attention(ii, {hostile.out(3, o)}, io);
+      else infini_attention(ii, {hostile.out(3, o)}, io, nullptr, exec);
+    };
+  } else if (op == 2) {
+    name = "mega";
+    MegaOptions mo;
+    mo.chunk_size = chunk;
+    run = [&, mo](Tensor<float, 4>& o, bool ref) {
+      const index_t C = H * D;
+      const auto logits = [&](index_t r) { return ConstView<float, 2>(mp.data() + r * C * 2, {C, 2}); };
+      const auto aff = [&](index_t r) { return ConstView<float, 1>(affine.data() + r * C, {C}); };
+      MegaInputs mi;
+      mi.x = hostile.in(0, x), mi.v = hostile.in(2, mv);
+      mi.params = {logits(0), logits(1), logits(2), logits(3), aff(0), aff(1), aff(2), aff(3)};
+      MegaOutputs mout;
+      mout.o = hostile.out(3, o);
+      if (ref) reference::mega(mi, mout, mo);
+      else mega(mi, mout, mo, exec);
+    };
+  } else {
+    name = "topk_attention";
+    run = [&](Tensor<float, 4>& o, bool ref) {
+      TopkAttentionInputs<float> ti;
+      ti.q = hostile.in(0, q), ti.k = hostile.in(1, k), ti.v = hostile.in(2, v), ti.indices = indices.view();
+      if (ref) reference::topk_attention(ti, {hostile.out(3, o), {}});
+      else topk_attention(ti, {hostile.out(3, o), {}}, {}, exec);
+    };
+  }
+  const bool fast_ok = accepted(name, snap, [&] { run(o_fast, false); });
+  const bool ref_ok = accepted(std::string("reference::") + name, Snapshot(), [&] { run(o_ref, true); });
+  if (!verdicts_agree(name, fast_ok, ref_ok, hostile)) return;
+  // A key whose weight underflows in the form's precision takes no part (docs/reliability.md):
+  // where the double reference gives an inf / NaN value a weight of 1e-50, fp32 gives it 0 and
+  // stays finite. Where logits may part by more than fp32's exp range (about 87; Mega's q and k
+  // come out of its EMA), only the reference's finite elements bind.
+  const double logit_bound = 2.0 * max_finite_abs(q) * max_finite_abs(k) * std::sqrt(static_cast<double>(D));
+  if (op == 2 || !(logit_bound < 80.0))
+    for (index_t i = 0; i < o_ref.numel(); ++i)
+      if (!std::isfinite(o_ref.data()[i])) o_ref.data()[i] = o_fast.data()[i];
+  require_close(std::string(name) + " o", o_fast, o_ref, logit_tolerance(q, k, D), NonFinite::same_finiteness, mode);
+}
+
 }  // namespace
 
 int fuzz_attention(const std::uint8_t* data, std::size_t size) {
   Decoder in(data, size);
-  if (in.byte() % 3 == 0) paged(in);
+  const std::uint8_t form = in.byte();
+  if (form % 3 == 0) paged(in);
+  else if (form % 12 == 1) hybrid(in);  // (the corpus's inputs kept their meaning)
   else dense(in);
   return 0;
 }
