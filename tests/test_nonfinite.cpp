@@ -23,6 +23,8 @@
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/attention/lightning_indexer/fast.hpp"
+#include "seqmix/attention/lightning_indexer/reference.hpp"
 #include "seqmix/attention/topk/fast.hpp"
 #include "seqmix/attention/topk/reference.hpp"
 #include "seqmix/chunked/aaren/fast.hpp"
@@ -46,163 +48,12 @@
 #include "seqmix/ssm/ssd/chunked.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
 #include "seqmix_testing/testing.hpp"
+#include "nonfinite_probe.hpp"
 
 namespace {
 
-using seqmix::ConstView;
-using seqmix::index_t;
-using seqmix::TensorView;
-namespace st = seqmix::testing;
+using namespace seqmix_nonfinite_probe;
 
-// One argument or result of an op: a row-major array whose axis `token_axis` counts tokens
-// (-1: no token axis, e.g. a final state, which depends on every token).
-struct Field {
-  std::string name;
-  std::vector<index_t> shape;
-  int token_axis = 1;
-  std::vector<float> data;
-  // A gate may change the rounding of earlier tokens of a chunk (the chunked forms pick their
-  // decay anchors from the whole chunk); earlier tokens then stay finite and within rounding.
-  bool exact = true;
-
-  index_t numel() const {
-    index_t n = 1;
-    for (index_t s : shape) n *= s;
-    return n;
-  }
-  index_t stride(int axis) const {
-    index_t s = 1;
-    for (std::size_t d = static_cast<std::size_t>(axis) + 1; d < shape.size(); ++d) s *= shape[d];
-    return s;
-  }
-  index_t token_of(index_t flat) const { return token_axis < 0 ? -1 : (flat / stride(token_axis)) % shape[token_axis]; }
-  // The element poked at token t: batch row 0, token t, the middle of the last axis (a key index
-  // for an attention mask, which may then be masked out by the causal rule), 0 elsewhere.
-  index_t poke_index(index_t t) const {
-    index_t i = t * stride(token_axis);
-    if (static_cast<std::size_t>(token_axis) + 1 < shape.size()) i += shape.back() / 2;
-    return i;
-  }
-  template <std::size_t R>
-  ConstView<float, R> in() const {
-    REQUIRE(shape.size() == R);
-    std::array<index_t, R> s{};
-    for (std::size_t d = 0; d < R; ++d) s[d] = shape[d];
-    return ConstView<float, R>(data.data(), s);
-  }
-  template <std::size_t R>
-  TensorView<float, R> out() {
-    REQUIRE(shape.size() == R);
-    std::array<index_t, R> s{};
-    for (std::size_t d = 0; d < R; ++d) s[d] = shape[d];
-    return TensorView<float, R>(data.data(), s);
-  }
-};
-
-Field random_field(std::string name, std::vector<index_t> shape, std::uint64_t seed, float lo = -1.f, float hi = 1.f,
-                   int token_axis = 1) {
-  Field f{std::move(name), std::move(shape), token_axis, {}};
-  f.data.resize(static_cast<std::size_t>(f.numel()));
-  st::fill_uniform(TensorView<float, 1>(f.data.data(), {f.numel()}), seed, lo, hi);
-  return f;
-}
-Field zero_field(std::string name, std::vector<index_t> shape, int token_axis = 1) {
-  Field f{std::move(name), std::move(shape), token_axis, {}};
-  f.data.assign(static_cast<std::size_t>(f.numel()), 0.f);
-  return f;
-}
-
-using Fields = std::vector<Field>;
-using Run = std::function<void(const Fields& in, Fields& out)>;
-
-struct Op {
-  std::string name;
-  Fields inputs;        // token-indexed inputs are probed; token_axis -1 ones are parameters
-  Fields outputs;       // zeroed templates
-  Run reference;
-  std::vector<std::pair<std::string, Run>> forms;
-  std::vector<index_t> tokens;  // where to poke
-};
-
-bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0 || (std::isnan(a) && std::isnan(b)); }
-
-// Runs `run`, reporting whether it refused the arguments with a ShapeError.
-bool refused(const Run& run, const Fields& in, Fields& out) {
-  try {
-    run(in, out);
-  } catch (const seqmix::ShapeError&) {
-    return true;
-  }
-  return false;
-}
-
-// Compares one probed run against the clean runs; returns a description of the first violation.
-std::string violations(const Fields& clean, const Fields& bad, const Fields& ref_bad, index_t t, bool check_ref,
-                       bool exact) {
-  std::ostringstream s;
-  index_t count = 0;
-  for (std::size_t f = 0; f < bad.size(); ++f) {
-    const Field& b = bad[f];
-    for (index_t i = 0; i < b.numel(); ++i) {
-      const index_t tok = b.token_of(i);
-      const float x = b.data[i], r = ref_bad[f].data[i];
-      std::string why;
-      if (tok >= 0 && tok < t) {
-        const float c = clean[f].data[i];
-        if (exact ? !same_bits(x, c) : !(std::fabs(x - c) <= 1e-4f * (1.f + std::fabs(c))))
-          why = "earlier token changed";
-      } else if (!check_ref && std::isfinite(x) != std::isfinite(r)) {
-        why = std::isfinite(x) ? "finite where the reference is not" : "non-finite where the reference is finite";
-      }
-      if (why.empty()) continue;
-      if (count++ == 0)
-        s << b.name << "[" << i << "] (token " << tok << "): " << why << ", got " << x << ", clean " << clean[f].data[i]
-          << ", reference " << r;
-    }
-  }
-  if (count) s << " (" << count << " elements)";
-  return s.str();
-}
-
-void probe(const Op& op) {
-  const float values[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
-                          -std::numeric_limits<float>::infinity()};
-  Fields ref_clean = op.outputs;
-  op.reference(op.inputs, ref_clean);
-  std::vector<Fields> clean(op.forms.size(), op.outputs);
-  for (std::size_t k = 0; k < op.forms.size(); ++k) op.forms[k].second(op.inputs, clean[k]);
-  index_t probes = 0;
-  for (std::size_t f = 0; f < op.inputs.size(); ++f) {
-    if (op.inputs[f].token_axis < 0) continue;
-    for (index_t t : op.tokens) {
-      for (float value : values) {
-        Fields in = op.inputs;
-        in[f].data[in[f].poke_index(t)] = value;
-        std::ostringstream what;
-        what << op.name << ": " << value << " in " << in[f].name << " at token " << t;
-        INFO(what.str());
-        Fields ref_bad = op.outputs;
-        const bool ref_refused = refused(op.reference, in, ref_bad);
-        if (!ref_refused) {
-          INFO("reference");
-          CHECK(violations(ref_clean, ref_bad, ref_bad, t, true, in[f].exact) == "");
-        }
-        for (std::size_t k = 0; k < op.forms.size(); ++k) {
-          INFO(op.forms[k].first);
-          Fields bad = op.outputs;
-          const bool fast_refused = refused(op.forms[k].second, in, bad);
-          CHECK(fast_refused == ref_refused);
-          if (fast_refused || ref_refused) continue;
-          CHECK(violations(clean[k], bad, ref_bad, t, false, in[f].exact) == "");
-          ++probes;
-        }
-      }
-    }
-  }
-  CHECK(probes > 0);
-}
-
-constexpr float kNan = std::numeric_limits<float>::quiet_NaN();
 
 // ---- linear attention family --------------------------------------------------------------
 
@@ -728,17 +579,15 @@ TEST_CASE("non-finite inputs: chunked hybrids", "[nonfinite][chunked]") {
 
 namespace {
 
-// topk_attention's own value loops: query i selects up to 8 distinct keys <= i (so a poke at
-// token t may reach only queries >= t), per selection head a different set, -1 padding.
-// Only v is probed (q and k count as parameters here): reference::topk_attention is dense
-// attention with an additive mask of -inf outside the selection, so a NaN or inf logit of an
-// unselected key (NaN + -inf = NaN) makes its row NaN there, where the fast form rightly leaves
-// the key out; the reference needs its own loops first (docs/reliability.md).
+// topk_attention: query i selects up to 8 distinct keys <= i (so a poke at token t may reach
+// only queries >= t), per selection head a different set, -1 padding. q, k and v are probed:
+// a key that a row does not select takes no part, even with a NaN logit (the reference loops
+// over the selected keys only; it used to add a -inf mask, and NaN + -inf = NaN).
 Op topk_op() {
   const index_t T = 40, Hq = 4, Hkv = 2, Hs = 2, D = 8, capacity = 8;
   Op op;
   op.name = "topk_attention";
-  op.inputs = {random_field("q", {1, T, Hq, D}, 81, -1.f, 1.f, -1), random_field("k", {1, T, Hkv, D}, 82, -1.f, 1.f, -1),
+  op.inputs = {random_field("q", {1, T, Hq, D}, 81), random_field("k", {1, T, Hkv, D}, 82),
                random_field("v", {1, T, Hkv, D}, 83)};
   op.outputs = {zero_field("o", {1, T, Hq, D}), zero_field("lse", {1, T, Hq})};
   auto indices = std::make_shared<seqmix::Tensor<std::int32_t, 4>>(std::array<index_t, 4>{1, T, Hs, capacity});
@@ -769,8 +618,54 @@ Op topk_op() {
   return op;
 }
 
+// The lightning indexer (causal): a key poked at token t reaches the scores of rows >= t only
+// (column t), a q or weights element its own row. Its NaN scores are then never selected by
+// select_topk (selectors.hpp skips NaN and -inf), so they cannot reach topk_attention.
+Op lightning_indexer_op() {
+  const index_t T = 40, Hi = 4, Di = 16;
+  Op op;
+  op.name = "lightning_indexer";
+  op.inputs = {random_field("q", {1, T, Hi, Di}, 91), random_field("k", {1, T, Di}, 92),
+               random_field("weights", {1, T, Hi}, 93, 0.f, 1.f)};
+  op.outputs = {zero_field("scores", {1, T, T})};
+  seqmix::LightningIndexerOptions options;
+  options.causal = true;
+  auto io = [](const Fields& in) {
+    seqmix::LightningIndexerInputs i;
+    i.q = in[0].in<4>(), i.k = in[1].in<3>(), i.weights = in[2].in<3>();
+    return i;
+  };
+  op.reference = [=](const Fields& in, Fields& out) { seqmix::reference::lightning_indexer(io(in), out[0].out<3>(), options); };
+  op.forms.push_back({"fast", [=](const Fields& in, Fields& out) {
+                        seqmix::lightning_indexer(io(in), out[0].out<3>(), options, st::two_thread_pool());
+                      }});
+  op.tokens = {0, 7, 20, T - 1};
+  return op;
+}
+
 }  // namespace
 
 TEST_CASE("non-finite inputs: topk_attention", "[nonfinite][attention]") {
   probe(topk_op());
+  // The policy itself: a NaN in key 10 (KV head 0) reaches the rows whose selection (head 0)
+  // lists it, not row 13, which could see it causally but did not select it.
+  Op op = topk_op();
+  Fields in = op.inputs;
+  in[1].data[in[1].poke_index(10)] = kNan;
+  std::vector<std::pair<std::string, Run>> forms = op.forms;
+  forms.push_back({"reference", op.reference});
+  for (const auto& [name, run] : forms) {
+    INFO(name);
+    Fields out = op.outputs;
+    run(in, out);
+    const index_t Hq = out[1].shape[2];
+    CHECK(std::isnan(out[1].data[10 * Hq]));          // row 10 selects key 10 (offset 0)
+    CHECK(std::isnan(out[1].data[14 * Hq]));          // offset 4
+    CHECK(std::isfinite(out[1].data[13 * Hq]));       // offset 3: not selected by head 0
+    CHECK(std::isfinite(out[0].data[13 * Hq * 8]));
+  }
+}
+
+TEST_CASE("non-finite inputs: lightning_indexer", "[nonfinite][attention]") {
+  probe(lightning_indexer_op());
 }

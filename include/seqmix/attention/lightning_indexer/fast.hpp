@@ -15,13 +15,17 @@ namespace detail {
 constexpr index_t kIndexerKeyTile = 64;
 constexpr index_t kIndexerRows = 256;
 
-// out[c] = sum_h w[h] * relu(S[h][c]) for the T = 64 keys of a tile, along the lanes.
+// out[c] = sum_h w[h] * relu(S[h][c]) for the T = 64 keys of a tile, along the lanes. relu keeps
+// a NaN (as the reference's std::max(dot, 0) does): the vector max returns its second operand
+// for a NaN, which turned a NaN score into 0 (docs/reliability.md).
 inline void weighted_relu_sum(const float* S, index_t lds, const float* w, index_t w_stride, index_t H, float* out) {
   const simd::Batch<float> zero(0.f);
   for (index_t c = 0; c < kIndexerKeyTile; c += simd::kWidth) {
     simd::Batch<float> acc(0.f);
-    for (index_t h = 0; h < H; ++h)
-      acc = simd::fma(simd::Batch<float>(w[h * w_stride]), xsimd::max(simd::load(S + h * lds + c), zero), acc);
+    for (index_t h = 0; h < H; ++h) {
+      const simd::Batch<float> s = simd::load(S + h * lds + c);
+      acc = simd::fma(simd::Batch<float>(w[h * w_stride]), xsimd::select(s < zero, zero, s), acc);
+    }
     simd::store(out + c, acc);
   }
 }

@@ -18,16 +18,18 @@
 // Visibility (causal, sinks, recent window) is decided at selection; a row with no selected
 // key gives o = 0 and lse = -inf (or sink_logits[h]), as in dense attention.
 //
-// This header holds the argument structs, validation and reference::topk_attention (the dense
-// reference with a mask that is -inf outside the selected keys); fast.hpp gathers the selected
-// rows and runs the dense decode kernel on them.
+// This header holds the argument structs, validation and reference::topk_attention (dense
+// attention's reference loop over the selected keys only); fast.hpp gathers the selected rows
+// and runs the dense decode kernel on them.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "seqmix/attention/block_sparse/reference.hpp"  // detail::head_slice
 #include "seqmix/attention/dense/reference.hpp"
@@ -103,28 +105,61 @@ inline AttentionOptions as_attention_options(const TopkAttentionOptions& options
 
 namespace reference {
 
-/// The definition: per query head, dense reference::attention with an additive mask that is -inf
-/// outside the selected keys. Materializes a [B,Tq,Tk] mask per head; meant for tests.
+/// The definition, one query row at a time over its selected keys only, accumulated in double
+/// with dense reference::attention's arithmetic and non-finite rule: a NaN or +inf logit of a
+/// selected key makes the row's o and lse NaN, a key of weight 0 takes no part. Keys that are
+/// not selected are left out altogether (an additive -inf mask would turn an unselected key's
+/// NaN logit into NaN + -inf = NaN). Single-threaded; meant for tests.
 template <class KV>
 void topk_attention(const TopkAttentionInputs<KV>& in, const AttentionOutputs& out,
                     const TopkAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  (void)executor;
   const auto t = detail::validate_topk_attention("reference::topk_attention", in, out, options);
   const detail::AttentionDims& d = t.attention;
-  Tensor<float, 3> mask({d.B, d.Tq, d.Tk});
-  AttentionInputs<KV> dense;
-  dense.q = in.q, dense.k = in.k, dense.v = in.v, dense.sink_logits = in.sink_logits;
-  for (index_t h = 0; h < d.Hq; ++h) {
-    mask.fill(-std::numeric_limits<float>::infinity());
-    for (index_t b = 0; b < d.B; ++b)
-      for (index_t i = 0; i < d.Tq; ++i)
-        for (index_t e = 0; e < t.capacity; ++e) {
-          const index_t j = in.indices(b, i, h / t.heads_per_selection(), e);
-          if (j >= 0) mask(b, i, j) = 0.f;
+  const double scale = detail::attention_scale(detail::as_attention_options(options), d.Dk);
+  const double minus_inf = -std::numeric_limits<double>::infinity();
+  std::vector<index_t> keys(static_cast<std::size_t>(t.capacity));
+  std::vector<double> logits(static_cast<std::size_t>(t.capacity)), acc(static_cast<std::size_t>(d.Dv));
+  const auto value = [](const KV& x) { return static_cast<double>(static_cast<float>(x)); };
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t i = 0; i < d.Tq; ++i)
+      for (index_t h = 0; h < d.Hq; ++h) {
+        const index_t hk = h / d.group(), hs = h / t.heads_per_selection();
+        index_t n = 0;
+        for (index_t e = 0; e < t.capacity; ++e)
+          if (in.indices(b, i, hs, e) >= 0) keys[static_cast<std::size_t>(n++)] = in.indices(b, i, hs, e);
+        double max_logit = minus_inf;
+        bool nan_logit = false;
+        for (index_t e = 0; e < n; ++e) {
+          double s = 0.0;
+          for (index_t c = 0; c < d.Dk; ++c) s += static_cast<double>(in.q(b, i, h, c)) * value(in.k(b, keys[e], hk, c));
+          s *= scale;
+          if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
+          logits[e] = s;
+          max_logit = std::max(max_logit, s);
+          nan_logit |= std::isnan(s);
         }
-    AttentionInputs<KV> head = detail::head_slice(dense, h, 1, h / d.group());
-    head.mask = mask.view();
-    reference::attention(head, detail::head_slice(out, h, 1), detail::as_attention_options(options), executor);
-  }
+        double denominator = 0.0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        if (max_logit > minus_inf)
+          for (index_t e = 0; e < n; ++e) {
+            const double p = std::exp(logits[e] - max_logit);
+            if (p == 0.0) continue;  // -inf or negligible: its value, even NaN, takes no part
+            denominator += p;
+            for (index_t c = 0; c < d.Dv; ++c) acc[c] += p * value(in.v(b, keys[e], hk, c));
+          }
+        double lse = max_logit > minus_inf ? max_logit + std::log(denominator) : minus_inf;
+        if (in.sink_logits.has_value()) {
+          const double sink = in.sink_logits(h);
+          const double top = std::max(lse, sink);
+          lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
+        }
+        if (nan_logit) lse = std::numeric_limits<double>::quiet_NaN();  // max() skipped it
+        for (index_t c = 0; c < d.Dv; ++c)
+          out.o(b, i, h, c) = nan_logit ? static_cast<float>(lse)
+                              : max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
+        if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
+      }
 }
 
 }  // namespace reference
