@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -622,4 +624,17 @@ TEST_CASE("kv policies validate their arguments", "[kv_policies]") {
   kv::ThinkOptions o;
   o.keep_ratio = 0;
   st::require_shape_error("keep_ratio", [&] { kv::think_channels(q.cview(), k2.cview(), o); });
+  // Issue 24: int64 query positions where pos + 1 or pos - window could overflow are refused
+  // before any score is written (both forms).
+  for (const std::int64_t extreme : {std::numeric_limits<std::int64_t>::max(), -(std::int64_t{1} << 62)}) {
+    Tensor<std::int64_t, 2> positions({1, 4});
+    for (index_t w = 0; w < 4; ++w) positions(0, w) = 26 + w;
+    positions(0, 2) = extreme;
+    Tensor<float, 3> s2({1, 2, 30});  // [B, Hkv, N]
+    s2.fill(-5.f);
+    st::require_shape_error("query_positions", [&] { kv::observation_scores({q.cview(), k2.cview(), positions.view()}, s2.view()); });
+    st::require_shape_error("query_positions",
+                            [&] { kv::reference::observation_scores({q.cview(), k2.cview(), positions.view()}, s2.view()); });
+    CHECK(std::all_of(s2.begin(), s2.end(), [](float x) { return x == -5.f; }));
+  }
 }

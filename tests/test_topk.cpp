@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -17,6 +18,7 @@
 #include "seqmix/attention/topk/reference.hpp"
 #include "seqmix/attention/topk/selectors.hpp"
 #include "seqmix/core/half.hpp"
+#include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -327,4 +329,26 @@ TEST_CASE("topk: bad arguments are rejected before any output is written", "[top
   Tensor<float, 4> wrong_scores({1, 1, 2, 9});
   CHECK_THROWS_WITH(seqmix::topk_scores_exact(q.cview(), k.cview(), wrong_scores.view()), Catch::Contains("'scores'"));
   for (float x : o) CHECK(x == 42.f);
+}
+
+TEST_CASE("topk selection: NaN scores are never selected, extreme int64 positions are refused", "[topk][hostile]") {
+  // Issue 24: a NaN index score (e.g. the lightning indexer's, from a NaN query or key) ranks
+  // nowhere, so it never reaches topk_attention; a position where pos - recent or pos + 1 could
+  // overflow is refused before any row is written.
+  const index_t Tk = 12;
+  Tensor<float, 4> scores({1, 1, 1, Tk});
+  for (index_t j = 0; j < Tk; ++j) scores(0, 0, 0, j) = static_cast<float>(j);
+  scores(0, 0, 0, 11) = NAN, scores(0, 0, 0, 9) = NAN;
+  seqmix::TopkOptions o;
+  o.k = 3;
+  Tensor<std::int32_t, 4> got({1, 1, 1, seqmix::topk_capacity(o)});
+  seqmix::select_topk(scores.cview(), Tk, got.view(), o);
+  CHECK(std::vector<std::int32_t>(got.begin(), got.end()) == std::vector<std::int32_t>{7, 8, 10});
+  for (const std::int64_t extreme : {std::numeric_limits<std::int64_t>::max(), -(std::int64_t{1} << 62)}) {
+    Tensor<std::int64_t, 2> positions({1, 1});
+    positions(0, 0) = extreme;
+    got.fill(-5);
+    st::require_shape_error("positions", [&] { seqmix::select_topk(scores.cview(), Tk, got.view(), o, positions.view()); });
+    CHECK(std::all_of(got.begin(), got.end(), [](std::int32_t x) { return x == -5; }));
+  }
 }
