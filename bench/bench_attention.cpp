@@ -26,6 +26,11 @@
 //                         dot), GFLOP/s as prefill, eff against the bf16 dot peak, and
 //                         speedup_vs_f32: the fp32 prefill's CPU time over this one's, alternating
 //                         calls in the same run (issue 19 asks >= 1.4x without AMX).
+//   attention/prefill|decode/..._<bias>  the same with a relative bias computed in the tile loop
+//                         (t5: 32 causal buckets, max_distance 128; kerple_log / kerple_power;
+//                         fire: a 32-wide MLP whose hidden layer the heads share, threshold L = 512,
+//                         so prefill rows past 512 take the per-logit path), beside the plain run of
+//                         the same shape, so each bias's cost is the ratio of the two times.
 // Each family also runs the reference on a smaller shape (names end in _reference) next to
 // the fast form on that same shape, for the speed-up.
 #include <benchmark/benchmark.h>
@@ -101,15 +106,81 @@ const seqmix::RopeTable* llama3_rope(index_t D, index_t positions) {
   return tables.back().get();
 }
 
+enum class Bias { none, t5, kerple_log, kerple_power, fire };
+
+const char* bias_name(Bias bias) {
+  switch (bias) {
+    case Bias::t5: return "t5";
+    case Bias::kerple_log: return "kerple_log";
+    case Bias::kerple_power: return "kerple_power";
+    case Bias::fire: return "fire";
+    case Bias::none: break;
+  }
+  return "";
+}
+
+// Per-head parameters of each bias for Hq heads, made once for the process (the views in the
+// returned RelativeBias point into them). Values in the ranges trained models reach.
+seqmix::RelativeBias relative_bias(Bias bias, index_t Hq) {
+  struct Params {
+    index_t Hq = 0;
+    Tensor<float, 2> t5_table, fire_w1, fire_b1, fire_w2;
+    Tensor<float, 1> r1, r2_log, r2_power, fire_b2;
+  };
+  static std::vector<std::unique_ptr<Params>> made;
+  Params* p = nullptr;
+  for (const auto& m : made)
+    if (m->Hq == Hq) p = m.get();
+  if (p == nullptr) {
+    made.push_back(std::make_unique<Params>());
+    p = made.back().get();
+    const index_t W = 32;
+    p->Hq = Hq;
+    p->t5_table = st::random_tensor<2>({Hq, 32}, 11, -1.f, 1.f);
+    p->r1 = st::random_tensor<1>({Hq}, 12, 0.5f, 2.f);
+    p->r2_log = st::random_tensor<1>({Hq}, 13, 0.5f, 2.f);
+    p->r2_power = st::random_tensor<1>({Hq}, 14, 0.2f, 1.f);
+    p->fire_w1 = st::random_tensor<2>({1, W}, 15, -1.f, 1.f);
+    p->fire_b1 = st::random_tensor<2>({1, W}, 16, -1.f, 1.f);
+    p->fire_w2 = st::random_tensor<2>({Hq, W}, 17, -1.f, 1.f);
+    p->fire_b2 = st::random_tensor<1>({Hq}, 18, -1.f, 1.f);
+  }
+  seqmix::RelativeBias rb;
+  switch (bias) {
+    case Bias::none:
+      break;
+    case Bias::t5:
+      rb.kind = seqmix::RelativeBiasKind::t5, rb.table = p->t5_table.view(), rb.max_distance = 128;
+      break;
+    case Bias::kerple_log:
+      rb.kind = seqmix::RelativeBiasKind::kerple_log, rb.r1 = p->r1.view(), rb.r2 = p->r2_log.view();
+      break;
+    case Bias::kerple_power:
+      rb.kind = seqmix::RelativeBiasKind::kerple_power, rb.r1 = p->r1.view(), rb.r2 = p->r2_power.view();
+      break;
+    case Bias::fire: {
+      // The paper's MLP: one hidden layer every head shares (stride 0 along the heads).
+      const index_t W = p->fire_w1.size(1);
+      rb.kind = seqmix::RelativeBiasKind::fire;
+      rb.fire_w1 = seqmix::ConstView<float, 2>(p->fire_w1.data(), {Hq, W}, {0, 1});
+      rb.fire_b1 = seqmix::ConstView<float, 2>(p->fire_b1.data(), {Hq, W}, {0, 1});
+      rb.fire_w2 = p->fire_w2.view(), rb.fire_b2 = p->fire_b2.view();
+      break;
+    }
+  }
+  return rb;
+}
+
 // rope: q and every key rotated in the kernel (prefill), q only over a rotated cache (decode).
 template <class KV>
 void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T, bool causal, Form form,
-             bool rope = false) {
+             bool rope = false, Bias bias = Bias::none) {
   Problem<KV> p(T, T, shape);
   seqmix::AttentionOptions options;
   options.causal = causal;
   seqmix::AttentionInputs<KV> in = p.inputs();
   if (rope) in.rope = llama3_rope(p.D, T);
+  in.relative_bias = relative_bias(bias, p.Hq);
   for (auto _ : state) {
     if (form == Form::fast)
       seqmix::attention(in, p.outputs(), options, pool());
@@ -123,12 +194,14 @@ void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T
 }
 
 template <class KV>
-void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk, Form form, bool rope = false) {
+void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk, Form form, bool rope = false,
+            Bias bias = Bias::none) {
   Problem<KV> p(1, Tk, shape);
   seqmix::AttentionOptions options;
   options.causal = true;
   seqmix::AttentionInputs<KV> in = p.inputs();
   if (rope) in.rope = llama3_rope(p.D, Tk), in.rope_rotated_keys = Tk;  // the cache holds rotated keys
+  in.relative_bias = relative_bias(bias, p.Hq);
   for (auto _ : state) {
     if (form == Form::fast)
       seqmix::attention(in, p.outputs(), options, pool());
@@ -203,6 +276,13 @@ void register_kv() {
       [&llama](benchmark::State& s) { prefill<KV>(s, llama, 1024, true, Form::fast, true); });
   add("attention/decode/" + llama.name + "_Tk16384_" + kv + "_rope",
       [&llama](benchmark::State& s) { decode<KV>(s, llama, 16384, Form::fast, true); });
+  // Relative biases beside the same plain runs (each bias's cost is the ratio of the times).
+  for (const Bias bias : {Bias::t5, Bias::kerple_log, Bias::kerple_power, Bias::fire}) {
+    add("attention/prefill/" + llama.name + "_T1024_causal_" + kv + "_" + bias_name(bias),
+        [&llama, bias](benchmark::State& s) { prefill<KV>(s, llama, 1024, true, Form::fast, false, bias); });
+    add("attention/decode/" + llama.name + "_Tk16384_" + kv + "_" + bias_name(bias),
+        [&llama, bias](benchmark::State& s) { decode<KV>(s, llama, 16384, Form::fast, false, bias); });
+  }
   // Reference baselines on shapes it finishes in well under a second, with the fast form beside.
   for (const Form form : {Form::fast, Form::reference}) {
     const std::string suffix = form == Form::reference ? "_reference" : "";
