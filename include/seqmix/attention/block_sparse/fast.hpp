@@ -6,6 +6,11 @@
 // tiles come from the selected blocks: adjacent selected blocks are merged into runs, each run is
 // clipped to the keys some row of the task can see (causal / window / sinks) and cut into tiles
 // of kFlashKeyTile keys, so small blocks that are selected together still fill whole tiles.
+//
+// A fused rope (AttentionInputs::rope) costs what it costs in attention_flash: each task rotates
+// its query rows once as it loads them into its q tile, and a key of a selected tile is rotated
+// in the row scratch as that tile is widened and transposed, so only the selected keys are
+// ever rotated and no pass over q or k happens beforehand.
 #pragma once
 
 #include <algorithm>

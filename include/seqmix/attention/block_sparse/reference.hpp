@@ -5,8 +5,8 @@
 // For each (batch row, query head, query block) a BlockSparseLayout lists the key blocks it
 // attends to. The softmax of a query runs over exactly the keys of its selected blocks, with
 // every rule of dense attention (AttentionOptions: scale, causal, window, sink_tokens, softcap;
-// AttentionInputs: mask, ALiBi, relative bias, head scales, sink logits, positions) still applied
-// inside them:
+// AttentionInputs: mask, ALiBi, relative bias, head scales, sink logits, positions, fused rope)
+// still applied inside them:
 //   o_i = dense attention of query i with s_ij = -inf for every key j outside its selected blocks
 // A query whose selected keys are all invisible gets o = 0, lse = -inf, as in dense attention.
 //
@@ -61,8 +61,6 @@ BlockSparseDims validate_block_sparse(const char* op, const AttentionInputs<KV>&
                                       const AttentionOutputs& out, const AttentionOptions& options) {
   const AttentionDims d = validate_attention(op, in, out, options);
   const ArgCheck check(op);
-  // Not fused here (yet): rotate q and k with seqmix::rope first.
-  check.that(in.rope == nullptr, "rope", "is not supported by block-sparse attention; apply seqmix::rope to q and k first");
   check.that(layout.block_q >= 1, "layout.block_q", "must be >= 1, got " + std::to_string(layout.block_q));
   check.that(layout.block_k >= 1, "layout.block_k", "must be >= 1, got " + std::to_string(layout.block_k));
   const index_t Nq = ceil_div(d.Tq, layout.block_q), Nk = ceil_div(d.Tk, layout.block_k);
