@@ -4,12 +4,14 @@
 //
 //   h0 [1, T, H, P]                     each rank holds rows [start_r, start_r + T_r)
 //   h1 = h0 + gated_delta_rule(q = k = v = h0, beta, g)   state [1,H,P,P] passed rank to rank
-//   h2 = h1 + ssd(x = h1, dt, A, Bm, Cm, D)                state [1,H,P,N] passed rank to rank
+//   h2 = h1 + ssd(x = h1, dt, A, Bm, Cm, D)                slices from zero, MPI_Exscan, correction
 //   h3 = h2 + ring_attention(q = k = v = h2, causal)       K/V blocks around the ring
 //
-// The recurrent layers carry their state with mpi::relay_state (exact; the ranks run one after
-// another), attention with mpi::ring_attention (all ranks at once, communication overlapped with
-// the local tiles). Every per-token input (h0, beta, g, dt, Bm, Cm) is a hash of (seed, global
+// Gated DeltaNet carries its state with mpi::relay_state (exact; the ranks run one after another,
+// as its matrix-valued slice transition has no MPI wrapper yet), Mamba-2 with mpi::ssd (all ranks
+// at once: each runs its slice from zero, one MPI_Exscan of the slice transitions gives each its
+// true initial state, a GEMM per 64 tokens corrects the outputs), attention with
+// mpi::ring_attention (all ranks at once, communication overlapped with the local tiles). Every per-token input (h0, beta, g, dt, Bm, Cm) is a hash of (seed, global
 // position, index), so a rank builds its own slice without communication and the single-process
 // run builds the same numbers.
 //
@@ -76,7 +78,7 @@ struct LayerTimes {
   double seconds[3] = {0, 0, 0};      // GDN, SSD, attention (this rank, wall)
   double bytes[3] = {0, 0, 0};        // sent by this rank
   double attention_wait = 0;          // ring_attention's exposed communication
-  double relay_wait[2] = {0, 0};      // GDN, SSD: waiting for the previous rank's state
+  double relay_wait = 0;              // GDN: waiting for the previous rank's state
 };
 
 // The stack over this rank's contiguous slice of a `total`-token sequence split over comm.
@@ -107,7 +109,7 @@ Tensor<float, 4> run_stack(MPI_Comm comm, index_t total, const Config& c, const 
     sm::relay_state(comm, state.view(), [&] { seqmix::gated_delta_rule(in, {o.view(), state.view()}, options, pool); },
                     &relay);
     times.seconds[0] = now() - t0, times.bytes[0] = static_cast<double>(relay.bytes_sent);
-    times.relay_wait[0] = relay.wait_seconds;
+    times.relay_wait = relay.wait_seconds;
     for (index_t i = 0; i < h.numel(); ++i) h.data()[i] += o.data()[i];
   }
   // Mamba-2 SSD: x = h, one group of B/C, A < 0, skip D.
@@ -117,17 +119,16 @@ Tensor<float, 4> run_stack(MPI_Comm comm, index_t total, const Config& c, const 
     const auto Cm = slice_input<4>({1, T, 1, N}, start, 6, -0.5f, 0.5f);
     Tensor<float, 1> A({H}), D({H});
     for (index_t i = 0; i < H; ++i) A(i) = -1.f - 0.5f * static_cast<float>(i), D(i) = 0.5f;
-    Tensor<float, 4> y({1, T, H, P}), state({1, H, P, N});
+    Tensor<float, 4> y({1, T, H, P});
     seqmix::SsdOptions options;
     options.dt_softplus = true;
     seqmix::SsdInputs in;
     in.x = h.cview(), in.dt = dt.cview(), in.A = A.cview(), in.Bm = Bm.cview(), in.Cm = Cm.cview(), in.D = D.cview();
-    in.initial_state = state.cview();
-    sm::RelayStats relay;
     const double t0 = now();
-    sm::relay_state(comm, state.view(), [&] { seqmix::ssd(in, {y.view(), state.view()}, options, pool); }, &relay);
-    times.seconds[1] = now() - t0, times.bytes[1] = static_cast<double>(relay.bytes_sent);
-    times.relay_wait[1] = relay.wait_seconds;
+    sm::ssd(comm, in, {y.view()}, options, pool);  // all ranks at once: slice, MPI_Exscan, correction
+    times.seconds[1] = now() - t0;
+    // Each Exscan round moves one [1,H] decay + [1,H,P,N] state summary (log2 P rounds or fewer).
+    times.bytes[1] = ranks > 1 ? 4.0 * static_cast<double>(H + H * P * N) : 0.0;
     for (index_t i = 0; i < h.numel(); ++i) h.data()[i] += y.data()[i];
   }
   // Causal attention over the whole sequence: q = k = v = h.
@@ -198,22 +199,22 @@ int main(int argc, char** argv) {
   run_stack(MPI_COMM_WORLD, c.tokens, c, pool, times);
   const double total = MPI_Wtime() - t0;
   double row[9] = {times.seconds[0], times.seconds[1], times.seconds[2], times.bytes[0], times.bytes[1],
-                   times.bytes[2], times.attention_wait, times.relay_wait[0] + times.relay_wait[1], total};
+                   times.bytes[2], times.attention_wait, times.relay_wait, total};
   std::vector<double> rows(static_cast<std::size_t>(9 * ranks));
   MPI_Gather(row, 9, MPI_DOUBLE, rows.data(), 9, MPI_DOUBLE, 0, MPI_COMM_WORLD);
   if (rank == 0) {
     std::printf("\nprefill of %lld tokens, H=%lld P=%lld, %d ranks (contiguous slices of ~%lld tokens)\n",
                 static_cast<long long>(c.tokens), static_cast<long long>(c.heads), static_cast<long long>(c.head_dim),
                 ranks, static_cast<long long>(c.tokens / ranks));
-    std::printf("rank  gdn s  ssd s  attn s  total s  gdn+ssd state MB sent  attn K/V MB sent  attn exposed comm s  relay wait s\n");
+    std::printf("rank  gdn s  ssd s  attn s  total s  gdn+ssd state MB sent  attn K/V MB sent  attn exposed comm s  gdn relay wait s\n");
     for (int r = 0; r < ranks; ++r) {
       const double* x = rows.data() + 9 * r;
-      std::printf("%4d %6.3f %6.3f %7.3f %8.3f %22.3f %17.2f %20.4f %13.3f\n", r, x[0], x[1], x[2], x[8],
+      std::printf("%4d %6.3f %6.3f %7.3f %8.3f %22.3f %17.2f %20.4f %17.3f\n", r, x[0], x[1], x[2], x[8],
                   (x[3] + x[4]) / 1e6, x[5] / 1e6, x[6], x[7]);
     }
-    std::printf("attention overlap: the ring hides its transfers except the 'exposed comm' column; the\n"
-                "recurrent layers pass one state per rank (relay_state), so their ranks run in turn\n"
-                "('relay wait'); on separate machines the K/V bytes cross the network instead of memory.\n");
+    std::printf("attention overlap: the ring hides its transfers except the 'exposed comm' column. GDN passes\n"
+                "one state per rank (relay_state), so its ranks run in turn ('relay wait'); SSD's ranks run\n"
+                "together. On separate machines the K/V bytes cross the network instead of memory.\n");
   }
   MPI_Finalize();
   return status;

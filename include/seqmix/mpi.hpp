@@ -7,9 +7,11 @@
 #include "seqmix/mpi/collective.hpp"
 #include "seqmix/mpi/ring_attention.hpp"
 #include "seqmix/mpi/state_relay.hpp"
+#include "seqmix/mpi/state_scan.hpp"
 
 /// \namespace seqmix::mpi
 /// Context parallelism over MPI (the optional seqmix::mpi component): ContextSlices (which
 /// positions each rank holds), ring_attention, relay_state (exact sequential state passing for
-/// any recurrent operator), and the collective argument check that makes every
+/// any recurrent operator), exscan_diagonal_slices and mpi::ssd (state passing in parallel: slice
+/// from zero, MPI_Exscan of the transitions, correction), and the collective argument check that makes every
 /// rank refuse a bad call together instead of leaving the others waiting.

@@ -10,7 +10,7 @@
 
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/core/half.hpp"
-#include "seqmix/mpi.hpp"
+#include "seqmix/mpi/ring_attention.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {

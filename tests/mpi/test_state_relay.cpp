@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "seqmix/mpi.hpp"
+#include "seqmix/mpi/state_relay.hpp"
 
 namespace {
 
