@@ -135,6 +135,7 @@ inline void ssd(MPI_Comm comm, const SsdInputs& in, const SsdOutputs& out, const
       check.fail("initial_state", "is rank 0's only (the sequences' initial state); rank " + std::to_string(rank) +
                                       " must pass none");
     check.that(in.x.size(1) >= 1, "x", "has no tokens on this rank; every rank needs at least one");
+    check.that(!options.reverse, "options.reverse", "is not supported by mpi::ssd (the ranks hold the sequence in order)");
     SsdOutputs local = out;
     local.final_state = {};
     d = seqmix::detail::validate_ssd(op.c_str(), zero, local, options).dims;
