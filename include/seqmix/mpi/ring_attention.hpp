@@ -85,9 +85,10 @@ inline std::int64_t attention_options_hash(const AttentionOptions& o) {
 /// [B, T_r, Hkv, Dv] and out.o [B, T_r, Hq, Dv] (out.lse [B, T_r, Hq] optional), where
 /// T_r = slices.tokens(r) (0 allowed) and local row i sits at global position
 /// slices.position(r, i). The result is seqmix::attention over the whole sequence (causal,
-/// window, sink tokens, ALiBi, relative bias, softcap, sink logits, head scales, GQA), restricted to
-/// rank r's rows. Not supported (ShapeError): mask, positions, packed batches, fused rope (rotate
-/// q and k at their global positions first). Any refused argument, or ranks disagreeing on the
+/// window, sink tokens, ALiBi, T5 / KERPLE relative bias, softcap, sink logits, head scales,
+/// GQA), restricted to rank r's rows. Not supported (ShapeError): mask, positions, packed
+/// batches, fused rope (rotate q and k at their global positions first), FIRE (its normalizer
+/// reads the absolute position). Any refused argument, or ranks disagreeing on the
 /// slices, shapes or options, throws the same ShapeError on every rank before any exchange.
 /// `stats` (optional) receives this rank's bytes and timings.
 template <class KV>
@@ -124,6 +125,12 @@ void ring_attention(MPI_Comm comm, const ContextSlices& slices, const AttentionI
       check.fail("positions", "is not supported by ring_attention (positions come from the slices)");
     if (in.batch.packed() || in.batch.slotted()) check.fail("batch", "is not supported by ring_attention");
     if (in.rope) check.fail("rope", "is not supported by ring_attention: rotate q and k at their global positions first");
+    // Each block is attended with positions shifted to its first key: only biases of the distance
+    // pos - j alone survive the shift (FIRE's normalizer reads pos itself).
+    const RelativeBiasKind kind = in.relative_bias.kind;
+    if (kind != RelativeBiasKind::none && kind != RelativeBiasKind::t5 && kind != RelativeBiasKind::kerple_log &&
+        kind != RelativeBiasKind::kerple_power)
+      check.fail("relative_bias.kind", "is not supported by ring_attention (only biases of pos - j: T5, KERPLE)");
     const index_t T = slices.tokens(rank);
     check.shape("q", in.q, std::array<index_t, 4>{-1, T, -1, -1}, "B,T_rank,Hq,Dk");
     check.shape("k", in.k, std::array<index_t, 4>{-1, T, -1, -1}, "B,T_rank,Hkv,Dk");
