@@ -3,7 +3,8 @@
 // Same semantics as seqmix::attention, with keys at their stored positions p_j:
 //   pos_i    = positions[b,i] if given, else cache.next_position(b) - Tq + i (the queries are the
 //              last Tq appended tokens, as bottom-right alignment does for a dense K/V)
-//   s_ij     = scale * q_i . k_j;  softcap;  -= alibi_slopes[h] * |pos_i - p_j|
+//   s_ij     = scale * head_scales[h] * q_i . k_j;  softcap;  -= alibi_slopes[h] * |pos_i - p_j|;
+//              += relative_bias(h, pos_i, p_j)  (T5 / KERPLE / FIRE at the stored key positions)
 //   visible  = (!causal || p_j <= pos_i) && (window == 0 || p_j > pos_i - window || p_j < sink_tokens)
 //   o, lse   as in attention (sink_logits, rows without a visible key give 0 / -inf).
 // No additive mask: a cache has no fixed key axis to lay one over.
@@ -52,6 +53,11 @@ struct KvCacheAttentionInputs {
   /// query is rotated at its position in the kernel's q rows; the cache holds keys rotated by
   /// KvCache::append with the same table. The table must outlive the call.
   const RopeTable* rope = nullptr;
+  /// Relative position bias (AttentionInputs::relative_bias), taken at each key's stored
+  /// position, computed per logit inside the block loop; kind none by default.
+  RelativeBias relative_bias = {};
+  /// [Hq], optional: per-head factor on the scale (AttentionInputs::head_scales).
+  ConstView<float, 1> head_scales = {};
 };
 
 namespace detail {
@@ -72,6 +78,7 @@ inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCach
   check.divides(cfg.kv_heads, Hq, "q", "cache KV heads");
   check.optional_shape("alibi_slopes", in.alibi_slopes, {Hq}, "Hq");
   check.optional_shape("sink_logits", in.sink_logits, {Hq}, "Hq");
+  validate_relative_bias(check, in.relative_bias, in.head_scales, Hq);
   in.positions.check_optional_shape(check, "positions", {B, Tq}, "B,Tq");
   in.positions.check_position_range(check, "positions");
   check.shape("o", out.o, {B, Tq, Hq, cfg.value_dim}, "B,Tq,Hq,Dv");
@@ -135,8 +142,10 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
           double s = 0.0;
           for (index_t c = 0; c < d.Dk; ++c) s += query[c] * k[c];
           s *= scale;
+          if (in.head_scales.has_value()) s *= in.head_scales(h);
           if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
           if (in.alibi_slopes.has_value()) s -= in.alibi_slopes(h) * std::abs(static_cast<double>(pos - key_pos[j]));
+          s += detail::relative_bias_value(in.relative_bias, h, static_cast<index_t>(pos), static_cast<index_t>(key_pos[j]));
           logits[j] = s;
           max_logit = std::max(max_logit, s);
         }
@@ -476,8 +485,10 @@ inline void guard_hidden_values(const KvBlockView* span, index_t n, const KvCach
 
 // Logit rule on one row of a block's scores (positions of its `count` keys; the rest of `width`
 // -> -inf). `plain`: every key is visible and no logit transform applies, so only the fill runs.
+// `bias` (or null): the relative bias of query head h, relative_bias_value per logit.
 inline void kv_logit_rule(float* s, const std::int64_t* key_pos, index_t count, index_t width, std::int64_t qpos,
-                          const AttentionOptions& options, bool alibi, float slope, bool plain) {
+                          const AttentionOptions& options, bool alibi, float slope, bool plain,
+                          const RelativeBias* bias = nullptr, index_t h = 0) {
   for (index_t t = 0; t < count && !plain; ++t) {
     if (!kv_visible(options, key_pos[t], qpos)) {
       s[t] = kMinusInf;
@@ -485,6 +496,8 @@ inline void kv_logit_rule(float* s, const std::int64_t* key_pos, index_t count, 
     }
     if (options.softcap > 0.f) s[t] = options.softcap * std::tanh(s[t] / options.softcap);
     if (alibi) s[t] -= slope * static_cast<float>(std::abs(qpos - key_pos[t]));
+    if (bias)
+      s[t] += static_cast<float>(relative_bias_value(*bias, h, static_cast<index_t>(qpos), static_cast<index_t>(key_pos[t])));
   }
   std::fill(s + count, s + width, kMinusInf);
 }
@@ -515,15 +528,17 @@ struct KvTailRows {
 };
 
 // A piece's query rows into w: row r = i * G + g is query i0 + i of batch row b, head hk * G + g,
-// times `scale` (rotated at position(i) first when `rope` is given); per-token keys also get each
-// key group's sum; w.pos[r] = position(i). Padding rows [M, w.rows) are zero queries.
+// times `scale` (and head_scales[h] when given; rotated at position(i) first when `rope` is
+// given); per-token keys also get each key group's sum; w.pos[r] = position(i). Padding rows
+// [M, w.rows) are zero queries.
 template <class Position>
 void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, index_t i0, index_t hk, index_t G,
-                        index_t M, float scale, index_t key_group, index_t key_groups, bool per_token_keys,
-                        Position&& position, const RopeTable* rope = nullptr) {
+                        index_t M, float base_scale, index_t key_group, index_t key_groups, bool per_token_keys,
+                        Position&& position, const RopeTable* rope = nullptr, const ConstView<float, 1>& head_scales = {}) {
   const index_t Dk = q.size(3);
   for (index_t r = 0; r < M; ++r) {
     const index_t i = r / G, h = hk * G + r % G;
+    const float scale = head_scales.has_value() ? base_scale * head_scales(h) : base_scale;
     float* row = w.q.data() + r * Dk;
     if (rope) {
       for (index_t c = 0; c < Dk; ++c) row[c] = q(b, i0 + i, h, c);
@@ -548,12 +563,14 @@ void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, i
 // One piece of one (sequence, KV head): blocks [first, last) (block_at(k) gives block k as a
 // KvBlockView, positions increasing), then the tail rows, into the rows' online-softmax states
 // and accumulators (row r: state[r], acc + r * w.ldacc). The query rows are in w
-// (kv_load_query_rows); alibi slopes are those of heads hk * G + g. Used by kv_cache_attention
-// and by paged_attention over quantized pages (kv_cache/paged.hpp).
+// (kv_load_query_rows); alibi slopes and the relative bias (`bias`, or null) are those of heads
+// hk * G + g. Used by kv_cache_attention and by paged_attention over quantized pages
+// (kv_cache/paged.hpp).
 template <class BlockAt>
 void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, const ConstView<float, 1>& alibi_slopes,
                      index_t hk, index_t G, index_t M, KvScratch& w, BlockAt&& block_at, index_t first, index_t last,
-                     const KvTailRows& tail, SoftmaxRow* state, float* acc) {
+                     const KvTailRows& tail, SoftmaxRow* state, float* acc, const RelativeBias* bias = nullptr) {
+  if (bias && bias->kind == RelativeBiasKind::none) bias = nullptr;
   const bool alibi = alibi_slopes.has_value();
   const index_t ldacc = w.ldacc, Dk = cfg.key_dim, Dv = cfg.value_dim;
   std::int64_t qmin = w.pos[0], qmax = w.pos[0];
@@ -561,7 +578,7 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
   // True when every key in [lo, hi] is visible to every query row and no logit transform
   // applies (the common decode case): the per-key rule is skipped.
   const auto plain_range = [&](std::int64_t lo, std::int64_t hi) {
-    if (options.softcap > 0.f || alibi) return false;
+    if (options.softcap > 0.f || alibi || bias) return false;
     return (!options.causal || hi <= qmin) &&
            (options.window == 0 || lo > qmax - options.window || hi < options.sink_tokens);
   };
@@ -576,7 +593,7 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
         const KvSegment& seg = segs[j];
         const bool plain = plain_range(seg.positions[0], seg.positions[seg.count - 1]);
         kv_logit_rule(s + j * kKvBlockTokens, seg.positions, seg.count, kKvBlockTokens, w.pos[r], options, alibi,
-                      slope, plain);
+                      slope, plain, bias, hk * G + r % G);
       }
       const float alpha = online_softmax_tile(s, width, state[r].m, state[r].l);
       if (alpha != 1.f) scale_row(acc + r * ldacc, ldacc, alpha);
@@ -692,7 +709,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       const KvPiece& piece = pieces[pi];
       const KvHead& hd = cache.head(piece.b, piece.hk);
       kv_load_query_rows(w, in.q, piece.b, 0, piece.hk, G, M, scale, cache.key_group(), key_groups, per_token_keys,
-                         [&](index_t i) { return kv_query_position(in, piece.b, i); }, in.rope);
+                         [&](index_t i) { return kv_query_position(in, piece.b, i); }, in.rope, in.head_scales);
       KvTailRows tail;
       if (piece.residual) {
         const KvResidual& res = hd.residual;
@@ -701,7 +718,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       kv_attend_piece(
           cfg, options, in.alibi_slopes, piece.hk, G, M, w,
           [&](index_t k) { return view_of(hd.blocks[static_cast<std::size_t>(k)]); }, piece.first_block,
-          piece.last_block, tail, states.data() + pi * rows, accs.data() + pi * rows * ldacc);
+          piece.last_block, tail, states.data() + pi * rows, accs.data() + pi * rows * ldacc, &in.relative_bias);
     }
     scratch.release(slot);
   });
