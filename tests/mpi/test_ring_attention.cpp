@@ -191,6 +191,11 @@ TEST_CASE("mpi ring_attention refuses bad calls on every rank", "[mpi]") {
     bad.mask = mask.cview();
     refused("mask", "not supported", [&] { sm::ring_attention(MPI_COMM_WORLD, slices, bad, {o.view()}); });
   }
+  SECTION("a FIRE relative bias (its normalizer reads the absolute position)") {
+    seqmix::AttentionInputs<float> bad = in;
+    bad.relative_bias.kind = seqmix::RelativeBiasKind::fire;
+    refused("relative_bias.kind", "only biases of pos - j", [&] { sm::ring_attention(MPI_COMM_WORLD, slices, bad, {o.view()}); });
+  }
   SECTION("the communicator still works afterwards") {
     int one = 1, sum = 0;
     MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
