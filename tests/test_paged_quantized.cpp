@@ -392,3 +392,62 @@ TEST_CASE("quantized paged append and attention refuse bad arguments before writ
 }
 
 }  // namespace
+
+TEST_CASE("quantized paged attention with a relative bias, head scales and a fused rope equals kv_cache_attention",
+          "[paged][quantized][bias][rope]") {
+  // kv_cache_attention with the same bias equals the bias as a dense mask (test_kv_cache_bias);
+  // the fused rope equals rope(q) then the plain call.
+  const Format& f = kFormats[0];
+  seqmix::RopeConfig rc;
+  rc.rotary_dim = 32, rc.scheme = seqmix::RopeScheme::llama3, rc.factor = 8.0, rc.original_max_position_embeddings = 64;
+  const seqmix::RopeTable table(rc, 1024);
+  std::uint64_t seed = 900;
+  for (const Scenario& sc0 : {kScenarios[0], kScenarios[2], kScenarios[3]}) {
+    Scenario sc = sc0;
+    sc.max_len = std::min<index_t>(sc.max_len, 300);
+    const auto t5 = st::random_tensor<2>({sc.Hq, 16}, seed + 10);
+    const auto r = st::random_tensor<1>({sc.Hq}, seed + 11, 0.2f, 1.f);
+    const auto scales = st::random_tensor<1>({sc.Hq}, seed + 12, 0.5f, 1.5f);
+    for (const seqmix::RelativeBiasKind kind : {seqmix::RelativeBiasKind::t5, seqmix::RelativeBiasKind::kerple_log}) {
+      ++seed;
+      std::mt19937_64 rng(seed);
+      Setup s(f, sc, seed);
+      INFO(describe(f, sc, seed, s.lengths) << " kind=" << static_cast<int>(kind));
+      s.fill(rng, st::two_thread_pool());
+      const auto q = st::random_tensor<4>({sc.N, sc.Tq, sc.Hq, sc.Dk}, seed + 3);
+      Tensor<float, 4> o({sc.N, sc.Tq, sc.Hq, sc.Dv}), o_cache({sc.N, sc.Tq, sc.Hq, sc.Dv}), o_ref({sc.N, sc.Tq, sc.Hq, sc.Dv});
+      auto in = s.attention_inputs(q);
+      in.relative_bias.kind = kind, in.relative_bias.table = t5.cview(), in.relative_bias.max_distance = 50;
+      in.relative_bias.r1 = r.cview(), in.relative_bias.r2 = r.cview();
+      in.head_scales = scales.cview(), in.rope = &table;
+      seqmix::paged_attention(in, {o.view(), {}}, options_of(sc), st::two_thread_pool());
+
+      seqmix::KvCacheAttentionInputs ci;
+      ci.q = q.cview(), ci.cache = &s.cache, ci.relative_bias = in.relative_bias, ci.head_scales = in.head_scales;
+      ci.rope = &table;
+      const seqmix::AttentionOptions dense = options_of(sc).dense();
+      seqmix::kv_cache_attention(ci, {o_cache.view(), {}}, dense, st::two_thread_pool());
+      st::require_close("o vs kv_cache_attention (bias, head scales, rope)", o.cview(), o_cache.cview(), 1e-6);
+      seqmix::reference::kv_cache_attention(ci, {o_ref.view(), {}}, dense);
+      st::require_close("o vs reference::kv_cache_attention (bias, head scales, rope)", o.cview(), o_ref.cview(), 2e-4);
+
+      // rope(q) at the queries' positions, then the call without the table.
+      std::vector<std::int64_t> qpos;
+      for (index_t n = 0; n < sc.N; ++n)
+        for (index_t t = 0; t < sc.Tq; ++t) qpos.push_back(s.seqlens[static_cast<std::size_t>(n)] - sc.Tq + t);
+      Tensor<float, 4> qr({sc.N, sc.Tq, sc.Hq, sc.Dk}), o_plain({sc.N, sc.Tq, sc.Hq, sc.Dv});
+      seqmix::rope(table, {q.cview(), qpos}, {qr.view()});
+      auto plain = in;
+      plain.q = qr.cview(), plain.rope = nullptr;
+      seqmix::paged_attention(plain, {o_plain.view(), {}}, options_of(sc), st::two_thread_pool());
+      st::require_close("o vs rope(q) then paged_attention", o.cview(), o_plain.cview(), 1e-6);
+
+      // A table shorter than the sequences: refused before writing.
+      const seqmix::RopeTable short_table(rc, 8);
+      in.rope = &short_table;
+      o.fill(3.f);
+      st::require_shape_error("rope", [&] { seqmix::paged_attention(in, {o.view(), {}}, options_of(sc)); });
+      for (float x : o) REQUIRE(x == 3.f);
+    }
+  }
+}

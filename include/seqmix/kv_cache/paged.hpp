@@ -88,6 +88,13 @@ struct QuantizedPagedAttentionInputs {
   IndexList cu_seqlens_q = {};       ///< [N+1], optional
   ConstView<float, 1> alibi_slopes = {}; ///< [Hq], optional
   ConstView<float, 1> sink_logits = {}; ///< [Hq], optional
+  /// Rotary embedding of q in the kernel (PagedAttentionInputs::rope): query t of sequence n at
+  /// cache_seqlens[n] - Tq_n + t; the pages hold keys rotated by the append. nullptr: none.
+  const RopeTable* rope = nullptr;
+  /// Relative position bias (PagedAttentionInputs::relative_bias), key j at position j, computed
+  /// per visible logit; kind none by default.
+  RelativeBias relative_bias = {};
+  ConstView<float, 1> head_scales = {}; ///< [Hq], optional: per-head factor on the scale
 };
 
 namespace detail {
@@ -378,6 +385,17 @@ inline QuantizedDims validate_quantized_paged_attention(const QuantizedPagedAtte
   check.shape("o", out.o, std::array<index_t, 4>{Bq, Tq, Hq, Dv}, "N,Tq,Hq,Dv");
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{Bq, Tq, Hq}, "N,Tq,Hq");
   validate_attention_options(check, options.dense());
+  validate_relative_bias(check, in.relative_bias, in.head_scales, Hq);
+  if (in.rope) {  // queries sit at positions up to cache_seqlens[n] - 1
+    check_fused_rope_table(check, *in.rope, Dk);
+    for (index_t n = 0; n < N; ++n) {
+      const index_t count = in.cu_seqlens_q.has_value() ? in.cu_seqlens_q[n + 1] - in.cu_seqlens_q[n] : Tq;
+      if (count > 0 && in.cache_seqlens[n] > in.rope->positions())
+        check.fail("rope", "covers positions [0, " + std::to_string(in.rope->positions()) + "), but sequence " +
+                               std::to_string(n) + "'s last query is at position " +
+                               std::to_string(in.cache_seqlens[n] - 1));
+    }
+  }
   refuse_output_overlap(check, out.o, out.lse, in.q, in.pages.pages, in.pages.tail_k, "(q, pages or tail_k)");
   refuse_output_overlap(check, out.o, out.lse, in.q, in.pages.tail_v, in.pages.tail_v, "(q or tail_v)");
   const PageHeader header = page_header(page_config(in.pages.format, Hkv, Dk, Dv), in.pages.block_size);
@@ -547,7 +565,8 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
       const index_t count = in.cu_seqlens_q.has_value() ? in.cu_seqlens_q[item.seq + 1] - qs.i0 : in.q.size(1);
       w.use_rows(item.rows);
       kv_load_query_rows(w, in.q, qs.b, qs.i0 + item.q0, piece.hk, G, item.nq * G, scale, key_group, key_groups,
-                         per_token_keys, [&](index_t i) { return item.L - count + item.q0 + i; });
+                         per_token_keys, [&](index_t i) { return item.L - count + item.q0 + i; }, in.rope,
+                         in.head_scales);
       KvTailRows tail;
       if (piece.tail) {
         const index_t row = tail_row(in.pages, item.seq), full = item.L / kKvGroupTokens * kKvGroupTokens;
@@ -560,7 +579,7 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
         return layout.view(page, piece.hk, s, positions + g * kKvGroupTokens);
       };
       kv_attend_piece(cfg, dense_options, in.alibi_slopes, piece.hk, G, item.nq * G, w, group_at, piece.first,
-                      piece.last, tail, states + piece.row0, accs + piece.row0 * ldacc);
+                      piece.last, tail, states + piece.row0, accs + piece.row0 * ldacc, &in.relative_bias);
     }
     scratch.release(slot);
   });
