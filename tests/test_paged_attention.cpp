@@ -231,8 +231,11 @@ TEST_CASE("paged_attention: equals dense attention on the gathered K/V", "[atten
   for (const PagedCase& c : paged_cases()) {
     const std::uint64_t seed = 3000 + static_cast<std::uint64_t>(&c - paged_cases().data());
     check_paged_case<float>(c, seed, "f32");
-    check_paged_case<seqmix::f16>(c, seed, "f16");
-    if (!st::small_test_scale()) check_paged_case<seqmix::bf16>(c, seed, "bf16");
+    // Under the sanitizers (small scale) every other case checks one 16-bit pool, f16 and bf16
+    // in turn: f32 and f16 over the whole table took two minutes there.
+    const auto index = &c - paged_cases().data();
+    if (!st::small_test_scale() || index % 4 == 0) check_paged_case<seqmix::f16>(c, seed, "f16");
+    if (!st::small_test_scale() || index % 4 == 2) check_paged_case<seqmix::bf16>(c, seed, "bf16");
   }
 }
 

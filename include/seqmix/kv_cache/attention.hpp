@@ -270,7 +270,7 @@ class KvScratchSet {
     if (!std::equal(want, want + 5, key_) || static_cast<index_t>(items_.size()) < slots) {
       items_.clear();
       for (index_t i = 0; i < slots; ++i) items_.push_back(std::make_unique<KvScratch>(rows, Dk, Dv, key_groups, value_groups));
-      busy_ = std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(slots));
+      busy_ = std::make_unique<std::atomic<bool>[]>(items_.size());
       std::copy(want, want + 5, key_);
     }
     for (index_t i = 0; i < static_cast<index_t>(items_.size()); ++i) {
