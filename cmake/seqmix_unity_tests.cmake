@@ -64,16 +64,20 @@ function(seqmix_unity_test_groups)
   set(${ARG_SOURCES} ${generated} PARENT_SCOPE)
 endfunction()
 
-# The #include lines of a test file, with quoted relative paths made absolute (the group file
-# lives in the build tree, so "../tools/x.hpp" must not be resolved from there).
+# The #include lines of a test file, with quoted paths that name a file beside it made absolute
+# (the group file lives in the build tree, so "helper.hpp" or "../tools/x.hpp" must not be
+# resolved from there).
 function(_seqmix_unity_hoisted_includes source out_var)
   get_filename_component(dir "${source}" DIRECTORY)
   file(STRINGS "${source}" lines REGEX "^#include[ ]+[<\"]")
   set(result "")
   foreach(line IN LISTS lines)
-    if(line MATCHES "^#include[ ]+\"(\\.\\.?/[^\"]+)\"")
-      get_filename_component(absolute "${dir}/${CMAKE_MATCH_1}" ABSOLUTE)
-      set(line "#include \"${absolute}\"")
+    if(line MATCHES "^#include[ ]+\"([^\"]+)\"")
+      set(named "${dir}/${CMAKE_MATCH_1}")
+      if(EXISTS "${named}")
+        get_filename_component(absolute "${named}" ABSOLUTE)
+        set(line "#include \"${absolute}\"")
+      endif()
     endif()
     list(APPEND result "${line}")
   endforeach()
