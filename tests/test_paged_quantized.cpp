@@ -87,6 +87,7 @@ struct Setup {
   Tensor<std::int32_t, 2> table;   // [N, max_blocks]
   std::vector<std::int32_t> seqlens;
   seqmix::KvCache cache;
+  const seqmix::RopeTable* rope = nullptr;  // keys rotated by both appends when set
 
   static seqmix::KvCacheConfig cache_config(const Format& f, const Scenario& sc) {
     seqmix::KvCacheConfig cfg;
@@ -159,14 +160,16 @@ struct Setup {
       for (index_t i = 0; i < vc.numel(); ++i) vh.data()[i] = seqmix::f16(vc.data()[i]);
       seqmix::PagedKvAppendInputs<seqmix::f16> in;
       in.k = kh.cview(), in.v = vh.cview(), in.block_table = table.cview(), in.cache_seqlens = seqlens, in.cu_seqlens = cu;
+      in.rope = rope;
       seqmix::paged_kv_append(in, pool(), ex);
     } else {
       seqmix::PagedKvAppendInputs<float> in;
       in.k = kc.cview(), in.v = vc.cview(), in.block_table = table.cview(), in.cache_seqlens = seqlens, in.cu_seqlens = cu;
+      in.rope = rope;
       seqmix::paged_kv_append(in, pool(), ex);
     }
     seqmix::KvAppendInputs ci;
-    ci.keys = kc.cview(), ci.values = vc.cview(), ci.batch.cu_seqlens = cu;
+    ci.keys = kc.cview(), ci.values = vc.cview(), ci.batch.cu_seqlens = cu, ci.rope = rope;
     cache.append(ci);
     for (index_t n = 0; n < sc.N; ++n) seqlens[static_cast<std::size_t>(n)] += static_cast<std::int32_t>(counts[static_cast<std::size_t>(n)]);
   }
@@ -396,7 +399,8 @@ TEST_CASE("quantized paged append and attention refuse bad arguments before writ
 TEST_CASE("quantized paged attention with a relative bias, head scales and a fused rope equals kv_cache_attention",
           "[paged][quantized][bias][rope]") {
   // kv_cache_attention with the same bias equals the bias as a dense mask (test_kv_cache_bias);
-  // the fused rope equals rope(q) then the plain call.
+  // the fused rope equals rope(q) then the plain call; both appends rotate the keys with the
+  // table (KvCache::append's is checked against rope then append in test_attention_rope).
   const Format& f = kFormats[0];
   seqmix::RopeConfig rc;
   rc.rotary_dim = 32, rc.scheme = seqmix::RopeScheme::llama3, rc.factor = 8.0, rc.original_max_position_embeddings = 64;
@@ -413,6 +417,7 @@ TEST_CASE("quantized paged attention with a relative bias, head scales and a fus
       std::mt19937_64 rng(seed);
       Setup s(f, sc, seed);
       INFO(describe(f, sc, seed, s.lengths) << " kind=" << static_cast<int>(kind));
+      s.rope = &table;  // the quantized append and KvCache::append rotate the keys they store
       s.fill(rng, st::two_thread_pool());
       const auto q = st::random_tensor<4>({sc.N, sc.Tq, sc.Hq, sc.Dk}, seed + 3);
       Tensor<float, 4> o({sc.N, sc.Tq, sc.Hq, sc.Dv}), o_cache({sc.N, sc.Tq, sc.Hq, sc.Dv}), o_ref({sc.N, sc.Tq, sc.Hq, sc.Dv});

@@ -416,6 +416,8 @@ inline index_t quantized_page_bytes(const QuantizedPageFormat& format, index_t b
 /// is quantized into page block_table[n, 32 g / block_size]. block_table and cache_seqlens
 /// (tokens cached before the append) are required; every argument, every used table entry and
 /// the header of every page already holding a group are checked before anything is written.
+/// With in.rope each key is rotated at its position (in.positions, else cache_seqlens[n] + t)
+/// in the fp32 tail, before its group is quantized.
 /// Sequences are spread over the executor; nothing is allocated after a first call of the shape.
 template <class In>
 void paged_kv_append(const PagedKvAppendInputs<In>& in, const QuantizedKvPages& pool,
@@ -432,6 +434,7 @@ void paged_kv_append(const PagedKvAppendInputs<In>& in, const QuantizedKvPages& 
   check_group_block_size(check, pool.block_size);
   const index_t N = check_append_targets(check, in, pool.pages.size(0), pool.block_size);
   const QuantizedPageLayout layout = check_quantized_pool(check, pool, N);
+  check_append_rope(check, in, N);
   check.shape("tail_k", pool.tail_k, std::array<index_t, 4>{-1, kKvGroupTokens, Hkv, Dk}, "S,32,Hkv,Dk (Hkv, Dk of k)");
   check.shape("tail_v", pool.tail_v, std::array<index_t, 4>{-1, kKvGroupTokens, Hkv, Dv}, "S,32,Hkv,Dv (Hkv, Dv of v)");
   for (index_t n = 0; n < N; ++n)
@@ -470,7 +473,10 @@ void paged_kv_append(const PagedKvAppendInputs<In>& in, const QuantizedKvPages& 
         const index_t row = row0 + t, b = row / std::max<index_t>(T, 1), i = row % std::max<index_t>(T, 1);
         const index_t pos = start + t, slot = pos % kKvGroupTokens;
         for (index_t h = 0; h < Hkv; ++h) {
-          kv_row_to_float(in.k.ptr(b, i, h), in.k.stride(3), Dk, pool.tail_k.ptr(tail, slot, h));
+          float* key = pool.tail_k.ptr(tail, slot, h);
+          kv_row_to_float(in.k.ptr(b, i, h), in.k.stride(3), Dk, key);
+          // Rotated in the fp32 tail, before the group is quantized (PagedKvAppendInputs::rope).
+          if (in.rope) rope_row_in_place(*in.rope, append_position(in, row, n, t), key, 1);
           kv_row_to_float(in.v.ptr(b, i, h), in.v.stride(3), Dv, pool.tail_v.ptr(tail, slot, h));
         }
         if (slot + 1 < kKvGroupTokens) continue;

@@ -129,18 +129,11 @@ index_t check_append_targets(const ArgCheck& check, const PagedKvAppendInputs<In
   return N;
 }
 
-template <class In, class KV>
-index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedKvPool<KV>& pool) {
-  static const ArgCheck check("paged_kv_append");
-  check.shape("k", in.k, std::array<index_t, 4>{-1, -1, -1, -1}, "N,T,Hkv,Dk");
-  const index_t B = in.k.size(0), T = in.k.size(1), Hkv = in.k.size(2), Dk = in.k.size(3);
-  check.shape("v", in.v, std::array<index_t, 4>{B, T, Hkv, -1}, "N,T,Hkv,Dv");
-  const index_t Dv = in.v.size(3);
-  check.shape("k_pages", pool.k_pages, std::array<index_t, 4>{-1, -1, Hkv, Dk}, "num_blocks,block_size,Hkv,Dk");
-  const index_t NB = pool.k_pages.size(0), BS = pool.k_pages.size(1);
-  if (BS < 1) check.fail("k_pages", "needs a block size (dimension 1) >= 1, got " + std::to_string(BS));
-  check.shape("v_pages", pool.v_pages, std::array<index_t, 4>{NB, BS, Hkv, Dv}, "num_blocks,block_size,Hkv,Dv");
-  const index_t N = check_append_targets(check, in, NB, BS);
+// The positions and rope table of an append over N sequences (dense and quantized pages): one
+// position per token row, and every rotated row's position inside the table.
+template <class In>
+void check_append_rope(const ArgCheck& check, const PagedKvAppendInputs<In>& in, index_t N) {
+  const index_t B = in.k.size(0), T = in.k.size(1), Dk = in.k.size(3);
   if (in.positions.has_value()) {
     if (in.positions.dangling()) check.fail("positions", "has a null data pointer");
     if (in.positions.size() != B * T)
@@ -165,6 +158,21 @@ index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedK
       }
     }
   }
+}
+
+template <class In, class KV>
+index_t validate_paged_kv_append(const PagedKvAppendInputs<In>& in, const PagedKvPool<KV>& pool) {
+  static const ArgCheck check("paged_kv_append");
+  check.shape("k", in.k, std::array<index_t, 4>{-1, -1, -1, -1}, "N,T,Hkv,Dk");
+  const index_t B = in.k.size(0), T = in.k.size(1), Hkv = in.k.size(2), Dk = in.k.size(3);
+  check.shape("v", in.v, std::array<index_t, 4>{B, T, Hkv, -1}, "N,T,Hkv,Dv");
+  const index_t Dv = in.v.size(3);
+  check.shape("k_pages", pool.k_pages, std::array<index_t, 4>{-1, -1, Hkv, Dk}, "num_blocks,block_size,Hkv,Dk");
+  const index_t NB = pool.k_pages.size(0), BS = pool.k_pages.size(1);
+  if (BS < 1) check.fail("k_pages", "needs a block size (dimension 1) >= 1, got " + std::to_string(BS));
+  check.shape("v_pages", pool.v_pages, std::array<index_t, 4>{NB, BS, Hkv, Dv}, "num_blocks,block_size,Hkv,Dv");
+  const index_t N = check_append_targets(check, in, NB, BS);
+  check_append_rope(check, in, N);
   if (views_overlap(pool.k_pages, pool.v_pages)) check.fail("v_pages", "overlaps k_pages");
   for (const char* name : {"k_pages", "v_pages"}) {
     const bool is_k = name[0] == 'k';
