@@ -65,6 +65,36 @@ inline void check_slice_forward(const ArgCheck& check, bool reverse) {
   if (reverse) check.fail("options.reverse", "is not supported by the slice functions (pass reversed views instead)");
 }
 
+// The checks every <op>_slice / <op>_slice_correct call shares, after the operator's own
+// validation: a dense batch, forward order, no token_states; a slice runs from a zero state and
+// must produce its local final state, a correction needs the true initial state and may turn a
+// local final state (not overlapping it) into the true one. `layout` names the state's dims.
+template <std::size_t R>
+void check_slice_states(const ArgCheck& check, const SequenceBatch& batch, bool reverse, bool token_states,
+                        const ConstView<float, R>& initial, const TensorView<float, R>& final_state,
+                        const std::array<index_t, R>& state_shape, const char* layout, bool correcting) {
+  check_slice_batch(check, batch);
+  check_slice_forward(check, reverse);
+  if (token_states) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
+  if (correcting) {
+    check.shape("initial_state", initial, state_shape, layout);
+    check.optional_shape("final_state", final_state, state_shape, layout);
+    check.no_overlap("final_state", final_state, "initial_state", initial);
+  } else {
+    if (initial.has_value())
+      check.fail("initial_state", "must be empty: a slice runs from a zero state (its true one is applied later)");
+    check.shape("final_state", final_state, state_shape, layout);
+  }
+}
+
+// What a context_parallel_<op> call refuses besides the operator's own checks.
+inline void check_context_parallel_call(const ArgCheck& check, const SequenceBatch& batch, bool reverse,
+                                        bool token_states) {
+  check_slice_batch(check, batch);
+  check_slice_forward(check, reverse);
+  if (token_states) check.fail("token_states", "is not supported here (leave it empty)");
+}
+
 }  // namespace detail
 
 /// Composes the (log-decay, state) summaries of two consecutive slices with a diagonal
@@ -195,6 +225,48 @@ void run_context_parallel(index_t T, index_t slices, const Executor& executor, R
   executor.run(slices, [&](index_t i) { piece(i, run_slice); });
   for (index_t i = 0; i + 1 < slices; ++i) compose(i);
   executor.run(slices, [&](index_t i) { piece(i, correct); });
+}
+
+// The body of a context_parallel_<op> call once validated, for slices >= 2: per slice a local
+// final state, a start state (slice 0's is the sequence's initial state, or zeros) and a
+// transition of transition_shape;
+//   run_slice(begin, length, local, transition)          the slice from a zero state,
+//   compose(start, transition, local, next_start)        in order, on the calling thread,
+//   correct(i, begin, length, start, transition, final)  for every slice that did not start from
+//                                                        zeros; final is the last slice's local
+//                                                        state (empty for the others),
+// then the last slice's (now true) final state goes to final_state when it is given.
+template <std::size_t RS, std::size_t RT, class RunSlice, class Compose, class Correct>
+void context_parallel_states(index_t T, index_t slices, const Executor& executor,
+                             const std::array<index_t, RS>& state_shape,
+                             const std::array<index_t, RT>& transition_shape, const ConstView<float, RS>& initial_state,
+                             const TensorView<float, RS>& final_state, RunSlice&& run_slice, Compose&& compose,
+                             Correct&& correct) {
+  std::vector<Tensor<float, RS>> local, starts;
+  std::vector<Tensor<float, RT>> transition;
+  for (index_t i = 0; i < slices; ++i) {
+    local.emplace_back(state_shape);
+    starts.emplace_back(state_shape);
+    transition.emplace_back(transition_shape);
+  }
+  if (initial_state.has_value()) copy(initial_state, starts[0].view());
+  run_context_parallel(
+      T, slices, executor,
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        run_slice(begin, n, local[u].view(), transition[u].view());
+      },
+      [&](index_t i) {
+        const auto u = static_cast<std::size_t>(i);
+        compose(starts[u].view(), transition[u].view(), local[u].view(), starts[u + 1].view());
+      },
+      [&](index_t i, index_t begin, index_t n) {
+        const auto u = static_cast<std::size_t>(i);
+        if (i == 0 && !initial_state.has_value()) return;  // it did start from zeros
+        correct(i, begin, n, starts[u].view(), transition[u].view(),
+                i == slices - 1 ? local[u].view() : TensorView<float, RS>());
+      });
+  if (final_state.has_value()) copy(ConstView<float, RS>(local.back().view()), final_state);
 }
 
 // How many slices a context_parallel_<op> call cuts T tokens into: `requested`, or one per

@@ -32,21 +32,11 @@ constexpr index_t kSliceBlock = 64;
 // slice is one piece of one sequence per row; packing and slots belong to the op's serving
 // path), no per-token states, and the transition [B,HV,K]. `correcting`: the initial state is
 // the slice's true initial state and the final state is updated in place, so they must differ.
-inline void check_slice_call(const ArgCheck& check, const SequenceBatch& batch, const ConstView<float, 4>& initial,
-                             const TensorView<float, 4>& final_state, bool token_states, const Dims& d,
-                             bool correcting) {
-  check_slice_batch(check, batch);
-  if (token_states) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
-  const std::array<index_t, 4> state_shape{d.B, d.HV, d.Kf, d.V};
-  if (correcting) {
-    check.shape("initial_state", initial, state_shape, "B,HV,Kf,V");
-    check.optional_shape("final_state", final_state, state_shape, "B,HV,Kf,V");
-    check.no_overlap("final_state", final_state, "initial_state", initial);
-  } else {
-    if (initial.has_value())
-      check.fail("initial_state", "must be empty: a slice runs from a zero state (its true one is applied later)");
-    check.shape("final_state", final_state, state_shape, "B,HV,Kf,V");
-  }
+inline void check_slice_call(const ArgCheck& check, const SequenceBatch& batch, bool reverse,
+                             const ConstView<float, 4>& initial, const TensorView<float, 4>& final_state,
+                             bool token_states, const Dims& d, bool correcting) {
+  check_slice_states(check, batch, reverse, token_states, initial, final_state,
+                     std::array<index_t, 4>{d.B, d.HV, d.Kf, d.V}, "B,HV,Kf,V", correcting);
 }
 
 // The slice's transition of one head: log_decay[c] = sum_t max(g_t[c], kGateFloor) (the floor

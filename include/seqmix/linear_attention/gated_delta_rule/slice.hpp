@@ -70,47 +70,33 @@ inline void context_parallel_gated_delta_rule(const GatedDeltaRuleInputs& in, co
                                               const Executor& executor = serial_executor(), index_t slices = 0) {
   static const ArgCheck check("context_parallel_gated_delta_rule");
   const detail::la::Dims d = delta_update::validate_delta(check, delta_update::gated_call(in, out, options), executor).d;
-  detail::check_slice_batch(check, in.batch);
-  detail::check_slice_forward(check, options.reverse);
-  if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
+  detail::check_context_parallel_call(check, in.batch, options.reverse, out.token_states.has_value());
   const index_t P = detail::context_slices(slices, d.T, executor);
   if (P <= 1) {
     gated_delta_rule(in, out, options, executor);
     return;
   }
-  const std::array<index_t, 4> state_shape{d.B, d.HV, d.K, d.V};
   Tensor<float, 4> readout({d.B, d.T, d.HV, d.K});
-  std::vector<Tensor<float, 4>> local, starts, transition;
-  for (index_t i = 0; i < P; ++i) {
-    local.emplace_back(state_shape);
-    starts.emplace_back(state_shape);
-    transition.emplace_back(std::array<index_t, 4>{d.B, d.HV, d.K, d.K});
-  }
-  if (in.initial_state.has_value()) copy(in.initial_state, starts[0].view());
-  detail::run_context_parallel(
-      d.T, P, executor,
-      [&](index_t i, index_t begin, index_t n) {
-        const auto u = static_cast<std::size_t>(i);
+  detail::context_parallel_states(
+      d.T, P, executor, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, std::array<index_t, 4>{d.B, d.HV, d.K, d.K},
+      in.initial_state, out.final_state,
+      [&](index_t begin, index_t n, const TensorView<float, 4>& local, const TensorView<float, 4>& transition) {
         GatedDeltaRuleInputs s = in;
         s.q = in.q.slice(1, begin, n), s.k = in.k.slice(1, begin, n), s.v = in.v.slice(1, begin, n);
         s.beta = in.beta.slice(1, begin, n);
         if (in.g.has_value()) s.g = in.g.slice(1, begin, n);
         if (in.g_scalar.has_value()) s.g_scalar = in.g_scalar.slice(1, begin, n);
         s.initial_state = {};
-        gated_delta_rule_slice(s, {out.o.slice(1, begin, n), local[u].view()}, readout.view().slice(1, begin, n),
-                               transition[u].view(), options);
+        gated_delta_rule_slice(s, {out.o.slice(1, begin, n), local}, readout.view().slice(1, begin, n), transition,
+                               options);
       },
-      [&](index_t i) {
-        const auto u = static_cast<std::size_t>(i);
-        compose_matrix_slices({}, starts[u].view(), transition[u].view(), local[u].view(), {}, starts[u + 1].view());
-      },
-      [&](index_t i, index_t begin, index_t n) {
-        const auto u = static_cast<std::size_t>(i);
-        if (i == 0 && !in.initial_state.has_value()) return;  // it did start from zeros
-        correct_matrix_slice(readout.view().slice(1, begin, n), transition[u].view(), starts[u].view(),
-                             out.o.slice(1, begin, n), i == P - 1 ? local[u].view() : TensorView<float, 4>());
+      [](const TensorView<float, 4>& start, const TensorView<float, 4>& transition, const TensorView<float, 4>& local,
+         const TensorView<float, 4>& next) { compose_matrix_slices({}, start, transition, local, {}, next); },
+      [&](index_t, index_t begin, index_t n, const TensorView<float, 4>& start, const TensorView<float, 4>& transition,
+          const TensorView<float, 4>& final_state) {
+        correct_matrix_slice(readout.view().slice(1, begin, n), transition, start, out.o.slice(1, begin, n),
+                             final_state);
       });
-  if (out.final_state.has_value()) copy(ConstView<float, 4>(local.back().view()), out.final_state);
 }
 
 }  // namespace seqmix

@@ -27,8 +27,8 @@ inline void gated_linear_attention_slice(const GatedLinearAttentionInputs& in, c
   const char* op = "gated_linear_attention_slice";
   const ArgCheck check(op);
   const Dims d = validate_gla(op, in, out, options, executor).d;
-  detail::check_slice_forward(check, options.reverse);
-  check_slice_call(check, in.batch, in.initial_state, out.final_state, out.token_states.has_value(), d, false);
+  check_slice_call(check, in.batch, options.reverse, in.initial_state, out.final_state, out.token_states.has_value(), d,
+                   false);
   check.shape("log_decay", log_decay, std::array<index_t, 3>{d.B, d.HV, d.K}, "B,HV,K");
   check_no_overlap(check, "log_decay", log_decay, in.q, in.k, in.v, in.g, in.g_scalar, out.o, out.final_state);
   gated_linear_attention(in, out, options, executor);
@@ -52,8 +52,8 @@ inline void gated_linear_attention_slice_correct(const GatedLinearAttentionInput
   const char* op = "gated_linear_attention_slice_correct";
   const ArgCheck check(op);
   const Dims d = validate_gla(op, in, out, options, executor).d;
-  detail::check_slice_forward(check, options.reverse);
-  check_slice_call(check, in.batch, in.initial_state, out.final_state, out.token_states.has_value(), d, true);
+  check_slice_call(check, in.batch, options.reverse, in.initial_state, out.final_state, out.token_states.has_value(), d,
+                   true);
   const float scale = check_scale(check, options.scale, d.K);
   const std::vector<float> fixed_gates = retnet_gates(options.gate, d.HV);
   run_slice_correction(d, in.initial_state, out.final_state, executor, [&](index_t b, index_t hv) {
@@ -76,23 +76,12 @@ inline void context_parallel_gated_linear_attention(const GatedLinearAttentionIn
   const char* op = "context_parallel_gated_linear_attention";
   const ArgCheck check(op);
   const Dims d = validate_gla(op, in, out, options, executor).d;
-  detail::check_slice_forward(check, options.reverse);
-  detail::check_slice_batch(check, in.batch);
-  if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
+  detail::check_context_parallel_call(check, in.batch, options.reverse, out.token_states.has_value());
   const index_t P = detail::context_slices(slices, d.T, executor);
   if (P <= 1) {
     gated_linear_attention(in, out, options, executor);
     return;
   }
-  const std::array<index_t, 4> state_shape{d.B, d.HV, d.K, d.V};
-  std::vector<Tensor<float, 4>> local, starts;
-  std::vector<Tensor<float, 3>> decay;
-  for (index_t i = 0; i < P; ++i) {
-    local.emplace_back(state_shape);
-    starts.emplace_back(state_shape);
-    decay.emplace_back(std::array<index_t, 3>{d.B, d.HV, d.K});
-  }
-  if (in.initial_state.has_value()) copy(in.initial_state, starts[0].view());
   const auto piece = [&](index_t begin, index_t n) {
     GatedLinearAttentionInputs s = in;
     s.q = in.q.slice(1, begin, n), s.k = in.k.slice(1, begin, n), s.v = in.v.slice(1, begin, n);
@@ -101,26 +90,20 @@ inline void context_parallel_gated_linear_attention(const GatedLinearAttentionIn
     s.initial_state = {};
     return s;
   };
-  detail::run_context_parallel(
-      d.T, P, executor,
-      [&](index_t i, index_t begin, index_t n) {
-        const auto u = static_cast<std::size_t>(i);
-        gated_linear_attention_slice(piece(begin, n), {out.o.slice(1, begin, n), local[u].view()}, decay[u].view(),
-                                     options);
+  detail::context_parallel_states(
+      d.T, P, executor, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}, std::array<index_t, 3>{d.B, d.HV, d.K},
+      in.initial_state, out.final_state,
+      [&](index_t begin, index_t n, const TensorView<float, 4>& local, const TensorView<float, 3>& decay) {
+        gated_linear_attention_slice(piece(begin, n), {out.o.slice(1, begin, n), local}, decay, options);
       },
-      [&](index_t i) {
-        const auto u = static_cast<std::size_t>(i);
-        compose_diagonal_slices<3, 4>({}, starts[u].view(), decay[u].view(), local[u].view(), {}, starts[u + 1].view());
-      },
-      [&](index_t i, index_t begin, index_t n) {
-        const auto u = static_cast<std::size_t>(i);
-        if (i == 0 && !in.initial_state.has_value()) return;  // it did start from zeros
+      [](const TensorView<float, 4>& start, const TensorView<float, 3>& decay, const TensorView<float, 4>& local,
+         const TensorView<float, 4>& next) { compose_diagonal_slices<3, 4>({}, start, decay, local, {}, next); },
+      [&](index_t, index_t begin, index_t n, const TensorView<float, 4>& start, const TensorView<float, 3>&,
+          const TensorView<float, 4>& final_state) {
         GatedLinearAttentionInputs s = piece(begin, n);
-        s.initial_state = starts[u].view();
-        gated_linear_attention_slice_correct(s, {out.o.slice(1, begin, n), i == P - 1 ? local[u].view() : TensorView<float, 4>()},
-                                             options);
+        s.initial_state = start;
+        gated_linear_attention_slice_correct(s, {out.o.slice(1, begin, n), final_state}, options);
       });
-  if (out.final_state.has_value()) copy(ConstView<float, 4>(local.back().view()), out.final_state);
 }
 
 }  // namespace seqmix

@@ -19,10 +19,10 @@ inline Dims validate_linear_attention_slice(const char* op, const LinearAttentio
                                             bool correcting) {
   const ArgCheck check(op);
   const Dims d = validate_linear_attention(op, in, out, options).d;
-  check_slice_forward(check, options.reverse);
   if (options.normalize) check.fail("options.normalize", "is not supported by the slice functions");
   if (options.prefix_len != 0) check.fail("options.prefix_len", "must be 0 for the slice functions");
-  check_slice_call(check, in.batch, in.initial_state, out.final_state, out.token_states.has_value(), d, correcting);
+  check_slice_call(check, in.batch, options.reverse, in.initial_state, out.final_state, out.token_states.has_value(), d,
+                   correcting);
   return d;
 }
 

@@ -21,8 +21,8 @@ inline void rwkv6_slice(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Te
   const char* op = "rwkv6_slice";
   const ArgCheck check(op);
   const Dims d = validate_rwkv6(op, in, out, options, executor).d;
-  detail::check_slice_forward(check, options.reverse);
-  check_slice_call(check, in.batch, in.initial_state, out.final_state, out.token_states.has_value(), d, false);
+  check_slice_call(check, in.batch, options.reverse, in.initial_state, out.final_state, out.token_states.has_value(), d,
+                   false);
   check.shape("log_decay", log_decay, std::array<index_t, 3>{d.B, d.HV, d.K}, "B,HV,K");
   check_no_overlap(check, "log_decay", log_decay, in.r, in.k, in.v, in.g, in.u, out.o, out.final_state);
   rwkv6(in, out, options, executor);
@@ -38,8 +38,8 @@ inline void rwkv6_slice_correct(const Rwkv6Inputs& in, const Rwkv6Outputs& out, 
   const char* op = "rwkv6_slice_correct";
   const ArgCheck check(op);
   const Dims d = validate_rwkv6(op, in, out, options, executor).d;
-  detail::check_slice_forward(check, options.reverse);
-  check_slice_call(check, in.batch, in.initial_state, out.final_state, out.token_states.has_value(), d, true);
+  check_slice_call(check, in.batch, options.reverse, in.initial_state, out.final_state, out.token_states.has_value(), d,
+                   true);
   run_slice_correction(d, in.initial_state, out.final_state, executor,
                        [&](index_t b, index_t hv) { return rwkv6_head(in, out, d, b, hv); });
 }

@@ -21,19 +21,8 @@ inline Conv1dDims validate_causal_conv1d_slice(const char* op, const CausalConv1
                                                bool correcting) {
   const ArgCheck check(op);
   const Conv1dDims d = validate_causal_conv1d(op, in, out, options).dims;
-  check_slice_batch(check, in.batch);
-  check_slice_forward(check, options.reverse);
-  if (out.token_states.has_value()) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
-  const std::array<index_t, 3> state_shape{d.B, d.W - 1, d.D};
-  if (correcting) {
-    check.shape("initial_state", in.initial_state, state_shape, "B,W-1,D");
-    check.optional_shape("final_state", out.final_state, state_shape, "B,W-1,D");
-    check.no_overlap("final_state", out.final_state, "initial_state", in.initial_state);
-  } else {
-    if (in.initial_state.has_value())
-      check.fail("initial_state", "must be empty: a slice runs from a zero state (its true one is applied later)");
-    check.shape("final_state", out.final_state, state_shape, "B,W-1,D");
-  }
+  check_slice_states(check, in.batch, options.reverse, out.token_states.has_value(), in.initial_state, out.final_state,
+                     std::array<index_t, 3>{d.B, d.W - 1, d.D}, "B,W-1,D", correcting);
   return d;
 }
 

@@ -30,19 +30,8 @@ inline SsdDims validate_ssd_slice(const char* op, const SsdInputs& in, const Ssd
                                   const SsdOptions& options, bool correcting) {
   const ArgCheck check(op);
   const SsdDims d = validate_ssd(op, in, out, options).dims;
-  check_slice_batch(check, in.batch);
-  check_slice_forward(check, options.reverse);
-  if (out.token_states.has_value()) check.fail("token_states", "is not supported by the slice functions (leave it empty)");
-  const std::array<index_t, 4> state_shape{d.B, d.H, d.P, d.N};
-  if (correcting) {
-    check.shape("initial_state", in.initial_state, state_shape, "B,H,P,N");
-    check.optional_shape("final_state", out.final_state, state_shape, "B,H,P,N");
-    check.no_overlap("final_state", out.final_state, "initial_state", in.initial_state);
-  } else {
-    if (in.initial_state.has_value())
-      check.fail("initial_state", "must be empty: a slice runs from a zero state (its true one is applied later)");
-    check.shape("final_state", out.final_state, state_shape, "B,H,P,N");
-  }
+  check_slice_states(check, in.batch, options.reverse, out.token_states.has_value(), in.initial_state, out.final_state,
+                     std::array<index_t, 4>{d.B, d.H, d.P, d.N}, "B,H,P,N", correcting);
   return d;
 }
 
@@ -121,23 +110,12 @@ inline void context_parallel_ssd(const SsdInputs& in, const SsdOutputs& out, con
   const char* op = "context_parallel_ssd";
   const ArgCheck check(op);
   const detail::SsdDims d = detail::validate_ssd(op, in, out, options).dims;
-  detail::check_slice_batch(check, in.batch);
-  detail::check_slice_forward(check, options.reverse);
-  if (out.token_states.has_value()) check.fail("token_states", "is not supported here (leave it empty)");
+  detail::check_context_parallel_call(check, in.batch, options.reverse, out.token_states.has_value());
   const index_t P = detail::context_slices(slices, d.T, executor);
   if (P <= 1) {
     ssd(in, out, options, executor);
     return;
   }
-  const std::array<index_t, 4> state_shape{d.B, d.H, d.P, d.N};
-  std::vector<Tensor<float, 4>> local, starts;
-  std::vector<Tensor<float, 2>> decay;
-  for (index_t i = 0; i < P; ++i) {
-    local.emplace_back(state_shape);
-    starts.emplace_back(state_shape);
-    decay.emplace_back(std::array<index_t, 2>{d.B, d.H});
-  }
-  if (in.initial_state.has_value()) copy(in.initial_state, starts[0].view());
   const auto piece = [&](index_t begin, index_t n) {
     SsdInputs s = in;
     s.x = in.x.slice(1, begin, n), s.dt = in.dt.slice(1, begin, n);
@@ -146,24 +124,20 @@ inline void context_parallel_ssd(const SsdInputs& in, const SsdOutputs& out, con
     s.initial_state = {};
     return s;
   };
-  detail::run_context_parallel(
-      d.T, P, executor,
-      [&](index_t i, index_t begin, index_t n) {
-        const auto u = static_cast<std::size_t>(i);
-        ssd_slice(piece(begin, n), {out.y.slice(1, begin, n), local[u].view()}, decay[u].view(), options);
+  detail::context_parallel_states(
+      d.T, P, executor, std::array<index_t, 4>{d.B, d.H, d.P, d.N}, std::array<index_t, 2>{d.B, d.H}, in.initial_state,
+      out.final_state,
+      [&](index_t begin, index_t n, const TensorView<float, 4>& local, const TensorView<float, 2>& decay) {
+        ssd_slice(piece(begin, n), {out.y.slice(1, begin, n), local}, decay, options);
       },
-      [&](index_t i) {
-        const auto u = static_cast<std::size_t>(i);
-        compose_diagonal_slices<2, 4>({}, starts[u].view(), decay[u].view(), local[u].view(), {}, starts[u + 1].view());
-      },
-      [&](index_t i, index_t begin, index_t n) {
-        const auto u = static_cast<std::size_t>(i);
-        if (i == 0 && !in.initial_state.has_value()) return;  // it did start from zeros
+      [](const TensorView<float, 4>& start, const TensorView<float, 2>& decay, const TensorView<float, 4>& local,
+         const TensorView<float, 4>& next) { compose_diagonal_slices<2, 4>({}, start, decay, local, {}, next); },
+      [&](index_t, index_t begin, index_t n, const TensorView<float, 4>& start, const TensorView<float, 2>&,
+          const TensorView<float, 4>& final_state) {
         SsdInputs s = piece(begin, n);
-        s.initial_state = starts[u].view();
-        ssd_slice_correct(s, {out.y.slice(1, begin, n), i == P - 1 ? local[u].view() : TensorView<float, 4>()}, options);
+        s.initial_state = start;
+        ssd_slice_correct(s, {out.y.slice(1, begin, n), final_state}, options);
       });
-  if (out.final_state.has_value()) copy(ConstView<float, 4>(local.back().view()), out.final_state);
 }
 
 }  // namespace seqmix
