@@ -105,7 +105,7 @@ TEST_CASE("matrix_scan: strided (non-packed) blocks take the scalar kernel", "[m
   }
 }
 
-TEST_CASE("matrix_scan: prefill then steps equals one call; h_last may be h0", "[matrix_scan]") {
+TEST_CASE("matrix_scan: prefill then steps equals one call, h_last may be h0", "[matrix_scan]") {
   for (const index_t N : {3, 5, 16}) {
     const index_t B = 2, T = 40, H = 3, split_at = 25;
     INFO("N=" << N);

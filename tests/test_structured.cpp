@@ -230,7 +230,7 @@ TEST_CASE("downsample2x_mean averages the 2x2 windows present", "[structured][cr
   CHECK(out(0, 2, 0, 1) == Approx((x(0, 4, 0, 1) + x(0, 4, 1, 1)) / 2).epsilon(1e-6));  // bottom edge: two
 }
 
-TEST_CASE("grid_scan: fast splits equal the reference; a hand-checked grid", "[structured][grid_scan]") {
+TEST_CASE("grid_scan: fast splits equal the reference, a hand-checked grid", "[structured][grid_scan]") {
   {
     // All coefficients and inputs 1: h[i,j] = 1 + h[i-1,j] + h[i,j-1], so h[1,1] = 5, h[2,2] = 19.
     Tensor<float, 4> ones({1, 3, 3, 1}), h({1, 3, 3, 1});
