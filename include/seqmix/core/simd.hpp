@@ -106,6 +106,11 @@ inline Batch<float> in_register(Batch<float> v) noexcept {
 
 /// Elementwise exp; accurate to about 1 ulp (xsimd's implementation, no scalar expf calls).
 inline Batch<float> exp(const Batch<float>& x) noexcept { return xsimd::exp(x); }
+/// min(x, bound) that keeps a NaN x: xsimd::min returns `bound` for a NaN lane on SSE2 (minps
+/// returns its second operand), which would turn a NaN input into a finite result.
+inline Batch<float> min_keep_nan(const Batch<float>& x, const Batch<float>& bound) noexcept {
+  return xsimd::select(x > bound, bound, x);
+}
 /// Elementwise tanh and log(1 + x) (xsimd's implementations).
 inline Batch<float> tanh(const Batch<float>& x) noexcept { return xsimd::tanh(x); }
 inline Batch<float> log1p(const Batch<float>& x) noexcept { return xsimd::log1p(x); }

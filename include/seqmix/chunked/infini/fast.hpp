@@ -80,7 +80,7 @@ inline void sigma_row(const float* x, index_t stride, index_t K, float* out) {
     const FB zero(0.f), one(1.f);
     for (; r < simd::vector_end(K); r += simd::kWidth) {
       const FB v = simd::load(x + r);
-      simd::store(out + r, xsimd::select(v > zero, v + one, simd::exp(xsimd::min(v, zero))));
+      simd::store(out + r, xsimd::select(v > zero, v + one, simd::exp(simd::min_keep_nan(v, zero))));
     }
   }
   for (; r < K; ++r) out[r] = sigma(x[r * stride]);

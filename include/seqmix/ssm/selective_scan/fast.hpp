@@ -19,7 +19,7 @@ namespace detail {
 inline FloatBatch softplus(const FloatBatch& x) noexcept {
   const FloatBatch threshold(20.f);
   // min() keeps exp finite in the lanes that select x anyway.
-  return xsimd::select(x > threshold, x, xsimd::log1p(simd::exp(xsimd::min(x, threshold))));
+  return xsimd::select(x > threshold, x, xsimd::log1p(simd::exp(simd::min_keep_nan(x, threshold))));
 }
 
 // Per-task scratch, allocated once per task outside the loops: A and h of one channel group,
