@@ -421,6 +421,42 @@ index_t query_position(const AttentionInputs<KV>& in, index_t b, index_t i) {
   return in.positions.has_value() ? in.positions(b, i) : Tk - Tq + i;
 }
 
+// One query row of the references, after its logits: softmax weights of logits[0..n) (max_logit
+// their max over the non-NaN ones, nan_logit whether one is NaN), the value average in double and
+// the lse with head h's sink logit, written to o[b, i, h, :] and lse[b, i, h]. value_of(e, c) reads
+// the value of logit e; a key of weight 0 (hidden or negligible) takes no part, so its value, even
+// NaN, is never read. A NaN logit makes the row's o and lse NaN. Shared by reference::attention
+// and reference::topk_attention, so their non-finite rule cannot drift apart.
+template <class ValueOf>
+void reference_softmax_row(const std::vector<double>& logits, index_t n, double max_logit, bool nan_logit,
+                           const ValueOf& value_of, const ConstView<float, 1>& sink_logits,
+                           const AttentionOutputs& out, index_t b, index_t i, index_t h, std::vector<double>& acc) {
+  const double minus_inf = -std::numeric_limits<double>::infinity();
+  const index_t Dv = static_cast<index_t>(acc.size());
+  double denominator = 0.0;
+  std::fill(acc.begin(), acc.end(), 0.0);
+  if (max_logit > minus_inf)
+    for (index_t e = 0; e < n; ++e) {
+      const double p = std::exp(logits[static_cast<std::size_t>(e)] - max_logit);
+      if (p == 0.0) continue;
+      denominator += p;
+      for (index_t c = 0; c < Dv; ++c) acc[static_cast<std::size_t>(c)] += p * value_of(e, c);
+    }
+  // Log of the denominator, then the sink's exp(sink_h) added to it in log space.
+  double lse = max_logit > minus_inf ? max_logit + std::log(denominator) : minus_inf;
+  if (sink_logits.has_value()) {
+    const double sink = sink_logits(h);
+    const double top = std::max(lse, sink);
+    lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
+  }
+  if (nan_logit) lse = std::numeric_limits<double>::quiet_NaN();  // max() skipped it
+  for (index_t c = 0; c < Dv; ++c)
+    out.o(b, i, h, c) = nan_logit ? static_cast<float>(lse)
+                        : max_logit > minus_inf ? static_cast<float>(acc[static_cast<std::size_t>(c)] * std::exp(max_logit - lse))
+                                                : 0.f;
+  if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -484,27 +520,8 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
           max_logit = std::max(max_logit, s);
           nan_logit |= std::isnan(s);
         }
-        double denominator = 0.0;
-        std::fill(acc.begin(), acc.end(), 0.0);
-        if (max_logit > minus_inf)
-          for (index_t j = 0; j < d.Tk; ++j) {
-            const double p = std::exp(logits[j] - max_logit);
-            if (p == 0.0) continue;  // hidden (-inf) or negligible: its value, even NaN, takes no part
-            denominator += p;
-            for (index_t c = 0; c < d.Dv; ++c) acc[c] += p * static_cast<double>(static_cast<float>(in.v(b, j, hk, c)));
-          }
-        // Log of the denominator, then the sink's exp(sink_h) added to it in log space.
-        double lse = max_logit > minus_inf ? max_logit + std::log(denominator) : minus_inf;
-        if (in.sink_logits.has_value()) {
-          const double sink = in.sink_logits(h);
-          const double top = std::max(lse, sink);
-          lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
-        }
-        if (nan_logit) lse = std::numeric_limits<double>::quiet_NaN();  // max() skipped it
-        for (index_t c = 0; c < d.Dv; ++c)
-          out.o(b, i, h, c) = nan_logit ? static_cast<float>(lse)
-                              : max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
-        if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
+        const auto value_of = [&](index_t j, index_t c) { return static_cast<double>(static_cast<float>(in.v(b, j, hk, c))); };
+        detail::reference_softmax_row(logits, d.Tk, max_logit, nan_logit, value_of, in.sink_logits, out, b, i, h, acc);
       }
   }
 }

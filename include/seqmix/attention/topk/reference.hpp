@@ -139,26 +139,8 @@ void topk_attention(const TopkAttentionInputs<KV>& in, const AttentionOutputs& o
           max_logit = std::max(max_logit, s);
           nan_logit |= std::isnan(s);
         }
-        double denominator = 0.0;
-        std::fill(acc.begin(), acc.end(), 0.0);
-        if (max_logit > minus_inf)
-          for (index_t e = 0; e < n; ++e) {
-            const double p = std::exp(logits[e] - max_logit);
-            if (p == 0.0) continue;  // -inf or negligible: its value, even NaN, takes no part
-            denominator += p;
-            for (index_t c = 0; c < d.Dv; ++c) acc[c] += p * value(in.v(b, keys[e], hk, c));
-          }
-        double lse = max_logit > minus_inf ? max_logit + std::log(denominator) : minus_inf;
-        if (in.sink_logits.has_value()) {
-          const double sink = in.sink_logits(h);
-          const double top = std::max(lse, sink);
-          lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
-        }
-        if (nan_logit) lse = std::numeric_limits<double>::quiet_NaN();  // max() skipped it
-        for (index_t c = 0; c < d.Dv; ++c)
-          out.o(b, i, h, c) = nan_logit ? static_cast<float>(lse)
-                              : max_logit > minus_inf ? static_cast<float>(acc[c] * std::exp(max_logit - lse)) : 0.f;
-        if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
+        const auto value_of = [&](index_t e, index_t c) { return value(in.v(b, keys[e], hk, c)); };
+        detail::reference_softmax_row(logits, n, max_logit, nan_logit, value_of, in.sink_logits, out, b, i, h, acc);
       }
 }
 
