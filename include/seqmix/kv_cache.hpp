@@ -13,3 +13,9 @@
 // policies, ThinK channel pruning, merging of evicted entries) on plain tensors; KvCache::retain
 // applies a kept set.
 #include "seqmix/kv_cache/policies/all.hpp"
+
+// Dynamic Memory Compression (issue 22): a per-head variable-length cache whose tokens are appended
+// or merged into the last slot by the caller's decisions; prefill and decode attention over it.
+#include "seqmix/kv_cache/dmc/fast.hpp"
+#include "seqmix/kv_cache/dmc/reference.hpp"
+#include "seqmix/kv_cache/dmc/step.hpp"
