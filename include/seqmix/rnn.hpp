@@ -1,5 +1,5 @@
 // Nonlinear recurrent cells (docs/operators.md, "Recurrent cells"): lstm and gru (PyTorch's
-// cells), slstm and mlstm (xLSTM). Each operator's folder under seqmix/rnn/ holds its reference, fast
+// cells), slstm and mlstm (xLSTM), ttt_linear (TTT layer). Each operator's folder under seqmix/rnn/ holds its reference, fast
 // prefill and decode step; the shared interface is seqmix/rnn/common.hpp.
 #pragma once
 
@@ -17,3 +17,6 @@
 #include "seqmix/rnn/slstm/fast.hpp"
 #include "seqmix/rnn/slstm/reference.hpp"
 #include "seqmix/rnn/slstm/step.hpp"
+#include "seqmix/rnn/ttt/fast.hpp"
+#include "seqmix/rnn/ttt/reference.hpp"
+#include "seqmix/rnn/ttt/step.hpp"

@@ -1,0 +1,281 @@
+// ttt_linear: the TTT layer of Sun et al. 2024 ("Learning to (Learn at Test Time): RNNs with
+// Expressive Hidden States"), its hidden state a linear inner model trained by mini-batch
+// gradient descent on a self-supervised loss while the sequence is read. Per (batch, head), with
+// K the head size, rows of q, k, v in R^K and the inner model f_W(x) = x W, W [K,K]:
+//
+//   LN(z)        = gamma * (z - mean(z)) / sqrt(var(z) + ln_eps) + beta      gamma, beta [K]
+//   l(W; k, v)   = 1/2 || LN(f_W(k)) + k - v ||^2                           the inner loss
+//   mini-batches of b tokens from the call's first token; in the mini-batch starting at t0
+//   (W_0 the weights after the previous one, i = t - t0 the position, c_i = token_scale[i] or 1):
+//   W_t          = W_0 - c_i * sum_{s = t0..t} eta_s grad_W l(W_0; k_s, v_s)
+//   z_t          = q_t + LN(f_{W_t}(q_t))
+//   the next mini-batch starts from W_{t0 + n - 1} (n tokens in this one).
+//
+// Every gradient of a mini-batch is taken at W_0 (the paper's mini-batch GD), the output of
+// token t sees the gradients of the tokens s <= t of its mini-batch (the paper's dual form).
+// The 1/2 makes the gradient (LN(f(k)) + k - v) backpropagated, as the authors' code computes
+// it; a model trained with ||.||^2 uses eta / 2 here.
+// This header: argument structs, options, validation, the explicit gradient and
+// seqmix::reference::ttt_linear (per mini-batch, the gradient matrices written out, double).
+// Fast prefill (dual form): fast.hpp; decode step (b = 1): step.hpp; derivation: README.md.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix {
+
+/// Options of ttt_linear and ttt_linear_step.
+struct TttOptions {
+  /// Tokens per mini-batch b, in [1, 1024]; 16 as in the paper. The step is always b = 1.
+  index_t mini_batch = 16;
+  /// The epsilon of both LayerNorms (inner loss and output); 1e-6 as the authors' code.
+  float ln_eps = 1e-6f;
+};
+
+/// Prefill arguments of ttt_linear.
+struct TttLinearInputs {
+  ConstView<float, 4> q;                ///< [B,T,H,K]
+  ConstView<float, 4> k;                ///< [B,T,H,K]
+  ConstView<float, 4> v;                ///< [B,T,H,K] (the target is v - k, so V = K)
+  ConstView<float, 3> eta;              ///< [B,T,H] per-token learning rate of the token's gradient
+  ConstView<float, 2> ln_weight;        ///< [H,K] LayerNorm scale gamma
+  ConstView<float, 2> ln_bias;          ///< [H,K] LayerNorm shift beta
+  ConstView<float, 1> token_scale = {}; ///< [mini_batch] c_i per position in the mini-batch, optional (ones)
+  ConstView<float, 4> initial_w = {};   ///< [B,H,K,K] W[i][j]: f(x)_j = sum_i x_i W[i][j], optional (zeros)
+};
+
+/// Prefill outputs. z must not overlap an input; final_w is optional and may be the very view
+/// of initial_w (written after the last token of its row).
+struct TttLinearOutputs {
+  TensorView<float, 4> z;               ///< [B,T,H,K]
+  TensorView<float, 4> final_w = {};    ///< [B,H,K,K]
+};
+
+/// Decode-step arguments: one token per batch row, a mini-batch of one (W -= eta grad, then z).
+struct TttLinearStepInputs {
+  ConstView<float, 3> q;          ///< [B,H,K]
+  ConstView<float, 3> k;          ///< [B,H,K]
+  ConstView<float, 3> v;          ///< [B,H,K]
+  ConstView<float, 2> eta;        ///< [B,H]
+  ConstView<float, 2> ln_weight;  ///< [H,K]
+  ConstView<float, 2> ln_bias;    ///< [H,K]
+};
+
+/// Decode-step outputs: w is read and updated in place; z overlaps nothing.
+struct TttLinearStepOutputs {
+  TensorView<float, 3> z;  ///< [B,H,K]
+  TensorView<float, 4> w;  ///< [B,H,K,K]
+};
+
+namespace detail {
+
+struct TttDims {
+  index_t B, T, H, K;
+};
+
+/// LayerNorm of one row x [n] with scale g and shift b: writes y = LN(x) and, when dy is given,
+/// overwrites dy (dL/dy) with dL/dx. Real is double in the references, float in the fast forms.
+template <class Real, class In, class Gm, class Bt>
+inline void ttt_layer_norm(const In* x, index_t n, const Gm& gamma, const Bt& beta, Real eps, Real* y, Real* dy) {
+  Real mean = 0, var = 0;
+  for (index_t j = 0; j < n; ++j) mean += Real(x[j]);
+  mean /= Real(n);
+  for (index_t j = 0; j < n; ++j) var += (Real(x[j]) - mean) * (Real(x[j]) - mean);
+  var /= Real(n);
+  const Real inv = Real(1) / std::sqrt(var + eps);
+  if (dy == nullptr) {
+    for (index_t j = 0; j < n; ++j) y[j] = Real(gamma(j)) * (Real(x[j]) - mean) * inv + Real(beta(j));
+    return;
+  }
+  // dL/dxhat = dy * gamma; dL/dx = inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+  Real m1 = 0, m2 = 0;
+  for (index_t j = 0; j < n; ++j) {
+    const Real xh = (Real(x[j]) - mean) * inv;
+    y[j] = Real(gamma(j)) * xh + Real(beta(j));
+    const Real d = dy[j] * Real(gamma(j));
+    m1 += d, m2 += d * xh;
+  }
+  m1 /= Real(n), m2 /= Real(n);
+  for (index_t j = 0; j < n; ++j) {
+    const Real xh = (Real(x[j]) - mean) * inv;
+    dy[j] = inv * (dy[j] * Real(gamma(j)) - m1 - xh * m2);
+  }
+}
+
+inline void check_ttt_options(const ArgCheck& check, const TttOptions& options) {
+  if (options.mini_batch < 1 || options.mini_batch > 1024)
+    check.fail("options.mini_batch", "must lie in [1, 1024], got " + std::to_string(options.mini_batch));
+  if (!(options.ln_eps > 0.f) || !std::isfinite(options.ln_eps))
+    check.fail("options.ln_eps", "must be finite and > 0, got " + std::to_string(options.ln_eps));
+}
+
+/// The checks shared by ttt_linear and ttt_mlp's prefills: q, k, v, eta, the LayerNorm, the
+/// token scale, z; returns B, T, H, K.
+template <class In, class Out>
+inline TttDims validate_ttt_common(const ArgCheck& check, const In& in, const Out& out, const TttOptions& options) {
+  check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,K");
+  const index_t B = in.q.size(0), T = in.q.size(1), H = in.q.size(2), K = in.q.size(3);
+  check.shape("k", in.k, std::array<index_t, 4>{B, T, H, K}, "B,T,H,K");
+  check.shape("v", in.v, std::array<index_t, 4>{B, T, H, K}, "B,T,H,K (the target v - k needs V = K)");
+  check.shape("eta", in.eta, std::array<index_t, 3>{B, T, H}, "B,T,H");
+  check.shape("ln_weight", in.ln_weight, std::array<index_t, 2>{H, K}, "H,K");
+  check.shape("ln_bias", in.ln_bias, std::array<index_t, 2>{H, K}, "H,K");
+  check_ttt_options(check, options);
+  check.optional_shape("token_scale", in.token_scale, std::array<index_t, 1>{options.mini_batch}, "mini_batch");
+  check.shape("z", out.z, std::array<index_t, 4>{B, T, H, K}, "B,T,H,K");
+  check.no_overlap("z", out.z, "q", in.q).no_overlap("z", out.z, "k", in.k).no_overlap("z", out.z, "v", in.v);
+  check.no_overlap("z", out.z, "eta", in.eta).no_overlap("z", out.z, "ln_weight", in.ln_weight);
+  check.no_overlap("z", out.z, "ln_bias", in.ln_bias).no_overlap("z", out.z, "token_scale", in.token_scale);
+  return {B, T, H, K};
+}
+
+/// A final state view: shape, and no overlap with z or an input; it may be its initial view.
+template <class In, class Out, class Final, class Initial>
+inline void check_ttt_final(const ArgCheck& check, const In& in, const Out& out, const char* name, const Final& fin,
+                            const char* initial_name, const Initial& initial, const std::array<index_t, 4>& shape,
+                            const char* dims) {
+  check.optional_shape(name, fin, shape, dims);
+  check.no_overlap("z", out.z, name, fin);
+  const bool same = fin.data() == initial.data() && fin.strides() == initial.strides();
+  if (!same) check.no_overlap(name, fin, initial_name, initial);
+  check.no_overlap(name, fin, "q", in.q).no_overlap(name, fin, "k", in.k).no_overlap(name, fin, "v", in.v);
+  check.no_overlap(name, fin, "eta", in.eta).no_overlap(name, fin, "ln_weight", in.ln_weight);
+  check.no_overlap(name, fin, "ln_bias", in.ln_bias).no_overlap(name, fin, "token_scale", in.token_scale);
+}
+
+inline TttDims validate_ttt_linear(const ArgCheck& check, const TttLinearInputs& in, const TttLinearOutputs& out,
+                                   const TttOptions& options) {
+  const TttDims d = validate_ttt_common(check, in, out, options);
+  const std::array<index_t, 4> wshape{d.B, d.H, d.K, d.K};
+  check.optional_shape("initial_w", in.initial_w, wshape, "B,H,K,K");
+  check.no_overlap("z", out.z, "initial_w", in.initial_w);
+  check_ttt_final(check, in, out, "final_w", out.final_w, "initial_w", in.initial_w, wshape, "B,H,K,K");
+  return d;
+}
+
+/// The checks shared by the steps: q, k, v, eta, the LayerNorm, z; returns B, 1, H, K.
+template <class In, class Out>
+inline TttDims validate_ttt_step_common(const ArgCheck& check, const In& in, const Out& out, const TttOptions& options) {
+  check.shape("q", in.q, std::array<index_t, 3>{-1, -1, -1}, "B,H,K");
+  const index_t B = in.q.size(0), H = in.q.size(1), K = in.q.size(2);
+  check.shape("k", in.k, std::array<index_t, 3>{B, H, K}, "B,H,K");
+  check.shape("v", in.v, std::array<index_t, 3>{B, H, K}, "B,H,K (the target v - k needs V = K)");
+  check.shape("eta", in.eta, std::array<index_t, 2>{B, H}, "B,H");
+  check.shape("ln_weight", in.ln_weight, std::array<index_t, 2>{H, K}, "H,K");
+  check.shape("ln_bias", in.ln_bias, std::array<index_t, 2>{H, K}, "H,K");
+  check_ttt_options(check, options);
+  check.shape("z", out.z, std::array<index_t, 3>{B, H, K}, "B,H,K");
+  check.no_overlap("z", out.z, "q", in.q).no_overlap("z", out.z, "k", in.k).no_overlap("z", out.z, "v", in.v);
+  check.no_overlap("z", out.z, "eta", in.eta).no_overlap("z", out.z, "ln_weight", in.ln_weight);
+  check.no_overlap("z", out.z, "ln_bias", in.ln_bias);
+  return {B, 1, H, K};
+}
+
+template <class In, class Out, class State>
+inline void check_ttt_step_state(const ArgCheck& check, const In& in, const Out& out, const char* name,
+                                 const State& s, const std::array<index_t, 4>& shape, const char* dims) {
+  check.shape(name, s, shape, dims);
+  check.no_overlap(name, s, "z", out.z).no_overlap(name, s, "q", in.q).no_overlap(name, s, "k", in.k);
+  check.no_overlap(name, s, "v", in.v).no_overlap(name, s, "eta", in.eta);
+  check.no_overlap(name, s, "ln_weight", in.ln_weight).no_overlap(name, s, "ln_bias", in.ln_bias);
+}
+
+inline TttDims validate_ttt_linear_step(const ArgCheck& check, const TttLinearStepInputs& in,
+                                        const TttLinearStepOutputs& out, const TttOptions& options) {
+  const TttDims d = validate_ttt_step_common(check, in, out, options);
+  check_ttt_step_state(check, in, out, "w", out.w, std::array<index_t, 4>{d.B, d.H, d.K, d.K}, "B,H,K,K");
+  return d;
+}
+
+/// A LayerNorm parameter row of head h as a callable j -> value.
+struct TttLnRow {
+  const ConstView<float, 2>* p;
+  index_t h;
+  float operator()(index_t j) const { return (*p)(h, j); }
+};
+
+}  // namespace detail
+
+namespace reference {
+
+/// The inner loss l(W; k, v) = 1/2 ||LN(k W) + k - v||^2 of ttt_linear in double: W row-major
+/// [K,K], k, v, gamma, beta [K]. With `grad` given, writes dl/dW (row-major [K,K]) into it.
+inline double ttt_linear_inner_loss(const std::vector<double>& W, const std::vector<double>& k,
+                                    const std::vector<double>& v, const std::vector<double>& gamma,
+                                    const std::vector<double>& beta, double ln_eps,
+                                    std::vector<double>* grad = nullptr) {
+  const index_t K = static_cast<index_t>(k.size());
+  std::vector<double> zr(static_cast<std::size_t>(K), 0.0), y(zr), dy(zr);
+  for (index_t i = 0; i < K; ++i)
+    for (index_t j = 0; j < K; ++j) zr[j] += k[i] * W[i * K + j];
+  const auto g = [&](index_t j) { return gamma[j]; };
+  const auto b = [&](index_t j) { return beta[j]; };
+  detail::ttt_layer_norm<double>(zr.data(), K, g, b, ln_eps, y.data(), static_cast<double*>(nullptr));
+  double loss = 0;
+  for (index_t j = 0; j < K; ++j) {
+    dy[j] = y[j] + k[j] - v[j];  // dl/dLN
+    loss += 0.5 * dy[j] * dy[j];
+  }
+  if (grad != nullptr) {
+    detail::ttt_layer_norm<double>(zr.data(), K, g, b, ln_eps, y.data(), dy.data());  // dy := dl/dz
+    grad->assign(static_cast<std::size_t>(K * K), 0.0);
+    for (index_t i = 0; i < K; ++i)
+      for (index_t j = 0; j < K; ++j) (*grad)[i * K + j] = k[i] * dy[j];  // dl/dW = k^T dl/dz
+  }
+  return loss;
+}
+
+/// The ttt_linear definition (top of this file) per mini-batch: every token's gradient matrix at
+/// W_0 is formed explicitly, W_t is W_0 minus their weighted sum, z_t reads W_t. Double
+/// precision throughout; single-threaded (`executor` is accepted for a uniform signature).
+inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, const TttOptions& options = {},
+                       const Executor& executor = serial_executor()) {
+  (void)executor;
+  const ArgCheck check("reference::ttt_linear");
+  const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options);
+  const index_t K = d.K, KK = K * K, bs = options.mini_batch;
+  const double eps = options.ln_eps;
+  std::vector<double> W(static_cast<std::size_t>(KK)), Wt(W), acc(W), grad(W);
+  std::vector<double> kr(static_cast<std::size_t>(K)), vr(kr), qr(kr), gamma(kr), beta(kr), zq(kr), y(kr);
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t h = 0; h < d.H; ++h) {
+      for (index_t j = 0; j < K; ++j) gamma[j] = in.ln_weight(h, j), beta[j] = in.ln_bias(h, j);
+      for (index_t i = 0; i < K; ++i)
+        for (index_t j = 0; j < K; ++j) W[i * K + j] = in.initial_w.has_value() ? in.initial_w(b, h, i, j) : 0.0;
+      const auto g = [&](index_t j) { return gamma[j]; };
+      const auto bt = [&](index_t j) { return beta[j]; };
+      for (index_t t0 = 0; t0 < d.T; t0 += bs) {
+        const index_t n = std::min(bs, d.T - t0);
+        std::fill(acc.begin(), acc.end(), 0.0);  // sum_{s <= t} eta_s grad l(W_0; k_s, v_s)
+        double c = 1;
+        for (index_t i = 0; i < n; ++i) {
+          const index_t t = t0 + i;
+          for (index_t j = 0; j < K; ++j) kr[j] = in.k(b, t, h, j), vr[j] = in.v(b, t, h, j), qr[j] = in.q(b, t, h, j);
+          ttt_linear_inner_loss(W, kr, vr, gamma, beta, eps, &grad);
+          const double eta = in.eta(b, t, h);
+          for (index_t e = 0; e < KK; ++e) acc[e] += eta * grad[e];
+          c = in.token_scale.has_value() ? double(in.token_scale(i)) : 1.0;
+          for (index_t e = 0; e < KK; ++e) Wt[e] = W[e] - c * acc[e];
+          std::fill(zq.begin(), zq.end(), 0.0);
+          for (index_t r = 0; r < K; ++r)
+            for (index_t j = 0; j < K; ++j) zq[j] += qr[r] * Wt[r * K + j];
+          detail::ttt_layer_norm<double>(zq.data(), K, g, bt, eps, y.data(), static_cast<double*>(nullptr));
+          for (index_t j = 0; j < K; ++j) out.z(b, t, h, j) = static_cast<float>(qr[j] + y[j]);
+        }
+        for (index_t e = 0; e < KK; ++e) W[e] -= c * acc[e];  // W_{t0+n-1}: the last position's scale
+      }
+      if (out.final_w.has_value())
+        for (index_t i = 0; i < K; ++i)
+          for (index_t j = 0; j < K; ++j) out.final_w(b, h, i, j) = static_cast<float>(W[i * K + j]);
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix

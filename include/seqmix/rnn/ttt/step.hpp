@@ -1,0 +1,41 @@
+// ttt_linear, decode step: one token per (batch row, head) as a mini-batch of one, the inner
+// weights w updated in place. Definition: reference.hpp.
+#pragma once
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/rnn/ttt/fast.hpp"
+#include "seqmix/rnn/ttt/reference.hpp"
+
+namespace seqmix {
+
+/// One TTT-Linear token per (batch row, head): W -= eta grad l(W; k, v), then z = q + LN(q W)
+/// with the updated W. This is ttt_linear with mini_batch = 1 (and no token_scale: fold a
+/// position scale into eta), not a token of a b = 16 prefill: inside a mini-batch of 16 every
+/// gradient is taken at the mini-batch's first weights. Threaded over (batch, head) rows.
+inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOutputs& out,
+                            const TttOptions& options = {}, const Executor& executor = serial_executor()) {
+  static const ArgCheck check("ttt_linear_step");
+  const detail::TttDims d = detail::validate_ttt_linear_step(check, in, out, options);
+  const index_t K = d.K;
+  parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
+    detail::TttLinearScratch s(K, 1);
+    for (index_t row = begin; row < end; ++row) {
+      const index_t b = row / d.H, h = row % d.H;
+      const detail::TttLnRow gamma{&in.ln_weight, h}, beta{&in.ln_bias, h};
+      for (index_t i = 0; i < K; ++i)
+        for (index_t j = 0; j < K; ++j) s.W[static_cast<std::size_t>(i * K + j)] = out.w(b, h, i, j);
+      for (index_t j = 0; j < K; ++j) {
+        const std::size_t e = static_cast<std::size_t>(j);
+        s.Q[e] = in.q(b, h, j), s.X[e] = in.k(b, h, j), s.V[e] = in.v(b, h, j);
+      }
+      s.eta[0] = in.eta(b, h);
+      detail::ttt_linear_minibatch(s, 1, nullptr, gamma, beta, options.ln_eps);
+      detail::ttt_layer_norm<float>(s.Zq.data(), K, gamma, beta, options.ln_eps, s.y.data(), static_cast<float*>(nullptr));
+      for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Q[static_cast<std::size_t>(j)] + s.y[static_cast<std::size_t>(j)];
+      for (index_t i = 0; i < K; ++i)
+        for (index_t j = 0; j < K; ++j) out.w(b, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
+    }
+  });
+}
+
+}  // namespace seqmix

@@ -1,0 +1,275 @@
+// ttt_linear (TTT layer, Sun et al. 2024): the dual-form prefill and the step against the
+// per-mini-batch reference over T in {1, 17, 64, 65, 1000}, head sizes {16, 64}, B in {1, 3},
+// with and without initial weights and position scales; prefill + steps (the step is a
+// mini-batch of one), streaming segments, the inner-loss gradient against finite differences,
+// bad shapes and parameters.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "seqmix/rnn.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct TttProblem {
+  index_t B, T, H, K;
+  Tensor<float, 4> q, k, v, w0;
+  Tensor<float, 3> eta;
+  Tensor<float, 2> gamma, beta;
+  Tensor<float, 1> scale;
+
+  TttProblem(index_t B_, index_t T_, index_t H_, index_t K_, std::uint64_t seed, index_t mini_batch = 16)
+      : B(B_), T(T_), H(H_), K(K_) {
+    q = st::random_tensor<4>({B, T, H, K}, seed);
+    k = st::random_tensor<4>({B, T, H, K}, seed + 1);
+    v = st::random_tensor<4>({B, T, H, K}, seed + 2);
+    // Learning rates as the paper's sigmoid(.) / K, initial weights of unit-size outputs.
+    eta = st::random_tensor<3>({B, T, H}, seed + 3, 0.f, 1.f / static_cast<float>(K));
+    const float a = 1.f / std::sqrt(static_cast<float>(K));
+    w0 = st::random_tensor<4>({B, H, K, K}, seed + 4, -a, a);
+    gamma = st::random_tensor<2>({H, K}, seed + 5, 0.5f, 1.5f);
+    beta = st::random_tensor<2>({H, K}, seed + 6, -0.2f, 0.2f);
+    scale = Tensor<float, 1>({mini_batch});
+    for (index_t i = 0; i < mini_batch; ++i) scale(i) = 1.f / static_cast<float>(i + 1);
+  }
+
+  seqmix::TttLinearInputs inputs(bool with_state, bool with_scale = false) const {
+    seqmix::TttLinearInputs in;
+    in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.eta = eta.cview();
+    in.ln_weight = gamma.cview(), in.ln_bias = beta.cview();
+    if (with_state) in.initial_w = w0.cview();
+    if (with_scale) in.token_scale = scale.cview();
+    return in;
+  }
+  // Tokens [t0, t1) of every input.
+  seqmix::TttLinearInputs segment(index_t t0, index_t t1) const {
+    seqmix::TttLinearInputs in = inputs(false);
+    in.q = q.cview().slice(1, t0, t1 - t0), in.k = k.cview().slice(1, t0, t1 - t0);
+    in.v = v.cview().slice(1, t0, t1 - t0), in.eta = eta.cview().slice(1, t0, t1 - t0);
+    return in;
+  }
+};
+
+struct TttResult {
+  Tensor<float, 4> z, w;
+  explicit TttResult(const TttProblem& p) : z({p.B, p.T, p.H, p.K}), w({p.B, p.H, p.K, p.K}) {}
+  seqmix::TttLinearOutputs outputs() { return {z.view(), w.view()}; }
+};
+
+void ttt_check_close(const TttResult& a, const TttResult& ref, double tol) {
+  st::require_close("z", a.z.cview(), ref.z.cview(), tol);
+  st::require_close("final_w", a.w.cview(), ref.w.cview(), tol);
+}
+
+}  // namespace
+
+TEST_CASE("ttt_linear: the dual-form prefill equals the per-mini-batch reference", "[ttt]") {
+  std::uint64_t seed = 11;
+  for (index_t T : {1, 17, 64, 65, 1000})
+    for (index_t K : {16, 64})
+      for (index_t B : {1, 3}) {
+        if (st::small_test_scale() && T == 1000 && B == 3) continue;
+        const TttProblem p(B, T, 2, K, seed);
+        const bool with_state = seed % 2 == 0, with_scale = seed % 3 == 0;
+        INFO("B=" << B << " T=" << T << " K=" << K << " initial_w=" << with_state << " token_scale=" << with_scale);
+        TttResult ref(p), out(p);
+        seqmix::reference::ttt_linear(p.inputs(with_state, with_scale), ref.outputs());
+        seqmix::ttt_linear(p.inputs(with_state, with_scale), out.outputs(), {},
+                           seed % 2 ? st::two_thread_pool() : seqmix::serial_executor());
+        ttt_check_close(out, ref, 2e-4);
+        ++seed;
+      }
+}
+
+TEST_CASE("ttt_linear: other mini-batch sizes, including one and larger than T", "[ttt]") {
+  const TttProblem p(2, 70, 3, 16, 301, 128);
+  for (index_t b : {1, 5, 16, 64, 128}) {
+    INFO("mini_batch " << b);
+    seqmix::TttOptions o;
+    o.mini_batch = b;
+    seqmix::TttLinearInputs in = p.inputs(true, b == 128);
+    TttResult ref(p), out(p);
+    seqmix::reference::ttt_linear(in, ref.outputs(), o);
+    seqmix::ttt_linear(in, out.outputs(), o, st::two_thread_pool());
+    ttt_check_close(out, ref, 2e-4);
+  }
+}
+
+TEST_CASE("ttt_linear: the step is a mini-batch of one, prefill then steps equals the reference", "[ttt]") {
+  const TttProblem p(3, 60, 2, 16, 401);
+  const index_t T1 = 37;  // a ragged prefill (two mini-batches of 16 and one of 5), then 23 steps
+  // Reference: b = 16 over the prefill tokens, then b = 1 over the rest from its final weights.
+  TttResult ref(p);
+  seqmix::TttLinearInputs in = p.segment(0, T1);
+  in.initial_w = p.w0.cview();
+  seqmix::reference::ttt_linear(in, {ref.z.view().slice(1, 0, T1), ref.w.view()});
+  seqmix::TttOptions one;
+  one.mini_batch = 1;
+  in = p.segment(T1, p.T);
+  in.initial_w = ref.w.cview();
+  seqmix::reference::ttt_linear(in, {ref.z.view().slice(1, T1, p.T - T1), ref.w.view()}, one);
+
+  Tensor<float, 4> z({p.B, p.T, p.H, p.K});
+  Tensor<float, 4> w = p.w0;
+  in = p.segment(0, T1);
+  in.initial_w = w.cview();
+  seqmix::ttt_linear(in, {z.view().slice(1, 0, T1), w.view()});  // final_w in place
+  for (index_t t = T1; t < p.T; ++t) {
+    const seqmix::TttLinearStepInputs si{p.q.cview().select(1, t), p.k.cview().select(1, t), p.v.cview().select(1, t),
+                                         p.eta.cview().select(1, t), p.gamma.cview(), p.beta.cview()};
+    seqmix::ttt_linear_step(si, {z.view().select(1, t), w.view()}, {},
+                            t % 2 ? st::two_thread_pool() : seqmix::serial_executor());
+  }
+  st::require_close("z", z.cview(), ref.z.cview(), 2e-4);
+  st::require_close("w", w.cview(), ref.w.cview(), 2e-4);
+
+  // And the steps alone from the initial weights equal one prefill with mini_batch = 1.
+  TttResult full(p);
+  seqmix::ttt_linear(p.inputs(true), full.outputs(), one);
+  Tensor<float, 4> zs({p.B, p.T, p.H, p.K});
+  Tensor<float, 4> ws = p.w0;
+  for (index_t t = 0; t < p.T; ++t) {
+    const seqmix::TttLinearStepInputs si{p.q.cview().select(1, t), p.k.cview().select(1, t), p.v.cview().select(1, t),
+                                         p.eta.cview().select(1, t), p.gamma.cview(), p.beta.cview()};
+    seqmix::ttt_linear_step(si, {zs.view().select(1, t), ws.view()});
+  }
+  st::require_close("z steps", zs.cview(), full.z.cview(), 1e-5);
+  st::require_close("w steps", ws.cview(), full.w.cview(), 1e-5);
+}
+
+TEST_CASE("ttt_linear: streaming segments carry the weights", "[ttt]") {
+  const TttProblem p(2, 81, 2, 16, 501);
+  TttResult full(p);
+  seqmix::ttt_linear(p.inputs(true), full.outputs());
+  // Cut at multiples of b = 16 (the last segment ragged): the same mini-batches, equal to one call.
+  for (const std::vector<index_t>& cuts : {std::vector<index_t>{0, 32, 81}, std::vector<index_t>{0, 16, 64, 81}}) {
+    Tensor<float, 4> z({p.B, p.T, p.H, p.K});
+    Tensor<float, 4> w = p.w0;
+    for (std::size_t s = 0; s + 1 < cuts.size(); ++s) {
+      seqmix::TttLinearInputs in = p.segment(cuts[s], cuts[s + 1]);
+      in.initial_w = w.cview();
+      seqmix::ttt_linear(in, {z.view().slice(1, cuts[s], cuts[s + 1] - cuts[s]), w.view()}, {}, st::two_thread_pool());
+    }
+    st::require_close("z", z.cview(), full.z.cview(), 1e-5);
+    st::require_close("w", w.cview(), full.w.cview(), 1e-5);
+  }
+  // Cut elsewhere (17 + 64): each call starts its mini-batches at its first token, so the
+  // segments equal the reference run over the same segments, and differ from one call.
+  TttResult ref(p);
+  Tensor<float, 4> z({p.B, p.T, p.H, p.K});
+  Tensor<float, 4> w = p.w0;
+  ref.w = p.w0;
+  for (const auto& seg : {std::pair<index_t, index_t>{0, 17}, std::pair<index_t, index_t>{17, 81}}) {
+    seqmix::TttLinearInputs in = p.segment(seg.first, seg.second);
+    in.initial_w = w.cview();
+    seqmix::ttt_linear(in, {z.view().slice(1, seg.first, seg.second - seg.first), w.view()});
+    in.initial_w = ref.w.cview();
+    seqmix::reference::ttt_linear(in, {ref.z.view().slice(1, seg.first, seg.second - seg.first), ref.w.view()});
+  }
+  st::require_close("z", z.cview(), ref.z.cview(), 2e-4);
+  st::require_close("w", w.cview(), ref.w.cview(), 2e-4);
+  double diff = 0;
+  for (index_t t = 17; t < p.T; ++t) diff = std::max(diff, double(std::abs(z(0, t, 0, 0) - full.z(0, t, 0, 0))));
+  CHECK(diff > 1e-3);
+}
+
+TEST_CASE("ttt_linear: the inner-loss gradient equals finite differences in double", "[ttt]") {
+  for (index_t K : {5, 16}) {
+    std::uint64_t r = 1234567 + static_cast<std::uint64_t>(K);
+    const auto uniform = [&r](double lo, double hi) {
+      r = r * 6364136223846793005ull + 1442695040888963407ull;
+      return lo + (hi - lo) * static_cast<double>(r >> 11) / 9007199254740992.0;
+    };
+    std::vector<double> W(static_cast<std::size_t>(K * K)), k(static_cast<std::size_t>(K)), v(k), g(k), b(k);
+    for (double& x : W) x = uniform(-0.5, 0.5);
+    for (index_t j = 0; j < K; ++j) k[j] = uniform(-1, 1), v[j] = uniform(-1, 1), g[j] = uniform(0.5, 1.5), b[j] = uniform(-0.3, 0.3);
+    std::vector<double> grad;
+    seqmix::reference::ttt_linear_inner_loss(W, k, v, g, b, 1e-6, &grad);
+    const double h = 1e-6;
+    double worst = 0, largest = 0;
+    for (std::size_t e = 0; e < W.size(); ++e) {
+      std::vector<double> wp = W, wm = W;
+      wp[e] += h, wm[e] -= h;
+      const double fd = (seqmix::reference::ttt_linear_inner_loss(wp, k, v, g, b, 1e-6) -
+                         seqmix::reference::ttt_linear_inner_loss(wm, k, v, g, b, 1e-6)) / (2 * h);
+      worst = std::max(worst, std::abs(fd - grad[e]));
+      largest = std::max(largest, std::abs(grad[e]));
+    }
+    INFO("K=" << K << " max |fd - grad| = " << worst << ", max |grad| = " << largest);
+    CHECK(largest > 1e-2);
+    CHECK(worst <= 1e-7 * std::max(1.0, largest));
+  }
+}
+
+TEST_CASE("ttt_linear: bad shapes and parameters are refused before any output", "[ttt]") {
+  const TttProblem p(2, 20, 2, 8, 601);
+  const Tensor<float, 4> v6 = st::random_tensor<4>({2, 20, 2, 6}, 1);
+  const Tensor<float, 3> eta_short = st::random_tensor<3>({2, 19, 2}, 2);
+  const Tensor<float, 2> gamma_bad = st::random_tensor<2>({2, 6}, 3);
+  const Tensor<float, 1> scale_bad = st::random_tensor<1>({8}, 4);
+  const Tensor<float, 4> w_bad = st::random_tensor<4>({2, 2, 8, 6}, 5);
+  const auto refused = [&](const seqmix::TttLinearInputs& in, const seqmix::TttOptions& o, const char* what) {
+    INFO(what);
+    TttResult out(p);
+    out.z.fill(7.f), out.w.fill(7.f);
+    CHECK_THROWS_AS(seqmix::ttt_linear(in, out.outputs(), o), seqmix::ShapeError);
+    CHECK_THROWS_AS(seqmix::reference::ttt_linear(in, out.outputs(), o), seqmix::ShapeError);
+    for (index_t e = 0; e < out.z.numel(); ++e) REQUIRE(out.z.data()[e] == 7.f);
+    for (index_t e = 0; e < out.w.numel(); ++e) REQUIRE(out.w.data()[e] == 7.f);
+  };
+  seqmix::TttLinearInputs in = p.inputs(true);
+  in.v = v6.cview();
+  refused(in, {}, "v with V != K");
+  in = p.inputs(true), in.eta = eta_short.cview();
+  refused(in, {}, "eta of 19 tokens");
+  in = p.inputs(true), in.ln_weight = gamma_bad.cview();
+  refused(in, {}, "ln_weight [2,6]");
+  in = p.inputs(true), in.ln_bias = gamma_bad.cview();
+  refused(in, {}, "ln_bias [2,6]");
+  in = p.inputs(true), in.token_scale = scale_bad.cview();
+  refused(in, {}, "token_scale of 8 with mini_batch 16");
+  in = p.inputs(true), in.initial_w = w_bad.cview();
+  refused(in, {}, "initial_w [2,2,8,6]");
+  seqmix::TttOptions o;
+  o.mini_batch = 0;
+  refused(p.inputs(true), o, "mini_batch 0");
+  o.mini_batch = 1025;
+  refused(p.inputs(true), o, "mini_batch 1025");
+  o = {}, o.ln_eps = 0.f;
+  refused(p.inputs(true), o, "ln_eps 0");
+  o.ln_eps = std::nanf("");
+  refused(p.inputs(true), o, "ln_eps NaN");
+
+  // Overlaps: z over q, final_w over part of initial_w (the same view is allowed).
+  Tensor<float, 4> qz = p.q;
+  in = p.inputs(true), in.q = qz.cview();
+  CHECK_THROWS_AS(seqmix::ttt_linear(in, {qz.view(), {}}), seqmix::ShapeError);
+  Tensor<float, 4> big({2, 2, 8, 9});
+  in = p.inputs(false);
+  in.initial_w = big.cview().slice(3, 0, 8);
+  Tensor<float, 4> z({2, 20, 2, 8});
+  CHECK_THROWS_AS(seqmix::ttt_linear(in, {z.view(), big.view().slice(3, 1, 8)}), seqmix::ShapeError);
+  CHECK_NOTHROW(seqmix::ttt_linear(in, {z.view(), big.view().slice(3, 0, 8)}));
+
+  // The step: w of the wrong shape, z over w.
+  Tensor<float, 4> w({2, 2, 8, 8});
+  Tensor<float, 3> zs({2, 2, 8});
+  zs.fill(7.f);
+  const seqmix::TttLinearStepInputs si{p.q.cview().select(1, 0), p.k.cview().select(1, 0), p.v.cview().select(1, 0),
+                                       p.eta.cview().select(1, 0), p.gamma.cview(), p.beta.cview()};
+  Tensor<float, 4> w6({2, 2, 8, 6});
+  CHECK_THROWS_AS(seqmix::ttt_linear_step(si, {zs.view(), w6.view()}), seqmix::ShapeError);
+  seqmix::TttLinearStepInputs sb = si;
+  sb.v = v6.cview().select(1, 0);
+  CHECK_THROWS_AS(seqmix::ttt_linear_step(sb, {zs.view(), w.view()}), seqmix::ShapeError);
+  for (index_t e = 0; e < zs.numel(); ++e) REQUIRE(zs.data()[e] == 7.f);
+  CHECK_THROWS_AS(seqmix::ttt_linear_step(si, {w.view().select(3, 0), w.view()}), seqmix::ShapeError);
+}
