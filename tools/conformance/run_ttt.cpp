@@ -1,0 +1,37 @@
+// seqmix-conformance runners for the TTT layer (docs/operators.md section 12): ttt_linear (the
+// dual-form prefill in the "fast" slot, the per-mini-batch reference in the other).
+#include "registry.hpp"
+#include "seqmix/rnn.hpp"
+
+namespace {
+
+using namespace seqmix::conformance;
+
+seqmix::TttOptions ttt_options(const CaseData& c) {
+  seqmix::TttOptions options;
+  options.mini_batch = c.param_int("mini_batch", 16);
+  options.ln_eps = static_cast<float>(c.param_double("ln_eps", 1e-6));
+  return options;
+}
+
+OutputMap run_ttt_linear(const CaseData& c, bool fast) {
+  seqmix::TttLinearInputs in;
+  in.q = c.in<4>("q", "B,T,H,K");
+  in.k = c.in<4>("k", "B,T,H,K");
+  in.v = c.in<4>("v", "B,T,H,K");
+  in.eta = c.in<3>("eta", "B,T,H");
+  in.ln_weight = c.in<2>("ln_weight", "H,K");
+  in.ln_bias = c.in<2>("ln_bias", "H,K");
+  in.token_scale = c.opt_in<1>("token_scale", "mini_batch");
+  in.initial_w = c.opt_in<4>("initial_w", "B,H,K,K");
+  OutputMap out;
+  seqmix::TttLinearOutputs outputs{c.make_output<4>(out, "z")};
+  if (c.outputs.count("final_w")) outputs.final_w = c.make_output<4>(out, "final_w");
+  fast ? seqmix::ttt_linear(in, outputs, ttt_options(c)) : seqmix::reference::ttt_linear(in, outputs, ttt_options(c));
+  return out;
+}
+
+const RegisterOp kTttLinear("ttt_linear", [](const CaseData& c) { return run_ttt_linear(c, true); },
+                            [](const CaseData& c) { return run_ttt_linear(c, false); });
+
+}  // namespace

@@ -1,0 +1,128 @@
+// Writes the conformance cases of ttt_linear into <golden>/<op>/<case>/ (tests/golden/README.md),
+// computed by plain double-precision loops written here from the TTT paper's dual form (Sun et
+// al. 2024, section 2.5; docs/operators.md section 12): per mini-batch Z = X W_0, the gradient
+// G = dl/dZ of every token at W_0, then q_t W_t = q_t W_0 - sum_{s <= t} c_t eta_s (q_t . k_s) G_s
+// and W_0 - c_last sum_s eta_s k_s^T G_s. The LayerNorm's backward is taken here through its
+// explicit Jacobian dxhat_i/dz_j = ((i == j) - 1/n) / sigma - xhat_i xhat_j / (n sigma), not
+// the reduced formula the operators use. Nothing of seqmix is used but its .npy writer.
+//
+//   g++ -std=c++17 -O2 -I include tools/golden_ttt.cpp -o golden_ttt
+//   ./golden_ttt tests/golden
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "golden_common.hpp"
+
+namespace {
+
+using namespace golden;
+
+const char* kSource =
+    "tools/golden_ttt.cpp: float64 loops of the TTT paper's dual form (docs/operators.md section 12), the "
+    "LayerNorm backward through its explicit Jacobian, independent of seqmix's operators";
+
+using Vec = std::vector<double>;
+
+// y = gamma * (z - mean) / sigma + beta; with dy given, returns dl/dz = J^T (gamma * dy).
+Vec layer_norm(const Vec& z, const Vec& gamma, const Vec& beta, double eps, const Vec* dy = nullptr) {
+  const std::size_t n = z.size();
+  double mean = 0, var = 0;
+  for (double x : z) mean += x;
+  mean /= double(n);
+  for (double x : z) var += (x - mean) * (x - mean);
+  var /= double(n);
+  const double sigma = std::sqrt(var + eps);
+  Vec xh(n), y(n);
+  for (std::size_t i = 0; i < n; ++i) xh[i] = (z[i] - mean) / sigma, y[i] = gamma[i] * xh[i] + beta[i];
+  if (dy == nullptr) return y;
+  Vec dz(n, 0.0);
+  for (std::size_t j = 0; j < n; ++j)
+    for (std::size_t i = 0; i < n; ++i) {
+      const double jac = ((i == j ? 1.0 : 0.0) - 1.0 / double(n)) / sigma - xh[i] * xh[j] / (double(n) * sigma);
+      dz[j] += (*dy)[i] * gamma[i] * jac;
+    }
+  return dz;
+}
+
+struct TttCase {
+  std::string name;
+  index_t B, T, H, K, mini_batch;
+  bool state, scale;
+};
+
+void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rng) {
+  const index_t B = c.B, T = c.T, H = c.H, K = c.K, bs = c.mini_batch;
+  const double a = 1.0 / std::sqrt(double(K)), eps = 1e-6;
+  Array q = random_array({B, T, H, K}, rng, -1, 1), k = random_array({B, T, H, K}, rng, -1, 1);
+  Array v = random_array({B, T, H, K}, rng, -1, 1), eta = random_array({B, T, H}, rng, 0, 1.0 / double(K));
+  Array gamma = random_array({H, K}, rng, 0.5, 1.5), beta = random_array({H, K}, rng, -0.2, 0.2);
+  Array w0 = random_array({B, H, K, K}, rng, -a, a), scale = zeros({bs});
+  for (index_t i = 0; i < bs; ++i) scale.at(i) = double(static_cast<float>(1.0 / double(i + 1)));
+  Array z = zeros({B, T, H, K}), wf = zeros({B, H, K, K});
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h) {
+      Vec W(K * K), g(K), be(K);
+      for (index_t j = 0; j < K; ++j) g[j] = gamma.at(h * K + j), be[j] = beta.at(h * K + j);
+      for (index_t e = 0; e < K * K; ++e) W[e] = c.state ? w0.at((b * H + h) * K * K + e) : 0.0;
+      const auto row = [&](Array& x, index_t t) {
+        Vec r(K);
+        for (index_t j = 0; j < K; ++j) r[j] = x.at(((b * T + t) * H + h) * K + j);
+        return r;
+      };
+      for (index_t t0 = 0; t0 < T; t0 += bs) {
+        const index_t n = std::min(bs, T - t0);
+        std::vector<Vec> X(n), Q(n), G(n);
+        Vec e(n), cs(n);
+        for (index_t s = 0; s < n; ++s) {
+          X[s] = row(k, t0 + s), Q[s] = row(q, t0 + s);
+          const Vec V = row(v, t0 + s);
+          e[s] = eta.at((b * T + t0 + s) * H + h), cs[s] = c.scale ? scale.at(s) : 1.0;
+          Vec zs(K, 0.0);
+          for (index_t i = 0; i < K; ++i)
+            for (index_t j = 0; j < K; ++j) zs[j] += X[s][i] * W[i * K + j];
+          Vec dy = layer_norm(zs, g, be, eps);
+          for (index_t j = 0; j < K; ++j) dy[j] += X[s][j] - V[j];  // d(1/2 ||LN + k - v||^2)/dLN
+          G[s] = layer_norm(zs, g, be, eps, &dy);
+        }
+        for (index_t t = 0; t < n; ++t) {
+          Vec zq(K, 0.0);
+          for (index_t i = 0; i < K; ++i)
+            for (index_t j = 0; j < K; ++j) zq[j] += Q[t][i] * W[i * K + j];
+          for (index_t s = 0; s <= t; ++s) {
+            double qk = 0;
+            for (index_t i = 0; i < K; ++i) qk += Q[t][i] * X[s][i];
+            for (index_t j = 0; j < K; ++j) zq[j] -= cs[t] * e[s] * qk * G[s][j];
+          }
+          const Vec y = layer_norm(zq, g, be, eps);
+          for (index_t j = 0; j < K; ++j) z.at(((b * T + t0 + t) * H + h) * K + j) = Q[t][j] + y[j];
+        }
+        for (index_t s = 0; s < n; ++s)
+          for (index_t i = 0; i < K; ++i)
+            for (index_t j = 0; j < K; ++j) W[i * K + j] -= cs[n - 1] * e[s] * X[s][i] * G[s][j];
+      }
+      for (index_t e2 = 0; e2 < K * K; ++e2) wf.at((b * H + h) * K * K + e2) = W[e2];
+    }
+  const fs::path dir = root / "ttt_linear" / c.name;
+  fs::create_directories(dir);
+  write(dir, "q", q), write(dir, "k", k), write(dir, "v", v), write(dir, "eta", eta);
+  write(dir, "ln_weight", gamma), write(dir, "ln_bias", beta), write(dir, "z", z), write(dir, "final_w", wf);
+  std::string inputs = "\"q\": \"q.npy\", \"k\": \"k.npy\", \"v\": \"v.npy\", \"eta\": \"eta.npy\", "
+                       "\"ln_weight\": \"ln_weight.npy\", \"ln_bias\": \"ln_bias.npy\"";
+  if (c.state) inputs += ", \"initial_w\": \"initial_w.npy\"", write(dir, "initial_w", w0);
+  if (c.scale) inputs += ", \"token_scale\": \"token_scale.npy\"", write(dir, "token_scale", scale);
+  write_case(dir, "ttt_linear", "\"mini_batch\": " + std::to_string(bs) + ", \"ln_eps\": 1e-06", inputs,
+             "\"z\": \"z.npy\", \"final_w\": \"final_w.npy\"", "1e-05", kSource);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const fs::path root = root_argument(argc, argv);
+  std::mt19937_64 rng(20261203);
+  ttt_linear_case(root, {"b1_t40_h2_k8", 1, 40, 2, 8, 16, false, false}, rng);
+  ttt_linear_case(root, {"b2_t37_h1_k16_state_scale", 2, 37, 1, 16, 16, true, true}, rng);
+  ttt_linear_case(root, {"b1_t21_h2_k8_mb4_state", 1, 21, 2, 8, 4, true, false}, rng);
+  return 0;
+}
