@@ -16,6 +16,12 @@
 //                                        xLSTM-7B-like heads (8 x 256, K = V); GFLOP/s counts the
 //                                        recurrence's 4*DK*DV per token and head for every form,
 //                                        so the figures compare speeds
+//   ttt_linear/prefill/H16_K64_T8192, ttt_linear/step/H16_K64_B1, ttt_linear/reference/H16_K64_T256
+//   (beside ttt_linear/prefill/H16_K64_T256), gated_delta_rule/prefill/H16_K64_T8192 (its chunked
+//                                        default, same shape, as the linear memory to compare with):
+//                                        GFLOP/s counts 6*K*K per token and head for both (TTT: k W,
+//                                        q W and the update of W; the delta rule: S^T k, k u^T, S^T q)
+//                                        plus, for TTT, the 4*b*K of its two [b,b] products
 // GFLOP/s = 2 * B * T * G * H * (I + H/heads) / time (the two matrix products; the elementwise
 // update is not counted), eff against the machine's measured fp32 FMA peak. The recurrence of
 // a single sequence (B = 1) is a chain of T matrix-vector products: it streams W_hh (16 MiB at
@@ -23,8 +29,10 @@
 // bandwidth at which W_hh comes from L3/DRAM, reported as GB/s.
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <string>
 
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/rnn.hpp"
 #include "seqmix_testing/bench_counters.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -156,6 +164,70 @@ void register_mlstm() {
         ->Unit(benchmark::kMillisecond);
 }
 
-const int kRegistered = (register_all(), register_mlstm(), 0);
+struct TttShape {
+  std::string name;
+  index_t T, H, K;
+  int form;  // 0 ttt_linear prefill, 1 ttt_linear_step, 2 reference::ttt_linear, 3 gated_delta_rule prefill
+};
+
+void run_ttt(benchmark::State& state, const TttShape& s) {
+  const index_t T = s.form == 1 ? 1 : s.T, H = s.H, K = s.K;
+  const float a = 1.f / std::sqrt(static_cast<float>(K));
+  Tensor<float, 4> q = st::random_tensor<4>({1, T, H, K}, 1), k = st::random_tensor<4>({1, T, H, K}, 2);
+  const Tensor<float, 4> v = st::random_tensor<4>({1, T, H, K}, 3);
+  const Tensor<float, 3> eta = st::random_tensor<3>({1, T, H}, 4, 0.f, 1.f / static_cast<float>(K));
+  const Tensor<float, 2> gamma = st::random_tensor<2>({H, K}, 5, 0.5f, 1.5f), beta = st::random_tensor<2>({H, K}, 6, -0.2f, 0.2f);
+  const Tensor<float, 4> w0 = st::random_tensor<4>({1, H, K, K}, 7, -a, a);
+  Tensor<float, 4> z({1, T, H, K}), w({1, H, K, K});
+  seqmix::TttLinearInputs in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.eta = eta.cview();
+  in.ln_weight = gamma.cview(), in.ln_bias = beta.cview(), in.initial_w = w0.cview();
+  const seqmix::TttLinearStepInputs si{q.cview().select(1, 0), k.cview().select(1, 0), v.cview().select(1, 0),
+                                       eta.cview().select(1, 0), gamma.cview(), beta.cview()};
+  // The gated delta rule on the same q, k, v (unit-norm keys as Gated DeltaNet feeds it).
+  Tensor<float, 3> gs({1, T, H}), beta_gdr = st::random_tensor<3>({1, T, H}, 8, 0.f, 1.f);
+  st::fill_log_gate(gs.view(), 9, -0.1f, 0.f);
+  if (s.form == 3)
+    for (Tensor<float, 4>* x : {&q, &k})
+      for (index_t r = 0; r < T * H; ++r) {
+        float* row = x->data() + r * K;
+        float sum = 0.f;
+        for (index_t j = 0; j < K; ++j) sum += row[j] * row[j];
+        for (index_t j = 0; j < K; ++j) row[j] /= std::sqrt(sum + 1e-6f);
+      }
+  seqmix::GatedDeltaRuleInputs gin;
+  gin.q = q.cview(), gin.k = k.cview(), gin.v = v.cview(), gin.beta = beta_gdr.cview(), gin.g_scalar = gs.cview();
+  seqmix::GatedDeltaRuleOptions gopt;
+  gopt.gate = seqmix::DeltaGate::scalar;
+  for (auto _ : state) {
+    if (s.form == 0)
+      seqmix::ttt_linear(in, {z.view(), w.view()}, {}, st::two_thread_pool());
+    else if (s.form == 1)
+      seqmix::ttt_linear_step(si, {z.view().select(1, 0), w.view()}, {}, st::two_thread_pool());
+    else if (s.form == 2)
+      seqmix::reference::ttt_linear(in, {z.view(), w.view()});
+    else
+      seqmix::gated_delta_rule(gin, {z.view(), w.view()}, gopt, st::two_thread_pool());
+    benchmark::DoNotOptimize(z.data());
+    benchmark::ClobberMemory();
+  }
+  const double per_token = 6.0 * static_cast<double>(K * K) + (s.form == 3 ? 0.0 : 4.0 * 16.0 * static_cast<double>(K));
+  st::report_throughput(state, per_token * static_cast<double>(T * H),
+                        s.form == 1 ? 2.0 * static_cast<double>(H * K * K) * sizeof(float) : 0.0);
+}
+
+void register_ttt() {
+  const TttShape shapes[] = {{"ttt_linear/prefill/H16_K64_T8192", 8192, 16, 64, 0},
+                             {"gated_delta_rule/prefill/H16_K64_T8192", 8192, 16, 64, 3},
+                             {"ttt_linear/step/H16_K64_B1", 1, 16, 64, 1},
+                             {"ttt_linear/prefill/H16_K64_T256", 256, 16, 64, 0},
+                             {"ttt_linear/reference/H16_K64_T256", 256, 16, 64, 2}};
+  for (const TttShape& s : shapes)
+    benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_ttt(st_, s); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+const int kRegistered = (register_all(), register_mlstm(), register_ttt(), 0);
 
 }  // namespace
