@@ -37,3 +37,8 @@
 #include "seqmix/attention/nsa/fast.hpp"
 #include "seqmix/attention/nsa/reference.hpp"
 #include "seqmix/attention/nsa/step.hpp"
+
+// Approximate attention: linformer (learned sequence projections), nystrom_attention (Nystrom
+// landmarks, iterative pseudo-inverse), combiner (causal local blocks + block summaries).
+#include "seqmix/attention/approx/fast.hpp"
+#include "seqmix/attention/approx/reference.hpp"
