@@ -10,6 +10,12 @@
 // and 64 tokens, whole quantization groups; shuffled block table) for 16 sequences of 4096 tokens, beside ..._kv_cache_attention:
 // a KvCache (batch 16, residual 0) holding the same tokens. GB/s on the bytes read: the pages'
 // group images (codes + parameters) of every sequence, or KvCache::bytes().
+//
+// kv/dmc_<r>x/decode/Hq32_Hkv8_D128_Tk16384: dmc_decode_step over a DmcCache that absorbed 16384
+// tokens merged r to a slot (r = 4: 4096 slots per head; r = 1: no merging), beside
+// kv/fp32/decode/..._Tk16384, a KvCache of the same tokens in fp32 (the plain decode DMC
+// replaces). The step token merges, so the cache keeps its size over the iterations. GB/s on the
+// bytes held (DmcCache::bytes(), KvCache::bytes()).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -66,6 +72,36 @@ void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index
   }
   seqmix::testing::report_gbytes(state, static_cast<double>(cache.bytes()));
   state.counters["bytes/token"] = cache.bytes_per_token();
+}
+
+// The DMC cache is filled with the update the operators apply (detail::dmc_update), not through
+// dmc_attention, whose prefill would attend 16384 queries first.
+void dmc_decode(benchmark::State& state, index_t ratio, index_t Hq, index_t Hkv, index_t D, index_t Tk) {
+  seqmix::DmcCacheConfig config;
+  config.kv_heads = Hkv, config.key_dim = D, config.value_dim = D, config.capacity = Tk / ratio;
+  seqmix::DmcCache cache(config);
+  {
+    const auto k = st::random_tensor<4>({1, Tk, Hkv, D}, 1), v = st::random_tensor<4>({1, Tk, Hkv, D}, 2);
+    for (index_t h = 0; h < Hkv; ++h)
+      for (index_t t = 0; t < Tk; ++t)
+        seqmix::detail::dmc_update(cache, 0, h, k.cview().ptr(index_t{0}, t, h, index_t{0}), 1, v.cview().ptr(index_t{0}, t, h, index_t{0}), 1,
+                                   t % ratio == 0 ? 0.f : 1.f, 0.5f);
+  }
+  const auto q = st::random_tensor<3>({1, Hq, D}, 3), k1 = st::random_tensor<3>({1, Hkv, D}, 4),
+             v1 = st::random_tensor<3>({1, Hkv, D}, 5);
+  seqmix::Tensor<float, 2> merge({1, Hkv}), omega({1, Hkv});
+  for (auto& x : merge) x = 1.f;
+  for (auto& x : omega) x = 0.5f;
+  seqmix::Tensor<float, 3> o({1, Hq, D});
+  const seqmix::DmcStepInputs in{q.cview(), k1.cview(), v1.cview(), merge.cview(), omega.cview()};
+  for (auto _ : state) {
+    seqmix::dmc_decode_step(in, cache, o.view(), {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  seqmix::testing::report_gbytes(state, static_cast<double>(cache.bytes()));
+  state.counters["slots"] = static_cast<double>(cache.size(0, 0));
+  // Per token and KV head, as KvCache::bytes_per_token.
+  state.counters["bytes/token"] = static_cast<double>(cache.bytes()) / static_cast<double>(Tk * Hkv);
 }
 
 // 16 sequences x Tk tokens in a quantized page pool and in a KvCache; decode one query each.
@@ -162,6 +198,16 @@ const bool registered = [] {
     benchmark::RegisterBenchmark((base + "_kv_cache_attention").c_str(),
                                  [s](benchmark::State& st_) { paged_quantized_decode(st_, s, 64, true); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+  {
+    const Setup fp32{"fp32", KvFormat::f32, KvFormat::f32};
+    benchmark::RegisterBenchmark(("kv/fp32/decode/" + shape_name(32, 8, 128, 16384)).c_str(),
+                                 [fp32](benchmark::State& st_) { decode(st_, fp32, 32, 8, 128, 16384, false); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    for (index_t ratio : {4, 1})
+      benchmark::RegisterBenchmark(("kv/dmc_" + std::to_string(ratio) + "x/decode/" + shape_name(32, 8, 128, 16384)).c_str(),
+                                   [ratio](benchmark::State& st_) { dmc_decode(st_, ratio, 32, 8, 128, 16384); })
+          ->Unit(benchmark::kMillisecond)->UseRealTime();
   }
   return true;
 }();

@@ -43,55 +43,72 @@ inline void dmc_update(DmcCache& cache, index_t b, index_t h, const float* k, in
   }
 }
 
-/// Slots per online-softmax tile: 64 scores live on the stack (no allocation in the step), and
-/// one rescale of the accumulator per 64 slots costs little next to 64 value rows.
+/// Slots per online-softmax tile: one rescale of the accumulators per 64 slots costs little next
+/// to 64 value rows, and a tile's keys and values stay in L1 while every head of the group reads them.
 constexpr index_t kDmcTile = 64;
 
-/// Online softmax over rows of contiguous keys [n,Dk] and values [n,Dv] (row strides Dk, Dv):
-/// m (running max), l (running denominator) and acc [Dv] are carried between calls, so the slots
-/// and a partial row are one softmax. qs is the query already multiplied by the scale.
-struct DmcSoftmax {
-  float m = -std::numeric_limits<float>::infinity(), l = 0.f;
+/// Floats of scratch dmc_attend_group needs for a group of G query heads.
+inline index_t dmc_group_scratch(index_t G, index_t Dk, index_t Dv) { return G * (Dk + Dv + 2 + kDmcTile); }
 
-  void rows(const float* qs, const float* keys, const float* values, index_t n, index_t Dk, index_t Dv, float* acc) {
-    float score[kDmcTile];
+/// Online softmax of the G query heads of one KV head's group over rows of contiguous keys [n,Dk]
+/// and values [n,Dv]; the running max m, denominator l and accumulator acc of each head are carried
+/// between calls, so the closed slots and a partial row form one softmax. Each key and value row
+/// is loaded once for all G heads (the group shares the slots), which divides the cache traffic of
+/// a decode step by G.
+struct DmcGroupSoftmax {
+  index_t G, Dk, Dv;
+  float *qs, *acc, *m, *l, *score;  // [G,Dk] scaled queries, [G,Dv], [G], [G], [G,kDmcTile]
+
+  DmcGroupSoftmax(index_t g, index_t dk, index_t dv, float* scratch)
+      : G(g), Dk(dk), Dv(dv), qs(scratch), acc(qs + g * dk), m(acc + g * dv), l(m + g), score(l + g) {
+    std::fill(acc, acc + G * Dv, 0.f);
+    std::fill(m, m + G, -std::numeric_limits<float>::infinity());
+    std::fill(l, l + G, 0.f);
+  }
+
+  void rows(const float* keys, const float* values, index_t n) {
     for (index_t j0 = 0; j0 < n; j0 += kDmcTile) {
       const index_t len = std::min(kDmcTile, n - j0);
-      float top = m;
-      for (index_t j = 0; j < len; ++j) {
-        score[j] = simd::dot(qs, keys + (j0 + j) * Dk, Dk);
-        top = std::max(top, score[j]);
+      for (index_t j = 0; j < len; ++j)
+        for (index_t g = 0; g < G; ++g) score[g * kDmcTile + j] = simd::dot(qs + g * Dk, keys + (j0 + j) * Dk, Dk);
+      for (index_t g = 0; g < G; ++g) {
+        float top = m[g];
+        for (index_t j = 0; j < len; ++j) top = std::max(top, score[g * kDmcTile + j]);
+        if (top > m[g]) {
+          const float factor = std::exp(m[g] - top);  // 0 on the first tile (m = -inf)
+          l[g] *= factor;
+          for (index_t c = 0; c < Dv; ++c) acc[g * Dv + c] *= factor;
+          m[g] = top;
+        }
+        for (index_t j = 0; j < len; ++j) {
+          const float p = std::exp(score[g * kDmcTile + j] - m[g]);
+          score[g * kDmcTile + j] = p;
+          l[g] += p;
+        }
       }
-      if (top > m) {
-        const float factor = std::exp(m - top);  // 0 on the first tile (m = -inf)
-        l *= factor;
-        for (index_t c = 0; c < Dv; ++c) acc[c] *= factor;
-        m = top;
-      }
-      for (index_t j = 0; j < len; ++j) {
-        const float p = std::exp(score[j] - m);
-        l += p;
-        simd::axpy(p, values + (j0 + j) * Dv, acc, Dv);
-      }
+      for (index_t j = 0; j < len; ++j)
+        for (index_t g = 0; g < G; ++g) simd::axpy(score[g * kDmcTile + j], values + (j0 + j) * Dv, acc + g * Dv, Dv);
     }
   }
 };
 
-/// o = softmax attention of one query head over slots [0, closed) of (b, h) then the row
-/// (last_k, last_v). scratch: Dk + Dv floats.
+/// o = softmax attention of the G query heads of KV head h (query head g at q + g * q_head_stride,
+/// elements q_stride apart) over slots [0, closed) of (b, h) then the row (last_k, last_v).
+/// scratch: dmc_group_scratch(G, Dk, Dv) floats. write(g, c, x) stores o of head g, channel c.
 template <class Out>
-void dmc_attend(DmcCache& cache, index_t b, index_t h, index_t closed, const float* last_k, const float* last_v,
-                const float* q, index_t qs_stride, float scale, float* scratch, Out&& write) {
+void dmc_attend_group(DmcCache& cache, index_t b, index_t h, index_t closed, const float* last_k, const float* last_v,
+                      const float* q, index_t q_head_stride, index_t q_stride, index_t G, float scale, float* scratch,
+                      Out&& write) {
   const index_t Dk = cache.config().key_dim, Dv = cache.config().value_dim;
-  float* qs = scratch;
-  float* acc = scratch + Dk;
-  for (index_t c = 0; c < Dk; ++c) qs[c] = scale * q[c * qs_stride];
-  std::fill(acc, acc + Dv, 0.f);
-  DmcSoftmax sm;
-  sm.rows(qs, DmcCacheAccess::key(cache, b, h, 0), DmcCacheAccess::value(cache, b, h, 0), closed, Dk, Dv, acc);
-  sm.rows(qs, last_k, last_v, 1, Dk, Dv, acc);
-  const float inv = 1.f / sm.l;
-  for (index_t c = 0; c < Dv; ++c) write(c, acc[c] * inv);
+  DmcGroupSoftmax sm(G, Dk, Dv, scratch);
+  for (index_t g = 0; g < G; ++g)
+    for (index_t c = 0; c < Dk; ++c) sm.qs[g * Dk + c] = scale * q[g * q_head_stride + c * q_stride];
+  sm.rows(DmcCacheAccess::key(cache, b, h, 0), DmcCacheAccess::value(cache, b, h, 0), closed);
+  sm.rows(last_k, last_v, 1);
+  for (index_t g = 0; g < G; ++g) {
+    const float inv = 1.f / sm.l[g];
+    for (index_t c = 0; c < Dv; ++c) write(g, c, sm.acc[g * Dv + c] * inv);
+  }
 }
 
 }  // namespace detail
@@ -110,7 +127,7 @@ inline void dmc_attention(const DmcInputs& in, DmcCache& cache, const TensorView
   if (d.T > 0)
     parallel_for(executor, d.B * d.Hkv, 1, [&](index_t begin, index_t end) {
       std::vector<float> partial_k(static_cast<std::size_t>(d.T * d.Dk)), partial_v(static_cast<std::size_t>(d.T * d.Dv));
-      std::vector<float> scratch(static_cast<std::size_t>(d.Dk + d.Dv));
+      std::vector<float> scratch(static_cast<std::size_t>(detail::dmc_group_scratch(d.group, d.Dk, d.Dv)));
       std::vector<index_t> closed(static_cast<std::size_t>(d.T));
       for (index_t task = begin; task < end; ++task) {
         const index_t b = task / d.Hkv, h = task % d.Hkv;
@@ -122,13 +139,11 @@ inline void dmc_attention(const DmcInputs& in, DmcCache& cache, const TensorView
           std::copy_n(detail::DmcCacheAccess::key(cache, b, h, n - 1), d.Dk, partial_k.data() + t * d.Dk);
           std::copy_n(detail::DmcCacheAccess::value(cache, b, h, n - 1), d.Dv, partial_v.data() + t * d.Dv);
         }
-        for (index_t g = 0; g < d.group; ++g) {
-          const index_t hq = h * d.group + g;
-          for (index_t t = 0; t < d.T; ++t)
-            detail::dmc_attend(cache, b, h, closed[static_cast<std::size_t>(t)], partial_k.data() + t * d.Dk,
-                               partial_v.data() + t * d.Dv, in.q.ptr(b, t, hq, index_t{0}), in.q.stride(3), d.scale,
-                               scratch.data(), [&](index_t c, float x) { o(b, t, hq, c) = x; });
-        }
+        for (index_t t = 0; t < d.T; ++t)
+          detail::dmc_attend_group(cache, b, h, closed[static_cast<std::size_t>(t)], partial_k.data() + t * d.Dk,
+                                   partial_v.data() + t * d.Dv, in.q.ptr(b, t, h * d.group, index_t{0}), in.q.stride(2),
+                                   in.q.stride(3), d.group, d.scale, scratch.data(),
+                                   [&](index_t g, index_t c, float x) { o(b, t, h * d.group + g, c) = x; });
       }
     });
   for (index_t b = 0; b < d.B; ++b) detail::DmcCacheAccess::tokens(cache, b) += d.T;

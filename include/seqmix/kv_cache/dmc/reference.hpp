@@ -61,7 +61,6 @@ class DmcCache {
     z_.assign(static_cast<std::size_t>(slots), 0.f);
     size_.assign(static_cast<std::size_t>(heads), 0);
     tokens_.assign(static_cast<std::size_t>(config.batch), 0);
-    scratch_.assign(static_cast<std::size_t>(check.product("key_dim", heads, config.key_dim + config.value_dim)), 0.f);
   }
 
   const DmcCacheConfig& config() const noexcept { return config_; }
@@ -106,7 +105,7 @@ class DmcCache {
   std::vector<float> keys_, values_, z_;  // [B,Hkv,capacity,Dk], [B,Hkv,capacity,Dv], [B,Hkv,capacity]
   std::vector<index_t> size_;             // [B,Hkv]
   std::vector<index_t> tokens_;           // [B]
-  std::vector<float> scratch_;            // [B*Hkv, Dk+Dv]: the decode step's query and accumulator per task
+  std::vector<float> scratch_;            // [B*Hkv, row]: the decode step's queries, accumulators and scores per task
 };
 
 /// Inputs of a DMC prefill (or a chunk of one): T new tokens per batch row.
@@ -148,9 +147,12 @@ struct DmcCacheAccess {
   }
   static index_t& size(DmcCache& c, index_t b, index_t h) { return c.size_[c.head_index(b, h)]; }
   static index_t& tokens(DmcCache& c, index_t b) { return c.tokens_[static_cast<std::size_t>(b)]; }
-  static float* scratch(DmcCache& c, index_t task) {
-    return c.scratch_.data() + task * (c.config_.key_dim + c.config_.value_dim);
+  /// Grows the step's scratch to B*Hkv rows of `row` floats (allocates only when it grows).
+  static void reserve_scratch(DmcCache& c, index_t row) {
+    const auto need = static_cast<std::size_t>(c.config_.batch * c.config_.kv_heads * row);
+    if (c.scratch_.size() < need) c.scratch_.resize(need);
   }
+  static float* scratch(DmcCache& c, index_t offset) { return c.scratch_.data() + offset; }
 };
 
 /// The rounded decision: true = merge into the last slot (the paper's inference rounds alpha).
