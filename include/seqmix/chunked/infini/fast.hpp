@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "seqmix/attention/dense/flash.hpp"
@@ -86,11 +87,26 @@ inline void sigma_row(const float* x, index_t stride, index_t K, float* out) {
   for (; r < K; ++r) out[r] = sigma(x[r * stride]);
 }
 
+// Scales sig by a power of two so that its largest finite element lies in [0.5, 1) when it is
+// far from 1. The retrieval is a ratio, homogeneous in sigma(x), and a power-of-two scale is exact,
+// so the result is unchanged bit for bit, except that a query like x = -100 (sigma = exp(-100), a
+// subnormal float) no longer makes 1 / (sigma . z) overflow to inf while the reference stays finite.
+inline void normalize_sigma(float* sig, index_t K) {
+  float largest = 0.f;
+  for (index_t r = 0; r < K; ++r) largest = std::max(largest, sig[r]);  // NaN lanes are skipped
+  if (!(largest > 0.f) || !std::isfinite(largest)) return;
+  int exponent = 0;
+  std::frexp(largest, &exponent);
+  if (exponent >= -20 && exponent <= 20) return;
+  for (index_t r = 0; r < K; ++r) sig[r] = std::ldexp(sig[r], -exponent);
+}
+
 // acc = sigma(x)^T M / (sigma(x).z) (0 when the denominator is 0, NaN when it is NaN); sig holds
-// sigma(x) on return.
+// sigma(x), up to a power-of-two scale, on return.
 inline void retrieve(const float* x, index_t x_stride, const float* M, const float* z, index_t K, index_t V,
                      MemoryScratch& w) {
   sigma_row(x, x_stride, K, w.sig.data());
+  normalize_sigma(w.sig.data(), K);
   std::fill(w.acc.begin(), w.acc.end(), 0.f);
   for (index_t r = 0; r < K; ++r) simd::axpy(w.sig[r], M + r * V, w.acc.data(), V);
   const float den = simd::dot(w.sig.data(), z, K);

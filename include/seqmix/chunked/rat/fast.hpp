@@ -80,9 +80,10 @@ inline void gate_row(const float* g, index_t sg, const float* k, index_t sk, con
 // A chunk starts from a zero state, which the scan expresses as a = 0 times the previous chunk's
 // last state; when that state is inf or NaN, 0 * inf = NaN carries into a chunk that never reads
 // it, and on through every later chunk start (docs/reliability.md). A chunk whose first row came
-// out non-finite where its own fresh value (1 - exp(g)) x is finite is rescanned here from that
-// value, with gate_row's arithmetic. x: the scan's output [B,T,2*Hkv*D] (keys, then values).
-// Clean inputs cost one finiteness test of a row per chunk.
+// out non-finite is rescanned here from its own fresh value (1 - exp(g)) x, with gate_row's
+// arithmetic: also when that value is itself +-inf, which the scan's 0 * NaN would have made NaN.
+// x: the scan's output [B,T,2*Hkv*D] (keys, then values). Clean inputs cost one finiteness test
+// of a row per chunk.
 inline void rescan_after_non_finite(const RatInputs& in, index_t pos0, index_t L, const Dims& d, Tensor<float, 3>& x) {
   const index_t D = d.D, HD = d.Hkv * D, C2 = 2 * HD;
   for (index_t b = 0; b < d.B; ++b)
@@ -92,7 +93,6 @@ inline void rescan_after_non_finite(const RatInputs& in, index_t pos0, index_t L
         const index_t hk = (ch % HD) / D, i = ch % D;
         const ConstView<float, 4>& src = ch < HD ? in.k : in.v;
         const float e0 = std::exp(in.g(b, t, hk, i)), fresh = (1.f - e0) * src(b, t, hk, i);
-        if (!std::isfinite(fresh)) continue;  // the chunk is non-finite from its own first token on
         float h = fresh;
         x(b, t, ch) = h;
         for (index_t u = t + 1; u < std::min(d.T, t + L); ++u) {
