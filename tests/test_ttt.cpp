@@ -273,3 +273,209 @@ TEST_CASE("ttt_linear: bad shapes and parameters are refused before any output",
   for (index_t e = 0; e < zs.numel(); ++e) REQUIRE(zs.data()[e] == 7.f);
   CHECK_THROWS_AS(seqmix::ttt_linear_step(si, {w.view().select(3, 0), w.view()}), seqmix::ShapeError);
 }
+
+namespace {
+
+struct TttMlpProblem {
+  index_t B, T, H, K, M;
+  Tensor<float, 4> q, k, v, w1, w2;
+  Tensor<float, 3> eta;
+  Tensor<float, 2> gamma, beta;
+  Tensor<float, 1> scale;
+
+  TttMlpProblem(index_t B_, index_t T_, index_t H_, index_t K_, index_t M_, std::uint64_t seed)
+      : B(B_), T(T_), H(H_), K(K_), M(M_) {
+    q = st::random_tensor<4>({B, T, H, K}, seed);
+    k = st::random_tensor<4>({B, T, H, K}, seed + 1);
+    v = st::random_tensor<4>({B, T, H, K}, seed + 2);
+    eta = st::random_tensor<3>({B, T, H}, seed + 3, 0.f, 1.f / static_cast<float>(K));
+    const float a1 = 1.f / std::sqrt(static_cast<float>(K)), a2 = 1.f / std::sqrt(static_cast<float>(M));
+    w1 = st::random_tensor<4>({B, H, K, M}, seed + 4, -a1, a1);
+    w2 = st::random_tensor<4>({B, H, M, K}, seed + 5, -a2, a2);
+    gamma = st::random_tensor<2>({H, K}, seed + 6, 0.5f, 1.5f);
+    beta = st::random_tensor<2>({H, K}, seed + 7, -0.2f, 0.2f);
+    scale = Tensor<float, 1>({16});
+    for (index_t i = 0; i < 16; ++i) scale(i) = 1.f / static_cast<float>(i + 1);
+  }
+
+  seqmix::TttMlpInputs inputs(bool with_scale = false) const {
+    seqmix::TttMlpInputs in;
+    in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.eta = eta.cview();
+    in.ln_weight = gamma.cview(), in.ln_bias = beta.cview();
+    in.initial_w1 = w1.cview(), in.initial_w2 = w2.cview();
+    if (with_scale) in.token_scale = scale.cview();
+    return in;
+  }
+  seqmix::TttMlpInputs segment(index_t t0, index_t t1) const {
+    seqmix::TttMlpInputs in = inputs();
+    in.q = q.cview().slice(1, t0, t1 - t0), in.k = k.cview().slice(1, t0, t1 - t0);
+    in.v = v.cview().slice(1, t0, t1 - t0), in.eta = eta.cview().slice(1, t0, t1 - t0);
+    return in;
+  }
+};
+
+struct TttMlpResult {
+  Tensor<float, 4> z, w1, w2;
+  explicit TttMlpResult(const TttMlpProblem& p)
+      : z({p.B, p.T, p.H, p.K}), w1({p.B, p.H, p.K, p.M}), w2({p.B, p.H, p.M, p.K}) {}
+  seqmix::TttMlpOutputs outputs() { return {z.view(), w1.view(), w2.view()}; }
+};
+
+void ttt_mlp_check_close(const TttMlpResult& a, const TttMlpResult& ref, double tol) {
+  st::require_close("z", a.z.cview(), ref.z.cview(), tol);
+  st::require_close("final_w1", a.w1.cview(), ref.w1.cview(), tol);
+  st::require_close("final_w2", a.w2.cview(), ref.w2.cview(), tol);
+}
+
+}  // namespace
+
+TEST_CASE("ttt_mlp: the dual-form prefill equals the per-mini-batch reference", "[ttt]") {
+  std::uint64_t seed = 701;
+  for (index_t T : {1, 17, 64, 65, 1000})
+    for (index_t K : {16, 64})
+      for (index_t B : {1, 3}) {
+        // The double reference forms two K x 4K gradient matrices per token: the largest shape
+        // runs on one batch row and one head only.
+        if (T == 1000 && K == 64 && B == 3) continue;
+        if (st::small_test_scale() && T == 1000 && B == 3) continue;
+        const TttMlpProblem p(B, T, T == 1000 && K == 64 ? 1 : 2, K, 4 * K, seed);
+        const bool with_scale = seed % 3 == 0;
+        INFO("B=" << B << " T=" << T << " K=" << K << " token_scale=" << with_scale);
+        TttMlpResult ref(p), out(p);
+        seqmix::reference::ttt_mlp(p.inputs(with_scale), ref.outputs());
+        seqmix::ttt_mlp(p.inputs(with_scale), out.outputs(), {}, seed % 2 ? st::two_thread_pool() : seqmix::serial_executor());
+        ttt_mlp_check_close(out, ref, 2e-4);
+        ++seed;
+      }
+}
+
+TEST_CASE("ttt_mlp: odd hidden size and mini-batch sizes", "[ttt]") {
+  const TttMlpProblem p(2, 45, 1, 12, 20, 801);
+  for (index_t b : {1, 7, 16, 64}) {
+    INFO("mini_batch " << b);
+    seqmix::TttOptions o;
+    o.mini_batch = b;
+    TttMlpResult ref(p), out(p);
+    seqmix::reference::ttt_mlp(p.inputs(), ref.outputs(), o);
+    seqmix::ttt_mlp(p.inputs(), out.outputs(), o, st::two_thread_pool());
+    ttt_mlp_check_close(out, ref, 2e-4);
+  }
+}
+
+TEST_CASE("ttt_mlp: prefill then steps (mini-batches of one) and streaming segments", "[ttt]") {
+  const TttMlpProblem p(3, 53, 2, 16, 64, 901);
+  const index_t T1 = 21;
+  // Reference: b = 16 over the prefill, b = 1 over the rest.
+  TttMlpResult ref(p);
+  seqmix::TttMlpInputs in = p.segment(0, T1);
+  seqmix::reference::ttt_mlp(in, {ref.z.view().slice(1, 0, T1), ref.w1.view(), ref.w2.view()});
+  seqmix::TttOptions one;
+  one.mini_batch = 1;
+  in = p.segment(T1, p.T);
+  in.initial_w1 = ref.w1.cview(), in.initial_w2 = ref.w2.cview();
+  seqmix::reference::ttt_mlp(in, {ref.z.view().slice(1, T1, p.T - T1), ref.w1.view(), ref.w2.view()}, one);
+
+  Tensor<float, 4> z({p.B, p.T, p.H, p.K});
+  Tensor<float, 4> w1 = p.w1, w2 = p.w2;
+  in = p.segment(0, T1);
+  in.initial_w1 = w1.cview(), in.initial_w2 = w2.cview();
+  seqmix::ttt_mlp(in, {z.view().slice(1, 0, T1), w1.view(), w2.view()});
+  for (index_t t = T1; t < p.T; ++t) {
+    const seqmix::TttMlpStepInputs si{p.q.cview().select(1, t), p.k.cview().select(1, t), p.v.cview().select(1, t),
+                                      p.eta.cview().select(1, t), p.gamma.cview(), p.beta.cview()};
+    seqmix::ttt_mlp_step(si, {z.view().select(1, t), w1.view(), w2.view()}, {},
+                         t % 2 ? st::two_thread_pool() : seqmix::serial_executor());
+  }
+  st::require_close("z", z.cview(), ref.z.cview(), 2e-4);
+  st::require_close("w1", w1.cview(), ref.w1.cview(), 2e-4);
+  st::require_close("w2", w2.cview(), ref.w2.cview(), 2e-4);
+
+  // Streaming: cuts at multiples of 16 equal one call; a cut at 17 equals the reference's calls
+  // on the same segments.
+  TttMlpResult full(p);
+  seqmix::ttt_mlp(p.inputs(), full.outputs());
+  for (const std::vector<index_t>& cuts : {std::vector<index_t>{0, 32, 53}, std::vector<index_t>{0, 17, 53}}) {
+    const bool aligned = cuts[1] % 16 == 0;
+    INFO("cut at " << cuts[1]);
+    Tensor<float, 4> zs({p.B, p.T, p.H, p.K}), zr({p.B, p.T, p.H, p.K});
+    Tensor<float, 4> a1 = p.w1, a2 = p.w2, r1 = p.w1, r2 = p.w2;
+    for (std::size_t s = 0; s + 1 < cuts.size(); ++s) {
+      in = p.segment(cuts[s], cuts[s + 1]);
+      in.initial_w1 = a1.cview(), in.initial_w2 = a2.cview();
+      seqmix::ttt_mlp(in, {zs.view().slice(1, cuts[s], cuts[s + 1] - cuts[s]), a1.view(), a2.view()}, {}, st::two_thread_pool());
+      in.initial_w1 = r1.cview(), in.initial_w2 = r2.cview();
+      seqmix::reference::ttt_mlp(in, {zr.view().slice(1, cuts[s], cuts[s + 1] - cuts[s]), r1.view(), r2.view()});
+    }
+    st::require_close("z vs reference segments", zs.cview(), zr.cview(), 2e-4);
+    st::require_close("w2 vs reference segments", a2.cview(), r2.cview(), 2e-4);
+    if (aligned) {
+      st::require_close("z vs one call", zs.cview(), full.z.cview(), 1e-5);
+      st::require_close("w1 vs one call", a1.cview(), full.w1.cview(), 1e-5);
+    }
+  }
+}
+
+TEST_CASE("ttt_mlp: the inner-loss gradients equal finite differences in double", "[ttt]") {
+  const index_t K = 6, M = 10;
+  std::uint64_t r = 424242;
+  const auto uniform = [&r](double lo, double hi) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    return lo + (hi - lo) * static_cast<double>(r >> 11) / 9007199254740992.0;
+  };
+  std::vector<double> W1(static_cast<std::size_t>(K * M)), W2(W1), k(static_cast<std::size_t>(K)), v(k), g(k), b(k);
+  for (double& x : W1) x = uniform(-0.8, 0.8);
+  for (double& x : W2) x = uniform(-0.5, 0.5);
+  for (index_t j = 0; j < K; ++j) k[j] = uniform(-1, 1), v[j] = uniform(-1, 1), g[j] = uniform(0.5, 1.5), b[j] = uniform(-0.3, 0.3);
+  std::vector<double> g1, g2;
+  seqmix::reference::ttt_mlp_inner_loss(W1, W2, k, v, g, b, 1e-6, &g1, &g2);
+  const double h = 1e-6;
+  for (int layer = 0; layer < 2; ++layer) {
+    std::vector<double>& W = layer == 0 ? W1 : W2;
+    const std::vector<double>& grad = layer == 0 ? g1 : g2;
+    double worst = 0, largest = 0;
+    for (std::size_t e = 0; e < W.size(); ++e) {
+      const double w = W[e];
+      W[e] = w + h;
+      const double lp = seqmix::reference::ttt_mlp_inner_loss(W1, W2, k, v, g, b, 1e-6);
+      W[e] = w - h;
+      const double lm = seqmix::reference::ttt_mlp_inner_loss(W1, W2, k, v, g, b, 1e-6);
+      W[e] = w;
+      worst = std::max(worst, std::abs((lp - lm) / (2 * h) - grad[e]));
+      largest = std::max(largest, std::abs(grad[e]));
+    }
+    INFO("layer " << layer + 1 << ": max |fd - grad| = " << worst << ", max |grad| = " << largest);
+    CHECK(largest > 1e-2);
+    CHECK(worst <= 1e-7 * std::max(1.0, largest));
+  }
+}
+
+TEST_CASE("ttt_mlp: bad shapes are refused before any output", "[ttt]") {
+  const TttMlpProblem p(1, 10, 2, 8, 32, 1001);
+  const Tensor<float, 4> w2_bad = st::random_tensor<4>({1, 2, 31, 8}, 1), w1_bad = st::random_tensor<4>({1, 2, 7, 32}, 2);
+  const auto refused = [&](const seqmix::TttMlpInputs& in, const char* what) {
+    INFO(what);
+    TttMlpResult out(p);
+    out.z.fill(7.f), out.w1.fill(7.f), out.w2.fill(7.f);
+    CHECK_THROWS_AS(seqmix::ttt_mlp(in, out.outputs()), seqmix::ShapeError);
+    CHECK_THROWS_AS(seqmix::reference::ttt_mlp(in, out.outputs()), seqmix::ShapeError);
+    for (index_t e = 0; e < out.z.numel(); ++e) REQUIRE(out.z.data()[e] == 7.f);
+    for (index_t e = 0; e < out.w1.numel(); ++e) REQUIRE(out.w1.data()[e] == 7.f);
+  };
+  seqmix::TttMlpInputs in = p.inputs();
+  in.initial_w2 = w2_bad.cview();
+  refused(in, "initial_w2 [1,2,31,8] with M = 32");
+  in = p.inputs(), in.initial_w1 = w1_bad.cview();
+  refused(in, "initial_w1 [1,2,7,32] with K = 8");
+  in = p.inputs(), in.initial_w1 = {};
+  refused(in, "no initial_w1");
+  // The step: w2 whose M differs from w1's, z over w1.
+  Tensor<float, 4> w1 = p.w1, w2b({1, 2, 16, 8});
+  Tensor<float, 3> zs({1, 2, 8});
+  zs.fill(7.f);
+  const seqmix::TttMlpStepInputs si{p.q.cview().select(1, 0), p.k.cview().select(1, 0), p.v.cview().select(1, 0),
+                                    p.eta.cview().select(1, 0), p.gamma.cview(), p.beta.cview()};
+  CHECK_THROWS_AS(seqmix::ttt_mlp_step(si, {zs.view(), w1.view(), w2b.view()}), seqmix::ShapeError);
+  for (index_t e = 0; e < zs.numel(); ++e) REQUIRE(zs.data()[e] == 7.f);
+  Tensor<float, 4> w2 = p.w2;
+  CHECK_THROWS_AS(seqmix::ttt_mlp_step(si, {w1.view().select(3, 0), w1.view(), w2.view()}), seqmix::ShapeError);
+}

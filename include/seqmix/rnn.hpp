@@ -1,5 +1,5 @@
 // Nonlinear recurrent cells (docs/operators.md, "Recurrent cells"): lstm and gru (PyTorch's
-// cells), slstm and mlstm (xLSTM), ttt_linear (TTT layer). Each operator's folder under seqmix/rnn/ holds its reference, fast
+// cells), slstm and mlstm (xLSTM), ttt_linear and ttt_mlp (TTT layer). Each operator's folder under seqmix/rnn/ holds its reference, fast
 // prefill and decode step; the shared interface is seqmix/rnn/common.hpp.
 #pragma once
 

@@ -1,4 +1,4 @@
-// ttt_linear, fast prefill: the dual form of the TTT layer (Sun et al. 2024, section 2.5), one
+// ttt_linear and ttt_mlp, fast prefills: the dual form of the TTT layer (Sun et al. 2024, section 2.5), one
 // mini-batch at a time as a few small matrix products, threaded over (batch, head) rows.
 // Definition and arguments: reference.hpp; derivation: README.md.
 #pragma once
@@ -59,6 +59,70 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   W.noalias() -= X.transpose() * G;
 }
 
+/// Per-thread buffers of ttt_mlp: one row's weights and one mini-batch's rows.
+struct TttMlpScratch {
+  index_t K, M, bs;
+  std::vector<float> W1, W2;              // [K,M], [M,K] row-major, the row's current weights
+  std::vector<float> Q, X, V, Z2, G2, Zq; // [bs,K]
+  std::vector<float> Z1, Ah, G1, Hq;      // [bs,M] k W1, gelu(k W1), dl/dz1, then q's hidden rows
+  std::vector<float> A;                   // [bs,bs]
+  std::vector<float> eta, y;              // [bs], [K]
+  TttMlpScratch(index_t K_, index_t M_, index_t bs_)
+      : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), W2(W1), Q(static_cast<std::size_t>(bs_ * K_)),
+        X(Q), V(Q), Z2(Q), G2(Q), Zq(Q), Z1(static_cast<std::size_t>(bs_ * M_)), Ah(Z1), G1(Z1), Hq(Z1),
+        A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), y(static_cast<std::size_t>(K_)) {}
+};
+
+/// A = tril(c_t eta_s (L R^T)_ts) for the rows of L and R [n, cols].
+inline void ttt_scaled_causal_scores(TttMap& A, const TttMap& L, const TttMap& R, index_t n, const float* c,
+                                     const std::vector<float>& eta) {
+  A.noalias() = L * R.transpose();
+  for (index_t t = 0; t < n; ++t) {
+    const float ct = c != nullptr ? c[t] : 1.f;
+    for (index_t u = 0; u < n; ++u) A(t, u) = u <= t ? A(t, u) * ct * eta[static_cast<std::size_t>(u)] : 0.f;
+  }
+}
+
+/// One ttt_mlp mini-batch of n tokens from W1_0, W2_0 = s.W1, s.W2: leaves the rows
+/// gelu(q W1_t) W2_t in s.Zq and the mini-batch's last weights in s.W1, s.W2.
+template <class Gamma>
+inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, const Gamma& gamma, const Gamma& beta,
+                              float eps) {
+  const index_t K = s.K, M = s.M;
+  TttMap W1(s.W1.data(), K, M), W2(s.W2.data(), M, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K);
+  TttMap Z2(s.Z2.data(), n, K), G2(s.G2.data(), n, K), Zq(s.Zq.data(), n, K);
+  TttMap Z1(s.Z1.data(), n, M), Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M), Hq(s.Hq.data(), n, M);
+  TttMap A(s.A.data(), n, n);
+  // Forward at the mini-batch's weights, then dl/dz2 and dl/dz1 of every token.
+  Z1.noalias() = X * W1;
+  for (index_t e = 0; e < n * M; ++e) s.Ah[static_cast<std::size_t>(e)] = ttt_gelu(s.Z1[static_cast<std::size_t>(e)]);
+  Z2.noalias() = Ah * W2;
+  for (index_t t = 0; t < n; ++t) {
+    float* g = s.G2.data() + t * K;
+    ttt_layer_norm<float>(s.Z2.data() + t * K, K, gamma, beta, eps, g, static_cast<float*>(nullptr));
+    for (index_t j = 0; j < K; ++j) g[j] += s.X[static_cast<std::size_t>(t * K + j)] - s.V[static_cast<std::size_t>(t * K + j)];
+    ttt_layer_norm<float>(s.Z2.data() + t * K, K, gamma, beta, eps, s.y.data(), g);
+  }
+  G1.noalias() = G2 * W2.transpose();
+  for (index_t e = 0; e < n * M; ++e) s.G1[static_cast<std::size_t>(e)] *= ttt_gelu_derivative(s.Z1[static_cast<std::size_t>(e)]);
+  // Layer 1 of the queries at W1_t, then layer 2 at W2_t.
+  ttt_scaled_causal_scores(A, Q, X, n, c, s.eta);
+  Hq.noalias() = Q * W1;
+  Hq.noalias() -= A * G1;
+  for (index_t e = 0; e < n * M; ++e) s.Hq[static_cast<std::size_t>(e)] = ttt_gelu(s.Hq[static_cast<std::size_t>(e)]);
+  ttt_scaled_causal_scores(A, Hq, Ah, n, c, s.eta);
+  Zq.noalias() = Hq * W2;
+  Zq.noalias() -= A * G2;
+  // The last weights: W1 -= (c eta X)^T G1, W2 -= (c eta Ah)^T G2 (X and Ah scaled in place).
+  const float last = c != nullptr ? c[n - 1] : 1.f;
+  for (index_t t = 0; t < n; ++t) {
+    const float f = last * s.eta[static_cast<std::size_t>(t)];
+    X.row(t) *= f, Ah.row(t) *= f;
+  }
+  W1.noalias() -= X.transpose() * G1;
+  W2.noalias() -= Ah.transpose() * G2;
+}
+
 }  // namespace detail
 
 /// TTT-Linear prefill (reference.hpp's definition) in the dual form: per mini-batch
@@ -100,6 +164,55 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t j = 0; j < K; ++j) out.final_w(b, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
+    }
+  });
+}
+
+/// TTT-MLP prefill (reference.hpp's definition) in the dual form, per mini-batch: the forward
+/// and backward of every token at (W1_0, W2_0) as [b,K] x [K,M] and [b,M] x [M,K] products,
+/// the queries' hidden rows gelu(Q W1_0 - tril(c eta ∘ Q X^T) G1), their outputs
+/// Hq W2_0 - tril(c eta ∘ Hq Ah^T) G2, and the weights' update. Threaded over (batch, head).
+inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
+                    const Executor& executor = serial_executor()) {
+  static const ArgCheck check("ttt_mlp");
+  index_t M = 0;
+  const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M);
+  const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
+  std::vector<float> scale;
+  if (in.token_scale.has_value())
+    for (index_t i = 0; i < bs; ++i) scale.push_back(in.token_scale(i));
+  parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
+    detail::TttMlpScratch s(K, M, bs);
+    for (index_t row = begin; row < end; ++row) {
+      const index_t b = row / d.H, h = row % d.H;
+      const detail::TttLnRow gamma{&in.ln_weight, h}, beta{&in.ln_bias, h};
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          s.W1[static_cast<std::size_t>(i * M + m)] = in.initial_w1(b, h, i, m);
+          s.W2[static_cast<std::size_t>(m * K + i)] = in.initial_w2(b, h, m, i);
+        }
+      for (index_t t0 = 0; t0 < d.T; t0 += bs) {
+        const index_t n = std::min(bs, d.T - t0);
+        for (index_t i = 0; i < n; ++i) {
+          for (index_t j = 0; j < K; ++j) {
+            const std::size_t e = static_cast<std::size_t>(i * K + j);
+            s.Q[e] = in.q(b, t0 + i, h, j), s.X[e] = in.k(b, t0 + i, h, j), s.V[e] = in.v(b, t0 + i, h, j);
+          }
+          s.eta[static_cast<std::size_t>(i)] = in.eta(b, t0 + i, h);
+        }
+        detail::ttt_mlp_minibatch(s, n, scale.empty() ? nullptr : scale.data(), gamma, beta, options.ln_eps);
+        for (index_t i = 0; i < n; ++i) {
+          detail::ttt_layer_norm<float>(s.Zq.data() + i * K, K, gamma, beta, options.ln_eps, s.y.data(),
+                                        static_cast<float*>(nullptr));
+          for (index_t j = 0; j < K; ++j) out.z(b, t0 + i, h, j) = s.Q[static_cast<std::size_t>(i * K + j)] + s.y[static_cast<std::size_t>(j)];
+        }
+      }
+      if (out.final_w1.has_value())
+        for (index_t i = 0; i < K; ++i)
+          for (index_t m = 0; m < M; ++m) out.final_w1(b, h, i, m) = s.W1[static_cast<std::size_t>(i * M + m)];
+      if (out.final_w2.has_value())
+        for (index_t m = 0; m < M; ++m)
+          for (index_t j = 0; j < K; ++j) out.final_w2(b, h, m, j) = s.W2[static_cast<std::size_t>(m * K + j)];
     }
   });
 }

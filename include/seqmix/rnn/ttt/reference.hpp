@@ -15,11 +15,14 @@
 // token t sees the gradients of the tokens s <= t of its mini-batch (the paper's dual form).
 // The 1/2 makes the gradient (LN(f(k)) + k - v) backpropagated, as the authors' code computes
 // it; a model trained with ||.||^2 uses eta / 2 here.
-// This header: argument structs, options, validation, the explicit gradient and
-// seqmix::reference::ttt_linear (per mini-batch, the gradient matrices written out, double).
+// ttt_mlp: the same layer with the inner model f(x) = gelu(x W1) W2, W1 [K,M], W2 [M,K] (M = 4K
+// in the paper, GELU in its tanh form), both layers updated by the same rule.
+// This header: argument structs, options, validation, the explicit gradients and
+// seqmix::reference::ttt_linear / ttt_mlp (per mini-batch, the gradient matrices written out, double).
 // Fast prefill (dual form): fast.hpp; decode step (b = 1): step.hpp; derivation: README.md.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string>
@@ -72,6 +75,45 @@ struct TttLinearStepInputs {
 struct TttLinearStepOutputs {
   TensorView<float, 3> z;  ///< [B,H,K]
   TensorView<float, 4> w;  ///< [B,H,K,K]
+};
+
+/// Prefill arguments of ttt_mlp: as ttt_linear's, the inner model a two-layer MLP
+/// f(x) = gelu(x W1) W2 with M hidden units (4K in the paper); its initial weights are required
+/// (they give M, and the zero MLP has zero gradients).
+struct TttMlpInputs {
+  ConstView<float, 4> q;                ///< [B,T,H,K]
+  ConstView<float, 4> k;                ///< [B,T,H,K]
+  ConstView<float, 4> v;                ///< [B,T,H,K]
+  ConstView<float, 3> eta;              ///< [B,T,H]
+  ConstView<float, 2> ln_weight;        ///< [H,K]
+  ConstView<float, 2> ln_bias;          ///< [H,K]
+  ConstView<float, 1> token_scale = {}; ///< [mini_batch], optional (ones)
+  ConstView<float, 4> initial_w1;       ///< [B,H,K,M]
+  ConstView<float, 4> initial_w2;       ///< [B,H,M,K]
+};
+
+/// Prefill outputs of ttt_mlp; each final weight is optional and may be its initial view.
+struct TttMlpOutputs {
+  TensorView<float, 4> z;               ///< [B,T,H,K]
+  TensorView<float, 4> final_w1 = {};   ///< [B,H,K,M]
+  TensorView<float, 4> final_w2 = {};   ///< [B,H,M,K]
+};
+
+/// Decode-step arguments of ttt_mlp (a mini-batch of one).
+struct TttMlpStepInputs {
+  ConstView<float, 3> q;          ///< [B,H,K]
+  ConstView<float, 3> k;          ///< [B,H,K]
+  ConstView<float, 3> v;          ///< [B,H,K]
+  ConstView<float, 2> eta;        ///< [B,H]
+  ConstView<float, 2> ln_weight;  ///< [H,K]
+  ConstView<float, 2> ln_bias;    ///< [H,K]
+};
+
+/// Decode-step outputs of ttt_mlp: w1 and w2 are read and updated in place.
+struct TttMlpStepOutputs {
+  TensorView<float, 3> z;   ///< [B,H,K]
+  TensorView<float, 4> w1;  ///< [B,H,K,M]
+  TensorView<float, 4> w2;  ///< [B,H,M,K]
 };
 
 namespace detail {
@@ -194,6 +236,47 @@ inline TttDims validate_ttt_linear_step(const ArgCheck& check, const TttLinearSt
   return d;
 }
 
+/// ttt_mlp's checks; returns B, T, H, K and M (the hidden size, from initial_w1).
+inline TttDims validate_ttt_mlp(const ArgCheck& check, const TttMlpInputs& in, const TttMlpOutputs& out,
+                                const TttOptions& options, index_t* M) {
+  const TttDims d = validate_ttt_common(check, in, out, options);
+  check.shape("initial_w1", in.initial_w1, std::array<index_t, 4>{d.B, d.H, d.K, -1}, "B,H,K,M");
+  *M = in.initial_w1.size(3);
+  const std::array<index_t, 4> s1{d.B, d.H, d.K, *M}, s2{d.B, d.H, *M, d.K};
+  check.shape("initial_w2", in.initial_w2, s2, "B,H,M,K");
+  check.no_overlap("z", out.z, "initial_w1", in.initial_w1).no_overlap("z", out.z, "initial_w2", in.initial_w2);
+  check_ttt_final(check, in, out, "final_w1", out.final_w1, "initial_w1", in.initial_w1, s1, "B,H,K,M");
+  check_ttt_final(check, in, out, "final_w2", out.final_w2, "initial_w2", in.initial_w2, s2, "B,H,M,K");
+  // A final weight is written at the end of its row while the other initial one may still be read.
+  check.no_overlap("final_w1", out.final_w1, "initial_w2", in.initial_w2);
+  check.no_overlap("final_w2", out.final_w2, "initial_w1", in.initial_w1);
+  check.no_overlap("final_w1", out.final_w1, "final_w2", out.final_w2);
+  return d;
+}
+
+inline TttDims validate_ttt_mlp_step(const ArgCheck& check, const TttMlpStepInputs& in, const TttMlpStepOutputs& out,
+                                     const TttOptions& options, index_t* M) {
+  const TttDims d = validate_ttt_step_common(check, in, out, options);
+  check.shape("w1", out.w1, std::array<index_t, 4>{d.B, d.H, d.K, -1}, "B,H,K,M");
+  *M = out.w1.size(3);
+  check_ttt_step_state(check, in, out, "w1", out.w1, std::array<index_t, 4>{d.B, d.H, d.K, *M}, "B,H,K,M");
+  check_ttt_step_state(check, in, out, "w2", out.w2, std::array<index_t, 4>{d.B, d.H, *M, d.K}, "B,H,M,K");
+  check.no_overlap("w1", out.w1, "w2", out.w2);
+  return d;
+}
+
+/// GELU, tanh approximation (the TTT authors' gelu_tanh), and its derivative.
+template <class Real>
+inline Real ttt_gelu(Real x) {
+  const Real c = Real(0.7978845608028654), u = c * (x + Real(0.044715) * x * x * x);
+  return Real(0.5) * x * (Real(1) + std::tanh(u));
+}
+template <class Real>
+inline Real ttt_gelu_derivative(Real x) {
+  const Real c = Real(0.7978845608028654), u = c * (x + Real(0.044715) * x * x * x), th = std::tanh(u);
+  return Real(0.5) * (Real(1) + th) + Real(0.5) * x * (Real(1) - th * th) * c * (Real(1) + Real(3 * 0.044715) * x * x);
+}
+
 /// A LayerNorm parameter row of head h as a callable j -> value.
 struct TttLnRow {
   const ConstView<float, 2>* p;
@@ -274,6 +357,105 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t j = 0; j < K; ++j) out.final_w(b, h, i, j) = static_cast<float>(W[i * K + j]);
+    }
+}
+
+
+/// The inner loss of ttt_mlp, l(W1, W2; k, v) = 1/2 ||LN(gelu(k W1) W2) + k - v||^2, in double:
+/// W1 row-major [K,M], W2 [M,K]. With grad1 / grad2 given, writes dl/dW1 [K,M] and dl/dW2 [M,K].
+inline double ttt_mlp_inner_loss(const std::vector<double>& W1, const std::vector<double>& W2,
+                                 const std::vector<double>& k, const std::vector<double>& v,
+                                 const std::vector<double>& gamma, const std::vector<double>& beta, double ln_eps,
+                                 std::vector<double>* grad1 = nullptr, std::vector<double>* grad2 = nullptr) {
+  const index_t K = static_cast<index_t>(k.size()), M = static_cast<index_t>(W1.size()) / K;
+  std::vector<double> z1(static_cast<std::size_t>(M), 0.0), a(z1), g1(z1);
+  std::vector<double> z2(static_cast<std::size_t>(K), 0.0), y(z2), dy(z2);
+  for (index_t i = 0; i < K; ++i)
+    for (index_t m = 0; m < M; ++m) z1[m] += k[i] * W1[i * M + m];
+  for (index_t m = 0; m < M; ++m) a[m] = detail::ttt_gelu(z1[m]);
+  for (index_t m = 0; m < M; ++m)
+    for (index_t j = 0; j < K; ++j) z2[j] += a[m] * W2[m * K + j];
+  const auto g = [&](index_t j) { return gamma[j]; };
+  const auto b = [&](index_t j) { return beta[j]; };
+  detail::ttt_layer_norm<double>(z2.data(), K, g, b, ln_eps, y.data(), static_cast<double*>(nullptr));
+  double loss = 0;
+  for (index_t j = 0; j < K; ++j) {
+    dy[j] = y[j] + k[j] - v[j];
+    loss += 0.5 * dy[j] * dy[j];
+  }
+  if (grad1 != nullptr || grad2 != nullptr) {
+    detail::ttt_layer_norm<double>(z2.data(), K, g, b, ln_eps, y.data(), dy.data());  // dy := dl/dz2
+    for (index_t m = 0; m < M; ++m) {
+      double s = 0;
+      for (index_t j = 0; j < K; ++j) s += dy[j] * W2[m * K + j];
+      g1[m] = s * detail::ttt_gelu_derivative(z1[m]);  // dl/dz1
+    }
+    if (grad2 != nullptr) {
+      grad2->assign(static_cast<std::size_t>(M * K), 0.0);
+      for (index_t m = 0; m < M; ++m)
+        for (index_t j = 0; j < K; ++j) (*grad2)[m * K + j] = a[m] * dy[j];  // dl/dW2 = a^T dl/dz2
+    }
+    if (grad1 != nullptr) {
+      grad1->assign(static_cast<std::size_t>(K * M), 0.0);
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) (*grad1)[i * M + m] = k[i] * g1[m];  // dl/dW1 = k^T dl/dz1
+    }
+  }
+  return loss;
+}
+
+/// The ttt_mlp definition per mini-batch, as reference::ttt_linear: each token's gradients
+/// (dl/dW1, dl/dW2 at the mini-batch's W1_0, W2_0) formed explicitly, W1_t and W2_t their
+/// weighted sums, z_t = q_t + LN(gelu(q_t W1_t) W2_t). Double; single-threaded.
+inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
+                    const Executor& executor = serial_executor()) {
+  (void)executor;
+  const ArgCheck check("reference::ttt_mlp");
+  index_t M = 0;
+  const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M);
+  const index_t K = d.K, KM = K * M, bs = options.mini_batch;
+  const double eps = options.ln_eps;
+  std::vector<double> W1(static_cast<std::size_t>(KM)), W2(W1), W1t(W1), W2t(W1), acc1(W1), acc2(W1), g1(W1), g2(W1);
+  std::vector<double> kr(static_cast<std::size_t>(K)), vr(kr), qr(kr), gamma(kr), beta(kr), zq(kr), y(kr);
+  std::vector<double> hq(static_cast<std::size_t>(M));
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t h = 0; h < d.H; ++h) {
+      for (index_t j = 0; j < K; ++j) gamma[j] = in.ln_weight(h, j), beta[j] = in.ln_bias(h, j);
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) W1[i * M + m] = in.initial_w1(b, h, i, m), W2[m * K + i] = in.initial_w2(b, h, m, i);
+      const auto g = [&](index_t j) { return gamma[j]; };
+      const auto bt = [&](index_t j) { return beta[j]; };
+      for (index_t t0 = 0; t0 < d.T; t0 += bs) {
+        const index_t n = std::min(bs, d.T - t0);
+        std::fill(acc1.begin(), acc1.end(), 0.0), std::fill(acc2.begin(), acc2.end(), 0.0);
+        double c = 1;
+        for (index_t i = 0; i < n; ++i) {
+          const index_t t = t0 + i;
+          for (index_t j = 0; j < K; ++j) kr[j] = in.k(b, t, h, j), vr[j] = in.v(b, t, h, j), qr[j] = in.q(b, t, h, j);
+          ttt_mlp_inner_loss(W1, W2, kr, vr, gamma, beta, eps, &g1, &g2);
+          const double eta = in.eta(b, t, h);
+          for (index_t e = 0; e < KM; ++e) acc1[e] += eta * g1[e], acc2[e] += eta * g2[e];
+          c = in.token_scale.has_value() ? double(in.token_scale(i)) : 1.0;
+          for (index_t e = 0; e < KM; ++e) W1t[e] = W1[e] - c * acc1[e], W2t[e] = W2[e] - c * acc2[e];
+          for (index_t m = 0; m < M; ++m) {
+            double s = 0;
+            for (index_t r = 0; r < K; ++r) s += qr[r] * W1t[r * M + m];
+            hq[m] = detail::ttt_gelu(s);
+          }
+          std::fill(zq.begin(), zq.end(), 0.0);
+          for (index_t m = 0; m < M; ++m)
+            for (index_t j = 0; j < K; ++j) zq[j] += hq[m] * W2t[m * K + j];
+          detail::ttt_layer_norm<double>(zq.data(), K, g, bt, eps, y.data(), static_cast<double*>(nullptr));
+          for (index_t j = 0; j < K; ++j) out.z(b, t, h, j) = static_cast<float>(qr[j] + y[j]);
+        }
+        for (index_t e = 0; e < KM; ++e) W1[e] -= c * acc1[e], W2[e] -= c * acc2[e];
+      }
+      if (out.final_w1.has_value())
+        for (index_t i = 0; i < K; ++i)
+          for (index_t m = 0; m < M; ++m) out.final_w1(b, h, i, m) = static_cast<float>(W1[i * M + m]);
+      if (out.final_w2.has_value())
+        for (index_t m = 0; m < M; ++m)
+          for (index_t j = 0; j < K; ++j) out.final_w2(b, h, m, j) = static_cast<float>(W2[m * K + j]);
     }
 }
 

@@ -1,4 +1,4 @@
-// ttt_linear, decode step: one token per (batch row, head) as a mini-batch of one, the inner
+// ttt_linear and ttt_mlp, decode steps: one token per (batch row, head) as a mini-batch of one, the inner
 // weights w updated in place. Definition: reference.hpp.
 #pragma once
 
@@ -34,6 +34,42 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
       for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Q[static_cast<std::size_t>(j)] + s.y[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) out.w(b, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
+    }
+  });
+}
+
+/// One TTT-MLP token per (batch row, head): (W1, W2) -= eta grad l(W1, W2; k, v), then
+/// z = q + LN(gelu(q W1) W2) with the updated weights; ttt_mlp with mini_batch = 1 (see
+/// ttt_linear_step). Threaded over (batch, head) rows.
+inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& out, const TttOptions& options = {},
+                         const Executor& executor = serial_executor()) {
+  static const ArgCheck check("ttt_mlp_step");
+  index_t M = 0;
+  const detail::TttDims d = detail::validate_ttt_mlp_step(check, in, out, options, &M);
+  const index_t K = d.K;
+  parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
+    detail::TttMlpScratch s(K, M, 1);
+    for (index_t row = begin; row < end; ++row) {
+      const index_t b = row / d.H, h = row % d.H;
+      const detail::TttLnRow gamma{&in.ln_weight, h}, beta{&in.ln_bias, h};
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          s.W1[static_cast<std::size_t>(i * M + m)] = out.w1(b, h, i, m);
+          s.W2[static_cast<std::size_t>(m * K + i)] = out.w2(b, h, m, i);
+        }
+      for (index_t j = 0; j < K; ++j) {
+        const std::size_t e = static_cast<std::size_t>(j);
+        s.Q[e] = in.q(b, h, j), s.X[e] = in.k(b, h, j), s.V[e] = in.v(b, h, j);
+      }
+      s.eta[0] = in.eta(b, h);
+      detail::ttt_mlp_minibatch(s, 1, nullptr, gamma, beta, options.ln_eps);
+      detail::ttt_layer_norm<float>(s.Zq.data(), K, gamma, beta, options.ln_eps, s.y.data(), static_cast<float*>(nullptr));
+      for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Q[static_cast<std::size_t>(j)] + s.y[static_cast<std::size_t>(j)];
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          out.w1(b, h, i, m) = s.W1[static_cast<std::size_t>(i * M + m)];
+          out.w2(b, h, m, i) = s.W2[static_cast<std::size_t>(m * K + i)];
+        }
     }
   });
 }
