@@ -1,4 +1,4 @@
-// seqmix-conformance runners for the TTT layer (docs/operators.md section 12): ttt_linear (the
+// seqmix-conformance runners for the TTT layer (docs/operators.md section 12): ttt_linear and ttt_mlp (the
 // dual-form prefill in the "fast" slot, the per-mini-batch reference in the other).
 #include "registry.hpp"
 #include "seqmix/rnn.hpp"
@@ -31,7 +31,28 @@ OutputMap run_ttt_linear(const CaseData& c, bool fast) {
   return out;
 }
 
+OutputMap run_ttt_mlp(const CaseData& c, bool fast) {
+  seqmix::TttMlpInputs in;
+  in.q = c.in<4>("q", "B,T,H,K");
+  in.k = c.in<4>("k", "B,T,H,K");
+  in.v = c.in<4>("v", "B,T,H,K");
+  in.eta = c.in<3>("eta", "B,T,H");
+  in.ln_weight = c.in<2>("ln_weight", "H,K");
+  in.ln_bias = c.in<2>("ln_bias", "H,K");
+  in.token_scale = c.opt_in<1>("token_scale", "mini_batch");
+  in.initial_w1 = c.in<4>("initial_w1", "B,H,K,M");
+  in.initial_w2 = c.in<4>("initial_w2", "B,H,M,K");
+  OutputMap out;
+  seqmix::TttMlpOutputs outputs{c.make_output<4>(out, "z")};
+  if (c.outputs.count("final_w1")) outputs.final_w1 = c.make_output<4>(out, "final_w1");
+  if (c.outputs.count("final_w2")) outputs.final_w2 = c.make_output<4>(out, "final_w2");
+  fast ? seqmix::ttt_mlp(in, outputs, ttt_options(c)) : seqmix::reference::ttt_mlp(in, outputs, ttt_options(c));
+  return out;
+}
+
 const RegisterOp kTttLinear("ttt_linear", [](const CaseData& c) { return run_ttt_linear(c, true); },
                             [](const CaseData& c) { return run_ttt_linear(c, false); });
+const RegisterOp kTttMlp("ttt_mlp", [](const CaseData& c) { return run_ttt_mlp(c, true); },
+                         [](const CaseData& c) { return run_ttt_mlp(c, false); });
 
 }  // namespace
