@@ -64,12 +64,12 @@ struct TttMlpScratch {
   index_t K, M, bs;
   std::vector<float> W1, W2;              // [K,M], [M,K] row-major, the row's current weights
   std::vector<float> Q, X, V, Z2, G2, Zq; // [bs,K]
-  std::vector<float> Z1, Ah, G1, Hq;      // [bs,M] k W1, gelu(k W1), dl/dz1, then q's hidden rows
+  std::vector<float> Ah, G1, Hq, D1;      // [bs,M] gelu(k W1), dl/dz1, q's hidden rows, gelu'(k W1)
   std::vector<float> A;                   // [bs,bs]
   std::vector<float> eta, y;              // [bs], [K]
   TttMlpScratch(index_t K_, index_t M_, index_t bs_)
       : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), W2(W1), Q(static_cast<std::size_t>(bs_ * K_)),
-        X(Q), V(Q), Z2(Q), G2(Q), Zq(Q), Z1(static_cast<std::size_t>(bs_ * M_)), Ah(Z1), G1(Z1), Hq(Z1),
+        X(Q), V(Q), Z2(Q), G2(Q), Zq(Q), Ah(static_cast<std::size_t>(bs_ * M_)), G1(Ah), Hq(Ah), D1(Ah),
         A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), y(static_cast<std::size_t>(K_)) {}
 };
 
@@ -83,6 +83,19 @@ inline void ttt_scaled_causal_scores(TttMap& A, const TttMap& L, const TttMap& R
   }
 }
 
+/// gelu (tanh form) of every element of `x` in place, on Eigen's vectorized tanh; with `derivative`
+/// given, first writes gelu'(x) there (the values before the update).
+inline void ttt_gelu_block(TttMap& x, TttMap* derivative) {
+  constexpr float c = 0.7978845608028654f, a = 0.044715f;
+  auto u = x.array();
+  if (derivative != nullptr) {
+    auto d = derivative->array();
+    d = (c * (u + a * u.cube())).tanh();  // tanh, then the derivative from it
+    d = 0.5f * (1.f + d) + 0.5f * u * (1.f - d.square()) * c * (1.f + 3.f * a * u.square());
+  }
+  u = 0.5f * u * (1.f + (c * (u + a * u.cube())).tanh());
+}
+
 /// One ttt_mlp mini-batch of n tokens from W1_0, W2_0 = s.W1, s.W2: leaves the rows
 /// gelu(q W1_t) W2_t in s.Zq and the mini-batch's last weights in s.W1, s.W2.
 template <class Gamma>
@@ -91,11 +104,12 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, const
   const index_t K = s.K, M = s.M;
   TttMap W1(s.W1.data(), K, M), W2(s.W2.data(), M, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K);
   TttMap Z2(s.Z2.data(), n, K), G2(s.G2.data(), n, K), Zq(s.Zq.data(), n, K);
-  TttMap Z1(s.Z1.data(), n, M), Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M), Hq(s.Hq.data(), n, M);
+  TttMap Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M), Hq(s.Hq.data(), n, M);
   TttMap A(s.A.data(), n, n);
   // Forward at the mini-batch's weights, then dl/dz2 and dl/dz1 of every token.
-  Z1.noalias() = X * W1;
-  for (index_t e = 0; e < n * M; ++e) s.Ah[static_cast<std::size_t>(e)] = ttt_gelu(s.Z1[static_cast<std::size_t>(e)]);
+  TttMap D1(s.D1.data(), n, M);
+  Ah.noalias() = X * W1;  // z1 = k W1, turned into gelu(z1) with gelu'(z1) kept in D1
+  ttt_gelu_block(Ah, &D1);
   Z2.noalias() = Ah * W2;
   for (index_t t = 0; t < n; ++t) {
     float* g = s.G2.data() + t * K;
@@ -104,12 +118,12 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, const
     ttt_layer_norm<float>(s.Z2.data() + t * K, K, gamma, beta, eps, s.y.data(), g);
   }
   G1.noalias() = G2 * W2.transpose();
-  for (index_t e = 0; e < n * M; ++e) s.G1[static_cast<std::size_t>(e)] *= ttt_gelu_derivative(s.Z1[static_cast<std::size_t>(e)]);
+  G1.array() *= D1.array();
   // Layer 1 of the queries at W1_t, then layer 2 at W2_t.
   ttt_scaled_causal_scores(A, Q, X, n, c, s.eta);
   Hq.noalias() = Q * W1;
   Hq.noalias() -= A * G1;
-  for (index_t e = 0; e < n * M; ++e) s.Hq[static_cast<std::size_t>(e)] = ttt_gelu(s.Hq[static_cast<std::size_t>(e)]);
+  ttt_gelu_block(Hq, nullptr);
   ttt_scaled_causal_scores(A, Hq, Ah, n, c, s.eta);
   Zq.noalias() = Hq * W2;
   Zq.noalias() -= A * G2;
