@@ -22,6 +22,9 @@
 //                                        GFLOP/s counts 6*K*K per token and head for both (TTT: k W,
 //                                        q W and the update of W; the delta rule: S^T k, k u^T, S^T q)
 //                                        plus, for TTT, the 4*b*K of its two [b,b] products
+//   ttt_mlp/prefill/H16_K64_T8192, ttt_mlp/step/H16_K64_B1 (M = 4K = 256 hidden units): GFLOP/s
+//                                        counts 14*K*M per token and head (k's forward and
+//                                        backward, q's forward, both updates) plus 4*b*(K + M)
 // GFLOP/s = 2 * B * T * G * H * (I + H/heads) / time (the two matrix products; the elementwise
 // update is not counted), eff against the machine's measured fp32 FMA peak. The recurrence of
 // a single sequence (B = 1) is a chain of T matrix-vector products: it streams W_hh (16 MiB at
@@ -170,6 +173,33 @@ struct TttShape {
   int form;  // 0 ttt_linear prefill, 1 ttt_linear_step, 2 reference::ttt_linear, 3 gated_delta_rule prefill
 };
 
+void run_ttt_mlp(benchmark::State& state, const TttShape& s) {
+  const index_t T = s.form == 1 ? 1 : s.T, H = s.H, K = s.K, M = 4 * K;
+  const float a1 = 1.f / std::sqrt(static_cast<float>(K)), a2 = 1.f / std::sqrt(static_cast<float>(M));
+  const Tensor<float, 4> q = st::random_tensor<4>({1, T, H, K}, 1), k = st::random_tensor<4>({1, T, H, K}, 2);
+  const Tensor<float, 4> v = st::random_tensor<4>({1, T, H, K}, 3);
+  const Tensor<float, 3> eta = st::random_tensor<3>({1, T, H}, 4, 0.f, 1.f / static_cast<float>(K));
+  const Tensor<float, 2> gamma = st::random_tensor<2>({H, K}, 5, 0.5f, 1.5f), beta = st::random_tensor<2>({H, K}, 6, -0.2f, 0.2f);
+  const Tensor<float, 4> w1 = st::random_tensor<4>({1, H, K, M}, 7, -a1, a1), w2 = st::random_tensor<4>({1, H, M, K}, 8, -a2, a2);
+  Tensor<float, 4> z({1, T, H, K}), f1 = w1, f2 = w2;
+  seqmix::TttMlpInputs in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.eta = eta.cview();
+  in.ln_weight = gamma.cview(), in.ln_bias = beta.cview(), in.initial_w1 = w1.cview(), in.initial_w2 = w2.cview();
+  const seqmix::TttMlpStepInputs si{q.cview().select(1, 0), k.cview().select(1, 0), v.cview().select(1, 0),
+                                    eta.cview().select(1, 0), gamma.cview(), beta.cview()};
+  for (auto _ : state) {
+    if (s.form == 1)
+      seqmix::ttt_mlp_step(si, {z.view().select(1, 0), f1.view(), f2.view()}, {}, st::two_thread_pool());
+    else
+      seqmix::ttt_mlp(in, {z.view(), f1.view(), f2.view()}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(z.data());
+    benchmark::ClobberMemory();
+  }
+  const double per_token = 14.0 * static_cast<double>(K * M) + 4.0 * 16.0 * static_cast<double>(K + M);
+  st::report_throughput(state, per_token * static_cast<double>(T * H),
+                        s.form == 1 ? 4.0 * static_cast<double>(H * K * M) * sizeof(float) : 0.0);
+}
+
 void run_ttt(benchmark::State& state, const TttShape& s) {
   const index_t T = s.form == 1 ? 1 : s.T, H = s.H, K = s.K;
   const float a = 1.f / std::sqrt(static_cast<float>(K));
@@ -224,6 +254,11 @@ void register_ttt() {
                              {"ttt_linear/reference/H16_K64_T256", 256, 16, 64, 2}};
   for (const TttShape& s : shapes)
     benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_ttt(st_, s); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  const TttShape mlp_shapes[] = {{"ttt_mlp/prefill/H16_K64_T8192", 8192, 16, 64, 0}, {"ttt_mlp/step/H16_K64_B1", 1, 16, 64, 1}};
+  for (const TttShape& s : mlp_shapes)
+    benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_ttt_mlp(st_, s); })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
 }
