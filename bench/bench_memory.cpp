@@ -8,6 +8,12 @@
 // GB/s = value bytes gathered (T * H * k * Dv * sizeof(value)) / time: the part that streams from
 // memory (random rows of a table far larger than the cache); GFLOP/s = the sub-key scoring,
 // 2 * T * H * 2 * n_sub * Dk/2 / time; "eff" is the larger fraction of the machine's limits.
+//
+//   slot_memory/<gate>/B1_T4096_S64_D512_H8_seg512   slot_memory over 4096 tokens in segments of
+//                    512, 64 slots of 512 channels, 8 heads (input_forget and lm2 gates)
+//   slot_memory_reference/input_forget/B1_T256_S16_D64_H4_seg64 and slot_memory/input_forget/...:
+//                    the reference (double loops) beside the fast form on a small shape
+// GFLOP/s = 2 * (4 T S D + (T / seg) 2 S D^2 (+ T D^2 for lm2)) / time: attentions and gates.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -81,3 +87,47 @@ BENCHMARK_CAPTURE(pkm_bf16, bf16/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(ben
 BENCHMARK_CAPTURE(pkm_f32, f32/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK_CAPTURE(pkm_reference, reference/T64_N4096_Dv128_H2_k8_Dk64, kSmall)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(pkm_f32, f32/T64_N4096_Dv128_H2_k8_Dk64, kSmall)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+namespace {
+
+struct SlotShape {
+  index_t B, T, S, D, H, segment;
+};
+
+const SlotShape kSlotLarge = {1, 4096, 64, 512, 8, 512};
+const SlotShape kSlotSmall = {1, 256, 16, 64, 4, 64};
+
+void run_slot(benchmark::State& state, const SlotShape& s, seqmix::SlotGate gate, bool reference) {
+  const auto x = st::random_tensor<3>({s.B, s.T, s.D}, 1), memory = st::random_tensor<3>({s.B, s.S, s.D}, 2);
+  const auto wi = st::random_tensor<2>({s.D, s.D}, 3, -0.05f, 0.05f), wf = st::random_tensor<2>({s.D, s.D}, 4, -0.05f, 0.05f),
+             wo = st::random_tensor<2>({s.D, s.D}, 5, -0.05f, 0.05f);
+  const auto bi = st::random_tensor<1>({s.D}, 6), bf = st::random_tensor<1>({s.D}, 7), bo = st::random_tensor<1>({s.D}, 8);
+  seqmix::SlotMemoryInputs in{x.cview(), memory.cview(), {wi.cview(), bi.cview(), wf.cview(), bf.cview()}};
+  if (gate == seqmix::SlotGate::lm2) in.weights.w_output = wo.cview(), in.weights.b_output = bo.cview();
+  seqmix::SlotMemoryOptions options;
+  options.gate = gate, options.heads = s.H, options.segment = s.segment;
+  Tensor<float, 3> y({s.B, s.T, s.D}), final_memory({s.B, s.S, s.D});
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::slot_memory(in, {y.view(), final_memory.view()}, options);
+    else
+      seqmix::slot_memory(in, {y.view(), final_memory.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double segments = static_cast<double>((s.T + s.segment - 1) / s.segment);
+  const double D = static_cast<double>(s.D), T = static_cast<double>(s.B * s.T);
+  const double flop = 2.0 * (4.0 * T * static_cast<double>(s.S) * D + segments * 2.0 * static_cast<double>(s.B * s.S) * D * D +
+                             (gate == seqmix::SlotGate::lm2 ? T * D * D : 0.0));
+  st::report_throughput(state, flop, 0.0);
+}
+
+void slot_input_forget(benchmark::State& state, const SlotShape& s) { run_slot(state, s, seqmix::SlotGate::input_forget, false); }
+void slot_lm2(benchmark::State& state, const SlotShape& s) { run_slot(state, s, seqmix::SlotGate::lm2, false); }
+void slot_reference(benchmark::State& state, const SlotShape& s) { run_slot(state, s, seqmix::SlotGate::input_forget, true); }
+
+}  // namespace
+
+BENCHMARK_CAPTURE(slot_input_forget, slot_memory/input_forget/B1_T4096_S64_D512_H8_seg512, kSlotLarge)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(slot_lm2, slot_memory/lm2/B1_T4096_S64_D512_H8_seg512, kSlotLarge)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(slot_reference, slot_memory_reference/input_forget/B1_T256_S16_D64_H4_seg64, kSlotSmall)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(slot_input_forget, slot_memory/input_forget/B1_T256_S16_D64_H4_seg64, kSlotSmall)->Unit(benchmark::kMillisecond)->UseRealTime();
