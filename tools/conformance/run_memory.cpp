@@ -1,5 +1,8 @@
 // seqmix-conformance runner for product_key_memory (docs/operators.md section 13): the fast form
-// (sub-key search) and the reference (exhaustive search), fp32 value table.
+// (sub-key search) and the reference (exhaustive search), fp32 value table; and for slot_memory
+// (fast and reference, below).
+#include <string>
+
 #include "registry.hpp"
 #include "seqmix/memory.hpp"
 
@@ -28,5 +31,42 @@ OutputMap run_pkm(const CaseData& c, bool fast) {
 
 const RegisterOp kPkm("product_key_memory", [](const CaseData& c) { return run_pkm(c, true); },
                       [](const CaseData& c) { return run_pkm(c, false); });
+
+}  // namespace
+
+// slot_memory (docs/operators.md section 13): the fast form and the reference.
+namespace {
+
+OutputMap run_slot_memory(const CaseData& c, bool fast) {
+  seqmix::SlotMemoryInputs in;
+  in.x = c.in<3>("x", "B,T,D");
+  in.memory = c.in<3>("memory", "B,S,D");
+  in.weights.w_input = c.in<2>("w_input", "D,D");
+  in.weights.b_input = c.in<1>("b_input", "D");
+  in.weights.w_forget = c.in<2>("w_forget", "D,D");
+  in.weights.b_forget = c.in<1>("b_forget", "D");
+  in.weights.w_output = c.opt_in<2>("w_output", "D,D");
+  in.weights.b_output = c.opt_in<1>("b_output", "D");
+  seqmix::SlotMemoryOptions options;
+  const std::string gate = c.param_string("gate", "input_forget");
+  if (gate == "input_forget")
+    options.gate = seqmix::SlotGate::input_forget;
+  else if (gate == "lm2")
+    options.gate = seqmix::SlotGate::lm2;
+  else
+    throw CaseError(c.id() + ": param 'gate' must be \"input_forget\" or \"lm2\", got \"" + gate + "\"");
+  options.heads = c.param_int("heads", 1);
+  options.segment = c.param_int("segment", 0);
+  OutputMap out;
+  const seqmix::SlotMemoryOutputs outputs{c.make_output<3>(out, "y"), c.make_output<3>(out, "final_memory")};
+  if (fast)
+    seqmix::slot_memory(in, outputs, options);
+  else
+    seqmix::reference::slot_memory(in, outputs, options);
+  return out;
+}
+
+const RegisterOp kSlotMemory("slot_memory", [](const CaseData& c) { return run_slot_memory(c, true); },
+                             [](const CaseData& c) { return run_slot_memory(c, false); });
 
 }  // namespace
