@@ -179,10 +179,8 @@ inline index_t validate_combiner(const char* op, const CombinerInputs& in, const
                        "B,ceil(T/block_size),Hkv,Dk");
   check.optional_shape("summary_v", in.summary_v, std::array<index_t, 4>{d.B, Nb, d.Hkv, d.Dv},
                        "B,ceil(T/block_size),Hkv,Dv");
-  for (const auto* name : {"summary_k", "summary_v"}) {
-    const ConstView<float, 4>& s = name[8] == 'k' ? in.summary_k : in.summary_v;
-    check.no_overlap("o", out.o, name, s).no_overlap("lse", out.lse, name, s);
-  }
+  check.no_overlap("o", out.o, "summary_k", in.summary_k).no_overlap("lse", out.lse, "summary_k", in.summary_k);
+  check.no_overlap("o", out.o, "summary_v", in.summary_v).no_overlap("lse", out.lse, "summary_v", in.summary_v);
   return Nb;
 }
 
