@@ -25,6 +25,13 @@
 //   ttt_mlp/prefill/H16_K64_T8192, ttt_mlp/step/H16_K64_B1 (M = 4K = 256 hidden units): GFLOP/s
 //                                        counts 14*K*M per token and head (k's forward and
 //                                        backward, q's forward, both updates) plus 4*b*(K + M)
+//   titans/prefill/H16_K64_T8192[_recurrent], titans/step/H16_K64_B1, and
+//   titans/prefill/H16_K64_T8192_gated_delta_rule (seqmix::gated_delta_rule, scalar gate, at the
+//                                        same shape in the same run): the linear Titans memory
+//                                        beside the Gated DeltaNet it generalizes. GFLOP/s counts
+//                                        8*K*V per token and head for titans (M^T k, the rank-1
+//                                        momentum update, the memory update, M^T q) and gated
+//                                        delta rule's own 6*K*V, so compare times for the ratio
 // GFLOP/s = 2 * B * T * G * H * (I + H/heads) / time (the two matrix products; the elementwise
 // update is not counted), eff against the machine's measured fp32 FMA peak. The recurrence of
 // a single sequence (B = 1) is a chain of T matrix-vector products: it streams W_hh (16 MiB at
@@ -263,6 +270,57 @@ void register_ttt() {
         ->Unit(benchmark::kMillisecond);
 }
 
-const int kRegistered = (register_all(), register_mlstm(), register_ttt(), 0);
+struct TitansShape {
+  std::string name;
+  index_t B, T, H, D;
+  int form;  // 0 chunked, 1 recurrent, 2 step, 3 gated_delta_rule at the same shape
+};
+
+void run_titans(benchmark::State& state, const TitansShape& s) {
+  const index_t T = s.form == 2 ? 1 : s.T;
+  const Tensor<float, 4> q = st::random_tensor<4>({s.B, T, s.H, s.D}, 1), v = st::random_tensor<4>({s.B, T, s.H, s.D}, 3);
+  Tensor<float, 4> k = st::random_tensor<4>({s.B, T, s.H, s.D}, 2);
+  for (index_t i = 0; i < k.numel() / s.D; ++i) {  // unit-norm keys, as both models use them
+    float sum = 0.f;
+    for (index_t r = 0; r < s.D; ++r) sum += k.data()[i * s.D + r] * k.data()[i * s.D + r];
+    for (index_t r = 0; r < s.D; ++r) k.data()[i * s.D + r] /= std::sqrt(sum);
+  }
+  const Tensor<float, 3> alpha = st::random_tensor<3>({s.B, T, s.H}, 4, 0.f, 0.1f), eta = st::random_tensor<3>({s.B, T, s.H}, 5, 0.f, 0.9f);
+  const Tensor<float, 3> theta = st::random_tensor<3>({s.B, T, s.H}, 6, 0.f, 0.4f), g = st::random_tensor<3>({s.B, T, s.H}, 7, -0.1f, 0.f);
+  Tensor<float, 4> y({s.B, T, s.H, s.D}), m({s.B, s.H, s.D, s.D}), mom({s.B, s.H, s.D, s.D});
+  const seqmix::TitansInputs in{q.cview(), k.cview(), v.cview(), alpha.cview(), eta.cview(), theta.cview()};
+  seqmix::TitansOptions options;
+  if (s.form == 1) options.algorithm = seqmix::TitansAlgorithm::recurrent;
+  const seqmix::TitansStepInputs si{q.cview().select(1, 0), k.cview().select(1, 0), v.cview().select(1, 0),
+                                    alpha.cview().select(1, 0), eta.cview().select(1, 0), theta.cview().select(1, 0)};
+  seqmix::GatedDeltaRuleInputs gin;
+  gin.q = q.cview(), gin.k = k.cview(), gin.v = v.cview(), gin.beta = theta.cview(), gin.g_scalar = g.cview();
+  for (auto _ : state) {
+    if (s.form == 2)
+      seqmix::titans_step(si, {y.view().select(1, 0), m.view(), mom.view()}, options, st::two_thread_pool());
+    else if (s.form == 3)
+      seqmix::gated_delta_rule(gin, {y.view(), m.view()}, {}, st::two_thread_pool());
+    else
+      seqmix::titans(in, {y.view(), m.view(), mom.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double per_token = (s.form == 3 ? 6.0 : 8.0) * static_cast<double>(s.B * T * s.H * s.D * s.D);
+  // The step reads and writes memory and momentum once.
+  st::report_throughput(state, per_token, s.form == 2 ? 4.0 * static_cast<double>(s.B * s.H * s.D * s.D) * sizeof(float) : 0.0);
+}
+
+void register_titans() {
+  const TitansShape shapes[] = {{"titans/prefill/H16_K64_T8192", 1, 8192, 16, 64, 0},
+                                {"titans/prefill/H16_K64_T8192_recurrent", 1, 8192, 16, 64, 1},
+                                {"titans/prefill/H16_K64_T8192_gated_delta_rule", 1, 8192, 16, 64, 3},
+                                {"titans/step/H16_K64_B1", 1, 1, 16, 64, 2}};
+  for (const TitansShape& s : shapes)
+    benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_titans(st_, s); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+const int kRegistered = (register_all(), register_mlstm(), register_ttt(), register_titans(), 0);
 
 }  // namespace

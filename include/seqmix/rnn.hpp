@@ -1,6 +1,7 @@
 // Nonlinear recurrent cells (docs/operators.md, "Recurrent cells"): lstm and gru (PyTorch's
-// cells), slstm and mlstm (xLSTM), ttt_linear and ttt_mlp (TTT layer). Each operator's folder under seqmix/rnn/ holds its reference, fast
-// prefill and decode step; the shared interface is seqmix/rnn/common.hpp.
+// cells), slstm and mlstm (xLSTM), ttt_linear and ttt_mlp (TTT layer), titans (a linear
+// test-time memory with momentum). Each operator's folder under seqmix/rnn/ holds its reference,
+// fast prefill and decode step; the shared interface of the cells is seqmix/rnn/common.hpp.
 #pragma once
 
 #include "seqmix/rnn/common.hpp"
@@ -17,6 +18,9 @@
 #include "seqmix/rnn/slstm/fast.hpp"
 #include "seqmix/rnn/slstm/reference.hpp"
 #include "seqmix/rnn/slstm/step.hpp"
+#include "seqmix/rnn/titans/chunked.hpp"
+#include "seqmix/rnn/titans/reference.hpp"
+#include "seqmix/rnn/titans/step.hpp"
 #include "seqmix/rnn/ttt/fast.hpp"
 #include "seqmix/rnn/ttt/reference.hpp"
 #include "seqmix/rnn/ttt/step.hpp"

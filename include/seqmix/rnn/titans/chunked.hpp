@@ -1,0 +1,172 @@
+// titans, fast prefill: the chunkwise-parallel exact closed form of the linear memory (default)
+// or the recurrent form (the step's kernel, token by token). Threaded over (batch, value head).
+//
+// The recurrence (reference.hpp) is second order in M: with u_t = 2 theta_t (v_t - M_{t-1}^T k_t)
+// (so -theta_t grad_t = k_t u_t^T) and a_t = 1 - alpha_t,
+//   S_t = eta_t S_{t-1} + k_t u_t^T,    M_t = a_t M_{t-1} + S_t.
+// Inside a chunk that starts from (M0, S0), token j (0-based) sees, by unrolling both,
+//   S_j = E_j S0 + sum_{s<=j} e_{j,s} k_s u_s^T
+//   M_j = A_j M0 + c_j S0 + sum_{s<=j} w_{j,s} k_s u_s^T
+// with the scalar coefficients (no division, so gates of 0 and 1 are safe)
+//   A_j = a_j A_{j-1},  E_j = eta_j E_{j-1},  c_j = a_j c_{j-1} + E_j   (A, E = 1 and c = 0 before j = 0)
+//   e_{j,s} = eta_j e_{j-1,s},  w_{j,s} = a_j w_{j-1,s} + e_{j,s},      e_{s,s} = w_{s,s} = 1.
+// u_j reads M_{j-1}, i.e. the u_s of earlier tokens: the chunk's U [L,V] solves the unit lower
+// triangular system
+//   U_j + 2 theta_j sum_{s<j} w_{j-1,s} (k_j . k_s) U_s = 2 theta_j (v_j - A_{j-1} M0^T k_j - c_{j-1} S0^T k_j)
+// (one triangular solve, as the WY form of the delta rule), then
+//   Y = diag(A) Q M0 + diag(c) Q S0 + (W o Q K^T) U           (W lower triangular, diagonal 1)
+//   M' = A_{L-1} M0 + c_{L-1} S0 + K^T diag(w_{L-1,.}) U,   S' = E_{L-1} S0 + K^T diag(e_{L-1,.}) U.
+// With [M0 | S0] kept as one [K, 2V] matrix, Q [M0|S0] and K [M0|S0] are one GEMM each. This is
+// the recurrence itself rearranged, not the paper's mini-batch approximation (which takes every
+// gradient of a chunk at the chunk's first memory): it equals reference::titans up to rounding.
+// eta = 0 gives e = identity, w_{j,s} = prod_{s<i<=j} a_i, c = 0: the gated delta rule's WY form.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "seqmix/core/eigen.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/rnn/titans/reference.hpp"
+#include "seqmix/rnn/titans/step.hpp"
+
+namespace seqmix {
+namespace detail {
+
+struct TitansChunkWorkspace {
+  RowMajorMatrix<float> MS, Q, Kc, Vc, G, P, U, KMS, QMS, Z, Y;
+  std::vector<double> a, eta, theta, A_prev, c_prev, A, c, w, e;
+  TitansChunkWorkspace(index_t C, index_t K, index_t V)
+      : MS(K, 2 * V), Q(C, K), Kc(C, K), Vc(C, V), G(C, C), P(C, C), U(C, V), KMS(C, 2 * V), QMS(C, 2 * V),
+        Z(C, 2 * V), Y(C, V) {
+    for (auto* x : {&a, &eta, &theta, &A_prev, &c_prev, &A, &c, &w, &e}) x->resize(static_cast<std::size_t>(C));
+  }
+};
+
+// One (batch, value head) row of the chunked prefill.
+inline void titans_chunked_row(const TitansInputs& in, const TitansOutputs& out, const TitansDims& d, index_t chunk,
+                               index_t b, index_t hv, TitansChunkWorkspace& ws) {
+  const index_t K = d.K, V = d.V, h = hv / d.group();
+  for (index_t r = 0; r < K; ++r)
+    for (index_t c = 0; c < V; ++c) {
+      ws.MS(r, c) = in.initial_memory.has_value() ? in.initial_memory(b, hv, r, c) : 0.f;
+      ws.MS(r, V + c) = in.initial_momentum.has_value() ? in.initial_momentum(b, hv, r, c) : 0.f;
+    }
+  for (index_t t0 = 0; t0 < d.T; t0 += chunk) {
+    const index_t L = std::min(chunk, d.T - t0);
+    for (index_t j = 0; j < L; ++j) {
+      const index_t t = t0 + j;
+      for (index_t r = 0; r < K; ++r) ws.Q(j, r) = d.scale * in.q(b, t, h, r), ws.Kc(j, r) = in.k(b, t, h, r);
+      for (index_t c = 0; c < V; ++c) ws.Vc(j, c) = in.v(b, t, hv, c);
+      ws.a[static_cast<std::size_t>(j)] = 1.0 - double(in.alpha(b, t, hv));
+      ws.eta[static_cast<std::size_t>(j)] = in.eta(b, t, hv);
+      ws.theta[static_cast<std::size_t>(j)] = in.theta(b, t, hv);
+    }
+    auto Q = ws.Q.topRows(L);
+    auto Kc = ws.Kc.topRows(L);
+    auto G = ws.G.topLeftCorner(L, L);
+    auto P = ws.P.topLeftCorner(L, L);
+    auto U = ws.U.topRows(L);
+    ws.KMS.topRows(L).noalias() = Kc * ws.MS;
+    ws.QMS.topRows(L).noalias() = Q * ws.MS;
+    G.noalias() = Kc * Kc.transpose();
+    P.noalias() = Q * Kc.transpose();
+    // Coefficients row by row; G becomes the strictly lower system matrix, P the weighted scores.
+    double A = 1.0, cc = 0.0, E = 1.0;
+    for (index_t j = 0; j < L; ++j) {
+      const std::size_t J = static_cast<std::size_t>(j);
+      const double aj = ws.a[J], ej = ws.eta[J], two_theta = 2.0 * ws.theta[J];
+      ws.A_prev[J] = A, ws.c_prev[J] = cc;
+      for (index_t s = 0; s < j; ++s) G(j, s) = static_cast<float>(two_theta * ws.w[static_cast<std::size_t>(s)] * G(j, s));
+      for (index_t s = j; s < L; ++s) G(j, s) = 0.f;
+      for (index_t s = 0; s < j; ++s) {
+        const std::size_t S_ = static_cast<std::size_t>(s);
+        ws.e[S_] *= ej;
+        ws.w[S_] = aj * ws.w[S_] + ws.e[S_];
+      }
+      ws.e[J] = 1.0, ws.w[J] = 1.0;
+      A *= aj, E *= ej, cc = aj * cc + E;
+      ws.A[J] = A, ws.c[J] = cc;
+      for (index_t s = 0; s <= j; ++s) P(j, s) *= static_cast<float>(ws.w[static_cast<std::size_t>(s)]);
+      for (index_t s = j + 1; s < L; ++s) P(j, s) = 0.f;
+      // Right-hand side of row j.
+      const float ap = static_cast<float>(ws.A_prev[J]), cp = static_cast<float>(ws.c_prev[J]);
+      const float tt = static_cast<float>(two_theta);
+      for (index_t col = 0; col < V; ++col)
+        U(j, col) = tt * (ws.Vc(j, col) - ap * ws.KMS(j, col) - cp * ws.KMS(j, V + col));
+    }
+    G.triangularView<Eigen::UnitLower>().solveInPlace(U);
+    auto Y = ws.Y.topRows(L);
+    Y.noalias() = P * U;
+    for (index_t j = 0; j < L; ++j) {
+      const float aj = static_cast<float>(ws.A[static_cast<std::size_t>(j)]), cj = static_cast<float>(ws.c[static_cast<std::size_t>(j)]);
+      float* dst = out.y.ptr(b, t0 + j, hv);
+      const index_t ys = out.y.stride(3);
+      for (index_t col = 0; col < V; ++col) dst[col * ys] = Y(j, col) + aj * ws.QMS(j, col) + cj * ws.QMS(j, V + col);
+    }
+    // State passed on: [M | S] <- [A M + c S | E S] + K^T [diag(w) U | diag(e) U].
+    for (index_t s = 0; s < L; ++s) {
+      const float ws_ = static_cast<float>(ws.w[static_cast<std::size_t>(s)]);
+      const float es_ = static_cast<float>(ws.e[static_cast<std::size_t>(s)]);
+      for (index_t col = 0; col < V; ++col) ws.Z(s, col) = ws_ * U(s, col), ws.Z(s, V + col) = es_ * U(s, col);
+    }
+    const float Af = static_cast<float>(A), cf = static_cast<float>(cc), Ef = static_cast<float>(E);
+    ws.MS.leftCols(V) = Af * ws.MS.leftCols(V) + cf * ws.MS.rightCols(V);
+    ws.MS.rightCols(V) *= Ef;
+    ws.MS.noalias() += Kc.transpose() * ws.Z.topRows(L);
+  }
+  for (index_t r = 0; r < K; ++r)
+    for (index_t c = 0; c < V; ++c) {
+      if (out.final_memory.has_value()) out.final_memory(b, hv, r, c) = ws.MS(r, c);
+      if (out.final_momentum.has_value()) out.final_momentum(b, hv, r, c) = ws.MS(r, V + c);
+    }
+}
+
+// One row of the recurrent prefill: the step's token kernel over T tokens.
+inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& out, const TitansDims& d, index_t b,
+                                 index_t hv, TitansToken& s) {
+  const index_t K = d.K, V = d.V, h = hv / d.group();
+  s.M.resize(static_cast<std::size_t>(K * V)), s.S.resize(static_cast<std::size_t>(K * V));
+  for (index_t r = 0; r < K; ++r)
+    for (index_t c = 0; c < V; ++c) {
+      s.M[static_cast<std::size_t>(r * V + c)] = in.initial_memory.has_value() ? in.initial_memory(b, hv, r, c) : 0.f;
+      s.S[static_cast<std::size_t>(r * V + c)] = in.initial_momentum.has_value() ? in.initial_momentum(b, hv, r, c) : 0.f;
+    }
+  for (index_t t = 0; t < d.T; ++t) {
+    for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, t, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, t, h, r);
+    for (index_t c = 0; c < V; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, t, hv, c);
+    titans_token(s, s.M.data(), V, s.S.data(), V, K, V, in.alpha(b, t, hv), in.eta(b, t, hv), in.theta(b, t, hv), d.scale);
+    for (index_t c = 0; c < V; ++c) out.y(b, t, hv, c) = s.y[static_cast<std::size_t>(c)];
+  }
+  for (index_t r = 0; r < K; ++r)
+    for (index_t c = 0; c < V; ++c) {
+      if (out.final_memory.has_value()) out.final_memory(b, hv, r, c) = s.M[static_cast<std::size_t>(r * V + c)];
+      if (out.final_momentum.has_value()) out.final_momentum(b, hv, r, c) = s.S[static_cast<std::size_t>(r * V + c)];
+    }
+}
+
+}  // namespace detail
+
+/// Titans (linear memory) prefill: y [B,T,HV,V] and the optional final memory and momentum.
+/// options.algorithm chooses the chunkwise-parallel closed form (default) or the recurrent one;
+/// both equal reference::titans up to rounding. Threaded over (batch, value head) rows.
+inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
+                   const Executor& executor = serial_executor()) {
+  const ArgCheck check("titans");
+  const detail::TitansDims d = detail::validate_titans(check, in, out, options);
+  const index_t rows = d.B * d.HV;
+  if (options.algorithm == TitansAlgorithm::recurrent) {
+    parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
+      detail::TitansToken s(d.K, d.V);
+      for (index_t r = begin; r < end; ++r) detail::titans_recurrent_row(in, out, d, r / d.HV, r % d.HV, s);
+    });
+    return;
+  }
+  const index_t chunk = std::max<index_t>(1, std::min(options.chunk_size, d.T));
+  parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
+    detail::TitansChunkWorkspace ws(chunk, d.K, d.V);
+    for (index_t r = begin; r < end; ++r) detail::titans_chunked_row(in, out, d, chunk, r / d.HV, r % d.HV, ws);
+  });
+}
+
+}  // namespace seqmix

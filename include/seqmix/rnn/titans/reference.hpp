@@ -1,0 +1,251 @@
+// titans: the neural long-term memory of Titans (Behrouz, Zhong, Mirrokni 2024, "Titans: Learning
+// to Memorize at Test Time", eqs. 8-14) with a LINEAR memory. Per (batch, value head) the memory
+// M [K,V] and the momentum ("surprise") S [K,V] are stored as gated_delta_rule stores its state
+// (docs/operators.md section 4: the memory maps a key to M^T k). Per token, with the gates
+// alpha_t (forgetting, in [0,1]), eta_t (momentum decay, in [0,1]) and theta_t (inner learning
+// rate, >= 0):
+//
+//   l(M; k, v)  = || M^T k - v ||^2                     the inner (associative-memory) loss
+//   grad_t      = d l / d M at M_{t-1} = 2 k_t (M_{t-1}^T k_t - v_t)^T     [K,V], factor 2 kept
+//   S_t         = eta_t S_{t-1} - theta_t grad_t         momentum over the surprise
+//   M_t         = (1 - alpha_t) M_{t-1} + S_t            forgetting, then the step
+//   y_t         = scale * M_t^T q_t                      retrieval from the updated memory
+//
+// Retrieval reads M_t: the paper's y_t = M*(q_t) is the forward pass of the memory without a
+// weight update, and in its layers (MAC: o_t = y_t (x) M*_t(y_t)) the memory has already taken
+// token t; gated_delta_rule also reads its state after the write. scale defaults to 1 (the paper
+// has none). q/k have HK heads and v / gates HV (a multiple of HK), repeat-interleaved (SPEC
+// section 1). With eta = 0 the update is Gated DeltaNet's: titans(alpha, theta, v) equals
+// gated_delta_rule with g = log(1 - alpha), beta = 2 theta / (1 - alpha) and v' = (1 - alpha) v
+// (alpha < 1); the gradient is taken at M_{t-1}, Gated DeltaNet's error at the decayed state.
+//
+// This header: argument structs, options, validation and seqmix::reference::titans (plain
+// loops, double state). Fast prefill (chunkwise-parallel closed form, or recurrent): chunked.hpp;
+// decode step: step.hpp; derivation: docs/operators.md section 12, "titans".
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/linear_attention/common.hpp"
+#include "seqmix/linear_attention/diagonal_decay/validate.hpp"
+
+namespace seqmix {
+
+/// How titans() runs the prefill; the step is always recurrent.
+enum class TitansAlgorithm {
+  chunked,    ///< chunkwise-parallel exact closed form, (M, S) carried between chunks (default)
+  recurrent,  ///< token by token, the step's kernel
+};
+
+/// Options of titans and titans_step.
+struct TitansOptions {
+  /// Multiplies the retrieval y = scale * M^T q; default 1 (the paper's y = M q).
+  std::optional<float> scale = {};
+  /// Tokens per chunk of the chunked algorithm, in [1, 1024]; changes rounding only.
+  index_t chunk_size = 64;
+  /// Prefill algorithm (see TitansAlgorithm).
+  TitansAlgorithm algorithm = TitansAlgorithm::chunked;
+};
+
+/// Prefill arguments. Each initial state is optional (zeros when absent).
+struct TitansInputs {
+  ConstView<float, 4> q;                      ///< [B,T,HK,K]
+  ConstView<float, 4> k;                      ///< [B,T,HK,K]
+  ConstView<float, 4> v;                      ///< [B,T,HV,V], HV a multiple of HK
+  ConstView<float, 3> alpha;                  ///< [B,T,HV] forgetting gate in [0,1]
+  ConstView<float, 3> eta;                    ///< [B,T,HV] momentum decay in [0,1]
+  ConstView<float, 3> theta;                  ///< [B,T,HV] inner learning rate >= 0
+  ConstView<float, 4> initial_memory = {};    ///< [B,HV,K,V], optional
+  ConstView<float, 4> initial_momentum = {};  ///< [B,HV,K,V], optional
+};
+
+/// Prefill outputs. y must not overlap anything; each final state is optional and may be the
+/// very view of its initial state (written after the row's last token).
+struct TitansOutputs {
+  TensorView<float, 4> y;                     ///< [B,T,HV,V]
+  TensorView<float, 4> final_memory = {};     ///< [B,HV,K,V], optional
+  TensorView<float, 4> final_momentum = {};   ///< [B,HV,K,V], optional
+};
+
+/// Decode-step arguments: one token per batch row.
+struct TitansStepInputs {
+  ConstView<float, 3> q;      ///< [B,HK,K]
+  ConstView<float, 3> k;      ///< [B,HK,K]
+  ConstView<float, 3> v;      ///< [B,HV,V]
+  ConstView<float, 2> alpha;  ///< [B,HV]
+  ConstView<float, 2> eta;    ///< [B,HV]
+  ConstView<float, 2> theta;  ///< [B,HV]
+};
+
+/// Decode-step outputs: memory and momentum are read and updated in place.
+struct TitansStepOutputs {
+  TensorView<float, 3> y;         ///< [B,HV,V]
+  TensorView<float, 4> memory;    ///< [B,HV,K,V]
+  TensorView<float, 4> momentum;  ///< [B,HV,K,V]
+};
+
+namespace detail {
+
+struct TitansDims {
+  index_t B, T, HK, HV, K, V;
+  float scale;
+  index_t group() const { return HV / HK; }
+};
+
+// Every gate value in its range (NaN fails): alpha, eta in [0,1], theta >= 0 and finite.
+template <std::size_t R>
+void titans_check_gates(const ArgCheck& check, const ConstView<float, R>& alpha, const ConstView<float, R>& eta,
+                        const ConstView<float, R>& theta) {
+  const auto scan = [&](const char* name, const ConstView<float, R>& g, bool unit) {
+    bool ok = true;
+    float bad = 0.f;
+    const auto visit = [&](float x) {
+      const bool good = unit ? (x >= 0.f && x <= 1.f) : (x >= 0.f && std::isfinite(x));
+      if (!good && ok) ok = false, bad = x;
+    };
+    if constexpr (R == 3) {
+      for (index_t a = 0; a < g.size(0); ++a)
+        for (index_t b = 0; b < g.size(1); ++b)
+          for (index_t c = 0; c < g.size(2); ++c) visit(g(a, b, c));
+    } else {
+      for (index_t a = 0; a < g.size(0); ++a)
+        for (index_t b = 0; b < g.size(1); ++b) visit(g(a, b));
+    }
+    if (!ok)
+      check.fail(name, std::string(unit ? "must hold values in [0, 1]" : "must hold finite values >= 0") + ", got " +
+                           std::to_string(bad));
+  };
+  scan("alpha", alpha, true);
+  scan("eta", eta, true);
+  scan("theta", theta, false);
+}
+
+inline float titans_scale(const ArgCheck& check, const TitansOptions& options) {
+  const float scale = options.scale ? *options.scale : 1.f;
+  check.finite(scale, "options.scale");
+  return scale;
+}
+
+inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in, const TitansOutputs& out,
+                                  const TitansOptions& options) {
+  const la::Dims d = la::check_qkv(check, "q", in.q, in.k, in.v);
+  const index_t B = d.B, T = d.T, HV = d.HV, K = d.K, V = d.V;
+  if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
+  const std::array<index_t, 3> gate{B, T, HV};
+  check.shape("alpha", in.alpha, gate, "B,T,HV").shape("eta", in.eta, gate, "B,T,HV").shape("theta", in.theta, gate, "B,T,HV");
+  const std::array<index_t, 4> state{B, HV, K, V};
+  check.optional_shape("initial_memory", in.initial_memory, state, "B,HV,K,V");
+  check.optional_shape("initial_momentum", in.initial_momentum, state, "B,HV,K,V");
+  check.shape("y", out.y, std::array<index_t, 4>{B, T, HV, V}, "B,T,HV,V");
+  check.optional_shape("final_memory", out.final_memory, state, "B,HV,K,V");
+  check.optional_shape("final_momentum", out.final_momentum, state, "B,HV,K,V");
+  if (options.chunk_size < 1 || options.chunk_size > 1024)
+    check.fail("options.chunk_size", "must lie in [1, 1024], got " + std::to_string(options.chunk_size));
+  check_enum(check.op(), "options.algorithm", options.algorithm, 2);
+  const float scale = titans_scale(check, options);
+  titans_check_gates<3>(check, in.alpha, in.eta, in.theta);
+  // y is written while every input is read; the final states only at the end of their row.
+  check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
+  check.no_overlap("y", out.y, "alpha", in.alpha).no_overlap("y", out.y, "eta", in.eta);
+  check.no_overlap("y", out.y, "theta", in.theta).no_overlap("y", out.y, "initial_memory", in.initial_memory);
+  check.no_overlap("y", out.y, "initial_momentum", in.initial_momentum);
+  check.no_overlap("y", out.y, "final_memory", out.final_memory).no_overlap("y", out.y, "final_momentum", out.final_momentum);
+  const auto same = [](const auto& a, const auto& b) { return a.data() == b.data() && a.strides() == b.strides(); };
+  if (!same(out.final_memory, in.initial_memory))
+    check.no_overlap("final_memory", out.final_memory, "initial_memory", in.initial_memory);
+  if (!same(out.final_momentum, in.initial_momentum))
+    check.no_overlap("final_momentum", out.final_momentum, "initial_momentum", in.initial_momentum);
+  check.no_overlap("final_memory", out.final_memory, "initial_momentum", in.initial_momentum);
+  check.no_overlap("final_momentum", out.final_momentum, "initial_memory", in.initial_memory);
+  check.no_overlap("final_memory", out.final_memory, "final_momentum", out.final_momentum);
+  for (const auto& [name, view] : {std::pair<const char*, ConstView<float, 4>>{"final_memory", out.final_memory},
+                                   std::pair<const char*, ConstView<float, 4>>{"final_momentum", out.final_momentum}}) {
+    check.no_overlap(name, view, "q", in.q).no_overlap(name, view, "k", in.k).no_overlap(name, view, "v", in.v);
+    check.no_overlap(name, view, "alpha", in.alpha).no_overlap(name, view, "eta", in.eta);
+    check.no_overlap(name, view, "theta", in.theta);
+  }
+  return {B, T, d.H, HV, K, V, scale};
+}
+
+inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepInputs& in, const TitansStepOutputs& out,
+                                       const TitansOptions& options) {
+  const la::Dims d = la::check_qkv_step(check, "q", in.q, in.k, in.v);
+  const index_t B = d.B, HV = d.HV, K = d.K, V = d.V;
+  if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
+  const std::array<index_t, 2> gate{B, HV};
+  check.shape("alpha", in.alpha, gate, "B,HV").shape("eta", in.eta, gate, "B,HV").shape("theta", in.theta, gate, "B,HV");
+  check.shape("y", out.y, std::array<index_t, 3>{B, HV, V}, "B,HV,V");
+  const std::array<index_t, 4> state{B, HV, K, V};
+  check.shape("memory", out.memory, state, "B,HV,K,V").shape("momentum", out.momentum, state, "B,HV,K,V");
+  const float scale = titans_scale(check, options);
+  titans_check_gates<2>(check, in.alpha, in.eta, in.theta);
+  check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
+  check.no_overlap("y", out.y, "alpha", in.alpha).no_overlap("y", out.y, "eta", in.eta);
+  check.no_overlap("y", out.y, "theta", in.theta).no_overlap("y", out.y, "memory", out.memory);
+  check.no_overlap("y", out.y, "momentum", out.momentum).no_overlap("memory", out.memory, "momentum", out.momentum);
+  for (const auto& [name, view] : {std::pair<const char*, ConstView<float, 4>>{"memory", out.memory},
+                                   std::pair<const char*, ConstView<float, 4>>{"momentum", out.momentum}}) {
+    check.no_overlap(name, view, "q", in.q).no_overlap(name, view, "k", in.k).no_overlap(name, view, "v", in.v);
+    check.no_overlap(name, view, "alpha", in.alpha).no_overlap(name, view, "eta", in.eta);
+    check.no_overlap(name, view, "theta", in.theta);
+  }
+  return {B, 1, d.H, HV, K, V, scale};
+}
+
+}  // namespace detail
+
+namespace reference {
+
+/// The definition: per (batch, value head), token by token, M and S in double, the gradient
+/// written out. Single-threaded. Final states may be their initial views.
+inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {}) {
+  const ArgCheck check("reference::titans");
+  const detail::TitansDims d = detail::validate_titans(check, in, out, options);
+  const index_t K = d.K, V = d.V;
+  std::vector<double> M(static_cast<std::size_t>(K * V)), S(M.size()), err(static_cast<std::size_t>(V));
+  const auto at = [V](index_t r, index_t c) { return static_cast<std::size_t>(r * V + c); };
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hv = 0; hv < d.HV; ++hv) {
+      const index_t h = hv / d.group();
+      for (index_t r = 0; r < K; ++r)
+        for (index_t c = 0; c < V; ++c) {
+          M[at(r, c)] = in.initial_memory.has_value() ? in.initial_memory(b, hv, r, c) : 0.0;
+          S[at(r, c)] = in.initial_momentum.has_value() ? in.initial_momentum(b, hv, r, c) : 0.0;
+        }
+      for (index_t t = 0; t < d.T; ++t) {
+        const double alpha = in.alpha(b, t, hv), eta = in.eta(b, t, hv), theta = in.theta(b, t, hv);
+        // err = M_{t-1}^T k - v; grad = 2 k err^T.
+        for (index_t c = 0; c < V; ++c) {
+          double acc = 0.0;
+          for (index_t r = 0; r < K; ++r) acc += M[at(r, c)] * double(in.k(b, t, h, r));
+          err[static_cast<std::size_t>(c)] = acc - double(in.v(b, t, hv, c));
+        }
+        for (index_t r = 0; r < K; ++r)
+          for (index_t c = 0; c < V; ++c) {
+            const double grad = 2.0 * double(in.k(b, t, h, r)) * err[static_cast<std::size_t>(c)];
+            S[at(r, c)] = eta * S[at(r, c)] - theta * grad;
+            M[at(r, c)] = (1.0 - alpha) * M[at(r, c)] + S[at(r, c)];
+          }
+        for (index_t c = 0; c < V; ++c) {
+          double acc = 0.0;
+          for (index_t r = 0; r < K; ++r) acc += M[at(r, c)] * double(in.q(b, t, h, r));
+          out.y(b, t, hv, c) = static_cast<float>(double(d.scale) * acc);
+        }
+      }
+      for (index_t r = 0; r < K; ++r)
+        for (index_t c = 0; c < V; ++c) {
+          if (out.final_memory.has_value()) out.final_memory(b, hv, r, c) = static_cast<float>(M[at(r, c)]);
+          if (out.final_momentum.has_value()) out.final_momentum(b, hv, r, c) = static_cast<float>(S[at(r, c)]);
+        }
+    }
+}
+
+}  // namespace reference
+}  // namespace seqmix

@@ -1,0 +1,101 @@
+// titans, decode step: one token per batch row, memory M and momentum S [B,HV,K,V] updated in
+// place. Per (batch, value head) two sweeps: the first reads err = M^T k - v, the second updates
+// S and M row by row and accumulates y = M^T q while the rows are in L1. Threaded over B*HV.
+// The recurrent prefill (chunked.hpp) runs the same token kernel.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/rnn/titans/reference.hpp"
+
+namespace seqmix {
+namespace detail {
+
+// One (batch, head) token: scratch for the token's operands.
+struct TitansToken {
+  std::vector<float> q, k, v, err, y, M, S;  // M, S: a contiguous copy when the state's rows are strided
+  TitansToken(index_t K, index_t V)
+      : q(static_cast<std::size_t>(K)), k(static_cast<std::size_t>(K)), v(static_cast<std::size_t>(V)),
+        err(static_cast<std::size_t>(V)), y(static_cast<std::size_t>(V)) {}
+};
+
+// The recurrence on one token: M, S [K,V] with row strides ms, ss (unit column stride); q, k, v,
+// err and y in `s`. y = scale * M_t^T q.
+inline void titans_token(TitansToken& s, float* M, index_t ms, float* S, index_t ss, index_t K, index_t V, float alpha,
+                         float eta, float theta, float scale) {
+  using Vec = simd::Batch<float>;
+  const index_t vend = simd::vector_end(V);
+  float* __restrict err = s.err.data();
+  float* __restrict y = s.y.data();
+  const float* __restrict v = s.v.data();
+  for (index_t c = 0; c < V; ++c) err[c] = -v[c], y[c] = 0.f;
+  for (index_t r = 0; r < K; ++r) {
+    const float* __restrict row = M + r * ms;
+    const Vec kr(s.k[static_cast<std::size_t>(r)]);
+    for (index_t c = 0; c < vend; c += simd::kWidth) simd::store(err + c, simd::fma(kr, simd::load(row + c), simd::load(err + c)));
+    for (index_t c = vend; c < V; ++c) err[c] += s.k[static_cast<std::size_t>(r)] * row[c];
+  }
+  const float a = 1.f - alpha;
+  const Vec a_v(a), eta_v(eta);
+  for (index_t r = 0; r < K; ++r) {
+    float* __restrict mrow = M + r * ms;
+    float* __restrict srow = S + r * ss;
+    const float g = -2.f * theta * s.k[static_cast<std::size_t>(r)], qr = s.q[static_cast<std::size_t>(r)];
+    const Vec g_v(g), q_v(qr);
+    for (index_t c = 0; c < vend; c += simd::kWidth) {
+      const Vec sn = simd::fma(g_v, simd::load(err + c), eta_v * simd::load(srow + c));
+      const Vec mn = simd::fma(a_v, simd::load(mrow + c), sn);
+      simd::store(srow + c, sn);
+      simd::store(mrow + c, mn);
+      simd::store(y + c, simd::fma(q_v, mn, simd::load(y + c)));
+    }
+    for (index_t c = vend; c < V; ++c) {
+      srow[c] = eta * srow[c] + g * err[c];
+      mrow[c] = a * mrow[c] + srow[c];
+      y[c] += qr * mrow[c];
+    }
+  }
+  for (index_t c = 0; c < V; ++c) y[c] *= scale;
+}
+
+}  // namespace detail
+
+/// One decode token per batch row: y = scale * M_t^T q with M and S updated in place (the
+/// recurrence of reference.hpp). Threaded over (batch, value head).
+inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out, const TitansOptions& options = {},
+                        const Executor& executor = serial_executor()) {
+  const ArgCheck check("titans_step");
+  const detail::TitansDims d = detail::validate_titans_step(check, in, out, options);
+  const index_t K = d.K, V = d.V;
+  parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
+    detail::TitansToken s(K, V);
+    for (index_t item = begin; item < end; ++item) {
+      const index_t b = item / d.HV, hv = item % d.HV, h = hv / d.group();
+      for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, h, r);
+      for (index_t c = 0; c < V; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, hv, c);
+      const TensorView<float, 2> M = out.memory[b][hv], S = out.momentum[b][hv];
+      const bool direct = M.stride(1) == 1 && S.stride(1) == 1;
+      float* mp = M.data();
+      float* sp = S.data();
+      index_t ms = M.stride(0), ss = S.stride(0);
+      if (!direct) {
+        s.M.resize(static_cast<std::size_t>(K * V)), s.S.resize(static_cast<std::size_t>(K * V));
+        for (index_t r = 0; r < K; ++r)
+          for (index_t c = 0; c < V; ++c)
+            s.M[static_cast<std::size_t>(r * V + c)] = M(r, c), s.S[static_cast<std::size_t>(r * V + c)] = S(r, c);
+        mp = s.M.data(), sp = s.S.data(), ms = ss = V;
+      }
+      detail::titans_token(s, mp, ms, sp, ss, K, V, in.alpha(b, hv), in.eta(b, hv), in.theta(b, hv), d.scale);
+      if (!direct)
+        for (index_t r = 0; r < K; ++r)
+          for (index_t c = 0; c < V; ++c)
+            M(r, c) = s.M[static_cast<std::size_t>(r * V + c)], S(r, c) = s.S[static_cast<std::size_t>(r * V + c)];
+      for (index_t c = 0; c < V; ++c) out.y(b, hv, c) = s.y[static_cast<std::size_t>(c)];
+    }
+  });
+}
+
+}  // namespace seqmix

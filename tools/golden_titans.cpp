@@ -1,0 +1,107 @@
+// Writes the conformance cases of titans (linear memory) into <golden>/titans/<case>/
+// (tests/golden/README.md), computed by plain double-precision loops of the paper's formulas
+// (Behrouz et al. 2024, eqs. 13-14) in the paper's orientation: the memory is a [V,K] matrix
+// W applied as W k, the inner loss ||W k - v||^2 has the gradient 2 (W k - v) k^T, and
+//   S_t = eta_t S_{t-1} - theta_t * 2 (W_{t-1} k_t - v_t) k_t^T,   W_t = (1 - alpha_t) W_{t-1} + S_t,
+//   y_t = scale * W_t q_t.
+// The files hold seqmix's layout, the transposes M = W^T and momentum S^T ([B,HV,K,V]). Nothing
+// of seqmix is used but its .npy writer, so the vectors are independent of the operator.
+//
+//   g++ -std=c++17 -O2 -I include tools/golden_titans.cpp -o golden_titans
+//   ./golden_titans tests/golden
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "golden_common.hpp"
+
+namespace {
+
+using namespace golden;
+
+const char* kSource =
+    "tools/golden_titans.cpp: float64 loops of Titans' linear-memory update (momentum, forgetting, gradient of "
+    "||W k - v||^2 written out, memory in the paper's [V,K] orientation), independent of seqmix's operators";
+
+struct TitansCase {
+  std::string name;
+  index_t B, T, HK, HV, K, V;
+  bool state, given_scale;
+};
+
+void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng) {
+  const index_t B = c.B, T = c.T, HK = c.HK, HV = c.HV, K = c.K, V = c.V, G = HV / HK;
+  Array q = random_array({B, T, HK, K}, rng, -1, 1), k = random_array({B, T, HK, K}, rng, -1, 1);
+  // Keys scaled to about unit norm, so 2 theta |k|^2 < 1 and the memory stays O(1).
+  const double ks = 1.0 / std::sqrt(static_cast<double>(K) / 3.0);
+  for (double& x : k.v) x = static_cast<double>(static_cast<float>(x * ks));
+  Array v = random_array({B, T, HV, V}, rng, -1, 1);
+  Array alpha = random_array({B, T, HV}, rng, 0, 0.3), eta = random_array({B, T, HV}, rng, 0, 0.9);
+  Array theta = random_array({B, T, HV}, rng, 0, 0.4);
+  Array m0 = random_array({B, HV, K, V}, rng, -0.5, 0.5), s0 = random_array({B, HV, K, V}, rng, -0.2, 0.2);
+  const double scale = c.given_scale ? static_cast<double>(static_cast<float>(0.375)) : 1.0;
+  Array y = zeros({B, T, HV, V}), mf = zeros({B, HV, K, V}), sf = zeros({B, HV, K, V});
+  for (index_t b = 0; b < B; ++b)
+    for (index_t hv = 0; hv < HV; ++hv) {
+      const index_t h = hv / G;
+      // W [V,K] and its momentum, the transposes of the stored [K,V] states.
+      std::vector<double> W(V * K), S(V * K), e(V);
+      for (index_t i = 0; i < V; ++i)
+        for (index_t j = 0; j < K; ++j) {
+          const index_t st = ((b * HV + hv) * K + j) * V + i;
+          W[i * K + j] = c.state ? m0.at(st) : 0;
+          S[i * K + j] = c.state ? s0.at(st) : 0;
+        }
+      for (index_t t = 0; t < T; ++t) {
+        const index_t g = (b * T + t) * HV + hv;
+        const index_t qk = ((b * T + t) * HK + h) * K, vo = g * V;
+        for (index_t i = 0; i < V; ++i) {
+          double wk = 0;
+          for (index_t j = 0; j < K; ++j) wk += W[i * K + j] * k.at(qk + j);
+          e[i] = wk - v.at(vo + i);
+        }
+        for (index_t i = 0; i < V; ++i)
+          for (index_t j = 0; j < K; ++j) {
+            S[i * K + j] = eta.at(g) * S[i * K + j] - theta.at(g) * 2.0 * e[i] * k.at(qk + j);
+            W[i * K + j] = (1.0 - alpha.at(g)) * W[i * K + j] + S[i * K + j];
+          }
+        for (index_t i = 0; i < V; ++i) {
+          double wq = 0;
+          for (index_t j = 0; j < K; ++j) wq += W[i * K + j] * q.at(qk + j);
+          y.at(vo + i) = scale * wq;
+        }
+      }
+      for (index_t i = 0; i < V; ++i)
+        for (index_t j = 0; j < K; ++j) {
+          const index_t st = ((b * HV + hv) * K + j) * V + i;
+          mf.at(st) = W[i * K + j], sf.at(st) = S[i * K + j];
+        }
+    }
+  const fs::path dir = root / "titans" / c.name;
+  fs::create_directories(dir);
+  write(dir, "q", q), write(dir, "k", k), write(dir, "v", v);
+  write(dir, "alpha", alpha), write(dir, "eta", eta), write(dir, "theta", theta);
+  write(dir, "y", y), write(dir, "final_memory", mf), write(dir, "final_momentum", sf);
+  std::string inputs =
+      "\"q\": \"q.npy\", \"k\": \"k.npy\", \"v\": \"v.npy\", \"alpha\": \"alpha.npy\", \"eta\": \"eta.npy\", "
+      "\"theta\": \"theta.npy\"";
+  if (c.state) {
+    write(dir, "initial_memory", m0), write(dir, "initial_momentum", s0);
+    inputs += ", \"initial_memory\": \"initial_memory.npy\", \"initial_momentum\": \"initial_momentum.npy\"";
+  }
+  write_case(dir, "titans", c.given_scale ? "\"scale\": " + exact(scale) : "", inputs,
+             "\"y\": \"y.npy\", \"final_memory\": \"final_memory.npy\", \"final_momentum\": \"final_momentum.npy\"",
+             "1e-05", kSource);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const fs::path root = root_argument(argc, argv);
+  std::mt19937_64 rng(20261203);
+  titans_case(root, {"b1_t70_hk1_hv2_k16_v8", 1, 70, 1, 2, 16, 8, false, false}, rng);
+  titans_case(root, {"b2_t33_h1_k8_v12_state_scale", 2, 33, 1, 1, 8, 12, true, true}, rng);
+  return 0;
+}
