@@ -2,7 +2,7 @@
 # Runs every libFuzzer target of tests/fuzz/ for a bounded time under AddressSanitizer and
 # UndefinedBehaviorSanitizer, and fails on any finding (crash, sanitizer report, failed check).
 #
-#   scripts/fuzz.sh [seconds-per-target]        (default 45: six targets plus the build stay
+#   scripts/fuzz.sh [seconds-per-target]        (default 45: seven targets plus the build stay
 #                                                within 8 minutes on 2 cores)
 #
 # Installs clang through scripts/install-deps.sh fuzz. Each target starts from its corpus folder
@@ -27,7 +27,7 @@ mkdir -p "$out/findings"
 
 bash "$root/scripts/install-deps.sh" fuzz
 cxx=${SEQMIX_FUZZ_CXX:-clang++}
-targets=(scan ssm linear_attention attention kv_cache npy)
+targets=(scan ssm linear_attention attention kv_cache npy based)
 # -march=native: the SIMD kernels the machine really runs are the ones fuzzed under the sanitizers
 # (the test suite's sanitizer stage builds the SSE2 baseline).
 flags=(-std=c++17 -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined

@@ -28,10 +28,21 @@ inline TensorView<float, 3> channel_major_conv_state(const TensorView<float, 3>&
 namespace detail {
 
 // Token rows of one sequence: [1, tokens, ...] out of a [B, T, ...] (dense) or [1, total_T, ...]
-// (packed) token tensor.
+// (packed) token tensor. A view without data is an optional argument not given (all extents 0,
+// returned as is) or an empty token tensor ([B, 0, ...] or a zero feature extent), whose rows
+// are the same shape with B = 1 and no data: returning the whole [B, ...] view made every
+// sequence of a dense T = 0 call look like B rows, refused only after the first sequence's fresh
+// state row was cleared (fuzz corpus based/serving-empty-tokens-fresh-state).
 template <class V>
 V sequence_tokens(const V& v, const SequenceSpan& s) {
-  if (!v.has_value()) return v;
+  if (!v.has_value()) {
+    auto shape = v.shape();
+    bool absent = true;
+    for (index_t e : shape) absent = absent && e == 0;
+    if (absent) return v;
+    shape[0] = 1, shape[1] = s.tokens;
+    return V(v.data(), shape, v.strides());
+  }
   return v.slice(0, s.batch_row, 1).slice(1, s.token_begin, s.tokens);
 }
 
