@@ -42,6 +42,12 @@ struct Field {
   // Elements of a state (token_axis -1: an initial state read by every token) that the probe
   // pokes too; outputs must then be non-finite exactly where the reference's are.
   std::vector<index_t> state_pokes = {};
+  // Serving probes (tests/test_nonfinite_serving.cpp): the sequence each index along owner_axis
+  // belongs to (owner_axis -1: not tracked; an owner -1: no sequence, e.g. a pool slot nobody
+  // uses). A poke into one sequence's element must leave every element of another owner bit for
+  // bit as the clean run of the same form has it.
+  int owner_axis = -1;
+  std::vector<index_t> owners = {};
 
   index_t numel() const {
     index_t n = 1;
@@ -52,6 +58,11 @@ struct Field {
     index_t s = 1;
     for (std::size_t d = static_cast<std::size_t>(axis) + 1; d < shape.size(); ++d) s *= shape[d];
     return s;
+  }
+  // kNoOwner where owners are not tracked.
+  static constexpr index_t kNoOwner = -2;
+  index_t owner_of(index_t flat) const {
+    return owner_axis < 0 ? kNoOwner : owners[static_cast<std::size_t>((flat / stride(owner_axis)) % shape[owner_axis])];
   }
   index_t token_of(index_t flat) const { return token_axis < 0 ? -1 : (flat / stride(token_axis)) % shape[token_axis]; }
   // The element poked at token t: batch row 0, token t, the middle of the last axis (a key index
@@ -115,8 +126,9 @@ inline bool refused(const Run& run, const Fields& in, Fields& out) {
 }
 
 // Compares one probed run against the clean runs; returns a description of the first violation.
+// poked_owner: the sequence that got the poke (Field::kNoOwner: not a serving probe).
 inline std::string violations(const Fields& clean, const Fields& bad, const Fields& ref_bad, index_t t, bool check_ref,
-                       bool exact) {
+                       bool exact, index_t poked_owner = Field::kNoOwner) {
   std::ostringstream s;
   index_t count = 0;
   for (std::size_t f = 0; f < bad.size(); ++f) {
@@ -125,7 +137,10 @@ inline std::string violations(const Fields& clean, const Fields& bad, const Fiel
       const index_t tok = b.token_of(i);
       const float x = b.data[i], r = ref_bad[f].data[i];
       std::string why;
-      if (tok >= 0 && tok < t) {
+      const index_t owner = b.owner_of(i);
+      if (poked_owner != Field::kNoOwner && owner != Field::kNoOwner && owner != poked_owner) {
+        if (!same_bits(x, clean[f].data[i])) why = "another sequence's element changed";
+      } else if (tok >= 0 && tok < t) {
         const float c = clean[f].data[i];
         if (exact ? !same_bits(x, c) : !(std::fabs(x - c) <= 1e-4f * (1.f + std::fabs(c))))
           why = "earlier token changed";
@@ -159,17 +174,20 @@ inline index_t probe(const Op& op) {
       const index_t t = state ? 0 : at[n];
       for (float value : values) {
         Fields in = op.inputs;
-        in[f].data[state ? at[n] : in[f].poke_index(t)] = value;
+        const index_t poked = state ? at[n] : in[f].poke_index(t);
+        in[f].data[poked] = value;
+        const index_t owner = in[f].owner_of(poked);
         std::ostringstream what;
         what << op.name << ": " << value << " in " << in[f].name;
         if (state) what << " element " << at[n];
         else what << " at token " << t;
+        if (owner != Field::kNoOwner) what << " (sequence " << owner << ")";
         INFO(what.str());
         Fields ref_bad = op.outputs;
         const bool ref_refused = refused(op.reference, in, ref_bad);
         if (!ref_refused) {
           INFO("reference");
-          CHECK(violations(ref_clean, ref_bad, ref_bad, t, true, in[f].exact) == "");
+          CHECK(violations(ref_clean, ref_bad, ref_bad, t, true, in[f].exact, owner) == "");
         }
         for (std::size_t k = 0; k < op.forms.size(); ++k) {
           INFO(op.forms[k].first);
@@ -177,7 +195,7 @@ inline index_t probe(const Op& op) {
           const bool fast_refused = refused(op.forms[k].second, in, bad);
           CHECK(fast_refused == ref_refused);
           if (fast_refused || ref_refused) continue;
-          CHECK(violations(clean[k], bad, ref_bad, t, false, in[f].exact) == "");
+          CHECK(violations(clean[k], bad, ref_bad, t, false, in[f].exact, owner) == "");
           ++probes;
         }
       }
