@@ -405,3 +405,45 @@ TEST_CASE("nonlinear_recurrence_newton: a NaN input returns the sequential resul
     CHECK(nan_after == 60 - 31);
   }
 }
+
+TEST_CASE("rat: a -inf gate inside a chunk multiplies the in-chunk state by 0, so an inf state becomes NaN",
+          "[nonfinite][chunked][rat]") {
+  // docs/reliability.md, rat: exp(-inf) = 0 is the state's multiplier a, not a reset; 0 * inf is
+  // NaN in the reference (double), the fast scan and the step alike, from that token to the
+  // chunk's end. Only a chunk start is a reset that never reads the state. Chunk 8, T = 6 (inside
+  // chunk 0): an inf key at token 2 of channel 1, a -inf gate at token 4 of channel 1.
+  const index_t T = 6, H = 1, Hkv = 1, D = 4, L = 8, C = 1;
+  for (const bool inf_key : {true, false}) {
+    INFO((inf_key ? "inf key at token 2, then a -inf gate" : "a -inf gate on a finite state"));
+    Field q = random_field("q", {1, T, H, D}, 141), k = random_field("k", {1, T, Hkv, D}, 142);
+    Field v = random_field("v", {1, T, Hkv, D}, 143), g = random_field("g", {1, T, Hkv, D}, 144, -2.f, 0.f);
+    if (inf_key) k.data[2 * D + 1] = std::numeric_limits<float>::infinity();
+    g.data[4 * D + 1] = -std::numeric_limits<float>::infinity();
+    seqmix::RatOptions options;
+    options.chunk_size = L;
+    for (int form = 0; form < 3; ++form) {
+      INFO((form == 0 ? "reference" : form == 1 ? "fast" : "rat_step"));
+      std::vector<float> ck(static_cast<std::size_t>(C * Hkv * D)), cv(ck.size()), kr(static_cast<std::size_t>(Hkv * D)),
+          vr(kr.size()), o(static_cast<std::size_t>(T * H * D));
+      seqmix::RatState s{TensorView<float, 4>(ck.data(), {1, C, Hkv, D}), TensorView<float, 4>(cv.data(), {1, C, Hkv, D}),
+                         TensorView<float, 3>(kr.data(), {1, Hkv, D}), TensorView<float, 3>(vr.data(), {1, Hkv, D}), 0, {}};
+      const seqmix::RatInputs i{q.in<4>(), k.in<4>(), v.in<4>(), g.in<4>(), {}};
+      const TensorView<float, 4> ov(o.data(), {1, T, H, D});
+      if (form == 0) seqmix::reference::rat(i, {ov}, options, &s);
+      if (form == 1) seqmix::rat(i, {ov}, options, &s, st::two_thread_pool());
+      if (form == 2)
+        for (index_t t = 0; t < T; ++t)
+          seqmix::rat_step({i.q.select(1, t), i.k.select(1, t), i.v.select(1, t), i.g.select(1, t), {}}, {ov.select(1, t)}, s,
+                           options);
+      for (index_t c = 0; c < D; ++c) {
+        INFO("k_run channel " << c);
+        if (c == 1 && inf_key)
+          CHECK(std::isnan(kr[static_cast<std::size_t>(c)]));
+        else
+          CHECK(std::isfinite(kr[static_cast<std::size_t>(c)]));
+        CHECK(std::isfinite(vr[static_cast<std::size_t>(c)]));
+      }
+      for (index_t j = 0; j < 2 * H * D; ++j) CHECK(std::isfinite(o[static_cast<std::size_t>(j)]));  // tokens 0, 1
+    }
+  }
+}
