@@ -288,7 +288,7 @@ Op causal_conv1d_serving_op() {
   return op;
 }
 
-// ---- hybrids with per-slot positions: BASED, RAT --------------------------------------------
+// ---- hybrids with slots: BASED, RAT (per-slot positions), Mega -----------------------------
 
 // The state inputs in[first, first + n) copied into the pool outputs out[1, 1 + n), which the
 // forms update in place; the per-slot positions start from `start` on every run.
@@ -368,6 +368,48 @@ Op rat_serving_op() {
         seqmix::reference::rat(i, {out[0].out<4>()}, options, &s);
       else
         seqmix::rat(i, {out[0].out<4>()}, options, &s, st::two_thread_pool());
+    };
+  };
+  op.reference = prefill(true);
+  op.forms.push_back({"fast", prefill(false)});
+  op.tokens = l.tokens();
+  return op;
+}
+
+// Mega: the EMA state pool read through the slots, the final state and the partial chunk's keys
+// and values written to pool rows, each sequence on its own chunk grid.
+Op mega_serving_op() {
+  const ServingLayout l;
+  const index_t D = 8, N = 4, H = 2, Dk = D / H, Dv = 4, c = 16;
+  Op op;
+  op.name = "mega packed + slots";
+  op.inputs = {serving_tokens(l, "x", {D}, 281), serving_tokens(l, "v", {H, Dv}, 282),
+               serving_pool(l, "initial_state", {D, N}, 283),
+               random_field("params.alpha_logit", {D, N}, 284, -2.f, 2.f, -1),
+               random_field("params.delta_logit", {D, N}, 285, -2.f, 2.f, -1),
+               random_field("params.beta", {D, N}, 286, -1.f, 1.f, -1),
+               random_field("params.eta", {D, N}, 287, -1.f, 1.f, -1),
+               random_field("params.q_scale", {D}, 288, -1.f, 1.f, -1),
+               random_field("params.q_bias", {D}, 289, -1.f, 1.f, -1),
+               random_field("params.k_scale", {D}, 290, -1.f, 1.f, -1),
+               random_field("params.k_bias", {D}, 291, -1.f, 1.f, -1)};
+  op.outputs = {zero_field("o", {1, l.total, H, Dv}), serving_pool_out(l, "final_state", {D, N}),
+                serving_pool_out(l, "k_cache", {c, H, Dk}), serving_pool_out(l, "v_cache", {c, H, Dv})};
+  op.outputs[0].owner_axis = 1, op.outputs[0].owners = l.token_owners();
+  seqmix::MegaOptions options;
+  options.chunk_size = c;
+  const auto prefill = [=](bool reference) {
+    return [=](const Fields& in, Fields& out) {
+      seqmix::MegaInputs i;
+      i.x = in[0].in<3>(), i.v = in[1].in<4>(), i.initial_state = in[2].in<3>(), i.batch = l.batch();
+      i.params = seqmix::MegaParams{in[3].in<2>(), in[4].in<2>(), in[5].in<2>(), in[6].in<2>(),
+                                    in[7].in<1>(), in[8].in<1>(), in[9].in<1>(), in[10].in<1>()};
+      seqmix::MegaOutputs o;
+      o.o = out[0].out<4>(), o.final_state = out[1].out<3>(), o.k_cache = out[2].out<4>(), o.v_cache = out[3].out<4>();
+      if (reference)
+        seqmix::reference::mega(i, o, options);
+      else
+        seqmix::mega(i, o, options, st::two_thread_pool());
     };
   };
   op.reference = prefill(true);
@@ -631,10 +673,11 @@ TEST_CASE("non-finite serving: ssd, selective_scan, causal_conv1d packed sequenc
   probe(causal_conv1d_serving_op());
 }
 
-TEST_CASE("non-finite serving: based and rat packed sequences in state slots at their own positions",
+TEST_CASE("non-finite serving: based, rat and mega packed sequences in state slots",
           "[nonfinite][serving][chunked]") {
   probe(based_serving_op());
   probe(rat_serving_op());
+  probe(mega_serving_op());
 }
 
 TEST_CASE("non-finite serving: paged_attention pages of one sequence", "[nonfinite][serving][attention]") {
