@@ -266,7 +266,7 @@ TEST_CASE("combiner: block size 1 and block size >= T equal dense causal attenti
 // ---- all three --------------------------------------------------------------------------------
 
 TEST_CASE("approx attention: repeated calls give bit-identical results", "[approx]") {
-  const ApproxCase c{2, 256, 8, 2, 64, 32};
+  const ApproxCase c{2, st::small_test_scale() ? 96 : 256, 8, 2, 64, 32};  // T divisible by m = 32
   const ApproxProblem p(c, 95);
   const Tensor<float, 2> e = approx_projection(32, c.T, 96), f = approx_projection(32, c.T, 97);
   const Tensor<float, 2> kernel = st::random_tensor<2>({c.Hq, 5}, 98);
