@@ -15,6 +15,47 @@ namespace detail {
 
 using TttMap = Eigen::Map<RowMajorMatrix<float>>;
 
+/// The LayerNorm of ttt's fast forms over a block of rows [n,K] at once (Eigen array
+/// expressions, vectorized along the rows): one head's gamma and beta, kept contiguous, and the
+/// forward's normalized rows and 1/sigma, which the backward reuses.
+struct TttLnBlock {
+  index_t K;
+  Eigen::Array<float, 1, Eigen::Dynamic> gamma, beta;  // [K]
+  std::vector<float> xh;                                // [bs,K] (z - mean) / sigma
+  Eigen::ArrayXf inv, m1, m2;                           // [bs] 1/sigma and the backward's two means
+  TttLnBlock(index_t K_, index_t bs)
+      : K(K_), gamma(K_), beta(K_), xh(static_cast<std::size_t>(bs * K_)), inv(bs), m1(bs), m2(bs) {}
+
+  /// Head h's parameters.
+  void load(const ConstView<float, 2>& weight, const ConstView<float, 2>& bias, index_t h) {
+    for (index_t j = 0; j < K; ++j) gamma(j) = weight(h, j), beta(j) = bias(h, j);
+  }
+
+  /// y = LN(z) row by row (y may be z itself); keeps xh and 1/sigma for backward().
+  void forward(const TttMap& z, TttMap& y, float eps) {
+    const index_t n = z.rows();
+    TttMap xm(xh.data(), n, K);
+    auto mean = m1.head(n);
+    mean = z.array().rowwise().mean();
+    xm.array() = z.array().colwise() - mean;
+    inv.head(n) = (xm.array().square().rowwise().mean() + eps).rsqrt();
+    xm.array().colwise() *= inv.head(n);
+    y.array() = (xm.array().rowwise() * gamma).rowwise() + beta;
+  }
+
+  /// dy := dl/dz from dl/dy, for the rows of the last forward().
+  void backward(TttMap& dy) {
+    const index_t n = dy.rows();
+    const TttMap xm(xh.data(), n, K);
+    dy.array().rowwise() *= gamma;
+    m1.head(n) = dy.array().rowwise().mean();
+    m2.head(n) = (dy.array() * xm.array()).rowwise().mean();
+    dy.array() = dy.array().colwise() - m1.head(n);
+    dy.array() -= xm.array().colwise() * m2.head(n);
+    dy.array().colwise() *= inv.head(n);
+  }
+};
+
 /// Per-thread buffers of ttt_linear: the weights of one row and one mini-batch's rows.
 struct TttLinearScratch {
   index_t K, bs;
@@ -22,29 +63,25 @@ struct TttLinearScratch {
   std::vector<float> Q, X, V;      // [bs,K] q, k, v of the mini-batch
   std::vector<float> Z, G, Zq;     // [bs,K] k W_0, dl/dz per token, q W_t
   std::vector<float> A;            // [bs,bs] c_t eta_s (q_t . k_s), causal
-  std::vector<float> eta, y;       // [bs], [K]
+  std::vector<float> eta;          // [bs]
+  TttLnBlock ln;                   // the head's LayerNorm
   TttLinearScratch(index_t K_, index_t bs_)
       : K(K_), bs(bs_), W(static_cast<std::size_t>(K_ * K_)), Q(static_cast<std::size_t>(bs_ * K_)), X(Q), V(Q),
-        Z(Q), G(Q), Zq(Q), A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)),
-        y(static_cast<std::size_t>(K_)) {}
+        Z(Q), G(Q), Zq(Q), A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), ln(K_, bs_) {}
 };
 
-/// One mini-batch of n tokens (rows of s.Q, s.X, s.V, learning rates s.eta) from W_0 = s.W:
-/// leaves q_t W_t in s.Zq and W_{n-1} in s.W. `c` holds the position scales (null: ones).
-template <class Gamma>
-inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c, const Gamma& gamma,
-                                 const Gamma& beta, float eps) {
+/// One mini-batch of n tokens (rows of s.Q, s.X, s.V, learning rates s.eta) from W_0 = s.W
+/// with the LayerNorm s.ln: leaves z_t = q_t + LN(q_t W_t) in s.Zq and W_{n-1} in s.W. `c` holds
+/// the position scales (null: ones).
+inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c, float eps) {
   const index_t K = s.K;
   TttMap W(s.W.data(), K, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K), Z(s.Z.data(), n, K);
-  TttMap G(s.G.data(), n, K), Zq(s.Zq.data(), n, K), A(s.A.data(), n, n);
+  TttMap V(s.V.data(), n, K), G(s.G.data(), n, K), Zq(s.Zq.data(), n, K), A(s.A.data(), n, n);
   Z.noalias() = X * W;
   // dl/dz of every token at W_0: the LayerNorm's backward of LN(z) + k - v.
-  for (index_t t = 0; t < n; ++t) {
-    float* g = s.G.data() + t * K;
-    ttt_layer_norm<float>(s.Z.data() + t * K, K, gamma, beta, eps, g, static_cast<float*>(nullptr));
-    for (index_t j = 0; j < K; ++j) g[j] += s.X[static_cast<std::size_t>(t * K + j)] - s.V[static_cast<std::size_t>(t * K + j)];
-    ttt_layer_norm<float>(s.Z.data() + t * K, K, gamma, beta, eps, s.y.data(), g);
-  }
+  s.ln.forward(Z, G, eps);
+  G += X - V;
+  s.ln.backward(G);
   // q_t W_t = q_t W_0 - sum_{s <= t} c_t eta_s (q_t . k_s) dl/dz_s.
   A.noalias() = Q * X.transpose();
   for (index_t t = 0; t < n; ++t) {
@@ -53,6 +90,8 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   }
   Zq.noalias() = Q * W;
   Zq.noalias() -= A * G;
+  s.ln.forward(Zq, Zq, eps);
+  Zq += Q;
   // W_{n-1} = W_0 - c_{n-1} X^T diag(eta) G (X is not needed any more: scaled in place).
   const float last = c != nullptr ? c[n - 1] : 1.f;
   for (index_t t = 0; t < n; ++t) X.row(t) *= last * s.eta[static_cast<std::size_t>(t)];
@@ -66,11 +105,12 @@ struct TttMlpScratch {
   std::vector<float> Q, X, V, Z2, G2, Zq; // [bs,K]
   std::vector<float> Ah, G1, Hq, D1;      // [bs,M] gelu(k W1), dl/dz1, q's hidden rows, gelu'(k W1)
   std::vector<float> A;                   // [bs,bs]
-  std::vector<float> eta, y;              // [bs], [K]
+  std::vector<float> eta;                 // [bs]
+  TttLnBlock ln;                          // the head's LayerNorm
   TttMlpScratch(index_t K_, index_t M_, index_t bs_)
       : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), W2(W1), Q(static_cast<std::size_t>(bs_ * K_)),
         X(Q), V(Q), Z2(Q), G2(Q), Zq(Q), Ah(static_cast<std::size_t>(bs_ * M_)), G1(Ah), Hq(Ah), D1(Ah),
-        A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), y(static_cast<std::size_t>(K_)) {}
+        A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), ln(K_, bs_) {}
 };
 
 /// A = tril(c_t eta_s (L R^T)_ts) for the rows of L and R [n, cols].
@@ -96,14 +136,12 @@ inline void ttt_gelu_block(TttMap& x, TttMap* derivative) {
   u = 0.5f * u * (1.f + (c * (u + a * u.cube())).tanh());
 }
 
-/// One ttt_mlp mini-batch of n tokens from W1_0, W2_0 = s.W1, s.W2: leaves the rows
-/// gelu(q W1_t) W2_t in s.Zq and the mini-batch's last weights in s.W1, s.W2.
-template <class Gamma>
-inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, const Gamma& gamma, const Gamma& beta,
-                              float eps) {
+/// One ttt_mlp mini-batch of n tokens from W1_0, W2_0 = s.W1, s.W2: leaves
+/// z_t = q_t + LN(gelu(q W1_t) W2_t) in s.Zq and the mini-batch's last weights in s.W1, s.W2.
+inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, float eps) {
   const index_t K = s.K, M = s.M;
   TttMap W1(s.W1.data(), K, M), W2(s.W2.data(), M, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K);
-  TttMap Z2(s.Z2.data(), n, K), G2(s.G2.data(), n, K), Zq(s.Zq.data(), n, K);
+  TttMap V(s.V.data(), n, K), Z2(s.Z2.data(), n, K), G2(s.G2.data(), n, K), Zq(s.Zq.data(), n, K);
   TttMap Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M), Hq(s.Hq.data(), n, M);
   TttMap A(s.A.data(), n, n);
   // Forward at the mini-batch's weights, then dl/dz2 and dl/dz1 of every token.
@@ -111,12 +149,9 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, const
   Ah.noalias() = X * W1;  // z1 = k W1, turned into gelu(z1) with gelu'(z1) kept in D1
   ttt_gelu_block(Ah, &D1);
   Z2.noalias() = Ah * W2;
-  for (index_t t = 0; t < n; ++t) {
-    float* g = s.G2.data() + t * K;
-    ttt_layer_norm<float>(s.Z2.data() + t * K, K, gamma, beta, eps, g, static_cast<float*>(nullptr));
-    for (index_t j = 0; j < K; ++j) g[j] += s.X[static_cast<std::size_t>(t * K + j)] - s.V[static_cast<std::size_t>(t * K + j)];
-    ttt_layer_norm<float>(s.Z2.data() + t * K, K, gamma, beta, eps, s.y.data(), g);
-  }
+  s.ln.forward(Z2, G2, eps);
+  G2 += X - V;
+  s.ln.backward(G2);
   G1.noalias() = G2 * W2.transpose();
   G1.array() *= D1.array();
   // Layer 1 of the queries at W1_t, then layer 2 at W2_t.
@@ -127,6 +162,8 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, const
   ttt_scaled_causal_scores(A, Hq, Ah, n, c, s.eta);
   Zq.noalias() = Hq * W2;
   Zq.noalias() -= A * G2;
+  s.ln.forward(Zq, Zq, eps);
+  Zq += Q;
   // The last weights: W1 -= (c eta X)^T G1, W2 -= (c eta Ah)^T G2 (X and Ah scaled in place).
   const float last = c != nullptr ? c[n - 1] : 1.f;
   for (index_t t = 0; t < n; ++t) {
@@ -155,7 +192,7 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
     detail::TttLinearScratch s(K, bs);
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
-      const detail::TttLnRow gamma{&in.ln_weight, h}, beta{&in.ln_bias, h};
+      s.ln.load(in.ln_weight, in.ln_bias, h);
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j)
           s.W[static_cast<std::size_t>(i * K + j)] = in.initial_w.has_value() ? in.initial_w(b, h, i, j) : 0.f;
@@ -168,12 +205,9 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
           }
           s.eta[static_cast<std::size_t>(i)] = in.eta(b, t0 + i, h);
         }
-        detail::ttt_linear_minibatch(s, n, scale.empty() ? nullptr : scale.data(), gamma, beta, options.ln_eps);
-        for (index_t i = 0; i < n; ++i) {
-          detail::ttt_layer_norm<float>(s.Zq.data() + i * K, K, gamma, beta, options.ln_eps, s.y.data(),
-                                        static_cast<float*>(nullptr));
-          for (index_t j = 0; j < K; ++j) out.z(b, t0 + i, h, j) = s.Q[static_cast<std::size_t>(i * K + j)] + s.y[static_cast<std::size_t>(j)];
-        }
+        detail::ttt_linear_minibatch(s, n, scale.empty() ? nullptr : scale.data(), options.ln_eps);
+        for (index_t i = 0; i < n; ++i)
+          for (index_t j = 0; j < K; ++j) out.z(b, t0 + i, h, j) = s.Zq[static_cast<std::size_t>(i * K + j)];
       }
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
@@ -199,7 +233,7 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
     detail::TttMlpScratch s(K, M, bs);
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
-      const detail::TttLnRow gamma{&in.ln_weight, h}, beta{&in.ln_bias, h};
+      s.ln.load(in.ln_weight, in.ln_bias, h);
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {
           s.W1[static_cast<std::size_t>(i * M + m)] = in.initial_w1(b, h, i, m);
@@ -214,12 +248,9 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
           }
           s.eta[static_cast<std::size_t>(i)] = in.eta(b, t0 + i, h);
         }
-        detail::ttt_mlp_minibatch(s, n, scale.empty() ? nullptr : scale.data(), gamma, beta, options.ln_eps);
-        for (index_t i = 0; i < n; ++i) {
-          detail::ttt_layer_norm<float>(s.Zq.data() + i * K, K, gamma, beta, options.ln_eps, s.y.data(),
-                                        static_cast<float*>(nullptr));
-          for (index_t j = 0; j < K; ++j) out.z(b, t0 + i, h, j) = s.Q[static_cast<std::size_t>(i * K + j)] + s.y[static_cast<std::size_t>(j)];
-        }
+        detail::ttt_mlp_minibatch(s, n, scale.empty() ? nullptr : scale.data(), options.ln_eps);
+        for (index_t i = 0; i < n; ++i)
+          for (index_t j = 0; j < K; ++j) out.z(b, t0 + i, h, j) = s.Zq[static_cast<std::size_t>(i * K + j)];
       }
       if (out.final_w1.has_value())
         for (index_t i = 0; i < K; ++i)

@@ -123,7 +123,8 @@ struct TttDims {
 };
 
 /// LayerNorm of one row x [n] with scale g and shift b: writes y = LN(x) and, when dy is given,
-/// overwrites dy (dL/dy) with dL/dx. Real is double in the references, float in the fast forms.
+/// overwrites dy (dL/dy) with dL/dx, in Real (double in the references; the fast forms run the
+/// same formulas on blocks of rows, fast.hpp TttLnBlock).
 template <class Real, class In, class Gm, class Bt>
 inline void ttt_layer_norm(const In* x, index_t n, const Gm& gamma, const Bt& beta, Real eps, Real* y, Real* dy) {
   Real mean = 0, var = 0;
@@ -276,13 +277,6 @@ inline Real ttt_gelu_derivative(Real x) {
   const Real c = Real(0.7978845608028654), u = c * (x + Real(0.044715) * x * x * x), th = std::tanh(u);
   return Real(0.5) * (Real(1) + th) + Real(0.5) * x * (Real(1) - th * th) * c * (Real(1) + Real(3 * 0.044715) * x * x);
 }
-
-/// A LayerNorm parameter row of head h as a callable j -> value.
-struct TttLnRow {
-  const ConstView<float, 2>* p;
-  index_t h;
-  float operator()(index_t j) const { return (*p)(h, j); }
-};
 
 }  // namespace detail
 

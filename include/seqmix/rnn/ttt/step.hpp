@@ -21,7 +21,7 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
     detail::TttLinearScratch s(K, 1);
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
-      const detail::TttLnRow gamma{&in.ln_weight, h}, beta{&in.ln_bias, h};
+      s.ln.load(in.ln_weight, in.ln_bias, h);
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) s.W[static_cast<std::size_t>(i * K + j)] = out.w(b, h, i, j);
       for (index_t j = 0; j < K; ++j) {
@@ -29,9 +29,8 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
         s.Q[e] = in.q(b, h, j), s.X[e] = in.k(b, h, j), s.V[e] = in.v(b, h, j);
       }
       s.eta[0] = in.eta(b, h);
-      detail::ttt_linear_minibatch(s, 1, nullptr, gamma, beta, options.ln_eps);
-      detail::ttt_layer_norm<float>(s.Zq.data(), K, gamma, beta, options.ln_eps, s.y.data(), static_cast<float*>(nullptr));
-      for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Q[static_cast<std::size_t>(j)] + s.y[static_cast<std::size_t>(j)];
+      detail::ttt_linear_minibatch(s, 1, nullptr, options.ln_eps);
+      for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) out.w(b, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
     }
@@ -51,7 +50,7 @@ inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& ou
     detail::TttMlpScratch s(K, M, 1);
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
-      const detail::TttLnRow gamma{&in.ln_weight, h}, beta{&in.ln_bias, h};
+      s.ln.load(in.ln_weight, in.ln_bias, h);
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {
           s.W1[static_cast<std::size_t>(i * M + m)] = out.w1(b, h, i, m);
@@ -62,9 +61,8 @@ inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& ou
         s.Q[e] = in.q(b, h, j), s.X[e] = in.k(b, h, j), s.V[e] = in.v(b, h, j);
       }
       s.eta[0] = in.eta(b, h);
-      detail::ttt_mlp_minibatch(s, 1, nullptr, gamma, beta, options.ln_eps);
-      detail::ttt_layer_norm<float>(s.Zq.data(), K, gamma, beta, options.ln_eps, s.y.data(), static_cast<float*>(nullptr));
-      for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Q[static_cast<std::size_t>(j)] + s.y[static_cast<std::size_t>(j)];
+      detail::ttt_mlp_minibatch(s, 1, nullptr, options.ln_eps);
+      for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {
           out.w1(b, h, i, m) = s.W1[static_cast<std::size_t>(i * M + m)];
