@@ -479,3 +479,51 @@ TEST_CASE("ttt_mlp: bad shapes are refused before any output", "[ttt]") {
   Tensor<float, 4> w2 = p.w2;
   CHECK_THROWS_AS(seqmix::ttt_mlp_step(si, {w1.view().select(3, 0), w1.view(), w2.view()}), seqmix::ShapeError);
 }
+
+TEST_CASE("ttt_linear and ttt_mlp: head-major and strided views give the contiguous result", "[ttt]") {
+  // q, k, v stored head-major [B,H,T,K] and read as [B,T,H,K] views; z written into every other
+  // column of a wider buffer.
+  const TttMlpProblem p(2, 37, 3, 8, 16, 1101);
+  const auto head_major = [&p](const Tensor<float, 4>& x, Tensor<float, 4>& store) {
+    store = Tensor<float, 4>({p.B, p.H, p.T, p.K});
+    for (index_t b = 0; b < p.B; ++b)
+      for (index_t t = 0; t < p.T; ++t)
+        for (index_t h = 0; h < p.H; ++h)
+          for (index_t j = 0; j < p.K; ++j) store(b, h, t, j) = x(b, t, h, j);
+    return seqmix::ConstView<float, 4>(store.data(), {p.B, p.T, p.H, p.K},
+                                       {p.H * p.T * p.K, p.K, p.T * p.K, 1});
+  };
+  Tensor<float, 4> qs, ks, vs;
+  const seqmix::ConstView<float, 4> qv = head_major(p.q, qs), kv = head_major(p.k, ks), vv = head_major(p.v, vs);
+  Tensor<float, 4> wide({p.B, p.T, p.H, 2 * p.K});
+  const seqmix::TensorView<float, 4> zv(wide.data(), {p.B, p.T, p.H, p.K}, {p.T * p.H * 2 * p.K, p.H * 2 * p.K, 2 * p.K, 2});
+  const auto narrow = [&p, &wide]() {
+    Tensor<float, 4> z({p.B, p.T, p.H, p.K});
+    for (index_t b = 0; b < p.B; ++b)
+      for (index_t t = 0; t < p.T; ++t)
+        for (index_t h = 0; h < p.H; ++h)
+          for (index_t j = 0; j < p.K; ++j) z(b, t, h, j) = wide(b, t, h, 2 * j);
+    return z;
+  };
+  {
+    TttMlpResult ref(p);
+    seqmix::ttt_mlp(p.inputs(), ref.outputs());
+    seqmix::TttMlpInputs in = p.inputs();
+    in.q = qv, in.k = kv, in.v = vv;
+    seqmix::ttt_mlp(in, {zv}, {}, st::two_thread_pool());
+    const Tensor<float, 4> z = narrow();
+    st::require_close("ttt_mlp z", z.cview(), ref.z.cview(), 1e-6);
+  }
+  {
+    const TttProblem lp(2, 37, 3, 8, 1101);
+    Tensor<float, 4> ql, kl, vl;
+    const seqmix::ConstView<float, 4> lq = head_major(lp.q, ql), lk = head_major(lp.k, kl), lv = head_major(lp.v, vl);
+    TttResult ref(lp);
+    seqmix::ttt_linear(lp.inputs(true), ref.outputs());
+    seqmix::TttLinearInputs in = lp.inputs(true);
+    in.q = lq, in.k = lk, in.v = lv;
+    seqmix::ttt_linear(in, {zv}, {}, st::two_thread_pool());
+    const Tensor<float, 4> z = narrow();
+    st::require_close("ttt_linear z", z.cview(), ref.z.cview(), 1e-6);
+  }
+}
