@@ -22,6 +22,8 @@
 #include "seqmix/chunked/based/fast.hpp"
 #include "seqmix/chunked/based/reference.hpp"
 #include "seqmix/chunked/based/step.hpp"
+#include "seqmix/chunked/infini/fast.hpp"
+#include "seqmix/chunked/infini/reference.hpp"
 #include "seqmix/chunked/mega/fast.hpp"
 #include "seqmix/chunked/mega/reference.hpp"
 #include "seqmix/chunked/rat/fast.hpp"
@@ -288,7 +290,7 @@ Op causal_conv1d_serving_op() {
   return op;
 }
 
-// ---- hybrids with slots: BASED, RAT (per-slot positions), Mega -----------------------------
+// ---- hybrids with slots: BASED, RAT, Infini-attention (per-slot positions), Mega -------------
 
 // The state inputs in[first, first + n) copied into the pool outputs out[1, 1 + n), which the
 // forms update in place; the per-slot positions start from `start` on every run.
@@ -368,6 +370,53 @@ Op rat_serving_op() {
         seqmix::reference::rat(i, {out[0].out<4>()}, options, &s);
       else
         seqmix::rat(i, {out[0].out<4>()}, options, &s, st::two_thread_pool());
+    };
+  };
+  op.reference = prefill(true);
+  op.forms.push_back({"fast", prefill(false)});
+  op.tokens = l.tokens();
+  return op;
+}
+
+// Infini-attention at per-slot positions, segments of 16: sequence 0 resumes at 7 (its segment
+// buffer holds 7 rows), sequence 3 at 12.
+Op infini_serving_op(seqmix::InfiniMemoryUpdate update) {
+  const ServingLayout l;
+  const index_t H = 2, Hkv = 1, K = 8, V = 8, S = 16;
+  Op op;
+  op.name = std::string("infini_attention packed + slots ") + (update == seqmix::InfiniMemoryUpdate::delta ? "delta" : "linear");
+  op.inputs = {serving_tokens(l, "q", {H, K}, 295), serving_tokens(l, "k", {Hkv, K}, 296),
+               serving_tokens(l, "v", {Hkv, V}, 297), random_field("beta", {H}, 298, -2.f, 2.f, -1),
+               serving_pool(l, "state.memory", {Hkv, K, V}, 299), serving_pool(l, "state.normalizer", {Hkv, K}, 300, 1.f, 4.f),
+               serving_pool(l, "state.segment_k", {S, Hkv, K}, 301), serving_pool(l, "state.segment_v", {S, Hkv, V}, 302)};
+  // Segment rows 2 (history of both resuming sequences) besides the middle one (row 8: stale).
+  for (std::size_t f : {std::size_t{6}, std::size_t{7}}) op.inputs[f].state_pokes.push_back(l.slots[0] * op.inputs[f].stride(0) + 2 * op.inputs[f].stride(1));
+  op.outputs = {zero_field("o", {1, l.total, H, V}), serving_pool_out(l, "state.memory", {Hkv, K, V}),
+                serving_pool_out(l, "state.normalizer", {Hkv, K}), serving_pool_out(l, "state.segment_k", {S, Hkv, K}),
+                serving_pool_out(l, "state.segment_v", {S, Hkv, V})};
+  op.outputs[0].owner_axis = 1, op.outputs[0].owners = l.token_owners();
+  seqmix::InfiniAttentionOptions options;
+  options.segment = S;
+  options.update = update;
+  const auto prefill = [=](bool reference) {
+    return [=](const Fields& in, Fields& out) {
+      serving_copy_pools(in, 4, 4, out);
+      std::vector<std::int64_t> positions = kServingPositions;
+      seqmix::InfiniAttentionState s{out[1].out<4>(), out[2].out<3>(), out[3].out<4>(), out[4].out<4>(), 0, {}};
+      s.positions = TensorView<std::int64_t, 1>(positions.data(), {static_cast<index_t>(positions.size())});
+      const seqmix::InfiniAttentionInputs i{in[0].in<4>(), in[1].in<4>(), in[2].in<4>(), in[3].in<1>(), l.batch()};
+      if (reference)
+        seqmix::reference::infini_attention(i, {out[0].out<4>()}, options, &s);
+      else
+        seqmix::infini_attention(i, {out[0].out<4>()}, options, &s, st::two_thread_pool());
+      // Segment rows at or past a used slot's position % S are stale (the fast form keeps a
+      // finished segment's rows there, the reference does not): cleared before the comparison.
+      for (std::int64_t row : l.slots)
+        for (std::size_t f : {std::size_t{3}, std::size_t{4}}) {
+          const index_t r = out[f].stride(1), first = row * out[f].stride(0);
+          std::fill(out[f].data.begin() + first + (positions[static_cast<std::size_t>(row)] % S) * r,
+                    out[f].data.begin() + first + S * r, 0.f);
+        }
     };
   };
   op.reference = prefill(true);
@@ -673,11 +722,13 @@ TEST_CASE("non-finite serving: ssd, selective_scan, causal_conv1d packed sequenc
   probe(causal_conv1d_serving_op());
 }
 
-TEST_CASE("non-finite serving: based, rat and mega packed sequences in state slots",
+TEST_CASE("non-finite serving: based, rat, mega and infini_attention packed sequences in state slots",
           "[nonfinite][serving][chunked]") {
   probe(based_serving_op());
   probe(rat_serving_op());
   probe(mega_serving_op());
+  probe(infini_serving_op(seqmix::InfiniMemoryUpdate::linear));
+  probe(infini_serving_op(seqmix::InfiniMemoryUpdate::delta));
 }
 
 TEST_CASE("non-finite serving: paged_attention pages of one sequence", "[nonfinite][serving][attention]") {
