@@ -1,8 +1,9 @@
 // linformer, nystrom_attention and combiner (the classic sub-quadratic approximations): the fast
 // forms against their references over T in {1, 64, 65, 1000}, D in {64, 128}, GQA 1 and 4, B up
 // to 2; the degenerate settings that equal dense attention (linformer with E = F = I, Nystrom
-// with m = T landmarks, combiner with block size 1 or >= T); determinism under two threads; bad
-// arguments refused with a ShapeError before any output is written.
+// with m = T landmarks, combiner with block size 1 or >= T); combiner's decode steps and chunks
+// equal the prefill's rows; determinism under two threads; bad arguments refused with a
+// ShapeError before any output is written.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -263,6 +264,38 @@ TEST_CASE("combiner: block size 1 and block size >= T equal dense causal attenti
   }
 }
 
+TEST_CASE("combiner: decode steps and chunks (Tq < T) equal the prefill's last rows", "[approx][combiner]") {
+  for (const ApproxCase& c : {ApproxCase{2, 65, 4, 2, 64, 16}, ApproxCase{1, 300, 8, 2, 128, 32},
+                              ApproxCase{1, 20, 4, 1, 64, 32}}) {
+    const ApproxProblem p(c, 110);
+    seqmix::CombinerOptions opt;
+    opt.block_size = c.param;
+    ApproxOutputs full(c.B, c.T, c.Hq, c.D);
+    seqmix::combiner({p.q.cview(), p.k.cview(), p.v.cview(), {}, {}}, full.view(), opt, st::two_thread_pool());
+    const index_t Nb = (c.T + c.param - 1) / c.param;
+    Tensor<float, 4> means_k({c.B, Nb, c.Hkv, c.D}), means_v({c.B, Nb, c.Hkv, c.D});
+    seqmix::block_key_summaries(p.k.cview(), c.param, means_k.view(), {}, {});
+    seqmix::block_key_summaries(p.v.cview(), c.param, means_v.view(), {}, {});
+    for (const index_t Tq : {index_t{1}, index_t{5}, index_t{19}})
+      for (const bool kept : {false, true}) {
+        seqmix::CombinerInputs in{p.q.cview().slice(1, c.T - Tq, Tq), p.k.cview(), p.v.cview(), {}, {}};
+        if (kept) in.summary_k = means_k.cview(), in.summary_v = means_v.cview();
+        ApproxOutputs step(c.B, Tq, c.Hq, c.D), ref(c.B, Tq, c.Hq, c.D), want(c.B, Tq, c.Hq, c.D);
+        seqmix::combiner(in, step.view(), opt, st::two_thread_pool());
+        seqmix::reference::combiner(in, ref.view(), opt);
+        for (index_t b = 0; b < c.B; ++b)
+          for (index_t i = 0; i < Tq; ++i)
+            for (index_t h = 0; h < c.Hq; ++h) {
+              want.lse(b, i, h) = full.lse(b, c.T - Tq + i, h);
+              for (index_t x = 0; x < c.D; ++x) want.o(b, i, h, x) = full.o(b, c.T - Tq + i, h, x);
+            }
+        const std::string what = c.describe() + " Tq=" + std::to_string(Tq) + " kept summaries " + std::to_string(kept);
+        approx_check("combiner step vs prefill " + what, step, want);
+        approx_check("combiner step vs reference " + what, step, ref);
+      }
+  }
+}
+
 // ---- all three --------------------------------------------------------------------------------
 
 TEST_CASE("approx attention: repeated calls give bit-identical results", "[approx]") {
@@ -362,4 +395,13 @@ TEST_CASE("approx attention: bad arguments are refused before any output is writ
   refused("options.block_size", combiner_with(0, nullptr, false));
   refused("summary_k", combiner_with(4, &sk3, false));
   refused("v", combiner_with(4, nullptr, true));
+  Tensor<float, 4> long_q = st::random_tensor<4>({1, 17, c.Hq, c.D}, 9);  // Tq > T
+  {
+    ApproxOutputs a(1, 17, c.Hq, c.D), r(1, 17, c.Hq, c.D);
+    seqmix::CombinerInputs in{long_q.cview(), p.k.cview(), p.v.cview(), {}, {}};
+    st::require_shape_error("q", [&] { seqmix::combiner(in, a.view()); });
+    st::require_shape_error("q", [&] { seqmix::reference::combiner(in, r.view()); });
+    CHECK(a.untouched());
+    CHECK(r.untouched());
+  }
 }

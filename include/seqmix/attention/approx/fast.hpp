@@ -11,10 +11,11 @@
 //    F W = attention(Q, K~, W) (K~ repeated to the query heads, since W is per query head); the
 //    conv skip is added last.
 //  - combiner: the own-block part is dense causal attention on the sequence cut into blocks (a
-//    strided view [T / bs, bs, H, D] per batch row, plus the ragged tail block), the summary part
-//    is causal attention of queries i >= bs over the Nb summaries with query positions
-//    i / bs - 1 (so query i sees summaries r < i / bs), and the two key sets are disjoint, so
-//    attention_merge of their (o, lse) is the one softmax of the definition.
+//    strided view [T / bs, bs, H, D] per batch row, plus the ragged tail block; with Tq < T one
+//    call per block holding queries), the summary part is causal attention of the queries at
+//    positions pos >= bs over the Nb summaries with query positions pos / bs - 1 (so a query sees
+//    summaries r < pos / bs), and the two key sets are disjoint, so attention_merge of their
+//    (o, lse) is the one softmax of the definition.
 #pragma once
 
 #include <algorithm>
@@ -141,35 +142,55 @@ inline void nystrom_attention(const NystromInputs& in, const TensorView<float, 4
   });
 }
 
-/// Same arguments and results as reference::combiner. Allocates the block means (unless both
-/// summaries are given), an lse per query and head, and the summary part's (o, lse) for the
-/// queries after the first block.
+/// Same arguments and results as reference::combiner (prefill with Tq = T, decode with Tq = 1,
+/// chunks between). Allocates the block means (unless both summaries are given), an lse per
+/// query and head, and the summary part's (o, lse) for the queries after the first block. A
+/// decode step with kept summaries reads the own block's keys and the Nb summaries only.
 inline void combiner(const CombinerInputs& in, const AttentionOutputs& out, const CombinerOptions& options = {},
                      const Executor& executor = serial_executor()) {
   using namespace detail;
   AttentionDims d{};
   const index_t Nb = validate_combiner("combiner", in, out, options, d);
   if (d.B * d.Tq * d.Hq == 0) return;
-  const index_t T = d.Tk, bs = options.block_size;
+  const index_t T = d.Tk, Tq = d.Tq, first = T - Tq, bs = options.block_size;
   const AttentionOptions causal = approx_attention_options(options.scale, true);
-  Tensor<float, 3> lse({d.B, T, d.Hq});
-  // Own blocks: causal attention within each block (whole blocks as a batch, then the tail).
-  const index_t whole = T / bs, tail = T - whole * bs;
-  for (index_t b = 0; b < d.B; ++b) {
-    if (whole > 0)
-      attention(approx_dense_inputs(approx_block_view(in.q, b, 0, whole, bs), approx_block_view(in.k, b, 0, whole, bs),
-                                    approx_block_view(in.v, b, 0, whole, bs)),
-                AttentionOutputs{approx_block_view(out.o, b, 0, whole, bs), approx_block_view(lse.view(), b, 0, whole, bs)},
-                causal, executor);
-    if (tail > 0)
-      attention(approx_dense_inputs(approx_block_view(in.q, b, whole * bs, 1, tail),
-                                    approx_block_view(in.k, b, whole * bs, 1, tail),
-                                    approx_block_view(in.v, b, whole * bs, 1, tail)),
-                AttentionOutputs{approx_block_view(out.o, b, whole * bs, 1, tail),
-                                 approx_block_view(lse.view(), b, whole * bs, 1, tail)},
-                causal, executor);
+  Tensor<float, 3> lse({d.B, Tq, d.Hq});
+  if (Tq == T) {
+    // Own blocks: causal attention within each block (whole blocks as a batch, then the tail).
+    const index_t whole = T / bs, tail = T - whole * bs;
+    for (index_t b = 0; b < d.B; ++b) {
+      if (whole > 0)
+        attention(approx_dense_inputs(approx_block_view(in.q, b, 0, whole, bs), approx_block_view(in.k, b, 0, whole, bs),
+                                      approx_block_view(in.v, b, 0, whole, bs)),
+                  AttentionOutputs{approx_block_view(out.o, b, 0, whole, bs), approx_block_view(lse.view(), b, 0, whole, bs)},
+                  causal, executor);
+      if (tail > 0)
+        attention(approx_dense_inputs(approx_block_view(in.q, b, whole * bs, 1, tail),
+                                      approx_block_view(in.k, b, whole * bs, 1, tail),
+                                      approx_block_view(in.v, b, whole * bs, 1, tail)),
+                  AttentionOutputs{approx_block_view(out.o, b, whole * bs, 1, tail),
+                                   approx_block_view(lse.view(), b, whole * bs, 1, tail)},
+                  causal, executor);
+    }
+  } else {
+    // Fewer queries than keys (decode, or a chunk after a prefix): per batch row and block that
+    // holds queries, its queries at positions [p0, p1] over keys [n * bs, p1], causal
+    // bottom-right, which puts each query at its own position relative to the block start.
+    for (index_t b = 0; b < d.B; ++b)
+      for (index_t p0 = first; p0 < T;) {
+        const index_t n = p0 / bs, p1 = std::min((n + 1) * bs, T) - 1;
+        attention(approx_dense_inputs(approx_block_view(in.q, b, p0 - first, 1, p1 - p0 + 1),
+                                      approx_block_view(in.k, b, n * bs, 1, p1 + 1 - n * bs),
+                                      approx_block_view(in.v, b, n * bs, 1, p1 + 1 - n * bs)),
+                  AttentionOutputs{approx_block_view(out.o, b, p0 - first, 1, p1 - p0 + 1),
+                                   approx_block_view(lse.view(), b, p0 - first, 1, p1 - p0 + 1)},
+                  causal, executor);
+        p0 = p1 + 1;
+      }
   }
-  if (T > bs) {
+  // Queries i0.. are past the first block (position >= bs): they also see summaries.
+  const index_t i0 = std::max<index_t>(0, bs - first);
+  if (i0 < Tq) {
     // Summaries: the caller's, or the block means.
     Tensor<float, 4> mean_k, mean_v;
     ConstView<float, 4> sk = in.summary_k, sv = in.summary_v;
@@ -183,23 +204,23 @@ inline void combiner(const CombinerInputs& in, const AttentionOutputs& out, cons
       block_key_summaries(in.v, bs, mean_v.view(), {}, {}, executor);
       sv = mean_v.cview();
     }
-    // Queries i >= bs over the summaries r < i / bs: causal with query position i / bs - 1.
-    const index_t rest = T - bs;
+    // Query i over the summaries r < pos / bs: causal with query position pos / bs - 1.
+    const index_t rest = Tq - i0;
     Tensor<std::int32_t, 2> positions({d.B, rest});
     for (index_t b = 0; b < d.B; ++b)
-      for (index_t t = 0; t < rest; ++t) positions(b, t) = static_cast<std::int32_t>((bs + t) / bs - 1);
+      for (index_t t = 0; t < rest; ++t) positions(b, t) = static_cast<std::int32_t>((first + i0 + t) / bs - 1);
     Tensor<float, 4> o2({d.B, rest, d.Hq, d.Dv});
     Tensor<float, 3> lse2({d.B, rest, d.Hq});
-    AttentionInputs<float> summary = approx_dense_inputs(in.q.slice(1, bs, rest), sk, sv);
+    AttentionInputs<float> summary = approx_dense_inputs(in.q.slice(1, i0, rest), sk, sv);
     summary.positions = positions.cview();
     attention(summary, AttentionOutputs{o2.view(), lse2.view()}, causal, executor);
-    const TensorView<float, 4> o1 = out.o.slice(1, bs, rest);
-    const TensorView<float, 3> l1 = lse.view().slice(1, bs, rest);
+    const TensorView<float, 4> o1 = out.o.slice(1, i0, rest);
+    const TensorView<float, 3> l1 = lse.view().slice(1, i0, rest);
     attention_merge(o1, l1, o2.cview(), lse2.cview(), o1, l1, executor);
   }
   if (out.lse.has_value())
     for (index_t b = 0; b < d.B; ++b)
-      for (index_t i = 0; i < T; ++i)
+      for (index_t i = 0; i < Tq; ++i)
         for (index_t h = 0; h < d.Hq; ++h) out.lse(b, i, h) = lse(b, i, h);
 }
 

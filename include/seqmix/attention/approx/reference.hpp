@@ -23,11 +23,12 @@
 // and every head at once; here they are taken per (batch row, head), so one batch row's result
 // does not depend on the others. Only Z_0's scale differs; the limit is the same.
 //
-// combiner (Ren et al. 2021, the causal Combiner-Fixed form): keys in blocks of bs; query i in
-// block n = i / bs attends, in one softmax, to the keys of its own block up to itself and to one
+// combiner (Ren et al. 2021, the causal Combiner-Fixed form): keys in blocks of bs; query i, at
+// position pos = T - Tq + i (the last Tq of the T keys; Tq = 1 is the decode step) in block
+// n = pos / bs, attends, in one softmax, to the keys of its own block up to itself and to one
 // summary key / value per earlier block r < n (the block's mean key and mean value, or the
 // caller's summaries):
-//   logits scale * q_i . k_j (n * bs <= j <= i) and scale * q_i . ks_r (r < n), values v_j, vs_r.
+//   logits scale * q_i . k_j (n * bs <= j <= pos) and scale * q_i . ks_r (r < n), values v_j, vs_r.
 // bs = 1 (each earlier block is one key, its own summary) and bs >= T (one block) both give dense
 // causal attention exactly.
 #pragma once
@@ -94,10 +95,12 @@ struct CombinerOptions {
   std::optional<float> scale = {};
 };
 
-/// Arguments of combiner (fp32, self-attention: q, k, v share T). The summaries are optional
-/// (absent: the mean key / value of each block); only blocks before a query's own are read.
+/// Arguments of combiner (fp32). The queries are the last Tq of the T positions (Tq = T: prefill,
+/// Tq = 1: a decode step). The summaries are optional (absent: the mean key / value of each block,
+/// which reads all of k and v; a decoder keeps them beside its cache); only blocks before a
+/// query's own are read.
 struct CombinerInputs {
-  ConstView<float, 4> q;                  ///< [B,T,Hq,Dk]
+  ConstView<float, 4> q;                  ///< [B,Tq,Hq,Dk], Tq <= T
   ConstView<float, 4> k;                  ///< [B,T,Hkv,Dk], Hkv divides Hq
   ConstView<float, 4> v;                  ///< [B,T,Hkv,Dv]
   ConstView<float, 4> summary_k = {};     ///< [B,ceil(T/block_size),Hkv,Dk], optional
@@ -171,8 +174,8 @@ inline index_t validate_combiner(const char* op, const CombinerInputs& in, const
   const ArgCheck check(op);
   check.that(options.block_size >= 1, "options.block_size", "must be >= 1, got " + std::to_string(options.block_size));
   d = validate_attention(check, approx_dense_inputs(in.q, in.k, in.v), out, approx_attention_options(options.scale, true));
-  if (d.Tq != d.Tk)
-    check.fail("q", "needs as many queries as keys (self-attention, Tq = T), got Tq = " + std::to_string(d.Tq) +
+  if (d.Tq > d.Tk)
+    check.fail("q", "needs Tq <= T (queries are the last Tq of the T keys), got Tq = " + std::to_string(d.Tq) +
                         ", T = " + std::to_string(d.Tk));
   const index_t Nb = (d.Tk + options.block_size - 1) / options.block_size;
   check.optional_shape("summary_k", in.summary_k, std::array<index_t, 4>{d.B, Nb, d.Hkv, d.Dk},
@@ -365,13 +368,13 @@ inline void combiner(const CombinerInputs& in, const AttentionOutputs& out, cons
       }
     for (index_t i = 0; i < d.Tq; ++i)
       for (index_t h = 0; h < d.Hq; ++h) {
-        const index_t hk = h / d.group(), own = i / bs;
+        const index_t hk = h / d.group(), pos = d.Tk - d.Tq + i, own = pos / bs;
         keys.clear(), values.clear();
         for (index_t r = 0; r < own; ++r) {
           keys.push_back(summary_k[static_cast<std::size_t>(r * d.Hkv + hk)]);
           values.push_back(summary_v[static_cast<std::size_t>(r * d.Hkv + hk)]);
         }
-        for (index_t j = own * bs; j <= i; ++j) {
+        for (index_t j = own * bs; j <= pos; ++j) {
           detail::reference_row_mean(in.k, b, hk, j, j + 1, mean);
           keys.push_back(mean);
           detail::reference_row_mean(in.v, b, hk, j, j + 1, mean);
