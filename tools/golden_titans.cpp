@@ -4,6 +4,7 @@
 // W applied as W k, the inner loss ||W k - v||^2 has the gradient 2 (W k - v) k^T, and
 //   S_t = eta_t S_{t-1} - theta_t * 2 (W_{t-1} k_t - v_t) k_t^T,   W_t = (1 - alpha_t) W_{t-1} + S_t,
 //   y_t = scale * W_t q_t.
+// Miras cases replace 2 (W k - v) by the derivative of the elementwise loss (l1, l3, Huber).
 // The files hold seqmix's layout, the transposes M = W^T and momentum S^T ([B,HV,K,V]). Nothing
 // of seqmix is used but its .npy writer, so the vectors are independent of the operator.
 //
@@ -21,6 +22,8 @@ namespace {
 
 using namespace golden;
 
+const double kHuberDelta = 0.125;
+
 const char* kSource =
     "tools/golden_titans.cpp: float64 loops of Titans' linear-memory update (momentum, forgetting, gradient of "
     "||W k - v||^2 written out, memory in the paper's [V,K] orientation), independent of seqmix's operators";
@@ -29,7 +32,17 @@ struct TitansCase {
   std::string name;
   index_t B, T, HK, HV, K, V;
   bool state, given_scale;
+  std::string loss = "l2";  // Miras' elementwise biases: "l1", "l3", "huber" (delta 0.125)
 };
+
+// d/de of the loss's f(e): l2 e^2, l1 |e|, l3 |e|^3, Huber (delta) e^2/2 inside, delta (|e| - delta/2) outside.
+double loss_derivative(const std::string& loss, double e) {
+  const double delta = kHuberDelta;
+  if (loss == "l1") return e > 0 ? 1.0 : e < 0 ? -1.0 : 0.0;
+  if (loss == "l3") return 3.0 * e * std::abs(e);
+  if (loss == "huber") return std::abs(e) <= delta ? e : (e > 0 ? delta : -delta);
+  return 2.0 * e;
+}
 
 void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng) {
   const index_t B = c.B, T = c.T, HK = c.HK, HV = c.HV, K = c.K, V = c.V, G = HV / HK;
@@ -64,7 +77,7 @@ void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng
         }
         for (index_t i = 0; i < V; ++i)
           for (index_t j = 0; j < K; ++j) {
-            S[i * K + j] = eta.at(g) * S[i * K + j] - theta.at(g) * 2.0 * e[i] * k.at(qk + j);
+            S[i * K + j] = eta.at(g) * S[i * K + j] - theta.at(g) * loss_derivative(c.loss, e[i]) * k.at(qk + j);
             W[i * K + j] = (1.0 - alpha.at(g)) * W[i * K + j] + S[i * K + j];
           }
         for (index_t i = 0; i < V; ++i) {
@@ -91,7 +104,12 @@ void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng
     write(dir, "initial_memory", m0), write(dir, "initial_momentum", s0);
     inputs += ", \"initial_memory\": \"initial_memory.npy\", \"initial_momentum\": \"initial_momentum.npy\"";
   }
-  write_case(dir, "titans", c.given_scale ? "\"scale\": " + exact(scale) : "", inputs,
+  std::string params = c.given_scale ? "\"scale\": " + exact(scale) : "";
+  if (c.loss != "l2") {
+    params += std::string(params.empty() ? "" : ", ") + "\"loss\": \"" + c.loss + "\"";
+    if (c.loss == "huber") params += ", \"huber_delta\": " + exact(kHuberDelta);
+  }
+  write_case(dir, "titans", params, inputs,
              "\"y\": \"y.npy\", \"final_memory\": \"final_memory.npy\", \"final_momentum\": \"final_momentum.npy\"",
              "1e-05", kSource);
 }
@@ -103,5 +121,8 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(20261203);
   titans_case(root, {"b1_t70_hk1_hv2_k16_v8", 1, 70, 1, 2, 16, 8, false, false}, rng);
   titans_case(root, {"b2_t33_h1_k8_v12_state_scale", 2, 33, 1, 1, 8, 12, true, true}, rng);
+  titans_case(root, {"miras_l1_b1_t40_h2_k8_v8_state", 1, 40, 2, 2, 8, 8, true, false, "l1"}, rng);
+  titans_case(root, {"miras_l3_b1_t40_hk1_hv2_k8_v6", 1, 40, 1, 2, 8, 6, false, false, "l3"}, rng);
+  titans_case(root, {"miras_huber_b2_t30_h1_k12_v8_state", 2, 30, 1, 1, 12, 8, true, false, "huber"}, rng);
   return 0;
 }

@@ -1,6 +1,6 @@
 // seqmix-conformance runner for titans (docs/operators.md section 12, "titans"): the chunked
 // prefill in the "fast" slot, which also checks the recurrent prefill against it, and the
-// reference.
+// reference. Params: scale, loss ("l2" default, "l1", "l3", "huber": Miras' biases), huber_delta.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -25,6 +25,16 @@ OutputMap run_titans(const CaseData& c, bool fast) {
   in.initial_momentum = c.opt_in<4>("initial_momentum", "B,HV,K,V");
   seqmix::TitansOptions options;
   if (const auto scale = c.param_opt_double("scale")) options.scale = static_cast<float>(*scale);
+  const std::string loss = c.param_string("loss", "l2");
+  if (loss == "l1")
+    options.loss = seqmix::TitansLoss::l1;
+  else if (loss == "l3")
+    options.loss = seqmix::TitansLoss::l3;
+  else if (loss == "huber")
+    options.loss = seqmix::TitansLoss::huber;
+  else if (loss != "l2")
+    throw CaseError(c.id() + ": unknown titans loss '" + loss + "'");
+  options.huber_delta = static_cast<float>(c.param_double("huber_delta", 1.0));
   OutputMap out;
   const seqmix::TitansOutputs outputs{c.make_output<4>(out, "y"), c.make_output<4>(out, "final_memory"),
                                       c.make_output<4>(out, "final_momentum")};

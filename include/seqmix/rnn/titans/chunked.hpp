@@ -95,9 +95,30 @@ inline void titans_chunked_row(const TitansInputs& in, const TitansOutputs& out,
       for (index_t col = 0; col < V; ++col)
         U(j, col) = tt * (ws.Vc(j, col) - ap * ws.KMS(j, col) - cp * ws.KMS(j, V + col));
     }
-    G.triangularView<Eigen::UnitLower>().solveInPlace(U);
+    // Forward substitution and the lower-triangular product written as row axpys: a later
+    // token's U (a NaN included) never reaches an earlier row, as in the recurrence (Eigen's
+    // blocked triangular kernels multiply the zero half too, which spreads a NaN upwards).
+    const index_t us = ws.U.outerStride(), ys = ws.Y.outerStride(), gs = ws.G.outerStride(), ps = ws.P.outerStride();
+    float* const u0 = ws.U.data();
+    float* const y0 = ws.Y.data();
+    for (index_t j = 0; j < L; ++j) {
+      float* __restrict uj = u0 + j * us;
+      float* __restrict yj = y0 + j * ys;
+      const float* grow = ws.G.data() + j * gs;
+      const float* prow = ws.P.data() + j * ps;
+      for (index_t s = 0; s < j; ++s) {
+        const float gjs = grow[s];
+        const float* __restrict usrow = u0 + s * us;
+        for (index_t col = 0; col < V; ++col) uj[col] -= gjs * usrow[col];
+      }
+      for (index_t col = 0; col < V; ++col) yj[col] = 0.f;
+      for (index_t s = 0; s <= j; ++s) {
+        const float pjs = prow[s];
+        const float* __restrict usrow = u0 + s * us;
+        for (index_t col = 0; col < V; ++col) yj[col] += pjs * usrow[col];
+      }
+    }
     auto Y = ws.Y.topRows(L);
-    Y.noalias() = P * U;
     for (index_t j = 0; j < L; ++j) {
       const float aj = static_cast<float>(ws.A[static_cast<std::size_t>(j)]), cj = static_cast<float>(ws.c[static_cast<std::size_t>(j)]);
       float* dst = out.y.ptr(b, t0 + j, hv);
@@ -124,7 +145,7 @@ inline void titans_chunked_row(const TitansInputs& in, const TitansOutputs& out,
 
 // One row of the recurrent prefill: the step's token kernel over T tokens.
 inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& out, const TitansDims& d, index_t b,
-                                 index_t hv, TitansToken& s) {
+                                 index_t hv, TitansToken& s, const TitansOptions& options) {
   const index_t K = d.K, V = d.V, h = hv / d.group();
   s.M.resize(static_cast<std::size_t>(K * V)), s.S.resize(static_cast<std::size_t>(K * V));
   for (index_t r = 0; r < K; ++r)
@@ -135,7 +156,8 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
   for (index_t t = 0; t < d.T; ++t) {
     for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, t, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, t, h, r);
     for (index_t c = 0; c < V; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, t, hv, c);
-    titans_token(s, s.M.data(), V, s.S.data(), V, K, V, in.alpha(b, t, hv), in.eta(b, t, hv), in.theta(b, t, hv), d.scale);
+    titans_token(s, s.M.data(), V, s.S.data(), V, K, V, in.alpha(b, t, hv), in.eta(b, t, hv), in.theta(b, t, hv), d.scale,
+                 options.loss, options.huber_delta);
     for (index_t c = 0; c < V; ++c) out.y(b, t, hv, c) = s.y[static_cast<std::size_t>(c)];
   }
   for (index_t r = 0; r < K; ++r)
@@ -149,16 +171,17 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
 
 /// Titans (linear memory) prefill: y [B,T,HV,V] and the optional final memory and momentum.
 /// options.algorithm chooses the chunkwise-parallel closed form (default) or the recurrent one;
-/// both equal reference::titans up to rounding. Threaded over (batch, value head) rows.
+/// both equal reference::titans up to rounding. A Miras loss (options.loss other than l2) runs
+/// the recurrent form, the only exact one for it. Threaded over (batch, value head) rows.
 inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
                    const Executor& executor = serial_executor()) {
   const ArgCheck check("titans");
   const detail::TitansDims d = detail::validate_titans(check, in, out, options);
   const index_t rows = d.B * d.HV;
-  if (options.algorithm == TitansAlgorithm::recurrent) {
+  if (options.algorithm == TitansAlgorithm::recurrent || options.loss != TitansLoss::l2) {
     parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
       detail::TitansToken s(d.K, d.V);
-      for (index_t r = begin; r < end; ++r) detail::titans_recurrent_row(in, out, d, r / d.HV, r % d.HV, s);
+      for (index_t r = begin; r < end; ++r) detail::titans_recurrent_row(in, out, d, r / d.HV, r % d.HV, s, options);
     });
     return;
   }

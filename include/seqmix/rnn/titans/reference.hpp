@@ -19,6 +19,10 @@
 // gated_delta_rule with g = log(1 - alpha), beta = 2 theta / (1 - alpha) and v' = (1 - alpha) v
 // (alpha < 1); the gradient is taken at M_{t-1}, Gated DeltaNet's error at the decayed state.
 //
+// Miras (TitansOptions::loss): the same memory with the elementwise attentional biases l1, l3
+// and Huber in place of l2, whose gradient k f'(e)^T replaces 2 k e^T (TitansLoss); the
+// retention stays Titans' (1 - alpha) gate. Those run recurrently (exact), not chunked.
+//
 // This header: argument structs, options, validation and seqmix::reference::titans (plain
 // loops, double state). Fast prefill (chunkwise-parallel closed form, or recurrent): chunked.hpp;
 // decode step: step.hpp; derivation: docs/operators.md section 12, "titans".
@@ -44,14 +48,29 @@ enum class TitansAlgorithm {
   recurrent,  ///< token by token, the step's kernel
 };
 
+/// The inner loss l(M; k, v) = sum_i f(e_i) on the error e = M^T k - v: Miras' attentional
+/// biases that stay elementwise (Behrouz et al. 2025, "It's All Connected"). The gradient is
+/// k f'(e)^T; only l2 has the chunkwise-parallel closed form (the others are not linear in M).
+enum class TitansLoss {
+  l2,     ///< f = e^2, f' = 2 e (Titans; the default)
+  l1,     ///< f = |e|, f' = sign(e), 0 at 0 (Moneta's l_p bias, p = 1)
+  l3,     ///< f = |e|^3, f' = 3 e |e| (Moneta's l_p bias, p = 3)
+  huber,  ///< f = e^2/2 for |e| <= delta, delta (|e| - delta/2) beyond; f' = clamp(e, -delta, delta) (Yaad)
+};
+
 /// Options of titans and titans_step.
 struct TitansOptions {
   /// Multiplies the retrieval y = scale * M^T q; default 1 (the paper's y = M q).
   std::optional<float> scale = {};
   /// Tokens per chunk of the chunked algorithm, in [1, 1024]; changes rounding only.
   index_t chunk_size = 64;
-  /// Prefill algorithm (see TitansAlgorithm).
+  /// Prefill algorithm (see TitansAlgorithm). With a loss other than l2 the prefill is always
+  /// recurrent (no exact chunked form exists).
   TitansAlgorithm algorithm = TitansAlgorithm::chunked;
+  /// The inner loss (attentional bias), see TitansLoss.
+  TitansLoss loss = TitansLoss::l2;
+  /// Huber's threshold delta (TitansLoss::huber only): finite and > 0.
+  float huber_delta = 1.f;
 };
 
 /// Prefill arguments. Each initial state is optional (zeros when absent).
@@ -127,10 +146,27 @@ void titans_check_gates(const ArgCheck& check, const ConstView<float, R>& alpha,
   scan("theta", theta, false);
 }
 
+// The scale, after the checks of the options shared by prefill and step.
 inline float titans_scale(const ArgCheck& check, const TitansOptions& options) {
   const float scale = options.scale ? *options.scale : 1.f;
   check.finite(scale, "options.scale");
+  check_enum(check.op(), "options.loss", options.loss, 4);
+  if (options.loss == TitansLoss::huber && !(options.huber_delta > 0.f && std::isfinite(options.huber_delta)))
+    check.fail("options.huber_delta", "must be finite and > 0, got " + std::to_string(options.huber_delta));
   return scale;
+}
+
+// f'(e) of the loss (TitansLoss), for float (the fast forms) and double (the reference). NaN
+// stays NaN (no comparison swallows it).
+template <class F>
+F titans_loss_grad(TitansLoss loss, F e, F delta) {
+  switch (loss) {
+    case TitansLoss::l1: return e > F(0) ? F(1) : e < F(0) ? F(-1) : e;
+    case TitansLoss::l3: return F(3) * e * std::abs(e);
+    case TitansLoss::huber: return e > delta ? delta : e < -delta ? -delta : e;
+    case TitansLoss::l2: break;
+  }
+  return F(2) * e;
 }
 
 inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in, const TitansOutputs& out,
@@ -221,15 +257,16 @@ inline void titans(const TitansInputs& in, const TitansOutputs& out, const Titan
         }
       for (index_t t = 0; t < d.T; ++t) {
         const double alpha = in.alpha(b, t, hv), eta = in.eta(b, t, hv), theta = in.theta(b, t, hv);
-        // err = M_{t-1}^T k - v; grad = 2 k err^T.
+        // err = M_{t-1}^T k - v; grad = k f'(err)^T (l2: 2 k err^T).
         for (index_t c = 0; c < V; ++c) {
           double acc = 0.0;
           for (index_t r = 0; r < K; ++r) acc += M[at(r, c)] * double(in.k(b, t, h, r));
-          err[static_cast<std::size_t>(c)] = acc - double(in.v(b, t, hv, c));
+          err[static_cast<std::size_t>(c)] =
+              detail::titans_loss_grad<double>(options.loss, acc - double(in.v(b, t, hv, c)), options.huber_delta);
         }
         for (index_t r = 0; r < K; ++r)
           for (index_t c = 0; c < V; ++c) {
-            const double grad = 2.0 * double(in.k(b, t, h, r)) * err[static_cast<std::size_t>(c)];
+            const double grad = double(in.k(b, t, h, r)) * err[static_cast<std::size_t>(c)];
             S[at(r, c)] = eta * S[at(r, c)] - theta * grad;
             M[at(r, c)] = (1.0 - alpha) * M[at(r, c)] + S[at(r, c)];
           }

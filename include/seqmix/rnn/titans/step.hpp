@@ -25,7 +25,7 @@ struct TitansToken {
 // The recurrence on one token: M, S [K,V] with row strides ms, ss (unit column stride); q, k, v,
 // err and y in `s`. y = scale * M_t^T q.
 inline void titans_token(TitansToken& s, float* M, index_t ms, float* S, index_t ss, index_t K, index_t V, float alpha,
-                         float eta, float theta, float scale) {
+                         float eta, float theta, float scale, TitansLoss loss = TitansLoss::l2, float delta = 1.f) {
   using Vec = simd::Batch<float>;
   const index_t vend = simd::vector_end(V);
   float* __restrict err = s.err.data();
@@ -38,6 +38,9 @@ inline void titans_token(TitansToken& s, float* M, index_t ms, float* S, index_t
     for (index_t c = 0; c < vend; c += simd::kWidth) simd::store(err + c, simd::fma(kr, simd::load(row + c), simd::load(err + c)));
     for (index_t c = vend; c < V; ++c) err[c] += s.k[static_cast<std::size_t>(r)] * row[c];
   }
+  // err becomes f'(err) / 2 (l2: err itself), so that the update below is S = eta S - 2 theta k err^T.
+  if (loss != TitansLoss::l2)
+    for (index_t c = 0; c < V; ++c) err[c] = 0.5f * titans_loss_grad<float>(loss, err[c], delta);
   const float a = 1.f - alpha;
   const Vec a_v(a), eta_v(eta);
   for (index_t r = 0; r < K; ++r) {
@@ -88,7 +91,8 @@ inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out
             s.M[static_cast<std::size_t>(r * V + c)] = M(r, c), s.S[static_cast<std::size_t>(r * V + c)] = S(r, c);
         mp = s.M.data(), sp = s.S.data(), ms = ss = V;
       }
-      detail::titans_token(s, mp, ms, sp, ss, K, V, in.alpha(b, hv), in.eta(b, hv), in.theta(b, hv), d.scale);
+      detail::titans_token(s, mp, ms, sp, ss, K, V, in.alpha(b, hv), in.eta(b, hv), in.theta(b, hv), d.scale,
+                           options.loss, options.huber_delta);
       if (!direct)
         for (index_t r = 0; r < K; ++r)
           for (index_t c = 0; c < V; ++c)
