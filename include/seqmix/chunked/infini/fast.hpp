@@ -108,9 +108,11 @@ inline void retrieve(const float* x, index_t x_stride, const float* M, const flo
   sigma_row(x, x_stride, K, w.sig.data());
   normalize_sigma(w.sig.data(), K);
   std::fill(w.acc.begin(), w.acc.end(), 0.f);
-  for (index_t r = 0; r < K; ++r) simd::axpy(w.sig[r], M + r * V, w.acc.data(), V);
   const float den = simd::dot(w.sig.data(), z, K);
-  const float inv = reads_memory(den) ? 1.f / den : 0.f;
+  // An unread memory is not touched: 0 * an inf in M would make the retrieval NaN.
+  if (!reads_memory(den)) return;
+  for (index_t r = 0; r < K; ++r) simd::axpy(w.sig[r], M + r * V, w.acc.data(), V);
+  const float inv = 1.f / den;
   for (index_t c = 0; c < V; ++c) w.acc[c] *= inv;
 }
 
