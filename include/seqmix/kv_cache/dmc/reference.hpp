@@ -47,6 +47,7 @@ struct DmcCacheAccess;
 /// values, [B,Hkv,capacity] importances); dmc_attention and dmc_decode_step write it.
 class DmcCache {
  public:
+  /// Allocates the storage of `config` (ShapeError on a size below 1 or an overflowing product).
   explicit DmcCache(const DmcCacheConfig& config) : config_(config) {
     const ArgCheck check("DmcCache");
     check.that(config.batch >= 1, "batch", "must be >= 1, got " + std::to_string(config.batch))
@@ -63,6 +64,7 @@ class DmcCache {
     tokens_.assign(static_cast<std::size_t>(config.batch), 0);
   }
 
+  /// The sizes the cache was made with.
   const DmcCacheConfig& config() const noexcept { return config_; }
   /// Slots held by (b, h).
   index_t size(index_t b, index_t h) const { return size_[head_index(b, h)]; }

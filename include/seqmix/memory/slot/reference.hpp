@@ -38,6 +38,7 @@ enum class SlotGate {
 
 /// Options of slot_memory.
 struct SlotMemoryOptions {
+  /// The write's gate form (SlotGate).
   SlotGate gate = SlotGate::input_forget;
   /// Heads; D must be a multiple. Each head attends on its dh = D / heads channels.
   index_t heads = 1;
@@ -61,12 +62,13 @@ struct SlotMemoryWeights {
 struct SlotMemoryInputs {
   ConstView<float, 3> x;       ///< [B,T,D]
   ConstView<float, 3> memory;  ///< [B,S,D]: the slots before the first segment
+  /// The gate weights (SlotMemoryWeights).
   SlotMemoryWeights weights;
 };
 
 /// Outputs of slot_memory. Neither may overlap an input or the other.
 struct SlotMemoryOutputs {
-  TensorView<float, 3> y;             ///< [B,T,D]: the (gated) reads
+  TensorView<float, 3> y;             ///< [B,T,D]: the reads (output-gated under SlotGate::lm2)
   TensorView<float, 3> final_memory;  ///< [B,S,D]: the slots after the last segment
 };
 
