@@ -27,6 +27,7 @@
 
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/rnn/titans/reference.hpp"
 #include "seqmix/rnn/titans/step.hpp"
 
@@ -101,21 +102,29 @@ inline void titans_chunked_row(const TitansInputs& in, const TitansOutputs& out,
     const index_t us = ws.U.outerStride(), ys = ws.Y.outerStride(), gs = ws.G.outerStride(), ps = ws.P.outerStride();
     float* const u0 = ws.U.data();
     float* const y0 = ws.Y.data();
+    using Vec = simd::Batch<float>;
+    const index_t vend = simd::vector_end(V);
     for (index_t j = 0; j < L; ++j) {
       float* __restrict uj = u0 + j * us;
       float* __restrict yj = y0 + j * ys;
       const float* grow = ws.G.data() + j * gs;
       const float* prow = ws.P.data() + j * ps;
-      for (index_t s = 0; s < j; ++s) {
-        const float gjs = grow[s];
-        const float* __restrict usrow = u0 + s * us;
-        for (index_t col = 0; col < V; ++col) uj[col] -= gjs * usrow[col];
+      // Explicit vectors: GCC's -O2 cost model leaves these runtime-length loops scalar.
+      for (index_t col = 0; col < vend; col += simd::kWidth) {
+        Vec u = simd::load(uj + col);
+        for (index_t s = 0; s < j; ++s) u = simd::fma(Vec(-grow[s]), simd::load(u0 + s * us + col), u);
+        simd::store(uj + col, u);
+        Vec y(0.f);
+        for (index_t s = 0; s <= j; ++s) y = simd::fma(Vec(prow[s]), simd::load(u0 + s * us + col), y);
+        simd::store(yj + col, y);
       }
-      for (index_t col = 0; col < V; ++col) yj[col] = 0.f;
-      for (index_t s = 0; s <= j; ++s) {
-        const float pjs = prow[s];
-        const float* __restrict usrow = u0 + s * us;
-        for (index_t col = 0; col < V; ++col) yj[col] += pjs * usrow[col];
+      for (index_t col = vend; col < V; ++col) {
+        float u = uj[col];
+        for (index_t s = 0; s < j; ++s) u -= grow[s] * u0[s * us + col];
+        uj[col] = u;
+        float y = 0.f;
+        for (index_t s = 0; s <= j; ++s) y += prow[s] * u0[s * us + col];
+        yj[col] = y;
       }
     }
     auto Y = ws.Y.topRows(L);
