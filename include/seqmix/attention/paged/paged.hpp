@@ -135,6 +135,20 @@ bool heads_packed(const ConstView<KV, 4>& x) noexcept {
   return x.stride(3) == 1 && x.stride(2) == x.size(3);
 }
 
+// Requests the first line of K and of V of every page run of keys [j0, j0 + count) into L2: two
+// tiles ahead, so each randomly placed page has its first line (its DRAM row, its TLB entry)
+// on the way before the LineStream of the previous tile walks through it.
+template <class KV>
+void touch_page_starts(const PagedAttentionInputs<KV>& in, index_t block_size, index_t seq, index_t j0,
+                       index_t count) noexcept {
+  for (index_t c = 0; c < count;) {
+    const index_t j = j0 + c, offset = j % block_size, page = in.block_table(seq, j / block_size);
+    __builtin_prefetch(in.k_pages.ptr(page, offset), 0, 2);
+    __builtin_prefetch(in.v_pages.ptr(page, offset), 0, 2);
+    c += block_size - offset;
+  }
+}
+
 // Runs one piece: the item's query rows against tiles [first, last), into its row states.
 template <class KV>
 void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const AttentionOptions& options,
@@ -177,6 +191,8 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
     if (tile + 1 < task.last) next.gather(in, d.block_size, item.seq, item.tiles.key(tile + 1), tile_keys(tile + 1));
     LineStream ahead;
     if (prefetch) {
+      if (tile + 2 < task.last) touch_page_starts(in, d.block_size, item.seq, item.tiles.key(tile + 2), tile_keys(tile + 2));
+      ahead.to_l2 = true;
       ahead.set_rows(0, next.k, static_cast<int>(next.n), k_row);
       ahead.set_rows(1, next.v, static_cast<int>(next.n), v_row);
       ahead.spread_over(decode_tile_steps(tile_dims, n));
