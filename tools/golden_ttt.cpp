@@ -47,6 +47,27 @@ Vec layer_norm(const Vec& z, const Vec& gamma, const Vec& beta, double eps, cons
   return dz;
 }
 
+// Row t of head h, batch b of a [B,T,H,K] array.
+Vec head_row(Array& x, index_t b, index_t t, index_t h, index_t T, index_t H, index_t K) {
+  Vec r(K);
+  for (index_t j = 0; j < K; ++j) r[j] = x.at(((b * T + t) * H + h) * K + j);
+  return r;
+}
+
+// The position scales c_i = 1 / (i + 1) of a mini-batch of bs, rounded to float as stored.
+Array position_scales(index_t bs) {
+  Array scale = zeros({bs});
+  for (index_t i = 0; i < bs; ++i) scale.at(i) = double(static_cast<float>(1.0 / double(i + 1)));
+  return scale;
+}
+
+// dl/dz of the inner loss 1/2 ||LN(z) + k - v||^2 at the inner model's output z.
+Vec residual_grad(const Vec& z, const Vec& k, const Vec& v, const Vec& gamma, const Vec& beta, double eps) {
+  Vec dy = layer_norm(z, gamma, beta, eps);
+  for (std::size_t j = 0; j < dy.size(); ++j) dy[j] += k[j] - v[j];  // d(1/2 ||LN + k - v||^2)/dLN
+  return layer_norm(z, gamma, beta, eps, &dy);
+}
+
 struct TttCase {
   std::string name;
   index_t B, T, H, K, mini_batch;
@@ -59,19 +80,14 @@ void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rn
   Array q = random_array({B, T, H, K}, rng, -1, 1), k = random_array({B, T, H, K}, rng, -1, 1);
   Array v = random_array({B, T, H, K}, rng, -1, 1), eta = random_array({B, T, H}, rng, 0, 1.0 / double(K));
   Array gamma = random_array({H, K}, rng, 0.5, 1.5), beta = random_array({H, K}, rng, -0.2, 0.2);
-  Array w0 = random_array({B, H, K, K}, rng, -a, a), scale = zeros({bs});
-  for (index_t i = 0; i < bs; ++i) scale.at(i) = double(static_cast<float>(1.0 / double(i + 1)));
+  Array w0 = random_array({B, H, K, K}, rng, -a, a), scale = position_scales(bs);
   Array z = zeros({B, T, H, K}), wf = zeros({B, H, K, K});
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h) {
       Vec W(K * K), g(K), be(K);
       for (index_t j = 0; j < K; ++j) g[j] = gamma.at(h * K + j), be[j] = beta.at(h * K + j);
       for (index_t e = 0; e < K * K; ++e) W[e] = c.state ? w0.at((b * H + h) * K * K + e) : 0.0;
-      const auto row = [&](Array& x, index_t t) {
-        Vec r(K);
-        for (index_t j = 0; j < K; ++j) r[j] = x.at(((b * T + t) * H + h) * K + j);
-        return r;
-      };
+      const auto row = [&](Array& x, index_t t) { return head_row(x, b, t, h, T, H, K); };
       for (index_t t0 = 0; t0 < T; t0 += bs) {
         const index_t n = std::min(bs, T - t0);
         std::vector<Vec> X(n), Q(n), G(n);
@@ -83,9 +99,7 @@ void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rn
           Vec zs(K, 0.0);
           for (index_t i = 0; i < K; ++i)
             for (index_t j = 0; j < K; ++j) zs[j] += X[s][i] * W[i * K + j];
-          Vec dy = layer_norm(zs, g, be, eps);
-          for (index_t j = 0; j < K; ++j) dy[j] += X[s][j] - V[j];  // d(1/2 ||LN + k - v||^2)/dLN
-          G[s] = layer_norm(zs, g, be, eps, &dy);
+          G[s] = residual_grad(zs, X[s], V, g, be, eps);
         }
         for (index_t t = 0; t < n; ++t) {
           Vec zq(K, 0.0);
@@ -140,19 +154,14 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
   Array v = random_array({B, T, H, K}, rng, -1, 1), eta = random_array({B, T, H}, rng, 0, 1.0 / double(K));
   Array gamma = random_array({H, K}, rng, 0.5, 1.5), beta = random_array({H, K}, rng, -0.2, 0.2);
   Array w1 = random_array({B, H, K, M}, rng, -a1, a1), w2 = random_array({B, H, M, K}, rng, -a2, a2);
-  Array scale = zeros({bs});
-  for (index_t i = 0; i < bs; ++i) scale.at(i) = double(static_cast<float>(1.0 / double(i + 1)));
+  Array scale = position_scales(bs);
   Array z = zeros({B, T, H, K}), f1 = zeros({B, H, K, M}), f2 = zeros({B, H, M, K});
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h) {
       Vec W1(K * M), W2(M * K), g(K), be(K);
       for (index_t j = 0; j < K; ++j) g[j] = gamma.at(h * K + j), be[j] = beta.at(h * K + j);
       for (index_t e = 0; e < K * M; ++e) W1[e] = w1.at((b * H + h) * K * M + e), W2[e] = w2.at((b * H + h) * M * K + e);
-      const auto row = [&](Array& x, index_t t) {
-        Vec r(K);
-        for (index_t j = 0; j < K; ++j) r[j] = x.at(((b * T + t) * H + h) * K + j);
-        return r;
-      };
+      const auto row = [&](Array& x, index_t t) { return head_row(x, b, t, h, T, H, K); };
       for (index_t t0 = 0; t0 < T; t0 += bs) {
         const index_t n = std::min(bs, T - t0);
         std::vector<Vec> X(n), Q(n), Hk(n), G1(n), G2(n);
@@ -168,9 +177,7 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
           for (index_t m = 0; m < M; ++m) Hk[s][m] = gelu(z1[m]);
           for (index_t m = 0; m < M; ++m)
             for (index_t j = 0; j < K; ++j) z2[j] += Hk[s][m] * W2[m * K + j];
-          Vec dy = layer_norm(z2, g, be, eps);
-          for (index_t j = 0; j < K; ++j) dy[j] += X[s][j] - V[j];
-          G2[s] = layer_norm(z2, g, be, eps, &dy);
+          G2[s] = residual_grad(z2, X[s], V, g, be, eps);
           G1[s] = Vec(M, 0.0);
           for (index_t m = 0; m < M; ++m) {
             for (index_t j = 0; j < K; ++j) G1[s][m] += G2[s][j] * W2[m * K + j];
