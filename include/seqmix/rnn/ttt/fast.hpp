@@ -70,6 +70,16 @@ struct TttLinearScratch {
         Z(Q), G(Q), Zq(Q), A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), ln(K_, bs_) {}
 };
 
+/// A = tril(c_t eta_s (L R^T)_ts) for the rows of L and R [n, cols].
+inline void ttt_scaled_causal_scores(TttMap& A, const TttMap& L, const TttMap& R, index_t n, const float* c,
+                                     const std::vector<float>& eta) {
+  A.noalias() = L * R.transpose();
+  for (index_t t = 0; t < n; ++t) {
+    const float ct = c != nullptr ? c[t] : 1.f;
+    for (index_t u = 0; u < n; ++u) A(t, u) = u <= t ? A(t, u) * ct * eta[static_cast<std::size_t>(u)] : 0.f;
+  }
+}
+
 /// One mini-batch of n tokens (rows of s.Q, s.X, s.V, learning rates s.eta) from W_0 = s.W
 /// with the LayerNorm s.ln: leaves z_t = q_t + LN(q_t W_t) in s.Zq and W_{n-1} in s.W. `c` holds
 /// the position scales (null: ones).
@@ -83,11 +93,7 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   G += X - V;
   s.ln.backward(G);
   // q_t W_t = q_t W_0 - sum_{s <= t} c_t eta_s (q_t . k_s) dl/dz_s.
-  A.noalias() = Q * X.transpose();
-  for (index_t t = 0; t < n; ++t) {
-    const float ct = c != nullptr ? c[t] : 1.f;
-    for (index_t u = 0; u < n; ++u) A(t, u) = u <= t ? A(t, u) * ct * s.eta[static_cast<std::size_t>(u)] : 0.f;
-  }
+  ttt_scaled_causal_scores(A, Q, X, n, c, s.eta);
   Zq.noalias() = Q * W;
   Zq.noalias() -= A * G;
   s.ln.forward(Zq, Zq, eps);
@@ -112,16 +118,6 @@ struct TttMlpScratch {
         X(Q), V(Q), Z2(Q), G2(Q), Zq(Q), Ah(static_cast<std::size_t>(bs_ * M_)), G1(Ah), Hq(Ah), D1(Ah),
         A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), ln(K_, bs_) {}
 };
-
-/// A = tril(c_t eta_s (L R^T)_ts) for the rows of L and R [n, cols].
-inline void ttt_scaled_causal_scores(TttMap& A, const TttMap& L, const TttMap& R, index_t n, const float* c,
-                                     const std::vector<float>& eta) {
-  A.noalias() = L * R.transpose();
-  for (index_t t = 0; t < n; ++t) {
-    const float ct = c != nullptr ? c[t] : 1.f;
-    for (index_t u = 0; u < n; ++u) A(t, u) = u <= t ? A(t, u) * ct * eta[static_cast<std::size_t>(u)] : 0.f;
-  }
-}
 
 /// gelu (tanh form) of every element of `x` in place, on Eigen's vectorized tanh; with `derivative`
 /// given, first writes gelu'(x) there (the values before the update).
@@ -174,6 +170,37 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, float
   W2.noalias() -= Ah.transpose() * G2;
 }
 
+/// Rows t0..t0+n-1 of (b, h) of a prefill's q, k, v, eta into a scratch's Q, X, V, eta
+/// (TttLinearScratch or TttMlpScratch).
+template <class Scratch, class In>
+inline void ttt_load_minibatch(Scratch& s, const In& in, index_t b, index_t h, index_t t0, index_t n) {
+  const index_t K = s.K;
+  for (index_t i = 0; i < n; ++i) {
+    for (index_t j = 0; j < K; ++j) {
+      const std::size_t e = static_cast<std::size_t>(i * K + j);
+      s.Q[e] = in.q(b, t0 + i, h, j), s.X[e] = in.k(b, t0 + i, h, j), s.V[e] = in.v(b, t0 + i, h, j);
+    }
+    s.eta[static_cast<std::size_t>(i)] = in.eta(b, t0 + i, h);
+  }
+}
+
+/// A step's token (b, h) of q, k, v, eta into row 0 of a scratch's Q, X, V, eta.
+template <class Scratch, class In>
+inline void ttt_load_step(Scratch& s, const In& in, index_t b, index_t h) {
+  for (index_t j = 0; j < s.K; ++j) {
+    const std::size_t e = static_cast<std::size_t>(j);
+    s.Q[e] = in.q(b, h, j), s.X[e] = in.k(b, h, j), s.V[e] = in.v(b, h, j);
+  }
+  s.eta[0] = in.eta(b, h);
+}
+
+/// The n outputs z of a mini-batch (s.Zq) into rows t0..t0+n-1 of (b, h) of out.z.
+template <class Scratch, class Out>
+inline void ttt_store_minibatch(const Scratch& s, const Out& out, index_t b, index_t h, index_t t0, index_t n) {
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < s.K; ++j) out.z(b, t0 + i, h, j) = s.Zq[static_cast<std::size_t>(i * s.K + j)];
+}
+
 }  // namespace detail
 
 /// TTT-Linear prefill (reference.hpp's definition) in the dual form: per mini-batch
@@ -198,16 +225,9 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
           s.W[static_cast<std::size_t>(i * K + j)] = in.initial_w.has_value() ? in.initial_w(b, h, i, j) : 0.f;
       for (index_t t0 = 0; t0 < d.T; t0 += bs) {
         const index_t n = std::min(bs, d.T - t0);
-        for (index_t i = 0; i < n; ++i) {
-          for (index_t j = 0; j < K; ++j) {
-            const std::size_t e = static_cast<std::size_t>(i * K + j);
-            s.Q[e] = in.q(b, t0 + i, h, j), s.X[e] = in.k(b, t0 + i, h, j), s.V[e] = in.v(b, t0 + i, h, j);
-          }
-          s.eta[static_cast<std::size_t>(i)] = in.eta(b, t0 + i, h);
-        }
+        detail::ttt_load_minibatch(s, in, b, h, t0, n);
         detail::ttt_linear_minibatch(s, n, scale.empty() ? nullptr : scale.data(), options.ln_eps);
-        for (index_t i = 0; i < n; ++i)
-          for (index_t j = 0; j < K; ++j) out.z(b, t0 + i, h, j) = s.Zq[static_cast<std::size_t>(i * K + j)];
+        detail::ttt_store_minibatch(s, out, b, h, t0, n);
       }
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
@@ -241,16 +261,9 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
         }
       for (index_t t0 = 0; t0 < d.T; t0 += bs) {
         const index_t n = std::min(bs, d.T - t0);
-        for (index_t i = 0; i < n; ++i) {
-          for (index_t j = 0; j < K; ++j) {
-            const std::size_t e = static_cast<std::size_t>(i * K + j);
-            s.Q[e] = in.q(b, t0 + i, h, j), s.X[e] = in.k(b, t0 + i, h, j), s.V[e] = in.v(b, t0 + i, h, j);
-          }
-          s.eta[static_cast<std::size_t>(i)] = in.eta(b, t0 + i, h);
-        }
+        detail::ttt_load_minibatch(s, in, b, h, t0, n);
         detail::ttt_mlp_minibatch(s, n, scale.empty() ? nullptr : scale.data(), options.ln_eps);
-        for (index_t i = 0; i < n; ++i)
-          for (index_t j = 0; j < K; ++j) out.z(b, t0 + i, h, j) = s.Zq[static_cast<std::size_t>(i * K + j)];
+        detail::ttt_store_minibatch(s, out, b, h, t0, n);
       }
       if (out.final_w1.has_value())
         for (index_t i = 0; i < K; ++i)

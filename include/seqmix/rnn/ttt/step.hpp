@@ -24,11 +24,7 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
       s.ln.load(in.ln_weight, in.ln_bias, h);
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) s.W[static_cast<std::size_t>(i * K + j)] = out.w(b, h, i, j);
-      for (index_t j = 0; j < K; ++j) {
-        const std::size_t e = static_cast<std::size_t>(j);
-        s.Q[e] = in.q(b, h, j), s.X[e] = in.k(b, h, j), s.V[e] = in.v(b, h, j);
-      }
-      s.eta[0] = in.eta(b, h);
+      detail::ttt_load_step(s, in, b, h);
       detail::ttt_linear_minibatch(s, 1, nullptr, options.ln_eps);
       for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
@@ -56,11 +52,7 @@ inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& ou
           s.W1[static_cast<std::size_t>(i * M + m)] = out.w1(b, h, i, m);
           s.W2[static_cast<std::size_t>(m * K + i)] = out.w2(b, h, m, i);
         }
-      for (index_t j = 0; j < K; ++j) {
-        const std::size_t e = static_cast<std::size_t>(j);
-        s.Q[e] = in.q(b, h, j), s.X[e] = in.k(b, h, j), s.V[e] = in.v(b, h, j);
-      }
-      s.eta[0] = in.eta(b, h);
+      detail::ttt_load_step(s, in, b, h);
       detail::ttt_mlp_minibatch(s, 1, nullptr, options.ln_eps);
       for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
