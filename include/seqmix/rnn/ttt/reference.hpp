@@ -61,8 +61,9 @@ struct TttLinearOutputs {
   TensorView<float, 4> final_w = {};    ///< [B,H,K,K]
 };
 
-/// Decode-step arguments: one token per batch row, a mini-batch of one (W -= eta grad, then z).
-struct TttLinearStepInputs {
+/// Decode-step arguments of ttt_linear_step and ttt_mlp_step (TttLinearStepInputs, TttMlpStepInputs):
+/// one token per batch row, a mini-batch of one (W -= eta grad, then z).
+struct TttStepInputs {
   ConstView<float, 3> q;          ///< [B,H,K]
   ConstView<float, 3> k;          ///< [B,H,K]
   ConstView<float, 3> v;          ///< [B,H,K]
@@ -70,6 +71,9 @@ struct TttLinearStepInputs {
   ConstView<float, 2> ln_weight;  ///< [H,K]
   ConstView<float, 2> ln_bias;    ///< [H,K]
 };
+
+/// Decode-step arguments of ttt_linear_step.
+using TttLinearStepInputs = TttStepInputs;
 
 /// Decode-step outputs: w is read and updated in place; z overlaps nothing.
 struct TttLinearStepOutputs {
@@ -99,15 +103,8 @@ struct TttMlpOutputs {
   TensorView<float, 4> final_w2 = {};   ///< [B,H,M,K]
 };
 
-/// Decode-step arguments of ttt_mlp (a mini-batch of one).
-struct TttMlpStepInputs {
-  ConstView<float, 3> q;          ///< [B,H,K]
-  ConstView<float, 3> k;          ///< [B,H,K]
-  ConstView<float, 3> v;          ///< [B,H,K]
-  ConstView<float, 2> eta;        ///< [B,H]
-  ConstView<float, 2> ln_weight;  ///< [H,K]
-  ConstView<float, 2> ln_bias;    ///< [H,K]
-};
+/// Decode-step arguments of ttt_mlp_step (a mini-batch of one).
+using TttMlpStepInputs = TttStepInputs;
 
 /// Decode-step outputs of ttt_mlp: w1 and w2 are read and updated in place.
 struct TttMlpStepOutputs {
@@ -278,6 +275,25 @@ inline Real ttt_gelu_derivative(Real x) {
   return Real(0.5) * (Real(1) + th) + Real(0.5) * x * (Real(1) - th * th) * c * (Real(1) + Real(3 * 0.044715) * x * x);
 }
 
+/// The inner loss at the model's output z [K]: y = LN(z), dy = dl/dLN = y + k - v, returns
+/// 1/2 ||dy||^2; with `backward`, then overwrites dy with dl/dz (double, the references').
+inline double ttt_residual_loss(const std::vector<double>& z, const std::vector<double>& k,
+                                const std::vector<double>& v, const std::vector<double>& gamma,
+                                const std::vector<double>& beta, double ln_eps, std::vector<double>& y,
+                                std::vector<double>& dy, bool backward) {
+  const index_t K = static_cast<index_t>(k.size());
+  const auto g = [&](index_t j) { return gamma[j]; };
+  const auto b = [&](index_t j) { return beta[j]; };
+  ttt_layer_norm<double>(z.data(), K, g, b, ln_eps, y.data(), static_cast<double*>(nullptr));
+  double loss = 0;
+  for (index_t j = 0; j < K; ++j) {
+    dy[j] = y[j] + k[j] - v[j];  // dl/dLN
+    loss += 0.5 * dy[j] * dy[j];
+  }
+  if (backward) ttt_layer_norm<double>(z.data(), K, g, b, ln_eps, y.data(), dy.data());  // dy := dl/dz
+  return loss;
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -292,16 +308,8 @@ inline double ttt_linear_inner_loss(const std::vector<double>& W, const std::vec
   std::vector<double> zr(static_cast<std::size_t>(K), 0.0), y(zr), dy(zr);
   for (index_t i = 0; i < K; ++i)
     for (index_t j = 0; j < K; ++j) zr[j] += k[i] * W[i * K + j];
-  const auto g = [&](index_t j) { return gamma[j]; };
-  const auto b = [&](index_t j) { return beta[j]; };
-  detail::ttt_layer_norm<double>(zr.data(), K, g, b, ln_eps, y.data(), static_cast<double*>(nullptr));
-  double loss = 0;
-  for (index_t j = 0; j < K; ++j) {
-    dy[j] = y[j] + k[j] - v[j];  // dl/dLN
-    loss += 0.5 * dy[j] * dy[j];
-  }
+  const double loss = detail::ttt_residual_loss(zr, k, v, gamma, beta, ln_eps, y, dy, grad != nullptr);
   if (grad != nullptr) {
-    detail::ttt_layer_norm<double>(zr.data(), K, g, b, ln_eps, y.data(), dy.data());  // dy := dl/dz
     grad->assign(static_cast<std::size_t>(K * K), 0.0);
     for (index_t i = 0; i < K; ++i)
       for (index_t j = 0; j < K; ++j) (*grad)[i * K + j] = k[i] * dy[j];  // dl/dW = k^T dl/dz
@@ -369,16 +377,9 @@ inline double ttt_mlp_inner_loss(const std::vector<double>& W1, const std::vecto
   for (index_t m = 0; m < M; ++m) a[m] = detail::ttt_gelu(z1[m]);
   for (index_t m = 0; m < M; ++m)
     for (index_t j = 0; j < K; ++j) z2[j] += a[m] * W2[m * K + j];
-  const auto g = [&](index_t j) { return gamma[j]; };
-  const auto b = [&](index_t j) { return beta[j]; };
-  detail::ttt_layer_norm<double>(z2.data(), K, g, b, ln_eps, y.data(), static_cast<double*>(nullptr));
-  double loss = 0;
-  for (index_t j = 0; j < K; ++j) {
-    dy[j] = y[j] + k[j] - v[j];
-    loss += 0.5 * dy[j] * dy[j];
-  }
-  if (grad1 != nullptr || grad2 != nullptr) {
-    detail::ttt_layer_norm<double>(z2.data(), K, g, b, ln_eps, y.data(), dy.data());  // dy := dl/dz2
+  const bool backward = grad1 != nullptr || grad2 != nullptr;
+  const double loss = detail::ttt_residual_loss(z2, k, v, gamma, beta, ln_eps, y, dy, backward);  // dy := dl/dz2
+  if (backward) {
     for (index_t m = 0; m < M; ++m) {
       double s = 0;
       for (index_t j = 0; j < K; ++j) s += dy[j] * W2[m * K + j];
