@@ -457,6 +457,26 @@ void reference_softmax_row(const std::vector<double>& logits, index_t n, double 
   if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
 }
 
+// The plain softmax row of the approximate references (reference::combiner, reference::moba),
+// after their logits s[0..n) with max top: o[b, i, h, :] = sum_e exp(s_e - top) value_of(e, :) / l
+// and lse = top + log l in double. Unlike reference_softmax_row, no sink and no special rule for
+// non-finite logits or zero weights (those operators define none).
+template <class ValueOf>
+void reference_plain_softmax_row(const std::vector<double>& s, double top, const ValueOf& value_of,
+                                 const AttentionOutputs& out, index_t b, index_t i, index_t h,
+                                 std::vector<double>& acc) {
+  const index_t Dv = static_cast<index_t>(acc.size());
+  double l = 0.0;
+  std::fill(acc.begin(), acc.end(), 0.0);
+  for (std::size_t e = 0; e < s.size(); ++e) {
+    const double p = std::exp(s[e] - top);
+    l += p;
+    for (index_t c = 0; c < Dv; ++c) acc[static_cast<std::size_t>(c)] += p * value_of(e, c);
+  }
+  for (index_t c = 0; c < Dv; ++c) out.o(b, i, h, c) = static_cast<float>(acc[static_cast<std::size_t>(c)] / l);
+  if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(top + std::log(l));
+}
+
 }  // namespace detail
 
 namespace reference {

@@ -210,15 +210,10 @@ void moba(const MobaInputs<KV>& in, const AttentionOutputs& out, const MobaOptio
           s[e] = scale * dot;
           top = std::max(top, s[e]);
         }
-        double l = 0.0;
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (std::size_t e = 0; e < keys.size(); ++e) {
-          const double p = std::exp(s[e] - top);
-          l += p;
-          for (index_t c = 0; c < d.Dv; ++c) acc[static_cast<std::size_t>(c)] += p * static_cast<double>(static_cast<float>(in.v(b, keys[e], hk, c)));
-        }
-        for (index_t c = 0; c < d.Dv; ++c) out.o(b, i, h, c) = static_cast<float>(acc[static_cast<std::size_t>(c)] / l);
-        if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(top + std::log(l));
+        const auto value_of = [&](std::size_t e, index_t c) {
+          return static_cast<double>(static_cast<float>(in.v(b, keys[e], hk, c)));
+        };
+        detail::reference_plain_softmax_row(s, top, value_of, out, b, i, h, acc);
       }
 }
 
