@@ -201,6 +201,29 @@ inline void ttt_store_minibatch(const Scratch& s, const Out& out, index_t b, ind
     for (index_t j = 0; j < s.K; ++j) out.z(b, t0 + i, h, j) = s.Zq[static_cast<std::size_t>(i * s.K + j)];
 }
 
+/// The position scales of a prefill: the first bs of in.token_scale, or empty (ones).
+template <class In>
+inline std::vector<float> ttt_token_scales(const In& in, index_t bs) {
+  std::vector<float> scale;
+  if (in.token_scale.has_value())
+    for (index_t i = 0; i < bs; ++i) scale.push_back(in.token_scale(i));
+  return scale;
+}
+
+/// The mini-batches of row (b, h) of a prefill of T tokens, s.bs at a time from the weights in s:
+/// load, `minibatch` (ttt_linear_minibatch or ttt_mlp_minibatch), store z.
+template <class Scratch, class In, class Out>
+inline void ttt_row_minibatches(Scratch& s, const In& in, const Out& out, index_t b, index_t h, index_t T,
+                                const std::vector<float>& scale, float eps,
+                                void (*minibatch)(Scratch&, index_t, const float*, float)) {
+  for (index_t t0 = 0; t0 < T; t0 += s.bs) {
+    const index_t n = std::min(s.bs, T - t0);
+    ttt_load_minibatch(s, in, b, h, t0, n);
+    minibatch(s, n, scale.empty() ? nullptr : scale.data(), eps);
+    ttt_store_minibatch(s, out, b, h, t0, n);
+  }
+}
+
 }  // namespace detail
 
 /// TTT-Linear prefill (reference.hpp's definition) in the dual form: per mini-batch
@@ -212,9 +235,7 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
   static const ArgCheck check("ttt_linear");
   const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options);
   const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
-  std::vector<float> scale;
-  if (in.token_scale.has_value())
-    for (index_t i = 0; i < bs; ++i) scale.push_back(in.token_scale(i));
+  const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
     detail::TttLinearScratch s(K, bs);
     for (index_t row = begin; row < end; ++row) {
@@ -223,12 +244,7 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j)
           s.W[static_cast<std::size_t>(i * K + j)] = in.initial_w.has_value() ? in.initial_w(b, h, i, j) : 0.f;
-      for (index_t t0 = 0; t0 < d.T; t0 += bs) {
-        const index_t n = std::min(bs, d.T - t0);
-        detail::ttt_load_minibatch(s, in, b, h, t0, n);
-        detail::ttt_linear_minibatch(s, n, scale.empty() ? nullptr : scale.data(), options.ln_eps);
-        detail::ttt_store_minibatch(s, out, b, h, t0, n);
-      }
+      detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_linear_minibatch);
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t j = 0; j < K; ++j) out.final_w(b, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
@@ -246,9 +262,7 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
   index_t M = 0;
   const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M);
   const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
-  std::vector<float> scale;
-  if (in.token_scale.has_value())
-    for (index_t i = 0; i < bs; ++i) scale.push_back(in.token_scale(i));
+  const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
     detail::TttMlpScratch s(K, M, bs);
     for (index_t row = begin; row < end; ++row) {
@@ -259,12 +273,7 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
           s.W1[static_cast<std::size_t>(i * M + m)] = in.initial_w1(b, h, i, m);
           s.W2[static_cast<std::size_t>(m * K + i)] = in.initial_w2(b, h, m, i);
         }
-      for (index_t t0 = 0; t0 < d.T; t0 += bs) {
-        const index_t n = std::min(bs, d.T - t0);
-        detail::ttt_load_minibatch(s, in, b, h, t0, n);
-        detail::ttt_mlp_minibatch(s, n, scale.empty() ? nullptr : scale.data(), options.ln_eps);
-        detail::ttt_store_minibatch(s, out, b, h, t0, n);
-      }
+      detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_mlp_minibatch);
       if (out.final_w1.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t m = 0; m < M; ++m) out.final_w1(b, h, i, m) = s.W1[static_cast<std::size_t>(i * M + m)];
