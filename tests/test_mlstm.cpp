@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -222,4 +223,40 @@ TEST_CASE("mlstm: the step on a strided state equals it on a contiguous one", "[
   st::require_close("c", c2.cview(), c.cview(), 1e-6);
   st::require_close("n", n2.cview(), n.cview(), 1e-6);
   st::require_close("m", m2.cview(), m.cview(), 1e-6);
+}
+
+// A NaN or inf value of token j reaches the outputs of tokens >= j only (docs/reliability.md):
+// the chunked form's intra-chunk product once multiplied the zeros above its score matrix's
+// diagonal by the later token's value, making every earlier output of the chunk NaN.
+TEST_CASE("mlstm: a non-finite value reaches its own and later tokens only", "[mlstm]") {
+  const Problem clean(2, 100, 2, 16, 16, 901);
+  for (const float bad : {std::nanf(""), std::numeric_limits<float>::infinity()})
+    for (const MlstmAlgorithm algorithm : {MlstmAlgorithm::chunked, MlstmAlgorithm::recurrent}) {
+      seqmix::MlstmOptions options;
+      options.algorithm = algorithm;
+      Result base(clean);
+      seqmix::mlstm(clean.inputs(false), base.outputs(), options);
+      Problem p(2, 100, 2, 16, 16, 901);
+      const index_t t_bad = 40;  // inside the first 64-token chunk
+      p.v(1, t_bad, 0, 3) = bad;
+      Result r(p);
+      seqmix::mlstm(p.inputs(false), r.outputs(), options);
+      for (index_t b = 0; b < p.B; ++b)
+        for (index_t t = 0; t < p.T; ++t)
+          for (index_t h = 0; h < p.NH; ++h)
+            for (index_t c = 0; c < p.DV; ++c) {
+              // The bad token's own head: earlier tokens stay finite and equal up to rounding
+              // (their chunk's product runs on a copy with the bad entry zeroed); other rows bit
+              // for bit.
+              const bool same_head = b == 1 && h == 0;
+              if (same_head && t >= t_bad) continue;
+              if (same_head) {
+                REQUIRE(std::isfinite(r.h(b, t, h, c)));
+                REQUIRE(std::abs(r.h(b, t, h, c) - base.h(b, t, h, c)) <= 1e-5f * (1.f + std::abs(base.h(b, t, h, c))));
+              } else {
+                REQUIRE(r.h(b, t, h, c) == base.h(b, t, h, c));
+              }
+            }
+      CHECK_FALSE(std::isfinite(r.h(1, t_bad, 0, 3)));
+    }
 }

@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "seqmix/core/chunkwise/causal_product.hpp"
 #include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -110,6 +111,7 @@ struct MlstmChunkKernel {
 
   struct Workspace {
     RowMajorMatrix<float> C, Q, K, V, KW, P, num;
+    chunkwise::ProductScratch finite_v;  // sized only by a chunk with a non-finite value
     Eigen::VectorXf n, qn, scale_state;
     std::vector<double> cum;
     std::vector<float> log_i, m_row;
@@ -181,7 +183,9 @@ struct MlstmChunkKernel {
 
   void intra(const Head&, index_t, index_t L, Workspace& ws) const {
     const auto P = ws.P.topLeftCorner(L, L);
-    ws.num.topRows(L).noalias() += P * ws.V.topRows(L);
+    // num += P V, causal also for a non-finite value (core/chunkwise/causal_product.hpp): one
+    // GEMM would multiply the zeros above P's diagonal by a later token's NaN.
+    chunkwise::add_lower_product(P, ws.V.topRows(L), ws.num.topRows(L), ws.finite_v);
     ws.qn.head(L) += P.rowwise().sum();
   }
 
