@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -526,4 +527,44 @@ TEST_CASE("ttt_linear and ttt_mlp: head-major and strided views give the contigu
     const Tensor<float, 4> z = narrow();
     st::require_close("ttt_linear z", z.cview(), ref.z.cview(), 1e-6);
   }
+}
+
+// A NaN or inf in token j's key or value reaches the outputs of tokens >= j only
+// (docs/reliability.md): the dual form's Zq -= A G once multiplied the zeros above A's diagonal
+// by the later token's gradient, making every earlier output of its mini-batch NaN.
+TEST_CASE("ttt: a non-finite key or value reaches its own and later tokens only", "[ttt]") {
+  const index_t B = 1, T = 48, H = 2, K = 16, M = 32, t_bad = 40;  // t_bad inside the third mini-batch
+  const auto q = st::random_tensor<4>({B, T, H, K}, 71), k = st::random_tensor<4>({B, T, H, K}, 72);
+  const auto v = st::random_tensor<4>({B, T, H, K}, 73);
+  const auto eta = st::random_tensor<3>({B, T, H}, 74, 0.f, 0.5f);
+  const auto ln_w = st::random_tensor<2>({H, K}, 75, 0.5f, 1.5f), ln_b = st::random_tensor<2>({H, K}, 76);
+  const auto w1 = st::random_tensor<4>({B, H, K, M}, 77, -0.2f, 0.2f), w2 = st::random_tensor<4>({B, H, M, K}, 78, -0.2f, 0.2f);
+  const auto run = [&](bool mlp, const Tensor<float, 4>& kk, const Tensor<float, 4>& vv) {
+    Tensor<float, 4> z({B, T, H, K});
+    if (mlp) {
+      seqmix::TttMlpInputs in{q.cview(), kk.cview(), vv.cview(), eta.cview(), ln_w.cview(), ln_b.cview(), {},
+                              w1.cview(), w2.cview()};
+      seqmix::ttt_mlp(in, seqmix::TttMlpOutputs{z.view()});
+    } else {
+      seqmix::TttLinearInputs in{q.cview(), kk.cview(), vv.cview(), eta.cview(), ln_w.cview(), ln_b.cview()};
+      seqmix::ttt_linear(in, seqmix::TttLinearOutputs{z.view()});
+    }
+    return z;
+  };
+  for (const bool mlp : {false, true})
+    for (const float bad : {std::nanf(""), std::numeric_limits<float>::infinity()})
+      for (const bool in_key : {true, false}) {
+        Tensor<float, 4> kk = k, vv = v;
+        (in_key ? kk : vv)(0, t_bad, 1, 5) = bad;
+        const Tensor<float, 4> clean = run(mlp, k, v), hit = run(mlp, kk, vv);
+        for (index_t t = 0; t < T; ++t)
+          for (index_t h = 0; h < H; ++h)
+            for (index_t c = 0; c < K; ++c) {
+              if (h == 1 && t >= t_bad) continue;  // reached
+              // Finite and equal up to rounding (the bad mini-batch's product runs on a copy with
+              // the bad rows zeroed; Eigen's kernels may round differently on other buffers).
+              REQUIRE(std::isfinite(hit(0, t, h, c)));
+              REQUIRE(std::abs(hit(0, t, h, c) - clean(0, t, h, c)) <= 1e-5f * (1.f + std::abs(clean(0, t, h, c))));
+            }
+      }
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "seqmix/core/chunkwise/causal_product.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/rnn/ttt/reference.hpp"
@@ -65,6 +66,7 @@ struct TttLinearScratch {
   std::vector<float> A;            // [bs,bs] c_t eta_s (q_t . k_s), causal
   std::vector<float> eta;          // [bs]
   TttLnBlock ln;                   // the head's LayerNorm
+  chunkwise::ProductScratch finite_g;  // sized only by a mini-batch with a non-finite gradient
   TttLinearScratch(index_t K_, index_t bs_)
       : K(K_), bs(bs_), W(static_cast<std::size_t>(K_ * K_)), Q(static_cast<std::size_t>(bs_ * K_)), X(Q), V(Q),
         Z(Q), G(Q), Zq(Q), A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), ln(K_, bs_) {}
@@ -95,7 +97,9 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   // q_t W_t = q_t W_0 - sum_{s <= t} c_t eta_s (q_t . k_s) dl/dz_s.
   ttt_scaled_causal_scores(A, Q, X, n, c, s.eta);
   Zq.noalias() = Q * W;
-  Zq.noalias() -= A * G;
+  // Zq -= A G, causal also for a non-finite gradient (core/chunkwise/causal_product.hpp): one GEMM
+  // would multiply the zeros above A's diagonal by a later token's NaN.
+  chunkwise::add_lower_product(-A, G, Zq, s.finite_g);
   s.ln.forward(Zq, Zq, eps);
   Zq += Q;
   // W_{n-1} = W_0 - c_{n-1} X^T diag(eta) G (X is not needed any more: scaled in place).
@@ -113,6 +117,7 @@ struct TttMlpScratch {
   std::vector<float> A;                   // [bs,bs]
   std::vector<float> eta;                 // [bs]
   TttLnBlock ln;                          // the head's LayerNorm
+  chunkwise::ProductScratch finite_g;     // sized only by a mini-batch with a non-finite gradient
   TttMlpScratch(index_t K_, index_t M_, index_t bs_)
       : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), W2(W1), Q(static_cast<std::size_t>(bs_ * K_)),
         X(Q), V(Q), Z2(Q), G2(Q), Zq(Q), Ah(static_cast<std::size_t>(bs_ * M_)), G1(Ah), Hq(Ah), D1(Ah),
@@ -153,11 +158,11 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, float
   // Layer 1 of the queries at W1_t, then layer 2 at W2_t.
   ttt_scaled_causal_scores(A, Q, X, n, c, s.eta);
   Hq.noalias() = Q * W1;
-  Hq.noalias() -= A * G1;
+  chunkwise::add_lower_product(-A, G1, Hq, s.finite_g);  // causal for a non-finite G1 too
   ttt_gelu_block(Hq, nullptr);
   ttt_scaled_causal_scores(A, Hq, Ah, n, c, s.eta);
   Zq.noalias() = Hq * W2;
-  Zq.noalias() -= A * G2;
+  chunkwise::add_lower_product(-A, G2, Zq, s.finite_g);
   s.ln.forward(Zq, Zq, eps);
   Zq += Q;
   // The last weights: W1 -= (c eta X)^T G1, W2 -= (c eta Ah)^T G2 (X and Ah scaled in place).
