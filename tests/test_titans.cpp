@@ -122,7 +122,7 @@ TEST_CASE("titans: chunked and recurrent prefills equal the reference, T 1000, K
   titans_sweep({1000}, {64}, 1, 45);
 }
 
-TEST_CASE("titans: a given scale, K != V, gates spread over [0, 1]", "[titans]") {
+TEST_CASE("titans: a given scale, K != V, gates spread over 0 to 1", "[titans]") {
   TitansProblem p(2, 130, 3, 3, 20, 36, 501);
   st::fill_uniform(p.alpha.view(), 502, 0.f, 1.f);
   st::fill_uniform(p.eta.view(), 503, 0.f, 1.f);
