@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "seqmix/ssm/long_context/reference.hpp"
@@ -40,6 +41,31 @@ TEST_CASE("long_context: sliding_window_scan matches the window sum", "[long_con
           seqmix::sliding_window_scan(a.view(), b.view(), w.view(), options, st::two_thread_pool());
           st::require_close("w", w.cview(), ref.cview(), 1e-5);
         }
+}
+
+// A non-finite gate a_t enters exactly the windows that multiply by it (those holding t - 1
+// and t): the fast form's block start once formed gate * 0 for a window starting at t, which
+// does not read a_t, and made it NaN where the reference is finite.
+TEST_CASE("long_context: a non-finite gate reaches only the windows that read it", "[long_context]") {
+  const index_t B = 1, T = 64, D = 3, r = 8;
+  for (const float bad : {std::nanf(""), std::numeric_limits<float>::infinity()})
+    for (const index_t t_bad : {index_t{40}, index_t{41}, index_t{47}}) {  // a block start, inside, the end
+      INFO("t_bad=" << t_bad << " bad=" << bad);
+      auto a = st::random_tensor<3>({B, T, D}, 5, 0.5f, 1.f);
+      const auto b = st::random_tensor<3>({B, T, D}, 6);
+      a(0, t_bad, 1) = bad;
+      Tensor<float, 3> w({B, T, D}), ref({B, T, D});
+      seqmix::SlidingWindowOptions options;
+      options.window = r;
+      seqmix::reference::sliding_window_scan(a.view(), b.view(), ref.view(), options);
+      seqmix::sliding_window_scan(a.view(), b.view(), w.view(), options);
+      for (index_t t = 0; t < T; ++t)
+        for (index_t c = 0; c < D; ++c) {
+          INFO("t=" << t << " c=" << c);
+          REQUIRE(std::isfinite(w(0, t, c)) == std::isfinite(ref(0, t, c)));
+          if (std::isfinite(ref(0, t, c))) REQUIRE(std::abs(w(0, t, c) - ref(0, t, c)) <= 1e-5f * (1.f + std::abs(ref(0, t, c))));
+        }
+    }
 }
 
 TEST_CASE("long_context: the window stays exact where h grows large", "[long_context]") {

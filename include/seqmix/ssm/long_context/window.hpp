@@ -60,7 +60,9 @@ void sliding_window_rows(const ConstView<float, 3>& a, const ConstView<float, 3>
       const float* g = start < j0 && j0 > 0 ? suffix + (start - (j0 - r)) * n_ch : nullptr;
       for (index_t i = 0; i < n_ch; ++i) {
         const float gate = window_gate<G>(a(n, t, d0 + i));
-        F[i] = gate * F[i] + b(n, t, d0 + i);
+        // The block's first token starts F from b alone: gate * 0 would turn a NaN / inf gate,
+        // which no window starting at j0 reads, into NaN (it still enters P, which does read it).
+        F[i] = t == j0 ? b(n, t, d0 + i) : gate * F[i] + b(n, t, d0 + i);
         P[i] *= gate;
         w(n, t, d0 + i) = g != nullptr ? F[i] + P[i] * g[i] : F[i];
       }
