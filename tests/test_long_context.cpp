@@ -229,3 +229,40 @@ TEST_CASE("long_context: bad arguments refused before any write", "[long_context
 }
 
 }  // namespace
+
+// A NaN dt in a global channel is always selected (it stays visible), under both rules; under
+// top_k it takes one of the k places and the rest are the largest finite values, as a naive
+// selection gives, whatever the NaN's position (the comparison once broke nth_element's order).
+TEST_CASE("long_context: selective accumulation keeps a NaN dt visible", "[long_context]") {
+  const index_t B = 1, T = 32, D = 2;
+  std::vector<std::uint8_t> flags = {1, 0};
+  const seqmix::ConstView<std::uint8_t, 1> global(flags.data(), {D});
+  for (const auto rule : {seqmix::AccumulationRule::threshold, seqmix::AccumulationRule::top_k})
+    for (const index_t t_nan : {index_t{0}, index_t{10}, index_t{31}})
+      for (std::uint64_t seed = 1; seed <= 5; ++seed) {
+        INFO("rule " << static_cast<int>(rule) << " t_nan=" << t_nan << " seed=" << seed);
+        auto dt = st::random_tensor<3>({B, T, D}, 20 + seed, 0.f, 1.f);
+        dt(0, t_nan, 0) = std::nanf("");
+        seqmix::SelectiveAccumulationOptions options;
+        options.rule = rule, options.threshold = 0.5f, options.top_k = 5;
+        Tensor<float, 3> out({B, T, D});
+        seqmix::selective_accumulation(dt.cview(), global, out.view(), options);
+        REQUIRE(std::isnan(out(0, t_nan, 0)));
+        std::vector<bool> sel(T, false);
+        sel[t_nan] = true;
+        if (rule == seqmix::AccumulationRule::threshold) {
+          for (index_t t = 0; t < T; ++t) sel[t] = sel[t] || dt(0, t, 0) > options.threshold;
+        } else {
+          for (index_t n = 1; n < options.top_k; ++n) {  // the 4 largest finite, earliest on ties
+            index_t best = -1;
+            for (index_t t = 0; t < T; ++t)
+              if (!sel[t] && (best < 0 || dt(0, t, 0) > dt(0, best, 0))) best = t;
+            sel[best] = true;
+          }
+        }
+        for (index_t t = 0; t < T; ++t) {
+          if (t != t_nan) REQUIRE(out(0, t, 0) == (sel[t] ? dt(0, t, 0) : 0.f));
+          REQUIRE(out(0, t, 1) == dt(0, t, 1));
+        }
+      }
+}

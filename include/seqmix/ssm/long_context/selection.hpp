@@ -100,6 +100,9 @@ enum class AccumulationRule {
   threshold,  ///< tokens with dt > options.threshold
   top_k,      ///< the options.top_k tokens of largest dt in each (batch row, channel), ties to the earlier
 };
+// A NaN dt is always selected (under top_k it ranks above every number, earlier NaNs first), so
+// it reaches the state as selective_scan would take it instead of being hidden as dt = 0
+// (docs/reliability.md); +-inf are ordinary values of the order.
 
 /// Options of selective_accumulation.
 struct SelectiveAccumulationOptions {
@@ -138,12 +141,14 @@ inline void selective_accumulation(ConstView<float, 3> dt, ConstView<std::uint8_
           continue;
         }
         if (options.rule == AccumulationRule::threshold) {
-          for (index_t t = 0; t < T; ++t) keep[t] = dt(b, t, d) > options.threshold;
+          for (index_t t = 0; t < T; ++t) keep[t] = dt(b, t, d) > options.threshold || std::isnan(dt(b, t, d));
         } else {
           const index_t k = std::min(options.top_k, T);
           for (index_t t = 0; t < T; ++t) order[t] = t, keep[t] = 0;
           const auto before = [&](index_t i, index_t j) {
             const float di = dt(b, i, d), dj = dt(b, j, d);
+            const bool nan_i = std::isnan(di), nan_j = std::isnan(dj);
+            if (nan_i || nan_j) return nan_i && (!nan_j || i < j);  // a strict order with NaN first
             return di > dj || (di == dj && i < j);
           };
           std::nth_element(order.begin(), order.begin() + k, order.end(), before);
