@@ -8,6 +8,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/attention/dense/flash.hpp"
@@ -448,4 +449,39 @@ TEST_CASE("attention: the K/V row conversion is bit-exact for every f16 and bf16
   };
   check(seqmix::f16{}, seqmix::f16_to_float, "f16");
   check(seqmix::bf16{}, seqmix::bf16_to_float, "bf16");
+}
+
+// A key hidden by a -inf mask entry takes no part (SPEC), even when the key itself is NaN or
+// inf: the row equals the same call on finite data (the mask entry used to be added to a NaN
+// logit, making the row NaN in the reference, the flash prefill and the decode alike).
+TEST_CASE("attention: a NaN key under a -inf mask entry does not contaminate its row", "[attention]") {
+  const index_t B = 1, Tk = 40, Hq = 4, Hkv = 2, D = 16, bad = 17;
+  for (const index_t Tq : {index_t{1}, index_t{8}})
+    for (const float poison : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+      INFO("Tq=" << Tq << " poison=" << poison);
+      const auto q = st::random_tensor<4>({B, Tq, Hq, D}, 81), v = st::random_tensor<4>({B, Tk, Hkv, D}, 83);
+      auto k = st::random_tensor<4>({B, Tk, Hkv, D}, 82);
+      const Tensor<float, 4> k_clean = k;
+      k(0, bad, 1, 3) = poison;
+      Tensor<float, 3> mask({1, Tq, Tk});
+      mask.fill(0.f);
+      for (index_t i = 0; i < Tq; ++i) mask(0, i, bad) = -std::numeric_limits<float>::infinity();
+      const auto run = [&](const Tensor<float, 4>& keys, bool reference) {
+        seqmix::AttentionInputs<float> in;
+        in.q = q.cview(), in.k = keys.cview(), in.v = v.cview(), in.mask = mask.cview();
+        Tensor<float, 4> o({B, Tq, Hq, D});
+        Tensor<float, 3> lse({B, Tq, Hq});
+        if (reference) seqmix::reference::attention(in, {o.view(), lse.view()});
+        else seqmix::attention(in, {o.view(), lse.view()});
+        return std::make_pair(std::move(o), std::move(lse));
+      };
+      for (const bool reference : {true, false}) {
+        const auto hit = run(k, reference), clean = run(k_clean, reference);
+        for (index_t i = 0; i < hit.first.numel(); ++i) {
+          REQUIRE(std::isfinite(hit.first.data()[i]));
+          REQUIRE(std::abs(hit.first.data()[i] - clean.first.data()[i]) <= 1e-6f);
+        }
+        for (index_t i = 0; i < hit.second.numel(); ++i) REQUIRE(std::isfinite(hit.second.data()[i]));
+      }
+    }
 }

@@ -220,7 +220,7 @@ struct LogitRule {
     if (in.mask.has_value()) {
       const float* mask = in.mask.ptr(in.mask.size(0) == 1 ? 0 : b, i, j0);
       const index_t stride = in.mask.stride(2);
-      for (index_t c = 0; c < n; ++c) s[c] += mask[c * stride];
+      for (index_t c = 0; c < n; ++c) s[c] = add_mask(s[c], mask[c * stride]);
     }
     const VisibleKeys vis = visible_keys(options, pos, Tk);
     // Tile-relative bounds of [0, sink_end) and [lo, hi); everything else becomes -inf.

@@ -24,7 +24,8 @@
 //
 // Non-finite values (docs/reliability.md): a NaN logit of a visible key (a NaN in q, in that k,
 // or in the mask entry) makes the row's o and lse NaN; a +inf logit makes them NaN too
-// (exp(inf - inf)); a -inf logit hides the key. A key whose weight exp(s_ij - max) is exactly 0
+// (exp(inf - inf)); a -inf logit hides the key, and so does a -inf mask entry whatever the
+// logit (a masked-out NaN key does not contaminate the row). A key whose weight exp(s_ij - max) is exactly 0
 // (hidden, or negligible in the precision of the form) takes no part, so a NaN or inf in its
 // value reaches no output; any other key's non-finite value makes the row's o non-finite, and
 // leaves its lse (which does not depend on values) as it is.
@@ -142,6 +143,13 @@ inline ConstView<float, 3> shared_mask(const ConstView<float, 2>& mask) {
 }
 
 namespace detail {
+
+// s + mask, except that a -inf mask entry hides the key even when s is NaN or +inf (SPEC: a
+// masked-out key takes no part), as the fast forms' LogitRule does.
+template <class T>
+T add_mask(T s, float mask) {
+  return mask == -std::numeric_limits<float>::infinity() ? T(mask) : s + mask;
+}
 
 struct AttentionDims {
   index_t B, Tq, Tk, Hq, Hkv, Dk, Dv;
@@ -534,7 +542,7 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
             if (options.softcap > 0.f) s = options.softcap * std::tanh(s / options.softcap);
             if (in.alibi_slopes.has_value()) s -= in.alibi_slopes(h) * std::abs(static_cast<double>(pos - j));
             s += detail::relative_bias_value(in.relative_bias, h, pos, j);
-            if (in.mask.has_value()) s += in.mask(in.mask.size(0) == 1 ? 0 : b, i, j);
+            if (in.mask.has_value()) s = detail::add_mask(s, in.mask(in.mask.size(0) == 1 ? 0 : b, i, j));
           }
           logits[j] = s;
           max_logit = std::max(max_logit, s);
