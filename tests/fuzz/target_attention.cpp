@@ -28,6 +28,14 @@ double max_finite_abs(const Tensor<T, R>& t) {
   return m;
 }
 
+template <class T, std::size_t R>
+double min_finite(const Tensor<T, R>& t) {
+  double m = 0.0;
+  for (index_t i = 0; i < t.numel(); ++i)
+    if (std::isfinite(t.data()[i])) m = std::min(m, static_cast<double>(t.data()[i]));
+  return m;
+}
+
 // The fast forms round each logit to fp32, an error of up to |s| * 2^-24 that exp turns into a
 // relative weight error of that size (the reference works in double): with values like 1e4
 // poked into q or k, logits of 1e4 part the forms by ~1e-3 (paged_attention, libFuzzer seed 1).
@@ -222,7 +230,13 @@ void hybrid(Decoder& in) {
   if (op == 2 || !(logit_bound < 80.0))
     for (index_t i = 0; i < o_ref.numel(); ++i)
       if (!std::isfinite(o_ref.data()[i])) o_ref.data()[i] = o_fast.data()[i];
-  require_close(std::string(name) + " o", o_fast, o_ref, logit_tolerance(q, k, D), NonFinite::same_finiteness, mode);
+  // Infini-attention's compressive memory is fp32 state: a key or query below about -87.3 has a
+  // subnormal sigma = exp(x), held with a few bits (none below -103.3), while the double
+  // reference keeps the full ratio M / z. There only the rule (same finiteness) and the bound
+  // of a retrieval, a weighted average of values, are checked.
+  double tol = logit_tolerance(q, k, D);
+  if (op == 1 && (min_finite(q) < -87.3 || min_finite(k) < -87.3)) tol = std::max(tol, 2.0 * max_finite_abs(v) + 1.0);
+  require_close(std::string(name) + " o", o_fast, o_ref, tol, NonFinite::same_finiteness, mode);
 }
 
 }  // namespace

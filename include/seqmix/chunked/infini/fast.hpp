@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "seqmix/attention/dense/flash.hpp"
@@ -112,8 +113,12 @@ inline void retrieve(const float* x, index_t x_stride, const float* M, const flo
   // An unread memory is not touched: 0 * an inf in M would make the retrieval NaN.
   if (!reads_memory(den)) return;
   for (index_t r = 0; r < K; ++r) simd::axpy(w.sig[r], M + r * V, w.acc.data(), V);
-  const float inv = 1.f / den;
-  for (index_t c = 0; c < V; ++c) w.acc[c] *= inv;
+  if (den >= std::numeric_limits<float>::min()) {
+    const float inv = 1.f / den;
+    for (index_t c = 0; c < V; ++c) w.acc[c] *= inv;
+  } else {  // subnormal (or NaN): 1 / den would overflow to inf where the ratio is finite
+    for (index_t c = 0; c < V; ++c) w.acc[c] /= den;
+  }
 }
 
 // o[b, t0 + i, h] = g_h * A_mem + (1 - g_h) * o for the piece's n tokens and the G query heads
