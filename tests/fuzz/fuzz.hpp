@@ -16,6 +16,7 @@
 // valid program and short inputs give the simplest calls.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -322,6 +323,24 @@ enum class NonFinite {
   exact,  // a NaN in the reference needs a NaN, an infinity the same infinity, and a finite
           // reference element a finite output
 };
+
+// The largest finite magnitude of t (0 if none): the scale the targets' tolerances grow with.
+template <class T, std::size_t R>
+double max_finite_abs(const Tensor<T, R>& t) {
+  double m = 0.0;
+  for (index_t i = 0; i < t.numel(); ++i)
+    if (std::isfinite(t.data()[i])) m = std::max(m, std::abs(static_cast<double>(t.data()[i])));
+  return m;
+}
+
+// The smallest finite element of t, or 0 if none is below 0.
+template <class T, std::size_t R>
+double min_finite(const Tensor<T, R>& t) {
+  double m = 0.0;
+  for (index_t i = 0; i < t.numel(); ++i)
+    if (std::isfinite(t.data()[i])) m = std::min(m, static_cast<double>(t.data()[i]));
+  return m;
+}
 
 // The tolerance rule of the conformance vectors, max|out - ref| <= tol * max(1, max|ref|), over
 // the finite reference elements, non-finite ones as `nonfinite` says.

@@ -20,22 +20,6 @@ namespace {
 
 constexpr double kTol = 2e-4;
 
-template <class T, std::size_t R>
-double max_finite_abs(const Tensor<T, R>& t) {
-  double m = 0.0;
-  for (index_t i = 0; i < t.numel(); ++i)
-    if (std::isfinite(t.data()[i])) m = std::max(m, std::abs(static_cast<double>(t.data()[i])));
-  return m;
-}
-
-template <class T, std::size_t R>
-double min_finite(const Tensor<T, R>& t) {
-  double m = 0.0;
-  for (index_t i = 0; i < t.numel(); ++i)
-    if (std::isfinite(t.data()[i])) m = std::min(m, static_cast<double>(t.data()[i]));
-  return m;
-}
-
 // The fast forms round each logit to fp32, an error of up to |s| * 2^-24 that exp turns into a
 // relative weight error of that size (the reference works in double): with values like 1e4
 // poked into q or k, logits of 1e4 part the forms by ~1e-3 (paged_attention, libFuzzer seed 1).

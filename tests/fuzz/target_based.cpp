@@ -17,14 +17,6 @@ namespace {
 
 constexpr double kBasedTol = 2e-4;
 
-template <class T, std::size_t R>
-double based_max_abs(const Tensor<T, R>& t) {
-  double m = 0.0;
-  for (index_t i = 0; i < t.numel(); ++i)
-    if (std::isfinite(t.data()[i])) m = std::max(m, std::abs(static_cast<double>(t.data()[i])));
-  return m;
-}
-
 // The state pool of one form: kv [S,H,Kf,V], normalizer [S,H,Kf], rings [S,W,H,D|V], positions [S].
 struct BasedPool {
   Tensor<float, 4> kv, wk, wv;
@@ -164,8 +156,8 @@ void based_call(Decoder& in) {
   // finite; only the reference's finite elements bind then. The fp32 rounding of a logit s is
   // |s| * 2^-24, which exp turns into a relative weight error of that size.
   const double wscale = options.window_scale ? static_cast<double>(*options.window_scale) : 1.0 / std::sqrt(double(D));
-  const double history_k = based_max_abs(fast.wk);
-  const double logit = wscale * based_max_abs(q) * std::max(based_max_abs(k), history_k) * static_cast<double>(D);
+  const double history_k = max_finite_abs(fast.wk);
+  const double logit = wscale * max_finite_abs(q) * std::max(max_finite_abs(k), history_k) * static_cast<double>(D);
   if (!(2.0 * logit < 80.0)) {
     for (index_t i = 0; i < o_ref.numel(); ++i)
       if (!std::isfinite(o_ref.data()[i])) o_ref.data()[i] = o_fast.data()[i];
