@@ -5,8 +5,8 @@
 # The library is layered in floors (docs/compile_time.md): core at the bottom; positional (rope),
 # ssm and linear_attention on it, each on its own; attention on core and positional; kv_cache on
 # attention; chunked (the hybrids) on ssm, linear_attention and attention; lti (long convolutions,
-# LTI state-space kernels) on core alone; rnn (the nonlinear cells and test-time memories) on core and
-# linear_attention (titans, the delta rule with momentum, shares its q/k/v validation); memory (product-key
+# LTI state-space kernels) on core alone; rnn (the nonlinear cells and test-time memories) on core alone
+# (titans shares linear attention's q/k/v check through core/qkv_check.hpp); memory (product-key
 # memory) on core alone; structured (2-D and directional scans) on core and ssm; io beside
 # core; mpi (the optional context-parallel component, which needs <mpi.h>) on top of every
 # operator family, included by no other family and not by seqmix.hpp. A header may include only
@@ -39,7 +39,7 @@ set(_allowed_attention core positional)
 set(_allowed_kv_cache core attention positional)
 set(_allowed_chunked core ssm linear_attention attention positional)
 set(_allowed_lti core)
-set(_allowed_rnn core linear_attention)
+set(_allowed_rnn core)
 set(_allowed_memory core)
 set(_allowed_mpi core positional ssm linear_attention attention chunked)
 set(_allowed_structured core ssm)

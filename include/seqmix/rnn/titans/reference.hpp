@@ -37,8 +37,7 @@
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
-#include "seqmix/linear_attention/common.hpp"
-#include "seqmix/linear_attention/diagonal_decay/validate.hpp"
+#include "seqmix/core/qkv_check.hpp"
 
 namespace seqmix {
 
@@ -173,7 +172,7 @@ F titans_loss_grad(TitansLoss loss, F e, F delta) {
 
 inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in, const TitansOutputs& out,
                                   const TitansOptions& options) {
-  const la::Dims d = la::check_qkv(check, "q", in.q, in.k, in.v);
+  const detail::QkvDims d = detail::check_qkv(check, "q", in.q, in.k, in.v);
   const index_t B = d.B, T = d.T, HV = d.HV, K = d.K, V = d.V;
   if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
   const std::array<index_t, 3> gate{B, T, HV};
@@ -214,7 +213,7 @@ inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in,
 
 inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepInputs& in, const TitansStepOutputs& out,
                                        const TitansOptions& options) {
-  const la::Dims d = la::check_qkv_step(check, "q", in.q, in.k, in.v);
+  const detail::QkvDims d = detail::check_qkv_step(check, "q", in.q, in.k, in.v);
   const index_t B = d.B, HV = d.HV, K = d.K, V = d.V;
   if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
   const std::array<index_t, 2> gate{B, HV};
