@@ -12,8 +12,10 @@
 
 #include <array>
 #include <cmath>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
@@ -26,6 +28,10 @@ struct RnnOptions {
   /// Blocks of the recurrent matrix: 1 is a dense W_hh [G*H, H]; heads > 1 makes it
   /// block-diagonal, W_hh [G*H, H/heads], head-wise as FlashRNN and xLSTM's sLSTM run it.
   index_t heads = 1;
+  /// Prefill only (a step has one token): run from the last token to the first
+  /// (core/direction.hpp). x and y are read and written through reversed views, not copied;
+  /// initial_state is the state "after token T" and final_state the state after token 0.
+  bool reverse = false;
 };
 
 /// Prefill arguments of a recurrent cell with G gates and S state vectors (lstm: G = 4, S = 2
@@ -169,11 +175,18 @@ RnnDims validate_rnn_step(const ArgCheck& check, const RnnStepInputs& in, const 
 // provides kGates, kStates and update(ax, ah, s): s = (h, ...) updated in place from the gate
 // pre-activations ax (input side) and ah (recurrent side) of one unit (V = float here; the fast
 // form runs the same code on vectors of units).
+// A reverse call (options.reverse) as the forward call on reversed views of x and y.
+inline std::pair<RnnInputs, RnnOutputs> reversed_call(RnnInputs in, RnnOutputs out) {
+  reverse_time_of(in.x, out.y);
+  return {in, out};
+}
+
 template <class Cell>
-void rnn_reference(const char* op, const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options) {
+void rnn_reference(const char* op, const RnnInputs& in_given, const RnnOutputs& out_given, const RnnOptions& options) {
   constexpr index_t G = Cell::kGates, S = Cell::kStates;
   const ArgCheck check(op);
-  const RnnDims d = validate_rnn<Cell>(check, in, out, options);
+  const RnnDims d = validate_rnn<Cell>(check, in_given, out_given, options);
+  const auto [in, out] = options.reverse ? reversed_call(in_given, out_given) : std::make_pair(in_given, out_given);
   const index_t H = d.H, Dh = d.Dh;
   std::vector<float> state(static_cast<std::size_t>(S * H)), h_prev(static_cast<std::size_t>(H));
   for (index_t b = 0; b < d.B; ++b) {

@@ -37,10 +37,13 @@ using RnnRowMap = Eigen::Map<const RowMajorMatrix<float>, Eigen::Unaligned, Eige
 using RnnMutRowMap = Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 // A rank-2 view as a row-major Eigen map with unit inner stride, copying into `copy` only when
-// the view's columns are strided (Eigen's products want unit inner stride).
+// the view's columns are strided (Eigen's products want unit inner stride) or its rows run
+// backwards.
 inline RnnRowMap rnn_rows(const ConstView<float, 2>& v, std::vector<float>& copy) {
   const index_t rows = v.size(0), cols = v.size(1);
-  if (v.stride(1) == 1 || cols <= 1) return RnnRowMap(v.data(), rows, cols, Eigen::OuterStride<>(v.stride(0)));
+  // Rows run backwards in a reversed view (options.reverse): copied too, in view order.
+  if ((v.stride(1) == 1 || cols <= 1) && (v.stride(0) >= 0 || rows <= 1))
+    return RnnRowMap(v.data(), rows, cols, Eigen::OuterStride<>(v.stride(0) >= 0 ? v.stride(0) : cols));
   copy.resize(static_cast<std::size_t>(rows * cols));
   for (index_t r = 0; r < rows; ++r)
     for (index_t c = 0; c < cols; ++c) copy[static_cast<std::size_t>(r * cols + c)] = v(r, c);
@@ -256,7 +259,8 @@ void rnn_prefill(const char* op, const RnnInputs& in, const RnnOutputs& out, con
                  const Executor& executor) {
   const ArgCheck check(op);
   const RnnDims d = validate_rnn<Cell>(check, in, out, options);
-  rnn_run<Cell>(d, in.x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, in.initial_state, out.y, out.final_state, d.T >= 4,
+  const auto [x, y] = options.reverse ? reversed_call(in, out) : std::make_pair(in, out);
+  rnn_run<Cell>(d, x.x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, in.initial_state, y.y, out.final_state, d.T >= 4,
                 executor);
 }
 

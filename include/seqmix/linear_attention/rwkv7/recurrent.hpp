@@ -76,4 +76,13 @@ inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor
   });
 }
 
+/// rwkv7 with options: options.reverse runs from the last token to the first on reversed views
+/// (core/direction.hpp), at the forward kernel's speed.
+inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Rwkv7Options& options,
+                  const Executor& executor = serial_executor()) {
+  if (!options.reverse) return rwkv7(in, out, executor);
+  const auto rev = detail::reversed_call("rwkv7", in, out);
+  rwkv7(rev.first, rev.second, executor);
+}
+
 }  // namespace seqmix

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -23,6 +24,14 @@
 #include "seqmix/linear_attention/delta_update/sequences.hpp"
 
 namespace seqmix {
+
+/// Options of the rwkv7 prefill (the step has none).
+struct Rwkv7Options {
+  /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
+  /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
+  /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
+  bool reverse = false;
+};
 
 /// Prefill arguments of rwkv7 (RWKV-7, docs/operators.md section 4). Optional views are empty
 /// when not given; packed batches and state slots as in GatedDeltaRuleInputs (core/batch.hpp).
@@ -124,6 +133,17 @@ inline Dims validate_rwkv7_step(const ArgCheck& check, const Rwkv7StepInputs& in
 
 }  // namespace delta_update
 
+namespace detail {
+
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<Rwkv7Inputs, Rwkv7Outputs> reversed_call(const char* op, Rwkv7Inputs in, Rwkv7Outputs out) {
+  check_reversible(op, in.batch, true);
+  reverse_time_of(in.r, in.k, in.v, in.a, in.b, in.g, out.o, out.token_states);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition, token by token, state in double. Single-threaded; `executor` only splits the
@@ -169,6 +189,14 @@ inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor
           for (std::size_t c = 0; c < V; ++c) y.final_state(0, h, r, c) = static_cast<float>(S[r * V + c]);
     }
   }
+}
+
+/// reference::rwkv7 with options: options.reverse runs from the last token to the first.
+inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Rwkv7Options& options,
+                  const Executor& executor = serial_executor()) {
+  if (!options.reverse) return rwkv7(in, out, executor);
+  const auto rev = detail::reversed_call("reference::rwkv7", in, out);
+  rwkv7(rev.first, rev.second, executor);
 }
 
 }  // namespace reference

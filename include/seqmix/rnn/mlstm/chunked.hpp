@@ -230,6 +230,10 @@ struct MlstmChunkKernel {
 /// rounding. Threaded over (batch, head) rows.
 inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOptions& options = {},
                   const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call(in, out);
+    return mlstm(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const ArgCheck check("mlstm");
   const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options);
   const index_t rows = d.B * d.NH;

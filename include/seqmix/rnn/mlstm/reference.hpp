@@ -16,8 +16,10 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -41,6 +43,10 @@ struct MlstmOptions {
   index_t chunk_size = 64;
   /// Prefill algorithm (see MlstmAlgorithm).
   MlstmAlgorithm algorithm = MlstmAlgorithm::chunked;
+  /// Prefill only (the step ignores it): run from the last token to the first
+  /// (core/direction.hpp). q, k, v, i, f and h are reached through reversed views, not copied;
+  /// the initial states are the state "after token T", the final states the state after token 0.
+  bool reverse = false;
 };
 
 /// Prefill arguments. The three initial states are given together or not at all (zeros).
@@ -156,6 +162,13 @@ inline MlstmDims validate_mlstm_step(const ArgCheck& check, const MlstmStepInput
   return {B, 1, NH, DK, DV, scale};
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views; the forward code reaches
+// every token through its time stride, so the views are all it needs.
+inline std::pair<MlstmInputs, MlstmOutputs> reversed_call(MlstmInputs in, MlstmOutputs out) {
+  reverse_time_of(in.q, in.k, in.v, in.i, in.f, out.h);
+  return {in, out};
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -164,6 +177,10 @@ namespace reference {
 /// Single-threaded; `executor` is accepted for a uniform signature.
 inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOptions& options = {},
                   const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call(in, out);
+    return mlstm(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const ArgCheck check("reference::mlstm");
   const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options);

@@ -342,6 +342,10 @@ void matrix_scan_dispatch(const MatrixScanArgs& a, const MatrixScanOptions& opti
 /// prod * carry, so where the sequential recurrence overflows it may give NaN instead of inf.
 inline void matrix_scan(const MatrixScanInputs& in, const MatrixScanOutputs& out, const MatrixScanOptions& options = {},
                         const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call(in, out);
+    return matrix_scan(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto [B, T, H, N] = detail::validate_matrix_scan("matrix_scan", in, out, options);
   const detail::MatrixScanArgs args{in, out, B, T, H, N};
   detail::with_block_size(N, [&](auto kN) { detail::matrix_scan_dispatch<decltype(kN)::value>(args, options, executor); });

@@ -19,8 +19,10 @@
 #include <algorithm>
 #include <array>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/scan/reference.hpp"
@@ -48,6 +50,10 @@ struct MatrixScanOptions {
   /// Time-chunk length for MatrixScanSplit::time; 0 = threads + 1 equal chunks. Results do not
   /// depend on it beyond rounding.
   index_t chunk_size = 0;
+  /// Run from the last token to the first (core/direction.hpp): A, x and h_all are reached
+  /// through reversed views, not copied; h0 is the state "after token T" and h_last the state
+  /// after token 0 (h_t = A_t h_{t+1} + x_t).
+  bool reverse = false;
 };
 
 /// Prefill inputs. Optional views are empty when not given.
@@ -132,6 +138,12 @@ inline MatrixScanDims validate_matrix_scan(const char* op, const MatrixScanInput
   return {B, T, H, N};
 }
 
+// A reverse call as the forward call on reversed views (core/direction.hpp).
+inline std::pair<MatrixScanInputs, MatrixScanOutputs> reversed_call(MatrixScanInputs in, MatrixScanOutputs out) {
+  reverse_time_of(in.A, in.x, out.h_all);
+  return {in, out};
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -140,6 +152,10 @@ namespace reference {
 /// Single-threaded; `executor` is accepted for a uniform signature.
 inline void matrix_scan(const MatrixScanInputs& in, const MatrixScanOutputs& out, const MatrixScanOptions& options = {},
                         const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::reversed_call(in, out);
+    return matrix_scan(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const auto [B, T, H, N] = detail::validate_matrix_scan("reference::matrix_scan", in, out, options);
   std::vector<double> h(static_cast<std::size_t>(N)), next(static_cast<std::size_t>(N));
