@@ -48,6 +48,7 @@
 #include "seqmix/kv_cache/head.hpp"
 #include "seqmix/kv_cache/head_ops.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
+#include "seqmix/kv_cache/requantize.hpp"
 #include "seqmix/positional/rope/fast.hpp"
 #include "seqmix/kv_cache/saliency.hpp"
 
@@ -395,6 +396,22 @@ class KvCache {
           r.attention_sum[e] += probs(i, first + e);
           r.attention_queries[e] += 1.f;
         }
+  }
+
+  /// Re-encodes, in (b, h), every block whose entries are all at positions < before_position in
+  /// lower-bit formats: a block's key (value) format becomes key_format (value_format) when that
+  /// has fewer bits, else it stays. The entries are decoded with the block's parameters and
+  /// quantized again with new ones (the existing quantizers; error adds at most half of the new
+  /// step). The residual window and newer blocks are untouched; positions and order are kept;
+  /// exact rollback is no longer possible past this call. Returns the entries re-encoded.
+  /// The age-based bit schedule (policies/age_schedule.hpp) calls it per age band.
+  index_t requantize_older(index_t b, index_t h, std::int64_t before_position, KvFormat key_format,
+                           KvFormat value_format) {
+    const ArgCheck check("KvCache::requantize_older");
+    check_head(check, b, h);
+    check_format(check, key_format, "key_format", true);
+    check_format(check, value_format, "value_format", false);
+    return detail::requantize_older(config_, head_mut(b, h), before_position, key_format, value_format);
   }
 
   /// Memory held: codes, parameters, positions, the entry map, the residual window and the rows

@@ -1,6 +1,7 @@
 // Every KV-cache eviction / selection policy (see README.md in this folder).
 #pragma once
 
+#include "seqmix/kv_cache/policies/age_schedule.hpp"
 #include "seqmix/kv_cache/policies/budget.hpp"
 #include "seqmix/kv_cache/policies/cacheblend.hpp"
 #include "seqmix/kv_cache/policies/common.hpp"
