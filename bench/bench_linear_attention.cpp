@@ -8,6 +8,10 @@
 //                                        the readout S^T q (2); decays and O(T*K) terms left out
 //   step     bytes = 4 * (2*B*HV*K*V + B*(3*H*K + 2*HV*V))   state in and out, q/k/g, v, o
 //
+// feature_map/<kind>/<shape>-t<T>: the weighted maps count the product's 2 * B*T*H*M*K flops
+// (positive_random M = 256, hedgehog M = K, as the papers size them); dpfp (nu = 3) counts the
+// bytes of x read and phi written. /reference: the double loops at T = 512.
+//
 // Serving (issue 14): gated_linear_attention/varlen/... packs 8 sequences of 17..2048 tokens
 // (4689 in all) into one call (/packed, states per sequence), beside one dense call over the same
 // 4689 tokens (/dense) and the same sequences padded to 2048 (/padded); all three count the flops
@@ -17,12 +21,15 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/linear_attention/feature_maps/fast.hpp"
+#include "seqmix/linear_attention/feature_maps/random.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"
 #include "seqmix/linear_attention/gla/step.hpp"
@@ -212,6 +219,31 @@ void gla_step_slots(benchmark::State& state, std::string shape, bool slotted) {
   seqmix::testing::report_gbytes(state, step_bytes(B, s));
 }
 
+void feature_map_bench(benchmark::State& state, std::string shape, index_t T, seqmix::FeatureMapKind kind, bool reference) {
+  const auto& s = shape_named(shape);
+  const index_t M = kind == seqmix::FeatureMapKind::positive_random ? 256 : s.K;
+  const Tensor<float, 4> x = st::random_tensor<4>({1, T, s.H, s.K}, 1);
+  Tensor<float, 3> w({s.H, M, s.K});
+  for (index_t h = 0; h < s.H; ++h) seqmix::performer_random_features(w.view()[h], 100 + static_cast<std::uint64_t>(h));
+  seqmix::FeatureMapOptions options;
+  options.kind = kind, options.dpfp_nu = 3;
+  options.input_scale = kind == seqmix::FeatureMapKind::positive_random ? 1.f / std::sqrt(std::sqrt(float(s.K))) : 1.f;
+  seqmix::FeatureMapInputs in{x.view()};
+  if (kind != seqmix::FeatureMapKind::dpfp) in.weight = w.view();
+  Tensor<float, 4> phi({1, T, s.H, seqmix::feature_map_dim(options, s.K, M)});
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::feature_map(in, {phi.view()}, options);
+    else
+      seqmix::feature_map(in, {phi.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(phi.data());
+  }
+  if (kind == seqmix::FeatureMapKind::dpfp)
+    seqmix::testing::report_gbytes(state, 4.0 * T * s.H * (s.K + phi.view().size(3)));
+  else
+    seqmix::testing::report_gflops(state, 2.0 * T * s.H * M * s.K);
+}
+
 // Registers one prefill benchmark per form; the reference runs at t_reference tokens.
 template <class Fn>
 void register_prefill(const std::string& op, const std::string& shape, index_t T, index_t t_reference, Fn fn) {
@@ -245,6 +277,16 @@ const int kRegistered = [] {
       ->UseRealTime()->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("rwkv6/step/rwkv-h32-k64", [](benchmark::State& s) { rwkv6_step(s, "rwkv-h32-k64"); })
       ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  const std::pair<const char*, seqmix::FeatureMapKind> maps[] = {{"dpfp", seqmix::FeatureMapKind::dpfp},
+                                                                   {"positive_random", seqmix::FeatureMapKind::positive_random},
+                                                                   {"hedgehog", seqmix::FeatureMapKind::hedgehog}};
+  for (const auto& [name, kind] : maps)
+    for (const bool reference : {false, true}) {
+      const index_t T = reference ? 512 : 4096;
+      benchmark::RegisterBenchmark((std::string("feature_map/") + name + "/gla-1.3b-t" + std::to_string(T) + (reference ? "/reference" : "")).c_str(),
+                                   [kind = kind, T, reference](benchmark::State& s) { feature_map_bench(s, "gla-1.3b", T, kind, reference); })
+          ->UseRealTime()->Unit(benchmark::kMillisecond);
+    }
   const std::pair<const char*, Layout> layouts[] = {{"packed", Layout::packed}, {"dense", Layout::dense}, {"padded", Layout::padded}};
   for (const auto& [name, layout] : layouts)
     benchmark::RegisterBenchmark((std::string("gated_linear_attention/varlen/gla-1.3b-n8-t4689/") + name).c_str(),

@@ -1,8 +1,11 @@
-// Linear-attention family (SPEC section 4): linear_attention (feature maps, normalize, JRT
+// Linear-attention family (SPEC section 4): feature_map (DPFP, positive random features,
+// Hedgehog), linear_attention (feature maps, normalize, JRT
 // prefix), gated_linear_attention (GLA, simple GLA, RetNet retention, ungated) and rwkv6. Each
 // operator's folder under seqmix/linear_attention/ holds its reference, chunked prefill and step.
 #pragma once
 
+#include "seqmix/linear_attention/feature_maps/fast.hpp"
+#include "seqmix/linear_attention/feature_maps/random.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
 #include "seqmix/linear_attention/gla/normalized_decay.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"

@@ -20,7 +20,23 @@ enum class FeatureMap {
   relu,      ///< phi(x) = max(x, 0)
   taylor2,   ///< Based: phi(x) = [1, x / d^(1/4), vec(x x^T) / (sqrt(2) * sqrt(d))], d = K, so
              ///< phi(q).phi(k) = 1 + q.k/sqrt(d) + (q.k)^2/(2d); 1 + K + K^2 features
+  dpfp1,     ///< DPFP with nu = 1 (Schlag et al. 2021; feature_maps/dpfp.hpp): 2K features
+  dpfp2,     ///< DPFP with nu = 2: 4K features
+  dpfp3,     ///< DPFP with nu = 3 (ARMT's choice): 6K features
 };
+
+/// The number of FeatureMap values (for range checks).
+constexpr int kFeatureMapCount = 7;
+
+/// DPFP's roll count nu of a FeatureMap (0 for the other maps).
+inline index_t dpfp_rolls(FeatureMap map) {
+  switch (map) {
+    case FeatureMap::dpfp1: return 1;
+    case FeatureMap::dpfp2: return 2;
+    case FeatureMap::dpfp3: return 3;
+    default: return 0;
+  }
+}
 
 /// How the decay of gated_linear_attention is given (all in natural-log space, <= 0).
 enum class GateKind {
@@ -39,7 +55,9 @@ enum class LinearAttentionAlgorithm {
 
 /// Number of features phi produces from K inputs: the state's key dimension.
 inline index_t feature_dim(FeatureMap map, index_t K) {
-  return map == FeatureMap::taylor2 ? 1 + K + K * K : K;
+  if (map == FeatureMap::taylor2) return 1 + K + K * K;
+  if (dpfp_rolls(map) > 0) return 2 * dpfp_rolls(map) * K;
+  return K;
 }
 
 /// RetNet's fixed decay of head h, in log space: log(1 - 2^(-5-h)).

@@ -12,6 +12,7 @@
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
+#include "seqmix/linear_attention/feature_maps/dpfp.hpp"
 
 namespace seqmix::detail::la {
 
@@ -94,6 +95,11 @@ inline void apply_feature_map(FeatureMap phi, const ConstView<float, 1>& x, floa
       }
       return;
     }
+    case FeatureMap::dpfp1:
+    case FeatureMap::dpfp2:
+    case FeatureMap::dpfp3:
+      dpfp_row(x, dpfp_rolls(phi), factor, out);
+      return;
   }
 }
 

@@ -107,7 +107,7 @@ inline PrefillCheck validate_linear_attention(const char* op, const LinearAttent
                                               const LinearAttentionOutputs& out, const LinearAttentionOptions& options) {
   const ArgCheck check(op);
   Dims d = check_qkv(check, "q", in.q, in.k, in.v);
-  check_enum(check.op(), "options.feature_map", options.feature_map, 4);  // before it sizes the state
+  check_enum(check.op(), "options.feature_map", options.feature_map, kFeatureMapCount);  // before it sizes the state
   d.Kf = feature_dim(options.feature_map, d.K);
   index_t rows = check_state_pair(check, "initial_state", in.initial_state, "final_state", out.final_state, d);
   rows = check_normalizer_pair(check, in.initial_normalizer, out.final_normalizer, rows, d);
@@ -140,7 +140,7 @@ inline PrefillCheck validate_linear_attention(const char* op, const LinearAttent
 inline Dims validate_linear_attention_step(const ArgCheck& check, const LinearAttentionStepInputs& in,
                                            const LinearAttentionStepOutputs& out, const LinearAttentionOptions& options) {
   Dims d = check_qkv_step(check, "q", in.q, in.k, in.v);
-  check_enum(check.op(), "options.feature_map", options.feature_map, 4);
+  check_enum(check.op(), "options.feature_map", options.feature_map, kFeatureMapCount);
   d.Kf = feature_dim(options.feature_map, d.K);
   check.shape("o", out.o, std::array<index_t, 3>{d.B, d.HV, d.V}, "B,HV,V");
   check.shape("state", out.state, std::array<index_t, 4>{-1, d.HV, d.Kf, d.V}, "S,HV,Kf,V");
