@@ -5,6 +5,8 @@
 //                                                 max-pool (kernel 5), top-k (budget 2048). Target <= 100 ms.
 //   kv/observation_scores/Hq32_Hkv8_D128_N32768_W64   the score part alone
 //   kv/snapkv/..._N2048_W64 and ..._reference     fast vs the plain-loop reference at a small N
+//   kv/cacheblend_deviation/Hkv8_D128_N8192 and ..._reference   CacheBlend's KV deviation of
+//                                                 8192 tokens (4 tensors read; GB/s counter)
 //
 // Counter GFLOP/s = 2 * W * N * Hq * D (the window-score product) / time. The machine is shared
 // and noisy: run with --benchmark_repetitions=5 and read the min (or the _min aggregate).
@@ -14,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/kv_cache/policies/cacheblend.hpp"
 #include "seqmix/kv_cache/policies/eviction.hpp"
 #include "seqmix/kv_cache/policies/scores_reference.hpp"
 #include "seqmix_testing/bench_counters.hpp"
@@ -85,6 +88,29 @@ void snapkv_reference(benchmark::State& state, index_t N, index_t W) {
   set_counters(state, p);
 }
 
+// Cached and fresh K/V of N tokens, Hkv = 8, D = 128.
+struct BlendProblem {
+  index_t N;
+  Tensor<float, 4> ck, cv, fk, fv;
+  explicit BlendProblem(index_t n) : N(n), ck({1, n, 8, 128}), cv({1, n, 8, 128}), fk({1, n, 8, 128}), fv({1, n, 8, 128}) {
+    st::fill_normal(ck.view(), 3), st::fill_normal(cv.view(), 4), st::fill_normal(fk.view(), 5), st::fill_normal(fv.view(), 6);
+  }
+  kv::CacheBlendInputs inputs() const { return {ck.cview(), cv.cview(), fk.cview(), fv.cview()}; }
+};
+
+void cacheblend_deviation(benchmark::State& state, index_t N, bool reference) {
+  static BlendProblem p(N);
+  Tensor<float, 2> deviation({1, N});
+  for (auto _ : state) {
+    if (reference)
+      kv::reference::cacheblend_deviation(p.inputs(), deviation.view());
+    else
+      kv::cacheblend_deviation(p.inputs(), deviation.view(), st::two_thread_pool());
+    benchmark::DoNotOptimize(deviation.data());
+  }
+  seqmix::testing::report_gbytes(state, 4.0 * static_cast<double>(N) * 8 * 128 * sizeof(float));
+}
+
 const bool kRegistered = [] {
   const auto add = [](const std::string& name, auto fn) {
     benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -93,6 +119,8 @@ const bool kRegistered = [] {
   add("kv/observation_scores/Hq32_Hkv8_D128_N32768_W64", [](benchmark::State& s) { scores_only(s, 32768, 64); });
   add("kv/snapkv/Hq32_Hkv8_D128_N2048_W64", [](benchmark::State& s) { snapkv(s, 2048, 64); });
   add("kv/snapkv/Hq32_Hkv8_D128_N2048_W64_reference", [](benchmark::State& s) { snapkv_reference(s, 2048, 64); });
+  add("kv/cacheblend_deviation/Hkv8_D128_N8192", [](benchmark::State& s) { cacheblend_deviation(s, 8192, false); });
+  add("kv/cacheblend_deviation/Hkv8_D128_N8192_reference", [](benchmark::State& s) { cacheblend_deviation(s, 8192, true); });
   return true;
 }();
 

@@ -18,6 +18,9 @@
 // legend, one table per workload) to paste into a README; include/seqmix/kv_cache/RESULTS.md
 // holds one. Options: --n --steps --d --hq --hkv --needles --window --profile --seed --threads,
 // and --quick (N=1024, D=64, 16 steps) for a small run.
+// Issue 22 rows: the age-based bit schedule (applied once after prefill), CacheBlend on a
+// synthetic chunk reuse (recompute 0 / 15 / 100%), SpAtten token pruning and HeadKV per-head
+// budgets; SirLLM needs token logits, which these workloads do not have, so it has no row.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -345,6 +348,48 @@ std::vector<Method> storage_methods(const Settings& s, const seqmix::Executor& p
                      return evaluate(s, w, prefill(s, w, c, row.zip ? &obs : nullptr), pool);
                    },
                    false});
+  // Age-based bit schedule (issue 22): fp16 prefill, then the older prompt tokens re-encoded by
+  // age once after prefill (decode tokens stay fp16).
+  out.push_back({"age schedule fp16 / int8 >= N/8 / int4 >= N/2 / int4 K + int2 V >= 3N/4",
+                 [&s, &pool](const Workload& w, const Observed&, index_t) {
+                   KvCache cache = prefill(s, w, storage_config(s, KvFormat::f16, KvFormat::f16));
+                   kv::apply_age_schedule(cache, {{{s.n / 8, KvFormat::int8, KvFormat::int8},
+                                                   {s.n / 2, KvFormat::int4, KvFormat::int4},
+                                                   {3 * s.n / 4, KvFormat::int4, KvFormat::int2}}});
+                   return evaluate(s, w, std::move(cache), pool);
+                 },
+                 false});
+  // CacheBlend (issue 22) on a synthetic reuse: the prompt is 4 chunks prefilled on their own;
+  // the cached KV of chunks 2-4 deviates from the fresh KV by noise of std 0.5 u^4 per token
+  // (u uniform: few tokens deviate much). ratio = share of tokens recomputed (fresh rows blended in).
+  for (double ratio : {0.0, 0.15, 1.0}) {
+    out.push_back({"CacheBlend recompute " + std::to_string(int(ratio * 100)) + "% (synthetic chunk deviation)",
+                   [&s, &pool, ratio](const Workload& w, const Observed&, index_t) {
+                     const auto fk = w.k.cview().slice(1, 0, s.n), fv = w.v.cview().slice(1, 0, s.n);
+                     Tensor<float, 4> ck({1, s.n, s.hkv, s.d}), cv({1, s.n, s.hkv, s.d});
+                     std::mt19937 rng(s.seed + 17);
+                     std::uniform_real_distribution<float> u(0.f, 1.f);
+                     std::normal_distribution<float> normal(0.f, 1.f);
+                     for (index_t j = 0; j < s.n; ++j) {
+                       const float sigma = j < s.n / 4 ? 0.f : 0.5f * std::pow(u(rng), 4.f);
+                       for (index_t h = 0; h < s.hkv; ++h)
+                         for (index_t c = 0; c < s.d; ++c) {
+                           ck(0, j, h, c) = fk(0, j, h, c) + sigma * normal(rng);
+                           cv(0, j, h, c) = fv(0, j, h, c) + sigma * normal(rng);
+                         }
+                     }
+                     Tensor<float, 2> deviation({1, s.n});
+                     kv::cacheblend_deviation({ck.cview(), cv.cview(), fk, fv}, deviation.view(), pool);
+                     const kv::CacheBlendSelection sel = kv::cacheblend_select(deviation.cview(), {ratio});
+                     kv::cacheblend_blend(ck.view(), cv.view(), fk, fv, sel);
+                     KvCache cache(storage_config(s, KvFormat::f32, KvFormat::f32));
+                     cache.append(ck.cview(), cv.cview());
+                     Result r = evaluate(s, w, std::move(cache), pool);
+                     r.note = std::to_string(sel.rows[0].size()) + " tokens recomputed";
+                     return r;
+                   },
+                   false});
+  }
   return out;
 }
 
@@ -395,6 +440,37 @@ std::vector<Method> eviction_methods(const Settings& s, const seqmix::Executor& 
     return kv::adakv(pooled.cview(), o, pool).kept;
   });
 
+  // SpAtten (issue 22): one layer, so the cascade is one pruning step; importance = the profile
+  // attention summed over the KV heads, the same tokens kept in every head.
+  policy("SpAtten token pruning (profile attention over heads)", [&s, S, W](const Workload&, const Observed& obs, index_t cap) {
+    kv::SpAttenCascade cascade(1, s.n);
+    cascade.accumulate(obs.profile.cview());
+    return cascade.prune({cap, S, W}, s.hkv);
+  });
+  // HeadKV (issue 22): per-head budgets from a retrieval score (here the window's attention mass
+  // outside sinks + window, given by the caller), half of the layer's total pooled by score,
+  // applied to SnapKV's pooled scores.
+  out.push_back({"HeadKV budgets (window mass far from the end) + SnapKV mean-pooled scores",
+                 [&s, &pool, S, W](const Workload& w, const Observed& obs, index_t cap) {
+                   const index_t H = s.hkv, prefix = s.n - W;
+                   std::vector<float> score(static_cast<std::size_t>(H), 0.f);
+                   Tensor<float, 3> pooled({1, H, s.n});
+                   for (index_t h = 0; h < H; ++h) {
+                     for (index_t j = S; j < prefix; ++j) score[h] += obs.window(0, h, j);
+                     // Mean pooling: max pooling's plateaus tie, and select_with_head_budgets breaks
+                     // ties by age only (snapkv_from_scores also by the raw score).
+                     kv::pool_scores(&obs.window(0, h, 0), &pooled(0, h, 0), prefix, 7, kv::Pooling::Mean);
+                     for (index_t j = prefix; j < s.n; ++j) pooled(0, h, j) = obs.window(0, h, j);
+                   }
+                   const std::vector<index_t> budgets = kv::headkv_budgets(score, {cap * H, 0.5, S + W});
+                   KvCache cache = prefill(s, w, storage_config(s, KvFormat::f32, KvFormat::f32));
+                   const double before =
+                       retain_all(cache, kv::select_with_head_budgets(pooled.cview(), budgets, S, W, kv::Keep::Highest, pool));
+                   Result res = evaluate_evicted(s, w, std::move(cache), before, pool);
+                   const auto mm = std::minmax_element(budgets.begin(), budgets.end());
+                   res.note = "head budgets " + std::to_string(*mm.first) + " to " + std::to_string(*mm.second);
+                   return res;
+                 }});
   // DuoAttention: as many full retrieval heads as the layer's budget allows (the heads with the
   // most window attention outside sinks + window), the rest of the budget split evenly over the
   // streaming heads' recent windows.
