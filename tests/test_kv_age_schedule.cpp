@@ -143,6 +143,29 @@ TEST_CASE("kv age schedule stores each age band in its formats within the error 
     seqmix::kv_cache_attention(in, {o.view(), {}}, {}, st::two_thread_pool());
     seqmix::reference::kv_cache_attention(in, {o_ref.view(), {}}, {});
     st::require_close("o", o.cview(), o_ref.cview(), 1e-4);
+
+    // Eviction over blocks of several formats: retain (and the compaction it triggers, which
+    // merges only blocks of one format pair) keeps every surviving value exactly, and keys too
+    // unless per-channel blocks merge.
+    cache.read_keys(1, 1, kout.view());
+    cache.read_values(1, 1, vout.view());
+    std::vector<index_t> kept;
+    for (index_t j = 0; j < N; j += 3) kept.push_back(j);
+    cache.retain(1, 1, kept);
+    const index_t M = static_cast<index_t>(kept.size());
+    Tensor<float, 2> kk({M, Dk}), vv({M, Dv});
+    cache.read_keys(1, 1, kk.view());
+    cache.read_values(1, 1, vv.view());
+    bool values_same = true, keys_same = true;
+    for (index_t i = 0; i < M; ++i) {
+      for (index_t ch = 0; ch < Dv; ++ch) values_same = values_same && vv(i, ch) == vout(kept[i], ch);
+      for (index_t ch = 0; ch < Dk; ++ch) keys_same = keys_same && kk(i, ch) == kout(kept[i], ch);
+    }
+    CHECK(values_same);
+    if (c.key_quant == seqmix::KeyQuant::per_token) CHECK(keys_same);
+    seqmix::kv_cache_attention(in, {o.view(), {}}, {}, st::two_thread_pool());
+    seqmix::reference::kv_cache_attention(in, {o_ref.view(), {}}, {});
+    st::require_close("o after retain", o.cview(), o_ref.cview(), 1e-4);
   }
 }
 
