@@ -7,11 +7,14 @@
 #include "seqmix/mpi/collective.hpp"
 #include "seqmix/mpi/ring_attention.hpp"
 #include "seqmix/mpi/state_relay.hpp"
+#include "seqmix/mpi/state_passing.hpp"
 #include "seqmix/mpi/state_scan.hpp"
 
 /// \namespace seqmix::mpi
 /// Context parallelism over MPI (the optional seqmix::mpi component): ContextSlices (which
 /// positions each rank holds), ring_attention, relay_state (exact sequential state passing for
-/// any recurrent operator), exscan_diagonal_slices and mpi::ssd (state passing in parallel: slice
-/// from zero, MPI_Exscan of the transitions, correction), and the collective argument check that makes every
+/// any recurrent operator), exscan_diagonal_slices, exscan_matrix_slices and the mpi:: recurrent
+/// operators (ssd, selective_scan, linear_attention, gated_linear_attention, rwkv6, delta_rule,
+/// gated_delta_rule, rwkv7: slice from zero, MPI_Exscan of the transitions, correction;
+/// causal_conv1d: its W-1 halo sent to the ranks that read it), and the collective argument check that makes every
 /// rank refuse a bad call together instead of leaving the others waiting.
