@@ -3,14 +3,15 @@
 // split by position over the ranks of MPI_COMM_WORLD, with seqmix::mpi:
 //
 //   h0 [1, T, H, P]                     each rank holds rows [start_r, start_r + T_r)
-//   h1 = h0 + gated_delta_rule(q = k = v = h0, beta, g)   state [1,H,P,P] passed rank to rank
+//   h1 = h0 + gated_delta_rule(q = k = v = h0, beta, g)   slices from zero, MPI_Exscan of [P,P] transitions
 //   h2 = h1 + ssd(x = h1, dt, A, Bm, Cm, D)                slices from zero, MPI_Exscan, correction
 //   h3 = h2 + ring_attention(q = k = v = h2, causal)       K/V blocks around the ring
 //
-// Gated DeltaNet carries its state with mpi::relay_state (exact; the ranks run one after another,
-// as its matrix-valued slice transition has no MPI wrapper yet), Mamba-2 with mpi::ssd (all ranks
-// at once: each runs its slice from zero, one MPI_Exscan of the slice transitions gives each its
-// true initial state, a GEMM per 64 tokens corrects the outputs), attention with
+// Gated DeltaNet carries its state with mpi::gated_delta_rule (all ranks at once: each runs its
+// slice from zero plus the identity run that gives the slice's [P,P] transition and readout, one
+// MPI_Exscan composes the transitions by matrix products, one GEMM per head corrects the outputs),
+// Mamba-2 with mpi::ssd (the same with a diagonal transition: a GEMM per 64 tokens corrects the
+// outputs), attention with
 // mpi::ring_attention (all ranks at once, communication overlapped with the local tiles). Every per-token input (h0, beta, g, dt, Bm, Cm) is a hash of (seed, global
 // position, index), so a rank builds its own slice without communication and the single-process
 // run builds the same numbers.
@@ -78,7 +79,7 @@ struct LayerTimes {
   double seconds[3] = {0, 0, 0};      // GDN, SSD, attention (this rank, wall)
   double bytes[3] = {0, 0, 0};        // sent by this rank
   double attention_wait = 0;          // ring_attention's exposed communication
-  double relay_wait = 0;              // GDN: waiting for the previous rank's state
+  double gdn_exchange = 0;            // GDN: collective check + MPI_Exscan of the summaries
 };
 
 // The stack over this rank's contiguous slice of a `total`-token sequence split over comm.
@@ -98,18 +99,17 @@ Tensor<float, 4> run_stack(MPI_Comm comm, index_t total, const Config& c, const 
   {
     const auto beta = slice_input<3>({1, T, H}, start, 2, 0.1f, 0.9f);
     const auto g = slice_input<3>({1, T, H}, start, 3, -0.2f, -0.01f);
-    Tensor<float, 4> o({1, T, H, P}), state({1, H, P, P});
+    Tensor<float, 4> o({1, T, H, P});
     seqmix::GatedDeltaRuleOptions options;
     options.qk_norm = seqmix::QkNorm::l2;
     seqmix::GatedDeltaRuleInputs in;
     in.q = h.cview(), in.k = h.cview(), in.v = h.cview(), in.beta = beta.cview(), in.g_scalar = g.cview();
-    in.initial_state = state.cview();
-    sm::RelayStats relay;
+    sm::StatePassStats pass;
     const double t0 = now();
-    sm::relay_state(comm, state.view(), [&] { seqmix::gated_delta_rule(in, {o.view(), state.view()}, options, pool); },
-                    &relay);
-    times.seconds[0] = now() - t0, times.bytes[0] = static_cast<double>(relay.bytes_sent);
-    times.relay_wait = relay.wait_seconds;
+    sm::gated_delta_rule(comm, in, {o.view()}, options, pool, &pass);  // slice, MPI_Exscan, correction
+    times.seconds[0] = now() - t0;
+    times.bytes[0] = ranks > 1 ? static_cast<double>(pass.bytes_sent) : 0.0;
+    times.gdn_exchange = pass.exchange_seconds;
     for (index_t i = 0; i < h.numel(); ++i) h.data()[i] += o.data()[i];
   }
   // Mamba-2 SSD: x = h, one group of B/C, A < 0, skip D.
@@ -199,22 +199,23 @@ int main(int argc, char** argv) {
   run_stack(MPI_COMM_WORLD, c.tokens, c, pool, times);
   const double total = MPI_Wtime() - t0;
   double row[9] = {times.seconds[0], times.seconds[1], times.seconds[2], times.bytes[0], times.bytes[1],
-                   times.bytes[2], times.attention_wait, times.relay_wait, total};
+                   times.bytes[2], times.attention_wait, times.gdn_exchange, total};
   std::vector<double> rows(static_cast<std::size_t>(9 * ranks));
   MPI_Gather(row, 9, MPI_DOUBLE, rows.data(), 9, MPI_DOUBLE, 0, MPI_COMM_WORLD);
   if (rank == 0) {
     std::printf("\nprefill of %lld tokens, H=%lld P=%lld, %d ranks (contiguous slices of ~%lld tokens)\n",
                 static_cast<long long>(c.tokens), static_cast<long long>(c.heads), static_cast<long long>(c.head_dim),
                 ranks, static_cast<long long>(c.tokens / ranks));
-    std::printf("rank  gdn s  ssd s  attn s  total s  gdn+ssd state MB sent  attn K/V MB sent  attn exposed comm s  gdn relay wait s\n");
+    std::printf("rank  gdn s  ssd s  attn s  total s  gdn+ssd state MB sent  attn K/V MB sent  attn exposed comm s  gdn exchange s\n");
     for (int r = 0; r < ranks; ++r) {
       const double* x = rows.data() + 9 * r;
       std::printf("%4d %6.3f %6.3f %7.3f %8.3f %22.3f %17.2f %20.4f %17.3f\n", r, x[0], x[1], x[2], x[8],
                   (x[3] + x[4]) / 1e6, x[5] / 1e6, x[6], x[7]);
     }
-    std::printf("attention overlap: the ring hides its transfers except the 'exposed comm' column. GDN passes\n"
-                "one state per rank (relay_state), so its ranks run in turn ('relay wait'); SSD's ranks run\n"
-                "together. On separate machines the K/V bytes cross the network instead of memory.\n");
+    std::printf("attention overlap: the ring hides its transfers except the 'exposed comm' column. GDN and SSD\n"
+                "run every rank's slice at once and exchange one summary per rank (GDN: a [P,P] transition and\n"
+                "a [P,P] state per head; 'gdn exchange' is the wait in the check and the MPI_Exscan, which\n"
+                "includes waiting for slower ranks). On separate machines the bytes cross the network.\n");
   }
   MPI_Finalize();
   return status;
