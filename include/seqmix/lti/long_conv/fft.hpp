@@ -175,11 +175,13 @@ inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float
     }
     batched_fft_inverse(w, tw);
     // A NaN (poison != 0) spreads over the whole pair's transform: both channels of the pair
-    // go to the direct form.
+    // go to the direct form, in this batch row only (listed as b * D + d: the other rows keep
+    // their FFT results bit for bit, as without the NaN).
+    const index_t D = in.u.size(2);
     for (index_t lane = 0; lane < W; ++lane)
       if (poison[lane] != 0.f || (lane + W < width && poison[lane + W] != 0.f)) {
-        if (lane < width) nonfinite.push_back(c0 + lane);
-        if (lane + W < width) nonfinite.push_back(c0 + lane + W);
+        if (lane < width) nonfinite.push_back(b * D + c0 + lane);
+        if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
       }
     // Outputs y[t] = conv[S + t], row by row again.
     for (index_t t = 0; t < T; ++t) {
@@ -215,20 +217,21 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
                           nonfinite[static_cast<std::size_t>(i)]);
     }
   });
-  // A channel whose input holds inf or NaN (and its pair): the FFT spread the value to every
-  // output, so the direct form recomputes them and the non-finite values reach only the outputs
+  // A channel whose input holds inf or NaN (and its pair) in a batch row: the FFT spread the
+  // value to every output of that row, so the direct form recomputes them and the non-finite values reach only the outputs
   // that read them (docs/reliability.md, "Non-finite values"). Channels are independent.
   for (const auto& list : nonfinite)
-    for (index_t d : list) {
+    for (index_t bd : list) {
+      const index_t b = bd / D, d = bd % D;
       LongConvInputs one = in;
       const index_t g = d / (D / in.filter.size(1));
-      one.u = in.u.slice(2, d, 1);
+      one.u = in.u.slice(0, b, 1).slice(2, d, 1);
       one.filter = in.filter.slice(1, g, 1);
       if (in.filter_backward.has_value()) one.filter_backward = in.filter_backward.slice(1, g, 1);
       if (in.skip.has_value()) one.skip = in.skip.slice(0, d, 1);
       if (in.bias.has_value()) one.bias = in.bias.slice(0, d, 1);
-      if (in.initial_state.has_value()) one.initial_state = in.initial_state.slice(2, d, 1);
-      long_conv_direct_run(one, y.slice(2, d, 1), serial_executor());
+      if (in.initial_state.has_value()) one.initial_state = in.initial_state.slice(0, b, 1).slice(2, d, 1);
+      long_conv_direct_run(one, y.slice(0, b, 1).slice(2, d, 1), serial_executor());
     }
 }
 

@@ -114,6 +114,7 @@ struct MlstmChunkKernel {
     chunkwise::ProductScratch finite_v;  // sized only by a chunk with a non-finite value
     Eigen::VectorXf n, qn, scale_state;
     std::vector<double> cum;
+    std::vector<index_t> reset;  // the last token r <= t whose forget gate is -inf, or -1
     std::vector<float> log_i, m_row;
     float m = 0.f;
   };
@@ -127,6 +128,7 @@ struct MlstmChunkKernel {
     ws.KW.resize(chunk, d.DK), ws.P.resize(chunk, chunk), ws.num.resize(chunk, d.DV);
     ws.n.resize(d.DK), ws.qn.resize(chunk), ws.scale_state.resize(chunk);
     ws.cum.resize(static_cast<std::size_t>(chunk)), ws.log_i.resize(static_cast<std::size_t>(chunk));
+    ws.reset.resize(static_cast<std::size_t>(chunk));
     ws.m_row.resize(static_cast<std::size_t>(chunk));
     return ws;
   }
@@ -153,8 +155,16 @@ struct MlstmChunkKernel {
       for (index_t r = 0; r < d.DK; ++r) ws.Q(t, r) = d.scale * q[r * qs], ws.K(t, r) = k[r * ks];
       for (index_t c = 0; c < d.DV; ++c) ws.V(t, c) = v[c * vs];
       ws.log_i[static_cast<std::size_t>(t)] = in->i(h.b, t0 + t, h.hd);
+      // A forget gate of -inf (log f = -inf) is a hard reset: the recurrence multiplies the state
+      // by exp(-inf) = 0. As a prefix sum it would make b_t - b_s = -inf - (-inf) = NaN for every
+      // later pair (s, t) of the chunk, NaN where the recurrence is finite (the non-finite probe,
+      // tests/test_nonfinite_lti_rnn.cpp). So the sum restarts at such a token and the pairs
+      // across it get the exact log-weight -inf (decay() and state_decay() below).
       const double lf = rnn_log_sigmoid(in->f(h.b, t0 + t, h.hd));
-      ws.cum[static_cast<std::size_t>(t)] = (t > 0 ? ws.cum[static_cast<std::size_t>(t - 1)] : 0.0) + lf;
+      const auto u = static_cast<std::size_t>(t);
+      const bool hard_reset = lf == -std::numeric_limits<double>::infinity();
+      ws.reset[u] = hard_reset ? t : (t > 0 ? ws.reset[u - 1] : -1);
+      ws.cum[u] = hard_reset ? 0.0 : (t > 0 ? ws.cum[u - 1] : 0.0) + lf;
     }
     // Stabilizers m_t, then the decayed causal scores P = (Q K^T) o exp(D - m_t).
     auto Qc = ws.Q.topRows(L);
@@ -162,16 +172,26 @@ struct MlstmChunkKernel {
     auto P = ws.P.topLeftCorner(L, L);
     P.noalias() = Qc * Kc.transpose();
     for (index_t t = 0; t < L; ++t) {
-      const double bt = ws.cum[static_cast<std::size_t>(t)];
-      double m = bt + ws.m;
-      for (index_t s = 0; s <= t; ++s)
-        m = std::max(m, bt - ws.cum[static_cast<std::size_t>(s)] + ws.log_i[static_cast<std::size_t>(s)]);
+      double m = state_decay(ws, t) + ws.m;
+      for (index_t s = 0; s <= t; ++s) m = std::max(m, decay(ws, t, s) + ws.log_i[static_cast<std::size_t>(s)]);
       ws.m_row[static_cast<std::size_t>(t)] = static_cast<float>(m);
-      ws.scale_state(t) = static_cast<float>(std::exp(bt + ws.m - m));
+      ws.scale_state(t) = static_cast<float>(std::exp(state_decay(ws, t) + ws.m - m));
       for (index_t s = 0; s <= t; ++s)
-        P(t, s) *= static_cast<float>(std::exp(bt - ws.cum[static_cast<std::size_t>(s)] + ws.log_i[static_cast<std::size_t>(s)] - m));
+        P(t, s) *= static_cast<float>(std::exp(decay(ws, t, s) + ws.log_i[static_cast<std::size_t>(s)] - m));
       for (index_t s = t + 1; s < L; ++s) P(t, s) = 0.f;
     }
+  }
+
+  // b_t - b_s (s <= t): -inf when a hard reset lies in (s, t].
+  static double decay(const Workspace& ws, index_t t, index_t s) {
+    const auto u = static_cast<std::size_t>(t);
+    if (ws.reset[u] > s) return -std::numeric_limits<double>::infinity();
+    return ws.cum[u] - ws.cum[static_cast<std::size_t>(s)];
+  }
+  // b_t, the carried state's log-weight: -inf once a hard reset lies in [0, t].
+  static double state_decay(const Workspace& ws, index_t t) {
+    const auto u = static_cast<std::size_t>(t);
+    return ws.reset[u] >= 0 ? -std::numeric_limits<double>::infinity() : ws.cum[u];
   }
 
   void state_to_output(const Head&, index_t, index_t L, Workspace& ws) const {
@@ -190,12 +210,10 @@ struct MlstmChunkKernel {
   }
 
   void update_state(const Head&, index_t, index_t L, Workspace& ws) const {
-    const double bl = ws.cum[static_cast<std::size_t>(L - 1)];
     const double m_end = ws.m_row[static_cast<std::size_t>(L - 1)];
-    const float carry = static_cast<float>(std::exp(bl + ws.m - m_end));
+    const float carry = static_cast<float>(std::exp(state_decay(ws, L - 1) + ws.m - m_end));
     for (index_t s = 0; s < L; ++s) {
-      const float w = static_cast<float>(
-          std::exp(bl - ws.cum[static_cast<std::size_t>(s)] + ws.log_i[static_cast<std::size_t>(s)] - m_end));
+      const float w = static_cast<float>(std::exp(decay(ws, L - 1, s) + ws.log_i[static_cast<std::size_t>(s)] - m_end));
       ws.KW.row(s) = w * ws.K.row(s);
     }
     ws.C *= carry;
