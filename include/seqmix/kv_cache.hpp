@@ -19,3 +19,5 @@
 #include "seqmix/kv_cache/dmc/fast.hpp"
 #include "seqmix/kv_cache/dmc/reference.hpp"
 #include "seqmix/kv_cache/dmc/step.hpp"
+#include "seqmix/kv_cache/coded/fast.hpp"
+#include "seqmix/kv_cache/coded/reference.hpp"
