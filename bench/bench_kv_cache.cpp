@@ -16,6 +16,13 @@
 // kv/fp32/decode/..._Tk16384, a KvCache of the same tokens in fp32 (the plain decode DMC
 // replaces). The step token merges, so the cache keeps its size over the iterations. GB/s on the
 // bytes held (DmcCache::bytes(), KvCache::bytes()).
+//
+// kv/pq_m<m>_k256/decode/Hq32_Hkv8_D128_Tk16384 and kv/sign1_g<g>/decode/...: coded_kv_cache_attention
+// (kv_cache/coded) over a CodedKvCache of the same random tokens: product quantization with m
+// sub-spaces of 256 centroids (fit by k-means, 4 iterations, on the first 2048 tokens), or 1-bit
+// signs with one mean-|x| scale per g channels. Compare with kv/int4 and kv/fp16 at Tk16384 in the
+// same run. GB/s on CodedKvCache::bytes() (codes, scales, flags; the PQ codebooks, 2 x 128 KB per
+// KV head, are read once per call and not counted).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -171,6 +178,35 @@ void paged_quantized_decode(benchmark::State& state, Setup setup, index_t block_
   seqmix::testing::report_gbytes(state, bytes);
 }
 
+struct CodedSetup {
+  const char* name;
+  seqmix::KvCodeFormat format;
+  index_t subspaces, group;
+};
+
+void coded_decode(benchmark::State& state, CodedSetup setup, index_t Hq, index_t Hkv, index_t D, index_t Tk) {
+  seqmix::CodedKvCacheConfig config;
+  config.kv_heads = Hkv, config.key_dim = D, config.value_dim = D, config.format = setup.format, config.group_size = setup.group;
+  const auto k = st::random_tensor<4>({1, Tk, Hkv, D}, 1), v = st::random_tensor<4>({1, Tk, Hkv, D}, 2);
+  if (setup.format == seqmix::KvCodeFormat::pq) {
+    seqmix::PqFitOptions fit;
+    fit.subspaces = setup.subspaces, fit.centroids = 256, fit.iterations = 4;
+    const index_t sample = std::min<index_t>(Tk, 2048);
+    config.key_codebooks = seqmix::fit_pq_codebooks(k.cview().slice(1, 0, sample), fit, st::two_thread_pool());
+    config.value_codebooks = seqmix::fit_pq_codebooks(v.cview().slice(1, 0, sample), fit, st::two_thread_pool());
+  }
+  seqmix::CodedKvCache cache(config);
+  cache.append(k.cview(), v.cview());
+  const auto q = st::random_tensor<4>({1, 1, Hq, D}, 3);
+  seqmix::Tensor<float, 4> o({1, 1, Hq, D});
+  for (auto _ : state) {
+    seqmix::coded_kv_cache_attention(cache, q.cview(), o.view(), {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  seqmix::testing::report_gbytes(state, static_cast<double>(cache.bytes()));
+  state.counters["bytes/token"] = static_cast<double>(cache.bytes()) / static_cast<double>(Tk * Hkv);
+}
+
 std::string shape_name(index_t Hq, index_t Hkv, index_t D, index_t Tk) {
   return "Hq" + std::to_string(Hq) + "_Hkv" + std::to_string(Hkv) + "_D" + std::to_string(D) + "_Tk" + std::to_string(Tk);
 }
@@ -209,6 +245,13 @@ const bool registered = [] {
                                    [ratio](benchmark::State& st_) { dmc_decode(st_, ratio, 32, 8, 128, 16384); })
           ->Unit(benchmark::kMillisecond)->UseRealTime();
   }
+  for (const CodedSetup c : {CodedSetup{"pq_m32_k256", seqmix::KvCodeFormat::pq, 32, 0},
+                             CodedSetup{"pq_m16_k256", seqmix::KvCodeFormat::pq, 16, 0},
+                             CodedSetup{"sign1_g32", seqmix::KvCodeFormat::sign1, 0, 32},
+                             CodedSetup{"sign1_g128", seqmix::KvCodeFormat::sign1, 0, 128}})
+    benchmark::RegisterBenchmark((std::string("kv/") + c.name + "/decode/" + shape_name(32, 8, 128, 16384)).c_str(),
+                                 [c](benchmark::State& st_) { coded_decode(st_, c, 32, 8, 128, 16384); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
   return true;
 }();
 

@@ -11,7 +11,7 @@
 //            ~N(0, gain^2 / D + 0.25): in exact attention the needle gets most of the mass
 //            (~95% at N=4096, D=128) and the output is close to its value.
 //
-// Every method ends in a seqmix::KvCache (storage: the cache's formats; eviction: an fp32 cache
+// Every method except the coded rows (a seqmix::CodedKvCache) ends in a seqmix::KvCache (storage: the cache's formats; eviction: an fp32 cache
 // on which KvCache::retain applied the policy's kept set right after prefill). Then `steps`
 // decode steps each append one random token and call seqmix::kv_cache_attention; the reference
 // is seqmix::attention over the uncompressed fp32 K/V. Output: Markdown (## / ### headings, a
@@ -307,6 +307,53 @@ Result evaluate_evicted(const Settings& s, const Workload& w, KvCache cache, dou
   return r;
 }
 
+// A coded cache (kv_cache/coded: product-quantized or 1-bit storage, a class of its own) on the
+// same workload: prefill, then the decode steps through coded_kv_cache_attention, scored as
+// evaluate() scores a KvCache (every entry is kept, so a needle is always present). PQ codebooks
+// (256 centroids) are fit by k-means, 4 iterations, on the first 1024 prompt tokens' keys and
+// values; B/token counts codes, scales and flags, the note gives the codebooks' bytes per layer.
+Result evaluate_coded(const Settings& s, const Workload& w, seqmix::KvCodeFormat format, index_t subspaces, index_t group,
+                      const seqmix::Executor& pool) {
+  seqmix::CodedKvCacheConfig c;
+  c.kv_heads = s.hkv, c.key_dim = s.d, c.value_dim = s.d, c.format = format, c.group_size = group;
+  if (format == seqmix::KvCodeFormat::pq) {
+    seqmix::PqFitOptions fit;
+    fit.subspaces = subspaces, fit.centroids = 256, fit.iterations = 4;
+    const index_t sample = std::min<index_t>(s.n, 1024);
+    c.key_codebooks = seqmix::fit_pq_codebooks(w.k.cview().slice(1, 0, sample), fit, pool);
+    c.value_codebooks = seqmix::fit_pq_codebooks(w.v.cview().slice(1, 0, sample), fit, pool);
+  }
+  seqmix::CodedKvCache cache(c);
+  cache.append(w.k.cview().slice(1, 0, s.n), w.v.cview().slice(1, 0, s.n));
+  Result r;
+  const double tokens = double(s.hkv) * double(s.n);
+  r.bytes = double(cache.bytes()) / tokens;
+  r.kept = 1.0, r.packed = r.bytes;
+  if (cache.codebook_bytes() > 0) r.note = "+ " + std::to_string(cache.codebook_bytes() / 1024) + " KiB codebooks per layer";
+  r.hits.assign(static_cast<std::size_t>(s.needles), 0);
+  seqmix::CodedKvAttentionOptions options;
+  options.scale = 1.f / std::sqrt(static_cast<float>(s.d));
+  const index_t G = s.hq / s.hkv;
+  Tensor<float, 4> o({1, 1, s.hq, s.d});
+  for (index_t t = 0; t < s.steps; ++t) {
+    cache.append(w.k.cview().slice(1, s.n + t, 1), w.v.cview().slice(1, s.n + t, 1));
+    seqmix::coded_kv_cache_attention(cache, w.q_decode.cview().slice(1, t, 1), o.view(), options, pool);
+    double diff = 0, norm = 0;
+    for (index_t h = 0; h < s.hq; ++h) {
+      double dot = 0, on = 0, vn = 0;
+      const index_t needle = w.needle ? w.needles[needle_of_step(s, t)] : 0;
+      for (index_t ch = 0; ch < s.d; ++ch) {
+        const double x = o(0, 0, h, ch), ref = w.o_ref(0, t, h, ch), vn_c = w.v(0, needle, h / G, ch);
+        diff += (x - ref) * (x - ref), norm += ref * ref;
+        dot += x * vn_c, on += x * x, vn += vn_c * vn_c;
+      }
+      if (w.needle && dot > s.cos_found * std::sqrt(on * vn)) ++r.hits[needle_of_step(s, t)];
+    }
+    r.error += std::sqrt(diff / norm) / double(s.steps);
+  }
+  return r;
+}
+
 // ---- methods --------------------------------------------------------------------------------------
 
 struct Method {
@@ -390,6 +437,26 @@ std::vector<Method> storage_methods(const Settings& s, const seqmix::Executor& p
                    },
                    false});
   }
+  // Coded caches (kv_cache/coded, issue 22 item 5): product quantization with m sub-spaces of 256
+  // centroids, and 1-bit signs with a mean-|x| scale per group of channels.
+  struct CodedRow {
+    const char* name;
+    seqmix::KvCodeFormat format;
+    index_t subspaces, group;
+  };
+  const std::vector<CodedRow> coded = {
+      {"PQ m=D/4, 256 centroids (coded)", seqmix::KvCodeFormat::pq, s.d / 4, 0},
+      {"PQ m=D/8, 256 centroids (coded)", seqmix::KvCodeFormat::pq, s.d / 8, 0},
+      {"1-bit, scale per 32 channels (coded)", seqmix::KvCodeFormat::sign1, 0, 32},
+      {"1-bit, scale per row (coded)", seqmix::KvCodeFormat::sign1, 0, 0},
+  };
+  for (const CodedRow& row : coded)
+    if (row.format != seqmix::KvCodeFormat::pq || (row.subspaces > 0 && s.d % row.subspaces == 0))  // m must divide D
+      out.push_back({row.name,
+                   [&s, &pool, row](const Workload& w, const Observed&, index_t) {
+                     return evaluate_coded(s, w, row.format, row.subspaces, row.group, pool);
+                   },
+                   false});
   return out;
 }
 

@@ -77,8 +77,10 @@ struct CodedKvCacheConfig {
   KvCodeFormat format = KvCodeFormat::sign1;  ///< storage of keys and values
   /// sign1: channels per scale group (0 = the whole row).
   index_t group_size = 32;
-  /// pq: the codebooks of keys (dim Dk) and of values (dim Dv), one per KV head and sub-space.
-  PqCodebooks key_codebooks, value_codebooks;
+  /// pq: the codebooks of keys (dim Dk), one per KV head and sub-space.
+  PqCodebooks key_codebooks;
+  /// pq: the codebooks of values (dim Dv).
+  PqCodebooks value_codebooks;
 };
 
 namespace detail {
