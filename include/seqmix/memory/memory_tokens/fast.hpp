@@ -1,0 +1,92 @@
+// memory_tokens, fast form: one layer call per segment over the whole batch ([B, M + len + M, D]),
+// the input built and the outputs copied out by tasks over the batch rows, the recall as dot
+// products in fp32 with a double softmax. README.md has the definition.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/memory/memory_tokens/reference.hpp"
+
+namespace seqmix {
+
+/// memory_tokens (docs/operators.md section 13): runs `layer` over the segments of x with M
+/// memory tokens prepended (read) and appended (write), carrying what the layer writes at the
+/// appended tokens to the next segment; y [B,T,D] and final_memory [B,M,D]. The layer gets the
+/// whole batch per call. Validation (ShapeError, before any write and before the layer runs):
+/// shapes, a negative segment or recall, recall without memory tokens, a non-finite
+/// recall_scale, outputs overlapping inputs or each other. An exception of the layer propagates
+/// (y may then hold the earlier segments).
+inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutputs& out, MemoryTokensLayer layer,
+                          const MemoryTokensOptions& options = {}, const Executor& executor = serial_executor()) {
+  const ArgCheck check("memory_tokens");
+  const auto d = detail::validate_memory_tokens(check, in, out, options);
+  // mem: the carried memory [B,M,D]; past: the recall's ring of the last `recall` memories.
+  Tensor<float, 3> mem({d.B, d.M, d.D});
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t m = 0; m < d.M; ++m)
+      for (index_t c = 0; c < d.D; ++c) mem.view()(b, m, c) = in.memory(b, m, c);
+  std::vector<Tensor<float, 3>> past;
+  if (d.recall >= 1) past.push_back(mem);
+  Tensor<float, 3> layer_in, layer_out;
+  index_t allocated = -1;  // the segment length layer_in / layer_out are sized for
+  for (index_t t0 = 0; t0 < d.T; t0 += d.L) {
+    const index_t len = std::min(d.L, d.T - t0), n = 2 * d.M + len;
+    if (allocated != len) {
+      layer_in = Tensor<float, 3>({d.B, n, d.D}), layer_out = Tensor<float, 3>({d.B, n, d.D});
+      allocated = len;
+    }
+    parallel_for(executor, d.B, 1, [&](index_t begin, index_t end) {
+      std::vector<double> weight(past.size());
+      std::vector<float> query(static_cast<std::size_t>(d.D));
+      for (index_t b = begin; b < end; ++b) {
+        float* dst = layer_in.data() + b * n * d.D;
+        const float* carried = mem.data() + b * d.M * d.D;
+        for (index_t j = 0; j < len; ++j)
+          for (index_t c = 0; c < d.D; ++c) dst[(d.M + j) * d.D + c] = in.x(b, t0 + j, c);
+        std::copy(carried, carried + d.M * d.D, dst + (d.M + len) * d.D);
+        if (d.recall == 0) {
+          std::copy(carried, carried + d.M * d.D, dst);
+          continue;
+        }
+        std::fill(query.begin(), query.end(), 0.f);
+        for (index_t j = 0; j < len; ++j)
+          for (index_t c = 0; c < d.D; ++c) query[c] += dst[(d.M + j) * d.D + c];
+        double top = -INFINITY, total = 0;
+        for (std::size_t i = 0; i < past.size(); ++i) {
+          const float* entry = past[i].data() + b * d.M * d.D;
+          float dot = 0;
+          for (index_t e = 0; e < d.M * d.D; ++e) dot += query[e % d.D] * entry[e];
+          weight[i] = static_cast<double>(d.scale) * dot / (static_cast<double>(len) * static_cast<double>(d.M));
+          top = std::fmax(top, weight[i]);
+        }
+        for (auto& w : weight) total += w = std::exp(w - top);
+        for (index_t e = 0; e < d.M * d.D; ++e) {
+          double sum = 0;
+          for (std::size_t i = 0; i < past.size(); ++i) sum += weight[i] / total * past[i].data()[b * d.M * d.D + e];
+          dst[e] = static_cast<float>(sum);
+        }
+      }
+    });
+    layer(layer_in.cview(), layer_out.view());
+    parallel_for(executor, d.B, 1, [&](index_t begin, index_t end) {
+      for (index_t b = begin; b < end; ++b) {
+        const float* src = layer_out.data() + b * n * d.D;
+        for (index_t j = 0; j < len; ++j)
+          for (index_t c = 0; c < d.D; ++c) out.y(b, t0 + j, c) = src[(d.M + j) * d.D + c];
+        std::copy(src + (d.M + len) * d.D, src + n * d.D, mem.data() + b * d.M * d.D);
+      }
+    });
+    if (d.recall >= 1) {
+      if (static_cast<index_t>(past.size()) == d.recall) past.erase(past.begin());
+      past.push_back(mem);
+    }
+  }
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t m = 0; m < d.M; ++m)
+      for (index_t c = 0; c < d.D; ++c) out.final_memory(b, m, c) = mem.view()(b, m, c);
+}
+
+}  // namespace seqmix
