@@ -5,6 +5,9 @@
 //   rwkv7:                     8 * B*T*H*K*V   (a^T S, b p^T, k v^T, S^T r: 2KV each)
 // Steps report GB/s of state traffic, 2 * B*HV*K*V*4 bytes (the state is read and written once).
 // The reference runs as a baseline on a shorter T (it is a double-precision loop), named so.
+// mom/prefill/m8_top2_h16_k64_t1024: Mixture-of-Memories with 8 memories, top-2 routes per token;
+// GFLOP/s counts the gated delta rule's 6 K V per head on the T*E routed entries, so it compares
+// directly with gated_delta_rule/prefill/h16_k64_t2048 (the same entries as one sequence).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -20,6 +23,8 @@
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/step.hpp"
+#include "seqmix/linear_attention/mom/fast.hpp"
+#include "seqmix/linear_attention/mom/reference.hpp"
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
 #include "seqmix/linear_attention/rwkv7/step.hpp"
@@ -228,6 +233,41 @@ void gdr_step_slots(benchmark::State& state, index_t H, index_t K, DeltaGate gat
   seqmix::testing::report_gbytes(state, 2.0 * B * H * K * K * 4);
 }
 
+// Mixture-of-Memories: M memories, E routes per token drawn as distinct ids, B = 1, HK = HV = H.
+void mom_prefill(benchmark::State& state, index_t T, index_t E, index_t M, index_t H, index_t K, bool reference) {
+  const Tensor<float, 4> q = st::random_tensor<4>({1, T, H, K}, 1);
+  Tensor<float, 4> k4 = st::random_tensor<4>({1, T * E, H, K}, 2);
+  normalize_rows(k4);
+  const Tensor<float, 5> v = st::random_tensor<5>({1, T, E, H, K}, 3);
+  const Tensor<float, 4> beta = st::random_tensor<4>({1, T, E, H}, 4, 0.f, 1.f);
+  Tensor<float, 4> gs({1, T, E, H});
+  st::fill_log_gate(gs.view(), 5, -0.1f, 0.f);
+  Tensor<std::int32_t, 3> memory({1, T, E});
+  Tensor<float, 3> weight({1, T, E});
+  std::mt19937_64 rng(6);
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(M));
+  for (index_t t = 0; t < T; ++t) {
+    for (index_t m = 0; m < M; ++m) ids[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(m);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    for (index_t e = 0; e < E; ++e) memory.view()(0, t, e) = ids[static_cast<std::size_t>(e)], weight.view()(0, t, e) = 1.f / E;
+  }
+  seqmix::MomInputs in;
+  in.q = q.view(), in.k = seqmix::ConstView<float, 5>(k4.data(), {1, T, E, H, K}), in.v = v.view(), in.beta = beta.view();
+  in.g_scalar = gs.view(), in.memory = memory.view(), in.weight = weight.view();
+  Tensor<float, 4> o({1, T, H, K});
+  Tensor<float, 5> s({1, M, H, K, K});
+  seqmix::MomOptions options;
+  options.memories = M;
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::mom(in, {o.view(), s.view()}, options);
+    else
+      seqmix::mom(in, {o.view(), s.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  set_prefill_counters(state, 6.0 * T * E * H * K * K);
+}
+
 void register_all() {
   using seqmix::DeltaAlgorithm;
   auto reg = [](const std::string& name, auto fn) {
@@ -246,6 +286,9 @@ void register_all() {
   }
   reg("gated_delta_rule/prefill/h32_k128_t64/reference",
       [autom](benchmark::State& st) { gdr_prefill(st, 64, 32, 128, DeltaGate::scalar, autom, true); });
+  reg("mom/prefill/m8_top2_h16_k64_t1024", [](benchmark::State& st) { mom_prefill(st, 1024, 2, 8, 16, 64, false); });
+  reg("mom/prefill/m8_top2_h16_k64_t64/reference", [](benchmark::State& st) { mom_prefill(st, 64, 2, 8, 16, 64, true); });
+  reg("gated_delta_rule/prefill/h16_k64_t2048", [autom](benchmark::State& st) { gdr_prefill(st, 2048, 16, 64, DeltaGate::scalar, autom, false); });
   reg("delta_rule/prefill/h32_k128_t512", [autom](benchmark::State& st) { delta_prefill(st, 512, 32, 128, autom); });
   // Targets: step h32 k128 <= 70 us, h16 k64 <= 12 us.
   reg("gated_delta_rule/step/h32_k128", [](benchmark::State& st) { gdr_step(st, 32, 128, DeltaGate::scalar); });
