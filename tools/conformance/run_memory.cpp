@@ -1,6 +1,6 @@
 // seqmix-conformance runner for product_key_memory (docs/operators.md section 13): the fast form
-// (sub-key search) and the reference (exhaustive search), fp32 value table; and for slot_memory
-// (fast and reference, below).
+// (sub-key search) and the reference (exhaustive search), fp32 value table; for slot_memory
+// (fast and reference, below); and for compressive_memory (fast and reference, at the end).
 #include <string>
 
 #include "registry.hpp"
@@ -68,5 +68,45 @@ OutputMap run_slot_memory(const CaseData& c, bool fast) {
 
 const RegisterOp kSlotMemory("slot_memory", [](const CaseData& c) { return run_slot_memory(c, true); },
                              [](const CaseData& c) { return run_slot_memory(c, false); });
+
+}  // namespace
+
+// compressive_memory (docs/operators.md section 13): the fast form and the reference.
+namespace {
+
+OutputMap run_compressive_memory(const CaseData& c, bool fast) {
+  seqmix::CompressiveMemoryInputs in;
+  in.q = c.in<4>("q", "B,T,Hq,dk");
+  in.k = c.in<4>("k", "B,T,Hkv,dk");
+  in.v = c.in<4>("v", "B,T,Hkv,dv");
+  in.weights.conv_key = c.opt_in<4>("conv_key", "Hkv,rate,dk,dk");
+  in.weights.conv_value = c.opt_in<4>("conv_value", "Hkv,rate,dv,dv");
+  seqmix::CompressiveMemoryOptions options;
+  const std::string how = c.param_string("compression", "mean");
+  if (how == "mean")
+    options.compression = seqmix::Compression::mean;
+  else if (how == "max")
+    options.compression = seqmix::Compression::max;
+  else if (how == "conv")
+    options.compression = seqmix::Compression::conv;
+  else if (how == "most_used")
+    options.compression = seqmix::Compression::most_used;
+  else
+    throw CaseError(c.id() + ": param 'compression' must be \"mean\", \"max\", \"conv\" or \"most_used\", got \"" + how + "\"");
+  options.segment = c.param_int("segment", 0);
+  options.memory = c.param_int("memory", 0);
+  options.compressed = c.param_int("compressed", 0);
+  options.rate = c.param_int("rate", 1);
+  OutputMap out;
+  const seqmix::CompressiveMemoryOutputs outputs{c.make_output<4>(out, "o")};
+  if (fast)
+    seqmix::compressive_memory(in, outputs, options);
+  else
+    seqmix::reference::compressive_memory(in, outputs, options);
+  return out;
+}
+
+const RegisterOp kCompressiveMemory("compressive_memory", [](const CaseData& c) { return run_compressive_memory(c, true); },
+                                    [](const CaseData& c) { return run_compressive_memory(c, false); });
 
 }  // namespace
