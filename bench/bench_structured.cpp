@@ -8,7 +8,9 @@
 //                                             on contiguous sequences, cross_merge
 //   structured/cross_selective_scan_ms/<shape> MSVMamba scales {full, coarse x 3}
 //   reverse/<op>/<dir>/<shape>                 the reverse option against forward on the same
-//                                             inputs (issue 23 asks for at most 5% more)
+//                                             inputs (issue 23 asks for at most 5% more):
+//                                             selective_scan, ssd, linear_scan, rwkv7, lstm,
+//                                             mlstm and matrix_scan
 //   grid_scan/<split>/<shape>                  the 2-D linear recurrence, and its reference
 //
 // GFLOP/s of the selective scans counts 6 flops per (token, channel, state) update of the scan
@@ -21,6 +23,8 @@
 #include <vector>
 
 #include "seqmix/core/scan.hpp"
+#include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+#include "seqmix/rnn.hpp"
 #include "seqmix/ssm.hpp"
 #include "seqmix/structured.hpp"
 #include "seqmix_testing/bench_counters.hpp"
@@ -170,6 +174,77 @@ void reverse_linear(benchmark::State& state, bool reverse) {
   st::report_gbytes(state, 3.0 * static_cast<double>(B * T * D) * sizeof(float));
 }
 
+// rwkv7 at RWKV-7's head size (K = V = 64), the recurrent fast form.
+void reverse_rwkv7(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 2048, H = 8, K = 64;
+  const auto r = st::random_tensor<4>({B, T, H, K}, 1), k = st::random_tensor<4>({B, T, H, K}, 2, -0.1f, 0.1f);
+  const auto v = st::random_tensor<4>({B, T, H, K}, 3), a = st::random_tensor<4>({B, T, H, K}, 4, -0.1f, 0.f);
+  const auto b = st::random_tensor<4>({B, T, H, K}, 5, 0.f, 0.1f), g = st::random_tensor<4>({B, T, H, K}, 6, -1.f, 0.f);
+  Tensor<float, 4> o({B, T, H, K});
+  seqmix::Rwkv7Options options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::rwkv7({r.cview(), k.cview(), v.cview(), a.cview(), b.cview(), g.cview()}, {o.view()}, options,
+                  st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+  // About 5 flops per state element per token (decay, the two rank-one terms, the readout).
+  st::report_gflops(state, 5.0 * static_cast<double>(B * T * H * K * K));
+}
+
+// lstm with the input projection (I = H = 512, B = 4): GEMMs on 2 threads, then the recurrence.
+void reverse_lstm(benchmark::State& state, bool reverse) {
+  const index_t B = 4, T = 1024, I = 512, H = 512;
+  const auto x = st::random_tensor<3>({B, T, I}, 1);
+  const auto w_ih = st::random_tensor<2>({4 * H, I}, 2, -0.04f, 0.04f), w_hh = st::random_tensor<2>({4 * H, H}, 3, -0.04f, 0.04f);
+  Tensor<float, 3> y({B, T, H});
+  seqmix::RnnOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::RnnInputs in;
+    in.x = x.cview(), in.w_ih = w_ih.cview(), in.w_hh = w_hh.cview();
+    seqmix::lstm(in, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_gflops(state, 2.0 * static_cast<double>(B * T) * 4.0 * H * (I + H));
+}
+
+void reverse_mlstm(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 2048, NH = 8, D = 64;
+  const auto q = st::random_tensor<4>({B, T, NH, D}, 1), k = st::random_tensor<4>({B, T, NH, D}, 2);
+  const auto v = st::random_tensor<4>({B, T, NH, D}, 3);
+  const auto i = st::random_tensor<3>({B, T, NH}, 4, -4.f, 4.f), f = st::random_tensor<3>({B, T, NH}, 5, -2.f, 6.f);
+  Tensor<float, 4> h({B, T, NH, D});
+  seqmix::MlstmOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::MlstmInputs in;
+    in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.i = i.cview(), in.f = f.cview();
+    seqmix::mlstm(in, {h.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(h.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_gflops(state, 4.0 * static_cast<double>(B * T * NH * D * D));
+}
+
+// matrix_scan with 4 x 4 blocks over 65536 tokens, 8 heads (the heads split on 2 threads).
+void reverse_matrix(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 65536, H = 8, N = 4;
+  const auto A = st::random_tensor<5>({B, T, H, N, N}, 1, -0.25f, 0.25f);
+  const auto x = st::random_tensor<4>({B, T, H, N}, 2);
+  Tensor<float, 4> h({B, T, H, N});
+  seqmix::MatrixScanOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::matrix_scan({A.cview(), x.cview()}, {h.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(h.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_gflops(state, 2.0 * static_cast<double>(B * T * H) * (N * N + N));
+}
+
 void grid(benchmark::State& state, int form) {
   const GridShape& s = kVmamba;
   const auto al = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 1, 0.f, 0.5f);
@@ -202,6 +277,10 @@ void register_all() {
     add("reverse/selective_scan" + dir + "mamba-130m_T2048", [reverse](benchmark::State& s) { reverse_selective(s, reverse); });
     add("reverse/ssd" + dir + "mamba2-780m_T2048", [reverse](benchmark::State& s) { reverse_ssd(s, reverse); });
     add("reverse/linear_scan" + dir + "B2_T16384_D256", [reverse](benchmark::State& s) { reverse_linear(s, reverse); });
+    add("reverse/rwkv7" + dir + "B1_T2048_H8_K64", [reverse](benchmark::State& s) { reverse_rwkv7(s, reverse); });
+    add("reverse/lstm" + dir + "B4_T1024_I512_H512", [reverse](benchmark::State& s) { reverse_lstm(s, reverse); });
+    add("reverse/mlstm" + dir + "B1_T2048_NH8_D64", [reverse](benchmark::State& s) { reverse_mlstm(s, reverse); });
+    add("reverse/matrix_scan" + dir + "B1_T65536_H8_N4", [reverse](benchmark::State& s) { reverse_matrix(s, reverse); });
   }
   add("grid_scan/channels/" + shape, [](benchmark::State& s) { grid(s, 0); });
   add("grid_scan/wavefront/" + shape, [](benchmark::State& s) { grid(s, 1); });
