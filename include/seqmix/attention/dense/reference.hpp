@@ -467,17 +467,30 @@ void reference_softmax_row(const std::vector<double>& logits, index_t n, double 
 
 // The plain softmax row of the approximate references (reference::combiner, reference::moba),
 // after their logits s[0..n) with max top: o[b, i, h, :] = sum_e exp(s_e - top) value_of(e, :) / l
-// and lse = top + log l in double. Unlike reference_softmax_row, no sink and no special rule for
-// non-finite logits or zero weights (those operators define none).
+// and lse = top + log l in double. No sink; attention's non-finite rule (docs/reliability.md):
+// a NaN or +inf logit makes o and lse NaN, a row whose every logit is -inf gives o = 0 and
+// lse = -inf, and a key of weight exactly 0 takes no part (its NaN / inf value reaches nothing).
+// The naive loop gave NaN for the -inf row (exp(-inf - (-inf))) and let 0 * inf values through
+// where the fast forms give 0 / a finite row (tests/test_nonfinite_attention_memory.cpp).
 template <class ValueOf>
 void reference_plain_softmax_row(const std::vector<double>& s, double top, const ValueOf& value_of,
                                  const AttentionOutputs& out, index_t b, index_t i, index_t h,
                                  std::vector<double>& acc) {
   const index_t Dv = static_cast<index_t>(acc.size());
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  bool nan = top == inf;
+  for (double x : s) nan = nan || std::isnan(x);
+  if (nan || top == -inf || s.empty()) {
+    const double o = nan ? std::numeric_limits<double>::quiet_NaN() : 0.0;
+    for (index_t c = 0; c < Dv; ++c) out.o(b, i, h, c) = static_cast<float>(o);
+    if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(nan ? o : -inf);
+    return;
+  }
   double l = 0.0;
   std::fill(acc.begin(), acc.end(), 0.0);
   for (std::size_t e = 0; e < s.size(); ++e) {
     const double p = std::exp(s[e] - top);
+    if (p == 0.0) continue;
     l += p;
     for (index_t c = 0; c < Dv; ++c) acc[static_cast<std::size_t>(c)] += p * value_of(e, c);
   }

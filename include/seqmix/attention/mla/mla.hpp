@@ -103,6 +103,10 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
   std::vector<Matrix> q_lat(static_cast<std::size_t>(B)), q_r(static_cast<std::size_t>(B));
   std::vector<Matrix> o_lat(static_cast<std::size_t>(B * spans));
   std::vector<Vector> m(static_cast<std::size_t>(B * spans)), l(static_cast<std::size_t>(B * spans));
+  // Per (sequence, span, head): a NaN or +inf logit was seen (the row is NaN, attention's rule).
+  std::vector<char> nan_row(static_cast<std::size_t>(B * spans * H), 0);
+  // Per (sequence, head): q_nope holds inf / NaN, so its logits are formed in the expanded form.
+  std::vector<char> q_bad(static_cast<std::size_t>(B * H), 0);
   for (index_t b = 0; b < B; ++b) {
     q_lat[static_cast<std::size_t>(b)].resize(H, dc);
     q_r[static_cast<std::size_t>(b)].resize(H, dr);
@@ -113,6 +117,7 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
       Eigen::Map<Vector> qn_dst(q_lat[static_cast<std::size_t>(b)].row(h).data(), dc);
       const auto qn = as_matrix(in.q_nope[b]).row(h).transpose();
       qn_dst.noalias() = d.scale * (as_matrix(in.weights.w_uk[h]).transpose() * qn);
+      q_bad[static_cast<std::size_t>(bh)] = !qn.allFinite();
       for (index_t e = 0; e < dr; ++e) q_r[static_cast<std::size_t>(b)](h, e) = d.scale * in.q_rope(b, h, e);
     }
   });
@@ -140,16 +145,51 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
       S.resize(H, n);
       S.noalias() = Ql * Cn.transpose();
       S.noalias() += Qr * rblk.topRows(n).transpose();
+      // Non-finite values (docs/reliability.md): the absorbed logit (W_uk^T q) . c of a latent
+      // row holding inf is a single +-inf term where the definition's q . (W_uk c) sums terms of
+      // both signs (NaN), and an inf in q_nope likewise turns the other way; such logits are
+      // formed in the expanded form. Values are added only with non-zero weights below (0 * inf
+      // would be NaN for a hidden key).
+      const bool finite_block = Cn.allFinite();
       for (index_t h = 0; h < H; ++h) {
+        const bool all_rows = q_bad[static_cast<std::size_t>(b * H + h)] != 0;
+        if (finite_block && !all_rows) continue;
+        const auto qn = as_matrix(in.q_nope[b]).row(h);
+        for (index_t r = 0; r < n; ++r) {
+          if (!all_rows && Cn.row(r).allFinite()) continue;
+          const Vector k_nope = as_matrix(in.weights.w_uk[h]) * Cn.row(r).transpose();
+          float acc = 0.f;
+          for (index_t e = 0; e < d.dn; ++e) acc += qn(e) * k_nope(e);
+          S(h, r) = d.scale * acc + Qr.row(h).dot(rblk.row(r));
+        }
+      }
+      for (index_t h = 0; h < H; ++h) {
+        for (index_t r = 0; r < n; ++r)
+          if (std::isnan(S(h, r)) || S(h, r) == std::numeric_limits<float>::infinity())
+            nan_row[static_cast<std::size_t>(task * H + h)] = 1;
+        if (nan_row[static_cast<std::size_t>(task * H + h)]) {
+          S.row(h).setZero();
+          continue;
+        }
         const float block_max = S.row(h).maxCoeff();
         const float m_new = std::max(mt(h), block_max);
+        if (m_new == -std::numeric_limits<float>::infinity()) {  // every logit so far -inf: no key yet
+          S.row(h).setZero();
+          continue;
+        }
         const float correction = std::exp(mt(h) - m_new);  // 0 on the first block (m = -inf)
         S.row(h) = (S.row(h).array() - m_new).exp().matrix();
         lt(h) = lt(h) * correction + S.row(h).sum();
         if (correction != 1.f) O.row(h) *= correction;
         mt(h) = m_new;
       }
-      O.noalias() += S * Cn;
+      if (finite_block) {
+        O.noalias() += S * Cn;
+      } else {
+        for (index_t h = 0; h < H; ++h)
+          for (index_t r = 0; r < n; ++r)
+            if (S(h, r) != 0.f) O.row(h) += S(h, r) * Cn.row(r);
+      }
     }
   });
   // Merge the spans and project: o[h] = W_uv[h] (sum_s e^(m_s - M) O_s[h]) / (sum_s e^(m_s - M) l_s).
@@ -172,6 +212,13 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
         }
       }
       auto o_row = out.o[b];
+      bool nan = false;
+      for (index_t s = 0; s < spans; ++s) nan = nan || nan_row[static_cast<std::size_t>((b * spans + s) * H + h)];
+      if (nan) {
+        for (index_t e = 0; e < d.dv; ++e) o_row(h, e) = std::numeric_limits<float>::quiet_NaN();
+        if (out.lse.has_value()) out.lse(b, h) = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       if (total > 0.f) {
         const Vector o = as_matrix(in.weights.w_uv[h]) * merged / total;
         for (index_t e = 0; e < d.dv; ++e) o_row(h, e) = o(e);

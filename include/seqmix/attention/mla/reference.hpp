@@ -196,16 +196,27 @@ void mla(const MlaPrefillInputs<C>& in, const MlaPrefillOutputs& out, const MlaO
           s[static_cast<std::size_t>(j)] = d.scale * acc;
           max = std::max(max, s[static_cast<std::size_t>(j)]);
         }
+        // Attention's non-finite rule (docs/reliability.md): a NaN or +inf logit makes o and lse
+        // NaN; a row whose every logit is -inf (or that sees no key) gives o = 0, lse = -inf; a
+        // key of weight exactly 0 takes no part, so its inf / NaN value reaches nothing (the
+        // naive loop gave NaN for both, where the prefill and decode give 0 / a finite row).
+        bool nan = max == std::numeric_limits<double>::infinity();
+        for (index_t j = 0; j < visible; ++j) nan = nan || std::isnan(s[static_cast<std::size_t>(j)]);
+        const bool empty = !nan && max == -std::numeric_limits<double>::infinity();
         double sum = 0;
-        for (index_t j = 0; j < visible; ++j) sum += std::exp(s[static_cast<std::size_t>(j)] - max);
+        for (index_t j = 0; j < visible && !nan && !empty; ++j) sum += std::exp(s[static_cast<std::size_t>(j)] - max);
         for (index_t e = 0; e < d.dv; ++e) {
           double acc = 0;
-          for (index_t j = 0; j < visible; ++j)
-            acc += std::exp(s[static_cast<std::size_t>(j)] - max) * v[static_cast<std::size_t>(j * d.dv + e)];
-          out.o(b, i, h, e) = visible > 0 ? static_cast<float>(acc / sum) : 0.f;
+          for (index_t j = 0; j < visible && !nan && !empty; ++j) {
+            const double p = std::exp(s[static_cast<std::size_t>(j)] - max);
+            if (p != 0.0) acc += p * v[static_cast<std::size_t>(j * d.dv + e)];
+          }
+          out.o(b, i, h, e) = nan ? std::numeric_limits<float>::quiet_NaN() : empty ? 0.f : static_cast<float>(acc / sum);
         }
         if (out.lse.has_value())
-          out.lse(b, i, h) = visible > 0 ? static_cast<float>(max + std::log(sum)) : -std::numeric_limits<float>::infinity();
+          out.lse(b, i, h) = nan     ? std::numeric_limits<float>::quiet_NaN()
+                             : empty ? -std::numeric_limits<float>::infinity()
+                                     : static_cast<float>(max + std::log(sum));
       }
     }
 }

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -319,13 +320,23 @@ void nsa(const NsaInputs<KV>& in, const TensorView<float, 4>& o, const NsaOption
     if (rows.empty()) return;
     s.assign(rows.size(), 0.0);
     double top = -HUGE_VAL, l = 0.0;
+    bool nan = false;
     for (std::size_t e = 0; e < rows.size(); ++e) {
       s[e] = scale * key(rows[e]);
       top = std::max(top, s[e]);
+      nan = nan || std::isnan(s[e]);
     }
+    // Attention's non-finite rule (docs/reliability.md): a NaN or +inf logit makes the branch
+    // NaN, a branch whose every logit is -inf sees no key (0), a key of weight 0 takes no part.
+    if (nan || top == HUGE_VAL) {
+      for (auto& x : total) x = std::numeric_limits<double>::quiet_NaN();
+      return;
+    }
+    if (top == -HUGE_VAL) return;
     std::fill(acc.begin(), acc.end(), 0.0);
     for (std::size_t e = 0; e < rows.size(); ++e) {
       const double p = std::exp(s[e] - top);
+      if (p == 0.0) continue;
       l += p;
       value(rows[e], p, acc);
     }

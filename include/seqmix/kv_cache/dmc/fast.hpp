@@ -80,14 +80,19 @@ struct DmcGroupSoftmax {
           for (index_t c = 0; c < Dv; ++c) acc[g * Dv + c] *= factor;
           m[g] = top;
         }
+        // While every logit so far is -inf the row has no key (weight 0, not exp(-inf + inf) = NaN).
+        const bool none = m[g] == -std::numeric_limits<float>::infinity();
         for (index_t j = 0; j < len; ++j) {
-          const float p = std::exp(score[g * kDmcTile + j] - m[g]);
+          const float x = score[g * kDmcTile + j];  // a NaN logit (which max() skips) keeps the row NaN
+          const float p = std::isnan(x) ? x : none ? 0.f : std::exp(x - m[g]);
           score[g * kDmcTile + j] = p;
           l[g] += p;
         }
       }
+      // A slot of weight exactly 0 takes no part: 0 * an inf / NaN value would be NaN.
       for (index_t j = 0; j < len; ++j)
-        for (index_t g = 0; g < G; ++g) simd::axpy(score[g * kDmcTile + j], values + (j0 + j) * Dv, acc + g * Dv, Dv);
+        for (index_t g = 0; g < G; ++g)
+          if (score[g * kDmcTile + j] != 0.f) simd::axpy(score[g * kDmcTile + j], values + (j0 + j) * Dv, acc + g * Dv, Dv);
     }
   }
 };
@@ -106,8 +111,9 @@ void dmc_attend_group(DmcCache& cache, index_t b, index_t h, index_t closed, con
   sm.rows(DmcCacheAccess::key(cache, b, h, 0), DmcCacheAccess::value(cache, b, h, 0), closed);
   sm.rows(last_k, last_v, 1);
   for (index_t g = 0; g < G; ++g) {
+    const bool none = sm.m[g] == -std::numeric_limits<float>::infinity() && !std::isnan(sm.l[g]);  // every logit -inf: o = 0
     const float inv = 1.f / sm.l[g];
-    for (index_t c = 0; c < Dv; ++c) write(g, c, sm.acc[g * Dv + c] * inv);
+    for (index_t c = 0; c < Dv; ++c) write(g, c, none ? 0.f : sm.acc[g * Dv + c] * inv);
   }
 }
 

@@ -263,12 +263,19 @@ inline void dmc_attention(const DmcInputs& in, DmcCache& cache, const TensorView
             s[j] = d.scale * dot;
             top = std::fmax(top, s[j]);
           }
+          // Attention's non-finite rule (docs/reliability.md): a NaN logit (dropped by fmax,
+          // kept by exp) or a +inf one makes the row NaN; a row whose every logit is -inf gives
+          // 0; a slot of weight exactly 0 takes no part (its inf / NaN value reaches nothing).
+          bool nan = false;
+          for (double e : s) nan = nan || std::isnan(e);
+          if (nan) top = NAN;
           double total = 0;
-          for (auto& e : s) total += e = std::exp(e - top);
+          for (auto& e : s) total += e = top == -INFINITY ? 0.0 : std::exp(e - top);
           for (index_t c = 0; c < d.Dv; ++c) {
             double acc = 0;
-            for (std::size_t j = 0; j < K.size(); ++j) acc += s[j] * V[j][c];
-            o(b, t, hq, c) = static_cast<float>(acc / total);
+            for (std::size_t j = 0; j < K.size(); ++j)
+              if (s[j] != 0.0) acc += s[j] * V[j][c];
+            o(b, t, hq, c) = top == -INFINITY ? 0.f : static_cast<float>(acc / total);
           }
         }
       }
