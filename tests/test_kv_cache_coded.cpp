@@ -127,7 +127,7 @@ TEST_CASE("coded_kv_cache_attention equals its reference over ragged rows, GQA a
     index_t Hq, Hkv, Dk, Dv, mk, mv;
   };
   const bool small = seqmix::testing::small_test_scale();
-  for (const Shape sh : {Shape{4, 2, 16, 16, 8, 4}, Shape{3, 1, 13, 7, 13, 7}, Shape{8, 2, 40, 24, 10, 6}})
+  for (const Shape sh : {Shape{4, 2, 16, 16, 8, 4}, Shape{3, 1, 13, 7, 13, 7}, Shape{8, 2, 40, 24, 10, 6}, Shape{2, 1, 8, 136, 4, 8}})
     for (const index_t T : {1, 17, small ? 40 : 130})
       for (const int variant : {0, 1, 2, 3, 4}) {  // pq (fit), sign1 with groups 0, 16, 5, 32
         const index_t B = 2, extra = 5;

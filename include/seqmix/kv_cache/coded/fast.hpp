@@ -11,9 +11,10 @@
 // sign1, keys: 16 entries per chunk, bit i of channel c's word = sign of entry i (cache.hpp):
 //   score_r(j) = sum_g scale_jg (2 sum_{c in g, bit set} q_r[c] - sum_{c in g} q_r[c]),
 // the inner sum a masked add of the broadcast q_r[c] into 16 lanes (one per entry) per channel.
-// sign1, values: per entry and 16-channel word, o += blend(bits, -w, w) with w = p_r(j) scale_jg
-// (needs groups of a multiple of 16 channels, or one group per row; otherwise, and without
-// AVX-512, the same sums run channel by channel).
+// sign1, values: o[c] = 2 pos[c] - tot[g(c)] with pos[c] = sum_{j: bit set} w_jg(c) (one masked add
+// of the broadcast w_jg = p_r(j) scale_jg per entry and 16-channel word, in registers up to
+// Dv = 128) and tot[g] = sum_j w_jg (needs groups of a multiple of 16 channels, or one group per
+// row; otherwise, and without AVX-512, the same sums run channel by channel).
 // Softmax: two passes over the row's scores (max, then exp and sum with SIMD). A NaN score (a
 // flagged PQ key, a NaN sign1 scale) makes the row NaN; a flagged PQ value or a NaN value scale
 // makes it NaN through the sums (0 * NaN = NaN), as in the reference.
@@ -145,16 +146,27 @@ inline void sign1_scores(const CodedKvCache::Head& hd, index_t n, const float* q
       __m512 score[kCodedRows];
       for (index_t r = 0; r < kCodedRows; ++r) score[r] = _mm512_setzero_ps();
       for (index_t g = 0; g < Gk; ++g) {
-        __m512 acc[kCodedRows];
-        for (index_t r = 0; r < kCodedRows; ++r) acc[r] = _mm512_setzero_ps();
+        // Two accumulators per row (even and odd channels): 8 independent chains of masked adds
+        // keep both vector ports busy past the add latency.
+        __m512 acc[kCodedRows], odd[kCodedRows];
+        for (index_t r = 0; r < kCodedRows; ++r) acc[r] = _mm512_setzero_ps(), odd[r] = _mm512_setzero_ps();
         const index_t c1 = std::min(Dk, (g + 1) * gk);
-        for (index_t c = g * gk; c < c1; ++c) {
-          const __mmask16 k = static_cast<__mmask16>(bits[c]);
-          for (index_t r = 0; r < kCodedRows; ++r) acc[r] = _mm512_mask_add_ps(acc[r], k, acc[r], _mm512_set1_ps(q[r * Dk + c]));
+        index_t c = g * gk;
+        for (; c + 1 < c1; c += 2) {
+          const __mmask16 k0 = static_cast<__mmask16>(bits[c]), k1 = static_cast<__mmask16>(bits[c + 1]);
+          for (index_t r = 0; r < kCodedRows; ++r) {
+            acc[r] = _mm512_mask_add_ps(acc[r], k0, acc[r], _mm512_set1_ps(q[r * Dk + c]));
+            odd[r] = _mm512_mask_add_ps(odd[r], k1, odd[r], _mm512_set1_ps(q[r * Dk + c + 1]));
+          }
+        }
+        if (c < c1) {
+          const __mmask16 k0 = static_cast<__mmask16>(bits[c]);
+          for (index_t r = 0; r < kCodedRows; ++r) acc[r] = _mm512_mask_add_ps(acc[r], k0, acc[r], _mm512_set1_ps(q[r * Dk + c]));
         }
         const __m512 scale = _mm512_loadu_ps(sc + g * 16), two = _mm512_set1_ps(2.f);
         for (index_t r = 0; r < kCodedRows; ++r)
-          score[r] = _mm512_fmadd_ps(scale, _mm512_fmsub_ps(two, acc[r], _mm512_set1_ps(qsum[r * Gk + g])), score[r]);
+          score[r] = _mm512_fmadd_ps(scale, _mm512_fmsub_ps(two, _mm512_add_ps(acc[r], odd[r]), _mm512_set1_ps(qsum[r * Gk + g])),
+                                     score[r]);
       }
       for (index_t r = 0; r < kCodedRows; ++r) _mm512_storeu_ps(s + r * lds + ch * 16, score[r]);
     }
@@ -180,27 +192,73 @@ inline void sign1_scores(const CodedKvCache::Head& hd, index_t n, const float* q
   }
 }
 
-// out [Dv] = sum_{j < n} p[j] v'_j (unnormalized).
-inline void sign1_values(const CodedKvCache::Head& hd, index_t n, const float* p, index_t Dv, index_t gv, float* acc, float* out,
+#if defined(__AVX512F__)
+// The vector path of sign1_values for W = ceil(Dv / 16) words (1 to 8): the positive parts of the
+// sums stay in W registers, pos[c] = sum_{j: bit set} w_jg(c) (one masked add per word and entry),
+// the group totals tot[g] = sum_j w_jg in scalars, and out = 2 pos - tot at the end.
+template <int W>
+inline void sign1_values_avx512(const CodedKvCache::Head& hd, index_t n, const float* p, index_t Dv, index_t gv,
+                                float* tot, float* out) {
+  const index_t Gv = (Dv + gv - 1) / gv;
+  __m512 pos[W];
+  for (int u = 0; u < W; ++u) pos[u] = _mm512_setzero_ps();
+  std::fill(tot, tot + Gv, 0.f);
+  const std::uint16_t* bits = hd.value_bits.data();
+  const float* sc = hd.value_scales.data();
+  index_t group_of_word[W];  // no division in the loop
+  for (int u = 0; u < W; ++u) group_of_word[u] = Gv == 1 ? 0 : u * 16 / gv;
+  for (index_t j = 0; j < n; ++j, bits += W, sc += Gv) {
+    if (Gv == 1) {
+      const float wj = p[j] * sc[0];
+      tot[0] += wj;
+      const __m512 w = _mm512_set1_ps(wj);
+      for (int u = 0; u < W; ++u) pos[u] = _mm512_mask_add_ps(pos[u], static_cast<__mmask16>(bits[u]), pos[u], w);
+    } else {
+      for (index_t g = 0; g < Gv; ++g) tot[g] += p[j] * sc[g];
+      for (int u = 0; u < W; ++u)
+        pos[u] = _mm512_mask_add_ps(pos[u], static_cast<__mmask16>(bits[u]), pos[u], _mm512_set1_ps(p[j] * sc[group_of_word[u]]));
+    }
+  }
+  alignas(64) float lanes[16 * W];
+  for (int u = 0; u < W; ++u) _mm512_store_ps(lanes + 16 * u, pos[u]);
+  for (index_t c = 0; c < Dv; ++c) out[c] = 2.f * lanes[c] - tot[c / gv];
+}
+#endif
+
+// out [Dv] = sum_{j < n} p[j] v'_j (unnormalized). `tot` holds one float per value group.
+inline void sign1_values(const CodedKvCache::Head& hd, index_t n, const float* p, index_t Dv, index_t gv, float* tot, float* out,
                          bool vector) {
   const index_t Gv = (Dv + gv - 1) / gv, W = (Dv + 15) / 16;
 #if defined(__AVX512F__)
-  if (vector && (gv % 16 == 0 || Gv == 1)) {
-    for (index_t u = 0; u < W; ++u) _mm512_storeu_ps(acc + u * 16, _mm512_setzero_ps());
+  if (vector && (gv % 16 == 0 || Gv == 1) && W <= 8) {
+    switch (W) {
+      case 1: return sign1_values_avx512<1>(hd, n, p, Dv, gv, tot, out);
+      case 2: return sign1_values_avx512<2>(hd, n, p, Dv, gv, tot, out);
+      case 3: return sign1_values_avx512<3>(hd, n, p, Dv, gv, tot, out);
+      case 4: return sign1_values_avx512<4>(hd, n, p, Dv, gv, tot, out);
+      case 5: return sign1_values_avx512<5>(hd, n, p, Dv, gv, tot, out);
+      case 6: return sign1_values_avx512<6>(hd, n, p, Dv, gv, tot, out);
+      case 7: return sign1_values_avx512<7>(hd, n, p, Dv, gv, tot, out);
+      default: return sign1_values_avx512<8>(hd, n, p, Dv, gv, tot, out);
+    }
+  }
+  if (vector && (gv % 16 == 0 || Gv == 1)) {  // wider rows: the same sums, accumulated in `out`
+    std::fill(tot, tot + Gv, 0.f);
+    std::fill(out, out + W * 16, 0.f);
     for (index_t j = 0; j < n; ++j) {
       const std::uint16_t* bits = hd.value_bits.data() + j * W;
       const float* sc = hd.value_scales.data() + j * Gv;
+      for (index_t g = 0; g < Gv; ++g) tot[g] += p[j] * sc[g];
       for (index_t u = 0; u < W; ++u) {
-        const __m512 w = _mm512_set1_ps(p[j] * sc[Gv == 1 ? 0 : u * 16 / gv]);
-        const __m512 v = _mm512_mask_blend_ps(static_cast<__mmask16>(bits[u]), _mm512_sub_ps(_mm512_setzero_ps(), w), w);
-        _mm512_storeu_ps(acc + u * 16, _mm512_add_ps(_mm512_loadu_ps(acc + u * 16), v));
+        const __m512 a = _mm512_loadu_ps(out + 16 * u), w = _mm512_set1_ps(p[j] * sc[Gv == 1 ? 0 : u * 16 / gv]);  // W > 8: rare
+        _mm512_storeu_ps(out + 16 * u, _mm512_mask_add_ps(a, static_cast<__mmask16>(bits[u]), a, w));
       }
     }
-    std::copy_n(acc, Dv, out);
+    for (index_t c = 0; c < Dv; ++c) out[c] = 2.f * out[c] - tot[c / gv];
     return;
   }
 #endif
-  (void)vector, (void)acc;
+  (void)vector, (void)tot;
   std::fill(out, out + Dv, 0.f);
   for (index_t j = 0; j < n; ++j) {
     const std::uint16_t* bits = hd.value_bits.data() + j * W;
@@ -270,7 +328,7 @@ inline void coded_attend_head(const CodedKvCache& cache, const ConstView<float, 
       const index_t row = r0 + r, i = row / G, h = hk * G + row % G, nv = w.visible[r];
       float* res = tmp.data() + (pq ? r * Dv : 0);
       if (!pq) {
-        tmp.resize(static_cast<std::size_t>(Dv));
+        tmp.resize(static_cast<std::size_t>((Dv + 15) / 16 * 16));
         res = tmp.data();
         sign1_values(hd, nv, w.s.data() + r * lds, Dv, gv, out.data(), res, vector);
       }
