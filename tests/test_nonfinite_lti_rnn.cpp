@@ -137,10 +137,10 @@ Op lr_long_conv_bidirectional_op(seqmix::LongConvMethod method) {
 
 // The S4D kernel as long_conv's filter (reference: reference::ssm_kernel + reference::long_conv;
 // fast: ssm_kernel + long_conv on 2 threads) against the recurrence ssm_step, token by token.
-Op lr_ssm_kernel_op() {
+Op lr_ssm_kernel_op(bool fft) {
   const index_t B = kLrB, T = kLrT, H = 5, N = 8;
   Op op;
-  op.name = "ssm_kernel + long_conv, ssm_step";
+  op.name = fft ? "ssm_kernel + long_conv fft" : "ssm_kernel + long_conv direct, ssm_step";
   op.inputs = {lr_batch(random_field("u", {B, T, H}, 221)), lr_param("A_real", {H, N}, 222), lr_param("A_imag", {H, N}, 223),
                lr_param("B_real", {H, N}, 224, 0.5f, 1.5f), lr_param("B_imag", {H, N}, 225, -0.5f, 0.5f),
                lr_param("C_real", {H, N}, 226), lr_param("C_imag", {H, N}, 227), lr_param("dt", {H}, 228, 0.01f, 0.1f),
@@ -158,9 +158,9 @@ Op lr_ssm_kernel_op() {
     seqmix::reference::ssm_kernel(params(in), k, options);
     seqmix::reference::long_conv({in[0].in<3>(), k, {}, in[8].in<1>()}, {out[0].out<3>()});
   };
-  for (auto method : {seqmix::LongConvMethod::direct, seqmix::LongConvMethod::fft}) {
-    const bool fft = method == seqmix::LongConvMethod::fft;
-    op.forms.push_back({fft ? "ssm_kernel + long_conv fft" : "ssm_kernel + long_conv direct", [=](const Fields& in, Fields& out) {
+  {
+    const auto method = fft ? seqmix::LongConvMethod::fft : seqmix::LongConvMethod::direct;
+    op.forms.push_back({op.name, [=](const Fields& in, Fields& out) {
                           std::vector<float> kernel(static_cast<std::size_t>(T * H));
                           const TensorView<float, 2> k(kernel.data(), {T, H});
                           seqmix::ssm_kernel(params(in), k, options, st::two_thread_pool());
@@ -168,7 +168,8 @@ Op lr_ssm_kernel_op() {
                                             {seqmix::LongConvDirection::causal, method}, st::two_thread_pool());
                         }});
   }
-  op.forms.push_back({"ssm_step", [=](const Fields& in, Fields& out) {
+  if (!fft)
+    op.forms.push_back({"ssm_step", [=](const Fields& in, Fields& out) {
                         std::vector<float> bar(static_cast<std::size_t>(4 * H * N)), state(static_cast<std::size_t>(2 * B * H * N));
                         const TensorView<float, 2> Ar(bar.data(), {H, N}), Ai(bar.data() + H * N, {H, N}),
                             Br(bar.data() + 2 * H * N, {H, N}), Bi(bar.data() + 3 * H * N, {H, N});
@@ -179,7 +180,7 @@ Op lr_ssm_kernel_op() {
                                            {out[0].out<3>().select(1, t), xr, xi}, options, st::two_thread_pool());
                       }});
   // The FFT form recomputes a poked channel pair directly: rounding only before the poke.
-  op.inputs[0].exact = false;
+  op.inputs[0].exact = !fft;
   op.tokens = {0, 25, T - 1};
   return op;
 }
@@ -500,7 +501,10 @@ TEST_CASE("non-finite inputs: long_conv bidirectional, direct and fft", "[nonfin
   probe(lr_long_conv_bidirectional_op(seqmix::LongConvMethod::fft));
 }
 
-TEST_CASE("non-finite inputs: ssm_kernel convolution and ssm_step", "[nonfinite][lti][ssm_kernel]") { probe(lr_ssm_kernel_op()); }
+TEST_CASE("non-finite inputs: ssm_kernel convolution and ssm_step", "[nonfinite][lti][ssm_kernel]") {
+  probe(lr_ssm_kernel_op(false));
+  probe(lr_ssm_kernel_op(true));
+}
 
 TEST_CASE("non-finite inputs: s5 scan and step", "[nonfinite][lti][s5]") { probe(lr_s5_op()); }
 
