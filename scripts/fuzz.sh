@@ -27,7 +27,7 @@ mkdir -p "$out/findings"
 
 bash "$root/scripts/install-deps.sh" fuzz
 cxx=${SEQMIX_FUZZ_CXX:-clang++}
-targets=(scan ssm linear_attention attention kv_cache npy based)
+targets=(scan ssm linear_attention attention kv_cache npy hybrid_serving)
 # -march=native: the SIMD kernels the machine really runs are the ones fuzzed under the sanitizers
 # (the test suite's sanitizer stage builds the SSE2 baseline).
 flags=(-std=c++17 -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined

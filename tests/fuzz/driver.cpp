@@ -39,7 +39,7 @@ const NamedTarget kTargets[] = {
     {"attention", seqmix::fuzz::fuzz_attention},
     {"kv_cache", seqmix::fuzz::fuzz_kv_cache},
     {"npy", seqmix::fuzz::fuzz_npy},
-    {"based", seqmix::fuzz::fuzz_based},
+    {"hybrid_serving", seqmix::fuzz::fuzz_hybrid_serving},
 };
 
 // What the failure hook reports: the input being run and where it came from.

@@ -479,6 +479,6 @@ int fuzz_linear_attention(const std::uint8_t* data, std::size_t size);
 int fuzz_attention(const std::uint8_t* data, std::size_t size);
 int fuzz_kv_cache(const std::uint8_t* data, std::size_t size);
 int fuzz_npy(const std::uint8_t* data, std::size_t size);
-int fuzz_based(const std::uint8_t* data, std::size_t size);
+int fuzz_hybrid_serving(const std::uint8_t* data, std::size_t size);
 
 }  // namespace seqmix::fuzz
