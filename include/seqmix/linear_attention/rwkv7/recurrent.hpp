@@ -12,6 +12,7 @@
 // delta_update/README.md).
 #pragma once
 
+#include <cstddef>
 #include <optional>
 
 #include "seqmix/linear_attention/delta_update/driver.hpp"
@@ -45,6 +46,22 @@ inline TokenOperands load_rwkv7_token(const View3& r, const View3& k, const View
   return x;
 }
 
+// Requests the rows of token (i, h) of the six inputs into L1, a few tokens ahead of their use.
+// Token rows lie H*K floats apart, so consecutive tokens of a head cross a 4 KB page every few
+// tokens, where the hardware prefetchers stop; a reverse call (core/direction.hpp) walks the rows
+// downwards, which they follow worse still.
+template <class View3>
+inline void prefetch_rwkv7_token(const View3& r, const View3& k, const View3& v, const View3& a, const View3& b,
+                                 const View3& g, index_t i, index_t h) {
+  for (const View3* x : {&r, &k, &v, &a, &b, &g}) {
+    const auto row = (*x)[i][h];
+    if (!row.is_last_dim_contiguous()) continue;
+    const char* p = reinterpret_cast<const char*>(row.data());
+    const std::size_t bytes = static_cast<std::size_t>(row.size(0)) * sizeof(float);
+    for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+  }
+}
+
 }  // namespace delta_update
 
 /// RWKV-7 prefill. final_state may be the initial_state view (updated in place). One item per
@@ -63,7 +80,9 @@ inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor
     load_item_state(x.initial_state.has_value() ? x.initial_state[0][h] : ConstView<float, 2>(), ws.S);
     const auto r = x.r[0], k = x.k[0], v = x.v[0], a = x.a[0], b = x.b[0], g = x.g[0];
     const auto o = y.o[0];
+    constexpr index_t kAhead = 2;  // tokens between a row's prefetch and its use
     for (index_t t = 0; t < span.tokens; ++t) {
+      if (t + kAhead < span.tokens) prefetch_rwkv7_token(r, k, v, a, b, g, t + kAhead, h);
       const TokenOperands tok = load_rwkv7_token(r, k, v, a, b, g, t, h, *ws.tok);
       const auto o_t = o[t][h];
       float* dst = o_t.is_last_dim_contiguous() ? o_t.data() : ws.tok->o();
