@@ -1,7 +1,7 @@
 // Product-key memory benchmarks, 2 threads.
 //
 //   pkm_<dtype>/T4096_N1M_Dv512_H4_k32_Dk512   product_key_memory over 4096 tokens, a value table
-//                    of N = 1024^2 = 1M rows of 512 (fp16/bf16: 1 GiB, fp32: 2 GiB), 4 heads,
+//                    of N = 1024^2 = 1M rows of 512 (int8: 0.5 GiB, fp16/bf16: 1 GiB, fp32: 2 GiB), 4 heads,
 //                    top-32 per head, Dk = 512 (two sub-key tables of 1024 x 256 per head)
 //   pkm_reference/T64_N4096_Dv128_H2_k8_Dk64     reference (exhaustive search) beside
 //   pkm_f32/T64_N4096_Dv128_H2_k8_Dk64           the fast form on the same small shape
@@ -16,8 +16,10 @@
 // GFLOP/s = 2 * (4 T S D + (T / seg) 2 S D^2 (+ T D^2 for lm2)) / time: attentions and gates.
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/memory.hpp"
@@ -38,13 +40,19 @@ const PkmShape kLarge = {4096, 4, 512, 1024, 512, 32};
 const PkmShape kSmall = {64, 2, 64, 64, 128, 8};
 
 // A cheap deterministic fill for the 1M-row table (random_tensor would take seconds per GiB).
+// int8 tables get codes from the same generator and one scale per row (0.5 / 127: the values'
+// range), as quantize_pkm_values would give them.
 template <class Value>
 std::unique_ptr<Tensor<Value, 2>> make_values(const PkmShape& s) {
   auto v = std::make_unique<Tensor<Value, 2>>(std::array<index_t, 2>{s.n_sub * s.n_sub, s.Dv});
   std::uint32_t x = 12345u;
   for (auto& e : *v) {
     x = x * 1664525u + 1013904223u;
-    e = Value(static_cast<float>(x >> 8) * (1.f / 16777216.f) - 0.5f);
+    const float value = static_cast<float>(x >> 8) * (1.f / 16777216.f) - 0.5f;
+    if constexpr (std::is_same_v<Value, std::int8_t>)
+      e = static_cast<std::int8_t>(std::lround(value * 254.f));
+    else
+      e = Value(value);
   }
   return v;
 }
@@ -58,6 +66,11 @@ void run(benchmark::State& state, const PkmShape& s, bool reference) {
   const auto gate = st::random_tensor<2>({s.T, s.Dv}, 4);
   Tensor<float, 2> y({s.T, s.Dv});
   seqmix::ProductKeyMemoryInputs<Value> in{q.cview(), ka.cview(), kb.cview(), values->cview(), gate.cview()};
+  Tensor<float, 1> scales({s.n_sub * s.n_sub});
+  if constexpr (std::is_same_v<Value, std::int8_t>) {
+    for (auto& scale : scales) scale = 0.5f / 127.f;
+    in.value_scales = scales.cview();
+  }
   seqmix::ProductKeyMemoryOptions options;
   options.top_k = s.k;
   for (auto _ : state) {
@@ -78,10 +91,12 @@ void run(benchmark::State& state, const PkmShape& s, bool reference) {
 void pkm_f16(benchmark::State& state, const PkmShape& s) { run<seqmix::f16>(state, s, false); }
 void pkm_bf16(benchmark::State& state, const PkmShape& s) { run<seqmix::bf16>(state, s, false); }
 void pkm_f32(benchmark::State& state, const PkmShape& s) { run<float>(state, s, false); }
+void pkm_int8(benchmark::State& state, const PkmShape& s) { run<std::int8_t>(state, s, false); }
 void pkm_reference(benchmark::State& state, const PkmShape& s) { run<float>(state, s, true); }
 
 }  // namespace
 
+BENCHMARK_CAPTURE(pkm_int8, int8/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK_CAPTURE(pkm_f16, f16/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK_CAPTURE(pkm_bf16, bf16/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK_CAPTURE(pkm_f32, f32/T4096_N1M_Dv512_H4_k32_Dk512, kLarge)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);

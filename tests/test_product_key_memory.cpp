@@ -146,3 +146,55 @@ TEST_CASE("product_key_memory refuses bad arguments before writing", "[pkm]") {
   st::require_shape_error("rows", [&] { seqmix::product_key_memory(in, {y.view(), rows_bad.view()}, options); });
   for (index_t i = 0; i < y.numel(); ++i) REQUIRE(y.data()[i] == 7.f);
 }
+
+TEST_CASE("product_key_memory reads int8 value tables with per-row scales", "[pkm]") {
+  const PkmCase c{37, 2, 16, 8, 20, 4};
+  const auto q = st::random_tensor<3>({c.T, c.H, c.Dk}, 7, -1.f, 1.f);
+  const auto ka = st::random_tensor<3>({c.H, c.n_sub, c.Dk / 2}, 8, -1.f, 1.f);
+  const auto kb = st::random_tensor<3>({c.H, c.n_sub, c.Dk / 2}, 9, -1.f, 1.f);
+  auto v32 = st::random_tensor<2>({c.n_sub * c.n_sub, c.Dv}, 10, -1.f, 1.f);
+  const index_t N = c.n_sub * c.n_sub;
+  Tensor<std::int8_t, 2> codes({N, c.Dv});
+  Tensor<float, 1> scales({N});
+  seqmix::quantize_pkm_values(v32.cview(), codes.view(), scales.view());
+  for (index_t r = 0; r < N; ++r)
+    for (index_t j = 0; j < c.Dv; ++j)
+      REQUIRE(std::fabs(scales(r) * codes(r, j) - v32(r, j)) <= scales(r) / 2 * (1 + 1e-5f));
+  seqmix::ProductKeyMemoryInputs<std::int8_t> in{q.cview(), ka.cview(), kb.cview(), codes.cview()};
+  in.value_scales = scales.cview();
+  seqmix::ProductKeyMemoryOptions options;
+  options.top_k = c.k;
+  Tensor<float, 2> y({c.T, c.Dv}), y2({c.T, c.Dv}), y_ref({c.T, c.Dv}), y32({c.T, c.Dv});
+  Tensor<float, 3> w({c.T, c.H, c.k});
+  seqmix::reference::product_key_memory(in, {y_ref.view()}, options);
+  seqmix::product_key_memory(in, {y.view(), {}, w.view()}, options);
+  seqmix::product_key_memory(in, {y2.view()}, options, st::two_thread_pool());
+  seqmix::product_key_memory(seqmix::ProductKeyMemoryInputs<float>{q.cview(), ka.cview(), kb.cview(), v32.cview()},
+                             {y32.view()}, options);
+  float max_scale = 0.f;
+  for (index_t r = 0; r < N; ++r) max_scale = std::max(max_scale, scales(r));
+  for (index_t i = 0; i < y.numel(); ++i) {
+    CHECK(y.data()[i] == Approx(y_ref.data()[i]).margin(2e-5));
+    CHECK(y2.data()[i] == y.data()[i]);
+    // Each head's weights sum to 1, so the read moves by at most the largest half-step per head.
+    CHECK(std::fabs(y.data()[i] - y32.data()[i]) <= c.H * max_scale / 2 + 1e-5f);
+  }
+  // A non-finite source row gets a NaN scale: whoever reads it gets NaN, as from the fp32 table.
+  v32(5, 3) = INFINITY;
+  seqmix::quantize_pkm_values(v32.cview(), codes.view(), scales.view());
+  REQUIRE(std::isnan(scales(5)));
+  Tensor<std::int64_t, 3> rows({c.T, c.H, c.k});
+  seqmix::product_key_memory(in, {y.view(), rows.view()}, options);
+  for (index_t t = 0; t < c.T; ++t) {
+    bool reads = false;
+    for (index_t h = 0; h < c.H; ++h)
+      for (index_t r = 0; r < c.k; ++r) reads = reads || rows(t, h, r) == 5;
+    for (index_t j = 0; j < c.Dv; ++j) REQUIRE(std::isnan(y(t, j)) == reads);
+  }
+  // Scales are required with int8 and refused with the other tables.
+  in.value_scales = {};
+  st::require_shape_error("value_scales", [&] { seqmix::product_key_memory(in, {y.view()}, options); });
+  seqmix::ProductKeyMemoryInputs<float> with_scales{q.cview(), ka.cview(), kb.cview(), v32.cview()};
+  with_scales.value_scales = scales.cview();
+  st::require_shape_error("value_scales", [&] { seqmix::product_key_memory(with_scales, {y.view()}, options); });
+}

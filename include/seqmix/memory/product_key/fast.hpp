@@ -40,6 +40,13 @@ void pkm_accumulate(float w, const Value* row, float* acc, index_t n) {
   for (index_t c = nv; c < n; ++c) acc[c] += w * static_cast<float>(row[c]);
 }
 
+/// acc[c] += w * row[c] for an int8 row (w already carries the row's scale). A plain loop: at the
+/// benchmark shape the sub-key scoring, not the gather, is the cost (int8, f16 and fp32 tables
+/// measured within noise of each other), and the int8 rows read a quarter of the fp32 bytes.
+inline void pkm_accumulate(float w, const std::int8_t* row, float* acc, index_t n) {
+  for (index_t c = 0; c < n; ++c) acc[c] += w * static_cast<float>(row[c]);
+}
+
 /// The best `k` of n scores, best first (pkm_better: higher, then lower index), into idx.
 inline void pkm_topk(const float* score, index_t n, index_t k, std::vector<std::int32_t>& all, std::int32_t* idx) {
   all.resize(static_cast<std::size_t>(n));
@@ -55,14 +62,15 @@ inline void pkm_topk(const float* score, index_t n, index_t k, std::vector<std::
 /// product_key_memory (docs/operators.md section 13): per token and head, the top_k of the
 /// n_sub^2 product keys found through the two sub-key tables (exact: the same rows as scoring all
 /// N keys), softmax over them, the weighted value rows summed over heads, optionally times
-/// silu(gate). Value is float, f16 or bf16. Cost per token and head: 2 n_sub Dk/2 multiply-adds
+/// silu(gate). Value is float, f16, bf16 or int8 (with value_scales). Cost per token and head: 2 n_sub Dk/2 multiply-adds
 /// for the sub-keys, O(k log k) for the candidates, top_k * Dv for the values; independent of N
 /// otherwise. Validation (ShapeError, before any write) as described in the header comment.
 template <class Value>
 void product_key_memory(const ProductKeyMemoryInputs<Value>& in, const ProductKeyMemoryOutputs& out,
                         const ProductKeyMemoryOptions& options = {}, const Executor& executor = serial_executor()) {
-  static_assert(std::is_same_v<Value, float> || std::is_same_v<Value, f16> || std::is_same_v<Value, bf16>,
-                "product_key_memory: values must be float, f16 or bf16");
+  static_assert(std::is_same_v<Value, float> || std::is_same_v<Value, f16> || std::is_same_v<Value, bf16> ||
+                    std::is_same_v<Value, std::int8_t>,
+                "product_key_memory: values must be float, f16, bf16 or int8 (with value_scales)");
   const ArgCheck check("product_key_memory");
   const auto d = detail::validate_pkm(check, in, out, options);
   if (d.T == 0) return;
@@ -114,7 +122,10 @@ void product_key_memory(const ProductKeyMemoryInputs<Value>& in, const ProductKe
           for (index_t x = 0; x < d.k; ++x) {
             const auto& c = cand[static_cast<std::size_t>(x)];
             const float w = c.first / total;
-            detail::pkm_accumulate(w, in.values.ptr(c.second, index_t{0}), row_acc, d.Dv);
+            if constexpr (std::is_same_v<Value, std::int8_t>)
+              detail::pkm_accumulate(w * in.value_scales(c.second), in.values.ptr(c.second, index_t{0}), row_acc, d.Dv);
+            else
+              detail::pkm_accumulate(w, in.values.ptr(c.second, index_t{0}), row_acc, d.Dv);
             if (out.rows.has_value()) out.rows(t, h, x) = c.second;
             if (out.weights.has_value()) out.weights(t, h, x) = w;
           }

@@ -19,6 +19,7 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/core/error.hpp"
@@ -35,7 +36,8 @@ struct ProductKeyMemoryOptions {
   float scale = 0.f;
 };
 
-/// Inputs of product_key_memory. Value is float, f16 or bf16 (the value table's storage).
+/// Inputs of product_key_memory. Value is float, f16, bf16 or std::int8_t (the value table's
+/// storage; int8 rows are quantized with one scale per row, see quantize_pkm_values).
 template <class Value>
 struct ProductKeyMemoryInputs {
   ConstView<float, 3> query;      ///< [T,H,Dk], Dk even: the first half scores keys_a, the second keys_b
@@ -43,7 +45,39 @@ struct ProductKeyMemoryInputs {
   ConstView<float, 3> keys_b;     ///< [H,n_sub,Dk/2]: sub-keys of the second half
   ConstView<Value, 2> values;     ///< [n_sub * n_sub, Dv]: row i * n_sub + j belongs to key (i, j); rows contiguous
   ConstView<float, 2> gate = {};  ///< [T,Dv], optional: y is multiplied by silu(gate)
+  /// [n_sub * n_sub]: row r of an int8 table stands for value_scales[r] * values[r] (required with
+  /// int8 values, refused otherwise). A NaN scale marks a row whose source held NaN or inf.
+  ConstView<float, 1> value_scales = {};
 };
+
+/// Quantizes a float value table to int8 rows with one scale per row (symmetric: scale =
+/// max|x| / 127, codes = round(x / scale)), so an int8 table costs a quarter of fp32 plus 4 bytes
+/// per row. The per-element error is at most scale / 2. A row holding NaN or inf gets a NaN scale
+/// (and zero codes): the rows that read it come out NaN, as they would from the fp32 table, rather
+/// than silently finite. values [N,Dv], codes [N,Dv], scales [N]; codes must not overlap values.
+inline void quantize_pkm_values(const ConstView<float, 2>& values, const TensorView<std::int8_t, 2>& codes,
+                                const TensorView<float, 1>& scales) {
+  const ArgCheck check("quantize_pkm_values");
+  check.shape("values", values, {-1, -1}, "N,Dv");
+  const index_t N = values.size(0), Dv = values.size(1);
+  check.shape("codes", codes, {N, Dv}, "N,Dv").shape("scales", scales, {N}, "N");
+  check.no_overlap("codes", codes, "values", values).no_overlap("scales", scales, "values", values);
+  for (index_t r = 0; r < N; ++r) {
+    float amax = 0.f;
+    bool finite = true;
+    for (index_t c = 0; c < Dv; ++c) {
+      const float x = values(r, c);
+      finite = finite && std::isfinite(x);
+      amax = std::max(amax, std::fabs(x));
+    }
+    const float scale = !finite ? std::numeric_limits<float>::quiet_NaN() : amax / 127.f;
+    scales(r) = scale;
+    for (index_t c = 0; c < Dv; ++c) {
+      const float q = finite && scale > 0.f ? std::nearbyint(values(r, c) / scale) : 0.f;
+      codes(r, c) = static_cast<std::int8_t>(std::clamp(q, -127.f, 127.f));
+    }
+  }
+}
 
 /// Outputs of product_key_memory. y must not overlap an input.
 struct ProductKeyMemoryOutputs {
@@ -79,6 +113,10 @@ PkmDims validate_pkm(const ArgCheck& check, const ProductKeyMemoryInputs<Value>&
   d.Dv = in.values.size(1);
   check.that(in.values.is_last_dim_contiguous(), "values", "rows must be contiguous (stride 1 along Dv)");
   check.optional_shape("gate", in.gate, {d.T, d.Dv}, "T,Dv");
+  if constexpr (std::is_same_v<Value, std::int8_t>)
+    check.shape("value_scales", in.value_scales, {d.N}, "n_sub*n_sub");
+  else
+    check.that(!in.value_scales.has_value(), "value_scales", "is only used with int8 values");
   d.k = options.top_k;
   check.that(d.k >= 1 && d.k <= d.n_sub, "top_k",
              "must be in [1, n_sub] = [1, " + std::to_string(d.n_sub) + "], got " + std::to_string(d.k));
@@ -110,6 +148,15 @@ bool pkm_better(S sa, std::int64_t ra, S sb, std::int64_t rb) {
 }
 
 inline float pkm_silu(float v) { return v / (1.f + std::exp(-v)); }
+
+/// Element (row, c) of the value table as the number it stands for (int8 rows times their scale).
+template <class Value>
+double pkm_value(const ProductKeyMemoryInputs<Value>& in, std::int64_t row, index_t c) {
+  if constexpr (std::is_same_v<Value, std::int8_t>)
+    return static_cast<double>(in.value_scales(row)) * in.values(row, c);
+  else
+    return static_cast<double>(static_cast<float>(in.values(row, c)));
+}
 
 }  // namespace detail
 
@@ -154,7 +201,7 @@ void product_key_memory(const ProductKeyMemoryInputs<Value>& in, const ProductKe
         const std::int64_t row = order[static_cast<std::size_t>(r)];
         const double weight = w[static_cast<std::size_t>(r)] / total;
         for (index_t c = 0; c < d.Dv; ++c)
-          acc[static_cast<std::size_t>(c)] += weight * static_cast<double>(static_cast<float>(in.values(row, c)));
+          acc[static_cast<std::size_t>(c)] += weight * detail::pkm_value(in, row, c);
         if (out.rows.has_value()) out.rows(t, h, r) = row;
         if (out.weights.has_value()) out.weights(t, h, r) = static_cast<float>(weight);
       }
