@@ -59,7 +59,7 @@ void compare_forms(const char* op, const Dims& d, Mode mode, bool step, bool wit
 void gla(Decoder& in, bool step) {
   const Mode mode = decode_mode(in);
   const Dims d = decode_dims(in, mode, step, 150);
-  GlaOptions options;
+  GatedLinearAttentionOptions options;
   options.gate = in.pick({GateKind::channel, GateKind::scalar, GateKind::retnet, GateKind::none});
   options.chunk_size = in.pick<index_t>({1, 7, 16, 63, 64, 65, 256});
   options.algorithm = in.pick({LinearAttentionAlgorithm::automatic, LinearAttentionAlgorithm::chunked,
@@ -81,11 +81,11 @@ void gla(Decoder& in, bool step) {
   const Executor& exec = executor(in);
   const bool channel = options.gate == GateKind::channel, scalar = options.gate == GateKind::scalar;
   if (step) {
-    GlaStepInputs si;
+    GatedLinearAttentionStepInputs si;
     si.q = token0(q), si.k = token0(k), si.v = token0(v), si.batch = d.bt.view();
     if (channel) si.g = token0(g);
     if (scalar) si.g_scalar = token0(gs);
-    GlaInputs ri;
+    GatedLinearAttentionInputs ri;
     ri.q = q.view(), ri.k = k.view(), ri.v = v.view(), ri.batch = d.bt.view();
     if (channel) ri.g = g.view();
     if (scalar) ri.g_scalar = gs.view();
@@ -99,18 +99,18 @@ void gla(Decoder& in, bool step) {
         });
     return;
   }
-  GlaInputs fi;
+  GatedLinearAttentionInputs fi;
   fi.q = hostile.in(0, q), fi.k = hostile.in(1, k), fi.v = hostile.in(2, v), fi.batch = d.bt.view();
   if (channel) fi.g = hostile.in(3, g);
   if (scalar) fi.g_scalar = hostile.in(4, gs);
   compare_forms("gated_linear_attention", d, mode, false, with_state, pool, hostile,
       [&](Tensor<float, 4>& o, TensorView<float, 4> state) {
-        GlaInputs i = fi;
+        GatedLinearAttentionInputs i = fi;
         i.initial_state = state;
         gated_linear_attention(i, {o.view(), state}, options, exec);
       },
       [&](Tensor<float, 4>& o, TensorView<float, 4> state) {
-        GlaInputs i = fi;
+        GatedLinearAttentionInputs i = fi;
         i.initial_state = state;
         reference::gated_linear_attention(i, {o.view(), state}, options);
       });
