@@ -164,6 +164,26 @@ std::vector<CpCase> cp_cases(const CpConfig& cfg) {
                                           {y_mine->view()}, options, seqmix::serial_executor(), &s);
                      }});
   }
+  {  // ssd (Mamba-2): H = 4 heads of P = 64, one group of N = 64
+    const index_t N = 64;  // x is the [B,T,H,64] value tensor, so P = 64
+    auto dt = std::make_shared<Tensor<float, 3>>(st::random_tensor<3>({B, T, H}, 41, -3.f, 0.f));
+    auto A = std::make_shared<Tensor<float, 1>>(st::random_tensor<1>({H}, 42, -1.f, -0.1f));
+    auto Bm = std::make_shared<Tensor<float, 4>>(st::random_tensor<4>({B, T, 1, N}, 43));
+    seqmix::SsdOptions options;
+    options.dt_softplus = true;
+    cases.push_back({"ssd", "B1_H4_P64_N64_T" + std::to_string(T),
+                     [=] {
+                       seqmix::SsdInputs in;
+                       in.x = v->cview(), in.dt = dt->cview(), in.A = A->cview(), in.Bm = Bm->cview(), in.Cm = Bm->cview();
+                       seqmix::ssd(in, {o_all->view()}, options);
+                     },
+                     [=](sm::StatePassStats& s) {
+                       seqmix::SsdInputs in;
+                       in.x = cp_mine(*v, T), in.dt = cp_mine(*dt, T), in.A = A->cview(), in.Bm = cp_mine(*Bm, T);
+                       in.Cm = cp_mine(*Bm, T);
+                       sm::ssd(MPI_COMM_WORLD, in, {o_mine->view()}, options, seqmix::serial_executor(), &s);
+                     }});
+  }
   cases.push_back({"linear_attention", qkv,
                    [=] { seqmix::linear_attention({q->cview(), k->cview(), v->cview()}, {o_all->view()}); },
                    [=](sm::StatePassStats& s) {

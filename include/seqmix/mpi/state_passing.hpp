@@ -42,15 +42,6 @@
 namespace seqmix {
 namespace mpi {
 
-/// What one rank's state-passing call did (optional output of the mpi:: recurrent operators).
-struct StatePassStats {
-  std::int64_t bytes_sent = 0;      ///< payload this rank contributed to the exchange (its summary or halo rows)
-  std::int64_t bytes_needed = 0;    ///< what the algorithm needs per rank: one state (or W-1 input rows)
-  double slice_seconds = 0;         ///< the slice from a zero state (with the transition)
-  double exchange_seconds = 0;      ///< the collective check and the exchange (MPI_Exscan or halo wait)
-  double correct_seconds = 0;       ///< the correction from the true initial state
-};
-
 namespace detail {
 
 using StateClock = std::chrono::steady_clock;

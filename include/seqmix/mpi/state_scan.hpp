@@ -11,6 +11,7 @@
 // over the state's trailing dimensions); mpi::ssd is the first operator on it.
 #pragma once
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -24,6 +25,16 @@
 
 namespace seqmix {
 namespace mpi {
+
+/// What one rank's state-passing call did (optional output of the mpi:: recurrent operators).
+struct StatePassStats {
+  std::int64_t bytes_sent = 0;      ///< payload this rank contributed to the exchange (its summary or halo rows)
+  std::int64_t bytes_needed = 0;    ///< what the algorithm needs per rank: one state (or W-1 input rows)
+  double slice_seconds = 0;         ///< the slice from a zero state (with the transition)
+  double exchange_seconds = 0;      ///< the collective check and the exchange (MPI_Exscan or halo wait)
+  double correct_seconds = 0;       ///< the correction from the true initial state
+};
+
 namespace detail {
 
 // A diagonal slice summary as one MPI element: int64 rows, int64 inner, float log_decay[rows],
@@ -114,10 +125,14 @@ void exscan_diagonal_slices(MPI_Comm comm, const ConstView<float, RD>& log_decay
 /// none; out.final_state (optional) receives the true state after this rank's slice (on the last
 /// rank, the sequences' final state). Every rank runs ssd_slice at once, one MPI_Exscan forms
 /// each rank's initial state, ssd_slice_correct finishes the outputs. Dense batch only; no
-/// token_states. Refusals and ranks disagreeing on shapes or options throw ShapeError on every
+/// token_states; `stats` (optional) receives this rank's bytes and phase times. Refusals and ranks disagreeing on shapes or options throw ShapeError on every
 /// rank before any exchange.
 inline void ssd(MPI_Comm comm, const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
-                const Executor& executor = serial_executor()) {
+                const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
+  using clock = std::chrono::steady_clock;
+  const auto since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  auto t = clock::now();
+  StatePassStats st;
   const std::string op = "mpi::ssd";
   const int rank = detail::comm_rank(comm);
   SsdInputs zero = in;
@@ -146,9 +161,13 @@ inline void ssd(MPI_Comm comm, const SsdInputs& in, const SsdOutputs& out, const
     check.optional_shape("final_state", out.final_state, state_shape, "B,H,P,N");
   });
 
+  st.exchange_seconds = since(t);
+  t = clock::now();
   Tensor<float, 2> log_decay({d.B, d.H});
   Tensor<float, 4> local({d.B, d.H, d.P, d.N}), summary({d.B, d.H, d.P, d.N}), initial({d.B, d.H, d.P, d.N});
   ssd_slice(zero, SsdOutputs{out.y, local.view()}, log_decay.view(), options, executor);
+  st.slice_seconds = since(t);
+  t = clock::now();
   // Rank 0 folds the sequences' initial state into its summary: its true final state.
   Tensor<float, 4> s0({d.B, d.H, d.P, d.N});
   const bool has_s0 = rank == 0 && in.initial_state.has_value();
@@ -156,6 +175,8 @@ inline void ssd(MPI_Comm comm, const SsdInputs& in, const SsdOutputs& out, const
   compose_diagonal_slices<2, 4>({}, s0.cview(), log_decay.cview(), local.cview(), {}, summary.view());
   exscan_diagonal_slices<2, 4>(comm, log_decay.cview(), summary.cview(), initial.view());
   if (rank == 0) initial = std::move(s0);
+  st.exchange_seconds += since(t);
+  t = clock::now();
   if (rank != 0 || has_s0) {
     SsdInputs with_initial = zero;
     with_initial.initial_state = initial.cview();
@@ -165,6 +186,10 @@ inline void ssd(MPI_Comm comm, const SsdInputs& in, const SsdOutputs& out, const
     compose_diagonal_slices<2, 4>({}, initial.cview(), log_decay.cview(), local.cview(), {}, summary.view());
     copy(summary.cview(), out.final_state);
   }
+  st.correct_seconds = since(t);
+  st.bytes_needed = summary.numel() * 4;
+  st.bytes_sent = detail::diagonal_summary_bytes(d.B * d.H, d.P * d.N);
+  if (stats) *stats = st;
 }
 
 }  // namespace mpi
