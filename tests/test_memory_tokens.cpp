@@ -126,6 +126,33 @@ TEST_CASE("memory_tokens with an attention layer equals the reference, recall on
   }
 }
 
+TEST_CASE("memory_tokens recall with the caller's query and key projections", "[memory_tokens]") {
+  const index_t B = 2, T = 40, M = 3, D = 6, R = 4;
+  const auto x = st::random_tensor<3>({B, T, D}, 1500, -1.5f, 1.5f);
+  const auto memory = st::random_tensor<3>({B, M, D}, 1501);
+  const auto wq = st::random_tensor<2>({D, R}, 1502), wk = st::random_tensor<2>({D, R}, 1503);
+  const MemTokAttentionLayer layer{2};
+  seqmix::MemoryTokensOptions options;
+  options.segment = 9, options.recall = 3;
+  Tensor<float, 3> y_ref({B, T, D}), m_ref({B, M, D}), y(y_ref.shape()), m(m_ref.shape()), y_plain(y_ref.shape()), m_plain(m_ref.shape());
+  seqmix::reference::memory_tokens({x.cview(), memory.cview(), wq.cview(), wk.cview()}, {y_ref.view(), m_ref.view()}, layer, options);
+  seqmix::memory_tokens({x.cview(), memory.cview(), wq.cview(), wk.cview()}, {y.view(), m.view()}, layer, options,
+                        st::two_thread_pool());
+  st::require_close("y", y.cview(), y_ref.cview(), 1e-5);
+  st::require_close("final_memory", m.cview(), m_ref.cview(), 1e-5);
+  // The projections change the scores, hence the outputs after the first segment.
+  seqmix::memory_tokens({x.cview(), memory.cview()}, {y_plain.view(), m_plain.view()}, layer, options);
+  double diff = 0;
+  for (index_t i = 0; i < y.numel(); ++i) diff = std::max(diff, std::abs(double(y_plain.data()[i]) - y.data()[i]));
+  REQUIRE(diff > 1e-4);
+  // Identity projections (R = D, recall_scale fixed) give the plain recall.
+  Tensor<float, 2> eye({D, D});
+  for (index_t c = 0; c < D; ++c) eye(c, c) = 1.f;
+  Tensor<float, 3> y_eye(y.shape()), m_eye(m.shape());
+  seqmix::memory_tokens({x.cview(), memory.cview(), eye.cview(), eye.cview()}, {y_eye.view(), m_eye.view()}, layer, options);
+  st::require_close("identity projections", y_eye.cview(), y_plain.cview(), 1e-6);
+}
+
 TEST_CASE("memory_tokens bad arguments are refused before any write or layer call", "[memory_tokens]") {
   const index_t B = 2, T = 9, M = 2, D = 4;
   const auto x = st::random_tensor<3>({B, T, D}, 1400);
@@ -158,6 +185,12 @@ TEST_CASE("memory_tokens bad arguments are refused before any write or layer cal
   o.recall_scale = std::numeric_limits<float>::quiet_NaN();
   expect_refused("recall_scale", {x.cview(), memory.cview()}, {y.view(), m.view()}, o);
   o.recall_scale = 0.f;
+  const auto wq = st::random_tensor<2>({D, 3}, 1403), wk_bad = st::random_tensor<2>({D, 2}, 1404);
+  expect_refused("recall_key", {x.cview(), memory.cview(), wq.cview(), wk_bad.cview()}, {y.view(), m.view()}, o);
+  expect_refused("recall_key", {x.cview(), memory.cview(), wq.cview()}, {y.view(), m.view()}, o);  // only one given
+  auto no_recall = o;
+  no_recall.recall = 0;
+  expect_refused("recall_query", {x.cview(), memory.cview(), wq.cview(), wq.cview()}, {y.view(), m.view()}, no_recall);
   expect_refused("memory", {x.cview(), memory_bad.cview()}, {y.view(), m.view()}, o);
   expect_refused("y", {x.cview(), memory.cview()}, {y_short.view(), m.view()}, o);
   // final_memory aliasing x (its first rows).

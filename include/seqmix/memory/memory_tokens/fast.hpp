@@ -17,7 +17,8 @@ namespace seqmix {
 /// appended tokens to the next segment; y [B,T,D] and final_memory [B,M,D]. The layer gets the
 /// whole batch per call. Validation (ShapeError, before any write and before the layer runs):
 /// shapes, a negative segment or recall, recall without memory tokens, a non-finite
-/// recall_scale, outputs overlapping inputs or each other. An exception of the layer propagates
+/// recall_scale, recall projections of the wrong shape or without recall, outputs overlapping
+/// inputs or each other. An exception of the layer propagates
 /// (y may then hold the earlier segments).
 inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutputs& out, MemoryTokensLayer layer,
                           const MemoryTokensOptions& options = {}, const Executor& executor = serial_executor()) {
@@ -40,7 +41,7 @@ inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutput
     }
     parallel_for(executor, d.B, 1, [&](index_t begin, index_t end) {
       std::vector<double> weight(past.size());
-      std::vector<float> query(static_cast<std::size_t>(d.D));
+      std::vector<float> query(static_cast<std::size_t>(d.D)), mean(static_cast<std::size_t>(d.D)), q_proj, k_proj;
       for (index_t b = begin; b < end; ++b) {
         float* dst = layer_in.data() + b * n * d.D;
         const float* carried = mem.data() + b * d.M * d.D;
@@ -54,12 +55,29 @@ inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutput
         std::fill(query.begin(), query.end(), 0.f);
         for (index_t j = 0; j < len; ++j)
           for (index_t c = 0; c < d.D; ++c) query[c] += dst[(d.M + j) * d.D + c];
+        for (auto& value : query) value /= static_cast<float>(len);
+        // Scores <q, k_i>: q the segment's mean token, k_i entry i's mean row, each through the
+        // caller's projection when given.
+        auto project = [&](const std::vector<float>& x, const ConstView<float, 2>& w, std::vector<float>& out) {
+          if (d.R == 0) {
+            out = x;
+            return;
+          }
+          out.assign(static_cast<std::size_t>(d.R), 0.f);
+          for (index_t c = 0; c < d.D; ++c)
+            for (index_t r = 0; r < d.R; ++r) out[r] += x[c] * w(c, r);
+        };
+        project(query, in.recall_query, q_proj);
         double top = -INFINITY, total = 0;
         for (std::size_t i = 0; i < past.size(); ++i) {
           const float* entry = past[i].data() + b * d.M * d.D;
+          std::fill(mean.begin(), mean.end(), 0.f);
+          for (index_t e = 0; e < d.M * d.D; ++e) mean[e % d.D] += entry[e];
+          for (auto& value : mean) value /= static_cast<float>(d.M);
+          project(mean, in.recall_key, k_proj);
           float dot = 0;
-          for (index_t e = 0; e < d.M * d.D; ++e) dot += query[e % d.D] * entry[e];
-          weight[i] = static_cast<double>(d.scale) * dot / (static_cast<double>(len) * static_cast<double>(d.M));
+          for (std::size_t r = 0; r < k_proj.size(); ++r) dot += q_proj[r] * k_proj[r];
+          weight[i] = static_cast<double>(d.scale) * dot;
           top = std::fmax(top, weight[i]);
         }
         for (auto& w : weight) total += w = std::exp(w - top);

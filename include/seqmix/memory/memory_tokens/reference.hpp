@@ -10,7 +10,8 @@
 //   The tokens are cut into segments of `segment` tokens (0: one segment). For each segment s of
 //   len tokens, with mem the memory before it:
 //     read   = mem                                   (recall == 0)
-//            = sum_i softmax_i(scale <mean_t x[t], mean_m C_i[m]>) C_i   (recall == N >= 1)
+//            = sum_i softmax_i(scale <mean_t x[t] W_q, mean_m C_i[m] W_k>) C_i   (recall == N >= 1;
+//              W_q, W_k [D,R]: the caller's recall projections, identity when not given)
 //              over C_i, the last N memories (the initial one and each written one)
 //     in     = [read ; x[segment] ; mem]             [M + len + M, D]
 //     out    = layer(in)                             the caller's layer, same shape
@@ -37,7 +38,7 @@ struct MemoryTokensOptions {
   /// memories (the initial one and every written one), keyed by their mean row and queried by the
   /// segment's mean token. N = 1 equals 0. Needs M >= 1.
   index_t recall = 0;
-  /// Multiplies the recall scores; 0 means 1 / sqrt(D).
+  /// Multiplies the recall scores; 0 means 1 / sqrt(D) (1 / sqrt(R) with recall projections).
   float recall_scale = 0.f;
 };
 
@@ -45,6 +46,10 @@ struct MemoryTokensOptions {
 struct MemoryTokensInputs {
   ConstView<float, 3> x;       ///< [B,T,D]
   ConstView<float, 3> memory;  ///< [B,M,D]: the memory tokens before the first segment; M may be 0
+  /// [D,R], optional (with recall_key): HMT's learned query projection; the recall then scores
+  /// <mean_t x W_q, mean_m C_i W_k> instead of the plain dot product of the means.
+  ConstView<float, 2> recall_query = {};
+  ConstView<float, 2> recall_key = {};  ///< [D,R], optional (with recall_query): the key projection
 };
 
 /// Outputs of memory_tokens. Neither may overlap an input or the other.
@@ -57,6 +62,7 @@ namespace detail {
 
 struct MemoryTokensDims {
   index_t B, T, M, D, L, recall;
+  index_t R;  // columns of the recall projections (0: none)
   float scale;
 };
 
@@ -74,7 +80,17 @@ inline MemoryTokensDims validate_memory_tokens(const ArgCheck& check, const Memo
   check.that(options.recall == 0 || d.M >= 1, "recall", "needs memory tokens (M >= 1)");
   d.recall = options.recall;
   check.finite(options.recall_scale, "recall_scale");
-  d.scale = options.recall_scale == 0.f ? 1.f / std::sqrt(static_cast<float>(d.D)) : options.recall_scale;
+  d.R = 0;
+  if (in.recall_query.has_value() || in.recall_key.has_value()) {
+    check.that(options.recall >= 1, in.recall_query.has_value() ? "recall_query" : "recall_key",
+               "is only used with recall >= 1");
+    check.shape("recall_query", in.recall_query, {d.D, -1}, "D,R");
+    d.R = in.recall_query.size(1);
+    check.that(d.R >= 1, "recall_query", "needs R >= 1 columns");
+    check.shape("recall_key", in.recall_key, {d.D, d.R}, "D,R");
+  }
+  const index_t score_dim = d.R > 0 ? d.R : d.D;
+  d.scale = options.recall_scale == 0.f ? 1.f / std::sqrt(static_cast<float>(score_dim)) : options.recall_scale;
   check.product("memory", d.B, 2 * d.M + std::min(d.L, std::max<index_t>(d.T, 1)), d.D);  // the layer's input fits
   check.shape("y", out.y, {d.B, d.T, d.D}, "B,T,D").shape("final_memory", out.final_memory, {d.B, d.M, d.D}, "B,M,D");
   check.no_overlap("y", out.y, "x", in.x).no_overlap("y", out.y, "memory", in.memory);
@@ -113,10 +129,23 @@ inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutput
         for (index_t t = t0; t < t0 + len; ++t)
           for (index_t c = 0; c < d.D; ++c) query[c] += in.x(b, t, c) / static_cast<double>(len);
         double top = -INFINITY, total = 0;
+        // q . k with q the segment's mean token and k an entry's mean row, each through its
+        // projection when the caller gives them (x W, x a row vector).
+        auto project = [&](const std::vector<double>& x, const ConstView<float, 2>& w) {
+          if (d.R == 0) return x;
+          std::vector<double> out(static_cast<std::size_t>(d.R), 0.0);
+          for (index_t c = 0; c < d.D; ++c)
+            for (index_t r = 0; r < d.R; ++r) out[r] += x[c] * w(c, r);
+          return out;
+        };
+        const std::vector<double> q = project(query, in.recall_query);
         for (const auto& entry : past) {
-          double dot = 0;
+          std::vector<double> mean(static_cast<std::size_t>(d.D), 0.0);
           for (index_t m = 0; m < d.M; ++m)
-            for (index_t c = 0; c < d.D; ++c) dot += query[c] * entry[m][c] / static_cast<double>(d.M);
+            for (index_t c = 0; c < d.D; ++c) mean[c] += entry[m][c] / static_cast<double>(d.M);
+          const std::vector<double> k = project(mean, in.recall_key);
+          double dot = 0;
+          for (std::size_t r = 0; r < k.size(); ++r) dot += q[r] * k[r];
           score.push_back(d.scale * dot);
           top = std::fmax(top, score.back());
         }
