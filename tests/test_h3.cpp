@@ -134,3 +134,59 @@ TEST_CASE("h3: bad arguments are refused before any write", "[h3]") {
 }
 
 }  // namespace
+
+TEST_CASE("h3_step over a sequence equals the prefill with the SSM's kernel", "[h3]") {
+  const index_t B = 2, T = 40, H = 2, P = 3, Ls = 3, N = 4, D = H * P;
+  Tensor<float, 2> A_real({D, N}), A_imag({D, N}), B_real({D, N}), C_real = st::random_tensor<2>({D, N}, 51),
+                   C_imag = st::random_tensor<2>({D, N}, 52);
+  Tensor<float, 1> dt({D}), skip = st::random_tensor<1>({D}, 53);
+  seqmix::ssm_init_diagonal(seqmix::SsmInit::s4d_lin, A_real.view(), A_imag.view());
+  for (index_t c = 0; c < D; ++c) {
+    dt(c) = 0.05f + 0.03f * static_cast<float>(c);
+    for (index_t n = 0; n < N; ++n) B_real(c, n) = 1.f;
+  }
+  const seqmix::SsmParams params{A_real.cview(), A_imag.cview(), B_real.cview(), {}, C_real.cview(), C_imag.cview(), dt.cview()};
+  // Prefill: the diagonal SSM as its kernel (tap 0 carries the skip), the shift SSM as a filter.
+  Tensor<float, 2> diag({T, D});
+  seqmix::reference::ssm_kernel(params, diag.view());
+  for (index_t c = 0; c < D; ++c) diag(0, c) += skip(c);
+  const auto shift = st::random_tensor<2>({Ls, D}, 54);
+  const auto q = st::random_tensor<4>({B, T, H, P}, 55), k = st::random_tensor<4>({B, T, H, P}, 56),
+             v = st::random_tensor<4>({B, T, H, P}, 57);
+  Tensor<float, 4> want({B, T, H, P});
+  seqmix::reference::h3({q.cview(), k.cview(), v.cview(), shift.cview(), diag.cview()}, {want.view()});
+  // Decode: the discretized system stepped token by token.
+  Tensor<float, 2> Ab_r({D, N}), Ab_i({D, N}), Bb_r({D, N}), Bb_i({D, N});
+  seqmix::ssm_discretize(params, {Ab_r.view(), Ab_i.view(), Bb_r.view(), Bb_i.view()});
+  Tensor<float, 3> shift_state({B, Ls - 1, D}), y({B, H, P});
+  Tensor<float, 4> xr({B, D, P, N}), xi({B, D, P, N});
+  auto token = [&](const Tensor<float, 4>& x, index_t t) {
+    return seqmix::ConstView<float, 3>(x.data() + t * H * P, {B, H, P}, {T * H * P, P, 1});
+  };
+  double worst = 0, scale = 1;
+  for (index_t t = 0; t < T; ++t) {
+    seqmix::H3StepInputs in{token(q, t), token(k, t), token(v, t), shift.cview(), Ab_r.cview(), Ab_i.cview(),
+                            Bb_r.cview(), Bb_i.cview(), C_real.cview(), C_imag.cview(), skip.cview()};
+    seqmix::h3_step(in, {y.view(), shift_state.view(), xr.view(), xi.view()}, {}, st::two_thread_pool());
+    for (index_t b = 0; b < B; ++b)
+      for (index_t h = 0; h < H; ++h)
+        for (index_t j = 0; j < P; ++j) {
+          worst = std::max(worst, std::abs(double(y(b, h, j)) - want(b, t, h, j)));
+          scale = std::max(scale, std::abs(double(want(b, t, h, j))));
+        }
+  }
+  INFO("max |step - prefill| = " << worst << " at outputs up to " << scale);
+  REQUIRE(worst <= 1e-4 * scale);
+  // A bad state shape is refused before the state or y changes.
+  Tensor<float, 3> wrong({B, Ls, D});
+  const float y0 = y(0, 0, 0), x0 = xr(0, 0, 0, 0);
+  seqmix::H3StepInputs in{token(q, 0), token(k, 0), token(v, 0), shift.cview(), Ab_r.cview(), Ab_i.cview(),
+                          Bb_r.cview(), Bb_i.cview(), C_real.cview(), C_imag.cview(), skip.cview()};
+  st::require_shape_error("shift_state", [&] { seqmix::h3_step(in, {y.view(), wrong.view(), xr.view(), xi.view()}); });
+  Tensor<float, 2> A_short({D, N - 1});
+  seqmix::H3StepInputs bad = in;
+  bad.A_bar_imag = A_short.cview();
+  st::require_shape_error("A_bar_imag", [&] { seqmix::h3_step(bad, {y.view(), shift_state.view(), xr.view(), xi.view()}); });
+  REQUIRE(y(0, 0, 0) == y0);
+  REQUIRE(xr(0, 0, 0, 0) == x0);
+}

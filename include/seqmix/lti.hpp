@@ -5,6 +5,7 @@
 
 #include "seqmix/lti/h3/fast.hpp"
 #include "seqmix/lti/h3/reference.hpp"
+#include "seqmix/lti/h3/step.hpp"
 #include "seqmix/lti/hyena/fast.hpp"
 #include "seqmix/lti/hyena/reference.hpp"
 #include "seqmix/lti/hyena/step.hpp"
