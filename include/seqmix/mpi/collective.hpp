@@ -241,6 +241,22 @@ inline void wait_all(std::vector<MPI_Request>& requests) {
   requests.clear();
 }
 
+// One MPI_Exscan of a self-describing slice summary (`mine`, the same byte count on every rank)
+// under a non-commutative user reduction: prefix receives the composition of the lower ranks'
+// summaries (left untouched on rank 0). The state-passing transports (state_scan.hpp,
+// state_passing.hpp) differ only in their summary layout and `compose`.
+inline void exscan_summaries(MPI_Comm comm, std::vector<char>& mine, std::vector<char>& prefix,
+                             MPI_User_function* compose) {
+  MPI_Datatype type;
+  MPI_Type_contiguous(static_cast<int>(mine.size()), MPI_BYTE, &type);
+  MPI_Type_commit(&type);
+  MPI_Op op;
+  MPI_Op_create(compose, /*commute=*/0, &op);
+  MPI_Exscan(mine.data(), prefix.data(), 1, type, op, comm);
+  MPI_Op_free(&op);
+  MPI_Type_free(&type);
+}
+
 }  // namespace detail
 }  // namespace mpi
 }  // namespace seqmix

@@ -168,14 +168,7 @@ inline void exscan_matrix_slices(MPI_Comm comm, const ConstView<float, 4>& trans
   std::memcpy(mine.data(), header, 24);
   std::memcpy(mine.data() + 24, transition.data(), static_cast<std::size_t>(n * K * K) * 4);
   std::memcpy(mine.data() + 24 + n * K * K * 4, state.data(), static_cast<std::size_t>(n * K * V) * 4);
-  MPI_Datatype type;
-  MPI_Type_contiguous(static_cast<int>(bytes), MPI_BYTE, &type);
-  MPI_Type_commit(&type);
-  MPI_Op compose;
-  MPI_Op_create(&detail::compose_matrix_summaries, /*commute=*/0, &compose);
-  MPI_Exscan(mine.data(), prefix.data(), 1, type, compose, comm);
-  MPI_Op_free(&compose);
-  MPI_Type_free(&type);
+  detail::exscan_summaries(comm, mine, prefix, &detail::compose_matrix_summaries);
   if (detail::comm_rank(comm) == 0)
     std::fill(initial.data(), initial.data() + initial.numel(), 0.f);
   else

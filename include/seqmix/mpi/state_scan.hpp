@@ -103,14 +103,7 @@ void exscan_diagonal_slices(MPI_Comm comm, const ConstView<float, RD>& log_decay
   std::memcpy(mine.data() + 16, log_decay.data(), static_cast<std::size_t>(rows) * 4);
   std::memcpy(mine.data() + 16 + rows * 4, state.data(), static_cast<std::size_t>(rows * inner) * 4);
 
-  MPI_Datatype type;
-  MPI_Type_contiguous(static_cast<int>(bytes), MPI_BYTE, &type);
-  MPI_Type_commit(&type);
-  MPI_Op compose;
-  MPI_Op_create(&detail::compose_diagonal_summaries, /*commute=*/0, &compose);
-  MPI_Exscan(mine.data(), prefix.data(), 1, type, compose, comm);
-  MPI_Op_free(&compose);
-  MPI_Type_free(&type);
+  detail::exscan_summaries(comm, mine, prefix, &detail::compose_diagonal_summaries);
 
   if (detail::comm_rank(comm) == 0)
     std::fill(initial.data(), initial.data() + initial.numel(), 0.f);
