@@ -1,7 +1,9 @@
 // Context parallelism over MPI on one machine: each recurrent operator of seqmix::mpi over a
-// sequence cut into equal contiguous slices, one per rank, against the single-process operator
-// on the same total tokens, and the bytes each rank sends against what the algorithm needs (one
-// state per rank; W-1 input rows for causal_conv1d).
+// sequence cut into equal contiguous slices, one per rank, and ring attention (causal) over
+// zigzag slices, against the single-process operator on the same total tokens, and the bytes
+// each rank sends against what the algorithm needs (one state per rank; W-1 input rows for
+// causal_conv1d; the other ranks' K/V once for ring attention, whose line reports its local
+// attention as "slice" and its unhidden communication as "exchange").
 //
 //   mpiexec -n 2 ./seqmix_bench_cp [--tokens 8192] [--reps 5] [--filter gla]
 //   mpiexec -n 4 --oversubscribe ./seqmix_bench_cp
@@ -245,6 +247,34 @@ std::vector<CpCase> cp_cases(const CpConfig& cfg) {
                                  {cp_mine(*q, T), cp_mine(*k, T), cp_mine(*v, T), cp_mine(*a, T), cp_mine(*bb, T),
                                   cp_mine(*g, T)},
                                  {o_mine->view()}, seqmix::serial_executor(), &s);
+                     }});
+  }
+  {  // ring_attention, causal, on zigzag slices (each rank holds chunks r and 2P-1-r): the K/V
+     // blocks travel once around the ring; needed = the other ranks' K/V, once.
+    const int ranks = cp_ranks(), rank = cp_rank();
+    const auto slices = std::make_shared<sm::ContextSlices>(sm::ContextSlices::zigzag(T, ranks));
+    const index_t mine = slices->tokens(rank);
+    auto gather = [&](const Tensor<float, 4>& x) {
+      auto local = std::make_shared<Tensor<float, 4>>(std::array<index_t, 4>{B, mine, H, x.size(3)});
+      for (const sm::SliceSegment& seg : slices->segments(rank))
+        for (index_t t = 0; t < seg.length; ++t)
+          for (index_t h = 0; h < H; ++h)
+            for (index_t c = 0; c < x.size(3); ++c) local->view()(0, seg.local + t, h, c) = x.cview()(0, seg.begin + t, h, c);
+      return local;
+    };
+    auto ql = gather(*q), kl = gather(*k), vl = gather(*v);
+    auto ol = std::make_shared<Tensor<float, 4>>(std::array<index_t, 4>{B, mine, H, V});
+    seqmix::AttentionOptions causal;
+    causal.causal = true;
+    const std::int64_t needed = static_cast<std::int64_t>(T - mine) * H * (K + V) * static_cast<std::int64_t>(sizeof(float));
+    cases.push_back({"ring_attention", "causal_zigzag_" + qkv,
+                     [=] { seqmix::attention(seqmix::AttentionInputs<float>{q->cview(), k->cview(), v->cview()}, {o_all->view()}, causal); },
+                     [=](sm::StatePassStats& s) {
+                       sm::RingAttentionStats rs;
+                       sm::ring_attention(MPI_COMM_WORLD, *slices, seqmix::AttentionInputs<float>{ql->cview(), kl->cview(), vl->cview()},
+                                          {ol->view()}, causal, seqmix::serial_executor(), &rs);
+                       s.bytes_sent = rs.bytes_sent, s.bytes_needed = needed;
+                       s.slice_seconds = rs.compute_seconds, s.exchange_seconds = rs.wait_seconds, s.correct_seconds = 0;
                      }});
   }
   return cases;
