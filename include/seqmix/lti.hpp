@@ -20,3 +20,5 @@
 #include "seqmix/lti/s5/reference.hpp"
 #include "seqmix/lti/s5/scan.hpp"
 #include "seqmix/lti/s5/step.hpp"
+#include "seqmix/lti/fnet/fast.hpp"
+#include "seqmix/lti/fnet/reference.hpp"
