@@ -22,3 +22,6 @@
 #include "seqmix/lti/s5/step.hpp"
 #include "seqmix/lti/fnet/fast.hpp"
 #include "seqmix/lti/fnet/reference.hpp"
+#include "seqmix/lti/base_conv/fast.hpp"
+#include "seqmix/lti/base_conv/reference.hpp"
+#include "seqmix/lti/base_conv/step.hpp"
