@@ -25,3 +25,6 @@
 #include "seqmix/lti/base_conv/fast.hpp"
 #include "seqmix/lti/base_conv/reference.hpp"
 #include "seqmix/lti/base_conv/step.hpp"
+#include "seqmix/lti/dynamic_conv/fast.hpp"
+#include "seqmix/lti/dynamic_conv/reference.hpp"
+#include "seqmix/lti/dynamic_conv/step.hpp"

@@ -1,0 +1,96 @@
+// lightweight_conv and dynamic_conv, fast forms: per (b, t) row the float softmax of each head's
+// K logits, then K multiply-adds of a scalar tap against a run of contiguous channels (the loop
+// over channels vectorizes), the window clipped to [0,T) so no padding is read. Rows (b, t) are
+// split over the executor's threads in blocks.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/lti/dynamic_conv/reference.hpp"
+
+namespace seqmix {
+namespace detail {
+
+// Rows (b, t) per parallel task.
+constexpr index_t kLocalConvRowGrain = 16;
+
+// softmax of K logits in float, max subtracted; p has K entries.
+template <class Get>
+inline void local_conv_softmax_float(index_t K, Get logit, float* p) {
+  float m = logit(0);
+  for (index_t k = 1; k < K; ++k) m = std::max(m, logit(k));
+  float sum = 0.f;
+  for (index_t k = 0; k < K; ++k) sum += p[k] = std::exp(logit(k) - m);
+  const float inv = 1.f / sum;
+  for (index_t k = 0; k < K; ++k) p[k] *= inv;
+}
+
+// y[b,t,c] for the channels of head h, taps p[0..K) at positions t-lead+k, clipped to [0,T).
+inline void local_conv_fast_row(const ConstView<float, 3>& x, const TensorView<float, 3>& y, index_t b, index_t t,
+                                index_t h, index_t group, index_t lead, index_t K, const float* p) {
+  const index_t T = x.size(1), c0 = h * group;
+  const index_t k0 = std::max<index_t>(0, lead - t), k1 = std::min<index_t>(K, T - t + lead);
+  if (y.stride(2) == 1 && x.stride(2) == 1) {
+    float* out = y.ptr(b, t, c0);
+    for (index_t c = 0; c < group; ++c) out[c] = 0.f;
+    for (index_t k = k0; k < k1; ++k) {
+      const float w = p[k];
+      const float* in = x.ptr(b, t - lead + k, c0);
+      for (index_t c = 0; c < group; ++c) out[c] += w * in[c];
+    }
+    return;
+  }
+  for (index_t c = c0; c < c0 + group; ++c) {
+    float acc = 0.f;
+    for (index_t k = k0; k < k1; ++k) acc += p[k] * x(b, t - lead + k, c);
+    y(b, t, c) = acc;
+  }
+}
+
+}  // namespace detail
+
+/// Fast form of lightweight_conv: same arguments and results as reference::lightweight_conv
+/// (reference.hpp) up to float rounding. The H softmaxes are taken once per call; rows (b, t)
+/// are split over `executor`. Validates first; NaN or infinity in x reaches only the outputs
+/// whose window holds it.
+inline void lightweight_conv(const LightweightConvInputs& in, const LocalConvOutputs& out,
+                             const LocalConvOptions& options = {}, const Executor& executor = serial_executor()) {
+  const auto d = detail::validate_lightweight_conv("lightweight_conv", in, out, options);
+  if (d.B == 0 || d.T == 0 || d.D == 0) return;
+  const index_t lead = detail::local_conv_lead(d.K, options.padding), group = d.D / d.H;
+  std::vector<float> p(static_cast<std::size_t>(d.H * d.K));
+  for (index_t h = 0; h < d.H; ++h)
+    detail::local_conv_softmax_float(d.K, [&](index_t k) { return in.weight(h, k); }, p.data() + h * d.K);
+  parallel_for(executor, d.B * d.T, detail::kLocalConvRowGrain, [&](index_t begin, index_t end) {
+    for (index_t r = begin; r < end; ++r)
+      for (index_t h = 0; h < d.H; ++h)
+        detail::local_conv_fast_row(in.x, out.y, r / d.T, r % d.T, h, group, lead, d.K, p.data() + h * d.K);
+  });
+}
+
+/// Fast form of dynamic_conv: same arguments and results as reference::dynamic_conv
+/// (reference.hpp) up to float rounding. Each task takes the softmax of its rows' logits into a
+/// K-float buffer; rows (b, t) are split over `executor`. Validates first; NaN or infinity in x
+/// reaches only the outputs whose window holds it.
+inline void dynamic_conv(const DynamicConvInputs& in, const LocalConvOutputs& out, const LocalConvOptions& options = {},
+                         const Executor& executor = serial_executor()) {
+  const auto d = detail::validate_dynamic_conv("dynamic_conv", in, out, options);
+  if (d.B == 0 || d.T == 0 || d.D == 0) return;
+  const index_t lead = detail::local_conv_lead(d.K, options.padding), group = d.D / d.H;
+  parallel_for(executor, d.B * d.T, detail::kLocalConvRowGrain, [&](index_t begin, index_t end) {
+    std::vector<float> p(static_cast<std::size_t>(d.K));
+    for (index_t r = begin; r < end; ++r) {
+      const index_t b = r / d.T, t = r % d.T;
+      for (index_t h = 0; h < d.H; ++h) {
+        detail::local_conv_softmax_float(d.K, [&](index_t k) { return in.logits(b, t, h, k); }, p.data());
+        detail::local_conv_fast_row(in.x, out.y, b, t, h, group, lead, d.K, p.data());
+      }
+    }
+  });
+}
+
+}  // namespace seqmix
