@@ -5,6 +5,10 @@
 //   hyena/reference/D768_T256_N2   the reference (double loops), the baseline
 //   h3/prefill/H12_P64_T<T>        H3 with a 4-tap shift kernel, T in {1024, 4096}
 //   h3/reference/H1_P64_T128       the reference, the baseline (one head)
+//   fnet/prefill/D768_T<T>         FNet's 2-D DFT (Eigen FFT), T in {1024, 4096}
+//   fnet/reference/D64_T256        the reference (DFT sums in double), the baseline
+//   base_conv/prefill/D768_T<T>    BaseConv (GEMM + long_conv with L = T + gate), T in {1024, 4096}
+//   base_conv/reference/D64_T256   the reference, the baseline
 // GFLOP/s counts the FFT work of the long convolutions (3 transforms of N per channel at
 // 2.5 N log2 N plus the product, as bench_long_conv.cpp counts it) and the elementwise passes;
 // GB/s the projections read and y written once.
@@ -66,6 +70,42 @@ void h3(benchmark::State& state, index_t T, index_t H, bool reference) {
   st::report_throughput(state, flop, 4.0 * 4.0 * double(T) * D);
 }
 
+void fnet(benchmark::State& state, index_t T, index_t D, bool reference) {
+  const Tensor<float, 3> x = st::random_tensor<3>({1, T, D}, 1);
+  Tensor<float, 3> y({1, T, D});
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::fnet({x.view()}, {y.view()});
+    else
+      seqmix::fnet({x.view()}, {y.view()}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  // Reference: 4 flops per term of both DFT sums; fast: real FFTs of D per token, complex FFTs of T
+  // per feature at 2.5 N log2 N and 5 N log2 N.
+  const double flop = reference ? 4.0 * T * D * double(T + D)
+                                : double(T) * D * (2.5 * std::log2(double(D)) + 5.0 * std::log2(double(T)));
+  st::report_throughput(state, flop, 2.0 * 4.0 * double(T) * D);
+}
+
+void base_conv(benchmark::State& state, index_t T, index_t D, bool reference) {
+  const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 1);
+  const float scale = 1.f / std::sqrt(float(D));
+  const Tensor<float, 2> w1 = st::random_tensor<2>({D, D}, 2, -scale, scale), w2 = st::random_tensor<2>({D, D}, 3, -scale, scale);
+  const Tensor<float, 2> h = st::random_tensor<2>({T, D}, 4, -0.02f, 0.02f);
+  Tensor<float, 3> y({1, T, D});
+  const seqmix::BaseConvInputs in{u.view(), w1.view(), w2.view(), h.view()};
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::base_conv(in, {y.view()});
+    else
+      seqmix::base_conv(in, {y.view()}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double gemm = 4.0 * T * double(D) * D;
+  const double flop = reference ? gemm + D * double(T) * double(T + 1) + double(T) * D : gemm + conv_flop(T, D) + double(T) * D;
+  st::report_throughput(state, flop, 4.0 * (2.0 * T * D + 2.0 * D * D));
+}
+
 void register_all() {
   const auto add = [](const std::string& name, auto fn) {
     benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -76,6 +116,12 @@ void register_all() {
   for (index_t T : {1024, 4096})
     add("h3/prefill/H12_P64_T" + std::to_string(T), [=](benchmark::State& s) { h3(s, T, 12, false); });
   add("h3/reference/H1_P64_T128", [](benchmark::State& s) { h3(s, 128, 1, true); });
+  for (index_t T : {1024, 4096})
+    add("fnet/prefill/D768_T" + std::to_string(T), [=](benchmark::State& s) { fnet(s, T, 768, false); });
+  add("fnet/reference/D64_T256", [](benchmark::State& s) { fnet(s, 256, 64, true); });
+  for (index_t T : {1024, 4096})
+    add("base_conv/prefill/D768_T" + std::to_string(T), [=](benchmark::State& s) { base_conv(s, T, 768, false); });
+  add("base_conv/reference/D64_T256", [](benchmark::State& s) { base_conv(s, 256, 64, true); });
 }
 
 const int kRegistered = (register_all(), 0);
