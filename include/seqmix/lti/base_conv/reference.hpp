@@ -57,6 +57,20 @@ bool base_conv_same_view(const A& a, const B& b) {
          a.strides() == b.strides();
 }
 
+// An output of the prefill or the step must not overlap any input (u of rank 3 or 2).
+template <class Output, class Input>
+void base_conv_check_no_input(const ArgCheck& check, const char* name, const Output& output, const Input& u,
+                              const ConstView<float, 2>& w1, const ConstView<float, 2>& w2,
+                              const ConstView<float, 2>& filter, const ConstView<float, 1>& b1,
+                              const ConstView<float, 1>& b2) {
+  check.no_overlap(name, output, "u", u)
+      .no_overlap(name, output, "w1", w1)
+      .no_overlap(name, output, "w2", w2)
+      .no_overlap(name, output, "filter", filter)
+      .no_overlap(name, output, "b1", b1)
+      .no_overlap(name, output, "b2", b2);
+}
+
 // The parameters shared by the prefill and the step: shapes and finite filter / weights / biases.
 inline void base_conv_check_params(const ArgCheck& check, index_t D, const ConstView<float, 2>& w1,
                                    const ConstView<float, 2>& w2, const ConstView<float, 2>& filter,
@@ -85,16 +99,8 @@ inline BaseConvDims validate_base_conv(const char* op, const BaseConvInputs& in,
   check.shape("y", out.y, {B, T, D}, "B,T,D");
   check.optional_shape("initial_state", in.initial_state, {B, L - 1, D}, "B,L-1,D");
   check.optional_shape("final_state", out.final_state, {B, L - 1, D}, "B,L-1,D");
-  const auto no_input = [&](const char* name, const auto& output) {
-    check.no_overlap(name, output, "u", in.u)
-        .no_overlap(name, output, "w1", in.w1)
-        .no_overlap(name, output, "w2", in.w2)
-        .no_overlap(name, output, "filter", in.filter)
-        .no_overlap(name, output, "b1", in.b1)
-        .no_overlap(name, output, "b2", in.b2);
-  };
-  no_input("y", out.y);
-  no_input("final_state", out.final_state);
+  base_conv_check_no_input(check, "y", out.y, in.u, in.w1, in.w2, in.filter, in.b1, in.b2);
+  base_conv_check_no_input(check, "final_state", out.final_state, in.u, in.w1, in.w2, in.filter, in.b1, in.b2);
   check.no_overlap("y", out.y, "initial_state", in.initial_state)
       .no_overlap("final_state", out.final_state, "y", out.y);
   if (!base_conv_same_view(out.final_state, in.initial_state))

@@ -36,16 +36,8 @@ inline void base_conv_step(const BaseConvStepInputs& in, const BaseConvStepOutpu
   detail::base_conv_check_params(check, D, in.w1, in.w2, in.filter, in.b1, in.b2);
   const index_t L = in.filter.size(0);
   check.shape("y", out.y, {B, D}, "B,D").shape("state", out.state, {B, L - 1, D}, "B,L-1,D");
-  const auto no_input = [&](const char* name, const auto& output) {
-    check.no_overlap(name, output, "u", in.u)
-        .no_overlap(name, output, "w1", in.w1)
-        .no_overlap(name, output, "w2", in.w2)
-        .no_overlap(name, output, "filter", in.filter)
-        .no_overlap(name, output, "b1", in.b1)
-        .no_overlap(name, output, "b2", in.b2);
-  };
-  no_input("y", out.y);
-  no_input("state", out.state);
+  detail::base_conv_check_no_input(check, "y", out.y, in.u, in.w1, in.w2, in.filter, in.b1, in.b2);
+  detail::base_conv_check_no_input(check, "state", out.state, in.u, in.w1, in.w2, in.filter, in.b1, in.b2);
   check.no_overlap("y", out.y, "state", out.state);
   Tensor<float, 2> p1({B, D}), p2({B, D});
   for (index_t b = 0; b < B; ++b)
