@@ -47,6 +47,31 @@ struct OrthogonalOptions {
 
 namespace detail {
 
+// Solves M X = R in place for N x N row-major matrices (M in `work`, destroyed; R in `rhs`,
+// overwritten by X) by Gauss-Jordan with partial pivoting: the Cayley transforms' solve, real
+// (orthogonal blocks) or complex (unitary blocks).
+template <class Scalar>
+void gauss_jordan_solve(Scalar* work, Scalar* rhs, index_t N) {
+  for (index_t col = 0; col < N; ++col) {
+    index_t pivot = col;
+    for (index_t r = col + 1; r < N; ++r)
+      if (std::abs(work[r * N + col]) > std::abs(work[pivot * N + col])) pivot = r;
+    if (pivot != col)
+      for (index_t j = 0; j < N; ++j) {
+        std::swap(work[col * N + j], work[pivot * N + j]);
+        std::swap(rhs[col * N + j], rhs[pivot * N + j]);
+      }
+    const Scalar inv = Scalar(1.0) / work[col * N + col];
+    for (index_t j = 0; j < N; ++j) work[col * N + j] *= inv, rhs[col * N + j] *= inv;
+    for (index_t r = 0; r < N; ++r) {
+      if (r == col) continue;
+      const Scalar f = work[r * N + col];
+      if (f == Scalar(0.0)) continue;
+      for (index_t j = 0; j < N; ++j) work[r * N + j] -= f * work[col * N + j], rhs[r * N + j] -= f * rhs[col * N + j];
+    }
+  }
+}
+
 // One block, in double: A (row-major N x N) from theta (K values). work holds N * N doubles.
 inline void orthogonal_block(const double* theta, index_t N, OrthogonalParametrization kind, double* A,
                              double* work) {
@@ -74,24 +99,7 @@ inline void orthogonal_block(const double* theta, index_t N, OrthogonalParametri
       work[p * N + q] = theta[k], work[q * N + p] = -theta[k];  // I - S
       A[p * N + q] = -theta[k], A[q * N + p] = theta[k];        // I + S
     }
-  for (index_t col = 0; col < N; ++col) {
-    index_t pivot = col;
-    for (index_t r = col + 1; r < N; ++r)
-      if (std::fabs(work[r * N + col]) > std::fabs(work[pivot * N + col])) pivot = r;
-    if (pivot != col)
-      for (index_t j = 0; j < N; ++j) {
-        std::swap(work[col * N + j], work[pivot * N + j]);
-        std::swap(A[col * N + j], A[pivot * N + j]);
-      }
-    const double inv = 1.0 / work[col * N + col];
-    for (index_t j = 0; j < N; ++j) work[col * N + j] *= inv, A[col * N + j] *= inv;
-    for (index_t r = 0; r < N; ++r) {
-      if (r == col) continue;
-      const double f = work[r * N + col];
-      if (f == 0.0) continue;
-      for (index_t j = 0; j < N; ++j) work[r * N + j] -= f * work[col * N + j], A[r * N + j] -= f * A[col * N + j];
-    }
-  }
+  gauss_jordan_solve(work, A, N);
 }
 
 // One complex block, in double: U (row-major N x N) from theta (N^2 values), the Cayley transform
@@ -115,24 +123,7 @@ inline void unitary_block(const double* theta, index_t N, std::complex<double>* 
     }
   // Solve (I - S) U = (I + S) by Gauss-Jordan with partial pivoting (I - S is invertible: the
   // eigenvalues of S are imaginary).
-  for (index_t col = 0; col < N; ++col) {
-    index_t pivot = col;
-    for (index_t r = col + 1; r < N; ++r)
-      if (std::abs(work[r * N + col]) > std::abs(work[pivot * N + col])) pivot = r;
-    if (pivot != col)
-      for (index_t j = 0; j < N; ++j) {
-        std::swap(work[col * N + j], work[pivot * N + j]);
-        std::swap(U[col * N + j], U[pivot * N + j]);
-      }
-    const C inv = 1.0 / work[col * N + col];
-    for (index_t j = 0; j < N; ++j) work[col * N + j] *= inv, U[col * N + j] *= inv;
-    for (index_t r = 0; r < N; ++r) {
-      if (r == col) continue;
-      const C f = work[r * N + col];
-      if (f == 0.0) continue;
-      for (index_t j = 0; j < N; ++j) work[r * N + j] -= f * work[col * N + j], U[r * N + j] -= f * U[col * N + j];
-    }
-  }
+  gauss_jordan_solve(work, U, N);
 }
 
 // Refuses a non-finite parameter, naming its index; before any write.
