@@ -54,6 +54,15 @@ struct HyenaDims {
   index_t N, B, T, D, L;
 };
 
+// An output of the prefill or the step must not overlap v, x, the filters or the skip, which are
+// still read while it is written (v, x of rank 3 or 2).
+template <class Output, class V, class X, class Filter, class Skip>
+void hyena_check_no_input(const ArgCheck& check, const char* name, const Output& output, const V& v, const X& x,
+                          const Filter& filter, const Skip& skip) {
+  check.no_overlap(name, output, "v", v).no_overlap(name, output, "x", x);
+  check.no_overlap(name, output, "filter", filter).no_overlap(name, output, "skip", skip);
+}
+
 // Every order's filter taps and skip are finite (checked before the first order writes).
 inline void hyena_check_finite(const ArgCheck& check, const ConstView<float, 3>& filter, const ConstView<float, 2>& skip) {
   const index_t N = filter.size(0), L = filter.size(1), D = filter.size(2);
@@ -99,15 +108,9 @@ inline HyenaDims validate_hyena(const char* op, const HyenaInputs& in, const Hye
   hyena_check_finite(check, in.filter, in.skip);
   // y, scratch and the final state are written while the inputs (and the later orders' initial
   // states) are still read.
-  const auto no_input = [&](const char* name, const auto& output) {
-    check.no_overlap(name, output, "v", in.v)
-        .no_overlap(name, output, "x", in.x)
-        .no_overlap(name, output, "filter", in.filter)
-        .no_overlap(name, output, "skip", in.skip);
-  };
-  no_input("y", out.y);
-  no_input("scratch", out.scratch);
-  no_input("final_state", out.final_state);
+  hyena_check_no_input(check, "y", out.y, in.v, in.x, in.filter, in.skip);
+  hyena_check_no_input(check, "scratch", out.scratch, in.v, in.x, in.filter, in.skip);
+  hyena_check_no_input(check, "final_state", out.final_state, in.v, in.x, in.filter, in.skip);
   check.no_overlap("y", out.y, "initial_state", in.initial_state)
       .no_overlap("scratch", out.scratch, "initial_state", in.initial_state)
       .no_overlap("scratch", out.scratch, "y", out.y)

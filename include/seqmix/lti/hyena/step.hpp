@@ -46,15 +46,9 @@ inline void hyena_step(const HyenaStepInputs& in, const HyenaStepOutputs& out,
       .shape("state", out.state, {N, B, L - 1, D}, "N,B,L-1,D")
       .optional_shape("scratch", out.scratch, {B, D}, "B,D");
   detail::hyena_check_finite(check, in.filter, in.skip);
-  const auto no_input = [&](const char* name, const auto& output) {
-    check.no_overlap(name, output, "v", in.v)
-        .no_overlap(name, output, "x", in.x)
-        .no_overlap(name, output, "filter", in.filter)
-        .no_overlap(name, output, "skip", in.skip);
-  };
-  no_input("y", out.y);
-  no_input("state", out.state);
-  no_input("scratch", out.scratch);
+  detail::hyena_check_no_input(check, "y", out.y, in.v, in.x, in.filter, in.skip);
+  detail::hyena_check_no_input(check, "state", out.state, in.v, in.x, in.filter, in.skip);
+  detail::hyena_check_no_input(check, "scratch", out.scratch, in.v, in.x, in.filter, in.skip);
   check.no_overlap("y", out.y, "state", out.state)
       .no_overlap("scratch", out.scratch, "state", out.state)
       .no_overlap("scratch", out.scratch, "y", out.y);
