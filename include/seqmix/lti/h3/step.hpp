@@ -77,7 +77,7 @@ inline void h3_step(const H3StepInputs& in, const H3StepOutputs& out, const SsmK
   const auto ssm_out = [&](index_t j) {
     return SsmStepOutputs{TensorView<float, 2>(kv.data(), {B, D}), state_j(out.state_real, j), state_j(out.state_imag, j)};
   };
-  detail::validate_ssm_step(ArgCheck("h3_step"), ssm, ssm_out(0), options);
+  detail::validate_ssm_step(check, ssm, ssm_out(0), options);
   // Shift SSM: the FIR over the carried keys, then the window moves by one.
   for (index_t b = 0; b < B; ++b)
     for (index_t c = 0; c < D; ++c) {
