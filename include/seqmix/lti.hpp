@@ -28,3 +28,6 @@
 #include "seqmix/lti/dynamic_conv/fast.hpp"
 #include "seqmix/lti/dynamic_conv/reference.hpp"
 #include "seqmix/lti/dynamic_conv/step.hpp"
+#include "seqmix/lti/masked_mixer/fast.hpp"
+#include "seqmix/lti/masked_mixer/reference.hpp"
+#include "seqmix/lti/masked_mixer/step.hpp"

@@ -1,0 +1,51 @@
+// masked_mixer, fast form: per (batch row, group, block of kMaskedMixerBlock output rows) one
+// Eigen GEMM of the rectangular part of W below the block's diagonal (blocks above it are never
+// touched: the mask costs nothing) plus a triangular product for the diagonal block, on the
+// group's [T, D/G] column slab of x. Tasks (b, g, row block) are split over the executor; work
+// per task grows with the row block index, so the split uses a grain of one task.
+#pragma once
+
+#include <algorithm>
+
+#include "seqmix/core/eigen.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/core/tensor.hpp"
+#include "seqmix/lti/masked_mixer/reference.hpp"
+
+namespace seqmix {
+namespace detail {
+
+// Output rows per task and diagonal block.
+constexpr index_t kMaskedMixerBlock = 64;
+
+// Rows [r0, r1) of y for batch b and the columns [c0, c0 + cols) of group g.
+inline void masked_mixer_rows(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, index_t b, index_t g,
+                              index_t c0, index_t cols, index_t r0, index_t r1) {
+  const auto x = as_matrix(in.x.select(0, b).slice(1, c0, cols));
+  auto y = as_matrix(out.y.select(0, b).slice(1, c0, cols));
+  const auto w = as_matrix(in.weight.select(0, g));
+  const index_t n = r1 - r0;
+  y.middleRows(r0, n).noalias() = w.block(r0, r0, n, n).template triangularView<Eigen::Lower>() * x.middleRows(r0, n);
+  if (r0 > 0) y.middleRows(r0, n).noalias() += w.block(r0, 0, n, r0) * x.topRows(r0);
+}
+
+}  // namespace detail
+
+/// Fast form of masked_mixer: same arguments and results as reference::masked_mixer
+/// (reference.hpp) up to float rounding. O(B T^2 D / 2) multiply-adds in GEMMs, no allocation
+/// beyond Eigen's packing buffers. Validates first.
+inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out,
+                         const Executor& executor = serial_executor()) {
+  const auto d = detail::validate_masked_mixer("masked_mixer", in, out);
+  if (d.B == 0 || d.T == 0 || d.D == 0) return;
+  const index_t group = d.D / d.G, blocks = (d.T + detail::kMaskedMixerBlock - 1) / detail::kMaskedMixerBlock;
+  parallel_for(executor, d.B * d.G * blocks, 1, [&](index_t begin, index_t end) {
+    for (index_t task = begin; task < end; ++task) {
+      const index_t blk = task % blocks, g = (task / blocks) % d.G, b = task / (blocks * d.G);
+      const index_t r0 = blk * detail::kMaskedMixerBlock, r1 = std::min(d.T, r0 + detail::kMaskedMixerBlock);
+      detail::masked_mixer_rows(in, out, b, g, g * group, group, r0, r1);
+    }
+  });
+}
+
+}  // namespace seqmix
