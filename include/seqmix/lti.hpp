@@ -31,3 +31,5 @@
 #include "seqmix/lti/masked_mixer/fast.hpp"
 #include "seqmix/lti/masked_mixer/reference.hpp"
 #include "seqmix/lti/masked_mixer/step.hpp"
+#include "seqmix/lti/monarch/fast.hpp"
+#include "seqmix/lti/monarch/reference.hpp"
