@@ -9,6 +9,13 @@
 //   fnet/reference/D64_T256        the reference (DFT sums in double), the baseline
 //   base_conv/prefill/D768_T<T>    BaseConv (GEMM + long_conv with L = T + gate), T in {1024, 4096}
 //   base_conv/reference/D64_T256   the reference, the baseline
+//   lightweight_conv/prefill/D768_T<T>_H12_K<K>   causal, T = 4096, K in {7, 31}; _centered: K = 31
+//   lightweight_conv/step/B16_D768_H12_K<K>      one causal decode token for 16 rows
+//   lightweight_conv/reference/D768_T512_H12_K7  the reference (double loops), the baseline
+//   dynamic_conv/prefill|step|reference/...      the same shapes, logits [B,T,H,K] per position
+// For the local convolutions GFLOP/s counts 2 K flops per output plus, for dynamic_conv, 4 per
+// logit (max, exp, sum, scale); GB/s x read and y written once (and the logits; a step also
+// reads and rewrites its [B,K-1,D] state): the prefill is bandwidth-bound for small K.
 // GFLOP/s counts the FFT work of the long convolutions (3 transforms of N per channel at
 // 2.5 N log2 N plus the product, as bench_long_conv.cpp counts it) and the elementwise passes;
 // GB/s the projections read and y written once.
@@ -106,6 +113,49 @@ void base_conv(benchmark::State& state, index_t T, index_t D, bool reference) {
   st::report_throughput(state, flop, 4.0 * (2.0 * T * D + 2.0 * D * D));
 }
 
+// lightweight_conv (dynamic = false) or dynamic_conv over [1,T,D] with H heads of K taps.
+void local_conv(benchmark::State& state, index_t T, index_t K, bool dynamic, bool centered, bool reference) {
+  const index_t D = 768, H = 12;
+  const Tensor<float, 3> x = st::random_tensor<3>({1, T, D}, 1);
+  const Tensor<float, 2> weight = st::random_tensor<2>({H, K}, 2);
+  const Tensor<float, 4> logits = st::random_tensor<4>({1, T, H, K}, 3);
+  Tensor<float, 3> y({1, T, D});
+  seqmix::LocalConvOptions options;
+  options.padding = centered ? seqmix::LocalConvPadding::centered : seqmix::LocalConvPadding::causal;
+  for (auto _ : state) {
+    if (dynamic && reference)
+      seqmix::reference::dynamic_conv({x.view(), logits.view()}, {y.view()}, options);
+    else if (dynamic)
+      seqmix::dynamic_conv({x.view(), logits.view()}, {y.view()}, options, st::two_thread_pool());
+    else if (reference)
+      seqmix::reference::lightweight_conv({x.view(), weight.view()}, {y.view()}, options);
+    else
+      seqmix::lightweight_conv({x.view(), weight.view()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double logit_count = dynamic ? double(T) * H * K : 0.0;
+  st::report_throughput(state, 2.0 * K * double(T) * D + 4.0 * logit_count, 4.0 * (2.0 * double(T) * D + logit_count));
+}
+
+// One causal decode step of lightweight_conv or dynamic_conv for B rows, the state carried.
+void local_conv_step(benchmark::State& state, index_t B, index_t K, bool dynamic) {
+  const index_t D = 768, H = 12;
+  const Tensor<float, 2> x = st::random_tensor<2>({B, D}, 1), weight = st::random_tensor<2>({H, K}, 2);
+  const Tensor<float, 3> logits = st::random_tensor<3>({B, H, K}, 3);
+  Tensor<float, 2> y({B, D});
+  Tensor<float, 3> carried = st::random_tensor<3>({B, K - 1, D}, 4);
+  for (auto _ : state) {
+    if (dynamic)
+      seqmix::dynamic_conv_step({x.view(), logits.view()}, {y.view(), carried.view()}, st::two_thread_pool());
+    else
+      seqmix::lightweight_conv_step({x.view(), weight.view()}, {y.view(), carried.view()}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double logit_count = dynamic ? double(B) * H * K : 0.0;
+  st::report_throughput(state, 2.0 * K * double(B) * D + 4.0 * logit_count,
+                        4.0 * (2.0 * double(B) * D + 2.0 * double(B) * (K - 1) * D + logit_count));
+}
+
 void register_all() {
   const auto add = [](const std::string& name, auto fn) {
     benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -122,6 +172,20 @@ void register_all() {
   for (index_t T : {1024, 4096})
     add("base_conv/prefill/D768_T" + std::to_string(T), [=](benchmark::State& s) { base_conv(s, T, 768, false); });
   add("base_conv/reference/D64_T256", [](benchmark::State& s) { base_conv(s, 256, 64, true); });
+  for (const bool dynamic : {false, true}) {
+    const std::string op = dynamic ? "dynamic_conv" : "lightweight_conv";
+    for (index_t K : {7, 31})
+      add(op + "/prefill/D768_T4096_H12_K" + std::to_string(K),
+          [=](benchmark::State& s) { local_conv(s, 4096, K, dynamic, false, false); });
+    add(op + "/prefill/D768_T4096_H12_K31_centered",
+        [=](benchmark::State& s) { local_conv(s, 4096, 31, dynamic, true, false); });
+    add(op + "/reference/D768_T512_H12_K7", [=](benchmark::State& s) { local_conv(s, 512, 7, dynamic, false, true); });
+    for (index_t K : {7, 31})
+      benchmark::RegisterBenchmark((op + "/step/B16_D768_H12_K" + std::to_string(K)).c_str(),
+                                   [=](benchmark::State& s) { local_conv_step(s, 16, K, dynamic); })
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+  }
 }
 
 const int kRegistered = (register_all(), 0);
