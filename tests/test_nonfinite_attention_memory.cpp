@@ -337,22 +337,14 @@ TEST_CASE("non-finite inputs: nsa and nsa_step", "[nonfinite][attention][nsa]") 
 
 TEST_CASE("non-finite inputs: moba and moba_step", "[nonfinite][attention][moba]") { probe(am_moba_op()); }
 
-// KNOWN OPEN FINDING (CI stage 5, SSE2 baseline build): there mla_decode turns an inf in c_kv into
-// -inf outputs where the reference is finite, and slot_memory (input_forget) keeps final_memory
-// finite where an inf in x makes the reference NaN. The AVX-512 builds follow the policy. Until the
-// SSE2 paths are fixed (issue 24 stays open for it), these two probes run on AVX-512 builds only.
-#if defined(__AVX512F__)
 TEST_CASE("non-finite inputs: mla prefill and decode", "[nonfinite][attention][mla]") { probe(am_mla_op()); }
-#endif
 
 TEST_CASE("non-finite inputs: dmc_attention and dmc_decode_step", "[nonfinite][kv_cache][dmc]") { probe(am_dmc_op()); }
 
-#if defined(__AVX512F__)
 TEST_CASE("non-finite inputs: slot_memory and its segment step", "[nonfinite][memory][slot]") {
   probe(am_slot_op(seqmix::SlotGate::input_forget));
   probe(am_slot_op(seqmix::SlotGate::lm2));
 }
-#endif
 
 TEST_CASE("non-finite inputs: product_key_memory", "[nonfinite][memory][product_key]") { probe(am_pkm_op()); }
 

@@ -5,6 +5,7 @@
 // batch and head) becomes an Eigen expression without copying.
 #pragma once
 
+#include <limits>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -37,6 +38,16 @@ auto as_view(Eigen::PlainObjectBase<Derived>& matrix) {
   using Scalar = typename Derived::Scalar;
   return TensorView<Scalar, 2>(matrix.data(), {matrix.rows(), matrix.cols()},
                                {matrix.outerStride(), matrix.innerStride()});
+}
+
+/// Softmax numerators in place: row = exp(row - top), with exp(-inf) exactly 0. Eigen 3.4's
+/// vectorized exp clamps its argument on SSE2 builds and returns 2.9e-39 for -inf, so a weight the
+/// definition makes 0 would carry a hidden key's inf into the output (docs/reliability.md).
+template <class Row>
+void softmax_numerators_in_place(Row&& row, typename std::decay_t<Row>::Scalar top) {
+  using Scalar = typename std::decay_t<Row>::Scalar;
+  const Scalar minus_inf = -std::numeric_limits<Scalar>::infinity();
+  row = (row.array() == minus_inf).select(Scalar(0), (row.array() - top).exp()).matrix();
 }
 
 }  // namespace seqmix

@@ -108,7 +108,7 @@ inline void nystrom_attention(const NystromInputs& in, const TensorView<float, 4
       Mat A = scale * (Ql * Kl.transpose());
       for (index_t i = 0; i < m; ++i) {
         const double top = A.row(i).maxCoeff();
-        A.row(i) = (A.row(i).array() - top).exp().matrix();
+        softmax_numerators_in_place(A.row(i), top);
         A.row(i) /= A.row(i).sum();
       }
       const double norms = A.cwiseAbs().colwise().sum().maxCoeff() * A.cwiseAbs().rowwise().sum().maxCoeff();

@@ -178,7 +178,7 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
           continue;
         }
         const float correction = std::exp(mt(h) - m_new);  // 0 on the first block (m = -inf)
-        S.row(h) = (S.row(h).array() - m_new).exp().matrix();
+        softmax_numerators_in_place(S.row(h), m_new);
         lt(h) = lt(h) * correction + S.row(h).sum();
         if (correction != 1.f) O.row(h) *= correction;
         mt(h) = m_new;

@@ -112,7 +112,7 @@ inline void compressive_memory_task(const CompressiveDims& d, const CompressiveM
       auto row = S.row(r);
       row.tail(n - visible).setZero();
       const float top = row.head(visible).maxCoeff();
-      row.head(visible) = (row.head(visible).array() - top).exp().matrix();
+      softmax_numerators_in_place(row.head(visible), top);
       row.head(visible) /= row.head(visible).sum();
     }
     O.noalias() = S * V;

@@ -22,7 +22,7 @@ constexpr index_t kSlotGateRows = 32;
 inline void slot_softmax_rows(RowMajorMatrix<float>& a) {
   for (Eigen::Index r = 0; r < a.rows(); ++r) {
     const float top = a.row(r).maxCoeff();
-    a.row(r) = (a.row(r).array() - top).exp().matrix();
+    softmax_numerators_in_place(a.row(r), top);
     a.row(r) /= a.row(r).sum();
   }
 }
