@@ -1,0 +1,288 @@
+// ssm_dplr_kernel (S4: DPLR A = Lambda - P Q^*, bilinear): the HiPPO-LegS matrix against its
+// closed form and its DPLR factors against the matrix; the Cauchy + Woodbury kernel against the
+// power loop (N in {1, 4, 16, 64}, L in {1, 7, 64, 1000}, r 1 and 2); the HiPPO kernel against a
+// dense real power loop written here with Eigen; the recurrent step against long_conv with the
+// kernel (impulse and random input); bad parameters refused before any write.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <complex>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <Eigen/Dense>
+
+#include "seqmix/lti.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::SsmDiscretization;
+using seqmix::SsmStateSymmetry;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+using DplrComplex = std::complex<double>;
+
+// A random DPLR system: Re(Lambda) in [-1, -0.3], Im(Lambda) in [-8, 8], P ~ U(-1,1)/sqrt(N),
+// Q = (0.6 + 0.3i) P + a small perturbation (explicit Q, still dissipative) or empty (Q = P).
+// Or S4's HiPPO-LegS initialization (rank 1). dt log-uniform in [1e-3, 1e-1].
+struct DplrData {
+  Tensor<float, 2> Lr, Li, Br, Bi, Cr, Ci;
+  Tensor<float, 3> Pr, Pi, Qr, Qi;
+  Tensor<float, 1> dt;
+  bool explicit_q;
+
+  DplrData(index_t H, index_t G, index_t N, index_t r, bool hippo, bool explicit_q_, std::uint64_t seed)
+      : Lr({G, N}), Li({G, N}), Br(st::random_tensor<2>({H, N}, seed)), Bi(st::random_tensor<2>({H, N}, seed + 1)),
+        Cr(st::random_tensor<2>({H, N}, seed + 2)), Ci(st::random_tensor<2>({H, N}, seed + 3)), Pr({G, r, N}),
+        Pi({G, r, N}), Qr({G, r, N}), Qi({G, r, N}), dt({H}), explicit_q(explicit_q_) {
+    if (hippo) {
+      seqmix::ssm_init_hippo_legs(Lr.view(), Li.view(), Pr.view(), Pi.view(), Br.view(), Bi.view());
+    } else {
+      const auto re = st::random_tensor<2>({G, N}, seed + 4, -1.f, -0.3f), im = st::random_tensor<2>({G, N}, seed + 5, -8.f, 8.f);
+      const auto pr = st::random_tensor<3>({G, r, N}, seed + 6), pi = st::random_tensor<3>({G, r, N}, seed + 7);
+      const auto er = st::random_tensor<3>({G, r, N}, seed + 8, -0.02f, 0.02f);
+      const float s = 1.f / std::sqrt(float(N));
+      for (index_t g = 0; g < G; ++g)
+        for (index_t n = 0; n < N; ++n) {
+          Lr(g, n) = re(g, n), Li(g, n) = im(g, n);
+          for (index_t j = 0; j < r; ++j) {
+            Pr(g, j, n) = s * pr(g, j, n), Pi(g, j, n) = s * pi(g, j, n);
+            const DplrComplex q = DplrComplex(0.6, 0.3) * DplrComplex(Pr(g, j, n), Pi(g, j, n));
+            Qr(g, j, n) = float(q.real()) + s * er(g, j, n), Qi(g, j, n) = float(q.imag());
+          }
+        }
+    }
+    const auto u = st::random_tensor<1>({H}, seed + 9, 0.f, 1.f);
+    for (index_t h = 0; h < H; ++h) dt(h) = std::exp(std::log(1e-3f) + u(h) * (std::log(1e-1f) - std::log(1e-3f)));
+  }
+
+  seqmix::SsmDplrParams params() const {
+    seqmix::SsmDplrParams p{Lr.view(), Li.view(), Pr.view(), Pi.view(), {}, {},
+                            Br.view(), Bi.view(), Cr.view(), Ci.view(), dt.view()};
+    if (explicit_q) p.Q_real = Qr.view(), p.Q_imag = Qi.view();
+    return p;
+  }
+};
+
+double dplr_max_abs(const Tensor<float, 2>& k) {
+  double m = 0;
+  for (float v : k) m = std::max(m, double(std::abs(v)));
+  return m;
+}
+
+TEST_CASE("ssm_dplr: the HiPPO-LegS matrix and its DPLR factors match the closed form", "[ssm_kernel]") {
+  for (index_t N : {1, 2, 4, 16, 64}) {
+    INFO("N=" << N);
+    const seqmix::HippoLegs h = seqmix::hippo_legs(N);
+    for (index_t n = 0; n < N; ++n) {
+      REQUIRE(h.B[n] == Approx(std::sqrt(2.0 * n + 1.0)).epsilon(1e-15));
+      for (index_t k = 0; k < N; ++k) {
+        const double closed = n > k ? -std::sqrt(2.0 * n + 1.0) * std::sqrt(2.0 * k + 1.0) : n == k ? -(n + 1.0) : 0.0;
+        REQUIRE(std::abs(h.A[n * N + k] - closed) <= 1e-12 * (1.0 + std::abs(closed)));
+      }
+    }
+    // V unitary; V (diag(Lambda) - Pt Pt^*) V^* = A; V Bt = B; Re(Lambda) = -1/2.
+    const double tol = 1e-10 * N;
+    for (index_t n = 0; n < N; ++n) {
+      REQUIRE(h.Lambda[n].real() == Approx(-0.5).epsilon(1e-12));
+      DplrComplex vb = 0.0;
+      for (index_t j = 0; j < N; ++j) vb += h.V[n * N + j] * h.B_tilde[j];
+      REQUIRE(std::abs(vb - h.B[n]) <= tol);
+      for (index_t k = 0; k < N; ++k) {
+        DplrComplex a = 0.0, gram = 0.0;
+        for (index_t j = 0; j < N; ++j) {
+          gram += std::conj(h.V[j * N + n]) * h.V[j * N + k];
+          for (index_t m = 0; m < N; ++m) {
+            const DplrComplex inner = (j == m ? h.Lambda[j] : 0.0) - h.P_tilde[j] * std::conj(h.P_tilde[m]);
+            a += h.V[n * N + j] * inner * std::conj(h.V[k * N + m]);
+          }
+        }
+        REQUIRE(std::abs(gram - (n == k ? 1.0 : 0.0)) <= tol);
+        REQUIRE(std::abs(a - h.A[n * N + k]) <= tol * (1.0 + std::abs(h.A[n * N + k])));
+      }
+    }
+  }
+}
+
+TEST_CASE("ssm_dplr: the Cauchy and Woodbury kernel equals the power loop", "[ssm_kernel]") {
+  std::uint64_t seed = 100;
+  const std::vector<index_t> lengths = st::small_test_scale() ? std::vector<index_t>{1, 7, 64}
+                                                              : std::vector<index_t>{1, 7, 64, 1000};
+  for (index_t N : {1, 4, 16, 64})
+    for (index_t L : lengths)
+      for (index_t r : {1, 2}) {
+        const bool hippo = r == 1 && (N + L) % 2 == 1, explicit_q = r == 2 && L != 64;
+        const index_t H = 3, G = L == 7 ? 3 : 1;
+        INFO("N=" << N << " L=" << L << " r=" << r << " hippo=" << hippo << " explicit_q=" << explicit_q);
+        const DplrData data(H, G, N, r, hippo, explicit_q, seed += 20);
+        Tensor<float, 2> ref({L, H}), fast({L, H});
+        seqmix::reference::ssm_dplr_kernel(data.params(), ref.view());
+        seqmix::ssm_dplr_kernel(data.params(), fast.view(), {SsmDiscretization::bilinear, SsmStateSymmetry::none},
+                                seed % 40 ? st::two_thread_pool() : seqmix::serial_executor());
+        const double scale = std::max(1e-3, dplr_max_abs(ref));
+        for (index_t l = 0; l < L; ++l)
+          for (index_t h = 0; h < H; ++h) {
+            INFO("l=" << l << " h=" << h);
+            REQUIRE(std::abs(fast(l, h) - ref(l, h)) <= 1e-5 * scale);
+          }
+      }
+}
+
+TEST_CASE("ssm_dplr: the HiPPO-LegS kernel equals the dense real HiPPO system's power loop", "[ssm_kernel]") {
+  const index_t N = 16, L = 300, H = 2;
+  const seqmix::HippoLegs hippo = seqmix::hippo_legs(N);
+  DplrData data(H, 1, N, 1, true, false, 7);
+  // A real C in the original basis, C_dplr = C V so that C_dplr x~ = C x (x = V x~).
+  const auto c = st::random_tensor<2>({H, N}, 8);
+  for (index_t h = 0; h < H; ++h)
+    for (index_t j = 0; j < N; ++j) {
+      DplrComplex v = 0.0;
+      for (index_t n = 0; n < N; ++n) v += double(c(h, n)) * hippo.V[n * N + j];
+      data.Cr(h, j) = float(v.real()), data.Ci(h, j) = float(v.imag());
+    }
+  Tensor<float, 2> kernel({L, H});
+  seqmix::ssm_dplr_kernel(data.params(), kernel.view());
+  for (index_t h = 0; h < H; ++h) {
+    const double dt = data.dt(h);
+    Eigen::MatrixXd A(N, N), I = Eigen::MatrixXd::Identity(N, N);
+    Eigen::VectorXd B(N);
+    for (index_t n = 0; n < N; ++n) {
+      B(n) = std::sqrt(2.0 * n + 1.0);
+      for (index_t k = 0; k < N; ++k)
+        A(n, k) = n > k ? -std::sqrt((2.0 * n + 1.0) * (2.0 * k + 1.0)) : n == k ? -(n + 1.0) : 0.0;
+    }
+    const Eigen::PartialPivLU<Eigen::MatrixXd> lu(I - dt / 2 * A);
+    const Eigen::MatrixXd A_bar = lu.solve(I + dt / 2 * A);
+    Eigen::VectorXd v = lu.solve(dt * B);
+    double scale = 0;
+    std::vector<double> expected(L);
+    for (index_t l = 0; l < L; ++l) {
+      double y = 0;
+      for (index_t n = 0; n < N; ++n) y += double(c(h, n)) * v(n);
+      expected[l] = y, scale = std::max(scale, std::abs(y));
+      v = A_bar * v;
+    }
+    for (index_t l = 0; l < L; ++l) {
+      INFO("h=" << h << " l=" << l);
+      REQUIRE(std::abs(kernel(l, h) - expected[l]) <= 2e-5 * scale);
+    }
+  }
+}
+
+TEST_CASE("ssm_dplr: the recurrent step equals the convolution with the kernel", "[ssm_kernel]") {
+  const index_t B = 2, T = 257, H = 6, N = 16;
+  for (int variant = 0; variant < 3; ++variant) {
+    const index_t r = variant == 2 ? 2 : 1, G = variant == 1 ? 3 : 1;
+    INFO("variant=" << variant);
+    const DplrData data(H, G, N, r, variant == 0, variant == 2, 40 + variant);
+    Tensor<float, 2> kernel({T, H});
+    seqmix::ssm_dplr_kernel(data.params(), kernel.view());
+    const Tensor<float, 1> skip = st::random_tensor<1>({H}, 11);
+    for (bool impulse : {true, false}) {
+      INFO("impulse=" << impulse);
+      Tensor<float, 3> u({B, T, H});
+      if (impulse) {
+        u.fill(0.f);
+        for (index_t h = 0; h < H; ++h) u(0, 0, h) = 1.f, u(1, 5, h) = -2.f;
+      } else {
+        u = st::random_tensor<3>({B, T, H}, 12);
+      }
+      Tensor<float, 3> y_conv({B, T, H});
+      seqmix::long_conv({u.view(), kernel.view(), {}, skip.view()}, {y_conv.view()},
+                        {seqmix::LongConvDirection::causal, seqmix::LongConvMethod::fft});
+      Tensor<float, 3> xr({B, H, N}), xi({B, H, N}), y_rec({B, T, H});
+      xr.fill(0.f), xi.fill(0.f);
+      for (index_t t = 0; t < T; ++t)
+        seqmix::ssm_dplr_step({u.view().select(1, t), data.params(), skip.view()},
+                              {y_rec.view().select(1, t), xr.view(), xi.view()},
+                              {SsmDiscretization::bilinear, SsmStateSymmetry::none}, st::two_thread_pool());
+      if (impulse) {  // row 0 is the kernel plus the skip at t = 0
+        for (index_t t = 0; t < T; ++t)
+          for (index_t h = 0; h < H; ++h)
+            REQUIRE(std::abs(y_rec(0, t, h) - (kernel(t, h) + (t == 0 ? skip(h) : 0.f))) <=
+                    2e-5 * (1.0 + std::abs(kernel(0, h))));
+      }
+      st::require_close("y", y_rec.cview(), y_conv.cview(), 5e-5);
+    }
+  }
+}
+
+TEST_CASE("ssm_dplr: unstable, non-finite and misshapen parameters are refused before any write",
+          "[ssm_kernel]") {
+  const index_t H = 4, N = 8, L = 16;
+  DplrData data(H, 2, N, 2, false, true, 3);
+  Tensor<float, 2> kernel({L, H});
+  kernel.fill(7.f);
+  const seqmix::SsmKernelOptions bilinear{SsmDiscretization::bilinear, SsmStateSymmetry::none};
+  const auto refused = [&](const char* argument, const seqmix::SsmDplrParams& p,
+                           seqmix::SsmKernelOptions options = {SsmDiscretization::bilinear, SsmStateSymmetry::none}) {
+    st::require_shape_error(argument, [&] { seqmix::ssm_dplr_kernel(p, kernel.view(), options); });
+    st::require_shape_error(argument, [&] { seqmix::reference::ssm_dplr_kernel(p, kernel.view(), options); });
+    for (float v : kernel) REQUIRE(v == 7.f);
+  };
+  refused("options.discretization", data.params(), {SsmDiscretization::zoh, SsmStateSymmetry::none});
+  refused("options.symmetry", data.params(), {SsmDiscretization::bilinear, SsmStateSymmetry::conjugate_pairs});
+  data.Lr(1, 3) = 0.f;
+  refused("Lambda_real", data.params());
+  data.Lr(1, 3) = std::numeric_limits<float>::quiet_NaN();
+  refused("Lambda_real", data.params());
+  data.Lr(1, 3) = -0.5f;
+  data.Pi(0, 1, 2) = std::numeric_limits<float>::infinity();
+  refused("P_imag", data.params());
+  data.Pi(0, 1, 2) = 0.f;
+  data.dt(2) = 0.f;
+  refused("dt", data.params());
+  data.dt(2) = -1.f;
+  refused("dt", data.params());
+  data.dt(2) = 0.01f;
+  // Unstable through the low-rank term: Q = -3 P makes A = Lambda + 3 P P^* (not dissipative).
+  Tensor<float, 3> Qr_bad({2, 2, N}), Qi_bad({2, 2, N});
+  for (index_t g = 0; g < 2; ++g)
+    for (index_t j = 0; j < 2; ++j)
+      for (index_t n = 0; n < N; ++n) Qr_bad(g, j, n) = -30.f * data.Pr(g, j, n), Qi_bad(g, j, n) = -30.f * data.Pi(g, j, n);
+  seqmix::SsmDplrParams p = data.params();
+  p.Q_real = Qr_bad.view(), p.Q_imag = Qi_bad.view();
+  refused("Q_real", p);
+  // Shapes: rank 5, groups not dividing H, B of the wrong size, Q_imag without Q_real, kernel.
+  Tensor<float, 3> P5({2, 5, N});
+  P5.fill(0.1f);
+  p = data.params(), p.P_real = P5.view(), p.P_imag = {}, p.Q_real = {}, p.Q_imag = {};
+  refused("P_real", p);
+  Tensor<float, 2> L3({3, N});
+  L3.fill(-1.f);
+  p = data.params(), p.Lambda_real = L3.view(), p.Lambda_imag = {};
+  refused("P_real", p);  // P has G = 2 groups, Lambda 3
+  Tensor<float, 2> B_wrong({H, N + 1});
+  p = data.params(), p.B_real = B_wrong.view();
+  refused("B_real", p);
+  p = data.params(), p.Q_real = {};
+  refused("Q_imag", p);
+  Tensor<float, 2> wrong({L, H + 1});
+  st::require_shape_error("kernel", [&] { seqmix::ssm_dplr_kernel(data.params(), wrong.view(), bilinear); });
+  st::require_shape_error("kernel", [&] {
+    seqmix::ssm_dplr_kernel(data.params(), seqmix::TensorView<float, 2>(data.Cr.data(), {N, H}), bilinear);
+  });
+  // The step: a wrong state, y overlapping the state, a bad dt; nothing written.
+  Tensor<float, 2> u({1, H}), y({1, H});
+  Tensor<float, 3> xr({1, H, N}), xi({1, H, N}), xi_bad({1, H, N + 1});
+  y.fill(5.f), xr.fill(1.f), xi.fill(1.f);
+  st::require_shape_error("state_imag", [&] {
+    seqmix::ssm_dplr_step({u.view(), data.params()}, {y.view(), xr.view(), xi_bad.view()}, bilinear);
+  });
+  st::require_shape_error("y", [&] {
+    seqmix::ssm_dplr_step({u.view(), data.params()},
+                          {seqmix::TensorView<float, 2>(xr.data(), {1, H}), xr.view(), xi.view()}, bilinear);
+  });
+  data.dt(1) = std::numeric_limits<float>::infinity();
+  st::require_shape_error("dt", [&] {
+    seqmix::ssm_dplr_step({u.view(), data.params()}, {y.view(), xr.view(), xi.view()}, bilinear);
+  });
+  for (float v : y) REQUIRE(v == 5.f);
+  for (float v : xr) REQUIRE(v == 1.f);
+}
+
+}  // namespace
