@@ -1,4 +1,4 @@
-// Writes the conformance cases of long_conv, ssm_kernel and s5 into <golden>/<op>/<case>/
+// Writes the conformance cases of long_conv, ssm_kernel, ssm_dplr_kernel and s5 into <golden>/<op>/<case>/
 // (tests/golden/README.md), computed by plain double-precision loops written here from the
 // formulas of docs/operators.md section 11 (the convolution sum; S4D's discretization and
 // Vandermonde kernel with every power formed by repeated multiplication; S5's recurrence). Nothing
@@ -193,6 +193,101 @@ void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
              "1e-04", kSource);
 }
 
+// ---- ssm_dplr_kernel ------------------------------------------------------------------------
+// A = diag(Lambda) - P Q^* (Q = P when the case has no Q) built densely, A_bar = (I - dt/2 A)^-1
+// (I + dt/2 A) and B_bar = (I - dt/2 A)^-1 dt B by Gauss-Jordan elimination, then
+// kernel[l] = Re(C A_bar^l B_bar) with the powers applied one matrix-vector product at a time.
+
+struct DplrCase {
+  std::string name;
+  index_t H, G, N, r, L;
+  bool explicit_q;
+};
+
+// Solves M X = Y (n x n, `cols` right-hand sides, row-major) in place, partial pivoting.
+void dplr_gauss_jordan(std::vector<cd>& M, std::vector<cd>& Y, index_t n, index_t cols) {
+  for (index_t k = 0; k < n; ++k) {
+    index_t p = k;
+    for (index_t i = k + 1; i < n; ++i)
+      if (std::abs(M[i * n + k]) > std::abs(M[p * n + k])) p = i;
+    for (index_t j = 0; j < n; ++j) std::swap(M[k * n + j], M[p * n + j]);
+    for (index_t j = 0; j < cols; ++j) std::swap(Y[k * cols + j], Y[p * cols + j]);
+    const cd pivot = M[k * n + k];
+    for (index_t j = 0; j < n; ++j) M[k * n + j] /= pivot;
+    for (index_t j = 0; j < cols; ++j) Y[k * cols + j] /= pivot;
+    for (index_t i = 0; i < n; ++i)
+      if (i != k) {
+        const cd f = M[i * n + k];
+        for (index_t j = 0; j < n; ++j) M[i * n + j] -= f * M[k * n + j];
+        for (index_t j = 0; j < cols; ++j) Y[i * cols + j] -= f * Y[k * cols + j];
+      }
+  }
+}
+
+void ssm_dplr_case(const fs::path& root, const DplrCase& c, std::mt19937_64& rng) {
+  const index_t H = c.H, G = c.G, N = c.N, r = c.r;
+  Array L_re = random_array({G, N}, rng, -1.0, -0.3), L_im = random_array({G, N}, rng, -8.0, 8.0);
+  Array P_re = random_array({G, r, N}, rng, -0.4, 0.4), P_im = random_array({G, r, N}, rng, -0.4, 0.4);
+  // Q = (0.6 + 0.3i) P rounded to float: A + A^* = 2 Re(Lambda) - 1.2 P P^* stays negative definite.
+  Array Q_re = zeros({G, r, N}), Q_im = zeros({G, r, N});
+  for (std::size_t i = 0; i < P_re.v.size(); ++i) {
+    const cd q = cd(0.6, 0.3) * cd(P_re.v[i], P_im.v[i]);
+    Q_re.v[i] = static_cast<float>(q.real()), Q_im.v[i] = static_cast<float>(q.imag());
+  }
+  if (!c.explicit_q) Q_re = P_re, Q_im = P_im;
+  Array B_re = random_array({H, N}, rng, -1, 1), B_im = random_array({H, N}, rng, -1, 1);
+  Array C_re = random_array({H, N}, rng, -1, 1), C_im = random_array({H, N}, rng, -1, 1);
+  Array dt = log_uniform_dt(H, rng);
+  Array kernel = zeros({c.L, H});
+  for (index_t h = 0; h < H; ++h) {
+    const index_t g = h / (H / G);
+    const double step = dt.at(h);
+    std::vector<cd> M(N * N), Y(N * (N + 1));
+    for (index_t n = 0; n < N; ++n) {
+      for (index_t k = 0; k < N; ++k) {
+        cd a = n == k ? cd(L_re.at(g * N + n), L_im.at(g * N + n)) : cd(0.0);
+        for (index_t j = 0; j < r; ++j) {
+          const index_t pn = (g * r + j) * N + n, qk = (g * r + j) * N + k;
+          a -= cd(P_re.at(pn), P_im.at(pn)) * std::conj(cd(Q_re.at(qk), Q_im.at(qk)));
+        }
+        M[n * N + k] = (n == k ? 1.0 : 0.0) - step / 2 * a;
+        Y[n * (N + 1) + k] = (n == k ? 1.0 : 0.0) + step / 2 * a;
+      }
+      Y[n * (N + 1) + N] = step * cd(B_re.at(h * N + n), B_im.at(h * N + n));
+    }
+    dplr_gauss_jordan(M, Y, N, N + 1);
+    std::vector<cd> v(N), next(N);
+    for (index_t n = 0; n < N; ++n) v[n] = Y[n * (N + 1) + N];
+    for (index_t l = 0; l < c.L; ++l) {
+      cd y = 0.0;
+      for (index_t n = 0; n < N; ++n) y += cd(C_re.at(h * N + n), C_im.at(h * N + n)) * v[n];
+      kernel.at(l * H + h) = y.real();
+      for (index_t n = 0; n < N; ++n) {
+        next[n] = 0.0;
+        for (index_t k = 0; k < N; ++k) next[n] += Y[n * (N + 1) + k] * v[k];
+      }
+      v.swap(next);
+    }
+  }
+  const fs::path dir = root / "ssm_dplr_kernel" / c.name;
+  fs::create_directories(dir);
+  write(dir, "Lambda_real", L_re), write(dir, "Lambda_imag", L_im), write(dir, "P_real", P_re);
+  write(dir, "P_imag", P_im), write(dir, "B_real", B_re), write(dir, "B_imag", B_im), write(dir, "C_real", C_re);
+  write(dir, "C_imag", C_im), write(dir, "dt", dt), write(dir, "kernel", kernel);
+  std::string inputs =
+      "\"Lambda_real\": \"Lambda_real.npy\", \"Lambda_imag\": \"Lambda_imag.npy\", \"P_real\": \"P_real.npy\", "
+      "\"P_imag\": \"P_imag.npy\", \"B_real\": \"B_real.npy\", \"B_imag\": \"B_imag.npy\", \"C_real\": \"C_real.npy\", "
+      "\"C_imag\": \"C_imag.npy\", \"dt\": \"dt.npy\"";
+  if (c.explicit_q) {
+    write(dir, "Q_real", Q_re), write(dir, "Q_imag", Q_im);
+    inputs += ", \"Q_real\": \"Q_real.npy\", \"Q_imag\": \"Q_imag.npy\"";
+  }
+  write_case(dir, "ssm_dplr_kernel", "\"discretization\": \"bilinear\", \"symmetry\": \"none\"", inputs,
+             "\"kernel\": \"kernel.npy\"", "1e-04",
+             "tools/golden_lti.cpp: float64 loops (dense A = Lambda - P Q^*, bilinear by Gauss-Jordan, "
+             "kernel by repeated matrix-vector products), independent of seqmix's operators");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -206,5 +301,9 @@ int main(int argc, char** argv) {
   ssm_kernel_case(root, {"h2_n4_l100_bilinear_real", 2, 4, 100, false, false, false}, rng);
   s5_case(root, {"b2_t40_h6_p5_zoh_pairs_state", 2, 40, 6, 5, true, true, true}, rng);
   s5_case(root, {"b1_t25_h4_p3_bilinear", 1, 25, 4, 3, false, false, false}, rng);
+  // Their own generator, so the cases above keep their values.
+  std::mt19937_64 dplr_rng(20261602);
+  ssm_dplr_case(root, {"h3_g1_n8_r1_l200", 3, 1, 8, 1, 200, false}, dplr_rng);
+  ssm_dplr_case(root, {"h4_g2_n6_r2_l77_explicit_q", 4, 2, 6, 2, 77, true}, dplr_rng);
   return 0;
 }

@@ -1,6 +1,6 @@
 // seqmix-conformance runners for the linear time-invariant family (docs/operators.md section
 // 11): long_conv (the "fast" slot runs the automatic form and then the direct and FFT forms, which
-// must agree with it), ssm_kernel and s5 (fast prefill and reference).
+// must agree with it), ssm_kernel, ssm_dplr_kernel and s5 (fast prefill and reference).
 #include "registry.hpp"
 #include "seqmix/lti.hpp"
 
@@ -77,6 +77,23 @@ OutputMap run_ssm_kernel(const CaseData& c, bool reference) {
   return out;
 }
 
+OutputMap run_ssm_dplr_kernel(const CaseData& c, bool reference) {
+  seqmix::SsmDplrParams params;
+  params.Lambda_real = c.in<2>("Lambda_real", "G,N"), params.Lambda_imag = c.opt_in<2>("Lambda_imag", "G,N");
+  params.P_real = c.in<3>("P_real", "G,r,N"), params.P_imag = c.opt_in<3>("P_imag", "G,r,N");
+  params.Q_real = c.opt_in<3>("Q_real", "G,r,N"), params.Q_imag = c.opt_in<3>("Q_imag", "G,r,N");
+  params.B_real = c.in<2>("B_real", "H,N"), params.B_imag = c.opt_in<2>("B_imag", "H,N");
+  params.C_real = c.in<2>("C_real", "H,N"), params.C_imag = c.opt_in<2>("C_imag", "H,N");
+  params.dt = c.in<1>("dt", "H");
+  OutputMap out;
+  const auto kernel = c.make_output<2>(out, "kernel");
+  if (reference)
+    seqmix::reference::ssm_dplr_kernel(params, kernel, ssm_options(c));
+  else
+    seqmix::ssm_dplr_kernel(params, kernel, ssm_options(c));
+  return out;
+}
+
 OutputMap run_s5(const CaseData& c, bool reference) {
   const seqmix::S5Params params{c.in<1>("Lambda_real", "P"), c.opt_in<1>("Lambda_imag", "P"),
                                 c.in<2>("B_real", "P,H"),    c.opt_in<2>("B_imag", "P,H"),
@@ -101,6 +118,8 @@ const RegisterOp kLongConv("long_conv", [](const CaseData& c) { return run_long_
                            [](const CaseData& c) { return run_long_conv(c, true); });
 const RegisterOp kSsmKernel("ssm_kernel", [](const CaseData& c) { return run_ssm_kernel(c, false); },
                             [](const CaseData& c) { return run_ssm_kernel(c, true); });
+const RegisterOp kSsmDplrKernel("ssm_dplr_kernel", [](const CaseData& c) { return run_ssm_dplr_kernel(c, false); },
+                                [](const CaseData& c) { return run_ssm_dplr_kernel(c, true); });
 const RegisterOp kS5("s5", [](const CaseData& c) { return run_s5(c, false); },
                      [](const CaseData& c) { return run_s5(c, true); });
 
