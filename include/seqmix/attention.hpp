@@ -42,3 +42,7 @@
 // landmarks, iterative pseudo-inverse), combiner (causal local blocks + block summaries).
 #include "seqmix/attention/approx/fast.hpp"
 #include "seqmix/attention/approx/reference.hpp"
+
+// HyperAttention: sortLSH heavy blocks plus sampled columns, with the causal recursion.
+#include "seqmix/attention/hyper/fast.hpp"
+#include "seqmix/attention/hyper/reference.hpp"
