@@ -11,6 +11,7 @@
 
 // Multi-head latent attention (DeepSeek): expanded prefill, absorbed decode over the latent cache.
 #include "seqmix/attention/mla/mla.hpp"
+#include "seqmix/attention/mla/paged.hpp"
 #include "seqmix/attention/mla/reference.hpp"
 
 // Paged KV cache (vLLM block pool): paged_attention over pages, paged_kv_append into them.

@@ -86,27 +86,55 @@ void mla_prefill(const MlaPrefillInputs<C>& in, const MlaPrefillOutputs& out, co
   attention(ain, AttentionOutputs{out.o, out.lse}, aopt, executor);
 }
 
-/// The absorbed decode over the latent cache. Same results as reference::mla with one query at
-/// the end of each sequence's cache.
-template <class C>
-void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const MlaOptions& options = {},
-                const Executor& executor = serial_executor()) {
-  const detail::MlaDims d = detail::validate_mla_decode(ArgCheck("mla_decode"), in, out, options);
+namespace detail {
+
+// The decode's per-call buffers, kept by the calling thread so that a call of a shape seen
+// before allocates nothing (the per-task block buffers are thread_local in the tasks).
+struct MlaDecodeWorkspace {
   using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vector = Eigen::Matrix<float, Eigen::Dynamic, 1>;
+  std::vector<Matrix> q_lat, q_r, o_lat;
+  std::vector<Vector> m, l;
+  std::vector<char> nan_row, q_bad;
+  static MlaDecodeWorkspace& local() {
+    thread_local MlaDecodeWorkspace workspace;
+    return workspace;
+  }
+};
+
+// The absorbed decode over any latent store. `rows(b, j0, n, c, r)` writes the fp32 latents
+// [n, d_c] and rotary keys [n, d_r] of tokens [j0, j0 + n) of sequence b into c and r (a dense
+// cache, pages through a block table, quantized rows decoded; never more than one block);
+// `length(b)` is the sequence's cached token count. The arguments were validated by the caller.
+template <class Rows, class Length>
+void mla_decode_run(const MlaDims& d, const ConstView<float, 3>& q_nope, const ConstView<float, 3>& q_rope,
+                    const MlaWeights& weights, const Length& length, const Rows& rows, const MlaDecodeOutputs& out,
+                    const Executor& executor) {
+  using Matrix = MlaDecodeWorkspace::Matrix;
+  using Vector = MlaDecodeWorkspace::Vector;
   const index_t B = d.B, H = d.H, dc = d.dc, dr = d.dr;
-  const index_t blocks_max = (d.Tk + detail::kMlaBlock - 1) / detail::kMlaBlock;
+  const index_t blocks_max = (d.Tk + kMlaBlock - 1) / kMlaBlock;
   // Spans per sequence: enough tasks for every thread twice over, never less than a block each.
   const index_t spans = std::clamp<index_t>((2 * static_cast<index_t>(executor.concurrency()) + B - 1) / B, 1,
                                             std::max<index_t>(1, blocks_max));
   // Per sequence: q_lat [H, d_c], q_r [H, d_r]; per (sequence, span): O_lat [H, d_c], m [H], l [H].
-  std::vector<Matrix> q_lat(static_cast<std::size_t>(B)), q_r(static_cast<std::size_t>(B));
-  std::vector<Matrix> o_lat(static_cast<std::size_t>(B * spans));
-  std::vector<Vector> m(static_cast<std::size_t>(B * spans)), l(static_cast<std::size_t>(B * spans));
+  MlaDecodeWorkspace& ws = MlaDecodeWorkspace::local();
+  const auto grow = [](auto& v, index_t n) {
+    if (static_cast<index_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
+  };
+  grow(ws.q_lat, B), grow(ws.q_r, B), grow(ws.o_lat, B * spans), grow(ws.m, B * spans), grow(ws.l, B * spans);
   // Per (sequence, span, head): a NaN or +inf logit was seen (the row is NaN, attention's rule).
-  std::vector<char> nan_row(static_cast<std::size_t>(B * spans * H), 0);
+  grow(ws.nan_row, B * spans * H);
+  std::fill(ws.nan_row.begin(), ws.nan_row.begin() + B * spans * H, char{0});
   // Per (sequence, head): q_nope holds inf / NaN, so its logits are formed in the expanded form.
-  std::vector<char> q_bad(static_cast<std::size_t>(B * H), 0);
+  grow(ws.q_bad, B * H);
+  std::vector<Matrix>& q_lat = ws.q_lat;
+  std::vector<Matrix>& q_r = ws.q_r;
+  std::vector<Matrix>& o_lat = ws.o_lat;
+  std::vector<Vector>& m = ws.m;
+  std::vector<Vector>& l = ws.l;
+  char* nan_row = ws.nan_row.data();
+  char* q_bad = ws.q_bad.data();
   for (index_t b = 0; b < B; ++b) {
     q_lat[static_cast<std::size_t>(b)].resize(H, dc);
     q_r[static_cast<std::size_t>(b)].resize(H, dr);
@@ -115,36 +143,39 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
     for (index_t bh = begin; bh < end; ++bh) {
       const index_t b = bh / H, h = bh % H;
       Eigen::Map<Vector> qn_dst(q_lat[static_cast<std::size_t>(b)].row(h).data(), dc);
-      const auto qn = as_matrix(in.q_nope[b]).row(h).transpose();
-      qn_dst.noalias() = d.scale * (as_matrix(in.weights.w_uk[h]).transpose() * qn);
-      q_bad[static_cast<std::size_t>(bh)] = !qn.allFinite();
-      for (index_t e = 0; e < dr; ++e) q_r[static_cast<std::size_t>(b)](h, e) = d.scale * in.q_rope(b, h, e);
+      const auto qn = as_matrix(q_nope[b]).row(h).transpose();
+      qn_dst.noalias() = d.scale * (as_matrix(weights.w_uk[h]).transpose() * qn);
+      q_bad[bh] = !qn.allFinite();
+      for (index_t e = 0; e < dr; ++e) q_r[static_cast<std::size_t>(b)](h, e) = d.scale * q_rope(b, h, e);
     }
   });
-  auto length = [&](index_t b) { return in.cache_seqlens.has_value() ? in.cache_seqlens[b] : d.Tk; };
   executor.run(B * spans, [&](index_t task) {
     const index_t b = task / spans, span = task % spans;
-    const index_t L = length(b), blocks = (L + detail::kMlaBlock - 1) / detail::kMlaBlock;
+    const index_t L = length(b), blocks = (L + kMlaBlock - 1) / kMlaBlock;
     const index_t first = blocks * span / spans, last = blocks * (span + 1) / spans;
     Matrix& O = o_lat[static_cast<std::size_t>(task)];
     Vector& mt = m[static_cast<std::size_t>(task)];
     Vector& lt = l[static_cast<std::size_t>(task)];
-    O.setZero(H, dc);
-    mt.setConstant(H, -std::numeric_limits<float>::infinity());
-    lt.setZero(H);
+    O.resize(H, dc);
+    O.setZero();
+    mt.resize(H);
+    mt.setConstant(-std::numeric_limits<float>::infinity());
+    lt.resize(H);
+    lt.setZero();
     thread_local Matrix cblk, rblk, S;
-    cblk.resize(detail::kMlaBlock, dc);
-    rblk.resize(detail::kMlaBlock, dr);
+    thread_local Vector k_nope;
+    cblk.resize(kMlaBlock, dc);
+    rblk.resize(kMlaBlock, dr);
+    S.resize(H, kMlaBlock);
     const Matrix& Ql = q_lat[static_cast<std::size_t>(b)];
     const Matrix& Qr = q_r[static_cast<std::size_t>(b)];
     for (index_t blk = first; blk < last; ++blk) {
-      const index_t j0 = blk * detail::kMlaBlock, n = std::min(detail::kMlaBlock, L - j0);
-      detail::latent_rows_to_float(in.c_kv, b, j0, n, cblk.data());
-      detail::latent_rows_to_float(in.k_rope, b, j0, n, rblk.data());
+      const index_t j0 = blk * kMlaBlock, n = std::min(kMlaBlock, L - j0);
+      rows(b, j0, n, cblk.data(), rblk.data());
       const auto Cn = cblk.topRows(n);
-      S.resize(H, n);
-      S.noalias() = Ql * Cn.transpose();
-      S.noalias() += Qr * rblk.topRows(n).transpose();
+      auto Sn = S.leftCols(n);
+      Sn.noalias() = Ql * Cn.transpose();
+      Sn.noalias() += Qr * rblk.topRows(n).transpose();
       // Non-finite values (docs/reliability.md): the absorbed logit (W_uk^T q) . c of a latent
       // row holding inf is a single +-inf term where the definition's q . (W_uk c) sums terms of
       // both signs (NaN), and an inf in q_nope likewise turns the other way; such logits are
@@ -152,50 +183,50 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
       // would be NaN for a hidden key).
       const bool finite_block = Cn.allFinite();
       for (index_t h = 0; h < H; ++h) {
-        const bool all_rows = q_bad[static_cast<std::size_t>(b * H + h)] != 0;
+        const bool all_rows = q_bad[b * H + h] != 0;
         if (finite_block && !all_rows) continue;
-        const auto qn = as_matrix(in.q_nope[b]).row(h);
+        const auto qn = as_matrix(q_nope[b]).row(h);
         for (index_t r = 0; r < n; ++r) {
           if (!all_rows && Cn.row(r).allFinite()) continue;
-          const Vector k_nope = as_matrix(in.weights.w_uk[h]) * Cn.row(r).transpose();
+          k_nope.noalias() = as_matrix(weights.w_uk[h]) * Cn.row(r).transpose();
           float acc = 0.f;
           for (index_t e = 0; e < d.dn; ++e) acc += qn(e) * k_nope(e);
-          S(h, r) = d.scale * acc + Qr.row(h).dot(rblk.row(r));
+          Sn(h, r) = d.scale * acc + Qr.row(h).dot(rblk.row(r));
         }
       }
       for (index_t h = 0; h < H; ++h) {
         for (index_t r = 0; r < n; ++r)
-          if (std::isnan(S(h, r)) || S(h, r) == std::numeric_limits<float>::infinity())
-            nan_row[static_cast<std::size_t>(task * H + h)] = 1;
-        if (nan_row[static_cast<std::size_t>(task * H + h)]) {
-          S.row(h).setZero();
+          if (std::isnan(Sn(h, r)) || Sn(h, r) == std::numeric_limits<float>::infinity()) nan_row[task * H + h] = 1;
+        if (nan_row[task * H + h]) {
+          Sn.row(h).setZero();
           continue;
         }
-        const float block_max = S.row(h).maxCoeff();
+        const float block_max = Sn.row(h).maxCoeff();
         const float m_new = std::max(mt(h), block_max);
         if (m_new == -std::numeric_limits<float>::infinity()) {  // every logit so far -inf: no key yet
-          S.row(h).setZero();
+          Sn.row(h).setZero();
           continue;
         }
         const float correction = std::exp(mt(h) - m_new);  // 0 on the first block (m = -inf)
-        softmax_numerators_in_place(S.row(h), m_new);
-        lt(h) = lt(h) * correction + S.row(h).sum();
+        softmax_numerators_in_place(Sn.row(h), m_new);
+        lt(h) = lt(h) * correction + Sn.row(h).sum();
         if (correction != 1.f) O.row(h) *= correction;
         mt(h) = m_new;
       }
       if (finite_block) {
-        O.noalias() += S * Cn;
+        O.noalias() += Sn * Cn;
       } else {
         for (index_t h = 0; h < H; ++h)
           for (index_t r = 0; r < n; ++r)
-            if (S(h, r) != 0.f) O.row(h) += S(h, r) * Cn.row(r);
+            if (Sn(h, r) != 0.f) O.row(h) += Sn(h, r) * Cn.row(r);
       }
     }
   });
   // Merge the spans and project: o[h] = W_uv[h] (sum_s e^(m_s - M) O_s[h]) / (sum_s e^(m_s - M) l_s).
   parallel_for(executor, B * H, 4, [&](index_t begin, index_t end) {
-    thread_local Vector merged;
+    thread_local Vector merged, projected;
     merged.resize(dc);
+    projected.resize(d.dv);
     for (index_t bh = begin; bh < end; ++bh) {
       const index_t b = bh / H, h = bh % H;
       float M = -std::numeric_limits<float>::infinity();
@@ -213,15 +244,15 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
       }
       auto o_row = out.o[b];
       bool nan = false;
-      for (index_t s = 0; s < spans; ++s) nan = nan || nan_row[static_cast<std::size_t>((b * spans + s) * H + h)];
+      for (index_t s = 0; s < spans; ++s) nan = nan || nan_row[(b * spans + s) * H + h];
       if (nan) {
         for (index_t e = 0; e < d.dv; ++e) o_row(h, e) = std::numeric_limits<float>::quiet_NaN();
         if (out.lse.has_value()) out.lse(b, h) = std::numeric_limits<float>::quiet_NaN();
         continue;
       }
       if (total > 0.f) {
-        const Vector o = as_matrix(in.weights.w_uv[h]) * merged / total;
-        for (index_t e = 0; e < d.dv; ++e) o_row(h, e) = o(e);
+        projected.noalias() = as_matrix(weights.w_uv[h]) * merged;
+        for (index_t e = 0; e < d.dv; ++e) o_row(h, e) = projected(e) / total;
       } else {
         for (index_t e = 0; e < d.dv; ++e) o_row(h, e) = 0.f;
       }
@@ -229,6 +260,22 @@ void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const
         out.lse(b, h) = total > 0.f ? M + std::log(total) : -std::numeric_limits<float>::infinity();
     }
   });
+}
+
+}  // namespace detail
+
+/// The absorbed decode over the latent cache. Same results as reference::mla with one query at
+/// the end of each sequence's cache. Nothing is allocated after a first call of the same shape.
+template <class C>
+void mla_decode(const MlaDecodeInputs<C>& in, const MlaDecodeOutputs& out, const MlaOptions& options = {},
+                const Executor& executor = serial_executor()) {
+  const detail::MlaDims d = detail::validate_mla_decode(ArgCheck("mla_decode"), in, out, options);
+  const auto length = [&](index_t b) { return in.cache_seqlens.has_value() ? in.cache_seqlens[b] : d.Tk; };
+  const auto rows = [&](index_t b, index_t j0, index_t n, float* c, float* r) {
+    detail::latent_rows_to_float(in.c_kv, b, j0, n, c);
+    detail::latent_rows_to_float(in.k_rope, b, j0, n, r);
+  };
+  detail::mla_decode_run(d, in.q_nope, in.q_rope, in.weights, length, rows, out, executor);
 }
 
 }  // namespace seqmix
