@@ -1,0 +1,106 @@
+// infllm, fast form (prefill and decode): after the shared memory update and lookup
+// (reference.hpp), the key set of a query is a disjoint union of ranges (initial tokens, the
+// local part, the retrieved blocks), so its softmax is the attention_merge monoid of the ranges'
+// (o, lse), each computed on the flash kernel (gathered_block_attention) and folded into a
+// running (m, s, a) per row (WeightedPartsAccumulator) as it comes. Tasks are runs of queries
+// with the same sealed count M(pos) (so the same local start), every head of a KV head's group as
+// rows:
+//  - initial tokens [0, min(n_init, last)) and the local part [n_init + M * bs, last), causal,
+//    one call each for all rows of the run;
+//  - retrieved blocks: when every row retrieves every sealed block (top_k >= M), one unmasked
+//    call per block for all rows; otherwise per head, each block of the union of the run's
+//    choices against the queries that chose it.
+// Decode (Tq = 1) is the same code: each (batch row, KV head) is one task, reading the M
+// representative sets of the memory plus (n_init + top_k * bs + local) rows per query head,
+// against Tk rows for dense decode.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "seqmix/attention/infllm/reference.hpp"
+#include "seqmix/attention/landmark/parts.hpp"
+
+namespace seqmix {
+
+/// Same arguments, memory update and results as reference::infllm_attention; K/V may be float,
+/// f16 or bf16. Prefill (a prompt, or a chunk of one) and decode (Tq = 1) alike. Allocates the
+/// memory's growth and one scratch per thread (kept across calls).
+template <class KV>
+void infllm_attention(InfllmMemory& memory, const InfllmInputs<KV>& in, const AttentionOutputs& out,
+                      const Executor& executor = serial_executor()) {
+  using namespace detail;
+  const AttentionDims d = validate_infllm("infllm_attention", memory, in, out);
+  memory.append_checked(in.q, in.k, executor);
+  if (d.B * d.Tq * d.Hq == 0) return;
+  const InfllmOptions& opt = memory.options();
+  const index_t G = d.group(), bs = opt.block_size, K = opt.top_k, init = opt.init_tokens;
+  const AttentionOptions causal = infllm_attention_options(opt, true), open = infllm_attention_options(opt, false);
+  const float scale = attention_scale(causal, d.Dk);
+  const AttentionInputs<KV> dense = infllm_dense_inputs(in);
+  const index_t bq = flash_query_block(G, d.Tq), rows = std::max(bq * G, kFlashRows);
+  std::vector<std::pair<index_t, index_t>> runs;  // (first query, count), one M(pos) each
+  for (index_t i0 = 0; i0 < d.Tq;) {
+    const index_t sealed = memory.blocks_at(d.Tk - d.Tq + i0);
+    index_t nq = 1;
+    while (nq < bq && i0 + nq < d.Tq && memory.blocks_at(d.Tk - d.Tq + i0 + nq) == sealed) ++nq;
+    runs.push_back({i0, nq});
+    i0 += nq;
+  }
+  const index_t n_runs = static_cast<index_t>(runs.size());
+  executor.run(d.B * d.Hkv * n_runs, [&](index_t t) {
+    const index_t b = t / n_runs / d.Hkv, hk = t / n_runs % d.Hkv, h0 = hk * G;
+    const index_t i0 = runs[static_cast<std::size_t>(t % n_runs)].first, nq = runs[static_cast<std::size_t>(t % n_runs)].second;
+    const index_t last = d.Tk - d.Tq + i0 + nq, sealed = memory.blocks_at(last - 1);
+    thread_local BlockPartsScratch scratch;
+    BlockPartsScratch& w = scratch;
+    GatheredScratch& gw = w.gathered.fit(rows, d.Dk, d.Dv);
+    w.parts.reset(nq * G, d.Dv);
+    w.queries.resize(static_cast<std::size_t>(nq));
+    for (index_t r = 0; r < nq; ++r) w.queries[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(i0 + r);
+    const auto add_all = [&](index_t j0, index_t j1, const AttentionOptions& rule) {
+      if (j1 <= j0) return;
+      gathered_block_attention(dense, b, hk, h0, G, w.queries.data(), nq, j0, j1, rule, scale, gw);
+      for (index_t row = 0; row < nq * G; ++row)
+        w.parts.add(row, gw.lse[static_cast<std::size_t>(row)], gw.o.data() + row * d.Dv);
+    };
+    add_all(0, std::min(init, last), causal);
+    add_all(memory.block_start(sealed), last, causal);
+    if (K >= sealed) {
+      for (index_t n = 0; n < sealed; ++n) add_all(memory.block_start(n), memory.block_start(n) + bs, open);
+    } else if (K > 0) {
+      std::vector<std::int32_t> chosen_all(static_cast<std::size_t>(nq * K));
+      for (index_t g = 0; g < G; ++g) {
+        for (index_t r = 0; r < nq; ++r) {
+          infllm_select_row(memory, in.q.ptr(b, i0 + r, h0 + g), in.q.stride(3), b, hk, sealed, w.scores, w.chosen,
+                            w.candidates);
+          std::fill(chosen_all.begin() + r * K, chosen_all.begin() + (r + 1) * K, -1);
+          std::copy(w.chosen.begin(), w.chosen.end(), chosen_all.begin() + r * K);
+        }
+        std::vector<std::int32_t> blocks(chosen_all);
+        std::sort(blocks.begin(), blocks.end());
+        blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+        for (const std::int32_t n : blocks) {
+          if (n < 0) continue;
+          w.subset.clear();
+          for (index_t r = 0; r < nq; ++r)
+            for (index_t e = 0; e < K; ++e)
+              if (chosen_all[static_cast<std::size_t>(r * K + e)] == n) w.subset.push_back(static_cast<std::int32_t>(i0 + r));
+          gathered_block_attention(dense, b, hk, h0 + g, 1, w.subset.data(), static_cast<index_t>(w.subset.size()),
+                                   memory.block_start(n), memory.block_start(n) + bs, open, scale, gw);
+          for (std::size_t e = 0; e < w.subset.size(); ++e)
+            w.parts.add((w.subset[e] - i0) * G + g, gw.lse[e], gw.o.data() + static_cast<index_t>(e) * d.Dv);
+        }
+      }
+    }
+    for (index_t r = 0; r < nq; ++r)
+      for (index_t g = 0; g < G; ++g) {
+        const float lse = w.parts.finish(r * G + g, out.o.ptr(b, i0 + r, h0 + g), out.o.stride(3));
+        if (out.lse.has_value()) out.lse(b, i0 + r, h0 + g) = lse;
+      }
+  });
+}
+
+}  // namespace seqmix
