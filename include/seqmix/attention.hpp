@@ -38,6 +38,11 @@
 #include "seqmix/attention/nsa/fast.hpp"
 #include "seqmix/attention/nsa/reference.hpp"
 #include "seqmix/attention/nsa/step.hpp"
+#include "seqmix/attention/landmark/fast.hpp"
+#include "seqmix/attention/landmark/reference.hpp"
+#include "seqmix/attention/landmark/step.hpp"
+#include "seqmix/attention/infllm/fast.hpp"
+#include "seqmix/attention/infllm/reference.hpp"
 
 // Approximate attention: linformer (learned sequence projections), nystrom_attention (Nystrom
 // landmarks, iterative pseudo-inverse), combiner (causal local blocks + block summaries).
