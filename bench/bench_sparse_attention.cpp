@@ -44,6 +44,9 @@
 
 #include "seqmix/attention/approx/fast.hpp"
 #include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/infllm/fast.hpp"
+#include "seqmix/attention/landmark/fast.hpp"
+#include "seqmix/attention/landmark/step.hpp"
 #include "seqmix/attention/moba/fast.hpp"
 #include "seqmix/attention/moba/reference.hpp"
 #include "seqmix/attention/moba/step.hpp"
@@ -382,6 +385,140 @@ const bool registered_approx = [] {
     add(std::string(name) + "/prefill/T512_H32_D128", [f](benchmark::State& s) { approx_small(s, f, false); });
     add(std::string(name) + "/prefill/T512_H32_D128_reference", [f](benchmark::State& s) { approx_small(s, f, true); });
   }
+  return true;
+}();
+
+// landmark_attention and infllm (issue 18 items 3 and 4), Hq = 32, Hkv = 8, D = 128, beside the
+// dense entries above (attention/prefill/..._T8192_dense, attention/decode/..._Tk131072_f16_dense)
+// in the same run:
+//   landmark/prefill/<shape>_T8192_block64_top4   seqmix::landmark_attention, blocks of 64 with
+//                                                 their mean keys as landmarks, top_k = 4, fp32
+//   landmark/decode/<shape>_Tk131072_f16_block64_top4  seqmix::landmark_step, one query, fp16
+//                                                 cache, the caller's kept landmark keys
+//   infllm/prefill/<shape>_T8192                  seqmix::infllm_attention from an empty memory
+//                                                 (block 128, r = 4, top_k = 4, 128 initial
+//                                                 tokens, window 2048), fp32
+//   infllm/decode/<shape>_Tk32768_f16             one query after a 32767-token prefill (memory
+//                                                 built outside the timed loop; its build reads
+//                                                 every block's in-block attention in double,
+//                                                 too slow for Tk = 131072 in a benchmark setup)
+// Counter err_needle: ||o - o_dense|| / ||o_dense|| of the last query row on a needle input (a
+// key at T / 3 planted so that the last query's dense attention is mostly on it, with a value of
+// 3 in every channel), against dense attention on the same input, computed once outside the loop.
+// What the methods find: landmark with mean-key landmarks sees the needle diluted 64 times in its
+// block's mean; infllm's representatives are chosen by attention inside the block, not by the
+// later query, so either can miss it.
+template <class KV>
+struct NeedleProblem {
+  Tensor<float, 4> q, o, dense_o;
+  Tensor<KV, 4> k, v;
+  index_t T;
+  explicit NeedleProblem(index_t Tq, index_t Tk) : q(st::random_tensor<4>({1, Tq, kHq, kD}, 11)), o({1, Tq, kHq, kD}),
+                                                   dense_o({1, 1, kHq, kD}), T(Tk) {
+    Tensor<float, 4> kf = st::random_tensor<4>({1, Tk, kHkv, kD}, 12), vf = st::random_tensor<4>({1, Tk, kHkv, kD}, 13);
+    const index_t needle = Tk / 3;
+    const float scale = 1.f / std::sqrt(static_cast<float>(kD));
+    for (index_t h = 0; h < kHq; ++h) {
+      const index_t hk = h / (kHq / kHkv);
+      float norm2 = 0.f;
+      for (index_t c = 0; c < kD; ++c) norm2 += kf(0, needle, hk, c) * kf(0, needle, hk, c);
+      for (index_t c = 0; c < kD; ++c) q(0, Tq - 1, h, c) = 12.f / scale * kf(0, needle, hk, c) / norm2;
+    }
+    for (index_t hk = 0; hk < kHkv; ++hk)
+      for (index_t c = 0; c < kD; ++c) vf(0, needle, hk, c) = 3.f;
+    k = Tensor<KV, 4>(kf.shape()), v = Tensor<KV, 4>(vf.shape());
+    for (index_t e = 0; e < kf.numel(); ++e) k.data()[e] = static_cast<KV>(kf.data()[e]), v.data()[e] = static_cast<KV>(vf.data()[e]);
+    seqmix::AttentionInputs<KV> last;
+    last.q = q.cview().slice(1, Tq - 1, 1), last.k = k.cview(), last.v = v.cview();
+    seqmix::AttentionOptions causal;
+    causal.causal = true;
+    seqmix::attention(last, {dense_o.view(), {}}, causal, pool());
+  }
+  double last_row_error() const {
+    double num = 0, den = 0;
+    const index_t i = o.size(1) - 1;
+    for (index_t h = 0; h < kHq; ++h)
+      for (index_t c = 0; c < kD; ++c) {
+        const double x = o(0, i, h, c), y = dense_o(0, 0, h, c);
+        num += (x - y) * (x - y), den += y * y;
+      }
+    return std::sqrt(num / den);
+  }
+};
+
+void landmark_bench(benchmark::State& state, index_t Tq, index_t Tk) {
+  NeedleProblem<seqmix::f16> p(Tq, Tk);
+  seqmix::LandmarkOptions options;
+  options.block_size = 64, options.top_k = 4;
+  Tensor<float, 4> landmarks({1, (Tk + 63) / 64, kHkv, kD});
+  seqmix::block_key_summaries(p.k.cview(), 64, landmarks.view(), {}, {}, pool());
+  seqmix::LandmarkInputs<seqmix::f16> in;
+  in.q = p.q.cview(), in.k = p.k.cview(), in.v = p.v.cview(), in.landmark_k = landmarks.cview();
+  for (auto _ : state) {
+    if (Tq == 1)
+      seqmix::landmark_step(in, {p.o.view(), {}}, options, pool());
+    else
+      seqmix::landmark_attention(in, {p.o.view(), {}}, options, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  state.counters["err_needle"] = p.last_row_error();
+}
+
+seqmix::InfllmOptions infllm_bench_options() {
+  seqmix::InfllmOptions o;
+  o.block_size = 128, o.representatives = 4, o.top_k = 4, o.init_tokens = 128, o.local_window = 2048;
+  return o;
+}
+
+void infllm_prefill_bench(benchmark::State& state, index_t T) {
+  NeedleProblem<float> p(T, T);
+  seqmix::InfllmInputs<float> in;
+  in.q = p.q.cview(), in.k = p.k.cview(), in.v = p.v.cview();
+  for (auto _ : state) {
+    seqmix::InfllmMemory memory(1, kHq, kHkv, kD, infllm_bench_options());
+    seqmix::infllm_attention(memory, in, {p.o.view(), {}}, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  state.counters["err_needle"] = p.last_row_error();
+}
+
+void infllm_decode_bench(benchmark::State& state, index_t Tk) {
+  NeedleProblem<seqmix::f16> p(Tk, Tk);
+  seqmix::InfllmMemory memory(1, kHq, kHkv, kD, infllm_bench_options());
+  memory.append(p.q.cview().slice(1, 0, Tk - 1), p.k.cview().slice(1, 0, Tk - 1), pool());
+  seqmix::InfllmInputs<seqmix::f16> in;
+  in.q = p.q.cview().slice(1, Tk - 1, 1), in.k = p.k.cview(), in.v = p.v.cview();
+  Tensor<float, 4> o({1, 1, kHq, kD});
+  for (auto _ : state) {
+    seqmix::InfllmMemory step = memory;  // each iteration decodes the same token from the same memory
+    seqmix::infllm_attention(step, in, {p.o.view().slice(1, Tk - 1, 1), {}}, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  state.counters["err_needle"] = p.last_row_error();
+}
+
+void infllm_dense_decode_bench(benchmark::State& state, index_t Tk) {
+  NeedleProblem<seqmix::f16> p(1, Tk);
+  seqmix::AttentionInputs<seqmix::f16> in;
+  in.q = p.q.cview(), in.k = p.k.cview(), in.v = p.v.cview();
+  seqmix::AttentionOptions causal;
+  causal.causal = true;
+  for (auto _ : state) {
+    seqmix::attention(in, {p.o.view(), {}}, causal, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+}
+
+const bool registered_landmark_infllm = [] {
+  const auto add = [](const std::string& name, auto fn) {
+    return benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  const std::string shape = "llama3_8b_H32_KV8_D128";
+  add("landmark/prefill/" + shape + "_T8192_block64_top4", [](benchmark::State& s) { landmark_bench(s, 8192, 8192); });
+  add("landmark/decode/" + shape + "_Tk131072_f16_block64_top4", [](benchmark::State& s) { landmark_bench(s, 1, 131072); });
+  add("infllm/prefill/" + shape + "_T8192", [](benchmark::State& s) { infllm_prefill_bench(s, 8192); });
+  add("infllm/decode/" + shape + "_Tk32768_f16", [](benchmark::State& s) { infllm_decode_bench(s, 32768); });
+  add("attention/decode/" + shape + "_Tk32768_f16_dense", [](benchmark::State& s) { infllm_dense_decode_bench(s, 32768); });
   return true;
 }();
 
