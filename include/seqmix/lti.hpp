@@ -36,3 +36,5 @@
 #include "seqmix/lti/masked_mixer/step.hpp"
 #include "seqmix/lti/monarch/fast.hpp"
 #include "seqmix/lti/monarch/reference.hpp"
+#include "seqmix/lti/hyper_mixer/fast.hpp"
+#include "seqmix/lti/hyper_mixer/reference.hpp"
