@@ -1,7 +1,8 @@
 // Selective state-space operators (SPEC section 3): causal_conv1d, selective_scan (Mamba-1) and
 // ssd (Mamba-2); matrix_scan (dense block transitions, orthogonal ones from parameters);
-// long_context (sliding-window state, DeciMamba pooling, LongMamba selective accumulation). Each
-// operator's folder under seqmix/ssm/ holds its reference, fast prefill and decode step.
+// long_context (sliding-window state, DeciMamba pooling, LongMamba selective accumulation,
+// state-collapse remedies). Each operator's folder under seqmix/ssm/ holds its reference, fast
+// prefill and decode step.
 #pragma once
 
 #include "seqmix/ssm/serving.hpp"
@@ -22,6 +23,8 @@
 #include "seqmix/ssm/long_context/reference.hpp"
 #include "seqmix/ssm/long_context/selection.hpp"
 #include "seqmix/ssm/long_context/window.hpp"
+#include "seqmix/ssm/long_context/collapse_reference.hpp"
+#include "seqmix/ssm/long_context/collapse.hpp"
 
 // State passing across slices of a sequence (context parallelism): transition, compose, correction.
 #include "seqmix/ssm/causal_conv1d/slice.hpp"
