@@ -7,9 +7,9 @@
 // rows:
 //  - initial tokens [0, min(n_init, last)) and the local part [n_init + M * bs, last), causal,
 //    one call each for all rows of the run;
-//  - retrieved blocks: when every row retrieves every sealed block (top_k >= M), one unmasked
-//    call per block for all rows; otherwise per head, each block of the union of the run's
-//    choices against the queries that chose it.
+//  - retrieved blocks (the shared lookup, per row and head): when every row retrieves every
+//    sealed block, one unmasked call per block for all rows; otherwise per head, each block of
+//    the union of the run's choices against the queries that chose it.
 // Decode (Tq = 1) is the same code: each (batch row, KV head) is one task, reading the M
 // representative sets of the memory plus (n_init + top_k * bs + local) rows per query head,
 // against Tk rows for dense decode.
@@ -68,26 +68,32 @@ void infllm_attention(InfllmMemory& memory, const InfllmInputs<KV>& in, const At
     };
     add_all(0, std::min(init, last), causal);
     add_all(memory.block_start(sealed), last, causal);
-    if (K >= sealed) {
+    // The shared lookup for every row; when every row retrieves every sealed block (top_k >=
+    // M and no non-finite score), one call per block serves all rows of the run.
+    const index_t cap = std::max<index_t>(K, 1);
+    std::vector<std::int32_t> chosen_all(static_cast<std::size_t>(G * nq * cap), -1);
+    bool every = K >= sealed;
+    for (index_t g = 0; g < G && K > 0; ++g)
+      for (index_t r = 0; r < nq; ++r) {
+        infllm_select_row(memory, in.q.ptr(b, i0 + r, h0 + g), in.q.stride(3), b, hk, sealed, w.scores, w.chosen,
+                          w.candidates);
+        every = every && static_cast<index_t>(w.chosen.size()) == sealed;
+        std::copy(w.chosen.begin(), w.chosen.end(), chosen_all.begin() + (g * nq + r) * cap);
+      }
+    if (every) {
       for (index_t n = 0; n < sealed; ++n) add_all(memory.block_start(n), memory.block_start(n) + bs, open);
     } else if (K > 0) {
-      std::vector<std::int32_t> chosen_all(static_cast<std::size_t>(nq * K));
       for (index_t g = 0; g < G; ++g) {
-        for (index_t r = 0; r < nq; ++r) {
-          infllm_select_row(memory, in.q.ptr(b, i0 + r, h0 + g), in.q.stride(3), b, hk, sealed, w.scores, w.chosen,
-                            w.candidates);
-          std::fill(chosen_all.begin() + r * K, chosen_all.begin() + (r + 1) * K, -1);
-          std::copy(w.chosen.begin(), w.chosen.end(), chosen_all.begin() + r * K);
-        }
-        std::vector<std::int32_t> blocks(chosen_all);
+        const auto first = chosen_all.begin() + g * nq * cap, past = first + nq * cap;
+        std::vector<std::int32_t> blocks(first, past);
         std::sort(blocks.begin(), blocks.end());
         blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
         for (const std::int32_t n : blocks) {
           if (n < 0) continue;
           w.subset.clear();
           for (index_t r = 0; r < nq; ++r)
-            for (index_t e = 0; e < K; ++e)
-              if (chosen_all[static_cast<std::size_t>(r * K + e)] == n) w.subset.push_back(static_cast<std::int32_t>(i0 + r));
+            for (index_t e = 0; e < cap; ++e)
+              if (first[r * cap + e] == n) w.subset.push_back(static_cast<std::int32_t>(i0 + r));
           gathered_block_attention(dense, b, hk, h0 + g, 1, w.subset.data(), static_cast<index_t>(w.subset.size()),
                                    memory.block_start(n), memory.block_start(n) + bs, open, scale, gw);
           for (std::size_t e = 0; e < w.subset.size(); ++e)
