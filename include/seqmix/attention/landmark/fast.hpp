@@ -10,8 +10,11 @@
 //  - own part: gathered_block_attention over [start(own), last position], causal;
 //  - every earlier block (top_k = -1): one unmasked gathered_block_attention of all the run's
 //    rows over the block's keys (every K/V tile loaded feeds every row);
-//  - top_k blocks: per head, the union of the run's chosen blocks, each against the queries
-//    that chose it;
+//  - top_k blocks, decode (landmark_step, or Tq <= 16): per head, the union of the run's chosen
+//    blocks, each against the queries that chose it;
+//  - top_k blocks, prefill: landmark_run_gathered below (MoBA's form: per (head, block) the
+//    queries of the whole sequence that chose it in Q tiles, results in partial rows, folded
+//    per row at the end), since a run's rows choose mostly different blocks;
 //  - the parts are folded into a running (m, s, a) per row (WeightedPartsAccumulator), so no
 //    part is stored and no two tasks write the same row.
 // The work is the definition's: (own + chosen blocks) keys per query; with top_k = -1 it is the
@@ -127,16 +130,141 @@ void landmark_run(const LandmarkInputs<KV>& in, const AttentionOutputs& out, con
   }
 }
 
+// The prefill with retrieval (top_k >= 0), MoBA's way: per (batch row, KV head), the shared
+// selection of every row, then the queries that chose each (head, block) gathered into Q tiles
+// of up to kFlashRows rows, one flash call per tile over the block's keys (every K/V tile loaded
+// feeds every gathered row, whatever run the queries are in), each result in its own partial
+// row (Tq * G * top_k * (Dv + 1) floats for the group); the own parts by runs of queries in one
+// block; then per row the own part and its top_k parts folded with their weights.
+template <class KV>
+void landmark_run_gathered(const LandmarkInputs<KV>& in, const AttentionOutputs& out, const LandmarkOptions& options,
+                           const LandmarkDims& m, const Executor& executor) {
+  const AttentionDims& d = m.attention;
+  if (d.B * d.Tq * d.Hq == 0) return;
+  const index_t G = d.group(), Nb = m.blocks(), K = options.top_k, cap = std::max<index_t>(K, 1);
+  const AttentionOptions causal = landmark_attention_options(options, true), open = landmark_attention_options(options, false);
+  const float scale = attention_scale(causal, d.Dk);
+  const AttentionInputs<KV> dense = landmark_dense_inputs(in);
+  Tensor<float, 4> own_keys;
+  const ConstView<float, 4> lk = landmark_keys(in, m, own_keys, executor);
+  const index_t bq = flash_query_block(G, d.Tq), rows = std::max(bq * G, kFlashRows);
+  std::vector<std::pair<index_t, index_t>> runs;
+  for (index_t i0 = 0; i0 < d.Tq;) {
+    const index_t pos0 = d.Tk - d.Tq + i0, end = m.starts[static_cast<std::size_t>(m.block_of(pos0) + 1)];
+    const index_t nq = std::min({bq, d.Tq - i0, end - pos0});
+    runs.push_back({i0, nq});
+    i0 += nq;
+  }
+  Tensor<float, 4> logits({1, d.Tq, G, Nb});
+  Tensor<std::int32_t, 3> chosen({d.Tq, G, cap});
+  Tensor<float, 3> own_o({d.Tq, G, d.Dv}), own_lse({d.Tq, G, 1});
+  Tensor<float, 4> part_o({d.Tq, G, cap, d.Dv});
+  std::vector<index_t> offsets(static_cast<std::size_t>(G * Nb + 1));
+  std::vector<std::int32_t> entry_query, entry_slot;
+  struct Task {
+    index_t kind;  // 0: own run (i0, count); 1: (g, n) entries [i0, i0 + count)
+    index_t g, n, i0, count;
+  };
+  std::vector<Task> tasks;
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hk = 0; hk < d.Hkv; ++hk) {
+      const index_t h0 = hk * G;
+      landmark_logits(in.q, lk, m, options, b, hk, h0, G, logits.view(), executor);
+      parallel_for(executor, d.Tq * G, 64, [&](index_t first, index_t last) {
+        std::vector<std::int32_t> row;
+        std::vector<std::pair<float, std::int32_t>> candidates;
+        for (index_t r = first; r < last; ++r) {
+          const index_t g = r % G, i = r / G, own = m.block_of(d.Tk - d.Tq + i);
+          landmark_select_row(logits.view().ptr(0, i, g), logits.view().stride(3), own, K, row, candidates);
+          for (index_t e = 0; e < cap; ++e)
+            chosen(i, g, e) = e < static_cast<index_t>(row.size()) ? row[static_cast<std::size_t>(e)] : -1;
+        }
+      });
+      std::fill(offsets.begin(), offsets.end(), 0);
+      for (index_t i = 0; i < d.Tq; ++i)
+        for (index_t g = 0; g < G; ++g)
+          for (index_t e = 0; e < K; ++e)
+            if (chosen(i, g, e) >= 0) ++offsets[static_cast<std::size_t>(g * Nb + chosen(i, g, e) + 1)];
+      for (std::size_t c = 1; c < offsets.size(); ++c) offsets[c] += offsets[c - 1];
+      entry_query.resize(static_cast<std::size_t>(offsets.back()));
+      entry_slot.resize(entry_query.size());
+      {
+        std::vector<index_t> fill(offsets.begin(), offsets.end() - 1);
+        for (index_t i = 0; i < d.Tq; ++i)
+          for (index_t g = 0; g < G; ++g)
+            for (index_t e = 0; e < K; ++e) {
+              const index_t n = chosen(i, g, e);
+              if (n < 0) continue;
+              const auto at = static_cast<std::size_t>(fill[static_cast<std::size_t>(g * Nb + n)]++);
+              entry_query[at] = static_cast<std::int32_t>(i), entry_slot[at] = static_cast<std::int32_t>(e);
+            }
+      }
+      tasks.clear();
+      for (const auto& [i0, nq] : runs) tasks.push_back({0, 0, 0, i0, nq});
+      for (index_t g = 0; g < G; ++g)
+        for (index_t n = 0; n < Nb; ++n) {
+          const index_t e0 = offsets[static_cast<std::size_t>(g * Nb + n)], e1 = offsets[static_cast<std::size_t>(g * Nb + n + 1)];
+          for (index_t e = e0; e < e1; e += kFlashRows) tasks.push_back({1, g, n, e, std::min(kFlashRows, e1 - e)});
+        }
+      executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
+        const Task& task = tasks[static_cast<std::size_t>(t)];
+        thread_local GatheredScratch scratch;
+        GatheredScratch& gw = scratch.fit(rows, d.Dk, d.Dv);
+        if (task.kind == 0) {
+          std::vector<std::int32_t> queries(static_cast<std::size_t>(task.count));
+          for (index_t r = 0; r < task.count; ++r) queries[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(task.i0 + r);
+          const index_t last = d.Tk - d.Tq + task.i0 + task.count, own = m.block_of(last - 1);
+          gathered_block_attention(dense, b, hk, h0, G, queries.data(), task.count,
+                                   m.starts[static_cast<std::size_t>(own)], last, causal, scale, gw);
+          for (index_t r = 0; r < task.count; ++r)
+            for (index_t g = 0; g < G; ++g) {
+              std::copy(gw.o.data() + (r * G + g) * d.Dv, gw.o.data() + (r * G + g + 1) * d.Dv, own_o.view().ptr(task.i0 + r, g));
+              own_lse(task.i0 + r, g, 0) = gw.lse[static_cast<std::size_t>(r * G + g)];
+            }
+          return;
+        }
+        gathered_block_attention(dense, b, hk, h0 + task.g, 1, entry_query.data() + task.i0, task.count,
+                                 m.starts[static_cast<std::size_t>(task.n)], m.starts[static_cast<std::size_t>(task.n + 1)],
+                                 open, scale, gw);
+        for (index_t r = 0; r < task.count; ++r) {
+          const auto at = static_cast<std::size_t>(task.i0 + r);
+          std::copy(gw.o.data() + r * d.Dv, gw.o.data() + (r + 1) * d.Dv,
+                    part_o.view().ptr(entry_query[at], task.g, entry_slot[at]));
+        }
+      });
+      parallel_for(executor, d.Tq * G, 64, [&](index_t first, index_t last) {
+        WeightedPartsAccumulator acc;
+        acc.reset(1, d.Dv);
+        for (index_t r = first; r < last; ++r) {
+          const index_t g = r % G, i = r / G;
+          acc.reset(1, d.Dv);
+          acc.add(0, own_lse(i, g, 0), own_o.view().ptr(i, g));
+          for (index_t e = 0; e < K; ++e) {
+            const index_t n = chosen(i, g, e);
+            if (n >= 0) acc.add(0, logits(0, i, g, n), part_o.view().ptr(i, g, e));
+          }
+          const float lse = acc.finish(0, out.o.ptr(b, i, h0 + g), out.o.stride(3));
+          if (out.lse.has_value()) out.lse(b, i, h0 + g) = lse;
+        }
+      });
+    }
+}
+
 }  // namespace detail
 
 /// Same arguments and results as reference::landmark_attention; K/V may be float, f16 or bf16.
-/// Allocates the landmark keys (unless given), the logits of one KV head's group
-/// ([Tq, Hq / Hkv, Nb] floats) and one scratch per thread (kept across calls).
+/// With top_k >= 0 and Tq > 16 the chosen blocks run against their gathered queries (per KV
+/// head's group: logits, selection and Tq * (Hq / Hkv) * (top_k + 1) * (Dv + 1) floats of parts);
+/// otherwise by runs of queries (logits of a few groups, at most ~4M floats). Allocates the
+/// landmark keys (unless given) and one scratch per thread (kept across calls).
 template <class KV>
 void landmark_attention(const LandmarkInputs<KV>& in, const AttentionOutputs& out, const LandmarkOptions& options = {},
                         const Executor& executor = serial_executor()) {
   const detail::LandmarkDims m = detail::validate_landmark("landmark_attention", in, out, options);
-  detail::landmark_run(in, out, options, m, executor);
+  if (options.top_k >= 0 && m.attention.Tq > 16)
+    detail::landmark_run_gathered(in, out, options, m, executor);
+  else
+    detail::landmark_run(in, out, options, m, executor);
 }
 
 }  // namespace seqmix
