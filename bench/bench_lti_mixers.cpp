@@ -16,6 +16,15 @@
 // For the local convolutions GFLOP/s counts 2 K flops per output plus, for dynamic_conv, 4 per
 // logit (max, exp, sum, scale); GB/s x read and y written once (and the logits; a step also
 // reads and rewrites its [B,K-1,D] state): the prefill is bandwidth-bound for small K.
+//   masked_mixer/prefill/G12_D768_T<T>   blocked lower-triangular mixing, 12 matrices, T in {1024, 4096}
+//   masked_mixer/{prefill,reference}/G1_D64_T256   the fast form and its baseline at one shape
+//   monarch_mix/prefill/G12_D768_T<T>    order-2 Monarch over tokens (b = 32, 64), T in {1024, 4096}
+//   monarch_mix/{prefill,reference}/G1_D64_T256    the fast form and its baseline (b = 16)
+//   monarch_mix_causal/prefill/D768_T<T> the zero-padded Monarch DFT product, T in {1024, 4096}
+//   monarch_mix_causal/long_conv/D768_T4096  the same map by long_conv (its FFT), for comparison
+//   monarch_mix_causal/{prefill,reference}/D64_T256  the fast form and its baseline
+//   hyper_mixer/prefill/D768_T<T>_M768_E256  HyperMixer with hidden 768 and mixing width 256
+//   hyper_mixer/{prefill,reference}/D64_T256_M64_E32  the fast form and its baseline
 // GFLOP/s counts the FFT work of the long convolutions (3 transforms of N per channel at
 // 2.5 N log2 N plus the product, as bench_long_conv.cpp counts it) and the elementwise passes;
 // GB/s the projections read and y written once.
@@ -156,6 +165,79 @@ void local_conv_step(benchmark::State& state, index_t B, index_t K, bool dynamic
                         4.0 * (2.0 * double(B) * D + 2.0 * double(B) * (K - 1) * D + logit_count));
 }
 
+void masked_mixer(benchmark::State& state, index_t T, index_t D, index_t G, bool reference) {
+  const Tensor<float, 3> x = st::random_tensor<3>({1, T, D}, 1);
+  const Tensor<float, 3> w = st::random_tensor<3>({G, T, T}, 2, -0.05f, 0.05f);
+  Tensor<float, 3> y({1, T, D});
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::masked_mixer({x.view(), w.view()}, {y.view()});
+    else
+      seqmix::masked_mixer({x.view(), w.view()}, {y.view()}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  st::report_throughput(state, double(T) * double(T + 1) * D, 4.0 * (2.0 * T * D + G * double(T) * T / 2));
+}
+
+void monarch_mix(benchmark::State& state, index_t T, index_t D, index_t G, bool reference) {
+  index_t b = 1;
+  while (b * b < T) ++b;
+  const Tensor<float, 3> x = st::random_tensor<3>({1, T, D}, 1);
+  const float scale = 1.f / std::sqrt(float(b));
+  const Tensor<float, 4> left = st::random_tensor<4>({G, b, b, b}, 2, -scale, scale),
+                         right = st::random_tensor<4>({G, b, b, b}, 3, -scale, scale);
+  Tensor<float, 3> y({1, T, D});
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::monarch_mix({x.view(), left.view(), right.view()}, {y.view()});
+    else
+      seqmix::monarch_mix({x.view(), left.view(), right.view()}, {y.view()}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  st::report_throughput(state, 4.0 * double(b * b) * b * D, 4.0 * (2.0 * T * D + 2.0 * G * b * b * b));
+}
+
+// form: 0 the Monarch DFT product, 1 the reference, 2 long_conv on the same filter.
+void monarch_mix_causal(benchmark::State& state, index_t T, index_t D, int form) {
+  const Tensor<float, 3> x = st::random_tensor<3>({1, T, D}, 1);
+  const Tensor<float, 2> h = st::random_tensor<2>({T, D}, 2, -0.02f, 0.02f);
+  Tensor<float, 3> y({1, T, D});
+  for (auto _ : state) {
+    if (form == 1)
+      seqmix::reference::monarch_mix_causal({x.view(), h.view()}, {y.view()});
+    else if (form == 2)
+      seqmix::long_conv({x.view(), h.view()}, {y.view()}, {}, st::two_thread_pool());
+    else
+      seqmix::monarch_mix_causal({x.view(), h.view()}, {y.view()}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  // Fast: 3 transforms (filter, x, inverse) of 2 complex GEMM stages, n b complex multiply-adds
+  // (8 flops) per channel each; reference and long_conv: the convolution sum / FFT counts.
+  index_t b = 1;
+  while (b * b < 2 * T - 1) ++b;
+  const double flop = form == 0 ? 3.0 * 2.0 * 8.0 * double(b * b) * b * D
+                                : form == 1 ? double(T) * double(T + 1) * D : conv_flop(T, D);
+  st::report_throughput(state, flop, 4.0 * 3.0 * double(T) * D);
+}
+
+void hyper_mixer(benchmark::State& state, index_t T, index_t D, index_t M, index_t E, bool reference) {
+  const Tensor<float, 3> x = st::random_tensor<3>({1, T, D}, 1);
+  const float sd = 1.f / std::sqrt(float(D)), sm = 1.f / std::sqrt(float(M));
+  const Tensor<float, 2> a1 = st::random_tensor<2>({D, M}, 2, -sd, sd), b1 = st::random_tensor<2>({M, E}, 3, -sm, sm),
+                         a2 = st::random_tensor<2>({D, M}, 4, -sd, sd), b2 = st::random_tensor<2>({M, E}, 5, -sm, sm);
+  Tensor<float, 3> y({1, T, D});
+  const seqmix::HyperMixerInputs in{x.view(), {a1.view(), {}, b1.view(), {}}, {a2.view(), {}, b2.view(), {}}};
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::hyper_mixer(in, {y.view()});
+    else
+      seqmix::hyper_mixer(in, {y.view()}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double flop = 2.0 * (2.0 * T * D * M + 2.0 * T * M * E) + 4.0 * T * E * D;
+  st::report_throughput(state, flop, 4.0 * (2.0 * T * D + 2.0 * (D * M + M * E)));
+}
+
 void register_all() {
   const auto add = [](const std::string& name, auto fn) {
     benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -172,6 +254,24 @@ void register_all() {
   for (index_t T : {1024, 4096})
     add("base_conv/prefill/D768_T" + std::to_string(T), [=](benchmark::State& s) { base_conv(s, T, 768, false); });
   add("base_conv/reference/D64_T256", [](benchmark::State& s) { base_conv(s, 256, 64, true); });
+  for (index_t T : {1024, 4096})
+    add("masked_mixer/prefill/G12_D768_T" + std::to_string(T), [=](benchmark::State& s) { masked_mixer(s, T, 768, 12, false); });
+  add("masked_mixer/prefill/G1_D64_T256", [](benchmark::State& s) { masked_mixer(s, 256, 64, 1, false); });
+  add("masked_mixer/reference/G1_D64_T256", [](benchmark::State& s) { masked_mixer(s, 256, 64, 1, true); });
+  for (index_t T : {1024, 4096})
+    add("monarch_mix/prefill/G12_D768_T" + std::to_string(T), [=](benchmark::State& s) { monarch_mix(s, T, 768, 12, false); });
+  add("monarch_mix/prefill/G1_D64_T256", [](benchmark::State& s) { monarch_mix(s, 256, 64, 1, false); });
+  add("monarch_mix/reference/G1_D64_T256", [](benchmark::State& s) { monarch_mix(s, 256, 64, 1, true); });
+  for (index_t T : {1024, 4096})
+    add("monarch_mix_causal/prefill/D768_T" + std::to_string(T), [=](benchmark::State& s) { monarch_mix_causal(s, T, 768, 0); });
+  add("monarch_mix_causal/long_conv/D768_T4096", [](benchmark::State& s) { monarch_mix_causal(s, 4096, 768, 2); });
+  add("monarch_mix_causal/prefill/D64_T256", [](benchmark::State& s) { monarch_mix_causal(s, 256, 64, 0); });
+  add("monarch_mix_causal/reference/D64_T256", [](benchmark::State& s) { monarch_mix_causal(s, 256, 64, 1); });
+  for (index_t T : {1024, 4096})
+    add("hyper_mixer/prefill/D768_T" + std::to_string(T) + "_M768_E256",
+        [=](benchmark::State& s) { hyper_mixer(s, T, 768, 768, 256, false); });
+  add("hyper_mixer/prefill/D64_T256_M64_E32", [](benchmark::State& s) { hyper_mixer(s, 256, 64, 64, 32, false); });
+  add("hyper_mixer/reference/D64_T256_M64_E32", [](benchmark::State& s) { hyper_mixer(s, 256, 64, 64, 32, true); });
   for (const bool dynamic : {false, true}) {
     const std::string op = dynamic ? "dynamic_conv" : "lightweight_conv";
     for (index_t K : {7, 31})
