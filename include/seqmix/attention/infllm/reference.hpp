@@ -175,11 +175,20 @@ class InfllmMemory {
           for (index_t g = 0; g < G; ++g) {
             s.clear();
             double top = -HUGE_VAL;
+            const float* qr = q.ptr(b, i, hk * G + g);
             for (index_t j = start; j <= pos; ++j) {
-              double dot = 0.0;
-              for (index_t c = 0; c < Dk_; ++c)
-                dot += static_cast<double>(q(b, i, hk * G + g, c)) * static_cast<double>(static_cast<float>(k(b, j, hk, c)));
-              s.push_back(scale * dot);
+              // Four partial sums (a fixed order, the same in every form): the dot products are
+              // most of an update's cost.
+              const KV* kr = k.ptr(b, j, hk);
+              double part[4] = {0.0, 0.0, 0.0, 0.0};
+              index_t c = 0;
+              for (; c + 4 <= Dk_; c += 4)
+                for (index_t u = 0; u < 4; ++u)
+                  part[u] += static_cast<double>(qr[(c + u) * q.stride(3)]) *
+                             static_cast<double>(static_cast<float>(kr[(c + u) * k.stride(3)]));
+              for (; c < Dk_; ++c)
+                part[0] += static_cast<double>(qr[c * q.stride(3)]) * static_cast<double>(static_cast<float>(kr[c * k.stride(3)]));
+              s.push_back(scale * ((part[0] + part[1]) + (part[2] + part[3])));
               top = std::max(top, s.back());
             }
             if (!(top > -HUGE_VAL) || top == HUGE_VAL) continue;  // nothing finite to share out
