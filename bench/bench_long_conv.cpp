@@ -9,6 +9,12 @@
 //                                          8 flops per (l, h, n): a complex multiply and a complex FMA
 //   ssm_kernel/reference/H16_N64_T1024     the double Vandermonde loop, the baseline
 //   ssm_kernel/step/B1_H768_N64            one recurrent decode step
+//   ssm_dplr_kernel/prefill/H768_N64_T16384 S4 kernel generation (DPLR A from HiPPO-LegS, rank 1, one A
+//                                          shared by all channels): Cauchy sums + Woodbury + inverse FFT
+//                                          in double; GFLOP/s counted as the diagonal kernel's 8 L H N,
+//                                          so the figure compares the two generations' time directly
+//   ssm_dplr_kernel/reference/H16_N64_T1024 the dense power loop (double), the baseline
+//   ssm_dplr_kernel/step/B1_H768_N64       one DPLR decode step (structured, O(N r) per channel)
 //   s5/prefill/T4096_H512_P256             S5 prefill (GEMMs + associative scan), GFLOP/s counting the
 //                                          two complex projections, 16 T H P flops
 //   s5/step/B1_H512_P256                   one decode step
@@ -115,6 +121,49 @@ void ssm_step(benchmark::State& state, index_t H, index_t N) {
   st::report_throughput(state, 10.0 * H * N, 4.0 * 9.0 * H * N);
 }
 
+// S4's layout: HiPPO-LegS in DPLR form (rank 1, Q = P) shared by the H channels, random complex C.
+struct DplrBenchSystem {
+  Tensor<float, 2> Lr, Li, Br, Bi, Cr, Ci;
+  Tensor<float, 3> Pr, Pi;
+  Tensor<float, 1> dt;
+  DplrBenchSystem(index_t H, index_t N)
+      : Lr({1, N}), Li({1, N}), Br({H, N}), Bi({H, N}), Cr(st::random_tensor<2>({H, N}, 2)),
+        Ci(st::random_tensor<2>({H, N}, 3)), Pr({1, 1, N}), Pi({1, 1, N}), dt(st::random_tensor<1>({H}, 4, 0.001f, 0.1f)) {
+    seqmix::ssm_init_hippo_legs(Lr.view(), Li.view(), Pr.view(), Pi.view(), Br.view(), Bi.view());
+  }
+  seqmix::SsmDplrParams params() const {
+    return {Lr.view(), Li.view(), Pr.view(), Pi.view(), {}, {}, Br.view(), Bi.view(), Cr.view(), Ci.view(), dt.view()};
+  }
+};
+
+void dplr_kernel(benchmark::State& state, index_t H, index_t N, index_t T, bool reference) {
+  const DplrBenchSystem system(H, N);
+  Tensor<float, 2> k({T, H});
+  const seqmix::SsmKernelOptions options{seqmix::SsmDiscretization::bilinear, seqmix::SsmStateSymmetry::none};
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::ssm_dplr_kernel(system.params(), k.view(), options);
+    else
+      seqmix::ssm_dplr_kernel(system.params(), k.view(), options, st::two_thread_pool());
+    benchmark::DoNotOptimize(k.data());
+  }
+  st::report_throughput(state, 8.0 * T * H * N, 4.0 * T * H);
+}
+
+void dplr_step(benchmark::State& state, index_t H, index_t N) {
+  const DplrBenchSystem system(H, N);
+  const Tensor<float, 2> u = st::random_tensor<2>({1, H}, 1);
+  Tensor<float, 3> xr({1, H, N}), xi({1, H, N});
+  xr.fill(0.f), xi.fill(0.f);
+  Tensor<float, 2> y({1, H});
+  for (auto _ : state) {
+    seqmix::ssm_dplr_step({u.view(), system.params()}, {y.view(), xr.view(), xi.view()},
+                          {seqmix::SsmDiscretization::bilinear, seqmix::SsmStateSymmetry::none}, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  st::report_throughput(state, 10.0 * H * N, 4.0 * 8.0 * H * N);
+}
+
 void s5(benchmark::State& state, index_t T, index_t H, index_t P, bool step) {
   const Tensor<float, 1> L_re = st::random_tensor<1>({P}, 1, -1.f, -0.1f), L_im = st::random_tensor<1>({P}, 2),
                          dt = st::random_tensor<1>({P}, 3, 0.001f, 0.1f);
@@ -163,6 +212,11 @@ void register_all() {
   add("ssm_kernel/prefill/H768_N64_T16384", [](benchmark::State& s) { kernel(s, 768, 64, 16384, false); });
   add("ssm_kernel/reference/H16_N64_T1024", [](benchmark::State& s) { kernel(s, 16, 64, 1024, true); });
   benchmark::RegisterBenchmark("ssm_kernel/step/B1_H768_N64", [](benchmark::State& s) { ssm_step(s, 768, 64); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
+  add("ssm_dplr_kernel/prefill/H768_N64_T16384", [](benchmark::State& s) { dplr_kernel(s, 768, 64, 16384, false); });
+  add("ssm_dplr_kernel/reference/H16_N64_T1024", [](benchmark::State& s) { dplr_kernel(s, 16, 64, 1024, true); });
+  benchmark::RegisterBenchmark("ssm_dplr_kernel/step/B1_H768_N64", [](benchmark::State& s) { dplr_step(s, 768, 64); })
       ->UseRealTime()
       ->Unit(benchmark::kMicrosecond);
 }

@@ -74,17 +74,27 @@ inline void validate_ssm_dplr_step(const ArgCheck& check, const SsmDplrStepInput
   if (views_overlap(out.state_real, out.state_imag)) check.fail("state_imag", "overlaps 'state_real'");
 }
 
+// Per-task buffers of the step (allocated once per task, not per channel).
+struct SsmDplrStepScratch {
+  SsmDplrGroup group;
+  index_t group_index = -1;
+  std::vector<SsmComplex> D, x, v, S, identity;
+};
+
 // Channel h, all batch rows, in double.
 inline void ssm_dplr_step_channel(const SsmDplrStepInputs& in, const SsmStepOutputs& out, const SsmDplrDims& dims,
-                                  index_t h) {
+                                  index_t h, SsmDplrStepScratch& scratch) {
   const SsmDplrParams& p = in.params;
-  const SsmDplrGroup s = ssm_dplr_group(p, h / (dims.H / dims.G));
+  const index_t g = h / (dims.H / dims.G);
+  if (scratch.group_index != g) scratch.group = ssm_dplr_group(p, g), scratch.group_index = g;
+  const SsmDplrGroup& s = scratch.group;
   const index_t N = dims.N, r = dims.r, B = in.u.size(0);
   const double dt = p.dt(h);
-  std::vector<SsmComplex> D(N), x(N), v(N);
+  std::vector<SsmComplex>&D = scratch.D, &x = scratch.x, &v = scratch.v, &S = scratch.S, &identity = scratch.identity;
+  D.resize(N), x.resize(N), v.resize(N);
   for (index_t n = 0; n < N; ++n) D[n] = 1.0 / (1.0 - dt / 2.0 * s.Lambda[n]);
   // S = (2/dt I + Q^* D P)^-1, as the r x r solve of the Woodbury term (columns of the identity).
-  std::vector<SsmComplex> S(static_cast<std::size_t>(r * r)), identity(static_cast<std::size_t>(r * r), 0.0);
+  S.resize(static_cast<std::size_t>(r * r)), identity.assign(static_cast<std::size_t>(r * r), 0.0);
   for (index_t i = 0; i < r; ++i) {
     identity[i * r + i] = 1.0;
     for (index_t j = 0; j < r; ++j) {
@@ -136,9 +146,10 @@ inline void ssm_dplr_step_channel(const SsmDplrStepInputs& in, const SsmStepOutp
 
 /// Decode step of a DPLR system: advances the complex state [B,H,N] by one input per batch row
 /// and channel, writes y [B,H]. O(N r) per row and channel in double (the state is stored as
-/// float), channels threaded. Validates shapes, overlaps and the parameters' values
-/// (ShapeError before any write) except the dissipativity of an explicit Q, which
-/// ssm_dplr_kernel checks. Bilinear only, as ssm_dplr_kernel.
+/// float), channels threaded; D and the r x r Woodbury matrix are formed per channel and call.
+/// Validates shapes, overlaps and the parameters' values (ShapeError before any write) except the
+/// dissipativity of an explicit Q, which ssm_dplr_kernel checks. Bilinear only, as
+/// ssm_dplr_kernel.
 inline void ssm_dplr_step(const SsmDplrStepInputs& in, const SsmStepOutputs& out,
                           const SsmKernelOptions& options = {SsmDiscretization::bilinear, SsmStateSymmetry::none},
                           const Executor& executor = serial_executor()) {
@@ -146,7 +157,8 @@ inline void ssm_dplr_step(const SsmDplrStepInputs& in, const SsmStepOutputs& out
   detail::SsmDplrDims dims{};
   detail::validate_ssm_dplr_step(check, in, out, options, &dims);
   const auto body = [&](index_t begin, index_t end) {
-    for (index_t h = begin; h < end; ++h) detail::ssm_dplr_step_channel(in, out, dims, h);
+    detail::SsmDplrStepScratch scratch;
+    for (index_t h = begin; h < end; ++h) detail::ssm_dplr_step_channel(in, out, dims, h, scratch);
   };
   if (in.u.size(0) * dims.H * dims.N * dims.r < detail::kSsmStepMinParallelWork) {
     body(0, dims.H);
