@@ -52,3 +52,7 @@
 // HyperAttention: sortLSH heavy blocks plus sampled columns, with the causal recursion.
 #include "seqmix/attention/hyper/fast.hpp"
 #include "seqmix/attention/hyper/reference.hpp"
+
+// Reformer's LSH attention (shared QK, angular hashing, sorted chunks, rounds merged by lse).
+#include "seqmix/attention/lsh/fast.hpp"
+#include "seqmix/attention/lsh/reference.hpp"
