@@ -56,3 +56,7 @@
 // Reformer's LSH attention (shared QK, angular hashing, sorted chunks, rounds merged by lse).
 #include "seqmix/attention/lsh/fast.hpp"
 #include "seqmix/attention/lsh/reference.hpp"
+
+// Routing Transformer's routing attention (balanced clusters by online k-means centroids).
+#include "seqmix/attention/routing/fast.hpp"
+#include "seqmix/attention/routing/reference.hpp"
