@@ -80,7 +80,7 @@ inline AttentionOptions routing_attention_options(const RoutingOptions& options)
   return o;
 }
 
-inline bool all_finite(const ConstView<float, 3>& x) {
+inline bool routing_all_finite(const ConstView<float, 3>& x) {
   for (index_t a = 0; a < x.size(0); ++a)
     for (index_t b = 0; b < x.size(1); ++b)
       for (index_t c = 0; c < x.size(2); ++c)
@@ -100,7 +100,7 @@ inline index_t validate_routing_clusters(const ArgCheck& check, const RoutingInp
   }
   check.shape("centroids", in.centroids, std::array<index_t, 3>{Hq, -1, Dk}, "Hq,C,Dk");
   check.that(in.centroids.size(1) >= 1, "centroids", "needs at least one cluster (C >= 1)");
-  check.that(all_finite(in.centroids), "centroids", "must be finite");
+  check.that(routing_all_finite(in.centroids), "centroids", "must be finite");
   const index_t C = in.centroids.size(1);
   const index_t w = options.cluster_size > 0 ? options.cluster_size : (T + C - 1) / C;
   return std::min(w, T);
@@ -190,7 +190,7 @@ inline void routing_update_centroids(const TensorView<float, 3>& centroids, cons
              "must be in [0, 1], got " + std::to_string(decay));
   check.shape("centroids", centroids, std::array<index_t, 3>{-1, -1, -1}, "H,C,Dk");
   check.that(centroids.size(1) >= 1, "centroids", "needs at least one cluster (C >= 1)");
-  check.that(detail::all_finite(ConstView<float, 3>(centroids)), "centroids", "must be finite");
+  check.that(detail::routing_all_finite(ConstView<float, 3>(centroids)), "centroids", "must be finite");
   const index_t H = centroids.size(0), C = centroids.size(1), Dk = centroids.size(2);
   check.shape("x", x, std::array<index_t, 4>{-1, -1, H, Dk}, "B,T,H,Dk");
   if (views_overlap(centroids, x)) check.fail("centroids", "overlaps x");
