@@ -33,6 +33,22 @@
 // with a small output (|o| ~ |v| / sqrt(T)), while a random projection (|v'| ~ sqrt(T / kp) |v|),
 // landmarks or a few local keys give outputs far larger than that, hence errors of order 1 or more.
 //
+//   lsh_attention/prefill/T8192_H32_D128      seqmix::lsh_attention (Reformer): shared QK
+//                                             [1,T,32,128], v with 32 heads, 128 buckets,
+//                                             2 rounds, chunks of 64, causal
+//   routing_attention/prefill/T8192_H32_D128  seqmix::routing_attention: q 32 heads, k / v 8
+//                                             heads, C = 91 (about sqrt(T)) centroids after 3
+//                                             EMA steps from random ones, w = ceil(T / C), causal
+//   <op>/prefill/T512_H32_D128[_reference]    the fast form beside its reference at T = 512
+// Both run on a needle input: random q, k, v in [-1, 1], with, per head, a key at T / 4 in a
+// random direction u (value 3 in every channel) and the last query 150 u, so that dense
+// attention puts about 99% of the last row's weight on the needle. Counters (against dense on
+// the same inputs, computed once outside the timed loop): err_vs_dense = relative Frobenius error
+// over all rows, err_needle = that error on the last row alone (near 0: the needle was found;
+// near 1: missed). Their dense: causal flash (routing); for lsh, keys = normalized qk and the
+// self rule, i.e. causal flash with query i at position i - 1 (row 0 at 0: itself). Time them
+// against attention/prefill/T8192_H32_D128_dense_causal (same T, heads and D).
+//
 // The issue asks for prefill at T = 32768; dense causal flash there is about 8.8 TFLOP (a minute
 // or more per call on 2 cores), so the prefill shapes run at T = 8192 (named so).
 #include <benchmark/benchmark.h>
@@ -43,6 +59,8 @@
 #include <utility>
 
 #include "seqmix/attention/approx/fast.hpp"
+#include "seqmix/attention/lsh/fast.hpp"
+#include "seqmix/attention/lsh/reference.hpp"
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/infllm/fast.hpp"
 #include "seqmix/attention/landmark/fast.hpp"
@@ -52,6 +70,8 @@
 #include "seqmix/attention/moba/step.hpp"
 #include "seqmix/attention/nsa/fast.hpp"
 #include "seqmix/attention/nsa/step.hpp"
+#include "seqmix/attention/routing/fast.hpp"
+#include "seqmix/attention/routing/reference.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix_testing/bench_counters.hpp"
@@ -519,6 +539,176 @@ const bool registered_landmark_infllm = [] {
   add("infllm/prefill/" + shape + "_T8192", [](benchmark::State& s) { infllm_prefill_bench(s, 8192); });
   add("infllm/decode/" + shape + "_Tk32768_f16", [](benchmark::State& s) { infllm_decode_bench(s, 32768); });
   add("attention/decode/" + shape + "_Tk32768_f16_dense", [](benchmark::State& s) { infllm_dense_decode_bench(s, 32768); });
+// ---- lsh_attention and routing_attention (issue 18 items 5 and 6) ----------------------------
+
+constexpr index_t kLshBuckets = 128, kLshRounds = 2, kLshChunk = 64, kRoutingSteps = 3;
+
+// The needle input: random rows, plus per head a key at T / 4 in direction u (|k| ~ a random
+// row's norm, value 3) and the last query 150 u (its logit with the needle: 150 / sqrt(128) =
+// 13.3, against about 0 for the other keys).
+struct LshRoutingNeedle {
+  index_t T;
+  bool shared;  // lsh: qk (q) and v with kHq heads; routing: q kHq heads, k / v kHkv heads
+  Tensor<float, 4> q, k, v, dense_o;
+  LshRoutingNeedle(index_t t, bool shared_qk)
+      : T(t),
+        shared(shared_qk),
+        q(st::random_tensor<4>({1, t, kHq, kD}, 31)),
+        k(st::random_tensor<4>({1, t, shared_qk ? kHq : kHkv, kD}, 32)),
+        v(st::random_tensor<4>({1, t, shared_qk ? kHq : kHkv, kD}, 33)) {
+    const index_t Hk = shared ? kHq : kHkv, G = kHq / Hk, p = T / 4;
+    const Tensor<float, 3> u = st::random_tensor<3>({Hk, 1, kD}, 34);
+    for (index_t hk = 0; hk < Hk; ++hk) {
+      double n = 0;
+      for (index_t c = 0; c < kD; ++c) n += static_cast<double>(u(hk, 0, c)) * u(hk, 0, c);
+      const float inv = static_cast<float>(1.0 / std::sqrt(n));
+      Tensor<float, 4>& key = shared ? q : k;
+      for (index_t c = 0; c < kD; ++c) key(0, p, hk, c) = 6.5f * u(hk, 0, c) * inv, v(0, p, hk, c) = 3.f;
+      for (index_t g = 0; g < G; ++g)
+        for (index_t c = 0; c < kD; ++c) q(0, T - 1, hk * G + g, c) = 150.f * u(hk, 0, c) * inv;
+    }
+  }
+  // Dense attention on these inputs, once.
+  const Tensor<float, 4>& dense() {
+    if (dense_o.numel() != 0) return dense_o;
+    dense_o = Tensor<float, 4>({1, T, kHq, kD});
+    seqmix::AttentionOptions causal;
+    causal.causal = true;
+    seqmix::AttentionInputs<float> in;
+    in.q = q.cview(), in.v = v.cview();
+    Tensor<float, 4> unit;
+    Tensor<std::int64_t, 2> pos({1, T});
+    if (shared) {  // keys: the normalized rows; query i at position i - 1 (row 0 at 0: itself)
+      unit = Tensor<float, 4>({1, T, kHq, kD});
+      for (index_t t = 0; t < T; ++t)
+        for (index_t h = 0; h < kHq; ++h) {
+          double n = 0;
+          for (index_t c = 0; c < kD; ++c) n += static_cast<double>(q(0, t, h, c)) * q(0, t, h, c);
+          for (index_t c = 0; c < kD; ++c) unit(0, t, h, c) = static_cast<float>(q(0, t, h, c) / std::sqrt(n));
+        }
+      for (index_t t = 0; t < T; ++t) pos(0, t) = std::max<index_t>(t - 1, 0);
+      in.k = unit.cview(), in.positions = pos.cview();
+    } else {
+      in.k = k.cview();
+    }
+    seqmix::attention(in, {dense_o.view(), {}}, causal, pool());
+    return dense_o;
+  }
+};
+
+LshRoutingNeedle& lsh_routing_needle(bool shared) {
+  static LshRoutingNeedle lsh(kApproxT, true), routing(kApproxT, false);
+  return shared ? lsh : routing;
+}
+
+// Relative Frobenius error of rows [t0, T) against dense.
+double lsh_routing_needle_error(LshRoutingNeedle& p, const Tensor<float, 4>& got, index_t t0) {
+  const Tensor<float, 4>& want = p.dense();
+  double diff = 0, norm = 0;
+  for (index_t t = t0; t < p.T; ++t)
+    for (index_t h = 0; h < kHq; ++h)
+      for (index_t c = 0; c < kD; ++c) {
+        const double w = want(0, t, h, c), d = got(0, t, h, c) - w;
+        diff += d * d, norm += w * w;
+      }
+  return std::sqrt(diff / norm);
+}
+
+seqmix::LshOptions bench_lsh_options() {
+  seqmix::LshOptions o;
+  o.n_buckets = kLshBuckets, o.n_rounds = kLshRounds, o.chunk_len = kLshChunk, o.seed = 1;
+  return o;
+}
+
+// Centroids [kHq, C, D]: random unit ones, then kRoutingSteps EMA steps (decay 0.5) on the
+// queries and the keys (repeated to the query heads), as a caller training them would.
+Tensor<float, 3> bench_routing_centroids(const Tensor<float, 4>& q, const Tensor<float, 4>& k, index_t C) {
+  Tensor<float, 3> mu = st::random_tensor<3>({kHq, C, kD}, 35);
+  const index_t T = q.size(1), G = kHq / k.size(2);
+  Tensor<float, 4> kr({1, T, kHq, kD});
+  for (index_t t = 0; t < T; ++t)
+    for (index_t h = 0; h < kHq; ++h)
+      for (index_t c = 0; c < kD; ++c) kr(0, t, h, c) = k(0, t, h / G, c);
+  for (index_t h = 0; h < kHq; ++h)
+    for (index_t c = 0; c < C; ++c) {
+      double n = 0;
+      for (index_t x = 0; x < kD; ++x) n += static_cast<double>(mu(h, c, x)) * mu(h, c, x);
+      for (index_t x = 0; x < kD; ++x) mu(h, c, x) = static_cast<float>(mu(h, c, x) / std::sqrt(n));
+    }
+  for (index_t s = 0; s < kRoutingSteps; ++s) {
+    seqmix::routing_update_centroids(mu.view(), q.cview(), 0.5f, pool());
+    seqmix::routing_update_centroids(mu.view(), kr.cview(), 0.5f, pool());
+  }
+  return mu;
+}
+
+index_t routing_clusters_for(index_t T) { return static_cast<index_t>(std::lround(std::sqrt(static_cast<double>(T)))); }
+
+// Flops per call: 4 H D per (query, key) pair each form computes.
+double lsh_flop(index_t T) { return 4.0 * kHq * kD * kLshRounds * T * 1.5 * kLshChunk; }
+double routing_flop(index_t T) {
+  const double C = static_cast<double>(routing_clusters_for(T)), w = std::ceil(T / C);
+  return 4.0 * kHq * kD * C * 0.5 * w * (w + 1);
+}
+
+void lsh_routing_prefill(benchmark::State& state, bool lsh) {
+  LshRoutingNeedle& p = lsh_routing_needle(lsh);
+  Tensor<float, 4> o({1, p.T, kHq, kD});
+  const Tensor<float, 3> mu = lsh ? Tensor<float, 3>() : bench_routing_centroids(p.q, p.k, routing_clusters_for(p.T));
+  const auto run = [&] {
+    if (lsh)
+      seqmix::lsh_attention({p.q.cview(), p.v.cview(), {}}, {o.view(), {}}, bench_lsh_options(), pool());
+    else
+      seqmix::routing_attention({p.q.cview(), p.k.cview(), p.v.cview(), mu.cview()}, {o.view(), {}}, {}, pool());
+  };
+  for (auto _ : state) {
+    run();
+    benchmark::DoNotOptimize(o.data());
+  }
+  st::report_gflops(state, lsh ? lsh_flop(p.T) : routing_flop(p.T));
+  state.counters["err_vs_dense"] = lsh_routing_needle_error(p, o, 0);
+  state.counters["err_needle"] = lsh_routing_needle_error(p, o, p.T - 1);
+}
+
+// The fast form beside its reference at T = 512 (random inputs).
+void lsh_routing_small(benchmark::State& state, bool lsh, bool reference) {
+  constexpr index_t T = 512;
+  const Tensor<float, 4> q = st::random_tensor<4>({1, T, kHq, kD}, 36);
+  const Tensor<float, 4> k = st::random_tensor<4>({1, T, kHkv, kD}, 37);
+  const Tensor<float, 4> v = st::random_tensor<4>({1, T, lsh ? kHq : kHkv, kD}, 38);
+  const Tensor<float, 3> mu = lsh ? Tensor<float, 3>() : bench_routing_centroids(q, k, routing_clusters_for(T));
+  Tensor<float, 4> o({1, T, kHq, kD});
+  for (auto _ : state) {
+    if (lsh) {
+      const seqmix::LshInputs in{q.cview(), v.cview(), {}};
+      if (reference)
+        seqmix::reference::lsh_attention(in, {o.view(), {}}, bench_lsh_options(), pool());
+      else
+        seqmix::lsh_attention(in, {o.view(), {}}, bench_lsh_options(), pool());
+    } else {
+      const seqmix::RoutingInputs in{q.cview(), k.cview(), v.cview(), mu.cview()};
+      if (reference)
+        seqmix::reference::routing_attention(in, {o.view(), {}}, {}, pool());
+      else
+        seqmix::routing_attention(in, {o.view(), {}}, {}, pool());
+    }
+    benchmark::DoNotOptimize(o.data());
+  }
+  st::report_gflops(state, lsh ? lsh_flop(T) : routing_flop(T));
+}
+
+const bool registered_lsh_routing = [] {
+  const auto add = [](const std::string& name, auto fn) {
+    return benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  const std::string shape = "T" + std::to_string(kApproxT) + "_H32_D128";
+  add("lsh_attention/prefill/" + shape, [](benchmark::State& s) { lsh_routing_prefill(s, true); });
+  add("routing_attention/prefill/" + shape, [](benchmark::State& s) { lsh_routing_prefill(s, false); });
+  for (const bool lsh : {true, false}) {
+    const std::string name = lsh ? "lsh_attention" : "routing_attention";
+    add(name + "/prefill/T512_H32_D128", [lsh](benchmark::State& s) { lsh_routing_small(s, lsh, false); });
+    add(name + "/prefill/T512_H32_D128_reference", [lsh](benchmark::State& s) { lsh_routing_small(s, lsh, true); });
+  }
   return true;
 }();
 
