@@ -10,7 +10,10 @@
 //  - retrieved blocks (the shared lookup, per row and head): when every row retrieves every
 //    sealed block, one unmasked call per block for all rows; otherwise per head, each block of
 //    the union of the run's choices against the queries that chose it.
-// Decode (Tq = 1) is the same code: each (batch row, KV head) is one task, reading the M
+// With top_k > 0 and Tq > 16 (prefill) the retrieved blocks instead run against their queries
+// gathered from the whole call (detail::infllm_run_gathered, MoBA's form), since the rows of a
+// run retrieve mostly different blocks.
+// Decode (Tq = 1) is the code above: each (batch row, KV head) is one task, reading the M
 // representative sets of the memory plus (n_init + top_k * bs + local) rows per query head,
 // against Tk rows for dense decode.
 #pragma once
@@ -24,6 +27,121 @@
 #include "seqmix/attention/landmark/parts.hpp"
 
 namespace seqmix {
+
+namespace detail {
+
+// The prefill's retrieved blocks MoBA's way (a run's rows retrieve mostly different blocks):
+// per (batch row, KV head), the shared lookup of every row, then the queries that retrieved each
+// (head, block) gathered into Q tiles of up to kFlashRows rows, one flash call per tile, each
+// result in its own partial row (Tq * G * top_k * (Dv + 1) floats for the group); the initial
+// and local parts by runs; then per row the parts merged by lse.
+template <class KV>
+void infllm_run_gathered(const InfllmMemory& memory, const InfllmInputs<KV>& in, const AttentionOutputs& out,
+                         const AttentionDims& d, const std::vector<std::pair<index_t, index_t>>& runs,
+                         const Executor& executor) {
+  const InfllmOptions& opt = memory.options();
+  const index_t G = d.group(), bs = opt.block_size, K = opt.top_k, init = opt.init_tokens;
+  const index_t Nb = std::max<index_t>(memory.blocks(), 1);
+  const AttentionOptions causal = infllm_attention_options(opt, true), open = infllm_attention_options(opt, false);
+  const float scale = attention_scale(causal, d.Dk);
+  const AttentionInputs<KV> dense = infllm_dense_inputs(in);
+  const index_t bq = flash_query_block(G, d.Tq), rows = std::max(bq * G, kFlashRows);
+  Tensor<std::int32_t, 3> chosen({d.Tq, G, K});
+  Tensor<float, 3> own_o({d.Tq, G, d.Dv}), own_lse({d.Tq, G, 1});
+  Tensor<float, 4> part_o({d.Tq, G, K, d.Dv});
+  Tensor<float, 3> part_lse({d.Tq, G, K});
+  std::vector<index_t> offsets(static_cast<std::size_t>(G * Nb + 1));
+  std::vector<std::int32_t> entry_query, entry_slot;
+  struct Task {
+    index_t kind, g, n, i0, count;  // kind 0: own run (i0, count); 1: (g, n) entries [i0, i0 + count)
+  };
+  std::vector<Task> tasks;
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hk = 0; hk < d.Hkv; ++hk) {
+      const index_t h0 = hk * G;
+      parallel_for(executor, d.Tq * G, 16, [&](index_t first, index_t last) {
+        std::vector<float> scores;
+        std::vector<std::int32_t> row;
+        std::vector<std::pair<float, std::int32_t>> candidates;
+        for (index_t r = first; r < last; ++r) {
+          const index_t g = r % G, i = r / G, sealed = memory.blocks_at(d.Tk - d.Tq + i);
+          infllm_select_row(memory, in.q.ptr(b, i, h0 + g), in.q.stride(3), b, hk, sealed, scores, row, candidates);
+          for (index_t e = 0; e < K; ++e)
+            chosen(i, g, e) = e < static_cast<index_t>(row.size()) ? row[static_cast<std::size_t>(e)] : -1;
+        }
+      });
+      std::fill(offsets.begin(), offsets.end(), 0);
+      for (index_t i = 0; i < d.Tq; ++i)
+        for (index_t g = 0; g < G; ++g)
+          for (index_t e = 0; e < K; ++e)
+            if (chosen(i, g, e) >= 0) ++offsets[static_cast<std::size_t>(g * Nb + chosen(i, g, e) + 1)];
+      for (std::size_t c = 1; c < offsets.size(); ++c) offsets[c] += offsets[c - 1];
+      entry_query.resize(static_cast<std::size_t>(offsets.back()));
+      entry_slot.resize(entry_query.size());
+      {
+        std::vector<index_t> fill(offsets.begin(), offsets.end() - 1);
+        for (index_t i = 0; i < d.Tq; ++i)
+          for (index_t g = 0; g < G; ++g)
+            for (index_t e = 0; e < K; ++e) {
+              const index_t n = chosen(i, g, e);
+              if (n < 0) continue;
+              const auto at = static_cast<std::size_t>(fill[static_cast<std::size_t>(g * Nb + n)]++);
+              entry_query[at] = static_cast<std::int32_t>(i), entry_slot[at] = static_cast<std::int32_t>(e);
+            }
+      }
+      part_lse.fill(kMinusInf);
+      tasks.clear();
+      for (const auto& [i0, nq] : runs) tasks.push_back({0, 0, 0, i0, nq});
+      for (index_t g = 0; g < G; ++g)
+        for (index_t n = 0; n < Nb; ++n) {
+          const index_t e0 = offsets[static_cast<std::size_t>(g * Nb + n)], e1 = offsets[static_cast<std::size_t>(g * Nb + n + 1)];
+          for (index_t e = e0; e < e1; e += kFlashRows) tasks.push_back({1, g, n, e, std::min(kFlashRows, e1 - e)});
+        }
+      executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
+        const Task& task = tasks[static_cast<std::size_t>(t)];
+        thread_local BlockPartsScratch scratch;
+        BlockPartsScratch& w = scratch;
+        GatheredScratch& gw = w.gathered.fit(rows, d.Dk, d.Dv);
+        if (task.kind == 0) {
+          const index_t i0 = task.i0, nq = task.count, last = d.Tk - d.Tq + i0 + nq, sealed = memory.blocks_at(last - 1);
+          w.parts.reset(nq * G, d.Dv);
+          w.queries.resize(static_cast<std::size_t>(nq));
+          for (index_t r = 0; r < nq; ++r) w.queries[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(i0 + r);
+          for (const auto& [j0, j1] : {std::make_pair(index_t{0}, std::min(init, last)),
+                                       std::make_pair(memory.block_start(sealed), last)}) {
+            if (j1 <= j0) continue;
+            gathered_block_attention(dense, b, hk, h0, G, w.queries.data(), nq, j0, j1, causal, scale, gw);
+            for (index_t row = 0; row < nq * G; ++row)
+              w.parts.add(row, gw.lse[static_cast<std::size_t>(row)], gw.o.data() + row * d.Dv);
+          }
+          for (index_t r = 0; r < nq; ++r)
+            for (index_t g = 0; g < G; ++g)
+              own_lse(i0 + r, g, 0) = w.parts.finish(r * G + g, own_o.view().ptr(i0 + r, g), 1);
+          return;
+        }
+        gathered_block_attention(dense, b, hk, h0 + task.g, 1, entry_query.data() + task.i0, task.count,
+                                 memory.block_start(task.n), memory.block_start(task.n) + bs, open, scale, gw);
+        for (index_t r = 0; r < task.count; ++r) {
+          const auto at = static_cast<std::size_t>(task.i0 + r);
+          std::copy(gw.o.data() + r * d.Dv, gw.o.data() + (r + 1) * d.Dv,
+                    part_o.view().ptr(entry_query[at], task.g, entry_slot[at]));
+          part_lse(entry_query[at], task.g, entry_slot[at]) = gw.lse[static_cast<std::size_t>(r)];
+        }
+      });
+      parallel_for(executor, d.Tq * G, 64, [&](index_t first, index_t last) {
+        for (index_t r = first; r < last; ++r) {
+          const index_t g = r % G, i = r / G;
+          float* o = out.o.ptr(b, i, h0 + g);
+          for (index_t c = 0; c < d.Dv; ++c) o[c * out.o.stride(3)] = own_o(i, g, c);
+          const float lse = merge_partial_rows(o, out.o.stride(3), own_lse(i, g, 0), part_o.view().ptr(i, g, 0),
+                                               part_lse.view().ptr(i, g), K, d.Dv);
+          if (out.lse.has_value()) out.lse(b, i, h0 + g) = lse;
+        }
+      });
+    }
+}
+
+}  // namespace detail
 
 /// Same arguments, memory update and results as reference::infllm_attention; K/V may be float,
 /// f16 or bf16. Prefill (a prompt, or a chunk of one) and decode (Tq = 1) alike. Allocates the
@@ -48,6 +166,10 @@ void infllm_attention(InfllmMemory& memory, const InfllmInputs<KV>& in, const At
     while (nq < bq && i0 + nq < d.Tq && memory.blocks_at(d.Tk - d.Tq + i0 + nq) == sealed) ++nq;
     runs.push_back({i0, nq});
     i0 += nq;
+  }
+  if (K > 0 && d.Tq > 16) {
+    infllm_run_gathered(memory, in, out, d, runs, executor);
+    return;
   }
   const index_t n_runs = static_cast<index_t>(runs.size());
   executor.run(d.B * d.Hkv * n_runs, [&](index_t t) {
