@@ -103,8 +103,8 @@ void rotate_unfused(const RopeTable& table, const seqmix::AttentionInputs<KV>& i
 }
 
 template <class KV>
-void check_case(const Case& c, std::uint64_t seed, const char* kv_name) {
-  INFO(c.describe() << " kv=" << kv_name << " simd=" << seqmix::simd::arch_name());
+void check_case(const Case& c, std::uint64_t seed, const char* kv_name, bool alibi = false) {
+  INFO(c.describe() << " kv=" << kv_name << " alibi=" << alibi << " simd=" << seqmix::simd::arch_name());
   const RopeTable table = make_table(c.layout, c.R, 1200);
   const auto q = st::random_tensor<4>({c.B, c.Tq, c.Hq, c.D}, seed);
   Tensor<KV, 4> k({c.B, c.Tk, c.Hkv, c.D}), v({c.B, c.Tk, c.Hkv, c.D});
@@ -116,6 +116,10 @@ void check_case(const Case& c, std::uint64_t seed, const char* kv_name) {
   seqmix::AttentionInputs<KV> in;
   in.q = q.view(), in.k = k.view(), in.v = v.view();
   if (c.positions) in.positions = positions.view();
+  // ALiBi's geometric slopes 2^(-8 (h + 1) / Hq), beside the rope in the same call.
+  Tensor<float, 1> slopes({c.Hq});
+  for (index_t h = 0; h < c.Hq; ++h) slopes(h) = std::exp2(-8.f * static_cast<float>(h + 1) / static_cast<float>(c.Hq));
+  if (alibi) in.alibi_slopes = slopes.view();
   seqmix::AttentionOptions options;
   options.causal = c.causal;
 
@@ -126,6 +130,7 @@ void check_case(const Case& c, std::uint64_t seed, const char* kv_name) {
   seqmix::copy(in.v, vf.view());
   seqmix::AttentionInputs<float> plain;
   plain.q = qr.view(), plain.k = kr.view(), plain.v = vf.view(), plain.positions = in.positions;
+  plain.alibi_slopes = in.alibi_slopes;
   Tensor<float, 4> o_plain({c.B, c.Tq, c.Hq, c.D}), o_ref_plain({c.B, c.Tq, c.Hq, c.D});
   Tensor<float, 3> lse_plain({c.B, c.Tq, c.Hq});
   seqmix::ThreadPool pool(2);
@@ -155,6 +160,16 @@ TEST_CASE("attention with a fused rope equals rope then attention", "[attention]
     check_case<float>(c, seed, "f32");
     check_case<seqmix::f16>(c, seed, "f16");
     check_case<seqmix::bf16>(c, seed, "bf16");
+  }
+}
+
+TEST_CASE("attention with a fused rope and ALiBi equals rope then attention with ALiBi", "[attention][rope][alibi]") {
+  // RoPE and ALiBi in one call (issue 15 item 3): the rotation in the q / k tiles, the slope
+  // times the distance added to each logit, as rope() then attention with the same slopes.
+  for (const Case& c : kCases) {
+    const std::uint64_t seed = 2700 + static_cast<std::uint64_t>(&c - kCases.data()) * 10;
+    check_case<float>(c, seed, "f32", true);
+    check_case<seqmix::f16>(c, seed, "f16", true);
   }
 }
 
