@@ -14,6 +14,14 @@
 //   mla/decode/<shape>          mla_decode (absorbed), GB/s = Tk * (d_c + d_r) * 2 bytes / time
 //                               and GFLOP/s = 2 * H * Tk * (2 d_c + d_r) / time
 //   mla/stream/<shape>          the baseline: one pass summing the same fp16 cache bytes
+//   mla/decode_paged/<shape>    mla_paged_decode over the same fp16 latents in 64-token pages
+//                               (shuffled block table), same counters
+//   mla/decode_int8|int4/<shape> mla_latent_decode over int8 / int4 latents (one group per
+//                               token) with fp16 rotary keys; GB/s of their own (smaller) bytes
+//   mla/prefill/<shape>         mla_prefill (expanded) causal over T new tokens, DeepSeek-V2-Lite
+//                               heads (16), GFLOP/s of the attention and expansion GEMMs
+// Every mla/decode* row reports cache_B_per_tok (the latent cache's bytes per token and layer) and
+// gqa_B_per_tok, Llama-3-8B's fp16 GQA cache (8 KV heads of 128: 4096), beside it.
 // With 128 heads the absorbed decode does ~160 FLOP per cache byte, so it is bound by the FMAs,
 // not by the cache's bandwidth; H1 and H16 show where it becomes bandwidth-bound.
 #include <benchmark/benchmark.h>
@@ -25,6 +33,8 @@
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/attention/mla/mla.hpp"
+#include "seqmix/attention/mla/paged.hpp"
+#include "seqmix/kv_cache/mla_latent.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/positional.hpp"
 #include "seqmix_testing/bench_counters.hpp"
@@ -163,15 +173,103 @@ void mla(benchmark::State& state, const MlaShape& s, bool stream) {
     st::report_throughput(state, 2.0 * static_cast<double>(s.H * s.Tk * (2 * s.dc + s.dr)), bytes);
 }
 
+enum class MlaStore { paged_f16, int8, int4 };
+
+void mla_store(benchmark::State& state, const MlaShape& s, MlaStore store) {
+  const auto c = st::random_tensor<3>({1, s.Tk, s.dc}, 1), r = st::random_tensor<3>({1, s.Tk, s.dr}, 2);
+  const auto q_nope = st::random_tensor<3>({1, s.H, s.dn}, 3), q_rope = st::random_tensor<3>({1, s.H, s.dr}, 4);
+  const auto w = st::random_tensor<3>({s.H, s.dn + s.dv, s.dc}, 5, -0.05f, 0.05f);
+  const seqmix::MlaWeights weights{w.view().slice(1, 0, s.dn), w.view().slice(1, s.dn, s.dv)};
+  Tensor<float, 3> o({1, s.H, s.dv});
+  const index_t bs = 64, pages = (s.Tk + bs - 1) / bs;
+  Tensor<std::int32_t, 2> table({1, pages});
+  for (index_t i = 0; i < pages; ++i) table(0, i) = static_cast<std::int32_t>((i * 37) % pages);  // 37 is prime to 512
+  const std::vector<std::int32_t> none = {0}, lengths = {static_cast<std::int32_t>(s.Tk)};
+  seqmix::MlaLatentAppendInputs fill;
+  fill.c_kv = c.view(), fill.k_rope = r.view(), fill.cache_seqlens = none;
+  double bytes_per_token = 0;
+  if (store == MlaStore::paged_f16) {
+    Tensor<seqmix::f16, 3> c_pages({pages, bs, s.dc}), r_pages({pages, bs, s.dr});
+    fill.block_table = table.cview();
+    seqmix::mla_paged_append(fill, seqmix::MlaPagedLatentPool<seqmix::f16>{c_pages.view(), r_pages.view()});
+    const seqmix::MlaPagedDecodeInputs<seqmix::f16> in{q_nope.view(), q_rope.view(), c_pages.view(), r_pages.view(),
+                                                       table.cview(), lengths, weights};
+    for (auto _ : state) {
+      seqmix::mla_paged_decode(in, {o.view(), {}}, {}, st::two_thread_pool());
+      benchmark::DoNotOptimize(o.data());
+    }
+    bytes_per_token = static_cast<double>((s.dc + s.dr) * 2);
+  } else {
+    const seqmix::KvFormat f = store == MlaStore::int8 ? seqmix::KvFormat::int8 : seqmix::KvFormat::int4;
+    Tensor<std::uint8_t, 3> codes({1, s.Tk, seqmix::row_bytes(f, s.dc)});
+    Tensor<float, 4> params({1, s.Tk, 1, 2});
+    Tensor<seqmix::f16, 3> kr({1, s.Tk, s.dr});
+    const seqmix::MlaQuantizedLatents<seqmix::f16> cache{f, 0, codes.view(), params.view(), kr.view(), s.dc};
+    seqmix::mla_latent_append(fill, cache);
+    const seqmix::MlaLatentDecodeInputs<seqmix::f16> in{q_nope.view(), q_rope.view(), cache, {}, {}, weights};
+    for (auto _ : state) {
+      seqmix::mla_latent_decode(in, {o.view(), {}}, {}, st::two_thread_pool());
+      benchmark::DoNotOptimize(o.data());
+    }
+    bytes_per_token = static_cast<double>(seqmix::mla_latent_bytes_per_token(f, s.dc, 0, s.dr));
+  }
+  st::report_throughput(state, 2.0 * static_cast<double>(s.H * s.Tk * (2 * s.dc + s.dr)),
+                        bytes_per_token * static_cast<double>(s.Tk));
+  state.counters["cache_B_per_tok"] = bytes_per_token;
+  state.counters["gqa_B_per_tok"] = 2.0 * 8 * 128 * 2;
+}
+
+void mla_prefill_bench(benchmark::State& state, index_t T) {
+  const index_t H = 16, dc = 512, dr = 64, dn = 128, dv = 128;  // DeepSeek-V2-Lite
+  const auto c_kv = random_f16({1, T, dc}, 1), k_rope = random_f16({1, T, dr}, 2);
+  const auto q_nope = st::random_tensor<4>({1, T, H, dn}, 3), q_rope = st::random_tensor<4>({1, T, H, dr}, 4);
+  const auto w = st::random_tensor<3>({H, dn + dv, dc}, 5, -0.05f, 0.05f);
+  Tensor<float, 4> o({1, T, H, dv});
+  const seqmix::MlaPrefillInputs<seqmix::f16> in{q_nope.view(), q_rope.view(), c_kv.view(), k_rope.view(),
+                                                 {w.view().slice(1, 0, dn), w.view().slice(1, dn, dv)}};
+  for (auto _ : state) {
+    seqmix::mla_prefill(in, {o.view(), {}}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  // Expansion (k_nope and v for every head and token) plus causal attention (half the logits).
+  const double flops = 2.0 * static_cast<double>(T * H * (dn + dv) * dc) +
+                       2.0 * static_cast<double>(H) * static_cast<double>(T) * static_cast<double>(T + 1) / 2.0 *
+                           static_cast<double>(dn + dr + dv);
+  st::report_throughput(state, flops, static_cast<double>(T * (dc + dr) * 2));
+}
+
 void register_mla() {
   for (const MlaShape& s : kMlaShapes) {
     benchmark::RegisterBenchmark((std::string("mla/decode/") + s.name).c_str(),
-                                 [=](benchmark::State& st_) { mla(st_, s, false); })
+                                 [=](benchmark::State& st_) {
+                                   mla(st_, s, false);
+                                   st_.counters["cache_B_per_tok"] = static_cast<double>((s.dc + s.dr) * 2);
+                                   st_.counters["gqa_B_per_tok"] = 2.0 * 8 * 128 * 2;
+                                 })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
   benchmark::RegisterBenchmark((std::string("mla/stream/") + kMlaShapes[0].name).c_str(),
                                [=](benchmark::State& st_) { mla(st_, kMlaShapes[0], true); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  for (const MlaShape& s : {kMlaShapes[0], kMlaShapes[1]}) {
+    const std::string tail = std::string(s.name).substr(0, std::string(s.name).size() - 5);  // drop "_fp16"
+    benchmark::RegisterBenchmark((std::string("mla/decode_paged/") + s.name + "_bs64").c_str(),
+                                 [=](benchmark::State& st_) { mla_store(st_, s, MlaStore::paged_f16); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string("mla/decode_int8/") + tail).c_str(),
+                                 [=](benchmark::State& st_) { mla_store(st_, s, MlaStore::int8); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string("mla/decode_int4/") + tail).c_str(),
+                                 [=](benchmark::State& st_) { mla_store(st_, s, MlaStore::int4); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  benchmark::RegisterBenchmark("mla/prefill/T1024_H16_dc512_dr64_fp16_causal",
+                               [](benchmark::State& st_) { mla_prefill_bench(st_, 1024); })
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
 }
