@@ -184,6 +184,10 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
 /// the recurrent form, the only exact one for it. Threaded over (batch, value head) rows.
 inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
                    const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::titans_reversed_call(in, out);
+    return titans(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const ArgCheck check("titans");
   const detail::TitansDims d = detail::validate_titans(check, in, out, options);
   const index_t rows = d.B * d.HV;

@@ -32,8 +32,10 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -72,6 +74,10 @@ struct TitansOptions {
   TitansLoss loss = TitansLoss::l2;
   /// Huber's threshold delta (TitansLoss::huber only): finite and > 0.
   float huber_delta = 1.f;
+  /// Run from the last token to the first (core/direction.hpp): q, k, v, the gates and y are
+  /// reached through reversed views, not copied; final states are those after token 0. The step
+  /// ignores it.
+  bool reverse = false;
 };
 
 /// Prefill arguments. Each initial state is optional (zeros when absent).
@@ -112,6 +118,13 @@ struct TitansStepOutputs {
 };
 
 namespace detail {
+
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments.
+inline std::pair<TitansInputs, TitansOutputs> titans_reversed_call(TitansInputs in, TitansOutputs out) {
+  reverse_time_of(in.q, in.k, in.v, in.alpha, in.eta, in.theta, out.y);
+  return {in, out};
+}
 
 struct TitansDims {
   index_t B, T, HK, HV, K, V;
@@ -243,6 +256,10 @@ namespace reference {
 /// The definition: per (batch, value head), token by token, M and S in double, the gradient
 /// written out. Single-threaded. Final states may be their initial views.
 inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {}) {
+  if (options.reverse) {
+    const auto rev = detail::titans_reversed_call(in, out);
+    return titans(rev.first, rev.second, detail::forward_options(options));
+  }
   const ArgCheck check("reference::titans");
   const detail::TitansDims d = detail::validate_titans(check, in, out, options);
   const index_t K = d.K, V = d.V;

@@ -237,6 +237,10 @@ inline void ttt_row_minibatches(Scratch& s, const In& in, const Out& out, index_
 /// (batch, head) rows; the mini-batches of a row are sequential.
 inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, const TttOptions& options = {},
                        const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::ttt_reversed_call(in, out);
+    return ttt_linear(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   static const ArgCheck check("ttt_linear");
   const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options);
   const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
@@ -263,6 +267,10 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
 /// Hq W2_0 - tril(c eta ∘ Hq Ah^T) G2, and the weights' update. Threaded over (batch, head).
 inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
                     const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::ttt_reversed_call(in, out);
+    return ttt_mlp(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   static const ArgCheck check("ttt_mlp");
   index_t M = 0;
   const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M);

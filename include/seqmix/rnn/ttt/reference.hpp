@@ -26,8 +26,10 @@
 #include <array>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -40,6 +42,10 @@ struct TttOptions {
   index_t mini_batch = 16;
   /// The epsilon of both LayerNorms (inner loss and output); 1e-6 as the authors' code.
   float ln_eps = 1e-6f;
+  /// Run from the last token to the first (core/direction.hpp): q, k, v, eta and z are reached
+  /// through reversed views, not copied, and the mini-batches are counted from the last token;
+  /// final weights are those after token 0. The steps ignore it.
+  bool reverse = false;
 };
 
 /// Prefill arguments of ttt_linear.
@@ -114,6 +120,14 @@ struct TttMlpStepOutputs {
 };
 
 namespace detail {
+
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments (ttt_linear's and ttt_mlp's inputs and outputs alike).
+template <class In, class Out>
+std::pair<In, Out> ttt_reversed_call(In in, Out out) {
+  reverse_time_of(in.q, in.k, in.v, in.eta, out.z);
+  return {in, out};
+}
 
 struct TttDims {
   index_t B, T, H, K;
@@ -322,6 +336,10 @@ inline double ttt_linear_inner_loss(const std::vector<double>& W, const std::vec
 /// precision throughout; single-threaded (`executor` is accepted for a uniform signature).
 inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, const TttOptions& options = {},
                        const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::ttt_reversed_call(in, out);
+    return ttt_linear(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const ArgCheck check("reference::ttt_linear");
   const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options);
@@ -404,6 +422,10 @@ inline double ttt_mlp_inner_loss(const std::vector<double>& W1, const std::vecto
 /// weighted sums, z_t = q_t + LN(gelu(q_t W1_t) W2_t). Double; single-threaded.
 inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
                     const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::ttt_reversed_call(in, out);
+    return ttt_mlp(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const ArgCheck check("reference::ttt_mlp");
   index_t M = 0;
