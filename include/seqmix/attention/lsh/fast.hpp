@@ -74,10 +74,12 @@ inline void lsh_attention(const LshInputs& in, const AttentionOutputs& out, cons
     for (index_t h = 0; h < d.Hq; ++h) {
       parallel_for(executor, T, 256, [&](index_t first, index_t last) {  // k_t = qk_t / |qk_t|
         for (index_t t = first; t < last; ++t) {
+          float* row = keys.view().ptr(t, 0);
+          kv_row_to_float(in.qk.ptr(b, t, h), in.qk.stride(3), Dk, row);
           double norm = 0.0;
-          for (index_t c = 0; c < Dk; ++c) norm += static_cast<double>(in.qk(b, t, h, c)) * in.qk(b, t, h, c);
+          for (index_t c = 0; c < Dk; ++c) norm += static_cast<double>(row[c]) * row[c];
           const float inv = norm > 0.0 ? static_cast<float>(1.0 / std::sqrt(norm)) : 0.f;
-          for (index_t c = 0; c < Dk; ++c) keys(t, c) = in.qk(b, t, h, c) * inv;
+          for (index_t c = 0; c < Dk; ++c) row[c] *= inv;
         }
       });
       parallel_for(executor, R, 1, [&](index_t first, index_t last) {
@@ -92,14 +94,12 @@ inline void lsh_attention(const LshInputs& in, const AttentionOutputs& out, cons
         const std::int32_t* ord = order.view().ptr(r, 0);
         const index_t s0 = c * L, s1 = std::min(T, s0 + L), k0 = std::max<index_t>(0, s0 - L);
         const index_t nq = s1 - s0, nk = s1 - k0;
-        for (index_t e = 0; e < nq; ++e) {
-          const index_t i = ord[s0 + e];
-          for (index_t x = 0; x < Dk; ++x) w.q[static_cast<std::size_t>(e * Dk + x)] = in.qk(b, i, h, x);
-        }
+        for (index_t e = 0; e < nq; ++e)
+          kv_row_to_float(in.qk.ptr(b, ord[s0 + e], h), in.qk.stride(3), Dk, w.q.data() + e * Dk);
         for (index_t e = 0; e < nk; ++e) {
           const index_t j = ord[k0 + e];
           std::copy(keys.view().ptr(j, 0), keys.view().ptr(j, 0) + Dk, w.k.data() + e * Dk);
-          for (index_t x = 0; x < Dv; ++x) w.v[static_cast<std::size_t>(e * Dv + x)] = in.v(b, j, h, x);
+          kv_row_to_float(in.v.ptr(b, j, h), in.v.stride(3), Dv, w.v.data() + e * Dv);
         }
         for (index_t e = 0; e < nq; ++e) {
           const index_t i = ord[s0 + e];

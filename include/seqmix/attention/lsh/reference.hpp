@@ -180,8 +180,11 @@ inline void lsh_buckets(const LshInputs& in, const TensorView<std::int32_t, 4>& 
     for (index_t task = first; task < last; ++task) {
       const index_t r = task % R, h = task / R % H, b = task / R / H;
       x.resize(T, Dk);
-      for (index_t t = 0; t < T; ++t)
-        for (index_t c = 0; c < Dk; ++c) x(t, c) = in.qk(b, t, h, c);
+      const index_t stride = in.qk.stride(3);
+      for (index_t t = 0; t < T; ++t) {
+        const float* src = in.qk.ptr(b, t, h);
+        for (index_t c = 0; c < Dk; ++c) x(t, c) = src[c * stride];
+      }
       RowMajorMatrix<float> rm(Dk, half);
       for (index_t c = 0; c < Dk; ++c)
         for (index_t e = 0; e < half; ++e) rm(c, e) = rot(r, c, e);

@@ -91,14 +91,14 @@ inline void routing_attention(const RoutingInputs& in, const AttentionOutputs& o
         index_t seen = 0;  // member keys at positions <= the current query's
         for (index_t e = 0; e < w; ++e) {
           const index_t i = qs[e];
-          for (index_t x = 0; x < Dk; ++x) s.q[static_cast<std::size_t>(e * Dk + x)] = in.q(b, i, h, x);
+          kv_row_to_float(in.q.ptr(b, i, h), in.q.stride(3), Dk, s.q.data() + e * Dk);
           while (seen < w && ks[seen] <= i) ++seen;
           s.pos[static_cast<std::size_t>(e)] = seen - 1;
         }
         for (index_t f = 0; f < w; ++f) {
           const index_t j = ks[f];
-          for (index_t x = 0; x < Dk; ++x) s.k[static_cast<std::size_t>(f * Dk + x)] = kk(b, j, hk, x);
-          for (index_t x = 0; x < Dv; ++x) s.v[static_cast<std::size_t>(f * Dv + x)] = in.v(b, j, hk, x);
+          kv_row_to_float(kk.ptr(b, j, hk), kk.stride(3), Dk, s.k.data() + f * Dk);
+          kv_row_to_float(in.v.ptr(b, j, hk), in.v.stride(3), Dv, s.v.data() + f * Dv);
         }
         AttentionInputs<float> g;
         g.q = ConstView<float, 4>(s.q.data(), {1, w, 1, Dk});

@@ -121,11 +121,15 @@ inline index_t validate_routing(const char* op, const RoutingInputs& in, const A
 inline void routing_unit_rows(const ConstView<float, 4>& x, index_t b, index_t h, RowMajorMatrix<float>& u) {
   const index_t T = x.size(1), D = x.size(3);
   u.resize(T, D);
+  const index_t stride = x.stride(3);
   for (index_t t = 0; t < T; ++t) {
+    const float* src = x.ptr(b, t, h);
+    float* row = u.data() + t * D;
+    for (index_t c = 0; c < D; ++c) row[c] = src[c * stride];
     double n = 0.0;
-    for (index_t c = 0; c < D; ++c) n += static_cast<double>(x(b, t, h, c)) * x(b, t, h, c);
+    for (index_t c = 0; c < D; ++c) n += static_cast<double>(row[c]) * row[c];
     const float inv = n > 0.0 ? static_cast<float>(1.0 / std::sqrt(n)) : 0.f;
-    for (index_t c = 0; c < D; ++c) u(t, c) = x(b, t, h, c) * inv;
+    for (index_t c = 0; c < D; ++c) row[c] *= inv;
   }
 }
 
