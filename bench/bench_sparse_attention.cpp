@@ -539,6 +539,9 @@ const bool registered_landmark_infllm = [] {
   add("infllm/prefill/" + shape + "_T8192", [](benchmark::State& s) { infllm_prefill_bench(s, 8192); });
   add("infllm/decode/" + shape + "_Tk32768_f16", [](benchmark::State& s) { infllm_decode_bench(s, 32768); });
   add("attention/decode/" + shape + "_Tk32768_f16_dense", [](benchmark::State& s) { infllm_dense_decode_bench(s, 32768); });
+  return true;
+}();
+
 // ---- lsh_attention and routing_attention (issue 18 items 5 and 6) ----------------------------
 
 constexpr index_t kLshBuckets = 128, kLshRounds = 2, kLshChunk = 64, kRoutingSteps = 3;
