@@ -57,11 +57,14 @@
 #include <cmath>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "seqmix/attention/approx/fast.hpp"
 #include "seqmix/attention/lsh/fast.hpp"
 #include "seqmix/attention/lsh/reference.hpp"
 #include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/hyper/fast.hpp"
+#include "seqmix/attention/hyper/reference.hpp"
 #include "seqmix/attention/infllm/fast.hpp"
 #include "seqmix/attention/landmark/fast.hpp"
 #include "seqmix/attention/landmark/step.hpp"
@@ -712,6 +715,74 @@ const bool registered_lsh_routing = [] {
     add(name + "/prefill/T512_H32_D128", [lsh](benchmark::State& s) { lsh_routing_small(s, lsh, false); });
     add(name + "/prefill/T512_H32_D128_reference", [lsh](benchmark::State& s) { lsh_routing_small(s, lsh, true); });
   }
+  return true;
+}();
+
+// ---- hyper_attention ---------------------------------------------------------------------------
+//
+//   hyper_attention/prefill/T8192_H32_D128       seqmix::hyper_attention, causal, block 256, 256
+//                                                sampled columns, 7 hyperplanes, min_seq_len 1024
+//                                                (exact leaves of 1024, three approximate levels),
+//                                                beside attention/prefill/T8192_H32_D128_dense_causal;
+//                                                counters err_vs_dense (as above, relative to o_dense)
+//                                                and err_vs_v = rms(o - o_dense) / rms(v), the measure
+//                                                of the paper's bound
+//   hyper_attention/prefill/T512_H32_D128[_reference]  fast form beside its reference (block 64,
+//                                                64 columns, min_seq_len 128)
+
+constexpr index_t kHyperBlock = 256, kHyperSamples = 256, kHyperMinLen = 1024;
+
+// Pairs (query, key) hyper_attention computes at T with these settings, as the recursion runs.
+double hyper_pairs(index_t T, index_t block, index_t samples, index_t min_len) {
+  std::vector<seqmix::detail::HyperPart> leaves, parts;
+  seqmix::detail::hyper_causal_plan(0, T, min_len, leaves, parts);
+  double pairs = 0;
+  for (const auto& l : leaves) pairs += 0.5 * static_cast<double>(l.nq) * static_cast<double>(l.nq + 1);
+  for (const auto& p : parts)
+    pairs += static_cast<double>(p.nq) * static_cast<double>(p.nq <= min_len ? p.nk : block + samples);
+  return pairs;
+}
+
+void hyper_prefill(benchmark::State& state, index_t T, bool reference) {
+  const bool big = T == kApproxT;
+  const ApproxBenchProblem* big_problem = big ? &approx_problem() : nullptr;
+  Tensor<float, 4> q, k, v;
+  if (!big)
+    q = st::random_tensor<4>({1, T, kHq, kD}, 31), k = st::random_tensor<4>({1, T, kHkv, kD}, 32),
+    v = st::random_tensor<4>({1, T, kHkv, kD}, 33);
+  const seqmix::HyperAttentionInputs<float> in{big ? big_problem->q.cview() : q.cview(),
+                                               big ? big_problem->k.cview() : k.cview(),
+                                               big ? big_problem->v.cview() : v.cview()};
+  Tensor<float, 4> o({1, T, kHq, kD});
+  seqmix::HyperAttentionOptions options;
+  options.block_size = big ? kHyperBlock : 64, options.sample_size = big ? kHyperSamples : 64;
+  options.min_seq_len = big ? kHyperMinLen : 128;
+  for (auto _ : state) {
+    if (reference)
+      seqmix::reference::hyper_attention(in, {o.view(), {}}, options);
+    else
+      seqmix::hyper_attention(in, {o.view(), {}}, options, pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  st::report_gflops(state, 4.0 * kHq * kD * hyper_pairs(T, options.block_size, options.sample_size, options.min_seq_len));
+  if (big) {
+    state.counters["err_vs_dense"] = approx_relative_error(o, true);
+    const Tensor<float, 4>& want = approx_dense_output(true);
+    double diff = 0, vv = 0;
+    for (index_t e = 0; e < o.numel(); ++e) diff += (o.data()[e] - want.data()[e]) * static_cast<double>(o.data()[e] - want.data()[e]);
+    for (index_t e = 0; e < in.v.numel(); ++e) vv += static_cast<double>(big_problem->v.data()[e]) * big_problem->v.data()[e];
+    state.counters["err_vs_v"] = std::sqrt(diff / static_cast<double>(o.numel()) / (vv / static_cast<double>(in.v.numel())));
+  }
+}
+
+const bool registered_hyper = [] {
+  const auto add = [](const std::string& name, auto fn) {
+    return benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  add("hyper_attention/prefill/T" + std::to_string(kApproxT) + "_H32_D128",
+      [](benchmark::State& s) { hyper_prefill(s, kApproxT, false); });
+  add("hyper_attention/prefill/T512_H32_D128", [](benchmark::State& s) { hyper_prefill(s, 512, false); });
+  add("hyper_attention/prefill/T512_H32_D128_reference", [](benchmark::State& s) { hyper_prefill(s, 512, true); });
   return true;
 }();
 
