@@ -5,7 +5,8 @@
 // Decoders (causal, T tokens, Hq query heads over Hkv KV heads of size D): dense flash attention,
 // top-k attention with the exact and the Quest selectors (a decode-time method: run for the
 // evaluated queries only), block_sparse_attention (Longformer / BigBird local + global blocks),
-// moba, nsa, combiner, hyper_attention. Encoders (non-causal, the first Te tokens): dense,
+// moba, nsa, combiner, hyper_attention, landmark_attention, infllm, routing_attention and
+// lsh_attention (shared QK, so against its own shared-QK dense baseline). Encoders (non-causal, the first Te tokens): dense,
 // linformer, nystrom_attention.
 //
 // Two inputs:
@@ -23,7 +24,7 @@
 // over all queries of the keys each one's softmax covers (for top-k: over the evaluated rows).
 //
 // Sizes: the default run is small so that `run_examples` (scripts/main.sh) stays short:
-// T = 4096, Te = 2048, Hq = 8, Hkv = 2, D = 128. --full runs the shape: T = 32768,
+// T = 2048, Te = 1024, Hq = 8, Hkv = 2, D = 128. --full runs the shape: T = 32768,
 // Hq = 32, Hkv = 8, D = 128, Te = 8192 (several minutes on 2 cores: dense causal attention alone
 // is about 8.8 TFLOP). --tokens, --encoder-tokens, --hq, --hkv, --d, --queries, --threads, --seed
 // override single settings.
@@ -46,7 +47,7 @@ using seqmix::index_t;
 using seqmix::Tensor;
 
 struct Settings {
-  index_t T = 4096, Te = 2048, hq = 8, hkv = 2, d = 128, queries = 64;
+  index_t T = 2048, Te = 1024, hq = 8, hkv = 2, d = 128, queries = 64;
   int threads = 2;
   unsigned seed = 1;
   float gain = 12.f;
@@ -293,7 +294,97 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
     rows.push_back(measure("hyper_attention (block 256, 256 samples, min_seq_len " + std::to_string(ho.min_seq_len) + ")",
                            "decoder", ms, keys / Td, last_rows(o, Q), want, in.v));
   }
-  (void)G;
+  // landmark: blocks of 64 with their mean keys as landmarks, the top 4 earlier blocks retrieved
+  // by landmark logit (the paper's inference-time retrieval).
+  {
+    seqmix::LandmarkOptions lo;
+    lo.block_size = 64, lo.top_k = 4;
+    seqmix::LandmarkInputs<float> lin;
+    lin.q = in.q.cview(), lin.k = in.k.cview(), lin.v = in.v.cview();
+    const double ms = time_ms([&] { seqmix::landmark_attention(lin, out, lo, pool); });
+    double keys = 0;  // own block up to the query, the retrieved blocks, and every earlier landmark scored
+    for (index_t i = 0; i < T; ++i)
+      keys += static_cast<double>(i % lo.block_size + 1 + std::min(lo.top_k, i / lo.block_size) * lo.block_size +
+                                  i / lo.block_size);
+    rows.push_back(measure("landmark_attention (block 64, top_k 4, mean-key landmarks)", "decoder", ms, keys / Td,
+                           last_rows(o, Q), want, in.v));
+  }
+
+  // infllm: 128 initial tokens, a local window of T / 8 (4096 at most), memory blocks of 128
+  // with 4 representative keys, top 4 blocks; one call over the whole prompt.
+  {
+    seqmix::InfllmOptions io;
+    io.block_size = 128, io.representatives = 4, io.top_k = 4, io.init_tokens = 128;
+    io.local_window = std::min<index_t>(4096, T / 8);
+    seqmix::InfllmMemory memory(1, s.hq, s.hkv, s.d, io);
+    seqmix::InfllmInputs<float> iin{in.q.cview(), in.k.cview(), in.v.cview()};
+    const double ms = time_ms([&] { seqmix::infllm_attention(memory, iin, out, pool); });
+    double keys = 0;  // initial + retrieved + local keys, and the representatives scored
+    for (index_t pos = 0; pos < T; ++pos) {
+      const index_t M = std::max<index_t>(0, (pos + 1 - io.local_window - io.init_tokens) / io.block_size);
+      const index_t local_start = io.init_tokens + M * io.block_size;
+      keys += static_cast<double>(std::min(io.init_tokens, pos + 1) + std::min(io.top_k, M) * io.block_size +
+                                  std::max<index_t>(0, pos + 1 - local_start) + M * io.representatives);
+    }
+    rows.push_back(measure("infllm (init 128, window " + std::to_string(io.local_window) + ", blocks 128, r 4, top_k 4)",
+                           "decoder", ms, keys / Td, last_rows(o, Q), want, in.v));
+  }
+  // routing_attention: sqrt(T) / 2 clusters of w = 2 T / C tokens per query head, centroids the
+  // unit keys at evenly spaced positions (a k-means start; a model would learn them by the EMA).
+  {
+    const index_t C = std::max<index_t>(1, static_cast<index_t>(std::sqrt(Td)) / 2);
+    seqmix::RoutingOptions ro;
+    ro.cluster_size = std::min<index_t>(T, 2 * ((T + C - 1) / C));
+    Tensor<float, 3> centroids({s.hq, C, s.d});
+    for (index_t h = 0; h < s.hq; ++h)
+      for (index_t c = 0; c < C; ++c) {
+        const index_t j = (2 * c + 1) * T / (2 * C);
+        double n2 = 0;
+        for (index_t e = 0; e < s.d; ++e) n2 += static_cast<double>(in.k(0, j, h / G, e)) * in.k(0, j, h / G, e);
+        for (index_t e = 0; e < s.d; ++e) centroids(h, c, e) = static_cast<float>(in.k(0, j, h / G, e) / std::sqrt(n2));
+      }
+    const double ms = time_ms([&] {
+      seqmix::routing_attention(seqmix::RoutingInputs{in.q.cview(), in.k.cview(), in.v.cview(), centroids.cview()}, out, ro,
+                                pool);
+    });
+    // Each cluster: w queries over the members before them, about w / 2 keys each, C w pairs of
+    // (query, cluster) spread over the T queries.
+    const double keys = static_cast<double>(C) * static_cast<double>(ro.cluster_size) * (ro.cluster_size / 2.0) / Td;
+    rows.push_back(measure("routing_attention (" + std::to_string(C) + " clusters of " + std::to_string(ro.cluster_size) +
+                               "; keys / query approximate)",
+                           "decoder", ms, keys, last_rows(o, Q), want, in.v));
+  }
+
+  // lsh_attention: Reformer's shared-QK attention (the keys are the normalized queries, no GQA),
+  // so its baseline is dense causal attention over those keys with v repeated to the query heads
+  // (it differs from that only by Reformer's rule that a query does not attend to itself unless
+  // alone). The needle of the other rows is in k, which shared QK does not read: no "found".
+  {
+    Tensor<float, 4> kn({1, T, s.hq, s.d}), vr({1, T, s.hq, s.d});
+    for (index_t j = 0; j < T; ++j)
+      for (index_t h = 0; h < s.hq; ++h) {
+        double n2 = 0;
+        for (index_t e = 0; e < s.d; ++e) n2 += static_cast<double>(in.q(0, j, h, e)) * in.q(0, j, h, e);
+        for (index_t e = 0; e < s.d; ++e) {
+          kn(0, j, h, e) = n2 > 0 ? static_cast<float>(in.q(0, j, h, e) / std::sqrt(n2)) : 0.f;
+          vr(0, j, h, e) = in.v(0, j, h / G, e);
+        }
+      }
+    seqmix::AttentionInputs<float> shared;
+    shared.q = in.q.cview(), shared.k = kn.cview(), shared.v = vr.cview();
+    const double bms = time_ms([&] { seqmix::attention(shared, out, causal, pool); });
+    const Tensor<float, 4> want_shared = last_rows(o, Q);
+    seqmix::LshOptions lo;
+    lo.n_buckets = 64, lo.n_rounds = 4, lo.chunk_len = 64, lo.seed = s.seed;
+    const double ms = time_ms([&] { seqmix::lsh_attention(seqmix::LshInputs{in.q.cview(), vr.cview(), {}}, out, lo, pool); });
+    Row base = measure("attention (dense, causal, shared QK: lsh_attention's baseline)", "decoder", bms, (Td + 1) / 2,
+                       want_shared, want_shared, vr);
+    Row lsh = measure("lsh_attention (64 buckets, 4 rounds, chunks of 64; vs the shared-QK baseline; keys / query at most)",
+                      "decoder", ms, static_cast<double>(lo.n_rounds * 2 * lo.chunk_len), last_rows(o, Q), want_shared, vr);
+    base.found = lsh.found = -1;
+    rows.push_back(base);
+    rows.push_back(lsh);
+  }
 
   // Encoders: the first Te tokens, non-causal.
   {
@@ -344,7 +435,8 @@ void print(const char* title, const std::vector<Row>& rows, bool needle) {
   std::printf("|---|---|---:|---:|---:|---:|%s\n", needle ? "---:|" : "");
   for (const Row& r : rows) {
     std::printf("| %s | %s | %.1f | %.0f | %.3g | %.3g |", r.method.c_str(), r.kind.c_str(), r.ms, r.keys, r.err_o, r.err_v);
-    if (needle) std::printf(" %lld / %lld |", static_cast<long long>(r.found), static_cast<long long>(r.rows));
+    if (needle && r.found < 0) std::printf(" n/a |");
+    else if (needle) std::printf(" %lld / %lld |", static_cast<long long>(r.found), static_cast<long long>(r.rows));
     std::printf("\n");
   }
 }
