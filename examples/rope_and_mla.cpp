@@ -7,7 +7,8 @@
 //     qk_nope_head_dim = v_head_dim = 128, YaRN RoPE interleaved): prefill in the expanded form,
 //     then decode steps in the absorbed form reading only the fp16 latent cache.
 // Each path is checked against the naive one (reference::rope + reference::attention /
-// reference::mla in double) and the cache bytes per token and layer are printed.
+// reference::mla in double) and the cache bytes per token and layer are printed; the MLA cache
+// also as int8 latents in pages (mla_latent_append / mla_latent_decode).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -169,6 +170,40 @@ void deepseek_mla_layer(const seqmix::Executor& pool) {
               static_cast<long>((dc + dr) * 2), static_cast<long>(dc), static_cast<long>(dr));
   std::printf("  expanded K/V for the same heads would be %ld bytes per token\n",
               static_cast<long>(H * (dn + dr + dv) * 2));
+
+  // The same cache as int8 latents in 64-token pages (per-token min-max groups of the KvCache
+  // quantizers), filled by one append that rotates the raw rotary keys as it stores them, and the
+  // last decode step over it against the naive expanded attention over the fp32 latents.
+  const index_t bs = 64, pages = (Tmax + bs - 1) / bs;
+  Tensor<std::uint8_t, 3> codes({pages, bs, dc});
+  Tensor<float, 4> params({pages, bs, 1, 2});
+  Tensor<seqmix::f16, 3> kr_pages({pages, bs, dr});
+  Tensor<std::int32_t, 2> table_ids({1, pages});
+  for (index_t i = 0; i < pages; ++i) table_ids(0, i) = static_cast<std::int32_t>(pages - 1 - i);
+  const seqmix::MlaQuantizedLatents<seqmix::f16> q8{seqmix::KvFormat::int8, 0, codes.view(), params.view(),
+                                                    kr_pages.view(), dc};
+  seqmix::MlaLatentAppendInputs append;
+  const std::vector<std::int64_t> none = {0}, all = {Tmax};
+  append.c_kv = c_kv.view(), append.k_rope = k_rope_raw.view(), append.block_table = table_ids.cview();
+  append.cache_seqlens = none, append.rope = &table;
+  seqmix::mla_latent_append(append, q8, pool);
+  Tensor<float, 3> qn({1, H, dn}), qr_raw({1, H, dr}), qr({1, H, dr});
+  fill(qn, 20 + steps - 1), fill(qr_raw, 30 + steps - 1);
+  const std::vector<std::int64_t> last = {Tmax - 1};
+  seqmix::rope(table, {seqmix::ConstView<float, 4>(qr_raw.data(), {1, 1, H, dr}), last},
+               {seqmix::TensorView<float, 4>(qr.data(), {1, 1, H, dr})}, pool);
+  const seqmix::MlaLatentDecodeInputs<seqmix::f16> dq{qn.view(), qr.view(), q8, table_ids.cview(), all, weights};
+  Tensor<float, 3> o8({1, H, dv});
+  seqmix::mla_latent_decode(dq, {o8.view(), {}}, options, pool);
+  const seqmix::MlaPrefillInputs<float> naive32{seqmix::ConstView<float, 4>(qn.data(), {1, 1, H, dn}),
+                                                seqmix::ConstView<float, 4>(qr.data(), {1, 1, H, dr}), c_kv.view(),
+                                                k_rope.view(), weights};
+  Tensor<float, 4> o32({1, 1, H, dv});
+  seqmix::reference::mla(naive32, {o32.view(), {}}, options);
+  std::printf("  int8 latents in 64-token pages: %ld bytes per token and layer, decode max rel. diff %.2e against\n"
+              "  the naive expanded attention over fp32 latents\n",
+              static_cast<long>(seqmix::mla_latent_bytes_per_token(seqmix::KvFormat::int8, dc, 0, dr)),
+              max_rel_error(o8, o32));
 }
 
 }  // namespace
