@@ -3,6 +3,10 @@
 //
 //   hyena/prefill/D768_T<T>_N2     order-2 Hyena, T in {4096, 16384}
 //   hyena/reference/D768_T256_N2   the reference (double loops), the baseline
+//   hyena/step_distilled/D768_T16384_N2_M16  one decode token through the distilled modal
+//                                  recurrence (hyena_distilled_step, 16 complex modes per channel)
+//   hyena/step/D768_T16384_N2      one decode token through the exact step (hyena_step: O(N L D)
+//                                  against a history of L-1 = 16383 rows per order), the baseline
 //   h3/prefill/H12_P64_T<T>        H3 with a 4-tap shift kernel, T in {1024, 4096}
 //   h3/reference/H1_P64_T128       the reference, the baseline (one head)
 //   fnet/prefill/D768_T<T>         FNet's 2-D DFT (Eigen FFT), T in {1024, 4096}
@@ -65,6 +69,59 @@ void hyena(benchmark::State& state, index_t T, index_t N, bool reference) {
   const double flop = reference ? N * D * double(T) * double(T + 1) + N * D * double(T)
                                 : N * (conv_flop(T, D) + double(T) * D);
   st::report_throughput(state, flop, 4.0 * (N + 2) * double(T) * D);
+}
+
+// One decode token of order-2 Hyena at D = 768 after filters of T taps: the exact step against
+// the [N,1,T-1,D] history, or the distilled recurrence with M modes. The distillation runs once in
+// the setup on 16 distinct Hyena-kind filters (decaying windowed sinusoid mixtures), tiled over
+// the 768 channels: the step's cost does not depend on the fitted values, and fitting 1536
+// filters of 16384 taps would take minutes of setup.
+void hyena_decode(benchmark::State& state, index_t T, index_t M, bool distilled) {
+  const index_t N = 2, D = 768, distinct = 16;
+  const Tensor<float, 2> v = st::random_tensor<2>({1, D}, 1);
+  const Tensor<float, 3> x = st::random_tensor<3>({N, 1, D}, 2);
+  Tensor<float, 2> y({1, D}), scratch({1, D});
+  if (!distilled) {
+    const Tensor<float, 3> h = st::random_tensor<3>({N, T, D}, 3, -0.02f, 0.02f);
+    Tensor<float, 4> history({N, 1, T - 1, D});
+    for (auto _ : state) {
+      seqmix::hyena_step({v.view(), x.view(), h.view()}, {y.view(), history.view(), scratch.view()}, st::two_thread_pool());
+      benchmark::DoNotOptimize(y.data());
+    }
+    st::report_throughput(state, 2.0 * N * double(T) * D, 4.0 * N * 2.0 * double(T) * D);
+    return;
+  }
+  Tensor<float, 3> h({N, T, distinct});
+  for (index_t n = 0; n < N; ++n)
+    for (index_t d = 0; d < distinct; ++d) {
+      const double decay = (3.0 + 27.0 * double(d) / distinct) / double(T), f1 = 1.0 + d % 5, f2 = 2.5 + n + d % 3;
+      for (index_t t = 0; t < T; ++t) {
+        const double z = 6.283185307179586 * double(t) / double(T);
+        h(n, t, d) = static_cast<float>(std::sin(0.8 * std::sin(f1 * z) + 0.6 * std::sin(f2 * z + d)) * std::exp(-decay * double(t)));
+      }
+    }
+  Tensor<float, 3> pr({N, distinct, M}), pi({N, distinct, M}), gr({N, distinct, M}), gi({N, distinct, M});
+  Tensor<float, 2> ft({N, distinct});
+  seqmix::hyena_distill(h.view(), {}, {pr.view(), pi.view(), gr.view(), gi.view(), ft.view()}, {M}, st::two_thread_pool());
+  Tensor<float, 3> Pr({N, D, M}), Pi({N, D, M}), Gr({N, D, M}), Gi({N, D, M});
+  Tensor<float, 2> Ft({N, D});
+  for (index_t n = 0; n < N; ++n)
+    for (index_t d = 0; d < D; ++d) {
+      Ft(n, d) = ft(n, d % distinct);
+      for (index_t k = 0; k < M; ++k) {
+        Pr(n, d, k) = pr(n, d % distinct, k), Pi(n, d, k) = pi(n, d % distinct, k);
+        Gr(n, d, k) = gr(n, d % distinct, k), Gi(n, d, k) = gi(n, d % distinct, k);
+      }
+    }
+  Tensor<float, 4> sr({N, 1, D, M}), si({N, 1, D, M});
+  const seqmix::HyenaModalFilters filters{Pr.view(), Pi.view(), Gr.view(), Gi.view(), Ft.view()};
+  for (auto _ : state) {
+    seqmix::hyena_distilled_step({v.view(), x.view(), filters}, {y.view(), sr.view(), si.view(), scratch.view()},
+                                 st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  // 8 flops per complex mode (state update and output), the state read and written once.
+  st::report_throughput(state, 8.0 * N * D * M, 4.0 * N * D * M * 4.0);
 }
 
 void h3(benchmark::State& state, index_t T, index_t H, bool reference) {
@@ -245,6 +302,8 @@ void register_all() {
   for (index_t T : {4096, 16384})
     add("hyena/prefill/D768_T" + std::to_string(T) + "_N2", [=](benchmark::State& s) { hyena(s, T, 2, false); });
   add("hyena/reference/D768_T256_N2", [](benchmark::State& s) { hyena(s, 256, 2, true); });
+  add("hyena/step_distilled/D768_T16384_N2_M16", [](benchmark::State& s) { hyena_decode(s, 16384, 16, true); });
+  add("hyena/step/D768_T16384_N2", [](benchmark::State& s) { hyena_decode(s, 16384, 0, false); });
   for (index_t T : {1024, 4096})
     add("h3/prefill/H12_P64_T" + std::to_string(T), [=](benchmark::State& s) { h3(s, T, 12, false); });
   add("h3/reference/H1_P64_T128", [](benchmark::State& s) { h3(s, 128, 1, true); });

@@ -1,7 +1,7 @@
 // hyena, decode step: one token per batch row, each order's long convolution by long_conv_step
 // against the last L-1 rows of its z_n (the state a prefill returns as final_state), so prefill
-// then steps give the outputs of one call. O(N L D) per token: exact, not the distilled
-// O(state) recurrence (issue 16 item 5, not done yet).
+// then steps give the outputs of one call. O(N L D) per token: exact; the distilled O(N D M)
+// recurrence is hyena_distilled_step (step_distilled.hpp).
 #pragma once
 
 #include <algorithm>
