@@ -186,7 +186,6 @@ inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& 
   }
   w.spectrum.resize(L), w.kernel.resize(L);
   const double two_over_dt = 2.0 / dt;
-  const double pi = 3.14159265358979323846;
   for (index_t k = 0; k < L; ++k) {
     if (2 * k == L) {  // z = -1: the limit dt/2 C~ B
       w.spectrum[k] = dt / 2.0 * c_tilde_b;
@@ -213,9 +212,9 @@ inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& 
       for (index_t c = 0; c < r; ++c) {
         index_t pivot = c;
         for (index_t i = c + 1; i < r; ++i)
-          if (std::abs(m[i][c]) > std::abs(m[pivot][c])) pivot = i;
+          if (std::norm(m[i][c]) > std::norm(m[pivot][c])) pivot = i;
         for (index_t j = 0; j <= r; ++j) std::swap(m[c][j], m[pivot][j]);
-        const SsmComplex inv = 1.0 / m[c][c];
+        const SsmComplex inv = std::conj(m[c][c]) / std::norm(m[c][c]);  // no library complex division
         for (index_t j = c; j <= r; ++j) m[c][j] *= inv;
         for (index_t i = 0; i < r; ++i)
           if (i != c) {
@@ -225,9 +224,8 @@ inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& 
       }
       for (index_t j = 0; j < r; ++j) value -= sums[1 + j] * m[j][r];
     }
-    // 2/(1+z) with z = exp(-i theta), theta = 2 pi k/L.
-    const SsmComplex z = std::polar(1.0, -2.0 * pi * double(k) / double(L));
-    w.spectrum[k] = 2.0 / (1.0 + z) * value;
+    // 2/(1+z) with z = exp(-2 pi i k/L) is exp(i pi k/L) / cos(pi k/L) = 1 + i tan(pi k/L).
+    w.spectrum[k] = SsmComplex(1.0, tan_half[k]) * value;
   }
   if (L == 1)
     w.kernel[0] = w.spectrum[0];
