@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,24 @@ inline void validate_local_conv_step(const ArgCheck& check, const ConstView<floa
 inline void local_conv_step_head(const ConstView<float, 2>& x, const LocalConvStepOutputs& out, index_t b, index_t h,
                                  index_t group, index_t K, const float* p) {
   const index_t c0 = h * group;
+  // Taps outer, channels inner: each state row is read and shifted in memory order (the state is
+  // [B,K-1,D], channels contiguous), and the sums keep the order of the definition: taps k < K-1,
+  // then this token's.
+  if (x.stride(1) == 1 && out.y.stride(1) == 1 && out.state.stride(2) == 1) {
+    float* y = out.y.ptr(b, c0);
+    const float* xt = x.ptr(b, c0);
+    for (index_t c = 0; c < group; ++c) y[c] = 0.f;
+    for (index_t k = 0; k + 1 < K; ++k) {
+      const float w = p[k];
+      const float* s = out.state.ptr(b, k, c0);
+      for (index_t c = 0; c < group; ++c) y[c] += w * s[c];
+    }
+    for (index_t c = 0; c < group; ++c) y[c] += p[K - 1] * xt[c];
+    for (index_t k = 0; k + 2 < K; ++k)
+      std::memmove(out.state.ptr(b, k, c0), out.state.ptr(b, k + 1, c0), static_cast<std::size_t>(group) * sizeof(float));
+    if (K > 1) std::memcpy(out.state.ptr(b, K - 2, c0), xt, static_cast<std::size_t>(group) * sizeof(float));
+    return;
+  }
   for (index_t c = c0; c < c0 + group; ++c) {
     float acc = 0.f;
     for (index_t k = 0; k + 1 < K; ++k) acc += p[k] * out.state(b, k, c);
