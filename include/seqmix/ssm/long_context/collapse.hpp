@@ -10,8 +10,10 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "seqmix/core/error.hpp"
@@ -78,6 +80,62 @@ inline CollapseSegment collapse_segment(index_t T, index_t done, index_t interva
   return {reverse ? T - done - len : done, len};
 }
 
+/// Runs a call interval by interval: segment(t0, len, first) runs the operator on tokens
+/// [t0, t0 + len) (first: from the call's own initial state, else from the carried one), and
+/// normalize(last) normalizes the carried state after an interval that ended at token `last`.
+template <class Segment, class Normalize>
+void collapse_run_intervals(index_t T, index_t interval, bool reverse, Segment&& segment, Normalize&& normalize) {
+  for (index_t done = 0; done < T; done += interval) {
+    const auto seg = collapse_segment(T, done, interval, reverse);
+    segment(seg.t0, seg.len, done == 0);
+    if (seg.len < interval) break;  // the call ends inside an interval: no normalization
+    normalize(reverse ? seg.t0 : seg.t0 + seg.len - 1);
+  }
+}
+
+/// A token-indexed view's tokens [t0, t0 + len) (an empty view stays empty).
+template <class View>
+View collapse_slice(const View& view, index_t t0, index_t len) {
+  return view.has_value() ? view.slice(1, t0, len) : view;
+}
+
+/// Normalizes each unit (head or channel) of one sequence's state, unit i against tau(i), and
+/// scales the same unit of `token_row` (the token_states of the token that ended the interval,
+/// optional) by the same factor.
+template <std::size_t R>
+void collapse_normalize_units(const TensorView<float, R>& state_row, const ConstView<float, 1>& tau,
+                              const TensorView<float, R>& token_row) {
+  for (index_t i = 0; i < state_row.size(0); ++i) {
+    const double f = collapse_normalize_block(state_row.select(0, i), tau(i));
+    if (token_row.has_value()) collapse_scale_block(token_row.select(0, i), f);
+  }
+}
+
+/// The steps' optional positions [B]: tokens each row's state has seen, >= 0.
+inline void check_collapse_positions(const ArgCheck& check, const ConstView<std::int64_t, 1>& positions, index_t B) {
+  check.optional_shape("positions", positions, std::array<index_t, 1>{B}, "B");
+  if (!positions.has_value()) return;
+  for (index_t b = 0; b < B; ++b)
+    if (positions(b) < 0)
+      check.fail("positions", "must be >= 0, got " + std::to_string(positions(b)) + " at row " + std::to_string(b));
+}
+
+/// True when a step's token ends an interval of row b (every step without positions).
+inline bool collapse_step_ends_interval(const ConstView<std::int64_t, 1>& positions, index_t b, index_t interval) {
+  return !positions.has_value() || (positions(b) + 1) % interval == 0;
+}
+
+/// A step's B' [B,G,N] in `dst` (a thread's buffer: no allocation once it has grown).
+inline ConstView<float, 3> collapse_step_input(const ConstView<float, 3>& Bm, const StateCollapseOptions& o,
+                                               std::vector<float>& dst) {
+  const index_t B = Bm.size(0), G = Bm.size(1), N = Bm.size(2);
+  dst.resize(static_cast<std::size_t>(B * G * N));
+  for (index_t b = 0; b < B; ++b)
+    for (index_t g = 0; g < G; ++g)
+      for (index_t n = 0; n < N; ++n) dst[static_cast<std::size_t>((b * G + g) * N + n)] = collapse_input(o, Bm(b, g, n));
+  return ConstView<float, 3>(dst.data(), {B, G, N});
+}
+
 }  // namespace detail
 
 /// ssd with the state-collapse remedies (docs/operators.md section 18): the chunked or recurrent
@@ -115,35 +173,28 @@ inline void ssd_with_remedies(const SsdInputs& in, const SsdOutputs& out, const 
     scratch.assign(static_cast<std::size_t>(B * H * P * N), 0.f);
     carry = TensorView<float, 4>(scratch.data(), {B, H, P, N});
   }
-  for (index_t done = 0; done < T; done += remedies.interval) {
-    const auto seg = detail::collapse_segment(T, done, remedies.interval, options.reverse);
+  auto segment = [&](index_t t0, index_t len, bool first) {
     SsdInputs part = run;
-    part.x = run.x.slice(1, seg.t0, seg.len);
-    part.dt = run.dt.slice(1, seg.t0, seg.len);
-    part.Bm = run.Bm.slice(1, seg.t0, seg.len);
-    part.Cm = run.Cm.slice(1, seg.t0, seg.len);
-    if (run.z.has_value()) part.z = run.z.slice(1, seg.t0, seg.len);
-    if (done > 0) {  // later intervals start from the carried state, every row of it
+    part.x = run.x.slice(1, t0, len), part.dt = run.dt.slice(1, t0, len);
+    part.Bm = run.Bm.slice(1, t0, len), part.Cm = run.Cm.slice(1, t0, len), part.z = detail::collapse_slice(run.z, t0, len);
+    if (!first) {  // later intervals start from the carried state, every row of it
       part.initial_state = carry;
       part.batch.has_initial_state = {};
     }
-    SsdOutputs part_out{out.y.slice(1, seg.t0, seg.len), carry, {}};
-    if (out.token_states.has_value()) part_out.token_states = out.token_states.slice(1, seg.t0, seg.len);
-    ssd(part, part_out, options, executor);
-    if (seg.len < remedies.interval) break;  // the call ends inside an interval: no normalization
-    const index_t last = options.reverse ? seg.t0 : seg.t0 + seg.len - 1;
-    parallel_for(executor, B * H, 1, [&](index_t begin, index_t end) {
-      for (index_t bh = begin; bh < end; ++bh) {
-        const SequenceSpan s = call.map[bh / H];
-        const index_t h = bh % H;
+    ssd(part, {out.y.slice(1, t0, len), carry, detail::collapse_slice(out.token_states, t0, len)}, options, executor);
+  };
+  auto normalize_after = [&](index_t last) {
+    parallel_for(executor, B, 1, [&](index_t begin, index_t end) {
+      for (index_t b = begin; b < end; ++b) {
+        const SequenceSpan s = call.map[b];
         if (s.state_row < 0) continue;  // padding row
-        const double f = detail::collapse_normalize_block(carry.select(0, s.state_row).select(0, h),
-                                                          remedies.norm_threshold(h));
-        if (out.token_states.has_value())
-          detail::collapse_scale_block(out.token_states.select(0, s.batch_row).select(0, last).select(0, h), f);
+        const auto tokens = out.token_states.has_value() ? out.token_states.select(0, s.batch_row).select(0, last)
+                                                         : TensorView<float, 3>();
+        detail::collapse_normalize_units(carry.select(0, s.state_row), remedies.norm_threshold, tokens);
       }
     });
-  }
+  };
+  detail::collapse_run_intervals(T, remedies.interval, options.reverse, segment, normalize_after);
 }
 
 /// ssd_step with the state-collapse remedies: one token on A' and B', then the state of each row
@@ -158,33 +209,22 @@ inline void ssd_step_with_remedies(const SsdStepInputs& in, const SsdStepOutputs
                                    const Executor& executor = serial_executor()) {
   static const ArgCheck check("ssd_step_with_remedies");
   const auto call = detail::validate_ssd_step(check, in, out);
-  const index_t B = call.dims.B, H = call.dims.H, G = call.dims.G, N = call.dims.N;
+  const index_t B = call.dims.B, H = call.dims.H;
   detail::check_state_collapse(check, remedies, H, "H");
-  check.optional_shape("positions", positions, std::array<index_t, 1>{B}, "B");
-  if (positions.has_value())
-    for (index_t b = 0; b < B; ++b)
-      if (positions(b) < 0) check.fail("positions", "must be >= 0, got " + std::to_string(positions(b)) + " at row " + std::to_string(b));
+  detail::check_collapse_positions(check, positions, B);
 
   thread_local std::vector<float> a_prime, b_prime;
   a_prime.resize(static_cast<std::size_t>(H));
   for (index_t h = 0; h < H; ++h) a_prime[static_cast<std::size_t>(h)] = detail::collapse_decay(remedies, in.A(h));
   SsdStepInputs run = in;
   run.A = ConstView<float, 1>(a_prime.data(), {H});
-  if (detail::collapse_changes_input(remedies)) {
-    b_prime.resize(static_cast<std::size_t>(B * G * N));
-    for (index_t b = 0; b < B; ++b)
-      for (index_t g = 0; g < G; ++g)
-        for (index_t n = 0; n < N; ++n) b_prime[static_cast<std::size_t>((b * G + g) * N + n)] = detail::collapse_input(remedies, in.Bm(b, g, n));
-    run.Bm = ConstView<float, 3>(b_prime.data(), {B, G, N});
-  }
+  if (detail::collapse_changes_input(remedies)) run.Bm = detail::collapse_step_input(in.Bm, remedies, b_prime);
   ssd_step(run, out, options, executor);
   if (!detail::collapse_normalizes(remedies)) return;
   for (index_t b = 0; b < B; ++b) {
     const SequenceSpan s = call.map[b];
-    if (s.state_row < 0) continue;
-    if (positions.has_value() && (positions(b) + 1) % remedies.interval != 0) continue;
-    for (index_t h = 0; h < H; ++h)
-      detail::collapse_normalize_block(out.state.select(0, s.state_row).select(0, h), remedies.norm_threshold(h));
+    if (s.state_row >= 0 && detail::collapse_step_ends_interval(positions, b, remedies.interval))
+      detail::collapse_normalize_units(out.state.select(0, s.state_row), remedies.norm_threshold, TensorView<float, 3>());
   }
 }
 
@@ -222,36 +262,29 @@ inline void selective_scan_with_remedies(const SelectiveScanInputs& in, const Se
     scratch.assign(static_cast<std::size_t>(B * D * N), 0.f);
     carry = TensorView<float, 3>(scratch.data(), {B, D, N});
   }
-  for (index_t done = 0; done < T; done += remedies.interval) {
-    const auto seg = detail::collapse_segment(T, done, remedies.interval, options.reverse);
+  auto segment = [&](index_t t0, index_t len, bool first) {
     SelectiveScanInputs part = run;
-    part.u = run.u.slice(1, seg.t0, seg.len);
-    part.delta = run.delta.slice(1, seg.t0, seg.len);
-    part.Bm = run.Bm.slice(1, seg.t0, seg.len);
-    part.Cm = run.Cm.slice(1, seg.t0, seg.len);
-    if (run.z.has_value()) part.z = run.z.slice(1, seg.t0, seg.len);
-    if (done > 0) {
+    part.u = run.u.slice(1, t0, len), part.delta = run.delta.slice(1, t0, len);
+    part.Bm = run.Bm.slice(1, t0, len), part.Cm = run.Cm.slice(1, t0, len), part.z = detail::collapse_slice(run.z, t0, len);
+    if (!first) {
       part.initial_state = carry;
       part.batch.has_initial_state = {};
     }
-    SelectiveScanOutputs part_out{out.y.slice(1, seg.t0, seg.len), carry, {}};
-    if (out.token_states.has_value()) part_out.token_states = out.token_states.slice(1, seg.t0, seg.len);
-    selective_scan(part, part_out, options, executor);
-    if (seg.len < remedies.interval) break;
-    const index_t last = options.reverse ? seg.t0 : seg.t0 + seg.len - 1;
+    selective_scan(part, {out.y.slice(1, t0, len), carry, detail::collapse_slice(out.token_states, t0, len)}, options,
+                   executor);
+  };
+  auto normalize_after = [&](index_t last) {
     parallel_for(executor, B, 1, [&](index_t begin, index_t end) {
       for (index_t b = begin; b < end; ++b) {
         const SequenceSpan s = call.map[b];
         if (s.state_row < 0) continue;
-        for (index_t d = 0; d < D; ++d) {
-          const double f = detail::collapse_normalize_block(carry.select(0, s.state_row).select(0, d),
-                                                            remedies.norm_threshold(d));
-          if (out.token_states.has_value())
-            detail::collapse_scale_block(out.token_states.select(0, s.batch_row).select(0, last).select(0, d), f);
-        }
+        const auto tokens = out.token_states.has_value() ? out.token_states.select(0, s.batch_row).select(0, last)
+                                                         : TensorView<float, 2>();
+        detail::collapse_normalize_units(carry.select(0, s.state_row), remedies.norm_threshold, tokens);
       }
     });
-  }
+  };
+  detail::collapse_run_intervals(T, remedies.interval, options.reverse, segment, normalize_after);
 }
 
 /// selective_scan_step with the state-collapse remedies; `positions` as in ssd_step_with_remedies.
@@ -261,12 +294,9 @@ inline void selective_scan_step_with_remedies(const SelectiveScanStepInputs& in,
                                               const Executor& executor = serial_executor()) {
   static const ArgCheck check("selective_scan_step_with_remedies");
   const auto call = detail::validate_selective_scan_step(check, in, out);
-  const index_t B = call.dims.B, D = call.dims.D, N = call.dims.N, G = call.dims.G;
+  const index_t B = call.dims.B, D = call.dims.D, N = call.dims.N;
   detail::check_state_collapse(check, remedies, D, "D");
-  check.optional_shape("positions", positions, std::array<index_t, 1>{B}, "B");
-  if (positions.has_value())
-    for (index_t b = 0; b < B; ++b)
-      if (positions(b) < 0) check.fail("positions", "must be >= 0, got " + std::to_string(positions(b)) + " at row " + std::to_string(b));
+  detail::check_collapse_positions(check, positions, B);
 
   thread_local std::vector<float> a_prime, b_prime;
   a_prime.resize(static_cast<std::size_t>(D * N));
@@ -274,21 +304,13 @@ inline void selective_scan_step_with_remedies(const SelectiveScanStepInputs& in,
     for (index_t n = 0; n < N; ++n) a_prime[static_cast<std::size_t>(d * N + n)] = detail::collapse_decay(remedies, in.A(d, n));
   SelectiveScanStepInputs run = in;
   run.A = ConstView<float, 2>(a_prime.data(), {D, N});
-  if (detail::collapse_changes_input(remedies)) {
-    b_prime.resize(static_cast<std::size_t>(B * G * N));
-    for (index_t b = 0; b < B; ++b)
-      for (index_t g = 0; g < G; ++g)
-        for (index_t n = 0; n < N; ++n) b_prime[static_cast<std::size_t>((b * G + g) * N + n)] = detail::collapse_input(remedies, in.Bm(b, g, n));
-    run.Bm = ConstView<float, 3>(b_prime.data(), {B, G, N});
-  }
+  if (detail::collapse_changes_input(remedies)) run.Bm = detail::collapse_step_input(in.Bm, remedies, b_prime);
   selective_scan_step(run, out, options, executor);
   if (!detail::collapse_normalizes(remedies)) return;
   for (index_t b = 0; b < B; ++b) {
     const SequenceSpan s = call.map[b];
-    if (s.state_row < 0) continue;
-    if (positions.has_value() && (positions(b) + 1) % remedies.interval != 0) continue;
-    for (index_t d = 0; d < D; ++d)
-      detail::collapse_normalize_block(out.state.select(0, s.state_row).select(0, d), remedies.norm_threshold(d));
+    if (s.state_row >= 0 && detail::collapse_step_ends_interval(positions, b, remedies.interval))
+      detail::collapse_normalize_units(out.state.select(0, s.state_row), remedies.norm_threshold, TensorView<float, 2>());
   }
 }
 
