@@ -16,9 +16,11 @@
 #include <cmath>
 #include <complex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -36,6 +38,19 @@ struct S5Params {
   ConstView<float, 2> C_imag = {};       ///< [H,P], optional
   ConstView<float, 1> dt;                ///< [P], > 0 (S5 learns a step per state)
   ConstView<float, 1> D = {};            ///< [H], optional feedthrough
+};
+
+/// Options of the prefill: the discretization and symmetry of the shared SSM options, and the
+/// scan direction. The step takes SsmKernelOptions (it has no direction).
+struct S5Options : SsmKernelOptions {
+  /// Default options (zoh, no symmetry, forward).
+  S5Options() = default;
+  /// The given SSM options, forward.
+  S5Options(const SsmKernelOptions& ssm) : SsmKernelOptions(ssm) {}
+  /// Run from the last token to the first (core/direction.hpp): u and y are reached through
+  /// reversed views, not copied; the initial state is the state "after token T" and the final
+  /// state the one after token 0.
+  bool reverse = false;
 };
 
 /// Prefill inputs.
@@ -162,6 +177,12 @@ inline S5Discrete s5_discretize(const S5Params& p, index_t H, const SsmKernelOpt
   return d;
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of u and y.
+inline std::pair<S5Inputs, S5Outputs> s5_reversed_call(S5Inputs in, S5Outputs out) {
+  reverse_time_of(in.u, out.y);
+  return {in, out};
+}
+
 inline SsmComplex s5_initial(const S5Inputs& in, index_t b, index_t i) {
   if (!in.initial_state_real.has_value()) return 0.0;
   return {double(in.initial_state_real(b, i)),
@@ -174,8 +195,12 @@ namespace reference {
 
 /// The definition: the recurrence token by token, in double. Single-threaded; `executor` is
 /// accepted for a uniform signature.
-inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const SsmKernelOptions& options = {},
+inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const S5Options& options = {},
                const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::s5_reversed_call(in, out);
+    return s5(params, rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   const auto dims = detail::validate_s5("reference::s5", params, in, out, options);
   const auto sys = detail::s5_discretize(params, dims.H, options);

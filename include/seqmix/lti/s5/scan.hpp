@@ -35,9 +35,14 @@ void s5_gemm_rows(const A& a, const Bm& bt, Out& out, const Executor& executor) 
 /// (Lambda_bar, B_bar u_t) under composition (associative_scan with AffineMonoid over
 /// std::complex<float>: over time chunks in parallel when P is below 2 threads' worth, else one
 /// state per task), then y = c Re(C x) + D u as two GEMMs. Scratch: 4 T P floats and T affine
-/// maps per task. The final state may be the very initial state.
-inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const SsmKernelOptions& options = {},
+/// maps per task. The final state may be the very initial state. options.reverse: the GEMMs map
+/// u with its negated row stride (no copy).
+inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const S5Options& options = {},
                const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::s5_reversed_call(in, out);
+    return s5(params, rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using Complex = std::complex<float>;
   using Matrix = RowMajorMatrix<float>;
   const auto dims = detail::validate_s5("s5", params, in, out, options);
