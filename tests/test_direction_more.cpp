@@ -6,9 +6,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "seqmix/core/direction.hpp"
+#include "seqmix/linear_attention.hpp"
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -60,6 +62,58 @@ TEST_CASE("reverse s5 equals s5 on reversed copies", "[direction][s5]") {
       st::require_close("s5 y", y.cview(), seqmix::reversed_time_view(y_ref.cview()), 1e-5);
       st::require_close("s5 final_state_real", f_re.cview(), g_re.cview(), 1e-5);
       st::require_close("s5 final_state_imag", f_im.cview(), g_im.cview(), 1e-5);
+    }
+}
+
+TEST_CASE("reverse mom equals mom on reversed copies", "[direction][mom]") {
+  // E 2 routes of M 3 memories, grouped heads (HK 1, HV 2); chunk 16 so T 37 spans three chunks.
+  const index_t B = 2, E = 2, M = 3, HK = 1, HV = 2, K = 4, V = 3;
+  for (const index_t T : kMoreDirLengths)
+    for (const bool fast : {false, true}) {
+      INFO("T=" << T << " fast=" << fast);
+      const std::uint64_t seed = 600 + std::uint64_t(T);
+      const Tensor<float, 4> q = st::random_tensor<4>({B, T, HK, K}, seed), beta = st::random_tensor<4>({B, T, E, HV}, seed + 1, 0.f, 1.f);
+      const Tensor<float, 4> g = st::random_tensor<4>({B, T, E, HV}, seed + 2, -0.5f, 0.f);
+      const Tensor<float, 5> k = st::random_tensor<5>({B, T, E, HK, K}, seed + 3, -0.6f, 0.6f);
+      const Tensor<float, 5> v = st::random_tensor<5>({B, T, E, HV, V}, seed + 4);
+      const Tensor<float, 5> s0 = st::random_tensor<5>({B, M, HV, K, V}, seed + 5);
+      const Tensor<float, 3> weight = st::random_tensor<3>({B, T, E}, seed + 6, 0.f, 1.f);
+      Tensor<std::int32_t, 3> route({B, T, E});
+      std::mt19937_64 rng(seed + 7);
+      for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < T; ++t) {
+          const std::int32_t first = static_cast<std::int32_t>(rng() % M);
+          route.view()(b, t, 0) = first;
+          route.view()(b, t, 1) = static_cast<std::int32_t>((first + 1 + static_cast<std::int32_t>(rng() % (M - 1))) % M);
+        }
+      Tensor<std::int32_t, 3> route_rev({B, T, E});
+      for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < T; ++t)
+          for (index_t e = 0; e < E; ++e) route_rev.view()(b, t, e) = route.view()(b, T - 1 - t, e);
+      const Tensor<float, 4> q_r = more_dir_reversed(q), beta_r = more_dir_reversed(beta), g_r = more_dir_reversed(g);
+      const Tensor<float, 5> k_r = more_dir_reversed(k), v_r = more_dir_reversed(v);
+      const Tensor<float, 3> weight_r = more_dir_reversed(weight);
+      seqmix::MomInputs in, in_r;
+      in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.g_scalar = g.view();
+      in.memory = route.view(), in.weight = weight.view(), in.initial_state = s0.view();
+      in_r.q = q_r.view(), in_r.k = k_r.view(), in_r.v = v_r.view(), in_r.beta = beta_r.view(), in_r.g_scalar = g_r.view();
+      in_r.memory = route_rev.view(), in_r.weight = weight_r.view(), in_r.initial_state = s0.view();
+      seqmix::MomOptions options;
+      options.memories = M;
+      options.memory.chunk_size = 16;
+      seqmix::MomOptions reverse = options;
+      reverse.memory.reverse = true;
+      Tensor<float, 4> o({B, T, HV, V}), o_ref({B, T, HV, V});
+      Tensor<float, 5> f({B, M, HV, K, V}), f_ref({B, M, HV, K, V});
+      if (fast) {
+        seqmix::mom(in, {o.view(), f.view()}, reverse, st::two_thread_pool());
+        seqmix::mom(in_r, {o_ref.view(), f_ref.view()}, options);
+      } else {
+        seqmix::reference::mom(in, {o.view(), f.view()}, reverse);
+        seqmix::reference::mom(in_r, {o_ref.view(), f_ref.view()}, options);
+      }
+      st::require_close("mom o", o.cview(), seqmix::reversed_time_view(o_ref.cview()), 1e-5);
+      st::require_close("mom final_state", f.cview(), f_ref.cview(), 1e-5);
     }
 }
 

@@ -254,9 +254,6 @@ TEST_CASE("mom refuses bad arguments before writing", "[mom][validation]") {
   data.beta.view()(0, 3, 1, 0) = NAN;
   st::require_shape_error("beta", [&] { run(data.inputs(c), options); });
   data.beta.view()(0, 3, 1, 0) = 0.5f;
-  seqmix::MomOptions reverse = options;
-  reverse.memory.reverse = true;
-  st::require_shape_error("options.memory.reverse", [&] { run(data.inputs(c), reverse); });
   seqmix::MomOptions four = options;
   four.memories = 4;  // the states have M = 3
   st::require_shape_error("initial_state", [&] { run(data.inputs(c), four); });

@@ -83,6 +83,10 @@ inline void pack_mom(const MomInputs& in, const MomOptions& options, const MomDi
 /// over the (batch row, memory) sequences and heads.
 inline void mom(const MomInputs& in, const MomOutputs& out, const MomOptions& options = {},
                 const Executor& executor = serial_executor()) {
+  if (options.memory.reverse) {
+    const auto rev = detail::mom_reversed_call(in, out, options);
+    return mom(rev.in, rev.out, rev.options, executor);
+  }
   const ArgCheck check("mom");
   const detail::MomDims d = detail::validate_mom(check, in, out, options);
   thread_local detail::MomPacked p;

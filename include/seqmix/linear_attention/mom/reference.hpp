@@ -24,8 +24,10 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -38,7 +40,10 @@ struct MomOptions {
   /// Memories per sequence, M >= 1 (the states are [B,M,HV,K,V]).
   index_t memories = 1;
   /// The memories' update: gate kind, scale, qk_norm, chunk size, algorithm of the gated delta
-  /// rule (reverse is not supported: the routes are causal).
+  /// rule. memory.reverse runs from the last token to the first (core/direction.hpp): every
+  /// token-indexed input (the routes and weights too, given per token by the caller) and o are
+  /// reached through reversed views, not copied; the final state is the one after token 0. The
+  /// step ignores it.
   GatedDeltaRuleOptions memory = {};
 };
 
@@ -103,6 +108,19 @@ inline void check_mom_routes(const ArgCheck& check, const ConstView<std::int32_t
     }
 }
 
+// A reverse call (options.memory.reverse) as the forward call on reversed views of the
+// token-indexed arguments, with the direction taken out of the options.
+struct MomReversedCall {
+  MomInputs in;
+  MomOutputs out;
+  MomOptions options;
+};
+inline MomReversedCall mom_reversed_call(MomInputs in, MomOutputs out, MomOptions options) {
+  reverse_time_of(in.q, in.k, in.v, in.beta, in.g_scalar, in.g, in.memory, in.weight, out.o);
+  options.memory.reverse = false;
+  return {in, out, options};
+}
+
 // Validates a prefill (a step is validated as a prefill of T = 1 over views with a token axis of
 // one, step.hpp).
 inline MomDims validate_mom(const ArgCheck& check, const MomInputs& in, const MomOutputs& out, const MomOptions& options) {
@@ -113,7 +131,6 @@ inline MomDims validate_mom(const ArgCheck& check, const MomInputs& in, const Mo
   if (HK <= 0 || K <= 0) check.fail("q", "must have at least one head and one key channel, got shape " + shape_to_string(in.q.shape()));
   if (E <= 0) check.fail("memory", "must give at least one entry per token (E >= 1), got shape " + shape_to_string(in.memory.shape()));
   if (options.memories < 1) check.fail("options.memories", "must be >= 1, got " + std::to_string(options.memories));
-  check.that(!options.memory.reverse, "options.memory.reverse", "is not supported by mom (routes are causal)");
   check.shape("k", in.k, std::array<index_t, 5>{B, T, E, HK, K}, "B,T,E,HK,K");
   check.shape("v", in.v, std::array<index_t, 5>{B, T, E, -1, -1}, "B,T,E,HV,V");
   const index_t HV = in.v.size(3), V = in.v.size(4);
@@ -202,6 +219,10 @@ namespace reference {
 /// The readable definition of mom (see the top of this header), token by token, each memory's
 /// state in double.
 inline void mom(const MomInputs& in, const MomOutputs& out, const MomOptions& options = {}) {
+  if (options.memory.reverse) {
+    const auto rev = detail::mom_reversed_call(in, out, options);
+    return mom(rev.in, rev.out, rev.options);
+  }
   const ArgCheck check("reference::mom");
   const detail::MomDims d = detail::validate_mom(check, in, out, options);
   const double scale = options.memory.scale ? *options.memory.scale : 1.0 / std::sqrt(static_cast<double>(d.K));
