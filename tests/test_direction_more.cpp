@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "seqmix/core/direction.hpp"
+#include "seqmix/chunked.hpp"
 #include "seqmix/linear_attention.hpp"
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
@@ -115,6 +116,71 @@ TEST_CASE("reverse mom equals mom on reversed copies", "[direction][mom]") {
       st::require_close("mom o", o.cview(), seqmix::reversed_time_view(o_ref.cview()), 1e-5);
       st::require_close("mom final_state", f.cview(), f_ref.cview(), 1e-5);
     }
+}
+
+TEST_CASE("reverse aaren equals aaren on reversed copies", "[direction][aaren]") {
+  // Forms: 0 reference, 1 fast by heads, 2 fast time split (3 chunks) ; token_states and an
+  // initial state everywhere. A packed batch is refused before any write.
+  const index_t B = 2, H = 2, Dk = 5, Dv = 3;
+  const Tensor<float, 2> query = st::random_tensor<2>({H, Dk}, 700);
+  const Tensor<float, 2> m0 = st::random_tensor<2>({B, H}, 701), l0 = st::random_tensor<2>({B, H}, 702, 0.5f, 2.f);
+  const Tensor<float, 3> acc0 = st::random_tensor<3>({B, H, Dv}, 703);
+  for (const index_t T : kMoreDirLengths)
+    for (int form = 0; form < 3; ++form) {
+      INFO("T=" << T << " form=" << form);
+      const Tensor<float, 4> k = st::random_tensor<4>({B, T, H, Dk}, 710 + std::uint64_t(T));
+      const Tensor<float, 4> v = st::random_tensor<4>({B, T, H, Dv}, 720 + std::uint64_t(T));
+      const Tensor<float, 4> k_r = more_dir_reversed(k), v_r = more_dir_reversed(v);
+      seqmix::AarenOptions options;
+      if (form == 2) options.split = seqmix::AarenSplit::time, options.chunks = 3;
+      seqmix::AarenOptions reverse = options;
+      reverse.reverse = true;
+      Tensor<float, 4> o({B, T, H, Dv}), o_ref({B, T, H, Dv}), ta({B, T, H, Dv}), ta_ref({B, T, H, Dv});
+      Tensor<float, 3> tm({B, T, H}), tm_ref({B, T, H}), tl({B, T, H}), tl_ref({B, T, H});
+      Tensor<float, 2> fm({B, H}), fm_ref({B, H}), fl({B, H}), fl_ref({B, H});
+      Tensor<float, 3> fa({B, H, Dv}), fa_ref({B, H, Dv});
+      const seqmix::AarenConstState initial{m0.view(), l0.view(), acc0.view()};
+      seqmix::AarenInputs in{query.view(), k.view(), v.view(), initial};
+      seqmix::AarenInputs in_r{query.view(), k_r.view(), v_r.view(), initial};
+      seqmix::AarenOutputs out{o.view(), {fm.view(), fl.view(), fa.view()}, {tm.view(), tl.view(), ta.view()}};
+      seqmix::AarenOutputs out_r{o_ref.view(), {fm_ref.view(), fl_ref.view(), fa_ref.view()},
+                                 {tm_ref.view(), tl_ref.view(), ta_ref.view()}};
+      if (form == 2) {
+        // The time split serves calls without token_states only.
+        out.token_states = {}, out_r.token_states = {};
+      }
+      if (form == 0) {
+        seqmix::reference::aaren(in, out, reverse);
+        seqmix::reference::aaren(in_r, out_r, options);
+      } else {
+        seqmix::aaren(in, out, reverse, st::two_thread_pool());
+        seqmix::aaren(in_r, out_r, options);
+      }
+      st::require_close("aaren o", o.cview(), seqmix::reversed_time_view(o_ref.cview()), 1e-5);
+      st::require_close("aaren final m", fm.cview(), fm_ref.cview(), 1e-5);
+      st::require_close("aaren final l", fl.cview(), fl_ref.cview(), 1e-5);
+      st::require_close("aaren final acc", fa.cview(), fa_ref.cview(), 1e-5);
+      if (form != 2) {
+        st::require_close("aaren token m", tm.cview(), seqmix::reversed_time_view(tm_ref.cview()), 1e-5);
+        st::require_close("aaren token l", tl.cview(), seqmix::reversed_time_view(tl_ref.cview()), 1e-5);
+        st::require_close("aaren token acc", ta.cview(), seqmix::reversed_time_view(ta_ref.cview()), 1e-5);
+      }
+    }
+}
+
+TEST_CASE("reverse aaren refuses a packed batch before any write", "[direction][aaren][validation]") {
+  const Tensor<float, 2> query = st::random_tensor<2>({1, 4}, 730);
+  const Tensor<float, 4> k = st::random_tensor<4>({1, 5, 1, 4}, 731), v = st::random_tensor<4>({1, 5, 1, 2}, 732);
+  Tensor<float, 4> o({1, 5, 1, 2});
+  for (index_t i = 0; i < o.numel(); ++i) o.data()[i] = 7.f;
+  const std::vector<std::int64_t> cu{0, 2, 5};
+  seqmix::AarenInputs in{query.view(), k.view(), v.view()};
+  in.batch.cu_seqlens = seqmix::ConstView<std::int64_t, 1>(cu.data(), {3});
+  seqmix::AarenOptions reverse;
+  reverse.reverse = true;
+  st::require_shape_error("options.reverse", [&] { seqmix::aaren(in, {o.view()}, reverse); });
+  st::require_shape_error("options.reverse", [&] { seqmix::reference::aaren(in, {o.view()}, reverse); });
+  for (index_t i = 0; i < o.numel(); ++i) REQUIRE(o.data()[i] == 7.f);
 }
 
 }  // namespace

@@ -151,6 +151,10 @@ inline std::vector<index_t> running_sequences(const SequenceMap& seqs) {
 /// (options.split).
 inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const AarenOptions& options = {},
                   const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::aaren::reversed_call("aaren", inputs, out);
+    return aaren(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using namespace detail::aaren;
   const AarenInputs in = current(inputs);
   const auto [d, seqs] = validate("aaren", in, out, options);

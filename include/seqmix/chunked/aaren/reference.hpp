@@ -19,9 +19,11 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -100,6 +102,11 @@ struct AarenOptions {
   /// How the fast form uses several threads (automatic by default).
   AarenSplit split = AarenSplit::automatic;
   index_t chunks = 0;  ///< time chunks per (batch, head) for AarenSplit::time; 0 = threads + 1
+  /// Run from the last token to the first (core/direction.hpp): k, v, o and token_states are
+  /// reached through reversed views, not copied; o_t then attends over tokens t..T-1, the initial
+  /// state stands for tokens after T-1 and the final state is the one after token 0. Packed
+  /// batches are refused with it; the step ignores it.
+  bool reverse = false;
 };
 
 /// Sets a state to "no tokens seen" (m = -inf, l = 0, acc = 0).
@@ -196,11 +203,27 @@ inline float scale_of(const AarenOptions& o, index_t Dk) {
 
 }  // namespace detail::aaren
 
+namespace detail::aaren {
+
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments; packed batches refused.
+inline std::pair<AarenInputs, AarenOutputs> reversed_call(const char* op, AarenInputs in, AarenOutputs out) {
+  check_reversible(op, in.batch, true);
+  reverse_time_of(in.k, in.v, out.o, out.token_states.m, out.token_states.l, out.token_states.acc);
+  return {in, out};
+}
+
+}  // namespace detail::aaren
+
 namespace reference {
 
 /// Every prefix computed directly (O(T^2) per head): the definition, not the recurrence.
 inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const AarenOptions& options = {},
                   const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::aaren::reversed_call("reference::aaren", inputs, out);
+    return aaren(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   using namespace detail::aaren;
   const AarenInputs in = current(inputs);
