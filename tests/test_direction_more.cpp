@@ -13,6 +13,7 @@
 #include "seqmix/chunked.hpp"
 #include "seqmix/linear_attention.hpp"
 #include "seqmix/lti.hpp"
+#include "seqmix/memory.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -181,6 +182,38 @@ TEST_CASE("reverse aaren refuses a packed batch before any write", "[direction][
   st::require_shape_error("options.reverse", [&] { seqmix::aaren(in, {o.view()}, reverse); });
   st::require_shape_error("options.reverse", [&] { seqmix::reference::aaren(in, {o.view()}, reverse); });
   for (index_t i = 0; i < o.numel(); ++i) REQUIRE(o.data()[i] == 7.f);
+}
+
+TEST_CASE("reverse slot_memory equals slot_memory on reversed copies", "[direction][slot_memory]") {
+  // Segments of 16 (T 37: three segments, the last ragged), 2 heads, both gate forms.
+  const index_t B = 2, S = 3, D = 6;
+  const Tensor<float, 3> memory = st::random_tensor<3>({B, S, D}, 800);
+  const Tensor<float, 2> wi = st::random_tensor<2>({D, D}, 801, -0.4f, 0.4f), wf = st::random_tensor<2>({D, D}, 802, -0.4f, 0.4f);
+  const Tensor<float, 2> wo = st::random_tensor<2>({D, D}, 803, -0.4f, 0.4f);
+  const Tensor<float, 1> bi = st::random_tensor<1>({D}, 804), bf = st::random_tensor<1>({D}, 805), bo = st::random_tensor<1>({D}, 806);
+  for (const index_t T : kMoreDirLengths)
+    for (const bool fast : {false, true})
+      for (const seqmix::SlotGate gate : {seqmix::SlotGate::input_forget, seqmix::SlotGate::lm2}) {
+        INFO("T=" << T << " fast=" << fast << " gate=" << int(gate));
+        const Tensor<float, 3> x = st::random_tensor<3>({B, T, D}, 810 + std::uint64_t(T));
+        const Tensor<float, 3> x_r = more_dir_reversed(x);
+        seqmix::SlotMemoryWeights w{wi.view(), bi.view(), wf.view(), bf.view()};
+        if (gate == seqmix::SlotGate::lm2) w.w_output = wo.view(), w.b_output = bo.view();
+        seqmix::SlotMemoryOptions options;
+        options.gate = gate, options.heads = 2, options.segment = 16;
+        seqmix::SlotMemoryOptions reverse = options;
+        reverse.reverse = true;
+        Tensor<float, 3> y({B, T, D}), y_ref({B, T, D}), f({B, S, D}), f_ref({B, S, D});
+        if (fast) {
+          seqmix::slot_memory({x.view(), memory.view(), w}, {y.view(), f.view()}, reverse, st::two_thread_pool());
+          seqmix::slot_memory({x_r.view(), memory.view(), w}, {y_ref.view(), f_ref.view()}, options);
+        } else {
+          seqmix::reference::slot_memory({x.view(), memory.view(), w}, {y.view(), f.view()}, reverse);
+          seqmix::reference::slot_memory({x_r.view(), memory.view(), w}, {y_ref.view(), f_ref.view()}, options);
+        }
+        st::require_close("slot y", y.cview(), seqmix::reversed_time_view(y_ref.cview()), 1e-5);
+        st::require_close("slot final_memory", f.cview(), f_ref.cview(), 1e-5);
+      }
 }
 
 }  // namespace

@@ -106,6 +106,10 @@ inline void slot_memory_run(const SlotDims& d, const ConstView<float, 3>& x, con
 /// without (or input_forget with) output-gate weights, outputs overlapping inputs or each other.
 inline void slot_memory(const SlotMemoryInputs& in, const SlotMemoryOutputs& out, const SlotMemoryOptions& options = {},
                         const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::slot_reversed_call(in, out);
+    return slot_memory(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const ArgCheck check("slot_memory");
   const auto d = detail::validate_slot_memory(check, in.x, in.memory, in.weights, options);
   detail::validate_slot_outputs(check, d, in.x, in.memory, in.weights, out.y, out.final_memory, "final_memory");

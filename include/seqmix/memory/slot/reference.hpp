@@ -21,8 +21,10 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -46,6 +48,10 @@ struct SlotMemoryOptions {
   index_t segment = 0;
   /// Multiplies every score; 0 means 1 / sqrt(dh).
   float scale = 0.f;
+  /// Run from the last token to the first (core/direction.hpp): x and y are reached through
+  /// reversed views, not copied, so the segments are cut from token T-1 and final_memory is the
+  /// memory after the segment holding token 0. The segment step ignores it.
+  bool reverse = false;
 };
 
 /// Gate weights: applied as (w u)[c] = sum_e w[c,e] u[e].
@@ -107,6 +113,12 @@ inline SlotDims validate_slot_memory(const ArgCheck& check, const ConstView<floa
   return d;
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of x and y.
+inline std::pair<SlotMemoryInputs, SlotMemoryOutputs> slot_reversed_call(SlotMemoryInputs in, SlotMemoryOutputs out) {
+  reverse_time_of(in.x, out.y);
+  return {in, out};
+}
+
 inline void validate_slot_outputs(const ArgCheck& check, const SlotDims& d, const ConstView<float, 3>& x,
                                   const ConstView<float, 3>& memory, const SlotMemoryWeights& w,
                                   const TensorView<float, 3>& y, const TensorView<float, 3>& mem_out, const char* mem_name) {
@@ -130,6 +142,10 @@ namespace reference {
 /// slot_memory by its definition, in double: per batch row, per segment, the read and write
 /// attentions as loops and the gates as dot products. For tests.
 inline void slot_memory(const SlotMemoryInputs& in, const SlotMemoryOutputs& out, const SlotMemoryOptions& options = {}) {
+  if (options.reverse) {
+    const auto rev = detail::slot_reversed_call(in, out);
+    return slot_memory(rev.first, rev.second, detail::forward_options(options));
+  }
   const ArgCheck check("reference::slot_memory");
   const auto d = detail::validate_slot_memory(check, in.x, in.memory, in.weights, options);
   detail::validate_slot_outputs(check, d, in.x, in.memory, in.weights, out.y, out.final_memory, "final_memory");
