@@ -216,4 +216,30 @@ TEST_CASE("reverse slot_memory equals slot_memory on reversed copies", "[directi
       }
 }
 
+TEST_CASE("reverse compressive_memory equals it on reversed copies", "[direction][compressive_memory]") {
+  // Segments of 8 (T 37: five), memory 6, compressed 4 at rate 2, grouped heads (Hq 2, Hkv 1).
+  const index_t B = 2, Hq = 2, Hkv = 1, dk = 4, dv = 3;
+  for (const index_t T : kMoreDirLengths)
+    for (const bool fast : {false, true}) {
+      INFO("T=" << T << " fast=" << fast);
+      const Tensor<float, 4> q = st::random_tensor<4>({B, T, Hq, dk}, 900 + std::uint64_t(T));
+      const Tensor<float, 4> k = st::random_tensor<4>({B, T, Hkv, dk}, 910 + std::uint64_t(T));
+      const Tensor<float, 4> v = st::random_tensor<4>({B, T, Hkv, dv}, 920 + std::uint64_t(T));
+      const Tensor<float, 4> q_r = more_dir_reversed(q), k_r = more_dir_reversed(k), v_r = more_dir_reversed(v);
+      seqmix::CompressiveMemoryOptions options;
+      options.segment = 8, options.memory = 6, options.compressed = 4, options.rate = 2;
+      seqmix::CompressiveMemoryOptions reverse = options;
+      reverse.reverse = true;
+      Tensor<float, 4> o({B, T, Hq, dv}), o_ref({B, T, Hq, dv});
+      if (fast) {
+        seqmix::compressive_memory({q.view(), k.view(), v.view()}, {o.view()}, reverse, st::two_thread_pool());
+        seqmix::compressive_memory({q_r.view(), k_r.view(), v_r.view()}, {o_ref.view()}, options);
+      } else {
+        seqmix::reference::compressive_memory({q.view(), k.view(), v.view()}, {o.view()}, reverse);
+        seqmix::reference::compressive_memory({q_r.view(), k_r.view(), v_r.view()}, {o_ref.view()}, options);
+      }
+      st::require_close("compressive o", o.cview(), seqmix::reversed_time_view(o_ref.cview()), 1e-5);
+    }
+}
+
 }  // namespace

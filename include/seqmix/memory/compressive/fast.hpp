@@ -169,6 +169,10 @@ inline void compressive_memory_step(CompressiveMemoryState& state, const Compres
 /// input.
 inline void compressive_memory(const CompressiveMemoryInputs& in, const CompressiveMemoryOutputs& out,
                                const CompressiveMemoryOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::compressive_reversed_call(in, out);
+    return compressive_memory(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const ArgCheck check("compressive_memory");
   const auto d = detail::validate_compressive_memory(check, in, out, options);
   CompressiveMemoryState state(d.B, d.Hkv, d.dk, d.dv);

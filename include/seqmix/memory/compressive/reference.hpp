@@ -29,8 +29,10 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -62,6 +64,10 @@ struct CompressiveMemoryOptions {
   index_t rate = 1;
   /// Multiplies q.k; 0 means 1 / sqrt(dk).
   float scale = 0.f;
+  /// Run from the last token to the first (core/direction.hpp): q, k, v and o are reached through
+  /// reversed views, not copied, so segments are cut from token T-1 and the memories hold later
+  /// tokens. compressive_memory_step ignores it.
+  bool reverse = false;
 };
 
 /// Convolution weights of Compression::conv: entry e of the compressed key is
@@ -91,6 +97,13 @@ struct CompressiveDims {
   index_t B, T, Hq, Hkv, G, dk, dv, L, n_m, n_cm, c;
   float scale;
 };
+
+// A reverse call (options.reverse) as the forward call on reversed views of q, k, v and o.
+inline std::pair<CompressiveMemoryInputs, CompressiveMemoryOutputs> compressive_reversed_call(CompressiveMemoryInputs in,
+                                                                                             CompressiveMemoryOutputs out) {
+  reverse_time_of(in.q, in.k, in.v, out.o);
+  return {in, out};
+}
 
 inline CompressiveDims validate_compressive_memory(const ArgCheck& check, const CompressiveMemoryInputs& in,
                                                    const CompressiveMemoryOutputs& out,
@@ -140,6 +153,10 @@ namespace reference {
 /// Validation as compressive_memory.
 inline void compressive_memory(const CompressiveMemoryInputs& in, const CompressiveMemoryOutputs& out,
                                const CompressiveMemoryOptions& options = {}) {
+  if (options.reverse) {
+    const auto rev = detail::compressive_reversed_call(in, out);
+    return compressive_memory(rev.first, rev.second, detail::forward_options(options));
+  }
   const ArgCheck check("reference::compressive_memory");
   const auto d = detail::validate_compressive_memory(check, in, out, options);
   using Row = std::vector<double>;
