@@ -157,7 +157,10 @@ inline void aaren(const AarenInputs& inputs, const AarenOutputs& out, const Aare
   }
   using namespace detail::aaren;
   const AarenInputs in = current(inputs);
-  const auto [d, seqs] = validate("aaren", in, out, options);
+  // No structured binding: clang (C++17) refuses to capture one in the lambdas below.
+  const Call call = validate("aaren", in, out, options);
+  const Dims& d = call.d;
+  const SequenceMap& seqs = call.seqs;
   const float scale = scale_of(options, d.Dk);
   const index_t pairs = d.B * d.H, scratch_floats = d.Dk + 2 * d.Dv;  // run_tokens' rows
   if (pairs == 0 || d.H == 0) return;

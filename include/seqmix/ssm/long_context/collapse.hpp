@@ -148,7 +148,7 @@ inline void ssd_with_remedies(const SsdInputs& in, const SsdOutputs& out, const 
   static constexpr const char* op = "ssd_with_remedies";
   const ArgCheck check(op);
   const auto call = detail::validate_ssd(op, in, out, options);
-  const auto [B, T, H, P, N, G] = call.dims;
+  const index_t B = call.dims.B, T = call.dims.T, H = call.dims.H, P = call.dims.P, N = call.dims.N, G = call.dims.G;
   detail::check_state_collapse(check, remedies, H, "H");
   detail::check_collapse_batch(check, in.batch);
   const bool normalize = detail::collapse_normalizes(remedies);

@@ -116,8 +116,7 @@ inline void ssd_with_remedies(const SsdInputs& in, const SsdOutputs& out, const 
   (void)executor;
   const ArgCheck check("reference::ssd_with_remedies");
   const auto call = detail::validate_ssd("reference::ssd_with_remedies", in, out, options);
-  const auto [B, T, H, P, N, G] = call.dims;
-  (void)B, (void)T;
+  const index_t H = call.dims.H, P = call.dims.P, N = call.dims.N, G = call.dims.G;
   detail::check_state_collapse(check, remedies, H, "H");
   detail::check_collapse_batch(check, in.batch);
   const index_t heads_per_group = H / G, state_n = N;
