@@ -8,6 +8,7 @@
 #include "seqmix/kv_cache/cache.hpp"
 #include "seqmix/kv_cache/paged.hpp"
 #include "seqmix/kv_cache/mla_latent.hpp"
+#include "seqmix/kv_cache/mla_cache.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
 
 // Eviction policies (scores -> kept entries per head, budgets across heads and layers, head-type
