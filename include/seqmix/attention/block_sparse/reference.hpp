@@ -108,7 +108,8 @@ AttentionInputs<KV> head_slice(const AttentionInputs<KV>& in, index_t h0, index_
   if (in.sink_logits.has_value()) s.sink_logits = in.sink_logits.slice(0, h0, count);
   if (in.head_scales.has_value()) s.head_scales = in.head_scales.slice(0, h0, count);
   RelativeBias& rb = s.relative_bias;  // the per-head parameters (validated) of the heads kept
-  if (rb.kind == RelativeBiasKind::t5) rb.table = rb.table.slice(0, h0, count);
+  if (rb.kind == RelativeBiasKind::t5 || rb.kind == RelativeBiasKind::distance_table)
+    rb.table = rb.table.slice(0, h0, count);
   if (rb.kind == RelativeBiasKind::kerple_log || rb.kind == RelativeBiasKind::kerple_power)
     rb.r1 = rb.r1.slice(0, h0, count), rb.r2 = rb.r2.slice(0, h0, count);
   if (rb.kind == RelativeBiasKind::fire) {

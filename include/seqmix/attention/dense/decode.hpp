@@ -248,6 +248,14 @@ struct LogitRule {
       for (index_t c = near_hi; c < n; ++c) s[c] += after;
       return;
     }
+    if (rb.kind == RelativeBiasKind::distance_table) {  // the caller's table, clamped at its last entry
+      const index_t last = rb.table.size(1) - 1;
+      for (index_t c = 0; c < n; ++c) {
+        const index_t j = j0 + c, d = pos >= j ? pos - j : j - pos;
+        s[c] += rb.table(h, d < last ? d : last);
+      }
+      return;
+    }
     if (cache && cache->covers(pos)) {
       const float* table = cache->bias.data() + h * cache->distances;
       for (index_t c = 0; c < n; ++c) {

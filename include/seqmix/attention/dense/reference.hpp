@@ -77,12 +77,17 @@ enum class RelativeBiasKind : int {
   kerple_log,    ///< KERPLE logarithmic: -r1[h] * log(1 + r2[h] * |pos_i - j|)
   kerple_power,  ///< KERPLE power: -r1[h] * |pos_i - j|^r2[h]
   fire,          ///< FIRE: MLP_h(ln(1 + c d) / (ln(1 + c max(pos_i, L)) + 1e-6)), d = |pos_i - j|
+  /// A caller's per-distance lookup: table[h, min(|pos_i - j|, num_distances - 1)] (FIRE or any
+  /// learned function of the distance, tabulated once; the last entry holds for farther keys).
+  distance_table,
 };
 
 /// A relative position bias and its per-head parameters (AttentionInputs::relative_bias).
 struct RelativeBias {
   RelativeBiasKind kind = RelativeBiasKind::none;  ///< which bias; none: the rest is unused
-  ConstView<float, 2> table = {};  ///< t5: [Hq, num_buckets] (HF relative_attention_bias weights, transposed)
+  /// t5: [Hq, num_buckets] (HF relative_attention_bias weights, transposed); distance_table:
+  /// [Hq, num_distances], entry d the bias of distance d (clamped at the last entry).
+  ConstView<float, 2> table = {};
   bool bidirectional = false;      ///< t5: keys after the query get buckets of their own (encoders)
   index_t max_distance = 128;      ///< t5: relative_attention_max_distance; farther keys share the last bucket
   ConstView<float, 1> r1 = {};     ///< kerple: [Hq], > 0
@@ -241,6 +246,10 @@ inline double relative_bias_value(const RelativeBias& rb, index_t h, index_t pos
       return fire_value(rb, h, fire_normalizer(rb, pos), distance);
     case RelativeBiasKind::t5:
       return rb.table(h, t5_bucket(j - pos, rb.bidirectional, rb.table.size(1), rb.max_distance));
+    case RelativeBiasKind::distance_table: {
+      const index_t d = pos >= j ? pos - j : j - pos, last = rb.table.size(1) - 1;
+      return rb.table(h, d < last ? d : last);
+    }
     case RelativeBiasKind::kerple_log:
       return -static_cast<double>(rb.r1(h)) * std::log1p(static_cast<double>(rb.r2(h)) * distance);
     case RelativeBiasKind::kerple_power:
@@ -267,6 +276,13 @@ inline void validate_relative_bias(const ArgCheck& check, const RelativeBias& rb
       if (rb.max_distance <= exact)
         check.fail("relative_bias.max_distance", "must exceed the exact buckets (" + std::to_string(exact) +
                                                      "), got " + std::to_string(rb.max_distance));
+      return;
+    }
+    case RelativeBiasKind::distance_table: {
+      check.shape("relative_bias.table", rb.table, std::array<index_t, 2>{Hq, -1}, "Hq,num_distances");
+      if (rb.table.size(1) < 1) check.fail("relative_bias.table", "needs num_distances >= 1, got 0");
+      for (index_t h = 0; h < Hq; ++h)
+        for (index_t d = 0; d < rb.table.size(1); ++d) check.finite(rb.table(h, d), "relative_bias.table");
       return;
     }
     case RelativeBiasKind::kerple_log:
