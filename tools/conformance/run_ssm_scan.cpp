@@ -31,14 +31,18 @@ OutputMap run_causal_conv1d(const CaseData& c, bool fast) {
   in.x = c.in<3>("x", "B,T,D");
   in.weight = c.in<2>("weight", "D,W");
   in.bias = c.opt_in<1>("bias", "D");
-  in.initial_state = c.opt_in<3>("initial_state", "B,W-1,D");
-  const seqmix::CausalConv1dOptions options{parse_activation(c)};
+  in.initial_state = c.opt_in<3>("initial_state", "B,(W-1)*dilation,D");
+  seqmix::CausalConv1dOptions options{parse_activation(c)};
+  options.dilation = c.param_int("dilation", 1);
+  options.lookahead = c.param_int("lookahead", 0);
   OutputMap out;
   const auto y = c.make_output<3>(out, "y");
   const auto final_state = c.make_output<3>(out, "final_state");
   if (!fast) {
     seqmix::reference::causal_conv1d(in, {y, final_state}, options);
-  } else if (in.x.size(1) == 1 && final_state.size(1) == in.weight.size(1) - 1) {
+  } else if (in.x.size(1) == 1 && options.lookahead == 0 &&
+             final_state.size(1) == (in.weight.size(1) - 1) * options.dilation) {
+    // (With a lookahead the step's output belongs to an earlier token: prefill only.)
     // Decode step: the state is updated in place, so start from a copy of the initial state.
     if (in.initial_state.has_value())
       seqmix::copy(in.initial_state, final_state);

@@ -326,9 +326,17 @@ struct StreamTraits<CausalConv1dInputs>
     detail::stream::slice_all(t0, n, out.y);
     return out;
   }
-  /// The last W-1 inputs, oldest first.
-  static std::array<index_t, 3> state_shape(const CausalConv1dInputs& in, const Options&) {
-    return {in.x.size(0), in.weight.size(1) - 1, in.x.size(2)};
+  /// The last (W-1) * dilation inputs, oldest first.
+  static std::array<index_t, 3> state_shape(const CausalConv1dInputs& in, const Options& o) {
+    return {in.x.size(0), std::max<index_t>(in.weight.size(1) - 1, 0) * o.dilation, in.x.size(2)};
+  }
+  /// A lookahead output reads tokens of the next segment: refused (before the state is made).
+  static Options fix_options(const Options& o, const CausalConv1dInputs& in) {
+    const ArgCheck check("causal_conv1d stream");
+    if (o.lookahead != 0)
+      check.fail("options.lookahead", "must be 0 in a stream (an output would read the next segment's tokens)");
+    detail::check_conv_options(check, o, std::max<index_t>(in.weight.size(1), 1));
+    return o;
   }
   static State make_state(const CausalConv1dInputs& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);

@@ -473,8 +473,8 @@ inline void rwkv7(MPI_Comm comm, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
 /// recomputes its first min(T_r, W-1) outputs from the true window (causal_conv1d_slice_correct).
 /// Rank 0's in.initial_state [B,W-1,D] (optional) is the sequences' window before the first
 /// token; out.final_state (optional) receives the true window after this rank's slice. T_r >= 1
-/// on every rank; dense batch, forward order, no token_states; refusals on every rank before any
-/// exchange.
+/// on every rank; dense batch, forward order, no token_states, options.dilation 1 and
+/// options.lookahead 0; refusals on every rank before any exchange.
 inline void causal_conv1d(MPI_Comm comm, const CausalConv1dInputs& in, const CausalConv1dOutputs& out,
                           const CausalConv1dOptions& options = {}, const Executor& executor = serial_executor(),
                           StatePassStats* stats = nullptr) {
@@ -491,6 +491,8 @@ inline void causal_conv1d(MPI_Comm comm, const CausalConv1dInputs& in, const Cau
   detail::collective_check(comm, op, agreed, [&] {
     const ArgCheck check(op);
     d = seqmix::detail::validate_causal_conv1d(op.c_str(), zero, CausalConv1dOutputs{out.y}, options).dims;
+    if (options.dilation != 1) check.fail("options.dilation", "must be 1 across ranks (not implemented)");
+    if (options.lookahead != 0) check.fail("options.lookahead", "must be 0 across ranks (an output would read the next rank's tokens)");
     detail::check_state_pass<3>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
                                 in.initial_state, out.final_state, {d.B, d.W - 1, d.D}, "B,W-1,D");
   });

@@ -54,6 +54,16 @@ struct ConvTile {
   index_t seq = 0;  // which sequence of the call (its views are a batch of one: b = 0)
 };
 
+// The tap geometry of a call: tap j of output t reads row t + ahead + j * dilation of
+// xs = concat(state (S rows), x (T rows), zeros).
+struct ConvTaps {
+  index_t dilation = 1, S = 0, ahead = 0;
+};
+
+inline ConvTaps conv_taps(index_t W, const CausalConv1dOptions& options) {
+  return {options.dilation, (W - 1) * options.dilation, options.lookahead * options.dilation};
+}
+
 // Per-task scratch, allocated once per task outside the loops.
 struct ConvScratch {
   std::vector<float> weights;     // [W][kConvChannelTile]: the tile's weights, transposed
@@ -75,12 +85,16 @@ inline void conv_transpose_weights(const ConstView<float, 2>& weight, const Conv
     for (index_t c = 0; c < width; ++c) wt[j * kConvChannelTile + c] = weight(tile.c0 + c, j);
 }
 
-// Points rows[j] at xs[t + j] for j < W: a state row while t + j < S, then an input row.
-inline void conv_rows(const CausalConv1dInputs& in, const ConvTile& tile, index_t t, ConvScratch& scratch) {
-  const index_t W = in.weight.size(1), S = W - 1;
+// Points rows[j] at xs[t + ahead + j * dilation] for j < W: a state row, an input row, or zeros
+// (no state, or past the end of the sequence).
+inline void conv_rows(const CausalConv1dInputs& in, const ConvTaps& taps, const ConvTile& tile, index_t t,
+                      ConvScratch& scratch) {
+  const index_t W = in.weight.size(1), S = taps.S, T = in.x.size(1);
   for (index_t j = 0; j < W; ++j) {
-    const index_t r = t + j - S;  // row of x, negative inside the state
-    if (r >= 0) {
+    const index_t r = t + taps.ahead + j * taps.dilation - S;  // row of x, negative inside the state
+    if (r >= T) {
+      scratch.rows[j] = scratch.zeros.data(), scratch.strides[j] = 1;
+    } else if (r >= 0) {
       scratch.rows[j] = in.x.ptr(tile.b, r, tile.c0), scratch.strides[j] = in.x.stride(2);
     } else if (in.initial_state.has_value()) {
       scratch.rows[j] = in.initial_state.ptr(tile.b, r + S, tile.c0);
@@ -99,11 +113,11 @@ inline FloatBatch conv_bias(const CausalConv1dInputs& in, index_t c, index_t lan
 // pointers and the tap loop live in registers, one vector load per tap.
 template <index_t kTaps>
 void conv_tile_fixed(const CausalConv1dInputs& in, const TensorView<float, 3>& y, ConvActivation activation,
-                     const ConvTile& tile, ConvScratch& scratch) {
+                     const ConvTaps& taps, const ConvTile& tile, ConvScratch& scratch) {
   const index_t width = tile.c1 - tile.c0, full = simd::vector_end(width);
   const float* wt = scratch.weights.data();
   for (index_t t = tile.t0; t < tile.t1; ++t) {
-    conv_rows(in, tile, t, scratch);
+    conv_rows(in, taps, tile, t, scratch);
     const float* rows[kTaps];
     for (index_t j = 0; j < kTaps; ++j) rows[j] = scratch.rows[j];
     float* y_row = y.ptr(tile.b, t, tile.c0);
@@ -127,12 +141,12 @@ void conv_tile_fixed(const CausalConv1dInputs& in, const TensorView<float, 3>& y
 
 // Any W and any strides.
 inline void conv_tile_generic(const CausalConv1dInputs& in, const TensorView<float, 3>& y, ConvActivation activation,
-                              const ConvTile& tile, ConvScratch& scratch) {
+                              const ConvTaps& taps, const ConvTile& tile, ConvScratch& scratch) {
   const index_t W = in.weight.size(1), width = tile.c1 - tile.c0;
   const float* wt = scratch.weights.data();
   const index_t y_stride = y.stride(2);
   for (index_t t = tile.t0; t < tile.t1; ++t) {
-    conv_rows(in, tile, t, scratch);
+    conv_rows(in, taps, tile, t, scratch);
     float* y_row = y.ptr(tile.b, t, tile.c0);
     for (index_t c = 0; c < width; c += simd::kWidth) {
       const index_t lanes = std::min<index_t>(simd::kWidth, width - c);
@@ -150,25 +164,24 @@ inline void conv_tile_generic(const CausalConv1dInputs& in, const TensorView<flo
 
 // Computes y[b, t0:t1, c0:c1].
 inline void conv_tile(const CausalConv1dInputs& in, const TensorView<float, 3>& y, ConvActivation activation,
-                      const ConvTile& tile, ConvScratch& scratch) {
+                      const ConvTaps& taps, const ConvTile& tile, ConvScratch& scratch) {
   conv_transpose_weights(in.weight, tile, scratch.weights.data());
-  // A tile past the first W-1 steps never reads the state, whatever its layout (a channel-major
-  // state has stride W-1 along channels).
-  const bool reads_state = tile.t0 < in.weight.size(1) - 1 && in.initial_state.has_value();
+  // A tile whose first tap row is past the state never reads it, whatever its layout (a
+  // channel-major state has stride W-1 along channels).
+  const bool reads_state = tile.t0 + taps.ahead < taps.S && in.initial_state.has_value();
   const bool unit = in.x.stride(2) == 1 && y.stride(2) == 1 && (!reads_state || in.initial_state.stride(2) == 1) &&
                     (!in.bias.has_value() || in.bias.stride(0) == 1);
   switch (unit ? in.weight.size(1) : 0) {
-    case 2: return conv_tile_fixed<2>(in, y, activation, tile, scratch);
-    case 3: return conv_tile_fixed<3>(in, y, activation, tile, scratch);
-    case 4: return conv_tile_fixed<4>(in, y, activation, tile, scratch);  // Mamba's width
-    default: return conv_tile_generic(in, y, activation, tile, scratch);
+    case 2: return conv_tile_fixed<2>(in, y, activation, taps, tile, scratch);
+    case 3: return conv_tile_fixed<3>(in, y, activation, taps, tile, scratch);
+    case 4: return conv_tile_fixed<4>(in, y, activation, taps, tile, scratch);  // Mamba's width
+    default: return conv_tile_generic(in, y, activation, taps, tile, scratch);
   }
 }
 
-// Row r of xs = concat(initial_state, x) of batch row b, channel d (zeros stand in for an
-// absent state).
-inline float conv_xs(const CausalConv1dInputs& in, index_t b, index_t r, index_t d) {
-  const index_t S = in.weight.size(1) - 1;
+// Row r of xs = concat(initial_state (S rows), x) of batch row b, channel d (zeros stand in for
+// an absent state).
+inline float conv_xs(const CausalConv1dInputs& in, index_t S, index_t b, index_t r, index_t d) {
   if (r >= S) return in.x(b, r - S, d);
   return in.initial_state.has_value() ? in.initial_state(b, r, d) : 0.f;
 }
@@ -179,7 +192,7 @@ inline void conv_write_final_state(const CausalConv1dInputs& in, const TensorVie
                                    index_t b) {
   const index_t T = in.x.size(1), D = in.x.size(2), S = final_state.size(1);
   for (index_t r = 0; r < S; ++r)
-    for (index_t d = 0; d < D; ++d) final_state(b, r, d) = conv_xs(in, b, T + r, d);
+    for (index_t d = 0; d < D; ++d) final_state(b, r, d) = conv_xs(in, S, b, T + r, d);
 }
 
 // token_states[b, t] = rows t+1 .. t+S of xs[b]: the window after token t.
@@ -188,7 +201,7 @@ inline void conv_write_token_states(const CausalConv1dInputs& in, const TensorVi
   const index_t T = in.x.size(1), D = in.x.size(2), S = token_states.size(2);
   for (index_t t = 0; t < T; ++t)
     for (index_t r = 0; r < S; ++r)
-      for (index_t d = 0; d < D; ++d) token_states(b, t, r, d) = conv_xs(in, b, t + 1 + r, d);
+      for (index_t d = 0; d < D; ++d) token_states(b, t, r, d) = conv_xs(in, S, b, t + 1 + r, d);
 }
 
 // One sequence of a call as a batch of one: its token rows, the state row it starts from (empty
@@ -235,6 +248,7 @@ inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutput
   }
   const auto call = detail::validate_causal_conv1d("causal_conv1d", in, out, options);
   const index_t D = call.dims.D, W = call.dims.W;
+  const detail::ConvTaps taps = detail::conv_taps(W, options);
   using detail::kConvChannelTile;
   using detail::kConvTimeTile;
   const std::vector<detail::ConvSequence> seqs = detail::conv_sequences(in, out, call.map);
@@ -253,7 +267,7 @@ inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutput
     for (index_t i = begin; i < end; ++i) {
       const detail::ConvTile& tile = tiles[static_cast<std::size_t>(i)];
       const detail::ConvSequence& s = seqs[static_cast<std::size_t>(tile.seq)];
-      detail::conv_tile(s.in, s.y, options.activation, tile, scratch);
+      detail::conv_tile(s.in, s.y, options.activation, taps, tile, scratch);
     }
   });
   // After all outputs: final_state may alias initial_state, which the tiles above still read.

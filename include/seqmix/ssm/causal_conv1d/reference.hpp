@@ -4,10 +4,14 @@
 // structs shared by all three forms, and their validation. The fast prefill is in fast.hpp, the
 // single-token decode step in step.hpp.
 //
-//   x [B,T,D], weight [D,W], optional bias [D], optional initial_state [B,W-1,D] (zero if absent).
-//   xs = concat(initial_state, x) along time            (W-1+T rows)
-//   y[b,t,d] = act(bias[d] + sum_{j<W} weight[d][j] * xs[b,t+j,d])
-//   final_state = the last W-1 rows of xs               ([B,W-1,D])
+//   x [B,T,D], weight [D,W], optional bias [D], optional initial_state [B,S,D] (zero if absent),
+//   S = (W-1) * dilation rows (options.dilation d >= 1, default 1), lookahead R in [0, W-1]
+//   (default 0).
+//   xs = concat(initial_state, x, R*d zero rows) along time   (S+T+R*d rows)
+//   y[b,t,d] = act(bias[d] + sum_{j<W} weight[d][j] * xs[b, t + (j+R)*d, d])
+//   i.e. tap j reads token t + (j-(W-1-R))*d: taps W-1-R, ..., 0 look back, the last R look
+//   ahead (zeros past the end of the sequence).
+//   final_state = the last S rows of concat(initial_state, x)   ([B,S,D])
 //
 // Serving (README.md, "Serving"): `batch` packs sequences (cu_seqlens) and maps them to rows of
 // a conv state pool (state_indices, has_initial_state); `token_states` keeps the window after
@@ -15,6 +19,7 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
@@ -38,6 +43,15 @@ struct CausalConv1dOptions {
   /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
   /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
   bool reverse = false;
+  /// Spacing of the taps in tokens (TCN stacks), >= 1: tap j reads token t - (W-1-lookahead-j)
+  /// * dilation. The conv state then holds the last (W-1) * dilation inputs.
+  index_t dilation = 1;
+  /// Taps past the current token (FSMN lookahead; non-causal), 0 <= lookahead <= W-1: the last
+  /// `lookahead` taps read tokens t + dilation, ..., t + lookahead * dilation, zeros past the end
+  /// of the sequence. The step computes the same window of the newest (W-1) * dilation + 1
+  /// tokens, so its output for the token at position n is y[n - lookahead * dilation]
+  /// (docs/operators.md, causal_conv1d).
+  index_t lookahead = 0;
 };
 
 /// Prefill arguments. Optional views are empty (default-constructed) when not given.
@@ -45,8 +59,9 @@ struct CausalConv1dInputs {
   ConstView<float, 3> x;              ///< [B,T,D]
   ConstView<float, 2> weight;         ///< [D,W], W >= 1 taps; tap W-1 multiplies the newest input
   ConstView<float, 1> bias = {};      ///< [D], optional
-  ConstView<float, 3> initial_state = {}; ///< [N or S, W-1, D], optional: the last W-1 inputs seen, oldest
-                                      ///< first; any strides (channel_major_conv_state for [S,D,W-1])
+  ConstView<float, 3> initial_state = {}; ///< [N or S, (W-1)*dilation, D], optional: the last (W-1)*dilation
+                                      ///< inputs seen, oldest first; any strides (channel_major_conv_state
+                                      ///< for [S,D,W-1])
   SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
 
@@ -55,8 +70,8 @@ struct CausalConv1dInputs {
 /// every output of its sequence has been computed.
 struct CausalConv1dOutputs {
   TensorView<float, 3> y;            ///< [B,T,D]
-  TensorView<float, 3> final_state = {}; ///< [N or S, W-1, D], optional
-  /// [Bt,Tt,W-1,D], optional (speculative verify): the window after each token, i.e. the final
+  TensorView<float, 3> final_state = {}; ///< [N or S, (W-1)*dilation, D], optional
+  /// [Bt,Tt,(W-1)*dilation,D], optional (speculative verify): the window after each token, i.e. the final
   /// state a prefill ending at that token would return. [Bt,Tt] are x's first two dims.
   TensorView<float, 4> token_states = {};
 };
@@ -72,7 +87,7 @@ struct CausalConv1dStepInputs {
 /// y may be the very same view as x; it must not overlap conv_state, weight or bias.
 struct CausalConv1dStepOutputs {
   TensorView<float, 2> y;           ///< [B,D]
-  TensorView<float, 3> conv_state;  ///< [B or S, W-1, D], read and then updated in place (required)
+  TensorView<float, 3> conv_state;  ///< [B or S, (W-1)*dilation, D], read and then updated in place (required)
 };
 
 namespace detail {
@@ -87,10 +102,21 @@ inline float apply_activation(float v, ConvActivation activation) {
   return activation == ConvActivation::silu ? silu(v) : v;
 }
 
-inline void check_conv_options(const ArgCheck& check, const CausalConv1dOptions& options) {
+// Checks the options against W (>= 1) and returns the rows of the conv state, (W-1) * dilation.
+inline index_t check_conv_options(const ArgCheck& check, const CausalConv1dOptions& options, index_t W) {
   // Tested before the message is built: the step validates on every token and must not allocate.
   if (options.activation != ConvActivation::none && options.activation != ConvActivation::silu)
     check.fail("options.activation", "must be ConvActivation::none or ConvActivation::silu");
+  if (options.dilation < 1) check.fail("options.dilation", "must be >= 1, got " + std::to_string(options.dilation));
+  // Bounded so (W-1) * dilation and t + (W-1+lookahead) * dilation stay far from overflow.
+  constexpr index_t kMaxSpan = index_t(1) << 40;
+  if (W > 1 && options.dilation > kMaxSpan / (2 * W))
+    check.fail("options.dilation", "is too large for " + std::to_string(W) + " taps: " +
+                                       std::to_string(options.dilation));
+  if (options.lookahead < 0 || options.lookahead > W - 1)
+    check.fail("options.lookahead", "must be in [0, W-1] = [0, " + std::to_string(W - 1) + "], got " +
+                                        std::to_string(options.lookahead));
+  return (W - 1) * options.dilation;
 }
 
 // A validated prefill: the sizes and the map from sequences to tokens and state rows.
@@ -107,15 +133,16 @@ inline Conv1dCall validate_causal_conv1d(const char* op, const CausalConv1dInput
   check.shape("x", in.x, std::array<index_t, 3>{-1, -1, -1}, "B,T,D");
   check.shape("weight", in.weight, std::array<index_t, 2>{D, -1}, "D,W");
   if (W < 1) check.fail("weight", "must have at least one tap (W >= 1), got shape " + shape_to_string(in.weight.shape()));
+  const index_t S = check_conv_options(check, options, W);  // rows of the conv state
   check.optional_shape("bias", in.bias, std::array<index_t, 1>{D}, "D");
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{-1, W - 1, D}, "N,W-1,D");
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{-1, S, D}, "N,(W-1)*dilation,D");
   check.shape("y", out.y, std::array<index_t, 3>{B, T, D}, "B,T,D");
   // With W = 1 the state has no elements (and may have no data pointer): its rows still count.
   const auto given = [](const auto& v) { return v.has_value() || v.size(0) > 0; };
   const index_t rows = given(in.initial_state) ? in.initial_state.size(0) : -1;
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{rows, W - 1, D}, "N,W-1,D");
-  check.optional_shape("token_states", out.token_states, std::array<index_t, 4>{B, T, W - 1, D}, "Bt,Tt,W-1,D");
-  check_conv_options(check, options);
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{rows, S, D}, "N,(W-1)*dilation,D");
+  check.optional_shape("token_states", out.token_states, std::array<index_t, 4>{B, T, S, D},
+                       "Bt,Tt,(W-1)*dilation,D");
   const index_t state_rows = rows >= 0 ? rows : (given(out.final_state) ? out.final_state.size(0) : -1);
   const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
   // The fast form reads x and the initial state while it writes y: no output may alias them.
@@ -146,9 +173,9 @@ inline Conv1dStepCall validate_causal_conv1d_step(const ArgCheck& check, const C
   check.shape("weight", in.weight, std::array<index_t, 2>{D, -1}, "D,W");
   if (W < 1) check.fail("weight", "must have at least one tap (W >= 1), got shape " + shape_to_string(in.weight.shape()));
   check.optional_shape("bias", in.bias, std::array<index_t, 1>{D}, "D");
-  check.shape("conv_state", out.conv_state, std::array<index_t, 3>{-1, W - 1, D}, "S,W-1,D");
+  const index_t S = check_conv_options(check, options, W);
+  check.shape("conv_state", out.conv_state, std::array<index_t, 3>{-1, S, D}, "S,(W-1)*dilation,D");
   check.shape("y", out.y, std::array<index_t, 2>{B, D}, "B,D");
-  check_conv_options(check, options);
   const StepSlots map = ssm_step_slots(check, in.batch, B, out.conv_state.size(0));
   // y may be x itself: each block of channels reads its inputs before it writes its outputs.
   check_no_partial_overlap(check, "y", out.y, "x", in.x);
@@ -172,20 +199,23 @@ inline void causal_conv1d(const CausalConv1dInputs& in, const CausalConv1dOutput
   }
   (void)executor;
   const auto call = detail::validate_causal_conv1d("reference::causal_conv1d", in, out, options);
-  const index_t D = call.dims.D, W = call.dims.W, S = W - 1;  // S: rows of conv state
+  const index_t D = call.dims.D, W = call.dims.W, dil = options.dilation;
+  const index_t S = (W - 1) * dil, ahead = options.lookahead * dil;  // S: rows of conv state
   for (index_t n = 0; n < call.map.sequences(); ++n) {
     const SequenceSpan seq = call.map[n];
     if (seq.state_row < 0) continue;  // padding sequence: nothing read or written
     const index_t b = seq.batch_row, t0 = seq.token_begin, T = seq.tokens;
-    // xs[r] for r in [0, S + T): the state rows first, then the sequence's inputs.
+    // xs[r] for r in [0, S + T + ahead): the state rows first, then the sequence's inputs, then
+    // zeros (read by lookahead taps only).
     auto xs = [&](index_t r, index_t d) -> float {
       if (r < S) return seq.read_state ? in.initial_state(seq.state_row, r, d) : 0.f;
+      if (r >= S + T) return 0.f;
       return in.x(b, t0 + r - S, d);
     };
     for (index_t t = 0; t < T; ++t)
       for (index_t d = 0; d < D; ++d) {
         float acc = in.bias.has_value() ? in.bias(d) : 0.f;
-        for (index_t j = 0; j < W; ++j) acc += in.weight(d, j) * xs(t + j, d);
+        for (index_t j = 0; j < W; ++j) acc += in.weight(d, j) * xs(t + ahead + j * dil, d);
         out.y(b, t0 + t, d) = detail::apply_activation(acc, options.activation);
       }
     if (out.token_states.has_value())

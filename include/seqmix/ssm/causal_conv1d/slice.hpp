@@ -3,7 +3,9 @@
 // the window holds the previous window's last W-1-L rows (none when L >= W-1) followed by the
 // slice's last min(L, W-1) inputs. Only the slice's first min(L, W-1) outputs read the halo, so
 // the correction recomputes those outputs from the true halo (O(W^2 D), whatever L is) and
-// shifts the halo's rows into the final state; the rest of the slice is untouched.
+// shifts the halo's rows into the final state; the rest of the slice is untouched. With
+// options.dilation d, read W-1 as S = (W-1) * d throughout (the halo is the last S inputs and
+// the first min(L, S) outputs read it); options.lookahead must be 0 (ShapeError).
 #pragma once
 
 #include <algorithm>
@@ -21,8 +23,12 @@ inline Conv1dDims validate_causal_conv1d_slice(const char* op, const CausalConv1
                                                bool correcting) {
   const ArgCheck check(op);
   const Conv1dDims d = validate_causal_conv1d(op, in, out, options).dims;
+  // A lookahead output reads tokens of the next slice, which no halo of the past can correct.
+  if (options.lookahead != 0)
+    check.fail("options.lookahead", "must be 0 on slices (an output would read the next slice's tokens)");
   check_slice_states(check, in.batch, options.reverse, out.token_states.has_value(), in.initial_state, out.final_state,
-                     std::array<index_t, 3>{d.B, d.W - 1, d.D}, "B,W-1,D", correcting);
+                     std::array<index_t, 3>{d.B, (d.W - 1) * options.dilation, d.D}, "B,(W-1)*dilation,D",
+                     correcting);
   return d;
 }
 
@@ -71,7 +77,7 @@ inline void causal_conv1d_slice_correct(const CausalConv1dInputs& in, const Caus
                                         const Executor& executor = serial_executor()) {
   const detail::Conv1dDims d =
       detail::validate_causal_conv1d_slice("causal_conv1d_slice_correct", in, out, options, true);
-  const index_t head = std::min(d.T, d.W - 1);
+  const index_t head = std::min(d.T, (d.W - 1) * options.dilation);  // the outputs that read the halo
   if (head > 0) {
     CausalConv1dInputs first = in;
     first.x = in.x.slice(1, 0, head);

@@ -51,11 +51,13 @@ inline void conv_step_taps_generic(const ConstView<float, 2>& weight, index_t c0
 }
 
 // One block of channels [c0, c0 + lanes) of batch row b, whose state is row `row` of the
-// conv_state pool; lanes <= kConvStepBlock.
+// conv_state pool; lanes <= kConvStepBlock. The window is the S = (W-1) * dilation state rows
+// (oldest first) and x; tap j reads its row j * dilation.
 inline void conv_step_block(const CausalConv1dStepInputs& in, const CausalConv1dStepOutputs& out,
-                            ConvActivation activation, index_t b, index_t row, index_t c0, index_t lanes) {
-  const index_t W = in.weight.size(1), S = W - 1;
-  // xs rows of this token: the S state rows (oldest first), then x.
+                            ConvActivation activation, index_t dilation, index_t b, index_t row, index_t c0,
+                            index_t lanes) {
+  const index_t W = in.weight.size(1), S = out.conv_state.size(1);
+  // Tap rows of this token: state rows 0, d, ..., (W-2) d, then x.
   const float* rows[kStepStackTaps];
   index_t row_strides[kStepStackTaps];
   std::vector<const float*> rows_heap;  // only for W > kStepStackTaps (rare): no allocation otherwise
@@ -66,8 +68,9 @@ inline void conv_step_block(const CausalConv1dStepInputs& in, const CausalConv1d
     rows_heap.resize(static_cast<std::size_t>(W)), strides_heap.resize(static_cast<std::size_t>(W));
     row_ptr = rows_heap.data(), stride_ptr = strides_heap.data();
   }
-  for (index_t j = 0; j < S; ++j) row_ptr[j] = out.conv_state.ptr(row, j, c0), stride_ptr[j] = out.conv_state.stride(2);
-  row_ptr[S] = in.x.ptr(b, c0), stride_ptr[S] = in.x.stride(1);
+  for (index_t j = 0; j + 1 < W; ++j)
+    row_ptr[j] = out.conv_state.ptr(row, j * dilation, c0), stride_ptr[j] = out.conv_state.stride(2);
+  row_ptr[W - 1] = in.x.ptr(b, c0), stride_ptr[W - 1] = in.x.stride(1);
 
   alignas(64) float acc[kConvStepBlock];
   for (index_t i = 0; i < lanes; ++i) acc[i] = in.bias.has_value() ? in.bias(c0 + i) : 0.f;
@@ -85,12 +88,14 @@ inline void conv_step_block(const CausalConv1dStepInputs& in, const CausalConv1d
 
   // The state moves up one row and takes x as its newest row (ascending rows read row j + 1
   // before it is overwritten); then the output, last, so y may be the same view as x.
-  const index_t y_stride = out.y.stride(1), state_stride = out.conv_state.stride(2);
+  const index_t y_stride = out.y.stride(1), state_stride = out.conv_state.stride(2), x_stride = in.x.stride(1);
   for (index_t i = 0; i < lanes; i += simd::kWidth) {
     const index_t n = std::min(simd::kWidth, lanes - i);
-    for (index_t j = 0; j < S; ++j)
-      store_lanes(out.conv_state.ptr(row, j, c0 + i), state_stride, n,
-                  load_lanes(row_ptr[j + 1] + i * stride_ptr[j + 1], stride_ptr[j + 1], n));
+    for (index_t j = 0; j < S; ++j) {
+      const FloatBatch next = j + 1 < S ? load_lanes(out.conv_state.ptr(row, j + 1, c0 + i), state_stride, n)
+                                        : load_lanes(in.x.ptr(b, c0 + i), x_stride, n);
+      store_lanes(out.conv_state.ptr(row, j, c0 + i), state_stride, n, next);
+    }
     FloatBatch v = load_lanes(acc + i, 1, n);
     if (activation == ConvActivation::silu) v = silu(v);
     store_lanes(out.y.ptr(b, c0 + i), y_stride, n, v);
@@ -106,8 +111,10 @@ inline void conv_step_zero_state(const TensorView<float, 3>& state, index_t row,
 }  // namespace detail
 
 /// Decode step for one token per batch row: reads conv_state, writes y [B,D] and the shifted
-/// state. Without batch.state_indices conv_state is [B,W-1,D]; with it, conv_state is the
-/// caller's pool [S,W-1,D] (any strides: channel_major_conv_state views a [S,D,W-1] pool), row b
+/// state. The state holds the last (W-1) * options.dilation inputs; with options.lookahead R the
+/// step computes the same window, so y is the output for the token R * dilation positions before
+/// x (docs/operators.md, causal_conv1d). Without batch.state_indices conv_state is
+/// [B,(W-1)*dilation,D]; with it, conv_state is the caller's pool [S,(W-1)*dilation,D] (any strides: channel_major_conv_state views a [S,D,W-1] pool), row b
 /// uses pool row state_indices[b] in place (-1: padding, y row and state untouched) and
 /// has_initial_state[b] false zeroes that row first. y may be the same view as x; it must not
 /// overlap conv_state. No heap allocation for W <= 8. Vectorized over channels, threaded over
@@ -128,7 +135,7 @@ inline void causal_conv1d_step(const CausalConv1dStepInputs& in, const CausalCon
       if (seq.state_row < 0) continue;
       const index_t lanes = std::min(detail::kConvStepBlock, D - c0);
       if (!seq.read_state) detail::conv_step_zero_state(out.conv_state, seq.state_row, c0, lanes);
-      detail::conv_step_block(in, out, options.activation, b, seq.state_row, c0, lanes);
+      detail::conv_step_block(in, out, options.activation, options.dilation, b, seq.state_row, c0, lanes);
     }
   };
   if (tasks <= 1) {
