@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
@@ -44,13 +45,17 @@ struct RnnInputs {
   ConstView<float, 1> b_ih = {};           ///< [G*H], optional
   ConstView<float, 1> b_hh = {};           ///< [G*H], optional
   ConstView<float, 3> initial_state = {};  ///< [B,S,H], optional (zeros): h first, then the cell's others
+  /// Optional serving arguments (core/batch.hpp): packed tokens (cu_seqlens [N+1], x [1,total_T,I],
+  /// y [1,total_T,H], states [N,S,H]), state slots (state_indices [N] into a pool [P,S,H], -1 =
+  /// padding: nothing read or written) and has_initial_state [N] (false: start from zeros).
+  SequenceBatch batch = {};
 };
 
 /// Prefill outputs. y must not overlap an input; final_state may be the very same view as
 /// initial_state (it is written after the last token).
 struct RnnOutputs {
   TensorView<float, 3> y;                 ///< [B,T,H]: h after every token
-  TensorView<float, 3> final_state = {};  ///< [B,S,H], optional
+  TensorView<float, 3> final_state = {};  ///< [B,S,H] (or [N,S,H], or the pool [P,S,H]), optional
 };
 
 /// Decode-step arguments: one token per batch row.
@@ -60,12 +65,16 @@ struct RnnStepInputs {
   ConstView<float, 2> w_hh;     ///< [G*H, H/heads]
   ConstView<float, 1> b_ih = {};  ///< [G*H], optional
   ConstView<float, 1> b_hh = {};  ///< [G*H], optional
+  /// Optional: state_indices [B] (row b reads and updates pool row state_indices[b]; -1 = padding
+  /// row, its y and state untouched) and has_initial_state [B] (false: start from zeros). No
+  /// cu_seqlens (one token per batch row).
+  SequenceBatch batch = {};
 };
 
 /// Decode-step outputs: state is read, then updated in place; y must not overlap anything.
 struct RnnStepOutputs {
   TensorView<float, 2> y;      ///< [B,H]
-  TensorView<float, 3> state;  ///< [B,S,H], read and updated in place (required)
+  TensorView<float, 3> state;  ///< [B,S,H] or the pool [P,S,H] with batch.state_indices, updated in place (required)
 };
 
 namespace detail {
@@ -133,15 +142,57 @@ RnnDims validate_rnn_weights(const ArgCheck& check, index_t B, index_t T, index_
   return {B, T, I, H, options.heads, Dh};
 }
 
+// True when a call uses none of SequenceBatch's arguments (a plain dense batch).
+inline bool rnn_plain_batch(const SequenceBatch& batch) {
+  return !batch.packed() && !batch.slotted() && !batch.has_initial_state.has_value();
+}
+
+// The state tensors' row count (N, or the pool size with slots), -1 when none is given.
+template <class Initial, class Final>
+index_t rnn_state_rows(const ArgCheck& check, const char* initial_name, const Initial& initial, const char* final_name,
+                       const Final& final_state) {
+  if (initial.has_value() && final_state.has_value() && initial.size(0) != final_state.size(0))
+    check.fail(final_name, std::string("must have as many rows as ") + initial_name + " (" +
+                               std::to_string(initial.size(0)) + "), got " + std::to_string(final_state.size(0)));
+  if (initial.has_value()) return initial.size(0);
+  return final_state.has_value() ? final_state.size(0) : -1;
+}
+
+// Token rows of one sequence of a [Bt, Tt, ...] tensor as a [1, tokens, ...] view.
+template <class T, std::size_t R>
+TensorView<T, R> rnn_sequence_rows(const TensorView<T, R>& x, const SequenceSpan& s) {
+  if (!x.has_value()) return x;
+  return x.slice(0, s.batch_row, 1).slice(1, s.token_begin, s.tokens);
+}
+
+// The state row of one sequence as a [1, ...] view; empty when `use` is false or there is none.
+template <class T, std::size_t R>
+TensorView<T, R> rnn_state_row(const TensorView<T, R>& x, const SequenceSpan& s, bool use) {
+  if (!x.has_value() || !use || s.state_row < 0) return TensorView<T, R>();
+  return x.slice(0, s.state_row, 1);
+}
+
+// Validates a prefill; `map` (when not null) receives the call's sequences (a serving call only:
+// with a plain dense batch the states have B rows and no map is built).
 template <class Cell>
-RnnDims validate_rnn(const ArgCheck& check, const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options) {
+RnnDims validate_rnn(const ArgCheck& check, const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options,
+                     SequenceMap* map = nullptr) {
   constexpr index_t S = Cell::kStates;
+  check_reversible(check.op().c_str(), in.batch, options.reverse);
   check.shape("x", in.x, std::array<index_t, 3>{-1, -1, -1}, "B,T,I");
   const index_t B = in.x.size(0), T = in.x.size(1);
   const RnnDims d = validate_rnn_weights<Cell>(check, B, T, in.x.size(2), in.w_ih, in.w_hh, in.b_ih, in.b_hh, options);
-  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{B, S, d.H}, "B,S,H");
+  const bool plain = rnn_plain_batch(in.batch);
+  const index_t rows = plain ? B : -1;
+  const char* dims = plain ? "B,S,H" : "N,S,H";
+  check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{rows, S, d.H}, dims);
   check.shape("y", out.y, std::array<index_t, 3>{B, T, d.H}, "B,T,H");
-  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{B, S, d.H}, "B,S,H");
+  check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{rows, S, d.H}, dims);
+  if (!plain) {
+    const index_t state_rows = rnn_state_rows(check, "initial_state", in.initial_state, "final_state", out.final_state);
+    const SequenceMap m = SequenceMap::make(check, in.batch, B, T, in.initial_state.has_value(), state_rows);
+    if (map != nullptr) *map = m;
+  }
   check.no_overlap("y", out.y, "x", in.x).no_overlap("y", out.y, "w_ih", in.w_ih).no_overlap("y", out.y, "w_hh", in.w_hh);
   check.no_overlap("y", out.y, "b_ih", in.b_ih).no_overlap("y", out.y, "b_hh", in.b_hh);
   check.no_overlap("y", out.y, "initial_state", in.initial_state).no_overlap("y", out.y, "final_state", out.final_state);
@@ -160,8 +211,13 @@ RnnDims validate_rnn_step(const ArgCheck& check, const RnnStepInputs& in, const 
   check.shape("x", in.x, std::array<index_t, 2>{-1, -1}, "B,I");
   const index_t B = in.x.size(0);
   const RnnDims d = validate_rnn_weights<Cell>(check, B, 1, in.x.size(1), in.w_ih, in.w_hh, in.b_ih, in.b_hh, options);
-  check.shape("state", out.state, std::array<index_t, 3>{B, S, d.H}, "B,S,H");
+  const bool plain = rnn_plain_batch(in.batch);
+  check.shape("state", out.state, std::array<index_t, 3>{plain ? B : -1, S, d.H}, plain ? "B,S,H" : "P,S,H");
   check.shape("y", out.y, std::array<index_t, 2>{B, d.H}, "B,H");
+  if (!plain) {
+    if (in.batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
+    SequenceMap::make(check, in.batch, B, 1, true, out.state.size(0));  // slots and flags
+  }
   check.no_overlap("y", out.y, "x", in.x).no_overlap("y", out.y, "state", out.state);
   check.no_overlap("y", out.y, "w_ih", in.w_ih).no_overlap("y", out.y, "w_hh", in.w_hh);
   check.no_overlap("state", out.state, "x", in.x).no_overlap("state", out.state, "w_ih", in.w_ih);
@@ -181,11 +237,35 @@ inline std::pair<RnnInputs, RnnOutputs> reversed_call(RnnInputs in, RnnOutputs o
   return {in, out};
 }
 
+// Runs one(in, out) on every running sequence of a validated serving call as a plain dense call
+// of its own: B = 1, its tokens, its state row (none when it starts from zeros). Padding
+// sequences (state row -1) are skipped: their outputs stay untouched.
+template <class F>
+void rnn_for_each_sequence(const SequenceMap& map, const RnnInputs& in, const RnnOutputs& out, F&& one) {
+  for (index_t n = 0; n < map.sequences(); ++n) {
+    const SequenceSpan s = map[n];
+    if (s.state_row < 0) continue;
+    RnnInputs in1 = in;
+    in1.x = rnn_sequence_rows(in.x, s);
+    in1.initial_state = rnn_state_row(in.initial_state, s, s.read_state);
+    in1.batch = SequenceBatch();
+    RnnOutputs out1 = out;
+    out1.y = rnn_sequence_rows(out.y, s);
+    out1.final_state = rnn_state_row(out.final_state, s, true);
+    one(in1, out1);
+  }
+}
+
 template <class Cell>
 void rnn_reference(const char* op, const RnnInputs& in_given, const RnnOutputs& out_given, const RnnOptions& options) {
   constexpr index_t G = Cell::kGates, S = Cell::kStates;
   const ArgCheck check(op);
-  const RnnDims d = validate_rnn<Cell>(check, in_given, out_given, options);
+  SequenceMap map;
+  const RnnDims d = validate_rnn<Cell>(check, in_given, out_given, options, &map);
+  if (!rnn_plain_batch(in_given.batch))
+    return rnn_for_each_sequence(map, in_given, out_given, [&](const RnnInputs& in1, const RnnOutputs& out1) {
+      rnn_reference<Cell>(op, in1, out1, options);
+    });
   const auto [in, out] = options.reverse ? reversed_call(in_given, out_given) : std::make_pair(in_given, out_given);
   const index_t H = d.H, Dh = d.Dh;
   std::vector<float> state(static_cast<std::size_t>(S * H)), h_prev(static_cast<std::size_t>(H));

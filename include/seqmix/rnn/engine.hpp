@@ -258,7 +258,14 @@ template <class Cell>
 void rnn_prefill(const char* op, const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options,
                  const Executor& executor) {
   const ArgCheck check(op);
-  const RnnDims d = validate_rnn<Cell>(check, in, out, options);
+  SequenceMap map;
+  const RnnDims d = validate_rnn<Cell>(check, in, out, options, &map);
+  // A serving call (packed tokens, slots or fresh-state flags): each running sequence as a dense
+  // B = 1 call of its own, its state row read and written in place.
+  if (!rnn_plain_batch(in.batch))
+    return rnn_for_each_sequence(map, in, out, [&](const RnnInputs& in1, const RnnOutputs& out1) {
+      rnn_prefill<Cell>(op, in1, out1, options, executor);
+    });
   const auto [x, y] = options.reverse ? reversed_call(in, out) : std::make_pair(in, out);
   rnn_run<Cell>(d, x.x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, in.initial_state, y.y, out.final_state, d.T >= 4,
                 executor);
@@ -271,7 +278,42 @@ void rnn_step(const ArgCheck& check, const RnnStepInputs& in, const RnnStepOutpu
   RnnDims d = validate_rnn_step<Cell>(check, in, out, options);
   const ConstView<float, 3> x(in.x.data(), {d.B, 1, in.x.size(1)}, {in.x.stride(0), 0, in.x.stride(1)});
   const TensorView<float, 3> y(out.y.data(), {d.B, 1, d.H}, {out.y.stride(0), 0, out.y.stride(1)});
-  rnn_run<Cell>(d, x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, out.state, y, out.state, false, executor);
+  if (rnn_plain_batch(in.batch)) {
+    rnn_run<Cell>(d, x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, out.state, y, out.state, false, executor);
+    return;
+  }
+  // Slots: the B rows' states gathered into a dense per-thread scratch [B,S,H] (zeros for a fresh
+  // or padding row), one batched step (W_hh read once for all rows), then scattered back. Padding
+  // rows run on zeros into a scratch y and are written nowhere.
+  constexpr index_t S = Cell::kStates;
+  const IndexList& slots = in.batch.state_indices;
+  const FlagList& has_initial = in.batch.has_initial_state;
+  auto row_of = [&](index_t b) { return slots.has_value() ? slots[b] : b; };
+  thread_local std::vector<float> gathered, y_padded;
+  gathered.assign(static_cast<std::size_t>(d.B * S * d.H), 0.f);
+  bool padding = false;
+  for (index_t b = 0; b < d.B; ++b) {
+    const index_t row = row_of(b);
+    padding = padding || row < 0;
+    if (row < 0 || (has_initial.has_value() && !has_initial[b])) continue;
+    for (index_t k = 0; k < S; ++k)
+      for (index_t j = 0; j < d.H; ++j) gathered[static_cast<std::size_t>((b * S + k) * d.H + j)] = out.state(row, k, j);
+  }
+  const TensorView<float, 3> state(gathered.data(), {d.B, S, d.H});
+  TensorView<float, 3> y_run = y;
+  if (padding) {
+    y_padded.resize(static_cast<std::size_t>(d.B * d.H));
+    y_run = TensorView<float, 3>(y_padded.data(), {d.B, 1, d.H});
+  }
+  rnn_run<Cell>(d, x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, state, y_run, state, false, executor);
+  for (index_t b = 0; b < d.B; ++b) {
+    const index_t row = row_of(b);
+    if (row < 0) continue;
+    for (index_t k = 0; k < S; ++k)
+      for (index_t j = 0; j < d.H; ++j) out.state(row, k, j) = gathered[static_cast<std::size_t>((b * S + k) * d.H + j)];
+    if (padding)
+      for (index_t j = 0; j < d.H; ++j) out.y(b, j) = y_padded[static_cast<std::size_t>(b * d.H + j)];
+  }
 }
 
 }  // namespace detail

@@ -248,12 +248,19 @@ struct MlstmChunkKernel {
 /// rounding. Threaded over (batch, head) rows.
 inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOptions& options = {},
                   const Executor& executor = serial_executor()) {
+  detail::check_reversible("mlstm", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::reversed_call(in, out);
     return mlstm(rev.first, rev.second, detail::forward_options(options), executor);
   }
   const ArgCheck check("mlstm");
-  const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options);
+  SequenceMap map;
+  const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options, &map);
+  // A serving call: each running sequence as a dense B = 1 call, its state rows in place.
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::mlstm_for_each_sequence(map, in, out, [&](const MlstmInputs& in1, const MlstmOutputs& out1) {
+      mlstm(in1, out1, options, executor);
+    });
   const index_t rows = d.B * d.NH;
   if (options.algorithm == MlstmAlgorithm::recurrent) {
     parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {

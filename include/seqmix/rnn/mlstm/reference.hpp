@@ -59,6 +59,10 @@ struct MlstmInputs {
   ConstView<float, 4> initial_c = {};   ///< [B,NH,DK,DV], optional
   ConstView<float, 3> initial_n = {};   ///< [B,NH,DK], optional
   ConstView<float, 2> initial_m = {};   ///< [B,NH], optional
+  /// Optional serving arguments (core/batch.hpp): packed tokens (cu_seqlens [N+1], token tensors
+  /// [1,total_T,...], states [N,...]), state slots (state_indices [N] into pools [P,...] of c, n
+  /// and m, -1 = padding: nothing read or written) and has_initial_state [N] (false: zeros).
+  SequenceBatch batch = {};
 };
 
 /// Prefill outputs. h must not overlap an input; each final state is optional and may be the
@@ -77,14 +81,18 @@ struct MlstmStepInputs {
   ConstView<float, 3> v;  ///< [B,NH,DV]
   ConstView<float, 2> i;  ///< [B,NH]
   ConstView<float, 2> f;  ///< [B,NH]
+  /// Optional: state_indices [B] (row b updates pool row state_indices[b] of c, n and m; -1 =
+  /// padding row, its h and state untouched) and has_initial_state [B] (false: start from zeros).
+  /// No cu_seqlens (one token per batch row).
+  SequenceBatch batch = {};
 };
 
 /// Decode-step outputs: the state (c, n, m) is read and updated in place; h overlaps nothing.
 struct MlstmStepOutputs {
   TensorView<float, 3> h;  ///< [B,NH,DV]
-  TensorView<float, 4> c;  ///< [B,NH,DK,DV]
-  TensorView<float, 3> n;  ///< [B,NH,DK]
-  TensorView<float, 2> m;  ///< [B,NH]
+  TensorView<float, 4> c;  ///< [B,NH,DK,DV] (or the pool [P,NH,DK,DV] with batch.state_indices)
+  TensorView<float, 3> n;  ///< [B,NH,DK] (or [P,NH,DK])
+  TensorView<float, 2> m;  ///< [B,NH] (or [P,NH])
 };
 
 namespace detail {
@@ -103,7 +111,8 @@ inline float mlstm_scale(const ArgCheck& check, const MlstmOptions& options, ind
 }
 
 inline MlstmDims validate_mlstm(const ArgCheck& check, const MlstmInputs& in, const MlstmOutputs& out,
-                                const MlstmOptions& options) {
+                                const MlstmOptions& options, SequenceMap* map = nullptr) {
+  check_reversible(check.op().c_str(), in.batch, options.reverse);
   check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,NH,DK");
   const index_t B = in.q.size(0), T = in.q.size(1), NH = in.q.size(2), DK = in.q.size(3);
   check.shape("k", in.k, std::array<index_t, 4>{B, T, NH, DK}, "B,T,NH,DK");
@@ -115,13 +124,31 @@ inline MlstmDims validate_mlstm(const ArgCheck& check, const MlstmInputs& in, co
   if (c0 != n0 || c0 != m0)
     check.fail(c0 ? (n0 ? "initial_m" : "initial_n") : "initial_c",
                "must be given together with the other initial states (initial_c, initial_n, initial_m)");
-  check.optional_shape("initial_c", in.initial_c, std::array<index_t, 4>{B, NH, DK, DV}, "B,NH,DK,DV");
-  check.optional_shape("initial_n", in.initial_n, std::array<index_t, 3>{B, NH, DK}, "B,NH,DK");
-  check.optional_shape("initial_m", in.initial_m, std::array<index_t, 2>{B, NH}, "B,NH");
+  // A plain dense batch has B state rows; a serving call N (packed) or the pool's rows (slots).
+  const bool plain = rnn_plain_batch(in.batch);
+  const index_t R = plain ? B : -1;
+  check.optional_shape("initial_c", in.initial_c, std::array<index_t, 4>{R, NH, DK, DV}, plain ? "B,NH,DK,DV" : "N,NH,DK,DV");
+  check.optional_shape("initial_n", in.initial_n, std::array<index_t, 3>{R, NH, DK}, plain ? "B,NH,DK" : "N,NH,DK");
+  check.optional_shape("initial_m", in.initial_m, std::array<index_t, 2>{R, NH}, plain ? "B,NH" : "N,NH");
   check.shape("h", out.h, std::array<index_t, 4>{B, T, NH, DV}, "B,T,NH,DV");
-  check.optional_shape("final_c", out.final_c, std::array<index_t, 4>{B, NH, DK, DV}, "B,NH,DK,DV");
-  check.optional_shape("final_n", out.final_n, std::array<index_t, 3>{B, NH, DK}, "B,NH,DK");
-  check.optional_shape("final_m", out.final_m, std::array<index_t, 2>{B, NH}, "B,NH");
+  check.optional_shape("final_c", out.final_c, std::array<index_t, 4>{R, NH, DK, DV}, plain ? "B,NH,DK,DV" : "N,NH,DK,DV");
+  check.optional_shape("final_n", out.final_n, std::array<index_t, 3>{R, NH, DK}, plain ? "B,NH,DK" : "N,NH,DK");
+  check.optional_shape("final_m", out.final_m, std::array<index_t, 2>{R, NH}, plain ? "B,NH" : "N,NH");
+  if (!plain) {
+    index_t rows = rnn_state_rows(check, "initial_c", in.initial_c, "final_c", out.final_c);
+    const auto same_rows = [&](const char* name, index_t r) {
+      if (r >= 0 && rows >= 0 && r != rows)
+        check.fail(name, "must have as many rows as the other states (" + std::to_string(rows) + "), got " +
+                             std::to_string(r));
+      if (rows < 0) rows = r;
+    };
+    same_rows("initial_n", in.initial_n.has_value() ? in.initial_n.size(0) : -1);
+    same_rows("initial_m", in.initial_m.has_value() ? in.initial_m.size(0) : -1);
+    same_rows("final_n", out.final_n.has_value() ? out.final_n.size(0) : -1);
+    same_rows("final_m", out.final_m.has_value() ? out.final_m.size(0) : -1);
+    const SequenceMap m = SequenceMap::make(check, in.batch, B, T, in.initial_c.has_value(), rows);
+    if (map != nullptr) *map = m;
+  }
   if (options.chunk_size < 1 || options.chunk_size > 1024)
     check.fail("options.chunk_size", "must lie in [1, 1024], got " + std::to_string(options.chunk_size));
   const float scale = mlstm_scale(check, options, DK);
@@ -151,9 +178,15 @@ inline MlstmDims validate_mlstm_step(const ArgCheck& check, const MlstmStepInput
   check.shape("i", in.i, std::array<index_t, 2>{B, NH}, "B,NH");
   check.shape("f", in.f, std::array<index_t, 2>{B, NH}, "B,NH");
   check.shape("h", out.h, std::array<index_t, 3>{B, NH, DV}, "B,NH,DV");
-  check.shape("c", out.c, std::array<index_t, 4>{B, NH, DK, DV}, "B,NH,DK,DV");
-  check.shape("n", out.n, std::array<index_t, 3>{B, NH, DK}, "B,NH,DK");
-  check.shape("m", out.m, std::array<index_t, 2>{B, NH}, "B,NH");
+  const bool plain = rnn_plain_batch(in.batch);
+  const index_t P = plain ? B : -1;
+  check.shape("c", out.c, std::array<index_t, 4>{P, NH, DK, DV}, plain ? "B,NH,DK,DV" : "P,NH,DK,DV");
+  check.shape("n", out.n, std::array<index_t, 3>{out.c.size(0), NH, DK}, plain ? "B,NH,DK" : "P,NH,DK");
+  check.shape("m", out.m, std::array<index_t, 2>{out.c.size(0), NH}, plain ? "B,NH" : "P,NH");
+  if (!plain) {
+    if (in.batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
+    SequenceMap::make(check, in.batch, B, 1, true, out.c.size(0));  // slots and flags
+  }
   const float scale = mlstm_scale(check, options, DK);
   check.no_overlap("h", out.h, "q", in.q).no_overlap("h", out.h, "k", in.k).no_overlap("h", out.h, "v", in.v);
   check.no_overlap("h", out.h, "c", out.c).no_overlap("h", out.h, "n", out.n).no_overlap("h", out.h, "m", out.m);
@@ -169,6 +202,30 @@ inline std::pair<MlstmInputs, MlstmOutputs> reversed_call(MlstmInputs in, MlstmO
   return {in, out};
 }
 
+// Runs one(in, out) on every running sequence of a validated serving call as a plain dense call
+// of its own (B = 1, its tokens, its state rows; no initial state when it starts from zeros).
+// Padding sequences (state row -1) are skipped: their outputs stay untouched.
+template <class F>
+void mlstm_for_each_sequence(const SequenceMap& map, const MlstmInputs& in, const MlstmOutputs& out, F&& one) {
+  for (index_t s_i = 0; s_i < map.sequences(); ++s_i) {
+    const SequenceSpan s = map[s_i];
+    if (s.state_row < 0) continue;
+    MlstmInputs in1 = in;
+    in1.q = rnn_sequence_rows(in.q, s), in1.k = rnn_sequence_rows(in.k, s), in1.v = rnn_sequence_rows(in.v, s);
+    in1.i = rnn_sequence_rows(in.i, s), in1.f = rnn_sequence_rows(in.f, s);
+    in1.initial_c = rnn_state_row(in.initial_c, s, s.read_state);
+    in1.initial_n = rnn_state_row(in.initial_n, s, s.read_state);
+    in1.initial_m = rnn_state_row(in.initial_m, s, s.read_state);
+    in1.batch = SequenceBatch();
+    MlstmOutputs out1 = out;
+    out1.h = rnn_sequence_rows(out.h, s);
+    out1.final_c = rnn_state_row(out.final_c, s, true);
+    out1.final_n = rnn_state_row(out.final_n, s, true);
+    out1.final_m = rnn_state_row(out.final_m, s, true);
+    one(in1, out1);
+  }
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -177,13 +234,19 @@ namespace reference {
 /// Single-threaded; `executor` is accepted for a uniform signature.
 inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOptions& options = {},
                   const Executor& executor = serial_executor()) {
+  detail::check_reversible("reference::mlstm", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::reversed_call(in, out);
     return mlstm(rev.first, rev.second, detail::forward_options(options), executor);
   }
   (void)executor;
   const ArgCheck check("reference::mlstm");
-  const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options);
+  SequenceMap map;
+  const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options, &map);
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::mlstm_for_each_sequence(map, in, out, [&](const MlstmInputs& in1, const MlstmOutputs& out1) {
+      mlstm(in1, out1, options, executor);
+    });
   const index_t DK = d.DK, DV = d.DV;
   std::vector<double> C(static_cast<std::size_t>(DK * DV)), n(static_cast<std::size_t>(DK)), num(static_cast<std::size_t>(DV));
   for (index_t b = 0; b < d.B; ++b)

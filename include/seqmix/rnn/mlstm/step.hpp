@@ -9,7 +9,9 @@ namespace seqmix {
 
 /// One mLSTM token per (batch row, head): reads and updates c [B,NH,DK,DV], n [B,NH,DK] and
 /// m [B,NH] in place, writes h [B,NH,DV]. Equal to mlstm() over one token. Threaded over
-/// (batch, head) rows.
+/// (batch, head) rows. With in.batch.state_indices the states are pools [P,...] and row b
+/// updates pool row state_indices[b] (-1: padding, nothing touched); has_initial_state[b] false
+/// zeroes that row's state first.
 inline void mlstm_step(const MlstmStepInputs& in, const MlstmStepOutputs& out, const MlstmOptions& options = {},
                        const Executor& executor = serial_executor()) {
   static const ArgCheck check("mlstm_step");
@@ -20,29 +22,38 @@ inline void mlstm_step(const MlstmStepInputs& in, const MlstmStepOutputs& out, c
     detail::MlstmState s(direct ? 0 : d.DK, d.DV);
     s.q.resize(static_cast<std::size_t>(d.DK)), s.k.resize(static_cast<std::size_t>(d.DK));
     for (index_t row = begin; row < end; ++row) {
-      const index_t b = row / d.NH, hd = row % d.NH;
+      const index_t b = row / d.NH, hd = row % d.NH;  // token row b, its state row p
+      const index_t p = in.batch.state_indices.has_value() ? in.batch.state_indices[b] : b;
+      if (p < 0) continue;  // padding row: h and state untouched
+      if (in.batch.has_initial_state.has_value() && !in.batch.has_initial_state[b]) {
+        for (index_t r = 0; r < d.DK; ++r) {
+          out.n(p, hd, r) = 0.f;
+          for (index_t c = 0; c < d.DV; ++c) out.c(p, hd, r, c) = 0.f;
+        }
+        out.m(p, hd) = 0.f;
+      }
       for (index_t r = 0; r < d.DK; ++r) {
         s.q[static_cast<std::size_t>(r)] = d.scale * in.q(b, hd, r);
         s.k[static_cast<std::size_t>(r)] = in.k(b, hd, r);
       }
       for (index_t c = 0; c < d.DV; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, hd, c);
-      float m = out.m(b, hd);
+      float m = out.m(p, hd);
       if (direct) {
-        detail::mlstm_token(s, out.c.ptr(b, hd), out.n.ptr(b, hd), m, d.DK, d.DV, in.i(b, hd), in.f(b, hd), options.eps,
+        detail::mlstm_token(s, out.c.ptr(p, hd), out.n.ptr(p, hd), m, d.DK, d.DV, in.i(b, hd), in.f(b, hd), options.eps,
                             out.h.ptr(b, hd), out.h.stride(2));
       } else {
         for (index_t r = 0; r < d.DK; ++r) {
-          s.n[static_cast<std::size_t>(r)] = out.n(b, hd, r);
-          for (index_t c = 0; c < d.DV; ++c) s.C[static_cast<std::size_t>(r * d.DV + c)] = out.c(b, hd, r, c);
+          s.n[static_cast<std::size_t>(r)] = out.n(p, hd, r);
+          for (index_t c = 0; c < d.DV; ++c) s.C[static_cast<std::size_t>(r * d.DV + c)] = out.c(p, hd, r, c);
         }
         detail::mlstm_token(s, s.C.data(), s.n.data(), m, d.DK, d.DV, in.i(b, hd), in.f(b, hd), options.eps,
                             out.h.ptr(b, hd), out.h.stride(2));
         for (index_t r = 0; r < d.DK; ++r) {
-          out.n(b, hd, r) = s.n[static_cast<std::size_t>(r)];
-          for (index_t c = 0; c < d.DV; ++c) out.c(b, hd, r, c) = s.C[static_cast<std::size_t>(r * d.DV + c)];
+          out.n(p, hd, r) = s.n[static_cast<std::size_t>(r)];
+          for (index_t c = 0; c < d.DV; ++c) out.c(p, hd, r, c) = s.C[static_cast<std::size_t>(r * d.DV + c)];
         }
       }
-      out.m(b, hd) = m;
+      out.m(p, hd) = m;
     }
   });
 }
