@@ -77,7 +77,7 @@ struct AarenInputs {
   ConstView<float, 2> query;  ///< [H,Dk] the learned query of each head
   ConstView<float, 4> k;      ///< [B,T,H,Dk], or [1,total_T,H,Dk] packed
   ConstView<float, 4> v;      ///< [B,T,H,Dv]
-  AarenConstState initial_state;  ///< optional (all three or none): earlier tokens; [N or S,H,*] with a batch
+  AarenConstState initial_state = {};  ///< optional (all three or none): earlier tokens; [N or S,H,*] with a batch
   SequenceBatch batch = {};       ///< optional: cu_seqlens, state_indices, has_initial_state (core/batch.hpp)
   AarenFormerInitial initial = {};  ///< deprecated name of initial_state
 };
@@ -85,7 +85,7 @@ struct AarenInputs {
 /// Outputs of aaren; o must not overlap an input.
 struct AarenOutputs {
   TensorView<float, 4> o;         ///< [B,T,H,Dv]
-  AarenState final_state;         ///< optional (all three or none); may alias the initial state
+  AarenState final_state = {};    ///< optional (all three or none); may alias the initial state
   AarenTokenStates token_states = {}; ///< optional (all three or none): the state after each token
 };
 
