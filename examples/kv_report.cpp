@@ -37,6 +37,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/kv_cache.hpp"
+#include "example_common.hpp"
 
 namespace {
 
@@ -67,30 +68,20 @@ void usage() {
 
 Settings parse(int argc, char** argv) {
   Settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto value = [&]() -> long {
-      if (i + 1 >= argc) {
-        usage();
-        std::exit(2);
-      }
-      return std::atol(argv[++i]);
-    };
-    if (a == "--quick") s.n = 1024, s.steps = 16, s.d = 64, s.profile = 64, s.window = 16;
-    else if (a == "--n") s.n = value();
-    else if (a == "--steps") s.steps = value();
-    else if (a == "--d") s.d = value();
-    else if (a == "--hq") s.hq = value();
-    else if (a == "--hkv") s.hkv = value();
-    else if (a == "--needles") s.needles = value();
-    else if (a == "--window") s.window = value();
-    else if (a == "--profile") s.profile = value();
-    else if (a == "--seed") s.seed = static_cast<unsigned>(value());
-    else if (a == "--threads") s.threads = static_cast<int>(value());
-    else {
-      usage();
-      std::exit(a == "--help" || a == "-h" ? 0 : 2);
-    }
+  seqmix_examples::Args args(argc, argv, usage);
+  while (args.next()) {
+    if (args.is("--quick")) s.n = 1024, s.steps = 16, s.d = 64, s.profile = 64, s.window = 16;
+    else if (args.is("--n")) s.n = args.value();
+    else if (args.is("--steps")) s.steps = args.value();
+    else if (args.is("--d")) s.d = args.value();
+    else if (args.is("--hq")) s.hq = args.value();
+    else if (args.is("--hkv")) s.hkv = args.value();
+    else if (args.is("--needles")) s.needles = args.value();
+    else if (args.is("--window")) s.window = args.value();
+    else if (args.is("--profile")) s.profile = args.value();
+    else if (args.is("--seed")) s.seed = static_cast<unsigned>(args.value());
+    else if (args.is("--threads")) s.threads = static_cast<int>(args.value());
+    else args.unknown();
   }
   // The question is part of the profiled queries; needles sit between the sinks and the window.
   s.profile = std::max(s.profile, s.window);
@@ -120,10 +111,7 @@ index_t needle_of_step(const Settings& s, index_t step) { return step % s.needle
 void needle_query(const Settings& s, const Workload& w, index_t position, float* q, index_t h, std::mt19937& rng) {
   std::normal_distribution<float> noise(0.f, 0.5f);
   const index_t hk = h / (s.hq / s.hkv);
-  double norm2 = 0.0;
-  for (index_t c = 0; c < s.d; ++c) norm2 += double(w.k(0, position, hk, c)) * w.k(0, position, hk, c);
-  const float g = static_cast<float>(s.gain * std::sqrt(double(s.d)) / norm2);
-  for (index_t c = 0; c < s.d; ++c) q[c] = g * w.k(0, position, hk, c) + noise(rng);
+  seqmix_examples::aim_at_key(&w.k(0, position, hk, 0), 1, s.d, s.gain, q, 1, [&] { return noise(rng); });
 }
 
 Workload make_workload(const Settings& s, bool needle, const seqmix::Executor& pool) {
@@ -272,15 +260,16 @@ Result evaluate(const Settings& s, const Workload& w, KvCache cache, const seqmi
     seqmix::kv_cache_attention(in, {o.view(), {}}, causal, pool);
     double diff = 0, norm = 0;
     for (index_t h = 0; h < s.hq; ++h) {
-      double dot = 0, on = 0, vn = 0;
       const index_t needle = w.needle ? w.needles[needle_of_step(s, t)] : 0;
       for (index_t c = 0; c < s.d; ++c) {
-        const double x = o(0, 0, h, c), ref = w.o_ref(0, t, h, c), vn_c = w.v(0, needle, h / G, c);
+        const double x = o(0, 0, h, c), ref = w.o_ref(0, t, h, c);
         diff += (x - ref) * (x - ref), norm += ref * ref;
-        dot += x * vn_c, on += x * x, vn += vn_c * vn_c;
       }
       const index_t i = needle_of_step(s, t);
-      if (w.needle && present[i][h / G] && dot > s.cos_found * std::sqrt(on * vn)) ++r.hits[i];
+      if (w.needle && present[i][h / G] &&
+          seqmix_examples::points_at(s.d, [&](index_t c) { return o(0, 0, h, c); },
+                                     [&](index_t c) { return w.v(0, needle, h / G, c); }, s.cos_found))
+        ++r.hits[i];
     }
     r.error += std::sqrt(diff / norm) / double(s.steps);
   }
@@ -340,14 +329,14 @@ Result evaluate_coded(const Settings& s, const Workload& w, seqmix::KvCodeFormat
     seqmix::coded_kv_cache_attention(cache, w.q_decode.cview().slice(1, t, 1), o.view(), options, pool);
     double diff = 0, norm = 0;
     for (index_t h = 0; h < s.hq; ++h) {
-      double dot = 0, on = 0, vn = 0;
       const index_t needle = w.needle ? w.needles[needle_of_step(s, t)] : 0;
       for (index_t ch = 0; ch < s.d; ++ch) {
-        const double x = o(0, 0, h, ch), ref = w.o_ref(0, t, h, ch), vn_c = w.v(0, needle, h / G, ch);
+        const double x = o(0, 0, h, ch), ref = w.o_ref(0, t, h, ch);
         diff += (x - ref) * (x - ref), norm += ref * ref;
-        dot += x * vn_c, on += x * x, vn += vn_c * vn_c;
       }
-      if (w.needle && dot > s.cos_found * std::sqrt(on * vn)) ++r.hits[needle_of_step(s, t)];
+      if (w.needle && seqmix_examples::points_at(s.d, [&](index_t c) { return o(0, 0, h, c); },
+                                                 [&](index_t c) { return w.v(0, needle, h / G, c); }, s.cos_found))
+        ++r.hits[needle_of_step(s, t)];
     }
     r.error += std::sqrt(diff / norm) / double(s.steps);
   }

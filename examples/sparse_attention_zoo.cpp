@@ -40,6 +40,7 @@
 #include "seqmix/attention.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "example_common.hpp"
 
 namespace {
 
@@ -60,28 +61,18 @@ void usage() {
 
 Settings parse(int argc, char** argv) {
   Settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto value = [&]() -> long {
-      if (i + 1 >= argc) {
-        usage();
-        std::exit(2);
-      }
-      return std::atol(argv[++i]);
-    };
-    if (a == "--full") s.T = 32768, s.Te = 8192, s.hq = 32, s.hkv = 8, s.d = 128;
-    else if (a == "--tokens") s.T = value();
-    else if (a == "--encoder-tokens") s.Te = value();
-    else if (a == "--hq") s.hq = value();
-    else if (a == "--hkv") s.hkv = value();
-    else if (a == "--d") s.d = value();
-    else if (a == "--queries") s.queries = value();
-    else if (a == "--threads") s.threads = static_cast<int>(value());
-    else if (a == "--seed") s.seed = static_cast<unsigned>(value());
-    else {
-      usage();
-      std::exit(a == "--help" || a == "-h" ? 0 : 2);
-    }
+  seqmix_examples::Args args(argc, argv, usage);
+  while (args.next()) {
+    if (args.is("--full")) s.T = 32768, s.Te = 8192, s.hq = 32, s.hkv = 8, s.d = 128;
+    else if (args.is("--tokens")) s.T = args.value();
+    else if (args.is("--encoder-tokens")) s.Te = args.value();
+    else if (args.is("--hq")) s.hq = args.value();
+    else if (args.is("--hkv")) s.hkv = args.value();
+    else if (args.is("--d")) s.d = args.value();
+    else if (args.is("--queries")) s.queries = args.value();
+    else if (args.is("--threads")) s.threads = static_cast<int>(args.value());
+    else if (args.is("--seed")) s.seed = static_cast<unsigned>(args.value());
+    else args.unknown();
   }
   if (s.hkv < 1 || s.hq % s.hkv != 0 || s.d < 1 || s.threads < 1 || s.queries < 1 || s.Te < 256 || s.T < 1024 ||
       s.Te > s.T || s.queries > s.Te / 4 || s.Te % 64 != 0) {
@@ -112,15 +103,12 @@ void plant_needle(Input& in, index_t p, index_t q0, index_t n, const Settings& s
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     return static_cast<float>((static_cast<double>(x >> 11) * 0x1.0p-53 * 2.0 - 1.0) * 0.5);
   };
+  const index_t G = s.hq / s.hkv;
   for (index_t hk = 0; hk < s.hkv; ++hk) {
-    double norm2 = 0.0;
-    for (index_t c = 0; c < s.d; ++c) norm2 += static_cast<double>(in.k(0, p, hk, c)) * in.k(0, p, hk, c);
     for (index_t c = 0; c < s.d; ++c) in.v(0, p, hk, c) = 2.f;
     for (index_t i = q0; i < q0 + n; ++i)
-      for (index_t g = 0; g < s.hq / s.hkv; ++g)
-        for (index_t c = 0; c < s.d; ++c)
-          in.q(0, i, hk * (s.hq / s.hkv) + g, c) =
-              static_cast<float>(s.gain * std::sqrt(static_cast<double>(s.d)) * in.k(0, p, hk, c) / norm2) + noise();
+      for (index_t g = 0; g < G; ++g)
+        seqmix_examples::aim_at_key(&in.k(0, p, hk, 0), 1, s.d, s.gain, &in.q(0, i, hk * G + g, 0), 1, noise);
   }
 }
 
@@ -147,13 +135,12 @@ Row measure(const std::string& method, const std::string& kind, double ms, doubl
   const index_t Q = got.size(1), H = got.size(2), D = got.size(3);
   for (index_t i = 0; i < Q; ++i)
     for (index_t h = 0; h < H; ++h) {
-      double dot = 0, n2 = 0;
       for (index_t c = 0; c < D; ++c) {
         const double a = got(0, i, h, c), b = want(0, i, h, c);
         diff += (a - b) * (a - b), norm += b * b;
-        dot += a * 2.0, n2 += a * a;
       }
-      if (n2 > 0 && dot / (std::sqrt(n2) * 2.0 * std::sqrt(static_cast<double>(D))) > 0.9) ++found;
+      if (seqmix_examples::points_at(D, [&](index_t c) { return got(0, i, h, c); }, [](index_t) { return 2.0; }, 0.9))
+        ++found;
     }
   for (index_t e = 0; e < v.numel(); ++e) vv += static_cast<double>(v.data()[e]) * v.data()[e];
   const double rms_v = std::sqrt(vv / static_cast<double>(v.numel()));

@@ -74,6 +74,36 @@ void gathered_block_attention(const AttentionInputs<KV>& in, index_t b, index_t 
 }
 
 
+// The queries of one KV head's group sorted by the key block they chose (a counting sort), for
+// the gathered form of the content-based sparse prefills (moba, landmark, infllm):
+// chosen(i, g, e) for e < slots is the block picked by query i, head g of the group in selection
+// slot e (negative: no block). On return, for head g and block n the entries
+// [offsets[g * Nb + n], offsets[g * Nb + n + 1]) of entry_query / entry_slot hold, in query
+// order, the queries that chose n and the slot they chose it in. offsets gets G * Nb + 1 entries.
+inline void group_queries_by_block(const ConstView<std::int32_t, 3>& chosen, index_t slots, index_t Nb,
+                                   std::vector<index_t>& offsets, std::vector<std::int32_t>& entry_query,
+                                   std::vector<std::int32_t>& entry_slot) {
+  const index_t Tq = chosen.size(0), G = chosen.size(1);
+  offsets.assign(static_cast<std::size_t>(G * Nb + 1), 0);
+  for (index_t i = 0; i < Tq; ++i)
+    for (index_t g = 0; g < G; ++g)
+      for (index_t e = 0; e < slots; ++e)
+        if (chosen(i, g, e) >= 0) ++offsets[static_cast<std::size_t>(g * Nb + chosen(i, g, e) + 1)];
+  for (std::size_t c = 1; c < offsets.size(); ++c) offsets[c] += offsets[c - 1];
+  entry_query.resize(static_cast<std::size_t>(offsets.back()));
+  entry_slot.resize(entry_query.size());
+  std::vector<index_t> fill(offsets.begin(), offsets.end() - 1);
+  for (index_t i = 0; i < Tq; ++i)
+    for (index_t g = 0; g < G; ++g)
+      for (index_t e = 0; e < slots; ++e) {
+        const index_t n = chosen(i, g, e);
+        if (n < 0) continue;
+        const auto at = static_cast<std::size_t>(fill[static_cast<std::size_t>(g * Nb + n)]++);
+        entry_query[at] = static_cast<std::int32_t>(i), entry_slot[at] = static_cast<std::int32_t>(e);
+      }
+}
+
+
 // Merges a row's parts with the attention_merge monoid, in place: o (stride o_stride) holds a
 // part with log-denominator own_lse (kMinusInf: o holds nothing and is overwritten), and
 // parts e < count hold (part_o + e * Dv, part_lse[e]); kMinusInf parts are empty. Returns the

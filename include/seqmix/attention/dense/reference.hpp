@@ -481,6 +481,43 @@ void reference_softmax_row(const std::vector<double>& logits, index_t n, double 
   if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(lse);
 }
 
+// The unnormalised softmax sums of the approximate references, after logits s[0..n) with a finite
+// max top: acc = sum_e exp(s_e - top) value_of(e, :) (acc.size() = Dv), returns l = sum_e
+// exp(s_e - top). A key of weight exactly 0 takes no part (its NaN / inf value reaches nothing).
+template <class ValueOf>
+double reference_softmax_sum(const std::vector<double>& s, double top, const ValueOf& value_of,
+                             std::vector<double>& acc) {
+  const index_t Dv = static_cast<index_t>(acc.size());
+  double l = 0.0;
+  std::fill(acc.begin(), acc.end(), 0.0);
+  for (std::size_t e = 0; e < s.size(); ++e) {
+    const double p = std::exp(s[e] - top);
+    if (p == 0.0) continue;
+    l += p;
+    for (index_t c = 0; c < Dv; ++c) acc[static_cast<std::size_t>(c)] += p * value_of(e, c);
+  }
+  return l;
+}
+
+// The logits of query row (b, i, h) over listed key rows of KV head hk, as the sparse references
+// (moba, infllm, landmark, hyper_attention) read them, in double with each key rounded to float
+// first: s[e] = scale * q[b, i, h, :] . k[b, keys[e], hk, :]. Returns their max (-inf for none).
+template <class QView, class KView>
+double reference_listed_logits(const QView& q, const KView& k, index_t b, index_t i, index_t h, index_t hk,
+                               const std::vector<index_t>& keys, double scale, std::vector<double>& s) {
+  const index_t Dk = q.size(3);
+  double top = -std::numeric_limits<double>::infinity();
+  s.assign(keys.size(), 0.0);
+  for (std::size_t e = 0; e < keys.size(); ++e) {
+    double dot = 0.0;
+    for (index_t c = 0; c < Dk; ++c)
+      dot += static_cast<double>(q(b, i, h, c)) * static_cast<double>(static_cast<float>(k(b, keys[e], hk, c)));
+    s[e] = scale * dot;
+    top = std::max(top, s[e]);
+  }
+  return top;
+}
+
 // The plain softmax row of the approximate references (reference::combiner, reference::moba),
 // after their logits s[0..n) with max top: o[b, i, h, :] = sum_e exp(s_e - top) value_of(e, :) / l
 // and lse = top + log l in double. No sink; attention's non-finite rule (docs/reliability.md):
@@ -502,14 +539,7 @@ void reference_plain_softmax_row(const std::vector<double>& s, double top, const
     if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(nan ? o : -inf);
     return;
   }
-  double l = 0.0;
-  std::fill(acc.begin(), acc.end(), 0.0);
-  for (std::size_t e = 0; e < s.size(); ++e) {
-    const double p = std::exp(s[e] - top);
-    if (p == 0.0) continue;
-    l += p;
-    for (index_t c = 0; c < Dv; ++c) acc[static_cast<std::size_t>(c)] += p * value_of(e, c);
-  }
+  const double l = reference_softmax_sum(s, top, value_of, acc);
   for (index_t c = 0; c < Dv; ++c) out.o(b, i, h, c) = static_cast<float>(acc[static_cast<std::size_t>(c)] / l);
   if (out.lse.has_value()) out.lse(b, i, h) = static_cast<float>(top + std::log(l));
 }

@@ -227,23 +227,12 @@ void hyper_attention(const HyperAttentionInputs<KV>& in, const AttentionOutputs&
       // into (o, lse) of row i (initially o = 0, lse = -inf).
       std::vector<double> shift;
       const auto merge_row = [&](index_t i) {
+        reference_listed_logits(in.q, in.k, b, i, h, hk, keys, scale, s);
         double top = minus_inf;
-        s.assign(keys.size(), 0.0);
-        for (std::size_t e = 0; e < keys.size(); ++e) {
-          double dot = 0.0;
-          for (index_t c = 0; c < d.Dk; ++c)
-            dot += static_cast<double>(in.q(b, i, h, c)) * static_cast<double>(static_cast<float>(in.k(b, keys[e], hk, c)));
-          s[e] = scale * dot + shift[e];
-          top = std::max(top, s[e]);
-        }
+        for (std::size_t e = 0; e < keys.size(); ++e) s[e] += shift[e], top = std::max(top, s[e]);
         if (keys.empty() || top == minus_inf) return;
-        double l = 0.0;
-        std::fill(w.begin(), w.end(), 0.0);
-        for (std::size_t e = 0; e < keys.size(); ++e) {
-          const double p = std::exp(s[e] - top);
-          l += p;
-          for (index_t c = 0; c < d.Dv; ++c) w[static_cast<std::size_t>(c)] += p * static_cast<float>(in.v(b, keys[e], hk, c));
-        }
+        const double l = reference_softmax_sum(
+            s, top, [&](std::size_t e, index_t c) { return static_cast<double>(static_cast<float>(in.v(b, keys[e], hk, c))); }, w);
         const double part = top + std::log(l), old = lse[static_cast<std::size_t>(i)];
         const double next = std::max(part, old) + std::log1p(std::exp(-std::abs(part - old)));
         for (index_t c = 0; c < d.Dv; ++c) {

@@ -216,6 +216,7 @@ void landmark_attention(const LandmarkInputs<KV>& in, const AttentionOutputs& ou
   std::vector<std::int32_t> chosen;
   std::vector<std::pair<float, std::int32_t>> candidates;
   std::vector<double> s, acc(static_cast<std::size_t>(d.Dv)), part(static_cast<std::size_t>(d.Dv));
+  std::vector<index_t> keys;
   const auto dot = [&](index_t b, index_t i, index_t h, const auto& key_of) {
     double x = 0.0;
     for (index_t c = 0; c < d.Dk; ++c) x += static_cast<double>(in.q(b, i, h, c)) * key_of(c);
@@ -258,20 +259,12 @@ void landmark_attention(const LandmarkInputs<KV>& in, const AttentionOutputs& ou
             const double gate = std::exp(top_terms[static_cast<std::size_t>(pos - j0 + 1) + e] - top);
             z += gate;
             const index_t a0 = m.starts[static_cast<std::size_t>(n)], a1 = m.starts[static_cast<std::size_t>(n + 1)];
-            s.clear();
-            double inner_top = -HUGE_VAL;
-            for (index_t j = a0; j < a1; ++j) {
-              s.push_back(scale * dot(b, i, h, [&](index_t c) { return static_cast<double>(static_cast<float>(in.k(b, j, hk, c))); }));
-              inner_top = std::max(inner_top, s.back());
-            }
-            double inner = 0.0;
-            std::fill(part.begin(), part.end(), 0.0);
-            for (index_t j = a0; j < a1; ++j) {
-              const double p = std::exp(s[static_cast<std::size_t>(j - a0)] - inner_top);
-              inner += p;
-              for (index_t c = 0; c < d.Dv; ++c)
-                part[static_cast<std::size_t>(c)] += p * static_cast<double>(static_cast<float>(in.v(b, j, hk, c)));
-            }
+            keys.resize(static_cast<std::size_t>(a1 - a0));
+            for (index_t j = a0; j < a1; ++j) keys[static_cast<std::size_t>(j - a0)] = j;
+            const double inner_top = reference_listed_logits(in.q, in.k, b, i, h, hk, keys, scale, s);
+            const double inner = reference_softmax_sum(
+                s, inner_top, [&](std::size_t e, index_t c) { return static_cast<double>(static_cast<float>(in.v(b, keys[e], hk, c))); },
+                part);
             for (index_t c = 0; c < d.Dv; ++c)
               acc[static_cast<std::size_t>(c)] += gate * part[static_cast<std::size_t>(c)] / inner;
           }

@@ -86,26 +86,8 @@ void moba(const MobaInputs<KV>& in, const AttentionOutputs& out, const MobaOptio
           moba_select_row(scores.view().ptr(0, i, g), scores.view().stride(3), own, K, chosen.view().ptr(i, g), candidates);
         }
       });
-      // Queries per (head, block), in query order: counts, offsets, then the entries.
-      std::fill(offsets.begin(), offsets.end(), 0);
-      for (index_t i = 0; i < d.Tq; ++i)
-        for (index_t g = 0; g < G; ++g)
-          for (index_t e = 0; e < K; ++e)
-            if (chosen(i, g, e) >= 0) ++offsets[static_cast<std::size_t>(g * Nb + chosen(i, g, e) + 1)];
-      for (std::size_t c = 1; c < offsets.size(); ++c) offsets[c] += offsets[c - 1];
-      entry_query.resize(static_cast<std::size_t>(offsets.back()));
-      entry_slot.resize(entry_query.size());
-      {
-        std::vector<index_t> fill(offsets.begin(), offsets.end() - 1);
-        for (index_t i = 0; i < d.Tq; ++i)
-          for (index_t g = 0; g < G; ++g)
-            for (index_t e = 0; e < K; ++e) {
-              const index_t n = chosen(i, g, e);
-              if (n < 0) continue;
-              const auto at = static_cast<std::size_t>(fill[static_cast<std::size_t>(g * Nb + n)]++);
-              entry_query[at] = static_cast<std::int32_t>(i), entry_slot[at] = static_cast<std::int32_t>(e);
-            }
-      }
+      // Queries per (head, block), in query order (the counting sort shared with landmark, infllm).
+      group_queries_by_block(chosen.cview(), K, Nb, offsets, entry_query, entry_slot);
       part_lse.fill(kMinusInf);
       // Tasks: own-block runs (never across a block boundary), then gathered selected blocks.
       tasks.clear();

@@ -201,15 +201,7 @@ void moba(const MobaInputs<KV>& in, const AttentionOutputs& out, const MobaOptio
           for (index_t j = n * bs; j < (n + 1) * bs; ++j) keys.push_back(j);
         }
         for (index_t j = pos / bs * bs; j <= pos; ++j) keys.push_back(j);
-        s.assign(keys.size(), 0.0);
-        double top = -HUGE_VAL;
-        for (std::size_t e = 0; e < keys.size(); ++e) {
-          double dot = 0.0;
-          for (index_t c = 0; c < d.Dk; ++c)
-            dot += static_cast<double>(in.q(b, i, h, c)) * static_cast<double>(static_cast<float>(in.k(b, keys[e], hk, c)));
-          s[e] = scale * dot;
-          top = std::max(top, s[e]);
-        }
+        const double top = detail::reference_listed_logits(in.q, in.k, b, i, h, hk, keys, scale, s);
         const auto value_of = [&](std::size_t e, index_t c) {
           return static_cast<double>(static_cast<float>(in.v(b, keys[e], hk, c)));
         };
