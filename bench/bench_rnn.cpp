@@ -32,6 +32,13 @@
 //                                        8*K*V per token and head for titans (M^T k, the rank-1
 //                                        momentum update, the memory update, M^T q) and gated
 //                                        delta rule's own 6*K*V, so compare times for the ratio
+//   titans_mlp/prefill/H16_K64_T8192[_b1], titans_mlp/step/H16_K64_B1, titans_mlp/prefill and
+//   titans_mlp/reference/H16_K64_T256 (M = 4K = 256): Titans' MLP memory, mini-batch 16 (or 1,
+//                                        the exact recurrence); GFLOP/s counts 22*K*M per token and
+//                                        head (k's forward and backward, q's two layers with the
+//                                        momentum terms, both weights' and momenta's updates) plus
+//                                        4*b*(K + M); titans/prefill/H16_K64_T8192_yaad_delta_t: the
+//                                        linear memory with Huber and a per-token delta_t (recurrent)
 // GFLOP/s = 2 * B * T * G * H * (I + H/heads) / time (the two matrix products; the elementwise
 // update is not counted), eff against the machine's measured fp32 FMA peak. The recurrence of
 // a single sequence (B = 1) is a chain of T matrix-vector products: it streams W_hh (16 MiB at
@@ -321,6 +328,69 @@ void register_titans() {
         ->Unit(benchmark::kMillisecond);
 }
 
-const int kRegistered = (register_all(), register_mlstm(), register_ttt(), register_titans(), 0);
+struct TitansMlpShape {
+  std::string name;
+  index_t T, H, K;
+  int form;  // 0 prefill b = 16, 1 prefill b = 1, 2 step, 3 reference b = 16, 4 linear titans Huber with delta_t (Yaad)
+};
+
+void run_titans_mlp(benchmark::State& state, const TitansMlpShape& s) {
+  const index_t T = s.form == 2 ? 1 : s.T, H = s.H, K = s.K, M = 4 * K;
+  const float a1 = 1.f / std::sqrt(static_cast<float>(K)), a2 = 1.f / std::sqrt(static_cast<float>(M));
+  const Tensor<float, 4> q = st::random_tensor<4>({1, T, H, K}, 1), v = st::random_tensor<4>({1, T, H, K}, 3);
+  Tensor<float, 4> k = st::random_tensor<4>({1, T, H, K}, 2);
+  for (index_t i = 0; i < k.numel() / K; ++i) {  // unit-norm keys
+    float sum = 0.f;
+    for (index_t r = 0; r < K; ++r) sum += k.data()[i * K + r] * k.data()[i * K + r];
+    for (index_t r = 0; r < K; ++r) k.data()[i * K + r] /= std::sqrt(sum);
+  }
+  const Tensor<float, 3> alpha = st::random_tensor<3>({1, T, H}, 4, 0.f, 0.1f), eta = st::random_tensor<3>({1, T, H}, 5, 0.f, 0.9f);
+  const Tensor<float, 3> theta = st::random_tensor<3>({1, T, H}, 6, 0.f, 0.1f), delta = st::random_tensor<3>({1, T, H}, 7, 0.05f, 0.5f);
+  const Tensor<float, 4> w1 = st::random_tensor<4>({1, H, K, M}, 8, -a1, a1), w2 = st::random_tensor<4>({1, H, M, K}, 9, -a2, a2);
+  Tensor<float, 4> y({1, T, H, K}), f1 = w1, f2 = w2, s1({1, H, K, M}), s2({1, H, M, K}), m({1, H, K, K}), mom({1, H, K, K});
+  seqmix::TitansMlpInputs in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.alpha = alpha.cview(), in.eta = eta.cview();
+  in.theta = theta.cview(), in.initial_w1 = w1.cview(), in.initial_w2 = w2.cview();
+  const seqmix::TitansMlpStepInputs si{q.cview().select(1, 0), k.cview().select(1, 0), v.cview().select(1, 0),
+                                       alpha.cview().select(1, 0), eta.cview().select(1, 0), theta.cview().select(1, 0)};
+  seqmix::TitansMlpOptions options;
+  if (s.form == 1) options.mini_batch = 1;
+  seqmix::TitansInputs yin{q.cview(), k.cview(), v.cview(), alpha.cview(), eta.cview(), theta.cview()};
+  yin.huber_delta = delta.cview();
+  seqmix::TitansOptions yaad;
+  yaad.loss = seqmix::TitansLoss::huber;
+  for (auto _ : state) {
+    if (s.form == 2)
+      seqmix::titans_mlp_step(si, {y.view().select(1, 0), f1.view(), f2.view(), s1.view(), s2.view()}, options,
+                              st::two_thread_pool());
+    else if (s.form == 3)
+      seqmix::reference::titans_mlp(in, {y.view(), f1.view(), f2.view(), s1.view(), s2.view()}, options);
+    else if (s.form == 4)
+      seqmix::titans(yin, {y.view(), m.view(), mom.view()}, yaad, st::two_thread_pool());
+    else
+      seqmix::titans_mlp(in, {y.view(), f1.view(), f2.view(), s1.view(), s2.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double per_token = s.form == 4 ? 8.0 * static_cast<double>(K * K)
+                                       : 22.0 * static_cast<double>(K * M) + 4.0 * 16.0 * static_cast<double>(K + M);
+  st::report_throughput(state, per_token * static_cast<double>(T * H),
+                        s.form == 2 ? 8.0 * static_cast<double>(H * K * M) * sizeof(float) : 0.0);
+}
+
+void register_titans_mlp() {
+  const TitansMlpShape shapes[] = {{"titans_mlp/prefill/H16_K64_T8192", 8192, 16, 64, 0},
+                                   {"titans_mlp/prefill/H16_K64_T8192_b1", 8192, 16, 64, 1},
+                                   {"titans_mlp/step/H16_K64_B1", 1, 16, 64, 2},
+                                   {"titans_mlp/prefill/H16_K64_T256", 256, 16, 64, 0},
+                                   {"titans_mlp/reference/H16_K64_T256", 256, 16, 64, 3},
+                                   {"titans/prefill/H16_K64_T8192_yaad_delta_t", 8192, 16, 64, 4}};
+  for (const TitansMlpShape& s : shapes)
+    benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_titans_mlp(st_, s); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+const int kRegistered = (register_all(), register_mlstm(), register_ttt(), register_titans(), register_titans_mlp(), 0);
 
 }  // namespace

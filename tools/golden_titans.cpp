@@ -33,11 +33,11 @@ struct TitansCase {
   index_t B, T, HK, HV, K, V;
   bool state, given_scale;
   std::string loss = "l2";  // Miras' elementwise biases: "l1", "l3", "huber" (delta 0.125)
+  bool delta_t = false;     // huber only: a per-token threshold delta_t in [0.02, 0.5] (Yaad), input huber_delta
 };
 
 // d/de of the loss's f(e): l2 e^2, l1 |e|, l3 |e|^3, Huber (delta) e^2/2 inside, delta (|e| - delta/2) outside.
-double loss_derivative(const std::string& loss, double e) {
-  const double delta = kHuberDelta;
+double loss_derivative(const std::string& loss, double e, double delta = kHuberDelta) {
   if (loss == "l1") return e > 0 ? 1.0 : e < 0 ? -1.0 : 0.0;
   if (loss == "l3") return 3.0 * e * std::abs(e);
   if (loss == "huber") return std::abs(e) <= delta ? e : (e > 0 ? delta : -delta);
@@ -55,6 +55,7 @@ void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng
   Array theta = random_array({B, T, HV}, rng, 0, 0.4);
   Array m0 = random_array({B, HV, K, V}, rng, -0.5, 0.5), s0 = random_array({B, HV, K, V}, rng, -0.2, 0.2);
   const double scale = c.given_scale ? static_cast<double>(static_cast<float>(0.375)) : 1.0;
+  Array delta = c.delta_t ? random_array({B, T, HV}, rng, 0.02, 0.5) : zeros({1});
   Array y = zeros({B, T, HV, V}), mf = zeros({B, HV, K, V}), sf = zeros({B, HV, K, V});
   for (index_t b = 0; b < B; ++b)
     for (index_t hv = 0; hv < HV; ++hv) {
@@ -77,7 +78,7 @@ void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng
         }
         for (index_t i = 0; i < V; ++i)
           for (index_t j = 0; j < K; ++j) {
-            S[i * K + j] = eta.at(g) * S[i * K + j] - theta.at(g) * loss_derivative(c.loss, e[i]) * k.at(qk + j);
+            S[i * K + j] = eta.at(g) * S[i * K + j] - theta.at(g) * loss_derivative(c.loss, e[i], c.delta_t ? delta.at(g) : kHuberDelta) * k.at(qk + j);
             W[i * K + j] = (1.0 - alpha.at(g)) * W[i * K + j] + S[i * K + j];
           }
         for (index_t i = 0; i < V; ++i) {
@@ -100,6 +101,10 @@ void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng
   std::string inputs =
       "\"q\": \"q.npy\", \"k\": \"k.npy\", \"v\": \"v.npy\", \"alpha\": \"alpha.npy\", \"eta\": \"eta.npy\", "
       "\"theta\": \"theta.npy\"";
+  if (c.delta_t) {
+    write(dir, "huber_delta", delta);
+    inputs += ", \"huber_delta\": \"huber_delta.npy\"";
+  }
   if (c.state) {
     write(dir, "initial_memory", m0), write(dir, "initial_momentum", s0);
     inputs += ", \"initial_memory\": \"initial_memory.npy\", \"initial_momentum\": \"initial_momentum.npy\"";
@@ -107,7 +112,7 @@ void titans_case(const fs::path& root, const TitansCase& c, std::mt19937_64& rng
   std::string params = c.given_scale ? "\"scale\": " + exact(scale) : "";
   if (c.loss != "l2") {
     params += std::string(params.empty() ? "" : ", ") + "\"loss\": \"" + c.loss + "\"";
-    if (c.loss == "huber") params += ", \"huber_delta\": " + exact(kHuberDelta);
+    if (c.loss == "huber" && !c.delta_t) params += ", \"huber_delta\": " + exact(kHuberDelta);
   }
   write_case(dir, "titans", params, inputs,
              "\"y\": \"y.npy\", \"final_memory\": \"final_memory.npy\", \"final_momentum\": \"final_momentum.npy\"",
@@ -124,5 +129,6 @@ int main(int argc, char** argv) {
   titans_case(root, {"miras_l1_b1_t40_h2_k8_v8_state", 1, 40, 2, 2, 8, 8, true, false, "l1"}, rng);
   titans_case(root, {"miras_l3_b1_t40_hk1_hv2_k8_v6", 1, 40, 1, 2, 8, 6, false, false, "l3"}, rng);
   titans_case(root, {"miras_huber_b2_t30_h1_k12_v8_state", 2, 30, 1, 1, 12, 8, true, false, "huber"}, rng);
+  titans_case(root, {"miras_yaad_delta_t_b2_t29_hk1_hv2_k8_v6_state", 2, 29, 1, 2, 8, 6, true, false, "huber", true}, rng);
   return 0;
 }

@@ -19,6 +19,8 @@
 #include "seqmix/rnn/slstm/reference.hpp"
 #include "seqmix/rnn/slstm/step.hpp"
 #include "seqmix/rnn/titans/chunked.hpp"
+#include "seqmix/rnn/titans/mlp.hpp"
+#include "seqmix/rnn/titans/mlp_reference.hpp"
 #include "seqmix/rnn/titans/reference.hpp"
 #include "seqmix/rnn/titans/step.hpp"
 #include "seqmix/rnn/ttt/fast.hpp"

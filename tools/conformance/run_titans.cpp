@@ -1,6 +1,7 @@
 // seqmix-conformance runner for titans (docs/operators.md section 12, "titans"): the chunked
 // prefill in the "fast" slot, which also checks the recurrent prefill against it, and the
-// reference. Params: scale, loss ("l2" default, "l1", "l3", "huber": Miras' biases), huber_delta.
+// reference. Params: scale, loss ("l2" default, "l1", "l3", "huber": Miras' biases), huber_delta;
+// optional input huber_delta [B,T,HV] (Yaad's per-token threshold).
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -23,6 +24,7 @@ OutputMap run_titans(const CaseData& c, bool fast) {
   in.theta = c.in<3>("theta", "B,T,HV");
   in.initial_memory = c.opt_in<4>("initial_memory", "B,HV,K,V");
   in.initial_momentum = c.opt_in<4>("initial_momentum", "B,HV,K,V");
+  in.huber_delta = c.opt_in<3>("huber_delta", "B,T,HV");  // Yaad's per-token delta_t (huber only)
   seqmix::TitansOptions options;
   if (const auto scale = c.param_opt_double("scale")) options.scale = static_cast<float>(*scale);
   const std::string loss = c.param_string("loss", "l2");

@@ -166,7 +166,7 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
     for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, t, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, t, h, r);
     for (index_t c = 0; c < V; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, t, hv, c);
     titans_token(s, s.M.data(), V, s.S.data(), V, K, V, in.alpha(b, t, hv), in.eta(b, t, hv), in.theta(b, t, hv), d.scale,
-                 options.loss, options.huber_delta);
+                 options.loss, in.huber_delta.has_value() ? in.huber_delta(b, t, hv) : options.huber_delta);
     for (index_t c = 0; c < V; ++c) out.y(b, t, hv, c) = s.y[static_cast<std::size_t>(c)];
   }
   for (index_t r = 0; r < K; ++r)

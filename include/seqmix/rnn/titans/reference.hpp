@@ -21,7 +21,9 @@
 //
 // Miras (TitansOptions::loss): the same memory with the elementwise attentional biases l1, l3
 // and Huber in place of l2, whose gradient k f'(e)^T replaces 2 k e^T (TitansLoss); the
-// retention stays Titans' (1 - alpha) gate. Those run recurrently (exact), not chunked.
+// retention stays Titans' (1 - alpha) gate. Those run recurrently (exact), not chunked. Huber's
+// threshold is options.huber_delta or, per token (Yaad's data-dependent delta_t), the input
+// huber_delta.
 //
 // This header: argument structs, options, validation and seqmix::reference::titans (plain
 // loops, double state). Fast prefill (chunkwise-parallel closed form, or recurrent): chunked.hpp;
@@ -90,6 +92,9 @@ struct TitansInputs {
   ConstView<float, 3> theta;                  ///< [B,T,HV] inner learning rate >= 0
   ConstView<float, 4> initial_memory = {};    ///< [B,HV,K,V], optional
   ConstView<float, 4> initial_momentum = {};  ///< [B,HV,K,V], optional
+  /// [B,T,HV] Yaad's data-dependent Huber threshold delta_t (TitansLoss::huber only; finite,
+  /// > 0), optional: options.huber_delta for every token when absent.
+  ConstView<float, 3> huber_delta = {};
 };
 
 /// Prefill outputs. y must not overlap anything; each final state is optional and may be the
@@ -108,6 +113,7 @@ struct TitansStepInputs {
   ConstView<float, 2> alpha;  ///< [B,HV]
   ConstView<float, 2> eta;    ///< [B,HV]
   ConstView<float, 2> theta;  ///< [B,HV]
+  ConstView<float, 2> huber_delta = {};  ///< [B,HV] the token's Huber delta_t, optional (as TitansInputs::huber_delta)
 };
 
 /// Decode-step outputs: memory and momentum are read and updated in place.
@@ -122,7 +128,7 @@ namespace detail {
 // A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
 // arguments.
 inline std::pair<TitansInputs, TitansOutputs> titans_reversed_call(TitansInputs in, TitansOutputs out) {
-  reverse_time_of(in.q, in.k, in.v, in.alpha, in.eta, in.theta, out.y);
+  reverse_time_of(in.q, in.k, in.v, in.alpha, in.eta, in.theta, in.huber_delta, out.y);
   return {in, out};
 }
 
@@ -170,6 +176,25 @@ inline float titans_scale(const ArgCheck& check, const TitansOptions& options) {
   return scale;
 }
 
+// The per-token Huber thresholds (Yaad's delta_t): only with TitansLoss::huber, every value
+// finite and > 0 (NaN fails).
+template <std::size_t R>
+void titans_check_huber_deltas(const ArgCheck& check, const ConstView<float, R>& delta, const TitansOptions& options) {
+  if (!delta.has_value()) return;
+  if (options.loss != TitansLoss::huber) check.fail("huber_delta", "is read only by options.loss = TitansLoss::huber");
+  const auto visit = [&](float x) {
+    if (!(x > 0.f && std::isfinite(x))) check.fail("huber_delta", "must hold finite values > 0, got " + std::to_string(x));
+  };
+  if constexpr (R == 3) {
+    for (index_t a = 0; a < delta.size(0); ++a)
+      for (index_t b = 0; b < delta.size(1); ++b)
+        for (index_t c = 0; c < delta.size(2); ++c) visit(delta(a, b, c));
+  } else {
+    for (index_t a = 0; a < delta.size(0); ++a)
+      for (index_t b = 0; b < delta.size(1); ++b) visit(delta(a, b));
+  }
+}
+
 // f'(e) of the loss (TitansLoss), for float (the fast forms) and double (the reference). NaN
 // stays NaN (no comparison swallows it).
 template <class F>
@@ -190,6 +215,7 @@ inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in,
   if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
   const std::array<index_t, 3> gate{B, T, HV};
   check.shape("alpha", in.alpha, gate, "B,T,HV").shape("eta", in.eta, gate, "B,T,HV").shape("theta", in.theta, gate, "B,T,HV");
+  check.optional_shape("huber_delta", in.huber_delta, gate, "B,T,HV");
   const std::array<index_t, 4> state{B, HV, K, V};
   check.optional_shape("initial_memory", in.initial_memory, state, "B,HV,K,V");
   check.optional_shape("initial_momentum", in.initial_momentum, state, "B,HV,K,V");
@@ -201,6 +227,8 @@ inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in,
   check_enum(check.op(), "options.algorithm", options.algorithm, 2);
   const float scale = titans_scale(check, options);
   titans_check_gates<3>(check, in.alpha, in.eta, in.theta);
+  titans_check_huber_deltas<3>(check, in.huber_delta, options);
+  check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   // y is written while every input is read; the final states only at the end of their row.
   check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
   check.no_overlap("y", out.y, "alpha", in.alpha).no_overlap("y", out.y, "eta", in.eta);
@@ -219,7 +247,7 @@ inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in,
                                    std::pair<const char*, ConstView<float, 4>>{"final_momentum", out.final_momentum}}) {
     check.no_overlap(name, view, "q", in.q).no_overlap(name, view, "k", in.k).no_overlap(name, view, "v", in.v);
     check.no_overlap(name, view, "alpha", in.alpha).no_overlap(name, view, "eta", in.eta);
-    check.no_overlap(name, view, "theta", in.theta);
+    check.no_overlap(name, view, "theta", in.theta).no_overlap(name, view, "huber_delta", in.huber_delta);
   }
   return {B, T, d.H, HV, K, V, scale};
 }
@@ -231,11 +259,14 @@ inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepIn
   if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
   const std::array<index_t, 2> gate{B, HV};
   check.shape("alpha", in.alpha, gate, "B,HV").shape("eta", in.eta, gate, "B,HV").shape("theta", in.theta, gate, "B,HV");
+  check.optional_shape("huber_delta", in.huber_delta, gate, "B,HV");
   check.shape("y", out.y, std::array<index_t, 3>{B, HV, V}, "B,HV,V");
   const std::array<index_t, 4> state{B, HV, K, V};
   check.shape("memory", out.memory, state, "B,HV,K,V").shape("momentum", out.momentum, state, "B,HV,K,V");
   const float scale = titans_scale(check, options);
   titans_check_gates<2>(check, in.alpha, in.eta, in.theta);
+  titans_check_huber_deltas<2>(check, in.huber_delta, options);
+  check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
   check.no_overlap("y", out.y, "alpha", in.alpha).no_overlap("y", out.y, "eta", in.eta);
   check.no_overlap("y", out.y, "theta", in.theta).no_overlap("y", out.y, "memory", out.memory);
@@ -244,7 +275,7 @@ inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepIn
                                    std::pair<const char*, ConstView<float, 4>>{"momentum", out.momentum}}) {
     check.no_overlap(name, view, "q", in.q).no_overlap(name, view, "k", in.k).no_overlap(name, view, "v", in.v);
     check.no_overlap(name, view, "alpha", in.alpha).no_overlap(name, view, "eta", in.eta);
-    check.no_overlap(name, view, "theta", in.theta);
+    check.no_overlap(name, view, "theta", in.theta).no_overlap(name, view, "huber_delta", in.huber_delta);
   }
   return {B, 1, d.H, HV, K, V, scale};
 }
@@ -275,12 +306,13 @@ inline void titans(const TitansInputs& in, const TitansOutputs& out, const Titan
         }
       for (index_t t = 0; t < d.T; ++t) {
         const double alpha = in.alpha(b, t, hv), eta = in.eta(b, t, hv), theta = in.theta(b, t, hv);
+        const double delta = in.huber_delta.has_value() ? in.huber_delta(b, t, hv) : options.huber_delta;
         // err = M_{t-1}^T k - v; grad = k f'(err)^T (l2: 2 k err^T).
         for (index_t c = 0; c < V; ++c) {
           double acc = 0.0;
           for (index_t r = 0; r < K; ++r) acc += M[at(r, c)] * double(in.k(b, t, h, r));
           err[static_cast<std::size_t>(c)] =
-              detail::titans_loss_grad<double>(options.loss, acc - double(in.v(b, t, hv, c)), options.huber_delta);
+              detail::titans_loss_grad<double>(options.loss, acc - double(in.v(b, t, hv, c)), delta);
         }
         for (index_t r = 0; r < K; ++r)
           for (index_t c = 0; c < V; ++c) {

@@ -92,7 +92,7 @@ inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out
         mp = s.M.data(), sp = s.S.data(), ms = ss = V;
       }
       detail::titans_token(s, mp, ms, sp, ss, K, V, in.alpha(b, hv), in.eta(b, hv), in.theta(b, hv), d.scale,
-                           options.loss, options.huber_delta);
+                           options.loss, in.huber_delta.has_value() ? in.huber_delta(b, hv) : options.huber_delta);
       if (!direct)
         for (index_t r = 0; r < K; ++r)
           for (index_t c = 0; c < V; ++c)

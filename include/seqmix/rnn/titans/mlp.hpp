@@ -1,0 +1,197 @@
+// titans_mlp, fast prefill and decode step: the mini-batch form of Titans' deep memory
+// (mlp_reference.hpp's definition) as a few matrix products per mini-batch, threaded over
+// (batch, value head) rows; the step is a mini-batch of one.
+//
+// Inside a mini-batch every gradient G_s is taken at the first memory W_0, so with a_t = 1 - alpha_t
+// the momentum and the memory are a linear recurrence in the fixed G_s (as titans' chunked form):
+//   S_j = E_j S_0 - sum_{s<=j} e_{j,s} theta_s G_s,   W_j = A_j W_0 + c_j S_0 - sum_{s<=j} w_{j,s} theta_s G_s
+//   A_j = a_j A_{j-1}, E_j = eta_j E_{j-1}, c_j = a_j c_{j-1} + E_j, e_{j,s} = eta_j e_{j-1,s},
+//   w_{j,s} = a_j w_{j-1,s} + e_{j,s}, e_{s,s} = w_{s,s} = 1.
+// Each G_s is rank one per layer (grad_W1 = k_s^T g1_s, grad_W2 = a_s^T d_s), so the queries'
+// hidden rows are Z = diag(A) Q W1_0 + diag(c) Q S1_0 - (Wth o Q K^T) G1, H = gelu(Z), and the
+// outputs Y = Q + diag(A) H W2_0 + diag(c) H S2_0 - (Wth o H Ah^T) D, with Wth = w theta (causal),
+// G1 [n,M] and D [n,K] the tokens' backward rows: products of [n,K] x [K,M], [n,M] x [M,K], [n,n].
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "seqmix/core/chunkwise/causal_product.hpp"
+#include "seqmix/core/eigen.hpp"
+#include "seqmix/core/parallel.hpp"
+#include "seqmix/rnn/titans/mlp_reference.hpp"
+#include "seqmix/rnn/ttt/fast.hpp"
+
+namespace seqmix {
+namespace detail {
+
+/// Per-thread buffers of titans_mlp: one row's weights and momenta, one mini-batch's rows.
+struct TitansMlpScratch {
+  index_t K, M, bs;
+  std::vector<float> W1, S1, W2, S2;        // [K,M], [K,M], [M,K], [M,K] row-major
+  std::vector<float> Q, X, V, D, Y, Xs;     // [bs,K] q, k, v, dl/dM(k), y, scaled k rows
+  std::vector<float> Ah, D1, G1, H, As, Tm; // [bs,M] gelu(k W1), gelu'(k W1), dl/dz1, q's hidden rows, scaled Ah, temp
+  std::vector<float> P, Wth, Eth;           // [bs,bs] scores, w theta, e theta (causal)
+  std::vector<float> alpha, eta, theta, A, E, C;  // [bs]
+  chunkwise::ProductScratch finite_g;
+  TitansMlpScratch(index_t K_, index_t M_, index_t bs_)
+      : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), S1(W1), W2(W1), S2(W1),
+        Q(static_cast<std::size_t>(bs_ * K_)), X(Q), V(Q), D(Q), Y(Q), Xs(Q), Ah(static_cast<std::size_t>(bs_ * M_)),
+        D1(Ah), G1(Ah), H(Ah), As(Ah), Tm(Ah), P(static_cast<std::size_t>(bs_ * bs_)), Wth(P), Eth(P),
+        alpha(static_cast<std::size_t>(bs_)), eta(alpha), theta(alpha), A(alpha), E(alpha), C(alpha) {}
+};
+
+/// One mini-batch of n tokens (rows of s.Q, s.X, s.V and gates s.alpha, s.eta, s.theta) from the
+/// memory and momenta in s: leaves y in s.Y and the state after the mini-batch's last token in s.
+inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
+  const index_t K = s.K, M = s.M;
+  TttMap W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
+  TttMap Q(s.Q.data(), n, K), X(s.X.data(), n, K), V(s.V.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
+  TttMap Xs(s.Xs.data(), n, K), Ah(s.Ah.data(), n, M), D1(s.D1.data(), n, M), G1(s.G1.data(), n, M);
+  TttMap H(s.H.data(), n, M), As(s.As.data(), n, M), Tm(s.Tm.data(), n, M);
+  TttMap P(s.P.data(), n, n), Wth(s.Wth.data(), n, n), Eth(s.Eth.data(), n, n);
+  // The tokens' backward at W_0: d = 2 (k + gelu(k W1) W2 - v), g1 = (d W2^T) o gelu'(k W1).
+  Ah.noalias() = X * W1;
+  ttt_gelu_block(Ah, &D1);
+  D = X - V;
+  D.noalias() += Ah * W2;
+  D *= 2.f;
+  G1.noalias() = D * W2.transpose();
+  G1.array() *= D1.array();
+  // The recurrence's coefficients (products and sums only: gates of exactly 0 or 1 are safe).
+  float A = 1.f, E = 1.f, C = 0.f;
+  for (index_t j = 0; j < n; ++j) {
+    const float a = 1.f - s.alpha[static_cast<std::size_t>(j)], eta = s.eta[static_cast<std::size_t>(j)];
+    A *= a, E *= eta, C = a * C + E;
+    s.A[static_cast<std::size_t>(j)] = A, s.E[static_cast<std::size_t>(j)] = E, s.C[static_cast<std::size_t>(j)] = C;
+    for (index_t u = 0; u < n; ++u) {
+      float e = 0.f, w = 0.f;
+      if (u < j) e = eta * Eth(j - 1, u), w = a * Wth(j - 1, u) + e;  // rows j-1 still hold e, w (theta applied below)
+      if (u == j) e = w = 1.f;
+      Eth(j, u) = e, Wth(j, u) = w;
+    }
+  }
+  for (index_t j = 0; j < n; ++j)
+    for (index_t u = 0; u <= j; ++u) {
+      // theta after the whole table: rows j-1 were read unscaled above.
+      const float th = s.theta[static_cast<std::size_t>(u)];
+      Eth(j, u) *= th, Wth(j, u) *= th;
+    }
+  const Eigen::Map<Eigen::VectorXf> Av(s.A.data(), n), Cv(s.C.data(), n);
+  // Layer 1 of the queries at W1_j, then layer 2 at W2_j.
+  H.noalias() = Q * W1;
+  H.array().colwise() *= Av.array();
+  Tm.noalias() = Q * S1;
+  H.noalias() += Cv.asDiagonal() * Tm;
+  P.noalias() = Q * X.transpose();
+  P.array() *= Wth.array();
+  chunkwise::add_lower_product(-P, G1, H, s.finite_g);  // causal for a non-finite G1 too
+  ttt_gelu_block(H, nullptr);
+  Y.noalias() = H * W2;
+  Y.array().colwise() *= Av.array();
+  Xs.noalias() = H * S2;  // Xs as a temporary [n,K]
+  Y.noalias() += Cv.asDiagonal() * Xs;
+  P.noalias() = H * Ah.transpose();
+  P.array() *= Wth.array();
+  chunkwise::add_lower_product(-P, D, Y, s.finite_g);
+  Y += Q;
+  // The state after token n-1: W = A W + c S - (rows scaled by w theta)^T G, S = E S - (e theta)^T G.
+  const float An = s.A[static_cast<std::size_t>(n - 1)], En = s.E[static_cast<std::size_t>(n - 1)], Cn = s.C[static_cast<std::size_t>(n - 1)];
+  for (index_t u = 0; u < n; ++u) Xs.row(u) = X.row(u) * Wth(n - 1, u), As.row(u) = Ah.row(u) * Wth(n - 1, u);
+  W1 *= An;
+  W1 += Cn * S1;
+  W1.noalias() -= Xs.transpose() * G1;
+  W2 *= An;
+  W2 += Cn * S2;
+  W2.noalias() -= As.transpose() * D;
+  for (index_t u = 0; u < n; ++u) Xs.row(u) = X.row(u) * Eth(n - 1, u), As.row(u) = Ah.row(u) * Eth(n - 1, u);
+  S1 *= En;
+  S1.noalias() -= Xs.transpose() * G1;
+  S2 *= En;
+  S2.noalias() -= As.transpose() * D;
+}
+
+}  // namespace detail
+
+/// Titans' MLP-memory prefill (mlp_reference.hpp's definition) in the mini-batch form: per
+/// mini-batch the tokens' forward and backward at its first memory as [b,K] x [K,M] and
+/// [b,M] x [M,K] products, the queries' reads through the causal [b,b] weights of the momentum
+/// recurrence, and the state update. Threaded over (batch, value head) rows.
+inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, const TitansMlpOptions& options = {},
+                       const Executor& executor = serial_executor()) {
+  static const ArgCheck check("titans_mlp");
+  const detail::TitansMlpDims d = detail::validate_titans_mlp(check, in, out, options);
+  const index_t K = d.K, M = d.M, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
+  parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
+    detail::TitansMlpScratch s(K, M, bs);
+    for (index_t row = begin; row < end; ++row) {
+      const index_t b = row / d.HV, hv = row % d.HV, hk = hv / d.group();
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          const std::size_t e1 = static_cast<std::size_t>(i * M + m), e2 = static_cast<std::size_t>(m * K + i);
+          s.W1[e1] = in.initial_w1(b, hv, i, m), s.W2[e2] = in.initial_w2(b, hv, m, i);
+          s.S1[e1] = in.initial_s1.has_value() ? in.initial_s1(b, hv, i, m) : 0.f;
+          s.S2[e2] = in.initial_s2.has_value() ? in.initial_s2(b, hv, m, i) : 0.f;
+        }
+      for (index_t t0 = 0; t0 < d.T; t0 += bs) {
+        const index_t n = std::min(bs, d.T - t0);
+        for (index_t r = 0; r < n; ++r) {
+          for (index_t j = 0; j < K; ++j) {
+            const std::size_t e = static_cast<std::size_t>(r * K + j);
+            s.Q[e] = in.q(b, t0 + r, hk, j), s.X[e] = in.k(b, t0 + r, hk, j), s.V[e] = in.v(b, t0 + r, hv, j);
+          }
+          const std::size_t g = static_cast<std::size_t>(r);
+          s.alpha[g] = in.alpha(b, t0 + r, hv), s.eta[g] = in.eta(b, t0 + r, hv), s.theta[g] = in.theta(b, t0 + r, hv);
+        }
+        detail::titans_mlp_minibatch(s, n);
+        for (index_t r = 0; r < n; ++r)
+          for (index_t j = 0; j < K; ++j) out.y(b, t0 + r, hv, j) = s.Y[static_cast<std::size_t>(r * K + j)];
+      }
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          const std::size_t e1 = static_cast<std::size_t>(i * M + m), e2 = static_cast<std::size_t>(m * K + i);
+          if (out.final_w1.has_value()) out.final_w1(b, hv, i, m) = s.W1[e1];
+          if (out.final_w2.has_value()) out.final_w2(b, hv, m, i) = s.W2[e2];
+          if (out.final_s1.has_value()) out.final_s1(b, hv, i, m) = s.S1[e1];
+          if (out.final_s2.has_value()) out.final_s2(b, hv, m, i) = s.S2[e2];
+        }
+    }
+  });
+}
+
+/// One decode token per batch row: the exact per-token recurrence (a mini-batch of one), weights
+/// and momenta read and updated in place, y = q + gelu(q W1_t) W2_t. options.mini_batch is not
+/// used (checked only). Threaded over (batch, value head).
+inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOutputs& out,
+                            const TitansMlpOptions& options = {}, const Executor& executor = serial_executor()) {
+  static const ArgCheck check("titans_mlp_step");
+  const detail::TitansMlpDims d = detail::validate_titans_mlp_step(check, in, out, options);
+  const index_t K = d.K, M = d.M;
+  parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
+    detail::TitansMlpScratch s(K, M, 1);
+    for (index_t row = begin; row < end; ++row) {
+      const index_t b = row / d.HV, hv = row % d.HV, hk = hv / d.group();
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          const std::size_t e1 = static_cast<std::size_t>(i * M + m), e2 = static_cast<std::size_t>(m * K + i);
+          s.W1[e1] = out.w1(b, hv, i, m), s.W2[e2] = out.w2(b, hv, m, i);
+          s.S1[e1] = out.s1(b, hv, i, m), s.S2[e2] = out.s2(b, hv, m, i);
+        }
+      for (index_t j = 0; j < K; ++j) {
+        const std::size_t e = static_cast<std::size_t>(j);
+        s.Q[e] = in.q(b, hk, j), s.X[e] = in.k(b, hk, j), s.V[e] = in.v(b, hv, j);
+      }
+      s.alpha[0] = in.alpha(b, hv), s.eta[0] = in.eta(b, hv), s.theta[0] = in.theta(b, hv);
+      detail::titans_mlp_minibatch(s, 1);
+      for (index_t j = 0; j < K; ++j) out.y(b, hv, j) = s.Y[static_cast<std::size_t>(j)];
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          const std::size_t e1 = static_cast<std::size_t>(i * M + m), e2 = static_cast<std::size_t>(m * K + i);
+          out.w1(b, hv, i, m) = s.W1[e1], out.w2(b, hv, m, i) = s.W2[e2];
+          out.s1(b, hv, i, m) = s.S1[e1], out.s2(b, hv, m, i) = s.S2[e2];
+        }
+    }
+  });
+}
+
+}  // namespace seqmix

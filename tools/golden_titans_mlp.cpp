@@ -1,0 +1,146 @@
+// Writes the conformance cases of titans_mlp (Titans' two-layer MLP memory with momentum, mini-batch
+// form) into <golden>/titans_mlp/<case>/ (tests/golden/README.md), computed by plain
+// double-precision loops of the paper's formulas (Behrouz et al. 2024, eqs. 13-14 and section 3.2)
+// in the column orientation: the memory maps a key to
+//   M(k) = k + P gelu(U k),   U [M,K], P [K,M]   (seqmix stores W1 = U^T [K,M], W2 = P^T [M,K]),
+// the inner loss ||M(k) - v||^2 has the gradients, with e = M(k) - v and h = gelu(U k),
+//   dl/dP = 2 e h^T,   dl/dU = ((2 P^T e) o gelu'(U k)) k^T,
+// every gradient of a mini-batch of b tokens is taken at the memory of the mini-batch's start, and
+//   S_t = eta_t S_{t-1} - theta_t grad_t,   (U, P)_t = (1 - alpha_t) (U, P)_{t-1} + S_t,
+//   y_t = q_t + P_t gelu(U_t q_t).
+// gelu is the tanh form. Nothing of seqmix is used but its .npy writer, so the vectors are
+// independent of the operator.
+//
+//   g++ -std=c++17 -O2 -I include tools/golden_titans_mlp.cpp -o golden_titans_mlp
+//   ./golden_titans_mlp tests/golden
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "golden_common.hpp"
+
+namespace {
+
+using namespace golden;
+
+const char* kSource =
+    "tools/golden_titans_mlp.cpp: float64 loops of Titans' MLP-memory update (M(k) = k + P gelu(U k), gradients of "
+    "||M(k) - v||^2 written out in the column orientation, taken at each mini-batch's first memory; momentum, "
+    "forgetting), independent of seqmix's operators";
+
+struct MlpCase {
+  std::string name;
+  index_t B, T, HK, HV, K, M, mini_batch;
+  bool momentum;  // initial momenta given
+};
+
+double gelu(double x) { return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))); }
+double gelu_prime(double x) {
+  const double c = std::sqrt(2.0 / M_PI), u = c * (x + 0.044715 * x * x * x), th = std::tanh(u);
+  return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
+void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
+  const index_t B = c.B, T = c.T, HK = c.HK, HV = c.HV, K = c.K, M = c.M, G = HV / HK;
+  Array q = random_array({B, T, HK, K}, rng, -1, 1), k = random_array({B, T, HK, K}, rng, -1, 1);
+  // Keys and queries scaled to about unit norm so the inner steps stay small.
+  const double ks = 1.0 / std::sqrt(static_cast<double>(K) / 3.0);
+  for (double& x : k.v) x = static_cast<double>(static_cast<float>(x * ks));
+  for (double& x : q.v) x = static_cast<double>(static_cast<float>(x * ks));
+  Array v = random_array({B, T, HV, K}, rng, -1, 1);
+  Array alpha = random_array({B, T, HV}, rng, 0, 0.2), eta = random_array({B, T, HV}, rng, 0, 0.9);
+  Array theta = random_array({B, T, HV}, rng, 0, 0.2);
+  const double r1 = 1.0 / std::sqrt(double(K)), r2 = 1.0 / std::sqrt(double(M));
+  Array w1 = random_array({B, HV, K, M}, rng, -r1, r1), w2 = random_array({B, HV, M, K}, rng, -r2, r2);
+  Array s10 = random_array({B, HV, K, M}, rng, -0.05, 0.05), s20 = random_array({B, HV, M, K}, rng, -0.05, 0.05);
+  Array y = zeros({B, T, HV, K}), w1f = zeros({B, HV, K, M}), w2f = zeros({B, HV, M, K});
+  Array s1f = zeros({B, HV, K, M}), s2f = zeros({B, HV, M, K});
+  for (index_t b = 0; b < B; ++b)
+    for (index_t hv = 0; hv < HV; ++hv) {
+      const index_t h = hv / G;
+      // U [M,K] = W1^T, P [K,M] = W2^T and their momenta SU, SP.
+      std::vector<double> U(M * K), P(K * M), SU(M * K), SP(K * M);
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          const index_t a1 = ((b * HV + hv) * K + i) * M + m, a2 = ((b * HV + hv) * M + m) * K + i;
+          U[m * K + i] = w1.at(a1), P[i * M + m] = w2.at(a2);
+          SU[m * K + i] = c.momentum ? s10.at(a1) : 0.0, SP[i * M + m] = c.momentum ? s20.at(a2) : 0.0;
+        }
+      for (index_t t0 = 0; t0 < T; t0 += c.mini_batch) {
+        const std::vector<double> U0 = U, P0 = P;
+        for (index_t t = t0; t < std::min(T, t0 + c.mini_batch); ++t) {
+          const index_t g = (b * T + t) * HV + hv, qk = ((b * T + t) * HK + h) * K, vo = g * K;
+          std::vector<double> z(M), hid(M), e(K), dz(M);
+          for (index_t m = 0; m < M; ++m) {
+            z[m] = 0;
+            for (index_t i = 0; i < K; ++i) z[m] += U0[m * K + i] * k.at(qk + i);
+            hid[m] = gelu(z[m]);
+          }
+          for (index_t i = 0; i < K; ++i) {
+            e[i] = k.at(qk + i) - v.at(vo + i);
+            for (index_t m = 0; m < M; ++m) e[i] += P0[i * M + m] * hid[m];
+          }
+          for (index_t m = 0; m < M; ++m) {
+            double s = 0;
+            for (index_t i = 0; i < K; ++i) s += P0[i * M + m] * 2.0 * e[i];
+            dz[m] = s * gelu_prime(z[m]);
+          }
+          const double a = 1.0 - alpha.at(g), et = eta.at(g), th = theta.at(g);
+          for (index_t m = 0; m < M; ++m)
+            for (index_t i = 0; i < K; ++i) {
+              SU[m * K + i] = et * SU[m * K + i] - th * dz[m] * k.at(qk + i);
+              U[m * K + i] = a * U[m * K + i] + SU[m * K + i];
+              SP[i * M + m] = et * SP[i * M + m] - th * 2.0 * e[i] * hid[m];
+              P[i * M + m] = a * P[i * M + m] + SP[i * M + m];
+            }
+          for (index_t m = 0; m < M; ++m) {
+            double s = 0;
+            for (index_t i = 0; i < K; ++i) s += U[m * K + i] * q.at(qk + i);
+            hid[m] = gelu(s);
+          }
+          for (index_t i = 0; i < K; ++i) {
+            double s = q.at(qk + i);
+            for (index_t m = 0; m < M; ++m) s += P[i * M + m] * hid[m];
+            y.at(vo + i) = s;
+          }
+        }
+      }
+      for (index_t i = 0; i < K; ++i)
+        for (index_t m = 0; m < M; ++m) {
+          const index_t a1 = ((b * HV + hv) * K + i) * M + m, a2 = ((b * HV + hv) * M + m) * K + i;
+          w1f.at(a1) = U[m * K + i], w2f.at(a2) = P[i * M + m];
+          s1f.at(a1) = SU[m * K + i], s2f.at(a2) = SP[i * M + m];
+        }
+    }
+  const fs::path dir = root / "titans_mlp" / c.name;
+  fs::create_directories(dir);
+  write(dir, "q", q), write(dir, "k", k), write(dir, "v", v);
+  write(dir, "alpha", alpha), write(dir, "eta", eta), write(dir, "theta", theta);
+  write(dir, "initial_w1", w1), write(dir, "initial_w2", w2);
+  write(dir, "y", y), write(dir, "final_w1", w1f), write(dir, "final_w2", w2f);
+  write(dir, "final_s1", s1f), write(dir, "final_s2", s2f);
+  std::string inputs =
+      "\"q\": \"q.npy\", \"k\": \"k.npy\", \"v\": \"v.npy\", \"alpha\": \"alpha.npy\", \"eta\": \"eta.npy\", "
+      "\"theta\": \"theta.npy\", \"initial_w1\": \"initial_w1.npy\", \"initial_w2\": \"initial_w2.npy\"";
+  if (c.momentum) {
+    write(dir, "initial_s1", s10), write(dir, "initial_s2", s20);
+    inputs += ", \"initial_s1\": \"initial_s1.npy\", \"initial_s2\": \"initial_s2.npy\"";
+  }
+  write_case(dir, "titans_mlp", "\"mini_batch\": " + std::to_string(c.mini_batch), inputs,
+             "\"y\": \"y.npy\", \"final_w1\": \"final_w1.npy\", \"final_w2\": \"final_w2.npy\", "
+             "\"final_s1\": \"final_s1.npy\", \"final_s2\": \"final_s2.npy\"",
+             "1e-05", kSource);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const fs::path root = root_argument(argc, argv);
+  std::mt19937_64 rng(20261217);
+  mlp_case(root, {"b1_t40_hk1_hv2_k8_m12_mb16", 1, 40, 1, 2, 8, 12, 16, false}, rng);
+  mlp_case(root, {"b2_t23_h1_k6_m10_mb4_momentum", 2, 23, 1, 1, 6, 10, 4, true}, rng);
+  mlp_case(root, {"b1_t19_h2_k8_m8_mb1_momentum", 1, 19, 2, 2, 8, 8, 1, true}, rng);
+  return 0;
+}
