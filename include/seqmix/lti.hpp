@@ -11,6 +11,7 @@
 #include "seqmix/lti/hyena/step.hpp"
 #include "seqmix/lti/hyena/distill.hpp"
 #include "seqmix/lti/hyena/step_distilled.hpp"
+#include "seqmix/lti/hyena/prefill_distilled.hpp"
 #include "seqmix/lti/long_conv/direct.hpp"
 #include "seqmix/lti/long_conv/fast.hpp"
 #include "seqmix/lti/long_conv/fft.hpp"

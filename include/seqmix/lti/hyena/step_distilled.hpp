@@ -40,28 +40,17 @@ struct HyenaDistilledStepOutputs {
   TensorView<float, 2> scratch = {};  ///< [B,D], optional for N >= 2 (allocated per call when absent)
 };
 
-/// One decode step of the distilled Hyena: z_1 = v, z_{n+1} = x_n * (modal recurrence of order n
-/// on z_n + feedthrough_n z_n), y = z_{N+1}. Validates everything (shapes, finite filters,
-/// |pole| < 1, overlaps) before the first write; each order then runs ssm_step.
-inline void hyena_distilled_step(const HyenaDistilledStepInputs& in, const HyenaDistilledStepOutputs& out,
-                                 const Executor& executor = serial_executor()) {
-  const ArgCheck check("hyena_distilled_step");
-  check.shape("v", in.v, {-1, -1}, "B,D");
-  const index_t B = in.v.size(0), D = in.v.size(1);
-  check.shape("x", in.x, {-1, B, D}, "N,B,D");
-  const index_t N = in.x.size(0);
-  if (N < 1) check.fail("x", "must hold at least one order (N >= 1), got shape " + shape_to_string(in.x.shape()));
-  const HyenaModalFilters& f = in.filters;
+namespace detail {
+
+// The modal filters of N orders and D channels: shapes, finite values, every pole strictly inside
+// the unit circle. Returns M. Shared by hyena_distilled_step and hyena_distilled_prefill.
+inline index_t hyena_check_modal_filters(const ArgCheck& check, const HyenaModalFilters& f, index_t N, index_t D) {
   check.shape("filters.pole_real", f.pole_real, {N, D, -1}, "N,D,M");
   const index_t M = f.pole_real.size(2);
   check.shape("filters.pole_imag", f.pole_imag, {N, D, M}, "N,D,M")
       .shape("filters.gain_real", f.gain_real, {N, D, M}, "N,D,M")
       .shape("filters.gain_imag", f.gain_imag, {N, D, M}, "N,D,M")
-      .shape("filters.feedthrough", f.feedthrough, {N, D}, "N,D")
-      .shape("y", out.y, {B, D}, "B,D")
-      .shape("state_real", out.state_real, {N, B, D, M}, "N,B,D,M")
-      .shape("state_imag", out.state_imag, {N, B, D, M}, "N,B,D,M")
-      .optional_shape("scratch", out.scratch, {B, D}, "B,D");
+      .shape("filters.feedthrough", f.feedthrough, {N, D}, "N,D");
   for (index_t n = 0; n < N; ++n)
     for (index_t d = 0; d < D; ++d) {
       const auto where = [&](index_t k) {
@@ -78,6 +67,28 @@ inline void hyena_distilled_step(const HyenaDistilledStepInputs& in, const Hyena
                                               std::to_string(pr) + ", " + std::to_string(pi) + ")");
       }
     }
+  return M;
+}
+
+}  // namespace detail
+
+/// One decode step of the distilled Hyena: z_1 = v, z_{n+1} = x_n * (modal recurrence of order n
+/// on z_n + feedthrough_n z_n), y = z_{N+1}. Validates everything (shapes, finite filters,
+/// |pole| < 1, overlaps) before the first write; each order then runs ssm_step.
+inline void hyena_distilled_step(const HyenaDistilledStepInputs& in, const HyenaDistilledStepOutputs& out,
+                                 const Executor& executor = serial_executor()) {
+  const ArgCheck check("hyena_distilled_step");
+  check.shape("v", in.v, {-1, -1}, "B,D");
+  const index_t B = in.v.size(0), D = in.v.size(1);
+  check.shape("x", in.x, {-1, B, D}, "N,B,D");
+  const index_t N = in.x.size(0);
+  if (N < 1) check.fail("x", "must hold at least one order (N >= 1), got shape " + shape_to_string(in.x.shape()));
+  const HyenaModalFilters& f = in.filters;
+  const index_t M = detail::hyena_check_modal_filters(check, f, N, D);
+  check.shape("y", out.y, {B, D}, "B,D")
+      .shape("state_real", out.state_real, {N, B, D, M}, "N,B,D,M")
+      .shape("state_imag", out.state_imag, {N, B, D, M}, "N,B,D,M")
+      .optional_shape("scratch", out.scratch, {B, D}, "B,D");
   const std::pair<const char*, TensorView<float, 4>> states[] = {{"state_real", out.state_real}, {"state_imag", out.state_imag}};
   const std::pair<const char*, TensorView<float, 2>> rows[] = {{"y", out.y}, {"scratch", out.scratch}};
   const auto no_input = [&](const char* name, const auto& output) {
