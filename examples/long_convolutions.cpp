@@ -3,7 +3,9 @@
 // recurrence (the distilled modal Hyena of hyena_distill, S4D's own diagonal state by ssm_step).
 // For each it prints the cost per token of both paths and the relative L2 error between them;
 // for Hyena also the exact O(L D) decode step (hyena_step, timed on a few tokens) and, at
-// distillation orders 8/16/32/64, the fit error of the filters and the output error against FFT.
+// distillation orders 8/16/32/64, the fit error of the filters and the output error against FFT,
+// both for generation over the whole sequence and for the last 256 tokens generated after an
+// exact FFT prompt whose modal states hyena_distilled_prefill handed to the step.
 //
 // The Hyena filters are synthetic but of the Hyena kind: a sine of a mixture of positional
 // sinusoids, times an exponential window whose decay varies over channels, as its implicit
@@ -27,6 +29,7 @@
 #include "seqmix/lti/hyena/distill.hpp"
 #include "seqmix/lti/hyena/fast.hpp"
 #include "seqmix/lti/hyena/step.hpp"
+#include "seqmix/lti/hyena/prefill_distilled.hpp"
 #include "seqmix/lti/hyena/step_distilled.hpp"
 #include "seqmix/lti/long_conv/fast.hpp"
 #include "seqmix/lti/ssm_kernel/kernel.hpp"
@@ -107,7 +110,7 @@ void hyena_block(index_t T, index_t D, const seqmix::Executor& pool) {
   }
 
   std::printf("  distilled recurrence, modal state of M complex modes per channel:\n");
-  std::printf("      M   distill s   fit error max / mean   step us/token   output error vs FFT\n");
+  std::printf("      M   distill s   fit error max / mean   step us/token   output error vs FFT   after handoff\n");
   for (index_t M : {8, 16, 32, 64}) {
     if (2 * M > T) break;
     Tensor<float, 3> pr({N, D, M}), pi({N, D, M}), gr({N, D, M}), gi({N, D, M});
@@ -129,8 +132,23 @@ void hyena_block(index_t T, index_t D, const seqmix::Executor& pool) {
       seqmix::hyena_distilled_step({v.view().select(1, t), x.view().select(2, t), filters},
                                    {y_rec.view().select(1, t), sr.view(), si.view(), row_scratch.view()});
     const double steps = seconds_since(start);
-    std::printf("   %4ld   %9.2f   %9.2e / %8.2e   %13.3f   %19.2e\n", long(M), distill, worst, mean,
-                1e6 * steps / double(T), relative_error(y_rec, y_fft));
+    // Prompt by FFT, then generation: hyena_distilled_prefill runs the first T - G tokens exactly
+    // and hands each order's modal state to the step, which decodes the last G tokens.
+    const index_t G = std::min<index_t>(T - 1, 256), P = T - G;
+    Tensor<float, 3> y_hand({1, T, D});
+    Tensor<float, 4> hr({N, 1, D, M}), hi({N, 1, D, M});
+    seqmix::hyena_distilled_prefill({v.view().slice(1, 0, P), x.view().slice(2, 0, P), h.view().slice(1, 0, P),
+                                     skip.view()},
+                                    filters, {y_hand.view().slice(1, 0, P), hr.view(), hi.view()},
+                                    {seqmix::LongConvMethod::fft}, pool);
+    for (index_t t = P; t < T; ++t)
+      seqmix::hyena_distilled_step({v.view().select(1, t), x.view().select(2, t), filters},
+                                   {y_hand.view().select(1, t), hr.view(), hi.view(), row_scratch.view()});
+    Tensor<float, 3> hand_tail({1, G, D}), fft_tail({1, G, D});
+    seqmix::copy(y_hand.view().slice(1, P, G).as_const(), hand_tail.view());
+    seqmix::copy(y_fft.view().slice(1, P, G).as_const(), fft_tail.view());
+    std::printf("   %4ld   %9.2f   %9.2e / %8.2e   %13.3f   %19.2e   %13.2e\n", long(M), distill, worst, mean,
+                1e6 * steps / double(T), relative_error(y_rec, y_fft), relative_error(hand_tail, fft_tail));
   }
 }
 
