@@ -110,6 +110,10 @@ inline void window_prefill(const BasedInputs& in, const TensorView<float, 4>& o_
 /// Scratch: one [B,T,H,V] buffer for the window branch (plus 2*(W-1) rows when resuming).
 inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
                   BasedState* state = nullptr, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::based::reversed_call("based", in, out);
+    return seqmix::based(rev.first, rev.second, detail::forward_options(options), state, executor);
+  }
   using namespace detail::based;
   if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
     serve("based", in, out, options, state, [&](const BasedInputs& one, const BasedOutputs& one_out, BasedState* s) {

@@ -19,11 +19,13 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
 #include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -51,6 +53,11 @@ struct BasedOptions {
   /// Chunk length of the linear branch's chunked prefill (seqmix::linear_attention). 32 measured
   /// fastest for taylor2 at F = 16, V = 64 (16: 61 ms, 32: 58, 48: 61, 64: 63 ms of CPU per thread).
   index_t chunk_size = 32;
+  /// Run from the last token to the first (core/direction.hpp): q_feat, k_feat, q, k, v and o are
+  /// reached through reversed views, not copied, so token t reads tokens t..T-1 (its window
+  /// (t, t + W - 1]); the state after the call is the one after token 0. Dense batches and state
+  /// slots only (not cu_seqlens). based_step ignores it.
+  bool reverse = false;
 };
 
 /// Optional views are empty when not given. Kf = 1 + F + F^2.
@@ -228,6 +235,14 @@ void serve(const char* op, const BasedInputs& in, const BasedOutputs& out, const
   });
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments; packed batches refused.
+inline std::pair<BasedInputs, BasedOutputs> reversed_call(const char* op, BasedInputs in, BasedOutputs out) {
+  check_reversible(op, in.batch, true);
+  reverse_time_of(in.q_feat, in.k_feat, in.q, in.k, in.v, out.o);
+  return {in, out};
+}
+
 }  // namespace detail::based
 
 namespace reference {
@@ -236,6 +251,10 @@ namespace reference {
 /// state and overwritten with the final one. Single-threaded.
 inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
                   BasedState* state = nullptr, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::based::reversed_call("reference::based", in, out);
+    return based(rev.first, rev.second, detail::forward_options(options), state, executor);
+  }
   (void)executor;
   using namespace detail::based;
   if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {

@@ -177,6 +177,10 @@ inline AttentionOptions local_options(const InfiniAttentionOptions& options, ind
 inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttentionOutputs& out,
                              const InfiniAttentionOptions& options = {}, InfiniAttentionState* state = nullptr,
                              const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::infini::reversed_call("infini_attention", in, out);
+    return seqmix::infini_attention(rev.first, rev.second, detail::forward_options(options), state, executor);
+  }
   using namespace detail::infini;
   if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
     serve("infini_attention", in, out, options, state,

@@ -22,11 +22,13 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
 #include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -47,6 +49,11 @@ struct InfiniAttentionOptions {
   InfiniMemoryUpdate update = InfiniMemoryUpdate::linear;
   /// Softmax logit scale of the local attention; default 1/sqrt(K). The memory has no scale.
   std::optional<float> scale;
+  /// Run from the last token to the first (core/direction.hpp): q, k, v and o are reached through
+  /// reversed views, not copied, so segments are cut from token T-1 and the memory holds later
+  /// segments; the state after the call is the one after token 0. Dense batches and state slots
+  /// only (not cu_seqlens). infini_attention_step ignores it.
+  bool reverse = false;
 };
 
 /// Arguments of infini_attention: local causal attention within segments plus the compressive
@@ -225,6 +232,15 @@ void serve(const char* op, const InfiniAttentionInputs& in, const InfiniAttentio
   });
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments; packed batches refused.
+inline std::pair<InfiniAttentionInputs, InfiniAttentionOutputs> reversed_call(const char* op, InfiniAttentionInputs in,
+                                                                              InfiniAttentionOutputs out) {
+  check_reversible(op, in.batch, true);
+  reverse_time_of(in.q, in.k, in.v, out.o);
+  return {in, out};
+}
+
 }  // namespace detail::infini
 
 namespace reference {
@@ -234,6 +250,10 @@ namespace reference {
 inline void infini_attention(const InfiniAttentionInputs& in, const InfiniAttentionOutputs& out,
                              const InfiniAttentionOptions& options = {}, InfiniAttentionState* state = nullptr,
                              const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::infini::reversed_call("reference::infini_attention", in, out);
+    return infini_attention(rev.first, rev.second, detail::forward_options(options), state, executor);
+  }
   (void)executor;
   using namespace detail::infini;
   if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {

@@ -94,6 +94,10 @@ constexpr index_t kEmaBlock = 4 * simd::kWidth;
 /// x copied only if its channels are strided.
 inline void mega(const MegaInputs& in, const MegaOutputs& out, const MegaOptions& options = {},
                  const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::mega::reversed_call("mega", in, out);
+    return seqmix::mega(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   using namespace detail::mega;
   if (serving(in, out)) {
     serve("mega", in, out, options,

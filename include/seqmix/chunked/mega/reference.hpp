@@ -21,11 +21,13 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
 #include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -78,6 +80,13 @@ struct MegaOutputs {
 struct MegaOptions {
   index_t chunk_size = 128;    ///< c
   std::optional<float> scale;  ///< default 1/sqrt(Dk)
+  /// Run from the last token to the first (core/direction.hpp): x, v, o and ema are reached
+  /// through reversed views, not copied, so the EMA runs from token T-1 and chunks are cut from
+  /// token T-1 (o_t attends to tokens t..end of its chunk); final_state is the EMA state after
+  /// token 0, initial_state the one "after token T", k_cache / v_cache hold the last partial chunk
+  /// in processing order (tokens T % c - 1 down to 0). Dense batches and state slots only (not
+  /// cu_seqlens). mega_step ignores it.
+  bool reverse = false;
 };
 
 namespace detail::mega {
@@ -172,6 +181,14 @@ void serve(const char* op, const MegaInputs& in, const MegaOutputs& out, const M
   });
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments; packed batches refused.
+inline std::pair<MegaInputs, MegaOutputs> reversed_call(const char* op, MegaInputs in, MegaOutputs out) {
+  check_reversible(op, in.batch, true);
+  reverse_time_of(in.x, in.v, out.o, out.ema);
+  return {in, out};
+}
+
 }  // namespace detail::mega
 
 namespace reference {
@@ -180,6 +197,10 @@ namespace reference {
 /// plain loops.
 inline void mega(const MegaInputs& in, const MegaOutputs& out, const MegaOptions& options = {},
                  const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::mega::reversed_call("reference::mega", in, out);
+    return mega(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   (void)executor;
   using namespace detail::mega;
   if (serving(in, out)) {

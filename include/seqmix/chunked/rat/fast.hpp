@@ -111,6 +111,10 @@ inline void rescan_after_non_finite(const RatInputs& in, index_t pos0, index_t L
 /// without a state, the B*(T/L)*Hkv*D*2 summaries.
 inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& options = {}, RatState* state = nullptr,
                 const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::rat::reversed_call("rat", in, out);
+    return seqmix::rat(rev.first, rev.second, detail::forward_options(options), state, executor);
+  }
   using namespace detail::rat;
   if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
     serve("rat", in, out, options, state, [&](const RatInputs& one, const RatOutputs& one_out, RatState* s) {

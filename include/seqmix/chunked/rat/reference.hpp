@@ -20,11 +20,13 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/chunked/serving.hpp"
 #include "seqmix/chunked/softmax.hpp"
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -56,6 +58,11 @@ struct RatOptions {
   /// Softmax logit scale; default 1/sqrt(D).
   std::optional<float> scale;
   RatFormerChunk chunk = {};  ///< deprecated name of chunk_size
+  /// Run from the last token to the first (core/direction.hpp): q, k, v, g and o are reached
+  /// through reversed views, not copied, so chunks are cut from token T-1 and o_t attends over the
+  /// summaries of later chunks; the state after the call is the one after token 0. Dense batches
+  /// and state slots only (not cu_seqlens). rat_step ignores it.
+  bool reverse = false;
 };
 
 /// Arguments of rat: a gated recurrence over k and v inside chunks of L tokens, and softmax
@@ -259,6 +266,14 @@ void serve(const char* op, const RatInputs& in, const RatOutputs& out, const Rat
   });
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments; packed batches refused.
+inline std::pair<RatInputs, RatOutputs> reversed_call(const char* op, RatInputs in, RatOutputs out) {
+  check_reversible(op, in.batch, true);
+  reverse_time_of(in.q, in.k, in.v, in.g, out.o);
+  return {in, out};
+}
+
 }  // namespace detail::rat
 
 namespace reference {
@@ -267,6 +282,10 @@ namespace reference {
 /// state and overwritten with the final one. Single-threaded.
 inline void rat(const RatInputs& in, const RatOutputs& out, const RatOptions& options = {}, RatState* state = nullptr,
                 const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::rat::reversed_call("reference::rat", in, out);
+    return rat(rev.first, rev.second, detail::forward_options(options), state, executor);
+  }
   (void)executor;
   using namespace detail::rat;
   if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {

@@ -22,6 +22,10 @@ namespace seqmix {
 /// (y may then hold the earlier segments).
 inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutputs& out, MemoryTokensLayer layer,
                           const MemoryTokensOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::memory_tokens_reversed_call(in, out);
+    return memory_tokens(rev.first, rev.second, layer, detail::forward_options(options), executor);
+  }
   const ArgCheck check("memory_tokens");
   const auto d = detail::validate_memory_tokens(check, in, out, options);
   // mem: the carried memory [B,M,D]; past: the recall's ring of the last `recall` memories.

@@ -22,8 +22,10 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -40,6 +42,11 @@ struct MemoryTokensOptions {
   index_t recall = 0;
   /// Multiplies the recall scores; 0 means 1 / sqrt(D) (1 / sqrt(R) with recall projections).
   float recall_scale = 0.f;
+  /// Run from the last token to the first (core/direction.hpp): x and y are reached through
+  /// reversed views, not copied, so segments are cut from token T-1, the layer sees each
+  /// segment's tokens in processing order (last first) and final_memory is the memory written by
+  /// the segment holding token 0.
+  bool reverse = false;
 };
 
 /// Inputs of memory_tokens.
@@ -100,6 +107,13 @@ inline MemoryTokensDims validate_memory_tokens(const ArgCheck& check, const Memo
   return d;
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of x and y.
+inline std::pair<MemoryTokensInputs, MemoryTokensOutputs> memory_tokens_reversed_call(MemoryTokensInputs in,
+                                                                                     MemoryTokensOutputs out) {
+  reverse_time_of(in.x, out.y);
+  return {in, out};
+}
+
 }  // namespace detail
 
 /// The layer memory_tokens calls once per segment: it reads `in` [B', M + len + M, D] (read
@@ -113,6 +127,10 @@ namespace reference {
 /// one layer call with B' = 1, the recall in double. For tests. Validation as memory_tokens.
 inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutputs& out, MemoryTokensLayer layer,
                           const MemoryTokensOptions& options = {}) {
+  if (options.reverse) {
+    const auto rev = detail::memory_tokens_reversed_call(in, out);
+    return memory_tokens(rev.first, rev.second, layer, detail::forward_options(options));
+  }
   const ArgCheck check("reference::memory_tokens");
   const auto d = detail::validate_memory_tokens(check, in, out, options);
   using Rows = std::vector<std::vector<double>>;
