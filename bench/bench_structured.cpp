@@ -10,7 +10,8 @@
 //   reverse/<op>/<dir>/<shape>                 the reverse option against forward on the same
 //                                             inputs (issue 23 asks for at most 5% more):
 //                                             selective_scan, ssd, linear_scan, rwkv7, lstm,
-//                                             mlstm and matrix_scan
+//                                             mlstm and matrix_scan; the chunked hybrids based,
+//                                             rat, infini_attention, mega and memory_tokens
 //   grid_scan/<split>/<shape>                  the 2-D linear recurrence, and its reference
 //
 // GFLOP/s of the selective scans counts 6 flops per (token, channel, state) update of the scan
@@ -22,8 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/chunked.hpp"
 #include "seqmix/core/scan.hpp"
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+#include "seqmix/memory.hpp"
 #include "seqmix/rnn.hpp"
 #include "seqmix/ssm.hpp"
 #include "seqmix/structured.hpp"
@@ -245,6 +248,98 @@ void reverse_matrix(benchmark::State& state, bool reverse) {
   st::report_gflops(state, 2.0 * static_cast<double>(B * T * H) * (N * N + N));
 }
 
+// The chunked hybrids at their papers' head sizes, B = 1, 8 heads, 2 threads, no state.
+void reverse_based(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 2048, H = 8, F = 16, D = 64;
+  const auto qf = st::random_tensor<4>({B, T, H, F}, 1, -0.5f, 0.5f), kf = st::random_tensor<4>({B, T, H, F}, 2, -0.5f, 0.5f);
+  const auto q = st::random_tensor<4>({B, T, H, D}, 3), k = st::random_tensor<4>({B, T, H, D}, 4);
+  const auto v = st::random_tensor<4>({B, T, H, D}, 5);
+  Tensor<float, 4> o({B, T, H, D});
+  seqmix::BasedOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::based({qf.cview(), kf.cview(), q.cview(), k.cview(), v.cview()}, {o.view()}, options, nullptr,
+                  st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_rat(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 4096, H = 8, D = 64;
+  const auto q = st::random_tensor<4>({B, T, H, D}, 1), k = st::random_tensor<4>({B, T, H, D}, 2);
+  const auto v = st::random_tensor<4>({B, T, H, D}, 3), g = st::random_tensor<4>({B, T, H, D}, 4, -2.f, 0.f);
+  Tensor<float, 4> o({B, T, H, D});
+  seqmix::RatOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::rat({q.cview(), k.cview(), v.cview(), g.cview()}, {o.view()}, options, nullptr, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_infini(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 4096, H = 8, K = 64;
+  const auto q = st::random_tensor<4>({B, T, H, K}, 1), k = st::random_tensor<4>({B, T, H, K}, 2);
+  const auto v = st::random_tensor<4>({B, T, H, K}, 3);
+  const auto beta = st::random_tensor<1>({H}, 4);
+  Tensor<float, 4> o({B, T, H, K});
+  seqmix::InfiniAttentionOptions options;
+  options.segment = 1024, options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::infini_attention({q.cview(), k.cview(), v.cview(), beta.cview()}, {o.view()}, options, nullptr,
+                             st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+// Mega-base-like: D 512 channels, N 16, 2 heads of 256, values 512 wide split alike, chunk 128.
+void reverse_mega(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 4096, D = 512, N = 16, H = 2, Dv = 256;
+  const auto x = st::random_tensor<3>({B, T, D}, 1);
+  const auto v = st::random_tensor<4>({B, T, H, Dv}, 2);
+  const auto alpha = st::random_tensor<2>({D, N}, 3), delta = st::random_tensor<2>({D, N}, 4);
+  const auto beta = st::random_tensor<2>({D, N}, 5), eta = st::random_tensor<2>({D, N}, 6, -0.2f, 0.2f);
+  const auto qs = st::random_tensor<1>({D}, 7, -0.2f, 0.2f), qb = st::random_tensor<1>({D}, 8);
+  const auto ks = st::random_tensor<1>({D}, 9, -0.2f, 0.2f), kb = st::random_tensor<1>({D}, 10);
+  const seqmix::MegaParams params{alpha.cview(), delta.cview(), beta.cview(), eta.cview(),
+                                  qs.cview(),    qb.cview(),    ks.cview(),   kb.cview()};
+  Tensor<float, 4> o({B, T, H, Dv});
+  seqmix::MegaOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::mega({x.cview(), v.cview(), params}, {o.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+// memory_tokens with a cheap elementwise layer (a decaying running sum over the layer's tokens),
+// so the operator's own copies, not the layer, dominate: B 4, T 8192, D 512, M 16, segment 512.
+void reverse_memory_tokens(benchmark::State& state, bool reverse) {
+  const index_t B = 4, T = 8192, D = 512, M = 16;
+  const auto x = st::random_tensor<3>({B, T, D}, 1), memory = st::random_tensor<3>({B, M, D}, 2);
+  Tensor<float, 3> y({B, T, D}), final_memory({B, M, D});
+  auto layer = [](const seqmix::ConstView<float, 3>& in, const seqmix::TensorView<float, 3>& out) {
+    const index_t n = in.size(1), width = in.size(2);
+    for (index_t b = 0; b < in.size(0); ++b) {
+      for (index_t c = 0; c < width; ++c) out(b, 0, c) = in(b, 0, c);
+      for (index_t j = 1; j < n; ++j)
+        for (index_t c = 0; c < width; ++c) out(b, j, c) = 0.9f * out(b, j - 1, c) + in(b, j, c);
+    }
+  };
+  seqmix::MemoryTokensOptions options;
+  options.segment = 512, options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::memory_tokens({x.cview(), memory.cview()}, {y.view(), final_memory.view()}, layer, options,
+                          st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 void grid(benchmark::State& state, int form) {
   const GridShape& s = kVmamba;
   const auto al = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 1, 0.f, 0.5f);
@@ -281,6 +376,13 @@ void register_all() {
     add("reverse/lstm" + dir + "B4_T1024_I512_H512", [reverse](benchmark::State& s) { reverse_lstm(s, reverse); });
     add("reverse/mlstm" + dir + "B1_T2048_NH8_D64", [reverse](benchmark::State& s) { reverse_mlstm(s, reverse); });
     add("reverse/matrix_scan" + dir + "B1_T65536_H8_N4", [reverse](benchmark::State& s) { reverse_matrix(s, reverse); });
+    add("reverse/based" + dir + "B1_T2048_H8_F16_D64_W64", [reverse](benchmark::State& s) { reverse_based(s, reverse); });
+    add("reverse/rat" + dir + "B1_T4096_H8_D64_L16", [reverse](benchmark::State& s) { reverse_rat(s, reverse); });
+    add("reverse/infini_attention" + dir + "B1_T4096_H8_K64_S1024",
+        [reverse](benchmark::State& s) { reverse_infini(s, reverse); });
+    add("reverse/mega" + dir + "B1_T4096_D512_N16_H2_c128", [reverse](benchmark::State& s) { reverse_mega(s, reverse); });
+    add("reverse/memory_tokens" + dir + "B4_T8192_D512_M16_seg512",
+        [reverse](benchmark::State& s) { reverse_memory_tokens(s, reverse); });
   }
   add("grid_scan/channels/" + shape, [](benchmark::State& s) { grid(s, 0); });
   add("grid_scan/wavefront/" + shape, [](benchmark::State& s) { grid(s, 1); });

@@ -1,10 +1,10 @@
 // The reverse option of the chunked hybrids and memory_tokens (issue 23 item 1): based, rat,
-// infini_attention, mega and memory_tokens. The reference and fast forms with options.reverse equal
-// the forward operator on explicitly reversed copies (outputs reversed back; the states after the
-// call, which are the states after token 0, equal), from a non-empty initial state where the
-// operator takes one, for T 1, 2, 37 (above the chunk / segment / window sizes), B 2, grouped heads.
-// bidirectional's sum equals the sum of the two directions; packed batches are refused with
-// options.reverse before any write.
+// infini_attention, mega and memory_tokens, and of sliding_window_scan. The reference and fast
+// forms with options.reverse equal the forward operator on explicitly reversed copies (outputs
+// reversed back; the states after the call, which are the states after token 0, equal), from a
+// non-empty initial state where the operator takes one, for T 1, 2, 37 (above the chunk / segment
+// / window sizes), B 2, grouped heads. bidirectional's sum equals the sum of the two directions;
+// packed batches are refused with options.reverse before any write.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -14,6 +14,7 @@
 #include "seqmix/chunked.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/memory.hpp"
+#include "seqmix/ssm/long_context/window.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -283,6 +284,33 @@ TEST_CASE("reverse memory_tokens equals it on reversed copies", "[direction][mem
         }
         st::require_close("memory_tokens y", y.cview(), seqmix::reversed_time_view(y_ref.cview()), 1e-5);
         st::require_close("memory_tokens final_memory", f.cview(), f_ref.cview(), 1e-5);
+      }
+}
+
+TEST_CASE("reverse sliding_window_scan equals it on reversed copies", "[direction][sliding_window]") {
+  // Window 5 (T 37: ragged blocks), direct and log gates, B 2, D 3.
+  const index_t B = 2, D = 3;
+  for (const index_t T : kChunkedDirLengths)
+    for (const bool fast : {false, true})
+      for (const auto gate : {seqmix::GateSpace::direct, seqmix::GateSpace::log}) {
+        INFO("T=" << T << " fast=" << fast << " gate=" << int(gate));
+        const Tensor<float, 3> a = gate == seqmix::GateSpace::log ? st::random_tensor<3>({B, T, D}, 1700, -1.f, 0.f)
+                                                                  : st::random_tensor<3>({B, T, D}, 1700, 0.2f, 1.f);
+        const Tensor<float, 3> b = st::random_tensor<3>({B, T, D}, 1701 + std::uint64_t(T));
+        const auto a_r = chunked_dir_reversed(a), b_r = chunked_dir_reversed(b);
+        seqmix::SlidingWindowOptions options;
+        options.window = 5, options.gate_space = gate;
+        seqmix::SlidingWindowOptions reverse = options;
+        reverse.reverse = true;
+        Tensor<float, 3> w({B, T, D}), w_ref({B, T, D});
+        if (fast) {
+          seqmix::sliding_window_scan(a.cview(), b.cview(), w.view(), reverse, st::two_thread_pool());
+          seqmix::sliding_window_scan(a_r.cview(), b_r.cview(), w_ref.view(), options);
+        } else {
+          seqmix::reference::sliding_window_scan(a.cview(), b.cview(), w.view(), reverse);
+          seqmix::reference::sliding_window_scan(a_r.cview(), b_r.cview(), w_ref.view(), options);
+        }
+        st::require_close("sliding_window w", w.cview(), seqmix::reversed_time_view(w_ref.cview()), 1e-6);
       }
 }
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/scan/reference.hpp"
@@ -26,6 +27,9 @@ struct SlidingWindowOptions {
   GateSpace gate_space = GateSpace::direct;
   /// r, the number of most recent tokens the state keeps (>= 1).
   index_t window = 0;
+  /// Run from the last token to the first (core/direction.hpp): h_t = a_t h_{t+1} + b_t and w_t
+  /// holds tokens t..t+r-1; a, b and w are reached through reversed views, not copied.
+  bool reverse = false;
 };
 
 namespace detail {
@@ -47,6 +51,10 @@ namespace reference {
 /// The definition: the window sum token by token, O(T r) per channel, in double. Single-threaded.
 inline void sliding_window_scan(ConstView<float, 3> a, ConstView<float, 3> b, TensorView<float, 3> w,
                                 const SlidingWindowOptions& options, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    detail::reverse_time_of(a, b, w);
+    return sliding_window_scan(a, b, w, detail::forward_options(options), executor);
+  }
   (void)executor;
   detail::validate_sliding_window("reference::sliding_window_scan", a, b, w, options);
   const index_t B = a.size(0), T = a.size(1), D = a.size(2), r = options.window;

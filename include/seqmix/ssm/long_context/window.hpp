@@ -78,6 +78,10 @@ void sliding_window_rows(const ConstView<float, 3>& a, const ConstView<float, 3>
 /// over batch rows and channel blocks; scratch (r + 2) floats per channel of a task.
 inline void sliding_window_scan(ConstView<float, 3> a, ConstView<float, 3> b, TensorView<float, 3> w,
                                 const SlidingWindowOptions& options, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    detail::reverse_time_of(a, b, w);
+    return sliding_window_scan(a, b, w, detail::forward_options(options), executor);
+  }
   detail::validate_sliding_window("sliding_window_scan", a, b, w, options);
   const index_t B = a.size(0), T = a.size(1), D = a.size(2);
   if (B * T * D == 0) return;
