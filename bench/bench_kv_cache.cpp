@@ -23,6 +23,9 @@
 // signs with one mean-|x| scale per g channels. Compare with kv/int4 and kv/fp16 at Tk16384 in the
 // same run. GB/s on CodedKvCache::bytes() (codes, scales, flags; the PQ codebooks, 2 x 128 KB per
 // KV head, are read once per call and not counted).
+// kv/<pq_m..|sign1_g..>/decode/..._kv_cache: the same codes as a KvCache's coded storage
+// (KvCacheConfig::coded, residual 0) read by kv_cache_attention; GB/s on KvCache::bytes() (codes,
+// scales, positions, entry map).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -184,7 +187,8 @@ struct CodedSetup {
   index_t subspaces, group;
 };
 
-void coded_decode(benchmark::State& state, CodedSetup setup, index_t Hq, index_t Hkv, index_t D, index_t Tk) {
+void coded_decode(benchmark::State& state, CodedSetup setup, index_t Hq, index_t Hkv, index_t D, index_t Tk,
+                  bool kv_cache = false) {
   seqmix::CodedKvCacheConfig config;
   config.kv_heads = Hkv, config.key_dim = D, config.value_dim = D, config.format = setup.format, config.group_size = setup.group;
   const auto k = st::random_tensor<4>({1, Tk, Hkv, D}, 1), v = st::random_tensor<4>({1, Tk, Hkv, D}, 2);
@@ -195,10 +199,29 @@ void coded_decode(benchmark::State& state, CodedSetup setup, index_t Hq, index_t
     config.key_codebooks = seqmix::fit_pq_codebooks(k.cview().slice(1, 0, sample), fit, st::two_thread_pool());
     config.value_codebooks = seqmix::fit_pq_codebooks(v.cview().slice(1, 0, sample), fit, st::two_thread_pool());
   }
-  seqmix::CodedKvCache cache(config);
-  cache.append(k.cview(), v.cview());
   const auto q = st::random_tensor<4>({1, 1, Hq, D}, 3);
   seqmix::Tensor<float, 4> o({1, 1, Hq, D});
+  if (kv_cache) {  // the same codes as KvCache storage
+    seqmix::KvCacheConfig kc;
+    kc.kv_heads = Hkv, kc.key_dim = D, kc.value_dim = D;
+    seqmix::KvCodedStorage coded;
+    coded.format = setup.format, coded.group_size = setup.group;
+    coded.key_codebooks = config.key_codebooks, coded.value_codebooks = config.value_codebooks;
+    kc.coded = coded;
+    seqmix::KvCache cache(kc);
+    cache.append(k.cview(), v.cview());
+    seqmix::KvCacheAttentionInputs in;
+    in.q = q.cview(), in.cache = &cache;
+    for (auto _ : state) {
+      seqmix::kv_cache_attention(in, {o.view(), {}}, {}, st::two_thread_pool());
+      benchmark::DoNotOptimize(o.data());
+    }
+    seqmix::testing::report_gbytes(state, static_cast<double>(cache.bytes()));
+    state.counters["bytes/token"] = static_cast<double>(cache.bytes()) / static_cast<double>(Tk * Hkv);
+    return;
+  }
+  seqmix::CodedKvCache cache(config);
+  cache.append(k.cview(), v.cview());
   for (auto _ : state) {
     seqmix::coded_kv_cache_attention(cache, q.cview(), o.view(), {}, st::two_thread_pool());
     benchmark::DoNotOptimize(o.data());
@@ -249,9 +272,11 @@ const bool registered = [] {
                              CodedSetup{"pq_m16_k256", seqmix::KvCodeFormat::pq, 16, 0},
                              CodedSetup{"sign1_g32", seqmix::KvCodeFormat::sign1, 0, 32},
                              CodedSetup{"sign1_g128", seqmix::KvCodeFormat::sign1, 0, 128}})
-    benchmark::RegisterBenchmark((std::string("kv/") + c.name + "/decode/" + shape_name(32, 8, 128, 16384)).c_str(),
-                                 [c](benchmark::State& st_) { coded_decode(st_, c, 32, 8, 128, 16384); })
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    for (bool kv_cache : {false, true})
+      benchmark::RegisterBenchmark((std::string("kv/") + c.name + "/decode/" + shape_name(32, 8, 128, 16384) +
+                                    (kv_cache ? "_kv_cache" : "")).c_str(),
+                                   [c, kv_cache](benchmark::State& st_) { coded_decode(st_, c, 32, 8, 128, 16384, kv_cache); })
+          ->Unit(benchmark::kMillisecond)->UseRealTime();
   return true;
 }();
 

@@ -36,6 +36,7 @@
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/prefetch.hpp"
 #include "seqmix/kv_cache/cache.hpp"
+#include "seqmix/kv_cache/coded/kernels.hpp"
 #include "seqmix/kv_cache/integer_dots.hpp"
 
 namespace seqmix {
@@ -238,6 +239,14 @@ struct KvScratch {
   KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
   AlignedVector<float> saved_acc;  // the accumulators before a span's values (guard_hidden_values)
   AlignedVector<float> value_buf;  // one dequantized value row
+  // Coded storage (KvCacheConfig::coded), sized on first use and kept (no allocation after it):
+  // the KV head of the piece, whether the per-piece query tables below are made, the pq lookup
+  // tables [rows / 4][mk][Kk][4] and value histograms [rows][mv][Kv] (the softmax weights summed
+  // per sub-space and centroid; rescaled with the accumulators, applied to the centroids at the
+  // piece's end), the sign1 query sums [rows][Gk] and one row's value sums.
+  index_t head = 0;
+  bool coded_ready = false;
+  AlignedVector<float> pq_table, pq_hist, sign1_qsum, sign1_out, sign1_tot;
   KvScratch(index_t rows_padded, index_t Dk, index_t Dv, index_t key_groups, index_t value_groups)
       : rows(rows_padded), capacity(rows_padded), lds(kKvSpanBlocks * kKvBlockTokens), ldacc((Dv + simd::kWidth - 1) / simd::kWidth * simd::kWidth),
         q(static_cast<std::size_t>(rows_padded * Dk), 0.f),
@@ -392,7 +401,70 @@ inline KvBlockView float_value_tile(const KvBlockView& blk, const KvCacheConfig&
 }
 
 // Scores of any block into s (row stride w.lds).
+// Scores of a coded block (KvCacheConfig::coded) straight from its codes, 4 rows at a time: pq by
+// lookups in the piece's tables (made at the first block), sign1 by masked adds over the bits.
+inline void coded_block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, float* s) {
+  const KvCodedDims d = coded_dims(cfg);
+  const index_t Dk = cfg.key_dim, tile = d.mk * d.Kk * kCodedRows;
+  if (!w.coded_ready) {
+    for (index_t r0 = 0; r0 < w.rows; r0 += kCodedRows) {
+      if (d.pq) {
+        pq_table(cfg.coded->key_codebooks, w.head, w.q.data() + r0 * Dk, Dk, w.pq_table.data() + (r0 / kCodedRows) * tile);
+        continue;
+      }
+      for (index_t r = r0; r < r0 + kCodedRows; ++r)
+        for (index_t g = 0; g < d.Gk; ++g) {
+          float sum = 0.f;
+          for (index_t c = g * d.gk; c < std::min(Dk, (g + 1) * d.gk); ++c) sum += w.q[r * Dk + c];
+          w.sign1_qsum[r * d.Gk + g] = sum;
+        }
+    }
+    w.coded_ready = true;
+  }
+  for (index_t r0 = 0; r0 < w.rows; r0 += kCodedRows) {
+    float* out = s + r0 * w.lds;
+    if (!d.pq) {
+      sign1_scores(coded_bits(blk.keys), blk.key_params, blk.count, w.q.data() + r0 * Dk, Dk, d.gk,
+                   w.sign1_qsum.data() + r0 * d.Gk, out, w.lds, true);
+      continue;
+    }
+    pq_lookup_scores(w.pq_table.data() + (r0 / kCodedRows) * tile, d.mk, d.Kk, blk.keys, blk.count, out, w.lds);
+    for (std::size_t t = 0; t < blk.key_param_count; ++t)  // flagged (non-finite) keys
+      if (std::isnan(blk.key_params[t]))
+        for (index_t r = 0; r < kCodedRows; ++r) out[r * w.lds + static_cast<index_t>(t)] = blk.key_params[t];
+  }
+}
+
+// Values of a coded block: pq adds each weight to its sub-spaces' centroid bins of the row's
+// histogram (a flagged value row adds NaN where its weight is not 0); sign1 sums the masked
+// weights per row (coded/kernels.hpp) into the accumulators.
+inline void coded_block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
+  const KvCodedDims d = coded_dims(cfg);
+  for (index_t r = 0; r < w.rows; ++r) {
+    const float* pr = p + r * w.lds;
+    if (d.pq) {
+      float* hist = w.pq_hist.data() + r * d.mv * d.Kv;
+      for (index_t t = 0; t < blk.count; ++t) {
+        const float x = pr[t];
+        if (x == 0.f) continue;
+        const std::uint8_t* c = blk.values + t * d.mv;
+        const float flag = blk.value_param_count > 0 ? blk.value_params[t] : 0.f;  // NaN: the row reads as NaN
+        for (index_t sp = 0; sp < d.mv; ++sp) hist[sp * d.Kv + c[sp]] += x + flag;
+      }
+      continue;
+    }
+    float* out = w.sign1_out.data();
+    sign1_values(coded_bits(blk.values), blk.value_params, blk.count, pr, cfg.value_dim, d.gv, w.sign1_tot.data(), out, true);
+    float* a = acc + r * w.ldacc;
+    for (index_t c = 0; c < cfg.value_dim; ++c) a[c] += out[c];
+  }
+}
+
 inline void any_block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
+  if (blk.coded) {
+    coded_block_scores(blk, cfg, w, s);
+    return;
+  }
   if (!is_quantized(blk.key_format)) {
     dispatch_float_format(blk.key_format, [&](auto f) { block_scores_dispatch<decltype(f)::value>(blk, cfg, w, s, ahead); });
     return;
@@ -422,6 +494,10 @@ inline void any_block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, K
 // Probability-weighted values of one float block, or of a quantized one the integer kernels
 // cannot follow, into the accumulators (p: the block's probabilities, row stride w.lds).
 inline void any_block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
+  if (blk.coded) {
+    coded_block_values(blk, cfg, w, p, acc);
+    return;
+  }
   if (!is_quantized(blk.value_format)) {
     dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, p, acc); });
     return;
@@ -477,7 +553,10 @@ inline void guard_hidden_values(const KvBlockView* span, index_t n, const KvCach
       for (index_t t = 0; t < span[j].count; ++t) {
         const float p = w.s[static_cast<std::size_t>(r * w.lds + j * kKvBlockTokens + t)];
         if (p == 0.f) continue;
-        value_row(span[j], cfg.group_size, Dv, t, w.value_buf.data());
+        if (span[j].coded)
+          decode_coded_entry(cfg, w.head, span[j], t, false, w.value_buf.data());
+        else
+          value_row(span[j], cfg.group_size, Dv, t, w.value_buf.data());
         for (index_t c = 0; c < Dv; ++c) row[c] += p * w.value_buf[static_cast<std::size_t>(c)];
       }
   }
@@ -558,6 +637,7 @@ void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, i
   std::fill(w.q.begin() + M * Dk, w.q.begin() + w.rows * Dk, 0.f);
   std::fill(w.qsum.begin() + M * key_groups, w.qsum.begin() + w.rows * key_groups, 0.f);
   w.query_bytes_ready = false;
+  w.coded_ready = false;
 }
 
 // One piece of one (sequence, KV head): blocks [first, last) (block_at(k) gives block k as a
@@ -573,6 +653,22 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
   if (bias && bias->kind == RelativeBiasKind::none) bias = nullptr;
   const bool alibi = alibi_slopes.has_value();
   const index_t ldacc = w.ldacc, Dk = cfg.key_dim, Dv = cfg.value_dim;
+  // Coded storage: this piece's KV head, and the scratch of its kernels (grown once, then kept).
+  const bool pq = cfg.coded && cfg.coded->format == KvCodeFormat::pq;
+  w.head = hk;
+  w.coded_ready = false;
+  if (cfg.coded) {
+    const KvCodedDims cd = coded_dims(cfg);
+    if (pq) {
+      w.pq_table.resize(static_cast<std::size_t>(w.rows * cd.mk * cd.Kk));
+      w.pq_hist.assign(static_cast<std::size_t>(w.rows * cd.mv * cd.Kv), 0.f);
+    } else {
+      w.sign1_qsum.resize(static_cast<std::size_t>(w.rows * cd.Gk));
+      w.sign1_out.resize(static_cast<std::size_t>(cd.W * 16));
+      w.sign1_tot.resize(static_cast<std::size_t>(cd.Gv));
+    }
+  }
+  const index_t hist_row = pq ? coded_dims(cfg).mv * coded_dims(cfg).Kv : 0;
   std::int64_t qmin = w.pos[0], qmax = w.pos[0];
   for (index_t r = 0; r < M; ++r) qmin = std::min(qmin, w.pos[r]), qmax = std::max(qmax, w.pos[r]);
   // True when every key in [lo, hi] is visible to every query row and no logit transform
@@ -596,7 +692,10 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
                       slope, plain, bias, hk * G + r % G);
       }
       const float alpha = online_softmax_tile(s, width, state[r].m, state[r].l);
-      if (alpha != 1.f) scale_row(acc + r * ldacc, ldacc, alpha);
+      if (alpha != 1.f) {
+        scale_row(acc + r * ldacc, ldacc, alpha);
+        if (pq) scale_row(w.pq_hist.data() + r * hist_row, hist_row, alpha);
+      }
     }
     for (index_t r = M; r < w.rows; ++r) std::fill(w.s.begin() + r * w.lds, w.s.begin() + (r + 1) * w.lds, 0.f);
   };
@@ -631,6 +730,16 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
       std::copy(acc + r * w.ldacc, acc + r * w.ldacc + cfg.value_dim, w.saved_acc.data() + r * w.ldacc);
     span_values(span, n, cfg, w, acc);
     guard_hidden_values(span, n, cfg, w, M, acc);
+  }
+  if (pq) {  // the pq histograms onto the value centroids: o_r[s] += sum_k W[s][k] C_v[h][s][k]
+    const PqCodebooks& cb = cfg.coded->value_codebooks;
+    const index_t K = cb.centroids, sd = cb.sub_dim();
+    for (index_t r = 0; r < M; ++r)
+      for (index_t sp = 0; sp < cb.subspaces; ++sp)
+        for (index_t k = 0; k < K; ++k) {
+          const float x = w.pq_hist[static_cast<std::size_t>(r * hist_row + sp * K + k)];
+          if (x != 0.f) simd::axpy(x, cb.centroid(hk, sp, k), acc + r * ldacc + sp * sd, sd);
+        }
   }
   for (index_t t0 = 0; t0 < tail.size; t0 += kKvBlockTokens) {
     const index_t n = std::min(kKvBlockTokens, tail.size - t0);

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -29,6 +31,9 @@ struct KvBlock {
   // Float formats: bytes of one key channel row / one value row. Quantized: key_row is 0 and
   // value_row is the bytes of one token quad (layout.hpp).
   index_t key_row = 0, value_row = 0;
+  // Coded storage (KvCacheConfig::coded; the formats above are then f32 and unused): keys,
+  // values and their params hold the codes laid out as described at coded_block_sizes.
+  bool coded = false;
   KvBlock() = default;
   explicit KvBlock(KvArena* a)
       : keys(KvAllocator<std::uint8_t>(a)), key_params(KvAllocator<float>(a)), values(KvAllocator<std::uint8_t>(a)),
@@ -58,6 +63,7 @@ struct KvBlock {
 struct KvBlockView {
   KvFormat key_format = KvFormat::f32, value_format = KvFormat::f32;
   index_t count = 0, slots = 0, key_row = 0, value_row = 0;  // as KvBlock
+  bool coded = false;                                        // as KvBlock
   const std::uint8_t* keys = nullptr;
   std::size_t key_bytes = 0;
   const float* key_params = nullptr;
@@ -74,6 +80,7 @@ inline KvBlockView view_of(const KvBlock& b) noexcept {
   KvBlockView v;
   v.key_format = b.key_format, v.value_format = b.value_format;
   v.count = b.count, v.slots = b.slots, v.key_row = b.key_row, v.value_row = b.value_row;
+  v.coded = b.coded;
   v.keys = b.keys.data(), v.key_bytes = b.keys.size();
   v.key_params = b.key_params.data(), v.key_param_count = b.key_params.size();
   v.values = b.values.data(), v.value_bytes = b.values.size();
@@ -139,7 +146,161 @@ inline void set_value_code(KvBlock& blk, index_t Dv, index_t t, index_t c, int c
   write_code(blk.values.data(), value_code_spot(bits, Dv, t, c), bits, code);
 }
 
+// ---- coded storage (KvCacheConfig::coded) ------------------------------------------------------
+//
+// A coded block of n entries (slots = n rounded up to 16):
+//   pq     keys   [n][mk] codes (one byte per key sub-space), values [n][mv] codes;
+//          key_params / value_params empty, or [n] floats 0 / NaN once an entry's key / value row
+//          was non-finite (that row then reads back as NaN and makes the rows that see it NaN).
+//   sign1  keys   bits [slots / 16][Dk] uint16 (bit i of channel c = sign of entry 16 chunk + i),
+//          key_params   scales [slots / 16][Gk][16] (mean |x| of each group; padding lanes 0);
+//          values bits [n][ceil(Dv / 16)] uint16 (bit i of word u = channel 16 u + i),
+//          value_params scales [n][Gv].
+// The same layouts as CodedKvCache's heads (coded/cache.hpp), cut into blocks, so the kernels of
+// coded/kernels.hpp read them.
+struct KvCodedDims {
+  bool pq = false;
+  index_t mk = 0, mv = 0, Kk = 0, Kv = 0;  // pq: sub-spaces and centroids of keys / values
+  index_t gk = 1, gv = 1, Gk = 0, Gv = 0;  // sign1: group sizes and group counts
+  index_t W = 0;                           // sign1: uint16 words of one value row
+};
+
+inline KvCodedDims coded_dims(const KvCacheConfig& cfg) noexcept {
+  KvCodedDims d;
+  const KvCodedStorage& cs = *cfg.coded;
+  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  d.pq = cs.format == KvCodeFormat::pq;
+  d.mk = cs.key_codebooks.subspaces, d.mv = cs.value_codebooks.subspaces;
+  d.Kk = cs.key_codebooks.centroids, d.Kv = cs.value_codebooks.centroids;
+  d.gk = cs.group_size > 0 && cs.group_size < Dk ? cs.group_size : Dk;
+  d.gv = cs.group_size > 0 && cs.group_size < Dv ? cs.group_size : Dv;
+  d.Gk = (Dk + d.gk - 1) / d.gk, d.Gv = (Dv + d.gv - 1) / d.gv, d.W = (Dv + 15) / 16;
+  return d;
+}
+
+inline KvBlockSizes coded_block_sizes(const KvCacheConfig& cfg, index_t n) noexcept {
+  const KvCodedDims d = coded_dims(cfg);
+  KvBlockSizes z{};
+  z.slots = (n + 15) / 16 * 16;
+  if (d.pq) {
+    z.key_bytes = n * d.mk, z.value_bytes = n * d.mv;
+  } else {
+    z.key_bytes = z.slots / 16 * cfg.key_dim * 2, z.key_params = z.slots / 16 * d.Gk * 16;
+    z.value_bytes = n * d.W * 2, z.value_params = n * d.Gv;
+  }
+  return z;
+}
+
+inline const std::uint16_t* coded_bits(const std::uint8_t* p) noexcept { return reinterpret_cast<const std::uint16_t*>(p); }
+inline std::uint16_t* coded_bits(std::uint8_t* p) noexcept { return reinterpret_cast<std::uint16_t*>(p); }
+
+// Mean |x| of n channels (the sign1 scale, accumulated in double); NaN when any is NaN or inf.
+inline float coded_mean_abs(const float* x, index_t n) noexcept {
+  if (!all_finite(x, n)) return std::numeric_limits<float>::quiet_NaN();
+  double s = 0.0;
+  for (index_t c = 0; c < n; ++c) s += std::abs(static_cast<double>(x[c]));
+  return static_cast<float>(s / static_cast<double>(n));
+}
+
+// Marks (or clears) the non-finite flag of entry t of a pq block (params: key_params or
+// value_params), allocating the flags on the first flagged entry.
+inline void set_coded_flag(KvVector<float>& params, index_t count, index_t t, bool flagged) {
+  if (params.empty() && !flagged) return;
+  if (params.empty()) params.assign(static_cast<std::size_t>(count), 0.f);
+  params[static_cast<std::size_t>(t)] = flagged ? std::numeric_limits<float>::quiet_NaN() : 0.f;
+}
+
+// Encodes key k [Dk] and value v [Dv] of KV head h into entry t of a coded block.
+inline void encode_coded_entry(const KvCacheConfig& cfg, index_t h, KvBlock& blk, index_t t, const float* k, const float* v) {
+  const KvCodedDims d = coded_dims(cfg);
+  const KvCodedStorage& cs = *cfg.coded;
+  const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  if (d.pq) {
+    const auto codes = [&](const PqCodebooks& cb, const float* x, index_t D, std::uint8_t* out, KvVector<float>& flags) {
+      const bool finite = all_finite(x, D);
+      const index_t sd = cb.sub_dim();
+      for (index_t sp = 0; sp < cb.subspaces; ++sp)
+        out[sp] = finite ? static_cast<std::uint8_t>(nearest_centroid(x + sp * sd, cb.centroid(h, sp, 0), cb.centroids, sd)) : 0;
+      set_coded_flag(flags, blk.count, t, !finite);
+    };
+    codes(cs.key_codebooks, k, Dk, blk.keys.data() + t * d.mk, blk.key_params);
+    codes(cs.value_codebooks, v, Dv, blk.values.data() + t * d.mv, blk.value_params);
+    return;
+  }
+  const index_t chunk = t / 16, lane = t % 16;
+  std::uint16_t* kb = coded_bits(blk.keys.data()) + chunk * Dk;
+  const std::uint16_t bit = static_cast<std::uint16_t>(1u << lane);
+  for (index_t c = 0; c < Dk; ++c) kb[c] = static_cast<std::uint16_t>(k[c] >= 0.f ? kb[c] | bit : kb[c] & ~bit);
+  for (index_t g = 0; g < d.Gk; ++g)
+    blk.key_params[static_cast<std::size_t>((chunk * d.Gk + g) * 16 + lane)] = coded_mean_abs(k + g * d.gk, std::min(d.gk, Dk - g * d.gk));
+  std::uint16_t* vb = coded_bits(blk.values.data()) + t * d.W;
+  std::fill(vb, vb + d.W, std::uint16_t{0});
+  for (index_t c = 0; c < Dv; ++c)
+    if (v[c] >= 0.f) vb[c / 16] = static_cast<std::uint16_t>(vb[c / 16] | (1u << (c % 16)));
+  for (index_t g = 0; g < d.Gv; ++g)
+    blk.value_params[static_cast<std::size_t>(t * d.Gv + g)] = coded_mean_abs(v + g * d.gv, std::min(d.gv, Dv - g * d.gv));
+}
+
+// Decoded key (key = true, out [Dk]) or value (out [Dv]) of entry t of a coded block of KV head h.
+inline void decode_coded_entry(const KvCacheConfig& cfg, index_t h, const KvBlockView& blk, index_t t, bool key, float* out) {
+  const KvCodedDims d = coded_dims(cfg);
+  const index_t D = key ? cfg.key_dim : cfg.value_dim;
+  if (d.pq) {
+    const PqCodebooks& cb = key ? cfg.coded->key_codebooks : cfg.coded->value_codebooks;
+    const float* flags = key ? blk.key_params : blk.value_params;
+    const std::size_t nflags = key ? blk.key_param_count : blk.value_param_count;
+    if (nflags > 0 && std::isnan(flags[t])) {
+      std::fill(out, out + D, std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
+    const std::uint8_t* codes = (key ? blk.keys : blk.values) + t * cb.subspaces;
+    const index_t sd = cb.sub_dim();
+    for (index_t sp = 0; sp < cb.subspaces; ++sp) std::copy_n(cb.centroid(h, sp, codes[sp]), sd, out + sp * sd);
+    return;
+  }
+  if (key) {
+    const index_t chunk = t / 16, lane = t % 16;
+    const std::uint16_t* kb = coded_bits(blk.keys) + chunk * D;
+    for (index_t c = 0; c < D; ++c) {
+      const float s = blk.key_params[(chunk * d.Gk + c / d.gk) * 16 + lane];
+      out[c] = (kb[c] >> lane) & 1u ? s : -s;
+    }
+  } else {
+    const std::uint16_t* vb = coded_bits(blk.values) + t * d.W;
+    for (index_t c = 0; c < D; ++c) {
+      const float s = blk.value_params[t * d.Gv + c / d.gv];
+      out[c] = (vb[c / 16] >> (c % 16)) & 1u ? s : -s;
+    }
+  }
+}
+
+// Copies entry t of coded block `from` into slot i of coded block `to` (codes move exactly).
+inline void copy_coded_entry(const KvCacheConfig& cfg, const KvBlock& from, index_t t, KvBlock& to, index_t i) {
+  const KvCodedDims d = coded_dims(cfg);
+  const index_t Dk = cfg.key_dim;
+  if (d.pq) {
+    std::copy_n(from.keys.data() + t * d.mk, d.mk, to.keys.data() + i * d.mk);
+    std::copy_n(from.values.data() + t * d.mv, d.mv, to.values.data() + i * d.mv);
+    set_coded_flag(to.key_params, to.count, i, !from.key_params.empty() && std::isnan(from.key_params[t]));
+    set_coded_flag(to.value_params, to.count, i, !from.value_params.empty() && std::isnan(from.value_params[t]));
+    return;
+  }
+  const std::uint16_t* fb = coded_bits(from.keys.data()) + (t / 16) * Dk;
+  std::uint16_t* tb = coded_bits(to.keys.data()) + (i / 16) * Dk;
+  const index_t fl = t % 16, tl = i % 16;
+  for (index_t c = 0; c < Dk; ++c) {
+    const unsigned b = (fb[c] >> fl) & 1u;
+    tb[c] = static_cast<std::uint16_t>((tb[c] & ~(1u << tl)) | (b << tl));
+  }
+  for (index_t g = 0; g < d.Gk; ++g)
+    to.key_params[static_cast<std::size_t>(((i / 16) * d.Gk + g) * 16 + tl)] =
+        from.key_params[static_cast<std::size_t>(((t / 16) * d.Gk + g) * 16 + fl)];
+  std::copy_n(coded_bits(from.values.data()) + t * d.W, d.W, coded_bits(to.values.data()) + i * d.W);
+  std::copy_n(from.value_params.data() + t * d.Gv, d.Gv, to.value_params.data() + i * d.Gv);
+}
+
 inline KvBlockSizes block_sizes(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, index_t n) noexcept {
+  if (cfg.coded) return coded_block_sizes(cfg, n);
   KvBlockSizes z{};
   const index_t granule = key_slot_granule(kf), Dk = cfg.key_dim, Dv = cfg.value_dim;
   z.slots = (n + granule - 1) / granule * granule;
@@ -225,6 +386,13 @@ inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, i
   blk.slots = z.slots, blk.key_row = z.key_row, blk.value_row = z.value_row;
   blk.keys.assign(static_cast<std::size_t>(z.key_bytes), 0);
   blk.values.assign(static_cast<std::size_t>(z.value_bytes), 0);
+  if (cfg.coded) {  // formats unused; sign1 scales sized (pq flags are made on demand)
+    blk.coded = true, blk.key_format = blk.value_format = KvFormat::f32;
+    blk.key_params.assign(static_cast<std::size_t>(z.key_params), 0.f);
+    blk.value_params.assign(static_cast<std::size_t>(z.value_params), 0.f);
+    blk.positions.assign(static_cast<std::size_t>(n), 0);
+    return blk;
+  }
   if (is_quantized(kf) && cfg.key_quant == KeyQuant::per_token) blk.key_params.assign(static_cast<std::size_t>(z.key_params), 0.f);
   if (is_quantized(vf)) blk.value_params.assign(static_cast<std::size_t>(z.value_params), 0.f);
   blk.positions.assign(static_cast<std::size_t>(n), 0);
@@ -232,12 +400,17 @@ inline KvBlock empty_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, i
 }
 
 // A block from n fp32 rows K [n][Dk], V [n][Dv] (row strides ldk, ldv) and their positions.
+// Coded storage (cfg.coded) encodes them with the codebooks of KV head `head` (formats unused).
 inline KvBlock make_block(const KvCacheConfig& cfg, KvFormat kf, KvFormat vf, const float* K, index_t ldk,
-                          const float* V, index_t ldv, const std::int64_t* pos, index_t n) {
+                          const float* V, index_t ldv, const std::int64_t* pos, index_t n, index_t head = 0) {
   const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
   KvBlock blk = empty_block(cfg, kf, vf, n);
   std::copy(pos, pos + n, blk.positions.begin());
   set_position_range(blk);
+  if (cfg.coded) {
+    for (index_t t = 0; t < n; ++t) encode_coded_entry(cfg, head, blk, t, K + t * ldk, V + t * ldv);
+    return blk;
+  }
 
   KvVector<float> column = kv_vector<float>(cfg.arena, static_cast<std::size_t>(blk.slots), 0.f);
   KvVector<std::uint8_t> codes = kv_vector<std::uint8_t>(cfg.arena, static_cast<std::size_t>(std::max(blk.slots, Dv)), 0);

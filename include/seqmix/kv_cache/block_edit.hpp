@@ -17,6 +17,11 @@ namespace seqmix::detail {
 // Codes move exactly; per-channel key parameters belong to the block and are not touched.
 inline void copy_entry(const KvBlock& from, index_t t, KvBlock& to, index_t i, const KvCacheConfig& cfg) {
   const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
+  if (from.coded) {
+    copy_coded_entry(cfg, from, t, to, i);
+    to.positions[i] = from.positions[t];
+    return;
+  }
   if (is_quantized(from.key_format)) {
     for (index_t c = 0; c < Dk; ++c) set_key_code(to, c, i, key_code(from, c, t));
     if (cfg.key_quant == KeyQuant::per_token) {

@@ -89,8 +89,23 @@ class KvCache {
       const float f = config.mixed->salient_fraction;
       check.that(f >= 0.f && f <= 1.f, "config.mixed.salient_fraction", "must lie in [0, 1], got " + std::to_string(f));
     }
+    if (config.coded) {
+      const KvCodedStorage& cs = *config.coded;
+      check.that(!config.mixed, "config.coded", "cannot be combined with config.mixed (ZipCache's two formats)");
+      check.enum_value("config.coded.format", cs.format, 2);
+      if (cs.format == KvCodeFormat::sign1)
+        check.that(cs.group_size >= 0, "config.coded.group_size",
+                   "must be >= 0 (0 = the whole row), got " + std::to_string(cs.group_size));
+      else {
+        detail::check_codebooks(check, cs.key_codebooks, config.kv_heads, config.key_dim, "config.coded.key_codebooks");
+        detail::check_codebooks(check, cs.value_codebooks, config.kv_heads, config.value_dim, "config.coded.value_codebooks");
+      }
+    }
     heads_.reserve(static_cast<std::size_t>(config.batch * config.kv_heads));
-    for (index_t i = 0; i < config.batch * config.kv_heads; ++i) heads_.emplace_back(config.arena);
+    for (index_t i = 0; i < config.batch * config.kv_heads; ++i) {
+      heads_.emplace_back(config.arena);
+      heads_.back().kv_head = i % config.kv_heads;
+    }
     next_position_.assign(static_cast<std::size_t>(config.batch), 0);
   }
 
@@ -228,7 +243,10 @@ class KvCache {
   /// Empties row b (every KV head) and restarts its positions at 0: a row handed to a new request.
   void reset(index_t b) {
     check_head(ArgCheck("KvCache::reset"), b, 0);
-    for (index_t h = 0; h < config_.kv_heads; ++h) head_mut(b, h) = detail::KvHead(config_.arena);
+    for (index_t h = 0; h < config_.kv_heads; ++h) {
+      head_mut(b, h) = detail::KvHead(config_.arena);
+      head_mut(b, h).kv_head = h;
+    }
     next_position_[b] = 0;
   }
 
@@ -279,6 +297,7 @@ class KvCache {
       return;
     }
     const detail::KvSlot s = hd.order[entry];
+    if (config_.coded) return detail::decode_coded_entry(config_, h, detail::view_of(hd.blocks[s.block]), s.slot, true, out);
     for (index_t c = 0; c < config_.key_dim; ++c)
       out[c] = detail::key_element(hd.blocks[s.block], config_.key_quant, key_group(), c, s.slot);
   }
@@ -291,6 +310,7 @@ class KvCache {
       return;
     }
     const detail::KvSlot s = hd.order[entry];
+    if (config_.coded) return detail::decode_coded_entry(config_, h, detail::view_of(hd.blocks[s.block]), s.slot, false, out);
     detail::value_row(hd.blocks[s.block], config_.group_size, config_.value_dim, s.slot, out);
   }
 
@@ -348,6 +368,10 @@ class KvCache {
     const detail::KvSlot s = hd.order[entry];
     detail::KvBlock& blk = hd.blocks[s.block];
     const index_t t = s.slot;
+    if (blk.coded) {  // codes of one entry: re-encoded alone
+      detail::encode_coded_entry(config_, h, blk, t, key, value);
+      return;
+    }
     // The value row has its own parameters: re-encode it alone.
     if (is_quantized(blk.value_format)) {
       auto scratch = detail::kv_vector<std::uint8_t>(config_.arena, static_cast<std::size_t>(Dv));
@@ -409,6 +433,7 @@ class KvCache {
                            KvFormat value_format) {
     const ArgCheck check("KvCache::requantize_older");
     check_head(check, b, h);
+    check.that(!config_.coded, "config.coded", "is set: coded storage (pq / sign1) has no lower-bit formats to move to");
     check_format(check, key_format, "key_format", true);
     check_format(check, value_format, "value_format", false);
     return detail::requantize_older(config_, head_mut(b, h), before_position, key_format, value_format);
@@ -424,6 +449,13 @@ class KvCache {
       for (const auto& g : hd.flushed) total += g.rows.bytes();  // rollback rows (config.rollback)
     }
     return total;
+  }
+
+  /// Bytes of the pq codebooks of coded storage (KvCacheConfig::coded), shared by every entry and
+  /// not counted by bytes(); 0 otherwise.
+  std::size_t codebook_bytes() const noexcept {
+    if (!config_.coded || config_.coded->format != KvCodeFormat::pq) return 0;
+    return (config_.coded->key_codebooks.data.size() + config_.coded->value_codebooks.data.size()) * sizeof(float);
   }
 
   /// Entries over every (b, h).

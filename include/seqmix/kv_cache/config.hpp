@@ -8,6 +8,7 @@
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/kv_cache/arena.hpp"
+#include "seqmix/kv_cache/coded/codebooks.hpp"
 #include "seqmix/kv_cache/quantize.hpp"
 #include "seqmix/positional/rope/table.hpp"
 
@@ -26,6 +27,22 @@ struct KvMixedPrecision {
   /// Format of the non-salient values.
   KvFormat value_format = KvFormat::int2;
   float salient_fraction = 0.2f;           ///< share of each flushed group kept in the high formats
+};
+
+/// Coded storage of a KvCache's blocks (issue 22 item 5; docs/operators.md section 6): every
+/// flushed block keeps its keys and values as product-quantization codes or as 1-bit signs with
+/// per-group scales instead of KvCacheConfig::key_format / value_format (which are then unused).
+/// The residual window, positions, truncate / rollback, retain, compaction and replace work as for
+/// the other formats, and kv_cache_attention reads the codes directly (lookup-table scores,
+/// centroid-summed values, masked adds over sign bits: coded/kernels.hpp).
+struct KvCodedStorage {
+  KvCodeFormat format = KvCodeFormat::sign1;  ///< pq or sign1
+  /// sign1: channels per scale group (0 = the whole row).
+  index_t group_size = 32;
+  /// pq: codebooks of keys (dim Dk) per KV head and sub-space (given, or fit_pq_codebooks on a prefill).
+  PqCodebooks key_codebooks;
+  /// pq: codebooks of values (dim Dv).
+  PqCodebooks value_codebooks;
 };
 
 /// What one KvCache stores and how (docs/operators.md section 6). Defaults: one row, one head,
@@ -51,6 +68,9 @@ struct KvCacheConfig {
   /// Caller-provided storage (arena.hpp): every byte the cache holds or uses after construction
   /// comes from this arena (KvArenaFull when it runs out); null = the heap. Not owned.
   KvArena* arena = nullptr;
+  /// Coded block storage (PQ codes or 1-bit signs) instead of key_format / value_format; empty =
+  /// the formats. Not combinable with `mixed`.
+  std::optional<KvCodedStorage> coded;
 };
 
 /// One ragged append (KvCache::append): tokens of several sequences, each to its own cache row.

@@ -52,6 +52,7 @@ struct KvHead {
   // blocks are the last `blocks` of `blocks` and their entries the last 32 each of `order`;
   // retain(), compact() and replace() break that and clear it.
   KvVector<KvFlushedGroup> flushed;
+  index_t kv_head = 0;  // which KV head this is (coded storage: the pq codebooks it uses)
   index_t size() const noexcept { return static_cast<index_t>(order.size()) + residual.size(); }
 };
 

@@ -71,7 +71,7 @@ inline float saliency_of(const KvResidual& r, index_t e) {
 
 // A block from residual rows rows[0..n) (sorted here, so entries keep increasing positions).
 inline KvBlock group_block(const KvCacheConfig& cfg, const KvResidual& r, index_t* rows, index_t n, KvFormat kf,
-                           KvFormat vf) {
+                           KvFormat vf, index_t head = 0) {
   std::sort(rows, rows + n);
   const index_t Dk = cfg.key_dim, Dv = cfg.value_dim;
   KvVector<float> K = kv_vector<float>(cfg.arena, static_cast<std::size_t>(n * Dk));
@@ -82,7 +82,7 @@ inline KvBlock group_block(const KvCacheConfig& cfg, const KvResidual& r, index_
     std::copy_n(r.values.begin() + rows[i] * Dv, Dv, V.begin() + i * Dv);
     pos[i] = r.positions[rows[i]];
   }
-  return make_block(cfg, kf, vf, K.data(), Dk, V.data(), Dv, pos.data(), n);
+  return make_block(cfg, kf, vf, K.data(), Dk, V.data(), Dv, pos.data(), n, head);
 }
 
 // Drops the oldest n residual rows (no allocation).
@@ -128,7 +128,7 @@ inline void flush(const KvCacheConfig& cfg, KvHead& hd) {
       }
       auto made = kv_vector<KvBlock>(cfg.arena);
       made.reserve(2);
-      if (high > 0) made.push_back(group_block(cfg, r, rows.data(), high, cfg.key_format, cfg.value_format));
+      if (high > 0) made.push_back(group_block(cfg, r, rows.data(), high, cfg.key_format, cfg.value_format, hd.kv_head));
       if (high < Bt) made.push_back(group_block(cfg, r, rows.data() + high, Bt - high, cfg.mixed->key_format, cfg.mixed->value_format));
       KvFlushedGroup g(cfg.arena);
       if (cfg.rollback > 0) {  // keep the group's rows to undo this flush (truncate)
