@@ -33,6 +33,14 @@ class Args {
     }
     return std::atol(argv_[++at_]);
   }
+  // The flag's value as text (usage and exit 2 when it is missing).
+  std::string text() {
+    if (at_ + 1 >= argc_) {
+      usage_();
+      std::exit(2);
+    }
+    return argv_[++at_];
+  }
   [[noreturn]] void unknown() const {
     usage_();
     std::exit(flag_ == "--help" || flag_ == "-h" ? 0 : 2);

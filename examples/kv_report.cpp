@@ -11,16 +11,17 @@
 //            ~N(0, gain^2 / D + 0.25): in exact attention the needle gets most of the mass
 //            (~95% at N=4096, D=128) and the output is close to its value.
 //
-// Every method except the coded rows (a seqmix::CodedKvCache) ends in a seqmix::KvCache (storage: the cache's formats; eviction: an fp32 cache
+// Every method ends in a seqmix::KvCache (storage: the cache's formats or its coded storage; eviction: an fp32 cache
 // on which KvCache::retain applied the policy's kept set right after prefill). Then `steps`
 // decode steps each append one random token and call seqmix::kv_cache_attention; the reference
 // is seqmix::attention over the uncompressed fp32 K/V. Output: Markdown (## / ### headings, a
 // legend, one table per workload) to paste into a README; include/seqmix/kv_cache/RESULTS.md
 // holds one. Options: --n --steps --d --hq --hkv --needles --window --profile --seed --threads,
-// and --quick (N=1024, D=64, 16 steps) for a small run.
+// --quick (N=1024, D=64, 16 steps) for a small run, and --only TEXT to run only the methods whose
+// name contains TEXT.
 // Issue 22 rows: the age-based bit schedule (applied once after prefill), CacheBlend on a
 // synthetic chunk reuse (recompute 0 / 15 / 100%), SpAtten token pruning and HeadKV per-head
-// budgets; SirLLM needs token logits, which these workloads do not have, so it has no row.
+// budgets; SirLLM's token entropy from a synthetic LM head (the workloads have no model).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -56,6 +57,7 @@ struct Settings {
   index_t profile = 256;  // prompt queries whose attention H2O / FastGen / ZipCache accumulate
   index_t sinks = 4;
   int threads = 2;
+  std::string only;  // --only: run the methods whose name contains it (ThinK alone included), empty = all
   unsigned seed = 1;
   float gain = 12.f;      // needle logit (after the 1/sqrt(D) scale)
   float cos_found = 0.9f;
@@ -63,7 +65,8 @@ struct Settings {
 
 void usage() {
   std::printf("usage: seqmix_example_kv_report [--quick] [--n N] [--steps S] [--d D] [--hq H] [--hkv H]\n"
-              "                                [--needles K] [--window W] [--profile P] [--seed X] [--threads T]\n");
+              "                                [--needles K] [--window W] [--profile P] [--seed X] [--threads T]\n"
+              "                                [--only TEXT]  (only the methods whose name contains TEXT)\n");
 }
 
 Settings parse(int argc, char** argv) {
@@ -81,6 +84,7 @@ Settings parse(int argc, char** argv) {
     else if (args.is("--profile")) s.profile = args.value();
     else if (args.is("--seed")) s.seed = static_cast<unsigned>(args.value());
     else if (args.is("--threads")) s.threads = static_cast<int>(args.value());
+    else if (args.is("--only")) s.only = args.text();
     else args.unknown();
   }
   // The question is part of the profiled queries; needles sit between the sinks and the window.
@@ -296,50 +300,30 @@ Result evaluate_evicted(const Settings& s, const Workload& w, KvCache cache, dou
   return r;
 }
 
-// A coded cache (kv_cache/coded: product-quantized or 1-bit storage, a class of its own) on the
-// same workload: prefill, then the decode steps through coded_kv_cache_attention, scored as
-// evaluate() scores a KvCache (every entry is kept, so a needle is always present). PQ codebooks
-// (256 centroids) are fit by k-means, 4 iterations, on the first 1024 prompt tokens' keys and
-// values; B/token counts codes, scales and flags, the note gives the codebooks' bytes per layer.
+// Coded storage (KvCacheConfig::coded, issue 22 item 5: product-quantized or 1-bit blocks in a
+// KvCache) on the same workload: prefill, then the decode steps through kv_cache_attention, which
+// reads the codes, scored by evaluate() like every other storage row (every entry is kept, so a
+// needle is always present; decode tokens wait in the cache's fp32 window until 32 of them are
+// coded together). PQ codebooks (256 centroids) are fit by k-means, 4 iterations, on the first
+// 1024 prompt tokens' keys and values; B/token counts codes, scales and flags, the note gives the
+// codebooks' bytes per layer.
 Result evaluate_coded(const Settings& s, const Workload& w, seqmix::KvCodeFormat format, index_t subspaces, index_t group,
                       const seqmix::Executor& pool) {
-  seqmix::CodedKvCacheConfig c;
-  c.kv_heads = s.hkv, c.key_dim = s.d, c.value_dim = s.d, c.format = format, c.group_size = group;
+  KvCacheConfig c = storage_config(s, KvFormat::f32, KvFormat::f32);
+  seqmix::KvCodedStorage coded;
+  coded.format = format, coded.group_size = group;
   if (format == seqmix::KvCodeFormat::pq) {
     seqmix::PqFitOptions fit;
     fit.subspaces = subspaces, fit.centroids = 256, fit.iterations = 4;
     const index_t sample = std::min<index_t>(s.n, 1024);
-    c.key_codebooks = seqmix::fit_pq_codebooks(w.k.cview().slice(1, 0, sample), fit, pool);
-    c.value_codebooks = seqmix::fit_pq_codebooks(w.v.cview().slice(1, 0, sample), fit, pool);
+    coded.key_codebooks = seqmix::fit_pq_codebooks(w.k.cview().slice(1, 0, sample), fit, pool);
+    coded.value_codebooks = seqmix::fit_pq_codebooks(w.v.cview().slice(1, 0, sample), fit, pool);
   }
-  seqmix::CodedKvCache cache(c);
-  cache.append(w.k.cview().slice(1, 0, s.n), w.v.cview().slice(1, 0, s.n));
-  Result r;
-  const double tokens = double(s.hkv) * double(s.n);
-  r.bytes = double(cache.bytes()) / tokens;
-  r.kept = 1.0, r.packed = r.bytes;
-  if (cache.codebook_bytes() > 0) r.note = "+ " + std::to_string(cache.codebook_bytes() / 1024) + " KiB codebooks per layer";
-  r.hits.assign(static_cast<std::size_t>(s.needles), 0);
-  seqmix::CodedKvAttentionOptions options;
-  options.scale = 1.f / std::sqrt(static_cast<float>(s.d));
-  const index_t G = s.hq / s.hkv;
-  Tensor<float, 4> o({1, 1, s.hq, s.d});
-  for (index_t t = 0; t < s.steps; ++t) {
-    cache.append(w.k.cview().slice(1, s.n + t, 1), w.v.cview().slice(1, s.n + t, 1));
-    seqmix::coded_kv_cache_attention(cache, w.q_decode.cview().slice(1, t, 1), o.view(), options, pool);
-    double diff = 0, norm = 0;
-    for (index_t h = 0; h < s.hq; ++h) {
-      const index_t needle = w.needle ? w.needles[needle_of_step(s, t)] : 0;
-      for (index_t ch = 0; ch < s.d; ++ch) {
-        const double x = o(0, 0, h, ch), ref = w.o_ref(0, t, h, ch);
-        diff += (x - ref) * (x - ref), norm += ref * ref;
-      }
-      if (w.needle && seqmix_examples::points_at(s.d, [&](index_t c) { return o(0, 0, h, c); },
-                                                 [&](index_t c) { return w.v(0, needle, h / G, c); }, s.cos_found))
-        ++r.hits[needle_of_step(s, t)];
-    }
-    r.error += std::sqrt(diff / norm) / double(s.steps);
-  }
+  c.coded = std::move(coded);
+  KvCache cache = prefill(s, w, c);
+  const std::size_t codebooks = cache.codebook_bytes();
+  Result r = evaluate(s, w, std::move(cache), pool);
+  if (codebooks > 0) r.note = "+ " + std::to_string(codebooks / 1024) + " KiB codebooks per layer";
   return r;
 }
 
@@ -426,7 +410,7 @@ std::vector<Method> storage_methods(const Settings& s, const seqmix::Executor& p
                    },
                    false});
   }
-  // Coded caches (kv_cache/coded, issue 22 item 5): product quantization with m sub-spaces of 256
+  // Coded storage (KvCacheConfig::coded, issue 22 item 5): product quantization with m sub-spaces of 256
   // centroids, and 1-bit signs with a mean-|x| scale per group of channels.
   struct CodedRow {
     const char* name;
@@ -502,6 +486,40 @@ std::vector<Method> eviction_methods(const Settings& s, const seqmix::Executor& 
     kv::SpAttenCascade cascade(1, s.n);
     cascade.accumulate(obs.profile.cview());
     return cascade.prune({cap, S, W}, s.hkv);
+  });
+  // SirLLM (issue 22): token entropy -log p(token | prefix) from a synthetic LM head, as the
+  // workloads have no language model: the logits predicting token t are W k_{t-1} (W [256, D]
+  // i.i.d. N(0, 16 / D); k_{t-1} = token t-1's key in KV head 0), a background token's id is drawn
+  // from their softmax, a needle's uniformly (a fact the model did not predict, SirLLM's "key
+  // token"). kv::token_entropy gives the entropies; kv::SirLlmScores keeps the highest besides
+  // the sinks and the window (one round, so no decay), the same tokens in every head.
+  policy("SirLLM token entropy (synthetic LM head; needle ids unpredicted)", [&s, S, W](const Workload& w, const Observed&, index_t cap) {
+    const index_t V = 256, D = s.d;
+    std::mt19937 rng(s.seed + 29);
+    std::normal_distribution<float> normal(0.f, 4.f / std::sqrt(static_cast<float>(D)));
+    std::vector<float> head(static_cast<std::size_t>(V * D));
+    for (float& x : head) x = normal(rng);
+    Tensor<float, 3> logits({1, s.n, V});
+    Tensor<std::int32_t, 2> tokens({1, s.n});
+    std::vector<double> p(static_cast<std::size_t>(V));
+    for (index_t t = 0; t < s.n; ++t) {
+      double m = -1e300;
+      for (index_t v = 0; v < V; ++v) {
+        float x = 0.f;
+        for (index_t c = 0; t > 0 && c < D; ++c) x += head[v * D + c] * w.k(0, t - 1, 0, c);
+        logits(0, t, v) = x;
+        m = std::max(m, double(x));
+      }
+      const bool is_needle = w.needle && std::binary_search(w.needles.begin(), w.needles.end(), t);
+      for (index_t v = 0; v < V; ++v) p[v] = std::exp(double(logits(0, t, v)) - m);
+      tokens(0, t) = is_needle ? static_cast<std::int32_t>(rng() % V)
+                               : static_cast<std::int32_t>(std::discrete_distribution<index_t>(p.begin(), p.end())(rng));
+    }
+    Tensor<float, 2> entropy({1, s.n});
+    kv::token_entropy(logits.cview(), tokens.cview(), entropy.view());
+    kv::SirLlmScores scores(1);
+    scores.append(entropy.cview());
+    return scores.evict({cap, S, W}, s.hkv);
   });
   // HeadKV (issue 22): per-head budgets from a retrieval score (here the window's attention mass
   // outside sinks + window, given by the caller), half of the layer's total pooled by score,
@@ -679,14 +697,17 @@ int main(int argc, char** argv) {
     }
     std::printf("| method | budget | B/token | packed | x fp32 | kept | rel. error |%s notes |\n", needle ? " needles |" : "");
     std::printf("|---|---|---:|---:|---:|---:|---:|%s---|\n", needle ? "---|" : "");
-    for (const Method& m : storage) print_row(s, m.name, "all", m.run(w, obs, 0), fp32_bytes, needle);
-    {
+    const auto wanted = [&](const std::string& name) { return s.only.empty() || name.find(s.only) != std::string::npos; };
+    for (const Method& m : storage)
+      if (wanted(m.name)) print_row(s, m.name, "all", m.run(w, obs, 0), fp32_bytes, needle);
+    if (wanted("ThinK 50% key channels")) {
       // ThinK alone: every token, half of the key channels.
       const Method& think = eviction.back();
       print_row(s, "ThinK 50% key channels", "all", think.run(w, obs, 0), fp32_bytes, needle);
     }
     for (const Method& m : eviction)
-      for (index_t f : fractions) print_row(s, m.name, "N/" + std::to_string(f), m.run(w, obs, s.n / f), fp32_bytes, needle);
+      for (index_t f : fractions)
+        if (wanted(m.name)) print_row(s, m.name, "N/" + std::to_string(f), m.run(w, obs, s.n / f), fp32_bytes, needle);
     std::printf("\n");
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
