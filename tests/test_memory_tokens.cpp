@@ -199,3 +199,63 @@ TEST_CASE("memory_tokens bad arguments are refused before any write or layer cal
   expect_refused("final_memory", {x.cview(), memory.cview()},
                  {y.view(), seqmix::TensorView<float, 3>(const_cast<float*>(x.data()), {B, M, D})}, o);
 }
+
+TEST_CASE("memory_tokens_step continues a segmented prefill exactly, recall cache included", "[memory_tokens]") {
+  struct Shape { index_t B, T, M, D, H, segment, recall, prefill; };
+  const Shape shapes[] = {{2, 45, 3, 8, 2, 8, 0, 16}, {2, 45, 3, 8, 2, 8, 3, 16}, {1, 23, 2, 6, 3, 5, 2, 0},
+                          {2, 9, 1, 4, 1, 4, 5, 8}, {2, 17, 0, 4, 1, 5, 0, 10}};
+  std::uint64_t seed = 1500;
+  for (const auto& s : shapes) {
+    CAPTURE(s.B, s.T, s.M, s.D, s.segment, s.recall, s.prefill);
+    const auto x = st::random_tensor<3>({s.B, s.T, s.D}, seed++, -1.5f, 1.5f);
+    const auto memory = st::random_tensor<3>({s.B, s.M, s.D}, seed++);
+    const auto wq = st::random_tensor<2>({s.D, 3}, seed++), wk = st::random_tensor<2>({s.D, 3}, seed++);
+    const MemTokAttentionLayer layer{s.H};
+    seqmix::MemoryTokensOptions options;
+    options.segment = s.segment, options.recall = s.recall;
+    seqmix::MemoryTokensInputs whole{x.cview(), memory.cview()};
+    if (s.recall > 0) whole.recall_query = wq.cview(), whole.recall_key = wk.cview();
+    Tensor<float, 3> y({s.B, s.T, s.D}), m({s.B, s.M, s.D}), y_steps({s.B, s.T, s.D});
+    seqmix::memory_tokens(whole, {y.view(), m.view()}, layer, options, st::two_thread_pool());
+    // The prefill (a whole number of segments) from the state, then one segment per step.
+    seqmix::MemoryTokensState state(memory.cview(), s.recall);
+    for (index_t t0 = 0; t0 < s.T;) {
+      const index_t n = t0 == 0 && s.prefill > 0 ? s.prefill : std::min(s.segment, s.T - t0);
+      seqmix::MemoryTokensInputs piece{x.cview().slice(1, t0, n), {}};
+      piece.recall_query = whole.recall_query, piece.recall_key = whole.recall_key;
+      seqmix::memory_tokens_step(state, piece, y_steps.view().slice(1, t0, n), layer, options, st::two_thread_pool());
+      t0 += n;
+    }
+    for (index_t i = 0; i < y.numel(); ++i) REQUIRE(y_steps.data()[i] == y.data()[i]);
+    for (index_t i = 0; i < m.numel(); ++i) REQUIRE(state.memory().data()[i] == m.data()[i]);
+    REQUIRE(state.cached() == std::min<index_t>(s.recall, 1 + (s.T + s.segment - 1) / s.segment));
+  }
+}
+
+TEST_CASE("memory_tokens_step refuses bad arguments before any write or state change", "[memory_tokens]") {
+  const index_t B = 2, M = 2, D = 4;
+  const auto x = st::random_tensor<3>({B, 6, D}, 1600), memory = st::random_tensor<3>({B, M, D}, 1601);
+  seqmix::MemoryTokensState state(memory.cview(), 2);
+  Tensor<float, 3> y({B, 6, D});
+  y.view()(0, 0, 0) = 7.f;
+  int calls = 0;
+  const auto layer = [&](const seqmix::ConstView<float, 3>& in, const seqmix::TensorView<float, 3>& out) {
+    ++calls;
+    for (index_t i = 0; i < in.numel(); ++i) out.data()[i] = in.data()[i];
+  };
+  seqmix::MemoryTokensOptions options;
+  options.recall = 2;
+  auto wrong = options;
+  wrong.recall = 1;
+  REQUIRE_THROWS_AS(seqmix::memory_tokens_step(state, {x.cview(), {}}, y.view(), layer, wrong), seqmix::ShapeError);
+  REQUIRE_THROWS_AS(seqmix::memory_tokens_step(state, {x.cview(), memory.cview()}, y.view(), layer, options), seqmix::ShapeError);
+  const auto x_wide = st::random_tensor<3>({B, 6, D + 1}, 1602);
+  REQUIRE_THROWS_AS(seqmix::memory_tokens_step(state, {x_wide.cview(), {}}, y.view(), layer, options), seqmix::ShapeError);
+  REQUIRE_THROWS_AS(seqmix::MemoryTokensState(memory.cview(), -1), seqmix::ShapeError);
+  const auto no_mem = st::random_tensor<3>({B, 0, D}, 1603);
+  REQUIRE_THROWS_AS(seqmix::MemoryTokensState(no_mem.cview(), 1), seqmix::ShapeError);
+  REQUIRE(calls == 0);
+  REQUIRE(y.view()(0, 0, 0) == 7.f);
+  REQUIRE(state.cached() == 1);
+  for (index_t i = 0; i < memory.numel(); ++i) REQUIRE(state.memory().data()[i] == memory.data()[i]);
+}

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
@@ -12,29 +13,14 @@
 
 namespace seqmix {
 
-/// memory_tokens (docs/operators.md section 13): runs `layer` over the segments of x with M
-/// memory tokens prepended (read) and appended (write), carrying what the layer writes at the
-/// appended tokens to the next segment; y [B,T,D] and final_memory [B,M,D]. The layer gets the
-/// whole batch per call. Validation (ShapeError, before any write and before the layer runs):
-/// shapes, a negative segment or recall, recall without memory tokens, a non-finite
-/// recall_scale, recall projections of the wrong shape or without recall, outputs overlapping
-/// inputs or each other. An exception of the layer propagates
-/// (y may then hold the earlier segments).
-inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutputs& out, MemoryTokensLayer layer,
-                          const MemoryTokensOptions& options = {}, const Executor& executor = serial_executor()) {
-  if (options.reverse) {
-    const auto rev = detail::memory_tokens_reversed_call(in, out);
-    return memory_tokens(rev.first, rev.second, layer, detail::forward_options(options), executor);
-  }
-  const ArgCheck check("memory_tokens");
-  const auto d = detail::validate_memory_tokens(check, in, out, options);
-  // mem: the carried memory [B,M,D]; past: the recall's ring of the last `recall` memories.
-  Tensor<float, 3> mem({d.B, d.M, d.D});
-  for (index_t b = 0; b < d.B; ++b)
-    for (index_t m = 0; m < d.M; ++m)
-      for (index_t c = 0; c < d.D; ++c) mem.view()(b, m, c) = in.memory(b, m, c);
-  std::vector<Tensor<float, 3>> past;
-  if (d.recall >= 1) past.push_back(mem);
+namespace detail {
+
+// The segments of in.x from the carried memory `mem` [B,M,D] and the recall's cache `past` (the
+// last `recall` memories, oldest first), both updated in place; y as memory_tokens.
+inline void memory_tokens_run(const MemoryTokensDims& d, const MemoryTokensInputs& in, const TensorView<float, 3>& y,
+                              MemoryTokensLayer layer, const Executor& executor, Tensor<float, 3>& mem,
+                              std::vector<Tensor<float, 3>>& past) {
+  const MemoryTokensOutputs out{y, {}};
   Tensor<float, 3> layer_in, layer_out;
   index_t allocated = -1;  // the segment length layer_in / layer_out are sized for
   for (index_t t0 = 0; t0 < d.T; t0 += d.L) {
@@ -106,9 +92,98 @@ inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutput
       past.push_back(mem);
     }
   }
+}
+
+}  // namespace detail
+
+/// memory_tokens (docs/operators.md section 13): runs `layer` over the segments of x with M
+/// memory tokens prepended (read) and appended (write), carrying what the layer writes at the
+/// appended tokens to the next segment; y [B,T,D] and final_memory [B,M,D]. The layer gets the
+/// whole batch per call. Validation (ShapeError, before any write and before the layer runs):
+/// shapes, a negative segment or recall, recall without memory tokens, a non-finite
+/// recall_scale, recall projections of the wrong shape or without recall, outputs overlapping
+/// inputs or each other. An exception of the layer propagates
+/// (y may then hold the earlier segments).
+inline void memory_tokens(const MemoryTokensInputs& in, const MemoryTokensOutputs& out, MemoryTokensLayer layer,
+                          const MemoryTokensOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::memory_tokens_reversed_call(in, out);
+    return memory_tokens(rev.first, rev.second, layer, detail::forward_options(options), executor);
+  }
+  const ArgCheck check("memory_tokens");
+  const auto d = detail::validate_memory_tokens(check, in, out, options);
+  // mem: the carried memory [B,M,D]; past: the recall's ring of the last `recall` memories.
+  Tensor<float, 3> mem({d.B, d.M, d.D});
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t m = 0; m < d.M; ++m)
+      for (index_t c = 0; c < d.D; ++c) mem.view()(b, m, c) = in.memory(b, m, c);
+  std::vector<Tensor<float, 3>> past;
+  if (d.recall >= 1) past.push_back(mem);
+  detail::memory_tokens_run(d, in, out.y, layer, executor, mem, past);
   for (index_t b = 0; b < d.B; ++b)
     for (index_t m = 0; m < d.M; ++m)
       for (index_t c = 0; c < d.D; ++c) out.final_memory(b, m, c) = mem.view()(b, m, c);
+}
+
+
+/// The state memory_tokens_step carries between calls: the memory written by the last segment
+/// [B,M,D] and, with HMT recall, the recall's cache (the last `recall` memories, oldest first;
+/// the initial memory counts, as in memory_tokens). Starts from an initial memory.
+class MemoryTokensState {
+ public:
+  /// memory [B,M,D] before the first segment (copied); recall as MemoryTokensOptions::recall.
+  /// ShapeError for an empty batch or width, recall < 0, or recall without memory tokens.
+  MemoryTokensState(const ConstView<float, 3>& memory, index_t recall) : recall_(recall) {
+    const ArgCheck check("MemoryTokensState");
+    check.shape("memory", memory, {-1, -1, -1}, "B,M,D");
+    check.that(memory.size(0) >= 1 && memory.size(2) >= 1, "memory", "needs B >= 1 and D >= 1");
+    check.that(recall >= 0, "recall", "must be >= 0, got " + std::to_string(recall));
+    check.that(recall == 0 || memory.size(1) >= 1, "recall", "needs memory tokens (M >= 1)");
+    memory_ = Tensor<float, 3>({memory.size(0), memory.size(1), memory.size(2)});
+    for (index_t b = 0; b < memory.size(0); ++b)
+      for (index_t m = 0; m < memory.size(1); ++m)
+        for (index_t c = 0; c < memory.size(2); ++c) memory_.view()(b, m, c) = memory(b, m, c);
+    if (recall >= 1) past_.push_back(memory_);
+  }
+  /// The carried memory [B,M,D] (what memory_tokens returns as final_memory).
+  ConstView<float, 3> memory() const noexcept { return memory_.cview(); }
+  /// The recall's cache size N it was made for (0: no recall).
+  index_t recall() const noexcept { return recall_; }
+  /// Memories in the recall's cache now (at most recall()).
+  index_t cached() const noexcept { return static_cast<index_t>(past_.size()); }
+
+  /// \cond INTERNAL
+  Tensor<float, 3>& memory_mut() noexcept { return memory_; }
+  std::vector<Tensor<float, 3>>& past_mut() noexcept { return past_; }
+  /// \endcond
+
+ private:
+  index_t recall_ = 0;
+  Tensor<float, 3> memory_;
+  std::vector<Tensor<float, 3>> past_;
+};
+
+/// memory_tokens continued from a state: x [B,T,D] (the next tokens; cut into segments of
+/// options.segment, 0 = one segment) runs from the state's memory and recall cache, y [B,T,D]
+/// gets the layer's outputs, and the state then holds the memory and recall cache after the last
+/// segment. So a decode loop calls it once per segment, and memory_tokens over a stream equals
+/// memory_tokens_step over its pieces when every piece but the last holds a whole number of
+/// segments (same arithmetic, bit for bit). in.memory must be empty (the state holds it);
+/// in.recall_query / recall_key and options as memory_tokens, options.recall equal to
+/// state.recall(), options.reverse false. ShapeError before any write and before the layer runs. An exception of the
+/// layer propagates; the state then holds the segments finished before it.
+inline void memory_tokens_step(MemoryTokensState& state, const MemoryTokensInputs& in, const TensorView<float, 3>& y,
+                               MemoryTokensLayer layer, const MemoryTokensOptions& options = {},
+                               const Executor& executor = serial_executor()) {
+  const ArgCheck check("memory_tokens_step");
+  check.that(!in.memory.has_value(), "memory", "must be empty: the state carries the memory");
+  check.that(!options.reverse, "options.reverse", "is not supported by the step (a stream is continued forward)");
+  check.that(options.recall == state.recall(), "options.recall",
+             "must equal the state's recall (" + std::to_string(state.recall()) + "), got " + std::to_string(options.recall));
+  MemoryTokensInputs with_state = in;
+  with_state.memory = state.memory();
+  const auto d = detail::validate_memory_tokens(check, with_state, {y, {}}, options, false);
+  detail::memory_tokens_run(d, with_state, y, layer, executor, state.memory_mut(), state.past_mut());
 }
 
 }  // namespace seqmix

@@ -73,8 +73,10 @@ struct MemoryTokensDims {
   float scale;
 };
 
+// `with_final`: false for memory_tokens_step, whose memory is the state's (written in place).
 inline MemoryTokensDims validate_memory_tokens(const ArgCheck& check, const MemoryTokensInputs& in,
-                                               const MemoryTokensOutputs& out, const MemoryTokensOptions& options) {
+                                               const MemoryTokensOutputs& out, const MemoryTokensOptions& options,
+                                               bool with_final = true) {
   check.shape("x", in.x, {-1, -1, -1}, "B,T,D");
   MemoryTokensDims d{};
   d.B = in.x.size(0), d.T = in.x.size(1), d.D = in.x.size(2);
@@ -99,8 +101,10 @@ inline MemoryTokensDims validate_memory_tokens(const ArgCheck& check, const Memo
   const index_t score_dim = d.R > 0 ? d.R : d.D;
   d.scale = options.recall_scale == 0.f ? 1.f / std::sqrt(static_cast<float>(score_dim)) : options.recall_scale;
   check.product("memory", d.B, 2 * d.M + std::min(d.L, std::max<index_t>(d.T, 1)), d.D);  // the layer's input fits
-  check.shape("y", out.y, {d.B, d.T, d.D}, "B,T,D").shape("final_memory", out.final_memory, {d.B, d.M, d.D}, "B,M,D");
+  check.shape("y", out.y, {d.B, d.T, d.D}, "B,T,D");
   check.no_overlap("y", out.y, "x", in.x).no_overlap("y", out.y, "memory", in.memory);
+  if (!with_final) return d;
+  check.shape("final_memory", out.final_memory, {d.B, d.M, d.D}, "B,M,D");
   check.no_overlap("final_memory", out.final_memory, "x", in.x)
       .no_overlap("final_memory", out.final_memory, "memory", in.memory)
       .no_overlap("final_memory", out.final_memory, "y", out.y);
