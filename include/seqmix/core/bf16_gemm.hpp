@@ -47,25 +47,42 @@ inline void floats_to_bf16_pairs(const float* src, index_t n, std::uint32_t* dst
   for (index_t c = 0; c < n; c += 16) store_bf16x16(out + c, _mm512_loadu_ps(src + c));
 }
 
+#if defined(__clang__)
+#define SEQMIX_BF16_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define SEQMIX_BF16_UNROLL _Pragma("GCC unroll 8")
+#else
+#define SEQMIX_BF16_UNROLL
+#endif
+
 // C[MR x NV*16] = row_scale * C + A[MR x K pair words] B[K x NV*16 pair words]: MR x NV
 // accumulators in registers; A broadcast one pair word at a time, B read by whole vectors.
 template <int MR, int NV>
 inline void gemm_bf16_block(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C,
                             index_t ldc, index_t K, const float* row_scale) noexcept {
+  // The accumulators must live in registers: GCC at -O2 does not unroll these loops by itself
+  // (the arrays then go to the stack and the kernel runs at a third of its -O3 speed).
   __m512 acc[MR][NV];
+  SEQMIX_BF16_UNROLL
   for (int r = 0; r < MR; ++r)
+    SEQMIX_BF16_UNROLL
     for (int v = 0; v < NV; ++v)
       acc[r][v] = row_scale ? _mm512_mul_ps(_mm512_loadu_ps(C + r * ldc + v * 16), _mm512_set1_ps(row_scale[r]))
                             : _mm512_setzero_ps();
   for (index_t k = 0; k < K; ++k) {
     __m512bh b[NV];
+    SEQMIX_BF16_UNROLL
     for (int v = 0; v < NV; ++v) b[v] = as_bf16_pairs(_mm512_loadu_si512(B + k * ldb + v * 16));
+    SEQMIX_BF16_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m512bh a = as_bf16_pairs(_mm512_set1_epi32(static_cast<int>(A[r * lda + k])));
+      SEQMIX_BF16_UNROLL
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
     }
   }
+  SEQMIX_BF16_UNROLL
   for (int r = 0; r < MR; ++r)
+    SEQMIX_BF16_UNROLL
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + v * 16, acc[r][v]);
 }
 

@@ -30,6 +30,8 @@ struct DeltaRuleOptions {
   /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
   /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
   bool reverse = false;
+  /// bf16 dot-product GEMMs in the chunked WY form; see GatedDeltaRuleOptions::bf16_compute.
+  Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
 
 /// Prefill arguments of delta_rule. Optional views are empty when not given; packed batches and
@@ -73,6 +75,7 @@ inline DeltaCall ungated_call(const DeltaRuleInputs& in, const DeltaRuleOutputs&
   c.initial_state = in.initial_state, c.batch = in.batch;
   c.o = out.o, c.final_state = out.final_state, c.token_states = out.token_states;
   c.scale = options.scale, c.norm = options.qk_norm, c.chunk = options.chunk_size, c.algorithm = options.algorithm;
+  c.bf16_compute = options.bf16_compute;
   return c;
 }
 

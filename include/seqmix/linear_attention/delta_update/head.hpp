@@ -55,6 +55,7 @@ struct DeltaHead {
   TensorView<float, 2> o;  // [T,V]
   float scale = 1.f;
   QkNorm norm = QkNorm::none;
+  bool bf16_dot = false;  // chunked WY form: GEMMs on AVX512-BF16 dot products (wy.hpp)
 
   index_t T() const { return q.size(0); }
   index_t K() const { return q.size(1); }

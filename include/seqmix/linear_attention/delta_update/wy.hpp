@@ -58,6 +58,7 @@ struct WyWorkspace {
   RowMatrix Vc, U;  ///< [C,V]  values; right-hand side, then the solution U
   Eigen::Matrix<float, 1, Eigen::Dynamic> beta, anchor;
   chunkwise::ProductScratch finite_u;  // add_lower_product's scratch (non-finite U only)
+  bool bf16_dot = false;  ///< the current chunk's GEMMs on bf16 dot products (set by wy_load_chunk)
 };
 
 /// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, v, beta, cumulative gates.
@@ -149,6 +150,67 @@ inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
   }
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// ---- bf16 dot-product steps (DeltaHead::bf16_dot; Bf16Compute::dot) ------------------------------
+//
+// The chunk's four GEMMs on vdpbf16ps (core/bf16_gemm.hpp; packing in
+// diagonal_decay/bf16_tiles.hpp): the scores G = (K;Q) K^T, the read of the state P = (K;Q) S,
+// O += M U and the state update (K * decay)^T U, their operands rounded to bf16 as they are
+// packed and the products accumulated in fp32. The gates, the masks, the right-hand side
+// V - P and the triangular solve stay fp32, as does the state. Strong channel decays (the
+// pairwise scores) and a non-finite U take the fp32 code.
+
+/// G = X Y^T over the first `rows` rows of X and L rows of Y (both [*, K], row stride K).
+inline void scores_bf16(const RowMatrix& X, index_t rows, const RowMatrix& Y, index_t L, index_t K, WyWorkspace& ws) {
+  using namespace detail::la::bf16_tiles;
+  const index_t Kw = words(K), Lpad = pad16(L);
+  Scratch& x = Scratch::local();
+  x.reserve(rows, K, ws.Vc.cols());
+  pack_rows(X.data(), K, rows, K, x.a.data(), Kw);
+  pack_rows(Y.data(), K, L, K, x.c.data(), Kw);
+  transpose_words(x.c.data(), Kw, L, Kw, x.b.data(), Lpad, Lpad);
+  gemm_bf16(x.a.data(), Kw, x.b.data(), Lpad, x.f.data(), Lpad, rows, Lpad, Kw, nullptr);
+  ws.G.topLeftCorner(rows, L) = detail::la::padded_rows(x.f.data(), rows, L, Lpad);
+}
+
+/// P = X S over the first `rows` rows of X [*, K].
+inline void read_state_bf16(const RowMatrix& X, index_t rows, const RowMatrix& S, WyWorkspace& ws) {
+  using namespace detail::la::bf16_tiles;
+  const index_t K = S.rows(), V = S.cols(), Kw = words(K), Vpad = pad16(V);
+  Scratch& x = Scratch::local();
+  x.reserve(rows, K, V);
+  pack_rows(X.data(), K, rows, K, x.a.data(), Kw);
+  pack_row_pairs(S.data(), V, K, V, x.b.data(), Vpad);
+  gemm_bf16(x.a.data(), Kw, x.b.data(), Vpad, x.f.data(), Vpad, rows, Vpad, Kw, nullptr);
+  ws.P.topRows(rows) = detail::la::padded_rows(x.f.data(), rows, V, Vpad);
+}
+
+/// O += M U (O is P's rows [L, 2L)); U finite.
+inline void add_mu_bf16(index_t L, WyWorkspace& ws) {
+  using namespace detail::la::bf16_tiles;
+  const index_t V = ws.U.cols(), Lw = words(L), Vpad = pad16(V);
+  Scratch& x = Scratch::local();
+  x.reserve(2 * L, ws.KQ.cols(), V);
+  pack_rows(ws.M.data(), ws.M.cols(), L, L, x.a.data(), Lw);
+  pack_row_pairs(ws.U.data(), V, L, V, x.b.data(), Vpad);
+  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.g.data(), Vpad, L, Vpad, Lw, nullptr);
+  ws.P.middleRows(L, L) += detail::la::padded_rows(x.g.data(), L, V, Vpad);
+}
+
+/// S += X^T U over the first L rows of X [*, K] (S already decayed); U finite.
+inline void add_state_bf16(const RowMatrix& X, index_t L, RowMatrix& S, WyWorkspace& ws) {
+  using namespace detail::la::bf16_tiles;
+  const index_t K = S.rows(), V = S.cols(), Lw = words(L), Kpad = pad16(K), Vpad = pad16(V);
+  Scratch& x = Scratch::local();
+  x.reserve(2 * L, K, V);
+  pack_row_pairs(X.data(), K, L, K, x.c.data(), Kpad);      // [Lw x Kpad]
+  transpose_words(x.c.data(), Kpad, Lw, K, x.a.data(), Lw, Lw);  // [K x Lw]
+  pack_row_pairs(ws.U.data(), V, L, V, x.b.data(), Vpad);   // [Lw x Vpad]
+  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.f.data(), Vpad, K, Vpad, Lw, nullptr);
+  S += detail::la::padded_rows(x.f.data(), K, V, Vpad);
+}
+#endif
+
 // The steps of one chunk [t0, t0 + L) of head p on the state S [K,V], in the order the chunkwise
 // engine (core/chunkwise/engine.hpp) calls them; driver.hpp binds them to its hooks.
 
@@ -156,6 +218,26 @@ inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
 inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
   load_chunk(p, t0, L, ws);
   const bool channel = p.gated() && !p.scalar_gate;
+  ws.bf16_dot = detail::kNativeBf16Dot && p.bf16_dot;
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (ws.bf16_dot && (!channel || -ws.gamma.row(L - 1).minCoeff() <= kAnchorRange)) {
+    if (channel) {  // channel_scores' anchored operands, the exps vectorized
+      using detail::la::bf16_tiles::scale_by_exp;
+      const index_t K = p.K(), G = ws.gamma.cols();
+      ws.anchor = 0.5f * ws.gamma.row(L - 1);
+      scale_by_exp(ws.KQ.data(), K, ws.gamma.data(), G, -1.f, ws.anchor.data(), ws.Kn.data(), K, L, K);
+      ws.anchor = -ws.anchor;
+      for (int half = 0; half < 2; ++half)
+        scale_by_exp(ws.KQ.row(half * L).data(), K, ws.gamma.data(), G, 1.f, ws.anchor.data(),
+                     ws.KQg.row(half * L).data(), K, L, K);
+      scores_bf16(ws.KQg, 2 * L, ws.Kn, L, p.K(), ws);
+    } else {
+      scores_bf16(ws.KQ, 2 * L, ws.KQ, L, p.K(), ws);
+    }
+    mask_scores(L, p.gated() && p.scalar_gate, ws);
+    return;
+  }
+#endif
   if (channel)
     channel_scores(L, p.K(), ws);
   else
@@ -165,6 +247,19 @@ inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace
 
 /// The read of the carried state by k (for the right-hand side) and by q (for the output).
 inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyWorkspace& ws) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (ws.bf16_dot) {
+    if (p.gated() && !p.scalar_gate) {
+      for (int half = 0; half < 2; ++half)
+        detail::la::bf16_tiles::scale_by_exp(ws.KQ.row(half * L).data(), p.K(), ws.gamma.data(), ws.gamma.cols(), 1.f,
+                                             nullptr, ws.KQg.row(half * L).data(), p.K(), L, p.K());
+    } else if (p.gated()) {
+      decay_rows(p, L, ws);
+    }
+    read_state_bf16(p.gated() ? ws.KQg : ws.KQ, 2 * L, S, ws);
+    return;
+  }
+#endif
   if (p.gated()) {
     decay_rows(p, L, ws);
     ws.P.topRows(2 * L).noalias() = ws.KQg.topRows(2 * L) * S;
@@ -177,12 +272,39 @@ inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyW
 inline void wy_intra(index_t L, WyWorkspace& ws) {
   ws.U.topRows(L).array() = (ws.Vc.topRows(L) - ws.P.topRows(L)).array().colwise() * ws.beta.head(L).transpose().array();
   solve_unit_lower(ws.A, L, ws.U);
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols())) {
+    add_mu_bf16(L, ws);
+    return;
+  }
+#endif
   // O += M U, causal also for a non-finite U (core/chunkwise/causal_product.hpp).
   chunkwise::add_lower_product(ws.M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L), ws.finite_u);
 }
 
 /// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
 inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorkspace& ws) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols())) {
+    if (!p.gated()) {
+      add_state_bf16(ws.KQ, L, S, ws);
+      return;
+    }
+    if (p.scalar_gate) {
+      const float last = ws.gamma(L - 1, 0);
+      ws.Kn.topRows(L).array() =
+          ws.KQ.topRows(L).array().colwise() * (last - ws.gamma.col(0).head(L).array()).exp();
+      S *= std::exp(last);
+    } else {
+      const auto last = ws.gamma.row(L - 1);
+      detail::la::bf16_tiles::scale_by_exp(ws.KQ.data(), p.K(), ws.gamma.data(), ws.gamma.cols(), -1.f, last.data(),
+                                           ws.Kn.data(), p.K(), L, p.K());
+      S.array().colwise() *= last.transpose().array().exp();
+    }
+    add_state_bf16(ws.Kn, L, S, ws);
+    return;
+  }
+#endif
   if (!p.gated()) {
     S.noalias() += ws.KQ.topRows(L).transpose() * ws.U.topRows(L);
   } else if (p.scalar_gate) {

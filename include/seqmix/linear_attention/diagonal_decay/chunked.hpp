@@ -25,6 +25,7 @@
 
 #include "seqmix/core/chunkwise/causal_product.hpp"
 #include "seqmix/core/simd.hpp"
+#include "seqmix/linear_attention/diagonal_decay/bf16_tiles.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
 namespace seqmix::detail::la {
@@ -58,6 +59,117 @@ struct ChunkWorkspace {
   RowVector bonus;     // [C] rwkv6 diagonal
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 };
+
+using RowMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// ---- bf16 dot-product chunk steps (HeadProblem::bf16_dot; GLA's Bf16Compute::dot) ---------------
+//
+// The same steps with every GEMM on vdpbf16ps (core/bf16_gemm.hpp): the fp32 operands of the
+// chunk (decayed q and k, the values, the intra-chunk scores, the carried state) are rounded to
+// bf16 as they are packed (bf16_tiles.hpp), products accumulate in fp32 into padded scratch, and
+// everything else (cumulative gates, exps, masks, the state itself) stays fp32. A chunk holding a
+// non-finite value, and channel gates too strong for the anchored GEMM, take the fp32 steps.
+
+// The fp32 [n x cols] product in scratch (row stride ld) as an Eigen block.
+inline RowMap padded_rows(const float* f, index_t n, index_t cols, index_t ld) {
+  return RowMap(f, n, cols, Eigen::OuterStride<>(ld));
+}
+
+inline void chunk_inter_bf16(const HeadProblem& p, index_t L, const RowMatrix& S, ChunkWorkspace& ws) {
+  using namespace bf16_tiles;
+  const index_t Kf = S.rows(), Vp = S.cols(), Kw = words(Kf), Vpad = pad16(Vp);
+  Scratch& x = Scratch::local();
+  x.reserve(L, Kf, Vp);
+  const RowMatrix* q = &ws.Q;
+  if (p.gated() && !p.scalar_gate) {
+    scale_by_exp(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
+    q = &ws.QD;
+  }
+  pack_rows(q->data(), q->cols(), L, Kf, x.a.data(), Kw);
+  pack_row_pairs(S.data(), Vp, Kf, Vp, x.b.data(), Vpad);
+  gemm_bf16(x.a.data(), Kw, x.b.data(), Vpad, x.f.data(), Vpad, L, Vpad, Kw, nullptr);
+  auto O = ws.O.topRows(L);
+  O = padded_rows(x.f.data(), L, Vp, Vpad);
+  if (p.gated() && p.scalar_gate) O.array().colwise() *= ws.Bq.col(0).head(L).array().exp();
+}
+
+// False (nothing written) where the fp32 step must run instead.
+inline bool chunk_intra_bf16(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
+  using namespace bf16_tiles;
+  const bool exclusive = p.readout == Readout::exclusive_bonus;
+  const bool channel = p.gated() && !p.scalar_gate;
+  const index_t Kf = ws.Q.cols(), Vp = ws.Vc.cols(), Kw = words(Kf), Lw = words(L), Lpad = pad16(L),
+                Vpad = pad16(Vp);
+  if (channel && -ws.Bk.row(L - 1).minCoeff() > kAnchorRange) return false;
+  if (!all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
+  Scratch& x = Scratch::local();
+  x.reserve(L, Kf, Vp);
+  const RowMatrix *q = &ws.Q, *k = &ws.Kc;
+  if (channel) {  // the anchored operands of intra_channel_anchored
+    ws.m = -0.5f * ws.Bk.row(L - 1);  // exp(Bq - m') and exp(m' - Bk) with m' = Bk_last / 2
+    scale_by_exp(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
+    ws.m = -ws.m;
+    scale_by_exp(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
+    q = &ws.QD, k = &ws.KD;
+  }
+  pack_rows(q->data(), Kf, L, Kf, x.a.data(), Kw);
+  pack_rows(k->data(), Kf, L, Kf, x.c.data(), Kw);
+  transpose_words(x.c.data(), Kw, L, Kw, x.b.data(), Lpad, Lpad);
+  float* A = x.f.data();  // [L x Lpad] scores
+  gemm_bf16(x.a.data(), Kw, x.b.data(), Lpad, A, Lpad, L, Lpad, Kw, nullptr);
+  float* bk = x.g.data();  // column 0 of Bk, contiguous
+  if (p.gated() && p.scalar_gate)
+    for (index_t j = 0; j < L; ++j) bk[j] = ws.Bk(j, 0);
+  for (index_t i = 0; i < L; ++i) {
+    float* row = A + i * Lpad;
+    if (p.gated() && p.scalar_gate) {  // row[j] *= exp(bq_i - bk_j) for j <= i (exponent <= 0)
+      const simd::Batch<float> bq(ws.Bq(i, 0));
+      const index_t jv = simd::vector_end(i + 1);
+      for (index_t j = 0; j < jv; j += simd::kWidth)
+        simd::store(row + j, simd::load(row + j) * simd::exp(bq - simd::load(bk + j)));
+      for (index_t j = jv; j <= i; ++j) row[j] *= std::exp(ws.Bq(i, 0) - bk[j]);
+    }
+    for (index_t j = exclusive ? i : i + 1; j < L; ++j) row[j] = 0.f;
+    if (exclusive) row[i] = ws.bonus(i);
+  }
+  pack_rows(A, Lpad, L, L, x.a.data(), Lw);
+  pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.b.data(), Vpad);
+  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.g.data(), Vpad, L, Vpad, Lw, nullptr);
+  ws.O.topRows(L) += padded_rows(x.g.data(), L, Vp, Vpad);
+  return true;
+}
+
+// False (nothing written) where the fp32 step must run instead.
+inline bool chunk_state_update_bf16(const HeadProblem& p, index_t L, RowMatrix& S, ChunkWorkspace& ws) {
+  using namespace bf16_tiles;
+  const index_t Kf = S.rows(), Vp = S.cols(), Lw = words(L), Kpad = pad16(Kf), Vpad = pad16(Vp);
+  if (!all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
+  Scratch& x = Scratch::local();
+  x.reserve(L, Kf, Vp);
+  const RowMatrix* k = &ws.Kc;
+  if (p.gated() && p.scalar_gate) {
+    const float last = ws.Bk(L - 1, 0);
+    ws.KD.topRows(L).array() = ws.Kc.topRows(L).array().colwise() * (last - ws.Bk.col(0).head(L).array()).exp();
+    S *= std::exp(last);
+    k = &ws.KD;
+  } else if (p.gated()) {
+    const auto last = ws.Bk.row(L - 1);
+    scale_by_exp(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last.data(), ws.KD.data(), Kf, L, Kf);
+    S.array().colwise() *= last.transpose().array().exp();
+    k = &ws.KD;
+  }
+  pack_row_pairs(k->data(), Kf, L, Kf, x.c.data(), Kpad);     // [Lw x Kpad]
+  transpose_words(x.c.data(), Kpad, Lw, Kf, x.a.data(), Lw, Lw);  // [Kf x Lw]: (K * decay)^T
+  pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.b.data(), Vpad);  // [Lw x Vpad]
+  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.f.data(), Vpad, Kf, Vpad, Lw, nullptr);
+  S += padded_rows(x.f.data(), Kf, Vp, Vpad);
+  return true;
+}
+#endif
+
+// True where a chunk step of p runs on bf16 dot products.
+inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16_dot; }
 
 // The chunk loop itself is seqmix::chunkwise's engine (core/chunkwise/engine.hpp); driver.hpp maps its
 // hooks onto the steps below.
@@ -94,6 +206,9 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
 
 // O = (Q * exp(Bq)) S: what the tokens of the chunk read from the state carried into it.
 inline void chunk_inter(const HeadProblem& p, index_t L, const RowMatrix& S, ChunkWorkspace& ws) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (use_bf16_dot(p)) return chunk_inter_bf16(p, L, S, ws);
+#endif
   auto O = ws.O.topRows(L);
   if (!p.gated()) {
     O.noalias() = ws.Q.topRows(L) * S;
@@ -151,6 +266,9 @@ inline void intra_channel_anchored(index_t L, ChunkWorkspace& ws) {
 
 // A = intra-chunk scores, causally masked; then O += A V.
 inline void chunk_intra(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (use_bf16_dot(p) && chunk_intra_bf16(p, L, ws)) return;
+#endif
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   auto A = ws.A.topLeftCorner(L, L);
   if (p.gated() && !p.scalar_gate) {
@@ -177,6 +295,9 @@ inline void chunk_intra(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
 
 // S = diag(exp(Bk_last)) S + (K * exp(Bk_last - Bk))^T V.
 inline void chunk_state_update(const HeadProblem& p, index_t L, RowMatrix& S, ChunkWorkspace& ws) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (use_bf16_dot(p) && chunk_state_update_bf16(p, L, S, ws)) return;
+#endif
   if (!p.gated()) {
     S.noalias() += ws.Kc.topRows(L).transpose() * ws.Vc.topRows(L);
   } else if (p.scalar_gate) {

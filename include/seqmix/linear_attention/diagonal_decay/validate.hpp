@@ -9,6 +9,7 @@
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/qkv_check.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -52,6 +53,11 @@ inline void check_chunk(const ArgCheck& check, index_t chunk) {
 // An out-of-range algorithm would run neither form's checks nor pick a form (issue 24 item 1).
 inline void check_algorithm(const ArgCheck& check, LinearAttentionAlgorithm algorithm) {
   check_enum(check.op(), "options.algorithm", algorithm, 3);
+}
+
+// The chunked forms' product precision (GLA and the delta rules): fp32 or dot.
+inline void check_bf16_compute(const ArgCheck& check, Bf16Compute compute) {
+  check_enum(check.op(), "options.bf16_compute", compute, 2);
 }
 
 // The initial / final state pair of a prefill, each optional, [S,HV,Kf,V] with S one row per

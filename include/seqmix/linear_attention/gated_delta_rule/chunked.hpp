@@ -35,6 +35,7 @@ inline void fast_delta(const ArgCheck& check, const DeltaCall& c, const Executor
     p.o = one.o[0].select(1, hv);
     p.scale = pr.scale;
     p.norm = c.norm;
+    p.bf16_dot = c.bf16_compute == Bf16Compute::dot;
     if (channel) {
       p.g = one.g[0].select(1, hv);
     } else if (c.gated) {

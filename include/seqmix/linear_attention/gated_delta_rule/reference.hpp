@@ -53,6 +53,13 @@ struct GatedDeltaRuleOptions {
   /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
   /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
   bool reverse = false;
+  /// Bf16Compute::dot: the chunked WY form rounds the operands of its GEMMs (q, k, the carried
+  /// state, the solved U and the q-k scores) to bf16 and multiplies them with AVX512-BF16 dot
+  /// products, accumulating in fp32 and carrying the state in fp32, where the compile target has
+  /// them (__AVX512BF16__); the triangular solve stays fp32, and so does everything elsewhere and
+  /// in the recurrent form. Bounded extra error (docs/operators.md); the reference and the step
+  /// ignore it.
+  Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
 
 /// Prefill arguments. Optional views are empty when not given. Dense: B sequences of T tokens,
@@ -145,6 +152,7 @@ struct DeltaCall {
   QkNorm norm = QkNorm::none;
   index_t chunk = 64;
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
+  Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
 
 // A validated prefill: its sizes, its sequences and the resolved scale.
@@ -169,6 +177,7 @@ inline DeltaProblem validate_delta(const ArgCheck& check, const DeltaCall& c, co
   check_chunk(check, c.chunk);
   check_enum(check.op(), "options.qk_norm", c.norm, 2);
   check_enum(check.op(), "options.algorithm", c.algorithm, 3);
+  check_bf16_compute(check, c.bf16_compute);
   const index_t rows = state_rows(check, c.initial_state, c.final_state);
   const SequenceMap map = SequenceMap::make(check.op(), c.batch, d.B, d.T, c.initial_state.has_value(), rows);
   check_prefill_aliasing(check, c.o, c.final_state, c.token_states, c.initial_state, named("q", c.q), named("k", c.k),
@@ -263,6 +272,7 @@ inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRule
   c.initial_state = in.initial_state, c.batch = in.batch;
   c.o = out.o, c.final_state = out.final_state, c.token_states = out.token_states;
   c.scale = options.scale, c.norm = options.qk_norm, c.chunk = options.chunk_size, c.algorithm = options.algorithm;
+  c.bf16_compute = options.bf16_compute;
   return c;
 }
 

@@ -89,7 +89,10 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
   const std::vector<float> fixed_gates = retnet_gates(options.gate, d.HV);
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
     // Only retention has fixed gates; the others get no pointer (no offset on an empty vector).
-    return gla_head(in, out, options.gate, scale, d, b, hv, fixed_gates.empty() ? nullptr : fixed_gates.data() + hv);
+    HeadProblem p =
+        gla_head(in, out, options.gate, scale, d, b, hv, fixed_gates.empty() ? nullptr : fixed_gates.data() + hv);
+    p.bf16_dot = options.bf16_compute == Bf16Compute::dot;
+    return p;
   });
 }
 

@@ -44,6 +44,12 @@ struct GatedLinearAttentionOptions {
   /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
   /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
   bool reverse = false;
+  /// Bf16Compute::dot: the chunked prefill rounds its GEMM operands (decayed q and k, v, the
+  /// intra-chunk scores, the carried state) to bf16 and multiplies them with AVX512-BF16 dot
+  /// products, accumulating in fp32 and carrying the state in fp32, where the compile target has
+  /// them (__AVX512BF16__); the fp32 kernels elsewhere and in the recurrent form. Bounded extra
+  /// error (docs/operators.md, GLA); the reference and the step ignore it.
+  Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
 
 /// Prefill arguments. Optional views are empty when not given. The gate has Hg = H or HV heads.
@@ -140,6 +146,7 @@ inline PrefillCheck validate_gla(const char* op, const GatedLinearAttentionInput
   check_scale(check, options.scale, d.K);
   check_chunk(check, options.chunk_size);
   check_algorithm(check, options.algorithm);
+  check_bf16_compute(check, options.bf16_compute);
   check_gate<4>(check, options.gate, in.g, in.g_scalar, d, executor);
   const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
   check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.g, in.g_scalar, in.initial_state, out.final_state,

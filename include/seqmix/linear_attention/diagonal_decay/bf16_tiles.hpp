@@ -1,0 +1,146 @@
+// Packing of fp32 chunk tiles into the pair-word layouts of core/bf16_gemm.hpp, for the bf16
+// dot-product chunked forms of GLA (chunked.hpp) and the delta rules (delta_update/wy.hpp).
+// Internal; only compiled where the target has AVX512-BF16 (kNativeBf16Dot).
+//
+// gemm_bf16 computes C[M x N] (+)= A B with
+//   A [M x Kw] pair words along the reduction (word p of row m = (a[m][2p], a[m][2p+1]));
+//   B [Kw x N] pair words across the reduction (word (p, n) = (b[2p][n], b[2p+1][n])), N a
+//     multiple of 16.
+// A chunk's GEMMs reduce either over channels (Q S, Q K^T) or over tokens (A V, K^T V), so every
+// fp32 tile is packed in one of four ways: rows as A (pack_rows), row pairs as B (pack_row_pairs),
+// and the transposes of both (transpose_words). Odd reductions are padded with zero halves,
+// columns up to a multiple of 16 with zero words. Every value is rounded to bf16 once, to
+// nearest even (vcvtne2ps2bf16).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix::detail::la::bf16_tiles {
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+
+using seqmix::detail::gemm_bf16;
+
+inline index_t pad16(index_t n) { return (n + 15) / 16 * 16; }
+inline index_t words(index_t n) { return (n + 1) / 2; }
+
+inline __mmask16 lanes16(index_t m) {
+  return m >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << m) - 1u);
+}
+
+// 32 consecutive floats from x (m of them, zeros past) as 32 bf16, in order.
+inline __m512i round32(const float* x, index_t m) noexcept {
+  const __m512 lo = _mm512_maskz_loadu_ps(lanes16(m), x);
+  const __m512 hi = m > 16 ? _mm512_maskz_loadu_ps(lanes16(m - 16), x + 16) : _mm512_setzero_ps();
+  return as_words(_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+/// n rows of `cols` floats (row stride ld) as A operands: dst row r holds words(cols) pair
+/// words (a zero half closing an odd row) at stride ldw.
+inline void pack_rows(const float* src, index_t ld, index_t n, index_t cols, std::uint32_t* dst, index_t ldw) {
+  const index_t w = words(cols);
+  for (index_t r = 0; r < n; ++r) {
+    const float* x = src + r * ld;
+    std::uint32_t* out = dst + r * ldw;
+    for (index_t c0 = 0; c0 < cols; c0 += 32) {
+      const index_t m = std::min<index_t>(32, cols - c0);
+      _mm512_mask_storeu_epi32(out + c0 / 2, lanes16(std::min<index_t>(16, w - c0 / 2)), round32(x + c0, m));
+    }
+  }
+}
+
+/// n rows of `cols` floats (row stride ld) as a B operand: word (p, c) = (x[2p][c], x[2p+1][c])
+/// at dst[p * ldw + c] for p < words(n), c < pad16(cols); zeros past the rows and columns.
+inline void pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols, std::uint32_t* dst, index_t ldw) {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kPair);
+  for (index_t p = 0; p < words(n); ++p) {
+    const float* x0 = src + 2 * p * ld;
+    const float* x1 = 2 * p + 1 < n ? x0 + ld : nullptr;
+    std::uint32_t* out = dst + p * ldw;
+    for (index_t c0 = 0; c0 < cols; c0 += 16) {
+      const __mmask16 m = lanes16(cols - c0);
+      const __m512 a = _mm512_maskz_loadu_ps(m, x0 + c0);
+      const __m512 b = x1 ? _mm512_maskz_loadu_ps(m, x1 + c0) : _mm512_setzero_ps();
+      _mm512_storeu_si512(out + c0, _mm512_permutexvar_epi16(idx, as_words(_mm512_cvtne2ps_pbh(b, a))));
+    }
+  }
+}
+
+/// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols, and zeros for r in [rows, rows_pad).
+inline void transpose_words(const std::uint32_t* src, index_t lds, index_t rows, index_t cols, std::uint32_t* dst,
+                            index_t ldd, index_t rows_pad) {
+  for (index_t r0 = 0; r0 < rows; r0 += 16) {  // 16-row strips: each src row read once per strip
+    const index_t r1 = std::min(rows, r0 + 16);
+    for (index_t c = 0; c < cols; ++c)
+      for (index_t r = r0; r < r1; ++r) dst[c * ldd + r] = src[r * lds + c];
+  }
+  if (rows_pad > rows)
+    for (index_t c = 0; c < cols; ++c) std::fill(dst + c * ldd + rows, dst + c * ldd + rows_pad, 0u);
+}
+
+/// out[i][c] = x[i][c] * exp(s * g[i][c] + m[c]) for i < n, c < cols (m null: no shift), the
+/// exps vectorized (Eigen's broadcast expressions fall back to scalar expf). Row strides ldx,
+/// ldg, ldo; out may be x.
+inline void scale_by_exp(const float* x, index_t ldx, const float* g, index_t ldg, float s, const float* m, float* out,
+                         index_t ldo, index_t n, index_t cols) {
+  using simd::Batch;
+  const index_t cv = simd::vector_end(cols);
+  const Batch<float> sign(s), zero(0.f);
+  for (index_t i = 0; i < n; ++i) {
+    const float *xi = x + i * ldx, *gi = g + i * ldg;
+    float* oi = out + i * ldo;
+    for (index_t c = 0; c < cv; c += simd::kWidth) {
+      const Batch<float> e = simd::fma(sign, simd::load(gi + c), m ? simd::load(m + c) : zero);
+      simd::store(oi + c, simd::load(xi + c) * simd::exp(e));
+    }
+    for (index_t c = cv; c < cols; ++c) oi[c] = xi[c] * std::exp(s * gi[c] + (m ? m[c] : 0.f));
+  }
+}
+
+/// True when every one of the n x cols floats is finite.
+inline bool all_finite(const float* src, index_t ld, index_t n, index_t cols) {
+  const __m512i e = _mm512_set1_epi32(0x7f800000);
+  __mmask16 bad = 0;
+  for (index_t r = 0; r < n; ++r)
+    for (index_t c0 = 0; c0 < cols; c0 += 16) {
+      const __mmask16 m = lanes16(cols - c0);
+      const __m512i x = _mm512_maskz_loadu_epi32(m, src + r * ld + c0);
+      bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(x, e), e);
+    }
+  return bad == 0;
+}
+
+/// Per-thread scratch of the bf16 chunk forms, grown on demand (no allocation after warm-up).
+struct Scratch {
+  AlignedVector<std::uint32_t> a, b, c, d;  // packed operands
+  AlignedVector<float> f, g, ones;          // fp32 products (padded rows), row scales of 1
+  static void grow(AlignedVector<std::uint32_t>& x, index_t n) {
+    if (static_cast<index_t>(x.size()) < n) x.resize(static_cast<std::size_t>(n));
+  }
+  static void grow(AlignedVector<float>& x, index_t n) {
+    if (static_cast<index_t>(x.size()) < n) x.resize(static_cast<std::size_t>(n));
+  }
+  /// Room for a chunk of `rows` token rows (2C for the delta rules' k;q) by K channels and V values.
+  void reserve(index_t rows, index_t K, index_t V) {
+    const index_t big = std::max({rows, K, V}) + 16;
+    const index_t n = big * (big + 16);
+    grow(a, n), grow(b, n), grow(c, n), grow(d, n), grow(f, n), grow(g, n);
+    if (static_cast<index_t>(ones.size()) < big) ones.assign(static_cast<std::size_t>(big), 1.f);
+  }
+  static Scratch& local() {
+    thread_local Scratch scratch;
+    return scratch;
+  }
+};
+
+#endif
+
+}  // namespace seqmix::detail::la::bf16_tiles

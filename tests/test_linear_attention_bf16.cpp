@@ -1,0 +1,245 @@
+// Chunked GLA, gated delta rule and delta rule with bf16 dot-product GEMMs
+// (options.bf16_compute = Bf16Compute::dot) against the fp32 chunked form on the same inputs,
+// within the documented bound (docs/operators.md, GLA and gated delta rule): per (sequence,
+// value head), the normwise relative error of the outputs ||o_dot - o|| / ||o|| and of the final
+// state ||S_dot - S|| / ||S|| at most 2^-6. Ragged shapes: T = 1, T not a multiple of the chunk,
+// odd and non-multiple-of-16 K and V, GQA, B > 1, an initial state, every gate kind (channel
+// gates strong enough for the fp32 sub-chunked scores too), packed sequences. On targets
+// without AVX512-BF16 the option falls back to fp32: the results are checked to equal it exactly.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::Bf16Compute;
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+constexpr double kLaBf16Bound = 1.0 / 64;  // the documented normwise bound
+
+struct LaBf16Case {
+  index_t B, T, H, HV, K, V, chunk;
+  float gate_lo, gate_hi;
+  bool packed;
+  std::string describe() const {
+    std::ostringstream s;
+    s << "B=" << B << " T=" << T << " H=" << H << " HV=" << HV << " K=" << K << " V=" << V << " chunk=" << chunk
+      << " g in [" << gate_lo << ", " << gate_hi << "]" << (packed ? " packed" : "");
+    return s.str();
+  }
+};
+
+std::vector<LaBf16Case> la_bf16_cases() {
+  std::vector<LaBf16Case> cases = {
+      {2, 1, 1, 1, 16, 16, 64, -0.1f, 0.f, false},    // T = 1
+      {2, 70, 2, 4, 33, 20, 64, -0.2f, 0.f, false},   // ragged T, odd K, GQA
+      {1, 129, 1, 2, 64, 48, 32, -0.05f, 0.f, false}, // several chunks, ragged last one
+      {1, 100, 1, 1, 31, 17, 64, -3.f, -1.f, false},  // strong decay (fp32 sub-chunked scores)
+      {1, 90, 2, 2, 24, 32, 16, -0.1f, 0.f, true},    // packed sequences
+  };
+  if (!st::small_test_scale()) cases.push_back({2, 300, 1, 2, 128, 128, 64, -0.05f, 0.f, false});
+  return cases;
+}
+
+// max over (batch row, head) of ||a - b|| / ||b|| over the inner two dimensions of [B,X,H,Y]
+// (outputs: head is dimension 2) or [B,H,X,Y] (states: head is dimension 1).
+double la_bf16_rel_err(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int head_dim) {
+  double worst = 0.0;
+  const index_t H = b.size(head_dim), X = b.size(head_dim == 2 ? 1 : 2);
+  for (index_t n = 0; n < b.size(0); ++n)
+    for (index_t h = 0; h < H; ++h) {
+      double diff = 0.0, ref = 0.0;
+      for (index_t x = 0; x < X; ++x)
+        for (index_t y = 0; y < b.size(3); ++y) {
+          const float va = head_dim == 2 ? a(n, x, h, y) : a(n, h, x, y);
+          const float vb = head_dim == 2 ? b(n, x, h, y) : b(n, h, x, y);
+          diff += (double(va) - vb) * (double(va) - vb);
+          ref += double(vb) * vb;
+        }
+      if (ref > 0.0) worst = std::max(worst, std::sqrt(diff / ref));
+      else worst = std::max(worst, std::sqrt(diff));
+    }
+  return worst;
+}
+
+// Both forms' outputs and final states: within the bound where the target has the dot products,
+// equal otherwise.
+void la_bf16_compare(const std::string& what, const Tensor<float, 4>& o_dot, const Tensor<float, 4>& o,
+                     const Tensor<float, 4>& s_dot, const Tensor<float, 4>& s) {
+  INFO(what);
+  if (!seqmix::detail::kNativeBf16Dot) {
+    for (index_t i = 0; i < o.numel(); ++i) REQUIRE(o_dot.data()[i] == o.data()[i]);
+    for (index_t i = 0; i < s.numel(); ++i) REQUIRE(s_dot.data()[i] == s.data()[i]);
+    return;
+  }
+  const double eo = la_bf16_rel_err(o_dot, o, 2), es = la_bf16_rel_err(s_dot, s, 1);
+  INFO("output rel err " << eo << ", state rel err " << es);
+  CHECK(eo <= kLaBf16Bound);
+  CHECK(es <= kLaBf16Bound);
+  CHECK(eo > 0.0);  // the dot form ran (rounding changes something)
+}
+
+std::vector<std::int32_t> la_bf16_cu(index_t T) {
+  std::vector<std::int32_t> cu = {0};
+  for (index_t len = 1; cu.back() < T; len = len * 3 + 4)
+    cu.push_back(static_cast<std::int32_t>(std::min<index_t>(cu.back() + len, T)));
+  return cu;
+}
+
+// Unit-norm rows (the delta rule's stable range).
+void la_bf16_normalize(Tensor<float, 4>& x) {
+  const index_t D = x.size(3);
+  for (index_t i = 0; i < x.numel() / D; ++i) {
+    float* row = x.data() + i * D;
+    double sum = 0.0;
+    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
+    for (index_t j = 0; j < D; ++j) row[j] = static_cast<float>(row[j] / std::sqrt(sum + 1e-12));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gla bf16 dot products: within the documented bound of the fp32 chunked form", "[gla][bf16]") {
+  using seqmix::GateKind;
+  std::uint64_t seed = 1900;
+  for (const LaBf16Case& c : la_bf16_cases())
+    for (const GateKind gate : {GateKind::channel, GateKind::scalar, GateKind::retnet, GateKind::none}) {
+      ++seed;
+      const index_t N = c.packed ? static_cast<index_t>(la_bf16_cu(c.T).size()) - 1 : c.B;
+      const index_t B = c.packed ? 1 : c.B;
+      const std::vector<std::int32_t> cu = la_bf16_cu(c.T);
+      auto q = st::random_tensor<4>({B, c.T, c.H, c.K}, seed);
+      auto k = st::random_tensor<4>({B, c.T, c.H, c.K}, seed + 1);
+      auto v = st::random_tensor<4>({B, c.T, c.HV, c.V}, seed + 2);
+      Tensor<float, 4> g({B, c.T, c.HV, c.K});
+      Tensor<float, 3> gs({B, c.T, c.HV});
+      st::fill_log_gate(g.view(), seed + 3, c.gate_lo, c.gate_hi);
+      st::fill_log_gate(gs.view(), seed + 4, c.gate_lo, c.gate_hi);
+      auto s0 = st::random_tensor<4>({N, c.HV, c.K, c.V}, seed + 5, -0.5f, 0.5f);
+      seqmix::GatedLinearAttentionInputs in;
+      in.q = q.view(), in.k = k.view(), in.v = v.view(), in.initial_state = s0.view();
+      if (gate == GateKind::channel) in.g = g.view();
+      if (gate == GateKind::scalar) in.g_scalar = gs.view();
+      if (c.packed) in.batch.cu_seqlens = cu;
+      seqmix::GatedLinearAttentionOptions opt;
+      opt.gate = gate, opt.chunk_size = c.chunk, opt.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+      Tensor<float, 4> o({B, c.T, c.HV, c.V}), o_dot({B, c.T, c.HV, c.V});
+      Tensor<float, 4> s({N, c.HV, c.K, c.V}), s_dot({N, c.HV, c.K, c.V});
+      seqmix::gated_linear_attention(in, {o.view(), s.view()}, opt);
+      opt.bf16_compute = Bf16Compute::dot;
+      seqmix::gated_linear_attention(in, {o_dot.view(), s_dot.view()}, opt, st::two_thread_pool());
+      la_bf16_compare(c.describe() + " gate " + std::to_string(static_cast<int>(gate)), o_dot, o, s_dot, s);
+    }
+}
+
+TEST_CASE("gated delta rule bf16 dot products: within the documented bound of the fp32 chunked form",
+          "[gated_delta_rule][bf16]") {
+  using seqmix::DeltaGate;
+  std::uint64_t seed = 1950;
+  for (const LaBf16Case& c : la_bf16_cases())
+    for (const int variant : {0, 1, 2}) {  // scalar gate, channel gate (KDA), ungated delta_rule
+      ++seed;
+      const index_t N = c.packed ? static_cast<index_t>(la_bf16_cu(c.T).size()) - 1 : c.B;
+      const index_t B = c.packed ? 1 : c.B;
+      const std::vector<std::int32_t> cu = la_bf16_cu(c.T);
+      auto q = st::random_tensor<4>({B, c.T, c.H, c.K}, seed);
+      auto k = st::random_tensor<4>({B, c.T, c.H, c.K}, seed + 1);
+      la_bf16_normalize(q);
+      la_bf16_normalize(k);
+      auto v = st::random_tensor<4>({B, c.T, c.HV, c.V}, seed + 2);
+      auto beta = st::random_tensor<3>({B, c.T, c.HV}, seed + 3, 0.f, 1.f);
+      Tensor<float, 4> g({B, c.T, c.HV, c.K});
+      Tensor<float, 3> gs({B, c.T, c.HV});
+      st::fill_log_gate(g.view(), seed + 4, c.gate_lo, c.gate_hi);
+      st::fill_log_gate(gs.view(), seed + 5, c.gate_lo, c.gate_hi);
+      auto s0 = st::random_tensor<4>({N, c.HV, c.K, c.V}, seed + 6, -0.5f, 0.5f);
+      Tensor<float, 4> o({B, c.T, c.HV, c.V}), o_dot({B, c.T, c.HV, c.V});
+      Tensor<float, 4> s({N, c.HV, c.K, c.V}), s_dot({N, c.HV, c.K, c.V});
+      seqmix::SequenceBatch batch;
+      if (c.packed) batch.cu_seqlens = cu;
+      if (variant < 2) {
+        seqmix::GatedDeltaRuleInputs in;
+        in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.initial_state = s0.view();
+        in.batch = batch;
+        seqmix::GatedDeltaRuleOptions opt;
+        opt.gate = variant == 0 ? DeltaGate::scalar : DeltaGate::channel;
+        if (variant == 0) in.g_scalar = gs.view();
+        else in.g = g.view();
+        opt.chunk_size = c.chunk, opt.algorithm = seqmix::DeltaAlgorithm::chunked;
+        seqmix::gated_delta_rule(in, {o.view(), s.view()}, opt);
+        opt.bf16_compute = Bf16Compute::dot;
+        seqmix::gated_delta_rule(in, {o_dot.view(), s_dot.view()}, opt, st::two_thread_pool());
+      } else {
+        seqmix::DeltaRuleInputs in;
+        in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.initial_state = s0.view();
+        in.batch = batch;
+        seqmix::DeltaRuleOptions opt;
+        opt.chunk_size = c.chunk, opt.algorithm = seqmix::DeltaAlgorithm::chunked;
+        seqmix::delta_rule(in, {o.view(), s.view()}, opt);
+        opt.bf16_compute = Bf16Compute::dot;
+        seqmix::delta_rule(in, {o_dot.view(), s_dot.view()}, opt, st::two_thread_pool());
+      }
+      la_bf16_compare(c.describe() + " variant " + std::to_string(variant), o_dot, o, s_dot, s);
+    }
+}
+
+TEST_CASE("linear attention bf16 dot products: a non-finite value reaches no earlier output", "[gla][bf16]") {
+  const index_t T = 100, K = 32, V = 16;
+  auto q = st::random_tensor<4>({1, T, 1, K}, 7);
+  auto k = st::random_tensor<4>({1, T, 1, K}, 8);
+  la_bf16_normalize(k);
+  auto v = st::random_tensor<4>({1, T, 1, V}, 9);
+  v(0, 40, 0, 3) = std::numeric_limits<float>::infinity();
+  auto gs = st::random_tensor<3>({1, T, 1}, 10, -0.1f, 0.f);
+  auto beta = st::random_tensor<3>({1, T, 1}, 11, 0.f, 1.f);
+  Tensor<float, 4> o({1, T, 1, V});
+  seqmix::GatedLinearAttentionInputs gin;
+  gin.q = q.view(), gin.k = k.view(), gin.v = v.view(), gin.g_scalar = gs.view();
+  seqmix::GatedLinearAttentionOptions gopt;
+  gopt.gate = seqmix::GateKind::scalar, gopt.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+  gopt.bf16_compute = Bf16Compute::dot;
+  seqmix::gated_linear_attention(gin, {o.view()}, gopt);
+  for (index_t t = 0; t < 40; ++t)
+    for (index_t c = 0; c < V; ++c) REQUIRE(std::isfinite(o(0, t, 0, c)));
+  seqmix::GatedDeltaRuleInputs din;
+  din.q = q.view(), din.k = k.view(), din.v = v.view(), din.beta = beta.view(), din.g_scalar = gs.view();
+  seqmix::GatedDeltaRuleOptions dopt;
+  dopt.algorithm = seqmix::DeltaAlgorithm::chunked, dopt.bf16_compute = Bf16Compute::dot;
+  seqmix::gated_delta_rule(din, {o.view()}, dopt);
+  for (index_t t = 0; t < 40; ++t)
+    for (index_t c = 0; c < V; ++c) REQUIRE(std::isfinite(o(0, t, 0, c)));
+}
+
+TEST_CASE("linear attention bf16 dot products: an invalid bf16_compute is refused before any write",
+          "[gla][bf16]") {
+  const index_t T = 5, K = 8, V = 8;
+  auto q = st::random_tensor<4>({1, T, 1, K}, 1);
+  auto gs = st::random_tensor<3>({1, T, 1}, 2, -0.1f, 0.f);
+  auto beta = st::random_tensor<3>({1, T, 1}, 3, 0.f, 1.f);
+  Tensor<float, 4> o({1, T, 1, V});
+  o.fill(7.f);
+  seqmix::GatedLinearAttentionInputs gin;
+  gin.q = q.view(), gin.k = q.view(), gin.v = q.view(), gin.g_scalar = gs.view();
+  seqmix::GatedLinearAttentionOptions gopt;
+  gopt.gate = seqmix::GateKind::scalar, gopt.bf16_compute = static_cast<Bf16Compute>(5);
+  REQUIRE_THROWS_AS(seqmix::gated_linear_attention(gin, {o.view()}, gopt), seqmix::ShapeError);
+  seqmix::GatedDeltaRuleInputs din;
+  din.q = q.view(), din.k = q.view(), din.v = q.view(), din.beta = beta.view(), din.g_scalar = gs.view();
+  seqmix::GatedDeltaRuleOptions dopt;
+  dopt.bf16_compute = static_cast<Bf16Compute>(-1);
+  REQUIRE_THROWS_AS(seqmix::gated_delta_rule(din, {o.view()}, dopt), seqmix::ShapeError);
+  for (index_t i = 0; i < o.numel(); ++i) REQUIRE(o.data()[i] == 7.f);
+}
