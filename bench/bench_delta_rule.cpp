@@ -8,11 +8,16 @@
 // mom/prefill/m8_top2_h16_k64_t1024: Mixture-of-Memories with 8 memories, top-2 routes per token;
 // GFLOP/s counts the gated delta rule's 6 K V per head on the T*E routed entries, so it compares
 // directly with gated_delta_rule/prefill/h16_k64_t2048 (the same entries as one sequence).
+// <op>/bf16/prefill/<shape>: the chunked WY prefill with bf16 dot-product GEMMs (bf16_compute =
+// dot, issue 19 item 3; target >= 1.4x fp32), eff against the bf16 dot peak, and speedup_vs_f32:
+// the fp32 chunked prefill over this one, 3 alternating calls each after the timed loop, medians
+// of process CPU time.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <ctime>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -95,6 +100,36 @@ void gdr_prefill(benchmark::State& state, index_t T, index_t H, index_t K, Delta
     benchmark::DoNotOptimize(data.o.data());
   }
   set_prefill_counters(state, 6.0 * T * H * K * K);
+}
+
+double bf16_process_seconds() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// The chunked prefill with bf16 dot products, and its speed-up over the fp32 chunked form.
+void gdr_prefill_bf16(benchmark::State& state, index_t T, index_t H, index_t K, DeltaGate gate) {
+  GdrBenchData data(T, H, K, gate);
+  seqmix::GatedDeltaRuleOptions f32, dot;
+  f32.gate = gate, f32.algorithm = DeltaAlgorithm::chunked;
+  dot = f32, dot.bf16_compute = seqmix::Bf16Compute::dot;
+  for (auto _ : state) {
+    seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, dot, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  std::vector<double> t_f32, t_bf16;
+  for (int r = 0; r < 3; ++r) {
+    double t0 = bf16_process_seconds();
+    seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, f32, st::two_thread_pool());
+    t_f32.push_back(bf16_process_seconds() - t0);
+    t0 = bf16_process_seconds();
+    seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, dot, st::two_thread_pool());
+    t_bf16.push_back(bf16_process_seconds() - t0);
+  }
+  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
+  state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
+  seqmix::testing::report_gflops_bf16(state, 6.0 * T * H * K * K);
 }
 
 void gdr_step(benchmark::State& state, index_t H, index_t K, DeltaGate gate) {
@@ -284,6 +319,12 @@ void register_all() {
     reg(base + "/chunked", [s, chunked](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, chunked, false); });
     reg(base + "/recurrent", [s, recurrent](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, recurrent, false); });
   }
+  // bf16 dot products (issue 19 item 3; target >= 1.4x the fp32 chunked prefill).
+  reg("gated_delta_rule/bf16/prefill/h32_k128_t1024",
+      [](benchmark::State& st) { gdr_prefill_bf16(st, 1024, 32, 128, DeltaGate::scalar); });
+  reg("gated_delta_rule/bf16/prefill/h16_k64_t2048",
+      [](benchmark::State& st) { gdr_prefill_bf16(st, 2048, 16, 64, DeltaGate::scalar); });
+  reg("kda/bf16/prefill/h32_k128_t1024", [](benchmark::State& st) { gdr_prefill_bf16(st, 1024, 32, 128, DeltaGate::channel); });
   reg("gated_delta_rule/prefill/h32_k128_t64/reference",
       [autom](benchmark::State& st) { gdr_prefill(st, 64, 32, 128, DeltaGate::scalar, autom, true); });
   reg("mom/prefill/m8_top2_h16_k64_t1024", [](benchmark::State& st) { mom_prefill(st, 1024, 2, 8, 16, 64, false); });

@@ -18,12 +18,19 @@
 // of the 4689 real tokens, so their GFLOP/s compare directly. gated_linear_attention_step/slots
 // steps 64 sequences through a 96-row state pool with holes (/slots), beside a plain B=64 step
 // (/dense); GB/s counts the same bytes for both.
+//
+// <op>/bf16/prefill/<shape>-t<T>: the chunked prefill with bf16 dot-product GEMMs
+// (bf16_compute = dot, issue 19 item 3; target >= 1.4x fp32), GFLOP/s as prefill with eff against
+// the bf16 dot peak, and speedup_vs_f32: the fp32 chunked prefill over this one, from 3 calls of
+// each taken alternately after the timed loop, medians of process CPU time (one run's ratio).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <ctime>
 #include <numeric>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -244,6 +251,38 @@ void feature_map_bench(benchmark::State& state, std::string shape, index_t T, se
     seqmix::testing::report_gflops(state, 2.0 * T * s.H * M * s.K);
 }
 
+double bf16_process_seconds() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// The chunked GLA prefill with bf16 dot products, and its speed-up over the fp32 chunked form.
+void gla_prefill_bf16(benchmark::State& state, std::string shape, index_t T, GateKind gate) {
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  seqmix::GatedLinearAttentionOptions f32, dot;
+  f32.gate = gate, f32.algorithm = LinearAttentionAlgorithm::chunked;
+  dot = f32, dot.bf16_compute = seqmix::Bf16Compute::dot;
+  const seqmix::GatedLinearAttentionOutputs out{data.o.view(), data.state.view()};
+  for (auto _ : state) {
+    seqmix::gated_linear_attention(data.gla(gate), out, dot, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  std::vector<double> t_f32, t_bf16;
+  for (int r = 0; r < 3; ++r) {
+    double t0 = bf16_process_seconds();
+    seqmix::gated_linear_attention(data.gla(gate), out, f32, st::two_thread_pool());
+    t_f32.push_back(bf16_process_seconds() - t0);
+    t0 = bf16_process_seconds();
+    seqmix::gated_linear_attention(data.gla(gate), out, dot, st::two_thread_pool());
+    t_bf16.push_back(bf16_process_seconds() - t0);
+  }
+  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
+  state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
+  seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
+}
+
 // Registers one prefill benchmark per form; the reference runs at t_reference tokens.
 template <class Fn>
 void register_prefill(const std::string& op, const std::string& shape, index_t T, index_t t_reference, Fn fn) {
@@ -269,6 +308,15 @@ const int kRegistered = [] {
                    [](benchmark::State& s, index_t T, Form f) { la_prefill(s, "gla-1.3b", T, f); });
   register_prefill("rwkv6", "rwkv-h32-k64", 512, 512,
                    [](benchmark::State& s, index_t T, Form f) { rwkv6_prefill(s, "rwkv-h32-k64", T, f); });
+  // bf16 dot products (issue 19 item 3; target >= 1.4x the fp32 chunked prefill).
+  for (const auto& [op, gate] : {std::pair<const char*, GateKind>{"gated_linear_attention", GateKind::channel},
+                                 std::pair<const char*, GateKind>{"simple_gla", GateKind::scalar}})
+    for (const auto& [shape, T] : {std::pair<const char*, index_t>{"gla-k128", 4096}, {"gla-1.3b", 8192}})
+      benchmark::RegisterBenchmark((std::string(op) + "/bf16/prefill/" + shape + "-t" + std::to_string(T)).c_str(),
+                                   [shape = std::string(shape), T = T, gate = gate](benchmark::State& s) {
+                                     gla_prefill_bf16(s, shape, T, gate);
+                                   })
+          ->UseRealTime()->Unit(benchmark::kMillisecond);
   for (std::string shape : {"gla-1.3b", "gla-k128"})
     benchmark::RegisterBenchmark(("gated_linear_attention/step/" + shape).c_str(),
                                  [shape](benchmark::State& s) { gla_step(s, shape, GateKind::channel); })

@@ -14,6 +14,15 @@
 // Exit status 1 if a row passes its bound. Where the target has no AVX512-BF16 both forms are the
 // same computation and every error is 0.
 //
+// A second table does the same for the chunked linear-attention forms with bf16_compute = dot
+// (docs/operators.md section 4): GLA (channel gate), simple GLA (scalar gate), Gated DeltaNet
+// (scalar gate, l2-normalized q/k), KDA (channel gate), ungated linear attention and DeltaNet
+// (no decay: the worst case for rounding errors accumulating in the state), one sequence of T tokens, 2 heads of
+// K = V = 128, uniform q / k / v in [-1, 1], log-gates in [-0.1, 0] (weak decays: the state
+// remembers ~20 tokens and more, so rounding errors accumulate in it), beta in [0, 1]. It prints the normwise relative error of all outputs
+// (o_rel) and of the final state (state_rel) against the fp32 chunked form, and the worst per-head
+// value of both against the documented bound 2^-6.
+//
 //   seqmix-bf16-accuracy [T ...]
 #include <algorithm>
 #include <cmath>
@@ -24,6 +33,9 @@
 
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gla/chunked.hpp"
 
 namespace {
 
@@ -90,6 +102,80 @@ Errors run(index_t T, const seqmix::Executor& executor) {
   return e;
 }
 
+// ---- chunked linear attention --------------------------------------------------------------
+
+constexpr index_t kLaHeads = 2, kLaK = 128;
+
+struct LaErrors {
+  double sq_o = 0, ref_o = 0, sq_s = 0, ref_s = 0, worst_head = 0;
+};
+
+// Accumulates ||a - b||^2 and ||b||^2 per head (head dimension hd of a rank-4 tensor, n the
+// other inner extent) and overall.
+void la_accumulate(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int hd, double& sq, double& ref,
+                   double& worst) {
+  for (index_t h = 0; h < b.size(hd); ++h) {
+    double d2 = 0, r2 = 0;
+    const index_t X = b.size(hd == 2 ? 1 : 2);
+    for (index_t x = 0; x < X; ++x)
+      for (index_t c = 0; c < b.size(3); ++c) {
+        const double va = hd == 2 ? a(0, x, h, c) : a(0, h, x, c), vb = hd == 2 ? b(0, x, h, c) : b(0, h, x, c);
+        d2 += (va - vb) * (va - vb), r2 += vb * vb;
+      }
+    sq += d2, ref += r2;
+    worst = std::max(worst, std::sqrt(d2 / r2));
+  }
+}
+
+// op 0: GLA channel, 1: simple GLA, 2: Gated DeltaNet, 3: KDA, 4: ungated linear attention
+// (nothing decays: every token's rounding stays in the state), 5: DeltaNet (delta_rule).
+LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
+  const index_t H = kLaHeads, K = kLaK;
+  Tensor<float, 4> q({1, T, H, K}), k({1, T, H, K}), v({1, T, H, K}), g({1, T, H, K});
+  Tensor<float, 3> gs({1, T, H}), beta({1, T, H});
+  Tensor<float, 4> o({1, T, H, K}), o_dot({1, T, H, K}), s({1, H, K, K}), s_dot({1, H, K, K});
+  std::mt19937_64 engine(static_cast<std::uint64_t>(T * 4 + op));
+  std::uniform_real_distribution<float> unit(-1.f, 1.f), gate(-0.1f, 0.f), half(0.f, 1.f);
+  for (index_t i = 0; i < q.numel(); ++i)
+    q.data()[i] = unit(engine), k.data()[i] = unit(engine), v.data()[i] = unit(engine), g.data()[i] = gate(engine);
+  for (index_t i = 0; i < gs.numel(); ++i) gs.data()[i] = gate(engine), beta.data()[i] = half(engine);
+  for (int dot = 0; dot < 2; ++dot) {
+    const seqmix::Bf16Compute compute = dot ? seqmix::Bf16Compute::dot : seqmix::Bf16Compute::fp32;
+    Tensor<float, 4>& out = dot ? o_dot : o;
+    Tensor<float, 4>& state = dot ? s_dot : s;
+    if (op < 2 || op == 4) {
+      seqmix::GatedLinearAttentionInputs in;
+      in.q = q.view(), in.k = k.view(), in.v = v.view();
+      seqmix::GatedLinearAttentionOptions options;
+      options.algorithm = seqmix::LinearAttentionAlgorithm::chunked, options.bf16_compute = compute;
+      options.gate = op == 0 ? seqmix::GateKind::channel : op == 1 ? seqmix::GateKind::scalar : seqmix::GateKind::none;
+      if (op == 0) in.g = g.view();
+      if (op == 1) in.g_scalar = gs.view();
+      seqmix::gated_linear_attention(in, {out.view(), state.view()}, options, executor);
+    } else {
+      seqmix::GatedDeltaRuleInputs in;
+      in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
+      seqmix::GatedDeltaRuleOptions options;
+      options.algorithm = seqmix::DeltaAlgorithm::chunked, options.bf16_compute = compute;
+      options.qk_norm = seqmix::QkNorm::l2;
+      options.gate = op == 2 ? seqmix::DeltaGate::scalar : seqmix::DeltaGate::channel;
+      if (op == 2) in.g_scalar = gs.view();
+      if (op == 3) in.g = g.view();
+      if (op == 5) {
+        seqmix::DeltaRuleOptions plain;
+        plain.algorithm = options.algorithm, plain.bf16_compute = compute, plain.qk_norm = options.qk_norm;
+        seqmix::delta_rule({in.q, in.k, in.v, in.beta}, {out.view(), state.view()}, plain, executor);
+      } else {
+        seqmix::gated_delta_rule(in, {out.view(), state.view()}, options, executor);
+      }
+    }
+  }
+  LaErrors e;
+  la_accumulate(o_dot, o, 2, e.sq_o, e.ref_o, e.worst_head);
+  la_accumulate(s_dot, s, 1, e.sq_s, e.ref_s, e.worst_head);
+  return e;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,5 +194,19 @@ int main(int argc, char** argv) {
                 std::sqrt(e.sq_err / e.sq_ref), e.max_lse, e.max_bound, e.within ? "within" : "OUTSIDE THE BOUND");
     ok = ok && e.within;
   }
+  const double la_bound = 1.0 / 64;
+  std::printf("\nchunked linear attention, bf16_compute = dot vs fp32 chunked: 1 sequence, %ld heads, K = V = %ld\n",
+              static_cast<long>(kLaHeads), static_cast<long>(kLaK));
+  std::printf("%8s %-20s %10s %10s %12s %s\n", "T", "op", "o_rel", "state_rel", "worst_head", "");
+  const char* names[] = {"gla (channel)", "simple_gla", "gated_delta_rule", "kda (channel)", "ungated_linear_attn",
+                         "delta_rule"};
+  for (const index_t T : lengths)
+    for (int op = 0; op < 6; ++op) {
+      const LaErrors e = run_linear(op, T, pool);
+      const bool within = e.worst_head <= la_bound;
+      std::printf("%8ld %-20s %10.3e %10.3e %12.3e %s\n", static_cast<long>(T), names[op], std::sqrt(e.sq_o / e.ref_o),
+                  std::sqrt(e.sq_s / e.ref_s), e.worst_head, within ? "within 2^-6" : "OUTSIDE THE BOUND");
+      ok = ok && within;
+    }
   return ok ? 0 : 1;
 }
