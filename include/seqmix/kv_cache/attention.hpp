@@ -91,7 +91,7 @@ inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCach
   if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
   if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
   if (in.rope) {  // every query position inside the table
-    check_fused_rope_table(check, *in.rope, cfg.key_dim);
+    check_fused_rope_table(check, *in.rope, cfg.key_dim, FusedRopeUse::queries);
     for (index_t b = 0; b < B; ++b)
       for (index_t i = 0; i < Tq; ++i) {
         const std::int64_t p = in.positions.has_value() ? in.positions(b, i) : in.cache->next_position(b) - Tq + i;

@@ -153,7 +153,7 @@ class KvCache {
       s.batch_row = n, s.token_begin = 0, s.tokens = T, s.state_row = n, s.read_state = true;
       return s;
     };
-    if (in.rope) detail::check_fused_rope_table(check, *in.rope, config_.key_dim);
+    if (in.rope) detail::check_fused_rope_table(check, *in.rope, config_.key_dim, detail::FusedRopeUse::keys);
     for (index_t n = 0; n < N; ++n) {
       const SequenceSpan s = span(n);
       if (s.state_row < 0) continue;

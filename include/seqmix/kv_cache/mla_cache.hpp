@@ -126,7 +126,7 @@ class MlaLatentCache {
       if (list->size() != N)
         check.fail(name, "must hold N = " + std::to_string(N) + " entries, got " + std::to_string(list->size()));
     }
-    if (in.rope) detail::check_fused_rope_table(check, *in.rope, dr);
+    if (in.rope) detail::check_fused_rope_table(check, *in.rope, dr, detail::FusedRopeUse::keys);
     std::vector<char>& used = used_scratch_;
     used.assign(static_cast<std::size_t>(config_.batch), 0);
     for (index_t n = 0; n < N; ++n) {

@@ -387,7 +387,7 @@ inline QuantizedDims validate_quantized_paged_attention(const QuantizedPagedAtte
   validate_attention_options(check, options.dense());
   validate_relative_bias(check, in.relative_bias, in.head_scales, Hq);
   if (in.rope) {  // queries sit at positions up to cache_seqlens[n] - 1
-    check_fused_rope_table(check, *in.rope, Dk);
+    check_fused_rope_table(check, *in.rope, Dk, FusedRopeUse::queries);
     for (index_t n = 0; n < N; ++n) {
       const index_t count = in.cu_seqlens_q.has_value() ? in.cu_seqlens_q[n + 1] - in.cu_seqlens_q[n] : Tq;
       if (count > 0 && in.cache_seqlens[n] > in.rope->positions())

@@ -332,7 +332,6 @@ template <class KV>
 void validate_attention_rope(const ArgCheck& check, const AttentionInputs<KV>& in) {
   const RopeTable& table = *in.rope;
   const index_t Tq = in.q.size(1), Tk = in.k.size(1), Dk = in.q.size(3);
-  check_fused_rope_table(check, table, Dk);
   if (in.rope_rotated_keys < 0)
     check.fail("rope_rotated_keys", "must be >= 0, got " + std::to_string(in.rope_rotated_keys));
   const index_t P = table.positions();
@@ -343,6 +342,8 @@ void validate_attention_rope(const ArgCheck& check, const AttentionInputs<KV>& i
     for (index_t n = 0; n + 1 < in.batch.cu_seqlens.size(); ++n)
       longest = std::max(longest, in.batch.cu_seqlens[n + 1] - in.batch.cu_seqlens[n]);
   }
+  // Every key already rotated: only queries are rotated with this table (an xPos query table fits).
+  check_fused_rope_table(check, table, Dk, in.rope_rotated_keys >= longest ? FusedRopeUse::queries : FusedRopeUse::both);
   if (in.rope_rotated_keys < longest && longest > P)
     check.fail("rope", "covers positions [0, " + std::to_string(P) + "), but keys up to position " +
                            std::to_string(longest - 1) + " are to be rotated");

@@ -87,7 +87,7 @@ inline index_t check_mla_latent_append(const ArgCheck& check, const MlaLatentApp
     if (N > X)
       check.fail("c_kv", "has " + std::to_string(N) + " sequences, more than the cache's " + std::to_string(X) + " rows");
   }
-  if (in.rope) check_fused_rope_table(check, *in.rope, dr);
+  if (in.rope) check_fused_rope_table(check, *in.rope, dr, FusedRopeUse::keys);
   for (index_t n = 0; n < N; ++n) {
     const index_t start = in.cache_seqlens[n];
     if (start < 0 || start + T > capacity)

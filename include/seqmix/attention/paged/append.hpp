@@ -142,7 +142,7 @@ void check_append_rope(const ArgCheck& check, const PagedKvAppendInputs<In>& in,
   }
   if (in.rope) {
     const RopeTable& table = *in.rope;
-    check_fused_rope_table(check, table, Dk);
+    check_fused_rope_table(check, table, Dk, FusedRopeUse::keys);
     if (!in.positions.has_value() && in.slot_mapping.has_value())
       check.fail("positions", "is required with rope and slot_mapping (a slot does not tell a token's position)");
     for (index_t n = 0; n < N; ++n) {

@@ -173,7 +173,7 @@ PagedDims validate_paged_attention(const ArgCheck& check, const PagedAttentionIn
   validate_relative_bias(check, in.relative_bias, in.head_scales, Hq);
   if (in.rope) {  // queries sit at positions up to cache_seqlens[n] - 1
     const RopeTable& table = *in.rope;
-    check_fused_rope_table(check, table, Dk);
+    check_fused_rope_table(check, table, Dk, FusedRopeUse::queries);
     for (index_t n = 0; n < N; ++n)
       if (paged_queries(in, n).count > 0 && in.cache_seqlens[n] > table.positions())
         check.fail("rope", "covers positions [0, " + std::to_string(table.positions()) + "), but sequence " +

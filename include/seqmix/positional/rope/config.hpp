@@ -54,6 +54,16 @@ enum class RopeLayout : int {
 /// The number of RopeLayout values.
 constexpr int kRopeLayoutCount = 2;
 
+/// Which side an xPos table scales (RopeConfig::xpos_scale_base > 0): queries are multiplied by
+/// zeta^((p - center) / scale_base) per pair, keys by its inverse, so a score depends on the
+/// distance only. A fused form takes the table of the side it rotates.
+enum class XposRole : int {
+  query,  ///< the table of the queries: factor zeta^((p - center) / scale_base)
+  key,    ///< the table of the keys: factor zeta^(-(p - center) / scale_base)
+};
+/// The number of XposRole values.
+constexpr int kXposRoleCount = 2;
+
 /// A rotary embedding: which dimensions rotate, and the scheme with its parameters
 /// (docs/operators.md section 10). Build one directly or with rope_config_from_hf.
 struct RopeConfig {
@@ -79,6 +89,15 @@ struct RopeConfig {
   std::vector<double> long_factor;   ///< longrope: R/2 factors used beyond L0 tokens
   /// Multiplies cos and sin when given; else the scheme's own (1 except yarn and longrope).
   std::optional<double> attention_factor;
+  /// xPos (Sun et al. 2022, torchscale's XPOS) decay per frequency pair: 0 = off; else the scale
+  /// base (512 in torchscale) of the factor zeta_i^(+-(p - xpos_center) / xpos_scale_base),
+  /// zeta_i = (2i/R + xpos_gamma) / (1 + xpos_gamma), on top of the rotation.
+  double xpos_scale_base = 0.0;
+  double xpos_gamma = 0.4;              ///< xPos: gamma > 0 of zeta_i (torchscale's 0.4)
+  XposRole xpos_role = XposRole::query; ///< xPos: the side this table scales
+  /// xPos: the position whose factor is 1 (the factors leave float's range some thousands of
+  /// positions away from it at scale base 512; the table refuses such positions).
+  double xpos_center = 0.0;
 };
 
 /// The keys of a Hugging Face config.json that define its rotary embedding. Unset optionals take
@@ -158,6 +177,14 @@ inline void validate_rope_config(const ArgCheck& check, const RopeConfig& c) {
       for (const double f : *list)
         if (!std::isfinite(f) || !(f > 0.0)) check.fail(name, "must hold finite factors > 0, got " + detail::rope_number(f));
     }
+  }
+  check.finite(c.xpos_scale_base, "xpos_scale_base");
+  if (c.xpos_scale_base < 0.0)
+    check.fail("xpos_scale_base", "must be >= 0 (0: no xPos decay), got " + detail::rope_number(c.xpos_scale_base));
+  if (c.xpos_scale_base > 0.0) {
+    check.enum_value("xpos_role", c.xpos_role, kXposRoleCount);
+    check.finite(c.xpos_gamma, "xpos_gamma").finite(c.xpos_center, "xpos_center");
+    if (!(c.xpos_gamma > 0.0)) check.fail("xpos_gamma", "must be > 0, got " + detail::rope_number(c.xpos_gamma));
   }
   if (c.attention_factor) {
     check.finite(*c.attention_factor, "attention_factor");

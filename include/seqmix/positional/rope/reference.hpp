@@ -67,7 +67,8 @@ inline void rope_row_double(const RopeTable& table, index_t p, double* x) {
   for (index_t i = 0; i < half; ++i) {
     const index_t ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
     const double angle = static_cast<double>(p) * table.inv_freq()[static_cast<std::size_t>(i)];
-    const double c = m * std::cos(angle), s = m * std::sin(angle), a = x[ia], b = x[ib];
+    const double scale = m * table.xpos_scale(p, i);
+    const double c = scale * std::cos(angle), s = scale * std::sin(angle), a = x[ia], b = x[ib];
     x[ia] = a * c - b * s;
     x[ib] = b * c + a * s;
   }
@@ -75,8 +76,24 @@ inline void rope_row_double(const RopeTable& table, index_t p, double* x) {
 
 // A table handed to a fused form (attention, the appends): built, and no wider than the head
 // size `D` of the rows it rotates. Positions are the caller's to check.
-inline void check_fused_rope_table(const ArgCheck& check, const RopeTable& table, index_t D) {
+// `use`: what the form rotates with it. An xPos table scales one side only (its xpos_role), so
+// a form rotating both queries and keys with one table refuses it, and each side needs its own.
+enum class FusedRopeUse { queries, keys, both };
+
+inline void check_fused_rope_table(const ArgCheck& check, const RopeTable& table, index_t D,
+                                   FusedRopeUse use = FusedRopeUse::both) {
   if (table.empty()) check.fail("rope", "is an empty table (default-constructed); build it from a RopeConfig");
+  if (table.xpos()) {
+    const bool query_table = table.config().xpos_role == XposRole::query;
+    if (use == FusedRopeUse::both)
+      check.fail("rope", "is an xPos table (xpos_scale_base > 0), which scales only queries or only keys, and this "
+                         "form rotates both with it: rotate the keys with the key table first (rope(), the appends) "
+                         "and pass the query table (attention: rope_rotated_keys = Tk)");
+    if (use == FusedRopeUse::queries && !query_table)
+      check.fail("rope", "is an xPos table for keys (xpos_role = key), but this form rotates queries with it");
+    if (use == FusedRopeUse::keys && query_table)
+      check.fail("rope", "is an xPos table for queries (xpos_role = query), but this form rotates keys with it");
+  }
   if (table.rotary_dim() > D)
     check.fail("rope", "has rotary_dim " + std::to_string(table.rotary_dim()) + ", above the key head size Dk = " +
                            std::to_string(D));
@@ -90,7 +107,7 @@ inline void validate_query_rope(const ArgCheck& check, const QueryRope& rope, in
     rope.positions.check_optional_shape(check, "rope.positions", {B, Tq}, "B,Tq");
     return;
   }
-  check_fused_rope_table(check, *rope.table, D);
+  check_fused_rope_table(check, *rope.table, D, FusedRopeUse::queries);
   const index_t P = rope.table->positions();
   if (!rope.positions.has_value()) {
     if (Tk < 0 && B * Tq > 0)

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "seqmix/core/error.hpp"
@@ -120,14 +121,27 @@ class RopeTable {
     const index_t elements = check.product("positions", positions, pairs);
     positions_ = positions;
     frequencies_ = rope_frequencies(config, sequence_length > 0 ? sequence_length : positions);
+    // xPos: a factor that leaves float's normal range would turn scores into inf or 0. Each
+    // pair's factor is monotonic in p, so the first and last positions bound it.
+    for (index_t i = 0; config.xpos_scale_base > 0.0 && i < pairs; ++i)
+      for (const index_t p : {index_t{0}, positions - 1}) {
+        const double scale = frequencies_.attention_factor * xpos_scale(p, i);
+        if (!(scale >= static_cast<double>(std::numeric_limits<float>::min()) &&
+              scale <= static_cast<double>(std::numeric_limits<float>::max())))
+          check.fail("positions", "reach position " + std::to_string(p) + ", where the xPos factor of pair " +
+                                      std::to_string(i) + " is " + detail::rope_number(scale) +
+                                      ", outside float's range: build the table with xpos_center nearer the positions "
+                                      "used, a larger xpos_scale_base, or fewer positions");
+      }
     cos_.resize(static_cast<std::size_t>(elements));
     sin_.resize(static_cast<std::size_t>(elements));
     const double m = frequencies_.attention_factor;
     for (index_t p = 0; p < positions; ++p) {
       for (index_t i = 0; i < pairs; ++i) {
         const double angle = static_cast<double>(p) * frequencies_.inv_freq[static_cast<std::size_t>(i)];
-        cos_[static_cast<std::size_t>(p * pairs + i)] = static_cast<float>(m * std::cos(angle));
-        sin_[static_cast<std::size_t>(p * pairs + i)] = static_cast<float>(m * std::sin(angle));
+        const double scale = m * xpos_scale(p, i);
+        cos_[static_cast<std::size_t>(p * pairs + i)] = static_cast<float>(scale * std::cos(angle));
+        sin_[static_cast<std::size_t>(p * pairs + i)] = static_cast<float>(scale * std::sin(angle));
       }
     }
   }
@@ -140,6 +154,17 @@ class RopeTable {
   const std::vector<double>& inv_freq() const noexcept { return frequencies_.inv_freq; }  ///< R/2 frequencies
   double attention_factor() const noexcept { return frequencies_.attention_factor; }  ///< on cos and sin
   bool empty() const noexcept { return positions_ == 0; }  ///< default-constructed
+  /// An xPos table (config().xpos_scale_base > 0): it scales one side only, config().xpos_role.
+  bool xpos() const noexcept { return config_.xpos_scale_base > 0.0; }
+  /// The xPos factor of position p and pair i, in double (1 without xPos):
+  /// zeta_i^(+-(p - center) / scale_base), zeta_i = (2i/R + gamma) / (1 + gamma).
+  double xpos_scale(index_t p, index_t i) const noexcept {
+    if (!xpos()) return 1.0;
+    const double zeta = (2.0 * static_cast<double>(i) / static_cast<double>(config_.rotary_dim) + config_.xpos_gamma) /
+                        (1.0 + config_.xpos_gamma);
+    const double exponent = (static_cast<double>(p) - config_.xpos_center) / config_.xpos_scale_base;
+    return std::pow(zeta, config_.xpos_role == XposRole::query ? exponent : -exponent);
+  }
 
   /// attention_factor * cos of position p, pairs() floats; p in [0, positions()).
   const float* cos_row(index_t p) const noexcept { return cos_.data() + p * pairs(); }
