@@ -34,7 +34,9 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/attention/mla/mla.hpp"
 #include "seqmix/attention/mla/paged.hpp"
+#include "seqmix/kv_cache/mla_cache.hpp"
 #include "seqmix/kv_cache/mla_latent.hpp"
+#include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/positional.hpp"
 #include "seqmix_testing/bench_counters.hpp"
@@ -238,6 +240,48 @@ void mla_prefill_bench(benchmark::State& state, index_t T) {
   st::report_throughput(state, flops, static_cast<double>(T * (dc + dr) * 2));
 }
 
+// GQA decode at the same cache length, Llama-3-8B heads (32 query, 8 KV heads of 128, fp16 K/V):
+// the memory-bound baseline the MLA decode rows are read against (same program, same run).
+void gqa_decode_bench(benchmark::State& state, index_t Tk) {
+  const index_t Hq = 32, Hkv = 8, D = 128;
+  Tensor<seqmix::f16, 4> k({1, Tk, Hkv, D}), v({1, Tk, Hkv, D});
+  const Tensor<float, 4> kv = st::random_tensor<4>({1, Tk, Hkv, D}, 7);
+  for (index_t i = 0; i < kv.numel(); ++i) k.data()[i] = seqmix::f16(kv.data()[i]), v.data()[i] = seqmix::f16(-kv.data()[i]);
+  const auto q = st::random_tensor<4>({1, 1, Hq, D}, 8);
+  Tensor<float, 4> o({1, 1, Hq, D});
+  seqmix::AttentionInputs<seqmix::f16> in;
+  in.q = q.view(), in.k = k.view(), in.v = v.view();
+  for (auto _ : state) {
+    seqmix::attention_step(in, {o.view()}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  st::report_throughput(state, 2.0 * 2.0 * static_cast<double>(Hq * Tk * D), static_cast<double>(Tk * Hkv * D * 2 * 2));
+  state.counters["cache_B_per_tok"] = 2.0 * Hkv * D * 2;
+}
+
+// The same MLA decode over an MlaLatentCache (fp16 latents and rotary keys) instead of caller views.
+void mla_cache_bench(benchmark::State& state, const MlaShape& s) {
+  seqmix::MlaLatentCacheConfig cfg;
+  cfg.latent_dim = s.dc, cfg.rope_dim = s.dr;
+  seqmix::MlaLatentCache cache(cfg);
+  const auto c = st::random_tensor<3>({1, s.Tk, s.dc}, 1), r = st::random_tensor<3>({1, s.Tk, s.dr}, 2);
+  seqmix::MlaCacheAppendInputs fill;
+  fill.c_kv = c.view(), fill.k_rope = r.view();
+  cache.append(fill);
+  const auto q_nope = st::random_tensor<3>({1, s.H, s.dn}, 3), q_rope = st::random_tensor<3>({1, s.H, s.dr}, 4);
+  const auto w = st::random_tensor<3>({s.H, s.dn + s.dv, s.dc}, 5, -0.05f, 0.05f);
+  Tensor<float, 3> o({1, s.H, s.dv});
+  const seqmix::MlaCacheDecodeInputs in{q_nope.view(), q_rope.view(), &cache,
+                                        {w.view().slice(1, 0, s.dn), w.view().slice(1, s.dn, s.dv)}};
+  for (auto _ : state) {
+    seqmix::mla_latent_cache_decode(in, {o.view(), {}}, {}, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  st::report_throughput(state, 2.0 * static_cast<double>(s.H * s.Tk * (2 * s.dc + s.dr)),
+                        static_cast<double>(s.Tk * (s.dc + s.dr)) * 2.0);
+  state.counters["cache_B_per_tok"] = static_cast<double>((s.dc + s.dr) * 2);
+}
+
 void register_mla() {
   for (const MlaShape& s : kMlaShapes) {
     benchmark::RegisterBenchmark((std::string("mla/decode/") + s.name).c_str(),
@@ -268,6 +312,14 @@ void register_mla() {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
+  benchmark::RegisterBenchmark("mla/gqa_decode/llama3_8b_Tk32768_fp16",
+                               [](benchmark::State& st_) { gqa_decode_bench(st_, 32768); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark((std::string("mla/decode_cache/") + kMlaShapes[0].name).c_str(),
+                               [=](benchmark::State& st_) { mla_cache_bench(st_, kMlaShapes[0]); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("mla/prefill/T1024_H16_dc512_dr64_fp16_causal",
                                [](benchmark::State& st_) { mla_prefill_bench(st_, 1024); })
       ->UseRealTime()

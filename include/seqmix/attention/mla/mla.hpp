@@ -15,7 +15,7 @@
 // so every latent byte is read once per call whatever H is. The spans merge by their (m, l)
 // (attention_merge's rule) and o[h] = W_uv[h] O_lat[h] / l at the end. Work per token is
 // H * (2 d_c + d_r) multiply-adds over (d_c + d_r) * sizeof(C) bytes: with 128 heads that is
-// ~160 FLOP per byte of fp16 cache, so decode at DeepSeek's head count is bound by the FMAs, not
+// ~242 FLOP per byte of fp16 cache, so decode at DeepSeek's head count is bound by the FMAs, not
 // by the cache's bandwidth (docs/operators.md section 10).
 #pragma once
 
