@@ -542,3 +542,238 @@ TEST_CASE("mlstm serving: slotted steps equal per-row steps and bad batches are 
   REQUIRE(srv_same(pool.n, before.n));
   REQUIRE(srv_same(pool.m, before.m));
 }
+
+namespace {
+
+// ttt_linear / ttt_mlp token inputs of a packed call and their per-sequence slices.
+struct SrvTttTokens {
+  Tensor<float, 4> q, k, v;
+  Tensor<float, 3> eta;
+  Tensor<float, 2> gamma, beta;
+  Tensor<float, 1> scale;
+  SrvTttTokens(index_t B, index_t T, index_t H, index_t K, index_t mini_batch, std::uint64_t seed)
+      : q(st::random_tensor<4>({B, T, H, K}, seed)), k(st::random_tensor<4>({B, T, H, K}, seed + 1)),
+        v(st::random_tensor<4>({B, T, H, K}, seed + 2)),
+        eta(st::random_tensor<3>({B, T, H}, seed + 3, 0.f, 1.f / static_cast<float>(K))),
+        gamma(st::random_tensor<2>({H, K}, seed + 4, 0.5f, 1.5f)), beta(st::random_tensor<2>({H, K}, seed + 5, -0.2f, 0.2f)),
+        scale({mini_batch}) {
+    for (index_t i = 0; i < mini_batch; ++i) scale(i) = 1.f / static_cast<float>(i + 1);
+  }
+  template <class In>
+  void fill(In& in) const {
+    in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.eta = eta.cview();
+    in.ln_weight = gamma.cview(), in.ln_bias = beta.cview(), in.token_scale = scale.cview();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("ttt serving: packed slotted ttt_linear and ttt_mlp equal per-sequence calls", "[ttt][serving]") {
+  SrvLayout l = srv_layout();
+  const index_t H = 2, K = 8, M = 12, Tt = l.total();
+  seqmix::TttOptions o;
+  o.mini_batch = 4;  // ragged mini-batches inside the 17-, 5- and 9-token sequences
+  const SrvTttTokens tok(1, Tt, H, K, o.mini_batch, 101);
+  const float a = 1.f / std::sqrt(static_cast<float>(K));
+  const Tensor<float, 4> w0 = st::random_tensor<4>({l.pool, H, K, K}, 102, -a, a);
+  const Tensor<float, 4> w10 = st::random_tensor<4>({l.pool, H, K, M}, 103, -a, a);
+  const Tensor<float, 4> w20 = st::random_tensor<4>({l.pool, H, M, K}, 104, -a, a);
+  for (bool reference : {false, true}) {
+    INFO((reference ? "reference" : "fast"));
+    // ttt_linear, with a fresh slot.
+    Tensor<float, 4> w = w0, z({1, Tt, H, K});
+    z.fill(7.f);
+    seqmix::TttLinearInputs in;
+    tok.fill(in);
+    in.initial_w = w.cview();
+    in.batch.cu_seqlens = l.cu, in.batch.state_indices = l.slots, in.batch.has_initial_state = l.fresh;
+    if (reference)
+      seqmix::reference::ttt_linear(in, {z.view(), w.view()}, o);
+    else
+      seqmix::ttt_linear(in, {z.view(), w.view()}, o, st::two_thread_pool());
+    // ttt_mlp (no fresh flags: its initial weights are required).
+    Tensor<float, 4> w1 = w10, w2 = w20, zm({1, Tt, H, K});
+    zm.fill(7.f);
+    seqmix::TttMlpInputs im;
+    tok.fill(im);
+    im.initial_w1 = w1.cview(), im.initial_w2 = w2.cview();
+    im.batch.cu_seqlens = l.cu, im.batch.state_indices = l.slots;
+    if (reference)
+      seqmix::reference::ttt_mlp(im, {zm.view(), w1.view(), w2.view()}, o);
+    else
+      seqmix::ttt_mlp(im, {zm.view(), w1.view(), w2.view()}, o, st::two_thread_pool());
+
+    Tensor<float, 4> w_expected = w0, w1_expected = w10, w2_expected = w20;
+    for (index_t s = 0; s < l.sequences(); ++s) {
+      const index_t t0 = static_cast<index_t>(l.cu[s]), len = static_cast<index_t>(l.cu[s + 1]) - t0;
+      const index_t row = l.slots[static_cast<std::size_t>(s)];
+      INFO("sequence " << s << " T=" << len);
+      if (row < 0) {
+        REQUIRE(srv_all_equal(srv_copy(z.cview().slice(1, t0, len)), 7.f));
+        REQUIRE(srv_all_equal(srv_copy(zm.cview().slice(1, t0, len)), 7.f));
+        continue;
+      }
+      SrvTttTokens one(1, len, H, K, o.mini_batch, 1);
+      one.q = srv_copy(tok.q.cview().slice(1, t0, len)), one.k = srv_copy(tok.k.cview().slice(1, t0, len));
+      one.v = srv_copy(tok.v.cview().slice(1, t0, len)), one.eta = srv_copy(tok.eta.cview().slice(1, t0, len));
+      one.gamma = tok.gamma, one.beta = tok.beta;
+      Tensor<float, 4> w_one = srv_copy(w0.cview().slice(0, row, 1)), z_one({1, len, H, K});
+      seqmix::TttLinearInputs in1;
+      one.fill(in1);
+      if (l.fresh[static_cast<std::size_t>(s)]) in1.initial_w = w_one.cview();
+      Tensor<float, 4> w_final({1, H, K, K});
+      if (reference)
+        seqmix::reference::ttt_linear(in1, {z_one.view(), w_final.view()}, o);
+      else
+        seqmix::ttt_linear(in1, {z_one.view(), w_final.view()}, o);
+      st::require_close("z", srv_copy(z.cview().slice(1, t0, len)).cview(), z_one.cview(), 1e-6);
+      st::require_close("final_w", srv_copy(w.cview().slice(0, row, 1)).cview(), w_final.cview(), 1e-6);
+      Tensor<float, 4> w1_one = srv_copy(w10.cview().slice(0, row, 1)), w2_one = srv_copy(w20.cview().slice(0, row, 1));
+      Tensor<float, 4> zm_one({1, len, H, K});
+      seqmix::TttMlpInputs im1;
+      one.fill(im1);
+      im1.initial_w1 = w1_one.cview(), im1.initial_w2 = w2_one.cview();
+      if (reference)
+        seqmix::reference::ttt_mlp(im1, {zm_one.view(), w1_one.view(), w2_one.view()}, o);
+      else
+        seqmix::ttt_mlp(im1, {zm_one.view(), w1_one.view(), w2_one.view()}, o);
+      st::require_close("z (mlp)", srv_copy(zm.cview().slice(1, t0, len)).cview(), zm_one.cview(), 1e-6);
+      st::require_close("final_w1", srv_copy(w1.cview().slice(0, row, 1)).cview(), w1_one.cview(), 1e-6);
+      st::require_close("final_w2", srv_copy(w2.cview().slice(0, row, 1)).cview(), w2_one.cview(), 1e-6);
+      for (index_t h = 0; h < H; ++h)
+        for (index_t i = 0; i < K; ++i) {
+          for (index_t j = 0; j < K; ++j) w_expected(row, h, i, j) = w_final(0, h, i, j);
+          for (index_t m = 0; m < M; ++m) w1_expected(row, h, i, m) = w1_one(0, h, i, m), w2_expected(row, h, m, i) = w2_one(0, h, m, i);
+        }
+    }
+    REQUIRE(srv_same(w, w_expected));
+    REQUIRE(srv_same(w1, w1_expected));
+    REQUIRE(srv_same(w2, w2_expected));
+  }
+}
+
+TEST_CASE("ttt serving: slotted steps equal per-row steps and bad batches are refused", "[ttt][serving]") {
+  const index_t B = 4, H = 2, K = 8, M = 12, P = 5;
+  const std::vector<std::int32_t> slots = {3, -1, 0, 1};
+  const std::vector<std::uint8_t> has_initial = {1, 1, 0, 1};
+  const float a = 1.f / std::sqrt(static_cast<float>(K));
+  Tensor<float, 4> w = st::random_tensor<4>({P, H, K, K}, 111, -a, a);
+  Tensor<float, 4> w1 = st::random_tensor<4>({P, H, K, M}, 112, -a, a), w2 = st::random_tensor<4>({P, H, M, K}, 113, -a, a);
+  Tensor<float, 4> w_exp = w, w1_exp = w1, w2_exp = w2;
+  Tensor<float, 3> z({B, H, K}), zm({B, H, K});
+  for (index_t t = 0; t < 3; ++t) {
+    const SrvTttTokens tok(B, 1, H, K, 1, 120 + 10 * static_cast<std::uint64_t>(t));
+    seqmix::TttStepInputs si;
+    si.q = tok.q.cview().select(1, 0), si.k = tok.k.cview().select(1, 0), si.v = tok.v.cview().select(1, 0);
+    si.eta = tok.eta.cview().select(1, 0), si.ln_weight = tok.gamma.cview(), si.ln_bias = tok.beta.cview();
+    si.batch.state_indices = slots;
+    seqmix::TttStepInputs sm = si;
+    if (t == 0) si.batch.has_initial_state = has_initial;
+    z.fill(7.f), zm.fill(7.f);
+    const seqmix::Executor& ex = t == 1 ? static_cast<const seqmix::Executor&>(st::two_thread_pool()) : seqmix::serial_executor();
+    seqmix::ttt_linear_step(si, {z.view(), w.view()}, {}, ex);
+    seqmix::ttt_mlp_step(sm, {zm.view(), w1.view(), w2.view()}, {}, ex);
+    for (index_t b = 0; b < B; ++b) {
+      const index_t row = slots[static_cast<std::size_t>(b)];
+      INFO("t=" << t << " row " << b);
+      if (row < 0) {
+        REQUIRE(srv_all_equal(srv_copy(z.cview().slice(0, b, 1)), 7.f));
+        REQUIRE(srv_all_equal(srv_copy(zm.cview().slice(0, b, 1)), 7.f));
+        continue;
+      }
+      seqmix::TttStepInputs one = sm;
+      one.batch = seqmix::SequenceBatch();
+      one.q = si.q.slice(0, b, 1), one.k = si.k.slice(0, b, 1), one.v = si.v.slice(0, b, 1), one.eta = si.eta.slice(0, b, 1);
+      Tensor<float, 4> w_one = srv_copy(w_exp.cview().slice(0, row, 1));
+      if (t == 0 && !has_initial[static_cast<std::size_t>(b)]) w_one.fill(0.f);
+      Tensor<float, 3> z_one({1, H, K}), zm_one({1, H, K});
+      seqmix::ttt_linear_step(one, {z_one.view(), w_one.view()});
+      Tensor<float, 4> w1_one = srv_copy(w1_exp.cview().slice(0, row, 1)), w2_one = srv_copy(w2_exp.cview().slice(0, row, 1));
+      seqmix::ttt_mlp_step(one, {zm_one.view(), w1_one.view(), w2_one.view()});
+      st::require_close("z", srv_copy(z.cview().slice(0, b, 1)).cview(), z_one.cview(), 1e-6);
+      st::require_close("z (mlp)", srv_copy(zm.cview().slice(0, b, 1)).cview(), zm_one.cview(), 1e-6);
+      for (index_t h = 0; h < H; ++h)
+        for (index_t i = 0; i < K; ++i) {
+          for (index_t j = 0; j < K; ++j) w_exp(row, h, i, j) = w_one(0, h, i, j);
+          for (index_t m = 0; m < M; ++m) w1_exp(row, h, i, m) = w1_one(0, h, i, m), w2_exp(row, h, m, i) = w2_one(0, h, m, i);
+        }
+    }
+    REQUIRE(srv_same(w, w_exp));
+    REQUIRE(srv_same(w1, w1_exp));
+    REQUIRE(srv_same(w2, w2_exp));
+  }
+
+  // Refusals before any write.
+  const Tensor<float, 4> wb = w, w1b = w1, w2b = w2;
+  const SrvTttTokens tok(B, 1, H, K, 1, 150);
+  seqmix::TttStepInputs si;
+  si.q = tok.q.cview().select(1, 0), si.k = tok.k.cview().select(1, 0), si.v = tok.v.cview().select(1, 0);
+  si.eta = tok.eta.cview().select(1, 0), si.ln_weight = tok.gamma.cview(), si.ln_bias = tok.beta.cview();
+  z.fill(7.f), zm.fill(7.f);
+  const std::vector<std::int32_t> slots_out = {3, -1, 5, 1}, slots_twice = {3, 0, 0, 1};
+  const std::vector<std::int64_t> cu_step = {0, 1, 2, 3, 4};
+  auto expect_steps = [&](const char* argument, const seqmix::SequenceBatch& batch, bool linear, bool mlp) {
+    seqmix::TttStepInputs in = si;
+    in.batch = batch;
+    if (linear) st::require_shape_error(argument, [&] { seqmix::ttt_linear_step(in, {z.view(), w.view()}); });
+    if (mlp) st::require_shape_error(argument, [&] { seqmix::ttt_mlp_step(in, {zm.view(), w1.view(), w2.view()}); });
+  };
+  seqmix::SequenceBatch sb;
+  sb.state_indices = slots_out;
+  expect_steps("state_indices", sb, true, true);
+  sb.state_indices = slots_twice;
+  expect_steps("state_indices", sb, true, true);
+  sb.state_indices = slots, sb.cu_seqlens = cu_step;
+  expect_steps("cu_seqlens", sb, true, true);
+  sb.cu_seqlens = {}, sb.has_initial_state = has_initial;
+  expect_steps("has_initial_state", sb, false, true);  // ttt_mlp needs its initial weights
+
+  const SrvTttTokens pk(1, 7, H, K, 16, 160);
+  Tensor<float, 4> zp({1, 7, H, K});
+  zp.fill(7.f);
+  const std::vector<std::int64_t> cu_bad = {0, 3, 8}, cu_ok = {0, 3, 7};
+  const std::vector<std::int32_t> slots2 = {0, 5}, slots_ok2 = {0, 2};
+  auto expect_prefill = [&](const char* argument, const seqmix::SequenceBatch& batch, const seqmix::TttOptions& o,
+                            bool linear) {
+    for (bool reference : {false, true}) {
+      if (linear) {
+        seqmix::TttLinearInputs in;
+        pk.fill(in);
+        in.initial_w = w.cview(), in.batch = batch;
+        st::require_shape_error(argument, [&] {
+          if (reference)
+            seqmix::reference::ttt_linear(in, {zp.view(), w.view()}, o);
+          else
+            seqmix::ttt_linear(in, {zp.view(), w.view()}, o);
+        });
+      }
+      seqmix::TttMlpInputs im;
+      pk.fill(im);
+      im.initial_w1 = w1.cview(), im.initial_w2 = w2.cview(), im.batch = batch;
+      st::require_shape_error(argument, [&] {
+        if (reference)
+          seqmix::reference::ttt_mlp(im, {zp.view(), w1.view(), w2.view()}, o);
+        else
+          seqmix::ttt_mlp(im, {zp.view(), w1.view(), w2.view()}, o);
+      });
+    }
+  };
+  const std::vector<std::uint8_t> flags2 = {1, 0};
+  seqmix::SequenceBatch b;
+  b.cu_seqlens = cu_bad, b.state_indices = slots_ok2;
+  expect_prefill("cu_seqlens", b, {}, true);
+  b.cu_seqlens = cu_ok, b.state_indices = slots2;
+  expect_prefill("state_indices", b, {}, true);
+  b.state_indices = slots_ok2;
+  seqmix::TttOptions rev;
+  rev.reverse = true;
+  expect_prefill("options.reverse", b, rev, true);
+  b.has_initial_state = flags2;
+  expect_prefill("has_initial_state", b, {}, false);
+  REQUIRE(srv_all_equal(z, 7.f));
+  REQUIRE(srv_all_equal(zm, 7.f));
+  REQUIRE(srv_all_equal(zp, 7.f));
+  REQUIRE(srv_same(w, wb));
+  REQUIRE(srv_same(w1, w1b));
+  REQUIRE(srv_same(w2, w2b));
+}

@@ -237,12 +237,22 @@ inline void ttt_row_minibatches(Scratch& s, const In& in, const Out& out, index_
 /// (batch, head) rows; the mini-batches of a row are sequential.
 inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, const TttOptions& options = {},
                        const Executor& executor = serial_executor()) {
+  detail::check_reversible("ttt_linear", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::ttt_reversed_call(in, out);
     return ttt_linear(rev.first, rev.second, detail::forward_options(options), executor);
   }
   static const ArgCheck check("ttt_linear");
-  const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options);
+  SequenceMap map;
+  const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options, &map);
+  // A serving call: each running sequence as a dense B = 1 call, its weight row in place.
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::ttt_for_each_sequence(
+        map, in, out,
+        [&](TttLinearInputs& in1, TttLinearOutputs& out1, const SequenceSpan& s) {
+          detail::ttt_linear_sequence_states(in1, out1, in, out, s);
+        },
+        [&](const TttLinearInputs& in1, const TttLinearOutputs& out1) { ttt_linear(in1, out1, options, executor); });
   const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
   const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
@@ -267,13 +277,22 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
 /// Hq W2_0 - tril(c eta ∘ Hq Ah^T) G2, and the weights' update. Threaded over (batch, head).
 inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
                     const Executor& executor = serial_executor()) {
+  detail::check_reversible("ttt_mlp", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::ttt_reversed_call(in, out);
     return ttt_mlp(rev.first, rev.second, detail::forward_options(options), executor);
   }
   static const ArgCheck check("ttt_mlp");
   index_t M = 0;
-  const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M);
+  SequenceMap map;
+  const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M, &map);
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::ttt_for_each_sequence(
+        map, in, out,
+        [&](TttMlpInputs& in1, TttMlpOutputs& out1, const SequenceSpan& s) {
+          detail::ttt_mlp_sequence_states(in1, out1, in, out, s);
+        },
+        [&](const TttMlpInputs& in1, const TttMlpOutputs& out1) { ttt_mlp(in1, out1, options, executor); });
   const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
   const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {

@@ -29,10 +29,12 @@
 #include <utility>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/rnn/common.hpp"
 
 namespace seqmix {
 
@@ -58,6 +60,11 @@ struct TttLinearInputs {
   ConstView<float, 2> ln_bias;          ///< [H,K] LayerNorm shift beta
   ConstView<float, 1> token_scale = {}; ///< [mini_batch] c_i per position in the mini-batch, optional (ones)
   ConstView<float, 4> initial_w = {};   ///< [B,H,K,K] W[i][j]: f(x)_j = sum_i x_i W[i][j], optional (zeros)
+  /// Optional serving arguments (core/batch.hpp): packed tokens (cu_seqlens [N+1], token tensors
+  /// [1,total_T,...], weights [N,H,K,K]; each sequence starts its own mini-batches), state slots
+  /// (state_indices [N] into a pool [P,H,K,K], -1 = padding: nothing read or written) and
+  /// has_initial_state [N] (false: start from zeros).
+  SequenceBatch batch = {};
 };
 
 /// Prefill outputs. z must not overlap an input; final_w is optional and may be the very view
@@ -76,6 +83,10 @@ struct TttStepInputs {
   ConstView<float, 2> eta;        ///< [B,H]
   ConstView<float, 2> ln_weight;  ///< [H,K]
   ConstView<float, 2> ln_bias;    ///< [H,K]
+  /// Optional: state_indices [B] (row b updates pool row state_indices[b] of the weights; -1 =
+  /// padding row, its z and weights untouched) and has_initial_state [B] (false: start from
+  /// zeros; ttt_linear_step only). No cu_seqlens (one token per batch row).
+  SequenceBatch batch = {};
 };
 
 /// Decode-step arguments of ttt_linear_step.
@@ -84,7 +95,7 @@ using TttLinearStepInputs = TttStepInputs;
 /// Decode-step outputs: w is read and updated in place; z overlaps nothing.
 struct TttLinearStepOutputs {
   TensorView<float, 3> z;  ///< [B,H,K]
-  TensorView<float, 4> w;  ///< [B,H,K,K]
+  TensorView<float, 4> w;  ///< [B,H,K,K] (or the pool [P,H,K,K] with batch.state_indices)
 };
 
 /// Prefill arguments of ttt_mlp: as ttt_linear's, the inner model a two-layer MLP
@@ -100,6 +111,10 @@ struct TttMlpInputs {
   ConstView<float, 1> token_scale = {}; ///< [mini_batch], optional (ones)
   ConstView<float, 4> initial_w1;       ///< [B,H,K,M]
   ConstView<float, 4> initial_w2;       ///< [B,H,M,K]
+  /// Optional: cu_seqlens and state_indices as TttLinearInputs::batch (weights [N,...] or pools
+  /// [P,...]). has_initial_state is refused: the zero MLP has zero gradients, so a fresh
+  /// sequence needs its W1_0, W2_0 written into its slot.
+  SequenceBatch batch = {};
 };
 
 /// Prefill outputs of ttt_mlp; each final weight is optional and may be its initial view.
@@ -115,8 +130,8 @@ using TttMlpStepInputs = TttStepInputs;
 /// Decode-step outputs of ttt_mlp: w1 and w2 are read and updated in place.
 struct TttMlpStepOutputs {
   TensorView<float, 3> z;   ///< [B,H,K]
-  TensorView<float, 4> w1;  ///< [B,H,K,M]
-  TensorView<float, 4> w2;  ///< [B,H,M,K]
+  TensorView<float, 4> w1;  ///< [B,H,K,M] (or the pool [P,H,K,M] with batch.state_indices)
+  TensorView<float, 4> w2;  ///< [B,H,M,K] (or [P,H,M,K])
 };
 
 namespace detail {
@@ -174,6 +189,7 @@ inline void check_ttt_options(const ArgCheck& check, const TttOptions& options) 
 /// token scale, z; returns B, T, H, K.
 template <class In, class Out>
 inline TttDims validate_ttt_common(const ArgCheck& check, const In& in, const Out& out, const TttOptions& options) {
+  check_reversible(check.op().c_str(), in.batch, options.reverse);
   check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,K");
   const index_t B = in.q.size(0), T = in.q.size(1), H = in.q.size(2), K = in.q.size(3);
   check.shape("k", in.k, std::array<index_t, 4>{B, T, H, K}, "B,T,H,K");
@@ -205,12 +221,20 @@ inline void check_ttt_final(const ArgCheck& check, const In& in, const Out& out,
 }
 
 inline TttDims validate_ttt_linear(const ArgCheck& check, const TttLinearInputs& in, const TttLinearOutputs& out,
-                                   const TttOptions& options) {
+                                   const TttOptions& options, SequenceMap* map = nullptr) {
   const TttDims d = validate_ttt_common(check, in, out, options);
-  const std::array<index_t, 4> wshape{d.B, d.H, d.K, d.K};
-  check.optional_shape("initial_w", in.initial_w, wshape, "B,H,K,K");
+  // A plain dense batch has B weight rows; a serving call N (packed) or the pool's rows (slots).
+  const bool plain = rnn_plain_batch(in.batch);
+  const std::array<index_t, 4> wshape{plain ? d.B : -1, d.H, d.K, d.K};
+  const char* dims = plain ? "B,H,K,K" : "N,H,K,K";
+  check.optional_shape("initial_w", in.initial_w, wshape, dims);
   check.no_overlap("z", out.z, "initial_w", in.initial_w);
-  check_ttt_final(check, in, out, "final_w", out.final_w, "initial_w", in.initial_w, wshape, "B,H,K,K");
+  check_ttt_final(check, in, out, "final_w", out.final_w, "initial_w", in.initial_w, wshape, dims);
+  if (!plain) {
+    const index_t rows = rnn_state_rows(check, "initial_w", in.initial_w, "final_w", out.final_w);
+    const SequenceMap m = SequenceMap::make(check, in.batch, d.B, d.T, in.initial_w.has_value(), rows);
+    if (map != nullptr) *map = m;
+  }
   return d;
 }
 
@@ -241,21 +265,42 @@ inline void check_ttt_step_state(const ArgCheck& check, const In& in, const Out&
   check.no_overlap(name, s, "ln_weight", in.ln_weight).no_overlap(name, s, "ln_bias", in.ln_bias);
 }
 
+// A step's batch: slots into a pool of `pool` rows and fresh flags, no cu_seqlens (no allocation
+// on valid input).
+inline void check_ttt_step_batch(const ArgCheck& check, const SequenceBatch& batch, index_t B, index_t pool) {
+  if (rnn_plain_batch(batch)) return;
+  if (batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
+  SequenceMap::make(check, batch, B, 1, true, pool);
+}
+
 inline TttDims validate_ttt_linear_step(const ArgCheck& check, const TttLinearStepInputs& in,
                                         const TttLinearStepOutputs& out, const TttOptions& options) {
   const TttDims d = validate_ttt_step_common(check, in, out, options);
-  check_ttt_step_state(check, in, out, "w", out.w, std::array<index_t, 4>{d.B, d.H, d.K, d.K}, "B,H,K,K");
+  const bool plain = rnn_plain_batch(in.batch);
+  check_ttt_step_state(check, in, out, "w", out.w, std::array<index_t, 4>{plain ? d.B : -1, d.H, d.K, d.K},
+                       plain ? "B,H,K,K" : "P,H,K,K");
+  check_ttt_step_batch(check, in.batch, d.B, out.w.size(0));
   return d;
 }
 
 /// ttt_mlp's checks; returns B, T, H, K and M (the hidden size, from initial_w1).
 inline TttDims validate_ttt_mlp(const ArgCheck& check, const TttMlpInputs& in, const TttMlpOutputs& out,
-                                const TttOptions& options, index_t* M) {
+                                const TttOptions& options, index_t* M, SequenceMap* map = nullptr) {
   const TttDims d = validate_ttt_common(check, in, out, options);
-  check.shape("initial_w1", in.initial_w1, std::array<index_t, 4>{d.B, d.H, d.K, -1}, "B,H,K,M");
+  const bool plain = rnn_plain_batch(in.batch);
+  if (in.batch.has_initial_state.has_value())
+    check.fail("has_initial_state", "is not supported by ttt_mlp (the zero MLP has zero gradients): write the "
+                                    "sequence's initial W1, W2 into its slot instead");
+  check.shape("initial_w1", in.initial_w1, std::array<index_t, 4>{plain ? d.B : -1, d.H, d.K, -1},
+              plain ? "B,H,K,M" : "N,H,K,M");
   *M = in.initial_w1.size(3);
-  const std::array<index_t, 4> s1{d.B, d.H, d.K, *M}, s2{d.B, d.H, *M, d.K};
-  check.shape("initial_w2", in.initial_w2, s2, "B,H,M,K");
+  const index_t R = in.initial_w1.size(0);
+  const std::array<index_t, 4> s1{R, d.H, d.K, *M}, s2{R, d.H, *M, d.K};
+  check.shape("initial_w2", in.initial_w2, s2, plain ? "B,H,M,K" : "N,H,M,K");
+  if (!plain) {
+    const SequenceMap m = SequenceMap::make(check, in.batch, d.B, d.T, true, R);
+    if (map != nullptr) *map = m;
+  }
   check.no_overlap("z", out.z, "initial_w1", in.initial_w1).no_overlap("z", out.z, "initial_w2", in.initial_w2);
   check_ttt_final(check, in, out, "final_w1", out.final_w1, "initial_w1", in.initial_w1, s1, "B,H,K,M");
   check_ttt_final(check, in, out, "final_w2", out.final_w2, "initial_w2", in.initial_w2, s2, "B,H,M,K");
@@ -269,12 +314,49 @@ inline TttDims validate_ttt_mlp(const ArgCheck& check, const TttMlpInputs& in, c
 inline TttDims validate_ttt_mlp_step(const ArgCheck& check, const TttMlpStepInputs& in, const TttMlpStepOutputs& out,
                                      const TttOptions& options, index_t* M) {
   const TttDims d = validate_ttt_step_common(check, in, out, options);
-  check.shape("w1", out.w1, std::array<index_t, 4>{d.B, d.H, d.K, -1}, "B,H,K,M");
+  const bool plain = rnn_plain_batch(in.batch);
+  if (in.batch.has_initial_state.has_value())
+    check.fail("has_initial_state", "is not supported by ttt_mlp_step (the zero MLP has zero gradients): write the "
+                                    "sequence's initial W1, W2 into its slot instead");
+  check.shape("w1", out.w1, std::array<index_t, 4>{plain ? d.B : -1, d.H, d.K, -1}, plain ? "B,H,K,M" : "P,H,K,M");
   *M = out.w1.size(3);
-  check_ttt_step_state(check, in, out, "w1", out.w1, std::array<index_t, 4>{d.B, d.H, d.K, *M}, "B,H,K,M");
-  check_ttt_step_state(check, in, out, "w2", out.w2, std::array<index_t, 4>{d.B, d.H, *M, d.K}, "B,H,M,K");
+  const index_t P = out.w1.size(0);
+  check_ttt_step_state(check, in, out, "w1", out.w1, std::array<index_t, 4>{P, d.H, d.K, *M}, plain ? "B,H,K,M" : "P,H,K,M");
+  check_ttt_step_state(check, in, out, "w2", out.w2, std::array<index_t, 4>{P, d.H, *M, d.K}, plain ? "B,H,M,K" : "P,H,M,K");
   check.no_overlap("w1", out.w1, "w2", out.w2);
+  check_ttt_step_batch(check, in.batch, d.B, P);
   return d;
+}
+
+// Runs one(in, out) on every running sequence of a validated serving call as a plain dense call
+// of its own (B = 1, its tokens, its weight rows; none when it starts from zeros). Padding
+// sequences (state row -1) are skipped: their outputs stay untouched.
+template <class In, class Out, class States, class F>
+void ttt_for_each_sequence(const SequenceMap& map, const In& in, const Out& out, States&& states, F&& one) {
+  for (index_t n = 0; n < map.sequences(); ++n) {
+    const SequenceSpan s = map[n];
+    if (s.state_row < 0) continue;
+    In in1 = in;
+    in1.q = rnn_sequence_rows(in.q, s), in1.k = rnn_sequence_rows(in.k, s), in1.v = rnn_sequence_rows(in.v, s);
+    in1.eta = rnn_sequence_rows(in.eta, s);
+    in1.batch = SequenceBatch();
+    Out out1 = out;
+    out1.z = rnn_sequence_rows(out.z, s);
+    states(in1, out1, s);
+    one(in1, out1);
+  }
+}
+
+inline void ttt_linear_sequence_states(TttLinearInputs& in1, TttLinearOutputs& out1, const TttLinearInputs& in,
+                                       const TttLinearOutputs& out, const SequenceSpan& s) {
+  in1.initial_w = rnn_state_row(in.initial_w, s, s.read_state);
+  out1.final_w = rnn_state_row(out.final_w, s, true);
+}
+
+inline void ttt_mlp_sequence_states(TttMlpInputs& in1, TttMlpOutputs& out1, const TttMlpInputs& in,
+                                    const TttMlpOutputs& out, const SequenceSpan& s) {
+  in1.initial_w1 = rnn_state_row(in.initial_w1, s, true), in1.initial_w2 = rnn_state_row(in.initial_w2, s, true);
+  out1.final_w1 = rnn_state_row(out.final_w1, s, true), out1.final_w2 = rnn_state_row(out.final_w2, s, true);
 }
 
 /// GELU, tanh approximation (the TTT authors' gelu_tanh), and its derivative.
@@ -336,13 +418,22 @@ inline double ttt_linear_inner_loss(const std::vector<double>& W, const std::vec
 /// precision throughout; single-threaded (`executor` is accepted for a uniform signature).
 inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, const TttOptions& options = {},
                        const Executor& executor = serial_executor()) {
+  detail::check_reversible("reference::ttt_linear", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::ttt_reversed_call(in, out);
     return ttt_linear(rev.first, rev.second, detail::forward_options(options), executor);
   }
   (void)executor;
   const ArgCheck check("reference::ttt_linear");
-  const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options);
+  SequenceMap map;
+  const detail::TttDims d = detail::validate_ttt_linear(check, in, out, options, &map);
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::ttt_for_each_sequence(
+        map, in, out,
+        [&](TttLinearInputs& in1, TttLinearOutputs& out1, const SequenceSpan& s) {
+          detail::ttt_linear_sequence_states(in1, out1, in, out, s);
+        },
+        [&](const TttLinearInputs& in1, const TttLinearOutputs& out1) { ttt_linear(in1, out1, options, executor); });
   const index_t K = d.K, KK = K * K, bs = options.mini_batch;
   const double eps = options.ln_eps;
   std::vector<double> W(static_cast<std::size_t>(KK)), Wt(W), acc(W), grad(W);
@@ -422,6 +513,7 @@ inline double ttt_mlp_inner_loss(const std::vector<double>& W1, const std::vecto
 /// weighted sums, z_t = q_t + LN(gelu(q_t W1_t) W2_t). Double; single-threaded.
 inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
                     const Executor& executor = serial_executor()) {
+  detail::check_reversible("reference::ttt_mlp", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::ttt_reversed_call(in, out);
     return ttt_mlp(rev.first, rev.second, detail::forward_options(options), executor);
@@ -429,7 +521,15 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
   (void)executor;
   const ArgCheck check("reference::ttt_mlp");
   index_t M = 0;
-  const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M);
+  SequenceMap map;
+  const detail::TttDims d = detail::validate_ttt_mlp(check, in, out, options, &M, &map);
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::ttt_for_each_sequence(
+        map, in, out,
+        [&](TttMlpInputs& in1, TttMlpOutputs& out1, const SequenceSpan& s) {
+          detail::ttt_mlp_sequence_states(in1, out1, in, out, s);
+        },
+        [&](const TttMlpInputs& in1, const TttMlpOutputs& out1) { ttt_mlp(in1, out1, options, executor); });
   const index_t K = d.K, KM = K * M, bs = options.mini_batch;
   const double eps = options.ln_eps;
   std::vector<double> W1(static_cast<std::size_t>(KM)), W2(W1), W1t(W1), W2t(W1), acc1(W1), acc2(W1), g1(W1), g2(W1);
