@@ -794,7 +794,10 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
     for (index_t hk = 0; hk < d.Hkv; ++hk) {
       first_piece[b * d.Hkv + hk] = static_cast<index_t>(pieces.size());
       const index_t nb = static_cast<index_t>(cache.head(b, hk).blocks.size());
-      const index_t split = std::clamp<index_t>(nb / kMinBlocksPerPiece, 1, wanted);
+      // pq storage: one piece per (b, KV head), as each piece builds its lookup tables and applies
+      // its centroid histograms once (K * (Dk + Dv) per query row, independent of the length).
+      const bool pq = cfg.coded && cfg.coded->format == KvCodeFormat::pq;
+      const index_t split = pq ? 1 : std::clamp<index_t>(nb / kMinBlocksPerPiece, 1, wanted);
       for (index_t p = 0; p < split; ++p) pieces.push_back({b, hk, nb * p / split, nb * (p + 1) / split, p == split - 1});
     }
   first_piece[d.B * d.Hkv] = static_cast<index_t>(pieces.size());
