@@ -1,5 +1,5 @@
 // lsh_attention (Reformer): the fast form against reference::lsh_attention over T in
-// {1, 64, 65, 1000}, D in {64, 128}, B = 2, causal and not, ragged chunks; one chunk holding every
+// {1, 64, 65, 1000, 5000}, D in {64, 128}, B = 2, causal and not, ragged chunks; one chunk holding every
 // position (chunk_len >= T) equals dense causal attention over the normalized keys with the self
 // rule (diagonal hidden except for the first query), for any number of rounds (lse + log rounds); the hashing rule
 // on a hand-made case; determinism for a seed (and a different seed hashes differently); bad
@@ -58,17 +58,12 @@ void lsh_check_same(const std::string& what, LshOutputs& got, LshOutputs& want, 
   CHECK(cl.ok);
 }
 
-}  // namespace
-
-TEST_CASE("lsh_attention: fast form matches the reference", "[lsh_attention]") {
+// The fast form (2 threads and serial) against the reference on each case (seeds from seed0).
+template <std::size_t N>
+void lsh_fast_matches_reference(const LshCase (&cases)[N], std::uint64_t seed0) {
   seqmix::ThreadPool pool(2);
   const bool small = st::small_test_scale();
-  const LshCase cases[] = {
-      {1, 1, 2, 64, 4, 2, 8, true},     {2, 64, 2, 64, 8, 2, 16, true},  {1, 65, 3, 128, 4, 3, 16, true},
-      {1, 65, 2, 64, 2, 1, 7, false},   {1, 1000, 1, 64, 16, 2, 64, true}, {1, 1000, 1, 128, 8, 1, 50, false},
-      {2, 300, 2, 64, 32, 4, 300, true},
-  };
-  std::uint64_t seed = 300;
+  std::uint64_t seed = seed0;
   for (const LshCase& c : cases) {
     if (small && c.T > 300) continue;
     seed += 10;
@@ -82,6 +77,22 @@ TEST_CASE("lsh_attention: fast form matches the reference", "[lsh_attention]") {
     lsh_check_same("lsh_attention " + c.describe(), fast, want);
     lsh_check_same("lsh_attention serial " + c.describe(), serial, want);
   }
+}
+
+}  // namespace
+
+TEST_CASE("lsh_attention: fast form matches the reference", "[lsh_attention]") {
+  const LshCase cases[] = {
+      {1, 1, 2, 64, 4, 2, 8, true},     {2, 64, 2, 64, 8, 2, 16, true},  {1, 65, 3, 128, 4, 3, 16, true},
+      {1, 65, 2, 64, 2, 1, 7, false},   {1, 1000, 1, 64, 16, 2, 64, true}, {1, 1000, 1, 128, 8, 1, 50, false},
+      {2, 300, 2, 64, 32, 4, 300, true},
+  };
+  lsh_fast_matches_reference(cases, 300);
+}
+
+TEST_CASE("lsh_attention: fast form matches the reference at T 5000", "[lsh_attention]") {
+  const LshCase cases[] = {{1, 5000, 1, 64, 64, 2, 64, true}};
+  lsh_fast_matches_reference(cases, 800);
 }
 
 TEST_CASE("lsh_attention: one chunk over every position is dense causal attention with the self rule",

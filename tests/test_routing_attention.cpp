@@ -1,5 +1,5 @@
 // routing_attention (Routing Transformer): the fast form against reference::routing_attention over
-// T in {1, 64, 65, 1000}, D in {64, 128}, GQA 1 and 4, shared QK, B = 2, causal and not; one
+// T in {1, 64, 65, 1000, 5000}, D in {64, 128}, GQA 1 and 4, shared QK, B = 2, causal and not; one
 // cluster with w = T equals dense causal attention; the membership rule (balanced top-w per
 // centroid, ties to the lower position) on a hand-made case; queries in no cluster give zeros;
 // the EMA centroid update on a hand-made case; bad arguments (non-finite centroids, negative
@@ -64,17 +64,12 @@ Tensor<float, 3> routing_unit_centroids(index_t H, index_t C, index_t D, std::ui
   return mu;
 }
 
-}  // namespace
-
-TEST_CASE("routing_attention: fast form matches the reference", "[routing_attention]") {
+// The fast form (2 threads and serial) against the reference on each case (seeds from seed0).
+template <std::size_t N>
+void routing_fast_matches_reference(const RoutingCase (&cases)[N], std::uint64_t seed0) {
   seqmix::ThreadPool pool(2);
   const bool small = st::small_test_scale();
-  const RoutingCase cases[] = {
-      {1, 1, 2, 1, 64, 3, 0, true},      {2, 64, 4, 1, 64, 4, 0, true},    {1, 65, 4, 0, 128, 4, 0, true},
-      {1, 65, 2, 2, 64, 3, 30, false},   {1, 1000, 4, 1, 64, 8, 0, true},  {1, 1000, 2, 0, 128, 32, 0, true},
-      {2, 300, 4, 2, 64, 5, 100, true},  {1, 200, 2, 2, 64, 4, 20, true},
-  };
-  std::uint64_t seed = 500;
+  std::uint64_t seed = seed0;
   for (const RoutingCase& c : cases) {
     if (small && c.T > 300) continue;
     seed += 10;
@@ -93,6 +88,22 @@ TEST_CASE("routing_attention: fast form matches the reference", "[routing_attent
     routing_check_same("routing_attention " + c.describe(), fast, want);
     routing_check_same("routing_attention serial " + c.describe(), serial, want);
   }
+}
+
+}  // namespace
+
+TEST_CASE("routing_attention: fast form matches the reference", "[routing_attention]") {
+  const RoutingCase cases[] = {
+      {1, 1, 2, 1, 64, 3, 0, true},      {2, 64, 4, 1, 64, 4, 0, true},    {1, 65, 4, 0, 128, 4, 0, true},
+      {1, 65, 2, 2, 64, 3, 30, false},   {1, 1000, 4, 1, 64, 8, 0, true},  {1, 1000, 2, 0, 128, 32, 0, true},
+      {2, 300, 4, 2, 64, 5, 100, true},  {1, 200, 2, 2, 64, 4, 20, true},
+  };
+  routing_fast_matches_reference(cases, 500);
+}
+
+TEST_CASE("routing_attention: fast form matches the reference at T 5000", "[routing_attention]") {
+  const RoutingCase cases[] = {{1, 5000, 2, 1, 64, 71, 0, true}};
+  routing_fast_matches_reference(cases, 1000);
 }
 
 TEST_CASE("routing_attention: one cluster of every token is dense causal attention", "[routing_attention]") {
