@@ -103,7 +103,7 @@ inline void rope(const RopeTable& table, const RopeInputs& in, const RopeOutputs
     thread_local std::vector<float> expanded;  // interleaved: ce[R], se[R]
     if (interleaved && static_cast<index_t>(expanded.size()) < 2 * R) expanded.resize(static_cast<std::size_t>(2 * R));
     float* ce = expanded.data();
-    float* se = ce + R;
+    float* se = interleaved ? ce + R : nullptr;  // no offset on the empty buffer's null data()
     for (index_t token = begin; token < end; ++token) {
       const index_t b = token / T, t = token % T;
       const index_t p = detail::rope_position(in.positions, b, t, T);
