@@ -5,6 +5,7 @@
 #   bash scripts/install-deps.sh docs       # ... and doxygen, for the API reference (scripts/docs.sh)
 #   bash scripts/install-deps.sh report     # ... and python3-matplotlib, for scripts/bench_report.sh
 #   bash scripts/install-deps.sh fuzz       # ... and clang (libFuzzer), for scripts/fuzz.sh
+#   bash scripts/install-deps.sh clang      # ... and clang, the second compiler (CI's sanitizer build)
 #   bash scripts/install-deps.sh mpi        # ... and Open MPI, for seqmix::mpi (context parallelism)
 #
 # Optional components are opt-in so that CI and users who never build the API reference do not
@@ -21,10 +22,11 @@ for component in "$@"; do
   case "$component" in
     docs) packages+=(doxygen) ;;
     fuzz) packages+=(clang) ;;  # libFuzzer and its sanitizer runtimes, for scripts/fuzz.sh
+    clang) packages+=(clang) ;;
     report) packages+=(python3 python3-matplotlib) ;;
     mpi) packages+=(openmpi-bin libopenmpi-dev) ;;  # mpirun and mpi.h, for include/seqmix/mpi/
     *)
-      echo "install-deps: unknown component '$component' (known: docs, report, fuzz, mpi)" >&2
+      echo "install-deps: unknown component '$component' (known: docs, report, fuzz, clang, mpi)" >&2
       exit 2
       ;;
   esac
