@@ -109,7 +109,10 @@ TEST_CASE("attention refuses negative and overflowing extents before writing", "
       {"reference::attention",
        [](const Inputs& in, const seqmix::AttentionOutputs& out) { seqmix::reference::attention(in, out); }},
   };
-  for (const auto& [name, run] : forms) {
+  for (const auto& form : forms) {
+    // Named members, not a structured binding: C++17 lambdas cannot capture a binding (clang refuses).
+    const auto& name = form.first;
+    const auto& run = form.second;
     INFO(name);
     auto good = [&] {
       Inputs in;
@@ -173,7 +176,10 @@ TEST_CASE("delta_rule refuses negative and overflowing extents before writing", 
       {"delta_rule", [](const auto& in, const auto& out) { seqmix::delta_rule(in, out); }},
       {"reference::delta_rule", [](const auto& in, const auto& out) { seqmix::reference::delta_rule(in, out); }},
   };
-  for (const auto& [name, run] : forms) {
+  for (const auto& form : forms) {
+    // Named members, not a structured binding: C++17 lambdas cannot capture a binding (clang refuses).
+    const auto& name = form.first;
+    const auto& run = form.second;
     INFO(name);
     {
       seqmix::DeltaRuleInputs in;  // T = -3 everywhere
@@ -221,7 +227,10 @@ TEST_CASE("linear_scan refuses negative and overflowing extents before writing",
       {"reference::linear_scan",
        [](auto a_, auto b_, auto all, auto last) { seqmix::reference::linear_scan(a_, b_, {}, all, last); }},
   };
-  for (const auto& [name, run] : forms) {
+  for (const auto& form : forms) {
+    // Named members, not a structured binding: C++17 lambdas cannot capture a binding (clang refuses).
+    const auto& name = form.first;
+    const auto& run = form.second;
     INFO(name);
     expect_refused("T = -3", outputs, [&] { run(as(a, {B, -3, D}), as(b, {B, -3, D}), as_out(h_all, {B, -3, D}), h_last.view()); });
     expect_refused("D = -4 (h_last only)", outputs,
@@ -245,7 +254,10 @@ TEST_CASE("causal_conv1d refuses negative extents and an output aliasing its inp
       {"causal_conv1d", [](const auto& in, const auto& out) { seqmix::causal_conv1d(in, out); }},
       {"reference::causal_conv1d", [](const auto& in, const auto& out) { seqmix::reference::causal_conv1d(in, out); }},
   };
-  for (const auto& [name, run] : forms) {
+  for (const auto& form : forms) {
+    // Named members, not a structured binding: C++17 lambdas cannot capture a binding (clang refuses).
+    const auto& name = form.first;
+    const auto& run = form.second;
     INFO(name);
     seqmix::CausalConv1dInputs in;
     in.x = as(x, {B, -3, D}), in.weight = weight.view();
