@@ -355,6 +355,16 @@ struct SrvMlstmPool {
       : c(st::random_tensor<4>({rows, NH, DK, DV}, seed)),
         n(st::random_tensor<3>({rows, NH, DK}, seed + 1, 0.f, 2.f)),
         m(st::random_tensor<2>({rows, NH}, seed + 2, -2.f, 2.f)) {}
+  // Row `row` of the pool becomes the single-row state (c1, n1, m1).
+  void store_row(index_t row, const Tensor<float, 4>& c1, const Tensor<float, 3>& n1, const Tensor<float, 2>& m1) {
+    for (index_t hd = 0; hd < c.size(1); ++hd) {
+      m(row, hd) = m1(0, hd);
+      for (index_t r = 0; r < c.size(2); ++r) {
+        n(row, hd, r) = n1(0, hd, r);
+        for (index_t e = 0; e < c.size(3); ++e) c(row, hd, r, e) = c1(0, hd, r, e);
+      }
+    }
+  }
 };
 
 void srv_mlstm_prefill(bool reference, const seqmix::MlstmInputs& in, const seqmix::MlstmOutputs& out,
@@ -419,13 +429,7 @@ TEST_CASE("mlstm serving: packed slotted prefill equals per-sequence calls", "[m
         st::require_close("final_c", srv_copy(pool.c.cview().slice(0, row, 1)).cview(), c1.cview(), 1e-6);
         st::require_close("final_n", srv_copy(pool.n.cview().slice(0, row, 1)).cview(), n1.cview(), 1e-6);
         st::require_close("final_m", srv_copy(pool.m.cview().slice(0, row, 1)).cview(), m1.cview(), 1e-6);
-        for (index_t hd = 0; hd < NH; ++hd) {
-          expected.m(row, hd) = m1(0, hd);
-          for (index_t r = 0; r < DK; ++r) {
-            expected.n(row, hd, r) = n1(0, hd, r);
-            for (index_t c = 0; c < DV; ++c) expected.c(row, hd, r, c) = c1(0, hd, r, c);
-          }
-        }
+        expected.store_row(row, c1, n1, m1);
       }
       REQUIRE(srv_same(pool.c, expected.c));
       REQUIRE(srv_same(pool.n, expected.n));
@@ -471,13 +475,7 @@ TEST_CASE("mlstm serving: slotted steps equal per-row steps and bad batches are 
       seqmix::mlstm_step({q1.cview(), k1.cview(), v1.cview(), i1.cview(), f1.cview()},
                          {h1.view(), c1.view(), n1.view(), m1.view()});
       st::require_close("h", h_got.cview(), h1.cview(), 1e-6);
-      for (index_t hd = 0; hd < NH; ++hd) {
-        expected.m(row, hd) = m1(0, hd);
-        for (index_t r = 0; r < DK; ++r) {
-          expected.n(row, hd, r) = n1(0, hd, r);
-          for (index_t c = 0; c < DV; ++c) expected.c(row, hd, r, c) = c1(0, hd, r, c);
-        }
-      }
+      expected.store_row(row, c1, n1, m1);
     }
     REQUIRE(srv_same(pool.c, expected.c));
     REQUIRE(srv_same(pool.n, expected.n));
