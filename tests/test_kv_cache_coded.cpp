@@ -11,6 +11,7 @@
 
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/kv_cache/coded/fast.hpp"
+#include "seqmix_testing/pq_codebooks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -21,22 +22,6 @@ using seqmix::index_t;
 using seqmix::KvCodeFormat;
 using seqmix::PqCodebooks;
 using seqmix::Tensor;
-
-// Codebooks whose centroids of (h, s) are the sub-vectors of x [B, T, H, D] in token order
-// (then the first one repeated): every stored vector is a centroid. B * T <= 256.
-PqCodebooks coded_test_exact_codebooks(const Tensor<float, 4>& x, index_t m) {
-  const index_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), d = D / m, K = 256;
-  PqCodebooks cb;
-  cb.kv_heads = H, cb.subspaces = m, cb.centroids = K, cb.dim = D;
-  cb.data.assign(static_cast<std::size_t>(H * K * D), 0.f);
-  for (index_t h = 0; h < H; ++h)
-    for (index_t s = 0; s < m; ++s)
-      for (index_t k = 0; k < K; ++k) {
-        const index_t n = k < B * T ? k : 0;
-        for (index_t c = 0; c < d; ++c) cb.centroid(h, s, k)[c] = x(n / T, n % T, h, s * d + c);
-      }
-  return cb;
-}
 
 CodedKvCacheConfig coded_test_config(index_t B, index_t H, index_t Dk, index_t Dv, KvCodeFormat f) {
   CodedKvCacheConfig c;
@@ -56,8 +41,8 @@ TEST_CASE("coded_kv_cache pq with a codebook holding every vector equals the fp3
   const index_t B = 2, T = 37, Hkv = 2, Hq = 6, Dk = 12, Dv = 10;
   const auto k = seqmix::testing::random_tensor<4>({B, T, Hkv, Dk}, 11), v = seqmix::testing::random_tensor<4>({B, T, Hkv, Dv}, 12);
   CodedKvCacheConfig cfg = coded_test_config(B, Hkv, Dk, Dv, KvCodeFormat::pq);
-  cfg.key_codebooks = coded_test_exact_codebooks(k, 3);
-  cfg.value_codebooks = coded_test_exact_codebooks(v, 5);
+  cfg.key_codebooks = seqmix::testing::exact_pq_codebooks(k, 3);
+  cfg.value_codebooks = seqmix::testing::exact_pq_codebooks(v, 5);
   CodedKvCache cache(cfg);
   cache.append(k.cview(), v.cview());
   std::vector<float> row(16);

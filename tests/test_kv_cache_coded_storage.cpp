@@ -15,6 +15,7 @@
 #include "seqmix/kv_cache/coded/cache.hpp"
 #include "seqmix/kv_cache/policies/eviction.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/pq_codebooks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -26,22 +27,6 @@ using seqmix::KvCodeFormat;
 using seqmix::PqCodebooks;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// Codebooks of (h, s) holding the sub-vectors of x [B, T, H, D] in token order (then the first
-// repeated): every appended vector is a centroid. B * T <= 256.
-PqCodebooks cstore_exact_codebooks(const Tensor<float, 4>& x, index_t m) {
-  const index_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), d = D / m, K = 256;
-  PqCodebooks cb;
-  cb.kv_heads = H, cb.subspaces = m, cb.centroids = K, cb.dim = D;
-  cb.data.assign(static_cast<std::size_t>(H * K * D), 0.f);
-  for (index_t h = 0; h < H; ++h)
-    for (index_t s = 0; s < m; ++s)
-      for (index_t k = 0; k < K; ++k) {
-        const index_t n = k < B * T ? k : 0;
-        for (index_t c = 0; c < d; ++c) cb.centroid(h, s, k)[c] = x(n / T, n % T, h, s * d + c);
-      }
-  return cb;
-}
 
 KvCacheConfig cstore_config(index_t B, index_t H, index_t Dk, index_t Dv, index_t residual, index_t rollback = 0) {
   KvCacheConfig c;
@@ -101,7 +86,7 @@ TEST_CASE("kv cache pq storage with a codebook holding every vector equals fp32 
   for (index_t R : {0, 5}) {
     INFO("residual " << R);
     KvCache fp(cstore_config(B, Hkv, Dk, Dv, R));
-    KvCache pq(cstore_pq(cstore_config(B, Hkv, Dk, Dv, R), cstore_exact_codebooks(k, 3), cstore_exact_codebooks(v, 5)));
+    KvCache pq(cstore_pq(cstore_config(B, Hkv, Dk, Dv, R), st::exact_pq_codebooks(k, 3), st::exact_pq_codebooks(v, 5)));
     fp.append(k.cview(), v.cview());
     pq.append(k.cview(), v.cview());
     REQUIRE(pq.head(0, 0).blocks.size() == 2);
@@ -209,7 +194,7 @@ TEST_CASE("kv cache coded storage eviction keeps the same tokens as fp32 storage
   const index_t B = 1, T = 150, H = 2, Dk = 12, Dv = 8;
   const auto k = st::random_tensor<4>({B, T, H, Dk}, 61), v = st::random_tensor<4>({B, T, H, Dv}, 62);
   KvCache fp(cstore_config(B, H, Dk, Dv, 6));
-  KvCache pq(cstore_pq(cstore_config(B, H, Dk, Dv, 6), cstore_exact_codebooks(k, 4), cstore_exact_codebooks(v, 2)));
+  KvCache pq(cstore_pq(cstore_config(B, H, Dk, Dv, 6), st::exact_pq_codebooks(k, 4), st::exact_pq_codebooks(v, 2)));
   KvCache s1(cstore_sign1(cstore_config(B, H, Dk, Dv, 6), 0));
   for (KvCache* c : {&fp, &pq, &s1}) c->append(k.cview(), v.cview());
   seqmix::kv::Budget budget;
