@@ -16,6 +16,7 @@
 #include "seqmix/rnn.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
+#include "seqmix_testing/titans_mlp.hpp"
 
 namespace {
 
@@ -24,71 +25,9 @@ using seqmix::Tensor;
 using seqmix::TensorView;
 namespace st = seqmix::testing;
 
-// Keys and queries l2-normalized per token (as Titans normalizes them), small weights, so the
-// inner steps stay contractive for theta <= 0.5.
-struct TitansMlpProblem {
-  index_t B, T, HK, HV, K, M;
-  Tensor<float, 4> q, k, v, w1, w2, s1, s2;
-  Tensor<float, 3> alpha, eta, theta;
-
-  TitansMlpProblem(index_t B_, index_t T_, index_t HK_, index_t HV_, index_t K_, index_t M_, std::uint64_t seed)
-      : B(B_), T(T_), HK(HK_), HV(HV_), K(K_), M(M_) {
-    q = st::random_tensor<4>({B, T, HK, K}, seed);
-    k = st::random_tensor<4>({B, T, HK, K}, seed + 1);
-    v = st::random_tensor<4>({B, T, HV, K}, seed + 2);
-    alpha = st::random_tensor<3>({B, T, HV}, seed + 3, 0.f, 0.2f);
-    eta = st::random_tensor<3>({B, T, HV}, seed + 4, 0.f, 0.9f);
-    theta = st::random_tensor<3>({B, T, HV}, seed + 5, 0.f, 0.2f);
-    const float r1 = 1.f / std::sqrt(float(K)), r2 = 1.f / std::sqrt(float(M));
-    w1 = st::random_tensor<4>({B, HV, K, M}, seed + 6, -r1, r1);
-    w2 = st::random_tensor<4>({B, HV, M, K}, seed + 7, -r2, r2);
-    s1 = st::random_tensor<4>({B, HV, K, M}, seed + 8, -0.05f, 0.05f);
-    s2 = st::random_tensor<4>({B, HV, M, K}, seed + 9, -0.05f, 0.05f);
-    for (Tensor<float, 4>* x : {&q, &k})
-      for (index_t b = 0; b < B; ++b)
-        for (index_t t = 0; t < T; ++t)
-          for (index_t h = 0; h < HK; ++h) {
-            double sum = 0;
-            for (index_t r = 0; r < K; ++r) sum += double((*x)(b, t, h, r)) * (*x)(b, t, h, r);
-            const float f = static_cast<float>(1.0 / std::sqrt(sum + 1e-12));
-            for (index_t r = 0; r < K; ++r) (*x)(b, t, h, r) *= f;
-          }
-  }
-
-  seqmix::TitansMlpInputs inputs(bool with_momentum) const {
-    seqmix::TitansMlpInputs in;
-    in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
-    in.alpha = alpha.cview(), in.eta = eta.cview(), in.theta = theta.cview();
-    in.initial_w1 = w1.cview(), in.initial_w2 = w2.cview();
-    if (with_momentum) in.initial_s1 = s1.cview(), in.initial_s2 = s2.cview();
-    return in;
-  }
-  // Tokens t0 .. t0+len-1 with the given states.
-  seqmix::TitansMlpInputs segment(index_t t0, index_t len, const Tensor<float, 4>& a1, const Tensor<float, 4>& a2,
-                                  const Tensor<float, 4>& m1, const Tensor<float, 4>& m2) const {
-    seqmix::TitansMlpInputs in;
-    in.q = q.cview().slice(1, t0, len), in.k = k.cview().slice(1, t0, len), in.v = v.cview().slice(1, t0, len);
-    in.alpha = alpha.cview().slice(1, t0, len), in.eta = eta.cview().slice(1, t0, len);
-    in.theta = theta.cview().slice(1, t0, len);
-    in.initial_w1 = a1.cview(), in.initial_w2 = a2.cview(), in.initial_s1 = m1.cview(), in.initial_s2 = m2.cview();
-    return in;
-  }
-};
-
-struct TitansMlpResult {
-  Tensor<float, 4> y, w1, w2, s1, s2;
-  explicit TitansMlpResult(const TitansMlpProblem& p)
-      : y({p.B, p.T, p.HV, p.K}), w1({p.B, p.HV, p.K, p.M}), w2({p.B, p.HV, p.M, p.K}), s1(w1), s2(w2) {}
-  seqmix::TitansMlpOutputs outputs() { return {y.view(), w1.view(), w2.view(), s1.view(), s2.view()}; }
-};
-
-void titans_mlp_check_close(const TitansMlpResult& a, const TitansMlpResult& ref, double tol) {
-  st::require_close("y", a.y.cview(), ref.y.cview(), tol);
-  st::require_close("final_w1", a.w1.cview(), ref.w1.cview(), tol);
-  st::require_close("final_w2", a.w2.cview(), ref.w2.cview(), tol);
-  st::require_close("final_s1", a.s1.cview(), ref.s1.cview(), tol);
-  st::require_close("final_s2", a.s2.cview(), ref.s2.cview(), tol);
-}
+using st::TitansMlpProblem;
+using st::TitansMlpResult;
+using st::titans_mlp_check_close;
 
 void titans_mlp_sweep(std::initializer_list<index_t> lengths, index_t K, index_t M, std::uint64_t seed) {
   for (index_t T : lengths)

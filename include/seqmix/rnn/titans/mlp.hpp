@@ -11,6 +11,7 @@
 // hidden rows are Z = diag(A) Q W1_0 + diag(c) Q S1_0 - (Wth o Q K^T) G1, H = gelu(Z), and the
 // outputs Y = Q + diag(A) H W2_0 + diag(c) H S2_0 - (Wth o H Ah^T) D, with Wth = w theta (causal),
 // G1 [n,M] and D [n,K] the tokens' backward rows: products of [n,K] x [K,M], [n,M] x [M,K], [n,n].
+// Miras' losses change only D's rows: d = f'(e) elementwise (l2: 2 e), the rest is the same.
 #pragma once
 
 #include <algorithm>
@@ -32,13 +33,14 @@ struct TitansMlpScratch {
   std::vector<float> Q, X, V, D, Y, Xs;     // [bs,K] q, k, v, dl/dM(k), y, scaled k rows
   std::vector<float> Ah, D1, G1, H, As, Tm; // [bs,M] gelu(k W1), gelu'(k W1), dl/dz1, q's hidden rows, scaled Ah, temp
   std::vector<float> P, Wth, Eth;           // [bs,bs] scores, w theta, e theta (causal)
-  std::vector<float> alpha, eta, theta, A, E, C;  // [bs]
+  std::vector<float> alpha, eta, theta, A, E, C, delta;  // [bs]; delta: Huber's threshold per token
+  TitansLoss loss = TitansLoss::l2;
   chunkwise::ProductScratch finite_g;
   TitansMlpScratch(index_t K_, index_t M_, index_t bs_)
       : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), S1(W1), W2(W1), S2(W1),
         Q(static_cast<std::size_t>(bs_ * K_)), X(Q), V(Q), D(Q), Y(Q), Xs(Q), Ah(static_cast<std::size_t>(bs_ * M_)),
         D1(Ah), G1(Ah), H(Ah), As(Ah), Tm(Ah), P(static_cast<std::size_t>(bs_ * bs_)), Wth(P), Eth(P),
-        alpha(static_cast<std::size_t>(bs_)), eta(alpha), theta(alpha), A(alpha), E(alpha), C(alpha) {}
+        alpha(static_cast<std::size_t>(bs_)), eta(alpha), theta(alpha), A(alpha), E(alpha), C(alpha), delta(alpha) {}
 };
 
 /// One mini-batch of n tokens (rows of s.Q, s.X, s.V and gates s.alpha, s.eta, s.theta) from the
@@ -50,12 +52,19 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
   TttMap Xs(s.Xs.data(), n, K), Ah(s.Ah.data(), n, M), D1(s.D1.data(), n, M), G1(s.G1.data(), n, M);
   TttMap H(s.H.data(), n, M), As(s.As.data(), n, M), Tm(s.Tm.data(), n, M);
   TttMap P(s.P.data(), n, n), Wth(s.Wth.data(), n, n), Eth(s.Eth.data(), n, n);
-  // The tokens' backward at W_0: d = 2 (k + gelu(k W1) W2 - v), g1 = (d W2^T) o gelu'(k W1).
+  // The tokens' backward at W_0: d = f'(k + gelu(k W1) W2 - v) (l2: 2 e), g1 = (d W2^T) o gelu'(k W1).
   Ah.noalias() = X * W1;
   ttt_gelu_block(Ah, &D1);
   D = X - V;
   D.noalias() += Ah * W2;
-  D *= 2.f;
+  if (s.loss == TitansLoss::l2) {
+    D *= 2.f;
+  } else {
+    for (index_t r = 0; r < n; ++r) {
+      const float delta = s.delta[static_cast<std::size_t>(r)];
+      for (index_t j = 0; j < K; ++j) D(r, j) = titans_loss_grad<float>(s.loss, D(r, j), delta);
+    }
+  }
   G1.noalias() = D * W2.transpose();
   G1.array() *= D1.array();
   // The recurrence's coefficients (products and sums only: gates of exactly 0 or 1 are safe).
@@ -116,14 +125,26 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
 /// Titans' MLP-memory prefill (mlp_reference.hpp's definition) in the mini-batch form: per
 /// mini-batch the tokens' forward and backward at its first memory as [b,K] x [K,M] and
 /// [b,M] x [M,K] products, the queries' reads through the causal [b,b] weights of the momentum
-/// recurrence, and the state update. Threaded over (batch, value head) rows.
+/// recurrence, and the state update. Threaded over (batch, value head) rows. options.loss picks
+/// the inner loss (Miras); options.reverse runs through reversed views; serving batches
+/// (in.batch) run sequence by sequence, each packed sequence starting its own mini-batches.
 inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, const TitansMlpOptions& options = {},
                        const Executor& executor = serial_executor()) {
   static const ArgCheck check("titans_mlp");
-  const detail::TitansMlpDims d = detail::validate_titans_mlp(check, in, out, options);
+  SequenceMap map;
+  const detail::TitansMlpDims d = detail::validate_titans_mlp(check, in, out, options, &map);
+  if (options.reverse) {
+    const auto rev = detail::titans_mlp_reversed_call(in, out);
+    return titans_mlp(rev.first, rev.second, detail::forward_options(options), executor);
+  }
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::titans_mlp_for_each_sequence(map, in, out, [&](const TitansMlpInputs& in1, const TitansMlpOutputs& out1) {
+      titans_mlp(in1, out1, options, executor);
+    });
   const index_t K = d.K, M = d.M, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
   parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
     detail::TitansMlpScratch s(K, M, bs);
+    s.loss = options.loss;
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.HV, hv = row % d.HV, hk = hv / d.group();
       for (index_t i = 0; i < K; ++i)
@@ -142,6 +163,7 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
           }
           const std::size_t g = static_cast<std::size_t>(r);
           s.alpha[g] = in.alpha(b, t0 + r, hv), s.eta[g] = in.eta(b, t0 + r, hv), s.theta[g] = in.theta(b, t0 + r, hv);
+          s.delta[g] = in.huber_delta.has_value() ? in.huber_delta(b, t0 + r, hv) : options.huber_delta;
         }
         detail::titans_mlp_minibatch(s, n);
         for (index_t r = 0; r < n; ++r)
@@ -160,8 +182,10 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
 }
 
 /// One decode token per batch row: the exact per-token recurrence (a mini-batch of one), weights
-/// and momenta read and updated in place, y = q + gelu(q W1_t) W2_t. options.mini_batch is not
-/// used (checked only). Threaded over (batch, value head).
+/// and momenta read and updated in place, y = q + gelu(q W1_t) W2_t, with options.loss and the
+/// token's huber_delta. options.mini_batch and options.reverse are not used (mini_batch checked
+/// only). With in.batch.state_indices the states are pools [P,...] and row b updates pool row
+/// state_indices[b] (-1: padding, untouched). Threaded over (batch, value head).
 inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOutputs& out,
                             const TitansMlpOptions& options = {}, const Executor& executor = serial_executor()) {
   static const ArgCheck check("titans_mlp_step");
@@ -169,26 +193,30 @@ inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOu
   const index_t K = d.K, M = d.M;
   parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
     detail::TitansMlpScratch s(K, M, 1);
+    s.loss = options.loss;
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.HV, hv = row % d.HV, hk = hv / d.group();
+      const index_t p = detail::titans_mlp_step_row(in.batch, b);  // the states' (pool) row
+      if (p < 0) continue;                                          // padding row: y and states untouched
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {
           const std::size_t e1 = static_cast<std::size_t>(i * M + m), e2 = static_cast<std::size_t>(m * K + i);
-          s.W1[e1] = out.w1(b, hv, i, m), s.W2[e2] = out.w2(b, hv, m, i);
-          s.S1[e1] = out.s1(b, hv, i, m), s.S2[e2] = out.s2(b, hv, m, i);
+          s.W1[e1] = out.w1(p, hv, i, m), s.W2[e2] = out.w2(p, hv, m, i);
+          s.S1[e1] = out.s1(p, hv, i, m), s.S2[e2] = out.s2(p, hv, m, i);
         }
       for (index_t j = 0; j < K; ++j) {
         const std::size_t e = static_cast<std::size_t>(j);
         s.Q[e] = in.q(b, hk, j), s.X[e] = in.k(b, hk, j), s.V[e] = in.v(b, hv, j);
       }
       s.alpha[0] = in.alpha(b, hv), s.eta[0] = in.eta(b, hv), s.theta[0] = in.theta(b, hv);
+      s.delta[0] = in.huber_delta.has_value() ? in.huber_delta(b, hv) : options.huber_delta;
       detail::titans_mlp_minibatch(s, 1);
       for (index_t j = 0; j < K; ++j) out.y(b, hv, j) = s.Y[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {
           const std::size_t e1 = static_cast<std::size_t>(i * M + m), e2 = static_cast<std::size_t>(m * K + i);
-          out.w1(b, hv, i, m) = s.W1[e1], out.w2(b, hv, m, i) = s.W2[e2];
-          out.s1(b, hv, i, m) = s.S1[e1], out.s2(b, hv, m, i) = s.S2[e2];
+          out.w1(p, hv, i, m) = s.W1[e1], out.w2(p, hv, m, i) = s.W2[e2];
+          out.s1(p, hv, i, m) = s.S1[e1], out.s2(p, hv, m, i) = s.S2[e2];
         }
     }
   });

@@ -14,6 +14,14 @@
 // With b = 1 every gradient is taken at W_{t-1}: the paper's token-by-token recurrence (the step).
 // The gradient: e = M(k) - v, a = gelu(k W1), d = 2 e, grad_W2 = a^T d, g1 = (d W2^T) o gelu'(k W1),
 // grad_W1 = k^T g1. q/k have HK heads and v / the gates HV (a multiple of HK), repeat-interleaved.
+//
+// Miras (TitansMlpOptions::loss, as titans' TitansLoss): l(W; k, v) = sum_j f(e_j) with f one of
+// Miras' elementwise attentional biases (l2 = e^2, l1 = |e|, l3 = |e|^3, Huber with threshold
+// options.huber_delta or Yaad's per-token delta_t, the input huber_delta); the backward is the
+// same with d = f'(e) in place of 2 e. The retention stays Titans' (1 - alpha) gate.
+// options.reverse runs from the last token to the first (core/direction.hpp; mini-batches counted
+// in processing order). Serving: TitansMlpInputs::batch / TitansMlpStepInputs::batch (packed
+// sequences, state slots); each packed sequence starts its own mini-batches.
 // This header: argument structs, options, validation, the inner loss with its gradient
 // (reference::titans_mlp_inner_loss) and reference::titans_mlp (per mini-batch, each token's two
 // gradient matrices formed explicitly, double). Fast prefill and step: mlp.hpp.
@@ -23,11 +31,15 @@
 #include <array>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/qkv_check.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/rnn/common.hpp"
 #include "seqmix/rnn/titans/reference.hpp"
 #include "seqmix/rnn/ttt/reference.hpp"
 
@@ -38,6 +50,17 @@ struct TitansMlpOptions {
   /// Tokens per mini-batch b, in [1, 1024]: inside a mini-batch every gradient is taken at the
   /// memory of its start (Titans section 3.2). b = 1 is the exact per-token recurrence (the step).
   index_t mini_batch = 16;
+  /// The inner loss f(e) summed over the error e = M(k) - v (Miras' attentional biases, see
+  /// TitansLoss): l2 (Titans, the default), l1, l3 or huber.
+  TitansLoss loss = TitansLoss::l2;
+  /// Huber's threshold delta (TitansLoss::huber only; finite and > 0) for every token without
+  /// a per-token huber_delta input.
+  float huber_delta = 1.f;
+  /// Run from the last token to the first (core/direction.hpp): q, k, v, the gates, huber_delta
+  /// and y are reached through reversed views, not copied; mini-batches are counted from the
+  /// last token; final states are those after token 0. Refused with packed sequences. The step
+  /// ignores it.
+  bool reverse = false;
 };
 
 /// Prefill arguments of titans_mlp. The initial weights are required (they give M; the zero MLP
@@ -53,6 +76,15 @@ struct TitansMlpInputs {
   ConstView<float, 4> initial_w2;         ///< [B,HV,M,K], required
   ConstView<float, 4> initial_s1 = {};    ///< [B,HV,K,M] momentum of W1, optional
   ConstView<float, 4> initial_s2 = {};    ///< [B,HV,M,K] momentum of W2, optional
+  /// [B,T,HV] Yaad's per-token Huber threshold delta_t (TitansLoss::huber only; finite, > 0),
+  /// optional: options.huber_delta for every token when absent.
+  ConstView<float, 3> huber_delta = {};
+  /// Optional serving layout (core/batch.hpp): cu_seqlens (packed tokens [1,total_T,...], N
+  /// sequences, states [N,...]) and state_indices (states are rows of pools [P,...], -1 =
+  /// padding: nothing read or written, its y untouched). has_initial_state is refused: the zero
+  /// MLP has zero gradients, so a fresh sequence needs its W1_0, W2_0 (and zero momenta) written
+  /// into its slot.
+  SequenceBatch batch = {};
 };
 
 /// Prefill outputs of titans_mlp. y must not overlap anything; each final state is optional and
@@ -65,16 +97,27 @@ struct TitansMlpOutputs {
   TensorView<float, 4> final_s2 = {};     ///< [B,HV,M,K]
 };
 
-/// Decode-step arguments of titans_mlp_step: as titans_step's (v is [B,HV,K]).
-using TitansMlpStepInputs = TitansStepInputs;
+/// Decode-step arguments of titans_mlp_step: one token per batch row (v is [B,HV,K]).
+struct TitansMlpStepInputs {
+  ConstView<float, 3> q;                 ///< [B,HK,K]
+  ConstView<float, 3> k;                 ///< [B,HK,K]
+  ConstView<float, 3> v;                 ///< [B,HV,K]
+  ConstView<float, 2> alpha;             ///< [B,HV]
+  ConstView<float, 2> eta;               ///< [B,HV]
+  ConstView<float, 2> theta;             ///< [B,HV]
+  ConstView<float, 2> huber_delta = {};  ///< [B,HV] the token's Huber delta_t, optional (TitansLoss::huber only)
+  /// Optional: state_indices [B] (row b updates pool row state_indices[b] of w1, w2, s1, s2;
+  /// -1 = padding row, its y and states untouched). cu_seqlens and has_initial_state are refused.
+  SequenceBatch batch = {};
+};
 
 /// Decode-step outputs of titans_mlp_step: the weights and momenta are read and updated in place.
 struct TitansMlpStepOutputs {
   TensorView<float, 3> y;   ///< [B,HV,K]
-  TensorView<float, 4> w1;  ///< [B,HV,K,M]
-  TensorView<float, 4> w2;  ///< [B,HV,M,K]
-  TensorView<float, 4> s1;  ///< [B,HV,K,M]
-  TensorView<float, 4> s2;  ///< [B,HV,M,K]
+  TensorView<float, 4> w1;  ///< [B,HV,K,M] (or the pool [P,HV,K,M] with batch.state_indices)
+  TensorView<float, 4> w2;  ///< [B,HV,M,K] (or [P,HV,M,K])
+  TensorView<float, 4> s1;  ///< [B,HV,K,M] (or [P,HV,K,M])
+  TensorView<float, 4> s2;  ///< [B,HV,M,K] (or [P,HV,M,K])
 };
 
 namespace detail {
@@ -87,10 +130,29 @@ struct TitansMlpDims {
 inline void check_titans_mlp_options(const ArgCheck& check, const TitansMlpOptions& options) {
   if (options.mini_batch < 1 || options.mini_batch > 1024)
     check.fail("options.mini_batch", "must lie in [1, 1024], got " + std::to_string(options.mini_batch));
+  check_enum(check.op(), "options.loss", options.loss, 4);
+  if (options.loss == TitansLoss::huber && !(options.huber_delta > 0.f && std::isfinite(options.huber_delta)))
+    check.fail("options.huber_delta", "must be finite and > 0, got " + std::to_string(options.huber_delta));
+}
+
+// A serving call never starts a row from zeros: the zero MLP has zero gradients.
+inline void titans_mlp_refuse_fresh(const ArgCheck& check, const SequenceBatch& batch) {
+  if (batch.has_initial_state.has_value())
+    check.fail("has_initial_state", "is not supported by titans_mlp (the zero MLP has zero gradients): write the "
+                                    "sequence's initial W1, W2 and zero momenta into its slot instead");
+}
+
+// The token-indexed arguments of a reverse call, reversed (the forward code then runs on them).
+inline std::pair<TitansMlpInputs, TitansMlpOutputs> titans_mlp_reversed_call(TitansMlpInputs in, TitansMlpOutputs out) {
+  reverse_time_of(in.q, in.k, in.v, in.alpha, in.eta, in.theta, in.huber_delta, out.y);
+  return {in, out};
 }
 
 inline TitansMlpDims validate_titans_mlp(const ArgCheck& check, const TitansMlpInputs& in, const TitansMlpOutputs& out,
-                                         const TitansMlpOptions& options) {
+                                         const TitansMlpOptions& options, SequenceMap* map = nullptr) {
+  check_reversible(check.op().c_str(), in.batch, options.reverse);
+  titans_mlp_refuse_fresh(check, in.batch);
+  const bool plain = rnn_plain_batch(in.batch);
   const detail::QkvDims d = detail::check_qkv(check, "q", in.q, in.k, in.v);
   const index_t B = d.B, T = d.T, HV = d.HV, K = d.K;
   if (d.V != K)
@@ -99,18 +161,27 @@ inline TitansMlpDims validate_titans_mlp(const ArgCheck& check, const TitansMlpI
   if (K <= 0) check.fail("k", "must have at least one channel, got shape " + shape_to_string(in.k.shape()));
   const std::array<index_t, 3> gate{B, T, HV};
   check.shape("alpha", in.alpha, gate, "B,T,HV").shape("eta", in.eta, gate, "B,T,HV").shape("theta", in.theta, gate, "B,T,HV");
-  check.shape("initial_w1", in.initial_w1, std::array<index_t, 4>{B, HV, K, -1}, "B,HV,K,M (required)");
-  const index_t M = in.initial_w1.size(3);
+  check.optional_shape("huber_delta", in.huber_delta, gate, "B,T,HV");
+  // A dense batch has B state rows; a serving call N (packed) or the pool's P (slots).
+  check.shape("initial_w1", in.initial_w1, std::array<index_t, 4>{plain ? B : -1, HV, K, -1},
+              plain ? "B,HV,K,M (required)" : "N,HV,K,M or P,HV,K,M (required)");
+  const index_t M = in.initial_w1.size(3), R = in.initial_w1.size(0);
   if (M <= 0) check.fail("initial_w1", "must have at least one hidden unit, got shape " + shape_to_string(in.initial_w1.shape()));
-  const std::array<index_t, 4> s1{B, HV, K, M}, s2{B, HV, M, K};
-  check.shape("initial_w2", in.initial_w2, s2, "B,HV,M,K (required)");
-  check.optional_shape("initial_s1", in.initial_s1, s1, "B,HV,K,M");
-  check.optional_shape("initial_s2", in.initial_s2, s2, "B,HV,M,K");
+  const std::array<index_t, 4> s1{R, HV, K, M}, s2{R, HV, M, K};
+  check.shape("initial_w2", in.initial_w2, s2, "R,HV,M,K (R = initial_w1's rows; required)");
+  check.optional_shape("initial_s1", in.initial_s1, s1, "R,HV,K,M");
+  check.optional_shape("initial_s2", in.initial_s2, s2, "R,HV,M,K");
   check.shape("y", out.y, std::array<index_t, 4>{B, T, HV, K}, "B,T,HV,K");
-  check.optional_shape("final_w1", out.final_w1, s1, "B,HV,K,M").optional_shape("final_w2", out.final_w2, s2, "B,HV,M,K");
-  check.optional_shape("final_s1", out.final_s1, s1, "B,HV,K,M").optional_shape("final_s2", out.final_s2, s2, "B,HV,M,K");
+  check.optional_shape("final_w1", out.final_w1, s1, "R,HV,K,M").optional_shape("final_w2", out.final_w2, s2, "R,HV,M,K");
+  check.optional_shape("final_s1", out.final_s1, s1, "R,HV,K,M").optional_shape("final_s2", out.final_s2, s2, "R,HV,M,K");
   check_titans_mlp_options(check, options);
+  if (!plain) {
+    const SequenceMap m = SequenceMap::make(check, in.batch, B, T, true, R);
+    if (map != nullptr) *map = m;
+  }
   titans_check_gates<3>(check, in.alpha, in.eta, in.theta);
+  titans_check_huber_deltas<3>(check, in.huber_delta, options);
+  check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   const ConstView<float, 4> finals[4] = {out.final_w1, out.final_w2, out.final_s1, out.final_s2};
   const ConstView<float, 4> initials[4] = {in.initial_w1, in.initial_w2, in.initial_s1, in.initial_s2};
   const char* final_names[4] = {"final_w1", "final_w2", "final_s1", "final_s2"};
@@ -123,6 +194,7 @@ inline TitansMlpDims validate_titans_mlp(const ArgCheck& check, const TitansMlpI
     check.no_overlap(final_names[i], finals[i], "q", in.q).no_overlap(final_names[i], finals[i], "k", in.k);
     check.no_overlap(final_names[i], finals[i], "v", in.v).no_overlap(final_names[i], finals[i], "alpha", in.alpha);
     check.no_overlap(final_names[i], finals[i], "eta", in.eta).no_overlap(final_names[i], finals[i], "theta", in.theta);
+    check.no_overlap(final_names[i], finals[i], "huber_delta", in.huber_delta);
     for (int j = 0; j < 4; ++j) {
       if (j > i) check.no_overlap(final_names[i], finals[i], final_names[j], finals[j]);
       const bool same = j == i && finals[i].data() == initials[j].data() && finals[i].strides() == initials[j].strides();
@@ -143,14 +215,20 @@ inline TitansMlpDims validate_titans_mlp_step(const ArgCheck& check, const Titan
   const std::array<index_t, 2> gate{B, HV};
   check.shape("alpha", in.alpha, gate, "B,HV").shape("eta", in.eta, gate, "B,HV").shape("theta", in.theta, gate, "B,HV");
   check.shape("y", out.y, std::array<index_t, 3>{B, HV, K}, "B,HV,K");
-  check.shape("w1", out.w1, std::array<index_t, 4>{B, HV, K, -1}, "B,HV,K,M");
-  const index_t M = out.w1.size(3);
+  check.optional_shape("huber_delta", in.huber_delta, gate, "B,HV");
+  const bool slotted = in.batch.slotted();
+  check.shape("w1", out.w1, std::array<index_t, 4>{slotted ? -1 : B, HV, K, -1}, slotted ? "P,HV,K,M" : "B,HV,K,M");
+  const index_t M = out.w1.size(3), P = out.w1.size(0);
   if (M <= 0) check.fail("w1", "must have at least one hidden unit, got shape " + shape_to_string(out.w1.shape()));
-  const std::array<index_t, 4> s1{B, HV, K, M}, s2{B, HV, M, K};
-  check.shape("w2", out.w2, s2, "B,HV,M,K").shape("s1", out.s1, s1, "B,HV,K,M").shape("s2", out.s2, s2, "B,HV,M,K");
+  const std::array<index_t, 4> s1{P, HV, K, M}, s2{P, HV, M, K};
+  check.shape("w2", out.w2, s2, "P,HV,M,K").shape("s1", out.s1, s1, "P,HV,K,M").shape("s2", out.s2, s2, "P,HV,M,K");
   check_titans_mlp_options(check, options);
+  titans_mlp_refuse_fresh(check, in.batch);
+  if (in.batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
+  if (slotted) SequenceMap::make(check, in.batch, B, 1, true, P);
   titans_check_gates<2>(check, in.alpha, in.eta, in.theta);
-  if (in.huber_delta.has_value()) check.fail("huber_delta", "is not read by titans_mlp_step (its loss is l2); leave it empty");
+  titans_check_huber_deltas<2>(check, in.huber_delta, options);
+  check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   const ConstView<float, 4> states[4] = {out.w1, out.w2, out.s1, out.s2};
   const char* names[4] = {"w1", "w2", "s1", "s2"};
   check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
@@ -159,22 +237,52 @@ inline TitansMlpDims validate_titans_mlp_step(const ArgCheck& check, const Titan
     check.no_overlap(names[i], states[i], "y", out.y).no_overlap(names[i], states[i], "q", in.q);
     check.no_overlap(names[i], states[i], "k", in.k).no_overlap(names[i], states[i], "v", in.v);
     check.no_overlap(names[i], states[i], "alpha", in.alpha).no_overlap(names[i], states[i], "eta", in.eta);
-    check.no_overlap(names[i], states[i], "theta", in.theta);
+    check.no_overlap(names[i], states[i], "theta", in.theta).no_overlap(names[i], states[i], "huber_delta", in.huber_delta);
     for (int j = i + 1; j < 4; ++j) check.no_overlap(names[i], states[i], names[j], states[j]);
   }
   return {B, 1, d.H, HV, K, M};
+}
+
+// Runs one(in1, out1) on every running sequence of a validated serving call as a plain dense
+// call of its own (B = 1, its tokens, its state rows). Padding sequences (state row -1) are
+// skipped: their y stays untouched.
+template <class F>
+void titans_mlp_for_each_sequence(const SequenceMap& map, const TitansMlpInputs& in, const TitansMlpOutputs& out, F&& one) {
+  for (index_t n = 0; n < map.sequences(); ++n) {
+    const SequenceSpan s = map[n];
+    if (s.state_row < 0) continue;
+    TitansMlpInputs in1 = in;
+    in1.q = rnn_sequence_rows(in.q, s), in1.k = rnn_sequence_rows(in.k, s), in1.v = rnn_sequence_rows(in.v, s);
+    in1.alpha = rnn_sequence_rows(in.alpha, s), in1.eta = rnn_sequence_rows(in.eta, s);
+    in1.theta = rnn_sequence_rows(in.theta, s), in1.huber_delta = rnn_sequence_rows(in.huber_delta, s);
+    in1.initial_w1 = rnn_state_row(in.initial_w1, s, true), in1.initial_w2 = rnn_state_row(in.initial_w2, s, true);
+    in1.initial_s1 = rnn_state_row(in.initial_s1, s, true), in1.initial_s2 = rnn_state_row(in.initial_s2, s, true);
+    in1.batch = SequenceBatch();
+    TitansMlpOutputs out1 = out;
+    out1.y = rnn_sequence_rows(out.y, s);
+    out1.final_w1 = rnn_state_row(out.final_w1, s, true), out1.final_w2 = rnn_state_row(out.final_w2, s, true);
+    out1.final_s1 = rnn_state_row(out.final_s1, s, true), out1.final_s2 = rnn_state_row(out.final_s2, s, true);
+    one(in1, out1);
+  }
+}
+
+// Token row b's state row in a step: its slot with batch.state_indices (-1: padding), else b.
+inline index_t titans_mlp_step_row(const SequenceBatch& batch, index_t b) {
+  return batch.state_indices.has_value() ? batch.state_indices[b] : b;
 }
 
 }  // namespace detail
 
 namespace reference {
 
-/// The inner loss of titans_mlp, l(W1, W2; k, v) = ||k + gelu(k W1) W2 - v||^2, in double, with
+/// The inner loss of titans_mlp, l(W1, W2; k, v) = sum_j f(e_j) with e = k + gelu(k W1) W2 - v
+/// and f the loss (l2: ||e||^2, the default; l1, l3, Huber with threshold delta), in double, with
 /// W1 [K,M] and W2 [M,K] row-major. With g1 / g2 given, writes the gradient dl/dW1 [K,M] and
 /// dl/dW2 [M,K] there, written out (no autodiff).
 inline double titans_mlp_inner_loss(const std::vector<double>& W1, const std::vector<double>& W2,
                                     const std::vector<double>& k, const std::vector<double>& v,
-                                    std::vector<double>* g1 = nullptr, std::vector<double>* g2 = nullptr) {
+                                    std::vector<double>* g1 = nullptr, std::vector<double>* g2 = nullptr,
+                                    TitansLoss loss_kind = TitansLoss::l2, double delta = 1.0) {
   const index_t K = static_cast<index_t>(k.size()), M = static_cast<index_t>(W1.size()) / std::max<index_t>(K, 1);
   std::vector<double> z1(static_cast<std::size_t>(M), 0.0), a(z1.size()), d(static_cast<std::size_t>(K));
   for (index_t m = 0; m < M; ++m) {
@@ -186,8 +294,8 @@ inline double titans_mlp_inner_loss(const std::vector<double>& W1, const std::ve
   for (index_t j = 0; j < K; ++j) {
     double e = k[static_cast<std::size_t>(j)] - v[static_cast<std::size_t>(j)];
     for (index_t m = 0; m < M; ++m) e += a[static_cast<std::size_t>(m)] * W2[static_cast<std::size_t>(m * K + j)];
-    loss += e * e;
-    d[static_cast<std::size_t>(j)] = 2.0 * e;  // dl/dM(k)
+    loss += detail::titans_loss_value(loss_kind, e, delta);
+    d[static_cast<std::size_t>(j)] = detail::titans_loss_grad<double>(loss_kind, e, delta);  // dl/dM(k)
   }
   if (g2 != nullptr) {
     g2->assign(static_cast<std::size_t>(M * K), 0.0);
@@ -209,9 +317,18 @@ inline double titans_mlp_inner_loss(const std::vector<double>& W1, const std::ve
 /// The titans_mlp definition: per (batch, value head) and mini-batch, each token's gradient
 /// matrices at the mini-batch's first memory formed explicitly, then the momentum and forgetting
 /// recurrence token by token and y_t = q_t + gelu(q_t W1_t) W2_t. Double; single-threaded.
+/// Serving batches run sequence by sequence as dense calls.
 inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, const TitansMlpOptions& options = {}) {
   const ArgCheck check("reference::titans_mlp");
-  const detail::TitansMlpDims d = detail::validate_titans_mlp(check, in, out, options);
+  SequenceMap map;
+  const detail::TitansMlpDims d = detail::validate_titans_mlp(check, in, out, options, &map);
+  if (options.reverse) {
+    const auto rev = detail::titans_mlp_reversed_call(in, out);
+    return titans_mlp(rev.first, rev.second, detail::forward_options(options));
+  }
+  if (!detail::rnn_plain_batch(in.batch))
+    return detail::titans_mlp_for_each_sequence(
+        map, in, out, [&](const TitansMlpInputs& in1, const TitansMlpOutputs& out1) { titans_mlp(in1, out1, options); });
   const index_t K = d.K, M = d.M, KM = K * M;
   std::vector<double> W1(static_cast<std::size_t>(KM)), W2(W1.size()), S1(W1.size()), S2(W1.size());
   std::vector<double> W1_0, W2_0, kr(static_cast<std::size_t>(K)), vr(kr.size()), g1, g2, h(static_cast<std::size_t>(M));
@@ -229,7 +346,8 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
         W1_0 = W1, W2_0 = W2;  // every gradient of this mini-batch at its first memory
         for (index_t t = t0; t < std::min(d.T, t0 + options.mini_batch); ++t) {
           for (index_t j = 0; j < K; ++j) kr[at(j)] = in.k(b, t, hk, j), vr[at(j)] = in.v(b, t, hv, j);
-          titans_mlp_inner_loss(W1_0, W2_0, kr, vr, &g1, &g2);
+          const double delta = in.huber_delta.has_value() ? in.huber_delta(b, t, hv) : options.huber_delta;
+          titans_mlp_inner_loss(W1_0, W2_0, kr, vr, &g1, &g2, options.loss, delta);
           const double a = 1.0 - double(in.alpha(b, t, hv)), eta = in.eta(b, t, hv), theta = in.theta(b, t, hv);
           for (index_t e = 0; e < KM; ++e) {
             S1[at(e)] = eta * S1[at(e)] - theta * g1[at(e)], W1[at(e)] = a * W1[at(e)] + S1[at(e)];

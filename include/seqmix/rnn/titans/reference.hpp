@@ -177,9 +177,9 @@ inline float titans_scale(const ArgCheck& check, const TitansOptions& options) {
 }
 
 // The per-token Huber thresholds (Yaad's delta_t): only with TitansLoss::huber, every value
-// finite and > 0 (NaN fails).
-template <std::size_t R>
-void titans_check_huber_deltas(const ArgCheck& check, const ConstView<float, R>& delta, const TitansOptions& options) {
+// finite and > 0 (NaN fails). Options: TitansOptions or TitansMlpOptions (both have loss).
+template <std::size_t R, class Options>
+void titans_check_huber_deltas(const ArgCheck& check, const ConstView<float, R>& delta, const Options& options) {
   if (!delta.has_value()) return;
   if (options.loss != TitansLoss::huber) check.fail("huber_delta", "is read only by options.loss = TitansLoss::huber");
   const auto visit = [&](float x) {
@@ -206,6 +206,19 @@ F titans_loss_grad(TitansLoss loss, F e, F delta) {
     case TitansLoss::l2: break;
   }
   return F(2) * e;
+}
+
+// f(e) of the loss (TitansLoss) itself, in double: the inner loss the gradient tests take finite
+// differences of.
+inline double titans_loss_value(TitansLoss loss, double e, double delta) {
+  const double a = std::abs(e);
+  switch (loss) {
+    case TitansLoss::l1: return a;
+    case TitansLoss::l3: return a * a * a;
+    case TitansLoss::huber: return a <= delta ? 0.5 * e * e : delta * (a - 0.5 * delta);
+    case TitansLoss::l2: break;
+  }
+  return e * e;
 }
 
 inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in, const TitansOutputs& out,
