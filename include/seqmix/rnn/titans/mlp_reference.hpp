@@ -206,6 +206,8 @@ inline TitansMlpDims validate_titans_mlp(const ArgCheck& check, const TitansMlpI
 
 inline TitansMlpDims validate_titans_mlp_step(const ArgCheck& check, const TitansMlpStepInputs& in,
                                               const TitansMlpStepOutputs& out, const TitansMlpOptions& options) {
+  titans_mlp_refuse_fresh(check, in.batch);
+  if (in.batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
   const detail::QkvDims d = detail::check_qkv_step(check, "q", in.q, in.k, in.v);
   const index_t B = d.B, HV = d.HV, K = d.K;
   if (d.V != K)
@@ -223,8 +225,6 @@ inline TitansMlpDims validate_titans_mlp_step(const ArgCheck& check, const Titan
   const std::array<index_t, 4> s1{P, HV, K, M}, s2{P, HV, M, K};
   check.shape("w2", out.w2, s2, "P,HV,M,K").shape("s1", out.s1, s1, "P,HV,K,M").shape("s2", out.s2, s2, "P,HV,M,K");
   check_titans_mlp_options(check, options);
-  titans_mlp_refuse_fresh(check, in.batch);
-  if (in.batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
   if (slotted) SequenceMap::make(check, in.batch, B, 1, true, P);
   titans_check_gates<2>(check, in.alpha, in.eta, in.theta);
   titans_check_huber_deltas<2>(check, in.huber_delta, options);
