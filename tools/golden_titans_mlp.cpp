@@ -8,7 +8,10 @@
 // every gradient of a mini-batch of b tokens is taken at the memory of the mini-batch's start, and
 //   S_t = eta_t S_{t-1} - theta_t grad_t,   (U, P)_t = (1 - alpha_t) (U, P)_{t-1} + S_t,
 //   y_t = q_t + P_t gelu(U_t q_t).
-// gelu is the tanh form. Nothing of seqmix is used but its .npy writer, so the vectors are
+// Miras cases (Behrouz et al. 2025, "It's All Connected") replace the loss by sum_i f(e_i) with an
+// elementwise attentional bias, so 2 e becomes f'(e) in both gradients: l1 (sign e), l3 (3 e |e|),
+// Huber with a constant threshold or Yaad's per-token delta_t (e inside [-delta, delta], else
+// +-delta). gelu is the tanh form. Nothing of seqmix is used but its .npy writer, so the vectors are
 // independent of the operator.
 //
 //   g++ -std=c++17 -O2 -I include tools/golden_titans_mlp.cpp -o golden_titans_mlp
@@ -34,7 +37,19 @@ struct MlpCase {
   std::string name;
   index_t B, T, HK, HV, K, M, mini_batch;
   bool momentum;  // initial momenta given
+  std::string loss = "l2";  // Miras' elementwise biases: "l1", "l3", "huber" (delta kHuberDelta)
+  bool delta_t = false;     // huber only: a per-token threshold delta_t in [0.05, 0.5] (Yaad), input huber_delta
 };
+
+const double kHuberDelta = 0.125;
+
+// d/de of f(e): l2 e^2, l1 |e|, l3 |e|^3, Huber (delta) e^2/2 inside, delta (|e| - delta/2) outside.
+double loss_derivative(const std::string& loss, double e, double delta) {
+  if (loss == "l1") return e > 0 ? 1.0 : e < 0 ? -1.0 : 0.0;
+  if (loss == "l3") return 3.0 * e * std::abs(e);
+  if (loss == "huber") return std::abs(e) <= delta ? e : (e > 0 ? delta : -delta);
+  return 2.0 * e;
+}
 
 double gelu(double x) { return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))); }
 double gelu_prime(double x) {
@@ -55,6 +70,8 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
   const double r1 = 1.0 / std::sqrt(double(K)), r2 = 1.0 / std::sqrt(double(M));
   Array w1 = random_array({B, HV, K, M}, rng, -r1, r1), w2 = random_array({B, HV, M, K}, rng, -r2, r2);
   Array s10 = random_array({B, HV, K, M}, rng, -0.05, 0.05), s20 = random_array({B, HV, M, K}, rng, -0.05, 0.05);
+  // Drawn last, only for delta_t cases, so the earlier cases' draws are unchanged.
+  Array delta = c.delta_t ? random_array({B, T, HV}, rng, 0.05, 0.5) : zeros({B, T, HV});
   Array y = zeros({B, T, HV, K}), w1f = zeros({B, HV, K, M}), w2f = zeros({B, HV, M, K});
   Array s1f = zeros({B, HV, K, M}), s2f = zeros({B, HV, M, K});
   for (index_t b = 0; b < B; ++b)
@@ -72,7 +89,7 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
         const std::vector<double> U0 = U, P0 = P;
         for (index_t t = t0; t < std::min(T, t0 + c.mini_batch); ++t) {
           const index_t g = (b * T + t) * HV + hv, qk = ((b * T + t) * HK + h) * K, vo = g * K;
-          std::vector<double> z(M), hid(M), e(K), dz(M);
+          std::vector<double> z(M), hid(M), e(K), de(K), dz(M);
           for (index_t m = 0; m < M; ++m) {
             z[m] = 0;
             for (index_t i = 0; i < K; ++i) z[m] += U0[m * K + i] * k.at(qk + i);
@@ -81,10 +98,11 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
           for (index_t i = 0; i < K; ++i) {
             e[i] = k.at(qk + i) - v.at(vo + i);
             for (index_t m = 0; m < M; ++m) e[i] += P0[i * M + m] * hid[m];
+            de[i] = loss_derivative(c.loss, e[i], c.delta_t ? delta.at(g) : kHuberDelta);  // dl/dM(k)_i
           }
           for (index_t m = 0; m < M; ++m) {
             double s = 0;
-            for (index_t i = 0; i < K; ++i) s += P0[i * M + m] * 2.0 * e[i];
+            for (index_t i = 0; i < K; ++i) s += P0[i * M + m] * de[i];
             dz[m] = s * gelu_prime(z[m]);
           }
           const double a = 1.0 - alpha.at(g), et = eta.at(g), th = theta.at(g);
@@ -92,7 +110,7 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
             for (index_t i = 0; i < K; ++i) {
               SU[m * K + i] = et * SU[m * K + i] - th * dz[m] * k.at(qk + i);
               U[m * K + i] = a * U[m * K + i] + SU[m * K + i];
-              SP[i * M + m] = et * SP[i * M + m] - th * 2.0 * e[i] * hid[m];
+              SP[i * M + m] = et * SP[i * M + m] - th * de[i] * hid[m];
               P[i * M + m] = a * P[i * M + m] + SP[i * M + m];
             }
           for (index_t m = 0; m < M; ++m) {
@@ -128,7 +146,16 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
     write(dir, "initial_s1", s10), write(dir, "initial_s2", s20);
     inputs += ", \"initial_s1\": \"initial_s1.npy\", \"initial_s2\": \"initial_s2.npy\"";
   }
-  write_case(dir, "titans_mlp", "\"mini_batch\": " + std::to_string(c.mini_batch), inputs,
+  if (c.delta_t) {
+    write(dir, "huber_delta", delta);
+    inputs += ", \"huber_delta\": \"huber_delta.npy\"";
+  }
+  std::string params = "\"mini_batch\": " + std::to_string(c.mini_batch);
+  if (c.loss != "l2") {
+    params += ", \"loss\": \"" + c.loss + "\"";
+    if (c.loss == "huber" && !c.delta_t) params += ", \"huber_delta\": " + exact(kHuberDelta);
+  }
+  write_case(dir, "titans_mlp", params, inputs,
              "\"y\": \"y.npy\", \"final_w1\": \"final_w1.npy\", \"final_w2\": \"final_w2.npy\", "
              "\"final_s1\": \"final_s1.npy\", \"final_s2\": \"final_s2.npy\"",
              "1e-05", kSource);
@@ -142,5 +169,9 @@ int main(int argc, char** argv) {
   mlp_case(root, {"b1_t40_hk1_hv2_k8_m12_mb16", 1, 40, 1, 2, 8, 12, 16, false}, rng);
   mlp_case(root, {"b2_t23_h1_k6_m10_mb4_momentum", 2, 23, 1, 1, 6, 10, 4, true}, rng);
   mlp_case(root, {"b1_t19_h2_k8_m8_mb1_momentum", 1, 19, 2, 2, 8, 8, 1, true}, rng);
+  mlp_case(root, {"miras_l1_b1_t21_h1_k6_m8_mb4_momentum", 1, 21, 1, 1, 6, 8, 4, true, "l1"}, rng);
+  mlp_case(root, {"miras_l3_b1_t18_hk1_hv2_k6_m8_mb16", 1, 18, 1, 2, 6, 8, 16, false, "l3"}, rng);
+  mlp_case(root, {"miras_huber_b2_t20_h1_k6_m10_mb4_momentum", 2, 20, 1, 1, 6, 10, 4, true, "huber"}, rng);
+  mlp_case(root, {"miras_yaad_delta_t_b1_t25_h2_k8_m8_mb8_momentum", 1, 25, 2, 2, 8, 8, 8, true, "huber", true}, rng);
   return 0;
 }

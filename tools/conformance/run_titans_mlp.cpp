@@ -1,6 +1,7 @@
 // seqmix-conformance runner for titans_mlp (docs/operators.md section 12, "titans with a two-layer
 // MLP memory"): the mini-batch prefill in the "fast" slot, the double reference in the other.
-// Params: mini_batch (default 16).
+// Params: mini_batch (default 16), loss ("l2" default, "l1", "l3", "huber": Miras' biases),
+// huber_delta; optional input huber_delta [B,T,HV] (Yaad's per-token threshold).
 #include <string>
 
 #include "registry.hpp"
@@ -22,8 +23,19 @@ OutputMap run_titans_mlp(const CaseData& c, bool fast) {
   in.initial_w2 = c.in<4>("initial_w2", "B,HV,M,K");
   in.initial_s1 = c.opt_in<4>("initial_s1", "B,HV,K,M");
   in.initial_s2 = c.opt_in<4>("initial_s2", "B,HV,M,K");
+  in.huber_delta = c.opt_in<3>("huber_delta", "B,T,HV");  // Yaad's per-token delta_t (huber only)
   seqmix::TitansMlpOptions options;
   options.mini_batch = c.param_int("mini_batch", 16);
+  const std::string loss = c.param_string("loss", "l2");
+  if (loss == "l1")
+    options.loss = seqmix::TitansLoss::l1;
+  else if (loss == "l3")
+    options.loss = seqmix::TitansLoss::l3;
+  else if (loss == "huber")
+    options.loss = seqmix::TitansLoss::huber;
+  else if (loss != "l2")
+    throw CaseError(c.id() + ": unknown titans_mlp loss '" + loss + "'");
+  options.huber_delta = static_cast<float>(c.param_double("huber_delta", 1.0));
   OutputMap out;
   const seqmix::TitansMlpOutputs outputs{c.make_output<4>(out, "y"), c.make_output<4>(out, "final_w1"),
                                          c.make_output<4>(out, "final_w2"), c.make_output<4>(out, "final_s1"),
