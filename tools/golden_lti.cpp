@@ -141,6 +141,7 @@ struct S5Case {
   std::string name;
   index_t B, T, H, P;
   bool zoh, pairs, state;
+  bool timestep;  // a per-token step [B,T]: token t discretized at dt[p] * timestep[b,t]
 };
 
 void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
@@ -152,12 +153,16 @@ void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
   Array u = random_array({c.B, c.T, c.H}, rng, -1, 1);
   Array s_re = random_array({c.B, c.P}, rng, -1, 1), s_im = random_array({c.B, c.P}, rng, -1, 1);
   Array y = zeros({c.B, c.T, c.H}), f_re = zeros({c.B, c.P}), f_im = zeros({c.B, c.P});
+  // Per-token steps log-uniform in [0.1, 10], drawn last so the cases without them keep their values.
+  Array ts = c.timestep ? random_array({c.B, c.T}, rng, std::log(0.1), std::log(10.0)) : zeros({c.B, c.T});
+  for (double& v : ts.v) v = c.timestep ? static_cast<double>(static_cast<float>(std::exp(v))) : 1.0;
   std::vector<cd> A_bar(c.P), factor(c.P);
-  for (index_t p = 0; p < c.P; ++p) discretize(cd(L_re.at(p), L_im.at(p)), dt.at(p), c.zoh, &A_bar[p], &factor[p]);
   for (index_t b = 0; b < c.B; ++b) {
     std::vector<cd> x(c.P);
     for (index_t p = 0; p < c.P; ++p) x[p] = c.state ? cd(s_re.at(b * c.P + p), s_im.at(b * c.P + p)) : 0.0;
     for (index_t t = 0; t < c.T; ++t) {
+      for (index_t p = 0; p < c.P; ++p)
+        discretize(cd(L_re.at(p), L_im.at(p)), dt.at(p) * ts.at(b * c.T + t), c.zoh, &A_bar[p], &factor[p]);
       for (index_t p = 0; p < c.P; ++p) {
         cd bu = 0.0;
         for (index_t h = 0; h < c.H; ++h) bu += cd(B_re.at(p * c.H + h), B_im.at(p * c.H + h)) * u.at((b * c.T + t) * c.H + h);
@@ -183,6 +188,10 @@ void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
   if (c.state) {
     write(dir, "initial_state_real", s_re), write(dir, "initial_state_imag", s_im);
     inputs += ", \"initial_state_real\": \"initial_state_real.npy\", \"initial_state_imag\": \"initial_state_imag.npy\"";
+  }
+  if (c.timestep) {
+    write(dir, "timestep", ts);
+    inputs += ", \"timestep\": \"timestep.npy\"";
   }
   write_case(dir, "s5",
              std::string("\"discretization\": \"") + (c.zoh ? "zoh" : "bilinear") + "\", \"symmetry\": \"" +
@@ -299,11 +308,14 @@ int main(int argc, char** argv) {
   long_conv_case(root, {"b2_t40_d5_l40_bidirectional_lb15", 2, 40, 5, 40, 5, 15, true, true, false}, rng);
   ssm_kernel_case(root, {"h3_n8_l300_zoh_pairs_s4dlin", 3, 8, 300, true, true, true}, rng);
   ssm_kernel_case(root, {"h2_n4_l100_bilinear_real", 2, 4, 100, false, false, false}, rng);
-  s5_case(root, {"b2_t40_h6_p5_zoh_pairs_state", 2, 40, 6, 5, true, true, true}, rng);
-  s5_case(root, {"b1_t25_h4_p3_bilinear", 1, 25, 4, 3, false, false, false}, rng);
+  s5_case(root, {"b2_t40_h6_p5_zoh_pairs_state", 2, 40, 6, 5, true, true, true, false}, rng);
+  s5_case(root, {"b1_t25_h4_p3_bilinear", 1, 25, 4, 3, false, false, false, false}, rng);
   // Their own generator, so the cases above keep their values.
   std::mt19937_64 dplr_rng(20261602);
   ssm_dplr_case(root, {"h3_g1_n8_r1_l200", 3, 1, 8, 1, 200, false}, dplr_rng);
   ssm_dplr_case(root, {"h4_g2_n6_r2_l77_explicit_q", 4, 2, 6, 2, 77, true}, dplr_rng);
+  std::mt19937_64 s5_timestep_rng(20261605);
+  s5_case(root, {"b2_t33_h5_p4_zoh_timestep_state", 2, 33, 5, 4, true, true, true, true}, s5_timestep_rng);
+  s5_case(root, {"b1_t20_h3_p3_bilinear_timestep", 1, 20, 3, 3, false, false, false, true}, s5_timestep_rng);
   return 0;
 }

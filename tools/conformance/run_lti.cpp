@@ -100,7 +100,7 @@ OutputMap run_s5(const CaseData& c, bool reference) {
                                 c.in<2>("C_real", "H,P"),    c.opt_in<2>("C_imag", "H,P"),
                                 c.in<1>("dt", "P"),          c.opt_in<1>("D", "H")};
   const seqmix::S5Inputs in{c.in<3>("u", "B,T,H"), c.opt_in<2>("initial_state_real", "B,P"),
-                            c.opt_in<2>("initial_state_imag", "B,P")};
+                            c.opt_in<2>("initial_state_imag", "B,P"), c.opt_in<2>("timestep", "B,T")};
   OutputMap out;
   seqmix::S5Outputs outputs{c.make_output<3>(out, "y")};
   if (c.outputs.count("final_state_real")) {

@@ -11,6 +11,8 @@
 //   bilinear: Lambda_bar = (1 + dt Lambda/2)/(1 - dt Lambda/2),  B_bar = dt/(1 - dt Lambda/2) B
 //   x_t = Lambda_bar x_{t-1} + B_bar u_t      (x_{-1} = initial_state or 0)
 //   y_t = c Re(C x_t) + D u_t                 (c = 2 with conjugate pairs, else 1)
+//   timestep [B,T] (optional): token t of row b is discretized with dt_p * timestep[b,t]
+//   (S5's variable observation intervals), so Lambda_bar and B_bar change from token to token.
 #pragma once
 
 #include <cmath>
@@ -58,6 +60,11 @@ struct S5Inputs {
   ConstView<float, 3> u;                      ///< [B,T,H]
   ConstView<float, 2> initial_state_real = {}; ///< [B,P], optional (zero)
   ConstView<float, 2> initial_state_imag = {}; ///< [B,P], optional (zero)
+  /// [B,T], optional, finite and > 0: the input-dependent step. Token t of row b is discretized
+  /// with dt[p] * timestep(b, t) for state p, as S5's variable-observation-interval form scales
+  /// its learned per-state step by each token's integration interval (one scalar per token).
+  /// Empty: every token uses dt (timestep 1).
+  ConstView<float, 2> timestep = {};
 };
 
 /// Prefill outputs. y must overlap no input; the final state may be the very initial state.
@@ -78,6 +85,39 @@ struct S5Discrete {
   std::vector<SsmComplex> Lambda_bar;  // [P]
   std::vector<SsmComplex> B_bar;       // [P*H], row p
 };
+
+// Lambda_bar and the scalar factor of B_bar's row (B_bar = factor * B) for one state and step.
+inline void s5_discretize_state(SsmComplex lambda, double dt, SsmDiscretization discretization, SsmComplex& A_bar,
+                                SsmComplex& factor) {
+  if (discretization == SsmDiscretization::zoh) {
+    A_bar = std::exp(dt * lambda);
+    factor = (A_bar - 1.0) / lambda;
+  } else {
+    const SsmComplex denominator = 1.0 - dt * lambda / 2.0;
+    A_bar = (1.0 + dt * lambda / 2.0) / denominator;
+    factor = dt / denominator;
+  }
+}
+
+// Per-token steps: finite and > 0. A step of 0 would freeze the state and drop the input (ZOH),
+// a negative one makes Lambda_bar unstable.
+// t < 0: a step's [B] timestep. The index string is built only for the error.
+inline void check_s5_timestep_value(const ArgCheck& check, float v, index_t b, index_t t) {
+  if (!(v > 0.f) || !std::isfinite(v))
+    check.fail("timestep", "must be finite and > 0, element [" + std::to_string(b) +
+                               (t >= 0 ? ", " + std::to_string(t) : std::string()) + "] is " + std::to_string(v));
+}
+
+inline void validate_s5_timestep(const ArgCheck& check, const ConstView<float, 2>& timestep) {
+  for (index_t b = 0; b < timestep.size(0) && timestep.has_value(); ++b)
+    for (index_t t = 0; t < timestep.size(1); ++t)
+      check_s5_timestep_value(check, timestep(b, t), b, t);
+}
+
+inline void validate_s5_timestep(const ArgCheck& check, const ConstView<float, 1>& timestep) {
+  for (index_t b = 0; b < timestep.size(0) && timestep.has_value(); ++b)
+    check_s5_timestep_value(check, timestep(b), b, -1);
+}
 
 inline SsmComplex s5_value(const ConstView<float, 1>& re, const ConstView<float, 1>& im, index_t i) {
   return {double(re(i)), im.has_value() ? double(im(i)) : 0.0};
@@ -125,6 +165,7 @@ inline S5Dims validate_s5(const char* op, const S5Params& p, const S5Inputs& in,
   const index_t P = dims.P;
   check.optional_shape("initial_state_real", in.initial_state_real, {B, P}, "B,P")
       .optional_shape("initial_state_imag", in.initial_state_imag, {B, P}, "B,P")
+      .optional_shape("timestep", in.timestep, {B, T}, "B,T")
       .shape("y", out.y, {B, T, H}, "B,T,H")
       .optional_shape("final_state_real", out.final_state_real, {B, P}, "B,P")
       .optional_shape("final_state_imag", out.final_state_imag, {B, P}, "B,P");
@@ -139,6 +180,7 @@ inline S5Dims validate_s5(const char* op, const S5Params& p, const S5Inputs& in,
     for (const auto& v : views)
       if (views_overlap(o, v.second)) check.fail(name, std::string("overlaps input '") + v.first + "'");
     if (views_overlap(o, in.u)) check.fail(name, "overlaps input 'u'");
+    if (views_overlap(o, in.timestep)) check.fail(name, "overlaps input 'timestep'");
   };
   inputs("y", out.y);
   inputs("final_state_real", out.final_state_real);
@@ -148,6 +190,7 @@ inline S5Dims validate_s5(const char* op, const S5Params& p, const S5Inputs& in,
   if (views_overlap(out.final_state_real, out.final_state_imag) || views_overlap(out.final_state_real, out.y) ||
       views_overlap(out.final_state_imag, out.y))
     check.fail("final_state_real", "overlaps another output");
+  validate_s5_timestep(check, in.timestep);
   return dims;
 }
 
@@ -158,16 +201,8 @@ inline S5Discrete s5_discretize(const S5Params& p, index_t H, const SsmKernelOpt
   d.B_bar.resize(static_cast<std::size_t>(P * H));
   for (index_t i = 0; i < P; ++i) {
     const SsmComplex lambda = s5_value(p.Lambda_real, p.Lambda_imag, i);
-    const double dt = p.dt(i);
     SsmComplex A_bar, factor;
-    if (options.discretization == SsmDiscretization::zoh) {
-      A_bar = std::exp(dt * lambda);
-      factor = (A_bar - 1.0) / lambda;
-    } else {
-      const SsmComplex denominator = 1.0 - dt * lambda / 2.0;
-      A_bar = (1.0 + dt * lambda / 2.0) / denominator;
-      factor = dt / denominator;
-    }
+    s5_discretize_state(lambda, p.dt(i), options.discretization, A_bar, factor);
     d.Lambda_bar[static_cast<std::size_t>(i)] = A_bar;
     for (index_t h = 0; h < H; ++h) {
       const SsmComplex b{double(p.B_real(i, h)), p.B_imag.has_value() ? double(p.B_imag(i, h)) : 0.0};
@@ -180,6 +215,7 @@ inline S5Discrete s5_discretize(const S5Params& p, index_t H, const SsmKernelOpt
 // A reverse call (options.reverse) as the forward call on reversed views of u and y.
 inline std::pair<S5Inputs, S5Outputs> s5_reversed_call(S5Inputs in, S5Outputs out) {
   reverse_time_of(in.u, out.y);
+  if (in.timestep.has_value()) reverse_time_of(in.timestep);
   return {in, out};
 }
 
@@ -203,16 +239,23 @@ inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out,
   }
   (void)executor;
   const auto dims = detail::validate_s5("reference::s5", params, in, out, options);
-  const auto sys = detail::s5_discretize(params, dims.H, options);
   const double scale = detail::ssm_output_scale(options);
   std::vector<detail::SsmComplex> x(static_cast<std::size_t>(dims.P));
   for (index_t b = 0; b < dims.B; ++b) {
     for (index_t i = 0; i < dims.P; ++i) x[static_cast<std::size_t>(i)] = detail::s5_initial(in, b, i);
     for (index_t t = 0; t < dims.T; ++t) {
+      // Discretized per token, so a timestep input changes it from token to token.
+      const double step = in.timestep.has_value() ? double(in.timestep(b, t)) : 1.0;
       for (index_t i = 0; i < dims.P; ++i) {
+        detail::SsmComplex A_bar, factor;
+        detail::s5_discretize_state(detail::s5_value(params.Lambda_real, params.Lambda_imag, i), double(params.dt(i)) * step,
+                                    options.discretization, A_bar, factor);
         detail::SsmComplex bu = 0.0;
-        for (index_t h = 0; h < dims.H; ++h) bu += sys.B_bar[static_cast<std::size_t>(i * dims.H + h)] * double(in.u(b, t, h));
-        x[static_cast<std::size_t>(i)] = sys.Lambda_bar[static_cast<std::size_t>(i)] * x[static_cast<std::size_t>(i)] + bu;
+        for (index_t h = 0; h < dims.H; ++h) {
+          const detail::SsmComplex b_ih{double(params.B_real(i, h)), params.B_imag.has_value() ? double(params.B_imag(i, h)) : 0.0};
+          bu += b_ih * double(in.u(b, t, h));
+        }
+        x[static_cast<std::size_t>(i)] = A_bar * x[static_cast<std::size_t>(i)] + factor * bu;
       }
       for (index_t h = 0; h < dims.H; ++h) {
         double y = 0.0;

@@ -28,6 +28,22 @@ void s5_gemm_rows(const A& a, const Bm& bt, Out& out, const Executor& executor) 
   });
 }
 
+// Scan elements of state i in batch row b with per-token steps: m_t = (Lambda_bar(t),
+// factor(t) * (B u_t)_i), discretized in double at dt_i * timestep(b, t).
+template <class Plane>
+void s5_per_token_maps(const S5Params& params, const ConstView<float, 2>& timestep, index_t b, index_t i,
+                       SsmDiscretization discretization, const Plane& bu_re, const Plane& bu_im,
+                       std::vector<AffineMap<std::complex<float>>>& maps) {
+  const SsmComplex lambda = s5_value(params.Lambda_real, params.Lambda_imag, i);
+  const double dt = params.dt(i);
+  for (index_t t = 0; t < static_cast<index_t>(maps.size()); ++t) {
+    SsmComplex A_bar, factor;
+    s5_discretize_state(lambda, dt * double(timestep(b, t)), discretization, A_bar, factor);
+    const SsmComplex bu = factor * SsmComplex(bu_re(t, i), bu_im(t, i));
+    maps[static_cast<std::size_t>(t)] = {std::complex<float>(A_bar), std::complex<float>(bu)};
+  }
+}
+
 }  // namespace detail
 
 /// Fast prefill: same arguments and results as reference::s5 (float rounding). Per batch row:
@@ -36,7 +52,9 @@ void s5_gemm_rows(const A& a, const Bm& bt, Out& out, const Executor& executor) 
 /// std::complex<float>: over time chunks in parallel when P is below 2 threads' worth, else one
 /// state per task), then y = c Re(C x) + D u as two GEMMs. Scratch: 4 T P floats and T affine
 /// maps per task. The final state may be the very initial state. options.reverse: the GEMMs map
-/// u with its negated row stride (no copy).
+/// u with its negated row stride (no copy). With in.timestep the projection uses B itself and
+/// each scan element is discretized where it is built, (Lambda_bar(t), factor(t) * (B u_t)_p) in
+/// double: a complex exp (ZOH) or division (bilinear) per token and state, spread with the scans.
 inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const S5Options& options = {},
                const Executor& executor = serial_executor()) {
   if (options.reverse) {
@@ -51,9 +69,13 @@ inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out,
   const float scale = static_cast<float>(detail::ssm_output_scale(options));
   // B_bar^T as two [H,P] planes; C^T scaled, as two [P,H] planes (Re(C x) = C_re x_re - C_im x_im).
   Matrix Bt_re(H, P), Bt_im(H, P), Ct_re(P, H), Ct_im(P, H);
+  // With per-token steps the projection takes B and the scan elements are discretized per token.
+  const bool per_token = in.timestep.has_value();
   for (index_t i = 0; i < P; ++i)
     for (index_t h = 0; h < H; ++h) {
-      const detail::SsmComplex b_bar = sys.B_bar[static_cast<std::size_t>(i * H + h)];
+      const detail::SsmComplex b_bar =
+          per_token ? detail::SsmComplex(params.B_real(i, h), params.B_imag.has_value() ? params.B_imag(i, h) : 0.f)
+                    : sys.B_bar[static_cast<std::size_t>(i * H + h)];
       Bt_re(h, i) = static_cast<float>(b_bar.real()), Bt_im(h, i) = static_cast<float>(b_bar.imag());
       Ct_re(i, h) = scale * params.C_real(h, i);
       Ct_im(i, h) = params.C_imag.has_value() ? -scale * params.C_imag(h, i) : 0.f;
@@ -69,7 +91,10 @@ inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out,
     detail::s5_gemm_rows(U, Bt_im, X_im, executor);
     // State i: maps m_t = (lambda_i, B_bar u_t), prefix M_t = m_t o ... o m_0, x_t = M_t(x_{-1}).
     const auto scan_state = [&](index_t i, std::vector<AffineMap<Complex>>& maps, const Executor& scan_executor) {
-      for (index_t t = 0; t < T; ++t) maps[static_cast<std::size_t>(t)] = {lambda[static_cast<std::size_t>(i)], Complex(X_re(t, i), X_im(t, i))};
+      if (per_token)
+        detail::s5_per_token_maps(params, in.timestep, b, i, options.discretization, X_re, X_im, maps);
+      else
+        for (index_t t = 0; t < T; ++t) maps[static_cast<std::size_t>(t)] = {lambda[static_cast<std::size_t>(i)], Complex(X_re(t, i), X_im(t, i))};
       associative_scan(AffineMonoid<Complex>(), maps.data(), maps.data(), T, scan_executor);
       const Complex x0(detail::s5_initial(in, b, i));
       for (index_t t = 0; t < T; ++t) {
