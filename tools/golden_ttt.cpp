@@ -4,7 +4,9 @@
 // G = dl/dZ of every token at W_0, then q_t W_t = q_t W_0 - sum_{s <= t} c_t eta_s (q_t . k_s) G_s
 // and W_0 - c_last sum_s eta_s k_s^T G_s. The LayerNorm's backward is taken here through its
 // explicit Jacobian dxhat_i/dz_j = ((i == j) - 1/n) / sigma - xhat_i xhat_j / (n sigma), not
-// the reduced formula the operators use. ttt_mlp (f(x) = gelu(x W1) W2, the paper's dual form
+// the reduced formula the operators use. With an inner bias (f(x) = x W + b, the TTT authors'
+// TTT-Linear), Z = X W_0 + b_0, query t adds b_0 - c_t sum_{s <= t} eta_s G_s and the bias
+// update is b_0 - c_last sum_s eta_s G_s. ttt_mlp (f(x) = gelu(x W1) W2, the paper's dual form
 // for both layers) likewise. Nothing of seqmix is used but its .npy writer.
 //
 //   g++ -std=c++17 -O2 -I include tools/golden_ttt.cpp -o golden_ttt
@@ -71,7 +73,7 @@ Vec residual_grad(const Vec& z, const Vec& k, const Vec& v, const Vec& gamma, co
 struct TttCase {
   std::string name;
   index_t B, T, H, K, mini_batch;
-  bool state, scale;
+  bool state, scale, bias = false;
 };
 
 void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rng) {
@@ -82,11 +84,15 @@ void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rn
   Array gamma = random_array({H, K}, rng, 0.5, 1.5), beta = random_array({H, K}, rng, -0.2, 0.2);
   Array w0 = random_array({B, H, K, K}, rng, -a, a), scale = position_scales(bs);
   Array z = zeros({B, T, H, K}), wf = zeros({B, H, K, K});
+  // Drawn only for a bias case, so that the other cases keep their draws.
+  Array b0 = c.bias ? random_array({B, H, K}, rng, -0.5, 0.5) : zeros({B, H, K}), bf = zeros({B, H, K});
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h) {
       Vec W(K * K), g(K), be(K);
       for (index_t j = 0; j < K; ++j) g[j] = gamma.at(h * K + j), be[j] = beta.at(h * K + j);
       for (index_t e = 0; e < K * K; ++e) W[e] = c.state ? w0.at((b * H + h) * K * K + e) : 0.0;
+      Vec bias(K);
+      for (index_t j = 0; j < K; ++j) bias[j] = b0.at((b * H + h) * K + j);
       const auto row = [&](Array& x, index_t t) { return head_row(x, b, t, h, T, H, K); };
       for (index_t t0 = 0; t0 < T; t0 += bs) {
         const index_t n = std::min(bs, T - t0);
@@ -96,19 +102,20 @@ void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rn
           X[s] = row(k, t0 + s), Q[s] = row(q, t0 + s);
           const Vec V = row(v, t0 + s);
           e[s] = eta.at((b * T + t0 + s) * H + h), cs[s] = c.scale ? scale.at(s) : 1.0;
-          Vec zs(K, 0.0);
+          Vec zs = bias;
           for (index_t i = 0; i < K; ++i)
             for (index_t j = 0; j < K; ++j) zs[j] += X[s][i] * W[i * K + j];
           G[s] = residual_grad(zs, X[s], V, g, be, eps);
         }
         for (index_t t = 0; t < n; ++t) {
-          Vec zq(K, 0.0);
+          Vec zq = bias;
           for (index_t i = 0; i < K; ++i)
             for (index_t j = 0; j < K; ++j) zq[j] += Q[t][i] * W[i * K + j];
           for (index_t s = 0; s <= t; ++s) {
             double qk = 0;
             for (index_t i = 0; i < K; ++i) qk += Q[t][i] * X[s][i];
-            for (index_t j = 0; j < K; ++j) zq[j] -= cs[t] * e[s] * qk * G[s][j];
+            // The weights' term and, with a bias, the bias's own (its gradient is G_s).
+            for (index_t j = 0; j < K; ++j) zq[j] -= cs[t] * e[s] * (qk + (c.bias ? 1.0 : 0.0)) * G[s][j];
           }
           const Vec y = layer_norm(zq, g, be, eps);
           for (index_t j = 0; j < K; ++j) z.at(((b * T + t0 + t) * H + h) * K + j) = Q[t][j] + y[j];
@@ -116,8 +123,12 @@ void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rn
         for (index_t s = 0; s < n; ++s)
           for (index_t i = 0; i < K; ++i)
             for (index_t j = 0; j < K; ++j) W[i * K + j] -= cs[n - 1] * e[s] * X[s][i] * G[s][j];
+        if (c.bias)
+          for (index_t s = 0; s < n; ++s)
+            for (index_t j = 0; j < K; ++j) bias[j] -= cs[n - 1] * e[s] * G[s][j];
       }
       for (index_t e2 = 0; e2 < K * K; ++e2) wf.at((b * H + h) * K * K + e2) = W[e2];
+      for (index_t j = 0; j < K; ++j) bf.at((b * H + h) * K + j) = bias[j];
     }
   const fs::path dir = root / "ttt_linear" / c.name;
   fs::create_directories(dir);
@@ -127,8 +138,14 @@ void ttt_linear_case(const fs::path& root, const TttCase& c, std::mt19937_64& rn
                        "\"ln_weight\": \"ln_weight.npy\", \"ln_bias\": \"ln_bias.npy\"";
   if (c.state) inputs += ", \"initial_w\": \"initial_w.npy\"", write(dir, "initial_w", w0);
   if (c.scale) inputs += ", \"token_scale\": \"token_scale.npy\"", write(dir, "token_scale", scale);
-  write_case(dir, "ttt_linear", "\"mini_batch\": " + std::to_string(bs) + ", \"ln_eps\": 1e-06", inputs,
-             "\"z\": \"z.npy\", \"final_w\": \"final_w.npy\"", "1e-05", kSource);
+  std::string params = "\"mini_batch\": " + std::to_string(bs) + ", \"ln_eps\": 1e-06";
+  std::string outputs = "\"z\": \"z.npy\", \"final_w\": \"final_w.npy\"";
+  if (c.bias) {
+    params += ", \"inner_bias\": \"trained\"";
+    inputs += ", \"initial_b\": \"initial_b.npy\"", write(dir, "initial_b", b0);
+    outputs += ", \"final_b\": \"final_b.npy\"", write(dir, "final_b", bf);
+  }
+  write_case(dir, "ttt_linear", params, inputs, outputs, "1e-05", kSource);
 }
 
 // gelu with the tanh approximation (the TTT authors' gelu_tanh) and its derivative.
@@ -237,5 +254,7 @@ int main(int argc, char** argv) {
   ttt_linear_case(root, {"b1_t21_h2_k8_mb4_state", 1, 21, 2, 8, 4, true, false}, rng);
   ttt_mlp_case(root, {"b1_t37_h2_k8_m32", 1, 37, 2, 8, 32, 16, false}, rng);
   ttt_mlp_case(root, {"b2_t20_h1_k4_m16_mb8_scale", 2, 20, 1, 4, 16, 8, true}, rng);
+  // Last, so that the cases above keep their random draws.
+  ttt_linear_case(root, {"b2_t37_h2_k8_state_scale_bias", 2, 37, 2, 8, 16, true, true, true}, rng);
   return 0;
 }

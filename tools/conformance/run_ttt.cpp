@@ -1,5 +1,7 @@
 // seqmix-conformance runners for the TTT layer (docs/operators.md section 12): ttt_linear and ttt_mlp (the
 // dual-form prefill in the "fast" slot, the per-mini-batch reference in the other).
+#include <string>
+
 #include "registry.hpp"
 #include "seqmix/rnn.hpp"
 
@@ -11,6 +13,11 @@ seqmix::TttOptions ttt_options(const CaseData& c) {
   seqmix::TttOptions options;
   options.mini_batch = c.param_int("mini_batch", 16);
   options.ln_eps = static_cast<float>(c.param_double("ln_eps", 1e-6));
+  const std::string bias = c.param_string("inner_bias", "none");
+  if (bias == "trained")
+    options.inner_bias = seqmix::TttInnerBias::trained;
+  else if (bias != "none")
+    throw CaseError(c.id() + ": param 'inner_bias' must be \"none\" or \"trained\", got \"" + bias + "\"");
   return options;
 }
 
@@ -24,9 +31,11 @@ OutputMap run_ttt_linear(const CaseData& c, bool fast) {
   in.ln_bias = c.in<2>("ln_bias", "H,K");
   in.token_scale = c.opt_in<1>("token_scale", "mini_batch");
   in.initial_w = c.opt_in<4>("initial_w", "B,H,K,K");
+  in.initial_b = c.opt_in<3>("initial_b", "B,H,K");
   OutputMap out;
   seqmix::TttLinearOutputs outputs{c.make_output<4>(out, "z")};
   if (c.outputs.count("final_w")) outputs.final_w = c.make_output<4>(out, "final_w");
+  if (c.outputs.count("final_b")) outputs.final_b = c.make_output<3>(out, "final_b");
   fast ? seqmix::ttt_linear(in, outputs, ttt_options(c)) : seqmix::reference::ttt_linear(in, outputs, ttt_options(c));
   return out;
 }

@@ -65,11 +65,14 @@ struct TttLinearScratch {
   std::vector<float> Z, G, Zq;     // [bs,K] k W_0, dl/dz per token, q W_t
   std::vector<float> A;            // [bs,bs] c_t eta_s (q_t . k_s), causal
   std::vector<float> eta;          // [bs]
+  std::vector<float> bias, bias_acc;  // [K] the row's current b_0, and sum_{s <= t} eta_s dl/dz_s
+  bool has_bias = false;           // options.inner_bias == trained: f(x) = x W + b
   TttLnBlock ln;                   // the head's LayerNorm
   chunkwise::ProductScratch finite_g;  // sized only by a mini-batch with a non-finite gradient
   TttLinearScratch(index_t K_, index_t bs_)
       : K(K_), bs(bs_), W(static_cast<std::size_t>(K_ * K_)), Q(static_cast<std::size_t>(bs_ * K_)), X(Q), V(Q),
-        Z(Q), G(Q), Zq(Q), A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), ln(K_, bs_) {}
+        Z(Q), G(Q), Zq(Q), A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)),
+        bias(static_cast<std::size_t>(K_)), bias_acc(bias), ln(K_, bs_) {}
 };
 
 /// A = tril(c_t eta_s (L R^T)_ts) for the rows of L and R [n, cols].
@@ -89,7 +92,9 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   const index_t K = s.K;
   TttMap W(s.W.data(), K, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K), Z(s.Z.data(), n, K);
   TttMap V(s.V.data(), n, K), G(s.G.data(), n, K), Zq(s.Zq.data(), n, K), A(s.A.data(), n, n);
+  Eigen::Map<Eigen::RowVectorXf> bias(s.bias.data(), K), bias_acc(s.bias_acc.data(), K);
   Z.noalias() = X * W;
+  if (s.has_bias) Z.rowwise() += bias;
   // dl/dz of every token at W_0: the LayerNorm's backward of LN(z) + k - v.
   s.ln.forward(Z, G, eps);
   G += X - V;
@@ -100,10 +105,20 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   // Zq -= A G, causal also for a non-finite gradient (core/chunkwise/causal_product.hpp): one GEMM
   // would multiply the zeros above A's diagonal by a later token's NaN.
   chunkwise::add_lower_product(-A, G, Zq, s.finite_g);
+  // The bias seen by query t: b_t = b_0 - c_t sum_{s <= t} eta_s dl/dz_s (dl/db = dl/dz); the
+  // last row's sum is also the mini-batch's update of b.
+  const float last = c != nullptr ? c[n - 1] : 1.f;
+  if (s.has_bias) {
+    bias_acc.setZero();
+    for (index_t t = 0; t < n; ++t) {
+      bias_acc += s.eta[static_cast<std::size_t>(t)] * G.row(t);
+      Zq.row(t) += bias - (c != nullptr ? c[t] : 1.f) * bias_acc;
+    }
+    bias -= last * bias_acc;
+  }
   s.ln.forward(Zq, Zq, eps);
   Zq += Q;
   // W_{n-1} = W_0 - c_{n-1} X^T diag(eta) G (X is not needed any more: scaled in place).
-  const float last = c != nullptr ? c[n - 1] : 1.f;
   for (index_t t = 0; t < n; ++t) X.row(t) *= last * s.eta[static_cast<std::size_t>(t)];
   W.noalias() -= X.transpose() * G;
 }
@@ -257,16 +272,21 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
   const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
     detail::TttLinearScratch s(K, bs);
+    s.has_bias = options.inner_bias == TttInnerBias::trained;
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
       s.ln.load(in.ln_weight, in.ln_bias, h);
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j)
           s.W[static_cast<std::size_t>(i * K + j)] = in.initial_w.has_value() ? in.initial_w(b, h, i, j) : 0.f;
+      for (index_t j = 0; j < K; ++j)
+        s.bias[static_cast<std::size_t>(j)] = in.initial_b.has_value() ? in.initial_b(b, h, j) : 0.f;
       detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_linear_minibatch);
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t j = 0; j < K; ++j) out.final_w(b, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
+      if (out.final_b.has_value())
+        for (index_t j = 0; j < K; ++j) out.final_b(b, h, j) = s.bias[static_cast<std::size_t>(j)];
     }
   });
 }

@@ -1,7 +1,9 @@
 // ttt_linear: the TTT layer of Sun et al. 2024 ("Learning to (Learn at Test Time): RNNs with
 // Expressive Hidden States"), its hidden state a linear inner model trained by mini-batch
 // gradient descent on a self-supervised loss while the sequence is read. Per (batch, head), with
-// K the head size, rows of q, k, v in R^K and the inner model f_W(x) = x W, W [K,K]:
+// K the head size, rows of q, k, v in R^K and the inner model f_W(x) = x W, W [K,K] (with
+// options.inner_bias = trained, f(x) = x W + b, b [K], trained by the same rule; its gradient is
+// dl/dz itself, so the dual form adds b_0 - c_t sum_{s <= t} eta_s dl/dz_s to every query row):
 //
 //   LN(z)        = gamma * (z - mean(z)) / sqrt(var(z) + ln_eps) + beta      gamma, beta [K]
 //   l(W; k, v)   = 1/2 || LN(f_W(k)) + k - v ||^2                           the inner loss
@@ -38,6 +40,13 @@
 
 namespace seqmix {
 
+/// Whether the inner model has a bias (the authors' TTT-Linear f(x) = x W + b, initialized to
+/// zeros and trained by the same gradient steps as W).
+enum class TttInnerBias {
+  none,     ///< f(x) = x W (no bias state)
+  trained,  ///< f(x) = x W + b, b [K] per (row, head) a state beside W: initial_b / final_b, the step's b
+};
+
 /// Options of ttt_linear and ttt_linear_step.
 struct TttOptions {
   /// Tokens per mini-batch b, in [1, 1024]; 16 as in the paper. The step is always b = 1.
@@ -48,6 +57,8 @@ struct TttOptions {
   /// through reversed views, not copied, and the mini-batches are counted from the last token;
   /// final weights are those after token 0. The steps ignore it.
   bool reverse = false;
+  /// ttt_linear and ttt_linear_step only (ttt_mlp refuses `trained`): the inner bias b.
+  TttInnerBias inner_bias = TttInnerBias::none;
 };
 
 /// Prefill arguments of ttt_linear.
@@ -60,6 +71,9 @@ struct TttLinearInputs {
   ConstView<float, 2> ln_bias;          ///< [H,K] LayerNorm shift beta
   ConstView<float, 1> token_scale = {}; ///< [mini_batch] c_i per position in the mini-batch, optional (ones)
   ConstView<float, 4> initial_w = {};   ///< [B,H,K,K] W[i][j]: f(x)_j = sum_i x_i W[i][j], optional (zeros)
+  /// [B,H,K] the inner bias b with options.inner_bias = trained, optional (zeros, the authors'
+  /// initialization); refused otherwise. Rows as initial_w's (N or the pool's with serving).
+  ConstView<float, 3> initial_b = {};
   /// Optional serving arguments (core/batch.hpp): packed tokens (cu_seqlens [N+1], token tensors
   /// [1,total_T,...], weights [N,H,K,K]; each sequence starts its own mini-batches), state slots
   /// (state_indices [N] into a pool [P,H,K,K], -1 = padding: nothing read or written) and
@@ -72,6 +86,7 @@ struct TttLinearInputs {
 struct TttLinearOutputs {
   TensorView<float, 4> z;               ///< [B,T,H,K]
   TensorView<float, 4> final_w = {};    ///< [B,H,K,K]
+  TensorView<float, 3> final_b = {};    ///< [B,H,K] with options.inner_bias = trained, optional; may be initial_b
 };
 
 /// Decode-step arguments of ttt_linear_step and ttt_mlp_step (TttLinearStepInputs, TttMlpStepInputs):
@@ -96,6 +111,9 @@ using TttLinearStepInputs = TttStepInputs;
 struct TttLinearStepOutputs {
   TensorView<float, 3> z;  ///< [B,H,K]
   TensorView<float, 4> w;  ///< [B,H,K,K] (or the pool [P,H,K,K] with batch.state_indices)
+  /// [B,H,K] (or [P,H,K]) the inner bias, read and updated in place: required with
+  /// options.inner_bias = trained, refused otherwise.
+  TensorView<float, 3> b = {};
 };
 
 /// Prefill arguments of ttt_mlp: as ttt_linear's, the inner model a two-layer MLP
@@ -207,9 +225,9 @@ inline TttDims validate_ttt_common(const ArgCheck& check, const In& in, const Ou
 }
 
 /// A final state view: shape, and no overlap with z or an input; it may be its initial view.
-template <class In, class Out, class Final, class Initial>
+template <class In, class Out, class Final, class Initial, std::size_t R>
 inline void check_ttt_final(const ArgCheck& check, const In& in, const Out& out, const char* name, const Final& fin,
-                            const char* initial_name, const Initial& initial, const std::array<index_t, 4>& shape,
+                            const char* initial_name, const Initial& initial, const std::array<index_t, R>& shape,
                             const char* dims) {
   check.optional_shape(name, fin, shape, dims);
   check.no_overlap("z", out.z, name, fin);
@@ -218,6 +236,34 @@ inline void check_ttt_final(const ArgCheck& check, const In& in, const Out& out,
   check.no_overlap(name, fin, "q", in.q).no_overlap(name, fin, "k", in.k).no_overlap(name, fin, "v", in.v);
   check.no_overlap(name, fin, "eta", in.eta).no_overlap(name, fin, "ln_weight", in.ln_weight);
   check.no_overlap(name, fin, "ln_bias", in.ln_bias).no_overlap(name, fin, "token_scale", in.token_scale);
+}
+
+/// The inner bias of a ttt_linear prefill: given only with options.inner_bias = trained, shape
+/// [rows,H,K] (rows: B, or -1 for a serving call), no overlap with the weights or z.
+inline void check_ttt_linear_bias(const ArgCheck& check, const TttLinearInputs& in, const TttLinearOutputs& out,
+                                  const TttOptions& options, index_t rows) {
+  const bool trained = options.inner_bias == TttInnerBias::trained;
+  if (!trained && (in.initial_b.has_value() || out.final_b.has_value()))
+    check.fail(in.initial_b.has_value() ? "initial_b" : "final_b",
+               "is given but options.inner_bias is none (set it to trained for f(x) = x W + b)");
+  if (!trained) return;
+  const index_t H = in.q.size(2), K = in.q.size(3);
+  const std::array<index_t, 3> bshape{rows, H, K};
+  const char* dims = rows >= 0 ? "B,H,K" : "N,H,K";
+  check.optional_shape("initial_b", in.initial_b, bshape, dims);
+  check.no_overlap("z", out.z, "initial_b", in.initial_b).no_overlap("initial_w", in.initial_w, "initial_b", in.initial_b);
+  check_ttt_final(check, in, out, "final_b", out.final_b, "initial_b", in.initial_b, bshape, dims);
+  check.no_overlap("final_b", out.final_b, "initial_w", in.initial_w).no_overlap("final_b", out.final_b, "final_w", out.final_w);
+  check.no_overlap("final_w", out.final_w, "initial_b", in.initial_b);
+  // Bias and weights rows must agree (the same sequences or slots).
+  const index_t wrows = in.initial_w.has_value() ? in.initial_w.size(0) : out.final_w.has_value() ? out.final_w.size(0) : -1;
+  const index_t brows = in.initial_b.has_value() ? in.initial_b.size(0) : out.final_b.has_value() ? out.final_b.size(0) : -1;
+  if (wrows >= 0 && brows >= 0 && wrows != brows)
+    check.fail(in.initial_b.has_value() ? "initial_b" : "final_b",
+               "must have as many rows as the weights (" + std::to_string(wrows) + "), got " + std::to_string(brows));
+  if (in.initial_b.has_value() && out.final_b.has_value() && in.initial_b.size(0) != out.final_b.size(0))
+    check.fail("final_b", "must have as many rows as initial_b (" + std::to_string(in.initial_b.size(0)) + "), got " +
+                              std::to_string(out.final_b.size(0)));
 }
 
 inline TttDims validate_ttt_linear(const ArgCheck& check, const TttLinearInputs& in, const TttLinearOutputs& out,
@@ -230,9 +276,12 @@ inline TttDims validate_ttt_linear(const ArgCheck& check, const TttLinearInputs&
   check.optional_shape("initial_w", in.initial_w, wshape, dims);
   check.no_overlap("z", out.z, "initial_w", in.initial_w);
   check_ttt_final(check, in, out, "final_w", out.final_w, "initial_w", in.initial_w, wshape, dims);
+  check_ttt_linear_bias(check, in, out, options, wshape[0]);
   if (!plain) {
-    const index_t rows = rnn_state_rows(check, "initial_w", in.initial_w, "final_w", out.final_w);
-    const SequenceMap m = SequenceMap::make(check, in.batch, d.B, d.T, in.initial_w.has_value(), rows);
+    index_t rows = rnn_state_rows(check, "initial_w", in.initial_w, "final_w", out.final_w);
+    if (rows < 0) rows = rnn_state_rows(check, "initial_b", in.initial_b, "final_b", out.final_b);
+    const bool reads = in.initial_w.has_value() || in.initial_b.has_value();
+    const SequenceMap m = SequenceMap::make(check, in.batch, d.B, d.T, reads, rows);
     if (map != nullptr) *map = m;
   }
   return d;
@@ -256,9 +305,9 @@ inline TttDims validate_ttt_step_common(const ArgCheck& check, const In& in, con
   return {B, 1, H, K};
 }
 
-template <class In, class Out, class State>
+template <class In, class Out, class State, std::size_t R>
 inline void check_ttt_step_state(const ArgCheck& check, const In& in, const Out& out, const char* name,
-                                 const State& s, const std::array<index_t, 4>& shape, const char* dims) {
+                                 const State& s, const std::array<index_t, R>& shape, const char* dims) {
   check.shape(name, s, shape, dims);
   check.no_overlap(name, s, "z", out.z).no_overlap(name, s, "q", in.q).no_overlap(name, s, "k", in.k);
   check.no_overlap(name, s, "v", in.v).no_overlap(name, s, "eta", in.eta);
@@ -279,8 +328,21 @@ inline TttDims validate_ttt_linear_step(const ArgCheck& check, const TttLinearSt
   const bool plain = rnn_plain_batch(in.batch);
   check_ttt_step_state(check, in, out, "w", out.w, std::array<index_t, 4>{plain ? d.B : -1, d.H, d.K, d.K},
                        plain ? "B,H,K,K" : "P,H,K,K");
+  if (options.inner_bias == TttInnerBias::trained) {
+    check_ttt_step_state(check, in, out, "b", out.b, std::array<index_t, 3>{out.w.size(0), d.H, d.K},
+                         plain ? "B,H,K" : "P,H,K");
+    check.no_overlap("b", out.b, "w", out.w);
+  } else if (out.b.has_value()) {
+    check.fail("b", "is given but options.inner_bias is none (set it to trained for f(x) = x W + b)");
+  }
   check_ttt_step_batch(check, in.batch, d.B, out.w.size(0));
   return d;
+}
+
+// ttt_mlp's inner model has no biases yet: refused rather than ignored.
+inline void check_ttt_mlp_no_bias(const ArgCheck& check, const TttOptions& options) {
+  if (options.inner_bias != TttInnerBias::none)
+    check.fail("options.inner_bias", "must be none for ttt_mlp (inner biases b1, b2 are not implemented)");
 }
 
 /// ttt_mlp's checks; returns B, T, H, K and M (the hidden size, from initial_w1).
@@ -308,6 +370,7 @@ inline TttDims validate_ttt_mlp(const ArgCheck& check, const TttMlpInputs& in, c
   check.no_overlap("final_w1", out.final_w1, "initial_w2", in.initial_w2);
   check.no_overlap("final_w2", out.final_w2, "initial_w1", in.initial_w1);
   check.no_overlap("final_w1", out.final_w1, "final_w2", out.final_w2);
+  check_ttt_mlp_no_bias(check, options);
   return d;
 }
 
@@ -325,6 +388,7 @@ inline TttDims validate_ttt_mlp_step(const ArgCheck& check, const TttMlpStepInpu
   check_ttt_step_state(check, in, out, "w2", out.w2, std::array<index_t, 4>{P, d.H, *M, d.K}, plain ? "B,H,M,K" : "P,H,M,K");
   check.no_overlap("w1", out.w1, "w2", out.w2);
   check_ttt_step_batch(check, in.batch, d.B, P);
+  check_ttt_mlp_no_bias(check, options);
   return d;
 }
 
@@ -351,6 +415,8 @@ inline void ttt_linear_sequence_states(TttLinearInputs& in1, TttLinearOutputs& o
                                        const TttLinearOutputs& out, const SequenceSpan& s) {
   in1.initial_w = rnn_state_row(in.initial_w, s, s.read_state);
   out1.final_w = rnn_state_row(out.final_w, s, true);
+  in1.initial_b = rnn_state_row(in.initial_b, s, s.read_state);
+  out1.final_b = rnn_state_row(out.final_b, s, true);
 }
 
 inline void ttt_mlp_sequence_states(TttMlpInputs& in1, TttMlpOutputs& out1, const TttMlpInputs& in,
@@ -394,23 +460,34 @@ inline double ttt_residual_loss(const std::vector<double>& z, const std::vector<
 
 namespace reference {
 
+/// The inner loss with a bias, l(W, b; k, v) = 1/2 ||LN(k W + b) + k - v||^2 (options.inner_bias
+/// = trained), in double. With grad / grad_b given, writes dl/dW [K,K] and dl/db = dl/dz [K].
+inline double ttt_linear_inner_loss(const std::vector<double>& W, const std::vector<double>& bias,
+                                    const std::vector<double>& k, const std::vector<double>& v,
+                                    const std::vector<double>& gamma, const std::vector<double>& beta, double ln_eps,
+                                    std::vector<double>* grad, std::vector<double>* grad_b) {
+  const index_t K = static_cast<index_t>(k.size());
+  std::vector<double> zr(bias), y(static_cast<std::size_t>(K)), dy(y);
+  for (index_t i = 0; i < K; ++i)
+    for (index_t j = 0; j < K; ++j) zr[j] += k[i] * W[i * K + j];
+  const bool backward = grad != nullptr || grad_b != nullptr;
+  const double loss = detail::ttt_residual_loss(zr, k, v, gamma, beta, ln_eps, y, dy, backward);
+  if (grad != nullptr) {
+    grad->assign(static_cast<std::size_t>(K * K), 0.0);
+    for (index_t i = 0; i < K; ++i)
+      for (index_t j = 0; j < K; ++j) (*grad)[i * K + j] = k[i] * dy[j];  // dl/dW = k^T dl/dz
+  }
+  if (grad_b != nullptr) *grad_b = dy;  // dl/db = dl/dz
+  return loss;
+}
+
 /// The inner loss l(W; k, v) = 1/2 ||LN(k W) + k - v||^2 of ttt_linear in double: W row-major
 /// [K,K], k, v, gamma, beta [K]. With `grad` given, writes dl/dW (row-major [K,K]) into it.
 inline double ttt_linear_inner_loss(const std::vector<double>& W, const std::vector<double>& k,
                                     const std::vector<double>& v, const std::vector<double>& gamma,
                                     const std::vector<double>& beta, double ln_eps,
                                     std::vector<double>* grad = nullptr) {
-  const index_t K = static_cast<index_t>(k.size());
-  std::vector<double> zr(static_cast<std::size_t>(K), 0.0), y(zr), dy(zr);
-  for (index_t i = 0; i < K; ++i)
-    for (index_t j = 0; j < K; ++j) zr[j] += k[i] * W[i * K + j];
-  const double loss = detail::ttt_residual_loss(zr, k, v, gamma, beta, ln_eps, y, dy, grad != nullptr);
-  if (grad != nullptr) {
-    grad->assign(static_cast<std::size_t>(K * K), 0.0);
-    for (index_t i = 0; i < K; ++i)
-      for (index_t j = 0; j < K; ++j) (*grad)[i * K + j] = k[i] * dy[j];  // dl/dW = k^T dl/dz
-  }
-  return loss;
+  return ttt_linear_inner_loss(W, std::vector<double>(k.size(), 0.0), k, v, gamma, beta, ln_eps, grad, nullptr);
 }
 
 /// The ttt_linear definition (top of this file) per mini-batch: every token's gradient matrix at
@@ -436,38 +513,47 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
         [&](const TttLinearInputs& in1, const TttLinearOutputs& out1) { ttt_linear(in1, out1, options, executor); });
   const index_t K = d.K, KK = K * K, bs = options.mini_batch;
   const double eps = options.ln_eps;
+  const bool biased = options.inner_bias == TttInnerBias::trained;
   std::vector<double> W(static_cast<std::size_t>(KK)), Wt(W), acc(W), grad(W);
   std::vector<double> kr(static_cast<std::size_t>(K)), vr(kr), qr(kr), gamma(kr), beta(kr), zq(kr), y(kr);
+  std::vector<double> bias(kr), acc_b(kr), grad_b(kr);  // b, sum_{s <= t} eta_s dl/db_s, one token's dl/db
   for (index_t b = 0; b < d.B; ++b)
     for (index_t h = 0; h < d.H; ++h) {
       for (index_t j = 0; j < K; ++j) gamma[j] = in.ln_weight(h, j), beta[j] = in.ln_bias(h, j);
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) W[i * K + j] = in.initial_w.has_value() ? in.initial_w(b, h, i, j) : 0.0;
+      for (index_t j = 0; j < K; ++j) bias[j] = in.initial_b.has_value() ? in.initial_b(b, h, j) : 0.0;
       const auto g = [&](index_t j) { return gamma[j]; };
       const auto bt = [&](index_t j) { return beta[j]; };
       for (index_t t0 = 0; t0 < d.T; t0 += bs) {
         const index_t n = std::min(bs, d.T - t0);
         std::fill(acc.begin(), acc.end(), 0.0);  // sum_{s <= t} eta_s grad l(W_0; k_s, v_s)
+        std::fill(acc_b.begin(), acc_b.end(), 0.0);
         double c = 1;
         for (index_t i = 0; i < n; ++i) {
           const index_t t = t0 + i;
           for (index_t j = 0; j < K; ++j) kr[j] = in.k(b, t, h, j), vr[j] = in.v(b, t, h, j), qr[j] = in.q(b, t, h, j);
-          ttt_linear_inner_loss(W, kr, vr, gamma, beta, eps, &grad);
+          ttt_linear_inner_loss(W, bias, kr, vr, gamma, beta, eps, &grad, &grad_b);
           const double eta = in.eta(b, t, h);
           for (index_t e = 0; e < KK; ++e) acc[e] += eta * grad[e];
+          if (biased)
+            for (index_t j = 0; j < K; ++j) acc_b[j] += eta * grad_b[j];
           c = in.token_scale.has_value() ? double(in.token_scale(i)) : 1.0;
           for (index_t e = 0; e < KK; ++e) Wt[e] = W[e] - c * acc[e];
-          std::fill(zq.begin(), zq.end(), 0.0);
+          for (index_t j = 0; j < K; ++j) zq[j] = bias[j] - c * acc_b[j];  // b_t (zero without a bias)
           for (index_t r = 0; r < K; ++r)
             for (index_t j = 0; j < K; ++j) zq[j] += qr[r] * Wt[r * K + j];
           detail::ttt_layer_norm<double>(zq.data(), K, g, bt, eps, y.data(), static_cast<double*>(nullptr));
           for (index_t j = 0; j < K; ++j) out.z(b, t, h, j) = static_cast<float>(qr[j] + y[j]);
         }
         for (index_t e = 0; e < KK; ++e) W[e] -= c * acc[e];  // W_{t0+n-1}: the last position's scale
+        for (index_t j = 0; j < K; ++j) bias[j] -= c * acc_b[j];
       }
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t j = 0; j < K; ++j) out.final_w(b, h, i, j) = static_cast<float>(W[i * K + j]);
+      if (out.final_b.has_value())
+        for (index_t j = 0; j < K; ++j) out.final_b(b, h, j) = static_cast<float>(bias[j]);
     }
 }
 

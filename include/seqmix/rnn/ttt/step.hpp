@@ -33,7 +33,8 @@ inline index_t ttt_step_row(const SequenceBatch& batch, index_t b) {
 }  // namespace detail
 
 /// One TTT-Linear token per (batch row, head): W -= eta grad l(W; k, v), then z = q + LN(q W)
-/// with the updated W. This is ttt_linear with mini_batch = 1 (and no token_scale: fold a
+/// with the updated W (with options.inner_bias = trained also b -= eta dl/dz, out.b [B,H,K] or
+/// [P,H,K] in place, and z = q + LN(q W + b)). This is ttt_linear with mini_batch = 1 (and no token_scale: fold a
 /// position scale into eta), not a token of a b = 16 prefill: inside a mini-batch of 16 every
 /// gradient is taken at the mini-batch's first weights. Threaded over (batch, head) rows. With
 /// in.batch.state_indices, w is a pool [P,H,K,K] and row b updates pool row state_indices[b]
@@ -46,6 +47,7 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
   const index_t K = d.K;
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
     detail::TttLinearScratch& s = detail::ttt_linear_step_scratch(K);
+    s.has_bias = options.inner_bias == TttInnerBias::trained;
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
       const index_t p = detail::ttt_step_row(in.batch, b);  // the weights' (pool) row
@@ -54,11 +56,15 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
       s.ln.load(in.ln_weight, in.ln_bias, h);
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) s.W[static_cast<std::size_t>(i * K + j)] = fresh ? 0.f : out.w(p, h, i, j);
+      if (s.has_bias)
+        for (index_t j = 0; j < K; ++j) s.bias[static_cast<std::size_t>(j)] = fresh ? 0.f : out.b(p, h, j);
       detail::ttt_load_step(s, in, b, h);
       detail::ttt_linear_minibatch(s, 1, nullptr, options.ln_eps);
       for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) out.w(p, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
+      if (s.has_bias)
+        for (index_t j = 0; j < K; ++j) out.b(p, h, j) = s.bias[static_cast<std::size_t>(j)];
     }
   });
 }
