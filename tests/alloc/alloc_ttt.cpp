@@ -1,6 +1,7 @@
-// Zero heap allocations on the decode path of the test-time-training layers: ttt_linear_step and
-// ttt_mlp_step, dense and through state slots (a pool with holes, a padding row, a fresh
-// ttt_linear sequence), serially and on a ThreadPool(2), after a warm-up.
+// Zero heap allocations on the decode path of the test-time-training layers: ttt_linear_step
+// (with and without its inner bias) and ttt_mlp_step, dense and through state slots (a pool with
+// holes, a padding row, a fresh ttt_linear sequence), serially and on a ThreadPool(2), after a
+// warm-up.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -48,6 +49,13 @@ TEST_CASE("ttt decode steps allocate nothing after warm-up", "[alloc][ttt]") {
         if (slotted) lin.batch.has_initial_state = kTttInit;
         INFO("ttt_linear_step");
         CHECK(st::allocations_after_warmup(ex, [&] { seqmix::ttt_linear_step(lin, {z.view(), w.view()}, {}, ex); }) == 0);
+        // With the inner bias b (a [S,H,K] state beside W).
+        Tensor<float, 3> bias = st::random_tensor<3>({S, H, K}, 10);
+        seqmix::TttOptions biased;
+        biased.inner_bias = seqmix::TttInnerBias::trained;
+        INFO("ttt_linear_step, inner bias");
+        CHECK(st::allocations_after_warmup(
+                  ex, [&] { seqmix::ttt_linear_step(lin, {z.view(), w.view(), bias.view()}, biased, ex); }) == 0);
       }
       {
         Tensor<float, 4> w1 = st::random_tensor<4>({S, H, K, M}, 8, -0.1f, 0.1f);

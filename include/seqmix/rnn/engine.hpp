@@ -7,6 +7,9 @@
 //     step is one GEMV/GEMM per block, ah = h_{t-1} W_blk^T, followed by the cell's elementwise
 //     update of the block's units. Blocks are spread over the executor's threads when a step has
 //     enough work to pay for the hand-off (one executor run, i.e. one barrier, per token).
+//  3. Serving (packed sequences, slots): the running sequences are the rows of one run, longest
+//     first, each with its own token count; at token t only the prefix of rows still running
+//     takes part, so W_hh is read once per token for all of them rather than once per sequence.
 #pragma once
 
 #include <algorithm>
@@ -114,75 +117,145 @@ inline std::vector<std::vector<RnnBlock>> rnn_blocks(const RnnDims& d, index_t p
   return tasks;
 }
 
-// A cell run over [B,T] tokens: the prefill, and the step as T = 1 (initial_state and
-// final_state then both being the step's state). `pack` copies each block's W_hh rows once
-// (worth it from a few tokens on).
-template <class Cell>
-void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<float, 2>& w_ih,
-             const ConstView<float, 2>& w_hh, const ConstView<float, 1>& b_ih, const ConstView<float, 1>& b_hh,
-             const ConstView<float, 3>& initial_state, const TensorView<float, 3>& y,
-             const TensorView<float, 3>& final_state, bool pack, const Executor& executor) {
+// The scratch of rnn_run: the blocks (packed W_hh rows, recurrent pre-activations), b_hh as a
+// dense row, the double-buffered state and the input pre-activations of a chunk of tokens. A
+// prefill builds one per call; the step keeps one per thread and reuses it, so that a step of an
+// unchanged shape allocates nothing (the blocks are re-cut only when H, Dh or the split change,
+// and the vectors only grow).
+struct RnnWorkspace {
+  index_t H = -1, Dh = -1, parts = -1;
+  std::vector<std::vector<RnnBlock>> tasks;
+  std::vector<float> b_hh_dense, state[2], ax, w_ih_copy;
+
+  void prepare(const RnnDims& d, index_t G, index_t S, index_t n_parts, index_t Tc) {
+    if (d.H != H || d.Dh != Dh || n_parts != parts) {
+      tasks = rnn_blocks(d, n_parts);
+      H = d.H, Dh = d.Dh, parts = n_parts;
+    }
+    for (auto& blocks : tasks)
+      for (RnnBlock& blk : blocks) blk.ah.resize(static_cast<std::size_t>(d.B * G * (blk.j1 - blk.j0)));
+    for (auto& st : state) st.assign(static_cast<std::size_t>(S * d.B * d.H), 0.f);
+    ax.resize(static_cast<std::size_t>(d.B * Tc * G * d.H));
+  }
+};
+
+// The rows of a dense run: every row has T tokens, x [B,T,I], y [B,T,H], states [B,S,H]
+// (initial and final optional; they may be the same view).
+struct RnnDenseRows {
+  ConstView<float, 3> x;
+  TensorView<float, 3> y;
+  ConstView<float, 3> initial;
+  TensorView<float, 3> final_state;
+  index_t T;
+  index_t tokens(index_t) const { return T; }
+  ConstView<float, 2> x_row(index_t b) const { return x[b]; }
+  TensorView<float, 2> y_row(index_t b) const { return y[b]; }
+  ConstView<float, 2> initial_row(index_t b) const { return initial.has_value() ? initial[b] : ConstView<float, 2>(); }
+  TensorView<float, 2> final_row(index_t b) const {
+    return final_state.has_value() ? final_state[b] : TensorView<float, 2>();
+  }
+};
+
+// The rows of a packed serving run: one row per running sequence, its own tokens x [T_b,I] and
+// y [T_b,H] and state rows [S,H] (empty: zeros / not written), rows ordered by decreasing T_b,
+// so that the rows still running at token t are a prefix [0, B_t) of the batch.
+struct RnnPackedRows {
+  std::vector<index_t> T;
+  std::vector<ConstView<float, 2>> x, initial;
+  std::vector<TensorView<float, 2>> y, final_state;
+  index_t tokens(index_t b) const { return T[static_cast<std::size_t>(b)]; }
+  ConstView<float, 2> x_row(index_t b) const { return x[static_cast<std::size_t>(b)]; }
+  TensorView<float, 2> y_row(index_t b) const { return y[static_cast<std::size_t>(b)]; }
+  ConstView<float, 2> initial_row(index_t b) const { return initial[static_cast<std::size_t>(b)]; }
+  TensorView<float, 2> final_row(index_t b) const { return final_state[static_cast<std::size_t>(b)]; }
+};
+
+// A cell run over B rows of tokens (`Rows`: RnnDenseRows or RnnPackedRows, T = d.T the longest
+// row): the prefill, and the step as T = 1 (initial and final state then both being the step's
+// state). Row b takes part in tokens [0, tokens(b)); rows are ordered by decreasing length, so at
+// token t the recurrent products and updates run over the running prefix of rows only, and a
+// row's final state is written when it stops. `pack` copies each block's W_hh rows once (worth
+// it from a few tokens on).
+template <class Cell, class Rows>
+void rnn_run(const RnnDims& d, const Rows& rows, const ConstView<float, 2>& w_ih, const ConstView<float, 2>& w_hh,
+             const ConstView<float, 1>& b_ih, const ConstView<float, 1>& b_hh, bool pack, const Executor& executor,
+             RnnWorkspace& ws) {
   constexpr index_t G = Cell::kGates, S = Cell::kStates;
   const index_t B = d.B, T = d.T, H = d.H, Dh = d.Dh, GH = G * H;
   if (B == 0 || H == 0) return;
   const index_t parts =
       executor.concurrency() > 1 && B * GH * Dh >= kRnnParallelWork ? index_t{executor.concurrency()} : index_t{1};
-  std::vector<std::vector<RnnBlock>> tasks = rnn_blocks(d, parts);
-  for (auto& blocks : tasks)
-    for (RnnBlock& blk : blocks) {
-      const index_t n = blk.j1 - blk.j0;
-      blk.ah.resize(static_cast<std::size_t>(B * G * n));
-      if (!pack) continue;
-      blk.w.resize(static_cast<std::size_t>(G * n * Dh));
-      for (index_t g = 0; g < G; ++g)
-        for (index_t u = 0; u < n; ++u)
-          for (index_t k = 0; k < Dh; ++k) blk.w[static_cast<std::size_t>((g * n + u) * Dh + k)] = w_hh(g * H + blk.j0 + u, k);
-    }
-  std::vector<float> b_hh_dense(static_cast<std::size_t>(GH), 0.f);
+  // Input pre-activations of a chunk of tokens: ax [B, Tc, G*H].
+  const index_t Tc = std::max<index_t>(1, std::min<index_t>(T, kRnnProjectionRows / B));
+  ws.prepare(d, G, S, parts, Tc);
+  std::vector<std::vector<RnnBlock>>& tasks = ws.tasks;
+  if (pack)
+    for (auto& blocks : tasks)
+      for (RnnBlock& blk : blocks) {
+        const index_t n = blk.j1 - blk.j0;
+        blk.w.resize(static_cast<std::size_t>(G * n * Dh));
+        for (index_t g = 0; g < G; ++g)
+          for (index_t u = 0; u < n; ++u)
+            for (index_t k = 0; k < Dh; ++k)
+              blk.w[static_cast<std::size_t>((g * n + u) * Dh + k)] = w_hh(g * H + blk.j0 + u, k);
+      }
+  std::vector<float>& b_hh_dense = ws.b_hh_dense;
+  b_hh_dense.assign(static_cast<std::size_t>(GH), 0.f);
   if (b_hh.has_value())
     for (index_t r = 0; r < GH; ++r) b_hh_dense[static_cast<std::size_t>(r)] = b_hh(r);
 
   // State [S][B][H], double-buffered: a step reads every unit of h_{t-1} while blocks write h_t.
-  std::vector<float> state[2];
-  for (auto& s : state) s.assign(static_cast<std::size_t>(S * B * H), 0.f);
-  if (initial_state.has_value())
-    for (index_t k = 0; k < S; ++k)
-      for (index_t b = 0; b < B; ++b)
-        for (index_t j = 0; j < H; ++j) state[0][static_cast<std::size_t>((k * B + b) * H + j)] = initial_state(b, k, j);
+  std::vector<float>* state = ws.state;
+  for (index_t b = 0; b < B; ++b) {
+    const ConstView<float, 2> init = rows.initial_row(b);
+    if (init.has_value())
+      for (index_t k = 0; k < S; ++k)
+        for (index_t j = 0; j < H; ++j) state[0][static_cast<std::size_t>((k * B + b) * H + j)] = init(k, j);
+  }
   int cur = 0;
+  // Rows [Bt, running) stop before token t: their state after their last token goes out now.
+  index_t running = B;
+  auto finish_rows = [&](index_t Bt) {
+    for (index_t b = Bt; b < running; ++b) {
+      const TensorView<float, 2> fin = rows.final_row(b);
+      if (!fin.has_value()) continue;
+      for (index_t k = 0; k < S; ++k)
+        for (index_t j = 0; j < H; ++j) fin(k, j) = state[cur][static_cast<std::size_t>((k * B + b) * H + j)];
+    }
+    running = Bt;
+  };
 
-  // Input pre-activations of a chunk of tokens: [B, Tc, G*H].
-  const index_t Tc = std::max<index_t>(1, std::min<index_t>(T, kRnnProjectionRows / B));
-  std::vector<float> ax(static_cast<std::size_t>(B * Tc * GH));
-  std::vector<float> w_ih_copy;
+  std::vector<float>& ax = ws.ax;
   const bool project = w_ih.has_value();
-  RnnRowMap w_ih_map = project ? rnn_rows(w_ih, w_ih_copy) : RnnRowMap(nullptr, 0, 0, Eigen::OuterStride<>(1));
+  RnnRowMap w_ih_map = project ? rnn_rows(w_ih, ws.w_ih_copy) : RnnRowMap(nullptr, 0, 0, Eigen::OuterStride<>(1));
   const index_t col_blocks = (GH + kRnnProjectionCols - 1) / kRnnProjectionCols;
 
-  auto step_block = [&](RnnBlock& blk, index_t t, index_t tt) {
+  // One block's recurrent product and update for the Bt running rows at token t (tt in the chunk).
+  auto step_block = [&](RnnBlock& blk, index_t t, index_t tt, index_t Bt) {
     const index_t n = blk.j1 - blk.j0, c0 = blk.head * Dh;
     const float* h_prev = state[cur].data();  // state 0 is h: [B][H]
     float* next = state[cur ^ 1].data();
     const float* prev = state[cur].data();
-    const RnnRowMap hb(h_prev + c0, B, Dh, Eigen::OuterStride<>(H));
-    if (pack && B >= 2) {
-      rnn_block_product(blk.w.data(), Dh, G * n, Dh, h_prev + c0, H, B, blk.ah.data(), G * n);
-    } else if (B >= 2 && w_hh.stride(1) == 1) {
+    const RnnRowMap hb(h_prev + c0, Bt, Dh, Eigen::OuterStride<>(H));
+    if (pack && Bt >= 2) {
+      rnn_block_product(blk.w.data(), Dh, G * n, Dh, h_prev + c0, H, Bt, blk.ah.data(), G * n);
+    } else if (Bt >= 2 && w_hh.stride(1) == 1) {
       for (index_t g = 0; g < G; ++g)
-        rnn_block_product(w_hh.ptr(g * H + blk.j0), w_hh.stride(0), n, Dh, h_prev + c0, H, B, blk.ah.data() + g * n, G * n);
+        rnn_block_product(w_hh.ptr(g * H + blk.j0), w_hh.stride(0), n, Dh, h_prev + c0, H, Bt, blk.ah.data() + g * n, G * n);
     } else if (pack) {
-      RnnMutRowMap ah(blk.ah.data(), B, G * n, Eigen::OuterStride<>(G * n));
+      RnnMutRowMap ah(blk.ah.data(), Bt, G * n, Eigen::OuterStride<>(G * n));
       const RnnRowMap w(blk.w.data(), G * n, Dh, Eigen::OuterStride<>(Dh));
       ah.noalias() = hb * w.transpose();
     } else {
       for (index_t g = 0; g < G; ++g) {
-        RnnMutRowMap ah(blk.ah.data() + g * n, B, n, Eigen::OuterStride<>(G * n));
+        RnnMutRowMap ah(blk.ah.data() + g * n, Bt, n, Eigen::OuterStride<>(G * n));
         ah.noalias() = hb * rnn_rows(w_hh.slice(0, g * H + blk.j0, n), blk.copy).transpose();
       }
     }
-    for (index_t b = 0; b < B; ++b) {
+    for (index_t b = 0; b < Bt; ++b) {
       const float* ax_row = ax.data() + (b * Tc + tt) * GH;
       const float* ah_row = blk.ah.data() + b * G * n;
+      const TensorView<float, 2> y = rows.y_row(b);  // [T_b, H]
       // Vectors of units first (the cell's update on simd lanes), then the ragged tail.
       const index_t nv = simd::vector_end(n);
       for (index_t u = 0; u < nv; u += simd::kWidth) {
@@ -195,12 +268,12 @@ void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<flo
         for (index_t k = 0; k < S; ++k) s[k] = simd::load(prev + (k * B + b) * H + j);
         Cell::update(a_in, a_rec, s);
         for (index_t k = 0; k < S; ++k) simd::store(next + (k * B + b) * H + j, s[k]);
-        if (y.stride(2) == 1) {
-          simd::store(y.ptr(b, t, j), s[0]);
+        if (y.stride(1) == 1) {
+          simd::store(y.ptr(t, j), s[0]);
         } else {
           alignas(64) float lanes[simd::kFloatWidth];
           s[0].store_aligned(lanes);
-          for (index_t l = 0; l < simd::kWidth; ++l) y(b, t, j + l) = lanes[l];
+          for (index_t l = 0; l < simd::kWidth; ++l) y(t, j + l) = lanes[l];
         }
       }
       for (index_t u = nv; u < n; ++u) {
@@ -213,7 +286,7 @@ void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<flo
         for (index_t k = 0; k < S; ++k) s[k] = prev[(k * B + b) * H + j];
         Cell::update(a_in, a_rec, s);
         for (index_t k = 0; k < S; ++k) next[(k * B + b) * H + j] = s[k];
-        y(b, t, j) = s[0];
+        y(t, j) = s[0];
       }
     }
   };
@@ -225,8 +298,10 @@ void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<flo
       for (index_t i = begin; i < end; ++i) {
         const index_t b = i / col_blocks, c0 = (i % col_blocks) * kRnnProjectionCols;
         const index_t nc = std::min(kRnnProjectionCols, GH - c0);
-        RnnMutRowMap out(ax.data() + b * Tc * GH + c0, nt, nc, Eigen::OuterStride<>(GH));
-        const RnnRowMap xs = rnn_rows(x[b].slice(0, t0, nt), x_copy);
+        const index_t ntb = std::min(nt, rows.tokens(b) - t0);  // row b's tokens in this chunk
+        if (ntb <= 0) continue;
+        RnnMutRowMap out(ax.data() + b * Tc * GH + c0, ntb, nc, Eigen::OuterStride<>(GH));
+        const RnnRowMap xs = rnn_rows(rows.x_row(b).slice(0, t0, ntb), x_copy);
         if (project)
           out.noalias() = xs * w_ih_map.middleRows(c0, nc).transpose();
         else
@@ -237,8 +312,11 @@ void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<flo
     });
     for (index_t tt = 0; tt < nt; ++tt) {
       const index_t t = t0 + tt;
+      index_t Bt = running;
+      while (Bt > 0 && rows.tokens(Bt - 1) <= t) --Bt;
+      finish_rows(Bt);
       auto body = [&](index_t p) {
-        for (RnnBlock& blk : tasks[static_cast<std::size_t>(p)]) step_block(blk, t, tt);
+        for (RnnBlock& blk : tasks[static_cast<std::size_t>(p)]) step_block(blk, t, tt, Bt);
       };
       if (parts == 1)
         body(0);
@@ -247,10 +325,29 @@ void rnn_run(const RnnDims& d, const ConstView<float, 3>& x, const ConstView<flo
       cur ^= 1;
     }
   }
-  if (final_state.has_value())
-    for (index_t k = 0; k < S; ++k)
-      for (index_t b = 0; b < B; ++b)
-        for (index_t j = 0; j < H; ++j) final_state(b, k, j) = state[cur][static_cast<std::size_t>((k * B + b) * H + j)];
+  finish_rows(0);
+}
+
+// The running sequences of a validated serving call as the rows of one batched run, ordered by
+// decreasing length (ties in call order). Padding sequences (state row -1) are left out: their
+// outputs stay untouched.
+inline RnnPackedRows rnn_packed_rows(const SequenceMap& map, const RnnInputs& in, const RnnOutputs& out) {
+  std::vector<SequenceSpan> spans;
+  for (index_t n = 0; n < map.sequences(); ++n)
+    if (map[n].state_row >= 0) spans.push_back(map[n]);
+  std::stable_sort(spans.begin(), spans.end(),
+                   [](const SequenceSpan& a, const SequenceSpan& b) { return a.tokens > b.tokens; });
+  RnnPackedRows rows;
+  for (const SequenceSpan& s : spans) {
+    rows.T.push_back(s.tokens);
+    rows.x.push_back(rnn_sequence_rows(in.x, s)[0]);
+    rows.y.push_back(rnn_sequence_rows(out.y, s)[0]);
+    const ConstView<float, 3> init = rnn_state_row(in.initial_state, s, s.read_state);
+    rows.initial.push_back(init.has_value() ? init[0] : ConstView<float, 2>());
+    const TensorView<float, 3> fin = rnn_state_row(out.final_state, s, true);
+    rows.final_state.push_back(fin.has_value() ? fin[0] : TensorView<float, 2>());
+  }
+  return rows;
 }
 
 // Prefill entry shared by the cells.
@@ -260,15 +357,22 @@ void rnn_prefill(const char* op, const RnnInputs& in, const RnnOutputs& out, con
   const ArgCheck check(op);
   SequenceMap map;
   const RnnDims d = validate_rnn<Cell>(check, in, out, options, &map);
-  // A serving call (packed tokens, slots or fresh-state flags): each running sequence as a dense
-  // B = 1 call of its own, its state row read and written in place.
-  if (!rnn_plain_batch(in.batch))
-    return rnn_for_each_sequence(map, in, out, [&](const RnnInputs& in1, const RnnOutputs& out1) {
-      rnn_prefill<Cell>(op, in1, out1, options, executor);
-    });
+  RnnWorkspace ws;
+  // reverse (refused with cu_seqlens): every row runs its T tokens through reversed views.
   const auto [x, y] = options.reverse ? reversed_call(in, out) : std::make_pair(in, out);
-  rnn_run<Cell>(d, x.x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, in.initial_state, y.y, out.final_state, d.T >= 4,
-                executor);
+  // A serving call (packed tokens, slots or fresh-state flags): the running sequences as the rows
+  // of one batched run, longest first, so that each token's recurrent step reads W_hh once for
+  // all sequences still running; state rows read and written in place.
+  if (!rnn_plain_batch(in.batch)) {
+    const RnnPackedRows rows = rnn_packed_rows(map, x, y);
+    RnnDims dp = d;
+    dp.B = static_cast<index_t>(rows.T.size());
+    dp.T = dp.B > 0 ? rows.T[0] : 0;
+    rnn_run<Cell>(dp, rows, in.w_ih, in.w_hh, in.b_ih, in.b_hh, dp.T >= 4, executor, ws);
+    return;
+  }
+  const RnnDenseRows rows{x.x, y.y, in.initial_state, out.final_state, d.T};
+  rnn_run<Cell>(d, rows, in.w_ih, in.w_hh, in.b_ih, in.b_hh, d.T >= 4, executor, ws);
 }
 
 // Step entry shared by the cells: the run above with one token and the state in place.
@@ -278,8 +382,11 @@ void rnn_step(const ArgCheck& check, const RnnStepInputs& in, const RnnStepOutpu
   RnnDims d = validate_rnn_step<Cell>(check, in, out, options);
   const ConstView<float, 3> x(in.x.data(), {d.B, 1, in.x.size(1)}, {in.x.stride(0), 0, in.x.stride(1)});
   const TensorView<float, 3> y(out.y.data(), {d.B, 1, d.H}, {out.y.stride(0), 0, out.y.stride(1)});
+  // The per-thread scratch of this cell's steps: no heap allocation after warm-up
+  // (tests/alloc/alloc_cells.cpp).
+  thread_local RnnWorkspace ws;
   if (rnn_plain_batch(in.batch)) {
-    rnn_run<Cell>(d, x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, out.state, y, out.state, false, executor);
+    rnn_run<Cell>(d, RnnDenseRows{x, y, out.state, out.state, 1}, in.w_ih, in.w_hh, in.b_ih, in.b_hh, false, executor, ws);
     return;
   }
   // Slots: the B rows' states gathered into a dense per-thread scratch [B,S,H] (zeros for a fresh
@@ -305,7 +412,7 @@ void rnn_step(const ArgCheck& check, const RnnStepInputs& in, const RnnStepOutpu
     y_padded.resize(static_cast<std::size_t>(d.B * d.H));
     y_run = TensorView<float, 3>(y_padded.data(), {d.B, 1, d.H});
   }
-  rnn_run<Cell>(d, x, in.w_ih, in.w_hh, in.b_ih, in.b_hh, state, y_run, state, false, executor);
+  rnn_run<Cell>(d, RnnDenseRows{x, y_run, state, state, 1}, in.w_ih, in.w_hh, in.b_ih, in.b_hh, false, executor, ws);
   for (index_t b = 0; b < d.B; ++b) {
     const index_t row = row_of(b);
     if (row < 0) continue;

@@ -1,17 +1,37 @@
 // mlstm, decode step: one token per batch row and head, the state (c, n, m) updated in place.
 #pragma once
 
+#include <optional>
+
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/rnn/mlstm/chunked.hpp"
 #include "seqmix/rnn/mlstm/reference.hpp"
 
 namespace seqmix {
+namespace detail {
+
+// The step's per-thread scratch (one token's q, k, v and numerator; C and n only for strided
+// state layouts), built on a thread's first call and rebuilt only when the sizes change: a step
+// makes no heap allocation after warm-up (tests/alloc/alloc_cells.cpp).
+inline MlstmState& mlstm_step_scratch(index_t DK, index_t DV, bool direct) {
+  thread_local std::optional<MlstmState> scratch;
+  thread_local bool scratch_direct = false;
+  if (!scratch || scratch->q.size() != static_cast<std::size_t>(DK) ||
+      scratch->v.size() != static_cast<std::size_t>(DV) || scratch_direct != direct) {
+    scratch.emplace(direct ? 0 : DK, DV);
+    scratch->q.resize(static_cast<std::size_t>(DK)), scratch->k.resize(static_cast<std::size_t>(DK));
+    scratch_direct = direct;
+  }
+  return *scratch;
+}
+
+}  // namespace detail
 
 /// One mLSTM token per (batch row, head): reads and updates c [B,NH,DK,DV], n [B,NH,DK] and
 /// m [B,NH] in place, writes h [B,NH,DV]. Equal to mlstm() over one token. Threaded over
 /// (batch, head) rows. With in.batch.state_indices the states are pools [P,...] and row b
 /// updates pool row state_indices[b] (-1: padding, nothing touched); has_initial_state[b] false
-/// zeroes that row's state first.
+/// zeroes that row's state first. No heap allocation after a thread's first call.
 inline void mlstm_step(const MlstmStepInputs& in, const MlstmStepOutputs& out, const MlstmOptions& options = {},
                        const Executor& executor = serial_executor()) {
   static const ArgCheck check("mlstm_step");
@@ -19,8 +39,7 @@ inline void mlstm_step(const MlstmStepInputs& in, const MlstmStepOutputs& out, c
   // Contiguous state rows are updated where they are; other layouts go through the scratch.
   const bool direct = out.c.stride(3) == 1 && out.c.stride(2) == d.DV && out.n.stride(2) == 1;
   parallel_for(executor, d.B * d.NH, 1, [&](index_t begin, index_t end) {
-    detail::MlstmState s(direct ? 0 : d.DK, d.DV);
-    s.q.resize(static_cast<std::size_t>(d.DK)), s.k.resize(static_cast<std::size_t>(d.DK));
+    detail::MlstmState& s = detail::mlstm_step_scratch(d.DK, d.DV, direct);
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.NH, hd = row % d.NH;  // token row b, its state row p
       const index_t p = in.batch.state_indices.has_value() ? in.batch.state_indices[b] : b;
