@@ -26,6 +26,9 @@
 //                         dot), GFLOP/s as prefill, eff against the bf16 dot peak, and
 //                         speedup_vs_f32: the fp32 prefill's CPU time over this one's, alternating
 //                         calls in the same run (issue 19 asks >= 1.4x without AMX).
+//   attention/prefill/..._causal/bf16io_dot|_fp32  q, k and v all stored as bf16, with bf16 dot
+//                         products or fp32 products; speedup_vs_f32 over the fp32 q/k/v prefill,
+//                         vs_f32_query over the same call on fp32 q (the query load's conversion).
 //   attention/prefill|decode/..._<bias>  the same with a relative bias computed in the tile loop
 //                         (t5: 32 causal buckets, max_distance 128; kerple_log / kerple_power;
 //                         fire: a 32-wide MLP whose hidden layer the heads share, threshold L = 512,
@@ -249,6 +252,47 @@ void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, 
   seqmix::testing::report_gflops_bf16(state, 2.0 * static_cast<double>(p.Hq * 2 * p.D) * pairs);
 }
 
+// q, k and v all stored as bf16 (AttentionInputs<bf16, bf16>: each query tile is widened on
+// load), products as `compute` says. speedup_vs_f32 is the fp32 prefill (fp32 q/k/v, fp32
+// products) over this one, vs_f32_query the same call on fp32 q (bf16 K/V) over this one (the
+// cost of the query load's conversion; ~1 expected): 3 alternating calls each after the timed
+// loop, medians of CPU time.
+void prefill_bf16_io(benchmark::State& state, const st::AttentionShape& shape, index_t T, seqmix::Bf16Compute compute) {
+  Problem<seqmix::bf16> p(T, T, shape);
+  Problem<float> f(T, T, shape);
+  Tensor<seqmix::bf16, 4> q16({1, T, p.Hq, p.D});
+  seqmix::convert(p.q.data(), q16.data(), p.q.numel());
+  seqmix::AttentionInputs<seqmix::bf16, seqmix::bf16> in;
+  in.q = q16.cview(), in.k = p.k.cview(), in.v = p.v.cview();
+  seqmix::AttentionOptions options, half;
+  options.causal = true;
+  half = options, half.bf16_compute = compute;
+  for (auto _ : state) {
+    seqmix::attention(in, p.outputs(), half, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  std::vector<double> t_f32, t_f32q, t_io;
+  const auto timed = [](std::vector<double>& times, auto&& call) {
+    const double t0 = process_seconds();
+    call();
+    times.push_back(process_seconds() - t0);
+  };
+  for (int r = 0; r < 3; ++r) {
+    timed(t_f32, [&] { seqmix::attention(f.inputs(), f.outputs(), options, pool()); });
+    timed(t_f32q, [&] { seqmix::attention(p.inputs(), p.outputs(), half, pool()); });
+    timed(t_io, [&] { seqmix::attention(in, p.outputs(), half, pool()); });
+  }
+  for (auto* t : {&t_f32, &t_f32q, &t_io}) std::sort(t->begin(), t->end());
+  state.counters["speedup_vs_f32"] = t_f32[1] / t_io[1];
+  state.counters["vs_f32_query"] = t_f32q[1] / t_io[1];
+  const double pairs = 0.5 * static_cast<double>(T) * static_cast<double>(T + 1);
+  const double flops = 2.0 * static_cast<double>(p.Hq * 2 * p.D) * pairs;
+  if (compute == seqmix::Bf16Compute::dot)
+    seqmix::testing::report_gflops_bf16(state, flops);
+  else
+    st::report_gflops(state, flops);
+}
+
 template <class KV>
 const char* kv_name() {
   if constexpr (std::is_same_v<KV, seqmix::f16>) return "f16";
@@ -451,6 +495,15 @@ const bool kRegistered = [] {
                                  [&llama, T](benchmark::State& s) { prefill_bf16_dot(s, llama, T); })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
+  // bf16 storage of q as well as K/V (issue 19 item 3): dot products, and fp32 products.
+  for (const index_t T : {1024, 4096})
+    for (const seqmix::Bf16Compute compute : {seqmix::Bf16Compute::dot, seqmix::Bf16Compute::fp32})
+      benchmark::RegisterBenchmark(("attention/prefill/" + llama.name + "_T" + std::to_string(T) + "_causal/bf16io" +
+                                    (compute == seqmix::Bf16Compute::dot ? "_dot" : "_fp32"))
+                                       .c_str(),
+                                   [&llama, T, compute](benchmark::State& s) { prefill_bf16_io(s, llama, T, compute); })
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
   return true;
 }();
 

@@ -203,9 +203,9 @@ struct DistanceBiasCache {
 
 // Finishes one row of a logit tile: s holds scale * q.k for keys [j0, j0 + n), padded to
 // `cols`; applies softcap, ALiBi and the mask, and sets invisible and padding keys to -inf.
-template <class KV>
+template <class KV, class Q = float>
 struct LogitRule {
-  const AttentionInputs<KV>& in;
+  const AttentionInputs<KV, Q>& in;
   const AttentionOptions& options;
   index_t Tk;
   const DistanceBiasCache* cache = nullptr;  // the call's per-distance bias, if built
@@ -311,12 +311,14 @@ inline std::vector<index_t> visible_tiles(const AttentionOptions& options, const
 
 // q rows of one (batch, KV head) group, scaled, as [rows x ld] with row r = query (i0 + r / G),
 // head (hk * G + r % G): the query heads sharing a KV head form one GEMM M dimension.
-inline void load_query_rows(const ConstView<float, 4>& q, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
-                            float scale, float* dst, index_t ld) {
+// q may be stored as f16 / bf16: each row is widened here, so no fp32 copy of q is ever made.
+template <class Q>
+void load_query_rows(const ConstView<Q, 4>& q, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
+                     float scale, float* dst, index_t ld) {
   const index_t D = q.size(3);
   for (index_t r = 0; r < nq * G; ++r) {
-    const float* src = q.ptr(b, i0 + r / G, hk * G + r % G);
-    for (index_t c = 0; c < D; ++c) dst[r * ld + c] = scale * src[c * q.stride(3)];
+    const Q* src = q.ptr(b, i0 + r / G, hk * G + r % G);
+    for (index_t c = 0; c < D; ++c) dst[r * ld + c] = scale * static_cast<float>(src[c * q.stride(3)]);
     std::fill(dst + r * ld + D, dst + (r + 1) * ld, 0.f);
   }
 }
@@ -326,16 +328,16 @@ inline void load_query_rows(const ConstView<float, 4>& q, index_t b, index_t hk,
 // once per call and never written back. load_query_rows_rotated takes query i's position from
 // position_of(i) (paged attention's queries sit at the end of their sequence).
 // `head_scales` ([Hq] or empty) multiplies each head's scale; `rope` may be null.
-template <class PositionOf>
-void load_query_rows_rotated(const ConstView<float, 4>& q, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
+template <class Q, class PositionOf>
+void load_query_rows_rotated(const ConstView<Q, 4>& q, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
                              float scale, float* dst, index_t ld, const RopeTable* rope, const PositionOf& position_of,
                              const ConstView<float, 1>& head_scales = {}) {
   const index_t D = q.size(3);
   for (index_t r = 0; r < nq * G; ++r) {
     const index_t h = hk * G + r % G;
-    const float* src = q.ptr(b, i0 + r / G, h);
+    const Q* src = q.ptr(b, i0 + r / G, h);
     float* row = dst + r * ld;
-    for (index_t c = 0; c < D; ++c) row[c] = src[c * q.stride(3)];
+    for (index_t c = 0; c < D; ++c) row[c] = static_cast<float>(src[c * q.stride(3)]);
     if (rope) rope_row_in_place(*rope, position_of(i0 + r / G), row, 1);
     const float row_scale = head_scales.has_value() ? scale * head_scales(h) : scale;
     for (index_t c = 0; c < D; ++c) row[c] *= row_scale;
@@ -343,8 +345,8 @@ void load_query_rows_rotated(const ConstView<float, 4>& q, index_t b, index_t hk
   }
 }
 
-template <class KV>
-void load_query_rows(const AttentionInputs<KV>& in, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
+template <class KV, class Q>
+void load_query_rows(const AttentionInputs<KV, Q>& in, index_t b, index_t hk, index_t G, index_t i0, index_t nq,
                      float scale, float* dst, index_t ld) {
   if (!in.rope && !in.head_scales.has_value()) return load_query_rows(in.q, b, hk, G, i0, nq, scale, dst, ld);
   load_query_rows_rotated(in.q, b, hk, G, i0, nq, scale, dst, ld, in.rope,
@@ -353,16 +355,16 @@ void load_query_rows(const AttentionInputs<KV>& in, index_t b, index_t hk, index
 
 // Keys [j0, j0 + n) of a tile loaded as fp32 rows [n x ld] (key r at row r): rotated in place at
 // their positions j0 + r where the call's rope rotates them (key j >= rope_rotated_keys).
-template <class KV>
-void rotate_key_rows(const AttentionInputs<KV>& in, index_t j0, index_t n, float* rows, index_t ld) {
+template <class KV, class Q>
+void rotate_key_rows(const AttentionInputs<KV, Q>& in, index_t j0, index_t n, float* rows, index_t ld) {
   if (!in.rope) return;
   for (index_t r = std::max<index_t>(0, in.rope_rotated_keys - j0); r < n; ++r)
     rope_row_in_place(*in.rope, j0 + r, rows + r * ld, 1);
 }
 
 // True when some key of [j0, j0 + n) is rotated by the call's rope on loading.
-template <class KV>
-bool tile_needs_rotation(const AttentionInputs<KV>& in, index_t j0, index_t n) noexcept {
+template <class KV, class Q>
+bool tile_needs_rotation(const AttentionInputs<KV, Q>& in, index_t j0, index_t n) noexcept {
   return in.rope && j0 + n > in.rope_rotated_keys;
 }
 
@@ -673,8 +675,8 @@ struct KvTile {
 template <class KV>
 constexpr bool kv_loads_as_vectors = std::is_same_v<KV, float> || std::is_same_v<KV, f16> || std::is_same_v<KV, bf16>;
 
-template <class KV>
-bool decode_reads_in_place(const AttentionInputs<KV>& in, const AttentionDims& d) noexcept {
+template <class KV, class Q>
+bool decode_reads_in_place(const AttentionInputs<KV, Q>& in, const AttentionDims& d) noexcept {
   return in.k.stride(3) == 1 && in.v.stride(3) == 1 && d.Dk % simd::kWidth == 0 && d.Dv % simd::kWidth == 0;
 }
 
@@ -703,8 +705,8 @@ inline std::size_t decode_tile_steps(const AttentionDims& d, index_t n) noexcept
 // prefetchers stop at 4 KB pages, and a page holds only one or two key rows here, so they never
 // get far ahead on their own. Only rows of packed heads (one contiguous block per key) are
 // named; other layouts are left to the hardware.
-template <class KV>
-LineStream next_tile_lines(const AttentionInputs<KV>& in, const AttentionDims& d, index_t b, index_t next_j0,
+template <class KV, class Q>
+LineStream next_tile_lines(const AttentionInputs<KV, Q>& in, const AttentionDims& d, index_t b, index_t next_j0,
                            index_t next_n, index_t n) {
   LineStream lines;
   const auto packed = [](const ConstView<KV, 4>& x) {
@@ -742,8 +744,8 @@ void score_tile(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, 
 // address order (one head's rows alone are 256-byte pieces 2 KB apart, which the hardware
 // prefetchers do not follow: 28 vs 50 GB/s on one core), while the next tile's lines are
 // requested from the inner loops (LineStream).
-template <class KV, class TileOf>
-void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
+template <class KV, class Q, class TileOf>
+void decode_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
                  index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
                  float* accs, LineStream& ahead) {
   using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
@@ -773,9 +775,9 @@ void decode_tile(const LogitRule<KV>& rule, const AttentionDims& d, DecodeScratc
 }
 
 // Runs the tiles [first, last) of `list` for batch row b and every KV head.
-template <class KV>
-void decode_piece(const AttentionInputs<KV>& in, const AttentionOptions& options, const AttentionDims& d,
-                  const LogitRule<KV>& rule, DecodeScratch& w, const TileRange& list, index_t b, index_t first,
+template <class KV, class Q>
+void decode_piece(const AttentionInputs<KV, Q>& in, const AttentionOptions& options, const AttentionDims& d,
+                  const LogitRule<KV, Q>& rule, DecodeScratch& w, const TileRange& list, index_t b, index_t first,
                   index_t last, index_t keys_per_tile, SoftmaxRow* states, float* accs) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   for (index_t tile = first; tile < last; ++tile) {
@@ -844,8 +846,8 @@ float finish_pieces(const SoftmaxRow* states, float* accs, index_t Dvp, index_t 
 
 // Validation of the decode entry point without a heap allocation: the checker (and its op
 // name, longer than the short-string buffer) is built once.
-template <class KV>
-AttentionDims validate_attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out,
+template <class KV, class Q>
+AttentionDims validate_attention_step(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out,
                                       const AttentionOptions& options) {
   static const ArgCheck check("attention_step");
   return validate_attention(check, in, out, options);
@@ -860,8 +862,8 @@ AttentionDims validate_attention_step(const AttentionInputs<KV>& in, const Atten
 /// memory in order. The partial states of the pieces (B * splits * Hq * Tq * (Dv + 2) floats) and
 /// each thread's scratch are kept across calls, so after a first call of the same shape it makes
 /// no heap allocation.
-template <class KV>
-void attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+template <class KV, class Q>
+void attention_step(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                     const Executor& executor = serial_executor()) {
   using namespace detail;
   const auto d = validate_attention_step(in, out, options);
@@ -875,7 +877,7 @@ void attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out, 
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W);
   if (d.B * d.Tq * d.Hq == 0) return;
   const float scale = attention_scale(options, d.Dk);
-  const LogitRule<KV> rule{in, options, d.Tk};
+  const LogitRule<KV, Q> rule{in, options, d.Tk};
   const index_t keys_per_tile = decode_tile_keys(d.Hkv * d.Dk * static_cast<index_t>(sizeof(KV)));
 
   DecodeWorkspace& ws = DecodeWorkspace::local();
@@ -937,8 +939,8 @@ void attention_step(const AttentionInputs<KV>& in, const AttentionOutputs& out, 
 }
 
 /// \deprecated The former name of attention_step (docs/conventions.md, naming).
-template <class KV>
-[[deprecated("renamed seqmix::attention_step")]] void attention_decode(const AttentionInputs<KV>& in,
+template <class KV, class Q>
+[[deprecated("renamed seqmix::attention_step")]] void attention_decode(const AttentionInputs<KV, Q>& in,
                                                                         const AttentionOutputs& out,
                                                                         const AttentionOptions& options = {},
                                                                         const Executor& executor = serial_executor()) {

@@ -77,8 +77,8 @@ inline std::vector<KeyTile> dense_key_tiles(const AttentionOptions& options, con
 // load_kv_tile_transposed with the call's rope: each key row is rotated at its position in the
 // fp32 row scratch between widening and transposing, so the keys of a prefill are rotated as
 // their tiles are loaded, with no pass of their own over k.
-template <class KV>
-void load_key_tile_rotated(const AttentionInputs<KV>& in, index_t b, index_t h, index_t j0, index_t n, index_t cols,
+template <class KV, class Q>
+void load_key_tile_rotated(const AttentionInputs<KV, Q>& in, index_t b, index_t h, index_t j0, index_t n, index_t cols,
                            float* dst, index_t ld, float* row) {
   const ConstView<KV, 4>& x = in.k;
   const index_t D = x.size(3);
@@ -94,8 +94,8 @@ void load_key_tile_rotated(const AttentionInputs<KV>& in, index_t b, index_t h, 
 // The start of a task (queries [i0, i0 + nq) of batch row b, KV head hk): its q rows scaled
 // (and rotated) into w.q, their positions, fresh softmax states and accumulators. Returns the
 // number of rows, nq * group.
-template <class KV>
-index_t flash_begin(const AttentionInputs<KV>& in, const AttentionDims& d, float scale, index_t b, index_t hk,
+template <class KV, class Q>
+index_t flash_begin(const AttentionInputs<KV, Q>& in, const AttentionDims& d, float scale, index_t b, index_t hk,
                     index_t i0, index_t nq, FlashScratch& w) {
   const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   load_query_rows(in, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
@@ -107,8 +107,8 @@ index_t flash_begin(const AttentionInputs<KV>& in, const AttentionDims& d, float
 
 // The logit rule and the online softmax over the task's logit tile w.s (keys [j0, j0 + n)):
 // w.s becomes the weights P, w.alpha each row's rescaling factor.
-template <class KV>
-void flash_softmax(const LogitRule<KV>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
+template <class KV, class Q>
+void flash_softmax(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
                    index_t j0, index_t n, FlashScratch& w) {
   const index_t G = d.group(), T = kFlashKeyTile;
   for (index_t r = 0; r < M; ++r) {
@@ -119,8 +119,8 @@ void flash_softmax(const LogitRule<KV>& rule, const AttentionDims& d, index_t b,
 }
 
 // One key tile whose keys and values are in w.kt / w.v (fp32): S = Q K^T, softmax, acc += P V.
-template <class KV>
-void flash_tile(const LogitRule<KV>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
+template <class KV, class Q>
+void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
                 index_t j0, index_t n, FlashScratch& w) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
   gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
@@ -152,8 +152,8 @@ void flash_tile(const LogitRule<KV>& rule, const AttentionDims& d, index_t b, in
 }
 
 // The end of a task: each row normalized into o (and its lse).
-template <class KV>
-void flash_finish(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionDims& d, index_t b,
+template <class KV, class Q>
+void flash_finish(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionDims& d, index_t b,
                   index_t hk, index_t i0, index_t M, FlashScratch& w) {
   const index_t G = d.group(), Dvp = round_up(d.Dv, simd::kWidth);
   const bool has_sink = in.sink_logits.has_value();
@@ -175,11 +175,11 @@ void flash_finish(const AttentionInputs<KV>& in, const AttentionOutputs& out, co
 // with its values ([kFlashKeyTile x Dvp]), fp32 and zero past n keys / Dv features; the overload
 // below reads them from in.k / in.v (dense_tile_loader), paged attention from its pages.
 // `cache` is the call's per-distance relative bias, or null.
-template <class KV, class SelectTiles, class LoadTile>
-void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+template <class KV, class Q, class SelectTiles, class LoadTile>
+void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                  const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
                  SelectTiles&& select_tiles, LoadTile&& load_tile, const DistanceBiasCache* cache = nullptr) {
-  const LogitRule<KV> rule{in, options, d.Tk, cache};
+  const LogitRule<KV, Q> rule{in, options, d.Tk, cache};
   const index_t M = flash_begin(in, d, scale, b, hk, i0, nq, w);
   for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
     load_tile(tile.j0, tile.n, w);
@@ -190,8 +190,8 @@ void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, con
 
 // flash_block's load_tile for K/V tiles read from in.k / in.v (batch row b, KV head hk), keys
 // rotated on loading where the call's rope asks for it.
-template <class KV>
-auto dense_tile_loader(const AttentionInputs<KV>& in, index_t b, index_t hk) {
+template <class KV, class Q>
+auto dense_tile_loader(const AttentionInputs<KV, Q>& in, index_t b, index_t hk) {
   return [&in, b, hk](index_t j0, index_t n, FlashScratch& s) {
     const index_t T = kFlashKeyTile, Dvp = round_up(in.v.size(3), simd::kWidth);
     if (tile_needs_rotation(in, j0, n))
@@ -203,8 +203,8 @@ auto dense_tile_loader(const AttentionInputs<KV>& in, index_t b, index_t hk) {
 }
 
 // The same with the K/V tiles read from in.k / in.v.
-template <class KV, class SelectTiles>
-void flash_block(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+template <class KV, class Q, class SelectTiles>
+void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                  const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq, FlashScratch& w,
                  SelectTiles&& select_tiles) {
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk));
@@ -296,13 +296,13 @@ inline bool pack_value_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t
 }
 
 // flash_block over in.k / in.v with bf16 dot-product tiles (see above).
-template <class SelectTiles>
-void flash_block_bf16(const AttentionInputs<bf16>& in, const AttentionOutputs& out, const AttentionOptions& options,
+template <class Q, class SelectTiles>
+void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                       const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq,
                       FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
   const index_t Dkw = Dkp / 2, Kw = (d.Dk + 1) / 2;  // pair words per q row / holding features
-  const LogitRule<bf16> rule{in, options, d.Tk, cache};
+  const LogitRule<bf16, Q> rule{in, options, d.Tk, cache};
   const index_t M = flash_begin(in, d, scale, b, hk, i0, nq, w);
   FlashBf16Scratch& x = FlashBf16Scratch::local();
   x.reserve(M, Dkw, Dvp, round_up(std::max(d.Dk, d.Dv), 32));
@@ -328,8 +328,8 @@ void flash_block_bf16(const AttentionInputs<bf16>& in, const AttentionOutputs& o
 
 // The dense prefill's task: flash_block over in.k / in.v, with bf16 dot-product tiles where the
 // call asks for them and the target has them.
-template <class KV, class SelectTiles>
-void flash_block_dense(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+template <class KV, class Q, class SelectTiles>
+void flash_block_dense(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                        const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq,
                        FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -361,8 +361,8 @@ struct VarlenTask {
 // tile), and no block mixes sequences. Tasks (sequence, KV head, query block) are handed out
 // most expensive first, one at a time (Executor::run's counter), so a long sequence's late
 // causal blocks start early and short ones fill the gaps at the end.
-template <class KV>
-void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options,
+template <class KV, class Q>
+void attention_flash_varlen(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                             const AttentionDims& d, const Executor& executor) {
   const SequenceMap seqs = SequenceMap::make("attention_flash", in.batch, d.B, d.Tq, false, -1);
   const float scale = attention_scale(options, d.Dk);
@@ -386,7 +386,7 @@ void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutput
   executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
     const VarlenTask& task = tasks[static_cast<std::size_t>(t)];
     const SequenceSpan span = seqs[task.seq];
-    const AttentionInputs<KV> one = sequence_inputs(in, span);
+    const AttentionInputs<KV, Q> one = sequence_inputs(in, span);
     const AttentionOutputs one_out = sequence_outputs(out, span);
     const AttentionDims one_dims{1, span.tokens, span.tokens, d.Hq, d.Hkv, d.Dk, d.Dv};
     // One scratch per thread for the whole call (tasks are too small to allocate each).
@@ -404,8 +404,8 @@ void attention_flash_varlen(const AttentionInputs<KV>& in, const AttentionOutput
 
 /// Tiled prefill: same arguments and results as reference::attention, for any Tq. Allocates one
 /// scratch per parallel block (about (2 * rows + 64) * (D + 64) floats), none inside the loops.
-template <class KV>
-void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+template <class KV, class Q>
+void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                      const Executor& executor = serial_executor()) {
   using namespace detail;
   const auto d = validate_attention("attention_flash", in, out, options);
@@ -435,8 +435,8 @@ void attention_flash(const AttentionInputs<KV>& in, const AttentionOutputs& out,
 /// Dense attention (SPEC section 5), the fast form: split-KV decode for a few queries, tiled
 /// prefill otherwise (and for packed sequences). Same arguments and results as
 /// reference::attention.
-template <class KV>
-void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+template <class KV, class Q>
+void attention(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                const Executor& executor = serial_executor()) {
   // Up to 4 queries, one tile of queries per KV head is too little work to spread over threads,
   // so the keys are split instead. Packed sequences are tiled one by one (attention_flash).

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
@@ -104,12 +105,15 @@ struct RelativeBias {
   float fire_threshold = 512.f;
 };
 
-/// Arguments. KV is the storage type of k and v: float, or seqmix::f16 / seqmix::bf16 (read
-/// through on-the-fly conversion, never copied whole to fp32). Optional views are empty
-/// (default-constructed) when not given.
-template <class KV = float>
+/// Arguments. KV is the storage type of k and v, Q that of q: each float, seqmix::f16 or
+/// seqmix::bf16 (read through on-the-fly conversion, never copied whole to fp32: the fast forms
+/// widen each query tile as they load it). Optional views are empty (default-constructed) when
+/// not given.
+template <class KV = float, class Q = float>
 struct AttentionInputs {
-  ConstView<float, 4> q;             ///< [B,Tq,Hq,Dk]
+  static_assert(std::is_same_v<Q, float> || std::is_same_v<Q, f16> || std::is_same_v<Q, bf16>,
+                "AttentionInputs: q is stored as float, seqmix::f16 or seqmix::bf16");
+  ConstView<Q, 4> q;                 ///< [B,Tq,Hq,Dk]
   ConstView<KV, 4> k;                ///< [B,Tk,Hkv,Dk], Hkv divides Hq
   ConstView<KV, 4> v;                ///< [B,Tk,Hkv,Dv]
   ConstView<float, 3> mask;          ///< [B,Tq,Tk] or [1,Tq,Tk] (shared by every batch row); additive, may hold -inf
@@ -328,8 +332,8 @@ inline void validate_relative_bias(const ArgCheck& check, const RelativeBias& rb
 
 // The fused rope of a call (AttentionInputs::rope): the table against Dk, and every query and key
 // position it will look up inside the table. Called once the shapes are checked; no allocation.
-template <class KV>
-void validate_attention_rope(const ArgCheck& check, const AttentionInputs<KV>& in) {
+template <class KV, class Q>
+void validate_attention_rope(const ArgCheck& check, const AttentionInputs<KV, Q>& in) {
   const RopeTable& table = *in.rope;
   const index_t Tq = in.q.size(1), Tk = in.k.size(1), Dk = in.q.size(3);
   if (in.rope_rotated_keys < 0)
@@ -371,8 +375,8 @@ void validate_attention_rope(const ArgCheck& check, const AttentionInputs<KV>& i
 
 // Validation shared by every form. Formats a message only on failure, so a call with good
 // arguments allocates nothing (decode's zero-allocation contract).
-template <class KV>
-AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV>& in, const AttentionOutputs& out,
+template <class KV, class Q>
+AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV, Q>& in, const AttentionOutputs& out,
                                  const AttentionOptions& options) {
   check.shape("q", in.q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,Tq,Hq,Dk");
   const index_t B = in.q.size(0), Tq = in.q.size(1), Hq = in.q.size(2), Dk = in.q.size(3);
@@ -411,16 +415,16 @@ AttentionDims validate_attention(const ArgCheck& check, const AttentionInputs<KV
   return {B, Tq, Tk, Hq, Hkv, Dk, Dv};
 }
 
-template <class KV>
-AttentionDims validate_attention(const char* op, const AttentionInputs<KV>& in, const AttentionOutputs& out,
+template <class KV, class Q>
+AttentionDims validate_attention(const char* op, const AttentionInputs<KV, Q>& in, const AttentionOutputs& out,
                                  const AttentionOptions& options) {
   return validate_attention(ArgCheck(op), in, out, options);
 }
 
 // Sequence `s` of a packed call as a dense call with B = 1: slices of every token tensor.
-template <class KV>
-AttentionInputs<KV> sequence_inputs(const AttentionInputs<KV>& in, const SequenceSpan& s) {
-  AttentionInputs<KV> one = in;
+template <class KV, class Q>
+AttentionInputs<KV, Q> sequence_inputs(const AttentionInputs<KV, Q>& in, const SequenceSpan& s) {
+  AttentionInputs<KV, Q> one = in;
   one.batch = {};
   one.q = in.q.slice(1, s.token_begin, s.tokens);
   one.k = in.k.slice(1, s.token_begin, s.tokens);
@@ -440,8 +444,8 @@ inline float attention_scale(const AttentionOptions& options, index_t Dk) {
 }
 
 // Absolute position of query i of batch row b.
-template <class KV>
-index_t query_position(const AttentionInputs<KV>& in, index_t b, index_t i) {
+template <class KV, class Q>
+index_t query_position(const AttentionInputs<KV, Q>& in, index_t b, index_t i) {
   const index_t Tq = in.q.size(1), Tk = in.k.size(1);
   return in.positions.has_value() ? in.positions(b, i) : Tk - Tq + i;
 }
@@ -551,8 +555,8 @@ namespace reference {
 
 /// The definition, one query row at a time, accumulated in double. Single-threaded; `executor`
 /// is accepted for a uniform signature.
-template <class KV>
-void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
+template <class KV, class Q>
+void attention(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                const Executor& executor = serial_executor()) {
   (void)executor;
   const auto d = detail::validate_attention("reference::attention", in, out, options);
@@ -581,7 +585,7 @@ void attention(const AttentionInputs<KV>& in, const AttentionOutputs& out, const
       for (index_t h = 0; h < d.Hq; ++h) {
         const index_t hk = h / d.group();
         const index_t pos = detail::query_position(in, b, i);
-        for (index_t c = 0; c < d.Dk; ++c) query[c] = static_cast<double>(in.q(b, i, h, c));
+        for (index_t c = 0; c < d.Dk; ++c) query[c] = static_cast<double>(static_cast<float>(in.q(b, i, h, c)));
         if (in.rope) detail::rope_row_double(*in.rope, pos, query.data());
         double max_logit = minus_inf;
         bool nan_logit = false;
