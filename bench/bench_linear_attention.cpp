@@ -23,6 +23,8 @@
 // (bf16_compute = dot, issue 19 item 3; target >= 1.4x fp32), GFLOP/s as prefill with eff against
 // the bf16 dot peak, and speedup_vs_f32: the fp32 chunked prefill over this one, from 3 calls of
 // each taken alternately after the timed loop, medians of process CPU time (one run's ratio).
+// <op>/prefill/<shape>-t<T>/bf16io: the same with q/k/v stored as bf16 (rows widened per chunk),
+// speedup_vs_f32 over the fp32-input fp32 prefill, vs_f32_inputs over the fp32-input dot one.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -34,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/linear_attention/feature_maps/fast.hpp"
 #include "seqmix/linear_attention/feature_maps/random.hpp"
@@ -283,6 +286,44 @@ void gla_prefill_bf16(benchmark::State& state, std::string shape, index_t T, Gat
   seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
 }
 
+// The chunked GLA prefill on q/k/v stored as bf16 (GatedLinearAttentionInputsOf<bf16>: rows widened
+// as each chunk loads them) with bf16 dot products. speedup_vs_f32: the fp32-input fp32 chunked
+// prefill over this one; vs_f32_inputs: the fp32-input dot-product prefill over this one (what
+// the 16-bit loads cost or save). 3 alternating calls each after the timed loop, CPU-time medians.
+void gla_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T, GateKind gate) {
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  Tensor<seqmix::bf16, 4> q({1, T, s.H, s.K}), k({1, T, s.H, s.K}), v({1, T, s.HV, s.V});
+  seqmix::convert(data.q.data(), q.data(), q.numel()), seqmix::convert(data.k.data(), k.data(), k.numel());
+  seqmix::convert(data.v.data(), v.data(), v.numel());
+  const seqmix::GatedLinearAttentionInputs in32 = data.gla(gate);
+  seqmix::GatedLinearAttentionInputsOf<seqmix::bf16> in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.g = in32.g, in.g_scalar = in32.g_scalar;
+  seqmix::GatedLinearAttentionOptions f32, dot;
+  f32.gate = gate, f32.algorithm = LinearAttentionAlgorithm::chunked;
+  dot = f32, dot.bf16_compute = seqmix::Bf16Compute::dot;
+  const seqmix::GatedLinearAttentionOutputs out{data.o.view(), data.state.view()};
+  for (auto _ : state) {
+    seqmix::gated_linear_attention(in, out, dot, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  std::vector<double> t_f32, t_dot, t_io;
+  const auto timed = [](std::vector<double>& times, auto&& call) {
+    const double t0 = bf16_process_seconds();
+    call();
+    times.push_back(bf16_process_seconds() - t0);
+  };
+  for (int r = 0; r < 3; ++r) {
+    timed(t_f32, [&] { seqmix::gated_linear_attention(in32, out, f32, st::two_thread_pool()); });
+    timed(t_dot, [&] { seqmix::gated_linear_attention(in32, out, dot, st::two_thread_pool()); });
+    timed(t_io, [&] { seqmix::gated_linear_attention(in, out, dot, st::two_thread_pool()); });
+  }
+  for (auto* t : {&t_f32, &t_dot, &t_io}) std::sort(t->begin(), t->end());
+  state.counters["speedup_vs_f32"] = t_f32[1] / t_io[1];
+  state.counters["vs_f32_inputs"] = t_dot[1] / t_io[1];
+  seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
+}
+
 // Registers one prefill benchmark per form; the reference runs at t_reference tokens.
 template <class Fn>
 void register_prefill(const std::string& op, const std::string& shape, index_t T, index_t t_reference, Fn fn) {
@@ -315,6 +356,15 @@ const int kRegistered = [] {
       benchmark::RegisterBenchmark((std::string(op) + "/bf16/prefill/" + shape + "-t" + std::to_string(T)).c_str(),
                                    [shape = std::string(shape), T = T, gate = gate](benchmark::State& s) {
                                      gla_prefill_bf16(s, shape, T, gate);
+                                   })
+          ->UseRealTime()->Unit(benchmark::kMillisecond);
+  // bf16 storage of q/k/v as well (issue 19 item 3).
+  for (const auto& [op, gate] : {std::pair<const char*, GateKind>{"gated_linear_attention", GateKind::channel},
+                                 std::pair<const char*, GateKind>{"simple_gla", GateKind::scalar}})
+    for (const auto& [shape, T] : {std::pair<const char*, index_t>{"gla-k128", 4096}, {"gla-1.3b", 8192}})
+      benchmark::RegisterBenchmark((std::string(op) + "/prefill/" + shape + "-t" + std::to_string(T) + "/bf16io").c_str(),
+                                   [shape = std::string(shape), T = T, gate = gate](benchmark::State& s) {
+                                     gla_prefill_bf16_io(s, shape, T, gate);
                                    })
           ->UseRealTime()->Unit(benchmark::kMillisecond);
   for (std::string shape : {"gla-1.3b", "gla-k128"})

@@ -21,7 +21,8 @@
 // K = V = 128, uniform q / k / v in [-1, 1], log-gates in [-0.1, 0] (weak decays: the state
 // remembers ~20 tokens and more, so rounding errors accumulate in it), beta in [0, 1]. It prints the normwise relative error of all outputs
 // (o_rel) and of the final state (state_rel) against the fp32 chunked form, and the worst per-head
-// value of both against the documented bound 2^-6.
+// value of both against the documented bound 2^-6. Its last two rows (GLA, simple GLA with
+// q/k/v stored as bf16) compare bf16 storage plus dot products with fp32 inputs and products.
 //
 //   seqmix-bf16-accuracy [T ...]
 #include <algorithm>
@@ -33,6 +34,7 @@
 
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
@@ -104,6 +106,8 @@ Errors run(index_t T, const seqmix::Executor& executor) {
 
 // ---- chunked linear attention --------------------------------------------------------------
 
+using ConstView4 = seqmix::ConstView<float, 4>;
+
 constexpr index_t kLaHeads = 2, kLaK = 128;
 
 struct LaErrors {
@@ -128,7 +132,9 @@ void la_accumulate(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int hd,
 }
 
 // op 0: GLA channel, 1: simple GLA, 2: Gated DeltaNet, 3: KDA, 4: ungated linear attention
-// (nothing decays: every token's rounding stays in the state), 5: DeltaNet (delta_rule).
+// (nothing decays: every token's rounding stays in the state), 5: DeltaNet (delta_rule), 6 / 7:
+// GLA channel / simple GLA with q/k/v stored as bf16 (GatedLinearAttentionInputsOf<bf16>) and dot
+// products, against fp32 inputs and products: the storage's and the products' roundings together.
 LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
   const index_t H = kLaHeads, K = kLaK;
   Tensor<float, 4> q({1, T, H, K}), k({1, T, H, K}), v({1, T, H, K}), g({1, T, H, K});
@@ -143,7 +149,25 @@ LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
     const seqmix::Bf16Compute compute = dot ? seqmix::Bf16Compute::dot : seqmix::Bf16Compute::fp32;
     Tensor<float, 4>& out = dot ? o_dot : o;
     Tensor<float, 4>& state = dot ? s_dot : s;
-    if (op < 2 || op == 4) {
+    if (op >= 6) {
+      seqmix::GatedLinearAttentionOptions options;
+      options.algorithm = seqmix::LinearAttentionAlgorithm::chunked, options.bf16_compute = compute;
+      options.gate = op == 6 ? seqmix::GateKind::channel : seqmix::GateKind::scalar;
+      const ConstView4 gc = op == 6 ? g.cview() : ConstView4{};
+      const seqmix::ConstView<float, 3> gsc = op == 7 ? gs.cview() : seqmix::ConstView<float, 3>{};
+      if (dot) {
+        Tensor<seqmix::bf16, 4> q16({1, T, H, K}), k16({1, T, H, K}), v16({1, T, H, K});
+        seqmix::convert(q.data(), q16.data(), q.numel()), seqmix::convert(k.data(), k16.data(), k.numel());
+        seqmix::convert(v.data(), v16.data(), v.numel());
+        seqmix::GatedLinearAttentionInputsOf<seqmix::bf16> in;
+        in.q = q16.cview(), in.k = k16.cview(), in.v = v16.cview(), in.g = gc, in.g_scalar = gsc;
+        seqmix::gated_linear_attention(in, {out.view(), state.view()}, options, executor);
+      } else {
+        seqmix::GatedLinearAttentionInputs in;
+        in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.g = gc, in.g_scalar = gsc;
+        seqmix::gated_linear_attention(in, {out.view(), state.view()}, options, executor);
+      }
+    } else if (op < 2 || op == 4) {
       seqmix::GatedLinearAttentionInputs in;
       in.q = q.view(), in.k = k.view(), in.v = v.view();
       seqmix::GatedLinearAttentionOptions options;
@@ -199,9 +223,9 @@ int main(int argc, char** argv) {
               static_cast<long>(kLaHeads), static_cast<long>(kLaK));
   std::printf("%8s %-20s %10s %10s %12s %s\n", "T", "op", "o_rel", "state_rel", "worst_head", "");
   const char* names[] = {"gla (channel)", "simple_gla", "gated_delta_rule", "kda (channel)", "ungated_linear_attn",
-                         "delta_rule"};
+                         "delta_rule", "gla bf16 q/k/v", "simple_gla bf16 q/k/v"};
   for (const index_t T : lengths)
-    for (int op = 0; op < 6; ++op) {
+    for (int op = 0; op < 8; ++op) {
       const LaErrors e = run_linear(op, T, pool);
       const bool within = e.worst_head <= la_bound;
       std::printf("%8ld %-20s %10.3e %10.3e %12.3e %s\n", static_cast<long>(T), names[op], std::sqrt(e.sq_o / e.ref_o),

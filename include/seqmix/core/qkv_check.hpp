@@ -18,9 +18,11 @@ struct QkvDims {
   index_t heads_per_qk() const { return HV / H; }
 };
 
-// q and k [B,T,H,K], v [B,T,HV,V] with H dividing HV. Names q as `q_name` (r for rwkv6).
-inline QkvDims check_qkv(const ArgCheck& check, const char* q_name, const ConstView<float, 4>& q,
-                         const ConstView<float, 4>& k, const ConstView<float, 4>& v) {
+// q and k [B,T,H,K], v [B,T,HV,V] with H dividing HV. Names q as `q_name` (r for rwkv6). E: the
+// element type of the views (float, or a 16-bit storage type).
+template <class E>
+QkvDims check_qkv(const ArgCheck& check, const char* q_name, const ConstView<E, 4>& q, const ConstView<E, 4>& k,
+                  const ConstView<E, 4>& v) {
   check.shape(q_name, q, std::array<index_t, 4>{-1, -1, -1, -1}, "B,T,H,K");
   const index_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3);
   check.shape("k", k, std::array<index_t, 4>{B, T, H, K}, "B,T,H,K");

@@ -49,7 +49,7 @@ using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 struct ChunkWorkspace {
   ChunkWorkspace(index_t C, index_t K, index_t Kf, index_t Vp)
       : Q(C, Kf), Kc(C, Kf), QD(C, Kf), KD(C, Kf), Vc(C, Vp), O(C, Vp), A(C, C), Bq(C, K), Bk(C, K),
-        m(K), bonus(C) {}
+        m(K), bonus(C), in_row(K) {}
   RowMatrix Q, Kc;     // [C,Kf] phi(q)*scale, phi(k)
   RowMatrix QD, KD;    // [C,Kf] decayed copies (inter-chunk, anchored intra, state passing)
   RowMatrix Vc, O;     // [C,Vp] values (+ ones column), outputs
@@ -57,6 +57,7 @@ struct ChunkWorkspace {
   RowMatrix Bq, Bk;    // [C,K] cumulative log-decays (column 0 only for scalar gates)
   RowVector m;         // [K] anchor
   RowVector bonus;     // [C] rwkv6 diagonal
+  RowVector in_row;    // [K] a 16-bit q or k row widened before its feature map (InputRows)
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 };
 
@@ -177,8 +178,8 @@ inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
   for (index_t i = 0; i < L; ++i) {
-    apply_feature_map(p.phi, p.q[t0 + i], p.scale, ws.Q.row(i).data());
-    apply_feature_map(p.phi, p.k[t0 + i], 1.f, ws.Kc.row(i).data());
+    apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
+    apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());
     load_value_row(p, t0 + i, ws.Vc.row(i).data());
   }
   if (p.gated()) {

@@ -101,7 +101,7 @@ inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, in
 inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, float* row) {
   const index_t Vp = S.cols();
   for (index_t t = 0; t < p.T(); ++t) {
-    apply_feature_map(p.phi, p.q[t], p.scale, qf);
+    apply_feature_map(p.phi, p.q.floats()[t], p.scale, qf);  // JRT prefix: linear_attention, fp32 only
     for (index_t c = 0; c < Vp; ++c) row[c] = 0.f;
     for (index_t r = 0; r < S.rows(); ++r) simd::axpy(qf[r], S.row(r).data(), row, Vp);
     store_output_row(p, t, row);

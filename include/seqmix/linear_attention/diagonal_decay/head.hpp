@@ -8,6 +8,7 @@
 #include <cmath>
 #include <string>
 
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -24,10 +25,72 @@ constexpr float kGateFloor = -128.f;
 // reads S_{t-1} and adds the bonus (q_t . (u * k_t)) v_t for the current token.
 enum class Readout { inclusive, exclusive_bonus };
 
+// [T, D] input rows of one head (q, k or v) in their stored element type: float, or 16-bit
+// storage (bf16 / f16) that the loaders widen one row at a time into the operand buffers they
+// fill anyway, so a 16-bit input is never copied whole to fp32. Built implicitly from the fp32
+// views every operator of the family passes; only GLA passes 16-bit views (identity map).
+class InputRows {
+ public:
+  InputRows() = default;
+  InputRows(const ConstView<float, 2>& x) : f32_(x) {}  // implicit: fp32 heads are built as before
+  InputRows(const ConstView<bf16, 2>& x) : bf16_(x), storage_(Storage::bf16) {}
+  InputRows(const ConstView<f16, 2>& x) : f16_(x), storage_(Storage::f16) {}
+
+  index_t size(int dim) const {
+    switch (storage_) {
+      case Storage::bf16: return bf16_.size(dim);
+      case Storage::f16: return f16_.size(dim);
+      case Storage::f32: break;
+    }
+    return f32_.size(dim);
+  }
+  bool is_float() const { return storage_ == Storage::f32; }
+  // The fp32 rows (is_float() only: the forms that take fp32 inputs alone, e.g. JRT's prefix).
+  const ConstView<float, 2>& floats() const { return f32_; }
+  // Rows [t0, t0 + n).
+  InputRows slice(index_t t0, index_t n) const {
+    InputRows s = *this;
+    switch (storage_) {
+      case Storage::bf16: s.bf16_ = bf16_.slice(0, t0, n); break;
+      case Storage::f16: s.f16_ = f16_.slice(0, t0, n); break;
+      case Storage::f32: s.f32_ = f32_.slice(0, t0, n); break;
+    }
+    return s;
+  }
+  // Row t as fp32: the stored row itself, or widened into `scratch` (size(1) floats).
+  ConstView<float, 1> row(index_t t, float* scratch) const {
+    if (is_float()) return f32_[t];
+    load(t, scratch);
+    return ConstView<float, 1>(scratch, {size(1)});
+  }
+  // Row t widened (or copied) into dst[0..size(1)).
+  void load(index_t t, float* dst) const {
+    switch (storage_) {
+      case Storage::bf16: return widen(bf16_[t], dst);
+      case Storage::f16: return widen(f16_[t], dst);
+      case Storage::f32: break;
+    }
+    const ConstView<float, 1> r = f32_[t];
+    for (index_t i = 0; i < r.size(0); ++i) dst[i] = r(i);
+  }
+
+ private:
+  enum class Storage { f32, bf16, f16 };
+  template <class H>
+  static void widen(const ConstView<H, 1>& r, float* dst) {
+    if (r.size(0) <= 1 || r.stride(0) == 1) return convert(r.data(), dst, r.size(0));  // vectorized
+    for (index_t i = 0; i < r.size(0); ++i) dst[i] = r(i).to_float();
+  }
+  ConstView<float, 2> f32_;
+  ConstView<bf16, 2> bf16_;
+  ConstView<f16, 2> f16_;
+  Storage storage_ = Storage::f32;
+};
+
 // The work of one (b, hv): everything the recurrent and chunked engines need.
 struct HeadProblem {
-  ConstView<float, 2> q, k;  // [T,K] raw rows (phi is applied while loading)
-  ConstView<float, 2> v;     // [T,V]
+  InputRows q, k;            // [T,K] raw rows (phi is applied while loading)
+  InputRows v;               // [T,V]
   // [T,K] log-decays. A scalar gate is the same view with column stride 0 (and a fixed per-head
   // decay has both strides 0), so one loader serves every gate kind. Empty: no decay.
   ConstView<float, 2> g;
@@ -54,9 +117,9 @@ struct HeadProblem {
 // Tokens [t0, t0 + n) of a head, as a head of its own.
 inline HeadProblem slice_head(const HeadProblem& p, index_t t0, index_t n) {
   HeadProblem s = p;
-  s.q = p.q.slice(0, t0, n);
-  s.k = p.k.slice(0, t0, n);
-  s.v = p.v.slice(0, t0, n);
+  s.q = p.q.slice(t0, n);
+  s.k = p.k.slice(t0, n);
+  s.v = p.v.slice(t0, n);
   s.o = p.o.slice(0, t0, n);
   if (p.g.has_value()) s.g = p.g.slice(0, t0, n);
   return s;
@@ -108,9 +171,8 @@ inline void apply_feature_map(FeatureMap phi, const ConstView<float, 1>& x, floa
 
 // Loads v_t into out[0..V) and appends the constant 1 that accumulates z when normalizing.
 inline void load_value_row(const HeadProblem& p, index_t t, float* out) {
-  const ConstView<float, 1> row = p.v[t];
-  for (index_t i = 0; i < row.size(0); ++i) out[i] = row(i);
-  if (p.normalize) out[row.size(0)] = 1.f;
+  p.v.load(t, out);
+  if (p.normalize) out[p.V()] = 1.f;
 }
 
 // out[0..K) = g_t (the decay row of token t, broadcast for scalar gates).

@@ -208,31 +208,10 @@ inline float bonus_dot(const float* q, const ConstView<float, 1>& u, const float
   return sum;
 }
 
-// Loads token t of a head: phi(q)*scale, phi(k), v (+1 column), decays, bonus. Contiguous rows
-// with the identity map are used in place (k, v) or with one vector pass (q, g): this per-token
-// work is O(K + V) next to the kernel's O(K V), but with scalar strided loops it cost ~30%.
-inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot = 0) {
-  TokenOperands x{};
+// The decays and the bonus of token t, after x's q/k/v rows are loaded.
+inline TokenOperands load_token_gates(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot,
+                                      TokenOperands x) {
   const index_t K = p.K();
-  const bool identity = p.phi == FeatureMap::identity;
-  const ConstView<float, 1> q = p.q[t], k = p.k[t], v = p.v[t];
-  if (identity && q.is_last_dim_contiguous())
-    scale_copy(q.data(), p.scale, ws.q(slot), K);
-  else
-    apply_feature_map(p.phi, q, p.scale, ws.q(slot));
-  x.q = ws.q(slot);
-  if (identity && k.is_last_dim_contiguous()) {
-    x.k = k.data();
-  } else {
-    apply_feature_map(p.phi, k, 1.f, ws.k(slot));
-    x.k = ws.k(slot);
-  }
-  if (!p.normalize && v.is_last_dim_contiguous()) {
-    x.v = v.data();
-  } else {
-    load_value_row(p, t, ws.v(slot));
-    x.v = ws.v(slot);
-  }
   if (p.gated()) {
     if (p.scalar_gate) {
       ws.w(slot)[0] = std::exp(std::max(p.g(t, 0), kGateFloor));
@@ -253,6 +232,47 @@ inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorksp
     x.bonus = bonus_dot(x.q, p.u, x.k, K);
   }
   return x;
+}
+
+// load_token for 16-bit q/k/v storage (GLA, identity map): q, k and v widened into the slot's
+// buffers, q scaled there.
+inline TokenOperands load_token_widened(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot) {
+  TokenOperands x{};
+  p.q.load(t, ws.q(slot));
+  scale_copy(ws.q(slot), p.scale, ws.q(slot), p.K());
+  p.k.load(t, ws.k(slot));
+  load_value_row(p, t, ws.v(slot));
+  x.q = ws.q(slot), x.k = ws.k(slot), x.v = ws.v(slot);
+  return load_token_gates(p, t, ws, slot, x);
+}
+
+// Loads token t of a head: phi(q)*scale, phi(k), v (+1 column), decays, bonus. Contiguous rows
+// with the identity map are used in place (k, v) or with one vector pass (q, g): this per-token
+// work is O(K + V) next to the kernel's O(K V), but with scalar strided loops it cost ~30%.
+inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot = 0) {
+  TokenOperands x{};
+  const index_t K = p.K();
+  const bool identity = p.phi == FeatureMap::identity;
+  if (!p.q.is_float()) return load_token_widened(p, t, ws, slot);
+  const ConstView<float, 1> q = p.q.floats()[t], k = p.k.floats()[t], v = p.v.floats()[t];
+  if (identity && q.is_last_dim_contiguous())
+    scale_copy(q.data(), p.scale, ws.q(slot), K);
+  else
+    apply_feature_map(p.phi, q, p.scale, ws.q(slot));
+  x.q = ws.q(slot);
+  if (identity && k.is_last_dim_contiguous()) {
+    x.k = k.data();
+  } else {
+    apply_feature_map(p.phi, k, 1.f, ws.k(slot));
+    x.k = ws.k(slot);
+  }
+  if (!p.normalize && v.is_last_dim_contiguous()) {
+    x.v = v.data();
+  } else {
+    load_value_row(p, t, ws.v(slot));
+    x.v = ws.v(slot);
+  }
+  return load_token_gates(p, t, ws, slot, x);
 }
 
 // The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous), in blocks of

@@ -74,7 +74,7 @@ inline void correct_head(const HeadProblem& p, const ConstView<float, 2>& initia
     const index_t n = std::min(kSliceBlock, p.T() - t0);
     for (index_t i = 0; i < n; ++i) {
       float* row = ws.QD.row(i).data();
-      apply_feature_map(p.phi, p.q[t0 + i], p.scale, row);
+      apply_feature_map(p.phi, p.q.floats()[t0 + i], p.scale, row);  // the slice forms take fp32 q
       if (!p.gated()) continue;
       if (!exclusive) advance(t0 + i);
       for (index_t c = 0; c < Kf; ++c) row[c] *= std::exp(ws.cumulative(c));

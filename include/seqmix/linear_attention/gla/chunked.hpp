@@ -9,6 +9,7 @@
 // GatedLinearAttentionOutputs). The definition is in reference.hpp.
 #pragma once
 
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"
@@ -19,7 +20,8 @@ namespace seqmix {
 namespace detail::la {
 
 // The HeadProblem of value head hv of batch row b. `fixed_gate` backs a retnet decay.
-inline HeadProblem gla_head(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out, GateKind gate,
+template <class T>
+HeadProblem gla_head(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAttentionOutputs& out, GateKind gate,
                             float scale, const Dims& d, index_t b, index_t hv, const float* fixed_gate) {
   HeadProblem p;
   const index_t h = hv / d.heads_per_qk();
@@ -64,17 +66,18 @@ inline GateKind effective_gate(GateKind gate) { return gate == GateKind::retnet 
 
 }  // namespace detail::la
 
-/// GLA prefill with the decay options.gate selects (per-channel by default;
-/// reference::gated_linear_attention is the definition). final_state may be the initial_state
-/// view (in place); token_states forces the recurrent form. Threaded over (sequence, value head).
-inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                                   const GatedLinearAttentionOptions& options = {},
-                                   const Executor& executor = serial_executor()) {
+namespace detail {
+
+// The prefill on q/k/v stored as T (float, bf16, f16): the rows are widened as each chunk or
+// token is loaded (InputRows), everything after that is the fp32 computation.
+template <class T>
+void gla_prefill(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAttentionOutputs& out,
+                 const GatedLinearAttentionOptions& options, const Executor& executor) {
   if (options.reverse) {
-    const auto rev = detail::reversed_call("gated_linear_attention", in, out);
-    return gated_linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+    const auto rev = reversed_call("gated_linear_attention", in, out);
+    return gla_prefill(rev.first, rev.second, forward_options(options), executor);
   }
-  using namespace detail::la;
+  using namespace la;
   const auto [checked_dims, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   const float scale = check_scale(ArgCheck("gated_linear_attention"), options.scale, d.K);
@@ -94,6 +97,35 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
     p.bf16_dot = options.bf16_compute == Bf16Compute::dot;
     return p;
   });
+}
+
+}  // namespace detail
+
+/// GLA prefill with the decay options.gate selects (per-channel by default;
+/// reference::gated_linear_attention is the definition). final_state may be the initial_state
+/// view (in place); token_states forces the recurrent form. Threaded over (sequence, value head).
+inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                                   const GatedLinearAttentionOptions& options = {},
+                                   const Executor& executor = serial_executor()) {
+  detail::gla_prefill(in, out, options, executor);
+}
+
+/// The same on q/k/v stored as seqmix::bf16 or seqmix::f16 (gates, states and outputs fp32):
+/// each chunk's (or token's) rows are widened as they are loaded, never the whole tensor. With
+/// options.bf16_compute = dot the chunked form's GEMMs then run on bf16 dot products as for fp32
+/// inputs. docs/operators.md (GLA) gives the accuracy against fp32 inputs.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void gated_linear_attention(const GatedLinearAttentionInputsOf<H>& in, const GatedLinearAttentionOutputs& out,
+                            const GatedLinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  detail::gla_prefill(in, out, options, executor);
+}
+
+/// simple_gla on 16-bit q/k/v (see the bf16 / f16 gated_linear_attention).
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void simple_gla(const GatedLinearAttentionInputsOf<H>& in, const GatedLinearAttentionOutputs& out,
+                GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
+  options.gate = GateKind::scalar;
+  detail::gla_prefill(in, out, options, executor);
 }
 
 /// Simple GLA: one log-decay per token and head, g_scalar [B,T,Hg].

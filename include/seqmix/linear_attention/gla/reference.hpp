@@ -13,12 +13,14 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
@@ -57,16 +59,25 @@ struct GatedLinearAttentionOptions {
 /// tensors [1,total_T,...], sequence n is tokens [cu[n], cu[n+1]), states [N,HV,K,V]. With
 /// batch.state_indices the states are a pool [S,HV,K,V] read and written at row state_indices[n]
 /// (-1: padding sequence, nothing read or written, its outputs untouched); has_initial_state[n]
-/// false starts sequence n from zeros (seqmix/core/batch.hpp).
-struct GatedLinearAttentionInputs {
-  ConstView<float, 4> q;                   ///< [B,T,H,K]
-  ConstView<float, 4> k;                   ///< [B,T,H,K]
-  ConstView<float, 4> v;                   ///< [B,T,HV,V], HV a multiple of H
+/// false starts sequence n from zeros (seqmix/core/batch.hpp). T is the storage type of q, k and v:
+/// float (GatedLinearAttentionInputs), or seqmix::bf16 / seqmix::f16, which the chunked and
+/// recurrent forms widen row by row as they load each chunk or token (no fp32 copy of the inputs);
+/// gates, states and outputs stay fp32.
+template <class T>
+struct GatedLinearAttentionInputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "GatedLinearAttentionInputsOf: q/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 4> q;                       ///< [B,T,H,K]
+  ConstView<T, 4> k;                       ///< [B,T,H,K]
+  ConstView<T, 4> v;                       ///< [B,T,HV,V], HV a multiple of H
   ConstView<float, 4> g = {};              ///< [B,T,Hg,K] log-decays <= 0 (GateKind::channel only)
   ConstView<float, 3> g_scalar = {};       ///< [B,T,Hg]   log-decays <= 0 (GateKind::scalar only)
   ConstView<float, 4> initial_state = {};  ///< [N,HV,K,V] or a pool [S,HV,K,V], optional (zeros if absent)
   SequenceBatch batch = {};                ///< cu_seqlens, state_indices, has_initial_state (all optional)
 };
+
+/// Prefill arguments with fp32 q/k/v (GatedLinearAttentionInputsOf).
+using GatedLinearAttentionInputs = GatedLinearAttentionInputsOf<float>;
 
 /// o must not overlap an input; final_state may be the same view as initial_state (in place).
 struct GatedLinearAttentionOutputs {
@@ -135,7 +146,8 @@ inline void check_gate(const ArgCheck& check, GateKind gate, const ConstView<flo
 }
 
 // Checks a prefill (before anything is written) and resolves its sequences.
-inline PrefillCheck validate_gla(const char* op, const GatedLinearAttentionInputs& in,
+template <class T>
+PrefillCheck validate_gla(const char* op, const GatedLinearAttentionInputsOf<T>& in,
                                  const GatedLinearAttentionOutputs& out, const GatedLinearAttentionOptions& options,
                                  const Executor& executor) {
   const ArgCheck check(op);
@@ -171,7 +183,8 @@ inline Dims validate_gla_step(const ArgCheck& check, const GatedLinearAttentionS
 }
 
 // The log-decay of key channel c for value head hv at token t of a prefill (any gate kind).
-inline float gla_log_gate(const GatedLinearAttentionInputs& in, GateKind gate, const Dims& d, index_t b, index_t t,
+template <class T>
+float gla_log_gate(const GatedLinearAttentionInputsOf<T>& in, GateKind gate, const Dims& d, index_t b, index_t t,
                           index_t hv, index_t c) {
   switch (gate) {
     case GateKind::channel: return in.g(b, t, head_for(in.g.size(2), hv, d), c);
@@ -187,7 +200,10 @@ inline float gla_log_gate(const GatedLinearAttentionInputs& in, GateKind gate, c
 namespace detail {
 
 // A reverse call as the forward call on reversed views (core/direction.hpp).
-inline std::pair<GatedLinearAttentionInputs, GatedLinearAttentionOutputs> reversed_call(const char* op, GatedLinearAttentionInputs in, GatedLinearAttentionOutputs out) {
+template <class T>
+std::pair<GatedLinearAttentionInputsOf<T>, GatedLinearAttentionOutputs> reversed_call(const char* op,
+                                                                                     GatedLinearAttentionInputsOf<T> in,
+                                                                                     GatedLinearAttentionOutputs out) {
   check_reversible(op, in.batch, true);
   reverse_time_of(in.q, in.k, in.v, in.g, in.g_scalar, out.o, out.token_states);
   return {in, out};
@@ -199,12 +215,15 @@ namespace reference {
 
 /// The definition, token by token, with the state in double precision, one sequence at a time.
 /// Single-threaded; `executor` only splits the gate check. final_state may alias initial_state.
-inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                                   const GatedLinearAttentionOptions& options = {},
-                                   const Executor& executor = serial_executor()) {
+/// q/k/v may be stored as float, bf16 or f16 (GatedLinearAttentionInputsOf): each value is widened
+/// exactly where it is read.
+template <class T>
+void gated_linear_attention(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAttentionOutputs& out,
+                            const GatedLinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::reversed_call("reference::gated_linear_attention", in, out);
-    return gated_linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+    // Qualified: unqualified, argument-dependent lookup would also find the fast 16-bit overload.
+    return reference::gated_linear_attention<T>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_gla("reference::gated_linear_attention", in, out, options, executor);
@@ -223,11 +242,12 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
       for (index_t t = span.token_begin; t < span.token_begin + span.tokens; ++t) {
         for (index_t r = 0; r < d.K; ++r) {
           const double decay = std::exp(static_cast<double>(gla_log_gate(in, options.gate, d, b, t, hv, r)));
-          for (index_t c = 0; c < d.V; ++c) s(r, c) = decay * s(r, c) + double(in.k(b, t, h, r)) * in.v(b, t, hv, c);
+          for (index_t c = 0; c < d.V; ++c) s(r, c) = decay * s(r, c) + double(static_cast<float>(in.k(b, t, h, r))) *
+                                                 double(static_cast<float>(in.v(b, t, hv, c)));
         }
         for (index_t c = 0; c < d.V; ++c) {
           double acc = 0.0;
-          for (index_t r = 0; r < d.K; ++r) acc += double(in.q(b, t, h, r)) * s(r, c);
+          for (index_t r = 0; r < d.K; ++r) acc += double(static_cast<float>(in.q(b, t, h, r))) * s(r, c);
           out.o(b, t, hv, c) = static_cast<float>(scale * acc);
         }
         if (out.token_states.has_value())
@@ -239,6 +259,13 @@ inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const G
           for (index_t c = 0; c < d.V; ++c) out.final_state(span.state_row, hv, r, c) = static_cast<float>(s(r, c));
     }
   }
+}
+
+/// The definition on fp32 q/k/v (the overload braced argument lists pick).
+inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                                   const GatedLinearAttentionOptions& options = {},
+                                   const Executor& executor = serial_executor()) {
+  gated_linear_attention<float>(in, out, options, executor);
 }
 
 }  // namespace reference

@@ -1,0 +1,213 @@
+// gated_linear_attention / simple_gla on q/k/v stored as bf16 or f16 (GatedLinearAttentionInputsOf)
+// against fp32 inputs (docs/operators.md, GLA):
+//  - fp32 inputs holding the same rounded values, same options: the same arithmetic after each
+//    row's load, so outputs and final states within 1e-6 normwise;
+//  - fp32 inputs holding the unrounded originals: per (sequence, value head) normwise relative
+//    error of outputs and final states within the documented bound (2^-6 for bf16 storage, also
+//    with bf16 dot products; 2^-9 for f16 storage with fp32 products).
+// Ragged shapes: T = 1, T not a multiple of the chunk, odd K and V, GQA, B > 1, an initial
+// state, channel and scalar gates, packed sequences; chunked and recurrent forms; the reference.
+// On a target without AVX512-BF16, Bf16Compute::dot falls back to fp32 and the same bounds hold.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/gla/reference.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct GlaHalfCase {
+  index_t B, T, H, HV, K, V, chunk;
+  bool packed;
+  std::string describe() const {
+    std::ostringstream s;
+    s << "B=" << B << " T=" << T << " H=" << H << " HV=" << HV << " K=" << K << " V=" << V << " chunk=" << chunk
+      << (packed ? " packed" : "");
+    return s.str();
+  }
+};
+
+std::vector<GlaHalfCase> gla_half_cases() {
+  std::vector<GlaHalfCase> cases = {
+      {2, 1, 1, 1, 16, 16, 64, false},    // T = 1
+      {2, 70, 2, 4, 33, 20, 64, false},   // ragged T, odd K, GQA
+      {1, 129, 1, 2, 64, 48, 32, false},  // several chunks, ragged last one
+      {1, 90, 2, 2, 24, 32, 16, true},    // packed sequences
+  };
+  if (!st::small_test_scale()) cases.push_back({1, 300, 1, 2, 128, 128, 64, false});
+  return cases;
+}
+
+std::vector<std::int32_t> gla_half_cu(index_t T) {
+  std::vector<std::int32_t> cu = {0};
+  for (index_t len = 1; cu.back() < T; len = len * 3 + 4)
+    cu.push_back(static_cast<std::int32_t>(std::min<index_t>(cu.back() + len, T)));
+  return cu;
+}
+
+// max over (row, head) of ||a - b|| / ||b|| (||a - b|| where b is 0) over the inner two dimensions
+// of [N,X,H,Y] (head_dim 2: outputs) or [N,H,X,Y] (head_dim 1: states).
+double gla_half_rel_err(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int head_dim) {
+  double worst = 0.0;
+  const index_t H = b.size(head_dim), X = b.size(head_dim == 2 ? 1 : 2);
+  for (index_t n = 0; n < b.size(0); ++n)
+    for (index_t h = 0; h < H; ++h) {
+      double diff = 0.0, ref = 0.0;
+      for (index_t x = 0; x < X; ++x)
+        for (index_t y = 0; y < b.size(3); ++y) {
+          const double va = head_dim == 2 ? a(n, x, h, y) : a(n, h, x, y);
+          const double vb = head_dim == 2 ? b(n, x, h, y) : b(n, h, x, y);
+          diff += (va - vb) * (va - vb), ref += vb * vb;
+        }
+      worst = std::max(worst, ref > 0.0 ? std::sqrt(diff / ref) : std::sqrt(diff));
+    }
+  return worst;
+}
+
+// A random fp32 tensor, its 16-bit rounding and that rounding widened back to fp32.
+template <class H>
+struct GlaStored {
+  Tensor<float, 4> orig, rounded;
+  Tensor<H, 4> half;
+  GlaStored(const typename Tensor<float, 4>::shape_type& shape, std::uint64_t seed)
+      : orig(shape), rounded(shape), half(shape) {
+    st::fill_uniform(orig.view(), seed, -1.f, 1.f);
+    seqmix::convert(orig.data(), half.data(), orig.numel());
+    seqmix::convert(half.data(), rounded.data(), orig.numel());
+  }
+};
+
+struct GlaHalfResult {
+  Tensor<float, 4> o, s;
+};
+
+enum class GlaEntry { fast, reference };
+
+template <class T>
+GlaHalfResult gla_half_run(GlaEntry e, const GlaHalfCase& c, const Tensor<T, 4>& q, const Tensor<T, 4>& k,
+                           const Tensor<T, 4>& v, seqmix::GatedLinearAttentionInputsOf<float> gates,
+                           const seqmix::GatedLinearAttentionOptions& options, const seqmix::Executor& executor) {
+  seqmix::GatedLinearAttentionInputsOf<T> in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
+  in.g = gates.g, in.g_scalar = gates.g_scalar, in.initial_state = gates.initial_state, in.batch = gates.batch;
+  const index_t N = gates.initial_state.size(0), B = q.size(0);
+  GlaHalfResult r{Tensor<float, 4>({B, c.T, c.HV, c.V}), Tensor<float, 4>({N, c.HV, c.K, c.V})};
+  const seqmix::GatedLinearAttentionOutputs out{r.o.view(), r.s.view()};
+  if (e == GlaEntry::reference)
+    seqmix::reference::gated_linear_attention(in, out, options, executor);
+  else
+    seqmix::gated_linear_attention(in, out, options, executor);
+  return r;
+}
+
+template <class H>
+void gla_half_check(const GlaHalfCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
+  using seqmix::GateKind;
+  using seqmix::LinearAttentionAlgorithm;
+  const std::vector<std::int32_t> cu = gla_half_cu(c.T);
+  const index_t N = c.packed ? static_cast<index_t>(cu.size()) - 1 : c.B, B = c.packed ? 1 : c.B;
+  const GlaStored<H> q({B, c.T, c.H, c.K}, seed), k({B, c.T, c.H, c.K}, seed + 1), v({B, c.T, c.HV, c.V}, seed + 2);
+  Tensor<float, 4> g({B, c.T, c.HV, c.K});
+  Tensor<float, 3> gs({B, c.T, c.HV});
+  st::fill_log_gate(g.view(), seed + 3, -0.1f, 0.f);
+  st::fill_log_gate(gs.view(), seed + 4, -0.1f, 0.f);
+  const auto s0 = st::random_tensor<4>({N, c.HV, c.K, c.V}, seed + 5, -0.5f, 0.5f);
+  const bool bf16 = std::is_same_v<H, seqmix::bf16>;
+  const double bound = bf16 ? 1.0 / 64 : 1.0 / 512;
+  for (const GateKind gate : {GateKind::channel, GateKind::scalar})
+    for (const LinearAttentionAlgorithm algorithm : {LinearAttentionAlgorithm::chunked, LinearAttentionAlgorithm::recurrent})
+      for (const seqmix::Bf16Compute compute : {seqmix::Bf16Compute::fp32, seqmix::Bf16Compute::dot})
+        for (const GlaEntry e : {GlaEntry::fast, GlaEntry::reference}) {
+          if (e == GlaEntry::reference && (algorithm != LinearAttentionAlgorithm::chunked || compute != seqmix::Bf16Compute::fp32))
+            continue;  // the reference has no algorithm or compute choice
+          if (compute == seqmix::Bf16Compute::dot && !bf16) continue;  // dot products are for bf16 storage
+          seqmix::GatedLinearAttentionInputs gates;
+          if (gate == GateKind::channel) gates.g = g.cview();
+          if (gate == GateKind::scalar) gates.g_scalar = gs.cview();
+          gates.initial_state = s0.cview();
+          if (c.packed) gates.batch.cu_seqlens = cu;
+          seqmix::GatedLinearAttentionOptions options;
+          options.gate = gate, options.chunk_size = c.chunk, options.algorithm = algorithm, options.bf16_compute = compute;
+          INFO(c.describe() << (gate == GateKind::channel ? " channel" : " scalar")
+                            << (algorithm == LinearAttentionAlgorithm::chunked ? " chunked" : " recurrent")
+                            << (compute == seqmix::Bf16Compute::dot ? " dot" : " fp32")
+                            << (e == GlaEntry::reference ? " reference" : " fast") << " seed " << seed);
+          const GlaHalfResult half = gla_half_run(e, c, q.half, k.half, v.half, gates, options, executor);
+          const GlaHalfResult same = gla_half_run(e, c, q.rounded, k.rounded, v.rounded, gates, options, executor);
+          CHECK(gla_half_rel_err(half.o, same.o, 2) <= 1e-6);
+          CHECK(gla_half_rel_err(half.s, same.s, 1) <= 1e-6);
+          const GlaHalfResult orig = gla_half_run(e, c, q.orig, k.orig, v.orig, gates, options, executor);
+          const double eo = gla_half_rel_err(half.o, orig.o, 2), es = gla_half_rel_err(half.s, orig.s, 1);
+          INFO("against fp32 originals: output rel err " << eo << ", state rel err " << es);
+          CHECK(eo <= bound);
+          CHECK(es <= bound);
+        }
+}
+
+}  // namespace
+
+TEST_CASE("gla with bf16 q, k and v: equal to fp32 inputs of the same values, within the bound of fp32",
+          "[gla][bf16]") {
+  const seqmix::ThreadPool pool(2);
+  std::uint64_t seed = 5100;
+  for (const GlaHalfCase& c : gla_half_cases()) gla_half_check<seqmix::bf16>(c, seed += 10, pool);
+}
+
+TEST_CASE("gla with f16 q, k and v: equal to fp32 inputs of the same values, within the bound of fp32",
+          "[gla][f16]") {
+  std::uint64_t seed = 5500;
+  for (const GlaHalfCase& c : gla_half_cases()) gla_half_check<seqmix::f16>(c, seed += 10, seqmix::serial_executor());
+}
+
+TEST_CASE("gla with bf16 q, k and v: simple_gla and reverse take them, a bad shape is refused before any write", "[gla][bf16]") {
+  Tensor<seqmix::bf16, 4> q({1, 9, 2, 8}), k({1, 9, 2, 8}), v({1, 9, 3, 8});  // HV = 3 not a multiple of H = 2
+  Tensor<float, 3> gs({1, 9, 3});
+  st::fill_log_gate(gs.view(), 77, -0.1f, 0.f);
+  Tensor<float, 4> o({1, 9, 3, 8});
+  std::fill(o.data(), o.data() + o.numel(), 3.f);
+  seqmix::GatedLinearAttentionInputsOf<seqmix::bf16> in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.g_scalar = gs.cview();
+  CHECK_THROWS_AS(seqmix::simple_gla(in, {o.view()}), seqmix::ShapeError);
+  CHECK_THROWS_AS(seqmix::gated_linear_attention(in, {o.view()}), seqmix::ShapeError);
+  CHECK_THROWS_AS(seqmix::reference::gated_linear_attention(in, {o.view()}), seqmix::ShapeError);
+  REQUIRE(std::all_of(o.data(), o.data() + o.numel(), [](float x) { return x == 3.f; }));
+  // A good shape: simple_gla on bf16 equals simple_gla on fp32 holding the same values.
+  Tensor<seqmix::bf16, 4> v2({1, 9, 2, 8});
+  Tensor<float, 4> qf({1, 9, 2, 8}), kf({1, 9, 2, 8}), vf({1, 9, 2, 8}), o16({1, 9, 2, 8}), o32({1, 9, 2, 8});
+  st::fill_uniform(qf.view(), 78, -1.f, 1.f), st::fill_uniform(kf.view(), 79, -1.f, 1.f);
+  st::fill_uniform(vf.view(), 80, -1.f, 1.f);
+  for (Tensor<float, 4>* x : {&qf, &kf, &vf})  // round to bf16 values in place
+    for (index_t i = 0; i < x->numel(); ++i) x->data()[i] = seqmix::bf16(x->data()[i]).to_float();
+  seqmix::convert(qf.data(), q.data(), qf.numel()), seqmix::convert(kf.data(), k.data(), kf.numel());
+  seqmix::convert(vf.data(), v2.data(), vf.numel());
+  Tensor<float, 3> gs2({1, 9, 2});
+  st::fill_log_gate(gs2.view(), 81, -0.1f, 0.f);
+  in.v = v2.cview(), in.g_scalar = gs2.cview();
+  seqmix::simple_gla(in, {o16.view()});
+  seqmix::GatedLinearAttentionInputs in32;
+  in32.q = qf.cview(), in32.k = kf.cview(), in32.v = vf.cview(), in32.g_scalar = gs2.cview();
+  seqmix::simple_gla(in32, {o32.view()});
+  REQUIRE(gla_half_rel_err(o16, o32, 2) <= 1e-6);
+  // reverse: the reversed views of 16-bit inputs, as for fp32.
+  seqmix::GatedLinearAttentionOptions reverse;
+  reverse.gate = seqmix::GateKind::scalar, reverse.reverse = true;
+  seqmix::gated_linear_attention(in, {o16.view()}, reverse);
+  seqmix::gated_linear_attention(in32, {o32.view()}, reverse);
+  REQUIRE(gla_half_rel_err(o16, o32, 2) <= 1e-6);
+  seqmix::reference::gated_linear_attention(in, {o16.view()}, reverse);
+  REQUIRE(gla_half_rel_err(o16, o32, 2) <= 1e-5);
+}
