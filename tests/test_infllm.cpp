@@ -5,16 +5,19 @@
 // options and shapes refused before the memory or the outputs change.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/attention/infllm/fast.hpp"
 #include "seqmix/attention/infllm/reference.hpp"
 #include "seqmix/core/half.hpp"
+#include "seqmix/core/parallel.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -176,6 +179,47 @@ TEST_CASE("infllm: a stream fed in pieces equals one call, outputs and memory", 
   }
   infllm_check_same("pieces vs one call", many, one);
   infllm_check_same_memory(pieces, whole);
+}
+
+// The decode form (up to 4 queries per call) runs each retrieved block once for the heads of
+// the group that chose it; with GQA 4 and random queries the heads of a group choose different
+// blocks, which the test checks happened, so the per-block head lists are exercised.
+TEST_CASE("infllm: decode steps with GQA 4 heads choosing different blocks match the reference", "[infllm]") {
+  seqmix::ThreadPool pool(2);
+  const index_t T = st::small_test_scale() ? 300 : 700;
+  const InfllmCase c{2, T, 8, 2, 64, 16, 4, 3, 8, 40};
+  const InfllmProblem<seqmix::f16> p(c, 77);
+  seqmix::InfllmMemory m_ref = c.memory(), m_step = c.memory();
+  InfllmOutputs want(c.B, c.T, c.Hq, c.D), step(c.B, c.T, c.Hq, c.D);
+  seqmix::reference::infllm_attention(m_ref, p.piece(0, c.T), want.view());
+  const index_t prompt = c.T - 24;
+  seqmix::infllm_attention(m_step, p.piece(0, prompt), step.rows(0, prompt), pool);
+  // Steps of 1, 2, 3 and 4 queries, threaded and serial, to the end of the stream.
+  index_t t = prompt, size = 1;
+  bool serial = false;
+  while (t < c.T) {
+    const index_t t1 = std::min(c.T, t + size);
+    const seqmix::Executor& executor = serial ? seqmix::serial_executor() : static_cast<const seqmix::Executor&>(pool);
+    seqmix::infllm_attention(m_step, p.piece(t, t1), step.rows(t, t1), executor);
+    t = t1, size = size % 4 + 1, serial = !serial;
+  }
+  infllm_check_same("decode steps " + c.describe(), step, want);
+  infllm_check_same_memory(m_step, m_ref);
+  // Did the heads of one group choose different blocks for the last query?
+  std::vector<float> scores;
+  std::vector<std::int32_t> chosen, first;
+  std::vector<std::pair<float, std::int32_t>> candidates;
+  bool differ = false;
+  const index_t G = c.Hq / c.Hkv, pos = c.T - 1;
+  for (index_t b = 0; b < c.B; ++b)
+    for (index_t h = 0; h < c.Hq; ++h) {
+      seqmix::detail::infllm_select_row(m_step, p.q.cview().ptr(b, pos, h), p.q.cview().stride(3), b, h / G,
+                                        m_step.blocks_at(pos), scores, chosen, candidates);
+      REQUIRE(static_cast<index_t>(chosen.size()) == c.top_k);
+      if (h % G == 0) first = chosen;
+      differ = differ || chosen != first;
+    }
+  CHECK(differ);
 }
 
 TEST_CASE("infllm: representatives are the keys with the most attention received inside the block", "[infllm]") {

@@ -123,6 +123,93 @@ void infllm_run_gathered(const InfllmMemory& memory, const InfllmInputs<KV>& in,
     }
 }
 
+// Queries per call up to which infllm_attention takes the decode form (infllm_step_rows):
+// seqmix::attention's own limit for its split-KV decode.
+constexpr index_t kInfllmStepQueries = 4;
+
+// Per-thread working set of the decode form's retrieved blocks: the lookup of the group's
+// heads, the (block, head) pairs it chose, and one block call's packed query rows and results.
+struct InfllmStepScratch {
+  std::vector<float> scores, q, o, lse;
+  std::vector<std::int32_t> chosen;
+  std::vector<std::pair<float, std::int32_t>> candidates;
+  std::vector<std::pair<std::int32_t, std::int32_t>> picks;  // (block, head in group), sorted
+  WeightedPartsAccumulator parts;
+};
+
+// The decode form (Tq <= kInfllmStepQueries), per new query i:
+//  - the initial tokens and the local part [n_init + M * bs, pos] are one attention_step call for
+//    every batch row and head: keys [0, pos] with a window of pos + 1 - (n_init + M * bs) keys
+//    and n_init sinks is exactly that key set, and the split-KV kernel spreads its tiles over the
+//    executor and reads f16 / bf16 rows in its dot products;
+//  - per (batch row, KV head) task: the shared lookup of the group's G heads, then one
+//    attention_step call per retrieved block (bs contiguous keys of the KV head, no mask) for
+//    all the heads that chose it, their query rows packed side by side, so each block's K/V
+//    rows are read once for the group; the parts are merged by lse (WeightedPartsAccumulator)
+//    with the local part's (o, lse).
+// The earlier form ran every range through gathered_block_attention once per head of the group
+// (each chosen block's 64-key f16 tiles widened to fp32 G times) and the 2048-token window as
+// flash tiles for G rows: decode at Tk = 32768 was barely faster than dense decode.
+template <class KV>
+void infllm_step_rows(const InfllmMemory& memory, const InfllmInputs<KV>& in, const AttentionOutputs& out,
+                      const AttentionDims& d, const Executor& executor) {
+  const InfllmOptions& opt = memory.options();
+  const index_t G = d.group(), bs = opt.block_size, K = opt.top_k;
+  AttentionOptions local = infllm_attention_options(opt, true);
+  const AttentionOptions open = infllm_attention_options(opt, false);
+  Tensor<float, 4> local_o({d.B, 1, d.Hq, d.Dv});  // [B,1,Hq,Dv]: one query's initial + local part
+  Tensor<float, 3> local_lse({d.B, 1, d.Hq});
+  for (index_t i = 0; i < d.Tq; ++i) {
+    const index_t pos = d.Tk - d.Tq + i, sealed = memory.blocks_at(pos), local_start = memory.block_start(sealed);
+    // pos < n_init: no window, every key up to pos is an initial token.
+    local.window = pos >= local_start ? pos + 1 - local_start : 0;
+    local.sink_tokens = local.window > 0 ? opt.init_tokens : 0;
+    AttentionInputs<KV> near;
+    near.q = in.q.slice(1, i, 1), near.k = in.k.slice(1, 0, pos + 1), near.v = in.v.slice(1, 0, pos + 1);
+    attention_step(near, {local_o.view(), local_lse.view()}, local, executor);
+    executor.run(d.B * d.Hkv, [&](index_t t) {
+      const index_t b = t / d.Hkv, hk = t % d.Hkv, h0 = hk * G;
+      thread_local InfllmStepScratch scratch;
+      InfllmStepScratch& w = scratch;
+      w.parts.reset(G, d.Dv);
+      for (index_t g = 0; g < G; ++g) w.parts.add(g, local_lse(b, 0, h0 + g), local_o.view().ptr(b, 0, h0 + g));
+      w.picks.clear();
+      for (index_t g = 0; g < G && K > 0; ++g) {
+        infllm_select_row(memory, in.q.ptr(b, i, h0 + g), in.q.stride(3), b, hk, sealed, w.scores, w.chosen,
+                          w.candidates);
+        for (const std::int32_t n : w.chosen) w.picks.push_back({n, static_cast<std::int32_t>(g)});
+      }
+      std::sort(w.picks.begin(), w.picks.end());
+      w.q.resize(static_cast<std::size_t>(G * d.Dk));
+      w.o.resize(static_cast<std::size_t>(G * d.Dv));
+      w.lse.resize(static_cast<std::size_t>(G));
+      for (std::size_t e0 = 0; e0 < w.picks.size();) {
+        const std::int32_t n = w.picks[e0].first;
+        std::size_t e1 = e0;
+        for (; e1 < w.picks.size() && w.picks[e1].first == n; ++e1) {
+          const index_t row = static_cast<index_t>(e1 - e0), h = h0 + w.picks[e1].second;
+          for (index_t c = 0; c < d.Dk; ++c) w.q[static_cast<std::size_t>(row * d.Dk + c)] = in.q(b, i, h, c);
+        }
+        const index_t rows = static_cast<index_t>(e1 - e0), j0 = memory.block_start(n);
+        AttentionInputs<KV> block;  // [1,1,rows,Dk] queries against the block's keys of KV head hk
+        block.q = ConstView<float, 4>(w.q.data(), {1, 1, rows, d.Dk});
+        block.k = in.k.slice(0, b, 1).slice(1, j0, bs).slice(2, hk, 1);
+        block.v = in.v.slice(0, b, 1).slice(1, j0, bs).slice(2, hk, 1);
+        attention_step(block, {TensorView<float, 4>(w.o.data(), {1, 1, rows, d.Dv}), TensorView<float, 3>(w.lse.data(), {1, 1, rows})},
+                       open, serial_executor());
+        for (index_t row = 0; row < rows; ++row)
+          w.parts.add(w.picks[e0 + static_cast<std::size_t>(row)].second, w.lse[static_cast<std::size_t>(row)],
+                      w.o.data() + row * d.Dv);
+        e0 = e1;
+      }
+      for (index_t g = 0; g < G; ++g) {
+        const float lse = w.parts.finish(g, out.o.ptr(b, i, h0 + g), out.o.stride(3));
+        if (out.lse.has_value()) out.lse(b, i, h0 + g) = lse;
+      }
+    });
+  }
+}
+
 }  // namespace detail
 
 /// Same arguments, memory update and results as reference::infllm_attention; K/V may be float,
@@ -135,6 +222,10 @@ void infllm_attention(InfllmMemory& memory, const InfllmInputs<KV>& in, const At
   const AttentionDims d = validate_infllm("infllm_attention", memory, in, out);
   memory.append_checked(in.q, in.k, executor);
   if (d.B * d.Tq * d.Hq == 0) return;
+  if (d.Tq <= kInfllmStepQueries) {
+    infllm_step_rows(memory, in, out, d, executor);
+    return;
+  }
   const InfllmOptions& opt = memory.options();
   const index_t G = d.group(), bs = opt.block_size, K = opt.top_k, init = opt.init_tokens;
   const AttentionOptions causal = infllm_attention_options(opt, true), open = infllm_attention_options(opt, false);

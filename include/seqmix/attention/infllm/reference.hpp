@@ -46,6 +46,7 @@
 #include "seqmix/attention/moba/reference.hpp"  // moba_select_row
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix {
@@ -257,19 +258,30 @@ AttentionDims validate_infllm(const char* op, const InfllmMemory& memory, const 
 }
 
 // Block scores of query row q (Dk floats) against the first `count` sealed blocks of (b, hk):
-// score[n] = (1/r) sum_e q . rep_e in float, one fixed order: the one routine every form uses.
+// score[n] = (1/r) sum_e q . rep_e in float, one fixed order: the one routine every form uses,
+// so every form retrieves the same blocks. One vector of partial sums runs over all r
+// representatives of a block (lane u holds channels u, u + W, ... of every rep_e) and is reduced
+// once: at decode this reads the M * r representative rows per query head, about 2M
+// multiply-adds per KV head group at Tk = 131072, which a scalar loop (one dependent add per
+// product) made a third of a decode step.
 inline void infllm_block_scores(const InfllmMemory& memory, const float* q, index_t q_stride, index_t b, index_t hk,
                                 index_t count, float* score) {
-  const index_t r = memory.options().representatives, Dk = memory.head_dim();
+  const index_t r = memory.options().representatives, Dk = memory.head_dim(), nv = simd::vector_end(Dk);
   const float inv = 1.f / static_cast<float>(r);
+  thread_local std::vector<float> packed;  // q contiguous (the views may be strided), kept per thread
+  if (q_stride != 1) {
+    packed.resize(static_cast<std::size_t>(Dk));
+    for (index_t c = 0; c < Dk; ++c) packed[static_cast<std::size_t>(c)] = q[c * q_stride];
+    q = packed.data();
+  }
   for (index_t n = 0; n < count; ++n) {
     const float* rep = memory.representatives(b, n, hk);
-    float total = 0.f;
-    for (index_t e = 0; e < r; ++e) {
-      float dot = 0.f;
-      for (index_t c = 0; c < Dk; ++c) dot += q[c * q_stride] * rep[e * Dk + c];
-      total += dot;
-    }
+    simd::Batch<float> acc(0.f);
+    for (index_t e = 0; e < r; ++e)
+      for (index_t c = 0; c < nv; c += simd::kWidth) acc = simd::fma(simd::load(q + c), simd::load(rep + e * Dk + c), acc);
+    float total = simd::reduce_add(acc);
+    for (index_t e = 0; e < r; ++e)
+      for (index_t c = nv; c < Dk; ++c) total += q[c] * rep[e * Dk + c];
     score[n] = total * inv;
   }
 }
