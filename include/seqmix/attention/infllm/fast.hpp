@@ -13,9 +13,11 @@
 // With top_k > 0 and Tq > 16 (prefill) the retrieved blocks instead run against their queries
 // gathered from the whole call (detail::infllm_run_gathered, MoBA's form), since the rows of a
 // run retrieve mostly different blocks.
-// Decode (Tq = 1) is the code above: each (batch row, KV head) is one task, reading the M
-// representative sets of the memory plus (n_init + top_k * bs + local) rows per query head,
-// against Tk rows for dense decode.
+// Decode (Tq <= kInfllmStepQueries) takes its own form, infllm_step_rows: the initial and local
+// parts through the split-KV decode kernel (attention_step with sinks and a window), each
+// retrieved block one attention_step call for the heads that chose it. A step reads the M
+// representative sets of the memory plus n_init + local rows per KV head and bs rows per
+// retrieved (block, KV head), against Tk rows for dense decode.
 #pragma once
 
 #include <algorithm>

@@ -1,4 +1,5 @@
-// nsa_step: nsa's decode form. The compressed and window branches are dense attention (the
+// nsa_step: nsa's decode form. The selection and the compressed branch are one pass over the
+// compressed K/V (nsa_step_select_compressed); the window branch is dense attention (the
 // split-KV decode kernel for a few queries); the selection branch lists the chosen blocks' keys
 // up to each query's position and runs topk_attention on them (one selection head per KV head:
 // the choice is shared by the group), so a step reads the Nc compressed keys, top_n * l' rows
@@ -6,12 +7,76 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "seqmix/attention/nsa/fast.hpp"
 #include "seqmix/attention/topk/fast.hpp"
 
 namespace seqmix {
+namespace detail {
+
+// The selection and the compressed branch in one pass over the compressed K/V, per (batch row,
+// query, KV head) task: each visible compressed key row is widened once and scored against the
+// group's G query rows exactly as nsa_block_selection scores it (kv_row_to_float, nsa_dot), so
+// nsa_select_row picks the same blocks; the same scores, scaled, are the compressed branch's
+// logits, whose softmax weights the compressed values (read once, widened row by row) into
+// o_cmp. Done separately, the selection and the decode kernel each read all of compressed_k:
+// a third of a step's bytes at Tk = 131072 (Nc = 8191 rows of K~ and of V~ per KV head).
+template <class KV>
+void nsa_step_select_compressed(const NsaInputs<KV>& in, const NsaDims& n, const NsaOptions& options,
+                                const ConstView<KV, 4>& ck, const ConstView<KV, 4>& cv,
+                                const TensorView<std::int32_t, 4>& blocks, const TensorView<float, 4>& o_cmp,
+                                const Executor& executor) {
+  const AttentionDims& d = n.attention;
+  const index_t G = d.group(), Nc = std::max<index_t>(n.compressed, 1), Dkp = round_up(d.Dk, simd::kWidth),
+                Dvp = round_up(d.Dv, simd::kWidth);
+  AttentionOptions scale_only;
+  scale_only.scale = options.scale;
+  const float scale = attention_scale(scale_only, d.Dk);
+  parallel_for(executor, d.B * d.Tq * d.Hkv, 1, [&](index_t first, index_t last) {
+    NsaSelectScratch w;
+    // q [G, Dkp], one widened key or value row [max(Dkp, Dvp)], scores [G, Nc], acc [G, Dvp]
+    AlignedVector<float> q(static_cast<std::size_t>(G * Dkp), 0.f), row(static_cast<std::size_t>(std::max(Dkp, Dvp)), 0.f),
+        scores(static_cast<std::size_t>(G * Nc)), acc(static_cast<std::size_t>(G * Dvp));
+    std::vector<float> top(static_cast<std::size_t>(G)), total(static_cast<std::size_t>(G));
+    for (index_t t = first; t < last; ++t) {
+      const index_t hk = t % d.Hkv, i = t / d.Hkv % d.Tq, b = t / d.Hkv / d.Tq, pos = d.Tk - d.Tq + i;
+      const index_t visible = std::min(nsa_compressed_position(pos, options) + 1, n.compressed);
+      for (index_t g = 0; g < G; ++g) kv_row_to_float(in.q.ptr(b, i, hk * G + g), in.q.stride(3), d.Dk, q.data() + g * Dkp);
+      for (index_t c = 0; c < visible; ++c) {
+        kv_row_to_float(ck.ptr(b, c, hk), ck.stride(3), d.Dk, row.data());
+        for (index_t g = 0; g < G; ++g) scores[static_cast<std::size_t>(g * Nc + c)] = nsa_dot(q.data() + g * Dkp, row.data(), d.Dk);
+      }
+      nsa_select_row(scores.data(), Nc, G, pos, scale, options, blocks.ptr(b, i, hk), w);
+      // o_cmp: softmax(scale * scores) over the visible blocks, 0 when none is.
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (index_t g = 0; g < G; ++g) {
+        float* s = scores.data() + g * Nc;
+        float m = kMinusInf, l = 0.f;
+        for (index_t c = 0; c < visible; ++c) m = std::max(m, scale * s[c]);
+        for (index_t c = 0; c < visible; ++c) l += (s[c] = std::exp(scale * s[c] - m));
+        top[static_cast<std::size_t>(g)] = m, total[static_cast<std::size_t>(g)] = l;
+      }
+      for (index_t c = 0; c < visible; ++c) {
+        kv_row_to_float(cv.ptr(b, c, hk), cv.stride(3), d.Dv, row.data());
+        for (index_t g = 0; g < G; ++g) {
+          const simd::Batch<float> p(scores[static_cast<std::size_t>(g * Nc + c)]);
+          float* a = acc.data() + g * Dvp;
+          for (index_t e = 0; e < Dvp; e += simd::kWidth) simd::store(a + e, simd::fma(p, simd::load(row.data() + e), simd::load(a + e)));
+        }
+      }
+      for (index_t g = 0; g < G; ++g) {
+        const float l = total[static_cast<std::size_t>(g)], inv = visible > 0 && l > 0.f ? 1.f / l : 0.f;
+        float* o = o_cmp.ptr(b, i, hk * G + g);
+        for (index_t e = 0; e < d.Dv; ++e) o[e * o_cmp.stride(3)] = acc[static_cast<std::size_t>(g * Dvp + e)] * inv;
+      }
+    }
+  });
+}
+
+}  // namespace detail
 
 /// Same arguments and results as reference::nsa, for few queries (decode; any Tq is accepted).
 /// Give compressed_k / compressed_v kept beside the cache (a new compressed block every d
@@ -27,9 +92,11 @@ void nsa_step(const NsaInputs<KV>& in, const TensorView<float, 4>& o, const NsaO
   Tensor<KV, 4> own_k, own_v;
   const auto compressed = nsa_compressed(in, n, options, own_k, own_v, executor);
   Tensor<std::int32_t, 4> blocks({d.B, d.Tq, d.Hkv, options.top_n});
-  nsa_block_selection(in, compressed.first, blocks.view(), options, executor);
   Tensor<float, 4> o_cmp({d.B, d.Tq, d.Hq, d.Dv}), o_slc({d.B, d.Tq, d.Hq, d.Dv}), o_win({d.B, d.Tq, d.Hq, d.Dv});
-  nsa_dense_branches(in, n, options, compressed.first, compressed.second, o_cmp.view(), o_win.view(), executor);
+  nsa_step_select_compressed(in, n, options, compressed.first, compressed.second, blocks.view(), o_cmp.view(), executor);
+  AttentionOptions window;
+  window.scale = options.scale, window.causal = true, window.window = options.window;
+  attention(nsa_dense_inputs(in), {o_win.view(), {}}, window, executor);
   const index_t bs = options.select_block, capacity = std::max<index_t>(options.top_n * bs, 1);
   Tensor<std::int32_t, 4> keys({d.B, d.Tq, d.Hkv, capacity});
   for (index_t b = 0; b < d.B; ++b)
