@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "seqmix/core/chunkwise/causal_product.hpp"
@@ -42,6 +43,15 @@ struct TitansMlpScratch {
         D1(Ah), G1(Ah), H(Ah), As(Ah), Tm(Ah), P(static_cast<std::size_t>(bs_ * bs_)), Wth(P), Eth(P),
         alpha(static_cast<std::size_t>(bs_)), eta(alpha), theta(alpha), A(alpha), E(alpha), C(alpha), delta(alpha) {}
 };
+
+/// The step's per-thread scratch (a mini-batch of one), built on a thread's first call and rebuilt
+/// only when K or M change, so a step makes no heap allocation after warm-up
+/// (tests/alloc/alloc_titans.cpp). The prefill keeps a per-call scratch: its mini-batch size varies.
+inline TitansMlpScratch& titans_mlp_step_scratch(index_t K, index_t M) {
+  thread_local std::optional<TitansMlpScratch> scratch;
+  if (!scratch || scratch->K != K || scratch->M != M) scratch.emplace(K, M, 1);
+  return *scratch;
+}
 
 /// One mini-batch of n tokens (rows of s.Q, s.X, s.V and gates s.alpha, s.eta, s.theta) from the
 /// memory and momenta in s: leaves y in s.Y and the state after the mini-batch's last token in s.
@@ -192,7 +202,7 @@ inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOu
   const detail::TitansMlpDims d = detail::validate_titans_mlp_step(check, in, out, options);
   const index_t K = d.K, M = d.M;
   parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
-    detail::TitansMlpScratch s(K, M, 1);
+    detail::TitansMlpScratch& s = detail::titans_mlp_step_scratch(K, M);
     s.loss = options.loss;
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.HV, hv = row % d.HV, hk = hv / d.group();

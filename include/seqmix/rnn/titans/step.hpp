@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
@@ -64,17 +65,27 @@ inline void titans_token(TitansToken& s, float* M, index_t ms, float* S, index_t
   for (index_t c = 0; c < V; ++c) y[c] *= scale;
 }
 
+// The step's per-thread token scratch, built on a thread's first call and rebuilt only when K or
+// V change (the strided-state copies M, S grow once): no heap allocation after warm-up
+// (tests/alloc/alloc_titans.cpp).
+inline TitansToken& titans_step_scratch(index_t K, index_t V) {
+  thread_local std::optional<TitansToken> scratch;
+  if (!scratch || scratch->q.size() != static_cast<std::size_t>(K) || scratch->v.size() != static_cast<std::size_t>(V))
+    scratch.emplace(K, V);
+  return *scratch;
+}
+
 }  // namespace detail
 
 /// One decode token per batch row: y = scale * M_t^T q with M and S updated in place (the
 /// recurrence of reference.hpp). Threaded over (batch, value head).
 inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out, const TitansOptions& options = {},
                         const Executor& executor = serial_executor()) {
-  const ArgCheck check("titans_step");
+  static const ArgCheck check("titans_step");
   const detail::TitansDims d = detail::validate_titans_step(check, in, out, options);
   const index_t K = d.K, V = d.V;
   parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
-    detail::TitansToken s(K, V);
+    detail::TitansToken& s = detail::titans_step_scratch(K, V);
     for (index_t item = begin; item < end; ++item) {
       const index_t b = item / d.HV, hv = item % d.HV, h = hv / d.group();
       for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, h, r);
