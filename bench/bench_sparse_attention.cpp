@@ -54,7 +54,9 @@
 // against attention/prefill/T8192_H32_D128_dense_causal (same T, heads and D).
 //
 // The issue asks for prefill at T = 32768; dense causal flash there is about 8.8 TFLOP (a minute
-// or more per call on 2 cores), so the prefill shapes run at T = 8192 (named so).
+// or more per call on 2 cores), so the shapes above run at T = 8192 (named so), and the issue's
+// shape has its own rows, <op>/prefill/T32768_H32_KV8_D128 (the section at the end of this file),
+// which run only when --benchmark_filter names them (contains "32768").
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -817,6 +819,308 @@ const bool registered_hyper = [] {
       [](benchmark::State& s) { hyper_prefill(s, kApproxT, false); });
   add("hyper_attention/prefill/T512_H32_D128", [](benchmark::State& s) { hyper_prefill(s, 512, false); });
   add("hyper_attention/prefill/T512_H32_D128_reference", [](benchmark::State& s) { hyper_prefill(s, 512, true); });
+  return true;
+}();
+
+
+// ---- issue 18's prefill shape: T = 32768, Hq = 32, Hkv = 8, D = 128 ----------------------------
+//
+//   attention/prefill/T32768_H32_KV8_D128_dense_causal  dense flash attention, causal (the
+//                                               baseline of every row below, same run)
+//   moba/prefill/T32768_H32_KV8_D128            block 512, top_k 3
+//   nsa/prefill/T32768_H32_KV8_D128             the paper's settings (l 32, d 16, l' 64, top_n 16,
+//                                               window 512), gates 1/3 each
+//   landmark/prefill/T32768_H32_KV8_D128        blocks of 64, mean-key landmarks, top_k 4
+//   infllm/prefill/T32768_H32_KV8_D128          from an empty memory: 128 initial tokens, window
+//                                               4096, blocks of 128 with 4 representatives, top_k 4
+//   hyper_attention/prefill/T32768_H32_KV8_D128 block 256, 256 sampled columns, exact leaves of 1024
+//   combiner/prefill/T32768_H32_KV8_D128        blocks of 181 (about sqrt(T)), block-mean summaries
+//   routing_attention/prefill/T32768_H32_KV8_D128  C = 181 centroids (the unit keys at evenly
+//                                               spaced positions: a k-means start), w = ceil(T / C)
+//   lsh_attention/prefill/T32768_H32_KV8_D128   shared QK (32 heads, v repeated to them), 64
+//                                               buckets, 4 rounds, chunks of 64
+// linformer and nystrom_attention have no causal form (the issue's encoders run non-causal at
+// T = 8192: the rows above). Each row runs one call (Iterations(1); the dense one takes a minute
+// or more on 2 cores) and only when the filter contains "32768", e.g.
+//   --benchmark_filter=T32768  (every row of the issue's shape)
+// so that an unfiltered run (bench_summary) stays short; otherwise the rows end at once with an
+// error saying so.
+//
+// One needle input for all rows: q, k, v uniform in [-1, 1], a key k* at p = T / 4 + 37 (inside
+// a block of every block size used, not at its start) with value (3, ..., 3) in every KV head, and
+// the last query of every head aimed at its KV head's k*: q = 12 sqrt(D) k* / |k*|^2, so that
+// k*'s logit is 12 and dense attention puts about 3/4 of the last row's weight on it. lsh_attention
+// reads keys from the queries (shared QK), so its input is the same q with row p set to k* (its
+// normalized key is then k* / |k*|) and the last row scaled to 12 sqrt(D) k* / |k*| (logit 12
+// again). Counters:
+//   keys_per_query  mean over the T queries of the keys each one's softmax covers (routing and lsh:
+//                   the expected count from the cluster / chunk sizes)
+//   GFLOP/s, eff    4 Hq D flop per (query, key) pair of keys_per_query
+//   err_needle      ||o - o_dense|| / ||o_dense|| over the last row (all heads), o_dense computed
+//                   in double from the inputs (for lsh: over the normalized keys before the query,
+//                   Reformer's no-self rule); near 0: the needle was found, near 1: missed
+//   needle_heads    heads (of 32) whose last row has cosine > 0.9 with (3, ..., 3)
+
+constexpr index_t kLongT = 32768, kLongCombinerBlock = 181, kLongClusters = 181;
+constexpr float kNeedleLogit = 12.f, kNeedleValue = 3.f;
+
+// The needle position and the needle's direction k* / |k*| per KV head.
+struct LongNeedle {
+  Tensor<float, 4> q, k, v;
+  index_t p = kLongT / 4 + 37;
+  LongNeedle()
+      : q(st::random_tensor<4>({1, kLongT, kHq, kD}, 41)),
+        k(st::random_tensor<4>({1, kLongT, kHkv, kD}, 42)),
+        v(st::random_tensor<4>({1, kLongT, kHkv, kD}, 43)) {
+    const index_t G = kHq / kHkv;
+    for (index_t hk = 0; hk < kHkv; ++hk) {
+      const double n2 = norm2(&k(0, p, hk, 0));
+      for (index_t c = 0; c < kD; ++c) v(0, p, hk, c) = kNeedleValue;
+      for (index_t g = 0; g < G; ++g)
+        for (index_t c = 0; c < kD; ++c)
+          q(0, kLongT - 1, hk * G + g, c) = static_cast<float>(kNeedleLogit * std::sqrt(static_cast<double>(kD)) * k(0, p, hk, c) / n2);
+    }
+  }
+  static double norm2(const float* x) {
+    double n = 0;
+    for (index_t c = 0; c < kD; ++c) n += static_cast<double>(x[c]) * x[c];
+    return n;
+  }
+};
+
+LongNeedle& long_needle() {
+  static LongNeedle instance;
+  return instance;
+}
+
+// Softmax(scale q . key_j) v_j over j < n in double, for one query row of D values; key(j) and
+// value(j) point at row j's D values.
+template <class Key, class Value>
+void dense_row(const float* q, index_t n, Key key, Value value, double* out) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(kD));
+  std::vector<double> logit(static_cast<std::size_t>(n));
+  double mx = -1e300;
+  for (index_t j = 0; j < n; ++j) {
+    double s = 0;
+    const float* kj = key(j);
+    for (index_t c = 0; c < kD; ++c) s += static_cast<double>(q[c]) * kj[c];
+    logit[static_cast<std::size_t>(j)] = s * scale, mx = std::max(mx, s * scale);
+  }
+  double sum = 0;
+  std::fill(out, out + kD, 0.0);
+  for (index_t j = 0; j < n; ++j) {
+    const double w = std::exp(logit[static_cast<std::size_t>(j)] - mx);
+    const float* vj = value(j);
+    sum += w;
+    for (index_t c = 0; c < kD; ++c) out[c] += w * vj[c];
+  }
+  for (index_t c = 0; c < kD; ++c) out[c] /= sum;
+}
+
+// Dense causal attention's last row on the needle input, [kHq * kD], computed once.
+const std::vector<double>& long_dense_last_row() {
+  static const std::vector<double> row = [] {
+    const LongNeedle& p = long_needle();
+    std::vector<double> r(static_cast<std::size_t>(kHq * kD));
+    const index_t G = kHq / kHkv;
+    for (index_t h = 0; h < kHq; ++h)
+      dense_row(&p.q(0, kLongT - 1, h, 0), kLongT, [&](index_t j) { return &p.k(0, j, h / G, 0); },
+                [&](index_t j) { return &p.v(0, j, h / G, 0); }, &r[static_cast<std::size_t>(h * kD)]);
+    return r;
+  }();
+  return row;
+}
+
+// err_needle and needle_heads of an output's last row against `want`.
+void report_needle(benchmark::State& state, const Tensor<float, 4>& o, const std::vector<double>& want) {
+  double diff = 0, norm = 0;
+  int found = 0;
+  for (index_t h = 0; h < kHq; ++h) {
+    double dot = 0, oo = 0;
+    for (index_t c = 0; c < kD; ++c) {
+      const double got = o(0, kLongT - 1, h, c), w = want[static_cast<std::size_t>(h * kD + c)];
+      diff += (got - w) * (got - w), norm += w * w, dot += got, oo += got * got;
+    }
+    // cosine with (3, ..., 3): sum(o) / (|o| sqrt(D))
+    if (oo > 0 && dot / (std::sqrt(oo) * std::sqrt(static_cast<double>(kD))) > 0.9) ++found;
+  }
+  state.counters["err_needle"] = std::sqrt(diff / norm);
+  state.counters["needle_heads"] = found;
+}
+
+// The long rows run only when the filter asks for them (see above).
+bool long_rows_selected(benchmark::State& state) {
+  if (benchmark::GetBenchmarkFilter().find("32768") != std::string::npos) return true;
+  state.SkipWithError("T = 32768 rows run only with --benchmark_filter containing 32768 (minutes per run)");
+  return false;
+}
+
+void report_keys(benchmark::State& state, double keys_total) {
+  state.counters["keys_per_query"] = keys_total / static_cast<double>(kLongT);
+  st::report_gflops(state, 4.0 * kHq * kD * keys_total);
+}
+
+enum class LongForm { dense, moba, nsa, landmark, infllm, hyper, combiner, routing };
+
+seqmix::HyperAttentionOptions long_hyper_options() {
+  seqmix::HyperAttentionOptions o;
+  o.block_size = kHyperBlock, o.sample_size = kHyperSamples, o.min_seq_len = kHyperMinLen;
+  return o;
+}
+
+seqmix::InfllmOptions long_infllm_options() {
+  seqmix::InfllmOptions o;
+  o.block_size = 128, o.representatives = 4, o.top_k = 4, o.init_tokens = 128, o.local_window = 4096;
+  return o;
+}
+
+// Keys each form's softmax covers, summed over the T queries.
+double long_keys_total(LongForm form) {
+  const double T = kLongT;
+  double keys = 0;
+  if (form == LongForm::dense) return 0.5 * T * (T + 1);
+  if (form == LongForm::moba) return moba_pairs(kLongT, kBlock, kTopK);
+  if (form == LongForm::nsa) return nsa_pairs(kLongT, seqmix::NsaOptions{});
+  if (form == LongForm::hyper) return hyper_pairs(kLongT, kHyperBlock, kHyperSamples, kHyperMinLen);
+  if (form == LongForm::routing) {
+    const double w = std::ceil(T / kLongClusters);
+    return kLongClusters * 0.5 * w * (w + 1);
+  }
+  for (index_t i = 0; i < kLongT; ++i) {
+    if (form == LongForm::landmark)  // own block up to i, 4 retrieved blocks, every earlier landmark scored
+      keys += static_cast<double>(i % 64 + 1 + std::min<index_t>(4, i / 64) * 64 + i / 64);
+    if (form == LongForm::combiner)  // own block up to i, one summary per earlier block
+      keys += static_cast<double>(i % kLongCombinerBlock + 1 + i / kLongCombinerBlock);
+    if (form == LongForm::infllm) {  // initial + retrieved + local keys, and the representatives scored
+      const seqmix::InfllmOptions o = long_infllm_options();
+      const index_t M = std::max<index_t>(0, (i + 1 - o.local_window - o.init_tokens) / o.block_size);
+      keys += static_cast<double>(std::min(o.init_tokens, i + 1) + std::min(o.top_k, M) * o.block_size +
+                                  std::max<index_t>(0, i + 1 - (o.init_tokens + M * o.block_size)) +
+                                  M * o.representatives);
+    }
+  }
+  return keys;
+}
+
+// Routing centroids: per query head, the unit keys of its KV head at C evenly spaced positions.
+Tensor<float, 3> long_routing_centroids(const LongNeedle& p) {
+  Tensor<float, 3> mu({kHq, kLongClusters, kD});
+  const index_t G = kHq / kHkv;
+  for (index_t h = 0; h < kHq; ++h)
+    for (index_t c = 0; c < kLongClusters; ++c) {
+      const index_t j = (2 * c + 1) * kLongT / (2 * kLongClusters);
+      const double n = std::sqrt(LongNeedle::norm2(&p.k(0, j, h / G, 0)));
+      for (index_t x = 0; x < kD; ++x) mu(h, c, x) = static_cast<float>(p.k(0, j, h / G, x) / n);
+    }
+  return mu;
+}
+
+void long_prefill(benchmark::State& state, LongForm form) {
+  if (!long_rows_selected(state)) return;
+  const LongNeedle& p = long_needle();
+  const std::vector<double>& want = long_dense_last_row();
+  Tensor<float, 4> o({1, kLongT, kHq, kD});
+  const seqmix::AttentionOutputs out{o.view(), {}};
+  Tensor<float, 4> gates;
+  if (form == LongForm::nsa) gates = Tensor<float, 4>({1, kLongT, kHq, 3}), gates.fill(1.f / 3.f);
+  const Tensor<float, 3> mu = form == LongForm::routing ? long_routing_centroids(p) : Tensor<float, 3>();
+  const auto run = [&] {
+    if (form == LongForm::dense) {
+      seqmix::AttentionInputs<float> in;
+      in.q = p.q.cview(), in.k = p.k.cview(), in.v = p.v.cview();
+      seqmix::AttentionOptions causal;
+      causal.causal = true;
+      seqmix::attention(in, out, causal, pool());
+    } else if (form == LongForm::moba) {
+      seqmix::MobaOptions mo;
+      mo.block_size = kBlock, mo.top_k = kTopK;
+      seqmix::moba(seqmix::MobaInputs<float>{p.q.cview(), p.k.cview(), p.v.cview(), {}}, out, mo, pool());
+    } else if (form == LongForm::nsa) {
+      seqmix::nsa(seqmix::NsaInputs<float>{p.q.cview(), p.k.cview(), p.v.cview(), gates.cview(), {}, {}}, o.view(),
+                  seqmix::NsaOptions{}, pool());
+    } else if (form == LongForm::landmark) {
+      seqmix::LandmarkOptions lo;
+      lo.block_size = 64, lo.top_k = 4;
+      seqmix::LandmarkInputs<float> in;
+      in.q = p.q.cview(), in.k = p.k.cview(), in.v = p.v.cview();
+      seqmix::landmark_attention(in, out, lo, pool());
+    } else if (form == LongForm::infllm) {
+      seqmix::InfllmMemory memory(1, kHq, kHkv, kD, long_infllm_options());
+      seqmix::infllm_attention(memory, seqmix::InfllmInputs<float>{p.q.cview(), p.k.cview(), p.v.cview()}, out, pool());
+    } else if (form == LongForm::hyper) {
+      seqmix::hyper_attention(seqmix::HyperAttentionInputs<float>{p.q.cview(), p.k.cview(), p.v.cview()}, out,
+                              long_hyper_options(), pool());
+    } else if (form == LongForm::combiner) {
+      seqmix::CombinerOptions co;
+      co.block_size = kLongCombinerBlock;
+      seqmix::combiner(seqmix::CombinerInputs{p.q.cview(), p.k.cview(), p.v.cview(), {}, {}}, out, co, pool());
+    } else {
+      seqmix::routing_attention(seqmix::RoutingInputs{p.q.cview(), p.k.cview(), p.v.cview(), mu.cview()}, out, {}, pool());
+    }
+  };
+  for (auto _ : state) {
+    run();
+    benchmark::DoNotOptimize(o.data());
+  }
+  report_keys(state, long_keys_total(form));
+  report_needle(state, o, want);
+}
+
+// lsh_attention on its shared-QK needle input (see above), against dense attention in double over
+// the normalized keys before the last query.
+void long_lsh_prefill(benchmark::State& state) {
+  if (!long_rows_selected(state)) return;
+  const LongNeedle& p = long_needle();
+  const index_t G = kHq / kHkv, last = kLongT - 1;
+  Tensor<float, 4> qk = p.q, vr({1, kLongT, kHq, kD}), o({1, kLongT, kHq, kD});
+  for (index_t t = 0; t < kLongT; ++t)
+    for (index_t h = 0; h < kHq; ++h)
+      for (index_t c = 0; c < kD; ++c) vr(0, t, h, c) = p.v(0, t, h / G, c);
+  for (index_t h = 0; h < kHq; ++h) {
+    const double n = std::sqrt(LongNeedle::norm2(&p.k(0, p.p, h / G, 0)));
+    for (index_t c = 0; c < kD; ++c) {
+      qk(0, p.p, h, c) = p.k(0, p.p, h / G, c);
+      qk(0, last, h, c) = static_cast<float>(kNeedleLogit * std::sqrt(static_cast<double>(kD)) * p.k(0, p.p, h / G, c) / n);
+    }
+  }
+  std::vector<double> want(static_cast<std::size_t>(kHq * kD));
+  {
+    Tensor<float, 4> unit({1, last, kHq, kD});
+    for (index_t t = 0; t < last; ++t)
+      for (index_t h = 0; h < kHq; ++h) {
+        const double n = std::sqrt(LongNeedle::norm2(&qk(0, t, h, 0)));
+        for (index_t c = 0; c < kD; ++c) unit(0, t, h, c) = static_cast<float>(qk(0, t, h, c) / n);
+      }
+    for (index_t h = 0; h < kHq; ++h)
+      dense_row(&qk(0, last, h, 0), last, [&](index_t j) { return &unit(0, j, h, 0); },
+                [&](index_t j) { return &vr(0, j, h, 0); }, &want[static_cast<std::size_t>(h * kD)]);
+  }
+  seqmix::LshOptions lo;
+  lo.n_buckets = 64, lo.n_rounds = 4, lo.chunk_len = 64, lo.seed = 1;
+  for (auto _ : state) {
+    seqmix::lsh_attention({qk.cview(), vr.cview(), {}}, {o.view(), {}}, lo, pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  // Per round: about half of the own chunk and the previous chunk.
+  report_keys(state, static_cast<double>(kLongT) * static_cast<double>(lo.n_rounds) * 1.5 * static_cast<double>(lo.chunk_len));
+  report_needle(state, o, want);
+}
+
+const bool registered_long = [] {
+  const auto add = [](const std::string& name, auto fn) {
+    return benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
+  };
+  const std::string shape = "/prefill/T" + std::to_string(kLongT) + "_H32_KV8_D128";
+  const std::pair<const char*, LongForm> forms[] = {
+      {"attention", LongForm::dense}, {"moba", LongForm::moba},         {"nsa", LongForm::nsa},
+      {"landmark", LongForm::landmark}, {"infllm", LongForm::infllm},   {"hyper_attention", LongForm::hyper},
+      {"combiner", LongForm::combiner}, {"routing_attention", LongForm::routing}};
+  for (const auto& entry : forms) {
+    const LongForm form = entry.second;
+    add(std::string(entry.first) + shape + (form == LongForm::dense ? "_dense_causal" : ""),
+        [form](benchmark::State& s) { long_prefill(s, form); });
+  }
+  add("lsh_attention" + shape, [](benchmark::State& s) { long_lsh_prefill(s); });
   return true;
 }();
 
