@@ -1,8 +1,10 @@
-// ssm_dplr_kernel (S4: DPLR A = Lambda - P Q^*, bilinear): the HiPPO-LegS matrix against its
-// closed form and its DPLR factors against the matrix; the Cauchy + Woodbury kernel against the
-// power loop (N in {1, 4, 16, 64}, L in {1, 7, 64, 1000}, r 1 and 2); the HiPPO kernel against a
-// dense real power loop written here with Eigen; the recurrent step against long_conv with the
-// kernel (impulse and random input); bad parameters refused before any write.
+// ssm_dplr_kernel (S4: DPLR A = Lambda - P Q^*, bilinear and ZOH): the HiPPO-LegS matrix against
+// its closed form and its DPLR factors against the matrix; the Cauchy + Woodbury kernel against the
+// power loop (N in {1, 4, 16, 64}, L in {1, 7, 64, 1000}, r 1 and 2); the ZOH kernel (fast and
+// reference) against a matrix exponential (Taylor, scaling and squaring) and power loop written
+// here with Eigen; the HiPPO kernel against a dense real power loop; the recurrent step (plan and
+// per-call forms, both discretizations) against long_conv with the kernel (impulse and random
+// input); bad parameters and plans refused before any write.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -132,6 +134,79 @@ TEST_CASE("ssm_dplr: the Cauchy and Woodbury kernel equals the power loop", "[ss
       }
 }
 
+// exp(M) by a Taylor series of M / 2^s (||M / 2^s||_1 <= 1/2, 30 terms) squared s times: a
+// different algorithm from the library's Pade approximants.
+Eigen::MatrixXcd dplr_taylor_exp(const Eigen::MatrixXcd& M) {
+  int s = 0;
+  double norm = M.cwiseAbs().colwise().sum().maxCoeff();
+  while (norm > 0.5) norm /= 2, ++s;
+  const Eigen::MatrixXcd X = M / std::pow(2.0, s);
+  Eigen::MatrixXcd sum = Eigen::MatrixXcd::Identity(M.rows(), M.cols()), term = sum;
+  for (int k = 1; k <= 30; ++k) {
+    term = (term * X / double(k)).eval();
+    sum += term;
+  }
+  for (int i = 0; i < s; ++i) sum = (sum * sum).eval();
+  return sum;
+}
+
+// ZOH kernel of channel h in double: A_bar = exp(dt A), B_bar = A^-1 (A_bar - I) B, then the
+// powers one matrix-vector product at a time.
+std::vector<double> dplr_zoh_kernel(const DplrData& d, index_t h, index_t G, index_t L) {
+  const index_t H = d.Br.size(0), N = d.Br.size(1), r = d.Pr.size(1), g = h / (H / G);
+  Eigen::MatrixXcd A(N, N);
+  Eigen::VectorXcd B(N), C(N);
+  for (index_t n = 0; n < N; ++n) {
+    B(n) = DplrComplex(d.Br(h, n), d.Bi(h, n)), C(n) = DplrComplex(d.Cr(h, n), d.Ci(h, n));
+    for (index_t k = 0; k < N; ++k) {
+      DplrComplex a = n == k ? DplrComplex(d.Lr(g, n), d.Li(g, n)) : 0.0;
+      for (index_t j = 0; j < r; ++j) {
+        const DplrComplex q = d.explicit_q ? DplrComplex(d.Qr(g, j, k), d.Qi(g, j, k)) : DplrComplex(d.Pr(g, j, k), d.Pi(g, j, k));
+        a -= DplrComplex(d.Pr(g, j, n), d.Pi(g, j, n)) * std::conj(q);
+      }
+      A(n, k) = a;
+    }
+  }
+  const double dt = d.dt(h);
+  const Eigen::MatrixXcd A_bar = dplr_taylor_exp(dt * A);
+  Eigen::VectorXcd v = A.partialPivLu().solve((A_bar - Eigen::MatrixXcd::Identity(N, N)) * B);
+  std::vector<double> k(L);
+  for (index_t l = 0; l < L; ++l) {
+    k[l] = (C.transpose() * v)(0).real();
+    v = (A_bar * v).eval();
+  }
+  return k;
+}
+
+TEST_CASE("ssm_dplr: the ZOH kernel equals a matrix exponential and power loop", "[ssm_kernel]") {
+  std::uint64_t seed = 500;
+  const std::vector<index_t> lengths = st::small_test_scale() ? std::vector<index_t>{1, 7, 64}
+                                                              : std::vector<index_t>{1, 7, 64, 1000};
+  const seqmix::SsmKernelOptions zoh{SsmDiscretization::zoh, SsmStateSymmetry::none};
+  for (index_t N : {1, 4, 16, 64})
+    for (index_t L : lengths)
+      for (index_t r : {1, 2}) {
+        const bool hippo = r == 1 && (N + L) % 2 == 1, explicit_q = r == 2 && L != 64;
+        const index_t H = 3, G = L == 7 ? 3 : 1;
+        INFO("N=" << N << " L=" << L << " r=" << r << " hippo=" << hippo << " explicit_q=" << explicit_q);
+        const DplrData data(H, G, N, r, hippo, explicit_q, seed += 20);
+        Tensor<float, 2> ref({L, H}), fast({L, H});
+        seqmix::reference::ssm_dplr_kernel(data.params(), ref.view(), zoh);
+        seqmix::ssm_dplr_kernel(data.params(), fast.view(), zoh,
+                                seed % 40 ? st::two_thread_pool() : seqmix::serial_executor());
+        for (index_t h = 0; h < H; ++h) {
+          const std::vector<double> expected = dplr_zoh_kernel(data, h, G, L);
+          double scale = 1e-3;
+          for (double v : expected) scale = std::max(scale, std::abs(v));
+          for (index_t l = 0; l < L; ++l) {
+            INFO("l=" << l << " h=" << h);
+            REQUIRE(std::abs(fast(l, h) - expected[l]) <= 1e-5 * scale);
+            REQUIRE(std::abs(ref(l, h) - expected[l]) <= 1e-5 * scale);
+          }
+        }
+      }
+}
+
 TEST_CASE("ssm_dplr: the HiPPO-LegS kernel equals the dense real HiPPO system's power loop", "[ssm_kernel]") {
   const index_t N = 16, L = 300, H = 2;
   const seqmix::HippoLegs hippo = seqmix::hippo_legs(N);
@@ -175,12 +250,16 @@ TEST_CASE("ssm_dplr: the HiPPO-LegS kernel equals the dense real HiPPO system's 
 
 TEST_CASE("ssm_dplr: the recurrent step equals the convolution with the kernel", "[ssm_kernel]") {
   const index_t B = 2, T = 257, H = 6, N = 16;
-  for (int variant = 0; variant < 3; ++variant) {
-    const index_t r = variant == 2 ? 2 : 1, G = variant == 1 ? 3 : 1;
+  for (int variant = 0; variant < 6; ++variant) {
+    const index_t r = variant % 3 == 2 ? 2 : 1, G = variant % 3 == 1 ? 3 : 1;
+    const seqmix::SsmKernelOptions options{variant < 3 ? SsmDiscretization::bilinear : SsmDiscretization::zoh,
+                                           SsmStateSymmetry::none};
     INFO("variant=" << variant);
-    const DplrData data(H, G, N, r, variant == 0, variant == 2, 40 + variant);
+    const DplrData data(H, G, N, r, variant % 3 == 0, variant % 3 == 2, 40 + variant);
     Tensor<float, 2> kernel({T, H});
-    seqmix::ssm_dplr_kernel(data.params(), kernel.view());
+    seqmix::ssm_dplr_kernel(data.params(), kernel.view(), options);
+    // Variant 0 steps with the per-call form, the others with a plan built once.
+    const seqmix::SsmDplrStepPlan plan = seqmix::ssm_dplr_step_plan(data.params(), options, st::two_thread_pool());
     const Tensor<float, 1> skip = st::random_tensor<1>({H}, 11);
     for (bool impulse : {true, false}) {
       INFO("impulse=" << impulse);
@@ -196,10 +275,14 @@ TEST_CASE("ssm_dplr: the recurrent step equals the convolution with the kernel",
                         {seqmix::LongConvDirection::causal, seqmix::LongConvMethod::fft});
       Tensor<float, 3> xr({B, H, N}), xi({B, H, N}), y_rec({B, T, H});
       xr.fill(0.f), xi.fill(0.f);
-      for (index_t t = 0; t < T; ++t)
-        seqmix::ssm_dplr_step({u.view().select(1, t), data.params(), skip.view()},
-                              {y_rec.view().select(1, t), xr.view(), xi.view()},
-                              {SsmDiscretization::bilinear, SsmStateSymmetry::none}, st::two_thread_pool());
+      for (index_t t = 0; t < T; ++t) {
+        const seqmix::SsmStepOutputs out{y_rec.view().select(1, t), xr.view(), xi.view()};
+        if (variant == 0)
+          seqmix::ssm_dplr_step({u.view().select(1, t), data.params(), skip.view()}, out, options,
+                                st::two_thread_pool());
+        else
+          seqmix::ssm_dplr_step(plan, u.view().select(1, t), out, skip.view(), st::two_thread_pool());
+      }
       if (impulse) {  // row 0 is the kernel plus the skip at t = 0
         for (index_t t = 0; t < T; ++t)
           for (index_t h = 0; h < H; ++h)
@@ -224,7 +307,6 @@ TEST_CASE("ssm_dplr: unstable, non-finite and misshapen parameters are refused b
     st::require_shape_error(argument, [&] { seqmix::reference::ssm_dplr_kernel(p, kernel.view(), options); });
     for (float v : kernel) REQUIRE(v == 7.f);
   };
-  refused("options.discretization", data.params(), {SsmDiscretization::zoh, SsmStateSymmetry::none});
   refused("options.symmetry", data.params(), {SsmDiscretization::bilinear, SsmStateSymmetry::conjugate_pairs});
   data.Lr(1, 3) = 0.f;
   refused("Lambda_real", data.params());
@@ -280,6 +362,18 @@ TEST_CASE("ssm_dplr: unstable, non-finite and misshapen parameters are refused b
   data.dt(1) = std::numeric_limits<float>::infinity();
   st::require_shape_error("dt", [&] {
     seqmix::ssm_dplr_step({u.view(), data.params()}, {y.view(), xr.view(), xi.view()}, bilinear);
+  });
+  data.dt(1) = 0.02f;
+  // The plan form: an empty plan, a u of the wrong width, y overlapping u.
+  const seqmix::SsmDplrStepPlan plan = seqmix::ssm_dplr_step_plan(data.params(), bilinear);
+  Tensor<float, 2> u_wide({1, H + 1});
+  st::require_shape_error("plan", [&] {
+    seqmix::ssm_dplr_step(seqmix::SsmDplrStepPlan{}, u.view(), {y.view(), xr.view(), xi.view()});
+  });
+  st::require_shape_error("u", [&] { seqmix::ssm_dplr_step(plan, u_wide.view(), {y.view(), xr.view(), xi.view()}); });
+  st::require_shape_error("y", [&] { seqmix::ssm_dplr_step(plan, y.view(), {y.view(), xr.view(), xi.view()}); });
+  st::require_shape_error("state_imag", [&] {
+    seqmix::ssm_dplr_step(plan, u.view(), {y.view(), xr.view(), xi_bad.view()});
   });
   for (float v : y) REQUIRE(v == 5.f);
   for (float v : xr) REQUIRE(v == 1.f);

@@ -117,6 +117,10 @@ inline Batch<float> log1p(const Batch<float>& x) noexcept { return xsimd::log1p(
 inline Batch<float> fma(const Batch<float>& a, const Batch<float>& b, const Batch<float>& c) noexcept {
   return xsimd::fma(a, b, c);
 }
+/// a * b + c in double lanes (the double-precision Cauchy sums of ssm_dplr_kernel).
+inline Batch<double> fma(const Batch<double>& a, const Batch<double>& b, const Batch<double>& c) noexcept {
+  return xsimd::fma(a, b, c);
+}
 
 /// Dot product of two contiguous float arrays of length n.
 inline float dot(const float* a, const float* b, std::ptrdiff_t n) noexcept {

@@ -23,20 +23,23 @@
 #include <algorithm>
 #include <cmath>
 #include <complex>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
 #include <unsupported/Eigen/FFT>
 
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/lti/ssm_kernel/dplr_reference.hpp"
 
 namespace seqmix {
 namespace detail {
 
-// States summed side by side (independent partial sums the compiler can keep in SIMD registers).
-constexpr index_t kSsmDplrLanes = 8;
+// Frequencies per SIMD batch of doubles (8 with AVX-512, 2 with SSE2).
+using SsmDplrBatch = simd::Batch<double>;
+constexpr index_t kSsmDplrLanes = static_cast<index_t>(SsmDplrBatch::size);
 
 // C A_bar^L (row vector times matrix power) by binary powering of the dense A_bar.
 inline std::vector<SsmComplex> ssm_dplr_c_power(const std::vector<SsmComplex>& A_bar, const SsmDplrParams& p, index_t h,
@@ -114,54 +117,141 @@ inline void ssm_dplr_structured_discretize(const SsmDplrParams& p, const SsmDplr
   }
 }
 
-// The Cauchy sums of all L' frequencies of one channel: sums[t] = sum_n weight[t][n] / (i omega -
-// lambda_n) for the (R+1)^2 terms, R a compile-time rank so the term loop unrolls and the lanes
-// vectorize.
+// The Cauchy sums of kSsmDplrLanes frequencies of one channel, one frequency per SIMD lane:
+// sums[t][q] = sum_n weight[t][n] / (i omega_q - lambda_n) for the (R+1)^2 terms. R is a
+// compile-time rank so the term loop unrolls into (R+1)^2 complex accumulators held in registers;
+// the weights and lambda_n are broadcast, so each state costs one reciprocal and 4 (R+1)^2 FMAs
+// per batch of frequencies, and the lanes need no horizontal reduction.
+// acc[t] += weight[t][0] * (rr + i ri) for every term t, unrolled by the fold so the accumulators
+// stay in registers (GCC at -O2 kept a loop over them in memory: a store per FMA pair).
+template <std::size_t... t>
+inline void ssm_dplr_cauchy_terms(std::index_sequence<t...>, const double* weight_re, const double* weight_im,
+                                  index_t stride, const SsmDplrBatch& rr, const SsmDplrBatch& ri, SsmDplrBatch* acc_re,
+                                  SsmDplrBatch* acc_im) {
+  const auto term = [&](std::size_t i) {
+    const SsmDplrBatch wr(weight_re[i * stride]), wi(weight_im[i * stride]);
+    acc_re[i] = simd::fma(wr, rr, simd::fma(-wi, ri, acc_re[i]));
+    acc_im[i] = simd::fma(wr, ri, simd::fma(wi, rr, acc_im[i]));
+  };
+  (term(t), ...);
+}
+
 template <index_t R>
 inline void ssm_dplr_cauchy(const double* weight_re, const double* weight_im, const double* lambda_re,
-                            const double* lambda_im, index_t padded, double omega, SsmComplex* sums) {
+                            const double* lambda_im, index_t N, index_t stride, const double* omega, double* sums_re,
+                            double* sums_im) {
   constexpr index_t terms = (R + 1) * (R + 1);
-  double acc_re[terms][kSsmDplrLanes] = {}, acc_im[terms][kSsmDplrLanes] = {};
-  for (index_t n0 = 0; n0 < padded; n0 += kSsmDplrLanes) {
-    double rr[kSsmDplrLanes], ri[kSsmDplrLanes];
-    for (index_t q = 0; q < kSsmDplrLanes; ++q) {  // R = 1 / (i omega - lambda)
-      const double dr = -lambda_re[n0 + q], di = omega - lambda_im[n0 + q];
-      const double inv = 1.0 / (dr * dr + di * di);
-      rr[q] = dr * inv, ri[q] = -di * inv;
-    }
-    for (index_t t = 0; t < terms; ++t) {
-      const double* wr = weight_re + t * padded + n0;
-      const double* wi = weight_im + t * padded + n0;
-      for (index_t q = 0; q < kSsmDplrLanes; ++q) {
-        acc_re[t][q] += wr[q] * rr[q] - wi[q] * ri[q];
-        acc_im[t][q] += wr[q] * ri[q] + wi[q] * rr[q];
-      }
-    }
+  using Batch = SsmDplrBatch;
+  const Batch w = simd::load(omega);
+  Batch acc_re[terms], acc_im[terms];
+  for (index_t t = 0; t < terms; ++t) acc_re[t] = Batch(0.0), acc_im[t] = Batch(0.0);
+  for (index_t n = 0; n < N; ++n) {
+    // 1 / (i omega - lambda) = (dr - i di) / (dr^2 + di^2), dr = -Re(lambda) > 0.
+    const double dr = -lambda_re[n];
+    const Batch di = w - Batch(lambda_im[n]);
+    const Batch inv = Batch(1.0) / simd::fma(di, di, Batch(dr * dr));
+    const Batch rr = Batch(dr) * inv, ri = -(di * inv);
+    ssm_dplr_cauchy_terms(std::make_index_sequence<terms>{}, weight_re + n, weight_im + n, stride, rr, ri, acc_re,
+                          acc_im);
   }
   for (index_t t = 0; t < terms; ++t) {
-    double re = 0.0, im = 0.0;
-    for (index_t q = 0; q < kSsmDplrLanes; ++q) re += acc_re[t][q], im += acc_im[t][q];
-    sums[t] = SsmComplex(re, im);
+    simd::store(sums_re + t * kSsmDplrLanes, acc_re[t]);
+    simd::store(sums_im + t * kSsmDplrLanes, acc_im[t]);
   }
+}
+
+// Woodbury for one frequency: k00 - k01 (I + k11)^-1 k10 from the (r+1)^2 Cauchy sums (term
+// (1 + i) (r + 1) + (1 + j)); (I + k11) x = k10 solved by Gauss-Jordan on the stack (r <= 4).
+inline SsmComplex ssm_dplr_woodbury(const SsmComplex* sums, index_t r) {
+  SsmComplex value = sums[0];
+  SsmComplex m[kSsmDplrMaxRank][kSsmDplrMaxRank + 1];
+  for (index_t i = 0; i < r; ++i) {
+    for (index_t j = 0; j < r; ++j) m[i][j] = sums[(1 + i) * (r + 1) + (1 + j)] + (i == j ? 1.0 : 0.0);
+    m[i][r] = sums[(1 + i) * (r + 1)];
+  }
+  for (index_t c = 0; c < r; ++c) {
+    index_t pivot = c;
+    for (index_t i = c + 1; i < r; ++i)
+      if (std::norm(m[i][c]) > std::norm(m[pivot][c])) pivot = i;
+    for (index_t j = 0; j <= r; ++j) std::swap(m[c][j], m[pivot][j]);
+    const SsmComplex inv = std::conj(m[c][c]) / std::norm(m[c][c]);  // no library complex division
+    for (index_t j = c; j <= r; ++j) m[c][j] *= inv;
+    for (index_t i = 0; i < r; ++i)
+      if (i != c) {
+        const SsmComplex f = m[i][c];
+        for (index_t j = c; j <= r; ++j) m[i][j] -= f * m[c][j];
+      }
+  }
+  for (index_t j = 0; j < r; ++j) value -= sums[1 + j] * m[j][r];
+  return value;
+}
+
+// Rank 1 (S4's HiPPO-LegS) in the lanes: (1 + i tan) (k00 - k01 k10 / (1 + k11)) per frequency,
+// terms 0..3 = k00, k01, k10, k11; written back over term 0. The scalar form spent more time in
+// complex divisions and libgcc's __muldc3 than the Cauchy sums took.
+inline void ssm_dplr_woodbury_rank1(double* sums_re, double* sums_im, const double* tan_half) {
+  using Batch = SsmDplrBatch;
+  constexpr index_t W = kSsmDplrLanes;
+  const Batch k00r = simd::load(sums_re), k00i = simd::load(sums_im);
+  const Batch k01r = simd::load(sums_re + W), k01i = simd::load(sums_im + W);
+  const Batch k10r = simd::load(sums_re + 2 * W), k10i = simd::load(sums_im + 2 * W);
+  const Batch mr = simd::load(sums_re + 3 * W) + Batch(1.0), mi = simd::load(sums_im + 3 * W);
+  const Batch inv = Batch(1.0) / simd::fma(mr, mr, mi * mi);
+  // x = k10 / m = k10 conj(m) / |m|^2
+  const Batch xr = simd::fma(k10r, mr, k10i * mi) * inv, xi = simd::fma(k10i, mr, -(k10r * mi)) * inv;
+  const Batch vr = k00r - simd::fma(k01r, xr, -(k01i * xi)), vi = k00i - simd::fma(k01r, xi, k01i * xr);
+  const Batch t = simd::load(tan_half);
+  simd::store(sums_re, simd::fma(-t, vi, vr));
+  simd::store(sums_im, simd::fma(t, vr, vi));
+}
+
+// Kernel of a dense discrete system (any discretization) by blocked powers, in double:
+// kernel[j b + i] = Re((C A_bar^(j b)) (A_bar^i B_bar)). The b columns A_bar^i B_bar (baby steps)
+// and the J = ceil(L / b) rows C A_bar^(j b) (giant steps, by A_bar^b formed with log2 b squarings)
+// cost (b + J) N^2, and their product, one J x N x b complex GEMM, L N: O(N^3 log b + N^2 sqrt(L)
+// + L N) per channel with b ~ sqrt(L), against L N^2 for the power loop. Used for ZOH, whose
+// exp(dt A) has no DPLR structure for the Cauchy form.
+inline void ssm_dplr_power_kernel_channel(const std::vector<SsmComplex>& A_bar, const std::vector<SsmComplex>& B_bar,
+                                          const SsmDplrParams& p, index_t h, const TensorView<float, 2>& kernel) {
+  using Matrix = Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic>;
+  const index_t N = static_cast<index_t>(B_bar.size()), L = kernel.size(0);
+  index_t b = 1;
+  while (b * b < L) b *= 2;
+  const index_t J = (L + b - 1) / b;
+  const Matrix A = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+      A_bar.data(), N, N);
+  Matrix baby(N, b), giant(J, N), jump = A;
+  baby.col(0) = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, 1>>(B_bar.data(), N);
+  for (index_t i = 1; i < b; ++i) baby.col(i).noalias() = A * baby.col(i - 1);
+  for (index_t e = 1; e < b; e *= 2) jump = (jump * jump).eval();  // A_bar^b, b a power of 2
+  for (index_t n = 0; n < N; ++n) giant(0, n) = ssm_value(p.C_real, p.C_imag, h, n);
+  for (index_t j = 1; j < J; ++j) giant.row(j).noalias() = giant.row(j - 1) * jump;
+  const Matrix product = giant * baby;
+  for (index_t l = 0; l < L; ++l) kernel(l, h) = static_cast<float>(product(l / b, l % b).real());
 }
 
 // Per-task buffers.
 struct SsmDplrScratch {
   std::vector<SsmComplex> A_bar, B_bar, spectrum, kernel;
   // Cauchy weights [term][n] (term 0: C~ B; then C~ P_j, Q_i^* B, Q_i^* P_j), real and imaginary
-  // planes padded to a multiple of kSsmDplrLanes with zero weights.
-  std::vector<double> weight_re, weight_im, lambda_re, lambda_im;
+  // planes; tan(pi k/L) padded to whole batches.
+  std::vector<double> weight_re, weight_im, lambda_re, lambda_im, tan_lanes;
   Eigen::FFT<double> fft;
 };
 
 // Channel h: kernel[:, h].
-inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h,
+inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, bool zoh,
                                     const std::vector<double>& tan_half, const TensorView<float, 2>& kernel,
                                     SsmDplrScratch& w) {
   const index_t N = s.N, r = s.r, L = kernel.size(0);
-  const index_t padded = (N + kSsmDplrLanes - 1) / kSsmDplrLanes * kSsmDplrLanes;
+  const index_t padded = N;  // row stride of the weight planes
   const index_t terms = (r + 1) * (r + 1);
   const double dt = p.dt(h);
+  if (zoh) {
+    ssm_dplr_zoh_discretize(p, s, h, &w.A_bar, &w.B_bar);
+    ssm_dplr_power_kernel_channel(w.A_bar, w.B_bar, p, h, kernel);
+    return;
+  }
   ssm_dplr_structured_discretize(p, s, h, &w.A_bar, &w.B_bar);
   const std::vector<SsmComplex> c_power = ssm_dplr_c_power(w.A_bar, p, h, N, L);
   // Weights: a_n b_n with a in {C~, Q_i^*} and b in {B, P_j}; term index (1 + i) * (r + 1) + (1 + j)
@@ -186,46 +276,40 @@ inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& 
   }
   w.spectrum.resize(L), w.kernel.resize(L);
   const double two_over_dt = 2.0 / dt;
-  for (index_t k = 0; k < L; ++k) {
-    if (2 * k == L) {  // z = -1: the limit dt/2 C~ B
-      w.spectrum[k] = dt / 2.0 * c_tilde_b;
-      continue;
-    }
-    // z = exp(-2 pi i k/L): g = (2/dt)(1-z)/(1+z) = i (2/dt) tan(pi k/L).
-    const double omega = two_over_dt * tan_half[k];
-    SsmComplex sums[(kSsmDplrMaxRank + 1) * (kSsmDplrMaxRank + 1)];
-    const double *wr = w.weight_re.data(), *wi = w.weight_im.data(), *lr = w.lambda_re.data(), *li = w.lambda_im.data();
+  constexpr index_t max_terms = (kSsmDplrMaxRank + 1) * (kSsmDplrMaxRank + 1);
+  alignas(64) double omega[kSsmDplrLanes], sums_re[max_terms * kSsmDplrLanes], sums_im[max_terms * kSsmDplrLanes];
+  const double *wr = w.weight_re.data(), *wi = w.weight_im.data(), *lr = w.lambda_re.data(), *li = w.lambda_im.data();
+  // tan_half padded with zeros to whole batches (lanes past L are computed and dropped).
+  w.tan_lanes.assign(static_cast<std::size_t>((L + kSsmDplrLanes - 1) / kSsmDplrLanes * kSsmDplrLanes), 0.0);
+  std::copy(tan_half.begin(), tan_half.end(), w.tan_lanes.begin());
+  const double* tan_lanes = w.tan_lanes.data();
+  for (index_t k0 = 0; k0 < L; k0 += kSsmDplrLanes) {
+    // z = exp(-2 pi i k/L): g = (2/dt)(1-z)/(1+z) = i (2/dt) tan(pi k/L) (tan_half is 0 at k =
+    // L/2 and past L: lanes whose sums are not used).
+    for (index_t q = 0; q < kSsmDplrLanes; ++q) omega[q] = two_over_dt * tan_lanes[k0 + q];
     switch (r) {
-      case 1: ssm_dplr_cauchy<1>(wr, wi, lr, li, padded, omega, sums); break;
-      case 2: ssm_dplr_cauchy<2>(wr, wi, lr, li, padded, omega, sums); break;
-      case 3: ssm_dplr_cauchy<3>(wr, wi, lr, li, padded, omega, sums); break;
-      default: ssm_dplr_cauchy<4>(wr, wi, lr, li, padded, omega, sums); break;
+      case 1: ssm_dplr_cauchy<1>(wr, wi, lr, li, N, padded, omega, sums_re, sums_im); break;
+      case 2: ssm_dplr_cauchy<2>(wr, wi, lr, li, N, padded, omega, sums_re, sums_im); break;
+      case 3: ssm_dplr_cauchy<3>(wr, wi, lr, li, N, padded, omega, sums_re, sums_im); break;
+      default: ssm_dplr_cauchy<4>(wr, wi, lr, li, N, padded, omega, sums_re, sums_im); break;
     }
-    // Woodbury: k00 - k01 (I + k11)^-1 k10; (I + k11) x = k10 solved by Gauss-Jordan (r <= 4).
-    SsmComplex value = sums[0];
-    if (r > 0) {
-      SsmComplex m[kSsmDplrMaxRank][kSsmDplrMaxRank + 1];
-      for (index_t i = 0; i < r; ++i) {
-        for (index_t j = 0; j < r; ++j) m[i][j] = sums[(1 + i) * (r + 1) + (1 + j)] + (i == j ? 1.0 : 0.0);
-        m[i][r] = sums[(1 + i) * (r + 1)];
+    if (r == 1) ssm_dplr_woodbury_rank1(sums_re, sums_im, tan_lanes + k0);
+    for (index_t q = 0; q < kSsmDplrLanes && k0 + q < L; ++q) {
+      const index_t k = k0 + q;
+      if (2 * k == L) {  // z = -1: the limit dt/2 C~ B
+        w.spectrum[k] = dt / 2.0 * c_tilde_b;
+        continue;
       }
-      for (index_t c = 0; c < r; ++c) {
-        index_t pivot = c;
-        for (index_t i = c + 1; i < r; ++i)
-          if (std::norm(m[i][c]) > std::norm(m[pivot][c])) pivot = i;
-        for (index_t j = 0; j <= r; ++j) std::swap(m[c][j], m[pivot][j]);
-        const SsmComplex inv = std::conj(m[c][c]) / std::norm(m[c][c]);  // no library complex division
-        for (index_t j = c; j <= r; ++j) m[c][j] *= inv;
-        for (index_t i = 0; i < r; ++i)
-          if (i != c) {
-            const SsmComplex f = m[i][c];
-            for (index_t j = c; j <= r; ++j) m[i][j] -= f * m[c][j];
-          }
+      if (r == 1) {
+        w.spectrum[k] = SsmComplex(sums_re[q], sums_im[q]);
+        continue;
       }
-      for (index_t j = 0; j < r; ++j) value -= sums[1 + j] * m[j][r];
+      SsmComplex sums[max_terms];
+      for (index_t t = 0; t < terms; ++t)
+        sums[t] = SsmComplex(sums_re[t * kSsmDplrLanes + q], sums_im[t * kSsmDplrLanes + q]);
+      // 2/(1+z) with z = exp(-2 pi i k/L) is exp(i pi k/L) / cos(pi k/L) = 1 + i tan(pi k/L).
+      w.spectrum[k] = SsmComplex(1.0, tan_half[k]) * ssm_dplr_woodbury(sums, r);
     }
-    // 2/(1+z) with z = exp(-2 pi i k/L) is exp(i pi k/L) / cos(pi k/L) = 1 + i tan(pi k/L).
-    w.spectrum[k] = SsmComplex(1.0, tan_half[k]) * value;
   }
   if (L == 1)
     w.kernel[0] = w.spectrum[0];
@@ -259,8 +343,8 @@ inline void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float,
   parallel_for(executor, dims.H, 1, [&](index_t begin, index_t end) {
     detail::SsmDplrScratch scratch;
     for (index_t h = begin; h < end; ++h)
-      detail::ssm_dplr_kernel_channel(params, detail::ssm_dplr_group(params, h / per_group), h, tan_half, kernel,
-                                      scratch);
+      detail::ssm_dplr_kernel_channel(params, detail::ssm_dplr_group(params, h / per_group), h,
+                                      options.discretization == SsmDiscretization::zoh, tan_half, kernel, scratch);
   });
 }
 

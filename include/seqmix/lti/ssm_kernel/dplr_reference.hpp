@@ -1,5 +1,5 @@
 // ssm_kernel with a DPLR state matrix (S4, issue 16 item 2): A = Lambda - P Q^* (diagonal plus
-// low rank), bilinear discretization. This header holds the parameters, their validation, the
+// low rank), bilinear or ZOH discretization. This header holds the parameters, their validation, the
 // HiPPO-LegS matrix and its DPLR form (LSSL / S4's normal-plus-low-rank decomposition), and the
 // readable definition (seqmix::reference::ssm_dplr_kernel: A_bar materialized, powers applied one
 // by one in double). The S4 algorithm (Cauchy kernel + Woodbury + inverse FFT) is in
@@ -8,6 +8,7 @@
 //   channel h < H of group g = h / (H / G): Lambda[g] (N complex, Re < 0), P[g], Q[g] ([r,N] complex),
 //   A = diag(Lambda) - sum_j P[g,j] Q[g,j]^*,  B[h], C[h] (N complex), dt[h] > 0
 //   bilinear: A_bar = (I - dt/2 A)^-1 (I + dt/2 A),  B_bar = (I - dt/2 A)^-1 dt B
+//   ZOH:      A_bar = exp(dt A),  B_bar = int_0^dt exp(s A) ds B  (= A^-1 (exp(dt A) - I) B)
 //   kernel[l,h] = Re( C A_bar^l B_bar ),   x_t = A_bar x_{t-1} + B_bar u_t,  y_t = Re(C x_t)
 #pragma once
 
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include <Eigen/Eigenvalues>
+#include <unsupported/Eigen/MatrixFunctions>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
@@ -201,7 +203,7 @@ inline bool ssm_dplr_dissipative(const SsmDplrGroup& s) {
   return true;
 }
 
-// Validates the parameters: options (bilinear, no conjugate pairs), shapes, finiteness,
+// Validates the parameters: options (no conjugate pairs), shapes, finiteness,
 // Re(Lambda) < 0, dt > 0 and, with an explicit Q, A dissipative (A + A^* negative definite:
 // A_bar is then a contraction and the kernel decays). `dissipativity` = false skips that O(G N^3)
 // check (the decode step).
@@ -209,9 +211,6 @@ inline SsmDplrDims validate_ssm_dplr_params(const ArgCheck& check, const SsmDplr
                                             const SsmKernelOptions& options, bool dissipativity = true) {
   check.enum_value("options.discretization", options.discretization, 2)
       .enum_value("options.symmetry", options.symmetry, 2);
-  check.that(options.discretization == SsmDiscretization::bilinear, "options.discretization",
-             "must be bilinear for a DPLR A: ZOH needs a dense matrix exponential per channel, which "
-             "ssm_dplr_kernel does not compute (S4 uses the bilinear transform)");
   check.that(options.symmetry == SsmStateSymmetry::none, "options.symmetry",
              "must be none for a DPLR A: the low-rank term couples a state with its conjugate, so "
              "the N states are all given (hippo_legs keeps all N eigenvalues)");
@@ -327,12 +326,45 @@ inline void ssm_dplr_dense_discretize(const SsmDplrParams& p, const SsmDplrGroup
   }
 }
 
+// Dense ZOH discretization of channel h: A_bar = exp(dt A) and B_bar = int_0^dt exp(s A) ds B,
+// both read off one matrix exponential of the (N+1) x (N+1) block matrix dt [[A, B], [0, 0]]
+// (Van Loan: its top-right column is the integral), so a singular A needs no special case. The
+// exponential is Eigen's MatrixFunctions (Higham's scaling and squaring with Pade approximants
+// up to degree 13, in double): about (6 + s) complex (N+1)^3 products, s = log2 of the block's
+// norm over 5.4. A = Lambda - P Q^* is not diagonal (and, for HiPPO, far from normal), so no
+// per-state closed form exists, and exp(dt A) has no DPLR structure to keep.
+inline void ssm_dplr_zoh_discretize(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h,
+                                    std::vector<SsmComplex>* A_bar, std::vector<SsmComplex>* B_bar) {
+  const index_t N = s.N;
+  const double dt = p.dt(h);
+  Eigen::MatrixXcd block = Eigen::MatrixXcd::Zero(N + 1, N + 1);
+  for (index_t n = 0; n < N; ++n) {
+    for (index_t k = 0; k < N; ++k) block(n, k) = dt * s.A(n, k);
+    block(n, N) = dt * ssm_value(p.B_real, p.B_imag, h, n);
+  }
+  const Eigen::MatrixXcd exponential = block.exp();
+  A_bar->resize(static_cast<std::size_t>(N * N)), B_bar->resize(N);
+  for (index_t n = 0; n < N; ++n) {
+    for (index_t k = 0; k < N; ++k) (*A_bar)[n * N + k] = exponential(n, k);
+    (*B_bar)[n] = exponential(n, N);
+  }
+}
+
+// The dense discrete system of channel h under `options` (A_bar [N*N] row-major, B_bar [N]).
+inline void ssm_dplr_discretize(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, const SsmKernelOptions& options,
+                                std::vector<SsmComplex>* A_bar, std::vector<SsmComplex>* B_bar) {
+  if (options.discretization == SsmDiscretization::zoh)
+    ssm_dplr_zoh_discretize(p, s, h, A_bar, B_bar);
+  else
+    ssm_dplr_dense_discretize(p, s, h, A_bar, B_bar);
+}
+
 }  // namespace detail
 
 namespace reference {
 
 /// kernel [L,H] of a DPLR system: the definition. Per channel, A_bar and B_bar are materialized
-/// (dense N x N, Gauss-Jordan in double) and v = A_bar^l B_bar is advanced one matrix-vector
+/// (dense N x N in double: Gauss-Jordan for bilinear, a matrix exponential for ZOH) and v = A_bar^l B_bar is advanced one matrix-vector
 /// product at a time: kernel[l,h] = Re(C v). O(N^3 + L N^2) per channel, single-threaded;
 /// `executor` is accepted for a uniform signature. Validates like ssm_dplr_kernel.
 inline void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& kernel,
@@ -346,7 +378,7 @@ inline void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float,
   std::vector<detail::SsmComplex> A_bar, v, next(N);
   for (index_t h = 0; h < dims.H; ++h) {
     const detail::SsmDplrGroup s = detail::ssm_dplr_group(params, h / per_group);
-    detail::ssm_dplr_dense_discretize(params, s, h, &A_bar, &v);
+    detail::ssm_dplr_discretize(params, s, h, options, &A_bar, &v);
     for (index_t l = 0; l < kernel.size(0); ++l) {
       detail::SsmComplex y = 0.0;
       for (index_t n = 0; n < N; ++n) y += detail::ssm_value(params.C_real, params.C_imag, h, n) * v[n];

@@ -1,4 +1,4 @@
-// ssm_dplr_step: the recurrent decode step of a DPLR system (S4), bilinear, with a complex state:
+// ssm_dplr_step: the recurrent decode step of a DPLR system (S4) with a complex state. Bilinear:
 //
 //   x_t = A_bar x_{t-1} + B_bar u_t = M^-1 ((I + dt/2 A) x_{t-1} + dt B u_t),  M = I - dt/2 A
 //   y_t = Re(C x_t) + skip u_t
@@ -9,8 +9,10 @@
 //
 //   M^-1 w = D w - D P S Q^* D w,   D = D0^-1,  S = (2/dt I_r + Q^* D P)^-1  (r x r).
 //
-// Its outputs over a sequence equal the convolution of the inputs with ssm_dplr_kernel's kernel
-// (plus skip u).
+// ZOH: x_t = A_bar x_{t-1} + B_bar u_t with the dense A_bar = exp(dt A) (O(N^2): the exponential
+// of a DPLR matrix is not DPLR). The constants (D, S; or A_bar, B_bar) are computed once by
+// ssm_dplr_step_plan. Its outputs over a sequence equal the convolution of the inputs with
+// ssm_dplr_kernel's kernel (plus skip u).
 #pragma once
 
 #include <algorithm>
@@ -74,97 +76,214 @@ inline void validate_ssm_dplr_step(const ArgCheck& check, const SsmDplrStepInput
   if (views_overlap(out.state_real, out.state_imag)) check.fail("state_imag", "overlaps 'state_real'");
 }
 
-// Per-task buffers of the step (allocated once per task, not per channel).
-struct SsmDplrStepScratch {
-  SsmDplrGroup group;
-  index_t group_index = -1;
-  std::vector<SsmComplex> D, x, v, S, identity;
+}  // namespace detail
+
+/// The decode step's per-channel constants, computed once from the continuous parameters
+/// (ssm_dplr_step_plan) so a step does no discretization work. Bilinear: the group's Lambda, P,
+/// Q and, per channel, B, C, dt, D = (I - dt/2 Lambda)^-1 and the r x r Woodbury matrix
+/// S = (2/dt I + Q^* D P)^-1: O(N r) per channel and token. ZOH: the dense A_bar = exp(dt A) and
+/// B_bar per channel (16 N^2 bytes each): O(N^2) per channel and token, since exp(dt A) keeps no
+/// DPLR structure.
+struct SsmDplrStepPlan {
+  index_t H = 0;  ///< channels
+  index_t N = 0;  ///< states
+  index_t G = 0;  ///< groups
+  index_t r = 0;  ///< rank
+  SsmDiscretization discretization = SsmDiscretization::bilinear;  ///< how it was discretized
+  std::vector<std::complex<double>> Lambda;  ///< bilinear: [G*N]
+  std::vector<std::complex<double>> P;       ///< bilinear: [G*r*N]
+  std::vector<std::complex<double>> Q_conj;  ///< bilinear: [G*r*N], conj(Q)
+  std::vector<double> dt;                    ///< bilinear: [H]
+  std::vector<std::complex<double>> D;       ///< bilinear: [H*N]
+  std::vector<std::complex<double>> S;       ///< bilinear: [H*r*r]
+  std::vector<std::complex<double>> B;       ///< bilinear: [H*N] B; ZOH: [H*N] B_bar
+  std::vector<std::complex<double>> C;       ///< [H*N]
+  std::vector<std::complex<double>> A_bar;   ///< ZOH: [H*N*N] row-major per channel
 };
 
-// Channel h, all batch rows, in double.
-inline void ssm_dplr_step_channel(const SsmDplrStepInputs& in, const SsmStepOutputs& out, const SsmDplrDims& dims,
-                                  index_t h, SsmDplrStepScratch& scratch) {
-  const SsmDplrParams& p = in.params;
-  const index_t g = h / (dims.H / dims.G);
-  if (scratch.group_index != g) scratch.group = ssm_dplr_group(p, g), scratch.group_index = g;
-  const SsmDplrGroup& s = scratch.group;
-  const index_t N = dims.N, r = dims.r, B = in.u.size(0);
-  const double dt = p.dt(h);
-  std::vector<SsmComplex>&D = scratch.D, &x = scratch.x, &v = scratch.v, &S = scratch.S, &identity = scratch.identity;
-  D.resize(N), x.resize(N), v.resize(N);
-  for (index_t n = 0; n < N; ++n) D[n] = 1.0 / (1.0 - dt / 2.0 * s.Lambda[n]);
-  // S = (2/dt I + Q^* D P)^-1, as the r x r solve of the Woodbury term (columns of the identity).
-  S.resize(static_cast<std::size_t>(r * r)), identity.assign(static_cast<std::size_t>(r * r), 0.0);
-  for (index_t i = 0; i < r; ++i) {
-    identity[i * r + i] = 1.0;
-    for (index_t j = 0; j < r; ++j) {
-      SsmComplex sum = i == j ? 2.0 / dt : 0.0;
-      for (index_t n = 0; n < N; ++n) sum += std::conj(s.Q[i * N + n]) * D[n] * s.P[j * N + n];
-      S[i * r + j] = sum;
+/// Builds the step plan of a DPLR system under `options` (validated as ssm_dplr_kernel does,
+/// ShapeError before any work). Bilinear: O(N r^2) per channel; ZOH: one (N+1)^3 matrix
+/// exponential per channel (the same as ssm_dplr_kernel's, so steps and kernel agree). Channels
+/// in parallel.
+inline SsmDplrStepPlan ssm_dplr_step_plan(const SsmDplrParams& params,
+                                          const SsmKernelOptions& options = {SsmDiscretization::bilinear,
+                                                                             SsmStateSymmetry::none},
+                                          const Executor& executor = serial_executor()) {
+  const ArgCheck check("ssm_dplr_step_plan");
+  const detail::SsmDplrDims dims = detail::validate_ssm_dplr_params(check, params, options);
+  SsmDplrStepPlan plan;
+  plan.H = dims.H, plan.N = dims.N, plan.G = dims.G, plan.r = dims.r, plan.discretization = options.discretization;
+  const index_t H = dims.H, N = dims.N, r = dims.r, per_group = dims.H / dims.G;
+  const bool zoh = options.discretization == SsmDiscretization::zoh;
+  plan.C.resize(static_cast<std::size_t>(H * N)), plan.B.resize(static_cast<std::size_t>(H * N));
+  if (zoh) {
+    plan.A_bar.resize(static_cast<std::size_t>(H * N * N));
+  } else {
+    plan.Lambda.resize(static_cast<std::size_t>(dims.G * N));
+    plan.P.resize(static_cast<std::size_t>(dims.G * r * N)), plan.Q_conj.resize(plan.P.size());
+    plan.dt.resize(H), plan.D.resize(static_cast<std::size_t>(H * N)), plan.S.resize(static_cast<std::size_t>(H * r * r));
+    for (index_t g = 0; g < dims.G; ++g) {
+      const detail::SsmDplrGroup s = detail::ssm_dplr_group(params, g);
+      std::copy(s.Lambda.begin(), s.Lambda.end(), plan.Lambda.begin() + g * N);
+      std::copy(s.P.begin(), s.P.end(), plan.P.begin() + g * r * N);
+      for (index_t i = 0; i < r * N; ++i) plan.Q_conj[g * r * N + i] = std::conj(s.Q[i]);
     }
   }
-  ssm_dplr_solve(S, identity, r, r);  // identity now holds S
+  parallel_for(executor, H, 1, [&](index_t begin, index_t end) {
+    std::vector<detail::SsmComplex> A_bar, B_bar, Sinv, S;
+    for (index_t h = begin; h < end; ++h) {
+      const detail::SsmDplrGroup s = detail::ssm_dplr_group(params, h / per_group);
+      for (index_t n = 0; n < N; ++n) {
+        plan.C[h * N + n] = detail::ssm_value(params.C_real, params.C_imag, h, n);
+        plan.B[h * N + n] = detail::ssm_value(params.B_real, params.B_imag, h, n);
+      }
+      if (zoh) {
+        detail::ssm_dplr_zoh_discretize(params, s, h, &A_bar, &B_bar);
+        std::copy(A_bar.begin(), A_bar.end(), plan.A_bar.begin() + h * N * N);
+        std::copy(B_bar.begin(), B_bar.end(), plan.B.begin() + h * N);
+        continue;
+      }
+      const double dt = params.dt(h);
+      plan.dt[h] = dt;
+      for (index_t n = 0; n < N; ++n) plan.D[h * N + n] = 1.0 / (1.0 - dt / 2.0 * s.Lambda[n]);
+      // S = (2/dt I + Q^* D P)^-1 by an r x r solve against the identity.
+      Sinv.assign(static_cast<std::size_t>(r * r), 0.0), S.assign(static_cast<std::size_t>(r * r), 0.0);
+      for (index_t i = 0; i < r; ++i) {
+        S[i * r + i] = 1.0;
+        for (index_t j = 0; j < r; ++j) {
+          detail::SsmComplex sum = i == j ? 2.0 / dt : 0.0;
+          for (index_t n = 0; n < N; ++n) sum += std::conj(s.Q[i * N + n]) * plan.D[h * N + n] * s.P[j * N + n];
+          Sinv[i * r + j] = sum;
+        }
+      }
+      detail::ssm_dplr_solve(Sinv, S, r, r);
+      std::copy(S.begin(), S.end(), plan.S.begin() + h * r * r);
+    }
+  });
+  return plan;
+}
+
+namespace detail {
+
+inline void validate_ssm_dplr_plan_step(const ArgCheck& check, const SsmDplrStepPlan& plan, const ConstView<float, 2>& u,
+                                        const ConstView<float, 1>& skip, const SsmStepOutputs& out) {
+  check.that(plan.H > 0 && plan.N > 0 && plan.C.size() == static_cast<std::size_t>(plan.H * plan.N), "plan",
+             "must come from ssm_dplr_step_plan");
+  const index_t H = plan.H, N = plan.N;
+  check.shape("u", u, {-1, H}, "B,H");
+  const index_t B = u.size(0);
+  check.optional_shape("skip", skip, {H}, "H")
+      .shape("y", out.y, {B, H}, "B,H")
+      .shape("state_real", out.state_real, {B, H, N}, "B,H,N")
+      .shape("state_imag", out.state_imag, {B, H, N}, "B,H,N");
+  const std::pair<const char*, TensorView<float, 3>> states[] = {{"state_real", out.state_real},
+                                                                  {"state_imag", out.state_imag}};
+  for (const auto& state : states) {
+    if (views_overlap(state.second, u) || views_overlap(state.second, skip))
+      check.fail(state.first, "overlaps input 'u' or 'skip'");
+    if (views_overlap(out.y, state.second)) check.fail("y", "overlaps the state");
+  }
+  if (views_overlap(out.y, u) || views_overlap(out.y, skip)) check.fail("y", "overlaps input 'u' or 'skip'");
+  if (views_overlap(out.state_real, out.state_imag)) check.fail("state_imag", "overlaps 'state_real'");
+}
+
+// Channel h's per-token work from the plan, all batch rows, in double.
+inline void ssm_dplr_plan_step_channel(const SsmDplrStepPlan& plan, const ConstView<float, 2>& u,
+                                       const ConstView<float, 1>& skip, const SsmStepOutputs& out, index_t h,
+                                       std::vector<SsmComplex>& x, std::vector<SsmComplex>& v) {
+  const index_t N = plan.N, r = plan.r, B = u.size(0);
+  const SsmComplex* C = plan.C.data() + h * N;
+  const SsmComplex* Bv = plan.B.data() + h * N;
+  x.resize(N), v.resize(N);
   for (index_t b = 0; b < B; ++b) {
-    const double u = in.u(b, h);
+    const double input = u(b, h);
     for (index_t n = 0; n < N; ++n) x[n] = SsmComplex(out.state_real(b, h, n), out.state_imag(b, h, n));
-    // w = (I + dt/2 A) x + dt B u, then D w.
-    SsmComplex qx[kSsmDplrMaxRank];
-    for (index_t j = 0; j < r; ++j) {
-      qx[j] = 0.0;
-      for (index_t n = 0; n < N; ++n) qx[j] += std::conj(s.Q[j * N + n]) * x[n];
-    }
-    for (index_t n = 0; n < N; ++n) {
-      SsmComplex lowrank = 0.0;
-      for (index_t j = 0; j < r; ++j) lowrank += s.P[j * N + n] * qx[j];
-      const SsmComplex w = x[n] + dt / 2.0 * (s.Lambda[n] * x[n] - lowrank) + dt * u * ssm_value(p.B_real, p.B_imag, h, n);
-      v[n] = D[n] * w;
-    }
-    // x = v - D P S (Q^* v).
-    SsmComplex qv[kSsmDplrMaxRank], sqv[kSsmDplrMaxRank];
-    for (index_t i = 0; i < r; ++i) {
-      qv[i] = 0.0;
-      for (index_t n = 0; n < N; ++n) qv[i] += std::conj(s.Q[i * N + n]) * v[n];
-    }
-    for (index_t i = 0; i < r; ++i) {
-      sqv[i] = 0.0;
-      for (index_t j = 0; j < r; ++j) sqv[i] += identity[i * r + j] * qv[j];
+    if (plan.discretization == SsmDiscretization::zoh) {
+      const SsmComplex* A = plan.A_bar.data() + h * N * N;
+      for (index_t n = 0; n < N; ++n) {
+        SsmComplex sum = Bv[n] * input;
+        for (index_t k = 0; k < N; ++k) sum += A[n * N + k] * x[k];
+        v[n] = sum;
+      }
+    } else {
+      const index_t g = h / (plan.H / plan.G);
+      const SsmComplex* Lambda = plan.Lambda.data() + g * N;
+      const SsmComplex* P = plan.P.data() + g * r * N;
+      const SsmComplex* Qc = plan.Q_conj.data() + g * r * N;
+      const SsmComplex* D = plan.D.data() + h * N;
+      const SsmComplex* S = plan.S.data() + h * r * r;
+      const double dt = plan.dt[h];
+      // w = (I + dt/2 A) x + dt B u, then D w.
+      SsmComplex qx[kSsmDplrMaxRank], qv[kSsmDplrMaxRank], sqv[kSsmDplrMaxRank];
+      for (index_t j = 0; j < r; ++j) {
+        qx[j] = 0.0;
+        for (index_t n = 0; n < N; ++n) qx[j] += Qc[j * N + n] * x[n];
+      }
+      for (index_t n = 0; n < N; ++n) {
+        SsmComplex lowrank = 0.0;
+        for (index_t j = 0; j < r; ++j) lowrank += P[j * N + n] * qx[j];
+        v[n] = D[n] * (x[n] + dt / 2.0 * (Lambda[n] * x[n] - lowrank) + dt * input * Bv[n]);
+      }
+      // x = v - D P S (Q^* v).
+      for (index_t i = 0; i < r; ++i) {
+        qv[i] = 0.0;
+        for (index_t n = 0; n < N; ++n) qv[i] += Qc[i * N + n] * v[n];
+      }
+      for (index_t i = 0; i < r; ++i) {
+        sqv[i] = 0.0;
+        for (index_t j = 0; j < r; ++j) sqv[i] += S[i * r + j] * qv[j];
+      }
+      for (index_t n = 0; n < N; ++n) {
+        SsmComplex correction = 0.0;
+        for (index_t j = 0; j < r; ++j) correction += P[j * N + n] * sqv[j];
+        v[n] -= D[n] * correction;
+      }
     }
     double y = 0.0;
     for (index_t n = 0; n < N; ++n) {
-      SsmComplex correction = 0.0;
-      for (index_t j = 0; j < r; ++j) correction += s.P[j * N + n] * sqv[j];
-      const SsmComplex next = v[n] - D[n] * correction;
-      out.state_real(b, h, n) = static_cast<float>(next.real());
-      out.state_imag(b, h, n) = static_cast<float>(next.imag());
-      y += (ssm_value(p.C_real, p.C_imag, h, n) * next).real();
+      out.state_real(b, h, n) = static_cast<float>(v[n].real());
+      out.state_imag(b, h, n) = static_cast<float>(v[n].imag());
+      y += (C[n] * v[n]).real();
     }
-    out.y(b, h) = static_cast<float>(y + (in.skip.has_value() ? double(in.skip(h)) * u : 0.0));
+    out.y(b, h) = static_cast<float>(y + (skip.has_value() ? double(skip(h)) * input : 0.0));
   }
 }
 
 }  // namespace detail
 
-/// Decode step of a DPLR system: advances the complex state [B,H,N] by one input per batch row
-/// and channel, writes y [B,H]. O(N r) per row and channel in double (the state is stored as
-/// float), channels threaded; D and the r x r Woodbury matrix are formed per channel and call.
-/// Validates shapes, overlaps and the parameters' values (ShapeError before any write) except the
-/// dissipativity of an explicit Q, which ssm_dplr_kernel checks. Bilinear only, as
-/// ssm_dplr_kernel.
+/// Decode step from a plan (ssm_dplr_step_plan): advances the complex state [B,H,N] by one input
+/// u [B,H] per batch row and channel, writes y [B,H] (+ skip[h] u). Bilinear O(N r), ZOH O(N^2)
+/// per row and channel, in double (the state is stored as float); no discretization work.
+/// Channels threaded once the step is large enough. Validates shapes and overlaps (ShapeError
+/// before any write).
+inline void ssm_dplr_step(const SsmDplrStepPlan& plan, const ConstView<float, 2>& u, const SsmStepOutputs& out,
+                          const ConstView<float, 1>& skip = {}, const Executor& executor = serial_executor()) {
+  const ArgCheck check("ssm_dplr_step");
+  detail::validate_ssm_dplr_plan_step(check, plan, u, skip, out);
+  const auto body = [&](index_t begin, index_t end) {
+    std::vector<detail::SsmComplex> x, v;
+    for (index_t h = begin; h < end; ++h) detail::ssm_dplr_plan_step_channel(plan, u, skip, out, h, x, v);
+  };
+  const index_t per_token = plan.discretization == SsmDiscretization::zoh ? plan.N * plan.N : plan.N * plan.r;
+  if (u.size(0) * plan.H * per_token < detail::kSsmStepMinParallelWork) {
+    body(0, plan.H);
+    return;
+  }
+  parallel_for(executor, plan.H, 8, body);
+}
+
+/// Decode step of a DPLR system from its continuous parameters: builds the plan
+/// (ssm_dplr_step_plan) and runs one step with it. Convenient for a single step; a decode loop
+/// should build the plan once (this form redoes the discretization every call: for ZOH one
+/// matrix exponential per channel). Validates shapes, overlaps and the parameters' values
+/// (ShapeError before any write).
 inline void ssm_dplr_step(const SsmDplrStepInputs& in, const SsmStepOutputs& out,
                           const SsmKernelOptions& options = {SsmDiscretization::bilinear, SsmStateSymmetry::none},
                           const Executor& executor = serial_executor()) {
   const ArgCheck check("ssm_dplr_step");
   detail::SsmDplrDims dims{};
   detail::validate_ssm_dplr_step(check, in, out, options, &dims);
-  const auto body = [&](index_t begin, index_t end) {
-    detail::SsmDplrStepScratch scratch;
-    for (index_t h = begin; h < end; ++h) detail::ssm_dplr_step_channel(in, out, dims, h, scratch);
-  };
-  if (in.u.size(0) * dims.H * dims.N * dims.r < detail::kSsmStepMinParallelWork) {
-    body(0, dims.H);
-    return;
-  }
-  parallel_for(executor, dims.H, 8, body);
+  ssm_dplr_step(ssm_dplr_step_plan(in.params, options, executor), in.u, out, in.skip, executor);
 }
 
 }  // namespace seqmix
