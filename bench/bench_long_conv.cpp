@@ -13,8 +13,11 @@
 //                                          shared by all channels): Cauchy sums + Woodbury + inverse FFT
 //                                          in double; GFLOP/s counted as the diagonal kernel's 8 L H N,
 //                                          so the figure compares the two generations' time directly
+//   ssm_dplr_kernel/prefill_zoh/H768_N64_T16384 the same system under ZOH (matrix exponential per
+//                                          channel, blocked powers)
 //   ssm_dplr_kernel/reference/H16_N64_T1024 the dense power loop (double), the baseline
-//   ssm_dplr_kernel/step/B1_H768_N64       one DPLR decode step (structured, O(N r) per channel)
+//   ssm_dplr_kernel/step/B1_H768_N64       one DPLR decode step from a plan built once (structured,
+//                                          O(N r) per channel)
 //   s5/prefill/T4096_H512_P256             S5 prefill (GEMMs + associative scan), GFLOP/s counting the
 //                                          two complex projections, 16 T H P flops
 //   s5/step/B1_H512_P256                   one decode step
@@ -136,10 +139,11 @@ struct DplrBenchSystem {
   }
 };
 
-void dplr_kernel(benchmark::State& state, index_t H, index_t N, index_t T, bool reference) {
+void dplr_kernel(benchmark::State& state, index_t H, index_t N, index_t T, bool reference,
+                 seqmix::SsmDiscretization discretization = seqmix::SsmDiscretization::bilinear) {
   const DplrBenchSystem system(H, N);
   Tensor<float, 2> k({T, H});
-  const seqmix::SsmKernelOptions options{seqmix::SsmDiscretization::bilinear, seqmix::SsmStateSymmetry::none};
+  const seqmix::SsmKernelOptions options{discretization, seqmix::SsmStateSymmetry::none};
   for (auto _ : state) {
     if (reference)
       seqmix::reference::ssm_dplr_kernel(system.params(), k.view(), options);
@@ -156,9 +160,11 @@ void dplr_step(benchmark::State& state, index_t H, index_t N) {
   Tensor<float, 3> xr({1, H, N}), xi({1, H, N});
   xr.fill(0.f), xi.fill(0.f);
   Tensor<float, 2> y({1, H});
+  // The plan (D and the Woodbury matrix per channel) is built once, as a decode loop would.
+  const seqmix::SsmDplrStepPlan plan = seqmix::ssm_dplr_step_plan(
+      system.params(), {seqmix::SsmDiscretization::bilinear, seqmix::SsmStateSymmetry::none}, st::two_thread_pool());
   for (auto _ : state) {
-    seqmix::ssm_dplr_step({u.view(), system.params()}, {y.view(), xr.view(), xi.view()},
-                          {seqmix::SsmDiscretization::bilinear, seqmix::SsmStateSymmetry::none}, st::two_thread_pool());
+    seqmix::ssm_dplr_step(plan, u.view(), {y.view(), xr.view(), xi.view()}, {}, st::two_thread_pool());
     benchmark::DoNotOptimize(y.data());
   }
   st::report_throughput(state, 10.0 * H * N, 4.0 * 8.0 * H * N);
@@ -215,6 +221,9 @@ void register_all() {
       ->UseRealTime()
       ->Unit(benchmark::kMicrosecond);
   add("ssm_dplr_kernel/prefill/H768_N64_T16384", [](benchmark::State& s) { dplr_kernel(s, 768, 64, 16384, false); });
+  add("ssm_dplr_kernel/prefill_zoh/H768_N64_T16384", [](benchmark::State& s) {
+    dplr_kernel(s, 768, 64, 16384, false, seqmix::SsmDiscretization::zoh);
+  });
   add("ssm_dplr_kernel/reference/H16_N64_T1024", [](benchmark::State& s) { dplr_kernel(s, 16, 64, 1024, true); });
   benchmark::RegisterBenchmark("ssm_dplr_kernel/step/B1_H768_N64", [](benchmark::State& s) { dplr_step(s, 768, 64); })
       ->UseRealTime()
