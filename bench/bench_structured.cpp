@@ -19,6 +19,7 @@
 // cell and channel; linear_scan's GB/s counts a, b read and h_all written once.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <array>
 #include <string>
 #include <vector>
@@ -322,12 +323,16 @@ void reverse_memory_tokens(benchmark::State& state, bool reverse) {
   const index_t B = 4, T = 8192, D = 512, M = 16;
   const auto x = st::random_tensor<3>({B, T, D}, 1), memory = st::random_tensor<3>({B, M, D}, 2);
   Tensor<float, 3> y({B, T, D}), final_memory({B, M, D});
+  // Row pointers (memory_tokens hands the layer contiguous tensors): per-element multi-index
+  // access made this layer 10x the copies and hid their cost.
   auto layer = [](const seqmix::ConstView<float, 3>& in, const seqmix::TensorView<float, 3>& out) {
     const index_t n = in.size(1), width = in.size(2);
     for (index_t b = 0; b < in.size(0); ++b) {
-      for (index_t c = 0; c < width; ++c) out(b, 0, c) = in(b, 0, c);
+      const float* src = in.ptr(b);
+      float* dst = out.ptr(b);
+      std::copy(src, src + width, dst);
       for (index_t j = 1; j < n; ++j)
-        for (index_t c = 0; c < width; ++c) out(b, j, c) = 0.9f * out(b, j - 1, c) + in(b, j, c);
+        for (index_t c = 0; c < width; ++c) dst[j * width + c] = 0.9f * dst[(j - 1) * width + c] + src[j * width + c];
     }
   };
   seqmix::MemoryTokensOptions options;

@@ -15,6 +15,19 @@ namespace seqmix {
 
 namespace detail {
 
+// One token row of D channels, src to dst with the given channel strides. The segment copies go
+// row by row through a row pointer: the reverse option hands memory_tokens views with a negative
+// token stride, and the per-element multi-index access (offsets recomputed from three strides)
+// did not vectorize; a row is contiguous in either direction, so it is one memcpy-like loop
+// whatever the token order.
+inline void copy_row(const float* src, index_t src_stride, index_t D, float* dst, index_t dst_stride) {
+  if (src_stride == 1 && dst_stride == 1) {
+    std::copy(src, src + D, dst);
+    return;
+  }
+  for (index_t c = 0; c < D; ++c) dst[c * dst_stride] = src[c * src_stride];
+}
+
 // The segments of in.x from the carried memory `mem` [B,M,D] and the recall's cache `past` (the
 // last `recall` memories, oldest first), both updated in place; y as memory_tokens.
 inline void memory_tokens_run(const MemoryTokensDims& d, const MemoryTokensInputs& in, const TensorView<float, 3>& y,
@@ -35,8 +48,7 @@ inline void memory_tokens_run(const MemoryTokensDims& d, const MemoryTokensInput
       for (index_t b = begin; b < end; ++b) {
         float* dst = layer_in.data() + b * n * d.D;
         const float* carried = mem.data() + b * d.M * d.D;
-        for (index_t j = 0; j < len; ++j)
-          for (index_t c = 0; c < d.D; ++c) dst[(d.M + j) * d.D + c] = in.x(b, t0 + j, c);
+        for (index_t j = 0; j < len; ++j) copy_row(in.x.ptr(b, t0 + j), in.x.stride(2), d.D, dst + (d.M + j) * d.D, 1);
         std::copy(carried, carried + d.M * d.D, dst + (d.M + len) * d.D);
         if (d.recall == 0) {
           std::copy(carried, carried + d.M * d.D, dst);
@@ -82,8 +94,7 @@ inline void memory_tokens_run(const MemoryTokensDims& d, const MemoryTokensInput
     parallel_for(executor, d.B, 1, [&](index_t begin, index_t end) {
       for (index_t b = begin; b < end; ++b) {
         const float* src = layer_out.data() + b * n * d.D;
-        for (index_t j = 0; j < len; ++j)
-          for (index_t c = 0; c < d.D; ++c) out.y(b, t0 + j, c) = src[(d.M + j) * d.D + c];
+        for (index_t j = 0; j < len; ++j) copy_row(src + (d.M + j) * d.D, 1, d.D, out.y.ptr(b, t0 + j), out.y.stride(2));
         std::copy(src + (d.M + len) * d.D, src + n * d.D, mem.data() + b * d.M * d.D);
       }
     });
