@@ -11,7 +11,8 @@
 //                                             inputs (issue 23 asks for at most 5% more):
 //                                             selective_scan, ssd, linear_scan, rwkv7, lstm,
 //                                             mlstm and matrix_scan; the chunked hybrids based,
-//                                             rat, infini_attention, mega and memory_tokens
+//                                             rat, infini_attention, mega and memory_tokens;
+//                                             long_conv (direct, FFT), hyena and h3
 //   grid_scan/<split>/<shape>                  the 2-D linear recurrence, and its reference
 //
 // GFLOP/s of the selective scans counts 6 flops per (token, channel, state) update of the scan
@@ -26,6 +27,7 @@
 
 #include "seqmix/chunked.hpp"
 #include "seqmix/core/scan.hpp"
+#include "seqmix/lti.hpp"
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 #include "seqmix/memory.hpp"
 #include "seqmix/rnn.hpp"
@@ -345,6 +347,53 @@ void reverse_memory_tokens(benchmark::State& state, bool reverse) {
   }
 }
 
+// The long convolutions, reverse vs forward: long_conv direct (L 64) and FFT (L = T), an
+// order-2 Hyena with T-long filters, H3 with a T-long diagonal kernel.
+void reverse_long_conv(benchmark::State& state, bool reverse, seqmix::LongConvMethod method) {
+  const index_t B = 1, T = 4096, D = 768, L = method == seqmix::LongConvMethod::direct ? 64 : T;
+  const auto u = st::random_tensor<3>({B, T, D}, 1);
+  const auto h = st::random_tensor<2>({L, D}, 2, -0.02f, 0.02f);
+  const auto skip = st::random_tensor<1>({D}, 3);
+  Tensor<float, 3> y({B, T, D});
+  seqmix::LongConvOptions options;
+  options.method = method, options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::long_conv({u.cview(), h.cview(), {}, skip.cview()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_hyena(benchmark::State& state, bool reverse) {
+  const index_t N = 2, B = 1, T = 4096, D = 768;
+  const auto v = st::random_tensor<3>({B, T, D}, 1);
+  const auto x = st::random_tensor<4>({N, B, T, D}, 2);
+  const auto filter = st::random_tensor<3>({N, T, D}, 3, -0.02f, 0.02f);
+  Tensor<float, 3> y({B, T, D}), scratch({B, T, D});
+  seqmix::HyenaOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::hyena({v.cview(), x.cview(), filter.cview()}, {y.view(), scratch.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_h3(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 2048, H = 8, P = 16;
+  const auto q = st::random_tensor<4>({B, T, H, P}, 1), k = st::random_tensor<4>({B, T, H, P}, 2);
+  const auto v = st::random_tensor<4>({B, T, H, P}, 3);
+  const auto shift = st::random_tensor<2>({4, H * P}, 4), diag = st::random_tensor<2>({T, H * P}, 5, -0.02f, 0.02f);
+  Tensor<float, 4> y({B, T, H, P});
+  seqmix::H3Options options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::h3({q.cview(), k.cview(), v.cview(), shift.cview(), diag.cview()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 void grid(benchmark::State& state, int form) {
   const GridShape& s = kVmamba;
   const auto al = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 1, 0.f, 0.5f);
@@ -388,6 +437,12 @@ void register_all() {
     add("reverse/mega" + dir + "B1_T4096_D512_N16_H2_c128", [reverse](benchmark::State& s) { reverse_mega(s, reverse); });
     add("reverse/memory_tokens" + dir + "B4_T8192_D512_M16_seg512",
         [reverse](benchmark::State& s) { reverse_memory_tokens(s, reverse); });
+    add("reverse/long_conv_direct" + dir + "B1_T4096_D768_L64",
+        [reverse](benchmark::State& s) { reverse_long_conv(s, reverse, seqmix::LongConvMethod::direct); });
+    add("reverse/long_conv_fft" + dir + "B1_T4096_D768_L4096",
+        [reverse](benchmark::State& s) { reverse_long_conv(s, reverse, seqmix::LongConvMethod::fft); });
+    add("reverse/hyena" + dir + "N2_B1_T4096_D768_L4096", [reverse](benchmark::State& s) { reverse_hyena(s, reverse); });
+    add("reverse/h3" + dir + "B1_T2048_H8_P16_L2048", [reverse](benchmark::State& s) { reverse_h3(s, reverse); });
   }
   add("grid_scan/channels/" + shape, [](benchmark::State& s) { grid(s, 0); });
   add("grid_scan/wavefront/" + shape, [](benchmark::State& s) { grid(s, 1); });

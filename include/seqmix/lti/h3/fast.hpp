@@ -30,6 +30,10 @@ inline index_t h3_value_block(index_t P) { return std::max<index_t>(1, std::min<
 /// B T (P + 2 P jb) floats of scratch, jb = max(1, min(P, 256 / P)).
 inline void h3(const H3Inputs& in, const H3Outputs& out, const H3Options& options = {},
                const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::h3_reversed_call(in, out);
+    return h3(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto dims = detail::validate_h3("h3", in, out, options);
   const index_t B = dims.B, T = dims.T, P = dims.P, jb = detail::h3_value_block(P);
   Tensor<float, 3> kbar({B, T, P}), kv({B, T, P * jb}), conv({B, T, P * jb});

@@ -15,8 +15,10 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -28,6 +30,10 @@ namespace seqmix {
 struct H3Options {
   /// How the long convolutions run (long_conv's choice; automatic by default).
   LongConvMethod method = LongConvMethod::automatic;
+  /// Run from the last token to the first (core/direction.hpp): q, k, v and y are reversed views,
+  /// not copies, so both SSMs are anti-causal (kbar[t] reads k[t..t+Ls-1], kv[t] reads
+  /// kbar v^T at t..t+L-1). h3 has no state; the step (h3_step) has no direction.
+  bool reverse = false;
 };
 
 /// Prefill arguments.
@@ -73,6 +79,13 @@ inline H3Dims validate_h3(const char* op, const H3Inputs& in, const H3Outputs& o
   return {B, T, H, P, Ls, L};
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments.
+inline std::pair<H3Inputs, H3Outputs> h3_reversed_call(H3Inputs in, H3Outputs out) {
+  reverse_time_of(in.q, in.k, in.v, out.y);
+  return {in, out};
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -82,7 +95,10 @@ namespace reference {
 /// signature. Validates first.
 inline void h3(const H3Inputs& in, const H3Outputs& out, const H3Options& options = {},
                const Executor& executor = serial_executor()) {
-  (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::h3_reversed_call(in, out);
+    return h3(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto dims = detail::validate_h3("reference::h3", in, out, options);
   const index_t T = dims.T, P = dims.P;
   std::vector<double> kbar(static_cast<std::size_t>(T * P)), acc(static_cast<std::size_t>(P));

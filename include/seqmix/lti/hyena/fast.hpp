@@ -41,6 +41,10 @@ inline void hyena_gate(const ConstView<float, 3>& x, const TensorView<float, 3>&
 /// With states, each order's long_conv carries its own (initial_state[n] -> final_state[n]).
 inline void hyena(const HyenaInputs& in, const HyenaOutputs& out, const HyenaOptions& options = {},
                   const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::hyena_reversed_call(in, out);
+    return hyena(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto dims = detail::validate_hyena("hyena", in, out, options);
   Tensor<float, 3> owned;
   TensorView<float, 3> scratch = out.scratch;

@@ -16,8 +16,10 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -29,6 +31,12 @@ namespace seqmix {
 struct HyenaOptions {
   /// How each order's long convolution runs (long_conv's choice; automatic by default).
   LongConvMethod method = LongConvMethod::automatic;
+  /// Run from the last token to the first (core/direction.hpp): v, x, y and scratch are reversed
+  /// views, not copies, so every order's convolution is anti-causal (sum over s of h_n[s]
+  /// z_n[t+s]). The states hold rows in processing order, as long_conv's (LongConvOptions::reverse):
+  /// final_state[n] row r is z_n[L-2-r], initial_state[n] row L-2 the row processed just before
+  /// token T-1. The steps (hyena_step) have no direction.
+  bool reverse = false;
 };
 
 /// Prefill arguments. The order N is x.size(0) = filter.size(0).
@@ -123,6 +131,18 @@ inline HyenaDims validate_hyena(const char* op, const HyenaInputs& in, const Hye
 
 }  // namespace detail
 
+namespace detail {
+
+// A reverse call (options.reverse) as the forward call on reversed views of the token-indexed
+// arguments (x is [N,B,T,D]: time is its dimension 2); states stay in processing order.
+inline std::pair<HyenaInputs, HyenaOutputs> hyena_reversed_call(HyenaInputs in, HyenaOutputs out) {
+  reverse_time_of(in.v, out.y, out.scratch);
+  in.x = reversed_view(in.x, 2);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition, order by order with direct convolutions, accumulated in double (the oracle
@@ -130,7 +150,10 @@ namespace reference {
 /// uniform signature. Validates first.
 inline void hyena(const HyenaInputs& in, const HyenaOutputs& out, const HyenaOptions& options = {},
                   const Executor& executor = serial_executor()) {
-  (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::hyena_reversed_call(in, out);
+    return hyena(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto dims = detail::validate_hyena("reference::hyena", in, out, options);
   const index_t B = dims.B, T = dims.T, D = dims.D, S = dims.L - 1;
   // z holds xs = concat(state rows, z_n) per batch row: S + T rows.

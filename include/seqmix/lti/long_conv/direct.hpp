@@ -152,6 +152,10 @@ inline void long_conv_direct_run(const LongConvInputs& in, const TensorView<floa
 /// with AVX-512) and an input window of L + 64 rows.
 inline void long_conv_direct(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                              const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::long_conv_reversed_call(in, out);
+    return long_conv_direct(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   detail::validate_long_conv("long_conv_direct", in, out, options);
   detail::long_conv_direct_run(in, out.y, executor);
   if (out.final_state.has_value())

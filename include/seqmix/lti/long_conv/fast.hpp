@@ -68,6 +68,10 @@ inline LongConvMethod long_conv_method(const LongConvInputs& in, const LongConvO
 /// Threaded through `executor`; any strides.
 inline void long_conv(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                       const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::long_conv_reversed_call(in, out);
+    return long_conv(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const LongConvMethod method = long_conv_method(in, out, options);
   if (method == LongConvMethod::fft)
     detail::long_conv_fft_run(in, out.y, executor);

@@ -246,6 +246,10 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
 /// is not finite is computed by the direct form, with its pair.
 inline void long_conv_fft(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                           const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::long_conv_reversed_call(in, out);
+    return long_conv_fft(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   detail::validate_long_conv("long_conv_fft", in, out, options);
   detail::long_conv_fft_run(in, out.y, executor);
   if (out.final_state.has_value())

@@ -12,12 +12,16 @@
 //   causal:        y[t,d] = bias[d] + skip[d] u[t,d] + sum_{s<L} h[s,g(d)] xs[t-s,d]
 //   bidirectional: the causal sum plus sum_{s<Lb, t+s<T} hb[s,g(d)] u[t+s,d]   (hb: filter_backward)
 //   final_state = the last L-1 rows of xs (causal only)
+//   options.reverse: the same on reversed views of u and y (core/direction.hpp), so causal reads
+//   u[t..t+L-1] (anti-causal) and the state rows are inputs in processing order (see the option).
 #pragma once
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -44,6 +48,14 @@ struct LongConvOptions {
   LongConvDirection direction = LongConvDirection::causal;
   /// automatic by default.
   LongConvMethod method = LongConvMethod::automatic;
+  /// Run from the last token to the first (core/direction.hpp): u and y are reversed views, not
+  /// copies. Causal then means anti-causal, y[t] = bias + skip u[t] + sum_{s<L} h[s] u[t+s]
+  /// (filter tap 0 still multiplies the token being processed), and the state holds inputs in
+  /// processing order: initial_state row L-2 is "u[T]", the input processed just before token
+  /// T-1; final_state row r is u[L-2-r] (the last L-1 tokens processed, token 0 last).
+  /// Bidirectional then equals the forward bidirectional call with filter and filter_backward
+  /// swapped. The step (long_conv_step) has no direction: it continues a stream forward.
+  bool reverse = false;
 };
 
 /// Prefill arguments. Optional views are empty (default-constructed) when not given.
@@ -160,6 +172,13 @@ inline void long_conv_write_final_state(const LongConvInputs& in, const TensorVi
     for (index_t d = 0; d < D; ++d) final_state(b, r, d) = long_conv_xs(in, b, T - S + r, d);
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of u and y; the state
+// rows are in processing order already, so they are passed as they are.
+inline std::pair<LongConvInputs, LongConvOutputs> long_conv_reversed_call(LongConvInputs in, LongConvOutputs out) {
+  reverse_time_of(in.u, out.y);
+  return {in, out};
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -168,7 +187,10 @@ namespace reference {
 /// tested against). Single-threaded; `executor` is accepted for a uniform signature.
 inline void long_conv(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                       const Executor& executor = serial_executor()) {
-  (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::long_conv_reversed_call(in, out);
+    return long_conv(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto dims = detail::validate_long_conv("reference::long_conv", in, out, options);
   const index_t S = dims.L - 1, group = dims.group();
   for (index_t b = 0; b < dims.B; ++b)
