@@ -2,6 +2,7 @@
 // thread (docs/operators.md, long_conv, "Crossover and the FFT form's bound"). CPU time, not wall
 // time: on a machine shared by several sessions the benchmarks' real time is mostly waiting.
 //
+// Built with the benchmarks as seqmix-long-conv-crossover (the test build syntax-checks it), or:
 //   g++ -std=c++17 -O2 -march=native -DNDEBUG -I include -I testing -isystem /usr/include/eigen3 \
 //       tools/long_conv_crossover.cpp -pthread -o long_conv_crossover
 //   ./long_conv_crossover [T L]...      (default: the table's rows; the first row also warms up)
