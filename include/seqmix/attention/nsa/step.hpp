@@ -56,7 +56,9 @@ void nsa_step_select_compressed(const NsaInputs<KV>& in, const NsaDims& n, const
         float* s = scores.data() + g * Nc;
         float m = kMinusInf, l = 0.f;
         for (index_t c = 0; c < visible; ++c) m = std::max(m, scale * s[c]);
-        for (index_t c = 0; c < visible; ++c) l += (s[c] = std::exp(scale * s[c] - m));
+        // No finite logit (every visible compressed key scored -inf): no weight, as the dense
+        // kernel and the reference give, rather than exp(-inf - -inf) = NaN.
+        for (index_t c = 0; c < visible; ++c) l += (s[c] = m == kMinusInf ? 0.f : std::exp(scale * s[c] - m));
         top[static_cast<std::size_t>(g)] = m, total[static_cast<std::size_t>(g)] = l;
       }
       for (index_t c = 0; c < visible; ++c) {
