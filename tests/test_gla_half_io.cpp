@@ -22,6 +22,7 @@
 #include "seqmix/core/half.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"
+#include "seqmix_testing/compare.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -57,25 +58,6 @@ std::vector<std::int32_t> gla_half_cu(index_t T) {
   for (index_t len = 1; cu.back() < T; len = len * 3 + 4)
     cu.push_back(static_cast<std::int32_t>(std::min<index_t>(cu.back() + len, T)));
   return cu;
-}
-
-// max over (row, head) of ||a - b|| / ||b|| (||a - b|| where b is 0) over the inner two dimensions
-// of [N,X,H,Y] (head_dim 2: outputs) or [N,H,X,Y] (head_dim 1: states).
-double gla_half_rel_err(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int head_dim) {
-  double worst = 0.0;
-  const index_t H = b.size(head_dim), X = b.size(head_dim == 2 ? 1 : 2);
-  for (index_t n = 0; n < b.size(0); ++n)
-    for (index_t h = 0; h < H; ++h) {
-      double diff = 0.0, ref = 0.0;
-      for (index_t x = 0; x < X; ++x)
-        for (index_t y = 0; y < b.size(3); ++y) {
-          const double va = head_dim == 2 ? a(n, x, h, y) : a(n, h, x, y);
-          const double vb = head_dim == 2 ? b(n, x, h, y) : b(n, h, x, y);
-          diff += (va - vb) * (va - vb), ref += vb * vb;
-        }
-      worst = std::max(worst, ref > 0.0 ? std::sqrt(diff / ref) : std::sqrt(diff));
-    }
-  return worst;
 }
 
 // A random fp32 tensor, its 16-bit rounding and that rounding widened back to fp32.
@@ -148,10 +130,11 @@ void gla_half_check(const GlaHalfCase& c, std::uint64_t seed, const seqmix::Exec
                             << (e == GlaEntry::reference ? " reference" : " fast") << " seed " << seed);
           const GlaHalfResult half = gla_half_run(e, c, q.half, k.half, v.half, gates, options, executor);
           const GlaHalfResult same = gla_half_run(e, c, q.rounded, k.rounded, v.rounded, gates, options, executor);
-          CHECK(gla_half_rel_err(half.o, same.o, 2) <= 1e-6);
-          CHECK(gla_half_rel_err(half.s, same.s, 1) <= 1e-6);
+          CHECK(st::per_head_relative_error(half.o, same.o, 2) <= 1e-6);
+          CHECK(st::per_head_relative_error(half.s, same.s, 1) <= 1e-6);
           const GlaHalfResult orig = gla_half_run(e, c, q.orig, k.orig, v.orig, gates, options, executor);
-          const double eo = gla_half_rel_err(half.o, orig.o, 2), es = gla_half_rel_err(half.s, orig.s, 1);
+          const double eo = st::per_head_relative_error(half.o, orig.o, 2);
+          const double es = st::per_head_relative_error(half.s, orig.s, 1);
           INFO("against fp32 originals: output rel err " << eo << ", state rel err " << es);
           CHECK(eo <= bound);
           CHECK(es <= bound);
@@ -201,13 +184,13 @@ TEST_CASE("gla with bf16 q, k and v: simple_gla and reverse take them, a bad sha
   seqmix::GatedLinearAttentionInputs in32;
   in32.q = qf.cview(), in32.k = kf.cview(), in32.v = vf.cview(), in32.g_scalar = gs2.cview();
   seqmix::simple_gla(in32, {o32.view()});
-  REQUIRE(gla_half_rel_err(o16, o32, 2) <= 1e-6);
+  REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-6);
   // reverse: the reversed views of 16-bit inputs, as for fp32.
   seqmix::GatedLinearAttentionOptions reverse;
   reverse.gate = seqmix::GateKind::scalar, reverse.reverse = true;
   seqmix::gated_linear_attention(in, {o16.view()}, reverse);
   seqmix::gated_linear_attention(in32, {o32.view()}, reverse);
-  REQUIRE(gla_half_rel_err(o16, o32, 2) <= 1e-6);
+  REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-6);
   seqmix::reference::gated_linear_attention(in, {o16.view()}, reverse);
-  REQUIRE(gla_half_rel_err(o16, o32, 2) <= 1e-5);
+  REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-5);
 }

@@ -19,6 +19,7 @@
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix_testing/compare.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -54,27 +55,6 @@ std::vector<LaBf16Case> la_bf16_cases() {
   return cases;
 }
 
-// max over (batch row, head) of ||a - b|| / ||b|| over the inner two dimensions of [B,X,H,Y]
-// (outputs: head is dimension 2) or [B,H,X,Y] (states: head is dimension 1).
-double la_bf16_rel_err(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int head_dim) {
-  double worst = 0.0;
-  const index_t H = b.size(head_dim), X = b.size(head_dim == 2 ? 1 : 2);
-  for (index_t n = 0; n < b.size(0); ++n)
-    for (index_t h = 0; h < H; ++h) {
-      double diff = 0.0, ref = 0.0;
-      for (index_t x = 0; x < X; ++x)
-        for (index_t y = 0; y < b.size(3); ++y) {
-          const float va = head_dim == 2 ? a(n, x, h, y) : a(n, h, x, y);
-          const float vb = head_dim == 2 ? b(n, x, h, y) : b(n, h, x, y);
-          diff += (double(va) - vb) * (double(va) - vb);
-          ref += double(vb) * vb;
-        }
-      if (ref > 0.0) worst = std::max(worst, std::sqrt(diff / ref));
-      else worst = std::max(worst, std::sqrt(diff));
-    }
-  return worst;
-}
-
 // Both forms' outputs and final states: within the bound where the target has the dot products,
 // equal otherwise.
 void la_bf16_compare(const std::string& what, const Tensor<float, 4>& o_dot, const Tensor<float, 4>& o,
@@ -85,7 +65,8 @@ void la_bf16_compare(const std::string& what, const Tensor<float, 4>& o_dot, con
     for (index_t i = 0; i < s.numel(); ++i) REQUIRE(s_dot.data()[i] == s.data()[i]);
     return;
   }
-  const double eo = la_bf16_rel_err(o_dot, o, 2), es = la_bf16_rel_err(s_dot, s, 1);
+  const double eo = st::per_head_relative_error(o_dot, o, 2);
+  const double es = st::per_head_relative_error(s_dot, s, 1);
   INFO("output rel err " << eo << ", state rel err " << es);
   CHECK(eo <= kLaBf16Bound);
   CHECK(es <= kLaBf16Bound);

@@ -9,6 +9,7 @@
 
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/s5_system.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -18,33 +19,6 @@ using seqmix::SsmDiscretization;
 using seqmix::SsmStateSymmetry;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// S5-style parameters: Lambda from S4D-Lin-like eigenvalues (real part in [-1, -0.1]), B and C
-// random and scaled by 1/sqrt of their inner size, dt log-uniform in [1e-3, 1e-1].
-struct S5Data {
-  Tensor<float, 1> L_re, L_im, dt, D;
-  Tensor<float, 2> B_re, B_im, C_re, C_im;
-
-  S5Data(index_t H, index_t P, std::uint64_t seed)
-      : L_re(st::random_tensor<1>({P}, seed, -1.f, -0.1f)),
-        L_im({P}),
-        dt({P}),
-        D(st::random_tensor<1>({H}, seed + 1)),
-        B_re(st::random_tensor<2>({P, H}, seed + 2, -1.f / std::sqrt(float(H)), 1.f / std::sqrt(float(H)))),
-        B_im(st::random_tensor<2>({P, H}, seed + 3, -1.f / std::sqrt(float(H)), 1.f / std::sqrt(float(H)))),
-        C_re(st::random_tensor<2>({H, P}, seed + 4, -1.f / std::sqrt(float(P)), 1.f / std::sqrt(float(P)))),
-        C_im(st::random_tensor<2>({H, P}, seed + 5, -1.f / std::sqrt(float(P)), 1.f / std::sqrt(float(P)))) {
-    const Tensor<float, 1> r = st::random_tensor<1>({P}, seed + 6, 0.f, 1.f);
-    for (index_t i = 0; i < P; ++i) {
-      L_im(i) = 3.14159265f * float(i);
-      dt(i) = std::exp(std::log(1e-3f) + r(i) * (std::log(1e-1f) - std::log(1e-3f)));
-    }
-  }
-
-  seqmix::S5Params params() const {
-    return {L_re.view(), L_im.view(), B_re.view(), B_im.view(), C_re.view(), C_im.view(), dt.view(), D.view()};
-  }
-};
 
 struct S5Case {
   index_t B, T, H, P;
@@ -65,7 +39,7 @@ TEST_CASE("s5: the associative-scan prefill matches the double recurrence", "[s5
     for (SsmStateSymmetry symmetry : {SsmStateSymmetry::none, SsmStateSymmetry::conjugate_pairs}) {
       INFO("B=" << c.B << " T=" << c.T << " H=" << c.H << " P=" << c.P << " disc=" << int(c.disc)
                 << " state=" << c.state << " symmetry=" << int(symmetry));
-      const S5Data data(c.H, c.P, seed += 10);
+      const st::S5System data(c.H, c.P, seed += 10);
       const Tensor<float, 3> u = st::random_tensor<3>({c.B, c.T, c.H}, seed + 7);
       const Tensor<float, 2> s_re = st::random_tensor<2>({c.B, c.P}, seed + 8), s_im = st::random_tensor<2>({c.B, c.P}, seed + 9);
       seqmix::S5Inputs in{u.view()};
@@ -83,7 +57,7 @@ TEST_CASE("s5: the associative-scan prefill matches the double recurrence", "[s5
 
 TEST_CASE("s5: prefill pieces and steps carrying the state equal one call", "[s5]") {
   const index_t B = 2, T = 200, H = 12, P = 8;
-  const S5Data data(H, P, 3);
+  const st::S5System data(H, P, 3);
   const Tensor<float, 3> u = st::random_tensor<3>({B, T, H}, 4);
   const seqmix::SsmKernelOptions options{SsmDiscretization::zoh, SsmStateSymmetry::conjugate_pairs};
   Tensor<float, 3> y_ref({B, T, H}), y({B, T, H});
@@ -102,7 +76,7 @@ TEST_CASE("s5: prefill pieces and steps carrying the state equal one call", "[s5
 
 TEST_CASE("s5: unstable, non-finite and misshapen parameters are refused before any write", "[s5]") {
   const index_t B = 1, T = 8, H = 4, P = 3;
-  S5Data data(H, P, 5);
+  st::S5System data(H, P, 5);
   const Tensor<float, 3> u = st::random_tensor<3>({B, T, H}, 6);
   Tensor<float, 3> y({B, T, H});
   Tensor<float, 2> y1({B, H}), s_re({B, P}), s_im({B, P});

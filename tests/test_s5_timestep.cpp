@@ -12,6 +12,7 @@
 
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/s5_system.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -22,33 +23,6 @@ using seqmix::SsmStateSymmetry;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
 using Cd = std::complex<double>;
-
-// S5-style parameters (as test_s5.cpp): Re(Lambda) in [-1, -0.1], Im(Lambda) = pi p, B and C
-// scaled by 1/sqrt of their inner size, dt log-uniform in [1e-3, 1e-1].
-struct TsSystem {
-  Tensor<float, 1> L_re, L_im, dt, D;
-  Tensor<float, 2> B_re, B_im, C_re, C_im;
-
-  TsSystem(index_t H, index_t P, std::uint64_t seed)
-      : L_re(st::random_tensor<1>({P}, seed, -1.f, -0.1f)),
-        L_im({P}),
-        dt({P}),
-        D(st::random_tensor<1>({H}, seed + 1)),
-        B_re(st::random_tensor<2>({P, H}, seed + 2, -1.f / std::sqrt(float(H)), 1.f / std::sqrt(float(H)))),
-        B_im(st::random_tensor<2>({P, H}, seed + 3, -1.f / std::sqrt(float(H)), 1.f / std::sqrt(float(H)))),
-        C_re(st::random_tensor<2>({H, P}, seed + 4, -1.f / std::sqrt(float(P)), 1.f / std::sqrt(float(P)))),
-        C_im(st::random_tensor<2>({H, P}, seed + 5, -1.f / std::sqrt(float(P)), 1.f / std::sqrt(float(P)))) {
-    const Tensor<float, 1> r = st::random_tensor<1>({P}, seed + 6, 0.f, 1.f);
-    for (index_t i = 0; i < P; ++i) {
-      L_im(i) = 3.14159265f * float(i);
-      dt(i) = std::exp(std::log(1e-3f) + r(i) * (std::log(1e-1f) - std::log(1e-3f)));
-    }
-  }
-
-  seqmix::S5Params params() const {
-    return {L_re.view(), L_im.view(), B_re.view(), B_im.view(), C_re.view(), C_im.view(), dt.view(), D.view()};
-  }
-};
 
 // Per-token steps log-uniform in [0.1, 10]: Lambda_bar moves by orders of magnitude between tokens.
 Tensor<float, 2> random_timesteps(index_t B, index_t T, std::uint64_t seed) {
@@ -64,7 +38,7 @@ struct TsLoopResult {
 
 // The definition, token by token in double (reverse: from the last token to the first), with
 // B_bar formed per token from dt_p * timestep(b, t).
-TsLoopResult ts_loop(const TsSystem& s, const Tensor<float, 3>& u, const Tensor<float, 2>& ts,
+TsLoopResult ts_loop(const st::S5System& s, const Tensor<float, 3>& u, const Tensor<float, 2>& ts,
                      const Tensor<float, 2>* init_re, const Tensor<float, 2>* init_im, SsmDiscretization disc,
                      SsmStateSymmetry symmetry, bool reverse) {
   const index_t B = u.size(0), T = u.size(1), H = u.size(2), P = s.L_re.size(0);
@@ -126,7 +100,7 @@ TEST_CASE("s5 timestep: reference, scan prefill and steps match the double loop"
     for (SsmStateSymmetry symmetry : {SsmStateSymmetry::none, SsmStateSymmetry::conjugate_pairs}) {
       INFO("B=" << c.B << " T=" << c.T << " H=" << c.H << " P=" << c.P << " disc=" << int(c.disc)
                 << " state=" << c.state << " reverse=" << c.reverse << " symmetry=" << int(symmetry));
-      const TsSystem sys(c.H, c.P, seed += 10);
+      const st::S5System sys(c.H, c.P, seed += 10);
       const Tensor<float, 3> u = st::random_tensor<3>({c.B, c.T, c.H}, seed + 7);
       const Tensor<float, 2> ts = random_timesteps(c.B, c.T, seed + 8);
       const Tensor<float, 2> s_re = st::random_tensor<2>({c.B, c.P}, seed + 9), s_im = st::random_tensor<2>({c.B, c.P}, seed + 10);
@@ -166,7 +140,7 @@ TEST_CASE("s5 timestep: reference, scan prefill and steps match the double loop"
 
 TEST_CASE("s5 timestep: prefill pieces and steps carrying the state equal one call", "[s5]") {
   const index_t B = 2, T = 200, H = 12, P = 8;
-  const TsSystem sys(H, P, 3);
+  const st::S5System sys(H, P, 3);
   const Tensor<float, 3> u = st::random_tensor<3>({B, T, H}, 4);
   const Tensor<float, 2> ts = random_timesteps(B, T, 5);
   for (SsmDiscretization disc : {SsmDiscretization::zoh, SsmDiscretization::bilinear}) {
@@ -196,7 +170,7 @@ TEST_CASE("s5 timestep: prefill pieces and steps carrying the state equal one ca
 
 TEST_CASE("s5 timestep: a constant timestep equals the plain path with dt scaled", "[s5]") {
   const index_t B = 2, T = 150, H = 10, P = 6;
-  TsSystem sys(H, P, 7);
+  st::S5System sys(H, P, 7);
   const Tensor<float, 3> u = st::random_tensor<3>({B, T, H}, 8);
   // timestep 1: the per-token path against the precomputed one, same dt; timestep 2: against dt
   // doubled (exact in float).
@@ -235,7 +209,7 @@ TEST_CASE("s5 timestep: a constant timestep equals the plain path with dt scaled
 
 TEST_CASE("s5 timestep: misshapen, non-finite and non-positive timesteps are refused before any write", "[s5]") {
   const index_t B = 2, T = 6, H = 4, P = 3;
-  const TsSystem sys(H, P, 9);
+  const st::S5System sys(H, P, 9);
   const Tensor<float, 3> u = st::random_tensor<3>({B, T, H}, 10);
   Tensor<float, 2> ts({B, T}), ts_wrong({B, T + 1});
   Tensor<float, 1> ts1({B}), ts1_wrong({B + 1});

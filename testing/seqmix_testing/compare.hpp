@@ -2,6 +2,7 @@
 // max|out - ref| <= tol * max(1, max|ref|), reporting where the worst difference is.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -66,6 +67,26 @@ Comparison compare(const TensorView<A, Rank>& out, const TensorView<B, Rank>& re
   c.bound = tol * std::max(1.0, c.max_abs_ref);
   c.ok = !c.has_nan && c.max_abs_error <= c.bound;
   return c;
+}
+
+// The largest relative error ||a - b|| / ||b|| (||a - b|| where b is 0) over the (row, head)
+// slices of [N,X,H,Y] tensors (head_dim 2: token-major outputs) or [N,H,X,Y] (head_dim 1:
+// states), each slice's norm taken over its X x Y elements in double.
+inline double per_head_relative_error(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int head_dim) {
+  double worst = 0.0;
+  const index_t H = b.size(head_dim), X = b.size(head_dim == 2 ? 1 : 2);
+  for (index_t n = 0; n < b.size(0); ++n)
+    for (index_t h = 0; h < H; ++h) {
+      double diff = 0.0, ref = 0.0;
+      for (index_t x = 0; x < X; ++x)
+        for (index_t y = 0; y < b.size(3); ++y) {
+          const double va = head_dim == 2 ? a(n, x, h, y) : a(n, h, x, y);
+          const double vb = head_dim == 2 ? b(n, x, h, y) : b(n, h, x, y);
+          diff += (va - vb) * (va - vb), ref += vb * vb;
+        }
+      worst = std::max(worst, ref > 0.0 ? std::sqrt(diff / ref) : std::sqrt(diff));
+    }
+  return worst;
 }
 
 }  // namespace seqmix::testing
