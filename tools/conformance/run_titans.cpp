@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "registry.hpp"
+#include "titans_loss.hpp"
 #include "seqmix/rnn.hpp"
 
 namespace {
@@ -27,15 +28,7 @@ OutputMap run_titans(const CaseData& c, bool fast) {
   in.huber_delta = c.opt_in<3>("huber_delta", "B,T,HV");  // Yaad's per-token delta_t (huber only)
   seqmix::TitansOptions options;
   if (const auto scale = c.param_opt_double("scale")) options.scale = static_cast<float>(*scale);
-  const std::string loss = c.param_string("loss", "l2");
-  if (loss == "l1")
-    options.loss = seqmix::TitansLoss::l1;
-  else if (loss == "l3")
-    options.loss = seqmix::TitansLoss::l3;
-  else if (loss == "huber")
-    options.loss = seqmix::TitansLoss::huber;
-  else if (loss != "l2")
-    throw CaseError(c.id() + ": unknown titans loss '" + loss + "'");
+  options.loss = titans_loss_param(c, "titans");
   options.huber_delta = static_cast<float>(c.param_double("huber_delta", 1.0));
   OutputMap out;
   const seqmix::TitansOutputs outputs{c.make_output<4>(out, "y"), c.make_output<4>(out, "final_memory"),
