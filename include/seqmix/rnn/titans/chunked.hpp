@@ -157,16 +157,19 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
                                  index_t hv, TitansToken& s, const TitansOptions& options) {
   const index_t K = d.K, V = d.V, h = hv / d.group();
   s.M.resize(static_cast<std::size_t>(K * V)), s.S.resize(static_cast<std::size_t>(K * V));
+  // No initial memory: zeros, or Memora's uniform point of its simplices.
+  const float fresh = options.retention != TitansRetention::softmax_kl ? 0.f
+                      : 1.f / static_cast<float>(options.softmax_axis == TitansSoftmaxAxis::key ? K : V);
   for (index_t r = 0; r < K; ++r)
     for (index_t c = 0; c < V; ++c) {
-      s.M[static_cast<std::size_t>(r * V + c)] = in.initial_memory.has_value() ? in.initial_memory(b, hv, r, c) : 0.f;
+      s.M[static_cast<std::size_t>(r * V + c)] = in.initial_memory.has_value() ? in.initial_memory(b, hv, r, c) : fresh;
       s.S[static_cast<std::size_t>(r * V + c)] = in.initial_momentum.has_value() ? in.initial_momentum(b, hv, r, c) : 0.f;
     }
   for (index_t t = 0; t < d.T; ++t) {
     for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, t, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, t, h, r);
     for (index_t c = 0; c < V; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, t, hv, c);
-    titans_token(s, s.M.data(), V, s.S.data(), V, K, V, in.alpha(b, t, hv), in.eta(b, t, hv), in.theta(b, t, hv), d.scale,
-                 options.loss, in.huber_delta.has_value() ? in.huber_delta(b, t, hv) : options.huber_delta);
+    titans_token_any(s, s.M.data(), V, s.S.data(), V, K, V, in.alpha(b, t, hv), in.eta(b, t, hv), in.theta(b, t, hv),
+                     d.scale, options, in.huber_delta.has_value() ? in.huber_delta(b, t, hv) : options.huber_delta);
     for (index_t c = 0; c < V; ++c) out.y(b, t, hv, c) = s.y[static_cast<std::size_t>(c)];
   }
   for (index_t r = 0; r < K; ++r)
@@ -180,8 +183,8 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
 
 /// Titans (linear memory) prefill: y [B,T,HV,V] and the optional final memory and momentum.
 /// options.algorithm chooses the chunkwise-parallel closed form (default) or the recurrent one;
-/// both equal reference::titans up to rounding. A Miras loss (options.loss other than l2) runs
-/// the recurrent form, the only exact one for it. Threaded over (batch, value head) rows.
+/// both equal reference::titans up to rounding. A Miras loss (options.loss other than l2) or
+/// retention (options.retention other than decay) runs the recurrent form, the only exact one. Threaded over (batch, value head) rows.
 inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
                    const Executor& executor = serial_executor()) {
   if (options.reverse) {
@@ -191,7 +194,9 @@ inline void titans(const TitansInputs& in, const TitansOutputs& out, const Titan
   const ArgCheck check("titans");
   const detail::TitansDims d = detail::validate_titans(check, in, out, options);
   const index_t rows = d.B * d.HV;
-  if (options.algorithm == TitansAlgorithm::recurrent || options.loss != TitansLoss::l2) {
+  // A Miras loss or retention is not linear in the state: token by token, exact.
+  if (options.algorithm == TitansAlgorithm::recurrent || options.loss != TitansLoss::l2 ||
+      options.retention != TitansRetention::decay) {
     parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
       detail::TitansToken s(d.K, d.V);
       for (index_t r = begin; r < end; ++r) detail::titans_recurrent_row(in, out, d, r / d.HV, r % d.HV, s, options);

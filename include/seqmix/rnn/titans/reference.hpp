@@ -25,13 +25,27 @@
 // threshold is options.huber_delta or, per token (Yaad's data-dependent delta_t), the input
 // huber_delta.
 //
+// Miras retention (TitansOptions::retention; Behrouz et al. 2025, arXiv 2504.13173, Moneta eqs.
+// 24-25 and Memora eq. 27). The momentum is kept; what it is added to changes. With
+// G_t = grad_t taken at the memory read at t-1 and S_t = eta_t S_{t-1} - theta_t G_t:
+//   decay          M_t = (1 - alpha_t) M_{t-1} + S_t                       (Titans, above)
+//   lq_normalized  A_t = (1 - alpha_t) A_{t-1} + S_t, read W_t = A_t / ||A_t||_q^{q-2}
+//                  (Moneta; ||.||_q the entrywise l_q norm of the whole [K,V] matrix; the
+//                  stored memory is A, W = 0 while A = 0; q = 2 is the decay form exactly)
+//   softmax_kl     W_t = softmax((1 - alpha_t) log W_{t-1} + S_t) over each slice of
+//                  TitansOptions::softmax_axis (Memora; W stays >= 0, each slice sums to 1;
+//                  no initial memory means the uniform 1 / slice length)
+// Neither is linear in the state: the prefill runs them token by token (exact), never chunked.
+//
 // This header: argument structs, options, validation and seqmix::reference::titans (plain
 // loops, double state). Fast prefill (chunkwise-parallel closed form, or recurrent): chunked.hpp;
 // decode step: step.hpp; derivation: docs/operators.md section 12, "titans".
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -61,6 +75,21 @@ enum class TitansLoss {
   huber,  ///< f = e^2/2 for |e| <= delta, delta (|e| - delta/2) beyond; f' = clamp(e, -delta, delta) (Yaad)
 };
 
+/// What the memory keeps of itself per token (Miras' retention gates, arXiv 2504.13173
+/// section 5). The momentum S_t = eta_t S_{t-1} - theta_t grad_t is the same for all three.
+enum class TitansRetention {
+  decay,          ///< M_t = (1 - alpha_t) M_{t-1} + S_t (Titans; the default)
+  lq_normalized,  ///< Moneta (eqs. 24-25): state A_t = (1 - alpha_t) A_{t-1} + S_t, memory read W = A / ||A||_q^{q-2}
+  softmax_kl,     ///< Memora (eq. 27): W_t = softmax((1 - alpha_t) log W_{t-1} + S_t) per slice, W >= 0
+};
+
+/// The slices Memora's softmax (TitansRetention::softmax_kl) normalizes, in the stored [K,V]
+/// memory (the transpose of the paper's W [V,K], which maps k to W k).
+enum class TitansSoftmaxAxis {
+  key,    ///< over K for each value channel: every column of the [K,V] state (a row of the paper's W) sums to 1 (default)
+  value,  ///< over V for each key channel: every row of the [K,V] state (a column of the paper's W) sums to 1
+};
+
 /// Options of titans and titans_step.
 struct TitansOptions {
   /// Multiplies the retrieval y = scale * M^T q; default 1 (the paper's y = M q).
@@ -80,6 +109,12 @@ struct TitansOptions {
   /// reached through reversed views, not copied; final states are those after token 0. The step
   /// ignores it.
   bool reverse = false;
+  /// The retention gate (see TitansRetention). Other than decay, the prefill runs token by token.
+  TitansRetention retention = TitansRetention::decay;
+  /// Moneta's q (TitansRetention::lq_normalized): finite and >= 2; 4 as the paper's Moneta.
+  float retention_q = 4.f;
+  /// The slices of Memora's softmax (TitansRetention::softmax_kl), see TitansSoftmaxAxis.
+  TitansSoftmaxAxis softmax_axis = TitansSoftmaxAxis::key;
 };
 
 /// Prefill arguments. Each initial state is optional (zeros when absent).
@@ -173,7 +208,48 @@ inline float titans_scale(const ArgCheck& check, const TitansOptions& options) {
   check_enum(check.op(), "options.loss", options.loss, 4);
   if (options.loss == TitansLoss::huber && !(options.huber_delta > 0.f && std::isfinite(options.huber_delta)))
     check.fail("options.huber_delta", "must be finite and > 0, got " + std::to_string(options.huber_delta));
+  check_enum(check.op(), "options.retention", options.retention, 3);
+  check_enum(check.op(), "options.softmax_axis", options.softmax_axis, 2);
+  if (!(options.retention_q >= 2.f && std::isfinite(options.retention_q)))
+    check.fail("options.retention_q", "must be finite and >= 2, got " + std::to_string(options.retention_q));
   return scale;
+}
+
+// Memora's memory (TitansRetention::softmax_kl) must be a point of its simplices: every entry
+// finite and >= 0, every slice of options.softmax_axis with a positive sum (log W is taken; an
+// exact 0, which float's softmax gives only by underflow, stays 0).
+inline void titans_check_simplex_memory(const ArgCheck& check, const char* name, const ConstView<float, 4>& M,
+                                        TitansSoftmaxAxis axis) {
+  if (!M.has_value()) return;
+  const bool over_key = axis == TitansSoftmaxAxis::key;
+  const index_t slices = over_key ? M.size(3) : M.size(2), len = over_key ? M.size(2) : M.size(3);
+  for (index_t b = 0; b < M.size(0); ++b)
+    for (index_t h = 0; h < M.size(1); ++h)
+      for (index_t i = 0; i < slices; ++i) {
+        double sum = 0.0;
+        for (index_t j = 0; j < len; ++j) {
+          const float x = over_key ? M(b, h, j, i) : M(b, h, i, j);
+          if (!(x >= 0.f && std::isfinite(x)))
+            check.fail(name, "must hold finite values >= 0 with TitansRetention::softmax_kl, got " + std::to_string(x));
+          sum += x;
+        }
+        if (!(sum > 0.0)) check.fail(name, "has a softmax slice summing to 0 (TitansRetention::softmax_kl takes log W)");
+      }
+}
+
+// |x|^q, the entries of Moneta's l_q norm (q = 2 and 4 without pow).
+template <class F>
+F titans_abs_pow(F x, F q) {
+  const F a = std::abs(x);
+  if (q == F(2)) return a * a;
+  if (q == F(4)) return (a * a) * (a * a);
+  return std::pow(a, q);
+}
+
+// Moneta's read factor 1 / ||A||_q^{q-2} from sum |A|^q: 1 at q = 2, 0 for A = 0 (W = 0).
+inline double titans_lq_read_factor(double sum_pow, double q) {
+  if (q == 2.0) return 1.0;
+  return sum_pow > 0.0 ? std::pow(sum_pow, -(q - 2.0) / q) : 0.0;
 }
 
 // The per-token Huber thresholds (Yaad's delta_t): only with TitansLoss::huber, every value
@@ -241,6 +317,8 @@ inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in,
   const float scale = titans_scale(check, options);
   titans_check_gates<3>(check, in.alpha, in.eta, in.theta);
   titans_check_huber_deltas<3>(check, in.huber_delta, options);
+  if (options.retention == TitansRetention::softmax_kl)
+    titans_check_simplex_memory(check, "initial_memory", in.initial_memory, options.softmax_axis);
   check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   // y is written while every input is read; the final states only at the end of their row.
   check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
@@ -279,6 +357,8 @@ inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepIn
   const float scale = titans_scale(check, options);
   titans_check_gates<2>(check, in.alpha, in.eta, in.theta);
   titans_check_huber_deltas<2>(check, in.huber_delta, options);
+  if (options.retention == TitansRetention::softmax_kl)
+    titans_check_simplex_memory(check, "memory", out.memory, options.softmax_axis);
   check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
   check.no_overlap("y", out.y, "alpha", in.alpha).no_overlap("y", out.y, "eta", in.eta);
@@ -291,6 +371,77 @@ inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepIn
     check.no_overlap(name, view, "theta", in.theta).no_overlap(name, view, "huber_delta", in.huber_delta);
   }
   return {B, 1, d.H, HV, K, V, scale};
+}
+
+// Memora's softmax over each slice of the [K,V] matrix X (row-major), in place, in double.
+inline void titans_softmax_slices_reference(std::vector<double>& X, index_t K, index_t V, TitansSoftmaxAxis axis) {
+  const bool over_key = axis == TitansSoftmaxAxis::key;
+  const index_t slices = over_key ? V : K, len = over_key ? K : V;
+  const auto at = [&](index_t i, index_t j) { return static_cast<std::size_t>(over_key ? j * V + i : i * V + j); };
+  for (index_t i = 0; i < slices; ++i) {
+    double mx = -std::numeric_limits<double>::infinity();
+    for (index_t j = 0; j < len; ++j) mx = std::max(mx, X[at(i, j)]);
+    double sum = 0.0;
+    for (index_t j = 0; j < len; ++j) sum += (X[at(i, j)] = std::exp(X[at(i, j)] - mx));
+    for (index_t j = 0; j < len; ++j) X[at(i, j)] /= sum;
+  }
+}
+
+// reference::titans with a Miras retention (lq_normalized, softmax_kl): the definition of
+// reference.hpp's header comment, per (batch, value head), token by token, in double.
+inline void titans_reference_retained(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options,
+                                      const TitansDims& d) {
+  const index_t K = d.K, V = d.V;
+  const bool moneta = options.retention == TitansRetention::lq_normalized;
+  const double q = options.retention_q;
+  const double uniform = 1.0 / double(options.softmax_axis == TitansSoftmaxAxis::key ? K : V);
+  std::vector<double> M(static_cast<std::size_t>(K * V)), S(M.size()), g(static_cast<std::size_t>(V));
+  const auto at = [V](index_t r, index_t c) { return static_cast<std::size_t>(r * V + c); };
+  // The memory the state is read as: W = A / ||A||_q^{q-2} (Moneta) or the state itself (Memora).
+  const auto read_factor = [&]() {
+    if (!moneta) return 1.0;
+    double sum = 0.0;
+    for (const double x : M) sum += titans_abs_pow<double>(x, q);
+    return titans_lq_read_factor(sum, q);
+  };
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t hv = 0; hv < d.HV; ++hv) {
+      const index_t h = hv / d.group();
+      for (index_t r = 0; r < K; ++r)
+        for (index_t c = 0; c < V; ++c) {
+          M[at(r, c)] = in.initial_memory.has_value() ? double(in.initial_memory(b, hv, r, c)) : moneta ? 0.0 : uniform;
+          S[at(r, c)] = in.initial_momentum.has_value() ? in.initial_momentum(b, hv, r, c) : 0.0;
+        }
+      for (index_t t = 0; t < d.T; ++t) {
+        const double a = 1.0 - double(in.alpha(b, t, hv)), eta = in.eta(b, t, hv), theta = in.theta(b, t, hv);
+        const double delta = in.huber_delta.has_value() ? in.huber_delta(b, t, hv) : options.huber_delta;
+        const double f = read_factor();
+        for (index_t c = 0; c < V; ++c) {
+          double acc = 0.0;
+          for (index_t r = 0; r < K; ++r) acc += f * M[at(r, c)] * double(in.k(b, t, h, r));
+          g[static_cast<std::size_t>(c)] = titans_loss_grad<double>(options.loss, acc - double(in.v(b, t, hv, c)), delta);
+        }
+        for (index_t r = 0; r < K; ++r)
+          for (index_t c = 0; c < V; ++c) {
+            S[at(r, c)] = eta * S[at(r, c)] - theta * double(in.k(b, t, h, r)) * g[static_cast<std::size_t>(c)];
+            // Memora: a = 0 forgets log W entirely (0 * log 0 would be NaN).
+            const double kept = moneta ? a * M[at(r, c)] : a == 0.0 ? 0.0 : a * std::log(M[at(r, c)]);
+            M[at(r, c)] = kept + S[at(r, c)];
+          }
+        if (!moneta) titans_softmax_slices_reference(M, K, V, options.softmax_axis);
+        const double f_new = read_factor();
+        for (index_t c = 0; c < V; ++c) {
+          double acc = 0.0;
+          for (index_t r = 0; r < K; ++r) acc += M[at(r, c)] * double(in.q(b, t, h, r));
+          out.y(b, t, hv, c) = static_cast<float>(double(d.scale) * f_new * acc);
+        }
+      }
+      for (index_t r = 0; r < K; ++r)
+        for (index_t c = 0; c < V; ++c) {
+          if (out.final_memory.has_value()) out.final_memory(b, hv, r, c) = static_cast<float>(M[at(r, c)]);
+          if (out.final_momentum.has_value()) out.final_momentum(b, hv, r, c) = static_cast<float>(S[at(r, c)]);
+        }
+    }
 }
 
 }  // namespace detail
@@ -306,6 +457,7 @@ inline void titans(const TitansInputs& in, const TitansOutputs& out, const Titan
   }
   const ArgCheck check("reference::titans");
   const detail::TitansDims d = detail::validate_titans(check, in, out, options);
+  if (options.retention != TitansRetention::decay) return detail::titans_reference_retained(in, out, options, d);
   const index_t K = d.K, V = d.V;
   std::vector<double> M(static_cast<std::size_t>(K * V)), S(M.size()), err(static_cast<std::size_t>(V));
   const auto at = [V](index_t r, index_t c) { return static_cast<std::size_t>(r * V + c); };

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <vector>
 
@@ -65,6 +66,98 @@ inline void titans_token(TitansToken& s, float* M, index_t ms, float* S, index_t
   for (index_t c = 0; c < V; ++c) y[c] *= scale;
 }
 
+// Memora's softmax over each slice of the [K,V] memory M (row stride ms) in place, then
+// y = scale * M^T q. colmax, colsum: V floats of scratch (the key axis only).
+inline void titans_softmax_read(float* M, index_t ms, index_t K, index_t V, TitansSoftmaxAxis axis, const float* q,
+                                float scale, float* y, float* colmax, float* colsum) {
+  for (index_t c = 0; c < V; ++c) y[c] = 0.f;
+  if (axis == TitansSoftmaxAxis::value) {
+    for (index_t r = 0; r < K; ++r) {
+      float* row = M + r * ms;
+      float mx = row[0], sum = 0.f;
+      for (index_t c = 1; c < V; ++c) mx = std::max(mx, row[c]);
+      for (index_t c = 0; c < V; ++c) sum += (row[c] = std::exp(row[c] - mx));
+      const float inv = 1.f / sum, qr = q[r];
+      for (index_t c = 0; c < V; ++c) row[c] *= inv, y[c] += qr * row[c];
+    }
+  } else {
+    // Column slices, kept row-major: a max pass, an exp pass, a normalize-and-read pass.
+    for (index_t c = 0; c < V; ++c) colmax[c] = M[c], colsum[c] = 0.f;
+    for (index_t r = 1; r < K; ++r)
+      for (index_t c = 0; c < V; ++c) colmax[c] = std::max(colmax[c], M[r * ms + c]);
+    for (index_t r = 0; r < K; ++r)
+      for (index_t c = 0; c < V; ++c) colsum[c] += (M[r * ms + c] = std::exp(M[r * ms + c] - colmax[c]));
+    for (index_t c = 0; c < V; ++c) colsum[c] = 1.f / colsum[c];
+    for (index_t r = 0; r < K; ++r) {
+      float* row = M + r * ms;
+      const float qr = q[r];
+      for (index_t c = 0; c < V; ++c) row[c] *= colsum[c], y[c] += qr * row[c];
+    }
+  }
+  for (index_t c = 0; c < V; ++c) y[c] *= scale;
+}
+
+// The recurrence with a Miras retention (TitansRetention::lq_normalized or softmax_kl) on one
+// token, as titans_token; M holds Moneta's accumulator A or Memora's W. Scalar loops (the exp /
+// log / pow per entry dominate); the error pass also sums |A|^q for the read factor of A_{t-1},
+// the update pass that of A_t. Moneta's sums run in double (|A|^4 leaves float's range early).
+inline void titans_token_retained(TitansToken& s, float* M, index_t ms, float* S, index_t ss, index_t K, index_t V,
+                                  float alpha, float eta, float theta, float scale, const TitansOptions& options,
+                                  float delta) {
+  const bool moneta = options.retention == TitansRetention::lq_normalized;
+  const double q = options.retention_q;
+  float* err = s.err.data();
+  float* y = s.y.data();
+  const float* v = s.v.data();
+  const float* k = s.k.data();
+  for (index_t c = 0; c < V; ++c) err[c] = 0.f, y[c] = 0.f;
+  double sum = 0.0;
+  for (index_t r = 0; r < K; ++r) {
+    const float* row = M + r * ms;
+    const float kr = k[r];
+    for (index_t c = 0; c < V; ++c) err[c] += kr * row[c];
+    if (moneta)
+      for (index_t c = 0; c < V; ++c) sum += titans_abs_pow<double>(row[c], q);
+  }
+  const float f = moneta ? static_cast<float>(titans_lq_read_factor(sum, q)) : 1.f;
+  for (index_t c = 0; c < V; ++c) err[c] = titans_loss_grad<float>(options.loss, f * err[c] - v[c], delta);
+  const float a = 1.f - alpha;
+  double sum_new = 0.0;
+  for (index_t r = 0; r < K; ++r) {
+    float* mrow = M + r * ms;
+    float* srow = S + r * ss;
+    const float g = -theta * k[r], qr = s.q[static_cast<std::size_t>(r)];
+    for (index_t c = 0; c < V; ++c) srow[c] = eta * srow[c] + g * err[c];
+    if (moneta) {
+      for (index_t c = 0; c < V; ++c) {
+        mrow[c] = a * mrow[c] + srow[c];
+        sum_new += titans_abs_pow<double>(mrow[c], q);
+        y[c] += qr * mrow[c];
+      }
+    } else if (a == 0.f) {
+      for (index_t c = 0; c < V; ++c) mrow[c] = srow[c];  // log W forgotten entirely (0 * log 0 would be NaN)
+    } else {
+      for (index_t c = 0; c < V; ++c) mrow[c] = a * std::log(mrow[c]) + srow[c];
+    }
+  }
+  if (moneta) {
+    const float fy = scale * static_cast<float>(titans_lq_read_factor(sum_new, q));
+    for (index_t c = 0; c < V; ++c) y[c] *= fy;
+    return;
+  }
+  // err and v are spent: they serve as the column scratch.
+  titans_softmax_read(M, ms, K, V, options.softmax_axis, s.q.data(), scale, y, err, s.v.data());
+}
+
+// One token with the retention of `options`: titans_token (decay) or titans_token_retained.
+inline void titans_token_any(TitansToken& s, float* M, index_t ms, float* S, index_t ss, index_t K, index_t V,
+                             float alpha, float eta, float theta, float scale, const TitansOptions& options, float delta) {
+  if (options.retention == TitansRetention::decay)
+    titans_token(s, M, ms, S, ss, K, V, alpha, eta, theta, scale, options.loss, delta);
+  else
+    titans_token_retained(s, M, ms, S, ss, K, V, alpha, eta, theta, scale, options, delta);
+}
+
 // The step's per-thread token scratch, built on a thread's first call and rebuilt only when K or
 // V change (the strided-state copies M, S grow once): no heap allocation after warm-up
 // (tests/alloc/alloc_titans.cpp).
@@ -102,8 +195,8 @@ inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out
             s.M[static_cast<std::size_t>(r * V + c)] = M(r, c), s.S[static_cast<std::size_t>(r * V + c)] = S(r, c);
         mp = s.M.data(), sp = s.S.data(), ms = ss = V;
       }
-      detail::titans_token(s, mp, ms, sp, ss, K, V, in.alpha(b, hv), in.eta(b, hv), in.theta(b, hv), d.scale,
-                           options.loss, in.huber_delta.has_value() ? in.huber_delta(b, hv) : options.huber_delta);
+      detail::titans_token_any(s, mp, ms, sp, ss, K, V, in.alpha(b, hv), in.eta(b, hv), in.theta(b, hv), d.scale,
+                               options, in.huber_delta.has_value() ? in.huber_delta(b, hv) : options.huber_delta);
       if (!direct)
         for (index_t r = 0; r < K; ++r)
           for (index_t c = 0; c < V; ++c)
