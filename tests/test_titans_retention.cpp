@@ -168,6 +168,18 @@ TEST_CASE("titans retention: prefill then steps equals one call, states in place
   }
 }
 
+TEST_CASE("titans retention: a reverse prefill equals the reference's reverse run", "[titans]") {
+  const RetentionProblem p(2, 30, 2, 2, 12, 10, 411);
+  for (seqmix::TitansOptions o : retention_variants()) {
+    INFO("retention " << int(o.retention) << " q " << o.retention_q << " axis " << int(o.softmax_axis));
+    o.reverse = true;
+    RetentionResult ref(p), out(p);
+    seqmix::reference::titans(p.inputs(true), ref.outputs(), o);
+    seqmix::titans(p.inputs(true), out.outputs(), o, st::two_thread_pool());
+    retention_check_close(out, ref, 2e-4);
+  }
+}
+
 // W = A / ||A||_2^0 = A: Moneta at q = 2 is Titans' decay retention, the same arithmetic.
 TEST_CASE("titans retention: Moneta with q = 2 equals the decay retention", "[titans]") {
   const RetentionProblem p(2, 65, 2, 4, 16, 24, 421);
