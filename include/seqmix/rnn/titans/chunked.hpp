@@ -157,6 +157,7 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
                                  index_t hv, TitansToken& s, const TitansOptions& options) {
   const index_t K = d.K, V = d.V, h = hv / d.group();
   s.M.resize(static_cast<std::size_t>(K * V)), s.S.resize(static_cast<std::size_t>(K * V));
+  s.lq_sum = -1.0;  // a new row: Moneta's first token sums its initial state
   // No initial memory: zeros, or Memora's uniform point of its simplices.
   const float fresh = options.retention != TitansRetention::softmax_kl ? 0.f
                       : 1.f / static_cast<float>(options.softmax_axis == TitansSoftmaxAxis::key ? K : V);

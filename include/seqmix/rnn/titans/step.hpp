@@ -19,6 +19,9 @@ namespace detail {
 // One (batch, head) token: scratch for the token's operands.
 struct TitansToken {
   std::vector<float> q, k, v, err, y, M, S;  // M, S: a contiguous copy when the state's rows are strided
+  // Moneta (TitansRetention::lq_normalized): sum |A|^q of the state as the previous token left it,
+  // so the recurrent prefill sums once per token; < 0 when unknown (a row's first token, a step).
+  double lq_sum = -1.0;
   TitansToken(index_t K, index_t V)
       : q(static_cast<std::size_t>(K)), k(static_cast<std::size_t>(K)), v(static_cast<std::size_t>(V)),
         err(static_cast<std::size_t>(V)), y(static_cast<std::size_t>(V)) {}
@@ -100,7 +103,8 @@ inline void titans_softmax_read(float* M, index_t ms, index_t K, index_t V, Tita
 // The recurrence with a Miras retention (TitansRetention::lq_normalized or softmax_kl) on one
 // token, as titans_token; M holds Moneta's accumulator A or Memora's W. Scalar loops (the exp /
 // log / pow per entry dominate); the error pass also sums |A|^q for the read factor of A_{t-1},
-// the update pass that of A_t. Moneta's sums run in double (|A|^4 leaves float's range early).
+// the update pass that of A_t (the error pass reuses s.lq_sum when the previous token left it).
+// Moneta's sums run in double (|A|^4 leaves float's range early).
 inline void titans_token_retained(TitansToken& s, float* M, index_t ms, float* S, index_t ss, index_t K, index_t V,
                                   float alpha, float eta, float theta, float scale, const TitansOptions& options,
                                   float delta) {
@@ -111,12 +115,13 @@ inline void titans_token_retained(TitansToken& s, float* M, index_t ms, float* S
   const float* v = s.v.data();
   const float* k = s.k.data();
   for (index_t c = 0; c < V; ++c) err[c] = 0.f, y[c] = 0.f;
-  double sum = 0.0;
+  const bool known = s.lq_sum >= 0.0;
+  double sum = known ? s.lq_sum : 0.0;
   for (index_t r = 0; r < K; ++r) {
     const float* row = M + r * ms;
     const float kr = k[r];
     for (index_t c = 0; c < V; ++c) err[c] += kr * row[c];
-    if (moneta)
+    if (moneta && !known)
       for (index_t c = 0; c < V; ++c) sum += titans_abs_pow<double>(row[c], q);
   }
   const float f = moneta ? static_cast<float>(titans_lq_read_factor(sum, q)) : 1.f;
@@ -141,6 +146,7 @@ inline void titans_token_retained(TitansToken& s, float* M, index_t ms, float* S
     }
   }
   if (moneta) {
+    s.lq_sum = sum_new;
     const float fy = scale * static_cast<float>(titans_lq_read_factor(sum_new, q));
     for (index_t c = 0; c < V; ++c) y[c] *= fy;
     return;
@@ -184,6 +190,7 @@ inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out
       for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, h, r);
       for (index_t c = 0; c < V; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, hv, c);
       const TensorView<float, 2> M = out.memory[b][hv], S = out.momentum[b][hv];
+      s.lq_sum = -1.0;  // the state comes from outside
       const bool direct = M.stride(1) == 1 && S.stride(1) == 1;
       float* mp = M.data();
       float* sp = S.data();
