@@ -453,16 +453,20 @@ inline void write_last(const NonlinearRecurrenceOutputs& out, const ConstView<fl
 }  // namespace detail::newton
 
 /// The sequential loop h_t = f(h_{t-1}, x_t), vectorized across channels and threaded across
-/// (batch row, channel block). Same arguments and results as reference::nonlinear_recurrence.
+/// (batch row, channel block). Same arguments and results as reference::nonlinear_recurrence;
+/// options.reverse runs from token T-1 down through reversed views (NonlinearRecurrenceOptions).
 template <class Cell>
 void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
-                          const Executor& executor = serial_executor()) {
+                          const NonlinearRecurrenceOptions& options, const Executor& executor = serial_executor()) {
   using namespace detail::newton;
+  if (options.reverse)
+    return seqmix::nonlinear_recurrence(reversed_inputs("nonlinear_recurrence", in), reversed_outputs(out),
+                                        NonlinearRecurrenceOptions{}, executor);
   SequenceMap seqs;
   const Dims d = validate("nonlinear_recurrence", in, out, &seqs);
   if (seqs.packed() || seqs.slotted()) {
     solve_per_sequence(in, out, seqs, [&](const auto& one, const auto& one_out, const SequenceSpan&) {
-      seqmix::nonlinear_recurrence(one, one_out, executor);
+      seqmix::nonlinear_recurrence(one, one_out, NonlinearRecurrenceOptions{}, executor);
     });
     return;
   }
@@ -472,10 +476,18 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
   write_last(out, in.h0, d);
 }
 
+/// The forward sequential loop with default options.
+template <class Cell>
+void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
+                          const Executor& executor = serial_executor()) {
+  seqmix::nonlinear_recurrence(in, out, NonlinearRecurrenceOptions{}, executor);
+}
+
 /// Parallel Newton solution of h_t = f(h_{t-1}, x_t) (see the header comment and README.md).
 /// Returns the report: status, iterations, last update size, residual of the returned h. When
 /// Newton fails (iteration cap, NaN/inf), h holds NaN or the sequential result (options.fallback),
 /// never a silently wrong iterate. Scratch: with the time split, two [B,T,D] buffers.
+/// options.reverse solves h_t = f(h_{t+1}, x_t) from token T-1 down on reversed views (no copy).
 template <class Cell>
 NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& in,
                                          const NonlinearRecurrenceOutputs& out,
@@ -483,6 +495,9 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
                                          const Executor& executor = serial_executor()) {
   using namespace detail::newton;
   const char* op = "nonlinear_recurrence_newton";
+  if (options.reverse)
+    return seqmix::nonlinear_recurrence_newton(reversed_inputs(op, in), reversed_outputs(out),
+                                               detail::forward_options(options), executor);
   SequenceMap seqs;
   const Dims d = validate(op, in, out, &seqs);
   validate_options(op, options);

@@ -32,6 +32,7 @@
 
 #include "seqmix/chunked/newton/cells.hpp"
 #include "seqmix/chunked/serving.hpp"
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -93,6 +94,17 @@ struct NonlinearRecurrenceNewtonOptions {
   index_t chunks = 0;
   /// What the outputs hold when Newton does not converge: NaN by default (poison).
   NewtonFallback fallback = NewtonFallback::poison;
+  /// Run from the last token to the first (core/direction.hpp): h_t = f(h_{t+1}, x_t) with the
+  /// same cell, h[t] the state after tokens T-1..t, h0 the state before token T-1, h_last the
+  /// state after token 0. A warm start's guess stays in token order. No copy: the views are
+  /// reversed. Packed batches are refused (ShapeError); state slots work.
+  bool reverse = false;
+};
+
+/// Options of the sequential nonlinear_recurrence.
+struct NonlinearRecurrenceOptions {
+  /// Run from the last token to the first, exactly as NonlinearRecurrenceNewtonOptions::reverse.
+  bool reverse = false;
 };
 
 /// How a Newton solve ended (NewtonReport::status).
@@ -146,6 +158,19 @@ Dims validate(const char* op, const NonlinearRecurrenceInputs<Cell>& in, const N
   check.no_overlap("h", out.h, "h0", in.h0).no_overlap("h", out.h, "h_last", out.h_last);
   if (seqs) *seqs = map;
   return {B, T, D};
+}
+
+// The token-indexed arguments of a reverse call (the streams and h) as reversed views; the
+// parameters and the states h0 / h_last are not token-indexed and stay as they are.
+template <class Cell>
+NonlinearRecurrenceInputs<Cell> reversed_inputs(const char* op, const NonlinearRecurrenceInputs<Cell>& in) {
+  detail::check_reversible(op, in.batch, true);
+  NonlinearRecurrenceInputs<Cell> r = in;
+  for (auto& stream : r.inputs) stream = reversed_time_view(stream);
+  return r;
+}
+inline NonlinearRecurrenceOutputs reversed_outputs(const NonlinearRecurrenceOutputs& out) {
+  return {reversed_time_view(out.h), out.h_last};
 }
 
 // Solves each sequence of a packed or slotted call on its own: solve(inputs, outputs) gets the
@@ -254,17 +279,21 @@ NewtonReport newton_per_sequence(const NonlinearRecurrenceInputs<Cell>& in, cons
 
 namespace reference {
 
-/// h_t = f(h_{t-1}, x_t) token by token: the definition.
+/// h_t = f(h_{t-1}, x_t) token by token: the definition (options.reverse: h_t = f(h_{t+1}, x_t)
+/// from token T-1 down, see NonlinearRecurrenceOptions).
 template <class Cell>
 void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
-                          const Executor& executor = serial_executor()) {
+                          const NonlinearRecurrenceOptions& options, const Executor& executor = serial_executor()) {
   (void)executor;
   using namespace detail::newton;
+  if (options.reverse)
+    return reference::nonlinear_recurrence(reversed_inputs("reference::nonlinear_recurrence", in),
+                                           reversed_outputs(out), NonlinearRecurrenceOptions{}, executor);
   SequenceMap seqs;
   const Dims d = validate("reference::nonlinear_recurrence", in, out, &seqs);
   if (seqs.packed() || seqs.slotted()) {
     solve_per_sequence(in, out, seqs, [&](const auto& one, const auto& one_out, const SequenceSpan&) {
-      reference::nonlinear_recurrence(one, one_out, executor);
+      reference::nonlinear_recurrence(one, one_out, NonlinearRecurrenceOptions{}, executor);
     });
     return;
   }
@@ -281,6 +310,13 @@ void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const Nonli
     }
 }
 
+/// The forward recurrence with default options.
+template <class Cell>
+void nonlinear_recurrence(const NonlinearRecurrenceInputs<Cell>& in, const NonlinearRecurrenceOutputs& out,
+                          const Executor& executor = serial_executor()) {
+  reference::nonlinear_recurrence(in, out, NonlinearRecurrenceOptions{}, executor);
+}
+
 /// The Newton iteration of the header comment in plain loops (zero initial guess unless
 /// warm_start). Same report as the fast form; splits and chunks are ignored.
 template <class Cell>
@@ -288,6 +324,10 @@ NewtonReport nonlinear_recurrence_newton(const NonlinearRecurrenceInputs<Cell>& 
                                          const NonlinearRecurrenceNewtonOptions& options = {}, const Executor& executor = serial_executor()) {
   using namespace detail::newton;
   const char* op = "reference::nonlinear_recurrence_newton";
+  if (options.reverse)
+    return reference::nonlinear_recurrence_newton(detail::newton::reversed_inputs(op, in),
+                                                  detail::newton::reversed_outputs(out),
+                                                  detail::forward_options(options), executor);
   SequenceMap seqs;
   const Dims d = validate(op, in, out, &seqs);
   validate_options(op, options);

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/scan/monoids.hpp"
@@ -60,14 +61,19 @@ inline std::vector<index_t> associative_chunks(index_t n, int threads, index_t c
 }  // namespace detail
 
 /// Inclusive scan: out[i] = in[0] (+) in[1] (+) ... (+) in[i], with (+) = monoid.combine (see
-/// monoids.hpp for the requirements). Views may be strided; out may be the very same view as in
-/// (in place) but must not otherwise overlap it. Allocates one value per chunk.
+/// monoids.hpp for the requirements). With options.reverse the elements are processed from the
+/// last to the first, out[i] = in[n-1] (+) ... (+) in[i] (the later-processed element on the
+/// right), through reversed views: no copy, same threading. Views may be strided; out may be the
+/// very same view as in (in place) but must not otherwise overlap it. Allocates one value per chunk.
 template <class Monoid>
 void associative_scan(const Monoid& monoid, ConstView<typename Monoid::value_type, 1> in,
                       TensorView<typename Monoid::value_type, 1> out, const AssociativeScanOptions& options = {},
                       const Executor& executor = serial_executor()) {
   using Value = typename Monoid::value_type;
   detail::validate_associative_scan("associative_scan", in, out, options);
+  if (options.reverse)
+    return associative_scan(monoid, reversed_view(in, 0), reversed_view(out, 0), detail::forward_options(options),
+                            executor);
   const index_t n = in.size(0);
   const std::vector<index_t> bounds = detail::associative_chunks(n, executor.concurrency(), options.chunk_size);
   const index_t chunks = static_cast<index_t>(bounds.size()) - 1;

@@ -76,6 +76,12 @@ struct AssociativeScanOptions {
   /// Elements per time chunk when run on several threads; 0 picks threads + 1 equal chunks.
   /// Results do not depend on it beyond rounding (exactly not, for an exact monoid).
   index_t chunk_size = 0;
+  /// Run from the last element to the first (core/direction.hpp): out[i] = in[n-1] (+) in[n-2]
+  /// (+) ... (+) in[i]. The element processed later goes on the right of combine, as in the
+  /// forward scan, so for a non-commutative monoid (AffineMonoid: h_i = a_i h_{i+1} + b_i) the
+  /// order is "processing order", not index order; out[0] is the fold of all n elements. No copy:
+  /// the views are reversed.
+  bool reverse = false;
 };
 
 namespace detail {
@@ -176,18 +182,31 @@ inline void linear_scan(ConstView<float, 3> a, ConstView<float, 3> b, ConstView<
   }
 }
 
-/// Sequential fold: out[i] = combine(out[i-1], in[i]), starting from identity(). out may be in.
+/// Sequential fold: out[i] = combine(out[i-1], in[i]), starting from identity(); with
+/// options.reverse out[i] = combine(out[i+1], in[i]) from i = n-1 down. out may be in.
+/// options.chunk_size is validated and otherwise ignored.
 template <class Monoid>
 void associative_scan(const Monoid& monoid, ConstView<typename Monoid::value_type, 1> in,
-                      TensorView<typename Monoid::value_type, 1> out,
+                      TensorView<typename Monoid::value_type, 1> out, const AssociativeScanOptions& options,
                       const Executor& executor = serial_executor()) {
   (void)executor;
-  detail::validate_associative_scan("reference::associative_scan", in, out, AssociativeScanOptions{});
+  detail::validate_associative_scan("reference::associative_scan", in, out, options);
+  if (options.reverse)
+    return reference::associative_scan(monoid, reversed_view(in, 0), reversed_view(out, 0),
+                                       detail::forward_options(options), executor);
   typename Monoid::value_type acc = monoid.identity();
   for (index_t i = 0; i < in.size(0); ++i) {
     acc = monoid.combine(acc, in(i));
     out(i) = acc;
   }
+}
+
+/// The forward fold with default options.
+template <class Monoid>
+void associative_scan(const Monoid& monoid, ConstView<typename Monoid::value_type, 1> in,
+                      TensorView<typename Monoid::value_type, 1> out,
+                      const Executor& executor = serial_executor()) {
+  reference::associative_scan(monoid, in, out, AssociativeScanOptions{}, executor);
 }
 
 }  // namespace reference
