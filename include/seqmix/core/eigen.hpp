@@ -14,6 +14,19 @@
 
 namespace seqmix {
 
+/// `Type`, spelled so that it depends on `Tag`. A function template that names Eigen's heavy
+/// solvers (eigen-decompositions, QR, matrix functions) through it compiles them only in the
+/// translation units that call it: a non-template inline function would instantiate them in
+/// every one that includes the header, 4-7 s of compiler front end each (docs/compile_time.md).
+template <class Type, class Tag>
+struct Deferred {
+  using type = Type;  ///< always `Type`
+};
+
+/// `Deferred<Type, Tag>::type`.
+template <class Type, class Tag>
+using deferred_t = typename Deferred<Type, Tag>::type;
+
 /// A dynamic-size row-major Eigen matrix of T (const removed).
 template <class T>
 using RowMajorMatrix = Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

@@ -46,6 +46,7 @@
 
 #include <Eigen/Dense>
 
+#include "seqmix/core/eigen.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -94,8 +95,12 @@ inline HyenaComplex hyena_geometric_sum(HyenaComplex q, index_t count) {
 
 // Poles of the taps g[0..M) = h[1..L) by Kung's method, at most `modes` modes (one per conjugate
 // pair or real pole), stabilized. Returns one pole per mode (Im >= 0).
-inline std::vector<HyenaComplex> hyena_fit_poles(const std::vector<double>& g, index_t modes, index_t hankel_rows,
-                                                 double max_modulus, double rank_tolerance = 1e-7) {
+// (A template through deferred_t only so that the solvers compile where hyena_distill is called.)
+template <class Tag>
+std::vector<HyenaComplex> hyena_fit_poles(const std::vector<double>& g, index_t modes, index_t hankel_rows,
+                                          double max_modulus, double rank_tolerance = 1e-7) {
+  using Matrix = deferred_t<Eigen::MatrixXd, Tag>;
+  using Vector = deferred_t<Eigen::VectorXd, Tag>;
   const index_t M = static_cast<index_t>(g.size());
   std::vector<HyenaComplex> poles;
   if (M < 2) return poles;
@@ -107,7 +112,7 @@ inline std::vector<HyenaComplex> hyena_fit_poles(const std::vector<double>& g, i
   const index_t C = M - stride * (K - 1);
   // Gram G = Hk Hk^T: the first row directly, then G[i+1,j+1] = G[i,j] - (the first `stride`
   // products of rows i, j) + (the `stride` products past their end).
-  Eigen::MatrixXd G(K, K);
+  Matrix G(K, K);
   for (index_t k = 0; k < K; ++k) {
     double acc = 0.0;
     for (index_t c = 0; c < C; ++c) acc += g[c] * g[stride * k + c];
@@ -120,9 +125,9 @@ inline std::vector<HyenaComplex> hyena_fit_poles(const std::vector<double>& g, i
         value += g[stride * i + C + c] * g[stride * j + C + c] - g[stride * i + c] * g[stride * j + c];
       G(i + 1, j + 1) = G(j + 1, i + 1) = value;
     }
-  const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> svd(G);
+  const Eigen::SelfAdjointEigenSolver<Matrix> svd(G);
   if (svd.info() != Eigen::Success) return poles;
-  const Eigen::VectorXd& sigma2 = svd.eigenvalues();  // ascending
+  const Vector& sigma2 = svd.eigenvalues();  // ascending
   const double top = sigma2(K - 1);
   if (!(top > 0.0)) return poles;
   index_t rank = 0;
@@ -132,15 +137,15 @@ inline std::vector<HyenaComplex> hyena_fit_poles(const std::vector<double>& g, i
   // W = Hk^T U (C x r0), U the r0 leading left singular vectors (largest first): its columns
   // span the controllability rows (b, A b, A^2 b, ...) whose shift by one lag is A, whatever the
   // row stride. W[1:] = W[:-1] X gives X similar to A^T.
-  Eigen::MatrixXd U(K, r0), W(C, r0);
+  Matrix U(K, r0), W(C, r0);
   for (index_t j = 0; j < r0; ++j) U.col(j) = svd.eigenvectors().col(K - 1 - j);
   for (index_t c = 0; c < C; ++c) {
     const Eigen::Map<const Eigen::VectorXd, 0, Eigen::InnerStride<>> column(g.data() + c, K, Eigen::InnerStride<>(stride));
     W.row(c) = column.transpose() * U;
   }
   for (index_t r = r0; r >= 1; --r) {
-    const Eigen::MatrixXd X = W.topLeftCorner(C - 1, r).colPivHouseholderQr().solve(W.block(1, 0, C - 1, r));
-    const Eigen::EigenSolver<Eigen::MatrixXd> eig(X, false);
+    const Matrix X = W.topLeftCorner(C - 1, r).colPivHouseholderQr().solve(W.block(1, 0, C - 1, r));
+    const Eigen::EigenSolver<Matrix> eig(X, false);
     if (eig.info() != Eigen::Success) continue;
     poles.clear();
     for (index_t j = 0; j < r; ++j) {
@@ -161,12 +166,15 @@ inline std::vector<HyenaComplex> hyena_fit_poles(const std::vector<double>& g, i
 
 // Residues by least squares of g[s-1] = h[s], s = 1..M, on Re(R_k lambda_k^s); the tap-0
 // feedthrough and the relative error over all taps.
-inline HyenaModalFit hyena_fit_channel(const std::vector<double>& h, double skip, index_t modes, index_t hankel_rows,
-                                       double max_modulus, double rank_tolerance = 1e-7) {
+template <class Tag>
+HyenaModalFit hyena_fit_channel(const std::vector<double>& h, double skip, index_t modes, index_t hankel_rows,
+                                double max_modulus, double rank_tolerance = 1e-7) {
+  using Matrix = deferred_t<Eigen::MatrixXd, Tag>;
+  using Vector = deferred_t<Eigen::VectorXd, Tag>;
   HyenaModalFit fit;
   const index_t L = static_cast<index_t>(h.size()), M = L - 1;
   const std::vector<double> g(h.begin() + 1, h.end());
-  fit.pole = hyena_fit_poles(g, modes, hankel_rows, max_modulus, rank_tolerance);
+  fit.pole = hyena_fit_poles<Tag>(g, modes, hankel_rows, max_modulus, rank_tolerance);
   const index_t P = static_cast<index_t>(fit.pole.size());
   // Unknowns: (Re R_k, Im R_k) per complex pole, Re R_k per real pole. Basis of unknown j:
   // Re(lambda^s) or -Im(lambda^s); column j of the basis is (pole, part).
@@ -176,11 +184,11 @@ inline HyenaModalFit hyena_fit_channel(const std::vector<double>& h, double skip
     if (fit.pole[k].imag() != 0.0) column.push_back({k, 1});
   }
   const index_t Q = static_cast<index_t>(column.size());
-  Eigen::VectorXd solution = Eigen::VectorXd::Zero(Q);
+  Vector solution = Vector::Zero(Q);
   if (Q > 0) {
     // Closed-form normal equations: with Pij = sum_s (l_i l_j)^s and Qij = sum_s (l_i conj l_j)^s,
     // sum Re.Re = Re(P+Q)/2, sum Im.Im = Re(Q-P)/2, sum Re_i.Im_j = Im(P-Q)/2.
-    Eigen::MatrixXd gram(Q, Q);
+    Matrix gram(Q, Q);
     for (index_t a = 0; a < Q; ++a)
       for (index_t b = a; b < Q; ++b) {
         const HyenaComplex li = fit.pole[column[a].first], lj = fit.pole[column[b].first];
@@ -193,7 +201,7 @@ inline HyenaModalFit hyena_fit_channel(const std::vector<double>& h, double skip
         else value = -0.5 * (Ps.imag() + Qs.imag());                // (-Im_i) . Re_j = -Im(P + Q)/2 by symmetry
         gram(a, b) = gram(b, a) = value;
       }
-    Eigen::VectorXd rhs = Eigen::VectorXd::Zero(Q);
+    Vector rhs = Vector::Zero(Q);
     std::vector<HyenaComplex> power(fit.pole.begin(), fit.pole.end());
     for (index_t s = 1; s <= M; ++s) {
       for (index_t j = 0; j < Q; ++j) {
@@ -203,10 +211,10 @@ inline HyenaModalFit hyena_fit_channel(const std::vector<double>& h, double skip
       for (index_t k = 0; k < P; ++k) power[k] *= fit.pole[k];
     }
     // Jacobi scaling, then a rank-revealing solve.
-    Eigen::VectorXd scale(Q);
+    Vector scale(Q);
     for (index_t j = 0; j < Q; ++j) scale(j) = gram(j, j) > 0.0 ? 1.0 / std::sqrt(gram(j, j)) : 0.0;
-    const Eigen::MatrixXd scaled = scale.asDiagonal() * gram * scale.asDiagonal();
-    Eigen::CompleteOrthogonalDecomposition<Eigen::MatrixXd> solver(scaled);
+    const Matrix scaled = scale.asDiagonal() * gram * scale.asDiagonal();
+    Eigen::CompleteOrthogonalDecomposition<Matrix> solver(scaled);
     solver.setThreshold(1e-13);
     solution = scale.asDiagonal() * solver.solve(scale.asDiagonal() * rhs);
   }
@@ -236,8 +244,10 @@ inline HyenaModalFit hyena_fit_channel(const std::vector<double>& h, double skip
 /// (A_bar = pole, B_bar = C = gain, skip = feedthrough) and, optionally, each channel's relative
 /// fit error. Validates first (ShapeError before any write): shapes, 1 <= order <= L/2, finite
 /// filter and skip, max_pole_modulus in (0, 1). Cost per channel O(L K M + K^3) with K the
-/// Hankel rows; threaded over channels through `executor`.
-inline void hyena_distill(const ConstView<float, 3>& filter, const ConstView<float, 2>& skip,
+/// Hankel rows; threaded over channels through `executor`. A template with nothing to choose
+/// (`Deferred` stays `void`): the eigensolvers it uses then compile only where it is called.
+template <class Deferred = void>
+void hyena_distill(const ConstView<float, 3>& filter, const ConstView<float, 2>& skip,
                           const HyenaDistillOutputs& out, const HyenaDistillOptions& options = {},
                           const Executor& executor = serial_executor()) {
   const ArgCheck check("hyena_distill");
@@ -273,7 +283,7 @@ inline void hyena_distill(const ConstView<float, 3>& filter, const ConstView<flo
     for (index_t i = begin; i < end; ++i) {
       const index_t n = i / D, d = i % D;
       for (index_t s = 0; s < L; ++s) h[s] = filter(n, s, d);
-      const auto fit = detail::hyena_fit_channel(h, skip.has_value() ? double(skip(n, d)) : 0.0, M,
+      const auto fit = detail::hyena_fit_channel<Deferred>(h, skip.has_value() ? double(skip(n, d)) : 0.0, M,
                                                  options.hankel_rows, options.max_pole_modulus);
       for (index_t k = 0; k < M; ++k) {
         const bool used = k < static_cast<index_t>(fit.pole.size());

@@ -239,8 +239,9 @@ struct SsmDplrScratch {
   Eigen::FFT<double> fft;
 };
 
-// Channel h: kernel[:, h].
-inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, bool zoh,
+// Channel h: kernel[:, h]. (`Tag` defers the ZOH matrix exponential, as in dplr_reference.hpp.)
+template <class Tag>
+void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, bool zoh,
                                     const std::vector<double>& tan_half, const TensorView<float, 2>& kernel,
                                     SsmDplrScratch& w) {
   const index_t N = s.N, r = s.r, L = kernel.size(0);
@@ -248,7 +249,7 @@ inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& 
   const index_t terms = (r + 1) * (r + 1);
   const double dt = p.dt(h);
   if (zoh) {
-    ssm_dplr_zoh_discretize(p, s, h, &w.A_bar, &w.B_bar);
+    ssm_dplr_zoh_discretize<Tag>(p, s, h, &w.A_bar, &w.B_bar);
     ssm_dplr_power_kernel_channel(w.A_bar, w.B_bar, p, h, kernel);
     return;
   }
@@ -322,11 +323,15 @@ inline void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& 
 
 /// Kernel [L,H] of a DPLR system (S4): the generating function at the L roots of unity by Cauchy
 /// sums with the Woodbury correction, then an inverse FFT of length L. Same result as
-/// reference::ssm_dplr_kernel up to double rounding (stored as float). Bilinear only (ZOH and
-/// conjugate pairs are refused with a ShapeError); validates shapes, non-finite values,
+/// reference::ssm_dplr_kernel up to double rounding (stored as float). That is the bilinear
+/// form; ZOH has no DPLR structure left, so its kernel comes from the dense exp(dt A) by blocked
+/// powers. Conjugate pairs are refused (ShapeError); validates shapes, non-finite values,
 /// Re(Lambda) >= 0, dt <= 0 and, with an explicit Q, a non-dissipative A, before any write.
 /// Cost per channel O(N^2 r + N^3 log L + L N (r+1)^2 + L log L), channels in parallel.
-inline void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& kernel,
+/// A template with nothing to choose (`Deferred` stays `void`): Eigen's solvers it uses then
+/// compile only where it is called (core/eigen.hpp, deferred_t).
+template <class Deferred = void>
+void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& kernel,
                             const SsmKernelOptions& options = {SsmDiscretization::bilinear, SsmStateSymmetry::none},
                             const Executor& executor = serial_executor()) {
   const ArgCheck check("ssm_dplr_kernel");
@@ -343,7 +348,7 @@ inline void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float,
   parallel_for(executor, dims.H, 1, [&](index_t begin, index_t end) {
     detail::SsmDplrScratch scratch;
     for (index_t h = begin; h < end; ++h)
-      detail::ssm_dplr_kernel_channel(params, detail::ssm_dplr_group(params, h / per_group), h,
+      detail::ssm_dplr_kernel_channel<Deferred>(params, detail::ssm_dplr_group(params, h / per_group), h,
                                       options.discretization == SsmDiscretization::zoh, tan_half, kernel, scratch);
   });
 }

@@ -22,6 +22,7 @@
 #include <unsupported/Eigen/MatrixFunctions>
 
 #include "seqmix/core/batch.hpp"
+#include "seqmix/core/eigen.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -63,7 +64,11 @@ struct HippoLegs {
 };
 
 /// Builds HippoLegs for N >= 1 (the eigenvectors from Eigen's Hermitian solver on i (A + P P^T + I/2)).
-inline HippoLegs hippo_legs(index_t N) {
+/// A template with nothing to choose (`Deferred` stays `void`): Eigen's solvers it uses then
+/// compile only where it is called (core/eigen.hpp, deferred_t).
+template <class Deferred = void>
+HippoLegs hippo_legs(index_t N) {
+  using Matrix = deferred_t<Eigen::MatrixXcd, Deferred>;
   const ArgCheck check("hippo_legs");
   check.that(N >= 1 && N <= 4096, "N", "must be in [1, 4096], got " + std::to_string(N));
   HippoLegs h;
@@ -77,13 +82,13 @@ inline HippoLegs hippo_legs(index_t N) {
   }
   // S = A + P P^T + I/2 is skew-symmetric; i S is Hermitian with real eigenvalues mu and
   // orthonormal eigenvectors, and S's eigenvalues are -i mu.
-  Eigen::MatrixXcd hermitian(N, N);
+  Matrix hermitian(N, N);
   for (index_t n = 0; n < N; ++n)
     for (index_t k = 0; k < N; ++k) {
       const double s = h.A[n * N + k] + h.P[n] * h.P[k] + (n == k ? 0.5 : 0.0);
       hermitian(n, k) = std::complex<double>(0.0, s);
     }
-  const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXcd> solver(hermitian);
+  const Eigen::SelfAdjointEigenSolver<Matrix> solver(hermitian);
   h.Lambda.resize(N), h.V.resize(n2), h.P_tilde.assign(N, 0.0), h.B_tilde.assign(N, 0.0);
   for (index_t j = 0; j < N; ++j) {
     h.Lambda[j] = std::complex<double>(-0.5, -solver.eigenvalues()(j));
@@ -100,7 +105,10 @@ inline HippoLegs hippo_legs(index_t N) {
 /// Fills S4's HiPPO-LegS initialization in DPLR form: Lambda [G,N], P [G,1,N] (rank 1, Q = P)
 /// and B [H,N] from hippo_legs(N), the same in every group and channel. Imaginary planes may be
 /// empty only if N = 1 (all values real). C is the caller's (S4 draws it at random).
-inline void ssm_init_hippo_legs(const TensorView<float, 2>& Lambda_real, const TensorView<float, 2>& Lambda_imag,
+/// A template with nothing to choose (`Deferred` stays `void`): Eigen's solvers it uses then
+/// compile only where it is called (core/eigen.hpp, deferred_t).
+template <class Deferred = void>
+void ssm_init_hippo_legs(const TensorView<float, 2>& Lambda_real, const TensorView<float, 2>& Lambda_imag,
                                 const TensorView<float, 3>& P_real, const TensorView<float, 3>& P_imag,
                                 const TensorView<float, 2>& B_real, const TensorView<float, 2>& B_imag) {
   const ArgCheck check("ssm_init_hippo_legs");
@@ -119,7 +127,7 @@ inline void ssm_init_hippo_legs(const TensorView<float, 2>& Lambda_real, const T
         .optional_shape("P_imag", P_imag, {G, 1, N}, "G,1,N")
         .optional_shape("B_imag", B_imag, {H, N}, "H,N");
   check.shape("P_real", P_real, {G, 1, N}, "G,1,N");
-  const HippoLegs hippo = hippo_legs(N);
+  const HippoLegs hippo = hippo_legs<Deferred>(N);
   for (index_t g = 0; g < G; ++g)
     for (index_t n = 0; n < N; ++n) {
       Lambda_real(g, n) = static_cast<float>(hippo.Lambda[n].real());
@@ -332,17 +340,20 @@ inline void ssm_dplr_dense_discretize(const SsmDplrParams& p, const SsmDplrGroup
 // exponential is Eigen's MatrixFunctions (Higham's scaling and squaring with Pade approximants
 // up to degree 13, in double): about (6 + s) complex (N+1)^3 products, s = log2 of the block's
 // norm over 5.4. A = Lambda - P Q^* is not diagonal (and, for HiPPO, far from normal), so no
-// per-state closed form exists, and exp(dt A) has no DPLR structure to keep.
-inline void ssm_dplr_zoh_discretize(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h,
-                                    std::vector<SsmComplex>* A_bar, std::vector<SsmComplex>* B_bar) {
+// per-state closed form exists, and exp(dt A) has no DPLR structure to keep. (A template through
+// deferred_t so that the matrix exponential compiles only where a caller needs it.)
+template <class Tag>
+void ssm_dplr_zoh_discretize(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h,
+                             std::vector<SsmComplex>* A_bar, std::vector<SsmComplex>* B_bar) {
+  using Matrix = deferred_t<Eigen::MatrixXcd, Tag>;
   const index_t N = s.N;
   const double dt = p.dt(h);
-  Eigen::MatrixXcd block = Eigen::MatrixXcd::Zero(N + 1, N + 1);
+  Matrix block = Matrix::Zero(N + 1, N + 1);
   for (index_t n = 0; n < N; ++n) {
     for (index_t k = 0; k < N; ++k) block(n, k) = dt * s.A(n, k);
     block(n, N) = dt * ssm_value(p.B_real, p.B_imag, h, n);
   }
-  const Eigen::MatrixXcd exponential = block.exp();
+  const Matrix exponential = block.exp();
   A_bar->resize(static_cast<std::size_t>(N * N)), B_bar->resize(N);
   for (index_t n = 0; n < N; ++n) {
     for (index_t k = 0; k < N; ++k) (*A_bar)[n * N + k] = exponential(n, k);
@@ -351,10 +362,11 @@ inline void ssm_dplr_zoh_discretize(const SsmDplrParams& p, const SsmDplrGroup& 
 }
 
 // The dense discrete system of channel h under `options` (A_bar [N*N] row-major, B_bar [N]).
-inline void ssm_dplr_discretize(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, const SsmKernelOptions& options,
-                                std::vector<SsmComplex>* A_bar, std::vector<SsmComplex>* B_bar) {
+template <class Tag>
+void ssm_dplr_discretize(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, const SsmKernelOptions& options,
+                         std::vector<SsmComplex>* A_bar, std::vector<SsmComplex>* B_bar) {
   if (options.discretization == SsmDiscretization::zoh)
-    ssm_dplr_zoh_discretize(p, s, h, A_bar, B_bar);
+    ssm_dplr_zoh_discretize<Tag>(p, s, h, A_bar, B_bar);
   else
     ssm_dplr_dense_discretize(p, s, h, A_bar, B_bar);
 }
@@ -367,7 +379,10 @@ namespace reference {
 /// (dense N x N in double: Gauss-Jordan for bilinear, a matrix exponential for ZOH) and v = A_bar^l B_bar is advanced one matrix-vector
 /// product at a time: kernel[l,h] = Re(C v). O(N^3 + L N^2) per channel, single-threaded;
 /// `executor` is accepted for a uniform signature. Validates like ssm_dplr_kernel.
-inline void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& kernel,
+/// A template with nothing to choose (`Deferred` stays `void`): Eigen's solvers it uses then
+/// compile only where it is called (core/eigen.hpp, deferred_t).
+template <class Deferred = void>
+void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& kernel,
                             const SsmKernelOptions& options = {SsmDiscretization::bilinear, SsmStateSymmetry::none},
                             const Executor& executor = serial_executor()) {
   (void)executor;
@@ -378,7 +393,7 @@ inline void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float,
   std::vector<detail::SsmComplex> A_bar, v, next(N);
   for (index_t h = 0; h < dims.H; ++h) {
     const detail::SsmDplrGroup s = detail::ssm_dplr_group(params, h / per_group);
-    detail::ssm_dplr_discretize(params, s, h, options, &A_bar, &v);
+    detail::ssm_dplr_discretize<Deferred>(params, s, h, options, &A_bar, &v);
     for (index_t l = 0; l < kernel.size(0); ++l) {
       detail::SsmComplex y = 0.0;
       for (index_t n = 0; n < N; ++n) y += detail::ssm_value(params.C_real, params.C_imag, h, n) * v[n];

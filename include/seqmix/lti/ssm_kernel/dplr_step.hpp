@@ -105,7 +105,10 @@ struct SsmDplrStepPlan {
 /// ShapeError before any work). Bilinear: O(N r^2) per channel; ZOH: one (N+1)^3 matrix
 /// exponential per channel (the same as ssm_dplr_kernel's, so steps and kernel agree). Channels
 /// in parallel.
-inline SsmDplrStepPlan ssm_dplr_step_plan(const SsmDplrParams& params,
+/// A template with nothing to choose (`Deferred` stays `void`): Eigen's solvers it uses then
+/// compile only where it is called (core/eigen.hpp, deferred_t).
+template <class Deferred = void>
+SsmDplrStepPlan ssm_dplr_step_plan(const SsmDplrParams& params,
                                           const SsmKernelOptions& options = {SsmDiscretization::bilinear,
                                                                              SsmStateSymmetry::none},
                                           const Executor& executor = serial_executor()) {
@@ -138,7 +141,7 @@ inline SsmDplrStepPlan ssm_dplr_step_plan(const SsmDplrParams& params,
         plan.B[h * N + n] = detail::ssm_value(params.B_real, params.B_imag, h, n);
       }
       if (zoh) {
-        detail::ssm_dplr_zoh_discretize(params, s, h, &A_bar, &B_bar);
+        detail::ssm_dplr_zoh_discretize<Deferred>(params, s, h, &A_bar, &B_bar);
         std::copy(A_bar.begin(), A_bar.end(), plan.A_bar.begin() + h * N * N);
         std::copy(B_bar.begin(), B_bar.end(), plan.B.begin() + h * N);
         continue;
@@ -277,13 +280,16 @@ inline void ssm_dplr_step(const SsmDplrStepPlan& plan, const ConstView<float, 2>
 /// should build the plan once (this form redoes the discretization every call: for ZOH one
 /// matrix exponential per channel). Validates shapes, overlaps and the parameters' values
 /// (ShapeError before any write).
-inline void ssm_dplr_step(const SsmDplrStepInputs& in, const SsmStepOutputs& out,
+/// A template with nothing to choose (`Deferred` stays `void`): Eigen's solvers it uses then
+/// compile only where it is called (core/eigen.hpp, deferred_t).
+template <class Deferred = void>
+void ssm_dplr_step(const SsmDplrStepInputs& in, const SsmStepOutputs& out,
                           const SsmKernelOptions& options = {SsmDiscretization::bilinear, SsmStateSymmetry::none},
                           const Executor& executor = serial_executor()) {
   const ArgCheck check("ssm_dplr_step");
   detail::SsmDplrDims dims{};
   detail::validate_ssm_dplr_step(check, in, out, options, &dims);
-  ssm_dplr_step(ssm_dplr_step_plan(in.params, options, executor), in.u, out, in.skip, executor);
+  ssm_dplr_step(ssm_dplr_step_plan<Deferred>(in.params, options, executor), in.u, out, in.skip, executor);
 }
 
 }  // namespace seqmix
