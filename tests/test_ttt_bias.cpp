@@ -300,11 +300,5 @@ TEST_CASE("ttt_linear inner bias: bad arguments are refused before any output", 
   st::require_shape_error("b", [&] { seqmix::ttt_linear_step(p.step(0), {zs.view(), w.view(), b.view()}); });
   st::require_shape_error("b", [&] { seqmix::ttt_linear_step(p.step(0), {zs.view(), w.view(), b_bad.view()}, biased()); });
   CHECK(zs(0, 0, 0) == 7.f);
-  // ttt_mlp has no inner biases: the option is refused, not ignored.
-  const Tensor<float, 4> w1 = st::random_tensor<4>({p.B, p.H, p.K, 32}, 1), w2 = st::random_tensor<4>({p.B, p.H, 32, p.K}, 2);
-  seqmix::TttMlpInputs im;
-  im.q = p.q.cview(), im.k = p.k.cview(), im.v = p.v.cview(), im.eta = p.eta.cview();
-  im.ln_weight = p.gamma.cview(), im.ln_bias = p.beta.cview(), im.initial_w1 = w1.cview(), im.initial_w2 = w2.cview();
-  st::require_shape_error("options.inner_bias", [&] { seqmix::ttt_mlp(im, {z.view()}, biased()); });
   untouched();
 }

@@ -7,7 +7,8 @@
 // the reduced formula the operators use. With an inner bias (f(x) = x W + b, the TTT authors'
 // TTT-Linear), Z = X W_0 + b_0, query t adds b_0 - c_t sum_{s <= t} eta_s G_s and the bias
 // update is b_0 - c_last sum_s eta_s G_s. ttt_mlp (f(x) = gelu(x W1) W2, the paper's dual form
-// for both layers) likewise. Nothing of seqmix is used but its .npy writer.
+// for both layers) likewise, with biases (gelu(x W1 + b1) W2 + b2, the authors' TTT-MLP) each
+// layer's bias read and updated as ttt_linear's with that layer's gradient G1 or G2. Nothing of seqmix is used but its .npy writer.
 //
 //   g++ -std=c++17 -O2 -I include tools/golden_ttt.cpp -o golden_ttt
 //   ./golden_ttt tests/golden
@@ -158,7 +159,7 @@ double gelu_prime(double x) {
 struct MlpCase {
   std::string name;
   index_t B, T, H, K, M, mini_batch;
-  bool scale;
+  bool scale, bias = false;
 };
 
 // The dual form of TTT-MLP (f(x) = gelu(x W1) W2): per mini-batch, at (W1_0, W2_0),
@@ -173,11 +174,19 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
   Array w1 = random_array({B, H, K, M}, rng, -a1, a1), w2 = random_array({B, H, M, K}, rng, -a2, a2);
   Array scale = position_scales(bs);
   Array z = zeros({B, T, H, K}), f1 = zeros({B, H, K, M}), f2 = zeros({B, H, M, K});
+  // Drawn only for a bias case, so that the other cases keep their draws.
+  Array b1_0 = c.bias ? random_array({B, H, M}, rng, -0.5, 0.5) : zeros({B, H, M});
+  Array b2_0 = c.bias ? random_array({B, H, K}, rng, -0.5, 0.5) : zeros({B, H, K});
+  Array fb1 = zeros({B, H, M}), fb2 = zeros({B, H, K});
+  const double with_bias = c.bias ? 1.0 : 0.0;
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h) {
       Vec W1(K * M), W2(M * K), g(K), be(K);
       for (index_t j = 0; j < K; ++j) g[j] = gamma.at(h * K + j), be[j] = beta.at(h * K + j);
       for (index_t e = 0; e < K * M; ++e) W1[e] = w1.at((b * H + h) * K * M + e), W2[e] = w2.at((b * H + h) * M * K + e);
+      Vec bias1(M), bias2(K);
+      for (index_t m = 0; m < M; ++m) bias1[m] = b1_0.at((b * H + h) * M + m);
+      for (index_t j = 0; j < K; ++j) bias2[j] = b2_0.at((b * H + h) * K + j);
       const auto row = [&](Array& x, index_t t) { return head_row(x, b, t, h, T, H, K); };
       for (index_t t0 = 0; t0 < T; t0 += bs) {
         const index_t n = std::min(bs, T - t0);
@@ -187,7 +196,7 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
           X[s] = row(k, t0 + s), Q[s] = row(q, t0 + s);
           const Vec V = row(v, t0 + s);
           e[s] = eta.at((b * T + t0 + s) * H + h), cs[s] = c.scale ? scale.at(s) : 1.0;
-          Vec z1(M, 0.0), z2(K, 0.0);
+          Vec z1 = bias1, z2 = bias2;
           for (index_t i = 0; i < K; ++i)
             for (index_t m = 0; m < M; ++m) z1[m] += X[s][i] * W1[i * M + m];
           Hk[s] = Vec(M);
@@ -202,13 +211,13 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
           }
         }
         for (index_t t = 0; t < n; ++t) {
-          Vec hq(M, 0.0), zq(K, 0.0);
+          Vec hq = bias1, zq = bias2;
           for (index_t i = 0; i < K; ++i)
             for (index_t m = 0; m < M; ++m) hq[m] += Q[t][i] * W1[i * M + m];
           for (index_t s = 0; s <= t; ++s) {
             double qk = 0;
             for (index_t i = 0; i < K; ++i) qk += Q[t][i] * X[s][i];
-            for (index_t m = 0; m < M; ++m) hq[m] -= cs[t] * e[s] * qk * G1[s][m];
+            for (index_t m = 0; m < M; ++m) hq[m] -= cs[t] * e[s] * (qk + with_bias) * G1[s][m];
           }
           for (index_t m = 0; m < M; ++m) hq[m] = gelu(hq[m]);
           for (index_t m = 0; m < M; ++m)
@@ -216,7 +225,7 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
           for (index_t s = 0; s <= t; ++s) {
             double hh = 0;
             for (index_t m = 0; m < M; ++m) hh += hq[m] * Hk[s][m];
-            for (index_t j = 0; j < K; ++j) zq[j] -= cs[t] * e[s] * hh * G2[s][j];
+            for (index_t j = 0; j < K; ++j) zq[j] -= cs[t] * e[s] * (hh + with_bias) * G2[s][j];
           }
           const Vec y = layer_norm(zq, g, be, eps);
           for (index_t j = 0; j < K; ++j) z.at(((b * T + t0 + t) * H + h) * K + j) = Q[t][j] + y[j];
@@ -227,9 +236,13 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
             for (index_t m = 0; m < M; ++m) W1[i * M + m] -= f * X[s][i] * G1[s][m];
           for (index_t m = 0; m < M; ++m)
             for (index_t j = 0; j < K; ++j) W2[m * K + j] -= f * Hk[s][m] * G2[s][j];
+          for (index_t m = 0; m < M; ++m) bias1[m] -= f * with_bias * G1[s][m];
+          for (index_t j = 0; j < K; ++j) bias2[j] -= f * with_bias * G2[s][j];
         }
       }
       for (index_t e2 = 0; e2 < K * M; ++e2) f1.at((b * H + h) * K * M + e2) = W1[e2], f2.at((b * H + h) * M * K + e2) = W2[e2];
+      for (index_t m = 0; m < M; ++m) fb1.at((b * H + h) * M + m) = bias1[m];
+      for (index_t j = 0; j < K; ++j) fb2.at((b * H + h) * K + j) = bias2[j];
     }
   const fs::path dir = root / "ttt_mlp" / c.name;
   fs::create_directories(dir);
@@ -240,8 +253,16 @@ void ttt_mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) 
                        "\"ln_weight\": \"ln_weight.npy\", \"ln_bias\": \"ln_bias.npy\", "
                        "\"initial_w1\": \"initial_w1.npy\", \"initial_w2\": \"initial_w2.npy\"";
   if (c.scale) inputs += ", \"token_scale\": \"token_scale.npy\"", write(dir, "token_scale", scale);
-  write_case(dir, "ttt_mlp", "\"mini_batch\": " + std::to_string(bs) + ", \"ln_eps\": 1e-06", inputs,
-             "\"z\": \"z.npy\", \"final_w1\": \"final_w1.npy\", \"final_w2\": \"final_w2.npy\"", "1e-05", kSource);
+  std::string params = "\"mini_batch\": " + std::to_string(bs) + ", \"ln_eps\": 1e-06";
+  std::string outputs = "\"z\": \"z.npy\", \"final_w1\": \"final_w1.npy\", \"final_w2\": \"final_w2.npy\"";
+  if (c.bias) {
+    params += ", \"inner_bias\": \"trained\"";
+    inputs += ", \"initial_b1\": \"initial_b1.npy\", \"initial_b2\": \"initial_b2.npy\"";
+    write(dir, "initial_b1", b1_0), write(dir, "initial_b2", b2_0);
+    outputs += ", \"final_b1\": \"final_b1.npy\", \"final_b2\": \"final_b2.npy\"";
+    write(dir, "final_b1", fb1), write(dir, "final_b2", fb2);
+  }
+  write_case(dir, "ttt_mlp", params, inputs, outputs, "1e-05", kSource);
 }
 
 }  // namespace
@@ -256,5 +277,6 @@ int main(int argc, char** argv) {
   ttt_mlp_case(root, {"b2_t20_h1_k4_m16_mb8_scale", 2, 20, 1, 4, 16, 8, true}, rng);
   // Last, so that the cases above keep their random draws.
   ttt_linear_case(root, {"b2_t37_h2_k8_state_scale_bias", 2, 37, 2, 8, 16, true, true, true}, rng);
+  ttt_mlp_case(root, {"b2_t37_h2_k8_m32_scale_bias", 2, 37, 2, 8, 32, 16, true, true}, rng);
   return 0;
 }

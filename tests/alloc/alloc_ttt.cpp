@@ -63,6 +63,14 @@ TEST_CASE("ttt decode steps allocate nothing after warm-up", "[alloc][ttt]") {
         INFO("ttt_mlp_step");
         CHECK(st::allocations_after_warmup(
                   ex, [&] { seqmix::ttt_mlp_step(in, {z.view(), w1.view(), w2.view()}, {}, ex); }) == 0);
+        // With the inner biases b1 [S,H,M], b2 [S,H,K] beside W1, W2.
+        Tensor<float, 3> b1 = st::random_tensor<3>({S, H, M}, 11), b2 = st::random_tensor<3>({S, H, K}, 12);
+        seqmix::TttOptions biased;
+        biased.inner_bias = seqmix::TttInnerBias::trained;
+        INFO("ttt_mlp_step, inner biases");
+        CHECK(st::allocations_after_warmup(ex, [&] {
+                seqmix::ttt_mlp_step(in, {z.view(), w1.view(), w2.view(), b1.view(), b2.view()}, biased, ex);
+              }) == 0);
       }
     }
   }

@@ -51,10 +51,14 @@ OutputMap run_ttt_mlp(const CaseData& c, bool fast) {
   in.token_scale = c.opt_in<1>("token_scale", "mini_batch");
   in.initial_w1 = c.in<4>("initial_w1", "B,H,K,M");
   in.initial_w2 = c.in<4>("initial_w2", "B,H,M,K");
+  in.initial_b1 = c.opt_in<3>("initial_b1", "B,H,M");
+  in.initial_b2 = c.opt_in<3>("initial_b2", "B,H,K");
   OutputMap out;
   seqmix::TttMlpOutputs outputs{c.make_output<4>(out, "z")};
   if (c.outputs.count("final_w1")) outputs.final_w1 = c.make_output<4>(out, "final_w1");
   if (c.outputs.count("final_w2")) outputs.final_w2 = c.make_output<4>(out, "final_w2");
+  if (c.outputs.count("final_b1")) outputs.final_b1 = c.make_output<3>(out, "final_b1");
+  if (c.outputs.count("final_b2")) outputs.final_b2 = c.make_output<3>(out, "final_b2");
   fast ? seqmix::ttt_mlp(in, outputs, ttt_options(c)) : seqmix::reference::ttt_mlp(in, outputs, ttt_options(c));
   return out;
 }

@@ -85,6 +85,21 @@ inline void ttt_scaled_causal_scores(TttMap& A, const TttMap& L, const TttMap& R
   }
 }
 
+/// The inner bias a mini-batch's queries read, b_t = b_0 - c_t sum_{s <= t} eta_s G_s (a bias's
+/// gradient is dl/d(its layer's output), the rows of G [n,cols]): added to row t of Y [n,cols];
+/// then the next mini-batch's b_0 - c_{n-1} sum_s eta_s G_s into `bias`. `acc` [cols] is scratch.
+inline void ttt_running_bias(TttMap& Y, const TttMap& G, std::vector<float>& bias, std::vector<float>& acc, index_t n,
+                             const float* c, const std::vector<float>& eta) {
+  const index_t cols = G.cols();
+  Eigen::Map<Eigen::RowVectorXf> b(bias.data(), cols), sum(acc.data(), cols);
+  sum.setZero();
+  for (index_t t = 0; t < n; ++t) {
+    sum += eta[static_cast<std::size_t>(t)] * G.row(t);
+    Y.row(t) += b - (c != nullptr ? c[t] : 1.f) * sum;
+  }
+  b -= (c != nullptr ? c[n - 1] : 1.f) * sum;
+}
+
 /// One mini-batch of n tokens (rows of s.Q, s.X, s.V, learning rates s.eta) from W_0 = s.W
 /// with the LayerNorm s.ln: leaves z_t = q_t + LN(q_t W_t) in s.Zq and W_{n-1} in s.W. `c` holds
 /// the position scales (null: ones).
@@ -92,9 +107,8 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   const index_t K = s.K;
   TttMap W(s.W.data(), K, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K), Z(s.Z.data(), n, K);
   TttMap V(s.V.data(), n, K), G(s.G.data(), n, K), Zq(s.Zq.data(), n, K), A(s.A.data(), n, n);
-  Eigen::Map<Eigen::RowVectorXf> bias(s.bias.data(), K), bias_acc(s.bias_acc.data(), K);
   Z.noalias() = X * W;
-  if (s.has_bias) Z.rowwise() += bias;
+  if (s.has_bias) Z.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(s.bias.data(), K);
   // dl/dz of every token at W_0: the LayerNorm's backward of LN(z) + k - v.
   s.ln.forward(Z, G, eps);
   G += X - V;
@@ -105,18 +119,10 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   // Zq -= A G, causal also for a non-finite gradient (core/chunkwise/causal_product.hpp): one GEMM
   // would multiply the zeros above A's diagonal by a later token's NaN.
   chunkwise::add_lower_product(-A, G, Zq, s.finite_g);
-  // The bias seen by query t: b_t = b_0 - c_t sum_{s <= t} eta_s dl/dz_s (dl/db = dl/dz); the
-  // last row's sum is also the mini-batch's update of b.
-  const float last = c != nullptr ? c[n - 1] : 1.f;
-  if (s.has_bias) {
-    bias_acc.setZero();
-    for (index_t t = 0; t < n; ++t) {
-      bias_acc += s.eta[static_cast<std::size_t>(t)] * G.row(t);
-      Zq.row(t) += bias - (c != nullptr ? c[t] : 1.f) * bias_acc;
-    }
-    bias -= last * bias_acc;
-  }
+  // The bias seen by query t (dl/db = dl/dz), and the mini-batch's update of b.
+  if (s.has_bias) ttt_running_bias(Zq, G, s.bias, s.bias_acc, n, c, s.eta);
   s.ln.forward(Zq, Zq, eps);
+  const float last = c != nullptr ? c[n - 1] : 1.f;
   Zq += Q;
   // W_{n-1} = W_0 - c_{n-1} X^T diag(eta) G (X is not needed any more: scaled in place).
   for (index_t t = 0; t < n; ++t) X.row(t) *= last * s.eta[static_cast<std::size_t>(t)];
@@ -131,12 +137,15 @@ struct TttMlpScratch {
   std::vector<float> Ah, G1, Hq, D1;      // [bs,M] gelu(k W1), dl/dz1, q's hidden rows, gelu'(k W1)
   std::vector<float> A;                   // [bs,bs]
   std::vector<float> eta;                 // [bs]
+  std::vector<float> b1, b1_acc, b2, b2_acc;  // [M], [M], [K], [K] the row's current biases, their sums
+  bool has_bias = false;                  // options.inner_bias == trained: gelu(x W1 + b1) W2 + b2
   TttLnBlock ln;                          // the head's LayerNorm
   chunkwise::ProductScratch finite_g;     // sized only by a mini-batch with a non-finite gradient
   TttMlpScratch(index_t K_, index_t M_, index_t bs_)
       : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), W2(W1), Q(static_cast<std::size_t>(bs_ * K_)),
         X(Q), V(Q), Z2(Q), G2(Q), Zq(Q), Ah(static_cast<std::size_t>(bs_ * M_)), G1(Ah), Hq(Ah), D1(Ah),
-        A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), ln(K_, bs_) {}
+        A(static_cast<std::size_t>(bs_ * bs_)), eta(static_cast<std::size_t>(bs_)), b1(static_cast<std::size_t>(M_)),
+        b1_acc(b1), b2(static_cast<std::size_t>(K_)), b2_acc(b2), ln(K_, bs_) {}
 };
 
 /// gelu (tanh form) of every element of `x` in place, on Eigen's vectorized tanh; with `derivative`
@@ -162,9 +171,11 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, float
   TttMap A(s.A.data(), n, n);
   // Forward at the mini-batch's weights, then dl/dz2 and dl/dz1 of every token.
   TttMap D1(s.D1.data(), n, M);
-  Ah.noalias() = X * W1;  // z1 = k W1, turned into gelu(z1) with gelu'(z1) kept in D1
+  Ah.noalias() = X * W1;  // z1 = k W1 (+ b1), turned into gelu(z1) with gelu'(z1) kept in D1
+  if (s.has_bias) Ah.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(s.b1.data(), M);
   ttt_gelu_block(Ah, &D1);
   Z2.noalias() = Ah * W2;
+  if (s.has_bias) Z2.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(s.b2.data(), K);
   s.ln.forward(Z2, G2, eps);
   G2 += X - V;
   s.ln.backward(G2);
@@ -174,10 +185,12 @@ inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, float
   ttt_scaled_causal_scores(A, Q, X, n, c, s.eta);
   Hq.noalias() = Q * W1;
   chunkwise::add_lower_product(-A, G1, Hq, s.finite_g);  // causal for a non-finite G1 too
+  if (s.has_bias) ttt_running_bias(Hq, G1, s.b1, s.b1_acc, n, c, s.eta);  // b1_t; dl/db1 = dl/dz1
   ttt_gelu_block(Hq, nullptr);
   ttt_scaled_causal_scores(A, Hq, Ah, n, c, s.eta);
   Zq.noalias() = Hq * W2;
   chunkwise::add_lower_product(-A, G2, Zq, s.finite_g);
+  if (s.has_bias) ttt_running_bias(Zq, G2, s.b2, s.b2_acc, n, c, s.eta);  // b2_t; dl/db2 = dl/dz2
   s.ln.forward(Zq, Zq, eps);
   Zq += Q;
   // The last weights: W1 -= (c eta X)^T G1, W2 -= (c eta Ah)^T G2 (X and Ah scaled in place).
@@ -317,6 +330,7 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
   const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
     detail::TttMlpScratch s(K, M, bs);
+    s.has_bias = options.inner_bias == TttInnerBias::trained;
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
       s.ln.load(in.ln_weight, in.ln_bias, h);
@@ -325,6 +339,10 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
           s.W1[static_cast<std::size_t>(i * M + m)] = in.initial_w1(b, h, i, m);
           s.W2[static_cast<std::size_t>(m * K + i)] = in.initial_w2(b, h, m, i);
         }
+      for (index_t m = 0; m < M; ++m)
+        s.b1[static_cast<std::size_t>(m)] = in.initial_b1.has_value() ? in.initial_b1(b, h, m) : 0.f;
+      for (index_t j = 0; j < K; ++j)
+        s.b2[static_cast<std::size_t>(j)] = in.initial_b2.has_value() ? in.initial_b2(b, h, j) : 0.f;
       detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_mlp_minibatch);
       if (out.final_w1.has_value())
         for (index_t i = 0; i < K; ++i)
@@ -332,6 +350,10 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
       if (out.final_w2.has_value())
         for (index_t m = 0; m < M; ++m)
           for (index_t j = 0; j < K; ++j) out.final_w2(b, h, m, j) = s.W2[static_cast<std::size_t>(m * K + j)];
+      if (out.final_b1.has_value())
+        for (index_t m = 0; m < M; ++m) out.final_b1(b, h, m) = s.b1[static_cast<std::size_t>(m)];
+      if (out.final_b2.has_value())
+        for (index_t j = 0; j < K; ++j) out.final_b2(b, h, j) = s.b2[static_cast<std::size_t>(j)];
     }
   });
 }

@@ -18,7 +18,9 @@
 // The 1/2 makes the gradient (LN(f(k)) + k - v) backpropagated, as the authors' code computes
 // it; a model trained with ||.||^2 uses eta / 2 here.
 // ttt_mlp: the same layer with the inner model f(x) = gelu(x W1) W2, W1 [K,M], W2 [M,K] (M = 4K
-// in the paper, GELU in its tanh form), both layers updated by the same rule.
+// in the paper, GELU in its tanh form), both layers updated by the same rule; with
+// options.inner_bias = trained f(x) = gelu(x W1 + b1) W2 + b2 (the authors' TTT-MLP), b1 [M] and
+// b2 [K] trained by the same rule (dl/db1 = dl/dz1, dl/db2 = dl/dz2).
 // This header: argument structs, options, validation, the explicit gradients and
 // seqmix::reference::ttt_linear / ttt_mlp (per mini-batch, the gradient matrices written out, double).
 // Fast prefill (dual form): fast.hpp; decode step (b = 1): step.hpp; derivation: README.md.
@@ -57,7 +59,7 @@ struct TttOptions {
   /// through reversed views, not copied, and the mini-batches are counted from the last token;
   /// final weights are those after token 0. The steps ignore it.
   bool reverse = false;
-  /// ttt_linear and ttt_linear_step only (ttt_mlp refuses `trained`): the inner bias b.
+  /// The inner biases: ttt_linear's b, ttt_mlp's b1 and b2 (`trained`), or none.
   TttInnerBias inner_bias = TttInnerBias::none;
 };
 
@@ -129,6 +131,12 @@ struct TttMlpInputs {
   ConstView<float, 1> token_scale = {}; ///< [mini_batch], optional (ones)
   ConstView<float, 4> initial_w1;       ///< [B,H,K,M]
   ConstView<float, 4> initial_w2;       ///< [B,H,M,K]
+  /// [B,H,M] the hidden layer's bias b1 with options.inner_bias = trained, optional (zeros, the
+  /// authors' initialization); refused otherwise. Rows as initial_w1's.
+  ConstView<float, 3> initial_b1 = {};
+  /// [B,H,K] the output layer's bias b2 with options.inner_bias = trained, optional (zeros);
+  /// refused otherwise. Rows as initial_w1's.
+  ConstView<float, 3> initial_b2 = {};
   /// Optional: cu_seqlens and state_indices as TttLinearInputs::batch (weights [N,...] or pools
   /// [P,...]). has_initial_state is refused: the zero MLP has zero gradients, so a fresh
   /// sequence needs its W1_0, W2_0 written into its slot.
@@ -140,6 +148,8 @@ struct TttMlpOutputs {
   TensorView<float, 4> z;               ///< [B,T,H,K]
   TensorView<float, 4> final_w1 = {};   ///< [B,H,K,M]
   TensorView<float, 4> final_w2 = {};   ///< [B,H,M,K]
+  TensorView<float, 3> final_b1 = {};   ///< [B,H,M] with options.inner_bias = trained, optional; may be initial_b1
+  TensorView<float, 3> final_b2 = {};   ///< [B,H,K] with options.inner_bias = trained, optional; may be initial_b2
 };
 
 /// Decode-step arguments of ttt_mlp_step (a mini-batch of one).
@@ -150,6 +160,11 @@ struct TttMlpStepOutputs {
   TensorView<float, 3> z;   ///< [B,H,K]
   TensorView<float, 4> w1;  ///< [B,H,K,M] (or the pool [P,H,K,M] with batch.state_indices)
   TensorView<float, 4> w2;  ///< [B,H,M,K] (or [P,H,M,K])
+  /// [B,H,M] (or [P,H,M]) the hidden bias b1, read and updated in place: required with
+  /// options.inner_bias = trained, refused otherwise.
+  TensorView<float, 3> b1 = {};
+  /// [B,H,K] (or [P,H,K]) the output bias b2, as b1.
+  TensorView<float, 3> b2 = {};
 };
 
 namespace detail {
@@ -339,10 +354,58 @@ inline TttDims validate_ttt_linear_step(const ArgCheck& check, const TttLinearSt
   return d;
 }
 
-// ttt_mlp's inner model has no biases yet: refused rather than ignored.
-inline void check_ttt_mlp_no_bias(const ArgCheck& check, const TttOptions& options) {
-  if (options.inner_bias != TttInnerBias::none)
-    check.fail("options.inner_bias", "must be none for ttt_mlp (inner biases b1, b2 are not implemented)");
+/// The inner biases of a ttt_mlp prefill: given only with options.inner_bias = trained, b1
+/// [R,H,M] and b2 [R,H,K] (R the weights' rows), no overlap with the weights or z.
+inline void check_ttt_mlp_bias(const ArgCheck& check, const TttMlpInputs& in, const TttMlpOutputs& out,
+                               const TttOptions& options, index_t R, index_t M, bool plain) {
+  const bool trained = options.inner_bias == TttInnerBias::trained;
+  if (!trained) {
+    const std::pair<const char*, bool> given[] = {{"initial_b1", in.initial_b1.has_value()},
+                                                  {"initial_b2", in.initial_b2.has_value()},
+                                                  {"final_b1", out.final_b1.has_value()},
+                                                  {"final_b2", out.final_b2.has_value()}};
+    for (const auto& g : given)
+      if (g.second) check.fail(g.first, "is given but options.inner_bias is none (set it to trained for b1, b2)");
+    return;
+  }
+  const index_t H = in.q.size(2), K = in.q.size(3);
+  const std::array<index_t, 3> s1{R, H, M}, s2{R, H, K};
+  check.optional_shape("initial_b1", in.initial_b1, s1, plain ? "B,H,M" : "N,H,M");
+  check.optional_shape("initial_b2", in.initial_b2, s2, plain ? "B,H,K" : "N,H,K");
+  check_ttt_final(check, in, out, "final_b1", out.final_b1, "initial_b1", in.initial_b1, s1, plain ? "B,H,M" : "N,H,M");
+  check_ttt_final(check, in, out, "final_b2", out.final_b2, "initial_b2", in.initial_b2, s2, plain ? "B,H,K" : "N,H,K");
+  check.no_overlap("z", out.z, "initial_b1", in.initial_b1).no_overlap("z", out.z, "initial_b2", in.initial_b2);
+  // Every final state is written at the end of its row while the other initial states may still be read.
+  const std::pair<const char*, ConstView<float, 3>> bin[] = {{"initial_b1", in.initial_b1}, {"initial_b2", in.initial_b2}};
+  const std::pair<const char*, TensorView<float, 3>> bout[] = {{"final_b1", out.final_b1}, {"final_b2", out.final_b2}};
+  for (const auto& bi : bin)
+    check.no_overlap(bi.first, bi.second, "initial_w1", in.initial_w1).no_overlap(bi.first, bi.second, "initial_w2", in.initial_w2);
+  for (const auto& bo : bout) {
+    check.no_overlap(bo.first, bo.second, "initial_w1", in.initial_w1).no_overlap(bo.first, bo.second, "initial_w2", in.initial_w2);
+    check.no_overlap(bo.first, bo.second, "final_w1", out.final_w1).no_overlap(bo.first, bo.second, "final_w2", out.final_w2);
+  }
+  check.no_overlap("initial_b1", in.initial_b1, "initial_b2", in.initial_b2);
+  check.no_overlap("final_b1", out.final_b1, "final_b2", out.final_b2);
+  check.no_overlap("final_b1", out.final_b1, "initial_b2", in.initial_b2);
+  check.no_overlap("final_b2", out.final_b2, "initial_b1", in.initial_b1);
+  check.no_overlap("final_w1", out.final_w1, "initial_b1", in.initial_b1).no_overlap("final_w1", out.final_w1, "initial_b2", in.initial_b2);
+  check.no_overlap("final_w2", out.final_w2, "initial_b1", in.initial_b1).no_overlap("final_w2", out.final_w2, "initial_b2", in.initial_b2);
+}
+
+/// A ttt_mlp step's biases: b1 [P,H,M] and b2 [P,H,K] required with options.inner_bias =
+/// trained, refused otherwise.
+inline void check_ttt_mlp_step_bias(const ArgCheck& check, const TttMlpStepInputs& in, const TttMlpStepOutputs& out,
+                                    const TttOptions& options, index_t P, index_t M, bool plain) {
+  if (options.inner_bias != TttInnerBias::trained) {
+    if (out.b1.has_value() || out.b2.has_value())
+      check.fail(out.b1.has_value() ? "b1" : "b2", "is given but options.inner_bias is none (set it to trained for b1, b2)");
+    return;
+  }
+  const index_t H = in.q.size(1), K = in.q.size(2);
+  check_ttt_step_state(check, in, out, "b1", out.b1, std::array<index_t, 3>{P, H, M}, plain ? "B,H,M" : "P,H,M");
+  check_ttt_step_state(check, in, out, "b2", out.b2, std::array<index_t, 3>{P, H, K}, plain ? "B,H,K" : "P,H,K");
+  check.no_overlap("b1", out.b1, "b2", out.b2).no_overlap("b1", out.b1, "w1", out.w1).no_overlap("b1", out.b1, "w2", out.w2);
+  check.no_overlap("b2", out.b2, "w1", out.w1).no_overlap("b2", out.b2, "w2", out.w2);
 }
 
 /// ttt_mlp's checks; returns B, T, H, K and M (the hidden size, from initial_w1).
@@ -370,7 +433,7 @@ inline TttDims validate_ttt_mlp(const ArgCheck& check, const TttMlpInputs& in, c
   check.no_overlap("final_w1", out.final_w1, "initial_w2", in.initial_w2);
   check.no_overlap("final_w2", out.final_w2, "initial_w1", in.initial_w1);
   check.no_overlap("final_w1", out.final_w1, "final_w2", out.final_w2);
-  check_ttt_mlp_no_bias(check, options);
+  check_ttt_mlp_bias(check, in, out, options, R, *M, plain);
   return d;
 }
 
@@ -387,8 +450,8 @@ inline TttDims validate_ttt_mlp_step(const ArgCheck& check, const TttMlpStepInpu
   check_ttt_step_state(check, in, out, "w1", out.w1, std::array<index_t, 4>{P, d.H, d.K, *M}, plain ? "B,H,K,M" : "P,H,K,M");
   check_ttt_step_state(check, in, out, "w2", out.w2, std::array<index_t, 4>{P, d.H, *M, d.K}, plain ? "B,H,M,K" : "P,H,M,K");
   check.no_overlap("w1", out.w1, "w2", out.w2);
+  check_ttt_mlp_step_bias(check, in, out, options, P, *M, plain);
   check_ttt_step_batch(check, in.batch, d.B, P);
-  check_ttt_mlp_no_bias(check, options);
   return d;
 }
 
@@ -423,6 +486,8 @@ inline void ttt_mlp_sequence_states(TttMlpInputs& in1, TttMlpOutputs& out1, cons
                                     const TttMlpOutputs& out, const SequenceSpan& s) {
   in1.initial_w1 = rnn_state_row(in.initial_w1, s, true), in1.initial_w2 = rnn_state_row(in.initial_w2, s, true);
   out1.final_w1 = rnn_state_row(out.final_w1, s, true), out1.final_w2 = rnn_state_row(out.final_w2, s, true);
+  in1.initial_b1 = rnn_state_row(in.initial_b1, s, true), in1.initial_b2 = rnn_state_row(in.initial_b2, s, true);
+  out1.final_b1 = rnn_state_row(out.final_b1, s, true), out1.final_b2 = rnn_state_row(out.final_b2, s, true);
 }
 
 /// GELU, tanh approximation (the TTT authors' gelu_tanh), and its derivative.
@@ -558,39 +623,56 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
 }
 
 
+/// ttt_mlp's inner model and its gradients in double (row-major W1 [K,M], W2 [M,K], b1 [M], b2 [K]).
+struct TttMlpInnerGrads {
+  std::vector<double> w1, b1, w2, b2;  ///< dl/dW1 [K,M], dl/db1 = dl/dz1 [M], dl/dW2 [M,K], dl/db2 = dl/dz2 [K]
+};
+
+/// The inner loss of ttt_mlp with biases (options.inner_bias = trained),
+/// l(W1, b1, W2, b2; k, v) = 1/2 ||LN(gelu(k W1 + b1) W2 + b2) + k - v||^2, in double; with
+/// `grads` given, writes every gradient, each written out from the chain rule.
+inline double ttt_mlp_inner_loss(const std::vector<double>& W1, const std::vector<double>& b1,
+                                 const std::vector<double>& W2, const std::vector<double>& b2,
+                                 const std::vector<double>& k, const std::vector<double>& v,
+                                 const std::vector<double>& gamma, const std::vector<double>& beta, double ln_eps,
+                                 TttMlpInnerGrads* grads) {
+  const index_t K = static_cast<index_t>(k.size()), M = static_cast<index_t>(b1.size());
+  std::vector<double> z1(b1), a(z1), g1(z1), z2(b2), y(static_cast<std::size_t>(K)), dy(y);
+  for (index_t i = 0; i < K; ++i)
+    for (index_t m = 0; m < M; ++m) z1[m] += k[i] * W1[i * M + m];
+  for (index_t m = 0; m < M; ++m) a[m] = detail::ttt_gelu(z1[m]);
+  for (index_t m = 0; m < M; ++m)
+    for (index_t j = 0; j < K; ++j) z2[j] += a[m] * W2[m * K + j];
+  const double loss = detail::ttt_residual_loss(z2, k, v, gamma, beta, ln_eps, y, dy, grads != nullptr);
+  if (grads == nullptr) return loss;
+  for (index_t m = 0; m < M; ++m) {  // dy is dl/dz2 now
+    double s = 0;
+    for (index_t j = 0; j < K; ++j) s += dy[j] * W2[m * K + j];
+    g1[m] = s * detail::ttt_gelu_derivative(z1[m]);  // dl/dz1
+  }
+  grads->w2.assign(static_cast<std::size_t>(M * K), 0.0);
+  for (index_t m = 0; m < M; ++m)
+    for (index_t j = 0; j < K; ++j) grads->w2[m * K + j] = a[m] * dy[j];  // dl/dW2 = a^T dl/dz2
+  grads->w1.assign(static_cast<std::size_t>(K * M), 0.0);
+  for (index_t i = 0; i < K; ++i)
+    for (index_t m = 0; m < M; ++m) grads->w1[i * M + m] = k[i] * g1[m];  // dl/dW1 = k^T dl/dz1
+  grads->b1 = g1, grads->b2 = dy;
+  return loss;
+}
+
 /// The inner loss of ttt_mlp, l(W1, W2; k, v) = 1/2 ||LN(gelu(k W1) W2) + k - v||^2, in double:
 /// W1 row-major [K,M], W2 [M,K]. With grad1 / grad2 given, writes dl/dW1 [K,M] and dl/dW2 [M,K].
 inline double ttt_mlp_inner_loss(const std::vector<double>& W1, const std::vector<double>& W2,
                                  const std::vector<double>& k, const std::vector<double>& v,
                                  const std::vector<double>& gamma, const std::vector<double>& beta, double ln_eps,
                                  std::vector<double>* grad1 = nullptr, std::vector<double>* grad2 = nullptr) {
-  const index_t K = static_cast<index_t>(k.size()), M = static_cast<index_t>(W1.size()) / K;
-  std::vector<double> z1(static_cast<std::size_t>(M), 0.0), a(z1), g1(z1);
-  std::vector<double> z2(static_cast<std::size_t>(K), 0.0), y(z2), dy(z2);
-  for (index_t i = 0; i < K; ++i)
-    for (index_t m = 0; m < M; ++m) z1[m] += k[i] * W1[i * M + m];
-  for (index_t m = 0; m < M; ++m) a[m] = detail::ttt_gelu(z1[m]);
-  for (index_t m = 0; m < M; ++m)
-    for (index_t j = 0; j < K; ++j) z2[j] += a[m] * W2[m * K + j];
+  const std::size_t M = W1.size() / k.size();
+  TttMlpInnerGrads g;
   const bool backward = grad1 != nullptr || grad2 != nullptr;
-  const double loss = detail::ttt_residual_loss(z2, k, v, gamma, beta, ln_eps, y, dy, backward);  // dy := dl/dz2
-  if (backward) {
-    for (index_t m = 0; m < M; ++m) {
-      double s = 0;
-      for (index_t j = 0; j < K; ++j) s += dy[j] * W2[m * K + j];
-      g1[m] = s * detail::ttt_gelu_derivative(z1[m]);  // dl/dz1
-    }
-    if (grad2 != nullptr) {
-      grad2->assign(static_cast<std::size_t>(M * K), 0.0);
-      for (index_t m = 0; m < M; ++m)
-        for (index_t j = 0; j < K; ++j) (*grad2)[m * K + j] = a[m] * dy[j];  // dl/dW2 = a^T dl/dz2
-    }
-    if (grad1 != nullptr) {
-      grad1->assign(static_cast<std::size_t>(K * M), 0.0);
-      for (index_t i = 0; i < K; ++i)
-        for (index_t m = 0; m < M; ++m) (*grad1)[i * M + m] = k[i] * g1[m];  // dl/dW1 = k^T dl/dz1
-    }
-  }
+  const double loss = ttt_mlp_inner_loss(W1, std::vector<double>(M, 0.0), W2, std::vector<double>(k.size(), 0.0), k, v,
+                                         gamma, beta, ln_eps, backward ? &g : nullptr);
+  if (grad1 != nullptr) *grad1 = std::move(g.w1);
+  if (grad2 != nullptr) *grad2 = std::move(g.w2);
   return loss;
 }
 
@@ -618,40 +700,53 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
         [&](const TttMlpInputs& in1, const TttMlpOutputs& out1) { ttt_mlp(in1, out1, options, executor); });
   const index_t K = d.K, KM = K * M, bs = options.mini_batch;
   const double eps = options.ln_eps;
-  std::vector<double> W1(static_cast<std::size_t>(KM)), W2(W1), W1t(W1), W2t(W1), acc1(W1), acc2(W1), g1(W1), g2(W1);
+  const bool biased = options.inner_bias == TttInnerBias::trained;
+  std::vector<double> W1(static_cast<std::size_t>(KM)), W2(W1), W1t(W1), W2t(W1), acc1(W1), acc2(W1);
   std::vector<double> kr(static_cast<std::size_t>(K)), vr(kr), qr(kr), gamma(kr), beta(kr), zq(kr), y(kr);
   std::vector<double> hq(static_cast<std::size_t>(M));
+  // b1, b2 and their sums_{s <= t} eta_s dl/db (zero without biases), one token's gradients.
+  std::vector<double> b1(static_cast<std::size_t>(M)), acc_b1(b1), b2(static_cast<std::size_t>(K)), acc_b2(b2);
+  TttMlpInnerGrads grads;
   for (index_t b = 0; b < d.B; ++b)
     for (index_t h = 0; h < d.H; ++h) {
       for (index_t j = 0; j < K; ++j) gamma[j] = in.ln_weight(h, j), beta[j] = in.ln_bias(h, j);
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) W1[i * M + m] = in.initial_w1(b, h, i, m), W2[m * K + i] = in.initial_w2(b, h, m, i);
+      for (index_t m = 0; m < M; ++m) b1[m] = in.initial_b1.has_value() ? in.initial_b1(b, h, m) : 0.0;
+      for (index_t j = 0; j < K; ++j) b2[j] = in.initial_b2.has_value() ? in.initial_b2(b, h, j) : 0.0;
       const auto g = [&](index_t j) { return gamma[j]; };
       const auto bt = [&](index_t j) { return beta[j]; };
       for (index_t t0 = 0; t0 < d.T; t0 += bs) {
         const index_t n = std::min(bs, d.T - t0);
         std::fill(acc1.begin(), acc1.end(), 0.0), std::fill(acc2.begin(), acc2.end(), 0.0);
+        std::fill(acc_b1.begin(), acc_b1.end(), 0.0), std::fill(acc_b2.begin(), acc_b2.end(), 0.0);
         double c = 1;
         for (index_t i = 0; i < n; ++i) {
           const index_t t = t0 + i;
           for (index_t j = 0; j < K; ++j) kr[j] = in.k(b, t, h, j), vr[j] = in.v(b, t, h, j), qr[j] = in.q(b, t, h, j);
-          ttt_mlp_inner_loss(W1, W2, kr, vr, gamma, beta, eps, &g1, &g2);
+          ttt_mlp_inner_loss(W1, b1, W2, b2, kr, vr, gamma, beta, eps, &grads);
           const double eta = in.eta(b, t, h);
-          for (index_t e = 0; e < KM; ++e) acc1[e] += eta * g1[e], acc2[e] += eta * g2[e];
+          for (index_t e = 0; e < KM; ++e) acc1[e] += eta * grads.w1[e], acc2[e] += eta * grads.w2[e];
+          if (biased) {
+            for (index_t m = 0; m < M; ++m) acc_b1[m] += eta * grads.b1[m];
+            for (index_t j = 0; j < K; ++j) acc_b2[j] += eta * grads.b2[j];
+          }
           c = in.token_scale.has_value() ? double(in.token_scale(i)) : 1.0;
           for (index_t e = 0; e < KM; ++e) W1t[e] = W1[e] - c * acc1[e], W2t[e] = W2[e] - c * acc2[e];
           for (index_t m = 0; m < M; ++m) {
-            double s = 0;
+            double s = b1[m] - c * acc_b1[m];  // b1_t
             for (index_t r = 0; r < K; ++r) s += qr[r] * W1t[r * M + m];
             hq[m] = detail::ttt_gelu(s);
           }
-          std::fill(zq.begin(), zq.end(), 0.0);
+          for (index_t j = 0; j < K; ++j) zq[j] = b2[j] - c * acc_b2[j];  // b2_t
           for (index_t m = 0; m < M; ++m)
             for (index_t j = 0; j < K; ++j) zq[j] += hq[m] * W2t[m * K + j];
           detail::ttt_layer_norm<double>(zq.data(), K, g, bt, eps, y.data(), static_cast<double*>(nullptr));
           for (index_t j = 0; j < K; ++j) out.z(b, t, h, j) = static_cast<float>(qr[j] + y[j]);
         }
         for (index_t e = 0; e < KM; ++e) W1[e] -= c * acc1[e], W2[e] -= c * acc2[e];
+        for (index_t m = 0; m < M; ++m) b1[m] -= c * acc_b1[m];
+        for (index_t j = 0; j < K; ++j) b2[j] -= c * acc_b2[j];
       }
       if (out.final_w1.has_value())
         for (index_t i = 0; i < K; ++i)
@@ -659,6 +754,10 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
       if (out.final_w2.has_value())
         for (index_t m = 0; m < M; ++m)
           for (index_t j = 0; j < K; ++j) out.final_w2(b, h, m, j) = static_cast<float>(W2[m * K + j]);
+      if (out.final_b1.has_value())
+        for (index_t m = 0; m < M; ++m) out.final_b1(b, h, m) = static_cast<float>(b1[m]);
+      if (out.final_b2.has_value())
+        for (index_t j = 0; j < K; ++j) out.final_b2(b, h, j) = static_cast<float>(b2[j]);
     }
 }
 

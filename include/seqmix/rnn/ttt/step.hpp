@@ -70,7 +70,9 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
 }
 
 /// One TTT-MLP token per (batch row, head): (W1, W2) -= eta grad l(W1, W2; k, v), then
-/// z = q + LN(gelu(q W1) W2) with the updated weights; ttt_mlp with mini_batch = 1 (see
+/// z = q + LN(gelu(q W1) W2) with the updated weights (with options.inner_bias = trained also
+/// b1, b2 -= eta dl/db, out.b1 and out.b2 in place, and z = q + LN(gelu(q W1 + b1) W2 + b2));
+/// ttt_mlp with mini_batch = 1 (see
 /// ttt_linear_step). Threaded over (batch, head) rows; slots as ttt_linear_step (w1 [P,H,K,M],
 /// w2 [P,H,M,K]; has_initial_state refused). No heap allocation after a thread's first call.
 inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& out, const TttOptions& options = {},
@@ -81,6 +83,7 @@ inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& ou
   const index_t K = d.K;
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
     detail::TttMlpScratch& s = detail::ttt_mlp_step_scratch(K, M);
+    s.has_bias = options.inner_bias == TttInnerBias::trained;
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.H, h = row % d.H;
       const index_t p = detail::ttt_step_row(in.batch, b);  // the weights' (pool) row
@@ -91,6 +94,10 @@ inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& ou
           s.W1[static_cast<std::size_t>(i * M + m)] = out.w1(p, h, i, m);
           s.W2[static_cast<std::size_t>(m * K + i)] = out.w2(p, h, m, i);
         }
+      if (s.has_bias) {
+        for (index_t m = 0; m < M; ++m) s.b1[static_cast<std::size_t>(m)] = out.b1(p, h, m);
+        for (index_t j = 0; j < K; ++j) s.b2[static_cast<std::size_t>(j)] = out.b2(p, h, j);
+      }
       detail::ttt_load_step(s, in, b, h);
       detail::ttt_mlp_minibatch(s, 1, nullptr, options.ln_eps);
       for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
@@ -99,6 +106,10 @@ inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& ou
           out.w1(p, h, i, m) = s.W1[static_cast<std::size_t>(i * M + m)];
           out.w2(p, h, m, i) = s.W2[static_cast<std::size_t>(m * K + i)];
         }
+      if (s.has_bias) {
+        for (index_t m = 0; m < M; ++m) out.b1(p, h, m) = s.b1[static_cast<std::size_t>(m)];
+        for (index_t j = 0; j < K; ++j) out.b2(p, h, j) = s.b2[static_cast<std::size_t>(j)];
+      }
     }
   });
 }
