@@ -122,9 +122,9 @@ inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c,
   // The bias seen by query t (dl/db = dl/dz), and the mini-batch's update of b.
   if (s.has_bias) ttt_running_bias(Zq, G, s.bias, s.bias_acc, n, c, s.eta);
   s.ln.forward(Zq, Zq, eps);
-  const float last = c != nullptr ? c[n - 1] : 1.f;
   Zq += Q;
   // W_{n-1} = W_0 - c_{n-1} X^T diag(eta) G (X is not needed any more: scaled in place).
+  const float last = c != nullptr ? c[n - 1] : 1.f;
   for (index_t t = 0; t < n; ++t) X.row(t) *= last * s.eta[static_cast<std::size_t>(t)];
   W.noalias() -= X.transpose() * G;
 }
