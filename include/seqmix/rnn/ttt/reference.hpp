@@ -623,9 +623,12 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
 }
 
 
-/// ttt_mlp's inner model and its gradients in double (row-major W1 [K,M], W2 [M,K], b1 [M], b2 [K]).
+/// The gradients of ttt_mlp's inner loss with biases (ttt_mlp_inner_loss below), in double.
 struct TttMlpInnerGrads {
-  std::vector<double> w1, b1, w2, b2;  ///< dl/dW1 [K,M], dl/db1 = dl/dz1 [M], dl/dW2 [M,K], dl/db2 = dl/dz2 [K]
+  std::vector<double> w1;  ///< dl/dW1 [K,M] row-major
+  std::vector<double> b1;  ///< dl/db1 = dl/dz1 [M]
+  std::vector<double> w2;  ///< dl/dW2 [M,K] row-major
+  std::vector<double> b2;  ///< dl/db2 = dl/dz2 [K]
 };
 
 /// The inner loss of ttt_mlp with biases (options.inner_bias = trained),
