@@ -234,6 +234,26 @@ TEST_CASE("titans retention: Moneta reads A / ||A||_4^2 and Memora's slices sum 
   }
 }
 
+// An exact 0 in Memora's memory (log 0 = -inf) stays 0 while alpha < 1, in every form alike.
+TEST_CASE("titans retention: Memora keeps an exact zero entry at zero", "[titans]") {
+  const RetentionProblem p(1, 12, 1, 2, 8, 16, 451);
+  Tensor<float, 4> m0 = p.m0;
+  m0(0, 0, 3, 5) = 0.f, m0(0, 1, 0, 15) = 0.f;
+  seqmix::TitansInputs in = p.inputs(true);
+  in.initial_memory = m0.cview();
+  for (const TitansSoftmaxAxis axis : {TitansSoftmaxAxis::key, TitansSoftmaxAxis::value}) {
+    INFO("axis " << int(axis));
+    seqmix::TitansOptions o;
+    o.retention = TitansRetention::softmax_kl, o.softmax_axis = axis;
+    RetentionResult ref(p), out(p);
+    seqmix::reference::titans(in, ref.outputs(), o);
+    seqmix::titans(in, out.outputs(), o);
+    retention_check_close(out, ref, 2e-4);
+    REQUIRE(out.m(0, 0, 3, 5) == 0.f);
+    REQUIRE(out.m(0, 1, 0, 15) == 0.f);
+  }
+}
+
 TEST_CASE("titans retention: gates at both extremes stay finite over 4096 tokens", "[titans]") {
   const index_t T = st::small_test_scale() ? 512 : 4096;
   RetentionProblem p(1, T, 1, 2, 16, 16, 461);

@@ -88,8 +88,17 @@ inline void titans_softmax_read(float* M, index_t ms, index_t K, index_t V, Tita
     for (index_t c = 0; c < V; ++c) colmax[c] = M[c], colsum[c] = 0.f;
     for (index_t r = 1; r < K; ++r)
       for (index_t c = 0; c < V; ++c) colmax[c] = std::max(colmax[c], M[r * ms + c]);
-    for (index_t r = 0; r < K; ++r)
-      for (index_t c = 0; c < V; ++c) colsum[c] += (M[r * ms + c] = std::exp(M[r * ms + c] - colmax[c]));
+    using Vec = simd::Batch<float>;
+    const index_t vend = simd::vector_end(V);
+    for (index_t r = 0; r < K; ++r) {
+      float* row = M + r * ms;
+      for (index_t c = 0; c < vend; c += simd::kWidth) {
+        const Vec e = simd::exp(simd::load(row + c) - simd::load(colmax + c));
+        simd::store(row + c, e);
+        simd::store(colsum + c, simd::load(colsum + c) + e);
+      }
+      for (index_t c = vend; c < V; ++c) colsum[c] += (row[c] = std::exp(row[c] - colmax[c]));
+    }
     for (index_t c = 0; c < V; ++c) colsum[c] = 1.f / colsum[c];
     for (index_t r = 0; r < K; ++r) {
       float* row = M + r * ms;
