@@ -12,6 +12,12 @@
 // dot, issue 19 item 3; target >= 1.4x fp32), eff against the bf16 dot peak, and speedup_vs_f32:
 // the fp32 chunked prefill over this one, 3 alternating calls each after the timed loop, medians
 // of process CPU time.
+// gated_delta_rule/prefill/<shape>/chunked_bf16io and gated_delta_rule/bf16/prefill/<shape>/bf16io:
+// the chunked prefill on q/k/v stored as bf16 (GatedDeltaRuleInputsOf<bf16>, rows widened per
+// chunk) with fp32 products and with bf16 dot products; speedup_vs_f32: the fp32-input fp32
+// chunked prefill over this one, vs_f32_inputs: the fp32-input prefill with the same products
+// over this one (the cost of the widening), 5 alternating calls of each after the timed loop,
+// medians of process CPU time.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -24,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "seqmix/core/half.hpp"
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
@@ -130,6 +137,44 @@ void gdr_prefill_bf16(benchmark::State& state, index_t T, index_t H, index_t K, 
   std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
   state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
   seqmix::testing::report_gflops_bf16(state, 6.0 * T * H * K * K);
+}
+
+// The chunked prefill on bf16 q/k/v with `compute` products, against fp32 inputs (see the header).
+void gdr_prefill_bf16_io(benchmark::State& state, index_t T, index_t H, index_t K, seqmix::Bf16Compute compute) {
+  const GdrBenchData data(T, H, K, DeltaGate::scalar);
+  Tensor<seqmix::bf16, 4> q({1, T, H, K}), k({1, T, H, K}), v({1, T, H, K});
+  seqmix::convert(data.q.data(), q.data(), q.numel()), seqmix::convert(data.k.data(), k.data(), k.numel());
+  seqmix::convert(data.v.data(), v.data(), v.numel());
+  const seqmix::GatedDeltaRuleInputs in32 = data.inputs();
+  seqmix::GatedDeltaRuleInputsOf<seqmix::bf16> in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.beta = in32.beta, in.g_scalar = in32.g_scalar;
+  seqmix::GatedDeltaRuleOptions f32, same;
+  f32.algorithm = DeltaAlgorithm::chunked;
+  same = f32, same.bf16_compute = compute;
+  Tensor<float, 4> o({1, T, H, K}), s({1, H, K, K});
+  const seqmix::GatedDeltaRuleOutputs out{o.view(), s.view()};
+  for (auto _ : state) {
+    seqmix::gated_delta_rule(in, out, same, st::two_thread_pool());
+    benchmark::DoNotOptimize(o.data());
+  }
+  std::vector<double> t_f32, t_same, t_io;
+  const auto timed = [](std::vector<double>& times, auto&& call) {
+    const double t0 = bf16_process_seconds();
+    call();
+    times.push_back(bf16_process_seconds() - t0);
+  };
+  for (int r = 0; r < 5; ++r) {
+    timed(t_f32, [&] { seqmix::gated_delta_rule(in32, out, f32, st::two_thread_pool()); });
+    timed(t_same, [&] { seqmix::gated_delta_rule(in32, out, same, st::two_thread_pool()); });
+    timed(t_io, [&] { seqmix::gated_delta_rule(in, out, same, st::two_thread_pool()); });
+  }
+  for (auto* t : {&t_f32, &t_same, &t_io}) std::sort(t->begin(), t->end());
+  state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];
+  state.counters["vs_f32_inputs"] = t_same[2] / t_io[2];
+  if (compute == seqmix::Bf16Compute::dot)
+    seqmix::testing::report_gflops_bf16(state, 6.0 * T * H * K * K);
+  else
+    set_prefill_counters(state, 6.0 * T * H * K * K);
 }
 
 void gdr_step(benchmark::State& state, index_t H, index_t K, DeltaGate gate) {
@@ -325,6 +370,11 @@ void register_all() {
   reg("gated_delta_rule/bf16/prefill/h16_k64_t2048",
       [](benchmark::State& st) { gdr_prefill_bf16(st, 2048, 16, 64, DeltaGate::scalar); });
   reg("kda/bf16/prefill/h32_k128_t1024", [](benchmark::State& st) { gdr_prefill_bf16(st, 1024, 32, 128, DeltaGate::channel); });
+  // bf16 storage of q/k/v (issue 19 item 3), with fp32 and with bf16 dot products.
+  reg("gated_delta_rule/prefill/h16_k128_t4096/chunked_bf16io",
+      [](benchmark::State& st) { gdr_prefill_bf16_io(st, 4096, 16, 128, seqmix::Bf16Compute::fp32); });
+  reg("gated_delta_rule/bf16/prefill/h16_k128_t4096/bf16io",
+      [](benchmark::State& st) { gdr_prefill_bf16_io(st, 4096, 16, 128, seqmix::Bf16Compute::dot); });
   reg("gated_delta_rule/prefill/h32_k128_t64/reference",
       [autom](benchmark::State& st) { gdr_prefill(st, 64, 32, 128, DeltaGate::scalar, autom, true); });
   reg("mom/prefill/m8_top2_h16_k64_t1024", [](benchmark::State& st) { mom_prefill(st, 1024, 2, 8, 16, 64, false); });

@@ -21,8 +21,9 @@
 // K = V = 128, uniform q / k / v in [-1, 1], log-gates in [-0.1, 0] (weak decays: the state
 // remembers ~20 tokens and more, so rounding errors accumulate in it), beta in [0, 1]. It prints the normwise relative error of all outputs
 // (o_rel) and of the final state (state_rel) against the fp32 chunked form, and the worst per-head
-// value of both against the documented bound 2^-6. Its last two rows (GLA, simple GLA with
-// q/k/v stored as bf16) compare bf16 storage plus dot products with fp32 inputs and products.
+// value of both against the documented bound 2^-6. Its last five rows (GLA, simple GLA, Gated
+// DeltaNet and DeltaNet with q/k/v stored as bf16) compare bf16 storage plus dot products (and,
+// for Gated DeltaNet, bf16 storage alone with fp32 products) with fp32 inputs and products.
 //
 //   seqmix-bf16-accuracy [T ...]
 #include <algorithm>
@@ -131,10 +132,41 @@ void la_accumulate(const Tensor<float, 4>& a, const Tensor<float, 4>& b, int hd,
   }
 }
 
+// Ops 8-10 of run_linear: Gated DeltaNet (8, 9) or DeltaNet (10), l2-normalized q/k, chunked; q/k/v
+// stored as bf16 when `half` (the second run), fp32 otherwise.
+void run_delta_bf16_storage(int op, bool half, seqmix::Bf16Compute compute, const Tensor<float, 4>& q,
+                            const Tensor<float, 4>& k, const Tensor<float, 4>& v, const Tensor<float, 3>& gs,
+                            const Tensor<float, 3>& beta, Tensor<float, 4>& out, Tensor<float, 4>& state,
+                            const seqmix::Executor& executor) {
+  seqmix::GatedDeltaRuleOptions options;
+  options.algorithm = seqmix::DeltaAlgorithm::chunked, options.bf16_compute = compute;
+  options.qk_norm = seqmix::QkNorm::l2;
+  seqmix::DeltaRuleOptions plain;
+  plain.algorithm = options.algorithm, plain.bf16_compute = compute, plain.qk_norm = options.qk_norm;
+  const seqmix::ConstView<float, 3> gate = op == 10 ? seqmix::ConstView<float, 3>{} : gs.cview();
+  if (!half) {
+    if (op == 10) return seqmix::delta_rule({q.cview(), k.cview(), v.cview(), beta.cview()}, {out.view(), state.view()}, plain, executor);
+    return seqmix::gated_delta_rule({q.cview(), k.cview(), v.cview(), beta.cview(), gate}, {out.view(), state.view()}, options,
+                                    executor);
+  }
+  Tensor<bf16, 4> q16(q.shape()), k16(k.shape()), v16(v.shape());
+  seqmix::convert(q.data(), q16.data(), q.numel()), seqmix::convert(k.data(), k16.data(), k.numel());
+  seqmix::convert(v.data(), v16.data(), v.numel());
+  if (op == 10) {
+    const seqmix::DeltaRuleInputsOf<bf16> in{q16.cview(), k16.cview(), v16.cview(), beta.cview()};
+    return seqmix::delta_rule(in, {out.view(), state.view()}, plain, executor);
+  }
+  const seqmix::GatedDeltaRuleInputsOf<bf16> in{q16.cview(), k16.cview(), v16.cview(), beta.cview(), gate};
+  seqmix::gated_delta_rule(in, {out.view(), state.view()}, options, executor);
+}
+
 // op 0: GLA channel, 1: simple GLA, 2: Gated DeltaNet, 3: KDA, 4: ungated linear attention
 // (nothing decays: every token's rounding stays in the state), 5: DeltaNet (delta_rule), 6 / 7:
 // GLA channel / simple GLA with q/k/v stored as bf16 (GatedLinearAttentionInputsOf<bf16>) and dot
-// products, against fp32 inputs and products: the storage's and the products' roundings together.
+// products, against fp32 inputs and products: the storage's and the products' roundings together;
+// 8: Gated DeltaNet with q/k/v stored as bf16 (GatedDeltaRuleInputsOf<bf16>) and fp32 products (the
+// storage's rounding alone), 9: the same with dot products, 10: DeltaNet with q/k/v stored as bf16
+// and dot products.
 LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
   const index_t H = kLaHeads, K = kLaK;
   Tensor<float, 4> q({1, T, H, K}), k({1, T, H, K}), v({1, T, H, K}), g({1, T, H, K});
@@ -146,10 +178,12 @@ LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
     q.data()[i] = unit(engine), k.data()[i] = unit(engine), v.data()[i] = unit(engine), g.data()[i] = gate(engine);
   for (index_t i = 0; i < gs.numel(); ++i) gs.data()[i] = gate(engine), beta.data()[i] = half(engine);
   for (int dot = 0; dot < 2; ++dot) {
-    const seqmix::Bf16Compute compute = dot ? seqmix::Bf16Compute::dot : seqmix::Bf16Compute::fp32;
+    const seqmix::Bf16Compute compute = dot && op != 8 ? seqmix::Bf16Compute::dot : seqmix::Bf16Compute::fp32;
     Tensor<float, 4>& out = dot ? o_dot : o;
     Tensor<float, 4>& state = dot ? s_dot : s;
-    if (op >= 6) {
+    if (op >= 8) {
+      run_delta_bf16_storage(op, dot != 0, compute, q, k, v, gs, beta, out, state, executor);
+    } else if (op >= 6) {
       seqmix::GatedLinearAttentionOptions options;
       options.algorithm = seqmix::LinearAttentionAlgorithm::chunked, options.bf16_compute = compute;
       options.gate = op == 6 ? seqmix::GateKind::channel : seqmix::GateKind::scalar;
@@ -221,14 +255,15 @@ int main(int argc, char** argv) {
   const double la_bound = 1.0 / 64;
   std::printf("\nchunked linear attention, bf16_compute = dot vs fp32 chunked: 1 sequence, %ld heads, K = V = %ld\n",
               static_cast<long>(kLaHeads), static_cast<long>(kLaK));
-  std::printf("%8s %-20s %10s %10s %12s %s\n", "T", "op", "o_rel", "state_rel", "worst_head", "");
+  std::printf("%8s %-22s %10s %10s %12s %s\n", "T", "op", "o_rel", "state_rel", "worst_head", "");
   const char* names[] = {"gla (channel)", "simple_gla", "gated_delta_rule", "kda (channel)", "ungated_linear_attn",
-                         "delta_rule", "gla bf16 q/k/v", "simple_gla bf16 q/k/v"};
+                         "delta_rule", "gla bf16 q/k/v", "simple_gla bf16 q/k/v", "gdr bf16 q/k/v fp32",
+                         "gdr bf16 q/k/v", "delta_rule bf16 q/k/v"};
   for (const index_t T : lengths)
-    for (int op = 0; op < 8; ++op) {
+    for (int op = 0; op < 11; ++op) {
       const LaErrors e = run_linear(op, T, pool);
       const bool within = e.worst_head <= la_bound;
-      std::printf("%8ld %-20s %10.3e %10.3e %12.3e %s\n", static_cast<long>(T), names[op], std::sqrt(e.sq_o / e.ref_o),
+      std::printf("%8ld %-22s %10.3e %10.3e %12.3e %s\n", static_cast<long>(T), names[op], std::sqrt(e.sq_o / e.ref_o),
                   std::sqrt(e.sq_s / e.ref_s), e.worst_head, within ? "within 2^-6" : "OUTSIDE THE BOUND");
       ok = ok && within;
     }

@@ -34,9 +34,10 @@ QkvDims check_qkv(const ArgCheck& check, const char* q_name, const ConstView<E, 
   return {B, T, H, HV, K, K, v.size(3)};
 }
 
-// Same for a decode step: q, k [B,H,K], v [B,HV,V].
-inline QkvDims check_qkv_step(const ArgCheck& check, const char* q_name, const ConstView<float, 3>& q,
-                              const ConstView<float, 3>& k, const ConstView<float, 3>& v) {
+// Same for a decode step: q, k [B,H,K], v [B,HV,V] (E as above).
+template <class E>
+QkvDims check_qkv_step(const ArgCheck& check, const char* q_name, const ConstView<E, 3>& q, const ConstView<E, 3>& k,
+                       const ConstView<E, 3>& v) {
   check.shape(q_name, q, std::array<index_t, 3>{-1, -1, -1}, "B,H,K");
   const index_t B = q.size(0), H = q.size(1), K = q.size(2);
   check.shape("k", k, std::array<index_t, 3>{B, H, K}, "B,H,K");

@@ -35,15 +35,14 @@ inline DeltaAlgorithm choose_delta_algorithm(bool channel_gate, index_t T, index
 inline TokenOperands load_delta_token(const DeltaHead& p, index_t t, TokenWorkspace& ws) {
   const index_t K = p.K();
   TokenOperands x;
-  load_row(p.q[t], p.scale, p.norm, ws.q());
-  load_row(p.k[t], 1.f, p.norm, ws.k());
+  load_row(p.q, t, p.scale, p.norm, ws.q());
+  load_row(p.k, t, 1.f, p.norm, ws.k());
   x.q = ws.q();
   x.k = ws.k();
-  const ConstView<float, 1> v = p.v[t];
-  if (v.is_last_dim_contiguous()) {
-    x.v = v.data();
+  if (p.v.is_float() && p.v.floats()[t].is_last_dim_contiguous()) {
+    x.v = p.v.floats()[t].data();  // used in place
   } else {
-    copy_row(v, ws.v());
+    p.v.load(t, ws.v());  // strided, or 16-bit storage widened
     x.v = ws.v();
   }
   x.beta = p.beta(t);

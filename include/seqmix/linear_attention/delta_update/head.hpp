@@ -46,8 +46,10 @@ constexpr float kL2NormEps = 1e-6f;
 
 // One (batch, value head) of a delta_rule / gated_delta_rule prefill.
 struct DeltaHead {
-  ConstView<float, 2> q, k;  // [T,K] raw rows of q/k head hv / (HV/HK)
-  ConstView<float, 2> v;     // [T,V]
+  // [T,K] raw rows of q/k head hv / (HV/HK), [T,V] values: fp32 views, or bf16 / f16 storage
+  // that the loaders below widen one row at a time (diagonal_decay/head.hpp's InputRows).
+  detail::la::InputRows q, k;
+  detail::la::InputRows v;
   ConstView<float, 1> beta;  // [T]
   // [T,K] log-decays; a scalar gate is the same view with column stride 0. Empty: no decay.
   ConstView<float, 2> g;
@@ -66,9 +68,9 @@ struct DeltaHead {
 // Tokens [t0, t0 + n) of a head as a head of its own.
 inline DeltaHead slice_head(const DeltaHead& p, index_t t0, index_t n) {
   DeltaHead s = p;
-  s.q = p.q.slice(0, t0, n);
-  s.k = p.k.slice(0, t0, n);
-  s.v = p.v.slice(0, t0, n);
+  s.q = p.q.slice(t0, n);
+  s.k = p.k.slice(t0, n);
+  s.v = p.v.slice(t0, n);
   s.beta = p.beta.slice(0, t0, n);
   s.o = p.o.slice(0, t0, n);
   if (p.g.has_value()) s.g = p.g.slice(0, t0, n);
@@ -105,6 +107,14 @@ inline void load_row(const ConstView<float, 1>& x, float factor, QkNorm norm, fl
     factor = l2_normalized(factor, out, n, sum);
   }
   for (index_t i = 0; i < n; ++i) out[i] *= factor;
+}
+
+// load_row on row t of stored rows: an fp32 row as above; a 16-bit row is widened into `out`
+// first and scaled (and normalized) there, in place.
+inline void load_row(const detail::la::InputRows& x, index_t t, float factor, QkNorm norm, float* out) {
+  if (x.is_float()) return load_row(x.floats()[t], factor, norm, out);
+  x.load(t, out);
+  load_row(ConstView<float, 1>(out, {x.size(1)}), factor, norm, out);  // elementwise: in place is safe
 }
 
 // Copies a (possibly strided) row into out[0..n).

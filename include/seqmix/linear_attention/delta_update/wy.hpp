@@ -64,9 +64,9 @@ struct WyWorkspace {
 /// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, v, beta, cumulative gates.
 inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
   for (index_t i = 0; i < L; ++i) {
-    load_row(p.k[t0 + i], 1.f, p.norm, ws.KQ.row(i).data());
-    load_row(p.q[t0 + i], p.scale, p.norm, ws.KQ.row(L + i).data());
-    copy_row(p.v[t0 + i], ws.Vc.row(i).data());
+    load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
+    load_row(p.q, t0 + i, p.scale, p.norm, ws.KQ.row(L + i).data());
+    p.v.load(t0 + i, ws.Vc.row(i).data());  // copied, or widened from 16-bit storage
     ws.beta(i) = p.beta(t0 + i);
   }
   if (!p.gated()) return;

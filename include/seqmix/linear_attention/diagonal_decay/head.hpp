@@ -71,6 +71,10 @@ class InputRows {
       case Storage::f32: break;
     }
     const ConstView<float, 1> r = f32_[t];
+    if (r.is_last_dim_contiguous()) {
+      std::copy(r.data(), r.data() + r.size(0), dst);
+      return;
+    }
     for (index_t i = 0; i < r.size(0); ++i) dst[i] = r(i);
   }
 

@@ -8,6 +8,8 @@
 // (delta_update/sequences.hpp). The definition is in reference.hpp.
 #pragma once
 
+#include <type_traits>
+
 #include "seqmix/linear_attention/delta_update/driver.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 
@@ -17,14 +19,16 @@ namespace delta_update {
 
 // The fast prefill of a validated-on-entry call (gated or not): one item per (sequence, value
 // head), longest sequences first. Each sequence picks its algorithm on its own length (as a
-// call of that sequence alone would); token_states take the recurrent kernel.
-inline void fast_delta(const ArgCheck& check, const DeltaCall& c, const Executor& executor) {
+// call of that sequence alone would); token_states take the recurrent kernel. E: the storage
+// type of q/k/v; 16-bit rows are widened as each chunk or token is loaded (DeltaHead).
+template <class E>
+void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& executor) {
   const DeltaProblem pr = validate_delta(check, c, executor);
   const Dims& d = pr.d;
   const bool channel = c.gated && c.gate == DeltaGate::channel;
   for_each_item(executor, pr.map, d.HV, d.K, d.V, [&](index_t n, index_t hv, ItemScratch& ws) {
     const SequenceSpan span = pr.map[n];
-    const DeltaCall one = sequence_call(c, span);
+    const DeltaCallOf<E> one = sequence_call(c, span);
     DeltaItem item;
     DeltaHead& p = item.p;
     const index_t h = hv / d.heads_per_qk();
@@ -56,15 +60,37 @@ inline void fast_delta(const ArgCheck& check, const DeltaCall& c, const Executor
 
 }  // namespace delta_update
 
-/// Gated DeltaNet / KDA prefill. final_state may be the initial_state view (updated in place).
-inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
-                             const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+namespace detail {
+
+// The prefill on q/k/v stored as T (float, bf16, f16).
+template <class T>
+void gated_delta_rule_prefill(const GatedDeltaRuleInputsOf<T>& in, const GatedDeltaRuleOutputs& out,
+                              const GatedDeltaRuleOptions& options, const Executor& executor) {
   if (options.reverse) {
-    const auto rev = detail::reversed_call("gated_delta_rule", in, out);
-    return gated_delta_rule(rev.first, rev.second, detail::forward_options(options), executor);
+    const auto rev = reversed_call("gated_delta_rule", in, out);
+    return gated_delta_rule_prefill(rev.first, rev.second, forward_options(options), executor);
   }
   static const ArgCheck check("gated_delta_rule");
   delta_update::fast_delta(check, delta_update::gated_call(in, out, options), executor);
+}
+
+}  // namespace detail
+
+/// Gated DeltaNet / KDA prefill. final_state may be the initial_state view (updated in place).
+inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+                             const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+  detail::gated_delta_rule_prefill(in, out, options, executor);
+}
+
+/// The same on q/k/v stored as seqmix::bf16 or seqmix::f16 (beta, gates, states and outputs fp32):
+/// the chunked WY form widens each chunk's rows into the operand buffers it fills anyway, the
+/// recurrent form each token's, never the whole tensor. With options.bf16_compute = dot the
+/// chunked form's GEMMs then run on bf16 dot products as for fp32 inputs. docs/operators.md
+/// (section 4, half storage) gives the accuracy against fp32 inputs.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void gated_delta_rule(const GatedDeltaRuleInputsOf<H>& in, const GatedDeltaRuleOutputs& out,
+                      const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+  detail::gated_delta_rule_prefill(in, out, options, executor);
 }
 
 }  // namespace seqmix

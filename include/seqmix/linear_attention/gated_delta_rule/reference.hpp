@@ -20,12 +20,14 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
@@ -65,16 +67,25 @@ struct GatedDeltaRuleOptions {
 /// Prefill arguments. Optional views are empty when not given. Dense: B sequences of T tokens,
 /// states [B,HV,K,V]; packed (batch.cu_seqlens [N+1]): token tensors [1,total_T,...], states
 /// [N,HV,K,V]; with batch.state_indices the states are rows of a pool [S,HV,K,V] (core/batch.hpp).
-struct GatedDeltaRuleInputs {
-  ConstView<float, 4> q;              ///< [B,T,HK,K]
-  ConstView<float, 4> k;              ///< [B,T,HK,K]
-  ConstView<float, 4> v;              ///< [B,T,HV,V], HV a multiple of HK
+/// T is the storage type of q, k and v: float (GatedDeltaRuleInputs), or seqmix::bf16 /
+/// seqmix::f16, which the chunked and recurrent forms widen row by row as they load each chunk or
+/// token (no fp32 copy of the inputs); beta, gates, states and outputs stay fp32.
+template <class T>
+struct GatedDeltaRuleInputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "GatedDeltaRuleInputsOf: q/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 4> q;                  ///< [B,T,HK,K]
+  ConstView<T, 4> k;                  ///< [B,T,HK,K]
+  ConstView<T, 4> v;                  ///< [B,T,HV,V], HV a multiple of HK
   ConstView<float, 3> beta;           ///< [B,T,HV]
   ConstView<float, 3> g_scalar = {};  ///< [B,T,HV]   log-decays <= 0 (DeltaGate::scalar only)
   ConstView<float, 4> g = {};         ///< [B,T,HV,K] log-decays <= 0 (DeltaGate::channel only)
   ConstView<float, 4> initial_state = {}; ///< [N,HV,K,V] or the pool [S,HV,K,V], optional (zeros if absent)
   SequenceBatch batch = {};           ///< optional: cu_seqlens, state_indices, has_initial_state
 };
+
+/// Prefill arguments with fp32 q/k/v (GatedDeltaRuleInputsOf).
+using GatedDeltaRuleInputs = GatedDeltaRuleInputsOf<float>;
 
 /// o must not overlap an input; final_state may be the same view as initial_state.
 struct GatedDeltaRuleOutputs {
@@ -83,16 +94,23 @@ struct GatedDeltaRuleOutputs {
   TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: the state after each token
 };
 
-/// Decode step: one token per batch row.
-struct GatedDeltaRuleStepInputs {
-  ConstView<float, 3> q;         ///< [B,HK,K]
-  ConstView<float, 3> k;         ///< [B,HK,K]
-  ConstView<float, 3> v;         ///< [B,HV,V]
+/// Decode step: one token per batch row. T is the storage type of q, k and v (float, seqmix::bf16
+/// or seqmix::f16, widened as the token is loaded); beta, gates, state and output stay fp32.
+template <class T>
+struct GatedDeltaRuleStepInputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "GatedDeltaRuleStepInputsOf: q/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 3> q;             ///< [B,HK,K]
+  ConstView<T, 3> k;             ///< [B,HK,K]
+  ConstView<T, 3> v;             ///< [B,HV,V]
   ConstView<float, 2> beta;      ///< [B,HV]
   ConstView<float, 2> g_scalar = {};  ///< [B,HV]   (DeltaGate::scalar)
   ConstView<float, 3> g = {};         ///< [B,HV,K] (DeltaGate::channel)
   SequenceBatch batch = {};      ///< optional: state_indices [B] (-1 = padding row), has_initial_state [B]
 };
+
+/// Decode-step arguments with fp32 q/k/v (GatedDeltaRuleStepInputsOf).
+using GatedDeltaRuleStepInputs = GatedDeltaRuleStepInputsOf<float>;
 
 /// Decode-step outputs; o must not overlap an input.
 struct GatedDeltaRuleStepOutputs {
@@ -136,9 +154,11 @@ inline void check_delta_gate(const ArgCheck& check, bool gated, DeltaGate gate, 
   }
 }
 
-// Everything a delta-rule prefill needs, gated or not (delta_rule passes gated = false).
-struct DeltaCall {
-  ConstView<float, 4> q, k, v;
+// Everything a delta-rule prefill needs, gated or not (delta_rule passes gated = false). E: the
+// storage type of q/k/v (float, bf16, f16).
+template <class E>
+struct DeltaCallOf {
+  ConstView<E, 4> q, k, v;
   ConstView<float, 3> beta;
   bool gated = false;
   DeltaGate gate = DeltaGate::scalar;
@@ -155,6 +175,8 @@ struct DeltaCall {
   Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
 
+using DeltaCall = DeltaCallOf<float>;
+
 // A validated prefill: its sizes, its sequences and the resolved scale.
 struct DeltaProblem {
   Dims d;
@@ -163,7 +185,8 @@ struct DeltaProblem {
 };
 
 // Validates a prefill call before any output is written.
-inline DeltaProblem validate_delta(const ArgCheck& check, const DeltaCall& c, const Executor& executor) {
+template <class E>
+DeltaProblem validate_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& executor) {
   using namespace detail::la;
   const Dims d = check_qkv(check, "q", c.q, c.k, c.v);
   check_beta<3>(check, c.beta, {d.B, d.T, d.HV}, "B,T,HV");
@@ -187,8 +210,9 @@ inline DeltaProblem validate_delta(const ArgCheck& check, const DeltaCall& c, co
 
 // Sequence s of a validated call as a dense call of its own (B = 1, its tokens, its state row;
 // no initial state when it starts from zeros).
-inline DeltaCall sequence_call(const DeltaCall& c, const SequenceSpan& s) {
-  DeltaCall one = c;
+template <class E>
+DeltaCallOf<E> sequence_call(const DeltaCallOf<E>& c, const SequenceSpan& s) {
+  DeltaCallOf<E> one = c;
   one.q = sequence_rows(c.q, s), one.k = sequence_rows(c.k, s), one.v = sequence_rows(c.v, s);
   one.beta = sequence_rows(c.beta, s);
   one.g = sequence_rows(c.g, s), one.g_scalar = sequence_rows(c.g_scalar, s);
@@ -200,18 +224,21 @@ inline DeltaCall sequence_call(const DeltaCall& c, const SequenceSpan& s) {
   return one;
 }
 
-// x / sqrt(sum x^2 + eps) (or x) for the reference, in double.
-inline std::vector<double> reference_row(const ConstView<float, 1>& x, QkNorm norm) {
+// x / sqrt(sum x^2 + eps) (or x) for the reference, in double; a 16-bit x is widened exactly.
+template <class E>
+std::vector<double> reference_row(const ConstView<E, 1>& x, QkNorm norm) {
   std::vector<double> out(static_cast<std::size_t>(x.size(0)));
+  for (index_t i = 0; i < x.size(0); ++i) out[static_cast<std::size_t>(i)] = static_cast<float>(x(i));
   double sum = 0.0;
-  for (index_t i = 0; i < x.size(0); ++i) sum += double(x(i)) * x(i);
+  for (const double xi : out) sum += xi * xi;
   const double f = norm == QkNorm::l2 ? 1.0 / std::sqrt(sum + double(kL2NormEps)) : 1.0;
-  for (index_t i = 0; i < x.size(0); ++i) out[static_cast<std::size_t>(i)] = f * x(i);
+  for (double& xi : out) xi *= f;
   return out;
 }
 
 // The definition on one sequence `c` (B = 1), token by token, the state in double.
-inline void reference_sequence(const DeltaCall& c, const Dims& d, double scale) {
+template <class E>
+void reference_sequence(const DeltaCallOf<E>& c, const Dims& d, double scale) {
   const index_t T = c.q.size(1);
   std::vector<double> S(static_cast<std::size_t>(d.K * d.V)), w(static_cast<std::size_t>(d.K)),
       u(static_cast<std::size_t>(d.V));
@@ -235,7 +262,7 @@ inline void reference_sequence(const DeltaCall& c, const Dims& d, double scale) 
       for (index_t col = 0; col < d.V; ++col) {
         double kv = 0.0;
         for (index_t r = 0; r < d.K; ++r) kv += k[static_cast<std::size_t>(r)] * s(r, col);
-        u[static_cast<std::size_t>(col)] = double(c.beta(0, t, hv)) * (double(c.v(0, t, hv, col)) - kv);
+        u[static_cast<std::size_t>(col)] = double(c.beta(0, t, hv)) * (double(static_cast<float>(c.v(0, t, hv, col))) - kv);
       }
       for (index_t r = 0; r < d.K; ++r)
         for (index_t col = 0; col < d.V; ++col) s(r, col) += k[static_cast<std::size_t>(r)] * u[static_cast<std::size_t>(col)];
@@ -255,7 +282,8 @@ inline void reference_sequence(const DeltaCall& c, const Dims& d, double scale) 
 }
 
 // The definition: each sequence of the batch alone (padding sequences skipped). Single-threaded.
-inline void reference_delta(const char* op, const DeltaCall& c, const Executor& executor) {
+template <class E>
+void reference_delta(const char* op, const DeltaCallOf<E>& c, const Executor& executor) {
   const ArgCheck check(op);
   const DeltaProblem pr = validate_delta(check, c, executor);
   for (index_t n = 0; n < pr.map.sequences(); ++n) {
@@ -264,9 +292,10 @@ inline void reference_delta(const char* op, const DeltaCall& c, const Executor& 
   }
 }
 
-inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
-                            const GatedDeltaRuleOptions& options) {
-  DeltaCall c;
+template <class E>
+DeltaCallOf<E> gated_call(const GatedDeltaRuleInputsOf<E>& in, const GatedDeltaRuleOutputs& out,
+                          const GatedDeltaRuleOptions& options) {
+  DeltaCallOf<E> c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
   c.gated = true, c.gate = options.gate, c.g_scalar = in.g_scalar, c.g = in.g;
   c.initial_state = in.initial_state, c.batch = in.batch;
@@ -281,7 +310,9 @@ inline DeltaCall gated_call(const GatedDeltaRuleInputs& in, const GatedDeltaRule
 namespace detail {
 
 // A reverse call as the forward call on reversed views (core/direction.hpp).
-inline std::pair<GatedDeltaRuleInputs, GatedDeltaRuleOutputs> reversed_call(const char* op, GatedDeltaRuleInputs in, GatedDeltaRuleOutputs out) {
+template <class E>
+std::pair<GatedDeltaRuleInputsOf<E>, GatedDeltaRuleOutputs> reversed_call(const char* op, GatedDeltaRuleInputsOf<E> in,
+                                                                          GatedDeltaRuleOutputs out) {
   check_reversible(op, in.batch, true);
   reverse_time_of(in.q, in.k, in.v, in.beta, in.g_scalar, in.g, out.o, out.token_states);
   return {in, out};
@@ -292,14 +323,23 @@ inline std::pair<GatedDeltaRuleInputs, GatedDeltaRuleOutputs> reversed_call(cons
 namespace reference {
 
 /// The definition, token by token, state in double. final_state may alias initial_state.
-/// `executor` only splits the gate check.
-inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
-                             const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+/// `executor` only splits the gate check. q/k/v may be stored as float, bf16 or f16
+/// (GatedDeltaRuleInputsOf): each value is widened exactly where it is read.
+template <class T>
+void gated_delta_rule(const GatedDeltaRuleInputsOf<T>& in, const GatedDeltaRuleOutputs& out,
+                      const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::reversed_call("reference::gated_delta_rule", in, out);
-    return gated_delta_rule(rev.first, rev.second, detail::forward_options(options), executor);
+    // Qualified: unqualified, argument-dependent lookup would also find the fast 16-bit overload.
+    return reference::gated_delta_rule<T>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   delta_update::reference_delta("reference::gated_delta_rule", delta_update::gated_call(in, out, options), executor);
+}
+
+/// The definition on fp32 q/k/v (the overload braced argument lists pick).
+inline void gated_delta_rule(const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+                             const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+  gated_delta_rule<float>(in, out, options, executor);
 }
 
 }  // namespace reference

@@ -7,6 +7,8 @@
 // zeroes that row first. No heap allocation after the first call (per-thread scratch).
 #pragma once
 
+#include <type_traits>
+
 #include "seqmix/linear_attention/delta_update/driver.hpp"
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
@@ -15,8 +17,10 @@ namespace seqmix {
 
 namespace delta_update {
 
+// A step's arguments, gated or not; E: the storage type of q/k/v (float, bf16, f16).
+template <class E>
 struct DeltaStepCall {
-  ConstView<float, 3> q, k, v;
+  ConstView<E, 3> q, k, v;
   ConstView<float, 2> beta;
   bool gated = false;
   DeltaGate gate = DeltaGate::scalar;
@@ -29,7 +33,8 @@ struct DeltaStepCall {
   QkNorm norm = QkNorm::none;
 };
 
-inline void fast_delta_step(const ArgCheck& check, const DeltaStepCall& c, const Executor& executor) {
+template <class E>
+void fast_delta_step(const ArgCheck& check, const DeltaStepCall<E>& c, const Executor& executor) {
   using detail::la::as_token;
   using detail::la::check_qkv_step;
   using detail::la::check_scale;
@@ -68,16 +73,34 @@ inline void fast_delta_step(const ArgCheck& check, const DeltaStepCall& c, const
 
 }  // namespace delta_update
 
-/// One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
-inline void gated_delta_rule_step(const GatedDeltaRuleStepInputs& in, const GatedDeltaRuleStepOutputs& out,
-                                  const GatedDeltaRuleOptions& options = {},
-                                  const Executor& executor = serial_executor()) {
-  delta_update::DeltaStepCall c;
+namespace delta_update {
+
+template <class T>
+void gated_step(const GatedDeltaRuleStepInputsOf<T>& in, const GatedDeltaRuleStepOutputs& out,
+                const GatedDeltaRuleOptions& options, const Executor& executor) {
+  DeltaStepCall<T> c;
   c.q = in.q, c.k = in.k, c.v = in.v, c.beta = in.beta;
   c.gated = true, c.gate = options.gate, c.g_scalar = in.g_scalar, c.g = in.g;
   c.o = out.o, c.state = out.state, c.batch = in.batch, c.scale = options.scale, c.norm = options.qk_norm;
   static const ArgCheck check("gated_delta_rule_step");  // built once: a step allocates nothing
-  delta_update::fast_delta_step(check, c, executor);
+  fast_delta_step(check, c, executor);
+}
+
+}  // namespace delta_update
+
+/// One decode token: o = scale S_t^T q with S updated in place (see reference.hpp).
+inline void gated_delta_rule_step(const GatedDeltaRuleStepInputs& in, const GatedDeltaRuleStepOutputs& out,
+                                  const GatedDeltaRuleOptions& options = {},
+                                  const Executor& executor = serial_executor()) {
+  delta_update::gated_step(in, out, options, executor);
+}
+
+/// The same on q/k/v stored as seqmix::bf16 or seqmix::f16: the token's rows are widened into
+/// the step's scratch (beta, gates, state and output fp32).
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void gated_delta_rule_step(const GatedDeltaRuleStepInputsOf<H>& in, const GatedDeltaRuleStepOutputs& out,
+                           const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor()) {
+  delta_update::gated_step(in, out, options, executor);
 }
 
 }  // namespace seqmix
