@@ -163,27 +163,61 @@ inline index_t nsa_compressed_position(index_t pos, const NsaOptions& o) {
 // apart, G rows): p_cmp per head, summed into selection-block importances, forced blocks, then
 // the best by importance. Writes top_n block ids increasing, padded with -1.
 struct NsaSelectScratch {
-  std::vector<double> p, importance;
+  AlignedVector<float> p, group_p;
+  std::vector<double> importance;
   std::vector<std::pair<double, std::int32_t>> candidates;
   std::vector<std::int32_t> chosen;
 };
+
+// exp(scale * s[c] - max) for c < n into p (SIMD exp: at Tk = 131072 the group's 4 x 8191
+// scalar exps were most of a decode step), returning the sum. NaN scores are left out of the
+// max and give NaN; no finite score (max -inf or +inf) gives NaN everywhere, as
+// exp(-inf - -inf) did in double: the caller treats a NaN importance as unselectable.
+inline float nsa_softmax_numerators(const float* s, index_t n, float scale, float* p, float* max_out = nullptr) noexcept {
+  const index_t nv = simd::vector_end(n);
+  const simd::Batch<float> sc(scale), low(kMinusInf);
+  simd::Batch<float> top(kMinusInf);
+  for (index_t c = 0; c < nv; c += simd::kWidth) {
+    const simd::Batch<float> x = sc * simd::load(s + c);
+    top = xsimd::max(top, xsimd::select(x == x, x, low));  // NaN lanes left out
+  }
+  float m = nv > 0 ? simd::reduce_max(top) : kMinusInf;
+  for (index_t c = nv; c < n; ++c) m = std::max(m, scale * s[c]);
+  if (max_out) *max_out = m;
+  const simd::Batch<float> mb(m);
+  simd::Batch<float> sum(0.f);
+  for (index_t c = 0; c < nv; c += simd::kWidth) {
+    const simd::Batch<float> e = simd::exp(sc * simd::load(s + c) - mb);
+    simd::store(p + c, e);
+    sum += e;
+  }
+  float total = nv > 0 ? simd::reduce_add(sum) : 0.f;
+  for (index_t c = nv; c < n; ++c) total += (p[c] = std::exp(scale * s[c] - m));
+  return total;
+}
 
 inline void nsa_select_row(const float* scores, index_t head_stride, index_t G, index_t pos, float scale,
                            const NsaOptions& o, std::int32_t* out, NsaSelectScratch& w) {
   const index_t visible = nsa_compressed_position(pos, o) + 1, own = pos / o.select_block, blocks = own + 1;
   w.importance.assign(static_cast<std::size_t>(blocks), 0.0);
-  w.p.resize(static_cast<std::size_t>(std::max<index_t>(visible, 1)));
+  const auto n = static_cast<std::size_t>(std::max<index_t>(visible, 1));
+  if (w.p.size() < n) w.p.resize(n), w.group_p.resize(n);
+  // The group's p_cmp summed per compressed block (SIMD over blocks), then spread over the
+  // selection blocks each compressed block overlaps.
+  std::fill(w.group_p.begin(), w.group_p.begin() + static_cast<std::ptrdiff_t>(n), 0.f);
+  const index_t nv = simd::vector_end(visible);
   for (index_t g = 0; g < G && visible > 0; ++g) {
-    const float* s = scores + g * head_stride;
-    double top = -HUGE_VAL, sum = 0.0;
-    for (index_t c = 0; c < visible; ++c) top = std::max(top, static_cast<double>(scale * s[c]));
-    for (index_t c = 0; c < visible; ++c) sum += (w.p[static_cast<std::size_t>(c)] = std::exp(static_cast<double>(scale * s[c]) - top));
-    for (index_t c = 0; c < visible; ++c) {
-      const double p = w.p[static_cast<std::size_t>(c)] / sum;
-      const index_t j0 = c * o.compress_stride / o.select_block;
-      const index_t j1 = std::min(own, (c * o.compress_stride + o.compress_block - 1) / o.select_block);
-      for (index_t j = j0; j <= j1; ++j) w.importance[static_cast<std::size_t>(j)] += p;
-    }
+    const float inv = 1.f / nsa_softmax_numerators(scores + g * head_stride, visible, scale, w.p.data());
+    const simd::Batch<float> ib(inv);
+    for (index_t c = 0; c < nv; c += simd::kWidth)
+      simd::store(w.group_p.data() + c, simd::fma(simd::load(w.p.data() + c), ib, simd::load(w.group_p.data() + c)));
+    for (index_t c = nv; c < visible; ++c) w.group_p[static_cast<std::size_t>(c)] += w.p[static_cast<std::size_t>(c)] * inv;
+  }
+  for (index_t c = 0; c < visible; ++c) {
+    const double p = w.group_p[static_cast<std::size_t>(c)];
+    const index_t j0 = c * o.compress_stride / o.select_block;
+    const index_t j1 = std::min(own, (c * o.compress_stride + o.compress_block - 1) / o.select_block);
+    for (index_t j = j0; j <= j1; ++j) w.importance[static_cast<std::size_t>(j)] += p;
   }
   w.chosen.clear();
   w.candidates.clear();
@@ -254,10 +288,101 @@ inline float nsa_dot(const float* q, const float* row, index_t D) noexcept {
 
 }  // namespace detail
 
+namespace detail {
+
+// The group rows of query (b, i), widened, for every KV head: q [Hkv][M][Dp], rows past G zero.
+template <class KV>
+void nsa_query_rows(const NsaInputs<KV>& in, const AttentionDims& d, index_t b, index_t i, index_t M, index_t Dp,
+                    float* q) {
+  const index_t G = d.group();
+  for (index_t hk = 0; hk < d.Hkv; ++hk)
+    for (index_t g = 0; g < G; ++g)
+      kv_row_to_float(in.q.ptr(b, i, hk * G + g), in.q.stride(3), d.Dk, q + (hk * M + g) * Dp);
+}
+
+// Scores of one query's group rows against compressed keys [c0, c1) of every KV head (c1 <=
+// visible): scores [Hkv][M][lds]. Keys go in blocks of kScoreKeys with the heads inside, so
+// compressed_k is read in address order (one head's rows alone are 2 KB apart at Hkv = 8,
+// D = 128, a stride the hardware prefetchers do not follow: the decode kernel's finding). A
+// pair's score depends on (g, c) only (blocks start at multiples of kScoreKeys whatever c0,
+// c1 and `visible` are), so every form and call shape sees the same scores for a query.
+template <class KV>
+void nsa_score_range(const float* q, index_t M, index_t Dp, const ConstView<KV, 4>& ck, const AttentionDims& d,
+                     index_t b, index_t c0, index_t c1, index_t visible, float* scores, index_t lds) {
+  if (d.Dk % simd::kWidth == 0 && ck.stride(3) == 1) {
+    // Tiles of 64 keys; the next tile's lines are requested from the inner loop when the heads
+    // of a key row are contiguous (the decode kernel's LineStream, core/prefetch.hpp).
+    constexpr index_t kTile = 64;
+    const bool packed = ck.stride(2) == d.Dk && ck.stride(1) == d.Hkv * d.Dk;
+    for (index_t t0 = c0; t0 < c1; t0 += kTile) {
+      const index_t t1 = std::min(t0 + kTile, c1), next = std::min(kTile, c1 - t1);
+      LineStream ahead;
+      if (packed && next > 0) {
+        ahead.set(0, ck.ptr(b, t1, 0), static_cast<std::size_t>(next * d.Hkv * d.Dk) * sizeof(KV));
+        ahead.spread_over(static_cast<std::size_t>((t1 - t0 + kScoreKeys - 1) / kScoreKeys * d.Hkv * (M / kScoreRows) *
+                                                   (d.Dk / simd::kWidth)));
+      }
+      for (index_t c = t0; c < t1; c += kScoreKeys)
+        for (index_t hk = 0; hk < d.Hkv; ++hk) {
+          const KV* keys[kScoreKeys];
+          for (index_t e = 0; e < kScoreKeys; ++e) keys[e] = ck.ptr(b, std::min(c + e, visible - 1), hk);
+          for (index_t r = 0; r < M; r += kScoreRows)
+            score_block<kScoreRows>(q + (hk * M + r) * Dp, Dp, keys, d.Dk, scores + (hk * M + r) * lds + c, lds, &ahead);
+        }
+    }
+    return;
+  }
+  AlignedVector<float> row(static_cast<std::size_t>(Dp), 0.f);
+  for (index_t c = c0; c < c1; ++c)
+    for (index_t hk = 0; hk < d.Hkv; ++hk) {
+      kv_row_to_float(ck.ptr(b, c, hk), ck.stride(3), d.Dk, row.data());
+      for (index_t g = 0; g < d.group(); ++g)
+        scores[(hk * M + g) * lds + c] = nsa_dot(q + (hk * M + g) * Dp, row.data(), d.Dk);
+    }
+}
+
+// Scratch of one query's selection: its rows, its scores, the choice's working vectors.
+struct NsaQueryScratch {
+  AlignedVector<float> q, scores;
+  NsaSelectScratch select;
+};
+
+}  // namespace detail
+
+namespace detail {
+
+// One query's selection with its compressed keys in chunks (multiples of kScoreKeys) across the
+// executor, then one task per KV head for the choice; the scores stay in w.scores
+// ([Hkv][M][lds], M = G rounded up to kScoreRows, lds = Nc rounded up to kScoreKeys) for
+// nsa_step's compressed branch. w.q and w.scores must hold those sizes.
+template <class KV>
+void nsa_select_query(const NsaInputs<KV>& in, const ConstView<KV, 4>& ck, const NsaDims& n, const NsaOptions& options,
+                      float scale, index_t b, index_t i, const TensorView<std::int32_t, 4>& blocks, NsaQueryScratch& w,
+                      const Executor& executor) {
+  constexpr index_t kChunk = 256;
+  const AttentionDims& d = n.attention;
+  const index_t G = d.group(), M = round_up(G, kScoreRows), Dp = round_up(d.Dk, simd::kWidth);
+  const index_t lds = round_up(std::max<index_t>(n.compressed, 1), kScoreKeys);
+  const index_t pos = d.Tk - d.Tq + i, visible = nsa_compressed_position(pos, options) + 1;
+  nsa_query_rows(in, d, b, i, M, Dp, w.q.data());
+  parallel_for(executor, (std::max<index_t>(visible, 0) + kChunk - 1) / kChunk, 1, [&](index_t first, index_t last) {
+    nsa_score_range(w.q.data(), M, Dp, ck, d, b, first * kChunk, std::min(last * kChunk, visible), visible,
+                    w.scores.data(), lds);
+  });
+  parallel_for(executor, d.Hkv, 1, [&](index_t first, index_t last) {
+    NsaSelectScratch own;
+    for (index_t hk = first; hk < last; ++hk)
+      nsa_select_row(w.scores.data() + hk * M * lds, lds, G, pos, scale, options, blocks.ptr(b, i, hk), own);
+  });
+}
+
+}  // namespace detail
+
 /// The selection blocks nsa attends to: blocks[b, i, hk, e] (e < top_n), increasing, padded with
 /// -1, shared by the query heads of KV head hk. ck: the compressed keys (nsa_compress's or the
-/// caller's). Every form uses this selection. A task is (batch row, query, KV head): each
-/// visible compressed key is converted once and scored against the group's G query rows.
+/// caller's). Every form uses this selection. Many queries: one task per query; one or a few
+/// (decode): each query's keys are split across the executor. Each compressed key row is read
+/// once per query and scored against the G rows of its group.
 template <class KV>
 void nsa_block_selection(const NsaInputs<KV>& in, const ConstView<KV, 4>& ck,
                          const TensorView<std::int32_t, 4>& blocks, const NsaOptions& options = {},
@@ -270,24 +395,37 @@ void nsa_block_selection(const NsaInputs<KV>& in, const ConstView<KV, 4>& ck,
   check.shape("blocks", blocks, std::array<index_t, 4>{d.B, d.Tq, d.Hkv, options.top_n}, "B,Tq,Hkv,top_n");
   if (d.B * d.Tq * d.Hq == 0) return;
   const index_t G = d.group(), Nc = std::max<index_t>(n.compressed, 1), Dp = round_up(d.Dk, simd::kWidth);
+  const index_t M = round_up(G, kScoreRows), lds = round_up(Nc, kScoreKeys);
   AttentionOptions scale_only;
   scale_only.scale = options.scale;
   const float scale = attention_scale(scale_only, d.Dk);
-  parallel_for(executor, d.B * d.Tq * d.Hkv, 4, [&](index_t first, index_t last) {
-    NsaSelectScratch w;
-    AlignedVector<float> q(static_cast<std::size_t>(G * Dp), 0.f), row(static_cast<std::size_t>(Dp), 0.f),
-        scores(static_cast<std::size_t>(G * Nc));
-    for (index_t t = first; t < last; ++t) {
-      const index_t hk = t % d.Hkv, i = t / d.Hkv % d.Tq, b = t / d.Hkv / d.Tq, pos = d.Tk - d.Tq + i;
-      const index_t visible = nsa_compressed_position(pos, options) + 1;
-      for (index_t g = 0; g < G; ++g) kv_row_to_float(in.q.ptr(b, i, hk * G + g), in.q.stride(3), d.Dk, q.data() + g * Dp);
-      for (index_t c = 0; c < visible; ++c) {
-        kv_row_to_float(ck.ptr(b, c, hk), ck.stride(3), d.Dk, row.data());
-        for (index_t g = 0; g < G; ++g) scores[static_cast<std::size_t>(g * Nc + c)] = nsa_dot(q.data() + g * Dp, row.data(), d.Dk);
+  const auto fit = [&](NsaQueryScratch& w) {
+    w.q.assign(static_cast<std::size_t>(d.Hkv * M * Dp), 0.f);
+    w.scores.resize(static_cast<std::size_t>(d.Hkv * M * lds));
+  };
+  const auto select = [&](NsaQueryScratch& w, index_t b, index_t i, index_t hk) {
+    nsa_select_row(w.scores.data() + hk * M * lds, lds, G, d.Tk - d.Tq + i, scale, options, blocks.ptr(b, i, hk), w.select);
+  };
+  const index_t queries = d.B * d.Tq;
+  if (queries >= executor.concurrency()) {
+    parallel_for(executor, queries, 1, [&](index_t first, index_t last) {
+      NsaQueryScratch w;
+      fit(w);
+      for (index_t t = first; t < last; ++t) {
+        const index_t i = t % d.Tq, b = t / d.Tq;
+        const index_t visible = nsa_compressed_position(d.Tk - d.Tq + i, options) + 1;
+        nsa_query_rows(in, d, b, i, M, Dp, w.q.data());
+        if (visible > 0) nsa_score_range(w.q.data(), M, Dp, ck, d, b, 0, visible, visible, w.scores.data(), lds);
+        for (index_t hk = 0; hk < d.Hkv; ++hk) select(w, b, i, hk);
       }
-      nsa_select_row(scores.data(), Nc, G, pos, scale, options, blocks.ptr(b, i, hk), w);
-    }
-  });
+    });
+    return;
+  }
+  // Decode: the keys of one query split across the executor.
+  NsaQueryScratch w;
+  fit(w);
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t i = 0; i < d.Tq; ++i) nsa_select_query(in, ck, n, options, scale, b, i, blocks, w, executor);
 }
 
 namespace reference {

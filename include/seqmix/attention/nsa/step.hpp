@@ -17,65 +17,62 @@
 namespace seqmix {
 namespace detail {
 
-// The selection and the compressed branch in one pass over the compressed K/V, per (batch row,
-// query, KV head) task: each visible compressed key row is widened once and scored against the
-// group's G query rows exactly as nsa_block_selection scores it (kv_row_to_float, nsa_dot), so
-// nsa_select_row picks the same blocks; the same scores, scaled, are the compressed branch's
-// logits, whose softmax weights the compressed values (read once, widened row by row) into
-// o_cmp. Done separately, the selection and the decode kernel each read all of compressed_k:
-// a third of a step's bytes at Tk = 131072 (Nc = 8191 rows of K~ and of V~ per KV head).
+// The compressed branch from the selection's scores (w.scores, see nsa_select_query): p =
+// exp(scale * s - max) by the selection's own nsa_softmax_numerators, then o_cmp = P V / sum p
+// over the visible compressed values, so decode scores each compressed key once (the dense
+// kernel on K~ would score them again: about half of its time). Values go in chunks of 64 keys
+// with the heads inside (address order, the next chunk's lines requested ahead), one
+// accumulator set per executor slice, summed in slice order. No finite logit (max -inf): no
+// weight, o_cmp = 0, as the dense kernel and the reference give.
 template <class KV>
-void nsa_step_select_compressed(const NsaInputs<KV>& in, const NsaDims& n, const NsaOptions& options,
-                                const ConstView<KV, 4>& ck, const ConstView<KV, 4>& cv,
-                                const TensorView<std::int32_t, 4>& blocks, const TensorView<float, 4>& o_cmp,
+void nsa_step_compressed_branch(const ConstView<KV, 4>& cv, const NsaDims& n, const NsaOptions& options, float scale,
+                                index_t b, index_t i, NsaQueryScratch& w, const TensorView<float, 4>& o_cmp,
                                 const Executor& executor) {
+  constexpr index_t kChunk = NonFiniteKeys::kMax;
   const AttentionDims& d = n.attention;
-  const index_t G = d.group(), Nc = std::max<index_t>(n.compressed, 1), Dkp = round_up(d.Dk, simd::kWidth),
-                Dvp = round_up(d.Dv, simd::kWidth);
-  AttentionOptions scale_only;
-  scale_only.scale = options.scale;
-  const float scale = attention_scale(scale_only, d.Dk);
-  parallel_for(executor, d.B * d.Tq * d.Hkv, 1, [&](index_t first, index_t last) {
-    NsaSelectScratch w;
-    // q [G, Dkp], one widened key or value row [max(Dkp, Dvp)], scores [G, Nc], acc [G, Dvp]
-    AlignedVector<float> q(static_cast<std::size_t>(G * Dkp), 0.f), row(static_cast<std::size_t>(std::max(Dkp, Dvp)), 0.f),
-        scores(static_cast<std::size_t>(G * Nc)), acc(static_cast<std::size_t>(G * Dvp));
-    std::vector<float> top(static_cast<std::size_t>(G)), total(static_cast<std::size_t>(G));
-    for (index_t t = first; t < last; ++t) {
-      const index_t hk = t % d.Hkv, i = t / d.Hkv % d.Tq, b = t / d.Hkv / d.Tq, pos = d.Tk - d.Tq + i;
-      const index_t visible = std::min(nsa_compressed_position(pos, options) + 1, n.compressed);
-      for (index_t g = 0; g < G; ++g) kv_row_to_float(in.q.ptr(b, i, hk * G + g), in.q.stride(3), d.Dk, q.data() + g * Dkp);
-      for (index_t c = 0; c < visible; ++c) {
-        kv_row_to_float(ck.ptr(b, c, hk), ck.stride(3), d.Dk, row.data());
-        for (index_t g = 0; g < G; ++g) scores[static_cast<std::size_t>(g * Nc + c)] = nsa_dot(q.data() + g * Dkp, row.data(), d.Dk);
+  const index_t G = d.group(), M = round_up(G, kScoreRows), Dv = d.Dv, H = d.Hkv;
+  const index_t lds = round_up(std::max<index_t>(n.compressed, 1), kScoreKeys);
+  const index_t visible = std::max<index_t>(nsa_compressed_position(d.Tk - d.Tq + i, options) + 1, 0);
+  std::vector<float> total(static_cast<std::size_t>(H * M), 0.f);
+  for (index_t r = 0; r < H * M; ++r) {
+    if (r % M >= G || visible == 0) continue;
+    float* s = w.scores.data() + r * lds;
+    float m = kMinusInf;
+    const float l = nsa_softmax_numerators(s, visible, scale, s, &m);
+    if (m == kMinusInf) std::fill(s, s + visible, 0.f);
+    total[static_cast<std::size_t>(r)] = m == kMinusInf ? 0.f : l;
+  }
+  const index_t chunks = (visible + kChunk - 1) / kChunk;
+  const index_t slices = std::max<index_t>(1, std::min<index_t>(executor.concurrency(), chunks));
+  const index_t per_slice = (chunks + slices - 1) / std::max<index_t>(slices, 1);
+  const auto acc_size = static_cast<std::size_t>(H * M * Dv);
+  AlignedVector<float> accs(static_cast<std::size_t>(slices) * acc_size, 0.f);
+  const bool packed = cv.stride(3) == 1 && cv.stride(2) == Dv && cv.stride(1) == H * Dv;
+  executor.run(slices, [&](index_t slice) {
+    float* acc = accs.data() + static_cast<std::size_t>(slice) * acc_size;
+    for (index_t ch = slice * per_slice; ch < std::min(chunks, (slice + 1) * per_slice); ++ch) {
+      const index_t c0 = ch * kChunk, cn = std::min(kChunk, visible - c0);
+      LineStream ahead;
+      if (packed && c0 + cn < visible) {
+        const index_t next = std::min(kChunk, visible - c0 - cn);
+        ahead.set(0, cv.ptr(b, c0 + cn, 0), static_cast<std::size_t>(next * H * Dv) * sizeof(KV));
+        ahead.spread_over(static_cast<std::size_t>(H * (M / kScoreRows) * cn * ((Dv + kPvVectors * simd::kWidth - 1) / (kPvVectors * simd::kWidth))));
       }
-      nsa_select_row(scores.data(), Nc, G, pos, scale, options, blocks.ptr(b, i, hk), w);
-      // o_cmp: softmax(scale * scores) over the visible blocks, 0 when none is.
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (index_t g = 0; g < G; ++g) {
-        float* s = scores.data() + g * Nc;
-        float m = kMinusInf, l = 0.f;
-        for (index_t c = 0; c < visible; ++c) m = std::max(m, scale * s[c]);
-        // No finite logit (every visible compressed key scored -inf): no weight, as the dense
-        // kernel and the reference give, rather than exp(-inf - -inf) = NaN.
-        for (index_t c = 0; c < visible; ++c) l += (s[c] = m == kMinusInf ? 0.f : std::exp(scale * s[c] - m));
-        top[static_cast<std::size_t>(g)] = m, total[static_cast<std::size_t>(g)] = l;
-      }
-      for (index_t c = 0; c < visible; ++c) {
-        kv_row_to_float(cv.ptr(b, c, hk), cv.stride(3), d.Dv, row.data());
-        for (index_t g = 0; g < G; ++g) {
-          const simd::Batch<float> p(scores[static_cast<std::size_t>(g * Nc + c)]);
-          float* a = acc.data() + g * Dvp;
-          for (index_t e = 0; e < Dvp; e += simd::kWidth) simd::store(a + e, simd::fma(p, simd::load(row.data() + e), simd::load(a + e)));
-        }
-      }
-      for (index_t g = 0; g < G; ++g) {
-        const float l = total[static_cast<std::size_t>(g)], inv = visible > 0 && l > 0.f ? 1.f / l : 0.f;
-        float* o = o_cmp.ptr(b, i, hk * G + g);
-        for (index_t e = 0; e < d.Dv; ++e) o[e * o_cmp.stride(3)] = acc[static_cast<std::size_t>(g * Dvp + e)] * inv;
-      }
+      for (index_t hk = 0; hk < H; ++hk)
+        accumulate_pv_guarded(w.scores.data() + hk * M * lds + c0, lds, G, KvRows<KV>{cv.ptr(b, c0, hk), cv.stride(1)}, cn,
+                              Dv, acc + hk * M * Dv, Dv, &ahead);
     }
   });
+  for (index_t hk = 0; hk < H; ++hk)
+    for (index_t g = 0; g < G; ++g) {
+      const float l = total[static_cast<std::size_t>(hk * M + g)], inv = l > 0.f ? 1.f / l : 0.f;
+      float* o = o_cmp.ptr(b, i, hk * G + g);
+      for (index_t e = 0; e < Dv; ++e) {
+        float sum = 0.f;
+        for (index_t t = 0; t < slices; ++t) sum += accs[static_cast<std::size_t>(t) * acc_size + static_cast<std::size_t>((hk * M + g) * Dv + e)];
+        o[e * o_cmp.stride(3)] = sum * inv;
+      }
+    }
 }
 
 }  // namespace detail
@@ -95,10 +92,29 @@ void nsa_step(const NsaInputs<KV>& in, const TensorView<float, 4>& o, const NsaO
   const auto compressed = nsa_compressed(in, n, options, own_k, own_v, executor);
   Tensor<std::int32_t, 4> blocks({d.B, d.Tq, d.Hkv, options.top_n});
   Tensor<float, 4> o_cmp({d.B, d.Tq, d.Hq, d.Dv}), o_slc({d.B, d.Tq, d.Hq, d.Dv}), o_win({d.B, d.Tq, d.Hq, d.Dv});
-  nsa_step_select_compressed(in, n, options, compressed.first, compressed.second, blocks.view(), o_cmp.view(), executor);
-  AttentionOptions window;
-  window.scale = options.scale, window.causal = true, window.window = options.window;
-  attention(nsa_dense_inputs(in), {o_win.view(), {}}, window, executor);
+  const ConstView<KV, 4>& ck = compressed.first, &cv = compressed.second;
+  // The fused compressed branch reads whole SIMD rows of K~ and V~ (the dense kernel's rule).
+  const index_t W = simd::kWidth;
+  if (d.Dk % W == 0 && d.Dv % W == 0 && ck.stride(3) == 1 && cv.stride(3) == 1) {
+    AttentionOptions scale_only;
+    scale_only.scale = options.scale;
+    const float scale = attention_scale(scale_only, d.Dk);
+    NsaQueryScratch w;
+    w.q.assign(static_cast<std::size_t>(d.Hkv * round_up(d.group(), kScoreRows) * d.Dk), 0.f);
+    w.scores.resize(static_cast<std::size_t>(d.Hkv * round_up(d.group(), kScoreRows) *
+                                             round_up(std::max<index_t>(n.compressed, 1), kScoreKeys)));
+    for (index_t b = 0; b < d.B; ++b)
+      for (index_t i = 0; i < d.Tq; ++i) {
+        nsa_select_query(in, ck, n, options, scale, b, i, blocks.view(), w, executor);
+        nsa_step_compressed_branch(cv, n, options, scale, b, i, w, o_cmp.view(), executor);
+      }
+    AttentionOptions window;
+    window.scale = options.scale, window.causal = true, window.window = options.window;
+    attention(nsa_dense_inputs(in), {o_win.view(), {}}, window, executor);
+  } else {
+    nsa_block_selection(in, ck, blocks.view(), options, executor);
+    nsa_dense_branches(in, n, options, ck, cv, o_cmp.view(), o_win.view(), executor);
+  }
   const index_t bs = options.select_block, capacity = std::max<index_t>(options.top_n * bs, 1);
   Tensor<std::int32_t, 4> keys({d.B, d.Tq, d.Hkv, capacity});
   for (index_t b = 0; b < d.B; ++b)
