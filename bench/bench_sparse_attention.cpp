@@ -13,10 +13,11 @@
 //   nsa/decode/<shape>          seqmix::nsa_step on the fp16 cache, with the caller's kept
 //                               compressed K/V (fp16, like the cache) or pooling them
 //                               (_compression_computed)
-// Measured (AMD EPYC, 2 threads, machine heavily loaded: best of 3 repetitions against dense
-// decode in the same run, docs/operators.md "Decode speed of moba, nsa and infllm"): Tk = 131072
-// moba 10.3x, nsa 5.4x (below the 8x: its selection is compute-bound), infllm 12x;
-// infllm at Tk = 32768 8.3x (2.5x before its decode form, 1.14x in the first run).
+// Measured (AMD EPYC, 2 threads, loaded machine; medians of 9 repetitions in one run, process
+// CPU time, the rows' cpu_ms counter; docs/operators.md "Decode speed of moba, nsa and infllm"):
+// Tk = 131072 moba 9.9x, nsa 9.5x (3.5x before its selection was vectorized); infllm 12x and at
+// Tk = 32768 8.3x (earlier run, best of 3, wall time). The infllm decode rows time the lookup
+// and attention; the _append row times the memory append with its block sealing.
 // GFLOP/s count the pairs each form computes (moba: (own part + top_k * block) keys per query,
 // dense: the causal triangle), so time is the comparison between forms; decode GB/s count the
 // K/V bytes each form reads.
@@ -62,6 +63,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <utility>
@@ -99,6 +101,23 @@ constexpr index_t kHq = 32, kHkv = 8, kD = 128, kBlock = 512, kTopK = 3;
 const seqmix::ThreadPool& pool() {
   static const seqmix::ThreadPool instance(2);
   return instance;
+}
+
+// CPU time of the whole process (both pool threads), s. On a loaded machine a decode row's wall
+// time is mostly the wait for a core (3-4x its CPU time in the runs quoted above), so the decode
+// rows also report cpu_ms: the process CPU time per iteration.
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// Runs `body` once per iteration and sets the cpu_ms counter.
+template <class Body>
+void timed_decode(benchmark::State& state, const Body& body) {
+  const double start = process_cpu_seconds();
+  for (auto _ : state) body();
+  state.counters["cpu_ms"] = 1e3 * (process_cpu_seconds() - start) / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
 }
 
 template <class KV>
@@ -171,13 +190,13 @@ void decode(benchmark::State& state, index_t Tk, Form form, bool kept_means) {
   options.block_size = kBlock, options.top_k = kTopK;
   seqmix::AttentionOptions causal;
   causal.causal = true;
-  for (auto _ : state) {
+  timed_decode(state, [&] {
     if (form == Form::moba)
       seqmix::moba_step(p.moba(kept_means), p.outputs(), options, pool());
     else
       seqmix::attention(p.dense(), p.outputs(), causal, pool());
     benchmark::DoNotOptimize(p.o.data());
-  }
+  });
   const double rows = form == Form::dense ? static_cast<double>(Tk * kHkv)
                                           : static_cast<double>((kTopK + 1) * kBlock * kHq) +
                                                 (kept_means ? 0.0 : static_cast<double>(Tk * kHkv) / 2);
@@ -226,10 +245,10 @@ void nsa_prefill(benchmark::State& state, index_t T) {
 
 void nsa_decode(benchmark::State& state, index_t Tk, bool kept) {
   NsaProblem<seqmix::f16> p(1, Tk);
-  for (auto _ : state) {
+  timed_decode(state, [&] {
     seqmix::nsa_step(p.inputs(kept), p.o.view(), p.options, pool());
     benchmark::DoNotOptimize(p.o.data());
-  }
+  });
   const seqmix::NsaOptions& o = p.options;
   const double rows = static_cast<double>((o.top_n * o.select_block + o.window) * kHkv);
   const double compressed = static_cast<double>(seqmix::nsa_compressed_blocks(Tk, o) * kHkv) * 2 * kD * sizeof(seqmix::f16);
@@ -540,19 +559,43 @@ struct InfllmDecodeProblem {
   }
 };
 
-void infllm_decode_bench(benchmark::State& state, index_t Tk) {
+// The decode token at Tk = 32768 or 131072 seals a block (pos + 1 - local_window - init_tokens
+// is a multiple of block_size there): its representatives are chosen and the memory's
+// representative array grows, which in a copy of the memory (capacity = size) reallocates and
+// copies the whole array (16 MB at Tk = 131072) at every iteration. So the decode row times the
+// lookup and attention (detail::infllm_step_rows, what infllm_attention runs after the append)
+// on a memory already appended, and the _append row times the append with its sealing alone.
+void infllm_decode_bench(benchmark::State& state, index_t Tk, bool append_only) {
   InfllmDecodeProblem& problem = InfllmDecodeProblem::of(Tk);
   NeedleProblem<seqmix::f16>& p = problem.p;
   seqmix::InfllmInputs<seqmix::f16> in;
   in.q = p.q.cview(), in.k = p.k.cview(), in.v = p.v.cview();
+  const seqmix::detail::AttentionDims d{1, 1, Tk, kHq, kHkv, kD, kD};
+  seqmix::InfllmMemory appended = problem.memory;
+  appended.append(in.q, in.k, pool());
+  double cpu = 0;
   for (auto _ : state) {
-    state.PauseTiming();  // each iteration decodes the same token from a copy of the same memory
-    seqmix::InfllmMemory step = problem.memory;
-    state.ResumeTiming();
-    seqmix::infllm_attention(step, in, {p.o.view(), {}}, pool());
-    benchmark::DoNotOptimize(p.o.data());
+    if (append_only) {
+      state.PauseTiming();  // each iteration appends the same token to a copy of the same memory
+      seqmix::InfllmMemory step = problem.memory;
+      state.ResumeTiming();
+      const double start = process_cpu_seconds();
+      step.append(in.q, in.k, pool());
+      cpu += process_cpu_seconds() - start;
+      benchmark::DoNotOptimize(step.blocks());
+    } else {
+      const double start = process_cpu_seconds();
+      seqmix::detail::infllm_step_rows(appended, in, {p.o.view(), {}}, d, pool());
+      cpu += process_cpu_seconds() - start;
+      benchmark::DoNotOptimize(p.o.data());
+    }
   }
-  state.counters["err_needle"] = p.last_row_error();
+  state.counters["cpu_ms"] = 1e3 * cpu / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  if (!append_only) {
+    seqmix::InfllmMemory step = problem.memory;  // the public call, for the error counter
+    seqmix::infllm_attention(step, in, {p.o.view(), {}}, pool());
+    state.counters["err_needle"] = p.last_row_error();
+  }
 }
 
 void infllm_dense_decode_bench(benchmark::State& state, index_t Tk) {
@@ -561,10 +604,10 @@ void infllm_dense_decode_bench(benchmark::State& state, index_t Tk) {
   in.q = p.q.cview(), in.k = p.k.cview(), in.v = p.v.cview();
   seqmix::AttentionOptions causal;
   causal.causal = true;
-  for (auto _ : state) {
+  timed_decode(state, [&] {
     seqmix::attention(in, {p.o.view(), {}}, causal, pool());
     benchmark::DoNotOptimize(p.o.data());
-  }
+  });
 }
 
 const bool registered_landmark_infllm = [] {
@@ -575,8 +618,9 @@ const bool registered_landmark_infllm = [] {
   add("landmark/prefill/" + shape + "_T8192_block64_top4", [](benchmark::State& s) { landmark_bench(s, 8192, 8192); });
   add("landmark/decode/" + shape + "_Tk131072_f16_block64_top4", [](benchmark::State& s) { landmark_bench(s, 1, 131072); });
   add("infllm/prefill/" + shape + "_T8192", [](benchmark::State& s) { infllm_prefill_bench(s, 8192); });
-  add("infllm/decode/" + shape + "_Tk32768_f16", [](benchmark::State& s) { infllm_decode_bench(s, 32768); });
-  add("infllm/decode/" + shape + "_Tk131072_f16", [](benchmark::State& s) { infllm_decode_bench(s, 131072); });
+  add("infllm/decode/" + shape + "_Tk32768_f16", [](benchmark::State& s) { infllm_decode_bench(s, 32768, false); });
+  add("infllm/decode/" + shape + "_Tk131072_f16", [](benchmark::State& s) { infllm_decode_bench(s, 131072, false); });
+  add("infllm/decode/" + shape + "_Tk131072_f16_append", [](benchmark::State& s) { infllm_decode_bench(s, 131072, true); });
   add("attention/decode/" + shape + "_Tk32768_f16_dense", [](benchmark::State& s) { infllm_dense_decode_bench(s, 32768); });
   return true;
 }();

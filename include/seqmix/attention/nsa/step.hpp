@@ -1,9 +1,13 @@
-// nsa_step: nsa's decode form. The selection and the compressed branch are one pass over the
-// compressed K/V (nsa_step_select_compressed); the window branch is dense attention (the
+// nsa_step: nsa's decode form. Per query, the selection scores each visible compressed key once
+// against the group's rows (nsa_select_query: the decode kernel's dot form over the compressed
+// keys in address order, split across the executor), and the compressed branch reuses those
+// scores (nsa_step_compressed_branch: P V only); the window branch is dense attention (the
 // split-KV decode kernel for a few queries); the selection branch lists the chosen blocks' keys
 // up to each query's position and runs topk_attention on them (one selection head per KV head:
 // the choice is shared by the group), so a step reads the Nc compressed keys, top_n * l' rows
-// and w rows per KV head instead of Tk.
+// and w rows per KV head instead of Tk. At Tk = 131072 (Hq 32, Hkv 8, D 128, fp16; CPU time
+// on a loaded 2-core AMD EPYC) the selection took about 4 ms of a 9-11 ms step, the compressed
+// P V about 3 ms, the window 0.4 ms.
 #pragma once
 
 #include <algorithm>
