@@ -15,8 +15,9 @@
 //                               (_compression_computed)
 // Measured (AMD EPYC, 2 threads, loaded machine; medians of 9 repetitions in one run, process
 // CPU time, the rows' cpu_ms counter; docs/operators.md "Decode speed of moba, nsa and infllm"):
-// Tk = 131072 moba 9.9x, nsa 9.5x (3.5x before its selection was vectorized); infllm 12x and at
-// Tk = 32768 8.3x (earlier run, best of 3, wall time). The infllm decode rows time the lookup
+// Tk = 131072 moba 9.9x, nsa 9.5x (3.5x before its selection was vectorized); infllm 12x
+// (earlier run, best of 3, wall time); infllm at Tk = 32768 12x (lookup + attention without the
+// sealing append, medians of 5, CPU and wall alike). The infllm decode rows time the lookup
 // and attention; the _append row times the memory append with its block sealing.
 // GFLOP/s count the pairs each form computes (moba: (own part + top_k * block) keys per query,
 // dense: the causal triangle), so time is the comparison between forms; decode GB/s count the
