@@ -83,6 +83,28 @@ void over_channels(index_t n, Body&& body) {
   for (; i < n; ++i) body(i, 0.f);
 }
 
+// over_channels from the top down: the scalar tail first, then the vectors, the last first. The
+// time loops of a reverse call (negative time stride) walk the rows downwards; reading each row
+// downwards too makes one descending stream, which the hardware prefetchers follow. Read upwards,
+// the reverse sequential loop took about twice the forward's CPU time once the streams left the
+// caches (B1 T16384 D256; software prefetches of rows ahead did not help). Channels are
+// independent, so the order changes no result.
+template <class Body>
+void over_channels_down(index_t n, Body&& body) {
+  const index_t vectors_end = n / simd::kWidth * simd::kWidth;
+  for (index_t i = n - 1; i >= vectors_end; --i) body(i, 0.f);
+  for (index_t i = vectors_end - simd::kWidth; i >= 0; i -= simd::kWidth) body(i, FBatch(0.f));
+}
+
+// body over the channels of a row in the direction the rows go (see over_channels_down).
+template <class Body>
+void over_channels_along(bool rows_go_down, index_t n, Body&& body) {
+  if (rows_go_down)
+    over_channels_down(n, body);
+  else
+    over_channels(n, body);
+}
+
 // Running maxima of one task: the update size and a non-finite flag.
 struct Tally {
   float update = 0.f;
@@ -103,6 +125,8 @@ struct Problem {
 
   const float* input_row(int s, index_t b, index_t t) const { return in[s] + b * in_b[s] + t * in_t[s]; }
   const float* param(int p) const { return params.data() + p * D; }
+  // Whether the first stream's rows go down in memory (a reverse call's reversed views).
+  bool rows_go_down() const { return in_t[0] < 0; }
   const float* initial(index_t b) const { return h0.data() + b * D; }
 
   // f and J for channels [i, i + width(V)) of row (b, t) from the previous state `prev`.
@@ -171,7 +195,7 @@ void sequential_block(const Problem<Cell>& p, const Rows& h, index_t b, index_t 
   std::copy(p.initial(b) + d0, p.initial(b) + d1, state);
   for (index_t t = 0; t < p.T; ++t) {
     float* out = h.row(b, t);
-    over_channels(d1 - d0, [&](index_t i, auto tag) {
+    over_channels_along(p.rows_go_down(), d1 - d0, [&](index_t i, auto tag) {
       using V = decltype(tag);
       const V next = p.value(b, t, d0 + i, load_v<V>(state + i));
       store_v(state + i, next);
@@ -192,7 +216,7 @@ Tally fused_update(const Problem<Cell>& p, const Rows& h, index_t b, index_t d0,
   float update_s = 0.f, bad_s = 0.f;
   for (index_t t = 0; t < p.T; ++t) {
     float* row = h.row(b, t) + d0;
-    over_channels(n, [&](index_t i, auto tag) {
+    over_channels_along(p.rows_go_down(), n, [&](index_t i, auto tag) {
       using V = decltype(tag);
       const V po = load_v<V>(prev_old + i), pn = load_v<V>(prev_new + i);
       const V old = kZeroOld ? V(0.f) : load_v<V>(row + i);
@@ -232,7 +256,7 @@ Tally chunk_scan(const Problem<Cell>& p, const Rows& old, const Rows& next, cons
     const float* prev_row = t == 0 ? p.initial(b) : (kZeroOld ? nullptr : old.row(b, t - 1));
     const float* old_row = kZeroOld ? nullptr : old.row(b, t);
     float* out = next.row(b, t);
-    over_channels(D, [&](index_t i, auto tag) {
+    over_channels_along(p.rows_go_down(), D, [&](index_t i, auto tag) {
       using V = decltype(tag);
       const V po = prev_row ? load_v<V>(prev_row + i) : V(0.f);
       const V o = kZeroOld ? V(0.f) : load_v<V>(old_row + i);
@@ -264,9 +288,10 @@ Tally chunk_scan(const Problem<Cell>& p, const Rows& old, const Rows& next, cons
 
 // Time split, pass 3 for one row: delta = local + prod * carry, next = old + delta.
 template <bool kZeroOld>
-void fix_row(const float* old, float* next, const float* prod, const float* carry, index_t D, Tally& tally) {
+void fix_row(const float* old, float* next, const float* prod, const float* carry, index_t D, bool rows_go_down,
+             Tally& tally) {
   FBatch update(0.f), bad(0.f);
-  over_channels(D, [&](index_t i, auto tag) {
+  over_channels_along(rows_go_down, D, [&](index_t i, auto tag) {
     using V = decltype(tag);
     const V d = fma_v(load_v<V>(prod + i), load_v<V>(carry + i), load_v<V>(next + i));
     const V h = kZeroOld ? d : load_v<V>(old + i) + d;
@@ -319,7 +344,7 @@ Tally chunked_update(const Problem<Cell>& p, const Rows& old, const Rows& next, 
       const index_t b = r / rows_per_b, t = bounds[1] + r % rows_per_b;
       const index_t c = static_cast<index_t>(std::upper_bound(bounds.begin(), bounds.end(), t) - bounds.begin()) - 1;
       fix_row<kZeroOld>(kZeroOld ? nullptr : old.row(b, t), next.row(b, t), prod.row(b, t),
-                        carry.data() + (c * B + b) * D, D, tallies[k]);
+                        carry.data() + (c * B + b) * D, D, p.rows_go_down(), tallies[k]);
     }
   });
   for (const Tally& t : tallies) total.merge(t);
@@ -338,7 +363,7 @@ float residual(const Problem<Cell>& p, const Rows& h, const Executor& executor) 
       const index_t b = r / p.T, t = r % p.T;
       const float* prev = t == 0 ? p.initial(b) : h.row(b, t - 1);
       const float* cur = h.row(b, t);
-      over_channels(p.D, [&](index_t i, auto tag) {
+      over_channels_along(p.rows_go_down(), p.D, [&](index_t i, auto tag) {
         using V = decltype(tag);
         const V e = abs_v(load_v<V>(cur + i) - p.value(b, t, i, load_v<V>(prev + i)));
         tallies[k].update = std::max(tallies[k].update, reduce_max_v(e));
@@ -410,8 +435,14 @@ void newton_time(const Problem<Cell>& p, const Rows& h, const NonlinearRecurrenc
   AlignedVector<float> other(static_cast<std::size_t>(BT * p.D));
   AlignedVector<float> prod(static_cast<std::size_t>(chunks > 1 ? BT * p.D : 0));
   AlignedVector<float> carry(static_cast<std::size_t>((chunks + 1) * p.B * p.D));
-  const Rows buffers[2] = {h, Rows{other.data(), p.T * p.D, p.D}};
-  const Rows prod_rows{prod.data(), p.T * p.D, p.D};
+  // The scratch rows run in h's direction (a reverse call's h goes down), so that every pass reads
+  // and writes one way (see over_channels_down).
+  const auto like_h = [&](AlignedVector<float>& buffer) {
+    if (buffer.empty() || h.st >= 0) return Rows{buffer.data(), p.T * p.D, p.D};
+    return Rows{buffer.data() + (p.T - 1) * p.D, p.T * p.D, -p.D};
+  };
+  const Rows buffers[2] = {h, like_h(other)};
+  const Rows prod_rows = like_h(prod);
   int current = 0;  // buffers[current] holds the current iterate
   Tally tally;
   tally.update = p.T > 0 ? std::numeric_limits<float>::infinity() : 0.f;
