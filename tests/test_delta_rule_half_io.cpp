@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -28,6 +27,7 @@
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/step.hpp"
 #include "seqmix_testing/compare.hpp"
+#include "seqmix_testing/half_io.hpp"
 #include "seqmix_testing/random.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -37,19 +37,8 @@ using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
 
-struct DeltaHalfCase {
-  index_t B, T, H, HV, K, V, chunk;
-  bool packed;
-  std::string describe() const {
-    std::ostringstream s;
-    s << "B=" << B << " T=" << T << " H=" << H << " HV=" << HV << " K=" << K << " V=" << V << " chunk=" << chunk
-      << (packed ? " packed" : "");
-    return s.str();
-  }
-};
-
-std::vector<DeltaHalfCase> delta_half_cases() {
-  std::vector<DeltaHalfCase> cases = {
+std::vector<st::HalfIoCase> delta_half_cases() {
+  std::vector<st::HalfIoCase> cases = {
       {2, 1, 1, 1, 16, 16, 64, false},    // T = 1
       {2, 65, 2, 4, 33, 20, 64, false},   // one full chunk and one token, odd K, GQA, B = 2
       {1, 129, 1, 2, 24, 45, 32, false},  // several chunks, ragged last one, odd V
@@ -58,26 +47,6 @@ std::vector<DeltaHalfCase> delta_half_cases() {
   if (!st::small_test_scale()) cases.push_back({1, 1000, 1, 2, 64, 64, 48, false});  // 48 does not divide 1000
   return cases;
 }
-
-std::vector<std::int32_t> delta_half_cu(index_t T) {
-  std::vector<std::int32_t> cu = {0};
-  for (index_t len = 1; cu.back() < T; len = len * 3 + 4)
-    cu.push_back(static_cast<std::int32_t>(std::min<index_t>(cu.back() + len, T)));
-  return cu;
-}
-
-// A random fp32 tensor, its 16-bit rounding and that rounding widened back to fp32.
-template <class H>
-struct DeltaStored {
-  Tensor<float, 4> orig, rounded;
-  Tensor<H, 4> half;
-  DeltaStored(const typename Tensor<float, 4>::shape_type& shape, std::uint64_t seed)
-      : orig(shape), rounded(shape), half(shape) {
-    st::fill_uniform(orig.view(), seed, -1.f, 1.f);
-    seqmix::convert(orig.data(), half.data(), orig.numel());
-    seqmix::convert(half.data(), rounded.data(), orig.numel());
-  }
-};
 
 struct DeltaHalfResult {
   Tensor<float, 4> o, s;
@@ -95,7 +64,7 @@ struct DeltaShared {
 };
 
 template <class T>
-DeltaHalfResult delta_half_run(DeltaOp op, DeltaEntry e, const DeltaHalfCase& c, const Tensor<T, 4>& q,
+DeltaHalfResult delta_half_run(DeltaOp op, DeltaEntry e, const st::HalfIoCase& c, const Tensor<T, 4>& q,
                                const Tensor<T, 4>& k, const Tensor<T, 4>& v, const DeltaShared& shared,
                                const seqmix::GatedDeltaRuleOptions& options, const seqmix::Executor& executor) {
   const index_t N = shared.initial_state.size(0), B = q.size(0);
@@ -139,11 +108,11 @@ const char* delta_op_name(DeltaOp op) {
 }
 
 template <class H>
-void delta_half_check(const DeltaHalfCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
+void delta_half_check(const st::HalfIoCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
   using seqmix::DeltaAlgorithm;
-  const std::vector<std::int32_t> cu = delta_half_cu(c.T);
+  const std::vector<std::int32_t> cu = st::half_io_cu_seqlens(c.T);
   const index_t N = c.packed ? static_cast<index_t>(cu.size()) - 1 : c.B, B = c.packed ? 1 : c.B;
-  const DeltaStored<H> q({B, c.T, c.H, c.K}, seed), k({B, c.T, c.H, c.K}, seed + 1),
+  const st::HalfStored<H> q({B, c.T, c.H, c.K}, seed), k({B, c.T, c.H, c.K}, seed + 1),
       v({B, c.T, c.HV, c.V}, seed + 2);
   Tensor<float, 4> g({B, c.T, c.HV, c.K});
   Tensor<float, 3> gs({B, c.T, c.HV});
@@ -219,7 +188,7 @@ DeltaHalfResult delta_step_run(DeltaOp op, const Tensor<T, 4>& q, const Tensor<T
 template <class H>
 void delta_step_half_check(std::uint64_t seed) {
   const index_t B = 3, T = 40, HK = 2, HV = 4, K = 33, V = 20;
-  const DeltaStored<H> q({B, T, HK, K}, seed), k({B, T, HK, K}, seed + 1), v({B, T, HV, V}, seed + 2);
+  const st::HalfStored<H> q({B, T, HK, K}, seed), k({B, T, HK, K}, seed + 1), v({B, T, HV, V}, seed + 2);
   Tensor<float, 4> g({B, T, HV, K});
   Tensor<float, 3> gs({B, T, HV});
   st::fill_log_gate(g.view(), seed + 3, -0.1f, 0.f);
@@ -266,13 +235,13 @@ TEST_CASE("delta rules with bf16 q, k and v: equal to fp32 inputs of the same va
           "[gated_delta_rule][delta_rule][bf16]") {
   const seqmix::ThreadPool pool(2);
   std::uint64_t seed = 6100;
-  for (const DeltaHalfCase& c : delta_half_cases()) delta_half_check<seqmix::bf16>(c, seed += 10, pool);
+  for (const st::HalfIoCase& c : delta_half_cases()) delta_half_check<seqmix::bf16>(c, seed += 10, pool);
 }
 
 TEST_CASE("delta rules with f16 q, k and v: equal to fp32 inputs of the same values, within the bound of fp32",
           "[gated_delta_rule][delta_rule][f16]") {
   std::uint64_t seed = 6500;
-  for (const DeltaHalfCase& c : delta_half_cases()) delta_half_check<seqmix::f16>(c, seed += 10, seqmix::serial_executor());
+  for (const st::HalfIoCase& c : delta_half_cases()) delta_half_check<seqmix::f16>(c, seed += 10, seqmix::serial_executor());
 }
 
 TEST_CASE("delta rules with bf16 q, k and v: reverse takes them, a bad shape is refused before any write",

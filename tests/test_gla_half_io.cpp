@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -23,6 +22,7 @@
 #include "seqmix/linear_attention/gla/chunked.hpp"
 #include "seqmix/linear_attention/gla/reference.hpp"
 #include "seqmix_testing/compare.hpp"
+#include "seqmix_testing/half_io.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -31,19 +31,8 @@ using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
 
-struct GlaHalfCase {
-  index_t B, T, H, HV, K, V, chunk;
-  bool packed;
-  std::string describe() const {
-    std::ostringstream s;
-    s << "B=" << B << " T=" << T << " H=" << H << " HV=" << HV << " K=" << K << " V=" << V << " chunk=" << chunk
-      << (packed ? " packed" : "");
-    return s.str();
-  }
-};
-
-std::vector<GlaHalfCase> gla_half_cases() {
-  std::vector<GlaHalfCase> cases = {
+std::vector<st::HalfIoCase> gla_half_cases() {
+  std::vector<st::HalfIoCase> cases = {
       {2, 1, 1, 1, 16, 16, 64, false},    // T = 1
       {2, 70, 2, 4, 33, 20, 64, false},   // ragged T, odd K, GQA
       {1, 129, 1, 2, 64, 48, 32, false},  // several chunks, ragged last one
@@ -53,26 +42,6 @@ std::vector<GlaHalfCase> gla_half_cases() {
   return cases;
 }
 
-std::vector<std::int32_t> gla_half_cu(index_t T) {
-  std::vector<std::int32_t> cu = {0};
-  for (index_t len = 1; cu.back() < T; len = len * 3 + 4)
-    cu.push_back(static_cast<std::int32_t>(std::min<index_t>(cu.back() + len, T)));
-  return cu;
-}
-
-// A random fp32 tensor, its 16-bit rounding and that rounding widened back to fp32.
-template <class H>
-struct GlaStored {
-  Tensor<float, 4> orig, rounded;
-  Tensor<H, 4> half;
-  GlaStored(const typename Tensor<float, 4>::shape_type& shape, std::uint64_t seed)
-      : orig(shape), rounded(shape), half(shape) {
-    st::fill_uniform(orig.view(), seed, -1.f, 1.f);
-    seqmix::convert(orig.data(), half.data(), orig.numel());
-    seqmix::convert(half.data(), rounded.data(), orig.numel());
-  }
-};
-
 struct GlaHalfResult {
   Tensor<float, 4> o, s;
 };
@@ -80,7 +49,7 @@ struct GlaHalfResult {
 enum class GlaEntry { fast, reference };
 
 template <class T>
-GlaHalfResult gla_half_run(GlaEntry e, const GlaHalfCase& c, const Tensor<T, 4>& q, const Tensor<T, 4>& k,
+GlaHalfResult gla_half_run(GlaEntry e, const st::HalfIoCase& c, const Tensor<T, 4>& q, const Tensor<T, 4>& k,
                            const Tensor<T, 4>& v, seqmix::GatedLinearAttentionInputsOf<float> gates,
                            const seqmix::GatedLinearAttentionOptions& options, const seqmix::Executor& executor) {
   seqmix::GatedLinearAttentionInputsOf<T> in;
@@ -97,12 +66,12 @@ GlaHalfResult gla_half_run(GlaEntry e, const GlaHalfCase& c, const Tensor<T, 4>&
 }
 
 template <class H>
-void gla_half_check(const GlaHalfCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
+void gla_half_check(const st::HalfIoCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
   using seqmix::GateKind;
   using seqmix::LinearAttentionAlgorithm;
-  const std::vector<std::int32_t> cu = gla_half_cu(c.T);
+  const std::vector<std::int32_t> cu = st::half_io_cu_seqlens(c.T);
   const index_t N = c.packed ? static_cast<index_t>(cu.size()) - 1 : c.B, B = c.packed ? 1 : c.B;
-  const GlaStored<H> q({B, c.T, c.H, c.K}, seed), k({B, c.T, c.H, c.K}, seed + 1), v({B, c.T, c.HV, c.V}, seed + 2);
+  const st::HalfStored<H> q({B, c.T, c.H, c.K}, seed), k({B, c.T, c.H, c.K}, seed + 1), v({B, c.T, c.HV, c.V}, seed + 2);
   Tensor<float, 4> g({B, c.T, c.HV, c.K});
   Tensor<float, 3> gs({B, c.T, c.HV});
   st::fill_log_gate(g.view(), seed + 3, -0.1f, 0.f);
@@ -147,13 +116,13 @@ TEST_CASE("gla with bf16 q, k and v: equal to fp32 inputs of the same values, wi
           "[gla][bf16]") {
   const seqmix::ThreadPool pool(2);
   std::uint64_t seed = 5100;
-  for (const GlaHalfCase& c : gla_half_cases()) gla_half_check<seqmix::bf16>(c, seed += 10, pool);
+  for (const st::HalfIoCase& c : gla_half_cases()) gla_half_check<seqmix::bf16>(c, seed += 10, pool);
 }
 
 TEST_CASE("gla with f16 q, k and v: equal to fp32 inputs of the same values, within the bound of fp32",
           "[gla][f16]") {
   std::uint64_t seed = 5500;
-  for (const GlaHalfCase& c : gla_half_cases()) gla_half_check<seqmix::f16>(c, seed += 10, seqmix::serial_executor());
+  for (const st::HalfIoCase& c : gla_half_cases()) gla_half_check<seqmix::f16>(c, seed += 10, seqmix::serial_executor());
 }
 
 TEST_CASE("gla with bf16 q, k and v: simple_gla and reverse take them, a bad shape is refused before any write", "[gla][bf16]") {
