@@ -12,7 +12,10 @@
 //                                             selective_scan, ssd, linear_scan, rwkv7, lstm,
 //                                             mlstm and matrix_scan; the chunked hybrids based,
 //                                             rat, infini_attention, mega and memory_tokens;
-//                                             long_conv (direct, FFT), hyena and h3
+//                                             long_conv (direct, FFT), hyena and h3; the LTI
+//                                             mixers monarch_mix_causal, base_conv,
+//                                             lightweight_conv, masked_mixer and the distilled
+//                                             Hyena prefill
 //   grid_scan/<split>/<shape>                  the 2-D linear recurrence, and its reference
 //
 // GFLOP/s of the selective scans counts 6 flops per (token, channel, state) update of the scan
@@ -34,6 +37,7 @@
 #include "seqmix/ssm.hpp"
 #include "seqmix/structured.hpp"
 #include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/hyena_modes.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -394,6 +398,82 @@ void reverse_h3(benchmark::State& state, bool reverse) {
   }
 }
 
+// The LTI mixers of section 11 with a causal form, reverse vs forward.
+void reverse_monarch(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 4096, D = 768;
+  const auto x = st::random_tensor<3>({B, T, D}, 1);
+  const auto h = st::random_tensor<2>({T, D}, 2, -0.02f, 0.02f);
+  Tensor<float, 3> y({B, T, D});
+  seqmix::MonarchMixCausalOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::monarch_mix_causal({x.cview(), h.cview()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_base_conv(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 4096, D = 768;
+  const auto u = st::random_tensor<3>({B, T, D}, 1);
+  const auto w1 = st::random_tensor<2>({D, D}, 2, -0.03f, 0.03f), w2 = st::random_tensor<2>({D, D}, 3, -0.03f, 0.03f);
+  const auto h = st::random_tensor<2>({T, D}, 4, -0.02f, 0.02f);
+  Tensor<float, 3> y({B, T, D});
+  seqmix::BaseConvOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::base_conv({u.cview(), w1.cview(), w2.cview(), h.cview()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_lightweight(benchmark::State& state, bool reverse) {
+  const index_t B = 4, T = 4096, D = 512, H = 16, K = 31;
+  const auto x = st::random_tensor<3>({B, T, D}, 1);
+  const auto w = st::random_tensor<2>({H, K}, 2);
+  Tensor<float, 3> y({B, T, D});
+  seqmix::LocalConvOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::lightweight_conv({x.cview(), w.cview()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_masked_mixer(benchmark::State& state, bool reverse) {
+  const index_t B = 1, T = 2048, D = 768, G = 12;
+  const auto x = st::random_tensor<3>({B, T, D}, 1);
+  const auto w = st::random_tensor<3>({G, T, T}, 2, -0.02f, 0.02f);
+  Tensor<float, 3> y({B, T, D});
+  seqmix::MaskedMixerOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::masked_mixer({x.cview(), w.cview()}, {y.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void reverse_hyena_handoff(benchmark::State& state, bool reverse) {
+  const index_t N = 2, B = 1, T = 4096, D = 768, M = 16;
+  const auto v = st::random_tensor<3>({B, T, D}, 1);
+  const auto x = st::random_tensor<4>({N, B, T, D}, 2);
+  const auto filter = st::random_tensor<3>({N, T, D}, 3, -0.02f, 0.02f);
+  const st::HyenaModes modes(N, D, M, 4);
+  Tensor<float, 3> y({B, T, D}), scratch({B, T, D});
+  Tensor<float, 4> sr({N, B, D, M}), si({N, B, D, M});
+  seqmix::HyenaOptions options;
+  options.reverse = reverse;
+  for (auto _ : state) {
+    seqmix::hyena_distilled_prefill({v.cview(), x.cview(), filter.cview()}, modes.filters(),
+                                    {y.view(), sr.view(), si.view(), scratch.view()}, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 void grid(benchmark::State& state, int form) {
   const GridShape& s = kVmamba;
   const auto al = st::random_tensor<4>({s.B, s.H, s.W, s.D}, 1, 0.f, 0.5f);
@@ -443,6 +523,13 @@ void register_all() {
         [reverse](benchmark::State& s) { reverse_long_conv(s, reverse, seqmix::LongConvMethod::fft); });
     add("reverse/hyena" + dir + "N2_B1_T4096_D768_L4096", [reverse](benchmark::State& s) { reverse_hyena(s, reverse); });
     add("reverse/h3" + dir + "B1_T2048_H8_P16_L2048", [reverse](benchmark::State& s) { reverse_h3(s, reverse); });
+    add("reverse/monarch_mix_causal" + dir + "B1_T4096_D768", [reverse](benchmark::State& s) { reverse_monarch(s, reverse); });
+    add("reverse/base_conv" + dir + "B1_T4096_D768_L4096", [reverse](benchmark::State& s) { reverse_base_conv(s, reverse); });
+    add("reverse/lightweight_conv" + dir + "B4_T4096_D512_H16_K31",
+        [reverse](benchmark::State& s) { reverse_lightweight(s, reverse); });
+    add("reverse/masked_mixer" + dir + "B1_T2048_D768_G12", [reverse](benchmark::State& s) { reverse_masked_mixer(s, reverse); });
+    add("reverse/hyena_distilled_prefill" + dir + "N2_B1_T4096_D768_M16",
+        [reverse](benchmark::State& s) { reverse_hyena_handoff(s, reverse); });
   }
   add("grid_scan/channels/" + shape, [](benchmark::State& s) { grid(s, 0); });
   add("grid_scan/wavefront/" + shape, [](benchmark::State& s) { grid(s, 1); });

@@ -10,6 +10,7 @@
 
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/hyena_modes.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -17,52 +18,6 @@ namespace {
 using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// Random modes per order and channel (poles of modulus 0.4..0.98), and the taps they define.
-struct HandoffModes {
-  Tensor<float, 3> pole_real, pole_imag, gain_real, gain_imag;
-  Tensor<float, 2> feedthrough;
-
-  HandoffModes(index_t N, index_t D, index_t M, std::uint64_t seed)
-      : pole_real({N, D, M}), pole_imag({N, D, M}), gain_real({N, D, M}), gain_imag({N, D, M}), feedthrough({N, D}) {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<double> modulus(0.4, 0.98), angle(-3.0, 3.0), gain(-0.5, 0.5), ft(-1.0, 1.0);
-    for (index_t n = 0; n < N; ++n)
-      for (index_t d = 0; d < D; ++d) {
-        feedthrough(n, d) = static_cast<float>(ft(rng));
-        for (index_t k = 0; k < M; ++k) {
-          const double r = modulus(rng), a = angle(rng);
-          pole_real(n, d, k) = static_cast<float>(r * std::cos(a)), pole_imag(n, d, k) = static_cast<float>(r * std::sin(a));
-          gain_real(n, d, k) = static_cast<float>(gain(rng)), gain_imag(n, d, k) = static_cast<float>(gain(rng));
-        }
-      }
-  }
-  seqmix::HyenaModalFilters filters() const {
-    return {pole_real.view(), pole_imag.view(), gain_real.view(), gain_imag.view(), feedthrough.view()};
-  }
-  // h[0] = feedthrough + Re(sum g^2), h[s] = Re(sum g^2 lambda^s): the filter the modes run.
-  Tensor<float, 3> taps(index_t L) const {
-    const index_t N = pole_real.size(0), D = pole_real.size(1), M = pole_real.size(2);
-    Tensor<float, 3> h({N, L, D});
-    for (index_t n = 0; n < N; ++n)
-      for (index_t d = 0; d < D; ++d) {
-        std::vector<std::complex<double>> r(static_cast<std::size_t>(M));
-        for (index_t k = 0; k < M; ++k) {
-          const std::complex<double> g(gain_real(n, d, k), gain_imag(n, d, k));
-          r[static_cast<std::size_t>(k)] = g * g;
-        }
-        for (index_t s = 0; s < L; ++s) {
-          double v = s == 0 ? double(feedthrough(n, d)) : 0.0;
-          for (index_t k = 0; k < M; ++k) {
-            v += r[static_cast<std::size_t>(k)].real();
-            r[static_cast<std::size_t>(k)] *= std::complex<double>(pole_real(n, d, k), pole_imag(n, d, k));
-          }
-          h(n, s, d) = static_cast<float>(v);
-        }
-      }
-    return h;
-  }
-};
 
 struct HandoffCase {
   index_t N, B, T, D, M, prompt;
@@ -81,7 +36,7 @@ TEST_CASE("hyena_distilled_prefill: prefill then distilled steps equal the disti
   };
   for (const HandoffCase& c : cases) {
     INFO("N=" << c.N << " B=" << c.B << " T=" << c.T << " D=" << c.D << " M=" << c.M << " prompt=" << c.prompt);
-    const HandoffModes modes(c.N, c.D, c.M, 1000 + static_cast<std::uint64_t>(c.T));
+    const st::HyenaModes modes(c.N, c.D, c.M, 1000 + static_cast<std::uint64_t>(c.T));
     const auto f = modes.filters();
     const Tensor<float, 3> v = st::random_tensor<3>({c.B, c.T, c.D}, 11 + c.T);
     const Tensor<float, 4> x = st::random_tensor<4>({c.N, c.B, c.T, c.D}, 12 + c.T);
@@ -167,7 +122,7 @@ TEST_CASE("hyena_distilled_prefill: a distilled fit hands over to steps that fol
 
 TEST_CASE("hyena_distilled_prefill: bad arguments are refused before any write", "[hyena][distill][handoff]") {
   const index_t N = 2, B = 1, T = 9, D = 3, M = 2;
-  const HandoffModes modes(N, D, M, 5);
+  const st::HyenaModes modes(N, D, M, 5);
   const Tensor<float, 3> taps = modes.taps(T);
   const Tensor<float, 3> v = st::random_tensor<3>({B, T, D}, 1);
   const Tensor<float, 4> x = st::random_tensor<4>({N, B, T, D}, 2);

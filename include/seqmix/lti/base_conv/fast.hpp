@@ -60,9 +60,14 @@ inline void base_conv_gate(const RowMajorMatrix<float>& p, const TensorView<floa
 /// Fast prefill: same arguments and results as reference::base_conv (see reference.hpp) up to
 /// float rounding. One GEMM [T,D] x [D,2D] per batch row (threaded over rows), one long_conv of
 /// p2 into y (options.method; carries initial_state -> final_state), one gate pass. Allocates
-/// the [B T, 2D] projections per call.
+/// the [B T, 2D] projections per call. options.reverse: the same on reversed views of u and y
+/// (the projection GEMM reads u with its negated row stride; no copy).
 inline void base_conv(const BaseConvInputs& in, const BaseConvOutputs& out, const BaseConvOptions& options = {},
                       const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::base_conv_reversed_call(in, out);
+    return base_conv(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto dims = detail::validate_base_conv("base_conv", in, out, options);
   if (dims.B == 0 || dims.T == 0 || dims.D == 0) {
     // No new rows: the state carries over unchanged.

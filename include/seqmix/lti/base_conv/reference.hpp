@@ -8,13 +8,17 @@
 // With initial_state [B,L-1,D] (the last L-1 rows of p2 before this segment, oldest first) the
 // sum also reads those rows for t-s < 0; final_state holds the last L-1 rows of
 // concat(initial_state, p2), long_conv's state, so segments and decode steps continue a prefill.
+// options.reverse: the same on reversed views of u and y (core/direction.hpp), so the convolution
+// is anti-causal and the states hold p2 rows in processing order, as long_conv's reverse.
 // This header holds the argument structs, their validation and the readable definition
 // (seqmix::reference::base_conv, loops in double); the fast prefill is in fast.hpp, the decode
 // step in step.hpp.
 #pragma once
 
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -26,6 +30,11 @@ namespace seqmix {
 struct BaseConvOptions {
   /// How the long convolution runs (long_conv's choice; automatic by default).
   LongConvMethod method = LongConvMethod::automatic;
+  /// Run from the last token to the first (core/direction.hpp): u and y are reversed views, not
+  /// copies, so y[t] = p1[t] * sum_s h[s] p2[t+s] (anti-causal). The states hold p2 rows in
+  /// processing order (LongConvOptions::reverse): final_state row r is p2[L-2-r]. base_conv_step
+  /// has no direction: fed tokens T'-1, T'-2, ... it continues a reverse prefill.
+  bool reverse = false;
 };
 
 /// Prefill arguments. Optional views are empty when not given.
@@ -108,6 +117,12 @@ inline BaseConvDims validate_base_conv(const char* op, const BaseConvInputs& in,
   return {B, T, D, L};
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of u and y.
+inline std::pair<BaseConvInputs, BaseConvOutputs> base_conv_reversed_call(BaseConvInputs in, BaseConvOutputs out) {
+  reverse_time_of(in.u, out.y);
+  return {in, out};
+}
+
 }  // namespace detail
 
 namespace reference {
@@ -118,6 +133,10 @@ namespace reference {
 inline void base_conv(const BaseConvInputs& in, const BaseConvOutputs& out, const BaseConvOptions& options = {},
                       const Executor& executor = serial_executor()) {
   (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::base_conv_reversed_call(in, out);
+    return base_conv(rev.first, rev.second, detail::forward_options(options));
+  }
   const auto dims = detail::validate_base_conv("reference::base_conv", in, out, options);
   const index_t B = dims.B, T = dims.T, D = dims.D, L = dims.L, S = L - 1;
   // xs[b] = concat(state rows, p2): S + T rows.

@@ -59,6 +59,10 @@ inline void local_conv_fast_row(const ConstView<float, 3>& x, const TensorView<f
 /// whose window holds it.
 inline void lightweight_conv(const LightweightConvInputs& in, const LocalConvOutputs& out,
                              const LocalConvOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::lightweight_conv_reversed_call(in, out);
+    return lightweight_conv(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto d = detail::validate_lightweight_conv("lightweight_conv", in, out, options);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
   const index_t lead = detail::local_conv_lead(d.K, options.padding), group = d.D / d.H;
@@ -78,6 +82,10 @@ inline void lightweight_conv(const LightweightConvInputs& in, const LocalConvOut
 /// reaches only the outputs whose window holds it.
 inline void dynamic_conv(const DynamicConvInputs& in, const LocalConvOutputs& out, const LocalConvOptions& options = {},
                          const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::dynamic_conv_reversed_call(in, out);
+    return dynamic_conv(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto d = detail::validate_dynamic_conv("dynamic_conv", in, out, options);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
   const index_t lead = detail::local_conv_lead(d.K, options.padding), group = d.D / d.H;

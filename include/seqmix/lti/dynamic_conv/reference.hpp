@@ -9,14 +9,17 @@
 // with P = K-1 (causal: taps t-K+1..t) or P = (K-1)/2 (centered: K/2 padding on both sides for
 // odd K; for even K one tap more after t than before). This header holds the argument structs,
 // their validation and the readable definition (double loops in double precision); the fast
-// forms are in fast.hpp, the causal decode steps in step.hpp.
+// forms are in fast.hpp, the causal decode steps in step.hpp. options.reverse: the same on
+// reversed views of x, y (and logits) (core/direction.hpp): causal windows become x[t..t+K-1].
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -32,6 +35,11 @@ enum class LocalConvPadding {
 /// Options shared by lightweight_conv and dynamic_conv.
 struct LocalConvOptions {
   LocalConvPadding padding = LocalConvPadding::causal;  ///< causal or centered window
+  /// Run from the last token to the first (core/direction.hpp): x, y and dynamic_conv's logits
+  /// are reversed views, not copies. A causal window becomes y[t] = sum_k p[k] x[t+K-1-k]
+  /// (tap K-1 on x[t]); an even centered window has its extra tap before t. The decode steps have
+  /// no direction (fed tokens from the end, they continue a reverse prefill).
+  bool reverse = false;
 };
 
 /// lightweight_conv's inputs (docs/operators.md, "lightweight_conv").
@@ -136,6 +144,23 @@ inline void local_conv_reference_row(const ConstView<float, 3>& x, const TensorV
 
 }  // namespace detail
 
+namespace detail {
+
+// Reverse calls (options.reverse) as forward calls on reversed views of the token-indexed arguments.
+inline std::pair<LightweightConvInputs, LocalConvOutputs> lightweight_conv_reversed_call(LightweightConvInputs in,
+                                                                                         LocalConvOutputs out) {
+  reverse_time_of(in.x, out.y);
+  return {in, out};
+}
+
+inline std::pair<DynamicConvInputs, LocalConvOutputs> dynamic_conv_reversed_call(DynamicConvInputs in,
+                                                                                 LocalConvOutputs out) {
+  reverse_time_of(in.x, in.logits, out.y);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition of lightweight_conv: softmax of each head's kernel in double, then the window
@@ -144,6 +169,10 @@ namespace reference {
 inline void lightweight_conv(const LightweightConvInputs& in, const LocalConvOutputs& out,
                              const LocalConvOptions& options = {}, const Executor& executor = serial_executor()) {
   (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::lightweight_conv_reversed_call(in, out);
+    return lightweight_conv(rev.first, rev.second, detail::forward_options(options));
+  }
   const auto d = detail::validate_lightweight_conv("reference::lightweight_conv", in, out, options);
   const index_t lead = detail::local_conv_lead(d.K, options.padding), group = d.H > 0 ? d.D / d.H : 0;
   std::vector<std::vector<double>> p(static_cast<std::size_t>(d.H));
@@ -161,6 +190,10 @@ inline void lightweight_conv(const LightweightConvInputs& in, const LocalConvOut
 inline void dynamic_conv(const DynamicConvInputs& in, const LocalConvOutputs& out, const LocalConvOptions& options = {},
                          const Executor& executor = serial_executor()) {
   (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::dynamic_conv_reversed_call(in, out);
+    return dynamic_conv(rev.first, rev.second, detail::forward_options(options));
+  }
   const auto d = detail::validate_dynamic_conv("reference::dynamic_conv", in, out, options);
   const index_t lead = detail::local_conv_lead(d.K, options.padding), group = d.H > 0 ? d.D / d.H : 0;
   std::vector<double> p;

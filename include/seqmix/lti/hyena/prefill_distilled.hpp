@@ -11,12 +11,19 @@
 // hyena_distilled_step from that state. When the filters are exactly the modal ones the handoff
 // then the steps equal the distilled step run from token 0; otherwise the prompt's outputs are
 // exact and the decoded ones carry the fit error of the modes.
+//
+// options.reverse (as hyena's): the prompt runs from its last token to its first on reversed views
+// (anti-causal orders), and the handed-over state is the one after token 0 in processing order
+// (having consumed tokens T-1, ..., 0), so hyena_distilled_step continues the reverse stream: the
+// next token it is given is the one before the prompt.
 #pragma once
 
 #include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -29,7 +36,7 @@ namespace seqmix {
 /// Outputs of hyena_distilled_prefill.
 struct HyenaDistilledPrefillOutputs {
   TensorView<float, 3> y;             ///< [B,T,D]: hyena's output on the original filters
-  TensorView<float, 4> state_real;    ///< [N,B,D,M]: each order's modal state after token T-1 (written, not read)
+  TensorView<float, 4> state_real;    ///< [N,B,D,M]: each order's modal state after token T-1 (after token 0 with options.reverse; written, not read)
   TensorView<float, 4> state_imag;    ///< [N,B,D,M]
   TensorView<float, 3> scratch = {};  ///< [B,T,D], optional: z_n between orders for N >= 2 (allocated per call when absent)
 };
@@ -75,6 +82,15 @@ inline void hyena_handoff_state(const ConstView<float, 3>& z, const HyenaModalFi
     }
 }
 
+// A reverse call as the forward call on reversed views of the token-indexed arguments (v, y,
+// scratch; x along its dimension 2); the states are per sequence, not per token.
+inline std::pair<HyenaInputs, HyenaDistilledPrefillOutputs> hyena_distilled_reversed_call(
+    HyenaInputs in, HyenaDistilledPrefillOutputs out) {
+  reverse_time_of(in.v, out.y, out.scratch);
+  in.x = reversed_view(in.x, 2);
+  return {in, out};
+}
+
 }  // namespace detail
 
 /// Prefill of T prompt tokens for distilled decoding: y as seqmix::hyena computes it on the
@@ -84,9 +100,16 @@ inline void hyena_handoff_state(const ConstView<float, 3>& z, const HyenaModalFi
 /// must be empty (the modal state of an earlier history is not known). Validates everything
 /// (hyena's checks, the modal filters' shapes, finite values and |pole| < 1, the state shapes,
 /// overlaps) before the first write. Cost: hyena's prefill plus O(N B T D M) for the states.
+/// options.reverse: the prompt runs from token T-1 to token 0 (reversed views, no copy; each order
+/// anti-causal), the states are the ones after token 0, and hyena_distilled_step then continues
+/// with the token before the prompt (the reverse stream), as one reverse hyena call would.
 inline void hyena_distilled_prefill(const HyenaInputs& in, const HyenaModalFilters& filters,
                                     const HyenaDistilledPrefillOutputs& out, const HyenaOptions& options = {},
                                     const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::hyena_distilled_reversed_call(in, out);
+    return hyena_distilled_prefill(rev.first, filters, rev.second, detail::forward_options(options), executor);
+  }
   const char* op = "hyena_distilled_prefill";
   const ArgCheck check(op);
   const auto dims = detail::validate_hyena(op, in, {out.y, out.scratch}, options);

@@ -33,9 +33,14 @@ inline void masked_mixer_rows(const MaskedMixerInputs& in, const MaskedMixerOutp
 
 /// Fast form of masked_mixer: same arguments and results as reference::masked_mixer
 /// (reference.hpp) up to float rounding. O(B T^2 D / 2) multiply-adds in GEMMs, no allocation
-/// beyond Eigen's packing buffers. Validates first.
-inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out,
+/// beyond Eigen's packing buffers. Validates first. options.reverse: anti-causal, the same GEMMs
+/// on reversed views of x and y (negated row strides, no copy).
+inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, const MaskedMixerOptions& options,
                          const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::masked_mixer_reversed_call(in, out);
+    return masked_mixer(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto d = detail::validate_masked_mixer("masked_mixer", in, out);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
   const index_t group = d.D / d.G, blocks = (d.T + detail::kMaskedMixerBlock - 1) / detail::kMaskedMixerBlock;
@@ -46,6 +51,12 @@ inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& 
       detail::masked_mixer_rows(in, out, b, g, g * group, group, r0, r1);
     }
   });
+}
+
+/// masked_mixer with default options (forward), as before options existed.
+inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out,
+                         const Executor& executor = serial_executor()) {
+  masked_mixer(in, out, MaskedMixerOptions{}, executor);
 }
 
 }  // namespace seqmix

@@ -26,6 +26,14 @@ struct MaskedMixerInputs {
   ConstView<float, 3> weight;  ///< [G,L,L]: mixing matrices, L >= T, G divides D; only s <= t < T is read (finite)
 };
 
+/// masked_mixer's options.
+struct MaskedMixerOptions {
+  /// Run from the last token to the first (core/direction.hpp): x and y are reversed views, not
+  /// copies, so y[t] = sum_{s>=t} W[g, T-1-t, T-1-s] x[s] (the mask anti-causal; W is indexed in
+  /// processing order). masked_mixer_step has no direction.
+  bool reverse = false;
+};
+
 /// masked_mixer's output: y must not overlap an input.
 struct MaskedMixerOutputs {
   TensorView<float, 3> y;  ///< [B,T,D]
@@ -73,14 +81,30 @@ inline MaskedMixerDims validate_masked_mixer(const char* op, const MaskedMixerIn
 
 }  // namespace detail
 
+namespace detail {
+
+// A reverse call (options.reverse) as the forward call on reversed views of x and y.
+inline std::pair<MaskedMixerInputs, MaskedMixerOutputs> masked_mixer_reversed_call(MaskedMixerInputs in,
+                                                                                   MaskedMixerOutputs out) {
+  reverse_time_of(in.x, out.y);
+  return {in, out};
+}
+
+}  // namespace detail
+
 namespace reference {
 
 /// The definition of masked_mixer: for every (b, t, c) the masked row sum in double.
 /// Single-threaded, `executor` accepted for a uniform signature. Validates first (shapes, G
-/// dividing D, L >= T, finite entries on and below the diagonal, no overlap).
-inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out,
+/// dividing D, L >= T, finite entries on and below the diagonal, no overlap). options.reverse:
+/// anti-causal, on reversed views (MaskedMixerOptions).
+inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, const MaskedMixerOptions& options,
                          const Executor& executor = serial_executor()) {
   (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::masked_mixer_reversed_call(in, out);
+    return masked_mixer(rev.first, rev.second, detail::forward_options(options));
+  }
   const auto d = detail::validate_masked_mixer("reference::masked_mixer", in, out);
   const index_t group = d.D / d.G;
   for (index_t b = 0; b < d.B; ++b)
@@ -90,6 +114,12 @@ inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& 
         for (index_t s = 0; s <= t; ++s) acc += double(in.weight(c / group, t, s)) * double(in.x(b, s, c));
         out.y(b, t, c) = static_cast<float>(acc);
       }
+}
+
+/// reference::masked_mixer with default options (forward), as before options existed.
+inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out,
+                         const Executor& executor = serial_executor()) {
+  masked_mixer(in, out, MaskedMixerOptions{}, executor);
 }
 
 }  // namespace reference

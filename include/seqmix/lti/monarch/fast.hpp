@@ -142,8 +142,13 @@ inline void monarch_mix(const MonarchMixInputs& in, const MonarchMixOutputs& out
 /// (reference.hpp) up to float rounding (y[t] reads x[0..t] exactly in the definition; later
 /// inputs reach it only through rounding, relative 1e-6). O(n^1.5) complex multiply-adds per
 /// channel and batch row with n = b*b >= 2T-1. Channel runs split over `executor`. Validates first.
+/// options.reverse: anti-causal, the same transforms on reversed views of x and y (no copy).
 inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
-                               const Executor& executor = serial_executor()) {
+                               const MonarchMixCausalOptions& options, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::monarch_causal_reversed_call(in, out);
+    return monarch_mix_causal(rev.first, rev.second, detail::forward_options(options), executor);
+  }
   const auto d = detail::validate_monarch_mix_causal("monarch_mix_causal", in, out);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
   const detail::MonarchDft dft(detail::monarch_side(2 * d.T - 1));
@@ -170,6 +175,12 @@ inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMi
       }
     }
   });
+}
+
+/// monarch_mix_causal with default options (forward), as before options existed.
+inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
+                               const Executor& executor = serial_executor()) {
+  monarch_mix_causal(in, out, MonarchMixCausalOptions{}, executor);
 }
 
 }  // namespace seqmix

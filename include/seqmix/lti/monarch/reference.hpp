@@ -21,6 +21,11 @@
 //   y = first T entries of M_n^{-1} ((M_n pad(x)) . (M_n pad(k)))
 //     = sum_{s<=t} k[t-s] x[s]       (the padding removes the wrap-around: y[t] reads x[0..t])
 //
+// options.reverse (monarch_mix_causal only): the same on reversed views of x and y
+// (core/direction.hpp), so the product is anti-causal, y[t] = sum_{s>=t} k[s-t] x[s]. monarch_mix
+// is non-causal (every output reads every token block) and has no direction: reversing its input
+// is a different mixing matrix, not a reverse scan.
+//
 // The learned-basis variant of the paper (blocks constrained to polynomial bases other than the
 // DFT) is not implemented: the caller's parameters are the filter k, as in M2's GPT models,
 // whose sequence mixer is this DFT instance with implicit long filters.
@@ -33,8 +38,10 @@
 #include <array>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -52,6 +59,13 @@ struct MonarchMixInputs {
 struct MonarchMixCausalInputs {
   ConstView<float, 3> x;       ///< [B,T,D], any strides
   ConstView<float, 2> filter;  ///< [L,D]: tap s multiplies x[t-s]; L >= 1, taps s >= T are never read; finite
+};
+
+/// monarch_mix_causal's options.
+struct MonarchMixCausalOptions {
+  /// Run from the last token to the first (core/direction.hpp): x and y are reversed views, not
+  /// copies, so y[t] = sum_{s>=t, s-t<L} filter[s-t] x[s] (anti-causal).
+  bool reverse = false;
 };
 
 /// Output of both operators: y must not overlap an input.
@@ -125,6 +139,13 @@ inline MonarchMixDims validate_monarch_mix_causal(const char* op, const MonarchM
   return {B, T, D, D, 0};
 }
 
+// A reverse call (options.reverse) as the forward call on reversed views of x and y.
+inline std::pair<MonarchMixCausalInputs, MonarchMixOutputs> monarch_causal_reversed_call(MonarchMixCausalInputs in,
+                                                                                         MonarchMixOutputs out) {
+  reverse_time_of(in.x, out.y);
+  return {in, out};
+}
+
 // (P v)[c*b + r] = v[r*b + c] on a length b*b vector (its own inverse).
 inline void monarch_permute(index_t b, const std::vector<double>& v, std::vector<double>& out) {
   out.assign(v.size(), 0.0);
@@ -172,10 +193,15 @@ inline void monarch_mix(const MonarchMixInputs& in, const MonarchMixOutputs& out
 
 /// The definition of monarch_mix_causal: y[b,t,c] = sum_{s<=t, s<L} filter[s,c] x[b,t-s,c] in
 /// double (what the zero-padded Monarch DFT product computes exactly). Single-threaded.
-/// Validates first (shapes, L >= 1, finite filter, no overlap).
+/// Validates first (shapes, L >= 1, finite filter, no overlap). options.reverse: anti-causal, on
+/// reversed views (MonarchMixCausalOptions).
 inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
-                               const Executor& executor = serial_executor()) {
+                               const MonarchMixCausalOptions& options, const Executor& executor = serial_executor()) {
   (void)executor;
+  if (options.reverse) {
+    const auto rev = detail::monarch_causal_reversed_call(in, out);
+    return monarch_mix_causal(rev.first, rev.second, detail::forward_options(options));
+  }
   const auto d = detail::validate_monarch_mix_causal("reference::monarch_mix_causal", in, out);
   const index_t L = in.filter.size(0);
   for (index_t bt = 0; bt < d.B; ++bt)
@@ -185,6 +211,12 @@ inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMi
         for (index_t s = 0; s <= t && s < L; ++s) acc += double(in.filter(s, c)) * double(in.x(bt, t - s, c));
         out.y(bt, t, c) = static_cast<float>(acc);
       }
+}
+
+/// reference::monarch_mix_causal with default options (forward), as before options existed.
+inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
+                               const Executor& executor = serial_executor()) {
+  monarch_mix_causal(in, out, MonarchMixCausalOptions{}, executor);
 }
 
 }  // namespace reference
