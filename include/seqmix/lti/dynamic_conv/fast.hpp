@@ -51,6 +51,13 @@ inline void local_conv_fast_row(const ConstView<float, 3>& x, const TensorView<f
   }
 }
 
+// Row r of a task's range [begin, end) in the order that walks x in ascending addresses: the
+// outputs are independent, so a reverse call (negative time stride) takes its rows last first
+// and streams memory forward as the forward call does (measured: 6 to 10% slower otherwise).
+inline index_t local_conv_row(const ConstView<float, 3>& x, index_t begin, index_t end, index_t i) {
+  return x.stride(1) < 0 ? begin + end - 1 - i : i;
+}
+
 }  // namespace detail
 
 /// Fast form of lightweight_conv: same arguments and results as reference::lightweight_conv
@@ -70,9 +77,11 @@ inline void lightweight_conv(const LightweightConvInputs& in, const LocalConvOut
   for (index_t h = 0; h < d.H; ++h)
     detail::local_conv_softmax_float(d.K, [&](index_t k) { return in.weight(h, k); }, p.data() + h * d.K);
   parallel_for(executor, d.B * d.T, detail::kLocalConvRowGrain, [&](index_t begin, index_t end) {
-    for (index_t r = begin; r < end; ++r)
+    for (index_t i = begin; i < end; ++i) {
+      const index_t r = detail::local_conv_row(in.x, begin, end, i);
       for (index_t h = 0; h < d.H; ++h)
         detail::local_conv_fast_row(in.x, out.y, r / d.T, r % d.T, h, group, lead, d.K, p.data() + h * d.K);
+    }
   });
 }
 
@@ -91,8 +100,8 @@ inline void dynamic_conv(const DynamicConvInputs& in, const LocalConvOutputs& ou
   const index_t lead = detail::local_conv_lead(d.K, options.padding), group = d.D / d.H;
   parallel_for(executor, d.B * d.T, detail::kLocalConvRowGrain, [&](index_t begin, index_t end) {
     std::vector<float> p(static_cast<std::size_t>(d.K));
-    for (index_t r = begin; r < end; ++r) {
-      const index_t b = r / d.T, t = r % d.T;
+    for (index_t i = begin; i < end; ++i) {
+      const index_t r = detail::local_conv_row(in.x, begin, end, i), b = r / d.T, t = r % d.T;
       for (index_t h = 0; h < d.H; ++h) {
         detail::local_conv_softmax_float(d.K, [&](index_t k) { return in.logits(b, t, h, k); }, p.data());
         detail::local_conv_fast_row(in.x, out.y, b, t, h, group, lead, d.K, p.data());
