@@ -15,6 +15,7 @@
 #include "seqmix/rnn.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
+#include "seqmix_testing/titans_problem.hpp"
 
 namespace {
 
@@ -24,53 +25,9 @@ using seqmix::TensorView;
 using seqmix::TitansAlgorithm;
 namespace st = seqmix::testing;
 
-// Keys are l2-normalized per token (as Titans normalizes them), so 2 theta |k|^2 <= 1 keeps the
-// inner gradient step contractive and the sequences stay O(1) for every gate draw.
-struct TitansProblem {
-  index_t B, T, HK, HV, K, V;
-  Tensor<float, 4> q, k, v, m0, s0;
-  Tensor<float, 3> alpha, eta, theta;
-
-  TitansProblem(index_t B_, index_t T_, index_t HK_, index_t HV_, index_t K_, index_t V_, std::uint64_t seed)
-      : B(B_), T(T_), HK(HK_), HV(HV_), K(K_), V(V_) {
-    q = st::random_tensor<4>({B, T, HK, K}, seed);
-    k = st::random_tensor<4>({B, T, HK, K}, seed + 1);
-    v = st::random_tensor<4>({B, T, HV, V}, seed + 2);
-    alpha = st::random_tensor<3>({B, T, HV}, seed + 3, 0.f, 0.2f);
-    eta = st::random_tensor<3>({B, T, HV}, seed + 4, 0.f, 0.95f);
-    theta = st::random_tensor<3>({B, T, HV}, seed + 5, 0.f, 0.5f);
-    m0 = st::random_tensor<4>({B, HV, K, V}, seed + 6, -0.5f, 0.5f);
-    s0 = st::random_tensor<4>({B, HV, K, V}, seed + 7, -0.1f, 0.1f);
-    for (index_t b = 0; b < B; ++b)
-      for (index_t t = 0; t < T; ++t)
-        for (index_t h = 0; h < HK; ++h) {
-          double sum = 0;
-          for (index_t r = 0; r < K; ++r) sum += double(k(b, t, h, r)) * k(b, t, h, r);
-          const float f = static_cast<float>(1.0 / std::sqrt(sum + 1e-12));
-          for (index_t r = 0; r < K; ++r) k(b, t, h, r) *= f;
-        }
-  }
-
-  seqmix::TitansInputs inputs(bool with_state) const {
-    seqmix::TitansInputs in;
-    in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
-    in.alpha = alpha.cview(), in.eta = eta.cview(), in.theta = theta.cview();
-    if (with_state) in.initial_memory = m0.cview(), in.initial_momentum = s0.cview();
-    return in;
-  }
-};
-
-struct TitansResult {
-  Tensor<float, 4> y, m, s;
-  explicit TitansResult(const TitansProblem& p) : y({p.B, p.T, p.HV, p.V}), m({p.B, p.HV, p.K, p.V}), s({p.B, p.HV, p.K, p.V}) {}
-  seqmix::TitansOutputs outputs() { return {y.view(), m.view(), s.view()}; }
-};
-
-void titans_check_close(const TitansResult& a, const TitansResult& ref, double tol) {
-  st::require_close("y", a.y.cview(), ref.y.cview(), tol);
-  st::require_close("final_memory", a.m.cview(), ref.m.cview(), tol);
-  st::require_close("final_momentum", a.s.cview(), ref.s.cview(), tol);
-}
+using st::TitansProblem;
+using st::TitansResult;
+using st::titans_check_close;
 
 }  // namespace
 

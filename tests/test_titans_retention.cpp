@@ -13,6 +13,7 @@
 #include "seqmix/rnn.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
+#include "seqmix_testing/titans_problem.hpp"
 
 namespace {
 
@@ -22,59 +23,14 @@ using seqmix::TitansRetention;
 using seqmix::TitansSoftmaxAxis;
 namespace st = seqmix::testing;
 
-// Keys l2-normalized per token (as Titans does). m0 is positive, so it serves Memora too (it
-// need not be normalized: the first softmax puts it on the simplices).
-struct RetentionProblem {
-  index_t B, T, HK, HV, K, V;
-  Tensor<float, 4> q, k, v, m0, s0;
-  Tensor<float, 3> alpha, eta, theta;
-
+// m0 is drawn positive, so it serves Memora too (it need not be normalized: the first softmax
+// puts it on the simplices).
+struct RetentionProblem : st::TitansProblem {
   RetentionProblem(index_t B_, index_t T_, index_t HK_, index_t HV_, index_t K_, index_t V_, std::uint64_t seed)
-      : B(B_), T(T_), HK(HK_), HV(HV_), K(K_), V(V_) {
-    q = st::random_tensor<4>({B, T, HK, K}, seed);
-    k = st::random_tensor<4>({B, T, HK, K}, seed + 1);
-    v = st::random_tensor<4>({B, T, HV, V}, seed + 2);
-    alpha = st::random_tensor<3>({B, T, HV}, seed + 3, 0.f, 0.2f);
-    eta = st::random_tensor<3>({B, T, HV}, seed + 4, 0.f, 0.9f);
-    theta = st::random_tensor<3>({B, T, HV}, seed + 5, 0.f, 0.5f);
-    m0 = st::random_tensor<4>({B, HV, K, V}, seed + 6, 0.05f, 0.5f);
-    s0 = st::random_tensor<4>({B, HV, K, V}, seed + 7, -0.1f, 0.1f);
-    for (index_t b = 0; b < B; ++b)
-      for (index_t t = 0; t < T; ++t)
-        for (index_t h = 0; h < HK; ++h) {
-          double sum = 0;
-          for (index_t r = 0; r < K; ++r) sum += double(k(b, t, h, r)) * k(b, t, h, r);
-          const float f = static_cast<float>(1.0 / std::sqrt(sum + 1e-12));
-          for (index_t r = 0; r < K; ++r) k(b, t, h, r) *= f;
-        }
-  }
-
-  seqmix::TitansInputs inputs(bool with_state) const {
-    seqmix::TitansInputs in;
-    in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
-    in.alpha = alpha.cview(), in.eta = eta.cview(), in.theta = theta.cview();
-    if (with_state) in.initial_memory = m0.cview(), in.initial_momentum = s0.cview();
-    return in;
-  }
-
-  seqmix::TitansStepInputs step(index_t t) const {
-    return {q.cview().select(1, t),     k.cview().select(1, t),   v.cview().select(1, t),
-            alpha.cview().select(1, t), eta.cview().select(1, t), theta.cview().select(1, t)};
-  }
+      : st::TitansProblem(B_, T_, HK_, HV_, K_, V_, seed, {0.9f, 0.05f, 0.5f}) {}
 };
 
-struct RetentionResult {
-  Tensor<float, 4> y, m, s;
-  explicit RetentionResult(const RetentionProblem& p)
-      : y({p.B, p.T, p.HV, p.V}), m({p.B, p.HV, p.K, p.V}), s({p.B, p.HV, p.K, p.V}) {}
-  seqmix::TitansOutputs outputs() { return {y.view(), m.view(), s.view()}; }
-};
-
-void retention_check_close(const RetentionResult& a, const RetentionResult& ref, double tol) {
-  st::require_close("y", a.y.cview(), ref.y.cview(), tol);
-  st::require_close("final_memory", a.m.cview(), ref.m.cview(), tol);
-  st::require_close("final_momentum", a.s.cview(), ref.s.cview(), tol);
-}
+using RetentionResult = st::TitansResult;
 
 // The retentions the sweeps cover: Moneta at the paper's q = 4 (l2 loss) and at q = 3 with the
 // l3 loss (Moneta's p = 3 pairing), Memora over each axis.
@@ -104,7 +60,7 @@ void retention_sweep(std::initializer_list<index_t> lengths, std::initializer_li
           RetentionResult ref(p), out(p);
           seqmix::reference::titans(p.inputs(with_state), ref.outputs(), o);
           seqmix::titans(p.inputs(with_state), out.outputs(), o, seed % 2 ? st::two_thread_pool() : seqmix::serial_executor());
-          retention_check_close(out, ref, 2e-4);
+          st::titans_check_close(out, ref, 2e-4);
           // Steps from the same state (Memora's fresh memory is its uniform point).
           RetentionResult stepped(p);
           if (with_state) {
@@ -116,7 +72,7 @@ void retention_sweep(std::initializer_list<index_t> lengths, std::initializer_li
           }
           for (index_t t = 0; t < T; ++t)
             seqmix::titans_step(p.step(t), {stepped.y.view().select(1, t), stepped.m.view(), stepped.s.view()}, o);
-          retention_check_close(stepped, ref, 2e-4);
+          st::titans_check_close(stepped, ref, 2e-4);
         }
         ++seed;
       }
@@ -176,7 +132,7 @@ TEST_CASE("titans retention: a reverse prefill equals the reference's reverse ru
     RetentionResult ref(p), out(p);
     seqmix::reference::titans(p.inputs(true), ref.outputs(), o);
     seqmix::titans(p.inputs(true), out.outputs(), o, st::two_thread_pool());
-    retention_check_close(out, ref, 2e-4);
+    st::titans_check_close(out, ref, 2e-4);
   }
 }
 
@@ -189,8 +145,8 @@ TEST_CASE("titans retention: Moneta with q = 2 equals the decay retention", "[ti
   o.retention = TitansRetention::lq_normalized, o.retention_q = 2.f;
   seqmix::reference::titans(p.inputs(true), ref.outputs(), o);
   seqmix::titans(p.inputs(true), fast.outputs(), o);
-  retention_check_close(ref, decay, 1e-6);
-  retention_check_close(fast, decay, 2e-4);
+  st::titans_check_close(ref, decay, 1e-6);
+  st::titans_check_close(fast, decay, 2e-4);
 }
 
 TEST_CASE("titans retention: Moneta reads A / ||A||_4^2 and Memora's slices sum to 1", "[titans]") {
@@ -248,7 +204,7 @@ TEST_CASE("titans retention: Memora keeps an exact zero entry at zero", "[titans
     RetentionResult ref(p), out(p);
     seqmix::reference::titans(in, ref.outputs(), o);
     seqmix::titans(in, out.outputs(), o);
-    retention_check_close(out, ref, 2e-4);
+    st::titans_check_close(out, ref, 2e-4);
     REQUIRE(out.m(0, 0, 3, 5) == 0.f);
     REQUIRE(out.m(0, 1, 0, 15) == 0.f);
   }
