@@ -259,8 +259,10 @@ void scan_dir_check_recurrence(index_t B, index_t T, index_t D, std::uint64_t se
       Tensor<float, 3> h({B, T, D});
       Tensor<float, 2> last({B, D});
       scan_dir_solve(form, data.inputs(false), {h.view(), last.view()}, true, threaded);
-      const bool newton = form != ScanDirForm::reference && form != ScanDirForm::sequential;
-      const double tol = newton ? 2e-5 : 1e-6;
+      // Relative to max|h|. The fast forms contract into FMAs where the reference does not, and
+      // over T = 1000 steps of a nonlinear cell those roundings grow to about 1e-5 (g++ -O2
+      // -march=native, diag_lstm: 1.2e-5); a wrong direction gives errors of order 1.
+      const double tol = 5e-5;
       st::require_close("h", h.cview(), h_want.cview(), tol);
       st::require_close("h_last", last.cview(), last_want.cview(), tol);
     }
