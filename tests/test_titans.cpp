@@ -102,16 +102,11 @@ TEST_CASE("titans: prefill then steps equals one call, states in place", "[titan
   const index_t T1 = 21;
   Tensor<float, 4> y({p.B, p.T, p.HV, p.V});
   Tensor<float, 4> m = p.m0, s = p.s0;
-  seqmix::TitansInputs in = p.inputs(false);
-  in.q = p.q.cview().slice(1, 0, T1), in.k = p.k.cview().slice(1, 0, T1), in.v = p.v.cview().slice(1, 0, T1);
-  in.alpha = p.alpha.cview().slice(1, 0, T1), in.eta = p.eta.cview().slice(1, 0, T1);
-  in.theta = p.theta.cview().slice(1, 0, T1);
+  seqmix::TitansInputs in = p.prefix_inputs(T1);
   in.initial_memory = m.cview(), in.initial_momentum = s.cview();
   seqmix::titans(in, {y.view().slice(1, 0, T1), m.view(), s.view()});  // final states = the initial views
   for (index_t t = T1; t < p.T; ++t) {
-    const seqmix::TitansStepInputs si{p.q.cview().select(1, t),     p.k.cview().select(1, t),
-                                      p.v.cview().select(1, t),     p.alpha.cview().select(1, t),
-                                      p.eta.cview().select(1, t),   p.theta.cview().select(1, t)};
+    const seqmix::TitansStepInputs si = p.step(t);
     seqmix::titans_step(si, {y.view().select(1, t), m.view(), s.view()}, {},
                         t % 2 ? st::two_thread_pool() : seqmix::serial_executor());
   }
@@ -287,8 +282,7 @@ TEST_CASE("titans: bad shapes, gates and options are rejected before any output 
   Tensor<float, 3> ys({2, 2, 4});
   Tensor<float, 4> s_bad({2, 2, 8, 5});
   ys.fill(7.f);
-  seqmix::TitansStepInputs si{p.q.cview().select(1, 0),     p.k.cview().select(1, 0),   p.v.cview().select(1, 0),
-                              p.alpha.cview().select(1, 0), p.eta.cview().select(1, 0), p.theta.cview().select(1, 0)};
+  seqmix::TitansStepInputs si = p.step(0);
   st::require_shape_error("momentum", [&] { seqmix::titans_step(si, {ys.view(), out.m.view(), s_bad.view()}); });
   Tensor<float, 2> eta2({2, 2});
   eta2.fill(-0.5f);
@@ -312,9 +306,7 @@ TEST_CASE("titans: the step on strided states equals it on contiguous ones", "[t
     for (index_t hv = 0; hv < p.HV; ++hv)
       for (index_t r = 0; r < p.K; ++r)
         for (index_t c = 0; c < p.V; ++c) m_strided(b, hv, r, c) = p.m0(b, hv, r, c);
-  const seqmix::TitansStepInputs si{p.q.cview().select(1, 0),     p.k.cview().select(1, 0),
-                                    p.v.cview().select(1, 0),     p.alpha.cview().select(1, 0),
-                                    p.eta.cview().select(1, 0),   p.theta.cview().select(1, 0)};
+  const seqmix::TitansStepInputs si = p.step(0);
   Tensor<float, 3> y1({p.B, p.HV, p.V}), y2({p.B, p.HV, p.V});
   seqmix::titans_step(si, {y1.view(), m.view(), s.view()});
   seqmix::titans_step(si, {y2.view(), m_strided, s2.view()});
@@ -352,9 +344,7 @@ TEST_CASE("titans miras losses: prefill and steps equal the reference for l1 l3 
           Tensor<float, 4> m({p.B, p.HV, p.K, p.V}), s({p.B, p.HV, p.K, p.V});
           if (with_state) m = p.m0, s = p.s0;
           for (index_t t = 0; t < T; ++t) {
-            const seqmix::TitansStepInputs si{p.q.cview().select(1, t),   p.k.cview().select(1, t),
-                                              p.v.cview().select(1, t),   p.alpha.cview().select(1, t),
-                                              p.eta.cview().select(1, t), p.theta.cview().select(1, t)};
+            const seqmix::TitansStepInputs si = p.step(t);
             seqmix::titans_step(si, {y.view().select(1, t), m.view(), s.view()}, o);
           }
           st::require_close("step y", y.cview(), ref.y.cview(), 2e-4);
@@ -459,9 +449,7 @@ TEST_CASE("titans miras losses: a bad loss or Huber delta is rejected before any
   for (const float delta : {0.f, -1.f, std::nanf(""), std::numeric_limits<float>::infinity()}) {
     o.huber_delta = delta;
     st::require_shape_error("options.huber_delta", [&] { seqmix::titans(p.inputs(true), out.outputs(), o); });
-    const seqmix::TitansStepInputs si{p.q.cview().select(1, 0),     p.k.cview().select(1, 0),
-                                      p.v.cview().select(1, 0),     p.alpha.cview().select(1, 0),
-                                      p.eta.cview().select(1, 0),   p.theta.cview().select(1, 0)};
+    const seqmix::TitansStepInputs si = p.step(0);
     st::require_shape_error("options.huber_delta",
                             [&] { seqmix::titans_step(si, {out.y.view().select(1, 0), out.m.view(), out.s.view()}, o); });
   }

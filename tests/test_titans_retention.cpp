@@ -109,10 +109,7 @@ TEST_CASE("titans retention: prefill then steps equals one call, states in place
     const index_t T1 = 23;
     Tensor<float, 4> y({p.B, p.T, p.HV, p.V});
     Tensor<float, 4> m = p.m0, s = p.s0;
-    seqmix::TitansInputs in = p.inputs(false);
-    in.q = p.q.cview().slice(1, 0, T1), in.k = p.k.cview().slice(1, 0, T1), in.v = p.v.cview().slice(1, 0, T1);
-    in.alpha = p.alpha.cview().slice(1, 0, T1), in.eta = p.eta.cview().slice(1, 0, T1);
-    in.theta = p.theta.cview().slice(1, 0, T1);
+    seqmix::TitansInputs in = p.prefix_inputs(T1);
     in.initial_memory = m.cview(), in.initial_momentum = s.cview();
     seqmix::titans(in, {y.view().slice(1, 0, T1), m.view(), s.view()}, o);  // final states = the initial views
     for (index_t t = T1; t < p.T; ++t)

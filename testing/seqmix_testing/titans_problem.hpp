@@ -55,6 +55,15 @@ struct TitansProblem {
     return in;
   }
 
+  // The first T1 tokens as a prefill (no initial state: the caller sets it).
+  TitansInputs prefix_inputs(index_t T1) const {
+    TitansInputs in;
+    in.q = q.cview().slice(1, 0, T1), in.k = k.cview().slice(1, 0, T1), in.v = v.cview().slice(1, 0, T1);
+    in.alpha = alpha.cview().slice(1, 0, T1), in.eta = eta.cview().slice(1, 0, T1);
+    in.theta = theta.cview().slice(1, 0, T1);
+    return in;
+  }
+
   // Token t's step inputs.
   TitansStepInputs step(index_t t) const {
     return {q.cview().select(1, t),     k.cview().select(1, t),   v.cview().select(1, t),
