@@ -48,10 +48,6 @@ std::vector<st::HalfIoCase> delta_half_cases() {
   return cases;
 }
 
-struct DeltaHalfResult {
-  Tensor<float, 4> o, s;
-};
-
 // Which operator and gate a run uses.
 enum class DeltaOp { gated_scalar, gated_channel, ungated };
 enum class DeltaEntry { fast, reference };
@@ -64,11 +60,11 @@ struct DeltaShared {
 };
 
 template <class T>
-DeltaHalfResult delta_half_run(DeltaOp op, DeltaEntry e, const st::HalfIoCase& c, const Tensor<T, 4>& q,
+st::HalfIoResult delta_half_run(DeltaOp op, DeltaEntry e, const st::HalfIoCase& c, const Tensor<T, 4>& q,
                                const Tensor<T, 4>& k, const Tensor<T, 4>& v, const DeltaShared& shared,
                                const seqmix::GatedDeltaRuleOptions& options, const seqmix::Executor& executor) {
   const index_t N = shared.initial_state.size(0), B = q.size(0);
-  DeltaHalfResult r{Tensor<float, 4>({B, c.T, c.HV, c.V}), Tensor<float, 4>({N, c.HV, c.K, c.V})};
+  st::HalfIoResult r{Tensor<float, 4>({B, c.T, c.HV, c.V}), Tensor<float, 4>({N, c.HV, c.K, c.V})};
   if (op == DeltaOp::ungated) {
     seqmix::DeltaRuleInputsOf<T> in;
     in.q = q.cview(), in.k = k.cview(), in.v = v.cview(), in.beta = shared.beta;
@@ -139,27 +135,20 @@ void delta_half_check(const st::HalfIoCase& c, std::uint64_t seed, const seqmix:
                             << (algorithm == DeltaAlgorithm::chunked ? " chunked" : " recurrent")
                             << (compute == seqmix::Bf16Compute::dot ? " dot" : " fp32")
                             << (e == DeltaEntry::reference ? " reference" : " fast") << " seed " << seed);
-          const DeltaHalfResult half = delta_half_run(op, e, c, q.half, k.half, v.half, shared, options, executor);
-          const DeltaHalfResult same = delta_half_run(op, e, c, q.rounded, k.rounded, v.rounded, shared, options, executor);
-          CHECK(st::per_head_relative_error(half.o, same.o, 2) <= 1e-6);
-          CHECK(st::per_head_relative_error(half.s, same.s, 1) <= 1e-6);
-          const DeltaHalfResult orig = delta_half_run(op, e, c, q.orig, k.orig, v.orig, shared, options, executor);
-          const double eo = st::per_head_relative_error(half.o, orig.o, 2);
-          const double es = st::per_head_relative_error(half.s, orig.s, 1);
-          INFO("against fp32 originals: output rel err " << eo << ", state rel err " << es);
-          CHECK(eo <= bound);
-          CHECK(es <= bound);
+          st::check_half_io(delta_half_run(op, e, c, q.half, k.half, v.half, shared, options, executor),
+                            delta_half_run(op, e, c, q.rounded, k.rounded, v.rounded, shared, options, executor),
+                            delta_half_run(op, e, c, q.orig, k.orig, v.orig, shared, options, executor), bound);
         }
 }
 
 // Decode tokens [0, T) of one case through the step with q/k/v of storage type T; the state
 // starts from s0 and is carried from token to token. Returns outputs [B,T,HV,V] and the state.
 template <class T>
-DeltaHalfResult delta_step_run(DeltaOp op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v,
+st::HalfIoResult delta_step_run(DeltaOp op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v,
                                const Tensor<float, 3>& beta, const Tensor<float, 3>& gs, const Tensor<float, 4>& g,
                                const Tensor<float, 4>& s0) {
   const index_t B = q.size(0), T_ = q.size(1), HV = v.size(2), V = v.size(3);
-  DeltaHalfResult r{Tensor<float, 4>({B, T_, HV, V}), Tensor<float, 4>(s0.shape())};
+  st::HalfIoResult r{Tensor<float, 4>({B, T_, HV, V}), Tensor<float, 4>(s0.shape())};
   std::copy(s0.data(), s0.data() + s0.numel(), r.s.data());
   for (index_t t = 0; t < T_; ++t) {
     const seqmix::TensorView<float, 3> o = r.o.view().select(1, t);
@@ -198,16 +187,9 @@ void delta_step_half_check(std::uint64_t seed) {
   const double bound = std::is_same_v<H, seqmix::bf16> ? 1.0 / 64 : 1.0 / 512;
   for (const DeltaOp op : {DeltaOp::gated_scalar, DeltaOp::gated_channel, DeltaOp::ungated}) {
     INFO(delta_op_name(op) << " step, B=3 T=40 HK=2 HV=4 K=33 V=20 seed " << seed);
-    const DeltaHalfResult half = delta_step_run(op, q.half, k.half, v.half, beta, gs, g, s0);
-    const DeltaHalfResult same = delta_step_run(op, q.rounded, k.rounded, v.rounded, beta, gs, g, s0);
-    CHECK(st::per_head_relative_error(half.o, same.o, 2) <= 1e-6);
-    CHECK(st::per_head_relative_error(half.s, same.s, 1) <= 1e-6);
-    const DeltaHalfResult orig = delta_step_run(op, q.orig, k.orig, v.orig, beta, gs, g, s0);
-    const double eo = st::per_head_relative_error(half.o, orig.o, 2);
-    const double es = st::per_head_relative_error(half.s, orig.s, 1);
-    INFO("against fp32 originals: output rel err " << eo << ", state rel err " << es);
-    CHECK(eo <= bound);
-    CHECK(es <= bound);
+    st::check_half_io(delta_step_run(op, q.half, k.half, v.half, beta, gs, g, s0),
+                      delta_step_run(op, q.rounded, k.rounded, v.rounded, beta, gs, g, s0),
+                      delta_step_run(op, q.orig, k.orig, v.orig, beta, gs, g, s0), bound);
   }
 }
 

@@ -42,21 +42,17 @@ std::vector<st::HalfIoCase> gla_half_cases() {
   return cases;
 }
 
-struct GlaHalfResult {
-  Tensor<float, 4> o, s;
-};
-
 enum class GlaEntry { fast, reference };
 
 template <class T>
-GlaHalfResult gla_half_run(GlaEntry e, const st::HalfIoCase& c, const Tensor<T, 4>& q, const Tensor<T, 4>& k,
+st::HalfIoResult gla_half_run(GlaEntry e, const st::HalfIoCase& c, const Tensor<T, 4>& q, const Tensor<T, 4>& k,
                            const Tensor<T, 4>& v, seqmix::GatedLinearAttentionInputsOf<float> gates,
                            const seqmix::GatedLinearAttentionOptions& options, const seqmix::Executor& executor) {
   seqmix::GatedLinearAttentionInputsOf<T> in;
   in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
   in.g = gates.g, in.g_scalar = gates.g_scalar, in.initial_state = gates.initial_state, in.batch = gates.batch;
   const index_t N = gates.initial_state.size(0), B = q.size(0);
-  GlaHalfResult r{Tensor<float, 4>({B, c.T, c.HV, c.V}), Tensor<float, 4>({N, c.HV, c.K, c.V})};
+  st::HalfIoResult r{Tensor<float, 4>({B, c.T, c.HV, c.V}), Tensor<float, 4>({N, c.HV, c.K, c.V})};
   const seqmix::GatedLinearAttentionOutputs out{r.o.view(), r.s.view()};
   if (e == GlaEntry::reference)
     seqmix::reference::gated_linear_attention(in, out, options, executor);
@@ -97,16 +93,9 @@ void gla_half_check(const st::HalfIoCase& c, std::uint64_t seed, const seqmix::E
                             << (algorithm == LinearAttentionAlgorithm::chunked ? " chunked" : " recurrent")
                             << (compute == seqmix::Bf16Compute::dot ? " dot" : " fp32")
                             << (e == GlaEntry::reference ? " reference" : " fast") << " seed " << seed);
-          const GlaHalfResult half = gla_half_run(e, c, q.half, k.half, v.half, gates, options, executor);
-          const GlaHalfResult same = gla_half_run(e, c, q.rounded, k.rounded, v.rounded, gates, options, executor);
-          CHECK(st::per_head_relative_error(half.o, same.o, 2) <= 1e-6);
-          CHECK(st::per_head_relative_error(half.s, same.s, 1) <= 1e-6);
-          const GlaHalfResult orig = gla_half_run(e, c, q.orig, k.orig, v.orig, gates, options, executor);
-          const double eo = st::per_head_relative_error(half.o, orig.o, 2);
-          const double es = st::per_head_relative_error(half.s, orig.s, 1);
-          INFO("against fp32 originals: output rel err " << eo << ", state rel err " << es);
-          CHECK(eo <= bound);
-          CHECK(es <= bound);
+          st::check_half_io(gla_half_run(e, c, q.half, k.half, v.half, gates, options, executor),
+                            gla_half_run(e, c, q.rounded, k.rounded, v.rounded, gates, options, executor),
+                            gla_half_run(e, c, q.orig, k.orig, v.orig, gates, options, executor), bound);
         }
 }
 

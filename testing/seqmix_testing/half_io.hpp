@@ -9,8 +9,11 @@
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix_testing/compare.hpp"
 #include "seqmix_testing/random.hpp"
 
 namespace seqmix::testing {
@@ -50,5 +53,22 @@ struct HalfStored {
     convert(half.data(), rounded.data(), orig.numel());
   }
 };
+
+// One run's outputs o [B,T,HV,V] and final states s [N,HV,K,V].
+struct HalfIoResult {
+  Tensor<float, 4> o, s;
+};
+
+// The two checks of a half-storage run, per (sequence, head): equal to the fp32 run on the same
+// rounded values (`same`) within 1e-6, and within `bound` of the run on the unrounded originals.
+inline void check_half_io(const HalfIoResult& half, const HalfIoResult& same, const HalfIoResult& orig, double bound) {
+  CHECK(per_head_relative_error(half.o, same.o, 2) <= 1e-6);
+  CHECK(per_head_relative_error(half.s, same.s, 1) <= 1e-6);
+  const double eo = per_head_relative_error(half.o, orig.o, 2);
+  const double es = per_head_relative_error(half.s, orig.s, 1);
+  INFO("against fp32 originals: output rel err " << eo << ", state rel err " << es);
+  CHECK(eo <= bound);
+  CHECK(es <= bound);
+}
 
 }  // namespace seqmix::testing
