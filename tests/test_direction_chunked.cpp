@@ -16,6 +16,7 @@
 #include "seqmix/memory.hpp"
 #include "seqmix/ssm/long_context/window.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/direction.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -23,23 +24,6 @@ namespace {
 using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// An explicit reversed copy along the token axis (dimension 1).
-template <std::size_t Rank>
-Tensor<float, Rank> chunked_dir_reversed(const Tensor<float, Rank>& t) {
-  Tensor<float, Rank> r(t.shape());
-  for (index_t b = 0; b < t.size(0); ++b)
-    for (index_t i = 0; i < t.size(1); ++i) seqmix::copy(t.cview()[b][t.size(1) - 1 - i], r.view()[b][i]);
-  return r;
-}
-
-// A deep copy (each direction gets its own initial state, updated in place).
-template <std::size_t Rank>
-Tensor<float, Rank> chunked_dir_clone(const Tensor<float, Rank>& t) {
-  Tensor<float, Rank> r(t.shape());
-  seqmix::copy(t.cview(), r.view());
-  return r;
-}
 
 template <std::size_t Rank>
 void chunked_dir_fill(Tensor<float, Rank>& t, float value) {
@@ -75,16 +59,16 @@ TEST_CASE("reverse based equals based on reversed copies", "[direction][based]")
     for (const bool fast : {false, true}) {
       INFO("T=" << T << " fast=" << fast);
       const BasedDirCase c(T, 1000 + std::uint64_t(T));
-      const auto qf_r = chunked_dir_reversed(c.qf), kf_r = chunked_dir_reversed(c.kf), q_r = chunked_dir_reversed(c.q);
-      const auto k_r = chunked_dir_reversed(c.k), v_r = chunked_dir_reversed(c.v);
+      const auto qf_r = st::reversed_copy(c.qf), kf_r = st::reversed_copy(c.kf), q_r = st::reversed_copy(c.q);
+      const auto k_r = st::reversed_copy(c.k), v_r = st::reversed_copy(c.v);
       seqmix::BasedOptions options;
       options.window = c.W, options.chunk_size = 8;
       seqmix::BasedOptions reverse = options;
       reverse.reverse = true;
-      auto kv = chunked_dir_clone(c.kv0), kv_ref = chunked_dir_clone(c.kv0);
-      auto z = chunked_dir_clone(c.z0), z_ref = chunked_dir_clone(c.z0);
-      auto wk = chunked_dir_clone(c.wk0), wk_ref = chunked_dir_clone(c.wk0);
-      auto wv = chunked_dir_clone(c.wv0), wv_ref = chunked_dir_clone(c.wv0);
+      auto kv = st::clone(c.kv0), kv_ref = st::clone(c.kv0);
+      auto z = st::clone(c.z0), z_ref = st::clone(c.z0);
+      auto wk = st::clone(c.wk0), wk_ref = st::clone(c.wk0);
+      auto wv = st::clone(c.wv0), wv_ref = st::clone(c.wv0);
       seqmix::BasedState s{kv.view(), z.view(), wk.view(), wv.view(), 7};
       seqmix::BasedState s_ref{kv_ref.view(), z_ref.view(), wk_ref.view(), wv_ref.view(), 7};
       Tensor<float, 4> o({c.B, T, c.H, c.V}), o_ref({c.B, T, c.H, c.V});
@@ -117,12 +101,12 @@ TEST_CASE("reverse rat equals rat on reversed copies", "[direction][rat]") {
       const Tensor<float, 4> q = st::random_tensor<4>({B, T, H, D}, seed), k = st::random_tensor<4>({B, T, Hkv, D}, seed + 1);
       const Tensor<float, 4> v = st::random_tensor<4>({B, T, Hkv, D}, seed + 2);
       const Tensor<float, 4> g = st::random_tensor<4>({B, T, Hkv, D}, seed + 3, -2.f, 0.f);
-      const auto q_r = chunked_dir_reversed(q), k_r = chunked_dir_reversed(k), v_r = chunked_dir_reversed(v);
-      const auto g_r = chunked_dir_reversed(g);
+      const auto q_r = st::reversed_copy(q), k_r = st::reversed_copy(k), v_r = st::reversed_copy(v);
+      const auto g_r = st::reversed_copy(g);
       const Tensor<float, 4> ck0 = st::random_tensor<4>({B, C, Hkv, D}, seed + 4), cv0 = st::random_tensor<4>({B, C, Hkv, D}, seed + 5);
       const Tensor<float, 3> kr0 = st::random_tensor<3>({B, Hkv, D}, seed + 6), vr0 = st::random_tensor<3>({B, Hkv, D}, seed + 7);
-      auto ck = chunked_dir_clone(ck0), ck_ref = chunked_dir_clone(ck0), cv = chunked_dir_clone(cv0), cv_ref = chunked_dir_clone(cv0);
-      auto kr = chunked_dir_clone(kr0), kr_ref = chunked_dir_clone(kr0), vr = chunked_dir_clone(vr0), vr_ref = chunked_dir_clone(vr0);
+      auto ck = st::clone(ck0), ck_ref = st::clone(ck0), cv = st::clone(cv0), cv_ref = st::clone(cv0);
+      auto kr = st::clone(kr0), kr_ref = st::clone(kr0), vr = st::clone(vr0), vr_ref = st::clone(vr0);
       seqmix::RatState s{ck.view(), cv.view(), kr.view(), vr.view(), pos0};
       seqmix::RatState s_ref{ck_ref.view(), cv_ref.view(), kr_ref.view(), vr_ref.view(), pos0};
       seqmix::RatOptions options;
@@ -158,13 +142,13 @@ TEST_CASE("reverse infini_attention equals it on reversed copies", "[direction][
         const std::uint64_t seed = 1200 + std::uint64_t(T);
         const Tensor<float, 4> q = st::random_tensor<4>({B, T, H, K}, seed), k = st::random_tensor<4>({B, T, Hkv, K}, seed + 1);
         const Tensor<float, 4> v = st::random_tensor<4>({B, T, Hkv, V}, seed + 2);
-        const auto q_r = chunked_dir_reversed(q), k_r = chunked_dir_reversed(k), v_r = chunked_dir_reversed(v);
+        const auto q_r = st::reversed_copy(q), k_r = st::reversed_copy(k), v_r = st::reversed_copy(v);
         const Tensor<float, 4> m0 = st::random_tensor<4>({B, Hkv, K, V}, seed + 3);
         const Tensor<float, 3> z0 = st::random_tensor<3>({B, Hkv, K}, seed + 4, 0.5f, 2.f);
         const Tensor<float, 4> sk0 = st::random_tensor<4>({B, S, Hkv, K}, seed + 5), sv0 = st::random_tensor<4>({B, S, Hkv, V}, seed + 6);
-        auto m = chunked_dir_clone(m0), m_ref = chunked_dir_clone(m0);
-        auto z = chunked_dir_clone(z0), z_ref = chunked_dir_clone(z0);
-        auto sk = chunked_dir_clone(sk0), sk_ref = chunked_dir_clone(sk0), sv = chunked_dir_clone(sv0), sv_ref = chunked_dir_clone(sv0);
+        auto m = st::clone(m0), m_ref = st::clone(m0);
+        auto z = st::clone(z0), z_ref = st::clone(z0);
+        auto sk = st::clone(sk0), sk_ref = st::clone(sk0), sv = st::clone(sv0), sv_ref = st::clone(sv0);
         seqmix::InfiniAttentionState s{m.view(), z.view(), sk.view(), sv.view(), pos0};
         seqmix::InfiniAttentionState s_ref{m_ref.view(), z_ref.view(), sk_ref.view(), sv_ref.view(), pos0};
         seqmix::InfiniAttentionOptions options;
@@ -213,8 +197,8 @@ TEST_CASE("reverse mega equals mega on reversed copies", "[direction][mega]") {
       const Tensor<float, 3> x = st::random_tensor<3>({B, T, P::D}, seed);
       const Tensor<float, 4> v = st::random_tensor<4>({B, T, P::H, P::Dv}, seed + 1);
       const Tensor<float, 3> h0 = st::random_tensor<3>({B, P::D, P::N}, seed + 2);
-      const auto x_r = chunked_dir_reversed(x);
-      const auto v_r = chunked_dir_reversed(v);
+      const auto x_r = st::reversed_copy(x);
+      const auto v_r = st::reversed_copy(v);
       seqmix::MegaOptions options;
       options.chunk_size = P::c;
       seqmix::MegaOptions reverse = options;
@@ -269,7 +253,7 @@ TEST_CASE("reverse memory_tokens equals it on reversed copies", "[direction][mem
       for (const index_t recall : {index_t(0), index_t(2)}) {
         INFO("T=" << T << " fast=" << fast << " recall=" << recall);
         const Tensor<float, 3> x = st::random_tensor<3>({B, T, D}, 1410 + std::uint64_t(T));
-        const auto x_r = chunked_dir_reversed(x);
+        const auto x_r = st::reversed_copy(x);
         seqmix::MemoryTokensOptions options;
         options.segment = 8, options.recall = recall;
         seqmix::MemoryTokensOptions reverse = options;
@@ -297,7 +281,7 @@ TEST_CASE("reverse sliding_window_scan equals it on reversed copies", "[directio
         const Tensor<float, 3> a = gate == seqmix::GateSpace::log ? st::random_tensor<3>({B, T, D}, 1700, -1.f, 0.f)
                                                                   : st::random_tensor<3>({B, T, D}, 1700, 0.2f, 1.f);
         const Tensor<float, 3> b = st::random_tensor<3>({B, T, D}, 1701 + std::uint64_t(T));
-        const auto a_r = chunked_dir_reversed(a), b_r = chunked_dir_reversed(b);
+        const auto a_r = st::reversed_copy(a), b_r = st::reversed_copy(b);
         seqmix::SlidingWindowOptions options;
         options.window = 5, options.gate_space = gate;
         seqmix::SlidingWindowOptions reverse = options;

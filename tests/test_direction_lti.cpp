@@ -14,6 +14,7 @@
 #include "seqmix/core/direction.hpp"
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/direction.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -21,21 +22,6 @@ namespace {
 using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// An explicit reversed copy along dimension `dim`.
-template <std::size_t Rank>
-Tensor<float, Rank> lti_dir_reversed(const Tensor<float, Rank>& t, std::size_t dim = 1) {
-  Tensor<float, Rank> r(t.shape());
-  seqmix::copy(seqmix::reversed_view(t.cview(), dim), r.view());
-  return r;
-}
-
-template <std::size_t Rank>
-Tensor<float, Rank> lti_dir_clone(const Tensor<float, Rank>& t) {
-  Tensor<float, Rank> r(t.shape());
-  seqmix::copy(t.cview(), r.view());
-  return r;
-}
 
 const index_t kLtiDirLengths[] = {1, 2, 37, 100};
 
@@ -69,13 +55,13 @@ TEST_CASE("reverse long_conv equals long_conv on reversed copies", "[direction][
         for (int form = 0; form < 4; ++form) {
           INFO("T=" << T << " L=" << L << " G=" << G << " form=" << form);
           const LongConvDirCase c(T, G, L, 2300 + std::uint64_t(T * 7 + L));
-          const auto u_r = lti_dir_reversed(c.u);
+          const auto u_r = st::reversed_copy(c.u);
           seqmix::LongConvOptions options;
           options.method = form == 2 ? seqmix::LongConvMethod::fft : seqmix::LongConvMethod::direct;
           seqmix::LongConvOptions reverse = options;
           reverse.reverse = true;
           // Causal, skip and bias, from a state; the final state written over the initial one.
-          auto state = lti_dir_clone(c.state0), state_ref = lti_dir_clone(c.state0);
+          auto state = st::clone(c.state0), state_ref = st::clone(c.state0);
           Tensor<float, 3> y({c.B, T, c.D}), y_ref({c.B, T, c.D});
           lti_dir_long_conv(form, {c.u.cview(), c.h.cview(), {}, c.skip.cview(), c.bias.cview(), state.cview()},
                             {y.view(), state.view()}, reverse);
@@ -168,7 +154,7 @@ TEST_CASE("reverse h3 equals h3 on reversed copies", "[direction][h3]") {
       const auto q = st::random_tensor<4>({B, T, H, P}, seed), k = st::random_tensor<4>({B, T, H, P}, seed + 1);
       const auto v = st::random_tensor<4>({B, T, H, P}, seed + 2);
       const auto shift = st::random_tensor<2>({Ls, H * P}, seed + 3), diag = st::random_tensor<2>({L, H * P}, seed + 4, -0.2f, 0.2f);
-      const auto q_r = lti_dir_reversed(q), k_r = lti_dir_reversed(k), v_r = lti_dir_reversed(v);
+      const auto q_r = st::reversed_copy(q), k_r = st::reversed_copy(k), v_r = st::reversed_copy(v);
       seqmix::H3Options options, reverse;
       reverse.reverse = true;
       Tensor<float, 4> y({B, T, H, P}), y_ref({B, T, H, P});
@@ -197,11 +183,11 @@ TEST_CASE("reverse hyena equals hyena on reversed copies", "[direction][hyena]")
       const auto filter = st::random_tensor<3>({N, L, D}, seed + 2, -0.2f, 0.2f);
       const auto skip = st::random_tensor<2>({N, D}, seed + 3);
       const auto state0 = st::random_tensor<4>({N, B, L - 1, D}, seed + 4);
-      const auto v_r = lti_dir_reversed(v);
-      const auto x_r = lti_dir_reversed(x, 2);
+      const auto v_r = st::reversed_copy(v);
+      const auto x_r = st::reversed_copy(x, 2);
       seqmix::HyenaOptions options, reverse;
       reverse.reverse = true;
-      auto state = lti_dir_clone(state0), state_ref = lti_dir_clone(state0);
+      auto state = st::clone(state0), state_ref = st::clone(state0);
       Tensor<float, 3> y({B, T, D}), y_ref({B, T, D}), scratch({B, T, D});
       const seqmix::HyenaInputs got{v.cview(), x.cview(), filter.cview(), skip.cview(), state.cview()};
       const seqmix::HyenaInputs want{v_r.cview(), x_r.cview(), filter.cview(), skip.cview(), state_ref.cview()};

@@ -14,6 +14,7 @@
 #include "seqmix/core/direction.hpp"
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/direction.hpp"
 #include "seqmix_testing/hyena_modes.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -22,21 +23,6 @@ namespace {
 using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// An explicit reversed copy along dimension `dim`.
-template <std::size_t Rank>
-Tensor<float, Rank> mix_dir_reversed(const Tensor<float, Rank>& t, std::size_t dim = 1) {
-  Tensor<float, Rank> r(t.shape());
-  seqmix::copy(seqmix::reversed_view(t.cview(), dim), r.view());
-  return r;
-}
-
-template <std::size_t Rank>
-Tensor<float, Rank> mix_dir_clone(const Tensor<float, Rank>& t) {
-  Tensor<float, Rank> r(t.shape());
-  seqmix::copy(t.cview(), r.view());
-  return r;
-}
 
 const index_t kMixDirLengths[] = {1, 2, 37, 100};
 
@@ -48,7 +34,7 @@ TEST_CASE("reverse monarch_mix_causal equals monarch_mix_causal on reversed copi
         INFO("T=" << T << " L=" << L << " fast=" << fast);
         const auto x = st::random_tensor<3>({B, T, D}, 3100 + std::uint64_t(T));
         const auto h = st::random_tensor<2>({L, D}, 3101 + std::uint64_t(L), -0.5f, 0.5f);
-        const auto x_r = mix_dir_reversed(x);
+        const auto x_r = st::reversed_copy(x);
         seqmix::MonarchMixCausalOptions options, reverse;
         reverse.reverse = true;
         Tensor<float, 3> y({B, T, D}), y_ref({B, T, D});
@@ -107,10 +93,10 @@ TEST_CASE("reverse base_conv equals base_conv on reversed copies, reverse prefil
       for (const bool fast : {false, true}) {
         INFO("T=" << T << " L=" << L << " fast=" << fast);
         const BaseConvDirCase c(T, L, 3200 + std::uint64_t(T * 3 + L));
-        const auto u_r = mix_dir_reversed(c.u);
+        const auto u_r = st::reversed_copy(c.u);
         seqmix::BaseConvOptions options, reverse;
         reverse.reverse = true;
-        auto state = mix_dir_clone(c.state0), state_ref = mix_dir_clone(c.state0);
+        auto state = st::clone(c.state0), state_ref = st::clone(c.state0);
         Tensor<float, 3> y({c.B, T, c.D}), y_ref({c.B, T, c.D});
         // The final state written over the initial one.
         if (fast) {
@@ -128,7 +114,7 @@ TEST_CASE("reverse base_conv equals base_conv on reversed copies, reverse prefil
   const BaseConvDirCase c(T, L, 3300);
   seqmix::BaseConvOptions reverse;
   reverse.reverse = true;
-  auto state_all = mix_dir_clone(c.state0), state = mix_dir_clone(c.state0);
+  auto state_all = st::clone(c.state0), state = st::clone(c.state0);
   Tensor<float, 3> y_all({c.B, T, c.D}), y({c.B, T, c.D});
   seqmix::base_conv(c.inputs(c.u, state_all), {y_all.view(), state_all.view()}, reverse);
   const Tensor<float, 3> tail = [&] {
@@ -160,8 +146,8 @@ TEST_CASE("reverse lightweight_conv and dynamic_conv equal the forward calls on 
           const auto x = st::random_tensor<3>({B, T, D}, seed);
           const auto weight = st::random_tensor<2>({H, K}, seed + 1);
           const auto logits = st::random_tensor<4>({B, T, H, K}, seed + 2);
-          const auto x_r = mix_dir_reversed(x);
-          const auto logits_r = mix_dir_reversed(logits);
+          const auto x_r = st::reversed_copy(x);
+          const auto logits_r = st::reversed_copy(logits);
           seqmix::LocalConvOptions options;
           options.padding = padding;
           seqmix::LocalConvOptions reverse = options;
@@ -196,7 +182,7 @@ TEST_CASE("reverse masked_mixer equals masked_mixer on reversed copies", "[direc
         const index_t L = T + 3;
         const auto x = st::random_tensor<3>({B, T, D}, seed);
         const auto w = st::random_tensor<3>({G, L, L}, seed + 1, -0.2f, 0.2f);
-        const auto x_r = mix_dir_reversed(x);
+        const auto x_r = st::reversed_copy(x);
         seqmix::MaskedMixerOptions options, reverse;
         reverse.reverse = true;
         Tensor<float, 3> y({B, T, D}), y_ref({B, T, D});
@@ -222,8 +208,8 @@ TEST_CASE("reverse hyena_distilled_prefill equals the prefill on reversed copies
     const auto v = st::random_tensor<3>({B, T, D}, seed);
     const auto x = st::random_tensor<4>({N, B, T, D}, seed + 1);
     const auto filter = st::random_tensor<3>({N, 40, D}, seed + 2, -0.2f, 0.2f);
-    const auto v_r = mix_dir_reversed(v);
-    const auto x_r = mix_dir_reversed(x, 2);
+    const auto v_r = st::reversed_copy(v);
+    const auto x_r = st::reversed_copy(x, 2);
     seqmix::HyenaOptions options, reverse;
     reverse.reverse = true;
     Tensor<float, 3> y({B, T, D}), y_ref({B, T, D}), scratch({B, T, D});

@@ -11,6 +11,7 @@
 #include "seqmix/core/direction.hpp"
 #include "seqmix/rnn.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/direction.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -18,15 +19,6 @@ namespace {
 using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// An explicit reversed copy along the token axis (dimension 1).
-template <std::size_t Rank>
-Tensor<float, Rank> mem_dir_reversed(const Tensor<float, Rank>& t) {
-  Tensor<float, Rank> r(t.shape());
-  for (index_t b = 0; b < t.size(0); ++b)
-    for (index_t i = 0; i < t.size(1); ++i) seqmix::copy(t.cview()[b][t.size(1) - 1 - i], r.view()[b][i]);
-  return r;
-}
 
 const index_t kMemDirLengths[] = {1, 2, 21, 70};
 
@@ -45,7 +37,7 @@ struct MemDirTtt {
         gamma(st::random_tensor<2>({H, K}, seed + 7, 0.5f, 1.5f)), beta(st::random_tensor<2>({H, K}, seed + 8, -0.2f, 0.2f)) {}
   MemDirTtt reversed() const {
     MemDirTtt r = *this;
-    r.q = mem_dir_reversed(q), r.k = mem_dir_reversed(k), r.v = mem_dir_reversed(v), r.eta = mem_dir_reversed(eta);
+    r.q = st::reversed_copy(q), r.k = st::reversed_copy(k), r.v = st::reversed_copy(v), r.eta = st::reversed_copy(eta);
     return r;
   }
   seqmix::TttLinearInputs linear() const {
@@ -105,8 +97,8 @@ struct MemDirTitans {
         theta(st::random_tensor<3>({B, T, HV}, seed + 7, 0.f, 0.5f)) {}
   MemDirTitans reversed() const {
     MemDirTitans r = *this;
-    r.q = mem_dir_reversed(q), r.k = mem_dir_reversed(k), r.v = mem_dir_reversed(v);
-    r.alpha = mem_dir_reversed(alpha), r.eta = mem_dir_reversed(eta), r.theta = mem_dir_reversed(theta);
+    r.q = st::reversed_copy(q), r.k = st::reversed_copy(k), r.v = st::reversed_copy(v);
+    r.alpha = st::reversed_copy(alpha), r.eta = st::reversed_copy(eta), r.theta = st::reversed_copy(theta);
     return r;
   }
   seqmix::TitansInputs inputs() const {

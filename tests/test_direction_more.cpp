@@ -15,6 +15,7 @@
 #include "seqmix/lti.hpp"
 #include "seqmix/memory.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/direction.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -22,15 +23,6 @@ namespace {
 using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
-
-// An explicit reversed copy along the token axis (dimension 1).
-template <std::size_t Rank>
-Tensor<float, Rank> more_dir_reversed(const Tensor<float, Rank>& t) {
-  Tensor<float, Rank> r(t.shape());
-  for (index_t b = 0; b < t.size(0); ++b)
-    for (index_t i = 0; i < t.size(1); ++i) seqmix::copy(t.cview()[b][t.size(1) - 1 - i], r.view()[b][i]);
-  return r;
-}
 
 const index_t kMoreDirLengths[] = {1, 2, 37};
 
@@ -45,7 +37,7 @@ TEST_CASE("reverse s5 equals s5 on reversed copies", "[direction][s5]") {
     for (const bool fast : {false, true}) {
       INFO("T=" << T << " fast=" << fast);
       const Tensor<float, 3> u = st::random_tensor<3>({2, T, H}, 510 + std::uint64_t(T));
-      const Tensor<float, 3> u_rev = more_dir_reversed(u);
+      const Tensor<float, 3> u_rev = st::reversed_copy(u);
       const Tensor<float, 2> s_re = st::random_tensor<2>({2, P}, 520), s_im = st::random_tensor<2>({2, P}, 521);
       seqmix::S5Options options;
       options.discretization = seqmix::SsmDiscretization::bilinear;
@@ -92,9 +84,9 @@ TEST_CASE("reverse mom equals mom on reversed copies", "[direction][mom]") {
       for (index_t b = 0; b < B; ++b)
         for (index_t t = 0; t < T; ++t)
           for (index_t e = 0; e < E; ++e) route_rev.view()(b, t, e) = route.view()(b, T - 1 - t, e);
-      const Tensor<float, 4> q_r = more_dir_reversed(q), beta_r = more_dir_reversed(beta), g_r = more_dir_reversed(g);
-      const Tensor<float, 5> k_r = more_dir_reversed(k), v_r = more_dir_reversed(v);
-      const Tensor<float, 3> weight_r = more_dir_reversed(weight);
+      const Tensor<float, 4> q_r = st::reversed_copy(q), beta_r = st::reversed_copy(beta), g_r = st::reversed_copy(g);
+      const Tensor<float, 5> k_r = st::reversed_copy(k), v_r = st::reversed_copy(v);
+      const Tensor<float, 3> weight_r = st::reversed_copy(weight);
       seqmix::MomInputs in, in_r;
       in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.g_scalar = g.view();
       in.memory = route.view(), in.weight = weight.view(), in.initial_state = s0.view();
@@ -131,7 +123,7 @@ TEST_CASE("reverse aaren equals aaren on reversed copies", "[direction][aaren]")
       INFO("T=" << T << " form=" << form);
       const Tensor<float, 4> k = st::random_tensor<4>({B, T, H, Dk}, 710 + std::uint64_t(T));
       const Tensor<float, 4> v = st::random_tensor<4>({B, T, H, Dv}, 720 + std::uint64_t(T));
-      const Tensor<float, 4> k_r = more_dir_reversed(k), v_r = more_dir_reversed(v);
+      const Tensor<float, 4> k_r = st::reversed_copy(k), v_r = st::reversed_copy(v);
       seqmix::AarenOptions options;
       if (form == 2) options.split = seqmix::AarenSplit::time, options.chunks = 3;
       seqmix::AarenOptions reverse = options;
@@ -196,7 +188,7 @@ TEST_CASE("reverse slot_memory equals slot_memory on reversed copies", "[directi
       for (const seqmix::SlotGate gate : {seqmix::SlotGate::input_forget, seqmix::SlotGate::lm2}) {
         INFO("T=" << T << " fast=" << fast << " gate=" << int(gate));
         const Tensor<float, 3> x = st::random_tensor<3>({B, T, D}, 810 + std::uint64_t(T));
-        const Tensor<float, 3> x_r = more_dir_reversed(x);
+        const Tensor<float, 3> x_r = st::reversed_copy(x);
         seqmix::SlotMemoryWeights w{wi.view(), bi.view(), wf.view(), bf.view()};
         if (gate == seqmix::SlotGate::lm2) w.w_output = wo.view(), w.b_output = bo.view();
         seqmix::SlotMemoryOptions options;
@@ -225,7 +217,7 @@ TEST_CASE("reverse compressive_memory equals it on reversed copies", "[direction
       const Tensor<float, 4> q = st::random_tensor<4>({B, T, Hq, dk}, 900 + std::uint64_t(T));
       const Tensor<float, 4> k = st::random_tensor<4>({B, T, Hkv, dk}, 910 + std::uint64_t(T));
       const Tensor<float, 4> v = st::random_tensor<4>({B, T, Hkv, dv}, 920 + std::uint64_t(T));
-      const Tensor<float, 4> q_r = more_dir_reversed(q), k_r = more_dir_reversed(k), v_r = more_dir_reversed(v);
+      const Tensor<float, 4> q_r = st::reversed_copy(q), k_r = st::reversed_copy(k), v_r = st::reversed_copy(v);
       seqmix::CompressiveMemoryOptions options;
       options.segment = 8, options.memory = 6, options.compressed = 4, options.rate = 2;
       seqmix::CompressiveMemoryOptions reverse = options;

@@ -18,6 +18,7 @@
 #include "seqmix/rnn.hpp"
 #include "seqmix/ssm.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/direction.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -26,15 +27,6 @@ using seqmix::index_t;
 using seqmix::Tensor;
 using seqmix::TensorView;
 namespace st = seqmix::testing;
-
-// An explicit reversed copy along the token axis (dimension 1).
-template <std::size_t Rank>
-Tensor<float, Rank> rec_dir_reversed(const Tensor<float, Rank>& t) {
-  Tensor<float, Rank> r(t.shape());
-  for (index_t b = 0; b < t.size(0); ++b)
-    for (index_t i = 0; i < t.size(1); ++i) seqmix::copy(t.cview()[b][t.size(1) - 1 - i], r.view()[b][i]);
-  return r;
-}
 
 template <std::size_t Rank>
 void rec_dir_fill(Tensor<float, Rank>& t, float value) {
@@ -75,8 +67,8 @@ struct RecDirRwkv7 {
   }
   RecDirRwkv7 reversed() const {
     RecDirRwkv7 c = *this;
-    c.r = rec_dir_reversed(r), c.k = rec_dir_reversed(k), c.v = rec_dir_reversed(v);
-    c.a = rec_dir_reversed(a), c.b = rec_dir_reversed(b), c.g = rec_dir_reversed(g);
+    c.r = st::reversed_copy(r), c.k = st::reversed_copy(k), c.v = st::reversed_copy(v);
+    c.a = st::reversed_copy(a), c.b = st::reversed_copy(b), c.g = st::reversed_copy(g);
     return c;
   }
   seqmix::Rwkv7Inputs inputs() const { return {r.view(), k.view(), v.view(), a.view(), b.view(), g.view(), s0.view()}; }
@@ -144,8 +136,8 @@ struct RecDirMlstm {
         m0(st::random_tensor<2>({B, NH}, seed + 7, -2.f, 2.f)) {}
   RecDirMlstm reversed() const {
     RecDirMlstm c = *this;
-    c.q = rec_dir_reversed(q), c.k = rec_dir_reversed(k), c.v = rec_dir_reversed(v);
-    c.i = rec_dir_reversed(i), c.f = rec_dir_reversed(f);
+    c.q = st::reversed_copy(q), c.k = st::reversed_copy(k), c.v = st::reversed_copy(v);
+    c.i = st::reversed_copy(i), c.f = st::reversed_copy(f);
     return c;
   }
   seqmix::MlstmInputs inputs() const {
@@ -173,7 +165,7 @@ struct RecDirMatrix {
   }
   RecDirMatrix reversed() const {
     RecDirMatrix c = *this;
-    c.A = rec_dir_reversed(A), c.x = rec_dir_reversed(x);
+    c.A = st::reversed_copy(A), c.x = st::reversed_copy(x);
     return c;
   }
   seqmix::MatrixScanInputs inputs() const { return {A.cview(), x.cview(), h0.cview()}; }
@@ -221,7 +213,7 @@ TEST_CASE("reverse lstm gru and slstm equal the cells on reversed copies", "[dir
         INFO(rec_dir_name(cell) << " T=" << T << " fast=" << fast);
         const index_t B = 3, I = 7, H = 33, S = rec_dir_states(cell);
         const RecDirCellData data(cell, B, T, I, H, 70 + std::uint64_t(T));
-        const Tensor<float, 3> x_rev = rec_dir_reversed(data.x);
+        const Tensor<float, 3> x_rev = st::reversed_copy(data.x);
         Tensor<float, 3> y({B, T, H}), y_ref({B, T, H}), fs({B, S, H}), fs_ref({B, S, H});
         seqmix::RnnOptions reverse;
         reverse.reverse = true;
@@ -303,8 +295,8 @@ TEST_CASE("bidirectional sums forward and reverse of lstm and matrix_scan", "[di
   };
   seqmix::bidirectional<3>(run_lstm, y.view());
   seqmix::lstm(cell.inputs(cell.x), {fwd.view()});
-  seqmix::lstm(cell.inputs(rec_dir_reversed(cell.x)), {bwd.view()});
-  const Tensor<float, 3> bwd_back = rec_dir_reversed(bwd);
+  seqmix::lstm(cell.inputs(st::reversed_copy(cell.x)), {bwd.view()});
+  const Tensor<float, 3> bwd_back = st::reversed_copy(bwd);
   for (index_t i = 0; i < fwd.numel(); ++i) fwd.data()[i] += bwd_back.data()[i];
   st::require_close("lstm y", y.cview(), fwd.cview(), 1e-5);
 
@@ -318,7 +310,7 @@ TEST_CASE("bidirectional sums forward and reverse of lstm and matrix_scan", "[di
   seqmix::bidirectional<4>(run_scan, h.view());
   seqmix::matrix_scan(m.inputs(), {hf.view()});
   seqmix::matrix_scan(m.reversed().inputs(), {hb.view()});
-  const Tensor<float, 4> hb_back = rec_dir_reversed(hb);
+  const Tensor<float, 4> hb_back = st::reversed_copy(hb);
   for (index_t i = 0; i < hf.numel(); ++i) hf.data()[i] += hb_back.data()[i];
   st::require_close("matrix_scan h", h.cview(), hf.cview(), 1e-5);
 }
