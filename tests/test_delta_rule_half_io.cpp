@@ -244,20 +244,14 @@ TEST_CASE("delta rules with bf16 q, k and v: reverse takes them, a bad shape is 
   CHECK_THROWS_AS(seqmix::reference::delta_rule(un, {o.view()}), seqmix::ShapeError);
   REQUIRE(std::all_of(o.data(), o.data() + o.numel(), [](float x) { return x == 3.f; }));
   // A good shape, reversed: bf16 storage equals fp32 inputs holding the same values.
-  Tensor<seqmix::bf16, 4> v2({1, 9, 2, 8});
-  Tensor<float, 4> qf({1, 9, 2, 8}), kf({1, 9, 2, 8}), vf({1, 9, 2, 8}), o16({1, 9, 2, 8}), o32({1, 9, 2, 8});
-  st::fill_uniform(qf.view(), 78, -1.f, 1.f), st::fill_uniform(kf.view(), 79, -1.f, 1.f);
-  st::fill_uniform(vf.view(), 80, -1.f, 1.f);
-  for (Tensor<float, 4>* x : {&qf, &kf, &vf})  // round to bf16 values in place
-    for (index_t i = 0; i < x->numel(); ++i) x->data()[i] = seqmix::bf16(x->data()[i]).to_float();
-  seqmix::convert(qf.data(), q.data(), qf.numel()), seqmix::convert(kf.data(), k.data(), kf.numel());
-  seqmix::convert(vf.data(), v2.data(), vf.numel());
+  const st::HalfStored<seqmix::bf16> q2({1, 9, 2, 8}, 78), k2({1, 9, 2, 8}, 79), v2({1, 9, 2, 8}, 80);
+  Tensor<float, 4> o16({1, 9, 2, 8}), o32({1, 9, 2, 8});
   Tensor<float, 3> beta2({1, 9, 2}), gs2({1, 9, 2});
   st::fill_uniform(beta2.view(), 81, 0.f, 1.f);
   st::fill_log_gate(gs2.view(), 82, -0.1f, 0.f);
-  in.v = v2.cview(), in.beta = beta2.cview(), in.g_scalar = gs2.cview();
+  in.q = q2.half.cview(), in.k = k2.half.cview(), in.v = v2.half.cview(), in.beta = beta2.cview(), in.g_scalar = gs2.cview();
   seqmix::GatedDeltaRuleInputs in32;
-  in32.q = qf.cview(), in32.k = kf.cview(), in32.v = vf.cview(), in32.beta = beta2.cview(), in32.g_scalar = gs2.cview();
+  in32.q = q2.rounded.cview(), in32.k = k2.rounded.cview(), in32.v = v2.rounded.cview(), in32.beta = beta2.cview(), in32.g_scalar = gs2.cview();
   seqmix::GatedDeltaRuleOptions reverse;
   reverse.reverse = true, reverse.qk_norm = seqmix::QkNorm::l2;
   seqmix::gated_delta_rule(in, {o16.view()}, reverse);
@@ -267,9 +261,9 @@ TEST_CASE("delta rules with bf16 q, k and v: reverse takes them, a bad shape is 
   REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-5);
   seqmix::DeltaRuleOptions ureverse;
   ureverse.reverse = true, ureverse.qk_norm = seqmix::QkNorm::l2;
-  un.v = v2.cview(), un.beta = beta2.cview();
+  un.q = q2.half.cview(), un.k = k2.half.cview(), un.v = v2.half.cview(), un.beta = beta2.cview();
   seqmix::DeltaRuleInputs un32;
-  un32.q = qf.cview(), un32.k = kf.cview(), un32.v = vf.cview(), un32.beta = beta2.cview();
+  un32.q = q2.rounded.cview(), un32.k = k2.rounded.cview(), un32.v = v2.rounded.cview(), un32.beta = beta2.cview();
   seqmix::delta_rule(un, {o16.view()}, ureverse);
   seqmix::delta_rule(un32, {o32.view()}, ureverse);
   REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-6);

@@ -127,20 +127,14 @@ TEST_CASE("gla with bf16 q, k and v: simple_gla and reverse take them, a bad sha
   CHECK_THROWS_AS(seqmix::reference::gated_linear_attention(in, {o.view()}), seqmix::ShapeError);
   REQUIRE(std::all_of(o.data(), o.data() + o.numel(), [](float x) { return x == 3.f; }));
   // A good shape: simple_gla on bf16 equals simple_gla on fp32 holding the same values.
-  Tensor<seqmix::bf16, 4> v2({1, 9, 2, 8});
-  Tensor<float, 4> qf({1, 9, 2, 8}), kf({1, 9, 2, 8}), vf({1, 9, 2, 8}), o16({1, 9, 2, 8}), o32({1, 9, 2, 8});
-  st::fill_uniform(qf.view(), 78, -1.f, 1.f), st::fill_uniform(kf.view(), 79, -1.f, 1.f);
-  st::fill_uniform(vf.view(), 80, -1.f, 1.f);
-  for (Tensor<float, 4>* x : {&qf, &kf, &vf})  // round to bf16 values in place
-    for (index_t i = 0; i < x->numel(); ++i) x->data()[i] = seqmix::bf16(x->data()[i]).to_float();
-  seqmix::convert(qf.data(), q.data(), qf.numel()), seqmix::convert(kf.data(), k.data(), kf.numel());
-  seqmix::convert(vf.data(), v2.data(), vf.numel());
+  const st::HalfStored<seqmix::bf16> q2({1, 9, 2, 8}, 78), k2({1, 9, 2, 8}, 79), v2({1, 9, 2, 8}, 80);
+  Tensor<float, 4> o16({1, 9, 2, 8}), o32({1, 9, 2, 8});
   Tensor<float, 3> gs2({1, 9, 2});
   st::fill_log_gate(gs2.view(), 81, -0.1f, 0.f);
-  in.v = v2.cview(), in.g_scalar = gs2.cview();
+  in.q = q2.half.cview(), in.k = k2.half.cview(), in.v = v2.half.cview(), in.g_scalar = gs2.cview();
   seqmix::simple_gla(in, {o16.view()});
   seqmix::GatedLinearAttentionInputs in32;
-  in32.q = qf.cview(), in32.k = kf.cview(), in32.v = vf.cview(), in32.g_scalar = gs2.cview();
+  in32.q = q2.rounded.cview(), in32.k = k2.rounded.cview(), in32.v = v2.rounded.cview(), in32.g_scalar = gs2.cview();
   seqmix::simple_gla(in32, {o32.view()});
   REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-6);
   // reverse: the reversed views of 16-bit inputs, as for fp32.
