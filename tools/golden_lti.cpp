@@ -6,6 +6,7 @@
 //
 //   g++ -std=c++17 -O2 -I include tools/golden_lti.cpp -o golden_lti
 //   ./golden_lti tests/golden
+#include <algorithm>
 #include <cmath>
 #include <complex>
 #include <cstdio>
@@ -203,15 +204,50 @@ void s5_case(const fs::path& root, const S5Case& c, std::mt19937_64& rng) {
 }
 
 // ---- ssm_dplr_kernel ------------------------------------------------------------------------
-// A = diag(Lambda) - P Q^* (Q = P when the case has no Q) built densely, A_bar = (I - dt/2 A)^-1
-// (I + dt/2 A) and B_bar = (I - dt/2 A)^-1 dt B by Gauss-Jordan elimination, then
-// kernel[l] = Re(C A_bar^l B_bar) with the powers applied one matrix-vector product at a time.
+// A = diag(Lambda) - P Q^* (Q = P when the case has no Q) built densely. Bilinear: A_bar =
+// (I - dt/2 A)^-1 (I + dt/2 A) and B_bar = (I - dt/2 A)^-1 dt B by Gauss-Jordan elimination. ZOH:
+// A_bar = exp(dt A) and B_bar = int_0^dt exp(s A) ds B, read off exp(dt [[A, B], [0, 0]]) (Van
+// Loan), the exponential by a Taylor series with scaling and squaring written here (not Eigen's
+// MatrixFunctions, which seqmix uses). Then kernel[l] = Re(C A_bar^l B_bar) with the powers
+// applied one matrix-vector product at a time.
 
 struct DplrCase {
   std::string name;
   index_t H, G, N, r, L;
   bool explicit_q;
+  bool zoh = false;  // ZOH also draws dt log-uniform in [0.05, 1] (larger steps: exp(dt A) far from I)
 };
+
+// exp(M) of a dense n x n complex matrix (row-major): M / 2^s with ||M / 2^s||_1 <= 1/2, the
+// Taylor series to 40 terms (the remainder is below 2^-40 / 40!, far under double rounding), then
+// s squarings.
+std::vector<cd> dense_expm(std::vector<cd> M, index_t n) {
+  double norm = 0.0;
+  for (index_t k = 0; k < n; ++k) {
+    double col = 0.0;
+    for (index_t i = 0; i < n; ++i) col += std::abs(M[i * n + k]);
+    norm = std::max(norm, col);
+  }
+  int squarings = 0;
+  while (norm > 0.5) norm /= 2.0, ++squarings;
+  const double scale = std::ldexp(1.0, -squarings);
+  for (cd& v : M) v *= scale;
+  const auto product = [n](const std::vector<cd>& X, const std::vector<cd>& Y) {
+    std::vector<cd> Z(static_cast<std::size_t>(n * n), 0.0);
+    for (index_t i = 0; i < n; ++i)
+      for (index_t k = 0; k < n; ++k)
+        for (index_t j = 0; j < n; ++j) Z[i * n + j] += X[i * n + k] * Y[k * n + j];
+    return Z;
+  };
+  std::vector<cd> sum(static_cast<std::size_t>(n * n), 0.0), term(static_cast<std::size_t>(n * n), 0.0);
+  for (index_t i = 0; i < n; ++i) sum[i * n + i] = term[i * n + i] = 1.0;
+  for (int k = 1; k <= 40; ++k) {  // term = M^k / k!
+    term = product(term, M);
+    for (std::size_t i = 0; i < term.size(); ++i) term[i] /= double(k), sum[i] += term[i];
+  }
+  for (int s = 0; s < squarings; ++s) sum = product(sum, sum);
+  return sum;
+}
 
 // Solves M X = Y (n x n, `cols` right-hand sides, row-major) in place, partial pivoting.
 void dplr_gauss_jordan(std::vector<cd>& M, std::vector<cd>& Y, index_t n, index_t cols) {
@@ -247,11 +283,16 @@ void ssm_dplr_case(const fs::path& root, const DplrCase& c, std::mt19937_64& rng
   Array B_re = random_array({H, N}, rng, -1, 1), B_im = random_array({H, N}, rng, -1, 1);
   Array C_re = random_array({H, N}, rng, -1, 1), C_im = random_array({H, N}, rng, -1, 1);
   Array dt = log_uniform_dt(H, rng);
+  if (c.zoh) {
+    dt = random_array({H}, rng, std::log(0.05), std::log(1.0));
+    for (double& v : dt.v) v = static_cast<double>(static_cast<float>(std::exp(v)));
+  }
   Array kernel = zeros({c.L, H});
   for (index_t h = 0; h < H; ++h) {
     const index_t g = h / (H / G);
     const double step = dt.at(h);
-    std::vector<cd> M(N * N), Y(N * (N + 1));
+    // Y [N][N+1] ends up as [A_bar | B_bar] under either discretization.
+    std::vector<cd> M(N * N), Y(N * (N + 1)), block((N + 1) * (N + 1), 0.0);
     for (index_t n = 0; n < N; ++n) {
       for (index_t k = 0; k < N; ++k) {
         cd a = n == k ? cd(L_re.at(g * N + n), L_im.at(g * N + n)) : cd(0.0);
@@ -261,10 +302,17 @@ void ssm_dplr_case(const fs::path& root, const DplrCase& c, std::mt19937_64& rng
         }
         M[n * N + k] = (n == k ? 1.0 : 0.0) - step / 2 * a;
         Y[n * (N + 1) + k] = (n == k ? 1.0 : 0.0) + step / 2 * a;
+        block[n * (N + 1) + k] = step * a;
       }
       Y[n * (N + 1) + N] = step * cd(B_re.at(h * N + n), B_im.at(h * N + n));
+      block[n * (N + 1) + N] = step * cd(B_re.at(h * N + n), B_im.at(h * N + n));
     }
-    dplr_gauss_jordan(M, Y, N, N + 1);
+    if (c.zoh) {  // the first N rows of the (N+1) x (N+1) exponential are [A_bar | B_bar]
+      const std::vector<cd> e = dense_expm(block, N + 1);
+      Y.assign(e.begin(), e.begin() + N * (N + 1));
+    } else {
+      dplr_gauss_jordan(M, Y, N, N + 1);
+    }
     std::vector<cd> v(N), next(N);
     for (index_t n = 0; n < N; ++n) v[n] = Y[n * (N + 1) + N];
     for (index_t l = 0; l < c.L; ++l) {
@@ -291,10 +339,15 @@ void ssm_dplr_case(const fs::path& root, const DplrCase& c, std::mt19937_64& rng
     write(dir, "Q_real", Q_re), write(dir, "Q_imag", Q_im);
     inputs += ", \"Q_real\": \"Q_real.npy\", \"Q_imag\": \"Q_imag.npy\"";
   }
-  write_case(dir, "ssm_dplr_kernel", "\"discretization\": \"bilinear\", \"symmetry\": \"none\"", inputs,
-             "\"kernel\": \"kernel.npy\"", "1e-04",
-             "tools/golden_lti.cpp: float64 loops (dense A = Lambda - P Q^*, bilinear by Gauss-Jordan, "
-             "kernel by repeated matrix-vector products), independent of seqmix's operators");
+  const std::string params = std::string("\"discretization\": \"") + (c.zoh ? "zoh" : "bilinear") +
+                             "\", \"symmetry\": \"none\"";
+  const char* source =
+      c.zoh ? "tools/golden_lti.cpp: float64 loops (dense A = Lambda - P Q^*, ZOH by a Taylor / scaling-and-squaring "
+              "exponential of dt [[A, B], [0, 0]], kernel by repeated matrix-vector products), independent of "
+              "seqmix's operators"
+            : "tools/golden_lti.cpp: float64 loops (dense A = Lambda - P Q^*, bilinear by Gauss-Jordan, "
+              "kernel by repeated matrix-vector products), independent of seqmix's operators";
+  write_case(dir, "ssm_dplr_kernel", params, inputs, "\"kernel\": \"kernel.npy\"", "1e-04", source);
 }
 
 }  // namespace
@@ -317,5 +370,8 @@ int main(int argc, char** argv) {
   std::mt19937_64 s5_timestep_rng(20261605);
   s5_case(root, {"b2_t33_h5_p4_zoh_timestep_state", 2, 33, 5, 4, true, true, true, true}, s5_timestep_rng);
   s5_case(root, {"b1_t20_h3_p3_bilinear_timestep", 1, 20, 3, 3, false, false, false, true}, s5_timestep_rng);
+  std::mt19937_64 dplr_zoh_rng(20261616);
+  ssm_dplr_case(root, {"h3_g1_n8_r1_l150_zoh", 3, 1, 8, 1, 150, false, true}, dplr_zoh_rng);
+  ssm_dplr_case(root, {"h4_g2_n6_r2_l90_zoh_explicit_q", 4, 2, 6, 2, 90, true, true}, dplr_zoh_rng);
   return 0;
 }
