@@ -20,7 +20,8 @@
 //            puts almost all of its mass on it (o ~ v*). "found" counts the evaluated (query,
 //            head) rows whose output has cosine > 0.9 with v*.
 // Errors and "found" are measured on the last `queries` rows (the rows a decode would produce);
-// every prefill method computes all T rows and is timed for that. Keys per query is the mean
+// every prefill method computes all T rows and is timed for that (one call: wall time, and the
+// process's CPU time, the figure to compare when the machine was shared). Keys per query is the mean
 // over all queries of the keys each one's softmax covers (for top-k: over the evaluated rows).
 //
 // Sizes: the default run is small so that `run_examples` (scripts/main.sh) stays short:
@@ -33,6 +34,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <functional>
 #include <string>
 #include <vector>
@@ -122,13 +124,18 @@ Tensor<float, 4> last_rows(const Tensor<float, 4>& o, index_t Q) {
   return r;
 }
 
+struct Timing {
+  double wall_ms, cpu_ms;
+};
+
 struct Row {
   std::string method, kind;
-  double ms, keys, err_o, err_v;
+  Timing ms;
+  double keys, err_o, err_v;
   index_t found, rows;
 };
 
-Row measure(const std::string& method, const std::string& kind, double ms, double keys, const Tensor<float, 4>& got,
+Row measure(const std::string& method, const std::string& kind, Timing ms, double keys, const Tensor<float, 4>& got,
             const Tensor<float, 4>& want, const Tensor<float, 4>& v) {
   double diff = 0, norm = 0, vv = 0;
   index_t found = 0;
@@ -148,11 +155,18 @@ Row measure(const std::string& method, const std::string& kind, double ms, doubl
           found, Q * H};
 }
 
+double process_cpu_ms() { return 1e3 * static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
+
+// Wall time, and the process's CPU time: on a machine shared with other work the wall time of a
+// 2-thread call stretches with the load, its CPU time much less, so the CPU column keeps the
+// methods comparable when the run was not alone on the machine.
 template <class F>
-double time_ms(F&& f) {
+Timing time_ms(F&& f) {
+  const double c0 = process_cpu_ms();
   const auto t0 = std::chrono::steady_clock::now();
   f();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return {wall, process_cpu_ms() - c0};
 }
 
 std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& pool) {
@@ -167,7 +181,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
   const double Td = static_cast<double>(T);
 
   // Dense causal attention: the baseline.
-  const double dense_ms = time_ms([&] { seqmix::attention(dense, out, causal, pool); });
+  const Timing dense_ms = time_ms([&] { seqmix::attention(dense, out, causal, pool); });
   const Tensor<float, 4> want = last_rows(o, Q);
   rows.push_back(measure("attention (dense, causal)", "decoder", dense_ms, (Td + 1) / 2, want, want, in.v));
 
@@ -181,7 +195,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
       const index_t N = (T + topt.block - 1) / topt.block, capacity = seqmix::topk_capacity(topt);
       Tensor<std::int32_t, 4> indices({1, Q, s.hkv, capacity});
       Tensor<float, 4> o_last({1, Q, s.hq, s.d});
-      double ms = time_ms([&] {
+      Timing ms = time_ms([&] {
         Tensor<float, 4> scores({1, Q, s.hkv, N});
         if (quest) {
           Tensor<float, 4> mn({1, N, s.hkv, s.d}), mx({1, N, s.hkv, s.d});
@@ -209,7 +223,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
     seqmix::LocalGlobalPattern lg;
     lg.window_blocks = 4, lg.global_blocks = 1, lg.random_blocks = 2, lg.seed = s.seed;
     const seqmix::BlockPattern pattern = seqmix::local_global_pattern(grid, lg);
-    const double ms = time_ms([&] { seqmix::block_sparse_attention(dense, pattern.layout(), out, causal, pool); });
+    const Timing ms = time_ms([&] { seqmix::block_sparse_attention(dense, pattern.layout(), out, causal, pool); });
     double keys = 0;
     const index_t Nq = static_cast<index_t>(pattern.offsets.size()) - 1;
     for (index_t qb = 0; qb < Nq; ++qb)
@@ -227,7 +241,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
     seqmix::MobaOptions mo;
     mo.block_size = std::min<index_t>(512, T / 8), mo.top_k = 3;
     seqmix::MobaInputs<float> min{in.q.cview(), in.k.cview(), in.v.cview(), {}};
-    const double ms = time_ms([&] { seqmix::moba(min, out, mo, pool); });
+    const Timing ms = time_ms([&] { seqmix::moba(min, out, mo, pool); });
     double keys = 0;
     for (index_t i = 0; i < T; ++i)
       keys += static_cast<double>(i % mo.block_size + 1 + std::min(mo.top_k, i / mo.block_size) * mo.block_size);
@@ -241,7 +255,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
     Tensor<float, 4> gates({1, T, s.hq, 3});
     gates.fill(1.f / 3.f);
     seqmix::NsaInputs<float> nin{in.q.cview(), in.k.cview(), in.v.cview(), gates.cview(), {}, {}};
-    const double ms = time_ms([&] { seqmix::nsa(nin, o.view(), no, pool); });
+    const Timing ms = time_ms([&] { seqmix::nsa(nin, o.view(), no, pool); });
     double keys = 0;
     for (index_t i = 0; i < T; ++i) {
       const index_t visible = i + 1 < no.compress_block ? 0 : (i + 1 - no.compress_block) / no.compress_stride + 1;
@@ -255,7 +269,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
   {
     seqmix::CombinerOptions co;
     co.block_size = static_cast<index_t>(std::sqrt(Td));
-    const double ms = time_ms([&] {
+    const Timing ms = time_ms([&] {
       seqmix::combiner(seqmix::CombinerInputs{in.q.cview(), in.k.cview(), in.v.cview(), {}, {}}, out, co, pool);
     });
     double keys = 0;
@@ -268,7 +282,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
   {
     seqmix::HyperAttentionOptions ho;
     ho.block_size = 256, ho.sample_size = 256, ho.min_seq_len = std::min<index_t>(1024, T / 4), ho.seed = s.seed;
-    const double ms = time_ms([&] {
+    const Timing ms = time_ms([&] {
       seqmix::hyper_attention(seqmix::HyperAttentionInputs<float>{in.q.cview(), in.k.cview(), in.v.cview()}, out, ho, pool);
     });
     std::vector<seqmix::detail::HyperPart> leaves, parts;
@@ -288,7 +302,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
     lo.block_size = 64, lo.top_k = 4;
     seqmix::LandmarkInputs<float> lin;
     lin.q = in.q.cview(), lin.k = in.k.cview(), lin.v = in.v.cview();
-    const double ms = time_ms([&] { seqmix::landmark_attention(lin, out, lo, pool); });
+    const Timing ms = time_ms([&] { seqmix::landmark_attention(lin, out, lo, pool); });
     double keys = 0;  // own block up to the query, the retrieved blocks, and every earlier landmark scored
     for (index_t i = 0; i < T; ++i)
       keys += static_cast<double>(i % lo.block_size + 1 + std::min(lo.top_k, i / lo.block_size) * lo.block_size +
@@ -305,7 +319,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
     io.local_window = std::min<index_t>(4096, T / 8);
     seqmix::InfllmMemory memory(1, s.hq, s.hkv, s.d, io);
     seqmix::InfllmInputs<float> iin{in.q.cview(), in.k.cview(), in.v.cview()};
-    const double ms = time_ms([&] { seqmix::infllm_attention(memory, iin, out, pool); });
+    const Timing ms = time_ms([&] { seqmix::infllm_attention(memory, iin, out, pool); });
     double keys = 0;  // initial + retrieved + local keys, and the representatives scored
     for (index_t pos = 0; pos < T; ++pos) {
       const index_t M = std::max<index_t>(0, (pos + 1 - io.local_window - io.init_tokens) / io.block_size);
@@ -330,7 +344,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
         for (index_t e = 0; e < s.d; ++e) n2 += static_cast<double>(in.k(0, j, h / G, e)) * in.k(0, j, h / G, e);
         for (index_t e = 0; e < s.d; ++e) centroids(h, c, e) = static_cast<float>(in.k(0, j, h / G, e) / std::sqrt(n2));
       }
-    const double ms = time_ms([&] {
+    const Timing ms = time_ms([&] {
       seqmix::routing_attention(seqmix::RoutingInputs{in.q.cview(), in.k.cview(), in.v.cview(), centroids.cview()}, out, ro,
                                 pool);
     });
@@ -359,11 +373,11 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
       }
     seqmix::AttentionInputs<float> shared;
     shared.q = in.q.cview(), shared.k = kn.cview(), shared.v = vr.cview();
-    const double bms = time_ms([&] { seqmix::attention(shared, out, causal, pool); });
+    const Timing bms = time_ms([&] { seqmix::attention(shared, out, causal, pool); });
     const Tensor<float, 4> want_shared = last_rows(o, Q);
     seqmix::LshOptions lo;
     lo.n_buckets = 64, lo.n_rounds = 4, lo.chunk_len = 64, lo.seed = s.seed;
-    const double ms = time_ms([&] { seqmix::lsh_attention(seqmix::LshInputs{in.q.cview(), vr.cview(), {}}, out, lo, pool); });
+    const Timing ms = time_ms([&] { seqmix::lsh_attention(seqmix::LshInputs{in.q.cview(), vr.cview(), {}}, out, lo, pool); });
     Row base = measure("attention (dense, causal, shared QK: lsh_attention's baseline)", "decoder", bms, (Td + 1) / 2,
                        want_shared, want_shared, vr);
     Row lsh = measure("lsh_attention (64 buckets, 4 rounds, chunks of 64; vs the shared-QK baseline; keys / query at most)",
@@ -385,7 +399,7 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
       for (index_t e = 0; e < t.numel(); ++e) t.data()[e] = in.v.data()[e];
       return t;
     }();
-    const double dms = time_ms([&] { seqmix::attention(enc, {oe.view(), {}}, {}, pool); });
+    const Timing dms = time_ms([&] { seqmix::attention(enc, {oe.view(), {}}, {}, pool); });
     const Tensor<float, 4> want_e = last_rows(oe, Q);
     rows.push_back(measure("attention (dense, non-causal)", "encoder", dms, Ted, want_e, want_e, ve));
     const index_t kp = std::min<index_t>(256, Te / 4);
@@ -399,14 +413,14 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
         e.data()[i] = static_cast<float>((static_cast<double>(x >> 11) * 0x1.0p-53 * 2.0 - 1.0) * a);
       }
     }
-    const double lms = time_ms([&] {
+    const Timing lms = time_ms([&] {
       seqmix::linformer(seqmix::LinformerInputs{enc.q, enc.k, enc.v, e.cview(), e.cview()}, {oe.view(), {}}, {}, pool);
     });
     rows.push_back(measure("linformer (kp " + std::to_string(kp) + ", random E = F)", "encoder", lms, static_cast<double>(kp),
                            last_rows(oe, Q), want_e, ve));
     seqmix::NystromOptions no;
     no.landmarks = 64;
-    const double nms = time_ms([&] {
+    const Timing nms = time_ms([&] {
       seqmix::nystrom_attention(seqmix::NystromInputs{enc.q, enc.k, enc.v, {}}, oe.view(), no, pool);
     });
     rows.push_back(measure("nystrom_attention (64 landmarks, 6 iterations)", "encoder", nms, 2.0 * 64, last_rows(oe, Q),
@@ -417,11 +431,11 @@ std::vector<Row> run(Input& in, const Settings& s, const seqmix::ThreadPool& poo
 
 void print(const char* title, const std::vector<Row>& rows, bool needle) {
   std::printf("\n### %s\n\n", title);
-  std::printf("| method | kind | time ms | keys / query | err vs dense (rel. to o) | rms err / rms v |%s\n",
+  std::printf("| method | kind | wall ms | cpu ms | keys / query | err vs dense (rel. to o) | rms err / rms v |%s\n",
               needle ? " needle found |" : "");
-  std::printf("|---|---|---:|---:|---:|---:|%s\n", needle ? "---:|" : "");
+  std::printf("|---|---|---:|---:|---:|---:|---:|%s\n", needle ? "---:|" : "");
   for (const Row& r : rows) {
-    std::printf("| %s | %s | %.1f | %.0f | %.3g | %.3g |", r.method.c_str(), r.kind.c_str(), r.ms, r.keys, r.err_o, r.err_v);
+    std::printf("| %s | %s | %.1f | %.1f | %.0f | %.3g | %.3g |", r.method.c_str(), r.kind.c_str(), r.ms.wall_ms, r.ms.cpu_ms, r.keys, r.err_o, r.err_v);
     if (needle && r.found < 0) std::printf(" n/a |");
     else if (needle) std::printf(" %lld / %lld |", static_cast<long long>(r.found), static_cast<long long>(r.rows));
     std::printf("\n");
@@ -432,6 +446,8 @@ void print(const char* title, const std::vector<Row>& rows, bool needle) {
 
 int main(int argc, char** argv) {
   const Settings s = parse(argc, argv);
+  // Line-buffered: a --full run takes minutes, and its rows should appear as they come in a log.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   const seqmix::ThreadPool pool(s.threads);
   std::printf("## sparse / approximate attention zoo\n\nDecoders: T = %lld, Hq = %lld, Hkv = %lld, D = %lld (causal); "
               "encoders: Te = %lld (non-causal). Errors over the last %lld queries, %d threads.\n",
