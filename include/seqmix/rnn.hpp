@@ -1,7 +1,8 @@
 // Nonlinear recurrent cells (docs/operators.md, "Recurrent cells"): lstm and gru (PyTorch's
-// cells), slstm and mlstm (xLSTM), ttt_linear and ttt_mlp (TTT layer), titans (a linear
-// test-time memory with momentum). Each operator's folder under seqmix/rnn/ holds its reference,
-// fast prefill and decode step; the shared interface of the cells is seqmix/rnn/common.hpp.
+// cells), lem (Long Expressive Memory), slstm and mlstm (xLSTM), ttt_linear and ttt_mlp (TTT
+// layer), titans (a linear test-time memory with momentum). Each operator's folder under
+// seqmix/rnn/ holds its reference, fast prefill and decode step; the shared interface of the
+// cells is seqmix/rnn/common.hpp.
 #pragma once
 
 #include "seqmix/rnn/common.hpp"
@@ -9,6 +10,9 @@
 #include "seqmix/rnn/gru/fast.hpp"
 #include "seqmix/rnn/gru/reference.hpp"
 #include "seqmix/rnn/gru/step.hpp"
+#include "seqmix/rnn/lem/fast.hpp"
+#include "seqmix/rnn/lem/reference.hpp"
+#include "seqmix/rnn/lem/step.hpp"
 #include "seqmix/rnn/lstm/fast.hpp"
 #include "seqmix/rnn/lstm/reference.hpp"
 #include "seqmix/rnn/lstm/step.hpp"
