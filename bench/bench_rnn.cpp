@@ -11,6 +11,12 @@
 //                                        block-diagonal recurrence, pre-activation input as xLSTM
 //                                        feeds it)
 //   lstm/reference/H256_T256_B1          the reference (baseline), beside lstm/prefill on it
+//   lem/prefill/H1024_T4096_B<1|16>, lem/prefill/H<256|1024>_T512_B1_preact[_1core],
+//   lem/step/H1024_B<1|16>, lem/reference/H256_T256_B1 (beside lem/prefill/H256_T256_B1)
+//                                        Long Expressive Memory beside lstm at the same hidden
+//                                        size: the same 4H x (I + H) weights per token, but two
+//                                        dependent products (W_hh y, then W_z z) and two barriers
+//                                        per token when split over the cores
 //   mlstm/prefill/NH8_D256_T4096_B1_<chunked|recurrent>, mlstm/step/NH8_D256_B1,
 //   mlstm/reference/NH8_D256_T256_B1 (beside mlstm/prefill/NH8_D256_T256_B1_chunked)
 //                                        xLSTM-7B-like heads (8 x 256, K = V); GFLOP/s counts the
@@ -131,6 +137,61 @@ void register_all() {
   };
   for (const Shape& s : shapes)
     benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run(st_, s); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+struct LemShape {
+  std::string name;
+  index_t B, T, I, H;
+  bool project, one_core;
+  Form form;
+};
+
+void run_lem(benchmark::State& state, const LemShape& s) {
+  const index_t H = s.H, T = s.form == Form::step ? 1 : s.T;
+  const float a = 0.5f / static_cast<float>(H);
+  const Tensor<float, 3> x = st::random_tensor<3>({s.B, T, s.project ? s.I : 4 * H}, 1);
+  const Tensor<float, 2> w_ih = st::random_tensor<2>({4 * H, s.I}, 2, -a, a), w_hh = st::random_tensor<2>({3 * H, H}, 3, -a, a);
+  const Tensor<float, 2> w_z = st::random_tensor<2>({H, H}, 4, -a, a);
+  Tensor<float, 3> y({s.B, T, H}), fs({s.B, 2, H});
+  fs.fill(0.f);
+  seqmix::LemInputs in;
+  in.x = x.cview(), in.w_hh = w_hh.cview(), in.w_z = w_z.cview();
+  if (s.project) in.w_ih = w_ih.cview();
+  seqmix::LemStepInputs si;
+  si.x = x.cview().select(1, 0), si.w_hh = w_hh.cview(), si.w_z = w_z.cview();
+  if (s.project) si.w_ih = w_ih.cview();
+  const seqmix::Executor& ex = s.one_core ? seqmix::serial_executor() : st::two_thread_pool();
+  for (auto _ : state) {
+    if (s.form == Form::reference)
+      seqmix::reference::lem(in, {y.view(), fs.view()});
+    else if (s.form == Form::step)
+      seqmix::lem_step(si, {y.view().select(1, 0), fs.view()}, {}, ex);
+    else
+      seqmix::lem(in, {y.view(), fs.view()}, {}, ex);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  // Both recurrent matrices (4 H^2 floats) read once per token, as lstm's W_hh.
+  const double flop = 2.0 * static_cast<double>(s.B * T * 4 * H) * static_cast<double>((s.project ? s.I : 0) + H);
+  st::report_throughput(state, flop, static_cast<double>(T * 4 * H * H) * sizeof(float));
+}
+
+void register_lem() {
+  const LemShape shapes[] = {
+      {"lem/prefill/H1024_T4096_B1", 1, 4096, 1024, 1024, true, false, Form::fast},
+      {"lem/prefill/H1024_T4096_B16", 16, 4096, 1024, 1024, true, false, Form::fast},
+      {"lem/prefill/H1024_T512_B1_preact", 1, 512, 0, 1024, false, false, Form::fast},
+      {"lem/prefill/H1024_T512_B1_preact_1core", 1, 512, 0, 1024, false, true, Form::fast},
+      {"lem/prefill/H256_T512_B1_preact", 1, 512, 0, 256, false, false, Form::fast},
+      {"lem/step/H1024_B1", 1, 1, 1024, 1024, true, false, Form::step},
+      {"lem/step/H1024_B16", 16, 1, 1024, 1024, true, false, Form::step},
+      {"lem/prefill/H256_T256_B1", 1, 256, 256, 256, true, false, Form::fast},
+      {"lem/reference/H256_T256_B1", 1, 256, 256, 256, true, true, Form::reference},
+  };
+  for (const LemShape& s : shapes)
+    benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_lem(st_, s); })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
 }
@@ -391,6 +452,6 @@ void register_titans_mlp() {
         ->Unit(benchmark::kMillisecond);
 }
 
-const int kRegistered = (register_all(), register_mlstm(), register_ttt(), register_titans(), register_titans_mlp(), 0);
+const int kRegistered = (register_all(), register_lem(), register_mlstm(), register_ttt(), register_titans(), register_titans_mlp(), 0);
 
 }  // namespace
