@@ -182,33 +182,94 @@ inline void titans_recurrent_row(const TitansInputs& in, const TitansOutputs& ou
 
 }  // namespace detail
 
-/// Titans (linear memory) prefill: y [B,T,HV,V] and the optional final memory and momentum.
-/// options.algorithm chooses the chunkwise-parallel closed form (default) or the recurrent one;
-/// both equal reference::titans up to rounding. A Miras loss (options.loss other than l2) or
-/// retention (options.retention other than decay) runs the recurrent form, the only exact one. Threaded over (batch, value head) rows.
-inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
-                   const Executor& executor = serial_executor()) {
-  if (options.reverse) {
-    const auto rev = detail::titans_reversed_call(in, out);
-    return titans(rev.first, rev.second, detail::forward_options(options), executor);
-  }
-  const ArgCheck check("titans");
-  const detail::TitansDims d = detail::validate_titans(check, in, out, options);
-  const index_t rows = d.B * d.HV;
+namespace detail {
+
+// One sequence of a prefill as a dense call with B = 1 (a batch row, or a serving call's sequence
+// cut out by titans_sequence_call); its HV value heads are units of the parallel work.
+struct TitansRowCall {
+  TitansInputs in;
+  TitansOutputs out;
+  TitansDims d;
+};
+
+// Runs every (call, value head) row of `calls` (each with B = 1) in one parallel_for, so that a
+// packed batch of many short sequences keeps both cores busy; `max_tokens` sizes the chunk workspace.
+inline void titans_run_rows(const std::vector<TitansRowCall>& calls, index_t HV, index_t max_tokens,
+                            const TitansOptions& options, const Executor& executor) {
+  if (calls.empty()) return;
+  const TitansDims& d0 = calls.front().d;
+  const index_t rows = static_cast<index_t>(calls.size()) * HV;
   // A Miras loss or retention is not linear in the state: token by token, exact.
   if (options.algorithm == TitansAlgorithm::recurrent || options.loss != TitansLoss::l2 ||
       options.retention != TitansRetention::decay) {
     parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
-      detail::TitansToken s(d.K, d.V);
-      for (index_t r = begin; r < end; ++r) detail::titans_recurrent_row(in, out, d, r / d.HV, r % d.HV, s, options);
+      TitansToken s(d0.K, d0.V);
+      for (index_t r = begin; r < end; ++r) {
+        const TitansRowCall& c = calls[static_cast<std::size_t>(r / HV)];
+        titans_recurrent_row(c.in, c.out, c.d, 0, r % HV, s, options);
+      }
     });
     return;
   }
-  const index_t chunk = std::max<index_t>(1, std::min(options.chunk_size, d.T));
+  const index_t chunk = std::max<index_t>(1, std::min(options.chunk_size, max_tokens));
   parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
-    detail::TitansChunkWorkspace ws(chunk, d.K, d.V);
-    for (index_t r = begin; r < end; ++r) detail::titans_chunked_row(in, out, d, chunk, r / d.HV, r % d.HV, ws);
+    TitansChunkWorkspace ws(chunk, d0.K, d0.V);
+    for (index_t r = begin; r < end; ++r) {
+      const TitansRowCall& c = calls[static_cast<std::size_t>(r / HV)];
+      titans_chunked_row(c.in, c.out, c.d, chunk, 0, r % HV, ws);
+    }
   });
+}
+
+}  // namespace detail
+
+/// Titans (linear memory) prefill: y [B,T,HV,V] and the optional final memory and momentum.
+/// options.algorithm chooses the chunkwise-parallel closed form (default) or the recurrent one;
+/// both equal reference::titans up to rounding. A Miras loss (options.loss other than l2) or
+/// retention (options.retention other than decay) runs the recurrent form, the only exact one.
+/// Threaded over (batch, value head) rows. Serving batches (in.batch: packed sequences, state
+/// slots, has_initial_state) run every (sequence, value head) row of the call in one parallel
+/// loop, each sequence from its own state row; padding sequences (slot -1) are skipped.
+inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
+                   const Executor& executor = serial_executor()) {
+  const ArgCheck check("titans");
+  SequenceMap map;
+  const detail::TitansDims d = detail::validate_titans(check, in, out, options, &map);
+  if (options.reverse) {
+    const auto rev = detail::titans_reversed_call(in, out);
+    return titans(rev.first, rev.second, detail::forward_options(options), executor);
+  }
+  if (detail::rnn_plain_batch(in.batch)) {
+    // Each batch row its own call: rows r = b * HV + hv, as before the serving layout.
+    std::vector<detail::TitansRowCall> calls;
+    calls.reserve(static_cast<std::size_t>(d.B));
+    for (index_t b = 0; b < d.B; ++b) {
+      detail::TitansRowCall c{in, out, d};
+      // Row b alone: the kernels index batch row 0 of views sliced at b.
+      c.in.q = in.q.slice(0, b, 1), c.in.k = in.k.slice(0, b, 1), c.in.v = in.v.slice(0, b, 1);
+      c.in.alpha = in.alpha.slice(0, b, 1), c.in.eta = in.eta.slice(0, b, 1), c.in.theta = in.theta.slice(0, b, 1);
+      if (in.huber_delta.has_value()) c.in.huber_delta = in.huber_delta.slice(0, b, 1);
+      if (in.initial_memory.has_value()) c.in.initial_memory = in.initial_memory.slice(0, b, 1);
+      if (in.initial_momentum.has_value()) c.in.initial_momentum = in.initial_momentum.slice(0, b, 1);
+      c.out.y = out.y.slice(0, b, 1);
+      if (out.final_memory.has_value()) c.out.final_memory = out.final_memory.slice(0, b, 1);
+      if (out.final_momentum.has_value()) c.out.final_momentum = out.final_momentum.slice(0, b, 1);
+      c.d.B = 1;
+      calls.push_back(c);
+    }
+    return detail::titans_run_rows(calls, d.HV, d.T, options, executor);
+  }
+  std::vector<detail::TitansRowCall> calls;
+  calls.reserve(static_cast<std::size_t>(map.sequences()));
+  for (index_t n = 0; n < map.sequences(); ++n) {
+    const SequenceSpan s = map[n];
+    if (s.state_row < 0) continue;  // padding: nothing read or written
+    const auto one = detail::titans_sequence_call(in, out, s);
+    detail::TitansDims d1 = d;
+    d1.B = 1, d1.T = s.tokens;
+    calls.push_back({one.first, one.second, d1});
+  }
+  detail::titans_run_rows(calls, d.HV, map.max_tokens(), options, executor);
 }
 
 }  // namespace seqmix

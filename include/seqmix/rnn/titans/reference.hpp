@@ -51,11 +51,13 @@
 #include <utility>
 #include <vector>
 
+#include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/core/qkv_check.hpp"
+#include "seqmix/rnn/common.hpp"
 
 namespace seqmix {
 
@@ -130,14 +132,20 @@ struct TitansInputs {
   /// [B,T,HV] Yaad's data-dependent Huber threshold delta_t (TitansLoss::huber only; finite,
   /// > 0), optional: options.huber_delta for every token when absent.
   ConstView<float, 3> huber_delta = {};
+  /// Optional serving layout (core/batch.hpp): cu_seqlens (packed tokens [1,total_T,...], N
+  /// sequences, states [N,HV,K,V]), state_indices (the four state views are rows of pools
+  /// [P,HV,K,V]; -1 = padding: nothing read or written, its y untouched) and has_initial_state
+  /// (false: the sequence starts from zero memory and momentum, Memora's uniform memory, whatever
+  /// its slot holds). Every sequence runs alone, as a dense call on its own tokens and state rows.
+  SequenceBatch batch = {};
 };
 
 /// Prefill outputs. y must not overlap anything; each final state is optional and may be the
 /// very view of its initial state (written after the row's last token).
 struct TitansOutputs {
   TensorView<float, 4> y;                     ///< [B,T,HV,V]
-  TensorView<float, 4> final_memory = {};     ///< [B,HV,K,V], optional
-  TensorView<float, 4> final_momentum = {};   ///< [B,HV,K,V], optional
+  TensorView<float, 4> final_memory = {};     ///< [B,HV,K,V] ([N,...] packed, [P,...] with slots), optional
+  TensorView<float, 4> final_momentum = {};   ///< [B,HV,K,V] ([N,...] packed, [P,...] with slots), optional
 };
 
 /// Decode-step arguments: one token per batch row.
@@ -149,13 +157,18 @@ struct TitansStepInputs {
   ConstView<float, 2> eta;    ///< [B,HV]
   ConstView<float, 2> theta;  ///< [B,HV]
   ConstView<float, 2> huber_delta = {};  ///< [B,HV] the token's Huber delta_t, optional (as TitansInputs::huber_delta)
+  /// Optional: state_indices [B] (row b updates pool row state_indices[b] of memory and
+  /// momentum [P,HV,K,V]; -1 = padding row, its y and states untouched) and has_initial_state [B]
+  /// (false: row b's state is reset to zeros, Memora's uniform memory, before its token).
+  /// cu_seqlens is refused (one token per batch row).
+  SequenceBatch batch = {};
 };
 
 /// Decode-step outputs: memory and momentum are read and updated in place.
 struct TitansStepOutputs {
   TensorView<float, 3> y;         ///< [B,HV,V]
-  TensorView<float, 4> memory;    ///< [B,HV,K,V]
-  TensorView<float, 4> momentum;  ///< [B,HV,K,V]
+  TensorView<float, 4> memory;    ///< [B,HV,K,V] (or the pool [P,HV,K,V] with batch.state_indices)
+  TensorView<float, 4> momentum;  ///< [B,HV,K,V] (or the pool [P,HV,K,V] with batch.state_indices)
 };
 
 namespace detail {
@@ -297,28 +310,76 @@ inline double titans_loss_value(TitansLoss loss, double e, double delta) {
   return e * e;
 }
 
+// The rows of a serving call's state views (N packed, the pool's P with slots): every view given
+// has the same, -1 when none is given.
+inline index_t titans_state_rows(const ArgCheck& check, const TitansInputs& in, const TitansOutputs& out) {
+  const std::pair<const char*, ConstView<float, 4>> views[4] = {{"initial_memory", in.initial_memory},
+                                                                {"initial_momentum", in.initial_momentum},
+                                                                {"final_memory", out.final_memory},
+                                                                {"final_momentum", out.final_momentum}};
+  index_t rows = -1;
+  const char* first = nullptr;
+  for (const auto& named : views) {
+    if (!named.second.has_value()) continue;
+    if (first == nullptr) {
+      first = named.first, rows = named.second.size(0);
+    } else if (named.second.size(0) != rows) {
+      check.fail(named.first, std::string("must have as many rows as ") + first + " (" + std::to_string(rows) +
+                                  "), got " + std::to_string(named.second.size(0)));
+    }
+  }
+  return rows;
+}
+
+// Memora's initial memory on the rows a serving call reads (a pool's other slots may hold
+// anything, a fresh sequence's slot too).
+inline void titans_check_simplex_rows(const ArgCheck& check, const SequenceMap& map, const ConstView<float, 4>& M,
+                                      TitansSoftmaxAxis axis) {
+  if (!M.has_value()) return;
+  for (index_t n = 0; n < map.sequences(); ++n) {
+    const SequenceSpan s = map[n];
+    if (s.read_state) titans_check_simplex_memory(check, "initial_memory", M.slice(0, s.state_row, 1), axis);
+  }
+}
+
+// `map` (when not null) receives the sequences of a serving call (in.batch used); a plain dense
+// batch builds none.
 inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in, const TitansOutputs& out,
-                                  const TitansOptions& options) {
+                                  const TitansOptions& options, SequenceMap* map = nullptr) {
+  check_reversible(check.op().c_str(), in.batch, options.reverse);
+  const bool plain = rnn_plain_batch(in.batch);
   const detail::QkvDims d = detail::check_qkv(check, "q", in.q, in.k, in.v);
   const index_t B = d.B, T = d.T, HV = d.HV, K = d.K, V = d.V;
   if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
   const std::array<index_t, 3> gate{B, T, HV};
   check.shape("alpha", in.alpha, gate, "B,T,HV").shape("eta", in.eta, gate, "B,T,HV").shape("theta", in.theta, gate, "B,T,HV");
   check.optional_shape("huber_delta", in.huber_delta, gate, "B,T,HV");
-  const std::array<index_t, 4> state{B, HV, K, V};
-  check.optional_shape("initial_memory", in.initial_memory, state, "B,HV,K,V");
-  check.optional_shape("initial_momentum", in.initial_momentum, state, "B,HV,K,V");
+  // A dense batch has B state rows; a serving call N (packed) or the pool's P (slots).
+  const std::array<index_t, 4> state{plain ? B : -1, HV, K, V};
+  const char* state_dims = plain ? "B,HV,K,V" : "N,HV,K,V or P,HV,K,V";
+  check.optional_shape("initial_memory", in.initial_memory, state, state_dims);
+  check.optional_shape("initial_momentum", in.initial_momentum, state, state_dims);
   check.shape("y", out.y, std::array<index_t, 4>{B, T, HV, V}, "B,T,HV,V");
-  check.optional_shape("final_memory", out.final_memory, state, "B,HV,K,V");
-  check.optional_shape("final_momentum", out.final_momentum, state, "B,HV,K,V");
+  check.optional_shape("final_memory", out.final_memory, state, state_dims);
+  check.optional_shape("final_momentum", out.final_momentum, state, state_dims);
   if (options.chunk_size < 1 || options.chunk_size > 1024)
     check.fail("options.chunk_size", "must lie in [1, 1024], got " + std::to_string(options.chunk_size));
   check_enum(check.op(), "options.algorithm", options.algorithm, 2);
   const float scale = titans_scale(check, options);
+  SequenceMap m;
+  if (!plain) {
+    const bool has_initial = in.initial_memory.has_value() || in.initial_momentum.has_value();
+    m = SequenceMap::make(check, in.batch, B, T, has_initial, titans_state_rows(check, in, out));
+    if (map != nullptr) *map = m;
+  }
   titans_check_gates<3>(check, in.alpha, in.eta, in.theta);
   titans_check_huber_deltas<3>(check, in.huber_delta, options);
-  if (options.retention == TitansRetention::softmax_kl)
-    titans_check_simplex_memory(check, "initial_memory", in.initial_memory, options.softmax_axis);
+  if (options.retention == TitansRetention::softmax_kl) {
+    if (plain)
+      titans_check_simplex_memory(check, "initial_memory", in.initial_memory, options.softmax_axis);
+    else
+      titans_check_simplex_rows(check, m, in.initial_memory, options.softmax_axis);
+  }
   check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   // y is written while every input is read; the final states only at the end of their row.
   check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
@@ -345,6 +406,8 @@ inline TitansDims validate_titans(const ArgCheck& check, const TitansInputs& in,
 
 inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepInputs& in, const TitansStepOutputs& out,
                                        const TitansOptions& options) {
+  if (in.batch.packed()) check.fail("cu_seqlens", "must be empty for a step (one token per batch row)");
+  const bool slotted = in.batch.slotted();
   const detail::QkvDims d = detail::check_qkv_step(check, "q", in.q, in.k, in.v);
   const index_t B = d.B, HV = d.HV, K = d.K, V = d.V;
   if (V <= 0) check.fail("v", "must have at least one value channel, got shape " + shape_to_string(in.v.shape()));
@@ -352,13 +415,25 @@ inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepIn
   check.shape("alpha", in.alpha, gate, "B,HV").shape("eta", in.eta, gate, "B,HV").shape("theta", in.theta, gate, "B,HV");
   check.optional_shape("huber_delta", in.huber_delta, gate, "B,HV");
   check.shape("y", out.y, std::array<index_t, 3>{B, HV, V}, "B,HV,V");
-  const std::array<index_t, 4> state{B, HV, K, V};
-  check.shape("memory", out.memory, state, "B,HV,K,V").shape("momentum", out.momentum, state, "B,HV,K,V");
+  // B state rows, or a pool of P with slots.
+  check.shape("memory", out.memory, std::array<index_t, 4>{slotted ? -1 : B, HV, K, V}, slotted ? "P,HV,K,V" : "B,HV,K,V");
+  const index_t P = out.memory.size(0);
+  check.shape("momentum", out.momentum, std::array<index_t, 4>{P, HV, K, V}, slotted ? "P,HV,K,V" : "B,HV,K,V");
   const float scale = titans_scale(check, options);
+  // Slots (in [-1, P), none twice) and flags (one per row); allocates nothing on a valid call.
+  const SequenceMap map = SequenceMap::make(check, in.batch, B, 1, true, P);
   titans_check_gates<2>(check, in.alpha, in.eta, in.theta);
   titans_check_huber_deltas<2>(check, in.huber_delta, options);
-  if (options.retention == TitansRetention::softmax_kl)
-    titans_check_simplex_memory(check, "memory", out.memory, options.softmax_axis);
+  if (options.retention == TitansRetention::softmax_kl) {
+    if (rnn_plain_batch(in.batch)) {
+      titans_check_simplex_memory(check, "memory", out.memory, options.softmax_axis);
+    } else {
+      for (index_t b = 0; b < B; ++b) {  // only the rows this step reads
+        const SequenceSpan s = map[b];
+        if (s.read_state) titans_check_simplex_memory(check, "memory", out.memory.slice(0, s.state_row, 1), options.softmax_axis);
+      }
+    }
+  }
   check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
   check.no_overlap("y", out.y, "q", in.q).no_overlap("y", out.y, "k", in.k).no_overlap("y", out.y, "v", in.v);
   check.no_overlap("y", out.y, "alpha", in.alpha).no_overlap("y", out.y, "eta", in.eta);
@@ -371,6 +446,24 @@ inline TitansDims validate_titans_step(const ArgCheck& check, const TitansStepIn
     check.no_overlap(name, view, "theta", in.theta).no_overlap(name, view, "huber_delta", in.huber_delta);
   }
   return {B, 1, d.H, HV, K, V, scale};
+}
+
+// One sequence of a validated serving call as a plain dense call of its own (B = 1, its tokens,
+// its state rows; no initial state when it starts fresh). The caller skips padding (state row -1).
+inline std::pair<TitansInputs, TitansOutputs> titans_sequence_call(const TitansInputs& in, const TitansOutputs& out,
+                                                                   const SequenceSpan& s) {
+  TitansInputs in1 = in;
+  in1.q = rnn_sequence_rows(in.q, s), in1.k = rnn_sequence_rows(in.k, s), in1.v = rnn_sequence_rows(in.v, s);
+  in1.alpha = rnn_sequence_rows(in.alpha, s), in1.eta = rnn_sequence_rows(in.eta, s);
+  in1.theta = rnn_sequence_rows(in.theta, s), in1.huber_delta = rnn_sequence_rows(in.huber_delta, s);
+  in1.initial_memory = rnn_state_row(in.initial_memory, s, s.read_state);
+  in1.initial_momentum = rnn_state_row(in.initial_momentum, s, s.read_state);
+  in1.batch = SequenceBatch();
+  TitansOutputs out1 = out;
+  out1.y = rnn_sequence_rows(out.y, s);
+  out1.final_memory = rnn_state_row(out.final_memory, s, true);
+  out1.final_momentum = rnn_state_row(out.final_momentum, s, true);
+  return {in1, out1};
 }
 
 // Memora's softmax over each slice of the [K,V] matrix X (row-major), in place, in double.
@@ -449,14 +542,26 @@ inline void titans_reference_retained(const TitansInputs& in, const TitansOutput
 namespace reference {
 
 /// The definition: per (batch, value head), token by token, M and S in double, the gradient
-/// written out. Single-threaded. Final states may be their initial views.
+/// written out. Single-threaded. Final states may be their initial views. Serving batches
+/// (in.batch) run sequence by sequence as dense calls.
 inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {}) {
+  const ArgCheck check("reference::titans");
+  SequenceMap map;
+  const detail::TitansDims d = detail::validate_titans(check, in, out, options, &map);
   if (options.reverse) {
     const auto rev = detail::titans_reversed_call(in, out);
     return titans(rev.first, rev.second, detail::forward_options(options));
   }
-  const ArgCheck check("reference::titans");
-  const detail::TitansDims d = detail::validate_titans(check, in, out, options);
+  if (!detail::rnn_plain_batch(in.batch)) {
+    // Serving: each running sequence as its own dense call (validated above as a whole).
+    for (index_t n = 0; n < map.sequences(); ++n) {
+      const SequenceSpan s = map[n];
+      if (s.state_row < 0) continue;
+      const auto one = detail::titans_sequence_call(in, out, s);
+      titans(one.first, one.second, options);
+    }
+    return;
+  }
   if (options.retention != TitansRetention::decay) return detail::titans_reference_retained(in, out, options, d);
   const index_t K = d.K, V = d.V;
   std::vector<double> M(static_cast<std::size_t>(K * V)), S(M.size()), err(static_cast<std::size_t>(V));

@@ -183,10 +183,22 @@ inline TitansToken& titans_step_scratch(index_t K, index_t V) {
   return *scratch;
 }
 
+// A fresh sequence's state (has_initial_state false): zero momentum and memory, Memora's uniform
+// memory (TitansRetention::softmax_kl), as a prefill without initial states starts.
+inline void titans_reset_state(const TensorView<float, 2>& M, const TensorView<float, 2>& S, const TitansOptions& options) {
+  const index_t K = M.size(0), V = M.size(1);
+  const float fresh = options.retention != TitansRetention::softmax_kl ? 0.f
+                      : 1.f / static_cast<float>(options.softmax_axis == TitansSoftmaxAxis::key ? K : V);
+  for (index_t r = 0; r < K; ++r)
+    for (index_t c = 0; c < V; ++c) M(r, c) = fresh, S(r, c) = 0.f;
+}
+
 }  // namespace detail
 
 /// One decode token per batch row: y = scale * M_t^T q with M and S updated in place (the
-/// recurrence of reference.hpp). Threaded over (batch, value head).
+/// recurrence of reference.hpp). Threaded over (batch, value head). With in.batch.state_indices
+/// the states are pools [P,HV,K,V] and row b updates pool row state_indices[b] (-1: padding, its
+/// y and states untouched); in.batch.has_initial_state[b] false resets row b's state first.
 inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out, const TitansOptions& options = {},
                         const Executor& executor = serial_executor()) {
   static const ArgCheck check("titans_step");
@@ -196,9 +208,12 @@ inline void titans_step(const TitansStepInputs& in, const TitansStepOutputs& out
     detail::TitansToken& s = detail::titans_step_scratch(K, V);
     for (index_t item = begin; item < end; ++item) {
       const index_t b = item / d.HV, hv = item % d.HV, h = hv / d.group();
+      const index_t p = in.batch.slotted() ? in.batch.state_indices[b] : b;  // the states' (pool) row
+      if (p < 0) continue;                                                 // padding row: untouched
+      const TensorView<float, 2> M = out.memory[p][hv], S = out.momentum[p][hv];
+      if (in.batch.has_initial_state.has_value() && !in.batch.has_initial_state[b]) detail::titans_reset_state(M, S, options);
       for (index_t r = 0; r < K; ++r) s.q[static_cast<std::size_t>(r)] = in.q(b, h, r), s.k[static_cast<std::size_t>(r)] = in.k(b, h, r);
       for (index_t c = 0; c < V; ++c) s.v[static_cast<std::size_t>(c)] = in.v(b, hv, c);
-      const TensorView<float, 2> M = out.memory[b][hv], S = out.momentum[b][hv];
       s.lq_sum = -1.0;  // the state comes from outside
       const bool direct = M.stride(1) == 1 && S.stride(1) == 1;
       float* mp = M.data();
