@@ -37,6 +37,10 @@
 //                  no initial memory means the uniform 1 / slice length)
 // Neither is linear in the state: the prefill runs them token by token (exact), never chunked.
 //
+// Serving (TitansInputs::batch, TitansStepInputs::batch; core/batch.hpp): packed sequences
+// (cu_seqlens), state slots in pools (state_indices, -1 = padding) and fresh sequences
+// (has_initial_state); each sequence runs as a dense call of its own on its state rows.
+//
 // This header: argument structs, options, validation and seqmix::reference::titans (plain
 // loops, double state). Fast prefill (chunkwise-parallel closed form, or recurrent): chunked.hpp;
 // decode step: step.hpp; derivation: docs/operators.md section 12, "titans".
