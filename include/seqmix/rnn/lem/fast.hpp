@@ -54,6 +54,15 @@ struct LemRun {
   float dt;
 };
 
+// The scratch of lem_run: blocks (packed weights, products), copies of strided weights, dense
+// biases, the states, dtb and the input pre-activations; plus the step's gathered slot rows. A
+// prefill builds one per call; the step keeps one per thread, so a step of an unchanged shape
+// makes no heap allocation after warm-up (the vectors only grow; tests/alloc/alloc_lem.cpp).
+struct LemWorkspace {
+  std::vector<LemBlock> blocks;
+  std::vector<float> w_hh_copy, w_z_copy, w_ih_copy, b_hh, b_z, y, z, dtb, ax, gathered, y_scratch;
+};
+
 // Input pre-activations of tokens [t0, t0 + nt) of every row into ax [B, Tc, 4H].
 inline void lem_project(const LemRun& r, const RnnDims& d, index_t t0, index_t nt, index_t Tc, const RnnRowMap* w_ih,
                         std::vector<float>& ax, const Executor& executor) {
@@ -87,7 +96,7 @@ inline void lem_store_y(const TensorView<float, 2>& y, index_t t, index_t j, con
 // The run: validated arguments, B rows of T tokens. `pack` copies each block's weights once
 // (worth it from a few tokens on); otherwise the matrices are read where they lie (copied once
 // only when their columns are strided).
-inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor& executor) {
+inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor& executor, LemWorkspace& ws) {
   const index_t B = d.B, T = d.T, H = d.H, GH = kLemInputGates * H;
   if (B == 0 || H == 0 || T == 0) {
     // No token: the final state is the initial one (zeros without it).
@@ -100,14 +109,14 @@ inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor
   // Multiply-adds of a token (both phases) against the engine's threshold for a per-token split.
   const index_t parts = executor.concurrency() > 1 && B * 4 * H * H >= kRnnParallelWork ? index_t{executor.concurrency()}
                                                                                           : index_t{1};
-  std::vector<LemBlock> blocks(static_cast<std::size_t>(parts));
+  std::vector<LemBlock>& blocks = ws.blocks;
+  blocks.resize(static_cast<std::size_t>(parts));
   for (index_t p = 0; p < parts; ++p) {
     LemBlock& blk = blocks[static_cast<std::size_t>(p)];
     blk.j0 = p == 0 ? 0 : std::min(H, (H * p / parts + 15) / 16 * 16);
     blk.j1 = p + 1 == parts ? H : std::min(H, (H * (p + 1) / parts + 15) / 16 * 16);
   }
-  std::vector<float> w_hh_copy, w_z_copy, w_ih_copy;
-  const RnnRowMap w_hh = rnn_rows(r.w_hh, w_hh_copy), w_z = rnn_rows(r.w_z, w_z_copy);
+  const RnnRowMap w_hh = rnn_rows(r.w_hh, ws.w_hh_copy), w_z = rnn_rows(r.w_z, ws.w_z_copy);
   for (LemBlock& blk : blocks) {
     const index_t n = blk.j1 - blk.j0;
     blk.ah.resize(static_cast<std::size_t>(B * 3 * n));
@@ -121,20 +130,28 @@ inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor
     for (index_t u = 0; u < n; ++u)
       for (index_t k = 0; k < H; ++k) blk.wz[static_cast<std::size_t>(u * H + k)] = w_z(blk.j0 + u, k);
   }
-  std::vector<float> b_hh(static_cast<std::size_t>(kLemRecurrentGates * H), 0.f), b_z(static_cast<std::size_t>(H), 0.f);
+  std::vector<float>& b_hh = ws.b_hh;
+  std::vector<float>& b_z = ws.b_z;
+  b_hh.assign(static_cast<std::size_t>(kLemRecurrentGates * H), 0.f);
+  b_z.assign(static_cast<std::size_t>(H), 0.f);
   for (index_t i = 0; r.b_hh.has_value() && i < kLemRecurrentGates * H; ++i) b_hh[static_cast<std::size_t>(i)] = r.b_hh(i);
   for (index_t i = 0; r.b_z.has_value() && i < H; ++i) b_z[static_cast<std::size_t>(i)] = r.b_z(i);
 
   // State [B][H] each, and dtb of the current token (phase A to phase B).
-  std::vector<float> y(static_cast<std::size_t>(B * H), 0.f), z(y), dtb(y);
+  std::vector<float>& y = ws.y;
+  std::vector<float>& z = ws.z;
+  std::vector<float>& dtb = ws.dtb;
+  for (std::vector<float>* v : {&y, &z, &dtb}) v->assign(static_cast<std::size_t>(B * H), 0.f);
   if (r.initial.has_value())
     for (index_t b = 0; b < B; ++b)
       for (index_t j = 0; j < H; ++j)
         y[static_cast<std::size_t>(b * H + j)] = r.initial(b, 0, j), z[static_cast<std::size_t>(b * H + j)] = r.initial(b, 1, j);
 
   const index_t Tc = std::max<index_t>(1, std::min<index_t>(T, kRnnProjectionRows / B));
-  std::vector<float> ax(static_cast<std::size_t>(B * Tc * GH));
-  const RnnRowMap w_ih = r.w_ih.has_value() ? rnn_rows(r.w_ih, w_ih_copy) : RnnRowMap(nullptr, 0, 0, Eigen::OuterStride<>(1));
+  std::vector<float>& ax = ws.ax;
+  ax.resize(static_cast<std::size_t>(B * Tc * GH));
+  const RnnRowMap w_ih =
+      r.w_ih.has_value() ? rnn_rows(r.w_ih, ws.w_ih_copy) : RnnRowMap(nullptr, 0, 0, Eigen::OuterStride<>(1));
   const float dt = r.dt;
   using V = RnnBatch;
 
@@ -236,7 +253,8 @@ inline void lem(const LemInputs& in, const RnnOutputs& out, const LemOptions& op
   detail::LemRun r{in.x, out.y, in.initial_state, out.final_state, in.w_ih, in.w_hh, in.w_z,
                    in.b_ih, in.b_hh, in.b_z, options.dt};
   if (options.reverse) detail::reverse_time_of(r.x, r.y);
-  detail::lem_run(r, d, d.T >= 4, executor);
+  detail::LemWorkspace ws;
+  detail::lem_run(r, d, d.T >= 4, executor, ws);
 }
 
 }  // namespace seqmix

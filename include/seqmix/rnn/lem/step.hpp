@@ -20,14 +20,19 @@ inline void lem_step(const LemStepInputs& in, const RnnStepOutputs& out, const L
   const ConstView<float, 3> x(in.x.data(), {B, 1, in.x.size(1)}, {in.x.stride(0), 0, in.x.stride(1)});
   const TensorView<float, 3> y(out.y.data(), {B, 1, H}, {out.y.stride(0), 0, out.y.stride(1)});
   detail::LemRun r{x, y, out.state, out.state, in.w_ih, in.w_hh, in.w_z, in.b_ih, in.b_hh, in.b_z, options.dt};
-  if (detail::rnn_plain_batch(in.batch)) return detail::lem_run(r, d, false, executor);
+  // The per-thread scratch of the steps: no heap allocation after warm-up (tests/alloc/alloc_lem.cpp).
+  thread_local detail::LemWorkspace ws;
+  if (detail::rnn_plain_batch(in.batch)) return detail::lem_run(r, d, false, executor, ws);
   // Slots: the rows' states gathered into a dense [B,2,H] (zeros for a fresh or padding row), one
   // batched step (the weights read once for all rows), then scattered back. Padding rows run on
   // zeros into a scratch y and are written nowhere.
   const IndexList& slots = in.batch.state_indices;
   const FlagList& has_initial = in.batch.has_initial_state;
   auto row_of = [&](index_t b) { return slots.has_value() ? slots[b] : b; };
-  std::vector<float> gathered(static_cast<std::size_t>(B * S * H), 0.f), y_scratch(static_cast<std::size_t>(B * H));
+  std::vector<float>& gathered = ws.gathered;
+  std::vector<float>& y_scratch = ws.y_scratch;
+  gathered.assign(static_cast<std::size_t>(B * S * H), 0.f);
+  y_scratch.resize(static_cast<std::size_t>(B * H));
   for (index_t b = 0; b < B; ++b) {
     const index_t row = row_of(b);
     if (row < 0 || (has_initial.has_value() && !has_initial[b])) continue;
@@ -37,7 +42,7 @@ inline void lem_step(const LemStepInputs& in, const RnnStepOutputs& out, const L
   const TensorView<float, 3> state(gathered.data(), {B, S, H});
   r.initial = state, r.final_state = state;
   r.y = TensorView<float, 3>(y_scratch.data(), {B, 1, H});
-  detail::lem_run(r, d, false, executor);
+  detail::lem_run(r, d, false, executor, ws);
   for (index_t b = 0; b < B; ++b) {
     const index_t row = row_of(b);
     if (row < 0) continue;
