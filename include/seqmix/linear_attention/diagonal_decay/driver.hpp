@@ -331,9 +331,11 @@ TensorView<T, 2> as_token(const TensorView<T, 1>& row) {
 }
 
 // The one-token head of a step's batch row b and value head hv: the q/k rows of its q/k head
-// (r for rwkv6), its v row and output row. Gates, maps and readout are the op's to add.
-inline HeadProblem step_head(const ConstView<float, 3>& q, const ConstView<float, 3>& k, const ConstView<float, 3>& v,
-                             const TensorView<float, 3>& o, const Dims& d, index_t b, index_t hv) {
+// (r for rwkv6), its v row and output row. Gates, maps and readout are the op's to add. E: the
+// storage type of q/k/v (float, bf16, f16; InputRows widens 16-bit rows as the token loads).
+template <class E>
+HeadProblem step_head(const ConstView<E, 3>& q, const ConstView<E, 3>& k, const ConstView<E, 3>& v,
+                      const TensorView<float, 3>& o, const Dims& d, index_t b, index_t hv) {
   HeadProblem p;
   const index_t h = hv / d.heads_per_qk();
   p.q = as_token(q[b][h]);

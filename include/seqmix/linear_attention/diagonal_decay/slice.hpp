@@ -56,6 +56,7 @@ struct SliceWorkspace {
   RowMatrix QD;          // [kSliceBlock,Kf] scale * phi(q_t) * exp(G_t)
   RowMatrix O;           // [kSliceBlock,V] what those tokens read from S
   RowVector cumulative;  // [Kf] G so far
+  RowVector q_row;       // [K] one 16-bit q row widened (grown on first use: K is not Kf)
 };
 
 // Adds to head p's outputs what its tokens read from its true initial state `initial` ([Kf,V])
@@ -74,7 +75,8 @@ inline void correct_head(const HeadProblem& p, const ConstView<float, 2>& initia
     const index_t n = std::min(kSliceBlock, p.T() - t0);
     for (index_t i = 0; i < n; ++i) {
       float* row = ws.QD.row(i).data();
-      apply_feature_map(p.phi, p.q.floats()[t0 + i], p.scale, row);  // the slice forms take fp32 q
+      if (ws.q_row.size() < p.K()) ws.q_row.resize(p.K());
+      apply_feature_map(p.phi, p.q.row(t0 + i, ws.q_row.data()), p.scale, row);  // fp32 rows in place
       if (!p.gated()) continue;
       if (!exclusive) advance(t0 + i);
       for (index_t c = 0; c < Kf; ++c) row[c] *= std::exp(ws.cumulative(c));

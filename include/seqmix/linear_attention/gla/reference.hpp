@@ -88,17 +88,25 @@ struct GatedLinearAttentionOutputs {
   TensorView<float, 5> token_states = {};
 };
 
-/// Decode-step arguments: one token per batch row.
-struct GatedLinearAttentionStepInputs {
-  ConstView<float, 3> q;              ///< [B,H,K]
-  ConstView<float, 3> k;              ///< [B,H,K]
-  ConstView<float, 3> v;              ///< [B,HV,V]
+/// Decode-step arguments: one token per batch row. T is the storage type of q, k and v (float,
+/// seqmix::bf16 or seqmix::f16; the step widens the token's rows into its scratch); gates, state
+/// and output stay fp32.
+template <class T>
+struct GatedLinearAttentionStepInputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "GatedLinearAttentionStepInputsOf: q/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 3> q;                  ///< [B,H,K]
+  ConstView<T, 3> k;                  ///< [B,H,K]
+  ConstView<T, 3> v;                  ///< [B,HV,V]
   ConstView<float, 3> g = {};         ///< [B,Hg,K] (GateKind::channel)
   ConstView<float, 2> g_scalar = {};  ///< [B,Hg]   (GateKind::scalar)
   /// state_indices [B]: row b steps pool row state_indices[b] (-1: padding row, its output and
   /// every state untouched); has_initial_state[b] false zeroes that row first. No cu_seqlens.
   SequenceBatch batch = {};
 };
+
+/// Decode-step arguments with fp32 q/k/v (GatedLinearAttentionStepInputsOf).
+using GatedLinearAttentionStepInputs = GatedLinearAttentionStepInputsOf<float>;
 
 /// Decode-step outputs; o must not overlap an input.
 struct GatedLinearAttentionStepOutputs {
@@ -169,7 +177,8 @@ PrefillCheck validate_gla(const char* op, const GatedLinearAttentionInputsOf<T>&
 }
 
 // `check` is the caller's (a static: building an ArgCheck allocates its name).
-inline Dims validate_gla_step(const ArgCheck& check, const GatedLinearAttentionStepInputs& in,
+template <class T>
+Dims validate_gla_step(const ArgCheck& check, const GatedLinearAttentionStepInputsOf<T>& in,
                               const GatedLinearAttentionStepOutputs& out, const GatedLinearAttentionOptions& options,
                               const Executor& executor) {
   const Dims d = check_qkv_step(check, "q", in.q, in.k, in.v);

@@ -19,10 +19,12 @@ namespace seqmix {
 /// per key channel (zeros for GateKind::none). A dense batch only (in.batch empty), no
 /// in.initial_state, no token_states. Compose slices with compose_diagonal_slices and finish one
 /// with gated_linear_attention_slice_correct.
-inline void gated_linear_attention_slice(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                                         const TensorView<float, 3>& log_decay,
-                                         const GatedLinearAttentionOptions& options = {},
-                                         const Executor& executor = serial_executor()) {
+/// q/k/v may be stored as float, seqmix::bf16 or seqmix::f16 (GatedLinearAttentionInputsOf; the
+/// run widens each chunk's rows as it loads them).
+template <class T>
+void gated_linear_attention_slice(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAttentionOutputs& out,
+                                  const TensorView<float, 3>& log_decay, const GatedLinearAttentionOptions& options = {},
+                                  const Executor& executor = serial_executor()) {
   using namespace detail::la;
   const char* op = "gated_linear_attention_slice";
   const ArgCheck check(op);
@@ -44,10 +46,11 @@ inline void gated_linear_attention_slice(const GatedLinearAttentionInputs& in, c
 /// tokens; out.final_state, when given, holds the local final state and becomes the true one
 /// (it must not overlap initial_state). Reads q and the gate only; k and v are checked, not read.
 /// The result equals one gated_linear_attention call over the whole sequence, to rounding.
-inline void gated_linear_attention_slice_correct(const GatedLinearAttentionInputs& in,
-                                                 const GatedLinearAttentionOutputs& out,
-                                                 const GatedLinearAttentionOptions& options = {},
-                                                 const Executor& executor = serial_executor()) {
+/// 16-bit q rows are widened one at a time as the correction reads them.
+template <class T>
+void gated_linear_attention_slice_correct(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAttentionOutputs& out,
+                                          const GatedLinearAttentionOptions& options = {},
+                                          const Executor& executor = serial_executor()) {
   using namespace detail::la;
   const char* op = "gated_linear_attention_slice_correct";
   const ArgCheck check(op);
@@ -67,11 +70,13 @@ inline void gated_linear_attention_slice_correct(const GatedLinearAttentionInput
 /// summaries in order, and each piece is corrected (gated_linear_attention_slice_correct), so the
 /// result equals one gated_linear_attention call to rounding. Worth it when B * HV is too small
 /// to keep the threads busy (one long sequence); scratch: two [B,HV,K,V] states per slice. A
-/// dense batch only, no token_states; final_state may be the initial_state view.
-inline void context_parallel_gated_linear_attention(const GatedLinearAttentionInputs& in,
-                                                    const GatedLinearAttentionOutputs& out,
-                                                    const GatedLinearAttentionOptions& options = {},
-                                                    const Executor& executor = serial_executor(), index_t slices = 0) {
+/// dense batch only, no token_states; final_state may be the initial_state view. q/k/v may be
+/// stored as float, seqmix::bf16 or seqmix::f16 (the pieces are views of them, not copies).
+template <class T>
+void context_parallel_gated_linear_attention(const GatedLinearAttentionInputsOf<T>& in,
+                                             const GatedLinearAttentionOutputs& out,
+                                             const GatedLinearAttentionOptions& options = {},
+                                             const Executor& executor = serial_executor(), index_t slices = 0) {
   using namespace detail::la;
   const char* op = "context_parallel_gated_linear_attention";
   const ArgCheck check(op);
@@ -83,7 +88,7 @@ inline void context_parallel_gated_linear_attention(const GatedLinearAttentionIn
     return;
   }
   const auto piece = [&](index_t begin, index_t n) {
-    GatedLinearAttentionInputs s = in;
+    GatedLinearAttentionInputsOf<T> s = in;
     s.q = in.q.slice(1, begin, n), s.k = in.k.slice(1, begin, n), s.v = in.v.slice(1, begin, n);
     if (in.g.has_value()) s.g = in.g.slice(1, begin, n);
     if (in.g_scalar.has_value()) s.g_scalar = in.g_scalar.slice(1, begin, n);
@@ -100,10 +105,34 @@ inline void context_parallel_gated_linear_attention(const GatedLinearAttentionIn
          const TensorView<float, 4>& next) { compose_diagonal_slices<3, 4>({}, start, decay, local, {}, next); },
       [&](index_t, index_t begin, index_t n, const TensorView<float, 4>& start, const TensorView<float, 3>&,
           const TensorView<float, 4>& final_state) {
-        GatedLinearAttentionInputs s = piece(begin, n);
+        GatedLinearAttentionInputsOf<T> s = piece(begin, n);
         s.initial_state = start;
         gated_linear_attention_slice_correct(s, {out.o.slice(1, begin, n), final_state}, options);
       });
+}
+
+/// gated_linear_attention_slice on fp32 q/k/v (the overload braced argument lists pick).
+inline void gated_linear_attention_slice(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                                         const TensorView<float, 3>& log_decay,
+                                         const GatedLinearAttentionOptions& options = {},
+                                         const Executor& executor = serial_executor()) {
+  gated_linear_attention_slice<float>(in, out, log_decay, options, executor);
+}
+
+/// gated_linear_attention_slice_correct on fp32 q/k/v (the overload braced argument lists pick).
+inline void gated_linear_attention_slice_correct(const GatedLinearAttentionInputs& in,
+                                                 const GatedLinearAttentionOutputs& out,
+                                                 const GatedLinearAttentionOptions& options = {},
+                                                 const Executor& executor = serial_executor()) {
+  gated_linear_attention_slice_correct<float>(in, out, options, executor);
+}
+
+/// context_parallel_gated_linear_attention on fp32 q/k/v (the overload braced argument lists pick).
+inline void context_parallel_gated_linear_attention(const GatedLinearAttentionInputs& in,
+                                                    const GatedLinearAttentionOutputs& out,
+                                                    const GatedLinearAttentionOptions& options = {},
+                                                    const Executor& executor = serial_executor(), index_t slices = 0) {
+  context_parallel_gated_linear_attention<float>(in, out, options, executor, slices);
 }
 
 }  // namespace seqmix

@@ -4,6 +4,7 @@
 // recurrent kernel of diagonal_decay/recurrent.hpp: 3 vector ops per state element, o and v in registers.
 #pragma once
 
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"
@@ -12,15 +13,15 @@
 
 namespace seqmix {
 
-/// GLA decode step: one token per batch row, out.state (or pool rows through
-/// in.batch.state_indices) decayed and updated in place, then read for o. No allocation after the
-/// first call.
-inline void gated_linear_attention_step(const GatedLinearAttentionStepInputs& in,
-                                        const GatedLinearAttentionStepOutputs& out,
-                                        const GatedLinearAttentionOptions& options = {},
-                                        const Executor& executor = serial_executor()) {
-  using namespace detail::la;
-  static const ArgCheck check("gated_linear_attention_step");
+namespace detail {
+
+// The step on q/k/v stored as T (float, bf16, f16): the token's rows are widened into the
+// recurrent kernel's scratch as it loads them (InputRows); state, gates and output are fp32.
+template <class T>
+void gla_step(const GatedLinearAttentionStepInputsOf<T>& in, const GatedLinearAttentionStepOutputs& out,
+              const GatedLinearAttentionOptions& options, const Executor& executor) {
+  using namespace la;
+  static const ArgCheck check("gated_linear_attention_step");  // built once per T: a step allocates nothing
   const Dims d = validate_gla_step(check, in, out, options, executor);
   const float scale = check_scale(check, options.scale, d.K);
   const float* fixed_gates = options.gate == GateKind::retnet ? retnet_gates_cached(d.HV) : nullptr;
@@ -42,6 +43,36 @@ inline void gated_linear_attention_step(const GatedLinearAttentionStepInputs& in
                }
                return p;
            });
+}
+
+}  // namespace detail
+
+/// GLA decode step: one token per batch row, out.state (or pool rows through
+/// in.batch.state_indices) decayed and updated in place, then read for o. No allocation after the
+/// first call.
+inline void gated_linear_attention_step(const GatedLinearAttentionStepInputs& in,
+                                        const GatedLinearAttentionStepOutputs& out,
+                                        const GatedLinearAttentionOptions& options = {},
+                                        const Executor& executor = serial_executor()) {
+  detail::gla_step(in, out, options, executor);
+}
+
+/// The same on q/k/v stored as seqmix::bf16 or seqmix::f16 (gates, state and output fp32): the
+/// token's rows are widened into the step's scratch, so a 16-bit prefill (gated_linear_attention)
+/// followed by 16-bit steps equals one 16-bit prefill over all the tokens, to rounding.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void gated_linear_attention_step(const GatedLinearAttentionStepInputsOf<H>& in, const GatedLinearAttentionStepOutputs& out,
+                                 const GatedLinearAttentionOptions& options = {},
+                                 const Executor& executor = serial_executor()) {
+  detail::gla_step(in, out, options, executor);
+}
+
+/// simple_gla_step on 16-bit q/k/v (see the bf16 / f16 gated_linear_attention_step).
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void simple_gla_step(const GatedLinearAttentionStepInputsOf<H>& in, const GatedLinearAttentionStepOutputs& out,
+                     GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
+  options.gate = GateKind::scalar;
+  detail::gla_step(in, out, options, executor);
 }
 
 /// gated_linear_attention_step with GateKind::scalar (one log-decay per token and head, g_scalar).

@@ -4,6 +4,8 @@
 // Dense or packed batches, states per sequence or in slots, token_states (see GatedLinearAttentionInputs).
 #pragma once
 
+#include <type_traits>
+
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 
@@ -13,7 +15,8 @@ namespace detail::la {
 
 // The HeadProblem of value head hv of batch row b: o_t reads the state before token t and adds
 // the bonus u for the token itself (Readout::exclusive_bonus).
-inline HeadProblem rwkv6_head(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Dims& d, index_t b, index_t hv) {
+template <class T>
+HeadProblem rwkv6_head(const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, const Dims& d, index_t b, index_t hv) {
   HeadProblem p;
   const index_t h = hv / d.heads_per_qk();
   p.q = in.r[b].select(1, h);
@@ -28,16 +31,18 @@ inline HeadProblem rwkv6_head(const Rwkv6Inputs& in, const Rwkv6Outputs& out, co
 
 }  // namespace detail::la
 
-/// RWKV-6 prefill: o_t reads the state before token t plus the bonus u for the token itself
-/// (reference::rwkv6 is the definition). final_state may be the initial_state view (in place);
-/// token_states forces the recurrent form. Threaded over (sequence, value head).
-inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
-                  const Executor& executor = serial_executor()) {
+namespace detail {
+
+// The prefill on r/k/v stored as T (float, bf16, f16): the rows are widened as each chunk or
+// token is loaded (InputRows), everything after that is the fp32 computation.
+template <class T>
+void rwkv6_prefill(const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, const Rwkv6Options& options,
+                   const Executor& executor) {
   if (options.reverse) {
-    const auto rev = detail::reversed_call("rwkv6", in, out);
-    return rwkv6(rev.first, rev.second, detail::forward_options(options), executor);
+    const auto rev = reversed_call("rwkv6", in, out);
+    return rwkv6_prefill(rev.first, rev.second, forward_options(options), executor);
   }
-  using namespace detail::la;
+  using namespace la;
   const auto [checked_dims, seqs] = validate_rwkv6("rwkv6", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
@@ -49,6 +54,25 @@ inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Opt
   io.final_state = out.final_state;
   io.token_states = out.token_states;
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) { return rwkv6_head(in, out, d, b, hv); });
+}
+
+}  // namespace detail
+
+/// RWKV-6 prefill: o_t reads the state before token t plus the bonus u for the token itself
+/// (reference::rwkv6 is the definition). final_state may be the initial_state view (in place);
+/// token_states forces the recurrent form. Threaded over (sequence, value head).
+inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+                  const Executor& executor = serial_executor()) {
+  detail::rwkv6_prefill(in, out, options, executor);
+}
+
+/// The same on r/k/v stored as seqmix::bf16 or seqmix::f16 (g, u, states and outputs fp32):
+/// each chunk's (or token's) rows are widened as they are loaded, never the whole tensor.
+/// docs/operators.md (RWKV-6) gives the accuracy against fp32 inputs.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void rwkv6(const Rwkv6InputsOf<H>& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+           const Executor& executor = serial_executor()) {
+  detail::rwkv6_prefill(in, out, options, executor);
 }
 
 }  // namespace seqmix

@@ -9,12 +9,14 @@
 
 #include <array>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
@@ -35,11 +37,17 @@ struct Rwkv6Options {
   bool reverse = false;
 };
 
-/// g and u have Hg = H or HV heads (shared like r/k, or one per value head).
-struct Rwkv6Inputs {
-  ConstView<float, 4> r;              ///< [B,T,H,K] receptance (the query)
-  ConstView<float, 4> k;              ///< [B,T,H,K]
-  ConstView<float, 4> v;              ///< [B,T,HV,V]
+/// g and u have Hg = H or HV heads (shared like r/k, or one per value head). T is the storage
+/// type of r, k and v: float (Rwkv6Inputs), or seqmix::bf16 / seqmix::f16, which the chunked and
+/// recurrent forms widen row by row as they load each chunk or token (no fp32 copy of the
+/// inputs); g, u, states and outputs stay fp32.
+template <class T>
+struct Rwkv6InputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "Rwkv6InputsOf: r/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 4> r;                  ///< [B,T,H,K] receptance (the query)
+  ConstView<T, 4> k;                  ///< [B,T,H,K]
+  ConstView<T, 4> v;                  ///< [B,T,HV,V]
   ConstView<float, 4> g;              ///< [B,T,Hg,K] log-decay <= 0 (w = exp(g))
   ConstView<float, 2> u;              ///< [Hg,K] bonus of the current token
   ConstView<float, 4> initial_state = {}; ///< [B,HV,K,V], optional (zero if absent)
@@ -48,6 +56,9 @@ struct Rwkv6Inputs {
   SequenceBatch batch = {};
 };
 
+/// Prefill arguments with fp32 r/k/v (Rwkv6InputsOf).
+using Rwkv6Inputs = Rwkv6InputsOf<float>;
+
 /// Prefill outputs; o must not overlap an input.
 struct Rwkv6Outputs {
   TensorView<float, 4> o;             ///< [B,T,HV,V]
@@ -55,15 +66,21 @@ struct Rwkv6Outputs {
   TensorView<float, 5> token_states = {}; ///< [B,T,HV,K,V], optional: S_t after each token t
 };
 
-/// Decode-step arguments of rwkv6_step: one token per batch row.
-struct Rwkv6StepInputs {
-  ConstView<float, 3> r;  ///< [B,H,K]
-  ConstView<float, 3> k;  ///< [B,H,K]
-  ConstView<float, 3> v;  ///< [B,HV,V]
+/// Decode-step arguments of rwkv6_step: one token per batch row; T as for Rwkv6InputsOf.
+template <class T>
+struct Rwkv6StepInputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "Rwkv6StepInputsOf: r/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 3> r;      ///< [B,H,K]
+  ConstView<T, 3> k;      ///< [B,H,K]
+  ConstView<T, 3> v;      ///< [B,HV,V]
   ConstView<float, 3> g;  ///< [B,Hg,K]
   ConstView<float, 2> u;  ///< [Hg,K]
   SequenceBatch batch = {}; ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
 };
+
+/// Decode-step arguments with fp32 r/k/v (Rwkv6StepInputsOf).
+using Rwkv6StepInputs = Rwkv6StepInputsOf<float>;
 
 /// Decode-step outputs; o must not overlap an input.
 struct Rwkv6StepOutputs {
@@ -78,7 +95,8 @@ inline void check_rwkv6_u(const ArgCheck& check, const ConstView<float, 2>& u, c
   check_head_count(check, "u", u.size(0), d, u.shape());
 }
 
-inline PrefillCheck validate_rwkv6(const char* op, const Rwkv6Inputs& in, const Rwkv6Outputs& out,
+template <class T>
+PrefillCheck validate_rwkv6(const char* op, const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out,
                                    const Rwkv6Options& options, const Executor& executor) {
   const ArgCheck check(op);
   const Dims d = check_qkv(check, "r", in.r, in.k, in.v);
@@ -100,7 +118,8 @@ inline PrefillCheck validate_rwkv6(const char* op, const Rwkv6Inputs& in, const 
 }
 
 // `check` is the caller's (a static: building an ArgCheck allocates its name).
-inline Dims validate_rwkv6_step(const ArgCheck& check, const Rwkv6StepInputs& in, const Rwkv6StepOutputs& out,
+template <class T>
+Dims validate_rwkv6_step(const ArgCheck& check, const Rwkv6StepInputsOf<T>& in, const Rwkv6StepOutputs& out,
                                 const Executor& executor) {
   const Dims d = check_qkv_step(check, "r", in.r, in.k, in.v);
   check.shape("g", in.g, std::array<index_t, 3>{d.B, -1, d.K}, "B,Hg,K");
@@ -119,7 +138,8 @@ inline Dims validate_rwkv6_step(const ArgCheck& check, const Rwkv6StepInputs& in
 namespace detail {
 
 // A reverse call as the forward call on reversed views (core/direction.hpp).
-inline std::pair<Rwkv6Inputs, Rwkv6Outputs> reversed_call(const char* op, Rwkv6Inputs in, Rwkv6Outputs out) {
+template <class T>
+std::pair<Rwkv6InputsOf<T>, Rwkv6Outputs> reversed_call(const char* op, Rwkv6InputsOf<T> in, Rwkv6Outputs out) {
   check_reversible(op, in.batch, true);
   reverse_time_of(in.r, in.k, in.v, in.g, out.o, out.token_states);
   return {in, out};
@@ -130,16 +150,20 @@ inline std::pair<Rwkv6Inputs, Rwkv6Outputs> reversed_call(const char* op, Rwkv6I
 namespace reference {
 
 /// The definition, token by token, state in double precision, one sequence at a time.
-/// Single-threaded; `executor` only splits the gate check.
-inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
-                  const Executor& executor = serial_executor()) {
+/// Single-threaded; `executor` only splits the gate check. r/k/v may be stored as float, bf16
+/// or f16 (Rwkv6InputsOf): each value is widened exactly where it is read.
+template <class T>
+void rwkv6(const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+           const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::reversed_call("reference::rwkv6", in, out);
-    return rwkv6(rev.first, rev.second, detail::forward_options(options), executor);
+    // Qualified: unqualified, argument-dependent lookup would also find the fast 16-bit overload.
+    return reference::rwkv6<T>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   using namespace detail::la;
   const auto [checked_dims, seqs] = validate_rwkv6("reference::rwkv6", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
+  const auto x = [](const T& value) { return static_cast<double>(static_cast<float>(value)); };
   std::vector<double> S(static_cast<std::size_t>(d.K * d.V));
   auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
   for (index_t n = 0; n < seqs.sequences(); ++n) {
@@ -153,15 +177,15 @@ inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Opt
         for (index_t c = 0; c < d.V; ++c) s(r, c) = span.read_state ? in.initial_state(span.state_row, hv, r, c) : 0.0;
       for (index_t t = span.token_begin; t < span.token_begin + span.tokens; ++t) {
         double bonus = 0.0;
-        for (index_t r = 0; r < d.K; ++r) bonus += double(in.r(b, t, h, r)) * in.u(hu, r) * in.k(b, t, h, r);
+        for (index_t r = 0; r < d.K; ++r) bonus += x(in.r(b, t, h, r)) * in.u(hu, r) * x(in.k(b, t, h, r));
         for (index_t c = 0; c < d.V; ++c) {
-          double acc = bonus * in.v(b, t, hv, c);
-          for (index_t r = 0; r < d.K; ++r) acc += double(in.r(b, t, h, r)) * s(r, c);
+          double acc = bonus * x(in.v(b, t, hv, c));
+          for (index_t r = 0; r < d.K; ++r) acc += x(in.r(b, t, h, r)) * s(r, c);
           out.o(b, t, hv, c) = static_cast<float>(acc);
         }
         for (index_t r = 0; r < d.K; ++r) {
           const double w = std::exp(static_cast<double>(in.g(b, t, hg, r)));
-          for (index_t c = 0; c < d.V; ++c) s(r, c) = w * s(r, c) + double(in.k(b, t, h, r)) * in.v(b, t, hv, c);
+          for (index_t c = 0; c < d.V; ++c) s(r, c) = w * s(r, c) + x(in.k(b, t, h, r)) * x(in.v(b, t, hv, c));
         }
         if (out.token_states.has_value())
           for (index_t r = 0; r < d.K; ++r)
@@ -172,6 +196,12 @@ inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Opt
           for (index_t c = 0; c < d.V; ++c) out.final_state(span.state_row, hv, r, c) = static_cast<float>(s(r, c));
     }
   }
+}
+
+/// The definition on fp32 r/k/v (the overload braced argument lists pick).
+inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+                  const Executor& executor = serial_executor()) {
+  rwkv6<float>(in, out, options, executor);
 }
 
 }  // namespace reference
