@@ -1,5 +1,6 @@
-// rwkv6 (prefill, step) on r/k/v stored as bf16 or f16 (Rwkv6InputsOf, Rwkv6StepInputsOf)
-// against fp32 inputs (docs/operators.md section 4, half storage):
+// rwkv6 (prefill, step) on r/k/v and rwkv7 (prefill, step, slice) on r/k/v/a/b stored as bf16
+// or f16 (Rwkv6InputsOf, Rwkv6StepInputsOf, Rwkv7InputsOf, Rwkv7StepInputsOf) against fp32
+// inputs (docs/operators.md section 4, half storage):
 //  - fp32 inputs holding the same rounded values, same options: the same arithmetic after each
 //    row's load, so outputs and final states within 1e-6 normwise;
 //  - fp32 inputs holding the unrounded originals: per (sequence, value head) normwise relative
@@ -7,10 +8,12 @@
 //    for f16 storage).
 // A 16-bit prefill followed by 16-bit steps the same way, and against one 16-bit prefill over all
 // the tokens. Ragged shapes: T = 1, T not a multiple of the chunk, odd K and V, GQA, B > 1, an
-// initial state, packed sequences; chunked and recurrent forms; the reference.
+// initial state, packed sequences; chunked and recurrent forms (rwkv7: recurrent only, no GQA);
+// the reference.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -21,6 +24,10 @@
 #include "seqmix/linear_attention/rwkv6/chunked.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 #include "seqmix/linear_attention/rwkv6/step.hpp"
+#include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+#include "seqmix/linear_attention/rwkv7/reference.hpp"
+#include "seqmix/linear_attention/rwkv7/slice.hpp"
+#include "seqmix/linear_attention/rwkv7/step.hpp"
 #include "seqmix_testing/compare.hpp"
 #include "seqmix_testing/half_io.hpp"
 #include "seqmix_testing/random.hpp"
@@ -140,7 +147,158 @@ void rwkv6_step_half_check(std::uint64_t seed) {
   CHECK(st::per_head_relative_error(half.s, one.s, 1) <= 1e-5);
 }
 
+// rwkv7's five 16-bit inputs: r, k, v random; a = -kappa (unit norm per row) and b = kappa * lr
+// with lr in (0, 1), RWKV-7's own parameterization, which keeps the transition contractive.
+// `rounded` / `orig` as in HalfStored.
+template <class H>
+struct Rwkv7Stored {
+  st::HalfStored<H> r, k, v, a, b;
+  Rwkv7Stored(index_t B, index_t T, index_t NH, index_t K, index_t V, std::uint64_t seed)
+      : r({B, T, NH, K}, seed), k({B, T, NH, K}, seed + 1), v({B, T, NH, V}, seed + 2), a({B, T, NH, K}, seed + 3),
+        b({B, T, NH, K}, seed + 4) {
+    const auto lr = st::random_tensor<3>({B, T, NH}, seed + 5, 0.f, 1.f);
+    for (index_t row = 0; row < B * T * NH; ++row) {
+      float* x = a.orig.data() + row * K;  // kappa, drawn by a's HalfStored
+      float norm = 0.f;
+      for (index_t i = 0; i < K; ++i) norm += x[i] * x[i];
+      const float inv = 1.f / std::sqrt(std::max(norm, 1e-12f));
+      for (index_t i = 0; i < K; ++i) {
+        b.orig.data()[row * K + i] = x[i] * inv * lr.data()[row];
+        x[i] = -x[i] * inv;
+      }
+    }
+    for (st::HalfStored<H>* x : {&a, &b}) {
+      seqmix::convert(x->orig.data(), x->half.data(), x->orig.numel());
+      seqmix::convert(x->half.data(), x->rounded.data(), x->orig.numel());
+    }
+  }
+};
+
+enum class Rwkv7Form { fast, reference };
+
+// rwkv7 (or its reference) on one call's inputs; outputs and final states.
+template <class T>
+st::HalfIoResult rwkv7_half_run(Rwkv7Form form, const seqmix::Rwkv7InputsOf<T>& in, const seqmix::Executor& executor) {
+  const index_t B = in.r.size(0), T_ = in.r.size(1), NH = in.r.size(2), K = in.r.size(3), V = in.v.size(3);
+  const index_t N = in.initial_state.has_value() ? in.initial_state.size(0) : B;
+  st::HalfIoResult res{Tensor<float, 4>({B, T_, NH, V}), Tensor<float, 4>({N, NH, K, V})};
+  const seqmix::Rwkv7Outputs out{res.o.view(), res.s.view()};
+  if (form == Rwkv7Form::reference)
+    seqmix::reference::rwkv7(in, out, executor);
+  else
+    seqmix::rwkv7(in, out, executor);
+  return res;
+}
+
+template <class T>
+seqmix::Rwkv7InputsOf<T> rwkv7_inputs(const Tensor<T, 4>& r, const Tensor<T, 4>& k, const Tensor<T, 4>& v,
+                                      const Tensor<T, 4>& a, const Tensor<T, 4>& b, const Tensor<float, 4>& g) {
+  seqmix::Rwkv7InputsOf<T> in;
+  in.r = r.cview(), in.k = k.cview(), in.v = v.cview(), in.a = a.cview(), in.b = b.cview(), in.g = g.cview();
+  return in;
+}
+
+template <class H>
+void rwkv7_half_check(const st::HalfIoCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
+  const std::vector<std::int32_t> cu = st::half_io_cu_seqlens(c.T);
+  const index_t N = c.packed ? static_cast<index_t>(cu.size()) - 1 : c.B, B = c.packed ? 1 : c.B, NH = c.HV;
+  const Rwkv7Stored<H> x(B, c.T, NH, c.K, c.V, seed);
+  Tensor<float, 4> g({B, c.T, NH, c.K});
+  st::fill_log_gate(g.view(), seed + 6, -0.1f, 0.f);
+  const auto s0 = st::random_tensor<4>({N, NH, c.K, c.V}, seed + 7, -0.5f, 0.5f);
+  const double bound = std::is_same_v<H, seqmix::bf16> ? 1.0 / 64 : 1.0 / 512;
+  for (const Rwkv7Form form : {Rwkv7Form::fast, Rwkv7Form::reference}) {
+    INFO(c.describe() << " (H = HV) rwkv7 " << (form == Rwkv7Form::reference ? "reference" : "fast") << " seed " << seed);
+    auto half = rwkv7_inputs(x.r.half, x.k.half, x.v.half, x.a.half, x.b.half, g);
+    auto same = rwkv7_inputs(x.r.rounded, x.k.rounded, x.v.rounded, x.a.rounded, x.b.rounded, g);
+    auto orig = rwkv7_inputs(x.r.orig, x.k.orig, x.v.orig, x.a.orig, x.b.orig, g);
+    half.initial_state = same.initial_state = orig.initial_state = s0.cview();
+    if (c.packed) half.batch.cu_seqlens = same.batch.cu_seqlens = orig.batch.cu_seqlens = cu;
+    st::check_half_io(rwkv7_half_run(form, half, executor), rwkv7_half_run(form, same, executor),
+                      rwkv7_half_run(form, orig, executor), bound);
+  }
+}
+
+// rwkv7 over tokens [0, T1) as one prefill, then [T1, T) one rwkv7_step each; states from s0.
+template <class T>
+st::HalfIoResult rwkv7_prefill_then_steps(index_t T1, const seqmix::Rwkv7InputsOf<T>& in) {
+  const index_t B = in.r.size(0), T_ = in.r.size(1), NH = in.r.size(2), K = in.r.size(3), V = in.v.size(3);
+  st::HalfIoResult res{Tensor<float, 4>({B, T_, NH, V}), Tensor<float, 4>({B, NH, K, V})};
+  seqmix::Rwkv7InputsOf<T> head = in;
+  head.r = in.r.slice(1, 0, T1), head.k = in.k.slice(1, 0, T1), head.v = in.v.slice(1, 0, T1);
+  head.a = in.a.slice(1, 0, T1), head.b = in.b.slice(1, 0, T1), head.g = in.g.slice(1, 0, T1);
+  seqmix::rwkv7(head, {res.o.view().slice(1, 0, T1), res.s.view()});
+  for (index_t t = T1; t < T_; ++t) {
+    const seqmix::Rwkv7StepInputsOf<T> step{in.r.select(1, t), in.k.select(1, t), in.v.select(1, t),
+                                            in.a.select(1, t), in.b.select(1, t), in.g.select(1, t)};
+    seqmix::rwkv7_step(step, {res.o.view().select(1, t), res.s.view()});
+  }
+  return res;
+}
+
+template <class H>
+void rwkv7_step_half_check(std::uint64_t seed) {
+  const index_t B = 3, T = 57, NH = 2, K = 33, V = 20, T1 = 37;
+  const Rwkv7Stored<H> x(B, T, NH, K, V, seed);
+  Tensor<float, 4> g({B, T, NH, K});
+  st::fill_log_gate(g.view(), seed + 6, -0.1f, 0.f);
+  const auto s0 = st::random_tensor<4>({B, NH, K, V}, seed + 7, -0.5f, 0.5f);
+  auto half = rwkv7_inputs(x.r.half, x.k.half, x.v.half, x.a.half, x.b.half, g);
+  auto same = rwkv7_inputs(x.r.rounded, x.k.rounded, x.v.rounded, x.a.rounded, x.b.rounded, g);
+  auto orig = rwkv7_inputs(x.r.orig, x.k.orig, x.v.orig, x.a.orig, x.b.orig, g);
+  half.initial_state = same.initial_state = orig.initial_state = s0.cview();
+  const double bound = std::is_same_v<H, seqmix::bf16> ? 1.0 / 64 : 1.0 / 512;
+  INFO("rwkv7 prefill of 37 tokens then 20 steps, B=3 H=2 K=33 V=20 seed " << seed);
+  const st::HalfIoResult stepped = rwkv7_prefill_then_steps(T1, half);
+  st::check_half_io(stepped, rwkv7_prefill_then_steps(T1, same), rwkv7_prefill_then_steps(T1, orig), bound);
+  const st::HalfIoResult one = rwkv7_half_run(Rwkv7Form::fast, half, seqmix::serial_executor());
+  CHECK(st::per_head_relative_error(stepped.o, one.o, 2) <= 1e-5);
+  CHECK(st::per_head_relative_error(stepped.s, one.s, 1) <= 1e-5);
+}
+
 }  // namespace
+
+TEST_CASE("rwkv7 with bf16 r, k, v, a and b: equal to fp32 inputs of the same values, within the bound of fp32",
+          "[rwkv7][bf16]") {
+  const seqmix::ThreadPool pool(2);
+  std::uint64_t seed = 7800;
+  for (const st::HalfIoCase& c : rwkv_half_cases()) rwkv7_half_check<seqmix::bf16>(c, seed += 10, pool);
+}
+
+TEST_CASE("rwkv7 with f16 r, k, v, a and b: equal to fp32 inputs of the same values, within the bound of fp32",
+          "[rwkv7][f16]") {
+  std::uint64_t seed = 7900;
+  for (const st::HalfIoCase& c : rwkv_half_cases()) rwkv7_half_check<seqmix::f16>(c, seed += 10, seqmix::serial_executor());
+}
+
+TEST_CASE("rwkv7 prefill then steps with bf16 or f16 inputs: equal to fp32 of the same values and to one prefill",
+          "[rwkv7][bf16][f16]") {
+  rwkv7_step_half_check<seqmix::bf16>(8000);
+  rwkv7_step_half_check<seqmix::f16>(8050);
+}
+
+TEST_CASE("rwkv7_slice with bf16 inputs: outputs, state, readout and transition equal to fp32 of the same values",
+          "[rwkv7][bf16]") {
+  const index_t B = 2, T = 45, NH = 2, K = 24, V = 20;
+  const Rwkv7Stored<seqmix::bf16> x(B, T, NH, K, V, 8060);
+  Tensor<float, 4> g({B, T, NH, K});
+  st::fill_log_gate(g.view(), 8066, -0.1f, 0.f);
+  const auto run = [&](const seqmix::Rwkv7InputsOf<seqmix::bf16>* half, const seqmix::Rwkv7Inputs* same) {
+    std::vector<Tensor<float, 4>> r = {Tensor<float, 4>({B, T, NH, V}), Tensor<float, 4>({B, NH, K, V}),
+                                       Tensor<float, 4>({B, T, NH, K}), Tensor<float, 4>({B, NH, K, K})};
+    const seqmix::Rwkv7Outputs out{r[0].view(), r[1].view()};
+    if (half) seqmix::rwkv7_slice(*half, out, r[2].view(), r[3].view());
+    if (same) seqmix::rwkv7_slice(*same, out, r[2].view(), r[3].view());
+    return r;
+  };
+  const auto in16 = rwkv7_inputs(x.r.half, x.k.half, x.v.half, x.a.half, x.b.half, g);
+  const auto in32 = rwkv7_inputs(x.r.rounded, x.k.rounded, x.v.rounded, x.a.rounded, x.b.rounded, g);
+  const std::vector<Tensor<float, 4>> half = run(&in16, nullptr), same = run(nullptr, &in32);
+  CHECK(st::per_head_relative_error(half[0], same[0], 2) <= 1e-6);
+  CHECK(st::per_head_relative_error(half[1], same[1], 1) <= 1e-6);
+  CHECK(st::per_head_relative_error(half[2], same[2], 2) <= 1e-6);
+  CHECK(st::per_head_relative_error(half[3], same[3], 1) <= 1e-6);
+}
 
 TEST_CASE("rwkv6 with bf16 r, k and v: equal to fp32 inputs of the same values, within the bound of fp32",
           "[rwkv6][bf16]") {

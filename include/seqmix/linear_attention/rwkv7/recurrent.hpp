@@ -14,7 +14,9 @@
 
 #include <cstddef>
 #include <optional>
+#include <type_traits>
 
+#include "seqmix/core/half.hpp"
 #include "seqmix/linear_attention/delta_update/driver.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
 
@@ -22,17 +24,31 @@ namespace seqmix {
 
 namespace delta_update {
 
-// The operands of token (b, t, h) of a [B,T,H,K] / [B,T,H,V] call or (b, h) of a step; rows
-// with a contiguous last dimension are used in place.
-template <class View3>
-inline TokenOperands load_rwkv7_token(const View3& r, const View3& k, const View3& v, const View3& a, const View3& b,
-                                      const View3& g, index_t i, index_t h, TokenWorkspace& ws) {
-  auto row = [&](const View3& x, float* scratch) -> const float* {
-    const auto rowv = x[i][h];
-    if (rowv.is_last_dim_contiguous()) return rowv.data();
-    copy_row(rowv, scratch);
-    return scratch;
-  };
+// Row (i, h) of a [B,H,K]-shaped view as fp32: a contiguous fp32 row in place, a strided one
+// copied and a 16-bit one (bf16, f16) widened into `scratch`.
+template <class E>
+const float* rwkv7_row(const ConstView<E, 3>& x, index_t i, index_t h, float* scratch) {
+  const ConstView<E, 1> row = x[i][h];
+  if constexpr (std::is_same_v<E, float>) {
+    if (row.is_last_dim_contiguous()) return row.data();
+    copy_row(row, scratch);
+  } else {
+    if (row.is_last_dim_contiguous()) {
+      convert(row.data(), scratch, row.size(0));
+    } else {
+      for (index_t c = 0; c < row.size(0); ++c) scratch[c] = row(c).to_float();
+    }
+  }
+  return scratch;
+}
+
+// The operands of token (b, t, h) of a [B,T,H,K] / [B,T,H,V] call or (b, h) of a step; fp32
+// rows with a contiguous last dimension are used in place, 16-bit rows widened into `ws`.
+template <class E>
+TokenOperands load_rwkv7_token(const ConstView<E, 3>& r, const ConstView<E, 3>& k, const ConstView<E, 3>& v,
+                               const ConstView<E, 3>& a, const ConstView<E, 3>& b, const ConstView<float, 3>& g,
+                               index_t i, index_t h, TokenWorkspace& ws) {
+  const auto row = [&](const ConstView<E, 3>& x, float* scratch) { return rwkv7_row(x, i, h, scratch); };
   TokenOperands x;
   x.q = row(r, ws.q());
   x.k = row(k, ws.k());
@@ -50,24 +66,31 @@ inline TokenOperands load_rwkv7_token(const View3& r, const View3& k, const View
 // Token rows lie H*K floats apart, so consecutive tokens of a head cross a 4 KB page every few
 // tokens, where the hardware prefetchers stop; a reverse call (core/direction.hpp) walks the rows
 // downwards, which they follow worse still.
-template <class View3>
-inline void prefetch_rwkv7_token(const View3& r, const View3& k, const View3& v, const View3& a, const View3& b,
-                                 const View3& g, index_t i, index_t h) {
-  for (const View3* x : {&r, &k, &v, &a, &b, &g}) {
-    const auto row = (*x)[i][h];
-    if (!row.is_last_dim_contiguous()) continue;
-    const char* p = reinterpret_cast<const char*>(row.data());
-    const std::size_t bytes = static_cast<std::size_t>(row.size(0)) * sizeof(float);
-    for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
-  }
+template <class E>
+void prefetch_rwkv7_row(const ConstView<E, 3>& x, index_t i, index_t h) {
+  const ConstView<E, 1> row = x[i][h];
+  if (!row.is_last_dim_contiguous()) return;
+  const char* p = reinterpret_cast<const char*>(row.data());
+  const std::size_t bytes = static_cast<std::size_t>(row.size(0)) * sizeof(E);
+  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
+template <class E>
+void prefetch_rwkv7_token(const ConstView<E, 3>& r, const ConstView<E, 3>& k, const ConstView<E, 3>& v,
+                          const ConstView<E, 3>& a, const ConstView<E, 3>& b, const ConstView<float, 3>& g, index_t i,
+                          index_t h) {
+  for (const ConstView<E, 3>* x : {&r, &k, &v, &a, &b}) prefetch_rwkv7_row(*x, i, h);
+  prefetch_rwkv7_row(g, i, h);
 }
 
 }  // namespace delta_update
 
-/// RWKV-7 prefill. final_state may be the initial_state view (updated in place). One item per
-/// (sequence, head), longest sequences first; each thread keeps one [K,V] state and a few rows
-/// across calls (delta_update/sequences.hpp). token_states, when given, get S after every token.
-inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
+namespace detail {
+
+// The prefill on r/k/v/a/b stored as T (float, bf16, f16): each token's rows are widened into
+// the kernel's scratch as it loads them, everything after that is the fp32 computation.
+template <class T>
+void rwkv7_prefill(const Rwkv7InputsOf<T>& in, const Rwkv7Outputs& out, const Executor& executor) {
   using namespace delta_update;
   static const ArgCheck check("rwkv7");
   const Rwkv7Problem pr = validate_rwkv7(check, in, out, executor);
@@ -75,10 +98,11 @@ inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor
   for_each_item(executor, pr.map, d.H, d.K, d.V, [&](index_t n, index_t h, ItemScratch& ws) {
     const SequenceSpan span = pr.map[n];
     const auto one = rwkv7_sequence(in, out, span);
-    const Rwkv7Inputs& x = one.first;
+    const Rwkv7InputsOf<T>& x = one.first;
     const Rwkv7Outputs& y = one.second;
     load_item_state(x.initial_state.has_value() ? x.initial_state[0][h] : ConstView<float, 2>(), ws.S);
-    const auto r = x.r[0], k = x.k[0], v = x.v[0], a = x.a[0], b = x.b[0], g = x.g[0];
+    const auto r = x.r[0], k = x.k[0], v = x.v[0], a = x.a[0], b = x.b[0];
+    const ConstView<float, 3> g = x.g[0];
     const auto o = y.o[0];
     constexpr index_t kAhead = 2;  // tokens between a row's prefetch and its use
     for (index_t t = 0; t < span.tokens; ++t) {
@@ -95,13 +119,43 @@ inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor
   });
 }
 
+template <class T>
+void rwkv7_prefill(const Rwkv7InputsOf<T>& in, const Rwkv7Outputs& out, const Rwkv7Options& options,
+                   const Executor& executor) {
+  if (!options.reverse) return rwkv7_prefill(in, out, executor);
+  const auto rev = reversed_call("rwkv7", in, out);
+  rwkv7_prefill(rev.first, rev.second, executor);
+}
+
+}  // namespace detail
+
+/// RWKV-7 prefill. final_state may be the initial_state view (updated in place). One item per
+/// (sequence, head), longest sequences first; each thread keeps one [K,V] state and a few rows
+/// across calls (delta_update/sequences.hpp). token_states, when given, get S after every token.
+inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
+  detail::rwkv7_prefill(in, out, executor);
+}
+
 /// rwkv7 with options: options.reverse runs from the last token to the first on reversed views
 /// (core/direction.hpp), at the forward kernel's speed.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Rwkv7Options& options,
                   const Executor& executor = serial_executor()) {
-  if (!options.reverse) return rwkv7(in, out, executor);
-  const auto rev = detail::reversed_call("rwkv7", in, out);
-  rwkv7(rev.first, rev.second, executor);
+  detail::rwkv7_prefill(in, out, options, executor);
+}
+
+/// The same on r/k/v/a/b stored as seqmix::bf16 or seqmix::f16 (g, states and outputs fp32):
+/// each token's rows are widened into the kernel's scratch, never the whole tensor.
+/// docs/operators.md (RWKV-7) gives the accuracy against fp32 inputs.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void rwkv7(const Rwkv7InputsOf<H>& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
+  detail::rwkv7_prefill(in, out, executor);
+}
+
+/// rwkv7 with options on 16-bit r/k/v/a/b.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void rwkv7(const Rwkv7InputsOf<H>& in, const Rwkv7Outputs& out, const Rwkv7Options& options,
+           const Executor& executor = serial_executor()) {
+  detail::rwkv7_prefill(in, out, options, executor);
 }
 
 }  // namespace seqmix

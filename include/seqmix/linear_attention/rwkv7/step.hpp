@@ -4,16 +4,20 @@
 // pool [S,H,K,V] updated in place row by row (-1: padding row); no allocation after warm-up.
 #pragma once
 
+#include <type_traits>
+
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 
 namespace seqmix {
 
-/// RWKV-7 decode step: one token per batch row, out.state updated in place (or pool rows through
-/// in.batch.state_indices); o is read from the updated state. Threaded over (row, head).
-inline void rwkv7_step(const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
-                       const Executor& executor = serial_executor()) {
+namespace detail {
+
+// The step on r/k/v/a/b stored as T (float, bf16, f16): the token's rows are widened into the
+// kernel's scratch as it loads them.
+template <class T>
+void rwkv7_step_rows(const Rwkv7StepInputsOf<T>& in, const Rwkv7StepOutputs& out, const Executor& executor) {
   using namespace delta_update;
-  static const ArgCheck check("rwkv7_step");  // built once: a step allocates nothing
+  static const ArgCheck check("rwkv7_step");  // built once per T: a step allocates nothing
   const Dims d = validate_rwkv7_step(check, in, out, executor);
   const StepSlots slots = check_step_slots(check, in.batch, d.B, out.state.size(0));
   refuse_overlap(check, "o", out.o, "state", out.state);
@@ -25,6 +29,22 @@ inline void rwkv7_step(const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
     for (index_t c = 0; c < d.V; ++c) row(c) = o[c];
   };
   run_step(Update::rwkv7, d.B, d.H, d.K, d.V, out.state, slots, executor, make_token, store_output);
+}
+
+}  // namespace detail
+
+/// RWKV-7 decode step: one token per batch row, out.state updated in place (or pool rows through
+/// in.batch.state_indices); o is read from the updated state. Threaded over (row, head).
+inline void rwkv7_step(const Rwkv7StepInputs& in, const Rwkv7StepOutputs& out,
+                       const Executor& executor = serial_executor()) {
+  detail::rwkv7_step_rows(in, out, executor);
+}
+
+/// The same on r/k/v/a/b stored as seqmix::bf16 or seqmix::f16 (g, state and output fp32): a
+/// 16-bit prefill followed by 16-bit steps equals one 16-bit prefill, to rounding.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void rwkv7_step(const Rwkv7StepInputsOf<H>& in, const Rwkv7StepOutputs& out, const Executor& executor = serial_executor()) {
+  detail::rwkv7_step_rows(in, out, executor);
 }
 
 }  // namespace seqmix
