@@ -23,7 +23,10 @@
 // (o_rel) and of the final state (state_rel) against the fp32 chunked form, and the worst per-head
 // value of both against the documented bound 2^-6. Its last five rows (GLA, simple GLA, Gated
 // DeltaNet and DeltaNet with q/k/v stored as bf16) compare bf16 storage plus dot products (and,
-// for Gated DeltaNet, bf16 storage alone with fp32 products) with fp32 inputs and products.
+// for Gated DeltaNet, bf16 storage alone with fp32 products) with fp32 inputs and products; the
+// two after them rwkv6 (r/k/v) and rwkv7 (r/k/v/a/b, a = -kappa and b = kappa * beta with kappa
+// the unit-norm k, RWKV-7's parameterization) stored as bf16 against fp32 inputs, both with fp32
+// products (their prefills have no dot-product form).
 //
 //   seqmix-bf16-accuracy [T ...]
 #include <algorithm>
@@ -39,6 +42,8 @@
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/rwkv6/chunked.hpp"
+#include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 
 namespace {
 
@@ -160,13 +165,53 @@ void run_delta_bf16_storage(int op, bool half, seqmix::Bf16Compute compute, cons
   seqmix::gated_delta_rule(in, {out.view(), state.view()}, options, executor);
 }
 
+// rwkv6 (op 11) or rwkv7 (op 12) on fp32 r/k/v (half false) or the same values stored as bf16
+// (half true); r is q, rwkv6's bonus u a fixed pattern in [-0.5, 0.5], rwkv7's a / b follow from k
+// and beta (see the header).
+void run_rwkv_bf16_storage(int op, bool half, const Tensor<float, 4>& q, const Tensor<float, 4>& k,
+                           const Tensor<float, 4>& v, const Tensor<float, 4>& g, const Tensor<float, 3>& beta,
+                           Tensor<float, 4>& out, Tensor<float, 4>& state, const seqmix::Executor& executor) {
+  const auto to_bf16 = [](const Tensor<float, 4>& x) {
+    Tensor<bf16, 4> y(x.shape());
+    seqmix::convert(x.data(), y.data(), x.numel());
+    return y;
+  };
+  const index_t H = k.size(2), K = k.size(3);
+  if (op == 11) {
+    Tensor<float, 2> u({H, K});
+    for (index_t i = 0; i < u.numel(); ++i) u.data()[i] = 0.5f * std::sin(static_cast<float>(i));
+    seqmix::Rwkv6Options options;
+    options.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+    if (!half) return seqmix::rwkv6({q.cview(), k.cview(), v.cview(), g.cview(), u.cview()}, {out.view(), state.view()},
+                                    options, executor);
+    const Tensor<bf16, 4> r16 = to_bf16(q), k16 = to_bf16(k), v16 = to_bf16(v);
+    const seqmix::Rwkv6InputsOf<bf16> in{r16.cview(), k16.cview(), v16.cview(), g.cview(), u.cview()};
+    return seqmix::rwkv6(in, {out.view(), state.view()}, options, executor);
+  }
+  Tensor<float, 4> a(k.shape()), b(k.shape());
+  for (index_t row = 0; row < k.numel() / K; ++row) {
+    const float* x = k.data() + row * K;
+    double norm = 0;
+    for (index_t i = 0; i < K; ++i) norm += double(x[i]) * x[i];
+    const float inv = static_cast<float>(1.0 / std::sqrt(std::max(norm, 1e-24)));
+    for (index_t i = 0; i < K; ++i)
+      a.data()[row * K + i] = -x[i] * inv, b.data()[row * K + i] = x[i] * inv * beta.data()[row];
+  }
+  if (!half)
+    return seqmix::rwkv7({q.cview(), k.cview(), v.cview(), a.cview(), b.cview(), g.cview()}, {out.view(), state.view()},
+                         executor);
+  const Tensor<bf16, 4> r16 = to_bf16(q), k16 = to_bf16(k), v16 = to_bf16(v), a16 = to_bf16(a), b16 = to_bf16(b);
+  const seqmix::Rwkv7InputsOf<bf16> in{r16.cview(), k16.cview(), v16.cview(), a16.cview(), b16.cview(), g.cview()};
+  seqmix::rwkv7(in, {out.view(), state.view()}, executor);
+}
+
 // op 0: GLA channel, 1: simple GLA, 2: Gated DeltaNet, 3: KDA, 4: ungated linear attention
 // (nothing decays: every token's rounding stays in the state), 5: DeltaNet (delta_rule), 6 / 7:
 // GLA channel / simple GLA with q/k/v stored as bf16 (GatedLinearAttentionInputsOf<bf16>) and dot
 // products, against fp32 inputs and products: the storage's and the products' roundings together;
 // 8: Gated DeltaNet with q/k/v stored as bf16 (GatedDeltaRuleInputsOf<bf16>) and fp32 products (the
 // storage's rounding alone), 9: the same with dot products, 10: DeltaNet with q/k/v stored as bf16
-// and dot products.
+// and dot products, 11 / 12: rwkv6 / rwkv7 with bf16 storage and fp32 products.
 LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
   const index_t H = kLaHeads, K = kLaK;
   Tensor<float, 4> q({1, T, H, K}), k({1, T, H, K}), v({1, T, H, K}), g({1, T, H, K});
@@ -181,7 +226,9 @@ LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
     const seqmix::Bf16Compute compute = dot && op != 8 ? seqmix::Bf16Compute::dot : seqmix::Bf16Compute::fp32;
     Tensor<float, 4>& out = dot ? o_dot : o;
     Tensor<float, 4>& state = dot ? s_dot : s;
-    if (op >= 8) {
+    if (op >= 11) {
+      run_rwkv_bf16_storage(op, dot != 0, q, k, v, g, beta, out, state, executor);
+    } else if (op >= 8) {
       run_delta_bf16_storage(op, dot != 0, compute, q, k, v, gs, beta, out, state, executor);
     } else if (op >= 6) {
       seqmix::GatedLinearAttentionOptions options;
@@ -258,9 +305,10 @@ int main(int argc, char** argv) {
   std::printf("%8s %-22s %10s %10s %12s %s\n", "T", "op", "o_rel", "state_rel", "worst_head", "");
   const char* names[] = {"gla (channel)", "simple_gla", "gated_delta_rule", "kda (channel)", "ungated_linear_attn",
                          "delta_rule", "gla bf16 q/k/v", "simple_gla bf16 q/k/v", "gdr bf16 q/k/v fp32",
-                         "gdr bf16 q/k/v", "delta_rule bf16 q/k/v"};
+                         "gdr bf16 q/k/v", "delta_rule bf16 q/k/v", "rwkv6 bf16 r/k/v fp32",
+                         "rwkv7 bf16 rkvab fp32"};
   for (const index_t T : lengths)
-    for (int op = 0; op < 11; ++op) {
+    for (int op = 0; op < 13; ++op) {
       const LaErrors e = run_linear(op, T, pool);
       const bool within = e.worst_head <= la_bound;
       std::printf("%8ld %-22s %10.3e %10.3e %12.3e %s\n", static_cast<long>(T), names[op], std::sqrt(e.sq_o / e.ref_o),
