@@ -9,13 +9,15 @@
 //  - against one 16-bit prefill over all the tokens (another summation order: 1e-5, 2e-4 for the
 //    context-parallel composition as in test_context_parallel).
 // Ragged shapes: odd K and V, GQA, B = 2, T not a multiple of the chunk or the slice count, an
-// initial state.
+// initial state. The streaming wrapper (run_in_segments) on 16-bit GLA and Gated DeltaNet inputs
+// against one 16-bit call.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
+#include "seqmix/chunked/streaming.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
@@ -194,7 +196,44 @@ SliceResult delta_slice_run(const Tensor<T, 4>& q, const Tensor<T, 4>& k, const 
   return r;
 }
 
+// GLA (channel gate) and Gated DeltaNet on bf16 q/k/v through run_in_segments (segment lengths
+// 16, a multiple of the chunk, and 29, not one) against one call on the same inputs.
+void streaming_half_check(std::uint64_t seed) {
+  using seqmix::bf16;
+  const st::HalfStored<bf16> q({kB, kT, kH, kK}, seed), k({kB, kT, kH, kK}, seed + 1), v({kB, kT, kHV, kV}, seed + 2);
+  const GlaGates x(seed + 3);
+  const DeltaArgs y(seed + 4);
+  for (const index_t segment : {16, 29}) {
+    INFO("run_in_segments, segments of " << segment << " tokens, seed " << seed);
+    seqmix::GatedLinearAttentionInputsOf<bf16> gla;
+    gla.q = q.half.cview(), gla.k = k.half.cview(), gla.v = v.half.cview(), gla.g = x.g.cview();
+    gla.initial_state = x.s0.cview();
+    seqmix::GatedLinearAttentionOptions gla_options;
+    gla_options.chunk_size = 16, gla_options.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+    st::HalfIoResult seg{Tensor<float, 4>({kB, kT, kHV, kV}), Tensor<float, 4>({kB, kHV, kK, kV})};
+    st::HalfIoResult one{Tensor<float, 4>({kB, kT, kHV, kV}), Tensor<float, 4>({kB, kHV, kK, kV})};
+    seqmix::run_in_segments(gla, {seg.o.view(), seg.s.view()}, gla_options, segment, st::two_thread_pool());
+    seqmix::gated_linear_attention(gla, {one.o.view(), one.s.view()}, gla_options, st::two_thread_pool());
+    CHECK(st::per_head_relative_error(seg.o, one.o, 2) <= 1e-5);
+    CHECK(st::per_head_relative_error(seg.s, one.s, 1) <= 1e-5);
+    seqmix::GatedDeltaRuleInputsOf<bf16> gdr;
+    gdr.q = q.half.cview(), gdr.k = k.half.cview(), gdr.v = v.half.cview(), gdr.beta = y.beta.cview();
+    gdr.g_scalar = y.gs.cview(), gdr.initial_state = y.s0.cview();
+    seqmix::GatedDeltaRuleOptions gdr_options;
+    gdr_options.qk_norm = seqmix::QkNorm::l2, gdr_options.chunk_size = 16;
+    seqmix::run_in_segments(gdr, {seg.o.view(), seg.s.view()}, gdr_options, segment, st::two_thread_pool());
+    seqmix::gated_delta_rule(gdr, {one.o.view(), one.s.view()}, gdr_options, st::two_thread_pool());
+    CHECK(st::per_head_relative_error(seg.o, one.o, 2) <= 1e-5);
+    CHECK(st::per_head_relative_error(seg.s, one.s, 1) <= 1e-5);
+  }
+}
+
 }  // namespace
+
+TEST_CASE("streaming gla and gated delta rule with bf16 q, k and v: segments equal one call",
+          "[gla][gated_delta_rule][streaming][bf16]") {
+  streaming_half_check(8500);
+}
 
 TEST_CASE("gla steps with bf16 or f16 q, k and v after a 16-bit prefill: equal to fp32 of the same values and to one prefill",
           "[gla][bf16][f16]") {

@@ -15,8 +15,11 @@
 //
 // Supported: linear_attention, gated_linear_attention (all GateKinds), rwkv6, delta_rule,
 // gated_delta_rule (scalar gate and KDA), rwkv7, causal_conv1d (the conv state), selective_scan
-// and ssd. StreamTraits<Inputs> below is the one place that knows each operator's per-token
-// inputs, state tensors and call; a new recurrent operator needs one specialization.
+// and ssd. gated_linear_attention, rwkv6, the delta rules and rwkv7 also stream their 16-bit
+// storage forms (e.g. RecurrentStream<GatedLinearAttentionInputsOf<bf16>>: each segment is one
+// call on views of the 16-bit tensors). StreamTraits<Inputs> below is the one place that knows
+// each operator's per-token inputs, state tensors and call; a new recurrent operator needs one
+// specialization.
 #pragma once
 
 #include <limits>
@@ -160,13 +163,19 @@ struct StreamTraits<LinearAttentionInputs> {
   }
 };
 
-template <>
-struct StreamTraits<GatedLinearAttentionInputs>
-    : detail::stream::SingleStateTraits<GatedLinearAttentionInputs, GatedLinearAttentionOutputs,
+template <class T>
+struct StreamTraits<GatedLinearAttentionInputsOf<T>>
+    : detail::stream::SingleStateTraits<GatedLinearAttentionInputsOf<T>, GatedLinearAttentionOutputs,
                                         GatedLinearAttentionOptions, 4> {
+  using Base =
+      detail::stream::SingleStateTraits<GatedLinearAttentionInputsOf<T>, GatedLinearAttentionOutputs,
+                                        GatedLinearAttentionOptions, 4>;
+  using typename Base::Options;
+  using typename Base::Outputs;
+  using typename Base::State;
   static constexpr const char* name = "gated_linear_attention";
-  static index_t tokens(const GatedLinearAttentionInputs& in) { return in.q.size(1); }
-  static GatedLinearAttentionInputs slice(GatedLinearAttentionInputs in, index_t t0, index_t n) {
+  static index_t tokens(const GatedLinearAttentionInputsOf<T>& in) { return in.q.size(1); }
+  static GatedLinearAttentionInputsOf<T> slice(GatedLinearAttentionInputsOf<T> in, index_t t0, index_t n) {
     detail::stream::slice_all(t0, n, in.q, in.k, in.v, in.g, in.g_scalar);
     return in;
   }
@@ -174,28 +183,34 @@ struct StreamTraits<GatedLinearAttentionInputs>
     detail::stream::slice_all(t0, n, out.o);
     return out;
   }
-  static std::array<index_t, 4> state_shape(const GatedLinearAttentionInputs& in, const Options&) {
+  static std::array<index_t, 4> state_shape(const GatedLinearAttentionInputsOf<T>& in, const Options&) {
     return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const GatedLinearAttentionInputs& in, const Options& o) {
+  static State make_state(const GatedLinearAttentionInputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const GatedLinearAttentionInputs& in) {
+  static Options fix_options(Options o, const GatedLinearAttentionInputsOf<T>& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(detail::la::effective_gate(o.gate), std::numeric_limits<index_t>::max(),
                                                  in.k.size(3), in.v.size(3), o.chunk_size);
     return o;
   }
-  static void run(const GatedLinearAttentionInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+  static void run(const GatedLinearAttentionInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
     gated_linear_attention(in, out, o, ex);
   }
 };
 
-template <>
-struct StreamTraits<Rwkv6Inputs> : detail::stream::SingleStateTraits<Rwkv6Inputs, Rwkv6Outputs, Rwkv6Options, 4> {
+template <class T>
+struct StreamTraits<Rwkv6InputsOf<T>>
+    : detail::stream::SingleStateTraits<Rwkv6InputsOf<T>, Rwkv6Outputs, Rwkv6Options, 4> {
+  using Base =
+      detail::stream::SingleStateTraits<Rwkv6InputsOf<T>, Rwkv6Outputs, Rwkv6Options, 4>;
+  using typename Base::Options;
+  using typename Base::Outputs;
+  using typename Base::State;
   static constexpr const char* name = "rwkv6";
-  static index_t tokens(const Rwkv6Inputs& in) { return in.r.size(1); }
-  static Rwkv6Inputs slice(Rwkv6Inputs in, index_t t0, index_t n) {
+  static index_t tokens(const Rwkv6InputsOf<T>& in) { return in.r.size(1); }
+  static Rwkv6InputsOf<T> slice(Rwkv6InputsOf<T> in, index_t t0, index_t n) {
     detail::stream::slice_all(t0, n, in.r, in.k, in.v, in.g);
     return in;
   }
@@ -203,29 +218,34 @@ struct StreamTraits<Rwkv6Inputs> : detail::stream::SingleStateTraits<Rwkv6Inputs
     detail::stream::slice_all(t0, n, out.o);
     return out;
   }
-  static std::array<index_t, 4> state_shape(const Rwkv6Inputs& in, const Options&) {
+  static std::array<index_t, 4> state_shape(const Rwkv6InputsOf<T>& in, const Options&) {
     return {in.r.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const Rwkv6Inputs& in, const Options& o) {
+  static State make_state(const Rwkv6InputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const Rwkv6Inputs& in) {
+  static Options fix_options(Options o, const Rwkv6InputsOf<T>& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(GateKind::channel, std::numeric_limits<index_t>::max(), in.k.size(3),
                                                  in.v.size(3), o.chunk_size);
     return o;
   }
-  static void run(const Rwkv6Inputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+  static void run(const Rwkv6InputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
     rwkv6(in, out, o, ex);
   }
 };
 
-template <>
-struct StreamTraits<DeltaRuleInputs>
-    : detail::stream::SingleStateTraits<DeltaRuleInputs, DeltaRuleOutputs, DeltaRuleOptions, 4> {
+template <class T>
+struct StreamTraits<DeltaRuleInputsOf<T>>
+    : detail::stream::SingleStateTraits<DeltaRuleInputsOf<T>, DeltaRuleOutputs, DeltaRuleOptions, 4> {
+  using Base =
+      detail::stream::SingleStateTraits<DeltaRuleInputsOf<T>, DeltaRuleOutputs, DeltaRuleOptions, 4>;
+  using typename Base::Options;
+  using typename Base::Outputs;
+  using typename Base::State;
   static constexpr const char* name = "delta_rule";
-  static index_t tokens(const DeltaRuleInputs& in) { return in.q.size(1); }
-  static DeltaRuleInputs slice(DeltaRuleInputs in, index_t t0, index_t n) {
+  static index_t tokens(const DeltaRuleInputsOf<T>& in) { return in.q.size(1); }
+  static DeltaRuleInputsOf<T> slice(DeltaRuleInputsOf<T> in, index_t t0, index_t n) {
     detail::stream::slice_all(t0, n, in.q, in.k, in.v, in.beta);
     return in;
   }
@@ -233,29 +253,34 @@ struct StreamTraits<DeltaRuleInputs>
     detail::stream::slice_all(t0, n, out.o);
     return out;
   }
-  static std::array<index_t, 4> state_shape(const DeltaRuleInputs& in, const Options&) {
+  static std::array<index_t, 4> state_shape(const DeltaRuleInputsOf<T>& in, const Options&) {
     return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const DeltaRuleInputs& in, const Options& o) {
+  static State make_state(const DeltaRuleInputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const DeltaRuleInputs& in) {
+  static Options fix_options(Options o, const DeltaRuleInputsOf<T>& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
       o.algorithm = delta_update::choose_delta_algorithm(false, std::numeric_limits<index_t>::max(), in.k.size(3),
                                                          in.v.size(3), o.chunk_size);
     return o;
   }
-  static void run(const DeltaRuleInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+  static void run(const DeltaRuleInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
     delta_rule(in, out, o, ex);
   }
 };
 
-template <>
-struct StreamTraits<GatedDeltaRuleInputs>
-    : detail::stream::SingleStateTraits<GatedDeltaRuleInputs, GatedDeltaRuleOutputs, GatedDeltaRuleOptions, 4> {
+template <class T>
+struct StreamTraits<GatedDeltaRuleInputsOf<T>>
+    : detail::stream::SingleStateTraits<GatedDeltaRuleInputsOf<T>, GatedDeltaRuleOutputs, GatedDeltaRuleOptions, 4> {
+  using Base =
+      detail::stream::SingleStateTraits<GatedDeltaRuleInputsOf<T>, GatedDeltaRuleOutputs, GatedDeltaRuleOptions, 4>;
+  using typename Base::Options;
+  using typename Base::Outputs;
+  using typename Base::State;
   static constexpr const char* name = "gated_delta_rule";
-  static index_t tokens(const GatedDeltaRuleInputs& in) { return in.q.size(1); }
-  static GatedDeltaRuleInputs slice(GatedDeltaRuleInputs in, index_t t0, index_t n) {
+  static index_t tokens(const GatedDeltaRuleInputsOf<T>& in) { return in.q.size(1); }
+  static GatedDeltaRuleInputsOf<T> slice(GatedDeltaRuleInputsOf<T> in, index_t t0, index_t n) {
     detail::stream::slice_all(t0, n, in.q, in.k, in.v, in.beta, in.g_scalar, in.g);
     return in;
   }
@@ -263,19 +288,19 @@ struct StreamTraits<GatedDeltaRuleInputs>
     detail::stream::slice_all(t0, n, out.o);
     return out;
   }
-  static std::array<index_t, 4> state_shape(const GatedDeltaRuleInputs& in, const Options&) {
+  static std::array<index_t, 4> state_shape(const GatedDeltaRuleInputsOf<T>& in, const Options&) {
     return {in.q.size(0), in.v.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const GatedDeltaRuleInputs& in, const Options& o) {
+  static State make_state(const GatedDeltaRuleInputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const GatedDeltaRuleInputs& in) {
+  static Options fix_options(Options o, const GatedDeltaRuleInputsOf<T>& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
       o.algorithm = delta_update::choose_delta_algorithm(o.gate == DeltaGate::channel, std::numeric_limits<index_t>::max(),
                                                          in.k.size(3), in.v.size(3), o.chunk_size);
     return o;
   }
-  static void run(const GatedDeltaRuleInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
+  static void run(const GatedDeltaRuleInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
     gated_delta_rule(in, out, o, ex);
   }
 };
@@ -287,12 +312,17 @@ struct Rwkv7StreamOptions {};
 
 /// \cond SEQMIX_STREAM_TRAITS
 
-template <>
-struct StreamTraits<Rwkv7Inputs>
-    : detail::stream::SingleStateTraits<Rwkv7Inputs, Rwkv7Outputs, Rwkv7StreamOptions, 4> {
+template <class T>
+struct StreamTraits<Rwkv7InputsOf<T>>
+    : detail::stream::SingleStateTraits<Rwkv7InputsOf<T>, Rwkv7Outputs, Rwkv7StreamOptions, 4> {
+  using Base =
+      detail::stream::SingleStateTraits<Rwkv7InputsOf<T>, Rwkv7Outputs, Rwkv7StreamOptions, 4>;
+  using typename Base::Options;
+  using typename Base::Outputs;
+  using typename Base::State;
   static constexpr const char* name = "rwkv7";
-  static index_t tokens(const Rwkv7Inputs& in) { return in.r.size(1); }
-  static Rwkv7Inputs slice(Rwkv7Inputs in, index_t t0, index_t n) {
+  static index_t tokens(const Rwkv7InputsOf<T>& in) { return in.r.size(1); }
+  static Rwkv7InputsOf<T> slice(Rwkv7InputsOf<T> in, index_t t0, index_t n) {
     detail::stream::slice_all(t0, n, in.r, in.k, in.v, in.a, in.b, in.g);
     return in;
   }
@@ -300,13 +330,13 @@ struct StreamTraits<Rwkv7Inputs>
     detail::stream::slice_all(t0, n, out.o);
     return out;
   }
-  static std::array<index_t, 4> state_shape(const Rwkv7Inputs& in, const Options&) {
+  static std::array<index_t, 4> state_shape(const Rwkv7InputsOf<T>& in, const Options&) {
     return {in.r.size(0), in.r.size(2), in.k.size(3), in.v.size(3)};
   }
-  static State make_state(const Rwkv7Inputs& in, const Options& o) {
+  static State make_state(const Rwkv7InputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static void run(const Rwkv7Inputs& in, const Outputs& out, const Options&, const Executor& ex) {
+  static void run(const Rwkv7InputsOf<T>& in, const Outputs& out, const Options&, const Executor& ex) {
     rwkv7(in, out, ex);
   }
 };
