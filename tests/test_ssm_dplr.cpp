@@ -1,6 +1,7 @@
 // ssm_dplr_kernel (S4: DPLR A = Lambda - P Q^*, bilinear and ZOH): the HiPPO-LegS matrix against
 // its closed form and its DPLR factors against the matrix; the Cauchy + Woodbury kernel against the
-// power loop (N in {1, 4, 16, 64}, L in {1, 7, 64, 1000}, r 1 and 2); the ZOH kernel (fast and
+// power loop (N in {1, 4, 16, 64}, L in {1, 7, 64, 1000}, r 1 and 2; H across the blocks of the
+// power-of-two form's batched float inverse FFT); the ZOH kernel (fast and
 // reference) against a matrix exponential (Taylor, scaling and squaring) and power loop written
 // here with Eigen; the HiPPO kernel against a dense real power loop; the recurrent step (plan and
 // per-call forms, both discretizations) against long_conv with the kernel (impulse and random
@@ -15,6 +16,7 @@
 
 #include <Eigen/Dense>
 
+#include "seqmix/core/simd.hpp"
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -132,6 +134,30 @@ TEST_CASE("ssm_dplr: the Cauchy and Woodbury kernel equals the power loop", "[ss
             REQUIRE(std::abs(fast(l, h) - ref(l, h)) <= 1e-5 * scale);
           }
       }
+}
+
+// Power-of-two L runs the channels in blocks of 2 kWidth through one batched float inverse FFT
+// (two real kernels per lane): channel counts below, at and past a block, and L = 2 (the z = -1
+// limit and k = 0 only).
+TEST_CASE("ssm_dplr: the blocked float inverse transform equals the power loop for every channel", "[ssm_kernel]") {
+  std::uint64_t seed = 900;
+  const index_t block = 2 * seqmix::simd::kWidth;
+  for (index_t H : {index_t(1), block - 1, block, 2 * block + 3})
+    for (index_t L : {2, 256}) {
+      const index_t N = 8, r = H % 2 == 1 ? 1 : 2;
+      INFO("H=" << H << " L=" << L << " r=" << r);
+      const DplrData data(H, 1, N, r, r == 1, false, seed += 20);
+      Tensor<float, 2> ref({L, H}), fast({L, H});
+      seqmix::reference::ssm_dplr_kernel(data.params(), ref.view());
+      seqmix::ssm_dplr_kernel(data.params(), fast.view(), {SsmDiscretization::bilinear, SsmStateSymmetry::none},
+                              H > block ? st::two_thread_pool() : seqmix::serial_executor());
+      const double scale = std::max(1e-3, dplr_max_abs(ref));
+      for (index_t l = 0; l < L; ++l)
+        for (index_t h = 0; h < H; ++h) {
+          INFO("l=" << l << " h=" << h);
+          REQUIRE(std::abs(fast(l, h) - ref(l, h)) <= 1e-5 * scale);
+        }
+    }
 }
 
 // exp(M) by a Taylor series of M / 2^s (||M / 2^s||_1 <= 1/2, 30 terms) squared s times: a
