@@ -102,12 +102,21 @@ inline void mlstm_recurrent_row(const MlstmInputs& in, const MlstmOutputs& out, 
 //   P = (Q K^T) o exp(D - m_t) (causal),  num = exp(a - m) o (Q C) + P V,  qn = exp(a - m) o (Q n) + P 1
 //   h_t = num_t / (max(|qn_t|, exp(-m_t)) + eps)
 //   state: m' = m_{L-1}, w_s = exp(D_{L-1,s} - m'), C' = exp(a_{L-1} - m') C + K^T diag(w) V, n' likewise.
+// One sequence of a prefill as a dense B = 1 call (a serving call's sequence, cut out by
+// mlstm_sequence_calls); its NH heads are items of the parallel work.
+struct MlstmSequenceCall {
+  MlstmInputs in;
+  MlstmOutputs out;
+};
+
 struct MlstmChunkKernel {
   const MlstmInputs* in;
   const MlstmOutputs* out;
-  MlstmDims d;
+  MlstmDims d;  // d.T: the dense call's; a sequence's own T comes from its views
   float eps;
   index_t chunk;
+  // Serving: the call's running sequences, item = sequence * NH + head (null: dense batch rows).
+  const std::vector<MlstmSequenceCall>* sequences = nullptr;
 
   struct Workspace {
     RowMajorMatrix<float> C, Q, K, V, KW, P, num;
@@ -119,7 +128,9 @@ struct MlstmChunkKernel {
     float m = 0.f;
   };
   struct Head {
-    index_t b, hd;
+    const MlstmInputs* in;    // the item's views: the call's, or its sequence's
+    const MlstmOutputs* out;
+    index_t b, hd, T;
   };
 
   Workspace make_workspace() const {
@@ -134,33 +145,38 @@ struct MlstmChunkKernel {
   }
 
   Head begin_head(index_t item, Workspace& ws) const {
-    const Head h{item / d.NH, item % d.NH};
-    const bool given = in->initial_c.has_value();
-    for (index_t r = 0; r < d.DK; ++r) {
-      ws.n(r) = given ? in->initial_n(h.b, h.hd, r) : 0.f;
-      for (index_t c = 0; c < d.DV; ++c) ws.C(r, c) = given ? in->initial_c(h.b, h.hd, r, c) : 0.f;
+    Head h{in, out, item / d.NH, item % d.NH, d.T};
+    if (sequences != nullptr) {
+      const MlstmSequenceCall& call = (*sequences)[static_cast<std::size_t>(item / d.NH)];
+      h = Head{&call.in, &call.out, 0, item % d.NH, call.in.q.size(1)};
     }
-    ws.m = given ? in->initial_m(h.b, h.hd) : 0.f;
+    const MlstmInputs& src = *h.in;
+    const bool given = src.initial_c.has_value();
+    for (index_t r = 0; r < d.DK; ++r) {
+      ws.n(r) = given ? src.initial_n(h.b, h.hd, r) : 0.f;
+      for (index_t c = 0; c < d.DV; ++c) ws.C(r, c) = given ? src.initial_c(h.b, h.hd, r, c) : 0.f;
+    }
+    ws.m = given ? src.initial_m(h.b, h.hd) : 0.f;
     return h;
   }
 
-  index_t tokens(const Head&) const { return d.T; }
+  index_t tokens(const Head& h) const { return h.T; }
 
   void load_chunk(const Head& h, index_t t0, index_t L, Workspace& ws) const {
     for (index_t t = 0; t < L; ++t) {
-      const float* q = in->q.ptr(h.b, t0 + t, h.hd);
-      const float* k = in->k.ptr(h.b, t0 + t, h.hd);
-      const float* v = in->v.ptr(h.b, t0 + t, h.hd);
-      const index_t qs = in->q.stride(3), ks = in->k.stride(3), vs = in->v.stride(3);
+      const float* q = h.in->q.ptr(h.b, t0 + t, h.hd);
+      const float* k = h.in->k.ptr(h.b, t0 + t, h.hd);
+      const float* v = h.in->v.ptr(h.b, t0 + t, h.hd);
+      const index_t qs = h.in->q.stride(3), ks = h.in->k.stride(3), vs = h.in->v.stride(3);
       for (index_t r = 0; r < d.DK; ++r) ws.Q(t, r) = d.scale * q[r * qs], ws.K(t, r) = k[r * ks];
       for (index_t c = 0; c < d.DV; ++c) ws.V(t, c) = v[c * vs];
-      ws.log_i[static_cast<std::size_t>(t)] = in->i(h.b, t0 + t, h.hd);
+      ws.log_i[static_cast<std::size_t>(t)] = h.in->i(h.b, t0 + t, h.hd);
       // A forget gate of -inf (log f = -inf) is a hard reset: the recurrence multiplies the state
       // by exp(-inf) = 0. As a prefix sum it would make b_t - b_s = -inf - (-inf) = NaN for every
       // later pair (s, t) of the chunk, NaN where the recurrence is finite (the non-finite probe,
       // tests/test_nonfinite_lti_rnn.cpp). So the sum restarts at such a token and the pairs
       // across it get the exact log-weight -inf (decay() and state_decay() below).
-      const double lf = rnn_log_sigmoid(in->f(h.b, t0 + t, h.hd));
+      const double lf = rnn_log_sigmoid(h.in->f(h.b, t0 + t, h.hd));
       const auto u = static_cast<std::size_t>(t);
       const bool hard_reset = lf == -std::numeric_limits<double>::infinity();
       ws.reset[u] = hard_reset ? t : (t > 0 ? ws.reset[u - 1] : -1);
@@ -223,29 +239,60 @@ struct MlstmChunkKernel {
   }
 
   void store_outputs(const Head& h, index_t t0, index_t L, Workspace& ws) const {
-    const index_t hs = out->h.stride(3);
+    const index_t hs = h.out->h.stride(3);
     for (index_t t = 0; t < L; ++t) {
       const float inv = 1.f / (std::max(std::abs(ws.qn(t)), std::exp(-ws.m_row[static_cast<std::size_t>(t)])) + eps);
-      float* dst = out->h.ptr(h.b, t0 + t, h.hd);
+      float* dst = h.out->h.ptr(h.b, t0 + t, h.hd);
       for (index_t c = 0; c < d.DV; ++c) dst[c * hs] = ws.num(t, c) * inv;
     }
   }
 
   void end_head(const Head& h, Workspace& ws) const {
-    if (out->final_c.has_value())
+    if (h.out->final_c.has_value())
       for (index_t r = 0; r < d.DK; ++r)
-        for (index_t c = 0; c < d.DV; ++c) out->final_c(h.b, h.hd, r, c) = ws.C(r, c);
-    if (out->final_n.has_value())
-      for (index_t r = 0; r < d.DK; ++r) out->final_n(h.b, h.hd, r) = ws.n(r);
-    if (out->final_m.has_value()) out->final_m(h.b, h.hd) = ws.m;
+        for (index_t c = 0; c < d.DV; ++c) h.out->final_c(h.b, h.hd, r, c) = ws.C(r, c);
+    if (h.out->final_n.has_value())
+      for (index_t r = 0; r < d.DK; ++r) h.out->final_n(h.b, h.hd, r) = ws.n(r);
+    if (h.out->final_m.has_value()) h.out->final_m(h.b, h.hd) = ws.m;
   }
 };
+
+// A serving call: every (running sequence, head) pair of the call in one parallel loop, each
+// sequence a dense B = 1 call on its tokens and state rows (in place). One loop instead of one
+// call per sequence: many short sequences keep both cores busy without a fork / join per
+// sequence (measured in the commit that introduced it, see docs/operators.md, mlstm).
+inline void mlstm_serving(const SequenceMap& map, const MlstmInputs& in, const MlstmOutputs& out, const MlstmDims& d,
+                          const MlstmOptions& options, const Executor& executor) {
+  std::vector<MlstmSequenceCall> calls;
+  calls.reserve(static_cast<std::size_t>(map.sequences()));
+  mlstm_for_each_sequence(map, in, out, [&](const MlstmInputs& in1, const MlstmOutputs& out1) {
+    calls.push_back({in1, out1});
+  });
+  const index_t items = static_cast<index_t>(calls.size()) * d.NH;
+  if (options.algorithm == MlstmAlgorithm::recurrent) {
+    parallel_for(executor, items, 1, [&](index_t begin, index_t end) {
+      MlstmState s(d.DK, d.DV);
+      for (index_t item = begin; item < end; ++item) {
+        const MlstmSequenceCall& c = calls[static_cast<std::size_t>(item / d.NH)];
+        MlstmDims d1 = d;
+        d1.B = 1, d1.T = c.in.q.size(1);
+        mlstm_recurrent_row(c.in, c.out, d1, options.eps, 0, item % d.NH, s);
+      }
+    });
+    return;
+  }
+  const index_t chunk = std::max<index_t>(1, std::min(options.chunk_size, map.max_tokens()));
+  MlstmChunkKernel kernel{nullptr, nullptr, d, options.eps, chunk};
+  kernel.sequences = &calls;
+  chunkwise::run(kernel, items, 1, chunk, executor);
+}
 
 }  // namespace detail
 
 /// mLSTM prefill: h [B,T,NH,DV] and the optional final (c, n, m). options.algorithm chooses the
 /// chunkwise-parallel form (default) or the recurrent one; both equal reference::mlstm up to
-/// rounding. Threaded over (batch, head) rows.
+/// rounding. Threaded over (batch, head) rows; a serving call (in.batch) over its (sequence,
+/// head) pairs, all in one parallel loop.
 inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOptions& options = {},
                   const Executor& executor = serial_executor()) {
   detail::check_reversible("mlstm", in.batch, options.reverse);
@@ -256,11 +303,7 @@ inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOpt
   const ArgCheck check("mlstm");
   SequenceMap map;
   const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options, &map);
-  // A serving call: each running sequence as a dense B = 1 call, its state rows in place.
-  if (!detail::rnn_plain_batch(in.batch))
-    return detail::mlstm_for_each_sequence(map, in, out, [&](const MlstmInputs& in1, const MlstmOutputs& out1) {
-      mlstm(in1, out1, options, executor);
-    });
+  if (!detail::rnn_plain_batch(in.batch)) return detail::mlstm_serving(map, in, out, d, options, executor);
   const index_t rows = d.B * d.NH;
   if (options.algorithm == MlstmAlgorithm::recurrent) {
     parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
