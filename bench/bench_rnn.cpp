@@ -31,6 +31,11 @@
 //   ttt_mlp/prefill/H16_K64_T8192, ttt_mlp/step/H16_K64_B1 (M = 4K = 256 hidden units): GFLOP/s
 //                                        counts 14*K*M per token and head (k's forward and
 //                                        backward, q's forward, both updates) plus 4*b*(K + M)
+//   <mlstm|titans>/prefill/packed16_T64-300_*_<one_call|per_sequence>
+//                                        a packed serving prefill of 16 sequences of 64-300 tokens
+//                                        (8 heads, K = V = 64, chunked) as one call (every
+//                                        (sequence, head) pair in one parallel loop) against the
+//                                        loop of per-sequence dense calls; real and process CPU time
 //   titans/prefill/H16_K64_T8192[_recurrent], titans/step/H16_K64_B1, and
 //   titans/prefill/H16_K64_T8192_gated_delta_rule (seqmix::gated_delta_rule, scalar gate, at the
 //                                        same shape in the same run): the linear Titans memory
@@ -53,7 +58,9 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/rnn.hpp"
@@ -452,6 +459,87 @@ void register_titans_mlp() {
         ->Unit(benchmark::kMillisecond);
 }
 
-const int kRegistered = (register_all(), register_lem(), register_mlstm(), register_ttt(), register_titans(), register_titans_mlp(), 0);
+// Packed serving prefills of many short sequences: 16 sequences of 64-300 tokens (4,064 in all),
+// 8 heads, K = V = 64, states [16,...] written. `one_call` is the serving call (all (sequence,
+// head) pairs in one parallel loop); `per_sequence` the loop of dense B = 1 calls it replaces,
+// each threaded over the 8 heads only.
+struct PackedShape {
+  std::string name;
+  bool titans;     // titans (chunked) or mlstm (chunked)
+  bool one_call;   // the serving call, or the per-sequence loop
+};
+
+std::vector<std::int64_t> packed_offsets() {
+  std::vector<std::int64_t> cu = {0};
+  for (index_t n = 0; n < 16; ++n) cu.push_back(cu.back() + 64 + (n * 97) % 237);  // 64..300 tokens
+  return cu;
+}
+
+void run_packed(benchmark::State& state, const PackedShape& s) {
+  const index_t H = 8, K = 64, N = 16;
+  const std::vector<std::int64_t> cu = packed_offsets();
+  const index_t T = static_cast<index_t>(cu.back());
+  const Tensor<float, 4> q = st::random_tensor<4>({1, T, H, K}, 1), v = st::random_tensor<4>({1, T, H, K}, 3);
+  Tensor<float, 4> k = st::random_tensor<4>({1, T, H, K}, 2);
+  for (index_t i = 0; i < k.numel() / K; ++i) {  // unit-norm keys (titans' inner step stays contractive)
+    float sum = 0.f;
+    for (index_t r = 0; r < K; ++r) sum += k.data()[i * K + r] * k.data()[i * K + r];
+    for (index_t r = 0; r < K; ++r) k.data()[i * K + r] /= std::sqrt(sum);
+  }
+  const Tensor<float, 3> g1 = st::random_tensor<3>({1, T, H}, 4, 0.f, 0.2f), g2 = st::random_tensor<3>({1, T, H}, 5, 0.f, 0.5f);
+  const Tensor<float, 3> g3 = st::random_tensor<3>({1, T, H}, 6, 0.f, 0.5f);
+  Tensor<float, 4> y({1, T, H, K}), c({N, H, K, K}), c2({N, H, K, K});
+  Tensor<float, 3> n({N, H, K});
+  Tensor<float, 2> m({N, H});
+  const auto rows = [&](auto view, index_t i) {
+    return view.slice(1, static_cast<index_t>(cu[static_cast<std::size_t>(i)]),
+                      static_cast<index_t>(cu[static_cast<std::size_t>(i) + 1] - cu[static_cast<std::size_t>(i)]));
+  };
+  const auto titans_call = [&](index_t i) {  // i < 0: the packed call
+    seqmix::TitansInputs in{q.cview(), k.cview(), v.cview(), g1.cview(), g2.cview(), g3.cview()};
+    seqmix::TitansOutputs out{y.view(), c.view(), c2.view()};
+    if (i < 0) {
+      in.batch.cu_seqlens = cu;
+    } else {
+      in.q = rows(in.q, i), in.k = rows(in.k, i), in.v = rows(in.v, i);
+      in.alpha = rows(in.alpha, i), in.eta = rows(in.eta, i), in.theta = rows(in.theta, i);
+      out.y = rows(out.y, i), out.final_memory = c.view().slice(0, i, 1), out.final_momentum = c2.view().slice(0, i, 1);
+    }
+    seqmix::titans(in, out, {}, st::two_thread_pool());
+  };
+  const auto mlstm_call = [&](index_t i) {
+    seqmix::MlstmInputs in{q.cview(), k.cview(), v.cview(), g1.cview(), g2.cview()};
+    seqmix::MlstmOutputs out{y.view(), c.view(), n.view(), m.view()};
+    if (i < 0) {
+      in.batch.cu_seqlens = cu;
+    } else {
+      in.q = rows(in.q, i), in.k = rows(in.k, i), in.v = rows(in.v, i), in.i = rows(in.i, i), in.f = rows(in.f, i);
+      out.h = rows(out.h, i), out.final_c = c.view().slice(0, i, 1), out.final_n = n.view().slice(0, i, 1);
+      out.final_m = m.view().slice(0, i, 1);
+    }
+    seqmix::mlstm(in, out, {}, st::two_thread_pool());
+  };
+  for (auto _ : state) {
+    for (index_t i = s.one_call ? -1 : 0; i < (s.one_call ? 0 : N); ++i) s.titans ? titans_call(i) : mlstm_call(i);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  st::report_throughput(state, (s.titans ? 8.0 : 4.0) * static_cast<double>(T * H * K * K), 0.0);
+}
+
+void register_packed() {
+  const PackedShape shapes[] = {{"mlstm/prefill/packed16_T64-300_NH8_K64_one_call", false, true},
+                                {"mlstm/prefill/packed16_T64-300_NH8_K64_per_sequence", false, false},
+                                {"titans/prefill/packed16_T64-300_H8_K64_one_call", true, true},
+                                {"titans/prefill/packed16_T64-300_H8_K64_per_sequence", true, false}};
+  for (const PackedShape& s : shapes)
+    benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_packed(st_, s); })
+        ->UseRealTime()
+        ->MeasureProcessCPUTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+const int kRegistered = (register_all(), register_lem(), register_mlstm(), register_ttt(), register_titans(),
+                         register_titans_mlp(), register_packed(), 0);
 
 }  // namespace
