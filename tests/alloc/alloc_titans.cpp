@@ -1,5 +1,5 @@
 // Zero heap allocations on the decode path of Titans' memories: titans_step (linear memory,
-// every loss) and titans_mlp_step (MLP memory, dense and through state slots with a padding
+// every loss, dense and through state slots with a padding row and a fresh row) and titans_mlp_step (MLP memory, dense and through state slots with a padding
 // row), serially and on a ThreadPool(2), after a warm-up.
 #include <catch2/catch.hpp>
 
@@ -42,23 +42,27 @@ TEST_CASE("titans_step allocates nothing after warm-up", "[alloc][titans]") {
   const Tensor<float, 3> q = st::random_tensor<3>({kTitansRows, HK, K}, 1), k = st::random_tensor<3>({kTitansRows, HK, K}, 2);
   const Tensor<float, 3> v = st::random_tensor<3>({kTitansRows, HV, V}, 3);
   const TitansGates gates(HV);
-  for (const bool threaded : {false, true}) {
-    for (const seqmix::TitansLoss loss : {seqmix::TitansLoss::l2, seqmix::TitansLoss::huber}) {
-      INFO("threaded=" << threaded << " loss=" << static_cast<int>(loss));
-      const seqmix::Executor& ex = titans_executor(threaded);
-      seqmix::TitansStepInputs in;
-      in.q = q.view(), in.k = k.view(), in.v = v.view();
-      in.alpha = gates.alpha.view(), in.eta = gates.eta.view(), in.theta = gates.theta.view();
-      if (loss == seqmix::TitansLoss::huber) in.huber_delta = gates.delta.view();
-      seqmix::TitansOptions options;
-      options.loss = loss;
-      Tensor<float, 3> y({kTitansRows, HV, V});
-      Tensor<float, 4> memory = st::random_tensor<4>({kTitansRows, HV, K, V}, 4, -0.1f, 0.1f);
-      Tensor<float, 4> momentum({kTitansRows, HV, K, V});
-      CHECK(st::allocations_after_warmup(
-                ex, [&] { seqmix::titans_step(in, {y.view(), memory.view(), momentum.view()}, options, ex); }) == 0);
+  const std::vector<std::uint8_t> fresh = {1, 1, 0, 1};  // row 2 resets its slot every call
+  for (const bool slotted : {false, true})
+    for (const bool threaded : {false, true}) {
+      for (const seqmix::TitansLoss loss : {seqmix::TitansLoss::l2, seqmix::TitansLoss::huber}) {
+        INFO("slotted=" << slotted << " threaded=" << threaded << " loss=" << static_cast<int>(loss));
+        const seqmix::Executor& ex = titans_executor(threaded);
+        const index_t S = slotted ? kTitansPool : kTitansRows;
+        seqmix::TitansStepInputs in;
+        in.q = q.view(), in.k = k.view(), in.v = v.view();
+        in.alpha = gates.alpha.view(), in.eta = gates.eta.view(), in.theta = gates.theta.view();
+        if (loss == seqmix::TitansLoss::huber) in.huber_delta = gates.delta.view();
+        if (slotted) in.batch.state_indices = kTitansSlots, in.batch.has_initial_state = fresh;
+        seqmix::TitansOptions options;
+        options.loss = loss;
+        Tensor<float, 3> y({kTitansRows, HV, V});
+        Tensor<float, 4> memory = st::random_tensor<4>({S, HV, K, V}, 4, -0.1f, 0.1f);
+        Tensor<float, 4> momentum({S, HV, K, V});
+        CHECK(st::allocations_after_warmup(
+                  ex, [&] { seqmix::titans_step(in, {y.view(), memory.view(), momentum.view()}, options, ex); }) == 0);
+      }
     }
-  }
 }
 
 TEST_CASE("titans_mlp_step allocates nothing after warm-up", "[alloc][titans]") {
