@@ -9,7 +9,8 @@
 // A 16-bit prefill followed by 16-bit steps the same way, and against one 16-bit prefill over all
 // the tokens. Ragged shapes: T = 1, T not a multiple of the chunk, odd K and V, GQA, B > 1, an
 // initial state, packed sequences; chunked and recurrent forms (rwkv7: recurrent only, no GQA);
-// the reference.
+// the reference. rwkv6_slice / rwkv6_slice_correct and the streaming wrapper (run_in_segments) of
+// both on 16-bit inputs.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -18,11 +19,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "seqmix/chunked/streaming.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/linear_attention/rwkv6/chunked.hpp"
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
+#include "seqmix/linear_attention/rwkv6/slice.hpp"
 #include "seqmix/linear_attention/rwkv6/step.hpp"
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
@@ -354,4 +357,69 @@ TEST_CASE("rwkv6 with bf16 r, k and v: a bad shape is refused before any write, 
   REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-6);
   seqmix::reference::rwkv6(in, {o16.view()}, reverse);
   REQUIRE(st::per_head_relative_error(o16, o32, 2) <= 1e-5);
+}
+
+TEST_CASE("rwkv6_slice and rwkv6_slice_correct with bf16 r, k and v: equal to fp32 inputs of the same values",
+          "[rwkv6][bf16]") {
+  const index_t B = 2, T = 45, H = 1, HV = 2, K = 24, V = 20;
+  const st::HalfStored<seqmix::bf16> r({B, T, H, K}, 8600), k({B, T, H, K}, 8601), v({B, T, HV, V}, 8602);
+  Tensor<float, 4> g({B, T, HV, K});
+  st::fill_log_gate(g.view(), 8603, -0.1f, 0.f);
+  const auto u = st::random_tensor<2>({HV, K}, 8604, -0.5f, 0.5f);
+  const auto s0 = st::random_tensor<4>({B, HV, K, V}, 8605, -0.5f, 0.5f);
+  // The slice from zero, then its correction from s0: outputs, final state and transition.
+  const auto run = [&](const auto& rr, const auto& kk, const auto& vv) {
+    using E = std::decay_t<decltype(*rr.data())>;  // the storage type
+    seqmix::Rwkv6InputsOf<E> in;
+    in.r = rr.cview(), in.k = kk.cview(), in.v = vv.cview(), in.g = g.cview(), in.u = u.cview();
+    std::vector<Tensor<float, 4>> res = {Tensor<float, 4>({B, T, HV, V}), Tensor<float, 4>({B, HV, K, V}),
+                                         Tensor<float, 4>({B, HV, K, V})};
+    Tensor<float, 3> decay({B, HV, K});
+    seqmix::rwkv6_slice(in, {res[0].view(), res[1].view()}, decay.view());
+    std::copy(decay.data(), decay.data() + decay.numel(), res[2].data());  // the transition, for the check
+    in.initial_state = s0.cview();
+    seqmix::rwkv6_slice_correct(in, {res[0].view(), res[1].view()});
+    return res;
+  };
+  const std::vector<Tensor<float, 4>> half = run(r.half, k.half, v.half), same = run(r.rounded, k.rounded, v.rounded);
+  CHECK(st::per_head_relative_error(half[0], same[0], 2) <= 1e-6);
+  CHECK(st::per_head_relative_error(half[1], same[1], 1) <= 1e-6);
+  CHECK(st::per_head_relative_error(half[2], same[2], 1) <= 1e-6);
+  // The corrected slice is one rwkv6 call from s0.
+  seqmix::Rwkv6InputsOf<seqmix::bf16> in;
+  in.r = r.half.cview(), in.k = k.half.cview(), in.v = v.half.cview(), in.g = g.cview(), in.u = u.cview();
+  in.initial_state = s0.cview();
+  Tensor<float, 4> o({B, T, HV, V}), f({B, HV, K, V});
+  seqmix::rwkv6(in, {o.view(), f.view()});
+  CHECK(st::per_head_relative_error(half[0], o, 2) <= 1e-5);
+  CHECK(st::per_head_relative_error(half[1], f, 1) <= 1e-5);
+}
+
+TEST_CASE("streaming rwkv6 and rwkv7 with bf16 inputs: segments equal one call", "[rwkv6][rwkv7][streaming][bf16]") {
+  const index_t B = 2, T = 83, NH = 2, K = 24, V = 20;
+  const Rwkv7Stored<seqmix::bf16> x(B, T, NH, K, V, 8700);
+  Tensor<float, 4> g({B, T, NH, K});
+  st::fill_log_gate(g.view(), 8706, -0.1f, 0.f);
+  const auto u = st::random_tensor<2>({NH, K}, 8707, -0.5f, 0.5f);
+  const auto s0 = st::random_tensor<4>({B, NH, K, V}, 8708, -0.5f, 0.5f);
+  for (const index_t segment : {16, 29}) {
+    INFO("run_in_segments, segments of " << segment << " tokens");
+    st::HalfIoResult seg{Tensor<float, 4>({B, T, NH, V}), Tensor<float, 4>({B, NH, K, V})};
+    st::HalfIoResult one{Tensor<float, 4>({B, T, NH, V}), Tensor<float, 4>({B, NH, K, V})};
+    seqmix::Rwkv6InputsOf<seqmix::bf16> r6;
+    r6.r = x.r.half.cview(), r6.k = x.k.half.cview(), r6.v = x.v.half.cview(), r6.g = g.cview(), r6.u = u.cview();
+    r6.initial_state = s0.cview();
+    seqmix::Rwkv6Options options;
+    options.chunk_size = 16, options.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+    seqmix::run_in_segments(r6, {seg.o.view(), seg.s.view()}, options, segment);
+    seqmix::rwkv6(r6, {one.o.view(), one.s.view()}, options);
+    CHECK(st::per_head_relative_error(seg.o, one.o, 2) <= 1e-5);
+    CHECK(st::per_head_relative_error(seg.s, one.s, 1) <= 1e-5);
+    auto r7 = rwkv7_inputs(x.r.half, x.k.half, x.v.half, x.a.half, x.b.half, g);
+    r7.initial_state = s0.cview();
+    seqmix::run_in_segments(r7, {seg.o.view(), seg.s.view()}, seqmix::Rwkv7StreamOptions{}, segment);
+    seqmix::rwkv7(r7, {one.o.view(), one.s.view()});
+    CHECK(st::per_head_relative_error(seg.o, one.o, 2) <= 1e-5);
+    CHECK(st::per_head_relative_error(seg.s, one.s, 1) <= 1e-5);
+  }
 }
