@@ -309,14 +309,15 @@ inline void linear_attention(MPI_Comm comm, const LinearAttentionInputs& in, con
 /// gated_linear_attention (GLA; scalar, channel or no gate) over sequences sliced contiguously by
 /// position across the ranks of `comm`; GQA as in the operator; state [B,HV,K,V]. Otherwise as
 /// mpi::selective_scan.
-inline void gated_linear_attention(MPI_Comm comm, const GatedLinearAttentionInputs& in,
+template <class T>
+void gated_linear_attention(MPI_Comm comm, const GatedLinearAttentionInputsOf<T>& in,
                                    const GatedLinearAttentionOutputs& out,
                                    const GatedLinearAttentionOptions& options = {},
                                    const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::gated_linear_attention";
   const int rank = detail::comm_rank(comm);
-  GatedLinearAttentionInputs zero = in;
+  GatedLinearAttentionInputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
   const std::vector<detail::AgreedValue> agreed = {
@@ -335,7 +336,7 @@ inline void gated_linear_attention(MPI_Comm comm, const GatedLinearAttentionInpu
         gated_linear_attention_slice(zero, {out.o, local}, decay, options, executor);
       },
       [&](const ConstView<float, 4>& initial) {
-        GatedLinearAttentionInputs s = zero;
+        GatedLinearAttentionInputsOf<T> s = zero;
         s.initial_state = initial;
         gated_linear_attention_slice_correct(s, {out.o}, options, executor);
       });
@@ -343,12 +344,13 @@ inline void gated_linear_attention(MPI_Comm comm, const GatedLinearAttentionInpu
 
 /// rwkv6 over sequences sliced contiguously by position across the ranks of `comm`; state
 /// [B,HV,K,V]. Otherwise as mpi::selective_scan.
-inline void rwkv6(MPI_Comm comm, const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+template <class T>
+void rwkv6(MPI_Comm comm, const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
                   const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::rwkv6";
   const int rank = detail::comm_rank(comm);
-  Rwkv6Inputs zero = in;
+  Rwkv6InputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
   const std::vector<detail::AgreedValue> agreed = {
@@ -367,7 +369,7 @@ inline void rwkv6(MPI_Comm comm, const Rwkv6Inputs& in, const Rwkv6Outputs& out,
         rwkv6_slice(zero, {out.o, local}, decay, options, executor);
       },
       [&](const ConstView<float, 4>& initial) {
-        Rwkv6Inputs s = zero;
+        Rwkv6InputsOf<T> s = zero;
         s.initial_state = initial;
         rwkv6_slice_correct(s, {out.o}, options, executor);
       });
@@ -379,13 +381,14 @@ inline void rwkv6(MPI_Comm comm, const Rwkv6Inputs& in, const Rwkv6Outputs& out,
 /// gated_delta_rule_slice (about a second prefill with V = K); the summaries (a [K,K] transition
 /// and a [K,V] state per head) compose by matrix products in one MPI_Exscan. Otherwise as
 /// mpi::selective_scan.
-inline void gated_delta_rule(MPI_Comm comm, const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+template <class T>
+void gated_delta_rule(MPI_Comm comm, const GatedDeltaRuleInputsOf<T>& in, const GatedDeltaRuleOutputs& out,
                              const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor(),
                              StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::gated_delta_rule";
   const int rank = detail::comm_rank(comm);
-  GatedDeltaRuleInputs zero = in;
+  GatedDeltaRuleInputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
   const std::vector<detail::AgreedValue> agreed = {
@@ -410,13 +413,14 @@ inline void gated_delta_rule(MPI_Comm comm, const GatedDeltaRuleInputs& in, cons
 
 /// delta_rule (DeltaNet) over sequences sliced contiguously by position across the ranks of
 /// `comm`; as mpi::gated_delta_rule without decay.
-inline void delta_rule(MPI_Comm comm, const DeltaRuleInputs& in, const DeltaRuleOutputs& out,
+template <class T>
+void delta_rule(MPI_Comm comm, const DeltaRuleInputsOf<T>& in, const DeltaRuleOutputs& out,
                        const DeltaRuleOptions& options = {}, const Executor& executor = serial_executor(),
                        StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::delta_rule";
   const int rank = detail::comm_rank(comm);
-  DeltaRuleInputs zero = in;
+  DeltaRuleInputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
   const std::vector<detail::AgreedValue> agreed = {
@@ -441,12 +445,13 @@ inline void delta_rule(MPI_Comm comm, const DeltaRuleInputs& in, const DeltaRule
 /// rwkv7 over sequences sliced contiguously by position across the ranks of `comm`; its
 /// transition diag(w_t) + b_t a_t^T is a matrix, so it passes state as mpi::gated_delta_rule
 /// does. State [B,H,K,V]. Otherwise as mpi::selective_scan.
-inline void rwkv7(MPI_Comm comm, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
+template <class T>
+void rwkv7(MPI_Comm comm, const Rwkv7InputsOf<T>& in, const Rwkv7Outputs& out,
                   const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::rwkv7";
   const int rank = detail::comm_rank(comm);
-  Rwkv7Inputs zero = in;
+  Rwkv7InputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
   const std::vector<detail::AgreedValue> agreed = {
@@ -463,6 +468,44 @@ inline void rwkv7(MPI_Comm comm, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
                                 const TensorView<float, 4>& transition) {
                               rwkv7_slice(zero, {out.o, local}, readout, transition, executor);
                             });
+}
+
+// The fp32 forms (the overloads braced argument lists pick); the templates above take q/k/v
+// (r/k/v, rwkv7's a/b) stored as float, seqmix::bf16 or seqmix::f16, their slices run on views of
+// the 16-bit tensors.
+
+/// mpi::gated_linear_attention on fp32 inputs (GatedLinearAttentionInputs).
+inline void gated_linear_attention(MPI_Comm comm, const GatedLinearAttentionInputs& in,
+                                   const GatedLinearAttentionOutputs& out,
+                                   const GatedLinearAttentionOptions& options = {},
+                                   const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
+  gated_linear_attention<float>(comm, in, out, options, executor, stats);
+}
+
+/// mpi::rwkv6 on fp32 inputs (Rwkv6Inputs).
+inline void rwkv6(MPI_Comm comm, const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+                  const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
+  rwkv6<float>(comm, in, out, options, executor, stats);
+}
+
+/// mpi::gated_delta_rule on fp32 inputs (GatedDeltaRuleInputs).
+inline void gated_delta_rule(MPI_Comm comm, const GatedDeltaRuleInputs& in, const GatedDeltaRuleOutputs& out,
+                             const GatedDeltaRuleOptions& options = {}, const Executor& executor = serial_executor(),
+                             StatePassStats* stats = nullptr) {
+  gated_delta_rule<float>(comm, in, out, options, executor, stats);
+}
+
+/// mpi::delta_rule on fp32 inputs (DeltaRuleInputs).
+inline void delta_rule(MPI_Comm comm, const DeltaRuleInputs& in, const DeltaRuleOutputs& out,
+                       const DeltaRuleOptions& options = {}, const Executor& executor = serial_executor(),
+                       StatePassStats* stats = nullptr) {
+  delta_rule<float>(comm, in, out, options, executor, stats);
+}
+
+/// mpi::rwkv7 on fp32 inputs (Rwkv7Inputs).
+inline void rwkv7(MPI_Comm comm, const Rwkv7Inputs& in, const Rwkv7Outputs& out,
+                  const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
+  rwkv7<float>(comm, in, out, executor, stats);
 }
 
 /// causal_conv1d over sequences sliced contiguously by position across the ranks of `comm`;
