@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
@@ -66,40 +68,79 @@ struct LongConvFftScratch {
   AlignedVector<float> P, Q;     // [N][kFftElement]: the pair spectra, W[k] = Z[k] P[k] + conj(Z[N-k]) Q[k]
 };
 
-// The spectra (H_a, H_b) of the lane pairs' filters from G = FFT(h_a + i h_b), added into P
-// (as H) or, for a backward filter, conjugated (its correlation).
+// The tasks' scratch, kept by the calling thread across calls: a task takes one (made on first
+// use) and gives it back, so the pool holds as many as ever ran at once, each sized for the
+// longest transform seen. Why: a fresh 4 x 16 MiB per task and call at N = 131072 cost more CPU
+// time in page faults and zeroing than the transforms did (perf, T = 16384: 60% of the call in
+// memset and the fault handler; one thread, D = 768: 1.8 s per call against 0.62 s for the same
+// work on reused buffers). Owned by the calling thread, not by the workers (kv_cache's
+// KvScratchSet explains why), and locked because the workers share it.
+class LongConvFftScratchPool {
+ public:
+  static LongConvFftScratchPool& local() {
+    thread_local LongConvFftScratchPool pool;
+    return pool;
+  }
+  std::unique_ptr<LongConvFftScratch> take() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.empty()) return std::make_unique<LongConvFftScratch>();
+    std::unique_ptr<LongConvFftScratch> scratch = std::move(free_.back());
+    free_.pop_back();
+    return scratch;
+  }
+  void give(std::unique_ptr<LongConvFftScratch> scratch) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(std::move(scratch));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<LongConvFftScratch>> free_;
+};
+
+// The pair spectra of the block's filters from G = FFT(h_a + i h_b): with H_a = (G[k] + conj G[-k]) / 2
+// and H_b = (G[k] - conj G[-k]) / 2i, P = scale (H_a + H_b) and Q = scale (H_a - H_b), written
+// (accumulate false) or added (a backward filter after the causal one, conjugated: its correlation).
+// Writing P and Q here, not H_a and H_b, saves zeroing both and a third pass over them: at
+// N = 131072 each is 16 MiB per block.
 // All spectra are in the transform's bit-reversed order: position k's mirrored frequency is at
 // tw.mirror[k].
-inline void long_conv_split_pair_spectrum(const float* G, const FftTwiddles& tw, bool conjugate, float* Ha, float* Hb) {
+inline void long_conv_split_pair_spectrum(const float* G, const FftTwiddles& tw, bool conjugate, bool accumulate,
+                                          float scale, float* P, float* Q) {
   const index_t N = tw.N;
   constexpr index_t W = simd::kWidth, E = kFftElement;
-  const FftBatch half(0.5f);
+  const FftBatch c(0.5f * scale);  // the 1/2 of H_a and H_b folded in
   for (index_t k = 0; k < N; ++k) {
     const float* g = G + k * E;
     const float* h = G + tw.mirror[static_cast<std::size_t>(k)] * E;  // G[-k]
     const FftBatch gr = simd::load(g), gi = simd::load(g + W), hr = simd::load(h), hi = simd::load(h + W);
-    // H_a = (G[k] + conj G[-k]) / 2, H_b = (G[k] - conj G[-k]) / 2i
-    FftBatch ar = (gr + hr) * half, ai = (gi - hi) * half;
-    FftBatch br = (gi + hi) * half, bi = (hr - gr) * half;
+    // 2 H_a = (gr + hr, gi - hi), 2 H_b = (gi + hi, hr - gr)
+    const FftBatch ar = gr + hr, br = gi + hi;
+    FftBatch ai = gi - hi, bi = hr - gr;
     if (conjugate) ai = -ai, bi = -bi;
-    simd::store(Ha + k * E, simd::load(Ha + k * E) + ar);
-    simd::store(Ha + k * E + W, simd::load(Ha + k * E + W) + ai);
-    simd::store(Hb + k * E, simd::load(Hb + k * E) + br);
-    simd::store(Hb + k * E + W, simd::load(Hb + k * E + W) + bi);
+    FftBatch pr = (ar + br) * c, pi = (ai + bi) * c, qr = (ar - br) * c, qi = (ai - bi) * c;
+    float* p = P + k * E;
+    float* q = Q + k * E;
+    if (accumulate) pr += simd::load(p), pi += simd::load(p + W), qr += simd::load(q), qi += simd::load(q + W);
+    simd::store(p, pr), simd::store(p + W, pi), simd::store(q, qr), simd::store(q + W, qi);
   }
 }
 
-// Loads taps [0, taps) of filter columns g(a), g(b) of each lane pair into x (zero-padded).
+// Loads taps [0, taps) of filter columns g(a), g(b) of each lane pair into x (zero-padded): lane
+// c % W of part c / W (0: real, channel a; 1: imaginary, b) is x[s E + c].
 inline void long_conv_load_filter_pairs(const ConstView<float, 2>& h, index_t taps, index_t group, index_t c0,
                                         index_t width, index_t N, float* x) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
-  std::fill(x, x + N * E, 0.f);
+  // One filter per channel, adjacent, a full block: row s is E contiguous floats.
+  const bool contiguous = group == 1 && width == E && h.stride(1) == 1;
+  std::fill(x + (contiguous ? taps * E : 0), x + N * E, 0.f);
   for (index_t s = 0; s < taps; ++s) {
     if (s + kLongConvPrefetchRows < taps) long_conv_prefetch_row(h.ptr(s + kLongConvPrefetchRows, c0 / group), 0);
-    for (index_t c = 0; c < width; ++c) {
-      const index_t lane = c % W, part = c / W;  // part 0: real (channel a), 1: imaginary (b)
-      x[s * E + part * W + lane] = h(s, (c0 + c) / group);
+    if (contiguous) {
+      for (index_t i = 0; i < E; i += W) simd::store(x + s * E + i, simd::load(h.ptr(s, c0) + i));
+      continue;
     }
+    for (index_t c = 0; c < width; ++c) x[s * E + c] = h(s, (c0 + c) / group);
   }
 }
 
@@ -107,28 +148,94 @@ inline void long_conv_load_filter_pairs(const ConstView<float, 2>& h, index_t ta
 // y_a + i y_b = IFFT(X_a H_a + i X_b H_b) = IFFT(Z P + conj(Z[-k]) Q) / N (the inverse runs unscaled).
 inline void long_conv_pair_filters(const LongConvInputs& in, index_t N, index_t c0, index_t width,
                                    LongConvFftScratch& scratch, const FftTwiddles& tw) {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t T = in.u.size(1), group = in.u.size(2) / in.filter.size(1);
-  // H_a and H_b are summed into P and Q, then turned into their half sum and difference in place.
-  float* Ha = scratch.P.data();
-  float* Hb = scratch.Q.data();
-  std::fill(Ha, Ha + N * E, 0.f);
-  std::fill(Hb, Hb + N * E, 0.f);
+  const float scale = 0.5f / static_cast<float>(N);
   long_conv_load_filter_pairs(in.filter, long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value()),
                               group, c0, width, N, scratch.x.data());
   batched_fft_forward(scratch.x.data(), tw);
-  long_conv_split_pair_spectrum(scratch.x.data(), tw, false, Ha, Hb);
+  long_conv_split_pair_spectrum(scratch.x.data(), tw, false, false, scale, scratch.P.data(), scratch.Q.data());
   if (in.filter_backward.has_value()) {
     long_conv_load_filter_pairs(in.filter_backward, std::min(in.filter_backward.size(0), T), group, c0, width, N,
                                 scratch.x.data());
     batched_fft_forward(scratch.x.data(), tw);
-    long_conv_split_pair_spectrum(scratch.x.data(), tw, true, Ha, Hb);
+    long_conv_split_pair_spectrum(scratch.x.data(), tw, true, true, scale, scratch.P.data(), scratch.Q.data());
   }
-  const FftBatch scale(0.5f / static_cast<float>(N));
-  for (index_t i = 0; i < N * E; i += W) {
-    const FftBatch a = simd::load(Ha + i), b = simd::load(Hb + i);
-    simd::store(Ha + i, (a + b) * scale);
-    simd::store(Hb + i, (a - b) * scale);
+}
+
+// Gathers the window xs[-S .. T) of batch row b, channels [c0, c0 + width), into the pairs at x
+// (row r of the window at x + (S + r) E, a row's channels adjacent there as in u), zero-padded
+// to N rows; poison[c] += 0 * value.
+inline void long_conv_gather_window(const LongConvInputs& in, index_t b, index_t c0, index_t width, index_t N, float* x,
+                                    float* poison) {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
+  const index_t T = in.u.size(1), S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
+  // A full block of adjacent channels: each row is E contiguous floats, copied by vectors (the
+  // scalar loop, strided in general, took as long as a transform at T = 65536).
+  const bool contiguous =
+      width == E && in.u.stride(2) == 1 && (!in.initial_state.has_value() || in.initial_state.stride(2) == 1);
+  std::fill(x + (contiguous ? (S + T) * E : 0), x + N * E, 0.f);
+  FftBatch vpoison[E / W];
+  for (auto& v : vpoison) v = FftBatch(0.f);
+  const FftBatch zero(0.f);
+  for (index_t r = -S; r < T; ++r) {
+    const float* src = r >= 0 ? in.u.ptr(b, r, c0) : in.initial_state.ptr(b, S + r, c0);
+    if (r >= 0 && r + kLongConvPrefetchRows < T) long_conv_prefetch_row(in.u.ptr(b, r + kLongConvPrefetchRows, c0), 0);
+    float* dst = x + (S + r) * E;
+    if (contiguous) {
+      for (index_t i = 0; i < E / W; ++i) {
+        const FftBatch v = simd::load(src + i * W);
+        simd::store(dst + i * W, v);
+        vpoison[i] = simd::fma(zero, v, vpoison[i]);
+      }
+      continue;
+    }
+    const index_t stride = r >= 0 ? in.u.stride(2) : in.initial_state.stride(2);
+    for (index_t c = 0; c < width; ++c) {
+      const float v = src[c * stride];
+      dst[c] = v;
+      poison[c] += 0.f * v;
+    }
+  }
+  if (contiguous)
+    for (index_t i = 0; i < E / W; ++i) simd::store(poison + i * W, vpoison[i]);
+}
+
+// Writes y[b, t, c0 + c] = conv[t][c] (+ skip u, + bias) for t < T, from the inverse transform's
+// rows at conv (E floats apart).
+inline void long_conv_scatter_outputs(const LongConvInputs& in, const TensorView<float, 3>& y, index_t b, index_t c0,
+                                      index_t width, const float* conv) {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
+  const index_t T = in.u.size(1);
+  const bool skip = in.skip.has_value(), bias = in.bias.has_value();
+  const bool contiguous = width == E && y.stride(2) == 1 && in.u.stride(2) == 1;
+  float skips[E] = {}, biases[E] = {};
+  for (index_t c = 0; c < width; ++c) {
+    if (skip) skips[c] = in.skip(c0 + c);
+    if (bias) biases[c] = in.bias(c0 + c);
+  }
+  for (index_t t = 0; t < T; ++t) {
+    const float* row = conv + t * E;
+    if (t + kLongConvPrefetchRows < T) {
+      long_conv_prefetch_row(y.ptr(b, t + kLongConvPrefetchRows, c0), 1);
+      if (skip) long_conv_prefetch_row(in.u.ptr(b, t + kLongConvPrefetchRows, c0), 0);
+    }
+    if (contiguous) {
+      float* out = y.ptr(b, t, c0);
+      const float* u = in.u.ptr(b, t, c0);
+      for (index_t i = 0; i < E; i += W) {
+        FftBatch v = simd::load(row + i);
+        if (skip) v += simd::load(skips + i) * simd::load(u + i);
+        if (bias) v += simd::load(biases + i);
+        simd::store(out + i, v);
+      }
+      continue;
+    }
+    for (index_t c = 0; c < width; ++c) {
+      float value = row[c];
+      if (skip) value += skips[c] * in.u(b, t, c0 + c);
+      if (bias) value += biases[c];
+      y(b, t, c0 + c) = value;
+    }
   }
 }
 
@@ -136,27 +243,15 @@ inline void long_conv_pair_filters(const LongConvInputs& in, index_t N, index_t 
 inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float, 3>& y, const FftTwiddles& tw,
                                 index_t c0, index_t width, LongConvFftScratch& scratch, std::vector<index_t>& nonfinite) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
-  const index_t B = in.u.size(0), T = in.u.size(1), L = in.filter.size(0), N = tw.N;
+  const index_t B = in.u.size(0), L = in.filter.size(0), N = tw.N;
   const index_t S = in.initial_state.has_value() ? L - 1 : 0;
   const auto size = static_cast<std::size_t>(N * E);
   scratch.x.resize(size), scratch.work.resize(size), scratch.P.resize(size), scratch.Q.resize(size);
   long_conv_pair_filters(in, N, c0, width, scratch, tw);
   for (index_t b = 0; b < B; ++b) {
-    // Gather the window xs[-S .. T) into the pairs, row by row (a row's channels are adjacent).
     float* x = scratch.x.data();
-    std::fill(x, x + N * E, 0.f);
     float poison[kLongConvFftChannels] = {};  // 0 * x: NaN exactly when x is inf or NaN
-    for (index_t r = -S; r < T; ++r) {
-      const float* src = r >= 0 ? in.u.ptr(b, r, c0) : in.initial_state.ptr(b, S + r, c0);
-      const index_t stride = r >= 0 ? in.u.stride(2) : in.initial_state.stride(2);
-      if (r >= 0 && r + kLongConvPrefetchRows < T) long_conv_prefetch_row(in.u.ptr(b, r + kLongConvPrefetchRows, c0), 0);
-      float* dst = x + (S + r) * E;  // lanes of channel c: real part for c < W, imaginary after
-      for (index_t c = 0; c < width; ++c) {
-        const float v = src[c * stride];
-        dst[c] = v;
-        poison[c] += 0.f * v;
-      }
-    }
+    long_conv_gather_window(in, b, c0, width, N, x, poison);
     batched_fft_forward(x, tw);
     // W[k] = Z[k] P[k] + conj(Z[N-k]) Q[k], into work.
     float* w = scratch.work.data();
@@ -183,21 +278,7 @@ inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float
         if (lane < width) nonfinite.push_back(b * D + c0 + lane);
         if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
       }
-    // Outputs y[t] = conv[S + t], row by row again.
-    for (index_t t = 0; t < T; ++t) {
-      const float* row = w + (S + t) * E;
-      if (t + kLongConvPrefetchRows < T) {
-        long_conv_prefetch_row(y.ptr(b, t + kLongConvPrefetchRows, c0), 1);
-        if (in.skip.has_value()) long_conv_prefetch_row(in.u.ptr(b, t + kLongConvPrefetchRows, c0), 0);
-      }
-      for (index_t c = 0; c < width; ++c) {
-        const index_t d = c0 + c;
-        float value = row[c];
-        if (in.skip.has_value()) value += in.skip(d) * in.u(b, t, d);
-        if (in.bias.has_value()) value += in.bias(d);
-        y(b, t, d) = value;
-      }
-    }
+    long_conv_scatter_outputs(in, y, b, c0, width, w + S * E);
   }
 }
 
@@ -209,13 +290,15 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const FftTwiddles tw(long_conv_fft_length(dims, in.initial_state.has_value()));
   const index_t blocks = (D + kLongConvFftChannels - 1) / kLongConvFftChannels;
   std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(blocks));
+  LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
   parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
-    LongConvFftScratch scratch;
+    std::unique_ptr<LongConvFftScratch> scratch = pool.take();
     for (index_t i = begin; i < end; ++i) {
       const index_t c0 = i * kLongConvFftChannels;
-      long_conv_fft_block(in, y, tw, c0, std::min(kLongConvFftChannels, D - c0), scratch,
+      long_conv_fft_block(in, y, tw, c0, std::min(kLongConvFftChannels, D - c0), *scratch,
                           nonfinite[static_cast<std::size_t>(i)]);
     }
+    pool.give(std::move(scratch));
   });
   // A channel whose input holds inf or NaN (and its pair) in a batch row: the FFT spread the
   // value to every output of that row, so the direct form recomputes them and the non-finite values reach only the outputs
