@@ -31,8 +31,8 @@ constexpr index_t kFftElement = 2 * simd::kWidth;
 
 // Sub-transforms up to this many elements run their stages one after the other inside the
 // block: 2048 elements of 128 bytes (AVX-512) = 256 KiB, within L2. Larger ones split first
-// (recursively), so every radix-2 stage of a long transform touches memory once per level
-// above the cutoff instead of once per stage (17 passes over 16 MiB at N = 131072 before).
+// (recursively), so every stage of a long transform touches memory once per pass above the
+// cutoff instead of once per stage.
 constexpr index_t kFftCacheElements = 2048;
 
 // The plan of a length-N transform: twiddles w^j = exp(-2 pi i j / N) for j < N/2 (computed in
@@ -62,65 +62,140 @@ struct FftTwiddles {
   }
 };
 
-// One radix-2 stage over a sub-transform of len elements at x (decimation in frequency: sum and
-// twiddled difference), the twiddle of position j being w^(j * N / len).
-inline void fft_dif_stage(float* x, index_t len, const FftTwiddles& tw) noexcept {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
+// One element of a batched signal in registers: kWidth real parts and kWidth imaginary parts.
+struct FftValue {
+  FftBatch re, im;
+};
+
+inline FftValue fft_load(const float* p) noexcept { return {simd::load(p), simd::load(p + simd::kWidth)}; }
+inline void fft_store(float* p, const FftValue& v) noexcept {
+  simd::store(p, v.re);
+  simd::store(p + simd::kWidth, v.im);
+}
+
+// The twiddle w^t (conjugated for the inverse) broadcast over the lanes.
+template <bool kInverse>
+inline FftValue fft_twiddle(const FftTwiddles& tw, index_t t) noexcept {
+  const auto i = static_cast<std::size_t>(t);
+  return {FftBatch(tw.re[i]), FftBatch(kInverse ? -tw.im[i] : tw.im[i])};
+}
+
+inline FftValue fft_mul(const FftValue& a, const FftValue& w) noexcept {
+  return {simd::fma(a.re, w.re, -(a.im * w.im)), simd::fma(a.re, w.im, a.im * w.re)};
+}
+
+// Radix-2 butterflies in registers: forward (decimation in frequency) a + b and (a - b) w, inverse
+// (decimation in time, w conjugated by fft_twiddle) a + w b and a - w b.
+inline void fft_dif2(FftValue& a, FftValue& b, const FftValue& w) noexcept {
+  const FftValue d{a.re - b.re, a.im - b.im};
+  a = {a.re + b.re, a.im + b.im};
+  b = fft_mul(d, w);
+}
+
+inline void fft_dit2(FftValue& a, FftValue& b, const FftValue& w) noexcept {
+  const FftValue t = fft_mul(b, w);
+  b = {a.re - t.re, a.im - t.im};
+  a = {a.re + t.re, a.im + t.im};
+}
+
+// One radix-2 stage over a sub-transform of len elements at x, the twiddle of position j being
+// w^(j N / len).
+template <bool kInverse>
+inline void fft_stage2(float* x, index_t len, const FftTwiddles& tw) noexcept {
+  constexpr index_t E = kFftElement;
   const index_t half = len / 2, stride = tw.N / len;
   for (index_t j = 0; j < half; ++j) {
-    const FftBatch wr(tw.re[static_cast<std::size_t>(j * stride)]), wi(tw.im[static_cast<std::size_t>(j * stride)]);
-    float* a = x + j * E;
-    float* b = x + (j + half) * E;
-    const FftBatch ar = simd::load(a), ai = simd::load(a + W), br = simd::load(b), bi = simd::load(b + W);
-    simd::store(a, ar + br);
-    simd::store(a + W, ai + bi);
-    const FftBatch dr = ar - br, di = ai - bi;
-    simd::store(b, simd::fma(dr, wr, -(di * wi)));
-    simd::store(b + W, simd::fma(dr, wi, di * wr));
+    float* pa = x + j * E;
+    float* pb = pa + half * E;
+    FftValue a = fft_load(pa), b = fft_load(pb);
+    if (kInverse)
+      fft_dit2(a, b, fft_twiddle<true>(tw, j * stride));
+    else
+      fft_dif2(a, b, fft_twiddle<false>(tw, j * stride));
+    fft_store(pa, a), fft_store(pb, b);
   }
 }
 
-// The inverse stage (decimation in time, conjugate twiddles): a + w* b and a - w* b.
-inline void fft_dit_stage(float* x, index_t len, const FftTwiddles& tw) noexcept {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
-  const index_t half = len / 2, stride = tw.N / len;
-  for (index_t j = 0; j < half; ++j) {
-    const FftBatch wr(tw.re[static_cast<std::size_t>(j * stride)]), wi(-tw.im[static_cast<std::size_t>(j * stride)]);
-    float* a = x + j * E;
-    float* b = x + (j + half) * E;
-    const FftBatch br = simd::load(b), bi = simd::load(b + W);
-    const FftBatch tr = simd::fma(br, wr, -(bi * wi)), ti = simd::fma(br, wi, bi * wr);
-    const FftBatch ar = simd::load(a), ai = simd::load(a + W);
-    simd::store(a, ar + tr);
-    simd::store(a + W, ai + ti);
-    simd::store(b, ar - tr);
-    simd::store(b + W, ai - ti);
+// Two radix-2 stages at once over a sub-transform of len = 4q elements at x: the stage of length
+// len and, on both halves, the stage of length 2q (forward; the inverse runs them the other way
+// round). Elements j, j + q, j + 2q, j + 3q (j < q) only meet each other in those two stages, so
+// they are loaded once, go through both in registers and are stored once: half the loads and
+// stores of two radix-2 stages (which bound the in-cache stages) and, above the cache block, half
+// the passes over memory. The same butterflies and twiddles as the radix-2 stages, in a
+// different order: the same results.
+template <bool kInverse>
+inline void fft_stage4(float* x, index_t len, const FftTwiddles& tw) noexcept {
+  constexpr index_t E = kFftElement;
+  const index_t q = len / 4, s1 = tw.N / len, s2 = 2 * s1;
+  for (index_t j = 0; j < q; ++j) {
+    float* p = x + j * E;
+    FftValue a0 = fft_load(p), a1 = fft_load(p + q * E), a2 = fft_load(p + 2 * q * E), a3 = fft_load(p + 3 * q * E);
+    const FftValue w1 = fft_twiddle<kInverse>(tw, j * s1), w1q = fft_twiddle<kInverse>(tw, (j + q) * s1);
+    const FftValue w2 = fft_twiddle<kInverse>(tw, j * s2);
+    if (kInverse) {
+      fft_dit2(a0, a1, w2), fft_dit2(a2, a3, w2);
+      fft_dit2(a0, a2, w1), fft_dit2(a1, a3, w1q);
+    } else {
+      fft_dif2(a0, a2, w1), fft_dif2(a1, a3, w1q);
+      fft_dif2(a0, a1, w2), fft_dif2(a2, a3, w2);
+    }
+    fft_store(p, a0), fft_store(p + q * E, a1), fft_store(p + 2 * q * E, a2), fft_store(p + 3 * q * E, a3);
   }
+}
+
+// The stages of lengths n, n/2, ..., 2 (forward) over the n-element sub-signal at x, two at a
+// time while two remain.
+template <bool kInverse>
+inline void fft_stages_in_cache(float* x, index_t n, const FftTwiddles& tw) noexcept {
+  constexpr index_t E = kFftElement;
+  if (kInverse) {
+    // Lengths 2, 4, ..., n: the odd stage first, then pairs.
+    index_t len = 2;
+    int levels = 0;
+    for (index_t m = n; m > 1; m /= 2) ++levels;
+    if (levels % 2 == 1) {
+      for (index_t start = 0; start < n; start += 2) fft_stage2<true>(x + start * E, 2, tw);
+      len = 8;
+    } else {
+      len = 4;
+    }
+    for (; len <= n; len *= 4)
+      for (index_t start = 0; start < n; start += len) fft_stage4<true>(x + start * E, len, tw);
+    return;
+  }
+  index_t len = n;
+  for (; len >= 4; len /= 4)
+    for (index_t start = 0; start < n; start += len) fft_stage4<false>(x + start * E, len, tw);
+  if (len == 2)
+    for (index_t start = 0; start < n; start += 2) fft_stage2<false>(x + start * E, 2, tw);
 }
 
 // Forward transform of the n-element sub-signal at x, in place: natural order in, bit-reversed
-// order out (positions within the sub-transform).
+// order out (positions within the sub-transform). Above the cache block, one pass does two
+// levels (one if only one is left above it) and the quarters (halves) recurse.
 inline void fft_dif(float* x, index_t n, const FftTwiddles& tw) noexcept {
-  if (n <= kFftCacheElements) {
-    for (index_t len = n; len >= 2; len /= 2)
-      for (index_t start = 0; start < n; start += len) fft_dif_stage(x + start * kFftElement, len, tw);
-    return;
+  constexpr index_t E = kFftElement;
+  if (n <= kFftCacheElements) return fft_stages_in_cache<false>(x, n, tw);
+  if (n / 4 >= kFftCacheElements) {
+    fft_stage4<false>(x, n, tw);
+    for (index_t start = 0; start < n; start += n / 4) fft_dif(x + start * E, n / 4, tw);
+  } else {
+    fft_stage2<false>(x, n, tw);
+    fft_dif(x, n / 2, tw), fft_dif(x + (n / 2) * E, n / 2, tw);
   }
-  fft_dif_stage(x, n, tw);
-  fft_dif(x, n / 2, tw);
-  fft_dif(x + (n / 2) * kFftElement, n / 2, tw);
 }
 
 // Inverse transform (unscaled), in place: bit-reversed order in, natural order out.
 inline void fft_dit_inverse(float* x, index_t n, const FftTwiddles& tw) noexcept {
-  if (n <= kFftCacheElements) {
-    for (index_t len = 2; len <= n; len *= 2)
-      for (index_t start = 0; start < n; start += len) fft_dit_stage(x + start * kFftElement, len, tw);
-    return;
+  constexpr index_t E = kFftElement;
+  if (n <= kFftCacheElements) return fft_stages_in_cache<true>(x, n, tw);
+  if (n / 4 >= kFftCacheElements) {
+    for (index_t start = 0; start < n; start += n / 4) fft_dit_inverse(x + start * E, n / 4, tw);
+    fft_stage4<true>(x, n, tw);
+  } else {
+    fft_dit_inverse(x, n / 2, tw), fft_dit_inverse(x + (n / 2) * E, n / 2, tw);
+    fft_stage2<true>(x, n, tw);
   }
-  fft_dit_inverse(x, n / 2, tw);
-  fft_dit_inverse(x + (n / 2) * kFftElement, n / 2, tw);
-  fft_dit_stage(x, n, tw);
 }
 
 /// Forward transform of a whole batched signal (tw.N elements): natural in, bit-reversed out.
