@@ -64,8 +64,9 @@ inline void long_conv_prefetch_row(T* p, int write) noexcept {
 }
 
 struct LongConvFftScratch {
-  AlignedVector<float> x, work;  // [N][kFftElement]: the batched signal, and the product of spectra
-  AlignedVector<float> P, Q;     // [N][kFftElement]: the pair spectra, W[k] = Z[k] P[k] + conj(Z[N-k]) Q[k]
+  // [N][kFftElement] each: the batched signal (its spectrum, then the product of spectra in
+  // place), and the spectrum G of the block's filter pairs.
+  AlignedVector<float> x, G;
 };
 
 // The tasks' scratch, kept by the calling thread across calls: a task takes one (made on first
@@ -98,34 +99,6 @@ class LongConvFftScratchPool {
   std::vector<std::unique_ptr<LongConvFftScratch>> free_;
 };
 
-// The pair spectra of the block's filters from G = FFT(h_a + i h_b): with H_a = (G[k] + conj G[-k]) / 2
-// and H_b = (G[k] - conj G[-k]) / 2i, P = scale (H_a + H_b) and Q = scale (H_a - H_b), written
-// (accumulate false) or added (a backward filter after the causal one, conjugated: its correlation).
-// Writing P and Q here, not H_a and H_b, saves zeroing both and a third pass over them: at
-// N = 131072 each is 16 MiB per block.
-// All spectra are in the transform's bit-reversed order: position k's mirrored frequency is at
-// tw.mirror[k].
-inline void long_conv_split_pair_spectrum(const float* G, const FftTwiddles& tw, bool conjugate, bool accumulate,
-                                          float scale, float* P, float* Q) {
-  const index_t N = tw.N;
-  constexpr index_t W = simd::kWidth, E = kFftElement;
-  const FftBatch c(0.5f * scale);  // the 1/2 of H_a and H_b folded in
-  for (index_t k = 0; k < N; ++k) {
-    const float* g = G + k * E;
-    const float* h = G + tw.mirror[static_cast<std::size_t>(k)] * E;  // G[-k]
-    const FftBatch gr = simd::load(g), gi = simd::load(g + W), hr = simd::load(h), hi = simd::load(h + W);
-    // 2 H_a = (gr + hr, gi - hi), 2 H_b = (gi + hi, hr - gr)
-    const FftBatch ar = gr + hr, br = gi + hi;
-    FftBatch ai = gi - hi, bi = hr - gr;
-    if (conjugate) ai = -ai, bi = -bi;
-    FftBatch pr = (ar + br) * c, pi = (ai + bi) * c, qr = (ar - br) * c, qi = (ai - bi) * c;
-    float* p = P + k * E;
-    float* q = Q + k * E;
-    if (accumulate) pr += simd::load(p), pi += simd::load(p + W), qr += simd::load(q), qi += simd::load(q + W);
-    simd::store(p, pr), simd::store(p + W, pi), simd::store(q, qr), simd::store(q + W, qi);
-  }
-}
-
 // Loads taps [0, taps) of filter columns g(a), g(b) of each lane pair into x (zero-padded): lane
 // c % W of part c / W (0: real, channel a; 1: imaginary, b) is x[s E + c].
 inline void long_conv_load_filter_pairs(const ConstView<float, 2>& h, index_t taps, index_t group, index_t c0,
@@ -144,21 +117,54 @@ inline void long_conv_load_filter_pairs(const ConstView<float, 2>& h, index_t ta
   }
 }
 
-// P = (H_a + H_b) / 2N and Q = (H_a - H_b) / 2N for the block's pairs: with z = x_a + i x_b,
-// y_a + i y_b = IFFT(X_a H_a + i X_b H_b) = IFFT(Z P + conj(Z[-k]) Q) / N (the inverse runs unscaled).
-inline void long_conv_pair_filters(const LongConvInputs& in, index_t N, index_t c0, index_t width,
-                                   LongConvFftScratch& scratch, const FftTwiddles& tw) {
+// The spectrum G = FFT(h_a + i h_b) of the block's filter pairs, into scratch.G. A backward
+// filter hb enters through its correlation, conj(FFT(hb_a)) and conj(FFT(hb_b)): the same pair
+// split applied to Gb[-k] (conj of (Gb[k] + conj Gb[-k]) / 2 is (Gb[-k] + conj Gb[k]) / 2, and
+// likewise for the b part), so G[k] += Gb[-k] carries both filters in one spectrum.
+inline void long_conv_filter_spectrum(const LongConvInputs& in, index_t N, index_t c0, index_t width,
+                                      LongConvFftScratch& scratch, const FftTwiddles& tw) {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t T = in.u.size(1), group = in.u.size(2) / in.filter.size(1);
-  const float scale = 0.5f / static_cast<float>(N);
+  float* G = scratch.G.data();
   long_conv_load_filter_pairs(in.filter, long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value()),
-                              group, c0, width, N, scratch.x.data());
-  batched_fft_forward(scratch.x.data(), tw);
-  long_conv_split_pair_spectrum(scratch.x.data(), tw, false, false, scale, scratch.P.data(), scratch.Q.data());
-  if (in.filter_backward.has_value()) {
-    long_conv_load_filter_pairs(in.filter_backward, std::min(in.filter_backward.size(0), T), group, c0, width, N,
-                                scratch.x.data());
-    batched_fft_forward(scratch.x.data(), tw);
-    long_conv_split_pair_spectrum(scratch.x.data(), tw, true, true, scale, scratch.P.data(), scratch.Q.data());
+                              group, c0, width, N, G);
+  batched_fft_forward(G, tw);
+  if (!in.filter_backward.has_value()) return;
+  float* x = scratch.x.data();
+  long_conv_load_filter_pairs(in.filter_backward, std::min(in.filter_backward.size(0), T), group, c0, width, N, x);
+  batched_fft_forward(x, tw);
+  for (index_t k = 0; k < N; ++k) {
+    const float* back = x + tw.mirror[static_cast<std::size_t>(k)] * E;
+    for (index_t v = 0; v < E; v += W) simd::store(G + k * E + v, simd::load(G + k * E + v) + simd::load(back + v));
+  }
+}
+
+// Frequency k of the pairs' output spectrum from the signal's (z = Z[k], zm = Z[-k]) and the
+// filters' (g = G[k], gm = G[-k]) pair spectra: with H_a = (g + conj gm) / 2 and
+// H_b = (g - conj gm) / 2i, y_a + i y_b = IFFT(X_a H_a + i X_b H_b) = IFFT(Z P + conj(Z[-k]) Q)
+// with P = (H_a + H_b) / 2N and Q = (H_a - H_b) / 2N (the inverse runs unscaled). c = 1 / 4N.
+inline FftValue long_conv_pair_product(const FftValue& z, const FftValue& zm, const FftValue& g, const FftValue& gm,
+                                       const FftBatch& c) noexcept {
+  // 2 H_a = (g.re + gm.re, g.im - gm.im), 2 H_b = (g.im + gm.im, gm.re - g.re)
+  const FftBatch ar = g.re + gm.re, ai = g.im - gm.im, br = g.im + gm.im, bi = gm.re - g.re;
+  const FftValue P{(ar + br) * c, (ai + bi) * c}, Q{(ar - br) * c, (ai - bi) * c};
+  const FftValue zp = fft_mul(z, P);
+  // conj(zm) Q
+  return {simd::fma(zm.re, Q.re, simd::fma(zm.im, Q.im, zp.re)), simd::fma(zm.re, Q.im, zp.im - zm.im * Q.re)};
+}
+
+// The product of spectra, in place over the signal's: frequencies k and -k read the same four
+// values, so each mirrored pair of positions is done once, by the lower position.
+inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddles& tw) noexcept {
+  constexpr index_t E = kFftElement;
+  const FftBatch c(0.25f / static_cast<float>(tw.N));
+  for (index_t k = 0; k < tw.N; ++k) {
+    const index_t mk = tw.mirror[static_cast<std::size_t>(k)];
+    if (mk < k) continue;
+    const FftValue z = fft_load(x + k * E), zm = fft_load(x + mk * E);
+    const FftValue g = fft_load(G + k * E), gm = fft_load(G + mk * E);
+    fft_store(x + k * E, long_conv_pair_product(z, zm, g, gm, c));
+    if (mk != k) fft_store(x + mk * E, long_conv_pair_product(zm, z, gm, g, c));
   }
 }
 
@@ -246,29 +252,15 @@ inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float
   const index_t B = in.u.size(0), L = in.filter.size(0), N = tw.N;
   const index_t S = in.initial_state.has_value() ? L - 1 : 0;
   const auto size = static_cast<std::size_t>(N * E);
-  scratch.x.resize(size), scratch.work.resize(size), scratch.P.resize(size), scratch.Q.resize(size);
-  long_conv_pair_filters(in, N, c0, width, scratch, tw);
+  scratch.x.resize(size), scratch.G.resize(size);
+  long_conv_filter_spectrum(in, N, c0, width, scratch, tw);
   for (index_t b = 0; b < B; ++b) {
     float* x = scratch.x.data();
     float poison[kLongConvFftChannels] = {};  // 0 * x: NaN exactly when x is inf or NaN
     long_conv_gather_window(in, b, c0, width, N, x, poison);
     batched_fft_forward(x, tw);
-    // W[k] = Z[k] P[k] + conj(Z[N-k]) Q[k], into work.
-    float* w = scratch.work.data();
-    for (index_t k = 0; k < N; ++k) {
-      const float* z = x + k * E;
-      const float* zm = x + tw.mirror[static_cast<std::size_t>(k)] * E;
-      const FftBatch zr = simd::load(z), zi = simd::load(z + W), mr = simd::load(zm), mi = -simd::load(zm + W);
-      const FftBatch pr = simd::load(scratch.P.data() + k * E), pi = simd::load(scratch.P.data() + k * E + W);
-      const FftBatch qr = simd::load(scratch.Q.data() + k * E), qi = simd::load(scratch.Q.data() + k * E + W);
-      FftBatch re = simd::fma(zr, pr, -(zi * pi));
-      FftBatch im = simd::fma(zr, pi, zi * pr);
-      re = simd::fma(mr, qr, simd::fma(-mi, qi, re));
-      im = simd::fma(mr, qi, simd::fma(mi, qr, im));
-      simd::store(w + k * E, re);
-      simd::store(w + k * E + W, im);
-    }
-    batched_fft_inverse(w, tw);
+    long_conv_spectral_product(x, scratch.G.data(), tw);
+    batched_fft_inverse(x, tw);
     // A NaN (poison != 0) spreads over the whole pair's transform: both channels of the pair
     // go to the direct form, in this batch row only (listed as b * D + d: the other rows keep
     // their FFT results bit for bit, as without the NaN).
@@ -278,7 +270,7 @@ inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float
         if (lane < width) nonfinite.push_back(b * D + c0 + lane);
         if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
       }
-    long_conv_scatter_outputs(in, y, b, c0, width, w + S * E);
+    long_conv_scatter_outputs(in, y, b, c0, width, x + S * E);
   }
 }
 
@@ -324,9 +316,10 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
 /// FFT: about 1e-6 relative to sum |h| |u|). Each channel's window (state rows and inputs) is
 /// zero-padded to a power of two N >= S + T + L - 1, transformed (two channels per complex
 /// transform, one pair per SIMD lane), multiplied by the filter's spectrum and transformed back.
-/// Threaded over blocks of 2 * simd::kWidth channels; scratch per task 4 N * 2 * simd::kWidth
-/// floats (the signal, the transform's other buffer, two filter spectra). A channel whose input
-/// is not finite is computed by the direct form, with its pair.
+/// Threaded over blocks of 2 * simd::kWidth channels; scratch per task 2 N * 2 * simd::kWidth
+/// floats (the signal and the filters' spectrum, kept by the calling thread for its next call:
+/// 32 MiB per task at N = 131072 with AVX-512). A channel whose input is not finite is computed
+/// by the direct form, with its pair.
 inline void long_conv_fft(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                           const Executor& executor = serial_executor()) {
   if (options.reverse) {
