@@ -98,10 +98,11 @@ inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, in
 }
 
 // o_t = S^T (phi(q_t) * scale) for every token of p: a read of a fixed state (JRT's prefix).
+// qf holds Kf floats, row max(Vp, K): a 16-bit q row is widened there before its feature map.
 inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, float* row) {
   const index_t Vp = S.cols();
   for (index_t t = 0; t < p.T(); ++t) {
-    apply_feature_map(p.phi, p.q.floats()[t], p.scale, qf);  // JRT prefix: linear_attention, fp32 only
+    apply_feature_map(p.phi, p.q.row(t, row), p.scale, qf);
     for (index_t c = 0; c < Vp; ++c) row[c] = 0.f;
     for (index_t r = 0; r < S.rows(); ++r) simd::axpy(qf[r], S.row(r).data(), row, Vp);
     store_output_row(p, t, row);
@@ -185,7 +186,7 @@ struct ChunkKernel {
   struct Workspace {
     RowMatrix S;
     ChunkWorkspace chunk;
-    AlignedVector<float> prefix_buffer;  // [Kf + Vp] for the JRT prefix read, else empty
+    AlignedVector<float> prefix_buffer;  // [Kf + max(Vp, K)] for the JRT prefix read (read_state), else empty
     bool in_pieces = false;              // the current chunk runs as pieces (run_in_pieces)
     std::vector<index_t> piece_ends;     // their ends (capacity: the chunk size)
   };
@@ -197,8 +198,9 @@ struct ChunkKernel {
 
   index_t Vp() const { return plan.V + (plan.normalize ? 1 : 0); }
   Workspace make_workspace() const {
+    const index_t prefix_floats = plan.prefix_len > 0 ? plan.Kf + std::max(Vp(), plan.K) : 0;  // read_state
     Workspace ws{RowMatrix(plan.Kf, Vp()), ChunkWorkspace(plan.chunk, plan.K, plan.Kf, Vp()),
-                 AlignedVector<float>(plan.prefix_len > 0 ? static_cast<std::size_t>(plan.Kf + Vp()) : 0), false, {}};
+                 AlignedVector<float>(static_cast<std::size_t>(prefix_floats)), false, {}};
     ws.piece_ends.reserve(static_cast<std::size_t>(plan.chunk));
     return ws;
   }
@@ -309,7 +311,7 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
   parallel_for(executor, sequences * plan.HV, 1, [&](index_t begin, index_t end) {
     RowMatrix S(plan.Kf, Vp);
     RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
-    AlignedVector<float> prefix_buffer(static_cast<std::size_t>(plan.Kf + Vp));
+    AlignedVector<float> prefix_buffer(static_cast<std::size_t>(plan.Kf + std::max(Vp, plan.K)));
     for (index_t task = begin; task < end; ++task) {
       const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(task / plan.HV)]];
       const index_t hv = task % plan.HV;

@@ -28,7 +28,7 @@ enum class Readout { inclusive, exclusive_bonus };
 // [T, D] input rows of one head (q, k or v) in their stored element type: float, or 16-bit
 // storage (bf16 / f16) that the loaders widen one row at a time into the operand buffers they
 // fill anyway, so a 16-bit input is never copied whole to fp32. Built implicitly from the fp32
-// views every operator of the family passes; only GLA passes 16-bit views (identity map).
+// views every operator of the family passes; GLA and linear_attention (any feature map) pass 16-bit views.
 class InputRows {
  public:
   InputRows() = default;
@@ -45,7 +45,7 @@ class InputRows {
     return f32_.size(dim);
   }
   bool is_float() const { return storage_ == Storage::f32; }
-  // The fp32 rows (is_float() only: the forms that take fp32 inputs alone, e.g. JRT's prefix).
+  // The fp32 rows (is_float() only: the forms that take fp32 inputs alone, e.g. the slice forms).
   const ConstView<float, 2>& floats() const { return f32_; }
   // Rows [t0, t0 + n).
   InputRows slice(index_t t0, index_t n) const {

@@ -234,13 +234,23 @@ inline TokenOperands load_token_gates(const HeadProblem& p, index_t t, Recurrent
   return x;
 }
 
-// load_token for 16-bit q/k/v storage (GLA, identity map): q, k and v widened into the slot's
-// buffers, q scaled there.
+// load_token for 16-bit q/k/v storage: q, k and v widened into the slot's buffers, q scaled
+// there (identity map, GLA and linear_attention). A feature map (linear_attention, never with a
+// decay) needs its raw row apart from its output: the raw rows are widened into the decay slot
+// (max(Kf, K) floats), which an ungated head does not use.
 inline TokenOperands load_token_widened(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot) {
   TokenOperands x{};
-  p.q.load(t, ws.q(slot));
-  scale_copy(ws.q(slot), p.scale, ws.q(slot), p.K());
-  p.k.load(t, ws.k(slot));
+  if (p.phi == FeatureMap::identity || p.gated()) {
+    p.q.load(t, ws.q(slot));
+    scale_copy(ws.q(slot), p.scale, ws.q(slot), p.K());
+    p.k.load(t, ws.k(slot));
+  } else {
+    const ConstView<float, 1> raw(ws.w(slot), {p.K()});
+    p.q.load(t, ws.w(slot));
+    apply_feature_map(p.phi, raw, p.scale, ws.q(slot));
+    p.k.load(t, ws.w(slot));
+    apply_feature_map(p.phi, raw, 1.f, ws.k(slot));
+  }
   load_value_row(p, t, ws.v(slot));
   x.q = ws.q(slot), x.k = ws.k(slot), x.v = ws.v(slot);
   return load_token_gates(p, t, ws, slot, x);

@@ -4,6 +4,8 @@
 // dense or packed batches, states per sequence or in slots (see GatedLinearAttentionInputs).
 #pragma once
 
+#include <type_traits>
+
 #include "seqmix/linear_attention/diagonal_decay/driver.hpp"
 #include "seqmix/linear_attention/linear_attention/reference.hpp"
 
@@ -11,10 +13,11 @@ namespace seqmix {
 
 namespace detail::la {
 
-inline HeadProblem linear_attention_head(const ConstView<float, 4>& q, const ConstView<float, 4>& k,
-                                         const ConstView<float, 4>& v, const TensorView<float, 4>& o,
-                                         const LinearAttentionOptions& options, float scale, const Dims& d, index_t b,
-                                         index_t hv) {
+// The HeadProblem of value head hv of batch row b; E is q/k/v's storage type (InputRows widens it).
+template <class E>
+HeadProblem linear_attention_head(const ConstView<E, 4>& q, const ConstView<E, 4>& k, const ConstView<E, 4>& v,
+                                  const TensorView<float, 4>& o, const LinearAttentionOptions& options, float scale,
+                                  const Dims& d, index_t b, index_t hv) {
   HeadProblem p;
   const index_t h = hv / d.heads_per_qk();
   p.q = q[b].select(1, h);
@@ -27,18 +30,15 @@ inline HeadProblem linear_attention_head(const ConstView<float, 4>& q, const Con
   return p;
 }
 
-}  // namespace detail::la
-
-/// Linear attention prefill with a feature map, the optional normalizer and JRT's prefix
-/// (reference::linear_attention is the definition). Final views may be their initial views (in
-/// place). Threaded over (sequence, value head).
-inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
-                             const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+// The prefill on q/k/v stored as T (float, bf16, f16): the rows are widened as each chunk or
+// token is loaded (InputRows), before the feature map; everything after that is the fp32 computation.
+template <class T>
+void linear_attention_prefill(const LinearAttentionInputsOf<T>& in, const LinearAttentionOutputs& out,
+                              const LinearAttentionOptions& options, const Executor& executor) {
   if (options.reverse) {
     const auto rev = detail::reversed_call("linear_attention", in, out);
-    return linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+    return linear_attention_prefill(rev.first, rev.second, detail::forward_options(options), executor);
   }
-  using namespace detail::la;
   const auto [checked_dims, seqs] = validate_linear_attention("linear_attention", in, out, options);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
   const float scale = check_scale(ArgCheck("linear_attention"), options.scale, d.K);
@@ -52,6 +52,25 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
     return linear_attention_head(in.q, in.k, in.v, out.o, options, scale, d, b, hv);
   });
+}
+
+}  // namespace detail::la
+
+/// Linear attention prefill with a feature map, the optional normalizer and JRT's prefix
+/// (reference::linear_attention is the definition). Final views may be their initial views (in
+/// place). Threaded over (sequence, value head).
+inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
+                             const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  detail::la::linear_attention_prefill(in, out, options, executor);
+}
+
+/// The same on q/k/v stored as seqmix::bf16 or seqmix::f16 (states, normalizers and outputs fp32):
+/// each chunk's (or token's) rows are widened as they are loaded, before the feature map, never
+/// the whole tensor. docs/operators.md (section 4, half storage) gives the accuracy against fp32.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void linear_attention(const LinearAttentionInputsOf<H>& in, const LinearAttentionOutputs& out,
+                      const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  detail::la::linear_attention_prefill(in, out, options, executor);
 }
 
 }  // namespace seqmix

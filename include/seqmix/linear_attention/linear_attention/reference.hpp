@@ -15,12 +15,14 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
@@ -51,17 +53,26 @@ struct LinearAttentionOptions {
   bool reverse = false;
 };
 
-/// Optional views are empty when not given. Kf = feature_dim(options.feature_map, K).
-struct LinearAttentionInputs {
-  ConstView<float, 4> q;                   ///< [B,T,H,K]
-  ConstView<float, 4> k;                   ///< [B,T,H,K]
-  ConstView<float, 4> v;                   ///< [B,T,HV,V], HV a multiple of H
+/// Optional views are empty when not given. Kf = feature_dim(options.feature_map, K). T is the
+/// storage type of q, k and v: float (LinearAttentionInputs), or seqmix::bf16 / seqmix::f16, which
+/// the chunked and recurrent forms widen row by row as they load each chunk or token, before the
+/// feature map (no fp32 copy of the inputs); states, normalizers and outputs stay fp32.
+template <class T>
+struct LinearAttentionInputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "LinearAttentionInputsOf: q/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 4> q;                       ///< [B,T,H,K]
+  ConstView<T, 4> k;                       ///< [B,T,H,K]
+  ConstView<T, 4> v;                       ///< [B,T,HV,V], HV a multiple of H
   ConstView<float, 4> initial_state = {};  ///< [B,HV,Kf,V], optional (zero if absent)
   ConstView<float, 3> initial_normalizer = {}; ///< [B,HV,Kf], optional z (normalize only; zero if absent)
   /// cu_seqlens, state_indices, has_initial_state (seqmix/core/batch.hpp; see GatedLinearAttentionInputs): states
   /// and normalizers are then [N,...] per sequence or a pool [S,...] of slots.
   SequenceBatch batch = {};
 };
+
+/// Prefill arguments with fp32 q/k/v (LinearAttentionInputsOf).
+using LinearAttentionInputs = LinearAttentionInputsOf<float>;
 
 /// o must not overlap an input; a final view may be the same view as its initial one.
 struct LinearAttentionOutputs {
@@ -74,13 +85,20 @@ struct LinearAttentionOutputs {
                                            ///< token: with token_states, what a verify rolls back to
 };
 
-/// Decode-step arguments of linear_attention_step: one token per batch row.
-struct LinearAttentionStepInputs {
-  ConstView<float, 3> q;  ///< [B,H,K]
-  ConstView<float, 3> k;  ///< [B,H,K]
-  ConstView<float, 3> v;  ///< [B,HV,V]
+/// Decode-step arguments of linear_attention_step: one token per batch row. T: the storage type
+/// of q, k and v (float, seqmix::bf16 or seqmix::f16; the token's rows are widened as loaded).
+template <class T>
+struct LinearAttentionStepInputsOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>,
+                "LinearAttentionStepInputsOf: q/k/v are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<T, 3> q;  ///< [B,H,K]
+  ConstView<T, 3> k;  ///< [B,H,K]
+  ConstView<T, 3> v;  ///< [B,HV,V]
   SequenceBatch batch = {}; ///< state_indices / has_initial_state per row (see GatedLinearAttentionStepInputs)
 };
+
+/// Decode-step arguments with fp32 q/k/v (LinearAttentionStepInputsOf).
+using LinearAttentionStepInputs = LinearAttentionStepInputsOf<float>;
 
 /// Decode-step outputs; o must not overlap an input.
 struct LinearAttentionStepOutputs {
@@ -103,7 +121,8 @@ inline void check_linear_attention_options(const ArgCheck& check, const LinearAt
                "must be in [0, T = " + std::to_string(d.T) + "], got " + std::to_string(options.prefix_len));
 }
 
-inline PrefillCheck validate_linear_attention(const char* op, const LinearAttentionInputs& in,
+template <class T>
+PrefillCheck validate_linear_attention(const char* op, const LinearAttentionInputsOf<T>& in,
                                               const LinearAttentionOutputs& out, const LinearAttentionOptions& options) {
   const ArgCheck check(op);
   Dims d = check_qkv(check, "q", in.q, in.k, in.v);
@@ -137,7 +156,8 @@ inline PrefillCheck validate_linear_attention(const char* op, const LinearAttent
 }
 
 // `check` is the caller's (a static: building an ArgCheck allocates its name).
-inline Dims validate_linear_attention_step(const ArgCheck& check, const LinearAttentionStepInputs& in,
+template <class T>
+Dims validate_linear_attention_step(const ArgCheck& check, const LinearAttentionStepInputsOf<T>& in,
                                            const LinearAttentionStepOutputs& out, const LinearAttentionOptions& options) {
   Dims d = check_qkv_step(check, "q", in.q, in.k, in.v);
   check_enum(check.op(), "options.feature_map", options.feature_map, kFeatureMapCount);
@@ -159,7 +179,9 @@ inline Dims validate_linear_attention_step(const ArgCheck& check, const LinearAt
 namespace detail {
 
 // A reverse call as the forward call on reversed views (core/direction.hpp).
-inline std::pair<LinearAttentionInputs, LinearAttentionOutputs> reversed_call(const char* op, LinearAttentionInputs in, LinearAttentionOutputs out) {
+template <class T>
+std::pair<LinearAttentionInputsOf<T>, LinearAttentionOutputs> reversed_call(const char* op, LinearAttentionInputsOf<T> in,
+                                                                           LinearAttentionOutputs out) {
   check_reversible(op, in.batch, true);
   reverse_time_of(in.q, in.k, in.v, out.o, out.token_states, out.token_normalizers);
   return {in, out};
@@ -170,12 +192,15 @@ inline std::pair<LinearAttentionInputs, LinearAttentionOutputs> reversed_call(co
 namespace reference {
 
 /// The definition, token by token, state in double precision, one sequence at a time.
-/// Single-threaded.
-inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
-                             const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+/// Single-threaded. q/k/v may be stored as float, bf16 or f16 (LinearAttentionInputsOf): each row
+/// is widened to fp32 where it is read, before the feature map.
+template <class T>
+void linear_attention(const LinearAttentionInputsOf<T>& in, const LinearAttentionOutputs& out,
+                      const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::reversed_call("reference::linear_attention", in, out);
-    return linear_attention(rev.first, rev.second, detail::forward_options(options), executor);
+    // Qualified: unqualified, argument-dependent lookup would also find the fast 16-bit overload.
+    return reference::linear_attention<T>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   (void)executor;
   using namespace detail::la;
@@ -185,6 +210,11 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
   const index_t Kf = d.Kf;
   std::vector<double> S(static_cast<std::size_t>(Kf * d.V)), z(static_cast<std::size_t>(Kf));
   std::vector<float> phi_q(static_cast<std::size_t>(Kf)), phi_k(static_cast<std::size_t>(Kf));
+  std::vector<float> raw(static_cast<std::size_t>(d.K));  // a q or k row widened to fp32
+  auto widened = [&](const ConstView<T, 1>& x) {
+    for (index_t i = 0; i < d.K; ++i) raw[static_cast<std::size_t>(i)] = static_cast<float>(x(i));
+    return ConstView<float, 1>(raw.data(), {d.K});
+  };
   auto s = [&](index_t r, index_t c) -> double& { return S[static_cast<std::size_t>(r * d.V + c)]; };
   for (index_t n = 0; n < seqs.sequences(); ++n) {
     const SequenceSpan span = seqs[n];
@@ -200,10 +230,10 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
         z[r] = read_z ? in.initial_normalizer(span.state_row, hv, r) : 0.0;
       }
       auto absorb = [&](index_t t) {  // S += phi(k_t) v_t^T, z += phi(k_t)
-        apply_feature_map(options.feature_map, in.k[b][t][h], 1.f, phi_k.data());
+        apply_feature_map(options.feature_map, widened(in.k[b][t][h]), 1.f, phi_k.data());
         for (index_t r = 0; r < Kf; ++r) {
           z[r] += phi_k[r];
-          for (index_t c = 0; c < d.V; ++c) s(r, c) += double(phi_k[r]) * in.v(b, t, hv, c);
+          for (index_t c = 0; c < d.V; ++c) s(r, c) += double(phi_k[r]) * double(static_cast<float>(in.v(b, t, hv, c)));
         }
         if (out.token_states.has_value())
           for (index_t r = 0; r < Kf; ++r)
@@ -212,7 +242,7 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
           for (index_t r = 0; r < Kf; ++r) out.token_normalizers(b, t, hv, r) = static_cast<float>(z[r]);
       };
       auto read = [&](index_t t) {  // o_t from the current state
-        apply_feature_map(options.feature_map, in.q[b][t][h], 1.f, phi_q.data());
+        apply_feature_map(options.feature_map, widened(in.q[b][t][h]), 1.f, phi_q.data());
         double den = 0.0;
         for (index_t r = 0; r < Kf; ++r) den += scale * phi_q[r] * z[r];
         for (index_t c = 0; c < d.V; ++c) {
@@ -234,6 +264,12 @@ inline void linear_attention(const LinearAttentionInputs& in, const LinearAttent
       }
     }
   }
+}
+
+/// The definition on fp32 q/k/v (the overload braced argument lists pick).
+inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
+                             const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  linear_attention<float>(in, out, options, executor);
 }
 
 }  // namespace reference
