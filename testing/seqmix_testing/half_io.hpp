@@ -1,6 +1,7 @@
-// Shared pieces of the 16-bit q/k/v storage tests of the linear-attention family
-// (test_gla_half_io.cpp, test_delta_rule_half_io.cpp): the case shape, the packed-sequence
-// boundaries and a random tensor kept in three forms.
+// Shared pieces of the 16-bit q/k/v storage tests of the linear-attention family and SSD
+// (test_gla_half_io.cpp, test_delta_rule_half_io.cpp, test_linear_attention_half_io.cpp,
+// test_ssd_half_io.cpp): the case shape, the packed-sequence boundaries and a random tensor kept
+// in three forms.
 #pragma once
 
 #include <algorithm>

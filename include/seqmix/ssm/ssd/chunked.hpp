@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -46,6 +47,18 @@ inline SsdConstTile ssd_tile(const ConstView<float, 4>& v, index_t b, index_t t0
   return SsdConstTile(v.ptr(b, t0, i), rows, v.size(3), Eigen::OuterStride<>(v.stride(1)));
 }
 
+// Rows [t0, t0 + rows) of (b, ., i) of a 16-bit view widened into the top rows of dst (row-major,
+// v.size(3) columns): how the chunked form loads x, Bm and Cm stored as bf16 / f16, a chunk at a time.
+template <class H>
+void ssd_widen_tile(const ConstView<H, 4>& v, index_t b, index_t t0, index_t rows, index_t i, SsdMatrix& dst) {
+  for (index_t r = 0; r < rows; ++r) ssd_gather(v.ptr(b, t0 + r, i), v.stride(3), v.size(3), dst.row(r).data());
+}
+
+// The top `rows` rows of a widened tile, as the tile the fp32 path maps onto the input.
+inline SsdConstTile ssd_widened(const SsdMatrix& m, index_t rows) {
+  return SsdConstTile(m.data(), rows, m.cols(), Eigen::OuterStride<>(m.cols()));
+}
+
 // Per-task scratch of the chunked kernel, allocated once per task (never inside the chunk loop).
 // The state-to-output and intra-chunk products share one GEMM with K = N + l:
 //   Y = [diag(exp(cs)) C | CB ∘ Lmask] · [S^T ; Xd]
@@ -60,11 +73,13 @@ struct SsdChunkScratch {
   std::vector<float> cs_lo;  // [L] rounding error of cs (see ssd_decay_mask)
   chunkwise::ProductScratch nonfinite_xd;  // dt * x of a chunk holding a NaN / inf (sized on first use)
   bool growing = false;  // some token's log-decay is > 0: the chunk runs token by token (ssd_chunk_decays)
+  // 16-bit x, Bm, Cm only (else empty): the chunk's rows widened to fp32 by load_chunk, [L,P] / [L,N].
+  SsdMatrix xc, bc, cc;
 
-  SsdChunkScratch(index_t L, index_t P, index_t N)
+  SsdChunkScratch(index_t L, index_t P, index_t N, bool widened = false)
       : lhs(L, N + L), rhs(N + L, P), xw(L, P), y(L, P), dt(static_cast<std::size_t>(L)), a(static_cast<std::size_t>(L)),
         cs(static_cast<std::size_t>(L)), decay_in(static_cast<std::size_t>(L)), decay_out(static_cast<std::size_t>(L)),
-        cs_lo(static_cast<std::size_t>(L)) {}
+        cs_lo(static_cast<std::size_t>(L)), xc(widened ? L : 0, P), bc(widened ? L : 0, N), cc(widened ? L : 0, N) {}
 };
 
 // mask[i][j] = cb[i][j] * exp(cs_i - cs_j) for j <= i, 0 above the diagonal. cs comes as a
@@ -95,10 +110,11 @@ inline void ssd_decay_mask(const float* cb, index_t cb_stride, const float* cs_h
 // Prefetches the cache lines of `rows` rows of `width` floats, `stride` floats apart, for
 // reading. A head's token rows are H*P floats apart (a new page every few rows), which the
 // hardware prefetchers do not follow; reading x and z otherwise stalls on every row.
-inline void ssd_prefetch_rows(const float* p, index_t stride, index_t rows, index_t width) noexcept {
-  constexpr index_t kLineFloats = 16;  // 64-byte lines
+template <class E>
+void ssd_prefetch_rows(const E* p, index_t stride, index_t rows, index_t width) noexcept {
+  constexpr index_t kLineElements = 64 / sizeof(E);  // 64-byte lines
   for (index_t r = 0; r < rows; ++r, p += stride)
-    for (index_t i = 0; i < width; i += kLineFloats) {
+    for (index_t i = 0; i < width; i += kLineElements) {
 #if defined(__GNUC__) || defined(__clang__)  // a compiler builtin, not an ISA switch
       __builtin_prefetch(p + i);
 #else
@@ -120,8 +136,9 @@ inline SsdBatch ssd_softplus(const SsdBatch& x) noexcept {
 // of a, summed in double and kept as float hi + lo), exp(cs) and exp(cs_end - cs); the latter from suffix sums of a,
 // for the accuracy reason given at ssd_decay_mask. Vectorized over the chunk's tokens: done per scalar, the exps cost
 // about 5% of the whole prefill.
-inline void ssd_chunk_decays(const SsdInputs& in, bool softplus, index_t b, index_t t0, index_t l, index_t h,
-                             SsdChunkScratch& s) noexcept {
+template <class E>
+void ssd_chunk_decays(const SsdInputsOf<E>& in, bool softplus, index_t b, index_t t0, index_t l, index_t h,
+                      SsdChunkScratch& s) noexcept {
   const float bias = in.dt_bias.has_value() ? in.dt_bias(h) : 0.f, A = in.A(h);
   for (index_t i = 0; i < l; ++i) s.dt[i] = in.dt(b, t0 + i, h) + bias;
   const index_t lv = simd::vector_end(l);
@@ -182,16 +199,26 @@ struct SsdChunkPlan {
 };
 
 // C B^T for every (group, chunk): [G * chunks] tiles of [L,L], shared by the heads of a group.
-inline void ssd_chunk_cb(const ConstView<float, 4>& Bm, const ConstView<float, 4>& Cm, const SsdDims& dims,
-                         const SsdChunkPlan& plan, float* cb, const Executor& executor) {
+// 16-bit Bm, Cm: each chunk's rows are widened into per-task tiles first.
+template <class E>
+void ssd_chunk_cb(const ConstView<E, 4>& Bm, const ConstView<E, 4>& Cm, const SsdDims& dims, const SsdChunkPlan& plan,
+                  float* cb, const Executor& executor) {
   const index_t L = plan.L, chunks = plan.chunk_count(), items = dims.G * chunks;
   const index_t flops_per_item = 2 * L * L * dims.N;
   parallel_for(executor, items, ssd_grain(flops_per_item / 4), [&](index_t begin, index_t end) {
+    constexpr bool widen = !std::is_same_v<E, float>;
+    SsdMatrix bw(widen ? L : 0, dims.N), cw(widen ? L : 0, dims.N);
     for (index_t item = begin; item < end; ++item) {
       const SsdChunkPlan::Chunk& c = plan.chunks[static_cast<std::size_t>(item % chunks)];
       const index_t g = item / chunks;
       Eigen::Map<SsdMatrix> tile(cb + item * L * L, c.l, c.l);
-      tile.noalias() = ssd_tile(Cm, c.b, c.t0, c.l, g) * ssd_tile(Bm, c.b, c.t0, c.l, g).transpose();
+      if constexpr (widen) {
+        ssd_widen_tile(Bm, c.b, c.t0, c.l, g, bw);
+        ssd_widen_tile(Cm, c.b, c.t0, c.l, g, cw);
+        tile.noalias() = ssd_widened(cw, c.l) * ssd_widened(bw, c.l).transpose();
+      } else {
+        tile.noalias() = ssd_tile(Cm, c.b, c.t0, c.l, g) * ssd_tile(Bm, c.b, c.t0, c.l, g).transpose();
+      }
     }
   });
 }
@@ -200,9 +227,12 @@ inline void ssd_chunk_cb(const ConstView<float, 4>& Bm, const ConstView<float, 4
 // one (sequence, head), numbered as ssd_sequences says, its state carried transposed in the
 // workspace's rhs. Chunk offsets from the engine are relative to the sequence's first token.
 // state_to_output has nothing to do of its own: the read of the state and the intra-chunk term
-// are one GEMM (intra).
+// are one GEMM (intra). E: the storage type of x, Bm and Cm; 16-bit rows are widened by load_chunk
+// into the workspace (xc, bc, cc), which the later hooks of the same chunk read.
+template <class E>
 struct SsdChunkKernel {
-  const SsdInputs& in;
+  static constexpr bool kWidened = !std::is_same_v<E, float>;
+  const SsdInputsOf<E>& in;
   const SsdOutputs& out;
   const SsdOptions& options;
   const SsdDims& dims;
@@ -216,7 +246,20 @@ struct SsdChunkKernel {
     float D;
   };
 
-  Workspace make_workspace() const { return SsdChunkScratch(plan.L, dims.P, dims.N); }
+  Workspace make_workspace() const { return SsdChunkScratch(plan.L, dims.P, dims.N, kWidened); }
+  // The chunk's x, Bm and Cm rows: the inputs themselves (fp32) or their widened copies.
+  SsdConstTile x_tile(const Head& hd, index_t t0, index_t l, const Workspace& s) const {
+    if constexpr (kWidened) return ssd_widened(s.xc, l);
+    else return ssd_tile(in.x, hd.seq.batch_row, t0, l, hd.h);
+  }
+  SsdConstTile b_tile(const Head& hd, index_t t0, index_t l, const Workspace& s) const {
+    if constexpr (kWidened) return ssd_widened(s.bc, l);
+    else return ssd_tile(in.Bm, hd.seq.batch_row, t0, l, hd.g);
+  }
+  SsdConstTile c_tile(const Head& hd, index_t t0, index_t l, const Workspace& s) const {
+    if constexpr (kWidened) return ssd_widened(s.cc, l);
+    else return ssd_tile(in.Cm, hd.seq.batch_row, t0, l, hd.g);
+  }
   Head begin_head(index_t item, Workspace& s) const {
     const index_t count = static_cast<index_t>(plan.seqs.size());
     const index_t rank = item % count, h = item / count;
@@ -242,7 +285,12 @@ struct SsdChunkKernel {
       ssd_prefetch_rows(in.x.ptr(b, t0 + L, h), in.x.stride(1), next, P);
       if (in.z.has_value()) ssd_prefetch_rows(in.z.ptr(b, t0 + L, h), in.z.stride(1), next, P);
     }
-    const SsdConstTile x = ssd_tile(in.x, b, t0, l, h), Cm = ssd_tile(in.Cm, b, t0, l, g);
+    if constexpr (kWidened) {
+      ssd_widen_tile(in.x, b, t0, l, h, s.xc);
+      ssd_widen_tile(in.Bm, b, t0, l, g, s.bc);
+      ssd_widen_tile(in.Cm, b, t0, l, g, s.cc);
+    }
+    const SsdConstTile x = x_tile(hd, t0, l, s), Cm = c_tile(hd, t0, l, s);
     auto xd = s.rhs.middleRows(N, l), xw = s.xw.topRows(l);
     for (index_t i = 0; i < l; ++i) {
       xd.row(i) = s.dt[i] * x.row(i);
@@ -275,8 +323,8 @@ struct SsdChunkKernel {
   // 1, and their sum cancels far above the result (1.5% off the recurrence in fuzzing, at
   // growths of e^0.3 a token over chunks of 16). Decaying chunks never take this path.
   void recurrent_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t N = dims.N, b = hd.seq.batch_row, t0 = hd.seq.token_begin + c0;
-    const SsdConstTile Bm = ssd_tile(in.Bm, b, t0, l, hd.g), Cm = ssd_tile(in.Cm, b, t0, l, hd.g);
+    const index_t N = dims.N, t0 = hd.seq.token_begin + c0;
+    const SsdConstTile Bm = b_tile(hd, t0, l, s), Cm = c_tile(hd, t0, l, s);
     auto state_t = s.rhs.topRows(N);  // [N,P]
     for (index_t i = 0; i < l; ++i) {
       state_t *= std::exp(s.a[i]);
@@ -289,12 +337,12 @@ struct SsdChunkKernel {
     if (s.growing) return;  // recurrent_chunk advanced it
     auto state_t = s.rhs.topRows(dims.N);
     state_t *= std::exp(s.cs[l - 1]);
-    state_t.noalias() += ssd_tile(in.Bm, hd.seq.batch_row, hd.seq.token_begin + c0, l, hd.g).transpose() * s.xw.topRows(l);
+    state_t.noalias() += b_tile(hd, hd.seq.token_begin + c0, l, s).transpose() * s.xw.topRows(l);
   }
   // D skip and z gate, row by row, then out to y (any stride).
   void store_outputs(const Head& hd, index_t c0, index_t l, Workspace& s) const {
     const index_t P = dims.P, b = hd.seq.batch_row, h = hd.h, t0 = hd.seq.token_begin + c0;
-    const SsdConstTile x = ssd_tile(in.x, b, t0, l, h);
+    const SsdConstTile x = x_tile(hd, t0, l, s);
     for (index_t i = 0; i < l; ++i) {
       const float* zrow = nullptr;
       if (in.z.has_value()) zrow = in.z.ptr(b, t0 + i, h);  // last dim contiguous (see ssd_chunked)
@@ -312,14 +360,18 @@ struct SsdChunkKernel {
 // The chunked prefill. Workspace, allocated once per call: G*chunks*L*L floats for the shared
 // C B^T tiles (plus contiguous copies of x, z, Bm, Cm if they have a strided last dimension),
 // and per task O(L*(L+P) + P*N) floats.
-inline void ssd_chunked(const SsdInputs& in_arg, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
-                        const SequenceMap& map, const Executor& executor) {
-  SsdInputs in = in_arg;
+// 16-bit x, Bm, Cm are never copied whole: they are widened a chunk at a time (any strides).
+template <class E>
+void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
+                 const SequenceMap& map, const Executor& executor) {
+  SsdInputsOf<E> in = in_arg;
   Tensor<float, 4> x_copy, z_copy, B_copy, C_copy;
-  in.x = ssd_contiguous_last(in.x, x_copy);
   in.z = ssd_contiguous_last(in.z, z_copy);
-  in.Bm = ssd_contiguous_last(in.Bm, B_copy);
-  in.Cm = ssd_contiguous_last(in.Cm, C_copy);
+  if constexpr (std::is_same_v<E, float>) {
+    in.x = ssd_contiguous_last(in.x, x_copy);
+    in.Bm = ssd_contiguous_last(in.Bm, B_copy);
+    in.Cm = ssd_contiguous_last(in.Cm, C_copy);
+  }
 
   const SsdChunkPlan plan(map, options.chunk_size);
   const index_t count = static_cast<index_t>(plan.seqs.size());
@@ -328,7 +380,7 @@ inline void ssd_chunked(const SsdInputs& in_arg, const SsdOutputs& out, const Ss
   AlignedVector<float> cb(static_cast<std::size_t>(dims.G * plan.chunk_count() * L * L));
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb.data(), executor);
 
-  const SsdChunkKernel kernel{in, out, options, dims, plan, cb.data()};
+  const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb.data()};
   const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
   seqmix::chunkwise::run(kernel, count * dims.H, ssd_grain(mean_tokens * dims.P * dims.N), L, executor);
 }
@@ -353,6 +405,20 @@ inline bool ssd_use_chunked(const SsdOptions& options, const SequenceMap& map, c
   }
 }
 
+// The prefill on x, Bm and Cm stored as E (float, bf16, f16): see seqmix::ssd.
+template <class E>
+void ssd_prefill(const SsdInputsOf<E>& in, const SsdOutputs& out, const SsdOptions& options, const Executor& executor) {
+  if (options.reverse) {
+    const auto rev = reversed_call("ssd", in, out);
+    return ssd_prefill(rev.first, rev.second, forward_options(options), executor);
+  }
+  const SsdCall call = validate_ssd("ssd", in, out, options);
+  if (ssd_use_chunked(options, call.map, out))
+    ssd_chunked(in, out, options, call.dims, call.map, executor);
+  else
+    ssd_recurrent(in, out, options, call.dims, call.map, executor);
+}
+
 }  // namespace detail
 
 /// Mamba-2 SSD prefill (SPEC section 3): y [B,T,H,P] and optionally final_state [B,H,P,N] from x,
@@ -363,15 +429,16 @@ inline bool ssd_use_chunked(const SsdOptions& options, const SequenceMap& map, c
 /// (sequence, head) pairs.
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
-  if (options.reverse) {
-    const auto rev = detail::reversed_call("ssd", in, out);
-    return ssd(rev.first, rev.second, detail::forward_options(options), executor);
-  }
-  const detail::SsdCall call = detail::validate_ssd("ssd", in, out, options);
-  if (detail::ssd_use_chunked(options, call.map, out))
-    detail::ssd_chunked(in, out, options, call.dims, call.map, executor);
-  else
-    detail::ssd_recurrent(in, out, options, call.dims, call.map, executor);
+  detail::ssd_prefill(in, out, options, executor);
+}
+
+/// The same on x, Bm and Cm stored as seqmix::bf16 or seqmix::f16 (dt, A, D, z, dt_bias, states
+/// and y fp32): each chunk's (or token's) rows are widened as they are loaded, never the whole
+/// tensor. docs/operators.md (section 4, half storage) gives the accuracy against fp32 inputs.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void ssd(const SsdInputsOf<H>& in, const SsdOutputs& out, const SsdOptions& options = {},
+         const Executor& executor = serial_executor()) {
+  detail::ssd_prefill(in, out, options, executor);
 }
 
 }  // namespace seqmix

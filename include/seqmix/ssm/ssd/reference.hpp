@@ -17,10 +17,13 @@
 
 #include <array>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/ssm/serving.hpp"
@@ -53,19 +56,28 @@ struct SsdOptions {
   bool reverse = false;
 };
 
-/// Prefill arguments. Optional views are empty (default-constructed) when not given.
-struct SsdInputs {
-  ConstView<float, 4> x;              ///< [B,T,H,P]
+/// Prefill arguments. Optional views are empty (default-constructed) when not given. E is the
+/// storage type of x, Bm and Cm (SSD's v, k and q): float (SsdInputs), or seqmix::bf16 /
+/// seqmix::f16, which every form widens row by row as it loads each chunk or token (no fp32 copy
+/// of the inputs); dt, A, D, z, dt_bias, states and outputs stay fp32.
+template <class E>
+struct SsdInputsOf {
+  static_assert(std::is_same_v<E, float> || std::is_same_v<E, bf16> || std::is_same_v<E, f16>,
+                "SsdInputsOf: x, Bm and Cm are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<E, 4> x;                  ///< [B,T,H,P]
   ConstView<float, 3> dt;             ///< [B,T,H], before bias and softplus
   ConstView<float, 1> A;              ///< [H], <= 0 (Mamba-2 uses A = -exp(A_log))
-  ConstView<float, 4> Bm;             ///< [B,T,G,N], G divides H; head h uses group h / (H/G)
-  ConstView<float, 4> Cm;             ///< [B,T,G,N]
+  ConstView<E, 4> Bm;                 ///< [B,T,G,N], G divides H; head h uses group h / (H/G)
+  ConstView<E, 4> Cm;                 ///< [B,T,G,N]
   ConstView<float, 1> D = {};         ///< [H], optional skip connection
   ConstView<float, 4> z = {};         ///< [B,T,H,P], optional gate: y *= silu(z)
   ConstView<float, 1> dt_bias = {};   ///< [H], optional
   ConstView<float, 4> initial_state = {}; ///< [N or S, H,P,N], optional (zero state if absent)
   SequenceBatch batch = {};           ///< optional: packed sequences, state slots (core/batch.hpp)
 };
+
+/// Prefill arguments with fp32 x, Bm and Cm (SsdInputsOf).
+using SsdInputs = SsdInputsOf<float>;
 
 /// y must not overlap any input (ShapeError). final_state may be the very same view as
 /// initial_state (the state is then carried in place, e.g. a slot pool).
@@ -77,18 +89,25 @@ struct SsdOutputs {
   TensorView<float, 5> token_states = {};
 };
 
-/// Decode-step arguments: one token per batch row.
-struct SsdStepInputs {
-  ConstView<float, 3> x;        ///< [B,H,P]
+/// Decode-step arguments: one token per batch row. E: the storage type of x, Bm and Cm (float,
+/// seqmix::bf16 or seqmix::f16; the token's rows are widened as they are loaded).
+template <class E>
+struct SsdStepInputsOf {
+  static_assert(std::is_same_v<E, float> || std::is_same_v<E, bf16> || std::is_same_v<E, f16>,
+                "SsdStepInputsOf: x, Bm and Cm are stored as float, seqmix::bf16 or seqmix::f16");
+  ConstView<E, 3> x;            ///< [B,H,P]
   ConstView<float, 2> dt;       ///< [B,H]
   ConstView<float, 1> A;        ///< [H]
-  ConstView<float, 3> Bm;       ///< [B,G,N]
-  ConstView<float, 3> Cm;       ///< [B,G,N]
+  ConstView<E, 3> Bm;           ///< [B,G,N]
+  ConstView<E, 3> Cm;           ///< [B,G,N]
   ConstView<float, 1> D = {};   ///< [H], optional
   ConstView<float, 3> z = {};   ///< [B,H,P], optional
   ConstView<float, 1> dt_bias = {}; ///< [H], optional
   SequenceBatch batch = {};     ///< optional: state_indices [B] into the state pool, has_initial_state [B]
 };
+
+/// Decode-step arguments with fp32 x, Bm and Cm (SsdStepInputsOf).
+using SsdStepInputs = SsdStepInputsOf<float>;
 
 /// y must not overlap state or any input.
 struct SsdStepOutputs {
@@ -130,7 +149,8 @@ struct SsdCall {
   SequenceMap map;
 };
 
-inline SsdCall validate_ssd(const char* op, const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options) {
+template <class E>
+SsdCall validate_ssd(const char* op, const SsdInputsOf<E>& in, const SsdOutputs& out, const SsdOptions& options) {
   const ArgCheck check(op);
   const index_t B = in.x.size(0), T = in.x.size(1), H = in.x.size(2), P = in.x.size(3);
   const index_t G = in.Bm.size(2), N = in.Bm.size(3);
@@ -165,7 +185,8 @@ struct SsdStepCall {
 };
 
 // Allocation-free on success (it runs on every token).
-inline SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputs& in, const SsdStepOutputs& out) {
+template <class E>
+SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputsOf<E>& in, const SsdStepOutputs& out) {
   const index_t B = in.x.size(0), H = in.x.size(1), P = in.x.size(2);
   const index_t G = in.Bm.size(1), N = in.Bm.size(2);
   check.shape("x", in.x, std::array<index_t, 3>{-1, -1, -1}, "B,H,P");
@@ -187,7 +208,8 @@ inline SsdStepCall validate_ssd_step(const ArgCheck& check, const SsdStepInputs&
 }
 
 // A reverse call as the forward call on reversed views (core/direction.hpp).
-inline std::pair<SsdInputs, SsdOutputs> reversed_call(const char* op, SsdInputs in, SsdOutputs out) {
+template <class E>
+std::pair<SsdInputsOf<E>, SsdOutputs> reversed_call(const char* op, SsdInputsOf<E> in, SsdOutputs out) {
   check_reversible(op, in.batch, true);
   reverse_time_of(in.x, in.dt, in.Bm, in.Cm, in.z, out.y, out.token_states);
   return {in, out};
@@ -199,12 +221,15 @@ namespace reference {
 
 /// The definition, token by token, sequence by sequence. Single-threaded; `executor` is accepted
 /// for a uniform signature. The state of one (sequence, head) lives in a local buffer, so
-/// final_state may alias initial_state.
-inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
-                const Executor& executor = serial_executor()) {
+/// final_state may alias initial_state. x, Bm and Cm may be stored as float, bf16 or f16
+/// (SsdInputsOf): each value is widened where it is read.
+template <class E>
+void ssd(const SsdInputsOf<E>& in, const SsdOutputs& out, const SsdOptions& options = {},
+         const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::reversed_call("reference::ssd", in, out);
-    return ssd(rev.first, rev.second, detail::forward_options(options), executor);
+    // Qualified: unqualified, argument-dependent lookup would also find the fast 16-bit overload.
+    return reference::ssd<E>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   (void)executor;
   const auto call = detail::validate_ssd("reference::ssd", in, out, options);
@@ -228,11 +253,11 @@ inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& op
         const float dt = detail::ssd_dt(in.dt(b, t, h), in.dt_bias, h, options.dt_softplus);
         const float decay = std::exp(dt * in.A(h));
         for (index_t p = 0; p < P; ++p) {
-          const float x = in.x(b, t, h, p);
+          const float x = static_cast<float>(in.x(b, t, h, p));
           float y = 0.f;
           for (index_t n = 0; n < N; ++n) {
-            s(p, n) = decay * s(p, n) + dt * x * in.Bm(b, t, g, n);
-            y += s(p, n) * in.Cm(b, t, g, n);
+            s(p, n) = decay * s(p, n) + dt * x * static_cast<float>(in.Bm(b, t, g, n));
+            y += s(p, n) * static_cast<float>(in.Cm(b, t, g, n));
           }
           if (in.D.has_value()) y += in.D(h) * x;
           if (in.z.has_value()) y *= detail::ssd_silu(in.z(b, t, h, p));
@@ -247,6 +272,12 @@ inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& op
           for (index_t n = 0; n < N; ++n) out.final_state(seq.state_row, h, p, n) = s(p, n);
     }
   }
+}
+
+/// The definition on fp32 x, Bm and Cm (the overload braced argument lists pick).
+inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
+                const Executor& executor = serial_executor()) {
+  ssd<float>(in, out, options, executor);
 }
 
 }  // namespace reference

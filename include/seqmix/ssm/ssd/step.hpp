@@ -7,8 +7,10 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
@@ -25,6 +27,17 @@ inline void ssd_gather(const float* src, index_t stride, index_t n, float* dst) 
     return;
   }
   for (index_t i = 0; i < n; ++i) dst[i] = src[i * stride];
+}
+
+// A row of 16-bit storage (bf16 / f16) widened into a contiguous fp32 buffer: how the recurrent
+// form and the step load x, Bm and Cm stored as 16-bit, one token's rows at a time.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void ssd_gather(const H* src, index_t stride, index_t n, float* dst) noexcept {
+  if (stride == 1 || n <= 1) {
+    convert(src, dst, n);  // vectorized
+    return;
+  }
+  for (index_t i = 0; i < n; ++i) dst[i] = src[i * stride].to_float();
 }
 
 inline void ssd_scatter(const float* src, index_t n, float* dst, index_t stride) noexcept {
@@ -164,15 +177,17 @@ inline SsdTokenBuffers ssd_thread_buffers(index_t P, index_t N) {
   return scratch.buffers();
 }
 
-// The token-major views of one (batch, head) at one token, as the recurrent kernels read them.
+// The token-major views of one (batch, head) at one token, as the recurrent kernels read them;
+// E is the storage type of x, Bm and Cm (float, bf16 or f16), widened by ssd_gather.
+template <class E>
 struct SsdTokenRows {
-  const float* x;
+  const E* x;
   index_t x_stride;  // along P
   const float* z;    // nullptr when there is no gate
   index_t z_stride;
-  const float* Bn;
+  const E* Bn;
   index_t B_stride;  // along N
-  const float* Cn;
+  const E* Cn;
   index_t C_stride;
   float dt;  // after bias and softplus
 };
@@ -180,8 +195,9 @@ struct SsdTokenRows {
 // Gathers one token's rows, updates the state and leaves the finished outputs (D and z applied)
 // in sc.y. The state is `s` (rows s_row_stride apart, N contiguous) or, when s is null, the
 // strided view `strided`.
-inline void ssd_token_all(const SsdTokenRows& rows, float A, float D, float* s, index_t s_row_stride,
-                          const TensorView<float, 2>& strided, index_t P, index_t N, const SsdTokenBuffers& sc) {
+template <class E>
+void ssd_token_all(const SsdTokenRows<E>& rows, float A, float D, float* s, index_t s_row_stride,
+                   const TensorView<float, 2>& strided, index_t P, index_t N, const SsdTokenBuffers& sc) {
   ssd_gather(rows.x, rows.x_stride, P, sc.x);
   ssd_gather(rows.Bn, rows.B_stride, N, sc.Bn);
   ssd_gather(rows.Cn, rows.C_stride, N, sc.Cn);
@@ -226,8 +242,9 @@ inline index_t ssd_total_tokens(const std::vector<SequenceSpan>& seqs) {
 // The recurrent prefill: per (sequence, head), every token through ssd_token with the state in a
 // contiguous local buffer (so final_state may alias initial_state), copied out to token_states
 // after each token when asked. Threaded over (sequence, head).
-inline void ssd_recurrent(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
-                          const SequenceMap& map, const Executor& executor) {
+template <class E>
+void ssd_recurrent(const SsdInputsOf<E>& in, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
+                   const SequenceMap& map, const Executor& executor) {
   const index_t H = dims.H, P = dims.P, N = dims.N, heads_per_group = H / dims.G;
   const std::vector<SequenceSpan> seqs = ssd_sequences(map);
   const index_t count = static_cast<index_t>(seqs.size());
@@ -248,11 +265,11 @@ inline void ssd_recurrent(const SsdInputs& in, const SsdOutputs& out, const SsdO
         std::fill(state.begin(), state.end(), 0.f);
       const float A = in.A(h), D = in.D.has_value() ? in.D(h) : 0.f;
       for (index_t t = seq.token_begin; t < seq.token_begin + seq.tokens; ++t) {
-        const SsdTokenRows rows{in.x.ptr(b, t, h),  in.x.stride(3),
-                                in.z.has_value() ? in.z.ptr(b, t, h) : nullptr,
-                                in.z.stride(3),     in.Bm.ptr(b, t, g),
-                                in.Bm.stride(3),    in.Cm.ptr(b, t, g),
-                                in.Cm.stride(3),    ssd_dt(in.dt(b, t, h), in.dt_bias, h, options.dt_softplus)};
+        const SsdTokenRows<E> rows{in.x.ptr(b, t, h),  in.x.stride(3),
+                                   in.z.has_value() ? in.z.ptr(b, t, h) : nullptr,
+                                   in.z.stride(3),     in.Bm.ptr(b, t, g),
+                                   in.Bm.stride(3),    in.Cm.ptr(b, t, g),
+                                   in.Cm.stride(3),    ssd_dt(in.dt(b, t, h), in.dt_bias, h, options.dt_softplus)};
         ssd_token_all(rows, A, D, state.data(), N, {}, P, N, scratch);
         ssd_scatter(scratch.y, P, out.y.ptr(b, t, h), out.y.stride(3));
         if (out.token_states.has_value())
@@ -268,6 +285,48 @@ inline void ssd_recurrent(const SsdInputs& in, const SsdOutputs& out, const SsdO
   });
 }
 
+// The step on x, Bm and Cm stored as E (float, bf16, f16): see seqmix::ssd_step.
+template <class E>
+void ssd_step_of(const SsdStepInputsOf<E>& in, const SsdStepOutputs& out, const SsdOptions& options,
+                 const Executor& executor) {
+  static const ArgCheck check("ssd_step");
+  const auto call = validate_ssd_step(check, in, out);
+  const index_t B = call.dims.B, H = call.dims.H, P = call.dims.P, N = call.dims.N, heads_per_group = H / call.dims.G;
+  const bool contiguous_state = out.state.stride(3) == 1 || N <= 1;
+  auto body = [&](index_t begin, index_t end) {
+    SsdStackScratch stack;
+    const SsdTokenBuffers scratch =
+        P <= kSsdStackRow && N <= kSsdStackRow ? stack.buffers() : ssd_thread_buffers(P, N);
+    for (index_t bh = begin; bh < end; ++bh) {
+      const index_t b = bh / H, h = bh % H, g = h / heads_per_group;
+      const SequenceSpan seq = call.map[b];
+      if (seq.state_row < 0) continue;  // padding row
+      const TensorView<float, 2> state = out.state.select(0, seq.state_row).select(0, h);
+      if (!seq.read_state)
+        for (index_t p = 0; p < P; ++p)
+          for (index_t n = 0; n < N; ++n) state(p, n) = 0.f;
+      const SsdTokenRows<E> rows{in.x.ptr(b, h),  in.x.stride(2),
+                                 in.z.has_value() ? in.z.ptr(b, h) : nullptr,
+                                 in.z.stride(2),  in.Bm.ptr(b, g),
+                                 in.Bm.stride(2), in.Cm.ptr(b, g),
+                                 in.Cm.stride(2), ssd_dt(in.dt(b, h), in.dt_bias, h, options.dt_softplus)};
+      ssd_token_all(rows, in.A(h), in.D.has_value() ? in.D(h) : 0.f, contiguous_state ? state.data() : nullptr,
+                    state.stride(0), state, P, N, scratch);
+      ssd_scatter(scratch.y, P, out.y.ptr(b, h), out.y.stride(2));
+    }
+  };
+  const index_t items = B * H;
+  const index_t tasks = std::min<index_t>(executor.concurrency(), items * P * N / kSsdMinParallelStateWork);
+  if (tasks <= 1) {
+    body(0, items);
+    return;
+  }
+  // One contiguous block of heads per thread, the same blocks every call: a thread then tends to
+  // find its part of the state in its own L2 from the previous token (with finer, dynamically
+  // claimed blocks the state migrates between cores and the step runs from L3, 1.3x slower).
+  executor.run(tasks, [&](index_t task) { body(items * task / tasks, items * (task + 1) / tasks); });
+}
+
 }  // namespace detail
 
 /// Decode step for one token per batch row: reads the state, updates it in place and writes
@@ -280,42 +339,15 @@ inline void ssd_recurrent(const SsdInputs& in, const SsdOutputs& out, const SsdO
 /// options.dt_softplus applies; the chunk options are ignored.
 inline void ssd_step(const SsdStepInputs& in, const SsdStepOutputs& out, const SsdOptions& options = {},
                      const Executor& executor = serial_executor()) {
-  static const ArgCheck check("ssd_step");
-  const auto call = detail::validate_ssd_step(check, in, out);
-  const index_t B = call.dims.B, H = call.dims.H, P = call.dims.P, N = call.dims.N, heads_per_group = H / call.dims.G;
-  const bool contiguous_state = out.state.stride(3) == 1 || N <= 1;
-  auto body = [&](index_t begin, index_t end) {
-    detail::SsdStackScratch stack;
-    const detail::SsdTokenBuffers scratch =
-        P <= detail::kSsdStackRow && N <= detail::kSsdStackRow ? stack.buffers() : detail::ssd_thread_buffers(P, N);
-    for (index_t bh = begin; bh < end; ++bh) {
-      const index_t b = bh / H, h = bh % H, g = h / heads_per_group;
-      const SequenceSpan seq = call.map[b];
-      if (seq.state_row < 0) continue;  // padding row
-      const TensorView<float, 2> state = out.state.select(0, seq.state_row).select(0, h);
-      if (!seq.read_state)
-        for (index_t p = 0; p < P; ++p)
-          for (index_t n = 0; n < N; ++n) state(p, n) = 0.f;
-      const detail::SsdTokenRows rows{in.x.ptr(b, h),  in.x.stride(2),
-                                      in.z.has_value() ? in.z.ptr(b, h) : nullptr,
-                                      in.z.stride(2),  in.Bm.ptr(b, g),
-                                      in.Bm.stride(2), in.Cm.ptr(b, g),
-                                      in.Cm.stride(2), detail::ssd_dt(in.dt(b, h), in.dt_bias, h, options.dt_softplus)};
-      detail::ssd_token_all(rows, in.A(h), in.D.has_value() ? in.D(h) : 0.f,
-                            contiguous_state ? state.data() : nullptr, state.stride(0), state, P, N, scratch);
-      detail::ssd_scatter(scratch.y, P, out.y.ptr(b, h), out.y.stride(2));
-    }
-  };
-  const index_t items = B * H;
-  const index_t tasks = std::min<index_t>(executor.concurrency(), items * P * N / detail::kSsdMinParallelStateWork);
-  if (tasks <= 1) {
-    body(0, items);
-    return;
-  }
-  // One contiguous block of heads per thread, the same blocks every call: a thread then tends to
-  // find its part of the state in its own L2 from the previous token (with finer, dynamically
-  // claimed blocks the state migrates between cores and the step runs from L3, 1.3x slower).
-  executor.run(tasks, [&](index_t task) { body(items * task / tasks, items * (task + 1) / tasks); });
+  detail::ssd_step_of(in, out, options, executor);
+}
+
+/// The same on x, Bm and Cm stored as seqmix::bf16 or seqmix::f16 (dt, A, D, z, dt_bias, the
+/// state and y stay fp32): each token's rows are widened as they are loaded.
+template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_same_v<H, f16>>>
+void ssd_step(const SsdStepInputsOf<H>& in, const SsdStepOutputs& out, const SsdOptions& options = {},
+              const Executor& executor = serial_executor()) {
+  detail::ssd_step_of(in, out, options, executor);
 }
 
 }  // namespace seqmix
