@@ -25,6 +25,9 @@
 // each taken alternately after the timed loop, medians of process CPU time (one run's ratio).
 // <op>/prefill/<shape>-t<T>/bf16io: the same with q/k/v stored as bf16 (rows widened per chunk),
 // speedup_vs_f32 over the fp32-input fp32 prefill, vs_f32_inputs over the fp32-input dot one.
+// linear_attention/prefill/<shape>-t<T>/chunked_bf16io: the chunked linear_attention prefill on
+// q/k/v stored as bf16 (LinearAttentionInputsOf<bf16>, fp32 products), speedup_vs_f32: the
+// fp32-input chunked prefill's CPU time over this one's (medians of 5 alternating calls).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -324,6 +327,39 @@ void gla_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T, 
   seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
 }
 
+// The chunked linear_attention prefill on bf16 q/k/v (rows widened per chunk, fp32 products) and
+// the fp32-input chunked prefill's CPU time over it: 5 alternating calls each after the timed
+// loop, medians.
+void la_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T) {
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  Tensor<seqmix::bf16, 4> q({1, T, s.H, s.K}), k({1, T, s.H, s.K}), v({1, T, s.HV, s.V});
+  seqmix::convert(data.q.data(), q.data(), q.numel()), seqmix::convert(data.k.data(), k.data(), k.numel());
+  seqmix::convert(data.v.data(), v.data(), v.numel());
+  const seqmix::LinearAttentionInputs in32{data.q.view(), data.k.view(), data.v.view(), {}, {}};
+  seqmix::LinearAttentionInputsOf<seqmix::bf16> in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
+  seqmix::LinearAttentionOptions options;
+  options.algorithm = LinearAttentionAlgorithm::chunked;
+  const seqmix::LinearAttentionOutputs out{data.o.view(), data.state.view(), {}};
+  for (auto _ : state) {
+    seqmix::linear_attention(in, out, options, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  std::vector<double> t_f32, t_io;
+  for (int r = 0; r < 5; ++r) {
+    double t0 = bf16_process_seconds();
+    seqmix::linear_attention(in32, out, options, st::two_thread_pool());
+    t_f32.push_back(bf16_process_seconds() - t0);
+    t0 = bf16_process_seconds();
+    seqmix::linear_attention(in, out, options, st::two_thread_pool());
+    t_io.push_back(bf16_process_seconds() - t0);
+  }
+  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_io.begin(), t_io.end());
+  state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];
+  seqmix::testing::report_gflops(state, prefill_flops(1, T, s));
+}
+
 // Registers one prefill benchmark per form; the reference runs at t_reference tokens.
 template <class Fn>
 void register_prefill(const std::string& op, const std::string& shape, index_t T, index_t t_reference, Fn fn) {
@@ -347,6 +383,9 @@ const int kRegistered = [] {
   });
   register_prefill("linear_attention", "gla-1.3b", 8192, 512,
                    [](benchmark::State& s, index_t T, Form f) { la_prefill(s, "gla-1.3b", T, f); });
+  benchmark::RegisterBenchmark("linear_attention/prefill/gla-1.3b-t8192/chunked_bf16io",
+                               [](benchmark::State& s) { la_prefill_bf16_io(s, "gla-1.3b", 8192); })
+      ->UseRealTime()->Unit(benchmark::kMillisecond);
   register_prefill("rwkv6", "rwkv-h32-k64", 512, 512,
                    [](benchmark::State& s, index_t T, Form f) { rwkv6_prefill(s, "rwkv-h32-k64", T, f); });
   // bf16 dot products (issue 19 item 3; target >= 1.4x the fp32 chunked prefill).

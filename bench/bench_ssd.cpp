@@ -15,15 +15,22 @@
 //                               GFLOP/s counts the real tokens only, so the rates compare.
 //   ssd_step/slots/<shape>      64 sequences whose states sit in a pool of 96 rows (holes between
 //                               them, rows in shuffled order); .../dense is a plain B = 64 step.
+//
+// ssd/prefill/<shape>/T4096/chunked_bf16io: the chunked prefill on x, Bm and Cm stored as bf16
+// (SsdInputsOf<bf16>, rows widened per chunk; issue 19 item 3), counter speedup_vs_f32: the
+// fp32-input chunked prefill's time over this one's, medians of process CPU time over 5 calls
+// of each taken alternately after the timed loop (one run's ratio).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <ctime>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/ssm/ssd/chunked.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
@@ -198,6 +205,43 @@ void step_dense(benchmark::State& state, const st::SsmShape& shape) {
   set_state_rate(state, shape);
 }
 
+double process_seconds() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// The chunked prefill on bf16 x, Bm, Cm, and the fp32-input chunked prefill's CPU time over it.
+void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t T) {
+  Problem p(1, T, shape);
+  Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
+  Tensor<seqmix::bf16, 4> x(p.x.shape()), Bm(p.Bm.shape()), Cm(p.Cm.shape());
+  seqmix::convert(p.x.data(), x.data(), x.numel()), seqmix::convert(p.Bm.data(), Bm.data(), Bm.numel());
+  seqmix::convert(p.Cm.data(), Cm.data(), Cm.numel());
+  const seqmix::SsdInputs in32 = p.inputs();
+  seqmix::SsdInputsOf<seqmix::bf16> in;
+  in.x = x.cview(), in.Bm = Bm.cview(), in.Cm = Cm.cview(), in.dt = in32.dt, in.A = in32.A, in.D = in32.D;
+  in.z = in32.z, in.dt_bias = in32.dt_bias, in.initial_state = in32.initial_state;
+  const seqmix::SsdOptions o = options(seqmix::SsdAlgorithm::chunked);
+  const seqmix::SsdOutputs out{p.y.view(), final_state.view(), {}};
+  for (auto _ : state) {
+    seqmix::ssd(in, out, o, st::two_thread_pool());
+    benchmark::DoNotOptimize(p.y.data());
+  }
+  std::vector<double> t_f32, t_io;
+  for (int r = 0; r < 5; ++r) {
+    double t0 = process_seconds();
+    seqmix::ssd(in32, out, o, st::two_thread_pool());
+    t_f32.push_back(process_seconds() - t0);
+    t0 = process_seconds();
+    seqmix::ssd(in, out, o, st::two_thread_pool());
+    t_io.push_back(process_seconds() - t0);
+  }
+  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_io.begin(), t_io.end());
+  state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];
+  set_flop_rate(state, p);
+}
+
 const st::SsmShape& shape_named(const std::string& name) {
   for (const auto& s : st::ssm_shapes())
     if (s.name == name) return s;
@@ -222,6 +266,9 @@ const int kRegistered = [] {
                                  prefill_reference, s, 128)
         ->UseRealTime();
     benchmark::RegisterBenchmark((std::string("ssd/step/") + name).c_str(), step, s)->UseRealTime();
+    benchmark::RegisterBenchmark((std::string("ssd/prefill/") + name + "/T4096/chunked_bf16io").c_str(), prefill_bf16io,
+                                 s, 4096)
+        ->UseRealTime();
   }
   const st::SsmShape& serving = shape_named("mamba2-780m");  // H = 48, P = 64, N = 128
   const std::string varlen = "ssd/varlen/mamba2-780m/8seq";

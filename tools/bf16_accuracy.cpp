@@ -26,7 +26,11 @@
 // for Gated DeltaNet, bf16 storage alone with fp32 products) with fp32 inputs and products; the
 // two after them rwkv6 (r/k/v) and rwkv7 (r/k/v/a/b, a = -kappa and b = kappa * beta with kappa
 // the unit-norm k, RWKV-7's parameterization) stored as bf16 against fp32 inputs, both with fp32
-// products (their prefills have no dot-product form).
+// products (their prefills have no dot-product form). The last three rows compare bf16 storage
+// alone (fp32 products: these ops have no dot form) with fp32 inputs: linear_attention with the
+// identity map (no decay, no normalizer), with elu1 and the normalizer, and Mamba-2 SSD (x, Bm,
+// Cm as bf16 from v, k, q; one group per head, P = N = 128, dt in [0.001, 0.1], A = -1, D and z
+// absent).
 //
 //   seqmix-bf16-accuracy [T ...]
 #include <algorithm>
@@ -42,8 +46,10 @@
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/linear_attention/chunked.hpp"
 #include "seqmix/linear_attention/rwkv6/chunked.hpp"
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+#include "seqmix/ssm/ssd/chunked.hpp"
 
 namespace {
 
@@ -205,13 +211,54 @@ void run_rwkv_bf16_storage(int op, bool half, const Tensor<float, 4>& q, const T
   seqmix::rwkv7(in, {out.view(), state.view()}, executor);
 }
 
+// Ops 13-15 of run_linear: linear_attention (13: identity map, 14: elu1 normalized) on q/k/v, or
+// SSD (15) with x = v, Bm = k, Cm = q (one group per head); chunked, fp32 products; the inputs
+// stored as bf16 when `half` (the second run), fp32 otherwise.
+void run_half_storage(int op, bool half, const Tensor<float, 4>& q, const Tensor<float, 4>& k,
+                      const Tensor<float, 4>& v, Tensor<float, 4>& out, Tensor<float, 4>& state,
+                      const seqmix::Executor& executor) {
+  Tensor<bf16, 4> q16, k16, v16;
+  if (half) {
+    q16 = Tensor<bf16, 4>(q.shape()), k16 = Tensor<bf16, 4>(k.shape()), v16 = Tensor<bf16, 4>(v.shape());
+    seqmix::convert(q.data(), q16.data(), q.numel()), seqmix::convert(k.data(), k16.data(), k.numel());
+    seqmix::convert(v.data(), v16.data(), v.numel());
+  }
+  if (op == 15) {
+    const index_t T = q.size(1), H = q.size(2);
+    Tensor<float, 3> dt({1, T, H});
+    Tensor<float, 1> A({H});
+    std::mt19937_64 engine(static_cast<std::uint64_t>(T));
+    std::uniform_real_distribution<float> step(0.001f, 0.1f);
+    for (index_t i = 0; i < dt.numel(); ++i) dt.data()[i] = step(engine);
+    for (index_t h = 0; h < H; ++h) A(h) = -1.f;
+    seqmix::SsdOptions options;
+    options.algorithm = seqmix::SsdAlgorithm::chunked;
+    if (!half) {
+      seqmix::SsdInputs in;
+      in.x = v.cview(), in.Bm = k.cview(), in.Cm = q.cview(), in.dt = dt.cview(), in.A = A.cview();
+      return seqmix::ssd(in, {out.view(), state.view()}, options, executor);
+    }
+    seqmix::SsdInputsOf<bf16> in;
+    in.x = v16.cview(), in.Bm = k16.cview(), in.Cm = q16.cview(), in.dt = dt.cview(), in.A = A.cview();
+    return seqmix::ssd(in, {out.view(), state.view()}, options, executor);
+  }
+  seqmix::LinearAttentionOptions options;
+  options.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+  if (op == 14) options.feature_map = seqmix::FeatureMap::elu1, options.normalize = true;
+  if (!half) return seqmix::linear_attention({q.cview(), k.cview(), v.cview()}, {out.view(), state.view()}, options, executor);
+  seqmix::LinearAttentionInputsOf<bf16> in;
+  in.q = q16.cview(), in.k = k16.cview(), in.v = v16.cview();
+  seqmix::linear_attention(in, {out.view(), state.view()}, options, executor);
+}
+
 // op 0: GLA channel, 1: simple GLA, 2: Gated DeltaNet, 3: KDA, 4: ungated linear attention
 // (nothing decays: every token's rounding stays in the state), 5: DeltaNet (delta_rule), 6 / 7:
 // GLA channel / simple GLA with q/k/v stored as bf16 (GatedLinearAttentionInputsOf<bf16>) and dot
 // products, against fp32 inputs and products: the storage's and the products' roundings together;
 // 8: Gated DeltaNet with q/k/v stored as bf16 (GatedDeltaRuleInputsOf<bf16>) and fp32 products (the
 // storage's rounding alone), 9: the same with dot products, 10: DeltaNet with q/k/v stored as bf16
-// and dot products, 11 / 12: rwkv6 / rwkv7 with bf16 storage and fp32 products.
+// and dot products, 11 / 12: rwkv6 / rwkv7 with bf16 storage and fp32 products, 13-15:
+// run_half_storage (linear_attention identity / elu1 normalized, SSD).
 LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
   const index_t H = kLaHeads, K = kLaK;
   Tensor<float, 4> q({1, T, H, K}), k({1, T, H, K}), v({1, T, H, K}), g({1, T, H, K});
@@ -226,7 +273,9 @@ LaErrors run_linear(int op, index_t T, const seqmix::Executor& executor) {
     const seqmix::Bf16Compute compute = dot && op != 8 ? seqmix::Bf16Compute::dot : seqmix::Bf16Compute::fp32;
     Tensor<float, 4>& out = dot ? o_dot : o;
     Tensor<float, 4>& state = dot ? s_dot : s;
-    if (op >= 11) {
+    if (op >= 13) {
+      run_half_storage(op, dot != 0, q, k, v, out, state, executor);
+    } else if (op >= 11) {
       run_rwkv_bf16_storage(op, dot != 0, q, k, v, g, beta, out, state, executor);
     } else if (op >= 8) {
       run_delta_bf16_storage(op, dot != 0, compute, q, k, v, gs, beta, out, state, executor);
@@ -306,9 +355,10 @@ int main(int argc, char** argv) {
   const char* names[] = {"gla (channel)", "simple_gla", "gated_delta_rule", "kda (channel)", "ungated_linear_attn",
                          "delta_rule", "gla bf16 q/k/v", "simple_gla bf16 q/k/v", "gdr bf16 q/k/v fp32",
                          "gdr bf16 q/k/v", "delta_rule bf16 q/k/v", "rwkv6 bf16 r/k/v fp32",
-                         "rwkv7 bf16 rkvab fp32"};
+                         "rwkv7 bf16 rkvab fp32", "linear_attn bf16 q/k/v", "la elu1 bf16 q/k/v",
+                         "ssd bf16 x/B/C"};
   for (const index_t T : lengths)
-    for (int op = 0; op < 13; ++op) {
+    for (int op = 0; op < 16; ++op) {
       const LaErrors e = run_linear(op, T, pool);
       const bool within = e.worst_head <= la_bound;
       std::printf("%8ld %-22s %10.3e %10.3e %12.3e %s\n", static_cast<long>(T), names[op], std::sqrt(e.sq_o / e.ref_o),

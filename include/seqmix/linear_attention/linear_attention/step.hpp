@@ -12,23 +12,7 @@ namespace seqmix {
 
 namespace detail::la {
 
-// The one-token head of a step's batch row b and value head hv; E is q/k/v's storage type.
-template <class E>
-HeadProblem linear_attention_step_head(const LinearAttentionStepInputsOf<E>& in, const TensorView<float, 3>& o,
-                                       const LinearAttentionOptions& options, float scale, const Dims& d, index_t b,
-                                       index_t hv) {
-  HeadProblem p;
-  const index_t h = hv / d.heads_per_qk();
-  p.q = as_token(in.q[b][h]);
-  p.k = as_token(in.k[b][h]);
-  p.v = as_token(in.v[b][hv]);
-  p.o = as_token(o[b][hv]);
-  p.phi = options.feature_map;
-  p.scale = scale;
-  p.normalize = options.normalize;
-  return p;
-}
-
+// The step on q/k/v stored as T (float, bf16, f16): see seqmix::linear_attention_step.
 template <class T>
 void linear_attention_step_of(const LinearAttentionStepInputsOf<T>& in, const LinearAttentionStepOutputs& out,
                               const LinearAttentionOptions& options, const Executor& executor) {
@@ -36,7 +20,13 @@ void linear_attention_step_of(const LinearAttentionStepInputsOf<T>& in, const Li
   const Dims d = validate_linear_attention_step(check, in, out, options);
   const float scale = check_scale(check, options.scale, d.K);
   run_step(d.B, d.HV, d.K, d.Kf, d.V, options.normalize, out.state, out.normalizer, in.batch, executor,
-           [&](index_t b, index_t hv) { return linear_attention_step_head(in, out.o, options, scale, d, b, hv); });
+           [&](index_t b, index_t hv) {
+             HeadProblem p = step_head(in.q, in.k, in.v, out.o, d, b, hv);  // 16-bit rows widen as loaded
+             p.phi = options.feature_map;
+             p.scale = scale;
+             p.normalize = options.normalize;
+             return p;
+           });
 }
 
 }  // namespace detail::la
