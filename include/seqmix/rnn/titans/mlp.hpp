@@ -12,9 +12,14 @@
 // outputs Y = Q + diag(A) H W2_0 + diag(c) H S2_0 - (Wth o H Ah^T) D, with Wth = w theta (causal),
 // G1 [n,M] and D [n,K] the tokens' backward rows: products of [n,K] x [K,M], [n,M] x [M,K], [n,n].
 // Miras' losses change only D's rows: d = f'(e) elementwise (l2: 2 e), the rest is the same.
+// Miras' retentions (lq_normalized, softmax_kl) are not linear in the state: the backward stays
+// one batched pass at the memory read at the mini-batch's start, then the state takes the rank-one
+// gradients token by token and each query reads its own W_t (titans_mlp_minibatch_retained).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -36,6 +41,10 @@ struct TitansMlpScratch {
   std::vector<float> P, Wth, Eth;           // [bs,bs] scores, w theta, e theta (causal)
   std::vector<float> alpha, eta, theta, A, E, C, delta;  // [bs]; delta: Huber's threshold per token
   TitansLoss loss = TitansLoss::l2;
+  TitansRetention retention = TitansRetention::decay;  // with retention_q, axis: TitansMlpOptions'
+  float retention_q = 4.f;
+  TitansSoftmaxAxis axis = TitansSoftmaxAxis::key;
+  std::vector<float> R1, R2;                // Moneta's read memory W = A / ||A||_q^{q-2} (sized on first use)
   chunkwise::ProductScratch finite_g;
   TitansMlpScratch(index_t K_, index_t M_, index_t bs_)
       : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), S1(W1), W2(W1), S2(W1),
@@ -53,16 +62,12 @@ inline TitansMlpScratch& titans_mlp_step_scratch(index_t K, index_t M) {
   return *scratch;
 }
 
-/// One mini-batch of n tokens (rows of s.Q, s.X, s.V and gates s.alpha, s.eta, s.theta) from the
-/// memory and momenta in s: leaves y in s.Y and the state after the mini-batch's last token in s.
-inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
+/// The backward of the n tokens of a mini-batch (rows of s.X, s.V) at the memory (W1, W2):
+/// Ah = gelu(k W1), D1 = gelu'(k W1), D = f'(k + gelu(k W1) W2 - v) (l2: 2 e), G1 = (D W2^T) o D1.
+inline void titans_mlp_backward(TitansMlpScratch& s, index_t n, const TttMap& W1, const TttMap& W2) {
   const index_t K = s.K, M = s.M;
-  TttMap W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
-  TttMap Q(s.Q.data(), n, K), X(s.X.data(), n, K), V(s.V.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
-  TttMap Xs(s.Xs.data(), n, K), Ah(s.Ah.data(), n, M), D1(s.D1.data(), n, M), G1(s.G1.data(), n, M);
-  TttMap H(s.H.data(), n, M), As(s.As.data(), n, M), Tm(s.Tm.data(), n, M);
-  TttMap P(s.P.data(), n, n), Wth(s.Wth.data(), n, n), Eth(s.Eth.data(), n, n);
-  // The tokens' backward at W_0: d = f'(k + gelu(k W1) W2 - v) (l2: 2 e), g1 = (d W2^T) o gelu'(k W1).
+  TttMap X(s.X.data(), n, K), V(s.V.data(), n, K), D(s.D.data(), n, K);
+  TttMap Ah(s.Ah.data(), n, M), D1(s.D1.data(), n, M), G1(s.G1.data(), n, M);
   Ah.noalias() = X * W1;
   ttt_gelu_block(Ah, &D1);
   D = X - V;
@@ -77,6 +82,19 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
   }
   G1.noalias() = D * W2.transpose();
   G1.array() *= D1.array();
+}
+
+/// One mini-batch of n tokens (rows of s.Q, s.X, s.V and gates s.alpha, s.eta, s.theta) from the
+/// memory and momenta in s, with Titans' decay: leaves y in s.Y and the state after the
+/// mini-batch's last token in s.
+inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
+  const index_t K = s.K, M = s.M;
+  TttMap W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
+  TttMap Q(s.Q.data(), n, K), X(s.X.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
+  TttMap Xs(s.Xs.data(), n, K), Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M);
+  TttMap H(s.H.data(), n, M), As(s.As.data(), n, M), Tm(s.Tm.data(), n, M);
+  TttMap P(s.P.data(), n, n), Wth(s.Wth.data(), n, n), Eth(s.Eth.data(), n, n);
+  titans_mlp_backward(s, n, W1, W2);
   // The recurrence's coefficients (products and sums only: gates of exactly 0 or 1 are safe).
   float A = 1.f, E = 1.f, C = 0.f;
   for (index_t j = 0; j < n; ++j) {
@@ -130,6 +148,91 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
   S2.noalias() -= As.transpose() * D;
 }
 
+// Moneta's read factor 1 / ||A||_q^{q-2} of a stored matrix (sum |A|^q in double).
+inline float titans_mlp_lq_factor(const TttMap& A, float q) {
+  if (q == 2.f) return 1.f;
+  double sum = 0.0;
+  for (index_t r = 0; r < A.rows(); ++r)
+    for (index_t c = 0; c < A.cols(); ++c) sum += titans_abs_pow<double>(A(r, c), q);
+  return static_cast<float>(titans_lq_read_factor(sum, q));
+}
+
+// Memora's step of one stored [rows,cols] matrix: W = softmax(a log W + S) over each slice of
+// `axis` (key: each column, over the rows; value: each row), in place. a = 0 forgets log W
+// entirely (0 * log 0 would be NaN); an entry that underflowed to 0 stays 0.
+inline void titans_mlp_softmax_step(TttMap& W, const TttMap& S, float a, TitansSoftmaxAxis axis) {
+  const index_t rows = W.rows(), cols = W.cols();
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < cols; ++c) W(r, c) = (a == 0.f ? 0.f : a * std::log(W(r, c))) + S(r, c);
+  const bool over_rows = axis == TitansSoftmaxAxis::key;
+  const index_t slices = over_rows ? cols : rows, len = over_rows ? rows : cols;
+  for (index_t i = 0; i < slices; ++i) {
+    const auto at = [&](index_t j) -> float& { return over_rows ? W(j, i) : W(i, j); };
+    float mx = -std::numeric_limits<float>::infinity();
+    for (index_t j = 0; j < len; ++j) mx = std::max(mx, at(j));
+    double sum = 0.0;
+    for (index_t j = 0; j < len; ++j) sum += (at(j) = std::exp(at(j) - mx));
+    const float inv = static_cast<float>(1.0 / sum);
+    for (index_t j = 0; j < len; ++j) at(j) *= inv;
+  }
+}
+
+/// One mini-batch of n tokens with a Miras retention (s.retention: lq_normalized or softmax_kl).
+/// The gradients are still all taken at the memory read at the mini-batch's start (its backward is
+/// one batched pass); the retention is not linear in the state, so the momentum and the state then
+/// take the tokens' rank-one gradients one by one, and each query reads the memory after its token:
+/// y = q + f2 gelu(f1 q W1) W2 with Moneta's read factors f (1 for Memora).
+inline void titans_mlp_minibatch_retained(TitansMlpScratch& s, index_t n) {
+  const index_t K = s.K, M = s.M;
+  const bool moneta = s.retention == TitansRetention::lq_normalized;
+  TttMap W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
+  TttMap Q(s.Q.data(), n, K), X(s.X.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
+  TttMap Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M);
+  if (moneta) {
+    if (s.R1.size() != s.W1.size()) s.R1.resize(s.W1.size()), s.R2.resize(s.W2.size());
+    TttMap R1(s.R1.data(), K, M), R2(s.R2.data(), M, K);
+    R1 = titans_mlp_lq_factor(W1, s.retention_q) * W1;
+    R2 = titans_mlp_lq_factor(W2, s.retention_q) * W2;
+    titans_mlp_backward(s, n, R1, R2);
+  } else {
+    titans_mlp_backward(s, n, W1, W2);
+  }
+  for (index_t u = 0; u < n; ++u) {
+    const std::size_t g = static_cast<std::size_t>(u);
+    const float a = 1.f - s.alpha[g], eta = s.eta[g], theta = s.theta[g];
+    S1 *= eta;
+    S1.noalias() -= (theta * X.row(u).transpose()) * G1.row(u);
+    S2 *= eta;
+    S2.noalias() -= (theta * Ah.row(u).transpose()) * D.row(u);
+    float f1 = 1.f, f2 = 1.f;
+    if (moneta) {
+      W1 = a * W1 + S1;
+      W2 = a * W2 + S2;
+      f1 = titans_mlp_lq_factor(W1, s.retention_q), f2 = titans_mlp_lq_factor(W2, s.retention_q);
+    } else {
+      titans_mlp_softmax_step(W1, S1, a, s.axis);
+      titans_mlp_softmax_step(W2, S2, a, s.axis);
+    }
+    TttMap h(s.H.data() + u * M, 1, M);  // the query's hidden row
+    h.noalias() = f1 * (Q.row(u) * W1);
+    ttt_gelu_block(h, nullptr);
+    Y.row(u) = Q.row(u) + f2 * (h * W2);
+  }
+}
+
+// One mini-batch with the scratch's retention.
+inline void titans_mlp_minibatch_any(TitansMlpScratch& s, index_t n) {
+  if (s.retention == TitansRetention::decay)
+    titans_mlp_minibatch(s, n);
+  else
+    titans_mlp_minibatch_retained(s, n);
+}
+
+// The scratch's options from TitansMlpOptions.
+inline void titans_mlp_configure(TitansMlpScratch& s, const TitansMlpOptions& options) {
+  s.loss = options.loss, s.retention = options.retention, s.retention_q = options.retention_q, s.axis = options.softmax_axis;
+}
+
 }  // namespace detail
 
 /// Titans' MLP-memory prefill (mlp_reference.hpp's definition) in the mini-batch form: per
@@ -138,6 +241,8 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
 /// recurrence, and the state update. Threaded over (batch, value head) rows. options.loss picks
 /// the inner loss (Miras); options.reverse runs through reversed views; serving batches
 /// (in.batch) run sequence by sequence, each packed sequence starting its own mini-batches.
+/// options.retention other than decay (Moneta, Memora): the same batched backward, the state
+/// updates and reads token by token inside each mini-batch.
 inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, const TitansMlpOptions& options = {},
                        const Executor& executor = serial_executor()) {
   static const ArgCheck check("titans_mlp");
@@ -154,7 +259,7 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
   const index_t K = d.K, M = d.M, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
   parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
     detail::TitansMlpScratch s(K, M, bs);
-    s.loss = options.loss;
+    detail::titans_mlp_configure(s, options);
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.HV, hv = row % d.HV, hk = hv / d.group();
       for (index_t i = 0; i < K; ++i)
@@ -175,7 +280,7 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
           s.alpha[g] = in.alpha(b, t0 + r, hv), s.eta[g] = in.eta(b, t0 + r, hv), s.theta[g] = in.theta(b, t0 + r, hv);
           s.delta[g] = in.huber_delta.has_value() ? in.huber_delta(b, t0 + r, hv) : options.huber_delta;
         }
-        detail::titans_mlp_minibatch(s, n);
+        detail::titans_mlp_minibatch_any(s, n);
         for (index_t r = 0; r < n; ++r)
           for (index_t j = 0; j < K; ++j) out.y(b, t0 + r, hv, j) = s.Y[static_cast<std::size_t>(r * K + j)];
       }
@@ -192,8 +297,8 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
 }
 
 /// One decode token per batch row: the exact per-token recurrence (a mini-batch of one), weights
-/// and momenta read and updated in place, y = q + gelu(q W1_t) W2_t, with options.loss and the
-/// token's huber_delta. options.mini_batch and options.reverse are not used (mini_batch checked
+/// and momenta read and updated in place, y = q + gelu(q W1_t) W2_t, with options.loss, the
+/// token's huber_delta and options.retention (Moneta: w1, w2 hold A1, A2). options.mini_batch and options.reverse are not used (mini_batch checked
 /// only). With in.batch.state_indices the states are pools [P,...] and row b updates pool row
 /// state_indices[b] (-1: padding, untouched). Threaded over (batch, value head).
 inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOutputs& out,
@@ -203,7 +308,7 @@ inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOu
   const index_t K = d.K, M = d.M;
   parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
     detail::TitansMlpScratch& s = detail::titans_mlp_step_scratch(K, M);
-    s.loss = options.loss;
+    detail::titans_mlp_configure(s, options);
     for (index_t row = begin; row < end; ++row) {
       const index_t b = row / d.HV, hv = row % d.HV, hk = hv / d.group();
       const index_t p = detail::titans_mlp_step_row(in.batch, b);  // the states' (pool) row
@@ -220,7 +325,7 @@ inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOu
       }
       s.alpha[0] = in.alpha(b, hv), s.eta[0] = in.eta(b, hv), s.theta[0] = in.theta(b, hv);
       s.delta[0] = in.huber_delta.has_value() ? in.huber_delta(b, hv) : options.huber_delta;
-      detail::titans_mlp_minibatch(s, 1);
+      detail::titans_mlp_minibatch_any(s, 1);
       for (index_t j = 0; j < K; ++j) out.y(b, hv, j) = s.Y[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {

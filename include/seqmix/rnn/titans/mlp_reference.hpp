@@ -18,7 +18,21 @@
 // Miras (TitansMlpOptions::loss, as titans' TitansLoss): l(W; k, v) = sum_j f(e_j) with f one of
 // Miras' elementwise attentional biases (l2 = e^2, l1 = |e|, l3 = |e|^3, Huber with threshold
 // options.huber_delta or Yaad's per-token delta_t, the input huber_delta); the backward is the
-// same with d = f'(e) in place of 2 e. The retention stays Titans' (1 - alpha) gate.
+// same with d = f'(e) in place of 2 e.
+//
+// Miras retention (TitansMlpOptions::retention; Behrouz et al. 2025, arXiv 2504.13173, Moneta
+// eqs. 24-25, Memora eq. 27), per weight matrix X in {W1, W2} with its own momentum S as above:
+//   decay          X_t = (1 - alpha_t) X_{t-1} + S_t                        (Titans, the default)
+//   lq_normalized  A_t = (1 - alpha_t) A_{t-1} + S_t, read X_t = A_t / ||A_t||_q^{q-2}, ||.||_q the
+//                  entrywise l_q norm of that whole matrix (the stored w1, w2 are A1, A2; X = 0
+//                  while A = 0; q = 2 is decay exactly)
+//   softmax_kl     X_t = softmax((1 - alpha_t) log X_{t-1} + S_t) over each slice of
+//                  options.softmax_axis of the stored [in,out] matrix (key: each column over
+//                  the inputs, value: each row over the outputs); X stays on its simplices
+// Inside a mini-batch every gradient is still taken at the memory READ at its start (A_0 / ||A_0||
+// for Moneta), and the retention is applied exactly at every token: W_t of the formula above,
+// not the paper's chunkwise approximation (Moneta normalizing only at chunk boundaries, Memora
+// linearized inside a chunk). With b = 1 this is the paper's token recurrence.
 // options.reverse runs from the last token to the first (core/direction.hpp; mini-batches counted
 // in processing order). Serving: TitansMlpInputs::batch / TitansMlpStepInputs::batch (packed
 // sequences, state slots); each packed sequence starts its own mini-batches.
@@ -61,6 +75,18 @@ struct TitansMlpOptions {
   /// last token; final states are those after token 0. Refused with packed sequences. The step
   /// ignores it.
   bool reverse = false;
+  /// The retention gate of each weight matrix (Miras, see TitansRetention and the header
+  /// comment): decay (Titans, the default), lq_normalized (Moneta: the stored W1, W2 are the
+  /// states A1, A2, the memory reads A / ||A||_q^{q-2} per matrix) or softmax_kl (Memora). Other
+  /// than decay, the prefill runs each mini-batch's state updates token by token (exact).
+  TitansRetention retention = TitansRetention::decay;
+  /// Moneta's q (TitansRetention::lq_normalized): finite and >= 2; 4 as the paper's Moneta.
+  float retention_q = 4.f;
+  /// The slices of Memora's softmax (TitansRetention::softmax_kl) in each stored [in,out] matrix
+  /// (W1 [K,M], W2 [M,K]), as the linear memory's [K,V]: key = over the input rows for each
+  /// output column (every hidden unit's and every output channel's weights sum to 1, the
+  /// default), value = over the output columns for each input row.
+  TitansSoftmaxAxis softmax_axis = TitansSoftmaxAxis::key;
 };
 
 /// Prefill arguments of titans_mlp. The initial weights are required (they give M; the zero MLP
@@ -133,6 +159,26 @@ inline void check_titans_mlp_options(const ArgCheck& check, const TitansMlpOptio
   check_enum(check.op(), "options.loss", options.loss, 4);
   if (options.loss == TitansLoss::huber && !(options.huber_delta > 0.f && std::isfinite(options.huber_delta)))
     check.fail("options.huber_delta", "must be finite and > 0, got " + std::to_string(options.huber_delta));
+  check_enum(check.op(), "options.retention", options.retention, 3);
+  check_enum(check.op(), "options.softmax_axis", options.softmax_axis, 2);
+  if (!(options.retention_q >= 2.f && std::isfinite(options.retention_q)))
+    check.fail("options.retention_q", "must be finite and >= 2, got " + std::to_string(options.retention_q));
+}
+
+// Memora (TitansRetention::softmax_kl) takes log W: state row r of w1 and w2 must be a point of
+// the simplices of options.softmax_axis (titans_check_simplex_memory). Only the rows a call reads
+// are checked: a pool's unused slots may hold anything.
+inline void titans_mlp_check_simplex_row(const ArgCheck& check, const TitansMlpOptions& options, const char* name1,
+                                         const ConstView<float, 4>& w1, const char* name2, const ConstView<float, 4>& w2,
+                                         index_t r) {
+  if (options.retention != TitansRetention::softmax_kl) return;
+  titans_check_simplex_memory(check, name1, w1.slice(0, r, 1), options.softmax_axis);
+  titans_check_simplex_memory(check, name2, w2.slice(0, r, 1), options.softmax_axis);
+}
+
+// Token row b's state row in a step: its slot with batch.state_indices (-1: padding), else b.
+inline index_t titans_mlp_step_row(const SequenceBatch& batch, index_t b) {
+  return batch.state_indices.has_value() ? batch.state_indices[b] : b;
 }
 
 // A serving call never starts a row from zeros: the zero MLP has zero gradients.
@@ -177,7 +223,13 @@ inline TitansMlpDims validate_titans_mlp(const ArgCheck& check, const TitansMlpI
   check_titans_mlp_options(check, options);
   if (!plain) {
     const SequenceMap m = SequenceMap::make(check, in.batch, B, T, true, R);
+    for (index_t n = 0; n < m.sequences(); ++n)
+      if (m[n].state_row >= 0)
+        titans_mlp_check_simplex_row(check, options, "initial_w1", in.initial_w1, "initial_w2", in.initial_w2, m[n].state_row);
     if (map != nullptr) *map = m;
+  } else {
+    for (index_t r = 0; r < R; ++r)
+      titans_mlp_check_simplex_row(check, options, "initial_w1", in.initial_w1, "initial_w2", in.initial_w2, r);
   }
   titans_check_gates<3>(check, in.alpha, in.eta, in.theta);
   titans_check_huber_deltas<3>(check, in.huber_delta, options);
@@ -226,6 +278,10 @@ inline TitansMlpDims validate_titans_mlp_step(const ArgCheck& check, const Titan
   check.shape("w2", out.w2, s2, "P,HV,M,K").shape("s1", out.s1, s1, "P,HV,K,M").shape("s2", out.s2, s2, "P,HV,M,K");
   check_titans_mlp_options(check, options);
   if (slotted) SequenceMap::make(check, in.batch, B, 1, true, P);
+  for (index_t b = 0; b < B; ++b) {
+    const index_t p = titans_mlp_step_row(in.batch, b);
+    if (p >= 0) titans_mlp_check_simplex_row(check, options, "w1", out.w1, "w2", out.w2, p);
+  }
   titans_check_gates<2>(check, in.alpha, in.eta, in.theta);
   titans_check_huber_deltas<2>(check, in.huber_delta, options);
   check.no_overlap("y", out.y, "huber_delta", in.huber_delta);
@@ -264,11 +320,6 @@ void titans_mlp_for_each_sequence(const SequenceMap& map, const TitansMlpInputs&
     out1.final_s1 = rnn_state_row(out.final_s1, s, true), out1.final_s2 = rnn_state_row(out.final_s2, s, true);
     one(in1, out1);
   }
-}
-
-// Token row b's state row in a step: its slot with batch.state_indices (-1: padding), else b.
-inline index_t titans_mlp_step_row(const SequenceBatch& batch, index_t b) {
-  return batch.state_indices.has_value() ? batch.state_indices[b] : b;
 }
 
 }  // namespace detail
@@ -315,8 +366,9 @@ inline double titans_mlp_inner_loss(const std::vector<double>& W1, const std::ve
 }
 
 /// The titans_mlp definition: per (batch, value head) and mini-batch, each token's gradient
-/// matrices at the mini-batch's first memory formed explicitly, then the momentum and forgetting
-/// recurrence token by token and y_t = q_t + gelu(q_t W1_t) W2_t. Double; single-threaded.
+/// matrices at the mini-batch's first memory (as read) formed explicitly, then the momentum and
+/// retention recurrence token by token and y_t = q_t + gelu(q_t W1_t) W2_t with W_t the memory
+/// as read (options.retention). Double; single-threaded.
 /// Serving batches run sequence by sequence as dense calls.
 inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, const TitansMlpOptions& options = {}) {
   const ArgCheck check("reference::titans_mlp");
@@ -333,6 +385,15 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
   std::vector<double> W1(static_cast<std::size_t>(KM)), W2(W1.size()), S1(W1.size()), S2(W1.size());
   std::vector<double> W1_0, W2_0, kr(static_cast<std::size_t>(K)), vr(kr.size()), g1, g2, h(static_cast<std::size_t>(M));
   const auto at = [](index_t i) { return static_cast<std::size_t>(i); };
+  const bool moneta = options.retention == TitansRetention::lq_normalized;
+  const bool memora = options.retention == TitansRetention::softmax_kl;
+  // The factor the stored state is read with: 1 / ||A||_q^{q-2} (Moneta), else 1.
+  const auto read_factor = [&](const std::vector<double>& A) {
+    if (!moneta) return 1.0;
+    double sum = 0.0;
+    for (const double x : A) sum += detail::titans_abs_pow<double>(x, options.retention_q);
+    return detail::titans_lq_read_factor(sum, options.retention_q);
+  };
   for (index_t b = 0; b < d.B; ++b)
     for (index_t hv = 0; hv < d.HV; ++hv) {
       const index_t hk = hv / d.group();
@@ -343,24 +404,36 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
           S2[at(m * K + i)] = in.initial_s2.has_value() ? in.initial_s2(b, hv, m, i) : 0.0;
         }
       for (index_t t0 = 0; t0 < d.T; t0 += options.mini_batch) {
-        W1_0 = W1, W2_0 = W2;  // every gradient of this mini-batch at its first memory
+        W1_0 = W1, W2_0 = W2;  // every gradient of this mini-batch at its first memory (as read)
+        const double f1_0 = read_factor(W1), f2_0 = read_factor(W2);
+        for (double& x : W1_0) x *= f1_0;
+        for (double& x : W2_0) x *= f2_0;
         for (index_t t = t0; t < std::min(d.T, t0 + options.mini_batch); ++t) {
           for (index_t j = 0; j < K; ++j) kr[at(j)] = in.k(b, t, hk, j), vr[at(j)] = in.v(b, t, hv, j);
           const double delta = in.huber_delta.has_value() ? in.huber_delta(b, t, hv) : options.huber_delta;
           titans_mlp_inner_loss(W1_0, W2_0, kr, vr, &g1, &g2, options.loss, delta);
           const double a = 1.0 - double(in.alpha(b, t, hv)), eta = in.eta(b, t, hv), theta = in.theta(b, t, hv);
+          // What each weight keeps of itself: a W (decay; Moneta's A), a log W (Memora; a = 0
+          // forgets log W entirely, 0 * log 0 would be NaN).
+          const auto kept = [&](double w) { return !memora ? a * w : a == 0.0 ? 0.0 : a * std::log(w); };
           for (index_t e = 0; e < KM; ++e) {
-            S1[at(e)] = eta * S1[at(e)] - theta * g1[at(e)], W1[at(e)] = a * W1[at(e)] + S1[at(e)];
-            S2[at(e)] = eta * S2[at(e)] - theta * g2[at(e)], W2[at(e)] = a * W2[at(e)] + S2[at(e)];
+            S1[at(e)] = eta * S1[at(e)] - theta * g1[at(e)], W1[at(e)] = kept(W1[at(e)]) + S1[at(e)];
+            S2[at(e)] = eta * S2[at(e)] - theta * g2[at(e)], W2[at(e)] = kept(W2[at(e)]) + S2[at(e)];
           }
+          if (memora) {
+            detail::titans_softmax_slices_reference(W1, K, M, options.softmax_axis);
+            detail::titans_softmax_slices_reference(W2, M, K, options.softmax_axis);
+          }
+          const double f1 = read_factor(W1), f2 = read_factor(W2);
           for (index_t m = 0; m < M; ++m) {
             double s = 0.0;
             for (index_t i = 0; i < K; ++i) s += double(in.q(b, t, hk, i)) * W1[at(i * M + m)];
-            h[at(m)] = detail::ttt_gelu(s);
+            h[at(m)] = detail::ttt_gelu(f1 * s);
           }
           for (index_t j = 0; j < K; ++j) {
-            double s = in.q(b, t, hk, j);
+            double s = 0.0;
             for (index_t m = 0; m < M; ++m) s += h[at(m)] * W2[at(m * K + j)];
+            s = double(in.q(b, t, hk, j)) + f2 * s;
             out.y(b, t, hv, j) = static_cast<float>(s);
           }
         }
