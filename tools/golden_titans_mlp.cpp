@@ -11,11 +11,19 @@
 // Miras cases (Behrouz et al. 2025, "It's All Connected") replace the loss by sum_i f(e_i) with an
 // elementwise attentional bias, so 2 e becomes f'(e) in both gradients: l1 (sign e), l3 (3 e |e|),
 // Huber with a constant threshold or Yaad's per-token delta_t (e inside [-delta, delta], else
-// +-delta). gelu is the tanh form. Nothing of seqmix is used but its .npy writer, so the vectors are
-// independent of the operator.
+// +-delta). gelu is the tanh form.
+// Retention cases (Behrouz et al. 2025, arXiv 2504.13173) replace the forgetting step of each
+// matrix X in {U, P}, still with every gradient of a mini-batch at the memory read at its start:
+//   Moneta (eqs. 24-25): A_t = (1 - alpha_t) A_{t-1} + S_t, the memory read X_t = A_t / ||A_t||_q^{q-2}
+//     (entrywise l_q norm of the whole matrix; seqmix stores A);
+//   Memora (eq. 27): X_t = softmax((1 - alpha_t) log X_{t-1} + S_t) over each row of U and P
+//     (each hidden unit's / output's weights over its inputs; param softmax_axis "key") or each
+//     column ("value"); the initial U, P are drawn as exp(2 x) normalized onto those simplices.
+// Nothing of seqmix is used but its .npy writer, so the vectors are independent of the operator.
 //
 //   g++ -std=c++17 -O2 -I include tools/golden_titans_mlp.cpp -o golden_titans_mlp
 //   ./golden_titans_mlp tests/golden
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -39,7 +47,31 @@ struct MlpCase {
   bool momentum;  // initial momenta given
   std::string loss = "l2";  // Miras' elementwise biases: "l1", "l3", "huber" (delta kHuberDelta)
   bool delta_t = false;     // huber only: a per-token threshold delta_t in [0.05, 0.5] (Yaad), input huber_delta
+  std::string retention = "decay";  // or "lq_normalized" (Moneta), "softmax_kl" (Memora)
+  double q = 4.0;                   // Moneta's q
+  std::string axis = "key";         // Memora: softmax over each row of U, P ("key") or each column ("value")
 };
+
+// Moneta's read A / ||A||_q^{q-2} (0 for A = 0).
+std::vector<double> moneta_read(const std::vector<double>& A, double q) {
+  double sum = 0;
+  for (double x : A) sum += std::pow(std::abs(x), q);
+  const double f = sum > 0 ? std::pow(sum, -(q - 2.0) / q) : 0.0;
+  std::vector<double> W = A;
+  for (double& x : W) x *= f;
+  return W;
+}
+
+// Memora's softmax of X [R,C] (row-major) over each row (each_row false: over each column).
+void softmax_slices(std::vector<double>& X, index_t R, index_t C, bool each_row) {
+  const index_t slices = each_row ? R : C, len = each_row ? C : R;
+  for (index_t i = 0; i < slices; ++i) {
+    double mx = -INFINITY, sum = 0;
+    for (index_t j = 0; j < len; ++j) mx = std::max(mx, X[each_row ? i * C + j : j * C + i]);
+    for (index_t j = 0; j < len; ++j) sum += (X[each_row ? i * C + j : j * C + i] = std::exp(X[each_row ? i * C + j : j * C + i] - mx));
+    for (index_t j = 0; j < len; ++j) X[each_row ? i * C + j : j * C + i] /= sum;
+  }
+}
 
 const double kHuberDelta = 0.125;
 
@@ -74,6 +106,9 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
   Array delta = c.delta_t ? random_array({B, T, HV}, rng, 0.05, 0.5) : zeros({B, T, HV});
   Array y = zeros({B, T, HV, K}), w1f = zeros({B, HV, K, M}), w2f = zeros({B, HV, M, K});
   Array s1f = zeros({B, HV, K, M}), s2f = zeros({B, HV, M, K});
+  const bool moneta = c.retention == "lq_normalized", memora = c.retention == "softmax_kl";
+  if (moneta)  // forgetting shrinks A and so inflates the read A / ||A||^{q-2} (q > 3): gentle gates
+    for (double& x : alpha.v) x = static_cast<double>(static_cast<float>(x * 0.1));  // the stored float
   for (index_t b = 0; b < B; ++b)
     for (index_t hv = 0; hv < HV; ++hv) {
       const index_t h = hv / G;
@@ -85,8 +120,18 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
           U[m * K + i] = w1.at(a1), P[i * M + m] = w2.at(a2);
           SU[m * K + i] = c.momentum ? s10.at(a1) : 0.0, SP[i * M + m] = c.momentum ? s20.at(a2) : 0.0;
         }
+      if (memora) {  // Memora's memory on its simplices, written back as the case's initial weights
+        for (double& x : U) x = std::exp(2.0 * x);
+        for (double& x : P) x = std::exp(2.0 * x);
+        softmax_slices(U, M, K, c.axis == "key"), softmax_slices(P, K, M, c.axis == "key");
+        for (double& x : U) x = static_cast<double>(static_cast<float>(x));
+        for (double& x : P) x = static_cast<double>(static_cast<float>(x));
+        for (index_t i = 0; i < K; ++i)
+          for (index_t m = 0; m < M; ++m)
+            w1.at(((b * HV + hv) * K + i) * M + m) = U[m * K + i], w2.at(((b * HV + hv) * M + m) * K + i) = P[i * M + m];
+      }
       for (index_t t0 = 0; t0 < T; t0 += c.mini_batch) {
-        const std::vector<double> U0 = U, P0 = P;
+        const std::vector<double> U0 = moneta ? moneta_read(U, c.q) : U, P0 = moneta ? moneta_read(P, c.q) : P;
         for (index_t t = t0; t < std::min(T, t0 + c.mini_batch); ++t) {
           const index_t g = (b * T + t) * HV + hv, qk = ((b * T + t) * HK + h) * K, vo = g * K;
           std::vector<double> z(M), hid(M), e(K), de(K), dz(M);
@@ -109,18 +154,25 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
           for (index_t m = 0; m < M; ++m)
             for (index_t i = 0; i < K; ++i) {
               SU[m * K + i] = et * SU[m * K + i] - th * dz[m] * k.at(qk + i);
-              U[m * K + i] = a * U[m * K + i] + SU[m * K + i];
               SP[i * M + m] = et * SP[i * M + m] - th * de[i] * hid[m];
-              P[i * M + m] = a * P[i * M + m] + SP[i * M + m];
+              if (memora) {  // a = 0 forgets log X entirely
+                U[m * K + i] = (a == 0 ? 0.0 : a * std::log(U[m * K + i])) + SU[m * K + i];
+                P[i * M + m] = (a == 0 ? 0.0 : a * std::log(P[i * M + m])) + SP[i * M + m];
+              } else {
+                U[m * K + i] = a * U[m * K + i] + SU[m * K + i];
+                P[i * M + m] = a * P[i * M + m] + SP[i * M + m];
+              }
             }
+          if (memora) softmax_slices(U, M, K, c.axis == "key"), softmax_slices(P, K, M, c.axis == "key");
+          const std::vector<double> Ur = moneta ? moneta_read(U, c.q) : U, Pr = moneta ? moneta_read(P, c.q) : P;
           for (index_t m = 0; m < M; ++m) {
             double s = 0;
-            for (index_t i = 0; i < K; ++i) s += U[m * K + i] * q.at(qk + i);
+            for (index_t i = 0; i < K; ++i) s += Ur[m * K + i] * q.at(qk + i);
             hid[m] = gelu(s);
           }
           for (index_t i = 0; i < K; ++i) {
             double s = q.at(qk + i);
-            for (index_t m = 0; m < M; ++m) s += P[i * M + m] * hid[m];
+            for (index_t m = 0; m < M; ++m) s += Pr[i * M + m] * hid[m];
             y.at(vo + i) = s;
           }
         }
@@ -155,6 +207,11 @@ void mlp_case(const fs::path& root, const MlpCase& c, std::mt19937_64& rng) {
     params += ", \"loss\": \"" + c.loss + "\"";
     if (c.loss == "huber" && !c.delta_t) params += ", \"huber_delta\": " + exact(kHuberDelta);
   }
+  if (c.retention != "decay") {
+    params += ", \"retention\": \"" + c.retention + "\"";
+    if (moneta) params += ", \"retention_q\": " + exact(c.q);
+    if (memora) params += ", \"softmax_axis\": \"" + c.axis + "\"";
+  }
   write_case(dir, "titans_mlp", params, inputs,
              "\"y\": \"y.npy\", \"final_w1\": \"final_w1.npy\", \"final_w2\": \"final_w2.npy\", "
              "\"final_s1\": \"final_s1.npy\", \"final_s2\": \"final_s2.npy\"",
@@ -173,5 +230,10 @@ int main(int argc, char** argv) {
   mlp_case(root, {"miras_l3_b1_t18_hk1_hv2_k6_m8_mb16", 1, 18, 1, 2, 6, 8, 16, false, "l3"}, rng);
   mlp_case(root, {"miras_huber_b2_t20_h1_k6_m10_mb4_momentum", 2, 20, 1, 1, 6, 10, 4, true, "huber"}, rng);
   mlp_case(root, {"miras_yaad_delta_t_b1_t25_h2_k8_m8_mb8_momentum", 1, 25, 2, 2, 8, 8, 8, true, "huber", true}, rng);
+  // Appended after the earlier cases, so their draws are unchanged.
+  mlp_case(root, {"moneta_q4_b1_t37_hk1_hv2_k8_m12_mb8_momentum", 1, 37, 1, 2, 8, 12, 8, true, "l2", false, "lq_normalized", 4.0}, rng);
+  mlp_case(root, {"moneta_q3_l3_b2_t21_h1_k6_m8_mb1", 2, 21, 1, 1, 6, 8, 1, false, "l3", false, "lq_normalized", 3.0}, rng);
+  mlp_case(root, {"memora_key_b1_t30_h2_k6_m10_mb4_momentum", 1, 30, 2, 2, 6, 10, 4, true, "l2", false, "softmax_kl", 4.0, "key"}, rng);
+  mlp_case(root, {"memora_value_huber_b2_t19_h1_k8_m8_mb16", 2, 19, 1, 1, 8, 8, 16, false, "huber", false, "softmax_kl", 4.0, "value"}, rng);
   return 0;
 }

@@ -32,17 +32,7 @@ OutputMap run_titans(const CaseData& c, bool fast) {
   if (const auto scale = c.param_opt_double("scale")) options.scale = static_cast<float>(*scale);
   options.loss = titans_loss_param(c, "titans");
   options.huber_delta = static_cast<float>(c.param_double("huber_delta", 1.0));
-  const std::string retention = c.param_string("retention", "decay");
-  if (retention == "lq_normalized")
-    options.retention = seqmix::TitansRetention::lq_normalized;
-  else if (retention == "softmax_kl")
-    options.retention = seqmix::TitansRetention::softmax_kl;
-  else if (retention != "decay")
-    throw CaseError(c.id() + ": unknown titans retention '" + retention + "'");
-  options.retention_q = static_cast<float>(c.param_double("retention_q", 4.0));
-  const std::string axis = c.param_string("softmax_axis", "key");
-  if (axis != "key" && axis != "value") throw CaseError(c.id() + ": unknown titans softmax_axis '" + axis + "'");
-  options.softmax_axis = axis == "key" ? seqmix::TitansSoftmaxAxis::key : seqmix::TitansSoftmaxAxis::value;
+  titans_retention_params(c, "titans", options);
   OutputMap out;
   const seqmix::TitansOutputs outputs{c.make_output<4>(out, "y"), c.make_output<4>(out, "final_memory"),
                                       c.make_output<4>(out, "final_momentum")};

@@ -1,7 +1,8 @@
 // seqmix-conformance runner for titans_mlp (docs/operators.md section 12, "titans with a two-layer
 // MLP memory"): the mini-batch prefill in the "fast" slot, the double reference in the other.
 // Params: mini_batch (default 16), loss ("l2" default, "l1", "l3", "huber": Miras' biases),
-// huber_delta; optional input huber_delta [B,T,HV] (Yaad's per-token threshold).
+// huber_delta; optional input huber_delta [B,T,HV] (Yaad's per-token threshold); retention
+// ("decay" default, "lq_normalized": Moneta, "softmax_kl": Memora), retention_q, softmax_axis.
 #include <string>
 
 #include "registry.hpp"
@@ -29,6 +30,7 @@ OutputMap run_titans_mlp(const CaseData& c, bool fast) {
   options.mini_batch = c.param_int("mini_batch", 16);
   options.loss = titans_loss_param(c, "titans_mlp");
   options.huber_delta = static_cast<float>(c.param_double("huber_delta", 1.0));
+  titans_retention_params(c, "titans_mlp", options);
   OutputMap out;
   const seqmix::TitansMlpOutputs outputs{c.make_output<4>(out, "y"), c.make_output<4>(out, "final_w1"),
                                          c.make_output<4>(out, "final_w2"), c.make_output<4>(out, "final_s1"),
