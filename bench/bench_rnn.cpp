@@ -50,6 +50,10 @@
 //                                        momentum terms, both weights' and momenta's updates) plus
 //                                        4*b*(K + M); titans/prefill/H16_K64_T8192_yaad_delta_t: the
 //                                        linear memory with Huber and a per-token delta_t (recurrent)
+//   ttt_mlp/prefill/H16_K64_T8192_inner_bias (trained b1, b2), titans/prefill/H16_K64_T8192_<moneta|memora>
+//   (Miras' retentions, token by token: compare with titans/prefill/H16_K64_T8192_recurrent) and
+//   titans_mlp/prefill/H16_K64_T8192_<moneta|memora> (b = 16): the options beside their plain rows,
+//                                        same shape and FLOP count, so the time ratio is the cost
 // GFLOP/s = 2 * B * T * G * H * (I + H/heads) / time (the two matrix products; the elementwise
 // update is not counted), eff against the machine's measured fp32 FMA peak. The recurrence of
 // a single sequence (B = 1) is a chain of T matrix-vector products: it streams W_hh (16 MiB at
@@ -255,6 +259,7 @@ struct TttShape {
   int form;  // 0 ttt_linear prefill, 1 ttt_linear_step, 2 reference::ttt_linear, 3 gated_delta_rule prefill
 };
 
+// ttt_mlp forms: 0 prefill, 1 step, 2 prefill with trained inner biases b1, b2 (zeros to start).
 void run_ttt_mlp(benchmark::State& state, const TttShape& s) {
   const index_t T = s.form == 1 ? 1 : s.T, H = s.H, K = s.K, M = 4 * K;
   const float a1 = 1.f / std::sqrt(static_cast<float>(K)), a2 = 1.f / std::sqrt(static_cast<float>(M));
@@ -269,11 +274,13 @@ void run_ttt_mlp(benchmark::State& state, const TttShape& s) {
   in.ln_weight = gamma.cview(), in.ln_bias = beta.cview(), in.initial_w1 = w1.cview(), in.initial_w2 = w2.cview();
   const seqmix::TttMlpStepInputs si{q.cview().select(1, 0), k.cview().select(1, 0), v.cview().select(1, 0),
                                     eta.cview().select(1, 0), gamma.cview(), beta.cview()};
+  seqmix::TttOptions options;
+  if (s.form == 2) options.inner_bias = seqmix::TttInnerBias::trained;
   for (auto _ : state) {
     if (s.form == 1)
       seqmix::ttt_mlp_step(si, {z.view().select(1, 0), f1.view(), f2.view()}, {}, st::two_thread_pool());
     else
-      seqmix::ttt_mlp(in, {z.view(), f1.view(), f2.view()}, {}, st::two_thread_pool());
+      seqmix::ttt_mlp(in, {z.view(), f1.view(), f2.view()}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(z.data());
     benchmark::ClobberMemory();
   }
@@ -338,7 +345,9 @@ void register_ttt() {
     benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_ttt(st_, s); })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
-  const TttShape mlp_shapes[] = {{"ttt_mlp/prefill/H16_K64_T8192", 8192, 16, 64, 0}, {"ttt_mlp/step/H16_K64_B1", 1, 16, 64, 1}};
+  const TttShape mlp_shapes[] = {{"ttt_mlp/prefill/H16_K64_T8192", 8192, 16, 64, 0},
+                                 {"ttt_mlp/prefill/H16_K64_T8192_inner_bias", 8192, 16, 64, 2},
+                                 {"ttt_mlp/step/H16_K64_B1", 1, 16, 64, 1}};
   for (const TttShape& s : mlp_shapes)
     benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_ttt_mlp(st_, s); })
         ->UseRealTime()
@@ -348,7 +357,7 @@ void register_ttt() {
 struct TitansShape {
   std::string name;
   index_t B, T, H, D;
-  int form;  // 0 chunked, 1 recurrent, 2 step, 3 gated_delta_rule at the same shape
+  int form;  // 0 chunked, 1 recurrent, 2 step, 3 gated_delta_rule at the same shape, 4 Moneta (q 4), 5 Memora (key axis)
 };
 
 void run_titans(benchmark::State& state, const TitansShape& s) {
@@ -366,6 +375,8 @@ void run_titans(benchmark::State& state, const TitansShape& s) {
   const seqmix::TitansInputs in{q.cview(), k.cview(), v.cview(), alpha.cview(), eta.cview(), theta.cview()};
   seqmix::TitansOptions options;
   if (s.form == 1) options.algorithm = seqmix::TitansAlgorithm::recurrent;
+  if (s.form == 4) options.retention = seqmix::TitansRetention::lq_normalized;
+  if (s.form == 5) options.retention = seqmix::TitansRetention::softmax_kl;  // from the uniform memory
   const seqmix::TitansStepInputs si{q.cview().select(1, 0), k.cview().select(1, 0), v.cview().select(1, 0),
                                     alpha.cview().select(1, 0), eta.cview().select(1, 0), theta.cview().select(1, 0)};
   seqmix::GatedDeltaRuleInputs gin;
@@ -389,6 +400,8 @@ void register_titans() {
   const TitansShape shapes[] = {{"titans/prefill/H16_K64_T8192", 1, 8192, 16, 64, 0},
                                 {"titans/prefill/H16_K64_T8192_recurrent", 1, 8192, 16, 64, 1},
                                 {"titans/prefill/H16_K64_T8192_gated_delta_rule", 1, 8192, 16, 64, 3},
+                                {"titans/prefill/H16_K64_T8192_moneta", 1, 8192, 16, 64, 4},
+                                {"titans/prefill/H16_K64_T8192_memora", 1, 8192, 16, 64, 5},
                                 {"titans/step/H16_K64_B1", 1, 1, 16, 64, 2}};
   for (const TitansShape& s : shapes)
     benchmark::RegisterBenchmark(s.name.c_str(), [=](benchmark::State& st_) { run_titans(st_, s); })
@@ -399,7 +412,9 @@ void register_titans() {
 struct TitansMlpShape {
   std::string name;
   index_t T, H, K;
-  int form;  // 0 prefill b = 16, 1 prefill b = 1, 2 step, 3 reference b = 16, 4 linear titans Huber with delta_t (Yaad)
+  // 0 prefill b = 16, 1 prefill b = 1, 2 step, 3 reference b = 16, 4 linear titans Huber with delta_t (Yaad),
+  // 5 prefill b = 16 with Moneta's retention (q 4), 6 with Memora's (key axis, from the uniform W1, W2)
+  int form;
 };
 
 void run_titans_mlp(benchmark::State& state, const TitansMlpShape& s) {
@@ -423,6 +438,10 @@ void run_titans_mlp(benchmark::State& state, const TitansMlpShape& s) {
                                        alpha.cview().select(1, 0), eta.cview().select(1, 0), theta.cview().select(1, 0)};
   seqmix::TitansMlpOptions options;
   if (s.form == 1) options.mini_batch = 1;
+  if (s.form == 5) options.retention = seqmix::TitansRetention::lq_normalized;
+  Tensor<float, 4> u1({1, H, K, M}), u2({1, H, M, K});  // Memora's start: every column of W1, W2 uniform
+  u1.fill(1.f / static_cast<float>(K)), u2.fill(1.f / static_cast<float>(M));
+  if (s.form == 6) options.retention = seqmix::TitansRetention::softmax_kl, in.initial_w1 = u1.cview(), in.initial_w2 = u2.cview();
   seqmix::TitansInputs yin{q.cview(), k.cview(), v.cview(), alpha.cview(), eta.cview(), theta.cview()};
   yin.huber_delta = delta.cview();
   seqmix::TitansOptions yaad;
@@ -449,6 +468,8 @@ void run_titans_mlp(benchmark::State& state, const TitansMlpShape& s) {
 void register_titans_mlp() {
   const TitansMlpShape shapes[] = {{"titans_mlp/prefill/H16_K64_T8192", 8192, 16, 64, 0},
                                    {"titans_mlp/prefill/H16_K64_T8192_b1", 8192, 16, 64, 1},
+                                   {"titans_mlp/prefill/H16_K64_T8192_moneta", 8192, 16, 64, 5},
+                                   {"titans_mlp/prefill/H16_K64_T8192_memora", 8192, 16, 64, 6},
                                    {"titans_mlp/step/H16_K64_B1", 1, 16, 64, 2},
                                    {"titans_mlp/prefill/H16_K64_T256", 256, 16, 64, 0},
                                    {"titans_mlp/reference/H16_K64_T256", 256, 16, 64, 3},

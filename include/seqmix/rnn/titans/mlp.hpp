@@ -45,6 +45,7 @@ struct TitansMlpScratch {
   float retention_q = 4.f;
   TitansSoftmaxAxis axis = TitansSoftmaxAxis::key;
   std::vector<float> R1, R2;                // Moneta's read memory W = A / ||A||_q^{q-2} (sized on first use)
+  std::vector<float> slice_max, slice_inv;  // Memora's per-slice max and 1 / sum, max(K, M) (sized on first use)
   chunkwise::ProductScratch finite_g;
   TitansMlpScratch(index_t K_, index_t M_, index_t bs_)
       : K(K_), M(M_), bs(bs_), W1(static_cast<std::size_t>(K_ * M_)), S1(W1), W2(W1), S2(W1),
@@ -148,32 +149,43 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
   S2.noalias() -= As.transpose() * D;
 }
 
-// Moneta's read factor 1 / ||A||_q^{q-2} of a stored matrix (sum |A|^q in double).
+// Moneta's read factor 1 / ||A||_q^{q-2} of a stored matrix. q = 4 (the paper's) sums A^4 with
+// Eigen's vectorized float reduction; any other q sums pow(|A|, q) in double.
 inline float titans_mlp_lq_factor(const TttMap& A, float q) {
   if (q == 2.f) return 1.f;
   double sum = 0.0;
-  for (index_t r = 0; r < A.rows(); ++r)
-    for (index_t c = 0; c < A.cols(); ++c) sum += titans_abs_pow<double>(A(r, c), q);
+  if (q == 4.f) {
+    sum = static_cast<double>(A.array().square().square().sum());
+  } else {
+    for (index_t r = 0; r < A.rows(); ++r)
+      for (index_t c = 0; c < A.cols(); ++c) sum += titans_abs_pow<double>(A(r, c), q);
+  }
   return static_cast<float>(titans_lq_read_factor(sum, q));
 }
 
 // Memora's step of one stored [rows,cols] matrix: W = softmax(a log W + S) over each slice of
-// `axis` (key: each column, over the rows; value: each row), in place. a = 0 forgets log W
-// entirely (0 * log 0 would be NaN); an entry that underflowed to 0 stays 0.
-inline void titans_mlp_softmax_step(TttMap& W, const TttMap& S, float a, TitansSoftmaxAxis axis) {
-  const index_t rows = W.rows(), cols = W.cols();
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t c = 0; c < cols; ++c) W(r, c) = (a == 0.f ? 0.f : a * std::log(W(r, c))) + S(r, c);
-  const bool over_rows = axis == TitansSoftmaxAxis::key;
-  const index_t slices = over_rows ? cols : rows, len = over_rows ? rows : cols;
-  for (index_t i = 0; i < slices; ++i) {
-    const auto at = [&](index_t j) -> float& { return over_rows ? W(j, i) : W(i, j); };
-    float mx = -std::numeric_limits<float>::infinity();
-    for (index_t j = 0; j < len; ++j) mx = std::max(mx, at(j));
-    double sum = 0.0;
-    for (index_t j = 0; j < len; ++j) sum += (at(j) = std::exp(at(j) - mx));
-    const float inv = static_cast<float>(1.0 / sum);
-    for (index_t j = 0; j < len; ++j) at(j) *= inv;
+// `axis` (key: each column, over the rows; value: each row), in place, on Eigen's vectorized log
+// and exp. a = 0 forgets log W entirely (0 * log 0 would be NaN); an entry that underflowed to 0
+// has log -inf and stays 0.
+// slice_max and slice_inv hold at least max(rows, cols) floats (no allocation per token).
+inline void titans_mlp_softmax_step(TttMap& W, const TttMap& S, float a, TitansSoftmaxAxis axis, float* slice_max,
+                                    float* slice_inv) {
+  if (a == 0.f)
+    W = S;
+  else
+    W.array() = a * W.array().log() + S.array();
+  if (axis == TitansSoftmaxAxis::key) {
+    Eigen::Map<Eigen::RowVectorXf> mx(slice_max, W.cols()), inv(slice_inv, W.cols());
+    mx.noalias() = W.colwise().maxCoeff();
+    W.array() = (W.array().rowwise() - mx.array()).exp();
+    inv.noalias() = W.colwise().sum().cwiseInverse();
+    W.array().rowwise() *= inv.array();
+  } else {
+    Eigen::Map<Eigen::VectorXf> mx(slice_max, W.rows()), inv(slice_inv, W.rows());
+    mx.noalias() = W.rowwise().maxCoeff();
+    W.array() = (W.array().colwise() - mx.array()).exp();
+    inv.noalias() = W.rowwise().sum().cwiseInverse();
+    W.array().colwise() *= inv.array();
   }
 }
 
@@ -195,6 +207,8 @@ inline void titans_mlp_minibatch_retained(TitansMlpScratch& s, index_t n) {
     R2 = titans_mlp_lq_factor(W2, s.retention_q) * W2;
     titans_mlp_backward(s, n, R1, R2);
   } else {
+    const std::size_t longest = static_cast<std::size_t>(std::max(K, M));
+    if (s.slice_max.size() != longest) s.slice_max.resize(longest), s.slice_inv.resize(longest);
     titans_mlp_backward(s, n, W1, W2);
   }
   for (index_t u = 0; u < n; ++u) {
@@ -210,8 +224,8 @@ inline void titans_mlp_minibatch_retained(TitansMlpScratch& s, index_t n) {
       W2 = a * W2 + S2;
       f1 = titans_mlp_lq_factor(W1, s.retention_q), f2 = titans_mlp_lq_factor(W2, s.retention_q);
     } else {
-      titans_mlp_softmax_step(W1, S1, a, s.axis);
-      titans_mlp_softmax_step(W2, S2, a, s.axis);
+      titans_mlp_softmax_step(W1, S1, a, s.axis, s.slice_max.data(), s.slice_inv.data());
+      titans_mlp_softmax_step(W2, S2, a, s.axis, s.slice_max.data(), s.slice_inv.data());
     }
     TttMap h(s.H.data() + u * M, 1, M);  // the query's hidden row
     h.noalias() = f1 * (Q.row(u) * W1);
