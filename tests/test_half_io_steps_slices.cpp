@@ -119,16 +119,18 @@ st::HalfIoResult gla_context_parallel_run(index_t slices, const Tensor<T, 4>& q,
   return r;
 }
 
-template <class H>
-void gla_context_parallel_half_check(std::uint64_t seed) {
+// A context-parallel form on 16-bit q / k / v (run(slices, q, k, v, args), slices 0: the one-call
+// form) against the same form on the rounded and the original values, and against one call.
+template <class H, class Args, class Run>
+void context_parallel_half_check(const char* name, std::uint64_t seed, Run run) {
   const st::HalfStored<H> q({kB, kT, kH, kK}, seed), k({kB, kT, kH, kK}, seed + 1), v({kB, kT, kHV, kV}, seed + 2);
-  const GlaGates x(seed + 3);
+  const Args x(seed + 3);
   for (const index_t slices : {2, 3, 7}) {
-    INFO("context_parallel_gated_linear_attention, " << slices << " slices, seed " << seed);
-    const st::HalfIoResult half = gla_context_parallel_run(slices, q.half, k.half, v.half, x);
-    st::check_half_io(half, gla_context_parallel_run(slices, q.rounded, k.rounded, v.rounded, x),
-                      gla_context_parallel_run(slices, q.orig, k.orig, v.orig, x), half_bound<H>());
-    const st::HalfIoResult one = gla_context_parallel_run(0, q.half, k.half, v.half, x);
+    INFO(name << ", " << slices << " slices, seed " << seed);
+    const st::HalfIoResult half = run(slices, q.half, k.half, v.half, x);
+    st::check_half_io(half, run(slices, q.rounded, k.rounded, v.rounded, x), run(slices, q.orig, k.orig, v.orig, x),
+                      half_bound<H>());
+    const st::HalfIoResult one = run(0, q.half, k.half, v.half, x);
     CHECK(st::per_head_relative_error(half.o, one.o, 2) <= 2e-4);
     CHECK(st::per_head_relative_error(half.s, one.s, 1) <= 2e-4);
   }
@@ -162,21 +164,6 @@ st::HalfIoResult delta_context_parallel_run(index_t slices, const Tensor<T, 4>& 
   else
     seqmix::context_parallel_gated_delta_rule(in, {r.o.view(), r.s.view()}, options, st::two_thread_pool(), slices);
   return r;
-}
-
-template <class H>
-void delta_context_parallel_half_check(std::uint64_t seed) {
-  const st::HalfStored<H> q({kB, kT, kH, kK}, seed), k({kB, kT, kH, kK}, seed + 1), v({kB, kT, kHV, kV}, seed + 2);
-  const DeltaArgs x(seed + 3);
-  for (const index_t slices : {2, 3, 7}) {
-    INFO("context_parallel_gated_delta_rule, " << slices << " slices, seed " << seed);
-    const st::HalfIoResult half = delta_context_parallel_run(slices, q.half, k.half, v.half, x);
-    st::check_half_io(half, delta_context_parallel_run(slices, q.rounded, k.rounded, v.rounded, x),
-                      delta_context_parallel_run(slices, q.orig, k.orig, v.orig, x), half_bound<H>());
-    const st::HalfIoResult one = delta_context_parallel_run(0, q.half, k.half, v.half, x);
-    CHECK(st::per_head_relative_error(half.o, one.o, 2) <= 2e-4);
-    CHECK(st::per_head_relative_error(half.s, one.s, 1) <= 2e-4);
-  }
 }
 
 // delta_rule_slice's four results (outputs, local final state, readout, transition).
@@ -243,14 +230,20 @@ TEST_CASE("gla steps with bf16 or f16 q, k and v after a 16-bit prefill: equal t
 
 TEST_CASE("context parallel gla with bf16 or f16 q, k and v: equal to fp32 of the same values and to one call",
           "[gla][context_parallel][bf16][f16]") {
-  gla_context_parallel_half_check<seqmix::bf16>(8200);
-  gla_context_parallel_half_check<seqmix::f16>(8250);
+  const auto gla = [](index_t slices, const auto& q, const auto& k, const auto& v, const GlaGates& x) {
+    return gla_context_parallel_run(slices, q, k, v, x);
+  };
+  context_parallel_half_check<seqmix::bf16, GlaGates>("context_parallel_gated_linear_attention", 8200, gla);
+  context_parallel_half_check<seqmix::f16, GlaGates>("context_parallel_gated_linear_attention", 8250, gla);
 }
 
 TEST_CASE("context parallel gated delta rule with bf16 or f16 q, k and v: equal to fp32 of the same values and to one call",
           "[gated_delta_rule][context_parallel][bf16][f16]") {
-  delta_context_parallel_half_check<seqmix::bf16>(8300);
-  delta_context_parallel_half_check<seqmix::f16>(8350);
+  const auto delta = [](index_t slices, const auto& q, const auto& k, const auto& v, const DeltaArgs& x) {
+    return delta_context_parallel_run(slices, q, k, v, x);
+  };
+  context_parallel_half_check<seqmix::bf16, DeltaArgs>("context_parallel_gated_delta_rule", 8300, delta);
+  context_parallel_half_check<seqmix::f16, DeltaArgs>("context_parallel_gated_delta_rule", 8350, delta);
 }
 
 TEST_CASE("delta_rule_slice with bf16 q, k and v: outputs, state, readout and transition equal to fp32 of the same values",
