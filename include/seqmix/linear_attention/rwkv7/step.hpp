@@ -19,7 +19,7 @@ void rwkv7_step_rows(const Rwkv7StepInputsOf<T>& in, const Rwkv7StepOutputs& out
   using namespace delta_update;
   static const ArgCheck check("rwkv7_step");  // built once per T: a step allocates nothing
   const Dims d = validate_rwkv7_step(check, in, out, executor);
-  const StepSlots slots = check_step_slots(check, in.batch, d.B, out.state.size(0));
+  const delta_update::StepSlots slots = check_step_slots(check, in.batch, d.B, out.state.size(0));
   refuse_overlap(check, "o", out.o, "state", out.state);
   auto make_token = [&](index_t b, index_t h, TokenWorkspace& ws) {
     return load_rwkv7_token(in.r, in.k, in.v, in.a, in.b, in.g, b, h, ws);
