@@ -26,6 +26,7 @@
 #include "seqmix/core/chunkwise/causal_product.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/diagonal_decay/bf16_tiles.hpp"
+#include "seqmix/linear_attention/diagonal_decay/chunk_ops.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
 namespace seqmix::detail::la {
@@ -49,7 +50,7 @@ using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 struct ChunkWorkspace {
   ChunkWorkspace(index_t C, index_t K, index_t Kf, index_t Vp)
       : Q(C, Kf), Kc(C, Kf), QD(C, Kf), KD(C, Kf), Vc(C, Vp), O(C, Vp), A(C, C), Bq(C, K), Bk(C, K),
-        m(K), bonus(C), in_row(K) {}
+        m(K), bonus(C), bk0(C), in_row(K) {}
   RowMatrix Q, Kc;     // [C,Kf] phi(q)*scale, phi(k)
   RowMatrix QD, KD;    // [C,Kf] decayed copies (inter-chunk, anchored intra, state passing)
   RowMatrix Vc, O;     // [C,Vp] values (+ ones column), outputs
@@ -57,6 +58,7 @@ struct ChunkWorkspace {
   RowMatrix Bq, Bk;    // [C,K] cumulative log-decays (column 0 only for scalar gates)
   RowVector m;         // [K] anchor
   RowVector bonus;     // [C] rwkv6 diagonal
+  RowVector bk0;       // [C] column 0 of Bk, contiguous (scalar gates)
   RowVector in_row;    // [K] a 16-bit q or k row widened before its feature map (InputRows)
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 };
@@ -184,16 +186,25 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
   }
   if (p.gated()) {
     const index_t n = p.scalar_gate ? 1 : p.K();
+    const bool rows = n > 1 && p.g.stride(1) == 1;  // contiguous gate rows: vectorized sums
     for (index_t i = 0; i < L; ++i) {
       float* bk = ws.Bk.row(i).data();
       const float* prev = i > 0 ? ws.Bk.row(i - 1).data() : nullptr;
-      for (index_t c = 0; c < n; ++c) {
-        const float g = std::max(p.g(t0 + i, c), kGateFloor);
-        bk[c] = prev ? prev[c] + g : g;
+      if (rows) {
+        add_floored(prev, p.g.ptr(t0 + i), kGateFloor, bk, n);
+      } else {
+        for (index_t c = 0; c < n; ++c) {
+          const float g = std::max(p.g(t0 + i, c), kGateFloor);
+          bk[c] = prev ? prev[c] + g : g;
+        }
       }
       float* bq = ws.Bq.row(i).data();
-      for (index_t c = 0; c < n; ++c)
-        bq[c] = p.readout == Readout::inclusive ? bk[c] : (prev ? prev[c] : 0.f);
+      if (p.readout == Readout::inclusive)
+        std::copy(bk, bk + n, bq);
+      else if (prev)
+        std::copy(prev, prev + n, bq);
+      else
+        std::fill(bq, bq + n, 0.f);
     }
   }
   if (p.readout == Readout::exclusive_bonus) {
@@ -211,13 +222,14 @@ inline void chunk_inter(const HeadProblem& p, index_t L, const RowMatrix& S, Chu
   if (use_bf16_dot(p)) return chunk_inter_bf16(p, L, S, ws);
 #endif
   auto O = ws.O.topRows(L);
+  const index_t Kf = ws.Q.cols();
   if (!p.gated()) {
     O.noalias() = ws.Q.topRows(L) * S;
   } else if (p.scalar_gate) {
     O.noalias() = ws.Q.topRows(L) * S;
     O.array().colwise() *= ws.Bq.col(0).head(L).array().exp();
   } else {
-    ws.QD.topRows(L).array() = ws.Q.topRows(L).array() * ws.Bq.topRows(L).array().exp();
+    times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
     O.noalias() = ws.QD.topRows(L) * S;
   }
 }
@@ -245,11 +257,11 @@ inline void intra_channel_subchunked(const HeadProblem& p, index_t L, ChunkWorks
   for (index_t i0 = 0; i0 < L; i0 += kSubChunk) {
     const index_t n = std::min(kSubChunk, L - i0);
     if (i0 > 0) {
-      const auto anchor = ws.Bk.row(i0 - 1);
-      ws.QD.middleRows(i0, n).array() =
-          ws.Q.middleRows(i0, n).array() * (ws.Bq.middleRows(i0, n).rowwise() - anchor).array().exp();
-      ws.KD.topRows(i0).array() =
-          ws.Kc.topRows(i0).array() * ((-ws.Bk.topRows(i0)).rowwise() + anchor).array().exp();
+      const index_t Kf = ws.Q.cols(), G = ws.Bk.cols();
+      ws.m = -ws.Bk.row(i0 - 1);  // the anchor r = i0 - 1: exp(Bq - Bk_r) and exp(Bk_r - Bk)
+      times_exp_rows(ws.Q.row(i0).data(), Kf, ws.Bq.row(i0).data(), G, 1.f, ws.m.data(), ws.QD.row(i0).data(), Kf, n, Kf);
+      ws.m = -ws.m;
+      times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), G, -1.f, ws.m.data(), ws.KD.data(), Kf, i0, Kf);
       ws.A.block(i0, 0, n, i0).noalias() = ws.QD.middleRows(i0, n) * ws.KD.topRows(i0).transpose();
     }
     for (index_t i = i0; i < i0 + n; ++i)
@@ -259,9 +271,11 @@ inline void intra_channel_subchunked(const HeadProblem& p, index_t L, ChunkWorks
 
 // Channel gates, moderate decay: one GEMM around the half-way anchor m.
 inline void intra_channel_anchored(index_t L, ChunkWorkspace& ws) {
-  ws.m = 0.5f * ws.Bk.row(L - 1);
-  ws.QD.topRows(L).array() = ws.Q.topRows(L).array() * (ws.Bq.topRows(L).rowwise() - ws.m).array().exp();
-  ws.KD.topRows(L).array() = ws.Kc.topRows(L).array() * ((-ws.Bk.topRows(L)).rowwise() + ws.m).array().exp();
+  const index_t Kf = ws.Q.cols(), G = ws.Bk.cols();
+  ws.m = -0.5f * ws.Bk.row(L - 1);  // exp(Bq - m) and exp(m - Bk) with m = Bk_last / 2
+  times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), G, 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
+  ws.m = -ws.m;
+  times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), G, -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
   ws.A.topLeftCorner(L, L).noalias() = ws.QD.topRows(L) * ws.KD.topRows(L).transpose();
 }
 
@@ -281,8 +295,9 @@ inline void chunk_intra(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
   } else {
     A.noalias() = ws.Q.topRows(L) * ws.Kc.topRows(L).transpose();
     if (p.gated()) {
-      for (index_t i = 0; i < L; ++i)
-        for (index_t j = 0; j <= i; ++j) A(i, j) *= std::exp(ws.Bq(i, 0) - ws.Bk(j, 0));
+      float* bk = ws.bk0.data();
+      for (index_t j = 0; j < L; ++j) bk[j] = ws.Bk(j, 0);
+      for (index_t i = 0; i < L; ++i) times_exp_diff(&A(i, 0), ws.Bq(i, 0), bk, i + 1);
     }
   }
   // Causal mask (the sub-chunked path wrote zeros there already; cheap to redo).
@@ -309,8 +324,11 @@ inline void chunk_state_update(const HeadProblem& p, index_t L, RowMatrix& S, Ch
     S.noalias() += ws.KD.topRows(L).transpose() * ws.Vc.topRows(L);
   } else {
     const auto last = ws.Bk.row(L - 1);
-    ws.KD.topRows(L).array() = ws.Kc.topRows(L).array() * ((-ws.Bk.topRows(L)).rowwise() + last).array().exp();
-    S.array().colwise() *= last.transpose().array().exp();
+    const index_t Kf = S.rows();
+    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last.data(), ws.KD.data(), Kf, L, Kf);
+    ws.m = last;
+    exp_inplace(ws.m.data(), Kf);
+    S.array().colwise() *= ws.m.transpose().array();
     S.noalias() += ws.KD.topRows(L).transpose() * ws.Vc.topRows(L);
   }
 }

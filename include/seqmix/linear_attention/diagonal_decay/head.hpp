@@ -13,6 +13,7 @@
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
+#include "seqmix/linear_attention/diagonal_decay/chunk_ops.hpp"
 #include "seqmix/linear_attention/feature_maps/dpfp.hpp"
 
 namespace seqmix::detail::la {
@@ -141,6 +142,7 @@ inline void apply_feature_map(FeatureMap phi, const ConstView<float, 1>& x, floa
   const index_t K = x.size(0);
   switch (phi) {
     case FeatureMap::identity:
+      if (K <= 1 || x.stride(0) == 1) return scaled_copy(x.data(), factor, out, K);  // vectorized
       for (index_t i = 0; i < K; ++i) out[i] = factor * x(i);
       return;
     case FeatureMap::elu1:

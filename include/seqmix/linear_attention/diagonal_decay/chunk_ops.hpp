@@ -1,0 +1,64 @@
+// Vectorized elementwise pieces of the fp32 chunk steps (chunked.hpp). Internal.
+//
+// Profiled at gla-1.3b (H 32, K = V = 64, T 8192, one thread): with Eigen's array expressions the
+// exp-scaled copies of Q and K ran on scalar expf (Eigen does not vectorize exp through a
+// rowwise broadcast) and the per-element loads of q / k / g went through strided view
+// accessors; together they took about three times the GEMMs' time. These loops keep every
+// elementwise pass on simd::Batch.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include "seqmix/core/simd.hpp"
+#include "seqmix/core/tensor.hpp"
+
+namespace seqmix::detail::la {
+
+// out[i][c] = x[i][c] * exp(s * g[i][c] + m[c]) for i < n, c < cols (m null: no shift). Row
+// strides ldx, ldg, ldo; out may be x.
+inline void times_exp_rows(const float* x, index_t ldx, const float* g, index_t ldg, float s, const float* m,
+                           float* out, index_t ldo, index_t n, index_t cols) {
+  using simd::Batch;
+  const index_t cv = simd::vector_end(cols);
+  const Batch<float> sign(s), zero(0.f);
+  for (index_t i = 0; i < n; ++i) {
+    const float *xi = x + i * ldx, *gi = g + i * ldg;
+    float* oi = out + i * ldo;
+    for (index_t c = 0; c < cv; c += simd::kWidth) {
+      const Batch<float> e = simd::fma(sign, simd::load(gi + c), m ? simd::load(m + c) : zero);
+      simd::store(oi + c, simd::load(xi + c) * simd::exp(e));
+    }
+    for (index_t c = cv; c < cols; ++c) oi[c] = xi[c] * std::exp(s * gi[c] + (m ? m[c] : 0.f));
+  }
+}
+
+// row[j] *= exp(b - bk[j]) for j < n: a scalar-gated score row (every exponent <= 0 for j <= i).
+inline void times_exp_diff(float* row, float b, const float* bk, index_t n) {
+  const simd::Batch<float> bb(b);
+  const index_t nv = simd::vector_end(n);
+  for (index_t j = 0; j < nv; j += simd::kWidth)
+    simd::store(row + j, simd::load(row + j) * simd::exp(bb - simd::load(bk + j)));
+  for (index_t j = nv; j < n; ++j) row[j] *= std::exp(b - bk[j]);
+}
+
+// out[c] = factor * x[c] over n contiguous floats.
+inline void scaled_copy(const float* x, float factor, float* out, index_t n) {
+  const simd::Batch<float> f(factor);
+  const index_t nv = simd::vector_end(n);
+  for (index_t c = 0; c < nv; c += simd::kWidth) simd::store(out + c, f * simd::load(x + c));
+  for (index_t c = nv; c < n; ++c) out[c] = factor * x[c];
+}
+
+// out[c] = (prev ? prev[c] : 0) + max(g[c], floor): one row of a cumulative log-decay.
+inline void add_floored(const float* prev, const float* g, float floor, float* out, index_t n) {
+  const simd::Batch<float> bound(-floor), zero(0.f);
+  const index_t nv = simd::vector_end(n);
+  for (index_t c = 0; c < nv; c += simd::kWidth) {
+    const simd::Batch<float> gc = -simd::min_keep_nan(-simd::load(g + c), bound);  // max(g, floor)
+    simd::store(out + c, (prev ? simd::load(prev + c) : zero) + gc);
+  }
+  for (index_t c = nv; c < n; ++c) out[c] = (prev ? prev[c] : 0.f) + std::max(g[c], floor);
+}
+
+}  // namespace seqmix::detail::la
