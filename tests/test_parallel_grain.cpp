@@ -1,0 +1,64 @@
+// The counting executor behind seqmix-parallel-grain (testing/seqmix_testing/counting_executor.hpp).
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <vector>
+
+#include "seqmix_testing/counting_executor.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+namespace st = seqmix::testing;
+using seqmix::index_t;
+
+st::RecordedRun equal_run(index_t tasks, double seconds) {
+  return {tasks, std::vector<double>(static_cast<std::size_t>(tasks), seconds), false};
+}
+
+}  // namespace
+
+TEST_CASE("parallel grain: the counting executor runs every task once and records each run", "[parallel_grain]") {
+  st::CountingExecutor ex(64);
+  CHECK(ex.concurrency() == 64);
+  std::vector<int> calls(300, 0);
+  seqmix::parallel_for(ex, 300, 1, [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) ++calls[static_cast<std::size_t>(i)];
+    if (begin == 0) ex.run(3, [&](index_t) {});  // a nested run inside the first task
+  });
+  for (int c : calls) CHECK(c == 1);
+  REQUIRE(ex.runs().size() == 2);
+  CHECK(ex.runs()[0].tasks == 256);  // parallel_for's cap: 4 blocks per thread
+  CHECK_FALSE(ex.runs()[0].nested);
+  CHECK(ex.runs()[0].task_seconds.size() == 256);
+  CHECK(ex.runs()[1].tasks == 3);
+  CHECK(ex.runs()[1].nested);
+  ex.clear();
+  seqmix::parallel_for(ex, 10, 100, [](index_t, index_t) {});  // one block: no run() at all
+  CHECK(ex.runs().empty());
+}
+
+TEST_CASE("parallel grain: list schedules and idle fractions of known task sets", "[parallel_grain]") {
+  CHECK(st::list_schedule_seconds({1, 1, 1, 1}, 2) == Approx(2.0));
+  CHECK(st::list_schedule_seconds({4, 1, 1, 1, 1}, 2) == Approx(4.0));  // in index order: 4 | 1+1+1+1
+  CHECK(st::list_schedule_seconds({1, 1, 1, 1, 4}, 2) == Approx(6.0));  // the long task last: 1+1+4
+  // 128 equal tasks fill 64 cores; 96 leave a half-empty second wave; 4 leave 60 cores idle.
+  CHECK(st::estimate_grain({equal_run(128, 1e-3)}, 0.0, 64).idle_fraction == Approx(0.0).margin(1e-12));
+  CHECK(st::estimate_grain({equal_run(96, 1e-3)}, 0.0, 64).idle_fraction == Approx(0.25));
+  CHECK(st::estimate_grain({equal_run(4, 1e-3)}, 0.0, 64).equal_idle_fraction == Approx(60.0 / 64));
+  // A serial part as long as the parallel work's 64-core time: half of the call idles 63 cores.
+  const st::GrainEstimate e = st::estimate_grain({equal_run(64, 1e-3)}, 1e-3, 64);
+  CHECK(e.total_seconds == Approx(65e-3));
+  CHECK(e.parallel_seconds == Approx(2e-3));
+  CHECK(e.idle_fraction == Approx(1.0 - 65.0 / 128));
+  // Unequal tasks: counts alone say 0% idle, the schedule does not.
+  st::RecordedRun skewed = equal_run(64, 1e-3);
+  skewed.task_seconds[63] = 8e-3;
+  const st::GrainEstimate s = st::estimate_grain({skewed}, 0.0, 64);
+  CHECK(s.equal_idle_fraction == Approx(0.0).margin(1e-12));
+  CHECK(s.idle_fraction == Approx(1.0 - 71.0 / (64 * 8)));
+  // Nested runs are part of their parent's task time and are not scheduled again.
+  st::RecordedRun nested = equal_run(1000, 1.0);
+  nested.nested = true;
+  CHECK(st::estimate_grain({equal_run(64, 1e-3), nested}, 0.0, 64).total_seconds == Approx(64e-3));
+}
