@@ -1,9 +1,12 @@
-// The counting executor behind seqmix-parallel-grain (testing/seqmix_testing/counting_executor.hpp).
+// The counting executor behind seqmix-parallel-grain (testing/seqmix_testing/counting_executor.hpp)
+// and the causal prefill's paired query blocks that it led to (attention/dense/flash.hpp).
 #include <catch2/catch.hpp>
 
 #include <cstdint>
 #include <vector>
 
+#include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/dense/reference.hpp"
 #include "seqmix_testing/counting_executor.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -61,4 +64,42 @@ TEST_CASE("parallel grain: list schedules and idle fractions of known task sets"
   st::RecordedRun nested = equal_run(1000, 1.0);
   nested.nested = true;
   CHECK(st::estimate_grain({equal_run(64, 1e-3), nested}, 0.0, 64).total_seconds == Approx(64e-3));
+}
+
+// Causal prefill pairs query blocks j and blocks-1-j in one task: even and odd block counts, a
+// ragged last block, more keys than queries (a cached prefix), one task per pair (64 claimed
+// threads) and a real pool, each against the reference.
+TEST_CASE("parallel grain: paired causal query blocks match the reference", "[parallel_grain]") {
+  struct Shape {
+    index_t B, Tq, Tk, Hq, Hkv;
+  };
+  const Shape shapes[] = {
+      {1, 256, 256, 4, 1},  // G 4: blocks of 64 rows, 4 blocks
+      {2, 317, 317, 4, 1},  // 5 blocks, the last of 61 rows
+      {1, 130, 200, 8, 2},  // 3 blocks against a 70-token prefix
+      {1, 513, 513, 2, 2},  // G 1: blocks of 256 rows, 3 blocks, the last of 1 row
+      {1, 33, 33, 4, 4},    // one block: nothing to pair
+  };
+  st::CountingExecutor wide(64);
+  seqmix::ThreadPool pool(2);
+  for (const Shape& s : shapes) {
+    const index_t D = 24;
+    const auto q = st::random_tensor<4>({s.B, s.Tq, s.Hq, D}, 1);
+    const auto k = st::random_tensor<4>({s.B, s.Tk, s.Hkv, D}, 2);
+    const auto v = st::random_tensor<4>({s.B, s.Tk, s.Hkv, D}, 3);
+    seqmix::AttentionInputs<float> in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view();
+    seqmix::AttentionOptions options;
+    options.causal = true;
+    seqmix::Tensor<float, 4> ref({s.B, s.Tq, s.Hq, D}), got({s.B, s.Tq, s.Hq, D});
+    seqmix::reference::attention(in, {ref.view(), {}}, options);
+    for (const seqmix::Executor* ex : {static_cast<const seqmix::Executor*>(&wide), static_cast<const seqmix::Executor*>(&pool)}) {
+      got.fill(-1.f);
+      seqmix::attention_flash(in, {got.view(), {}}, options, *ex);
+      const auto cmp = st::compare(got.cview(), ref.cview(), 1e-4);
+      INFO("B=" << s.B << " Tq=" << s.Tq << " Tk=" << s.Tk << " Hq=" << s.Hq << " Hkv=" << s.Hkv
+                << " concurrency=" << ex->concurrency() << ": " << cmp.describe());
+      CHECK(cmp.ok);
+    }
+  }
 }

@@ -418,16 +418,25 @@ void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& o
   // below Tk (given positions farther away fall back to the formula, key by key).
   const DistanceBiasCache cache = prefill_bias_cache(in.relative_bias, d.Hq, d.Tq, d.Tk, executor);
   const DistanceBiasCache* const table = cache.distances > 0 ? &cache : nullptr;
-  // Task t = (group, query block), query blocks fastest: a contiguous range of tasks then mixes
-  // cheap early blocks and expensive late ones of the causal case.
-  parallel_for(executor, d.B * d.Hkv * blocks, 1, [&](index_t begin, index_t end) {
+  // Task t = (group, j), j fastest: a contiguous range of tasks keeps one group's keys in cache.
+  // Causal: task j takes query blocks j and blocks-1-j, which together visit about the same
+  // number of keys whatever j, so every task costs about the same and a wide pool is not left
+  // waiting on the last blocks (128 single blocks of llama3-8b at T 1024 left ~40% of 64 cores
+  // idle; docs/parallel_grain.md). Without a causal mask every block costs the same already.
+  const bool paired = options.causal && blocks > 1;
+  const index_t per_group = paired ? (blocks + 1) / 2 : blocks;
+  parallel_for(executor, d.B * d.Hkv * per_group, 1, [&](index_t begin, index_t end) {
     FlashScratch scratch(bq * G, d.Dk, Dkp, Dvp);
     for (index_t t = begin; t < end; ++t) {
-      const index_t block = t % blocks, group = t / blocks, b = group / d.Hkv, hk = group % d.Hkv;
-      const index_t i0 = block * bq;
-      flash_block_dense(in, out, options, d, scale, b, hk, i0, std::min(bq, d.Tq - i0), scratch,
-                        [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
-                        table);
+      const index_t j = t % per_group, group = t / per_group, b = group / d.Hkv, hk = group % d.Hkv;
+      const auto run_block = [&](index_t block) {
+        const index_t i0 = block * bq;
+        flash_block_dense(in, out, options, d, scale, b, hk, i0, std::min(bq, d.Tq - i0), scratch,
+                          [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
+                          table);
+      };
+      run_block(j);
+      if (paired && blocks - 1 - j != j) run_block(blocks - 1 - j);  // not the middle block of an odd count
     }
   });
 }
