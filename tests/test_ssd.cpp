@@ -193,6 +193,28 @@ TEST_CASE("ssd chunk sizes 16, 32, 64, 128 (and odd ones) agree with the referen
   }
 }
 
+// The chunked form's products run on register tiles of 1-5 vectors of P and 1-8 rows
+// (ssm/ssd/gemm.hpp): P spans every panel split at AVX-512 width (48 = 3 vectors, 80 = 5,
+// 96 = 4 + 2, 112 = 4 + 3, 144 = 4 + 5, 23 = 1 + a scalar tail) and at SSE2 / AVX2 widths, N
+// (the state product's rows) a multiple of no tile height, chunks off the vector width (the
+// decay mask's padded rows) with a ragged last chunk.
+TEST_CASE("ssd chunked register tiles: every panel width and ragged rows against the reference", "[ssd]") {
+  const index_t Ps[] = {48, 80, 96, 112, 144, 23};
+  std::uint64_t seed = 150;
+  for (index_t P : Ps)
+    for (index_t chunk : {33, 64}) {
+      const SsdCase c{1, 101, 2, P, 37, 1, kAll, seed++};
+      INFO(c.describe() << " chunk_size=" << chunk);
+      const SsdData data(c);
+      const Reference ref(c, data);
+      Tensor<float, 4> y({c.B, c.T, c.H, c.P}), s({c.B, c.H, c.P, c.N});
+      seqmix::ssd(data.inputs(c), {y.view(), s.view()}, options_of(c, seqmix::SsdAlgorithm::chunked, chunk),
+                  seqmix::serial_executor());
+      require_close<4>("y", y.view(), ref.y.view());
+      require_close<4>("final_state", s.view(), ref.state.view());
+    }
+}
+
 TEST_CASE("ssd one call equals prefill(T1) + prefill(T2) + decode steps", "[ssd]") {
   struct Split {
     SsdCase c;

@@ -22,6 +22,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/ssm/ssd/gemm.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
 #include "seqmix/ssm/ssd/step.hpp"
 
@@ -59,27 +60,32 @@ inline SsdConstTile ssd_widened(const SsdMatrix& m, index_t rows) {
   return SsdConstTile(m.data(), rows, m.cols(), Eigen::OuterStride<>(m.cols()));
 }
 
+// n rounded up to a whole number of vectors: the padded length of the rows ssd_decay_mask reads.
+constexpr index_t ssd_vector_ceil(index_t n) noexcept { return simd::vector_end(n + simd::kWidth - 1); }
+
 // Per-task scratch of the chunked kernel, allocated once per task (never inside the chunk loop).
 // The state-to-output and intra-chunk products share one GEMM with K = N + l:
 //   Y = [diag(exp(cs)) C | CB ∘ Lmask] · [S^T ; Xd]
 // so the state is kept transposed ([N,P]) in the top rows of `rhs`, with Xd below it.
 struct SsdChunkScratch {
-  SsdMatrix lhs;  // [L, N+L]: exp(cs) ∘ C, then the decay-masked C B^T tile
+  SsdMatrix lhs;  // [L, N+Lp]: exp(cs) ∘ C, then the decay-masked C B^T tile (Lp: L in whole vectors)
   SsdMatrix rhs;  // [N+L, P]: S^T (the state entering the chunk, transposed), then dt ∘ x
   SsdMatrix xw;   // [L,P] exp(cs_end - cs) ∘ dt ∘ x
   SsdMatrix y;    // [L,P] output tile before D and z
-  // [L] each: step size, log-decay a = dt*A, its prefix sum cs, exp(cs), exp(cs_end - cs)
+  // [L] each ([Lp] cs and cs_lo): step size, log-decay a = dt*A, its prefix sum cs, exp(cs), exp(cs_end - cs)
   std::vector<float> dt, a, cs, decay_in, decay_out;
   std::vector<float> cs_lo;  // [L] rounding error of cs (see ssd_decay_mask)
   chunkwise::ProductScratch nonfinite_xd;  // dt * x of a chunk holding a NaN / inf (sized on first use)
+  bool xd_finite = true;  // no NaN / inf in the chunk's dt * x (load_chunk)
   bool growing = false;  // some token's log-decay is > 0: the chunk runs token by token (ssd_chunk_decays)
   // 16-bit x, Bm, Cm only (else empty): the chunk's rows widened to fp32 by load_chunk, [L,P] / [L,N].
   SsdMatrix xc, bc, cc;
 
   SsdChunkScratch(index_t L, index_t P, index_t N, bool widened = false)
-      : lhs(L, N + L), rhs(N + L, P), xw(L, P), y(L, P), dt(static_cast<std::size_t>(L)), a(static_cast<std::size_t>(L)),
-        cs(static_cast<std::size_t>(L)), decay_in(static_cast<std::size_t>(L)), decay_out(static_cast<std::size_t>(L)),
-        cs_lo(static_cast<std::size_t>(L)), xc(widened ? L : 0, P), bc(widened ? L : 0, N), cc(widened ? L : 0, N) {}
+      : lhs(L, N + ssd_vector_ceil(L)), rhs(N + L, P), xw(L, P), y(L, P), dt(static_cast<std::size_t>(L)),
+        a(static_cast<std::size_t>(L)), cs(static_cast<std::size_t>(ssd_vector_ceil(L))),
+        decay_in(static_cast<std::size_t>(L)), decay_out(static_cast<std::size_t>(L)),
+        cs_lo(static_cast<std::size_t>(ssd_vector_ceil(L))), xc(widened ? L : 0, P), bc(widened ? L : 0, N), cc(widened ? L : 0, N) {}
 };
 
 // mask[i][j] = cb[i][j] * exp(cs_i - cs_j) for j <= i, 0 above the diagonal. cs comes as a
@@ -89,21 +95,29 @@ struct SsdChunkScratch {
 // still matters (1.8e-5 relative error at chunk size 300, against 9e-7 this way). The exponent
 // is not clamped to <= 0: without softplus a negative dt + dt_bias makes a token's log-decay
 // positive (a growing state), and exp(cs_i - cs_j) > 1 is then the right weight (clamping it
-// gave errors of 10% of the output). Lanes past the diagonal may overflow; they are cleared after.
+// gave errors of 10% of the output). The vector holding the diagonal is computed whole and its
+// lanes past the diagonal selected to 0 (they may overflow or read another row's cb): done per
+// lane with std::exp, that vector cost about 15% of the prefill (mamba2-780m, L 64). So each
+// row reads and writes up to the next multiple of the vector width: cb, cs_hi and cs_lo must be
+// readable and mask writable that far (SsdChunkScratch and ssd_chunked pad them).
 inline void ssd_decay_mask(const float* cb, index_t cb_stride, const float* cs_hi, const float* cs_lo, index_t l,
                            float* mask, index_t mask_stride) noexcept {
+  alignas(64) static constexpr float kLane[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  static_assert(simd::kWidth <= 16, "kLane covers one vector");
+  const SsdBatch lane = simd::load(kLane);
   for (index_t i = 0; i < l; ++i) {
     const float* cb_row = cb + i * cb_stride;
     float* row = mask + i * mask_stride;
     const SsdBatch hi(cs_hi[i]), lo(cs_lo[i]);
-    // Whole vectors up to the first one that reaches the diagonal, if it fits in the row.
-    const index_t jv = std::min(simd::vector_end(i + simd::kWidth), simd::vector_end(l));
-    for (index_t j = 0; j < jv; j += simd::kWidth) {
+    const auto weight = [&](index_t j) {
       const SsdBatch exponent = (hi - simd::load(cs_hi + j)) + (lo - simd::load(cs_lo + j));
-      simd::store(row + j, simd::load(cb_row + j) * simd::exp(exponent));
-    }
-    for (index_t j = jv; j <= i; ++j) row[j] = cb_row[j] * std::exp((cs_hi[i] - cs_hi[j]) + (cs_lo[i] - cs_lo[j]));
-    std::fill(row + i + 1, row + l, 0.f);
+      return simd::load(cb_row + j) * simd::exp(exponent);
+    };
+    const index_t jd = simd::vector_end(i);  // the vector holding the diagonal
+    for (index_t j = 0; j < jd; j += simd::kWidth) simd::store(row + j, weight(j));
+    const auto visible = (SsdBatch(static_cast<float>(jd)) + lane) <= SsdBatch(static_cast<float>(i));
+    simd::store(row + jd, xsimd::select(visible, weight(jd), SsdBatch(0.f)));
+    if (jd + simd::kWidth < l) std::fill(row + jd + simd::kWidth, row + l, 0.f);
   }
 }
 
@@ -121,6 +135,28 @@ void ssd_prefetch_rows(const E* p, index_t stride, index_t rows, index_t width) 
       (void)p;
 #endif
     }
+}
+
+// xd = dt * x and xw = decay * xd over one token's row of P values; false if some xd is NaN or
+// inf (xd * 0 is then NaN), the test the intra-chunk product needs, here while the row is loaded
+// (a separate pass over the chunk cost about 5% of the prefill).
+inline bool ssd_scale_row(float dt, float decay, const float* x, index_t P, float* xd, float* xw) noexcept {
+  const SsdBatch d(dt), w(decay);
+  SsdBatch probe(0.f);
+  const index_t pv = simd::vector_end(P);
+  for (index_t p = 0; p < pv; p += simd::kWidth) {
+    const SsdBatch v = d * simd::load(x + p);
+    simd::store(xd + p, v);
+    simd::store(xw + p, w * v);
+    probe += v * SsdBatch(0.f);
+  }
+  float tail = 0.f;
+  for (index_t p = pv; p < P; ++p) {
+    xd[p] = dt * x[p];
+    xw[p] = decay * xd[p];
+    tail += xd[p] * 0.f;
+  }
+  return simd::reduce_add(probe) + tail == 0.f;
 }
 
 // The floor of a token's log-decay dt * A in the chunked form (see ssd_chunk_decays): exp(-128)
@@ -291,10 +327,10 @@ struct SsdChunkKernel {
       ssd_widen_tile(in.Cm, b, t0, l, g, s.cc);
     }
     const SsdConstTile x = x_tile(hd, t0, l, s), Cm = c_tile(hd, t0, l, s);
-    auto xd = s.rhs.middleRows(N, l), xw = s.xw.topRows(l);
+    s.xd_finite = true;
     for (index_t i = 0; i < l; ++i) {
-      xd.row(i) = s.dt[i] * x.row(i);
-      xw.row(i) = s.decay_out[i] * xd.row(i);
+      s.xd_finite &= ssd_scale_row(s.dt[i], s.decay_out[i], x.data() + i * x.outerStride(), P, s.rhs.row(N + i).data(),
+                                   s.xw.row(i).data());
       s.lhs.row(i).head(N) = s.decay_in[i] * Cm.row(i);
     }
     const index_t chunk = g * plan.chunk_count() + plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / L;
@@ -309,12 +345,13 @@ struct SsdChunkKernel {
     // causal for non-finite values (core/chunkwise/causal_product.hpp), and every other row is
     // what a clean chunk gives, bit for bit.
     auto xd = s.rhs.middleRows(N, l);
-    const bool finite = xd.allFinite();
+    const bool finite = s.xd_finite;
     if (!finite) {
       s.nonfinite_xd = xd;
       xd = xd.array().isFinite().select(xd, 0.f);
     }
-    s.y.topRows(l).noalias() = s.lhs.topLeftCorner(l, N + l) * s.rhs.topRows(N + l);
+    const index_t P = dims.P;
+    ssd_gemm(SsdLhs{s.lhs.data(), s.lhs.cols(), 1}, s.rhs.data(), P, s.y.data(), P, l, P, N + l, 0.f, false, N);
     if (!finite) chunkwise::add_nonfinite_lower(s.lhs.block(0, N, l, l), s.nonfinite_xd, s.y.topRows(l));
   }
   // A chunk in which some token's log-decay dt * A is positive (without softplus, dt + dt_bias
@@ -335,9 +372,11 @@ struct SsdChunkKernel {
   // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution.
   void update_state(const Head& hd, index_t c0, index_t l, Workspace& s) const {
     if (s.growing) return;  // recurrent_chunk advanced it
-    auto state_t = s.rhs.topRows(dims.N);
-    state_t *= std::exp(s.cs[l - 1]);
-    state_t.noalias() += b_tile(hd, hd.seq.token_begin + c0, l, s).transpose() * s.xw.topRows(l);
+    // state_t [N,P] (top of rhs) = exp(cs_end) state_t + Bm^T xw, Bm^T read in place.
+    const SsdConstTile Bm = b_tile(hd, hd.seq.token_begin + c0, l, s);
+    const index_t P = dims.P;
+    ssd_gemm(SsdLhs{Bm.data(), 1, Bm.outerStride()}, s.xw.data(), P, s.rhs.data(), P, dims.N, P, l,
+             std::exp(s.cs[l - 1]), true);
   }
   // D skip and z gate, row by row, then out to y (any stride).
   void store_outputs(const Head& hd, index_t c0, index_t l, Workspace& s) const {
@@ -377,7 +416,8 @@ void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdO
   const index_t count = static_cast<index_t>(plan.seqs.size());
   if (count == 0) return;
   const index_t L = plan.L;
-  AlignedVector<float> cb(static_cast<std::size_t>(dims.G * plan.chunk_count() * L * L));
+  // + a vector: ssd_decay_mask reads the last tile's last row up to a whole vector.
+  AlignedVector<float> cb(static_cast<std::size_t>(dims.G * plan.chunk_count() * L * L + simd::kWidth));
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb.data(), executor);
 
   const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb.data()};
