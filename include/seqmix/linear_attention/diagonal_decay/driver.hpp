@@ -40,20 +40,20 @@ struct PrefillPlan {
 
 // Picks the prefill algorithm for a shape (T: the longest sequence of the call). Measured on the
 // 2-core AVX-512 machine this was tuned on (bench/bench_linear_attention.cpp runs both forms
-// forced, README.md has the table): while the state of one head fits in ~256 KB (K*V <= 256*256
-// floats) the recurrent form wins for every gate kind, e.g. K=V=64, T=2048, one core: ungated 133
-// vs 67 GFLOP/s (chunk 64) or 81 (chunk 32); scalar gate 139 vs 50-64; channel gate 128 vs 28. Per
-// token it costs 2-3 vector ops per state element with o and v in registers and the state in
-// L1/L2, while the chunked form does 2x the flops for C=K=V=64 (the intra-chunk C x C products) in
-// small GEMMs that reach well under half of peak, plus exp-scaled copies of Q and K for decays.
-// For larger states (taylor2 features, K=V>256) the chunked GEMMs catch up and keep the state out
-// of the per-token loop, so they are used there. Inputs shorter than one chunk always go token by
-// token, and so does a call that keeps token_states (the state exists after every token only there).
+// forced; docs/operators.md, GLA, has the chunked form's phase split): one thread, thread CPU
+// time, machine loaded, chunked over recurrent time at K = V = 64 (gla-1.3b, T 8192): 1.15
+// (channel gate), 1.24 (scalar), 1.25 (ungated), 1.23 (rwkv6); at K = V = 128 (gla-k128, T 4096):
+// 0.90, 0.83, 0.86. The recurrent form costs 2-3 vector ops per state element and token with the
+// state in L1/L2; the chunked form does 1 + C/(2K) .. 1 + C/K times the flops in GEMMs that run
+// near the FMA rate, and its share of loads, gates and exps per flop falls as the state grows. So
+// states of 128 x 128 floats and more take the chunked form. Inputs shorter than one chunk always
+// go token by token, and so does a call that keeps token_states (the state exists after every
+// token only there).
 inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
                                                  bool token_states = false) {
   (void)gate;  // the same rule holds for every gate kind on the measured machine
   if (T < chunk || token_states) return LinearAttentionAlgorithm::recurrent;
-  return Kf * V <= 256 * 256 ? LinearAttentionAlgorithm::recurrent : LinearAttentionAlgorithm::chunked;
+  return Kf * V < 128 * 128 ? LinearAttentionAlgorithm::recurrent : LinearAttentionAlgorithm::chunked;
 }
 
 // The sequences that run (padding ones, state_row -1, do not), longest first: items handed out in
@@ -273,6 +273,57 @@ struct ChunkKernel {
   }
 };
 
+// The chunked form over tasks of `group` value heads of one sequence that advance chunk by chunk
+// together: for each chunk, every head of the task runs its steps (the kernel's hooks, with that
+// head's state swapped into the one workspace). A token's rows of all heads are adjacent in
+// [B,T,H,D] memory, so the heads of a task read q/k/v/g and write o almost sequentially; one
+// head at a time over all T strides through memory H*D elements apart. Measured at gla-1.3b-t8192
+// (one thread, thread CPU time, machine loaded): loading the chunks' rows 56-74 -> 45 ms, storing
+// the outputs 24-37 -> 16 ms (the GEMM steps unchanged at ~115 ms); the call 196 -> 150 ms.
+// The group keeps its states within ~512 KB (L2) and leaves a task per thread; JRT prefixes go
+// through the engine one head at a time (ChunkKernel::prefix_tokens).
+template <class Kernel>
+void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t sequences, const Executor& executor) {
+  const index_t state_floats = plan.Kf * (plan.V + (plan.normalize ? 1 : 0));
+  const index_t fit = std::max<index_t>(1, (index_t{1} << 17) / state_floats);
+  const index_t group = std::min((plan.HV + executor.concurrency() - 1) / executor.concurrency(), fit);
+  const index_t per_sequence = (plan.HV + group - 1) / group;
+  parallel_for(executor, sequences * per_sequence, 1, [&](index_t begin, index_t end) {
+    typename Kernel::Workspace ws = kernel.make_workspace();
+    std::vector<RowMatrix> states(static_cast<std::size_t>(group), ws.S);
+    std::vector<typename Kernel::Head> heads;
+    heads.reserve(static_cast<std::size_t>(group));
+    for (index_t task = begin; task < end; ++task) {
+      const index_t first = task / per_sequence * plan.HV + task % per_sequence * group;  // kernel item
+      const index_t n = std::min(group, plan.HV - task % per_sequence * group);
+      heads.clear();
+      for (index_t i = 0; i < n; ++i) {
+        heads.push_back(kernel.begin_head(first + i, ws));  // loads the head's state into ws.S
+        ws.S.swap(states[static_cast<std::size_t>(i)]);
+      }
+      const index_t T = kernel.tokens(heads.front());  // heads of one sequence share its tokens
+      for (index_t t0 = 0; t0 < T; t0 += plan.chunk) {
+        const index_t L = std::min(plan.chunk, T - t0);
+        for (index_t i = 0; i < n; ++i) {
+          const typename Kernel::Head& h = heads[static_cast<std::size_t>(i)];
+          ws.S.swap(states[static_cast<std::size_t>(i)]);
+          kernel.load_chunk(h, t0, L, ws);
+          kernel.state_to_output(h, t0, L, ws);
+          kernel.intra(h, t0, L, ws);
+          kernel.update_state(h, t0, L, ws);
+          kernel.store_outputs(h, t0, L, ws);
+          ws.S.swap(states[static_cast<std::size_t>(i)]);
+        }
+      }
+      for (index_t i = 0; i < n; ++i) {
+        ws.S.swap(states[static_cast<std::size_t>(i)]);
+        kernel.end_head(heads[static_cast<std::size_t>(i)], ws);
+        ws.S.swap(states[static_cast<std::size_t>(i)]);
+      }
+    }
+  });
+}
+
 // Prefill: make_head(b, hv) returns the HeadProblem of one (batch row, value head) over all T
 // tokens of the row; the driver cuts it to each sequence of plan.seqs. Each parallel block
 // allocates its workspace and states once and reuses them for all its heads. final_state may
@@ -285,7 +336,10 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
   const index_t sequences = static_cast<index_t>(order.size());
   if (plan.algorithm == LinearAttentionAlgorithm::chunked) {
     const ChunkKernel<std::remove_reference_t<MakeHead>> kernel{plan, io, order, make_head};
-    seqmix::chunkwise::run(kernel, sequences * plan.HV, 1, plan.chunk, executor);
+    if (plan.prefix_len > 0)
+      seqmix::chunkwise::run(kernel, sequences * plan.HV, 1, plan.chunk, executor);
+    else
+      run_chunked_heads(kernel, plan, sequences, executor);
     return;
   }
   if (plan.prefix_len == 0) {
