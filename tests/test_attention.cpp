@@ -485,3 +485,26 @@ TEST_CASE("attention: a NaN key under a -inf mask entry does not contaminate its
       }
     }
 }
+
+// The vectorized test for a weight of exactly 0 that decides whether a P V tile guards its value
+// rows against NaN / inf (NonFiniteKeys): a single 0 (or -0) anywhere, in the vector part or the
+// scalar tail of any row, is found; tiny but non-zero weights are not taken for 0.
+TEST_CASE("attention: the zero-weight test finds a single 0 at every place of ragged tiles", "[attention]") {
+  const index_t ld = 64;
+  for (const index_t n : {index_t{1}, index_t{3}, index_t{7}, index_t{15}, index_t{16}, index_t{17}, index_t{63}, index_t{64}})
+    for (const index_t M : {index_t{1}, index_t{4}, index_t{5}}) {
+      INFO("n=" << n << " M=" << M);
+      std::vector<float> P(static_cast<std::size_t>(M * ld), 0.f);  // padding past n stays 0
+      for (index_t r = 0; r < M; ++r)
+        for (index_t j = 0; j < n; ++j) P[static_cast<std::size_t>(r * ld + j)] = 1e-30f * static_cast<float>(1 + j % 3);
+      CHECK_FALSE(seqmix::detail::has_zero_weight(P.data(), ld, M, n));
+      for (index_t r = 0; r < M; ++r)
+        for (index_t j = 0; j < n; ++j) {
+          float& p = P[static_cast<std::size_t>(r * ld + j)];
+          const float kept = p;
+          p = (j % 2 == 0) ? 0.f : -0.f;
+          if (!seqmix::detail::has_zero_weight(P.data(), ld, M, n)) FAIL_CHECK("missed the 0 at row " << r << " key " << j);
+          p = kept;
+        }
+    }
+}
