@@ -20,6 +20,8 @@
 // (SsdInputsOf<bf16>, rows widened per chunk; issue 19 item 3), counter speedup_vs_f32: the
 // fp32-input chunked prefill's time over this one's, medians of process CPU time over 5 calls
 // of each taken alternately after the timed loop (one run's ratio).
+// ssd/bf16/prefill/<shape>/T<T>: the same with SsdOptions::bf16_compute = dot (the output product
+// on AVX512-BF16 dot products where the target has them), speedup_vs_f32 likewise.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -212,7 +214,8 @@ double process_seconds() {
 }
 
 // The chunked prefill on bf16 x, Bm, Cm, and the fp32-input chunked prefill's CPU time over it.
-void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t T) {
+void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t T,
+                    seqmix::Bf16Compute compute = seqmix::Bf16Compute::fp32) {
   Problem p(1, T, shape);
   Tensor<float, 4> final_state({p.B, p.H, p.P, p.N});
   Tensor<seqmix::bf16, 4> x(p.x.shape()), Bm(p.Bm.shape()), Cm(p.Cm.shape());
@@ -222,7 +225,9 @@ void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t 
   seqmix::SsdInputsOf<seqmix::bf16> in;
   in.x = x.cview(), in.Bm = Bm.cview(), in.Cm = Cm.cview(), in.dt = in32.dt, in.A = in32.A, in.D = in32.D;
   in.z = in32.z, in.dt_bias = in32.dt_bias, in.initial_state = in32.initial_state;
-  const seqmix::SsdOptions o = options(seqmix::SsdAlgorithm::chunked);
+  const seqmix::SsdOptions o32 = options(seqmix::SsdAlgorithm::chunked);
+  seqmix::SsdOptions o = o32;
+  o.bf16_compute = compute;
   const seqmix::SsdOutputs out{p.y.view(), final_state.view(), {}};
   for (auto _ : state) {
     seqmix::ssd(in, out, o, st::two_thread_pool());
@@ -231,7 +236,7 @@ void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t 
   std::vector<double> t_f32, t_io;
   for (int r = 0; r < 5; ++r) {
     double t0 = process_seconds();
-    seqmix::ssd(in32, out, o, st::two_thread_pool());
+    seqmix::ssd(in32, out, o32, st::two_thread_pool());
     t_f32.push_back(process_seconds() - t0);
     t0 = process_seconds();
     seqmix::ssd(in, out, o, st::two_thread_pool());
@@ -267,8 +272,12 @@ const int kRegistered = [] {
         ->UseRealTime();
     benchmark::RegisterBenchmark((std::string("ssd/step/") + name).c_str(), step, s)->UseRealTime();
     benchmark::RegisterBenchmark((std::string("ssd/prefill/") + name + "/T4096/chunked_bf16io").c_str(), prefill_bf16io,
-                                 s, 4096)
+                                 s, 4096, seqmix::Bf16Compute::fp32)
         ->UseRealTime();
+    for (index_t T : {512, 4096})
+      benchmark::RegisterBenchmark((std::string("ssd/bf16/prefill/") + name + "/T" + std::to_string(T)).c_str(),
+                                   prefill_bf16io, s, T, seqmix::Bf16Compute::dot)
+          ->UseRealTime();
   }
   const st::SsmShape& serving = shape_named("mamba2-780m");  // H = 48, P = 64, N = 128
   const std::string varlen = "ssd/varlen/mamba2-780m/8seq";

@@ -22,6 +22,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/ssm/ssd/bf16_products.hpp"
 #include "seqmix/ssm/ssd/gemm.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
 #include "seqmix/ssm/ssd/step.hpp"
@@ -80,6 +81,7 @@ struct SsdChunkScratch {
   bool growing = false;  // some token's log-decay is > 0: the chunk runs token by token (ssd_chunk_decays)
   // 16-bit x, Bm, Cm only (else empty): the chunk's rows widened to fp32 by load_chunk, [L,P] / [L,N].
   SsdMatrix xc, bc, cc;
+  SsdBf16Tiles bf16;  // the output product's bf16 operands (SsdChunkKernel::bf16_dot only)
 
   SsdChunkScratch(index_t L, index_t P, index_t N, bool widened = false)
       : lhs(L, N + ssd_vector_ceil(L)), rhs(N + L, P), xw(L, P), y(L, P), dt(static_cast<std::size_t>(L)),
@@ -274,6 +276,7 @@ struct SsdChunkKernel {
   const SsdDims& dims;
   const SsdChunkPlan& plan;
   const float* cb;  // the shared C B^T tiles (ssd_chunk_cb)
+  bool bf16_dot = false;  // the output product on bf16 dot products (bf16_products.hpp)
 
   using Workspace = SsdChunkScratch;
   struct Head {
@@ -351,7 +354,10 @@ struct SsdChunkKernel {
       xd = xd.array().isFinite().select(xd, 0.f);
     }
     const index_t P = dims.P;
-    ssd_gemm(SsdLhs{s.lhs.data(), s.lhs.cols(), 1}, s.rhs.data(), P, s.y.data(), P, l, P, N + l, 0.f, false, N);
+    if (bf16_dot)
+      ssd_output_product_bf16(s.lhs.data(), s.lhs.cols(), s.rhs.data(), l, N + l, P, s.y.data(), s.bf16);
+    else
+      ssd_gemm(SsdLhs{s.lhs.data(), s.lhs.cols(), 1}, s.rhs.data(), P, s.y.data(), P, l, P, N + l, 0.f, false, N);
     if (!finite) chunkwise::add_nonfinite_lower(s.lhs.block(0, N, l, l), s.nonfinite_xd, s.y.topRows(l));
   }
   // A chunk in which some token's log-decay dt * A is positive (without softplus, dt + dt_bias
@@ -420,7 +426,9 @@ void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdO
   AlignedVector<float> cb(static_cast<std::size_t>(dims.G * plan.chunk_count() * L * L + simd::kWidth));
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb.data(), executor);
 
-  const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb.data()};
+  const bool bf16_dot = std::is_same_v<E, bf16> && options.bf16_compute == Bf16Compute::dot &&
+                        ssd_bf16_products_fit(dims.P);
+  const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb.data(), bf16_dot};
   const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
   seqmix::chunkwise::run(kernel, count * dims.H, ssd_grain(mean_tokens * dims.P * dims.N), L, executor);
 }

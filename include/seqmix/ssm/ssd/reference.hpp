@@ -54,6 +54,12 @@ struct SsdOptions {
   /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
   /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
   bool reverse = false;
+  /// bf16 x, Bm, Cm and the chunked form only: Bf16Compute::dot runs each chunk's output product
+  /// (the state read-out and the intra-chunk term) on AVX512-BF16 dot products, its fp32
+  /// operands rounded to bf16, where the target has them and P is a multiple of 16; fp32
+  /// products elsewhere (and for fp32 / f16 inputs). States and accumulation stay fp32.
+  /// Accuracy: docs/operators.md section 3.
+  Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
 
 /// Prefill arguments. Optional views are empty (default-constructed) when not given. E is the
@@ -171,6 +177,7 @@ SsdCall validate_ssd(const char* op, const SsdInputsOf<E>& in, const SsdOutputs&
   check.that(options.chunk_size >= 1, "options.chunk_size",
              "must be >= 1, got " + std::to_string(options.chunk_size));
   check_enum(check.op(), "options.algorithm", options.algorithm, 3);
+  check_enum(check.op(), "options.bf16_compute", options.bf16_compute, 2);
   check_ssd_parameters(check, in.A);
   const index_t state_rows = rows >= 0 ? rows : (out.final_state.has_value() ? out.final_state.size(0) : -1);
   const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
