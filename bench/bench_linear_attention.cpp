@@ -41,6 +41,7 @@
 
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/feature_maps/fast.hpp"
 #include "seqmix/linear_attention/feature_maps/random.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
@@ -360,6 +361,117 @@ void la_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T) {
   seqmix::testing::report_gflops(state, prefill_flops(1, T, s));
 }
 
+// <op>/phases/<shape>-t<T>: the fp32 chunked form's steps (diagonal_decay/chunked.hpp) timed one
+// by one on the calling thread in thread CPU time, every head advancing chunk by chunk as in the
+// prefill (chunk 64), beside one core's FMA rate timed the same way before and after each
+// iteration (12 independent FMA chains, as machine_limits; the best of those runs). Thread
+// CPU time because wall time on the shared machine is mostly waiting. Counters, averaged over the
+// iterations: <step>_share, the step's part of the summed step time (load: features, values,
+// cumulative gates; inter: what the chunk reads from the state; intra: scores, decays, mask,
+// A V; update: state passing; store: output rows); <step>_eff for the three GEMM steps, their
+// GEMM flops (inter and update 2 L K V per chunk, intra 2 L^2 (K + V): the full L x L products)
+// per second over the FMA rate; eff_total, the prefill's counted flops (4 T K V per head, as the
+// prefill rows) per summed second over the FMA rate; fma_gflops, the rate itself; clock_us, one
+// clock read, subtracted from every timed step.
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// Twelve named accumulators rather than machine_limits' array of twelve: at -O2 GCC keeps that
+// array in memory and the loop runs at a third of the FMA rate (measured 67 against 222 GFLOP/s
+// on one Zen 5 core); named batches stay in registers.
+double one_thread_fma_gflops() {
+  using Batch = seqmix::simd::Batch<float>;
+  using seqmix::simd::fma;
+  const long iterations = 2000000;
+  const double start = thread_cpu_seconds();
+  Batch a0(0.f), a1(1.f), a2(2.f), a3(3.f), a4(4.f), a5(5.f), a6(6.f), a7(7.f), a8(8.f), a9(9.f), a10(10.f), a11(11.f);
+  const Batch b(1.0000001f), c(1e-7f);
+  for (long it = 0; it < iterations; ++it) {
+    a0 = fma(a0, b, c), a1 = fma(a1, b, c), a2 = fma(a2, b, c), a3 = fma(a3, b, c);
+    a4 = fma(a4, b, c), a5 = fma(a5, b, c), a6 = fma(a6, b, c), a7 = fma(a7, b, c);
+    a8 = fma(a8, b, c), a9 = fma(a9, b, c), a10 = fma(a10, b, c), a11 = fma(a11, b, c);
+  }
+  benchmark::DoNotOptimize(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
+  return iterations * 12.0 * Batch::size * 2.0 / (thread_cpu_seconds() - start) / 1e9;
+}
+
+enum class PhaseOp { gla, simple_gla, ungated, rwkv6 };
+
+void chunk_phases(benchmark::State& state, std::string shape, index_t T, PhaseOp op) {
+  namespace la = seqmix::detail::la;
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  const index_t C = 64, K = s.K, V = s.V;
+  std::vector<la::HeadProblem> heads;
+  for (index_t hv = 0; hv < s.HV; ++hv) {
+    const index_t h = hv / (s.HV / s.H);
+    la::HeadProblem p;
+    p.q = seqmix::ConstView<float, 2>(data.q.view()[0].select(1, h));
+    p.k = seqmix::ConstView<float, 2>(data.k.view()[0].select(1, h));
+    p.v = seqmix::ConstView<float, 2>(data.v.view()[0].select(1, hv));
+    p.o = data.o.view()[0].select(1, hv);
+    p.scale = op == PhaseOp::rwkv6 ? 1.f : 1.f / std::sqrt(static_cast<float>(K));
+    if (op == PhaseOp::gla || op == PhaseOp::rwkv6) p.g = data.g.view()[0].select(1, h);
+    if (op == PhaseOp::simple_gla) {
+      const auto g = data.gs.view()[0].select(1, h);
+      p.g = seqmix::ConstView<float, 2>(g.data(), {T, K}, {g.stride(0), 0});
+      p.scalar_gate = true;
+    }
+    if (op == PhaseOp::rwkv6) {
+      p.u = data.u.view()[h];
+      p.readout = la::Readout::exclusive_bonus;
+    }
+    heads.push_back(p);
+  }
+  la::ChunkWorkspace ws(C, K, K, V);
+  std::vector<la::RowMatrix> S(heads.size(), la::RowMatrix(K, V));
+  // One clock read costs about a microsecond here (a system call under the hypervisor), against
+  // ~5-20 us per step at K = 64: each interval is charged that cost once, so it is subtracted.
+  const double clock_start = thread_cpu_seconds();
+  for (int i = 0; i < 999; ++i) thread_cpu_seconds();
+  const double clock_cost = (thread_cpu_seconds() - clock_start) / 1000.0;
+  double seconds[5] = {0, 0, 0, 0, 0}, fma = 0;
+  for (auto _ : state) {
+    fma = std::max(fma, one_thread_fma_gflops());
+    for (auto& x : S) x.setZero();
+    for (index_t t0 = 0; t0 < T; t0 += C) {
+      const index_t L = std::min(C, T - t0);
+      for (std::size_t i = 0; i < heads.size(); ++i) {
+        const la::HeadProblem& p = heads[i];
+        double t[6];
+        t[0] = thread_cpu_seconds();
+        la::load_chunk(p, t0, L, ws);
+        t[1] = thread_cpu_seconds();
+        la::chunk_inter(p, L, S[i], ws);
+        t[2] = thread_cpu_seconds();
+        la::chunk_intra(p, L, ws);
+        t[3] = thread_cpu_seconds();
+        la::chunk_state_update(p, L, S[i], ws);
+        t[4] = thread_cpu_seconds();
+        la::store_chunk_outputs(p, t0, L, ws);
+        t[5] = thread_cpu_seconds();
+        for (int k = 0; k < 5; ++k) seconds[k] += std::max(0.0, t[k + 1] - t[k] - clock_cost);
+      }
+    }
+    benchmark::DoNotOptimize(data.o.data());
+    fma = std::max(fma, one_thread_fma_gflops());
+  }
+  const double n = static_cast<double>(state.iterations()), HV = static_cast<double>(s.HV);
+  const double total = seconds[0] + seconds[1] + seconds[2] + seconds[3] + seconds[4];
+  const double state_flops = 2.0 * T * K * V * HV * n, intra_flops = 2.0 * T * C * (K + V) * HV * n;
+  const char* names[5] = {"load", "inter", "intra", "update", "store"};
+  for (int k = 0; k < 5; ++k) state.counters[std::string(names[k]) + "_share"] = seconds[k] / total;
+  state.counters["inter_eff"] = state_flops / seconds[1] / 1e9 / fma;
+  state.counters["intra_eff"] = intra_flops / seconds[2] / 1e9 / fma;
+  state.counters["update_eff"] = state_flops / seconds[3] / 1e9 / fma;
+  state.counters["eff_total"] = prefill_flops(1, T, s) * n / total / 1e9 / fma;
+  state.counters["fma_gflops"] = fma;
+  state.counters["clock_us"] = clock_cost * 1e6;
+}
+
 // Registers one prefill benchmark per form; the reference runs at t_reference tokens.
 template <class Fn>
 void register_prefill(const std::string& op, const std::string& shape, index_t T, index_t t_reference, Fn fn) {
@@ -406,6 +518,20 @@ const int kRegistered = [] {
                                      gla_prefill_bf16_io(s, shape, T, gate);
                                    })
           ->UseRealTime()->Unit(benchmark::kMillisecond);
+  // The chunked form's phase split (chunk_phases): docs/operators.md, GLA, quotes it.
+  const std::pair<const char*, PhaseOp> phase_ops[] = {{"gated_linear_attention", PhaseOp::gla},
+                                                       {"simple_gla", PhaseOp::simple_gla},
+                                                       {"ungated_linear_attention", PhaseOp::ungated}};
+  for (const auto& [name, op] : phase_ops)
+    for (const auto& [shape, T] : {std::pair<const char*, index_t>{"gla-1.3b", 8192}, {"gla-k128", 4096}})
+      benchmark::RegisterBenchmark((std::string(name) + "/phases/" + shape + "-t" + std::to_string(T)).c_str(),
+                                   [shape = std::string(shape), T = T, op = op](benchmark::State& s) {
+                                     chunk_phases(s, shape, T, op);
+                                   })
+          ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("rwkv6/phases/rwkv-h32-k64-t8192",
+                               [](benchmark::State& s) { chunk_phases(s, "rwkv-h32-k64", 8192, PhaseOp::rwkv6); })
+      ->Unit(benchmark::kMillisecond);
   for (std::string shape : {"gla-1.3b", "gla-k128"})
     benchmark::RegisterBenchmark(("gated_linear_attention/step/" + shape).c_str(),
                                  [shape](benchmark::State& s) { gla_step(s, shape, GateKind::channel); })
