@@ -37,7 +37,7 @@ else
     programs+=("seqmix_$name")
   done
 fi
-cmake --build "$build_dir" -j "$jobs" --target seqmix-machine-limits "${programs[@]}"
+cmake --build "$build_dir" -j "$jobs" --target seqmix-machine-limits seqmix-parallel-grain "${programs[@]}"
 
 raw=$(mktemp -d "${TMPDIR:-/tmp}/seqmix-bench-report.XXXXXX")
 trap 'rm -rf "$raw"' EXIT
@@ -56,5 +56,13 @@ for program in "${programs[@]}"; do
   SEQMIX_MACHINE_LIMITS="$raw/machine_limits.json" \
     "$build_dir/bench/$program" "${args[@]}" --benchmark_out="$raw/$program.json" >/dev/null
 done
+
+# Thread scaling (issue 19 item 5): tasks per call at 2 and 64 threads and the idle share of 64
+# cores, with 1- and 2-thread times (docs/parallel_grain.md). A run over a subset of the programs
+# (CI's) takes the tiny shapes instead; SEQMIX_PARALLEL_GRAIN_ARGS overrides either.
+if [[ -n "${SEQMIX_BENCH_PROGRAMS:-}" ]]; then grain_args=${SEQMIX_PARALLEL_GRAIN_ARGS:---quick}; else grain_args=${SEQMIX_PARALLEL_GRAIN_ARGS:---times}; fi
+echo "== seqmix-parallel-grain $grain_args"
+# shellcheck disable=SC2086  # the arguments are words
+"$build_dir/seqmix-parallel-grain" $grain_args > "$raw/parallel_grain.md"
 
 /usr/bin/python3 tools/bench_report.py "$raw" "$report_dir"

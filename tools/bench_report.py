@@ -160,7 +160,7 @@ def machine_slug(limits):
     return re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") or "unknown"
 
 
-def write_report(limits, programs, out_root):
+def write_report(limits, programs, out_root, raw_dir):
     date = next(iter(programs.values()))["context"].get("date", "undated")[:10] if programs else "undated"
     out_dir = os.path.join(out_root, machine_slug(limits), date)
     os.makedirs(out_dir, exist_ok=True)
@@ -204,10 +204,29 @@ def write_report(limits, programs, out_root):
             lines.append(f"| `{case}` | {ms:.4g} | {rate} | {fmt(eff, '{:.2f}')} | {fmt(speedup, '{:.1f}x')} | "
                          f"{fmt(gain, '{:.2f}x')} |")
         lines.append("")
+    lines += grain_section(raw_dir)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines))
     write_index(out_root)
     return out_dir, sum(len(t) for t in tables.values()), pngs
+
+
+def grain_section(raw_dir):
+    """The table of seqmix-parallel-grain (parallel_grain.md in the raw folder), if it ran."""
+    path = os.path.join(raw_dir, "parallel_grain.md")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        text = f.read().splitlines()
+    table = [line for line in text if line.startswith("|")]
+    summary = [line for line in text if line.startswith("flagged:")]
+    if not table:
+        return []
+    return ["## Thread scaling and parallel grain", "",
+            "`seqmix-parallel-grain` in the same run: each family's main prefill and decode, the tasks one call "
+            "gives 2 and 64 threads and the share of 64 cores left idle (from the partition code and each task's "
+            "CPU time, without 64 cores; see docs/parallel_grain.md), with 1- and 2-thread wall times where the "
+            "run measured them.", ""] + table + [""] + summary + [""]
 
 
 def write_index(out_root):
@@ -231,7 +250,7 @@ def main(argv):
     limits, programs = load(argv[1])
     if not programs:
         sys.exit(f"bench_report: no benchmark results in {argv[1]}")
-    out_dir, cases, pngs = write_report(limits, programs, argv[2])
+    out_dir, cases, pngs = write_report(limits, programs, argv[2], argv[1])
     print(f"bench_report: {cases} cases, {pngs} plots in {out_dir}/report.md")
     if pngs == 0:
         sys.exit("bench_report: no plot was produced")
