@@ -28,6 +28,7 @@
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
 #include "seqmix/linear_attention/delta_update/recurrent.hpp"
+#include "seqmix/linear_attention/delta_update/small_gemm.hpp"
 #include "seqmix/linear_attention/diagonal_decay/chunked.hpp"
 
 namespace seqmix::delta_update {
@@ -47,7 +48,7 @@ constexpr index_t kSolveBlock = 16;
 struct WyWorkspace {
   WyWorkspace(index_t C, index_t K, index_t V)
       : KQ(2 * C, K), KQg(2 * C, K), Kn(C, K), gamma(C, K), G(2 * C, C), A(C, C), M(C, C), P(2 * C, V), Vc(C, V),
-        U(C, V), beta(C), anchor(K) {}
+        U(C, V), KT(RowMatrix::Zero(K, C)), beta(C), anchor(K), gsum(C), factor(C) {}
   RowMatrix KQ;     ///< [2C,K] rows [0,L): k (normalized), rows [L,2L): q (normalized, * scale)
   RowMatrix KQg;    ///< [2C,K] the same rows * exp(gamma) (the read of the carried state)
   RowMatrix Kn;     ///< [C,K]  k * exp(m - gamma) (anchored scores), then k * exp(gamma_L - gamma)
@@ -56,7 +57,11 @@ struct WyWorkspace {
   RowMatrix A, M;   ///< [C,C]  strictly lower beta-scaled k scores; lower q scores
   RowMatrix P;      ///< [2C,V] (K;Q) * exp(gamma) times S
   RowMatrix Vc, U;  ///< [C,V]  values; right-hand side, then the solution U
+  RowMatrix KT;     ///< [K,C]  k transposed, the right operand of the scores (scores_lower)
   Eigen::Matrix<float, 1, Eigen::Dynamic> beta, anchor;
+  /// [C] scalar gate: gamma's column 0 contiguous (the mask's vector loads); per-row factors
+  /// exp(...) of the rows being scaled, computed once per row (not once per element).
+  Eigen::Matrix<float, 1, Eigen::Dynamic> gsum, factor;
   chunkwise::ProductScratch finite_u;  // add_lower_product's scratch (non-finite U only)
   bool bf16_dot = false;  ///< the current chunk's GEMMs on bf16 dot products (set by wy_load_chunk)
 };
@@ -77,6 +82,8 @@ inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& w
     // The floor keeps a hard reset (g = -inf) from making -inf - -inf = NaN below.
     for (index_t c = 0; c < n; ++c) cur[c] = (prev ? prev[c] : 0.f) + std::max(p.g(t0 + i, c), kGateFloor);
   }
+  if (p.scalar_gate)
+    for (index_t i = 0; i < L; ++i) ws.gsum(i) = ws.gamma(i, 0);
 }
 
 /// sum_c x_c k_c exp(gx_c - gk_c) for one pair with gx <= gk channelwise.
@@ -91,18 +98,53 @@ inline float decayed_dot(const float* x, const float* k, const float* gx, const 
   return sum;
 }
 
+/// Row i of the masked scores, j <= i: a[j] = beta_i d_j gk[j] (the diagonal then set to 0, A is
+/// strict), m[j] = d_j gq[j], with d_j = exp(gamma_i - gamma_j) for a scalar gate (`g`: the
+/// contiguous cumulative gates, gi = gamma_i), 1 without one. Vectorized over j: the exps were
+/// a scalar std::exp per pair, 16% of a chunk at K = 64 (per-phase profile in README.md).
+inline void mask_row(index_t i, float bi, const float* g, float gi, const float* gk, const float* gq, float* a, float* m) {
+  using simd::Batch;
+  const index_t n = i + 1, nv = simd::vector_end(n);
+  const Batch<float> b(bi), gv(gi);
+  for (index_t j = 0; j < nv; j += simd::kWidth) {
+    const Batch<float> d = g ? simd::exp(gv - simd::load(g + j)) : Batch<float>(1.f);
+    simd::store(a + j, b * d * simd::load(gk + j));
+    simd::store(m + j, d * simd::load(gq + j));
+  }
+  for (index_t j = nv; j < n; ++j) {
+    const float d = g ? std::exp(gi - g[j]) : 1.f;
+    a[j] = bi * d * gk[j];
+    m[j] = d * gq[j];
+  }
+  a[i] = 0.f;
+}
+
 /// Fills A (strict lower, beta-scaled) and M (lower) from the raw scores G, with the pairwise
 /// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise.
 inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
+  const float* g = scalar_decay ? ws.gsum.data() : nullptr;
   for (index_t i = 0; i < L; ++i) {
-    const float bi = ws.beta(i);
-    for (index_t j = 0; j <= i; ++j) {
-      const float decay = scalar_decay ? std::exp(ws.gamma(i, 0) - ws.gamma(j, 0)) : 1.f;
-      ws.A(i, j) = j < i ? bi * decay * ws.G(i, j) : 0.f;
-      ws.M(i, j) = decay * ws.G(L + i, j);
-    }
-    for (index_t j = i + 1; j < L; ++j) ws.A(i, j) = ws.M(i, j) = 0.f;
+    float* a = ws.A.row(i).data();
+    float* m = ws.M.row(i).data();
+    mask_row(i, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m);
+    std::fill(a + i + 1, a + L, 0.f);
+    std::fill(m + i + 1, m + L, 0.f);
   }
+}
+
+/// Raw scores G = (K;Q) K^T without gates, only where mask_scores reads them: row i of either
+/// half needs columns j <= i, so each 6-row tile stops at the vector holding its last row's
+/// diagonal (about half the flops of the full product).
+inline void scores_lower(index_t L, WyWorkspace& ws) {
+  const index_t K = ws.KQ.cols(), ldg = ws.G.cols(), W = simd::kWidth;
+  ws.KT.leftCols(L) = ws.KQ.topRows(L).transpose();
+  for (index_t half = 0; half < 2; ++half)
+    for (index_t i0 = 0; i0 < L; i0 += kTileRows) {
+      const index_t rows = std::min(kTileRows, L - i0);
+      const index_t n = std::min(ldg, (i0 + rows + W - 1) / W * W);  // whole vectors within G's row
+      small_product({ws.KQ.row(half * L + i0).data(), K, 1}, rows, K, ws.KT.data(), ws.KT.cols(), n,
+                    ws.G.row(half * L + i0).data(), ldg, kOverwrite);
+    }
 }
 
 /// Raw scores G for per-channel gates (see the header comment for the two regimes).
@@ -127,16 +169,41 @@ inline void channel_scores(index_t L, index_t K, WyWorkspace& ws) {
     }
 }
 
+/// dst row i = f_i (x row i - y row i) over n columns (y null: f_i x row i); rows of stride `ld`.
+/// Written out because Eigen's colwise broadcast over a row-major block runs element by element.
+inline void scale_rows(const float* x, const float* y, const float* f, index_t rows, index_t n, index_t ld, float* dst) {
+  using simd::Batch;
+  const index_t nv = simd::vector_end(n);
+  for (index_t i = 0; i < rows; ++i) {
+    const float* xi = x + i * ld;
+    const float* yi = y ? y + i * ld : nullptr;
+    float* di = dst + i * ld;
+    const Batch<float> fi(f[i]);
+    for (index_t c = 0; c < nv; c += simd::kWidth) {
+      const Batch<float> xv = simd::load(xi + c);
+      simd::store(di + c, fi * (yi ? xv - simd::load(yi + c) : xv));
+    }
+    for (index_t c = nv; c < n; ++c) di[c] = f[i] * (yi ? xi[c] - yi[c] : xi[c]);
+  }
+}
+
 /// KQg = (K;Q) * exp(gamma) rowwise (scalar) or elementwise (channel).
 inline void decay_rows(const DeltaHead& p, index_t L, WyWorkspace& ws) {
+  if (p.scalar_gate) ws.factor.head(L) = ws.gsum.head(L).array().exp().matrix();
   for (int half = 0; half < 2; ++half) {
     auto dst = ws.KQg.middleRows(half * L, L);
     const auto src = ws.KQ.middleRows(half * L, L);
     if (p.scalar_gate)
-      dst.array() = src.array().colwise() * ws.gamma.col(0).head(L).array().exp();
+      scale_rows(src.data(), nullptr, ws.factor.data(), L, src.cols(), src.cols(), dst.data());
     else
       dst.array() = src.array() * ws.gamma.topRows(L).array().exp();
   }
+}
+
+/// Kn = K * exp(gamma_L - gamma) rowwise (scalar gate), each row's factor computed once.
+inline void decayed_keys(index_t L, float last, WyWorkspace& ws) {
+  ws.factor.head(L) = (last - ws.gsum.head(L).array()).exp().matrix();
+  scale_rows(ws.KQ.data(), nullptr, ws.factor.data(), L, ws.KQ.cols(), ws.KQ.cols(), ws.Kn.data());
 }
 
 /// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution.
@@ -241,7 +308,7 @@ inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace
   if (channel)
     channel_scores(L, p.K(), ws);
   else
-    ws.G.topLeftCorner(2 * L, L).noalias() = ws.KQ.topRows(2 * L) * ws.KQ.topRows(L).transpose();
+    scores_lower(L, ws);
   mask_scores(L, p.gated() && p.scalar_gate, ws);
 }
 
@@ -260,17 +327,14 @@ inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyW
     return;
   }
 #endif
-  if (p.gated()) {
-    decay_rows(p, L, ws);
-    ws.P.topRows(2 * L).noalias() = ws.KQg.topRows(2 * L) * S;
-  } else {
-    ws.P.topRows(2 * L).noalias() = ws.KQ.topRows(2 * L) * S;
-  }
+  if (p.gated()) decay_rows(p, L, ws);
+  const RowMatrix& X = p.gated() ? ws.KQg : ws.KQ;
+  small_product({X.data(), X.cols(), 1}, 2 * L, S.rows(), S.data(), S.cols(), S.cols(), ws.P.data(), ws.P.cols(), kOverwrite);
 }
 
 /// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L)).
 inline void wy_intra(index_t L, WyWorkspace& ws) {
-  ws.U.topRows(L).array() = (ws.Vc.topRows(L) - ws.P.topRows(L)).array().colwise() * ws.beta.head(L).transpose().array();
+  scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data());
   solve_unit_lower(ws.A, L, ws.U);
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if (ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols())) {
@@ -278,8 +342,16 @@ inline void wy_intra(index_t L, WyWorkspace& ws) {
     return;
   }
 #endif
-  // O += M U, causal also for a non-finite U (core/chunkwise/causal_product.hpp).
-  chunkwise::add_lower_product(ws.M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L), ws.finite_u);
+  // O += M U over M's lower triangle. A NaN / inf in U must not reach earlier tokens through
+  // M's zeros (docs/reliability.md): such entries run as 0 and are added to the rows i >= j
+  // that see them afterwards (core/chunkwise/causal_product.hpp), so the earlier rows are
+  // bit-identical to a clean chunk's.
+  const bool finite = ws.U.topRows(L).allFinite();
+  if (!finite) ws.finite_u = ws.U.topRows(L).array().isFinite().select(ws.U.topRows(L), 0.f);
+  const float* u = finite ? ws.U.data() : ws.finite_u.data();
+  small_product({ws.M.data(), ws.M.cols(), 1}, L, L, u, ws.U.cols(), ws.U.cols(), ws.P.row(L).data(), ws.P.cols(), kAdd,
+                InnerRange::lower);
+  if (!finite) chunkwise::add_nonfinite_lower(ws.M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L));
 }
 
 /// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
@@ -292,8 +364,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
     }
     if (p.scalar_gate) {
       const float last = ws.gamma(L - 1, 0);
-      ws.Kn.topRows(L).array() =
-          ws.KQ.topRows(L).array().colwise() * (last - ws.gamma.col(0).head(L).array()).exp();
+      decayed_keys(L, last, ws);
       S *= std::exp(last);
     } else {
       const auto last = ws.gamma.row(L - 1);
@@ -305,21 +376,21 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
     return;
   }
 #endif
-  if (!p.gated()) {
-    S.noalias() += ws.KQ.topRows(L).transpose() * ws.U.topRows(L);
-  } else if (p.scalar_gate) {
+  float decay = 1.f;  // the scalar gate's exp(gamma_L), applied to S inside the product
+  if (p.gated() && p.scalar_gate) {
     const float last = ws.gamma(L - 1, 0);
-    ws.Kn.topRows(L).array() =
-        ws.KQ.topRows(L).array().colwise() * (last - ws.gamma.col(0).head(L).array()).exp();
-    S *= std::exp(last);
-    S.noalias() += ws.Kn.topRows(L).transpose() * ws.U.topRows(L);
-  } else {
+    decayed_keys(L, last, ws);
+    decay = std::exp(last);
+  } else if (p.gated()) {
     const auto last = ws.gamma.row(L - 1);
     ws.Kn.topRows(L).array() =
         ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
     S.array().colwise() *= last.transpose().array().exp();
-    S.noalias() += ws.Kn.topRows(L).transpose() * ws.U.topRows(L);
   }
+  // S += X^T U with X [L,K] read as its transpose; a NaN / inf in U reaches every state row
+  // through the full sum anyway, so this product needs no finiteness split.
+  const RowMatrix& X = p.gated() ? ws.Kn : ws.KQ;
+  small_product({X.data(), 1, X.cols()}, S.rows(), L, ws.U.data(), ws.U.cols(), S.cols(), S.data(), S.cols(), Accumulate{true, decay});
 }
 
 /// The chunk's outputs (P's rows [L, 2L)) out to o, any stride. Nothing above overwrites them.
@@ -327,6 +398,10 @@ inline void wy_store_outputs(const DeltaHead& p, index_t t0, index_t L, const Wy
   const auto O = ws.P.middleRows(L, L);
   for (index_t i = 0; i < L; ++i) {
     const TensorView<float, 1> out = p.o[t0 + i];
+    if (out.is_last_dim_contiguous()) {
+      std::copy(O.row(i).data(), O.row(i).data() + p.V(), out.data());
+      continue;
+    }
     for (index_t c = 0; c < p.V(); ++c) out(c) = O(i, c);
   }
 }
