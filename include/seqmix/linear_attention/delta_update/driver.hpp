@@ -16,19 +16,22 @@
 
 namespace seqmix::delta_update {
 
-/// Picks the prefill algorithm. Measured on the 2-core AVX-512 (Zen 4) machine this was tuned on
-/// with bench/bench_delta_rule.cpp (both forms forced; table in README.md): at K = V = 128
-/// the fused recurrent kernel and the chunked WY form are within 5% of each other (H=32 T=512:
-/// 20.1 vs 20.1 ms single-thread; H=4 T=1024: 4.15 vs 4.75 ms), and for smaller states or
-/// per-channel gates the recurrent kernel wins clearly (H=16 K=V=64: 3.5 vs 8.7 ms; KDA T=512:
-/// 21.8 vs 34.3 ms): its two sweeps per token run from L1 while the chunk GEMMs are small and do
-/// ~1.4x the flops. Beyond K = 128 the recurrent kernel's column tile (K rows x
-/// 64 floats) no longer fits the 48 KB L1, so larger scalar-gated states go to the GEMMs
-/// (not measured: no such model shape in the table).
+/// 8: the fewest tokens for which the chunked form was measured faster with a scalar gate
+/// (H32 K64 T8: 0.13 against 0.20 ms for the recurrent kernel, one thread, same run).
+constexpr index_t kChunkedMinTokens = 8;
+
+/// Picks the prefill algorithm. Measured with one thread, thread CPU time, both forms in the same
+/// run on the loaded 2-core AVX-512 (Zen 5) machine, chunk 64 (README.md, "Which prefill runs"):
+/// with a scalar gate or none the chunked WY form on its register-tile products
+/// (small_gemm.hpp) is 1.6-2.7x the recurrent kernel from T 8 up (H16 K64 T1024: 1.64 against
+/// 2.7 ms per 4 heads; H2 K128 T1024: 2.0 against 5.4 ms); below 8 tokens the chunk's fixed
+/// costs stay with the recurrent kernel. Per-channel gates (KDA) keep the recurrent kernel: the
+/// chunked form's L x K exps put the two within +-15% of each other, the sign changing between
+/// runs of the loaded machine. K, V and the chunk size do not change the choice.
 inline DeltaAlgorithm choose_delta_algorithm(bool channel_gate, index_t T, index_t K, index_t V, index_t chunk) {
-  (void)V;
-  if (T < chunk || channel_gate) return DeltaAlgorithm::recurrent;
-  return K > 128 ? DeltaAlgorithm::chunked : DeltaAlgorithm::recurrent;
+  (void)K, (void)V, (void)chunk;
+  if (channel_gate || T < kChunkedMinTokens) return DeltaAlgorithm::recurrent;
+  return DeltaAlgorithm::chunked;
 }
 
 /// Loads token t of a delta head into the workspace: q (scaled), k, alpha = w * k, decays.

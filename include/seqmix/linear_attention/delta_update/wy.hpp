@@ -206,6 +206,13 @@ inline void decayed_keys(index_t L, float last, WyWorkspace& ws) {
   scale_rows(ws.KQ.data(), nullptr, ws.factor.data(), L, ws.KQ.cols(), ws.KQ.cols(), ws.Kn.data());
 }
 
+/// S row c *= exp(last[c]) (per-channel gate), each exp once; `anchor` is free here (it serves
+/// the next chunk's scores). A colwise broadcast over the row-major S evaluated one exp per element.
+inline void decay_state_rows(const float* last, RowMatrix& S, WyWorkspace& ws) {
+  ws.anchor = Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(last, S.rows()).array().exp().matrix();
+  scale_rows(S.data(), nullptr, ws.anchor.data(), S.rows(), S.cols(), S.cols(), S.data());
+}
+
 /// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution.
 inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
   const index_t V = X.cols();
@@ -370,7 +377,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
       const auto last = ws.gamma.row(L - 1);
       detail::la::bf16_tiles::scale_by_exp(ws.KQ.data(), p.K(), ws.gamma.data(), ws.gamma.cols(), -1.f, last.data(),
                                            ws.Kn.data(), p.K(), L, p.K());
-      S.array().colwise() *= last.transpose().array().exp();
+      decay_state_rows(last.data(), S, ws);
     }
     add_state_bf16(ws.Kn, L, S, ws);
     return;
@@ -385,7 +392,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
     const auto last = ws.gamma.row(L - 1);
     ws.Kn.topRows(L).array() =
         ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
-    S.array().colwise() *= last.transpose().array().exp();
+    decay_state_rows(ws.gamma.row(L - 1).data(), S, ws);
   }
   // S += X^T U with X [L,K] read as its transpose; a NaN / inf in U reaches every state row
   // through the full sum anyway, so this product needs no finiteness split.
