@@ -8,6 +8,7 @@
 // without AVX512-BF16 the option falls back to fp32: the results are checked to equal it exactly.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -19,6 +20,7 @@
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
+#include "seqmix/linear_attention/linear_attention/chunked.hpp"
 #include "seqmix_testing/compare.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -124,6 +126,42 @@ TEST_CASE("gla bf16 dot products: within the documented bound of the fp32 chunke
       seqmix::gated_linear_attention(in, {o_dot.view(), s_dot.view()}, opt, st::two_thread_pool());
       la_bf16_compare(c.describe() + " gate " + std::to_string(static_cast<int>(gate)), o_dot, o, s_dot, s);
     }
+}
+
+TEST_CASE("linear_attention bf16 dot products: within the documented bound of the fp32 chunked form",
+          "[linear_attention][bf16]") {
+  using seqmix::FeatureMap;
+  std::uint64_t seed = 2900;
+  for (const LaBf16Case& c : la_bf16_cases())
+    for (const FeatureMap map : {FeatureMap::identity, FeatureMap::elu1, FeatureMap::taylor2})
+      for (const index_t prefix : {index_t{0}, index_t{5}}) {
+        if (prefix > c.T || (prefix > 0 && c.packed)) continue;
+        ++seed;
+        const bool normalize = map != FeatureMap::identity;
+        const index_t K = map == FeatureMap::taylor2 ? std::min<index_t>(c.K, 7) : c.K;  // Kf = 1 + K + K^2
+        const index_t Kf = seqmix::feature_dim(map, K);
+        const index_t N = c.packed ? static_cast<index_t>(la_bf16_cu(c.T).size()) - 1 : c.B;
+        const index_t B = c.packed ? 1 : c.B;
+        const std::vector<std::int32_t> cu = la_bf16_cu(c.T);
+        auto q = st::random_tensor<4>({B, c.T, c.H, K}, seed);
+        auto k = st::random_tensor<4>({B, c.T, c.H, K}, seed + 1);
+        auto v = st::random_tensor<4>({B, c.T, c.HV, c.V}, seed + 2);
+        auto s0 = st::random_tensor<4>({N, c.HV, Kf, c.V}, seed + 3, -0.5f, 0.5f);
+        seqmix::LinearAttentionInputs in{q.view(), k.view(), v.view(), {}, {}};
+        if (!normalize) in.initial_state = s0.view();  // normalized: z must stay positive, start from zero
+        if (c.packed) in.batch.cu_seqlens = cu;
+        seqmix::LinearAttentionOptions opt;
+        opt.feature_map = map, opt.normalize = normalize, opt.prefix_len = prefix;
+        opt.chunk_size = c.chunk, opt.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+        Tensor<float, 4> o({B, c.T, c.HV, c.V}), o_dot({B, c.T, c.HV, c.V});
+        Tensor<float, 4> s({N, c.HV, Kf, c.V}), s_dot({N, c.HV, Kf, c.V});
+        seqmix::linear_attention(in, {o.view(), s.view(), {}}, opt);
+        opt.bf16_compute = Bf16Compute::dot;
+        seqmix::linear_attention(in, {o_dot.view(), s_dot.view(), {}}, opt, st::two_thread_pool());
+        la_bf16_compare(c.describe() + " map " + std::to_string(static_cast<int>(map)) + " prefix " +
+                            std::to_string(prefix),
+                        o_dot, o, s_dot, s);
+      }
 }
 
 TEST_CASE("gated delta rule bf16 dot products: within the documented bound of the fp32 chunked form",

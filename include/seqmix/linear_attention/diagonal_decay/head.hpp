@@ -107,7 +107,8 @@ struct HeadProblem {
   bool normalize = false;    // o_t /= scale * phi(q_t).z_t (the state carries z as column V)
   Readout readout = Readout::inclusive;
   // Chunked form only: the GEMMs on AVX512-BF16 dot products (operands rounded to bf16, fp32
-  // accumulation and state; chunked.hpp) where the target has them. Set by GLA's bf16_compute.
+  // accumulation and state; chunked.hpp) where the target has them. Set by GLA's and
+  // linear_attention's bf16_compute.
   bool bf16_dot = false;
 
   index_t T() const { return q.size(0); }

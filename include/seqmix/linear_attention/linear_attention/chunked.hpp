@@ -50,7 +50,9 @@ void linear_attention_prefill(const LinearAttentionInputsOf<T>& in, const Linear
   const StateIo io{in.initial_state, in.initial_normalizer, out.final_state, out.final_normalizer, out.token_states,
                    out.token_normalizers};
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {
-    return linear_attention_head(in.q, in.k, in.v, out.o, options, scale, d, b, hv);
+    HeadProblem p = linear_attention_head(in.q, in.k, in.v, out.o, options, scale, d, b, hv);
+    p.bf16_dot = options.bf16_compute == Bf16Compute::dot;
+    return p;
   });
 }
 

@@ -51,6 +51,10 @@ struct LinearAttentionOptions {
   /// reversed, not copied, and states mean the same thing mirrored (final_state: after token 0;
   /// token_states[t]: after tokens T-1..t). Dense batches and state slots only (not cu_seqlens).
   bool reverse = false;
+  /// Chunked prefill only: `dot` runs its GEMMs on AVX512-BF16 dot products (operands rounded to
+  /// bf16 as packed, fp32 accumulation and state; docs/operators.md section 4 gives the bound)
+  /// where the target has them. Elsewhere, in the recurrent form and in the step: fp32.
+  Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
 
 /// Optional views are empty when not given. Kf = feature_dim(options.feature_map, K). T is the
@@ -127,6 +131,7 @@ PrefillCheck validate_linear_attention(const char* op, const LinearAttentionInpu
   const ArgCheck check(op);
   Dims d = check_qkv(check, "q", in.q, in.k, in.v);
   check_enum(check.op(), "options.feature_map", options.feature_map, kFeatureMapCount);  // before it sizes the state
+  check_bf16_compute(check, options.bf16_compute);
   d.Kf = feature_dim(options.feature_map, d.K);
   index_t rows = check_state_pair(check, "initial_state", in.initial_state, "final_state", out.final_state, d);
   rows = check_normalizer_pair(check, in.initial_normalizer, out.final_normalizer, rows, d);
