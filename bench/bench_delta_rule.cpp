@@ -177,6 +177,104 @@ void gdr_prefill_bf16_io(benchmark::State& state, index_t T, index_t H, index_t 
     set_prefill_counters(state, 6.0 * T * H * K * K);
 }
 
+// gated_delta_rule/phases/<shape>: the fp32 chunked WY form of a scalar-gated head (q/k L2
+// normalized in the kernel, chunk 64) run through wy.hpp's five steps with each step timed in
+// thread CPU time, one thread, all heads advancing chunk by chunk; beside it one core's FMA rate
+// timed in the same run. Counters: <step>_share of the summed time (scores: load, q/k L2 norm,
+// gates, the lower-triangle scores and the mask; read: the decayed (K;Q) S; intra: right-hand
+// side, triangular solve and O += M U; update: state passing; store: output rows); <step>_eff,
+// the step's flops (scores 2 K L (L+1), read 4 L K V, intra 2 V L^2, update 2 L K V per chunk)
+// per second over the FMA rate; eff_6kv, the recurrence's 6 K V per token over the summed time
+// and the FMA rate; fma_gflops; clock_us, one clock read, subtracted from every timed step.
+double phase_cpu_seconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// One core's FMA rate on twelve named accumulators (an array of them stays in memory at -O2).
+double phase_fma_gflops() {
+  using Batch = seqmix::simd::Batch<float>;
+  using seqmix::simd::fma;
+  const long iterations = 2000000;
+  const double start = phase_cpu_seconds();
+  Batch a0(0.f), a1(1.f), a2(2.f), a3(3.f), a4(4.f), a5(5.f), a6(6.f), a7(7.f), a8(8.f), a9(9.f), a10(10.f), a11(11.f);
+  const Batch b(1.0000001f), c(1e-7f);
+  for (long it = 0; it < iterations; ++it) {
+    a0 = fma(a0, b, c), a1 = fma(a1, b, c), a2 = fma(a2, b, c), a3 = fma(a3, b, c);
+    a4 = fma(a4, b, c), a5 = fma(a5, b, c), a6 = fma(a6, b, c), a7 = fma(a7, b, c);
+    a8 = fma(a8, b, c), a9 = fma(a9, b, c), a10 = fma(a10, b, c), a11 = fma(a11, b, c);
+  }
+  benchmark::DoNotOptimize(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
+  return iterations * 12.0 * Batch::size * 2.0 / (phase_cpu_seconds() - start) / 1e9;
+}
+
+void gdr_phases(benchmark::State& state, index_t T, index_t H, index_t K) {
+  namespace du = seqmix::delta_update;
+  GdrBenchData data(T, H, K, DeltaGate::scalar);
+  const index_t C = 64, V = K;
+  std::vector<du::DeltaHead> heads;
+  for (index_t h = 0; h < H; ++h) {
+    du::DeltaHead p;
+    p.q = seqmix::ConstView<float, 2>(data.q.view()[0].select(1, h));
+    p.k = seqmix::ConstView<float, 2>(data.k.view()[0].select(1, h));
+    p.v = seqmix::ConstView<float, 2>(data.v.view()[0].select(1, h));
+    p.beta = data.beta.view()[0].select(1, h);
+    p.o = data.o.view()[0].select(1, h);
+    const auto g = data.gs.view()[0].select(1, h);
+    p.g = seqmix::ConstView<float, 2>(g.data(), {T, K}, {g.stride(0), 0});
+    p.scalar_gate = true;
+    p.scale = 1.f / std::sqrt(static_cast<float>(K));
+    p.norm = seqmix::QkNorm::l2;
+    heads.push_back(p);
+  }
+  du::WyWorkspace ws(C, K, V);
+  std::vector<du::RowMatrix> S(heads.size(), du::RowMatrix(K, V));
+  const double clock_start = phase_cpu_seconds();
+  for (int i = 0; i < 999; ++i) phase_cpu_seconds();
+  const double clock_cost = (phase_cpu_seconds() - clock_start) / 1000.0;
+  double seconds[5] = {0, 0, 0, 0, 0}, fma = 0;
+  for (auto _ : state) {
+    fma = std::max(fma, phase_fma_gflops());
+    for (auto& x : S) x.setZero();
+    for (index_t t0 = 0; t0 < T; t0 += C) {
+      const index_t L = std::min(C, T - t0);
+      for (std::size_t i = 0; i < heads.size(); ++i) {
+        const du::DeltaHead& p = heads[i];
+        double t[6];
+        t[0] = phase_cpu_seconds();
+        du::wy_load_chunk(p, t0, L, ws);
+        t[1] = phase_cpu_seconds();
+        du::wy_read_state(p, L, S[i], ws);
+        t[2] = phase_cpu_seconds();
+        du::wy_intra(L, ws);
+        t[3] = phase_cpu_seconds();
+        du::wy_update_state(p, L, S[i], ws);
+        t[4] = phase_cpu_seconds();
+        du::wy_store_outputs(p, t0, L, ws);
+        t[5] = phase_cpu_seconds();
+        for (int k = 0; k < 5; ++k) seconds[k] += std::max(0.0, t[k + 1] - t[k] - clock_cost);
+      }
+    }
+    benchmark::DoNotOptimize(data.o.data());
+    fma = std::max(fma, phase_fma_gflops());
+  }
+  // Flops per head over all chunks (full chunks; the last may be shorter, counted as full).
+  const double runs = static_cast<double>(state.iterations()) * static_cast<double>(H);
+  const double chunks = static_cast<double>((T + C - 1) / C), L = static_cast<double>(C);
+  const double flops[5] = {chunks * 2.0 * K * L * (L + 1) * runs, chunks * 4.0 * L * K * V * runs,
+                           chunks * 2.0 * V * L * L * runs, chunks * 2.0 * L * K * V * runs, 0.0};
+  const char* names[5] = {"scores", "read", "intra", "update", "store"};
+  const double total = seconds[0] + seconds[1] + seconds[2] + seconds[3] + seconds[4];
+  for (int k = 0; k < 5; ++k) {
+    state.counters[std::string(names[k]) + "_share"] = seconds[k] / total;
+    if (flops[k] > 0) state.counters[std::string(names[k]) + "_eff"] = flops[k] / seconds[k] / 1e9 / fma;
+  }
+  state.counters["eff_6kv"] = 6.0 * T * K * V * runs / total / 1e9 / fma;
+  state.counters["fma_gflops"] = fma;
+  state.counters["clock_us"] = clock_cost * 1e6;
+}
+
 void gdr_step(benchmark::State& state, index_t H, index_t K, DeltaGate gate) {
   GdrBenchData data(1, H, K, gate);
   seqmix::GatedDeltaRuleOptions options;
@@ -364,6 +462,9 @@ void register_all() {
     reg(base + "/chunked", [s, chunked](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, chunked, false); });
     reg(base + "/recurrent", [s, recurrent](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, recurrent, false); });
   }
+  // The chunked form's phase split against one core's FMA rate (issue 19 item 4).
+  reg("gated_delta_rule/phases/h16_k64_t1024", [](benchmark::State& st) { gdr_phases(st, 1024, 16, 64); });
+  reg("gated_delta_rule/phases/h32_k128_t1024", [](benchmark::State& st) { gdr_phases(st, 1024, 32, 128); });
   // bf16 dot products (issue 19 item 3; target >= 1.4x the fp32 chunked prefill).
   reg("gated_delta_rule/bf16/prefill/h32_k128_t1024",
       [](benchmark::State& st) { gdr_prefill_bf16(st, 1024, 32, 128, DeltaGate::scalar); });
