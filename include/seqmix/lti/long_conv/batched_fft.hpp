@@ -9,9 +9,12 @@
 // The forward transform is a decimation in frequency leaving its spectrum in bit-reversed order
 // and the inverse a decimation in time taking it so: a convolution multiplies spectra pointwise,
 // so no reordering pass is ever needed; both run in place, splitting recursively until a
-// sub-transform fits in L2. Stages go two at a time (radix-4 groups of the radix-2 butterflies,
-// fft_stage4): the in-cache stages are bound by loads and stores, not arithmetic, and above the
-// cache block each pass over memory does two levels. Measured on the transform alone (one
+// sub-transform fits in L2. Stages go three at a time (radix-8 groups of the radix-2 butterflies,
+// fft_stage8; one radix-4 or radix-2 group for the levels left over): the in-cache stages are
+// bound by loads and stores, not arithmetic, and above the cache block each pass over memory does
+// three levels. Radix-8 against radix-4 (long_conv at D = 768, one thread, loaded machine, with
+// the other changes of that revision): docs/operators.md, long_conv. Earlier, radix-4 against
+// radix-2: Measured on the transform alone (one
 // thread, thread CPU time, 5 N log2 N flops per lane, AMD EPYC AVX-512, machine loaded, both
 // versions in the same run): 113 against 81 GFLOP/s at N = 2048, 96 against 66 at 8192, 74
 // against 56 at 32768, 55 against 43 at 131072. A pass fusing six levels through an L1 buffer of
@@ -36,7 +39,8 @@ using FftBatch = simd::Batch<float>;
 constexpr index_t kFftElement = 2 * simd::kWidth;
 
 // Sub-transforms up to this many elements run their stages one after the other inside the
-// block: 2048 elements of 128 bytes (AVX-512) = 256 KiB, within L2. Larger ones split first
+// block: 2048 elements of 128 bytes (AVX-512) = 256 KiB, within L2 (1 MiB per core on Zen 5,
+// 2 MiB on Sapphire Rapids; 4096 elements measured no different at T = 4096..65536). Larger ones split first
 // (recursively), so every stage of a long transform touches memory once per pass above the
 // cutoff instead of once per stage.
 constexpr index_t kFftCacheElements = 2048;
@@ -149,59 +153,101 @@ inline void fft_stage4(float* x, index_t len, const FftTwiddles& tw) noexcept {
   }
 }
 
-// The stages of lengths n, n/2, ..., 2 (forward) over the n-element sub-signal at x, two at a
-// time while two remain.
+// Three radix-2 stages at once over a sub-transform of len = 8e elements at x: the stage of
+// length len, on both halves the stage of length 4e, on the four quarters the stage of length 2e
+// (forward; the inverse runs them the other way round). Elements j + m e (m < 8, j < e) only meet
+// each other in those three stages: loaded once, three levels in registers (16 vector registers
+// with AVX-512's 32), stored once. Why: the in-cache stages are bound by loads and stores (a
+// radix-4 group does 4 complex loads and stores per two levels, this one 8 per three), and above
+// the cache block a pass over memory does three levels instead of two. The same butterflies and
+// twiddles as three radix-2 stages: the same results.
+template <bool kInverse>
+inline void fft_stage8(float* x, index_t len, const FftTwiddles& tw) noexcept {
+  constexpr index_t E = kFftElement;
+  const index_t e = len / 8, s1 = tw.N / len, s2 = 2 * s1, s4 = 4 * s1;
+  for (index_t j = 0; j < e; ++j) {
+    float* p = x + j * E;
+    FftValue a0 = fft_load(p), a1 = fft_load(p + e * E), a2 = fft_load(p + 2 * e * E), a3 = fft_load(p + 3 * e * E);
+    FftValue a4 = fft_load(p + 4 * e * E), a5 = fft_load(p + 5 * e * E), a6 = fft_load(p + 6 * e * E);
+    FftValue a7 = fft_load(p + 7 * e * E);
+    // Level of length len: pairs (m, m + 4), twiddle of position j + m e; length 4e: pairs
+    // (m, m + 2) in each half, position j + (m % 4) e; length 2e: pairs (m, m + 1), position j.
+    const FftValue w10 = fft_twiddle<kInverse>(tw, j * s1), w11 = fft_twiddle<kInverse>(tw, (j + e) * s1);
+    const FftValue w12 = fft_twiddle<kInverse>(tw, (j + 2 * e) * s1), w13 = fft_twiddle<kInverse>(tw, (j + 3 * e) * s1);
+    const FftValue w20 = fft_twiddle<kInverse>(tw, j * s2), w21 = fft_twiddle<kInverse>(tw, (j + e) * s2);
+    const FftValue w4 = fft_twiddle<kInverse>(tw, j * s4);
+    if (kInverse) {
+      fft_dit2(a0, a1, w4), fft_dit2(a2, a3, w4), fft_dit2(a4, a5, w4), fft_dit2(a6, a7, w4);
+      fft_dit2(a0, a2, w20), fft_dit2(a1, a3, w21), fft_dit2(a4, a6, w20), fft_dit2(a5, a7, w21);
+      fft_dit2(a0, a4, w10), fft_dit2(a1, a5, w11), fft_dit2(a2, a6, w12), fft_dit2(a3, a7, w13);
+    } else {
+      fft_dif2(a0, a4, w10), fft_dif2(a1, a5, w11), fft_dif2(a2, a6, w12), fft_dif2(a3, a7, w13);
+      fft_dif2(a0, a2, w20), fft_dif2(a1, a3, w21), fft_dif2(a4, a6, w20), fft_dif2(a5, a7, w21);
+      fft_dif2(a0, a1, w4), fft_dif2(a2, a3, w4), fft_dif2(a4, a5, w4), fft_dif2(a6, a7, w4);
+    }
+    fft_store(p, a0), fft_store(p + e * E, a1), fft_store(p + 2 * e * E, a2), fft_store(p + 3 * e * E, a3);
+    fft_store(p + 4 * e * E, a4), fft_store(p + 5 * e * E, a5), fft_store(p + 6 * e * E, a6);
+    fft_store(p + 7 * e * E, a7);
+  }
+}
+
+// Applies the radix-2 / 4 / 8 stage of length len to every sub-transform of that length in the
+// n elements at x.
+template <bool kInverse, int kRadix>
+inline void fft_stage_all(float* x, index_t n, index_t len, const FftTwiddles& tw) noexcept {
+  constexpr index_t E = kFftElement;
+  for (index_t start = 0; start < n; start += len) {
+    if (kRadix == 8)
+      fft_stage8<kInverse>(x + start * E, len, tw);
+    else if (kRadix == 4)
+      fft_stage4<kInverse>(x + start * E, len, tw);
+    else
+      fft_stage2<kInverse>(x + start * E, len, tw);
+  }
+}
+
+// The stages of lengths n, n/2, ..., 2 (forward) over the n-element sub-signal at x, three at a
+// time, the one or two left over last (the inverse: first, at the shortest lengths).
 template <bool kInverse>
 inline void fft_stages_in_cache(float* x, index_t n, const FftTwiddles& tw) noexcept {
-  constexpr index_t E = kFftElement;
+  int levels = 0;
+  for (index_t m = n; m > 1; m /= 2) ++levels;
+  const int rest = levels % 3;
   if (kInverse) {
-    // Lengths 2, 4, ..., n: the odd stage first, then pairs.
-    index_t len = 2;
-    int levels = 0;
-    for (index_t m = n; m > 1; m /= 2) ++levels;
-    if (levels % 2 == 1) {
-      for (index_t start = 0; start < n; start += 2) fft_stage2<true>(x + start * E, 2, tw);
-      len = 8;
-    } else {
-      len = 4;
-    }
-    for (; len <= n; len *= 4)
-      for (index_t start = 0; start < n; start += len) fft_stage4<true>(x + start * E, len, tw);
+    index_t done = 1;  // the length of the last stage done
+    if (rest == 1) fft_stage_all<true, 2>(x, n, 2, tw), done = 2;
+    if (rest == 2) fft_stage_all<true, 4>(x, n, 4, tw), done = 4;
+    for (index_t len = 8 * done; len <= n; len *= 8) fft_stage_all<true, 8>(x, n, len, tw);
     return;
   }
   index_t len = n;
-  for (; len >= 4; len /= 4)
-    for (index_t start = 0; start < n; start += len) fft_stage4<false>(x + start * E, len, tw);
-  if (len == 2)
-    for (index_t start = 0; start < n; start += 2) fft_stage2<false>(x + start * E, 2, tw);
+  for (int done = 0; done + 3 <= levels; done += 3, len /= 8) fft_stage_all<false, 8>(x, n, len, tw);
+  if (rest == 2) fft_stage_all<false, 4>(x, n, 4, tw);
+  if (rest == 1) fft_stage_all<false, 2>(x, n, 2, tw);
 }
 
 // Forward transform of the n-element sub-signal at x, in place: natural order in, bit-reversed
-// order out (positions within the sub-transform). Above the cache block, one pass does two
-// levels (one if only one is left above it) and the quarters (halves) recurse.
+// order out (positions within the sub-transform). Above the cache block, one pass does three
+// levels (two or one if fewer are left above it) and the parts recurse.
 inline void fft_dif(float* x, index_t n, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
   if (n <= kFftCacheElements) return fft_stages_in_cache<false>(x, n, tw);
-  if (n / 4 >= kFftCacheElements) {
-    fft_stage4<false>(x, n, tw);
-    for (index_t start = 0; start < n; start += n / 4) fft_dif(x + start * E, n / 4, tw);
-  } else {
-    fft_stage2<false>(x, n, tw);
-    fft_dif(x, n / 2, tw), fft_dif(x + (n / 2) * E, n / 2, tw);
-  }
+  const index_t parts = n / 8 >= kFftCacheElements ? 8 : n / 4 >= kFftCacheElements ? 4 : 2;
+  if (parts == 8) fft_stage8<false>(x, n, tw);
+  if (parts == 4) fft_stage4<false>(x, n, tw);
+  if (parts == 2) fft_stage2<false>(x, n, tw);
+  for (index_t start = 0; start < n; start += n / parts) fft_dif(x + start * E, n / parts, tw);
 }
 
 // Inverse transform (unscaled), in place: bit-reversed order in, natural order out.
 inline void fft_dit_inverse(float* x, index_t n, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
   if (n <= kFftCacheElements) return fft_stages_in_cache<true>(x, n, tw);
-  if (n / 4 >= kFftCacheElements) {
-    for (index_t start = 0; start < n; start += n / 4) fft_dit_inverse(x + start * E, n / 4, tw);
-    fft_stage4<true>(x, n, tw);
-  } else {
-    fft_dit_inverse(x, n / 2, tw), fft_dit_inverse(x + (n / 2) * E, n / 2, tw);
-    fft_stage2<true>(x, n, tw);
-  }
+  const index_t parts = n / 8 >= kFftCacheElements ? 8 : n / 4 >= kFftCacheElements ? 4 : 2;
+  for (index_t start = 0; start < n; start += n / parts) fft_dit_inverse(x + start * E, n / parts, tw);
+  if (parts == 8) fft_stage8<true>(x, n, tw);
+  if (parts == 4) fft_stage4<true>(x, n, tw);
+  if (parts == 2) fft_stage2<true>(x, n, tw);
 }
 
 /// Forward transform of a whole batched signal (tw.N elements): natural in, bit-reversed out.

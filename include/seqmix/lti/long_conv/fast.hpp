@@ -17,13 +17,15 @@ namespace detail {
 // long_conv, "Crossover"), per channel and batch row: the direct form's time per multiply-add and
 // per output (the window copy and the output pass), and the FFT form's time per N log2 N of one
 // channel's transform (gather, product and scatter included), fitted where the two forms meet:
-// at T = 4096 the FFT form takes as long as the direct one at L ~ 16 (10.1 against 10.0 ms at
-// L = 16, 9.6 against 20.0 ms at L = 64). Past N = 32768 the levels of the transform above its
-// in-cache blocks stream from memory and the cost per N log2 N grows. Only the ratios matter:
-// the FFT form wins from L ~ 17 taps at T = 4096, and at L = T from T ~ 128 or below.
+// at T = 4096 the FFT form takes as long as the direct one at L ~ 8-12 since the radix-8
+// transform and the 4-block walks (one thread, CPU time, loaded machine, same run: FFT 7.5-8.5
+// against direct 8.7 ms at L = 8, 8.7 against 9.5 at L = 12, 7.5 against 12.3 at L = 16; it was
+// 10.1 against 10.0 at L = 16 with 0.10 ns before). Past N = 32768 the levels of the transform
+// above its in-cache blocks stream from memory and the cost per N log2 N grows. Only the ratios
+// matter: the FFT form wins from L ~ 11 taps at T = 4096, and at L = T from T ~ 128 or below.
 constexpr double kLongConvDirectNsPerTap = 0.10;
 constexpr double kLongConvDirectNsPerOutput = 6.0;
-constexpr double kLongConvFftNsPerNLogN = 0.10;
+constexpr double kLongConvFftNsPerNLogN = 0.09;
 constexpr double kLongConvFftCachedLength = 32768;
 
 // Multiply-adds of the direct form per channel and batch row: sum over t of the taps it reads.

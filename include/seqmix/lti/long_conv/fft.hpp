@@ -1,7 +1,7 @@
 // long_conv, FFT form: per channel, a zero-padded FFT of the input window and of the filter, a
 // pointwise product, an inverse FFT. O(T log T) per channel instead of O(T L).
 //
-// FFT: our own batched radix-2 transform (batched_fft.hpp), one channel pair per SIMD
+// FFT: our own batched transform (batched_fft.hpp, radix-2 butterflies grouped by 8), one channel pair per SIMD
 // lane: two real channels a and b ride in one complex signal a + i b, whose spectrum Z gives both
 // (X_a = (Z[k] + conj Z[-k]) / 2, X_b = (Z[k] - conj Z[-k]) / 2i), so a transform of length N costs
 // what a real transform would per channel. Eigen's kissfft (unsupported/Eigen/FFT) was the first
@@ -27,9 +27,9 @@ namespace detail {
 // Channels per FFT task: a channel pair per lane.
 constexpr index_t kLongConvFftChannels = 2 * simd::kWidth;
 
-// Smallest power of two >= need (and >= 2).
+// Smallest power of two >= need (and >= 4: the first and last passes are radix-4).
 inline index_t long_conv_fft_size(index_t need) {
-  index_t n = 2;
+  index_t n = 4;
   while (n < need) n *= 2;
   return n;
 }
@@ -55,17 +55,19 @@ inline index_t long_conv_fft_length(const LongConvDims& dims, bool has_state) {
 // at T = 4096, D = 768 before).
 constexpr index_t kLongConvPrefetchRows = 8;
 
-template <class T>
-inline void long_conv_prefetch_row(T* p, int write) noexcept {
-  if (write)
-    __builtin_prefetch(p, 1, 3), __builtin_prefetch(reinterpret_cast<const char*>(p) + 64, 1, 3);
-  else
-    __builtin_prefetch(p, 0, 3), __builtin_prefetch(reinterpret_cast<const char*>(p) + 64, 0, 3);
+// Prefetches the floats [p, p + floats) of one row, a cache line at a time.
+inline void long_conv_prefetch_span(const float* p, index_t floats, int write) noexcept {
+  for (index_t i = 0; i < floats; i += 16) {
+    if (write)
+      __builtin_prefetch(p + i, 1, 3);
+    else
+      __builtin_prefetch(p + i, 0, 3);
+  }
 }
 
 struct LongConvFftScratch {
-  // [N][kFftElement] each: the batched signal (its spectrum, then the product of spectra in
-  // place), and the spectrum G of the block's filter pairs.
+  // [blocks][N][kFftElement] each: per channel block of the task's walk, the batched signal (its
+  // spectrum, then the product of spectra in place), and the spectrum G of its filter pairs.
   AlignedVector<float> x, G;
 };
 
@@ -99,43 +101,117 @@ class LongConvFftScratchPool {
   std::vector<std::unique_ptr<LongConvFftScratch>> free_;
 };
 
-// Loads taps [0, taps) of filter columns g(a), g(b) of each lane pair into x (zero-padded): lane
-// c % W of part c / W (0: real, channel a; 1: imaginary, b) is x[s E + c].
-inline void long_conv_load_filter_pairs(const ConstView<float, 2>& h, index_t taps, index_t group, index_t c0,
-                                        index_t width, index_t N, float* x) {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
-  // One filter per channel, adjacent, a full block: row s is E contiguous floats.
-  const bool contiguous = group == 1 && width == E && h.stride(1) == 1;
-  std::fill(x + (contiguous ? taps * E : 0), x + N * E, 0.f);
-  for (index_t s = 0; s < taps; ++s) {
-    if (s + kLongConvPrefetchRows < taps) long_conv_prefetch_row(h.ptr(s + kLongConvPrefetchRows, c0 / group), 0);
-    if (contiguous) {
-      for (index_t i = 0; i < E; i += W) simd::store(x + s * E + i, simd::load(h.ptr(s, c0) + i));
-      continue;
+// A task's channels: `blocks` adjacent blocks of E = kFftElement channels from c0 (the last one
+// possibly narrower), walked together. Why: the walks over u, h and y read E floats (128 bytes
+// with AVX-512) of each row, and at D = 768 a row is 3 KiB, so a block alone touches a new 4 KiB
+// page every 1.3 rows and its walks ran at ~5 GB/s (150 of ~400 ms at T = 65536, one thread);
+// blocks walked together take blocks x 128 bytes per row visited. The cost: their signals and
+// spectra are held at once (2 N E floats per block).
+struct LongConvWalk {
+  index_t c0 = 0, blocks = 1, D = 0;
+  index_t channel(index_t k) const noexcept { return c0 + k * kFftElement; }
+  index_t width(index_t k) const noexcept { return std::min(kFftElement, D - channel(k)); }
+  // Floats from channel c0 to the end of the last block (a row's span in a unit-stride view).
+  index_t span() const noexcept { return channel(blocks - 1) + width(blocks - 1) - c0; }
+};
+
+// Most blocks a task walks together: 4 (512 bytes per row with AVX-512). At D = 768, T = 65536,
+// one thread (perf samples, machine loaded) the three walks took 0.69x the samples of main's
+// one-block walks; the whole call, 2 blocks against 4: 373 against 345 ms (one run each).
+constexpr index_t kLongConvFftWalkBlocks = 4;
+
+// The forward transform of a signal at x whose elements from `rows` on are zero and never
+// written (no zero fill): the first pass (fft_stage4 of length N) reads only the positions below
+// `rows` (half of them under the usual padding, rows <= N/2), then the quarters as fft_dif does
+// them. The same butterflies and twiddles as batched_fft_forward.
+inline void long_conv_forward_padded(index_t rows, float* x, const FftTwiddles& tw) noexcept {
+  constexpr index_t E = kFftElement;
+  const index_t N = tw.N, q = N / 4;
+  const FftValue zero{FftBatch(0.f), FftBatch(0.f)};
+  for (index_t j = 0; j < q; ++j) {
+    const FftValue w1 = fft_twiddle<false>(tw, j), w1q = fft_twiddle<false>(tw, j + q);
+    const FftValue w2 = fft_twiddle<false>(tw, 2 * j);
+    float* p = x + j * E;
+    FftValue a0 = j < rows ? fft_load(p) : zero, a1 = j + q < rows ? fft_load(p + q * E) : zero;
+    FftValue a2 = j + 2 * q < rows ? fft_load(p + 2 * q * E) : zero, a3 = j + 3 * q < rows ? fft_load(p + 3 * q * E) : zero;
+    fft_dif2(a0, a2, w1), fft_dif2(a1, a3, w1q);
+    fft_dif2(a0, a1, w2), fft_dif2(a2, a3, w2);
+    fft_store(p, a0), fft_store(p + q * E, a1), fft_store(p + 2 * q * E, a2), fft_store(p + 3 * q * E, a3);
+  }
+  for (index_t m = 0; m < 4; ++m) fft_dif(x + m * q * E, q, tw);
+}
+
+// The inverse transform (unscaled) of a spectrum at x, its last pass (the inverse fft_stage4 of
+// length N) storing only positions [first, first + count), the window's outputs (half the
+// positions under the usual padding); the others are left as they were.
+inline void long_conv_inverse_window(float* x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
+  constexpr index_t E = kFftElement;
+  const index_t N = tw.N, q = N / 4;
+  for (index_t m = 0; m < 4; ++m) fft_dit_inverse(x + m * q * E, q, tw);
+  for (index_t j = 0; j < q; ++j) {
+    const FftValue w1 = fft_twiddle<true>(tw, j), w1q = fft_twiddle<true>(tw, j + q);
+    const FftValue w2 = fft_twiddle<true>(tw, 2 * j);
+    float* p = x + j * E;
+    FftValue a0 = fft_load(p), a1 = fft_load(p + q * E), a2 = fft_load(p + 2 * q * E), a3 = fft_load(p + 3 * q * E);
+    fft_dit2(a0, a1, w2), fft_dit2(a2, a3, w2);
+    fft_dit2(a0, a2, w1), fft_dit2(a1, a3, w1q);
+    const FftValue out[4] = {a0, a1, a2, a3};
+    for (index_t m = 0; m < 4; ++m) {
+      const index_t position = j + m * q;
+      if (position >= first && position - first < count) fft_store(p + m * q * E, out[m]);
     }
-    for (index_t c = 0; c < width; ++c) x[s * E + c] = h(s, (c0 + c) / group);
   }
 }
 
-// The spectrum G = FFT(h_a + i h_b) of the block's filter pairs, into scratch.G. A backward
-// filter hb enters through its correlation, conj(FFT(hb_a)) and conj(FFT(hb_b)): the same pair
-// split applied to Gb[-k] (conj of (Gb[k] + conj Gb[-k]) / 2 is (Gb[-k] + conj Gb[k]) / 2, and
-// likewise for the b part), so G[k] += Gb[-k] carries both filters in one spectrum.
-inline void long_conv_filter_spectrum(const LongConvInputs& in, index_t N, index_t c0, index_t width,
-                                      LongConvFftScratch& scratch, const FftTwiddles& tw) {
+// Copies taps [0, taps) of the walk's filter columns to their signals (block k's tap s at
+// x + (k N + s) E; lane c % W of part c / W: channel c of the block, real part channel a,
+// imaginary part channel b of each pair), one row of h after the other.
+inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongConvWalk& walk, index_t taps,
+                                       index_t group, index_t N, float* x) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
-  const index_t T = in.u.size(1), group = in.u.size(2) / in.filter.size(1);
+  // One filter per channel, adjacent: a block's row is E contiguous floats.
+  const bool unit = group == 1 && h.stride(1) == 1;
+  alignas(64) float buffer[E];
+  for (index_t s = 0; s < taps; ++s) {
+    if (unit && s + kLongConvPrefetchRows < taps)
+      long_conv_prefetch_span(h.ptr(s + kLongConvPrefetchRows, walk.c0), walk.span(), 0);
+    for (index_t k = 0; k < walk.blocks; ++k) {
+      const index_t c = walk.channel(k), width = walk.width(k);
+      const float* src = h.ptr(s, c / group);
+      if (!unit || width != E) {
+        for (index_t i = 0; i < E; ++i) buffer[i] = i < width ? h(s, (c + i) / group) : 0.f;
+        src = buffer;
+      }
+      float* dst = x + (k * N + s) * E;
+      for (index_t i = 0; i < E; i += W) simd::store(dst + i, simd::load(src + i));
+    }
+  }
+}
+
+// The spectra G = FFT(h_a + i h_b) of the walk's filter pairs, block k's at scratch.G + k N E. A
+// backward filter hb enters through its correlation, conj(FFT(hb_a)) and conj(FFT(hb_b)): the
+// same pair split applied to Gb[-k] (conj of (Gb[k] + conj Gb[-k]) / 2 is (Gb[-k] + conj Gb[k]) / 2,
+// and likewise for the b part), so G[k] += Gb[-k] carries both filters in one spectrum.
+inline void long_conv_filter_spectra(const LongConvInputs& in, const LongConvWalk& walk, LongConvFftScratch& scratch,
+                                     const FftTwiddles& tw) {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
+  const index_t T = in.u.size(1), N = tw.N, group = in.u.size(2) / in.filter.size(1);
   float* G = scratch.G.data();
-  long_conv_load_filter_pairs(in.filter, long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value()),
-                              group, c0, width, N, G);
-  batched_fft_forward(G, tw);
+  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
+  long_conv_load_filter_rows(in.filter, walk, taps, group, N, G);
+  for (index_t k = 0; k < walk.blocks; ++k) long_conv_forward_padded(taps, G + k * N * E, tw);
   if (!in.filter_backward.has_value()) return;
   float* x = scratch.x.data();
-  long_conv_load_filter_pairs(in.filter_backward, std::min(in.filter_backward.size(0), T), group, c0, width, N, x);
-  batched_fft_forward(x, tw);
-  for (index_t k = 0; k < N; ++k) {
-    const float* back = x + tw.mirror[static_cast<std::size_t>(k)] * E;
-    for (index_t v = 0; v < E; v += W) simd::store(G + k * E + v, simd::load(G + k * E + v) + simd::load(back + v));
+  const index_t back = std::min(in.filter_backward.size(0), T);
+  long_conv_load_filter_rows(in.filter_backward, walk, back, group, N, x);
+  for (index_t k = 0; k < walk.blocks; ++k) long_conv_forward_padded(back, x + k * N * E, tw);
+  for (index_t k = 0; k < walk.blocks; ++k) {
+    float* Gk = G + k * N * E;
+    const float* xk = x + k * N * E;
+    for (index_t i = 0; i < N; ++i) {
+      const float* mirrored = xk + tw.mirror[static_cast<std::size_t>(i)] * E;
+      for (index_t v = 0; v < E; v += W) simd::store(Gk + i * E + v, simd::load(Gk + i * E + v) + simd::load(mirrored + v));
+    }
   }
 }
 
@@ -168,110 +244,121 @@ inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddl
   }
 }
 
-// Gathers the window xs[-S .. T) of batch row b, channels [c0, c0 + width), into the pairs at x
-// (row r of the window at x + (S + r) E, a row's channels adjacent there as in u), zero-padded
-// to N rows; poison[c] += 0 * value.
-inline void long_conv_gather_window(const LongConvInputs& in, index_t b, index_t c0, index_t width, index_t N, float* x,
-                                    float* poison) {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
-  const index_t T = in.u.size(1), S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
-  // A full block of adjacent channels: each row is E contiguous floats, copied by vectors (the
-  // scalar loop, strided in general, took as long as a transform at T = 65536).
-  const bool contiguous =
-      width == E && in.u.stride(2) == 1 && (!in.initial_state.has_value() || in.initial_state.stride(2) == 1);
-  std::fill(x + (contiguous ? (S + T) * E : 0), x + N * E, 0.f);
-  FftBatch vpoison[E / W];
-  for (auto& v : vpoison) v = FftBatch(0.f);
-  const FftBatch zero(0.f);
-  for (index_t r = -S; r < T; ++r) {
-    const float* src = r >= 0 ? in.u.ptr(b, r, c0) : in.initial_state.ptr(b, S + r, c0);
-    if (r >= 0 && r + kLongConvPrefetchRows < T) long_conv_prefetch_row(in.u.ptr(b, r + kLongConvPrefetchRows, c0), 0);
-    float* dst = x + (S + r) * E;
-    if (contiguous) {
-      for (index_t i = 0; i < E / W; ++i) {
-        const FftBatch v = simd::load(src + i * W);
-        simd::store(dst + i * W, v);
-        vpoison[i] = simd::fma(zero, v, vpoison[i]);
-      }
-      continue;
-    }
-    const index_t stride = r >= 0 ? in.u.stride(2) : in.initial_state.stride(2);
-    for (index_t c = 0; c < width; ++c) {
-      const float v = src[c * stride];
-      dst[c] = v;
-      poison[c] += 0.f * v;
-    }
-  }
-  if (contiguous)
-    for (index_t i = 0; i < E / W; ++i) simd::store(poison + i * W, vpoison[i]);
-}
-
-// Writes y[b, t, c0 + c] = conv[t][c] (+ skip u, + bias) for t < T, from the inverse transform's
-// rows at conv (E floats apart).
-inline void long_conv_scatter_outputs(const LongConvInputs& in, const TensorView<float, 3>& y, index_t b, index_t c0,
-                                      index_t width, const float* conv) {
+// Copies the window xs[-S .. T) of batch row b (state rows, then inputs), the walk's blocks, to
+// their signals (block k's row r at x + (k N + r) E), one row of u after the other. Tried and
+// slower: this walk fused with the first pass (rows r and r + N/4 read together, the four
+// butterfly outputs written): the walks took 2.7x as long (perf samples, T = 16384, one thread).
+inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& walk, index_t b, index_t S, index_t N,
+                                  float* x) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t T = in.u.size(1);
-  const bool skip = in.skip.has_value(), bias = in.bias.has_value();
-  const bool contiguous = width == E && y.stride(2) == 1 && in.u.stride(2) == 1;
-  float skips[E] = {}, biases[E] = {};
-  for (index_t c = 0; c < width; ++c) {
-    if (skip) skips[c] = in.skip(c0 + c);
-    if (bias) biases[c] = in.bias(c0 + c);
-  }
-  for (index_t t = 0; t < T; ++t) {
-    const float* row = conv + t * E;
-    if (t + kLongConvPrefetchRows < T) {
-      long_conv_prefetch_row(y.ptr(b, t + kLongConvPrefetchRows, c0), 1);
-      if (skip) long_conv_prefetch_row(in.u.ptr(b, t + kLongConvPrefetchRows, c0), 0);
-    }
-    if (contiguous) {
-      float* out = y.ptr(b, t, c0);
-      const float* u = in.u.ptr(b, t, c0);
-      for (index_t i = 0; i < E; i += W) {
-        FftBatch v = simd::load(row + i);
-        if (skip) v += simd::load(skips + i) * simd::load(u + i);
-        if (bias) v += simd::load(biases + i);
-        simd::store(out + i, v);
+  alignas(64) float buffer[E];
+  for (index_t r = 0; r < S + T; ++r) {
+    const bool state = r < S;
+    const index_t ahead = r + kLongConvPrefetchRows;
+    if (ahead >= S && ahead < S + T && in.u.stride(2) == 1)
+      long_conv_prefetch_span(in.u.ptr(b, ahead - S, walk.c0), walk.span(), 0);
+    const index_t stride = state ? in.initial_state.stride(2) : in.u.stride(2);
+    for (index_t k = 0; k < walk.blocks; ++k) {
+      const index_t c = walk.channel(k), width = walk.width(k);
+      const float* src = state ? in.initial_state.ptr(b, r, c) : in.u.ptr(b, r - S, c);
+      if (stride != 1 || width != E) {
+        for (index_t i = 0; i < E; ++i) buffer[i] = i < width ? src[i * stride] : 0.f;
+        src = buffer;
       }
-      continue;
-    }
-    for (index_t c = 0; c < width; ++c) {
-      float value = row[c];
-      if (skip) value += skips[c] * in.u(b, t, c0 + c);
-      if (bias) value += biases[c];
-      y(b, t, c0 + c) = value;
+      float* dst = x + (k * N + r) * E;
+      for (index_t i = 0; i < E; i += W) simd::store(dst + i, simd::load(src + i));
     }
   }
 }
 
-// One task: channels [c0, c0 + width) of every batch row, width <= kLongConvFftChannels.
-inline void long_conv_fft_block(const LongConvInputs& in, const TensorView<float, 3>& y, const FftTwiddles& tw,
-                                index_t c0, index_t width, LongConvFftScratch& scratch, std::vector<index_t>& nonfinite) {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
-  const index_t B = in.u.size(0), L = in.filter.size(0), N = tw.N;
-  const index_t S = in.initial_state.has_value() ? L - 1 : 0;
-  const auto size = static_cast<std::size_t>(N * E);
-  scratch.x.resize(size), scratch.G.resize(size);
-  long_conv_filter_spectrum(in, N, c0, width, scratch, tw);
-  for (index_t b = 0; b < B; ++b) {
-    float* x = scratch.x.data();
-    float poison[kLongConvFftChannels] = {};  // 0 * x: NaN exactly when x is inf or NaN
-    long_conv_gather_window(in, b, c0, width, N, x, poison);
-    batched_fft_forward(x, tw);
-    long_conv_spectral_product(x, scratch.G.data(), tw);
-    batched_fft_inverse(x, tw);
-    // A NaN (poison != 0) spreads over the whole pair's transform: both channels of the pair
-    // go to the direct form, in this batch row only (listed as b * D + d: the other rows keep
-    // their FFT results bit for bit, as without the NaN).
-    const index_t D = in.u.size(2);
-    for (index_t lane = 0; lane < W; ++lane)
-      if (poison[lane] != 0.f || (lane + W < width && poison[lane + W] != 0.f)) {
-        if (lane < width) nonfinite.push_back(b * D + c0 + lane);
-        if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
+// Writes y[b, t, c] = conv (+ skip u, + bias) for t < T from the walk's inverse transforms (block
+// k's output t at x + (k N + S + t) E, channel c of the block in lane c % W of part c / W), one
+// row of y after the other.
+inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<float, 3>& y, const LongConvWalk& walk,
+                                   index_t b, index_t S, index_t N, const float* x) {
+  constexpr index_t W = simd::kWidth, E = kFftElement, kMax = kLongConvFftWalkBlocks;
+  const index_t T = in.u.size(1);
+  const bool skip = in.skip.has_value(), bias = in.bias.has_value();
+  const bool unit = y.stride(2) == 1 && in.u.stride(2) == 1;
+  float skips[kMax][E] = {}, biases[kMax][E] = {};
+  for (index_t k = 0; k < walk.blocks; ++k)
+    for (index_t i = 0; i < walk.width(k); ++i) {
+      if (skip) skips[k][i] = in.skip(walk.channel(k) + i);
+      if (bias) biases[k][i] = in.bias(walk.channel(k) + i);
+    }
+  for (index_t t = 0; t < T; ++t) {
+    if (unit && t + kLongConvPrefetchRows < T) {
+      long_conv_prefetch_span(y.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 1);
+      if (skip) long_conv_prefetch_span(in.u.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 0);
+    }
+    for (index_t k = 0; k < walk.blocks; ++k) {
+      const index_t c = walk.channel(k), width = walk.width(k);
+      const float* row = x + (k * N + S + t) * E;
+      if (unit && width == E) {
+        float* out = y.ptr(b, t, c);
+        const float* u = in.u.ptr(b, t, c);
+        for (index_t i = 0; i < E; i += W) {
+          FftBatch v = simd::load(row + i);
+          if (skip) v += simd::load(skips[k] + i) * simd::load(u + i);
+          if (bias) v += simd::load(biases[k] + i);
+          simd::store(out + i, v);
+        }
+        continue;
       }
-    long_conv_scatter_outputs(in, y, b, c0, width, x + S * E);
+      for (index_t i = 0; i < width; ++i) {
+        float v = row[i];
+        if (skip) v += skips[k][i] * in.u(b, t, c + i);
+        if (bias) v += biases[k][i];
+        y(b, t, c + i) = v;
+      }
+    }
   }
+}
+
+// One task: the walk's channels of every batch row.
+inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float, 3>& y, const FftTwiddles& tw,
+                               const LongConvWalk& walk, LongConvFftScratch& scratch, std::vector<index_t>& nonfinite) {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
+  const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2), N = tw.N;
+  const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
+  const auto size = static_cast<std::size_t>(walk.blocks * N * E);
+  if (scratch.x.size() < size) scratch.x.resize(size), scratch.G.resize(size);
+  long_conv_filter_spectra(in, walk, scratch, tw);
+  float* x = scratch.x.data();
+  for (index_t b = 0; b < B; ++b) {
+    long_conv_gather_rows(in, walk, b, S, N, x);
+    // Block after block, its transforms and product while its signal is in cache.
+    for (index_t k = 0; k < walk.blocks; ++k) {
+      float* xk = x + k * N * E;
+      long_conv_forward_padded(S + T, xk, tw);
+      // Non-finite input: the spectrum's frequency 0 (position 0) is the plain sum of the window
+      // (no twiddle on that path), so 0 * Z[0] is NaN in a lane part exactly when that channel's
+      // window holds an inf or NaN (or, harmlessly, when finite values overflow the sum). Such a
+      // value spreads over the whole pair's transform: both channels of the pair go to the
+      // direct form, in this batch row only (listed as b * D + d: the other rows keep their FFT
+      // results bit for bit, as without the NaN).
+      alignas(64) float lanes[E];
+      for (index_t i = 0; i < E; i += W) simd::store(lanes + i, FftBatch(0.f) * simd::load(xk + i));
+      const index_t c0 = walk.channel(k), width = walk.width(k);
+      for (index_t lane = 0; lane < W; ++lane)
+        if (lanes[lane] != 0.f || (lane + W < width && lanes[lane + W] != 0.f)) {
+          if (lane < width) nonfinite.push_back(b * D + c0 + lane);
+          if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
+        }
+      long_conv_spectral_product(xk, scratch.G.data() + k * N * E, tw);
+      long_conv_inverse_window(xk, tw, S, T);
+    }
+    long_conv_scatter_rows(in, y, walk, b, S, N, x);
+  }
+}
+
+// Blocks a task walks together: as many as kLongConvFftWalkBlocks while the call still splits
+// into at least two tasks per thread (so the threads stay balanced).
+inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency) {
+  index_t per = kLongConvFftWalkBlocks;
+  while (per > 1 && (blocks + per - 1) / per < 2 * static_cast<index_t>(concurrency)) --per;
+  return per;
 }
 
 // FFT form over a validated call.
@@ -281,14 +368,16 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
                           in.filter_backward.has_value() ? in.filter_backward.size(0) : 0, in.filter.size(1)};
   const FftTwiddles tw(long_conv_fft_length(dims, in.initial_state.has_value()));
   const index_t blocks = (D + kLongConvFftChannels - 1) / kLongConvFftChannels;
-  std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(blocks));
+  const index_t per_walk = long_conv_fft_walk_blocks(blocks, executor.concurrency());
+  const index_t walks = (blocks + per_walk - 1) / per_walk;
+  std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(walks));
   LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
-  parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
+  parallel_for(executor, walks, 1, [&](index_t begin, index_t end) {
     std::unique_ptr<LongConvFftScratch> scratch = pool.take();
     for (index_t i = begin; i < end; ++i) {
-      const index_t c0 = i * kLongConvFftChannels;
-      long_conv_fft_block(in, y, tw, c0, std::min(kLongConvFftChannels, D - c0), *scratch,
-                          nonfinite[static_cast<std::size_t>(i)]);
+      const index_t first = i * per_walk;
+      const LongConvWalk walk{first * kLongConvFftChannels, std::min(per_walk, blocks - first), D};
+      long_conv_fft_walk(in, y, tw, walk, *scratch, nonfinite[static_cast<std::size_t>(i)]);
     }
     pool.give(std::move(scratch));
   });
@@ -316,9 +405,10 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
 /// FFT: about 1e-6 relative to sum |h| |u|). Each channel's window (state rows and inputs) is
 /// zero-padded to a power of two N >= S + T + L - 1, transformed (two channels per complex
 /// transform, one pair per SIMD lane), multiplied by the filter's spectrum and transformed back.
-/// Threaded over blocks of 2 * simd::kWidth channels; scratch per task 2 N * 2 * simd::kWidth
-/// floats (the signal and the filters' spectrum, kept by the calling thread for its next call:
-/// 32 MiB per task at N = 131072 with AVX-512). A channel whose input is not finite is computed
+/// Threaded over groups of up to 4 blocks of 2 * simd::kWidth channels (fewer when the call
+/// would split into fewer than two groups per thread); scratch per task and block 2 N * 2 *
+/// simd::kWidth floats (the signal and the filters' spectrum, kept by the calling thread for its
+/// next call: 128 MiB per task of 4 blocks at N = 131072 with AVX-512). A channel whose input is not finite is computed
 /// by the direct form, with its pair.
 inline void long_conv_fft(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                           const Executor& executor = serial_executor()) {
