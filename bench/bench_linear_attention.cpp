@@ -290,6 +290,34 @@ void gla_prefill_bf16(benchmark::State& state, std::string shape, index_t T, Gat
   seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
 }
 
+// The chunked linear_attention prefill (identity map) with bf16 dot products, and its speed-up
+// over the fp32 chunked form (as gla_prefill_bf16).
+void la_prefill_bf16(benchmark::State& state, std::string shape, index_t T) {
+  const auto& s = shape_named(shape);
+  Data data(1, T, s);
+  seqmix::LinearAttentionOptions f32, dot;
+  f32.algorithm = LinearAttentionAlgorithm::chunked;
+  dot = f32, dot.bf16_compute = seqmix::Bf16Compute::dot;
+  const seqmix::LinearAttentionInputs in{data.q.view(), data.k.view(), data.v.view(), {}, {}};
+  const seqmix::LinearAttentionOutputs out{data.o.view(), data.state.view(), {}};
+  for (auto _ : state) {
+    seqmix::linear_attention(in, out, dot, st::two_thread_pool());
+    benchmark::DoNotOptimize(data.o.data());
+  }
+  std::vector<double> t_f32, t_bf16;
+  for (int r = 0; r < 3; ++r) {
+    double t0 = bf16_process_seconds();
+    seqmix::linear_attention(in, out, f32, st::two_thread_pool());
+    t_f32.push_back(bf16_process_seconds() - t0);
+    t0 = bf16_process_seconds();
+    seqmix::linear_attention(in, out, dot, st::two_thread_pool());
+    t_bf16.push_back(bf16_process_seconds() - t0);
+  }
+  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
+  state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
+  seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
+}
+
 // The chunked GLA prefill on q/k/v stored as bf16 (GatedLinearAttentionInputsOf<bf16>: rows widened
 // as each chunk loads them) with bf16 dot products. speedup_vs_f32: the fp32-input fp32 chunked
 // prefill over this one; vs_f32_inputs: the fp32-input dot-product prefill over this one (what
@@ -509,6 +537,10 @@ const int kRegistered = [] {
                                      gla_prefill_bf16(s, shape, T, gate);
                                    })
           ->UseRealTime()->Unit(benchmark::kMillisecond);
+  for (const auto& [shape, T] : {std::pair<const char*, index_t>{"gla-k128", 4096}, {"gla-1.3b", 8192}})
+    benchmark::RegisterBenchmark((std::string("linear_attention/bf16/prefill/") + shape + "-t" + std::to_string(T)).c_str(),
+                                 [shape = std::string(shape), T = T](benchmark::State& s) { la_prefill_bf16(s, shape, T); })
+        ->UseRealTime()->Unit(benchmark::kMillisecond);
   // bf16 storage of q/k/v as well (issue 19 item 3).
   for (const auto& [op, gate] : {std::pair<const char*, GateKind>{"gated_linear_attention", GateKind::channel},
                                  std::pair<const char*, GateKind>{"simple_gla", GateKind::scalar}})
