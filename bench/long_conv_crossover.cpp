@@ -54,7 +54,7 @@ double fma_gflops() {
     for (int i = 0; i < 12; ++i) acc[i] = Batch(static_cast<float>(i));
     const Batch b(1.0000001f), c(1e-7f);
     for (long it = 0; it < iterations; ++it)
-      for (int i = 0; i < 12; ++i) acc[i] = xsimd::fma(acc[i], b, c);
+      st::limits::advance_chains(acc, [&](const Batch& a) { return xsimd::fma(a, b, c); });
     Batch sum = acc[0];
     for (int i = 1; i < 12; ++i) sum += acc[i];
     st::limits::g_sink = st::limits::g_sink + seqmix::simd::reduce_add(sum);
