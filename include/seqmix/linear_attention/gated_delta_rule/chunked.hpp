@@ -4,8 +4,8 @@
 // (delta_update/recurrent.hpp), chosen per sequence by delta_update::choose_delta_algorithm,
 // which says why. Packed sequences each run on their own chunk grid, so a short one costs about
 // its tokens. Workspace: one state [K,V] and (for chunked items) one chunk workspace (about
-// (9C + 2V) x K floats for chunk size C) per thread, kept across calls
-// (delta_update/sequences.hpp). The definition is in reference.hpp.
+// (10C + 2V) x K floats for chunk size C, the scores' transposed K included) per thread, kept
+// across calls (delta_update/sequences.hpp). The definition is in reference.hpp.
 #pragma once
 
 #include <type_traits>
