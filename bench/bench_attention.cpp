@@ -40,7 +40,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <ctime>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -54,6 +53,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/positional/rope/table.hpp"
 #include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -216,17 +216,10 @@ void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk
   seqmix::testing::report_gbytes(state, bytes);
 }
 
-// Process CPU time (every thread of the pool), which other load on the machine inflates less
-// than wall time.
-double process_seconds() {
-  timespec t;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
 // bf16 K/V prefill with bf16 dot products (AttentionOptions::bf16_compute = dot), eff against the
 // bf16 dot peak. speedup_vs_f32 is the fp32 prefill (fp32 K/V) over this one, from 3 calls of
-// each taken alternately after the timed loop, medians of CPU time: the ratio of one run.
+// each taken alternately after the timed loop, medians of process CPU time (every thread of the
+// pool), which other load on the machine inflates less than wall time: the ratio of one run.
 void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, index_t T) {
   Problem<seqmix::bf16> p(T, T, shape);
   Problem<float> f(T, T, shape);
@@ -239,12 +232,12 @@ void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, 
   }
   std::vector<double> t_f32, t_bf16;
   for (int r = 0; r < 3; ++r) {
-    double t0 = process_seconds();
+    double t0 = st::process_cpu_seconds();
     seqmix::attention(f.inputs(), f.outputs(), options, pool());
-    t_f32.push_back(process_seconds() - t0);
-    t0 = process_seconds();
+    t_f32.push_back(st::process_cpu_seconds() - t0);
+    t0 = st::process_cpu_seconds();
     seqmix::attention(p.inputs(), p.outputs(), dot, pool());
-    t_bf16.push_back(process_seconds() - t0);
+    t_bf16.push_back(st::process_cpu_seconds() - t0);
   }
   std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
   state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
@@ -273,9 +266,9 @@ void prefill_bf16_io(benchmark::State& state, const st::AttentionShape& shape, i
   }
   std::vector<double> t_f32, t_f32q, t_io;
   const auto timed = [](std::vector<double>& times, auto&& call) {
-    const double t0 = process_seconds();
+    const double t0 = st::process_cpu_seconds();
     call();
-    times.push_back(process_seconds() - t0);
+    times.push_back(st::process_cpu_seconds() - t0);
   };
   for (int r = 0; r < 3; ++r) {
     timed(t_f32, [&] { seqmix::attention(f.inputs(), f.outputs(), options, pool()); });

@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <ctime>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -41,6 +40,7 @@
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
 #include "seqmix/linear_attention/rwkv7/step.hpp"
 #include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -109,12 +109,6 @@ void gdr_prefill(benchmark::State& state, index_t T, index_t H, index_t K, Delta
   set_prefill_counters(state, 6.0 * T * H * K * K);
 }
 
-double bf16_process_seconds() {
-  timespec t;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
 // The chunked prefill with bf16 dot products, and its speed-up over the fp32 chunked form.
 void gdr_prefill_bf16(benchmark::State& state, index_t T, index_t H, index_t K, DeltaGate gate) {
   GdrBenchData data(T, H, K, gate);
@@ -127,12 +121,12 @@ void gdr_prefill_bf16(benchmark::State& state, index_t T, index_t H, index_t K, 
   }
   std::vector<double> t_f32, t_bf16;
   for (int r = 0; r < 3; ++r) {
-    double t0 = bf16_process_seconds();
+    double t0 = st::process_cpu_seconds();
     seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, f32, st::two_thread_pool());
-    t_f32.push_back(bf16_process_seconds() - t0);
-    t0 = bf16_process_seconds();
+    t_f32.push_back(st::process_cpu_seconds() - t0);
+    t0 = st::process_cpu_seconds();
     seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, dot, st::two_thread_pool());
-    t_bf16.push_back(bf16_process_seconds() - t0);
+    t_bf16.push_back(st::process_cpu_seconds() - t0);
   }
   std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
   state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
@@ -159,9 +153,9 @@ void gdr_prefill_bf16_io(benchmark::State& state, index_t T, index_t H, index_t 
   }
   std::vector<double> t_f32, t_same, t_io;
   const auto timed = [](std::vector<double>& times, auto&& call) {
-    const double t0 = bf16_process_seconds();
+    const double t0 = st::process_cpu_seconds();
     call();
-    times.push_back(bf16_process_seconds() - t0);
+    times.push_back(st::process_cpu_seconds() - t0);
   };
   for (int r = 0; r < 5; ++r) {
     timed(t_f32, [&] { seqmix::gated_delta_rule(in32, out, f32, st::two_thread_pool()); });
@@ -186,29 +180,6 @@ void gdr_prefill_bf16_io(benchmark::State& state, index_t T, index_t H, index_t 
 // the step's flops (scores 2 K L (L+1), read 4 L K V, intra 2 V L^2, update 2 L K V per chunk)
 // per second over the FMA rate; eff_6kv, the recurrence's 6 K V per token over the summed time
 // and the FMA rate; fma_gflops; clock_us, one clock read, subtracted from every timed step.
-double phase_cpu_seconds() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
-// One core's FMA rate on twelve named accumulators (an array of them stays in memory at -O2).
-double phase_fma_gflops() {
-  using Batch = seqmix::simd::Batch<float>;
-  using seqmix::simd::fma;
-  const long iterations = 2000000;
-  const double start = phase_cpu_seconds();
-  Batch a0(0.f), a1(1.f), a2(2.f), a3(3.f), a4(4.f), a5(5.f), a6(6.f), a7(7.f), a8(8.f), a9(9.f), a10(10.f), a11(11.f);
-  const Batch b(1.0000001f), c(1e-7f);
-  for (long it = 0; it < iterations; ++it) {
-    a0 = fma(a0, b, c), a1 = fma(a1, b, c), a2 = fma(a2, b, c), a3 = fma(a3, b, c);
-    a4 = fma(a4, b, c), a5 = fma(a5, b, c), a6 = fma(a6, b, c), a7 = fma(a7, b, c);
-    a8 = fma(a8, b, c), a9 = fma(a9, b, c), a10 = fma(a10, b, c), a11 = fma(a11, b, c);
-  }
-  benchmark::DoNotOptimize(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
-  return iterations * 12.0 * Batch::size * 2.0 / (phase_cpu_seconds() - start) / 1e9;
-}
-
 void gdr_phases(benchmark::State& state, index_t T, index_t H, index_t K) {
   namespace du = seqmix::delta_update;
   GdrBenchData data(T, H, K, DeltaGate::scalar);
@@ -230,34 +201,32 @@ void gdr_phases(benchmark::State& state, index_t T, index_t H, index_t K) {
   }
   du::WyWorkspace ws(C, K, V);
   std::vector<du::RowMatrix> S(heads.size(), du::RowMatrix(K, V));
-  const double clock_start = phase_cpu_seconds();
-  for (int i = 0; i < 999; ++i) phase_cpu_seconds();
-  const double clock_cost = (phase_cpu_seconds() - clock_start) / 1000.0;
+  const double clock_cost = st::clock_read_seconds();
   double seconds[5] = {0, 0, 0, 0, 0}, fma = 0;
   for (auto _ : state) {
-    fma = std::max(fma, phase_fma_gflops());
+    fma = std::max(fma, st::limits::one_thread_fma_gflops(2000000));
     for (auto& x : S) x.setZero();
     for (index_t t0 = 0; t0 < T; t0 += C) {
       const index_t L = std::min(C, T - t0);
       for (std::size_t i = 0; i < heads.size(); ++i) {
         const du::DeltaHead& p = heads[i];
         double t[6];
-        t[0] = phase_cpu_seconds();
+        t[0] = st::thread_cpu_seconds();
         du::wy_load_chunk(p, t0, L, ws);
-        t[1] = phase_cpu_seconds();
+        t[1] = st::thread_cpu_seconds();
         du::wy_read_state(p, L, S[i], ws);
-        t[2] = phase_cpu_seconds();
+        t[2] = st::thread_cpu_seconds();
         du::wy_intra(L, ws);
-        t[3] = phase_cpu_seconds();
+        t[3] = st::thread_cpu_seconds();
         du::wy_update_state(p, L, S[i], ws);
-        t[4] = phase_cpu_seconds();
+        t[4] = st::thread_cpu_seconds();
         du::wy_store_outputs(p, t0, L, ws);
-        t[5] = phase_cpu_seconds();
+        t[5] = st::thread_cpu_seconds();
         for (int k = 0; k < 5; ++k) seconds[k] += std::max(0.0, t[k + 1] - t[k] - clock_cost);
       }
     }
     benchmark::DoNotOptimize(data.o.data());
-    fma = std::max(fma, phase_fma_gflops());
+    fma = std::max(fma, st::limits::one_thread_fma_gflops(2000000));
   }
   // Flops per head over all chunks (full chunks; the last may be shorter, counted as full).
   const double runs = static_cast<double>(state.iterations()) * static_cast<double>(H);

@@ -33,7 +33,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <ctime>
 #include <numeric>
 #include <utility>
 #include <string>
@@ -53,6 +52,7 @@
 #include "seqmix/linear_attention/rwkv6/reference.hpp"
 #include "seqmix/linear_attention/rwkv6/step.hpp"
 #include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -258,12 +258,6 @@ void feature_map_bench(benchmark::State& state, std::string shape, index_t T, se
     seqmix::testing::report_gflops(state, 2.0 * T * s.H * M * s.K);
 }
 
-double bf16_process_seconds() {
-  timespec t;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
 // The chunked GLA prefill with bf16 dot products, and its speed-up over the fp32 chunked form.
 void gla_prefill_bf16(benchmark::State& state, std::string shape, index_t T, GateKind gate) {
   const auto& s = shape_named(shape);
@@ -278,12 +272,12 @@ void gla_prefill_bf16(benchmark::State& state, std::string shape, index_t T, Gat
   }
   std::vector<double> t_f32, t_bf16;
   for (int r = 0; r < 3; ++r) {
-    double t0 = bf16_process_seconds();
+    double t0 = st::process_cpu_seconds();
     seqmix::gated_linear_attention(data.gla(gate), out, f32, st::two_thread_pool());
-    t_f32.push_back(bf16_process_seconds() - t0);
-    t0 = bf16_process_seconds();
+    t_f32.push_back(st::process_cpu_seconds() - t0);
+    t0 = st::process_cpu_seconds();
     seqmix::gated_linear_attention(data.gla(gate), out, dot, st::two_thread_pool());
-    t_bf16.push_back(bf16_process_seconds() - t0);
+    t_bf16.push_back(st::process_cpu_seconds() - t0);
   }
   std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
   state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
@@ -306,12 +300,12 @@ void la_prefill_bf16(benchmark::State& state, std::string shape, index_t T) {
   }
   std::vector<double> t_f32, t_bf16;
   for (int r = 0; r < 3; ++r) {
-    double t0 = bf16_process_seconds();
+    double t0 = st::process_cpu_seconds();
     seqmix::linear_attention(in, out, f32, st::two_thread_pool());
-    t_f32.push_back(bf16_process_seconds() - t0);
-    t0 = bf16_process_seconds();
+    t_f32.push_back(st::process_cpu_seconds() - t0);
+    t0 = st::process_cpu_seconds();
     seqmix::linear_attention(in, out, dot, st::two_thread_pool());
-    t_bf16.push_back(bf16_process_seconds() - t0);
+    t_bf16.push_back(st::process_cpu_seconds() - t0);
   }
   std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
   state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
@@ -341,9 +335,9 @@ void gla_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T, 
   }
   std::vector<double> t_f32, t_dot, t_io;
   const auto timed = [](std::vector<double>& times, auto&& call) {
-    const double t0 = bf16_process_seconds();
+    const double t0 = st::process_cpu_seconds();
     call();
-    times.push_back(bf16_process_seconds() - t0);
+    times.push_back(st::process_cpu_seconds() - t0);
   };
   for (int r = 0; r < 3; ++r) {
     timed(t_f32, [&] { seqmix::gated_linear_attention(in32, out, f32, st::two_thread_pool()); });
@@ -377,12 +371,12 @@ void la_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T) {
   }
   std::vector<double> t_f32, t_io;
   for (int r = 0; r < 5; ++r) {
-    double t0 = bf16_process_seconds();
+    double t0 = st::process_cpu_seconds();
     seqmix::linear_attention(in32, out, options, st::two_thread_pool());
-    t_f32.push_back(bf16_process_seconds() - t0);
-    t0 = bf16_process_seconds();
+    t_f32.push_back(st::process_cpu_seconds() - t0);
+    t0 = st::process_cpu_seconds();
     seqmix::linear_attention(in, out, options, st::two_thread_pool());
-    t_io.push_back(bf16_process_seconds() - t0);
+    t_io.push_back(st::process_cpu_seconds() - t0);
   }
   std::sort(t_f32.begin(), t_f32.end()), std::sort(t_io.begin(), t_io.end());
   state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];
@@ -401,31 +395,6 @@ void la_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T) {
 // per second over the FMA rate; eff_total, the prefill's counted flops (4 T K V per head, as the
 // prefill rows) per summed second over the FMA rate; fma_gflops, the rate itself; clock_us, one
 // clock read, subtracted from every timed step.
-double thread_cpu_seconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
-// Twelve named accumulators rather than machine_limits' array of twelve: at -O2 GCC keeps that
-// array in memory and the loop runs at a third of the FMA rate (measured 67 against 222 GFLOP/s
-// on one Zen 5 core); named batches stay in registers.
-double one_thread_fma_gflops() {
-  using Batch = seqmix::simd::Batch<float>;
-  using seqmix::simd::fma;
-  const long iterations = 2000000;
-  const double start = thread_cpu_seconds();
-  Batch a0(0.f), a1(1.f), a2(2.f), a3(3.f), a4(4.f), a5(5.f), a6(6.f), a7(7.f), a8(8.f), a9(9.f), a10(10.f), a11(11.f);
-  const Batch b(1.0000001f), c(1e-7f);
-  for (long it = 0; it < iterations; ++it) {
-    a0 = fma(a0, b, c), a1 = fma(a1, b, c), a2 = fma(a2, b, c), a3 = fma(a3, b, c);
-    a4 = fma(a4, b, c), a5 = fma(a5, b, c), a6 = fma(a6, b, c), a7 = fma(a7, b, c);
-    a8 = fma(a8, b, c), a9 = fma(a9, b, c), a10 = fma(a10, b, c), a11 = fma(a11, b, c);
-  }
-  benchmark::DoNotOptimize(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
-  return iterations * 12.0 * Batch::size * 2.0 / (thread_cpu_seconds() - start) / 1e9;
-}
-
 enum class PhaseOp { gla, simple_gla, ungated, rwkv6 };
 
 void chunk_phases(benchmark::State& state, std::string shape, index_t T, PhaseOp op) {
@@ -458,34 +427,32 @@ void chunk_phases(benchmark::State& state, std::string shape, index_t T, PhaseOp
   std::vector<la::RowMatrix> S(heads.size(), la::RowMatrix(K, V));
   // One clock read costs about a microsecond here (a system call under the hypervisor), against
   // ~5-20 us per step at K = 64: each interval is charged that cost once, so it is subtracted.
-  const double clock_start = thread_cpu_seconds();
-  for (int i = 0; i < 999; ++i) thread_cpu_seconds();
-  const double clock_cost = (thread_cpu_seconds() - clock_start) / 1000.0;
+  const double clock_cost = st::clock_read_seconds();
   double seconds[5] = {0, 0, 0, 0, 0}, fma = 0;
   for (auto _ : state) {
-    fma = std::max(fma, one_thread_fma_gflops());
+    fma = std::max(fma, st::limits::one_thread_fma_gflops(2000000));
     for (auto& x : S) x.setZero();
     for (index_t t0 = 0; t0 < T; t0 += C) {
       const index_t L = std::min(C, T - t0);
       for (std::size_t i = 0; i < heads.size(); ++i) {
         const la::HeadProblem& p = heads[i];
         double t[6];
-        t[0] = thread_cpu_seconds();
+        t[0] = st::thread_cpu_seconds();
         la::load_chunk(p, t0, L, ws);
-        t[1] = thread_cpu_seconds();
+        t[1] = st::thread_cpu_seconds();
         la::chunk_inter(p, L, S[i], ws);
-        t[2] = thread_cpu_seconds();
+        t[2] = st::thread_cpu_seconds();
         la::chunk_intra(p, L, ws);
-        t[3] = thread_cpu_seconds();
+        t[3] = st::thread_cpu_seconds();
         la::chunk_state_update(p, L, S[i], ws);
-        t[4] = thread_cpu_seconds();
+        t[4] = st::thread_cpu_seconds();
         la::store_chunk_outputs(p, t0, L, ws);
-        t[5] = thread_cpu_seconds();
+        t[5] = st::thread_cpu_seconds();
         for (int k = 0; k < 5; ++k) seconds[k] += std::max(0.0, t[k + 1] - t[k] - clock_cost);
       }
     }
     benchmark::DoNotOptimize(data.o.data());
-    fma = std::max(fma, one_thread_fma_gflops());
+    fma = std::max(fma, st::limits::one_thread_fma_gflops(2000000));
   }
   const double n = static_cast<double>(state.iterations()), HV = static_cast<double>(s.HV);
   const double total = seconds[0] + seconds[1] + seconds[2] + seconds[3] + seconds[4];

@@ -64,7 +64,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <ctime>
 #include <memory>
 #include <string>
 #include <utility>
@@ -89,6 +88,7 @@
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -104,21 +104,14 @@ const seqmix::ThreadPool& pool() {
   return instance;
 }
 
-// CPU time of the whole process (both pool threads), s. On a loaded machine a decode row's wall
-// time is mostly the wait for a core (3-4x its CPU time in the runs quoted above), so the decode
-// rows also report cpu_ms: the process CPU time per iteration.
-double process_cpu_seconds() {
-  timespec t{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
-// Runs `body` once per iteration and sets the cpu_ms counter.
+// Runs `body` once per iteration and sets the cpu_ms counter: the process CPU time (both pool
+// threads) per iteration. On a loaded machine a decode row's wall time is mostly the wait for a
+// core (3-4x its CPU time in the runs quoted above).
 template <class Body>
 void timed_decode(benchmark::State& state, const Body& body) {
-  const double start = process_cpu_seconds();
+  const double start = st::process_cpu_seconds();
   for (auto _ : state) body();
-  state.counters["cpu_ms"] = 1e3 * (process_cpu_seconds() - start) / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  state.counters["cpu_ms"] = 1e3 * (st::process_cpu_seconds() - start) / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
 }
 
 template <class KV>
@@ -580,14 +573,14 @@ void infllm_decode_bench(benchmark::State& state, index_t Tk, bool append_only) 
       state.PauseTiming();  // each iteration appends the same token to a copy of the same memory
       seqmix::InfllmMemory step = problem.memory;
       state.ResumeTiming();
-      const double start = process_cpu_seconds();
+      const double start = st::process_cpu_seconds();
       step.append(in.q, in.k, pool());
-      cpu += process_cpu_seconds() - start;
+      cpu += st::process_cpu_seconds() - start;
       benchmark::DoNotOptimize(step.blocks());
     } else {
-      const double start = process_cpu_seconds();
+      const double start = st::process_cpu_seconds();
       seqmix::detail::infllm_step_rows(appended, in, {p.o.view(), {}}, d, pool());
-      cpu += process_cpu_seconds() - start;
+      cpu += st::process_cpu_seconds() - start;
       benchmark::DoNotOptimize(p.o.data());
     }
   }

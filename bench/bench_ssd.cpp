@@ -26,7 +26,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <ctime>
 #include <numeric>
 #include <random>
 #include <string>
@@ -38,6 +37,7 @@
 #include "seqmix/ssm/ssd/reference.hpp"
 #include "seqmix/ssm/ssd/step.hpp"
 #include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -207,12 +207,6 @@ void step_dense(benchmark::State& state, const st::SsmShape& shape) {
   set_state_rate(state, shape);
 }
 
-double process_seconds() {
-  timespec t;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
 // The chunked prefill on bf16 x, Bm, Cm, and the fp32-input chunked prefill's CPU time over it.
 void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t T,
                     seqmix::Bf16Compute compute = seqmix::Bf16Compute::fp32) {
@@ -235,12 +229,12 @@ void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t 
   }
   std::vector<double> t_f32, t_io;
   for (int r = 0; r < 5; ++r) {
-    double t0 = process_seconds();
+    double t0 = st::process_cpu_seconds();
     seqmix::ssd(in32, out, o32, st::two_thread_pool());
-    t_f32.push_back(process_seconds() - t0);
-    t0 = process_seconds();
+    t_f32.push_back(st::process_cpu_seconds() - t0);
+    t0 = st::process_cpu_seconds();
     seqmix::ssd(in, out, o, st::two_thread_pool());
-    t_io.push_back(process_seconds() - t0);
+    t_io.push_back(st::process_cpu_seconds() - t0);
   }
   std::sort(t_f32.begin(), t_f32.end()), std::sort(t_io.begin(), t_io.end());
   state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];

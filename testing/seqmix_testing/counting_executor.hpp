@@ -7,38 +7,14 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <ctime>
 #include <functional>
 #include <queue>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 
 namespace seqmix::testing {
-
-/// Thread CPU time in seconds: other sessions' load on the machine inflates it far less than wall
-/// time, and tasks run serially here, so it is each task's own work.
-inline double thread_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
-/// What one thread_cpu_seconds() costs (a system call: about 1.4 us on the project's machines,
-/// which would otherwise show up as 2.8 us of serial work per task). Measured once, the fastest of
-/// a few batches.
-inline double clock_read_seconds() {
-  static const double cost = [] {
-    double best = 1.0;
-    for (int batch = 0; batch < 5; ++batch) {
-      const double start = thread_cpu_seconds();
-      for (int i = 0; i < 64; ++i) (void)thread_cpu_seconds();
-      best = std::min(best, (thread_cpu_seconds() - start) / 65.0);
-    }
-    return best;
-  }();
-  return cost;
-}
 
 /// One run() call as the executor saw it.
 struct RecordedRun {

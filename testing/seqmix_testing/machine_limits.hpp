@@ -21,6 +21,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "seqmix/core/simd.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 
 #if defined(__AVX512BF16__) || defined(__AVX512VNNI__) || defined(__AMX_TILE__)
 #include <immintrin.h>
@@ -90,23 +91,39 @@ inline void advance_chains(V (&acc)[kChains], const Step& step) noexcept {
   advance_chains(acc, step, std::make_index_sequence<kChains>{});
 }
 
-// 12 independent FMA chains: enough to cover the FMA latency (4 cycles) times two ports.
-inline double fp32_fma_gflops(const Settings& s) {
+// 12 independent FMA chains of `iterations` steps on the calling thread: enough chains to cover
+// the FMA latency (4 cycles) times two ports.
+inline void fma_chains(long iterations) {
   using batch = xsimd::batch<float>;
+  batch acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = batch(static_cast<float>(i));
+  const batch b(1.0000001f), c(1e-7f);
+  for (long it = 0; it < iterations; ++it)
+    advance_chains(acc, [&](const batch& a) { return xsimd::fma(a, b, c); });
+  batch sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum += acc[i];
+  g_sink = g_sink + seqmix::simd::reduce_add(sum);
+}
+
+// The flops fma_chains(iterations) does.
+inline double fma_chain_flops(long iterations) {
+  return iterations * double(kChains) * xsimd::batch<float>::size * 2.0;
+}
+
+inline double fp32_fma_gflops(const Settings& s) {
   const long iterations = s.quick ? 200000 : 20000000;
   return best_of(s, [&] {
-    const double seconds = timed_on_threads(s.threads, [&](int) {
-      batch acc[kChains];
-      for (int i = 0; i < kChains; ++i) acc[i] = batch(static_cast<float>(i));
-      const batch b(1.0000001f), c(1e-7f);
-      for (long it = 0; it < iterations; ++it)
-        advance_chains(acc, [&](const batch& a) { return xsimd::fma(a, b, c); });
-      batch sum = acc[0];
-      for (int i = 1; i < kChains; ++i) sum += acc[i];
-      g_sink = g_sink + seqmix::simd::reduce_add(sum);
-    });
-    return s.threads * iterations * double(kChains) * batch::size * 2.0 / seconds / 1e9;
+    const double seconds = timed_on_threads(s.threads, [&](int) { fma_chains(iterations); });
+    return s.threads * fma_chain_flops(iterations) / seconds / 1e9;
   });
+}
+
+/// One core's fp32 FMA rate in GFLOP/s of this thread's CPU time: the rate a benchmark timing
+/// its own phases in thread CPU time compares them with, in the same run.
+inline double one_thread_fma_gflops(long iterations) {
+  const double start = thread_cpu_seconds();
+  fma_chains(iterations);
+  return fma_chain_flops(iterations) / (thread_cpu_seconds() - start) / 1e9;
 }
 
 #if defined(__AVX512BF16__)
