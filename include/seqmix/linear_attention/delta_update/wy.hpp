@@ -29,6 +29,7 @@
 #include "seqmix/linear_attention/delta_update/head.hpp"
 #include "seqmix/linear_attention/delta_update/recurrent.hpp"
 #include "seqmix/linear_attention/delta_update/small_gemm.hpp"
+#include "seqmix/linear_attention/diagonal_decay/chunk_ops.hpp"
 #include "seqmix/linear_attention/diagonal_decay/chunked.hpp"
 
 namespace seqmix::delta_update {
@@ -296,13 +297,13 @@ inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if (ws.bf16_dot && (!channel || -ws.gamma.row(L - 1).minCoeff() <= kAnchorRange)) {
     if (channel) {  // channel_scores' anchored operands, the exps vectorized
-      using detail::la::bf16_tiles::scale_by_exp;
+      using detail::la::times_exp_rows;
       const index_t K = p.K(), G = ws.gamma.cols();
       ws.anchor = 0.5f * ws.gamma.row(L - 1);
-      scale_by_exp(ws.KQ.data(), K, ws.gamma.data(), G, -1.f, ws.anchor.data(), ws.Kn.data(), K, L, K);
+      times_exp_rows(ws.KQ.data(), K, ws.gamma.data(), G, -1.f, ws.anchor.data(), ws.Kn.data(), K, L, K);
       ws.anchor = -ws.anchor;
       for (int half = 0; half < 2; ++half)
-        scale_by_exp(ws.KQ.row(half * L).data(), K, ws.gamma.data(), G, 1.f, ws.anchor.data(),
+        times_exp_rows(ws.KQ.row(half * L).data(), K, ws.gamma.data(), G, 1.f, ws.anchor.data(),
                      ws.KQg.row(half * L).data(), K, L, K);
       scores_bf16(ws.KQg, 2 * L, ws.Kn, L, p.K(), ws);
     } else {
@@ -325,7 +326,7 @@ inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyW
   if (ws.bf16_dot) {
     if (p.gated() && !p.scalar_gate) {
       for (int half = 0; half < 2; ++half)
-        detail::la::bf16_tiles::scale_by_exp(ws.KQ.row(half * L).data(), p.K(), ws.gamma.data(), ws.gamma.cols(), 1.f,
+        detail::la::times_exp_rows(ws.KQ.row(half * L).data(), p.K(), ws.gamma.data(), ws.gamma.cols(), 1.f,
                                              nullptr, ws.KQg.row(half * L).data(), p.K(), L, p.K());
     } else if (p.gated()) {
       decay_rows(p, L, ws);
@@ -375,7 +376,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
       S *= std::exp(last);
     } else {
       const auto last = ws.gamma.row(L - 1);
-      detail::la::bf16_tiles::scale_by_exp(ws.KQ.data(), p.K(), ws.gamma.data(), ws.gamma.cols(), -1.f, last.data(),
+      detail::la::times_exp_rows(ws.KQ.data(), p.K(), ws.gamma.data(), ws.gamma.cols(), -1.f, last.data(),
                                            ws.Kn.data(), p.K(), L, p.K());
       decay_state_rows(last.data(), S, ws);
     }

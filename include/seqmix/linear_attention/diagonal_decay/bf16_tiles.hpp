@@ -86,25 +86,6 @@ inline void transpose_words(const std::uint32_t* src, index_t lds, index_t rows,
     for (index_t c = 0; c < cols; ++c) std::fill(dst + c * ldd + rows, dst + c * ldd + rows_pad, 0u);
 }
 
-/// out[i][c] = x[i][c] * exp(s * g[i][c] + m[c]) for i < n, c < cols (m null: no shift), the
-/// exps vectorized (Eigen's broadcast expressions fall back to scalar expf). Row strides ldx,
-/// ldg, ldo; out may be x.
-inline void scale_by_exp(const float* x, index_t ldx, const float* g, index_t ldg, float s, const float* m, float* out,
-                         index_t ldo, index_t n, index_t cols) {
-  using simd::Batch;
-  const index_t cv = simd::vector_end(cols);
-  const Batch<float> sign(s), zero(0.f);
-  for (index_t i = 0; i < n; ++i) {
-    const float *xi = x + i * ldx, *gi = g + i * ldg;
-    float* oi = out + i * ldo;
-    for (index_t c = 0; c < cv; c += simd::kWidth) {
-      const Batch<float> e = simd::fma(sign, simd::load(gi + c), m ? simd::load(m + c) : zero);
-      simd::store(oi + c, simd::load(xi + c) * simd::exp(e));
-    }
-    for (index_t c = cv; c < cols; ++c) oi[c] = xi[c] * std::exp(s * gi[c] + (m ? m[c] : 0.f));
-  }
-}
-
 /// True when every one of the n x cols floats is finite.
 inline bool all_finite(const float* src, index_t ld, index_t n, index_t cols) {
   const __m512i e = _mm512_set1_epi32(0x7f800000);

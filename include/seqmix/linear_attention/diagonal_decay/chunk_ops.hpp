@@ -1,4 +1,5 @@
-// Vectorized elementwise pieces of the fp32 chunk steps (chunked.hpp). Internal.
+// Vectorized elementwise pieces of the chunk steps (chunked.hpp, fp32 and bf16 tiles, and the
+// delta rules' anchored operands in delta_update/wy.hpp). Internal.
 //
 // Profiled at gla-1.3b (H 32, K = V = 64, T 8192, one thread): with Eigen's array expressions the
 // exp-scaled copies of Q and K ran on scalar expf (Eigen does not vectorize exp through a

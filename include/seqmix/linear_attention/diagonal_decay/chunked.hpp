@@ -86,7 +86,7 @@ inline void chunk_inter_bf16(const HeadProblem& p, index_t L, const RowMatrix& S
   x.reserve(L, Kf, Vp);
   const RowMatrix* q = &ws.Q;
   if (p.gated() && !p.scalar_gate) {
-    scale_by_exp(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
+    times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
     q = &ws.QD;
   }
   pack_rows(q->data(), q->cols(), L, Kf, x.a.data(), Kw);
@@ -111,9 +111,9 @@ inline bool chunk_intra_bf16(const HeadProblem& p, index_t L, ChunkWorkspace& ws
   const RowMatrix *q = &ws.Q, *k = &ws.Kc;
   if (channel) {  // the anchored operands of intra_channel_anchored
     ws.m = -0.5f * ws.Bk.row(L - 1);  // exp(Bq - m') and exp(m' - Bk) with m' = Bk_last / 2
-    scale_by_exp(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
+    times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
     ws.m = -ws.m;
-    scale_by_exp(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
+    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
     q = &ws.QD, k = &ws.KD;
   }
   pack_rows(q->data(), Kf, L, Kf, x.a.data(), Kw);
@@ -158,7 +158,7 @@ inline bool chunk_state_update_bf16(const HeadProblem& p, index_t L, RowMatrix& 
     k = &ws.KD;
   } else if (p.gated()) {
     const auto last = ws.Bk.row(L - 1);
-    scale_by_exp(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last.data(), ws.KD.data(), Kf, L, Kf);
+    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last.data(), ws.KD.data(), Kf, L, Kf);
     S.array().colwise() *= last.transpose().array().exp();
     k = &ws.KD;
   }
