@@ -22,6 +22,7 @@
 #include "seqmix_testing/compare.hpp"
 #include "seqmix_testing/half_io.hpp"
 #include "seqmix_testing/random.hpp"
+#include "seqmix_testing/ssd_half_io.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -61,24 +62,14 @@ st::HalfIoResult run(const seqmix::SsdInputsOf<seqmix::bf16>& in16, const seqmix
 }
 
 void check_case(const st::HalfIoCase& c, std::uint64_t seed) {
-  const index_t G = c.H, Hh = c.HV, Ns = c.K, P = c.V;
-  const std::vector<std::int32_t> cu = st::half_io_cu_seqlens(c.T);
-  const index_t rows = c.packed ? static_cast<index_t>(cu.size()) - 1 : c.B, B = c.packed ? 1 : c.B;
-  const st::HalfStored<seqmix::bf16> x({B, c.T, Hh, P}, seed), Bm({B, c.T, G, Ns}, seed + 1),
-      Cm({B, c.T, G, Ns}, seed + 2);
-  const auto dt = st::random_tensor<3>({B, c.T, Hh}, seed + 3, 0.001f, 0.5f);
-  const auto dt_raw = st::random_tensor<3>({B, c.T, Hh}, seed + 4, -4.f, 1.f);
-  const auto A = st::random_tensor<1>({Hh}, seed + 5, -4.f, -0.05f);
-  const auto D = st::random_tensor<1>({Hh}, seed + 6);
-  const auto dt_bias = st::random_tensor<1>({Hh}, seed + 7, -2.f, 2.f);
-  const auto z = st::random_tensor<4>({B, c.T, Hh, P}, seed + 8, -3.f, 3.f);
-  const auto s0 = st::random_tensor<4>({rows, Hh, P, Ns}, seed + 9, -0.5f, 0.5f);
+  const st::SsdHalfIoProblem<seqmix::bf16> problem(c, seed);
+  const auto& x = problem.x;
+  const auto& Bm = problem.Bm;
+  const auto& Cm = problem.Cm;
+  const index_t P = c.V, rows = problem.rows;
   for (const bool extras : {false, true}) {
-    seqmix::SsdInputs in32;
+    seqmix::SsdInputs in32 = problem.rest(extras, c.packed);
     in32.x = x.orig.cview(), in32.Bm = Bm.orig.cview(), in32.Cm = Cm.orig.cview();
-    in32.A = A.cview(), in32.initial_state = s0.cview(), in32.dt = extras ? dt_raw.cview() : dt.cview();
-    if (extras) in32.D = D.cview(), in32.z = z.cview(), in32.dt_bias = dt_bias.cview();
-    if (c.packed) in32.batch.cu_seqlens = cu;
     seqmix::SsdInputsOf<seqmix::bf16> in16;
     in16.x = x.half.cview(), in16.Bm = Bm.half.cview(), in16.Cm = Cm.half.cview();
     in16.dt = in32.dt, in16.A = in32.A, in16.D = in32.D, in16.z = in32.z, in16.dt_bias = in32.dt_bias;

@@ -25,6 +25,7 @@
 #include "seqmix_testing/compare.hpp"
 #include "seqmix_testing/half_io.hpp"
 #include "seqmix_testing/random.hpp"
+#include "seqmix_testing/ssd_half_io.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -71,27 +72,17 @@ st::HalfIoResult ssd_half_run(SsdEntry e, const Tensor<T, 4>& x, const Tensor<T,
 
 template <class H>
 void ssd_half_check(const st::HalfIoCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
-  const index_t G = c.H, Hh = c.HV, Ns = c.K, P = c.V;
-  const std::vector<std::int32_t> cu = st::half_io_cu_seqlens(c.T);
-  const index_t N = c.packed ? static_cast<index_t>(cu.size()) - 1 : c.B, B = c.packed ? 1 : c.B;
-  const st::HalfStored<H> x({B, c.T, Hh, P}, seed), Bm({B, c.T, G, Ns}, seed + 1), Cm({B, c.T, G, Ns}, seed + 2);
-  const auto dt = st::random_tensor<3>({B, c.T, Hh}, seed + 3, 0.001f, 0.5f);
-  const auto dt_raw = st::random_tensor<3>({B, c.T, Hh}, seed + 4, -4.f, 1.f);
-  const auto A = st::random_tensor<1>({Hh}, seed + 5, -4.f, -0.05f);
-  const auto D = st::random_tensor<1>({Hh}, seed + 6);
-  const auto dt_bias = st::random_tensor<1>({Hh}, seed + 7, -2.f, 2.f);
-  const auto z = st::random_tensor<4>({B, c.T, Hh, P}, seed + 8, -3.f, 3.f);
-  const auto s0 = st::random_tensor<4>({N, Hh, P, Ns}, seed + 9, -0.5f, 0.5f);
+  const st::SsdHalfIoProblem<H> problem(c, seed);
+  const auto& x = problem.x;
+  const auto& Bm = problem.Bm;
+  const auto& Cm = problem.Cm;
   const double bound = std::is_same_v<H, seqmix::bf16> ? 1.0 / 64 : 1.0 / 512;
   for (const bool extras : {false, true})
     for (const seqmix::SsdAlgorithm algorithm : {seqmix::SsdAlgorithm::chunked, seqmix::SsdAlgorithm::recurrent})
       for (const SsdEntry e : {SsdEntry::fast, SsdEntry::reference}) {
         if (e == SsdEntry::reference && algorithm != seqmix::SsdAlgorithm::chunked) continue;  // no algorithm choice
         SsdRest rest;
-        rest.in.A = A.cview(), rest.in.initial_state = s0.cview();
-        rest.in.dt = extras ? dt_raw.cview() : dt.cview();
-        if (extras) rest.in.D = D.cview(), rest.in.z = z.cview(), rest.in.dt_bias = dt_bias.cview();
-        if (c.packed) rest.in.batch.cu_seqlens = cu;
+        rest.in = problem.rest(extras, c.packed);
         rest.options.dt_softplus = extras, rest.options.chunk_size = c.chunk, rest.options.algorithm = algorithm;
         INFO(c.describe() << " (G=H, H=HV, N=K, P=V)" << (extras ? " D, z, dt_bias, softplus" : " plain")
                           << (algorithm == seqmix::SsdAlgorithm::chunked ? " chunked" : " recurrent")
