@@ -126,6 +126,21 @@ inline void fft_stage2(float* x, index_t len, const FftTwiddles& tw) noexcept {
   }
 }
 
+// The group's butterflies: elements a0..a3 at positions j, j + q, j + 2q, j + 3q of a length-4q
+// stage, w1 / w1q the twiddles of positions j / j + q at that length, w2 that of j at length 2q.
+// (long_conv's fft.hpp runs the first and last groups of its padded transforms through it too.)
+template <bool kInverse>
+inline void fft_butterfly4(FftValue& a0, FftValue& a1, FftValue& a2, FftValue& a3, const FftValue& w1,
+                           const FftValue& w1q, const FftValue& w2) noexcept {
+  if (kInverse) {
+    fft_dit2(a0, a1, w2), fft_dit2(a2, a3, w2);
+    fft_dit2(a0, a2, w1), fft_dit2(a1, a3, w1q);
+  } else {
+    fft_dif2(a0, a2, w1), fft_dif2(a1, a3, w1q);
+    fft_dif2(a0, a1, w2), fft_dif2(a2, a3, w2);
+  }
+}
+
 // Two radix-2 stages at once over a sub-transform of len = 4q elements at x: the stage of length
 // len and, on both halves, the stage of length 2q (forward; the inverse runs them the other way
 // round). Elements j, j + q, j + 2q, j + 3q (j < q) only meet each other in those two stages, so
@@ -140,15 +155,8 @@ inline void fft_stage4(float* x, index_t len, const FftTwiddles& tw) noexcept {
   for (index_t j = 0; j < q; ++j) {
     float* p = x + j * E;
     FftValue a0 = fft_load(p), a1 = fft_load(p + q * E), a2 = fft_load(p + 2 * q * E), a3 = fft_load(p + 3 * q * E);
-    const FftValue w1 = fft_twiddle<kInverse>(tw, j * s1), w1q = fft_twiddle<kInverse>(tw, (j + q) * s1);
-    const FftValue w2 = fft_twiddle<kInverse>(tw, j * s2);
-    if (kInverse) {
-      fft_dit2(a0, a1, w2), fft_dit2(a2, a3, w2);
-      fft_dit2(a0, a2, w1), fft_dit2(a1, a3, w1q);
-    } else {
-      fft_dif2(a0, a2, w1), fft_dif2(a1, a3, w1q);
-      fft_dif2(a0, a1, w2), fft_dif2(a2, a3, w2);
-    }
+    fft_butterfly4<kInverse>(a0, a1, a2, a3, fft_twiddle<kInverse>(tw, j * s1), fft_twiddle<kInverse>(tw, (j + q) * s1),
+                             fft_twiddle<kInverse>(tw, j * s2));
     fft_store(p, a0), fft_store(p + q * E, a1), fft_store(p + 2 * q * E, a2), fft_store(p + 3 * q * E, a3);
   }
 }

@@ -129,13 +129,11 @@ inline void long_conv_forward_padded(index_t rows, float* x, const FftTwiddles& 
   const index_t N = tw.N, q = N / 4;
   const FftValue zero{FftBatch(0.f), FftBatch(0.f)};
   for (index_t j = 0; j < q; ++j) {
-    const FftValue w1 = fft_twiddle<false>(tw, j), w1q = fft_twiddle<false>(tw, j + q);
-    const FftValue w2 = fft_twiddle<false>(tw, 2 * j);
     float* p = x + j * E;
     FftValue a0 = j < rows ? fft_load(p) : zero, a1 = j + q < rows ? fft_load(p + q * E) : zero;
     FftValue a2 = j + 2 * q < rows ? fft_load(p + 2 * q * E) : zero, a3 = j + 3 * q < rows ? fft_load(p + 3 * q * E) : zero;
-    fft_dif2(a0, a2, w1), fft_dif2(a1, a3, w1q);
-    fft_dif2(a0, a1, w2), fft_dif2(a2, a3, w2);
+    fft_butterfly4<false>(a0, a1, a2, a3, fft_twiddle<false>(tw, j), fft_twiddle<false>(tw, j + q),
+                          fft_twiddle<false>(tw, 2 * j));
     fft_store(p, a0), fft_store(p + q * E, a1), fft_store(p + 2 * q * E, a2), fft_store(p + 3 * q * E, a3);
   }
   for (index_t m = 0; m < 4; ++m) fft_dif(x + m * q * E, q, tw);
@@ -149,12 +147,10 @@ inline void long_conv_inverse_window(float* x, const FftTwiddles& tw, index_t fi
   const index_t N = tw.N, q = N / 4;
   for (index_t m = 0; m < 4; ++m) fft_dit_inverse(x + m * q * E, q, tw);
   for (index_t j = 0; j < q; ++j) {
-    const FftValue w1 = fft_twiddle<true>(tw, j), w1q = fft_twiddle<true>(tw, j + q);
-    const FftValue w2 = fft_twiddle<true>(tw, 2 * j);
     float* p = x + j * E;
     FftValue a0 = fft_load(p), a1 = fft_load(p + q * E), a2 = fft_load(p + 2 * q * E), a3 = fft_load(p + 3 * q * E);
-    fft_dit2(a0, a1, w2), fft_dit2(a2, a3, w2);
-    fft_dit2(a0, a2, w1), fft_dit2(a1, a3, w1q);
+    fft_butterfly4<true>(a0, a1, a2, a3, fft_twiddle<true>(tw, j), fft_twiddle<true>(tw, j + q),
+                         fft_twiddle<true>(tw, 2 * j));
     const FftValue out[4] = {a0, a1, a2, a3};
     for (index_t m = 0; m < 4; ++m) {
       const index_t position = j + m * q;
