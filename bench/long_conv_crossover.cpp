@@ -20,7 +20,7 @@
 
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/cpu_clock.hpp"
-#include "seqmix_testing/machine_limits.hpp"
+#include "seqmix_testing/limit_probes.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -42,7 +42,7 @@ double best_cpu_seconds(int repetitions, F f) {
   return best;
 }
 
-// machine_limits.hpp's FMA kernel (12 independent chains) on this thread, in GFLOP/s of CPU time,
+// limit_probes.hpp's FMA kernel (12 independent chains) on this thread, in GFLOP/s of CPU time,
 // the best of 5.
 double fma_gflops() {
   double best = 0;
@@ -50,7 +50,7 @@ double fma_gflops() {
   return best;
 }
 
-// machine_limits.hpp's streaming read over 256 MiB on this thread, in GB/s of CPU time.
+// limit_probes.hpp's streaming read over 256 MiB on this thread, in GB/s of CPU time.
 double read_gbs() {
   const std::size_t floats = std::size_t{64} << 20;
   std::vector<float, xsimd::aligned_allocator<float>> buffer(floats, 1.f);

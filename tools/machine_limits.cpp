@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "seqmix_testing/machine_limits.hpp"
+#include "seqmix_testing/limit_probes.hpp"
 
 using namespace seqmix::testing::limits;
 

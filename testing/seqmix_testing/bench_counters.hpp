@@ -24,7 +24,7 @@
 
 #include <benchmark/benchmark.h>
 
-#include "seqmix_testing/machine_limits.hpp"
+#include "seqmix_testing/limit_probes.hpp"
 
 namespace seqmix::testing {
 
