@@ -19,6 +19,7 @@
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/delta_update/recurrent.hpp"
 #include "seqmix/linear_attention/delta_update/wy.hpp"
@@ -81,10 +82,17 @@ struct ItemScratch {
   }
 };
 
+/// The calling thread's scratch for items of K rows and V columns. Two are kept: a call split
+/// into value blocks (for_each_item) has blocks of one width and, when V is not a multiple of
+/// it, a narrower last one; a thread that takes both kinds reuses each without reallocating.
 inline ItemScratch& item_scratch(index_t K, index_t V) {
-  thread_local ItemScratch scratch;
-  scratch.ensure(K, V);
-  return scratch;
+  thread_local ItemScratch scratch[2];
+  thread_local int last = 0;
+  for (int i : {last, 1 - last})
+    if (scratch[i].K == K && scratch[i].V == V) return scratch[last = i];
+  last = 1 - last;  // the one used less recently
+  scratch[last].ensure(K, V);
+  return scratch[last];
 }
 
 /// S = the [K,V] view `initial` (any strides), or zeros when it is empty.
@@ -108,13 +116,44 @@ inline void store_item_state(const TensorView<float, 2>& dst, const float* S, in
   }
 }
 
-/// Runs item(n, h, scratch) for every (running sequence n, head h), longest sequences first, one
-/// task per item handed out dynamically by the executor.
+/// Value columns [begin, begin + width) of an item: the part of its state, values and outputs
+/// that one task owns. Every update of the family keeps the state's V columns independent
+/// (S [K,V]: the delta rule's u = beta (v - S^T k) and rwkv7's p = S^T a are per column), so a
+/// block runs the item's whole algorithm on its columns alone; what depends only on k, beta and
+/// the gates (the WY form's scores, masks and triangular factor) is recomputed per block.
+struct ValueColumns {
+  index_t begin = 0, width = 0;
+};
+
+/// 32: the narrowest value block: two AVX-512 vectors, the width of the WY products' register
+/// tile (core/small_gemm.hpp, 6 rows x 2 vectors); narrower blocks would leave the tile half
+/// empty while repeating the chunk's V-independent work once more per block.
+constexpr index_t kMinValueBlock = 32;
+
+/// The width of a task's value block: all of V when the items (sequences x heads) give each of
+/// the executor's threads one, so one or two threads never repeat any work; otherwise about
+/// V * items / concurrency, whole vectors, at least kMinValueBlock.
+inline index_t value_block_width(index_t items, index_t V, int concurrency) {
+  if (items <= 0 || items >= concurrency || V <= kMinValueBlock) return V;
+  const index_t blocks = (concurrency + items - 1) / items;
+  const index_t width = ((V + blocks - 1) / blocks + simd::kWidth - 1) / simd::kWidth * simd::kWidth;
+  return std::min(V, std::max(width, kMinValueBlock));
+}
+
+/// Runs item(n, h, columns, scratch) for every (running sequence n, head h) and block of value
+/// columns (value_block_width), longest sequences first, one task per block handed out
+/// dynamically by the executor; `scratch` is sized for the block's columns.
 template <class Item>
 void for_each_item(const Executor& executor, const SequenceMap& map, index_t H, index_t K, index_t V, Item&& item) {
   const std::vector<index_t>& order = longest_first(map);
   const index_t items = static_cast<index_t>(order.size()) * H;
-  executor.run(items, [&](index_t i) { item(order[static_cast<std::size_t>(i / H)], i % H, item_scratch(K, V)); });
+  const index_t width = value_block_width(items, V, executor.concurrency());
+  const index_t blocks = width > 0 ? (V + width - 1) / width : 1;
+  executor.run(items * blocks, [&](index_t i) {
+    const index_t it = i / blocks, begin = i % blocks * width;
+    const ValueColumns columns{begin, std::min(width, V - begin)};
+    item(order[static_cast<std::size_t>(it / H)], it % H, columns, item_scratch(K, columns.width));
+  });
 }
 
 /// The state tensors' row count (N, or the pool's S with slots), -1 when no state is given.

@@ -1,5 +1,6 @@
 // The fast prefill of gated_delta_rule (scalar gate: Gated DeltaNet; per-channel gate: KDA).
-// Multi-threaded over (sequence, value head) items, longest sequences first; per item either
+// Multi-threaded over (sequence, value head) items, longest sequences first, each split into
+// blocks of value columns when the items alone leave threads idle; per item either
 // the chunked WY form (delta_update/wy.hpp) or the fused recurrent kernel
 // (delta_update/recurrent.hpp), chosen per sequence by delta_update::choose_delta_algorithm,
 // which says why. Packed sequences each run on their own chunk grid, so a short one costs about
@@ -18,7 +19,8 @@ namespace seqmix {
 namespace delta_update {
 
 // The fast prefill of a validated-on-entry call (gated or not): one item per (sequence, value
-// head), longest sequences first. Each sequence picks its algorithm on its own length (as a
+// head), longest sequences first, split into blocks of value columns when there are fewer
+// items than threads (for_each_item). Each sequence picks its algorithm on its own length (as a
 // call of that sequence alone would); token_states take the recurrent kernel. E: the storage
 // type of q/k/v; 16-bit rows are widened as each chunk or token is loaded (DeltaHead).
 template <class E>
@@ -26,7 +28,7 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
   const DeltaProblem pr = validate_delta(check, c, executor);
   const Dims& d = pr.d;
   const bool channel = c.gated && c.gate == DeltaGate::channel;
-  for_each_item(executor, pr.map, d.HV, d.K, d.V, [&](index_t n, index_t hv, ItemScratch& ws) {
+  for_each_item(executor, pr.map, d.HV, d.K, d.V, [&](index_t n, index_t hv, ValueColumns cols, ItemScratch& ws) {
     const SequenceSpan span = pr.map[n];
     const DeltaCallOf<E> one = sequence_call(c, span);
     DeltaItem item;
@@ -34,9 +36,9 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
     const index_t h = hv / d.heads_per_qk();
     p.q = one.q[0].select(1, h);
     p.k = one.k[0].select(1, h);
-    p.v = one.v[0].select(1, hv);
+    p.v = one.v[0].select(1, hv).slice(1, cols.begin, cols.width);
     p.beta = one.beta[0].select(1, hv);
-    p.o = one.o[0].select(1, hv);
+    p.o = one.o[0].select(1, hv).slice(1, cols.begin, cols.width);
     p.scale = pr.scale;
     p.norm = c.norm;
     p.bf16_dot = c.bf16_compute == Bf16Compute::dot;
@@ -47,9 +49,10 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
       p.g = ConstView<float, 2>(g.data(), {span.tokens, d.K}, {g.stride(0), 0});
       p.scalar_gate = true;
     }
-    if (one.initial_state.has_value()) item.initial = one.initial_state[0][hv];
-    if (one.final_state.has_value()) item.final_state = one.final_state[0][hv];
-    if (one.token_states.has_value()) item.token_states = one.token_states[0].select(1, hv);
+    if (one.initial_state.has_value()) item.initial = one.initial_state[0][hv].slice(1, cols.begin, cols.width);
+    if (one.final_state.has_value()) item.final_state = one.final_state[0][hv].slice(1, cols.begin, cols.width);
+    if (one.token_states.has_value())
+      item.token_states = one.token_states[0].select(1, hv).slice(2, cols.begin, cols.width);
     item.algorithm = c.algorithm;
     if (item.algorithm == DeltaAlgorithm::automatic)
       item.algorithm = choose_delta_algorithm(channel, span.tokens, d.K, d.V, c.chunk);

@@ -1,5 +1,6 @@
 // The fast prefill of rwkv7: the recurrent form, vectorized over V and multi-threaded over
-// (batch, head). It is the delta family's fused token kernel (delta_update/recurrent.hpp) in
+// (batch, head), each head split into blocks of value columns when there are fewer (batch, head)
+// items than threads (delta_update::for_each_item: p = S^T a and the update are per column). It is the delta family's fused token kernel (delta_update/recurrent.hpp) in
 // its rwkv7 mode: sweep 1 reads p = S^T a, sweep 2 writes S = diag(w) S + b p^T + k v^T and
 // accumulates o = S^T r while the column tile is in L1.
 //
@@ -95,27 +96,29 @@ void rwkv7_prefill(const Rwkv7InputsOf<T>& in, const Rwkv7Outputs& out, const Ex
   static const ArgCheck check("rwkv7");
   const Rwkv7Problem pr = validate_rwkv7(check, in, out, executor);
   const Dims& d = pr.d;
-  for_each_item(executor, pr.map, d.H, d.K, d.V, [&](index_t n, index_t h, ItemScratch& ws) {
+  for_each_item(executor, pr.map, d.H, d.K, d.V, [&](index_t n, index_t h, ValueColumns cols, ItemScratch& ws) {
     const SequenceSpan span = pr.map[n];
     const auto one = rwkv7_sequence(in, out, span);
     const Rwkv7InputsOf<T>& x = one.first;
     const Rwkv7Outputs& y = one.second;
-    load_item_state(x.initial_state.has_value() ? x.initial_state[0][h] : ConstView<float, 2>(), ws.S);
-    const auto r = x.r[0], k = x.k[0], v = x.v[0], a = x.a[0], b = x.b[0];
+    const index_t c0 = cols.begin, V = cols.width;  // this task's value columns
+    load_item_state(x.initial_state.has_value() ? x.initial_state[0][h].slice(1, c0, V) : ConstView<float, 2>(), ws.S);
+    const auto r = x.r[0], k = x.k[0], v = x.v[0].slice(2, c0, V), a = x.a[0], b = x.b[0];
     const ConstView<float, 3> g = x.g[0];
-    const auto o = y.o[0];
+    const auto o = y.o[0].slice(2, c0, V);
     constexpr index_t kAhead = 2;  // tokens between a row's prefetch and its use
     for (index_t t = 0; t < span.tokens; ++t) {
       if (t + kAhead < span.tokens) prefetch_rwkv7_token(r, k, v, a, b, g, t + kAhead, h);
       const TokenOperands tok = load_rwkv7_token(r, k, v, a, b, g, t, h, *ws.tok);
       const auto o_t = o[t][h];
       float* dst = o_t.is_last_dim_contiguous() ? o_t.data() : ws.tok->o();
-      advance_token(Update::rwkv7, ws.S.data(), d.V, d.K, d.V, tok, dst);
+      advance_token(Update::rwkv7, ws.S.data(), V, d.K, V, tok, dst);
       if (dst != o_t.data())
-        for (index_t c = 0; c < d.V; ++c) o_t(c) = dst[c];
-      if (y.token_states.has_value()) store_item_state(y.token_states[0][t][h], ws.S.data(), d.K, d.V);
+        for (index_t c = 0; c < V; ++c) o_t(c) = dst[c];
+      if (y.token_states.has_value())
+        store_item_state(y.token_states[0][t][h].slice(1, c0, V), ws.S.data(), d.K, V);
     }
-    if (y.final_state.has_value()) store_item_state(y.final_state[0][h], ws.S.data(), d.K, d.V);
+    if (y.final_state.has_value()) store_item_state(y.final_state[0][h].slice(1, c0, V), ws.S.data(), d.K, V);
   });
 }
 
@@ -130,7 +133,7 @@ void rwkv7_prefill(const Rwkv7InputsOf<T>& in, const Rwkv7Outputs& out, const Rw
 }  // namespace detail
 
 /// RWKV-7 prefill. final_state may be the initial_state view (updated in place). One item per
-/// (sequence, head), longest sequences first; each thread keeps one [K,V] state and a few rows
+/// (sequence, head, block of value columns), longest sequences first; each thread keeps one [K,V] state and a few rows
 /// across calls (delta_update/sequences.hpp). token_states, when given, get S after every token.
 inline void rwkv7(const Rwkv7Inputs& in, const Rwkv7Outputs& out, const Executor& executor = serial_executor()) {
   detail::rwkv7_prefill(in, out, executor);

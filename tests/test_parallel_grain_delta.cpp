@@ -1,0 +1,185 @@
+// The delta-rule prefills (gated_delta_rule with a scalar gate, KDA's channel gate, rwkv7) split
+// each (sequence, head) into blocks of value columns when there are fewer of them than threads
+// (delta_update::for_each_item). An executor that claims 64 threads (and runs serially) must
+// get the intended task count and outputs, final states and token states equal to the
+// reference's, at ragged shapes: V not a multiple of the block, T not a multiple of the chunk,
+// packed ragged sequences, grouped heads, initial states.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
+#include "seqmix/linear_attention/rwkv7/recurrent.hpp"
+#include "seqmix/linear_attention/rwkv7/reference.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/counting_executor.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::DeltaAlgorithm;
+using seqmix::DeltaGate;
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+constexpr double kTol = 2e-4;  // fp32 fast forms against the double reference, as the family's tests
+
+// Rows of the last dimension scaled to unit L2 norm (the delta rule is stable for ||k|| <= 1).
+void normalize_rows(Tensor<float, 4>& x) {
+  const index_t D = x.size(3);
+  for (index_t i = 0; i < x.numel() / D; ++i) {
+    float* row = x.data() + i * D;
+    double sum = 0.0;
+    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
+    for (index_t j = 0; j < D; ++j) row[j] = static_cast<float>(row[j] / std::sqrt(sum + 1e-12));
+  }
+}
+
+struct GdrSplitCase {
+  index_t B, T, HK, HV, K, V;
+  DeltaGate gate;
+  DeltaAlgorithm algorithm;
+  std::vector<std::int32_t> cu_seqlens;  // empty: B dense rows; else B = 1 and these sequences
+  bool token_states;
+  int threads;
+  index_t tasks;  // the prefill's run: sequences x HV x value blocks
+};
+
+std::string describe(const GdrSplitCase& c) {
+  std::ostringstream s;
+  s << "B=" << c.B << " T=" << c.T << " HK=" << c.HK << " HV=" << c.HV << " K=" << c.K << " V=" << c.V
+    << " gate=" << (c.gate == DeltaGate::scalar ? "scalar" : "channel") << " algorithm=" << static_cast<int>(c.algorithm)
+    << " sequences=" << (c.cu_seqlens.empty() ? c.B : static_cast<index_t>(c.cu_seqlens.size()) - 1)
+    << " threads=" << c.threads;
+  return s.str();
+}
+
+// The run of the prefill itself: the last one (the gate check may run before it).
+index_t prefill_tasks(const st::CountingExecutor& ex) { return ex.runs().empty() ? 0 : ex.runs().back().tasks; }
+
+}  // namespace
+
+TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA match the reference",
+          "[parallel_grain][gated_delta_rule]") {
+  // Blocks are at least 32 columns (delta_update::kMinValueBlock), so with few items V splits
+  // into ceil(V / 32) blocks, the last one ragged; with 32 items and 64 threads into 2 of 64.
+  const std::vector<GdrSplitCase> cases = {
+      {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 64, 2 * 3 * 3},
+      {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::recurrent, {}, true, 64, 2 * 3 * 3},
+      {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::automatic, {0, 70, 75, 205}, false, 64, 3 * 2 * 4},
+      {1, 205, 2, 4, 48, 33, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 4 * 2},
+      {1, 70, 2, 32, 16, 128, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 64, 32 * 2},
+      {1, 70, 2, 32, 16, 128, DeltaGate::channel, DeltaAlgorithm::automatic, {}, false, 64, 32 * 2},
+      {2, 70, 1, 2, 16, 80, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 2, 2 * 2},  // items = threads
+  };
+  std::uint64_t seed = 900;
+  for (const GdrSplitCase& c : cases) {
+    seed += 10;
+    const std::string what = describe(c);
+    INFO(what);
+    Tensor<float, 4> q = st::random_tensor<4>({c.B, c.T, c.HK, c.K}, seed + 1);
+    Tensor<float, 4> k = st::random_tensor<4>({c.B, c.T, c.HK, c.K}, seed + 2);
+    const Tensor<float, 4> v = st::random_tensor<4>({c.B, c.T, c.HV, c.V}, seed + 3);
+    const Tensor<float, 3> beta = st::random_tensor<3>({c.B, c.T, c.HV}, seed + 4, 0.f, 1.f);
+    normalize_rows(q);
+    normalize_rows(k);
+    Tensor<float, 4> g;
+    Tensor<float, 3> gs;
+    seqmix::GatedDeltaRuleOptions options;
+    options.gate = c.gate;
+    options.algorithm = c.algorithm;
+    seqmix::GatedDeltaRuleInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
+    if (c.gate == DeltaGate::channel) {
+      g = Tensor<float, 4>({c.B, c.T, c.HV, c.K});
+      st::fill_log_gate(g.view(), seed + 5, -1.f, 0.f);
+      in.g = g.view();
+    } else {
+      gs = Tensor<float, 3>({c.B, c.T, c.HV});
+      st::fill_log_gate(gs.view(), seed + 5, -1.f, 0.f);
+      in.g_scalar = gs.view();
+    }
+    const index_t N = c.cu_seqlens.empty() ? c.B : static_cast<index_t>(c.cu_seqlens.size()) - 1;
+    const Tensor<float, 4> s0 = st::random_tensor<4>({N, c.HV, c.K, c.V}, seed + 6, -0.5f, 0.5f);
+    in.initial_state = s0.view();
+    if (!c.cu_seqlens.empty()) in.batch.cu_seqlens = c.cu_seqlens;
+
+    struct Result {
+      Tensor<float, 4> o, state;
+      Tensor<float, 5> tokens;
+    };
+    const auto run = [&](bool reference, const seqmix::Executor& ex) {
+      Result r{Tensor<float, 4>({c.B, c.T, c.HV, c.V}), Tensor<float, 4>({N, c.HV, c.K, c.V}), Tensor<float, 5>()};
+      seqmix::GatedDeltaRuleOutputs out{r.o.view(), r.state.view()};
+      if (c.token_states) {
+        r.tokens = Tensor<float, 5>({c.B, c.T, c.HV, c.K, c.V});
+        out.token_states = r.tokens.view();
+      }
+      if (reference)
+        seqmix::reference::gated_delta_rule(in, out, options);
+      else
+        seqmix::gated_delta_rule(in, out, options, ex);
+      return r;
+    };
+    const Result ref = run(true, seqmix::serial_executor());
+    st::CountingExecutor ex(c.threads);
+    const Result fast = run(false, ex);
+    CHECK(prefill_tasks(ex) == c.tasks);
+    st::require_close("o", fast.o.view(), ref.o.view(), kTol);
+    st::require_close("final_state", fast.state.view(), ref.state.view(), kTol);
+    if (c.token_states) st::require_close("token_states", fast.tokens.view(), ref.tokens.view(), kTol);
+  }
+}
+
+TEST_CASE("parallel grain delta: value-column blocks of rwkv7 match the reference", "[parallel_grain][rwkv7]") {
+  struct Case {
+    index_t B, T, H, K, V;
+    int threads;
+    index_t tasks;
+  };
+  const Case cases[] = {
+      {2, 70, 3, 32, 67, 64, 2 * 3 * 3},  // blocks of 32, 32 and 3 columns
+      {1, 40, 32, 16, 64, 64, 32 * 2},    // the rwkv-h32-k64 grain: 2 blocks of 32
+      {1, 40, 4, 16, 40, 4, 4},           // items = threads: no split
+  };
+  std::uint64_t seed = 1200;
+  for (const Case& c : cases) {
+    seed += 10;
+    std::ostringstream what;
+    what << "B=" << c.B << " T=" << c.T << " H=" << c.H << " K=" << c.K << " V=" << c.V << " threads=" << c.threads;
+    INFO(what.str());
+    // A contractive transition as RWKV-7 parameterizes it: a = -kappa (unit norm), b = kappa * lr.
+    const Tensor<float, 4> r = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 1);
+    const Tensor<float, 4> k = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 2);
+    const Tensor<float, 4> v = st::random_tensor<4>({c.B, c.T, c.H, c.V}, seed + 3);
+    Tensor<float, 4> kappa = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 4);
+    normalize_rows(kappa);
+    const Tensor<float, 3> lr = st::random_tensor<3>({c.B, c.T, c.H}, seed + 5, 0.f, 1.f);
+    Tensor<float, 4> a({c.B, c.T, c.H, c.K}), b({c.B, c.T, c.H, c.K}), g({c.B, c.T, c.H, c.K});
+    for (index_t i = 0; i < kappa.numel(); ++i) {
+      a.data()[i] = -kappa.data()[i];
+      b.data()[i] = kappa.data()[i] * lr.data()[i / c.K];
+    }
+    st::fill_log_gate(g.view(), seed + 6, -1.f, 0.f);
+    const Tensor<float, 4> s0 = st::random_tensor<4>({c.B, c.H, c.K, c.V}, seed + 7, -0.5f, 0.5f);
+    const seqmix::Rwkv7Inputs in{r.view(), k.view(), v.view(), a.view(), b.view(), g.view(), s0.view()};
+
+    Tensor<float, 4> o_ref({c.B, c.T, c.H, c.V}), s_ref({c.B, c.H, c.K, c.V});
+    Tensor<float, 5> t_ref({c.B, c.T, c.H, c.K, c.V});
+    seqmix::reference::rwkv7(in, {o_ref.view(), s_ref.view(), t_ref.view()});
+    Tensor<float, 4> o({c.B, c.T, c.H, c.V}), s({c.B, c.H, c.K, c.V});
+    Tensor<float, 5> t({c.B, c.T, c.H, c.K, c.V});
+    st::CountingExecutor ex(c.threads);
+    seqmix::rwkv7(in, {o.view(), s.view(), t.view()}, ex);
+    CHECK(prefill_tasks(ex) == c.tasks);
+    st::require_close("o", o.view(), o_ref.view(), kTol);
+    st::require_close("final_state", s.view(), s_ref.view(), kTol);
+    st::require_close("token_states", t.view(), t_ref.view(), kTol);
+  }
+}
