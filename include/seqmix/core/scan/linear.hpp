@@ -348,14 +348,34 @@ inline bool use_streaming_stores(OutputStores requested, const TensorView<float,
   return h_all.numel() * static_cast<index_t>(sizeof(float)) > kStreamingOutputBytes;
 }
 
+// From this many threads on, a memory-bound scan with fewer batch rows than threads is split in
+// time after all (below: on few cores, one row per core). One core streams about 60 GB/s, the
+// memory of a socket of 8 cores or more several times that (8 to 12 DDR5 channels, 300-460
+// GB/s), so a row left on one core leaves most of the bandwidth, and the other cores, unused.
+// Time, not channels: a block of channels reads one line per time step from each array, a new
+// 4 KB page every step for D >= 1024, which no prefetcher follows (64 blocks of 16 channels at
+// B=1, T=65536, D=1024: 256 ms of one-core time against 18 ms for the whole row), while a
+// time chunk streams whole rows; the chunked scan's extra pass reads a and b once more.
+constexpr int kMinThreadsToSplitStreamingRows = 8;
+
+// The bytes a scan moves: a and b read, h_all written when wanted.
+inline index_t scan_bytes(index_t B, index_t T, index_t D, bool wants_all_states) {
+  return (wants_all_states ? 3 : 2) * B * T * D * static_cast<index_t>(sizeof(float));
+}
+
 // The time split pays a second pass over its chunks; measured here it wins only when just the
 // last state is wanted (B=1, T=65536, D=16 on 2 threads: 0.046 vs 0.076 ms on one thread) and
-// loses when every state is written (0.155 vs 0.109 ms), so automatic picks it only then.
+// loses when every state is written (0.155 vs 0.109 ms), so automatic picks it only then, or
+// for a memory-bound scan of few rows on many threads (kMinThreadsToSplitStreamingRows).
 inline ScanSplit choose_split(ScanSplit requested, index_t B, index_t T, index_t D, int threads,
                               bool wants_all_states) {
   if (requested != ScanSplit::automatic) return requested;
+  const bool long_enough = T >= threads * kMinTimeChunk;
+  if (threads >= kMinThreadsToSplitStreamingRows && B < threads && long_enough &&
+      scan_bytes(B, T, D, wants_all_states) > kStreamingOutputBytes)
+    return ScanSplit::time;
   if (threads <= 1 || B * D >= threads * kMinChannelsPerTask || wants_all_states) return ScanSplit::channels;
-  return T >= threads * kMinTimeChunk ? ScanSplit::time : ScanSplit::channels;
+  return long_enough ? ScanSplit::time : ScanSplit::channels;
 }
 
 // Channel blocks per batch row: enough tasks to be a multiple of the thread count (3 rows on 2
@@ -379,8 +399,7 @@ inline index_t block_start(index_t D, index_t blocks, index_t j) {
 // on separate rows reach 56-79 GB/s together. With B = 1 the scan runs on one core, at the
 // memory's speed.
 inline index_t channel_blocks_for(const LinearScanArgs& x, int threads) {
-  const index_t arrays = x.h_all.has_value() ? 3 : 2;  // a and b read, h_all written
-  const index_t bytes = arrays * x.B * x.T * x.D * static_cast<index_t>(sizeof(float));
+  const index_t bytes = scan_bytes(x.B, x.T, x.D, x.h_all.has_value());
   return bytes > kStreamingOutputBytes ? 1 : channel_blocks(x.B, x.D, threads);
 }
 
@@ -420,6 +439,49 @@ inline std::vector<index_t> linear_scan_chunks(index_t T, int threads, bool resc
   return bounds;
 }
 
+// Scratch of the time split. Up to kKeptScratchFloats it is a per-thread buffer kept across
+// calls: a fresh allocation's pages are faulted in and given back on every call, about 0.3 ms
+// serial at B=1, T=65536, D=1024 on 64 threads (65 chunks), more than the scan's own 64-thread
+// time. Larger ones are allocated per call and left uninitialized (pass 1's tasks write every
+// element read later), so their pages are first touched by those tasks, in parallel.
+class TimeSplitScratch {
+ public:
+  static constexpr index_t kKeptScratchFloats = index_t{1} << 20;  // 4 MB per thread at most
+
+  explicit TimeSplitScratch(index_t n) : n_(static_cast<std::size_t>(n)) {
+    if (n <= kKeptScratchFloats) {
+      AlignedVector<float>& kept = kept_buffer();
+      if (kept.size() < n_) kept.resize(n_);
+      data_ = kept.data();
+    } else {
+      owned_ = AlignedAllocator<float>().allocate(n_);
+      data_ = owned_;
+    }
+  }
+  ~TimeSplitScratch() {
+    if (owned_) AlignedAllocator<float>().deallocate(owned_, n_);
+  }
+  TimeSplitScratch(const TimeSplitScratch&) = delete;
+  TimeSplitScratch& operator=(const TimeSplitScratch&) = delete;
+  float* data() const noexcept { return data_; }
+
+ private:
+  static AlignedVector<float>& kept_buffer() {
+    thread_local AlignedVector<float> buffer;
+    return buffer;
+  }
+  std::size_t n_;
+  float* owned_ = nullptr;
+  float* data_ = nullptr;
+};
+
+// Pass 2 of the time split runs over blocks of channels (each channel's chain over the chunks is
+// independent): at least one AVX-512 vector of channels per task (a cache line), and at least
+// this many (channel, chunk) combines, so that a short pass (few chunks, few channels: 2 threads)
+// stays on the calling thread.
+constexpr index_t kMinCombinesPerTask = 1024;
+constexpr index_t kMinCombineChannels = 16;
+
 template <GateSpace G>
 void linear_scan_time(const LinearScanArgs& x, index_t chunk_size, const Executor& executor) {
   const bool rescan = x.h_all.has_value();
@@ -430,43 +492,51 @@ void linear_scan_time(const LinearScanArgs& x, index_t chunk_size, const Executo
   const index_t B = x.B, D = x.D, BD = B * D;
   // carry[c][b][d]: the state entering chunk c; pass 1 leaves chunk c-1's local scan there.
   // prod[c][b][d]: the product of a over chunk c; peak[c][b][d]: the largest |prefix product|.
-  AlignedVector<float> carry(static_cast<std::size_t>((chunks + 1) * BD));
-  AlignedVector<float> prod(static_cast<std::size_t>(chunks * BD));
-  AlignedVector<float> peak(static_cast<std::size_t>(chunks * BD));
+  // One scratch for the three; rows c >= 1 of carry (and of prod and peak where c < reduced)
+  // are written by pass 1 before anything reads them.
+  const TimeSplitScratch scratch((3 * chunks + 1) * BD);
+  float* const carry = scratch.data();
+  float* const prod = carry + (chunks + 1) * BD;
+  float* const peak = prod + chunks * BD;
   const index_t reduced = rescan ? chunks - 1 : chunks;  // the last chunk needs no reduction if rescanned
   executor.run(reduced, [&](index_t c) {
     for (index_t batch = 0; batch < B; ++batch) {
-      float* local = carry.data() + ((c + 1) * B + batch) * D;
+      float* local = carry + ((c + 1) * B + batch) * D;
       if (c == 0) {
         x.load_state(batch, 0, D, local);
         x.template scan<G>(batch, 0, D, local, bounds[0], bounds[1]);
       } else {
         reduce_rows<G>(scan_slice(x.a, batch, 0), scan_slice(x.b, batch, 0), local,
-                       prod.data() + (c * B + batch) * D, peak.data() + (c * B + batch) * D, bounds[c],
+                       prod + (c * B + batch) * D, peak + (c * B + batch) * D, bounds[c],
                        bounds[c + 1], D);
       }
     }
   });
-  // Pass 2: carry[c+1] = prod[c] * carry[c] + local[c], serially over chunks (combine_chunk).
-  for (index_t c = 1; c < reduced; ++c) {
-    const float* p = prod.data() + c * BD;
-    const float* m = peak.data() + c * BD;
-    const float* in = carry.data() + c * BD;
-    float* out = carry.data() + (c + 1) * BD;
-    for (index_t batch = 0; batch < B; ++batch) {
-      const auto as = scan_slice(x.a, batch, 0), bs = scan_slice(x.b, batch, 0);
-      for (index_t d = 0, i = batch * D; d < D; ++d, ++i)
-        out[i] = combine_chunk<G>(in[i], p[i], out[i], m[i], as, bs, d, bounds[c], bounds[c + 1]);
+  // Pass 2: carry[c+1] = prod[c] * carry[c] + local[c], serially over chunks (combine_chunk),
+  // blocks of the B*D channels in parallel.
+  const index_t grain = std::max(kMinCombineChannels, kMinCombinesPerTask / std::max<index_t>(1, reduced - 1));
+  parallel_for(executor, BD, grain, [&](index_t begin, index_t end) {
+    for (index_t c = 1; c < reduced; ++c) {
+      const float* p = prod + c * BD;
+      const float* m = peak + c * BD;
+      const float* in = carry + c * BD;
+      float* out = carry + (c + 1) * BD;
+      for (index_t i = begin; i < end;) {
+        const index_t batch = i / D, row_end = std::min(end, (batch + 1) * D);
+        const auto as = scan_slice(x.a, batch, 0), bs = scan_slice(x.b, batch, 0);
+        for (; i < row_end; ++i)
+          out[i] = combine_chunk<G>(in[i], p[i], out[i], m[i], as, bs, i - batch * D, bounds[c], bounds[c + 1]);
+      }
     }
-  }
+  });
   if (rescan) {
     executor.run(chunks - 1, [&](index_t task) {
       const index_t c = task + 1;  // updates carry[c] in place; no other task reads it
       for (index_t batch = 0; batch < B; ++batch)
-        x.template scan<G>(batch, 0, D, carry.data() + (c * B + batch) * D, bounds[c], bounds[c + 1]);
+        x.template scan<G>(batch, 0, D, carry + (c * B + batch) * D, bounds[c], bounds[c + 1]);
     });
   }
-  const float* last = carry.data() + (rescan ? chunks - 1 : chunks) * BD;
+  const float* last = carry + (rescan ? chunks - 1 : chunks) * BD;
   for (index_t batch = 0; batch < B; ++batch) x.store_last(batch, 0, D, last + batch * D);
 }
 
