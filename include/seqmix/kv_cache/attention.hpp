@@ -775,10 +775,13 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
 
   // Pieces: a (b, KV head)'s blocks in contiguous runs of at least 8 (256 tokens), enough of them
   // for about 16 pieces per thread, so the pool's dynamic scheduling evens out the finish (with 4,
-  // one head per piece at Hkv 8, a core idled for most of a piece: int8 Tk 16384 2.10 -> 1.36 ms);
-  // the residual goes with the last piece.
+  // one head per piece at Hkv 8, a core idled for most of a piece: int8 Tk 16384 2.10 -> 1.36 ms;
+  // one per thread on many threads: decode_pieces_per_thread); the residual goes with the last
+  // piece.
   constexpr index_t kMinBlocksPerPiece = 8;
-  const index_t wanted = std::max<index_t>(1, (16 * executor.concurrency() + d.B * d.Hkv - 1) / (d.B * d.Hkv));
+  const int threads = executor.concurrency();
+  const index_t wanted = std::max<index_t>(
+      1, (decode_pieces_per_thread(threads, 16) * threads + d.B * d.Hkv - 1) / (d.B * d.Hkv));
   // Per-call tables in thread_local storage, grown on demand: no allocation after warm-up.
   // (References: the tasks below run on other threads, whose thread_locals are not these.)
   thread_local std::vector<KvPiece> t_pieces;
@@ -790,6 +793,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   pieces.reserve(static_cast<std::size_t>(d.B * d.Hkv * wanted));
   pieces.clear();
   first_piece.assign(static_cast<std::size_t>(d.B * d.Hkv + 1), 0);
+  index_t most_pieces = 1;  // of one (b, KV head): sizes the combine's tasks
   for (index_t b = 0; b < d.B; ++b)
     for (index_t hk = 0; hk < d.Hkv; ++hk) {
       first_piece[b * d.Hkv + hk] = static_cast<index_t>(pieces.size());
@@ -798,6 +802,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       // its centroid histograms once (K * (Dk + Dv) per query row, independent of the length).
       const bool pq = cfg.coded && cfg.coded->format == KvCodeFormat::pq;
       const index_t split = pq ? 1 : std::clamp<index_t>(nb / kMinBlocksPerPiece, 1, wanted);
+      most_pieces = std::max(most_pieces, split);
       for (index_t p = 0; p < split; ++p) pieces.push_back({b, hk, nb * p / split, nb * (p + 1) / split, p == split - 1});
     }
   first_piece[d.B * d.Hkv] = static_cast<index_t>(pieces.size());
@@ -808,8 +813,9 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
   AlignedVector<float>& accs = t_accs;
   states.reserve(pieces.capacity() * static_cast<std::size_t>(rows));
   accs.reserve(pieces.capacity() * static_cast<std::size_t>(rows * ldacc));
-  states.assign(pieces.size() * static_cast<std::size_t>(rows), SoftmaxRow());
-  accs.assign(pieces.size() * static_cast<std::size_t>(rows * ldacc), 0.f);
+  // Sized only: each piece starts its own rows in the parallel pass (start_rows).
+  states.resize(pieces.size() * static_cast<std::size_t>(rows));
+  accs.resize(pieces.size() * static_cast<std::size_t>(rows * ldacc));
 
   const bool per_token_keys = cfg.key_quant == KeyQuant::per_token;
   KvScratchSet& scratch = KvScratchSet::local();
@@ -820,6 +826,7 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
     for (index_t pi = begin; pi < end; ++pi) {
       const KvPiece& piece = pieces[pi];
       const KvHead& hd = cache.head(piece.b, piece.hk);
+      start_rows(states.data() + pi * rows, accs.data() + pi * rows * ldacc, rows, ldacc);
       kv_load_query_rows(w, in.q, piece.b, 0, piece.hk, G, M, scale, cache.key_group(), key_groups, per_token_keys,
                          [&](index_t i) { return kv_query_position(in, piece.b, i); }, in.rope, in.head_scales);
       KvTailRows tail;
@@ -835,20 +842,24 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
     scratch.release(slot);
   });
 
+  // Combine each row's pieces in key order and write o / lse (rows in parallel on many threads:
+  // combine_grain).
   const bool has_sink = in.sink_logits.has_value();
-  for (index_t b = 0; b < d.B; ++b)
-    for (index_t hk = 0; hk < d.Hkv; ++hk) {
-      const index_t p0 = first_piece[b * d.Hkv + hk], p1 = first_piece[b * d.Hkv + hk + 1];
-      for (index_t r = 0; r < M; ++r) {
-        SoftmaxRow row = states[p0 * rows + r];
-        float* acc = accs.data() + (p0 * rows + r) * ldacc;
-        for (index_t p = p0 + 1; p < p1; ++p) combine_rows(row, acc, states[p * rows + r], accs.data() + (p * rows + r) * ldacc, d.Dv);
-        const index_t i = r / G, h = hk * G + r % G;
-        const float lse = finish_row(row, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f, out.o.ptr(b, i, h),
-                                     out.o.stride(3));
-        if (out.lse.has_value()) out.lse(b, i, h) = lse;
-      }
+  const index_t out_rows = d.B * d.Hkv * M;
+  parallel_for(executor, out_rows, combine_grain(threads, out_rows, most_pieces, d.Dv), [&](index_t begin, index_t end) {
+    for (index_t row = begin; row < end; ++row) {
+      const index_t head = row / M, r = row % M, b = head / d.Hkv, hk = head % d.Hkv;
+      const index_t p0 = first_piece[head], p1 = first_piece[head + 1];
+      SoftmaxRow state = states[p0 * rows + r];
+      float* acc = accs.data() + (p0 * rows + r) * ldacc;
+      for (index_t p = p0 + 1; p < p1; ++p)
+        combine_rows(state, acc, states[p * rows + r], accs.data() + (p * rows + r) * ldacc, d.Dv);
+      const index_t i = r / G, h = hk * G + r % G;
+      const float lse = finish_row(state, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f, out.o.ptr(b, i, h),
+                                   out.o.stride(3));
+      if (out.lse.has_value()) out.lse(b, i, h) = lse;
     }
+  });
 }
 
 }  // namespace seqmix

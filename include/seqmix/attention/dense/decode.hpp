@@ -823,7 +823,8 @@ void decode_piece(const AttentionInputs<KV, Q>& in, const AttentionOptions& opti
 }
 
 // The partial results of split-KV decode: per task and row, the online-softmax state and its
-// [Dvp] accumulator. Kept by the calling thread across calls (grown on demand).
+// [Dvp] accumulator. Kept by the calling thread across calls (grown on demand); each task
+// starts its own rows (start_rows), so no serial pass over them precedes the parallel one.
 struct DecodeWorkspace {
   std::vector<SoftmaxRow> states;
   AlignedVector<float> accs;
@@ -833,8 +834,6 @@ struct DecodeWorkspace {
     DecodeScratch::grow(states, rows);
     DecodeScratch::grow(accs, rows * Dvp);
     DecodeScratch::grow(tiles, lists);
-    std::fill(states.begin(), states.begin() + rows, SoftmaxRow{});
-    std::fill(accs.begin(), accs.begin() + rows * Dvp, 0.f);
   }
 
   static DecodeWorkspace& local() {
@@ -908,8 +907,10 @@ void attention_step(const AttentionInputs<KV, Q>& in, const AttentionOutputs& ou
     }
   }
 
-  // Enough pieces for 4 tasks per thread, but none shorter than kMinTilesPerSplit tiles.
-  const index_t wanted = (4 * executor.concurrency() + d.B - 1) / d.B;
+  // Enough pieces for 4 tasks per thread (1 on many threads: decode_pieces_per_thread), but none
+  // shorter than kMinTilesPerSplit tiles.
+  const int threads = executor.concurrency();
+  const index_t wanted = (decode_pieces_per_thread(threads, 4) * threads + d.B - 1) / d.B;
   const index_t splits = std::clamp<index_t>(max_tiles / kMinTilesPerSplit, 1, wanted);
   const index_t tasks = d.B * splits, rows_per_task = d.Hkv * M;
 
@@ -927,6 +928,7 @@ void attention_step(const AttentionInputs<KV, Q>& in, const AttentionOutputs& ou
       const TileRange& list = tiles[b];
       const index_t count = list.count();
       const index_t first = count * split / splits, last = count * (split + 1) / splits;
+      start_rows(states + t * rows_per_task, accs + t * rows_per_task * Dvp, rows_per_task, Dvp);
       if (first == last) continue;
       for (index_t hk = 0; hk < d.Hkv; ++hk)
         load_query_rows(in, b, hk, G, 0, d.Tq, scale, w.q.data() + hk * w.q_stride, Dkp);
@@ -939,18 +941,21 @@ void attention_step(const AttentionInputs<KV, Q>& in, const AttentionOutputs& ou
     }
   });
 
-  // Combine the pieces of every row in key order and write o / lse.
+  // Combine the pieces of every row in key order and write o / lse (rows in parallel on many
+  // threads: combine_grain).
   const bool has_sink = in.sink_logits.has_value();
-  for (index_t b = 0; b < d.B; ++b)
-    for (index_t hk = 0; hk < d.Hkv; ++hk)
-      for (index_t r = 0; r < M; ++r) {
-        const index_t i = r / G, h = hk * G + r % G;
-        const float lse = finish_pieces(states, accs, Dvp, d.Dv, splits, has_sink ? in.sink_logits(h) : kNoSink,
-                                        out.o.ptr(b, i, h), out.o.stride(3), [&](index_t split) {
-                                          return (b * splits + split) * rows_per_task + hk * M + r;
-                                        });
-        if (out.lse.has_value()) out.lse(b, i, h) = lse;
-      }
+  const index_t out_rows = d.B * d.Hkv * M;
+  parallel_for(executor, out_rows, combine_grain(threads, out_rows, splits, d.Dv), [&](index_t begin, index_t end) {
+    for (index_t row = begin; row < end; ++row) {
+      const index_t b = row / rows_per_task, hk = row % rows_per_task / M, r = row % M;
+      const index_t i = r / G, h = hk * G + r % G;
+      const float lse = finish_pieces(states, accs, Dvp, d.Dv, splits, has_sink ? in.sink_logits(h) : kNoSink,
+                                      out.o.ptr(b, i, h), out.o.stride(3), [&](index_t split) {
+                                        return (b * splits + split) * rows_per_task + hk * M + r;
+                                      });
+      if (out.lse.has_value()) out.lse(b, i, h) = lse;
+    }
+  });
 }
 
 /// \deprecated The former name of attention_step (docs/conventions.md, naming).

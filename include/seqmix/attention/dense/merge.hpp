@@ -99,6 +99,35 @@ inline void combine_rows(SoftmaxRow& a, float* acc_a, const SoftmaxRow& b, const
   a.m = m;
 }
 
+// Sets `rows` partial rows (states and their [ld] accumulators) to the empty state: split-key
+// decode tasks start their own rows, in parallel, rather than the caller all of them up front.
+inline void start_rows(SoftmaxRow* states, float* accs, index_t rows, index_t ld) noexcept {
+  std::fill(states, states + rows, SoftmaxRow{});
+  std::fill(accs, accs + rows * ld, 0.f);
+}
+
+// Split-key decode (attention_step, kv_cache_attention) on many threads. Below this count each
+// thread takes several pieces (the callers' measured counts on 2 cores: the pool's dynamic
+// scheduling absorbs a slowed core) and the caller combines the rows alone (a few us). From it
+// on, one piece per thread, since the pieces of a decode cost the same and each extra one adds a
+// partial row to every output row, and the rows are combined in parallel: with 64 threads the
+// serial combine of 128-256 pieces was 2-3% of the call, which alone idled ~60% of the cores.
+constexpr int kDecodeManyThreads = 8;
+
+inline index_t decode_pieces_per_thread(int threads, index_t few_threads) noexcept {
+  return threads < kDecodeManyThreads ? few_threads : 1;
+}
+
+// Output rows per task of that parallel combine (`rows` rows of `pieces` partial rows of Dv
+// floats): all rows on the calling thread below kDecodeManyThreads, else tasks reading at least
+// kMinCombineFloats accumulator floats (64 KB: about 10 us of loads and FMAs, several times a
+// task dispatch).
+constexpr index_t kMinCombineFloats = 16 * 1024;
+inline index_t combine_grain(int threads, index_t rows, index_t pieces, index_t Dv) noexcept {
+  if (threads < kDecodeManyThreads) return std::max<index_t>(rows, 1);
+  return std::max<index_t>(1, kMinCombineFloats / std::max<index_t>(1, pieces * Dv));
+}
+
 // Turns a finished row state into (o, lse), adding exp(sink) to the denominator when has_sink.
 // o has stride o_stride; a row without a visible key gives zeros.
 inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool has_sink, float sink, float* o,
