@@ -56,21 +56,21 @@ inline void ssd_pack_row(const float* src, index_t K, std::uint32_t* dst) noexce
   if (K % 2) out[K] = 0;
 }
 
-/// y [l,P] = lhs [l, K] · rhs [K, P] (row strides lhs_ld, P; y contiguous [l,P]) on bf16 dot
-/// products, the operands rounded to bf16 into `tiles`.
+/// y [l,P] = lhs [l, K] · rhs [K, P] (row strides lhs_ld, ld, ld: P may be a column block of
+/// wider rows) on bf16 dot products, the operands rounded to bf16 into `tiles`.
 inline void ssd_output_product_bf16(const float* lhs, index_t lhs_ld, const float* rhs, index_t l, index_t K, index_t P,
-                                    float* y, SsdBf16Tiles& tiles) {
+                                    index_t ld, float* y, SsdBf16Tiles& tiles) {
   const index_t Kw = (K + 1) / 2;  // pair words per row of A
   if (tiles.a.size() < static_cast<std::size_t>(l * Kw)) tiles.a.resize(static_cast<std::size_t>(l * Kw));
   if (tiles.b.size() < static_cast<std::size_t>(Kw * P)) tiles.b.resize(static_cast<std::size_t>(Kw * P));
   for (index_t i = 0; i < l; ++i) ssd_pack_row(lhs + i * lhs_ld, K, tiles.a.data() + i * Kw);
   for (index_t q = 0; q < Kw; ++q)
-    ssd_pair_rows(rhs + 2 * q * P, 2 * q + 1 < K ? rhs + (2 * q + 1) * P : nullptr, P, tiles.b.data() + q * P);
-  gemm_bf16(tiles.a.data(), Kw, tiles.b.data(), P, y, P, l, P, Kw, nullptr);
+    ssd_pair_rows(rhs + 2 * q * ld, 2 * q + 1 < K ? rhs + (2 * q + 1) * ld : nullptr, P, tiles.b.data() + q * P);
+  gemm_bf16(tiles.a.data(), Kw, tiles.b.data(), P, y, ld, l, P, Kw, nullptr);
 }
 #else
 // Never called where the target has no AVX512-BF16 (ssd_bf16_products_fit is false there).
-inline void ssd_output_product_bf16(const float*, index_t, const float*, index_t, index_t, index_t, float*,
+inline void ssd_output_product_bf16(const float*, index_t, const float*, index_t, index_t, index_t, index_t, float*,
                                     SsdBf16Tiles&) {}
 #endif
 

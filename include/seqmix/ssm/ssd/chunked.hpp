@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -236,34 +237,95 @@ struct SsdChunkPlan {
   index_t chunk_count() const { return static_cast<index_t>(chunks.size()); }
 };
 
-// C B^T for every (group, chunk): [G * chunks] tiles of [L,L], shared by the heads of a group.
-// 16-bit Bm, Cm: each chunk's rows are widened into per-task tiles first.
+// The shared C B^T tiles: one per (group, chunk), each [l,l] packed at the start of a slot of
+// L*L floats and a vector. ssd_decay_mask reads a row up to the next whole vector, so past the
+// tile's last row by less than a vector: the slot's padding, zeroed by the tile's writer.
+struct SsdCbTiles {
+  index_t L = 1, slot = 1;
+  std::unique_ptr<float[]> data;  // not zeroed here: the C B^T tasks first-touch their own rows
+
+  explicit SsdCbTiles(index_t tiles, index_t chunk)
+      : L(chunk), slot(chunk * chunk + simd::kWidth), data(new float[static_cast<std::size_t>(tiles * slot)]) {}
+  float* tile(index_t t) const noexcept { return data.get() + t * slot; }
+};
+
+// Row blocks per C B^T tile: one, unless the tiles are fewer than the threads (16 chunks at T 512
+// against 64 threads) and the whole pass is worth a second thread: then enough that every thread
+// gets a task (they are woken for the pass anyway), rows at least kMinRows (an [8,N]·[N,l]
+// product still runs whole vectors of l). `work`: the pass's work in ssd_grain's units.
+inline index_t ssd_cb_row_blocks(index_t tiles, index_t L, int threads, index_t work) {
+  constexpr index_t kMinRows = 8;
+  if (work < kSsdMinParallelStateWork) return 1;
+  const index_t wanted = (static_cast<index_t>(threads) + tiles - 1) / std::max<index_t>(1, tiles);
+  return std::clamp<index_t>(wanted, 1, std::max<index_t>(1, L / kMinRows));
+}
+
+// C B^T for every (group, chunk), shared by the heads of a group; a task computes row blocks
+// of tiles. 16-bit Bm, Cm: each block's rows are widened into per-task tiles first.
 template <class E>
 void ssd_chunk_cb(const ConstView<E, 4>& Bm, const ConstView<E, 4>& Cm, const SsdDims& dims, const SsdChunkPlan& plan,
-                  float* cb, const Executor& executor) {
-  const index_t L = plan.L, chunks = plan.chunk_count(), items = dims.G * chunks;
-  const index_t flops_per_item = 2 * L * L * dims.N;
-  parallel_for(executor, items, ssd_grain(flops_per_item / 4), [&](index_t begin, index_t end) {
+                  const SsdCbTiles& cb, const Executor& executor) {
+  const index_t L = plan.L, chunks = plan.chunk_count(), tiles = dims.G * chunks;
+  const index_t tile_work = 2 * L * L * dims.N / 4;  // flops / 4
+  const index_t blocks = ssd_cb_row_blocks(tiles, L, executor.concurrency(), tiles * tile_work);
+  const index_t grain = blocks > 1 ? 1 : ssd_grain(tile_work);
+  parallel_for(executor, tiles * blocks, grain, [&](index_t begin, index_t end) {
     constexpr bool widen = !std::is_same_v<E, float>;
     SsdMatrix bw(widen ? L : 0, dims.N), cw(widen ? L : 0, dims.N);
     for (index_t item = begin; item < end; ++item) {
-      const SsdChunkPlan::Chunk& c = plan.chunks[static_cast<std::size_t>(item % chunks)];
-      const index_t g = item / chunks;
-      Eigen::Map<SsdMatrix> tile(cb + item * L * L, c.l, c.l);
+      const index_t t = item / blocks, block = item % blocks;
+      const SsdChunkPlan::Chunk& c = plan.chunks[static_cast<std::size_t>(t % chunks)];
+      const index_t g = t / chunks, r0 = c.l * block / blocks, rows = c.l * (block + 1) / blocks - r0;
+      float* tile = cb.tile(t);
+      Eigen::Map<SsdMatrix> out(tile + r0 * c.l, rows, c.l);
       if constexpr (widen) {
         ssd_widen_tile(Bm, c.b, c.t0, c.l, g, bw);
-        ssd_widen_tile(Cm, c.b, c.t0, c.l, g, cw);
-        tile.noalias() = ssd_widened(cw, c.l) * ssd_widened(bw, c.l).transpose();
+        ssd_widen_tile(Cm, c.b, c.t0 + r0, rows, g, cw);
+        out.noalias() = ssd_widened(cw, rows) * ssd_widened(bw, c.l).transpose();
       } else {
-        tile.noalias() = ssd_tile(Cm, c.b, c.t0, c.l, g) * ssd_tile(Bm, c.b, c.t0, c.l, g).transpose();
+        out.noalias() = ssd_tile(Cm, c.b, c.t0 + r0, rows, g) * ssd_tile(Bm, c.b, c.t0, c.l, g).transpose();
       }
+      if (block + 1 == blocks) std::fill(tile + c.l * c.l, tile + c.l * c.l + simd::kWidth, 0.f);
     }
   });
 }
 
+// The state's P rows evolve independently, and so do the output columns p: a head can split
+// into column blocks of whole vectors when the (sequence, head) items alone leave threads idle.
+// A block is not free: each repeats the chunk's decays and decay-masked C B^T, and a one-vector
+// block runs the products on one-vector register panels (a load per FMA). Measured on one core
+// (AMD EPYC Zen 5, mamba2-780m T 512, thread CPU time): 2 blocks of 32 cost 1.14x the whole
+// head, 4 blocks of 16 1.68x (ssd-h128-p80, blocks of 48 + 32: 1.18x). So the count is the one
+// that minimizes waves x per-block cost, with those factors: 48 heads on 64 threads stay whole
+// (4 blocks would fill 3 waves exactly but take about 1.27x as long), 16 heads take 4 blocks,
+// 1 head on 2 threads takes 2, the model shapes on 2 threads stay whole.
+struct SsdColumnBlocks {
+  index_t count = 1, width = 1;  // blocks per head, columns per block (the last may be narrower)
+};
+
+inline SsdColumnBlocks ssd_column_blocks(index_t items, index_t P, int threads) {
+  const index_t T = std::max(1, threads), vectors = std::max<index_t>(1, (P + simd::kWidth - 1) / simd::kWidth);
+  const auto time = [&](const SsdColumnBlocks& b) {
+    // The factors above, by block width in columns (the repeated work is per block, whatever the
+    // vector width; a narrower vector only makes the panels less of a loss).
+    const double cost = b.count == 1 ? 1.0 : b.width >= 32 ? 1.15 : 1.7;
+    return double((items * b.count + T - 1) / T) * cost / double(b.count);
+  };
+  SsdColumnBlocks best{1, P};
+  for (index_t count = 2; count <= vectors; ++count) {
+    // count blocks of whole vectors, as equal as they come (P = 64 in 4 blocks of 16, at any width)
+    const index_t width = std::min(P, (P + count * simd::kWidth - 1) / (count * simd::kWidth) * simd::kWidth);
+    const SsdColumnBlocks b{(P + width - 1) / width, width};
+    if (time(b) < time(best)) best = b;
+  }
+  return best;
+}
+
 // The chunked SSD form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): an item is
-// one (sequence, head), numbered as ssd_sequences says, its state carried transposed in the
-// workspace's rhs. Chunk offsets from the engine are relative to the sequence's first token.
+// one (sequence, head, column block), numbered item = (h * blocks + block) * count + rank (head
+// and block major, as ssd_sequences says), its state's rows [p0, p0 + cols) carried transposed in
+// the first cols columns of the workspace's rhs (and of xw, y: row strides stay P). Chunk offsets
+// from the engine are relative to the sequence's first token.
 // state_to_output has nothing to do of its own: the read of the state and the intra-chunk term
 // are one GEMM (intra). E: the storage type of x, Bm and Cm; 16-bit rows are widened by load_chunk
 // into the workspace (xc, bc, cc), which the later hooks of the same chunk read.
@@ -275,12 +337,14 @@ struct SsdChunkKernel {
   const SsdOptions& options;
   const SsdDims& dims;
   const SsdChunkPlan& plan;
-  const float* cb;  // the shared C B^T tiles (ssd_chunk_cb)
+  const SsdCbTiles& cb;  // the shared C B^T tiles (ssd_chunk_cb)
+  SsdColumnBlocks blocks;  // the column blocks of a head (ssd_column_blocks)
   bool bf16_dot = false;  // the output product on bf16 dot products (bf16_products.hpp)
 
   using Workspace = SsdChunkScratch;
   struct Head {
     index_t rank, h, g;  // rank: the sequence's position in plan.seqs
+    index_t p0, cols;    // the column block: state rows and output columns [p0, p0 + cols)
     SequenceSpan seq;
     float D;
   };
@@ -289,7 +353,7 @@ struct SsdChunkKernel {
   // The chunk's x, Bm and Cm rows: the inputs themselves (fp32) or their widened copies.
   SsdConstTile x_tile(const Head& hd, index_t t0, index_t l, const Workspace& s) const {
     if constexpr (kWidened) return ssd_widened(s.xc, l);
-    else return ssd_tile(in.x, hd.seq.batch_row, t0, l, hd.h);
+    else return ssd_tile(in.x, hd.seq.batch_row, t0, l, hd.h);  // all P columns: callers add p0
   }
   SsdConstTile b_tile(const Head& hd, index_t t0, index_t l, const Workspace& s) const {
     if constexpr (kWidened) return ssd_widened(s.bc, l);
@@ -301,12 +365,13 @@ struct SsdChunkKernel {
   }
   Head begin_head(index_t item, Workspace& s) const {
     const index_t count = static_cast<index_t>(plan.seqs.size());
-    const index_t rank = item % count, h = item / count;
-    const Head head{rank, h, h / (dims.H / dims.G), plan.seqs[static_cast<std::size_t>(rank)],
+    const index_t rank = item % count, h = item / count / blocks.count, block = item / count % blocks.count;
+    const index_t p0 = block * blocks.width, cols = std::min(blocks.width, dims.P - p0);
+    const Head head{rank, h, h / (dims.H / dims.G), p0, cols, plan.seqs[static_cast<std::size_t>(rank)],
                     in.D.has_value() ? in.D(h) : 0.f};
-    auto state_t = s.rhs.topRows(dims.N);  // [N,P]
+    auto state_t = s.rhs.topLeftCorner(dims.N, cols);  // [N,cols]
     if (head.seq.read_state) {
-      state_t = as_matrix(in.initial_state.select(0, head.seq.state_row).select(0, h)).transpose();
+      state_t = as_matrix(in.initial_state.select(0, head.seq.state_row).select(0, h)).middleRows(p0, cols).transpose();
     } else {
       state_t.setZero();
     }
@@ -316,13 +381,13 @@ struct SsdChunkKernel {
 
   // Decays, dt-scaled x (below the state in rhs), decayed C and the decay-masked C B^T (lhs).
   void load_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t P = dims.P, N = dims.N, L = plan.L, b = hd.seq.batch_row, h = hd.h, g = hd.g;
+    const index_t N = dims.N, L = plan.L, b = hd.seq.batch_row, h = hd.h, g = hd.g, p0 = hd.p0, cols = hd.cols;
     const index_t t0 = hd.seq.token_begin + c0;
     ssd_chunk_decays(in, options.dt_softplus, b, t0, l, h, s);
     if (c0 + L < hd.seq.tokens) {  // the next chunk's rows arrive while this one computes
       const index_t next = std::min(L, hd.seq.tokens - c0 - L);
-      ssd_prefetch_rows(in.x.ptr(b, t0 + L, h), in.x.stride(1), next, P);
-      if (in.z.has_value()) ssd_prefetch_rows(in.z.ptr(b, t0 + L, h), in.z.stride(1), next, P);
+      ssd_prefetch_rows(in.x.ptr(b, t0 + L, h) + p0 * in.x.stride(3), in.x.stride(1), next, cols);
+      if (in.z.has_value()) ssd_prefetch_rows(in.z.ptr(b, t0 + L, h) + p0, in.z.stride(1), next, cols);
     }
     if constexpr (kWidened) {
       ssd_widen_tile(in.x, b, t0, l, h, s.xc);
@@ -332,12 +397,12 @@ struct SsdChunkKernel {
     const SsdConstTile x = x_tile(hd, t0, l, s), Cm = c_tile(hd, t0, l, s);
     s.xd_finite = true;
     for (index_t i = 0; i < l; ++i) {
-      s.xd_finite &= ssd_scale_row(s.dt[i], s.decay_out[i], x.data() + i * x.outerStride(), P, s.rhs.row(N + i).data(),
-                                   s.xw.row(i).data());
+      s.xd_finite &= ssd_scale_row(s.dt[i], s.decay_out[i], x.data() + i * x.outerStride() + p0, cols,
+                                   s.rhs.row(N + i).data(), s.xw.row(i).data());
       s.lhs.row(i).head(N) = s.decay_in[i] * Cm.row(i);
     }
     const index_t chunk = g * plan.chunk_count() + plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / L;
-    ssd_decay_mask(cb + chunk * L * L, l, s.cs.data(), s.cs_lo.data(), l, s.lhs.data() + N, s.lhs.cols());
+    ssd_decay_mask(cb.tile(chunk), l, s.cs.data(), s.cs_lo.data(), l, s.lhs.data() + N, s.lhs.cols());
   }
   void state_to_output(const Head&, index_t, index_t, Workspace&) const {}
   // State to output and intra-chunk term in one product (see SsdChunkScratch).
@@ -347,18 +412,18 @@ struct SsdChunkKernel {
     // A NaN or inf in dt * x takes part as 0 and is added to the rows that see it afterwards:
     // causal for non-finite values (core/chunkwise/causal_product.hpp), and every other row is
     // what a clean chunk gives, bit for bit.
-    auto xd = s.rhs.middleRows(N, l);
+    const index_t P = dims.P, cols = hd.cols;
+    auto xd = s.rhs.block(N, 0, l, cols);
     const bool finite = s.xd_finite;
     if (!finite) {
       s.nonfinite_xd = xd;
       xd = xd.array().isFinite().select(xd, 0.f);
     }
-    const index_t P = dims.P;
     if (bf16_dot)
-      ssd_output_product_bf16(s.lhs.data(), s.lhs.cols(), s.rhs.data(), l, N + l, P, s.y.data(), s.bf16);
+      ssd_output_product_bf16(s.lhs.data(), s.lhs.cols(), s.rhs.data(), l, N + l, cols, P, s.y.data(), s.bf16);
     else
-      ssd_gemm(SsdLhs{s.lhs.data(), s.lhs.cols(), 1}, s.rhs.data(), P, s.y.data(), P, l, P, N + l, 0.f, false, N);
-    if (!finite) chunkwise::add_nonfinite_lower(s.lhs.block(0, N, l, l), s.nonfinite_xd, s.y.topRows(l));
+      ssd_gemm(SsdLhs{s.lhs.data(), s.lhs.cols(), 1}, s.rhs.data(), P, s.y.data(), P, l, cols, N + l, 0.f, false, N);
+    if (!finite) chunkwise::add_nonfinite_lower(s.lhs.block(0, N, l, l), s.nonfinite_xd, s.y.topLeftCorner(l, cols));
   }
   // A chunk in which some token's log-decay dt * A is positive (without softplus, dt + dt_bias
   // < 0: the state grows) runs the recurrence token by token, reading and advancing the state
@@ -366,43 +431,44 @@ struct SsdChunkKernel {
   // 1, and their sum cancels far above the result (1.5% off the recurrence in fuzzing, at
   // growths of e^0.3 a token over chunks of 16). Decaying chunks never take this path.
   void recurrent_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t N = dims.N, t0 = hd.seq.token_begin + c0;
+    const index_t N = dims.N, t0 = hd.seq.token_begin + c0, cols = hd.cols;
     const SsdConstTile Bm = b_tile(hd, t0, l, s), Cm = c_tile(hd, t0, l, s);
-    auto state_t = s.rhs.topRows(N);  // [N,P]
+    auto state_t = s.rhs.topLeftCorner(N, cols);  // [N,cols]
     for (index_t i = 0; i < l; ++i) {
       state_t *= std::exp(s.a[i]);
-      state_t.noalias() += Bm.row(i).transpose() * s.rhs.row(N + i);
-      s.y.row(i).noalias() = Cm.row(i) * state_t;
+      state_t.noalias() += Bm.row(i).transpose() * s.rhs.row(N + i).head(cols);
+      s.y.row(i).head(cols).noalias() = Cm.row(i) * state_t;
     }
   }
   // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution.
   void update_state(const Head& hd, index_t c0, index_t l, Workspace& s) const {
     if (s.growing) return;  // recurrent_chunk advanced it
-    // state_t [N,P] (top of rhs) = exp(cs_end) state_t + Bm^T xw, Bm^T read in place.
+    // state_t [N,cols] (top of rhs) = exp(cs_end) state_t + Bm^T xw, Bm^T read in place.
     const SsdConstTile Bm = b_tile(hd, hd.seq.token_begin + c0, l, s);
     const index_t P = dims.P;
-    ssd_gemm(SsdLhs{Bm.data(), 1, Bm.outerStride()}, s.xw.data(), P, s.rhs.data(), P, dims.N, P, l,
+    ssd_gemm(SsdLhs{Bm.data(), 1, Bm.outerStride()}, s.xw.data(), P, s.rhs.data(), P, dims.N, hd.cols, l,
              std::exp(s.cs[l - 1]), true);
   }
   // D skip and z gate, row by row, then out to y (any stride).
   void store_outputs(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t P = dims.P, b = hd.seq.batch_row, h = hd.h, t0 = hd.seq.token_begin + c0;
+    const index_t P = dims.P, b = hd.seq.batch_row, h = hd.h, t0 = hd.seq.token_begin + c0, p0 = hd.p0;
     const SsdConstTile x = x_tile(hd, t0, l, s);
     for (index_t i = 0; i < l; ++i) {
       const float* zrow = nullptr;
-      if (in.z.has_value()) zrow = in.z.ptr(b, t0 + i, h);  // last dim contiguous (see ssd_chunked)
+      if (in.z.has_value()) zrow = in.z.ptr(b, t0 + i, h) + p0;  // last dim contiguous (see ssd_chunked)
       float* yrow = s.y.data() + i * P;
-      ssd_finish(yrow, x.data() + i * x.outerStride(), hd.D, zrow, P);
-      ssd_scatter(yrow, P, out.y.ptr(b, t0 + i, h), out.y.stride(3));
+      ssd_finish(yrow, x.data() + i * x.outerStride() + p0, hd.D, zrow, hd.cols);
+      ssd_scatter(yrow, hd.cols, out.y.ptr(b, t0 + i, h) + p0 * out.y.stride(3), out.y.stride(3));
     }
   }
   void end_head(const Head& hd, Workspace& s) const {
     if (out.final_state.has_value())
-      as_matrix(out.final_state.select(0, hd.seq.state_row).select(0, hd.h)) = s.rhs.topRows(dims.N).transpose();
+      as_matrix(out.final_state.select(0, hd.seq.state_row).select(0, hd.h)).middleRows(hd.p0, hd.cols) =
+          s.rhs.topLeftCorner(dims.N, hd.cols).transpose();
   }
 };
 
-// The chunked prefill. Workspace, allocated once per call: G*chunks*L*L floats for the shared
+// The chunked prefill. Workspace, allocated once per call: G*chunks*(L*L + a vector) floats for the shared
 // C B^T tiles (plus contiguous copies of x, z, Bm, Cm if they have a strided last dimension),
 // and per task O(L*(L+P) + P*N) floats.
 // 16-bit x, Bm, Cm are never copied whole: they are widened a chunk at a time (any strides).
@@ -422,15 +488,16 @@ void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdO
   const index_t count = static_cast<index_t>(plan.seqs.size());
   if (count == 0) return;
   const index_t L = plan.L;
-  // + a vector: ssd_decay_mask reads the last tile's last row up to a whole vector.
-  AlignedVector<float> cb(static_cast<std::size_t>(dims.G * plan.chunk_count() * L * L + simd::kWidth));
-  ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb.data(), executor);
+  const SsdCbTiles cb(dims.G * plan.chunk_count(), L);
+  ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb, executor);
 
   const bool bf16_dot = std::is_same_v<E, bf16> && options.bf16_compute == Bf16Compute::dot &&
                         ssd_bf16_products_fit(dims.P);
-  const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb.data(), bf16_dot};
+  const SsdColumnBlocks blocks = ssd_column_blocks(count * dims.H, dims.P, executor.concurrency());
+  const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb, blocks, bf16_dot};
   const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
-  seqmix::chunkwise::run(kernel, count * dims.H, ssd_grain(mean_tokens * dims.P * dims.N), L, executor);
+  seqmix::chunkwise::run(kernel, count * dims.H * blocks.count, ssd_grain(mean_tokens * blocks.width * dims.N), L,
+                         executor);
 }
 
 // Below this many tokens the recurrent form wins: the chunked form has fixed costs per call and
@@ -474,7 +541,8 @@ void ssd_prefill(const SsdInputsOf<E>& in, const SsdOutputs& out, const SsdOptio
 /// maps them to state slots, out.token_states keeps every token's state (README.md, "Serving").
 /// options.algorithm picks the chunked or recurrent form (automatic by default; token_states
 /// forces the recurrent one); both agree with reference::ssd to rounding. Threaded over
-/// (sequence, head) pairs.
+/// (sequence, head) pairs, a head split into column blocks of P when the pairs are too few for
+/// the threads (docs/operators.md, ssd, "Threads").
 inline void ssd(const SsdInputs& in, const SsdOutputs& out, const SsdOptions& options = {},
                 const Executor& executor = serial_executor()) {
   detail::ssd_prefill(in, out, options, executor);
