@@ -24,9 +24,6 @@
 namespace seqmix {
 namespace detail {
 
-// Channels per FFT task: a channel pair per lane.
-constexpr index_t kLongConvFftChannels = 2 * simd::kWidth;
-
 // Smallest power of two >= need (and >= 4: the first and last passes are radix-4).
 inline index_t long_conv_fft_size(index_t need) {
   index_t n = 4;
@@ -101,16 +98,18 @@ class LongConvFftScratchPool {
   std::vector<std::unique_ptr<LongConvFftScratch>> free_;
 };
 
-// A task's channels: `blocks` adjacent blocks of E = kFftElement channels from c0 (the last one
-// possibly narrower), walked together. Why: the walks over u, h and y read E floats (128 bytes
+// A task's channels: `blocks` adjacent blocks of `lanes` channels from c0 (the last one possibly
+// narrower), walked together. lanes is E = kFftElement (a channel pair per SIMD lane), or W =
+// simd::kWidth (narrow blocks: real parts only) when a call has too few blocks for its threads
+// (long_conv_fft_block_lanes). Why: the walks over u, h and y read E floats (128 bytes
 // with AVX-512) of each row, and at D = 768 a row is 3 KiB, so a block alone touches a new 4 KiB
 // page every 1.3 rows and its walks ran at ~5 GB/s (150 of ~400 ms at T = 65536, one thread);
 // blocks walked together take blocks x 128 bytes per row visited. The cost: their signals and
 // spectra are held at once (2 N E floats per block).
 struct LongConvWalk {
-  index_t c0 = 0, blocks = 1, D = 0;
-  index_t channel(index_t k) const noexcept { return c0 + k * kFftElement; }
-  index_t width(index_t k) const noexcept { return std::min(kFftElement, D - channel(k)); }
+  index_t c0 = 0, blocks = 1, D = 0, lanes = kFftElement;
+  index_t channel(index_t k) const noexcept { return c0 + k * lanes; }
+  index_t width(index_t k) const noexcept { return std::min(lanes, D - channel(k)); }
   // Floats from channel c0 to the end of the last block (a row's span in a unit-stride view).
   index_t span() const noexcept { return channel(blocks - 1) + width(blocks - 1) - c0; }
 };
@@ -159,13 +158,20 @@ inline void long_conv_inverse_window(float* x, const FftTwiddles& tw, index_t fi
   }
 }
 
+// One element of a block's signal from `lanes` contiguous floats (lanes = E, or W with the
+// imaginary parts zero).
+inline void long_conv_store_row(const float* src, index_t lanes, float* dst) noexcept {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
+  for (index_t i = 0; i < E; i += W) simd::store(dst + i, i < lanes ? simd::load(src + i) : FftBatch(0.f));
+}
+
 // Copies taps [0, taps) of the walk's filter columns to their signals (block k's tap s at
 // x + (k N + s) E; lane c % W of part c / W: channel c of the block, real part channel a,
 // imaginary part channel b of each pair), one row of h after the other.
 inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongConvWalk& walk, index_t taps,
                                        index_t group, index_t N, float* x) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
-  // One filter per channel, adjacent: a block's row is E contiguous floats.
+  // One filter per channel, adjacent: a block's row is walk.lanes contiguous floats.
   const bool unit = group == 1 && h.stride(1) == 1;
   alignas(64) float buffer[E];
   for (index_t s = 0; s < taps; ++s) {
@@ -174,12 +180,11 @@ inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongC
     for (index_t k = 0; k < walk.blocks; ++k) {
       const index_t c = walk.channel(k), width = walk.width(k);
       const float* src = h.ptr(s, c / group);
-      if (!unit || width != E) {
-        for (index_t i = 0; i < E; ++i) buffer[i] = i < width ? h(s, (c + i) / group) : 0.f;
+      if (!unit || width != walk.lanes) {
+        for (index_t i = 0; i < walk.lanes; ++i) buffer[i] = i < width ? h(s, (c + i) / group) : 0.f;
         src = buffer;
       }
-      float* dst = x + (k * N + s) * E;
-      for (index_t i = 0; i < E; i += W) simd::store(dst + i, simd::load(src + i));
+      long_conv_store_row(src, walk.lanes, x + (k * N + s) * E);
     }
   }
 }
@@ -258,12 +263,11 @@ inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& 
     for (index_t k = 0; k < walk.blocks; ++k) {
       const index_t c = walk.channel(k), width = walk.width(k);
       const float* src = state ? in.initial_state.ptr(b, r, c) : in.u.ptr(b, r - S, c);
-      if (stride != 1 || width != E) {
-        for (index_t i = 0; i < E; ++i) buffer[i] = i < width ? src[i * stride] : 0.f;
+      if (stride != 1 || width != walk.lanes) {
+        for (index_t i = 0; i < walk.lanes; ++i) buffer[i] = i < width ? src[i * stride] : 0.f;
         src = buffer;
       }
-      float* dst = x + (k * N + r) * E;
-      for (index_t i = 0; i < E; i += W) simd::store(dst + i, simd::load(src + i));
+      long_conv_store_row(src, walk.lanes, x + (k * N + r) * E);
     }
   }
 }
@@ -291,10 +295,10 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
     for (index_t k = 0; k < walk.blocks; ++k) {
       const index_t c = walk.channel(k), width = walk.width(k);
       const float* row = x + (k * N + S + t) * E;
-      if (unit && width == E) {
+      if (unit && width == walk.lanes) {
         float* out = y.ptr(b, t, c);
         const float* u = in.u.ptr(b, t, c);
-        for (index_t i = 0; i < E; i += W) {
+        for (index_t i = 0; i < walk.lanes; i += W) {
           FftBatch v = simd::load(row + i);
           if (skip) v += simd::load(skips[k] + i) * simd::load(u + i);
           if (bias) v += simd::load(biases[k] + i);
@@ -357,13 +361,25 @@ inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency) {
   return per;
 }
 
+// Channels per block: E (a pair per lane), or W (narrow blocks, one channel per lane) when the
+// narrow blocks all run at once (at most one per thread) and more than two threads wait. Why: at
+// D = 768 a call has 24 full blocks, so 64 threads idled 89%; a narrow block costs the same
+// transforms as a full one (the imaginary parts ride along as zeros) but half the walks over u,
+// h and y, so each task takes no longer and twice the cores work. Never at one or two threads,
+// where it would only double the transforms.
+inline index_t long_conv_fft_block_lanes(index_t D, int concurrency) {
+  const index_t narrow = (D + simd::kWidth - 1) / simd::kWidth, full = (D + kFftElement - 1) / kFftElement;
+  return concurrency > 2 && narrow > full && narrow <= concurrency ? simd::kWidth : kFftElement;
+}
+
 // FFT form over a validated call.
 inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor) {
   const index_t D = in.u.size(2), B = in.u.size(0);
   const LongConvDims dims{B, in.u.size(1), D, in.filter.size(0),
                           in.filter_backward.has_value() ? in.filter_backward.size(0) : 0, in.filter.size(1)};
   const FftTwiddles tw(long_conv_fft_length(dims, in.initial_state.has_value()));
-  const index_t blocks = (D + kLongConvFftChannels - 1) / kLongConvFftChannels;
+  const index_t lanes = long_conv_fft_block_lanes(D, executor.concurrency());
+  const index_t blocks = (D + lanes - 1) / lanes;
   const index_t per_walk = long_conv_fft_walk_blocks(blocks, executor.concurrency());
   const index_t walks = (blocks + per_walk - 1) / per_walk;
   std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(walks));
@@ -372,7 +388,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
     std::unique_ptr<LongConvFftScratch> scratch = pool.take();
     for (index_t i = begin; i < end; ++i) {
       const index_t first = i * per_walk;
-      const LongConvWalk walk{first * kLongConvFftChannels, std::min(per_walk, blocks - first), D};
+      const LongConvWalk walk{first * lanes, std::min(per_walk, blocks - first), D, lanes};
       long_conv_fft_walk(in, y, tw, walk, *scratch, nonfinite[static_cast<std::size_t>(i)]);
     }
     pool.give(std::move(scratch));
@@ -402,7 +418,8 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
 /// zero-padded to a power of two N >= S + T + L - 1, transformed (two channels per complex
 /// transform, one pair per SIMD lane), multiplied by the filter's spectrum and transformed back.
 /// Threaded over groups of up to 4 blocks of 2 * simd::kWidth channels (fewer when the call
-/// would split into fewer than two groups per thread); scratch per task and block 2 N * 2 *
+/// would split into fewer than two groups per thread; blocks of simd::kWidth channels when more
+/// than two threads would otherwise idle); scratch per task and block 2 N * 2 *
 /// simd::kWidth floats (the signal and the filters' spectrum, kept by the calling thread for its
 /// next call: 128 MiB per task of 4 blocks at N = 131072 with AVX-512). A channel whose input is not finite is computed
 /// by the direct form, with its pair.
