@@ -3,6 +3,7 @@
 // directions; segments and steps against one call; bad arguments refused before any write.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -12,6 +13,7 @@
 
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/counting_executor.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -262,3 +264,53 @@ TEST_CASE("long_conv: bad arguments are refused before any write", "[long_conv]"
 }
 
 }  // namespace
+
+TEST_CASE("long_conv: the FFT form split for 64 threads matches the reference", "[long_conv]") {
+  // More than two threads and too few full blocks: narrow blocks (simd::kWidth channels, one per
+  // lane), ragged and odd channel counts, fewer channels than a vector, shared heads, both
+  // directions, a state, two batch rows, and an N of 16384 (transforms above the cache block).
+  const LongCase cases[] = {{1, 300, 100, 300, 100, 0, true, true, true, 41},
+                            {2, 200, 37, 200, 37, 90, false, true, false, 42},
+                            {1, 100, 12, 100, 12, 0, true, false, true, 43},
+                            {1, 150, 64, 150, 16, 0, false, false, true, 44},
+                            {1, 64, 768, 64, 768, 0, true, true, false, 45},
+                            {1, 6000, 20, 3000, 20, 0, false, true, false, 46}};
+  for (const LongCase& c : cases) {
+    INFO(c.describe());
+    const LongData data(c);
+    const Result ref = run(c, data, LongConvMethod::automatic, true, seqmix::serial_executor());
+    for (int threads : {1, 2, 64}) {
+      INFO("threads " << threads);
+      st::CountingExecutor ex(threads);
+      const Result got = run(c, data, LongConvMethod::fft, false, ex);
+      st::require_close("y", got.y.cview(), ref.y.cview(), 2e-5);
+      if (c.Lb == 0) st::require_close("final_state", got.final_state.cview(), ref.final_state.cview(), 0.0);
+      // One task per narrow block at 64 threads when they fit; at two threads the full blocks'
+      // walks of up to 4 blocks as before (parallel_for makes at most 4 tasks per thread).
+      const index_t W = seqmix::simd::kWidth, narrow = (c.D + W - 1) / W, full = (c.D + 2 * W - 1) / (2 * W);
+      const index_t tasks = ex.runs().empty() ? 1 : ex.runs().front().tasks;
+      if (threads == 64 && narrow > full && narrow <= 64) CHECK(tasks == narrow);
+      if (threads == 2 && c.D == 768)
+        CHECK(tasks == std::min<index_t>(768 / (2 * W) / seqmix::detail::kLongConvFftWalkBlocks, 8));
+    }
+  }
+}
+
+TEST_CASE("long_conv: a non-finite filter element is refused wherever it sits in a row", "[long_conv]") {
+  // The finite check reads contiguous rows a vector at a time: elements in the vectors, in the
+  // scalar tail past them, and a view whose rows lie further apart than their length.
+  const index_t T = 20, D = 37, L = 9;
+  const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 5);
+  const Tensor<float, 2> h = st::random_tensor<2>({L, D}, 6), wide = st::random_tensor<2>({L, 2 * D}, 7);
+  Tensor<float, 3> y({1, T, D});
+  seqmix::long_conv({u.view(), h.view()}, {y.view()});
+  seqmix::long_conv({u.view(), wide.view().slice(1, 0, D)}, {y.view()});
+  for (const index_t column : {index_t{0}, index_t{17}, D - 1})
+    for (const float value : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()}) {
+      INFO("column " << column << " value " << value);
+      Tensor<float, 2> bad = h;
+      bad(L - 1, column) = value;
+      st::require_shape_error("filter", [&] { seqmix::long_conv({u.view(), bad.view()}, {y.view()}); });
+    }
+}
