@@ -16,7 +16,14 @@ namespace st = seqmix::testing;
 using seqmix::index_t;
 
 st::RecordedRun equal_run(index_t tasks, double seconds) {
-  return {tasks, std::vector<double>(static_cast<std::size_t>(tasks), seconds), false};
+  return {tasks, std::vector<double>(static_cast<std::size_t>(tasks), seconds), false, tasks * seconds};
+}
+
+// Spins for about `seconds` of this thread's CPU time.
+void busy(double seconds) {
+  const double end = st::thread_cpu_seconds() + seconds;
+  while (st::thread_cpu_seconds() < end) {
+  }
 }
 
 }  // namespace
@@ -39,6 +46,25 @@ TEST_CASE("parallel grain: the counting executor runs every task once and record
   ex.clear();
   seqmix::parallel_for(ex, 10, 100, [](index_t, index_t) {});  // one block: no run() at all
   CHECK(ex.runs().empty());
+}
+
+TEST_CASE("parallel grain: the serial part is the call's time outside its top-level runs", "[parallel_grain]") {
+  // Known spans: 10 ms of call, 6 ms inside one top-level run (a nested run inside it does not
+  // count twice): 4 ms serial, less the run's two clock reads.
+  st::RecordedRun outer = equal_run(4, 1.5e-3), inner = equal_run(2, 1e-3);
+  inner.nested = true;
+  CHECK(st::serial_seconds({outer, inner}, 10e-3) == Approx(4e-3 - st::clock_read_seconds()));
+  CHECK(st::serial_seconds({outer}, 1e-3) == 0.0);  // never negative
+  // Measured: about 2 ms of work before a run of 64 tasks of 0.1 ms each. The serial part comes
+  // out near 2 ms however many clock reads the tasks took (thread CPU time: only this thread's
+  // work counts, so a loaded machine does not move it much).
+  st::CountingExecutor ex(64);
+  const double start = st::thread_cpu_seconds();
+  busy(2e-3);
+  ex.run(64, [](index_t) { busy(1e-4); });
+  const double serial = st::serial_seconds(ex.runs(), st::thread_cpu_seconds() - start);
+  CHECK(serial > 1.9e-3);
+  CHECK(serial < 2.5e-3);
 }
 
 TEST_CASE("parallel grain: list schedules and idle fractions of known task sets", "[parallel_grain]") {
