@@ -38,6 +38,38 @@ struct PrefillPlan {
   index_t prefix_len = 0;  // JRT prefix (linear_attention only), per sequence
 };
 
+// How a head's V value columns split into tasks. Heads x sequences below the executor's
+// concurrency left threads idle (32 heads on 64 threads: half of them); blocks of columns give
+// each thread a task then. Blocks are multiples of kMinColumnBlock = 16 columns (one AVX-512
+// vector: a partial vector costs what a full one does in the recurrent kernel's column tiles);
+// narrower, the per-token K-side work each block repeats (q, k, gates; in the chunked form
+// the q k^T scores) outweighs the columns' own.
+constexpr index_t kMinColumnBlock = 16;
+
+struct ColumnSplit {
+  index_t width;   // columns per block (the last may be narrower)
+  index_t blocks;  // ceil(V / width)
+  index_t V;
+
+  ValueColumns block(index_t i) const { return {i * width, std::min(width, V - i * width)}; }
+};
+
+// One block per head unless `items` (sequences x value heads) leave some of `concurrency`
+// threads without a task.
+inline ColumnSplit split_columns(index_t items, index_t V, index_t concurrency) {
+  if (items <= 0 || items >= concurrency || V < 2 * kMinColumnBlock) return {V, 1, V};
+  const index_t wanted = std::min((concurrency + items - 1) / items, V / kMinColumnBlock);
+  const index_t width = ((V + wanted - 1) / wanted + kMinColumnBlock - 1) / kMinColumnBlock * kMinColumnBlock;
+  return {width, (V + width - 1) / width, V};
+}
+
+// The value columns each task of a prefill carries (split_columns of the sequences that run).
+inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, const Executor& executor) {
+  index_t running = 0;
+  for (index_t n = 0; n < seqs.sequences(); ++n) running += seqs[n].state_row >= 0 ? 1 : 0;
+  return split_columns(running * HV, V, executor.concurrency()).width;
+}
+
 // Picks the prefill algorithm for a shape (T: the longest sequence of the call). Measured on the
 // 2-core AVX-512 machine this was tuned on (bench/bench_linear_attention.cpp runs both forms
 // forced; docs/operators.md, GLA, has the chunked form's phase split): one thread, thread CPU
@@ -48,7 +80,10 @@ struct PrefillPlan {
 // near the FMA rate, and its share of loads, gates and exps per flop falls as the state grows. So
 // states of 128 x 128 floats and more take the chunked form. Inputs shorter than one chunk always
 // go token by token, and so does a call that keeps token_states (the state exists after every
-// token only there).
+// token only there). V: the value columns one task carries (task_columns), a block of them when
+// heads are split across many threads. The chunked form repeats the K-side work per block
+// (gla-k128 on 64 claimed threads, blocks of 32 columns: 1.9x the work of whole heads; the
+// recurrent form on the same blocks 1.1x), so the rule holds for the block's state too.
 inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
                                                  bool token_states = false) {
   (void)gate;  // the same rule holds for every gate kind on the measured machine
@@ -75,26 +110,38 @@ HeadProblem sequence_head(MakeHead& make_head, const SequenceSpan& s, index_t hv
   return slice_head(make_head(s.batch_row, hv), s.token_begin, s.tokens);
 }
 
-inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, RowMatrix& S) {
+// Loads value columns cols of head hv's state into S [Kf, cols.count (+1: z)], zeros for a
+// sequence without a state to read.
+inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols, RowMatrix& S) {
   S.setZero();
   if (!s.read_state) return;
   if (io.initial_state.has_value()) {
     const auto src = io.initial_state[s.state_row][hv];
     for (index_t r = 0; r < S.rows(); ++r)
-      for (index_t c = 0; c < V; ++c) S(r, c) = src(r, c);
+      for (index_t c = 0; c < cols.count; ++c) S(r, c) = src(r, cols.begin + c);
   }
-  if (S.cols() > V && io.initial_normalizer.has_value())
-    for (index_t r = 0; r < S.rows(); ++r) S(r, V) = io.initial_normalizer(s.state_row, hv, r);
+  if (S.cols() > cols.count && io.initial_normalizer.has_value())
+    for (index_t r = 0; r < S.rows(); ++r) S(r, cols.count) = io.initial_normalizer(s.state_row, hv, r);
 }
 
-inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, const RowMatrix& S) {
+inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, RowMatrix& S) {
+  load_state(io, s, hv, ValueColumns{0, V}, S);
+}
+
+// Stores S back to value columns cols of head hv's final state. Every block of a split head
+// carries the same z column; the first block alone writes it.
+inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols, const RowMatrix& S) {
   if (io.final_state.has_value()) {
     const auto dst = io.final_state[s.state_row][hv];
     for (index_t r = 0; r < S.rows(); ++r)
-      for (index_t c = 0; c < V; ++c) dst(r, c) = S(r, c);
+      for (index_t c = 0; c < cols.count; ++c) dst(r, cols.begin + c) = S(r, c);
   }
-  if (S.cols() > V && io.final_normalizer.has_value())
-    for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(s.state_row, hv, r) = S(r, V);
+  if (cols.begin == 0 && S.cols() > cols.count && io.final_normalizer.has_value())
+    for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(s.state_row, hv, r) = S(r, cols.count);
+}
+
+inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, const RowMatrix& S) {
+  store_state(io, s, hv, ValueColumns{0, V}, S);
 }
 
 // o_t = S^T (phi(q_t) * scale) for every token of p: a read of a fixed state (JRT's prefix).
@@ -141,15 +188,19 @@ inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, Rec
 // at 56 GFLOP/s on 2 threads vs ~210 with blocks of 8. 8 (kTokenBlock, recurrent.hpp): the
 // block's rows of all heads stay near in memory, while a head's state (16-64 KB, in L2) is
 // re-read only every 8 tokens (blocks of 4..64 measured). `states` holds hv1 - hv0 matrices.
+// Only value columns cols of each head run (all of them unless the head is split, ColumnSplit);
+// token_states need them all.
 template <class MakeHead>
 void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const SequenceSpan& s, index_t hv0, index_t hv1,
-                         MakeHead& make_head, std::vector<HeadProblem>& heads, std::vector<RowMatrix>& states,
-                         RecurrentWorkspace& ws) {
+                         ValueColumns cols, MakeHead& make_head, std::vector<HeadProblem>& heads,
+                         std::vector<RowMatrix>& states, RecurrentWorkspace& ws) {
   const index_t n = hv1 - hv0;
   heads.clear();
   for (index_t i = 0; i < n; ++i) {
-    heads.push_back(sequence_head(make_head, s, hv0 + i));
-    load_state(io, s, hv0 + i, plan.V, states[static_cast<std::size_t>(i)]);
+    RowMatrix& S = states[static_cast<std::size_t>(i)];
+    heads.push_back(value_columns(sequence_head(make_head, s, hv0 + i), cols));
+    S.resize(plan.Kf, cols.count + (plan.normalize ? 1 : 0));  // no-op unless the block width changed
+    load_state(io, s, hv0 + i, cols, S);
   }
   if (io.token_states.has_value() || io.token_normalizers.has_value()) {
     for (index_t i = 0; i < n; ++i) {
@@ -170,7 +221,7 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
                       ws);
     }
   }
-  for (index_t i = 0; i < n; ++i) store_state(io, s, hv0 + i, plan.V, states[static_cast<std::size_t>(i)]);
+  for (index_t i = 0; i < n; ++i) store_state(io, s, hv0 + i, cols, states[static_cast<std::size_t>(i)]);
 }
 
 // The family's chunked form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp). Item
@@ -194,21 +245,27 @@ struct ChunkKernel {
     HeadProblem p;
     SequenceSpan s;
     index_t hv;
+    ValueColumns cols;  // the head's value columns this item runs (ColumnSplit)
   };
 
-  index_t Vp() const { return plan.V + (plan.normalize ? 1 : 0); }
-  Workspace make_workspace() const {
-    const index_t prefix_floats = plan.prefix_len > 0 ? plan.Kf + std::max(Vp(), plan.K) : 0;  // read_state
-    Workspace ws{RowMatrix(plan.Kf, Vp()), ChunkWorkspace(plan.chunk, plan.K, plan.Kf, Vp()),
+  // State columns of a block of `columns` value columns (all V by default).
+  index_t Vp(index_t columns) const { return columns + (plan.normalize ? 1 : 0); }
+  Workspace make_workspace() const { return make_workspace(plan.V); }
+  // The workspace of items of `columns` value columns: its matrices are that wide.
+  Workspace make_workspace(index_t columns) const {
+    const index_t prefix_floats = plan.prefix_len > 0 ? plan.Kf + std::max(Vp(columns), plan.K) : 0;  // read_state
+    Workspace ws{RowMatrix(plan.Kf, Vp(columns)), ChunkWorkspace(plan.chunk, plan.K, plan.Kf, Vp(columns)),
                  AlignedVector<float>(static_cast<std::size_t>(prefix_floats)), false, {}};
     ws.piece_ends.reserve(static_cast<std::size_t>(plan.chunk));
     return ws;
   }
-  Head begin_head(index_t item, Workspace& ws) const {
+  Head begin_head(index_t item, Workspace& ws) const { return begin_head(item, ws, ValueColumns{0, plan.V}); }
+  // Value columns cols of item's head; ws must be make_workspace(cols.count)'s.
+  Head begin_head(index_t item, Workspace& ws, ValueColumns cols) const {
     const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(item / plan.HV)]];
     const index_t hv = item % plan.HV;
-    Head h{sequence_head(make_head, s, hv), s, hv};
-    load_state(io, s, hv, plan.V, ws.S);
+    Head h{value_columns(sequence_head(make_head, s, hv), cols), s, hv, cols};
+    load_state(io, s, hv, cols, ws.S);
     return h;
   }
   index_t tokens(const Head& h) const { return h.p.T(); }
@@ -265,13 +322,43 @@ struct ChunkKernel {
       begin = end;
     }
   }
-  void end_head(const Head& h, Workspace& ws) const { store_state(io, h.s, h.hv, plan.V, ws.S); }
+  void end_head(const Head& h, Workspace& ws) const { store_state(io, h.s, h.hv, h.cols, ws.S); }
   // JRT: the prefix's causal outputs are overwritten by the read of the full prefix state.
   index_t prefix_tokens(const Head&) const { return plan.prefix_len; }
   void after_prefix(const Head& h, index_t P, Workspace& ws) const {
     read_state(slice_head(h.p, 0, P), ws.S, ws.prefix_buffer.data(), ws.prefix_buffer.data() + plan.Kf);
   }
 };
+
+// One chunk of one head (or block of its value columns): the kernel's hooks in order.
+template <class Kernel>
+void run_chunk(const Kernel& kernel, const typename Kernel::Head& h, index_t t0, index_t L,
+               typename Kernel::Workspace& ws) {
+  kernel.load_chunk(h, t0, L, ws);
+  kernel.state_to_output(h, t0, L, ws);
+  kernel.intra(h, t0, L, ws);
+  kernel.update_state(h, t0, L, ws);
+  kernel.store_outputs(h, t0, L, ws);
+}
+
+// Fewer heads x sequences than threads: one task per (sequence, head, block of value columns),
+// the head's chunks in order. Every block repeats the head's K-side work (loads, gates, the
+// intra-chunk scores); see the diagonal_decay bullet of docs/parallel_grain.md for its cost.
+template <class Kernel>
+void run_chunked_column_blocks(const Kernel& kernel, const PrefillPlan& plan, index_t sequences,
+                               const ColumnSplit& split, const Executor& executor) {
+  parallel_for(executor, sequences * plan.HV * split.blocks, 1, [&](index_t begin, index_t end) {
+    typename Kernel::Workspace ws = kernel.make_workspace(split.width);
+    for (index_t task = begin; task < end; ++task) {
+      const ValueColumns cols = split.block(task % split.blocks);
+      if (ws.S.cols() != kernel.Vp(cols.count)) ws = kernel.make_workspace(cols.count);  // the narrower last block
+      const typename Kernel::Head h = kernel.begin_head(task / split.blocks, ws, cols);
+      const index_t T = kernel.tokens(h);
+      for (index_t t0 = 0; t0 < T; t0 += plan.chunk) run_chunk(kernel, h, t0, std::min(plan.chunk, T - t0), ws);
+      kernel.end_head(h, ws);
+    }
+  });
+}
 
 // The chunked form over tasks of `group` value heads of one sequence that advance chunk by chunk
 // together: for each chunk, every head of the task runs its steps (the kernel's hooks, with that
@@ -281,9 +368,12 @@ struct ChunkKernel {
 // (one thread, thread CPU time, machine loaded): loading the chunks' rows 56-74 -> 45 ms, storing
 // the outputs 24-37 -> 16 ms (the GEMM steps unchanged at ~115 ms); the call 196 -> 150 ms.
 // The group keeps its states within ~512 KB (L2) and leaves a task per thread; JRT prefixes go
-// through the engine one head at a time (ChunkKernel::prefix_tokens).
+// through the engine one head at a time (ChunkKernel::prefix_tokens). Fewer heads x sequences than
+// threads: run_chunked_column_blocks.
 template <class Kernel>
 void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t sequences, const Executor& executor) {
+  const ColumnSplit split = split_columns(sequences * plan.HV, plan.V, executor.concurrency());
+  if (split.blocks > 1) return run_chunked_column_blocks(kernel, plan, sequences, split, executor);
   const index_t state_floats = plan.Kf * (plan.V + (plan.normalize ? 1 : 0));
   const index_t fit = std::max<index_t>(1, (index_t{1} << 17) / state_floats);
   const index_t group = std::min((plan.HV + executor.concurrency() - 1) / executor.concurrency(), fit);
@@ -307,11 +397,7 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
         for (index_t i = 0; i < n; ++i) {
           const typename Kernel::Head& h = heads[static_cast<std::size_t>(i)];
           ws.S.swap(states[static_cast<std::size_t>(i)]);
-          kernel.load_chunk(h, t0, L, ws);
-          kernel.state_to_output(h, t0, L, ws);
-          kernel.intra(h, t0, L, ws);
-          kernel.update_state(h, t0, L, ws);
-          kernel.store_outputs(h, t0, L, ws);
+          run_chunk(kernel, h, t0, L, ws);
           ws.S.swap(states[static_cast<std::size_t>(i)]);
         }
       }
@@ -345,18 +431,24 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
   if (plan.prefix_len == 0) {
     // Tasks of `group` value heads of one sequence (heads of one sequence share its tokens, which
     // the interleaving needs). A dense batch of one row splits into one range per thread as before;
-    // ragged batches give several tasks per thread, longest sequences first.
+    // ragged batches give several tasks per thread, longest sequences first. Fewer heads than
+    // threads: one head per task (group 1), split into blocks of value columns.
     const index_t group = (plan.HV + executor.concurrency() - 1) / executor.concurrency();
     const index_t per_sequence = (plan.HV + group - 1) / group;
-    parallel_for(executor, sequences * per_sequence, 1, [&](index_t begin, index_t end) {
+    const bool keeps_tokens = io.token_states.has_value() || io.token_normalizers.has_value();
+    const ColumnSplit split =
+        keeps_tokens ? ColumnSplit{plan.V, 1, plan.V} : split_columns(sequences * plan.HV, plan.V, executor.concurrency());
+    parallel_for(executor, sequences * per_sequence * split.blocks, 1, [&](index_t begin, index_t end) {
       std::vector<HeadProblem> heads;
       heads.reserve(static_cast<std::size_t>(group));
       std::vector<RowMatrix> states(static_cast<std::size_t>(group), RowMatrix(plan.Kf, Vp));
       RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
       for (index_t task = begin; task < end; ++task) {
-        const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(task / per_sequence)]];
-        const index_t hv0 = task % per_sequence * group;
-        run_recurrent_heads(plan, io, s, hv0, std::min(plan.HV, hv0 + group), make_head, heads, states, ws);
+        const index_t heads_task = task / split.blocks;
+        const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(heads_task / per_sequence)]];
+        const index_t hv0 = heads_task % per_sequence * group;
+        run_recurrent_heads(plan, io, s, hv0, std::min(plan.HV, hv0 + group), split.block(task % split.blocks),
+                            make_head, heads, states, ws);
       }
     });
     return;

@@ -58,6 +58,16 @@ class InputRows {
     }
     return s;
   }
+  // Columns [c0, c0 + n) of every row (a block of a head's value columns).
+  InputRows columns(index_t c0, index_t n) const {
+    InputRows s = *this;
+    switch (storage_) {
+      case Storage::bf16: s.bf16_ = bf16_.slice(1, c0, n); break;
+      case Storage::f16: s.f16_ = f16_.slice(1, c0, n); break;
+      case Storage::f32: s.f32_ = f32_.slice(1, c0, n); break;
+    }
+    return s;
+  }
   // Row t as fp32: the stored row itself, or widened into `scratch` (size(1) floats).
   ConstView<float, 1> row(index_t t, float* scratch) const {
     if (is_float()) return f32_[t];
@@ -128,6 +138,23 @@ inline HeadProblem slice_head(const HeadProblem& p, index_t t0, index_t n) {
   s.v = p.v.slice(t0, n);
   s.o = p.o.slice(0, t0, n);
   if (p.g.has_value()) s.g = p.g.slice(0, t0, n);
+  return s;
+}
+
+// A run of a head's value columns. The state's columns evolve independently (every update is
+// per row r: s_r = w_r s_r + k_r v, and o = sum_r q_r s_r), so a block of them is a head of its
+// own: the same q, k and gates, the block's v and o columns, the block's state columns.
+struct ValueColumns {
+  index_t begin = 0;
+  index_t count = 0;
+};
+
+// Columns cols of a head's values and outputs, as a head of its own (with normalize, the block
+// carries its own z column: every block divides by it).
+inline HeadProblem value_columns(const HeadProblem& p, ValueColumns cols) {
+  HeadProblem s = p;
+  s.v = p.v.columns(cols.begin, cols.count);
+  s.o = p.o.slice(1, cols.begin, cols.count);
   return s;
 }
 

@@ -84,7 +84,8 @@ void gla_prefill(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAtt
   PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
   if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
-    plan.algorithm = choose_algorithm(effective_gate(options.gate), seqs.max_tokens(), d.K, d.V, options.chunk_size);
+    plan.algorithm = choose_algorithm(effective_gate(options.gate), seqs.max_tokens(), d.K,
+                                      task_columns(seqs, d.HV, d.V, executor), options.chunk_size);
   StateIo io;
   io.initial_state = in.initial_state;
   io.final_state = out.final_state;

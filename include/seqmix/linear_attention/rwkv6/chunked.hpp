@@ -48,7 +48,8 @@ void rwkv6_prefill(const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, const Rw
   PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
   if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
-    plan.algorithm = choose_algorithm(GateKind::channel, seqs.max_tokens(), d.K, d.V, options.chunk_size);
+    plan.algorithm = choose_algorithm(GateKind::channel, seqs.max_tokens(), d.K,
+                                      task_columns(seqs, d.HV, d.V, executor), options.chunk_size);
   StateIo io;
   io.initial_state = in.initial_state;
   io.final_state = out.final_state;
