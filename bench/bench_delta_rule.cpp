@@ -51,17 +51,6 @@ using seqmix::index_t;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
 
-
-void normalize_rows(Tensor<float, 4>& x) {
-  const index_t D = x.size(3);
-  for (index_t i = 0; i < x.numel() / D; ++i) {
-    float* row = x.data() + i * D;
-    float sum = 0.f;
-    for (index_t j = 0; j < D; ++j) sum += row[j] * row[j];
-    for (index_t j = 0; j < D; ++j) row[j] /= std::sqrt(sum + 1e-6f);
-  }
-}
-
 // Inputs of a gated delta rule prefill with B = 1, HK = HV = H, K = V.
 struct GdrBenchData {
   Tensor<float, 4> q, k, v, g, o, state;
@@ -70,8 +59,8 @@ struct GdrBenchData {
       : q(st::random_tensor<4>({1, T, H, K}, 1)), k(st::random_tensor<4>({1, T, H, K}, 2)),
         v(st::random_tensor<4>({1, T, H, K}, 3)), o({1, T, H, K}), state({1, H, K, K}),
         beta(st::random_tensor<3>({1, T, H}, 4, 0.f, 1.f)) {
-    normalize_rows(q);
-    normalize_rows(k);
+    st::normalize_rows(q);
+    st::normalize_rows(k);
     if (gate == DeltaGate::channel) {
       g = Tensor<float, 4>({1, T, H, K});
       st::fill_log_gate(g.view(), 5, -0.1f, 0.f);
@@ -280,9 +269,9 @@ struct Rwkv7BenchData {
       : r(st::random_tensor<4>({1, T, H, K}, 1)), k(st::random_tensor<4>({1, T, H, K}, 2)),
         v(st::random_tensor<4>({1, T, H, K}, 3)), a(st::random_tensor<4>({1, T, H, K}, 4)),
         b(st::random_tensor<4>({1, T, H, K}, 5)), g({1, T, H, K}), o({1, T, H, K}), state({1, H, K, K}) {
-    normalize_rows(k);
+    st::normalize_rows(k);
     // RWKV-7's a = -kappa, b = kappa * lr keeps the transition contractive.
-    normalize_rows(a);
+    st::normalize_rows(a);
     for (index_t i = 0; i < a.numel(); ++i) b.data()[i] = -0.5f * a.data()[i];
     st::fill_log_gate(g.view(), 6, -0.5f, 0.f);
   }
@@ -384,7 +373,7 @@ void gdr_step_slots(benchmark::State& state, index_t H, index_t K, DeltaGate gat
 void mom_prefill(benchmark::State& state, index_t T, index_t E, index_t M, index_t H, index_t K, bool reference) {
   const Tensor<float, 4> q = st::random_tensor<4>({1, T, H, K}, 1);
   Tensor<float, 4> k4 = st::random_tensor<4>({1, T * E, H, K}, 2);
-  normalize_rows(k4);
+  st::normalize_rows(k4);
   const Tensor<float, 5> v = st::random_tensor<5>({1, T, E, H, K}, 3);
   const Tensor<float, 4> beta = st::random_tensor<4>({1, T, E, H}, 4, 0.f, 1.f);
   Tensor<float, 4> gs({1, T, E, H});

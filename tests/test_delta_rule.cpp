@@ -36,16 +36,6 @@ std::string describe(const DrCase& c, std::uint64_t seed) {
   return s.str();
 }
 
-void normalize_rows(Tensor<float, 4>& x) {
-  const index_t D = x.size(3);
-  for (index_t i = 0; i < x.numel() / D; ++i) {
-    float* row = x.data() + i * D;
-    double sum = 0.0;
-    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
-    for (index_t j = 0; j < D; ++j) row[j] = static_cast<float>(row[j] / std::sqrt(sum + 1e-12));
-  }
-}
-
 struct DrData {
   Tensor<float, 4> q, k, v, s0;
   Tensor<float, 3> beta;
@@ -55,8 +45,8 @@ struct DrData {
         v(st::random_tensor<4>({c.B, c.T, c.HV, c.V}, seed + 3)),
         s0(st::random_tensor<4>({c.B, c.HV, c.K, c.V}, seed + 5, -0.5f, 0.5f)),
         beta(st::random_tensor<3>({c.B, c.T, c.HV}, seed + 6, c.beta_lo, c.beta_hi)) {
-    normalize_rows(q);
-    normalize_rows(k);
+    st::normalize_rows(q);
+    st::normalize_rows(k);
   }
   seqmix::DeltaRuleInputs inputs() const { return {q.view(), k.view(), v.view(), beta.view(), s0.view()}; }
 };

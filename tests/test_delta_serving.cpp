@@ -45,19 +45,6 @@ const char* op_name(Op op) {
 
 constexpr Op kOps[] = {Op::delta_rule, Op::gated_deltanet, Op::kda, Op::rwkv7};
 
-// Rows of the last dimension scaled to unit L2 norm (keeps every transition contractive).
-template <std::size_t R>
-void normalize_rows(Tensor<float, R>& x, float factor = 1.f) {
-  const index_t D = x.size(R - 1);
-  for (index_t i = 0; i < x.numel() / D; ++i) {
-    float* row = x.data() + i * D;
-    double sum = 0.0;
-    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
-    const float inv = factor / static_cast<float>(std::sqrt(sum + 1e-12));
-    for (index_t j = 0; j < D; ++j) row[j] *= inv;
-  }
-}
-
 // The per-token inputs of one op over TT tokens packed as [1, TT, ...]. q/k (r/k for rwkv7)
 // have HK heads, everything else H (a multiple of HK; rwkv7 has HK = H).
 struct Tokens {
@@ -71,14 +58,14 @@ struct Tokens {
     q = st::random_tensor<4>({1, TT, HK, K}, seed + 1);
     k = st::random_tensor<4>({1, TT, HK, K}, seed + 2);
     v = st::random_tensor<4>({1, TT, H, V}, seed + 3);
-    normalize_rows(q);
-    normalize_rows(k, op == Op::rwkv7 ? 0.5f : 1.f);
+    st::normalize_rows(q);
+    st::normalize_rows(k, op == Op::rwkv7 ? 0.5f : 1.f);
     beta = st::random_tensor<3>({1, TT, H}, seed + 4, 0.f, 1.f);
     if (op == Op::gated_deltanet) gs = st::random_tensor<3>({1, TT, H}, seed + 5, -0.3f, 0.f);
     if (op == Op::kda || op == Op::rwkv7) g = st::random_tensor<4>({1, TT, H, K}, seed + 5, -0.3f, 0.f);
     if (op == Op::rwkv7) {
       a = st::random_tensor<4>({1, TT, H, K}, seed + 6);
-      normalize_rows(a);
+      st::normalize_rows(a);
       b = Tensor<float, 4>({1, TT, H, K});
       for (index_t i = 0; i < a.numel(); ++i) b.data()[i] = -0.7f * a.data()[i];  // a = -kappa, b = 0.7 kappa
     }

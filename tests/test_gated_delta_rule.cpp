@@ -39,18 +39,6 @@ std::string describe(const GdrCase& c, std::uint64_t seed) {
   return s.str();
 }
 
-// Rows of the last dimension scaled to unit L2 norm (the delta rule is stable for ||k|| <= 1).
-void normalize_rows(Tensor<float, 4>& x) {
-  const index_t D = x.size(3);
-  for (index_t i = 0; i < x.numel() / D; ++i) {
-    float* row = x.data() + i * D;
-    double sum = 0.0;
-    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
-    const float inv = static_cast<float>(1.0 / std::sqrt(sum + 1e-12));
-    for (index_t j = 0; j < D; ++j) row[j] *= inv;
-  }
-}
-
 struct GdrData {
   Tensor<float, 4> q, k, v, g, s0;
   Tensor<float, 3> beta, gs;
@@ -60,8 +48,8 @@ struct GdrData {
         v(st::random_tensor<4>({c.B, c.T, c.HV, c.V}, seed + 3)),
         s0(st::random_tensor<4>({c.B, c.HV, c.K, c.V}, seed + 5, -0.5f, 0.5f)),
         beta(st::random_tensor<3>({c.B, c.T, c.HV}, seed + 6, c.beta_lo, c.beta_hi)) {
-    normalize_rows(q);
-    normalize_rows(k);
+    st::normalize_rows(q);
+    st::normalize_rows(k);
     if (c.gate == DeltaGate::channel) {
       g = Tensor<float, 4>({c.B, c.T, c.HV, c.K});
       st::fill_log_gate(g.view(), seed + 4, c.gate_lo, c.gate_hi);

@@ -82,17 +82,6 @@ std::vector<std::int32_t> la_bf16_cu(index_t T) {
   return cu;
 }
 
-// Unit-norm rows (the delta rule's stable range).
-void la_bf16_normalize(Tensor<float, 4>& x) {
-  const index_t D = x.size(3);
-  for (index_t i = 0; i < x.numel() / D; ++i) {
-    float* row = x.data() + i * D;
-    double sum = 0.0;
-    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
-    for (index_t j = 0; j < D; ++j) row[j] = static_cast<float>(row[j] / std::sqrt(sum + 1e-12));
-  }
-}
-
 }  // namespace
 
 TEST_CASE("gla bf16 dot products: within the documented bound of the fp32 chunked form", "[gla][bf16]") {
@@ -176,8 +165,8 @@ TEST_CASE("gated delta rule bf16 dot products: within the documented bound of th
       const std::vector<std::int32_t> cu = la_bf16_cu(c.T);
       auto q = st::random_tensor<4>({B, c.T, c.H, c.K}, seed);
       auto k = st::random_tensor<4>({B, c.T, c.H, c.K}, seed + 1);
-      la_bf16_normalize(q);
-      la_bf16_normalize(k);
+      st::normalize_rows(q);
+      st::normalize_rows(k);
       auto v = st::random_tensor<4>({B, c.T, c.HV, c.V}, seed + 2);
       auto beta = st::random_tensor<3>({B, c.T, c.HV}, seed + 3, 0.f, 1.f);
       Tensor<float, 4> g({B, c.T, c.HV, c.K});
@@ -219,7 +208,7 @@ TEST_CASE("linear attention bf16 dot products: a non-finite value reaches no ear
   const index_t T = 100, K = 32, V = 16;
   auto q = st::random_tensor<4>({1, T, 1, K}, 7);
   auto k = st::random_tensor<4>({1, T, 1, K}, 8);
-  la_bf16_normalize(k);
+  st::normalize_rows(k);
   auto v = st::random_tensor<4>({1, T, 1, V}, 9);
   v(0, 40, 0, 3) = std::numeric_limits<float>::infinity();
   auto gs = st::random_tensor<3>({1, T, 1}, 10, -0.1f, 0.f);

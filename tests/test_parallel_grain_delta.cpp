@@ -30,17 +30,6 @@ namespace st = seqmix::testing;
 
 constexpr double kTol = 2e-4;  // fp32 fast forms against the double reference, as the family's tests
 
-// Rows of the last dimension scaled to unit L2 norm (the delta rule is stable for ||k|| <= 1).
-void normalize_rows(Tensor<float, 4>& x) {
-  const index_t D = x.size(3);
-  for (index_t i = 0; i < x.numel() / D; ++i) {
-    float* row = x.data() + i * D;
-    double sum = 0.0;
-    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
-    for (index_t j = 0; j < D; ++j) row[j] = static_cast<float>(row[j] / std::sqrt(sum + 1e-12));
-  }
-}
-
 struct GdrSplitCase {
   index_t B, T, HK, HV, K, V;
   DeltaGate gate;
@@ -87,8 +76,8 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
     Tensor<float, 4> k = st::random_tensor<4>({c.B, c.T, c.HK, c.K}, seed + 2);
     const Tensor<float, 4> v = st::random_tensor<4>({c.B, c.T, c.HV, c.V}, seed + 3);
     const Tensor<float, 3> beta = st::random_tensor<3>({c.B, c.T, c.HV}, seed + 4, 0.f, 1.f);
-    normalize_rows(q);
-    normalize_rows(k);
+    st::normalize_rows(q);
+    st::normalize_rows(k);
     Tensor<float, 4> g;
     Tensor<float, 3> gs;
     seqmix::GatedDeltaRuleOptions options;
@@ -159,7 +148,7 @@ TEST_CASE("parallel grain delta: value-column blocks of rwkv7 match the referenc
     const Tensor<float, 4> k = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 2);
     const Tensor<float, 4> v = st::random_tensor<4>({c.B, c.T, c.H, c.V}, seed + 3);
     Tensor<float, 4> kappa = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 4);
-    normalize_rows(kappa);
+    st::normalize_rows(kappa);
     const Tensor<float, 3> lr = st::random_tensor<3>({c.B, c.T, c.H}, seed + 5, 0.f, 1.f);
     Tensor<float, 4> a({c.B, c.T, c.H, c.K}), b({c.B, c.T, c.H, c.K}), g({c.B, c.T, c.H, c.K});
     for (index_t i = 0; i < kappa.numel(); ++i) {

@@ -54,4 +54,18 @@ Tensor<float, Rank> random_tensor(const std::array<index_t, Rank>& shape, std::u
   return t;
 }
 
+// Scales each row of the last dimension to L2 norm `norm` (unit rows keep the delta rules'
+// transitions contractive). The sum runs in double; an all-zero row stays zero.
+template <std::size_t Rank>
+void normalize_rows(Tensor<float, Rank>& x, float norm = 1.f) {
+  const index_t D = x.size(Rank - 1);
+  for (index_t i = 0; i < x.numel() / D; ++i) {
+    float* row = x.data() + i * D;
+    double sum = 0.0;
+    for (index_t j = 0; j < D; ++j) sum += double(row[j]) * row[j];
+    const float scale = norm / static_cast<float>(std::sqrt(sum + 1e-12));
+    for (index_t j = 0; j < D; ++j) row[j] *= scale;
+  }
+}
+
 }  // namespace seqmix::testing
