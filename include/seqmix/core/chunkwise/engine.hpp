@@ -54,19 +54,24 @@ struct has_prefix<Kernel, std::void_t<decltype(std::declval<const Kernel&>().pre
 
 }  // namespace engine_detail
 
+/// Runs the L tokens from t0 of one item as one chunk: the kernel's hooks in order, the state
+/// carried in the workspace.
+template <class Kernel>
+void run_chunk(const Kernel& kernel, const typename Kernel::Head& head, index_t t0, index_t L,
+               typename Kernel::Workspace& ws) {
+  kernel.load_chunk(head, t0, L, ws);
+  kernel.state_to_output(head, t0, L, ws);
+  kernel.intra(head, t0, L, ws);
+  kernel.update_state(head, t0, L, ws);
+  kernel.store_outputs(head, t0, L, ws);
+}
+
 /// Runs tokens [t_begin, t_end) of one item chunk by chunk, the state carried in the workspace.
 /// Chunks start at t_begin + k * chunk; the last one may be shorter.
 template <class Kernel>
 void run_chunks(const Kernel& kernel, const typename Kernel::Head& head, index_t t_begin, index_t t_end, index_t chunk,
                 typename Kernel::Workspace& ws) {
-  for (index_t t0 = t_begin; t0 < t_end; t0 += chunk) {
-    const index_t L = std::min(chunk, t_end - t0);
-    kernel.load_chunk(head, t0, L, ws);
-    kernel.state_to_output(head, t0, L, ws);
-    kernel.intra(head, t0, L, ws);
-    kernel.update_state(head, t0, L, ws);
-    kernel.store_outputs(head, t0, L, ws);
-  }
+  for (index_t t0 = t_begin; t0 < t_end; t0 += chunk) run_chunk(kernel, head, t0, std::min(chunk, t_end - t0), ws);
 }
 
 /// One item from its initial state to its final state.

@@ -330,17 +330,6 @@ struct ChunkKernel {
   }
 };
 
-// One chunk of one head (or block of its value columns): the kernel's hooks in order.
-template <class Kernel>
-void run_chunk(const Kernel& kernel, const typename Kernel::Head& h, index_t t0, index_t L,
-               typename Kernel::Workspace& ws) {
-  kernel.load_chunk(h, t0, L, ws);
-  kernel.state_to_output(h, t0, L, ws);
-  kernel.intra(h, t0, L, ws);
-  kernel.update_state(h, t0, L, ws);
-  kernel.store_outputs(h, t0, L, ws);
-}
-
 // Fewer heads x sequences than threads: one task per (sequence, head, block of value columns),
 // the head's chunks in order. Every block repeats the head's K-side work (loads, gates, the
 // intra-chunk scores); see the diagonal_decay bullet of docs/parallel_grain.md for its cost.
@@ -354,7 +343,7 @@ void run_chunked_column_blocks(const Kernel& kernel, const PrefillPlan& plan, in
       if (ws.S.cols() != kernel.Vp(cols.count)) ws = kernel.make_workspace(cols.count);  // the narrower last block
       const typename Kernel::Head h = kernel.begin_head(task / split.blocks, ws, cols);
       const index_t T = kernel.tokens(h);
-      for (index_t t0 = 0; t0 < T; t0 += plan.chunk) run_chunk(kernel, h, t0, std::min(plan.chunk, T - t0), ws);
+      seqmix::chunkwise::run_chunks(kernel, h, 0, T, plan.chunk, ws);
       kernel.end_head(h, ws);
     }
   });
@@ -397,7 +386,7 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
         for (index_t i = 0; i < n; ++i) {
           const typename Kernel::Head& h = heads[static_cast<std::size_t>(i)];
           ws.S.swap(states[static_cast<std::size_t>(i)]);
-          run_chunk(kernel, h, t0, L, ws);
+          seqmix::chunkwise::run_chunk(kernel, h, t0, L, ws);
           ws.S.swap(states[static_cast<std::size_t>(i)]);
         }
       }
