@@ -3,8 +3,8 @@
 // time: on a machine shared by several sessions the benchmarks' real time is mostly waiting.
 //
 // Built with the benchmarks as seqmix-long-conv-crossover (the test build syntax-checks it), or:
-//   g++ -std=c++17 -O2 -march=native -DNDEBUG -I include -I testing -isystem /usr/include/eigen3 \
-//       bench/long_conv_crossover.cpp -pthread -o long_conv_crossover
+//   g++ -std=c++17 -O2 -march=native -DNDEBUG -I include -I testing -isystem /usr/include/eigen3
+//       bench/long_conv_crossover.cpp -pthread -o long_conv_crossover      (one command line)
 //   ./long_conv_crossover [T L]...      (default: the table's rows; the first row also warms up)
 //
 // Bound: u read + y written + filter read at one core's streaming read rate, plus 3 real

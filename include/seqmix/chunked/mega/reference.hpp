@@ -69,8 +69,8 @@ struct MegaOutputs {
   TensorView<float, 3> final_state = {}; ///< [B,D,N] optional EMA state
   /// Optional decode hand-off: the keys / values of the last, partial chunk (tokens
   /// [T - T % c, T)) in rows [0, T % c); a step at position T continues that chunk.
-  TensorView<float, 4> k_cache;  ///< [B,c,H,Dk]
-  TensorView<float, 4> v_cache;  ///< [B,c,H,Dv]
+  TensorView<float, 4> k_cache = {};  ///< [B,c,H,Dk]
+  TensorView<float, 4> v_cache = {};  ///< [B,c,H,Dv]
   /// Optional per-row positions [B, N or S] (int64): each running sequence's row is set to its
   /// token count, the position its decode steps continue from (mega_step's state.positions).
   TensorView<std::int64_t, 1> positions = {};

@@ -170,7 +170,7 @@ inline void long_conv_store_row(const float* src, index_t lanes, float* dst) noe
 // imaginary part channel b of each pair), one row of h after the other.
 inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongConvWalk& walk, index_t taps,
                                        index_t group, index_t N, float* x) {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
+  constexpr index_t E = kFftElement;
   // One filter per channel, adjacent: a block's row is walk.lanes contiguous floats.
   const bool unit = group == 1 && h.stride(1) == 1;
   alignas(64) float buffer[E];
@@ -251,7 +251,7 @@ inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddl
 // butterfly outputs written): the walks took 2.7x as long (perf samples, T = 16384, one thread).
 inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& walk, index_t b, index_t S, index_t N,
                                   float* x) {
-  constexpr index_t W = simd::kWidth, E = kFftElement;
+  constexpr index_t E = kFftElement;
   const index_t T = in.u.size(1);
   alignas(64) float buffer[E];
   for (index_t r = 0; r < S + T; ++r) {
