@@ -23,6 +23,7 @@
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/delta_update/recurrent.hpp"
 #include "seqmix/linear_attention/delta_update/wy.hpp"
+#include "seqmix/linear_attention/value_columns.hpp"
 
 namespace seqmix::delta_update {
 
@@ -116,42 +117,31 @@ inline void store_item_state(const TensorView<float, 2>& dst, const float* S, in
   }
 }
 
-/// Value columns [begin, begin + width) of an item: the part of its state, values and outputs
-/// that one task owns. Every update of the family keeps the state's V columns independent
-/// (S [K,V]: the delta rule's u = beta (v - S^T k) and rwkv7's p = S^T a are per column), so a
-/// block runs the item's whole algorithm on its columns alone; what depends only on k, beta and
-/// the gates (the WY form's scores, masks and triangular factor) is recomputed per block.
-struct ValueColumns {
-  index_t begin = 0, width = 0;
-};
+using detail::ValueColumns;
 
 /// 32: the narrowest value block: two AVX-512 vectors, the width of the WY products' register
 /// tile (core/small_gemm.hpp, 6 rows x 2 vectors); narrower blocks would leave the tile half
-/// empty while repeating the chunk's V-independent work once more per block.
+/// empty while repeating the chunk's V-independent work (the WY form's scores, masks and
+/// triangular factor) once more per block.
 constexpr index_t kMinValueBlock = 32;
 
-/// The width of a task's value block: all of V when the items (sequences x heads) give each of
-/// the executor's threads one, so one or two threads never repeat any work; otherwise about
-/// V * items / concurrency, whole vectors, at least kMinValueBlock.
-inline index_t value_block_width(index_t items, index_t V, int concurrency) {
-  if (items <= 0 || items >= concurrency || V <= kMinValueBlock) return V;
-  const index_t blocks = (concurrency + items - 1) / items;
-  const index_t width = ((V + blocks - 1) / blocks + simd::kWidth - 1) / simd::kWidth * simd::kWidth;
-  return std::min(V, std::max(width, kMinValueBlock));
+/// The blocks of value columns of a call's items (value_columns.hpp): whole vectors, at least
+/// kMinValueBlock, all of V when the items give each of the executor's threads one.
+inline detail::ValueSplit value_blocks(index_t items, index_t V, int concurrency) {
+  return detail::split_value_columns(items, V, concurrency, simd::kWidth, kMinValueBlock);
 }
 
 /// Runs item(n, h, columns, scratch) for every (running sequence n, head h) and block of value
-/// columns (value_block_width), longest sequences first, one task per block handed out
+/// columns (value_blocks), longest sequences first, one task per block handed out
 /// dynamically by the executor; `scratch` is sized for the block's columns.
 template <class Item>
 void for_each_item(const Executor& executor, const SequenceMap& map, index_t H, index_t K, index_t V, Item&& item) {
   const std::vector<index_t>& order = longest_first(map);
   const index_t items = static_cast<index_t>(order.size()) * H;
-  const index_t width = value_block_width(items, V, executor.concurrency());
-  const index_t blocks = width > 0 ? (V + width - 1) / width : 1;
-  executor.run(items * blocks, [&](index_t i) {
-    const index_t it = i / blocks, begin = i % blocks * width;
-    const ValueColumns columns{begin, std::min(width, V - begin)};
+  const detail::ValueSplit split = value_blocks(items, V, executor.concurrency());
+  executor.run(items * split.blocks, [&](index_t i) {
+    const index_t it = i / split.blocks;
+    const ValueColumns columns = split.block(i % split.blocks);
     item(order[static_cast<std::size_t>(it / H)], it % H, columns, item_scratch(K, columns.width));
   });
 }

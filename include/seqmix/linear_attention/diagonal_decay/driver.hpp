@@ -15,6 +15,7 @@
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 #include "seqmix/linear_attention/diagonal_decay/recurrent.hpp"
 #include "seqmix/linear_attention/diagonal_decay/validate.hpp"
+#include "seqmix/linear_attention/value_columns.hpp"
 
 namespace seqmix::detail::la {
 
@@ -38,29 +39,16 @@ struct PrefillPlan {
   index_t prefix_len = 0;  // JRT prefix (linear_attention only), per sequence
 };
 
-// How a head's V value columns split into tasks. Heads x sequences below the executor's
-// concurrency left threads idle (32 heads on 64 threads: half of them); blocks of columns give
-// each thread a task then. Blocks are multiples of kMinColumnBlock = 16 columns (one AVX-512
-// vector: a partial vector costs what a full one does in the recurrent kernel's column tiles);
-// narrower, the per-token K-side work each block repeats (q, k, gates; in the chunked form
-// the q k^T scores) outweighs the columns' own.
+// How a head's V value columns split into tasks (value_columns.hpp). Heads x sequences below the
+// executor's concurrency left threads idle (32 heads on 64 threads: half of them); blocks of
+// columns give each thread a task then. Blocks are multiples of kMinColumnBlock = 16 columns (one
+// AVX-512 vector: a partial vector costs what a full one does in the recurrent kernel's column
+// tiles), at least 16 wide; narrower, the per-token K-side work each block repeats (q, k, gates;
+// in the chunked form the q k^T scores) outweighs the columns' own.
 constexpr index_t kMinColumnBlock = 16;
 
-struct ColumnSplit {
-  index_t width;   // columns per block (the last may be narrower)
-  index_t blocks;  // ceil(V / width)
-  index_t V;
-
-  ValueColumns block(index_t i) const { return {i * width, std::min(width, V - i * width)}; }
-};
-
-// One block per head unless `items` (sequences x value heads) leave some of `concurrency`
-// threads without a task.
-inline ColumnSplit split_columns(index_t items, index_t V, index_t concurrency) {
-  if (items <= 0 || items >= concurrency || V < 2 * kMinColumnBlock) return {V, 1, V};
-  const index_t wanted = std::min((concurrency + items - 1) / items, V / kMinColumnBlock);
-  const index_t width = ((V + wanted - 1) / wanted + kMinColumnBlock - 1) / kMinColumnBlock * kMinColumnBlock;
-  return {width, (V + width - 1) / width, V};
+inline ValueSplit split_columns(index_t items, index_t V, index_t concurrency) {
+  return split_value_columns(items, V, concurrency, kMinColumnBlock, kMinColumnBlock);
 }
 
 // The value columns each task of a prefill carries (split_columns of the sequences that run).
@@ -110,7 +98,7 @@ HeadProblem sequence_head(MakeHead& make_head, const SequenceSpan& s, index_t hv
   return slice_head(make_head(s.batch_row, hv), s.token_begin, s.tokens);
 }
 
-// Loads value columns cols of head hv's state into S [Kf, cols.count (+1: z)], zeros for a
+// Loads value columns cols of head hv's state into S [Kf, cols.width (+1: z)], zeros for a
 // sequence without a state to read.
 inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols, RowMatrix& S) {
   S.setZero();
@@ -118,10 +106,10 @@ inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, Val
   if (io.initial_state.has_value()) {
     const auto src = io.initial_state[s.state_row][hv];
     for (index_t r = 0; r < S.rows(); ++r)
-      for (index_t c = 0; c < cols.count; ++c) S(r, c) = src(r, cols.begin + c);
+      for (index_t c = 0; c < cols.width; ++c) S(r, c) = src(r, cols.begin + c);
   }
-  if (S.cols() > cols.count && io.initial_normalizer.has_value())
-    for (index_t r = 0; r < S.rows(); ++r) S(r, cols.count) = io.initial_normalizer(s.state_row, hv, r);
+  if (S.cols() > cols.width && io.initial_normalizer.has_value())
+    for (index_t r = 0; r < S.rows(); ++r) S(r, cols.width) = io.initial_normalizer(s.state_row, hv, r);
 }
 
 inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, RowMatrix& S) {
@@ -134,10 +122,10 @@ inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, Va
   if (io.final_state.has_value()) {
     const auto dst = io.final_state[s.state_row][hv];
     for (index_t r = 0; r < S.rows(); ++r)
-      for (index_t c = 0; c < cols.count; ++c) dst(r, cols.begin + c) = S(r, c);
+      for (index_t c = 0; c < cols.width; ++c) dst(r, cols.begin + c) = S(r, c);
   }
-  if (cols.begin == 0 && S.cols() > cols.count && io.final_normalizer.has_value())
-    for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(s.state_row, hv, r) = S(r, cols.count);
+  if (cols.begin == 0 && S.cols() > cols.width && io.final_normalizer.has_value())
+    for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(s.state_row, hv, r) = S(r, cols.width);
 }
 
 inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, const RowMatrix& S) {
@@ -188,7 +176,7 @@ inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, Rec
 // at 56 GFLOP/s on 2 threads vs ~210 with blocks of 8. 8 (kTokenBlock, recurrent.hpp): the
 // block's rows of all heads stay near in memory, while a head's state (16-64 KB, in L2) is
 // re-read only every 8 tokens (blocks of 4..64 measured). `states` holds hv1 - hv0 matrices.
-// Only value columns cols of each head run (all of them unless the head is split, ColumnSplit);
+// Only value columns cols of each head run (all of them unless the head is split, ValueSplit);
 // token_states need them all.
 template <class MakeHead>
 void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const SequenceSpan& s, index_t hv0, index_t hv1,
@@ -199,7 +187,7 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
   for (index_t i = 0; i < n; ++i) {
     RowMatrix& S = states[static_cast<std::size_t>(i)];
     heads.push_back(value_columns(sequence_head(make_head, s, hv0 + i), cols));
-    S.resize(plan.Kf, cols.count + (plan.normalize ? 1 : 0));  // no-op unless the block width changed
+    S.resize(plan.Kf, cols.width + (plan.normalize ? 1 : 0));  // no-op unless the block width changed
     load_state(io, s, hv0 + i, cols, S);
   }
   if (io.token_states.has_value() || io.token_normalizers.has_value()) {
@@ -245,7 +233,7 @@ struct ChunkKernel {
     HeadProblem p;
     SequenceSpan s;
     index_t hv;
-    ValueColumns cols;  // the head's value columns this item runs (ColumnSplit)
+    ValueColumns cols;  // the head's value columns this item runs (ValueSplit)
   };
 
   // State columns of a block of `columns` value columns (all V by default).
@@ -260,7 +248,7 @@ struct ChunkKernel {
     return ws;
   }
   Head begin_head(index_t item, Workspace& ws) const { return begin_head(item, ws, ValueColumns{0, plan.V}); }
-  // Value columns cols of item's head; ws must be make_workspace(cols.count)'s.
+  // Value columns cols of item's head; ws must be make_workspace(cols.width)'s.
   Head begin_head(index_t item, Workspace& ws, ValueColumns cols) const {
     const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(item / plan.HV)]];
     const index_t hv = item % plan.HV;
@@ -335,12 +323,12 @@ struct ChunkKernel {
 // intra-chunk scores); see the diagonal_decay bullet of docs/parallel_grain.md for its cost.
 template <class Kernel>
 void run_chunked_column_blocks(const Kernel& kernel, const PrefillPlan& plan, index_t sequences,
-                               const ColumnSplit& split, const Executor& executor) {
+                               const ValueSplit& split, const Executor& executor) {
   parallel_for(executor, sequences * plan.HV * split.blocks, 1, [&](index_t begin, index_t end) {
     typename Kernel::Workspace ws = kernel.make_workspace(split.width);
     for (index_t task = begin; task < end; ++task) {
       const ValueColumns cols = split.block(task % split.blocks);
-      if (ws.S.cols() != kernel.Vp(cols.count)) ws = kernel.make_workspace(cols.count);  // the narrower last block
+      if (ws.S.cols() != kernel.Vp(cols.width)) ws = kernel.make_workspace(cols.width);  // the narrower last block
       const typename Kernel::Head h = kernel.begin_head(task / split.blocks, ws, cols);
       const index_t T = kernel.tokens(h);
       seqmix::chunkwise::run_chunks(kernel, h, 0, T, plan.chunk, ws);
@@ -361,7 +349,7 @@ void run_chunked_column_blocks(const Kernel& kernel, const PrefillPlan& plan, in
 // threads: run_chunked_column_blocks.
 template <class Kernel>
 void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t sequences, const Executor& executor) {
-  const ColumnSplit split = split_columns(sequences * plan.HV, plan.V, executor.concurrency());
+  const ValueSplit split = split_columns(sequences * plan.HV, plan.V, executor.concurrency());
   if (split.blocks > 1) return run_chunked_column_blocks(kernel, plan, sequences, split, executor);
   const index_t state_floats = plan.Kf * (plan.V + (plan.normalize ? 1 : 0));
   const index_t fit = std::max<index_t>(1, (index_t{1} << 17) / state_floats);
@@ -425,8 +413,8 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
     const index_t group = (plan.HV + executor.concurrency() - 1) / executor.concurrency();
     const index_t per_sequence = (plan.HV + group - 1) / group;
     const bool keeps_tokens = io.token_states.has_value() || io.token_normalizers.has_value();
-    const ColumnSplit split =
-        keeps_tokens ? ColumnSplit{plan.V, 1, plan.V} : split_columns(sequences * plan.HV, plan.V, executor.concurrency());
+    const ValueSplit split =
+        keeps_tokens ? whole_columns(plan.V) : split_columns(sequences * plan.HV, plan.V, executor.concurrency());
     parallel_for(executor, sequences * per_sequence * split.blocks, 1, [&](index_t begin, index_t end) {
       std::vector<HeadProblem> heads;
       heads.reserve(static_cast<std::size_t>(group));

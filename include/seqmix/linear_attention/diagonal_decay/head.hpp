@@ -15,6 +15,7 @@
 #include "seqmix/linear_attention/common.hpp"
 #include "seqmix/linear_attention/diagonal_decay/chunk_ops.hpp"
 #include "seqmix/linear_attention/feature_maps/dpfp.hpp"
+#include "seqmix/linear_attention/value_columns.hpp"
 
 namespace seqmix::detail::la {
 
@@ -141,20 +142,13 @@ inline HeadProblem slice_head(const HeadProblem& p, index_t t0, index_t n) {
   return s;
 }
 
-// A run of a head's value columns. The state's columns evolve independently (every update is
-// per row r: s_r = w_r s_r + k_r v, and o = sum_r q_r s_r), so a block of them is a head of its
-// own: the same q, k and gates, the block's v and o columns, the block's state columns.
-struct ValueColumns {
-  index_t begin = 0;
-  index_t count = 0;
-};
-
-// Columns cols of a head's values and outputs, as a head of its own (with normalize, the block
-// carries its own z column: every block divides by it).
+// Columns cols of a head's values and outputs, as a head of its own (value_columns.hpp: the
+// state's columns evolve independently, o = sum_r q_r s_r): the same q, k and gates, the block's
+// v and o columns. With normalize, the block carries its own z column: every block divides by it.
 inline HeadProblem value_columns(const HeadProblem& p, ValueColumns cols) {
   HeadProblem s = p;
-  s.v = p.v.columns(cols.begin, cols.count);
-  s.o = p.o.slice(1, cols.begin, cols.count);
+  s.v = p.v.columns(cols.begin, cols.width);
+  s.o = p.o.slice(1, cols.begin, cols.width);
   return s;
 }
 
