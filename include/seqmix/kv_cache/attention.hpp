@@ -850,13 +850,10 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
     for (index_t row = begin; row < end; ++row) {
       const index_t head = row / M, r = row % M, b = head / d.Hkv, hk = head % d.Hkv;
       const index_t p0 = first_piece[head], p1 = first_piece[head + 1];
-      SoftmaxRow state = states[p0 * rows + r];
-      float* acc = accs.data() + (p0 * rows + r) * ldacc;
-      for (index_t p = p0 + 1; p < p1; ++p)
-        combine_rows(state, acc, states[p * rows + r], accs.data() + (p * rows + r) * ldacc, d.Dv);
       const index_t i = r / G, h = hk * G + r % G;
-      const float lse = finish_row(state, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f, out.o.ptr(b, i, h),
-                                   out.o.stride(3));
+      const float lse = finish_pieces(states.data(), accs.data(), ldacc, d.Dv, p1 - p0,
+                                      has_sink ? in.sink_logits(h) : kNoSink, out.o.ptr(b, i, h), out.o.stride(3),
+                                      [&](index_t p) { return (p0 + p) * rows + r; });
       if (out.lse.has_value()) out.lse(b, i, h) = lse;
     }
   });

@@ -351,6 +351,7 @@ struct QuantizedWorkspace {
   std::vector<QuantizedItem> items;
   std::vector<QuantizedPiece> pieces;
   std::vector<index_t> head_pieces;  // [items * Hkv + 1]: first piece of each (item, KV head)
+  std::vector<index_t> first_row;    // [items + 1]: each item's first output row in the combine
   std::vector<SoftmaxRow> states;
   AlignedVector<float> accs;
   static QuantizedWorkspace& local() {
@@ -535,11 +536,12 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
   ws.pieces.reserve(most_pieces);
   ws.states.reserve(most_pieces * static_cast<std::size_t>(capacity));
   ws.accs.reserve(most_pieces * static_cast<std::size_t>(capacity * ldacc));
-  index_t row_total = 0;
+  index_t row_total = 0, most_split = 1;
   for (index_t it = 0; it < item_count; ++it) {
     QuantizedItem& item = ws.items[static_cast<std::size_t>(it)];
     const index_t groups = item.L / kKvGroupTokens;
     const index_t split = std::clamp<index_t>(groups / kMinGroupsPerPiece, 1, wanted);
+    most_split = std::max(most_split, split);
     item.piece0 = static_cast<index_t>(ws.pieces.size());
     for (index_t hk = 0; hk < d.Hkv; ++hk) {
       ws.head_pieces.push_back(static_cast<index_t>(ws.pieces.size()));
@@ -590,27 +592,23 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
     scratch.release(slot);
   });
 
-  // Merge each (item, KV head)'s pieces in key order and write o / lse.
+  // Merge each (item, KV head)'s pieces in key order and write o / lse: the items' rows
+  // (KV head-major) laid end to end, in parallel on many threads (finish_row_groups).
+  ws.first_row.assign(1, 0);
+  for (index_t it = 0; it < item_count; ++it) ws.first_row.push_back(ws.first_row.back() + d.Hkv * items[it].nq * G);
   const bool has_sink = in.sink_logits.has_value();
-  for (index_t it = 0; it < item_count; ++it) {
+  finish_row_groups(executor, ws.first_row.data(), item_count, most_split, d.Dv, [&](index_t it, index_t row) {
     const QuantizedItem& item = items[it];
+    const index_t M = item.nq * G, hk = row / M, r = row % M;
     const index_t b = in.cu_seqlens_q.has_value() ? 0 : item.seq;
-    const index_t i0 = (in.cu_seqlens_q.has_value() ? in.cu_seqlens_q[item.seq] : 0) + item.q0;
-    for (index_t hk = 0; hk < d.Hkv; ++hk) {
-      const index_t p0 = ws.head_pieces[static_cast<std::size_t>(it * d.Hkv + hk)];
-      const index_t p1 = ws.head_pieces[static_cast<std::size_t>(it * d.Hkv + hk + 1)];
-      for (index_t r = 0; r < item.nq * G; ++r) {
-        SoftmaxRow row = states[pieces[p0].row0 + r];
-        float* acc = accs + (pieces[p0].row0 + r) * ldacc;
-        for (index_t p = p0 + 1; p < p1; ++p)
-          combine_rows(row, acc, states[pieces[p].row0 + r], accs + (pieces[p].row0 + r) * ldacc, d.Dv);
-        const index_t i = i0 + r / G, h = hk * G + r % G;
-        const float lse = finish_row(row, acc, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f, out.o.ptr(b, i, h),
-                                     out.o.stride(3));
-        if (out.lse.has_value()) out.lse(b, i, h) = lse;
-      }
-    }
-  }
+    const index_t i = (in.cu_seqlens_q.has_value() ? in.cu_seqlens_q[item.seq] : 0) + item.q0 + r / G, h = hk * G + r % G;
+    const index_t p0 = ws.head_pieces[static_cast<std::size_t>(it * d.Hkv + hk)];
+    const index_t p1 = ws.head_pieces[static_cast<std::size_t>(it * d.Hkv + hk + 1)];
+    const float lse = finish_pieces(states, accs, ldacc, d.Dv, p1 - p0, has_sink ? in.sink_logits(h) : kNoSink,
+                                    out.o.ptr(b, i, h), out.o.stride(3),
+                                    [&](index_t p) { return pieces[p0 + p].row0 + r; });
+    if (out.lse.has_value()) out.lse(b, i, h) = lse;
+  });
 }
 
 }  // namespace seqmix

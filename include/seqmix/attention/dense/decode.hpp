@@ -842,22 +842,6 @@ struct DecodeWorkspace {
   }
 };
 
-// Sink logit of a head without one (finish_pieces' `sink`).
-constexpr float kNoSink = kMinusInf;
-
-// Merges the partial states of one row's pieces, rows row_of(0), row_of(1), ... in key order,
-// and writes the normalized row to o (stride o_stride); returns its lse. `sink` is the head's
-// sink logit, or kNoSink.
-template <class RowOf>
-float finish_pieces(const SoftmaxRow* states, float* accs, index_t Dvp, index_t Dv, index_t pieces, float sink, float* o,
-                    index_t o_stride, const RowOf& row_of) {
-  SoftmaxRow row = states[row_of(0)];
-  float* acc = accs + row_of(0) * Dvp;
-  for (index_t piece = 1; piece < pieces; ++piece)
-    combine_rows(row, acc, states[row_of(piece)], accs + row_of(piece) * Dvp, Dv);
-  return finish_row(row, acc, Dv, sink != kNoSink, sink != kNoSink ? sink : 0.f, o, o_stride);
-}
-
 // Validation of the decode entry point without a heap allocation: the checker (and its op
 // name, longer than the short-string buffer) is built once.
 template <class KV, class Q>

@@ -152,6 +152,41 @@ inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool
   return lse;
 }
 
+// Sink logit of a head without one (finish_pieces' `sink`).
+constexpr float kNoSink = kMinusInf;
+
+// Merges the partial states of one row's pieces, rows row_of(0), row_of(1), ... in key order,
+// and writes the normalized row to o (stride o_stride); returns its lse. `sink` is the head's
+// sink logit, or kNoSink.
+template <class RowOf>
+float finish_pieces(const SoftmaxRow* states, float* accs, index_t Dvp, index_t Dv, index_t pieces, float sink, float* o,
+                    index_t o_stride, const RowOf& row_of) {
+  SoftmaxRow row = states[row_of(0)];
+  float* acc = accs + row_of(0) * Dvp;
+  for (index_t piece = 1; piece < pieces; ++piece)
+    combine_rows(row, acc, states[row_of(piece)], accs + row_of(piece) * Dvp, Dv);
+  return finish_row(row, acc, Dv, sink != kNoSink, sink != kNoSink ? sink : 0.f, o, o_stride);
+}
+
+// The split-key combine of a decode whose output rows come in groups of different sizes (the
+// paged forms: one group per item of queries, or per (item, KV head)): runs finish(g, r) for
+// every row r < first_row[g + 1] - first_row[g] of every group g < groups, each row once, over
+// the groups' rows laid end to end in tasks of combine_grain rows (`pieces`: the most pieces a
+// row merges). first_row holds groups + 1 ascending offsets, first_row[0] = 0.
+template <class Finish>
+void finish_row_groups(const Executor& executor, const index_t* first_row, index_t groups, index_t pieces, index_t Dv,
+                       const Finish& finish) {
+  const index_t total = first_row[groups];
+  const index_t grain = combine_grain(executor.concurrency(), total, pieces, Dv);
+  parallel_for(executor, total, grain, [&](index_t begin, index_t end) {
+    index_t g = static_cast<index_t>(std::upper_bound(first_row, first_row + groups + 1, begin) - first_row) - 1;
+    for (index_t row = begin; row < end; ++row) {
+      while (row >= first_row[g + 1]) ++g;
+      finish(g, row - first_row[g]);
+    }
+  });
+}
+
 }  // namespace detail
 
 /// Combines two partial attention results over disjoint key sets (see the top of this file).

@@ -105,6 +105,7 @@ struct PagedWorkspace {
   // [Hkv x rows x Dvp], reused by every such item the thread runs.
   std::vector<SoftmaxRow> piece_states;
   AlignedVector<float> piece_accs;
+  std::vector<index_t> first_row;  // [items + 1]: each split item's first output row in the combine
 
   static PagedWorkspace& local() {
     thread_local PagedWorkspace workspace;
@@ -233,22 +234,19 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
   }
 }
 
-// Merges an item's pieces in key order and writes its o / lse rows; row_of(split, hk, r) is the
-// index of row r of KV head hk of piece `split` in states / accs.
+// Merges the pieces of row `row` of an item (its rows KV head-major: row = hk * nq * G + r) in
+// key order and writes its o / lse; row_of(split, hk, r) is the index of row r of KV head hk of
+// piece `split` in states / accs.
 template <class KV, class RowOf>
-void finish_paged_item(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out, const PagedDims& d,
-                       const PagedItem& item, const SoftmaxRow* states, float* accs, const RowOf& row_of) {
+void finish_paged_row(const PagedAttentionInputs<KV>& in, const PagedAttentionOutputs& out, const PagedDims& d,
+                      const PagedItem& item, index_t row, const SoftmaxRow* states, float* accs, const RowOf& row_of) {
   const PagedQueries qs = paged_queries(in, item.seq);
-  const index_t G = d.group(), M = item.nq * G, Dvp = round_up(d.Dv, simd::kWidth);
-  const bool has_sink = in.sink_logits.has_value();
-  for (index_t hk = 0; hk < d.Hkv; ++hk)
-    for (index_t r = 0; r < M; ++r) {
-      const index_t i = qs.i0 + item.q0 + r / G, h = hk * G + r % G;
-      const float lse = finish_pieces(states, accs, Dvp, d.Dv, item.splits, has_sink ? in.sink_logits(h) : kNoSink,
-                                      out.o.ptr(qs.b, i, h), out.o.stride(3),
-                                      [&](index_t split) { return row_of(split, hk, r); });
-      if (out.lse.has_value()) out.lse(qs.b, i, h) = lse;
-    }
+  const index_t G = d.group(), M = item.nq * G, hk = row / M, r = row % M;
+  const index_t i = qs.i0 + item.q0 + r / G, h = hk * G + r % G;
+  const float lse = finish_pieces(states, accs, round_up(d.Dv, simd::kWidth), d.Dv, item.splits,
+                                  in.sink_logits.has_value() ? in.sink_logits(h) : kNoSink, out.o.ptr(qs.b, i, h),
+                                  out.o.stride(3), [&](index_t split) { return row_of(split, hk, r); });
+  if (out.lse.has_value()) out.lse(qs.b, i, h) = lse;
 }
 
 // One prefill task: dense prefill's flash_block on the sequence's queries, with each K/V tile
@@ -352,12 +350,13 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
   });
   const index_t pieces = 4 * static_cast<index_t>(executor.concurrency());
   ws.tasks.clear();
-  index_t rows = 0, piece_rows = 0;
+  index_t rows = 0, piece_rows = 0, most_splits = 1;
   for (index_t it = 0; it < static_cast<index_t>(ws.items.size()); ++it) {
     PagedItem& item = ws.items[it];
     const index_t count = item.tiles.count(), item_rows = d.Hkv * item.nq * G;
     const index_t share = total_tiles > 0 ? (count * pieces + total_tiles - 1) / total_tiles : 1;
     item.splits = std::clamp<index_t>(share, 1, std::max<index_t>(1, count / kMinTilesPerSplit));
+    most_splits = std::max(most_splits, item.splits);
     item.task0 = static_cast<index_t>(ws.tasks.size());
     piece_rows = std::max(piece_rows, item_rows);
     for (index_t s = 0; s < item.splits; ++s) {
@@ -406,18 +405,24 @@ void paged_attention(const PagedAttentionInputs<KV>& in, const PagedAttentionOut
     if (task.first < task.last)
       paged_piece(in, d, dense_options, rule_inputs, scale, keys_per_tile, item, task, piece_states, piece_accs);
     const index_t M = item.nq * G;
-    finish_paged_item(in, out, d, item, piece_states, piece_accs,
-                      [M](index_t, index_t hk, index_t r) { return hk * M + r; });
+    for (index_t row = 0; row < item_rows; ++row)
+      finish_paged_row(in, out, d, item, row, piece_states, piece_accs,
+                       [M](index_t, index_t hk, index_t r) { return hk * M + r; });
   });
 
-  // Merge the split items' pieces in key order and write o / lse.
-  for (const PagedItem& item : ws.items) {
-    if (item.splits == 1) continue;
+  // Merge the split items' pieces in key order and write o / lse: their rows laid end to end (an
+  // unsplit item has none here), in parallel on many threads (finish_row_groups).
+  const index_t item_count = static_cast<index_t>(ws.items.size());
+  ws.first_row.assign(1, 0);
+  for (const PagedItem& item : ws.items)
+    ws.first_row.push_back(ws.first_row.back() + (item.splits > 1 ? d.Hkv * item.nq * G : 0));
+  finish_row_groups(executor, ws.first_row.data(), item_count, most_splits, d.Dv, [&](index_t it, index_t row) {
+    const PagedItem& item = items[it];
     const index_t M = item.nq * G;
-    finish_paged_item(in, out, d, item, states, accs, [&](index_t split, index_t hk, index_t r) {
+    finish_paged_row(in, out, d, item, row, states, accs, [&](index_t split, index_t hk, index_t r) {
       return tasks[item.task0 + split].row0 + hk * M + r;
     });
-  }
+  });
 }
 
 }  // namespace seqmix
