@@ -42,10 +42,13 @@ inline double long_conv_direct_taps(const LongConvDims& dims, bool has_state) {
   return ramp(L, S) + (dims.Lb > 0 ? ramp(Lb, 0.0) : 0.0);
 }
 
-inline bool long_conv_prefers_fft(const LongConvDims& dims, bool has_state) {
+// prepared: the filters' spectra are given (LongConvFilterSpectrum), so the FFT form runs only
+// the input's and the inverse transform per channel.
+inline bool long_conv_prefers_fft(const LongConvDims& dims, bool has_state, bool prepared = false) {
   const double N = static_cast<double>(long_conv_fft_length(dims, has_state));
   const double BD = static_cast<double>(dims.B * dims.D);
-  const double transforms = 2.0 * BD + static_cast<double>(dims.G) * (dims.Lb > 0 ? 2.0 : 1.0);
+  const double filters = prepared ? 0.0 : static_cast<double>(dims.G) * (dims.Lb > 0 ? 2.0 : 1.0);
+  const double transforms = 2.0 * BD + filters;
   const double memory_bound = N > kLongConvFftCachedLength ? 1.0 + 0.19 * std::log2(N / kLongConvFftCachedLength) : 1.0;
   const double fft_ns = transforms * N * std::log2(N) * kLongConvFftNsPerNLogN * memory_bound;
   const double direct_ns = BD * (long_conv_direct_taps(dims, has_state) * kLongConvDirectNsPerTap +
@@ -65,6 +68,18 @@ inline LongConvMethod long_conv_method(const LongConvInputs& in, const LongConvO
                                                                             : LongConvMethod::direct;
 }
 
+/// The form long_conv(in, spectrum, out, options) runs: as above, with the FFT form costed at
+/// two transforms per channel (the filters' are in the spectrum). Validates like that call.
+inline LongConvMethod long_conv_method(const LongConvInputs& in, const LongConvFilterSpectrum& spectrum,
+                                       const LongConvOutputs& out, const LongConvOptions& options = {}) {
+  const LongConvOptions forward = detail::forward_options(options);
+  const auto dims = detail::validate_long_conv("long_conv", in, out, forward, false);
+  detail::check_long_conv_spectrum(ArgCheck("long_conv"), "spectrum", spectrum, in, forward);
+  if (options.method != LongConvMethod::automatic) return options.method;
+  return detail::long_conv_prefers_fft(dims, in.initial_state.has_value(), true) ? LongConvMethod::fft
+                                                                                  : LongConvMethod::direct;
+}
+
 /// Fast prefill: same arguments and results as reference::long_conv (see reference.hpp), by the
 /// direct form (direct.hpp) for short filters and the FFT form (fft.hpp) for long ones, chosen
 /// by a cost model measured on both (README.md, "Crossover") unless options.method forces one.
@@ -78,6 +93,27 @@ inline void long_conv(const LongConvInputs& in, const LongConvOutputs& out, cons
   const LongConvMethod method = long_conv_method(in, out, options);
   if (method == LongConvMethod::fft)
     detail::long_conv_fft_run(in, out.y, executor);
+  else
+    detail::long_conv_direct_run(in, out.y, executor);
+  if (out.final_state.has_value())
+    for (index_t b = 0; b < in.u.size(0); ++b) detail::long_conv_write_final_state(in, out.final_state, b);
+}
+
+/// Fast prefill with a prepared filter spectrum (fft.hpp, LongConvFilterSpectrum: which calls it
+/// serves): the same results as long_conv(in, out, options) up to float rounding. `in` still
+/// names the filters the spectrum was made from (the direct form reads them); their values are
+/// not checked again. The automatic choice costs the FFT form at two transforms per channel, so it
+/// takes the FFT form from shorter filters than without a spectrum. A spectrum that does not
+/// serve the call is a ShapeError before any output is written.
+inline void long_conv(const LongConvInputs& in, const LongConvFilterSpectrum& spectrum, const LongConvOutputs& out,
+                      const LongConvOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::long_conv_reversed_call(in, out);
+    return long_conv(rev.first, spectrum, rev.second, detail::forward_options(options), executor);
+  }
+  const LongConvMethod method = long_conv_method(in, spectrum, out, options);
+  if (method == LongConvMethod::fft)
+    detail::long_conv_fft_run(in, out.y, executor, spectrum.data());
   else
     detail::long_conv_direct_run(in, out.y, executor);
   if (out.final_state.has_value())

@@ -9,9 +9,11 @@
 #pragma once
 
 #include <algorithm>
+#include <string>
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
@@ -189,22 +191,20 @@ inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongC
   }
 }
 
-// The spectra G = FFT(h_a + i h_b) of the walk's filter pairs, block k's at scratch.G + k N E. A
-// backward filter hb enters through its correlation, conj(FFT(hb_a)) and conj(FFT(hb_b)): the
-// same pair split applied to Gb[-k] (conj of (Gb[k] + conj Gb[-k]) / 2 is (Gb[-k] + conj Gb[k]) / 2,
-// and likewise for the b part), so G[k] += Gb[-k] carries both filters in one spectrum.
-inline void long_conv_filter_spectra(const LongConvInputs& in, const LongConvWalk& walk, LongConvFftScratch& scratch,
-                                     const FftTwiddles& tw) {
+// The spectra G = FFT(h_a + i h_b) of the walk's filter pairs from their first `taps` causal
+// and `back` backward taps, block k's at G + k N E (x: the same room, scratch). A backward filter
+// hb enters through its correlation, conj(FFT(hb_a)) and conj(FFT(hb_b)): the same pair split
+// applied to Gb[-k] (conj of (Gb[k] + conj Gb[-k]) / 2 is (Gb[-k] + conj Gb[k]) / 2, and likewise
+// for the b part), so G[k] += Gb[-k] carries both filters in one spectrum (back = 0: none).
+inline void long_conv_filter_spectra(const ConstView<float, 2>& filter, const ConstView<float, 2>& filter_backward,
+                                     index_t taps, index_t back, index_t group, const LongConvWalk& walk,
+                                     const FftTwiddles& tw, float* G, float* x) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
-  const index_t T = in.u.size(1), N = tw.N, group = in.u.size(2) / in.filter.size(1);
-  float* G = scratch.G.data();
-  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
-  long_conv_load_filter_rows(in.filter, walk, taps, group, N, G);
+  const index_t N = tw.N;
+  long_conv_load_filter_rows(filter, walk, taps, group, N, G);
   for (index_t k = 0; k < walk.blocks; ++k) long_conv_forward_padded(taps, G + k * N * E, tw);
-  if (!in.filter_backward.has_value()) return;
-  float* x = scratch.x.data();
-  const index_t back = std::min(in.filter_backward.size(0), T);
-  long_conv_load_filter_rows(in.filter_backward, walk, back, group, N, x);
+  if (back == 0) return;
+  long_conv_load_filter_rows(filter_backward, walk, back, group, N, x);
   for (index_t k = 0; k < walk.blocks; ++k) long_conv_forward_padded(back, x + k * N * E, tw);
   for (index_t k = 0; k < walk.blocks; ++k) {
     float* Gk = G + k * N * E;
@@ -213,6 +213,36 @@ inline void long_conv_filter_spectra(const LongConvInputs& in, const LongConvWal
       const float* mirrored = xk + tw.mirror[static_cast<std::size_t>(i)] * E;
       for (index_t v = 0; v < E; v += W) simd::store(Gk + i * E + v, simd::load(Gk + i * E + v) + simd::load(mirrored + v));
     }
+  }
+}
+
+// The taps of a call that reach its outputs (causal, backward): the spectra hold these.
+inline std::pair<index_t, index_t> long_conv_fft_filter_taps(index_t L, index_t Lb, index_t T, bool has_state) {
+  return {long_conv_fft_causal_taps(L, T, has_state), std::min(Lb, T)};
+}
+
+// The spectra of a call's walk into scratch.G (block k's at scratch.G + k N E).
+inline void long_conv_filter_spectra(const LongConvInputs& in, const LongConvWalk& walk, LongConvFftScratch& scratch,
+                                     const FftTwiddles& tw) {
+  const index_t group = in.u.size(2) / in.filter.size(1);
+  const index_t Lb = in.filter_backward.has_value() ? in.filter_backward.size(0) : 0;
+  const auto taps = long_conv_fft_filter_taps(in.filter.size(0), Lb, in.u.size(1), in.initial_state.has_value());
+  long_conv_filter_spectra(in.filter, in.filter_backward, taps.first, taps.second, group, walk, tw, scratch.G.data(),
+                           scratch.x.data());
+}
+
+// A narrow block's spectrum (one real channel per lane) from the pair spectrum G of the full
+// block holding its channels: the full block's real parts (even narrow block) have
+// H_a = (G[k] + conj G[-k]) / 2, its imaginary parts (odd) H_b = (G[k] - conj G[-k]) / 2i, lane
+// for lane; a real filter's spectrum is what the narrow walk would have transformed. O(N).
+inline void long_conv_narrow_spectrum(const float* G, bool odd, const FftTwiddles& tw, float* out) noexcept {
+  constexpr index_t E = kFftElement;
+  const FftBatch half(0.5f);
+  for (index_t i = 0; i < tw.N; ++i) {
+    const FftValue g = fft_load(G + i * E), gm = fft_load(G + tw.mirror[static_cast<std::size_t>(i)] * E);
+    const FftValue h = odd ? FftValue{(g.im + gm.im) * half, (gm.re - g.re) * half}
+                           : FftValue{(g.re + gm.re) * half, (g.im - gm.im) * half};
+    fft_store(out + i * E, h);
   }
 }
 
@@ -317,14 +347,29 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
 }
 
 // One task: the walk's channels of every batch row.
+// prepared: the pair spectra of every full block of channels (LongConvFilterSpectrum's, block j
+// at prepared + j N E), or null to transform the walk's filters here.
 inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float, 3>& y, const FftTwiddles& tw,
-                               const LongConvWalk& walk, LongConvFftScratch& scratch, std::vector<index_t>& nonfinite) {
+                               const LongConvWalk& walk, const float* prepared, LongConvFftScratch& scratch,
+                               std::vector<index_t>& nonfinite) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2), N = tw.N;
   const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
   const auto size = static_cast<std::size_t>(walk.blocks * N * E);
-  if (scratch.x.size() < size) scratch.x.resize(size), scratch.G.resize(size);
-  long_conv_filter_spectra(in, walk, scratch, tw);
+  const bool own_spectra = prepared == nullptr || walk.lanes != E;
+  if (scratch.x.size() < size) scratch.x.resize(size);
+  if (own_spectra && scratch.G.size() < size) scratch.G.resize(size);
+  const float* G = scratch.G.data();
+  if (prepared == nullptr) {
+    long_conv_filter_spectra(in, walk, scratch, tw);
+  } else if (walk.lanes == E) {
+    G = prepared + walk.c0 / E * N * E;  // the walk's blocks are adjacent full blocks
+  } else {
+    for (index_t k = 0; k < walk.blocks; ++k) {
+      const index_t narrow = walk.c0 / W + k;
+      long_conv_narrow_spectrum(prepared + narrow / 2 * N * E, narrow % 2 == 1, tw, scratch.G.data() + k * N * E);
+    }
+  }
   float* x = scratch.x.data();
   for (index_t b = 0; b < B; ++b) {
     long_conv_gather_rows(in, walk, b, S, N, x);
@@ -346,7 +391,7 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
           if (lane < width) nonfinite.push_back(b * D + c0 + lane);
           if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
         }
-      long_conv_spectral_product(xk, scratch.G.data() + k * N * E, tw);
+      long_conv_spectral_product(xk, G + k * N * E, tw);
       long_conv_inverse_window(xk, tw, S, T);
     }
     long_conv_scatter_rows(in, y, walk, b, S, N, x);
@@ -372,8 +417,9 @@ inline index_t long_conv_fft_block_lanes(index_t D, int concurrency) {
   return concurrency > 2 && narrow > full && narrow <= concurrency ? simd::kWidth : kFftElement;
 }
 
-// FFT form over a validated call.
-inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor) {
+// FFT form over a validated call (prepared: as in long_conv_fft_walk; its FFT length is the call's).
+inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
+                              const float* prepared = nullptr) {
   const index_t D = in.u.size(2), B = in.u.size(0);
   const LongConvDims dims{B, in.u.size(1), D, in.filter.size(0),
                           in.filter_backward.has_value() ? in.filter_backward.size(0) : 0, in.filter.size(1)};
@@ -389,7 +435,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
     for (index_t i = begin; i < end; ++i) {
       const index_t first = i * per_walk;
       const LongConvWalk walk{first * lanes, std::min(per_walk, blocks - first), D, lanes};
-      long_conv_fft_walk(in, y, tw, walk, *scratch, nonfinite[static_cast<std::size_t>(i)]);
+      long_conv_fft_walk(in, y, tw, walk, prepared, *scratch, nonfinite[static_cast<std::size_t>(i)]);
     }
     pool.give(std::move(scratch));
   });
@@ -412,6 +458,162 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
 }
 
 }  // namespace detail
+
+/// What a prepared filter spectrum is made for (LongConvFilterSpectrum).
+struct LongConvSpectrumShape {
+  index_t channels = 0;    ///< D, the calls' channels (u's last extent)
+  index_t max_tokens = 0;  ///< the longest call's T; see LongConvFilterSpectrum for the T it serves
+  /// causal (filter only) or bidirectional (filter and filter_backward).
+  LongConvDirection direction = LongConvDirection::causal;
+  /// The calls pass initial_state (a causal stream): their window holds L-1 state rows and every
+  /// tap reaches an output, so the FFT length is fixed by L-1+T instead of T+min(L,T)-1.
+  bool with_state = false;
+};
+
+/// A long-conv filter's spectrum, made once and owned by the caller, for calls whose filters are
+/// fixed weights (inference: Hyena's filters after its MLP, an S4/S4D kernel of a given length).
+/// A call with it (long_conv(in, spectrum, out, ...)) runs two transforms per channel pair instead of
+/// three, reads no filter and skips the filter's finiteness check (done here, once).
+///
+/// Contract. Made from filter [L,G] (and filter_backward [Lb,G] when bidirectional) for
+/// shape.channels = D channels. It serves a call exactly when: u's D, the filter's L and G (and Lb)
+/// equal the ones it was made from; the direction is the same (options.direction, after
+/// options.reverse, which any spectrum serves); initial_state is given iff shape.with_state; and
+/// T is in [min_tokens(), max_tokens()], where max_tokens() = shape.max_tokens and min_tokens() is
+/// the shortest T whose FFT length (the power of two N >= T + min(L, T) - 1, or >= L-1+T with a
+/// state; bidirectional also >= T + min(Lb, T) - 1) is still fft_length(). Anything else is a ShapeError
+/// before any output is written. The values are not compared: the call's filter views must hold
+/// the values the spectrum was made from (they are still read by the direct form, when the
+/// automatic choice takes it, and for channels whose input is not finite).
+///
+/// Size: D * N floats (rounded up to whole blocks of 2 * simd::kWidth channels; a filter shared
+/// per head is expanded to its D channels), about twice the filter's size at L = T: 384 MiB at
+/// D = 768, T = L = 65536.
+class LongConvFilterSpectrum {
+ public:
+  LongConvFilterSpectrum() = default;
+
+  /// Validates like long_conv (shapes, finite taps), then transforms the filters, threaded over
+  /// blocks of channels through `executor`.
+  LongConvFilterSpectrum(const ConstView<float, 2>& filter, const ConstView<float, 2>& filter_backward,
+                         const LongConvSpectrumShape& shape, const Executor& executor = serial_executor());
+
+  bool empty() const noexcept { return N_ == 0; }
+  index_t channels() const noexcept { return D_; }
+  index_t taps() const noexcept { return L_; }
+  index_t backward_taps() const noexcept { return Lb_; }
+  index_t columns() const noexcept { return G_; }
+  index_t fft_length() const noexcept { return N_; }
+  index_t min_tokens() const noexcept { return min_T_; }
+  index_t max_tokens() const noexcept { return max_T_; }
+  LongConvDirection direction() const noexcept { return direction_; }
+  bool with_state() const noexcept { return with_state_; }
+  /// [ceil(D / E)][N][E] floats, E = 2 * simd::kWidth: block j's pair spectrum G = FFT(h_a + i h_b) of
+  /// channels [j E, j E + E) (lane i: channels j E + i and j E + W + i), frequencies in the
+  /// transform's bit-reversed order, the backward filter's correlation folded in.
+  const float* data() const noexcept { return spectra_.data(); }
+
+ private:
+  index_t D_ = 0, L_ = 0, Lb_ = 0, G_ = 0, N_ = 0, min_T_ = 0, max_T_ = 0;
+  LongConvDirection direction_ = LongConvDirection::causal;
+  bool with_state_ = false;
+  AlignedVector<float> spectra_;
+};
+
+namespace detail {
+
+// The FFT length of a call of T tokens against these filter extents.
+inline index_t long_conv_fft_length_for(index_t T, index_t D, index_t L, index_t Lb, index_t G, bool has_state) {
+  return long_conv_fft_length(LongConvDims{1, T, D, L, Lb, G}, has_state);
+}
+
+// Refuses a spectrum that does not serve this (already validated) call, naming what differs
+// (the argument `name`, e.g. "spectrum").
+inline void check_long_conv_spectrum(const ArgCheck& check, const std::string& name,
+                                     const LongConvFilterSpectrum& spectrum, const LongConvInputs& in,
+                                     const LongConvOptions& options) {
+  const auto n = [](index_t v) { return std::to_string(v); };
+  if (spectrum.empty()) check.fail(name.c_str(), "is empty (default-constructed); make it from the filter first");
+  const index_t T = in.u.size(1), D = in.u.size(2), L = in.filter.size(0), G = in.filter.size(1);
+  const index_t Lb = in.filter_backward.has_value() ? in.filter_backward.size(0) : 0;
+  if (spectrum.channels() != D) check.fail(name.c_str(), "was made for D = " + n(spectrum.channels()) + ", the call has D = " + n(D));
+  if (spectrum.taps() != L || spectrum.columns() != G)
+    check.fail(name.c_str(), "was made from a filter [" + n(spectrum.taps()) + ", " + n(spectrum.columns()) +
+                               "], the call's is [" + n(L) + ", " + n(G) + "]");
+  if (spectrum.direction() != options.direction || spectrum.backward_taps() != Lb)
+    check.fail(name.c_str(), std::string("was made for a ") +
+                               (spectrum.direction() == LongConvDirection::causal ? "causal" : "bidirectional") +
+                               " call with Lb = " + n(spectrum.backward_taps()) + ", the call is " +
+                               (options.direction == LongConvDirection::causal ? "causal" : "bidirectional") +
+                               " with Lb = " + n(Lb));
+  if (spectrum.with_state() != in.initial_state.has_value())
+    check.fail(name.c_str(), std::string("was made ") + (spectrum.with_state() ? "with" : "without") +
+                               " initial_state, the call passes " + (in.initial_state.has_value() ? "one" : "none"));
+  if (T < spectrum.min_tokens() || T > spectrum.max_tokens())
+    check.fail(name.c_str(), "serves T in [" + n(spectrum.min_tokens()) + ", " + n(spectrum.max_tokens()) +
+                               "] (FFT length " + n(spectrum.fft_length()) + "), the call has T = " + n(T));
+}
+
+}  // namespace detail
+
+inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>& filter,
+                                                      const ConstView<float, 2>& filter_backward,
+                                                      const LongConvSpectrumShape& shape, const Executor& executor) {
+  constexpr index_t E = detail::kFftElement;
+  const ArgCheck check("LongConvFilterSpectrum");
+  check.enum_value("shape.direction", shape.direction, 2);
+  if (shape.channels < 1) check.fail("shape.channels", "must be at least 1, got " + std::to_string(shape.channels));
+  if (shape.max_tokens < 1) check.fail("shape.max_tokens", "must be at least 1, got " + std::to_string(shape.max_tokens));
+  const bool bidirectional = shape.direction == LongConvDirection::bidirectional;
+  if (bidirectional && shape.with_state) check.fail("shape.with_state", "is causal only; a bidirectional call takes no state");
+  // The filter checks of validate_long_conv, on the filters alone.
+  const index_t D = shape.channels, L = filter.size(0), G = filter.size(1);
+  check.shape("filter", filter, {-1, -1}, "L,G");
+  if (L < 1) check.fail("filter", "must have at least one tap (L >= 1), got shape " + shape_to_string(filter.shape()));
+  if (G < 1 || D % G != 0)
+    check.fail("filter", "must have G = D columns (per channel) or G dividing D = " + std::to_string(D) +
+                             " (shared per head), got shape " + shape_to_string(filter.shape()));
+  index_t Lb = 0;
+  if (bidirectional) {
+    check.shape("filter_backward", filter_backward, {-1, G}, "Lb,G");
+    Lb = filter_backward.size(0);
+    if (Lb < 1) check.fail("filter_backward", "must have at least one tap (Lb >= 1) in a bidirectional call");
+    detail::check_finite_filter(check, "filter_backward", filter_backward);
+  } else if (filter_backward.has_value()) {
+    check.fail("filter_backward", "is given but shape.direction is causal");
+  }
+  detail::check_finite_filter(check, "filter", filter);
+
+  const index_t T = shape.max_tokens, N = detail::long_conv_fft_length_for(T, D, L, Lb, G, shape.with_state);
+  index_t lo = 1, hi = T;  // the shortest T of the same FFT length (the length grows with T)
+  while (lo < hi) {
+    const index_t mid = lo + (hi - lo) / 2;
+    if (detail::long_conv_fft_length_for(mid, D, L, Lb, G, shape.with_state) == N)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  D_ = D, L_ = L, Lb_ = Lb, G_ = G, N_ = N, min_T_ = lo, max_T_ = T;
+  direction_ = shape.direction, with_state_ = shape.with_state;
+
+  // The taps a call of max_tokens reaches: a shorter call of the same FFT length reaches no more,
+  // and the extra taps land in the zero padding, never on its outputs (T + taps - 1 <= N).
+  const auto taps = detail::long_conv_fft_filter_taps(L, Lb, T, shape.with_state);
+  const index_t blocks = (D + E - 1) / E;
+  spectra_.assign(static_cast<std::size_t>(blocks * N * E), 0.f);
+  const detail::FftTwiddles tw(N);
+  detail::LongConvFftScratchPool& pool = detail::LongConvFftScratchPool::local();
+  parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
+    std::unique_ptr<detail::LongConvFftScratch> scratch = pool.take();
+    if (scratch->x.size() < static_cast<std::size_t>(N * E)) scratch->x.resize(static_cast<std::size_t>(N * E));
+    for (index_t j = begin; j < end; ++j) {
+      const detail::LongConvWalk walk{j * E, 1, D, E};
+      detail::long_conv_filter_spectra(filter, filter_backward, taps.first, taps.second, D / G, walk, tw,
+                                       spectra_.data() + j * N * E, scratch->x.data());
+    }
+    pool.give(std::move(scratch));
+  });
+}
 
 /// FFT prefill: same arguments and results as reference::long_conv (float rounding of an
 /// FFT: about 1e-6 relative to sum |h| |u|). Each channel's window (state rows and inputs) is

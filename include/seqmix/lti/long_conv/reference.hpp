@@ -125,9 +125,11 @@ void long_conv_no_overlap(const ArgCheck& check, const char* output, const Out& 
     check.fail(output, std::string("overlaps input '") + input + "'; pass a separate buffer");
 }
 
-// Validates a prefill call (shared by every form), before anything is written.
+// Validates a prefill call (shared by every form), before anything is written. filter_values:
+// false skips the filters' finiteness check, for a call with a prepared spectrum whose making
+// checked them (the check reads the whole filter, which that call otherwise never reads).
 inline LongConvDims validate_long_conv(const char* op, const LongConvInputs& in, const LongConvOutputs& out,
-                                       const LongConvOptions& options) {
+                                       const LongConvOptions& options, bool filter_values = true) {
   const ArgCheck check(op);
   check.enum_value("options.direction", options.direction, 2).enum_value("options.method", options.method, 3);
   check.shape("u", in.u, {-1, -1, -1}, "B,T,D");
@@ -154,8 +156,8 @@ inline LongConvDims validate_long_conv(const char* op, const LongConvInputs& in,
   check.optional_shape("initial_state", in.initial_state, {B, L - 1, D}, "B,L-1,D");
   check.shape("y", out.y, {B, T, D}, "B,T,D");
   check.optional_shape("final_state", out.final_state, {B, L - 1, D}, "B,L-1,D");
-  check_finite_filter(check, "filter", in.filter);
-  if (bidirectional) check_finite_filter(check, "filter_backward", in.filter_backward);
+  if (filter_values) check_finite_filter(check, "filter", in.filter);
+  if (filter_values && bidirectional) check_finite_filter(check, "filter_backward", in.filter_backward);
   if (in.skip.has_value()) check_finite_vector(check, "skip", in.skip);
   if (in.bias.has_value()) check_finite_vector(check, "bias", in.bias);
   // The fast forms read every input while they write y; final_state may be initial_state itself.

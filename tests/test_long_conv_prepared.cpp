@@ -1,0 +1,238 @@
+// long_conv with a prepared filter spectrum (LongConvFilterSpectrum): prepared == unprepared ==
+// reference over ragged shapes, both directions, states, shared heads and thread counts; one
+// spectrum reused across calls of several T and batch sizes; a spectrum that does not serve the
+// call refused before any write; hyena with prepared spectra per order.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/lti.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/counting_executor.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::LongConvDirection;
+using seqmix::LongConvMethod;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct PreparedCase {
+  index_t B, T, D, L, G, Lb;  // Lb > 0: bidirectional
+  bool skip, state, reverse;
+  std::uint64_t seed;
+
+  std::string describe() const {
+    std::ostringstream s;
+    s << "B=" << B << " T=" << T << " D=" << D << " L=" << L << " G=" << G << " Lb=" << Lb << " skip=" << skip
+      << " state=" << state << " reverse=" << reverse << " seed=" << seed;
+    return s.str();
+  }
+  LongConvDirection direction() const { return Lb > 0 ? LongConvDirection::bidirectional : LongConvDirection::causal; }
+  seqmix::LongConvSpectrumShape spectrum_shape() const { return {D, T, direction(), state}; }
+};
+
+struct PreparedData {
+  Tensor<float, 3> u, state;
+  Tensor<float, 2> h, hb;
+  Tensor<float, 1> skip, bias;
+
+  explicit PreparedData(const PreparedCase& c)
+      : u(st::random_tensor<3>({c.B, c.T, c.D}, c.seed)),
+        state(st::random_tensor<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
+        h(st::random_tensor<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
+        hb(st::random_tensor<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
+        skip(st::random_tensor<1>({c.D}, c.seed + 4)),
+        bias(st::random_tensor<1>({c.D}, c.seed + 5)) {}
+
+  seqmix::LongConvInputs inputs(const PreparedCase& c) const {
+    seqmix::LongConvInputs in{u.view(), h.view()};
+    if (c.Lb > 0) in.filter_backward = hb.view();
+    if (c.skip) in.skip = skip.view(), in.bias = bias.view();
+    if (c.state) in.initial_state = state.view();
+    return in;
+  }
+  seqmix::ConstView<float, 2> backward(const PreparedCase& c) const {
+    return c.Lb > 0 ? hb.cview() : seqmix::ConstView<float, 2>();
+  }
+};
+
+seqmix::LongConvOptions options_of(const PreparedCase& c, LongConvMethod method) {
+  seqmix::LongConvOptions options{c.direction(), method};
+  options.reverse = c.reverse;
+  return options;
+}
+
+struct Result {
+  Tensor<float, 3> y, final_state;
+};
+
+// spectrum null: the unprepared call (reference when use_reference).
+Result run(const PreparedCase& c, const PreparedData& data, const seqmix::LongConvFilterSpectrum* spectrum,
+           LongConvMethod method, bool use_reference, const seqmix::Executor& executor) {
+  Result r{Tensor<float, 3>({c.B, c.T, c.D}), Tensor<float, 3>({c.B, c.L - 1, c.D})};
+  seqmix::LongConvOutputs out{r.y.view()};
+  if (c.Lb == 0) out.final_state = r.final_state.view();
+  if (use_reference)
+    seqmix::reference::long_conv(data.inputs(c), out, options_of(c, method));
+  else if (spectrum == nullptr)
+    seqmix::long_conv(data.inputs(c), out, options_of(c, method), executor);
+  else
+    seqmix::long_conv(data.inputs(c), *spectrum, out, options_of(c, method), executor);
+  return r;
+}
+
+// T = 1, T not a power of two, L < T, L = T, L > T with a state, odd D, D < 16, B > 1, shared
+// heads, bidirectional, reverse.
+const PreparedCase kCases[] = {
+    {1, 1, 5, 1, 5, 0, true, false, false, 1},       {2, 100, 17, 100, 17, 0, true, false, false, 2},
+    {1, 300, 12, 40, 12, 0, false, true, false, 3},  {2, 129, 64, 129, 16, 65, true, false, false, 4},
+    {1, 77, 33, 200, 33, 0, true, true, false, 5},   {1, 1000, 31, 1000, 31, 50, false, false, false, 6},
+    {3, 257, 48, 257, 48, 0, true, true, true, 7},   {1, 200, 37, 150, 37, 90, true, false, true, 8},
+    {1, 3000, 20, 3000, 20, 0, false, false, false, 9}};
+
+TEST_CASE("long_conv prepared: equals the unprepared form and the reference", "[long_conv]") {
+  for (const PreparedCase& c : kCases) {
+    INFO(c.describe());
+    const PreparedData data(c);
+    const Result ref = run(c, data, nullptr, LongConvMethod::automatic, true, seqmix::serial_executor());
+    const Result plain = run(c, data, nullptr, LongConvMethod::fft, false, seqmix::serial_executor());
+    const seqmix::LongConvFilterSpectrum spectrum(data.h.cview(), data.backward(c), c.spectrum_shape(),
+                                                  st::two_thread_pool());
+    CHECK(spectrum.min_tokens() <= c.T);
+    CHECK(spectrum.max_tokens() == c.T);
+    for (int threads : {1, 2, 64})
+      for (LongConvMethod method : {LongConvMethod::fft, LongConvMethod::automatic}) {
+        INFO("threads " << threads << " method " << int(method));
+        st::CountingExecutor ex(threads);
+        const Result got = run(c, data, &spectrum, method, false, ex);
+        st::require_close("y", got.y.cview(), ref.y.cview(), 2e-5);
+        st::require_close("y", got.y.cview(), plain.y.cview(), 2e-5);
+        if (c.Lb == 0) st::require_close("final_state", got.final_state.cview(), ref.final_state.cview(), 0.0);
+        // At 64 threads the FFT form walks narrow blocks (one per task) when they fit: their
+        // spectra come from the prepared pair spectra.
+        const index_t W = seqmix::simd::kWidth, narrow = (c.D + W - 1) / W, full = (c.D + 2 * W - 1) / (2 * W);
+        if (threads == 64 && method == LongConvMethod::fft && narrow > full && narrow <= 64)
+          CHECK(ex.runs().back().tasks == narrow);
+      }
+  }
+}
+
+TEST_CASE("long_conv prepared: one spectrum serves several T and batch sizes", "[long_conv]") {
+  const index_t D = 20, L = 300, Tmax = 1000;
+  const PreparedCase made{1, Tmax, D, L, D, 0, true, false, false, 11};
+  const PreparedData filters(made);
+  const seqmix::LongConvFilterSpectrum spectrum(filters.h.cview(), {}, made.spectrum_shape());
+  // N = 2048 >= T + 300 - 1 from T = 726 on (1024 below).
+  REQUIRE(spectrum.fft_length() == 2048);
+  REQUIRE(spectrum.min_tokens() == 726);
+  for (index_t B : {1, 3})
+    for (index_t T : {726, 901, 1000}) {
+      PreparedCase c = made;
+      c.B = B, c.T = T, c.seed = static_cast<std::uint64_t>(20 + B * T);
+      INFO(c.describe());
+      PreparedData data(c);
+      data.h = filters.h;  // the filter the spectrum was made from
+      const Result ref = run(c, data, nullptr, LongConvMethod::automatic, true, seqmix::serial_executor());
+      for (int call = 0; call < 2; ++call) {
+        const Result got =
+            run(c, data, &spectrum, LongConvMethod::fft, false, call ? st::two_thread_pool() : seqmix::serial_executor());
+        st::require_close("y", got.y.cview(), ref.y.cview(), 2e-5);
+      }
+    }
+}
+
+TEST_CASE("long_conv prepared: a spectrum that does not serve the call is refused before any write",
+          "[long_conv]") {
+  const index_t B = 2, T = 100, D = 16, L = 100;
+  const Tensor<float, 3> u = st::random_tensor<3>({B, T, D}, 1), state = st::random_tensor<3>({B, L - 1, D}, 5);
+  const Tensor<float, 3> u_long = st::random_tensor<3>({B, 2 * T, D}, 1), u_short = st::random_tensor<3>({B, 30, D}, 1);
+  const Tensor<float, 3> u_wide = st::random_tensor<3>({B, T, 2 * D}, 1);
+  const Tensor<float, 2> h = st::random_tensor<2>({L, D}, 2, -0.1f, 0.1f), h_short = st::random_tensor<2>({L - 1, D}, 3);
+  const Tensor<float, 2> h_heads = st::random_tensor<2>({L, D / 4}, 4), h_wide = st::random_tensor<2>({L, 2 * D}, 2);
+  Tensor<float, 3> y({B, T, D}), y_long({B, 2 * T, D}), y_short({B, 30, D}), y_wide({B, T, 2 * D});
+  const seqmix::LongConvFilterSpectrum spectrum(h.cview(), {}, {D, T});
+  const seqmix::LongConvFilterSpectrum bidirectional(h.cview(), h.cview(), {D, T, LongConvDirection::bidirectional});
+  const seqmix::LongConvFilterSpectrum stateful(h.cview(), {}, {D, T, LongConvDirection::causal, true});
+  const seqmix::LongConvFilterSpectrum empty;
+  for (Tensor<float, 3>* out : {&y, &y_long, &y_short, &y_wide}) out->fill(7.f);
+  const auto untouched = [&] {
+    for (const Tensor<float, 3>* out : {&y, &y_long, &y_short, &y_wide})
+      for (float v : *out) REQUIRE(v == 7.f);
+  };
+  for (LongConvMethod m : {LongConvMethod::automatic, LongConvMethod::direct, LongConvMethod::fft}) {
+    const seqmix::LongConvOptions causal{LongConvDirection::causal, m}, both{LongConvDirection::bidirectional, m};
+    st::require_shape_error("spectrum", [&] { seqmix::long_conv({u.view(), h.view()}, empty, {y.view()}, causal); });
+    st::require_shape_error("spectrum",
+                            [&] { seqmix::long_conv({u_wide.view(), h_wide.view()}, spectrum, {y_wide.view()}, causal); });
+    st::require_shape_error("spectrum", [&] { seqmix::long_conv({u.view(), h_short.view()}, spectrum, {y.view()}, causal); });
+    st::require_shape_error("spectrum", [&] { seqmix::long_conv({u.view(), h_heads.view()}, spectrum, {y.view()}, causal); });
+    st::require_shape_error("spectrum",
+                            [&] { seqmix::long_conv({u.view(), h.view(), h.view()}, spectrum, {y.view()}, both); });
+    st::require_shape_error("spectrum", [&] { seqmix::long_conv({u.view(), h.view()}, bidirectional, {y.view()}, causal); });
+    st::require_shape_error("spectrum", [&] {
+      seqmix::long_conv({u.view(), h.view(), {}, {}, {}, state.cview()}, spectrum, {y.view()}, causal);
+    });
+    st::require_shape_error("spectrum", [&] { seqmix::long_conv({u.view(), h.view()}, stateful, {y.view()}, causal); });
+    st::require_shape_error("spectrum", [&] { seqmix::long_conv({u_long.view(), h.view()}, spectrum, {y_long.view()}, causal); });
+    st::require_shape_error("spectrum", [&] { seqmix::long_conv({u_short.view(), h.view()}, spectrum, {y_short.view()}, causal); });
+    // The call's own checks still come first.
+    st::require_shape_error("y", [&] { seqmix::long_conv({u.view(), h.view()}, spectrum, {y_long.view()}, causal); });
+    untouched();
+  }
+  // Making one validates the filters like a call.
+  Tensor<float, 2> bad = h;
+  bad(7, 3) = std::nanf("");
+  st::require_shape_error("filter", [&] { seqmix::LongConvFilterSpectrum(bad.cview(), {}, {D, T}); });
+  st::require_shape_error("filter", [&] { seqmix::LongConvFilterSpectrum(h_heads.cview(), {}, {D + 1, T}); });
+  st::require_shape_error("filter_backward", [&] { seqmix::LongConvFilterSpectrum(h.cview(), h.cview(), {D, T}); });
+  st::require_shape_error("shape.max_tokens", [&] { seqmix::LongConvFilterSpectrum(h.cview(), {}, {D, 0}); });
+}
+
+TEST_CASE("hyena with prepared filter spectra equals the reference", "[long_conv]") {
+  // Order 2 and 3, T not a power of two, L < T and L = T, odd D, a state, reverse, B = 2.
+  const struct {
+    index_t N, B, T, D, L;
+    bool state, reverse;
+  } cases[] = {{2, 2, 300, 37, 300, false, false}, {3, 1, 129, 16, 40, true, false}, {2, 1, 77, 9, 77, false, true}};
+  for (const auto& c : cases) {
+    INFO("N=" << c.N << " B=" << c.B << " T=" << c.T << " D=" << c.D << " L=" << c.L << " state=" << c.state
+              << " reverse=" << c.reverse);
+    const Tensor<float, 3> v = st::random_tensor<3>({c.B, c.T, c.D}, 1);
+    const Tensor<float, 4> x = st::random_tensor<4>({c.N, c.B, c.T, c.D}, 2);
+    const float scale = 1.f / std::sqrt(float(c.L));
+    const Tensor<float, 3> h = st::random_tensor<3>({c.N, c.L, c.D}, 3, -scale, scale);
+    const Tensor<float, 2> skip = st::random_tensor<2>({c.N, c.D}, 4);
+    const Tensor<float, 4> state = st::random_tensor<4>({c.N, c.B, c.L - 1, c.D}, 5);
+    seqmix::HyenaInputs in{v.view(), x.view(), h.view(), skip.view()};
+    if (c.state) in.initial_state = state.view();
+    seqmix::HyenaOptions options;
+    options.reverse = c.reverse;
+    Tensor<float, 3> ref({c.B, c.T, c.D}), got({c.B, c.T, c.D});
+    seqmix::reference::hyena(in, {ref.view()}, options);
+    const std::vector<seqmix::LongConvFilterSpectrum> spectra =
+        seqmix::hyena_filter_spectra(h.view(), {c.D, c.T, LongConvDirection::causal, c.state});
+    for (int threads : {1, 64}) {
+      st::CountingExecutor ex(threads);
+      seqmix::hyena(in, spectra, {got.view()}, options, ex);
+      st::require_close("y", got.cview(), ref.cview(), 5e-5);
+    }
+    // Spectra for another T, or too few, are refused before y is written.
+    const std::vector<seqmix::LongConvFilterSpectrum> other =
+        seqmix::hyena_filter_spectra(h.view(), {c.D, 4 * c.T, LongConvDirection::causal, c.state});
+    got.fill(7.f);
+    st::require_shape_error("spectra[0]", [&] { seqmix::hyena(in, other, {got.view()}, options); });
+    const std::vector<seqmix::LongConvFilterSpectrum> fewer(spectra.begin(), spectra.end() - 1);
+    st::require_shape_error("spectra", [&] { seqmix::hyena(in, fewer, {got.view()}, options); });
+    for (float value : got) REQUIRE(value == 7.f);
+  }
+}
+
+}  // namespace
