@@ -3,6 +3,9 @@
 //
 //   long_conv/<fft|direct>/D768_T<T>_L<L>   the two prefill forms, T in {1024, 4096, 16384, 65536}
 //   long_conv/auto/D768_T<T>_L<L>           the automatic choice (should track the cheaper one)
+//   long_conv/prepared/D768_T<T>_L<L>       the FFT form with a prepared filter spectrum
+//                                          (LongConvFilterSpectrum, made once outside the loop): two
+//                                          transforms per channel; compare with long_conv/fft
 //   long_conv/reference/D768_T256_L256      the reference (double loops), the baseline
 //   long_conv/step/D768_L<L>                one decode step against an L-1 row state
 //   ssm_kernel/prefill/H768_N64_T16384     S4D kernel generation (complex diagonal A, ZOH), GFLOP/s at
@@ -24,7 +27,8 @@
 // The crossover: short filters (L = 16, 64, 256 at T = 4096) and L = T at every T.
 // GFLOP/s counts each form's own work: direct 2 * D * sum_t min(L, t+1); FFT 3 real transforms of
 // N per channel at 2.5 N log2 N each plus the product, 6 (N/2+1) per channel. GB/s: u read, y
-// written once (4 bytes each) and the filter read once.
+// written once (4 bytes each) and the filter read once. The prepared form: 2 transforms plus the
+// product, and the spectrum (D N floats) read instead of the filter.
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -55,7 +59,13 @@ double fft_flop(index_t T, index_t L) {
   return kD * (3 * 2.5 * N * std::log2(N) + 6 * (N / 2 + 1));
 }
 
-enum class Form { fft, direct, automatic, reference };
+double prepared_flop(index_t T, index_t L) {
+  const seqmix::detail::LongConvDims dims{1, T, kD, L, 0, kD};
+  const double N = static_cast<double>(seqmix::detail::long_conv_fft_length(dims, false));
+  return kD * (2 * 2.5 * N * std::log2(N) + 6 * (N / 2 + 1));
+}
+
+enum class Form { fft, direct, automatic, reference, prepared };
 
 void prefill(benchmark::State& state, index_t T, index_t L, Form form) {
   const Tensor<float, 3> u = st::random_tensor<3>({1, T, kD}, 1);
@@ -63,9 +73,14 @@ void prefill(benchmark::State& state, index_t T, index_t L, Form form) {
   Tensor<float, 3> y({1, T, kD});
   const LongConvMethod method =
       form == Form::fft ? LongConvMethod::fft : form == Form::direct ? LongConvMethod::direct : LongConvMethod::automatic;
+  seqmix::LongConvFilterSpectrum spectrum;
+  if (form == Form::prepared) spectrum = seqmix::LongConvFilterSpectrum(h.view(), {}, {kD, T}, st::two_thread_pool());
   for (auto _ : state) {
     if (form == Form::reference)
       seqmix::reference::long_conv({u.view(), h.view()}, {y.view()});
+    else if (form == Form::prepared)
+      seqmix::long_conv({u.view(), h.view()}, spectrum, {y.view()}, {seqmix::LongConvDirection::causal, LongConvMethod::fft},
+                        st::two_thread_pool());
     else
       seqmix::long_conv({u.view(), h.view()}, {y.view()}, {seqmix::LongConvDirection::causal, method},
                         st::two_thread_pool());
@@ -75,6 +90,10 @@ void prefill(benchmark::State& state, index_t T, index_t L, Form form) {
   bool fft = form == Form::fft;
   if (form == Form::automatic)
     fft = seqmix::long_conv_method({u.view(), h.view()}, {y.view()}) == LongConvMethod::fft;
+  if (form == Form::prepared) {
+    const double N = static_cast<double>(spectrum.fft_length());
+    return st::report_throughput(state, prepared_flop(T, L), 4.0 * (2.0 * T * kD + N * kD));
+  }
   const double bytes = 4.0 * (2.0 * T * kD + static_cast<double>(L) * kD);
   st::report_throughput(state, fft ? fft_flop(T, L) : direct_flop(T, L), bytes);
 }
@@ -197,12 +216,14 @@ void register_all() {
   const auto shape = [](index_t T, index_t L) { return "D768_T" + std::to_string(T) + "_L" + std::to_string(L); };
   for (index_t T : {1024, 4096, 16384, 65536}) {
     add("long_conv/fft/" + shape(T, T), [=](benchmark::State& s) { prefill(s, T, T, Form::fft); });
+    add("long_conv/prepared/" + shape(T, T), [=](benchmark::State& s) { prefill(s, T, T, Form::prepared); });
     if (T <= 16384)  // 65536^2 / 2 * 768 taps: about a minute per iteration
       add("long_conv/direct/" + shape(T, T), [=](benchmark::State& s) { prefill(s, T, T, Form::direct); });
     add("long_conv/auto/" + shape(T, T), [=](benchmark::State& s) { prefill(s, T, T, Form::automatic); });
   }
   for (index_t L : {16, 64, 128, 256, 512}) {
     add("long_conv/fft/" + shape(4096, L), [=](benchmark::State& s) { prefill(s, 4096, L, Form::fft); });
+    if (L <= 64) add("long_conv/prepared/" + shape(4096, L), [=](benchmark::State& s) { prefill(s, 4096, L, Form::prepared); });
     add("long_conv/direct/" + shape(4096, L), [=](benchmark::State& s) { prefill(s, 4096, L, Form::direct); });
   }
   add("long_conv/reference/" + shape(256, 256), [](benchmark::State& s) { prefill(s, 256, 256, Form::reference); });

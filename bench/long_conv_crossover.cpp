@@ -5,17 +5,27 @@
 // Built with the benchmarks as seqmix-long-conv-crossover (the test build syntax-checks it), or:
 //   g++ -std=c++17 -O2 -march=native -DNDEBUG -I include -I testing -isystem /usr/include/eigen3
 //       bench/long_conv_crossover.cpp -pthread -o long_conv_crossover      (one command line)
-//   ./long_conv_crossover [T L]...      (default: the table's rows; the first row also warms up)
+//   ./long_conv_crossover [--prepared] [T L]...  (default: the table's rows; the first row also warms
+//   up; --prepared: the prepared-form table only)
 //
 // Bound: u read + y written + filter read at one core's streaming read rate, plus 3 real
 // transforms of N (2.5 N log2 N flops each) and the spectral product (6 (N/2 + 1)) per channel at
 // one core's fp32 FMA rate; both rates come from seqmix-machine-limits' kernels, timed here in
 // thread CPU time too. The direct form is skipped at T >= 65536 (minutes per call).
+//
+// Then the prepared form (LongConvFilterSpectrum made once, long_conv(in, spectrum, out)) against
+// the FFT form without it, alternated 5 times (3 at T >= 16384), medians: one thread in thread CPU
+// time, two threads (the test pool) in process CPU time (both threads' time: what two idle
+// cores would take together). Its bound counts two transforms (the input's and the inverse) plus
+// the product, and the spectrum read (4 D N bytes) instead of the filter. "x2 / bound" compares
+// the two threads' CPU time with the one-core bound, which is the wall time against the two-core
+// bound (both rates doubled) when the two cores are idle and the threads balanced.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "seqmix/lti.hpp"
@@ -96,11 +106,66 @@ void measure(const Shape& shape, double gflops, double gbs) {
   std::fflush(stdout);
 }
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Old (FFT form, filter transformed per call) against prepared, alternated; one and two threads.
+void measure_prepared(const Shape& shape, double gflops, double gbs) {
+  constexpr index_t D = 768;
+  const index_t T = shape.T, L = shape.L;
+  const seqmix::Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 1);
+  const seqmix::Tensor<float, 2> h = st::random_tensor<2>({L, D}, 2, -0.05f, 0.05f);
+  seqmix::Tensor<float, 3> y({1, T, D});
+  const seqmix::LongConvFilterSpectrum spectrum(h.view(), {}, {D, T});
+  const seqmix::LongConvOptions fft{seqmix::LongConvDirection::causal, seqmix::LongConvMethod::fft};
+  const auto old_call = [&](const seqmix::Executor& ex) { seqmix::long_conv({u.view(), h.view()}, {y.view()}, fft, ex); };
+  const auto new_call = [&](const seqmix::Executor& ex) {
+    seqmix::long_conv({u.view(), h.view()}, spectrum, {y.view()}, fft, ex);
+  };
+  const auto cpu = [](auto clock, auto call, const seqmix::Executor& ex) {
+    const double start = clock();
+    call(ex);
+    return clock() - start;
+  };
+  const int rounds = T >= 16384 ? 3 : 5;
+  const auto direct_call = [&](const seqmix::Executor& ex) {
+    seqmix::long_conv({u.view(), h.view()}, {y.view()}, {seqmix::LongConvDirection::causal, seqmix::LongConvMethod::direct}, ex);
+  };
+  const bool short_filter = L <= 64;  // the crossover rows: the direct form too
+  std::vector<double> old1, new1, old2, new2, direct1;
+  old_call(st::two_thread_pool()), new_call(st::two_thread_pool());  // scratch of both settings
+  for (int r = 0; r < rounds; ++r) {
+    old1.push_back(cpu(thread_cpu_seconds, old_call, seqmix::serial_executor()));
+    new1.push_back(cpu(thread_cpu_seconds, new_call, seqmix::serial_executor()));
+    old2.push_back(cpu(st::process_cpu_seconds, old_call, st::two_thread_pool()));
+    new2.push_back(cpu(st::process_cpu_seconds, new_call, st::two_thread_pool()));
+    if (short_filter) direct1.push_back(cpu(thread_cpu_seconds, direct_call, seqmix::serial_executor()));
+  }
+  const double o1 = median_of(old1), n1 = median_of(new1), o2 = median_of(old2),
+               n2 = median_of(new2);
+  const bool automatic_fft = seqmix::long_conv_method({u.view(), h.view()}, spectrum, {y.view()}) == seqmix::LongConvMethod::fft;
+  const double N = static_cast<double>(spectrum.fft_length());
+  const double transform = D * 2.5 * N * std::log2(N), product = D * 6 * (N / 2 + 1);
+  const double old_bound = 4.0 * (2.0 * T * D + static_cast<double>(L) * D) / (gbs * 1e9) +
+                           (3 * transform + product) / (gflops * 1e9);
+  const double new_bound = 4.0 * (2.0 * T * D + N * D) / (gbs * 1e9) + (2 * transform + product) / (gflops * 1e9);
+  std::printf("%-7ld %-7ld %9.2f %9.2f %7.2f %9.2f %9.2f %7.2f %9.2f %7s %9.2f %9.2f %6.2f %6.2f %6.2f %6.2f\n",
+              static_cast<long>(T), static_cast<long>(L), o1 * 1e3, n1 * 1e3, o1 / n1, o2 * 1e3, n2 * 1e3, o2 / n2,
+              short_filter ? median_of(direct1) * 1e3 : -1.0, automatic_fft ? "fft" : "direct", old_bound * 1e3, new_bound * 1e3, o1 / old_bound, n1 / new_bound,
+              o2 / old_bound, n2 / new_bound);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<Shape> shapes = {{256, 256},   {1024, 1024}, {4096, 4096}, {16384, 16384}, {65536, 65536}, {4096, 16},
                                {4096, 64},   {4096, 128},  {4096, 256},  {256, 256},     {128, 128}};
+  // --prepared: only the prepared-form table.
+  const bool prepared_only = argc > 1 && std::string(argv[1]) == "--prepared";
+  if (prepared_only) --argc, ++argv;
   if (argc > 1) {
     shapes.clear();
     for (int a = 1; a + 1 < argc; a += 2) shapes.push_back({std::atol(argv[a]), std::atol(argv[a + 1])});
@@ -109,6 +174,12 @@ int main(int argc, char** argv) {
   std::printf("one thread, thread CPU time: fp32 FMA %.1f GFLOP/s, streaming read %.1f GB/s\n", gflops, gbs);
   std::printf("%-7s %-7s %11s %11s %8s %7s %10s %8s\n", "T", "L", "fft_ms", "direct_ms", "dir/fft", "auto", "bound_ms",
               "fft/bnd");
-  for (const Shape& shape : shapes) measure(shape, gflops, gbs);
+  if (!prepared_only)
+    for (const Shape& shape : shapes) measure(shape, gflops, gbs);
+  std::printf("\nprepared spectrum against the FFT form (old), medians; 1t: thread CPU, 2t: both threads' CPU\n");
+  std::printf("%-7s %-7s %9s %9s %7s %9s %9s %7s %9s %7s %9s %9s %6s %6s %6s %6s\n", "T", "L", "old1t_ms", "prep1t_ms",
+              "old/prp", "old2t_ms", "prep2t_ms", "old/prp", "dir1t_ms", "auto", "oldbnd_ms", "prpbnd_ms", "o/bnd", "p/bnd",
+              "o2/bnd", "p2/bnd");
+  for (const Shape& shape : shapes) measure_prepared(shape, gflops, gbs);
   return 0;
 }
