@@ -34,28 +34,50 @@ flags=(-std=c++17 -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=fuzzer
        -fno-sanitize-recover=undefined -I "$root/include" -I "$root/tests/fuzz" -I /usr/include/eigen3)
 
 start=$(date +%s)
-# Two targets compile at a time (2 cores).
-pids=()
+# Targets compile, then run, SEQMIX_FUZZ_JOBS at a time (default 2, the CI machine's cores). A
+# fuzzing process runs on one thread (only the inputs that pick the fast form's two-thread pool
+# use a second), so two at once keep each target's time budget and halve the stage's wall time.
+slots=${SEQMIX_FUZZ_JOBS:-2}
+wait_for_slot() {
+  while (( $(jobs -rp | wc -l) >= slots )); do wait -n || true; done
+}
+build_target() {
+  "$cxx" "${flags[@]}" -DSEQMIX_FUZZ_TARGET="fuzz_$1" "$root/tests/fuzz/libfuzzer_main.cpp" \
+    "$root/tests/fuzz/target_$1.cpp" -o "$out/fuzz_$1" -pthread
+}
 for t in "${targets[@]}"; do
-  "$cxx" "${flags[@]}" -DSEQMIX_FUZZ_TARGET="fuzz_$t" "$root/tests/fuzz/libfuzzer_main.cpp" \
-    "$root/tests/fuzz/target_$t.cpp" -o "$out/fuzz_$t" -pthread &
-  pids+=($!)
-  if (( ${#pids[@]} == 2 )); then wait "${pids[0]}"; wait "${pids[1]}"; pids=(); fi
+  rm -f "$out/fuzz_$t"  # a failed build must not leave an older binary to run
+  wait_for_slot
+  build_target "$t" &
 done
-for p in "${pids[@]}"; do wait "$p"; done
+wait
+for t in "${targets[@]}"; do
+  [[ -x "$out/fuzz_$t" ]] || { echo "fuzz.sh: building $t failed" >&2; exit 1; }
+done
 echo "fuzz.sh: built ${#targets[@]} targets in $(( $(date +%s) - start )) s"
+
+# One target from its corpus; its exit status lands in $out/fuzz_<t>.status, its output in .log.
+fuzz_target() {
+  local t=$1 scratch="$out/corpus/$1" seeds=() rc=0
+  mkdir -p "$scratch"
+  [[ -d "$root/tests/fuzz/corpus/$t" ]] && seeds+=("$root/tests/fuzz/corpus/$t")
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    "$out/fuzz_$t" "${budget[@]}" -timeout=30 -rss_limit_mb=2048 -max_len=4096 \
+    -artifact_prefix="$out/findings/$t-" -print_final_stats=1 "$scratch" "${seeds[@]}" \
+    > "$out/fuzz_$t.log" 2>&1 || rc=$?
+  echo "$rc" > "$out/fuzz_$t.status"
+}
+for t in "${targets[@]}"; do
+  rm -f "$out/fuzz_$t.status"
+  wait_for_slot
+  echo "fuzz.sh: $t (${budget[*]})"
+  fuzz_target "$t" &
+done
+wait
 
 status=0
 for t in "${targets[@]}"; do
-  scratch="$out/corpus/$t"
-  mkdir -p "$scratch"
-  seeds=()
-  [[ -d "$root/tests/fuzz/corpus/$t" ]] && seeds+=("$root/tests/fuzz/corpus/$t")
-  echo "fuzz.sh: $t (${budget[*]})"
-  if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      "$out/fuzz_$t" "${budget[@]}" -timeout=30 -rss_limit_mb=2048 -max_len=4096 \
-      -artifact_prefix="$out/findings/$t-" -print_final_stats=1 "$scratch" "${seeds[@]}" \
-      > "$out/fuzz_$t.log" 2>&1; then
+  if [[ "$(cat "$out/fuzz_$t.status" 2>/dev/null)" != 0 ]]; then
     echo "fuzz.sh: $t FOUND A PROBLEM (log: $out/fuzz_$t.log, input in $out/findings/)" >&2
     tail -40 "$out/fuzz_$t.log" >&2
     status=1
