@@ -1,9 +1,6 @@
-// seqmix_alloc_tests: the Catch2 main plus a replaced global operator new that counts every
-// heap allocation (counting_new.hpp). A separate executable so that the counting replacement
-// never touches the main test suite.
-#define CATCH_CONFIG_MAIN
-#include <catch2/catch.hpp>
-
+// seqmix_alloc_tests' replaced global operator new, which counts every heap allocation
+// (counting_new.hpp). A separate executable so that the counting replacement never touches the
+// main test suite; its Catch2 main is the test suite's (tests/main.cpp, compiled once).
 #include <atomic>
 #include <cstdlib>
 #include <new>
