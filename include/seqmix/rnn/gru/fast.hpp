@@ -9,9 +9,11 @@ namespace seqmix {
 
 /// GRU prefill over x [B,T,I] (or [B,T,3H] pre-activations without w_ih): y [B,T,H] and the
 /// final h. Same arguments and results as reference::gru, up to rounding.
-inline void gru(const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options = {},
-                const Executor& executor = serial_executor()) {
-  detail::rnn_prefill<detail::GruCell>("gru", in, out, options, executor);
+// A template only so that the engine compiles where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void gru(const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options = {},
+         const Executor& executor = serial_executor()) {
+  detail::rnn_prefill<deferred_t<detail::GruCell, Deferred>>("gru", in, out, options, executor);
 }
 
 }  // namespace seqmix

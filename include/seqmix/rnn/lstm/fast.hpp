@@ -9,9 +9,11 @@ namespace seqmix {
 
 /// LSTM prefill over x [B,T,I] (or [B,T,4H] pre-activations without w_ih): y [B,T,H] and the
 /// final (h, c). Same arguments and results as reference::lstm, up to rounding.
-inline void lstm(const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options = {},
-                 const Executor& executor = serial_executor()) {
-  detail::rnn_prefill<detail::LstmCell>("lstm", in, out, options, executor);
+// A template only so that the engine compiles where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void lstm(const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options = {},
+          const Executor& executor = serial_executor()) {
+  detail::rnn_prefill<deferred_t<detail::LstmCell, Deferred>>("lstm", in, out, options, executor);
 }
 
 }  // namespace seqmix

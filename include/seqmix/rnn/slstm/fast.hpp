@@ -9,9 +9,11 @@ namespace seqmix {
 
 /// sLSTM prefill over x [B,T,I] (or [B,T,4H] pre-activations without w_ih): y [B,T,H] and the
 /// final (h, c, n, m). Same arguments and results as reference::slstm, up to rounding.
-inline void slstm(const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options = {},
-                  const Executor& executor = serial_executor()) {
-  detail::rnn_prefill<detail::SlstmCell>("slstm", in, out, options, executor);
+// A template only so that the engine compiles where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void slstm(const RnnInputs& in, const RnnOutputs& out, const RnnOptions& options = {},
+           const Executor& executor = serial_executor()) {
+  detail::rnn_prefill<deferred_t<detail::SlstmCell, Deferred>>("slstm", in, out, options, executor);
 }
 
 }  // namespace seqmix

@@ -65,10 +65,11 @@ inline TitansMlpScratch& titans_mlp_step_scratch(index_t K, index_t M) {
 
 /// The backward of the n tokens of a mini-batch (rows of s.X, s.V) at the memory (W1, W2):
 /// Ah = gelu(k W1), D1 = gelu'(k W1), D = f'(k + gelu(k W1) W2 - v) (l2: 2 e), G1 = (D W2^T) o D1.
-inline void titans_mlp_backward(TitansMlpScratch& s, index_t n, const TttMap& W1, const TttMap& W2) {
+template <class Deferred = void>
+void titans_mlp_backward(TitansMlpScratch& s, index_t n, const TttDeferredMap<Deferred>& W1, const TttDeferredMap<Deferred>& W2) {
   const index_t K = s.K, M = s.M;
-  TttMap X(s.X.data(), n, K), V(s.V.data(), n, K), D(s.D.data(), n, K);
-  TttMap Ah(s.Ah.data(), n, M), D1(s.D1.data(), n, M), G1(s.G1.data(), n, M);
+  TttDeferredMap<Deferred> X(s.X.data(), n, K), V(s.V.data(), n, K), D(s.D.data(), n, K);
+  TttDeferredMap<Deferred> Ah(s.Ah.data(), n, M), D1(s.D1.data(), n, M), G1(s.G1.data(), n, M);
   Ah.noalias() = X * W1;
   ttt_gelu_block(Ah, &D1);
   D = X - V;
@@ -88,13 +89,14 @@ inline void titans_mlp_backward(TitansMlpScratch& s, index_t n, const TttMap& W1
 /// One mini-batch of n tokens (rows of s.Q, s.X, s.V and gates s.alpha, s.eta, s.theta) from the
 /// memory and momenta in s, with Titans' decay: leaves y in s.Y and the state after the
 /// mini-batch's last token in s.
-inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
+template <class Deferred = void>
+void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
   const index_t K = s.K, M = s.M;
-  TttMap W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
-  TttMap Q(s.Q.data(), n, K), X(s.X.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
-  TttMap Xs(s.Xs.data(), n, K), Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M);
-  TttMap H(s.H.data(), n, M), As(s.As.data(), n, M), Tm(s.Tm.data(), n, M);
-  TttMap P(s.P.data(), n, n), Wth(s.Wth.data(), n, n), Eth(s.Eth.data(), n, n);
+  TttDeferredMap<Deferred> W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
+  TttDeferredMap<Deferred> Q(s.Q.data(), n, K), X(s.X.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
+  TttDeferredMap<Deferred> Xs(s.Xs.data(), n, K), Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M);
+  TttDeferredMap<Deferred> H(s.H.data(), n, M), As(s.As.data(), n, M), Tm(s.Tm.data(), n, M);
+  TttDeferredMap<Deferred> P(s.P.data(), n, n), Wth(s.Wth.data(), n, n), Eth(s.Eth.data(), n, n);
   titans_mlp_backward(s, n, W1, W2);
   // The recurrence's coefficients (products and sums only: gates of exactly 0 or 1 are safe).
   float A = 1.f, E = 1.f, C = 0.f;
@@ -115,7 +117,7 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
       const float th = s.theta[static_cast<std::size_t>(u)];
       Eth(j, u) *= th, Wth(j, u) *= th;
     }
-  const Eigen::Map<Eigen::VectorXf> Av(s.A.data(), n), Cv(s.C.data(), n);
+  const deferred_t<Eigen::Map<Eigen::VectorXf>, Deferred> Av(s.A.data(), n), Cv(s.C.data(), n);
   // Layer 1 of the queries at W1_j, then layer 2 at W2_j.
   H.noalias() = Q * W1;
   H.array().colwise() *= Av.array();
@@ -151,7 +153,8 @@ inline void titans_mlp_minibatch(TitansMlpScratch& s, index_t n) {
 
 // Moneta's read factor 1 / ||A||_q^{q-2} of a stored matrix. q = 4 (the paper's) sums A^4 with
 // Eigen's vectorized float reduction; any other q sums pow(|A|, q) in double.
-inline float titans_mlp_lq_factor(const TttMap& A, float q) {
+template <class Deferred = void>
+float titans_mlp_lq_factor(const TttDeferredMap<Deferred>& A, float q) {
   if (q == 2.f) return 1.f;
   double sum = 0.0;
   if (q == 4.f) {
@@ -168,20 +171,21 @@ inline float titans_mlp_lq_factor(const TttMap& A, float q) {
 // and exp. a = 0 forgets log W entirely (0 * log 0 would be NaN); an entry that underflowed to 0
 // has log -inf and stays 0.
 // slice_max and slice_inv hold at least max(rows, cols) floats (no allocation per token).
-inline void titans_mlp_softmax_step(TttMap& W, const TttMap& S, float a, TitansSoftmaxAxis axis, float* slice_max,
-                                    float* slice_inv) {
+template <class Deferred = void>
+void titans_mlp_softmax_step(TttDeferredMap<Deferred>& W, const TttDeferredMap<Deferred>& S, float a, TitansSoftmaxAxis axis,
+                             float* slice_max, float* slice_inv) {
   if (a == 0.f)
     W = S;
   else
     W.array() = a * W.array().log() + S.array();
   if (axis == TitansSoftmaxAxis::key) {
-    Eigen::Map<Eigen::RowVectorXf> mx(slice_max, W.cols()), inv(slice_inv, W.cols());
+    deferred_t<Eigen::Map<Eigen::RowVectorXf>, Deferred> mx(slice_max, W.cols()), inv(slice_inv, W.cols());
     mx.noalias() = W.colwise().maxCoeff();
     W.array() = (W.array().rowwise() - mx.array()).exp();
     inv.noalias() = W.colwise().sum().cwiseInverse();
     W.array().rowwise() *= inv.array();
   } else {
-    Eigen::Map<Eigen::VectorXf> mx(slice_max, W.rows()), inv(slice_inv, W.rows());
+    deferred_t<Eigen::Map<Eigen::VectorXf>, Deferred> mx(slice_max, W.rows()), inv(slice_inv, W.rows());
     mx.noalias() = W.rowwise().maxCoeff();
     W.array() = (W.array().colwise() - mx.array()).exp();
     inv.noalias() = W.rowwise().sum().cwiseInverse();
@@ -194,15 +198,16 @@ inline void titans_mlp_softmax_step(TttMap& W, const TttMap& S, float a, TitansS
 /// one batched pass); the retention is not linear in the state, so the momentum and the state then
 /// take the tokens' rank-one gradients one by one, and each query reads the memory after its token:
 /// y = q + f2 gelu(f1 q W1) W2 with Moneta's read factors f (1 for Memora).
-inline void titans_mlp_minibatch_retained(TitansMlpScratch& s, index_t n) {
+template <class Deferred = void>
+void titans_mlp_minibatch_retained(TitansMlpScratch& s, index_t n) {
   const index_t K = s.K, M = s.M;
   const bool moneta = s.retention == TitansRetention::lq_normalized;
-  TttMap W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
-  TttMap Q(s.Q.data(), n, K), X(s.X.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
-  TttMap Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M);
+  TttDeferredMap<Deferred> W1(s.W1.data(), K, M), S1(s.S1.data(), K, M), W2(s.W2.data(), M, K), S2(s.S2.data(), M, K);
+  TttDeferredMap<Deferred> Q(s.Q.data(), n, K), X(s.X.data(), n, K), D(s.D.data(), n, K), Y(s.Y.data(), n, K);
+  TttDeferredMap<Deferred> Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M);
   if (moneta) {
     if (s.R1.size() != s.W1.size()) s.R1.resize(s.W1.size()), s.R2.resize(s.W2.size());
-    TttMap R1(s.R1.data(), K, M), R2(s.R2.data(), M, K);
+    TttDeferredMap<Deferred> R1(s.R1.data(), K, M), R2(s.R2.data(), M, K);
     R1 = titans_mlp_lq_factor(W1, s.retention_q) * W1;
     R2 = titans_mlp_lq_factor(W2, s.retention_q) * W2;
     titans_mlp_backward(s, n, R1, R2);
@@ -227,7 +232,7 @@ inline void titans_mlp_minibatch_retained(TitansMlpScratch& s, index_t n) {
       titans_mlp_softmax_step(W1, S1, a, s.axis, s.slice_max.data(), s.slice_inv.data());
       titans_mlp_softmax_step(W2, S2, a, s.axis, s.slice_max.data(), s.slice_inv.data());
     }
-    TttMap h(s.H.data() + u * M, 1, M);  // the query's hidden row
+    TttDeferredMap<Deferred> h(s.H.data() + u * M, 1, M);  // the query's hidden row
     h.noalias() = f1 * (Q.row(u) * W1);
     ttt_gelu_block(h, nullptr);
     Y.row(u) = Q.row(u) + f2 * (h * W2);
@@ -235,11 +240,12 @@ inline void titans_mlp_minibatch_retained(TitansMlpScratch& s, index_t n) {
 }
 
 // One mini-batch with the scratch's retention.
-inline void titans_mlp_minibatch_any(TitansMlpScratch& s, index_t n) {
+template <class Deferred = void>
+void titans_mlp_minibatch_any(TitansMlpScratch& s, index_t n) {
   if (s.retention == TitansRetention::decay)
-    titans_mlp_minibatch(s, n);
+    titans_mlp_minibatch<Deferred>(s, n);
   else
-    titans_mlp_minibatch_retained(s, n);
+    titans_mlp_minibatch_retained<Deferred>(s, n);
 }
 
 // The scratch's options from TitansMlpOptions.
@@ -257,18 +263,19 @@ inline void titans_mlp_configure(TitansMlpScratch& s, const TitansMlpOptions& op
 /// (in.batch) run sequence by sequence, each packed sequence starting its own mini-batches.
 /// options.retention other than decay (Moneta, Memora): the same batched backward, the state
 /// updates and reads token by token inside each mini-batch.
-inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, const TitansMlpOptions& options = {},
-                       const Executor& executor = serial_executor()) {
+template <class Deferred = void>
+void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, const TitansMlpOptions& options = {},
+                const Executor& executor = serial_executor()) {
   static const ArgCheck check("titans_mlp");
   SequenceMap map;
   const detail::TitansMlpDims d = detail::validate_titans_mlp(check, in, out, options, &map);
   if (options.reverse) {
     const auto rev = detail::titans_mlp_reversed_call(in, out);
-    return titans_mlp(rev.first, rev.second, detail::forward_options(options), executor);
+    return titans_mlp<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   if (!detail::rnn_plain_batch(in.batch))
     return detail::titans_mlp_for_each_sequence(map, in, out, [&](const TitansMlpInputs& in1, const TitansMlpOutputs& out1) {
-      titans_mlp(in1, out1, options, executor);
+      titans_mlp<Deferred>(in1, out1, options, executor);
     });
   const index_t K = d.K, M = d.M, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
   parallel_for(executor, d.B * d.HV, 1, [&](index_t begin, index_t end) {
@@ -294,7 +301,7 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
           s.alpha[g] = in.alpha(b, t0 + r, hv), s.eta[g] = in.eta(b, t0 + r, hv), s.theta[g] = in.theta(b, t0 + r, hv);
           s.delta[g] = in.huber_delta.has_value() ? in.huber_delta(b, t0 + r, hv) : options.huber_delta;
         }
-        detail::titans_mlp_minibatch_any(s, n);
+        detail::titans_mlp_minibatch_any<Deferred>(s, n);
         for (index_t r = 0; r < n; ++r)
           for (index_t j = 0; j < K; ++j) out.y(b, t0 + r, hv, j) = s.Y[static_cast<std::size_t>(r * K + j)];
       }
@@ -315,8 +322,9 @@ inline void titans_mlp(const TitansMlpInputs& in, const TitansMlpOutputs& out, c
 /// token's huber_delta and options.retention (Moneta: w1, w2 hold A1, A2). options.mini_batch and options.reverse are not used (mini_batch checked
 /// only). With in.batch.state_indices the states are pools [P,...] and row b updates pool row
 /// state_indices[b] (-1: padding, untouched). Threaded over (batch, value head).
-inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOutputs& out,
-                            const TitansMlpOptions& options = {}, const Executor& executor = serial_executor()) {
+template <class Deferred = void>
+void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOutputs& out,
+                     const TitansMlpOptions& options = {}, const Executor& executor = serial_executor()) {
   static const ArgCheck check("titans_mlp_step");
   const detail::TitansMlpDims d = detail::validate_titans_mlp_step(check, in, out, options);
   const index_t K = d.K, M = d.M;
@@ -339,7 +347,7 @@ inline void titans_mlp_step(const TitansMlpStepInputs& in, const TitansMlpStepOu
       }
       s.alpha[0] = in.alpha(b, hv), s.eta[0] = in.eta(b, hv), s.theta[0] = in.theta(b, hv);
       s.delta[0] = in.huber_delta.has_value() ? in.huber_delta(b, hv) : options.huber_delta;
-      detail::titans_mlp_minibatch_any(s, 1);
+      detail::titans_mlp_minibatch_any<Deferred>(s, 1);
       for (index_t j = 0; j < K; ++j) out.y(b, hv, j) = s.Y[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {

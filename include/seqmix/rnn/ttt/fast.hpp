@@ -16,6 +16,11 @@ namespace detail {
 
 using TttMap = Eigen::Map<RowMajorMatrix<float>>;
 
+/// TttMap, named through the `Deferred` parameter of the function templates of ttt and titans so
+/// that their Eigen products compile only in the units that call them (docs/compile_time.md).
+template <class Deferred>
+using TttDeferredMap = deferred_t<TttMap, Deferred>;
+
 /// The LayerNorm of ttt's fast forms over a block of rows [n,K] at once (Eigen array
 /// expressions, vectorized along the rows): one head's gamma and beta, kept contiguous, and the
 /// forward's normalized rows and 1/sigma, which the backward reuses.
@@ -76,8 +81,10 @@ struct TttLinearScratch {
 };
 
 /// A = tril(c_t eta_s (L R^T)_ts) for the rows of L and R [n, cols].
-inline void ttt_scaled_causal_scores(TttMap& A, const TttMap& L, const TttMap& R, index_t n, const float* c,
-                                     const std::vector<float>& eta) {
+template <class Deferred = void>
+void ttt_scaled_causal_scores(TttDeferredMap<Deferred>& A, const TttDeferredMap<Deferred>& L,
+                              const TttDeferredMap<Deferred>& R, index_t n, const float* c,
+                              const std::vector<float>& eta) {
   A.noalias() = L * R.transpose();
   for (index_t t = 0; t < n; ++t) {
     const float ct = c != nullptr ? c[t] : 1.f;
@@ -88,10 +95,11 @@ inline void ttt_scaled_causal_scores(TttMap& A, const TttMap& L, const TttMap& R
 /// The inner bias a mini-batch's queries read, b_t = b_0 - c_t sum_{s <= t} eta_s G_s (a bias's
 /// gradient is dl/d(its layer's output), the rows of G [n,cols]): added to row t of Y [n,cols];
 /// then the next mini-batch's b_0 - c_{n-1} sum_s eta_s G_s into `bias`. `acc` [cols] is scratch.
-inline void ttt_running_bias(TttMap& Y, const TttMap& G, std::vector<float>& bias, std::vector<float>& acc, index_t n,
-                             const float* c, const std::vector<float>& eta) {
+template <class Deferred = void>
+void ttt_running_bias(TttDeferredMap<Deferred>& Y, const TttDeferredMap<Deferred>& G, std::vector<float>& bias,
+                      std::vector<float>& acc, index_t n, const float* c, const std::vector<float>& eta) {
   const index_t cols = G.cols();
-  Eigen::Map<Eigen::RowVectorXf> b(bias.data(), cols), sum(acc.data(), cols);
+  deferred_t<Eigen::Map<Eigen::RowVectorXf>, Deferred> b(bias.data(), cols), sum(acc.data(), cols);
   sum.setZero();
   for (index_t t = 0; t < n; ++t) {
     sum += eta[static_cast<std::size_t>(t)] * G.row(t);
@@ -103,12 +111,13 @@ inline void ttt_running_bias(TttMap& Y, const TttMap& G, std::vector<float>& bia
 /// One mini-batch of n tokens (rows of s.Q, s.X, s.V, learning rates s.eta) from W_0 = s.W
 /// with the LayerNorm s.ln: leaves z_t = q_t + LN(q_t W_t) in s.Zq and W_{n-1} in s.W. `c` holds
 /// the position scales (null: ones).
-inline void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c, float eps) {
+template <class Deferred = void>
+void ttt_linear_minibatch(TttLinearScratch& s, index_t n, const float* c, float eps) {
   const index_t K = s.K;
-  TttMap W(s.W.data(), K, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K), Z(s.Z.data(), n, K);
-  TttMap V(s.V.data(), n, K), G(s.G.data(), n, K), Zq(s.Zq.data(), n, K), A(s.A.data(), n, n);
+  TttDeferredMap<Deferred> W(s.W.data(), K, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K), Z(s.Z.data(), n, K);
+  TttDeferredMap<Deferred> V(s.V.data(), n, K), G(s.G.data(), n, K), Zq(s.Zq.data(), n, K), A(s.A.data(), n, n);
   Z.noalias() = X * W;
-  if (s.has_bias) Z.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(s.bias.data(), K);
+  if (s.has_bias) Z.rowwise() += deferred_t<Eigen::Map<const Eigen::RowVectorXf>, Deferred>(s.bias.data(), K);
   // dl/dz of every token at W_0: the LayerNorm's backward of LN(z) + k - v.
   s.ln.forward(Z, G, eps);
   G += X - V;
@@ -150,7 +159,8 @@ struct TttMlpScratch {
 
 /// gelu (tanh form) of every element of `x` in place, on Eigen's vectorized tanh; with `derivative`
 /// given, first writes gelu'(x) there (the values before the update).
-inline void ttt_gelu_block(TttMap& x, TttMap* derivative) {
+template <class Deferred = void>
+void ttt_gelu_block(TttDeferredMap<Deferred>& x, TttDeferredMap<Deferred>* derivative) {
   constexpr float c = 0.7978845608028654f, a = 0.044715f;
   auto u = x.array();
   if (derivative != nullptr) {
@@ -163,19 +173,20 @@ inline void ttt_gelu_block(TttMap& x, TttMap* derivative) {
 
 /// One ttt_mlp mini-batch of n tokens from W1_0, W2_0 = s.W1, s.W2: leaves
 /// z_t = q_t + LN(gelu(q W1_t) W2_t) in s.Zq and the mini-batch's last weights in s.W1, s.W2.
-inline void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, float eps) {
+template <class Deferred = void>
+void ttt_mlp_minibatch(TttMlpScratch& s, index_t n, const float* c, float eps) {
   const index_t K = s.K, M = s.M;
-  TttMap W1(s.W1.data(), K, M), W2(s.W2.data(), M, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K);
-  TttMap V(s.V.data(), n, K), Z2(s.Z2.data(), n, K), G2(s.G2.data(), n, K), Zq(s.Zq.data(), n, K);
-  TttMap Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M), Hq(s.Hq.data(), n, M);
-  TttMap A(s.A.data(), n, n);
+  TttDeferredMap<Deferred> W1(s.W1.data(), K, M), W2(s.W2.data(), M, K), Q(s.Q.data(), n, K), X(s.X.data(), n, K);
+  TttDeferredMap<Deferred> V(s.V.data(), n, K), Z2(s.Z2.data(), n, K), G2(s.G2.data(), n, K), Zq(s.Zq.data(), n, K);
+  TttDeferredMap<Deferred> Ah(s.Ah.data(), n, M), G1(s.G1.data(), n, M), Hq(s.Hq.data(), n, M);
+  TttDeferredMap<Deferred> A(s.A.data(), n, n);
   // Forward at the mini-batch's weights, then dl/dz2 and dl/dz1 of every token.
-  TttMap D1(s.D1.data(), n, M);
+  TttDeferredMap<Deferred> D1(s.D1.data(), n, M);
   Ah.noalias() = X * W1;  // z1 = k W1 (+ b1), turned into gelu(z1) with gelu'(z1) kept in D1
-  if (s.has_bias) Ah.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(s.b1.data(), M);
+  if (s.has_bias) Ah.rowwise() += deferred_t<Eigen::Map<const Eigen::RowVectorXf>, Deferred>(s.b1.data(), M);
   ttt_gelu_block(Ah, &D1);
   Z2.noalias() = Ah * W2;
-  if (s.has_bias) Z2.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(s.b2.data(), K);
+  if (s.has_bias) Z2.rowwise() += deferred_t<Eigen::Map<const Eigen::RowVectorXf>, Deferred>(s.b2.data(), K);
   s.ln.forward(Z2, G2, eps);
   G2 += X - V;
   s.ln.backward(G2);
@@ -263,12 +274,13 @@ inline void ttt_row_minibatches(Scratch& s, const In& in, const Out& out, index_
 /// Z = K W_0, the tokens' dl/dz, then Q W_0 - tril(c eta ∘ Q K^T) dL/dZ and
 /// W_0 - K^T diag(c eta) dL/dZ, matrix products of [b,K] x [K,K] and [b,b]. Threaded over
 /// (batch, head) rows; the mini-batches of a row are sequential.
-inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, const TttOptions& options = {},
-                       const Executor& executor = serial_executor()) {
+template <class Deferred = void>
+void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, const TttOptions& options = {},
+                const Executor& executor = serial_executor()) {
   detail::check_reversible("ttt_linear", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::ttt_reversed_call(in, out);
-    return ttt_linear(rev.first, rev.second, detail::forward_options(options), executor);
+    return ttt_linear<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   static const ArgCheck check("ttt_linear");
   SequenceMap map;
@@ -280,7 +292,7 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
         [&](TttLinearInputs& in1, TttLinearOutputs& out1, const SequenceSpan& s) {
           detail::ttt_linear_sequence_states(in1, out1, in, out, s);
         },
-        [&](const TttLinearInputs& in1, const TttLinearOutputs& out1) { ttt_linear(in1, out1, options, executor); });
+        [&](const TttLinearInputs& in1, const TttLinearOutputs& out1) { ttt_linear<Deferred>(in1, out1, options, executor); });
   const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
   const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
@@ -294,7 +306,7 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
           s.W[static_cast<std::size_t>(i * K + j)] = in.initial_w.has_value() ? in.initial_w(b, h, i, j) : 0.f;
       for (index_t j = 0; j < K; ++j)
         s.bias[static_cast<std::size_t>(j)] = in.initial_b.has_value() ? in.initial_b(b, h, j) : 0.f;
-      detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_linear_minibatch);
+      detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_linear_minibatch<Deferred>);
       if (out.final_w.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t j = 0; j < K; ++j) out.final_w(b, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
@@ -308,12 +320,13 @@ inline void ttt_linear(const TttLinearInputs& in, const TttLinearOutputs& out, c
 /// and backward of every token at (W1_0, W2_0) as [b,K] x [K,M] and [b,M] x [M,K] products,
 /// the queries' hidden rows gelu(Q W1_0 - tril(c eta ∘ Q X^T) G1), their outputs
 /// Hq W2_0 - tril(c eta ∘ Hq Ah^T) G2, and the weights' update. Threaded over (batch, head).
-inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
-                    const Executor& executor = serial_executor()) {
+template <class Deferred = void>
+void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttOptions& options = {},
+             const Executor& executor = serial_executor()) {
   detail::check_reversible("ttt_mlp", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::ttt_reversed_call(in, out);
-    return ttt_mlp(rev.first, rev.second, detail::forward_options(options), executor);
+    return ttt_mlp<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   static const ArgCheck check("ttt_mlp");
   index_t M = 0;
@@ -325,7 +338,7 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
         [&](TttMlpInputs& in1, TttMlpOutputs& out1, const SequenceSpan& s) {
           detail::ttt_mlp_sequence_states(in1, out1, in, out, s);
         },
-        [&](const TttMlpInputs& in1, const TttMlpOutputs& out1) { ttt_mlp(in1, out1, options, executor); });
+        [&](const TttMlpInputs& in1, const TttMlpOutputs& out1) { ttt_mlp<Deferred>(in1, out1, options, executor); });
   const index_t K = d.K, bs = std::min(options.mini_batch, std::max<index_t>(d.T, 1));
   const std::vector<float> scale = detail::ttt_token_scales(in, bs);
   parallel_for(executor, d.B * d.H, 1, [&](index_t begin, index_t end) {
@@ -343,7 +356,7 @@ inline void ttt_mlp(const TttMlpInputs& in, const TttMlpOutputs& out, const TttO
         s.b1[static_cast<std::size_t>(m)] = in.initial_b1.has_value() ? in.initial_b1(b, h, m) : 0.f;
       for (index_t j = 0; j < K; ++j)
         s.b2[static_cast<std::size_t>(j)] = in.initial_b2.has_value() ? in.initial_b2(b, h, j) : 0.f;
-      detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_mlp_minibatch);
+      detail::ttt_row_minibatches(s, in, out, b, h, d.T, scale, options.ln_eps, &detail::ttt_mlp_minibatch<Deferred>);
       if (out.final_w1.has_value())
         for (index_t i = 0; i < K; ++i)
           for (index_t m = 0; m < M; ++m) out.final_w1(b, h, i, m) = s.W1[static_cast<std::size_t>(i * M + m)];

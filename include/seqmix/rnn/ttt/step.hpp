@@ -40,8 +40,9 @@ inline index_t ttt_step_row(const SequenceBatch& batch, index_t b) {
 /// in.batch.state_indices, w is a pool [P,H,K,K] and row b updates pool row state_indices[b]
 /// (-1: padding, untouched); has_initial_state[b] false starts that row from W = 0. No heap
 /// allocation after a thread's first call.
-inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOutputs& out,
-                            const TttOptions& options = {}, const Executor& executor = serial_executor()) {
+template <class Deferred = void>
+void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOutputs& out,
+                     const TttOptions& options = {}, const Executor& executor = serial_executor()) {
   static const ArgCheck check("ttt_linear_step");
   const detail::TttDims d = detail::validate_ttt_linear_step(check, in, out, options);
   const index_t K = d.K;
@@ -59,7 +60,7 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
       if (s.has_bias)
         for (index_t j = 0; j < K; ++j) s.bias[static_cast<std::size_t>(j)] = fresh ? 0.f : out.b(p, h, j);
       detail::ttt_load_step(s, in, b, h);
-      detail::ttt_linear_minibatch(s, 1, nullptr, options.ln_eps);
+      detail::ttt_linear_minibatch<Deferred>(s, 1, nullptr, options.ln_eps);
       for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t j = 0; j < K; ++j) out.w(p, h, i, j) = s.W[static_cast<std::size_t>(i * K + j)];
@@ -75,8 +76,9 @@ inline void ttt_linear_step(const TttLinearStepInputs& in, const TttLinearStepOu
 /// ttt_mlp with mini_batch = 1 (see
 /// ttt_linear_step). Threaded over (batch, head) rows; slots as ttt_linear_step (w1 [P,H,K,M],
 /// w2 [P,H,M,K]; has_initial_state refused). No heap allocation after a thread's first call.
-inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& out, const TttOptions& options = {},
-                         const Executor& executor = serial_executor()) {
+template <class Deferred = void>
+void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& out, const TttOptions& options = {},
+                  const Executor& executor = serial_executor()) {
   static const ArgCheck check("ttt_mlp_step");
   index_t M = 0;
   const detail::TttDims d = detail::validate_ttt_mlp_step(check, in, out, options, &M);
@@ -99,7 +101,7 @@ inline void ttt_mlp_step(const TttMlpStepInputs& in, const TttMlpStepOutputs& ou
         for (index_t j = 0; j < K; ++j) s.b2[static_cast<std::size_t>(j)] = out.b2(p, h, j);
       }
       detail::ttt_load_step(s, in, b, h);
-      detail::ttt_mlp_minibatch(s, 1, nullptr, options.ln_eps);
+      detail::ttt_mlp_minibatch<Deferred>(s, 1, nullptr, options.ln_eps);
       for (index_t j = 0; j < K; ++j) out.z(b, h, j) = s.Zq[static_cast<std::size_t>(j)];
       for (index_t i = 0; i < K; ++i)
         for (index_t m = 0; m < M; ++m) {
