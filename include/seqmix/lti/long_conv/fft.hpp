@@ -498,15 +498,25 @@ class LongConvFilterSpectrum {
   LongConvFilterSpectrum(const ConstView<float, 2>& filter, const ConstView<float, 2>& filter_backward,
                          const LongConvSpectrumShape& shape, const Executor& executor = serial_executor());
 
+  /// True for a default-constructed spectrum, which serves no call.
   bool empty() const noexcept { return N_ == 0; }
+  /// D: the channels of the calls it serves.
   index_t channels() const noexcept { return D_; }
+  /// L: the (forward) filter's taps.
   index_t taps() const noexcept { return L_; }
+  /// Lb: the backward filter's taps (0 unless bidirectional).
   index_t backward_taps() const noexcept { return Lb_; }
+  /// G: the filter's columns (D, or the head count of a filter shared per head).
   index_t columns() const noexcept { return G_; }
+  /// N: the FFT length every call it serves uses.
   index_t fft_length() const noexcept { return N_; }
+  /// The shortest T it serves (the shortest whose FFT length is still fft_length()).
   index_t min_tokens() const noexcept { return min_T_; }
+  /// The longest T it serves (shape.max_tokens).
   index_t max_tokens() const noexcept { return max_T_; }
+  /// The direction it was made for (a call's options.reverse is served by either).
   LongConvDirection direction() const noexcept { return direction_; }
+  /// Whether calls pass an initial_state (they must, exactly when this is true).
   bool with_state() const noexcept { return with_state_; }
   /// [ceil(D / E)][N][E] floats, E = 2 * simd::kWidth: block j's pair spectrum G = FFT(h_a + i h_b) of
   /// channels [j E, j E + E) (lane i: channels j E + i and j E + W + i), frequencies in the
