@@ -95,8 +95,13 @@ struct Problem {
         y({1, shape.T, D}) {}
 };
 
-// Seconds for `bytes` at the streaming rate plus `flop` at the FMA peak.
-double bound_seconds(double bytes, double flop, double gflops, double gbs) {
+// The FFT form's bound for T tokens of D channels at FFT length N: u and y plus `filter_floats`
+// per channel read at the streaming rate, and `transforms` real transforms of N points per channel
+// plus the spectral product at the FMA peak. Per call: the filter (L floats) and three transforms;
+// with a prepared spectrum: the spectrum (N floats) and two.
+double fft_bound_seconds(double T, double D, double N, double filter_floats, int transforms, double gflops, double gbs) {
+  const double bytes = 4.0 * D * (2.0 * T + filter_floats);
+  const double flop = D * (transforms * 2.5 * N * std::log2(N) + 6 * (N / 2 + 1));
   return bytes / (gbs * 1e9) + flop / (gflops * 1e9);
 }
 
@@ -104,9 +109,9 @@ void measure(const Shape& shape, double gflops, double gbs) {
   constexpr index_t D = Problem::D;
   const index_t T = shape.T, L = shape.L;
   Problem p(shape);
-  const seqmix::Tensor<float, 3>& u = p.u;
-  const seqmix::Tensor<float, 2>& h = p.h;
-  seqmix::Tensor<float, 3>& y = p.y;
+  const auto& u = p.u;
+  const auto& h = p.h;
+  auto& y = p.y;
   const auto run = [&](seqmix::LongConvMethod method) {
     seqmix::long_conv({u.view(), h.view()}, {y.view()}, {seqmix::LongConvDirection::causal, method});
   };
@@ -117,9 +122,7 @@ void measure(const Shape& shape, double gflops, double gbs) {
   const bool automatic_fft = seqmix::long_conv_method({u.view(), h.view()}, {y.view()}) == seqmix::LongConvMethod::fft;
   const seqmix::detail::LongConvDims dims{1, T, D, L, 0, D};
   const double N = static_cast<double>(seqmix::detail::long_conv_fft_length(dims, false));
-  const double bytes = 4.0 * (2.0 * static_cast<double>(T * D) + static_cast<double>(L * D));
-  const double flop = static_cast<double>(D) * (3 * 2.5 * N * std::log2(N) + 6 * (N / 2 + 1));
-  const double bound = bound_seconds(bytes, flop, gflops, gbs);
+  const double bound = fft_bound_seconds(T, D, N, L, 3, gflops, gbs);
   std::printf("%-7ld %-7ld %11.2f %11.2f %8.2f %7s %10.2f %8.2f\n", static_cast<long>(T), static_cast<long>(L), fft * 1e3,
               direct * 1e3, direct > 0 ? direct / fft : -1.0, automatic_fft ? "fft" : "direct", bound * 1e3, fft / bound);
   std::fflush(stdout);
@@ -135,9 +138,9 @@ void measure_prepared(const Shape& shape, double gflops, double gbs) {
   constexpr index_t D = Problem::D;
   const index_t T = shape.T, L = shape.L;
   Problem p(shape);
-  const seqmix::Tensor<float, 3>& u = p.u;
-  const seqmix::Tensor<float, 2>& h = p.h;
-  seqmix::Tensor<float, 3>& y = p.y;
+  const auto& u = p.u;
+  const auto& h = p.h;
+  auto& y = p.y;
   const seqmix::LongConvFilterSpectrum spectrum(h.view(), {}, {D, T});
   const seqmix::LongConvOptions fft{seqmix::LongConvDirection::causal, seqmix::LongConvMethod::fft};
   const auto old_call = [&](const seqmix::Executor& ex) { seqmix::long_conv({u.view(), h.view()}, {y.view()}, fft, ex); };
@@ -167,11 +170,8 @@ void measure_prepared(const Shape& shape, double gflops, double gbs) {
                n2 = median_of(new2);
   const bool automatic_fft = seqmix::long_conv_method({u.view(), h.view()}, spectrum, {y.view()}) == seqmix::LongConvMethod::fft;
   const double N = static_cast<double>(spectrum.fft_length());
-  const double transform = D * 2.5 * N * std::log2(N), product = D * 6 * (N / 2 + 1);
-  // The prepared form reads the spectrum (N floats per channel) instead of the filter.
-  const double old_bound =
-      bound_seconds(4.0 * (2.0 * T * D + static_cast<double>(L) * D), 3 * transform + product, gflops, gbs);
-  const double new_bound = bound_seconds(4.0 * (2.0 * T * D + N * D), 2 * transform + product, gflops, gbs);
+  const double old_bound = fft_bound_seconds(T, D, N, L, 3, gflops, gbs);
+  const double new_bound = fft_bound_seconds(T, D, N, N, 2, gflops, gbs);
   std::printf("%-7ld %-7ld %9.2f %9.2f %7.2f %9.2f %9.2f %7.2f %9.2f %7s %9.2f %9.2f %6.2f %6.2f %6.2f %6.2f\n",
               static_cast<long>(T), static_cast<long>(L), o1 * 1e3, n1 * 1e3, o1 / n1, o2 * 1e3, n2 * 1e3, o2 / n2,
               short_filter ? median_of(direct1) * 1e3 : -1.0, automatic_fft ? "fft" : "direct", old_bound * 1e3, new_bound * 1e3, o1 / old_bound, n1 / new_bound,
