@@ -1,6 +1,7 @@
 // The delta-rule prefills (gated_delta_rule with a scalar gate, KDA's channel gate, rwkv7) split
 // each (sequence, head) into blocks of value columns when there are fewer of them than threads
-// (delta_update::for_each_item). An executor that claims 64 threads (and runs serially) must
+// (delta_update::for_each_item); from 3 blocks on, the chunked form's V-independent chunk factors
+// are computed once in a first pass (delta_update::run_delta_items). An executor that claims 64 threads (and runs serially) must
 // get the intended task count and outputs, final states and token states equal to the
 // reference's, at ragged shapes: V not a multiple of the block, T not a multiple of the chunk,
 // packed ragged sequences, grouped heads, initial states.
@@ -12,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/delta_rule/reference.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
@@ -37,7 +40,8 @@ struct GdrSplitCase {
   std::vector<std::int32_t> cu_seqlens;  // empty: B dense rows; else B = 1 and these sequences
   bool token_states;
   int threads;
-  index_t tasks;  // the prefill's run: sequences x HV x value blocks
+  index_t tasks;    // the prefill's (last) run: sequences x HV x value blocks
+  index_t factors;  // the run before it, the chunk factors' pass: chunks of the chunked items; 0: none
 };
 
 std::string describe(const GdrSplitCase& c) {
@@ -52,6 +56,14 @@ std::string describe(const GdrSplitCase& c) {
 // The run of the prefill itself: the last one (the gate check may run before it).
 index_t prefill_tasks(const st::CountingExecutor& ex) { return ex.runs().empty() ? 0 : ex.runs().back().tasks; }
 
+// The run before it: the first pass over (item, chunk) of delta_update::run_delta_items when the
+// items split into value blocks and some run the fp32 chunked form; 0 when it is not there.
+index_t factor_tasks(const st::CountingExecutor& ex, index_t expected) {
+  const auto& runs = ex.runs();
+  if (expected == 0 || runs.size() < 2) return 0;
+  return runs[runs.size() - 2].tasks;
+}
+
 }  // namespace
 
 TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA match the reference",
@@ -63,13 +75,20 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
   // count does not depend on the vector width here); V = 33 stays whole; with 32 items and 64
   // threads V = 128 gives 2 blocks of 64.
   const std::vector<GdrSplitCase> cases = {
-      {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 64, 2 * 3 * 2},
-      {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::recurrent, {}, true, 64, 2 * 3 * 2},
-      {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::automatic, {0, 70, 75, 205}, false, 64, 3 * 2 * 3},
-      {1, 205, 2, 4, 48, 33, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 4 * 1},
-      {1, 70, 2, 32, 16, 128, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 64, 32 * 2},
-      {1, 70, 2, 32, 16, 128, DeltaGate::channel, DeltaAlgorithm::automatic, {}, false, 64, 32 * 2},
-      {2, 70, 1, 2, 16, 80, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 2, 2 * 2},  // items = threads
+      {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 64, 2 * 3 * 2, 0},
+      {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::recurrent, {}, true, 64, 2 * 3 * 2, 0},
+      {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::automatic, {0, 70, 75, 205}, false, 64, 3 * 2 * 3, 0},
+      {1, 205, 2, 4, 48, 33, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 4 * 1, 0},
+      {1, 70, 2, 32, 16, 128, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 64, 32 * 2, 0},
+      {1, 70, 2, 32, 16, 128, DeltaGate::channel, DeltaAlgorithm::automatic, {}, false, 64, 32 * 2, 0},
+      {2, 70, 1, 2, 16, 80, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 2, 2 * 2, 0},  // items = threads
+      // From 3 blocks on the chunk factors are shared (delta_update::kShareFactorsMinBlocks; with
+      // 2 blocks above, not): KDA's chunked form over packed sequences of 130, 70 and 5 tokens
+      // (3 + 2 + 1 chunks per head); the gdn-h4 grain, 4 heads of 3 chunks (64, 64, 22 tokens)
+      // in 4 blocks each; a short sequence (5 tokens) that stays recurrent beside chunked ones.
+      {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::chunked, {0, 70, 75, 205}, false, 64, 3 * 2 * 3, 6 * 2},
+      {1, 150, 4, 4, 32, 128, DeltaGate::scalar, DeltaAlgorithm::automatic, {}, false, 64, 4 * 4, 4 * 3},
+      {1, 205, 2, 2, 32, 96, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 2 * 3, 5 * 2},
   };
   std::uint64_t seed = 900;
   for (const GdrSplitCase& c : cases) {
@@ -124,10 +143,35 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
     st::CountingExecutor ex(c.threads);
     const Result fast = run(false, ex);
     CHECK(prefill_tasks(ex) == c.tasks);
+    CHECK(factor_tasks(ex, c.factors) == c.factors);
     st::require_close("o", fast.o.view(), ref.o.view(), kTol);
     st::require_close("final_state", fast.state.view(), ref.state.view(), kTol);
     if (c.token_states) st::require_close("token_states", fast.tokens.view(), ref.tokens.view(), kTol);
   }
+}
+
+TEST_CASE("parallel grain delta: delta_rule's value blocks share their chunk factors", "[parallel_grain][delta_rule]") {
+  // No gate: the factors are the plain (K;Q) rows and scores. 3 heads of 2 chunks (64 + 36
+  // tokens) on 64 threads: a first pass of 3 x 2 tasks, then 3 x 3 value blocks (V = 96).
+  const index_t B = 1, T = 100, H = 3, K = 32, V = 96;
+  Tensor<float, 4> q = st::random_tensor<4>({B, T, H, K}, 1301);
+  Tensor<float, 4> k = st::random_tensor<4>({B, T, H, K}, 1302);
+  const Tensor<float, 4> v = st::random_tensor<4>({B, T, H, V}, 1303);
+  const Tensor<float, 3> beta = st::random_tensor<3>({B, T, H}, 1304, 0.f, 1.f);
+  st::normalize_rows(q);
+  st::normalize_rows(k);
+  const Tensor<float, 4> s0 = st::random_tensor<4>({B, H, K, V}, 1305, -0.5f, 0.5f);
+  seqmix::DeltaRuleOptions options;
+  options.algorithm = DeltaAlgorithm::chunked;
+  const seqmix::DeltaRuleInputs in{q.view(), k.view(), v.view(), beta.view(), s0.view()};
+  Tensor<float, 4> o_ref({B, T, H, V}), s_ref({B, H, K, V}), o({B, T, H, V}), s({B, H, K, V});
+  seqmix::reference::delta_rule(in, {o_ref.view(), s_ref.view()}, options);
+  st::CountingExecutor ex(64);
+  seqmix::delta_rule(in, {o.view(), s.view()}, options, ex);
+  CHECK(prefill_tasks(ex) == H * 3);
+  CHECK(factor_tasks(ex, H * 2) == H * 2);
+  st::require_close("o", o.view(), o_ref.view(), kTol);
+  st::require_close("final_state", s.view(), s_ref.view(), kTol);
 }
 
 TEST_CASE("parallel grain delta: value-column blocks of rwkv7 match the reference", "[parallel_grain][rwkv7]") {

@@ -131,19 +131,28 @@ inline detail::ValueSplit value_blocks(index_t items, index_t V, int concurrency
   return detail::split_value_columns(items, V, concurrency, simd::kWidth, kMinValueBlock);
 }
 
+/// Runs block(it, columns, scratch) for every item it < items and block of value columns of
+/// `split`, one task per block handed out dynamically by the executor, an item's blocks one after
+/// another; `scratch` is sized for the block's columns.
+template <class Block>
+void for_each_block(const Executor& executor, index_t items, index_t K, const detail::ValueSplit& split, Block&& block) {
+  executor.run(items * split.blocks, [&](index_t i) {
+    const ValueColumns columns = split.block(i % split.blocks);
+    block(i / split.blocks, columns, item_scratch(K, columns.width));
+  });
+}
+
 /// Runs item(n, h, columns, scratch) for every (running sequence n, head h) and block of value
-/// columns (value_blocks), longest sequences first, one task per block handed out
-/// dynamically by the executor; `scratch` is sized for the block's columns.
+/// columns (value_blocks), longest sequences first (item it is sequence order[it / H], head
+/// it % H of longest_first's order); `scratch` is sized for the block's columns.
 template <class Item>
 void for_each_item(const Executor& executor, const SequenceMap& map, index_t H, index_t K, index_t V, Item&& item) {
   const std::vector<index_t>& order = longest_first(map);
   const index_t items = static_cast<index_t>(order.size()) * H;
-  const detail::ValueSplit split = value_blocks(items, V, executor.concurrency());
-  executor.run(items * split.blocks, [&](index_t i) {
-    const index_t it = i / split.blocks;
-    const ValueColumns columns = split.block(i % split.blocks);
-    item(order[static_cast<std::size_t>(it / H)], it % H, columns, item_scratch(K, columns.width));
-  });
+  for_each_block(executor, items, K, value_blocks(items, V, executor.concurrency()),
+                 [&](index_t it, ValueColumns columns, ItemScratch& ws) {
+                   item(order[static_cast<std::size_t>(it / H)], it % H, columns, ws);
+                 });
 }
 
 /// The state tensors' row count (N, or the pool's S with slots), -1 when no state is given.

@@ -67,12 +67,19 @@ struct WyWorkspace {
   bool bf16_dot = false;  ///< the current chunk's GEMMs on bf16 dot products (set by wy_load_chunk)
 };
 
-/// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, v, beta, cumulative gates.
-inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
+/// The values of chunk [t0, t0 + L) into Vc: copied, or widened from 16-bit storage.
+inline void load_chunk_values(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
+  for (index_t i = 0; i < L; ++i) p.v.load(t0 + i, ws.Vc.row(i).data());
+}
+
+/// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, beta, cumulative gates, and
+/// the values unless `values` is false (the shared chunk factors, below, need none). One pass
+/// over the token rows, each token's k, q and v together.
+inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, bool values = true) {
   for (index_t i = 0; i < L; ++i) {
     load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
     load_row(p.q, t0 + i, p.scale, p.norm, ws.KQ.row(L + i).data());
-    p.v.load(t0 + i, ws.Vc.row(i).data());  // copied, or widened from 16-bit storage
+    if (values) p.v.load(t0 + i, ws.Vc.row(i).data());
     ws.beta(i) = p.beta(t0 + i);
   }
   if (!p.gated()) return;
@@ -214,8 +221,10 @@ inline void decay_state_rows(const float* last, RowMatrix& S, WyWorkspace& ws) {
   scale_rows(S.data(), nullptr, ws.anchor.data(), S.rows(), S.cols(), S.cols(), S.data());
 }
 
-/// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution.
-inline void solve_unit_lower(const RowMatrix& A, index_t L, RowMatrix& X) {
+/// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution
+/// (A: a RowMatrix or a map of one's rows).
+template <class LowerA>
+inline void solve_unit_lower(const LowerA& A, index_t L, RowMatrix& X) {
   const index_t V = X.cols();
   for (index_t i0 = 0; i0 < L; i0 += kSolveBlock) {
     const index_t n = std::min(kSolveBlock, L - i0);
@@ -289,9 +298,8 @@ inline void add_state_bf16(const RowMatrix& X, index_t L, RowMatrix& S, WyWorksp
 // The steps of one chunk [t0, t0 + L) of head p on the state S [K,V], in the order the chunkwise
 // engine (core/chunkwise/engine.hpp) calls them; driver.hpp binds them to its hooks.
 
-/// Operands and the state-free scores: A and M.
-inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
-  load_chunk(p, t0, L, ws);
+/// The state-free scores A and M of a chunk whose k, q, beta and gates are loaded (load_chunk).
+inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   const bool channel = p.gated() && !p.scalar_gate;
   ws.bf16_dot = detail::kNativeBf16Dot && p.bf16_dot;
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -320,6 +328,12 @@ inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace
   mask_scores(L, p.gated() && p.scalar_gate, ws);
 }
 
+/// Operands and the state-free scores: A and M.
+inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
+  load_chunk(p, t0, L, ws);
+  chunk_scores(p, L, ws);
+}
+
 /// The read of the carried state by k (for the right-hand side) and by q (for the output).
 inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyWorkspace& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -340,6 +354,21 @@ inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyW
   small_product({X.data(), X.cols(), 1}, 2 * L, S.rows(), S.data(), S.cols(), S.cols(), ws.P.data(), ws.P.cols(), kOverwrite);
 }
 
+/// O += M U over M's lower triangle (O is P's rows [L, 2L)); M: a RowMatrix or a map of one's rows.
+template <class LowerM>
+inline void add_mu(index_t L, const LowerM& M, WyWorkspace& ws) {
+  // O += M U over M's lower triangle. A NaN / inf in U must not reach earlier tokens through
+  // M's zeros (docs/reliability.md): such entries run as 0 and are added to the rows i >= j
+  // that see them afterwards (core/chunkwise/causal_product.hpp), so the earlier rows are
+  // bit-identical to a clean chunk's.
+  const bool finite = ws.U.topRows(L).allFinite();
+  if (!finite) ws.finite_u = ws.U.topRows(L).array().isFinite().select(ws.U.topRows(L), 0.f);
+  const float* u = finite ? ws.U.data() : ws.finite_u.data();
+  small_product({M.data(), M.outerStride(), 1}, L, L, u, ws.U.cols(), ws.U.cols(), ws.P.row(L).data(), ws.P.cols(), kAdd,
+                InnerRange::lower);
+  if (!finite) chunkwise::add_nonfinite_lower(M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L));
+}
+
 /// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L)).
 inline void wy_intra(index_t L, WyWorkspace& ws) {
   scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data());
@@ -350,16 +379,14 @@ inline void wy_intra(index_t L, WyWorkspace& ws) {
     return;
   }
 #endif
-  // O += M U over M's lower triangle. A NaN / inf in U must not reach earlier tokens through
-  // M's zeros (docs/reliability.md): such entries run as 0 and are added to the rows i >= j
-  // that see them afterwards (core/chunkwise/causal_product.hpp), so the earlier rows are
-  // bit-identical to a clean chunk's.
-  const bool finite = ws.U.topRows(L).allFinite();
-  if (!finite) ws.finite_u = ws.U.topRows(L).array().isFinite().select(ws.U.topRows(L), 0.f);
-  const float* u = finite ? ws.U.data() : ws.finite_u.data();
-  small_product({ws.M.data(), ws.M.cols(), 1}, L, L, u, ws.U.cols(), ws.U.cols(), ws.P.row(L).data(), ws.P.cols(), kAdd,
-                InnerRange::lower);
-  if (!finite) chunkwise::add_nonfinite_lower(ws.M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L));
+  add_mu(L, ws.M, ws);
+}
+
+/// S = decay S + X^T U, X [L,K] (the decayed keys, row stride K) read as its transpose. A NaN /
+/// inf in U reaches every state row through the full sum anyway, so this product needs no
+/// finiteness split.
+inline void add_keys_times_u(const float* X, index_t L, float decay, RowMatrix& S, const WyWorkspace& ws) {
+  small_product({X, 1, S.rows()}, S.rows(), L, ws.U.data(), ws.U.cols(), S.cols(), S.data(), S.cols(), Accumulate{true, decay});
 }
 
 /// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
@@ -395,10 +422,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
         ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
     decay_state_rows(ws.gamma.row(L - 1).data(), S, ws);
   }
-  // S += X^T U with X [L,K] read as its transpose; a NaN / inf in U reaches every state row
-  // through the full sum anyway, so this product needs no finiteness split.
-  const RowMatrix& X = p.gated() ? ws.Kn : ws.KQ;
-  small_product({X.data(), 1, X.cols()}, S.rows(), L, ws.U.data(), ws.U.cols(), S.cols(), S.data(), S.cols(), Accumulate{true, decay});
+  add_keys_times_u((p.gated() ? ws.Kn : ws.KQ).data(), L, decay, S, ws);
 }
 
 /// The chunk's outputs (P's rows [L, 2L)) out to o, any stride. Nothing above overwrites them.
@@ -412,6 +436,80 @@ inline void wy_store_outputs(const DeltaHead& p, index_t t0, index_t L, const Wy
     }
     for (index_t c = 0; c < p.V(); ++c) out(c) = O(i, c);
   }
+}
+
+// ---- V-independent factors shared by value-column blocks ---------------------------------------
+//
+// When an item's value columns run as separate tasks (driver.hpp, run_delta_items), everything a
+// chunk computes before it reads the state depends only on k, q, beta and the gates: the loads
+// with their normalization, the scores, the masks A and M, the decayed keys and queries. A first
+// parallel pass over (item, chunk) computes them once into a WyFactors record; each block then
+// loads its values, reads the state, solves, mixes and updates its own columns.
+
+/// One chunk's V-independent factors, a view over WyFactors::floats(C, K) floats (16-float
+/// aligned records of one array, C the chunk size).
+struct WyFactors {
+  float* base;  ///< the record's first float
+  index_t C;    ///< chunk size (rows reserved per operand)
+  index_t K;    ///< key dimension
+
+  /// Floats of one record, a multiple of 16 (64 bytes) so every record starts aligned.
+  static index_t floats(index_t C, index_t K) { return (3 * C * K + 2 * C * C + C + K + 15) / 16 * 16; }
+  float* X() const { return base; }                 ///< [2L,K] (K;Q) * exp(gamma): read the state
+  float* Kn() const { return base + 2 * C * K; }    ///< [L,K] K * exp(gamma_L - gamma): update it
+  float* A() const { return base + 3 * C * K; }     ///< [L,C] strictly lower, beta-scaled k scores
+  float* M() const { return A() + C * C; }          ///< [L,C] lower q scores
+  float* beta() const { return M() + C * C; }       ///< [L]
+  float* decay() const { return beta() + C; }       ///< [K] exp(gamma_L) per state row; [0] alone for a scalar gate or none
+};
+
+/// Pass 1: the factors of chunk [t0, t0 + L) of p (fp32 products: p.bf16_dot false) into f;
+/// ws is any WyWorkspace of chunk size f.C (its value-side rows are not used).
+inline void wy_chunk_factors(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, const WyFactors& f) {
+  load_chunk(p, t0, L, ws, false);
+  chunk_scores(p, L, ws);
+  const index_t K = p.K();
+  const RowMatrix* X = &ws.KQ;
+  const RowMatrix* Kn = &ws.KQ;
+  f.decay()[0] = 1.f;
+  if (p.gated()) {
+    decay_rows(p, L, ws);
+    X = &ws.KQg, Kn = &ws.Kn;
+    if (p.scalar_gate) {
+      const float last = ws.gamma(L - 1, 0);
+      decayed_keys(L, last, ws);
+      f.decay()[0] = std::exp(last);
+    } else {
+      const auto last = ws.gamma.row(L - 1);
+      ws.Kn.topRows(L).array() = ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
+      for (index_t r = 0; r < K; ++r) f.decay()[r] = std::exp(last(r));
+    }
+  }
+  std::copy(X->data(), X->data() + 2 * L * K, f.X());
+  std::copy(Kn->data(), Kn->data() + L * K, f.Kn());
+  std::copy(ws.A.data(), ws.A.data() + L * f.C, f.A());
+  std::copy(ws.M.data(), ws.M.data() + L * f.C, f.M());
+  std::copy(ws.beta.data(), ws.beta.data() + L, f.beta());
+}
+
+/// Pass 2: chunk [t0, t0 + L) of p's value columns (a block) on its state S [K, V] from the
+/// chunk's factors f: the same steps as wy_read_state, wy_intra, wy_update_state and
+/// wy_store_outputs in fp32, minus their V-independent part.
+inline void wy_block_chunk(const DeltaHead& p, index_t t0, index_t L, const WyFactors& f, RowMatrix& S, WyWorkspace& ws) {
+  using Rows = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
+  const index_t K = S.rows(), V = S.cols();
+  load_chunk_values(p, t0, L, ws);
+  small_product({f.X(), K, 1}, 2 * L, K, S.data(), V, V, ws.P.data(), ws.P.cols(), kOverwrite);
+  scale_rows(ws.Vc.data(), ws.P.data(), f.beta(), L, V, V, ws.U.data());
+  solve_unit_lower(Rows(f.A(), L, L, Eigen::OuterStride<>(f.C)), L, ws.U);
+  add_mu(L, Rows(f.M(), L, L, Eigen::OuterStride<>(f.C)), ws);
+  float decay = f.decay()[0];
+  if (p.gated() && !p.scalar_gate) {
+    scale_rows(S.data(), nullptr, f.decay(), K, V, V, S.data());
+    decay = 1.f;
+  }
+  add_keys_times_u(f.Kn(), L, decay, S, ws);
+  wy_store_outputs(p, t0, L, ws);
 }
 
 }  // namespace seqmix::delta_update

@@ -20,7 +20,8 @@ namespace delta_update {
 
 // The fast prefill of a validated-on-entry call (gated or not): one item per (sequence, value
 // head), longest sequences first, split into blocks of value columns when there are fewer
-// items than threads (for_each_item). Each sequence picks its algorithm on its own length (as a
+// items than threads, the chunked items' V-independent chunk factors then computed once in a first
+// pass (run_delta_items). Each sequence picks its algorithm on its own length (as a
 // call of that sequence alone would); token_states take the recurrent kernel. E: the storage
 // type of q/k/v; 16-bit rows are widened as each chunk or token is loaded (DeltaHead).
 template <class E>
@@ -28,7 +29,7 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
   const DeltaProblem pr = validate_delta(check, c, executor);
   const Dims& d = pr.d;
   const bool channel = c.gated && c.gate == DeltaGate::channel;
-  for_each_item(executor, pr.map, d.HV, d.K, d.V, [&](index_t n, index_t hv, ValueColumns cols, ItemScratch& ws) {
+  run_delta_items(executor, pr.map, d.HV, d.K, d.V, c.chunk, [&](index_t n, index_t hv, ValueColumns cols) {
     const SequenceSpan span = pr.map[n];
     const DeltaCallOf<E> one = sequence_call(c, span);
     DeltaItem item;
@@ -57,7 +58,7 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
     if (item.algorithm == DeltaAlgorithm::automatic)
       item.algorithm = choose_delta_algorithm(channel, span.tokens, d.K, d.V, c.chunk);
     if (item.token_states.has_value()) item.algorithm = DeltaAlgorithm::recurrent;
-    run_delta_item(item, c.chunk, ws);
+    return item;
   });
 }
 
