@@ -172,6 +172,12 @@ inline void run_delta_block(const DeltaItem& item, index_t chunk, float* f0, Ite
 /// T512) 22.5 -> 18.8 ms; 4 blocks (H4 T1024) 13.2 -> 9.6 ms. Never reached with 1 or 2 threads.
 constexpr index_t kShareFactorsMinBlocks = 3;
 
+/// 64 MiB: the most chunk-factor records a call shares (each calling thread keeps its store for
+/// its next call). A long prefill with few items would need far more (16 heads at T = 32768,
+/// K = 128: 8192 records of 132 KB, 1.1 GB) and read them back from memory in every block, so
+/// above this it keeps the per-block path: more work, no retained memory.
+constexpr std::size_t kShareFactorsMaxBytes = std::size_t{64} << 20;
+
 /// Runs every (running sequence n, head h) item of a prefill, bind(n, h, columns) giving the
 /// item bound to a block of value columns: whole items when they fill the executor's threads;
 /// else in value blocks (for_each_item), and from kShareFactorsMinBlocks blocks on the chunked
@@ -199,7 +205,8 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
     store.first.push_back(store.first.back() + (shared ? (item.p.T() + chunk - 1) / chunk : 0));
   }
   const index_t chunks = store.first.back(), stride = WyFactors::floats(chunk, K);
-  if (chunks == 0) return for_each_item(executor, map, H, K, V, whole);
+  if (chunks == 0 || static_cast<std::size_t>(chunks * stride) * sizeof(float) > kShareFactorsMaxBytes)
+    return for_each_item(executor, map, H, K, V, whole);
   if (static_cast<index_t>(store.records.size()) < chunks * stride) store.records.resize(static_cast<std::size_t>(chunks * stride));
 
   executor.run(chunks, [&](index_t j) {  // pass 1: (item, chunk) tasks
