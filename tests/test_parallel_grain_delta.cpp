@@ -7,10 +7,12 @@
 // packed ragged sequences, grouped heads, initial states.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
@@ -19,6 +21,7 @@
 #include "seqmix/linear_attention/gated_delta_rule/reference.hpp"
 #include "seqmix/linear_attention/rwkv7/recurrent.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
+#include "seqmix/linear_attention/value_columns.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/counting_executor.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -66,14 +69,42 @@ index_t factor_tasks(const st::CountingExecutor& ex, index_t expected) {
 
 }  // namespace
 
+TEST_CASE("parallel grain delta: value-column splits tile V in even whole quanta", "[parallel_grain]") {
+  // split_value_columns for every V up to 300, every item count up to 70 on 64 threads, and the
+  // quanta and minimum widths of both callers (delta rules: vector width and 32; diagonal decay:
+  // 16 and 16): the blocks are contiguous and cover V, all but the last are whole quanta, none
+  // is narrower than min_width, and widths differ by at most a quantum plus the ragged part.
+  int splits = 0;
+  for (const auto& [quantum, min_width] : std::vector<std::pair<index_t, index_t>>{{4, 32}, {8, 32}, {16, 32}, {16, 16}})
+    for (index_t items = 1; items <= 70; ++items)
+      for (index_t V = 1; V <= 300; ++V, ++splits) {
+        const seqmix::detail::ValueSplit split = seqmix::detail::split_value_columns(items, V, 64, quantum, min_width);
+        bool ok = split.blocks >= 1;
+        if (split.blocks > 1) ok = ok && split.blocks <= (64 + items - 1) / items && split.blocks <= V / min_width;
+        index_t next = 0, narrowest = V, widest = 0;
+        for (index_t i = 0; i < split.blocks; ++i) {
+          const seqmix::detail::ValueColumns cols = split.block(i);
+          ok = ok && cols.begin == next && (i + 1 == split.blocks || cols.width % quantum == 0);
+          ok = ok && (split.blocks == 1 || cols.width >= min_width);
+          narrowest = std::min(narrowest, cols.width), widest = std::max(widest, cols.width);
+          next = cols.begin + cols.width;
+        }
+        ok = ok && next == V && split.width == widest && widest - narrowest < 2 * quantum;
+        if (!ok)  // one assertion per failing split, not ~12 per split (84000 of them)
+          FAIL_CHECK("quantum " << quantum << " min_width " << min_width << " items " << items << " V " << V
+                                << ": " << split.blocks << " blocks, widest " << widest << ", narrowest " << narrowest);
+      }
+  CHECK(splits == 4 * 70 * 300);
+}
+
 TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA match the reference",
           "[parallel_grain][gated_delta_rule]") {
   // The split (linear_attention/value_columns.hpp): about ceil(threads / items) blocks but at
-  // most floor(V / 32) (delta_update::kMinValueBlock), each a multiple of simd::kWidth columns,
-  // the last one ragged; whole when V < 64. So with 6 items on 64 threads V = 75 gives 2 blocks
-  // (48 + 27 on AVX-512) and V = 97 gives 3 (48 + 48 + 1 on AVX-512, 36 + 36 + 25 on SSE2: the
-  // count does not depend on the vector width here); V = 33 stays whole; with 32 items and 64
-  // threads V = 128 gives 2 blocks of 64.
+  // most floor(V / 32) (delta_update::kMinValueBlock), in whole vectors of simd::kWidth columns
+  // as even as they can be, the last one ragged; whole when V < 64. So with 6 items on 64
+  // threads V = 75 gives 2 blocks (32 + 43 on AVX-512, 36 + 39 on SSE2) and V = 97 gives 3
+  // (32 + 32 + 33 on both: the count does not depend on the vector width here); V = 33 stays
+  // whole; with 32 items and 64 threads V = 128 gives 2 blocks of 64.
   const std::vector<GdrSplitCase> cases = {
       {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 64, 2 * 3 * 2, 0},
       {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::recurrent, {}, true, 64, 2 * 3 * 2, 0},

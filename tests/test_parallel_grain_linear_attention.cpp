@@ -121,7 +121,8 @@ void run(const SplitCase& c, const SplitData& d, SplitResult& r, bool reference,
 }
 
 // chunk 16 throughout; T = 77 leaves a chunk of 13. Blocks are multiples of 16 columns and
-// at most V / 16 of them: V 37 -> 32 + 5, V 40 -> 32 + 8, V 48 -> 3 x 16, V 20 -> one.
+// at most V / 16 of them, as even as whole quanta allow: V 37 -> 16 + 21, V 40 -> 16 + 24,
+// V 33 -> 16 + 17, V 48 -> 3 x 16, V 20 -> one.
 std::vector<SplitCase> split_table() {
   using A = LinearAttentionAlgorithm;
   return {
