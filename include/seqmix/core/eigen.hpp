@@ -43,6 +43,13 @@ MatrixMap<T> as_matrix(const TensorView<T, 2>& view) {
                       Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(view.stride(0), view.stride(1)));
 }
 
+/// as_matrix, its type named through `Tag` (see Deferred): a product of such maps inside a
+/// function template with a `Deferred` parameter compiles only where that template is called.
+template <class Tag, class T>
+deferred_t<MatrixMap<T>, Tag> as_deferred_matrix(const TensorView<T, 2>& view) {
+  return as_matrix(view);
+}
+
 /// A view over an Eigen row-major matrix (or map) without copying.
 template <class Derived>
 auto as_view(Eigen::PlainObjectBase<Derived>& matrix) {

@@ -16,14 +16,15 @@ namespace seqmix {
 namespace detail {
 
 // p[b*T + t, 0:D] = u[b,t] W1 + b1 and p[b*T + t, D:2D] = u[b,t] W2 + b2, for every row.
-inline void base_conv_project(const ConstView<float, 3>& u, const ConstView<float, 2>& w1,
-                              const ConstView<float, 2>& w2, const ConstView<float, 1>& b1,
-                              const ConstView<float, 1>& b2, RowMajorMatrix<float>& p, const Executor& executor) {
+template <class Deferred, class Matrix = deferred_t<RowMajorMatrix<float>, Deferred>>
+void base_conv_project(const ConstView<float, 3>& u, const ConstView<float, 2>& w1, const ConstView<float, 2>& w2,
+                       const ConstView<float, 1>& b1, const ConstView<float, 1>& b2, Matrix& p,
+                       const Executor& executor) {
   const index_t B = u.size(0), T = u.size(1), D = u.size(2);
-  RowMajorMatrix<float> w(D, 2 * D);
-  w.leftCols(D) = as_matrix(w1);
-  w.rightCols(D) = as_matrix(w2);
-  Eigen::RowVectorXf bias = Eigen::RowVectorXf::Zero(2 * D);
+  Matrix w(D, 2 * D);
+  w.leftCols(D) = as_deferred_matrix<Deferred>(w1);
+  w.rightCols(D) = as_deferred_matrix<Deferred>(w2);
+  deferred_t<Eigen::RowVectorXf, Deferred> bias = Eigen::RowVectorXf::Zero(2 * D);
   for (index_t d = 0; d < D; ++d) {
     if (b1.has_value()) bias(d) = b1(d);
     if (b2.has_value()) bias(D + d) = b2(d);
@@ -32,7 +33,7 @@ inline void base_conv_project(const ConstView<float, 3>& u, const ConstView<floa
   parallel_for(executor, B, 1, [&](index_t begin, index_t end) {
     for (index_t b = begin; b < end; ++b) {
       auto rows = p.middleRows(b * T, T);
-      rows.noalias() = as_matrix(u.select(0, b)) * w;
+      rows.noalias() = as_deferred_matrix<Deferred>(u.select(0, b)) * w;
       rows.rowwise() += bias;
     }
   });
@@ -62,11 +63,13 @@ inline void base_conv_gate(const RowMajorMatrix<float>& p, const TensorView<floa
 /// p2 into y (options.method; carries initial_state -> final_state), one gate pass. Allocates
 /// the [B T, 2D] projections per call. options.reverse: the same on reversed views of u and y
 /// (the projection GEMM reads u with its negated row stride; no copy).
-inline void base_conv(const BaseConvInputs& in, const BaseConvOutputs& out, const BaseConvOptions& options = {},
-                      const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void base_conv(const BaseConvInputs& in, const BaseConvOutputs& out, const BaseConvOptions& options = {},
+               const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::base_conv_reversed_call(in, out);
-    return base_conv(rev.first, rev.second, detail::forward_options(options), executor);
+    return base_conv<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   const auto dims = detail::validate_base_conv("base_conv", in, out, options);
   if (dims.B == 0 || dims.T == 0 || dims.D == 0) {
@@ -78,8 +81,8 @@ inline void base_conv(const BaseConvInputs& in, const BaseConvOutputs& out, cons
             out.final_state(b, r, d) = in.initial_state.has_value() ? in.initial_state(b, r, d) : 0.f;
     return;
   }
-  RowMajorMatrix<float> p;
-  detail::base_conv_project(in.u, in.w1, in.w2, in.b1, in.b2, p, executor);
+  deferred_t<RowMajorMatrix<float>, Deferred> p;
+  detail::base_conv_project<Deferred>(in.u, in.w1, in.w2, in.b1, in.b2, p, executor);
   const index_t row = p.outerStride();
   const ConstView<float, 3> p2(p.data() + dims.D, {dims.B, dims.T, dims.D}, {dims.T * row, row, 1});
   LongConvInputs args{p2, in.filter};

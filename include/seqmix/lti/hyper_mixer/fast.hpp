@@ -34,15 +34,15 @@ inline void hyper_mixer_activate(Matrix&& m, HyperMixerActivation act) {
 }
 
 // rows of W = sigma(z w_in + b_in) w_out + b_out.
-inline void hyper_mixer_network_rows(const HyperMixerNetwork& net, const RowMajorMatrix<float>& z,
-                                     RowMajorMatrix<float>& hidden, RowMajorMatrix<float>& w, index_t row0,
-                                     HyperMixerActivation act) {
-  hidden.noalias() = z * as_matrix(net.w_in);
+template <class Deferred, class Matrix = deferred_t<RowMajorMatrix<float>, Deferred>>
+void hyper_mixer_network_rows(const HyperMixerNetwork& net, const Matrix& z, Matrix& hidden, Matrix& w, index_t row0,
+                              HyperMixerActivation act) {
+  hidden.noalias() = z * as_deferred_matrix<Deferred>(net.w_in);
   if (net.b_in.has_value())
     for (index_t m = 0; m < hidden.cols(); ++m) hidden.col(m).array() += net.b_in(m);
   hyper_mixer_activate(hidden, act);
   auto rows = w.middleRows(row0, z.rows());
-  rows.noalias() = hidden * as_matrix(net.w_out);
+  rows.noalias() = hidden * as_deferred_matrix<Deferred>(net.w_out);
   if (net.b_out.has_value())
     for (index_t e = 0; e < rows.cols(); ++e) rows.col(e).array() += net.b_out(e);
 }
@@ -52,14 +52,17 @@ inline void hyper_mixer_network_rows(const HyperMixerNetwork& net, const RowMajo
 /// Fast form of hyper_mixer: same arguments and results as reference::hyper_mixer
 /// (reference.hpp) up to float rounding. Allocates W_1, W_2 ([B T, E]) and H ([B E, D]) per
 /// call. Validates first.
-inline void hyper_mixer(const HyperMixerInputs& in, const HyperMixerOutputs& out, const HyperMixerOptions& options = {},
-                        const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void hyper_mixer(const HyperMixerInputs& in, const HyperMixerOutputs& out, const HyperMixerOptions& options = {},
+                 const Executor& executor = serial_executor()) {
+  using Matrix = deferred_t<RowMajorMatrix<float>, Deferred>;
   const auto d = detail::validate_hyper_mixer("hyper_mixer", in, out, options);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
   const index_t rows_total = d.B * d.T, blocks = (rows_total + detail::kHyperMixerRows - 1) / detail::kHyperMixerRows;
-  RowMajorMatrix<float> w1(rows_total, d.E), w2(rows_total, d.E), h(d.B * d.E, d.D);
+  Matrix w1(rows_total, d.E), w2(rows_total, d.E), h(d.B * d.E, d.D);
   parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
-    RowMajorMatrix<float> z, hidden;
+    Matrix z, hidden;
     for (index_t blk = begin; blk < end; ++blk) {
       const index_t r0 = blk * detail::kHyperMixerRows, n = std::min(detail::kHyperMixerRows, rows_total - r0);
       z.resize(n, d.D);
@@ -68,8 +71,8 @@ inline void hyper_mixer(const HyperMixerInputs& in, const HyperMixerOutputs& out
         for (index_t c = 0; c < d.D; ++c)
           z(r, c) = in.x(b, t, c) + (in.positions.has_value() ? in.positions(t, c) : 0.f);
       }
-      detail::hyper_mixer_network_rows(in.hyper1, z, hidden, w1, r0, options.activation);
-      detail::hyper_mixer_network_rows(in.hyper2, z, hidden, w2, r0, options.activation);
+      detail::hyper_mixer_network_rows<Deferred>(in.hyper1, z, hidden, w1, r0, options.activation);
+      detail::hyper_mixer_network_rows<Deferred>(in.hyper2, z, hidden, w2, r0, options.activation);
     }
   });
   const index_t runs = (d.D + detail::kHyperMixerColumns - 1) / detail::kHyperMixerColumns;
@@ -78,7 +81,7 @@ inline void hyper_mixer(const HyperMixerInputs& in, const HyperMixerOutputs& out
       const index_t b = task / runs, c0 = (task % runs) * detail::kHyperMixerColumns;
       const index_t nc = std::min(detail::kHyperMixerColumns, d.D - c0);
       auto hb = h.block(b * d.E, c0, d.E, nc);
-      hb.noalias() = w1.middleRows(b * d.T, d.T).transpose() * as_matrix(in.x.select(0, b)).middleCols(c0, nc);
+      hb.noalias() = w1.middleRows(b * d.T, d.T).transpose() * as_deferred_matrix<Deferred>(in.x.select(0, b)).middleCols(c0, nc);
       detail::hyper_mixer_activate(hb, options.activation);
     }
   });
@@ -88,7 +91,7 @@ inline void hyper_mixer(const HyperMixerInputs& in, const HyperMixerOutputs& out
       // A block may span two batch rows: one GEMM per batch row it touches.
       for (index_t r = r0; r < r1;) {
         const index_t b = r / d.T, stop = std::min(r1, (b + 1) * d.T), t0 = r % d.T;
-        as_matrix(out.y.select(0, b)).middleRows(t0, stop - r).noalias() =
+        as_deferred_matrix<Deferred>(out.y.select(0, b)).middleRows(t0, stop - r).noalias() =
             w2.middleRows(r, stop - r) * h.middleRows(b * d.E, d.E);
         r = stop;
       }

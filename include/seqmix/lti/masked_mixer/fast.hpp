@@ -19,11 +19,12 @@ namespace detail {
 constexpr index_t kMaskedMixerBlock = 64;
 
 // Rows [r0, r1) of y for batch b and the columns [c0, c0 + cols) of group g.
-inline void masked_mixer_rows(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, index_t b, index_t g,
+template <class Deferred>
+void masked_mixer_rows(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, index_t b, index_t g,
                               index_t c0, index_t cols, index_t r0, index_t r1) {
-  const auto x = as_matrix(in.x.select(0, b).slice(1, c0, cols));
-  auto y = as_matrix(out.y.select(0, b).slice(1, c0, cols));
-  const auto w = as_matrix(in.weight.select(0, g));
+  const auto x = as_deferred_matrix<Deferred>(in.x.select(0, b).slice(1, c0, cols));
+  auto y = as_deferred_matrix<Deferred>(out.y.select(0, b).slice(1, c0, cols));
+  const auto w = as_deferred_matrix<Deferred>(in.weight.select(0, g));
   const index_t n = r1 - r0;
   y.middleRows(r0, n).noalias() = w.block(r0, r0, n, n).template triangularView<Eigen::Lower>() * x.middleRows(r0, n);
   if (r0 > 0) y.middleRows(r0, n).noalias() += w.block(r0, 0, n, r0) * x.topRows(r0);
@@ -35,11 +36,13 @@ inline void masked_mixer_rows(const MaskedMixerInputs& in, const MaskedMixerOutp
 /// (reference.hpp) up to float rounding. O(B T^2 D / 2) multiply-adds in GEMMs, no allocation
 /// beyond Eigen's packing buffers. Validates first. options.reverse: anti-causal, the same GEMMs
 /// on reversed views of x and y (negated row strides, no copy).
-inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, const MaskedMixerOptions& options,
-                         const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, const MaskedMixerOptions& options,
+                  const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::masked_mixer_reversed_call(in, out);
-    return masked_mixer(rev.first, rev.second, detail::forward_options(options), executor);
+    return masked_mixer<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   const auto d = detail::validate_masked_mixer("masked_mixer", in, out);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
@@ -48,15 +51,16 @@ inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& 
     for (index_t task = begin; task < end; ++task) {
       const index_t blk = task % blocks, g = (task / blocks) % d.G, b = task / (blocks * d.G);
       const index_t r0 = blk * detail::kMaskedMixerBlock, r1 = std::min(d.T, r0 + detail::kMaskedMixerBlock);
-      detail::masked_mixer_rows(in, out, b, g, g * group, group, r0, r1);
+      detail::masked_mixer_rows<Deferred>(in, out, b, g, g * group, group, r0, r1);
     }
   });
 }
 
 /// masked_mixer with default options (forward), as before options existed.
-inline void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out,
-                         const Executor& executor = serial_executor()) {
-  masked_mixer(in, out, MaskedMixerOptions{}, executor);
+template <class Deferred = void>
+void masked_mixer(const MaskedMixerInputs& in, const MaskedMixerOutputs& out,
+                  const Executor& executor = serial_executor()) {
+  masked_mixer<Deferred>(in, out, MaskedMixerOptions{}, executor);
 }
 
 }  // namespace seqmix

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <string>
 
+#include "seqmix/core/direction.hpp"
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"

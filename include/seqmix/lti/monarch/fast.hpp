@@ -35,25 +35,28 @@ using MonarchComplexMatrix = RowMajorMatrix<std::complex<float>>;
 using MonarchComplexMap = Eigen::Map<MonarchComplexMatrix>;
 
 // Rows of y for batch row bt and channels [c0, c0 + nc) of group g.
-inline void monarch_mix_columns(const MonarchMixInputs& in, const MonarchMixOutputs& out, index_t bt, index_t g,
-                                index_t c0, index_t nc, RowMajorMatrix<float>& z) {
+template <class Deferred, class Matrix = deferred_t<RowMajorMatrix<float>, Deferred>>
+void monarch_mix_columns(const MonarchMixInputs& in, const MonarchMixOutputs& out, index_t bt, index_t g, index_t c0,
+                         index_t nc, Matrix& z) {
+  using OuterMap = deferred_t<MonarchOuterMap, Deferred>;
   const index_t T = in.x.size(1), b = in.left.size(1);
   z.resize(b * b, nc);
-  const auto x = as_matrix(in.x.select(0, bt).slice(1, c0, nc));
+  const auto x = as_deferred_matrix<Deferred>(in.x.select(0, bt).slice(1, c0, nc));
   for (index_t k = 0; k < b; ++k) {
     const index_t rows = std::min(b, T - k * b);
     if (rows <= 0) {
       z.middleRows(k * b, b).setZero();
       continue;
     }
-    const auto r = as_matrix(in.right.select(0, g).select(0, k));
+    const auto r = as_deferred_matrix<Deferred>(in.right.select(0, g).select(0, k));
     z.middleRows(k * b, b).noalias() = r.leftCols(rows) * x.middleRows(k * b, rows);
   }
   for (index_t i = 0; i < b && i < T; ++i) {
     const index_t rows = (T - i + b - 1) / b;  // outputs m*b + i < T
-    const MonarchOuterMap zi(z.data() + i * nc, b, nc, Eigen::OuterStride<>(b * nc));
+    const OuterMap zi(z.data() + i * nc, b, nc, Eigen::OuterStride<>(b * nc));
     const TensorView<float, 2> yi(out.y.ptr(bt, i, c0), {rows, nc}, {b * out.y.stride(1), out.y.stride(2)});
-    as_matrix(yi).noalias() = as_matrix(in.left.select(0, g).select(0, i)).topRows(rows) * zi;
+    as_deferred_matrix<Deferred>(yi).noalias() =
+        as_deferred_matrix<Deferred>(in.left.select(0, g).select(0, i)).topRows(rows) * zi;
   }
 }
 
@@ -66,9 +69,13 @@ inline index_t monarch_side(index_t m) {
 }
 
 // The n = b*b point DFT tables: f[k][j] = w_b^{kj}, twiddle[k1][n2] = w_n^{n2 k1}, w_m = exp(-2 pi i / m).
+// A template only so that its products compile where monarch_mix_causal is called.
+template <class Deferred>
 struct MonarchDft {
+  using Matrix = deferred_t<MonarchComplexMatrix, Deferred>;
+  using Map = deferred_t<MonarchComplexMap, Deferred>;
   index_t b = 0, n = 0;
-  MonarchComplexMatrix f, f_conj, twiddle;
+  Matrix f, f_conj, twiddle;
   explicit MonarchDft(index_t side) : b(side), n(side * side), f(side, side), f_conj(side, side), twiddle(side, side) {
     const double pi = 3.14159265358979323846;
     for (index_t k = 0; k < b; ++k)
@@ -82,7 +89,7 @@ struct MonarchDft {
 
   // spec [b(k1), b(k2)*nc] = DFT of work [b(n1), b(n2)*nc] (index n = n1*b + n2, frequency k1 + b*k2);
   // work is overwritten.
-  void forward(MonarchComplexMatrix& work, MonarchComplexMatrix& spec, index_t nc) const {
+  void forward(Matrix& work, Matrix& spec, index_t nc) const {
     spec.noalias() = f * work;
     for (index_t k1 = 0; k1 < b; ++k1)
       for (index_t n2 = 0; n2 < b; ++n2) {
@@ -91,7 +98,7 @@ struct MonarchDft {
         for (index_t c = 0; c < nc; ++c) row[c] *= w;
       }
     for (index_t k1 = 0; k1 < b; ++k1) {
-      MonarchComplexMap a(spec.data() + k1 * b * nc, b, nc), o(work.data() + k1 * b * nc, b, nc);
+      Map a(spec.data() + k1 * b * nc, b, nc), o(work.data() + k1 * b * nc, b, nc);
       o.noalias() = f * a;  // f is symmetric: sum over n2 of w_b^{n2 k2}
     }
     spec.swap(work);
@@ -99,10 +106,10 @@ struct MonarchDft {
 
   // work [rows(n1), b(n2)*nc] = n times the inverse DFT of spec [b(k1), b(k2)*nc], its first rows*b
   // entries; spec is overwritten.
-  void inverse(MonarchComplexMatrix& spec, MonarchComplexMatrix& work, index_t nc, index_t rows) const {
+  void inverse(Matrix& spec, Matrix& work, index_t nc, index_t rows) const {
     work.resize(b, b * nc);
     for (index_t k1 = 0; k1 < b; ++k1) {
-      MonarchComplexMap a(spec.data() + k1 * b * nc, b, nc), o(work.data() + k1 * b * nc, b, nc);
+      Map a(spec.data() + k1 * b * nc, b, nc), o(work.data() + k1 * b * nc, b, nc);
       o.noalias() = f_conj * a;
     }
     for (index_t k1 = 0; k1 < b; ++k1)
@@ -122,18 +129,19 @@ struct MonarchDft {
 /// Fast form of monarch_mix: same arguments and results as reference::monarch_mix
 /// (reference.hpp) up to float rounding. Tasks (batch row, group, channel run) split over
 /// `executor`; a [b*b, 64] float buffer per task. Validates first.
-inline void monarch_mix(const MonarchMixInputs& in, const MonarchMixOutputs& out,
-                        const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void monarch_mix(const MonarchMixInputs& in, const MonarchMixOutputs& out, const Executor& executor = serial_executor()) {
   const auto d = detail::validate_monarch_mix("monarch_mix", in, out);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
   const index_t group = d.D / d.G, runs = (group + detail::kMonarchColumns - 1) / detail::kMonarchColumns;
   parallel_for(executor, d.B * d.G * runs, 1, [&](index_t begin, index_t end) {
-    RowMajorMatrix<float> z;
+    deferred_t<RowMajorMatrix<float>, Deferred> z;
     for (index_t task = begin; task < end; ++task) {
       const index_t run = task % runs, g = (task / runs) % d.G, bt = task / (runs * d.G);
       const index_t c0 = g * group + run * detail::kMonarchColumns;
       const index_t nc = std::min(detail::kMonarchColumns, (g + 1) * group - c0);
-      detail::monarch_mix_columns(in, out, bt, g, c0, nc, z);
+      detail::monarch_mix_columns<Deferred>(in, out, bt, g, c0, nc, z);
     }
   });
 }
@@ -143,20 +151,22 @@ inline void monarch_mix(const MonarchMixInputs& in, const MonarchMixOutputs& out
 /// inputs reach it only through rounding, relative 1e-6). O(n^1.5) complex multiply-adds per
 /// channel and batch row with n = b*b >= 2T-1. Channel runs split over `executor`. Validates first.
 /// options.reverse: anti-causal, the same transforms on reversed views of x and y (no copy).
-inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
-                               const MonarchMixCausalOptions& options, const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
+                        const MonarchMixCausalOptions& options, const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::monarch_causal_reversed_call(in, out);
-    return monarch_mix_causal(rev.first, rev.second, detail::forward_options(options), executor);
+    return monarch_mix_causal<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   const auto d = detail::validate_monarch_mix_causal("monarch_mix_causal", in, out);
   if (d.B == 0 || d.T == 0 || d.D == 0) return;
-  const detail::MonarchDft dft(detail::monarch_side(2 * d.T - 1));
+  const detail::MonarchDft<Deferred> dft(detail::monarch_side(2 * d.T - 1));
   const index_t b = dft.b, taps = std::min(in.filter.size(0), d.T), rows = (d.T + b - 1) / b;
   const index_t runs = (d.D + detail::kMonarchColumns - 1) / detail::kMonarchColumns;
   const float scale = 1.f / float(dft.n);
   parallel_for(executor, runs, 1, [&](index_t begin, index_t end) {
-    detail::MonarchComplexMatrix work, spec, kernel;
+    typename detail::MonarchDft<Deferred>::Matrix work, spec, kernel;
     for (index_t run = begin; run < end; ++run) {
       const index_t c0 = run * detail::kMonarchColumns, nc = std::min(detail::kMonarchColumns, d.D - c0);
       work.setZero(b, b * nc);
@@ -178,9 +188,10 @@ inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMi
 }
 
 /// monarch_mix_causal with default options (forward), as before options existed.
-inline void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
-                               const Executor& executor = serial_executor()) {
-  monarch_mix_causal(in, out, MonarchMixCausalOptions{}, executor);
+template <class Deferred = void>
+void monarch_mix_causal(const MonarchMixCausalInputs& in, const MonarchMixOutputs& out,
+                        const Executor& executor = serial_executor()) {
+  monarch_mix_causal<Deferred>(in, out, MonarchMixCausalOptions{}, executor);
 }
 
 }  // namespace seqmix

@@ -55,14 +55,16 @@ void s5_per_token_maps(const S5Params& params, const ConstView<float, 2>& timest
 /// u with its negated row stride (no copy). With in.timestep the projection uses B itself and
 /// each scan element is discretized where it is built, (Lambda_bar(t), factor(t) * (B u_t)_p) in
 /// double: a complex exp (ZOH) or division (bilinear) per token and state, spread with the scans.
-inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const S5Options& options = {},
-               const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out, const S5Options& options = {},
+        const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::s5_reversed_call(in, out);
-    return s5(params, rev.first, rev.second, detail::forward_options(options), executor);
+    return s5<Deferred>(params, rev.first, rev.second, detail::forward_options(options), executor);
   }
   using Complex = std::complex<float>;
-  using Matrix = RowMajorMatrix<float>;
+  using Matrix = RowMajorMatrix<deferred_t<float, Deferred>>;
   const auto dims = detail::validate_s5("s5", params, in, out, options);
   const index_t T = dims.T, H = dims.H, P = dims.P;
   const auto sys = detail::s5_discretize(params, H, options);
@@ -86,7 +88,7 @@ inline void s5(const S5Params& params, const S5Inputs& in, const S5Outputs& out,
   Matrix X_re(T, P), X_im(T, P), Y(T, H);
   const bool over_states = P >= 2 * static_cast<index_t>(executor.concurrency());
   for (index_t b = 0; b < dims.B; ++b) {
-    const auto U = as_matrix(in.u.select(0, b));
+    const auto U = as_deferred_matrix<Deferred>(in.u.select(0, b));
     detail::s5_gemm_rows(U, Bt_re, X_re, executor);
     detail::s5_gemm_rows(U, Bt_im, X_im, executor);
     // State i: maps m_t = (lambda_i, B_bar u_t), prefix M_t = m_t o ... o m_0, x_t = M_t(x_{-1}).

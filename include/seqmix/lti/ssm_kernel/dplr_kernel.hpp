@@ -43,12 +43,14 @@ namespace detail {
 using SsmDplrBatch = simd::Batch<double>;
 constexpr index_t kSsmDplrLanes = static_cast<index_t>(SsmDplrBatch::size);
 
-// C A_bar^L (row vector times matrix power) by binary powering of the dense A_bar.
-inline std::vector<SsmComplex> ssm_dplr_c_power(const std::vector<SsmComplex>& A_bar, const SsmDplrParams& p, index_t h,
-                                                index_t N, index_t L) {
-  using Matrix = Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+// C A_bar^L (row vector times matrix power) by binary powering of the dense A_bar. (`Tag`, as
+// below, only defers the complex products to the units that call ssm_dplr_kernel.)
+template <class Tag>
+std::vector<SsmComplex> ssm_dplr_c_power(const std::vector<SsmComplex>& A_bar, const SsmDplrParams& p, index_t h,
+                                         index_t N, index_t L) {
+  using Matrix = deferred_t<Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, Tag>;
   Matrix power = Eigen::Map<const Matrix>(A_bar.data(), N, N);
-  Eigen::Matrix<SsmComplex, 1, Eigen::Dynamic> row(N), next(N);
+  deferred_t<Eigen::Matrix<SsmComplex, 1, Eigen::Dynamic>, Tag> row(N), next(N);
   for (index_t n = 0; n < N; ++n) row(n) = ssm_value(p.C_real, p.C_imag, h, n);
   Matrix square(N, N);
   for (index_t e = L; e > 0; e >>= 1) {
@@ -213,9 +215,10 @@ inline void ssm_dplr_woodbury_rank1(double* sums_re, double* sums_im, const doub
 // cost (b + J) N^2, and their product, one J x N x b complex GEMM, L N: O(N^3 log b + N^2 sqrt(L)
 // + L N) per channel with b ~ sqrt(L), against L N^2 for the power loop. Used for ZOH, whose
 // exp(dt A) has no DPLR structure for the Cauchy form.
-inline void ssm_dplr_power_kernel_channel(const std::vector<SsmComplex>& A_bar, const std::vector<SsmComplex>& B_bar,
-                                          const SsmDplrParams& p, index_t h, const TensorView<float, 2>& kernel) {
-  using Matrix = Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic>;
+template <class Tag>
+void ssm_dplr_power_kernel_channel(const std::vector<SsmComplex>& A_bar, const std::vector<SsmComplex>& B_bar,
+                                   const SsmDplrParams& p, index_t h, const TensorView<float, 2>& kernel) {
+  using Matrix = deferred_t<Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic>, Tag>;
   const index_t N = static_cast<index_t>(B_bar.size()), L = kernel.size(0);
   index_t b = 1;
   while (b * b < L) b *= 2;
@@ -243,14 +246,15 @@ struct SsmDplrScratch {
 };
 
 // The spectrum K^(z_k), k < L, of channel h (bilinear) into w.spectrum, natural order.
-inline void ssm_dplr_spectrum(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h,
-                              const std::vector<double>& tan_half, index_t L, SsmDplrScratch& w) {
+template <class Tag>
+void ssm_dplr_spectrum(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, const std::vector<double>& tan_half,
+                       index_t L, SsmDplrScratch& w) {
   const index_t N = s.N, r = s.r;
   const index_t padded = N;  // row stride of the weight planes
   const index_t terms = (r + 1) * (r + 1);
   const double dt = p.dt(h);
   ssm_dplr_structured_discretize(p, s, h, &w.A_bar, &w.B_bar);
-  const std::vector<SsmComplex> c_power = ssm_dplr_c_power(w.A_bar, p, h, N, L);
+  const std::vector<SsmComplex> c_power = ssm_dplr_c_power<Tag>(w.A_bar, p, h, N, L);
   // Weights: a_n b_n with a in {C~, Q_i^*} and b in {B, P_j}; term index (1 + i) * (r + 1) + (1 + j)
   // with i = -1 for C~ and j = -1 for B.
   w.weight_re.assign(static_cast<std::size_t>(terms * padded), 0.0);
@@ -320,10 +324,10 @@ void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, inde
   const index_t L = kernel.size(0);
   if (zoh) {
     ssm_dplr_zoh_discretize<Tag>(p, s, h, &w.A_bar, &w.B_bar);
-    ssm_dplr_power_kernel_channel(w.A_bar, w.B_bar, p, h, kernel);
+    ssm_dplr_power_kernel_channel<Tag>(w.A_bar, w.B_bar, p, h, kernel);
     return;
   }
-  ssm_dplr_spectrum(p, s, h, tan_half, L, w);
+  ssm_dplr_spectrum<Tag>(p, s, h, tan_half, L, w);
   w.kernel.resize(L);
   if (L == 1)
     w.kernel[0] = w.spectrum[0];
@@ -352,9 +356,10 @@ struct SsmDplrFftPlan {
 // one radix-2 transform vectorized over 2 kWidth channels instead of one scalar complex
 // transform in double per channel (kissfft took about as long as the C A_bar^L squarings). The
 // float transform adds about 1e-7 log2 L of the kernel's rms, well under the 1e-5 bound.
-inline void ssm_dplr_kernel_block(const SsmDplrParams& p, index_t per_group, index_t h0, index_t count,
-                                  const std::vector<double>& tan_half, const SsmDplrFftPlan& plan,
-                                  const TensorView<float, 2>& kernel, SsmDplrScratch& w, AlignedVector<float>& batch) {
+template <class Tag>
+void ssm_dplr_kernel_block(const SsmDplrParams& p, index_t per_group, index_t h0, index_t count,
+                           const std::vector<double>& tan_half, const SsmDplrFftPlan& plan,
+                           const TensorView<float, 2>& kernel, SsmDplrScratch& w, AlignedVector<float>& batch) {
   constexpr index_t W = simd::kWidth;
   const index_t L = kernel.size(0);
   // Folded spectra [channel][k][re, im] in natural order first: scattering each channel straight
@@ -363,7 +368,7 @@ inline void ssm_dplr_kernel_block(const SsmDplrParams& p, index_t per_group, ind
   w.folded.resize(static_cast<std::size_t>(count * L * 2));
   for (index_t c = 0; c < count; ++c) {
     const index_t h = h0 + c;
-    ssm_dplr_spectrum(p, ssm_dplr_group(p, h / per_group), h, tan_half, L, w);
+    ssm_dplr_spectrum<Tag>(p, ssm_dplr_group(p, h / per_group), h, tan_half, L, w);
     float* out = w.folded.data() + c * L * 2;
     for (index_t k = 0; k < L; ++k) {
       const SsmComplex y = 0.5 * (w.spectrum[k] + std::conj(w.spectrum[(L - k) & (L - 1)]));
@@ -426,7 +431,7 @@ void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& ke
       detail::SsmDplrScratch scratch;
       AlignedVector<float> batch;
       for (index_t b = begin; b < end; ++b)
-        detail::ssm_dplr_kernel_block(params, per_group, b * width, std::min(width, dims.H - b * width), tan_half,
+        detail::ssm_dplr_kernel_block<Deferred>(params, per_group, b * width, std::min(width, dims.H - b * width), tan_half,
                                       plan, kernel, scratch, batch);
     });
     return;
