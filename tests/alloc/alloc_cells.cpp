@@ -45,15 +45,15 @@ TEST_CASE("cell decode steps allocate nothing after warm-up", "[alloc][rnn]") {
       INFO("H=" << H);
       {
         INFO("lstm_step");
-        CHECK(cell_step_allocations(seqmix::lstm_step, 4, 2, H, 1, 32, batch, rows, ex) == 0);
+        CHECK(cell_step_allocations(seqmix::lstm_step<>, 4, 2, H, 1, 32, batch, rows, ex) == 0);
       }
       {
         INFO("gru_step");
-        CHECK(cell_step_allocations(seqmix::gru_step, 3, 1, H, 1, 32, batch, rows, ex) == 0);
+        CHECK(cell_step_allocations(seqmix::gru_step<>, 3, 1, H, 1, 32, batch, rows, ex) == 0);
       }
       {
         INFO("slstm_step, 4 heads");
-        CHECK(cell_step_allocations(seqmix::slstm_step, 4, 4, H, 4, 32, batch, rows, ex) == 0);
+        CHECK(cell_step_allocations(seqmix::slstm_step<>, 4, 4, H, 4, 32, batch, rows, ex) == 0);
       }
     }
     {

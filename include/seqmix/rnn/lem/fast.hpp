@@ -26,12 +26,15 @@ namespace seqmix {
 namespace detail {
 
 // out[b, r] = sum_k w[r, k] h[b, k] for B rows: the tiled kernel of the cells for B >= 2, Eigen's
-// GEMV (no packing) for one row, as in engine.hpp.
-inline void lem_product(const float* w, index_t ldw, index_t R, index_t K, const float* h, index_t ldh, index_t B,
-                        float* out, index_t ldo) {
+// GEMV (no packing) for one row, as in engine.hpp. (`Deferred`, here and below: the products
+// compile only where lem or lem_step is called, docs/compile_time.md.)
+template <class Deferred>
+void lem_product(const float* w, index_t ldw, index_t R, index_t K, const float* h, index_t ldh, index_t B, float* out,
+                 index_t ldo) {
+  using Map = deferred_t<RnnRowMap, Deferred>;
   if (B >= 2) return rnn_block_product(w, ldw, R, K, h, ldh, B, out, ldo);
-  RnnMutRowMap o(out, 1, R, Eigen::OuterStride<>(ldo));
-  o.noalias() = RnnRowMap(h, 1, K, Eigen::OuterStride<>(ldh)) * RnnRowMap(w, R, K, Eigen::OuterStride<>(ldw)).transpose();
+  deferred_t<RnnMutRowMap, Deferred> o(out, 1, R, Eigen::OuterStride<>(ldo));
+  o.noalias() = Map(h, 1, K, Eigen::OuterStride<>(ldh)) * Map(w, R, K, Eigen::OuterStride<>(ldw)).transpose();
 }
 
 // Units [j0, j1) and their weights: either packed copies (wa [3n, H]: gate-major rows of W_hh;
@@ -64,8 +67,9 @@ struct LemWorkspace {
 };
 
 // Input pre-activations of tokens [t0, t0 + nt) of every row into ax [B, Tc, 4H].
-inline void lem_project(const LemRun& r, const RnnDims& d, index_t t0, index_t nt, index_t Tc, const RnnRowMap* w_ih,
-                        std::vector<float>& ax, const Executor& executor) {
+template <class Deferred>
+void lem_project(const LemRun& r, const RnnDims& d, index_t t0, index_t nt, index_t Tc,
+                 const deferred_t<RnnRowMap, Deferred>* w_ih, std::vector<float>& ax, const Executor& executor) {
   const index_t GH = kLemInputGates * d.H;
   const index_t col_blocks = (GH + kRnnProjectionCols - 1) / kRnnProjectionCols;
   parallel_for(executor, d.B * col_blocks, 1, [&](index_t begin, index_t end) {
@@ -73,8 +77,8 @@ inline void lem_project(const LemRun& r, const RnnDims& d, index_t t0, index_t n
     for (index_t i = begin; i < end; ++i) {
       const index_t b = i / col_blocks, c0 = (i % col_blocks) * kRnnProjectionCols;
       const index_t nc = std::min(kRnnProjectionCols, GH - c0);
-      RnnMutRowMap out(ax.data() + b * Tc * GH + c0, nt, nc, Eigen::OuterStride<>(GH));
-      const RnnRowMap xs = rnn_rows(r.x[b].slice(0, t0, nt), x_copy);
+      deferred_t<RnnMutRowMap, Deferred> out(ax.data() + b * Tc * GH + c0, nt, nc, Eigen::OuterStride<>(GH));
+      const deferred_t<RnnRowMap, Deferred> xs = rnn_rows(r.x[b].slice(0, t0, nt), x_copy);
       if (w_ih != nullptr)
         out.noalias() = xs * w_ih->middleRows(c0, nc).transpose();
       else
@@ -96,7 +100,8 @@ inline void lem_store_y(const TensorView<float, 2>& y, index_t t, index_t j, con
 // The run: validated arguments, B rows of T tokens. `pack` copies each block's weights once
 // (worth it from a few tokens on); otherwise the matrices are read where they lie (copied once
 // only when their columns are strided).
-inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor& executor, LemWorkspace& ws) {
+template <class Deferred>
+void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor& executor, LemWorkspace& ws) {
   const index_t B = d.B, T = d.T, H = d.H, GH = kLemInputGates * H;
   if (B == 0 || H == 0 || T == 0) {
     // No token: the final state is the initial one (zeros without it).
@@ -159,11 +164,11 @@ inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor
   auto phase_a = [&](LemBlock& blk, index_t tt) {
     const index_t n = blk.j1 - blk.j0;
     if (pack)
-      lem_product(blk.wa.data(), H, 3 * n, H, y.data(), H, B, blk.ah.data(), 3 * n);
+      lem_product<Deferred>(blk.wa.data(), H, 3 * n, H, y.data(), H, B, blk.ah.data(), 3 * n);
     else
       for (index_t g = 0; g < kLemRecurrentGates; ++g)
-        lem_product(w_hh.data() + (g * H + blk.j0) * w_hh.outerStride(), w_hh.outerStride(), n, H, y.data(), H, B, blk.ah.data() + g * n,
-                    3 * n);
+        lem_product<Deferred>(w_hh.data() + (g * H + blk.j0) * w_hh.outerStride(), w_hh.outerStride(), n, H, y.data(),
+                              H, B, blk.ah.data() + g * n, 3 * n);
     for (index_t b = 0; b < B; ++b) {
       const float* a = ax.data() + (b * Tc + tt) * GH;  // [dtb, dt, y target, z target] x H
       const float* ah = blk.ah.data() + b * 3 * n;      // [dtb, dt, z target] x n
@@ -191,9 +196,10 @@ inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor
   auto phase_b = [&](LemBlock& blk, index_t t, index_t tt) {
     const index_t n = blk.j1 - blk.j0;
     if (pack)
-      lem_product(blk.wz.data(), H, n, H, z.data(), H, B, blk.az.data(), n);
+      lem_product<Deferred>(blk.wz.data(), H, n, H, z.data(), H, B, blk.az.data(), n);
     else
-      lem_product(w_z.data() + blk.j0 * w_z.outerStride(), w_z.outerStride(), n, H, z.data(), H, B, blk.az.data(), n);
+      lem_product<Deferred>(w_z.data() + blk.j0 * w_z.outerStride(), w_z.outerStride(), n, H, z.data(), H, B,
+                            blk.az.data(), n);
     for (index_t b = 0; b < B; ++b) {
       const float* a = ax.data() + (b * Tc + tt) * GH + 2 * H;  // y targets' input side
       const float* az = blk.az.data() + b * n;
@@ -218,7 +224,7 @@ inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor
 
   for (index_t t0 = 0; t0 < T; t0 += Tc) {
     const index_t nt = std::min(Tc, T - t0);
-    lem_project(r, d, t0, nt, Tc, r.w_ih.has_value() ? &w_ih : nullptr, ax, executor);
+    lem_project<Deferred>(r, d, t0, nt, Tc, r.w_ih.has_value() ? &w_ih : nullptr, ax, executor);
     for (index_t tt = 0; tt < nt; ++tt) {
       if (parts == 1) {
         phase_a(blocks[0], tt);
@@ -240,21 +246,23 @@ inline void lem_run(const LemRun& r, const RnnDims& d, bool pack, const Executor
 /// LEM prefill over x [B,T,I] (or [B,T,4H] pre-activations without w_ih): y [B,T,H] and the
 /// final (y, z). Same arguments and results as reference::lem, up to rounding. Threads split
 /// the hidden units when a token has enough work (both phases, ../README.md).
-inline void lem(const LemInputs& in, const RnnOutputs& out, const LemOptions& options = {},
-                const Executor& executor = serial_executor()) {
+// A template only so that the run compiles where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void lem(const LemInputs& in, const RnnOutputs& out, const LemOptions& options = {},
+         const Executor& executor = serial_executor()) {
   const ArgCheck check("lem");
   SequenceMap map;
   const detail::RnnDims d = detail::validate_lem(check, in, out, options, &map);
   // A serving call: each running sequence as a dense B = 1 run of its own tokens and state row.
   if (!detail::rnn_plain_batch(in.batch))
     return detail::lem_for_each_sequence(map, in, out, [&](const LemInputs& in1, const RnnOutputs& out1) {
-      lem(in1, out1, options, executor);
+      lem<Deferred>(in1, out1, options, executor);
     });
   detail::LemRun r{in.x, out.y, in.initial_state, out.final_state, in.w_ih, in.w_hh, in.w_z,
                    in.b_ih, in.b_hh, in.b_z, options.dt};
   if (options.reverse) detail::reverse_time_of(r.x, r.y);
   detail::LemWorkspace ws;
-  detail::lem_run(r, d, d.T >= 4, executor, ws);
+  detail::lem_run<Deferred>(r, d, d.T >= 4, executor, ws);
 }
 
 }  // namespace seqmix

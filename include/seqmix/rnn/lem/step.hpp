@@ -11,8 +11,10 @@ namespace seqmix {
 /// One LEM token per batch row: reads state [B,2,H] = (y, z) (or pool rows with
 /// batch.state_indices), writes y [B,H] and the new state in place. Equal to lem() over one
 /// token. options.reverse does not apply (one token).
-inline void lem_step(const LemStepInputs& in, const RnnStepOutputs& out, const LemOptions& options = {},
-                     const Executor& executor = serial_executor()) {
+// A template only so that the run compiles where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void lem_step(const LemStepInputs& in, const RnnStepOutputs& out, const LemOptions& options = {},
+              const Executor& executor = serial_executor()) {
   static const ArgCheck check("lem_step");
   const detail::RnnDims d = detail::validate_lem_step(check, in, out, options);
   const index_t B = d.B, H = d.H, S = detail::kLemStates;
@@ -22,7 +24,7 @@ inline void lem_step(const LemStepInputs& in, const RnnStepOutputs& out, const L
   detail::LemRun r{x, y, out.state, out.state, in.w_ih, in.w_hh, in.w_z, in.b_ih, in.b_hh, in.b_z, options.dt};
   // The per-thread scratch of the steps: no heap allocation after warm-up (tests/alloc/alloc_lem.cpp).
   thread_local detail::LemWorkspace ws;
-  if (detail::rnn_plain_batch(in.batch)) return detail::lem_run(r, d, false, executor, ws);
+  if (detail::rnn_plain_batch(in.batch)) return detail::lem_run<Deferred>(r, d, false, executor, ws);
   // Slots: the rows' states gathered into a dense [B,2,H] (zeros for a fresh or padding row), one
   // batched step (the weights read once for all rows), then scattered back. Padding rows run on
   // zeros into a scratch y and are written nowhere.
@@ -42,7 +44,7 @@ inline void lem_step(const LemStepInputs& in, const RnnStepOutputs& out, const L
   const TensorView<float, 3> state(gathered.data(), {B, S, H});
   r.initial = state, r.final_state = state;
   r.y = TensorView<float, 3>(y_scratch.data(), {B, 1, H});
-  detail::lem_run(r, d, false, executor, ws);
+  detail::lem_run<Deferred>(r, d, false, executor, ws);
   for (index_t b = 0; b < B; ++b) {
     const index_t row = row_of(b);
     if (row < 0) continue;

@@ -109,6 +109,8 @@ struct MlstmSequenceCall {
   MlstmOutputs out;
 };
 
+// A template only so that its products compile where mlstm is called (docs/compile_time.md).
+template <class Deferred>
 struct MlstmChunkKernel {
   const MlstmInputs* in;
   const MlstmOutputs* out;
@@ -261,8 +263,9 @@ struct MlstmChunkKernel {
 // sequence a dense B = 1 call on its tokens and state rows (in place). One loop instead of one
 // call per sequence: many short sequences keep both cores busy without a fork / join per
 // sequence (measured in the commit that introduced it, see docs/operators.md, mlstm).
-inline void mlstm_serving(const SequenceMap& map, const MlstmInputs& in, const MlstmOutputs& out, const MlstmDims& d,
-                          const MlstmOptions& options, const Executor& executor) {
+template <class Deferred>
+void mlstm_serving(const SequenceMap& map, const MlstmInputs& in, const MlstmOutputs& out, const MlstmDims& d,
+                   const MlstmOptions& options, const Executor& executor) {
   std::vector<MlstmSequenceCall> calls;
   calls.reserve(static_cast<std::size_t>(map.sequences()));
   mlstm_for_each_sequence(map, in, out, [&](const MlstmInputs& in1, const MlstmOutputs& out1) {
@@ -282,7 +285,7 @@ inline void mlstm_serving(const SequenceMap& map, const MlstmInputs& in, const M
     return;
   }
   const index_t chunk = std::max<index_t>(1, std::min(options.chunk_size, map.max_tokens()));
-  MlstmChunkKernel kernel{nullptr, nullptr, d, options.eps, chunk};
+  MlstmChunkKernel<Deferred> kernel{nullptr, nullptr, d, options.eps, chunk};
   kernel.sequences = &calls;
   chunkwise::run(kernel, items, 1, chunk, executor);
 }
@@ -293,17 +296,19 @@ inline void mlstm_serving(const SequenceMap& map, const MlstmInputs& in, const M
 /// chunkwise-parallel form (default) or the recurrent one; both equal reference::mlstm up to
 /// rounding. Threaded over (batch, head) rows; a serving call (in.batch) over its (sequence,
 /// head) pairs, all in one parallel loop.
-inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOptions& options = {},
-                  const Executor& executor = serial_executor()) {
+// A template only so that the chunk kernel compiles where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOptions& options = {},
+           const Executor& executor = serial_executor()) {
   detail::check_reversible("mlstm", in.batch, options.reverse);
   if (options.reverse) {
     const auto rev = detail::reversed_call(in, out);
-    return mlstm(rev.first, rev.second, detail::forward_options(options), executor);
+    return mlstm<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   const ArgCheck check("mlstm");
   SequenceMap map;
   const detail::MlstmDims d = detail::validate_mlstm(check, in, out, options, &map);
-  if (!detail::rnn_plain_batch(in.batch)) return detail::mlstm_serving(map, in, out, d, options, executor);
+  if (!detail::rnn_plain_batch(in.batch)) return detail::mlstm_serving<Deferred>(map, in, out, d, options, executor);
   const index_t rows = d.B * d.NH;
   if (options.algorithm == MlstmAlgorithm::recurrent) {
     parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
@@ -313,7 +318,7 @@ inline void mlstm(const MlstmInputs& in, const MlstmOutputs& out, const MlstmOpt
     return;
   }
   const index_t chunk = std::max<index_t>(1, std::min(options.chunk_size, d.T));
-  const detail::MlstmChunkKernel kernel{&in, &out, d, options.eps, chunk};
+  const detail::MlstmChunkKernel<Deferred> kernel{&in, &out, d, options.eps, chunk};
   chunkwise::run(kernel, rows, 1, chunk, executor);
 }
 

@@ -44,9 +44,11 @@ struct TitansChunkWorkspace {
   }
 };
 
-// One (batch, value head) row of the chunked prefill.
-inline void titans_chunked_row(const TitansInputs& in, const TitansOutputs& out, const TitansDims& d, index_t chunk,
-                               index_t b, index_t hv, TitansChunkWorkspace& ws) {
+// One (batch, value head) row of the chunked prefill. The workspace is named through `Deferred`
+// so that its products compile only where titans is called (docs/compile_time.md).
+template <class Deferred>
+void titans_chunked_row(const TitansInputs& in, const TitansOutputs& out, const TitansDims& d, index_t chunk, index_t b,
+                        index_t hv, deferred_t<TitansChunkWorkspace, Deferred>& ws) {
   const index_t K = d.K, V = d.V, h = hv / d.group();
   for (index_t r = 0; r < K; ++r)
     for (index_t c = 0; c < V; ++c) {
@@ -194,8 +196,9 @@ struct TitansRowCall {
 
 // Runs every (call, value head) row of `calls` (each with B = 1) in one parallel_for, so that a
 // packed batch of many short sequences keeps both cores busy; `max_tokens` sizes the chunk workspace.
-inline void titans_run_rows(const std::vector<TitansRowCall>& calls, index_t HV, index_t max_tokens,
-                            const TitansOptions& options, const Executor& executor) {
+template <class Deferred>
+void titans_run_rows(const std::vector<TitansRowCall>& calls, index_t HV, index_t max_tokens,
+                     const TitansOptions& options, const Executor& executor) {
   if (calls.empty()) return;
   const TitansDims& d0 = calls.front().d;
   const index_t rows = static_cast<index_t>(calls.size()) * HV;
@@ -213,10 +216,10 @@ inline void titans_run_rows(const std::vector<TitansRowCall>& calls, index_t HV,
   }
   const index_t chunk = std::max<index_t>(1, std::min(options.chunk_size, max_tokens));
   parallel_for(executor, rows, 1, [&](index_t begin, index_t end) {
-    TitansChunkWorkspace ws(chunk, d0.K, d0.V);
+    deferred_t<TitansChunkWorkspace, Deferred> ws(chunk, d0.K, d0.V);
     for (index_t r = begin; r < end; ++r) {
       const TitansRowCall& c = calls[static_cast<std::size_t>(r / HV)];
-      titans_chunked_row(c.in, c.out, c.d, chunk, 0, r % HV, ws);
+      titans_chunked_row<Deferred>(c.in, c.out, c.d, chunk, 0, r % HV, ws);
     }
   });
 }
@@ -230,14 +233,16 @@ inline void titans_run_rows(const std::vector<TitansRowCall>& calls, index_t HV,
 /// Threaded over (batch, value head) rows. Serving batches (in.batch: packed sequences, state
 /// slots, has_initial_state) run every (sequence, value head) row of the call in one parallel
 /// loop, each sequence from its own state row; padding sequences (slot -1) are skipped.
-inline void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
-                   const Executor& executor = serial_executor()) {
+// A template only so that the chunk kernel compiles where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void titans(const TitansInputs& in, const TitansOutputs& out, const TitansOptions& options = {},
+            const Executor& executor = serial_executor()) {
   const ArgCheck check("titans");
   SequenceMap map;
   const detail::TitansDims d = detail::validate_titans(check, in, out, options, &map);
   if (options.reverse) {
     const auto rev = detail::titans_reversed_call(in, out);
-    return titans(rev.first, rev.second, detail::forward_options(options), executor);
+    return titans<Deferred>(rev.first, rev.second, detail::forward_options(options), executor);
   }
   if (detail::rnn_plain_batch(in.batch)) {
     // Each batch row its own call: rows r = b * HV + hv, as before the serving layout.
@@ -257,7 +262,7 @@ inline void titans(const TitansInputs& in, const TitansOutputs& out, const Titan
       c.d.B = 1;
       calls.push_back(c);
     }
-    return detail::titans_run_rows(calls, d.HV, d.T, options, executor);
+    return detail::titans_run_rows<Deferred>(calls, d.HV, d.T, options, executor);
   }
   std::vector<detail::TitansRowCall> calls;
   calls.reserve(static_cast<std::size_t>(map.sequences()));
@@ -269,7 +274,7 @@ inline void titans(const TitansInputs& in, const TitansOutputs& out, const Titan
     d1.B = 1, d1.T = s.tokens;
     calls.push_back({one.first, one.second, d1});
   }
-  detail::titans_run_rows(calls, d.HV, map.max_tokens(), options, executor);
+  detail::titans_run_rows<Deferred>(calls, d.HV, map.max_tokens(), options, executor);
 }
 
 }  // namespace seqmix

@@ -23,7 +23,8 @@ using TttDeferredMap = deferred_t<TttMap, Deferred>;
 
 /// The LayerNorm of ttt's fast forms over a block of rows [n,K] at once (Eigen array
 /// expressions, vectorized along the rows): one head's gamma and beta, kept contiguous, and the
-/// forward's normalized rows and 1/sigma, which the backward reuses.
+/// forward's normalized rows and 1/sigma, which the backward reuses. forward and backward are
+/// templates on the map type (a TttDeferredMap) so that they compile only where ttt is called.
 struct TttLnBlock {
   index_t K;
   Eigen::Array<float, 1, Eigen::Dynamic> gamma, beta;  // [K]
@@ -38,9 +39,10 @@ struct TttLnBlock {
   }
 
   /// y = LN(z) row by row (y may be z itself); keeps xh and 1/sigma for backward().
-  void forward(const TttMap& z, TttMap& y, float eps) {
+  template <class Map>
+  void forward(const Map& z, Map& y, float eps) {
     const index_t n = z.rows();
-    TttMap xm(xh.data(), n, K);
+    Map xm(xh.data(), n, K);
     auto mean = m1.head(n);
     mean = z.array().rowwise().mean();
     xm.array() = z.array().colwise() - mean;
@@ -50,9 +52,10 @@ struct TttLnBlock {
   }
 
   /// dy := dl/dz from dl/dy, for the rows of the last forward().
-  void backward(TttMap& dy) {
+  template <class Map>
+  void backward(Map& dy) {
     const index_t n = dy.rows();
-    const TttMap xm(xh.data(), n, K);
+    const Map xm(xh.data(), n, K);
     dy.array().rowwise() *= gamma;
     m1.head(n) = dy.array().rowwise().mean();
     m2.head(n) = (dy.array() * xm.array()).rowwise().mean();
