@@ -298,3 +298,56 @@ TEST_CASE("retention uses RetNet's per-head decay", "[gla]") {
   seqmix::retention(in, b.outputs());
   require_close(b.o, a.o, 1e-5, "retention vs simple_gla");
 }
+
+// The recurrent prefill folds the decays of up to kTokenBlock tokens into q and k ("lazy decay
+// windows", diagonal_decay/recurrent.hpp) and ends a window where a row's cumulative log-gate
+// leaves +-30. Gate patterns that open, extend, close and refuse windows at every position: mild
+// gates (windows span whole blocks), constant -7.5 (a window closes after its first group),
+// constant -11 (no window opens), spikes of -20 and of -inf (a hard reset) among mild tokens,
+// and gates exactly 0; odd K and V (scalar tails), T not a multiple of the block, B > 1 and
+// an initial state, against the reference recurrence.
+TEST_CASE("gated_linear_attention: recurrent lazy decay windows under strong and extreme gates", "[gla]") {
+  const GlaCase c{2, 203, 2, 2, 37, 45, GateKind::channel, -0.1f, 0.f, false};
+  auto pattern = [](int kind, index_t t, index_t col) -> float {
+    switch (kind) {
+      case 0: return -0.01f * static_cast<float>((t + col) % 7);
+      case 1: return -7.5f;
+      case 2: return -11.f;
+      case 3: return (t % 13 == 5 && col % 3 == 0) ? -20.f : -0.05f;
+      case 4: return (t % 11 == 6 && col % 5 == 1) ? -INFINITY : -0.02f;
+      default: return 0.f;
+    }
+  };
+  for (int kind = 0; kind < 6; ++kind) {
+    GlaData data(c, 71 + kind);
+    for (index_t b = 0; b < c.B; ++b)
+      for (index_t t = 0; t < c.T; ++t)
+        for (index_t h = 0; h < c.H; ++h)
+          for (index_t col = 0; col < c.K; ++col) data.g(b, t, h, col) = pattern(kind, t + 3 * h + 5 * b, col);
+    seqmix::GatedLinearAttentionOptions options;
+    GlaResult ref(c), fast(c);
+    seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
+    options.algorithm = LinearAttentionAlgorithm::recurrent;
+    seqmix::gated_linear_attention(data.inputs(), fast.outputs(), options);
+    const std::string what = "gate pattern " + std::to_string(kind);
+    require_close(fast.o, ref.o, kTol, what + " o");
+    require_close(fast.state, ref.state, kTol, what + " final_state");
+  }
+}
+
+// Scalar gates share the windows (one product per token, copied to every row); a long mild run
+// keeps windows open across whole blocks at K = V = 64 (the 2-batch column tiles only).
+TEST_CASE("gated_linear_attention: recurrent lazy decay windows with scalar gates", "[gla]") {
+  for (float lo : {-1e-3f, -9.f}) {
+    const GlaCase c{1, 517, 2, 2, 64, 64, GateKind::scalar, lo, 0.f, false};
+    const GlaData data(c, 91);
+    seqmix::GatedLinearAttentionOptions options;
+    options.gate = GateKind::scalar;
+    GlaResult ref(c), fast(c);
+    seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
+    options.algorithm = LinearAttentionAlgorithm::recurrent;
+    seqmix::gated_linear_attention(data.inputs(), fast.outputs(), options);
+    require_close(fast.o, ref.o, kTol, describe(c, 91) + " o");
+    require_close(fast.state, ref.state, kTol, describe(c, 91) + " final_state");
+  }
+}

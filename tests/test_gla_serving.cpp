@@ -35,6 +35,10 @@ namespace st = seqmix::testing;
 
 constexpr float kSentinel = 7.5f;  // what untouched outputs keep
 constexpr double kTol = 2e-4;      // fp32 fast forms against the double reference (SPEC)
+// The recurrent prefill folds decays over windows of tokens (diagonal_decay/recurrent.hpp); single
+// steps, token_states and a sequence cut in pieces not aligned to those blocks take the plain
+// per-token update, so they agree with one call to rounding, not bit for bit.
+constexpr double kLazyTol = 1e-5;
 
 // A ragged batch: lengths, offsets and the slots of a pool with holes and padding sequences.
 struct Ragged {
@@ -300,14 +304,14 @@ TEST_CASE("gated_linear_attention: prefill then slotted steps equals one call", 
         recurrent.algorithm = LinearAttentionAlgorithm::recurrent;
         seqmix::gated_linear_attention(one, {o1.view(), init.view()}, recurrent);
         INFO("threads " << threads << " step " << j << " sequence " << n);
-        st::require_close("step o", o.view()[b], o1.view()[0][len - 1], 0.0);
-        if (j == steps - 1) st::require_close("state", pool.view()[r.slots[n]], init.view()[0], 0.0);
+        st::require_close("step o", o.view()[b], o1.view()[0][len - 1], kLazyTol);
+        if (j == steps - 1) st::require_close("state", pool.view()[r.slots[n]], init.view()[0], kLazyTol);
       }
     }
   }
 }
 
-TEST_CASE("gated_linear_attention: token_states, and rollback to a token continues exactly", "[gla][serving]") {
+TEST_CASE("gated_linear_attention: token_states, and rollback to a token continues the sequence", "[gla][serving]") {
   for (GateKind gate : {GateKind::channel, GateKind::scalar}) {
     const GlaShape shape{2, 4, 16, 32, gate};
     Ragged r = make_ragged(500 + static_cast<int>(gate), 6, 40);
@@ -325,7 +329,7 @@ TEST_CASE("gated_linear_attention: token_states, and rollback to a token continu
     seqmix::GatedLinearAttentionOutputs out{o.view(), pool.view(), ts.view()};
     seqmix::gated_linear_attention(in, out, options, st::two_thread_pool());
     // Outputs and final states are those of a call without token_states.
-    check_gla_against_singles(data, r, options, o, pool, 0.0, "with token_states");
+    check_gla_against_singles(data, r, options, o, pool, kLazyTol, "with token_states");
     // The reference keeps the same states.
     {
       Tensor<float, 4> ref_pool = data.pool0;
@@ -357,7 +361,7 @@ TEST_CASE("gated_linear_attention: token_states, and rollback to a token continu
         one.initial_state = init.view();
         seqmix::gated_linear_attention(one, {o1.view(), fin.view()}, options);
         INFO("sequence " << n << " token " << t);
-        st::require_close("token state", ts.view()[0][t0 + t], fin.view()[0], 0.0);
+        st::require_close("token state", ts.view()[0][t0 + t], fin.view()[0], kLazyTol);
         // Rollback: continue from the state of token t over the rest; equals never rolling back.
         if (t + 1 < len && t % 7 == 3) {
           Tensor<float, 4> from({1, shape.HV, shape.K, shape.V}), rest_fin({1, shape.HV, shape.K, shape.V});
@@ -366,8 +370,8 @@ TEST_CASE("gated_linear_attention: token_states, and rollback to a token continu
           seqmix::GatedLinearAttentionInputs rest = data.inputs(t0 + t + 1, len - t - 1);
           rest.initial_state = from.view();
           seqmix::gated_linear_attention(rest, {o_rest.view(), rest_fin.view()}, options);
-          st::require_close("continued o", o_rest.view(), o_all.view().slice(1, t + 1, len - t - 1), 0.0);
-          st::require_close("continued state", rest_fin.view(), pool.view().slice(0, slot, 1), 0.0);
+          st::require_close("continued o", o_rest.view(), o_all.view().slice(1, t + 1, len - t - 1), kLazyTol);
+          st::require_close("continued state", rest_fin.view(), pool.view().slice(0, slot, 1), kLazyTol);
         }
       }
     }

@@ -2,6 +2,7 @@
 // step), split runs with steps, chunk sizes, bad arguments.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -148,4 +149,32 @@ TEST_CASE("rwkv6: bad arguments are rejected", "[rwkv6]") {
   seqmix::Rwkv6Inputs in = data.inputs();
   in.u = u_bad.view();
   CHECK_THROWS_WITH(seqmix::rwkv6(in, out.outputs()), Catch::Contains("'u' must have H = 2 or HV = 2 heads"));
+}
+
+// The exclusive readout through the recurrent prefill's lazy decay windows (see test_gla.cpp):
+// mild gates (long windows), constant -7.5 (windows close early), and spikes of -20 and -inf;
+// odd K and V, T not a multiple of the block, B > 1 and an initial state.
+TEST_CASE("rwkv6: recurrent lazy decay windows under strong and extreme gates", "[rwkv6]") {
+  const RwkvCase c{2, 203, 2, 2, 37, 45, -0.1f, 0.f, false};
+  auto pattern = [](int kind, index_t t, index_t col) -> float {
+    if (kind == 0) return -0.01f * static_cast<float>((t + col) % 7);
+    if (kind == 1) return -7.5f;
+    if (kind == 2) return (t % 13 == 5 && col % 3 == 0) ? -20.f : -0.05f;
+    return (t % 11 == 6 && col % 5 == 1) ? -INFINITY : -0.02f;
+  };
+  for (int kind = 0; kind < 4; ++kind) {
+    RwkvData data(c, 41 + kind);
+    for (index_t b = 0; b < c.B; ++b)
+      for (index_t t = 0; t < c.T; ++t)
+        for (index_t h = 0; h < c.H; ++h)
+          for (index_t col = 0; col < c.K; ++col) data.g(b, t, h, col) = pattern(kind, t + 3 * h + 5 * b, col);
+    RwkvResult ref(c), fast(c);
+    seqmix::reference::rwkv6(data.inputs(), ref.outputs());
+    seqmix::Rwkv6Options options;
+    options.algorithm = LinearAttentionAlgorithm::recurrent;
+    seqmix::rwkv6(data.inputs(), fast.outputs(), options);
+    const std::string what = "gate pattern " + std::to_string(kind);
+    require_close(fast.o, ref.o, 2e-4, what + " o");
+    require_close(fast.state, ref.state, 2e-4, what + " final_state");
+  }
 }

@@ -146,8 +146,9 @@ inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, floa
 
 // The recurrent prefill of one head one token at a time, the state after token t copied to
 // states[t] ([T, Kf, V]) and the normalizer (column V of S) to normalizers[t] ([T, Kf]), each when
-// given. The one-token kernel does the same operations per element as the blocked one, so
-// outputs and final states equal those of a call without token_states.
+// given. One token at a time takes the plain update, the blocked prefill lazy decay windows
+// (recurrent.hpp), so outputs and final states equal those of a call without token_states to
+// rounding (bit for bit without decays).
 inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, RecurrentWorkspace& ws,
                                          const TensorView<float, 3>& states, const TensorView<float, 2>& normalizers) {
   const index_t Kf = p.Kf(), Vp = p.Vp(), V = p.V();
@@ -173,9 +174,10 @@ inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, Rec
 // token's rows of all heads are adjacent in [B,T,H,D] memory, so q/k/v/g are read and o written
 // almost sequentially. One head at a time over all T tokens strides through memory (8 KB apart
 // for H=32, K=64) and was DRAM-latency-bound once the inputs outgrow L3: T=8192, H=32, K=V=64 ran
-// at 56 GFLOP/s on 2 threads vs ~210 with blocks of 8. 8 (kTokenBlock, recurrent.hpp): the
+// at 56 GFLOP/s on 2 threads vs ~210 with blocks of 8. 16 (kTokenBlock, recurrent.hpp): the
 // block's rows of all heads stay near in memory, while a head's state (16-64 KB, in L2) is
-// re-read only every 8 tokens (blocks of 4..64 measured). `states` holds hv1 - hv0 matrices.
+// re-read only every 16 tokens (blocks of 4..64 measured with 8 chosen before the lazy decay
+// windows, which end with their block, made 16 faster at K = 128). `states` holds hv1 - hv0 matrices.
 // Only value columns cols of each head run (all of them unless the head is split, ValueSplit);
 // token_states need them all.
 template <class MakeHead>

@@ -6,10 +6,12 @@
 //   exclusive (rwkv6):                  o += q_r * s;            s = w_r * s + k_r * v
 // and rwkv6 adds (q . (u * k)) v to o at the end. That is 3 vector ops per state element (2
 // without decay), with o and v held in registers across all rows of a column tile, and several
-// tokens applied to each loaded piece of S (see kTokenBlock).
+// tokens applied to each loaded piece of S (see kTokenBlock). The prefill folds the decays of a
+// window of tokens into q and k instead (lazy decay, see plan_lazy_windows): 2 ops per element.
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/core/simd.hpp"
@@ -27,11 +29,17 @@ struct TokenOperands {
   float bonus;         // exclusive readout: q . (u * k); 0 otherwise
 };
 
+// Which tokens of a tile decay the state: all (the plain recurrence), none (no gates, or the
+// lazy tokens of a window, whose decays are folded into q and k), or only the first (the token
+// that opens a lazy window, see plan_lazy_windows).
+enum class Decay { none, every_token, first_token };
+
 // Columns [c0, c0 + NB*kWidth) of the state, all Kf rows, advanced through NT consecutive tokens
 // x[0..NT) in one pass: each loaded row piece takes all NT updates before it is stored, so S is
 // loaded and stored once per NT tokens. The NT*NB batches of o and of v stay in registers: NT=4,
 // NB=2 holds 2*NT*NB + NB = 18 live batches plus 3*NT broadcasts, within 32 AVX-512 registers.
-template <int NT, int NB, bool kDecay, bool kExclusive>
+// kRescale multiplies each row r by x[NT-1].w[r] after the last token (a lazy window's end).
+template <int NT, int NB, Decay kDecay, bool kExclusive, bool kRescale = false>
 inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, float* const* o) {
   using simd::Batch;
   constexpr index_t W = simd::kWidth;
@@ -51,17 +59,24 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
     float* row = S + r * ldS + c0;
     Batch<float> s[NB];
     for (int b = 0; b < NB; ++b) s[b] = simd::load(row + b * W);
-    for (int j = 0; j < NT; ++j) {
+    // Token j's update, decayed or not (a compile-time choice: a runtime one kept the compiler
+    // from unrolling the tokens, which spilled vv and acc to the stack).
+    auto update = [&](int j, auto decays) {
       const Batch<float> kr(k[j][r]), qr(q[j][r]);
-      const Batch<float> wr(kDecay ? w[j][r * w_stride[j]] : 1.f);
       for (int b = 0; b < NB; ++b) {
         if constexpr (kExclusive) acc[j][b] = simd::fma(qr, s[b], acc[j][b]);
-        if constexpr (kDecay)
-          s[b] = simd::fma(kr, vv[j][b], wr * s[b]);
+        if constexpr (decltype(decays)::value)
+          s[b] = simd::fma(kr, vv[j][b], Batch<float>(w[j][r * w_stride[j]]) * s[b]);
         else
           s[b] = simd::fma(kr, vv[j][b], s[b]);
         if constexpr (!kExclusive) acc[j][b] = simd::fma(qr, s[b], acc[j][b]);
       }
+    };
+    update(0, std::bool_constant<kDecay != Decay::none>{});
+    for (int j = 1; j < NT; ++j) update(j, std::bool_constant<kDecay == Decay::every_token>{});
+    if constexpr (kRescale) {
+      const Batch<float> p(w[NT - 1][r]);
+      for (int b = 0; b < NB; ++b) s[b] = p * s[b];
     }
     for (int b = 0; b < NB; ++b) simd::store(row + b * W, s[b]);
   }
@@ -72,13 +87,16 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
     }
 }
 
+template <bool kDecay>
+constexpr Decay kEvery = kDecay ? Decay::every_token : Decay::none;
+
 // Columns [c0, c0 + NB*kWidth) through tokens x[0..n), NT at a time.
 template <int NT, int NB, bool kDecay, bool kExclusive>
 inline void recurrent_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, index_t n,
                                   float* const* o) {
   index_t j = 0;
-  for (; j + NT <= n; j += NT) recurrent_tile<NT, NB, kDecay, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
-  for (; j < n; ++j) recurrent_tile<1, NB, kDecay, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+  for (; j + NT <= n; j += NT) recurrent_tile<NT, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+  for (; j < n; ++j) recurrent_tile<1, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
 }
 
 // The scalar tail: columns [c0, ncols).
@@ -117,8 +135,11 @@ inline void recurrent_columns(float* S, index_t ldS, index_t Kf, index_t ncols, 
 // L1 where the whole 64 KB state did not. Measured (2 threads, median ms, quiet moments of a
 // shared machine): gla-k128-t512 2.61 -> 1.95-2.1 with one token per pass and 64-column tiles
 // -> 2.3; 2 tokens x 64 columns was within noise of 4 x 32 (1.93-2.22). A single token (decode)
-// keeps 64-column tiles: 32-column ones took the rwkv6 step from 6.3 to 7.2-7.6 us.
-constexpr index_t kTokenBlock = 8;
+// keeps 64-column tiles: 32-column ones took the rwkv6 step from 6.3 to 7.2-7.6 us. 16 tokens
+// (was 8) since the lazy decay windows, which end with their block: one thread, thread CPU time,
+// gla-k128-t512 1.27x over blocks of 8 (windows of 16 tokens, and the 64 KB state re-read half
+// as often), gla-1.3b-t512 unchanged (2026-12-04, loaded AMD EPYC Zen 5).
+constexpr index_t kTokenBlock = 16;
 
 // Advances columns [0, ncols) of S through tokens x[0..n), token j writing o[j][0..ncols).
 template <bool kDecay, bool kExclusive>
@@ -152,7 +173,8 @@ inline void recurrent_token(float* S, index_t ldS, index_t Kf, index_t ncols, co
 class RecurrentWorkspace {
  public:
   RecurrentWorkspace(index_t K, index_t Kf, index_t Vp, index_t slots = 1)
-      : slot_(round_up(2 * Kf + std::max(Kf, K) + 2 * Vp)), Kf_(Kf), Vp_(Vp), slots_(slots) {
+      : slot_(round_up(2 * Kf + std::max(Kf, K) + 2 * Vp + (slots > 1 ? 3 * Kf : 0))), K_(K), Kf_(Kf), Vp_(Vp),
+        slots_(slots) {
     const index_t n = slot_ * slots;
     if (n > kInline) heap_.resize(static_cast<std::size_t>(n));
     base_ = n > kInline ? heap_.data() : inline_;
@@ -166,6 +188,10 @@ class RecurrentWorkspace {
   float* v(index_t j = 0) { return k(j) + Kf_; }
   float* o(index_t j = 0) { return v(j) + Vp_; }
   float* w(index_t j = 0) { return o(j) + Vp_; }
+  // A lazy window's folded q and k and the decay product P of token j (prefill only, slots > 1).
+  float* lazy_q(index_t j) { return w(j) + std::max(Kf_, K_); }
+  float* lazy_k(index_t j) { return lazy_q(j) + Kf_; }
+  float* lazy_p(index_t j) { return lazy_k(j) + Kf_; }
 
  private:
   // Slots start on a batch boundary.
@@ -174,8 +200,149 @@ class RecurrentWorkspace {
   alignas(64) float inline_[kInline];
   AlignedVector<float> heap_;
   float* base_;
-  index_t slot_, Kf_, Vp_, slots_;
+  index_t slot_, K_, Kf_, Vp_, slots_;
 };
+
+// Lazy decay. Within a window of tokens the state's rows decay by per-row scalars, so with
+// P_j[r] = w_{a+1}[r] * ... * w_j[r] (a: the window's first token, P_a = 1) the state after token
+// j is S_j = P_j * S'_j, where S'_a = S_a and S'_j = S'_{j-1} + (k_j / P_j) v_j^T, and the readout
+// is o_j = (q_j * P_j) . S'_j (exclusive: (q_j * P_{j-1}) . S'_{j-1}). Folding P into q and k
+// (O(K) per token) leaves 2 FMAs per state element and token instead of 3; the window's first
+// token takes the plain update (its decay may be anything, 0 included) and its last multiplies the
+// rows by P once. Windows are whole groups of kLazyGroup tokens of one block and end early: a
+// group joins the window only if every P_j of its tokens stays within [kLazyMin, 1 / kLazyMin]
+// (cumulative log-gates within +-30), so 1/P is at most 1e13 and never overflows or loses range
+// for inputs below ~1e12; a group that cannot even open a window (a token's own decay out of the
+// bound, NaN, or 0) runs the plain update, as do the block's last n % kLazyGroup tokens.
+constexpr int kLazyGroup = 4;
+constexpr float kLazyMin = 1e-13f;  // e^-29.9
+
+// How a group of kLazyGroup tokens runs.
+struct LazyGroup {
+  enum class Mode : unsigned char { plain, open, extend } mode = Mode::plain;  // open: a window starts here
+  bool closes = false;  // the window's last group: rescales the rows by P
+};
+
+// P = prev * w (prev nullptr: 1) over Kf rows; whether all of P lies within the lazy bound
+// (false for NaN).
+inline bool lazy_products(const float* prev, const TokenOperands& x, index_t Kf, float* P) {
+  using simd::Batch;
+  const Batch<float> lo(kLazyMin), hi(1.f / kLazyMin);
+  auto in_bound = [&](const Batch<float>& p) { return xsimd::all((p >= lo) & (p <= hi)); };
+  bool ok = true;
+  const index_t nv = simd::vector_end(Kf);
+  for (index_t i = 0; i < nv; i += simd::kWidth) {
+    const Batch<float> w = x.w_stride == 0 ? Batch<float>(x.w[0]) : simd::load(x.w + i);
+    const Batch<float> p = prev ? simd::load(prev + i) * w : w;
+    ok = ok && in_bound(p);
+    simd::store(P + i, p);
+  }
+  for (index_t i = nv; i < Kf; ++i) {
+    P[i] = (prev ? prev[i] : 1.f) * x.w[i * x.w_stride];
+    ok = ok && P[i] >= kLazyMin && P[i] <= 1.f / kLazyMin;
+  }
+  return ok;
+}
+
+// y = x with q * Pq (Pq nullptr: 1) and k / P; y.w = P (for the rescale at a window's end).
+inline void lazy_fold(const TokenOperands& x, const float* Pq, const float* P, index_t Kf, float* q, float* k,
+                      TokenOperands& y) {
+  using simd::Batch;
+  const index_t nv = simd::vector_end(Kf);
+  for (index_t i = 0; i < nv; i += simd::kWidth) {
+    const Batch<float> qi = simd::load(x.q + i);
+    simd::store(q + i, Pq ? qi * simd::load(Pq + i) : qi);
+    simd::store(k + i, simd::load(x.k + i) / simd::load(P + i));
+  }
+  for (index_t i = nv; i < Kf; ++i) {
+    q[i] = Pq ? x.q[i] * Pq[i] : x.q[i];
+    k[i] = x.k[i] / P[i];
+  }
+  y = x;
+  y.q = q, y.k = k, y.w = P, y.w_stride = 1;
+}
+
+// Tokens [first, last) of a window whose previous token has product prev (nullptr: the window's
+// first token): their products and folded operands into y, or false if a product leaves the bound.
+inline bool lazy_tokens(const TokenOperands* x, index_t first, index_t last, const float* prev, index_t Kf,
+                        bool exclusive, RecurrentWorkspace& ws, TokenOperands* y) {
+  const float* p = prev;
+  for (index_t j = first; j < last; ++j) {
+    if (!lazy_products(p, x[j], Kf, ws.lazy_p(j))) return false;
+    p = ws.lazy_p(j);
+  }
+  p = prev;
+  for (index_t j = first; j < last; ++j) {
+    lazy_fold(x[j], exclusive ? p : ws.lazy_p(j), ws.lazy_p(j), Kf, ws.lazy_q(j), ws.lazy_k(j), y[j]);
+    p = ws.lazy_p(j);
+  }
+  return true;
+}
+
+// Splits tokens x[0..n) (n <= ws.slots(), all with per-row or scalar decays) into lazy windows:
+// groups[g] says how group g (tokens [4g, 4g+4)) runs, y[j] its tokens' operands.
+inline void plan_lazy_windows(const TokenOperands* x, index_t n, index_t Kf, bool exclusive, RecurrentWorkspace& ws,
+                              TokenOperands* y, LazyGroup* groups) {
+  const float* prev = nullptr;  // the open window's latest product; nullptr: no window open
+  const index_t count = n / kLazyGroup;
+  for (index_t g = 0; g < count; ++g) {
+    const index_t j0 = g * kLazyGroup, j1 = j0 + kLazyGroup;
+    groups[g] = LazyGroup{};
+    if (prev && lazy_tokens(x, j0, j1, prev, Kf, exclusive, ws, y)) {
+      groups[g].mode = LazyGroup::Mode::extend;
+      prev = ws.lazy_p(j1 - 1);
+      continue;
+    }
+    if (prev) groups[g - 1].closes = true;
+    prev = nullptr;
+    if (lazy_tokens(x, j0 + 1, j1, nullptr, Kf, exclusive, ws, y)) {
+      groups[g].mode = LazyGroup::Mode::open;
+      y[j0] = x[j0];
+      prev = ws.lazy_p(j1 - 1);
+    }
+  }
+  if (prev) groups[count - 1].closes = true;
+}
+
+// One group of kLazyGroup tokens on columns [c0, c0 + NB*kWidth).
+template <int NB, bool kExclusive>
+inline void lazy_group(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, const TokenOperands* y,
+                       LazyGroup group, float* const* o) {
+  constexpr int NT = kLazyGroup;
+  using Mode = LazyGroup::Mode;
+  if (group.mode == Mode::plain) return recurrent_tile<NT, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x, o);
+  if (group.mode == Mode::open && group.closes)
+    return recurrent_tile<NT, NB, Decay::first_token, kExclusive, true>(S, ldS, Kf, c0, y, o);
+  if (group.mode == Mode::open) return recurrent_tile<NT, NB, Decay::first_token, kExclusive>(S, ldS, Kf, c0, y, o);
+  if (group.closes) return recurrent_tile<NT, NB, Decay::none, kExclusive, true>(S, ldS, Kf, c0, y, o);
+  recurrent_tile<NT, NB, Decay::none, kExclusive>(S, ldS, Kf, c0, y, o);
+}
+
+// Columns [c0, c0 + NB*kWidth) through tokens x[0..n) as planned (plan_lazy_windows).
+template <int NB, bool kExclusive>
+inline void lazy_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x,
+                             const TokenOperands* y, const LazyGroup* groups, index_t n, float* const* o) {
+  index_t j = 0;
+  for (; j + kLazyGroup <= n; j += kLazyGroup)
+    lazy_group<NB, kExclusive>(S, ldS, Kf, c0, x + j, y + j, groups[j / kLazyGroup], o + j);
+  for (; j < n; ++j) recurrent_tile<1, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+}
+
+// recurrent_block for decayed tokens x[0..n) with lazy windows (n <= kTokenBlock, n <= ws.slots()).
+// The scalar tail columns run the plain update on x: columns are independent, so the two forms mix.
+template <bool kExclusive>
+inline void recurrent_block_lazy(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
+                                 RecurrentWorkspace& ws, float* const* o) {
+  constexpr index_t W = simd::kWidth;
+  TokenOperands y[kTokenBlock];
+  LazyGroup groups[kTokenBlock / kLazyGroup];
+  plan_lazy_windows(x, n, Kf, kExclusive, ws, y, groups);
+  index_t c = 0;
+  for (; c + 2 * W <= ncols; c += 2 * W) lazy_tile_tokens<2, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o);
+  for (; c + W <= ncols; c += W) lazy_tile_tokens<1, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o);
+  if (c < ncols)
+    for (index_t j = 0; j < n; ++j) recurrent_tail<true, kExclusive>(S, ldS, Kf, c, ncols, x[j], o[j]);
+}
 
 // out[0..n) = factor * x[0..n), vectorized (x contiguous).
 inline void scale_copy(const float* x, float factor, float* out, index_t n) {
@@ -300,7 +467,12 @@ inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws
       x[j] = load_token(p, t0 + j, ws, j);
       o[j] = direct ? p.o.ptr(t0 + j) : ws.o(j);
     }
-    recurrent_block(S, Vp, Kf, Vp, x, n, exclusive, o);
+    if (x[0].w && n >= kLazyGroup && exclusive)
+      recurrent_block_lazy<true>(S, Vp, Kf, Vp, x, n, ws, o);
+    else if (x[0].w && n >= kLazyGroup)
+      recurrent_block_lazy<false>(S, Vp, Kf, Vp, x, n, ws, o);
+    else
+      recurrent_block(S, Vp, Kf, Vp, x, n, exclusive, o);
     if (!direct)
       for (index_t j = 0; j < n; ++j) store_output_row(p, t0 + j, o[j]);
   }
