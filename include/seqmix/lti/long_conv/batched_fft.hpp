@@ -161,6 +161,31 @@ inline void fft_stage4(float* x, index_t len, const FftTwiddles& tw) noexcept {
   }
 }
 
+// The group's butterflies of three radix-2 stages: a[m] the element at position j + m e (m < 8)
+// of a length-8e stage, s1 = N / 8e (the twiddle stride of that length). Levels (forward; the
+// inverse runs them the other way round): length 8e, pairs (m, m + 4), twiddle of position
+// j + m e; length 4e, pairs (m, m + 2) in each half, position j + (m % 4) e; length 2e, pairs
+// (m, m + 1), position j. (long_conv's fft.hpp runs its padded first and last passes through it.)
+// Forced inline: out of line (GCC's choice for a function this size) the eight values go through
+// memory and the transform ran 1.3x slower (long_conv, T = 16384).
+template <bool kInverse>
+[[gnu::always_inline]] inline void fft_butterfly8(FftValue (&a)[8], index_t j, index_t e, index_t s1, const FftTwiddles& tw) noexcept {
+  const index_t s2 = 2 * s1, s4 = 4 * s1;
+  const FftValue w10 = fft_twiddle<kInverse>(tw, j * s1), w11 = fft_twiddle<kInverse>(tw, (j + e) * s1);
+  const FftValue w12 = fft_twiddle<kInverse>(tw, (j + 2 * e) * s1), w13 = fft_twiddle<kInverse>(tw, (j + 3 * e) * s1);
+  const FftValue w20 = fft_twiddle<kInverse>(tw, j * s2), w21 = fft_twiddle<kInverse>(tw, (j + e) * s2);
+  const FftValue w4 = fft_twiddle<kInverse>(tw, j * s4);
+  if (kInverse) {
+    fft_dit2(a[0], a[1], w4), fft_dit2(a[2], a[3], w4), fft_dit2(a[4], a[5], w4), fft_dit2(a[6], a[7], w4);
+    fft_dit2(a[0], a[2], w20), fft_dit2(a[1], a[3], w21), fft_dit2(a[4], a[6], w20), fft_dit2(a[5], a[7], w21);
+    fft_dit2(a[0], a[4], w10), fft_dit2(a[1], a[5], w11), fft_dit2(a[2], a[6], w12), fft_dit2(a[3], a[7], w13);
+  } else {
+    fft_dif2(a[0], a[4], w10), fft_dif2(a[1], a[5], w11), fft_dif2(a[2], a[6], w12), fft_dif2(a[3], a[7], w13);
+    fft_dif2(a[0], a[2], w20), fft_dif2(a[1], a[3], w21), fft_dif2(a[4], a[6], w20), fft_dif2(a[5], a[7], w21);
+    fft_dif2(a[0], a[1], w4), fft_dif2(a[2], a[3], w4), fft_dif2(a[4], a[5], w4), fft_dif2(a[6], a[7], w4);
+  }
+}
+
 // Three radix-2 stages at once over a sub-transform of len = 8e elements at x: the stage of
 // length len, on both halves the stage of length 4e, on the four quarters the stage of length 2e
 // (forward; the inverse runs them the other way round). Elements j + m e (m < 8, j < e) only meet
@@ -172,30 +197,15 @@ inline void fft_stage4(float* x, index_t len, const FftTwiddles& tw) noexcept {
 template <bool kInverse>
 inline void fft_stage8(float* x, index_t len, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
-  const index_t e = len / 8, s1 = tw.N / len, s2 = 2 * s1, s4 = 4 * s1;
+  const index_t e = len / 8, s1 = tw.N / len;
   for (index_t j = 0; j < e; ++j) {
     float* p = x + j * E;
-    FftValue a0 = fft_load(p), a1 = fft_load(p + e * E), a2 = fft_load(p + 2 * e * E), a3 = fft_load(p + 3 * e * E);
-    FftValue a4 = fft_load(p + 4 * e * E), a5 = fft_load(p + 5 * e * E), a6 = fft_load(p + 6 * e * E);
-    FftValue a7 = fft_load(p + 7 * e * E);
-    // Level of length len: pairs (m, m + 4), twiddle of position j + m e; length 4e: pairs
-    // (m, m + 2) in each half, position j + (m % 4) e; length 2e: pairs (m, m + 1), position j.
-    const FftValue w10 = fft_twiddle<kInverse>(tw, j * s1), w11 = fft_twiddle<kInverse>(tw, (j + e) * s1);
-    const FftValue w12 = fft_twiddle<kInverse>(tw, (j + 2 * e) * s1), w13 = fft_twiddle<kInverse>(tw, (j + 3 * e) * s1);
-    const FftValue w20 = fft_twiddle<kInverse>(tw, j * s2), w21 = fft_twiddle<kInverse>(tw, (j + e) * s2);
-    const FftValue w4 = fft_twiddle<kInverse>(tw, j * s4);
-    if (kInverse) {
-      fft_dit2(a0, a1, w4), fft_dit2(a2, a3, w4), fft_dit2(a4, a5, w4), fft_dit2(a6, a7, w4);
-      fft_dit2(a0, a2, w20), fft_dit2(a1, a3, w21), fft_dit2(a4, a6, w20), fft_dit2(a5, a7, w21);
-      fft_dit2(a0, a4, w10), fft_dit2(a1, a5, w11), fft_dit2(a2, a6, w12), fft_dit2(a3, a7, w13);
-    } else {
-      fft_dif2(a0, a4, w10), fft_dif2(a1, a5, w11), fft_dif2(a2, a6, w12), fft_dif2(a3, a7, w13);
-      fft_dif2(a0, a2, w20), fft_dif2(a1, a3, w21), fft_dif2(a4, a6, w20), fft_dif2(a5, a7, w21);
-      fft_dif2(a0, a1, w4), fft_dif2(a2, a3, w4), fft_dif2(a4, a5, w4), fft_dif2(a6, a7, w4);
-    }
-    fft_store(p, a0), fft_store(p + e * E, a1), fft_store(p + 2 * e * E, a2), fft_store(p + 3 * e * E, a3);
-    fft_store(p + 4 * e * E, a4), fft_store(p + 5 * e * E, a5), fft_store(p + 6 * e * E, a6);
-    fft_store(p + 7 * e * E, a7);
+    FftValue a[8] = {fft_load(p), fft_load(p + e * E), fft_load(p + 2 * e * E), fft_load(p + 3 * e * E),
+                     fft_load(p + 4 * e * E), fft_load(p + 5 * e * E), fft_load(p + 6 * e * E), fft_load(p + 7 * e * E)};
+    fft_butterfly8<kInverse>(a, j, e, s1, tw);
+    fft_store(p, a[0]), fft_store(p + e * E, a[1]), fft_store(p + 2 * e * E, a[2]), fft_store(p + 3 * e * E, a[3]);
+    fft_store(p + 4 * e * E, a[4]), fft_store(p + 5 * e * E, a[5]), fft_store(p + 6 * e * E, a[6]);
+    fft_store(p + 7 * e * E, a[7]);
   }
 }
 
@@ -234,28 +244,39 @@ inline void fft_stages_in_cache(float* x, index_t n, const FftTwiddles& tw) noex
   if (rest == 1) fft_stage_all<false, 2>(x, n, 2, tw);
 }
 
+// The parts the pass above the cache block splits an n-element sub-transform into (1: none, n
+// runs in cache): 8 or 4, chosen so that every pass below it is radix-8 and the parts end at
+// cache blocks of 2048 or 4096 elements (4096: 512 KiB with AVX-512, still within L2). Why: each
+// pass above the block is a trip through memory (16 MiB per pass at N = 131072), and a fixed
+// radix-8-first split left a radix-2 or radix-4 pass over. Passes above the block: N = 8192,
+// 16384, 32768 one; 65536, 131072 two (before: 1, 2, 2, 2, 3 with long_conv's padded first pass).
+inline index_t fft_split_parts(index_t n) noexcept {
+  if (n <= 2 * kFftCacheElements) return 1;
+  int levels = 0;  // above a 2048-element block
+  for (index_t m = n; m > kFftCacheElements; m /= 2) ++levels;
+  return levels % 3 == 2 ? 4 : 8;
+}
+
 // Forward transform of the n-element sub-signal at x, in place: natural order in, bit-reversed
 // order out (positions within the sub-transform). Above the cache block, one pass does three
 // levels (two or one if fewer are left above it) and the parts recurse.
 inline void fft_dif(float* x, index_t n, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
-  if (n <= kFftCacheElements) return fft_stages_in_cache<false>(x, n, tw);
-  const index_t parts = n / 8 >= kFftCacheElements ? 8 : n / 4 >= kFftCacheElements ? 4 : 2;
+  const index_t parts = fft_split_parts(n);
+  if (parts == 1) return fft_stages_in_cache<false>(x, n, tw);
   if (parts == 8) fft_stage8<false>(x, n, tw);
   if (parts == 4) fft_stage4<false>(x, n, tw);
-  if (parts == 2) fft_stage2<false>(x, n, tw);
   for (index_t start = 0; start < n; start += n / parts) fft_dif(x + start * E, n / parts, tw);
 }
 
 // Inverse transform (unscaled), in place: bit-reversed order in, natural order out.
 inline void fft_dit_inverse(float* x, index_t n, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
-  if (n <= kFftCacheElements) return fft_stages_in_cache<true>(x, n, tw);
-  const index_t parts = n / 8 >= kFftCacheElements ? 8 : n / 4 >= kFftCacheElements ? 4 : 2;
+  const index_t parts = fft_split_parts(n);
+  if (parts == 1) return fft_stages_in_cache<true>(x, n, tw);
   for (index_t start = 0; start < n; start += n / parts) fft_dit_inverse(x + start * E, n / parts, tw);
   if (parts == 8) fft_stage8<true>(x, n, tw);
   if (parts == 4) fft_stage4<true>(x, n, tw);
-  if (parts == 2) fft_stage2<true>(x, n, tw);
 }
 
 /// Forward transform of a whole batched signal (tw.N elements): natural in, bit-reversed out.

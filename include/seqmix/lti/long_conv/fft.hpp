@@ -121,14 +121,34 @@ struct LongConvWalk {
 // one-block walks; the whole call, 2 blocks against 4: 373 against 345 ms (one run each).
 constexpr index_t kLongConvFftWalkBlocks = 4;
 
-// The forward transform of a signal at x whose elements from `rows` on are zero and never
-// written (no zero fill): the first pass (fft_stage4 of length N) reads only the positions below
-// `rows` (half of them under the usual padding, rows <= N/2), then the quarters as fft_dif does
-// them. The same butterflies and twiddles as batched_fft_forward.
-inline void long_conv_forward_padded(index_t rows, float* x, const FftTwiddles& tw) noexcept {
+// The parts the first pass of a padded forward transform (and the last of the inverse) splits
+// the length-N signal into: 8 when fft_split_parts(N) is 8, else 4 (shorter lengths too: then the
+// quarters run in cache).
+inline index_t long_conv_top_parts(index_t N) noexcept { return fft_split_parts(N) == 8 ? 8 : 4; }
+
+// The first pass of the forward transform of a signal at x whose elements from `rows` on are zero
+// and never written (no zero fill): fft_stage8 or fft_stage4 of length N (long_conv_top_parts),
+// reading only the positions below `rows` (half of them under the usual padding, rows <= N/2).
+// fft_dif on each part finishes the transform (the same butterflies and twiddles as
+// batched_fft_forward).
+inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
-  const index_t N = tw.N, q = N / 4;
+  const index_t N = tw.N;
   const FftValue zero{FftBatch(0.f), FftBatch(0.f)};
+  if (long_conv_top_parts(N) == 8) {
+    const index_t e = N / 8;
+    for (index_t j = 0; j < e; ++j) {
+      float* p = x + j * E;
+      const auto in = [&](index_t m) { return j + m * e < rows ? fft_load(p + m * e * E) : zero; };
+      FftValue a[8] = {in(0), in(1), in(2), in(3), in(4), in(5), in(6), in(7)};
+      fft_butterfly8<false>(a, j, e, 1, tw);
+      fft_store(p, a[0]), fft_store(p + e * E, a[1]), fft_store(p + 2 * e * E, a[2]), fft_store(p + 3 * e * E, a[3]);
+      fft_store(p + 4 * e * E, a[4]), fft_store(p + 5 * e * E, a[5]), fft_store(p + 6 * e * E, a[6]);
+      fft_store(p + 7 * e * E, a[7]);
+    }
+    return;
+  }
+  const index_t q = N / 4;
   for (index_t j = 0; j < q; ++j) {
     float* p = x + j * E;
     FftValue a0 = j < rows ? fft_load(p) : zero, a1 = j + q < rows ? fft_load(p + q * E) : zero;
@@ -137,26 +157,45 @@ inline void long_conv_forward_padded(index_t rows, float* x, const FftTwiddles& 
                           fft_twiddle<false>(tw, 2 * j));
     fft_store(p, a0), fft_store(p + q * E, a1), fft_store(p + 2 * q * E, a2), fft_store(p + 3 * q * E, a3);
   }
-  for (index_t m = 0; m < 4; ++m) fft_dif(x + m * q * E, q, tw);
 }
 
-// The inverse transform (unscaled) of a spectrum at x, its last pass (the inverse fft_stage4 of
-// length N) storing only positions [first, first + count), the window's outputs (half the
-// positions under the usual padding); the others are left as they were.
-inline void long_conv_inverse_window(float* x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
+// The whole forward transform of such a signal: the first pass, then the parts.
+inline void long_conv_forward_padded(index_t rows, float* x, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
-  const index_t N = tw.N, q = N / 4;
-  for (index_t m = 0; m < 4; ++m) fft_dit_inverse(x + m * q * E, q, tw);
+  long_conv_forward_top(rows, x, tw);
+  const index_t len = tw.N / long_conv_top_parts(tw.N);
+  for (index_t start = 0; start < tw.N; start += len) fft_dif(x + start * E, len, tw);
+}
+
+// The last pass of the inverse transform (unscaled) of a spectrum at x whose parts
+// (long_conv_top_parts) went through fft_dit_inverse: the inverse fft_stage8 or fft_stage4 of
+// length N, storing only positions [first, first + count), the window's outputs (half the
+// positions under the usual padding); the others are left as they were.
+inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
+  constexpr index_t E = kFftElement;
+  const index_t N = tw.N;
+  const auto keep = [&](index_t position) { return position >= first && position - first < count; };
+  if (long_conv_top_parts(N) == 8) {
+    const index_t e = N / 8;
+    for (index_t j = 0; j < e; ++j) {
+      float* p = x + j * E;
+      FftValue a[8] = {fft_load(p), fft_load(p + e * E), fft_load(p + 2 * e * E), fft_load(p + 3 * e * E),
+                       fft_load(p + 4 * e * E), fft_load(p + 5 * e * E), fft_load(p + 6 * e * E), fft_load(p + 7 * e * E)};
+      fft_butterfly8<true>(a, j, e, 1, tw);
+      for (index_t m = 0; m < 8; ++m)
+        if (keep(j + m * e)) fft_store(p + m * e * E, a[m]);
+    }
+    return;
+  }
+  const index_t q = N / 4;
   for (index_t j = 0; j < q; ++j) {
     float* p = x + j * E;
     FftValue a0 = fft_load(p), a1 = fft_load(p + q * E), a2 = fft_load(p + 2 * q * E), a3 = fft_load(p + 3 * q * E);
     fft_butterfly4<true>(a0, a1, a2, a3, fft_twiddle<true>(tw, j), fft_twiddle<true>(tw, j + q),
                          fft_twiddle<true>(tw, 2 * j));
     const FftValue out[4] = {a0, a1, a2, a3};
-    for (index_t m = 0; m < 4; ++m) {
-      const index_t position = j + m * q;
-      if (position >= first && position - first < count) fft_store(p + m * q * E, out[m]);
-    }
+    for (index_t m = 0; m < 4; ++m)
+      if (keep(j + m * q)) fft_store(p + m * q * E, out[m]);
   }
 }
 
@@ -260,19 +299,52 @@ inline FftValue long_conv_pair_product(const FftValue& z, const FftValue& zm, co
   return {simd::fma(zm.re, Q.re, simd::fma(zm.im, Q.im, zp.re)), simd::fma(zm.re, Q.im, zp.im - zm.im * Q.re)};
 }
 
-// The product of spectra, in place over the signal's: frequencies k and -k read the same four
-// values, so each mirrored pair of positions is done once, by the lower position.
-inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddles& tw) noexcept {
+// The product of spectra, in place over the signal's, at positions [first, first + len) and at
+// their mirrors (positions of the negated frequencies, [mirror_first, mirror_first + len)):
+// frequencies k and -k read the same four values, so each mirrored pair of positions is done
+// once (by the lower position when the range is its own mirror).
+inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddles& tw, index_t first,
+                                       index_t mirror_first, index_t len) noexcept {
   constexpr index_t E = kFftElement;
   const FftBatch c(0.25f / static_cast<float>(tw.N));
-  for (index_t k = 0; k < tw.N; ++k) {
+  for (index_t k = first; k < first + len; ++k) {
     const index_t mk = tw.mirror[static_cast<std::size_t>(k)];
-    if (mk < k) continue;
+    if (mirror_first == first && mk < k) continue;
     const FftValue z = fft_load(x + k * E), zm = fft_load(x + mk * E);
     const FftValue g = fft_load(G + k * E), gm = fft_load(G + mk * E);
     fft_store(x + k * E, long_conv_pair_product(z, zm, g, gm, c));
     if (mk != k) fft_store(x + mk * E, long_conv_pair_product(zm, z, gm, g, c));
   }
+}
+
+// One block's convolution in place: the forward transform of its window (the first `rows`
+// elements, the rest zero and never read), the product with the filters' pair spectrum G, and
+// the inverse, storing positions [first, first + count). frequency0: the spectrum's position 0
+// (frequency 0), copied before the product. Depth first below the first pass: each part and its
+// mirror part (a part of the bit-reversed spectrum holds one residue class of frequencies modulo
+// the part count, its mirror the negated class) go through their forward stages, the product and
+// their inverse stages while they are in cache (2 x 512 KiB at N = 32768, 2 x 2 MiB at
+// N = 131072, with AVX-512), instead of a trip through memory for the product and one for the
+// inverse's first read. The same operations per element as the transforms one after the other.
+// Tried and slower at N = 131072 (medians of 6, loaded, 272 against 258 ms per call): the same
+// recursively, each part pair's own parts paired down to the cache blocks.
+inline void long_conv_convolve_block(float* x, const float* G, index_t rows, index_t first, index_t count,
+                                     const FftTwiddles& tw, float* frequency0) noexcept {
+  constexpr index_t E = kFftElement;
+  const index_t len = tw.N / long_conv_top_parts(tw.N);
+  long_conv_forward_top(rows, x, tw);
+  for (index_t part = 0; part < tw.N; part += len) {
+    const index_t mirror = tw.mirror[static_cast<std::size_t>(part)] / len * len;
+    if (mirror < part) continue;  // done with its mirror
+    fft_dif(x + part * E, len, tw);
+    if (mirror != part) fft_dif(x + mirror * E, len, tw);
+    if (part == 0)
+      for (index_t i = 0; i < E; ++i) frequency0[i] = x[i];
+    long_conv_spectral_product(x, G, tw, part, mirror, len);
+    fft_dit_inverse(x + part * E, len, tw);
+    if (mirror != part) fft_dit_inverse(x + mirror * E, len, tw);
+  }
+  long_conv_inverse_top(x, tw, first, count);
 }
 
 // Copies the window xs[-S .. T) of batch row b (state rows, then inputs), the walk's blocks, to
@@ -376,23 +448,21 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
     // Block after block, its transforms and product while its signal is in cache.
     for (index_t k = 0; k < walk.blocks; ++k) {
       float* xk = x + k * N * E;
-      long_conv_forward_padded(S + T, xk, tw);
+      alignas(64) float lanes[E];
+      long_conv_convolve_block(xk, G + k * N * E, S + T, S, T, tw, lanes);
       // Non-finite input: the spectrum's frequency 0 (position 0) is the plain sum of the window
       // (no twiddle on that path), so 0 * Z[0] is NaN in a lane part exactly when that channel's
       // window holds an inf or NaN (or, harmlessly, when finite values overflow the sum). Such a
       // value spreads over the whole pair's transform: both channels of the pair go to the
       // direct form, in this batch row only (listed as b * D + d: the other rows keep their FFT
       // results bit for bit, as without the NaN).
-      alignas(64) float lanes[E];
-      for (index_t i = 0; i < E; i += W) simd::store(lanes + i, FftBatch(0.f) * simd::load(xk + i));
+      for (index_t i = 0; i < E; i += W) simd::store(lanes + i, FftBatch(0.f) * simd::load(lanes + i));
       const index_t c0 = walk.channel(k), width = walk.width(k);
       for (index_t lane = 0; lane < W; ++lane)
         if (lanes[lane] != 0.f || (lane + W < width && lanes[lane + W] != 0.f)) {
           if (lane < width) nonfinite.push_back(b * D + c0 + lane);
           if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
         }
-      long_conv_spectral_product(xk, G + k * N * E, tw);
-      long_conv_inverse_window(xk, tw, S, T);
     }
     long_conv_scatter_rows(in, y, walk, b, S, N, x);
   }
