@@ -204,11 +204,20 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
                                    kept_z);
     }
   } else {
+    // Each head's block requests the rows of the next head's (the next block's first head's after
+    // the last head) while it loads its own.
+    auto block_of = [&](index_t i, index_t t0) {
+      return slice_head(heads[static_cast<std::size_t>(i)], t0, std::min(kTokenBlock, s.tokens - t0));
+    };
     for (index_t t0 = 0; t0 < s.tokens; t0 += kTokenBlock) {
-      const index_t len = std::min(kTokenBlock, s.tokens - t0);
-      for (index_t i = 0; i < n; ++i)
-        run_recurrent(slice_head(heads[static_cast<std::size_t>(i)], t0, len), states[static_cast<std::size_t>(i)].data(),
-                      ws);
+      HeadProblem current = block_of(0, t0);
+      for (index_t i = 0; i < n; ++i) {
+        const index_t t_next = i + 1 < n ? t0 : t0 + kTokenBlock;
+        const bool has_next = t_next < s.tokens;
+        HeadProblem next = has_next ? block_of((i + 1) % n, t_next) : current;
+        run_recurrent(current, states[static_cast<std::size_t>(i)].data(), ws, has_next ? &next : nullptr);
+        current = std::move(next);
+      }
     }
   }
   for (index_t i = 0; i < n; ++i) store_state(io, s, hv0 + i, cols, states[static_cast<std::size_t>(i)]);

@@ -75,6 +75,15 @@ class InputRows {
     load(t, scratch);
     return ConstView<float, 1>(scratch, {size(1)});
   }
+  // Asks for row t's cache lines ahead of its load (contiguous rows only; others are left to the
+  // hardware).
+  void prefetch(index_t t) const {
+    switch (storage_) {
+      case Storage::bf16: return prefetch_row(bf16_[t]);
+      case Storage::f16: return prefetch_row(f16_[t]);
+      case Storage::f32: return prefetch_row(f32_[t]);
+    }
+  }
   // Row t widened (or copied) into dst[0..size(1)).
   void load(index_t t, float* dst) const {
     switch (storage_) {
@@ -96,6 +105,13 @@ class InputRows {
   static void widen(const ConstView<H, 1>& r, float* dst) {
     if (r.size(0) <= 1 || r.stride(0) == 1) return convert(r.data(), dst, r.size(0));  // vectorized
     for (index_t i = 0; i < r.size(0); ++i) dst[i] = r(i).to_float();
+  }
+  template <class E>
+  static void prefetch_row(const ConstView<E, 1>& r) {
+    if (r.size(0) > 1 && r.stride(0) != 1) return;
+    const char* bytes = reinterpret_cast<const char*>(r.data());
+    const index_t n = r.size(0) * static_cast<index_t>(sizeof(E));
+    for (index_t offset = 0; offset < n; offset += 64) __builtin_prefetch(bytes + offset, 0, 3);
   }
   ConstView<float, 2> f32_;
   ConstView<bf16, 2> bf16_;

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/simd.hpp"
@@ -33,6 +34,18 @@ struct TokenOperands {
 // lazy tokens of a window, whose decays are folded into q and k), or only the first (the token
 // that opens a lazy window, see plan_lazy_windows).
 enum class Decay { none, every_token, first_token };
+
+// f(1), ..., f(NT - 1), unrolled at compile time: GCC left a plain loop over tokens 1..3 rolled
+// in the tiles without decay, which kept vv and acc on the stack (a store and a reload on every
+// accumulation, ~25% of the tile's time at K = V = 64).
+template <int NT, class F, int... J>
+inline void unrolled_tokens(F&& f, std::integer_sequence<int, J...>) {
+  (f(J + 1), ...);
+}
+template <int NT, class F>
+inline void unrolled_tokens(F&& f) {
+  unrolled_tokens<NT>(f, std::make_integer_sequence<int, NT - 1>{});
+}
 
 // Columns [c0, c0 + NB*kWidth) of the state, all Kf rows, advanced through NT consecutive tokens
 // x[0..NT) in one pass: each loaded row piece takes all NT updates before it is stored, so S is
@@ -73,7 +86,7 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
       }
     };
     update(0, std::bool_constant<kDecay != Decay::none>{});
-    for (int j = 1; j < NT; ++j) update(j, std::bool_constant<kDecay == Decay::every_token>{});
+    unrolled_tokens<NT>([&](int j) { update(j, std::bool_constant<kDecay == Decay::every_token>{}); });
     if constexpr (kRescale) {
       const Batch<float> p(w[NT - 1][r]);
       for (int b = 0; b < NB; ++b) s[b] = p * s[b];
@@ -452,9 +465,29 @@ inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorksp
   return load_token_gates(p, t, ws, slot, x);
 }
 
+// Asks for the cache lines of token t's rows of a head: q, k, v, the gates (one line for a scalar
+// gate) and, for writing, o. Rows with strided elements are left to the hardware.
+inline void prefetch_token(const HeadProblem& p, index_t t) {
+  p.q.prefetch(t);
+  p.k.prefetch(t);
+  p.v.prefetch(t);
+  if (p.gated()) {
+    const ConstView<float, 1> g = p.g[t];
+    const index_t n = g.stride(0) == 0 ? 1 : g.size(0);
+    if (g.stride(0) <= 1)
+      for (index_t i = 0; i < n; i += 16) __builtin_prefetch(g.data() + i, 0, 3);
+  }
+  const TensorView<float, 1> o = p.o[t];
+  if (o.is_last_dim_contiguous())
+    for (index_t i = 0; i < o.size(0); i += 16) __builtin_prefetch(o.data() + i, 1, 3);
+}
+
 // The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous), in blocks of
 // ws.slots() tokens. Outputs go straight into o when its rows are contiguous and need no division.
-inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws) {
+// `ahead` (optional, at least as many tokens as p): the head the caller runs next, whose token j
+// rows are requested as this head loads its token j (the driver's blocks over heads, whose rows
+// lie 2 to 64 pages apart, where the hardware prefetchers lose track).
+inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws, const HeadProblem* ahead = nullptr) {
   const index_t Kf = p.Kf(), Vp = p.Vp();
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool direct = !p.normalize && p.o.is_last_dim_contiguous();
@@ -464,6 +497,7 @@ inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws
   for (index_t t0 = 0; t0 < p.T(); t0 += block) {
     const index_t n = std::min(block, p.T() - t0);
     for (index_t j = 0; j < n; ++j) {
+      if (ahead && t0 + j < ahead->T()) prefetch_token(*ahead, t0 + j);
       x[j] = load_token(p, t0 + j, ws, j);
       o[j] = direct ? p.o.ptr(t0 + j) : ws.o(j);
     }
