@@ -24,6 +24,7 @@
 #include <Eigen/Core>
 
 #include "seqmix/core/chunkwise/causal_product.hpp"
+#include "seqmix/core/eigen.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/diagonal_decay/bf16_tiles.hpp"
 #include "seqmix/linear_attention/diagonal_decay/chunk_ops.hpp"
@@ -79,7 +80,9 @@ inline RowMap padded_rows(const float* f, index_t n, index_t cols, index_t ld) {
   return RowMap(f, n, cols, Eigen::OuterStride<>(ld));
 }
 
-inline void chunk_inter_bf16(const HeadProblem& p, index_t L, const RowMatrix& S, ChunkWorkspace& ws) {
+template <class Deferred = void>
+void chunk_inter_bf16(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, Deferred>& S,
+                      deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const index_t Kf = S.rows(), Vp = S.cols(), Kw = words(Kf), Vpad = pad16(Vp);
   Scratch& x = Scratch::local();
@@ -98,7 +101,8 @@ inline void chunk_inter_bf16(const HeadProblem& p, index_t L, const RowMatrix& S
 }
 
 // False (nothing written) where the fp32 step must run instead.
-inline bool chunk_intra_bf16(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
+template <class Deferred = void>
+bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool channel = p.gated() && !p.scalar_gate;
@@ -144,7 +148,9 @@ inline bool chunk_intra_bf16(const HeadProblem& p, index_t L, ChunkWorkspace& ws
 }
 
 // False (nothing written) where the fp32 step must run instead.
-inline bool chunk_state_update_bf16(const HeadProblem& p, index_t L, RowMatrix& S, ChunkWorkspace& ws) {
+template <class Deferred = void>
+bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
+                             deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const index_t Kf = S.rows(), Vp = S.cols(), Lw = words(L), Kpad = pad16(Kf), Vpad = pad16(Vp);
   if (!all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
@@ -217,9 +223,11 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
 }
 
 // O = (Q * exp(Bq)) S: what the tokens of the chunk read from the state carried into it.
-inline void chunk_inter(const HeadProblem& p, index_t L, const RowMatrix& S, ChunkWorkspace& ws) {
+template <class Deferred = void>
+void chunk_inter(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, Deferred>& S,
+                 deferred_t<ChunkWorkspace, Deferred>& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (use_bf16_dot(p)) return chunk_inter_bf16(p, L, S, ws);
+  if (use_bf16_dot(p)) return chunk_inter_bf16<Deferred>(p, L, S, ws);
 #endif
   auto O = ws.O.topRows(L);
   const index_t Kf = ws.Q.cols();
@@ -251,7 +259,8 @@ inline float direct_score(const ChunkWorkspace& ws, index_t i, index_t j, index_
 }
 
 // Channel gates, strong decay: sub-chunked scores (see the header comment).
-inline void intra_channel_subchunked(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
+template <class Deferred = void>
+void intra_channel_subchunked(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   ws.A.topLeftCorner(L, L).setZero();
   for (index_t i0 = 0; i0 < L; i0 += kSubChunk) {
@@ -270,7 +279,8 @@ inline void intra_channel_subchunked(const HeadProblem& p, index_t L, ChunkWorks
 }
 
 // Channel gates, moderate decay: one GEMM around the half-way anchor m.
-inline void intra_channel_anchored(index_t L, ChunkWorkspace& ws) {
+template <class Deferred = void>
+void intra_channel_anchored(index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
   const index_t Kf = ws.Q.cols(), G = ws.Bk.cols();
   ws.m = -0.5f * ws.Bk.row(L - 1);  // exp(Bq - m) and exp(m - Bk) with m = Bk_last / 2
   times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), G, 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
@@ -280,18 +290,19 @@ inline void intra_channel_anchored(index_t L, ChunkWorkspace& ws) {
 }
 
 // A = intra-chunk scores, causally masked; then O += A V.
-inline void chunk_intra(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
+template <class Deferred = void>
+void chunk_intra(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (use_bf16_dot(p) && chunk_intra_bf16(p, L, ws)) return;
+  if (use_bf16_dot(p) && chunk_intra_bf16<Deferred>(p, L, ws)) return;
 #endif
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   auto A = ws.A.topLeftCorner(L, L);
   if (p.gated() && !p.scalar_gate) {
     const float range = -ws.Bk.row(L - 1).minCoeff();
     if (range <= kAnchorRange)
-      intra_channel_anchored(L, ws);
+      intra_channel_anchored<Deferred>(L, ws);
     else
-      intra_channel_subchunked(p, L, ws);
+      intra_channel_subchunked<Deferred>(p, L, ws);
   } else {
     A.noalias() = ws.Q.topRows(L) * ws.Kc.topRows(L).transpose();
     if (p.gated()) {
@@ -310,9 +321,11 @@ inline void chunk_intra(const HeadProblem& p, index_t L, ChunkWorkspace& ws) {
 }
 
 // S = diag(exp(Bk_last)) S + (K * exp(Bk_last - Bk))^T V.
-inline void chunk_state_update(const HeadProblem& p, index_t L, RowMatrix& S, ChunkWorkspace& ws) {
+template <class Deferred = void>
+void chunk_state_update(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
+                        deferred_t<ChunkWorkspace, Deferred>& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (use_bf16_dot(p) && chunk_state_update_bf16(p, L, S, ws)) return;
+  if (use_bf16_dot(p) && chunk_state_update_bf16<Deferred>(p, L, S, ws)) return;
 #endif
   if (!p.gated()) {
     S.noalias() += ws.Kc.topRows(L).transpose() * ws.Vc.topRows(L);

@@ -105,10 +105,12 @@ void gla_prefill(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAtt
 /// GLA prefill with the decay options.gate selects (per-channel by default;
 /// reference::gated_linear_attention is the definition). final_state may be the initial_state
 /// view (in place); token_states forces the recurrent form. Threaded over (sequence, value head).
-inline void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                                   const GatedLinearAttentionOptions& options = {},
-                                   const Executor& executor = serial_executor()) {
-  detail::gla_prefill(in, out, options, executor);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void gated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                            const GatedLinearAttentionOptions& options = {},
+                            const Executor& executor = serial_executor()) {
+  detail::gla_prefill<deferred_t<float, Deferred>>(in, out, options, executor);
 }
 
 /// The same on q/k/v stored as seqmix::bf16 or seqmix::f16 (gates, states and outputs fp32):
@@ -130,25 +132,31 @@ void simple_gla(const GatedLinearAttentionInputsOf<H>& in, const GatedLinearAtte
 }
 
 /// Simple GLA: one log-decay per token and head, g_scalar [B,T,Hg].
-inline void simple_gla(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                       GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void simple_gla(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
   options.gate = GateKind::scalar;
-  gated_linear_attention(in, out, options, executor);
+  gated_linear_attention<Deferred>(in, out, options, executor);
 }
 
 /// RetNet retention: decay log(1 - 2^(-5-h)) for value head h; no gate input.
-inline void retention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                      GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void retention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+               GatedLinearAttentionOptions options = {}, const Executor& executor = serial_executor()) {
   options.gate = GateKind::retnet;
-  gated_linear_attention(in, out, options, executor);
+  gated_linear_attention<Deferred>(in, out, options, executor);
 }
 
 /// No decay: S_t = S_{t-1} + k_t v_t^T (see also linear_attention for feature maps).
-inline void ungated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                                     GatedLinearAttentionOptions options = {},
-                                     const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void ungated_linear_attention(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                              GatedLinearAttentionOptions options = {},
+                              const Executor& executor = serial_executor()) {
   options.gate = GateKind::none;
-  gated_linear_attention(in, out, options, executor);
+  gated_linear_attention<Deferred>(in, out, options, executor);
 }
 
 }  // namespace seqmix

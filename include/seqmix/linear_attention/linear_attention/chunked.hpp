@@ -64,9 +64,11 @@ void linear_attention_prefill(const LinearAttentionInputsOf<T>& in, const Linear
 /// Linear attention prefill with a feature map, the optional normalizer and JRT's prefix
 /// (reference::linear_attention is the definition). Final views may be their initial views (in
 /// place). Threaded over (sequence, value head).
-inline void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
-                             const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
-  detail::la::linear_attention_prefill(in, out, options, executor);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void linear_attention(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
+                      const LinearAttentionOptions& options = {}, const Executor& executor = serial_executor()) {
+  detail::la::linear_attention_prefill<deferred_t<float, Deferred>>(in, out, options, executor);
 }
 
 /// The same on q/k/v stored as seqmix::bf16 or seqmix::f16 (states, normalizers and outputs fp32):

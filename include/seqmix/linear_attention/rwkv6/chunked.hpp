@@ -62,9 +62,11 @@ void rwkv6_prefill(const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, const Rw
 /// RWKV-6 prefill: o_t reads the state before token t plus the bonus u for the token itself
 /// (reference::rwkv6 is the definition). final_state may be the initial_state view (in place);
 /// token_states forces the recurrent form. Threaded over (sequence, value head).
-inline void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
-                  const Executor& executor = serial_executor()) {
-  detail::rwkv6_prefill(in, out, options, executor);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void rwkv6(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+           const Executor& executor = serial_executor()) {
+  detail::rwkv6_prefill<deferred_t<float, Deferred>>(in, out, options, executor);
 }
 
 /// The same on r/k/v stored as seqmix::bf16 or seqmix::f16 (g, u, states and outputs fp32):
