@@ -158,8 +158,9 @@ struct StreamTraits<LinearAttentionInputs> {
     o.prefix_len = 0;  // a JRT prefix belongs to the start of the sequence
     return o;
   }
+  template <class Deferred = void>  // its Eigen products compile where a stream runs (docs/compile_time.md)
   static void run(const LinearAttentionInputs& in, const Outputs& out, const Options& o, const Executor& ex) {
-    linear_attention(in, out, o, ex);
+    linear_attention<Deferred>(in, out, o, ex);
   }
 };
 

@@ -108,16 +108,18 @@ inline void window_prefill(const BasedInputs& in, const TensorView<float, 4>& o_
 /// BASED prefill (definition: reference::based). `state`, if given, is read as the initial state
 /// and overwritten with the final one, so prefill-then-steps and split calls equal one call.
 /// Scratch: one [B,T,H,V] buffer for the window branch (plus 2*(W-1) rows when resuming).
-inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
-                  BasedState* state = nullptr, const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void based(const BasedInputs& in, const BasedOutputs& out, const BasedOptions& options = {},
+           BasedState* state = nullptr, const Executor& executor = serial_executor()) {
   if (options.reverse) {
     const auto rev = detail::based::reversed_call("based", in, out);
-    return seqmix::based(rev.first, rev.second, detail::forward_options(options), state, executor);
+    return seqmix::based<Deferred>(rev.first, rev.second, detail::forward_options(options), state, executor);
   }
   using namespace detail::based;
   if (detail::serving::uses_positions(in.batch, state && state->positions.has_value())) {
     serve("based", in, out, options, state, [&](const BasedInputs& one, const BasedOutputs& one_out, BasedState* s) {
-      seqmix::based(one, one_out, options, s, executor);
+      seqmix::based<Deferred>(one, one_out, options, s, executor);
     });
     return;
   }
@@ -136,7 +138,7 @@ inline void based(const BasedInputs& in, const BasedOutputs& out, const BasedOpt
       lout.final_normalizer = state->normalizer;
     }
   }
-  linear_attention(li, lout, linear_options(options, d.F, d.T), executor);
+  linear_attention<Deferred>(li, lout, linear_options(options, d.F, d.T), executor);
   // Window branch, then the sum.
   Tensor<float, 4> o_sw({d.B, d.T, d.H, d.V});
   window_prefill(in, o_sw.view(), options, state, d, executor);

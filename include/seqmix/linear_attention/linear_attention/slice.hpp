@@ -32,11 +32,13 @@ inline Dims validate_linear_attention_slice(const char* op, const LinearAttentio
 /// zero-state outputs and out.final_state [B,HV,Kf,V] (required) the local final state. The
 /// transition is the identity. A dense batch only, no in.initial_state, no token states, no
 /// normalize, no prefix. See gated_linear_attention_slice for the protocol.
-inline void linear_attention_slice(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
-                                   const LinearAttentionOptions& options = {},
-                                   const Executor& executor = serial_executor()) {
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md).
+template <class Deferred = void>
+void linear_attention_slice(const LinearAttentionInputs& in, const LinearAttentionOutputs& out,
+                            const LinearAttentionOptions& options = {},
+                            const Executor& executor = serial_executor()) {
   detail::la::validate_linear_attention_slice("linear_attention_slice", in, out, options, false);
-  linear_attention(in, out, options, executor);
+  linear_attention<Deferred>(in, out, options, executor);
 }
 
 /// Finishes a slice run by linear_attention_slice: in.initial_state [B,HV,Kf,V] (required) is the
