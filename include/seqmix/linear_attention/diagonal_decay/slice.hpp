@@ -15,6 +15,7 @@
 #include <array>
 #include <cmath>
 
+#include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/slice_state.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -61,8 +62,9 @@ struct SliceWorkspace {
 
 // Adds to head p's outputs what its tokens read from its true initial state `initial` ([Kf,V])
 // and, when final_state is given, diag(exp(G_L)) initial to it.
-inline void correct_head(const HeadProblem& p, const ConstView<float, 2>& initial, const TensorView<float, 2>& final_state,
-                         SliceWorkspace& ws) {
+template <class Deferred = void>
+void correct_head(const HeadProblem& p, const ConstView<float, 2>& initial, const TensorView<float, 2>& final_state,
+                  deferred_t<SliceWorkspace, Deferred>& ws) {
   const index_t Kf = p.Kf(), V = p.V();
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   for (index_t r = 0; r < Kf; ++r)

@@ -7,6 +7,8 @@
 
 #include <vector>
 
+#include <type_traits>
+
 #include "seqmix/core/slice_state.hpp"
 #include "seqmix/linear_attention/diagonal_decay/slice.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
@@ -112,27 +114,37 @@ void context_parallel_gated_linear_attention(const GatedLinearAttentionInputsOf<
 }
 
 /// gated_linear_attention_slice on fp32 q/k/v (the overload braced argument lists pick).
-inline void gated_linear_attention_slice(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
-                                         const TensorView<float, 3>& log_decay,
-                                         const GatedLinearAttentionOptions& options = {},
-                                         const Executor& executor = serial_executor()) {
-  gated_linear_attention_slice<float>(in, out, log_decay, options, executor);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md);
+// over a bool so that `gated_linear_attention_slice<float>` still names the form above.
+template <bool Deferred = true>
+void gated_linear_attention_slice(const GatedLinearAttentionInputs& in, const GatedLinearAttentionOutputs& out,
+                                  const TensorView<float, 3>& log_decay,
+                                  const GatedLinearAttentionOptions& options = {},
+                                  const Executor& executor = serial_executor()) {
+  gated_linear_attention_slice<deferred_t<float, std::bool_constant<Deferred>>>(in, out, log_decay, options, executor);
 }
 
 /// gated_linear_attention_slice_correct on fp32 q/k/v (the overload braced argument lists pick).
-inline void gated_linear_attention_slice_correct(const GatedLinearAttentionInputs& in,
-                                                 const GatedLinearAttentionOutputs& out,
-                                                 const GatedLinearAttentionOptions& options = {},
-                                                 const Executor& executor = serial_executor()) {
-  gated_linear_attention_slice_correct<float>(in, out, options, executor);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md);
+// over a bool so that `gated_linear_attention_slice_correct<float>` still names the form above.
+template <bool Deferred = true>
+void gated_linear_attention_slice_correct(const GatedLinearAttentionInputs& in,
+                                          const GatedLinearAttentionOutputs& out,
+                                          const GatedLinearAttentionOptions& options = {},
+                                          const Executor& executor = serial_executor()) {
+  gated_linear_attention_slice_correct<deferred_t<float, std::bool_constant<Deferred>>>(in, out, options, executor);
 }
 
 /// context_parallel_gated_linear_attention on fp32 q/k/v (the overload braced argument lists pick).
-inline void context_parallel_gated_linear_attention(const GatedLinearAttentionInputs& in,
-                                                    const GatedLinearAttentionOutputs& out,
-                                                    const GatedLinearAttentionOptions& options = {},
-                                                    const Executor& executor = serial_executor(), index_t slices = 0) {
-  context_parallel_gated_linear_attention<float>(in, out, options, executor, slices);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md);
+// over a bool so that `context_parallel_gated_linear_attention<float>` still names the form above.
+template <bool Deferred = true>
+void context_parallel_gated_linear_attention(const GatedLinearAttentionInputs& in,
+                                             const GatedLinearAttentionOutputs& out,
+                                             const GatedLinearAttentionOptions& options = {},
+                                             const Executor& executor = serial_executor(), index_t slices = 0) {
+  using Float = deferred_t<float, std::bool_constant<Deferred>>;
+  context_parallel_gated_linear_attention<Float>(in, out, options, executor, slices);
 }
 
 }  // namespace seqmix

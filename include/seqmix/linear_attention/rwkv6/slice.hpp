@@ -5,6 +5,8 @@
 // not involve the state); diagonal_decay/slice.hpp has the derivation.
 #pragma once
 
+#include <type_traits>
+
 #include "seqmix/core/slice_state.hpp"
 #include "seqmix/linear_attention/diagonal_decay/slice.hpp"
 #include "seqmix/linear_attention/rwkv6/chunked.hpp"
@@ -49,15 +51,21 @@ void rwkv6_slice_correct(const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, co
 }
 
 /// rwkv6_slice on fp32 r/k/v (the overload braced argument lists pick).
-inline void rwkv6_slice(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const TensorView<float, 3>& log_decay,
-                        const Rwkv6Options& options = {}, const Executor& executor = serial_executor()) {
-  rwkv6_slice<float>(in, out, log_decay, options, executor);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md);
+// over a bool so that `rwkv6_slice<float>` still names the form above.
+template <bool Deferred = true>
+void rwkv6_slice(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const TensorView<float, 3>& log_decay,
+                 const Rwkv6Options& options = {}, const Executor& executor = serial_executor()) {
+  rwkv6_slice<deferred_t<float, std::bool_constant<Deferred>>>(in, out, log_decay, options, executor);
 }
 
 /// rwkv6_slice_correct on fp32 r/k/v (the overload braced argument lists pick).
-inline void rwkv6_slice_correct(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
-                                const Executor& executor = serial_executor()) {
-  rwkv6_slice_correct<float>(in, out, options, executor);
+// A template only so that its Eigen products compile where it is called (docs/compile_time.md);
+// over a bool so that `rwkv6_slice_correct<float>` still names the form above.
+template <bool Deferred = true>
+void rwkv6_slice_correct(const Rwkv6Inputs& in, const Rwkv6Outputs& out, const Rwkv6Options& options = {},
+                         const Executor& executor = serial_executor()) {
+  rwkv6_slice_correct<deferred_t<float, std::bool_constant<Deferred>>>(in, out, options, executor);
 }
 
 }  // namespace seqmix
