@@ -214,6 +214,12 @@ inline void decayed_keys(index_t L, float last, WyWorkspace& ws) {
   scale_rows(ws.KQ.data(), nullptr, ws.factor.data(), L, ws.KQ.cols(), ws.KQ.cols(), ws.Kn.data());
 }
 
+/// Kn = K * exp(gamma_L - gamma) under a per-channel gate (decayed_keys is the scalar gate's).
+inline void channel_decayed_keys(index_t L, WyWorkspace& ws) {
+  const auto last = ws.gamma.row(L - 1);
+  ws.Kn.topRows(L).array() = ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
+}
+
 /// S row c *= exp(last[c]) (per-channel gate), each exp once; `anchor` is free here (it serves
 /// the next chunk's scores). A colwise broadcast over the row-major S evaluated one exp per element.
 inline void decay_state_rows(const float* last, RowMatrix& S, WyWorkspace& ws) {
@@ -417,9 +423,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
     decayed_keys(L, last, ws);
     decay = std::exp(last);
   } else if (p.gated()) {
-    const auto last = ws.gamma.row(L - 1);
-    ws.Kn.topRows(L).array() =
-        ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
+    channel_decayed_keys(L, ws);
     decay_state_rows(ws.gamma.row(L - 1).data(), S, ws);
   }
   add_keys_times_u((p.gated() ? ws.Kn : ws.KQ).data(), L, decay, S, ws);
@@ -480,9 +484,8 @@ inline void wy_chunk_factors(const DeltaHead& p, index_t t0, index_t L, WyWorksp
       decayed_keys(L, last, ws);
       f.decay()[0] = std::exp(last);
     } else {
-      const auto last = ws.gamma.row(L - 1);
-      ws.Kn.topRows(L).array() = ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
-      for (index_t r = 0; r < K; ++r) f.decay()[r] = std::exp(last(r));
+      channel_decayed_keys(L, ws);
+      for (index_t r = 0; r < K; ++r) f.decay()[r] = std::exp(ws.gamma(L - 1, r));
     }
   }
   std::copy(X->data(), X->data() + 2 * L * K, f.X());
