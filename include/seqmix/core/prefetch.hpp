@@ -14,6 +14,15 @@
 
 namespace seqmix::detail {
 
+// Asks for the cache lines of `count` elements from p ahead of their use, in one burst: a few
+// rows a kernel reads soon (kWrite: writes soon), not a tile (that is PrefetchStream's job).
+template <bool kWrite = false, class T>
+inline void prefetch_row(const T* p, std::ptrdiff_t count) noexcept {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  const std::ptrdiff_t n = count * static_cast<std::ptrdiff_t>(sizeof(T));
+  for (std::ptrdiff_t offset = 0; offset < n; offset += 64) __builtin_prefetch(bytes + offset, kWrite ? 1 : 0, 3);
+}
+
 // Up to kRanges byte ranges, then up to kLists lists of equally long rows (a paged cache's key
 // rows, wherever their pages are), handed out `per_step` cache lines per step() call, in order.
 // step() sits in inner loops, so its common path is one compare, a prefetch and an add (a

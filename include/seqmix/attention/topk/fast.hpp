@@ -15,6 +15,7 @@
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/topk/reference.hpp"
 #include "seqmix/attention/topk/selectors.hpp"
+#include "seqmix/core/prefetch.hpp"
 
 namespace seqmix {
 namespace detail {
@@ -22,13 +23,6 @@ namespace detail {
 // Rows the gather prefetches ahead: 16 rows x 2 (K, V) x a few lines keeps the ~100 line fill
 // buffers of a core busy without evicting rows before their use.
 constexpr index_t kGatherAhead = 16;
-
-// Asks for the cache lines of `count` elements from p (a K or V row) ahead of use.
-template <class T>
-inline void prefetch_row(const T* p, index_t count) noexcept {
-  const char* bytes = reinterpret_cast<const char*>(p);
-  for (index_t offset = 0; offset < count * static_cast<index_t>(sizeof(T)); offset += 64) __builtin_prefetch(bytes + offset, 0, 3);
-}
 
 // Per-thread scratch of topk_attention: the gathered K and V rows in their storage type (the
 // decode kernel widens fp16 / bf16 in registers). Kept per thread and grown, never shrunk or

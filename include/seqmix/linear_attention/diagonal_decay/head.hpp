@@ -10,6 +10,7 @@
 
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/prefetch.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/linear_attention/common.hpp"
@@ -108,10 +109,7 @@ class InputRows {
   }
   template <class E>
   static void prefetch_row(const ConstView<E, 1>& r) {
-    if (r.size(0) > 1 && r.stride(0) != 1) return;
-    const char* bytes = reinterpret_cast<const char*>(r.data());
-    const index_t n = r.size(0) * static_cast<index_t>(sizeof(E));
-    for (index_t offset = 0; offset < n; offset += 64) __builtin_prefetch(bytes + offset, 0, 3);
+    if (r.size(0) <= 1 || r.stride(0) == 1) detail::prefetch_row(r.data(), r.size(0));
   }
   ConstView<float, 2> f32_;
   ConstView<bf16, 2> bf16_;

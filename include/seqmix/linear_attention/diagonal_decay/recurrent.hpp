@@ -474,12 +474,10 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
   if (p.gated()) {
     const ConstView<float, 1> g = p.g[t];
     const index_t n = g.stride(0) == 0 ? 1 : g.size(0);
-    if (g.stride(0) <= 1)
-      for (index_t i = 0; i < n; i += 16) __builtin_prefetch(g.data() + i, 0, 3);
+    if (g.stride(0) <= 1) prefetch_row(g.data(), n);
   }
   const TensorView<float, 1> o = p.o[t];
-  if (o.is_last_dim_contiguous())
-    for (index_t i = 0; i < o.size(0); i += 16) __builtin_prefetch(o.data() + i, 1, 3);
+  if (o.is_last_dim_contiguous()) prefetch_row<true>(o.data(), o.size(0));
 }
 
 // The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous), in blocks of
