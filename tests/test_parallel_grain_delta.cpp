@@ -181,6 +181,84 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
   }
 }
 
+TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and KDA matches the reference",
+          "[parallel_grain][gated_delta_rule]") {
+  // When items x value blocks leave most threads idle (delta_update::chunk_segments), each
+  // chunked item's chunks are cut into segments of at least kMinSegmentChunks (4) chunks: a
+  // factor pass over (item, chunk), pass A over (item, segment, block) and pass C over (item,
+  // segment after the first, value block). Ragged T (not a multiple of chunk x segments),
+  // B > 1, initial states; one packed sequence too short to split beside one that splits.
+  struct Case {
+    index_t B, T, H, K, V;
+    DeltaGate gate;
+    std::vector<std::int32_t> cu_seqlens;
+    std::vector<index_t> runs;  // task counts of the prefill's runs, in order
+  };
+  // Pass C cuts each segment's chunks into parts, as many as fill the threads: 64 / (segments
+  // after the first x value blocks, over all items), at most one per chunk of the shortest
+  // segment.
+  // B=2 H=2 K=64 V=96: 4 items of 3 value blocks (32 columns) and 2 key blocks; 16 threads per
+  // item give 1 + (16 - 3) / 5 = 3 segments; 741 tokens are 12 chunks (4 + 4 + 4, the last
+  // ragged). Pass A: 3 + 2 x (3 + 2) = 13 tasks per item; pass C: 2 segments x 3 blocks x
+  // 2 parts (64 / 24).
+  // The gdn-h4 grain (H=4 K=V=128, 4 blocks of 32 each side): 16 threads per item, 2 segments
+  // (5 + 5 of 10 chunks): pass A 4 + 8 per item, pass C 4 blocks x 4 parts (64 / 16).
+  // Packed 600 + 200 tokens on 2 heads: 4 items of 3 blocks; the long sequence's heads split in
+  // 2 segments (10 chunks, 3 segments would be 3 chunks each), the short one's (4 chunks) not;
+  // pass C 3 blocks x 5 parts (64 / 6 = 10, at most 5 chunks).
+  const std::vector<Case> cases = {
+      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 12, 4 * 13, 4 * 2 * 3 * 2}},
+      {1, 600, 4, 128, 128, DeltaGate::scalar, {}, {4 * 10, 4 * 12, 4 * 4 * 4}},
+      {1, 800, 2, 64, 96, DeltaGate::channel, {0, 600, 800}, {2 * 10 + 2 * 4, 2 * 8 + 2 * 3, 2 * 3 * 5}},
+  };
+  std::uint64_t seed = 1500;
+  for (const Case& c : cases) {
+    seed += 10;
+    std::ostringstream what;
+    what << "B=" << c.B << " T=" << c.T << " H=" << c.H << " K=" << c.K << " V=" << c.V
+         << " gate=" << (c.gate == DeltaGate::scalar ? "scalar" : "channel") << " sequences=" << c.cu_seqlens.size();
+    INFO(what.str());
+    Tensor<float, 4> q = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 1);
+    Tensor<float, 4> k = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 2);
+    const Tensor<float, 4> v = st::random_tensor<4>({c.B, c.T, c.H, c.V}, seed + 3);
+    const Tensor<float, 3> beta = st::random_tensor<3>({c.B, c.T, c.H}, seed + 4, 0.f, 1.f);
+    st::normalize_rows(q);
+    st::normalize_rows(k);
+    Tensor<float, 4> g;
+    Tensor<float, 3> gs;
+    seqmix::GatedDeltaRuleOptions options;
+    options.gate = c.gate;
+    options.algorithm = DeltaAlgorithm::chunked;
+    seqmix::GatedDeltaRuleInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
+    // Weak decays (log-gates in [-0.05, 0]) so that the initial state still shows in late tokens.
+    if (c.gate == DeltaGate::channel) {
+      g = Tensor<float, 4>({c.B, c.T, c.H, c.K});
+      st::fill_log_gate(g.view(), seed + 5, -0.05f, 0.f);
+      in.g = g.view();
+    } else {
+      gs = Tensor<float, 3>({c.B, c.T, c.H});
+      st::fill_log_gate(gs.view(), seed + 5, -0.05f, 0.f);
+      in.g_scalar = gs.view();
+    }
+    const index_t N = c.cu_seqlens.empty() ? c.B : static_cast<index_t>(c.cu_seqlens.size()) - 1;
+    const Tensor<float, 4> s0 = st::random_tensor<4>({N, c.H, c.K, c.V}, seed + 6, -0.5f, 0.5f);
+    in.initial_state = s0.view();
+    if (!c.cu_seqlens.empty()) in.batch.cu_seqlens = c.cu_seqlens;
+    Tensor<float, 4> o_ref({c.B, c.T, c.H, c.V}), s_ref({N, c.H, c.K, c.V}), o({c.B, c.T, c.H, c.V}),
+        s({N, c.H, c.K, c.V});
+    seqmix::reference::gated_delta_rule(in, {o_ref.view(), s_ref.view()}, options);
+    st::CountingExecutor ex(64);
+    seqmix::gated_delta_rule(in, {o.view(), s.view()}, options, ex);
+    std::vector<index_t> runs;  // the prefill's: the last ones (the channel gate's check runs first)
+    for (const auto& run : ex.runs()) runs.push_back(run.tasks);
+    runs.erase(runs.begin(), runs.end() - std::min(runs.size(), c.runs.size()));
+    CHECK(runs == c.runs);
+    st::require_close("o", o.view(), o_ref.view(), kTol);
+    st::require_close("final_state", s.view(), s_ref.view(), kTol);
+  }
+}
+
 TEST_CASE("parallel grain delta: delta_rule's value blocks share their chunk factors", "[parallel_grain][delta_rule]") {
   // No gate: the factors are the plain (K;Q) rows and scores. 3 heads of 2 chunks (64 + 36
   // tokens) on 64 threads: a first pass of 3 x 2 tasks, then 3 x 3 value blocks (V = 96).

@@ -136,6 +136,12 @@ struct FactorStore {
   AlignedVector<float> records;  ///< WyFactors::floats(chunk, K) floats per (item, chunk)
   std::vector<index_t> first;  ///< item i's chunks are records [first[i], first[i + 1])
   std::vector<DeltaItem> items;  ///< each item bound over all of V (pass 1 reads its keys' side)
+  // The chunk-parallel form (ChunkSegments): per item its segment count, its first segment and
+  // its first readout row; per segment a [K,V] state and a [K,K] transition; per token of a
+  // segmented item a readout row [K].
+  std::vector<index_t> segments, first_segment, first_row;
+  std::vector<index_t> first_run_task, first_fix_task;  ///< each item's first task of pass A / pass C
+  AlignedVector<float> states, transitions, readout;
 };
 
 /// The calling thread's FactorStore.
@@ -151,15 +157,24 @@ inline WyWorkspace& factor_scratch(index_t chunk, index_t K) {
   return *ws;
 }
 
+/// Runs chunks [c0, c1) of head p's value block (or of a transition's key block) on S from the
+/// chunks' factor records (f0: the head's first).
+inline void run_block_chunks(const DeltaHead& p, index_t chunk, float* f0, index_t c0, index_t c1, RowMatrix& S,
+                             WyWorkspace& wy) {
+  const index_t K = p.K(), stride = WyFactors::floats(chunk, K);
+  for (index_t c = c0; c < c1; ++c) {
+    const index_t t0 = c * chunk;
+    wy_block_chunk(p, t0, std::min(chunk, p.T() - t0), WyFactors{f0 + c * stride, chunk, K}, S, wy);
+  }
+}
+
+/// Chunks of a T-token item.
+inline index_t item_chunks(index_t T, index_t chunk) { return (T + chunk - 1) / chunk; }
+
 /// Runs a chunked item's value block from the factors of its chunks (the records from `f0` on).
 inline void run_delta_block(const DeltaItem& item, index_t chunk, float* f0, ItemScratch& ws) {
   load_item_state(item.initial, ws.S);
-  WyWorkspace& wy = ws.wy_for(chunk);
-  const index_t K = item.p.K(), stride = WyFactors::floats(chunk, K);
-  for (index_t t0 = 0, c = 0; t0 < item.p.T(); t0 += chunk, ++c) {
-    const WyFactors f{f0 + c * stride, chunk, K};
-    wy_block_chunk(item.p, t0, std::min(chunk, item.p.T() - t0), f, ws.S, wy);
-  }
+  run_block_chunks(item.p, chunk, f0, 0, item_chunks(item.p.T(), chunk), ws.S, ws.wy_for(chunk));
   store_item_state(item.final_state, ws.S.data(), ws.S.rows(), ws.S.cols());
 }
 
@@ -172,42 +187,275 @@ inline void run_delta_block(const DeltaItem& item, index_t chunk, float* f0, Ite
 /// T512) 22.5 -> 18.8 ms; 4 blocks (H4 T1024) 13.2 -> 9.6 ms. Never reached with 1 or 2 threads.
 constexpr index_t kShareFactorsMinBlocks = 3;
 
-/// 64 MiB: the most chunk-factor records a call shares (each calling thread keeps its store for
-/// its next call). A long prefill with few items would need far more (16 heads at T = 32768,
+/// 64 MiB: the most a call keeps in its FactorStore, chunk-factor records and the chunk-parallel
+/// form's states, transitions and readout (each calling thread keeps its store for its next
+/// call). A long prefill with few items would need far more (16 heads at T = 32768,
 /// K = 128: 8192 records of 132 KB, 1.1 GB) and read them back from memory in every block, so
 /// above this it keeps the per-block path: more work, no retained memory.
 constexpr std::size_t kShareFactorsMaxBytes = std::size_t{64} << 20;
+
+/// 4: the fewest chunks per segment of the chunk-parallel form. Beside its chunks, each segment
+/// after the first costs its start state, chained through the earlier segments' [K,K]
+/// transitions (2 K^2 w flops per step and block of w columns), and its readout correction
+/// (2 L K w, L its tokens): against the segment's own state work (the reads by k and q and the
+/// update, 6 L K w) a chain step is K / 3L of it, a sixth with 4 chunks of 64 at K = 128.
+constexpr index_t kMinSegmentChunks = 4;
+
+/// Segments per item of the chunk-parallel form for `items` items of `blocks` value blocks and
+/// `key_blocks` blocks of a transition's columns on `concurrency` threads: the most for which the
+/// first pass's tasks (`blocks` for the first segment, `blocks + key_blocks` for each other) do
+/// not outnumber the threads; 1 (no split) when not even two segments fit, which 1 and 2 threads
+/// never do.
+inline index_t chunk_segments(index_t items, index_t blocks, index_t key_blocks, int concurrency) {
+  const index_t per_item = items > 0 ? concurrency / items : 0;
+  if (per_item < 2 * blocks + key_blocks) return 1;
+  return 1 + (per_item - blocks) / (blocks + key_blocks);
+}
+
+/// The chunk-parallel (sequence-split) form of the chunked fp32 items: when the items' value
+/// blocks leave most threads idle, each item's chunks are cut into segments (store.segments)
+/// that run at the same time. The update is linear in (S0, v) jointly (slice.hpp), so a segment
+/// entering with state S0 gives the outputs and final state of its run from zero plus R S0 and
+/// A S0, A [K,K] its transition and R [L,K] its readout: both are what the segment's chunks do
+/// to the identity as a state (K columns) with zero values, computed from the same shared chunk
+/// records. So:
+///  - pass A, parallel over (item, segment, block): the first segment runs for real from the
+///    initial state (its outputs final, its final state the next one's start); every other
+///    segment runs each value block from zero (outputs and final state local) and each key
+///    block of the identity (readout and transition);
+///  - pass C, parallel over (item, segment after the first, value block, part of the
+///    segment's chunks): the segment's start state chained through the earlier segments
+///    (S = A S + B), the part's outputs corrected by R S, and with the last segment's last part
+///    the final state A S + B. The parts (`parts`, as many as fill the threads) keep this pass
+///    short: a segment's whole correction on one task took about half of pass A's task time.
+/// The correction costs one [L,K] x [K,w] product per block where running the segment again from
+/// its start would cost its chunks' whole state work (reads, solves, updates).
+struct ChunkSegments {
+  FactorStore& store;
+  index_t K, V, chunk;
+  detail::ValueSplit values, keys;
+  index_t parts;  ///< pass C's parts per segment (fewer for an item whose segments are shorter)
+
+  index_t segments(std::size_t i) const { return store.segments[i]; }
+  /// Chunks [first, last) of segment s of item i.
+  index_t first_chunk(std::size_t i, index_t s) const {
+    return item_chunks(store.items[i].p.T(), chunk) * s / segments(i);
+  }
+  /// Item i's first chunk-factor record.
+  float* records(std::size_t i) const { return store.records.data() + store.first[i] * WyFactors::floats(chunk, K); }
+  /// Segment s's [K,V] state: the true final state of the first, the zero-start final state of the others.
+  float* state(std::size_t i, index_t s) const { return store.states.data() + (store.first_segment[i] + s) * K * V; }
+  /// Segment s's transition [K,K] (none for the first segment, whose slot stays unused).
+  float* transition(std::size_t i, index_t s) const {
+    return store.transitions.data() + (store.first_segment[i] + s) * K * K;
+  }
+  /// Item i's readout [T, K] (rows of the segments after the first).
+  float* readout(std::size_t i) const { return store.readout.data() + store.first_row[i] * K; }
+
+  /// Pass A tasks of item i: its value blocks for the first segment, its value and key blocks for
+  /// each other one.
+  index_t first_pass_tasks(std::size_t i) const {
+    return values.blocks + (segments(i) - 1) * (values.blocks + keys.blocks);
+  }
+
+  /// Pass A, task r of item i (`block`: the item bound to a block of value columns).
+  template <class BlockItem>
+  void first_pass(std::size_t i, index_t r, BlockItem&& block) const {
+    index_t s = 0;
+    if (r >= values.blocks) {
+      r -= values.blocks;
+      s = 1 + r / (values.blocks + keys.blocks);
+      r %= values.blocks + keys.blocks;
+      if (r >= values.blocks) return identity_block(i, s, keys.block(r - values.blocks));
+    }
+    const ValueColumns cols = values.block(r);
+    const DeltaItem item = block(cols);
+    ItemScratch& ws = item_scratch(K, cols.width);
+    if (s == 0)
+      load_item_state(item.initial, ws.S);
+    else
+      ws.S.setZero();
+    run_block_chunks(item.p, chunk, records(i), first_chunk(i, s), first_chunk(i, s + 1), ws.S, ws.wy_for(chunk));
+    store_item_state(TensorView<float, 2>(state(i, s) + cols.begin, {K, cols.width}, {V, 1}), ws.S.data(), K,
+                     cols.width);
+  }
+
+  /// Pass A: key columns `cols` of segment s's readout and transition: the segment's chunks on
+  /// the identity's columns with zero values.
+  void identity_block(std::size_t i, index_t s, ValueColumns cols) const {
+    static const float zero = 0.f;
+    DeltaHead p = store.items[i].p;
+    p.v = ConstView<float, 2>(&zero, {p.T(), cols.width}, {0, 0});
+    p.o = TensorView<float, 2>(readout(i) + cols.begin, {p.T(), cols.width}, {K, 1});
+    ItemScratch& ws = item_scratch(K, cols.width);
+    ws.S.setZero();
+    for (index_t c = 0; c < cols.width; ++c) ws.S(cols.begin + c, c) = 1.f;
+    run_block_chunks(p, chunk, records(i), first_chunk(i, s), first_chunk(i, s + 1), ws.S, ws.wy_for(chunk));
+    store_item_state(TensorView<float, 2>(transition(i, s) + cols.begin, {K, cols.width}, {K, 1}), ws.S.data(), K,
+                     cols.width);
+  }
+
+  /// dst [K, w] = columns `cols` of segment s's state [K, V].
+  void state_columns(std::size_t i, index_t s, ValueColumns cols, float* dst) const {
+    const float* B = state(i, s) + cols.begin;
+    for (index_t r = 0; r < K; ++r) std::copy(B + r * V, B + r * V + cols.width, dst + r * cols.width);
+  }
+
+  /// next = A S + B over the block's columns (A: segment s's transition, B: its state's columns
+  /// from `cols.begin`), S and next [K, w] contiguous.
+  void advance(std::size_t i, index_t s, ValueColumns cols, const float* S, float* next) const {
+    state_columns(i, s, cols, next);
+    small_product({transition(i, s), K, 1}, K, K, S, cols.width, cols.width, next, cols.width, kAdd);
+  }
+
+  /// Pass C's parts of each of item i's segments.
+  index_t item_parts(std::size_t i) const {
+    return std::max<index_t>(1, std::min(parts, item_chunks(store.items[i].p.T(), chunk) / segments(i)));
+  }
+  /// Pass C tasks of item i.
+  index_t second_pass_tasks(std::size_t i) const { return (segments(i) - 1) * values.blocks * item_parts(i); }
+
+  /// Pass C, task r of item i: segment 1 + r / (blocks x parts), then value block, then part.
+  template <class BlockItem>
+  void second_pass(std::size_t i, index_t r, BlockItem&& block) const {
+    const index_t per_segment = values.blocks * item_parts(i);
+    const index_t s = 1 + r / per_segment, part = r % per_segment / values.blocks;
+    const ValueColumns cols = values.block(r % values.blocks);
+    const DeltaItem item = block(cols);
+    ItemScratch& ws = item_scratch(K, cols.width);
+    const index_t w = cols.width;
+    if (static_cast<index_t>(ws.staged.size()) < K * w) ws.staged.resize(static_cast<std::size_t>(K * w));
+    float* S = ws.S.data();
+    float* next = ws.staged.data();
+    state_columns(i, 0, cols, S);  // the first segment's final state: the second one's start
+    for (index_t u = 1; u < s; ++u) {
+      advance(i, u, cols, S, next);
+      std::swap(S, next);
+    }
+    const index_t c0 = first_chunk(i, s), n = first_chunk(i, s + 1) - c0;
+    const index_t last = item_parts(i) - 1;
+    correct_outputs(i, c0 + n * part / (last + 1), c0 + n * (part + 1) / (last + 1), item.p, S, w, ws.wy_for(chunk));
+    if (s + 1 == segments(i) && part == last && item.final_state.has_value()) {
+      advance(i, s, cols, S, next);
+      store_item_state(item.final_state, next, K, w);
+    }
+  }
+
+  /// The outputs of chunks [c0, c1) (p.o, a block of w columns) += R S0, chunk by chunk through P.
+  void correct_outputs(std::size_t i, index_t c0, index_t c1, const DeltaHead& p, const float* S0, index_t w,
+                       WyWorkspace& wy) const {
+    for (index_t c = c0; c < c1; ++c) {
+      const index_t t0 = c * chunk, L = std::min(chunk, p.T() - t0);
+      small_product({readout(i) + t0 * K, K, 1}, L, K, S0, w, w, wy.P.data(), wy.P.cols(), kOverwrite);
+      for (index_t t = 0; t < L; ++t) {
+        const TensorView<float, 1> o = p.o[t0 + t];
+        for (index_t col = 0; col < w; ++col) o(col) += wy.P(t, col);
+      }
+    }
+  }
+};
+
+/// Binds every item over all of V into the store with its chunk records' place (shared: chunked
+/// fp32; none for the others) and, under the chunk-parallel form's `segments`, its own segment
+/// count (at least kMinSegmentChunks chunks each; 1: not split) and the places of its segment
+/// states, transitions and readout rows.
+template <class BindItem>
+void bind_items(FactorStore& store, index_t items, index_t chunk, index_t segments, BindItem&& bind_item) {
+  store.items.clear();
+  store.first.assign(1, 0);
+  store.segments.clear();
+  store.first_segment.assign(1, 0);
+  store.first_row.assign(1, 0);
+  for (index_t it = 0; it < items; ++it) {
+    store.items.push_back(bind_item(it));
+    const DeltaItem& item = store.items.back();
+    const bool shared = item.algorithm == DeltaAlgorithm::chunked && !item.p.bf16_dot;
+    const index_t chunks = shared ? item_chunks(item.p.T(), chunk) : 0;
+    const index_t own = std::max<index_t>(1, std::min(segments, chunks / kMinSegmentChunks));
+    store.first.push_back(store.first.back() + chunks);
+    store.segments.push_back(own);
+    store.first_segment.push_back(store.first_segment.back() + (own > 1 ? own : 0));
+    store.first_row.push_back(store.first_row.back() + (own > 1 ? item.p.T() : 0));
+  }
+}
+
+/// Grows v to at least n floats.
+inline void reserve_floats(AlignedVector<float>& v, index_t n) {
+  if (static_cast<index_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
+}
+
+/// Passes A and C of the chunk-parallel form (ChunkSegments) over a call's bound items, pass 1's
+/// records written: the items of one segment run whole_block(i, columns) in pass A.
+template <class WholeBlock, class Bound>
+void run_chunk_segments(const Executor& executor, ChunkSegments plan, WholeBlock&& whole_block, Bound&& bound) {
+  FactorStore& store = plan.store;
+  const index_t K = plan.K, V = plan.V, segment_count = store.first_segment.back();
+  reserve_floats(store.states, segment_count * K * V);
+  reserve_floats(store.transitions, segment_count * K * K);
+  reserve_floats(store.readout, store.first_row.back() * K);
+  const detail::ValueSplit& split = plan.values;
+  index_t fixes = 0;  // pass C's tasks before the parts
+  for (std::size_t i = 0; i < store.items.size(); ++i) fixes += (plan.segments(i) - 1) * split.blocks;
+  plan.parts = std::max<index_t>(1, executor.concurrency() / fixes);
+  // Pass A and pass C's tasks, item by item (prefix sums: item i's are [first[i], first[i + 1])).
+  std::vector<index_t>& run_first = store.first_run_task;
+  std::vector<index_t>& fix_first = store.first_fix_task;
+  run_first.assign(1, 0);
+  fix_first.assign(1, 0);
+  for (std::size_t i = 0; i < store.items.size(); ++i) {
+    const bool split_item = plan.segments(i) > 1;
+    run_first.push_back(run_first.back() + (split_item ? plan.first_pass_tasks(i) : split.blocks));
+    fix_first.push_back(fix_first.back() + (split_item ? plan.second_pass_tasks(i) : 0));
+  }
+  const auto locate = [](const std::vector<index_t>& first, index_t j) {
+    return static_cast<std::size_t>(std::upper_bound(first.begin(), first.end(), j) - first.begin()) - 1;
+  };
+  executor.run(run_first.back(), [&](index_t j) {  // pass A
+    const std::size_t i = locate(run_first, j);
+    const index_t r = j - run_first[i];
+    if (plan.segments(i) == 1) return whole_block(i, split.block(r));
+    plan.first_pass(i, r, [&](ValueColumns cols) { return bound(static_cast<index_t>(i), cols); });
+  });
+  executor.run(fix_first.back(), [&](index_t j) {  // pass C
+    const std::size_t i = locate(fix_first, j);
+    plan.second_pass(i, j - fix_first[i], [&](ValueColumns cols) { return bound(static_cast<index_t>(i), cols); });
+  });
+}
 
 /// Runs every (running sequence n, head h) item of a prefill, bind(n, h, columns) giving the
 /// item bound to a block of value columns: whole items when they fill the executor's threads;
 /// else in value blocks (for_each_item), and from kShareFactorsMinBlocks blocks on the chunked
 /// fp32 items' V-independent chunk factors are computed once per (item, chunk) in a first
 /// parallel pass instead of once per block (WyFactors; bf16 dot products and recurrent items
-/// keep the whole per-block algorithm).
+/// keep the whole per-block algorithm). When even the value blocks leave most threads idle
+/// (chunk_segments), the chunked fp32 items of enough chunks also run in segments
+/// (ChunkSegments), on the same records.
 template <class Bind>
 void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H, index_t K, index_t V, index_t chunk,
                      Bind&& bind) {
   const std::vector<index_t>& order = longest_first(map);
   const index_t items = static_cast<index_t>(order.size()) * H;
-  const detail::ValueSplit split = value_blocks(items, V, executor.concurrency());
+  const int threads = executor.concurrency();
+  const detail::ValueSplit split = value_blocks(items, V, threads);
+  const detail::ValueSplit keys = value_blocks(items, K, threads);
+  const index_t segments = chunk_segments(items, split.blocks, keys.blocks, threads);
+  const auto bound = [&](index_t it, ValueColumns cols) {  // item `it` of longest_first's order on `cols`
+    return bind(order[static_cast<std::size_t>(it / H)], it % H, cols);
+  };
   const auto whole = [&](index_t n, index_t h, ValueColumns cols, ItemScratch& ws) {
     run_delta_item(bind(n, h, cols), chunk, ws);
   };
-  if (split.blocks < kShareFactorsMinBlocks) return for_each_item(executor, map, H, K, V, whole);
+  if (split.blocks < kShareFactorsMinBlocks && segments < 2) return for_each_item(executor, map, H, K, V, whole);
 
   FactorStore& store = factor_store();  // the caller's (a name, not a capture, would be each thread's own)
-  store.items.clear();
-  store.first.assign(1, 0);
-  for (index_t it = 0; it < items; ++it) {
-    store.items.push_back(bind(order[static_cast<std::size_t>(it / H)], it % H, ValueColumns{0, V}));
-    const DeltaItem& item = store.items.back();
-    const bool shared = item.algorithm == DeltaAlgorithm::chunked && !item.p.bf16_dot;
-    store.first.push_back(store.first.back() + (shared ? (item.p.T() + chunk - 1) / chunk : 0));
-  }
+  bind_items(store, items, chunk, segments, [&](index_t it) { return bound(it, ValueColumns{0, V}); });
   const index_t chunks = store.first.back(), stride = WyFactors::floats(chunk, K);
-  if (chunks == 0 || static_cast<std::size_t>(chunks * stride) * sizeof(float) > kShareFactorsMaxBytes)
+  const index_t segment_count = store.first_segment.back(), rows = store.first_row.back();
+  const index_t floats = chunks * stride + segment_count * (K * V + K * K) + rows * K;
+  if (chunks == 0 || (split.blocks < kShareFactorsMinBlocks && segment_count == 0) ||
+      static_cast<std::size_t>(floats) * sizeof(float) > kShareFactorsMaxBytes)
     return for_each_item(executor, map, H, K, V, whole);
-  if (static_cast<index_t>(store.records.size()) < chunks * stride) store.records.resize(static_cast<std::size_t>(chunks * stride));
+  reserve_floats(store.records, chunks * stride);
 
   executor.run(chunks, [&](index_t j) {  // pass 1: (item, chunk) tasks
     const auto next = std::upper_bound(store.first.begin(), store.first.end(), j);
@@ -217,14 +465,23 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
     wy_chunk_factors(p, t0, std::min(chunk, p.T() - t0), factor_scratch(chunk, K),
                      WyFactors{store.records.data() + j * stride, chunk, K});
   });
-  for_each_block(executor, items, K, split, [&](index_t it, ValueColumns cols, ItemScratch& ws) {  // pass 2
-    const DeltaItem item = bind(order[static_cast<std::size_t>(it / H)], it % H, cols);
-    const std::size_t i = static_cast<std::size_t>(it);
+  // An item of one segment: its value blocks, each from the item's records when it has them.
+  const auto whole_block = [&](std::size_t i, ValueColumns cols) {
+    ItemScratch& ws = item_scratch(K, cols.width);
+    const DeltaItem item = bound(static_cast<index_t>(i), cols);
     if (store.first[i + 1] > store.first[i])
       run_delta_block(item, chunk, store.records.data() + store.first[i] * stride, ws);
     else
       run_delta_item(item, chunk, ws);
-  });
+  };
+  if (segment_count == 0) {
+    for_each_block(executor, items, K, split, [&](index_t it, ValueColumns cols, ItemScratch&) {  // pass 2
+      whole_block(static_cast<std::size_t>(it), cols);
+    });
+    return;
+  }
+
+  run_chunk_segments(executor, ChunkSegments{store, K, V, chunk, split, keys, 1}, whole_block, bound);
 }
 
 /// Decode step over all (row, value head) pairs, in place on the pool `state` [S,HV,K,V]:
