@@ -182,12 +182,14 @@ inline void apply_feature_map(FeatureMap phi, const ConstView<float, 1>& x, floa
       for (index_t i = 0; i < K; ++i) out[i] = factor * x(i);
       return;
     case FeatureMap::elu1:
+      if (x.stride(0) == 1) return elu1_scaled(x.data(), factor, out, K);
       for (index_t i = 0; i < K; ++i) {
         const float a = x(i);
         out[i] = factor * (a > 0.f ? a + 1.f : std::exp(a));
       }
       return;
     case FeatureMap::relu:
+      if (x.stride(0) == 1) return relu_scaled(x.data(), factor, out, K);
       for (index_t i = 0; i < K; ++i) out[i] = factor * std::max(x(i), 0.f);
       return;
     case FeatureMap::taylor2: {
@@ -199,6 +201,10 @@ inline void apply_feature_map(FeatureMap phi, const ConstView<float, 1>& x, floa
       float* quad = out + 1 + K;
       for (index_t i = 0; i < K; ++i) {
         const float xi = c2 * x(i);
+        if (x.stride(0) == 1) {
+          scaled_copy(x.data(), xi, quad + i * K, K);
+          continue;
+        }
         for (index_t j = 0; j < K; ++j) quad[i * K + j] = xi * x(j);
       }
       return;
