@@ -32,7 +32,7 @@ inline void step_rows(const BasedStepInputs& in, const BasedStepOutputs& out, Ba
   if (d.B * d.H == 0) return;
   const bool normalize = options.normalization == BasedNormalization::feature_sum;
   LinearAttentionStepOutputs lout{out.o, state.kv, normalize ? state.normalizer : TensorView<float, 3>{}};
-  linear_attention_step(LinearAttentionStepInputs{in.q_feat, in.k_feat, in.v, {}}, lout, linear_options(options, d.F, 1),
+  linear_attention_step(LinearAttentionStepInputs{in.q_feat, in.k_feat, in.v, {}}, lout, linear_options(options, d.F),
                         executor);
 
   const index_t W = options.window, slot = state.position % W;

@@ -58,25 +58,23 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
   return split_columns(running * HV, V, executor.concurrency()).width;
 }
 
-// Picks the prefill algorithm for a shape (T: the longest sequence of the call). Measured on the
-// 2-core AVX-512 machine this was tuned on (bench/bench_linear_attention.cpp runs both forms
-// forced; docs/operators.md, GLA, has the chunked form's phase split): one thread, thread CPU
-// time, machine loaded, chunked over recurrent time at K = V = 64 (gla-1.3b, T 8192): 1.15
-// (channel gate), 1.24 (scalar), 1.25 (ungated), 1.23 (rwkv6); at K = V = 128 (gla-k128, T 4096):
-// 0.90, 0.83, 0.86. The recurrent form costs 2-3 vector ops per state element and token with the
-// state in L1/L2; the chunked form does 1 + C/(2K) .. 1 + C/K times the flops in GEMMs that run
-// near the FMA rate, and its share of loads, gates and exps per flop falls as the state grows. So
-// states of 128 x 128 floats and more take the chunked form. Inputs shorter than one chunk always
-// go token by token, and so does a call that keeps token_states (the state exists after every
-// token only there). V: the value columns one task carries (task_columns), a block of them when
-// heads are split across many threads. The chunked form repeats the K-side work per block
-// (gla-k128 on 64 claimed threads, blocks of 32 columns: 1.9x the work of whole heads; the
-// recurrent form on the same blocks 1.1x), so the rule holds for the block's state too.
+// Picks the prefill algorithm for a shape (T: the longest sequence of the call; V: the value
+// columns one task carries, task_columns). Measured on both forms forced (AMD EPYC Zen 5, 2026-12-05,
+// docs in linear_attention/README.md "Choosing the algorithm"): since the recurrent form's lazy decay
+// windows and unrolled tokens it is 1.2-2.3x faster than the chunked one at every gate kind, at
+// K = V = 64 .. 768, T 512 .. 8192, one and two threads, with fp32 or bf16-dot GEMMs in the
+// chunked form; it works on the state in 32-column tiles held in L1/L2. Two exceptions take the
+// chunked form: a state of 2^20 floats (4 MiB) or more, beyond any core's L2 on either machine kind
+// (K = V = 1024: chunked 0.6-0.9x the recurrent time), and normalize, whose z column makes the
+// recurrent tiles ragged (ld = V + 1) and its output rows divided one by one (chunked 0.5-1.0x).
+// Inputs shorter than one chunk always go token by token (callers keeping token_states force it).
 inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
-                                                 bool token_states = false) {
+                                                 bool normalize = false) {
   (void)gate;  // the same rule holds for every gate kind on the measured machine
-  if (T < chunk || token_states) return LinearAttentionAlgorithm::recurrent;
-  return Kf * V < 128 * 128 ? LinearAttentionAlgorithm::recurrent : LinearAttentionAlgorithm::chunked;
+  constexpr index_t kChunkedStateFloats = index_t{1} << 20;
+  if (T < chunk) return LinearAttentionAlgorithm::recurrent;
+  return normalize || Kf * V >= kChunkedStateFloats ? LinearAttentionAlgorithm::chunked
+                                                    : LinearAttentionAlgorithm::recurrent;
 }
 
 // The sequences that run (padding ones, state_row -1, do not), longest first: items handed out in
