@@ -67,6 +67,37 @@ index_t factor_tasks(const st::CountingExecutor& ex, index_t expected) {
   return runs[runs.size() - 2].tasks;
 }
 
+// Random inputs of a gated delta rule (or KDA: the channel gate) prefill: unit-norm q and k,
+// beta in [0, 1], log-gates in [gate_lo, 0], an initial state per sequence.
+struct GdrProblem {
+  Tensor<float, 4> q, k, v, g, s0;
+  Tensor<float, 3> beta, gs;
+  seqmix::GatedDeltaRuleInputs in;
+  index_t N;  // sequences
+
+  GdrProblem(index_t B, index_t T, index_t HK, index_t HV, index_t K, index_t V, DeltaGate gate,
+             const std::vector<std::int32_t>& cu_seqlens, std::uint64_t seed, float gate_lo)
+      : q(st::random_tensor<4>({B, T, HK, K}, seed + 1)), k(st::random_tensor<4>({B, T, HK, K}, seed + 2)),
+        v(st::random_tensor<4>({B, T, HV, V}, seed + 3)), beta(st::random_tensor<3>({B, T, HV}, seed + 4, 0.f, 1.f)),
+        N(cu_seqlens.empty() ? B : static_cast<index_t>(cu_seqlens.size()) - 1) {
+    st::normalize_rows(q);
+    st::normalize_rows(k);
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
+    if (gate == DeltaGate::channel) {
+      g = Tensor<float, 4>({B, T, HV, K});
+      st::fill_log_gate(g.view(), seed + 5, gate_lo, 0.f);
+      in.g = g.view();
+    } else {
+      gs = Tensor<float, 3>({B, T, HV});
+      st::fill_log_gate(gs.view(), seed + 5, gate_lo, 0.f);
+      in.g_scalar = gs.view();
+    }
+    s0 = st::random_tensor<4>({N, HV, K, V}, seed + 6, -0.5f, 0.5f);
+    in.initial_state = s0.view();
+    if (!cu_seqlens.empty()) in.batch.cu_seqlens = cu_seqlens;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("parallel grain delta: value-column splits tile V in even whole quanta", "[parallel_grain]") {
@@ -126,32 +157,12 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
     seed += 10;
     const std::string what = describe(c);
     INFO(what);
-    Tensor<float, 4> q = st::random_tensor<4>({c.B, c.T, c.HK, c.K}, seed + 1);
-    Tensor<float, 4> k = st::random_tensor<4>({c.B, c.T, c.HK, c.K}, seed + 2);
-    const Tensor<float, 4> v = st::random_tensor<4>({c.B, c.T, c.HV, c.V}, seed + 3);
-    const Tensor<float, 3> beta = st::random_tensor<3>({c.B, c.T, c.HV}, seed + 4, 0.f, 1.f);
-    st::normalize_rows(q);
-    st::normalize_rows(k);
-    Tensor<float, 4> g;
-    Tensor<float, 3> gs;
+    const GdrProblem problem(c.B, c.T, c.HK, c.HV, c.K, c.V, c.gate, c.cu_seqlens, seed, -1.f);
+    const seqmix::GatedDeltaRuleInputs& in = problem.in;
+    const index_t N = problem.N;
     seqmix::GatedDeltaRuleOptions options;
     options.gate = c.gate;
     options.algorithm = c.algorithm;
-    seqmix::GatedDeltaRuleInputs in;
-    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
-    if (c.gate == DeltaGate::channel) {
-      g = Tensor<float, 4>({c.B, c.T, c.HV, c.K});
-      st::fill_log_gate(g.view(), seed + 5, -1.f, 0.f);
-      in.g = g.view();
-    } else {
-      gs = Tensor<float, 3>({c.B, c.T, c.HV});
-      st::fill_log_gate(gs.view(), seed + 5, -1.f, 0.f);
-      in.g_scalar = gs.view();
-    }
-    const index_t N = c.cu_seqlens.empty() ? c.B : static_cast<index_t>(c.cu_seqlens.size()) - 1;
-    const Tensor<float, 4> s0 = st::random_tensor<4>({N, c.HV, c.K, c.V}, seed + 6, -0.5f, 0.5f);
-    in.initial_state = s0.view();
-    if (!c.cu_seqlens.empty()) in.batch.cu_seqlens = c.cu_seqlens;
 
     struct Result {
       Tensor<float, 4> o, state;
@@ -218,33 +229,13 @@ TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and
     what << "B=" << c.B << " T=" << c.T << " H=" << c.H << " K=" << c.K << " V=" << c.V
          << " gate=" << (c.gate == DeltaGate::scalar ? "scalar" : "channel") << " sequences=" << c.cu_seqlens.size();
     INFO(what.str());
-    Tensor<float, 4> q = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 1);
-    Tensor<float, 4> k = st::random_tensor<4>({c.B, c.T, c.H, c.K}, seed + 2);
-    const Tensor<float, 4> v = st::random_tensor<4>({c.B, c.T, c.H, c.V}, seed + 3);
-    const Tensor<float, 3> beta = st::random_tensor<3>({c.B, c.T, c.H}, seed + 4, 0.f, 1.f);
-    st::normalize_rows(q);
-    st::normalize_rows(k);
-    Tensor<float, 4> g;
-    Tensor<float, 3> gs;
+    // Weak decays (log-gates in [-0.05, 0]) so that the initial state still shows in late tokens.
+    const GdrProblem problem(c.B, c.T, c.H, c.H, c.K, c.V, c.gate, c.cu_seqlens, seed, -0.05f);
+    const seqmix::GatedDeltaRuleInputs& in = problem.in;
+    const index_t N = problem.N;
     seqmix::GatedDeltaRuleOptions options;
     options.gate = c.gate;
     options.algorithm = DeltaAlgorithm::chunked;
-    seqmix::GatedDeltaRuleInputs in;
-    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
-    // Weak decays (log-gates in [-0.05, 0]) so that the initial state still shows in late tokens.
-    if (c.gate == DeltaGate::channel) {
-      g = Tensor<float, 4>({c.B, c.T, c.H, c.K});
-      st::fill_log_gate(g.view(), seed + 5, -0.05f, 0.f);
-      in.g = g.view();
-    } else {
-      gs = Tensor<float, 3>({c.B, c.T, c.H});
-      st::fill_log_gate(gs.view(), seed + 5, -0.05f, 0.f);
-      in.g_scalar = gs.view();
-    }
-    const index_t N = c.cu_seqlens.empty() ? c.B : static_cast<index_t>(c.cu_seqlens.size()) - 1;
-    const Tensor<float, 4> s0 = st::random_tensor<4>({N, c.H, c.K, c.V}, seed + 6, -0.5f, 0.5f);
-    in.initial_state = s0.view();
-    if (!c.cu_seqlens.empty()) in.batch.cu_seqlens = c.cu_seqlens;
     Tensor<float, 4> o_ref({c.B, c.T, c.H, c.V}), s_ref({N, c.H, c.K, c.V}), o({c.B, c.T, c.H, c.V}),
         s({N, c.H, c.K, c.V});
     seqmix::reference::gated_delta_rule(in, {o_ref.view(), s_ref.view()}, options);
