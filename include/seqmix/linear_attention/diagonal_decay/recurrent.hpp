@@ -341,28 +341,18 @@ inline void lazy_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, cons
   for (; j < n; ++j) recurrent_tile<1, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
 }
 
-// recurrent_block for decayed tokens x[0..n) with lazy windows (n <= kTokenBlock, n <= ws.slots()).
-// The scalar tail columns run the plain update on x: columns are independent, so the two forms mix.
+// recurrent_block for decayed tokens x[0..n) with lazy windows, as planned (y, groups: see
+// plan_lazy_windows; n <= kTokenBlock). The scalar tail columns run the plain update on x:
+// columns are independent, so the two forms mix.
 template <bool kExclusive>
-inline void recurrent_block_lazy(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
-                                 RecurrentWorkspace& ws, float* const* o) {
+inline void recurrent_block_lazy(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x,
+                                 const TokenOperands* y, const LazyGroup* groups, index_t n, float* const* o) {
   constexpr index_t W = simd::kWidth;
-  TokenOperands y[kTokenBlock];
-  LazyGroup groups[kTokenBlock / kLazyGroup];
-  plan_lazy_windows(x, n, Kf, kExclusive, ws, y, groups);
   index_t c = 0;
   for (; c + 2 * W <= ncols; c += 2 * W) lazy_tile_tokens<2, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o);
   for (; c + W <= ncols; c += W) lazy_tile_tokens<1, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o);
   if (c < ncols)
     for (index_t j = 0; j < n; ++j) recurrent_tail<true, kExclusive>(S, ldS, Kf, c, ncols, x[j], o[j]);
-}
-
-// out[0..n) = factor * x[0..n), vectorized (x contiguous).
-inline void scale_copy(const float* x, float factor, float* out, index_t n) {
-  const simd::Batch<float> f(factor);
-  const index_t nv = simd::vector_end(n);
-  for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(out + i, f * simd::load(x + i));
-  for (index_t i = nv; i < n; ++i) out[i] = factor * x[i];
 }
 
 // out[0..n) = exp(x[0..n)), vectorized (x contiguous).
@@ -414,7 +404,7 @@ inline TokenOperands load_token_gates(const HeadProblem& p, index_t t, Recurrent
   return x;
 }
 
-// load_token for 16-bit q/k/v storage: q, k and v widened into the slot's buffers, q scaled
+// load_token_rows for 16-bit q/k/v storage: q, k and v widened into the slot's buffers, q scaled
 // there (identity map, GLA and linear_attention). A feature map (linear_attention, never with a
 // decay) needs its raw row apart from its output: the raw rows are widened into the decay slot
 // (max(Kf, K) floats), which an ungated head does not use.
@@ -422,7 +412,7 @@ inline TokenOperands load_token_widened(const HeadProblem& p, index_t t, Recurre
   TokenOperands x{};
   if (p.phi == FeatureMap::identity || p.gated()) {
     p.q.load(t, ws.q(slot));
-    scale_copy(ws.q(slot), p.scale, ws.q(slot), p.K());
+    scaled_copy(ws.q(slot), p.scale, ws.q(slot), p.K());
     p.k.load(t, ws.k(slot));
   } else {
     const ConstView<float, 1> raw(ws.w(slot), {p.K()});
@@ -433,22 +423,38 @@ inline TokenOperands load_token_widened(const HeadProblem& p, index_t t, Recurre
   }
   load_value_row(p, t, ws.v(slot));
   x.q = ws.q(slot), x.k = ws.k(slot), x.v = ws.v(slot);
-  return load_token_gates(p, t, ws, slot, x);
+  return x;
 }
 
-// Loads token t of a head: phi(q)*scale, phi(k), v (+1 column), decays, bonus. Contiguous rows
-// with the identity map are used in place (k, v) or with one vector pass (q, g): this per-token
+// Whether a head's stored q rows are its loaded ones up to the scale (fp32, identity map,
+// contiguous rows): the prep can then read them in place.
+inline bool reads_q_in_place(const HeadProblem& p) {
+  return p.q.is_float() && p.phi == FeatureMap::identity && p.q.floats().is_last_dim_contiguous();
+}
+
+// q, k and v of token t of a head: phi(q)*scale in ws.q(slot), phi(k), v (+1 column). Contiguous
+// rows with the identity map are used in place (k, v) or with one vector pass (q): this per-token
 // work is O(K + V) next to the kernel's O(K V), but with scalar strided loops it cost ~30%.
-inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot = 0) {
+// With `raw_q`, a q row read in place (reads_q_in_place) is left unscaled: *raw_q points at it and
+// the caller fills ws.q(slot) (the lazy block's fused prep); otherwise *raw_q is ws.q(slot).
+inline TokenOperands load_token_rows(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot,
+                                     const float** raw_q = nullptr) {
+  if (!p.q.is_float()) {
+    const TokenOperands x = load_token_widened(p, t, ws, slot);
+    if (raw_q) *raw_q = x.q;
+    return x;
+  }
   TokenOperands x{};
   const index_t K = p.K();
   const bool identity = p.phi == FeatureMap::identity;
-  if (!p.q.is_float()) return load_token_widened(p, t, ws, slot);
   const ConstView<float, 1> q = p.q.floats()[t], k = p.k.floats()[t], v = p.v.floats()[t];
-  if (identity && q.is_last_dim_contiguous())
-    scale_copy(q.data(), p.scale, ws.q(slot), K);
+  if (raw_q && reads_q_in_place(p))
+    *raw_q = q.data();
+  else if (reads_q_in_place(p))
+    scaled_copy(q.data(), p.scale, ws.q(slot), K);
   else
     apply_feature_map(p.phi, q, p.scale, ws.q(slot));
+  if (raw_q && !reads_q_in_place(p)) *raw_q = ws.q(slot);
   x.q = ws.q(slot);
   if (identity && k.is_last_dim_contiguous()) {
     x.k = k.data();
@@ -462,7 +468,118 @@ inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorksp
     load_value_row(p, t, ws.v(slot));
     x.v = ws.v(slot);
   }
-  return load_token_gates(p, t, ws, slot, x);
+  return x;
+}
+
+// Loads token t of a head: phi(q)*scale, phi(k), v (+1 column), decays, bonus.
+inline TokenOperands load_token(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot = 0) {
+  return load_token_gates(p, t, ws, slot, load_token_rows(p, t, ws, slot));
+}
+
+// Token t's log-gates as the lazy block's prep reads them: the stored row (one value for a scalar
+// gate), or the row gathered into ws.w(slot) when strided (the prep overwrites it with the decays).
+inline const float* log_gate_row(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot) {
+  const ConstView<float, 1> g = p.g[t];
+  if (p.scalar_gate || g.is_last_dim_contiguous()) return g.data();
+  load_gate_row(p, t, ws.w(slot));
+  return ws.w(slot);
+}
+
+// The rows a gated block's prep reads (fold_block_window), per token.
+struct LazyBlockRows {
+  const float* q[kTokenBlock];  // q rows, still to be multiplied by q_factor
+  const float* g[kTokenBlock];  // log-gates: Kf of them, or one for a scalar gate
+  float q_factor = 1.f;         // the scale when q is read in place, else 1 (already applied)
+};
+
+// The whole per-token prep of a gated block x[0..n) (kLazyGroup <= n <= kTokenBlock) in one
+// vector pass per slice of kWidth key rows over all n tokens, planning the block as ONE lazy
+// window (token 0 opens it, each further group extends it; the case of gates within +-30 over
+// 16 tokens, which is every GLA model's): the decays exp(g) into ws.w(j) and q * scale into
+// ws.q(j) (the plain operands x[j]: the opening token, the block's last n % 4 tokens, the tail
+// columns and any fallback), and for tokens [1, n - n % 4) the running products P_j, held in a
+// register, their bound check and the fold: ws.lazy_q(j) = q P_j (rwkv6: q P_{j-1}), lazy_k(j) =
+// k / P_j, lazy_p(j) = P_j. Returns whether every product stayed within the bound; if not, the
+// caller plans the block from the plain operands (plan_lazy_windows). Where both apply they
+// compute the same products in the same order. Before this pass the exp, the products, the bound
+// check and the fold were separate passes over workspace copies: ~1/3 of the kernel at K = 64.
+template <bool kScalarGate, bool kExclusive>
+inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index_t n, index_t Kf,
+                              RecurrentWorkspace& ws) {
+  using simd::Batch;
+  const index_t lazy_end = n - n % kLazyGroup;
+  float w_scalar[kTokenBlock] = {};
+  for (index_t j = 0; j < n; ++j) {
+    if constexpr (kScalarGate) w_scalar[j] = ws.w(j)[0] = std::exp(std::max(rows.g[j][0], kGateFloor));
+    x[j].w = ws.w(j), x[j].w_stride = kScalarGate ? 0 : 1;
+  }
+  const Batch<float> lo(kLazyMin), hi(1.f / kLazyMin), factor(rows.q_factor);
+  simd::BatchBool<float> in_bound(true);
+  const index_t nv = simd::vector_end(Kf);
+  for (index_t i = 0; i < nv; i += simd::kWidth) {
+    Batch<float> P(1.f), before(1.f);
+    for (index_t j = 0; j < n; ++j) {
+      Batch<float> w(w_scalar[j]);
+      if constexpr (!kScalarGate) {
+        w = simd::exp(simd::load(rows.g[j] + i));
+        simd::store(ws.w(j) + i, w);
+      }
+      const Batch<float> q = factor * simd::load(rows.q[j] + i);
+      simd::store(ws.q(j) + i, q);
+      if (j == 0 || j >= lazy_end) continue;
+      before = P;
+      P = j == 1 ? w : P * w;
+      in_bound = in_bound & (P >= lo) & (P <= hi);
+      simd::store(ws.lazy_q(j) + i, kExclusive ? q * before : q * P);
+      simd::store(ws.lazy_k(j) + i, simd::load(x[j].k + i) / P);
+      simd::store(ws.lazy_p(j) + i, P);
+    }
+  }
+  bool ok = xsimd::all(in_bound);
+  for (index_t i = nv; i < Kf; ++i) {  // the key rows past the last full batch
+    float P = 1.f, before = 1.f;
+    for (index_t j = 0; j < n; ++j) {
+      const float w = kScalarGate ? w_scalar[j] : std::exp(rows.g[j][i]);
+      if constexpr (!kScalarGate) ws.w(j)[i] = w;
+      const float q = rows.q_factor * rows.q[j][i];
+      ws.q(j)[i] = q;
+      if (j == 0 || j >= lazy_end) continue;
+      before = P;
+      P = j == 1 ? w : P * w;
+      ok = ok && P >= kLazyMin && P <= 1.f / kLazyMin;
+      ws.lazy_q(j)[i] = kExclusive ? q * before : q * P;
+      ws.lazy_k(j)[i] = x[j].k[i] / P;
+      ws.lazy_p(j)[i] = P;
+    }
+  }
+  return ok;
+}
+
+// The lazy plan of a gated block x[0..n) (kLazyGroup <= n <= kTokenBlock; q/k/v loaded by
+// load_token_rows, rows as LazyBlockRows): completes the plain operands x (decays, scaled q,
+// bonus) and fills y and groups as plan_lazy_windows does.
+inline void plan_lazy_block(const HeadProblem& p, const LazyBlockRows& rows, TokenOperands* x, index_t n,
+                            RecurrentWorkspace& ws, TokenOperands* y, LazyGroup* groups) {
+  const index_t Kf = p.Kf();
+  const bool exclusive = p.readout == Readout::exclusive_bonus;
+  bool one_window = false;
+  if (p.scalar_gate)
+    one_window = exclusive ? fold_block_window<true, true>(rows, x, n, Kf, ws)
+                           : fold_block_window<true, false>(rows, x, n, Kf, ws);
+  else
+    one_window = exclusive ? fold_block_window<false, true>(rows, x, n, Kf, ws)
+                           : fold_block_window<false, false>(rows, x, n, Kf, ws);
+  if (exclusive)
+    for (index_t j = 0; j < n; ++j) x[j].bonus = bonus_dot(x[j].q, p.u, x[j].k, p.K());
+  if (!one_window) return plan_lazy_windows(x, n, Kf, exclusive, ws, y, groups);
+  const index_t count = n / kLazyGroup;
+  y[0] = x[0];
+  for (index_t j = 1; j < count * kLazyGroup; ++j) {
+    y[j] = x[j];
+    y[j].q = ws.lazy_q(j), y[j].k = ws.lazy_k(j), y[j].w = ws.lazy_p(j), y[j].w_stride = 1;
+  }
+  for (index_t g = 0; g < count; ++g) groups[g] = LazyGroup{g == 0 ? LazyGroup::Mode::open : LazyGroup::Mode::extend};
+  groups[count - 1].closes = true;
 }
 
 // Asks for the cache lines of token t's rows of a head: q, k, v, the gates (one line for a scalar
@@ -489,20 +606,30 @@ inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws
   const index_t Kf = p.Kf(), Vp = p.Vp();
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool direct = !p.normalize && p.o.is_last_dim_contiguous();
-  TokenOperands x[kTokenBlock];
+  TokenOperands x[kTokenBlock], y[kTokenBlock];
+  LazyGroup groups[kTokenBlock / kLazyGroup];
+  LazyBlockRows rows;
+  rows.q_factor = reads_q_in_place(p) ? p.scale : 1.f;
   float* o[kTokenBlock];
   const index_t block = std::min(ws.slots(), kTokenBlock);
   for (index_t t0 = 0; t0 < p.T(); t0 += block) {
     const index_t n = std::min(block, p.T() - t0);
+    const bool lazy = p.gated() && n >= kLazyGroup;
     for (index_t j = 0; j < n; ++j) {
       if (ahead && t0 + j < ahead->T()) prefetch_token(*ahead, t0 + j);
-      x[j] = load_token(p, t0 + j, ws, j);
+      if (lazy) {
+        x[j] = load_token_rows(p, t0 + j, ws, j, &rows.q[j]);
+        rows.g[j] = log_gate_row(p, t0 + j, ws, j);
+      } else {
+        x[j] = load_token(p, t0 + j, ws, j);
+      }
       o[j] = direct ? p.o.ptr(t0 + j) : ws.o(j);
     }
-    if (x[0].w && n >= kLazyGroup && exclusive)
-      recurrent_block_lazy<true>(S, Vp, Kf, Vp, x, n, ws, o);
-    else if (x[0].w && n >= kLazyGroup)
-      recurrent_block_lazy<false>(S, Vp, Kf, Vp, x, n, ws, o);
+    if (lazy) plan_lazy_block(p, rows, x, n, ws, y, groups);
+    if (lazy && exclusive)
+      recurrent_block_lazy<true>(S, Vp, Kf, Vp, x, y, groups, n, o);
+    else if (lazy)
+      recurrent_block_lazy<false>(S, Vp, Kf, Vp, x, y, groups, n, o);
     else
       recurrent_block(S, Vp, Kf, Vp, x, n, exclusive, o);
     if (!direct)
