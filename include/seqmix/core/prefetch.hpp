@@ -16,11 +16,14 @@ namespace seqmix::detail {
 
 // Asks for the cache lines of `count` elements from p ahead of their use, in one burst: a few
 // rows a kernel reads soon (kWrite: writes soon), not a tile (that is PrefetchStream's job).
-template <bool kWrite = false, class T>
+// kLocality as __builtin_prefetch's: 3 into L1, 2 into L2 only (rows needed a while later, whose
+// lines would evict the kernel's current L1 working set).
+template <bool kWrite = false, int kLocality = 3, class T>
 inline void prefetch_row(const T* p, std::ptrdiff_t count) noexcept {
   const char* bytes = reinterpret_cast<const char*>(p);
   const std::ptrdiff_t n = count * static_cast<std::ptrdiff_t>(sizeof(T));
-  for (std::ptrdiff_t offset = 0; offset < n; offset += 64) __builtin_prefetch(bytes + offset, kWrite ? 1 : 0, 3);
+  for (std::ptrdiff_t offset = 0; offset < n; offset += 64)
+    __builtin_prefetch(bytes + offset, kWrite ? 1 : 0, kLocality);
 }
 
 // Up to kRanges byte ranges, then up to kLists lists of equally long rows (a paged cache's key

@@ -28,6 +28,10 @@ constexpr float kGateFloor = -128.f;
 // reads S_{t-1} and adds the bonus (q_t . (u * k_t)) v_t for the current token.
 enum class Readout { inclusive, exclusive_bonus };
 
+// Where the recurrent prefill's look-ahead requests put the next head's rows: L2 (see
+// InputRows::prefetch).
+constexpr int kAheadLocality = 2;
+
 // [T, D] input rows of one head (q, k or v) in their stored element type: float, or 16-bit
 // storage (bf16 / f16) that the loaders widen one row at a time into the operand buffers they
 // fill anyway, so a 16-bit input is never copied whole to fp32. Built implicitly from the fp32
@@ -76,8 +80,10 @@ class InputRows {
     load(t, scratch);
     return ConstView<float, 1>(scratch, {size(1)});
   }
-  // Asks for row t's cache lines ahead of its load (contiguous rows only; others are left to the
-  // hardware).
+  // Asks for row t's cache lines ahead of its load, into L2 (contiguous rows only; others are left
+  // to the hardware). The recurrent prefill asks for the next head's block of rows (~20 KB at
+  // K = V = 64) while its state and operands fill most of L1: requested into L1 they evicted
+  // those, and gla-1.3b-t8192 ran 1.04-1.12x slower (one thread, 2026-12-05).
   void prefetch(index_t t) const {
     switch (storage_) {
       case Storage::bf16: return prefetch_row(bf16_[t]);
@@ -109,7 +115,7 @@ class InputRows {
   }
   template <class E>
   static void prefetch_row(const ConstView<E, 1>& r) {
-    if (r.size(0) <= 1 || r.stride(0) == 1) detail::prefetch_row(r.data(), r.size(0));
+    if (r.size(0) <= 1 || r.stride(0) == 1) detail::prefetch_row<false, kAheadLocality>(r.data(), r.size(0));
   }
   ConstView<float, 2> f32_;
   ConstView<bf16, 2> bf16_;

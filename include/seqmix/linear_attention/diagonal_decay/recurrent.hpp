@@ -582,8 +582,9 @@ inline void plan_lazy_block(const HeadProblem& p, const LazyBlockRows& rows, Tok
   groups[count - 1].closes = true;
 }
 
-// Asks for the cache lines of token t's rows of a head: q, k, v, the gates (one line for a scalar
-// gate) and, for writing, o. Rows with strided elements are left to the hardware.
+// Asks for the cache lines of token t's rows of a head, into L2 (kAheadLocality): q, k, v, the
+// gates (one line for a scalar gate) and, for writing, o. Rows with strided elements are left to
+// the hardware.
 inline void prefetch_token(const HeadProblem& p, index_t t) {
   p.q.prefetch(t);
   p.k.prefetch(t);
@@ -591,10 +592,10 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
   if (p.gated()) {
     const ConstView<float, 1> g = p.g[t];
     const index_t n = g.stride(0) == 0 ? 1 : g.size(0);
-    if (g.stride(0) <= 1) prefetch_row(g.data(), n);
+    if (g.stride(0) <= 1) prefetch_row<false, kAheadLocality>(g.data(), n);
   }
   const TensorView<float, 1> o = p.o[t];
-  if (o.is_last_dim_contiguous()) prefetch_row<true>(o.data(), o.size(0));
+  if (o.is_last_dim_contiguous()) prefetch_row<true, kAheadLocality>(o.data(), o.size(0));
 }
 
 // The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous), in blocks of
