@@ -495,14 +495,16 @@ struct LazyBlockRows {
 // The whole per-token prep of a gated block x[0..n) (kLazyGroup <= n <= kTokenBlock) in one
 // vector pass per slice of kWidth key rows over all n tokens, planning the block as ONE lazy
 // window (token 0 opens it, each further group extends it; the case of gates within +-30 over
-// 16 tokens, which is every GLA model's): the decays exp(g) into ws.w(j) and q * scale into
-// ws.q(j) (the plain operands x[j]: the opening token, the block's last n % 4 tokens, the tail
-// columns and any fallback), and for tokens [1, n - n % 4) the running products P_j, held in a
-// register, their bound check and the fold: ws.lazy_q(j) = q P_j (rwkv6: q P_{j-1}), lazy_k(j) =
-// k / P_j, lazy_p(j) = P_j. Returns whether every product stayed within the bound; if not, the
-// caller plans the block from the plain operands (plan_lazy_windows). Where both apply they
-// compute the same products in the same order. Before this pass the exp, the products, the bound
-// check and the fold were separate passes over workspace copies: ~1/3 of the kernel at K = 64.
+// 16 tokens, which is every GLA model's). The plain operands (decays exp(g) into ws.w(j), q *
+// scale into ws.q(j)) are written for the tokens that run the plain update in that plan: the
+// opening token 0 and the block's last n % 4. Tokens [1, n - n % 4) get the running product P_j,
+// held in a register, its bound check and the fold: ws.lazy_q(j) = q P_j (rwkv6: q P_{j-1}),
+// lazy_k(j) = k / P_j, and P_j in lazy_p(j) for the last of them (the window's rescale). Returns
+// whether every product stayed within the bound. Where plan_lazy_windows would open the same
+// window it computes the same products in the same order. Before this pass the exp, the
+// products, the bound check and the fold were separate passes over workspace copies (~1/3 of
+// the kernel at K = 64), and the lazy tokens' plain operands, written but not read, took L1 room
+// and store slots (1.03-1.1x at L2-resident sizes).
 template <bool kScalarGate, bool kExclusive>
 inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index_t n, index_t Kf,
                               RecurrentWorkspace& ws) {
@@ -519,45 +521,60 @@ inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index
   for (index_t i = 0; i < nv; i += simd::kWidth) {
     Batch<float> P(1.f), before(1.f);
     for (index_t j = 0; j < n; ++j) {
+      const bool plain = j == 0 || j >= lazy_end;
       Batch<float> w(w_scalar[j]);
       if constexpr (!kScalarGate) {
         w = simd::exp(simd::load(rows.g[j] + i));
-        simd::store(ws.w(j) + i, w);
+        if (plain) simd::store(ws.w(j) + i, w);
       }
       const Batch<float> q = factor * simd::load(rows.q[j] + i);
-      simd::store(ws.q(j) + i, q);
-      if (j == 0 || j >= lazy_end) continue;
+      if (plain) {
+        simd::store(ws.q(j) + i, q);
+        continue;
+      }
       before = P;
       P = j == 1 ? w : P * w;
       in_bound = in_bound & (P >= lo) & (P <= hi);
       simd::store(ws.lazy_q(j) + i, kExclusive ? q * before : q * P);
       simd::store(ws.lazy_k(j) + i, simd::load(x[j].k + i) / P);
-      simd::store(ws.lazy_p(j) + i, P);
+      if (j == lazy_end - 1) simd::store(ws.lazy_p(j) + i, P);
     }
   }
   bool ok = xsimd::all(in_bound);
   for (index_t i = nv; i < Kf; ++i) {  // the key rows past the last full batch
     float P = 1.f, before = 1.f;
     for (index_t j = 0; j < n; ++j) {
+      const bool plain = j == 0 || j >= lazy_end;
       const float w = kScalarGate ? w_scalar[j] : std::exp(rows.g[j][i]);
-      if constexpr (!kScalarGate) ws.w(j)[i] = w;
       const float q = rows.q_factor * rows.q[j][i];
-      ws.q(j)[i] = q;
-      if (j == 0 || j >= lazy_end) continue;
+      if (plain) {
+        if constexpr (!kScalarGate) ws.w(j)[i] = w;
+        ws.q(j)[i] = q;
+        continue;
+      }
       before = P;
       P = j == 1 ? w : P * w;
       ok = ok && P >= kLazyMin && P <= 1.f / kLazyMin;
       ws.lazy_q(j)[i] = kExclusive ? q * before : q * P;
       ws.lazy_k(j)[i] = x[j].k[i] / P;
-      ws.lazy_p(j)[i] = P;
+      if (j == lazy_end - 1) ws.lazy_p(j)[i] = P;
     }
   }
   return ok;
 }
 
+// The plain operands fold_block_window leaves out (tokens [1, n - n % 4): scaled q, decays), for
+// a block that needs them: the scalar tail columns, or a window plan other than one per block.
+inline void complete_plain_operands(const LazyBlockRows& rows, const HeadProblem& p, index_t n, RecurrentWorkspace& ws) {
+  for (index_t j = 1; j < n - n % kLazyGroup; ++j) {
+    scaled_copy(rows.q[j], rows.q_factor, ws.q(j), p.K());
+    if (!p.scalar_gate) exp_copy(rows.g[j], ws.w(j), p.K());
+  }
+}
+
 // The lazy plan of a gated block x[0..n) (kLazyGroup <= n <= kTokenBlock; q/k/v loaded by
 // load_token_rows, rows as LazyBlockRows): completes the plain operands x (decays, scaled q,
-// bonus) and fills y and groups as plan_lazy_windows does.
+// bonus) where they are read and fills y and groups as plan_lazy_windows does.
 inline void plan_lazy_block(const HeadProblem& p, const LazyBlockRows& rows, TokenOperands* x, index_t n,
                             RecurrentWorkspace& ws, TokenOperands* y, LazyGroup* groups) {
   const index_t Kf = p.Kf();
@@ -569,14 +586,17 @@ inline void plan_lazy_block(const HeadProblem& p, const LazyBlockRows& rows, Tok
   else
     one_window = exclusive ? fold_block_window<false, true>(rows, x, n, Kf, ws)
                            : fold_block_window<false, false>(rows, x, n, Kf, ws);
-  if (exclusive)
-    for (index_t j = 0; j < n; ++j) x[j].bonus = bonus_dot(x[j].q, p.u, x[j].k, p.K());
+  if (!one_window || p.Vp() % simd::kWidth != 0) complete_plain_operands(rows, p, n, ws);
+  if (exclusive)  // q . (u * k) of the stored q, times the scale (rows.q_factor or already applied)
+    for (index_t j = 0; j < n; ++j) x[j].bonus = rows.q_factor * bonus_dot(rows.q[j], p.u, x[j].k, p.K());
   if (!one_window) return plan_lazy_windows(x, n, Kf, exclusive, ws, y, groups);
   const index_t count = n / kLazyGroup;
   y[0] = x[0];
   for (index_t j = 1; j < count * kLazyGroup; ++j) {
     y[j] = x[j];
-    y[j].q = ws.lazy_q(j), y[j].k = ws.lazy_k(j), y[j].w = ws.lazy_p(j), y[j].w_stride = 1;
+    // P is read only at the window's end (the rescale): no decay inside the window.
+    const bool last = j == count * kLazyGroup - 1;
+    y[j].q = ws.lazy_q(j), y[j].k = ws.lazy_k(j), y[j].w = last ? ws.lazy_p(j) : nullptr, y[j].w_stride = 1;
   }
   for (index_t g = 0; g < count; ++g) groups[g] = LazyGroup{g == 0 ? LazyGroup::Mode::open : LazyGroup::Mode::extend};
   groups[count - 1].closes = true;
