@@ -235,12 +235,15 @@ inline void load_gate_row(const HeadProblem& p, index_t t, float* out) {
   for (index_t i = 0; i < row.size(0); ++i) out[i] = row(i);
 }
 
-// Elementwise exp of n contiguous floats.
-inline void exp_inplace(float* x, index_t n) {
+// out[0..n) = exp(x[0..n)), vectorized (x contiguous).
+inline void exp_copy(const float* x, float* out, index_t n) {
   const index_t nv = simd::vector_end(n);
-  for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(x + i, simd::exp(simd::load(x + i)));
-  for (index_t i = nv; i < n; ++i) x[i] = std::exp(x[i]);
+  for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(out + i, simd::exp(simd::load(x + i)));
+  for (index_t i = nv; i < n; ++i) out[i] = std::exp(x[i]);
 }
+
+// Elementwise exp of n contiguous floats, in place.
+inline void exp_inplace(float* x, index_t n) { exp_copy(x, x, n); }
 
 // Writes one output row from the internal row of Vp values (dividing by the z column).
 inline void store_output_row(const HeadProblem& p, index_t t, const float* row) {

@@ -355,13 +355,6 @@ inline void recurrent_block_lazy(float* S, index_t ldS, index_t Kf, index_t ncol
     for (index_t j = 0; j < n; ++j) recurrent_tail<true, kExclusive>(S, ldS, Kf, c, ncols, x[j], o[j]);
 }
 
-// out[0..n) = exp(x[0..n)), vectorized (x contiguous).
-inline void exp_copy(const float* x, float* out, index_t n) {
-  const index_t nv = simd::vector_end(n);
-  for (index_t i = 0; i < nv; i += simd::kWidth) simd::store(out + i, simd::exp(simd::load(x + i)));
-  for (index_t i = nv; i < n; ++i) out[i] = std::exp(x[i]);
-}
-
 // q . (u * k): vectorized, as a scalar loop it was ~20% of an rwkv6 step or prefill (64 dependent
 // adds per token and head).
 inline float bonus_dot(const float* q, const ConstView<float, 1>& u, const float* k, index_t K) {
