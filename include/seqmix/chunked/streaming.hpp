@@ -151,8 +151,7 @@ struct StreamTraits<LinearAttentionInputs> {
   static Options fix_options(Options o, const LinearAttentionInputs& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(GateKind::none, std::numeric_limits<index_t>::max(),
-                                                 feature_dim(o.feature_map, in.k.size(3)), in.v.size(3), o.chunk_size,
-                                                 o.normalize);
+                                                 feature_dim(o.feature_map, in.k.size(3)), in.v.size(3), o.chunk_size);
     return o;
   }
   static Options later_options(Options o) {

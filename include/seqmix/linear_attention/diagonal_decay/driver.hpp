@@ -60,21 +60,18 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
 
 // Picks the prefill algorithm for a shape (T: the longest sequence of the call; V: the value
 // columns one task carries, task_columns). Measured on both forms forced (AMD EPYC Zen 5, 2026-12-05,
-// docs in linear_attention/README.md "Choosing the algorithm"): since the recurrent form's lazy decay
-// windows and unrolled tokens it is 1.2-2.3x faster than the chunked one at every gate kind, at
-// K = V = 64 .. 768, T 512 .. 8192, one and two threads, with fp32 or bf16-dot GEMMs in the
-// chunked form; it works on the state in 32-column tiles held in L1/L2. Two exceptions take the
-// chunked form: a state of 2^20 floats (4 MiB) or more, beyond any core's L2 on either machine kind
-// (K = V = 1024: chunked 0.6-0.9x the recurrent time), and normalize, whose z column makes the
-// recurrent tiles ragged (ld = V + 1) and its output rows divided one by one (chunked 0.5-1.0x).
-// Inputs shorter than one chunk always go token by token (callers keeping token_states force it).
-inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
-                                                 bool normalize = false) {
+// table in linear_attention/README.md "Choosing the algorithm"): since the recurrent form's lazy
+// decay windows, unrolled tokens and split tail sums it is 1.2-2.3x faster than the chunked one at
+// every gate kind and feature map, with and without normalize, at K = V = 64 .. 768, T 512 .. 8192,
+// one and two threads, also against bf16-dot GEMMs in the chunked form; it works on the state in
+// 32-column tiles held in L1/L2. A state of 2^20 floats (4 MiB) or more, beyond any core's L2 on
+// either machine kind, takes the chunked form (K = V = 1024: 0.6-0.9x the recurrent time). Inputs
+// shorter than one chunk always go token by token (callers keeping token_states force it).
+inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk) {
   (void)gate;  // the same rule holds for every gate kind on the measured machine
   constexpr index_t kChunkedStateFloats = index_t{1} << 20;
   if (T < chunk) return LinearAttentionAlgorithm::recurrent;
-  return normalize || Kf * V >= kChunkedStateFloats ? LinearAttentionAlgorithm::chunked
-                                                    : LinearAttentionAlgorithm::recurrent;
+  return Kf * V >= kChunkedStateFloats ? LinearAttentionAlgorithm::chunked : LinearAttentionAlgorithm::recurrent;
 }
 
 // The sequences that run (padding ones, state_row -1, do not), longest first: items handed out in

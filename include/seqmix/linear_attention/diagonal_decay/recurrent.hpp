@@ -112,21 +112,28 @@ inline void recurrent_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0,
   for (; j < n; ++j) recurrent_tile<1, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
 }
 
-// The scalar tail: columns [c0, ncols).
+// The scalar tail: columns [c0, ncols), one at a time down the rows. Each column's readout
+// sums over the Kf rows in 4 independent partial sums: one running sum made every row wait for
+// the previous FMA, which made normalize's z column (V + 1 columns: a tail of one) cost as much
+// as the vector tiles of 64 columns at Kf = 273.
 template <bool kDecay, bool kExclusive>
 inline void recurrent_tail(float* S, index_t ldS, index_t Kf, index_t c0, index_t ncols, const TokenOperands& x,
                            float* o) {
-  for (index_t c = c0; c < ncols; ++c) o[c] = kExclusive ? x.bonus * x.v[c] : 0.f;
-  for (index_t r = 0; r < Kf; ++r) {
-    float* row = S + r * ldS;
+  constexpr index_t kSums = 4;
+  const auto row_step = [&](index_t r, index_t c, float& sum) {
+    float* s = S + r * ldS + c;
     const float wr = kDecay ? x.w[r * x.w_stride] : 1.f;
-    for (index_t c = c0; c < ncols; ++c) {
-      float s = row[c];
-      if constexpr (kExclusive) o[c] += x.q[r] * s;
-      s = wr * s + x.k[r] * x.v[c];
-      if constexpr (!kExclusive) o[c] += x.q[r] * s;
-      row[c] = s;
-    }
+    if constexpr (kExclusive) sum += x.q[r] * *s;
+    *s = wr * *s + x.k[r] * x.v[c];
+    if constexpr (!kExclusive) sum += x.q[r] * *s;
+  };
+  for (index_t c = c0; c < ncols; ++c) {
+    float sums[kSums] = {};
+    index_t r = 0;
+    for (; r + kSums <= Kf; r += kSums)
+      for (index_t u = 0; u < kSums; ++u) row_step(r + u, c, sums[u]);
+    for (; r < Kf; ++r) row_step(r, c, sums[0]);
+    o[c] = (kExclusive ? x.bonus * x.v[c] : 0.f) + ((sums[0] + sums[1]) + (sums[2] + sums[3]));
   }
 }
 
