@@ -448,13 +448,16 @@ inline TokenOperands load_token_rows(const HeadProblem& p, index_t t, RecurrentW
   const index_t K = p.K();
   const bool identity = p.phi == FeatureMap::identity;
   const ConstView<float, 1> q = p.q.floats()[t], k = p.k.floats()[t], v = p.v.floats()[t];
-  if (raw_q && reads_q_in_place(p))
+  const bool q_in_place = reads_q_in_place(p);
+  if (raw_q && q_in_place) {
     *raw_q = q.data();
-  else if (reads_q_in_place(p))
-    scaled_copy(q.data(), p.scale, ws.q(slot), K);
-  else
-    apply_feature_map(p.phi, q, p.scale, ws.q(slot));
-  if (raw_q && !reads_q_in_place(p)) *raw_q = ws.q(slot);
+  } else {
+    if (q_in_place)
+      scaled_copy(q.data(), p.scale, ws.q(slot), K);
+    else
+      apply_feature_map(p.phi, q, p.scale, ws.q(slot));
+    if (raw_q) *raw_q = ws.q(slot);
+  }
   x.q = ws.q(slot);
   if (identity && k.is_last_dim_contiguous()) {
     x.k = k.data();
