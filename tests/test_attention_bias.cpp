@@ -43,6 +43,10 @@ const std::vector<Case> kCases = {
     {"t5-causal-decode", RelativeBiasKind::t5, false, 1, 1, 1000, 8, 2, 64, true, false, true},
     {"t5-bidirectional", RelativeBiasKind::t5, true, 1, 150, 150, 4, 4, 64, false, false, false},
     {"t5-bidirectional-positions", RelativeBiasKind::t5, true, 2, 7, 300, 4, 1, 80, false, true, true},
+    // max_distance 100 past Tk: the per-offset table stops at Tk and does not clamp; the
+    // positions put keys farther than that from their queries (the formula's side).
+    {"t5-causal-short", RelativeBiasKind::t5, false, 1, 40, 40, 4, 2, 64, true, false, false},
+    {"t5-bidirectional-positions-beyond", RelativeBiasKind::t5, true, 2, 30, 60, 4, 2, 64, false, true, false},
     {"kerple-log-prefill", RelativeBiasKind::kerple_log, false, 1, 77, 77, 8, 2, 64, true, false, true},
     {"kerple-log-decode", RelativeBiasKind::kerple_log, false, 2, 2, 700, 4, 2, 128, true, false, false},
     {"kerple-power-prefill", RelativeBiasKind::kerple_power, false, 1, 65, 200, 4, 2, 64, true, true, false},

@@ -140,6 +140,14 @@ inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) noexce
   for (std::ptrdiff_t i = nv; i < n; ++i) y[i] += alpha * x[i];
 }
 
+/// y[i] += c over n contiguous floats.
+inline void add_scalar(float c, float* y, std::ptrdiff_t n) noexcept {
+  const Batch<float> v(c);
+  const std::ptrdiff_t nv = vector_end(n);
+  for (std::ptrdiff_t i = 0; i < nv; i += kWidth) store(y + i, load(y + i) + v);
+  for (std::ptrdiff_t i = nv; i < n; ++i) y[i] += c;
+}
+
 /// Non-temporal store of one batch, bypassing the cache: for outputs larger than the cache that
 /// are not read back soon, it saves the read-for-ownership of every line (a quarter of a scan's
 /// traffic). xsimd 8.1 has none, so the x86 instruction is chosen by the arch tag; elsewhere it is

@@ -163,41 +163,66 @@ inline VisibleKeys visible_keys(const AttentionOptions& options, index_t pos, in
   return {sink_end, lo, hi};
 }
 
-// A call's relative bias per distance (KERPLE and FIRE prefill): bias[h * distances + d] for
-// d < distances, relative_bias_value's values bit for bit, computed once per call so that the
-// tiles look them up instead of taking a log / pow / MLP per logit. FIRE's normalizer depends on
-// the query's position above its threshold L, so there only rows at positions <= L use it.
+// A call's relative bias per key offset rel = j - pos, rel in [-reach, reach], for T5, KERPLE
+// and FIRE prefill: bias[h * width() + reach + rel], relative_bias_value's values bit for bit,
+// computed once per call so that a tile row adds one contiguous slice of it instead of taking a
+// bucket log / log / pow / MLP per logit. T5's table stops at max_distance, beyond which every
+// offset takes the value at its end (`clamps`). FIRE's normalizer depends on the query's
+// position above its threshold L, so there only rows at positions <= L use it.
 struct DistanceBiasCache {
   std::vector<float> bias;
-  index_t distances = 0;
+  index_t reach = -1;  // -1: no table
+  bool clamps = false;  // offsets past the reach take the value at the nearer end (T5)
   double limit = std::numeric_limits<double>::infinity();  // rows at positions <= limit use the table
 
+  bool built() const noexcept { return reach >= 0; }
   bool covers(index_t pos) const noexcept { return static_cast<double>(pos) <= limit; }
+  index_t width() const noexcept { return 2 * reach + 1; }
 
-  // Worth building for these kinds only (T5 is a table already; none has nothing to cache).
+  // Worth building for these kinds only (none has nothing to cache; a distance table is one).
   static bool wanted(const RelativeBias& rb) noexcept {
-    return rb.kind == RelativeBiasKind::kerple_log || rb.kind == RelativeBiasKind::kerple_power ||
-           rb.kind == RelativeBiasKind::fire;
+    return rb.kind == RelativeBiasKind::t5 || rb.kind == RelativeBiasKind::kerple_log ||
+           rb.kind == RelativeBiasKind::kerple_power || rb.kind == RelativeBiasKind::fire;
   }
 
-  // The table of Hq heads over distances [0, distances), heads spread over the executor.
+  // The table of Hq heads for keys within `distances` of every query, heads spread over the
+  // executor (T5: within max_distance, if nearer).
   static DistanceBiasCache build(const RelativeBias& rb, index_t Hq, index_t distances, const Executor& executor) {
     DistanceBiasCache cache;
-    cache.distances = distances;
-    cache.bias.resize(static_cast<std::size_t>(Hq * distances));
-    const bool fire = rb.kind == RelativeBiasKind::fire;
+    const bool t5 = rb.kind == RelativeBiasKind::t5, fire = rb.kind == RelativeBiasKind::fire;
+    cache.reach = t5 ? std::min(rb.max_distance, distances) : std::max<index_t>(distances - 1, 0);
+    cache.clamps = t5 && cache.reach == rb.max_distance;
     if (fire) cache.limit = static_cast<double>(rb.fire_threshold);
-    // A query at position 0 has FIRE's normalizer of every position up to L, and KERPLE depends
-    // on the distance only, so key j = d of a query at 0 stands for distance d.
+    const index_t width = cache.width(), reach = cache.reach;
+    cache.bias.resize(static_cast<std::size_t>(Hq * width));
+    // A query at position 0 has FIRE's normalizer of every position up to L, and the other kinds
+    // depend on the offset only, so key j = rel of a query at 0 stands for offset rel.
     const double normalizer = fire ? fire_normalizer(rb, 0) : 0.0;
     float* const out = cache.bias.data();
     parallel_for(executor, Hq, 1, [&](index_t begin, index_t end) {
       for (index_t h = begin; h < end; ++h)
-        for (index_t d = 0; d < distances; ++d)
-          out[h * distances + d] = static_cast<float>(fire ? fire_value(rb, h, normalizer, static_cast<double>(d))
-                                                           : relative_bias_value(rb, h, 0, d));
+        for (index_t rel = -reach; rel <= reach; ++rel)
+          out[h * width + reach + rel] =
+              static_cast<float>(fire ? fire_value(rb, h, normalizer, std::abs(static_cast<double>(rel)))
+                                      : relative_bias_value(rb, h, 0, rel));
     });
     return cache;
+  }
+
+  // s[c] += the bias of key j0 + c for head h at position pos, c < n; `value` gives the bias of
+  // a key past the reach when the table does not clamp.
+  template <class Value>
+  void add_row(float* s, index_t j0, index_t n, index_t h, index_t pos, Value&& value) const {
+    const float* row = bias.data() + h * width();
+    const index_t lo = std::clamp<index_t>(pos - reach - j0, 0, n), hi = std::clamp<index_t>(pos + reach + 1 - j0, lo, n);
+    if (clamps) {
+      simd::add_scalar(row[0], s, lo);
+      simd::add_scalar(row[width() - 1], s + hi, n - hi);
+    } else {
+      for (index_t c = 0; c < lo; ++c) s[c] += value(j0 + c);
+      for (index_t c = hi; c < n; ++c) s[c] += value(j0 + c);
+    }
+    simd::axpy(1.f, row + reach + j0 + lo - pos, s + lo, hi - lo);  // fma(1, x, s) rounds as x + s
   }
 };
 
@@ -234,6 +259,10 @@ struct LogitRule {
   // relative_bias_value, bit for bit, with the kind chosen once per row.
   void relative_bias(float* s, index_t j0, index_t n, index_t h, index_t pos) const {
     const RelativeBias& rb = in.relative_bias;
+    if (cache && cache->covers(pos)) {
+      cache->add_row(s, j0, n, h, pos, [&](index_t j) { return static_cast<float>(relative_bias_value(rb, h, pos, j)); });
+      return;
+    }
     if (rb.kind == RelativeBiasKind::t5) {
       // Keys max_distance or more before the query share the last bucket, and so do the keys
       // after it (causal buckets: bucket 0) or max_distance or more after it (bidirectional):
@@ -253,14 +282,6 @@ struct LogitRule {
       for (index_t c = 0; c < n; ++c) {
         const index_t j = j0 + c, d = pos >= j ? pos - j : j - pos;
         s[c] += rb.table(h, d < last ? d : last);
-      }
-      return;
-    }
-    if (cache && cache->covers(pos)) {
-      const float* table = cache->bias.data() + h * cache->distances;
-      for (index_t c = 0; c < n; ++c) {
-        const index_t j = j0 + c, d = pos >= j ? pos - j : j - pos;
-        s[c] += d < cache->distances ? table[d] : static_cast<float>(relative_bias_value(rb, h, pos, j));
       }
       return;
     }

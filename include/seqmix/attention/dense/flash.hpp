@@ -340,8 +340,8 @@ void flash_block_dense(const AttentionInputs<KV, Q>& in, const AttentionOutputs&
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk), cache);
 }
 
-// The per-distance bias of a prefill whose keys lie within `distances` of every query, when
-// its kind is worth a table and the queries are many enough (each distance is then looked up
+// The per-offset bias of a prefill whose keys lie within `distances` of every query, when
+// its kind is worth a table and the queries are many enough (each offset is then looked up
 // by many rows); empty otherwise.
 inline DistanceBiasCache prefill_bias_cache(const RelativeBias& rb, index_t Hq, index_t Tq, index_t distances,
                                             const Executor& executor) {
@@ -382,7 +382,7 @@ void attention_flash_varlen(const AttentionInputs<KV, Q>& in, const AttentionOut
   std::stable_sort(tasks.begin(), tasks.end(), [](const VarlenTask& a, const VarlenTask& b) { return a.cost > b.cost; });
   // Positions are local to each sequence: distances stay below the longest one.
   const DistanceBiasCache cache = prefill_bias_cache(in.relative_bias, d.Hq, seqs.max_tokens(), seqs.max_tokens(), executor);
-  const DistanceBiasCache* const table = cache.distances > 0 ? &cache : nullptr;
+  const DistanceBiasCache* const table = cache.built() ? &cache : nullptr;
   executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
     const VarlenTask& task = tasks[static_cast<std::size_t>(t)];
     const SequenceSpan span = seqs[task.seq];
@@ -417,7 +417,7 @@ void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& o
   // KERPLE / FIRE per distance, once per call: with the default positions every distance is
   // below Tk (given positions farther away fall back to the formula, key by key).
   const DistanceBiasCache cache = prefill_bias_cache(in.relative_bias, d.Hq, d.Tq, d.Tk, executor);
-  const DistanceBiasCache* const table = cache.distances > 0 ? &cache : nullptr;
+  const DistanceBiasCache* const table = cache.built() ? &cache : nullptr;
   // Task t = (group, j), j fastest: a contiguous range of tasks keeps one group's keys in cache.
   // Causal: task j takes query blocks j and blocks-1-j, which together visit about the same
   // number of keys whatever j, so every task costs about the same and a wide pool is not left
