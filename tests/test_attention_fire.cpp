@@ -137,6 +137,42 @@ TEST_CASE("fire: attention with a FIRE bias equals the bias as a dense mask", "[
   for (const FireCase& c : kFireCases) check_fire_case(c, 9700 + static_cast<std::uint64_t>(&c - kFireCases.data()) * 10);
 }
 
+// The prefill's lines for rows above L (DistanceBiasCache::add_fire_row) against the formula,
+// bias by bias: units that are off or on everywhere (w1 = 0), shared kinks (equal -b1 / w1),
+// a kink at 0, and keys past the table (the formula's side).
+TEST_CASE("fire: the prefill's lines above L equal the MLP per logit", "[attention][bias]") {
+  const index_t Hq = 3, W = 12, Tk = 300;
+  FireParams params(Hq, W, 9900);
+  params.w1(0, 0) = 0.f, params.b1(0, 0) = 0.5f;    // on everywhere
+  params.w1(0, 1) = 0.f, params.b1(0, 1) = -0.5f;   // off everywhere
+  params.w1(1, 2) = 2.f, params.b1(1, 2) = -1.f;    // kink at 0.5 ...
+  params.w1(1, 3) = -4.f, params.b1(1, 3) = 2.f;    // ... shared, with the other side on
+  params.w1(2, 4) = 3.f, params.b1(2, 4) = 0.f;     // kink at 0
+  seqmix::RelativeBias rb;
+  rb.kind = seqmix::RelativeBiasKind::fire, rb.fire_c = 0.3f, rb.fire_threshold = 20.f;
+  rb.fire_w1 = params.w1.view(), rb.fire_b1 = params.b1.view(), rb.fire_w2 = params.w2.view(), rb.fire_b2 = params.b2.view();
+  const index_t distances = 200;  // keys of positions past 200 from the query take the formula
+  const auto cache = seqmix::detail::DistanceBiasCache::build(rb, Hq, distances, seqmix::serial_executor());
+  std::vector<float> row(static_cast<std::size_t>(Tk));
+  for (index_t h = 0; h < Hq; ++h)
+    for (const index_t pos : {21, 64, 150, 299, 420}) {
+      const double normalizer = seqmix::detail::fire_normalizer(rb, pos);
+      const auto formula = [&](index_t j) {
+        return static_cast<float>(seqmix::detail::fire_value(rb, h, normalizer, std::abs(static_cast<double>(pos - j))));
+      };
+      for (const index_t j0 : {index_t{0}, index_t{64}, index_t{131}, index_t{250}}) {
+        const index_t n = std::min<index_t>(64, Tk - j0);
+        std::fill(row.begin(), row.end(), 0.f);
+        cache.add_fire_row(row.data(), j0, n, h, pos, normalizer, formula);
+        for (index_t c = 0; c < n; ++c) {
+          INFO("h=" << h << " pos=" << pos << " key=" << j0 + c);
+          const double want = fire_bias_plain(rb, h, pos, j0 + c);
+          REQUIRE(std::abs(row[static_cast<std::size_t>(c)] - want) <= 1e-6 * (1.0 + std::abs(want)));
+        }
+      }
+    }
+}
+
 TEST_CASE("fire: bad parameters are refused before writing", "[attention][bias]") {
   const index_t Hq = 4;
   const auto q = st::random_tensor<4>({1, 20, Hq, 32}, 1);

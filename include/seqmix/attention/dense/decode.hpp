@@ -168,12 +168,23 @@ inline VisibleKeys visible_keys(const AttentionOptions& options, index_t pos, in
 // computed once per call so that a tile row adds one contiguous slice of it instead of taking a
 // bucket log / log / pow / MLP per logit. T5's table stops at max_distance, beyond which every
 // offset takes the value at its end (`clamps`). FIRE's normalizer depends on the query's
-// position above its threshold L, so there only rows at positions <= L use it.
+// position above its threshold L, so there only rows at positions <= L use the table; the rows
+// above take FIRE's lines (below).
 struct DistanceBiasCache {
   std::vector<float> bias;
   index_t reach = -1;  // -1: no table
   bool clamps = false;  // offsets past the reach take the value at the nearer end (T5)
   double limit = std::numeric_limits<double>::infinity();  // rows at positions <= limit use the table
+
+  // FIRE above L: a head's MLP b2 + sum_k w2 relu(w1 x + b1) is piecewise linear in x, alpha +
+  // beta x between the units' kinks x = -b1 / w1, so a row takes one line per run of keys, with
+  // psi(|rel|) from a table, instead of W units per logit. Within double rounding of fire_value.
+  struct FireLine {
+    double x_end, alpha, beta;  // alpha + beta x for x below x_end (the last line's is +inf)
+  };
+  std::vector<FireLine> fire_lines;  // head h's: [fire_first[h], fire_first[h + 1]), by x_end
+  std::vector<index_t> fire_first;
+  std::vector<double> fire_psi;  // psi(|rel|) = ln(1 + c |rel|) at reach + rel
 
   bool built() const noexcept { return reach >= 0; }
   bool covers(index_t pos) const noexcept { return static_cast<double>(pos) <= limit; }
@@ -206,8 +217,43 @@ struct DistanceBiasCache {
               static_cast<float>(fire ? fire_value(rb, h, normalizer, std::abs(static_cast<double>(rel)))
                                       : relative_bias_value(rb, h, 0, rel));
     });
+    if (fire) cache.build_fire_lines(rb, Hq);
     return cache;
   }
+
+  void build_fire_lines(const RelativeBias& rb, index_t Hq) {
+    fire_psi.resize(static_cast<std::size_t>(width()));
+    for (index_t rel = -reach; rel <= reach; ++rel)
+      fire_psi[static_cast<std::size_t>(reach + rel)] =
+          std::log1p(static_cast<double>(rb.fire_c) * std::abs(static_cast<double>(rel)));
+    const index_t W = rb.fire_w1.size(1);
+    std::vector<double> kinks;
+    fire_first.assign(1, 0);
+    for (index_t h = 0; h < Hq; ++h) {
+      kinks.clear();
+      for (index_t k = 0; k < W; ++k) {  // x >= 0 here (psi >= 0, normalizer > 0)
+        const double w1 = rb.fire_w1(h, k), kink = w1 != 0.0 ? -static_cast<double>(rb.fire_b1(h, k)) / w1 : 0.0;
+        if (kink > 0.0) kinks.push_back(kink);
+      }
+      std::sort(kinks.begin(), kinks.end());
+      kinks.erase(std::unique(kinks.begin(), kinks.end()), kinks.end());
+      const index_t m = static_cast<index_t>(kinks.size());
+      for (index_t i = 0; i <= m; ++i) {
+        const double start = i > 0 ? kinks[i - 1] : 0.0;
+        const double end = i < m ? kinks[i] : std::numeric_limits<double>::infinity();
+        const double inside = i < m ? 0.5 * (start + end) : start + 1.0;  // which units are on here
+        FireLine line{end, rb.fire_b2(h), 0.0};
+        for (index_t k = 0; k < W; ++k) {
+          const double w1 = rb.fire_w1(h, k), b1 = rb.fire_b1(h, k), w2 = rb.fire_w2(h, k);
+          if (w1 * inside + b1 > 0.0) line.alpha += w2 * b1, line.beta += w2 * w1;
+        }
+        fire_lines.push_back(line);
+      }
+      fire_first.push_back(static_cast<index_t>(fire_lines.size()));
+    }
+  }
+
+  bool has_fire_lines() const noexcept { return !fire_first.empty(); }
 
   // s[c] += the bias of key j0 + c for head h at position pos, c < n; `value` gives the bias of
   // a key past the reach when the table does not clamp.
@@ -223,6 +269,51 @@ struct DistanceBiasCache {
       for (index_t c = hi; c < n; ++c) s[c] += value(j0 + c);
     }
     simd::axpy(1.f, row + reach + j0 + lo - pos, s + lo, hi - lo);  // fma(1, x, s) rounds as x + s
+  }
+
+  // s[c] += FIRE's bias of key j0 + c for head h at position pos above L, whose normalizer is
+  // `normalizer`, by the head's lines; `value` gives keys past the reach. Along a row psi(|rel|)
+  // falls to the query and rises after it, so a run of keys whose ends share a line and that
+  // does not hold the query lies on that line: runs of 8 take one line, the rest one each.
+  template <class Value>
+  void add_fire_row(float* s, index_t j0, index_t n, index_t h, index_t pos, double normalizer, Value&& value) const {
+    const FireLine* lines = fire_lines.data() + fire_first[h];
+    index_t near = 0;  // the last line found: along a row x moves by little between lookups
+    const auto line_of = [lines, &near](double x) {
+      index_t i = near;
+      while (x >= lines[i].x_end) ++i;  // the last x_end is +inf
+      while (i > 0 && x < lines[i - 1].x_end) --i;
+      return near = i;
+    };
+    const index_t lo = std::clamp<index_t>(pos - reach - j0, 0, n), hi = std::clamp<index_t>(pos + reach + 1 - j0, lo, n);
+    for (index_t c = 0; c < lo; ++c) s[c] += value(j0 + c);
+    for (index_t c = hi; c < n; ++c) s[c] += value(j0 + c);
+    const double* psi = fire_psi.data() + reach + j0 - pos;  // psi[c]: key j0 + c
+    constexpr index_t kRun = 8;
+    index_t c = lo;
+    for (; c + kRun <= hi; c += kRun) {
+      const index_t first = line_of(psi[c] / normalizer), last = line_of(psi[c + kRun - 1] / normalizer);
+      const bool holds_query = j0 + c < pos && pos < j0 + c + kRun - 1;
+      if (first == last && !holds_query) {
+        using DBatch = simd::Batch<double>;
+        const DBatch alpha(lines[first].alpha), beta(lines[first].beta), norm(normalizer);
+        alignas(64) double bias[kRun];
+        for (index_t k = 0; k < kRun; k += static_cast<index_t>(DBatch::size))
+          simd::store(bias + k, simd::fma(beta, simd::load(psi + c + k) / norm, alpha));
+        for (index_t k = 0; k < kRun; ++k) s[c + k] += static_cast<float>(bias[k]);
+      } else {
+        for (index_t k = 0; k < kRun; ++k) {
+          const double x = psi[c + k] / normalizer;
+          const FireLine& line = lines[line_of(x)];
+          s[c + k] += static_cast<float>(line.alpha + line.beta * x);
+        }
+      }
+    }
+    for (; c < hi; ++c) {
+      const double x = psi[c] / normalizer;
+      const FireLine& line = lines[line_of(x)];
+      s[c] += static_cast<float>(line.alpha + line.beta * x);
+    }
   }
 };
 
@@ -287,8 +378,11 @@ struct LogitRule {
     }
     if (rb.kind == RelativeBiasKind::fire) {
       const double normalizer = fire_normalizer(rb, pos);  // once per row
-      for (index_t c = 0; c < n; ++c)
-        s[c] += static_cast<float>(fire_value(rb, h, normalizer, std::abs(static_cast<double>(pos - (j0 + c)))));
+      const auto formula = [&](index_t j) {
+        return static_cast<float>(fire_value(rb, h, normalizer, std::abs(static_cast<double>(pos - j))));
+      };
+      if (cache && cache->has_fire_lines()) return cache->add_fire_row(s, j0, n, h, pos, normalizer, formula);
+      for (index_t c = 0; c < n; ++c) s[c] += formula(j0 + c);
       return;
     }
     const double r1 = rb.r1(h), r2 = rb.r2(h);
