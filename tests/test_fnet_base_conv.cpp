@@ -240,3 +240,55 @@ TEST_CASE("base_conv: bad arguments are refused before any write", "[base_conv][
   for (index_t i = 0; i < B * D; ++i) REQUIRE(y1.data()[i] == 7.f);
   untouched();
 }
+
+// A prepared filter spectrum (inference: the filter is a fixed weight) gives the results of the
+// call without one, for every method, two segments carrying the state, and reverse; a spectrum
+// that does not serve the call is refused before any write.
+TEST_CASE("base_conv: a prepared filter spectrum gives the results of the plain call", "[base_conv]") {
+  const index_t B = 2, T = st::small_test_scale() ? 100 : 300, D = 19;
+  std::uint64_t seed = 1000;
+  for (index_t L : {T, T / 3, index_t(5)}) {
+    INFO("L=" << L);
+    const BaseConvTestData data({B, T, D, L, true, seed});
+    seed += 10;
+    const seqmix::BaseConvInputs in = data.inputs(true);
+    const seqmix::LongConvFilterSpectrum spectrum(in.filter, {}, {D, T, seqmix::LongConvDirection::causal, false},
+                                                  st::two_thread_pool());
+    Tensor<float, 3> want({B, T, D}), y({B, T, D});
+    for (bool reverse : {false, true})
+      for (seqmix::LongConvMethod method :
+           {seqmix::LongConvMethod::direct, seqmix::LongConvMethod::fft, seqmix::LongConvMethod::automatic}) {
+        INFO("reverse " << reverse << " method " << int(method));
+        seqmix::BaseConvOptions options;
+        options.method = method, options.reverse = reverse;
+        seqmix::base_conv(in, {want.view()}, options, st::two_thread_pool());
+        seqmix::base_conv(in, spectrum, {y.view()}, options, st::two_thread_pool());
+        st::require_close("y", y.cview(), want.cview(), 3e-5);
+      }
+    // Segments carrying the state: a spectrum made with_state, for the longer segment's T.
+    const index_t first = T / 2;
+    const seqmix::LongConvFilterSpectrum stream(in.filter, {}, {D, T - first, seqmix::LongConvDirection::causal, true});
+    Tensor<float, 3> state({B, L - 1, D});
+    seqmix::BaseConvInputs head = in;
+    head.u = data.u.view().slice(1, 0, first);
+    seqmix::base_conv(head, {y.view().slice(1, 0, first), state.view()}, {}, st::two_thread_pool());
+    seqmix::BaseConvInputs tail = in;
+    tail.u = data.u.view().slice(1, first, T - first), tail.initial_state = state.view();
+    seqmix::base_conv(tail, stream, {y.view().slice(1, first, T - first), state.view()},
+                      {seqmix::LongConvMethod::fft}, st::two_thread_pool());
+    seqmix::base_conv(in, {want.view()}, {}, st::two_thread_pool());
+    st::require_close("segments y", y.cview(), want.cview(), 3e-5);
+    // Refused before any write: too long a call, a state the spectrum was not made for, another D.
+    y.fill(7.f);
+    const auto refused = [&](const seqmix::BaseConvInputs& call, const seqmix::LongConvFilterSpectrum& s) {
+      st::require_shape_error("spectrum", [&] { seqmix::base_conv(call, s, {y.view().slice(1, 0, call.u.size(1))}); });
+      for (index_t i = 0; i < y.numel(); ++i) REQUIRE(y.data()[i] == 7.f);
+    };
+    refused(in, stream);  // T beyond its max_tokens, and no state
+    seqmix::BaseConvInputs stated = tail;
+    stated.u = data.u.view().slice(1, 0, T - first);
+    refused(stated, spectrum);  // a state it was not made for
+    const seqmix::LongConvFilterSpectrum narrow(in.filter.slice(1, 0, D - 1), {}, {D - 1, T, seqmix::LongConvDirection::causal, false});
+    refused(in, narrow);  // the filter has D columns, the spectrum D - 1
+  }
+}

@@ -56,6 +56,27 @@ inline void base_conv_gate(const RowMajorMatrix<float>& p, const TensorView<floa
   });
 }
 
+// The projections, the long convolution of p2 into y (by `spectrum` when given) and the gate,
+// for a validated call with rows.
+template <class Deferred>
+void base_conv_run(const BaseConvInputs& in, const BaseConvOutputs& out, const BaseConvOptions& options,
+                   const LongConvFilterSpectrum* spectrum, const Executor& executor) {
+  const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2);
+  deferred_t<RowMajorMatrix<float>, Deferred> p;
+  base_conv_project<Deferred>(in.u, in.w1, in.w2, in.b1, in.b2, p, executor);
+  const index_t row = p.outerStride();
+  const ConstView<float, 3> p2(p.data() + D, {B, T, D}, {T * row, row, 1});
+  LongConvInputs args{p2, in.filter};
+  args.initial_state = in.initial_state;
+  LongConvOptions conv;
+  conv.method = options.method;
+  if (spectrum)
+    long_conv(args, *spectrum, {out.y, out.final_state}, conv, executor);
+  else
+    long_conv(args, {out.y, out.final_state}, conv, executor);
+  base_conv_gate(p, out.y, executor);
+}
+
 }  // namespace detail
 
 /// Fast prefill: same arguments and results as reference::base_conv (see reference.hpp) up to
@@ -81,16 +102,30 @@ void base_conv(const BaseConvInputs& in, const BaseConvOutputs& out, const BaseC
             out.final_state(b, r, d) = in.initial_state.has_value() ? in.initial_state(b, r, d) : 0.f;
     return;
   }
-  deferred_t<RowMajorMatrix<float>, Deferred> p;
-  detail::base_conv_project<Deferred>(in.u, in.w1, in.w2, in.b1, in.b2, p, executor);
-  const index_t row = p.outerStride();
-  const ConstView<float, 3> p2(p.data() + dims.D, {dims.B, dims.T, dims.D}, {dims.T * row, row, 1});
-  LongConvInputs args{p2, in.filter};
-  args.initial_state = in.initial_state;
-  LongConvOptions conv;
-  conv.method = options.method;
-  long_conv(args, {out.y, out.final_state}, conv, executor);
-  detail::base_conv_gate(p, out.y, executor);
+  detail::base_conv_run<Deferred>(in, out, options, nullptr, executor);
+}
+
+/// Fast prefill with the filter's spectrum made once (inference: the filter is a fixed weight):
+/// the same results as base_conv(in, out, options) up to float rounding, with two transforms per
+/// channel pair instead of three when the FFT form runs. Make it with
+/// `LongConvFilterSpectrum(in.filter, {}, {D, max_tokens, LongConvDirection::causal, with_state})`
+/// (with_state: the calls pass initial_state); which calls it serves is long_conv's contract
+/// (lti/long_conv/fft.hpp). `in.filter` must still be the filter it was made from. A spectrum
+/// that does not serve the call is a ShapeError naming `spectrum` before any output is written.
+template <class Deferred = void>
+void base_conv(const BaseConvInputs& in, const LongConvFilterSpectrum& spectrum, const BaseConvOutputs& out,
+               const BaseConvOptions& options = {}, const Executor& executor = serial_executor()) {
+  if (options.reverse) {
+    const auto rev = detail::base_conv_reversed_call(in, out);
+    return base_conv<Deferred>(rev.first, spectrum, rev.second, detail::forward_options(options), executor);
+  }
+  const auto dims = detail::validate_base_conv("base_conv", in, out, options);
+  // u has p2's shape, so it stands for the convolution's input in the check.
+  LongConvInputs conv_shape{in.u, in.filter};
+  conv_shape.initial_state = in.initial_state;
+  detail::check_long_conv_spectrum(ArgCheck("base_conv"), "spectrum", spectrum, conv_shape, LongConvOptions{});
+  if (dims.B == 0 || dims.T == 0 || dims.D == 0) return base_conv<Deferred>(in, out, options, executor);
+  detail::base_conv_run<Deferred>(in, out, options, &spectrum, executor);
 }
 
 }  // namespace seqmix
