@@ -117,6 +117,11 @@ inline Batch<float> log1p(const Batch<float>& x) noexcept { return xsimd::log1p(
 inline Batch<float> fma(const Batch<float>& a, const Batch<float>& b, const Batch<float>& c) noexcept {
   return xsimd::fma(a, b, c);
 }
+/// log(1 + x), x^y and max(a, b) in double lanes (xsimd's implementations; the relative biases
+/// that attention evaluates per logit in double).
+inline Batch<double> log1p(const Batch<double>& x) noexcept { return xsimd::log1p(x); }
+inline Batch<double> pow(const Batch<double>& x, const Batch<double>& y) noexcept { return xsimd::pow(x, y); }
+inline Batch<double> max(const Batch<double>& a, const Batch<double>& b) noexcept { return xsimd::max(a, b); }
 /// a * b + c in double lanes (the double-precision Cauchy sums of ssm_dplr_kernel).
 inline Batch<double> fma(const Batch<double>& a, const Batch<double>& b, const Batch<double>& c) noexcept {
   return xsimd::fma(a, b, c);

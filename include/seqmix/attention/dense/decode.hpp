@@ -382,15 +382,46 @@ struct LogitRule {
         return static_cast<float>(fire_value(rb, h, normalizer, std::abs(static_cast<double>(pos - j))));
       };
       if (cache && cache->has_fire_lines()) return cache->add_fire_row(s, j0, n, h, pos, normalizer, formula);
-      for (index_t c = 0; c < n; ++c) s[c] += formula(j0 + c);
-      return;
+      return add_distance_formula(s, j0, n, pos, [&](const DBatch& distance) { return fire_lanes(h, normalizer, distance); },
+                                  [&](double distance) { return fire_value(rb, h, normalizer, distance); });
     }
     const double r1 = rb.r1(h), r2 = rb.r2(h);
-    const bool power = rb.kind == RelativeBiasKind::kerple_power;
-    for (index_t c = 0; c < n; ++c) {
-      const double distance = std::abs(static_cast<double>(pos - (j0 + c)));
-      s[c] += static_cast<float>(power ? -r1 * std::pow(distance, r2) : -r1 * std::log1p(r2 * distance));
+    if (rb.kind == RelativeBiasKind::kerple_power)
+      add_distance_formula(s, j0, n, pos, [&](const DBatch& d) { return DBatch(-r1) * simd::pow(d, DBatch(r2)); },
+                           [&](double d) { return -r1 * std::pow(d, r2); });
+    else
+      add_distance_formula(s, j0, n, pos, [&](const DBatch& d) { return DBatch(-r1) * simd::log1p(DBatch(r2) * d); },
+                           [&](double d) { return -r1 * std::log1p(r2 * d); });
+  }
+
+  using DBatch = simd::Batch<double>;
+
+  // s[c] += formula(|pos - (j0 + c)|) for c < n, in double, a vector of keys at a time (decode and
+  // rows no table covers evaluate the bias per logit); `scalar` is the same formula for the tail.
+  template <class Vector, class Scalar>
+  static void add_distance_formula(float* s, index_t j0, index_t n, index_t pos, Vector&& vector, Scalar&& scalar) {
+    constexpr index_t kLanes = static_cast<index_t>(DBatch::size);
+    alignas(64) double lanes[kLanes];
+    index_t c = 0;
+    for (; c + kLanes <= n; c += kLanes) {
+      for (index_t k = 0; k < kLanes; ++k) lanes[k] = std::abs(static_cast<double>(pos - (j0 + c + k)));
+      simd::store(lanes, vector(simd::load(lanes)));
+      for (index_t k = 0; k < kLanes; ++k) s[c + k] += static_cast<float>(lanes[k]);
     }
+    for (; c < n; ++c) s[c] += static_cast<float>(scalar(std::abs(static_cast<double>(pos - (j0 + c)))));
+  }
+
+  // fire_value on a vector of distances, the units summed in fire_value's order.
+  DBatch fire_lanes(index_t h, double normalizer, const DBatch& distance) const {
+    const RelativeBias& rb = in.relative_bias;
+    const DBatch x = simd::log1p(DBatch(static_cast<double>(rb.fire_c)) * distance) / DBatch(normalizer);
+    DBatch out(static_cast<double>(rb.fire_b2(h)));
+    const DBatch zero(0.0);
+    for (index_t k = 0; k < rb.fire_w1.size(1); ++k) {
+      const DBatch unit = DBatch(static_cast<double>(rb.fire_w1(h, k))) * x + DBatch(static_cast<double>(rb.fire_b1(h, k)));
+      out = out + DBatch(static_cast<double>(rb.fire_w2(h, k))) * simd::max(zero, unit);
+    }
+    return out;
   }
 
   void softcap(float* s, index_t n) const {
