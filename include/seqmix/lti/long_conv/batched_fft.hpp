@@ -24,6 +24,8 @@
 
 #include <cmath>
 #include <cstddef>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "seqmix/core/simd.hpp"
@@ -71,6 +73,22 @@ struct FftTwiddles {
     return r;
   }
 };
+
+// The plan of length n (a power of two), built on first use and kept for the process: one per
+// length, immutable once built (std::call_once makes concurrent first callers wait for the one
+// building it). Why: long_conv built its plan on the calling thread for every call, 160 us at
+// N = 8192 (cos / sin in double, the bit reversals), a serial 1% of a 64-thread call's work that
+// alone idled ~40% of 64 cores (docs/parallel_grain.md, long_conv). Size: 16 N bytes with 8-byte
+// indices (2 MiB at N = 131072), for each length a process uses.
+inline const FftTwiddles& fft_twiddles(index_t n) {
+  constexpr int kLengths = 63;  // log2 n < 63 for any index_t length
+  static std::once_flag built[kLengths];
+  static std::unique_ptr<const FftTwiddles> plans[kLengths];
+  int log2n = 0;
+  while ((index_t{1} << log2n) < n) ++log2n;
+  std::call_once(built[log2n], [&] { plans[log2n] = std::make_unique<const FftTwiddles>(index_t{1} << log2n); });
+  return *plans[log2n];
+}
 
 // One element of a batched signal in registers: kWidth real parts and kWidth imaginary parts.
 struct FftValue {

@@ -156,7 +156,7 @@ inline void long_conv_direct(const LongConvInputs& in, const LongConvOutputs& ou
     const auto rev = detail::long_conv_reversed_call(in, out);
     return long_conv_direct(rev.first, rev.second, detail::forward_options(options), executor);
   }
-  detail::validate_long_conv("long_conv_direct", in, out, options);
+  detail::validate_long_conv("long_conv_direct", in, out, options, true, executor);
   detail::long_conv_direct_run(in, out.y, executor);
   if (out.final_state.has_value())
     for (index_t b = 0; b < in.u.size(0); ++b) detail::long_conv_write_final_state(in, out.final_state, b);

@@ -56,16 +56,21 @@ inline bool long_conv_prefers_fft(const LongConvDims& dims, bool has_state, bool
   return fft_ns < direct_ns;
 }
 
+// The form a call runs, validated like long_conv_method, the filters' check over `executor`.
+inline LongConvMethod long_conv_choose(const LongConvInputs& in, const LongConvOutputs& out,
+                                       const LongConvOptions& options, const Executor& executor) {
+  const auto dims = validate_long_conv("long_conv", in, out, options, true, executor);
+  if (options.method != LongConvMethod::automatic) return options.method;
+  return long_conv_prefers_fft(dims, in.initial_state.has_value()) ? LongConvMethod::fft : LongConvMethod::direct;
+}
+
 }  // namespace detail
 
 /// Which form long_conv runs for these arguments (LongConvMethod::direct or LongConvMethod::fft), the choice
 /// of the measured cost model when options.method is automatic. Validates like long_conv.
 inline LongConvMethod long_conv_method(const LongConvInputs& in, const LongConvOutputs& out,
                                        const LongConvOptions& options = {}) {
-  const auto dims = detail::validate_long_conv("long_conv", in, out, options);
-  if (options.method != LongConvMethod::automatic) return options.method;
-  return detail::long_conv_prefers_fft(dims, in.initial_state.has_value()) ? LongConvMethod::fft
-                                                                            : LongConvMethod::direct;
+  return detail::long_conv_choose(in, out, options, serial_executor());
 }
 
 /// The form long_conv(in, spectrum, out, options) runs: as above, with the FFT form costed at
@@ -90,7 +95,7 @@ inline void long_conv(const LongConvInputs& in, const LongConvOutputs& out, cons
     const auto rev = detail::long_conv_reversed_call(in, out);
     return long_conv(rev.first, rev.second, detail::forward_options(options), executor);
   }
-  const LongConvMethod method = long_conv_method(in, out, options);
+  const LongConvMethod method = detail::long_conv_choose(in, out, options, executor);
   if (method == LongConvMethod::fft)
     detail::long_conv_fft_run(in, out.y, executor);
   else

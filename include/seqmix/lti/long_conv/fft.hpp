@@ -209,9 +209,11 @@ inline void long_conv_store_row(const float* src, index_t lanes, float* dst) noe
 // Copies taps [0, taps) of the walk's filter columns to their signals (block k's tap s at
 // x + (k N + s) E; lane c % W of part c / W: channel c of the block, real part channel a,
 // imaginary part channel b of each pair), one row of h after the other.
+// imaginary: a narrow walk's taps into the imaginary parts only (long_conv_packed_product), the
+// real parts left as they are.
 inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongConvWalk& walk, index_t taps,
-                                       index_t group, index_t N, float* x) {
-  constexpr index_t E = kFftElement;
+                                       index_t group, index_t N, float* x, bool imaginary = false) {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
   // One filter per channel, adjacent: a block's row is walk.lanes contiguous floats.
   const bool unit = group == 1 && h.stride(1) == 1;
   alignas(64) float buffer[E];
@@ -225,7 +227,10 @@ inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongC
         for (index_t i = 0; i < walk.lanes; ++i) buffer[i] = i < width ? h(s, (c + i) / group) : 0.f;
         src = buffer;
       }
-      long_conv_store_row(src, walk.lanes, x + (k * N + s) * E);
+      if (imaginary)
+        simd::store(x + (k * N + s) * E + W, simd::load(src));  // walk.lanes == W
+      else
+        long_conv_store_row(src, walk.lanes, x + (k * N + s) * E);
     }
   }
 }
@@ -317,6 +322,29 @@ inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddl
   }
 }
 
+// The product of spectra of a packed narrow block (long_conv_load_filter_rows, imaginary: input in the real
+// parts, filter in the imaginary parts, z = U + i H), in place over positions [first, first + len)
+// and their mirrors as long_conv_spectral_product. For real u and h, conj Z[-k] = U - i H, so
+// U H = (z^2 - conj(zm)^2) / 4i, and Y[-k] = conj Y[k] (y is real). c = 1 / 4N (the inverse runs
+// unscaled).
+inline void long_conv_packed_product(float* x, const FftTwiddles& tw, index_t first, index_t mirror_first,
+                                     index_t len) noexcept {
+  constexpr index_t E = kFftElement;
+  const FftBatch c(0.25f / static_cast<float>(tw.N));
+  for (index_t k = first; k < first + len; ++k) {
+    const index_t mk = tw.mirror[static_cast<std::size_t>(k)];
+    if (mirror_first == first && mk < k) continue;
+    const FftValue z = fft_load(x + k * E), zm = fft_load(x + mk * E);
+    // z^2 - conj(zm)^2 = (z.re^2 - z.im^2 - zm.re^2 + zm.im^2) + i (2 z.re z.im + 2 zm.re zm.im)
+    const FftBatch re = simd::fma(z.re, z.re, -(z.im * z.im)) - simd::fma(zm.re, zm.re, -(zm.im * zm.im));
+    const FftBatch im = simd::fma(z.re, z.im, zm.re * zm.im);
+    // (re + i im) / 4i / N = (im - i re) c: the 2 of im folded into c's 1/4 -> 1/2
+    const FftValue y{im * (c + c), -(re * c)};
+    fft_store(x + k * E, y);
+    if (mk != k) fft_store(x + mk * E, FftValue{y.re, FftBatch(0.f) - y.im});
+  }
+}
+
 // One block's convolution in place: the forward transform of its window (the first `rows`
 // elements, the rest zero and never read), the product with the filters' pair spectrum G, and
 // the inverse, storing positions [first, first + count). frequency0: the spectrum's position 0
@@ -328,6 +356,7 @@ inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddl
 // inverse's first read. The same operations per element as the transforms one after the other.
 // Tried and slower at N = 131072 (medians of 6, loaded, 272 against 258 ms per call): the same
 // recursively, each part pair's own parts paired down to the cache blocks.
+// G null: a packed narrow block (long_conv_packed_product), its filter in the signal.
 inline void long_conv_convolve_block(float* x, const float* G, index_t rows, index_t first, index_t count,
                                      const FftTwiddles& tw, float* frequency0) noexcept {
   constexpr index_t E = kFftElement;
@@ -340,7 +369,10 @@ inline void long_conv_convolve_block(float* x, const float* G, index_t rows, ind
     if (mirror != part) fft_dif(x + mirror * E, len, tw);
     if (part == 0)
       for (index_t i = 0; i < E; ++i) frequency0[i] = x[i];
-    long_conv_spectral_product(x, G, tw, part, mirror, len);
+    if (G == nullptr)
+      long_conv_packed_product(x, tw, part, mirror, len);
+    else
+      long_conv_spectral_product(x, G, tw, part, mirror, len);
     fft_dit_inverse(x + part * E, len, tw);
     if (mirror != part) fft_dit_inverse(x + mirror * E, len, tw);
   }
@@ -428,11 +460,19 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2), N = tw.N;
   const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
   const auto size = static_cast<std::size_t>(walk.blocks * N * E);
-  const bool own_spectra = prepared == nullptr || walk.lanes != E;
+  // A narrow walk of a causal call transforms its filters with its input, one per lane's
+  // imaginary part (long_conv_packed_product): two transforms per block and batch row instead of
+  // three for the first row. Why: narrow walks run when threads outnumber the blocks (at 64
+  // threads, D = 768), where each task's length is the call's time.
+  const bool packed = prepared == nullptr && walk.lanes == W && !in.filter_backward.has_value();
+  const bool own_spectra = !packed && (prepared == nullptr || walk.lanes != E);
   if (scratch.x.size() < size) scratch.x.resize(size);
   if (own_spectra && scratch.G.size() < size) scratch.G.resize(size);
-  const float* G = scratch.G.data();
-  if (prepared == nullptr) {
+  const float* G = packed ? nullptr : scratch.G.data();
+  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
+  if (packed) {
+    // no spectra: each batch row's signal carries the filters (loaded below, with the window)
+  } else if (prepared == nullptr) {
     long_conv_filter_spectra(in, walk, scratch, tw);
   } else if (walk.lanes == E) {
     G = prepared + walk.c0 / E * N * E;  // the walk's blocks are adjacent full blocks
@@ -445,11 +485,12 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   float* x = scratch.x.data();
   for (index_t b = 0; b < B; ++b) {
     long_conv_gather_rows(in, walk, b, S, N, x);
+    if (packed) long_conv_load_filter_rows(in.filter, walk, taps, D / in.filter.size(1), N, x, true);
     // Block after block, its transforms and product while its signal is in cache.
     for (index_t k = 0; k < walk.blocks; ++k) {
       float* xk = x + k * N * E;
       alignas(64) float lanes[E];
-      long_conv_convolve_block(xk, G + k * N * E, S + T, S, T, tw, lanes);
+      long_conv_convolve_block(xk, packed ? nullptr : G + k * N * E, S + T, S, T, tw, lanes);
       // Non-finite input: the spectrum's frequency 0 (position 0) is the plain sum of the window
       // (no twiddle on that path), so 0 * Z[0] is NaN in a lane part exactly when that channel's
       // window holds an inf or NaN (or, harmlessly, when finite values overflow the sum). Such a
@@ -487,44 +528,116 @@ inline index_t long_conv_fft_block_lanes(index_t D, int concurrency) {
   return concurrency > 2 && narrow > full && narrow <= concurrency ? simd::kWidth : kFftElement;
 }
 
-// FFT form over a validated call (prepared: as in long_conv_fft_walk; its FFT length is the call's).
+// Overlap-save segments of a call's outputs: `count` runs of `length` outputs (the last one
+// shorter), each convolved on its own from the L-1 inputs before it (the call's state for the
+// first) with transforms of length N. Why: at many threads a call with few channel blocks leaves
+// cores idle (D = 768: 24 blocks of pairs, 48 narrow ones, for 64 threads), and a short filter
+// does not need the whole window in one transform: at T = 4096, L = 64 five segments of 820
+// outputs run transforms of 1024 instead of 8192, 120 tasks a tenth as long each (two rounds on
+// 64 cores) instead of 48.
+struct LongConvFftSegments {
+  index_t count = 1, length = 0, N = 0;
+};
+
+// Shortest segment: 8 (L-1) outputs (under a ninth of its window is the overlap) and at least
+// 256 (a task also walks its filter and pays its dispatch).
+constexpr index_t kLongConvMinSegmentRows = 256;
+
+// The segments a causal call runs on `concurrency` threads, each segment a task per block of
+// channel pairs: the count whose rounds of tasks (ceil(blocks x count / threads)) times a
+// task's transforms (3 N log2 N) is smallest, fewer tasks on a tie; one segment (the whole
+// window, narrow packed blocks of 2 transforms when long_conv_fft_block_lanes picks them) unless
+// that is under 0.8x the whole call's estimate. Not at one or two threads, whose path and cost model (fast.hpp,
+// measured on whole windows) stay as they were, nor for bidirectional calls (the backward taps
+// read ahead of a segment).
+inline LongConvFftSegments long_conv_fft_segments(const LongConvDims& dims, bool has_state, int concurrency) {
+  const index_t whole_N = long_conv_fft_length(dims, has_state);
+  LongConvFftSegments best{1, dims.T, whole_N};
+  if (concurrency <= 2 || dims.Lb > 0) return best;
+  const auto cost = [](index_t n) { return static_cast<double>(n) * std::log2(static_cast<double>(n)); };
+  const auto rounds = [&](index_t tasks) { return static_cast<double>((tasks + concurrency - 1) / concurrency); };
+  const index_t pairs = (dims.D + kFftElement - 1) / kFftElement;
+  const index_t lanes = long_conv_fft_block_lanes(dims.D, concurrency);
+  const double whole = rounds((dims.D + lanes - 1) / lanes) * (lanes == kFftElement ? 3.0 : 2.0) * cost(whole_N);
+  const index_t min_rows = std::max(kLongConvMinSegmentRows, 8 * (dims.L - 1));
+  double best_cost = 0.8 * whole, best_work = 0.0;
+  for (index_t count = 2; count <= concurrency && dims.T / count >= min_rows; ++count) {
+    const index_t length = (dims.T + count - 1) / count, N = long_conv_fft_size(dims.L - 1 + length);
+    const double time = rounds(pairs * count) * 3.0 * cost(N), work = static_cast<double>(pairs * count) * cost(N);
+    if (time < best_cost || (time == best_cost && best.count > 1 && work < best_work))
+      best = {count, length, N}, best_cost = time, best_work = work;
+  }
+  return best;
+}
+
+// Segment [t0, t1) of a call as a call of its own: those inputs and, after the first segment,
+// the L-1 inputs before t0 as its state (t0 >= L-1 by long_conv_fft_segments' lengths).
+inline LongConvInputs long_conv_segment_inputs(const LongConvInputs& in, index_t t0, index_t t1) {
+  if (t0 == 0 && t1 == in.u.size(1)) return in;
+  LongConvInputs part = in;
+  const index_t S = in.filter.size(0) - 1;
+  part.u = in.u.slice(1, t0, t1 - t0);
+  if (t0 > 0) part.initial_state = S > 0 ? in.u.slice(1, t0 - S, S) : ConstView<float, 3>{};
+  return part;
+}
+
+// Recomputes by the direct form the channels `nonfinite` lists (b * D + d, sorted, unique).
+// A channel whose input holds inf or NaN (and its pair) in a batch row: the FFT spread the
+// value to every output of that row, so the direct form recomputes them and the non-finite values
+// reach only the outputs that read them (docs/reliability.md, "Non-finite values"). Channels are
+// independent.
+inline void long_conv_fix_nonfinite(const LongConvInputs& in, const TensorView<float, 3>& y,
+                                    const std::vector<index_t>& nonfinite) {
+  const index_t D = in.u.size(2);
+  for (index_t bd : nonfinite) {
+    const index_t b = bd / D, d = bd % D;
+    LongConvInputs one = in;
+    const index_t g = d / (D / in.filter.size(1));
+    one.u = in.u.slice(0, b, 1).slice(2, d, 1);
+    one.filter = in.filter.slice(1, g, 1);
+    if (in.filter_backward.has_value()) one.filter_backward = in.filter_backward.slice(1, g, 1);
+    if (in.skip.has_value()) one.skip = in.skip.slice(0, d, 1);
+    if (in.bias.has_value()) one.bias = in.bias.slice(0, d, 1);
+    if (in.initial_state.has_value()) one.initial_state = in.initial_state.slice(0, b, 1).slice(2, d, 1);
+    long_conv_direct_run(one, y.slice(0, b, 1).slice(2, d, 1), serial_executor());
+  }
+}
+
+// FFT form over a validated call (prepared: as in long_conv_fft_walk; its FFT length is the
+// call's, so a prepared call never splits into segments).
 inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
                               const float* prepared = nullptr) {
-  const index_t D = in.u.size(2), B = in.u.size(0);
-  const LongConvDims dims{B, in.u.size(1), D, in.filter.size(0),
+  const index_t D = in.u.size(2), B = in.u.size(0), T = in.u.size(1);
+  const LongConvDims dims{B, T, D, in.filter.size(0),
                           in.filter_backward.has_value() ? in.filter_backward.size(0) : 0, in.filter.size(1)};
-  const FftTwiddles tw(long_conv_fft_length(dims, in.initial_state.has_value()));
-  const index_t lanes = long_conv_fft_block_lanes(D, executor.concurrency());
+  const bool has_state = in.initial_state.has_value();
+  const LongConvFftSegments segments = prepared != nullptr
+                                           ? LongConvFftSegments{1, T, long_conv_fft_length(dims, has_state)}
+                                           : long_conv_fft_segments(dims, has_state, executor.concurrency());
+  const FftTwiddles& tw = fft_twiddles(segments.N);
+  const index_t lanes = segments.count > 1 ? kFftElement : long_conv_fft_block_lanes(D, executor.concurrency());
   const index_t blocks = (D + lanes - 1) / lanes;
-  const index_t per_walk = long_conv_fft_walk_blocks(blocks, executor.concurrency());
-  const index_t walks = (blocks + per_walk - 1) / per_walk;
-  std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(walks));
+  const index_t per_walk = segments.count > 1 ? 1 : long_conv_fft_walk_blocks(blocks, executor.concurrency());
+  const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
+  std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(tasks));
   LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
-  parallel_for(executor, walks, 1, [&](index_t begin, index_t end) {
+  parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
     std::unique_ptr<LongConvFftScratch> scratch = pool.take();
     for (index_t i = begin; i < end; ++i) {
-      const index_t first = i * per_walk;
+      const index_t first = i / segments.count * per_walk, segment = i % segments.count;
       const LongConvWalk walk{first * lanes, std::min(per_walk, blocks - first), D, lanes};
-      long_conv_fft_walk(in, y, tw, walk, prepared, *scratch, nonfinite[static_cast<std::size_t>(i)]);
+      const index_t t0 = segment * segments.length, t1 = std::min(T, t0 + segments.length);
+      long_conv_fft_walk(long_conv_segment_inputs(in, t0, t1), y.slice(1, t0, t1 - t0), tw, walk, prepared, *scratch,
+                         nonfinite[static_cast<std::size_t>(i)]);
     }
     pool.give(std::move(scratch));
   });
-  // A channel whose input holds inf or NaN (and its pair) in a batch row: the FFT spread the
-  // value to every output of that row, so the direct form recomputes them and the non-finite values reach only the outputs
-  // that read them (docs/reliability.md, "Non-finite values"). Channels are independent.
-  for (const auto& list : nonfinite)
-    for (index_t bd : list) {
-      const index_t b = bd / D, d = bd % D;
-      LongConvInputs one = in;
-      const index_t g = d / (D / in.filter.size(1));
-      one.u = in.u.slice(0, b, 1).slice(2, d, 1);
-      one.filter = in.filter.slice(1, g, 1);
-      if (in.filter_backward.has_value()) one.filter_backward = in.filter_backward.slice(1, g, 1);
-      if (in.skip.has_value()) one.skip = in.skip.slice(0, d, 1);
-      if (in.bias.has_value()) one.bias = in.bias.slice(0, d, 1);
-      if (in.initial_state.has_value()) one.initial_state = in.initial_state.slice(0, b, 1).slice(2, d, 1);
-      long_conv_direct_run(one, y.slice(0, b, 1).slice(2, d, 1), serial_executor());
-    }
+  std::vector<index_t> channels;
+  for (const auto& list : nonfinite) channels.insert(channels.end(), list.begin(), list.end());
+  if (channels.empty()) return;
+  std::sort(channels.begin(), channels.end());  // a channel's segments each listed it
+  channels.erase(std::unique(channels.begin(), channels.end()), channels.end());
+  long_conv_fix_nonfinite(in, y, channels);
 }
 
 }  // namespace detail
@@ -658,11 +771,11 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
     check.shape("filter_backward", filter_backward, {-1, G}, "Lb,G");
     Lb = filter_backward.size(0);
     if (Lb < 1) check.fail("filter_backward", "must have at least one tap (Lb >= 1) in a bidirectional call");
-    detail::check_finite_filter(check, "filter_backward", filter_backward);
+    detail::check_finite_filter(check, "filter_backward", filter_backward, executor);
   } else if (filter_backward.has_value()) {
     check.fail("filter_backward", "is given but shape.direction is causal");
   }
-  detail::check_finite_filter(check, "filter", filter);
+  detail::check_finite_filter(check, "filter", filter, executor);
 
   const index_t T = shape.max_tokens, N = detail::long_conv_fft_length_for(T, D, L, Lb, G, shape.with_state);
   index_t lo = 1, hi = T;  // the shortest T of the same FFT length (the length grows with T)
@@ -681,7 +794,7 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
   const auto taps = detail::long_conv_fft_filter_taps(L, Lb, T, shape.with_state);
   const index_t blocks = (D + E - 1) / E;
   spectra_.assign(static_cast<std::size_t>(blocks * N * E), 0.f);
-  const detail::FftTwiddles tw(N);
+  const detail::FftTwiddles& tw = detail::fft_twiddles(N);
   detail::LongConvFftScratchPool& pool = detail::LongConvFftScratchPool::local();
   parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
     std::unique_ptr<detail::LongConvFftScratch> scratch = pool.take();
@@ -701,7 +814,9 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
 /// transform, one pair per SIMD lane), multiplied by the filter's spectrum and transformed back.
 /// Threaded over groups of up to 4 blocks of 2 * simd::kWidth channels (fewer when the call
 /// would split into fewer than two groups per thread; blocks of simd::kWidth channels when more
-/// than two threads would otherwise idle); scratch per task and block 2 N * 2 *
+/// than two threads would otherwise idle; on more than two threads, a causal call with a short
+/// filter in overlap-save segments of its outputs, a task per segment and block, when that
+/// finishes sooner); scratch per task and block 2 N * 2 *
 /// simd::kWidth floats (the signal and the filters' spectrum, kept by the calling thread for its
 /// next call: 128 MiB per task of 4 blocks at N = 131072 with AVX-512). A channel whose input is not finite is computed
 /// by the direct form, with its pair.
@@ -711,7 +826,7 @@ inline void long_conv_fft(const LongConvInputs& in, const LongConvOutputs& out, 
     const auto rev = detail::long_conv_reversed_call(in, out);
     return long_conv_fft(rev.first, rev.second, detail::forward_options(options), executor);
   }
-  detail::validate_long_conv("long_conv_fft", in, out, options);
+  detail::validate_long_conv("long_conv_fft", in, out, options, true, executor);
   detail::long_conv_fft_run(in, out.y, executor);
   if (out.final_state.has_value())
     for (index_t b = 0; b < in.u.size(0); ++b) detail::long_conv_write_final_state(in, out.final_state, b);

@@ -16,9 +16,11 @@
 //   u[t..t+L-1] (anti-causal) and the state rows are inputs in processing order (see the option).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "seqmix/core/batch.hpp"
 #include "seqmix/core/direction.hpp"
@@ -85,27 +87,53 @@ struct LongConvDims {
 
 // The first non-finite element of a [L,G] filter, refused with its position: a NaN tap would
 // reach every later output (and, through the FFT, every output) of its channels.
-// Whether every element of h is finite, read a vector at a time when its rows are contiguous
-// (false otherwise, also when unsure). Why: validation reads the whole filter on every call, one
-// core only; at L = 4096, D = 768 the scalar loop was 6% of the FFT form's CPU time and 5 of its
-// 64-thread call's 6% serial share (tools/parallel_grain).
-inline bool filter_rows_finite(const ConstView<float, 2>& h) noexcept {
+// Whether rows [s0, s1) of h are all finite, read a vector at a time when its rows are contiguous
+// (false otherwise, also when unsure). Four sums: one would wait on its add's latency at every
+// vector.
+inline bool filter_rows_finite(const ConstView<float, 2>& h, index_t s0, index_t s1) noexcept {
   if (h.stride(1) != 1) return false;
+  using Batch = simd::Batch<float>;
   constexpr index_t W = simd::kWidth;
   const index_t G = h.size(1);
-  simd::Batch<float> zeros(0.f);  // x * 0 is 0 for finite x, NaN for inf or NaN
+  const Batch zero(0.f);
+  Batch z0(0.f), z1(0.f), z2(0.f), z3(0.f);  // x * 0 is 0 for finite x, NaN for inf or NaN
   float tail = 0.f;
-  for (index_t s = 0; s < h.size(0); ++s) {
+  for (index_t s = s0; s < s1; ++s) {
     const float* row = h.ptr(s, 0);
     index_t g = 0;
-    for (; g + W <= G; g += W) zeros += simd::load(row + g) * simd::Batch<float>(0.f);
+    for (; g + 4 * W <= G; g += 4 * W) {
+      z0 += simd::load(row + g) * zero, z1 += simd::load(row + g + W) * zero;
+      z2 += simd::load(row + g + 2 * W) * zero, z3 += simd::load(row + g + 3 * W) * zero;
+    }
+    for (; g + W <= G; g += W) z0 += simd::load(row + g) * zero;
     for (; g < G; ++g) tail += row[g] * 0.f;
   }
-  return simd::reduce_add(zeros) + tail == 0.f;
+  return simd::reduce_add((z0 + z1) + (z2 + z3)) + tail == 0.f;
 }
 
-inline void check_finite_filter(const ArgCheck& check, const char* name, const ConstView<float, 2>& h) {
-  if (filter_rows_finite(h)) return;  // else find the element the message names
+// The check of the whole filter, in row ranges over `executor` (tasks that only read and report)
+// when it has more than two threads. Why: validation reads the whole filter on every call; at
+// L = 4096, D = 768 (12 MiB) that took 240 us on the calling thread, 1.3% of the FFT form's work,
+// which alone idled a third of 64 cores (docs/parallel_grain.md, long_conv). On one or two
+// threads it stays on the caller: there it is ~2% of the call's time, less than what another
+// hand-off to the pool can cost on a loaded machine. Ranges of at least 64 KiB, so a small
+// filter stays one read on the caller.
+inline bool filter_finite(const ConstView<float, 2>& h, const Executor& executor) {
+  const index_t L = h.size(0), G = std::max<index_t>(h.size(1), 1);
+  const index_t threads = executor.concurrency();
+  const index_t rows = std::max((L + threads - 1) / threads, (index_t{16384} + G - 1) / G);
+  const index_t ranges = (L + rows - 1) / rows;
+  if (threads <= 2 || ranges <= 1) return filter_rows_finite(h, 0, L);
+  std::vector<char> finite(static_cast<std::size_t>(ranges), 0);
+  executor.run(ranges, [&](index_t i) {
+    finite[static_cast<std::size_t>(i)] = filter_rows_finite(h, i * rows, std::min(L, (i + 1) * rows)) ? 1 : 0;
+  });
+  return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
+}
+
+inline void check_finite_filter(const ArgCheck& check, const char* name, const ConstView<float, 2>& h,
+                                const Executor& executor = serial_executor()) {
+  if (filter_finite(h, executor)) return;  // else find the element the message names
   for (index_t s = 0; s < h.size(0); ++s)
     for (index_t g = 0; g < h.size(1); ++g)
       if (!std::isfinite(h(s, g)))
@@ -128,8 +156,10 @@ void long_conv_no_overlap(const ArgCheck& check, const char* output, const Out& 
 // Validates a prefill call (shared by every form), before anything is written. filter_values:
 // false skips the filters' finiteness check, for a call with a prepared spectrum whose making
 // checked them (the check reads the whole filter, which that call otherwise never reads).
+// executor: where the filters' check runs (filter_finite); the fast forms pass theirs.
 inline LongConvDims validate_long_conv(const char* op, const LongConvInputs& in, const LongConvOutputs& out,
-                                       const LongConvOptions& options, bool filter_values = true) {
+                                       const LongConvOptions& options, bool filter_values = true,
+                                       const Executor& executor = serial_executor()) {
   const ArgCheck check(op);
   check.enum_value("options.direction", options.direction, 2).enum_value("options.method", options.method, 3);
   check.shape("u", in.u, {-1, -1, -1}, "B,T,D");
@@ -156,8 +186,8 @@ inline LongConvDims validate_long_conv(const char* op, const LongConvInputs& in,
   check.optional_shape("initial_state", in.initial_state, {B, L - 1, D}, "B,L-1,D");
   check.shape("y", out.y, {B, T, D}, "B,T,D");
   check.optional_shape("final_state", out.final_state, {B, L - 1, D}, "B,L-1,D");
-  if (filter_values) check_finite_filter(check, "filter", in.filter);
-  if (filter_values && bidirectional) check_finite_filter(check, "filter_backward", in.filter_backward);
+  if (filter_values) check_finite_filter(check, "filter", in.filter, executor);
+  if (filter_values && bidirectional) check_finite_filter(check, "filter_backward", in.filter_backward, executor);
   if (in.skip.has_value()) check_finite_vector(check, "skip", in.skip);
   if (in.bias.has_value()) check_finite_vector(check, "bias", in.bias);
   // The fast forms read every input while they write y; final_state may be initial_state itself.
