@@ -67,6 +67,8 @@ const std::vector<FireCase> kFireCases = {
     {"prefill-positions-far", 1, 40, 100, 2, 2, 80, 8, 30.f, false, true, false},
     {"decode", 2, 1, 700, 8, 2, 64, 32, 512.f, true, false, true},
     {"decode-beyond-threshold", 1, 3, 400, 4, 2, 64, 4, 100.f, true, false, false},
+    // A late chunk of a prefill: every query above L, so only the lines serve its rows.
+    {"prefill-chunk-above-threshold", 1, 20, 300, 4, 2, 64, 8, 100.f, true, false, false},
 };
 
 void check_fire_case(const FireCase& c, std::uint64_t seed) {
@@ -171,6 +173,25 @@ TEST_CASE("fire: the prefill's lines above L equal the MLP per logit", "[attenti
         }
       }
     }
+}
+
+// Rows above L never read the per-offset table, so a call whose queries all lie above L (a late
+// chunk of a long prefill) does not build it; one query at L still needs it.
+TEST_CASE("fire: a prefill with every query above L builds no per-offset table", "[attention][bias]") {
+  const index_t Hq = 2, W = 4;
+  const FireParams params(Hq, W, 9950);
+  seqmix::RelativeBias rb;
+  rb.kind = seqmix::RelativeBiasKind::fire, rb.fire_threshold = 100.f;
+  rb.fire_w1 = params.w1.view(), rb.fire_b1 = params.b1.view(), rb.fire_w2 = params.w2.view(), rb.fire_b2 = params.b2.view();
+  const auto above = seqmix::detail::prefill_bias_cache(rb, Hq, 16, 300, 101, seqmix::serial_executor());
+  CHECK(above.built());
+  CHECK(above.bias.empty());
+  CHECK(above.has_fire_lines());
+  CHECK_FALSE(above.covers(101));
+  const auto at = seqmix::detail::prefill_bias_cache(rb, Hq, 16, 300, 100, seqmix::serial_executor());
+  CHECK(at.bias.size() == static_cast<std::size_t>(Hq * at.width()));
+  CHECK(at.covers(100));
+  CHECK_FALSE(at.covers(101));
 }
 
 TEST_CASE("fire: bad parameters are refused before writing", "[attention][bias]") {

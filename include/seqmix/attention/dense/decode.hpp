@@ -197,13 +197,19 @@ struct DistanceBiasCache {
   }
 
   // The table of Hq heads for keys within `distances` of every query, heads spread over the
-  // executor (T5: within max_distance, if nearer).
-  static DistanceBiasCache build(const RelativeBias& rb, index_t Hq, index_t distances, const Executor& executor) {
+  // executor (T5: within max_distance, if nearer). `lowest_position` is the call's lowest query
+  // position: FIRE rows above L take the lines, so when every row lies above L (a late chunk of
+  // a long prefill) no row would read the per-offset table, and it is not built.
+  static DistanceBiasCache build(const RelativeBias& rb, index_t Hq, index_t distances, const Executor& executor,
+                                 index_t lowest_position = 0) {
     DistanceBiasCache cache;
     const bool t5 = rb.kind == RelativeBiasKind::t5, fire = rb.kind == RelativeBiasKind::fire;
     cache.reach = t5 ? std::min(rb.max_distance, distances) : std::max<index_t>(distances - 1, 0);
     cache.clamps = t5 && cache.reach == rb.max_distance;
-    if (fire) cache.limit = static_cast<double>(rb.fire_threshold);
+    const bool table_rows = !fire || static_cast<double>(lowest_position) <= static_cast<double>(rb.fire_threshold);
+    if (fire) cache.limit = table_rows ? static_cast<double>(rb.fire_threshold) : -std::numeric_limits<double>::infinity();
+    if (fire) cache.build_fire_lines(rb, Hq);
+    if (!table_rows) return cache;
     const index_t width = cache.width(), reach = cache.reach;
     cache.bias.resize(static_cast<std::size_t>(Hq * width));
     // A query at position 0 has FIRE's normalizer of every position up to L, and the other kinds
@@ -217,7 +223,6 @@ struct DistanceBiasCache {
               static_cast<float>(fire ? fire_value(rb, h, normalizer, std::abs(static_cast<double>(rel)))
                                       : relative_bias_value(rb, h, 0, rel));
     });
-    if (fire) cache.build_fire_lines(rb, Hq);
     return cache;
   }
 

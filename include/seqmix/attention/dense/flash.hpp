@@ -18,6 +18,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -340,14 +341,24 @@ void flash_block_dense(const AttentionInputs<KV, Q>& in, const AttentionOutputs&
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk), cache);
 }
 
-// The per-offset bias of a prefill whose keys lie within `distances` of every query, when
-// its kind is worth a table and the queries are many enough (each offset is then looked up
-// by many rows); empty otherwise.
+// The per-offset bias of a prefill whose keys lie within `distances` of every query and whose
+// lowest query position is `lowest_position`, when its kind is worth a table and the queries
+// are many enough (each offset is then looked up by many rows); empty otherwise.
 inline DistanceBiasCache prefill_bias_cache(const RelativeBias& rb, index_t Hq, index_t Tq, index_t distances,
-                                            const Executor& executor) {
+                                            index_t lowest_position, const Executor& executor) {
   constexpr index_t kMinQueries = 16;  // below, the table costs about what it saves
   if (!DistanceBiasCache::wanted(rb) || Tq < kMinQueries) return {};
-  return DistanceBiasCache::build(rb, Hq, distances, executor);
+  return DistanceBiasCache::build(rb, Hq, distances, executor, lowest_position);
+}
+
+// The lowest query position of an unpacked call (default positions: Tk - Tq).
+template <class KV, class Q>
+index_t lowest_query_position(const AttentionInputs<KV, Q>& in, const AttentionDims& d) {
+  if (!in.positions.has_value()) return d.Tk - d.Tq;
+  index_t lowest = std::numeric_limits<index_t>::max();
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t i = 0; i < d.Tq; ++i) lowest = std::min(lowest, in.positions(b, i));
+  return lowest;
 }
 
 // One task of a packed call: query block [i0, i0 + nq) of one sequence against KV head hk.
@@ -381,7 +392,8 @@ void attention_flash_varlen(const AttentionInputs<KV, Q>& in, const AttentionOut
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const VarlenTask& a, const VarlenTask& b) { return a.cost > b.cost; });
   // Positions are local to each sequence: distances stay below the longest one.
-  const DistanceBiasCache cache = prefill_bias_cache(in.relative_bias, d.Hq, seqs.max_tokens(), seqs.max_tokens(), executor);
+  const DistanceBiasCache cache =
+      prefill_bias_cache(in.relative_bias, d.Hq, seqs.max_tokens(), seqs.max_tokens(), 0, executor);
   const DistanceBiasCache* const table = cache.built() ? &cache : nullptr;
   executor.run(static_cast<index_t>(tasks.size()), [&](index_t t) {
     const VarlenTask& task = tasks[static_cast<std::size_t>(t)];
@@ -414,9 +426,10 @@ void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& o
   const float scale = attention_scale(options, d.Dk);
   const index_t G = d.group(), bq = flash_query_block(G, d.Tq), blocks = (d.Tq + bq - 1) / bq;
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
-  // KERPLE / FIRE per distance, once per call: with the default positions every distance is
-  // below Tk (given positions farther away fall back to the formula, key by key).
-  const DistanceBiasCache cache = prefill_bias_cache(in.relative_bias, d.Hq, d.Tq, d.Tk, executor);
+  // T5 / KERPLE / FIRE per offset, once per call: with the default positions every offset is
+  // within Tk (given positions farther away fall back to the formula, key by key).
+  const DistanceBiasCache cache =
+      prefill_bias_cache(in.relative_bias, d.Hq, d.Tq, d.Tk, lowest_query_position(in, d), executor);
   const DistanceBiasCache* const table = cache.built() ? &cache : nullptr;
   // Task t = (group, j), j fastest: a contiguous range of tasks keeps one group's keys in cache.
   // Causal: task j takes query blocks j and blocks-1-j, which together visit about the same
