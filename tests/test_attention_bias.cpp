@@ -124,6 +124,39 @@ TEST_CASE("relative biases in the tile loop equal the same bias as a dense mask"
   }
 }
 
+// Query positions far beyond the keys (up to the 2^62 validation allows): every key lies past
+// the per-offset table, whose slice a row must then not even point at (a pointer formed that
+// far outside overflows the address space: clang's UBSan stops on it).
+TEST_CASE("relative biases with query positions near 2^61 equal the reference", "[attention][bias]") {
+  const index_t Tq = 16, Tk = 40, Hq = 2, D = 16, W = 4;
+  const auto q = st::random_tensor<4>({1, Tq, Hq, D}, 7500);
+  const auto k = st::random_tensor<4>({1, Tk, 1, D}, 7501, -2.f, 2.f);
+  const auto v = st::random_tensor<4>({1, Tk, 1, D}, 7502);
+  const auto table = st::random_tensor<2>({Hq, 16}, 7503, -3.f, 3.f);
+  const auto r = st::random_tensor<1>({Hq}, 7504, 0.1f, 1.f);
+  const auto w = st::random_tensor<2>({Hq, W}, 7505, -1.f, 1.f);
+  const auto b2 = st::random_tensor<1>({Hq}, 7506);
+  Tensor<std::int64_t, 2> positions({1, Tq});
+  for (index_t i = 0; i < Tq; ++i) positions(0, i) = (std::int64_t{1} << 61) + 3 * i;
+  for (int variant = 0; variant < 5; ++variant) {
+    seqmix::AttentionInputs<float> in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.positions = positions.view();
+    seqmix::RelativeBias& rb = in.relative_bias;
+    rb.table = table.view(), rb.r1 = r.view(), rb.r2 = r.view();
+    rb.fire_w1 = w.view(), rb.fire_b1 = w.view(), rb.fire_w2 = w.view(), rb.fire_b2 = b2.view();
+    if (variant == 0) rb.kind = RelativeBiasKind::t5, rb.max_distance = 20;    // the table clamps
+    if (variant == 1) rb.kind = RelativeBiasKind::t5, rb.max_distance = 1000;  // it stops at Tk
+    if (variant == 2) rb.kind = RelativeBiasKind::kerple_log;
+    if (variant == 3) rb.kind = RelativeBiasKind::fire, rb.fire_threshold = 1e30f;  // rows on the table
+    if (variant == 4) rb.kind = RelativeBiasKind::fire;                             // rows on the lines
+    Tensor<float, 4> o({1, Tq, Hq, D}), o_ref({1, Tq, Hq, D});
+    seqmix::attention_flash(in, {o.view()});
+    seqmix::reference::attention(in, {o_ref.view()});
+    INFO("variant " << variant);
+    st::require_close("attention_flash (far positions)", o.cview(), o_ref.cview(), 1e-5);
+  }
+}
+
 TEST_CASE("t5 buckets follow transformers' _relative_position_bucket", "[attention][bias]") {
   using seqmix::detail::t5_bucket;
   // Causal, 32 buckets, max_distance 128: exact up to 15, then log buckets, 31 from 128 on.

@@ -273,7 +273,9 @@ struct DistanceBiasCache {
       for (index_t c = 0; c < lo; ++c) s[c] += value(j0 + c);
       for (index_t c = hi; c < n; ++c) s[c] += value(j0 + c);
     }
-    simd::axpy(1.f, row + reach + j0 + lo - pos, s + lo, hi - lo);  // fma(1, x, s) rounds as x + s
+    // The offset in parentheses: a pointer formed outside the table (positions far from the
+    // keys, up to 2^62) is undefined behaviour even unread, and overflows the address space.
+    if (hi > lo) simd::axpy(1.f, row + (reach + j0 + lo - pos), s + lo, hi - lo);  // fma(1, x, s) rounds as x + s
   }
 
   // s[c] += FIRE's bias of key j0 + c for head h at position pos above L, whose normalizer is
@@ -293,29 +295,31 @@ struct DistanceBiasCache {
     const index_t lo = std::clamp<index_t>(pos - reach - j0, 0, n), hi = std::clamp<index_t>(pos + reach + 1 - j0, lo, n);
     for (index_t c = 0; c < lo; ++c) s[c] += value(j0 + c);
     for (index_t c = hi; c < n; ++c) s[c] += value(j0 + c);
-    const double* psi = fire_psi.data() + reach + j0 - pos;  // psi[c]: key j0 + c
+    // psi[at + c]: key j0 + c, an index (not a pointer moved by it) for the reason of add_row's.
+    const double* psi = fire_psi.data();
+    const index_t at = reach + j0 - pos;
     constexpr index_t kRun = 8;
     index_t c = lo;
     for (; c + kRun <= hi; c += kRun) {
-      const index_t first = line_of(psi[c] / normalizer), last = line_of(psi[c + kRun - 1] / normalizer);
+      const index_t first = line_of(psi[at + c] / normalizer), last = line_of(psi[at + c + kRun - 1] / normalizer);
       const bool holds_query = j0 + c < pos && pos < j0 + c + kRun - 1;
       if (first == last && !holds_query) {
         using DBatch = simd::Batch<double>;
         const DBatch alpha(lines[first].alpha), beta(lines[first].beta), norm(normalizer);
         alignas(64) double bias[kRun];
         for (index_t k = 0; k < kRun; k += static_cast<index_t>(DBatch::size))
-          simd::store(bias + k, simd::fma(beta, simd::load(psi + c + k) / norm, alpha));
+          simd::store(bias + k, simd::fma(beta, simd::load(psi + (at + c + k)) / norm, alpha));
         for (index_t k = 0; k < kRun; ++k) s[c + k] += static_cast<float>(bias[k]);
       } else {
         for (index_t k = 0; k < kRun; ++k) {
-          const double x = psi[c + k] / normalizer;
+          const double x = psi[at + c + k] / normalizer;
           const FireLine& line = lines[line_of(x)];
           s[c + k] += static_cast<float>(line.alpha + line.beta * x);
         }
       }
     }
     for (; c < hi; ++c) {
-      const double x = psi[c] / normalizer;
+      const double x = psi[at + c] / normalizer;
       const FireLine& line = lines[line_of(x)];
       s[c] += static_cast<float>(line.alpha + line.beta * x);
     }
