@@ -165,7 +165,9 @@ TEST_CASE("fire: the prefill's lines above L equal the MLP per logit", "[attenti
       for (const index_t j0 : {index_t{0}, index_t{64}, index_t{131}, index_t{250}}) {
         const index_t n = std::min<index_t>(64, Tk - j0);
         std::fill(row.begin(), row.end(), 0.f);
-        cache.add_fire_row(row.data(), j0, n, h, pos, normalizer, formula);
+        cache.add_fire_row(row.data(), j0, n, h, pos, normalizer, [&](float* part, index_t first, index_t count) {
+          for (index_t c = 0; c < count; ++c) part[c] += formula(first + c);
+        });
         for (index_t c = 0; c < n; ++c) {
           INFO("h=" << h << " pos=" << pos << " key=" << j0 + c);
           const double want = fire_bias_plain(rb, h, pos, j0 + c);

@@ -260,18 +260,18 @@ struct DistanceBiasCache {
 
   bool has_fire_lines() const noexcept { return !fire_first.empty(); }
 
-  // s[c] += the bias of key j0 + c for head h at position pos, c < n; `value` gives the bias of
-  // a key past the reach when the table does not clamp.
-  template <class Value>
-  void add_row(float* s, index_t j0, index_t n, index_t h, index_t pos, Value&& value) const {
+  // s[c] += the bias of key j0 + c for head h at position pos, c < n; outside(s', j, count) adds
+  // the bias of keys [j, j + count) past the reach when the table does not clamp.
+  template <class Outside>
+  void add_row(float* s, index_t j0, index_t n, index_t h, index_t pos, Outside&& outside) const {
     const float* row = bias.data() + h * width();
     const index_t lo = std::clamp<index_t>(pos - reach - j0, 0, n), hi = std::clamp<index_t>(pos + reach + 1 - j0, lo, n);
     if (clamps) {
       simd::add_scalar(row[0], s, lo);
       simd::add_scalar(row[width() - 1], s + hi, n - hi);
     } else {
-      for (index_t c = 0; c < lo; ++c) s[c] += value(j0 + c);
-      for (index_t c = hi; c < n; ++c) s[c] += value(j0 + c);
+      outside(s, j0, lo);
+      outside(s + hi, j0 + hi, n - hi);
     }
     // The offset in parentheses: a pointer formed outside the table (positions far from the
     // keys, up to 2^62) is undefined behaviour even unread, and overflows the address space.
@@ -279,11 +279,11 @@ struct DistanceBiasCache {
   }
 
   // s[c] += FIRE's bias of key j0 + c for head h at position pos above L, whose normalizer is
-  // `normalizer`, by the head's lines; `value` gives keys past the reach. Along a row psi(|rel|)
+  // `normalizer`, by the head's lines; `outside` adds keys past the reach. Along a row psi(|rel|)
   // falls to the query and rises after it, so a run of keys whose ends share a line and that
   // does not hold the query lies on that line: runs of 8 take one line, the rest one each.
-  template <class Value>
-  void add_fire_row(float* s, index_t j0, index_t n, index_t h, index_t pos, double normalizer, Value&& value) const {
+  template <class Outside>
+  void add_fire_row(float* s, index_t j0, index_t n, index_t h, index_t pos, double normalizer, Outside&& outside) const {
     const FireLine* lines = fire_lines.data() + fire_first[h];
     index_t near = 0;  // the last line found: along a row x moves by little between lookups
     const auto line_of = [lines, &near](double x) {
@@ -293,8 +293,8 @@ struct DistanceBiasCache {
       return near = i;
     };
     const index_t lo = std::clamp<index_t>(pos - reach - j0, 0, n), hi = std::clamp<index_t>(pos + reach + 1 - j0, lo, n);
-    for (index_t c = 0; c < lo; ++c) s[c] += value(j0 + c);
-    for (index_t c = hi; c < n; ++c) s[c] += value(j0 + c);
+    outside(s, j0, lo);
+    outside(s + hi, j0 + hi, n - hi);
     // psi[at + c]: key j0 + c, an index (not a pointer moved by it) for the reason of add_row's.
     const double* psi = fire_psi.data();
     const index_t at = reach + j0 - pos;
@@ -356,13 +356,21 @@ struct LogitRule {
   }
 
   // The relative bias of keys [j0, j0 + n) for head h at position pos: the values of
-  // relative_bias_value, bit for bit, with the kind chosen once per row.
+  // relative_bias_value (bit for bit from the per-offset table and T5's buckets, to double rounding
+  // from FIRE's lines and the vector formulas), with the kind chosen once per row.
   void relative_bias(float* s, index_t j0, index_t n, index_t h, index_t pos) const {
     const RelativeBias& rb = in.relative_bias;
-    if (cache && cache->covers(pos)) {
-      cache->add_row(s, j0, n, h, pos, [&](index_t j) { return static_cast<float>(relative_bias_value(rb, h, pos, j)); });
-      return;
-    }
+    const auto formula = [&](float* part, index_t first, index_t count) { add_formula(part, first, count, h, pos); };
+    if (cache && cache->covers(pos)) return cache->add_row(s, j0, n, h, pos, formula);
+    if (cache && cache->has_fire_lines() && rb.kind == RelativeBiasKind::fire)
+      return cache->add_fire_row(s, j0, n, h, pos, fire_normalizer(rb, pos), formula);
+    add_formula(s, j0, n, h, pos);
+  }
+
+  // The same from the bias's definition, no table: T5 looks its buckets up, KERPLE and FIRE
+  // evaluate their formula a vector of keys at a time.
+  void add_formula(float* s, index_t j0, index_t n, index_t h, index_t pos) const {
+    const RelativeBias& rb = in.relative_bias;
     if (rb.kind == RelativeBiasKind::t5) {
       // Keys max_distance or more before the query share the last bucket, and so do the keys
       // after it (causal buckets: bucket 0) or max_distance or more after it (bidirectional):
@@ -386,11 +394,7 @@ struct LogitRule {
       return;
     }
     if (rb.kind == RelativeBiasKind::fire) {
-      const double normalizer = fire_normalizer(rb, pos);  // once per row
-      const auto formula = [&](index_t j) {
-        return static_cast<float>(fire_value(rb, h, normalizer, std::abs(static_cast<double>(pos - j))));
-      };
-      if (cache && cache->has_fire_lines()) return cache->add_fire_row(s, j0, n, h, pos, normalizer, formula);
+      const double normalizer = fire_normalizer(rb, pos);
       return add_distance_formula(s, j0, n, pos, [&](const DBatch& distance) { return fire_lanes(h, normalizer, distance); },
                                   [&](double distance) { return fire_value(rb, h, normalizer, distance); });
     }
