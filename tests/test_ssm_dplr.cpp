@@ -160,6 +160,34 @@ TEST_CASE("ssm_dplr: the blocked float inverse transform equals the power loop f
     }
 }
 
+// Groups of at least kSsmDplrSchurChannels channels take C A_bar^L from the group's Schur form
+// (triangular powers, stopped once negligible): both group sizes, ranks 1 and 2, explicit Q,
+// HiPPO, odd N (row padding), power-of-two and other L (the batched and the per-channel
+// transforms), dt up to 1 (powers that vanish early) and down to 1e-3 (powers that do not).
+TEST_CASE("ssm_dplr: the Schur-form C A_bar^L of large groups equals the power loop", "[ssm_kernel]") {
+  std::uint64_t seed = 1300;
+  const index_t per_group = seqmix::detail::kSsmDplrSchurChannels;
+  for (index_t N : {5, 16})
+    for (index_t L : {100, 256})
+      for (int variant = 0; variant < 3; ++variant) {
+        const index_t r = variant == 1 ? 2 : 1, G = variant == 2 ? 1 : 2, H = G * per_group;
+        const bool hippo = variant == 2, explicit_q = variant == 1;
+        INFO("N=" << N << " L=" << L << " r=" << r << " G=" << G << " hippo=" << hippo);
+        DplrData data(H, G, N, r, hippo, explicit_q, seed += 20);
+        for (index_t h = 0; h < H; h += 7) data.dt(h) = h % 2 ? 1.f : 1e-3f;
+        Tensor<float, 2> ref({L, H}), fast({L, H});
+        seqmix::reference::ssm_dplr_kernel(data.params(), ref.view());
+        seqmix::ssm_dplr_kernel(data.params(), fast.view(), {SsmDiscretization::bilinear, SsmStateSymmetry::none},
+                                st::two_thread_pool());
+        const double scale = std::max(1e-3, dplr_max_abs(ref));
+        for (index_t l = 0; l < L; ++l)
+          for (index_t h = 0; h < H; ++h) {
+            INFO("l=" << l << " h=" << h);
+            REQUIRE(std::abs(fast(l, h) - ref(l, h)) <= 1e-5 * scale);
+          }
+      }
+}
+
 // exp(M) by a Taylor series of M / 2^s (||M / 2^s||_1 <= 1/2, 30 terms) squared s times: a
 // different algorithm from the library's Pade approximants.
 Eigen::MatrixXcd dplr_taylor_exp(const Eigen::MatrixXcd& M) {

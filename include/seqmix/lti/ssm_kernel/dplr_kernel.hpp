@@ -28,6 +28,7 @@
 #include <vector>
 
 #include <Eigen/Core>
+#include <Eigen/Eigenvalues>
 #include <unsupported/Eigen/FFT>
 
 #include "seqmix/core/parallel.hpp"
@@ -64,6 +65,152 @@ std::vector<SsmComplex> ssm_dplr_c_power(const std::vector<SsmComplex>& A_bar, c
     }
   }
   return {row.data(), row.data() + N};
+}
+
+// C A_bar^L through the complex Schur form A = U T U^* (T upper triangular, U unitary) of the
+// group's A, computed once per group and shared by its channels: A_bar = U T_bar U^* with the
+// upper-triangular T_bar = (I - dt/2 T)^-1 (I + dt/2 T), so C A_bar^L = ((C U) T_bar^L) U^*. A
+// product of upper-triangular matrices costs N^3/6 complex multiply-adds against N^3 for the
+// dense squarings (Eigen's GEMM), which at N = 64 took a fifth of the bilinear generation. The
+// Schur form is unitary, so the powers carry the dense form's rounding. Eigen's ComplexSchur
+// costs about 30 dense squarings (8.8 ms at N = 64 on AMD EPYC Zen 5), so groups of fewer than
+// kSsmDplrSchurChannels channels keep the dense squarings.
+constexpr index_t kSsmDplrSchurChannels = 32;
+
+// The group's Schur factors: U row-major [N][N]; T as real and imaginary planes [N][padded], rows
+// padded with zeros to whole batches (padded = N rounded up to kSsmDplrLanes).
+struct SsmDplrSchur {
+  index_t N = 0, padded = 0;
+  std::vector<SsmComplex> U;
+  std::vector<double> T_re, T_im;
+};
+
+template <class Tag>
+SsmDplrSchur ssm_dplr_schur(const SsmDplrGroup& s) {
+  using Matrix = deferred_t<Eigen::MatrixXcd, Tag>;
+  const index_t N = s.N, padded = (N + kSsmDplrLanes - 1) / kSsmDplrLanes * kSsmDplrLanes;
+  Matrix A(N, N);
+  for (index_t n = 0; n < N; ++n)
+    for (index_t k = 0; k < N; ++k) A(n, k) = s.A(n, k);
+  const Eigen::ComplexSchur<Matrix> schur(A);
+  SsmDplrSchur f;
+  f.N = N, f.padded = padded;
+  f.U.resize(static_cast<std::size_t>(N * N));
+  f.T_re.assign(static_cast<std::size_t>(N * padded), 0.0), f.T_im.assign(static_cast<std::size_t>(N * padded), 0.0);
+  for (index_t n = 0; n < N; ++n)
+    for (index_t k = 0; k < N; ++k) {
+      f.U[n * N + k] = schur.matrixU()(n, k);
+      if (k >= n) f.T_re[n * padded + k] = schur.matrixT()(n, k).real(), f.T_im[n * padded + k] = schur.matrixT()(n, k).imag();
+    }
+  return f;
+}
+
+// out[j] += sum_{k0 <= k <= j} a[k] P[k, j] for every column j < padded, P upper triangular in
+// planes [N][padded] (zeros below the diagonal and in the padding): a row vector times the rows
+// k0.. of P. Column batch by column batch with the sums in registers; batch c only needs the
+// rows k < (c + 1) lanes. The four products of each complex term go to four sums, and even and
+// odd rows to separate sets: one chain of two dependent FMAs per sum was latency-bound (an FMA's
+// 4 cycles per link).
+inline void ssm_dplr_upper_row(const double* a_re, const double* a_im, index_t k0, const double* P_re,
+                               const double* P_im, index_t N, index_t padded, double* out_re, double* out_im) {
+  using Batch = SsmDplrBatch;
+  constexpr index_t W = kSsmDplrLanes;
+  for (index_t c = k0 / W * W; c < padded; c += W) {
+    Batch rr0(0.0), ii0(0.0), ri0(0.0), ir0(0.0), rr1(0.0), ii1(0.0), ri1(0.0), ir1(0.0);
+    const auto term = [&](index_t k, Batch& rr, Batch& ii, Batch& ri, Batch& ir) {
+      const Batch pr = simd::load(P_re + k * padded + c), pi = simd::load(P_im + k * padded + c);
+      const Batch ar(a_re[k]), ai(a_im[k]);
+      rr = simd::fma(ar, pr, rr), ii = simd::fma(ai, pi, ii), ri = simd::fma(ar, pi, ri), ir = simd::fma(ai, pr, ir);
+    };
+    const index_t k_end = std::min(N, c + W);
+    index_t k = k0;
+    for (; k + 1 < k_end; k += 2) term(k, rr0, ii0, ri0, ir0), term(k + 1, rr1, ii1, ri1, ir1);
+    if (k < k_end) term(k, rr0, ii0, ri0, ir0);
+    const Batch re = (rr0 + rr1) - (ii0 + ii1), im = (ri0 + ri1) + (ir0 + ir1);
+    simd::store(out_re + c, simd::load(out_re + c) + re), simd::store(out_im + c, simd::load(out_im + c) + im);
+  }
+}
+
+// Buffers of ssm_dplr_schur_c_power: the triangular power, its square and the rows, as planes.
+struct SsmDplrSchurScratch {
+  std::vector<double> power_re, power_im, square_re, square_im, row_re, row_im, next_re, next_im;
+};
+
+// C A_bar^L for channel h from the group's Schur factors (see SsmDplrSchur).
+inline std::vector<SsmComplex> ssm_dplr_schur_c_power(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h,
+                                                      index_t L, SsmDplrSchurScratch& w) {
+  const index_t N = f.N, padded = f.padded, size = N * padded;
+  const double half = p.dt(h) / 2.0;
+  w.power_re.assign(static_cast<std::size_t>(size), 0.0), w.power_im.assign(static_cast<std::size_t>(size), 0.0);
+  w.square_re.resize(static_cast<std::size_t>(size)), w.square_im.resize(static_cast<std::size_t>(size));
+  // T_bar = (I - dt/2 T)^-1 (I + dt/2 T) by back substitution, last row first:
+  // T_bar[i,:] = ((I + dt/2 T)[i,:] + dt/2 sum_{k>i} T[i,k] T_bar[k,:]) / (1 - dt/2 T[i,i]).
+  std::vector<double> scaled_re(static_cast<std::size_t>(padded)), scaled_im(static_cast<std::size_t>(padded));
+  for (index_t i = N - 1; i >= 0; --i) {
+    const double* t_re = f.T_re.data() + i * padded;
+    const double* t_im = f.T_im.data() + i * padded;
+    double* out_re = w.power_re.data() + i * padded;
+    double* out_im = w.power_im.data() + i * padded;
+    for (index_t k = i; k < N; ++k) {
+      scaled_re[k] = half * t_re[k], scaled_im[k] = half * t_im[k];
+      out_re[k] = scaled_re[k] + (k == i ? 1.0 : 0.0), out_im[k] = scaled_im[k];
+    }
+    ssm_dplr_upper_row(scaled_re.data(), scaled_im.data(), i + 1, w.power_re.data(), w.power_im.data(), N, padded,
+                       out_re, out_im);
+    const SsmComplex d = 1.0 - SsmComplex(scaled_re[i], scaled_im[i]);
+    const SsmComplex inv = std::conj(d) / std::norm(d);
+    for (index_t k = i; k < N; ++k) {
+      const SsmComplex v = SsmComplex(out_re[k], out_im[k]) * inv;
+      out_re[k] = v.real(), out_im[k] = v.imag();
+    }
+  }
+  // row = C U, then row T_bar^L by binary powering.
+  w.row_re.assign(static_cast<std::size_t>(padded), 0.0), w.row_im.assign(static_cast<std::size_t>(padded), 0.0);
+  for (index_t n = 0; n < N; ++n) {
+    const SsmComplex c = ssm_value(p.C_real, p.C_imag, h, n);
+    for (index_t j = 0; j < N; ++j) {
+      const SsmComplex v = c * f.U[n * N + j];
+      w.row_re[j] += v.real(), w.row_im[j] += v.imag();
+    }
+  }
+  double row_norm = 0.0;
+  for (index_t j = 0; j < N; ++j) row_norm += w.row_re[j] * w.row_re[j] + w.row_im[j] * w.row_im[j];
+  const double negligible = 1e-36 * row_norm;  // squared norms: 1e-18 of ||C U|| = ||C||
+  for (index_t e = L; e > 0; e >>= 1) {
+    // Every factor still to come is a power of the current one, whose Frobenius norm bounds
+    // theirs; once row times it is below 1e-18 ||C||, C A_bar^L is zero to double precision. A
+    // stable A_bar's powers decay (with dt = 0.05, L = 16384: ten of the 14 squarings), and the
+    // squarings past that point only produce subnormal numbers, each operation on which stalls.
+    double power_norm = 0.0, now = 0.0;
+    for (index_t i = 0; i < N * padded; ++i) power_norm += w.power_re[i] * w.power_re[i] + w.power_im[i] * w.power_im[i];
+    for (index_t j = 0; j < N; ++j) now += w.row_re[j] * w.row_re[j] + w.row_im[j] * w.row_im[j];
+    if (power_norm < 1.0 && now * power_norm < negligible) {
+      std::fill(w.row_re.begin(), w.row_re.end(), 0.0), std::fill(w.row_im.begin(), w.row_im.end(), 0.0);
+      break;
+    }
+    if (e & 1) {
+      w.next_re.assign(static_cast<std::size_t>(padded), 0.0), w.next_im.assign(static_cast<std::size_t>(padded), 0.0);
+      ssm_dplr_upper_row(w.row_re.data(), w.row_im.data(), 0, w.power_re.data(), w.power_im.data(), N, padded,
+                         w.next_re.data(), w.next_im.data());
+      w.row_re.swap(w.next_re), w.row_im.swap(w.next_im);
+    }
+    if (e > 1) {
+      std::fill(w.square_re.begin(), w.square_re.end(), 0.0), std::fill(w.square_im.begin(), w.square_im.end(), 0.0);
+      for (index_t i = 0; i < N; ++i)
+        ssm_dplr_upper_row(w.power_re.data() + i * padded, w.power_im.data() + i * padded, i, w.power_re.data(),
+                           w.power_im.data(), N, padded, w.square_re.data() + i * padded,
+                           w.square_im.data() + i * padded);
+      w.power_re.swap(w.square_re), w.power_im.swap(w.square_im);
+    }
+  }
+  // (row) U^*: entry n is sum_j row[j] conj(U[n, j]).
+  std::vector<SsmComplex> result(static_cast<std::size_t>(N));
+  for (index_t n = 0; n < N; ++n) {
+    SsmComplex sum = 0.0;
+    for (index_t j = 0; j < N; ++j) sum += SsmComplex(w.row_re[j], w.row_im[j]) * std::conj(f.U[n * N + j]);
+    result[n] = sum;
+  }
+  return result;
 }
 
 // The dense bilinear A_bar and B_bar of channel h from the DPLR structure in O(N^2 r) (the
@@ -214,47 +361,66 @@ inline void ssm_dplr_woodbury_rank1(double* sums_re, double* sums_im, const doub
 // and the J = ceil(L / b) rows C A_bar^(j b) (giant steps, by A_bar^b formed with log2 b squarings)
 // cost (b + J) N^2, and their product, one J x N x b complex GEMM, L N: O(N^3 log b + N^2 sqrt(L)
 // + L N) per channel with b ~ sqrt(L), against L N^2 for the power loop. Used for ZOH, whose
-// exp(dt A) has no DPLR structure for the Cauchy form.
+// exp(dt A) has no DPLR structure for the Cauchy form. The matrices live in `buffers` (the task's,
+// reused across channels): at N = 64, L = 16384 each is 128 to 256 KB, past malloc's mmap
+// threshold, and allocated per channel they cost more in page faults and zeroing than the GEMM.
 template <class Tag>
 void ssm_dplr_power_kernel_channel(const std::vector<SsmComplex>& A_bar, const std::vector<SsmComplex>& B_bar,
-                                   const SsmDplrParams& p, index_t h, const TensorView<float, 2>& kernel) {
+                                   const SsmDplrParams& p, index_t h, const TensorView<float, 2>& kernel,
+                                   std::vector<SsmComplex> (&buffers)[6]) {
   using Matrix = deferred_t<Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic>, Tag>;
+  using Map = Eigen::Map<Matrix>;
   const index_t N = static_cast<index_t>(B_bar.size()), L = kernel.size(0);
   index_t b = 1;
   while (b * b < L) b *= 2;
   const index_t J = (L + b - 1) / b;
-  const Matrix A = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-      A_bar.data(), N, N);
-  Matrix baby(N, b), giant(J, N), jump = A;
+  const auto map = [&](std::vector<SsmComplex>& buffer, index_t rows, index_t cols) {
+    buffer.resize(static_cast<std::size_t>(rows * cols));
+    return Map(buffer.data(), rows, cols);
+  };
+  Map A = map(buffers[0], N, N), jump = map(buffers[1], N, N), square = map(buffers[2], N, N),
+      baby = map(buffers[3], N, b), giant = map(buffers[4], J, N), product = map(buffers[5], J, b);
+  A = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(A_bar.data(), N, N);
   baby.col(0) = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, 1>>(B_bar.data(), N);
   for (index_t i = 1; i < b; ++i) baby.col(i).noalias() = A * baby.col(i - 1);
-  for (index_t e = 1; e < b; e *= 2) jump = (jump * jump).eval();  // A_bar^b, b a power of 2
+  jump = A;
+  for (index_t e = 1; e < b; e *= 2) {  // A_bar^b, b a power of 2
+    square.noalias() = jump * jump;
+    jump = square;
+  }
   for (index_t n = 0; n < N; ++n) giant(0, n) = ssm_value(p.C_real, p.C_imag, h, n);
   for (index_t j = 1; j < J; ++j) giant.row(j).noalias() = giant.row(j - 1) * jump;
-  const Matrix product = giant * baby;
+  product.noalias() = giant * baby;
   for (index_t l = 0; l < L; ++l) kernel(l, h) = static_cast<float>(product(l / b, l % b).real());
 }
 
 // Per-task buffers.
 struct SsmDplrScratch {
   std::vector<SsmComplex> A_bar, B_bar, spectrum, kernel;
+  std::vector<SsmComplex> power[6];  // ZOH's blocked-power matrices (ssm_dplr_power_kernel_channel)
   // Cauchy weights [term][n] (term 0: C~ B; then C~ P_j, Q_i^* B, Q_i^* P_j), real and imaginary
   // planes; tan(pi k/L) padded to whole batches.
   std::vector<double> weight_re, weight_im, lambda_re, lambda_im, tan_lanes;
   std::vector<float> folded;  // Hermitian parts of a block's spectra, [channel][k][re, im]
+  SsmDplrSchurScratch schur;
   Eigen::FFT<double> fft;
 };
 
 // The spectrum K^(z_k), k < L, of channel h (bilinear) into w.spectrum, natural order.
 template <class Tag>
-void ssm_dplr_spectrum(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, const std::vector<double>& tan_half,
-                       index_t L, SsmDplrScratch& w) {
+void ssm_dplr_spectrum(const SsmDplrParams& p, const SsmDplrGroup& s, const SsmDplrSchur* schur, index_t h,
+                       const std::vector<double>& tan_half, index_t L, SsmDplrScratch& w) {
   const index_t N = s.N, r = s.r;
   const index_t padded = N;  // row stride of the weight planes
   const index_t terms = (r + 1) * (r + 1);
   const double dt = p.dt(h);
-  ssm_dplr_structured_discretize(p, s, h, &w.A_bar, &w.B_bar);
-  const std::vector<SsmComplex> c_power = ssm_dplr_c_power<Tag>(w.A_bar, p, h, N, L);
+  std::vector<SsmComplex> c_power;
+  if (schur) {
+    c_power = ssm_dplr_schur_c_power(*schur, p, h, L, w.schur);
+  } else {
+    ssm_dplr_structured_discretize(p, s, h, &w.A_bar, &w.B_bar);
+    c_power = ssm_dplr_c_power<Tag>(w.A_bar, p, h, N, L);
+  }
   // Weights: a_n b_n with a in {C~, Q_i^*} and b in {B, P_j}; term index (1 + i) * (r + 1) + (1 + j)
   // with i = -1 for C~ and j = -1 for B.
   w.weight_re.assign(static_cast<std::size_t>(terms * padded), 0.0);
@@ -314,20 +480,46 @@ void ssm_dplr_spectrum(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h,
   }
 }
 
+// The groups' DPLR factors, read once per call, and their Schur forms when the groups are large
+// enough to pay for them (kSsmDplrSchurChannels; bilinear only).
+struct SsmDplrGroups {
+  index_t per_group = 1;
+  std::vector<SsmDplrGroup> factors;
+  std::vector<SsmDplrSchur> schurs;  // empty: dense squarings
+  const SsmDplrGroup& group(index_t h) const { return factors[static_cast<std::size_t>(h / per_group)]; }
+  const SsmDplrSchur* schur(index_t h) const {
+    return schurs.empty() ? nullptr : &schurs[static_cast<std::size_t>(h / per_group)];
+  }
+};
+
+template <class Tag>
+SsmDplrGroups ssm_dplr_groups(const SsmDplrParams& p, index_t G, index_t H, bool zoh, const Executor& executor) {
+  SsmDplrGroups g;
+  g.per_group = H / G;
+  for (index_t i = 0; i < G; ++i) g.factors.push_back(ssm_dplr_group(p, i));
+  if (!zoh && g.per_group >= kSsmDplrSchurChannels) {
+    g.schurs.resize(static_cast<std::size_t>(G));
+    parallel_for(executor, G, 1, [&](index_t begin, index_t end) {
+      for (index_t i = begin; i < end; ++i) g.schurs[static_cast<std::size_t>(i)] = ssm_dplr_schur<Tag>(g.factors[i]);
+    });
+  }
+  return g;
+}
+
 // Channel h: kernel[:, h], one channel at a time, the inverse transform by Eigen's kissfft in
 // double (any L; the form for lengths that are not powers of two, and for ZOH). (`Tag` defers
 // the ZOH matrix exponential, as in dplr_reference.hpp.)
 template <class Tag>
-void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, index_t h, bool zoh,
-                             const std::vector<double>& tan_half, const TensorView<float, 2>& kernel,
+void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, const SsmDplrSchur* schur, index_t h,
+                             bool zoh, const std::vector<double>& tan_half, const TensorView<float, 2>& kernel,
                              SsmDplrScratch& w) {
   const index_t L = kernel.size(0);
   if (zoh) {
     ssm_dplr_zoh_discretize<Tag>(p, s, h, &w.A_bar, &w.B_bar);
-    ssm_dplr_power_kernel_channel<Tag>(w.A_bar, w.B_bar, p, h, kernel);
+    ssm_dplr_power_kernel_channel<Tag>(w.A_bar, w.B_bar, p, h, kernel, w.power);
     return;
   }
-  ssm_dplr_spectrum<Tag>(p, s, h, tan_half, L, w);
+  ssm_dplr_spectrum<Tag>(p, s, schur, h, tan_half, L, w);
   w.kernel.resize(L);
   if (L == 1)
     w.kernel[0] = w.spectrum[0];
@@ -357,7 +549,7 @@ struct SsmDplrFftPlan {
 // transform in double per channel (kissfft took about as long as the C A_bar^L squarings). The
 // float transform adds about 1e-7 log2 L of the kernel's rms, well under the 1e-5 bound.
 template <class Tag>
-void ssm_dplr_kernel_block(const SsmDplrParams& p, index_t per_group, index_t h0, index_t count,
+void ssm_dplr_kernel_block(const SsmDplrParams& p, const SsmDplrGroups& groups, index_t h0, index_t count,
                            const std::vector<double>& tan_half, const SsmDplrFftPlan& plan,
                            const TensorView<float, 2>& kernel, SsmDplrScratch& w, AlignedVector<float>& batch) {
   constexpr index_t W = simd::kWidth;
@@ -368,23 +560,29 @@ void ssm_dplr_kernel_block(const SsmDplrParams& p, index_t per_group, index_t h0
   w.folded.resize(static_cast<std::size_t>(count * L * 2));
   for (index_t c = 0; c < count; ++c) {
     const index_t h = h0 + c;
-    ssm_dplr_spectrum<Tag>(p, ssm_dplr_group(p, h / per_group), h, tan_half, L, w);
+    ssm_dplr_spectrum<Tag>(p, groups.group(h), groups.schur(h), h, tan_half, L, w);
     float* out = w.folded.data() + c * L * 2;
     for (index_t k = 0; k < L; ++k) {
       const SsmComplex y = 0.5 * (w.spectrum[k] + std::conj(w.spectrum[(L - k) & (L - 1)]));
       out[2 * k] = static_cast<float>(y.real()), out[2 * k + 1] = static_cast<float>(y.imag());
     }
   }
-  batch.assign(static_cast<std::size_t>(L * kFftElement), 0.f);
+  // Every lane written (no zero fill of the 2 MB batch at L = 16384 first): lane j holds channel
+  // 2j in its real part and channel 2j + 1 in its imaginary part (times i), zero past the block.
+  batch.resize(static_cast<std::size_t>(L * kFftElement));
   for (index_t k = 0; k < L; ++k) {
     float* element = batch.data() + plan.position[static_cast<std::size_t>(k)] * kFftElement;
-    // Channel 2j in the real part of lane j, channel 2j + 1 in the imaginary part (times i).
-    for (index_t c = 0; c < count; ++c) {
-      const float* y = w.folded.data() + (c * L + k) * 2;
-      if (c % 2 == 1)
-        element[c / 2] -= y[1], element[W + c / 2] += y[0];
-      else
-        element[c / 2] += y[0], element[W + c / 2] += y[1];
+    for (index_t j = 0; j < W; ++j) {
+      float re = 0.f, im = 0.f;
+      if (2 * j < count) {
+        const float* y = w.folded.data() + (2 * j * L + k) * 2;
+        re = y[0], im = y[1];
+      }
+      if (2 * j + 1 < count) {
+        const float* y = w.folded.data() + ((2 * j + 1) * L + k) * 2;
+        re -= y[1], im += y[0];
+      }
+      element[j] = re, element[W + j] = im;
     }
   }
   batched_fft_inverse(batch.data(), plan.twiddles);  // unscaled
@@ -422,8 +620,8 @@ void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& ke
   const double pi = 3.14159265358979323846;
   for (index_t k = 0; k < L; ++k)
     if (2 * k != L) tan_half[k] = std::tan(pi * double(k) / double(L));
-  const index_t per_group = dims.H / dims.G;
   const bool zoh = options.discretization == SsmDiscretization::zoh;
+  const detail::SsmDplrGroups groups = detail::ssm_dplr_groups<Deferred>(params, dims.G, dims.H, zoh, executor);
   if (!zoh && L >= 2 && (L & (L - 1)) == 0) {
     const detail::SsmDplrFftPlan plan(L);
     const index_t width = detail::kSsmDplrFftChannels, blocks = (dims.H + width - 1) / width;
@@ -431,16 +629,16 @@ void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& ke
       detail::SsmDplrScratch scratch;
       AlignedVector<float> batch;
       for (index_t b = begin; b < end; ++b)
-        detail::ssm_dplr_kernel_block<Deferred>(params, per_group, b * width, std::min(width, dims.H - b * width), tan_half,
-                                      plan, kernel, scratch, batch);
+        detail::ssm_dplr_kernel_block<Deferred>(params, groups, b * width, std::min(width, dims.H - b * width), tan_half,
+                                                plan, kernel, scratch, batch);
     });
     return;
   }
   parallel_for(executor, dims.H, 1, [&](index_t begin, index_t end) {
     detail::SsmDplrScratch scratch;
     for (index_t h = begin; h < end; ++h)
-      detail::ssm_dplr_kernel_channel<Deferred>(params, detail::ssm_dplr_group(params, h / per_group), h,
-                                      options.discretization == SsmDiscretization::zoh, tan_half, kernel, scratch);
+      detail::ssm_dplr_kernel_channel<Deferred>(params, groups.group(h), groups.schur(h), h, zoh, tan_half, kernel,
+                                                scratch);
   });
 }
 
