@@ -625,7 +625,10 @@ void ssm_dplr_kernel(const SsmDplrParams& params, const TensorView<float, 2>& ke
   if (!zoh && L >= 2 && (L & (L - 1)) == 0) {
     const detail::SsmDplrFftPlan plan(L);
     const index_t width = detail::kSsmDplrFftChannels, blocks = (dims.H + width - 1) / width;
-    parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
+    // Two tasks per thread, not parallel_for's four: blocks cost the same, and each task's first
+    // touch of its 6 MB of scratch (folded spectra and FFT batch at L = 16384) costs page faults.
+    const index_t grain = std::max<index_t>(1, blocks / (2 * static_cast<index_t>(executor.concurrency())));
+    parallel_for(executor, blocks, grain, [&](index_t begin, index_t end) {
       detail::SsmDplrScratch scratch;
       AlignedVector<float> batch;
       for (index_t b = begin; b < end; ++b)
