@@ -14,9 +14,10 @@
 // each a Cauchy sum sum_n a_n b_n / (g - lambda_n). At z = -1 (L even, k = L/2) g is infinite and
 // the limit is K^ = dt/2 C~ B. The inverse DFT of K^ is the complex kernel; its real part is K.
 //
-// In double per channel: the dense A_bar from the DPLR structure (O(N^2 r)), C A_bar^L by
-// repeated squaring of it (Eigen, O(N^3 log L)), the Cauchy sums for the L frequencies
-// (O(L N (r+1)^2), the rank a template parameter). The inverse FFT: for a power-of-two L, blocks
+// In double per channel: C A_bar^L by repeated squaring, of the upper-triangular Schur form of
+// A_bar when the group of channels sharing A is large (ssm_dplr_schur_c_power, O(N^3/6 log L)),
+// else of the dense A_bar built from the DPLR structure (O(N^2 r), then Eigen, O(N^3 log L));
+// the Cauchy sums for the L frequencies (O(L N (r+1)^2), the rank a template parameter). The inverse FFT: for a power-of-two L, blocks
 // of 2 kWidth channels share one batched float transform (ssm_dplr_kernel_block); other lengths
 // take Eigen's kissfft in double (mixed radix) per channel. Channels in parallel.
 #pragma once
@@ -361,43 +362,30 @@ inline void ssm_dplr_woodbury_rank1(double* sums_re, double* sums_im, const doub
 // and the J = ceil(L / b) rows C A_bar^(j b) (giant steps, by A_bar^b formed with log2 b squarings)
 // cost (b + J) N^2, and their product, one J x N x b complex GEMM, L N: O(N^3 log b + N^2 sqrt(L)
 // + L N) per channel with b ~ sqrt(L), against L N^2 for the power loop. Used for ZOH, whose
-// exp(dt A) has no DPLR structure for the Cauchy form. The matrices live in `buffers` (the task's,
-// reused across channels): at N = 64, L = 16384 each is 128 to 256 KB, past malloc's mmap
-// threshold, and allocated per channel they cost more in page faults and zeroing than the GEMM.
+// exp(dt A) has no DPLR structure for the Cauchy form.
 template <class Tag>
 void ssm_dplr_power_kernel_channel(const std::vector<SsmComplex>& A_bar, const std::vector<SsmComplex>& B_bar,
-                                   const SsmDplrParams& p, index_t h, const TensorView<float, 2>& kernel,
-                                   std::vector<SsmComplex> (&buffers)[6]) {
+                                   const SsmDplrParams& p, index_t h, const TensorView<float, 2>& kernel) {
   using Matrix = deferred_t<Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic>, Tag>;
-  using Map = Eigen::Map<Matrix>;
   const index_t N = static_cast<index_t>(B_bar.size()), L = kernel.size(0);
   index_t b = 1;
   while (b * b < L) b *= 2;
   const index_t J = (L + b - 1) / b;
-  const auto map = [&](std::vector<SsmComplex>& buffer, index_t rows, index_t cols) {
-    buffer.resize(static_cast<std::size_t>(rows * cols));
-    return Map(buffer.data(), rows, cols);
-  };
-  Map A = map(buffers[0], N, N), jump = map(buffers[1], N, N), square = map(buffers[2], N, N),
-      baby = map(buffers[3], N, b), giant = map(buffers[4], J, N), product = map(buffers[5], J, b);
-  A = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(A_bar.data(), N, N);
+  const Matrix A = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+      A_bar.data(), N, N);
+  Matrix baby(N, b), giant(J, N), jump = A;
   baby.col(0) = Eigen::Map<const Eigen::Matrix<SsmComplex, Eigen::Dynamic, 1>>(B_bar.data(), N);
   for (index_t i = 1; i < b; ++i) baby.col(i).noalias() = A * baby.col(i - 1);
-  jump = A;
-  for (index_t e = 1; e < b; e *= 2) {  // A_bar^b, b a power of 2
-    square.noalias() = jump * jump;
-    jump = square;
-  }
+  for (index_t e = 1; e < b; e *= 2) jump = (jump * jump).eval();  // A_bar^b, b a power of 2
   for (index_t n = 0; n < N; ++n) giant(0, n) = ssm_value(p.C_real, p.C_imag, h, n);
   for (index_t j = 1; j < J; ++j) giant.row(j).noalias() = giant.row(j - 1) * jump;
-  product.noalias() = giant * baby;
+  const Matrix product = giant * baby;
   for (index_t l = 0; l < L; ++l) kernel(l, h) = static_cast<float>(product(l / b, l % b).real());
 }
 
 // Per-task buffers.
 struct SsmDplrScratch {
   std::vector<SsmComplex> A_bar, B_bar, spectrum, kernel;
-  std::vector<SsmComplex> power[6];  // ZOH's blocked-power matrices (ssm_dplr_power_kernel_channel)
   // Cauchy weights [term][n] (term 0: C~ B; then C~ P_j, Q_i^* B, Q_i^* P_j), real and imaginary
   // planes; tan(pi k/L) padded to whole batches.
   std::vector<double> weight_re, weight_im, lambda_re, lambda_im, tan_lanes;
@@ -516,7 +504,7 @@ void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, cons
   const index_t L = kernel.size(0);
   if (zoh) {
     ssm_dplr_zoh_discretize<Tag>(p, s, h, &w.A_bar, &w.B_bar);
-    ssm_dplr_power_kernel_channel<Tag>(w.A_bar, w.B_bar, p, h, kernel, w.power);
+    ssm_dplr_power_kernel_channel<Tag>(w.A_bar, w.B_bar, p, h, kernel);
     return;
   }
   ssm_dplr_spectrum<Tag>(p, s, schur, h, tan_half, L, w);
@@ -603,7 +591,8 @@ void ssm_dplr_kernel_block(const SsmDplrParams& p, const SsmDplrGroups& groups, 
 /// form; ZOH has no DPLR structure left, so its kernel comes from the dense exp(dt A) by blocked
 /// powers. Conjugate pairs are refused (ShapeError); validates shapes, non-finite values,
 /// Re(Lambda) >= 0, dt <= 0 and, with an explicit Q, a non-dissipative A, before any write.
-/// Cost per channel O(N^2 r + N^3 log L + L N (r+1)^2 + L log L), channels in parallel.
+/// Cost per channel O(N^3 log L + L N (r+1)^2 + L log L) (N^3/6 log L from a group's Schur form
+/// when kSsmDplrSchurChannels or more channels share A), channels in parallel.
 /// A template with nothing to choose (`Deferred` stays `void`): Eigen's solvers it uses then
 /// compile only where it is called (core/eigen.hpp, deferred_t).
 template <class Deferred = void>
