@@ -29,6 +29,7 @@
 #include <memory>
 #include <vector>
 
+#include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/core/half.hpp"
@@ -562,6 +563,15 @@ inline void guard_hidden_values(const KvBlockView* span, index_t n, const KvCach
   }
 }
 
+// Whether some row's weight of an entry of the span (block j's first count columns) is exactly 0:
+// without one, guard_hidden_values has nothing to redo, and its copy and scan (a scalar pass over
+// every accumulator per span) are skipped.
+inline bool span_has_zero_weight(const KvBlockView* span, index_t n, const KvScratch& w, index_t M) noexcept {
+  for (index_t j = 0; j < n; ++j)
+    if (has_zero_weight(w.s.data() + j * kKvBlockTokens, w.lds, M, span[j].count)) return true;
+  return false;
+}
+
 // Logit rule on one row of a block's scores (positions of its `count` keys; the rest of `width`
 // -> -inf). `plain`: every key is visible and no logit transform applies, so only the fill runs.
 // `bias` (or null): the relative bias of query head h, relative_bias_value per logit.
@@ -582,10 +592,14 @@ inline void kv_logit_rule(float* s, const std::int64_t* key_pos, index_t count, 
 }
 
 // One segment of a span: kKvBlockTokens score columns holding `count` keys at `positions`
-// (increasing: append checks it, and blocks keep entry order).
+// (increasing: append checks it, and blocks keep entry order), all within [lo, hi]. The range
+// is the block's own (KvBlockView::min_position / max_position), so the common all-visible case
+// never reads the positions: they are a separate allocation per block, not prefetched, and
+// reading their first and last entries took ~1.6% of a long int4 decode in cache misses.
 struct KvSegment {
   const std::int64_t* positions;
   index_t count;
+  std::int64_t lo, hi;
 };
 
 struct KvPiece {
@@ -619,12 +633,14 @@ void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, i
     const index_t i = r / G, h = hk * G + r % G;
     const float scale = head_scales.has_value() ? base_scale * head_scales(h) : base_scale;
     float* row = w.q.data() + r * Dk;
+    const float* src = q.ptr(b, i0 + i, h, index_t{0});  // one checked index per row, not per element
+    const index_t step = q.stride(3);
     if (rope) {
-      for (index_t c = 0; c < Dk; ++c) row[c] = q(b, i0 + i, h, c);
+      for (index_t c = 0; c < Dk; ++c) row[c] = src[c * step];
       rope_row_in_place(*rope, static_cast<index_t>(position(i)), row, 1);
       for (index_t c = 0; c < Dk; ++c) row[c] *= scale;
     } else {
-      for (index_t c = 0; c < Dk; ++c) row[c] = scale * q(b, i0 + i, h, c);
+      for (index_t c = 0; c < Dk; ++c) row[c] = scale * src[c * step];
     }
     for (index_t g = 0; g < key_groups && per_token_keys; ++g) {  // the min terms of per-token keys
       float sum = 0.f;
@@ -687,7 +703,7 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
       float* s = w.s.data() + r * w.lds;
       for (index_t j = 0; j < n; ++j) {
         const KvSegment& seg = segs[j];
-        const bool plain = plain_range(seg.positions[0], seg.positions[seg.count - 1]);
+        const bool plain = plain_range(seg.lo, seg.hi);
         kv_logit_rule(s + j * kKvBlockTokens, seg.positions, seg.count, kKvBlockTokens, w.pos[r], options, alibi,
                       slope, plain, bias, hk * G + r % G);
       }
@@ -722,14 +738,17 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
       if (j + 1 >= n && k < last) after = block_at(k);
       const KvBlockView* next = j + 1 < n ? &span[j + 1] : k < last ? &after : nullptr;
       LineStream ahead = key_phase_lines(next, span[j], cfg, w.rows);
-      segs[j] = {span[j].positions, span[j].count};
+      segs[j] = {span[j].positions, span[j].count, span[j].min_position, span[j].max_position};
       any_block_scores(span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
     }
     softmax_span(segs, n);
-    for (index_t r = 0; r < M; ++r)
-      std::copy(acc + r * w.ldacc, acc + r * w.ldacc + cfg.value_dim, w.saved_acc.data() + r * w.ldacc);
+    // Only a zero weight lets the block-wide value kernels put 0 * NaN into a row.
+    const bool guard = span_has_zero_weight(span, n, w, M);
+    if (guard)
+      for (index_t r = 0; r < M; ++r)
+        std::copy(acc + r * w.ldacc, acc + r * w.ldacc + cfg.value_dim, w.saved_acc.data() + r * w.ldacc);
     span_values(span, n, cfg, w, acc);
-    guard_hidden_values(span, n, cfg, w, M, acc);
+    if (guard) guard_hidden_values(span, n, cfg, w, M, acc);
   }
   if (pq) {  // the pq histograms onto the value centroids: o_r[s] += sum_k W[s][k] C_v[h][s][k]
     const PqCodebooks& cb = cfg.coded->value_codebooks;
@@ -746,7 +765,7 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
     for (index_t r = 0; r < M; ++r)
       for (index_t t = 0; t < n; ++t)
         w.s[r * w.lds + t] = simd::dot(w.q.data() + r * Dk, tail.keys + (t0 + t) * tail.key_stride, Dk);
-    const KvSegment seg{tail.positions + t0, n};
+    const KvSegment seg{tail.positions + t0, n, tail.positions[t0], tail.positions[t0 + n - 1]};
     softmax_span(&seg, 1);
     for (index_t r = 0; r < M; ++r)
       for (index_t t = 0; t < n; ++t) {

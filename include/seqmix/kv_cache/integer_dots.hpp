@@ -4,7 +4,7 @@
 // multiplying: at Tk = 16384, Hq 32, Hkv 8, D 128 it stayed at 1.9 ms for int8 and int4 alike.
 // One AVX-512 VNNI instruction (vpdpbusd) multiplies 64 unsigned codes by 64 signed bytes and
 // sums them in fours into 16 int32 lanes, so the float operand is rounded to bytes first:
-//   x ~ a (h + l / 256),  a = max|x| / 127,  h = round(x / a),  l = round(256 (x / a - h)),
+//   x ~ a (h + l / 256),  a = max|x| / 127,  n = round(256 x / a),  h = round(n / 256),  l = n - 256 h,
 // two signed bytes per element (h, l in [-128, 127]), |x - a (h + l / 256)| <= a / 512, i.e. a
 // relative precision of 2^-16 of the largest element, far below the cache's own rounding
 // (int8: 2^-9 of the range) and two instructions per 64 codes instead of 16 FMAs.
@@ -82,16 +82,63 @@ inline index_t integer_key_steps(index_t Dk, index_t rows) noexcept { return row
 
 #if SEQMIX_KV_INTEGER_DOTS
 
-// 16 values already divided by their a (so in [-127, 127]) -> their h and l bytes.
-inline void store_two_term(__m512 v, std::int8_t* hi, std::int8_t* lo) noexcept {
-  const __m512 h = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 l = _mm512_mul_ps(_mm512_sub_ps(v, h), _mm512_set1_ps(256.f));  // in [-128, 128]; +128 saturates
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(hi), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(h)));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(l)));
+// Two-term bytes of values given in units of a / 256 (v = 256 x / a, in [-32512, 32512]): n = round(v),
+// h = round(n / 256), l = n - 256 h, so a (h + l / 256) = a n / 256 (within a / 512 of x) and h, l fit
+// signed bytes. One conversion per 16 values, then 16-bit lanes and packs: the former per-vector
+// round, subtract, two conversions and two saturating narrows took most of the per-block
+// re-quantization of the query (per-channel keys).
+inline __m512i rounded_256ths(__m512 v) noexcept { return _mm512_cvtps_epi32(v); }
+// 16-bit lanes n (|n| <= 32512) -> h and l.
+inline void split_256ths(__m512i n, __m512i& h, __m512i& l) noexcept {
+  h = _mm512_srai_epi16(_mm512_add_epi16(n, _mm512_set1_epi16(128)), 8);
+  l = _mm512_sub_epi16(n, _mm512_slli_epi16(h, 8));
+}
+// packs_epi32 then packs_epi16 of four vectors a, b, c, d leave dword 4k + j = 4 bytes of vector
+// j's lanes 4k..4k+3 (the packs work within 128-bit lanes); this puts them back in order.
+inline __m512i in_lane_order(__m512i packed) noexcept {
+  return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), packed);
+}
+// 64 values (4 vectors, in order) -> 64 h bytes and 64 l bytes.
+inline void store_two_term(const __m512 (&v)[4], std::int8_t* hi, std::int8_t* lo) noexcept {
+  __m512i h0, l0, h1, l1;
+  split_256ths(_mm512_packs_epi32(rounded_256ths(v[0]), rounded_256ths(v[1])), h0, l0);
+  split_256ths(_mm512_packs_epi32(rounded_256ths(v[2]), rounded_256ths(v[3])), h1, l1);
+  _mm512_storeu_si512(hi, in_lane_order(_mm512_packs_epi16(h0, h1)));
+  _mm512_storeu_si512(lo, in_lane_order(_mm512_packs_epi16(l0, l1)));
+}
+// 32 values (2 vectors) -> 32 h bytes and 32 l bytes (as vectors h0 h1 l0 l1 of the 4-vector form).
+inline void store_two_term(__m512 v0, __m512 v1, std::int8_t* hi, std::int8_t* lo) noexcept {
+  __m512i h, l;
+  split_256ths(_mm512_packs_epi32(rounded_256ths(v0), rounded_256ths(v1)), h, l);
+  const __m512i bytes = in_lane_order(_mm512_packs_epi16(h, l));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi), _mm512_castsi512_si256(bytes));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), _mm512_extracti64x4_epi64(bytes, 1));
 }
 
-// 1 / a for the largest magnitude `top` (0 when top is 0: every byte becomes 0).
-inline float inverse_step(float top) noexcept { return top > 0.f ? 127.f / top : 0.f; }
+
+// Lane r (r < 4) = the horizontal reduction of v[r] by op (max or add): the four rows'
+// reductions share their shuffles (reduced one by one, they were a long serial chain per block).
+template <class Op>
+inline __m512 reduce_rows4(const __m512 (&v)[4], Op op) noexcept {
+  // Per 128-bit lane: rows 0 1 0 1 and 2 3 2 3, then 0 1 2 3, then across the four lanes.
+  const __m512 a = op(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+  const __m512 b = op(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+  __m512 x = op(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  x = op(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(1, 0, 3, 2)));
+  return op(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+inline __m512 max_op(__m512 a, __m512 b) noexcept { return _mm512_max_ps(a, b); }
+inline __m512 add_op(__m512 a, __m512 b) noexcept { return _mm512_add_ps(a, b); }
+
+// For the largest magnitudes of four rows (lanes 0-3 of `tops`): 256 / a per lane (0 when the
+// top is 0 or NaN: every byte becomes 0), and a = top / 127 into steps[0..4). Divisions on four
+// lanes only (a 16-lane division costs several times more).
+inline __m512 inverse_steps(__m512 tops, float* steps) noexcept {
+  const __m128 t = _mm512_castps512_ps128(tops);
+  _mm_storeu_ps(steps, _mm_div_ps(t, _mm_set1_ps(127.f)));
+  const __mmask8 positive = _mm_cmp_ps_mask(t, _mm_setzero_ps(), _CMP_GT_OQ);
+  return _mm512_zextps128_ps512(_mm_maskz_div_ps(positive, _mm_set1_ps(127.f * 256.f), t));
+}
 
 // acc + the 4-byte dot products of unsigned `codes` and signed `operand`, per int32 lane
 // (vpdpbusd). GCC 12 copies every accumulator twice per loop iteration around the intrinsic
@@ -153,19 +200,21 @@ template <bool PerChannel>
         if (PerChannel) bias[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, q + c), mn, bias[r]);
       }
     }
+    // Lanes 0-3: the four rows' 256 / a, their a into q_step, their q . min into bias.
+    float steps[4];
+    const __m512 inverses = inverse_steps(reduce_rows4(top, max_op), steps);
+    std::copy(steps, steps + 4, x.q_step.data() + r0);
+    _mm512_mask_storeu_ps(x.bias.data() + r0, 0xF, PerChannel ? reduce_rows4(bias, add_op) : _mm512_setzero_ps());
     __m512 inv[4];
-    for (int r = 0; r < 4; ++r) {
-      const float max_abs = _mm512_reduce_max_ps(top[r]);
-      inv[r] = _mm512_set1_ps(inverse_step(max_abs));
-      x.q_step[r0 + r] = max_abs / 127.f;
-      x.bias[r0 + r] = PerChannel ? _mm512_reduce_add_ps(bias[r]) : 0.f;
-    }
-    for (index_t c = 0; c < n16; c += 16) {
-      const __mmask16 valid = first_lanes(Dk - c);
+    for (int r = 0; r < 4; ++r) inv[r] = _mm512_permutexvar_ps(_mm512_set1_epi32(r), inverses);
+    for (index_t c = 0; c < x.quad_bytes; c += 64) {  // rows hold whole 64-byte units; lanes past Dk get 0
+      __mmask16 valid[4];
+      for (int i = 0; i < 4; ++i) valid[i] = first_lanes(Dk - c - 16 * i);
       for (int r = 0; r < 4; ++r) {
+        __m512 v[4];
+        for (int i = 0; i < 4; ++i) v[i] = _mm512_mul_ps(scaled_query(Q + (r0 + r) * Dk, c + 16 * i, valid[i]), inv[r]);
         const index_t at = (r0 + r) * x.quad_bytes + c;
-        store_two_term(_mm512_mul_ps(scaled_query(Q + (r0 + r) * Dk, c, valid), inv[r]), x.q_hi.data() + at,
-                       x.q_lo.data() + at);
+        store_two_term(v, x.q_hi.data() + at, x.q_lo.data() + at);
       }
     }
   }
@@ -184,7 +233,16 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
   const index_t group = per_token && cfg.group_size > 0 ? std::min(cfg.group_size, Dk) : Dk;
   const index_t quads_per_group = (group + 3) / 4;
   const __m512 inv256 = _mm512_set1_ps(1.f / 256.f);
+  const std::uint8_t* const keys = blk.keys;
   for (index_t r0 = 0; r0 < x.rows; r0 += 4) {
+    // Row pointers in locals: GCC reloaded them from x per channel quad (the prefetch stream's
+    // stores may alias them, as far as it knows).
+    const std::int8_t* q_hi[4];
+    const std::int8_t* q_lo[4];
+    for (int r = 0; r < 4; ++r) {
+      q_hi[r] = x.q_hi.data() + (r0 + r) * x.quad_bytes;
+      q_lo[r] = x.q_lo.data() + (r0 + r) * x.quad_bytes;
+    }
     __m512 score[4][NT];
     for (auto& row : score)
       for (auto& v : row) v = _mm512_setzero_ps();
@@ -195,15 +253,15 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
       const index_t q1 = std::min(quads, q0 + quads_per_group);
       for (index_t cq = q0; cq < q1; ++cq) {
         ahead.step();
-        const std::uint8_t* unit = blk.keys + cq * kUnits * kCodeUnitBytes;
+        const std::uint8_t* unit = keys + cq * kUnits * kCodeUnitBytes;
         __m512i codes[NT];
         for (int u = 0; u < kUnits; ++u) {
           const __m512i raw = _mm512_load_si512(unit + u * kCodeUnitBytes);
           for (int p = 0; p < L; ++p) codes[u * L + p] = code_plane<Bits>(raw, p);
         }
         for (int r = 0; r < 4; ++r) {
-          const __m512i bh = broadcast_quad(x.q_hi.data() + (r0 + r) * x.quad_bytes + 4 * cq);
-          const __m512i bl = broadcast_quad(x.q_lo.data() + (r0 + r) * x.quad_bytes + 4 * cq);
+          const __m512i bh = broadcast_quad(q_hi[r] + 4 * cq);
+          const __m512i bl = broadcast_quad(q_lo[r] + 4 * cq);
           for (int v = 0; v < NT; ++v) {
             hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
             lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
@@ -249,18 +307,24 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
       const float* mins = scale + count;
       const __m512 s0 = _mm512_maskz_loadu_ps(m0, scale), s1 = _mm512_maskz_loadu_ps(m1, scale + 16);
       const __m512 n0 = _mm512_maskz_loadu_ps(m0, mins), n1 = _mm512_maskz_loadu_ps(m1, mins + 16);
-      for (index_t r = 0; r < rows; ++r) {
-        const float* pr = p + r * lds + j * kKvBlockTokens;
-        const __m512 p0 = _mm512_loadu_ps(pr), p1 = _mm512_loadu_ps(pr + 16);
-        const __m512 w0 = _mm512_mul_ps(p0, s0), w1 = _mm512_mul_ps(p1, s1);
-        const float top = _mm512_reduce_max_ps(_mm512_max_ps(w0, w1));  // weights are >= 0
-        const __m512 inv = _mm512_set1_ps(inverse_step(top));
-        const index_t at = (j * rows + r) * x.weight_bytes + g * kKvBlockTokens;
-        store_two_term(_mm512_mul_ps(w0, inv), x.w_hi.data() + at, x.w_lo.data() + at);
-        store_two_term(_mm512_mul_ps(w1, inv), x.w_hi.data() + at + 16, x.w_lo.data() + at + 16);
-        x.w_step[(j * rows + r) * groups + g] = top / (127.f * 256.f);
-        float* mt = x.min_terms.data() + (r * groups + g) * 16;
-        _mm512_store_ps(mt, _mm512_fmadd_ps(p1, n1, _mm512_fmadd_ps(p0, n0, _mm512_load_ps(mt))));
+      for (index_t r0 = 0; r0 < rows; r0 += 4) {  // four rows, their maxima reduced together
+        __m512 w[4][2], top[4];
+        for (int r = 0; r < 4; ++r) {
+          const float* pr = p + (r0 + r) * lds + j * kKvBlockTokens;
+          const __m512 p0 = _mm512_loadu_ps(pr), p1 = _mm512_loadu_ps(pr + 16);
+          w[r][0] = _mm512_mul_ps(p0, s0), w[r][1] = _mm512_mul_ps(p1, s1);
+          top[r] = _mm512_max_ps(w[r][0], w[r][1]);  // weights are >= 0
+          float* mt = x.min_terms.data() + ((r0 + r) * groups + g) * 16;
+          _mm512_store_ps(mt, _mm512_fmadd_ps(p1, n1, _mm512_fmadd_ps(p0, n0, _mm512_load_ps(mt))));
+        }
+        float steps[4];
+        const __m512 inverses = inverse_steps(reduce_rows4(top, max_op), steps);
+        for (int r = 0; r < 4; ++r) {
+          const __m512 inv = _mm512_permutexvar_ps(_mm512_set1_epi32(r), inverses);
+          const index_t at = (j * rows + r0 + r) * x.weight_bytes + g * kKvBlockTokens;
+          store_two_term(_mm512_mul_ps(w[r][0], inv), _mm512_mul_ps(w[r][1], inv), x.w_hi.data() + at, x.w_lo.data() + at);
+          x.w_step[(j * rows + r0 + r) * groups + g] = steps[r] / 256.f;
+        }
       }
     }
   }
