@@ -304,22 +304,31 @@ inline FftValue long_conv_pair_product(const FftValue& z, const FftValue& zm, co
   return {simd::fma(zm.re, Q.re, simd::fma(zm.im, Q.im, zp.re)), simd::fma(zm.re, Q.im, zp.im - zm.im * Q.re)};
 }
 
+// f(k, mk) for the positions k in [first, first + len) and their mirrors mk (positions of the
+// negated frequencies, [mirror_first, mirror_first + len)): frequencies k and -k read the same
+// values, so each mirrored pair of positions is visited once (by the lower position when the
+// range is its own mirror).
+template <class F>
+inline void for_each_mirrored_pair(const FftTwiddles& tw, index_t first, index_t mirror_first, index_t len, F&& f) {
+  for (index_t k = first; k < first + len; ++k) {
+    const index_t mk = tw.mirror[static_cast<std::size_t>(k)];
+    if (mirror_first == first && mk < k) continue;
+    f(k, mk);
+  }
+}
+
 // The product of spectra, in place over the signal's, at positions [first, first + len) and at
-// their mirrors (positions of the negated frequencies, [mirror_first, mirror_first + len)):
-// frequencies k and -k read the same four values, so each mirrored pair of positions is done
-// once (by the lower position when the range is its own mirror).
+// their mirrors [mirror_first, mirror_first + len).
 inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddles& tw, index_t first,
                                        index_t mirror_first, index_t len) noexcept {
   constexpr index_t E = kFftElement;
   const FftBatch c(0.25f / static_cast<float>(tw.N));
-  for (index_t k = first; k < first + len; ++k) {
-    const index_t mk = tw.mirror[static_cast<std::size_t>(k)];
-    if (mirror_first == first && mk < k) continue;
+  for_each_mirrored_pair(tw, first, mirror_first, len, [&](index_t k, index_t mk) {
     const FftValue z = fft_load(x + k * E), zm = fft_load(x + mk * E);
     const FftValue g = fft_load(G + k * E), gm = fft_load(G + mk * E);
     fft_store(x + k * E, long_conv_pair_product(z, zm, g, gm, c));
     if (mk != k) fft_store(x + mk * E, long_conv_pair_product(zm, z, gm, g, c));
-  }
+  });
 }
 
 // The product of spectra of a packed narrow block (long_conv_load_filter_rows, imaginary: input in the real
@@ -331,9 +340,7 @@ inline void long_conv_packed_product(float* x, const FftTwiddles& tw, index_t fi
                                      index_t len) noexcept {
   constexpr index_t E = kFftElement;
   const FftBatch c(0.25f / static_cast<float>(tw.N));
-  for (index_t k = first; k < first + len; ++k) {
-    const index_t mk = tw.mirror[static_cast<std::size_t>(k)];
-    if (mirror_first == first && mk < k) continue;
+  for_each_mirrored_pair(tw, first, mirror_first, len, [&](index_t k, index_t mk) {
     const FftValue z = fft_load(x + k * E), zm = fft_load(x + mk * E);
     // z^2 - conj(zm)^2 = (z.re^2 - z.im^2 - zm.re^2 + zm.im^2) + i (2 z.re z.im + 2 zm.re zm.im)
     const FftBatch re = simd::fma(z.re, z.re, -(z.im * z.im)) - simd::fma(zm.re, zm.re, -(zm.im * zm.im));
@@ -342,7 +349,7 @@ inline void long_conv_packed_product(float* x, const FftTwiddles& tw, index_t fi
     const FftValue y{im * (c + c), -(re * c)};
     fft_store(x + k * E, y);
     if (mk != k) fft_store(x + mk * E, FftValue{y.re, FftBatch(0.f) - y.im});
-  }
+  });
 }
 
 // One block's convolution in place: the forward transform of its window (the first `rows`
