@@ -207,8 +207,10 @@ struct DistanceBiasCache {
     cache.reach = t5 ? std::min(rb.max_distance, distances) : std::max<index_t>(distances - 1, 0);
     cache.clamps = t5 && cache.reach == rb.max_distance;
     const bool table_rows = !fire || static_cast<double>(lowest_position) <= static_cast<double>(rb.fire_threshold);
-    if (fire) cache.limit = table_rows ? static_cast<double>(rb.fire_threshold) : -std::numeric_limits<double>::infinity();
-    if (fire) cache.build_fire_lines(rb, Hq);
+    if (fire) {
+      cache.limit = table_rows ? static_cast<double>(rb.fire_threshold) : -std::numeric_limits<double>::infinity();
+      cache.build_fire_lines(rb, Hq);
+    }
     if (!table_rows) return cache;
     const index_t width = cache.width(), reach = cache.reach;
     cache.bias.resize(static_cast<std::size_t>(Hq * width));
@@ -298,6 +300,11 @@ struct DistanceBiasCache {
     // psi[at + c]: key j0 + c, an index (not a pointer moved by it) for the reason of add_row's.
     const double* psi = fire_psi.data();
     const index_t at = reach + j0 - pos;
+    const auto add_key = [&](index_t c) {  // key j0 + c on its own line
+      const double x = psi[at + c] / normalizer;
+      const FireLine& line = lines[line_of(x)];
+      s[c] += static_cast<float>(line.alpha + line.beta * x);
+    };
     constexpr index_t kRun = 8;
     index_t c = lo;
     for (; c + kRun <= hi; c += kRun) {
@@ -311,18 +318,10 @@ struct DistanceBiasCache {
           simd::store(bias + k, simd::fma(beta, simd::load(psi + (at + c + k)) / norm, alpha));
         for (index_t k = 0; k < kRun; ++k) s[c + k] += static_cast<float>(bias[k]);
       } else {
-        for (index_t k = 0; k < kRun; ++k) {
-          const double x = psi[at + c + k] / normalizer;
-          const FireLine& line = lines[line_of(x)];
-          s[c + k] += static_cast<float>(line.alpha + line.beta * x);
-        }
+        for (index_t k = 0; k < kRun; ++k) add_key(c + k);
       }
     }
-    for (; c < hi; ++c) {
-      const double x = psi[at + c] / normalizer;
-      const FireLine& line = lines[line_of(x)];
-      s[c] += static_cast<float>(line.alpha + line.beta * x);
-    }
+    for (; c < hi; ++c) add_key(c);
   }
 };
 
@@ -399,12 +398,12 @@ struct LogitRule {
                                   [&](double distance) { return fire_value(rb, h, normalizer, distance); });
     }
     const double r1 = rb.r1(h), r2 = rb.r2(h);
+    const auto scalar = [&](double d) { return kerple_value(rb, h, d); };
     if (rb.kind == RelativeBiasKind::kerple_power)
-      add_distance_formula(s, j0, n, pos, [&](const DBatch& d) { return DBatch(-r1) * simd::pow(d, DBatch(r2)); },
-                           [&](double d) { return -r1 * std::pow(d, r2); });
+      add_distance_formula(s, j0, n, pos, [&](const DBatch& d) { return DBatch(-r1) * simd::pow(d, DBatch(r2)); }, scalar);
     else
       add_distance_formula(s, j0, n, pos, [&](const DBatch& d) { return DBatch(-r1) * simd::log1p(DBatch(r2) * d); },
-                           [&](double d) { return -r1 * std::log1p(r2 * d); });
+                           scalar);
   }
 
   using DBatch = simd::Batch<double>;

@@ -242,6 +242,13 @@ inline double fire_value(const RelativeBias& rb, index_t h, double normalizer, d
   return out;
 }
 
+// KERPLE's bias of head h at distance d, in double: -r1 ln(1 + r2 d) or -r1 d^r2. Every form
+// calls this one function (the fast ones for the keys their vector lanes leave).
+inline double kerple_value(const RelativeBias& rb, index_t h, double distance) {
+  const double r1 = rb.r1(h), r2 = rb.r2(h);
+  return rb.kind == RelativeBiasKind::kerple_power ? -r1 * std::pow(distance, r2) : -r1 * std::log1p(r2 * distance);
+}
+
 // The bias of (query head h at position pos, key j), in double.
 inline double relative_bias_value(const RelativeBias& rb, index_t h, index_t pos, index_t j) {
   const double distance = std::abs(static_cast<double>(pos - j));
@@ -255,9 +262,8 @@ inline double relative_bias_value(const RelativeBias& rb, index_t h, index_t pos
       return rb.table(h, d < last ? d : last);
     }
     case RelativeBiasKind::kerple_log:
-      return -static_cast<double>(rb.r1(h)) * std::log1p(static_cast<double>(rb.r2(h)) * distance);
     case RelativeBiasKind::kerple_power:
-      return -static_cast<double>(rb.r1(h)) * std::pow(distance, static_cast<double>(rb.r2(h)));
+      return kerple_value(rb, h, distance);
     default:
       return 0.0;
   }
