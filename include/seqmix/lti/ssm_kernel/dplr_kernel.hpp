@@ -519,12 +519,13 @@ void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, cons
 // Channels per batched inverse transform: two real kernels per SIMD lane of the float FFT.
 constexpr index_t kSsmDplrFftChannels = 2 * simd::kWidth;
 
-// The plan shared by the blocks of a power-of-two L: the float transform's twiddles and the
+// The plan shared by the blocks of a power-of-two L: the float transform's twiddles (the
+// process's plan of that length, fft_twiddles, built once as long_conv's are) and the
 // bit-reversed position of each frequency (the inverse takes its input in that order).
 struct SsmDplrFftPlan {
-  FftTwiddles twiddles;
+  const FftTwiddles& twiddles;
   std::vector<index_t> position;  // position[k]: where frequency k goes
-  explicit SsmDplrFftPlan(index_t L) : twiddles(L), position(static_cast<std::size_t>(L)) {
+  explicit SsmDplrFftPlan(index_t L) : twiddles(fft_twiddles(L)), position(static_cast<std::size_t>(L)) {
     for (index_t k = 0; k < L; ++k) position[static_cast<std::size_t>(k)] = twiddles.reverse(k);
   }
 };
