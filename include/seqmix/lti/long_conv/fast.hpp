@@ -56,12 +56,18 @@ inline bool long_conv_prefers_fft(const LongConvDims& dims, bool has_state, bool
   return fft_ns < direct_ns;
 }
 
+// options.method, or the cost model's choice when it is automatic (prepared: as above).
+inline LongConvMethod long_conv_pick(const LongConvOptions& options, const LongConvDims& dims, bool has_state,
+                                     bool prepared) {
+  if (options.method != LongConvMethod::automatic) return options.method;
+  return long_conv_prefers_fft(dims, has_state, prepared) ? LongConvMethod::fft : LongConvMethod::direct;
+}
+
 // The form a call runs, validated like long_conv_method, the filters' check over `executor`.
 inline LongConvMethod long_conv_choose(const LongConvInputs& in, const LongConvOutputs& out,
                                        const LongConvOptions& options, const Executor& executor) {
   const auto dims = validate_long_conv("long_conv", in, out, options, true, executor);
-  if (options.method != LongConvMethod::automatic) return options.method;
-  return long_conv_prefers_fft(dims, in.initial_state.has_value()) ? LongConvMethod::fft : LongConvMethod::direct;
+  return long_conv_pick(options, dims, in.initial_state.has_value(), false);
 }
 
 }  // namespace detail
@@ -80,9 +86,7 @@ inline LongConvMethod long_conv_method(const LongConvInputs& in, const LongConvF
   const LongConvOptions forward = detail::forward_options(options);
   const auto dims = detail::validate_long_conv("long_conv", in, out, forward, false);
   detail::check_long_conv_spectrum(ArgCheck("long_conv"), "spectrum", spectrum, in, forward);
-  if (options.method != LongConvMethod::automatic) return options.method;
-  return detail::long_conv_prefers_fft(dims, in.initial_state.has_value(), true) ? LongConvMethod::fft
-                                                                                  : LongConvMethod::direct;
+  return detail::long_conv_pick(options, dims, in.initial_state.has_value(), true);
 }
 
 /// Fast prefill: same arguments and results as reference::long_conv (see reference.hpp), by the
