@@ -28,15 +28,18 @@ class AllocationCounter {
   std::size_t start_;
 };
 
-// Calls `step` once on every thread of `executor`, one thread after the other. An operator keeps
-// per-thread scratch that a thread grows in its first task, and ordinary warm-up calls cannot
-// make a pool's worker take one: when the caller runs every task before the worker wakes (small
-// calls, a busy machine), the worker's first task, and its allocations, come during the count
-// (CI saw 3 allocations in 100 calls so). Here each thread takes one task of a job that waits
-// until all of them have started, and calls `step` from it: a ThreadPool runs a call made from
-// inside its own task inline, on that thread, which grows that thread's scratch.
+// Calls `step` `calls` times in a row on every thread of `executor`, one thread after the other.
+// An operator keeps per-thread scratch that a thread grows in its first task, and ordinary
+// warm-up calls cannot make a pool's worker take one: when the caller runs every task before the
+// worker wakes (small calls, a busy machine), the worker's first task, and its allocations, come
+// during the count (CI saw 3 allocations in 100 calls so). Here each thread takes one task of a
+// job that waits until all of them have started, and calls `step` from it: a ThreadPool runs a
+// call made from inside its own task inline, on that thread, which grows that thread's scratch.
+// Several calls in a row, because some work comes only at some positions (RAT attends to its
+// finished chunks from position L on, Infini-attention folds a segment every S tokens): each
+// thread must have passed every phase itself (CI saw 6 allocations in rat_step when one had not).
 template <class Step>
-void run_on_every_thread(const seqmix::Executor& executor, Step&& step) {
+void run_on_every_thread(const seqmix::Executor& executor, Step&& step, int calls) {
   const int threads = executor.concurrency();
   std::atomic<int> started{0};
   std::mutex one_at_a_time;  // the calls share their outputs and state
@@ -46,22 +49,27 @@ void run_on_every_thread(const seqmix::Executor& executor, Step&& step) {
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
     while (started.load() < threads && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
     const std::lock_guard<std::mutex> lock(one_at_a_time);
-    step();
+    for (int i = 0; i < calls; ++i) step();
   });
 }
 
-// The hot-path check every family runs: `step` on every thread of `executor` and kWarmup more
-// times, then the allocations of kSteps more calls.
+// The hot-path check every family runs: kWarmup calls of `step` on every thread of `executor`
+// (longer than the period of any position-dependent work in the tests), then the allocations of
+// kSteps more calls.
 constexpr int kWarmup = 20;
 constexpr int kSteps = 100;
 
 template <class Step>
 std::size_t allocations_after_warmup(const seqmix::Executor& executor, Step&& step) {
-  run_on_every_thread(executor, step);
-  for (int i = 0; i < kWarmup; ++i) step();
+  run_on_every_thread(executor, step, kWarmup);
   AllocationCounter counter;
   for (int i = 0; i < kSteps; ++i) step();
   return counter.allocations();
+}
+
+// How many times allocations_after_warmup calls `step` (for tests that count what the calls append).
+inline int calls_of_allocations_after_warmup(const seqmix::Executor& executor) {
+  return executor.concurrency() * kWarmup + kSteps;
 }
 
 }  // namespace seqmix::testing
