@@ -457,12 +457,18 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
   }
 }
 
+// The prepared spectrum's block that serves channel block `block`: the same block, or with a
+// tiled spectrum of `tile` blocks (tile > 0) block % tile.
+inline index_t long_conv_prepared_block(index_t block, index_t tile) noexcept { return tile > 0 ? block % tile : block; }
+
 // One task: the walk's channels of every batch row.
 // prepared: the pair spectra of every full block of channels (LongConvFilterSpectrum's, block j
-// at prepared + j N E), or null to transform the walk's filters here.
+// at prepared + j N E), or null to transform the walk's filters here. tile > 0 (h3's prepared
+// path): the spectrum holds `tile` blocks, made for tile E channels, that repeat over the call's
+// channels (channel d reads filter column d % G, not d / (D / G)).
 inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float, 3>& y, const FftTwiddles& tw,
                                const LongConvWalk& walk, const float* prepared, LongConvFftScratch& scratch,
-                               std::vector<index_t>& nonfinite) {
+                               std::vector<index_t>& nonfinite, index_t tile = 0) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2), N = tw.N;
   const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
@@ -476,17 +482,24 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   if (scratch.x.size() < size) scratch.x.resize(size);
   if (own_spectra && scratch.G.size() < size) scratch.G.resize(size);
   const float* G = packed ? nullptr : scratch.G.data();
+  // Block k's spectrum: adjacent in G, or a tiled prepared spectrum's block.
+  const auto block_spectrum = [&](index_t k) -> const float* {
+    if (prepared != nullptr && walk.lanes == E)
+      return prepared + long_conv_prepared_block(walk.c0 / E + k, tile) * N * E;
+    return G == nullptr ? nullptr : G + k * N * E;
+  };
   const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
   if (packed) {
     // no spectra: each batch row's signal carries the filters (loaded below, with the window)
   } else if (prepared == nullptr) {
     long_conv_filter_spectra(in, walk, scratch, tw);
   } else if (walk.lanes == E) {
-    G = prepared + walk.c0 / E * N * E;  // the walk's blocks are adjacent full blocks
+    // block_spectrum reads the prepared blocks in place
   } else {
     for (index_t k = 0; k < walk.blocks; ++k) {
       const index_t narrow = walk.c0 / W + k;
-      long_conv_narrow_spectrum(prepared + narrow / 2 * N * E, narrow % 2 == 1, tw, scratch.G.data() + k * N * E);
+      long_conv_narrow_spectrum(prepared + long_conv_prepared_block(narrow / 2, tile) * N * E, narrow % 2 == 1, tw,
+                                scratch.G.data() + k * N * E);
     }
   }
   float* x = scratch.x.data();
@@ -497,7 +510,7 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
     for (index_t k = 0; k < walk.blocks; ++k) {
       float* xk = x + k * N * E;
       alignas(64) float lanes[E];
-      long_conv_convolve_block(xk, packed ? nullptr : G + k * N * E, S + T, S, T, tw, lanes);
+      long_conv_convolve_block(xk, block_spectrum(k), S + T, S, T, tw, lanes);
       // Non-finite input: the spectrum's frequency 0 (position 0) is the plain sum of the window
       // (no twiddle on that path), so 0 * Z[0] is NaN in a lane part exactly when that channel's
       // window holds an inf or NaN (or, harmlessly, when finite values overflow the sum). Such a
@@ -592,14 +605,14 @@ inline LongConvInputs long_conv_segment_inputs(const LongConvInputs& in, index_t
 // A channel whose input holds inf or NaN (and its pair) in a batch row: the FFT spread the
 // value to every output of that row, so the direct form recomputes them and the non-finite values
 // reach only the outputs that read them (docs/reliability.md, "Non-finite values"). Channels are
-// independent.
+// independent. tiled: channel d reads filter column d % G (long_conv_fft_walk's tile).
 inline void long_conv_fix_nonfinite(const LongConvInputs& in, const TensorView<float, 3>& y,
-                                    const std::vector<index_t>& nonfinite) {
-  const index_t D = in.u.size(2);
+                                    const std::vector<index_t>& nonfinite, bool tiled = false) {
+  const index_t D = in.u.size(2), G = in.filter.size(1);
   for (index_t bd : nonfinite) {
     const index_t b = bd / D, d = bd % D;
     LongConvInputs one = in;
-    const index_t g = d / (D / in.filter.size(1));
+    const index_t g = tiled ? d % G : d / (D / G);
     one.u = in.u.slice(0, b, 1).slice(2, d, 1);
     one.filter = in.filter.slice(1, g, 1);
     if (in.filter_backward.has_value()) one.filter_backward = in.filter_backward.slice(1, g, 1);
@@ -610,10 +623,10 @@ inline void long_conv_fix_nonfinite(const LongConvInputs& in, const TensorView<f
   }
 }
 
-// FFT form over a validated call (prepared: as in long_conv_fft_walk; its FFT length is the
+// FFT form over a validated call (prepared, tile: as in long_conv_fft_walk; its FFT length is the
 // call's, so a prepared call never splits into segments).
 inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
-                              const float* prepared = nullptr) {
+                              const float* prepared = nullptr, index_t tile = 0) {
   const index_t D = in.u.size(2), B = in.u.size(0), T = in.u.size(1);
   const LongConvDims dims{B, T, D, in.filter.size(0),
                           in.filter_backward.has_value() ? in.filter_backward.size(0) : 0, in.filter.size(1)};
@@ -635,7 +648,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
       const LongConvWalk walk{first * lanes, std::min(per_walk, blocks - first), D, lanes};
       const index_t t0 = segment * segments.length, t1 = std::min(T, t0 + segments.length);
       long_conv_fft_walk(long_conv_segment_inputs(in, t0, t1), y.slice(1, t0, t1 - t0), tw, walk, prepared, *scratch,
-                         nonfinite[static_cast<std::size_t>(i)]);
+                         nonfinite[static_cast<std::size_t>(i)], tile);
     }
     pool.give(std::move(scratch));
   });
@@ -644,7 +657,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   if (channels.empty()) return;
   std::sort(channels.begin(), channels.end());  // a channel's segments each listed it
   channels.erase(std::unique(channels.begin(), channels.end()), channels.end());
-  long_conv_fix_nonfinite(in, y, channels);
+  long_conv_fix_nonfinite(in, y, channels, tile > 0);
 }
 
 }  // namespace detail
