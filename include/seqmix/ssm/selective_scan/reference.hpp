@@ -20,6 +20,7 @@
 
 #include "seqmix/core/error.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/ssm/serving.hpp"
 
@@ -90,6 +91,21 @@ inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); 
 
 inline float scan_silu(float v) { return v / (1.f + std::exp(-v)); }
 
+// Whether every element of a [rows, cols] view is finite: x * 0 is 0 for a finite x and NaN
+// otherwise, summed a vector at a time over rows of unit stride.
+inline bool rows_finite(const ConstView<float, 2>& a) {
+  const index_t cols = a.size(1);
+  const std::ptrdiff_t vec_end = a.stride(1) == 1 ? simd::vector_end(cols) : 0;
+  simd::Batch<float> acc(0.f);
+  float tail = 0.f;
+  for (index_t r = 0; r < a.size(0); ++r) {
+    const float* row = a.ptr(r);
+    for (std::ptrdiff_t c = 0; c < vec_end; c += simd::kWidth) acc += simd::Batch<float>::load_unaligned(row + c) * 0.f;
+    for (index_t c = vec_end; c < cols; ++c) tail += a(r, c) * 0.f;
+  }
+  return simd::reduce_add(acc) + tail == 0.f;
+}
+
 // A validated call: the sizes and the map from sequences to tokens and state rows.
 struct ScanCall {
   ScanDims dims;
@@ -111,9 +127,12 @@ inline ScanCall validate_selective_scan(const char* op, const SelectiveScanInput
   check.optional_shape("delta_bias", in.delta_bias, std::array<index_t, 1>{D}, "D");
   check.optional_shape("initial_state", in.initial_state, std::array<index_t, 3>{-1, D, N}, "N,D,N");
   check.shape("y", out.y, std::array<index_t, 3>{B, T, D}, "B,T,D");
-  // A NaN or infinite A poisons every later token; reading [D,N] once is cheap next to the scan.
-  for (index_t d = 0; d < D; ++d)
-    for (index_t n = 0; n < N; ++n) check.finite(in.A(d, n), "A");
+  // A NaN or infinite A poisons every later token; reading [D,N] once is cheap next to the scan
+  // when vectorized (element by element it took ~30 us at D 1536, N 16: serial time before the
+  // scan's tasks, an eighth of the call on 64 cores).
+  if (!rows_finite(in.A))
+    for (index_t d = 0; d < D; ++d)
+      for (index_t n = 0; n < N; ++n) check.finite(in.A(d, n), "A");
   const index_t rows = in.initial_state.has_value() ? in.initial_state.size(0) : -1;
   check.optional_shape("final_state", out.final_state, std::array<index_t, 3>{rows, D, N}, "N,D,N");
   check.optional_shape("token_states", out.token_states, std::array<index_t, 4>{B, T, D, N}, "Bt,Tt,D,N");
