@@ -1,11 +1,11 @@
 // ssm_dplr_kernel (S4: DPLR A = Lambda - P Q^*, bilinear and ZOH): the HiPPO-LegS matrix against
 // its closed form and its DPLR factors against the matrix; the Cauchy + Woodbury kernel against the
 // power loop (N in {1, 4, 16, 64}, L in {1, 7, 64, 1000}, r 1 and 2; H across the blocks of the
-// power-of-two form's batched float inverse FFT); the ZOH kernel (fast and
-// reference) against a matrix exponential (Taylor, scaling and squaring) and power loop written
-// here with Eigen; the HiPPO kernel against a dense real power loop; the recurrent step (plan and
-// per-call forms, both discretizations) against long_conv with the kernel (impulse and random
-// input); bad parameters and plans refused before any write.
+// power-of-two form's batched float inverse FFT); the ZOH kernel (fast: dense, and from a shared-A
+// group's Schur form; reference) against a matrix exponential (Taylor, scaling and squaring) and
+// power loop written here with Eigen; the HiPPO kernel against a dense real power loop; the
+// recurrent step (plan and per-call forms, both discretizations) against long_conv with the kernel
+// (impulse and random input); bad parameters and plans refused before any write.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -256,6 +256,39 @@ TEST_CASE("ssm_dplr: the ZOH kernel equals a matrix exponential and power loop",
             INFO("l=" << l << " h=" << h);
             REQUIRE(std::abs(fast(l, h) - expected[l]) <= 1e-5 * scale);
             REQUIRE(std::abs(ref(l, h) - expected[l]) <= 1e-5 * scale);
+          }
+        }
+      }
+}
+
+// Groups of kSsmDplrZohSchurChannels or more channels take ZOH from the group's Schur form
+// (triangular exponential and powers); single-channel groups keep the dense exponential. Both in
+// one call (groups of 1 and of 3), HiPPO and random A with explicit Q, odd N, dt from 1e-3 to 1
+// (the exponential's scaling and squaring at ||dt A||_1 in the hundreds for HiPPO at N = 64).
+TEST_CASE("ssm_dplr: the Schur-form ZOH of shared-A groups equals a matrix exponential and power loop",
+          "[ssm_kernel]") {
+  std::uint64_t seed = 2100;
+  const seqmix::SsmKernelOptions zoh{SsmDiscretization::zoh, SsmStateSymmetry::none};
+  for (index_t N : {5, 64})
+    for (index_t L : {1, 100, 256})
+      for (int variant = 0; variant < 2; ++variant) {
+        const bool hippo = variant == 0;
+        const index_t r = hippo ? 1 : 2;
+        for (index_t per_group : {index_t(1), index_t(3)}) {
+          const index_t G = 2, H = G * per_group;
+          INFO("N=" << N << " L=" << L << " hippo=" << hippo << " per_group=" << per_group);
+          DplrData data(H, G, N, r, hippo, !hippo, seed += 20);
+          data.dt(0) = 1.f, data.dt(H - 1) = 1e-3f;
+          Tensor<float, 2> fast({L, H});
+          seqmix::ssm_dplr_kernel(data.params(), fast.view(), zoh, st::two_thread_pool());
+          for (index_t h = 0; h < H; ++h) {
+            const std::vector<double> expected = dplr_zoh_kernel(data, h, G, L);
+            double scale = 1e-3;
+            for (double v : expected) scale = std::max(scale, std::abs(v));
+            for (index_t l = 0; l < L; ++l) {
+              INFO("l=" << l << " h=" << h);
+              REQUIRE(std::abs(fast(l, h) - expected[l]) <= 1e-5 * scale);
+            }
           }
         }
       }

@@ -19,7 +19,9 @@
 // else of the dense A_bar built from the DPLR structure (O(N^2 r), then Eigen, O(N^3 log L));
 // the Cauchy sums for the L frequencies (O(L N (r+1)^2), the rank a template parameter). The inverse FFT: for a power-of-two L, blocks
 // of 2 kWidth channels share one batched float transform (ssm_dplr_kernel_block); other lengths
-// take Eigen's kissfft in double (mixed radix) per channel. Channels in parallel.
+// take Eigen's kissfft in double (mixed radix) per channel. Channels in parallel. ZOH: blocked
+// powers of exp(dt A), from the group's Schur form where A is shared (see "ZOH from the group's
+// Schur form" below).
 #pragma once
 
 #include <algorithm>
@@ -214,6 +216,178 @@ inline std::vector<SsmComplex> ssm_dplr_schur_c_power(const SsmDplrSchur& f, con
   return result;
 }
 
+// ---- ZOH from the group's Schur form ------------------------------------------------------------
+//
+// In the basis of the group's Schur vectors U (A = U T U^*), channel h's Van Loan block
+// dt [[T, U^* B], [0, 0]] is upper triangular, and so is its exponential [[T_bar, B~], [0, 1]]:
+// T_bar = exp(dt T) = U^* A_bar U and B~ = U^* B_bar. The kernel K[l] = Re(C A_bar^l B_bar) is
+// Re((C U) T_bar^l B~), formed by the blocked powers of ssm_dplr_power_kernel_channel on
+// triangular factors. Every product is of upper-triangular matrices (n^3/6 complex multiply-adds
+// against the n^3 of the dense exponential's and squarings' products), in planes [row][padded]
+// kept by the task across channels: the dense form's per-channel matrices and the temporaries of
+// Eigen's exponential cost more in page faults and memset than in arithmetic.
+
+// Channels sharing A from which ZOH takes the Schur form (about 30 dense products once per group)
+// instead of each channel's dense (N+1)^3 exponential and N^3 squarings (about 15-20 products).
+constexpr index_t kSsmDplrZohSchurChannels = 2;
+
+// Upper-triangular complex matrices of one size as real and imaginary planes [n][padded] (zeros
+// below the diagonal and in the padding), the layout ssm_dplr_upper_row reads.
+struct SsmUpperPlanes {
+  index_t n = 0, padded = 0;
+  std::vector<double> re, im;
+  void reset(index_t n_, index_t padded_) {
+    n = n_, padded = padded_;
+    re.assign(static_cast<std::size_t>(n * padded), 0.0), im.assign(static_cast<std::size_t>(n * padded), 0.0);
+  }
+  double* re_row(index_t i) { return re.data() + i * padded; }
+  double* im_row(index_t i) { return im.data() + i * padded; }
+};
+
+// out = a b for upper-triangular a, b (out must not alias either).
+inline void ssm_upper_product(const SsmUpperPlanes& a, const SsmUpperPlanes& b, SsmUpperPlanes& out) {
+  out.reset(a.n, a.padded);
+  for (index_t i = 0; i < a.n; ++i)
+    ssm_dplr_upper_row(a.re.data() + i * a.padded, a.im.data() + i * a.padded, i, b.re.data(), b.im.data(), a.n,
+                       a.padded, out.re_row(i), out.im_row(i));
+}
+
+// out = out + s x (s real), both upper triangular.
+inline void ssm_upper_add_scaled(SsmUpperPlanes& out, double s, const SsmUpperPlanes& x) {
+  for (std::size_t i = 0; i < out.re.size(); ++i) out.re[i] += s * x.re[i], out.im[i] += s * x.im[i];
+}
+
+// out[i] = sum_k t[i, k] v[k] for rows i < rows of an upper-triangular t; v and out in planes of
+// t.padded entries, v zero from `rows` on (so the column of t past them is not read into the sums).
+inline void ssm_upper_times_column(const SsmUpperPlanes& t, index_t rows, const double* v_re, const double* v_im,
+                                   double* out_re, double* out_im) {
+  using Batch = SsmDplrBatch;
+  constexpr index_t W = kSsmDplrLanes;
+  for (index_t i = 0; i < rows; ++i) {
+    Batch rr(0.0), ii(0.0), ri(0.0), ir(0.0);
+    const double *tr = t.re.data() + i * t.padded, *ti = t.im.data() + i * t.padded;
+    for (index_t k = i / W * W; k < t.padded; k += W) {  // below the diagonal t is zero
+      const Batch a = simd::load(tr + k), c = simd::load(ti + k), x = simd::load(v_re + k), y = simd::load(v_im + k);
+      rr = simd::fma(a, x, rr), ii = simd::fma(c, y, ii), ri = simd::fma(a, y, ri), ir = simd::fma(c, x, ir);
+    }
+    out_re[i] = simd::reduce_add(rr - ii), out_im[i] = simd::reduce_add(ri + ir);
+  }
+}
+
+// Per-task buffers of the Schur-form ZOH kernel.
+struct SsmDplrZohScratch {
+  SsmUpperPlanes x, x2, x3, x4, sum, next;
+  std::vector<double> row_re, row_im, next_re, next_im;
+  Eigen::MatrixXd giant, baby, product;  // [J, 2N] (C U T_bar^(jb) as re | -im), [2N, b], [J, b]
+};
+
+// exp(x) in place for an upper-triangular x: scaling by 2^-s until ||x||_1 <= 1, Taylor's series
+// to degree 16 (remainder below 1/17! = 2.8e-15 of the unit ball) by Paterson-Stockmeyer in x^4
+// (6 products), then s squarings.
+inline void ssm_upper_exp(SsmUpperPlanes& x, SsmDplrZohScratch& w) {
+  const index_t n = x.n, padded = x.padded;
+  double norm = 0.0;  // largest column sum of |x|
+  for (index_t j = 0; j < n; ++j) {
+    double column = 0.0;
+    for (index_t i = 0; i <= j; ++i) column += std::abs(SsmComplex(x.re[i * padded + j], x.im[i * padded + j]));
+    norm = std::max(norm, column);
+  }
+  int squarings = 0;
+  while (norm > 1.0) norm /= 2.0, ++squarings;
+  const double scale = std::ldexp(1.0, -squarings);
+  for (std::size_t i = 0; i < x.re.size(); ++i) x.re[i] *= scale, x.im[i] *= scale;
+  ssm_upper_product(x, x, w.x2);
+  ssm_upper_product(w.x2, x, w.x3);
+  ssm_upper_product(w.x2, w.x2, w.x4);
+  // sum_{k<=16} x^k / k! = B0 + x^4 (B1 + x^4 (B2 + x^4 (B3 + x^4 B4))), Bi = sum_{j<4} x^j / (4i+j)!.
+  double factorial[17];
+  factorial[0] = 1.0;
+  for (int k = 1; k <= 16; ++k) factorial[k] = factorial[k - 1] * k;
+  const auto add_block = [&](SsmUpperPlanes& out, int i) {
+    for (index_t d = 0; d < n; ++d) out.re[d * padded + d] += 1.0 / factorial[4 * i];
+    ssm_upper_add_scaled(out, 1.0 / factorial[4 * i + 1], x);
+    ssm_upper_add_scaled(out, 1.0 / factorial[4 * i + 2], w.x2);
+    ssm_upper_add_scaled(out, 1.0 / factorial[4 * i + 3], w.x3);
+  };
+  w.sum.reset(n, padded);
+  ssm_upper_add_scaled(w.sum, 1.0 / factorial[16], w.x4);
+  add_block(w.sum, 3);
+  for (int i = 2; i >= 0; --i) {
+    ssm_upper_product(w.x4, w.sum, w.next);
+    std::swap(w.sum, w.next);
+    add_block(w.sum, i);
+  }
+  for (int s = 0; s < squarings; ++s) {
+    ssm_upper_product(w.sum, w.sum, w.next);
+    std::swap(w.sum, w.next);
+  }
+  std::swap(x, w.sum);
+}
+
+// kernel[:, h] under ZOH from the group's Schur factors f (see the block comment above).
+inline void ssm_dplr_zoh_schur_channel(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h,
+                                       const TensorView<float, 2>& kernel, SsmDplrZohScratch& w) {
+  const index_t N = f.N, n = N + 1, padded = (n + kSsmDplrLanes - 1) / kSsmDplrLanes * kSsmDplrLanes;
+  const index_t L = kernel.size(0);
+  const double dt = p.dt(h);
+  // The Van Loan block dt [[T, U^* B], [0, 0]].
+  SsmUpperPlanes& e = w.x;
+  e.reset(n, padded);
+  for (index_t i = 0; i < N; ++i) {
+    for (index_t k = i; k < N; ++k) e.re[i * padded + k] = dt * f.T_re[i * f.padded + k], e.im[i * padded + k] = dt * f.T_im[i * f.padded + k];
+    SsmComplex b = 0.0;  // (U^* B)[i] = sum_m conj(U[m, i]) B[m]
+    for (index_t m = 0; m < N; ++m) b += std::conj(f.U[m * N + i]) * ssm_value(p.B_real, p.B_imag, h, m);
+    e.re[i * padded + N] = dt * b.real(), e.im[i * padded + N] = dt * b.imag();
+  }
+  ssm_upper_exp(e, w);  // e = [[T_bar, B~], [0, 1]]
+  index_t b = 1;
+  while (b * b < L) b *= 2;
+  const index_t J = (L + b - 1) / b;
+  // Baby steps T_bar^i B~ as the columns of [re; im] (2N x b); the last column of e is B~.
+  w.baby.resize(2 * N, b);
+  w.row_re.assign(static_cast<std::size_t>(padded), 0.0), w.row_im.assign(static_cast<std::size_t>(padded), 0.0);
+  w.next_re.assign(static_cast<std::size_t>(padded), 0.0), w.next_im.assign(static_cast<std::size_t>(padded), 0.0);
+  for (index_t i = 0; i < N; ++i) w.row_re[i] = e.re[i * padded + N], w.row_im[i] = e.im[i * padded + N];
+  for (index_t c = 0; c < b; ++c) {
+    if (c > 0) {
+      ssm_upper_times_column(e, N, w.row_re.data(), w.row_im.data(), w.next_re.data(), w.next_im.data());
+      w.row_re.swap(w.next_re), w.row_im.swap(w.next_im);
+    }
+    for (index_t i = 0; i < N; ++i) w.baby(i, c) = w.row_re[i], w.baby(N + i, c) = w.row_im[i];
+  }
+  // T_bar^b by log2 b squarings (the B~ column and the last row ride along: the jump's own last
+  // column is never read, as the giant rows' entry N stays 0).
+  SsmUpperPlanes& jump = w.x4;
+  jump = e;
+  for (index_t k = 1; k < b; k *= 2) {
+    ssm_upper_product(jump, jump, w.next);
+    std::swap(jump, w.next);
+  }
+  // Giant steps (C U) T_bar^(jb) as rows [re | -im] (J x 2N): their product with the baby columns is
+  // the real part Re(g v) = g_re v_re - g_im v_im.
+  w.giant.resize(J, 2 * N);
+  std::fill(w.row_re.begin(), w.row_re.end(), 0.0), std::fill(w.row_im.begin(), w.row_im.end(), 0.0);
+  for (index_t m = 0; m < N; ++m) {
+    const SsmComplex c = ssm_value(p.C_real, p.C_imag, h, m);
+    for (index_t j = 0; j < N; ++j) {
+      const SsmComplex v = c * f.U[m * N + j];
+      w.row_re[j] += v.real(), w.row_im[j] += v.imag();
+    }
+  }
+  for (index_t j = 0; j < J; ++j) {
+    if (j > 0) {
+      w.next_re.assign(static_cast<std::size_t>(padded), 0.0), w.next_im.assign(static_cast<std::size_t>(padded), 0.0);
+      ssm_dplr_upper_row(w.row_re.data(), w.row_im.data(), 0, jump.re.data(), jump.im.data(), n, padded,
+                         w.next_re.data(), w.next_im.data());
+      w.row_re.swap(w.next_re), w.row_im.swap(w.next_im);
+    }
+    for (index_t m = 0; m < N; ++m) w.giant(j, m) = w.row_re[m], w.giant(j, N + m) = -w.row_im[m];
+  }
+  w.product.resize(J, b);
+  w.product.noalias() = w.giant * w.baby;
+  for (index_t l = 0; l < L; ++l) kernel(l, h) = static_cast<float>(w.product(l / b, l % b));
+}
+
 // The dense bilinear A_bar and B_bar of channel h from the DPLR structure in O(N^2 r) (the
 // reference's Gauss-Jordan is O(N^3)): with D = (I - dt/2 Lambda)^-1 and the r x r
 // S = (2/dt I + Q^* D P)^-1, Woodbury gives M^-1 = (I - dt/2 A)^-1 = D - U W with U = D P S and
@@ -391,6 +565,7 @@ struct SsmDplrScratch {
   std::vector<double> weight_re, weight_im, lambda_re, lambda_im, tan_lanes;
   std::vector<float> folded;  // Hermitian parts of a block's spectra, [channel][k][re, im]
   SsmDplrSchurScratch schur;
+  SsmDplrZohScratch zoh;
   Eigen::FFT<double> fft;
 };
 
@@ -469,7 +644,7 @@ void ssm_dplr_spectrum(const SsmDplrParams& p, const SsmDplrGroup& s, const SsmD
 }
 
 // The groups' DPLR factors, read once per call, and their Schur forms when the groups are large
-// enough to pay for them (kSsmDplrSchurChannels; bilinear only).
+// enough to pay for them (bilinear kSsmDplrSchurChannels, ZOH kSsmDplrZohSchurChannels).
 struct SsmDplrGroups {
   index_t per_group = 1;
   std::vector<SsmDplrGroup> factors;
@@ -485,7 +660,7 @@ SsmDplrGroups ssm_dplr_groups(const SsmDplrParams& p, index_t G, index_t H, bool
   SsmDplrGroups g;
   g.per_group = H / G;
   for (index_t i = 0; i < G; ++i) g.factors.push_back(ssm_dplr_group(p, i));
-  if (!zoh && g.per_group >= kSsmDplrSchurChannels) {
+  if (g.per_group >= (zoh ? kSsmDplrZohSchurChannels : kSsmDplrSchurChannels)) {
     g.schurs.resize(static_cast<std::size_t>(G));
     parallel_for(executor, G, 1, [&](index_t begin, index_t end) {
       for (index_t i = begin; i < end; ++i) g.schurs[static_cast<std::size_t>(i)] = ssm_dplr_schur<Tag>(g.factors[i]);
@@ -502,6 +677,10 @@ void ssm_dplr_kernel_channel(const SsmDplrParams& p, const SsmDplrGroup& s, cons
                              bool zoh, const std::vector<double>& tan_half, const TensorView<float, 2>& kernel,
                              SsmDplrScratch& w) {
   const index_t L = kernel.size(0);
+  if (zoh && schur) {
+    ssm_dplr_zoh_schur_channel(*schur, p, h, kernel, w.zoh);
+    return;
+  }
   if (zoh) {
     ssm_dplr_zoh_discretize<Tag>(p, s, h, &w.A_bar, &w.B_bar);
     ssm_dplr_power_kernel_channel<Tag>(w.A_bar, w.B_bar, p, h, kernel);
@@ -589,8 +768,9 @@ void ssm_dplr_kernel_block(const SsmDplrParams& p, const SsmDplrGroups& groups, 
 /// batched float transform over 2 SIMD-width channels, else Eigen's kissfft in double). Same
 /// result as reference::ssm_dplr_kernel up to double rounding and, for the float transform,
 /// about 1e-7 log2 L of the kernel's rms (tested within 1e-5 of max |kernel|). That is the bilinear
-/// form; ZOH has no DPLR structure left, so its kernel comes from the dense exp(dt A) by blocked
-/// powers. Conjugate pairs are refused (ShapeError); validates shapes, non-finite values,
+/// form; ZOH has no DPLR structure left, so its kernel comes from exp(dt A) by blocked powers:
+/// triangular in the Schur basis of A when kSsmDplrZohSchurChannels or more channels share it,
+/// dense for a lone channel. Conjugate pairs are refused (ShapeError); validates shapes, non-finite values,
 /// Re(Lambda) >= 0, dt <= 0 and, with an explicit Q, a non-dissipative A, before any write.
 /// Cost per channel O(N^3 log L + L N (r+1)^2 + L log L) (N^3/6 log L from a group's Schur form
 /// when kSsmDplrSchurChannels or more channels share A), channels in parallel.
