@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include <Eigen/Core>
 
@@ -65,6 +66,7 @@ struct WyWorkspace {
   Eigen::Matrix<float, 1, Eigen::Dynamic> gsum, factor;
   chunkwise::ProductScratch finite_u;  // add_lower_product's scratch (non-finite U only)
   bool bf16_dot = false;  ///< the current chunk's GEMMs on bf16 dot products (set by wy_load_chunk)
+  bool u_words = false;   ///< bf16 U finite, its pair words packed by wy_intra for the state update
 };
 
 /// The values of chunk [t0, t0 + L) into Vc: copied, or widened from 16-bit storage.
@@ -195,9 +197,12 @@ inline void scale_rows(const float* x, const float* y, const float* f, index_t r
   }
 }
 
+/// factor = exp(gamma) per row (scalar gate): the decay of the state read.
+inline void read_decays(index_t L, WyWorkspace& ws) { ws.factor.head(L) = ws.gsum.head(L).array().exp().matrix(); }
+
 /// KQg = (K;Q) * exp(gamma) rowwise (scalar) or elementwise (channel).
 inline void decay_rows(const DeltaHead& p, index_t L, WyWorkspace& ws) {
-  if (p.scalar_gate) ws.factor.head(L) = ws.gsum.head(L).array().exp().matrix();
+  if (p.scalar_gate) read_decays(L, ws);
   for (int half = 0; half < 2; ++half) {
     auto dst = ws.KQg.middleRows(half * L, L);
     const auto src = ws.KQ.middleRows(half * L, L);
@@ -208,9 +213,14 @@ inline void decay_rows(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   }
 }
 
+/// factor = exp(gamma_L - gamma) per row (scalar gate): the decay of the keys' state update.
+inline void key_decays(index_t L, float last, WyWorkspace& ws) {
+  ws.factor.head(L) = (last - ws.gsum.head(L).array()).exp().matrix();
+}
+
 /// Kn = K * exp(gamma_L - gamma) rowwise (scalar gate), each row's factor computed once.
 inline void decayed_keys(index_t L, float last, WyWorkspace& ws) {
-  ws.factor.head(L) = (last - ws.gsum.head(L).array()).exp().matrix();
+  key_decays(L, last, ws);
   scale_rows(ws.KQ.data(), nullptr, ws.factor.data(), L, ws.KQ.cols(), ws.KQ.cols(), ws.Kn.data());
 }
 
@@ -250,54 +260,72 @@ inline void solve_unit_lower(const LowerA& A, index_t L, RowMatrix& X) {
 // V - P and the triangular solve stay fp32, as does the state. Strong channel decays (the
 // pairwise scores) and a non-finite U take the fp32 code.
 
-/// G = X Y^T over the first `rows` rows of X and L rows of Y (both [*, K], row stride K).
+/// G = X Y^T over the first `rows` rows of X and L rows of Y (both [*, K], row stride K; Y may
+/// be X itself), only
+/// where mask_scores reads it: each 16-row strip of either half (rows of X [0, L) and [L, 2L))
+/// stops at the 16 columns holding its last row's diagonal (5/8 of the full product at L = 64).
 inline void scores_bf16(const RowMatrix& X, index_t rows, const RowMatrix& Y, index_t L, index_t K, WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
-  const index_t Kw = words(K), Lpad = pad16(L);
+  const index_t Kw = words(K), Lpad = pad16(L), ldg = ws.G.cols();
   Scratch& x = Scratch::local();
   x.reserve(rows, K, ws.Vc.cols());
   pack_rows(X.data(), K, rows, K, x.a.data(), Kw);
-  pack_rows(Y.data(), K, L, K, x.c.data(), Kw);
-  transpose_words(x.c.data(), Kw, L, Kw, x.b.data(), Lpad, Lpad);
-  gemm_bf16(x.a.data(), Kw, x.b.data(), Lpad, x.f.data(), Lpad, rows, Lpad, Kw, nullptr);
-  ws.G.topLeftCorner(rows, L) = detail::la::padded_rows(x.f.data(), rows, L, Lpad);
+  const std::uint32_t* y = x.a.data();  // Y is X's first L rows unless the gate is per channel
+  if (&Y != &X) {
+    pack_rows(Y.data(), K, L, K, x.c.data(), Kw);
+    y = x.c.data();
+  }
+  transpose_words(y, Kw, L, Kw, x.b.data(), Lpad, Lpad);
+  for (index_t half = 0; half * L < rows; ++half)
+    for (index_t i0 = 0; i0 < L; i0 += 16) {
+      const index_t r0 = half * L + i0;
+      gemm_bf16_into(x.a.data() + r0 * Kw, Kw, x.b.data(), Lpad, std::min<index_t>(16, L - i0), std::min(L, i0 + 16),
+                     Kw, ws.G.row(r0).data(), ldg, ldg, nullptr, x.f.data());
+    }
 }
 
-/// P = X S over the first `rows` rows of X [*, K].
-inline void read_state_bf16(const RowMatrix& X, index_t rows, const RowMatrix& S, WyWorkspace& ws) {
+/// P = X S over the 2L rows of X [*, K], row i and L + i times half_scale[i] when given (the
+/// scalar gate's exp(gamma_i), applied as X is packed: no decayed fp32 copy).
+inline void read_state_bf16(const RowMatrix& X, index_t L, const float* half_scale, const RowMatrix& S,
+                            WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
-  const index_t K = S.rows(), V = S.cols(), Kw = words(K), Vpad = pad16(V);
+  const index_t K = S.rows(), V = S.cols(), Kw = words(K), Vpad = pad16(V), rows = 2 * L;
   Scratch& x = Scratch::local();
   x.reserve(rows, K, V);
-  pack_rows(X.data(), K, rows, K, x.a.data(), Kw);
+  for (index_t half = 0; half < 2; ++half)
+    pack_rows(X.row(half * L).data(), K, L, K, x.a.data() + half * L * Kw, Kw, half_scale);
   pack_row_pairs(S.data(), V, K, V, x.b.data(), Vpad);
-  gemm_bf16(x.a.data(), Kw, x.b.data(), Vpad, x.f.data(), Vpad, rows, Vpad, Kw, nullptr);
-  ws.P.topRows(rows) = detail::la::padded_rows(x.f.data(), rows, V, Vpad);
+  gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, rows, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr,
+                 x.f.data());
 }
 
-/// O += M U (O is P's rows [L, 2L)); U finite.
+/// O += M U (O is P's rows [L, 2L)); U finite. U's pair words stay in the scratch's `d` for the
+/// state update of the same chunk (add_state_bf16), which reads the same bf16 U.
 inline void add_mu_bf16(index_t L, WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
   const index_t V = ws.U.cols(), Lw = words(L), Vpad = pad16(V);
   Scratch& x = Scratch::local();
   x.reserve(2 * L, ws.KQ.cols(), V);
   pack_rows(ws.M.data(), ws.M.cols(), L, L, x.a.data(), Lw);
-  pack_row_pairs(ws.U.data(), V, L, V, x.b.data(), Vpad);
-  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.g.data(), Vpad, L, Vpad, Lw, nullptr);
-  ws.P.middleRows(L, L) += detail::la::padded_rows(x.g.data(), L, V, Vpad);
+  pack_row_pairs(ws.U.data(), V, L, V, x.d.data(), Vpad);
+  for (index_t i0 = 0; i0 < L; i0 += 16)  // 16-row strips of M's lower triangle: tokens j < i0 + 16
+    gemm_bf16_into(x.a.data() + i0 * Lw, Lw, x.d.data(), Vpad, std::min<index_t>(16, L - i0), V,
+                   words(std::min(L, i0 + 16)), ws.P.row(L + i0).data(), ws.P.cols(), ws.P.cols(), x.ones.data(),
+                   x.f.data());
 }
 
-/// S += X^T U over the first L rows of X [*, K] (S already decayed); U finite.
-inline void add_state_bf16(const RowMatrix& X, index_t L, RowMatrix& S, WyWorkspace& ws) {
+/// S = diag(decay) S + X^T U over the first L rows of X [*, K], row i times key_scale[i] when
+/// given (the scalar gate's exp(gamma_L - gamma_i), applied as X is packed); U's pair words
+/// from add_mu_bf16.
+inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale, const float* decay, RowMatrix& S,
+                           WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
   const index_t K = S.rows(), V = S.cols(), Lw = words(L), Kpad = pad16(K), Vpad = pad16(V);
   Scratch& x = Scratch::local();
   x.reserve(2 * L, K, V);
-  pack_row_pairs(X.data(), K, L, K, x.c.data(), Kpad);      // [Lw x Kpad]
+  pack_row_pairs(X.data(), K, L, K, x.c.data(), Kpad, key_scale);  // [Lw x Kpad]
   transpose_words(x.c.data(), Kpad, Lw, K, x.a.data(), Lw, Lw);  // [K x Lw]
-  pack_row_pairs(ws.U.data(), V, L, V, x.b.data(), Vpad);   // [Lw x Vpad]
-  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.f.data(), Vpad, K, Vpad, Lw, nullptr);
-  S += detail::la::padded_rows(x.f.data(), K, V, Vpad);
+  gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, K, V, Lw, S.data(), V, V, decay, x.f.data());
 }
 #endif
 
@@ -348,10 +376,13 @@ inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyW
       for (int half = 0; half < 2; ++half)
         detail::la::times_exp_rows(ws.KQ.row(half * L).data(), p.K(), ws.gamma.data(), ws.gamma.cols(), 1.f,
                                              nullptr, ws.KQg.row(half * L).data(), p.K(), L, p.K());
+      read_state_bf16(ws.KQg, L, nullptr, S, ws);
     } else if (p.gated()) {
-      decay_rows(p, L, ws);
+      read_decays(L, ws);
+      read_state_bf16(ws.KQ, L, ws.factor.data(), S, ws);
+    } else {
+      read_state_bf16(ws.KQ, L, nullptr, S, ws);
     }
-    read_state_bf16(p.gated() ? ws.KQg : ws.KQ, 2 * L, S, ws);
     return;
   }
 #endif
@@ -377,10 +408,12 @@ inline void add_mu(index_t L, const LowerM& M, WyWorkspace& ws) {
 
 /// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L)).
 inline void wy_intra(index_t L, WyWorkspace& ws) {
+  ws.u_words = false;
   scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data());
   solve_unit_lower(ws.A, L, ws.U);
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols())) {
+  ws.u_words = ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols());
+  if (ws.u_words) {
     add_mu_bf16(L, ws);
     return;
   }
@@ -398,22 +431,24 @@ inline void add_keys_times_u(const float* X, index_t L, float decay, RowMatrix& 
 /// State passing: S = diag(exp(gamma_L)) S + (K * exp(gamma_L - gamma))^T U.
 inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorkspace& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols())) {
-    if (!p.gated()) {
-      add_state_bf16(ws.KQ, L, S, ws);
-      return;
-    }
-    if (p.scalar_gate) {
+  if (ws.u_words) {  // bf16 dot products, U finite and packed by wy_intra
+    const RowMatrix* keys = &ws.KQ;
+    const float* key_scale = nullptr;  // the scalar gate's key decays, applied as K is packed
+    const float* decay = detail::la::bf16_tiles::Scratch::local().ones.data();
+    // ws.anchor is free here (it serves the next chunk's scores): the state rows' decays.
+    if (p.gated() && p.scalar_gate) {
       const float last = ws.gamma(L - 1, 0);
-      decayed_keys(L, last, ws);
-      S *= std::exp(last);
-    } else {
+      key_decays(L, last, ws);
+      ws.anchor.setConstant(std::exp(last));
+      key_scale = ws.factor.data(), decay = ws.anchor.data();
+    } else if (p.gated()) {
       const auto last = ws.gamma.row(L - 1);
       detail::la::times_exp_rows(ws.KQ.data(), p.K(), ws.gamma.data(), ws.gamma.cols(), -1.f, last.data(),
-                                           ws.Kn.data(), p.K(), L, p.K());
-      decay_state_rows(last.data(), S, ws);
+                                 ws.Kn.data(), p.K(), L, p.K());
+      ws.anchor = last.array().exp().matrix();
+      keys = &ws.Kn, decay = ws.anchor.data();
     }
-    add_state_bf16(ws.Kn, L, S, ws);
+    add_state_bf16(*keys, L, key_scale, decay, S, ws);
     return;
   }
 #endif
