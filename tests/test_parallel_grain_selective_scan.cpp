@@ -5,7 +5,9 @@
 //  - outputs, final states and token states of that split against the reference at 64, 48 and 7
 //    claimed threads, at ragged shapes (T = 1, D per group off the SIMD width, N odd, B > 1,
 //    packed sequences with slots, initial state carried in place, reverse, every optional input);
-//  - the task counts at the mamba-130m shape, and that 1 and 2 threads keep one block per thread.
+//  - the task counts at the mamba-130m shape, and that 1 and 2 threads keep one block per thread;
+//  - a split item on a real ThreadPool (shares written and summed on different threads), calls of
+//    several lengths in a row.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/ssm/selective_scan/fast.hpp"
@@ -192,4 +195,30 @@ TEST_CASE("selective_scan prefill task counts at the mamba-130m shape", "[select
   CHECK(plan.whole == 7);
   CHECK(plan.split == 2);
   CHECK(plan.parts == 2);
+}
+
+TEST_CASE("selective_scan on a real 4-thread pool: split items summed across threads match the reference",
+          "[selective_scan][parallel_grain]") {
+  // 5 lane groups on 4 threads: the last wave's one item runs in 4 ranges of N on the pool's
+  // threads, so the shares and the last range's sum cross threads (what the CountingExecutor
+  // cases cannot show; this case is the one to build with TSan). Calls of several lengths in a
+  // row reuse the caller's kept share scratch.
+  const index_t D = 5 * seqmix::simd::kWidth, N = 16;
+  REQUIRE(seqmix::detail::scan_split(5, N, 4).parts == 4);
+  const seqmix::ThreadPool pool(4);
+  std::uint64_t seed = 31;
+  for (index_t T : {37, 3, 64, 1, 37}) {
+    INFO("T=" << T);
+    const ScanData data(1, T, D, N, 1, 1, true, seed++);
+    const auto in = data.inputs(true);
+    seqmix::SelectiveScanOptions options;
+    options.delta_softplus = true;
+    Tensor<float, 3> y_ref({1, T, D}), s_ref({1, D, N}), y({1, T, D}), s({1, D, N});
+    seqmix::reference::selective_scan(in, {y_ref.view(), s_ref.view()}, options);
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      seqmix::selective_scan(in, {y.view(), s.view()}, options, pool);
+      st::require_close("y", y.view(), y_ref.view(), kTol);
+      st::require_close("final_state", s.view(), s_ref.view(), kTol);
+    }
+  }
 }

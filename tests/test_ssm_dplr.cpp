@@ -232,6 +232,16 @@ std::vector<double> dplr_zoh_kernel(const DplrData& d, index_t h, index_t G, ind
   return k;
 }
 
+// Channel h of `kernel` against `expected` within 1e-5 of its largest magnitude (at least 1e-3).
+void require_channel_close(const Tensor<float, 2>& kernel, index_t h, const std::vector<double>& expected) {
+  double scale = 1e-3;
+  for (double v : expected) scale = std::max(scale, std::abs(v));
+  for (index_t l = 0; l < static_cast<index_t>(expected.size()); ++l) {
+    INFO("l=" << l << " h=" << h);
+    REQUIRE(std::abs(kernel(l, h) - expected[static_cast<std::size_t>(l)]) <= 1e-5 * scale);
+  }
+}
+
 TEST_CASE("ssm_dplr: the ZOH kernel equals a matrix exponential and power loop", "[ssm_kernel]") {
   std::uint64_t seed = 500;
   const std::vector<index_t> lengths = st::small_test_scale() ? std::vector<index_t>{1, 7, 64}
@@ -250,26 +260,21 @@ TEST_CASE("ssm_dplr: the ZOH kernel equals a matrix exponential and power loop",
                                 seed % 40 ? st::two_thread_pool() : seqmix::serial_executor());
         for (index_t h = 0; h < H; ++h) {
           const std::vector<double> expected = dplr_zoh_kernel(data, h, G, L);
-          double scale = 1e-3;
-          for (double v : expected) scale = std::max(scale, std::abs(v));
-          for (index_t l = 0; l < L; ++l) {
-            INFO("l=" << l << " h=" << h);
-            REQUIRE(std::abs(fast(l, h) - expected[l]) <= 1e-5 * scale);
-            REQUIRE(std::abs(ref(l, h) - expected[l]) <= 1e-5 * scale);
-          }
+          require_channel_close(fast, h, expected);
+          require_channel_close(ref, h, expected);
         }
       }
 }
 
 // Groups of kSsmDplrZohSchurChannels or more channels take ZOH from the group's Schur form
 // (triangular exponential and powers); single-channel groups keep the dense exponential. Both in
-// one call (groups of 1 and of 3), HiPPO and random A with explicit Q, odd N, dt from 1e-3 to 1
-// (the exponential's scaling and squaring at ||dt A||_1 in the hundreds for HiPPO at N = 64).
+// one call (groups of 1 and of 3), HiPPO and random A with explicit Q, N = 1 and odd N, dt from
+// 1e-7 to 100 (many squarings of the scaled exponential, or ||dt A||_1 near 0).
 TEST_CASE("ssm_dplr: the Schur-form ZOH of shared-A groups equals a matrix exponential and power loop",
           "[ssm_kernel]") {
   std::uint64_t seed = 2100;
   const seqmix::SsmKernelOptions zoh{SsmDiscretization::zoh, SsmStateSymmetry::none};
-  for (index_t N : {5, 64})
+  for (index_t N : {1, 5, 64})
     for (index_t L : {1, 100, 256})
       for (int variant = 0; variant < 2; ++variant) {
         const bool hippo = variant == 0;
@@ -279,17 +284,11 @@ TEST_CASE("ssm_dplr: the Schur-form ZOH of shared-A groups equals a matrix expon
           INFO("N=" << N << " L=" << L << " hippo=" << hippo << " per_group=" << per_group);
           DplrData data(H, G, N, r, hippo, !hippo, seed += 20);
           data.dt(0) = 1.f, data.dt(H - 1) = 1e-3f;
+          // In a shared group also a huge and a tiny step: many squarings, and ||dt A|| near 0.
+          if (per_group > 1) data.dt(1) = 100.f, data.dt(2) = 1e-7f;
           Tensor<float, 2> fast({L, H});
           seqmix::ssm_dplr_kernel(data.params(), fast.view(), zoh, st::two_thread_pool());
-          for (index_t h = 0; h < H; ++h) {
-            const std::vector<double> expected = dplr_zoh_kernel(data, h, G, L);
-            double scale = 1e-3;
-            for (double v : expected) scale = std::max(scale, std::abs(v));
-            for (index_t l = 0; l < L; ++l) {
-              INFO("l=" << l << " h=" << h);
-              REQUIRE(std::abs(fast(l, h) - expected[l]) <= 1e-5 * scale);
-            }
-          }
+          for (index_t h = 0; h < H; ++h) require_channel_close(fast, h, dplr_zoh_kernel(data, h, G, L));
         }
       }
 }

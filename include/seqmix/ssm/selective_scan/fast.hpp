@@ -104,7 +104,7 @@ struct ScanSplit {
 /// The items fill waves of `threads` tasks; when the last wave is at most half full (96 lane
 /// groups on 64 threads: 32), its items are cut into ranges of state indices so that the wave
 /// fills the cores. A range of N/k indices costs more than 1/k of the item (dt, softplus and the
-/// loads are per token, not per n: at N 16 a half costs ~0.55 of the item) but ends the call
+/// loads are per token, not per n: at N 16 a half costs ~0.75 of the item) but ends the call
 /// sooner than the item whole. Ranges keep 2 indices or more. Only from 3 threads on and at most
 /// 4 waves (where parallel_for would give one item per task anyway): 1 and 2 threads, and many
 /// items, keep parallel_for's blocks.
