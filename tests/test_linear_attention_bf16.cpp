@@ -52,6 +52,7 @@ std::vector<LaBf16Case> la_bf16_cases() {
       {1, 129, 1, 2, 64, 48, 32, -0.05f, 0.f, false}, // several chunks, ragged last one
       {1, 100, 1, 1, 31, 17, 64, -3.f, -1.f, false},  // strong decay (fp32 sub-chunked scores)
       {1, 90, 2, 2, 24, 32, 16, -0.1f, 0.f, true},    // packed sequences
+      {1, 100, 1, 2, 20, 24, 40, -0.1f, 0.f, false},  // chunk not a multiple of 16: padded scratch
   };
   if (!st::small_test_scale()) cases.push_back({2, 300, 1, 2, 128, 128, 64, -0.05f, 0.f, false});
   return cases;

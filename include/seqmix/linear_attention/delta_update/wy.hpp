@@ -314,9 +314,9 @@ inline void add_mu_bf16(index_t L, WyWorkspace& ws) {
                    x.f.data());
 }
 
-/// S = diag(decay) S + X^T U over the first L rows of X [*, K], row i times key_scale[i] when
-/// given (the scalar gate's exp(gamma_L - gamma_i), applied as X is packed); U's pair words
-/// from add_mu_bf16.
+/// S = diag(decay) S + X^T U over the first L rows of X [*, K] (S += X^T U when decay is null),
+/// row i times key_scale[i] when given (the scalar gate's exp(gamma_L - gamma_i), applied as X
+/// is packed); U's pair words from add_mu_bf16.
 inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale, const float* decay, RowMatrix& S,
                            WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
@@ -325,7 +325,9 @@ inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale
   x.reserve(2 * L, K, V);
   pack_row_pairs(X.data(), K, L, K, x.c.data(), Kpad, key_scale);  // [Lw x Kpad]
   transpose_words(x.c.data(), Kpad, Lw, K, x.a.data(), Lw, Lw);  // [K x Lw]
-  gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, K, V, Lw, S.data(), V, V, decay, x.f.data());
+  // The scratch's row of ones is taken after reserve, which may reallocate it.
+  gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, K, V, Lw, S.data(), V, V, decay ? decay : x.ones.data(),
+                 x.f.data());
 }
 #endif
 
@@ -434,7 +436,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
   if (ws.u_words) {  // bf16 dot products, U finite and packed by wy_intra
     const RowMatrix* keys = &ws.KQ;
     const float* key_scale = nullptr;  // the scalar gate's key decays, applied as K is packed
-    const float* decay = detail::la::bf16_tiles::Scratch::local().ones.data();
+    const float* decay = nullptr;      // no decay of S without a gate
     // ws.anchor is free here (it serves the next chunk's scores): the state rows' decays.
     if (p.gated() && p.scalar_gate) {
       const float last = ws.gamma(L - 1, 0);
