@@ -3,9 +3,10 @@
 // within the documented bound (docs/operators.md, GLA and gated delta rule): per (sequence,
 // value head), the normwise relative error of the outputs ||o_dot - o|| / ||o|| and of the final
 // state ||S_dot - S|| / ||S|| at most 2^-6. Ragged shapes: T = 1, T not a multiple of the chunk,
-// odd and non-multiple-of-16 K and V, GQA, B > 1, an initial state, every gate kind (channel
-// gates strong enough for the fp32 sub-chunked scores too), packed sequences. On targets
-// without AVX512-BF16 the option falls back to fp32: the results are checked to equal it exactly.
+// a chunk not a multiple of 16, odd and non-multiple-of-16 K and V, GQA, B > 1, an initial state,
+// every gate kind (channel gates strong enough for the fp32 sub-chunked scores too), packed
+// sequences. On targets without AVX512-BF16 the option falls back to fp32: the results are
+// checked to equal it exactly.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -223,13 +224,32 @@ TEST_CASE("linear attention bf16 dot products: a non-finite value reaches no ear
   seqmix::gated_linear_attention(gin, {o.view()}, gopt);
   for (index_t t = 0; t < 40; ++t)
     for (index_t c = 0; c < V; ++c) REQUIRE(std::isfinite(o(0, t, 0, c)));
-  seqmix::GatedDeltaRuleInputs din;
-  din.q = q.view(), din.k = k.view(), din.v = v.view(), din.beta = beta.view(), din.g_scalar = gs.view();
-  seqmix::GatedDeltaRuleOptions dopt;
-  dopt.algorithm = seqmix::DeltaAlgorithm::chunked, dopt.bf16_compute = Bf16Compute::dot;
-  seqmix::gated_delta_rule(din, {o.view()}, dopt);
-  for (index_t t = 0; t < 40; ++t)
-    for (index_t c = 0; c < V; ++c) REQUIRE(std::isfinite(o(0, t, 0, c)));
+  // The delta rules, scalar and channel gate: the chunk's U is non-finite, so its M U and state
+  // update take the fp32 code; the earlier rows must also match a clean run's (bf16 throughout).
+  auto v_clean = st::random_tensor<4>({1, T, 1, V}, 9);
+  Tensor<float, 4> g({1, T, 1, K}), o_clean({1, T, 1, V});
+  st::fill_log_gate(g.view(), 12, -0.1f, 0.f);
+  for (const bool channel : {false, true}) {
+    INFO((channel ? "channel gate" : "scalar gate"));
+    seqmix::GatedDeltaRuleInputs din;
+    din.q = q.view(), din.k = k.view(), din.v = v.view(), din.beta = beta.view();
+    seqmix::GatedDeltaRuleOptions dopt;
+    dopt.gate = channel ? seqmix::DeltaGate::channel : seqmix::DeltaGate::scalar;
+    if (channel) din.g = g.view();
+    else din.g_scalar = gs.view();
+    dopt.algorithm = seqmix::DeltaAlgorithm::chunked, dopt.bf16_compute = Bf16Compute::dot;
+    seqmix::gated_delta_rule(din, {o.view()}, dopt);
+    din.v = v_clean.view();
+    seqmix::gated_delta_rule(din, {o_clean.view()}, dopt);
+    double diff = 0.0, norm = 0.0;
+    for (index_t t = 0; t < 40; ++t)
+      for (index_t c = 0; c < V; ++c) {
+        REQUIRE(std::isfinite(o(0, t, 0, c)));
+        diff += std::pow(double(o(0, t, 0, c)) - o_clean(0, t, 0, c), 2);
+        norm += std::pow(double(o_clean(0, t, 0, c)), 2);
+      }
+    CHECK(std::sqrt(diff) <= kLaBf16Bound * std::sqrt(norm));
+  }
 }
 
 TEST_CASE("linear attention bf16 dot products: an invalid bf16_compute is refused before any write",
