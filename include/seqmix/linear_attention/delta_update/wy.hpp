@@ -317,8 +317,7 @@ inline void add_mu_bf16(index_t L, WyWorkspace& ws) {
 /// S = diag(decay) S + X^T U over the first L rows of X [*, K] (S += X^T U when decay is null),
 /// row i times key_scale[i] when given (the scalar gate's exp(gamma_L - gamma_i), applied as X
 /// is packed); U's pair words from add_mu_bf16.
-inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale, const float* decay, RowMatrix& S,
-                           WyWorkspace& ws) {
+inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale, const float* decay, RowMatrix& S) {
   using namespace detail::la::bf16_tiles;
   const index_t K = S.rows(), V = S.cols(), Lw = words(L), Kpad = pad16(K), Vpad = pad16(V);
   Scratch& x = Scratch::local();
@@ -450,7 +449,7 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
       ws.anchor = last.array().exp().matrix();
       keys = &ws.Kn, decay = ws.anchor.data();
     }
-    add_state_bf16(*keys, L, key_scale, decay, S, ws);
+    add_state_bf16(*keys, L, key_scale, decay, S);
     return;
   }
 #endif
