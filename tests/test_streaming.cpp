@@ -250,12 +250,12 @@ TEST_CASE("streaming: a stream fed segment by segment keeps only its state", "[s
   SECTION("a serving batch is refused: a stream carries one dense batch") {
     Tensor<float, 4> o({B, 4, H, V});
     const std::vector<std::int32_t> cu = {0, 1, 4}, slots = {0};
-    seqmix::GlaInputs packed = Traits::slice(all, 0, 4);
+    seqmix::GatedLinearAttentionInputs packed = Traits::slice(all, 0, 4);
     packed.batch.cu_seqlens = cu;
     CHECK_THROWS_WITH(stream.feed(packed, {o.view(), {}}), Catch::Contains("'batch'"));
-    seqmix::GlaInputs slotted = Traits::slice(all, 0, 4);
+    seqmix::GatedLinearAttentionInputs slotted = Traits::slice(all, 0, 4);
     slotted.batch.state_indices = slots;
-    seqmix::RecurrentStream<seqmix::GlaInputs> fresh;
+    seqmix::RecurrentStream<seqmix::GatedLinearAttentionInputs> fresh;
     CHECK_THROWS_WITH(fresh.feed(slotted, {o.view(), {}}), Catch::Contains("'batch'"));
     CHECK_FALSE(fresh.started());
   }
