@@ -134,31 +134,75 @@ inline void ssm_dplr_upper_row(const double* a_re, const double* a_im, index_t k
   }
 }
 
+// Upper-triangular complex matrices of one size as real and imaginary planes [n][padded] (zeros
+// below the diagonal and in the padding), the layout ssm_dplr_upper_row reads.
+struct SsmUpperPlanes {
+  index_t n = 0, padded = 0;
+  std::vector<double> re, im;
+  void reset(index_t n_, index_t padded_) {
+    n = n_, padded = padded_;
+    re.assign(static_cast<std::size_t>(n * padded), 0.0), im.assign(static_cast<std::size_t>(n * padded), 0.0);
+  }
+  double* re_row(index_t i) { return re.data() + i * padded; }
+  double* im_row(index_t i) { return im.data() + i * padded; }
+};
+
+// out = a b for upper-triangular a, b (out must not alias either).
+inline void ssm_upper_product(const SsmUpperPlanes& a, const SsmUpperPlanes& b, SsmUpperPlanes& out) {
+  out.reset(a.n, a.padded);
+  for (index_t i = 0; i < a.n; ++i)
+    ssm_dplr_upper_row(a.re.data() + i * a.padded, a.im.data() + i * a.padded, i, b.re.data(), b.im.data(), a.n,
+                       a.padded, out.re_row(i), out.im_row(i));
+}
+
+// row = row m for an upper-triangular m (row and next: planes of m.padded entries; next is scratch).
+inline void ssm_upper_row_step(std::vector<double>& row_re, std::vector<double>& row_im, const SsmUpperPlanes& m,
+                               std::vector<double>& next_re, std::vector<double>& next_im) {
+  next_re.assign(static_cast<std::size_t>(m.padded), 0.0), next_im.assign(static_cast<std::size_t>(m.padded), 0.0);
+  ssm_dplr_upper_row(row_re.data(), row_im.data(), 0, m.re.data(), m.im.data(), m.n, m.padded, next_re.data(),
+                     next_im.data());
+  row_re.swap(next_re), row_im.swap(next_im);
+}
+
+// C U for channel h (entry j: sum_n C[n] U[n, j]) into planes of `padded` entries, zero past N.
+inline void ssm_dplr_c_times_u(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h, index_t padded,
+                               std::vector<double>& row_re, std::vector<double>& row_im) {
+  const index_t N = f.N;
+  row_re.assign(static_cast<std::size_t>(padded), 0.0), row_im.assign(static_cast<std::size_t>(padded), 0.0);
+  for (index_t n = 0; n < N; ++n) {
+    const SsmComplex c = ssm_value(p.C_real, p.C_imag, h, n);
+    for (index_t j = 0; j < N; ++j) {
+      const SsmComplex v = c * f.U[n * N + j];
+      row_re[j] += v.real(), row_im[j] += v.imag();
+    }
+  }
+}
+
 // Buffers of ssm_dplr_schur_c_power: the triangular power, its square and the rows, as planes.
 struct SsmDplrSchurScratch {
-  std::vector<double> power_re, power_im, square_re, square_im, row_re, row_im, next_re, next_im;
+  SsmUpperPlanes power, square;
+  std::vector<double> row_re, row_im, next_re, next_im;
 };
 
 // C A_bar^L for channel h from the group's Schur factors (see SsmDplrSchur).
 inline std::vector<SsmComplex> ssm_dplr_schur_c_power(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h,
                                                       index_t L, SsmDplrSchurScratch& w) {
-  const index_t N = f.N, padded = f.padded, size = N * padded;
+  const index_t N = f.N, padded = f.padded;
   const double half = p.dt(h) / 2.0;
-  w.power_re.assign(static_cast<std::size_t>(size), 0.0), w.power_im.assign(static_cast<std::size_t>(size), 0.0);
-  w.square_re.resize(static_cast<std::size_t>(size)), w.square_im.resize(static_cast<std::size_t>(size));
+  w.power.reset(N, padded);
   // T_bar = (I - dt/2 T)^-1 (I + dt/2 T) by back substitution, last row first:
   // T_bar[i,:] = ((I + dt/2 T)[i,:] + dt/2 sum_{k>i} T[i,k] T_bar[k,:]) / (1 - dt/2 T[i,i]).
   std::vector<double> scaled_re(static_cast<std::size_t>(padded)), scaled_im(static_cast<std::size_t>(padded));
   for (index_t i = N - 1; i >= 0; --i) {
     const double* t_re = f.T_re.data() + i * padded;
     const double* t_im = f.T_im.data() + i * padded;
-    double* out_re = w.power_re.data() + i * padded;
-    double* out_im = w.power_im.data() + i * padded;
+    double* out_re = w.power.re_row(i);
+    double* out_im = w.power.im_row(i);
     for (index_t k = i; k < N; ++k) {
       scaled_re[k] = half * t_re[k], scaled_im[k] = half * t_im[k];
       out_re[k] = scaled_re[k] + (k == i ? 1.0 : 0.0), out_im[k] = scaled_im[k];
     }
-    ssm_dplr_upper_row(scaled_re.data(), scaled_im.data(), i + 1, w.power_re.data(), w.power_im.data(), N, padded,
+    ssm_dplr_upper_row(scaled_re.data(), scaled_im.data(), i + 1, w.power.re.data(), w.power.im.data(), N, padded,
                        out_re, out_im);
     const SsmComplex d = 1.0 - SsmComplex(scaled_re[i], scaled_im[i]);
     const SsmComplex inv = std::conj(d) / std::norm(d);
@@ -168,14 +212,7 @@ inline std::vector<SsmComplex> ssm_dplr_schur_c_power(const SsmDplrSchur& f, con
     }
   }
   // row = C U, then row T_bar^L by binary powering.
-  w.row_re.assign(static_cast<std::size_t>(padded), 0.0), w.row_im.assign(static_cast<std::size_t>(padded), 0.0);
-  for (index_t n = 0; n < N; ++n) {
-    const SsmComplex c = ssm_value(p.C_real, p.C_imag, h, n);
-    for (index_t j = 0; j < N; ++j) {
-      const SsmComplex v = c * f.U[n * N + j];
-      w.row_re[j] += v.real(), w.row_im[j] += v.imag();
-    }
-  }
+  ssm_dplr_c_times_u(f, p, h, padded, w.row_re, w.row_im);
   double row_norm = 0.0;
   for (index_t j = 0; j < N; ++j) row_norm += w.row_re[j] * w.row_re[j] + w.row_im[j] * w.row_im[j];
   const double negligible = 1e-36 * row_norm;  // squared norms: 1e-18 of ||C U|| = ||C||
@@ -185,25 +222,16 @@ inline std::vector<SsmComplex> ssm_dplr_schur_c_power(const SsmDplrSchur& f, con
     // stable A_bar's powers decay (with dt = 0.05, L = 16384: ten of the 14 squarings), and the
     // squarings past that point only produce subnormal numbers, each operation on which stalls.
     double power_norm = 0.0, now = 0.0;
-    for (index_t i = 0; i < N * padded; ++i) power_norm += w.power_re[i] * w.power_re[i] + w.power_im[i] * w.power_im[i];
+    for (index_t i = 0; i < N * padded; ++i) power_norm += w.power.re[i] * w.power.re[i] + w.power.im[i] * w.power.im[i];
     for (index_t j = 0; j < N; ++j) now += w.row_re[j] * w.row_re[j] + w.row_im[j] * w.row_im[j];
     if (power_norm < 1.0 && now * power_norm < negligible) {
       std::fill(w.row_re.begin(), w.row_re.end(), 0.0), std::fill(w.row_im.begin(), w.row_im.end(), 0.0);
       break;
     }
-    if (e & 1) {
-      w.next_re.assign(static_cast<std::size_t>(padded), 0.0), w.next_im.assign(static_cast<std::size_t>(padded), 0.0);
-      ssm_dplr_upper_row(w.row_re.data(), w.row_im.data(), 0, w.power_re.data(), w.power_im.data(), N, padded,
-                         w.next_re.data(), w.next_im.data());
-      w.row_re.swap(w.next_re), w.row_im.swap(w.next_im);
-    }
+    if (e & 1) ssm_upper_row_step(w.row_re, w.row_im, w.power, w.next_re, w.next_im);
     if (e > 1) {
-      std::fill(w.square_re.begin(), w.square_re.end(), 0.0), std::fill(w.square_im.begin(), w.square_im.end(), 0.0);
-      for (index_t i = 0; i < N; ++i)
-        ssm_dplr_upper_row(w.power_re.data() + i * padded, w.power_im.data() + i * padded, i, w.power_re.data(),
-                           w.power_im.data(), N, padded, w.square_re.data() + i * padded,
-                           w.square_im.data() + i * padded);
-      w.power_re.swap(w.square_re), w.power_im.swap(w.square_im);
+      ssm_upper_product(w.power, w.power, w.square);
+      std::swap(w.power, w.square);
     }
   }
   // (row) U^*: entry n is sum_j row[j] conj(U[n, j]).
@@ -230,27 +258,6 @@ inline std::vector<SsmComplex> ssm_dplr_schur_c_power(const SsmDplrSchur& f, con
 // Channels sharing A from which ZOH takes the Schur form (about 30 dense products once per group)
 // instead of each channel's dense (N+1)^3 exponential and N^3 squarings (about 15-20 products).
 constexpr index_t kSsmDplrZohSchurChannels = 2;
-
-// Upper-triangular complex matrices of one size as real and imaginary planes [n][padded] (zeros
-// below the diagonal and in the padding), the layout ssm_dplr_upper_row reads.
-struct SsmUpperPlanes {
-  index_t n = 0, padded = 0;
-  std::vector<double> re, im;
-  void reset(index_t n_, index_t padded_) {
-    n = n_, padded = padded_;
-    re.assign(static_cast<std::size_t>(n * padded), 0.0), im.assign(static_cast<std::size_t>(n * padded), 0.0);
-  }
-  double* re_row(index_t i) { return re.data() + i * padded; }
-  double* im_row(index_t i) { return im.data() + i * padded; }
-};
-
-// out = a b for upper-triangular a, b (out must not alias either).
-inline void ssm_upper_product(const SsmUpperPlanes& a, const SsmUpperPlanes& b, SsmUpperPlanes& out) {
-  out.reset(a.n, a.padded);
-  for (index_t i = 0; i < a.n; ++i)
-    ssm_dplr_upper_row(a.re.data() + i * a.padded, a.im.data() + i * a.padded, i, b.re.data(), b.im.data(), a.n,
-                       a.padded, out.re_row(i), out.im_row(i));
-}
 
 // out = out + s x (s real), both upper triangular.
 inline void ssm_upper_add_scaled(SsmUpperPlanes& out, double s, const SsmUpperPlanes& x) {
@@ -366,21 +373,9 @@ inline void ssm_dplr_zoh_schur_channel(const SsmDplrSchur& f, const SsmDplrParam
   // Giant steps (C U) T_bar^(jb) as rows [re | -im] (J x 2N): their product with the baby columns is
   // the real part Re(g v) = g_re v_re - g_im v_im.
   w.giant.resize(J, 2 * N);
-  std::fill(w.row_re.begin(), w.row_re.end(), 0.0), std::fill(w.row_im.begin(), w.row_im.end(), 0.0);
-  for (index_t m = 0; m < N; ++m) {
-    const SsmComplex c = ssm_value(p.C_real, p.C_imag, h, m);
-    for (index_t j = 0; j < N; ++j) {
-      const SsmComplex v = c * f.U[m * N + j];
-      w.row_re[j] += v.real(), w.row_im[j] += v.imag();
-    }
-  }
+  ssm_dplr_c_times_u(f, p, h, padded, w.row_re, w.row_im);
   for (index_t j = 0; j < J; ++j) {
-    if (j > 0) {
-      w.next_re.assign(static_cast<std::size_t>(padded), 0.0), w.next_im.assign(static_cast<std::size_t>(padded), 0.0);
-      ssm_dplr_upper_row(w.row_re.data(), w.row_im.data(), 0, jump.re.data(), jump.im.data(), n, padded,
-                         w.next_re.data(), w.next_im.data());
-      w.row_re.swap(w.next_re), w.row_im.swap(w.next_im);
-    }
+    if (j > 0) ssm_upper_row_step(w.row_re, w.row_im, jump, w.next_re, w.next_im);
     for (index_t m = 0; m < N; ++m) w.giant(j, m) = w.row_re[m], w.giant(j, N + m) = -w.row_im[m];
   }
   w.product.resize(J, b);
