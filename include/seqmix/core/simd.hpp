@@ -153,6 +153,26 @@ inline void add_scalar(float c, float* y, std::ptrdiff_t n) noexcept {
   for (std::ptrdiff_t i = nv; i < n; ++i) y[i] += c;
 }
 
+/// Whether `rows` rows of `cols` contiguous floats, `row_stride` floats apart, are all finite:
+/// x * 0 is 0 for a finite x and NaN for an inf or NaN. Four sums, as one would wait on its
+/// add's latency at every vector.
+inline bool rows_finite(const float* data, std::ptrdiff_t rows, std::ptrdiff_t cols, std::ptrdiff_t row_stride) noexcept {
+  const Batch<float> zero(0.f);
+  Batch<float> z0(0.f), z1(0.f), z2(0.f), z3(0.f);
+  float tail = 0.f;
+  for (std::ptrdiff_t r = 0; r < rows; ++r) {
+    const float* row = data + r * row_stride;
+    std::ptrdiff_t c = 0;
+    for (; c + 4 * kWidth <= cols; c += 4 * kWidth) {
+      z0 += load(row + c) * zero, z1 += load(row + c + kWidth) * zero;
+      z2 += load(row + c + 2 * kWidth) * zero, z3 += load(row + c + 3 * kWidth) * zero;
+    }
+    for (; c + kWidth <= cols; c += kWidth) z0 += load(row + c) * zero;
+    for (; c < cols; ++c) tail += row[c] * 0.f;
+  }
+  return reduce_add((z0 + z1) + (z2 + z3)) + tail == 0.f;
+}
+
 /// Non-temporal store of one batch, bypassing the cache: for outputs larger than the cache that
 /// are not read back soon, it saves the read-for-ownership of every line (a quarter of a scan's
 /// traffic). xsimd 8.1 has none, so the x86 instruction is chosen by the arch tag; elsewhere it is

@@ -88,27 +88,9 @@ struct LongConvDims {
 // The first non-finite element of a [L,G] filter, refused with its position: a NaN tap would
 // reach every later output (and, through the FFT, every output) of its channels.
 // Whether rows [s0, s1) of h are all finite, read a vector at a time when its rows are contiguous
-// (false otherwise, also when unsure). Four sums: one would wait on its add's latency at every
-// vector.
+// (false otherwise, also when unsure).
 inline bool filter_rows_finite(const ConstView<float, 2>& h, index_t s0, index_t s1) noexcept {
-  if (h.stride(1) != 1) return false;
-  using Batch = simd::Batch<float>;
-  constexpr index_t W = simd::kWidth;
-  const index_t G = h.size(1);
-  const Batch zero(0.f);
-  Batch z0(0.f), z1(0.f), z2(0.f), z3(0.f);  // x * 0 is 0 for finite x, NaN for inf or NaN
-  float tail = 0.f;
-  for (index_t s = s0; s < s1; ++s) {
-    const float* row = h.ptr(s, 0);
-    index_t g = 0;
-    for (; g + 4 * W <= G; g += 4 * W) {
-      z0 += simd::load(row + g) * zero, z1 += simd::load(row + g + W) * zero;
-      z2 += simd::load(row + g + 2 * W) * zero, z3 += simd::load(row + g + 3 * W) * zero;
-    }
-    for (; g + W <= G; g += W) z0 += simd::load(row + g) * zero;
-    for (; g < G; ++g) tail += row[g] * 0.f;
-  }
-  return simd::reduce_add((z0 + z1) + (z2 + z3)) + tail == 0.f;
+  return h.stride(1) == 1 && simd::rows_finite(h.data() + s0 * h.stride(0), s1 - s0, h.size(1), h.stride(0));
 }
 
 // The check of the whole filter, in row ranges over `executor` (tasks that only read and report)

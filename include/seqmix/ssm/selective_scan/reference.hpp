@@ -91,21 +91,6 @@ inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); 
 
 inline float scan_silu(float v) { return v / (1.f + std::exp(-v)); }
 
-// Whether every element of a [rows, cols] view is finite: x * 0 is 0 for a finite x and NaN
-// otherwise, summed a vector at a time over rows of unit stride.
-inline bool rows_finite(const ConstView<float, 2>& a) {
-  const index_t cols = a.size(1);
-  const std::ptrdiff_t vec_end = a.stride(1) == 1 ? simd::vector_end(cols) : 0;
-  simd::Batch<float> acc(0.f);
-  float tail = 0.f;
-  for (index_t r = 0; r < a.size(0); ++r) {
-    const float* row = a.ptr(r);
-    for (std::ptrdiff_t c = 0; c < vec_end; c += simd::kWidth) acc += simd::Batch<float>::load_unaligned(row + c) * 0.f;
-    for (index_t c = vec_end; c < cols; ++c) tail += a(r, c) * 0.f;
-  }
-  return simd::reduce_add(acc) + tail == 0.f;
-}
-
 // A validated call: the sizes and the map from sequences to tokens and state rows.
 struct ScanCall {
   ScanDims dims;
@@ -130,7 +115,7 @@ inline ScanCall validate_selective_scan(const char* op, const SelectiveScanInput
   // A NaN or infinite A poisons every later token; reading [D,N] once is cheap next to the scan
   // when vectorized (element by element it took ~30 us at D 1536, N 16: serial time before the
   // scan's tasks, an eighth of the call on 64 cores).
-  if (!rows_finite(in.A))
+  if (in.A.stride(1) != 1 || !simd::rows_finite(in.A.data(), D, N, in.A.stride(0)))
     for (index_t d = 0; d < D; ++d)
       for (index_t n = 0; n < N; ++n) check.finite(in.A(d, n), "A");
   const index_t rows = in.initial_state.has_value() ? in.initial_state.size(0) : -1;
