@@ -119,8 +119,29 @@ inline Batch<float> fma(const Batch<float>& a, const Batch<float>& b, const Batc
 }
 /// log(1 + x), x^y and max(a, b) in double lanes (xsimd's implementations; the relative biases
 /// that attention evaluates per logit in double).
+///
+/// Except under g++ without optimization on AVX-512BW: there GCC defines the byte and word blend
+/// intrinsics as macros whose casts do not take xsimd 8.1's batches, and its double log (inside
+/// log1p and pow) selects int64 lanes through them, so it does not compile; a debug build takes
+/// the scalar functions lane by lane instead.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__OPTIMIZE__) && defined(__AVX512BW__)
+template <class F>
+Batch<double> lane_by_lane(const Batch<double>& x, const Batch<double>& y, F f) noexcept {
+  alignas(64) double a[Batch<double>::size], b[Batch<double>::size];
+  x.store_aligned(a), y.store_aligned(b);
+  for (std::size_t i = 0; i < Batch<double>::size; ++i) a[i] = f(a[i], b[i]);
+  return Batch<double>::load_aligned(a);
+}
+inline Batch<double> log1p(const Batch<double>& x) noexcept {
+  return lane_by_lane(x, x, [](double v, double) { return std::log1p(v); });
+}
+inline Batch<double> pow(const Batch<double>& x, const Batch<double>& y) noexcept {
+  return lane_by_lane(x, y, [](double v, double e) { return std::pow(v, e); });
+}
+#else
 inline Batch<double> log1p(const Batch<double>& x) noexcept { return xsimd::log1p(x); }
 inline Batch<double> pow(const Batch<double>& x, const Batch<double>& y) noexcept { return xsimd::pow(x, y); }
+#endif
 inline Batch<double> max(const Batch<double>& a, const Batch<double>& b) noexcept { return xsimd::max(a, b); }
 /// a * b + c in double lanes (the double-precision Cauchy sums of ssm_dplr_kernel).
 inline Batch<double> fma(const Batch<double>& a, const Batch<double>& b, const Batch<double>& c) noexcept {
