@@ -7,12 +7,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <sstream>
-#include <string>
 
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/counting_executor.hpp"
+#include "seqmix_testing/h3_case.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -22,16 +21,7 @@ using seqmix::LongConvMethod;
 using seqmix::Tensor;
 namespace st = seqmix::testing;
 
-struct Case {
-  index_t B, T, H, P, Ls, L;
-  std::uint64_t seed;
-
-  std::string describe() const {
-    std::ostringstream s;
-    s << "B=" << B << " T=" << T << " H=" << H << " P=" << P << " Ls=" << Ls << " L=" << L << " seed=" << seed;
-    return s.str();
-  }
-};
+using Case = st::H3Case;
 
 struct Data {
   Tensor<float, 4> q, k, v;

@@ -105,6 +105,57 @@ inline bool h3_tiles(const H3Dims& dims, const H3Options& options) {
   return long_conv_pick(conv, conv_dims, false, true) == LongConvMethod::fft;
 }
 
+// kv[b,t,(i,j)] = kbar[b,t,i] v[b,t,h,j0+j] for the block's `width` value columns (kv's
+// last extent is P * width): channel j*P + i (tiled) or i*width + j. Each layout's loop has its
+// unit stride innermost.
+inline void h3_fill_products(const ConstView<float, 4>& v, index_t h, index_t j0, const Tensor<float, 3>& kbar,
+                             const TensorView<float, 3>& kv, bool tiled, index_t grain, const Executor& executor) {
+  const index_t T = kbar.shape()[1], P = kbar.shape()[2], width = kv.shape()[2] / P;
+  parallel_for(executor, kbar.shape()[0] * T, grain, [&](index_t begin, index_t end) {
+    for (index_t r = begin; r < end; ++r) {
+      const index_t b = r / T, t = r % T;
+      float* dst = kv.ptr(b, t, 0);
+      const float* kb = kbar.data() + (b * T + t) * P;
+      if (tiled) {
+        for (index_t j = 0; j < width; ++j) {
+          const float vj = v(b, t, h, j0 + j);
+          for (index_t i = 0; i < P; ++i) dst[j * P + i] = kb[i] * vj;
+        }
+        continue;
+      }
+      for (index_t i = 0; i < P; ++i) {
+        const float ki = kb[i];
+        for (index_t j = 0; j < width; ++j) dst[i * width + j] = ki * v(b, t, h, j0 + j);
+      }
+    }
+  });
+}
+
+// y[b,t,h,j0+j] = sum_i q[b,t,h,i] conv[b,t,(i,j)] over the block's value columns (conv laid
+// out as h3_fill_products wrote kv).
+inline void h3_read_out(const ConstView<float, 4>& q, index_t h, index_t j0, const TensorView<float, 3>& conv,
+                        const TensorView<float, 4>& y, bool tiled, index_t grain, const Executor& executor) {
+  const index_t T = conv.shape()[1], P = q.shape()[3], width = conv.shape()[2] / P;
+  parallel_for(executor, conv.shape()[0] * T, grain, [&](index_t begin, index_t end) {
+    float acc[kH3Channels];
+    for (index_t r = begin; r < end; ++r) {
+      const index_t b = r / T, t = r % T;
+      const float* src = conv.ptr(b, t, 0);
+      std::fill(acc, acc + width, 0.f);
+      if (tiled) {
+        for (index_t j = 0; j < width; ++j)
+          for (index_t i = 0; i < P; ++i) acc[j] += q(b, t, h, i) * src[j * P + i];
+      } else {
+        for (index_t i = 0; i < P; ++i) {
+          const float qi = q(b, t, h, i);
+          for (index_t j = 0; j < width; ++j) acc[j] += qi * src[i * width + j];
+        }
+      }
+      for (index_t j = 0; j < width; ++j) y(b, t, h, j0 + j) = acc[j];
+    }
+  });
+}
+
 // The forward call (validated; prepared checked, or null). Per head: kbar = shift (*) k, then the
 // diagonal SSM over the products, a block of `width` value columns at a time.
 //
@@ -137,49 +188,12 @@ inline void h3_run(const H3Inputs& in, const H3Outputs& out, const H3Dims& dims,
       const index_t width = std::min(jb, P - j0);
       const TensorView<float, 3> kv_block = kv.view().slice(2, 0, P * width);
       const TensorView<float, 3> conv_block = conv.view().slice(2, 0, P * width);
-      // kv[b,t,(i,j)] = kbar[b,t,i] v[b,t,h,j0+j], channel j*P + i (tiled) or i*width + j. Each
-      // layout's loop has its unit stride innermost.
-      parallel_for(executor, B * T, grain, [&](index_t begin, index_t end) {
-        for (index_t r = begin; r < end; ++r) {
-          const index_t b = r / T, t = r % T;
-          float* dst = kv_block.ptr(b, t, 0);
-          const float* kb = kbar.data() + (b * T + t) * P;
-          if (tiled) {
-            for (index_t j = 0; j < width; ++j) {
-              const float vj = in.v(b, t, h, j0 + j);
-              for (index_t i = 0; i < P; ++i) dst[j * P + i] = kb[i] * vj;
-            }
-            continue;
-          }
-          for (index_t i = 0; i < P; ++i) {
-            const float ki = kb[i];
-            for (index_t j = 0; j < width; ++j) dst[i * width + j] = ki * in.v(b, t, h, j0 + j);
-          }
-        }
-      });
+      h3_fill_products(in.v, h, j0, kbar, kv_block, tiled, grain, executor);
       if (tiled)
         long_conv_fft_run({kv_block, diag}, conv_block, executor, prepared->diag[i_h].data(), P / kFftElement);
       else
         long_conv({kv_block, diag}, {conv_block}, conv_options, executor);
-      // y[b,t,h,j0+j] = sum_i q[b,t,h,i] conv[b,t,(i,j)].
-      parallel_for(executor, B * T, grain, [&](index_t begin, index_t end) {
-        float acc[kH3Channels];
-        for (index_t r = begin; r < end; ++r) {
-          const index_t b = r / T, t = r % T;
-          const float* src = conv_block.ptr(b, t, 0);
-          std::fill(acc, acc + width, 0.f);
-          if (tiled) {
-            for (index_t j = 0; j < width; ++j)
-              for (index_t i = 0; i < P; ++i) acc[j] += in.q(b, t, h, i) * src[j * P + i];
-          } else {
-            for (index_t i = 0; i < P; ++i) {
-              const float qi = in.q(b, t, h, i);
-              for (index_t j = 0; j < width; ++j) acc[j] += qi * src[i * width + j];
-            }
-          }
-          for (index_t j = 0; j < width; ++j) out.y(b, t, h, j0 + j) = acc[j];
-        }
-      });
+      h3_read_out(in.q, h, j0, conv_block, out.y, tiled, grain, executor);
     }
   }
 }
