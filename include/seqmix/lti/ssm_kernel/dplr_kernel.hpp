@@ -331,26 +331,24 @@ inline void ssm_upper_exp(SsmUpperPlanes& x, SsmDplrZohScratch& w) {
   std::swap(x, w.sum);
 }
 
-// kernel[:, h] under ZOH from the group's Schur factors f (see the block comment above).
-inline void ssm_dplr_zoh_schur_channel(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h,
-                                       const TensorView<float, 2>& kernel, SsmDplrZohScratch& w) {
-  const index_t N = f.N, n = N + 1, padded = (n + kSsmDplrLanes - 1) / kSsmDplrLanes * kSsmDplrLanes;
-  const index_t L = kernel.size(0);
+// The Van Loan block dt [[T, U^* B], [0, 0]] of channel h into e ((N + 1) x (N + 1), upper).
+inline void ssm_dplr_van_loan_block(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h, index_t padded,
+                                    SsmUpperPlanes& e) {
+  const index_t N = f.N;
   const double dt = p.dt(h);
-  // The Van Loan block dt [[T, U^* B], [0, 0]].
-  SsmUpperPlanes& e = w.x;
-  e.reset(n, padded);
+  e.reset(N + 1, padded);
   for (index_t i = 0; i < N; ++i) {
     for (index_t k = i; k < N; ++k) e.re[i * padded + k] = dt * f.T_re[i * f.padded + k], e.im[i * padded + k] = dt * f.T_im[i * f.padded + k];
     SsmComplex b = 0.0;  // (U^* B)[i] = sum_m conj(U[m, i]) B[m]
     for (index_t m = 0; m < N; ++m) b += std::conj(f.U[m * N + i]) * ssm_value(p.B_real, p.B_imag, h, m);
     e.re[i * padded + N] = dt * b.real(), e.im[i * padded + N] = dt * b.imag();
   }
-  ssm_upper_exp(e, w);  // e = [[T_bar, B~], [0, 1]]
-  index_t b = 1;
-  while (b * b < L) b *= 2;
-  const index_t J = (L + b - 1) / b;
-  // Baby steps T_bar^i B~ as the columns of [re; im] (2N x b); the last column of e is B~.
+}
+
+// Baby steps T_bar^c B~, c < b, as the columns of w.baby = [re; im] (2N x b), from
+// e = [[T_bar, B~], [0, 1]] (B~ is e's last column).
+inline void ssm_dplr_baby_steps(const SsmUpperPlanes& e, index_t N, index_t b, SsmDplrZohScratch& w) {
+  const index_t padded = e.padded;
   w.baby.resize(2 * N, b);
   w.row_re.assign(static_cast<std::size_t>(padded), 0.0), w.row_im.assign(static_cast<std::size_t>(padded), 0.0);
   w.next_re.assign(static_cast<std::size_t>(padded), 0.0), w.next_im.assign(static_cast<std::size_t>(padded), 0.0);
@@ -362,22 +360,44 @@ inline void ssm_dplr_zoh_schur_channel(const SsmDplrSchur& f, const SsmDplrParam
     }
     for (index_t i = 0; i < N; ++i) w.baby(i, c) = w.row_re[i], w.baby(N + i, c) = w.row_im[i];
   }
-  // T_bar^b by log2 b squarings (the B~ column and the last row ride along: the jump's own last
-  // column is never read, as the giant rows' entry N stays 0).
+}
+
+// Giant steps (C U) T_bar^(jb), j < J, as the rows [re | -im] of w.giant (J x 2N): their
+// product with the baby columns is the real part Re(g v) = g_re v_re - g_im v_im. T_bar^b by
+// log2 b squarings of e (the B~ column and the last row ride along: the jump's own last column
+// is never read, as the giant rows' entry N stays 0).
+inline void ssm_dplr_giant_steps(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h, const SsmUpperPlanes& e,
+                                 index_t b, index_t J, SsmDplrZohScratch& w) {
+  const index_t N = f.N;
   SsmUpperPlanes& jump = w.x4;
   jump = e;
   for (index_t k = 1; k < b; k *= 2) {
     ssm_upper_product(jump, jump, w.next);
     std::swap(jump, w.next);
   }
-  // Giant steps (C U) T_bar^(jb) as rows [re | -im] (J x 2N): their product with the baby columns is
-  // the real part Re(g v) = g_re v_re - g_im v_im.
   w.giant.resize(J, 2 * N);
-  ssm_dplr_c_times_u(f, p, h, padded, w.row_re, w.row_im);
+  ssm_dplr_c_times_u(f, p, h, e.padded, w.row_re, w.row_im);
   for (index_t j = 0; j < J; ++j) {
     if (j > 0) ssm_upper_row_step(w.row_re, w.row_im, jump, w.next_re, w.next_im);
     for (index_t m = 0; m < N; ++m) w.giant(j, m) = w.row_re[m], w.giant(j, N + m) = -w.row_im[m];
   }
+}
+
+// kernel[:, h] under ZOH from the group's Schur factors f (see the block comment above):
+// exp of the Van Loan block, then kernel[l] = Re(C U T_bar^l B~) as the product of J giant-step
+// rows and b baby-step columns (l = j b + c, b the power of two at or above sqrt(L)).
+inline void ssm_dplr_zoh_schur_channel(const SsmDplrSchur& f, const SsmDplrParams& p, index_t h,
+                                       const TensorView<float, 2>& kernel, SsmDplrZohScratch& w) {
+  const index_t N = f.N, padded = (N + 1 + kSsmDplrLanes - 1) / kSsmDplrLanes * kSsmDplrLanes;
+  const index_t L = kernel.size(0);
+  SsmUpperPlanes& e = w.x;
+  ssm_dplr_van_loan_block(f, p, h, padded, e);
+  ssm_upper_exp(e, w);  // e = [[T_bar, B~], [0, 1]]
+  index_t b = 1;
+  while (b * b < L) b *= 2;
+  const index_t J = (L + b - 1) / b;
+  ssm_dplr_baby_steps(e, N, b, w);
+  ssm_dplr_giant_steps(f, p, h, e, b, J, w);
   w.product.resize(J, b);
   w.product.noalias() = w.giant * w.baby;
   for (index_t l = 0; l < L; ++l) kernel(l, h) = static_cast<float>(w.product(l / b, l % b));
