@@ -168,7 +168,8 @@ st::HalfIoResult delta_context_parallel_run(index_t slices, const Tensor<T, 4>& 
 
 // delta_rule_slice's four results (outputs, local final state, readout, transition).
 struct SliceResult {
-  Tensor<float, 4> o{{kB, kT, kHV, kV}}, s{{kB, kHV, kK, kV}}, readout{{kB, kT, kHV, kK}}, transition{{kB, kHV, kK, kK}};
+  Tensor<float, 4> o, s, readout, transition;
+  SliceResult() : o({kB, kT, kHV, kV}), s({kB, kHV, kK, kV}), readout({kB, kT, kHV, kK}), transition({kB, kHV, kK, kK}) {}
 };
 
 template <class T>
