@@ -83,3 +83,39 @@ TEST_CASE("delta small_product matches a double loop over ragged shapes", "[delt
       check_product({m, m, n, false, du::InnerRange::lower}, du::kOverwrite);
     }
 }
+
+// solve_unit_lower_tiles against forward substitution in double: row counts around the 8- and
+// 4-row blocks, columns around one and two vectors, A's upper part and diagonal poisoned with
+// NaN (never read), the padding between X's rows never written.
+TEST_CASE("delta solve_unit_lower_tiles matches a double forward substitution", "[delta_rule]") {
+  const index_t W = seqmix::simd::kWidth;
+  for (index_t L : {1, 3, 4, 7, 8, 9, 13, 37, 64})
+    for (index_t n : {index_t{1}, W - 1, W, W + 3, 2 * W, 3 * W + 1, index_t{80}}) {
+      const index_t lda = L + 2, ldx = n + 3;
+      std::vector<float> a = uniform(L * lda, 4);
+      for (index_t i = 0; i < L; ++i)
+        for (index_t j = 0; j < lda; ++j)
+          if (j >= i) a[static_cast<std::size_t>(i * lda + j)] = std::nanf("");
+          else a[static_cast<std::size_t>(i * lda + j)] *= 0.25f;  // keeps the solution O(1)
+      std::vector<float> x = uniform(L * ldx, 5);
+      std::vector<double> want(x.begin(), x.end());
+      for (index_t i = 0; i < L; ++i)
+        for (index_t j = 0; j < i; ++j)
+          for (index_t c = 0; c < n; ++c)
+            want[static_cast<std::size_t>(i * ldx + c)] -=
+                static_cast<double>(a[static_cast<std::size_t>(i * lda + j)]) * want[static_cast<std::size_t>(j * ldx + c)];
+      const std::vector<float> before = x;
+      du::solve_unit_lower_tiles(a.data(), lda, L, x.data(), ldx, n);
+      double worst = 0;
+      for (index_t i = 0; i < L; ++i) {
+        for (index_t c = 0; c < n; ++c) {
+          const double w = want[static_cast<std::size_t>(i * ldx + c)];
+          const double err = std::abs(x[static_cast<std::size_t>(i * ldx + c)] - w) / std::max(1.0, std::abs(w));
+          if (!(err <= worst)) worst = err;  // a NaN stays (std::max would drop it)
+        }
+        for (index_t c = n; c < ldx; ++c) REQUIRE(x[static_cast<std::size_t>(i * ldx + c)] == before[static_cast<std::size_t>(i * ldx + c)]);
+      }
+      INFO("L=" << L << " n=" << n);
+      CHECK(worst < 1e-5);
+    }
+}

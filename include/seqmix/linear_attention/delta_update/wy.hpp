@@ -41,9 +41,6 @@ using detail::la::kGateFloor;
 /// 60: with the anchor half way, factors stay within exp(+-30) ~ 1e13, far from fp32 overflow
 /// even for the masked-out (j > i) products, and kept ones far from underflow.
 constexpr float kAnchorRange = 60.f;
-/// 16: rows of one forward-substitution block. The off-diagonal part of a block is a GEMM; the
-/// 16x16 diagonal block is done row by row with vector axpys over V.
-constexpr index_t kSolveBlock = 16;
 
 /// Per-thread scratch of the chunked form for chunk size C, allocated once per parallel block
 /// and reused for every chunk and head (never allocated per chunk).
@@ -237,17 +234,11 @@ inline void decay_state_rows(const float* last, RowMatrix& S, WyWorkspace& ws) {
   scale_rows(S.data(), nullptr, ws.anchor.data(), S.rows(), S.cols(), S.cols(), S.data());
 }
 
-/// Solves (I + A) X = X in place for the first L rows of X by blocked forward substitution
-/// (A: a RowMatrix or a map of one's rows).
+/// Solves (I + A) X = X in place for the first L rows of X by forward substitution on the
+/// register tile (small_gemm.hpp; A: a RowMatrix or a map of one's rows).
 template <class LowerA>
 inline void solve_unit_lower(const LowerA& A, index_t L, RowMatrix& X) {
-  const index_t V = X.cols();
-  for (index_t i0 = 0; i0 < L; i0 += kSolveBlock) {
-    const index_t n = std::min(kSolveBlock, L - i0);
-    if (i0 > 0) X.middleRows(i0, n).noalias() -= A.block(i0, 0, n, i0) * X.topRows(i0);
-    for (index_t i = i0 + 1; i < i0 + n; ++i)
-      for (index_t j = i0; j < i; ++j) simd::axpy(-A(i, j), X.row(j).data(), X.row(i).data(), V);
-  }
+  solve_unit_lower_tiles(A.data(), A.outerStride(), L, X.data(), X.cols(), X.cols());
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
