@@ -40,6 +40,14 @@ struct Call {
 
 index_t pair_blocks(index_t D) { return (D + sd::kFftElement - 1) / sd::kFftElement; }
 
+// The walks (tasks) long_conv_fft_run gives a whole-window call on `threads` threads without the
+// split: its blocks (narrow or pairs) grouped by long_conv_fft_walk_blocks.
+index_t walk_count(index_t D, int threads) {
+  const index_t lanes = sd::long_conv_fft_block_lanes(D, threads), blocks = (D + lanes - 1) / lanes;
+  const index_t per_walk = sd::long_conv_fft_walk_blocks(blocks, threads);
+  return (blocks + per_walk - 1) / per_walk;
+}
+
 }  // namespace
 
 TEST_CASE("long_conv: a short filter split for 64 threads runs in segments that match the reference", "[long_conv]") {
@@ -84,7 +92,8 @@ TEST_CASE("long_conv: a short filter split for 64 threads runs in segments that 
 }
 
 TEST_CASE("long_conv: narrow blocks with the filter packed beside the input match the reference", "[long_conv]") {
-  // 64 threads, a filter as long as the input (no segments): narrow blocks, each transforming its
+  // As many threads as narrow blocks (3 with AVX-512, so no split: long_conv_fft_split_pieces), a filter
+  // as long as the input (no segments): narrow blocks, each transforming its
   // input (real parts) and filter (imaginary parts) at once. D = 40: a ragged last narrow block;
   // two batch rows (the filter reloaded per row), a state, skip and bias, a shared-head filter,
   // and a NaN input (its channel recomputed by the direct form in that row only).
@@ -96,11 +105,13 @@ TEST_CASE("long_conv: narrow blocks with the filter packed beside the input matc
     call.u(1, 120, 33) = std::numeric_limits<float>::quiet_NaN();
     seqmix::LongConvInputs in = call.inputs();
     in.filter = h.view();
-    REQUIRE(sd::long_conv_fft_segments({B, T, D, L, 0, G}, true, 64).count == 1);
-    REQUIRE(sd::long_conv_fft_block_lanes(D, 64) == seqmix::simd::kWidth);
+    const int threads = static_cast<int>((D + seqmix::simd::kWidth - 1) / seqmix::simd::kWidth);
+    REQUIRE(sd::long_conv_fft_segments({B, T, D, L, 0, G}, true, threads).count == 1);
+    REQUIRE(sd::long_conv_fft_block_lanes(D, threads) == seqmix::simd::kWidth);
+    REQUIRE(sd::long_conv_fft_split_pieces(B * pair_blocks(D), walk_count(D, threads), 512, threads) == 0);
     Tensor<float, 3> ref({B, T, D}), y({B, T, D});
     seqmix::reference::long_conv(in, {ref.view()});
-    st::CountingExecutor ex(64);
+    st::CountingExecutor ex(threads);
     seqmix::long_conv_fft(in, {y.view()}, {}, ex);
     CHECK(ex.runs().back().tasks == (D + seqmix::simd::kWidth - 1) / seqmix::simd::kWidth);
     for (index_t b = 0; b < B; ++b)
@@ -114,6 +125,89 @@ TEST_CASE("long_conv: narrow blocks with the filter packed beside the input matc
   }
 }
 
+// The runs a split call ends with (long_conv_fft_split_run): pieces, parts, parts, pieces per
+// signal, each run capped at 4 tasks per thread by parallel_for.
+std::vector<index_t> split_runs(index_t signals, index_t pieces, int threads) {
+  const auto capped = [&](index_t n) { return std::min<index_t>(n, 4 * index_t{threads}); };
+  const index_t parts = sd::kLongConvSplitParts;
+  return {capped(signals * pieces), capped(signals * parts), capped(signals * parts), capped(signals * pieces)};
+}
+
+std::vector<index_t> last_runs(const st::CountingExecutor& ex, std::size_t count) {
+  std::vector<index_t> sizes;
+  for (std::size_t i = ex.runs().size() >= count ? ex.runs().size() - count : 0; i < ex.runs().size(); ++i)
+    sizes.push_back(ex.runs()[i].tasks);
+  return sizes;
+}
+
+TEST_CASE("long_conv: a long filter split into passes for many threads matches the reference", "[long_conv]") {
+  // Whole windows (no segments) split at 64, 48 and 7 claimed threads: blocks of pairs cut into
+  // pieces and parts (long_conv_fft_split_run). Ragged D (a last block of 4 or 8 channels) and T,
+  // L above, equal to and below T, a state, skip and bias, two batch rows (the filter spectrum
+  // made by row 0's tasks), a shared-head filter, and a NaN input (its pair recomputed by the
+  // direct form in that row only).
+  struct Shape {
+    index_t B, T, D, L, G;
+    bool state;
+  };
+  const Shape shapes[] = {{2, 300, 100, 300, 100, true}, {1, 1000, 40, 700, 40, false},
+                          {2, 77, 40, 130, 5, false}, {1, 513, 100, 513, 4, true}};
+  for (const Shape& shape : shapes) {
+    const index_t B = shape.B, T = shape.T, D = shape.D, L = shape.L;
+    Call call(B, T, D, L, 31);
+    const Tensor<float, 2> h = st::random_tensor<2>({L, shape.G}, 33, -1.f / std::sqrt(float(L)), 1.f / std::sqrt(float(L)));
+    call.u(B - 1, T / 2, D - 3) = std::numeric_limits<float>::quiet_NaN();
+    seqmix::LongConvInputs in = call.inputs();
+    in.filter = h.view();
+    if (!shape.state) in.initial_state = {};
+    Tensor<float, 3> ref({B, T, D});
+    seqmix::reference::long_conv(in, {ref.view()});
+    const sd::LongConvDims dims{B, T, D, L, 0, shape.G};
+    for (int threads : {64, 48, 7}) {
+      INFO("B " << B << " T " << T << " D " << D << " L " << L << " G " << shape.G << " threads " << threads);
+      REQUIRE(sd::long_conv_fft_segments(dims, shape.state, threads).count == 1);
+      const index_t signals = B * pair_blocks(D), N = sd::long_conv_fft_length(dims, shape.state);
+      // The walks the split replaces; at 7 threads D = 100 has 7 narrow blocks (AVX-512) or 13
+      // blocks of pairs (SSE2), which fill them: no split there.
+      const index_t walks = walk_count(D, threads);
+      const index_t pieces = sd::long_conv_fft_split_pieces(signals, walks, N, threads);
+      CHECK((pieces > 0) == (threads > 7 || D == 40));
+      st::CountingExecutor ex(threads);
+      Tensor<float, 3> y({B, T, D});
+      seqmix::long_conv_fft(in, {y.view()}, {}, ex);
+      if (pieces > 0)
+        CHECK(last_runs(ex, 4) == split_runs(signals, pieces, threads));
+      else
+        CHECK(ex.runs().back().tasks == walks);
+      for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < T; ++t)
+          for (index_t d = 0; d < D; ++d) {
+            const bool reached = b == B - 1 && d == D - 3 && t >= T / 2;
+            INFO("b=" << b << " t=" << t << " d=" << d);
+            REQUIRE(std::isfinite(y(b, t, d)) == !reached);
+            if (!reached) REQUIRE(std::abs(y(b, t, d) - ref(b, t, d)) < 2e-5 * std::max(1.f, std::abs(ref(b, t, d))));
+          }
+    }
+  }
+}
+
+TEST_CASE("long_conv: a bidirectional call at many threads keeps its walks and matches the reference", "[long_conv]") {
+  // The split is causal only (the backward taps are folded into the filter spectrum of a walk).
+  const index_t T = 300, D = 100, L = 300, Lb = 120;
+  const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 41);
+  const Tensor<float, 2> h = st::random_tensor<2>({L, D}, 42, -0.05f, 0.05f);
+  const Tensor<float, 2> hb = st::random_tensor<2>({Lb, D}, 43, -0.05f, 0.05f);
+  seqmix::LongConvOptions options;
+  options.direction = seqmix::LongConvDirection::bidirectional;
+  seqmix::LongConvInputs in{u.view(), h.view(), hb.view()};
+  Tensor<float, 3> ref({1, T, D}), y({1, T, D});
+  seqmix::reference::long_conv(in, {ref.view()}, options);
+  st::CountingExecutor ex(64);
+  seqmix::long_conv_fft(in, {y.view()}, options, ex);
+  CHECK(ex.runs().back().tasks == (D + seqmix::simd::kWidth - 1) / seqmix::simd::kWidth);
+  st::require_close("y", y.cview(), ref.cview(), 2e-5);
+}
+
 TEST_CASE("long_conv: the model shape's short filter splits into at least 64 tasks only past two threads", "[long_conv]") {
   // D = 768, T = 4096, L = 64 (tools/parallel_grain's row): no reference at this size, the plan only.
   const sd::LongConvDims dims{1, 4096, 768, 64, 0, 768};
@@ -125,6 +219,27 @@ TEST_CASE("long_conv: the model shape's short filter splits into at least 64 tas
   // A filter as long as the input, or a bidirectional call, keeps the whole window.
   CHECK(sd::long_conv_fft_segments({1, 4096, 768, 4096, 0, 768}, false, 64).count == 1);
   CHECK(sd::long_conv_fft_segments({1, 4096, 768, 64, 64, 768}, false, 64).count == 1);
+}
+
+TEST_CASE("long_conv: the model shape's long filter splits into passes of 192 tasks only past two threads", "[long_conv]") {
+  // D = 768, T = L = 4096 (tools/parallel_grain's row), AVX-512: 24 blocks of pairs, 8 pieces
+  // and 8 parts each at 64 threads (SSE2: 96 blocks of pairs, which fill 64 threads: no split);
+  // one and two threads keep their walks (6 tasks of 4 blocks at two with AVX-512).
+  const index_t T = 4096, D = 768, N = 8192;
+  const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 51);
+  const Tensor<float, 2> h = st::random_tensor<2>({T, D}, 52, -0.02f, 0.02f);
+  Tensor<float, 3> y({1, T, D});
+  const index_t pieces = sd::long_conv_fft_split_pieces(pair_blocks(D), walk_count(D, 64), N, 64);
+  if (seqmix::simd::kWidth == 16) CHECK(pieces == 8);
+  for (int threads : {1, 2}) CHECK(sd::long_conv_fft_split_pieces(pair_blocks(D), walk_count(D, threads), N, threads) == 0);
+  st::CountingExecutor wide(64), two(2);
+  seqmix::long_conv_fft({u.view(), h.view()}, {y.view()}, {}, wide);
+  if (pieces > 0)
+    CHECK(last_runs(wide, 4) == split_runs(pair_blocks(D), pieces, 64));
+  else
+    CHECK(wide.runs().back().tasks == walk_count(D, 64));
+  seqmix::long_conv_fft({u.view(), h.view()}, {y.view()}, {}, two);
+  CHECK(two.runs().back().tasks == std::min<index_t>(walk_count(D, 2), 8));
 }
 
 TEST_CASE("long_conv: the filter's finite check runs in row ranges and still names the element", "[long_conv]") {
@@ -197,4 +312,22 @@ TEST_CASE("long_conv: FFT plans built by concurrent first callers are one and co
   first.join(), second.join();
   st::require_close("y (T = L)", y_a.cview(), ref_a.cview(), 2e-5);
   st::require_close("y (short filter)", y_b.cview(), ref_b.cview(), 2e-5);
+}
+
+TEST_CASE("long_conv: the split form on a pool of four threads matches the reference", "[long_conv]") {
+  // Real workers (ThreadSanitizer: the passes' tasks write disjoint pieces and parts): D = 12 has
+  // fewer walks than 4 threads with AVX-512 (one block) and SSE2 (3 narrow blocks), so the call
+  // splits.
+  const index_t T = 700, D = 12;
+  const Call call(2, T, D, T, 61);
+  const seqmix::LongConvInputs in{call.u.view(), call.h.view()};
+  REQUIRE(sd::long_conv_fft_split_pieces(2 * pair_blocks(D), walk_count(D, 4), 2048, 4) > 0);
+  Tensor<float, 3> ref({2, T, D}), y({2, T, D});
+  seqmix::reference::long_conv(in, {ref.view()});
+  seqmix::ThreadPool pool(4);
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    y.fill(0.f);
+    seqmix::long_conv_fft(in, {y.view()}, {}, pool);
+    st::require_close("y", y.cview(), ref.cview(), 2e-5);
+  }
 }

@@ -130,14 +130,17 @@ inline index_t long_conv_top_parts(index_t N) noexcept { return fft_split_parts(
 // and never written (no zero fill): fft_stage8 or fft_stage4 of length N (long_conv_top_parts),
 // reading only the positions below `rows` (half of them under the usual padding, rows <= N/2).
 // fft_dif on each part finishes the transform (the same butterflies and twiddles as
-// batched_fft_forward).
-inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw) noexcept {
+// batched_fft_forward). With `parts` (4 or 8) parts instead, and only the groups j in [j0, j1) of
+// the pass (group j reads and writes positions j + m N / parts): a split block's piece
+// (long_conv_fft_split_run).
+inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw, index_t parts, index_t j0,
+                                  index_t j1) noexcept {
   constexpr index_t E = kFftElement;
-  const index_t N = tw.N;
+  const index_t N = tw.N, end = std::min(j1, N / parts);
   const FftValue zero{FftBatch(0.f), FftBatch(0.f)};
-  if (long_conv_top_parts(N) == 8) {
+  if (parts == 8) {
     const index_t e = N / 8;
-    for (index_t j = 0; j < e; ++j) {
+    for (index_t j = j0; j < end; ++j) {
       float* p = x + j * E;
       const auto in = [&](index_t m) { return j + m * e < rows ? fft_load(p + m * e * E) : zero; };
       FftValue a[8] = {in(0), in(1), in(2), in(3), in(4), in(5), in(6), in(7)};
@@ -149,7 +152,7 @@ inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw)
     return;
   }
   const index_t q = N / 4;
-  for (index_t j = 0; j < q; ++j) {
+  for (index_t j = j0; j < end; ++j) {
     float* p = x + j * E;
     FftValue a0 = j < rows ? fft_load(p) : zero, a1 = j + q < rows ? fft_load(p + q * E) : zero;
     FftValue a2 = j + 2 * q < rows ? fft_load(p + 2 * q * E) : zero, a3 = j + 3 * q < rows ? fft_load(p + 3 * q * E) : zero;
@@ -157,6 +160,11 @@ inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw)
                           fft_twiddle<false>(tw, 2 * j));
     fft_store(p, a0), fft_store(p + q * E, a1), fft_store(p + 2 * q * E, a2), fft_store(p + 3 * q * E, a3);
   }
+}
+
+inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw) noexcept {
+  const index_t parts = long_conv_top_parts(tw.N);
+  long_conv_forward_top(rows, x, tw, parts, 0, tw.N / parts);
 }
 
 // The whole forward transform of such a signal: the first pass, then the parts.
@@ -170,14 +178,16 @@ inline void long_conv_forward_padded(index_t rows, float* x, const FftTwiddles& 
 // The last pass of the inverse transform (unscaled) of a spectrum at x whose parts
 // (long_conv_top_parts) went through fft_dit_inverse: the inverse fft_stage8 or fft_stage4 of
 // length N, storing only positions [first, first + count), the window's outputs (half the
-// positions under the usual padding); the others are left as they were.
-inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
+// positions under the usual padding); the others are left as they were. With `parts` parts and
+// groups j in [j0, j1) only, as long_conv_forward_top.
+inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count, index_t parts,
+                                  index_t j0, index_t j1) noexcept {
   constexpr index_t E = kFftElement;
-  const index_t N = tw.N;
+  const index_t N = tw.N, end = std::min(j1, N / parts);
   const auto keep = [&](index_t position) { return position >= first && position - first < count; };
-  if (long_conv_top_parts(N) == 8) {
+  if (parts == 8) {
     const index_t e = N / 8;
-    for (index_t j = 0; j < e; ++j) {
+    for (index_t j = j0; j < end; ++j) {
       float* p = x + j * E;
       FftValue a[8] = {fft_load(p), fft_load(p + e * E), fft_load(p + 2 * e * E), fft_load(p + 3 * e * E),
                        fft_load(p + 4 * e * E), fft_load(p + 5 * e * E), fft_load(p + 6 * e * E), fft_load(p + 7 * e * E)};
@@ -188,7 +198,7 @@ inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first
     return;
   }
   const index_t q = N / 4;
-  for (index_t j = 0; j < q; ++j) {
+  for (index_t j = j0; j < end; ++j) {
     float* p = x + j * E;
     FftValue a0 = fft_load(p), a1 = fft_load(p + q * E), a2 = fft_load(p + 2 * q * E), a3 = fft_load(p + 3 * q * E);
     fft_butterfly4<true>(a0, a1, a2, a3, fft_twiddle<true>(tw, j), fft_twiddle<true>(tw, j + q),
@@ -197,6 +207,11 @@ inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first
     for (index_t m = 0; m < 4; ++m)
       if (keep(j + m * q)) fft_store(p + m * q * E, out[m]);
   }
+}
+
+inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
+  const index_t parts = long_conv_top_parts(tw.N);
+  long_conv_inverse_top(x, tw, first, count, parts, 0, tw.N / parts);
 }
 
 // One element of a block's signal from `lanes` contiguous floats (lanes = E, or W with the
@@ -210,14 +225,15 @@ inline void long_conv_store_row(const float* src, index_t lanes, float* dst) noe
 // x + (k N + s) E; lane c % W of part c / W: channel c of the block, real part channel a,
 // imaginary part channel b of each pair), one row of h after the other.
 // imaginary: a narrow walk's taps into the imaginary parts only (long_conv_packed_product), the
-// real parts left as they are.
+// real parts left as they are. first: taps [first, taps) only (a split block's piece).
 inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongConvWalk& walk, index_t taps,
-                                       index_t group, index_t N, float* x, bool imaginary = false) {
+                                       index_t group, index_t N, float* x, bool imaginary = false,
+                                       index_t first = 0) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
   // One filter per channel, adjacent: a block's row is walk.lanes contiguous floats.
   const bool unit = group == 1 && h.stride(1) == 1;
   alignas(64) float buffer[E];
-  for (index_t s = 0; s < taps; ++s) {
+  for (index_t s = first; s < taps; ++s) {
     if (unit && s + kLongConvPrefetchRows < taps)
       long_conv_prefetch_span(h.ptr(s + kLongConvPrefetchRows, walk.c0), walk.span(), 0);
     for (index_t k = 0; k < walk.blocks; ++k) {
@@ -390,15 +406,16 @@ inline void long_conv_convolve_block(float* x, const float* G, index_t rows, ind
 // their signals (block k's row r at x + (k N + r) E), one row of u after the other. Tried and
 // slower: this walk fused with the first pass (rows r and r + N/4 read together, the four
 // butterfly outputs written): the walks took 2.7x as long (perf samples, T = 16384, one thread).
+// [r0, r1): the window rows to copy (a split block's piece; r1 < 0: to the end).
 inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& walk, index_t b, index_t S, index_t N,
-                                  float* x) {
+                                  float* x, index_t r0 = 0, index_t r1 = -1) {
   constexpr index_t E = kFftElement;
-  const index_t T = in.u.size(1);
+  const index_t T = in.u.size(1), end = r1 < 0 ? S + T : std::min(r1, S + T);
   alignas(64) float buffer[E];
-  for (index_t r = 0; r < S + T; ++r) {
+  for (index_t r = r0; r < end; ++r) {
     const bool state = r < S;
     const index_t ahead = r + kLongConvPrefetchRows;
-    if (ahead >= S && ahead < S + T && in.u.stride(2) == 1)
+    if (ahead >= S && ahead < end && in.u.stride(2) == 1)
       long_conv_prefetch_span(in.u.ptr(b, ahead - S, walk.c0), walk.span(), 0);
     const index_t stride = state ? in.initial_state.stride(2) : in.u.stride(2);
     for (index_t k = 0; k < walk.blocks; ++k) {
@@ -415,11 +432,12 @@ inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& 
 
 // Writes y[b, t, c] = conv (+ skip u, + bias) for t < T from the walk's inverse transforms (block
 // k's output t at x + (k N + S + t) E, channel c of the block in lane c % W of part c / W), one
-// row of y after the other.
+// row of y after the other. [t0, t1): the rows to write (a split block's piece; t1 < 0: to T).
 inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<float, 3>& y, const LongConvWalk& walk,
-                                   index_t b, index_t S, index_t N, const float* x) {
+                                   index_t b, index_t S, index_t N, const float* x, index_t t0 = 0,
+                                   index_t t1 = -1) {
   constexpr index_t W = simd::kWidth, E = kFftElement, kMax = kLongConvFftWalkBlocks;
-  const index_t T = in.u.size(1);
+  const index_t end = t1 < 0 ? in.u.size(1) : std::min(t1, in.u.size(1));
   const bool skip = in.skip.has_value(), bias = in.bias.has_value();
   const bool unit = y.stride(2) == 1 && in.u.stride(2) == 1;
   float skips[kMax][E] = {}, biases[kMax][E] = {};
@@ -428,8 +446,8 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
       if (skip) skips[k][i] = in.skip(walk.channel(k) + i);
       if (bias) biases[k][i] = in.bias(walk.channel(k) + i);
     }
-  for (index_t t = 0; t < T; ++t) {
-    if (unit && t + kLongConvPrefetchRows < T) {
+  for (index_t t = t0; t < end; ++t) {
+    if (unit && t + kLongConvPrefetchRows < end) {
       long_conv_prefetch_span(y.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 1);
       if (skip) long_conv_prefetch_span(in.u.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 0);
     }
@@ -455,6 +473,25 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
       }
     }
   }
+}
+
+// Lists the channels of a block (first: b * D + its first channel, width channels) whose window
+// held a non-finite input, from frequency0 (the spectrum's position 0, E floats). Why it works:
+// frequency 0 is the plain sum of the window (no twiddle on that path), so 0 * Z[0] is NaN in a
+// lane part exactly when that channel's window holds an inf or NaN (or, harmlessly, when finite
+// values overflow the sum). Such a value spreads over the whole pair's transform: both channels
+// of the pair go to the direct form, in this batch row only (listed as b * D + d: the other rows
+// keep their FFT results bit for bit, as without the NaN).
+inline void long_conv_list_nonfinite(const float* frequency0, index_t first, index_t width,
+                                     std::vector<index_t>& nonfinite) {
+  constexpr index_t W = simd::kWidth, E = kFftElement;
+  alignas(64) float lanes[E];
+  for (index_t i = 0; i < E; i += W) simd::store(lanes + i, FftBatch(0.f) * simd::load(frequency0 + i));
+  for (index_t lane = 0; lane < W; ++lane)
+    if (lanes[lane] != 0.f || (lane + W < width && lanes[lane + W] != 0.f)) {
+      if (lane < width) nonfinite.push_back(first + lane);
+      if (lane + W < width) nonfinite.push_back(first + lane + W);
+    }
 }
 
 // The prepared spectrum's block that serves channel block `block`: the same block, or with a
@@ -511,19 +548,7 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
       float* xk = x + k * N * E;
       alignas(64) float lanes[E];
       long_conv_convolve_block(xk, block_spectrum(k), S + T, S, T, tw, lanes);
-      // Non-finite input: the spectrum's frequency 0 (position 0) is the plain sum of the window
-      // (no twiddle on that path), so 0 * Z[0] is NaN in a lane part exactly when that channel's
-      // window holds an inf or NaN (or, harmlessly, when finite values overflow the sum). Such a
-      // value spreads over the whole pair's transform: both channels of the pair go to the
-      // direct form, in this batch row only (listed as b * D + d: the other rows keep their FFT
-      // results bit for bit, as without the NaN).
-      for (index_t i = 0; i < E; i += W) simd::store(lanes + i, FftBatch(0.f) * simd::load(lanes + i));
-      const index_t c0 = walk.channel(k), width = walk.width(k);
-      for (index_t lane = 0; lane < W; ++lane)
-        if (lanes[lane] != 0.f || (lane + W < width && lanes[lane + W] != 0.f)) {
-          if (lane < width) nonfinite.push_back(b * D + c0 + lane);
-          if (lane + W < width) nonfinite.push_back(b * D + c0 + lane + W);
-        }
+      long_conv_list_nonfinite(lanes, b * D + walk.channel(k), walk.width(k), nonfinite);
     }
     long_conv_scatter_rows(in, y, walk, b, S, N, x);
   }
@@ -623,6 +648,148 @@ inline void long_conv_fix_nonfinite(const LongConvInputs& in, const TensorView<f
   }
 }
 
+// A call's convolution in four parallel passes, for calls whose walks are fewer than the threads
+// (long_conv_fft_split_pieces). Why: at D = 768, T = L = 4096 on 64 threads the walks were 48
+// narrow blocks, one task each, so a quarter of the cores idled and a task cost a block's whole
+// transforms (~270 us). The split runs blocks of channel pairs (3 transforms per 2W channels
+// against 2 per W for narrow blocks: their walks did 0.78x the narrow walks' work at that shape,
+// one thread) and cuts each block's convolution into equal tasks, every (batch row, block)
+// signal and every block's filter kept whole between the passes:
+//   1. pieces: the rows of the window (and of the filter) that groups [j0, j1) of the first pass
+//      read, then those groups of the first pass (radix-8: kLongConvSplitParts parts);
+//   2. parts: the forward stages of one part of the signal (and of the filter);
+//   3. parts: the product of spectra at one part's positions (reading the mirror part's values,
+//      written to a second signal so that no task writes what another reads), then the
+//      inverse stages of that part;
+//   4. pieces: those groups of the inverse's last pass, then the output rows they produce.
+// Parts are equal tasks (a part and its mirror part in one task, as long_conv_convolve_block
+// does, would make half the tasks twice as long).
+constexpr index_t kLongConvSplitParts = 8;
+
+// The pieces per signal of passes 1 and 4: the count in 1..8 whose rounds of tasks per unit of
+// work (ceil(signals x pieces / threads) / pieces) is smallest, fewer pieces on a tie (24 signals
+// on 64 threads: 8 pieces, 192 tasks in three full rounds). 0: no split, when the walks
+// (walk_tasks) already fill the threads, when the transform is too short to cut (N < 64), and
+// always at one or two threads (whose path stays the walks).
+inline index_t long_conv_fft_split_pieces(index_t signals, index_t walk_tasks, index_t N, int concurrency) {
+  const index_t threads = concurrency;
+  if (concurrency <= 2 || walk_tasks >= threads || N < 64) return 0;
+  index_t best = 1;
+  double best_rounds = static_cast<double>((signals + threads - 1) / threads);
+  for (index_t pieces = 2; pieces <= 8; ++pieces) {
+    const double rounds = static_cast<double>((signals * pieces + threads - 1) / threads) / static_cast<double>(pieces);
+    if (rounds < best_rounds) best = pieces, best_rounds = rounds;
+  }
+  return best;
+}
+
+// Rows [lo, hi) of the window intersected with [r0, r1), as a call f(lo, hi) when not empty.
+template <class F>
+inline void long_conv_piece_rows(index_t lo, index_t hi, index_t r0, index_t r1, F&& f) {
+  lo = std::max(lo, r0), hi = std::min(hi, r1);
+  if (lo < hi) f(lo, hi);
+}
+
+// The product of spectra (long_conv_pair_product) at positions [first, first + len) into out,
+// reading x and G there and at the mirrored positions.
+inline void long_conv_part_product(const float* x, const float* G, float* out, const FftTwiddles& tw, index_t first,
+                                   index_t len) noexcept {
+  constexpr index_t E = kFftElement;
+  const FftBatch c(0.25f / static_cast<float>(tw.N));
+  for (index_t k = first; k < first + len; ++k) {
+    const index_t mk = tw.mirror[static_cast<std::size_t>(k)];
+    fft_store(out + k * E, long_conv_pair_product(fft_load(x + k * E), fft_load(x + mk * E), fft_load(G + k * E),
+                                                  fft_load(G + mk * E), c));
+  }
+}
+
+// The split form of long_conv_fft_run (causal, no prepared spectrum, one segment) with `pieces`
+// pieces per signal in passes 1 and 4.
+inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
+                                    const FftTwiddles& tw, index_t pieces) {
+  constexpr index_t E = kFftElement, parts = kLongConvSplitParts;
+  const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2), N = tw.N, len = N / parts;
+  const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0, rows = S + T;
+  const index_t blocks = (D + E - 1) / E, signals = B * blocks;
+  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
+  const index_t group = D / in.filter.size(1);
+  LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
+  std::unique_ptr<LongConvFftScratch> scratch = pool.take();
+  // x: signal (b, block) at x + (b blocks + block) N E, then its product of spectra (the
+  // inverse's input) at out + the same; G: block's filter spectrum at G + block N E (the tasks of
+  // batch row 0 make it), then the spectra's position 0 per signal (E floats each). No allocation
+  // on the caller once the pool's scratch is this big.
+  const auto signal_floats = static_cast<std::size_t>(signals * N * E);
+  const auto spectra_floats = static_cast<std::size_t>(blocks * N * E);
+  if (scratch->x.size() < 2 * signal_floats) scratch->x.resize(2 * signal_floats);
+  if (scratch->G.size() < spectra_floats + static_cast<std::size_t>(signals * E))
+    scratch->G.resize(spectra_floats + static_cast<std::size_t>(signals * E));
+  float* x = scratch->x.data();
+  float* out = x + signal_floats;
+  float* G = scratch->G.data();
+  float* frequency0 = G + spectra_floats;
+  const auto walk_of = [&](index_t block) { return LongConvWalk{block * E, 1, D, E}; };
+  // Piece p of a signal: first-pass groups [j0, j1); group j touches positions j + m len.
+  const auto piece = [&](index_t p) { return std::make_pair(len * p / pieces, len * (p + 1) / pieces); };
+
+  parallel_for(executor, signals * pieces, 1, [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) {
+      const index_t signal = i / pieces, b = signal / blocks, block = signal % blocks;
+      const auto [j0, j1] = piece(i % pieces);
+      float* xs = x + signal * N * E;
+      float* filter = G + block * N * E;
+      for (index_t m = 0; m < parts; ++m) {
+        long_conv_piece_rows(j0 + m * len, j1 + m * len, 0, rows, [&](index_t r0, index_t r1) {
+          long_conv_gather_rows(in, walk_of(block), b, S, N, xs, r0, r1);
+        });
+        if (b == 0)
+          long_conv_piece_rows(j0 + m * len, j1 + m * len, 0, taps, [&](index_t s0, index_t s1) {
+            long_conv_load_filter_rows(in.filter, walk_of(block), s1, group, N, filter, false, s0);
+          });
+      }
+      long_conv_forward_top(rows, xs, tw, parts, j0, j1);
+      if (b == 0) long_conv_forward_top(taps, filter, tw, parts, j0, j1);
+    }
+  });
+  parallel_for(executor, signals * parts, 1, [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) {
+      const index_t signal = i / parts, part = i % parts * len;
+      float* xs = x + signal * N * E;
+      fft_dif(xs + part * E, len, tw);
+      if (signal < blocks) fft_dif(G + (signal * N + part) * E, len, tw);  // batch row 0
+      if (part == 0)
+        for (index_t v = 0; v < E; ++v) frequency0[signal * E + v] = xs[v];
+    }
+  });
+  parallel_for(executor, signals * parts, 1, [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) {
+      const index_t signal = i / parts, part = i % parts * len;
+      float* product = out + signal * N * E;
+      long_conv_part_product(x + signal * N * E, G + signal % blocks * N * E, product, tw, part, len);
+      fft_dit_inverse(product + part * E, len, tw);
+    }
+  });
+  parallel_for(executor, signals * pieces, 1, [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) {
+      const index_t signal = i / pieces, b = signal / blocks, block = signal % blocks;
+      const auto [j0, j1] = piece(i % pieces);
+      float* product = out + signal * N * E;
+      long_conv_inverse_top(product, tw, S, T, parts, j0, j1);
+      for (index_t m = 0; m < parts; ++m)
+        long_conv_piece_rows(j0 + m * len, j1 + m * len, S, rows, [&](index_t r0, index_t r1) {
+          long_conv_scatter_rows(in, y, walk_of(block), b, S, N, product, r0 - S, r1 - S);
+        });
+    }
+  });
+  std::vector<index_t> nonfinite;
+  for (index_t signal = 0; signal < signals; ++signal) {
+    const index_t b = signal / blocks, block = signal % blocks;
+    long_conv_list_nonfinite(frequency0 + signal * E, b * D + block * E, walk_of(block).width(0), nonfinite);
+  }
+  pool.give(std::move(scratch));
+  if (!nonfinite.empty()) long_conv_fix_nonfinite(in, y, nonfinite);
+}
+
 // FFT form over a validated call (prepared, tile: as in long_conv_fft_walk; its FFT length is the
 // call's, so a prepared call never splits into segments).
 inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
@@ -639,6 +806,11 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const index_t blocks = (D + lanes - 1) / lanes;
   const index_t per_walk = segments.count > 1 ? 1 : long_conv_fft_walk_blocks(blocks, executor.concurrency());
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
+  if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
+    const index_t pieces =
+        long_conv_fft_split_pieces(B * ((D + kFftElement - 1) / kFftElement), tasks, segments.N, executor.concurrency());
+    if (pieces > 0) return long_conv_fft_split_run(in, y, executor, tw, pieces);
+  }
   std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(tasks));
   LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
   parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
@@ -836,10 +1008,12 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
 /// would split into fewer than two groups per thread; blocks of simd::kWidth channels when more
 /// than two threads would otherwise idle; on more than two threads, a causal call with a short
 /// filter in overlap-save segments of its outputs, a task per segment and block, when that
-/// finishes sooner); scratch per task and block 2 N * 2 *
+/// finishes sooner, and one whose groups are still fewer than the threads in four passes of
+/// equal tasks over its blocks' transforms); scratch per task and block 2 N * 2 *
 /// simd::kWidth floats (the signal and the filters' spectrum, kept by the calling thread for its
-/// next call: 128 MiB per task of 4 blocks at N = 131072 with AVX-512). A channel whose input is not finite is computed
-/// by the direct form, with its pair.
+/// next call: 128 MiB per task of 4 blocks at N = 131072 with AVX-512; the four passes hold every
+/// block's at once, (2B + 1) N * 2 * simd::kWidth floats per block). A channel whose input is not
+/// finite is computed by the direct form, with its pair.
 inline void long_conv_fft(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                           const Executor& executor = serial_executor()) {
   if (options.reverse) {
