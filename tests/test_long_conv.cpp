@@ -312,7 +312,7 @@ TEST_CASE("long_conv: the FFT form split for 64 threads matches the reference", 
       if (threads == 64 && segments > 1) CHECK(tasks == full * segments);
       if (threads == 64 && segments == 1 && narrow > full && narrow <= 64) {
         const index_t N = seqmix::detail::long_conv_fft_length(dims, c.state);
-        const index_t pieces = c.Lb == 0 ? seqmix::detail::long_conv_fft_split_pieces(c.B * full, narrow, N, 64) : 0;
+        const index_t pieces = c.Lb == 0 ? seqmix::detail::long_conv_fft_split_pieces(c.B, full, narrow, N, 64) : 0;
         CHECK(tasks == (pieces > 0 ? std::min<index_t>(c.B * full * pieces, 256) : narrow));
       }
       if (threads == 2 && c.D == 768)

@@ -108,7 +108,7 @@ TEST_CASE("long_conv: narrow blocks with the filter packed beside the input matc
     const int threads = static_cast<int>((D + seqmix::simd::kWidth - 1) / seqmix::simd::kWidth);
     REQUIRE(sd::long_conv_fft_segments({B, T, D, L, 0, G}, true, threads).count == 1);
     REQUIRE(sd::long_conv_fft_block_lanes(D, threads) == seqmix::simd::kWidth);
-    REQUIRE(sd::long_conv_fft_split_pieces(B * pair_blocks(D), walk_count(D, threads), 512, threads) == 0);
+    REQUIRE(sd::long_conv_fft_split_pieces(B, pair_blocks(D), walk_count(D, threads), 512, threads) == 0);
     Tensor<float, 3> ref({B, T, D}), y({B, T, D});
     seqmix::reference::long_conv(in, {ref.view()});
     st::CountingExecutor ex(threads);
@@ -170,7 +170,7 @@ TEST_CASE("long_conv: a long filter split into passes for many threads matches t
       // The walks the split replaces; at 7 threads D = 100 has 7 narrow blocks (AVX-512) or 13
       // blocks of pairs (SSE2), which fill them: no split there.
       const index_t walks = walk_count(D, threads);
-      const index_t pieces = sd::long_conv_fft_split_pieces(signals, walks, N, threads);
+      const index_t pieces = sd::long_conv_fft_split_pieces(B, pair_blocks(D), walks, N, threads);
       CHECK((pieces > 0) == (threads > 7 || D == 40));
       st::CountingExecutor ex(threads);
       Tensor<float, 3> y({B, T, D});
@@ -229,9 +229,9 @@ TEST_CASE("long_conv: the model shape's long filter splits into passes of 192 ta
   const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 51);
   const Tensor<float, 2> h = st::random_tensor<2>({T, D}, 52, -0.02f, 0.02f);
   Tensor<float, 3> y({1, T, D});
-  const index_t pieces = sd::long_conv_fft_split_pieces(pair_blocks(D), walk_count(D, 64), N, 64);
+  const index_t pieces = sd::long_conv_fft_split_pieces(1, pair_blocks(D), walk_count(D, 64), N, 64);
   if (seqmix::simd::kWidth == 16) CHECK(pieces == 8);
-  for (int threads : {1, 2}) CHECK(sd::long_conv_fft_split_pieces(pair_blocks(D), walk_count(D, threads), N, threads) == 0);
+  for (int threads : {1, 2}) CHECK(sd::long_conv_fft_split_pieces(1, pair_blocks(D), walk_count(D, threads), N, threads) == 0);
   st::CountingExecutor wide(64), two(2);
   seqmix::long_conv_fft({u.view(), h.view()}, {y.view()}, {}, wide);
   if (pieces > 0)
@@ -240,6 +240,26 @@ TEST_CASE("long_conv: the model shape's long filter splits into passes of 192 ta
     CHECK(wide.runs().back().tasks == walk_count(D, 64));
   seqmix::long_conv_fft({u.view(), h.view()}, {y.view()}, {}, two);
   CHECK(two.runs().back().tasks == std::min<index_t>(walk_count(D, 2), 8));
+}
+
+TEST_CASE("long_conv: the split stays under its scratch cap and falls back to the walks above it", "[long_conv]") {
+  // The split holds every signal at once, (2B + 1) x blocks x N x E floats: 72 MiB at D = 768,
+  // T = L = 4096 with AVX-512, 1.1 GiB at T = L = 65536 (N = 131072), growing with B. Above
+  // kLongConvSplitMaxScratchBytes the walks run (plan only: no call at these sizes).
+  const index_t E = sd::kFftElement, D = 768, blocks = pair_blocks(D);
+  const auto bytes = [&](index_t B, index_t N) { return sd::long_conv_fft_split_scratch_floats(B, blocks, N) * sizeof(float); };
+  CHECK(bytes(1, 8192) == static_cast<std::size_t>((3 * blocks * 8192 + blocks) * E) * sizeof(float));
+  CHECK(bytes(1, 131072) > sd::kLongConvSplitMaxScratchBytes);
+  CHECK(sd::long_conv_fft_split_pieces(1, blocks, walk_count(D, 64), 131072, 64) == 0);
+  // Batch rows at T = 4096 (48 narrow walks with AVX-512): split while the scratch fits.
+  for (index_t B = 1; B <= 64; ++B) {
+    INFO("B " << B);
+    CHECK((sd::long_conv_fft_split_pieces(B, blocks, 48, 8192, 64) > 0) == (bytes(B, 8192) <= sd::kLongConvSplitMaxScratchBytes));
+  }
+  if (seqmix::simd::kWidth == 16) {
+    CHECK(sd::long_conv_fft_split_pieces(4, blocks, 48, 8192, 64) > 0);  // 216 MiB
+    CHECK(sd::long_conv_fft_split_pieces(5, blocks, 48, 8192, 64) == 0);  // 264 MiB
+  }
 }
 
 TEST_CASE("long_conv: the filter's finite check runs in row ranges and still names the element", "[long_conv]") {
@@ -321,7 +341,7 @@ TEST_CASE("long_conv: the split form on a pool of four threads matches the refer
   const index_t T = 700, D = 12;
   const Call call(2, T, D, T, 61);
   const seqmix::LongConvInputs in{call.u.view(), call.h.view()};
-  REQUIRE(sd::long_conv_fft_split_pieces(2 * pair_blocks(D), walk_count(D, 4), 2048, 4) > 0);
+  REQUIRE(sd::long_conv_fft_split_pieces(2, pair_blocks(D), walk_count(D, 4), 2048, 4) > 0);
   Tensor<float, 3> ref({2, T, D}), y({2, T, D});
   seqmix::reference::long_conv(in, {ref.view()});
   seqmix::ThreadPool pool(4);

@@ -666,14 +666,30 @@ inline void long_conv_fix_nonfinite(const LongConvInputs& in, const TensorView<f
 // does, would make half the tasks twice as long).
 constexpr index_t kLongConvSplitParts = 8;
 
-// The pieces per signal of passes 1 and 4: the count in 1..8 whose rounds of tasks per unit of
-// work (ceil(signals x pieces / threads) / pieces) is smallest, fewer pieces on a tie (24 signals
-// on 64 threads: 8 pieces, 192 tasks in three full rounds). 0: no split, when the walks
-// (walk_tasks) already fill the threads, when the transform is too short to cut (N < 64), and
-// always at one or two threads (whose path stays the walks).
-inline index_t long_conv_fft_split_pieces(index_t signals, index_t walk_tasks, index_t N, int concurrency) {
-  const index_t threads = concurrency;
+// Most scratch the split may hold (its signals, their products and the blocks' filter spectra,
+// long_conv_fft_split_scratch_floats), 256 MiB. Why: the split keeps every signal at once and its
+// scratch stays in the caller's pool after the call, (2B + 1) N * 2 * simd::kWidth floats per
+// block: 1.1 GiB at B = 1, D = 768, T = L = 65536 with AVX-512, 6.4 GiB at B = 8, where the walks
+// hold one task's blocks per running task whatever B (768 MiB for 48 narrow walks at N = 131072).
+// It bought 0.95-0.99x of the 64-core time at T = 4096 (72 MiB); above the cap the walks run.
+constexpr std::size_t kLongConvSplitMaxScratchBytes = std::size_t{256} << 20;
+
+// The floats long_conv_fft_split_run's scratch holds for B batch rows of `blocks` blocks of pairs.
+inline std::size_t long_conv_fft_split_scratch_floats(index_t B, index_t blocks, index_t N) noexcept {
+  const auto signals = static_cast<std::size_t>(B * blocks);
+  return ((2 * signals + static_cast<std::size_t>(blocks)) * static_cast<std::size_t>(N) + signals) * kFftElement;
+}
+
+// The pieces per signal (B x blocks of pairs) of passes 1 and 4: the count in 1..8 whose rounds
+// of tasks per unit of work (ceil(signals x pieces / threads) / pieces) is smallest, fewer pieces
+// on a tie (24 signals on 64 threads: 8 pieces, 192 tasks in three full rounds). 0: no split,
+// when the walks (walk_tasks) already fill the threads, when the transform is too short to cut
+// (N < 64), when the scratch would pass kLongConvSplitMaxScratchBytes, and always at one or two
+// threads (whose path stays the walks).
+inline index_t long_conv_fft_split_pieces(index_t B, index_t blocks, index_t walk_tasks, index_t N, int concurrency) {
+  const index_t threads = concurrency, signals = B * blocks;
   if (concurrency <= 2 || walk_tasks >= threads || N < 64) return 0;
+  if (long_conv_fft_split_scratch_floats(B, blocks, N) * sizeof(float) > kLongConvSplitMaxScratchBytes) return 0;
   index_t best = 1;
   double best_rounds = static_cast<double>((signals + threads - 1) / threads);
   for (index_t pieces = 2; pieces <= 8; ++pieces) {
@@ -721,9 +737,9 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
   // on the caller once the pool's scratch is this big.
   const auto signal_floats = static_cast<std::size_t>(signals * N * E);
   const auto spectra_floats = static_cast<std::size_t>(blocks * N * E);
+  const std::size_t g_floats = long_conv_fft_split_scratch_floats(B, blocks, N) - 2 * signal_floats;  // spectra, then position 0s
   if (scratch->x.size() < 2 * signal_floats) scratch->x.resize(2 * signal_floats);
-  if (scratch->G.size() < spectra_floats + static_cast<std::size_t>(signals * E))
-    scratch->G.resize(spectra_floats + static_cast<std::size_t>(signals * E));
+  if (scratch->G.size() < g_floats) scratch->G.resize(g_floats);
   float* x = scratch->x.data();
   float* out = x + signal_floats;
   float* G = scratch->G.data();
@@ -808,7 +824,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
   if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
     const index_t pieces =
-        long_conv_fft_split_pieces(B * ((D + kFftElement - 1) / kFftElement), tasks, segments.N, executor.concurrency());
+        long_conv_fft_split_pieces(B, (D + kFftElement - 1) / kFftElement, tasks, segments.N, executor.concurrency());
     if (pieces > 0) return long_conv_fft_split_run(in, y, executor, tw, pieces);
   }
   std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(tasks));
@@ -1012,8 +1028,8 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
 /// equal tasks over its blocks' transforms); scratch per task and block 2 N * 2 *
 /// simd::kWidth floats (the signal and the filters' spectrum, kept by the calling thread for its
 /// next call: 128 MiB per task of 4 blocks at N = 131072 with AVX-512; the four passes hold every
-/// block's at once, (2B + 1) N * 2 * simd::kWidth floats per block). A channel whose input is not
-/// finite is computed by the direct form, with its pair.
+/// block's at once, (2B + 1) N * 2 * simd::kWidth floats per block, and run only while that is at
+/// most 256 MiB). A channel whose input is not finite is computed by the direct form, with its pair.
 inline void long_conv_fft(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
                           const Executor& executor = serial_executor()) {
   if (options.reverse) {
