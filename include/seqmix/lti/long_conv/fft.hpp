@@ -626,7 +626,7 @@ inline LongConvInputs long_conv_segment_inputs(const LongConvInputs& in, index_t
   return part;
 }
 
-// Recomputes by the direct form the channels `nonfinite` lists (b * D + d, sorted, unique).
+// Recomputes by the direct form the channels `nonfinite` lists (b * D + d, each once, in any order).
 // A channel whose input holds inf or NaN (and its pair) in a batch row: the FFT spread the
 // value to every output of that row, so the direct form recomputes them and the non-finite values
 // reach only the outputs that read them (docs/reliability.md, "Non-finite values"). Channels are
