@@ -4,7 +4,8 @@
 // are computed once in a first pass (delta_update::run_delta_items). An executor that claims 64 threads (and runs serially) must
 // get the intended task count and outputs, final states and token states equal to the
 // reference's, at ragged shapes: V not a multiple of the block, T not a multiple of the chunk,
-// packed ragged sequences, grouped heads, initial states.
+// packed ragged sequences, grouped heads, initial states; and, when the items fill the threads,
+// tasks of several heads of one sequence that advance chunk by chunk together.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -151,6 +152,18 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
       {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::chunked, {0, 70, 75, 205}, false, 64, 3 * 2 * 3, 6 * 2},
       {1, 150, 4, 4, 32, 128, DeltaGate::scalar, DeltaAlgorithm::automatic, {}, false, 64, 4 * 4, 4 * 3},
       {1, 205, 2, 2, 32, 96, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 2 * 3, 5 * 2},
+      // Items that fill the threads run in tasks of ceil(HV / threads) heads of one sequence
+      // advancing chunk by chunk together (delta_update::run_item_groups), at most as many as
+      // keep their states in 512 KB: HV = 5 on 2 threads, tasks of 3 and 2 heads; on 4 threads
+      // tasks of 2, 2 and 1 (B = 2); one thread, all heads of each packed sequence in one task,
+      // the 5-token one recurrent; K = V = 128, 8 heads at most (8 + 2); KDA's chunked form;
+      // token states (recurrent: one head per task as before).
+      {1, 150, 1, 5, 32, 40, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 2, 2, 0},
+      {2, 100, 1, 5, 32, 40, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 4, 2 * 3, 0},
+      {1, 205, 2, 4, 48, 33, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 1, 3, 0},
+      {1, 70, 1, 10, 128, 128, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 1, 2, 0},
+      {1, 205, 1, 3, 32, 40, DeltaGate::channel, DeltaAlgorithm::chunked, {0, 70, 75, 205}, false, 2, 3 * 2, 0},
+      {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, true, 1, 2 * 3, 0},
   };
   std::uint64_t seed = 900;
   for (const GdrSplitCase& c : cases) {

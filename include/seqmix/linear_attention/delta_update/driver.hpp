@@ -130,6 +130,72 @@ inline void run_delta_item(const DeltaItem& item, index_t chunk, ItemScratch& ws
   store_item_state(item.final_state, ws.S.data(), ws.S.rows(), ws.S.cols());
 }
 
+/// 2^17 floats (512 KB, half a Zen 5 core's L2, as GLA's head groups in diagonal_decay/driver.hpp):
+/// the most carried state a task of heads advancing together (run_item_groups) keeps, one [K,V]
+/// per head: 8 heads at K = V = 128, 32 at K = V = 64.
+constexpr index_t kGroupStateFloats = index_t{1} << 17;
+
+/// Heads per task of run_item_groups: enough that each thread takes one group of a sequence's H
+/// heads, as many as keep their states within kGroupStateFloats.
+inline index_t head_group(index_t H, index_t K, index_t V, int concurrency) {
+  const index_t fit = std::max<index_t>(1, kGroupStateFloats / std::max<index_t>(1, K * V));
+  return std::min((H + concurrency - 1) / concurrency, fit);
+}
+
+/// The calling thread's carried states of a task's heads ([K,V] each), kept across calls.
+inline std::vector<RowMatrix>& group_states(index_t n, index_t K, index_t V) {
+  thread_local std::vector<RowMatrix> states;
+  if (static_cast<index_t>(states.size()) < n) states.resize(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) states[static_cast<std::size_t>(i)].resize(K, V);
+  return states;
+}
+
+/// Runs the items of one task (heads of one sequence, all of V): chunked items chunk by chunk
+/// together, for each chunk each head in turn running its WyKernel hooks with its own state
+/// swapped into ws.S. A token's rows of all heads sit side by side in [B,T,H,D] memory, so the
+/// heads read q/k/v and write o from the same pages, where one head over all T touches a page
+/// per row. Per head the operations and their order are run_delta_item's. The heads of one
+/// sequence share its algorithm (chosen on its length); recurrent ones run one after another.
+inline void run_heads_together(const DeltaItem* items, index_t n, index_t chunk, ItemScratch& ws) {
+  if (items[0].algorithm != DeltaAlgorithm::chunked) {
+    for (index_t i = 0; i < n; ++i) run_delta_item(items[i], chunk, ws);
+    return;
+  }
+  std::vector<RowMatrix>& states = group_states(n, ws.K, ws.V);
+  const auto each_head = [&](auto&& step) {  // step(item, kernel) with the item's state in ws.S
+    for (index_t i = 0; i < n; ++i) {
+      RowMatrix& S = states[static_cast<std::size_t>(i)];
+      ws.S.swap(S);
+      step(items[i], WyKernel{&items[i], chunk});
+      ws.S.swap(S);
+    }
+  };
+  each_head([&](const DeltaItem&, const WyKernel& kernel) { kernel.begin_head(0, ws); });
+  const index_t T = items[0].p.T();  // heads of one sequence share its tokens
+  for (index_t t0 = 0; t0 < T; t0 += chunk) {
+    const index_t L = std::min(chunk, T - t0);
+    each_head([&](const DeltaItem& item, const WyKernel& kernel) {
+      seqmix::chunkwise::run_chunk(kernel, &item, t0, L, ws);
+    });
+  }
+  each_head([&](const DeltaItem& item, const WyKernel& kernel) { kernel.end_head(&item, ws); });
+}
+
+/// Runs every item (all of V) in tasks of `group` heads of one sequence (head_group), longest
+/// sequences first: run_heads_together on each task's items, bound by bound(it, columns).
+template <class Bound>
+void run_item_groups(const Executor& executor, index_t sequences, index_t H, index_t K, index_t V, index_t chunk,
+                     index_t group, Bound&& bound) {
+  const index_t per_sequence = (H + group - 1) / group;
+  executor.run(sequences * per_sequence, [&](index_t task) {
+    thread_local std::vector<DeltaItem> items;
+    const index_t h0 = task % per_sequence * group, n = std::min(group, H - h0);
+    items.clear();
+    for (index_t h = h0; h < h0 + n; ++h) items.push_back(bound(task / per_sequence * H + h, ValueColumns{0, V}));
+    run_heads_together(items.data(), n, chunk, item_scratch(K, V));
+  });
+}
+
 /// The calling thread's chunk-factor records (wy.hpp's WyFactors) of a call that shares them
 /// between value blocks, and each item's first record; kept across calls, grown on demand.
 struct FactorStore {
@@ -423,11 +489,13 @@ void run_chunk_segments(const Executor& executor, ChunkSegments plan, WholeBlock
 }
 
 /// Runs every (running sequence n, head h) item of a prefill, bind(n, h, columns) giving the
-/// item bound to a block of value columns: whole items when they fill the executor's threads;
-/// else in value blocks (for_each_item), and from kShareFactorsMinBlocks blocks on the chunked
-/// fp32 items' V-independent chunk factors are computed once per (item, chunk) in a first
-/// parallel pass instead of once per block (WyFactors; bf16 dot products and recurrent items
-/// keep the whole per-block algorithm). When even the value blocks leave most threads idle
+/// item bound to a block of value columns: whole items when they fill the executor's threads,
+/// chunked ones in tasks of several heads of one sequence advancing chunk by chunk together
+/// (run_item_groups; one head per task when the heads do not outnumber the threads); else in
+/// value blocks (for_each_item), and from kShareFactorsMinBlocks blocks on the chunked fp32
+/// items' V-independent chunk factors are computed once per (item, chunk) in a first parallel
+/// pass instead of once per block (WyFactors; bf16 dot products and recurrent items keep the
+/// whole per-block algorithm). When even the value blocks leave most threads idle
 /// (chunk_segments), the chunked fp32 items of enough chunks also run in segments
 /// (ChunkSegments), on the same records.
 template <class Bind>
@@ -445,6 +513,9 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
   const auto whole = [&](index_t n, index_t h, ValueColumns cols, ItemScratch& ws) {
     run_delta_item(bind(n, h, cols), chunk, ws);
   };
+  const index_t group = split.blocks == 1 && segments < 2 ? head_group(H, K, V, threads) : 1;
+  if (group > 1 && items > 0 && bound(0, ValueColumns{0, V}).algorithm == DeltaAlgorithm::chunked)
+    return run_item_groups(executor, static_cast<index_t>(order.size()), H, K, V, chunk, group, bound);
   if (split.blocks < kShareFactorsMinBlocks && segments < 2) return for_each_item(executor, map, H, K, V, whole);
 
   FactorStore& store = factor_store();  // the caller's (a name, not a capture, would be each thread's own)
