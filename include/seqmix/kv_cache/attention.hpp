@@ -209,16 +209,16 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, cons
 }
 
 // Lines requested from inside a block's key kernel (see core/prefetch.hpp): the keys of the
-// next block to be scored and this block's values, read after the span's softmax step. Each
-// block is its own few-KB allocations, where the hardware prefetchers, which stop at page
-// boundaries, keep restarting.
-inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView& blk, const KvCacheConfig& cfg,
-                                  index_t rows) noexcept {
+// next block to be scored, the key parameters of the block after it (the query operands of
+// per-channel keys are made for two blocks at a time, before the first's key loop: see
+// any_block_scores) and this block's values, read after the span's softmax step. Each block is
+// its own few-KB allocations, where the hardware prefetchers, which stop at page boundaries,
+// keep restarting.
+inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* after_next, const KvBlockView& blk,
+                                  const KvCacheConfig& cfg, index_t rows) noexcept {
   LineStream lines;
-  if (next) {  // parameters first: the query operands of the next block read them before its codes
-    lines.set(0, next->key_params, next->key_param_count * sizeof(float));
-    lines.set(1, next->keys, next->key_bytes);
-  }
+  if (after_next) lines.set(0, after_next->key_params, after_next->key_param_count * sizeof(float));
+  if (next) lines.set(1, next->keys, next->key_bytes);
   lines.set(2, blk.values, blk.value_bytes);
   lines.set(3, blk.value_params, blk.value_param_count * sizeof(float));
   // Steps the key kernels take: float keys one per channel per 4 query rows; the integer kernel
@@ -237,6 +237,7 @@ struct KvScratch {
   std::vector<std::int64_t> pos;
   IntegerScratch ints;             // operand bytes of the integer kernels
   bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
+  bool next_query_ready = false;   // per-channel keys: the next block's query bytes are in slot 1
   KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
   AlignedVector<float> saved_acc;  // the accumulators before a span's values (guard_hidden_values)
   AlignedVector<float> value_buf;  // one dequantized value row
@@ -461,7 +462,17 @@ inline void coded_block_values(const KvBlockView& blk, const KvCacheConfig& cfg,
   }
 }
 
-inline void any_block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, float* s, LineStream& ahead) {
+// Whether a block's scores go through the integer key kernel.
+inline bool integer_key_block(const KvBlockView& blk, const KvCacheConfig& cfg) noexcept {
+  return !blk.coded && integer_keys_supported(blk, cfg);
+}
+
+// Scores of block j of a span of n (s: its score columns). Per-channel keys need the query's
+// bytes per block: they are made for blocks j and j + 1 together when both take the integer
+// kernel (two independent chains side by side), and block j + 1 then finds them in slot 1.
+inline void any_block_scores(const KvBlockView* span, index_t n, index_t j, const KvCacheConfig& cfg, KvScratch& w,
+                             float* s, LineStream& ahead) {
+  const KvBlockView& blk = span[j];
   if (blk.coded) {
     coded_block_scores(blk, cfg, w, s);
     return;
@@ -475,20 +486,33 @@ inline void any_block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, K
     return;
   }
 #if SEQMIX_KV_INTEGER_DOTS
+  index_t slot = 0;
   if (cfg.key_quant == KeyQuant::per_channel) {
-    prepare_query_bytes<true>(blk, cfg.key_dim, w.q.data(), w.ints);
+    if (w.next_query_ready) {
+      slot = 1, w.next_query_ready = false;
+    } else if (j + 1 < n && integer_key_block(span[j + 1], cfg)) {
+      const KvBlockView* const pair[2] = {&blk, &span[j + 1]};
+      prepare_query_bytes<true, 2>(pair, cfg.key_dim, w.q.data(), w.ints);
+      w.next_query_ready = true;
+    } else {
+      const KvBlockView* const one[1] = {&blk};
+      prepare_query_bytes<true, 1>(one, cfg.key_dim, w.q.data(), w.ints);
+    }
   } else if (!w.query_bytes_ready) {
-    prepare_query_bytes<false>(blk, cfg.key_dim, w.q.data(), w.ints);
+    const KvBlockView* const one[1] = {&blk};
+    prepare_query_bytes<false, 1>(one, cfg.key_dim, w.q.data(), w.ints);
     w.query_bytes_ready = true;
   }
   const index_t key_groups = quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
   const float* qsum = w.qsum.data();
   if (blk.key_format == KvFormat::int4)
-    integer_key_scores<4, 2>(blk, cfg, w.ints, qsum, key_groups, s, w.lds, ahead);
+    integer_key_scores<4, 2>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
   else if (blk.slots == 16)
-    integer_key_scores<8, 1>(blk, cfg, w.ints, qsum, key_groups, s, w.lds, ahead);
+    integer_key_scores<8, 1>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
   else
-    integer_key_scores<8, 2>(blk, cfg, w.ints, qsum, key_groups, s, w.lds, ahead);
+    integer_key_scores<8, 2>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
+#else
+  (void)n, (void)j;
 #endif
 }
 
@@ -653,6 +677,7 @@ void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, i
   std::fill(w.q.begin() + M * Dk, w.q.begin() + w.rows * Dk, 0.f);
   std::fill(w.qsum.begin() + M * key_groups, w.qsum.begin() + w.rows * key_groups, 0.f);
   w.query_bytes_ready = false;
+  w.next_query_ready = false;
   w.coded_ready = false;
 }
 
@@ -733,14 +758,19 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
       if (!skipped(blk)) span[n++] = blk;
     }
     if (n == 0) break;
+    // The blocks after the span (for the prefetches of its last two blocks; a skipped one only
+    // costs a wasted prefetch).
+    KvBlockView after[2];
+    for (index_t i = 0; i < 2 && k + i < last; ++i) after[i] = block_at(k + i);
+    const auto upcoming = [&](index_t i) -> const KvBlockView* {
+      return i < n ? &span[i] : k + (i - n) < last ? &after[i - n] : nullptr;
+    };
     for (index_t j = 0; j < n; ++j) {
-      KvBlockView after;
-      if (j + 1 >= n && k < last) after = block_at(k);
-      const KvBlockView* next = j + 1 < n ? &span[j + 1] : k < last ? &after : nullptr;
-      LineStream ahead = key_phase_lines(next, span[j], cfg, w.rows);
+      LineStream ahead = key_phase_lines(upcoming(j + 1), upcoming(j + 2), span[j], cfg, w.rows);
       segs[j] = {span[j].positions, span[j].count, span[j].min_position, span[j].max_position};
-      any_block_scores(span[j], cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
+      any_block_scores(span, n, j, cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
     }
+    w.next_query_ready = false;
     softmax_span(segs, n);
     // Only a zero weight lets the block-wide value kernels put 0 * NaN into a row.
     const bool guard = span_has_zero_weight(span, n, w, M);

@@ -37,13 +37,14 @@ namespace seqmix::detail {
 
 constexpr bool kKvIntegerDots = SEQMIX_KV_INTEGER_DOTS == 1;
 
-// Operand bytes and scales of one task (rows = query rows padded to 4; weights for up to
-// `blocks` blocks at a time).
+// Operand bytes and scales of one task (rows = query rows padded to 4; query bytes for up to
+// kQuerySlots blocks, weights for up to `blocks` blocks at a time).
+constexpr index_t kQuerySlots = 2;
 struct IntegerScratch {
   index_t rows = 0, quad_bytes = 0, weight_bytes = 0, groups = 0;
-  AlignedVector<std::int8_t> q_hi, q_lo;   // [rows][quad_bytes]: the two bytes of each channel
-  AlignedVector<float> q_step;             // [rows]: a of the row
-  AlignedVector<float> bias;               // [rows]: q . min (per-channel keys)
+  AlignedVector<std::int8_t> q_hi, q_lo;   // [slot][rows][quad_bytes]: the two bytes of each channel
+  AlignedVector<float> q_step;             // [slot][rows]: a of the row
+  AlignedVector<float> bias;               // [slot][rows]: q . min (per-channel keys)
   AlignedVector<std::int8_t> w_hi, w_lo;   // [blocks][rows][groups][32 tokens]
   AlignedVector<float> w_step;             // [blocks][rows][groups]
   AlignedVector<float> min_terms;          // [rows][groups][16]: partial sums of p * min
@@ -52,15 +53,17 @@ struct IntegerScratch {
   IntegerScratch(index_t rows_padded, index_t Dk, index_t value_groups, index_t blocks)
       : rows(rows_padded), quad_bytes((Dk + 63) / 64 * 64), weight_bytes(value_groups * kKvBlockTokens),
         groups(value_groups),
-        q_hi(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
-        q_lo(static_cast<std::size_t>(rows_padded * quad_bytes), 0),
-        q_step(static_cast<std::size_t>(rows_padded), 0.f),
-        bias(static_cast<std::size_t>(rows_padded), 0.f),
+        q_hi(static_cast<std::size_t>(kQuerySlots * rows_padded * quad_bytes), 0),
+        q_lo(static_cast<std::size_t>(kQuerySlots * rows_padded * quad_bytes), 0),
+        q_step(static_cast<std::size_t>(kQuerySlots * rows_padded), 0.f),
+        bias(static_cast<std::size_t>(kQuerySlots * rows_padded), 0.f),
         w_hi(static_cast<std::size_t>(blocks * rows_padded * weight_bytes), 0),
         w_lo(static_cast<std::size_t>(blocks * rows_padded * weight_bytes), 0),
         w_step(static_cast<std::size_t>(blocks * rows_padded * value_groups), 0.f),
         min_terms(static_cast<std::size_t>(rows_padded * value_groups * 16), 0.f),
         min_sum(static_cast<std::size_t>(rows_padded * value_groups), 0.f) {}
+  // Index of row r of query slot `slot` in q_step and bias (times quad_bytes: in q_hi, q_lo).
+  index_t query_row(index_t slot, index_t r) const noexcept { return slot * rows + r; }
 };
 
 // Whether the integer kernels can follow the block's parameter groups: a key group must hold
@@ -175,56 +178,76 @@ inline __m512i code_plane(__m512i raw, int p) noexcept {
   }
 }
 
-// Query bytes of every row for this block. Per-channel keys: q' = q * scale_c, bias = q . min;
-// per-token keys: q itself (the same for every block: done once per task by the caller). Four
-// rows at a time, so their reductions (a serial chain each) overlap; q' is recomputed in the
-// second pass rather than stored and reloaded.
-template <bool PerChannel>
-[[gnu::noinline]] void prepare_query_bytes(const KvBlockView& blk, index_t Dk, const float* Q, IntegerScratch& x) {
+// Query bytes of every row for K blocks (block k into query slot k). Per-channel keys:
+// q' = q * scale_c, bias = q . min; per-token keys: q itself (the same for every block: done once
+// per task by the caller, K = 1). Four rows at a time and K blocks side by side (the caller
+// pairs a span's blocks), so their reductions (a serial chain of maximum, division and bytes
+// each) overlap. This is ~10% of an int8 / int4 decode in cache, mostly its instruction count:
+// pairing took back about a third of it for int4, little for int8. q' is recomputed in the second pass rather than stored and reloaded. The
+// loops over blocks and rows are unrolled by pragma: GCC 12 left them rolled for K = 2, with
+// the maxima and sums on the stack (slower than one block per call).
+template <bool PerChannel, int K>
+[[gnu::noinline]] void prepare_query_bytes(const KvBlockView* const (&blks)[K], index_t Dk, const float* Q,
+                                           IntegerScratch& x) {
   const index_t n16 = (Dk + 15) / 16 * 16;
-  const float* scales = blk.key_params;
-  const float* mins = scales + Dk;
-  const auto scaled_query = [&](const float* q, index_t c, __mmask16 valid) {
+  const float* scales[K];
+  for (int k = 0; k < K; ++k) scales[k] = blks[k]->key_params;
+  const auto scaled_query = [&](const float* q, int k, index_t c, __mmask16 valid) {
     const __m512 qc = _mm512_maskz_loadu_ps(valid, q + c);
-    return PerChannel ? _mm512_mul_ps(qc, _mm512_maskz_loadu_ps(valid, scales + c)) : qc;
+    return PerChannel ? _mm512_mul_ps(qc, _mm512_maskz_loadu_ps(valid, scales[k] + c)) : qc;
   };
   for (index_t r0 = 0; r0 < x.rows; r0 += 4) {
-    __m512 top[4], bias[4];
-    for (int r = 0; r < 4; ++r) top[r] = bias[r] = _mm512_setzero_ps();
+    __m512 top[K][4], bias[K][4];
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k)
+      for (int r = 0; r < 4; ++r) top[k][r] = bias[k][r] = _mm512_setzero_ps();
     for (index_t c = 0; c < n16; c += 16) {
       const __mmask16 valid = first_lanes(Dk - c);
-      const __m512 mn = PerChannel ? _mm512_maskz_loadu_ps(valid, mins + c) : _mm512_setzero_ps();
-      for (int r = 0; r < 4; ++r) {
-        const float* q = Q + (r0 + r) * Dk;
-        top[r] = _mm512_max_ps(top[r], _mm512_abs_ps(scaled_query(q, c, valid)));
-        if (PerChannel) bias[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, q + c), mn, bias[r]);
+#pragma GCC unroll 2
+      for (int k = 0; k < K; ++k) {
+        const __m512 mn = PerChannel ? _mm512_maskz_loadu_ps(valid, scales[k] + Dk + c) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          const float* q = Q + (r0 + r) * Dk;
+          top[k][r] = _mm512_max_ps(top[k][r], _mm512_abs_ps(scaled_query(q, k, c, valid)));
+          if (PerChannel) bias[k][r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, q + c), mn, bias[k][r]);
+        }
       }
     }
     // Lanes 0-3: the four rows' 256 / a, their a into q_step, their q . min into bias.
-    float steps[4];
-    const __m512 inverses = inverse_steps(reduce_rows4(top, max_op), steps);
-    std::copy(steps, steps + 4, x.q_step.data() + r0);
-    _mm512_mask_storeu_ps(x.bias.data() + r0, 0xF, PerChannel ? reduce_rows4(bias, add_op) : _mm512_setzero_ps());
-    __m512 inv[4];
-    for (int r = 0; r < 4; ++r) inv[r] = _mm512_permutexvar_ps(_mm512_set1_epi32(r), inverses);
+    __m512 inv[K][4];
+#pragma GCC unroll 2
+    for (int k = 0; k < K; ++k) {
+      float steps[4];
+      const __m512 inverses = inverse_steps(reduce_rows4(top[k], max_op), steps);
+      std::copy(steps, steps + 4, x.q_step.data() + x.query_row(k, r0));
+      _mm512_mask_storeu_ps(x.bias.data() + x.query_row(k, r0), 0xF,
+                            PerChannel ? reduce_rows4(bias[k], add_op) : _mm512_setzero_ps());
+      for (int r = 0; r < 4; ++r) inv[k][r] = _mm512_permutexvar_ps(_mm512_set1_epi32(r), inverses);
+    }
     for (index_t c = 0; c < x.quad_bytes; c += 64) {  // rows hold whole 64-byte units; lanes past Dk get 0
       __mmask16 valid[4];
       for (int i = 0; i < 4; ++i) valid[i] = first_lanes(Dk - c - 16 * i);
-      for (int r = 0; r < 4; ++r) {
-        __m512 v[4];
-        for (int i = 0; i < 4; ++i) v[i] = _mm512_mul_ps(scaled_query(Q + (r0 + r) * Dk, c + 16 * i, valid[i]), inv[r]);
-        const index_t at = (r0 + r) * x.quad_bytes + c;
-        store_two_term(v, x.q_hi.data() + at, x.q_lo.data() + at);
-      }
+#pragma GCC unroll 2
+      for (int k = 0; k < K; ++k)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          __m512 v[4];
+          for (int i = 0; i < 4; ++i)
+            v[i] = _mm512_mul_ps(scaled_query(Q + (r0 + r) * Dk, k, c + 16 * i, valid[i]), inv[k][r]);
+          const index_t at = x.query_row(k, r0 + r) * x.quad_bytes + c;
+          store_two_term(v, x.q_hi.data() + at, x.q_lo.data() + at);
+        }
     }
   }
 }
 
 // Scores of one block, 4 rows at a time: s[r][t] = scale * q_r . k_t for the block's slots.
 // NT = slots / 16 token vectors; a key group spans `group` channels (Dk for per-channel keys).
+// The query's bytes are those of query slot `slot` (prepare_query_bytes).
 template <int Bits, int NT>
-void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const IntegerScratch& x, const float* qsum,
-                        index_t key_groups, float* s, index_t lds, LineStream& ahead) noexcept {
+void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const IntegerScratch& x, index_t slot,
+                        const float* qsum, index_t key_groups, float* s, index_t lds, LineStream& ahead) noexcept {
   constexpr int L = 8 / Bits;
   constexpr int kUnits = NT / L;  // 64-byte units per channel quad
   static_assert(NT % L == 0, "a block's slots are whole units");
@@ -240,8 +263,8 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
     const std::int8_t* q_hi[4];
     const std::int8_t* q_lo[4];
     for (int r = 0; r < 4; ++r) {
-      q_hi[r] = x.q_hi.data() + (r0 + r) * x.quad_bytes;
-      q_lo[r] = x.q_lo.data() + (r0 + r) * x.quad_bytes;
+      q_hi[r] = x.q_hi.data() + x.query_row(slot, r0 + r) * x.quad_bytes;
+      q_lo[r] = x.q_lo.data() + x.query_row(slot, r0 + r) * x.quad_bytes;
     }
     __m512 score[4][NT];
     for (auto& row : score)
@@ -269,12 +292,12 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
         }
       }
       for (int r = 0; r < 4; ++r) {
-        const __m512 step = _mm512_set1_ps(x.q_step[r0 + r]);
+        const __m512 step = _mm512_set1_ps(x.q_step[x.query_row(slot, r0 + r)]);
         for (int v = 0; v < NT; ++v) {
           const __m512 dot = _mm512_mul_ps(
               _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][v]), inv256, _mm512_cvtepi32_ps(hi[r][v])), step);
           if (!per_token) {
-            score[r][v] = _mm512_add_ps(dot, _mm512_set1_ps(x.bias[r0 + r]));
+            score[r][v] = _mm512_add_ps(dot, _mm512_set1_ps(x.bias[x.query_row(slot, r0 + r)]));
           } else {  // + scale_{t,g} * dot + min_{t,g} * sum(q_g)
             const float* scales = blk.key_params + 2 * g * blk.slots + 16 * v;
             const float* mins = scales + blk.slots;
