@@ -183,9 +183,10 @@ inline __m512i code_plane(__m512i raw, int p) noexcept {
 // per task by the caller, K = 1). Four rows at a time and K blocks side by side (the caller
 // pairs a span's blocks), so their reductions (a serial chain of maximum, division and bytes
 // each) overlap. This is ~10% of an int8 / int4 decode in cache, mostly its instruction count:
-// pairing took back about a third of it for int4, little for int8. q' is recomputed in the second pass rather than stored and reloaded. The
-// loops over blocks and rows are unrolled by pragma: GCC 12 left them rolled for K = 2, with
-// the maxima and sums on the stack (slower than one block per call).
+// pairing took back about a third of it for int4, little for int8. q' is recomputed in the
+// second pass rather than stored and reloaded. The loops over blocks and rows are unrolled by
+// pragma: GCC 12 left them rolled for K = 2, with the maxima and sums on the stack (slower than
+// one block per call).
 template <bool PerChannel, int K>
 [[gnu::noinline]] void prepare_query_bytes(const KvBlockView* const (&blks)[K], index_t Dk, const float* Q,
                                            IntegerScratch& x) {
