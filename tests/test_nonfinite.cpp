@@ -169,10 +169,13 @@ Op rwkv6_op(index_t chunk = 64) {
 }
 
 // delta_rule (gate -1), Gated DeltaNet (scalar gate) or KDA (channel gate), l2-normalized q, k.
-Op delta_op(int gate, index_t chunk = 64) {
-  const index_t B = 1, T = 100, H = 2, K = 16, V = 8;
+// H heads: from 4 on the two-thread pool runs the chunked heads in tasks of ceil(H / 2) that
+// advance chunk by chunk together on one scratch (delta_update::run_item_groups).
+Op delta_op(int gate, index_t chunk = 64, index_t H = 2) {
+  const index_t B = 1, T = 100, K = 16, V = 8;
   Op op;
   op.name = gate < 0 ? "delta_rule" : gate == 0 ? "gated_delta_rule scalar" : "gated_delta_rule channel (KDA)";
+  op.name += " H=" + std::to_string(H);
   op.inputs = {random_field("q", {B, T, H, K}, 31), random_field("k", {B, T, H, K}, 32),
                random_field("v", {B, T, H, V}, 33), random_field("beta", {B, T, H}, 34, 0.05f, 1.f)};
   if (gate == 0) op.inputs.push_back(random_field("g_scalar", {B, T, H}, 35, -2.f, -0.01f));
@@ -388,6 +391,9 @@ TEST_CASE("non-finite inputs: linear_attention, rwkv6", "[nonfinite][linear_atte
 
 TEST_CASE("non-finite inputs: delta_rule, gated_delta_rule, KDA, rwkv7", "[nonfinite][delta_rule]") {
   for (int gate : {-1, 0, 1}) probe(delta_op(gate));
+  // Heads 0 and 1 in one task of the chunked form: head 0's poke must reach none of head 1's
+  // outputs or state through the scratch they share.
+  for (int gate : {-1, 0, 1}) probe(delta_op(gate, 64, 4));
   probe(rwkv7_op());
 }
 

@@ -333,3 +333,46 @@ TEST_CASE("parallel grain delta: value-column blocks of rwkv7 match the referenc
     st::require_close("token_states", t.view(), t_ref.view(), kTol);
   }
 }
+
+TEST_CASE("parallel grain delta: head groups hand each head's state in and out", "[parallel_grain][gated_delta_rule]") {
+  // Tasks of several heads of one sequence (delta_update::run_item_groups: HV = 6 on 2 threads,
+  // 2 tasks of 3 heads per sequence) swap each head's state through one scratch: every way a
+  // state can come in and go out must still reach the right head and sequence. Packed sequences
+  // of 130, 5 (recurrent), 70 and 65 tokens; the variants: no initial state, no final state,
+  // final_state the initial_state view (in place), pool slots with a padding sequence and a
+  // fresh one (in place); and a reverse call (dense: 2 rows of 135 tokens).
+  const index_t HV = 6, K = 32, V = 40;
+  const std::vector<std::int32_t> cu = {0, 130, 135, 205, 270};
+  const std::vector<std::int32_t> slots = {2, -1, 0, 3};  // a pool of 4 rows; row 1 untouched
+  const std::vector<std::uint8_t> has_initial = {1, 1, 0, 1};
+  const char* names[] = {"no initial state", "no final state", "in place", "slots", "reverse"};
+  std::uint64_t seed = 1700;
+  for (int variant = 0; variant < 5; ++variant) {
+    INFO(names[variant]);
+    seed += 10;
+    const bool reverse = variant == 4;
+    const index_t B = reverse ? 2 : 1, T = reverse ? 135 : 270, N = reverse ? 2 : 4;
+    const std::vector<std::int32_t> dense, &packed = reverse ? dense : cu;  // the batch wraps it, not a copy
+    GdrProblem problem(B, T, 2, HV, K, V, DeltaGate::scalar, packed, seed, -1.f);
+    seqmix::GatedDeltaRuleInputs in = problem.in;
+    seqmix::GatedDeltaRuleOptions options;
+    options.chunk_size = 32;
+    options.reverse = reverse;
+    if (variant == 0) in.initial_state = {};
+    if (variant == 3) in.batch.state_indices = slots, in.batch.has_initial_state = has_initial;
+    const bool in_place = variant == 2 || variant == 3, has_final = variant != 1;
+    Tensor<float, 4> o_ref({B, T, HV, V}), o({B, T, HV, V});
+    Tensor<float, 4> s_ref = in_place ? problem.s0 : Tensor<float, 4>({N, HV, K, V});
+    Tensor<float, 4> s = in_place ? problem.s0 : Tensor<float, 4>({N, HV, K, V});
+    seqmix::GatedDeltaRuleInputs ref_in = in;
+    if (in_place) ref_in.initial_state = s_ref.view(), in.initial_state = s.view();
+    seqmix::GatedDeltaRuleOutputs ref_out{o_ref.view()}, out{o.view()};
+    if (has_final) ref_out.final_state = s_ref.view(), out.final_state = s.view();
+    seqmix::reference::gated_delta_rule(ref_in, ref_out, options);
+    st::CountingExecutor ex(2);
+    seqmix::gated_delta_rule(in, out, options, ex);
+    CHECK(prefill_tasks(ex) == (variant == 3 ? 3 : N) * 2);  // running sequences x 2 groups
+    st::require_close("o", o.view(), o_ref.view(), kTol);
+    if (has_final) st::require_close("final_state", s.view(), s_ref.view(), kTol);
+  }
+}
