@@ -94,9 +94,9 @@ struct DeltaItem {
   DeltaAlgorithm algorithm;           ///< never automatic here
 };
 
-/// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): the
-/// engine's item number is the index into `items` (the caller's list of bound items); the state
-/// S [K,V] lives in the per-thread scratch; the steps are wy.hpp's.
+/// The chunked WY form of one bound item as a kernel of the chunkwise engine
+/// (core/chunkwise/engine.hpp; begin_head ignores the engine's item number); the state S [K,V]
+/// lives in the per-thread scratch; the steps are wy.hpp's.
 struct WyKernel {
   const DeltaItem* item;
   index_t chunk;
