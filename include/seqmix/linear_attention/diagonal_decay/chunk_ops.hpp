@@ -34,6 +34,18 @@ inline void times_exp_rows(const float* x, index_t ldx, const float* g, index_t 
   }
 }
 
+// out[i][c] = x[i][c] * scale[c] for i < n, c < cols. Row strides ldx, ldo; out may be x.
+inline void times_columns(const float* x, index_t ldx, const float* scale, float* out, index_t ldo, index_t n,
+                          index_t cols) {
+  const index_t cv = simd::vector_end(cols);
+  for (index_t i = 0; i < n; ++i) {
+    const float* xi = x + i * ldx;
+    float* oi = out + i * ldo;
+    for (index_t c = 0; c < cv; c += simd::kWidth) simd::store(oi + c, simd::load(xi + c) * simd::load(scale + c));
+    for (index_t c = cv; c < cols; ++c) oi[c] = xi[c] * scale[c];
+  }
+}
+
 // row[j] *= exp(b - bk[j]) for j < n: a scalar-gated score row (every exponent <= 0 for j <= i).
 inline void times_exp_diff(float* row, float b, const float* bk, index_t n) {
   const simd::Batch<float> bb(b);

@@ -61,23 +61,29 @@ struct ChunkWorkspace {
   RowVector bonus;     // [C] rwkv6 diagonal
   RowVector bk0;       // [C] column 0 of Bk, contiguous (scalar gates)
   RowVector in_row;    // [K] a 16-bit q or k row widened before its feature map (InputRows)
+  bool v_words = false;  // bf16 steps: V's pair words packed by the intra step for the state update
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 };
-
-using RowMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 // ---- bf16 dot-product chunk steps (HeadProblem::bf16_dot; GLA's Bf16Compute::dot) ---------------
 //
 // The same steps with every GEMM on vdpbf16ps (core/bf16_gemm.hpp): the fp32 operands of the
 // chunk (decayed q and k, the values, the intra-chunk scores, the carried state) are rounded to
-// bf16 as they are packed (bf16_tiles.hpp), products accumulate in fp32 into padded scratch, and
-// everything else (cumulative gates, exps, masks, the state itself) stays fp32. A chunk holding a
-// non-finite value, and channel gates too strong for the anchored GEMM, take the fp32 steps.
+// bf16 as they are packed (bf16_tiles.hpp), products accumulate in fp32, and everything else
+// (cumulative gates, exps, masks, the state itself) stays fp32. A chunk holding a non-finite
+// value, and channel gates too strong for the anchored GEMM, take the fp32 steps.
+// As the delta rules' steps (delta_update/wy.hpp): every product is written or accumulated
+// straight into O and S (gemm_bf16_into), the scalar gate's row decays are applied as Q and K
+// are packed, the scores and A V run over 16-row strips up to the diagonal, and V is packed once
+// for A V and the state update. With the channel gate's exps below, the bf16 call ran 1.21x
+// (channel) / 1.24x (scalar gate) faster at gla-1.3b T 8192, one thread.
 
-// The fp32 [n x cols] product in scratch (row stride ld) as an Eigen block.
-inline RowMap padded_rows(const float* f, index_t n, index_t cols, index_t ld) {
-  return RowMap(f, n, cols, Eigen::OuterStride<>(ld));
+// The row decay of a scalar gate, exp(s * b_i + c) for i < n (b: column 0 of Bq or Bk), in out.
+template <class Rows>
+void scalar_decays(const Rows& B, index_t n, float s, float c, float* out) {
+  for (index_t i = 0; i < n; ++i) out[i] = s * B(i, 0) + c;
+  exp_inplace(out, n);
 }
 
 template <class Deferred = void>
@@ -87,92 +93,107 @@ void chunk_inter_bf16(const HeadProblem& p, index_t L, const deferred_t<RowMatri
   const index_t Kf = S.rows(), Vp = S.cols(), Kw = words(Kf), Vpad = pad16(Vp);
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
-  const RowMatrix* q = &ws.Q;
+  const float* q = ws.Q.data();
+  const float* row_scale = nullptr;
   if (p.gated() && !p.scalar_gate) {
     times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
-    q = &ws.QD;
+    q = ws.QD.data();
+  } else if (p.gated()) {  // exp(bq_i) on the rows of Q: O = (Q S) * exp(bq), rounded once
+    scalar_decays(ws.Bq, L, 1.f, 0.f, x.g.data());
+    row_scale = x.g.data();
   }
-  pack_rows(q->data(), q->cols(), L, Kf, x.a.data(), Kw);
+  pack_rows(q, Kf, L, Kf, x.a.data(), Kw, row_scale);
   pack_row_pairs(S.data(), Vp, Kf, Vp, x.b.data(), Vpad);
-  gemm_bf16(x.a.data(), Kw, x.b.data(), Vpad, x.f.data(), Vpad, L, Vpad, Kw, nullptr);
-  auto O = ws.O.topRows(L);
-  O = padded_rows(x.f.data(), L, Vp, Vpad);
-  if (p.gated() && p.scalar_gate) O.array().colwise() *= ws.Bq.col(0).head(L).array().exp();
+  gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, L, Vp, Kw, ws.O.data(), Vp, Vp, nullptr, x.f.data());
 }
 
-// False (nothing written) where the fp32 step must run instead.
+// False (nothing written) where the fp32 step must run instead. Leaves V's pair words in the
+// scratch's `d` (ws.v_words) for chunk_state_update_bf16.
 template <class Deferred = void>
 bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const bool exclusive = p.readout == Readout::exclusive_bonus;
-  const bool channel = p.gated() && !p.scalar_gate;
-  const index_t Kf = ws.Q.cols(), Vp = ws.Vc.cols(), Kw = words(Kf), Lw = words(L), Lpad = pad16(L),
-                Vpad = pad16(Vp);
+  const bool channel = p.gated() && !p.scalar_gate, scalar = p.gated() && p.scalar_gate;
+  const index_t Kf = ws.Q.cols(), Vp = ws.Vc.cols(), Kw = words(Kf), Lw = words(L), Lpad = pad16(L);
+  ws.v_words = false;
   if (channel && -ws.Bk.row(L - 1).minCoeff() > kAnchorRange) return false;
   if (!all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
   const RowMatrix *q = &ws.Q, *k = &ws.Kc;
-  if (channel) {  // the anchored operands of intra_channel_anchored
-    ws.m = -0.5f * ws.Bk.row(L - 1);  // exp(Bq - m') and exp(m' - Bk) with m' = Bk_last / 2
-    times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
-    ws.m = -ws.m;
+  if (channel) {  // the anchored operands of intra_channel_anchored: m' = Bk_last / 2
+    // Q * exp(Bq - m') is chunk_inter's Q * exp(Bq) (in QD, both forms) times exp(-m') per
+    // channel: a product where the exps were (the exps are the dearest pass at K = 64).
+    ws.m = -0.5f * ws.Bk.row(L - 1);
+    exp_inplace(ws.m.data(), Kf);
+    times_columns(ws.QD.data(), Kf, ws.m.data(), ws.QD.data(), Kf, L, Kf);
+    ws.m = 0.5f * ws.Bk.row(L - 1);
     times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
     q = &ws.QD, k = &ws.KD;
   }
   pack_rows(q->data(), Kf, L, Kf, x.a.data(), Kw);
   pack_rows(k->data(), Kf, L, Kf, x.c.data(), Kw);
   transpose_words(x.c.data(), Kw, L, Kw, x.b.data(), Lpad, Lpad);
-  float* A = x.f.data();  // [L x Lpad] scores
-  gemm_bf16(x.a.data(), Kw, x.b.data(), Lpad, A, Lpad, L, Lpad, Kw, nullptr);
   float* bk = x.g.data();  // column 0 of Bk, contiguous
-  if (p.gated() && p.scalar_gate)
+  if (scalar)
     for (index_t j = 0; j < L; ++j) bk[j] = ws.Bk(j, 0);
-  for (index_t i = 0; i < L; ++i) {
-    float* row = A + i * Lpad;
-    if (p.gated() && p.scalar_gate) {  // row[j] *= exp(bq_i - bk_j) for j <= i (exponent <= 0)
-      const simd::Batch<float> bq(ws.Bq(i, 0));
-      const index_t jv = simd::vector_end(i + 1);
-      for (index_t j = 0; j < jv; j += simd::kWidth)
-        simd::store(row + j, simd::load(row + j) * simd::exp(bq - simd::load(bk + j)));
-      for (index_t j = jv; j <= i; ++j) row[j] *= std::exp(ws.Bq(i, 0) - bk[j]);
+  pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), pad16(Vp));
+  float* A = x.f.data();  // [L x Lpad] scores, each 16-row strip up to its last row's diagonal
+  for (index_t i0 = 0; i0 < L; i0 += 16) {
+    const index_t rows = std::min<index_t>(16, L - i0), cols = std::min(L, i0 + 16);
+    float* strip = A + i0 * Lpad;
+    gemm_bf16(x.a.data() + i0 * Kw, Kw, x.b.data(), Lpad, strip, Lpad, rows, pad16(cols), Kw, nullptr);
+    for (index_t i = i0; i < i0 + rows; ++i) {
+      float* row = A + i * Lpad;
+      if (scalar) times_exp_diff(row, ws.Bq(i, 0), bk, i + 1);  // exponents <= 0
+      for (index_t j = exclusive ? i : i + 1; j < cols; ++j) row[j] = 0.f;
+      if (exclusive) row[i] = ws.bonus(i);
     }
-    for (index_t j = exclusive ? i : i + 1; j < L; ++j) row[j] = 0.f;
-    if (exclusive) row[i] = ws.bonus(i);
+    pack_rows(strip, Lpad, rows, cols, x.c.data() + i0 * Lw, Lw);  // K's words are in b by now
+    gemm_bf16_into(x.c.data() + i0 * Lw, Lw, x.d.data(), pad16(Vp), rows, Vp, words(cols), ws.O.row(i0).data(), Vp, Vp,
+                   x.ones.data(), x.g.data() + Lpad);
   }
-  pack_rows(A, Lpad, L, L, x.a.data(), Lw);
-  pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.b.data(), Vpad);
-  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.g.data(), Vpad, L, Vpad, Lw, nullptr);
-  ws.O.topRows(L) += padded_rows(x.g.data(), L, Vp, Vpad);
+  ws.v_words = true;
   return true;
 }
 
-// False (nothing written) where the fp32 step must run instead.
+// False (nothing written) where the fp32 step must run instead. V's pair words come from
+// chunk_intra_bf16 when it ran (the same bf16 V).
 template <class Deferred = void>
 bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
                              deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const index_t Kf = S.rows(), Vp = S.cols(), Lw = words(L), Kpad = pad16(Kf), Vpad = pad16(Vp);
-  if (!all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
+  const bool packed = ws.v_words;
+  ws.v_words = false;
+  if (!packed && !all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
-  const RowMatrix* k = &ws.Kc;
+  const float* k = ws.Kc.data();
+  const float* key_scale = nullptr;    // the scalar gate's exp(bk_last - bk_j), applied as K is packed
+  const float* decay = x.ones.data();  // the state's decay over the chunk, the GEMM's row scale
+  float* scales = x.g.data();
   if (p.gated() && p.scalar_gate) {
     const float last = ws.Bk(L - 1, 0);
-    ws.KD.topRows(L).array() = ws.Kc.topRows(L).array().colwise() * (last - ws.Bk.col(0).head(L).array()).exp();
-    S *= std::exp(last);
-    k = &ws.KD;
+    scalar_decays(ws.Bk, L, -1.f, last, scales);
+    std::fill(scales + L, scales + L + Kf, std::exp(last));
+    key_scale = scales, decay = scales + L;
   } else if (p.gated()) {
-    const auto last = ws.Bk.row(L - 1);
-    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last.data(), ws.KD.data(), Kf, L, Kf);
-    S.array().colwise() *= last.transpose().array().exp();
-    k = &ws.KD;
+    const float* last = ws.Bk.row(L - 1).data();
+    if (packed) {  // K * exp(Bk_last - Bk) = chunk_intra_bf16's K * exp(Bk_last / 2 - Bk) * exp(Bk_last / 2)
+      for (index_t c = 0; c < Kf; ++c) scales[c] = 0.5f * last[c];
+      exp_inplace(scales, Kf);
+      times_columns(ws.KD.data(), Kf, scales, ws.KD.data(), Kf, L, Kf);
+    } else {
+      times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last, ws.KD.data(), Kf, L, Kf);
+    }
+    exp_copy(last, scales, Kf);
+    k = ws.KD.data(), decay = scales;
   }
-  pack_row_pairs(k->data(), Kf, L, Kf, x.c.data(), Kpad);     // [Lw x Kpad]
+  pack_row_pairs(k, Kf, L, Kf, x.c.data(), Kpad, key_scale);     // [Lw x Kpad]
   transpose_words(x.c.data(), Kpad, Lw, Kf, x.a.data(), Lw, Lw);  // [Kf x Lw]: (K * decay)^T
-  pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.b.data(), Vpad);  // [Lw x Vpad]
-  gemm_bf16(x.a.data(), Lw, x.b.data(), Vpad, x.f.data(), Vpad, Kf, Vpad, Lw, nullptr);
-  S += padded_rows(x.f.data(), Kf, Vp, Vpad);
+  if (!packed) pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), Vpad);  // [Lw x Vpad]
+  gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, Kf, Vp, Lw, S.data(), Vp, Vp, decay, x.f.data());
   return true;
 }
 #endif
@@ -185,6 +206,7 @@ inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16
 
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
+  ws.v_words = false;
   for (index_t i = 0; i < L; ++i) {
     apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
     apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());
