@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -89,6 +90,36 @@ void run_item(const Kernel& kernel, index_t item, index_t chunk, typename Kernel
   }
   run_chunks(kernel, head, P, T, chunk, ws);
   kernel.end_head(head, ws);
+}
+
+/// Items [first, first + n) that share their tokens (the heads of one sequence) advancing chunk
+/// by chunk together: for each chunk, each item runs its hooks with its own carried state, kept
+/// in states[i] (ws.S's type and shape, the caller's across tasks) and swapped into ws.S. A
+/// token's rows of all those heads sit side by side in [B,T,H,D] memory, so they are read and
+/// written from the same pages, where one head over all T touches a page per row. Per item the
+/// hooks and their order are run_item's (no prefix). `heads`: the caller's list, refilled.
+template <class Kernel, class State>
+void run_items_together(const Kernel& kernel, index_t first, index_t n, index_t chunk,
+                        std::vector<typename Kernel::Head>& heads, std::vector<State>& states,
+                        typename Kernel::Workspace& ws) {
+  heads.clear();
+  for (index_t i = 0; i < n; ++i) {
+    heads.push_back(kernel.begin_head(first + i, ws));  // loads the item's state into ws.S
+    ws.S.swap(states[static_cast<std::size_t>(i)]);
+  }
+  const auto each = [&](auto&& hook) {  // hook(head) with the head's state in ws.S
+    for (index_t i = 0; i < n; ++i) {
+      ws.S.swap(states[static_cast<std::size_t>(i)]);
+      hook(heads[static_cast<std::size_t>(i)]);
+      ws.S.swap(states[static_cast<std::size_t>(i)]);
+    }
+  };
+  const index_t T = kernel.tokens(heads.front());
+  for (index_t t0 = 0; t0 < T; t0 += chunk) {
+    const index_t L = std::min(chunk, T - t0);
+    each([&](const typename Kernel::Head& h) { run_chunk(kernel, h, t0, L, ws); });
+  }
+  each([&](const typename Kernel::Head& h) { kernel.end_head(h, ws); });
 }
 
 /// The chunked prefill of `items` independent items over the executor, `grain` items at least

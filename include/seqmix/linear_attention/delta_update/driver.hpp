@@ -94,17 +94,18 @@ struct DeltaItem {
   DeltaAlgorithm algorithm;           ///< never automatic here
 };
 
-/// The chunked WY form of one bound item as a kernel of the chunkwise engine
-/// (core/chunkwise/engine.hpp; begin_head ignores the engine's item number); the state S [K,V]
+/// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): the
+/// engine's item number i is items[i] (the caller's array of bound items); the state S [K,V]
 /// lives in the per-thread scratch; the steps are wy.hpp's.
 struct WyKernel {
-  const DeltaItem* item;
+  const DeltaItem* items;
   index_t chunk;
 
   using Workspace = ItemScratch;
   using Head = const DeltaItem*;
 
-  Head begin_head(index_t, Workspace& ws) const {
+  Head begin_head(index_t i, Workspace& ws) const {
+    const DeltaItem* item = items + i;
     load_item_state(item->initial, ws.S);
     ws.wy_for(chunk);
     return item;
@@ -151,34 +152,17 @@ inline std::vector<RowMatrix>& group_states(index_t n, index_t K, index_t V) {
 }
 
 /// Runs the items of one task (heads of one sequence, all of V): chunked items chunk by chunk
-/// together, for each chunk each head in turn running its WyKernel hooks with its own state
-/// swapped into ws.S. A token's rows of all heads sit side by side in [B,T,H,D] memory, so the
-/// heads read q/k/v and write o from the same pages, where one head over all T touches a page
-/// per row. Per head the operations and their order are run_delta_item's. The heads of one
-/// sequence share its algorithm (chosen on its length); recurrent ones run one after another.
+/// together (chunkwise::run_items_together, each head's state swapped into ws.S), so a token's
+/// q/k/v/o rows of all heads are read and written from the same pages. Per head the operations
+/// and their order are run_delta_item's. The heads of one sequence share its algorithm (chosen
+/// on its length); recurrent ones run one after another.
 inline void run_heads_together(const DeltaItem* items, index_t n, index_t chunk, ItemScratch& ws) {
   if (items[0].algorithm != DeltaAlgorithm::chunked) {
     for (index_t i = 0; i < n; ++i) run_delta_item(items[i], chunk, ws);
     return;
   }
-  std::vector<RowMatrix>& states = group_states(n, ws.K, ws.V);
-  const auto each_head = [&](auto&& step) {  // step(item, kernel) with the item's state in ws.S
-    for (index_t i = 0; i < n; ++i) {
-      RowMatrix& S = states[static_cast<std::size_t>(i)];
-      ws.S.swap(S);
-      step(items[i], WyKernel{&items[i], chunk});
-      ws.S.swap(S);
-    }
-  };
-  each_head([&](const DeltaItem&, const WyKernel& kernel) { kernel.begin_head(0, ws); });
-  const index_t T = items[0].p.T();  // heads of one sequence share its tokens
-  for (index_t t0 = 0; t0 < T; t0 += chunk) {
-    const index_t L = std::min(chunk, T - t0);
-    each_head([&](const DeltaItem& item, const WyKernel& kernel) {
-      seqmix::chunkwise::run_chunk(kernel, &item, t0, L, ws);
-    });
-  }
-  each_head([&](const DeltaItem& item, const WyKernel& kernel) { kernel.end_head(&item, ws); });
+  thread_local std::vector<WyKernel::Head> heads;
+  seqmix::chunkwise::run_items_together(WyKernel{items, chunk}, 0, n, chunk, heads, group_states(n, ws.K, ws.V), ws);
 }
 
 /// Runs every item (all of V) in tasks of `group` heads of one sequence (head_group), longest

@@ -369,26 +369,7 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
     for (index_t task = begin; task < end; ++task) {
       const index_t first = task / per_sequence * plan.HV + task % per_sequence * group;  // kernel item
       const index_t n = std::min(group, plan.HV - task % per_sequence * group);
-      heads.clear();
-      for (index_t i = 0; i < n; ++i) {
-        heads.push_back(kernel.begin_head(first + i, ws));  // loads the head's state into ws.S
-        ws.S.swap(states[static_cast<std::size_t>(i)]);
-      }
-      const index_t T = kernel.tokens(heads.front());  // heads of one sequence share its tokens
-      for (index_t t0 = 0; t0 < T; t0 += plan.chunk) {
-        const index_t L = std::min(plan.chunk, T - t0);
-        for (index_t i = 0; i < n; ++i) {
-          const typename Kernel::Head& h = heads[static_cast<std::size_t>(i)];
-          ws.S.swap(states[static_cast<std::size_t>(i)]);
-          seqmix::chunkwise::run_chunk(kernel, h, t0, L, ws);
-          ws.S.swap(states[static_cast<std::size_t>(i)]);
-        }
-      }
-      for (index_t i = 0; i < n; ++i) {
-        ws.S.swap(states[static_cast<std::size_t>(i)]);
-        kernel.end_head(heads[static_cast<std::size_t>(i)], ws);
-        ws.S.swap(states[static_cast<std::size_t>(i)]);
-      }
+      seqmix::chunkwise::run_items_together(kernel, first, n, plan.chunk, heads, states, ws);
     }
   });
 }
