@@ -92,6 +92,18 @@ void run_item(const Kernel& kernel, index_t item, index_t chunk, typename Kernel
   kernel.end_head(head, ws);
 }
 
+/// 2^17 floats (512 KB, half a Zen 5 core's L2): the most carried state a task of items advancing
+/// together (run_items_together) keeps, one state per item.
+constexpr index_t kItemsTogetherStateFloats = index_t{1} << 17;
+
+/// Items per task of run_items_together: enough that each thread takes one group of a
+/// sequence's `items`, as many as keep their states (`state_floats` each) within
+/// kItemsTogetherStateFloats.
+inline index_t items_together_group(index_t items, index_t state_floats, int concurrency) {
+  const index_t fit = std::max<index_t>(1, kItemsTogetherStateFloats / std::max<index_t>(1, state_floats));
+  return std::min((items + concurrency - 1) / concurrency, fit);
+}
+
 /// Items [first, first + n) that share their tokens (the heads of one sequence) advancing chunk
 /// by chunk together: for each chunk, each item runs its hooks with its own carried state, kept
 /// in states[i] (ws.S's type and shape, the caller's across tasks) and swapped into ws.S. A

@@ -131,18 +131,6 @@ inline void run_delta_item(const DeltaItem& item, index_t chunk, ItemScratch& ws
   store_item_state(item.final_state, ws.S.data(), ws.S.rows(), ws.S.cols());
 }
 
-/// 2^17 floats (512 KB, half a Zen 5 core's L2, as GLA's head groups in diagonal_decay/driver.hpp):
-/// the most carried state a task of heads advancing together (run_item_groups) keeps, one [K,V]
-/// per head: 8 heads at K = V = 128, 32 at K = V = 64.
-constexpr index_t kGroupStateFloats = index_t{1} << 17;
-
-/// Heads per task of run_item_groups: enough that each thread takes one group of a sequence's H
-/// heads, as many as keep their states within kGroupStateFloats.
-inline index_t head_group(index_t H, index_t K, index_t V, int concurrency) {
-  const index_t fit = std::max<index_t>(1, kGroupStateFloats / std::max<index_t>(1, K * V));
-  return std::min((H + concurrency - 1) / concurrency, fit);
-}
-
 /// The calling thread's carried states of a task's heads ([K,V] each), kept across calls.
 inline std::vector<RowMatrix>& group_states(index_t n, index_t K, index_t V) {
   thread_local std::vector<RowMatrix> states;
@@ -165,7 +153,8 @@ inline void run_heads_together(const DeltaItem* items, index_t n, index_t chunk,
   seqmix::chunkwise::run_items_together(WyKernel{items, chunk}, 0, n, chunk, heads, group_states(n, ws.K, ws.V), ws);
 }
 
-/// Runs every item (all of V) in tasks of `group` heads of one sequence (head_group), longest
+/// Runs every item (all of V) in tasks of `group` heads of one sequence
+/// (chunkwise::items_together_group), longest
 /// sequences first: run_heads_together on each task's items, bound by bound(it, columns).
 template <class Bound>
 void run_item_groups(const Executor& executor, index_t sequences, index_t H, index_t K, index_t V, index_t chunk,
@@ -497,7 +486,8 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
   const auto whole = [&](index_t n, index_t h, ValueColumns cols, ItemScratch& ws) {
     run_delta_item(bind(n, h, cols), chunk, ws);
   };
-  const index_t group = split.blocks == 1 && segments < 2 ? head_group(H, K, V, threads) : 1;
+  const index_t group =
+      split.blocks == 1 && segments < 2 ? seqmix::chunkwise::items_together_group(H, K * V, threads) : 1;
   if (group > 1 && items > 0 && bound(0, ValueColumns{0, V}).algorithm == DeltaAlgorithm::chunked)
     return run_item_groups(executor, static_cast<index_t>(order.size()), H, K, V, chunk, group, bound);
   if (split.blocks < kShareFactorsMinBlocks && segments < 2) return for_each_item(executor, map, H, K, V, whole);

@@ -358,8 +358,7 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
   const ValueSplit split = split_columns(sequences * plan.HV, plan.V, executor.concurrency());
   if (split.blocks > 1) return run_chunked_column_blocks(kernel, plan, sequences, split, executor);
   const index_t state_floats = plan.Kf * (plan.V + (plan.normalize ? 1 : 0));
-  const index_t fit = std::max<index_t>(1, (index_t{1} << 17) / state_floats);
-  const index_t group = std::min((plan.HV + executor.concurrency() - 1) / executor.concurrency(), fit);
+  const index_t group = seqmix::chunkwise::items_together_group(plan.HV, state_floats, executor.concurrency());
   const index_t per_sequence = (plan.HV + group - 1) / group;
   parallel_for(executor, sequences * per_sequence, 1, [&](index_t begin, index_t end) {
     typename Kernel::Workspace ws = kernel.make_workspace();
