@@ -162,7 +162,7 @@ def machine_slug(limits):
 
 def write_report(limits, programs, out_root, raw_dir):
     date = next(iter(programs.values()))["context"].get("date", "undated")[:10] if programs else "undated"
-    out_dir = os.path.join(out_root, machine_slug(limits), date)
+    out_dir = fresh_report_dir(os.path.join(out_root, machine_slug(limits)), date)
     os.makedirs(out_dir, exist_ok=True)
     tables = family_tables(programs)
 
@@ -229,19 +229,53 @@ def grain_section(raw_dir):
             "run measured them.", ""] + table + [""] + summary + [""]
 
 
+def fresh_report_dir(machine_dir, date):
+    """The folder for a new report: <date>, or <date>-b, -c, ... when a report of that date is kept.
+
+    A second run on the same day (another set of programs, or after more work) must not replace
+    the first: both are dated records of what the code did then."""
+    suffixes = [""] + ["-" + chr(c) for c in range(ord("b"), ord("z") + 1)]
+    for suffix in suffixes:
+        candidate = os.path.join(machine_dir, date + suffix)
+        if not os.path.exists(os.path.join(candidate, "report.md")):
+            return candidate
+    sys.exit(f"bench_report: too many reports dated {date} in {machine_dir}")
+
+
 def write_index(out_root):
-    lines = ["# Benchmark reports", "",
-             "One folder per machine kind and date, written by `bash scripts/bench_report.sh`; a run on "
-             "another machine adds its own folder rather than replacing this one.", ""]
+    """Add a bullet for every kept report the index does not link yet, under its machine's heading.
+
+    The index is edited by hand too (what each run covered, why its limits differ), so existing
+    lines are kept: only missing reports are added, newest first within a new heading."""
+    path = os.path.join(out_root, "README.md")
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = f.read().rstrip("\n").split("\n")
+    else:
+        lines = ["# Benchmark reports", "",
+                 "One folder per machine kind and date, written by `bash scripts/bench_report.sh`; a run on "
+                 "another machine adds its own folder rather than replacing this one."]
+    text = "\n".join(lines)
     for machine in sorted(d for d in os.listdir(out_root) if os.path.isdir(os.path.join(out_root, d))):
-        lines.append(f"## {machine}")
-        lines.append("")
-        for date in sorted(os.listdir(os.path.join(out_root, machine)), reverse=True):
-            if os.path.exists(os.path.join(out_root, machine, date, "report.md")):
-                lines.append(f"- [{date}]({machine}/{date}/report.md)")
-        lines.append("")
-    with open(os.path.join(out_root, "README.md"), "w") as f:
-        f.write("\n".join(lines))
+        dates = sorted(os.listdir(os.path.join(out_root, machine)))
+        missing = [d for d in dates if os.path.exists(os.path.join(out_root, machine, d, "report.md"))
+                   and f"({machine}/{d}/report.md)" not in text]
+        if not missing:
+            continue
+        heading = f"## {machine}"
+        if heading not in lines:
+            lines += ["", heading, ""] + [f"- [{d}]({machine}/{d}/report.md)" for d in reversed(missing)]
+        else:
+            # After the heading's last line (its section ends at the next heading or the file's end).
+            end = lines.index(heading) + 1
+            while end < len(lines) and not lines[end].startswith("## "):
+                end += 1
+            while end > 0 and lines[end - 1] == "":
+                end -= 1
+            lines[end:end] = [f"- [{d}]({machine}/{d}/report.md)" for d in missing]
+        text = "\n".join(lines)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main(argv):
