@@ -203,7 +203,7 @@ void gdr_phases(benchmark::State& state, index_t T, index_t H, index_t K) {
         t[0] = st::thread_cpu_seconds();
         du::wy_load_chunk(p, t0, L, ws);
         t[1] = st::thread_cpu_seconds();
-        du::wy_read_state(p, L, S[i], ws);
+        du::wy_read_state(p, t0, L, S[i], ws);
         t[2] = st::thread_cpu_seconds();
         du::wy_intra(L, ws);
         t[3] = st::thread_cpu_seconds();

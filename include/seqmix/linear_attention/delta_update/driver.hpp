@@ -112,7 +112,7 @@ struct WyKernel {
   }
   index_t tokens(Head h) const { return h->p.T(); }
   void load_chunk(Head h, index_t t0, index_t L, Workspace& ws) const { wy_load_chunk(h->p, t0, L, *ws.wy); }
-  void state_to_output(Head h, index_t, index_t L, Workspace& ws) const { wy_read_state(h->p, L, ws.S, *ws.wy); }
+  void state_to_output(Head h, index_t t0, index_t L, Workspace& ws) const { wy_read_state(h->p, t0, L, ws.S, *ws.wy); }
   void intra(Head, index_t, index_t L, Workspace& ws) const { wy_intra(L, *ws.wy); }
   void update_state(Head h, index_t, index_t L, Workspace& ws) const { wy_update_state(h->p, L, ws.S, *ws.wy); }
   void store_outputs(Head h, index_t t0, index_t L, Workspace& ws) const { wy_store_outputs(h->p, t0, L, *ws.wy); }

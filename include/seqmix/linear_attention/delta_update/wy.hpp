@@ -63,6 +63,17 @@ struct WyWorkspace {
   Eigen::Matrix<float, 1, Eigen::Dynamic> gsum, factor;
   chunkwise::ProductScratch finite_u;  // add_lower_product's scratch (non-finite U only)
   bool bf16_dot = false;  ///< the current chunk's GEMMs on bf16 dot products (set by wy_load_chunk)
+  /// bf16 dot products: the rows of (K;Q) packed by the scores in the scratch's `a`, unscaled, for
+  /// the state read (wy_read_state), which then leaves P's rows without their decays.
+  bool kq_words = false;
+  /// P's row i and L + i still lack the factor[i] = exp(gamma_i) of the scalar gate (applied by
+  /// wy_intra: to the right-hand side's P and as the row scale of O += M U).
+  bool p_unscaled = false;
+  /// bf16 dot products: O lives in the caller's output rows (o_rows, o_ld floats apart) instead
+  /// of P's rows [L, 2L): the state read writes it there and O += M U adds to it in place, so
+  /// wy_store_outputs has nothing left to copy. Null: O is in P.
+  float* o_rows = nullptr;
+  index_t o_ld = 0;
   bool u_words = false;   ///< bf16 U finite, its pair words packed by wy_intra for the state update
 };
 
@@ -177,8 +188,10 @@ inline void channel_scores(index_t L, index_t K, WyWorkspace& ws) {
 }
 
 /// dst row i = f_i (x row i - y row i) over n columns (y null: f_i x row i); rows of stride `ld`.
+/// With `yf`, y's row i is taken times yf[i] (the bf16 state read's rows, decayed here).
 /// Written out because Eigen's colwise broadcast over a row-major block runs element by element.
-inline void scale_rows(const float* x, const float* y, const float* f, index_t rows, index_t n, index_t ld, float* dst) {
+inline void scale_rows(const float* x, const float* y, const float* f, index_t rows, index_t n, index_t ld, float* dst,
+                       const float* yf = nullptr) {
   using simd::Batch;
   const index_t nv = simd::vector_end(n);
   for (index_t i = 0; i < rows; ++i) {
@@ -186,6 +199,13 @@ inline void scale_rows(const float* x, const float* y, const float* f, index_t r
     const float* yi = y ? y + i * ld : nullptr;
     float* di = dst + i * ld;
     const Batch<float> fi(f[i]);
+    if (yf) {
+      const Batch<float> gi(-yf[i]);
+      for (index_t c = 0; c < nv; c += simd::kWidth)
+        simd::store(di + c, fi * simd::fma(gi, simd::load(yi + c), simd::load(xi + c)));
+      for (index_t c = nv; c < n; ++c) di[c] = f[i] * (xi[c] - yf[i] * yi[c]);
+      continue;
+    }
     for (index_t c = 0; c < nv; c += simd::kWidth) {
       const Batch<float> xv = simd::load(xi + c);
       simd::store(di + c, fi * (yi ? xv - simd::load(yi + c) : xv));
@@ -276,32 +296,44 @@ inline void scores_bf16(const RowMatrix& X, index_t rows, const RowMatrix& Y, in
 }
 
 /// P = X S over the 2L rows of X [*, K], row i and L + i times half_scale[i] when given (the
-/// scalar gate's exp(gamma_i), applied as X is packed: no decayed fp32 copy).
+/// scalar gate's exp(gamma_i), applied as X is packed: no decayed fp32 copy). With `packed`, X's
+/// rows are already in the scratch's `a` as scores_bf16 left them (X = (K;Q), half_scale unused).
+/// Rows [L, 2L) (O) go to ws.o_rows when set.
 inline void read_state_bf16(const RowMatrix& X, index_t L, const float* half_scale, const RowMatrix& S,
-                            WyWorkspace& ws) {
+                            WyWorkspace& ws, bool packed = false) {
   using namespace detail::la::bf16_tiles;
   const index_t K = S.rows(), V = S.cols(), Kw = words(K), Vpad = pad16(V), rows = 2 * L;
   Scratch& x = Scratch::local();
   x.reserve(rows, K, V);
-  for (index_t half = 0; half < 2; ++half)
-    pack_rows(X.row(half * L).data(), K, L, K, x.a.data() + half * L * Kw, Kw, half_scale);
+  if (!packed)
+    for (index_t half = 0; half < 2; ++half)
+      pack_rows(X.row(half * L).data(), K, L, K, x.a.data() + half * L * Kw, Kw, half_scale);
   pack_row_pairs(S.data(), V, K, V, x.b.data(), Vpad);
+  if (ws.o_rows) {  // P's top rows, then O in the output rows (no padding room there: `room` V)
+    gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, L, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr,
+                   x.f.data());
+    gemm_bf16_into(x.a.data() + L * Kw, Kw, x.b.data(), Vpad, L, V, Kw, ws.o_rows, ws.o_ld, V, nullptr, x.f.data());
+    return;
+  }
   gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, rows, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr,
                  x.f.data());
 }
 
-/// O += M U (O is P's rows [L, 2L)); U finite. U's pair words stay in the scratch's `d` for the
-/// state update of the same chunk (add_state_bf16), which reads the same bf16 U.
-inline void add_mu_bf16(index_t L, WyWorkspace& ws) {
+/// O = diag(o_scale) O + M U (O: ws.o_rows, or P's rows [L, 2L); o_scale null: O += M U); U
+/// finite. U's pair words stay in the scratch's `d` for the state update of the same chunk
+/// (add_state_bf16), which reads the same bf16 U.
+inline void add_mu_bf16(index_t L, const float* o_scale, WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
   const index_t V = ws.U.cols(), Lw = words(L), Vpad = pad16(V);
   Scratch& x = Scratch::local();
   x.reserve(2 * L, ws.KQ.cols(), V);
   pack_rows(ws.M.data(), ws.M.cols(), L, L, x.a.data(), Lw);
   pack_row_pairs(ws.U.data(), V, L, V, x.d.data(), Vpad);
+  float* o = ws.o_rows ? ws.o_rows : ws.P.row(L).data();
+  const index_t ldo = ws.o_rows ? ws.o_ld : ws.P.cols(), room = ws.o_rows ? V : ws.P.cols();
   for (index_t i0 = 0; i0 < L; i0 += 16)  // 16-row strips of M's lower triangle: tokens j < i0 + 16
     gemm_bf16_into(x.a.data() + i0 * Lw, Lw, x.d.data(), Vpad, std::min<index_t>(16, L - i0), V,
-                   words(std::min(L, i0 + 16)), ws.P.row(L + i0).data(), ws.P.cols(), ws.P.cols(), x.ones.data(),
+                   words(std::min(L, i0 + 16)), o + i0 * ldo, ldo, room, o_scale ? o_scale + i0 : x.ones.data(),
                    x.f.data());
 }
 
@@ -328,6 +360,7 @@ inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale
 inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   const bool channel = p.gated() && !p.scalar_gate;
   ws.bf16_dot = detail::kNativeBf16Dot && p.bf16_dot;
+  ws.kq_words = false;
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if (ws.bf16_dot && (!channel || -ws.gamma.row(L - 1).minCoeff() <= kAnchorRange)) {
     if (channel) {  // channel_scores' anchored operands, the exps vectorized
@@ -342,6 +375,7 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
       scores_bf16(ws.KQg, 2 * L, ws.Kn, L, p.K(), ws);
     } else {
       scores_bf16(ws.KQ, 2 * L, ws.KQ, L, p.K(), ws);
+      ws.kq_words = true;  // the state read multiplies the same words (wy_read_state)
     }
     mask_scores(L, p.gated() && p.scalar_gate, ws);
     return;
@@ -361,8 +395,21 @@ inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace
 }
 
 /// The read of the carried state by k (for the right-hand side) and by q (for the output).
-inline void wy_read_state(const DeltaHead& p, index_t L, const RowMatrix& S, WyWorkspace& ws) {
+inline void wy_read_state(const DeltaHead& p, index_t t0, index_t L, const RowMatrix& S, WyWorkspace& ws) {
+  ws.p_unscaled = false;
+  ws.o_rows = nullptr;
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (ws.bf16_dot && ws.kq_words) {
+    // (K;Q) S on the words the scores packed: k and q are packed once per chunk, where packing
+    // them times exp(gamma) for this product was a second pass. The decays then go on P's rows
+    // (wy_intra): exp(gamma_i) (k_i S) in place of (exp(gamma_i) k_i) S, the same value with k_i
+    // rounded to bf16 rather than exp(gamma_i) k_i.
+    if (p.gated()) read_decays(L, ws);
+    if (p.o.stride(1) == 1) ws.o_rows = p.o.ptr(t0), ws.o_ld = p.o.stride(0);
+    read_state_bf16(ws.KQ, L, nullptr, S, ws, true);
+    ws.p_unscaled = p.gated();
+    return;
+  }
   if (ws.bf16_dot) {
     if (p.gated() && !p.scalar_gate) {
       for (int half = 0; half < 2; ++half)
@@ -398,18 +445,29 @@ inline void add_mu(index_t L, const LowerM& M, WyWorkspace& ws) {
   if (!finite) chunkwise::add_nonfinite_lower(M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L));
 }
 
-/// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L)).
+/// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L), or
+/// the output rows under bf16 dot products: ws.o_rows).
 inline void wy_intra(index_t L, WyWorkspace& ws) {
   ws.u_words = false;
-  scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data());
+  const float* p_scale = ws.p_unscaled ? ws.factor.data() : nullptr;  // P's row decays, when still due
+  scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data(), p_scale);
   solve_unit_lower(ws.A, L, ws.U);
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   ws.u_words = ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols());
   if (ws.u_words) {
-    add_mu_bf16(L, ws);
+    add_mu_bf16(L, p_scale, ws);
     return;
   }
 #endif
+  if (ws.o_rows) {  // the fp32 code below works on O in P: bring it back from the output rows
+    for (index_t i = 0; i < L; ++i)
+      std::copy(ws.o_rows + i * ws.o_ld, ws.o_rows + i * ws.o_ld + ws.U.cols(), ws.P.row(L + i).data());
+    ws.o_rows = nullptr;
+  }
+  if (p_scale) {  // O's rows take their decays before the fp32 product adds M U to them
+    float* o = ws.P.row(L).data();
+    scale_rows(o, nullptr, p_scale, L, ws.P.cols(), ws.P.cols(), o);
+  }
   add_mu(L, ws.M, ws);
 }
 
@@ -456,8 +514,10 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
   add_keys_times_u((p.gated() ? ws.Kn : ws.KQ).data(), L, decay, S, ws);
 }
 
-/// The chunk's outputs (P's rows [L, 2L)) out to o, any stride. Nothing above overwrites them.
+/// The chunk's outputs (P's rows [L, 2L)) out to o, any stride, unless the bf16 steps wrote them
+/// there already (ws.o_rows). Nothing above overwrites them.
 inline void wy_store_outputs(const DeltaHead& p, index_t t0, index_t L, const WyWorkspace& ws) {
+  if (ws.o_rows) return;  // written in place by the bf16 steps
   const auto O = ws.P.middleRows(L, L);
   for (index_t i = 0; i < L; ++i) {
     const TensorView<float, 1> out = p.o[t0 + i];

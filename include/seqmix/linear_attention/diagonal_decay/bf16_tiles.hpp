@@ -16,9 +16,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "seqmix/core/bf16_gemm.hpp"
 #include "seqmix/core/simd.hpp"
+#include "seqmix/core/small_gemm.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix::detail::la::bf16_tiles {
@@ -82,16 +84,70 @@ inline void pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols
   }
 }
 
+/// Transposes 16 x 16 words in registers: on return x[c] holds word c of every input row x[r]
+/// (in lane r). Four rounds of 16 shuffles: pairs of words, pairs of pairs, then 128-bit lanes
+/// twice. Unrolled by folds (detail::unrolled): with loops g++ -O2 keeps the arrays on the stack.
+inline void transpose16x16(__m512i x[16]) noexcept {
+  using I = std::make_index_sequence<4>;
+  __m512i t[16];
+  // t[4g + 2h + e], lane l: rows 4g + 2h and 4g + 2h + 1 at words 4l + 2e and 4l + 2e + 1.
+  unrolled(std::make_index_sequence<8>{}, [&](auto p) {
+    constexpr int i = 2 * decltype(p)::value;
+    t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
+  });
+  // x[4g + m], lane l: rows 4g .. 4g + 3 at word 4l + m.
+  unrolled(I{}, [&](auto g) {
+    constexpr int i = 4 * decltype(g)::value;
+    x[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    x[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    x[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    x[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  });
+  // 0x88 takes 128-bit lanes 0, 2 of each source, 0xdd lanes 1, 3.
+  unrolled(I{}, [&](auto mm) {
+    constexpr int m = decltype(mm)::value;
+    t[m] = _mm512_shuffle_i32x4(x[m], x[4 + m], 0x88);
+    t[4 + m] = _mm512_shuffle_i32x4(x[m], x[4 + m], 0xdd);
+    t[8 + m] = _mm512_shuffle_i32x4(x[8 + m], x[12 + m], 0x88);
+    t[12 + m] = _mm512_shuffle_i32x4(x[8 + m], x[12 + m], 0xdd);
+  });
+  // x[4l + m]: word 4l + m of rows 0..15, lane l of each group of four rows.
+  unrolled(I{}, [&](auto mm) {
+    constexpr int m = decltype(mm)::value;
+    x[m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0x88);
+    x[8 + m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0xdd);
+    x[4 + m] = _mm512_shuffle_i32x4(t[4 + m], t[12 + m], 0x88);
+    x[12 + m] = _mm512_shuffle_i32x4(t[4 + m], t[12 + m], 0xdd);
+  });
+}
+
 /// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols, and zeros for r in [rows, rows_pad).
+/// In 16 x 16 blocks of words transposed in registers (transpose16x16): the word-by-word copy
+/// it replaces was two scalar loops of L x K / 2 words per delta-rule chunk (the scores' K^T and
+/// the state update's (K * decay)^T).
 inline void transpose_words(const std::uint32_t* src, index_t lds, index_t rows, index_t cols, std::uint32_t* dst,
                             index_t ldd, index_t rows_pad) {
-  for (index_t r0 = 0; r0 < rows; r0 += 16) {  // 16-row strips: each src row read once per strip
-    const index_t r1 = std::min(rows, r0 + 16);
-    for (index_t c = 0; c < cols; ++c)
-      for (index_t r = r0; r < r1; ++r) dst[c * ldd + r] = src[r * lds + c];
+  for (index_t r0 = 0; r0 < rows; r0 += 16) {
+    const index_t n = std::min<index_t>(16, rows - r0);
+    // Written: rows [r0, r0 + out) of dst, the ones past `rows` zero (a masked load reads zeros).
+    const __mmask16 out = lanes16(std::min<index_t>(16, rows_pad - r0));
+    for (index_t c0 = 0; c0 < cols; c0 += 16) {
+      const index_t m = std::min<index_t>(16, cols - c0);
+      __m512i x[16];
+      unrolled(std::make_index_sequence<16>{}, [&](auto r) {
+        x[r] = index_t(r) < n ? _mm512_maskz_loadu_epi32(lanes16(m), src + (r0 + index_t(r)) * lds + c0)
+                              : _mm512_setzero_si512();
+      });
+      transpose16x16(x);
+      unrolled(std::make_index_sequence<16>{}, [&](auto c) {
+        if (index_t(c) < m) _mm512_mask_storeu_epi32(dst + (c0 + index_t(c)) * ldd + r0, out, x[c]);
+      });
+    }
   }
-  if (rows_pad > rows)
-    for (index_t c = 0; c < cols; ++c) std::fill(dst + c * ldd + rows, dst + c * ldd + rows_pad, 0u);
+  const index_t written = std::min(rows_pad, (rows + 15) / 16 * 16);
+  if (rows_pad > written)
+    for (index_t c = 0; c < cols; ++c) std::fill(dst + c * ldd + written, dst + c * ldd + rows_pad, 0u);
 }
 
 /// dst [M, n] = diag(row_scale) dst + A B (dst = A B when row_scale is null): gemm_bf16 over
