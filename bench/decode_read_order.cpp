@@ -13,6 +13,12 @@
 //   pv_addr_order   the values key by key, the heads inside (address order);
 //   all_addr_order  keys and values in address order;
 //   decode          seqmix::attention itself (Tq = 1, causal).
+// Then a KvCache of the same shape in fp16 and in int8 (per-channel keys), against a stream over
+// as many bytes:
+//   kv_order        kv_cache_attention's order (kv_cache/attention.hpp) with loads only: the same
+//                   pieces (32: 4 per KV head), spans of 8 blocks, each block's keys with the lines
+//                   key_phase_lines requests, then the span's values;
+//   kv_decode       kv_cache_attention itself.
 // GB/s = K and V bytes / (CPU time / 2). Usage: seqmix-decode-read-order [Tk] (default 16384).
 #include <algorithm>
 #include <array>
@@ -25,6 +31,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/prefetch.hpp"
 #include "seqmix/core/simd.hpp"
+#include "seqmix/kv_cache.hpp"
 #include "seqmix_testing/cpu_clock.hpp"
 #include "seqmix_testing/testing.hpp"
 
@@ -168,6 +175,84 @@ void run(const char* type, index_t Tk) {
   report("decode", median_ms([&] { seqmix::attention(in, {o.view(), {}}, options, pool()); }));
 }
 
+// Bytes [p, p + bytes) a vector at a time (a partial last vector is left out: the few bytes of
+// a block's parameters), one LineStream step per vector.
+inline void read_bytes(FBatch& acc, const void* p, std::size_t bytes, seqmix::detail::LineStream& ahead) noexcept {
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t b = 0; b + sizeof(FBatch) <= bytes; b += sizeof(FBatch), ahead.step())
+    acc += simd::load(reinterpret_cast<const float*>(c + b));
+}
+
+std::size_t vectors(std::size_t bytes) noexcept { return bytes / sizeof(FBatch); }
+
+// kv_cache_attention's read order with loads only: per piece of one KV head's blocks, spans of
+// kKvSpanBlocks blocks, each block's keys and key parameters while key_phase_lines requests the
+// next blocks' keys and this block's values, then the span's values and their parameters.
+void kv_read_order(const seqmix::KvCache& cache, index_t pieces_per_head) {
+  using seqmix::detail::KvBlockView;
+  const seqmix::KvCacheConfig& cfg = cache.config();
+  const index_t heads = cfg.kv_heads, pieces = heads * pieces_per_head;
+  std::vector<float> sums(static_cast<std::size_t>(pieces));
+  seqmix::parallel_for(pool(), pieces, 1, [&](index_t begin, index_t end) {
+    for (index_t piece = begin; piece < end; ++piece) {
+      const auto& blocks = cache.head(0, piece / pieces_per_head).blocks;
+      const index_t nb = static_cast<index_t>(blocks.size()), p = piece % pieces_per_head;
+      const index_t first = nb * p / pieces_per_head, last = nb * (p + 1) / pieces_per_head;
+      const auto block = [&](index_t k) { return k < last ? seqmix::detail::view_of(blocks[static_cast<std::size_t>(k)]) : KvBlockView{}; };
+      FBatch acc(0.f);
+      for (index_t s0 = first; s0 < last; s0 += seqmix::detail::kKvSpanBlocks) {
+        const index_t s1 = std::min(last, s0 + seqmix::detail::kKvSpanBlocks);
+        for (index_t k = s0; k < s1; ++k) {
+          const KvBlockView blk = block(k), next = block(k + 1), after = block(k + 2);
+          seqmix::detail::LineStream ahead =
+              seqmix::detail::key_phase_lines(k + 1 < last ? &next : nullptr, k + 2 < last ? &after : nullptr, blk, cfg, 4);
+          ahead.spread_over(vectors(blk.key_bytes) + vectors(blk.key_param_count * sizeof(float)));
+          read_bytes(acc, blk.keys, blk.key_bytes, ahead);
+          read_bytes(acc, blk.key_params, blk.key_param_count * sizeof(float), ahead);
+        }
+        seqmix::detail::LineStream none;
+        for (index_t k = s0; k < s1; ++k) {
+          const KvBlockView blk = block(k);
+          read_bytes(acc, blk.values, blk.value_bytes, none);
+          read_bytes(acc, blk.value_params, blk.value_param_count * sizeof(float), none);
+        }
+      }
+      sums[static_cast<std::size_t>(piece)] = simd::reduce_add(acc);
+    }
+  });
+  float total = 0;
+  for (const float x : sums) total += x;
+  g_sink = total;
+}
+
+void run_kv(const char* type, seqmix::KvFormat format, index_t Tk) {
+  const index_t Hq = 32, Hkv = 8, D = 128;
+  seqmix::KvCacheConfig config;
+  config.batch = 1, config.kv_heads = Hkv, config.key_dim = D, config.value_dim = D;
+  config.key_format = format, config.value_format = format, config.key_quant = seqmix::KeyQuant::per_channel;
+  seqmix::KvCache cache(config);
+  {
+    const auto k = st::random_tensor<4>({1, Tk, Hkv, D}, 1), v = st::random_tensor<4>({1, Tk, Hkv, D}, 2);
+    cache.append(k.view(), v.view());
+  }
+  const auto q = st::random_tensor<4>({1, 1, Hq, D}, 3);
+  seqmix::Tensor<float, 4> o({1, 1, Hq, D});
+  const index_t bytes = static_cast<index_t>(cache.bytes()) / 128 * 128;
+  const std::vector<char> plain(static_cast<std::size_t>(bytes));
+  const auto report = [&](const char* what, double ms) {
+    std::printf("%-5s Tk%-6ld %-18s %8.3f ms cpu %7.1f GB/s\n", type, static_cast<long>(Tk), what, ms,
+                static_cast<double>(bytes) / (ms * 1e-3 / 2) * 1e-9);
+    std::fflush(stdout);
+  };
+  report("stream", median_ms([&] { stream(plain.data(), plain.data() + bytes / 2, bytes / 2); }));
+  report("kv_order", median_ms([&] { kv_read_order(cache, 4); }));
+  seqmix::KvCacheAttentionInputs in;
+  in.q = q.view(), in.cache = &cache;
+  seqmix::AttentionOptions options;
+  options.causal = true;
+  report("kv_decode", median_ms([&] { seqmix::kv_cache_attention(in, {o.view(), {}}, options, pool()); }));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -179,4 +264,6 @@ int main(int argc, char** argv) {
   run<float>("f32", Tk);
   run<seqmix::f16>("f16", Tk);
   run<seqmix::bf16>("bf16", Tk);
+  run_kv("kv16", seqmix::KvFormat::f16, Tk);
+  run_kv("kv8", seqmix::KvFormat::int8, Tk);
 }
