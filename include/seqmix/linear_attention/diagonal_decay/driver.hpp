@@ -44,7 +44,12 @@ struct PrefillPlan {
 // columns give each thread a task then. Blocks are multiples of kMinColumnBlock = 16 columns (one
 // AVX-512 vector: a partial vector costs what a full one does in the recurrent kernel's column
 // tiles), at least 16 wide; narrower, the per-token K-side work each block repeats (q, k, gates;
-// in the chunked form the q k^T scores) outweighs the columns' own.
+// in the chunked form the q k^T scores) outweighs the columns' own. Judged by the estimated 64-core
+// time, not the idle fraction (docs/parallel_grain.md, the diagonal-decay bullet): at the README's
+// shapes 2 blocks per head finish in 0.51-0.70x the time of whole heads (a head alone reads its
+// rows 8 KB apart, without the one-thread interleaving, so 2 blocks cost only 1.3-1.6x its
+// work), while 4 blocks of 16 (more tasks than threads) cost 1.2-2.6x the 2 blocks' work and
+// finish later: no more blocks than fill the threads.
 constexpr index_t kMinColumnBlock = 16;
 
 inline ValueSplit split_columns(index_t items, index_t V, index_t concurrency) {
