@@ -162,8 +162,10 @@ TEST_CASE("fire: the prefill's lines above L equal the MLP per logit", "[attenti
       const auto formula = [&](index_t j) {
         return static_cast<float>(seqmix::detail::fire_value(rb, h, normalizer, std::abs(static_cast<double>(pos - j))));
       };
-      for (const index_t j0 : {index_t{0}, index_t{64}, index_t{131}, index_t{250}}) {
-        const index_t n = std::min<index_t>(64, Tk - j0);
+      // Tiles of 64 keys, ragged ones, and rows longer than the lines' 64-key pieces.
+      const index_t runs[6][2] = {{0, 64}, {64, 64}, {131, 64}, {250, 50}, {0, 300}, {37, 263}};
+      for (const auto& run : runs) {
+        const index_t j0 = run[0], n = run[1];
         std::fill(row.begin(), row.end(), 0.f);
         cache.add_fire_row(row.data(), j0, n, h, pos, normalizer, [&](float* part, index_t first, index_t count) {
           for (index_t c = 0; c < count; ++c) part[c] += formula(first + c);
