@@ -42,10 +42,10 @@ inline index_t flash_query_block(index_t G, index_t Tq) {
   return std::clamp<index_t>(kFlashRows / G, 1, std::max<index_t>(Tq, 1));
 }
 
-// Per-thread scratch of the prefill, allocated once per parallel block.
+// Per-thread scratch of the prefill (FlashScratch::local keeps one per thread).
 struct FlashScratch {
   AlignedVector<float> q, kt, v, s, acc, alpha, row;
-  std::vector<index_t> pos;
+  std::vector<index_t> pos, ends;  // ends: per row, the keys of the current tile it can see
   std::vector<SoftmaxRow> state;
   NonFiniteKeys bad;              // value rows kept out of the P V GEMM (NaN / inf)
   std::vector<float> bad_rows;    // their saved contents (sized on first use)
@@ -58,7 +58,19 @@ struct FlashScratch {
         alpha(static_cast<std::size_t>(rows)),
         row(static_cast<std::size_t>(Dk)),
         pos(static_cast<std::size_t>(rows)),
+        ends(static_cast<std::size_t>(rows)),
         state(static_cast<std::size_t>(rows)) {}
+
+  // This thread's scratch for tasks of `rows` rows, kept across tasks and calls (made anew when
+  // the sizes change): ~400 KB zeroed per parallel block cost a llama3-8b T = 256 prefill (16
+  // tasks in 8 blocks) a few percent. Every task starts its rows afresh (flash_begin).
+  static FlashScratch& local(index_t rows, index_t Dk, index_t Dkp, index_t Dvp) {
+    thread_local std::unique_ptr<FlashScratch> scratch;
+    thread_local std::array<index_t, 4> sized{};
+    const std::array<index_t, 4> need{rows, Dk, Dkp, Dvp};
+    if (!scratch || sized != need) scratch = std::make_unique<FlashScratch>(rows, Dk, Dkp, Dvp), sized = need;
+    return *scratch;
+  }
 };
 
 // A run of at most kFlashKeyTile keys [j0, j0 + n) that one step of a task visits.
@@ -119,12 +131,85 @@ void flash_softmax(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t
   }
 }
 
+// ---- tiles that cross the causal diagonal ------------------------------------------------------
+//
+// A causal row at position pos sees keys up to pos only, so in the tiles that cross the
+// diagonal the rows see different numbers of the tile's keys: ends[r] = keys [j0, j0 + ends[r])
+// (the logit rule masks the rest to -inf, so their weights are exactly 0). There the products
+// run per block of kGemmRows rows only as far as a row of the block sees: S over the column
+// panels some row reaches, P V over the keys the block's last-seeing row reaches. The values
+// computed are the same products in the same order (a weight of 0 adds exactly 0), so results
+// are bit for bit those of the full tile. At T = 256 (4 query blocks of 64 queries against
+// 64-key tiles) 4 of the 10 tiles of a head are diagonal, and their cost falls to about 5/8.
+
+// w.ends for the rows of a tile [j0, j0 + n) from the logit rule's visibility; true when some
+// row sees fewer than n of its keys (a causal tile on the diagonal).
+template <class KV, class Q>
+bool diagonal_row_ends(const LogitRule<KV, Q>& rule, index_t j0, index_t n, index_t M, FlashScratch& w) {
+  if (!rule.options.causal) return false;
+  bool short_row = false;
+  for (index_t r = 0; r < M; ++r) {
+    w.ends[r] = std::clamp<index_t>(visible_keys(rule.options, w.pos[r], rule.Tk).hi - j0, 0, n);
+    short_row |= w.ends[r] < n;
+  }
+  return short_row;
+}
+
+// The largest of ends[r .. r + rows).
+inline index_t block_end(const index_t* ends, index_t r, index_t rows) noexcept {
+  return *std::max_element(ends + r, ends + r + rows);
+}
+
+// S [M x N] = A [M x K] B [K x N] for the column panels (2 vectors wide, then 1) that some row of
+// each block of kGemmRows rows sees (ends); columns a block does not reach are left as they were.
+inline void gemm_scores_to_ends(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc,
+                                index_t M, index_t N, index_t K, const index_t* ends) noexcept {
+  const index_t W = simd::kWidth;
+  index_t c = 0;
+  for (; c + 2 * W <= N; c += 2 * W)
+    for (index_t r = 0; r < M; r += kGemmRows) {
+      const index_t rows = std::min<index_t>(kGemmRows, M - r);
+      if (block_end(ends, r, rows) > c)
+        gemm_column_block<2>(A + r * lda, lda, B + c, ldb, C + r * ldc + c, ldc, rows, K, nullptr);
+    }
+  for (; c < N; c += W)
+    for (index_t r = 0; r < M; r += kGemmRows) {
+      const index_t rows = std::min<index_t>(kGemmRows, M - r);
+      if (block_end(ends, r, rows) > c)
+        gemm_column_block<1>(A + r * lda, lda, B + c, ldb, C + r * ldc + c, ldc, rows, K, nullptr);
+    }
+}
+
+// acc [M x N] = diag(alpha) acc + P [M x K] V [K x N] where row r's weights past ends[r] are 0:
+// each block of kGemmRows rows runs over the keys its rows reach (every block is rescaled).
+inline void gemm_values_to_ends(const float* P, index_t ldp, const float* V, index_t ldv, float* acc, index_t ldacc,
+                                index_t M, index_t N, const float* alpha, const index_t* ends) noexcept {
+  const index_t W = simd::kWidth;
+  index_t c = 0;
+  for (; c + 2 * W <= N; c += 2 * W)
+    for (index_t r = 0; r < M; r += kGemmRows) {
+      const index_t rows = std::min<index_t>(kGemmRows, M - r);
+      gemm_column_block<2>(P + r * ldp, ldp, V + c, ldv, acc + r * ldacc + c, ldacc, rows, block_end(ends, r, rows),
+                           alpha + r);
+    }
+  for (; c < N; c += W)
+    for (index_t r = 0; r < M; r += kGemmRows) {
+      const index_t rows = std::min<index_t>(kGemmRows, M - r);
+      gemm_column_block<1>(P + r * ldp, ldp, V + c, ldv, acc + r * ldacc + c, ldacc, rows, block_end(ends, r, rows),
+                           alpha + r);
+    }
+}
+
 // One key tile whose keys and values are in w.kt / w.v (fp32): S = Q K^T, softmax, acc += P V.
 template <class KV, class Q>
 void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
                 index_t j0, index_t n, FlashScratch& w) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
-  gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
+  const bool diagonal = diagonal_row_ends(rule, j0, n, M, w);
+  if (diagonal)
+    gemm_scores_to_ends(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, w.ends.data());
+  else
+    gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
   flash_softmax(rule, d, b, hk, i0, M, j0, n, w);
   // Value rows holding a NaN / inf sit out the GEMM where some row gives them weight 0, and are
   // added to the rows that see them afterwards (NonFiniteKeys in decode.hpp).
@@ -138,7 +223,10 @@ void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b,
       std::fill(row, row + Dvp, 0.f);
     }
   }
-  gemm(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data());
+  if (diagonal)
+    gemm_values_to_ends(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, w.alpha.data(), w.ends.data());
+  else
+    gemm(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data());
   if (guard) {
     for (index_t b = 0; b < w.bad.count; ++b) {
       const index_t j = w.bad.key[b];
@@ -224,13 +312,11 @@ void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, 
 // Per-thread tiles of the bf16 form, grown on demand.
 struct FlashBf16Scratch {
   AlignedVector<std::uint32_t> q, kt, v, p;
-  AlignedVector<std::uint16_t> row;
   static void grow(AlignedVector<std::uint32_t>& x, index_t n) {
     if (static_cast<index_t>(x.size()) < n) x.resize(static_cast<std::size_t>(n));
   }
-  void reserve(index_t M, index_t Dkw, index_t Dvw, index_t row_len) {
+  void reserve(index_t M, index_t Dkw, index_t Dvw) {
     grow(q, M * Dkw), grow(kt, Dkw * kFlashKeyTile), grow(v, kFlashKeyTile / 2 * Dvw), grow(p, M * kFlashKeyTile / 2);
-    if (static_cast<index_t>(row.size()) < row_len) row.resize(static_cast<std::size_t>(row_len));
   }
   static FlashBf16Scratch& local() {
     thread_local FlashBf16Scratch scratch;
@@ -250,27 +336,54 @@ inline __m512i load_bf16_chunk(const bf16* src, index_t stride, index_t D, index
   return _mm512_load_si512(lanes);
 }
 
+// 16 x 16 pair words transposed in registers: w[i] holds words (i, 0 .. 15) on entry and words
+// (0 .. 15, i) on return. Unpacks within the 128-bit lanes leave t[4g + k] holding, in lane L,
+// column 4L + k of rows 4g .. 4g + 3; a 4 x 4 transpose of the lanes then gathers each column.
+inline void transpose_words_16x16(__m512i w[16]) noexcept {
+  __m512i t[16];
+  for (int g = 0; g < 16; g += 4) {
+    const __m512i a0 = _mm512_unpacklo_epi32(w[g], w[g + 1]), a1 = _mm512_unpackhi_epi32(w[g], w[g + 1]);
+    const __m512i a2 = _mm512_unpacklo_epi32(w[g + 2], w[g + 3]), a3 = _mm512_unpackhi_epi32(w[g + 2], w[g + 3]);
+    t[g] = _mm512_unpacklo_epi64(a0, a2);
+    t[g + 1] = _mm512_unpackhi_epi64(a0, a2);
+    t[g + 2] = _mm512_unpacklo_epi64(a1, a3);
+    t[g + 3] = _mm512_unpackhi_epi64(a1, a3);
+  }
+  for (int k = 0; k < 4; ++k) {  // column 4L + k: lane L of t[k], t[4 + k], t[8 + k], t[12 + k]
+    const __m512i v0 = _mm512_shuffle_i32x4(t[k], t[4 + k], 0x44), v1 = _mm512_shuffle_i32x4(t[k], t[4 + k], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(t[8 + k], t[12 + k], 0x44);
+    const __m512i v3 = _mm512_shuffle_i32x4(t[8 + k], t[12 + k], 0xEE);
+    w[k] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    w[4 + k] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    w[8 + k] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    w[12 + k] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
 // Keys [j0, j0 + n) of head h as kt[c * 64 + r] = (k[r][2c], k[r][2c + 1]) for c < Dkw, zero past
-// n keys and Dk features. False if a key holds an infinity or a NaN.
+// n keys and Dk features. False if a key holds an infinity or a NaN. Blocks of 16 keys x 16 pair
+// words are transposed in registers (a word at a time, the transpose took 4096 scalar stores
+// per tile at Dk = 128).
 inline bool pack_key_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t h, index_t j0, index_t n, index_t Dkw,
-                               std::uint32_t* kt, std::uint16_t* row) {
-  const index_t D = x.size(3), T = kFlashKeyTile;
+                               std::uint32_t* kt) {
+  const index_t D = x.size(3), T = kFlashKeyTile, rows_end = round_up(n, 16);
   __mmask32 bad = 0;
-  for (index_t r = 0; r < n; ++r) {
-    const bf16* src = x.ptr(b, j0 + r, h);
-    for (index_t c0 = 0; c0 < 2 * Dkw; c0 += 32) {
-      const __m512i chunk = load_bf16_chunk(src, x.stride(3), D, c0);
-      bad |= bf16_nonfinite(chunk);
-      _mm512_storeu_si512(row + c0, chunk);
-    }
-    for (index_t c = 0; c < Dkw; ++c) {  // the transpose, one pair word at a time
-      std::uint32_t word;
-      std::memcpy(&word, row + 2 * c, sizeof word);
-      kt[c * T + r] = word;
+  __m512i w[16];
+  for (index_t r0 = 0; r0 < n; r0 += 16) {
+    const bf16* src[16];
+    for (index_t i = 0; i < 16; ++i) src[i] = r0 + i < n ? x.ptr(b, j0 + r0 + i, h) : nullptr;
+    for (index_t c0 = 0; c0 < Dkw; c0 += 16) {
+      for (index_t i = 0; i < 16; ++i) {
+        w[i] = src[i] ? load_bf16_chunk(src[i], x.stride(3), D, 2 * c0) : _mm512_setzero_si512();
+        bad |= bf16_nonfinite(w[i]);
+      }
+      transpose_words_16x16(w);
+      const index_t words = std::min<index_t>(16, Dkw - c0);
+      for (index_t c = 0; c < words; ++c) _mm512_storeu_si512(kt + (c0 + c) * T + r0, w[c]);
     }
   }
-  if (n < T)
-    for (index_t c = 0; c < Dkw; ++c) std::fill(kt + c * T + n, kt + (c + 1) * T, 0u);
+  if (rows_end < T)
+    for (index_t c = 0; c < Dkw; ++c) std::fill(kt + c * T + rows_end, kt + (c + 1) * T, 0u);
   return bad == 0;
 }
 
@@ -296,6 +409,37 @@ inline bool pack_value_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t
   return bad == 0;
 }
 
+// The diagonal tiles' products (see gemm_scores_to_ends) on pair words: S over the 32-key
+// panels some row of each block of kBf16GemmRows rows sees, P V over the key pairs its rows
+// reach, so the bf16 form keeps the fp32 form's saving on tiles that cross the diagonal.
+inline void gemm_bf16_scores_to_ends(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C,
+                                     index_t ldc, index_t M, index_t N, index_t K, const index_t* ends) noexcept {
+  for (index_t c = 0; c < N; c += 32)  // N: kFlashKeyTile, a multiple of 32
+    for (index_t r = 0; r < M; r += kBf16GemmRows) {
+      const index_t rows = std::min<index_t>(kBf16GemmRows, M - r);
+      if (block_end(ends, r, rows) > c)
+        gemm_bf16_columns<2>(A + r * lda, lda, B + c, ldb, C + r * ldc + c, ldc, rows, K, nullptr);
+    }
+}
+
+template <int NV>
+void gemm_bf16_values_panel(const std::uint32_t* P, index_t ldp, const std::uint32_t* V, index_t ldv, float* acc,
+                            index_t ldacc, index_t M, const float* alpha, const index_t* ends) noexcept {
+  for (index_t r = 0; r < M; r += kBf16GemmRows) {
+    const index_t rows = std::min<index_t>(kBf16GemmRows, M - r), pairs = (block_end(ends, r, rows) + 1) / 2;
+    gemm_bf16_columns<NV>(P + r * ldp, ldp, V, ldv, acc + r * ldacc, ldacc, rows, pairs, alpha + r);
+  }
+}
+
+inline void gemm_bf16_values_to_ends(const std::uint32_t* P, index_t ldp, const std::uint32_t* V, index_t ldv,
+                                     float* acc, index_t ldacc, index_t M, index_t N, const float* alpha,
+                                     const index_t* ends) noexcept {
+  index_t c = 0;
+  for (; c + 64 <= N; c += 64) gemm_bf16_values_panel<4>(P, ldp, V + c, ldv, acc + c, ldacc, M, alpha, ends);
+  for (; c + 32 <= N; c += 32) gemm_bf16_values_panel<2>(P, ldp, V + c, ldv, acc + c, ldacc, M, alpha, ends);
+  for (; c < N; c += 16) gemm_bf16_values_panel<1>(P, ldp, V + c, ldv, acc + c, ldacc, M, alpha, ends);
+}
+
 // flash_block over in.k / in.v with bf16 dot-product tiles (see above).
 template <class Q, class SelectTiles>
 void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
@@ -306,22 +450,30 @@ void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs
   const LogitRule<bf16, Q> rule{in, options, d.Tk, cache};
   const index_t M = flash_begin(in, d, scale, b, hk, i0, nq, w);
   FlashBf16Scratch& x = FlashBf16Scratch::local();
-  x.reserve(M, Dkw, Dvp, round_up(std::max(d.Dk, d.Dv), 32));
+  x.reserve(M, Dkw, Dvp);
   for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.q.data() + r * Dkp, Dkp, x.q.data() + r * Dkw);
   for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
     const index_t j0 = tile.j0, n = tile.n;
     const bool packed = !tile_needs_rotation(in, j0, n) &&
-                        pack_key_tile_bf16(in.k, b, hk, j0, n, Dkw, x.kt.data(), x.row.data()) &&
+                        pack_key_tile_bf16(in.k, b, hk, j0, n, Dkw, x.kt.data()) &&
                         pack_value_tile_bf16(in.v, b, hk, j0, n, Dvp, x.v.data());
     if (!packed) {
       dense_tile_loader(in, b, hk)(j0, n, w);
       flash_tile(rule, d, b, hk, i0, M, j0, n, w);
       continue;
     }
-    gemm_bf16(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, nullptr);
+    const bool diagonal = diagonal_row_ends(rule, j0, n, M, w);
+    if (diagonal)
+      gemm_bf16_scores_to_ends(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, w.ends.data());
+    else
+      gemm_bf16(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, nullptr);
     flash_softmax(rule, d, b, hk, i0, M, j0, n, w);
     for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.s.data() + r * T, T, x.p.data() + r * (T / 2));
-    gemm_bf16(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, (n + 1) / 2, w.alpha.data());
+    if (diagonal)
+      gemm_bf16_values_to_ends(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, w.alpha.data(),
+                               w.ends.data());
+    else
+      gemm_bf16(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, (n + 1) / 2, w.alpha.data());
   }
   flash_finish(in, out, d, b, hk, i0, M, w);
 }
@@ -401,12 +553,9 @@ void attention_flash_varlen(const AttentionInputs<KV, Q>& in, const AttentionOut
     const AttentionInputs<KV, Q> one = sequence_inputs(in, span);
     const AttentionOutputs one_out = sequence_outputs(out, span);
     const AttentionDims one_dims{1, span.tokens, span.tokens, d.Hq, d.Hkv, d.Dk, d.Dv};
-    // One scratch per thread for the whole call (tasks are too small to allocate each).
-    thread_local std::unique_ptr<FlashScratch> scratch;
-    thread_local std::array<index_t, 4> sized{};
-    const std::array<index_t, 4> need{bq * G, d.Dk, Dkp, Dvp};
-    if (!scratch || sized != need) scratch = std::make_unique<FlashScratch>(bq * G, d.Dk, Dkp, Dvp), sized = need;
-    flash_block_dense(one, one_out, options, one_dims, scale, 0, task.hk, task.i0, task.nq, *scratch,
+    // One scratch per thread (tasks are too small to allocate each).
+    FlashScratch& scratch = FlashScratch::local(bq * G, d.Dk, Dkp, Dvp);
+    flash_block_dense(one, one_out, options, one_dims, scale, 0, task.hk, task.i0, task.nq, scratch,
                       [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, span.tokens); },
                       table);
   });
@@ -414,8 +563,9 @@ void attention_flash_varlen(const AttentionInputs<KV, Q>& in, const AttentionOut
 
 }  // namespace detail
 
-/// Tiled prefill: same arguments and results as reference::attention, for any Tq. Allocates one
-/// scratch per parallel block (about (2 * rows + 64) * (D + 64) floats), none inside the loops.
+/// Tiled prefill: same arguments and results as reference::attention, for any Tq. Keeps one
+/// scratch per thread across calls (about (2 * rows + 64) * (D + 64) floats, made anew when the
+/// shape changes), allocates none inside the loops.
 template <class KV, class Q>
 void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                      const Executor& executor = serial_executor()) {
@@ -439,7 +589,7 @@ void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& o
   const bool paired = options.causal && blocks > 1;
   const index_t per_group = paired ? (blocks + 1) / 2 : blocks;
   parallel_for(executor, d.B * d.Hkv * per_group, 1, [&](index_t begin, index_t end) {
-    FlashScratch scratch(bq * G, d.Dk, Dkp, Dvp);
+    FlashScratch& scratch = FlashScratch::local(bq * G, d.Dk, Dkp, Dvp);
     for (index_t t = begin; t < end; ++t) {
       const index_t j = t % per_group, group = t / per_group, b = group / d.Hkv, hk = group % d.Hkv;
       const auto run_block = [&](index_t block) {

@@ -1,0 +1,140 @@
+// The causal prefill's tiles across the diagonal (flash.hpp, diagonal_row_ends): there each block
+// of rows multiplies only as far as its rows see, which must change nothing. So a causal call
+// equals, bit for bit, the same call without the causal option and with the causal rule written
+// as a -inf mask (every tile computed whole), and both equal the reference. Ragged shapes around
+// the 64-key tile and the 6-row GEMM block: T = 1, 5, 63, 64, 65, 130, 257; groups 1, 3, 4;
+// head sizes 40 and 128; B = 2; default positions and shuffled ones (rows that see fewer keys
+// after rows that see more). fp32 and fp16 K/V, and bf16 K/V with bf16 dot products where the
+// target has them. Also: a prefill after one whose queries held a NaN (the scratch each thread
+// keeps across calls) gives the clean result.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/half.hpp"
+#include "seqmix_testing/catch_checks.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace {
+
+using seqmix::index_t;
+using seqmix::Tensor;
+namespace st = seqmix::testing;
+
+struct DiagonalCase {
+  index_t T, Hq, Hkv, D;
+  bool shuffled;  // positions: a permutation of 0 .. T-1 instead of the default ones
+  std::string describe() const {
+    std::ostringstream s;
+    s << "B=2 T=" << T << " Hq=" << Hq << " Hkv=" << Hkv << " D=" << D << " shuffled=" << shuffled
+      << " simd=" << seqmix::simd::arch_name();
+    return s.str();
+  }
+};
+
+std::vector<DiagonalCase> diagonal_cases() {
+  std::vector<DiagonalCase> cases;
+  const index_t heads[3][2] = {{2, 2}, {6, 2}, {8, 2}};  // groups 1, 3, 4
+  for (const index_t T : {1, 5, 63, 64, 65, 130, 257})
+    for (const auto& h : heads)
+      for (const index_t D : {40, 128})
+        for (const bool shuffled : {false, true})
+          if (!(st::small_test_scale() && T == 257)) cases.push_back({T, h[0], h[1], D, shuffled});
+  return cases;
+}
+
+template <class KV>
+Tensor<KV, 4> stored(const Tensor<float, 4>& x) {
+  Tensor<KV, 4> out(x.shape());
+  for (index_t i = 0; i < x.numel(); ++i) out.data()[i] = static_cast<KV>(x.data()[i]);
+  return out;
+}
+
+// The first element where a and b differ (-1: none), so a failure names its place.
+template <std::size_t Rank>
+index_t first_difference(const Tensor<float, Rank>& a, const Tensor<float, Rank>& b) {
+  for (index_t i = 0; i < a.numel(); ++i)
+    if (!(a.data()[i] == b.data()[i])) return i;
+  return -1;
+}
+
+template <class KV>
+void check_diagonal_case(const DiagonalCase& c, seqmix::Bf16Compute compute, std::uint64_t seed) {
+  INFO(c.describe() << " kv=" << sizeof(KV) << " bytes, bf16_compute dot=" << (compute == seqmix::Bf16Compute::dot));
+  const index_t B = 2;
+  const Tensor<float, 4> q = st::random_tensor<4>({B, c.T, c.Hq, c.D}, seed);
+  const Tensor<KV, 4> k = stored<KV>(st::random_tensor<4>({B, c.T, c.Hkv, c.D}, seed + 1));
+  const Tensor<KV, 4> v = stored<KV>(st::random_tensor<4>({B, c.T, c.Hkv, c.D}, seed + 2));
+  Tensor<std::int64_t, 2> positions({B, c.T});
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < c.T; ++i) positions(b, i) = c.shuffled ? (i * 37 + 11 * b) % c.T : i;
+  // The causal rule as a mask: key j hidden from the query at position pos when j > pos.
+  Tensor<float, 3> mask({B, c.T, c.T});
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < c.T; ++i)
+      for (index_t j = 0; j < c.T; ++j)
+        mask(b, i, j) = j > positions(b, i) ? -std::numeric_limits<float>::infinity() : 0.f;
+
+  seqmix::AttentionInputs<KV> in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
+  if (c.shuffled) in.positions = positions.cview();
+  seqmix::AttentionInputs<KV> masked = in;
+  masked.mask = mask.cview();
+  seqmix::AttentionOptions causal, plain;
+  causal.causal = true, causal.bf16_compute = compute;
+  plain.bf16_compute = compute;
+
+  Tensor<float, 4> o_causal({B, c.T, c.Hq, c.D}), o_masked({B, c.T, c.Hq, c.D}), o_ref({B, c.T, c.Hq, c.D});
+  Tensor<float, 3> lse_causal({B, c.T, c.Hq}), lse_masked({B, c.T, c.Hq});
+  const seqmix::ThreadPool pool(2);
+  seqmix::attention_flash(in, {o_causal.view(), lse_causal.view()}, causal, pool);
+  seqmix::attention_flash(masked, {o_masked.view(), lse_masked.view()}, plain, pool);
+  seqmix::reference::attention(in, {o_ref.view()}, causal);
+  REQUIRE(first_difference(o_causal, o_masked) == -1);
+  REQUIRE(first_difference(lse_causal, lse_masked) == -1);
+  // The dot form rounds q and P to bf16 (its bound: test_attention_bf16.cpp).
+  const double tol = compute == seqmix::Bf16Compute::dot ? 3e-2 : 1e-4;
+  st::require_close("attention_flash (causal)", o_causal.cview(), o_ref.cview(), tol);
+}
+
+}  // namespace
+
+TEST_CASE("attention prefill: tiles across the causal diagonal equal the causal rule as a mask, bit for bit",
+          "[attention]") {
+  std::uint64_t seed = 4100;
+  for (const DiagonalCase& c : diagonal_cases()) {
+    check_diagonal_case<float>(c, seqmix::Bf16Compute::fp32, seed);
+    check_diagonal_case<seqmix::f16>(c, seqmix::Bf16Compute::fp32, seed + 10);
+    check_diagonal_case<seqmix::bf16>(c, seqmix::Bf16Compute::dot, seed + 20);
+    seed += 100;
+  }
+}
+
+TEST_CASE("attention prefill: a call after one whose queries held a NaN gives the clean result", "[attention]") {
+  const index_t B = 1, T = 130, Hq = 8, Hkv = 2, D = 64;
+  Tensor<float, 4> q = st::random_tensor<4>({B, T, Hq, D}, 4300);
+  const Tensor<float, 4> k = st::random_tensor<4>({B, T, Hkv, D}, 4301);
+  const Tensor<float, 4> v = st::random_tensor<4>({B, T, Hkv, D}, 4302);
+  seqmix::AttentionInputs<float> in;
+  in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
+  seqmix::AttentionOptions options;
+  options.causal = true;
+  Tensor<float, 4> o({B, T, Hq, D}), want({B, T, Hq, D});
+  seqmix::reference::attention(in, {want.view()}, options);
+  const seqmix::ThreadPool pool(2);
+  Tensor<float, 4> poisoned = q;
+  for (index_t i = 0; i < poisoned.numel(); i += 7) poisoned.data()[i] = std::numeric_limits<float>::quiet_NaN();
+  seqmix::AttentionInputs<float> bad = in;
+  bad.q = poisoned.cview();
+  seqmix::attention_flash(bad, {o.view()}, options, pool);
+  seqmix::attention_flash(in, {o.view()}, options, pool);
+  st::require_close("attention_flash after a NaN call", o.cview(), want.cview(), 1e-4);
+}
