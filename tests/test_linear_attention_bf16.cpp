@@ -19,6 +19,7 @@
 
 #include "seqmix/core/bf16_gemm.hpp"
 #include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/diagonal_decay/bf16_tiles.hpp"
 #include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
 #include "seqmix/linear_attention/gla/chunked.hpp"
 #include "seqmix/linear_attention/linear_attention/chunked.hpp"
@@ -272,3 +273,115 @@ TEST_CASE("linear attention bf16 dot products: an invalid bf16_compute is refuse
   REQUIRE_THROWS_AS(seqmix::gated_delta_rule(din, {o.view()}, dopt), seqmix::ShapeError);
   for (index_t i = 0; i < o.numel(); ++i) REQUIRE(o.data()[i] == 7.f);
 }
+
+namespace {
+
+// One gated delta rule call (scalar gate, or none: delta_rule) with bf16 dot products on the
+// inputs of seed `seed`, T tokens, K = 32, an initial state, into `o` (any view of [1, T, 1, V]).
+// v(0, bad, 0, 3) = inf when bad >= 0.
+void delta_dot_call(bool gated, index_t T, index_t V, index_t bad, const seqmix::TensorView<float, 4>& o,
+                    int threads = 1) {
+  const index_t K = 32;
+  auto q = st::random_tensor<4>({1, T, 1, K}, 21);
+  auto k = st::random_tensor<4>({1, T, 1, K}, 22);
+  st::normalize_rows(q);
+  st::normalize_rows(k);
+  auto v = st::random_tensor<4>({1, T, 1, V}, 23);
+  if (bad >= 0) v(0, bad, 0, 3) = std::numeric_limits<float>::infinity();
+  auto beta = st::random_tensor<3>({1, T, 1}, 24, 0.f, 1.f);
+  auto gs = st::random_tensor<3>({1, T, 1}, 25, -0.1f, 0.f);
+  auto s0 = st::random_tensor<4>({1, 1, K, V}, 26, -0.5f, 0.5f);
+  if (gated) {
+    seqmix::GatedDeltaRuleInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.g_scalar = gs.view();
+    in.initial_state = s0.view();
+    seqmix::GatedDeltaRuleOptions opt;
+    opt.gate = seqmix::DeltaGate::scalar, opt.algorithm = seqmix::DeltaAlgorithm::chunked;
+    opt.bf16_compute = Bf16Compute::dot;
+    if (threads > 1) seqmix::gated_delta_rule(in, {o}, opt, st::two_thread_pool());
+    else seqmix::gated_delta_rule(in, {o}, opt);
+  } else {
+    seqmix::DeltaRuleInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.initial_state = s0.view();
+    seqmix::DeltaRuleOptions opt;
+    opt.algorithm = seqmix::DeltaAlgorithm::chunked, opt.bf16_compute = Bf16Compute::dot;
+    if (threads > 1) seqmix::delta_rule(in, {o}, opt, st::two_thread_pool());
+    else seqmix::delta_rule(in, {o}, opt);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("delta rules bf16 dot products: a non-finite U in a later chunk, the state read nonzero",
+          "[gated_delta_rule][bf16]") {
+  // The bf16 state read writes O = q S into the output rows and O += M U completes it there; a
+  // chunk whose U is non-finite brings O back into P for the fp32 code (with its row decays when
+  // the gate is scalar). In the first chunk without an initial state q S is zero and that path
+  // moves nothing: here the infinity is in the second chunk (default chunk 64) and the state is
+  // nonzero, so the rows before it check the copy and the decays. V = 16 has the products written
+  // straight into the rows, V = 20 goes through the scratch.
+  const index_t T = 150, bad = 64 + 30;
+  for (const bool gated : {true, false})
+    for (const index_t V : {16, 20}) {
+      INFO((gated ? "scalar gate" : "delta_rule") << " V=" << V);
+      Tensor<float, 4> o({1, T, 1, V}), o_clean({1, T, 1, V});
+      delta_dot_call(gated, T, V, bad, o.view());
+      delta_dot_call(gated, T, V, -1, o_clean.view());
+      for (index_t t = 0; t < 64; ++t)  // the first chunk: the same operations on the same inputs
+        for (index_t c = 0; c < V; ++c) REQUIRE(o(0, t, 0, c) == o_clean(0, t, 0, c));
+      double diff = 0.0, norm = 0.0;  // the second chunk's rows before the infinity: fp32 M U there
+      for (index_t t = 64; t < bad; ++t)
+        for (index_t c = 0; c < V; ++c) {
+          REQUIRE(std::isfinite(o(0, t, 0, c)));
+          diff += std::pow(double(o(0, t, 0, c)) - o_clean(0, t, 0, c), 2);
+          norm += std::pow(double(o_clean(0, t, 0, c)), 2);
+        }
+      CHECK(norm > 0.0);
+      CHECK(std::sqrt(diff) <= kLaBf16Bound * std::sqrt(norm));
+    }
+}
+
+TEST_CASE("delta rules bf16 dot products: outputs written in place into a strided view",
+          "[gated_delta_rule][bf16]") {
+  // The bf16 steps write O into the caller's rows (row stride o.stride(0), V floats each): a view
+  // of columns [2, 2 + V) of wider rows must get the contiguous call's values exactly and leave
+  // the other columns alone. T = 150: two full chunks and a ragged one; one and two threads
+  // (two: the value columns split into blocks, narrower views again).
+  const index_t T = 150;
+  for (const bool gated : {true, false})
+    for (const index_t V : {16, 20, 32})
+      for (const int threads : {1, 2}) {
+        INFO((gated ? "scalar gate" : "delta_rule") << " V=" << V << " threads=" << threads);
+        Tensor<float, 4> o({1, T, 1, V}), wide({1, T, 1, V + 5});
+        wide.fill(7.f);
+        delta_dot_call(gated, T, V, -1, o.view(), threads);
+        delta_dot_call(gated, T, V, -1, wide.view().slice(3, 2, V), threads);
+        for (index_t t = 0; t < T; ++t)
+          for (index_t c = 0; c < V + 5; ++c)
+            if (c < 2 || c >= 2 + V) REQUIRE(wide(0, t, 0, c) == 7.f);
+            else REQUIRE(wide(0, t, 0, c) == o(0, t, 0, c - 2));
+      }
+}
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+TEST_CASE("bf16 tiles: transpose_words equals the word-by-word transpose", "[gla][gated_delta_rule][bf16]") {
+  // 16 x 16 register blocks over sizes that are not multiples of 16, the zero rows up to
+  // rows_pad (inside the last block and past it), and nothing written past rows_pad.
+  namespace bt = seqmix::detail::la::bf16_tiles;
+  for (const index_t rows : {1, 5, 16, 17, 33, 40})
+    for (const index_t cols : {1, 7, 16, 17, 32, 35})
+      for (const index_t extra : {0, 3, 16, 21}) {
+        INFO("rows=" << rows << " cols=" << cols << " rows_pad=" << rows + extra);
+        const index_t lds = cols + 3, rows_pad = rows + extra, ldd = rows_pad + 2;
+        std::vector<std::uint32_t> src(static_cast<std::size_t>(rows * lds));
+        for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<std::uint32_t>(i * 2654435761u);
+        std::vector<std::uint32_t> dst(static_cast<std::size_t>(cols * ldd), 0xdeadbeefu);
+        bt::transpose_words(src.data(), lds, rows, cols, dst.data(), ldd, rows_pad);
+        for (index_t c = 0; c < cols; ++c)
+          for (index_t r = 0; r < ldd; ++r) {
+            const std::uint32_t want = r < rows ? src[static_cast<std::size_t>(r * lds + c)] : r < rows_pad ? 0u : 0xdeadbeefu;
+            REQUIRE(dst[static_cast<std::size_t>(c * ldd + r)] == want);
+          }
+      }
+}
+#endif
