@@ -295,19 +295,16 @@ inline void scores_bf16(const RowMatrix& X, index_t rows, const RowMatrix& Y, in
     }
 }
 
-/// P = X S over the 2L rows of X [*, K], row i and L + i times half_scale[i] when given (the
-/// scalar gate's exp(gamma_i), applied as X is packed: no decayed fp32 copy). With `packed`, X's
-/// rows are already in the scratch's `a` as scores_bf16 left them (X = (K;Q), half_scale unused).
-/// Rows [L, 2L) (O) go to ws.o_rows when set.
-inline void read_state_bf16(const RowMatrix& X, index_t L, const float* half_scale, const RowMatrix& S,
-                            WyWorkspace& ws, bool packed = false) {
+/// P = X S over the 2L rows of X [*, K]. With `packed`, X's rows are already in the scratch's `a`
+/// as scores_bf16 left them (X = (K;Q)). Rows [L, 2L) (O) go to ws.o_rows when set.
+inline void read_state_bf16(const RowMatrix& X, index_t L, const RowMatrix& S, WyWorkspace& ws, bool packed) {
   using namespace detail::la::bf16_tiles;
   const index_t K = S.rows(), V = S.cols(), Kw = words(K), Vpad = pad16(V), rows = 2 * L;
   Scratch& x = Scratch::local();
   x.reserve(rows, K, V);
   if (!packed)
     for (index_t half = 0; half < 2; ++half)
-      pack_rows(X.row(half * L).data(), K, L, K, x.a.data() + half * L * Kw, Kw, half_scale);
+      pack_rows(X.row(half * L).data(), K, L, K, x.a.data() + half * L * Kw, Kw);
   pack_row_pairs(S.data(), V, K, V, x.b.data(), Vpad);
   if (ws.o_rows) {  // P's top rows, then O in the output rows (no padding room there: `room` V)
     gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, L, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr,
@@ -406,24 +403,19 @@ inline void wy_read_state(const DeltaHead& p, index_t t0, index_t L, const RowMa
     // rounded to bf16 rather than exp(gamma_i) k_i.
     if (p.gated()) read_decays(L, ws);
     if (p.o.stride(1) == 1) ws.o_rows = p.o.ptr(t0), ws.o_ld = p.o.stride(0);
-    read_state_bf16(ws.KQ, L, nullptr, S, ws, true);
+    read_state_bf16(ws.KQ, L, S, ws, true);
     ws.p_unscaled = p.gated();
     return;
   }
-  if (ws.bf16_dot) {
-    if (p.gated() && !p.scalar_gate) {
-      for (int half = 0; half < 2; ++half)
-        detail::la::times_exp_rows(ws.KQ.row(half * L).data(), p.K(), ws.gamma.data(), ws.gamma.cols(), 1.f,
-                                             nullptr, ws.KQg.row(half * L).data(), p.K(), L, p.K());
-      read_state_bf16(ws.KQg, L, nullptr, S, ws);
-    } else if (p.gated()) {
-      read_decays(L, ws);
-      read_state_bf16(ws.KQ, L, ws.factor.data(), S, ws);
-    } else {
-      read_state_bf16(ws.KQ, L, nullptr, S, ws);
-    }
+  if (ws.bf16_dot) {  // a channel gate: chunk_scores leaves the words of a scalar gate or none
+    for (int half = 0; half < 2; ++half)
+      detail::la::times_exp_rows(ws.KQ.row(half * L).data(), p.K(), ws.gamma.data(), ws.gamma.cols(), 1.f, nullptr,
+                                 ws.KQg.row(half * L).data(), p.K(), L, p.K());
+    read_state_bf16(ws.KQg, L, S, ws, false);
     return;
   }
+#else
+  (void)t0;  // only the bf16 steps write into the output rows
 #endif
   if (p.gated()) decay_rows(p, L, ws);
   const RowMatrix& X = p.gated() ? ws.KQg : ws.KQ;
