@@ -103,13 +103,24 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
 template <bool kDecay>
 constexpr Decay kEvery = kDecay ? Decay::every_token : Decay::none;
 
+// Look-ahead requests handed out between a block's tile passes (see AheadRows in run_recurrent's
+// section): step() is called once after each pass. nullptr: none (decode steps, the last block).
+struct AheadRows;
+inline void ahead_step(AheadRows* ahead);
+
 // Columns [c0, c0 + NB*kWidth) through tokens x[0..n), NT at a time.
 template <int NT, int NB, bool kDecay, bool kExclusive>
 inline void recurrent_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, index_t n,
-                                  float* const* o) {
+                                  float* const* o, AheadRows* ahead) {
   index_t j = 0;
-  for (; j + NT <= n; j += NT) recurrent_tile<NT, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
-  for (; j < n; ++j) recurrent_tile<1, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+  for (; j + NT <= n; j += NT) {
+    recurrent_tile<NT, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+    ahead_step(ahead);
+  }
+  for (; j < n; ++j) {
+    recurrent_tile<1, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+    ahead_step(ahead);
+  }
 }
 
 // The scalar tail: columns [c0, ncols), one at a time down the rows. Each column's readout
@@ -140,11 +151,12 @@ inline void recurrent_tail(float* S, index_t ldS, index_t Kf, index_t c0, index_
 // Columns [c, ncols) through tokens x[0..n), in tiles of NB batches, NT tokens per pass.
 template <int NT, int NB, bool kDecay, bool kExclusive>
 inline void recurrent_columns(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
-                              float* const* o) {
+                              float* const* o, AheadRows* ahead) {
   constexpr index_t W = simd::kWidth;
   index_t c = 0;
-  for (; c + NB * W <= ncols; c += NB * W) recurrent_tile_tokens<NT, NB, kDecay, kExclusive>(S, ldS, Kf, c, x, n, o);
-  for (; c + W <= ncols; c += W) recurrent_tile_tokens<NT, 1, kDecay, kExclusive>(S, ldS, Kf, c, x, n, o);
+  for (; c + NB * W <= ncols; c += NB * W)
+    recurrent_tile_tokens<NT, NB, kDecay, kExclusive>(S, ldS, Kf, c, x, n, o, ahead);
+  for (; c + W <= ncols; c += W) recurrent_tile_tokens<NT, 1, kDecay, kExclusive>(S, ldS, Kf, c, x, n, o, ahead);
   if (c < ncols)
     for (index_t j = 0; j < n; ++j) recurrent_tail<kDecay, kExclusive>(S, ldS, Kf, c, ncols, x[j], o[j]);
 }
@@ -164,22 +176,23 @@ constexpr index_t kTokenBlock = 16;
 // Advances columns [0, ncols) of S through tokens x[0..n), token j writing o[j][0..ncols).
 template <bool kDecay, bool kExclusive>
 inline void recurrent_block_impl(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
-                                 float* const* o) {
+                                 float* const* o, AheadRows* ahead) {
   if (n >= 4)
-    recurrent_columns<4, 2, kDecay, kExclusive>(S, ldS, Kf, ncols, x, n, o);
+    recurrent_columns<4, 2, kDecay, kExclusive>(S, ldS, Kf, ncols, x, n, o, ahead);
   else
-    recurrent_columns<1, 4, kDecay, kExclusive>(S, ldS, Kf, ncols, x, n, o);
+    recurrent_columns<1, 4, kDecay, kExclusive>(S, ldS, Kf, ncols, x, n, o, ahead);
 }
 
 // Advances the state S ([Kf, ncols], rows ldS apart, contiguous columns) by n tokens in order
 // (all decayed or none) and writes o[j][0..ncols) for each. `exclusive` selects the rwkv6 readout.
+// `ahead` (optional): look-ahead requests to spread over the tile passes.
 inline void recurrent_block(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
-                            bool exclusive, float* const* o) {
+                            bool exclusive, float* const* o, AheadRows* ahead = nullptr) {
   const bool decay = x[0].w != nullptr;
-  if (decay && exclusive) return recurrent_block_impl<true, true>(S, ldS, Kf, ncols, x, n, o);
-  if (decay) return recurrent_block_impl<true, false>(S, ldS, Kf, ncols, x, n, o);
-  if (exclusive) return recurrent_block_impl<false, true>(S, ldS, Kf, ncols, x, n, o);
-  recurrent_block_impl<false, false>(S, ldS, Kf, ncols, x, n, o);
+  if (decay && exclusive) return recurrent_block_impl<true, true>(S, ldS, Kf, ncols, x, n, o, ahead);
+  if (decay) return recurrent_block_impl<true, false>(S, ldS, Kf, ncols, x, n, o, ahead);
+  if (exclusive) return recurrent_block_impl<false, true>(S, ldS, Kf, ncols, x, n, o, ahead);
+  recurrent_block_impl<false, false>(S, ldS, Kf, ncols, x, n, o, ahead);
 }
 
 // One token: S advanced, o[0..ncols) written.
@@ -341,11 +354,17 @@ inline void lazy_group(float* S, index_t ldS, index_t Kf, index_t c0, const Toke
 // Columns [c0, c0 + NB*kWidth) through tokens x[0..n) as planned (plan_lazy_windows).
 template <int NB, bool kExclusive>
 inline void lazy_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x,
-                             const TokenOperands* y, const LazyGroup* groups, index_t n, float* const* o) {
+                             const TokenOperands* y, const LazyGroup* groups, index_t n, float* const* o,
+                             AheadRows* ahead) {
   index_t j = 0;
-  for (; j + kLazyGroup <= n; j += kLazyGroup)
+  for (; j + kLazyGroup <= n; j += kLazyGroup) {
     lazy_group<NB, kExclusive>(S, ldS, Kf, c0, x + j, y + j, groups[j / kLazyGroup], o + j);
-  for (; j < n; ++j) recurrent_tile<1, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+    ahead_step(ahead);
+  }
+  for (; j < n; ++j) {
+    recurrent_tile<1, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+    ahead_step(ahead);
+  }
 }
 
 // recurrent_block for decayed tokens x[0..n) with lazy windows, as planned (y, groups: see
@@ -353,11 +372,12 @@ inline void lazy_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, cons
 // columns are independent, so the two forms mix.
 template <bool kExclusive>
 inline void recurrent_block_lazy(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x,
-                                 const TokenOperands* y, const LazyGroup* groups, index_t n, float* const* o) {
+                                 const TokenOperands* y, const LazyGroup* groups, index_t n, float* const* o,
+                                 AheadRows* ahead = nullptr) {
   constexpr index_t W = simd::kWidth;
   index_t c = 0;
-  for (; c + 2 * W <= ncols; c += 2 * W) lazy_tile_tokens<2, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o);
-  for (; c + W <= ncols; c += W) lazy_tile_tokens<1, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o);
+  for (; c + 2 * W <= ncols; c += 2 * W) lazy_tile_tokens<2, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o, ahead);
+  for (; c + W <= ncols; c += W) lazy_tile_tokens<1, kExclusive>(S, ldS, Kf, c, x, y, groups, n, o, ahead);
   if (c < ncols)
     for (index_t j = 0; j < n; ++j) recurrent_tail<true, kExclusive>(S, ldS, Kf, c, ncols, x[j], o[j]);
 }
@@ -621,10 +641,45 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
   if (o.is_last_dim_contiguous()) prefetch_row<true, kAheadLocality>(o.data(), o.size(0));
 }
 
+// The look-ahead of a prefill block: the rows of tokens [next, end) of the head the caller runs
+// next, requested per_step tokens at a time after each of the block's tile passes, so the
+// requests overlap the FMAs instead of waiting in one burst at the block's start (with
+// them all issued while the block loaded its rows, the kernel ran at 0.54-0.56 of the FMA rate on
+// the gla-1.3b rows, against 0.97 on L1-resident ones: see the family README).
+struct AheadRows {
+  const HeadProblem* p = nullptr;
+  index_t next = 0, end = 0, per_step = 0;
+
+  // Tokens [first, last) of head over about `passes` steps.
+  AheadRows(const HeadProblem& head, index_t first, index_t last, index_t passes)
+      : p(&head), next(first), end(last), per_step((last - first + passes - 1) / std::max<index_t>(passes, 1)) {}
+
+  void step() {
+    for (const index_t stop = std::min(end, next + per_step); next < stop; ++next) prefetch_token(*p, next);
+  }
+  // Whatever the passes left (fewer passes than planned: the scalar tail columns).
+  void finish() {
+    for (; next < end; ++next) prefetch_token(*p, next);
+  }
+};
+
+inline void ahead_step(AheadRows* ahead) {
+  if (ahead) ahead->step();
+}
+
+// The number of tile passes recurrent_block / recurrent_block_lazy make over n tokens and ncols
+// columns (the vector tiles; the scalar tail takes none).
+inline index_t tile_passes(index_t ncols, index_t n) {
+  constexpr index_t W = simd::kWidth;
+  const index_t NB = n >= 4 ? 2 : 4, NT = n >= 4 ? 4 : 1;
+  const index_t tiles = ncols / (NB * W) + (ncols % (NB * W)) / W;
+  return tiles * (n / NT + n % NT);
+}
+
 // The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous), in blocks of
 // ws.slots() tokens. Outputs go straight into o when its rows are contiguous and need no division.
-// `ahead` (optional, at least as many tokens as p): the head the caller runs next, whose token j
-// rows are requested as this head loads its token j (the driver's blocks over heads, whose rows
+// `ahead` (optional, at least as many tokens as p): the head the caller runs next, whose rows are
+// requested into L2 through each block's tile passes (the driver's blocks over heads, whose rows
 // lie 2 to 64 pages apart, where the hardware prefetchers lose track).
 inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws, const HeadProblem* ahead = nullptr) {
   const index_t Kf = p.Kf(), Vp = p.Vp();
@@ -640,7 +695,6 @@ inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws
     const index_t n = std::min(block, p.T() - t0);
     const bool lazy = p.gated() && n >= kLazyGroup;
     for (index_t j = 0; j < n; ++j) {
-      if (ahead && t0 + j < ahead->T()) prefetch_token(*ahead, t0 + j);
       if (lazy) {
         x[j] = load_token_rows(p, t0 + j, ws, j, &rows.q[j]);
         rows.g[j] = log_gate_row(p, t0 + j, ws, j);
@@ -650,12 +704,15 @@ inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws
       o[j] = direct ? p.o.ptr(t0 + j) : ws.o(j);
     }
     if (lazy) plan_lazy_block(p, rows, x, n, ws, y, groups);
+    AheadRows next_rows(ahead ? *ahead : p, t0, ahead ? std::min(t0 + n, ahead->T()) : t0, tile_passes(Vp, n));
+    AheadRows* look = ahead ? &next_rows : nullptr;
     if (lazy && exclusive)
-      recurrent_block_lazy<true>(S, Vp, Kf, Vp, x, y, groups, n, o);
+      recurrent_block_lazy<true>(S, Vp, Kf, Vp, x, y, groups, n, o, look);
     else if (lazy)
-      recurrent_block_lazy<false>(S, Vp, Kf, Vp, x, y, groups, n, o);
+      recurrent_block_lazy<false>(S, Vp, Kf, Vp, x, y, groups, n, o, look);
     else
-      recurrent_block(S, Vp, Kf, Vp, x, n, exclusive, o);
+      recurrent_block(S, Vp, Kf, Vp, x, n, exclusive, o, look);
+    if (look) look->finish();
     if (!direct)
       for (index_t j = 0; j < n; ++j) store_output_row(p, t0 + j, o[j]);
   }
