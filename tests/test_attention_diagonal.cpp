@@ -31,11 +31,13 @@ namespace st = seqmix::testing;
 
 struct DiagonalCase {
   index_t T, Hq, Hkv, D;
-  bool shuffled;  // positions: a permutation of 0 .. T-1 instead of the default ones
+  bool shuffled;       // positions: a permutation of 0 .. T-1 instead of the default ones
+  index_t prefix = 0;  // keys before the queries (a cache): Tk = prefix + T, queries at prefix + i
+  index_t window = 0, sinks = 0;
   std::string describe() const {
     std::ostringstream s;
     s << "B=2 T=" << T << " Hq=" << Hq << " Hkv=" << Hkv << " D=" << D << " shuffled=" << shuffled
-      << " simd=" << seqmix::simd::arch_name();
+      << " prefix=" << prefix << " window=" << window << " sinks=" << sinks << " simd=" << seqmix::simd::arch_name();
     return s.str();
   }
 };
@@ -48,6 +50,15 @@ std::vector<DiagonalCase> diagonal_cases() {
       for (const index_t D : {40, 128})
         for (const bool shuffled : {false, true})
           if (!(st::small_test_scale() && T == 257)) cases.push_back({T, h[0], h[1], D, shuffled});
+  // A prefix cache (Tk > Tq: the diagonal off the tiles' grid), sliding windows with and without
+  // sinks (rows whose first keys are hidden too), and a head size that is odd (a half-used pair
+  // word in the bf16 key tile) and not a multiple of 16 pair words.
+  for (const index_t T : {5, 70, 130})
+    for (const index_t prefix : {1, 37, 64}) {
+      cases.push_back({T, 6, 2, 33, false, prefix});
+      cases.push_back({T, 4, 4, 72, false, prefix, 48, 0});
+      cases.push_back({T, 8, 2, 64, false, prefix, 21, 3});
+    }
   return cases;
 }
 
@@ -69,19 +80,23 @@ index_t first_difference(const Tensor<float, Rank>& a, const Tensor<float, Rank>
 template <class KV>
 void check_diagonal_case(const DiagonalCase& c, seqmix::Bf16Compute compute, std::uint64_t seed) {
   INFO(c.describe() << " kv=" << sizeof(KV) << " bytes, bf16_compute dot=" << (compute == seqmix::Bf16Compute::dot));
-  const index_t B = 2;
+  const index_t B = 2, Tk = c.prefix + c.T;
   const Tensor<float, 4> q = st::random_tensor<4>({B, c.T, c.Hq, c.D}, seed);
-  const Tensor<KV, 4> k = stored<KV>(st::random_tensor<4>({B, c.T, c.Hkv, c.D}, seed + 1));
-  const Tensor<KV, 4> v = stored<KV>(st::random_tensor<4>({B, c.T, c.Hkv, c.D}, seed + 2));
+  const Tensor<KV, 4> k = stored<KV>(st::random_tensor<4>({B, Tk, c.Hkv, c.D}, seed + 1));
+  const Tensor<KV, 4> v = stored<KV>(st::random_tensor<4>({B, Tk, c.Hkv, c.D}, seed + 2));
   Tensor<std::int64_t, 2> positions({B, c.T});
   for (index_t b = 0; b < B; ++b)
-    for (index_t i = 0; i < c.T; ++i) positions(b, i) = c.shuffled ? (i * 37 + 11 * b) % c.T : i;
-  // The causal rule as a mask: key j hidden from the query at position pos when j > pos.
-  Tensor<float, 3> mask({B, c.T, c.T});
+    for (index_t i = 0; i < c.T; ++i) positions(b, i) = c.shuffled ? (i * 37 + 11 * b) % c.T : c.prefix + i;
+  // The causal rule (and the window with its sinks) as a mask: key j hidden from the query at
+  // position pos when j > pos, or when j <= pos - window unless j < sinks.
+  Tensor<float, 3> mask({B, c.T, Tk});
   for (index_t b = 0; b < B; ++b)
     for (index_t i = 0; i < c.T; ++i)
-      for (index_t j = 0; j < c.T; ++j)
-        mask(b, i, j) = j > positions(b, i) ? -std::numeric_limits<float>::infinity() : 0.f;
+      for (index_t j = 0; j < Tk; ++j) {
+        const index_t pos = positions(b, i);
+        const bool hidden = j > pos || (c.window > 0 && j <= pos - c.window && j >= c.sinks);
+        mask(b, i, j) = hidden ? -std::numeric_limits<float>::infinity() : 0.f;
+      }
 
   seqmix::AttentionInputs<KV> in;
   in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
@@ -90,6 +105,7 @@ void check_diagonal_case(const DiagonalCase& c, seqmix::Bf16Compute compute, std
   masked.mask = mask.cview();
   seqmix::AttentionOptions causal, plain;
   causal.causal = true, causal.bf16_compute = compute;
+  causal.window = c.window, causal.sink_tokens = c.sinks;
   plain.bf16_compute = compute;
 
   Tensor<float, 4> o_causal({B, c.T, c.Hq, c.D}), o_masked({B, c.T, c.Hq, c.D}), o_ref({B, c.T, c.Hq, c.D});
@@ -137,4 +153,41 @@ TEST_CASE("attention prefill: a call after one whose queries held a NaN gives th
   seqmix::attention_flash(bad, {o.view()}, options, pool);
   seqmix::attention_flash(in, {o.view()}, options, pool);
   st::require_close("attention_flash after a NaN call", o.cview(), want.cview(), 1e-4);
+}
+
+// The scratch each thread keeps (FlashScratch::local) across calls whose shapes differ (remade)
+// and after a call whose keys and values held NaN / inf (the value-row guard's saved rows), on
+// two pools and the serial executor used in turn by one thread: every call equals the reference.
+TEST_CASE("attention prefill: calls of different shapes after non-finite keys and values, on two pools",
+          "[attention]") {
+  const seqmix::ThreadPool pool_a(2), pool_b(2);
+  const seqmix::Executor* executors[3] = {&pool_a, &seqmix::serial_executor(), &pool_b};
+  struct Shape {
+    index_t T, Hq, Hkv, D;
+  };
+  const Shape shapes[4] = {{130, 8, 2, 64}, {65, 6, 2, 40}, {130, 8, 2, 64}, {7, 2, 2, 128}};
+  std::uint64_t seed = 4400;
+  for (int round = 0; round < 4; ++round) {
+    const Shape& s = shapes[round];
+    INFO("round " << round << " T=" << s.T << " Hq=" << s.Hq << " D=" << s.D);
+    const Tensor<float, 4> q = st::random_tensor<4>({1, s.T, s.Hq, s.D}, seed);
+    Tensor<float, 4> k = st::random_tensor<4>({1, s.T, s.Hkv, s.D}, seed + 1);
+    Tensor<float, 4> v = st::random_tensor<4>({1, s.T, s.Hkv, s.D}, seed + 2);
+    seqmix::AttentionInputs<float> in;
+    in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
+    seqmix::AttentionOptions options;
+    options.causal = true;
+    Tensor<float, 4> o({1, s.T, s.Hq, s.D}), want({1, s.T, s.Hq, s.D});
+    seqmix::reference::attention(in, {want.view()}, options);
+    // First a call whose keys and values hold non-finite entries, then the clean one.
+    Tensor<float, 4> k_bad = k, v_bad = v;
+    for (index_t i = 3; i < k_bad.numel(); i += 97) k_bad.data()[i] = std::numeric_limits<float>::infinity();
+    for (index_t i = 5; i < v_bad.numel(); i += 89) v_bad.data()[i] = std::numeric_limits<float>::quiet_NaN();
+    seqmix::AttentionInputs<float> bad = in;
+    bad.k = k_bad.cview(), bad.v = v_bad.cview();
+    seqmix::attention_flash(bad, {o.view()}, options, *executors[round % 3]);
+    seqmix::attention_flash(in, {o.view()}, options, *executors[(round + 1) % 3]);
+    st::require_close("attention_flash after non-finite keys / values", o.cview(), want.cview(), 1e-4);
+    seed += 10;
+  }
 }
