@@ -502,14 +502,6 @@ inline std::vector<index_t> visible_tiles(const AttentionOptions& options, const
   return tiles;
 }
 
-// x[c] *= scale for c < n, whole vectors then the tail.
-inline void scale_row(float scale, float* x, index_t n) noexcept {
-  const FBatch factor(scale);
-  const index_t nv = simd::vector_end(n);
-  for (index_t c = 0; c < nv; c += simd::kWidth) simd::store(x + c, simd::load(x + c) * factor);
-  for (index_t c = nv; c < n; ++c) x[c] *= scale;
-}
-
 // q rows of one (batch, KV head) group, scaled, as [rows x ld] with row r = query (i0 + r / G),
 // head (hk * G + r % G): the query heads sharing a KV head form one GEMM M dimension.
 // q may be stored as f16 / bf16: each row is widened here, so no fp32 copy of q is ever made.
@@ -523,7 +515,7 @@ void load_query_rows(const ConstView<Q, 4>& q, index_t b, index_t hk, index_t G,
     // scalar load, conversion and multiply per element on at -O2.
     float* row = dst + r * ld;
     kv_row_to_float(q.ptr(b, i0 + r / G, hk * G + r % G), q.stride(3), D, row);
-    scale_row(scale, row, D);
+    scale_row(row, D, scale);  // merge.hpp
     std::fill(row + D, row + ld, 0.f);
   }
 }
@@ -543,7 +535,7 @@ void load_query_rows_rotated(const ConstView<Q, 4>& q, index_t b, index_t hk, in
     float* row = dst + r * ld;
     kv_row_to_float(q.ptr(b, i0 + r / G, h), q.stride(3), D, row);
     if (rope) rope_row_in_place(*rope, position_of(i0 + r / G), row, 1);
-    scale_row(head_scales.has_value() ? scale * head_scales(h) : scale, row, D);
+    scale_row(row, D, head_scales.has_value() ? scale * head_scales(h) : scale);
     std::fill(row + D, row + ld, 0.f);
   }
 }
