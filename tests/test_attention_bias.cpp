@@ -51,6 +51,10 @@ const std::vector<Case> kCases = {
     {"kerple-log-decode", RelativeBiasKind::kerple_log, false, 2, 2, 700, 4, 2, 128, true, false, false},
     {"kerple-power-prefill", RelativeBiasKind::kerple_power, false, 1, 65, 200, 4, 2, 64, true, true, false},
     {"kerple-power-decode", RelativeBiasKind::kerple_power, false, 1, 1, 513, 8, 1, 64, true, false, true},
+    // Without the causal rule keys after the query count too: both halves of the per-offset
+    // table, which holds each distance once and mirrors it.
+    {"kerple-log-noncausal", RelativeBiasKind::kerple_log, false, 1, 70, 90, 4, 2, 64, false, false, true},
+    {"kerple-power-noncausal-positions", RelativeBiasKind::kerple_power, false, 2, 33, 130, 4, 1, 80, false, true, false},
     {"head-scales-only", RelativeBiasKind::none, false, 1, 40, 40, 4, 2, 64, true, false, true},
 };
 
