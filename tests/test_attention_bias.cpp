@@ -54,7 +54,7 @@ const std::vector<Case> kCases = {
     // Without the causal rule keys after the query count too: both halves of the per-offset
     // table, which holds each distance once and mirrors it.
     {"kerple-log-noncausal", RelativeBiasKind::kerple_log, false, 1, 70, 90, 4, 2, 64, false, false, true},
-    {"kerple-power-noncausal-positions", RelativeBiasKind::kerple_power, false, 2, 33, 130, 4, 1, 80, false, true, false},
+    {"kerple-power-noncausal-positions", RelativeBiasKind::kerple_power, false, 2, 33, 130, 4, 2, 64, false, true, false},
     {"head-scales-only", RelativeBiasKind::none, false, 1, 40, 40, 4, 2, 64, true, false, true},
 };
 
