@@ -5,8 +5,9 @@
 // Built with the benchmarks as seqmix-long-conv-crossover (the test build syntax-checks it), or:
 //   g++ -std=c++17 -O2 -march=native -DNDEBUG -I include -I testing -isystem /usr/include/eigen3
 //       bench/long_conv_crossover.cpp -pthread -o long_conv_crossover      (one command line)
-//   ./long_conv_crossover [--prepared] [T L]...  (default: the table's rows; the first row also warms
-//   up; --prepared: the prepared-form table only)
+//   ./long_conv_crossover [--prepared | --passes] [T L]...  (default: the table's rows; the first
+//   row also warms up; --prepared: the prepared-form table only; --passes: the prepared call's
+//   passes timed one by one, L = T)
 //
 // Bound: u read + y written + filter read at one core's streaming read rate, plus 3 real
 // transforms of N (2.5 N log2 N flops each) and the spectral product (6 (N/2 + 1)) per channel at
@@ -179,20 +180,104 @@ void measure_prepared(const Shape& shape, double gflops, double gbs) {
   std::fflush(stdout);
 }
 
+// The prepared form's one-thread call pass by pass (--passes): long_conv_fft_walk's steps for a
+// causal call without state (walks of long_conv_fft_walk_blocks blocks, the prepared spectrum
+// read in place; long_conv_convolve_parts' forward stages, product and inverse stages timed apart),
+// each timed in thread CPU time and summed over the walks, medians of 3 calls, against its share
+// of the prepared bound: the gather reads u, the first pass does log2(parts) of the forward
+// transform's log2 N levels, the parts' forward (inverse) stages the rest of the forward
+// (inverse) transform, the product its flops and the spectrum read, the last pass the inverse's
+// top levels, the scatter writes y.
+void measure_passes(const Shape& shape, double gflops, double gbs) {
+  namespace sd = seqmix::detail;
+  constexpr index_t D = Problem::D, E = sd::kFftElement;
+  const index_t T = shape.T;
+  Problem p(shape);
+  const seqmix::LongConvFilterSpectrum spectrum(p.h.view(), {}, {D, T});
+  const index_t N = spectrum.fft_length(), blocks = (D + E - 1) / E;
+  const sd::FftTwiddles& tw = sd::fft_twiddles(N);
+  const index_t per = sd::long_conv_fft_walk_blocks(blocks, 1, N);
+  const seqmix::LongConvInputs in{p.u.view(), p.h.view()};
+  const seqmix::TensorView<float, 3> y = p.y.view();
+  seqmix::AlignedVector<float> x(static_cast<std::size_t>(per * N * E));
+  constexpr int kPasses = 7;
+  const char* names[kPasses] = {"gather", "first pass", "parts fwd", "product", "parts inv", "last pass", "scatter"};
+  std::vector<double> times[kPasses];
+  const index_t len = N / sd::long_conv_top_parts(N);
+  for (int round = 0; round < 4; ++round) {  // round 0 warms up
+    double t[kPasses] = {};
+    const auto timed = [&](int pass, auto f) {
+      const double start = thread_cpu_seconds();
+      f();
+      t[pass] += thread_cpu_seconds() - start;
+    };
+    for (index_t first = 0; first < blocks; first += per) {
+      const sd::LongConvWalk walk{first * E, std::min(per, blocks - first), D, E};
+      timed(0, [&] { sd::long_conv_gather_rows(in, walk, 0, 0, N, x.data()); });
+      for (index_t k = 0; k < walk.blocks; ++k) {
+        float* xk = x.data() + k * N * E;
+        const float* G = spectrum.data() + (first + k) * N * E;
+        timed(1, [&] { sd::long_conv_forward_top(T, xk, tw); });
+        // long_conv_convolve_parts, its three steps timed apart
+        for (index_t part = 0; part < N; part += len) {
+          const index_t mirror = tw.mirror[static_cast<std::size_t>(part)] / len * len;
+          if (mirror < part) continue;
+          timed(2, [&] {
+            sd::fft_dif(xk + part * E, len, tw);
+            if (mirror != part) sd::fft_dif(xk + mirror * E, len, tw);
+          });
+          timed(3, [&] { sd::long_conv_spectral_product(xk, G, tw, part, mirror, len); });
+          timed(4, [&] {
+            sd::fft_dit_inverse(xk + part * E, len, tw);
+            if (mirror != part) sd::fft_dit_inverse(xk + mirror * E, len, tw);
+          });
+        }
+        timed(5, [&] { sd::long_conv_inverse_top(xk, tw, 0, T); });
+      }
+      timed(6, [&] { sd::long_conv_scatter_rows(in, y, walk, 0, 0, N, x.data()); });
+    }
+    if (round > 0)
+      for (int pass = 0; pass < kPasses; ++pass) times[pass].push_back(t[pass]);
+  }
+  const double levels = std::log2(static_cast<double>(N));
+  const double top = std::log2(static_cast<double>(sd::long_conv_top_parts(N)));
+  const double transform = D * 2.5 * N * levels / (gflops * 1e9), rows = 4.0 * D * T / (gbs * 1e9);
+  const double parts = transform * (levels - top) / levels;
+  const double bounds[kPasses] = {rows, transform * top / levels, parts,
+                                  D * 6 * (N / 2 + 1) / (gflops * 1e9) + 4.0 * D * N / (gbs * 1e9), parts,
+                                  transform * top / levels, rows};
+  double total = 0, total_bound = 0;
+  std::printf("\npasses of the prepared call, T = L = %ld (N = %ld, walks of %ld blocks), one thread, medians of 3\n",
+              static_cast<long>(T), static_cast<long>(N), static_cast<long>(per));
+  std::printf("%-11s %9s %9s %7s\n", "pass", "ms", "bound_ms", "/bound");
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const double ms = median_of(times[pass]);
+    total += ms, total_bound += bounds[pass];
+    std::printf("%-11s %9.2f %9.2f %7.2f\n", names[pass], ms * 1e3, bounds[pass] * 1e3, ms / bounds[pass]);
+  }
+  std::printf("%-11s %9.2f %9.2f %7.2f\n", "sum", total * 1e3, total_bound * 1e3, total / total_bound);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<Shape> shapes = {{256, 256},   {1024, 1024}, {4096, 4096}, {16384, 16384}, {65536, 65536}, {4096, 16},
                                {4096, 64},   {4096, 128},  {4096, 256},  {256, 256},     {128, 128}};
-  // --prepared: only the prepared-form table.
+  // --prepared: only the prepared-form table; --passes: only the prepared call pass by pass.
   const bool prepared_only = argc > 1 && std::string(argv[1]) == "--prepared";
-  if (prepared_only) --argc, ++argv;
+  const bool passes_only = argc > 1 && std::string(argv[1]) == "--passes";
+  if (prepared_only || passes_only) --argc, ++argv;
   if (argc > 1) {
     shapes.clear();
     for (int a = 1; a + 1 < argc; a += 2) shapes.push_back({std::atol(argv[a]), std::atol(argv[a + 1])});
   }
   const double gflops = fma_gflops(), gbs = read_gbs();
   std::printf("one thread, thread CPU time: fp32 FMA %.1f GFLOP/s, streaming read %.1f GB/s\n", gflops, gbs);
+  if (passes_only) {
+    for (const Shape& shape : shapes) measure_passes(shape, gflops, gbs);
+    return 0;
+  }
   std::printf("%-7s %-7s %11s %11s %8s %7s %10s %8s\n", "T", "L", "fft_ms", "direct_ms", "dir/fft", "auto", "bound_ms",
               "fft/bnd");
   if (!prepared_only)

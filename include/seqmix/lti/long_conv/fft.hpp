@@ -368,23 +368,21 @@ inline void long_conv_packed_product(float* x, const FftTwiddles& tw, index_t fi
   });
 }
 
-// One block's convolution in place: the forward transform of its window (the first `rows`
-// elements, the rest zero and never read), the product with the filters' pair spectrum G, and
-// the inverse, storing positions [first, first + count). frequency0: the spectrum's position 0
-// (frequency 0), copied before the product. Depth first below the first pass: each part and its
-// mirror part (a part of the bit-reversed spectrum holds one residue class of frequencies modulo
-// the part count, its mirror the negated class) go through their forward stages, the product and
+// The middle of one block's convolution, after the forward transform's first pass
+// (long_conv_forward_top) and before the inverse's last one (long_conv_inverse_top), in place:
+// depth first below the first pass, each part and its mirror part (a part of the bit-reversed
+// spectrum holds one residue class of frequencies modulo the part count, its mirror the negated
+// class) go through their forward stages, the product with the filters' pair spectrum G and
 // their inverse stages while they are in cache (2 x 512 KiB at N = 32768, 2 x 2 MiB at
 // N = 131072, with AVX-512), instead of a trip through memory for the product and one for the
 // inverse's first read. The same operations per element as the transforms one after the other.
 // Tried and slower at N = 131072 (medians of 6, loaded, 272 against 258 ms per call): the same
-// recursively, each part pair's own parts paired down to the cache blocks.
-// G null: a packed narrow block (long_conv_packed_product), its filter in the signal.
-inline void long_conv_convolve_block(float* x, const float* G, index_t rows, index_t first, index_t count,
-                                     const FftTwiddles& tw, float* frequency0) noexcept {
+// recursively, each part pair's own parts paired down to the cache blocks. frequency0: the
+// spectrum's position 0 (frequency 0), copied before the product. G null: a packed narrow block
+// (long_conv_packed_product), its filter in the signal.
+inline void long_conv_convolve_parts(float* x, const float* G, const FftTwiddles& tw, float* frequency0) noexcept {
   constexpr index_t E = kFftElement;
   const index_t len = tw.N / long_conv_top_parts(tw.N);
-  long_conv_forward_top(rows, x, tw);
   for (index_t part = 0; part < tw.N; part += len) {
     const index_t mirror = tw.mirror[static_cast<std::size_t>(part)] / len * len;
     if (mirror < part) continue;  // done with its mirror
@@ -399,6 +397,15 @@ inline void long_conv_convolve_block(float* x, const float* G, index_t rows, ind
     fft_dit_inverse(x + part * E, len, tw);
     if (mirror != part) fft_dit_inverse(x + mirror * E, len, tw);
   }
+}
+
+// One block's convolution in place: the forward transform of its window (the first `rows`
+// elements, the rest zero and never read), the product with the filters' pair spectrum G (null:
+// packed, as long_conv_convolve_parts), and the inverse, storing positions [first, first + count).
+inline void long_conv_convolve_block(float* x, const float* G, index_t rows, index_t first, index_t count,
+                                     const FftTwiddles& tw, float* frequency0) noexcept {
+  long_conv_forward_top(rows, x, tw);
+  long_conv_convolve_parts(x, G, tw, frequency0);
   long_conv_inverse_top(x, tw, first, count);
 }
 
@@ -554,10 +561,24 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   }
 }
 
-// Blocks a task walks together: as many as kLongConvFftWalkBlocks while the call still splits
-// into at least two tasks per thread (so the threads stay balanced).
-inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency) {
+// A walk's signals (N E floats per block) are held to this many bytes while one block's signal
+// fits in twice that: 2 MiB, so up to N = 32768 with AVX-512 a block's signal stays in L2 and L3
+// from its gather through its scatter. Why: with 4 blocks a walk wrote 16 MiB of signals at
+// N = 32768 before the first block's first pass read them back, and the passes over memory (the
+// gather, the first and last passes, the scatter) ran ~1.5x slower than with 1 block (prepared,
+// one thread, T = 16384; docs/operators.md, long_conv). Above that (N >= 65536) no block stays
+// in cache anyway and the walks' wider rows of u and y win (T = 65536: 4 blocks faster than 1).
+constexpr index_t kLongConvFftWalkCacheBytes = index_t{2} << 20;
+
+// Blocks a task walks together at FFT length N: kLongConvFftWalkBlocks, or while one block's
+// signal fits in 2 x kLongConvFftWalkCacheBytes as many as fit in kLongConvFftWalkCacheBytes
+// (N = 8192: 2, 16384 and 32768: 1 with AVX-512); fewer while the call would split into fewer
+// than two tasks per thread (so the threads stay balanced).
+inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency, index_t N) {
+  const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
   index_t per = kLongConvFftWalkBlocks;
+  if (block_bytes <= 2 * kLongConvFftWalkCacheBytes)
+    per = std::max<index_t>(1, std::min(per, kLongConvFftWalkCacheBytes / block_bytes));
   while (per > 1 && (blocks + per - 1) / per < 2 * static_cast<index_t>(concurrency)) --per;
   return per;
 }
@@ -820,7 +841,8 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const FftTwiddles& tw = fft_twiddles(segments.N);
   const index_t lanes = segments.count > 1 ? kFftElement : long_conv_fft_block_lanes(D, executor.concurrency());
   const index_t blocks = (D + lanes - 1) / lanes;
-  const index_t per_walk = segments.count > 1 ? 1 : long_conv_fft_walk_blocks(blocks, executor.concurrency());
+  const index_t per_walk =
+      segments.count > 1 ? 1 : long_conv_fft_walk_blocks(blocks, executor.concurrency(), segments.N);
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
   if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
     const index_t pieces =
