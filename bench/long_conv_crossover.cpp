@@ -196,7 +196,7 @@ void measure_passes(const Shape& shape, double gflops, double gbs) {
   const seqmix::LongConvFilterSpectrum spectrum(p.h.view(), {}, {D, T});
   const index_t N = spectrum.fft_length(), blocks = (D + E - 1) / E;
   const sd::FftTwiddles& tw = sd::fft_twiddles(N);
-  const index_t per = sd::long_conv_fft_walk_blocks(blocks, 1, N);
+  const index_t per = sd::long_conv_fft_walk_blocks(blocks, 1, sd::long_conv_prepared_walk_blocks(N));
   const seqmix::LongConvInputs in{p.u.view(), p.h.view()};
   const seqmix::TensorView<float, 3> y = p.y.view();
   seqmix::AlignedVector<float> x(static_cast<std::size_t>(per * N * E));

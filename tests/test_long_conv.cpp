@@ -303,8 +303,8 @@ TEST_CASE("long_conv: the FFT form split for 64 threads matches the reference", 
       // passes, the last of pieces per block (test_long_conv_grain.cpp), a bidirectional one
       // walks a narrow block per task; one task per full block and segment when a short filter's
       // segments finish sooner (test_long_conv_grain.cpp); at two threads
-      // the full blocks' walks of up to 4 blocks (long_conv_fft_walk_blocks; parallel_for makes at
-      // most 4 tasks per thread). The last run is the FFT's (a filter's check may run before it).
+      // the full blocks' walks of up to 4 blocks as before (parallel_for makes at most 4 tasks
+      // per thread). The last run is the FFT's (a filter's check may run before it).
       const index_t W = seqmix::simd::kWidth, narrow = (c.D + W - 1) / W, full = (c.D + 2 * W - 1) / (2 * W);
       const index_t tasks = ex.runs().empty() ? 1 : ex.runs().back().tasks;
       const seqmix::detail::LongConvDims dims{c.B, c.T, c.D, c.L, c.Lb, c.G};
@@ -315,11 +315,8 @@ TEST_CASE("long_conv: the FFT form split for 64 threads matches the reference", 
         const index_t pieces = c.Lb == 0 ? seqmix::detail::long_conv_fft_split_pieces(c.B, full, narrow, N, 64) : 0;
         CHECK(tasks == (pieces > 0 ? std::min<index_t>(c.B * full * pieces, 256) : narrow));
       }
-      if (threads == 2 && c.D == 768) {
-        const index_t N = seqmix::detail::long_conv_fft_length(dims, c.state);
-        const index_t per_walk = seqmix::detail::long_conv_fft_walk_blocks(full, 2, N);
-        CHECK(tasks == std::min<index_t>((full + per_walk - 1) / per_walk, 8));
-      }
+      if (threads == 2 && c.D == 768)
+        CHECK(tasks == std::min<index_t>(768 / (2 * W) / seqmix::detail::kLongConvFftWalkBlocks, 8));
     }
   }
 }

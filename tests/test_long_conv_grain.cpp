@@ -41,10 +41,10 @@ struct Call {
 index_t pair_blocks(index_t D) { return (D + sd::kFftElement - 1) / sd::kFftElement; }
 
 // The walks (tasks) long_conv_fft_run gives a whole-window call on `threads` threads without the
-// split: its blocks (narrow or pairs) grouped by long_conv_fft_walk_blocks at FFT length N.
-index_t walk_count(index_t D, int threads, index_t N) {
+// split: its blocks (narrow or pairs) grouped by long_conv_fft_walk_blocks.
+index_t walk_count(index_t D, int threads) {
   const index_t lanes = sd::long_conv_fft_block_lanes(D, threads), blocks = (D + lanes - 1) / lanes;
-  const index_t per_walk = sd::long_conv_fft_walk_blocks(blocks, threads, N);
+  const index_t per_walk = sd::long_conv_fft_walk_blocks(blocks, threads);
   return (blocks + per_walk - 1) / per_walk;
 }
 
@@ -108,7 +108,7 @@ TEST_CASE("long_conv: narrow blocks with the filter packed beside the input matc
     const int threads = static_cast<int>((D + seqmix::simd::kWidth - 1) / seqmix::simd::kWidth);
     REQUIRE(sd::long_conv_fft_segments({B, T, D, L, 0, G}, true, threads).count == 1);
     REQUIRE(sd::long_conv_fft_block_lanes(D, threads) == seqmix::simd::kWidth);
-    REQUIRE(sd::long_conv_fft_split_pieces(B, pair_blocks(D), walk_count(D, threads, 512), 512, threads) == 0);
+    REQUIRE(sd::long_conv_fft_split_pieces(B, pair_blocks(D), walk_count(D, threads), 512, threads) == 0);
     Tensor<float, 3> ref({B, T, D}), y({B, T, D});
     seqmix::reference::long_conv(in, {ref.view()});
     st::CountingExecutor ex(threads);
@@ -169,7 +169,7 @@ TEST_CASE("long_conv: a long filter split into passes for many threads matches t
       const index_t signals = B * pair_blocks(D), N = sd::long_conv_fft_length(dims, shape.state);
       // The walks the split replaces; at 7 threads D = 100 has 7 narrow blocks (AVX-512) or 13
       // blocks of pairs (SSE2), which fill them: no split there.
-      const index_t walks = walk_count(D, threads, N);
+      const index_t walks = walk_count(D, threads);
       const index_t pieces = sd::long_conv_fft_split_pieces(B, pair_blocks(D), walks, N, threads);
       CHECK((pieces > 0) == (threads > 7 || D == 40));
       st::CountingExecutor ex(threads);
@@ -224,22 +224,22 @@ TEST_CASE("long_conv: the model shape's short filter splits into at least 64 tas
 TEST_CASE("long_conv: the model shape's long filter splits into passes of 192 tasks only past two threads", "[long_conv]") {
   // D = 768, T = L = 4096 (tools/parallel_grain's row), AVX-512: 24 blocks of pairs, 8 pieces
   // and 8 parts each at 64 threads (SSE2: 96 blocks of pairs, which fill 64 threads: no split);
-  // one and two threads keep their walks (12 of 2 blocks at two with AVX-512: 8 tasks).
+  // one and two threads keep their walks (6 tasks of 4 blocks at two with AVX-512).
   const index_t T = 4096, D = 768, N = 8192;
   const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 51);
   const Tensor<float, 2> h = st::random_tensor<2>({T, D}, 52, -0.02f, 0.02f);
   Tensor<float, 3> y({1, T, D});
-  const index_t pieces = sd::long_conv_fft_split_pieces(1, pair_blocks(D), walk_count(D, 64, N), N, 64);
+  const index_t pieces = sd::long_conv_fft_split_pieces(1, pair_blocks(D), walk_count(D, 64), N, 64);
   if (seqmix::simd::kWidth == 16) CHECK(pieces == 8);
-  for (int threads : {1, 2}) CHECK(sd::long_conv_fft_split_pieces(1, pair_blocks(D), walk_count(D, threads, N), N, threads) == 0);
+  for (int threads : {1, 2}) CHECK(sd::long_conv_fft_split_pieces(1, pair_blocks(D), walk_count(D, threads), N, threads) == 0);
   st::CountingExecutor wide(64), two(2);
   seqmix::long_conv_fft({u.view(), h.view()}, {y.view()}, {}, wide);
   if (pieces > 0)
     CHECK(last_runs(wide, 4) == split_runs(pair_blocks(D), pieces, 64));
   else
-    CHECK(wide.runs().back().tasks == walk_count(D, 64, N));
+    CHECK(wide.runs().back().tasks == walk_count(D, 64));
   seqmix::long_conv_fft({u.view(), h.view()}, {y.view()}, {}, two);
-  CHECK(two.runs().back().tasks == std::min<index_t>(walk_count(D, 2, N), 8));
+  CHECK(two.runs().back().tasks == std::min<index_t>(walk_count(D, 2), 8));
 }
 
 TEST_CASE("long_conv: the split stays under its scratch cap and falls back to the walks above it", "[long_conv]") {
@@ -250,7 +250,7 @@ TEST_CASE("long_conv: the split stays under its scratch cap and falls back to th
   const auto bytes = [&](index_t B, index_t N) { return sd::long_conv_fft_split_scratch_floats(B, blocks, N) * sizeof(float); };
   CHECK(bytes(1, 8192) == static_cast<std::size_t>((3 * blocks * 8192 + blocks) * E) * sizeof(float));
   CHECK(bytes(1, 131072) > sd::kLongConvSplitMaxScratchBytes);
-  CHECK(sd::long_conv_fft_split_pieces(1, blocks, walk_count(D, 64, 131072), 131072, 64) == 0);
+  CHECK(sd::long_conv_fft_split_pieces(1, blocks, walk_count(D, 64), 131072, 64) == 0);
   // Batch rows at T = 4096 (48 narrow walks with AVX-512): split while the scratch fits.
   for (index_t B = 1; B <= 64; ++B) {
     INFO("B " << B);
@@ -341,7 +341,7 @@ TEST_CASE("long_conv: the split form on a pool of four threads matches the refer
   const index_t T = 700, D = 12;
   const Call call(2, T, D, T, 61);
   const seqmix::LongConvInputs in{call.u.view(), call.h.view()};
-  REQUIRE(sd::long_conv_fft_split_pieces(2, pair_blocks(D), walk_count(D, 4, 2048), 2048, 4) > 0);
+  REQUIRE(sd::long_conv_fft_split_pieces(2, pair_blocks(D), walk_count(D, 4), 2048, 4) > 0);
   Tensor<float, 3> ref({2, T, D}), y({2, T, D});
   seqmix::reference::long_conv(in, {ref.view()});
   seqmix::ThreadPool pool(4);

@@ -125,6 +125,38 @@ TEST_CASE("long_conv prepared: equals the unprepared form and the reference", "[
   }
 }
 
+TEST_CASE("long_conv prepared: walks of fewer blocks while a block's signal fits in cache", "[long_conv]") {
+  // long_conv_prepared_walk_blocks: at most 2 MiB of signals per walk while one block's (N E
+  // floats) fits in 4 MiB, else 4 blocks; the calls below run walks of 1 or 2 blocks (AVX-512:
+  // N = 8192 two, 16384 one) over a ragged last block, two batch rows, skip and bias, a state.
+  namespace sd = seqmix::detail;
+  const index_t E = sd::kFftElement;
+  for (index_t N = 8; N <= (index_t{1} << 20); N *= 2) {
+    INFO("N = " << N);
+    const index_t block = N * E * static_cast<index_t>(sizeof(float)), most = sd::long_conv_prepared_walk_blocks(N);
+    CHECK(most >= 1);
+    CHECK(most <= sd::kLongConvFftWalkBlocks);
+    if (block > 2 * sd::kLongConvFftWalkCacheBytes) CHECK(most == sd::kLongConvFftWalkBlocks);
+    if (block <= 2 * sd::kLongConvFftWalkCacheBytes && most > 1) CHECK(most * block <= sd::kLongConvFftWalkCacheBytes);
+  }
+  const bool small = st::small_test_scale();
+  for (const PreparedCase& c : {PreparedCase{2, small ? 2100 : 4500, 3 * E + 5, 40, 3 * E + 5, 0, true, true, false, 21},
+                                PreparedCase{1, 9000, 2 * E + 3, 9, 2 * E + 3, 0, false, false, true, 22}}) {
+    INFO(c.describe());
+    const PreparedData data(c);
+    const Result ref = run(c, data, nullptr, LongConvMethod::automatic, true, seqmix::serial_executor());
+    const seqmix::LongConvFilterSpectrum spectrum(data.h.cview(), data.backward(c), c.spectrum_shape());
+    const index_t blocks = (c.D + E - 1) / E;
+    const index_t per = sd::long_conv_fft_walk_blocks(blocks, 1, sd::long_conv_prepared_walk_blocks(spectrum.fft_length()));
+    st::CountingExecutor ex(1);
+    const Result got = run(c, data, &spectrum, LongConvMethod::fft, false, ex);
+    st::require_close("y", got.y.cview(), ref.y.cview(), 2e-5);
+    st::require_close("final_state", got.final_state.cview(), ref.final_state.cview(), 0.0);
+    REQUIRE_FALSE(ex.runs().empty());  // two walks or more: parallel_for hands them to the executor
+    CHECK(ex.runs().back().tasks == std::min<index_t>((blocks + per - 1) / per, 4));
+  }
+}
+
 TEST_CASE("long_conv prepared: one spectrum serves several T and batch sizes", "[long_conv]") {
   const index_t D = 20, L = 300, Tmax = 1000;
   const PreparedCase made{1, Tmax, D, L, D, 0, true, false, false, 11};

@@ -561,24 +561,32 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   }
 }
 
-// A walk's signals (N E floats per block) are held to this many bytes while one block's signal
-// fits in twice that: 2 MiB, so up to N = 32768 with AVX-512 a block's signal stays in L2 and L3
-// from its gather through its scatter. Why: with 4 blocks a walk wrote 16 MiB of signals at
-// N = 32768 before the first block's first pass read them back, and the passes over memory (the
-// gather, the first and last passes, the scatter) ran ~1.5x slower than with 1 block (prepared,
-// one thread, T = 16384; docs/operators.md, long_conv). Above that (N >= 65536) no block stays
-// in cache anyway and the walks' wider rows of u and y win (T = 65536: 4 blocks faster than 1).
+// A prepared call's walk holds its signals (N E floats per block) to this many bytes, 2 MiB,
+// while one block's signal fits in twice that (up to N = 32768 with AVX-512), so a block's signal
+// stays in L2 and L3 from its gather through its scatter. Why: with 4 blocks a walk wrote 16 MiB
+// of signals at N = 32768 before the first block's first pass read them back; with 1 block the
+// prepared call took 35-44 against 47-53 ms (one thread, T = 16384, nearly idle machine; under
+// load 0.94-1.12x there, 0.83-0.93x at T = 8192 and 0.88x at 4096: docs/operators.md,
+// long_conv). Longer blocks (N >= 65536) stay in no cache, and there the walks' wider rows of u
+// and y win (T = 65536: 4 blocks faster than 1). A call
+// without a prepared spectrum keeps its 4 blocks: it also holds each block's filter spectrum and
+// walks the filter's rows, and with 1 block it ran 1.12x slower (T = 16384, one thread, load 11).
 constexpr index_t kLongConvFftWalkCacheBytes = index_t{2} << 20;
 
-// Blocks a task walks together at FFT length N: kLongConvFftWalkBlocks, or while one block's
-// signal fits in 2 x kLongConvFftWalkCacheBytes as many as fit in kLongConvFftWalkCacheBytes
-// (N = 8192: 2, 16384 and 32768: 1 with AVX-512); fewer while the call would split into fewer
-// than two tasks per thread (so the threads stay balanced).
-inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency, index_t N) {
+// Most blocks a prepared call's walk takes at FFT length N: as many as fit in
+// kLongConvFftWalkCacheBytes (at least 1, at most kLongConvFftWalkBlocks) while one block's
+// signal fits in twice that, else kLongConvFftWalkBlocks (N = 8192: 2, 16384 and 32768: 1 with
+// AVX-512).
+inline index_t long_conv_prepared_walk_blocks(index_t N) noexcept {
   const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
-  index_t per = kLongConvFftWalkBlocks;
-  if (block_bytes <= 2 * kLongConvFftWalkCacheBytes)
-    per = std::max<index_t>(1, std::min(per, kLongConvFftWalkCacheBytes / block_bytes));
+  if (block_bytes > 2 * kLongConvFftWalkCacheBytes) return kLongConvFftWalkBlocks;
+  return std::max<index_t>(1, std::min(kLongConvFftWalkBlocks, kLongConvFftWalkCacheBytes / block_bytes));
+}
+
+// Blocks a task walks together: as many as `most` while the call still splits into at least two
+// tasks per thread (so the threads stay balanced).
+inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency, index_t most = kLongConvFftWalkBlocks) {
+  index_t per = most;
   while (per > 1 && (blocks + per - 1) / per < 2 * static_cast<index_t>(concurrency)) --per;
   return per;
 }
@@ -841,8 +849,8 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const FftTwiddles& tw = fft_twiddles(segments.N);
   const index_t lanes = segments.count > 1 ? kFftElement : long_conv_fft_block_lanes(D, executor.concurrency());
   const index_t blocks = (D + lanes - 1) / lanes;
-  const index_t per_walk =
-      segments.count > 1 ? 1 : long_conv_fft_walk_blocks(blocks, executor.concurrency(), segments.N);
+  const index_t most = prepared != nullptr ? long_conv_prepared_walk_blocks(segments.N) : kLongConvFftWalkBlocks;
+  const index_t per_walk = segments.count > 1 ? 1 : long_conv_fft_walk_blocks(blocks, executor.concurrency(), most);
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
   if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
     const index_t pieces =
