@@ -336,41 +336,10 @@ inline __m512i load_bf16_chunk(const bf16* src, index_t stride, index_t D, index
   return _mm512_load_si512(lanes);
 }
 
-// 16 x 16 pair words transposed in registers: w[i] holds words (i, 0 .. 15) on entry and words
-// (0 .. 15, i) on return. Unpacks within the 128-bit lanes leave t[4g + k] holding, in lane L,
-// column 4L + k of rows 4g .. 4g + 3; a 4 x 4 transpose of the lanes then gathers each column.
-inline void transpose_words_16x16(__m512i w[16]) noexcept {
-  // The zero-masking forms with every lane kept: the same instructions, but GCC 12's plain forms
-  // pass an undefined vector as their merge source, which -Wall reports as uninitialized.
-  const __mmask16 all16 = 0xFFFF;
-  const __mmask8 all8 = 0xFF;
-  __m512i t[16];
-  for (int g = 0; g < 16; g += 4) {
-    const __m512i a0 = _mm512_maskz_unpacklo_epi32(all16, w[g], w[g + 1]);
-    const __m512i a1 = _mm512_maskz_unpackhi_epi32(all16, w[g], w[g + 1]);
-    const __m512i a2 = _mm512_maskz_unpacklo_epi32(all16, w[g + 2], w[g + 3]);
-    const __m512i a3 = _mm512_maskz_unpackhi_epi32(all16, w[g + 2], w[g + 3]);
-    t[g] = _mm512_maskz_unpacklo_epi64(all8, a0, a2);
-    t[g + 1] = _mm512_maskz_unpackhi_epi64(all8, a0, a2);
-    t[g + 2] = _mm512_maskz_unpacklo_epi64(all8, a1, a3);
-    t[g + 3] = _mm512_maskz_unpackhi_epi64(all8, a1, a3);
-  }
-  for (int k = 0; k < 4; ++k) {  // column 4L + k: lane L of t[k], t[4 + k], t[8 + k], t[12 + k]
-    const __m512i v0 = _mm512_maskz_shuffle_i32x4(all16, t[k], t[4 + k], 0x44);
-    const __m512i v1 = _mm512_maskz_shuffle_i32x4(all16, t[k], t[4 + k], 0xEE);
-    const __m512i v2 = _mm512_maskz_shuffle_i32x4(all16, t[8 + k], t[12 + k], 0x44);
-    const __m512i v3 = _mm512_maskz_shuffle_i32x4(all16, t[8 + k], t[12 + k], 0xEE);
-    w[k] = _mm512_maskz_shuffle_i32x4(all16, v0, v2, 0x88);
-    w[4 + k] = _mm512_maskz_shuffle_i32x4(all16, v0, v2, 0xDD);
-    w[8 + k] = _mm512_maskz_shuffle_i32x4(all16, v1, v3, 0x88);
-    w[12 + k] = _mm512_maskz_shuffle_i32x4(all16, v1, v3, 0xDD);
-  }
-}
-
 // Keys [j0, j0 + n) of head h as kt[c * 64 + r] = (k[r][2c], k[r][2c + 1]) for c < Dkw, zero past
 // n keys and Dk features. False if a key holds an infinity or a NaN. Blocks of 16 keys x 16 pair
-// words are transposed in registers (a word at a time, the transpose took 4096 scalar stores
-// per tile at Dk = 128).
+// words are transposed in registers (transpose_words_16x16, core/bf16_gemm.hpp; a word at a
+// time, the transpose took 4096 scalar stores per tile at Dk = 128).
 inline bool pack_key_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t h, index_t j0, index_t n, index_t Dkw,
                                std::uint32_t* kt) {
   const index_t D = x.size(3), T = kFlashKeyTile, rows_end = round_up(n, 16);

@@ -84,46 +84,8 @@ inline void pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols
   }
 }
 
-/// Transposes 16 x 16 words in registers: on return x[c] holds word c of every input row x[r]
-/// (in lane r). Four rounds of 16 shuffles: pairs of words, pairs of pairs, then 128-bit lanes
-/// twice. Unrolled by folds (detail::unrolled): with loops g++ -O2 keeps the arrays on the stack.
-inline void transpose16x16(__m512i x[16]) noexcept {
-  using I = std::make_index_sequence<4>;
-  __m512i t[16];
-  // t[4g + 2h + e], lane l: rows 4g + 2h and 4g + 2h + 1 at words 4l + 2e and 4l + 2e + 1.
-  unrolled(std::make_index_sequence<8>{}, [&](auto p) {
-    constexpr int i = 2 * decltype(p)::value;
-    t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
-  });
-  // x[4g + m], lane l: rows 4g .. 4g + 3 at word 4l + m.
-  unrolled(I{}, [&](auto g) {
-    constexpr int i = 4 * decltype(g)::value;
-    x[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    x[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    x[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    x[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  });
-  // 0x88 takes 128-bit lanes 0, 2 of each source, 0xdd lanes 1, 3.
-  unrolled(I{}, [&](auto mm) {
-    constexpr int m = decltype(mm)::value;
-    t[m] = _mm512_shuffle_i32x4(x[m], x[4 + m], 0x88);
-    t[4 + m] = _mm512_shuffle_i32x4(x[m], x[4 + m], 0xdd);
-    t[8 + m] = _mm512_shuffle_i32x4(x[8 + m], x[12 + m], 0x88);
-    t[12 + m] = _mm512_shuffle_i32x4(x[8 + m], x[12 + m], 0xdd);
-  });
-  // x[4l + m]: word 4l + m of rows 0..15, lane l of each group of four rows.
-  unrolled(I{}, [&](auto mm) {
-    constexpr int m = decltype(mm)::value;
-    x[m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0x88);
-    x[8 + m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0xdd);
-    x[4 + m] = _mm512_shuffle_i32x4(t[4 + m], t[12 + m], 0x88);
-    x[12 + m] = _mm512_shuffle_i32x4(t[4 + m], t[12 + m], 0xdd);
-  });
-}
-
 /// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols, and zeros for r in [rows, rows_pad).
-/// In 16 x 16 blocks of words transposed in registers (transpose16x16): the word-by-word copy
+/// In 16 x 16 blocks of words transposed in registers (transpose_words_16x16): the word-by-word copy
 /// it replaces was two scalar loops of L x K / 2 words per delta-rule chunk (the scores' K^T and
 /// the state update's (K * decay)^T).
 inline void transpose_words(const std::uint32_t* src, index_t lds, index_t rows, index_t cols, std::uint32_t* dst,
@@ -139,7 +101,7 @@ inline void transpose_words(const std::uint32_t* src, index_t lds, index_t rows,
         x[r] = index_t(r) < n ? _mm512_maskz_loadu_epi32(lanes16(m), src + (r0 + index_t(r)) * lds + c0)
                               : _mm512_setzero_si512();
       });
-      transpose16x16(x);
+      transpose_words_16x16(x);
       unrolled(std::make_index_sequence<16>{}, [&](auto c) {
         if (index_t(c) < m) _mm512_mask_storeu_epi32(dst + (c0 + index_t(c)) * ldd + r0, out, x[c]);
       });
