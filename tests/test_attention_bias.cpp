@@ -4,6 +4,7 @@
 // head alone with the same bias written as a dense [B,Tq,Tk] mask and the head's scale.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -55,8 +56,34 @@ const std::vector<Case> kCases = {
     // table, which holds each distance once and mirrors it.
     {"kerple-log-noncausal", RelativeBiasKind::kerple_log, false, 1, 70, 90, 4, 2, 64, false, false, true},
     {"kerple-power-noncausal-positions", RelativeBiasKind::kerple_power, false, 2, 33, 130, 4, 2, 64, false, true, false},
+    // One KV head of odd width; with r2 near 2 the rows' largest logits reach -600 (the fp32
+    // bound in check_case).
+    {"kerple-power-noncausal-positions-d80", RelativeBiasKind::kerple_power, false, 2, 33, 130, 4, 1, 80, false, true, false},
     {"head-scales-only", RelativeBiasKind::none, false, 1, 40, 40, 4, 2, 64, true, false, true},
 };
+
+// The largest |max_j s_ij| over the rows of query head h, in double: s = scale q.k + bias (the
+// dense mask's bias), the logit magnitude that sets the fp32 forms' rounding.
+template <class KV>
+double largest_row_max_logit(const seqmix::AttentionInputs<KV>& in, const Tensor<float, 3>& mask, index_t h, float scale,
+                             bool causal) {
+  const index_t B = in.q.size(0), Tq = in.q.size(1), Tk = in.k.size(1), D = in.q.size(3);
+  const index_t kv_head = h / (in.q.size(2) / in.k.size(2));
+  double largest = 0;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < Tq; ++i) {
+      double row_max = -INFINITY;
+      const index_t last_visible = causal ? seqmix::detail::query_position(in, b, i) : Tk - 1;
+      for (index_t j = 0; j <= std::min(last_visible, Tk - 1); ++j) {
+        double dot = 0;
+        for (index_t d = 0; d < D; ++d)
+          dot += static_cast<double>(in.q(b, i, h, d)) * static_cast<double>(static_cast<float>(in.k(b, j, kv_head, d)));
+        row_max = std::max(row_max, static_cast<double>(scale) * dot + static_cast<double>(mask(b, i, j)));
+      }
+      if (row_max > -INFINITY) largest = std::max(largest, std::abs(row_max));
+    }
+  return largest;
+}
 
 template <class KV>
 void check_case(const Case& c, std::uint64_t seed) {
@@ -111,9 +138,16 @@ void check_case(const Case& c, std::uint64_t seed) {
     Tensor<float, 4> o_one({c.B, c.Tq, 1, c.D}), o_one_ref({c.B, c.Tq, 1, c.D});
     seqmix::attention(one, {o_one.view()}, one_options, pool);
     seqmix::reference::attention(one, {o_one_ref.view()}, one_options);
-    st::require_close("attention (relative bias)", o_fast.cview().slice(2, h, 1), o_one.cview(), 1e-6);
-    st::require_close("attention_flash (relative bias)", o_flash.cview().slice(2, h, 1), o_one.cview(), 1e-6);
-    st::require_close("attention_step (relative bias)", o_step.cview().slice(2, h, 1), o_one.cview(), 1e-6);
+    // The fp32 forms hold each logit s in fp32, an absolute error near |s| 2^-24, which the
+    // softmax turns into relative weight errors of that size; with large biases (KERPLE power
+    // reaches -600 here) that is above 1e-6, in the fused and the dense-mask form alike (the
+    // double reference stays at 3e-8 of a double evaluation). Two such forms agree to 1e-6 plus
+    // twice that.
+    const double fp32_tol = 1e-6 + std::ldexp(largest_row_max_logit(in, mask, h, *one_options.scale, c.causal), -22);
+    INFO("fp32 bound " << fp32_tol);
+    st::require_close("attention (relative bias)", o_fast.cview().slice(2, h, 1), o_one.cview(), fp32_tol);
+    st::require_close("attention_flash (relative bias)", o_flash.cview().slice(2, h, 1), o_one.cview(), fp32_tol);
+    st::require_close("attention_step (relative bias)", o_step.cview().slice(2, h, 1), o_one.cview(), fp32_tol);
     st::require_close("reference::attention (relative bias)", o_ref.cview().slice(2, h, 1), o_one_ref.cview(), 1e-6);
   }
 }
