@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "seqmix/attention/landmark/parts.hpp"
@@ -31,6 +32,20 @@
 
 namespace seqmix {
 namespace detail {
+
+// The queries [0, Tq) cut into runs (first query, count) that stay inside one own block and are
+// at most bq long: a run's rows share their own block's keys and its landmark choices' blocks.
+inline std::vector<std::pair<index_t, index_t>> landmark_query_runs(const LandmarkDims& m, index_t bq) {
+  const AttentionDims& d = m.attention;
+  std::vector<std::pair<index_t, index_t>> runs;
+  for (index_t i0 = 0; i0 < d.Tq;) {
+    const index_t pos0 = d.Tk - d.Tq + i0, end = m.starts[static_cast<std::size_t>(m.block_of(pos0) + 1)];
+    const index_t nq = std::min({bq, d.Tq - i0, end - pos0});
+    runs.push_back({i0, nq});
+    i0 += nq;
+  }
+  return runs;
+}
 
 // The grouped softmax of queries [0, Tq) of every (batch row, KV head), the body of
 // landmark_attention and landmark_step after validation.
@@ -46,14 +61,7 @@ void landmark_run(const LandmarkInputs<KV>& in, const AttentionOutputs& out, con
   Tensor<float, 4> own_keys;
   const ConstView<float, 4> lk = landmark_keys(in, m, own_keys, executor);
   const index_t bq = flash_query_block(G, d.Tq), rows = std::max(bq * G, kFlashRows);
-  // Runs of queries inside one own block, at most bq long.
-  std::vector<std::pair<index_t, index_t>> runs;
-  for (index_t i0 = 0; i0 < d.Tq;) {
-    const index_t pos0 = d.Tk - d.Tq + i0, end = m.starts[static_cast<std::size_t>(m.block_of(pos0) + 1)];
-    const index_t nq = std::min({bq, d.Tq - i0, end - pos0});
-    runs.push_back({i0, nq});
-    i0 += nq;
-  }
+  const std::vector<std::pair<index_t, index_t>> runs = landmark_query_runs(m, bq);
   // (batch row, KV head) groups a few at a time: their logits (at most ~4M floats, at least one
   // group), then every run of every group as one parallel set of tasks (decode: one task per group).
   const index_t groups = d.B * d.Hkv, per_group = d.Tq * G * Nb;
@@ -148,13 +156,7 @@ void landmark_run_gathered(const LandmarkInputs<KV>& in, const AttentionOutputs&
   Tensor<float, 4> own_keys;
   const ConstView<float, 4> lk = landmark_keys(in, m, own_keys, executor);
   const index_t bq = flash_query_block(G, d.Tq), rows = std::max(bq * G, kFlashRows);
-  std::vector<std::pair<index_t, index_t>> runs;
-  for (index_t i0 = 0; i0 < d.Tq;) {
-    const index_t pos0 = d.Tk - d.Tq + i0, end = m.starts[static_cast<std::size_t>(m.block_of(pos0) + 1)];
-    const index_t nq = std::min({bq, d.Tq - i0, end - pos0});
-    runs.push_back({i0, nq});
-    i0 += nq;
-  }
+  const std::vector<std::pair<index_t, index_t>> runs = landmark_query_runs(m, bq);
   Tensor<float, 4> logits({1, d.Tq, G, Nb});
   Tensor<std::int32_t, 3> chosen({d.Tq, G, cap});
   Tensor<float, 3> own_o({d.Tq, G, d.Dv}), own_lse({d.Tq, G, 1});
