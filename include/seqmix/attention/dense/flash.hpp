@@ -45,6 +45,7 @@ inline index_t flash_query_block(index_t G, index_t Tq) {
 // Per-thread scratch of the prefill (FlashScratch::local keeps one per thread).
 struct FlashScratch {
   AlignedVector<float> q, kt, v, s, acc, alpha, row;
+  AlignedVector<float> keys;  // 16 key rows widened (and rotated) for the register transpose
   std::vector<index_t> pos, ends;  // ends: per row, the keys of the current tile it can see
   std::vector<SoftmaxRow> state;
   NonFiniteKeys bad;              // value rows kept out of the P V GEMM (NaN / inf)
@@ -57,6 +58,7 @@ struct FlashScratch {
         acc(static_cast<std::size_t>(rows * Dvp)),
         alpha(static_cast<std::size_t>(rows)),
         row(static_cast<std::size_t>(Dk)),
+        keys(static_cast<std::size_t>(16 * round_up(Dk, 16))),
         pos(static_cast<std::size_t>(rows)),
         ends(static_cast<std::size_t>(rows)),
         state(static_cast<std::size_t>(rows)) {}
@@ -119,15 +121,20 @@ index_t flash_begin(const AttentionInputs<KV, Q>& in, const AttentionDims& d, fl
 }
 
 // The logit rule and the online softmax over the task's logit tile w.s (keys [j0, j0 + n)):
-// w.s becomes the weights P, w.alpha each row's rescaling factor.
+// w.s becomes the weights P, w.alpha each row's rescaling factor. With ends (a tile across the
+// causal diagonal, diagonal_row_ends) a row's exponentials stop at the vector holding its last
+// visible key: the logits past it are -inf, whose weights are exactly 0, so they are stored as
+// 0 without an exp (the same P, m and l bit for bit; about 3/8 of a diagonal tile's exps).
 template <class KV, class Q>
 void flash_softmax(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
-                   index_t j0, index_t n, FlashScratch& w) {
+                   index_t j0, index_t n, FlashScratch& w, const index_t* ends = nullptr) {
   const index_t G = d.group(), T = kFlashKeyTile;
   for (index_t r = 0; r < M; ++r) {
     float* s = w.s.data() + r * T;
     rule.apply(s, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
-    w.alpha[r] = online_softmax_tile(s, T, w.state[r].m, w.state[r].l);
+    const index_t width = ends ? std::min<index_t>(T, round_up(ends[r], simd::kWidth)) : T;
+    w.alpha[r] = online_softmax_tile(s, width, w.state[r].m, w.state[r].l);
+    std::fill(s + width, s + T, 0.f);
   }
 }
 
@@ -136,7 +143,7 @@ void flash_softmax(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t
 // A causal row at position pos sees keys up to pos only, so in the tiles that cross the
 // diagonal the rows see different numbers of the tile's keys: ends[r] = keys [j0, j0 + ends[r])
 // (the logit rule masks the rest to -inf, so their weights are exactly 0). There the products
-// run per block of kGemmRows rows only as far as a row of the block sees: S over the column
+// run per block of kFlashGemmRows rows only as far as a row of the block sees: S over the column
 // panels some row reaches, P V over the keys the block's last-seeing row reaches. The values
 // computed are the same products in the same order (a weight of 0 adds exactly 0), so results
 // are bit for bit those of the full tile. At T = 256 (4 query blocks of 64 queries against
@@ -160,44 +167,64 @@ inline index_t block_end(const index_t* ends, index_t r, index_t rows) noexcept 
   return *std::max_element(ends + r, ends + r + rows);
 }
 
-// S [M x N] = A [M x K] B [K x N] for the column panels (2 vectors wide, then 1) that some row of
-// each block of kGemmRows rows sees (ends); columns a block does not reach are left as they were.
-inline void gemm_scores_to_ends(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc,
-                                index_t M, index_t N, index_t K, const index_t* ends) noexcept {
-  const index_t W = simd::kWidth;
-  index_t c = 0;
-  for (; c + 2 * W <= N; c += 2 * W)
-    for (index_t r = 0; r < M; r += kGemmRows) {
-      const index_t rows = std::min<index_t>(kGemmRows, M - r);
-      if (block_end(ends, r, rows) > c)
-        gemm_column_block<2>(A + r * lda, lda, B + c, ldb, C + r * ldc + c, ldc, rows, K, nullptr);
-    }
-  for (; c < N; c += W)
-    for (index_t r = 0; r < M; r += kGemmRows) {
-      const index_t rows = std::min<index_t>(kGemmRows, M - r);
-      if (block_end(ends, r, rows) > c)
-        gemm_column_block<1>(A + r * lda, lda, B + c, ldb, C + r * ldc + c, ldc, rows, K, nullptr);
-    }
+// Rows per register block of the task's two products. With AVX-512's 32 registers, 12 rows x 2
+// vectors (24 accumulators) hide the FMA latency that 6 x 2 (12) leaves exposed: a 256 x 64 x 128
+// product took 47 against 63 us (thread CPU, loaded EPYC Zen 5, 1.33x; 8 rows 1.16x, 14 rows
+// 1.37x but 30 of the 32 registers, 6 x 4 0.88x). With 16 registers (SSE2 / AVX2) 6 x 2 fits.
+constexpr int kFlashGemmRows = simd::kWidth >= 16 ? 12 : kGemmRows;
+
+// One column panel (NV vectors) of C [M x NV W] = diag(row_scale) C + A B, the rows in blocks of
+// kFlashGemmRows (the last < kFlashGemmRows rows in decode.hpp's 6-row blocks). depth(r, rows)
+// gives the k the block of rows [r, r + rows) runs over (A [rows x depth], B [depth x NV W]), or
+// -1 to leave its C as it was. Every element is the same sum in the same k order whatever the
+// row blocking, so results are bit for bit those of gemm().
+template <int NV, class Depth>
+void flash_gemm_panel(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t M,
+                      const float* row_scale, const Depth& depth) noexcept {
+  constexpr index_t R = kFlashGemmRows;
+  index_t r = 0;
+  for (; r + R <= M; r += R) {
+    const index_t K = depth(r, R);
+    if (K >= 0) gemm_block<R, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr);
+  }
+  const index_t K = r < M ? depth(r, M - r) : -1;
+  if (K >= 0)
+    gemm_column_block<NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, M - r, K, row_scale ? row_scale + r : nullptr);
 }
 
-// acc [M x N] = diag(alpha) acc + P [M x K] V [K x N] where row r's weights past ends[r] are 0:
-// each block of kGemmRows rows runs over the keys its rows reach (every block is rescaled).
-inline void gemm_values_to_ends(const float* P, index_t ldp, const float* V, index_t ldv, float* acc, index_t ldacc,
-                                index_t M, index_t N, const float* alpha, const index_t* ends) noexcept {
+// Both products of a tile, full or cut at the causal diagonal, as one walk: column panels of 2
+// vectors, then 1 (N a multiple of the width), each walked by flash_gemm_panel with
+// depth(c, r, rows) for the panel starting at column c.
+template <class Depth>
+void flash_gemm(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t M, index_t N,
+                const float* row_scale, const Depth& depth) noexcept {
   const index_t W = simd::kWidth;
   index_t c = 0;
   for (; c + 2 * W <= N; c += 2 * W)
-    for (index_t r = 0; r < M; r += kGemmRows) {
-      const index_t rows = std::min<index_t>(kGemmRows, M - r);
-      gemm_column_block<2>(P + r * ldp, ldp, V + c, ldv, acc + r * ldacc + c, ldacc, rows, block_end(ends, r, rows),
-                           alpha + r);
-    }
+    flash_gemm_panel<2>(A, lda, B + c, ldb, C + c, ldc, M, row_scale,
+                        [&](index_t r, index_t rows) { return depth(c, r, rows); });
   for (; c < N; c += W)
-    for (index_t r = 0; r < M; r += kGemmRows) {
-      const index_t rows = std::min<index_t>(kGemmRows, M - r);
-      gemm_column_block<1>(P + r * ldp, ldp, V + c, ldv, acc + r * ldacc + c, ldacc, rows, block_end(ends, r, rows),
-                           alpha + r);
-    }
+    flash_gemm_panel<1>(A, lda, B + c, ldb, C + c, ldc, M, row_scale,
+                        [&](index_t r, index_t rows) { return depth(c, r, rows); });
+}
+
+// S [M x N] = A [M x K] B [K x N], with ends: only the column panels some row of a block sees
+// (columns a block does not reach are left as they were; the logit rule masks them).
+inline void gemm_scores(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t M,
+                        index_t N, index_t K, const index_t* ends) noexcept {
+  if (!ends && M <= 4) return gemm(A, lda, B, ldb, C, ldc, M, N, K, nullptr);  // its 4-vector blocks
+  flash_gemm(A, lda, B, ldb, C, ldc, M, N, nullptr, [&](index_t c, index_t r, index_t rows) {
+    return !ends || block_end(ends, r, rows) > c ? K : index_t{-1};
+  });
+}
+
+// acc [M x N] = diag(alpha) acc + P [M x K] V [K x N]; with ends (row r's weights past ends[r]
+// are 0) each block of rows runs over the keys its rows reach (every block is rescaled).
+inline void gemm_values(const float* P, index_t ldp, const float* V, index_t ldv, float* acc, index_t ldacc,
+                        index_t M, index_t N, index_t K, const float* alpha, const index_t* ends) noexcept {
+  if (!ends && M <= 4) return gemm(P, ldp, V, ldv, acc, ldacc, M, N, K, alpha);
+  flash_gemm(P, ldp, V, ldv, acc, ldacc, M, N, alpha,
+             [&](index_t, index_t r, index_t rows) { return ends ? block_end(ends, r, rows) : K; });
 }
 
 // One key tile whose keys and values are in w.kt / w.v (fp32): S = Q K^T, softmax, acc += P V.
@@ -206,11 +233,9 @@ void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b,
                 index_t j0, index_t n, FlashScratch& w) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
   const bool diagonal = diagonal_row_ends(rule, j0, n, M, w);
-  if (diagonal)
-    gemm_scores_to_ends(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, w.ends.data());
-  else
-    gemm(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, nullptr);
-  flash_softmax(rule, d, b, hk, i0, M, j0, n, w);
+  const index_t* ends = diagonal ? w.ends.data() : nullptr;
+  gemm_scores(w.q.data(), Dkp, w.kt.data(), T, w.s.data(), T, M, T, d.Dk, ends);
+  flash_softmax(rule, d, b, hk, i0, M, j0, n, w, ends);
   // Value rows holding a NaN / inf sit out the GEMM where some row gives them weight 0, and are
   // added to the rows that see them afterwards (NonFiniteKeys in decode.hpp).
   const KvRows<float> values{w.v.data(), Dvp};
@@ -223,10 +248,7 @@ void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b,
       std::fill(row, row + Dvp, 0.f);
     }
   }
-  if (diagonal)
-    gemm_values_to_ends(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, w.alpha.data(), w.ends.data());
-  else
-    gemm(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data());
+  gemm_values(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data(), ends);
   if (guard) {
     for (index_t b = 0; b < w.bad.count; ++b) {
       const index_t j = w.bad.key[b];
@@ -277,16 +299,56 @@ void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, 
   flash_finish(in, out, d, b, hk, i0, M, w);
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// The key tile transposed into s.kt ([Dk x kFlashKeyTile], zero past n keys) 16 keys x 16
+// features at a time in registers (transpose_words_16x16 moves 32-bit words, so floats as they
+// are): each 16 keys are widened (and rotated where the rope asks) into s.keys first. Element by
+// element the transpose was 8192 scalar stores 256 bytes apart per tile at Dk = 128, 4-5% of a
+// T = 256 prefill (thread CPU, loaded EPYC Zen 5).
+template <class KV, class Q>
+void load_key_tile_by_blocks(const AttentionInputs<KV, Q>& in, index_t b, index_t h, index_t j0, index_t n,
+                             FlashScratch& s) {
+  const index_t D = in.k.size(3), T = kFlashKeyTile, ld = round_up(D, 16);
+  float* rows = s.keys.data();
+  float* dst = s.kt.data();
+  for (index_t r0 = 0; r0 < n; r0 += 16) {
+    const index_t m = std::min<index_t>(16, n - r0);
+    load_kv_tile(in.k, b, h, j0 + r0, m, 16, rows, ld);
+    rotate_key_rows(in, j0 + r0, m, rows, ld);
+    for (index_t c0 = 0; c0 < D; c0 += 16) {
+      __m512i w[16];
+      for (index_t r = 0; r < 16; ++r) w[r] = _mm512_castps_si512(_mm512_load_ps(rows + r * ld + c0));
+      transpose_words_16x16(w);
+      const index_t features = std::min<index_t>(16, D - c0);
+      for (index_t c = 0; c < features; ++c) _mm512_storeu_ps(dst + (c0 + c) * T + r0, _mm512_castsi512_ps(w[c]));
+    }
+  }
+  const index_t rows_end = round_up(n, 16);
+  if (rows_end < T)
+    for (index_t c = 0; c < D; ++c) std::fill(dst + c * T + rows_end, dst + (c + 1) * T, 0.f);
+}
+#endif
+
+// The key tile of keys [j0, j0 + n) of head h transposed into s.kt (rotated where the rope asks).
+template <class KV, class Q>
+void load_key_tile(const AttentionInputs<KV, Q>& in, index_t b, index_t h, index_t j0, index_t n, FlashScratch& s) {
+  const index_t T = kFlashKeyTile;
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if (T % 16 == 0) return load_key_tile_by_blocks(in, b, h, j0, n, s);
+#endif
+  if (tile_needs_rotation(in, j0, n))
+    load_key_tile_rotated(in, b, h, j0, n, T, s.kt.data(), T, s.row.data());
+  else
+    load_kv_tile_transposed(in.k, b, h, j0, n, T, s.kt.data(), T, s.row.data());
+}
+
 // flash_block's load_tile for K/V tiles read from in.k / in.v (batch row b, KV head hk), keys
 // rotated on loading where the call's rope asks for it.
 template <class KV, class Q>
 auto dense_tile_loader(const AttentionInputs<KV, Q>& in, index_t b, index_t hk) {
   return [&in, b, hk](index_t j0, index_t n, FlashScratch& s) {
     const index_t T = kFlashKeyTile, Dvp = round_up(in.v.size(3), simd::kWidth);
-    if (tile_needs_rotation(in, j0, n))
-      load_key_tile_rotated(in, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
-    else
-      load_kv_tile_transposed(in.k, b, hk, j0, n, T, s.kt.data(), T, s.row.data());
+    load_key_tile(in, b, hk, j0, n, s);
     load_kv_tile(in.v, b, hk, j0, n, T, s.v.data(), Dvp);
   };
 }
@@ -385,7 +447,7 @@ inline bool pack_value_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t
   return bad == 0;
 }
 
-// The diagonal tiles' products (see gemm_scores_to_ends) on pair words: S over the 32-key
+// The diagonal tiles' products (see gemm_scores) on pair words: S over the 32-key
 // panels some row of each block of kBf16GemmRows rows sees, P V over the key pairs its rows
 // reach, so the bf16 form keeps the fp32 form's saving on tiles that cross the diagonal.
 inline void gemm_bf16_scores_to_ends(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C,
@@ -443,7 +505,7 @@ void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs
       gemm_bf16_scores_to_ends(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, w.ends.data());
     else
       gemm_bf16(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, nullptr);
-    flash_softmax(rule, d, b, hk, i0, M, j0, n, w);
+    flash_softmax(rule, d, b, hk, i0, M, j0, n, w, diagonal ? w.ends.data() : nullptr);
     for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.s.data() + r * T, T, x.p.data() + r * (T / 2));
     if (diagonal)
       gemm_bf16_values_to_ends(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, w.alpha.data(),

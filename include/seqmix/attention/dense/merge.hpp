@@ -68,7 +68,9 @@ inline float online_softmax_tile(float* s, index_t n, float& m, float& l) noexce
     s[j] = std::exp(s[j] - m_new);
     total += s[j];
   }
-  const float alpha = m == kMinusInf ? 0.f : std::exp(m - m_new);
+  // The running maximum held (most rows of most tiles): exp(0) = 1 without the libm call, which
+  // was a scalar exp per row of every tile.
+  const float alpha = m == m_new ? 1.f : m == kMinusInf ? 0.f : std::exp(m - m_new);
   l = l * alpha + total;
   m = m_new;
   return alpha;
