@@ -181,7 +181,7 @@ void measure_prepared(const Shape& shape, double gflops, double gbs) {
 }
 
 // The prepared form's one-thread call pass by pass (--passes): long_conv_fft_walk's steps for a
-// causal call without state (walks of long_conv_fft_walk_blocks blocks, the prepared spectrum
+// causal call without state (walks of long_conv_prepared_walk_width blocks, the prepared spectrum
 // read in place; long_conv_convolve_parts' forward stages, product and inverse stages timed apart),
 // each timed in thread CPU time and summed over the walks, medians of 3 calls, against its share
 // of the prepared bound: the gather reads u, the first pass does log2(parts) of the forward
@@ -196,7 +196,7 @@ void measure_passes(const Shape& shape, double gflops, double gbs) {
   const seqmix::LongConvFilterSpectrum spectrum(p.h.view(), {}, {D, T});
   const index_t N = spectrum.fft_length(), blocks = (D + E - 1) / E;
   const sd::FftTwiddles& tw = sd::fft_twiddles(N);
-  const index_t per = sd::long_conv_fft_walk_blocks(blocks, 1, sd::long_conv_prepared_walk_blocks(N));
+  const index_t per = sd::long_conv_prepared_walk_width(blocks, 1, N);
   const seqmix::LongConvInputs in{p.u.view(), p.h.view()};
   const seqmix::TensorView<float, 3> y = p.y.view();
   seqmix::AlignedVector<float> x(static_cast<std::size_t>(per * N * E));

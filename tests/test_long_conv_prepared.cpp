@@ -157,6 +157,48 @@ TEST_CASE("long_conv prepared: walks of fewer blocks while a block's signal fits
   }
 }
 
+TEST_CASE("long_conv prepared: wide walks once a block's signal stays in no cache", "[long_conv]") {
+  // long_conv_prepared_walk_width: above twice kLongConvFftWalkCacheBytes per block, walks of up
+  // to kLongConvFftWideWalkBytes, none longer than a thread's share, blocks spread evenly; below, the
+  // cache-sized walks as before.
+  namespace sd = seqmix::detail;
+  const index_t E = sd::kFftElement;
+  const index_t wide_N = 4 * sd::kLongConvFftWalkCacheBytes / (E * static_cast<index_t>(sizeof(float)));  // first wide N
+  for (index_t N : {wide_N / 2, wide_N, 4 * wide_N, 64 * wide_N})
+    for (index_t blocks : {1, 5, 24, 100})
+      for (int threads : {1, 2, 3, 64}) {
+        INFO("N = " << N << ", blocks = " << blocks << ", threads = " << threads);
+        const index_t per = sd::long_conv_prepared_walk_width(blocks, threads, N), walks = (blocks + per - 1) / per;
+        const index_t block = N * E * static_cast<index_t>(sizeof(float));
+        CHECK(per >= 1);
+        CHECK(per <= blocks);
+        if (N < wide_N) {
+          CHECK(per == sd::long_conv_fft_walk_blocks(blocks, threads, sd::long_conv_prepared_walk_blocks(N)));
+          continue;
+        }
+        if (per > 1) CHECK(per * block <= sd::kLongConvFftWideWalkBytes);
+        CHECK(per <= (blocks + threads - 1) / threads);  // no walk longer than a thread's share
+        CHECK(walks * per - blocks < walks);  // even: the last walk at most one block short of a block per walk
+      }
+  // Calls on wide walks (6 blocks of the first wide N in one walk on one thread, 3 per walk on two,
+  // more than the 4 of a cache-sized walk): ragged last block, skip and bias, a state, two batch rows.
+  const index_t T = wide_N / 2 + 100;
+  for (const PreparedCase& c : {PreparedCase{1, T, 5 * E + 3, 8, 5 * E + 3, 0, true, false, false, 31},
+                                PreparedCase{2, T + 50, 5 * E + 3, 5, 5 * E + 3, 0, true, true, false, 32}}) {
+    INFO(c.describe());
+    const PreparedData data(c);
+    const Result ref = run(c, data, nullptr, LongConvMethod::automatic, true, seqmix::serial_executor());
+    const seqmix::LongConvFilterSpectrum spectrum(data.h.cview(), data.backward(c), c.spectrum_shape());
+    REQUIRE(spectrum.fft_length() == wide_N);
+    REQUIRE(sd::long_conv_prepared_walk_width(6, 1, wide_N) == 6);
+    const Result got = run(c, data, &spectrum, LongConvMethod::fft, false, seqmix::serial_executor());
+    st::require_close("y", got.y.cview(), ref.y.cview(), 2e-5);
+    st::require_close("final_state", got.final_state.cview(), ref.final_state.cview(), 0.0);
+    const Result two = run(c, data, &spectrum, LongConvMethod::fft, false, st::two_thread_pool());
+    st::require_close("y (two threads)", two.y.cview(), ref.y.cview(), 2e-5);
+  }
+}
+
 TEST_CASE("long_conv prepared: one spectrum serves several T and batch sizes", "[long_conv]") {
   const index_t D = 20, L = 300, Tmax = 1000;
   const PreparedCase made{1, Tmax, D, L, D, 0, true, false, false, 11};

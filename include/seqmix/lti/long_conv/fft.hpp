@@ -83,11 +83,23 @@ class LongConvFftScratchPool {
     thread_local LongConvFftScratchPool pool;
     return pool;
   }
-  std::unique_ptr<LongConvFftScratch> take() {
+  // A free scratch for a task that needs `floats` signal floats: the smallest whose signal holds
+  // them, else the largest (the task grows it). Why not the last given back: walks of a prepared
+  // call differ in size with the thread count (long_conv_prepared_walk_width: 384 MiB on one
+  // thread, 2 x 192 MiB on two at N = 131072), and a one-thread call after a two-thread one took a
+  // 192 MiB scratch and grew it, page faults and zeroing included, every other call (1.4-1.5 s
+  // against 0.25 s, long_conv_crossover --prepared, T = 65536).
+  std::unique_ptr<LongConvFftScratch> take(std::size_t floats) {
     const std::lock_guard<std::mutex> lock(mutex_);
     if (free_.empty()) return std::make_unique<LongConvFftScratch>();
-    std::unique_ptr<LongConvFftScratch> scratch = std::move(free_.back());
-    free_.pop_back();
+    std::size_t pick = 0;
+    for (std::size_t i = 1; i < free_.size(); ++i) {
+      const std::size_t have = free_[i]->x.size(), best = free_[pick]->x.size();
+      const bool fits = have >= floats, best_fits = best >= floats;
+      if (fits ? !best_fits || have < best : !best_fits && have > best) pick = i;
+    }
+    std::unique_ptr<LongConvFftScratch> scratch = std::move(free_[pick]);
+    free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(pick));
     return scratch;
   }
   void give(std::unique_ptr<LongConvFftScratch> scratch) {
@@ -443,15 +455,17 @@ inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& 
 inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<float, 3>& y, const LongConvWalk& walk,
                                    index_t b, index_t S, index_t N, const float* x, index_t t0 = 0,
                                    index_t t1 = -1) {
-  constexpr index_t W = simd::kWidth, E = kFftElement, kMax = kLongConvFftWalkBlocks;
+  constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t end = t1 < 0 ? in.u.size(1) : std::min(t1, in.u.size(1));
   const bool skip = in.skip.has_value(), bias = in.bias.has_value();
   const bool unit = y.stride(2) == 1 && in.u.stride(2) == 1;
-  float skips[kMax][E] = {}, biases[kMax][E] = {};
+  // Block k's skip and bias weights at skips + k E, biases + k E (zero past its width).
+  AlignedVector<float> skips(static_cast<std::size_t>(skip ? walk.blocks * E : 0), 0.f);
+  AlignedVector<float> biases(static_cast<std::size_t>(bias ? walk.blocks * E : 0), 0.f);
   for (index_t k = 0; k < walk.blocks; ++k)
     for (index_t i = 0; i < walk.width(k); ++i) {
-      if (skip) skips[k][i] = in.skip(walk.channel(k) + i);
-      if (bias) biases[k][i] = in.bias(walk.channel(k) + i);
+      if (skip) skips[static_cast<std::size_t>(k * E + i)] = in.skip(walk.channel(k) + i);
+      if (bias) biases[static_cast<std::size_t>(k * E + i)] = in.bias(walk.channel(k) + i);
     }
   for (index_t t = t0; t < end; ++t) {
     if (unit && t + kLongConvPrefetchRows < end) {
@@ -466,16 +480,16 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
         const float* u = in.u.ptr(b, t, c);
         for (index_t i = 0; i < walk.lanes; i += W) {
           FftBatch v = simd::load(row + i);
-          if (skip) v += simd::load(skips[k] + i) * simd::load(u + i);
-          if (bias) v += simd::load(biases[k] + i);
+          if (skip) v += simd::load(skips.data() + k * E + i) * simd::load(u + i);
+          if (bias) v += simd::load(biases.data() + k * E + i);
           simd::store(out + i, v);
         }
         continue;
       }
       for (index_t i = 0; i < width; ++i) {
         float v = row[i];
-        if (skip) v += skips[k][i] * in.u(b, t, c + i);
-        if (bias) v += biases[k][i];
+        if (skip) v += skips[static_cast<std::size_t>(k * E + i)] * in.u(b, t, c + i);
+        if (bias) v += biases[static_cast<std::size_t>(k * E + i)];
         y(b, t, c + i) = v;
       }
     }
@@ -589,6 +603,32 @@ inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency, index_
   index_t per = most;
   while (per > 1 && (blocks + per - 1) / per < 2 * static_cast<index_t>(concurrency)) --per;
   return per;
+}
+
+// Most bytes of signals a prepared call's walk holds at FFT lengths whose block stays in no cache
+// (N E floats over 2 kLongConvFftWalkCacheBytes: N >= 65536 with AVX-512), 384 MiB: all 24 blocks
+// of D = 768 at N = 131072. Why: there each block's signal goes through memory anyway, and what
+// the walk width buys is the rows of u and y read and written whole instead of 128 bytes of
+// each 3 KiB row (a new 4 KiB page every 1.3 rows, ~5 GB/s). Pass profile at T = 65536, one
+// thread (long_conv_crossover --passes, loaded): gather 35-44 ms and scatter 42-56 ms with
+// 4 blocks, 27 and 31-45 with 12, 22 and 26-28 with all 24 (docs/operators.md, long_conv). The
+// cost: the walk's scratch, kept by the calling thread's pool after the call, is that of all its
+// blocks (a call's walks together hold at most the prepared spectrum's own size, D N floats
+// rounded to whole blocks, when no walk is capped).
+constexpr index_t kLongConvFftWideWalkBytes = index_t{384} << 20;
+
+// Blocks per walk of a prepared call of `blocks` blocks at FFT length N on `concurrency`
+// threads: long_conv_prepared_walk_blocks' cache-sized walks (two or more per thread) while a
+// block fits in cache; above, wide walks: as few as kLongConvFftWideWalkBytes allows, at least
+// one per thread (a thread per walk keeps them balanced: the walks are equal but for the last),
+// the blocks spread evenly over them.
+inline index_t long_conv_prepared_walk_width(index_t blocks, int concurrency, index_t N) {
+  const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
+  if (block_bytes <= 2 * kLongConvFftWalkCacheBytes)
+    return long_conv_fft_walk_blocks(blocks, concurrency, long_conv_prepared_walk_blocks(N));
+  const index_t most = std::max<index_t>(1, kLongConvFftWideWalkBytes / block_bytes);
+  const index_t walks = std::min(blocks, std::max((blocks + most - 1) / most, static_cast<index_t>(concurrency)));
+  return (blocks + walks - 1) / walks;
 }
 
 // Channels per block: E (a pair per lane), or W (narrow blocks, one channel per lane) when the
@@ -759,7 +799,7 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
   const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
   const index_t group = D / in.filter.size(1);
   LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
-  std::unique_ptr<LongConvFftScratch> scratch = pool.take();
+  std::unique_ptr<LongConvFftScratch> scratch = pool.take(static_cast<std::size_t>(2 * signals * N * E));
   // x: signal (b, block) at x + (b blocks + block) N E, then its product of spectra (the
   // inverse's input) at out + the same; G: block's filter spectrum at G + block N E (the tasks of
   // batch row 0 make it), then the spectra's position 0 per signal (E floats each). No allocation
@@ -849,8 +889,9 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const FftTwiddles& tw = fft_twiddles(segments.N);
   const index_t lanes = segments.count > 1 ? kFftElement : long_conv_fft_block_lanes(D, executor.concurrency());
   const index_t blocks = (D + lanes - 1) / lanes;
-  const index_t most = prepared != nullptr ? long_conv_prepared_walk_blocks(segments.N) : kLongConvFftWalkBlocks;
-  const index_t per_walk = segments.count > 1 ? 1 : long_conv_fft_walk_blocks(blocks, executor.concurrency(), most);
+  const index_t per_walk = segments.count > 1    ? 1
+                           : prepared != nullptr ? long_conv_prepared_walk_width(blocks, executor.concurrency(), segments.N)
+                                                 : long_conv_fft_walk_blocks(blocks, executor.concurrency());
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
   if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
     const index_t pieces =
@@ -860,7 +901,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(tasks));
   LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
   parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
-    std::unique_ptr<LongConvFftScratch> scratch = pool.take();
+    std::unique_ptr<LongConvFftScratch> scratch = pool.take(static_cast<std::size_t>(per_walk * segments.N * kFftElement));
     for (index_t i = begin; i < end; ++i) {
       const index_t first = i / segments.count * per_walk, segment = i % segments.count;
       const LongConvWalk walk{first * lanes, std::min(per_walk, blocks - first), D, lanes};
@@ -1035,7 +1076,7 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
   const detail::FftTwiddles& tw = detail::fft_twiddles(N);
   detail::LongConvFftScratchPool& pool = detail::LongConvFftScratchPool::local();
   parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
-    std::unique_ptr<detail::LongConvFftScratch> scratch = pool.take();
+    std::unique_ptr<detail::LongConvFftScratch> scratch = pool.take(static_cast<std::size_t>(N * E));
     if (scratch->x.size() < static_cast<std::size_t>(N * E)) scratch->x.resize(static_cast<std::size_t>(N * E));
     for (index_t j = begin; j < end; ++j) {
       const detail::LongConvWalk walk{j * E, 1, D, E};
