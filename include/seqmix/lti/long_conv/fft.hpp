@@ -16,6 +16,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -62,6 +66,25 @@ inline void long_conv_prefetch_span(const float* p, index_t floats, int write) n
     else
       __builtin_prefetch(p + i, 0, 3);
   }
+}
+
+// Grows a scratch buffer to at least `floats` floats: the old buffer freed first (its values are
+// never needed: every walk writes what it reads), and on Linux the new one marked for transparent
+// huge pages before its first touch (our own memory; a caller's u and y are never marked). Why:
+// a prepared call's wide walks hold up to 384 MiB (kLongConvFftWideWalkBytes), and growing it in
+// 4 KiB pages cost the first call at T = 65536 1.4-1.7 s of CPU time against 0.22-0.26 s for the
+// next ones (page faults and zeroing; resize also copied the old values), 0.5-0.7 s on main's
+// 64 MiB walks (one thread and two, loaded).
+inline void long_conv_grow_scratch(AlignedVector<float>& buffer, std::size_t floats) {
+  if (buffer.size() >= floats) return;
+  AlignedVector<float>().swap(buffer);
+  buffer.reserve(floats);
+#if defined(__linux__)
+  const std::size_t page = 4096, begin = (reinterpret_cast<std::size_t>(buffer.data()) + page - 1) / page * page;
+  const std::size_t end = (reinterpret_cast<std::size_t>(buffer.data() + floats)) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+  buffer.resize(floats);
 }
 
 struct LongConvFftScratch {
@@ -537,8 +560,8 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   // threads, D = 768), where each task's length is the call's time.
   const bool packed = prepared == nullptr && walk.lanes == W && !in.filter_backward.has_value();
   const bool own_spectra = !packed && (prepared == nullptr || walk.lanes != E);
-  if (scratch.x.size() < size) scratch.x.resize(size);
-  if (own_spectra && scratch.G.size() < size) scratch.G.resize(size);
+  long_conv_grow_scratch(scratch.x, size);
+  if (own_spectra) long_conv_grow_scratch(scratch.G, size);
   const float* G = packed ? nullptr : scratch.G.data();
   // Block k's spectrum: adjacent in G, or a tiled prepared spectrum's block.
   const auto block_spectrum = [&](index_t k) -> const float* {
@@ -807,8 +830,8 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
   const auto signal_floats = static_cast<std::size_t>(signals * N * E);
   const auto spectra_floats = static_cast<std::size_t>(blocks * N * E);
   const std::size_t g_floats = long_conv_fft_split_scratch_floats(B, blocks, N) - 2 * signal_floats;  // spectra, then position 0s
-  if (scratch->x.size() < 2 * signal_floats) scratch->x.resize(2 * signal_floats);
-  if (scratch->G.size() < g_floats) scratch->G.resize(g_floats);
+  long_conv_grow_scratch(scratch->x, 2 * signal_floats);
+  long_conv_grow_scratch(scratch->G, g_floats);
   float* x = scratch->x.data();
   float* out = x + signal_floats;
   float* G = scratch->G.data();
@@ -950,7 +973,9 @@ struct LongConvSpectrumShape {
 ///
 /// Size: D * N floats (rounded up to whole blocks of 2 * simd::kWidth channels; a filter shared
 /// per head is expanded to its D channels), about twice the filter's size at L = T: 384 MiB at
-/// D = 768, T = L = 65536.
+/// D = 768, T = L = 65536. Calls with it at FFT lengths whose channel block stays in no cache
+/// (N >= 65536 with AVX-512) walk wide blocks of channels, and the calling thread then keeps
+/// scratch of up to the same size (384 MiB per running walk at most; long_conv_prepared_walk_width).
 class LongConvFilterSpectrum {
  public:
   LongConvFilterSpectrum() = default;
@@ -1077,7 +1102,7 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
   detail::LongConvFftScratchPool& pool = detail::LongConvFftScratchPool::local();
   parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
     std::unique_ptr<detail::LongConvFftScratch> scratch = pool.take(static_cast<std::size_t>(N * E));
-    if (scratch->x.size() < static_cast<std::size_t>(N * E)) scratch->x.resize(static_cast<std::size_t>(N * E));
+    detail::long_conv_grow_scratch(scratch->x, static_cast<std::size_t>(N * E));
     for (index_t j = begin; j < end; ++j) {
       const detail::LongConvWalk walk{j * E, 1, D, E};
       detail::long_conv_filter_spectra(filter, filter_backward, taps.first, taps.second, D / G, walk, tw,
