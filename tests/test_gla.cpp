@@ -97,6 +97,11 @@ std::vector<GlaCase> gla_table() {
       {1, 300, 4, 8, 64, 16, GateKind::retnet, 0.f, 0.f, false},
       {1, 65, 1, 1, 80, 128, GateKind::none, 0.f, 0.f, false},
       {3, 300, 4, 4, 16, 16, GateKind::none, 0.f, 0.f, false},
+      // The register-tiled chunk steps (diagonal_decay/chunk_products.hpp) take any K and V of
+      // whole vectors: odd K, T ragged against the chunk and the score tiles, grouped heads.
+      {2, 131, 1, 2, 33, 32, GateKind::channel, -0.5f, 0.f, false},
+      {2, 97, 2, 4, 7, 48, GateKind::scalar, -0.2f, 0.f, false},
+      {1, 129, 1, 1, 33, 16, GateKind::none, 0.f, 0.f, false},
   };
   if (st::small_test_scale()) cases.erase(std::remove_if(cases.begin(), cases.end(), [](const GlaCase& c) { return c.big; }), cases.end());
   return cases;

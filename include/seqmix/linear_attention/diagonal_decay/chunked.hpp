@@ -28,6 +28,7 @@
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/diagonal_decay/bf16_tiles.hpp"
 #include "seqmix/linear_attention/diagonal_decay/chunk_ops.hpp"
+#include "seqmix/linear_attention/diagonal_decay/chunk_products.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
 namespace seqmix::detail::la {
@@ -47,21 +48,28 @@ constexpr index_t kSubChunk = 16;
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 
+// C rounded up to whole vectors: the columns the register-tiled scores write (chunk_products.hpp).
+inline index_t vector_padded(index_t C) { return (C + simd::kWidth - 1) / simd::kWidth * simd::kWidth; }
+
 // Per-thread scratch of the chunked form, allocated once per parallel block (never per chunk).
+// A and KT start zeroed: the tiled scores read KT and write A a few columns past the chunk's
+// last token (values never used), and those columns must hold no uninitialized floats.
 struct ChunkWorkspace {
   ChunkWorkspace(index_t C, index_t K, index_t Kf, index_t Vp)
-      : Q(C, Kf), Kc(C, Kf), QD(C, Kf), KD(C, Kf), Vc(C, Vp), O(C, Vp), A(C, C), Bq(C, K), Bk(C, K),
-        m(K), bonus(C), bk0(C), in_row(K) {}
+      : Q(C, Kf), Kc(C, Kf), QD(C, Kf), KD(C, Kf), KT(RowMatrix::Zero(Kf, vector_padded(C))), Vc(C, Vp), O(C, Vp),
+        A(RowMatrix::Zero(C, vector_padded(C))), Bq(C, K), Bk(C, K), m(K), bonus(C), bk0(C), in_row(K) {}
   RowMatrix Q, Kc;     // [C,Kf] phi(q)*scale, phi(k)
   RowMatrix QD, KD;    // [C,Kf] decayed copies (inter-chunk, anchored intra, state passing)
+  RowMatrix KT;        // [Kf,Cpad] the scores' keys (decayed or not), transposed (tiled steps)
   RowMatrix Vc, O;     // [C,Vp] values (+ ones column), outputs
-  RowMatrix A;         // [C,C] intra-chunk scores
+  RowMatrix A;         // [C,Cpad] intra-chunk scores (the first L columns used)
   RowMatrix Bq, Bk;    // [C,K] cumulative log-decays (column 0 only for scalar gates)
   RowVector m;         // [K] anchor
   RowVector bonus;     // [C] rwkv6 diagonal
   RowVector bk0;       // [C] column 0 of Bk, contiguous (scalar gates)
   RowVector in_row;    // [K] a 16-bit q or k row widened before its feature map (InputRows)
   bool v_words = false;  // bf16 steps: V's pair words packed by the intra step for the state update
+  bool keys_anchored = false;  // tiled steps: KD holds K * exp(Bk_last / 2 - Bk) from the scores
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 };
 
@@ -206,7 +214,7 @@ inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16
 
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
-  ws.v_words = false;
+  ws.v_words = false, ws.keys_anchored = false;
   for (index_t i = 0; i < L; ++i) {
     apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
     apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());
@@ -244,6 +252,15 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
   }
 }
 
+// True where the fp32 steps run on the register tiles (chunk_products.hpp): value rows of whole
+// vectors (K, the inner dimension or the rows of every product, and the chunk length may be
+// anything). V = 64 or 128 qualify; a normalizer column (Vp = V + 1) or an odd V keep Eigen,
+// whose packed GEMM handles a ragged last column better than the scalar tail would.
+inline bool tiled_steps(const ChunkWorkspace& ws) { return ws.O.cols() % simd::kWidth == 0; }
+
+constexpr Accumulate kOverwrite{false};
+constexpr Accumulate kAddTo{true};
+
 // O = (Q * exp(Bq)) S: what the tokens of the chunk read from the state carried into it.
 template <class Deferred = void>
 void chunk_inter(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, Deferred>& S,
@@ -253,6 +270,16 @@ void chunk_inter(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, De
 #endif
   auto O = ws.O.topRows(L);
   const index_t Kf = ws.Q.cols();
+  if (tiled_steps(ws)) {
+    const float* q = ws.Q.data();
+    if (p.gated() && !p.scalar_gate) {
+      times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
+      q = ws.QD.data();
+    }
+    tiled_product({q, Kf, 1}, L, Kf, S.data(), S.cols(), S.cols(), ws.O.data(), ws.O.cols(), kOverwrite);
+    if (p.gated() && p.scalar_gate) O.array().colwise() *= ws.Bq.col(0).head(L).array().exp();
+    return;
+  }
   if (!p.gated()) {
     O.noalias() = ws.Q.topRows(L) * S;
   } else if (p.scalar_gate) {
@@ -311,12 +338,68 @@ void intra_channel_anchored(index_t L, deferred_t<ChunkWorkspace, Deferred>& ws)
   ws.A.topLeftCorner(L, L).noalias() = ws.QD.topRows(L) * ws.KD.topRows(L).transpose();
 }
 
+// The tiled scores' lower part (chunk_products.hpp, lower_scores) for all gates but strong
+// channel decays, which keep intra_channel_subchunked. The keys go transposed into KT once.
+template <class Deferred = void>
+void tiled_scores(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
+  const index_t Kf = ws.Q.cols(), ldt = ws.KT.cols(), lda = ws.A.cols();
+  const float* q = ws.Q.data();
+  const float* k = ws.Kc.data();
+  if (p.gated() && !p.scalar_gate) {
+    // intra_channel_anchored's operands, m = Bk_last / 2: Q * exp(Bq - m) is chunk_inter's
+    // Q * exp(Bq) (in QD) times exp(-m) per channel, a product where the exps were. The state
+    // update rescales K * exp(m - Bk) (KD) the same way (keys_anchored).
+    ws.m = -0.5f * ws.Bk.row(L - 1);
+    exp_inplace(ws.m.data(), Kf);
+    times_columns(ws.QD.data(), Kf, ws.m.data(), ws.QD.data(), Kf, L, Kf);
+    ws.m = 0.5f * ws.Bk.row(L - 1);
+    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
+    q = ws.QD.data(), k = ws.KD.data();
+    ws.keys_anchored = true;
+  }
+  transpose_block(k, Kf, L, Kf, ws.KT.data(), ldt);
+  lower_scores(q, Kf, ws.KT.data(), ldt, L, Kf, ws.A.data(), lda);
+  if (p.gated() && p.scalar_gate) {
+    float* bk = ws.bk0.data();
+    for (index_t j = 0; j < L; ++j) bk[j] = ws.Bk(j, 0);
+    for (index_t i = 0; i < L; ++i) times_exp_diff(ws.A.row(i).data(), ws.Bq(i, 0), bk, i + 1);
+  }
+}
+
+// The tiled form of chunk_intra: scores (the lower part only), mask, then O += A V over the
+// tokens up to each row block's last row. A skipped zero of A would meet a non-finite value of a
+// later token (0 * inf = NaN), so a chunk holding one runs the same tiles on V with those entries
+// zeroed and adds them to the rows i >= j afterwards (core/chunkwise/causal_product.hpp's
+// policy): the outputs that do not see them stay bit-identical to a clean chunk's.
+template <class Deferred = void>
+void chunk_intra_tiled(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
+  const bool exclusive = p.readout == Readout::exclusive_bonus;
+  if (p.gated() && !p.scalar_gate && -ws.Bk.row(L - 1).minCoeff() > kAnchorRange)
+    intra_channel_subchunked<Deferred>(p, L, ws);
+  else
+    tiled_scores<Deferred>(p, L, ws);
+  // Zero the scores above the diagonal that A V reads: up to the end of the row's A V block.
+  for (index_t i = 0; i < L; ++i) {
+    float* row = ws.A.row(i).data();
+    std::fill(row + (exclusive ? i : i + 1), row + std::min(L, i + kPanelRows), 0.f);
+    if (exclusive) row[i] = ws.bonus(i);
+  }
+  const auto values = ws.Vc.topRows(L);
+  const index_t Vp = ws.Vc.cols();
+  const bool finite = values.allFinite();
+  if (!finite) ws.finite_values = values.array().isFinite().select(values, 0.f);
+  const float* v = finite ? ws.Vc.data() : ws.finite_values.data();
+  tiled_product({ws.A.data(), ws.A.cols(), 1}, L, L, v, Vp, Vp, ws.O.data(), Vp, kAddTo, true);
+  if (!finite) chunkwise::add_nonfinite_lower(ws.A.topLeftCorner(L, L), values, ws.O.topRows(L));
+}
+
 // A = intra-chunk scores, causally masked; then O += A V.
 template <class Deferred = void>
 void chunk_intra(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if (use_bf16_dot(p) && chunk_intra_bf16<Deferred>(p, L, ws)) return;
 #endif
+  if (tiled_steps(ws)) return chunk_intra_tiled<Deferred>(p, L, ws);
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   auto A = ws.A.topLeftCorner(L, L);
   if (p.gated() && !p.scalar_gate) {
@@ -342,6 +425,35 @@ void chunk_intra(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Def
   chunkwise::add_lower_product(A, ws.Vc.topRows(L), ws.O.topRows(L), ws.finite_values);
 }
 
+// The tiled form of chunk_state_update: (K * decay)^T read in place from the key rows (a
+// broadcast per key channel and token), the scalar gate's state decay folded into the product.
+template <class Deferred = void>
+void chunk_state_update_tiled(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
+                              deferred_t<ChunkWorkspace, Deferred>& ws) {
+  const index_t Kf = S.rows(), Vp = S.cols();
+  const float* k = ws.Kc.data();
+  Accumulate old = kAddTo;
+  if (p.gated() && p.scalar_gate) {
+    const float last = ws.Bk(L - 1, 0);
+    ws.KD.topRows(L).array() = ws.Kc.topRows(L).array().colwise() * (last - ws.Bk.col(0).head(L).array()).exp();
+    k = ws.KD.data(), old.scale = std::exp(last);
+  } else if (p.gated()) {
+    const float* last = ws.Bk.row(L - 1).data();
+    if (ws.keys_anchored) {  // K * exp(Bk_last - Bk) = the scores' K * exp(Bk_last / 2 - Bk) * exp(Bk_last / 2)
+      for (index_t c = 0; c < Kf; ++c) ws.m[c] = 0.5f * last[c];
+      exp_inplace(ws.m.data(), Kf);
+      times_columns(ws.KD.data(), Kf, ws.m.data(), ws.KD.data(), Kf, L, Kf);
+    } else {
+      times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last, ws.KD.data(), Kf, L, Kf);
+    }
+    exp_copy(last, ws.m.data(), Kf);
+    S.array().colwise() *= ws.m.transpose().array();
+    k = ws.KD.data();
+  }
+  ws.keys_anchored = false;
+  tiled_product({k, 1, Kf}, Kf, L, ws.Vc.data(), Vp, Vp, S.data(), Vp, old);
+}
+
 // S = diag(exp(Bk_last)) S + (K * exp(Bk_last - Bk))^T V.
 template <class Deferred = void>
 void chunk_state_update(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
@@ -349,6 +461,7 @@ void chunk_state_update(const HeadProblem& p, index_t L, deferred_t<RowMatrix, D
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if (use_bf16_dot(p) && chunk_state_update_bf16<Deferred>(p, L, S, ws)) return;
 #endif
+  if (tiled_steps(ws)) return chunk_state_update_tiled<Deferred>(p, L, S, ws);
   if (!p.gated()) {
     S.noalias() += ws.Kc.topRows(L).transpose() * ws.Vc.topRows(L);
   } else if (p.scalar_gate) {
