@@ -16,6 +16,10 @@
 // into an fp32 tile and goes through the float kernels: same results up to that rounding.
 // The operand preparations and the value tiles are [[gnu::noinline]]: inlined into the attention
 // task's loop, the decode ran ~8% slower (registers allocated over one much larger body).
+// The key and value kernels' loops over rows, token vectors and units are unrolled by pragma:
+// GCC 12 at -O2 (which unrolls only by pragma) left them rolled, with every int32 accumulator in
+// memory (a load and a store around each vpdpbusd), and decoded int8 / int4 1.3-1.9x slower than
+// at -O3; at -O3 it unrolled them but kept the value tile's accumulators on the stack.
 #pragma once
 
 #include <algorithm>
@@ -263,37 +267,48 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
     // stores may alias them, as far as it knows).
     const std::int8_t* q_hi[4];
     const std::int8_t* q_lo[4];
+#pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
       q_hi[r] = x.q_hi.data() + x.query_row(slot, r0 + r) * x.quad_bytes;
       q_lo[r] = x.q_lo.data() + x.query_row(slot, r0 + r) * x.quad_bytes;
     }
     __m512 score[4][NT];
+#pragma GCC unroll 8
     for (auto& row : score)
+#pragma GCC unroll 8
       for (auto& v : row) v = _mm512_setzero_ps();
     for (index_t g = 0, q0 = 0; q0 < quads; ++g, q0 += quads_per_group) {
       __m512i hi[4][NT], lo[4][NT];
+#pragma GCC unroll 4
       for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 8
         for (int v = 0; v < NT; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
       const index_t q1 = std::min(quads, q0 + quads_per_group);
       for (index_t cq = q0; cq < q1; ++cq) {
         ahead.step();
         const std::uint8_t* unit = keys + cq * kUnits * kCodeUnitBytes;
         __m512i codes[NT];
+#pragma GCC unroll 8
         for (int u = 0; u < kUnits; ++u) {
           const __m512i raw = _mm512_load_si512(unit + u * kCodeUnitBytes);
+#pragma GCC unroll 8
           for (int p = 0; p < L; ++p) codes[u * L + p] = code_plane<Bits>(raw, p);
         }
+#pragma GCC unroll 4
         for (int r = 0; r < 4; ++r) {
           const __m512i bh = broadcast_quad(q_hi[r] + 4 * cq);
           const __m512i bl = broadcast_quad(q_lo[r] + 4 * cq);
+#pragma GCC unroll 8
           for (int v = 0; v < NT; ++v) {
             hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
             lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
           }
         }
       }
+#pragma GCC unroll 4
       for (int r = 0; r < 4; ++r) {
         const __m512 step = _mm512_set1_ps(x.q_step[x.query_row(slot, r0 + r)]);
+#pragma GCC unroll 8
         for (int v = 0; v < NT; ++v) {
           const __m512 dot = _mm512_mul_ps(
               _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][v]), inv256, _mm512_cvtepi32_ps(hi[r][v])), step);
@@ -308,7 +323,9 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
         }
       }
     }
+#pragma GCC unroll 4
     for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 8
       for (int v = 0; v < NT; ++v) _mm512_storeu_ps(s + (r0 + r) * lds + 16 * v, score[r][v]);
   }
 }
@@ -366,9 +383,12 @@ void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_
   constexpr int L = 8 / Bits, NV = kUnits * L;
   const index_t c0 = 16 * u0 * L;
   index_t vg[NV];  // value group of each vector
+#pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) vg[v] = OneGroup ? 0 : std::min(c0 + 16 * v, Dv - 1) / group;
   __m512 out[R][NV];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       const index_t c = c0 + 16 * v;  // c >= Dv: padding lanes of the last unit, never stored
       out[r][v] = c < Dv ? _mm512_add_ps(_mm512_loadu_ps(acc + (r0 + r) * ldacc + c),
@@ -381,25 +401,32 @@ void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_
     const std::int8_t* wh0 = x.w_hi.data() + (j * x.rows + r0) * x.weight_bytes;
     const std::int8_t* wl0 = x.w_lo.data() + (j * x.rows + r0) * x.weight_bytes;
     __m512i hi[R][NV], lo[R][NV];
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) hi[r][v] = lo[r][v] = _mm512_setzero_si512();
     const std::uint8_t* src = blk.values + u0 * kCodeUnitBytes;
     for (index_t tq = 0; tq < quads; ++tq, src += blk.value_row) {
       __m512i codes[NV];
+#pragma GCC unroll 8
       for (int u = 0; u < kUnits; ++u) {
         const __m512i raw = _mm512_load_si512(src + u * kCodeUnitBytes);
+#pragma GCC unroll 8
         for (int p = 0; p < L; ++p) codes[u * L + p] = code_plane<Bits>(raw, p);
       }
+#pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const std::int8_t* wh = wh0 + r * x.weight_bytes + 4 * tq;
         const std::int8_t* wl = wl0 + r * x.weight_bytes + 4 * tq;
         if constexpr (OneGroup) {
           const __m512i bh = broadcast_quad(wh), bl = broadcast_quad(wl);
+#pragma GCC unroll 8
           for (int v = 0; v < NV; ++v) {
             hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
             lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
           }
         } else {
+#pragma GCC unroll 8
           for (int v = 0; v < NV; ++v) {
             hi[r][v] = dot_u8s8(hi[r][v], codes[v], broadcast_quad(wh + vg[v] * kKvBlockTokens));
             lo[r][v] = dot_u8s8(lo[r][v], codes[v], broadcast_quad(wl + vg[v] * kKvBlockTokens));
@@ -408,14 +435,18 @@ void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_
       }
     }
     const float* steps = x.w_step.data() + (j * x.rows + r0) * x.groups;
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
         // 256 h + l fits: |h sums| <= 127 * 255 * 32 tokens < 2^23.
         const __m512i total = _mm512_add_epi32(_mm512_slli_epi32(hi[r][v], 8), lo[r][v]);
         out[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(steps[r * x.groups + vg[v]]), out[r][v]);
       }
   }
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v)
       if (c0 + 16 * v < Dv) _mm512_storeu_ps(acc + (r0 + r) * ldacc + c0 + 16 * v, out[r][v]);
 }
