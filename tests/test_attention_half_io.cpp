@@ -51,6 +51,12 @@ std::vector<HalfIoCase> half_io_cases() {
       {1, 70, 70, 4, 2, 33, 20, true, false},     // ragged tiles, odd head sizes
       {2, 65, 129, 6, 3, 48, 80, false, false},   // not causal, Dk != Dv
       {1, 150, 150, 4, 2, 64, 64, true, true},    // packed sequences
+      // The decode's address-order tile (16-bit K/V read in place): query rows per KV head 1
+      // (odd Hkv), 2, 3 and 8, key counts off the tile and the key pairs, Dv below one P V block.
+      {2, 1, 1000, 5, 5, 64, 64, true, false},
+      {1, 2, 97, 4, 4, 64, 64, true, false},
+      {1, 1, 777, 3, 1, 128, 128, true, false},
+      {1, 1, 131, 24, 3, 64, 32, true, false},
   };
   if (!st::small_test_scale()) cases.push_back({1, 200, 200, 4, 2, 128, 128, true, false});
   return cases;
