@@ -97,19 +97,28 @@ void load_kv_tile_transposed(const ConstView<KV, 4>& x, index_t b, index_t h, in
 template <int MR, int NV>
 inline void gemm_block(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t K,
                        const float* row_scale) noexcept {
+  // The unroll pragmas keep acc in registers at -O2 too: GCC 12 unrolls these fixed-count loops
+  // completely only at -O3, and at -O2 left acc in memory (the prefill took twice its -O3 time).
   FBatch acc[MR][NV];
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       acc[r][v] = row_scale ? simd::load(C + r * ldc + v * simd::kWidth) * FBatch(row_scale[r]) : FBatch(0.f);
   for (index_t k = 0; k < K; ++k) {
     FBatch bk[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bk[v] = simd::load(B + k * ldb + v * simd::kWidth);
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const FBatch a(A[r * lda + k]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(a, bk[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) simd::store(C + r * ldc + v * simd::kWidth, acc[r][v]);
 }
 
