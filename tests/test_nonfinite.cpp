@@ -57,11 +57,13 @@ using namespace seqmix_nonfinite_probe;
 
 // ---- linear attention family --------------------------------------------------------------
 
-Op gla_op(seqmix::GateKind gate, index_t T, index_t chunk) {
-  const index_t B = 1, H = 2, K = 16, V = 12;
+// V = 12 keeps the chunked fp32 steps on Eigen; V = 32 (whole vectors on every target) runs
+// them on the register tiles (diagonal_decay/chunk_products.hpp) and their non-finite branch.
+Op gla_op(seqmix::GateKind gate, index_t T, index_t chunk, index_t V = 12) {
+  const index_t B = 1, H = 2, K = 16;
   Op op;
   op.name = "gated_linear_attention gate=" + std::to_string(static_cast<int>(gate)) + " T=" + std::to_string(T) +
-            " chunk=" + std::to_string(chunk);
+            " chunk=" + std::to_string(chunk) + " V=" + std::to_string(V);
   op.inputs = {random_field("q", {B, T, H, K}, 1), random_field("k", {B, T, H, K}, 2),
                random_field("v", {B, T, H, V}, 3)};
   if (gate == seqmix::GateKind::channel) op.inputs.push_back(random_field("g", {B, T, H, K}, 4, -3.f, -0.01f));
@@ -143,10 +145,10 @@ Op linear_attention_op(seqmix::FeatureMap phi, bool normalize) {
   return op;
 }
 
-Op rwkv6_op(index_t chunk = 64) {
-  const index_t B = 1, T = 100, H = 2, K = 16, V = 8;
+Op rwkv6_op(index_t chunk = 64, index_t V = 8) {
+  const index_t B = 1, T = 100, H = 2, K = 16;
   Op op;
-  op.name = "rwkv6";
+  op.name = "rwkv6 V=" + std::to_string(V);
   op.inputs = {random_field("r", {B, T, H, K}, 21), random_field("k", {B, T, H, K}, 22),
                random_field("v", {B, T, H, V}, 23), random_field("g", {B, T, H, K}, 24, -2.f, -0.01f),
                random_field("u", {H, K}, 25, -1.f, 1.f, -1)};
@@ -380,6 +382,7 @@ TEST_CASE("non-finite inputs: gated_linear_attention and its special cases", "[n
   for (auto gate : {seqmix::GateKind::channel, seqmix::GateKind::scalar, seqmix::GateKind::retnet, seqmix::GateKind::none})
     probe(gla_op(gate, 100, 64));
   probe(gla_op(seqmix::GateKind::channel, 70, 16));
+  for (auto gate : {seqmix::GateKind::channel, seqmix::GateKind::scalar}) probe(gla_op(gate, 100, 64, 32));
 }
 
 TEST_CASE("non-finite inputs: linear_attention, rwkv6", "[nonfinite][linear_attention]") {
@@ -387,6 +390,7 @@ TEST_CASE("non-finite inputs: linear_attention, rwkv6", "[nonfinite][linear_atte
   probe(linear_attention_op(seqmix::FeatureMap::elu1, true));
   probe(linear_attention_op(seqmix::FeatureMap::taylor2, false));
   probe(rwkv6_op());
+  probe(rwkv6_op(64, 32));
 }
 
 TEST_CASE("non-finite inputs: delta_rule, gated_delta_rule, KDA, rwkv7", "[nonfinite][delta_rule]") {

@@ -252,10 +252,11 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
   }
 }
 
-// True where the fp32 steps run on the register tiles (chunk_products.hpp): value rows of whole
-// vectors (K, the inner dimension or the rows of every product, and the chunk length may be
-// anything). V = 64 or 128 qualify; a normalizer column (Vp = V + 1) or an odd V keep Eigen,
-// whose packed GEMM handles a ragged last column better than the scalar tail would.
+// True where the fp32 steps run on the register tiles (chunk_products.hpp): value rows (V, plus
+// the normalizer column if any) of whole SIMD vectors; K, the inner dimension or the rows of
+// every product, and the chunk length may be anything. So V = 16, 32, 48, 64, 128 qualify on
+// AVX-512 (V = 72 does not; V + 1 = 16 with a normalizer does); the others keep Eigen, since the
+// tiles have no scalar tail for a ragged last column.
 inline bool tiled_steps(const ChunkWorkspace& ws) { return ws.O.cols() % simd::kWidth == 0; }
 
 constexpr Accumulate kOverwrite{false};
