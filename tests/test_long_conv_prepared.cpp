@@ -196,6 +196,14 @@ TEST_CASE("long_conv prepared: wide walks once a block's signal stays in no cach
     st::require_close("final_state", got.final_state.cview(), ref.final_state.cview(), 0.0);
     const Result two = run(c, data, &spectrum, LongConvMethod::fft, false, st::two_thread_pool());
     st::require_close("y (two threads)", two.y.cview(), ref.y.cview(), 2e-5);
+    // The calling thread keeps the walks' scratch until it is released; a call after the
+    // release makes it again and gives the same result.
+    sd::LongConvFftScratchPool& pool = sd::LongConvFftScratchPool::local();
+    CHECK(pool.held_floats() >= static_cast<std::size_t>(6 * wide_N * E));
+    seqmix::long_conv_release_thread_scratch();
+    CHECK(pool.held_floats() == 0);
+    const Result again = run(c, data, &spectrum, LongConvMethod::fft, false, seqmix::serial_executor());
+    st::require_close("y (after the release)", again.y.cview(), got.y.cview(), 0.0);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <string>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -18,6 +19,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #include "seqmix/core/parallel.hpp"
@@ -69,8 +71,8 @@ inline void long_conv_prefetch_span(const float* p, index_t floats, int write) n
 }
 
 // Grows a scratch buffer to at least `floats` floats: the old buffer freed first (its values are
-// never needed: every walk writes what it reads), and on Linux the new one marked for transparent
-// huge pages before its first touch (our own memory; a caller's u and y are never marked). Why:
+// never needed: every walk writes what it reads), and on Linux a new one of 32 MiB or more marked
+// for transparent huge pages before its first touch (our own memory; a caller's u and y are never marked). Why:
 // a prepared call's wide walks hold up to 384 MiB (kLongConvFftWideWalkBytes), and growing it in
 // 4 KiB pages cost the first call at T = 65536 1.4-1.7 s of CPU time against 0.22-0.26 s for the
 // next ones (page faults and zeroing; resize also copied the old values), 0.5-0.7 s on main's
@@ -80,9 +82,17 @@ inline void long_conv_grow_scratch(AlignedVector<float>& buffer, std::size_t flo
   AlignedVector<float>().swap(buffer);
   buffer.reserve(floats);
 #if defined(__linux__)
-  const std::size_t page = 4096, begin = (reinterpret_cast<std::size_t>(buffer.data()) + page - 1) / page * page;
-  const std::size_t end = (reinterpret_cast<std::size_t>(buffer.data() + floats)) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice only: failure is harmless
+  // Only buffers of 32 MiB and more: glibc serves those by mmap (its threshold grows to at most
+  // 32 MiB), so the marked range is returned to the system with them; a smaller one may sit in
+  // the malloc heap, where the mark would outlive it and reach whatever is placed there next.
+  constexpr std::size_t kAdviseMinBytes = std::size_t{32} << 20;
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (floats * sizeof(float) >= kAdviseMinBytes && page_size > 0) {
+    const std::uintptr_t page = static_cast<std::uintptr_t>(page_size);
+    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(buffer.data()) + page - 1) / page * page;
+    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(buffer.data() + floats) / page * page;
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice only: failure is harmless
+  }
 #endif
   buffer.resize(floats);
 }
@@ -128,6 +138,18 @@ class LongConvFftScratchPool {
   void give(std::unique_ptr<LongConvFftScratch> scratch) {
     const std::lock_guard<std::mutex> lock(mutex_);
     free_.push_back(std::move(scratch));
+  }
+  // Frees every kept scratch (long_conv_release_thread_scratch); none may be taken meanwhile.
+  void clear() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    free_.clear();
+  }
+  // The floats the kept scratches hold (signals and filter spectra).
+  std::size_t held_floats() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    std::size_t floats = 0;
+    for (const auto& scratch : free_) floats += scratch->x.capacity() + scratch->G.capacity();
+    return floats;
   }
 
  private:
@@ -642,9 +664,10 @@ constexpr index_t kLongConvFftWideWalkBytes = index_t{384} << 20;
 
 // Blocks per walk of a prepared call of `blocks` blocks at FFT length N on `concurrency`
 // threads: long_conv_prepared_walk_blocks' cache-sized walks (two or more per thread) while a
-// block fits in cache; above, wide walks: as few as kLongConvFftWideWalkBytes allows, at least
-// one per thread (a thread per walk keeps them balanced: the walks are equal but for the last),
-// the blocks spread evenly over them.
+// block fits in cache; above, wide walks: as few as kLongConvFftWideWalkBytes allows but aiming
+// at one per thread (a thread per walk keeps them balanced: the walks are equal but for the
+// last), the blocks spread evenly over them. Rounding the width up can leave fewer walks than
+// threads (24 blocks on 7 threads: 6 walks of 4).
 inline index_t long_conv_prepared_walk_width(index_t blocks, int concurrency, index_t N) {
   const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
   if (block_bytes <= 2 * kLongConvFftWalkCacheBytes)
@@ -1016,6 +1039,14 @@ class LongConvFilterSpectrum {
   bool with_state_ = false;
   AlignedVector<float> spectra_;
 };
+
+/// Frees the FFT scratch that long_conv's FFT form keeps on the calling thread for its next call:
+/// one scratch per task that ran at once, each as large as the longest walk seen (for prepared
+/// calls up to the spectrum's own size: 384 MiB at D = 768, T = 65536). The next FFT call on this
+/// thread makes it again, paying the first call's page faults and zeroing. Call it when a thread
+/// is done with long sequences and the memory is wanted elsewhere; not while a long_conv call
+/// runs on this thread.
+inline void long_conv_release_thread_scratch() { detail::LongConvFftScratchPool::local().clear(); }
 
 namespace detail {
 
