@@ -207,6 +207,47 @@ TEST_CASE("long_conv: T = 65536 by FFT against the direct form", "[long_conv]") 
     }
 }
 
+TEST_CASE("long_conv: the FFT scratch a thread keeps falls under its cap once a long call's is stale",
+          "[long_conv]") {
+  namespace sd = seqmix::detail;
+  constexpr index_t E = sd::kFftElement;
+  constexpr std::size_t cap = sd::kLongConvScratchKeepBytes;
+  sd::LongConvFftScratchPool& pool = sd::LongConvFftScratchPool::local();
+  const auto kept_bytes = [&] { return pool.held_floats() * sizeof(float); };
+  seqmix::long_conv_release_thread_scratch();  // what earlier cases kept
+  // A short call (skip, bias, a state, two batch rows) before and after the long one.
+  const LongCase small{2, 300, 37, 200, 37, 0, true, true, true, 41};
+  const LongData small_data(small);
+  const Result before = run(small, small_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  // The long call: one thread walks 4 of its 5 blocks of pairs at once, a signal and a filter
+  // spectrum per block, N floats of E each: N the shortest whose walk's scratch passes the cap
+  // (131072 with AVX-512), T + min(L, T) - 1 = N.
+  index_t N = 4;
+  while (static_cast<std::size_t>(8 * N * E) * sizeof(float) <= cap) N *= 2;
+  const LongCase big{1, N / 2 + 1, 4 * E + 1, 2, 4 * E + 1, 0, false, false, false, 42};
+  INFO("long call " << big.describe() << ", cap " << cap << " bytes");
+  const LongData big_data(big);
+  run(big, big_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  const std::size_t after_big = kept_bytes();
+  REQUIRE(after_big > cap);
+  // Repeated, it reuses its scratch: nothing more is kept.
+  run(big, big_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  CHECK(kept_bytes() == after_big);
+  // Short calls take scratch of their own size, so the long call's ages: kept while it is
+  // recent, freed by the first call that finds it stale.
+  for (std::uint64_t i = 0; i < sd::kLongConvScratchStaleCalls; ++i) {
+    const Result again = run(small, small_data, LongConvMethod::fft, false, seqmix::serial_executor());
+    INFO("short call " << i);
+    st::require_close("y", again.y.cview(), before.y.cview(), 0.0);
+  }
+  CHECK(kept_bytes() > cap);
+  const Result last = run(small, small_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  CHECK(kept_bytes() <= cap);
+  CHECK(kept_bytes() > 0);  // the short call's own scratch stays
+  st::require_close("y (after the long call's scratch was freed)", last.y.cview(), before.y.cview(), 0.0);
+  st::require_close("final_state", last.final_state.cview(), before.final_state.cview(), 0.0);
+}
+
 TEST_CASE("long_conv: a non-finite input reaches only the outputs that read it", "[long_conv]") {
   const LongCase c{1, 200, 20, 200, 20, 0, false, false, false, 31};
   LongData data(c);

@@ -101,11 +101,32 @@ struct LongConvFftScratch {
   // [blocks][N][kFftElement] each: per channel block of the task's walk, the batched signal (its
   // spectrum, then the product of spectra in place), and the spectrum G of its filter pairs.
   AlignedVector<float> x, G;
+  // [2][blocks][kFftElement]: the walk's (or a split call's) skip, then bias weights per block
+  // (long_conv_row_weights), made once per walk for every row it writes.
+  AlignedVector<float> weights;
+  // The pool's call count when a task last took it (LongConvFftScratchPool::begin_call).
+  std::uint64_t last_call = 0;
+  std::size_t floats() const noexcept { return x.capacity() + G.capacity() + weights.capacity(); }
 };
 
+// Bytes of scratch a calling thread's pool keeps whatever its age, 64 MiB: all of a two-thread
+// call's up to T = L = 16384 (two tasks of 4 blocks, 2 x 32 MiB at N = 32768 with AVX-512).
+// Past it, a scratch no task took in the last kLongConvScratchStaleCalls calls is freed, the least
+// recently taken first. Why: the pool kept one scratch per task that ever ran at once, each as
+// large as its longest walk (384 MiB after one prepared call at T = 65536 on one thread, and
+// 64 MiB more per thread count seen) for as long as the thread lived.
+constexpr std::size_t kLongConvScratchKeepBytes = std::size_t{64} << 20;
+
+// Calls after which an untaken scratch counts as stale, 16. Why not free it at once: a scratch
+// of a long call is worth keeping across the calls between two long ones (remaking 384 MiB at
+// T = 65536 cost 1.4-1.7 s of CPU time in page faults and zeroing against 0.22-0.26 s for the
+// call on kept scratch), and long_conv_crossover --prepared runs four kinds of call in turn
+// (one and two threads, with and without a spectrum), each taking its own scratch.
+constexpr std::uint64_t kLongConvScratchStaleCalls = 16;
+
 // The tasks' scratch, kept by the calling thread across calls: a task takes one (made on first
-// use) and gives it back, so the pool holds as many as ever ran at once, each sized for the
-// longest transform seen. Why: a fresh 4 x 16 MiB per task and call at N = 131072 cost more CPU
+// use) and gives it back, so the pool holds as many as ran at once, each sized for the longest
+// transform it served, until they are stale beyond kLongConvScratchKeepBytes (begin_call). Why: a fresh 4 x 16 MiB per task and call at N = 131072 cost more CPU
 // time in page faults and zeroing than the transforms did (perf, T = 16384: 60% of the call in
 // memset and the fault handler; one thread, D = 768: 1.8 s per call against 0.62 s for the same
 // work on reused buffers). Owned by the calling thread, not by the workers (kv_cache's
@@ -122,18 +143,48 @@ class LongConvFftScratchPool {
   // thread, 2 x 192 MiB on two at N = 131072), and a one-thread call after a two-thread one took a
   // 192 MiB scratch and grew it, page faults and zeroing included, every other call (1.4-1.5 s
   // against 0.25 s, long_conv_crossover --prepared, T = 65536).
+  // Past kLongConvScratchKeepBytes, a scratch whose signal is over twice the task's is left for
+  // the calls it was made for (a new one is made instead): a short call would otherwise keep a
+  // long call's scratch from ever going stale (one thread: the only one kept).
   std::unique_ptr<LongConvFftScratch> take(std::size_t floats) {
     const std::lock_guard<std::mutex> lock(mutex_);
-    if (free_.empty()) return std::make_unique<LongConvFftScratch>();
-    std::size_t pick = 0;
-    for (std::size_t i = 1; i < free_.size(); ++i) {
+    const auto oversized = [&](const LongConvFftScratch& scratch) {
+      return scratch.floats() * sizeof(float) > kLongConvScratchKeepBytes && scratch.x.size() / 2 > floats;
+    };
+    std::size_t pick = free_.size();
+    for (std::size_t i = 0; i < free_.size(); ++i) {
+      if (oversized(*free_[i])) continue;
+      if (pick == free_.size()) {
+        pick = i;
+        continue;
+      }
       const std::size_t have = free_[i]->x.size(), best = free_[pick]->x.size();
       const bool fits = have >= floats, best_fits = best >= floats;
       if (fits ? !best_fits || have < best : !best_fits && have > best) pick = i;
     }
+    if (pick == free_.size()) return stamped(std::make_unique<LongConvFftScratch>());
     std::unique_ptr<LongConvFftScratch> scratch = std::move(free_[pick]);
     free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(pick));
-    return scratch;
+    return stamped(std::move(scratch));
+  }
+  // Counts a call on this thread (before its tasks take scratch) and frees stale scratch while
+  // the pool keeps more than kLongConvScratchKeepBytes: the least recently taken first, the
+  // larger on a tie. A scratch taken in the last kLongConvScratchStaleCalls calls stays, so
+  // calls that repeat reuse theirs whatever its size; the last call's stays until later calls
+  // age it (or long_conv_release_thread_scratch frees it).
+  void begin_call() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    ++calls_;
+    std::size_t bytes = 0;
+    for (const auto& scratch : free_) bytes += scratch->floats() * sizeof(float);
+    while (bytes > kLongConvScratchKeepBytes) {
+      const auto oldest = std::min_element(free_.begin(), free_.end(), [](const auto& a, const auto& b) {
+        return a->last_call != b->last_call ? a->last_call < b->last_call : a->floats() > b->floats();
+      });
+      if (oldest == free_.end() || calls_ - (*oldest)->last_call <= kLongConvScratchStaleCalls) break;
+      bytes -= (*oldest)->floats() * sizeof(float);
+      free_.erase(oldest);
+    }
   }
   void give(std::unique_ptr<LongConvFftScratch> scratch) {
     const std::lock_guard<std::mutex> lock(mutex_);
@@ -144,17 +195,23 @@ class LongConvFftScratchPool {
     const std::lock_guard<std::mutex> lock(mutex_);
     free_.clear();
   }
-  // The floats the kept scratches hold (signals and filter spectra).
+  // The floats the kept scratches hold (signals, filter spectra and row weights).
   std::size_t held_floats() {
     const std::lock_guard<std::mutex> lock(mutex_);
     std::size_t floats = 0;
-    for (const auto& scratch : free_) floats += scratch->x.capacity() + scratch->G.capacity();
+    for (const auto& scratch : free_) floats += scratch->floats();
     return floats;
   }
 
  private:
+  std::unique_ptr<LongConvFftScratch> stamped(std::unique_ptr<LongConvFftScratch> scratch) const {
+    scratch->last_call = calls_;
+    return scratch;
+  }
+
   std::mutex mutex_;
   std::vector<std::unique_ptr<LongConvFftScratch>> free_;
+  std::uint64_t calls_ = 0;  // begin_call's count
 };
 
 // A task's channels: `blocks` adjacent blocks of `lanes` channels from c0 (the last one possibly
@@ -494,24 +551,53 @@ inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& 
   }
 }
 
+// A walk's skip and bias weights for long_conv_scatter_rows: block k's at skip + k E and
+// bias + k E (lane i: channel walk.channel(k) + i, zero past the block's width); null without
+// skip (bias).
+struct LongConvRowWeights {
+  const float* skip = nullptr;
+  const float* bias = nullptr;
+  // The weights of the walk's block k, as a one-block walk's.
+  LongConvRowWeights block(index_t k) const noexcept {
+    return {skip == nullptr ? nullptr : skip + k * kFftElement, bias == nullptr ? nullptr : bias + k * kFftElement};
+  }
+};
+
+// The walk's row weights, made in `buffer` (a scratch's weights: grown to 2 blocks E floats on
+// first use, then only overwritten). Why here and not per scatter: the scatter runs per batch row
+// of a walk and per piece of a split block (8 parts x pieces per signal), and made its two weight
+// vectors on the heap every time.
+inline LongConvRowWeights long_conv_row_weights(const LongConvInputs& in, const LongConvWalk& walk,
+                                                AlignedVector<float>& buffer) {
+  constexpr index_t E = kFftElement;
+  const bool skip = in.skip.has_value(), bias = in.bias.has_value();
+  if (!skip && !bias) return {};
+  const index_t floats = walk.blocks * E;
+  if (buffer.size() < static_cast<std::size_t>(2 * floats)) buffer.resize(static_cast<std::size_t>(2 * floats));
+  float* skips = buffer.data();
+  float* biases = buffer.data() + floats;
+  for (index_t k = 0; k < walk.blocks; ++k)
+    for (index_t i = 0; i < E; ++i) {
+      const bool lane = i < walk.width(k);
+      skips[k * E + i] = skip && lane ? in.skip(walk.channel(k) + i) : 0.f;
+      biases[k * E + i] = bias && lane ? in.bias(walk.channel(k) + i) : 0.f;
+    }
+  return {skip ? skips : nullptr, bias ? biases : nullptr};
+}
+
 // Writes y[b, t, c] = conv (+ skip u, + bias) for t < T from the walk's inverse transforms (block
 // k's output t at x + (k N + S + t) E, channel c of the block in lane c % W of part c / W), one
-// row of y after the other. [t0, t1): the rows to write (a split block's piece; t1 < 0: to T).
+// row of y after the other. weights: the walk's (long_conv_row_weights). [t0, t1): the rows to
+// write (a split block's piece; t1 < 0: to T).
 inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<float, 3>& y, const LongConvWalk& walk,
-                                   index_t b, index_t S, index_t N, const float* x, index_t t0 = 0,
-                                   index_t t1 = -1) {
+                                   const LongConvRowWeights& weights, index_t b, index_t S, index_t N, const float* x,
+                                   index_t t0 = 0, index_t t1 = -1) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t end = t1 < 0 ? in.u.size(1) : std::min(t1, in.u.size(1));
-  const bool skip = in.skip.has_value(), bias = in.bias.has_value();
+  const float* skips = weights.skip;
+  const float* biases = weights.bias;
+  const bool skip = skips != nullptr, bias = biases != nullptr;
   const bool unit = y.stride(2) == 1 && in.u.stride(2) == 1;
-  // Block k's skip and bias weights at skips + k E, biases + k E (zero past its width).
-  AlignedVector<float> skips(static_cast<std::size_t>(skip ? walk.blocks * E : 0), 0.f);
-  AlignedVector<float> biases(static_cast<std::size_t>(bias ? walk.blocks * E : 0), 0.f);
-  for (index_t k = 0; k < walk.blocks; ++k)
-    for (index_t i = 0; i < walk.width(k); ++i) {
-      if (skip) skips[static_cast<std::size_t>(k * E + i)] = in.skip(walk.channel(k) + i);
-      if (bias) biases[static_cast<std::size_t>(k * E + i)] = in.bias(walk.channel(k) + i);
-    }
   for (index_t t = t0; t < end; ++t) {
     if (unit && t + kLongConvPrefetchRows < end) {
       long_conv_prefetch_span(y.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 1);
@@ -525,16 +611,16 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
         const float* u = in.u.ptr(b, t, c);
         for (index_t i = 0; i < walk.lanes; i += W) {
           FftBatch v = simd::load(row + i);
-          if (skip) v += simd::load(skips.data() + k * E + i) * simd::load(u + i);
-          if (bias) v += simd::load(biases.data() + k * E + i);
+          if (skip) v += simd::load(skips + k * E + i) * simd::load(u + i);
+          if (bias) v += simd::load(biases + k * E + i);
           simd::store(out + i, v);
         }
         continue;
       }
       for (index_t i = 0; i < width; ++i) {
         float v = row[i];
-        if (skip) v += skips[static_cast<std::size_t>(k * E + i)] * in.u(b, t, c + i);
-        if (bias) v += biases[static_cast<std::size_t>(k * E + i)];
+        if (skip) v += skips[k * E + i] * in.u(b, t, c + i);
+        if (bias) v += biases[k * E + i];
         y(b, t, c + i) = v;
       }
     }
@@ -606,6 +692,7 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
     }
   }
   float* x = scratch.x.data();
+  const LongConvRowWeights weights = long_conv_row_weights(in, walk, scratch.weights);
   for (index_t b = 0; b < B; ++b) {
     long_conv_gather_rows(in, walk, b, S, N, x);
     if (packed) long_conv_load_filter_rows(in.filter, walk, taps, D / in.filter.size(1), N, x, true);
@@ -616,7 +703,7 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
       long_conv_convolve_block(xk, block_spectrum(k), S + T, S, T, tw, lanes);
       long_conv_list_nonfinite(lanes, b * D + walk.channel(k), walk.width(k), nonfinite);
     }
-    long_conv_scatter_rows(in, y, walk, b, S, N, x);
+    long_conv_scatter_rows(in, y, walk, weights, b, S, N, x);
   }
 }
 
@@ -859,6 +946,8 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
   float* out = x + signal_floats;
   float* G = scratch->G.data();
   float* frequency0 = G + spectra_floats;
+  // Every block's skip and bias weights, made once for the call's pieces (block j's: .block(j)).
+  const LongConvRowWeights weights = long_conv_row_weights(in, LongConvWalk{0, blocks, D, E}, scratch->weights);
   const auto walk_of = [&](index_t block) { return LongConvWalk{block * E, 1, D, E}; };
   // Piece p of a signal: first-pass groups [j0, j1); group j touches positions j + m len.
   const auto piece = [&](index_t p) { return std::make_pair(len * p / pieces, len * (p + 1) / pieces); };
@@ -908,7 +997,7 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
       long_conv_inverse_top(product, tw, S, T, parts, j0, j1);
       for (index_t m = 0; m < parts; ++m)
         long_conv_piece_rows(j0 + m * len, j1 + m * len, S, rows, [&](index_t r0, index_t r1) {
-          long_conv_scatter_rows(in, y, walk_of(block), b, S, N, product, r0 - S, r1 - S);
+          long_conv_scatter_rows(in, y, walk_of(block), weights.block(block), b, S, N, product, r0 - S, r1 - S);
         });
     }
   });
@@ -925,6 +1014,7 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
 // call's, so a prepared call never splits into segments).
 inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
                               const float* prepared = nullptr, index_t tile = 0) {
+  LongConvFftScratchPool::local().begin_call();  // before any task takes scratch (the split's too)
   const index_t D = in.u.size(2), B = in.u.size(0), T = in.u.size(1);
   const LongConvDims dims{B, T, D, in.filter.size(0),
                           in.filter_backward.has_value() ? in.filter_backward.size(0) : 0, in.filter.size(1)};
@@ -998,7 +1088,8 @@ struct LongConvSpectrumShape {
 /// per head is expanded to its D channels), about twice the filter's size at L = T: 384 MiB at
 /// D = 768, T = L = 65536. Calls with it at FFT lengths whose channel block stays in no cache
 /// (N >= 65536 with AVX-512) walk wide blocks of channels, and the calling thread then keeps
-/// scratch of up to the same size (384 MiB per running walk at most; long_conv_prepared_walk_width).
+/// scratch of up to the same size (384 MiB per running walk at most; long_conv_prepared_walk_width)
+/// until 16 FFT calls on it no longer took it (long_conv_release_thread_scratch).
 class LongConvFilterSpectrum {
  public:
   LongConvFilterSpectrum() = default;
@@ -1041,11 +1132,14 @@ class LongConvFilterSpectrum {
 };
 
 /// Frees the FFT scratch that long_conv's FFT form keeps on the calling thread for its next call:
-/// one scratch per task that ran at once, each as large as the longest walk seen (for prepared
-/// calls up to the spectrum's own size: 384 MiB at D = 768, T = 65536). The next FFT call on this
-/// thread makes it again, paying the first call's page faults and zeroing. Call it when a thread
-/// is done with long sequences and the memory is wanted elsewhere; not while a long_conv call
-/// runs on this thread.
+/// one scratch per task that ran at once, each as large as the longest walk it served (for
+/// prepared calls up to the spectrum's own size: 384 MiB at D = 768, T = 65536). Without it the
+/// thread keeps at most 64 MiB of scratch no task took in its last 16 FFT calls (the least
+/// recently taken is freed first; a call's own scratch, of any size, stays while calls keep
+/// taking it), so a long call's scratch goes after 16 shorter calls, but stays if the thread makes
+/// no more FFT calls. The next FFT call on this thread makes it again, paying the first call's
+/// page faults and zeroing. Call it when a thread is done with long sequences and the memory is
+/// wanted elsewhere at once; not while a long_conv call runs on this thread.
 inline void long_conv_release_thread_scratch() { detail::LongConvFftScratchPool::local().clear(); }
 
 namespace detail {
@@ -1131,6 +1225,7 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
   spectra_.assign(static_cast<std::size_t>(blocks * N * E), 0.f);
   const detail::FftTwiddles& tw = detail::fft_twiddles(N);
   detail::LongConvFftScratchPool& pool = detail::LongConvFftScratchPool::local();
+  pool.begin_call();
   parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
     std::unique_ptr<detail::LongConvFftScratch> scratch = pool.take(static_cast<std::size_t>(N * E));
     detail::long_conv_grow_scratch(scratch->x, static_cast<std::size_t>(N * E));
