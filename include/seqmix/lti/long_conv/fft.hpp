@@ -246,7 +246,11 @@ inline index_t long_conv_top_parts(index_t N) noexcept { return fft_split_parts(
 // fft_dif on each part finishes the transform (the same butterflies and twiddles as
 // batched_fft_forward). With `parts` (4 or 8) parts instead, and only the groups j in [j0, j1) of
 // the pass (group j reads and writes positions j + m N / parts): a split block's piece
-// (long_conv_fft_split_run).
+// (long_conv_fft_split_run). Tried at N = 131072 (prepared call, T = 65536, one thread,
+// long_conv_crossover --passes, loaded): non-temporal stores of the pass's outputs (a block's
+// 16 MiB signal stays in no cache) made it 1.7-2x slower (36-40 against 19-22 ms), and software
+// prefetches 8 or 32 groups ahead of its strided streams (here and in the inverse's last pass)
+// were flat over 4 alternations (18.6 against 18.7 ms).
 inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw, index_t parts, index_t j0,
                                   index_t j1) noexcept {
   constexpr index_t E = kFftElement;
