@@ -248,6 +248,40 @@ TEST_CASE("long_conv: the FFT scratch a thread keeps falls under its cap once a 
   st::require_close("final_state", last.final_state.cview(), before.final_state.cview(), 0.0);
 }
 
+TEST_CASE("long_conv: a small scratch untaken for 17 calls stays beside a large recent one",
+          "[long_conv]") {
+  // Only stale scratch counts against the bound: h3_run at P = 64 makes 16 diagonal calls
+  // between two shift calls, and a bound on all kept bytes freed the shift's scratch each time.
+  namespace sd = seqmix::detail;
+  constexpr index_t E = sd::kFftElement;
+  sd::LongConvFftScratchPool& pool = sd::LongConvFftScratchPool::local();
+  const auto kept_bytes = [&] { return pool.held_floats() * sizeof(float); };
+  seqmix::long_conv_release_thread_scratch();
+  // A scratch over the bound (one walk of 4 blocks, as in the case above), then a short call's,
+  // which leaves the large one alone and makes its own.
+  index_t N = 4;
+  while (static_cast<std::size_t>(8 * N * E) * sizeof(float) <= sd::kLongConvScratchKeepBytes) N *= 2;
+  const LongCase big{1, N / 2 + 1, 4 * E, 2, 4 * E, 0, false, false, false, 44};
+  const LongData big_data(big);
+  run(big, big_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  const LongCase small{1, 300, 37, 200, 37, 0, true, true, false, 43};
+  const LongData small_data(small);
+  const Result before = run(small, small_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  const std::size_t both = kept_bytes();
+  REQUIRE(pool.held_scratches() == 2);
+  REQUIRE(both > sd::kLongConvScratchKeepBytes);
+  // The large one stays recent; the small one goes stale (17 calls untaken) but under the bound.
+  for (std::uint64_t i = 0; i <= sd::kLongConvScratchStaleCalls; ++i)
+    run(big, big_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  CHECK(pool.held_scratches() == 2);
+  CHECK(kept_bytes() == both);
+  const Result again = run(small, small_data, LongConvMethod::fft, false, seqmix::serial_executor());
+  CHECK(pool.held_scratches() == 2);  // it took its own scratch back; nothing new was made
+  CHECK(kept_bytes() == both);
+  st::require_close("y", again.y.cview(), before.y.cview(), 0.0);
+  seqmix::long_conv_release_thread_scratch();
+}
+
 TEST_CASE("long_conv: a non-finite input reaches only the outputs that read it", "[long_conv]") {
   const LongCase c{1, 200, 20, 200, 20, 0, false, false, false, 31};
   LongData data(c);

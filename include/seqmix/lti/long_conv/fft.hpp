@@ -109,12 +109,14 @@ struct LongConvFftScratch {
   std::size_t floats() const noexcept { return x.capacity() + G.capacity() + weights.capacity(); }
 };
 
-// Bytes of scratch a calling thread's pool keeps whatever its age, 64 MiB: all of a two-thread
-// call's up to T = L = 16384 (two tasks of 4 blocks, 2 x 32 MiB at N = 32768 with AVX-512).
-// Past it, a scratch no task took in the last kLongConvScratchStaleCalls calls is freed, the least
-// recently taken first. Why: the pool kept one scratch per task that ever ran at once, each as
-// large as its longest walk (384 MiB after one prepared call at T = 65536 on one thread, and
-// 64 MiB more per thread count seen) for as long as the thread lived.
+// Bytes of stale scratch (untaken in the last kLongConvScratchStaleCalls calls) a calling thread's
+// pool keeps, 64 MiB: all of a two-thread call's up to T = L = 16384 (two tasks of 4 blocks,
+// 2 x 32 MiB at N = 32768 with AVX-512). Past it, stale scratch is freed, the least recently taken
+// first; scratch taken within those calls is kept whatever its size. Why: the pool kept one
+// scratch per task that ever ran at once, each as large as its longest walk (384 MiB after one
+// prepared call at T = 65536 on one thread, and 64 MiB more per thread count seen) for as long as
+// the thread lived. Why only stale bytes count: a large recent scratch must not push out a small
+// one used every 17th call (h3_run at P = 64: 16 diagonal calls between two shift calls).
 constexpr std::size_t kLongConvScratchKeepBytes = std::size_t{64} << 20;
 
 // Calls after which an untaken scratch counts as stale, 16. Why not free it at once: a scratch
@@ -126,10 +128,10 @@ constexpr std::uint64_t kLongConvScratchStaleCalls = 16;
 
 // The tasks' scratch, kept by the calling thread across calls: a task takes one (made on first
 // use) and gives it back, so the pool holds as many as ran at once, each sized for the longest
-// transform it served, until they are stale beyond kLongConvScratchKeepBytes (begin_call). Why: a fresh 4 x 16 MiB per task and call at N = 131072 cost more CPU
-// time in page faults and zeroing than the transforms did (perf, T = 16384: 60% of the call in
-// memset and the fault handler; one thread, D = 768: 1.8 s per call against 0.62 s for the same
-// work on reused buffers). Owned by the calling thread, not by the workers (kv_cache's
+// transform it served, until they are stale beyond kLongConvScratchKeepBytes (begin_call). Why: a
+// fresh 4 x 16 MiB per task and call at N = 131072 cost more CPU time in page faults and zeroing
+// than the transforms did (perf, T = 16384: 60% of the call in memset and the fault handler; one
+// thread, D = 768: 1.8 s per call against 0.62 s for the same work on reused buffers). Owned by the calling thread, not by the workers (kv_cache's
 // KvScratchSet explains why), and locked because the workers share it.
 class LongConvFftScratchPool {
  public:
@@ -167,22 +169,26 @@ class LongConvFftScratchPool {
     free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(pick));
     return stamped(std::move(scratch));
   }
-  // Counts a call on this thread (before its tasks take scratch) and frees stale scratch while
-  // the pool keeps more than kLongConvScratchKeepBytes: the least recently taken first, the
-  // larger on a tie. A scratch taken in the last kLongConvScratchStaleCalls calls stays, so
-  // calls that repeat reuse theirs whatever its size; the last call's stays until later calls
-  // age it (or long_conv_release_thread_scratch frees it).
+  // Counts a call on this thread (before its tasks take scratch) and frees stale scratch (taken
+  // more than kLongConvScratchStaleCalls calls ago) while it is over kLongConvScratchKeepBytes:
+  // the least recently taken first, the larger on a tie. A scratch taken within those calls
+  // stays, so calls that repeat within 16 calls reuse theirs whatever its size; a call's scratch
+  // is freed at the start of the 17th later call that did not take it, if stale scratch is then
+  // over the bound (or by long_conv_release_thread_scratch).
   void begin_call() {
     const std::lock_guard<std::mutex> lock(mutex_);
     ++calls_;
-    std::size_t bytes = 0;
-    for (const auto& scratch : free_) bytes += scratch->floats() * sizeof(float);
-    while (bytes > kLongConvScratchKeepBytes) {
+    const auto stale = [&](const LongConvFftScratch& scratch) {
+      return calls_ - scratch.last_call > kLongConvScratchStaleCalls;
+    };
+    std::size_t stale_bytes = 0;
+    for (const auto& scratch : free_)
+      if (stale(*scratch)) stale_bytes += scratch->floats() * sizeof(float);
+    while (stale_bytes > kLongConvScratchKeepBytes) {
       const auto oldest = std::min_element(free_.begin(), free_.end(), [](const auto& a, const auto& b) {
         return a->last_call != b->last_call ? a->last_call < b->last_call : a->floats() > b->floats();
       });
-      if (oldest == free_.end() || calls_ - (*oldest)->last_call <= kLongConvScratchStaleCalls) break;
-      bytes -= (*oldest)->floats() * sizeof(float);
+      stale_bytes -= (*oldest)->floats() * sizeof(float);  // stale: the oldest of a stale set
       free_.erase(oldest);
     }
   }
@@ -194,6 +200,11 @@ class LongConvFftScratchPool {
   void clear() {
     const std::lock_guard<std::mutex> lock(mutex_);
     free_.clear();
+  }
+  // How many scratches the pool keeps.
+  std::size_t held_scratches() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return free_.size();
   }
   // The floats the kept scratches hold (signals, filter spectra and row weights).
   std::size_t held_floats() {
@@ -567,7 +578,7 @@ struct LongConvRowWeights {
   }
 };
 
-// The walk's row weights, made in `buffer` (a scratch's weights: grown to 2 blocks E floats on
+// The walk's row weights, made in `buffer` (a scratch's weights: grown to 2 x blocks x E floats on
 // first use, then only overwritten). Why here and not per scatter: the scatter runs per batch row
 // of a walk and per piece of a split block (8 parts x pieces per signal), and made its two weight
 // vectors on the heap every time.
@@ -1139,9 +1150,9 @@ class LongConvFilterSpectrum {
 /// one scratch per task that ran at once, each as large as the longest walk it served (for
 /// prepared calls up to the spectrum's own size: 384 MiB at D = 768, T = 65536). Without it the
 /// thread keeps at most 64 MiB of scratch no task took in its last 16 FFT calls (the least
-/// recently taken is freed first; a call's own scratch, of any size, stays while calls keep
-/// taking it), so a long call's scratch goes after 16 shorter calls, but stays if the thread makes
-/// no more FFT calls. The next FFT call on this thread makes it again, paying the first call's
+/// recently taken is freed first; scratch taken within those calls, of any size, stays), so a
+/// long call's scratch is freed at the start of the 17th later call that does not take it, but
+/// stays if the thread makes no more FFT calls. The next FFT call on this thread makes it again, paying the first call's
 /// page faults and zeroing. Call it when a thread is done with long sequences and the memory is
 /// wanted elsewhere at once; not while a long_conv call runs on this thread.
 inline void long_conv_release_thread_scratch() { detail::LongConvFftScratchPool::local().clear(); }
