@@ -2,6 +2,9 @@
 // linear_attention and rwkv6; fast prefill (automatic choice, plus each algorithm forced, which
 // is what detail::la::choose_algorithm was tuned from), decode step, and the reference as the
 // baseline (names ending in /reference, at a shorter T where the loops are slow). Two threads.
+// gated_linear_attention/{prefill,bf16dot/prefill}/h4-k768-t2048[/chunked|/recurrent]: the
+// automatic choice and both forms forced at a state between choose_algorithm's thresholds, with
+// fp32 and with bf16 dot products (no reference row).
 //
 // Counters (per second of wall time), independent of the algorithm that ran:
 //   prefill  flops = 4 * B*T*HV*K*V     per token and state element: the update k v^T (2) and
@@ -64,8 +67,17 @@ using seqmix::Tensor;
 namespace st = seqmix::testing;
 
 
+// Shapes of the algorithm-choice rows only (h4-k768: a state of 768 x 768 floats, between
+// choose_algorithm's thresholds for bf16 dot products, 2^19, and fp32 products, 2^20).
+const std::vector<st::LinearAttentionShape>& choice_shapes() {
+  static const std::vector<st::LinearAttentionShape> shapes = {{"h4-k768", 4, 768, 768, 4}};
+  return shapes;
+}
+
 const st::LinearAttentionShape& shape_named(const std::string& name) {
   for (const auto& s : st::linear_attention_shapes())
+    if (s.name == name) return s;
+  for (const auto& s : choice_shapes())
     if (s.name == name) return s;
   throw std::invalid_argument("bench_linear_attention: no shape named " + name);
 }
@@ -106,12 +118,14 @@ LinearAttentionAlgorithm algorithm_of(Form form) {
   return LinearAttentionAlgorithm::automatic;
 }
 
-void gla_prefill(benchmark::State& state, std::string shape, index_t T, GateKind gate, Form form) {
+void gla_prefill(benchmark::State& state, std::string shape, index_t T, GateKind gate, Form form,
+                 seqmix::Bf16Compute compute = seqmix::Bf16Compute::fp32) {
   const auto& s = shape_named(shape);
   Data data(1, T, s);
   seqmix::GatedLinearAttentionOptions options;
   options.gate = gate;
   options.algorithm = algorithm_of(form);
+  options.bf16_compute = compute;
   const seqmix::GatedLinearAttentionOutputs out{data.o.view(), data.state.view()};
   for (auto _ : state) {
     if (form == Form::reference)
@@ -478,6 +492,16 @@ void register_prefill(const std::string& op, const std::string& shape, index_t T
   benchmark::RegisterBenchmark(ref.c_str(), [=](benchmark::State& s) { fn(s, t_reference, Form::reference); })->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
+// Registers the automatic choice and both forms forced, without a reference row (choose_algorithm's
+// thresholds: linear_attention README, "Choosing the algorithm").
+template <class Fn>
+void register_forced(const std::string& base, Fn fn) {
+  const std::pair<const char*, Form> forms[] = {{"", Form::fast}, {"/chunked", Form::chunked}, {"/recurrent", Form::recurrent}};
+  for (const auto& [suffix, form] : forms)
+    benchmark::RegisterBenchmark((base + suffix).c_str(), [=, form = form](benchmark::State& s) { fn(s, form); })
+        ->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
 const int kRegistered = [] {
   for (std::string shape : {"gla-1.3b", "gla-k128"})
     register_prefill("gated_linear_attention", shape, 512, 512,
@@ -495,6 +519,12 @@ const int kRegistered = [] {
       ->UseRealTime()->Unit(benchmark::kMillisecond);
   register_prefill("rwkv6", "rwkv-h32-k64", 512, 512,
                    [](benchmark::State& s, index_t T, Form f) { rwkv6_prefill(s, "rwkv-h32-k64", T, f); });
+  // A state of 768 x 768: recurrent with fp32 products, chunked with bf16 dot products.
+  register_forced("gated_linear_attention/prefill/h4-k768-t2048",
+                  [](benchmark::State& s, Form f) { gla_prefill(s, "h4-k768", 2048, GateKind::channel, f); });
+  register_forced("gated_linear_attention/bf16dot/prefill/h4-k768-t2048", [](benchmark::State& s, Form f) {
+    gla_prefill(s, "h4-k768", 2048, GateKind::channel, f, seqmix::Bf16Compute::dot);
+  });
   // bf16 dot products (issue 19 item 3; target >= 1.4x the fp32 chunked prefill).
   for (const auto& [op, gate] : {std::pair<const char*, GateKind>{"gated_linear_attention", GateKind::channel},
                                  std::pair<const char*, GateKind>{"simple_gla", GateKind::scalar}})

@@ -151,7 +151,8 @@ struct StreamTraits<LinearAttentionInputs> {
   static Options fix_options(Options o, const LinearAttentionInputs& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(GateKind::none, std::numeric_limits<index_t>::max(),
-                                                 feature_dim(o.feature_map, in.k.size(3)), in.v.size(3), o.chunk_size);
+                                                 feature_dim(o.feature_map, in.k.size(3)), in.v.size(3), o.chunk_size,
+                                                 o.bf16_compute == Bf16Compute::dot);
     return o;
   }
   static Options later_options(Options o) {
@@ -193,7 +194,8 @@ struct StreamTraits<GatedLinearAttentionInputsOf<T>>
   static Options fix_options(Options o, const GatedLinearAttentionInputsOf<T>& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(detail::la::effective_gate(o.gate), std::numeric_limits<index_t>::max(),
-                                                 in.k.size(3), in.v.size(3), o.chunk_size);
+                                                 in.k.size(3), in.v.size(3), o.chunk_size,
+                                                 o.bf16_compute == Bf16Compute::dot);
     return o;
   }
   static void run(const GatedLinearAttentionInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
@@ -228,7 +230,7 @@ struct StreamTraits<Rwkv6InputsOf<T>>
   static Options fix_options(Options o, const Rwkv6InputsOf<T>& in) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(GateKind::channel, std::numeric_limits<index_t>::max(), in.k.size(3),
-                                                 in.v.size(3), o.chunk_size);
+                                                 in.v.size(3), o.chunk_size, false);  // rwkv6 has no bf16 dot products
     return o;
   }
   static void run(const Rwkv6InputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {

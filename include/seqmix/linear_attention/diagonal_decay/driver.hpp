@@ -63,20 +63,37 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
   return split_columns(running * HV, V, executor.concurrency()).width;
 }
 
-// Picks the prefill algorithm for a shape (T: the longest sequence of the call; V: the value
-// columns one task carries, task_columns). Measured on both forms forced (AMD EPYC Zen 5, 2026-12-05,
-// table in linear_attention/README.md "Choosing the algorithm"): since the recurrent form's lazy
-// decay windows, unrolled tokens and split tail sums it is 1.2-2.3x faster than the chunked one at
-// every gate kind and feature map, with and without normalize, at K = V = 64 .. 768, T 512 .. 8192,
-// one and two threads, also against bf16-dot GEMMs in the chunked form; it works on the state in
-// 32-column tiles held in L1/L2. A state of 2^20 floats (4 MiB) or more, beyond any core's L2 on
-// either machine kind, takes the chunked form (K = V = 1024: 0.6-0.9x the recurrent time). Inputs
-// shorter than one chunk always go token by token (callers keeping token_states force it).
-inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk) {
-  (void)gate;  // the same rule holds for every gate kind on the measured machine
-  constexpr index_t kChunkedStateFloats = index_t{1} << 20;
+// Picks the prefill algorithm for a shape (T: the longest sequence of the call; Kf x V: the state
+// one task carries, V from task_columns; bf16_dot: Bf16Compute::dot asked for, which only the
+// chunked form's products use). Measured with both forms forced after the chunked form's register
+// tiles (AMD EPYC Zen 5, 2026-12-05, loaded; table in linear_attention/README.md "Choosing the
+// algorithm"): every gate kind, normalize on and off, T 512 .. 8192, one and two threads, fp32
+// and bf16 inputs. Chunked over recurrent time with fp32 products: 1.2-2.8 at K = V = 64 .. 256,
+// 1.00-1.31 at 512, 0.85-1.28 at 768 (chunked ahead on one thread, behind with normalize or on
+// two threads), 1.03-1.04 at 896 and 1008, 0.33-0.56 at 1024, where the recurrent kernel drops
+// to ~40 GFLOP/s (its state rows 4 KiB apart) against ~157 at 1008: the chunked form from 2^20
+// floats. With bf16 dot products (the chunked form's GEMMs at up to twice the fp32 rate): 1.1-2.2
+// at 64, 0.94-1.41 at 128, 0.81-1.21 at 256, 0.61-0.78 at 512, 0.44-0.72 at 768: the chunked form
+// from 2^19 floats (2 MiB). On the Xeon (Sapphire Rapids, ~340 GFLOP/s and ~25 GB/s on 2 cores
+// against Zen 5's 458 and 58.8): the recurrent form re-reads the whole state every kTokenBlock =
+// 16 tokens (0.5 Kf V bytes per token for 4 Kf V flops), the chunked form once per 64-token chunk
+// (4x fewer bytes per flop), so where the state is beyond L2 the Xeon's lower bandwidth per flop
+// moves the crossover towards the chunked form; within L2 it does not. Both thresholds lie
+// beyond either kind's L2 (Zen 5: 1 MiB, Sapphire Rapids: 2 MiB = 2^19 floats), so they err
+// towards the recurrent form there. 2^18 with bf16 dots (1.3-1.6x on Zen 5) is left until
+// measured on the Xeon: a 1 MiB state stays in its L2, and its bf16 dot rate against its fp32
+// FMAs is not measured. Inputs shorter than one chunk always go token by token (callers keeping
+// token_states force it).
+constexpr index_t kChunkedStateFloats = index_t{1} << 20;
+constexpr index_t kChunkedStateFloatsBf16Dot = index_t{1} << 19;
+
+inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
+                                                 bool bf16_dot) {
+  (void)gate;  // the same thresholds hold for every gate kind on the measured machine
   if (T < chunk) return LinearAttentionAlgorithm::recurrent;
-  return Kf * V >= kChunkedStateFloats ? LinearAttentionAlgorithm::chunked : LinearAttentionAlgorithm::recurrent;
+  // Where the target lacks AVX512-BF16, Bf16Compute::dot runs the fp32 products.
+  const index_t threshold = bf16_dot && kNativeBf16Dot ? kChunkedStateFloatsBf16Dot : kChunkedStateFloats;
+  return Kf * V >= threshold ? LinearAttentionAlgorithm::chunked : LinearAttentionAlgorithm::recurrent;
 }
 
 // The sequences that run (padding ones, state_row -1, do not), longest first: items handed out in

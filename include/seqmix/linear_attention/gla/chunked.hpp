@@ -85,7 +85,8 @@ void gla_prefill(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAtt
   if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
     plan.algorithm = choose_algorithm(effective_gate(options.gate), seqs.max_tokens(), d.K,
-                                      task_columns(seqs, d.HV, d.V, executor), options.chunk_size);
+                                      task_columns(seqs, d.HV, d.V, executor), options.chunk_size,
+                                      options.bf16_compute == Bf16Compute::dot);
   StateIo io;
   io.initial_state = in.initial_state;
   io.final_state = out.final_state;

@@ -49,7 +49,7 @@ void linear_attention_prefill(const LinearAttentionInputsOf<T>& in, const Linear
     // A JRT prefix runs whole heads (run_prefill splits no columns then).
     plan.algorithm = choose_algorithm(GateKind::none, seqs.max_tokens(), d.Kf,
                                       plan.prefix_len > 0 ? d.V : task_columns(seqs, d.HV, d.V, executor),
-                                      options.chunk_size);
+                                      options.chunk_size, options.bf16_compute == Bf16Compute::dot);
   const StateIo io{in.initial_state, in.initial_normalizer, out.final_state, out.final_normalizer, out.token_states,
                    out.token_normalizers};
   run_prefill(plan, io, executor, [&](index_t b, index_t hv) {

@@ -49,7 +49,8 @@ void rwkv6_prefill(const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, const Rw
   if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)
     plan.algorithm = choose_algorithm(GateKind::channel, seqs.max_tokens(), d.K,
-                                      task_columns(seqs, d.HV, d.V, executor), options.chunk_size);
+                                      task_columns(seqs, d.HV, d.V, executor), options.chunk_size,
+                                      false);  // rwkv6 has no bf16 dot products
   StateIo io;
   io.initial_state = in.initial_state;
   io.final_state = out.final_state;
