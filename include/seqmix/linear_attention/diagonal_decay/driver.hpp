@@ -71,19 +71,19 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
 // and bf16 inputs. Chunked over recurrent time with fp32 products: 1.2-2.8 at K = V = 64 .. 256,
 // 1.00-1.31 at 512, 0.85-1.28 at 768 (chunked ahead on one thread, behind with normalize or on
 // two threads), 1.03-1.04 at 896 and 1008, 0.33-0.56 at 1024, where the recurrent kernel drops
-// to ~40 GFLOP/s (its state rows 4 KiB apart) against ~157 at 1008: the chunked form from 2^20
-// floats. With bf16 dot products (the chunked form's GEMMs at up to twice the fp32 rate): 1.1-2.2
-// at 64, 0.94-1.41 at 128, 0.81-1.21 at 256, 0.61-0.78 at 512, 0.44-0.72 at 768: the chunked form
-// from 2^19 floats (2 MiB). On the Xeon (Sapphire Rapids, ~340 GFLOP/s and ~25 GB/s on 2 cores
-// against Zen 5's 458 and 58.8): the recurrent form re-reads the whole state every kTokenBlock =
-// 16 tokens (0.5 Kf V bytes per token for 4 Kf V flops), the chunked form once per 64-token chunk
-// (4x fewer bytes per flop), so where the state is beyond L2 the Xeon's lower bandwidth per flop
-// moves the crossover towards the chunked form; within L2 it does not. Both thresholds lie
-// beyond either kind's L2 (Zen 5: 1 MiB, Sapphire Rapids: 2 MiB = 2^19 floats), so they err
-// towards the recurrent form there. 2^18 with bf16 dots (1.3-1.6x on Zen 5) is left until
-// measured on the Xeon: a 1 MiB state stays in its L2, and its bf16 dot rate against its fp32
-// FMAs is not measured. Inputs shorter than one chunk always go token by token (callers keeping
-// token_states force it).
+// to ~40 GFLOP/s (state rows 4 KiB apart, likely cache-set conflicts) against ~157 at 1008: the
+// chunked form from 2^20 floats. With bf16 dot products (the chunked form's GEMMs at up to twice
+// the fp32 rate): 1.1-2.2 at 64, 0.94-1.41 at 128, 0.81-1.21 at 256, 0.61-0.78 at 512, 0.44-0.72
+// at 768: the chunked form from 2^19 floats (2 MiB). On the Xeon (Sapphire Rapids, ~340 GFLOP/s
+// and ~25 GB/s on 2 cores against Zen 5's 458 and 58.8; not measured): the recurrent form re-reads
+// the whole state every kTokenBlock = 16 tokens (0.5 Kf V bytes per token for 4 Kf V flops), the
+// chunked form once per 64-token chunk (4x fewer bytes per flop), so a state beyond L2 costs the
+// recurrent form more there and moves the crossover towards the chunked form. Both thresholds lie
+// at or beyond either kind's L2 (Zen 5: 1 MiB, Sapphire Rapids: 2 MiB = 2^19 floats), where that
+// shift only helps the chunked form; the Xeon's bf16 dot rate against its fp32 FMAs is not known
+// here (with no gain, 768 x 768 would fall back to about the fp32 tie). 2^18 with bf16 dots
+// (1.3-1.6x on Zen 5) waits for a Xeon measurement: a 1 MiB state stays in its L2. Inputs
+// shorter than one chunk always go token by token (callers keeping token_states force it).
 constexpr index_t kChunkedStateFloats = index_t{1} << 20;
 constexpr index_t kChunkedStateFloatsBf16Dot = index_t{1} << 19;
 
