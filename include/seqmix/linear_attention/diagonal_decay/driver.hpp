@@ -71,7 +71,8 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
 // and bf16 inputs. Chunked over recurrent time with fp32 products: 1.2-2.8 at K = V = 64 .. 256,
 // 1.00-1.31 at 512, 0.85-1.28 at 768 (chunked ahead on one thread, behind with normalize or on
 // two threads), 1.03-1.04 at 896 and 1008, 0.33-0.56 at 1024, where the recurrent kernel drops
-// to ~40 GFLOP/s (state rows 4 KiB apart, likely cache-set conflicts) against ~157 at 1008: the
+// to ~40 GFLOP/s against ~157 at 1008 (it does so at V = 1024 and 2048 for every K tried: rows
+// a multiple of 4 KiB apart, a recurrent-kernel matter not routed around here; README): the
 // chunked form from 2^20 floats. With bf16 dot products (the chunked form's GEMMs at up to twice
 // the fp32 rate): 1.1-2.2 at 64, 0.94-1.41 at 128, 0.81-1.21 at 256, 0.61-0.78 at 512, 0.44-0.72
 // at 768: the chunked form from 2^19 floats (2 MiB). On the Xeon (Sapphire Rapids, ~340 GFLOP/s
