@@ -52,6 +52,9 @@ inline void unrolled_tokens(F&& f) {
 // loaded and stored once per NT tokens. The NT*NB batches of o and of v stay in registers: NT=4,
 // NB=2 holds 2*NT*NB + NB = 18 live batches plus 3*NT broadcasts, within 32 AVX-512 registers.
 // kRescale multiplies each row r by x[NT-1].w[r] after the last token (a lazy window's end).
+// The loops over the NT tokens and NB batches carry `#pragma GCC unroll` (NT, NB <= 4): GCC 12
+// unrolls them completely only at -O3; at -O2 the decode tile (NT = 1, NB = 4) kept s, vv and
+// acc in memory, a load and a store around each FMA, and the steps took twice their -O3 time.
 template <int NT, int NB, Decay kDecay, bool kExclusive, bool kRescale = false>
 inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, float* const* o) {
   using simd::Batch;
@@ -61,7 +64,9 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
   // pointers every row.
   const float *q[NT], *k[NT], *w[NT];
   index_t w_stride[NT];
+#pragma GCC unroll 4
   for (int j = 0; j < NT; ++j) {
+#pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
       vv[j][b] = simd::load(x[j].v + c0 + b * W);
       acc[j][b] = Batch<float>(0.f);
@@ -71,11 +76,13 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
   for (index_t r = 0; r < Kf; ++r) {
     float* row = S + r * ldS + c0;
     Batch<float> s[NB];
+#pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) s[b] = simd::load(row + b * W);
     // Token j's update, decayed or not (a compile-time choice: a runtime one kept the compiler
     // from unrolling the tokens, which spilled vv and acc to the stack).
     auto update = [&](int j, auto decays) {
       const Batch<float> kr(k[j][r]), qr(q[j][r]);
+#pragma GCC unroll 4
       for (int b = 0; b < NB; ++b) {
         if constexpr (kExclusive) acc[j][b] = simd::fma(qr, s[b], acc[j][b]);
         if constexpr (decltype(decays)::value)
@@ -89,11 +96,15 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
     unrolled_tokens<NT>([&](int j) { update(j, std::bool_constant<kDecay == Decay::every_token>{}); });
     if constexpr (kRescale) {
       const Batch<float> p(w[NT - 1][r]);
+#pragma GCC unroll 4
       for (int b = 0; b < NB; ++b) s[b] = p * s[b];
     }
+#pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) simd::store(row + b * W, s[b]);
   }
+#pragma GCC unroll 4
   for (int j = 0; j < NT; ++j)
+#pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
       if constexpr (kExclusive) acc[j][b] = simd::fma(Batch<float>(x[j].bonus), vv[j][b], acc[j][b]);
       simd::store(o[j] + c0 + b * W, acc[j][b]);
