@@ -115,7 +115,9 @@ void step_strided(const float* a, index_t sa, const float* b, index_t sb, float*
 }
 
 // Rows narrower than this many vectors keep their state in registers across time steps (a step
-// then costs one FMA latency, not a store-to-load round trip through the scratch state).
+// then costs one FMA latency, not a store-to-load round trip through the scratch state). The
+// tiles' loops over their kVectors (<= 4) vectors carry `#pragma GCC unroll`: GCC 12 unrolls them
+// completely only at -O3, and at -O2 kept the state on the stack, the round trip on every step.
 constexpr index_t kMaxTileVectors = 4;
 
 // Rows [t0, t1) of the first kVectors * kWidth channels, state held in registers.
@@ -123,14 +125,17 @@ template <GateSpace G, bool kStore, int kVectors>
 void scan_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& b, const ScanSlice<float>& h,
                float* state, index_t t0, index_t t1) {
   simd::Batch<float> s[kVectors];
+#pragma GCC unroll 4
   for (int v = 0; v < kVectors; ++v) s[v] = simd::load(state + v * simd::kWidth);
   for (index_t t = t0; t < t1; ++t) {
     const float *ar = a.row(t), *br = b.row(t);
+#pragma GCC unroll 4
     for (int v = 0; v < kVectors; ++v) {
       s[v] = simd::fma(gate_value<G>(simd::load(ar + v * simd::kWidth)), s[v], simd::load(br + v * simd::kWidth));
       if constexpr (kStore) simd::store(h.row(t) + v * simd::kWidth, s[v]);
     }
   }
+#pragma GCC unroll 4
   for (int v = 0; v < kVectors; ++v) simd::store(state + v * simd::kWidth, s[v]);
 }
 
@@ -225,10 +230,12 @@ template <GateSpace G, int kVectors>
 void reduce_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
                  float* peak, index_t t0, index_t t1) {
   simd::Batch<float> s[kVectors], p[kVectors], m[kVectors];
+#pragma GCC unroll 4
   for (int v = 0; v < kVectors; ++v)
     s[v] = simd::Batch<float>(0.f), p[v] = simd::Batch<float>(1.f), m[v] = simd::Batch<float>(0.f);
   for (index_t t = t0; t < t1; ++t) {
     const float *ar = a.row(t), *br = b.row(t);
+#pragma GCC unroll 4
     for (int v = 0; v < kVectors; ++v) {
       const auto gate = gate_value<G>(simd::load(ar + v * simd::kWidth));
       s[v] = simd::fma(gate, s[v], simd::load(br + v * simd::kWidth));
@@ -236,6 +243,7 @@ void reduce_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& 
       m[v] = running_peak(m[v], p[v]);  // off the latency chains of s and p
     }
   }
+#pragma GCC unroll 4
   for (int v = 0; v < kVectors; ++v) {
     simd::store(state + v * simd::kWidth, s[v]);
     simd::store(prod + v * simd::kWidth, p[v]);
