@@ -15,15 +15,14 @@
 // weights) has relative error <= 2^-9, subnormals likewise flushed.
 //
 // Only compiled where the target has AVX512-BF16 (kNativeBf16Dot); elsewhere the callers keep
-// their fp32 kernels. AMX tiles are not used: no machine the project tests on can run them.
+// their fp32 kernels. AMX tiles are not used: no machine the project tests on can run them. The
+// 16 x 16 word transposes that pack bf16 tiles need only AVX512F: core/register_transpose.hpp.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
-#include <utility>
 
 #include "seqmix/core/simd.hpp"
-#include "seqmix/core/small_gemm.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix::detail {
@@ -130,50 +129,6 @@ inline void interleave_bf16_rows(__m512i x, __m512i y, __m512i& lo, __m512i& hi)
                                                          24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
   lo = _mm512_permutex2var_epi16(x, _mm512_load_si512(kLo), y);
   hi = _mm512_permutex2var_epi16(x, _mm512_load_si512(kHi), y);
-}
-
-/// Transposes 16 x 16 32-bit words (bf16 pair words) in registers: w[r] holds row r's words
-/// 0..15 on entry, w[c] word c of rows 0..15 (row r in lane r) on return. Four rounds of 16
-/// shuffles: pairs of words, pairs of pairs, then 128-bit lanes twice. Unrolled by folds
-/// (unrolled): with loops g++ -O2 keeps the arrays on the stack. The zero-masking forms with every
-/// lane kept are the same instructions as the plain ones, whose undefined merge source GCC 12's
-/// -Wall reports as uninitialized. Shared by attention's bf16 key tiles and the linear-attention
-/// bf16 tiles (transpose_words).
-inline void transpose_words_16x16(__m512i w[16]) noexcept {
-  constexpr __mmask16 all16 = 0xFFFF;
-  constexpr __mmask8 all8 = 0xFF;
-  using Four = std::make_index_sequence<4>;
-  __m512i t[16];
-  // t[4g + 2h + e], lane l: rows 4g + 2h and 4g + 2h + 1 at words 4l + 2e and 4l + 2e + 1.
-  unrolled(std::make_index_sequence<8>{}, [&](auto p) {
-    constexpr int i = 2 * decltype(p)::value;
-    t[i] = _mm512_maskz_unpacklo_epi32(all16, w[i], w[i + 1]);
-    t[i + 1] = _mm512_maskz_unpackhi_epi32(all16, w[i], w[i + 1]);
-  });
-  // w[4g + m], lane l: rows 4g .. 4g + 3 at word 4l + m.
-  unrolled(Four{}, [&](auto g) {
-    constexpr int i = 4 * decltype(g)::value;
-    w[i] = _mm512_maskz_unpacklo_epi64(all8, t[i], t[i + 2]);
-    w[i + 1] = _mm512_maskz_unpackhi_epi64(all8, t[i], t[i + 2]);
-    w[i + 2] = _mm512_maskz_unpacklo_epi64(all8, t[i + 1], t[i + 3]);
-    w[i + 3] = _mm512_maskz_unpackhi_epi64(all8, t[i + 1], t[i + 3]);
-  });
-  // 0x88 takes 128-bit lanes 0, 2 of each source, 0xdd lanes 1, 3.
-  unrolled(Four{}, [&](auto mm) {
-    constexpr int m = decltype(mm)::value;
-    t[m] = _mm512_maskz_shuffle_i32x4(all16, w[m], w[4 + m], 0x88);
-    t[4 + m] = _mm512_maskz_shuffle_i32x4(all16, w[m], w[4 + m], 0xdd);
-    t[8 + m] = _mm512_maskz_shuffle_i32x4(all16, w[8 + m], w[12 + m], 0x88);
-    t[12 + m] = _mm512_maskz_shuffle_i32x4(all16, w[8 + m], w[12 + m], 0xdd);
-  });
-  // w[4l + m]: word 4l + m of rows 0..15, lane l of each group of four rows.
-  unrolled(Four{}, [&](auto mm) {
-    constexpr int m = decltype(mm)::value;
-    w[m] = _mm512_maskz_shuffle_i32x4(all16, t[m], t[8 + m], 0x88);
-    w[8 + m] = _mm512_maskz_shuffle_i32x4(all16, t[m], t[8 + m], 0xdd);
-    w[4 + m] = _mm512_maskz_shuffle_i32x4(all16, t[4 + m], t[12 + m], 0x88);
-    w[12 + m] = _mm512_maskz_shuffle_i32x4(all16, t[4 + m], t[12 + m], 0xdd);
-  });
 }
 
 /// Lanes of 32 bf16 holding an infinity or a NaN (exponent all ones), as a mask.

@@ -27,6 +27,7 @@
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/core/register_transpose.hpp"
 
 namespace seqmix {
 namespace detail {
@@ -299,12 +300,13 @@ void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, 
   flash_finish(in, out, d, b, hk, i0, M, w);
 }
 
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#if defined(__AVX512F__)
 // The key tile transposed into s.kt ([Dk x kFlashKeyTile], zero past n keys) 16 keys x 16
-// features at a time in registers (transpose_words_16x16 moves 32-bit words, so floats as they
-// are): each 16 keys are widened (and rotated where the rope asks) into s.keys first. Element by
-// element the transpose was 8192 scalar stores 256 bytes apart per tile at Dk = 128, 4-5% of a
-// T = 256 prefill (thread CPU, loaded EPYC Zen 5).
+// features at a time in registers (core/register_transpose.hpp, AVX512F: Skylake-X and Ice Lake
+// too; it moves 32-bit words, so floats as they are): each 16 keys are widened (and rotated where
+// the rope asks) into s.keys first, zero past n. Element by element the transpose was 8192 scalar
+// stores 256 bytes apart per tile at Dk = 128, 4-5% of a T = 256 prefill (thread CPU, loaded EPYC
+// Zen 5).
 template <class KV, class Q>
 void load_key_tile_by_blocks(const AttentionInputs<KV, Q>& in, index_t b, index_t h, index_t j0, index_t n,
                              FlashScratch& s) {
@@ -315,6 +317,8 @@ void load_key_tile_by_blocks(const AttentionInputs<KV, Q>& in, index_t b, index_
     const index_t m = std::min<index_t>(16, n - r0);
     load_kv_tile(in.k, b, h, j0 + r0, m, 16, rows, ld);
     rotate_key_rows(in, j0 + r0, m, rows, ld);
+    // Whole aligned rows and unmasked stores (s.keys is zero past n and D), not transpose_words:
+    // its masked edges took a T = 256 prefill from 2.50 to 2.62 ms (3 alternations, near idle).
     for (index_t c0 = 0; c0 < D; c0 += 16) {
       __m512i w[16];
       for (index_t r = 0; r < 16; ++r) w[r] = _mm512_castps_si512(_mm512_load_ps(rows + r * ld + c0));
@@ -329,11 +333,12 @@ void load_key_tile_by_blocks(const AttentionInputs<KV, Q>& in, index_t b, index_
 }
 #endif
 
-// The key tile of keys [j0, j0 + n) of head h transposed into s.kt (rotated where the rope asks).
+// The key tile of keys [j0, j0 + n) of head h transposed into s.kt (rotated where the rope asks):
+// in registers where AVX512F is (core/register_transpose.hpp), else the scalar transposing loads.
 template <class KV, class Q>
 void load_key_tile(const AttentionInputs<KV, Q>& in, index_t b, index_t h, index_t j0, index_t n, FlashScratch& s) {
   const index_t T = kFlashKeyTile;
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#if defined(__AVX512F__)
   if (T % 16 == 0) return load_key_tile_by_blocks(in, b, h, j0, n, s);
 #endif
   if (tile_needs_rotation(in, j0, n))
@@ -400,7 +405,7 @@ inline __m512i load_bf16_chunk(const bf16* src, index_t stride, index_t D, index
 
 // Keys [j0, j0 + n) of head h as kt[c * 64 + r] = (k[r][2c], k[r][2c + 1]) for c < Dkw, zero past
 // n keys and Dk features. False if a key holds an infinity or a NaN. Blocks of 16 keys x 16 pair
-// words are transposed in registers (transpose_words_16x16, core/bf16_gemm.hpp; a word at a
+// words are transposed in registers (transpose_words_16x16, core/register_transpose.hpp; a word at a
 // time, the transpose took 4096 scalar stores per tile at Dk = 128).
 inline bool pack_key_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t h, index_t j0, index_t n, index_t Dkw,
                                std::uint32_t* kt) {

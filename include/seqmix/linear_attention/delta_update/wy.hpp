@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include <Eigen/Core>
@@ -152,17 +153,14 @@ inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
 
 /// Raw scores G = (K;Q) K^T without gates, only where mask_scores reads them: row i of either
 /// half needs columns j <= i, so each 6-row tile stops at the vector holding its last row's
-/// diagonal (about half the flops of the full product).
+/// diagonal (about half the flops of the full product; core/small_gemm.hpp's lower_scores).
 inline void scores_lower(index_t L, WyWorkspace& ws) {
-  const index_t K = ws.KQ.cols(), ldg = ws.G.cols(), W = simd::kWidth;
+  const index_t K = ws.KQ.cols(), ldg = ws.G.cols();
+  constexpr auto R = static_cast<std::size_t>(kTileRows), NV = static_cast<std::size_t>(kTileVectors);
   ws.KT.leftCols(L) = ws.KQ.topRows(L).transpose();
   for (index_t half = 0; half < 2; ++half)
-    for (index_t i0 = 0; i0 < L; i0 += kTileRows) {
-      const index_t rows = std::min(kTileRows, L - i0);
-      const index_t n = std::min(ldg, (i0 + rows + W - 1) / W * W);  // whole vectors within G's row
-      small_product({ws.KQ.row(half * L + i0).data(), K, 1}, rows, K, ws.KT.data(), ws.KT.cols(), n,
-                    ws.G.row(half * L + i0).data(), ldg, kOverwrite);
-    }
+    detail::lower_scores<R, NV>({ws.KQ.row(half * L).data(), K, 1}, L, K, ws.KT.data(), ws.KT.cols(),
+                                ws.G.row(half * L).data(), ldg, ldg);
 }
 
 /// Raw scores G for per-channel gates (see the header comment for the two regimes).

@@ -8,19 +8,18 @@
 //     multiple of 16.
 // A chunk's GEMMs reduce either over channels (Q S, Q K^T) or over tokens (A V, K^T V), so every
 // fp32 tile is packed in one of four ways: rows as A (pack_rows), row pairs as B (pack_row_pairs),
-// and the transposes of both (transpose_words). Odd reductions are padded with zero halves,
-// columns up to a multiple of 16 with zero words. Every value is rounded to bf16 once, to
-// nearest even (vcvtne2ps2bf16).
+// and the transposes of both (transpose_words, core/register_transpose.hpp). Odd reductions are
+// padded with zero halves, columns up to a multiple of 16 with zero words. Every value is rounded
+// to bf16 once, to nearest even (vcvtne2ps2bf16).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <utility>
 
 #include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/core/register_transpose.hpp"
 #include "seqmix/core/simd.hpp"
-#include "seqmix/core/small_gemm.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix::detail::la::bf16_tiles {
@@ -28,6 +27,10 @@ namespace seqmix::detail::la::bf16_tiles {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 
 using seqmix::detail::gemm_bf16;
+// The transposes of both operand layouts (pair words): core/register_transpose.hpp. They were a
+// word-by-word copy of L x K / 2 words per delta-rule chunk (the scores' K^T and the state
+// update's (K * decay)^T).
+using seqmix::detail::transpose_words;
 
 inline index_t pad16(index_t n) { return (n + 15) / 16 * 16; }
 inline index_t words(index_t n) { return (n + 1) / 2; }
@@ -82,34 +85,6 @@ inline void pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols
       _mm512_storeu_si512(out + c0, _mm512_permutexvar_epi16(idx, as_words(_mm512_cvtne2ps_pbh(b, a))));
     }
   }
-}
-
-/// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols, and zeros for r in [rows, rows_pad).
-/// In 16 x 16 blocks of words transposed in registers (transpose_words_16x16): the word-by-word copy
-/// it replaces was two scalar loops of L x K / 2 words per delta-rule chunk (the scores' K^T and
-/// the state update's (K * decay)^T).
-inline void transpose_words(const std::uint32_t* src, index_t lds, index_t rows, index_t cols, std::uint32_t* dst,
-                            index_t ldd, index_t rows_pad) {
-  for (index_t r0 = 0; r0 < rows; r0 += 16) {
-    const index_t n = std::min<index_t>(16, rows - r0);
-    // Written: rows [r0, r0 + out) of dst, the ones past `rows` zero (a masked load reads zeros).
-    const __mmask16 out = lanes16(std::min<index_t>(16, rows_pad - r0));
-    for (index_t c0 = 0; c0 < cols; c0 += 16) {
-      const index_t m = std::min<index_t>(16, cols - c0);
-      __m512i x[16];
-      unrolled(std::make_index_sequence<16>{}, [&](auto r) {
-        x[r] = index_t(r) < n ? _mm512_maskz_loadu_epi32(lanes16(m), src + (r0 + index_t(r)) * lds + c0)
-                              : _mm512_setzero_si512();
-      });
-      transpose_words_16x16(x);
-      unrolled(std::make_index_sequence<16>{}, [&](auto c) {
-        if (index_t(c) < m) _mm512_mask_storeu_epi32(dst + (c0 + index_t(c)) * ldd + r0, out, x[c]);
-      });
-    }
-  }
-  const index_t written = std::min(rows_pad, (rows + 15) / 16 * 16);
-  if (rows_pad > written)
-    for (index_t c = 0; c < cols; ++c) std::fill(dst + c * ldd + written, dst + c * ldd + rows_pad, 0u);
 }
 
 /// dst [M, n] = diag(row_scale) dst + A B (dst = A B when row_scale is null): gemm_bf16 over
