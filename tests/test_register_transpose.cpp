@@ -1,8 +1,9 @@
 // core/register_transpose.hpp's transpose_words (16 x 16 register blocks on AVX512F, scalar
 // elsewhere) against the element definition, and core/small_gemm.hpp's small_product /
-// lower_scores: the tile shapes the families pick (6 x 4, 6 x 2, 8 x 2, 4 x 2) give bit-identical
-// results (each element is the same FMA chain), and lower_scores equals the full product on and
-// below the diagonal. Shapes around the 16-word block and the tiles: 1, 15, 16, 17, 33, 64.
+// lower_scores: the tile shapes the families pick (6 x 4, 6 x 2, 8 x 2, 4 x 2; 4 x 1 as well) give
+// bit-identical results (each element is the same FMA chain) and leave C's padding column alone,
+// and lower_scores equals the full product on and below the diagonal and writes no column at or
+// past max_cols. Shapes around the 16-word block and the tiles: 1, 15, 16, 17, 33, 64.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -87,7 +88,13 @@ TEST_CASE("small_product's tile shapes give bit-identical results; lower_scores 
           CHECK(product<6, 2>(M, inner, n, a, lda, b, ldb, add, sd::InnerRange::full) == c64);
           CHECK(product<8, 2>(M, inner, n, a, lda, b, ldb, add, sd::InnerRange::full) == c64);
           CHECK(product<4, 1>(M, inner, n, a, lda, b, ldb, add, sd::InnerRange::full) == c64);
+          CHECK(product<4, 2>(M, inner, n, a, lda, b, ldb, add, sd::InnerRange::full) == c64);
           const std::vector<float> before = uniform(M * (n + 1), 3);
+          index_t padding_changed = 0;  // column n of C (ldc = n + 1) is not C's
+          for (index_t i = 0; i < M; ++i)
+            if (c64[static_cast<std::size_t>(i * (n + 1) + n)] != before[static_cast<std::size_t>(i * (n + 1) + n)])
+              ++padding_changed;
+          CHECK(padding_changed == 0);
           double worst = 0;
           for (index_t i = 0; i < M; ++i)
             for (index_t j = 0; j < n; ++j) {
@@ -116,15 +123,31 @@ TEST_CASE("small_product's tile shapes give bit-identical results; lower_scores 
     const index_t inner = 37, Lw = (L + W - 1) / W * W, lds = Lw + 3;
     const std::vector<float> q = uniform(L * inner, 6), kt = uniform(inner * lds, 7);
     const std::vector<float> want = product<6, 2>(L, inner, Lw, q, inner, kt, lds, false, sd::InnerRange::full);
-    for (int shape = 0; shape < 2; ++shape) {
+    // Capped at L columns, the last ones come from the scalar column tail, as here.
+    const std::vector<float> want_capped = product<6, 2>(L, inner, L, q, inner, kt, lds, false, sd::InnerRange::full);
+    // Three tile shapes with room to the row's end, then 6 x 2 capped at max_cols = L (the WY
+    // form's cap, ldg = C, which need not be a whole number of vectors).
+    for (int shape = 0; shape < 4; ++shape) {
       std::vector<float> s(static_cast<std::size_t>(L * lds), -7.f);
-      if (shape == 0) sd::lower_scores<6, 2>({q.data(), inner, 1}, L, inner, kt.data(), lds, s.data(), lds, lds);
-      else sd::lower_scores<8, 2>({q.data(), inner, 1}, L, inner, kt.data(), lds, s.data(), lds, lds);
-      index_t wrong = 0;
-      for (index_t i = 0; i < L; ++i)
-        for (index_t j = 0; j <= i; ++j)
-          if (s[static_cast<std::size_t>(i * lds + j)] != want[static_cast<std::size_t>(i * (Lw + 1) + j)]) ++wrong;
+      const index_t max_cols = shape == 3 ? L : lds;
+      const sd::StridedOperand qa{q.data(), inner, 1};
+      if (shape == 0) sd::lower_scores<6, 2>(qa, L, inner, kt.data(), lds, s.data(), lds, max_cols);
+      else if (shape == 1) sd::lower_scores<8, 2>(qa, L, inner, kt.data(), lds, s.data(), lds, max_cols);
+      else if (shape == 2) sd::lower_scores<4, 2>(qa, L, inner, kt.data(), lds, s.data(), lds, max_cols);
+      else sd::lower_scores<6, 2>(qa, L, inner, kt.data(), lds, s.data(), lds, max_cols);
+      INFO("shape " << shape << " max_cols " << max_cols);
+      index_t wrong = 0, past_cap = 0;
+      for (index_t i = 0; i < L; ++i) {
+        for (index_t j = 0; j <= i; ++j) {
+          const float expected = shape == 3 ? want_capped[static_cast<std::size_t>(i * (L + 1) + j)]
+                                            : want[static_cast<std::size_t>(i * (Lw + 1) + j)];
+          if (s[static_cast<std::size_t>(i * lds + j)] != expected) ++wrong;
+        }
+        for (index_t j = max_cols; j < lds; ++j)
+          if (s[static_cast<std::size_t>(i * lds + j)] != -7.f) ++past_cap;
+      }
       CHECK(wrong == 0);
+      CHECK(past_cap == 0);
     }
   }
 }

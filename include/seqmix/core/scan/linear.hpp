@@ -124,6 +124,7 @@ constexpr index_t kMaxTileVectors = 4;
 template <GateSpace G, bool kStore, int kVectors>
 void scan_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& b, const ScanSlice<float>& h,
                float* state, index_t t0, index_t t1) {
+  static_assert(kVectors <= 4, "the loops over kVectors carry #pragma GCC unroll 4");
   simd::Batch<float> s[kVectors];
 #pragma GCC unroll 4
   for (int v = 0; v < kVectors; ++v) s[v] = simd::load(state + v * simd::kWidth);
@@ -229,6 +230,7 @@ void reduce_step_strided(const float* a, index_t sa, const float* b, index_t sb,
 template <GateSpace G, int kVectors>
 void reduce_tile(const ScanSlice<const float>& a, const ScanSlice<const float>& b, float* state, float* prod,
                  float* peak, index_t t0, index_t t1) {
+  static_assert(kVectors <= 4, "the loops over kVectors carry #pragma GCC unroll 4");
   simd::Batch<float> s[kVectors], p[kVectors], m[kVectors];
 #pragma GCC unroll 4
   for (int v = 0; v < kVectors; ++v)

@@ -10,7 +10,6 @@
 // the row tiles pass over it. Triangular operands skip their zero blocks.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 #include <utility>
 

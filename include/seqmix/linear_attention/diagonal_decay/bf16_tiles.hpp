@@ -35,15 +35,11 @@ using seqmix::detail::transpose_words;
 inline index_t pad16(index_t n) { return (n + 15) / 16 * 16; }
 inline index_t words(index_t n) { return (n + 1) / 2; }
 
-inline __mmask16 lanes16(index_t m) {
-  return m >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << m) - 1u);
-}
-
 // 32 consecutive floats from x (m of them, zeros past) times `scale`, as 32 bf16, in order.
 inline __m512i round32(const float* x, index_t m, float scale = 1.f) noexcept {
   const __m512 f = _mm512_set1_ps(scale);
-  const __m512 lo = _mm512_mul_ps(f, _mm512_maskz_loadu_ps(lanes16(m), x));
-  const __m512 hi = m > 16 ? _mm512_mul_ps(f, _mm512_maskz_loadu_ps(lanes16(m - 16), x + 16)) : _mm512_setzero_ps();
+  const __m512 lo = _mm512_mul_ps(f, _mm512_maskz_loadu_ps(first_lanes16(m), x));
+  const __m512 hi = m > 16 ? _mm512_mul_ps(f, _mm512_maskz_loadu_ps(first_lanes16(m - 16), x + 16)) : _mm512_setzero_ps();
   return as_words(_mm512_cvtne2ps_pbh(hi, lo));
 }
 
@@ -59,7 +55,7 @@ inline void pack_rows(const float* src, index_t ld, index_t n, index_t cols, std
     const float scale = row_scale ? row_scale[r] : 1.f;
     for (index_t c0 = 0; c0 < cols; c0 += 32) {
       const index_t m = std::min<index_t>(32, cols - c0);
-      _mm512_mask_storeu_epi32(out + c0 / 2, lanes16(std::min<index_t>(16, w - c0 / 2)), round32(x + c0, m, scale));
+      _mm512_mask_storeu_epi32(out + c0 / 2, first_lanes16(std::min<index_t>(16, w - c0 / 2)), round32(x + c0, m, scale));
     }
   }
 }
@@ -79,7 +75,7 @@ inline void pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols
     const __m512 f0 = _mm512_set1_ps(row_scale ? row_scale[2 * p] : 1.f);
     const __m512 f1 = _mm512_set1_ps(row_scale && x1 ? row_scale[2 * p + 1] : 1.f);
     for (index_t c0 = 0; c0 < cols; c0 += 16) {
-      const __mmask16 m = lanes16(cols - c0);
+      const __mmask16 m = first_lanes16(cols - c0);
       const __m512 a = _mm512_mul_ps(f0, _mm512_maskz_loadu_ps(m, x0 + c0));
       const __m512 b = x1 ? _mm512_mul_ps(f1, _mm512_maskz_loadu_ps(m, x1 + c0)) : _mm512_setzero_ps();
       _mm512_storeu_si512(out + c0, _mm512_permutexvar_epi16(idx, as_words(_mm512_cvtne2ps_pbh(b, a))));
@@ -110,7 +106,7 @@ inline bool all_finite(const float* src, index_t ld, index_t n, index_t cols) {
   __mmask16 bad = 0;
   for (index_t r = 0; r < n; ++r)
     for (index_t c0 = 0; c0 < cols; c0 += 16) {
-      const __mmask16 m = lanes16(cols - c0);
+      const __mmask16 m = first_lanes16(cols - c0);
       const __m512i x = _mm512_maskz_loadu_epi32(m, src + r * ld + c0);
       bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(x, e), e);
     }

@@ -33,7 +33,7 @@ constexpr index_t kPanelRows = 6;
 // product, against 100% for one 4-vector panel).
 constexpr index_t kScoreRows = simd::kWidth >= 16 ? 8 : 4;
 
-/// C[M, n] (+)= A[M, inner] B[inner, n] (see Accumulate), n a multiple of simd::kWidth, B and C
+/// C[M, n] (+)= A[M, inner] B[inner, n] (see Accumulate), any n (a scalar column tail), B and C
 /// row-major (rows ldb, ldc floats apart): core/small_gemm.hpp's small_product on this family's
 /// panels. causal: A is lower-triangular (M = inner), row i sums up to its row block's last row;
 /// B must be finite.

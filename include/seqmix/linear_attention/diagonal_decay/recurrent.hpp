@@ -54,9 +54,10 @@ inline void unrolled_tokens(F&& f) {
 // kRescale multiplies each row r by x[NT-1].w[r] after the last token (a lazy window's end).
 // The loops over the NT tokens and NB batches carry `#pragma GCC unroll` (NT, NB <= 4): GCC 12
 // unrolls them completely only at -O3; at -O2 the decode tile (NT = 1, NB = 4) kept s, vv and
-// acc in memory, a load and a store around each FMA, and the steps took twice their -O3 time.
+// acc in memory, a load and a store around each FMA, and the steps took 1.5-2.7x their -O3 time.
 template <int NT, int NB, Decay kDecay, bool kExclusive, bool kRescale = false>
 inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, float* const* o) {
+  static_assert(NT <= 4 && NB <= 4, "the loops over NT and NB carry #pragma GCC unroll 4");
   using simd::Batch;
   constexpr index_t W = simd::kWidth;
   Batch<float> vv[NT][NB], acc[NT][NB];
