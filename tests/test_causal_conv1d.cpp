@@ -203,6 +203,10 @@ TEST_CASE("causal_conv1d_step matches a one-token reference call", "[causal_conv
       {3, 1, 17, 4, false, true, ConvActivation::none, 202},
       {2, 1, 8192, 3, true, true, ConvActivation::none, 203},
       {1, 1, 5, 1, true, true, ConvActivation::silu, 204},
+      // The fixed-tap kernels (W 2, 3, 4) with a scalar tail after the vectors of each block.
+      {2, 1, 35, 2, true, true, ConvActivation::silu, 205},
+      {1, 1, 19, 3, false, true, ConvActivation::silu, 206},
+      {3, 1, 6001, 2, true, true, ConvActivation::none, 207},
   };
   for (const ConvCase& c : cases) {
     INFO(c.describe());

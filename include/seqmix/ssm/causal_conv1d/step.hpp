@@ -3,10 +3,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
+#include "seqmix/core/small_gemm.hpp"
 #include "seqmix/ssm/causal_conv1d/fast.hpp"
 #include "seqmix/ssm/causal_conv1d/reference.hpp"
 
@@ -22,19 +26,122 @@ constexpr index_t kConvStepBlock = 64;
 // Up to this many taps the row pointers of a block live on the stack.
 constexpr index_t kStepStackTaps = 8;
 
-// acc[i] += sum_j weight[i][j] * rows[j][i] for i < lanes. weight is [D,W] with the taps
-// contiguous, so a vector of channels would need a strided gather (xsimd's is scalar on AVX-512
-// here) or a per-call transpose of the whole weight (as costly as the step). With the tap count
-// fixed at compile time, the compiler vectorizes this plain loop well (measured 4 us vs 45 us
-// with xsimd's gather at D = 3328, W = 4).
-template <index_t kTaps>
+// --- fixed tap count: the weights de-interleaved in registers ---------------------------------
+// weight is [D,W] with the taps contiguous: the kTaps vectors at weight + i * kTaps hold channels
+// [i, i + kWidth) tap-interleaved, word c * kTaps + j = channel i + c, tap j. Tap j's vector
+// (lane c = channel i + c) is word c * kTaps + j of those vectors laid end to end: constant
+// shuffles of the loaded vectors, a few per kWidth channels, and no per-call transpose of the
+// weight. Three forms of the same shuffle: two-source permutes on AVX-512, zips on 4-lane vectors,
+// and one-source swizzles with blends (weight_tap) wherever neither applies (AVX2, W = 3 on SSE2).
+
+// Swizzle of tap kTap: lane c takes lane (c * kTaps + kTap) % kWidth (the same for every vector).
+template <std::size_t kTaps, std::size_t kTap>
+struct TapSourceLane {
+  static constexpr std::uint32_t get(std::size_t c, std::size_t width) {
+    return static_cast<std::uint32_t>((c * kTaps + kTap) % width);
+  }
+};
+// Blend of tap kTap: the lanes c whose word sits in vector kVector.
+template <std::size_t kTaps, std::size_t kTap, std::size_t kVector>
+struct TapFromVector {
+  static constexpr bool get(std::size_t c, std::size_t width) { return (c * kTaps + kTap) / width == kVector; }
+};
+
+// Tap kTap of the kWidth channels whose kTaps tap-interleaved weight vectors are w[0 .. kTaps):
+// word c * kTaps + kTap is lane (c * kTaps + kTap) % kWidth of vector (c * kTaps + kTap) / kWidth,
+// so one swizzle of each vector (the same index for all) and a blend per vector after the first.
+template <std::size_t kTaps, std::size_t kTap>
+inline FloatBatch weight_tap(const FloatBatch (&w)[kTaps]) noexcept {
+  constexpr auto lane = xsimd::make_batch_constant<simd::Batch<std::uint32_t>, TapSourceLane<kTaps, kTap>>();
+  FloatBatch tap = xsimd::swizzle(w[0], lane);
+  unrolled(std::make_index_sequence<kTaps - 1>{}, [&](auto v) {
+    constexpr std::size_t r = decltype(v)::value + 1;
+    constexpr auto from_r = xsimd::make_batch_bool_constant<FloatBatch, TapFromVector<kTaps, kTap, r>>();
+    tap = xsimd::select(from_r, xsimd::swizzle(w[r], lane), tap);
+  });
+  return tap;
+}
+
+#if defined(__AVX512F__)
+/// True where weight_taps_permute2 exists (AVX512F).
+constexpr bool kTwoSourcePermute = true;
+
+// Tap kTap of 16 channels from kTaps <= 4 tap-interleaved vectors, by two-source permutes
+// (vpermt2ps), which xsimd 8.1 does not wrap: word k = c * kTaps + kTap of the vectors laid end to
+// end is lane k % 32 of the pair w[0], w[1] (k < 32) or w[2], w[3] (k >= 32), so one index serves
+// both pairs and a blend picks per lane. 1 instruction per tap for W = 2, 3 for W = 3 and 4, where
+// the one-source swizzles and blends above take 3, 5 and 7: with those, W = 4 at -O3 was 4 to 10%
+// slower than GCC's auto-vectorized loop (D = 3328, loaded).
+template <std::size_t kTaps, std::size_t kTap, std::size_t... c>
+inline __m512 weight_tap_permute2(const FloatBatch (&w)[kTaps], std::index_sequence<c...>) noexcept {
+  static_assert(kTaps >= 2 && kTaps <= 4, "two pairs of vectors hold at most 4 taps of 16 channels");
+  alignas(64) static constexpr std::int32_t kIndex[16] = {static_cast<std::int32_t>((c * kTaps + kTap) % 32)...};
+  const __m512i index = _mm512_load_si512(kIndex);
+  const __m512 low = _mm512_permutex2var_ps(w[0], index, w[1]);
+  if constexpr (kTaps == 2) {
+    return low;
+  } else {
+    constexpr __mmask16 high_words = static_cast<__mmask16>((((c * kTaps + kTap >= 32 ? 1u : 0u) << c) | ...));
+    const __m512 high = _mm512_permutex2var_ps(w[2], index, w[kTaps - 1]);
+    return _mm512_mask_blend_ps(high_words, low, high);
+  }
+}
+
+template <std::size_t kTaps>
+inline void weight_taps_permute2(const FloatBatch (&w)[kTaps], FloatBatch (&taps)[kTaps]) noexcept {
+  unrolled(std::make_index_sequence<kTaps>{}, [&](auto j) {
+    taps[j] = weight_tap_permute2<kTaps, decltype(j)::value>(w, std::make_index_sequence<16>{});
+  });
+}
+#else
+constexpr bool kTwoSourcePermute = false;
+#endif
+
+// With 4-lane vectors (SSE2, NEON) and kTaps 2 or 4 the same de-interleave is a 4 x 4 word
+// transpose: two rounds of zips (v[i] with v[i + kTaps / 2]), 4 or 8 instructions where the swizzles
+// and blends (and, andnot, or on SSE2) would take 10 or 52 (with those, W = 4 on SSE2 at -O3 took
+// 15.9 us per step against the auto-vectorized loop's 13.1, D = 3328).
+// Only there: xsimd's zips of wider vectors interleave within 128-bit lanes, whose order differs.
+template <std::size_t kTaps>
+inline void weight_taps(const FloatBatch (&w)[kTaps], FloatBatch (&taps)[kTaps]) noexcept {
+  if constexpr (kTwoSourcePermute && simd::kWidth == 16) {
+    weight_taps_permute2(w, taps);
+  } else if constexpr (simd::kWidth == 4 && (kTaps == 2 || kTaps == 4)) {
+    constexpr std::size_t half = kTaps / 2;
+    FloatBatch z[kTaps];
+    unrolled(std::make_index_sequence<half>{}, [&](auto i) {
+      z[2 * i] = xsimd::zip_lo(w[i], w[i + half]), z[2 * i + 1] = xsimd::zip_hi(w[i], w[i + half]);
+    });
+    unrolled(std::make_index_sequence<half>{}, [&](auto i) {
+      taps[2 * i] = xsimd::zip_lo(z[i], z[i + half]), taps[2 * i + 1] = xsimd::zip_hi(z[i], z[i + half]);
+    });
+  } else {
+    unrolled(std::make_index_sequence<kTaps>{}, [&](auto j) { taps[j] = weight_tap<kTaps, j>(w); });
+  }
+}
+
+// acc[i] += sum_j weight[i][j] * rows[j][i] for i < lanes, rows unit-stride. Written with the
+// batches rather than left to the auto-vectorizer: GCC 12 vectorized the plain loop at -O3 only,
+// so the step (D = 3328, W = 4) took 11.9 us at -O2 against 5.8 at -O3; now 4.6 at -O2 and 4.9 at
+// -O3 (bench_ssm_scan CPU column, loaded). A strided gather instead is scalar in xsimd 8.1 on
+// AVX-512 (45 us). The taps are unrolled by folds, so w[] and taps[] stay in registers at -O2 too
+// (W = 4: 8 vpermt2ps and 4 FMAs per 16 channels, no stack traffic).
+template <std::size_t kTaps>
 inline void conv_step_taps_fixed(const float* __restrict weight, const float* const* rows, index_t lanes,
                                  float* __restrict acc) noexcept {
-  const float* __restrict row[kTaps];
-  for (index_t j = 0; j < kTaps; ++j) row[j] = rows[j];
-  for (index_t i = 0; i < lanes; ++i) {
+  using Taps = std::make_index_sequence<kTaps>;
+  const index_t nv = simd::vector_end(lanes);
+  for (index_t i = 0; i < nv; i += simd::kWidth) {
+    FloatBatch w[kTaps], taps[kTaps];
+    unrolled(Taps{}, [&](auto r) { w[r] = simd::load(weight + i * index_t(kTaps) + index_t(r) * simd::kWidth); });
+    weight_taps(w, taps);
+    FloatBatch sum = simd::load(acc + i);
+    unrolled(Taps{}, [&](auto j) { sum = simd::fma(taps[j], simd::load(rows[j] + i), sum); });
+    simd::store(acc + i, sum);
+  }
+  for (index_t i = nv; i < lanes; ++i) {
     float sum = acc[i];
-    for (index_t j = 0; j < kTaps; ++j) sum += weight[i * kTaps + j] * row[j][i];
+    for (std::size_t j = 0; j < kTaps; ++j) sum += weight[i * index_t(kTaps) + index_t(j)] * rows[j][i];
     acc[i] = sum;
   }
 }
