@@ -47,6 +47,18 @@ Batch<T> broadcast(T value) noexcept {
   return Batch<T>(value);
 }
 
+/// A compile-time batch (Generator::get(lane, size) per lane) and its bool counterpart, for
+/// swizzle indices and blend masks. xsimd 8 spells them make_batch_constant<Batch, Generator>;
+/// later versions moved the arch and generator to other template parameters.
+template <class B, class Generator>
+constexpr auto batch_constant() noexcept {
+  return xsimd::make_batch_constant<B, Generator>();
+}
+template <class B, class Generator>
+constexpr auto batch_bool_constant() noexcept {
+  return xsimd::make_batch_bool_constant<B, Generator>();
+}
+
 /// Horizontal sum: `hadd` in xsimd 8, renamed `reduce_add` in xsimd 9 and later.
 template <class T>
 T reduce_add(const Batch<T>& v) noexcept {

@@ -52,11 +52,11 @@ struct TapFromVector {
 // so one swizzle of each vector (the same index for all) and a blend per vector after the first.
 template <std::size_t kTaps, std::size_t kTap>
 inline FloatBatch weight_tap(const FloatBatch (&w)[kTaps]) noexcept {
-  constexpr auto lane = xsimd::make_batch_constant<simd::Batch<std::uint32_t>, TapSourceLane<kTaps, kTap>>();
+  constexpr auto lane = simd::batch_constant<simd::Batch<std::uint32_t>, TapSourceLane<kTaps, kTap>>();
   FloatBatch tap = xsimd::swizzle(w[0], lane);
   unrolled(std::make_index_sequence<kTaps - 1>{}, [&](auto v) {
     constexpr std::size_t r = decltype(v)::value + 1;
-    constexpr auto from_r = xsimd::make_batch_bool_constant<FloatBatch, TapFromVector<kTaps, kTap, r>>();
+    constexpr auto from_r = simd::batch_bool_constant<FloatBatch, TapFromVector<kTaps, kTap, r>>();
     tap = xsimd::select(from_r, xsimd::swizzle(w[r], lane), tap);
   });
   return tap;
