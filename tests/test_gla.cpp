@@ -102,6 +102,10 @@ std::vector<GlaCase> gla_table() {
       {2, 131, 1, 2, 33, 32, GateKind::channel, -0.5f, 0.f, false},
       {2, 97, 2, 4, 7, 48, GateKind::scalar, -0.2f, 0.f, false},
       {1, 129, 1, 1, 33, 16, GateKind::none, 0.f, 0.f, false},
+      // Widths whose recurrent prefill state rows are padded (state_row_stride, recurrent.hpp):
+      // 512 -> 528 floats; 1030 -> 1040, with a scalar tail of 6 columns.
+      {2, 37, 1, 2, 8, 512, GateKind::channel, -0.5f, 0.f, false},
+      {1, 21, 1, 1, 5, 1030, GateKind::scalar, -0.2f, 0.f, false},
   };
   if (st::small_test_scale()) cases.erase(std::remove_if(cases.begin(), cases.end(), [](const GlaCase& c) { return c.big; }), cases.end());
   return cases;
@@ -154,6 +158,44 @@ TEST_CASE("gated_linear_attention: chunk sizes and thread counts agree", "[gla]"
       require_close(fast.state, ref.state, kTol, "chunk=" + std::to_string(chunk));
     }
   }
+}
+
+TEST_CASE("gated_linear_attention: recurrent prefill on padded state rows, whole, split and kept", "[gla]") {
+  // V = 1024: state rows 1040 floats apart; on two threads the one head splits into two blocks of
+  // 512 columns (rows 528 apart); token_states run the one-token path on the padded rows.
+  const GlaCase c{1, 37, 1, 1, 8, 1024, GateKind::channel, -0.5f, 0.f, false};
+  const GlaData data(c, 11);
+  GlaResult ref(c);
+  seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs());
+  constexpr index_t kMid = 20;  // a token whose kept state is checked against a shorter reference run
+  seqmix::GatedLinearAttentionInputs head = data.inputs();
+  head.q = head.q.slice(1, 0, kMid), head.k = head.k.slice(1, 0, kMid), head.v = head.v.slice(1, 0, kMid);
+  head.g = head.g.slice(1, 0, kMid);
+  Tensor<float, 4> o_mid({c.B, kMid, c.HV, c.V}), state_mid({c.B, c.HV, c.K, c.V});
+  seqmix::reference::gated_linear_attention(head, {o_mid.view(), state_mid.view()});
+
+  seqmix::GatedLinearAttentionOptions options;
+  options.algorithm = LinearAttentionAlgorithm::recurrent;
+  seqmix::ThreadPool pool(2);
+  for (const bool two_threads : {false, true}) {
+    GlaResult fast(c);
+    if (two_threads)
+      seqmix::gated_linear_attention(data.inputs(), fast.outputs(), options, pool);
+    else
+      seqmix::gated_linear_attention(data.inputs(), fast.outputs(), options);
+    const std::string what = describe(c, 11) + (two_threads ? " two threads" : " one thread");
+    require_close(fast.o, ref.o, kTol, what + " o");
+    require_close(fast.state, ref.state, kTol, what + " final_state");
+  }
+  GlaResult kept(c);
+  Tensor<float, 5> token_states({c.B, c.T, c.HV, c.K, c.V});
+  seqmix::GatedLinearAttentionOutputs out = kept.outputs();
+  out.token_states = token_states.view();
+  seqmix::gated_linear_attention(data.inputs(), out, options);
+  require_close(kept.o, ref.o, kTol, "token_states o");
+  require_close(kept.state, ref.state, kTol, "token_states final_state");
+  st::require_close("token_states[T-1]", token_states.view()[0][c.T - 1], ref.state.view()[0], kTol);
+  st::require_close("token_states[19]", token_states.view()[0][kMid - 1], state_mid.view()[0], kTol);
 }
 
 TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "[gla]") {

@@ -91,6 +91,10 @@ std::vector<LaCase> la_table() {
       {3, 300, 4, 4, 64, 16, FeatureMap::elu1, true, 100},
       {1, 65, 1, 1, 16, 80, FeatureMap::relu, false, 65},
       {1, 17, 4, 4, 16, 16, FeatureMap::taylor2, true, 3},
+      // Padded recurrent state rows (state_row_stride): V + 1 = 512 -> 528 floats; 1024 -> 1040
+      // with a JRT prefix.
+      {2, 37, 1, 1, 8, 511, FeatureMap::elu1, true, 0},
+      {1, 40, 1, 1, 8, 1024, FeatureMap::identity, false, 13},
   };
   if (st::small_test_scale()) cases.erase(cases.begin() + 8);
   return cases;

@@ -70,21 +70,24 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
 // algorithm"): every gate kind, normalize on and off, T 512 .. 8192, one and two threads, fp32
 // and bf16 inputs. Chunked over recurrent time with fp32 products: 1.2-2.8 at K = V = 64 .. 256,
 // 1.00-1.31 at 512, 0.85-1.28 at 768 (chunked ahead on one thread, behind with normalize or on
-// two threads), 1.03-1.04 at 896 and 1008, 0.33-0.56 at 1024, where the recurrent kernel drops
-// to ~40 GFLOP/s against ~157 at 1008 (it does so at V = 1024 and 2048 for every K tried: rows
-// a multiple of 4 KiB apart, a recurrent-kernel matter not routed around here; README): the
-// chunked form from 2^20 floats. With bf16 dot products (the chunked form's GEMMs at up to twice
-// the fp32 rate): 1.1-2.2 at 64, 0.94-1.41 at 128, 0.81-1.21 at 256, 0.61-0.78 at 512, 0.44-0.72
-// at 768: the chunked form from 2^19 floats (2 MiB). On the Xeon (Sapphire Rapids, ~340 GFLOP/s
-// and ~25 GB/s on 2 cores against Zen 5's 458 and 58.8; not measured): the recurrent form re-reads
-// the whole state every kTokenBlock = 16 tokens (0.5 Kf V bytes per token for 4 Kf V flops), the
-// chunked form once per 64-token chunk (4x fewer bytes per flop), so a state beyond L2 costs the
-// recurrent form more there and moves the crossover towards the chunked form. Both thresholds lie
-// at or beyond either kind's L2 (Zen 5: 1 MiB, Sapphire Rapids: 2 MiB = 2^19 floats), where that
-// shift only helps the chunked form; the Xeon's bf16 dot rate against its fp32 FMAs is not known
-// here (with no gain, 768 x 768 would fall back to about the fp32 tie). 2^18 with bf16 dots
-// (1.3-1.6x on Zen 5) waits for a Xeon measurement: a 1 MiB state stays in its L2. Inputs
-// shorter than one chunk always go token by token (callers keeping token_states force it).
+// two threads), 1.03-1.04 at 896 and 1008, 0.33-0.56 at 1024, where the recurrent kernel ran at ~40
+// GFLOP/s (rows 4 KiB apart; state_row_stride, recurrent.hpp, pads them since). Re-measured at 1024
+// after that fix (2026-12-06, loaded, H = 4, T = 1024): 1.13-1.43 for GLA and linear attention on
+// one thread, 1.21-1.38 on two, rwkv6 0.68 and 0.96; at 1536 x 1536 and 1024 x 2048 (one thread)
+// 1.25-1.53, rwkv6 0.41-0.44. The chunked form from 2^20 floats still: rwkv6 wants it, GLA no
+// longer does, and the rule does not see the readout (a follow-up). With bf16 dot products (the
+// chunked form's GEMMs at up to twice the fp32 rate): 1.1-2.2 at 64, 0.94-1.41 at 128, 0.81-1.21 at
+// 256, 0.61-0.78 at 512, 0.44-0.72 at 768: the chunked form from 2^19 floats (2 MiB). On the Xeon
+// (Sapphire Rapids, ~340 GFLOP/s and ~25 GB/s on 2 cores against Zen 5's 458 and 58.8; not
+// measured): the recurrent form re-reads the whole state every kTokenBlock = 16 tokens (0.5 Kf V
+// bytes per token for 4 Kf V flops), the chunked form once per 64-token chunk (4x fewer bytes per
+// flop), so a state beyond L2 costs the recurrent form more there and moves the crossover towards
+// the chunked form. Both thresholds lie at or beyond either kind's L2 (Zen 5: 1 MiB, Sapphire
+// Rapids: 2 MiB = 2^19 floats), where that shift only helps the chunked form; the Xeon's bf16 dot
+// rate against its fp32 FMAs is not known here (with no gain, 768 x 768 would fall back to about
+// the fp32 tie). 2^18 with bf16 dots (1.3-1.6x on Zen 5) waits for a Xeon measurement: a 1 MiB
+// state stays in its L2. Inputs shorter than one chunk always go token by token (callers keeping
+// token_states force it).
 constexpr index_t kChunkedStateFloats = index_t{1} << 20;
 constexpr index_t kChunkedStateFloatsBf16Dot = index_t{1} << 19;
 
@@ -116,9 +119,14 @@ HeadProblem sequence_head(MakeHead& make_head, const SequenceSpan& s, index_t hv
   return slice_head(make_head(s.batch_row, hv), s.token_begin, s.tokens);
 }
 
+// A head's state [Kf, V (+1: z)] as the functions below take it: a whole matrix, or the leading
+// columns of a wider one (a recurrent prefill's state, rows state_row_stride apart).
+using StateRef = Eigen::Ref<RowMatrix>;
+using ConstStateRef = Eigen::Ref<const RowMatrix>;
+
 // Loads value columns cols of head hv's state into S [Kf, cols.width (+1: z)], zeros for a
 // sequence without a state to read.
-inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols, RowMatrix& S) {
+inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols, StateRef S) {
   S.setZero();
   if (!s.read_state) return;
   if (io.initial_state.has_value()) {
@@ -130,13 +138,14 @@ inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, Val
     for (index_t r = 0; r < S.rows(); ++r) S(r, cols.width) = io.initial_normalizer(s.state_row, hv, r);
 }
 
-inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, RowMatrix& S) {
+inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, StateRef S) {
   load_state(io, s, hv, ValueColumns{0, V}, S);
 }
 
 // Stores S back to value columns cols of head hv's final state. Every block of a split head
 // carries the same z column; the first block alone writes it.
-inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols, const RowMatrix& S) {
+inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols,
+                        const ConstStateRef& S) {
   if (io.final_state.has_value()) {
     const auto dst = io.final_state[s.state_row][hv];
     for (index_t r = 0; r < S.rows(); ++r)
@@ -146,13 +155,13 @@ inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, Va
     for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(s.state_row, hv, r) = S(r, cols.width);
 }
 
-inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, const RowMatrix& S) {
+inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, index_t V, const ConstStateRef& S) {
   store_state(io, s, hv, ValueColumns{0, V}, S);
 }
 
 // o_t = S^T (phi(q_t) * scale) for every token of p: a read of a fixed state (JRT's prefix).
 // qf holds Kf floats, row max(Vp, K): a 16-bit q row is widened there before its feature map.
-inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, float* row) {
+inline void read_state(const HeadProblem& p, const ConstStateRef& S, float* qf, float* row) {
   const index_t Vp = S.cols();
   for (index_t t = 0; t < p.T(); ++t) {
     apply_feature_map(p.phi, p.q.row(t, row), p.scale, qf);
@@ -162,11 +171,11 @@ inline void read_state(const HeadProblem& p, const RowMatrix& S, float* qf, floa
   }
 }
 
-// The recurrent prefill of one head one token at a time, the state after token t copied to
-// states[t] ([T, Kf, V]) and the normalizer (column V of S) to normalizers[t] ([T, Kf]), each when
-// given. One token at a time takes the plain update, the blocked prefill lazy decay windows
-// (recurrent.hpp), so outputs and final states equal those of a call without token_states to
-// rounding (bit for bit without decays).
+// The recurrent prefill of one head one token at a time on S (its first p.Vp() columns), the state
+// after token t copied to states[t] ([T, Kf, V]) and the normalizer (column V of S) to
+// normalizers[t] ([T, Kf]), each when given. One token at a time takes the plain update, the
+// blocked prefill lazy decay windows (recurrent.hpp), so outputs and final states equal those of a
+// call without token_states to rounding (bit for bit without decays).
 inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, RecurrentWorkspace& ws,
                                          const TensorView<float, 3>& states, const TensorView<float, 2>& normalizers) {
   const index_t Kf = p.Kf(), Vp = p.Vp(), V = p.V();
@@ -175,7 +184,7 @@ inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, Rec
   for (index_t t = 0; t < p.T(); ++t) {
     const TokenOperands x = load_token(p, t, ws, 0);
     float* o = direct ? p.o.ptr(t) : ws.o(0);
-    recurrent_token(S.data(), Vp, Kf, Vp, x, exclusive, o);
+    recurrent_token(S.data(), S.cols(), Kf, Vp, x, exclusive, o);
     if (!direct) store_output_row(p, t, o);
     if (states.has_value()) {
       const auto dst = states[t];
@@ -195,7 +204,8 @@ inline void run_recurrent_keeping_states(const HeadProblem& p, RowMatrix& S, Rec
 // at 56 GFLOP/s on 2 threads vs ~210 with blocks of 8. 16 (kTokenBlock, recurrent.hpp): the
 // block's rows of all heads stay near in memory, while a head's state (16-64 KB, in L2) is
 // re-read only every 16 tokens (blocks of 4..64 measured with 8 chosen before the lazy decay
-// windows, which end with their block, made 16 faster at K = 128). `states` holds hv1 - hv0 matrices.
+// windows, which end with their block, made 16 faster at K = 128). `states` holds hv1 - hv0 matrices,
+// resized to rows state_row_stride apart, of which the first cols.width (+1: z) columns are used.
 // Only value columns cols of each head run (all of them unless the head is split, ValueSplit);
 // token_states need them all.
 template <class MakeHead>
@@ -207,8 +217,9 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
   for (index_t i = 0; i < n; ++i) {
     RowMatrix& S = states[static_cast<std::size_t>(i)];
     heads.push_back(value_columns(sequence_head(make_head, s, hv0 + i), cols));
-    S.resize(plan.Kf, cols.width + (plan.normalize ? 1 : 0));  // no-op unless the block width changed
-    load_state(io, s, hv0 + i, cols, S);
+    const index_t width = cols.width + (plan.normalize ? 1 : 0);
+    S.resize(plan.Kf, state_row_stride(width));  // no-op unless the block width changed
+    load_state(io, s, hv0 + i, cols, S.leftCols(width));
   }
   if (io.token_states.has_value() || io.token_normalizers.has_value()) {
     for (index_t i = 0; i < n; ++i) {
@@ -233,12 +244,15 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
         const index_t t_next = i + 1 < n ? t0 : t0 + kTokenBlock;
         const bool has_next = t_next < s.tokens;
         HeadProblem next = has_next ? block_of((i + 1) % n, t_next) : current;
-        run_recurrent(current, states[static_cast<std::size_t>(i)].data(), ws, has_next ? &next : nullptr);
+        RowMatrix& S = states[static_cast<std::size_t>(i)];
+        run_recurrent(current, S.data(), S.cols(), ws, has_next ? &next : nullptr);
         current = std::move(next);
       }
     }
   }
-  for (index_t i = 0; i < n; ++i) store_state(io, s, hv0 + i, cols, states[static_cast<std::size_t>(i)]);
+  for (index_t i = 0; i < n; ++i)
+    store_state(io, s, hv0 + i, cols,
+                states[static_cast<std::size_t>(i)].leftCols(cols.width + (plan.normalize ? 1 : 0)));
 }
 
 // The family's chunked form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp). Item
@@ -427,7 +441,7 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
     parallel_for(executor, sequences * per_sequence * split.blocks, 1, [&](index_t begin, index_t end) {
       std::vector<HeadProblem> heads;
       heads.reserve(static_cast<std::size_t>(group));
-      std::vector<RowMatrix> states(static_cast<std::size_t>(group), RowMatrix(plan.Kf, Vp));
+      std::vector<RowMatrix> states(static_cast<std::size_t>(group), RowMatrix(plan.Kf, state_row_stride(Vp)));
       RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
       for (index_t task = begin; task < end; ++task) {
         const index_t heads_task = task / split.blocks;
@@ -441,7 +455,8 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
   }
   // The recurrent form with a JRT prefix: one head at a time.
   parallel_for(executor, sequences * plan.HV, 1, [&](index_t begin, index_t end) {
-    RowMatrix S(plan.Kf, Vp);
+    RowMatrix padded(plan.Kf, state_row_stride(Vp));
+    auto S = padded.leftCols(Vp);
     RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
     AlignedVector<float> prefix_buffer(static_cast<std::size_t>(plan.Kf + std::max(Vp, plan.K)));
     for (index_t task = begin; task < end; ++task) {
@@ -450,9 +465,9 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
       const HeadProblem p = sequence_head(make_head, s, hv);
       load_state(io, s, hv, plan.V, S);
       const index_t P = std::min(plan.prefix_len, p.T());
-      run_recurrent(slice_head(p, 0, P), S.data(), ws);
+      run_recurrent(slice_head(p, 0, P), padded.data(), padded.cols(), ws);
       read_state(slice_head(p, 0, P), S, prefix_buffer.data(), prefix_buffer.data() + plan.Kf);
-      if (P < p.T()) run_recurrent(slice_head(p, P, p.T() - P), S.data(), ws);
+      if (P < p.T()) run_recurrent(slice_head(p, P, p.T() - P), padded.data(), padded.cols(), ws);
       store_state(io, s, hv, plan.V, S);
     }
   });

@@ -185,6 +185,28 @@ inline void recurrent_columns(float* S, index_t ldS, index_t Kf, index_t ncols, 
 // as often), gla-1.3b-t512 unchanged (2026-12-04, loaded AMD EPYC Zen 5).
 constexpr index_t kTokenBlock = 16;
 
+// The row stride (floats) of a prefill's working state of `width` columns. A tile pass walks a
+// 32-column strip down all Kf rows. With rows a multiple of 2 KiB apart, or within a cache line
+// of one (V = 512, 1024, 2048; normalize's 1025), the strip's rows fell in few L1 and L2 sets
+// (at 4 KiB: 2 of L1's 64 sets) and each row's loads sat 4 KiB from the previous row's stores:
+// the kernel ran at 38-40 GFLOP/s at V = 1024 and 2048 for every K from 64 to 1024. Those widths
+// get rows one line past the multiple (1024 -> 1040 floats). Measured (recurrent_block alone,
+// ungated, one thread, thread CPU time, AMD EPYC Zen 5, loaded): K = V = 1024 38 -> 185-203
+// GFLOP/s, K = 256 V = 2048 39 -> 210, K = V = 512 96-151 -> 192-198. Other widths keep their
+// stride: the kernel alone gained nothing from padding at V = 64 .. 256, and the extra line per
+// row would grow the states a task interleaves (1 MiB at H = 16, K = V = 128: L2's size; a first
+// rule padding every width measured 0.78-0.90x end to end there, though unchanged code varied as
+// much on this loaded machine). The decode step runs on the caller's state layout and keeps its
+// stride.
+inline index_t state_row_stride(index_t width) {
+  constexpr index_t kLine = 64 / static_cast<index_t>(sizeof(float));
+  constexpr index_t kSpan = 2048 / static_cast<index_t>(sizeof(float));
+  const index_t offset = width % kSpan;
+  if (width < kSpan - kLine || (offset >= kLine && offset <= kSpan - kLine)) return width;
+  const index_t lines = (width + kLine - 1) / kLine * kLine;
+  return lines % kSpan == 0 ? lines + kLine : lines;
+}
+
 // Advances columns [0, ncols) of S through tokens x[0..n), token j writing o[j][0..ncols).
 template <bool kDecay, bool kExclusive>
 inline void recurrent_block_impl(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands* x, index_t n,
@@ -688,12 +710,14 @@ inline index_t tile_passes(index_t ncols, index_t n) {
   return tiles * (n / NT + n % NT);
 }
 
-// The recurrent prefill of one head on the internal state S [Kf, Vp] (contiguous), in blocks of
-// ws.slots() tokens. Outputs go straight into o when its rows are contiguous and need no division.
-// `ahead` (optional, at least as many tokens as p): the head the caller runs next, whose rows are
-// requested into L2 through each block's tile passes (the driver's blocks over heads, whose rows
-// lie 2 to 64 pages apart, where the hardware prefetchers lose track).
-inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws, const HeadProblem* ahead = nullptr) {
+// The recurrent prefill of one head on the internal state S [Kf, Vp] (rows ldS >= Vp apart,
+// state_row_stride(Vp) for speed), in blocks of ws.slots() tokens. Outputs go straight into o when
+// its rows are contiguous and need no division. `ahead` (optional, at least as many tokens as p):
+// the head the caller runs next, whose rows are requested into L2 through each block's tile passes
+// (the driver's blocks over heads, whose rows lie 2 to 64 pages apart, where the hardware
+// prefetchers lose track).
+inline void run_recurrent(const HeadProblem& p, float* S, index_t ldS, RecurrentWorkspace& ws,
+                          const HeadProblem* ahead = nullptr) {
   const index_t Kf = p.Kf(), Vp = p.Vp();
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool direct = !p.normalize && p.o.is_last_dim_contiguous();
@@ -719,11 +743,11 @@ inline void run_recurrent(const HeadProblem& p, float* S, RecurrentWorkspace& ws
     AheadRows next_rows(ahead ? *ahead : p, t0, ahead ? std::min(t0 + n, ahead->T()) : t0, tile_passes(Vp, n));
     AheadRows* look = ahead ? &next_rows : nullptr;
     if (lazy && exclusive)
-      recurrent_block_lazy<true>(S, Vp, Kf, Vp, x, y, groups, n, o, look);
+      recurrent_block_lazy<true>(S, ldS, Kf, Vp, x, y, groups, n, o, look);
     else if (lazy)
-      recurrent_block_lazy<false>(S, Vp, Kf, Vp, x, y, groups, n, o, look);
+      recurrent_block_lazy<false>(S, ldS, Kf, Vp, x, y, groups, n, o, look);
     else
-      recurrent_block(S, Vp, Kf, Vp, x, n, exclusive, o, look);
+      recurrent_block(S, ldS, Kf, Vp, x, n, exclusive, o, look);
     if (look) look->finish();
     if (!direct)
       for (index_t j = 0; j < n; ++j) store_output_row(p, t0 + j, o[j]);
