@@ -139,6 +139,24 @@ TEST_CASE("linear_attention: chunk sizes and threads agree", "[linear_attention]
   }
 }
 
+TEST_CASE("linear_attention: normalized recurrent prefill on padded state rows, split over two threads",
+          "[linear_attention]") {
+  // One head of V = 1024 on two threads: two value blocks of 512 columns, each with its own z
+  // column (513 wide: rows state_row_stride(513) = 528 floats apart).
+  const LaCase c{1, 40, 1, 1, 8, 1024, FeatureMap::elu1, true, 0};
+  const LaData data(c, 77);
+  seqmix::LinearAttentionOptions options = options_for(c);
+  LaResult ref(c);
+  seqmix::reference::linear_attention(data.inputs(c), ref.outputs(c), options);
+  seqmix::ThreadPool pool(2);
+  options.algorithm = LinearAttentionAlgorithm::recurrent;
+  LaResult fast(c);
+  seqmix::linear_attention(data.inputs(c), fast.outputs(c), options, pool);
+  require_close(fast.o, ref.o, 2e-4, describe(c, 77) + " o");
+  require_close(fast.state, ref.state, 2e-4, describe(c, 77) + " final_state");
+  require_close(fast.z, ref.z, 2e-4, describe(c, 77) + " final_normalizer");
+}
+
 TEST_CASE("linear_attention: one call equals prefill + prefill + steps", "[linear_attention]") {
   for (FeatureMap phi : {FeatureMap::identity, FeatureMap::elu1, FeatureMap::taylor2}) {
     const LaCase c{2, 90, 1, 2, 16, 24, phi, phi != FeatureMap::identity, 0};

@@ -48,8 +48,9 @@ Batch<T> broadcast(T value) noexcept {
 }
 
 /// A compile-time batch (Generator::get(lane, size) per lane) and its bool counterpart, for
-/// swizzle indices and blend masks. xsimd 8 spells them make_batch_constant<Batch, Generator>;
-/// later versions moved the arch and generator to other template parameters.
+/// swizzle indices and blend masks, in xsimd 8's spelling (make_batch_constant<Batch, Generator>).
+/// Later versions moved the arch and generator to other template parameters; untested against
+/// those, so this is the one place to adapt (callers name only simd::batch_constant).
 template <class B, class Generator>
 constexpr auto batch_constant() noexcept {
   return xsimd::make_batch_constant<B, Generator>();

@@ -218,7 +218,7 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
     RowMatrix& S = states[static_cast<std::size_t>(i)];
     heads.push_back(value_columns(sequence_head(make_head, s, hv0 + i), cols));
     const index_t width = cols.width + (plan.normalize ? 1 : 0);
-    S.resize(plan.Kf, state_row_stride(width));  // no-op unless the block width changed
+    S.resize(plan.Kf, state_row_stride(width));  // no-op unless the row stride changed
     load_state(io, s, hv0 + i, cols, S.leftCols(width));
   }
   if (io.token_states.has_value() || io.token_normalizers.has_value()) {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -719,6 +720,7 @@ inline index_t tile_passes(index_t ncols, index_t n) {
 inline void run_recurrent(const HeadProblem& p, float* S, index_t ldS, RecurrentWorkspace& ws,
                           const HeadProblem* ahead = nullptr) {
   const index_t Kf = p.Kf(), Vp = p.Vp();
+  assert(ldS >= Vp);
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool direct = !p.normalize && p.o.is_last_dim_contiguous();
   TokenOperands x[kTokenBlock], y[kTokenBlock];

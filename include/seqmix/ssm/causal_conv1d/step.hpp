@@ -68,7 +68,8 @@ constexpr bool kTwoSourcePermute = true;
 
 // Tap kTap of 16 channels from kTaps <= 4 tap-interleaved vectors, by two-source permutes
 // (vpermt2ps), which xsimd 8.1 does not wrap: word k = c * kTaps + kTap of the vectors laid end to
-// end is lane k % 32 of the pair w[0], w[1] (k < 32) or w[2], w[3] (k >= 32), so one index serves
+// end is lane k % 32 of the pair w[0], w[1] (k < 32) or w[2], w[kTaps - 1] (k >= 32: w[2], w[3] at
+// W = 4; at W = 3 k < 48, so k % 32 < 16 reads only the first source, w[2]), so one index serves
 // both pairs and a blend picks per lane. 1 instruction per tap for W = 2, 3 for W = 3 and 4, where
 // the one-source swizzles and blends above take 3, 5 and 7: with those, W = 4 at -O3 was 4 to 10%
 // slower than GCC's auto-vectorized loop (D = 3328, loaded).
@@ -122,8 +123,8 @@ inline void weight_taps(const FloatBatch (&w)[kTaps], FloatBatch (&taps)[kTaps])
 
 // acc[i] += sum_j weight[i][j] * rows[j][i] for i < lanes, rows unit-stride. Written with the
 // batches rather than left to the auto-vectorizer: GCC 12 vectorized the plain loop at -O3 only,
-// so the step (D = 3328, W = 4) took 11.9 us at -O2 against 5.8 at -O3; now 4.6 at -O2 and 4.9 at
-// -O3 (bench_ssm_scan CPU column, loaded). A strided gather instead is scalar in xsimd 8.1 on
+// so the step (D = 3328, W = 4) took 9.4 us at -O2 against 5.0 at -O3; now 4.6 at -O2 and 4.9 at
+// -O3 (bench_ssm_scan CPU column, old and new alternated in one session, loaded). A strided gather instead is scalar in xsimd 8.1 on
 // AVX-512 (45 us). The taps are unrolled by folds, so w[] and taps[] stay in registers at -O2 too
 // (W = 4: 8 vpermt2ps and 4 FMAs per 16 channels, no stack traffic).
 template <std::size_t kTaps>
