@@ -75,7 +75,7 @@ TEST_CASE("transpose_words matches the element definition over ragged blocks", "
       }
 }
 
-TEST_CASE("small_product's tile shapes give bit-identical results; lower_scores its lower part", "[core]") {
+TEST_CASE("small_product's tile shapes give bit-identical results and lower_scores its lower part", "[core]") {
   const index_t W = seqmix::simd::kWidth;
   for (index_t M : {1, 5, 6, 7, 17, 64})
     for (index_t n : {index_t{1}, W, W + 3, 2 * W, 4 * W, 5 * W + 1})
