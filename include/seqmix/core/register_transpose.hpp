@@ -23,6 +23,20 @@ namespace seqmix::detail {
 /// True where transpose_words_16x16 exists (AVX512F) and transpose_words runs on it.
 constexpr bool kRegisterTranspose = true;
 
+// One round of 128-bit lane shuffles over 16 registers, paired kDistance apart: for each of the 8
+// registers a whose bit kDistance is clear, dst[a] takes lanes 0, 2 of src[a] and src[a +
+// kDistance] (0x88), dst[a + kDistance] their lanes 1, 3 (0xdd).
+template <int kDistance>
+inline void shuffle_lane_pairs(const __m512i src[16], __m512i dst[16]) noexcept {
+  constexpr __mmask16 all16 = 0xFFFF;
+  unrolled(std::make_index_sequence<8>{}, [&](auto p) {
+    constexpr int k = decltype(p)::value;
+    constexpr int a = k / kDistance * 2 * kDistance + k % kDistance;
+    dst[a] = _mm512_maskz_shuffle_i32x4(all16, src[a], src[a + kDistance], 0x88);
+    dst[a + kDistance] = _mm512_maskz_shuffle_i32x4(all16, src[a], src[a + kDistance], 0xdd);
+  });
+}
+
 /// Transposes 16 x 16 32-bit words in registers: w[r] holds row r's words 0..15 on entry, w[c]
 /// word c of rows 0..15 (row r in lane r) on return. Four rounds of 16 shuffles: pairs of words,
 /// pairs of pairs, then 128-bit lanes twice. Unrolled by folds (unrolled): with loops g++ -O2
@@ -48,22 +62,10 @@ inline void transpose_words_16x16(__m512i w[16]) noexcept {
     w[i + 2] = _mm512_maskz_unpacklo_epi64(all8, t[i + 1], t[i + 3]);
     w[i + 3] = _mm512_maskz_unpackhi_epi64(all8, t[i + 1], t[i + 3]);
   });
-  // 0x88 takes 128-bit lanes 0, 2 of each source, 0xdd lanes 1, 3.
-  unrolled(Four{}, [&](auto mm) {
-    constexpr int m = decltype(mm)::value;
-    t[m] = _mm512_maskz_shuffle_i32x4(all16, w[m], w[4 + m], 0x88);
-    t[4 + m] = _mm512_maskz_shuffle_i32x4(all16, w[m], w[4 + m], 0xdd);
-    t[8 + m] = _mm512_maskz_shuffle_i32x4(all16, w[8 + m], w[12 + m], 0x88);
-    t[12 + m] = _mm512_maskz_shuffle_i32x4(all16, w[8 + m], w[12 + m], 0xdd);
-  });
+  // Then 128-bit lanes, between registers 4 apart, then 8 apart; after the second round
   // w[4l + m]: word 4l + m of rows 0..15, lane l of each group of four rows.
-  unrolled(Four{}, [&](auto mm) {
-    constexpr int m = decltype(mm)::value;
-    w[m] = _mm512_maskz_shuffle_i32x4(all16, t[m], t[8 + m], 0x88);
-    w[8 + m] = _mm512_maskz_shuffle_i32x4(all16, t[m], t[8 + m], 0xdd);
-    w[4 + m] = _mm512_maskz_shuffle_i32x4(all16, t[4 + m], t[12 + m], 0x88);
-    w[12 + m] = _mm512_maskz_shuffle_i32x4(all16, t[4 + m], t[12 + m], 0xdd);
-  });
+  shuffle_lane_pairs<4>(w, t);
+  shuffle_lane_pairs<8>(t, w);
 }
 
 /// The first min(m, 16) of 16 lanes.
