@@ -14,7 +14,6 @@
 #include <utility>
 
 #include "seqmix/core/simd.hpp"
-#include "seqmix/core/small_gemm.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix::detail {

@@ -238,3 +238,15 @@ inline void stream_fence() noexcept {
 inline const char* arch_name() noexcept { return Arch::name(); }
 
 }  // namespace seqmix::simd
+
+namespace seqmix::detail {
+
+/// f(integral_constant<i>) for each i of the sequence, as a fold: the register arrays of the SIMD
+/// tiles are indexed by constants, so g++ -O2 keeps them in registers (with loops it kept them on
+/// the stack).
+template <std::size_t... i, class F>
+inline void unrolled(std::index_sequence<i...>, F&& f) {
+  (f(std::integral_constant<std::size_t, i>{}), ...);
+}
+
+}  // namespace seqmix::detail

@@ -38,11 +38,6 @@ struct Accumulate {
   float scale = 1.f;
 };
 
-template <std::size_t... i, class F>
-inline void unrolled(std::index_sequence<i...>, F&& f) {
-  (f(std::integral_constant<std::size_t, i>{}), ...);
-}
-
 /// C[MR rows, NV vectors] (+)= A[MR, inner] B[inner, NV vectors]; B rows ldb floats apart, C rows
 /// ldc apart. The tile's arrays are unrolled by folds, not loops: with loops g++ -O2 keeps them
 /// on the stack, at a third of the speed.

@@ -10,7 +10,6 @@
 
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
-#include "seqmix/core/small_gemm.hpp"
 #include "seqmix/ssm/causal_conv1d/fast.hpp"
 #include "seqmix/ssm/causal_conv1d/reference.hpp"
 
