@@ -67,10 +67,12 @@ using seqmix::Tensor;
 namespace st = seqmix::testing;
 
 
-// Shapes of the algorithm-choice rows only (h4-k768: a state of 768 x 768 floats, between
-// choose_algorithm's thresholds for bf16 dot products, 2^19, and fp32 products, 2^20).
+// Shapes of the algorithm-choice and phase rows only (h4-k768: a state of 768 x 768 floats,
+// between choose_algorithm's thresholds for bf16 dot products, 2^19, and fp32 products, 2^20;
+// h4-k1024: at the fp32 one; h8-k256: between the model shapes and those).
 const std::vector<st::LinearAttentionShape>& choice_shapes() {
-  static const std::vector<st::LinearAttentionShape> shapes = {{"h4-k768", 4, 768, 768, 4}};
+  static const std::vector<st::LinearAttentionShape> shapes = {
+      {"h8-k256", 8, 256, 256, 8}, {"h4-k768", 4, 768, 768, 4}, {"h4-k1024", 4, 1024, 1024, 4}};
   return shapes;
 }
 
@@ -525,6 +527,11 @@ const int kRegistered = [] {
   register_forced("gated_linear_attention/bf16dot/prefill/h4-k768-t2048", [](benchmark::State& s, Form f) {
     gla_prefill(s, "h4-k768", 2048, GateKind::channel, f, seqmix::Bf16Compute::dot);
   });
+  // A state of 1024 x 1024, at the fp32 threshold: GLA beside rwkv6 (the same chunked steps).
+  register_forced("gated_linear_attention/prefill/h4-k1024-t1024",
+                  [](benchmark::State& s, Form f) { gla_prefill(s, "h4-k1024", 1024, GateKind::channel, f); });
+  register_forced("rwkv6/prefill/h4-k1024-t1024",
+                  [](benchmark::State& s, Form f) { rwkv6_prefill(s, "h4-k1024", 1024, f); });
   // bf16 dot products (issue 19 item 3; target >= 1.4x the fp32 chunked prefill).
   for (const auto& [op, gate] : {std::pair<const char*, GateKind>{"gated_linear_attention", GateKind::channel},
                                  std::pair<const char*, GateKind>{"simple_gla", GateKind::scalar}})
@@ -561,6 +568,15 @@ const int kRegistered = [] {
   benchmark::RegisterBenchmark("rwkv6/phases/rwkv-h32-k64-t8192",
                                [](benchmark::State& s) { chunk_phases(s, "rwkv-h32-k64", 8192, PhaseOp::rwkv6); })
       ->Unit(benchmark::kMillisecond);
+  // GLA beside rwkv6 at wider states, where the two chunked forms came apart (chunkgla).
+  for (const auto& [name, op] : {std::pair<const char*, PhaseOp>{"gated_linear_attention", PhaseOp::gla},
+                                 std::pair<const char*, PhaseOp>{"rwkv6", PhaseOp::rwkv6}})
+    for (const char* shape : {"h8-k256", "h4-k1024"})
+      benchmark::RegisterBenchmark((std::string(name) + "/phases/" + shape + "-t1024").c_str(),
+                                   [shape = std::string(shape), op = op](benchmark::State& s) {
+                                     chunk_phases(s, shape, 1024, op);
+                                   })
+          ->Unit(benchmark::kMillisecond);
   for (std::string shape : {"gla-1.3b", "gla-k128"})
     benchmark::RegisterBenchmark(("gated_linear_attention/step/" + shape).c_str(),
                                  [shape](benchmark::State& s) { gla_step(s, shape, GateKind::channel); })
