@@ -106,6 +106,10 @@ std::vector<GlaCase> gla_table() {
       // 512 -> 528 floats; 1030 -> 1040, with a scalar tail of 6 columns.
       {2, 37, 1, 2, 8, 512, GateKind::channel, -0.5f, 0.f, false},
       {1, 21, 1, 1, 5, 1030, GateKind::scalar, -0.2f, 0.f, false},
+      // States over 2^16 floats: the chunked form runs its heads one at a time in the
+      // workspace's own state (run_chunked_heads, groups of one), two value heads per q/k head.
+      {2, 131, 1, 2, 64, 1040, GateKind::channel, -0.5f, 0.f, false},
+      {1, 70, 2, 2, 72, 1024, GateKind::scalar, -0.2f, 0.f, false},
   };
   if (st::small_test_scale()) cases.erase(std::remove_if(cases.begin(), cases.end(), [](const GlaCase& c) { return c.big; }), cases.end());
   return cases;

@@ -69,6 +69,7 @@ std::vector<RwkvCase> rwkv_table() {
       {3, 300, 1, 1, 64, 64, -0.5f, 0.f, false},
       {1, 2048, 1, 1, 64, 64, -0.2f, 0.f, false},
       {2, 131, 1, 2, 33, 32, -0.5f, 0.f, false},  // odd K, ragged T, grouped heads (the tiled steps)
+      {2, 131, 1, 2, 64, 1040, -0.5f, 0.f, false},  // state over 2^16 floats: chunked heads one at a time
       {1, 2048, 4, 4, 128, 128, -1.f, 0.f, true},
   };
   if (st::small_test_scale()) cases.pop_back();

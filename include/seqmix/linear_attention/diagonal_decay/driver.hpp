@@ -399,13 +399,19 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
   const index_t per_sequence = (plan.HV + group - 1) / group;
   parallel_for(executor, sequences * per_sequence, 1, [&](index_t begin, index_t end) {
     typename Kernel::Workspace ws = kernel.make_workspace();
-    std::vector<RowMatrix> states(static_cast<std::size_t>(group), ws.S);
+    // Groups of one head (states of 2^17 floats and more) run in ws.S: the swapped copies would
+    // be one more state-sized allocation per parallel block, and on the measured VM a first touch
+    // costs ~12 us per 4 KiB page (4 MiB: ~12 ms), a third of a K = V = 1024 call on one thread.
+    std::vector<RowMatrix> states(static_cast<std::size_t>(group > 1 ? group : 0), ws.S);
     std::vector<typename Kernel::Head> heads;
     heads.reserve(static_cast<std::size_t>(group));
     for (index_t task = begin; task < end; ++task) {
       const index_t first = task / per_sequence * plan.HV + task % per_sequence * group;  // kernel item
       const index_t n = std::min(group, plan.HV - task % per_sequence * group);
-      seqmix::chunkwise::run_items_together(kernel, first, n, plan.chunk, heads, states, ws);
+      if (group == 1)
+        seqmix::chunkwise::run_item(kernel, first, plan.chunk, ws);
+      else
+        seqmix::chunkwise::run_items_together(kernel, first, n, plan.chunk, heads, states, ws);
     }
   });
 }
