@@ -74,8 +74,13 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
 // GFLOP/s (rows 4 KiB apart; state_row_stride, recurrent.hpp, pads them since). Re-measured at 1024
 // after that fix (2026-12-06, loaded, H = 4, T = 1024): 1.13-1.43 for GLA and linear attention on
 // one thread, 1.21-1.38 on two, rwkv6 0.68 and 0.96; at 1536 x 1536 and 1024 x 2048 (one thread)
-// 1.25-1.53, rwkv6 0.41-0.44. The chunked form from 2^20 floats still: rwkv6 wants it, GLA no
-// longer does, and the rule does not see the readout (a follow-up). With bf16 dot products (the
+// 1.25-1.53, rwkv6 0.41-0.44. Those chunked times held a page-fault cost that run_chunked_heads
+// no longer pays (a second state per parallel block); after it (2026-12-06, loaded, H = 4,
+// T = 1024): 0.73-0.82 at 1024 on one thread, 0.80-0.93 on two, for every gate kind and rwkv6
+// alike, normalize 1.03 / 1.18 (its chunked steps run Eigen's products, V + 1 columns); 768:
+// 0.56-0.73 and 0.85-0.93, normalize 0.84 / 1.07. The chunked form from 2^20 floats for every
+// op; 768 waits for the recurrent driver's per-call allocations to be measured out of the
+// comparison (README). With bf16 dot products (the
 // chunked form's GEMMs at up to twice the fp32 rate): 1.1-2.2 at 64, 0.94-1.41 at 128, 0.81-1.21 at
 // 256, 0.61-0.78 at 512, 0.44-0.72 at 768: the chunked form from 2^19 floats (2 MiB). On the Xeon
 // (Sapphire Rapids, ~340 GFLOP/s and ~25 GB/s on 2 cores against Zen 5's 458 and 58.8; not
@@ -93,7 +98,7 @@ constexpr index_t kChunkedStateFloatsBf16Dot = index_t{1} << 19;
 
 inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
                                                  bool bf16_dot) {
-  (void)gate;  // the same thresholds hold for every gate kind on the measured machine
+  (void)gate;  // the same thresholds hold for every gate kind and for rwkv6 on the measured machine
   if (T < chunk) return LinearAttentionAlgorithm::recurrent;
   // Where the target lacks AVX512-BF16, Bf16Compute::dot runs the fp32 products.
   const index_t threshold = bf16_dot && kNativeBf16Dot ? kChunkedStateFloatsBf16Dot : kChunkedStateFloats;
