@@ -207,6 +207,51 @@ TEST_CASE("long_conv: T = 65536 by FFT against the direct form", "[long_conv]") 
     }
 }
 
+TEST_CASE("long_conv: wide walks without a prepared spectrum once a block's signal stays in no cache",
+          "[long_conv]") {
+  // long_conv_plain_walk_width: above twice kLongConvFftWalkCacheBytes per block, walks whose
+  // signals and filter spectra hold at most kLongConvFftWideWalkBytes, none longer than a thread's
+  // share, blocks spread evenly; below, the walks of up to 4 blocks as before.
+  namespace sd = seqmix::detail;
+  const index_t E = sd::kFftElement;
+  const index_t wide_N = 4 * sd::kLongConvFftWalkCacheBytes / (E * static_cast<index_t>(sizeof(float)));  // first wide N
+  for (index_t N : {wide_N / 2, wide_N, 4 * wide_N, 64 * wide_N})
+    for (index_t blocks : {1, 5, 24, 100})
+      for (int threads : {1, 2, 3, 64}) {
+        INFO("N = " << N << ", blocks = " << blocks << ", threads = " << threads);
+        const index_t per = sd::long_conv_plain_walk_width(blocks, threads, N), walks = (blocks + per - 1) / per;
+        const index_t block = N * E * static_cast<index_t>(sizeof(float));
+        CHECK(per >= 1);
+        CHECK(per <= blocks);
+        if (N < wide_N) {
+          CHECK(per == sd::long_conv_fft_walk_blocks(blocks, threads));
+          continue;
+        }
+        if (per > 1) CHECK(2 * per * block <= sd::kLongConvFftWideWalkBytes);  // signals and filter spectra
+        CHECK(per <= (blocks + threads - 1) / threads);  // no walk longer than a thread's share
+        CHECK(walks * per - blocks < walks);  // even: the last walk at most one block short of a block per walk
+      }
+  // Calls on wide walks (6 blocks of the first wide N in one walk on one thread, 3 per walk on two,
+  // more than the 4 of the walks below): a ragged last block, skip and bias, a state, a filter
+  // shared by all channels, two batch rows.
+  const index_t T = wide_N / 2 + 100;
+  REQUIRE(sd::long_conv_plain_walk_width(6, 1, wide_N) == 6);
+  for (const LongCase& c : {LongCase{1, T, 5 * E + 3, 8, 5 * E + 3, 0, true, false, true, 51},
+                            LongCase{2, T + 50, 5 * E + 3, 5, 1, 0, true, true, false, 52}}) {
+    INFO(c.describe());
+    const LongData data(c);
+    const seqmix::detail::LongConvDims dims{c.B, c.T, c.D, c.L, c.Lb, c.G};
+    REQUIRE(sd::long_conv_fft_length(dims, c.state) == wide_N);
+    const Result ref = run(c, data, LongConvMethod::automatic, true, seqmix::serial_executor());
+    const Result one = run(c, data, LongConvMethod::fft, false, seqmix::serial_executor());
+    st::require_close("y", one.y.cview(), ref.y.cview(), 2e-5);
+    if (c.state) st::require_close("final_state", one.final_state.cview(), ref.final_state.cview(), 0.0);
+    const Result two = run(c, data, LongConvMethod::fft, false, st::two_thread_pool());
+    st::require_close("y (two threads)", two.y.cview(), ref.y.cview(), 2e-5);
+  }
+  seqmix::long_conv_release_thread_scratch();  // 96 MiB of wide walks: not for the next cases
+}
+
 TEST_CASE("long_conv: the FFT scratch a thread keeps falls under its cap once a long call's is stale",
           "[long_conv]") {
   namespace sd = seqmix::detail;
@@ -219,9 +264,9 @@ TEST_CASE("long_conv: the FFT scratch a thread keeps falls under its cap once a 
   const LongCase small{2, 300, 37, 200, 37, 0, true, true, true, 41};
   const LongData small_data(small);
   const Result before = run(small, small_data, LongConvMethod::fft, false, seqmix::serial_executor());
-  // The long call: one thread walks 4 of its 5 blocks of pairs at once, a signal and a filter
-  // spectrum per block, N floats of E each: N the shortest whose walk's scratch passes the cap
-  // (131072 with AVX-512), T + min(L, T) - 1 = N.
+  // The long call: one thread walks its 5 blocks of pairs at once (a wide walk,
+  // long_conv_plain_walk_width), a signal and a filter spectrum per block, N floats of E each: N
+  // the shortest at which 4 blocks' scratch passes the cap (131072 with AVX-512), T + min(L, T) - 1 = N.
   index_t N = 4;
   while (static_cast<std::size_t>(8 * N * E) * sizeof(float) <= cap) N *= 2;
   const LongCase big{1, N / 2 + 1, 4 * E + 1, 2, 4 * E + 1, 0, false, false, false, 42};

@@ -541,7 +541,11 @@ inline void long_conv_convolve_block(float* x, const float* G, index_t rows, ind
 // Copies the window xs[-S .. T) of batch row b (state rows, then inputs), the walk's blocks, to
 // their signals (block k's row r at x + (k N + r) E), one row of u after the other. Tried and
 // slower: this walk fused with the first pass (rows r and r + N/4 read together, the four
-// butterfly outputs written): the walks took 2.7x as long (perf samples, T = 16384, one thread).
+// butterfly outputs written): the walks took 2.7x as long (perf samples, T = 16384, one thread);
+// on the wide walks at T = 65536 (radix-8, rows j + m N/8 of u read straight into the pass, the
+// 8 outputs stored) 41-86 ms against 36-48 for this walk and the first pass, whether groups or
+// blocks ran inner or in tiles of 8-128 groups, and the inverse's last pass fused with the
+// scatter broke even (one thread, loaded; docs/operators.md, long_conv, 2026-12-06).
 // [r0, r1): the window rows to copy (a split block's piece; r1 < 0: to the end).
 inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& walk, index_t b, index_t S, index_t N,
                                   float* x, index_t r0 = 0, index_t r1 = -1) {
@@ -752,31 +756,55 @@ inline index_t long_conv_fft_walk_blocks(index_t blocks, int concurrency, index_
   return per;
 }
 
-// Most bytes of signals a prepared call's walk holds at FFT lengths whose block stays in no cache
-// (N E floats over 2 kLongConvFftWalkCacheBytes: N >= 65536 with AVX-512), 384 MiB: all 24 blocks
-// of D = 768 at N = 131072. Why: there each block's signal goes through memory anyway, and what
+// Most bytes of scratch a walk holds at FFT lengths whose block stays in no cache (N E floats
+// over 2 kLongConvFftWalkCacheBytes: N >= 65536 with AVX-512), 384 MiB: a prepared call's signals
+// of all 24 blocks of D = 768 at N = 131072, or a call's without one, signals and filter spectra,
+// of 12 blocks. Why: there each block's signal goes through memory anyway, and what
 // the walk width buys is the rows of u and y read and written whole instead of 128 bytes of
 // each 3 KiB row (a new 4 KiB page every 1.3 rows, ~5 GB/s). Pass profile at T = 65536, one
 // thread (long_conv_crossover --passes, loaded): gather 35-44 ms and scatter 42-56 ms with
 // 4 blocks, 27 and 31-45 with 12, 22 and 26-28 with all 24 (docs/operators.md, long_conv). The
 // cost: the walk's scratch, kept by the calling thread's pool after the call, is that of all its
-// blocks (a call's walks together hold at most the prepared spectrum's own size, D N floats
-// rounded to whole blocks, when no walk is capped).
+// blocks (a prepared call's walks together hold at most the prepared spectrum's own size, D N
+// floats rounded to whole blocks, when no walk is capped; a call without one twice that).
 constexpr index_t kLongConvFftWideWalkBytes = index_t{384} << 20;
+
+// Blocks per wide walk (FFT lengths whose block stays in no cache) of `blocks` blocks on
+// `concurrency` threads, each block holding `block_bytes` of scratch: as few walks as
+// kLongConvFftWideWalkBytes allows but aiming at one per thread (a thread per walk keeps them
+// balanced: the walks are equal but for the last), the blocks spread evenly over them. Rounding
+// the width up can leave fewer walks than threads (24 blocks on 7 threads: 6 walks of 4).
+inline index_t long_conv_wide_walk_width(index_t blocks, int concurrency, index_t block_bytes) {
+  const index_t most = std::max<index_t>(1, kLongConvFftWideWalkBytes / block_bytes);
+  const index_t walks = std::min(blocks, std::max((blocks + most - 1) / most, static_cast<index_t>(concurrency)));
+  return (blocks + walks - 1) / walks;
+}
 
 // Blocks per walk of a prepared call of `blocks` blocks at FFT length N on `concurrency`
 // threads: long_conv_prepared_walk_blocks' cache-sized walks (two or more per thread) while a
-// block fits in cache; above, wide walks: as few as kLongConvFftWideWalkBytes allows but aiming
-// at one per thread (a thread per walk keeps them balanced: the walks are equal but for the
-// last), the blocks spread evenly over them. Rounding the width up can leave fewer walks than
-// threads (24 blocks on 7 threads: 6 walks of 4).
+// block fits in cache; above, wide walks of up to kLongConvFftWideWalkBytes of signals
+// (long_conv_wide_walk_width).
 inline index_t long_conv_prepared_walk_width(index_t blocks, int concurrency, index_t N) {
   const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
   if (block_bytes <= 2 * kLongConvFftWalkCacheBytes)
     return long_conv_fft_walk_blocks(blocks, concurrency, long_conv_prepared_walk_blocks(N));
-  const index_t most = std::max<index_t>(1, kLongConvFftWideWalkBytes / block_bytes);
-  const index_t walks = std::min(blocks, std::max((blocks + most - 1) / most, static_cast<index_t>(concurrency)));
-  return (blocks + walks - 1) / walks;
+  return long_conv_wide_walk_width(blocks, concurrency, block_bytes);
+}
+
+// Blocks per walk of a call without a prepared spectrum: long_conv_fft_walk_blocks' walks of up
+// to 4 blocks while a block fits in cache (N <= 32768 with AVX-512, as before); above, wide walks
+// whose signals and filter spectra together (2 N E floats per block) hold at most
+// kLongConvFftWideWalkBytes: at D = 768 with AVX-512, N = 65536 one walk of 24 blocks on one
+// thread, 12 + 12 on two; N = 131072 two walks of 12 on one thread, 12 + 12 on two. Why: as for
+// a prepared call, the walk width decides how the gather, the filter load and the scatter touch
+// u, h and y (whole rows instead of 512 bytes of each 3 KiB row). Measured (long_conv_crossover
+// --prepared, one thread, D = L = T, loaded, docs/operators.md long_conv): T = 65536 4 blocks
+// 349-386 ms, 12 blocks 323-366, 24 blocks 297-308 (24 not kept: 768 MiB of scratch); T = 32768
+// 4 blocks 165-179, 24 blocks 139-151 ms.
+inline index_t long_conv_plain_walk_width(index_t blocks, int concurrency, index_t N) {
+  const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
+  if (block_bytes <= 2 * kLongConvFftWalkCacheBytes) return long_conv_fft_walk_blocks(blocks, concurrency);
+  return long_conv_wide_walk_width(blocks, concurrency, 2 * block_bytes);
 }
 
 // Channels per block: E (a pair per lane), or W (narrow blocks, one channel per lane) when the
@@ -1042,7 +1070,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const index_t blocks = (D + lanes - 1) / lanes;
   const index_t per_walk = segments.count > 1    ? 1
                            : prepared != nullptr ? long_conv_prepared_walk_width(blocks, executor.concurrency(), segments.N)
-                                                 : long_conv_fft_walk_blocks(blocks, executor.concurrency());
+                                                 : long_conv_plain_walk_width(blocks, executor.concurrency(), segments.N);
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
   if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
     const index_t pieces =
@@ -1258,13 +1286,15 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
 /// zero-padded to a power of two N >= S + T + L - 1, transformed (two channels per complex
 /// transform, one pair per SIMD lane), multiplied by the filter's spectrum and transformed back.
 /// Threaded over groups of up to 4 blocks of 2 * simd::kWidth channels (fewer when the call
-/// would split into fewer than two groups per thread; blocks of simd::kWidth channels when more
+/// would split into fewer than two groups per thread; from N = 65536 with AVX-512, where a
+/// block's signal stays in no cache, wider groups of up to 384 MiB of scratch each, about one per
+/// thread: long_conv_plain_walk_width; blocks of simd::kWidth channels when more
 /// than two threads would otherwise idle; on more than two threads, a causal call with a short
 /// filter in overlap-save segments of its outputs, a task per segment and block, when that
 /// finishes sooner, and one whose groups are still fewer than the threads in four passes of
 /// equal tasks over its blocks' transforms); scratch per task and block 2 N * 2 *
 /// simd::kWidth floats (the signal and the filters' spectrum, kept by the calling thread for its
-/// next call: 128 MiB per task of 4 blocks at N = 131072 with AVX-512; the four passes hold every
+/// next call: 384 MiB per task of 12 blocks at N = 131072 with AVX-512; the four passes hold every
 /// block's at once, (2B + 1) N * 2 * simd::kWidth floats per block, and run only while that is at
 /// most 256 MiB). A channel whose input is not finite is computed by the direct form, with its pair.
 inline void long_conv_fft(const LongConvInputs& in, const LongConvOutputs& out, const LongConvOptions& options = {},
