@@ -238,6 +238,41 @@ TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "
   }
 }
 
+// The step from kRowWalkColumns (256) columns walks the state row by row in blocks of 1024
+// columns (recurrent_rows, diagonal_decay/recurrent.hpp): widths on both sides of the threshold
+// and of a block, rows 4 KiB apart (1024) and 8 KiB (2048), a scalar tail (1023, 1040 = 1024 + 16
+// is one more batch, 255), K odd so 4-row groups leave a remainder row, B = 2 and grouped heads.
+// A recurrent prefill of 11 tokens, then 6 steps, against one reference call over all 17.
+TEST_CASE("gated_linear_attention: decode steps on wide states match the reference", "[gla]") {
+  for (const index_t V : {255, 256, 1023, 1024, 1040, 2048, 2051})
+    for (GateKind gate : {GateKind::channel, GateKind::scalar, GateKind::none}) {
+      const GlaCase c{2, 17, 1, 2, 9, V, gate, -1.f, 0.f, false};
+      const GlaData data(c, 71);
+      seqmix::GatedLinearAttentionOptions options;
+      options.gate = gate;
+      GlaResult ref(c);
+      seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
+      constexpr index_t kPrefill = 11;
+      seqmix::GatedLinearAttentionInputs head = data.inputs();
+      head.q = head.q.slice(1, 0, kPrefill), head.k = head.k.slice(1, 0, kPrefill), head.v = head.v.slice(1, 0, kPrefill);
+      if (head.g.has_value()) head.g = head.g.slice(1, 0, kPrefill);
+      if (head.g_scalar.has_value()) head.g_scalar = head.g_scalar.slice(1, 0, kPrefill);
+      GlaResult fast(c);
+      options.algorithm = LinearAttentionAlgorithm::recurrent;
+      seqmix::gated_linear_attention(head, {fast.o.view().slice(1, 0, kPrefill), fast.state.view()}, options);
+      for (index_t t = kPrefill; t < c.T; ++t) {
+        seqmix::GatedLinearAttentionStepInputs in;
+        in.q = data.q.view().select(1, t), in.k = data.k.view().select(1, t), in.v = data.v.view().select(1, t);
+        if (gate == GateKind::channel) in.g = data.g.view().select(1, t);
+        if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, t);
+        seqmix::gated_linear_attention_step(in, {fast.o.view().select(1, t), fast.state.view()}, options);
+      }
+      const std::string what = describe(c, 71) + " prefill " + std::to_string(kPrefill) + " + steps";
+      require_close(fast.o, ref.o, kTol, what + " o");
+      require_close(fast.state, ref.state, kTol, what + " state");
+    }
+}
+
 TEST_CASE("gated_linear_attention: strided views give the same result", "[gla]") {
   const GlaCase c{2, 70, 2, 2, 20, 24, GateKind::channel, -1.f, 0.f, false};
   const GlaData data(c, 55);

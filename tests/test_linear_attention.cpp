@@ -190,6 +190,37 @@ TEST_CASE("linear_attention: one call equals prefill + prefill + steps", "[linea
   }
 }
 
+// The step's row walk from 256 columns (recurrent_rows, diagonal_decay/recurrent.hpp) without
+// decay, with and without the normalizer (its z column takes the one-column path): rows 4 and
+// 8 KiB apart, scalar tails, a remainder row (K odd), B = 2, grouped heads. A prefill of 11
+// tokens then 6 steps against one reference call.
+TEST_CASE("linear_attention: decode steps on wide states match the reference", "[linear_attention]") {
+  for (const index_t V : {256, 1023, 1024, 1040, 2048})
+    for (const bool normalize : {false, true}) {
+      const LaCase c{2, 17, 1, 2, 9, V, normalize ? FeatureMap::elu1 : FeatureMap::identity, normalize, 0};
+      const LaData data(c, 79);
+      const seqmix::LinearAttentionOptions options = options_for(c);
+      LaResult ref(c), fast(c);
+      seqmix::reference::linear_attention(data.inputs(c), ref.outputs(c), options);
+      constexpr index_t kPrefill = 11;
+      seqmix::LinearAttentionInputs head = data.inputs(c);
+      head.q = head.q.slice(1, 0, kPrefill), head.k = head.k.slice(1, 0, kPrefill), head.v = head.v.slice(1, 0, kPrefill);
+      seqmix::LinearAttentionOutputs out = fast.outputs(c);
+      out.o = out.o.slice(1, 0, kPrefill);
+      seqmix::linear_attention(head, out, options);
+      for (index_t t = kPrefill; t < c.T; ++t) {
+        const seqmix::LinearAttentionStepInputs in{data.q.view().select(1, t), data.k.view().select(1, t),
+                                                   data.v.view().select(1, t)};
+        seqmix::linear_attention_step(
+            in, {fast.o.view().select(1, t), fast.state.view(), normalize ? fast.z.view() : seqmix::TensorView<float, 3>()},
+            options);
+      }
+      require_close(fast.o, ref.o, 2e-4, describe(c, 79) + " o");
+      require_close(fast.state, ref.state, 2e-4, describe(c, 79) + " state");
+      if (normalize) require_close(fast.z, ref.z, 2e-4, describe(c, 79) + " normalizer");
+    }
+}
+
 TEST_CASE("linear_attention: bad arguments are rejected", "[linear_attention]") {
   const LaCase c{1, 10, 2, 2, 8, 8, FeatureMap::taylor2, false, 0};
   const LaData data(c, 1);

@@ -140,6 +140,30 @@ TEST_CASE("rwkv6: one call equals prefill + prefill + steps", "[rwkv6]") {
   require_close(split.state, full.state, 1e-5, describe(c, 61) + " state");
 }
 
+// The step's row walk from 256 columns (recurrent_rows, diagonal_decay/recurrent.hpp), with the
+// exclusive readout and the bonus: rows 4 and 8 KiB apart, scalar tails, a remainder row (K odd),
+// B = 2, grouped heads. A prefill of 11 tokens then 6 steps against one reference call.
+TEST_CASE("rwkv6: decode steps on wide states match the reference", "[rwkv6]") {
+  for (const index_t V : {256, 1023, 1024, 1040, 2048}) {
+    const RwkvCase c{2, 17, 1, 2, 9, V, -1.f, 0.f, false};
+    const RwkvData data(c, 73);
+    RwkvResult ref(c), fast(c);
+    seqmix::reference::rwkv6(data.inputs(), ref.outputs());
+    constexpr index_t kPrefill = 11;
+    seqmix::Rwkv6Inputs head = data.inputs();
+    head.r = head.r.slice(1, 0, kPrefill), head.k = head.k.slice(1, 0, kPrefill), head.v = head.v.slice(1, 0, kPrefill);
+    head.g = head.g.slice(1, 0, kPrefill);
+    seqmix::rwkv6(head, {fast.o.view().slice(1, 0, kPrefill), fast.state.view()});
+    for (index_t t = kPrefill; t < c.T; ++t) {
+      const seqmix::Rwkv6StepInputs in{data.r.view().select(1, t), data.k.view().select(1, t), data.v.view().select(1, t),
+                                       data.g.view().select(1, t), data.u.view()};
+      seqmix::rwkv6_step(in, {fast.o.view().select(1, t), fast.state.view()});
+    }
+    require_close(fast.o, ref.o, 2e-4, describe(c, 73) + " o");
+    require_close(fast.state, ref.state, 2e-4, describe(c, 73) + " state");
+  }
+}
+
 TEST_CASE("rwkv6: bad arguments are rejected", "[rwkv6]") {
   const RwkvCase c{1, 10, 2, 2, 8, 8, -1.f, 0.f, false};
   RwkvData data(c, 2);

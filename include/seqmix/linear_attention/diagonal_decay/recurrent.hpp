@@ -8,6 +8,8 @@
 // without decay), with o and v held in registers across all rows of a column tile, and several
 // tokens applied to each loaded piece of S (see kTokenBlock). The prefill folds the decays of a
 // window of tokens into q and k instead (lazy decay, see plan_lazy_windows): 2 ops per element.
+// A single token on a wide state (a decode step from kRowWalkColumns columns) walks the state row
+// by row instead (recurrent_rows), o accumulating in L1.
 #pragma once
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "seqmix/core/prefetch.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 
@@ -197,8 +200,8 @@ constexpr index_t kTokenBlock = 16;
 // stride: the kernel alone gained nothing from padding at V = 64 .. 256, and the extra line per
 // row would grow the states a task interleaves (1 MiB at H = 16, K = V = 128: L2's size; a first
 // rule padding every width measured 0.78-0.90x end to end there, though unchanged code varied as
-// much on this loaded machine). The decode step runs on the caller's state layout and keeps its
-// stride.
+// much on this loaded machine). The decode step runs on the caller's state layout and cannot pad
+// it: from kRowWalkColumns on it walks the rows instead of column strips (recurrent_rows).
 inline index_t state_row_stride(index_t width) {
   constexpr index_t kLine = 64 / static_cast<index_t>(sizeof(float));
   constexpr index_t kSpan = 2048 / static_cast<index_t>(sizeof(float));
@@ -230,10 +233,105 @@ inline void recurrent_block(float* S, index_t ldS, index_t Kf, index_t ncols, co
   recurrent_block_impl<false, false>(S, ldS, Kf, ncols, x, n, o, ahead);
 }
 
+// Rows [r0, r0 + R) of a row walk (recurrent_rows) over columns [0, nv): each row's update and
+// its readout added to o, one column batch of all R rows at a time. The R rows are loaded before
+// any is stored, so no load waits behind a store to the same offset of a page (rows 4 KiB apart
+// alias there). `ahead` (floats) is where the rows to request come from: the next group's rows,
+// R * ldS, or 0 for the last group. Each batch of each row asks for the batch `ahead` floats
+// further into L2: the hardware prefetchers stop at page boundaries, and at V = 1024 every row is
+// a new page. Measured (one thread, thread CPU time, GLA, 64 MiB of state, out of L3: K = V =
+// 1024 with H = 16, K = 256 V = 1024 with B = 4, H = 16; without and with the requests in one
+// process, two sessions): 35-45 -> 43-64 GB/s of state in and out, 1.2-1.5x; within L3 (H = 2,
+// 8 MiB) they cost 144-148 -> 127-132 GB/s, the price paid for decode, whose states across
+// layers exceed L3.
+template <int R, bool kDecay, bool kExclusive>
+inline void recurrent_row_group(float* S, index_t ldS, index_t r0, index_t nv, const TokenOperands& x, index_t ahead,
+                                float* o) {
+  static_assert(R <= 4, "the loops over R carry #pragma GCC unroll 4");
+  using simd::Batch;
+  constexpr index_t W = simd::kWidth;
+  float* row[R];
+  Batch<float> kr[R], qr[R], wr[R];
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    const index_t r = r0 + j;
+    row[j] = S + r * ldS;
+    kr[j] = Batch<float>(x.k[r]), qr[j] = Batch<float>(x.q[r]);
+    wr[j] = Batch<float>(kDecay ? x.w[r * x.w_stride] : 1.f);
+  }
+  const float* v = x.v;
+  for (index_t c = 0; c < nv; c += W) {
+    const Batch<float> vv = simd::load(v + c);
+    Batch<float> acc = simd::load(o + c), s[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) s[j] = simd::load(row[j] + c);
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) prefetch_row<true, 2>(row[j] + ahead + c, 1);
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+      if constexpr (kExclusive) acc = simd::fma(qr[j], s[j], acc);
+      s[j] = kDecay ? simd::fma(kr[j], vv, wr[j] * s[j]) : simd::fma(kr[j], vv, s[j]);
+      if constexpr (!kExclusive) acc = simd::fma(qr[j], s[j], acc);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) simd::store(row[j] + c, s[j]);
+    simd::store(o + c, acc);
+  }
+}
+
+// Columns [0, nv) of all Kf rows by row walk, 4 rows at a time.
+template <bool kDecay, bool kExclusive>
+inline void recurrent_row_groups(float* S, index_t ldS, index_t Kf, index_t nv, const TokenOperands& x, float* o) {
+  constexpr index_t kRows = 4;
+  index_t r = 0;
+  for (; r + kRows <= Kf; r += kRows) {
+    const index_t ahead = r + 2 * kRows <= Kf ? kRows * ldS : 0;
+    recurrent_row_group<kRows, kDecay, kExclusive>(S, ldS, r, nv, x, ahead, o);
+  }
+  for (; r < Kf; ++r) recurrent_row_group<1, kDecay, kExclusive>(S, ldS, r, nv, x, r + 1 < Kf ? ldS : 0, o);
+}
+
+// From this many columns a single token (a decode step) walks the state by rows (recurrent_rows)
+// instead of the column tiles: the tiles walk a 64-column strip down all Kf rows, and on a
+// caller's state with rows 4 KiB apart (V = 1024, 2048, 4096) each row's loads sat 4 KiB after
+// the previous row's stores and the strip fell in 4 of L1's 64 sets: 31-36 GB/s of state in and
+// out where the row walk streams 102-148 GB/s (one thread, state in L3). Measured one thread,
+// thread CPU time, GLA step, AMD EPYC Zen 5, load average 3-8 (see the family README): V = 256
+// and 384 0.97-1.15x, V = 512 0.86-1.06x, V = 768 0.82-0.90x with the state in L3 (6 MiB) but
+// 1.6x at 12 MiB; V = 64 and 128 (states within L2) 0.6-0.75x: there the tiles keep o in
+// registers, which is what those widths need.
+constexpr index_t kRowWalkColumns = 256;
+// The row walk takes the columns in blocks of this many: the block's o and v (8 KiB) stay in L1.
+// Whole rows of 4096 or 8192 columns ran 0.8x slower (58 against 74 GB/s).
+constexpr index_t kRowWalkBlock = 1024;
+
+// One token on a state of at least kRowWalkColumns columns: o[0..ncols) accumulates in memory
+// (L1) instead of registers, and each row is read and written front to back. Per column the
+// readout sums the rows in order from zero, as the tiles do, so both give the same bits.
+template <bool kDecay, bool kExclusive>
+inline void recurrent_rows(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands& x, float* o) {
+  const index_t nv = simd::vector_end(ncols);
+  for (index_t c = 0; c < nv; c += simd::kWidth) simd::store(o + c, simd::Batch<float>(0.f));
+  for (index_t c0 = 0; c0 < nv; c0 += kRowWalkBlock) {
+    TokenOperands block = x;
+    block.v = x.v + c0;
+    recurrent_row_groups<kDecay, kExclusive>(S + c0, ldS, Kf, std::min(kRowWalkBlock, nv - c0), block, o + c0);
+  }
+  if constexpr (kExclusive)
+    for (index_t c = 0; c < nv; c += simd::kWidth)
+      simd::store(o + c, simd::fma(simd::Batch<float>(x.bonus), simd::load(x.v + c), simd::load(o + c)));
+  if (nv < ncols) recurrent_tail<kDecay, kExclusive>(S, ldS, Kf, nv, ncols, x, o);
+}
+
 // One token: S advanced, o[0..ncols) written.
 inline void recurrent_token(float* S, index_t ldS, index_t Kf, index_t ncols, const TokenOperands& x, bool exclusive,
                             float* o) {
-  recurrent_block(S, ldS, Kf, ncols, &x, 1, exclusive, &o);
+  if (ncols < kRowWalkColumns) return recurrent_block(S, ldS, Kf, ncols, &x, 1, exclusive, &o);
+  const bool decay = x.w != nullptr;
+  if (decay && exclusive) return recurrent_rows<true, true>(S, ldS, Kf, ncols, x, o);
+  if (decay) return recurrent_rows<true, false>(S, ldS, Kf, ncols, x, o);
+  if (exclusive) return recurrent_rows<false, true>(S, ldS, Kf, ncols, x, o);
+  recurrent_rows<false, false>(S, ldS, Kf, ncols, x, o);
 }
 
 // Per-thread scratch of the recurrent form: the operands of up to `slots` tokens. Small ones
