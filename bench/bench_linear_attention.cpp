@@ -21,6 +21,9 @@
 // of the 4689 real tokens, so their GFLOP/s compare directly. gated_linear_attention_step/slots
 // steps 64 sequences through a 96-row state pool with holes (/slots), beside a plain B=64 step
 // (/dense); GB/s counts the same bytes for both.
+// gated_linear_attention_step/k1024-v1024 and /k256-v2048: steps on wide states (4 heads, 16 MiB
+// and 8 MiB, past L2: rows 4 and 8 KiB apart, the row walk of diagonal_decay/recurrent.hpp),
+// GB/s as the step rows.
 //
 // <op>/bf16/prefill/<shape>-t<T>: the chunked prefill with bf16 dot-product GEMMs
 // (bf16_compute = dot, issue 19 item 3; target >= 1.4x fp32), GFLOP/s as prefill with eff against
@@ -67,12 +70,14 @@ using seqmix::Tensor;
 namespace st = seqmix::testing;
 
 
-// Shapes of the algorithm-choice and phase rows only (h4-k768: a state of 768 x 768 floats,
-// between choose_algorithm's thresholds for bf16 dot products, 2^19, and fp32 products, 2^20;
-// h4-k1024: at the fp32 one; h8-k256: between the model shapes and those).
+// Shapes of the algorithm-choice, phase and wide-step rows only (h4-k768: a state of 768 x 768
+// floats, between choose_algorithm's thresholds for bf16 dot products, 2^19, and fp32 products,
+// 2^20; h4-k1024: at the fp32 one; h8-k256: between the model shapes and those; k1024-v1024 and
+// k256-v2048: the wide-state steps, 4 heads each).
 const std::vector<st::LinearAttentionShape>& choice_shapes() {
   static const std::vector<st::LinearAttentionShape> shapes = {
-      {"h8-k256", 8, 256, 256, 8}, {"h4-k768", 4, 768, 768, 4}, {"h4-k1024", 4, 1024, 1024, 4}};
+      {"h8-k256", 8, 256, 256, 8},         {"h4-k768", 4, 768, 768, 4},       {"h4-k1024", 4, 1024, 1024, 4},
+      {"k1024-v1024", 4, 1024, 1024, 4}, {"k256-v2048", 4, 256, 2048, 4}};
   return shapes;
 }
 
@@ -579,6 +584,10 @@ const int kRegistered = [] {
           ->Unit(benchmark::kMillisecond);
   for (std::string shape : {"gla-1.3b", "gla-k128"})
     benchmark::RegisterBenchmark(("gated_linear_attention/step/" + shape).c_str(),
+                                 [shape](benchmark::State& s) { gla_step(s, shape, GateKind::channel); })
+        ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  for (std::string shape : {"k1024-v1024", "k256-v2048"})
+    benchmark::RegisterBenchmark(("gated_linear_attention_step/" + shape).c_str(),
                                  [shape](benchmark::State& s) { gla_step(s, shape, GateKind::channel); })
         ->UseRealTime()->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("simple_gla/step/gla-1.3b", [](benchmark::State& s) { gla_step(s, "gla-1.3b", GateKind::scalar); })

@@ -224,6 +224,10 @@ const int kRegistered = [] {
   const ConvShape step_shape{"d3328_w4", 1, 1, 3328, 4};
   benchmark::RegisterBenchmark(("causal_conv1d/step/" + step_shape.name).c_str(), conv_step<false>, step_shape)
       ->UseRealTime();
+  // The step's other window widths beside W = 4 (W = 2: one state row and one weight permute per
+  // tap on AVX-512; W = 3: two state rows, three permutes per tap as at W = 4).
+  for (const ConvShape& narrow : {ConvShape{"d3328_w2", 1, 1, 3328, 2}, ConvShape{"d3328_w3", 1, 1, 3328, 3}})
+    benchmark::RegisterBenchmark(("causal_conv1d/step/" + narrow.name).c_str(), conv_step<false>, narrow)->UseRealTime();
   benchmark::RegisterBenchmark(("causal_conv1d/step/" + step_shape.name + "/reference").c_str(), conv_step<true>,
                                step_shape)
       ->UseRealTime();
