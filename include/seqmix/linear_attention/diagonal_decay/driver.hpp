@@ -152,9 +152,16 @@ inline void load_state(const StateIo& io, const SequenceSpan& s, index_t hv, ind
 inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, ValueColumns cols,
                         const ConstStateRef& S) {
   if (io.final_state.has_value()) {
+    // Contiguous rows are copied as rows: element by element through the view this held ~3% of
+    // the samples of gla-1.3b-t512 on one thread (perf).
     const auto dst = io.final_state[s.state_row][hv];
-    for (index_t r = 0; r < S.rows(); ++r)
+    for (index_t r = 0; r < S.rows(); ++r) {
+      if (cols.width > 0 && dst.is_last_dim_contiguous()) {
+        std::copy(S.row(r).data(), S.row(r).data() + cols.width, dst.ptr(r, cols.begin));
+        continue;
+      }
       for (index_t c = 0; c < cols.width; ++c) dst(r, cols.begin + c) = S(r, c);
+    }
   }
   if (cols.begin == 0 && S.cols() > cols.width && io.final_normalizer.has_value())
     for (index_t r = 0; r < S.rows(); ++r) io.final_normalizer(s.state_row, hv, r) = S(r, cols.width);
