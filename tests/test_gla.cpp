@@ -7,6 +7,7 @@
 #include <cmath>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "seqmix/linear_attention/gla/chunked.hpp"
@@ -200,6 +201,61 @@ TEST_CASE("gated_linear_attention: recurrent prefill on padded state rows, whole
   require_close(kept.state, ref.state, kTol, "token_states final_state");
   st::require_close("token_states[T-1]", token_states.view()[0][c.T - 1], ref.state.view()[0], kTol);
   st::require_close("token_states[19]", token_states.view()[0][kMid - 1], state_mid.view()[0], kTol);
+}
+
+TEST_CASE("gated_linear_attention: the recurrent prefill's kept per-thread memory leaks nothing between calls", "[gla]") {
+  // Each thread keeps the recurrent prefill's states and token operands across calls
+  // (RecurrentPrefillScratch in diagonal_decay/driver.hpp). Calls whose shapes grow and shrink, a
+  // call fed a NaN, then every case again: each equals the reference, and bit for bit a call made
+  // on a fresh thread (nothing kept).
+  const GlaCase cases[] = {{1, 40, 3, 3, 64, 300, GateKind::channel, -0.5f, 0.f, false},
+                           {2, 19, 2, 4, 9, 17, GateKind::scalar, -0.3f, 0.f, false},
+                           {1, 23, 1, 1, 33, 1024, GateKind::channel, -0.5f, 0.f, false},
+                           {2, 17, 2, 2, 5, 3, GateKind::none, 0.f, 0.f, false}};
+  seqmix::GatedLinearAttentionOptions options;
+  options.algorithm = LinearAttentionAlgorithm::recurrent;
+  seqmix::ThreadPool pool(2);
+  auto run_case = [&](const GlaCase& c, const GlaData& data, bool two_threads) {
+    GlaResult out(c);
+    options.gate = c.gate;
+    if (two_threads)
+      seqmix::gated_linear_attention(data.inputs(), out.outputs(), options, pool);
+    else
+      seqmix::gated_linear_attention(data.inputs(), out.outputs(), options);
+    return out;
+  };
+  for (int round = 0; round < 2; ++round) {
+    for (const GlaCase& c : cases) {
+      const GlaData data(c, 40);
+      GlaResult ref(c);
+      options.gate = c.gate;
+      seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
+      GlaResult fresh(c);
+      std::thread([&] { fresh = run_case(c, data, false); }).join();
+      for (const bool two_threads : {false, true}) {
+        const GlaResult kept = run_case(c, data, two_threads);
+        const std::string what = describe(c, 40) + (two_threads ? " two threads" : " one thread");
+        require_close(kept.o, ref.o, kTol, what + " o");
+        require_close(kept.state, ref.state, kTol, what + " final_state");
+        if (!two_threads) {
+          require_close(kept.o, fresh.o, 0.0, what + " o against a fresh thread");
+          require_close(kept.state, fresh.state, 0.0, what + " final_state against a fresh thread");
+        }
+      }
+    }
+    // A NaN in the first round's last call leaves NaN in the kept memory; the second round's calls
+    // must not see it.
+    if (round == 0) {
+      const GlaCase& c = cases[2];
+      GlaData poisoned(c, 41);
+      poisoned.q.view()(0, 3, 0, 5) = std::nanf("");
+      poisoned.v.view()(0, 2, 0, 7) = std::nanf("");
+      for (const bool two_threads : {false, true}) {
+        const GlaResult out = run_case(c, poisoned, two_threads);
+        CHECK(std::isnan(out.state.view()(0, 0, 0, 7)));
+      }
+    }
+  }
 }
 
 TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "[gla]") {

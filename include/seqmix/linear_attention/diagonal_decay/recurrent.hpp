@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstddef>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -339,11 +340,22 @@ inline void recurrent_token(float* S, index_t ldS, index_t Kf, index_t ncols, co
 class RecurrentWorkspace {
  public:
   RecurrentWorkspace(index_t K, index_t Kf, index_t Vp, index_t slots = 1)
+      : RecurrentWorkspace(K, Kf, Vp, slots, nullptr) {}
+  // The same, with the slots in `storage` (grown when too small) where they do not fit inline:
+  // a caller that keeps `storage` across calls allocates (and first-touches) it once.
+  RecurrentWorkspace(index_t K, index_t Kf, index_t Vp, index_t slots, AlignedVector<float>* storage)
       : slot_(round_up(2 * Kf + std::max(Kf, K) + 2 * Vp + (slots > 1 ? 3 * Kf : 0))), K_(K), Kf_(Kf), Vp_(Vp),
         slots_(slots) {
-    const index_t n = slot_ * slots;
-    if (n > kInline) heap_.resize(static_cast<std::size_t>(n));
-    base_ = n > kInline ? heap_.data() : inline_;
+    const auto n = static_cast<std::size_t>(slot_ * slots);
+    if (n <= static_cast<std::size_t>(kInline)) {
+      base_ = inline_;
+      return;
+    }
+    AlignedVector<float>& heap = storage != nullptr ? *storage : heap_;
+    if (heap.size() < n) heap.resize(n);
+    // Zeros, as a fresh workspace has: a kept one holds the last call's operands.
+    if (storage != nullptr) std::fill(heap.begin(), heap.begin() + static_cast<std::ptrdiff_t>(n), 0.f);
+    base_ = heap.data();
   }
   RecurrentWorkspace(const RecurrentWorkspace&) = delete;
   RecurrentWorkspace& operator=(const RecurrentWorkspace&) = delete;
