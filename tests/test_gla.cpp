@@ -329,6 +329,32 @@ TEST_CASE("gated_linear_attention: decode steps on wide states match the referen
     }
 }
 
+// The step's row walk sums each column's readout over the rows in the order the prefill's column
+// tiles do, so one step equals a one-token recurrent prefill (which runs the tiles) bit for bit,
+// for 4-row groups leaving 1, 2 or 3 rows and with scalar tails.
+TEST_CASE("gated_linear_attention: a step on a wide state equals a one-token prefill bit for bit", "[gla]") {
+  for (const index_t V : {256, 1023, 1040, 2051})
+    for (const index_t K : {9, 10, 11})
+      for (GateKind gate : {GateKind::channel, GateKind::scalar, GateKind::none}) {
+        const GlaCase c{2, 1, 1, 2, K, V, gate, -1.f, 0.f, false};
+        const GlaData data(c, 81);
+        seqmix::GatedLinearAttentionOptions options;
+        options.gate = gate;
+        options.algorithm = LinearAttentionAlgorithm::recurrent;
+        GlaResult prefill(c), step(c);
+        seqmix::gated_linear_attention(data.inputs(), prefill.outputs(), options);
+        seqmix::GatedLinearAttentionStepInputs in;
+        in.q = data.q.view().select(1, 0), in.k = data.k.view().select(1, 0), in.v = data.v.view().select(1, 0);
+        if (gate == GateKind::channel) in.g = data.g.view().select(1, 0);
+        if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, 0);
+        seqmix::copy(data.s0.view(), step.state.view());
+        seqmix::gated_linear_attention_step(in, {step.o.view().select(1, 0), step.state.view()}, options);
+        const std::string what = describe(c, 81);
+        require_close(step.o, prefill.o, 0.0, what + " o");
+        require_close(step.state, prefill.state, 0.0, what + " state");
+      }
+}
+
 TEST_CASE("gated_linear_attention: strided views give the same result", "[gla]") {
   const GlaCase c{2, 70, 2, 2, 20, 24, GateKind::channel, -1.f, 0.f, false};
   const GlaData data(c, 55);

@@ -164,6 +164,26 @@ TEST_CASE("rwkv6: decode steps on wide states match the reference", "[rwkv6]") {
   }
 }
 
+// With the exclusive readout and the bonus: one step on a wide state (the row walk) equals a
+// one-token recurrent prefill (the column tiles) bit for bit, 4-row groups leaving 1, 2 or 3 rows.
+TEST_CASE("rwkv6: a step on a wide state equals a one-token prefill bit for bit", "[rwkv6]") {
+  for (const index_t V : {256, 1023, 1040, 2051})
+    for (const index_t K : {9, 10, 11}) {
+      const RwkvCase c{2, 1, 1, 2, K, V, -1.f, 0.f, false};
+      const RwkvData data(c, 83);
+      RwkvResult prefill(c), step(c);
+      seqmix::Rwkv6Options options;
+      options.algorithm = seqmix::LinearAttentionAlgorithm::recurrent;
+      seqmix::rwkv6(data.inputs(), prefill.outputs(), options);
+      seqmix::copy(data.s0.view(), step.state.view());
+      const seqmix::Rwkv6StepInputs in{data.r.view().select(1, 0), data.k.view().select(1, 0), data.v.view().select(1, 0),
+                                       data.g.view().select(1, 0), data.u.view()};
+      seqmix::rwkv6_step(in, {step.o.view().select(1, 0), step.state.view()});
+      require_close(step.o, prefill.o, 0.0, describe(c, 83) + " o");
+      require_close(step.state, prefill.state, 0.0, describe(c, 83) + " state");
+    }
+}
+
 TEST_CASE("rwkv6: bad arguments are rejected", "[rwkv6]") {
   const RwkvCase c{1, 10, 2, 2, 8, 8, -1.f, 0.f, false};
   RwkvData data(c, 2);

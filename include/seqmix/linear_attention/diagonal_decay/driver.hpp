@@ -81,8 +81,8 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
 // T = 1024): 0.73-0.82 at 1024 on one thread, 0.80-0.93 on two, for every gate kind and rwkv6
 // alike, normalize 1.03 / 1.18 (its chunked steps run Eigen's products, V + 1 columns); 768:
 // 0.56-0.73 and 0.85-0.93, normalize 0.84 / 1.07. The chunked form from 2^20 floats for every
-// op; 768 waits for the recurrent driver's per-call allocations to be measured out of the
-// comparison (README). With bf16 dot products (the
+// op. After the recurrent driver stopped allocating per call too (RecurrentPrefillScratch), the
+// two forms tie at 768 and 1024 (one and two threads, nearly idle; README), so 2^20 stays. With bf16 dot products (the
 // chunked form's GEMMs at up to twice the fp32 rate): 1.1-2.2 at 64, 0.94-1.41 at 128, 0.81-1.21 at
 // 256, 0.61-0.78 at 512, 0.44-0.72 at 768: the chunked form from 2^19 floats (2 MiB). On the Xeon
 // (Sapphire Rapids, ~340 GFLOP/s and ~25 GB/s on 2 cores against Zen 5's 458 and 58.8; not
@@ -413,7 +413,7 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
   const index_t per_sequence = (plan.HV + group - 1) / group;
   parallel_for(executor, sequences * per_sequence, 1, [&](index_t begin, index_t end) {
     typename Kernel::Workspace ws = kernel.make_workspace();
-    // Groups of one head (states of 2^17 floats and more) run in ws.S: the swapped copies would
+    // Groups of one head (states over 2^16 floats, or one head per thread) run in ws.S: the swapped copies would
     // be one more state-sized allocation per parallel block, and on the measured VM a first touch
     // costs ~12 us per 4 KiB page (4 MiB: ~12 ms), a third of a K = V = 1024 call on one thread.
     std::vector<RowMatrix> states(static_cast<std::size_t>(group > 1 ? group : 0), ws.S);
@@ -498,13 +498,16 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
       RecurrentPrefillScratch scratch = take_recurrent_prefill_scratch();
       scratch.states.resize(static_cast<std::size_t>(group));  // each sized by run_recurrent_heads
       RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock, &scratch.tokens);
+      index_t used = 0;  // states this block's tasks used; a kept larger group's others are dropped
       for (index_t task = begin; task < end; ++task) {
         const index_t heads_task = task / split.blocks;
         const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(heads_task / per_sequence)]];
-        const index_t hv0 = heads_task % per_sequence * group;
-        run_recurrent_heads(plan, io, s, hv0, std::min(plan.HV, hv0 + group), split.block(task % split.blocks),
-                            make_head, heads, scratch.states, ws);
+        const index_t hv0 = heads_task % per_sequence * group, hv1 = std::min(plan.HV, hv0 + group);
+        used = std::max(used, hv1 - hv0);
+        run_recurrent_heads(plan, io, s, hv0, hv1, split.block(task % split.blocks), make_head, heads,
+                            scratch.states, ws);
       }
+      scratch.states.resize(static_cast<std::size_t>(used));
       keep_recurrent_prefill_scratch(std::move(scratch));
     });
     return;
@@ -605,3 +608,18 @@ void run_step(index_t B, index_t HV, index_t K, index_t Kf, index_t V, bool norm
 }
 
 }  // namespace seqmix::detail::la
+
+namespace seqmix {
+
+/// Frees the memory the calling thread keeps for the recurrent prefills of the diagonal-decay
+/// family (gated_linear_attention, simple GLA, linear_attention, rwkv6 with the recurrent form):
+/// the working states of the heads one parallel block runs and their token operands, kept across
+/// calls so that a call does not fault fresh pages in (at most 64 MiB per thread; a call that
+/// needs more frees its memory when it ends). Each thread that ran such a block (the caller's and
+/// every pool worker) keeps its own. Call it when the memory is wanted elsewhere; not while such a
+/// call runs on this thread. The next call allocates again.
+inline void linear_attention_release_thread_scratch() {
+  detail::la::thread_recurrent_prefill_scratch() = detail::la::RecurrentPrefillScratch{};
+}
+
+}  // namespace seqmix

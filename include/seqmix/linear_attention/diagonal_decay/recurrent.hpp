@@ -239,8 +239,10 @@ inline void recurrent_block(float* S, index_t ldS, index_t Kf, index_t ncols, co
 // any is stored, so no load waits behind a store to the same offset of a page (rows 4 KiB apart
 // alias there). `ahead` (floats) is where the rows to request come from: the next group's rows,
 // R * ldS, or 0 for the last group. Each batch of each row asks for the batch `ahead` floats
-// further into L2: the hardware prefetchers stop at page boundaries, and at V = 1024 every row is
-// a new page. Measured (one thread, thread CPU time, GLA, 64 MiB of state, out of L3: K = V =
+// further, as a write prefetch (locality 2): the hardware prefetchers stop at page boundaries,
+// and at V = 1024 every row is a new page. GCC emits `prefetchw` where the target has PRFCHW
+// (Zen, Broadwell and later: the line comes into L1, ready to be written; no level hint) and
+// `prefetcht1` (into L2) elsewhere; the figures below are `prefetchw`'s (-march=native). Measured (one thread, thread CPU time, GLA, 64 MiB of state, out of L3: K = V =
 // 1024 with H = 16, K = 256 V = 1024 with B = 4, H = 16; without and with the requests in one
 // process, two sessions): 35-45 -> 43-64 GB/s of state in and out, 1.2-1.5x; within L3 (H = 2,
 // 8 MiB) they cost 144-148 -> 127-132 GB/s, the price paid for decode, whose states across

@@ -734,7 +734,8 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
 // load 0.94-1.12x there, 0.83-0.93x at T = 8192 and 0.88x at 4096: docs/operators.md,
 // long_conv). Longer blocks (N >= 65536) stay in no cache, and there the walks' wider rows of u
 // and y win (T = 65536: 4 blocks faster than 1). A call
-// without a prepared spectrum keeps its 4 blocks: it also holds each block's filter spectrum and
+// without a prepared spectrum keeps its 4 blocks while a block fits in cache (N <= 32768 with
+// AVX-512; wider walks above, long_conv_plain_walk_width): it also holds each block's filter spectrum and
 // walks the filter's rows, and with 1 block it ran 1.12x slower (T = 16384, one thread, load 11).
 constexpr index_t kLongConvFftWalkCacheBytes = index_t{2} << 20;
 
