@@ -65,6 +65,14 @@ struct GlaData {
     if (gs.numel()) in.g_scalar = gs.view();
     return in;
   }
+  // Token t's operands for a step (the case's gate as inputs() has it).
+  seqmix::GatedLinearAttentionStepInputs step_inputs(index_t t) const {
+    seqmix::GatedLinearAttentionStepInputs in;
+    in.q = q.view().select(1, t), in.k = k.view().select(1, t), in.v = v.view().select(1, t);
+    if (g.numel()) in.g = g.view().select(1, t);
+    if (gs.numel()) in.g_scalar = gs.view().select(1, t);
+    return in;
+  }
 };
 
 struct GlaResult {
@@ -282,10 +290,7 @@ TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "
     piece(0, 100);
     piece(100, 37);
     for (index_t t = 137; t < c.T; ++t) {
-      seqmix::GatedLinearAttentionStepInputs in;
-      in.q = data.q.view().select(1, t), in.k = data.k.view().select(1, t), in.v = data.v.view().select(1, t);
-      if (gate == GateKind::channel) in.g = data.g.view().select(1, t);
-      if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, t);
+      const seqmix::GatedLinearAttentionStepInputs in = data.step_inputs(t);
       seqmix::gated_linear_attention_step(in, {o.view().select(1, t), state.view()}, options);
     }
     const std::string what = describe(c, 31);
@@ -317,10 +322,7 @@ TEST_CASE("gated_linear_attention: decode steps on wide states match the referen
       options.algorithm = LinearAttentionAlgorithm::recurrent;
       seqmix::gated_linear_attention(head, {fast.o.view().slice(1, 0, kPrefill), fast.state.view()}, options);
       for (index_t t = kPrefill; t < c.T; ++t) {
-        seqmix::GatedLinearAttentionStepInputs in;
-        in.q = data.q.view().select(1, t), in.k = data.k.view().select(1, t), in.v = data.v.view().select(1, t);
-        if (gate == GateKind::channel) in.g = data.g.view().select(1, t);
-        if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, t);
+        const seqmix::GatedLinearAttentionStepInputs in = data.step_inputs(t);
         seqmix::gated_linear_attention_step(in, {fast.o.view().select(1, t), fast.state.view()}, options);
       }
       const std::string what = describe(c, 71) + " prefill " + std::to_string(kPrefill) + " + steps";
@@ -343,10 +345,7 @@ TEST_CASE("gated_linear_attention: a step on a wide state equals a one-token pre
         options.algorithm = LinearAttentionAlgorithm::recurrent;
         GlaResult prefill(c), step(c);
         seqmix::gated_linear_attention(data.inputs(), prefill.outputs(), options);
-        seqmix::GatedLinearAttentionStepInputs in;
-        in.q = data.q.view().select(1, 0), in.k = data.k.view().select(1, 0), in.v = data.v.view().select(1, 0);
-        if (gate == GateKind::channel) in.g = data.g.view().select(1, 0);
-        if (gate == GateKind::scalar) in.g_scalar = data.gs.view().select(1, 0);
+        const seqmix::GatedLinearAttentionStepInputs in = data.step_inputs(0);
         seqmix::copy(data.s0.view(), step.state.view());
         seqmix::gated_linear_attention_step(in, {step.o.view().select(1, 0), step.state.view()}, options);
         const std::string what = describe(c, 81);

@@ -14,6 +14,7 @@
 #include "seqmix/lti.hpp"
 #include "seqmix_testing/catch_checks.hpp"
 #include "seqmix_testing/counting_executor.hpp"
+#include "seqmix_testing/long_conv_walks.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -163,23 +164,13 @@ TEST_CASE("long_conv prepared: wide walks once a block's signal stays in no cach
   // cache-sized walks as before.
   namespace sd = seqmix::detail;
   const index_t E = sd::kFftElement;
-  const index_t wide_N = 4 * sd::kLongConvFftWalkCacheBytes / (E * static_cast<index_t>(sizeof(float)));  // first wide N
-  for (index_t N : {wide_N / 2, wide_N, 4 * wide_N, 64 * wide_N})
-    for (index_t blocks : {1, 5, 24, 100})
-      for (int threads : {1, 2, 3, 64}) {
-        INFO("N = " << N << ", blocks = " << blocks << ", threads = " << threads);
-        const index_t per = sd::long_conv_prepared_walk_width(blocks, threads, N), walks = (blocks + per - 1) / per;
-        const index_t block = N * E * static_cast<index_t>(sizeof(float));
-        CHECK(per >= 1);
-        CHECK(per <= blocks);
-        if (N < wide_N) {
-          CHECK(per == sd::long_conv_fft_walk_blocks(blocks, threads, sd::long_conv_prepared_walk_blocks(N)));
-          continue;
-        }
-        if (per > 1) CHECK(per * block <= sd::kLongConvFftWideWalkBytes);
-        CHECK(per <= (blocks + threads - 1) / threads);  // no walk longer than a thread's share
-        CHECK(walks * per - blocks < walks);  // even: the last walk at most one block short of a block per walk
-      }
+  const index_t wide_N = st::long_conv_first_wide_N();
+  st::check_wide_walk_widths(
+      [](index_t blocks, int threads, index_t N) { return sd::long_conv_prepared_walk_width(blocks, threads, N); },
+      [](index_t blocks, int threads, index_t N) {
+        return sd::long_conv_fft_walk_blocks(blocks, threads, sd::long_conv_prepared_walk_blocks(N));
+      },
+      1);  // signals only: the spectrum is the caller's
   // Calls on wide walks (6 blocks of the first wide N in one walk on one thread, 3 per walk on two,
   // more than the 4 of a cache-sized walk): ragged last block, skip and bias, a state, two batch rows.
   const index_t T = wide_N / 2 + 100;

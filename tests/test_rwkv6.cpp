@@ -46,6 +46,10 @@ struct RwkvData {
     st::fill_log_gate(g.view(), seed + 4, c.gate_lo, c.gate_hi);
   }
   seqmix::Rwkv6Inputs inputs() const { return {r.view(), k.view(), v.view(), g.view(), u.view(), s0.view()}; }
+  // Token t's operands for a step.
+  seqmix::Rwkv6StepInputs step_inputs(index_t t) const {
+    return {r.view().select(1, t), k.view().select(1, t), v.view().select(1, t), g.view().select(1, t), u.view()};
+  }
 };
 
 struct RwkvResult {
@@ -132,8 +136,7 @@ TEST_CASE("rwkv6: one call equals prefill + prefill + steps", "[rwkv6]") {
   piece(0, 100);
   piece(100, 37);
   for (index_t t = 137; t < c.T; ++t) {
-    const seqmix::Rwkv6StepInputs in{data.r.view().select(1, t), data.k.view().select(1, t), data.v.view().select(1, t),
-                                     data.g.view().select(1, t), data.u.view()};
+    const seqmix::Rwkv6StepInputs in = data.step_inputs(t);
     seqmix::rwkv6_step(in, {split.o.view().select(1, t), split.state.view()});
   }
   require_close(split.o, full.o, 1e-5, describe(c, 61) + " o");
@@ -155,8 +158,7 @@ TEST_CASE("rwkv6: decode steps on wide states match the reference", "[rwkv6]") {
     head.g = head.g.slice(1, 0, kPrefill);
     seqmix::rwkv6(head, {fast.o.view().slice(1, 0, kPrefill), fast.state.view()});
     for (index_t t = kPrefill; t < c.T; ++t) {
-      const seqmix::Rwkv6StepInputs in{data.r.view().select(1, t), data.k.view().select(1, t), data.v.view().select(1, t),
-                                       data.g.view().select(1, t), data.u.view()};
+      const seqmix::Rwkv6StepInputs in = data.step_inputs(t);
       seqmix::rwkv6_step(in, {fast.o.view().select(1, t), fast.state.view()});
     }
     require_close(fast.o, ref.o, 2e-4, describe(c, 73) + " o");
@@ -176,8 +178,7 @@ TEST_CASE("rwkv6: a step on a wide state equals a one-token prefill bit for bit"
       options.algorithm = seqmix::LinearAttentionAlgorithm::recurrent;
       seqmix::rwkv6(data.inputs(), prefill.outputs(), options);
       seqmix::copy(data.s0.view(), step.state.view());
-      const seqmix::Rwkv6StepInputs in{data.r.view().select(1, 0), data.k.view().select(1, 0), data.v.view().select(1, 0),
-                                       data.g.view().select(1, 0), data.u.view()};
+      const seqmix::Rwkv6StepInputs in = data.step_inputs(0);
       seqmix::rwkv6_step(in, {step.o.view().select(1, 0), step.state.view()});
       require_close(step.o, prefill.o, 0.0, describe(c, 83) + " o");
       require_close(step.state, prefill.state, 0.0, describe(c, 83) + " state");

@@ -157,12 +157,12 @@ inline void store_state(const StateIo& io, const SequenceSpan& s, index_t hv, Va
     // Contiguous rows are copied as rows: element by element through the view this held ~3% of
     // the samples of gla-1.3b-t512 on one thread (perf).
     const auto dst = io.final_state[s.state_row][hv];
+    const bool contiguous = cols.width > 0 && dst.is_last_dim_contiguous();
     for (index_t r = 0; r < S.rows(); ++r) {
-      if (cols.width > 0 && dst.is_last_dim_contiguous()) {
+      if (contiguous)
         std::copy(S.row(r).data(), S.row(r).data() + cols.width, dst.ptr(r, cols.begin));
-        continue;
-      }
-      for (index_t c = 0; c < cols.width; ++c) dst(r, cols.begin + c) = S(r, c);
+      else
+        for (index_t c = 0; c < cols.width; ++c) dst(r, cols.begin + c) = S(r, c);
     }
   }
   if (cols.begin == 0 && S.cols() > cols.width && io.final_normalizer.has_value())
