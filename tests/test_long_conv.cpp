@@ -192,6 +192,24 @@ TEST_CASE("long_conv: steps from an empty state equal one call, shared heads", "
   st::require_close("state", state.cview(), ref.final_state.cview(), 0.0);
 }
 
+TEST_CASE("long_conv: steps over whole channel blocks equal one call, L = 1 to 64", "[long_conv]") {
+  // Two whole blocks of the step's channel lanes and a ragged one: the whole blocks keep their
+  // accumulators in registers (long_conv_step_full_block), the ragged one takes the general loop.
+  const index_t B = 2, T = 24, D = 2 * seqmix::detail::kLongConvStepLanes + 3;
+  for (const index_t L : {1, 2, 7, 64}) {
+    INFO("L=" << L);
+    const LongCase c{B, T, D, L, D, 0, true, true, false, 13 + static_cast<std::uint64_t>(L)};
+    const LongData data(c);
+    const Result ref = run(c, data, LongConvMethod::automatic, true, seqmix::serial_executor());
+    Tensor<float, 3> state({B, L - 1, D}), y({B, T, D});
+    for (index_t t = 0; t < T; ++t)
+      seqmix::long_conv_step({data.u.view().select(1, t), data.h.view(), data.skip.view(), data.bias.view()},
+                             {y.view().select(1, t), state.view()}, t % 2 ? st::two_thread_pool() : seqmix::serial_executor());
+    st::require_close("y", y.cview(), ref.y.cview(), 1e-5);
+    st::require_close("state", state.cview(), ref.final_state.cview(), 0.0);
+  }
+}
+
 TEST_CASE("long_conv: T = 65536 by FFT against the direct form", "[long_conv]") {
   if (st::small_test_scale()) return;  // the sanitizer build skips the largest shape only
   const LongCase c{1, 65536, 16, 300, 16, 0, false, false, false, 21};

@@ -3,7 +3,9 @@
 // orthogonal transitions keep |h| to rounding; bad arguments refused before any write.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -84,6 +86,22 @@ TEST_CASE("matrix_scan: long sequences on the time split (4x4 and 16x16 blocks)"
     time.split = MatrixScanSplit::time;
     matrix_scan_compare(d, true, time, st::two_thread_pool(), 1e-5);
   }
+}
+
+TEST_CASE("matrix_scan: the time split's rescale test reads the product's peak as std::max does", "[matrix_scan]") {
+  // matrix_scan_abs_peak is vectorized; a NaN entry must be passed over (std::max(peak, NaN) keeps
+  // peak) wherever it falls, or a product holding one would never be rescaled again.
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  for (index_t count = 1; count <= 70; ++count)
+    for (index_t special = -1; special < count; ++special) {
+      std::vector<float> prod(static_cast<std::size_t>(count));
+      for (index_t i = 0; i < count; ++i) prod[static_cast<std::size_t>(i)] = std::ldexp(float(i % 7) - 3.f, -70);
+      if (special >= 0) prod[static_cast<std::size_t>(special)] = special % 3 == 0 ? nan : special % 3 == 1 ? -inf : -1.f;
+      float expected = 0.f;
+      for (const float v : prod) expected = std::max(expected, std::fabs(v));
+      INFO("count=" << count << " special=" << special);
+      CHECK(seqmix::detail::matrix_scan_abs_peak(prod.data(), count) == expected);
+    }
 }
 
 TEST_CASE("matrix_scan: strided (non-packed) blocks take the scalar kernel", "[matrix_scan]") {

@@ -106,6 +106,9 @@ Batch<To> bit_cast(const Batch<From>& v) noexcept {
   return xsimd::bitwise_cast<Batch<To>>(v);
 }
 
+/// Elementwise |x| (the sign bit cleared; NaN stays NaN).
+inline Batch<float> abs(const Batch<float>& x) noexcept { return xsimd::abs(x); }
+
 /// A value loaded once and used by several FMAs: GCC folds the load into every FMA that uses it
 /// (a memory operand each), which turns one load into four and made the decode kernels bound by
 /// the load ports instead of the FMAs. The empty asm makes the value a register the compiler

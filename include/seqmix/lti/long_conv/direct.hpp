@@ -57,7 +57,10 @@ inline void long_conv_copy_window(const LongConvInputs& in, const LongConvTile& 
     if (r >= 0) {
       const float* src = in.u.ptr(tile.b, r, tile.c0);
       const index_t stride = in.u.stride(2);
-      for (index_t c = 0; c < width; ++c) dst[c] = src[c * stride];
+      if (stride == 1)  // g++ -O2 copies the strided loop element by element even at stride 1
+        std::copy(src, src + width, dst);
+      else
+        for (index_t c = 0; c < width; ++c) dst[c] = src[c * stride];
     } else {
       const float* src = in.initial_state.ptr(tile.b, in.filter.size(0) - 1 + r, tile.c0);
       const index_t stride = in.initial_state.stride(2);
@@ -67,19 +70,33 @@ inline void long_conv_copy_window(const LongConvInputs& in, const LongConvTile& 
 }
 
 // acc[i][v] += sum_{s < taps} h[s] * x[row_i - s] for kLongConvStepBlock consecutive outputs
-// (sign = -1, causal) or x[row_i + s] (sign = +1, backward). Rows are kLongConvLanes apart.
+// (sign = -1, causal) or x[row_i + s] (sign = +1, backward). Rows are kLongConvLanes apart. The
+// block is accumulated in a local copy: vector types may alias the float rows, so g++ -O2 stored
+// every accumulator through the caller's `acc` after every tap, and left the loops rolled (the
+// direct form took 2.5-5x its -O3 time); the loops state their unrolling.
 template <int kSign>
 inline void long_conv_taps(const float* h, const float* x_first, index_t taps,
                            LongConvBatch (&acc)[kLongConvStepBlock][4]) noexcept {
   constexpr index_t W = simd::kWidth, R = kLongConvLanes;
+  LongConvBatch a[kLongConvStepBlock][4];
+#pragma GCC unroll 4
+  for (index_t i = 0; i < kLongConvStepBlock; ++i)
+#pragma GCC unroll 4
+    for (index_t v = 0; v < 4; ++v) a[i][v] = acc[i][v];
   for (index_t s = 0; s < taps; ++s) {
     const float* hs = h + s * R;
     const float* xs = x_first + kSign * s * R;
+#pragma GCC unroll 4
     for (index_t v = 0; v < 4; ++v) {
       const LongConvBatch hv = simd::in_register(simd::load(hs + v * W));
-      for (index_t i = 0; i < kLongConvStepBlock; ++i) acc[i][v] = simd::fma(hv, simd::load(xs + i * R + v * W), acc[i][v]);
+#pragma GCC unroll 4
+      for (index_t i = 0; i < kLongConvStepBlock; ++i) a[i][v] = simd::fma(hv, simd::load(xs + i * R + v * W), a[i][v]);
     }
   }
+#pragma GCC unroll 4
+  for (index_t i = 0; i < kLongConvStepBlock; ++i)
+#pragma GCC unroll 4
+    for (index_t v = 0; v < 4; ++v) acc[i][v] = a[i][v];
 }
 
 // y[b, t0:t1, c0:c1] from the expanded filters and the copied window.
@@ -97,8 +114,10 @@ inline void long_conv_direct_tile(const LongConvInputs& in, const TensorView<flo
   constexpr index_t W = simd::kWidth;
   for (index_t t = tile.t0; t < tile.t1; t += kLongConvStepBlock) {
     LongConvBatch acc[kLongConvStepBlock][4];
-    for (auto& row : acc)
-      for (auto& v : row) v = LongConvBatch(0.f);
+#pragma GCC unroll 4
+    for (index_t i = 0; i < kLongConvStepBlock; ++i)
+#pragma GCC unroll 4
+      for (index_t v = 0; v < 4; ++v) acc[i][v] = LongConvBatch(0.f);
     // Taps reaching xs rows below -S read zeros from the window: one tap count for the block.
     const index_t causal_taps = std::min(L, t + kLongConvStepBlock + S);
     long_conv_taps<-1>(scratch.h.data(), scratch.x.data() + (t - r0) * kLongConvLanes, causal_taps, acc);

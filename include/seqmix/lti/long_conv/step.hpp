@@ -65,15 +65,31 @@ inline void validate_long_conv_step(const ArgCheck& check, const LongConvStepInp
   if (views_overlap(out.y, out.state)) check.fail("y", "overlaps 'state'; pass a separate buffer");
 }
 
-// Channels [c0, c1) of batch row b: y = bias + skip u + h[0] u + sum_{s>=1} h[s] state[L-1-s],
-// then the state moves up one row and takes u as its newest row.
-inline void long_conv_step_block(const LongConvStepInputs& in, const LongConvStepOutputs& out, index_t b, index_t c0,
-                                 index_t c1) {
+// acc += sum_{s>=1} h[s] x[L-1-s] over one full block of kLongConvStepLanes unit-stride channels
+// (h: the filter's row 0 at these channels, x: the state's row 0), the four accumulators held in
+// registers across the taps (the same fused multiply-adds in the same order as the general loop
+// below, so the same results). Its loop states its unrolling: at -O2 g++ leaves it rolled.
+inline void long_conv_step_full_block(const float* h, index_t h_row, const float* x, index_t x_row, index_t L,
+                                      float* acc) noexcept {
+  constexpr index_t W = simd::kWidth;
+  simd::Batch<float> a[4];
+#pragma GCC unroll 4
+  for (index_t v = 0; v < 4; ++v) a[v] = simd::load(acc + v * W);
+  for (index_t s = 1; s < L; ++s) {
+    const float* hs = h + s * h_row;
+    const float* xs = x + (L - 1 - s) * x_row;
+#pragma GCC unroll 4
+    for (index_t v = 0; v < 4; ++v) a[v] = simd::fma(simd::load(hs + v * W), simd::load(xs + v * W), a[v]);
+  }
+#pragma GCC unroll 4
+  for (index_t v = 0; v < 4; ++v) simd::store(acc + v * W, a[v]);
+}
+
+// The same for any block: strided views, grouped filters, a ragged last block.
+inline void long_conv_step_taps(const LongConvStepInputs& in, const LongConvStepOutputs& out, index_t b, index_t c0,
+                                index_t c1, bool unit, float* acc) {
   const index_t L = in.filter.size(0), S = L - 1, group = in.u.size(1) / in.filter.size(1);
   const index_t width = c1 - c0;
-  alignas(64) float acc[kLongConvStepLanes];
-  for (index_t c = 0; c < width; ++c) acc[c] = in.filter(0, (c0 + c) / group) * in.u(b, c0 + c);
-  const bool unit = out.state.stride(2) == 1 && in.filter.stride(1) == 1 && group == 1;
   for (index_t s = 1; s < L; ++s) {
     const float* x = out.state.ptr(b, S - s, c0);
     if (unit) {
@@ -85,6 +101,23 @@ inline void long_conv_step_block(const LongConvStepInputs& in, const LongConvSte
     } else {
       for (index_t c = 0; c < width; ++c) acc[c] += in.filter(s, (c0 + c) / group) * out.state(b, S - s, c0 + c);
     }
+  }
+}
+
+// Channels [c0, c1) of batch row b: y = bias + skip u + h[0] u + sum_{s>=1} h[s] state[L-1-s],
+// then the state moves up one row and takes u as its newest row.
+inline void long_conv_step_block(const LongConvStepInputs& in, const LongConvStepOutputs& out, index_t b, index_t c0,
+                                 index_t c1) {
+  const index_t L = in.filter.size(0), S = L - 1, group = in.u.size(1) / in.filter.size(1);
+  const index_t width = c1 - c0;
+  alignas(64) float acc[kLongConvStepLanes];
+  for (index_t c = 0; c < width; ++c) acc[c] = in.filter(0, (c0 + c) / group) * in.u(b, c0 + c);
+  const bool unit = out.state.stride(2) == 1 && in.filter.stride(1) == 1 && group == 1;
+  if (L > 1 && unit && width == kLongConvStepLanes) {  // L = 1 has no state rows to point at
+    long_conv_step_full_block(in.filter.ptr(0, c0), in.filter.stride(0), out.state.ptr(b, 0, c0),
+                              out.state.stride(1), L, acc);
+  } else {
+    long_conv_step_taps(in, out, b, c0, c1, unit, acc);
   }
   // Shift: ascending rows read row r + 1 before it is overwritten.
   for (index_t r = 0; r + 1 < S; ++r) {
