@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -98,7 +99,8 @@ TEST_CASE("delta_rule: fast forms match the reference over the shape table", "[d
   }
 }
 
-TEST_CASE("delta_rule: chunk sizes 16, 32, 64 agree with the reference", "[delta_rule]") {
+TEST_CASE("delta_rule: chunk sizes 16, 32, 64 agree with the reference, the default is 32 bit for bit",
+          "[delta_rule]") {
   const DrCase c{2, 257, 1, 2, 32, 48, 0.f, 1.f, false};
   const DrData data(c, 9);
   DrResult ref(c);
@@ -112,6 +114,15 @@ TEST_CASE("delta_rule: chunk sizes 16, 32, 64 agree with the reference", "[delta
     seqmix::delta_rule(data.inputs(), fast.outputs(), options, pool);
     require_close(fast.o, ref.o, kTol, describe(c, 9) + " chunk=" + std::to_string(chunk));
     require_close(fast.state, ref.state, kTol, describe(c, 9) + " chunk=" + std::to_string(chunk));
+    if (chunk != 32) continue;
+    // The default chunk_size runs exactly this call (the same bytes, not only equal values).
+    seqmix::DeltaRuleOptions by_default;
+    by_default.algorithm = DeltaAlgorithm::chunked;
+    DrResult same(c);
+    seqmix::delta_rule(data.inputs(), same.outputs(), by_default, pool);
+    const auto bytes = [](const Tensor<float, 4>& x) { return static_cast<std::size_t>(x.numel()) * sizeof(float); };
+    CHECK(std::memcmp(same.o.data(), fast.o.data(), bytes(fast.o)) == 0);
+    CHECK(std::memcmp(same.state.data(), fast.state.data(), bytes(fast.state)) == 0);
   }
 }
 

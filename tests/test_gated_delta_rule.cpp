@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -78,11 +79,14 @@ void require_close(const Tensor<float, 4>& out, const Tensor<float, 4>& ref, dou
 }
 
 // Each listed T, K=V, B, grouping, gate strength and beta range appears at least once, in
-// ragged combinations around the chunk size 64 (smaller, equal, one over, several, long).
+// ragged combinations around the default chunk size 32 and the former 64 (smaller, equal, one
+// over, several, long).
 std::vector<GdrCase> table() {
   std::vector<GdrCase> cases = {
       {1, 1, 1, 1, 16, 16, DeltaGate::scalar, -1.f, 0.f, 0.f, 1.f, false},
       {3, 17, 2, 4, 64, 64, DeltaGate::scalar, -1e-3f, 0.f, 0.f, 1.f, false},
+      {2, 32, 1, 2, 48, 48, DeltaGate::scalar, -0.5f, 0.f, 0.f, 1.f, false},
+      {1, 33, 2, 2, 64, 64, DeltaGate::channel, -0.5f, 0.f, 0.f, 1.f, false},
       {1, 64, 1, 1, 80, 80, DeltaGate::scalar, -20.f, -5.f, 0.f, 1.f, false},
       {3, 65, 1, 3, 16, 16, DeltaGate::scalar, -0.5f, 0.f, 1.f, 1.f, false},
       {1, 300, 2, 2, 128, 128, DeltaGate::scalar, -0.1f, 0.f, 0.f, 0.f, false},
@@ -103,6 +107,12 @@ std::vector<GdrCase> table() {
 
 // fp32 fast forms against the double reference, bound relative to max(1, max|ref|).
 constexpr double kTol = 2e-4;
+
+// The same bytes (not only equal values: -0 against +0 or a NaN's payload would differ).
+bool same_bits(const Tensor<float, 4>& a, const Tensor<float, 4>& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.numel()) * sizeof(float)) == 0;
+}
 
 }  // namespace
 
@@ -147,6 +157,45 @@ TEST_CASE("gated_delta_rule: chunk sizes 16, 32, 64 and thread counts agree", "[
       }
     }
   }
+}
+
+TEST_CASE("gated_delta_rule: the default chunk is 32 bit for bit and 64 still matches the reference",
+          "[gated_delta_rule]") {
+  // The default chunk_size (32, GatedDeltaRuleOptions) runs exactly the explicit chunk_size = 32
+  // call, for every path the default drives: scalar and channel gates, fp32 and bf16 dot
+  // products, one and two threads, automatic and chunked; chunk_size = 64 (the default until
+  // 2026-12-06) still matches the reference with fp32 products (bf16 dot products at chunks 16,
+  // 32, 40 and 64: test_linear_attention_bf16.cpp). T = 150: a multiple of neither 32 nor 64.
+  seqmix::ThreadPool pool(2);
+  CHECK(seqmix::GatedDeltaRuleOptions{}.chunk_size == 32);
+  for (DeltaGate gate : {DeltaGate::scalar, DeltaGate::channel})
+    for (auto compute : {seqmix::Bf16Compute::fp32, seqmix::Bf16Compute::dot})
+      for (auto algorithm : {DeltaAlgorithm::automatic, DeltaAlgorithm::chunked}) {
+        const GdrCase c{2, 150, 1, 2, 64, 40, gate, -0.3f, 0.f, 0.f, 1.f, false};
+        const GdrData data(c, 11);
+        seqmix::GatedDeltaRuleOptions options;
+        options.gate = gate, options.bf16_compute = compute, options.algorithm = algorithm;
+        const std::string what = describe(c, 11) + " bf16_compute=" + std::to_string(static_cast<int>(compute)) +
+                                 " algorithm=" + std::to_string(static_cast<int>(algorithm));
+        INFO(what);
+        for (const seqmix::Executor* ex : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)}) {
+          GdrResult by_default(c), explicit32(c);
+          seqmix::gated_delta_rule(data.inputs(), by_default.outputs(), options, *ex);
+          seqmix::GatedDeltaRuleOptions chunk32 = options;
+          chunk32.chunk_size = 32;
+          seqmix::gated_delta_rule(data.inputs(), explicit32.outputs(), chunk32, *ex);
+          CHECK(same_bits(by_default.o, explicit32.o));
+          CHECK(same_bits(by_default.state, explicit32.state));
+        }
+        if (compute == seqmix::Bf16Compute::dot) continue;
+        GdrResult ref(c), chunk64(c);
+        seqmix::reference::gated_delta_rule(data.inputs(), ref.outputs(), options);
+        seqmix::GatedDeltaRuleOptions with64 = options;
+        with64.chunk_size = 64;
+        seqmix::gated_delta_rule(data.inputs(), chunk64.outputs(), with64, pool);
+        require_close(chunk64.o, ref.o, kTol, what + " chunk=64 o");
+        require_close(chunk64.state, ref.state, kTol, what + " chunk=64 final_state");
+      }
 }
 
 TEST_CASE("gated_delta_rule: one call equals prefill + prefill + steps", "[gated_delta_rule]") {

@@ -146,12 +146,13 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
       {1, 70, 2, 32, 16, 128, DeltaGate::channel, DeltaAlgorithm::automatic, {}, false, 64, 32 * 2, 0},
       {2, 70, 1, 2, 16, 80, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 2, 2 * 2, 0},  // items = threads
       // From 3 blocks on the chunk factors are shared (delta_update::kShareFactorsMinBlocks; with
-      // 2 blocks above, not): KDA's chunked form over packed sequences of 130, 70 and 5 tokens
-      // (3 + 2 + 1 chunks per head); the gdn-h4 grain, 4 heads of 3 chunks (64, 64, 22 tokens)
-      // in 4 blocks each; a short sequence (5 tokens) that stays recurrent beside chunked ones.
-      {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::chunked, {0, 70, 75, 205}, false, 64, 3 * 2 * 3, 6 * 2},
-      {1, 150, 4, 4, 32, 128, DeltaGate::scalar, DeltaAlgorithm::automatic, {}, false, 64, 4 * 4, 4 * 3},
-      {1, 205, 2, 2, 32, 96, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 2 * 3, 5 * 2},
+      // 2 blocks above, not), one record per (item, chunk) of the default 32 tokens: KDA's
+      // chunked form over packed sequences of 130, 70 and 5 tokens (5 + 3 + 1 chunks per head);
+      // the gdn-h4 grain, 4 heads of 5 chunks (4 x 32 + 22 tokens) in 4 blocks each; a short
+      // sequence (5 tokens) that stays recurrent beside chunked ones (5 + 3 chunks per head).
+      {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::chunked, {0, 70, 75, 205}, false, 64, 3 * 2 * 3, 9 * 2},
+      {1, 150, 4, 4, 32, 128, DeltaGate::scalar, DeltaAlgorithm::automatic, {}, false, 64, 4 * 4, 4 * 5},
+      {1, 205, 2, 2, 32, 96, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 2 * 3, 8 * 2},
       // Items that fill the threads run in tasks of ceil(HV / threads) heads of one sequence
       // advancing chunk by chunk together (delta_update::run_item_groups), at most as many as
       // keep their states in 512 KB: HV = 5 on 2 threads, tasks of 3 and 2 heads; on 4 threads
@@ -208,39 +209,45 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
 TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and KDA matches the reference",
           "[parallel_grain][gated_delta_rule]") {
   // When items x value blocks leave most threads idle (delta_update::chunk_segments), each
-  // chunked item's chunks are cut into segments of at least kMinSegmentChunks (4) chunks: a
-  // factor pass over (item, chunk), pass A over (item, segment, block) and pass C over (item,
-  // segment after the first, value block). Ragged T (not a multiple of chunk x segments),
-  // B > 1, initial states; one packed sequence too short to split beside one that splits.
+  // chunked item's chunks are cut into segments of whole chunks of at least kMinSegmentTokens
+  // (256) tokens: 8 chunks of the default 32, 4 of 64, 1 of 300 (min_segment_chunks): a factor
+  // pass over (item, chunk), pass A over (item, segment, block) and pass C over (item, segment
+  // after the first, value block). Ragged T (not a multiple of chunk x segments), B > 1, initial
+  // states; one packed sequence too short to split beside one that splits.
   struct Case {
     index_t B, T, H, K, V;
     DeltaGate gate;
     std::vector<std::int32_t> cu_seqlens;
     std::vector<index_t> runs;  // task counts of the prefill's runs, in order
+    index_t chunk = 32;         // options.chunk_size (32: the default)
   };
   // Pass C cuts each segment's chunks into parts, as many as fill the threads: 64 / (segments
   // after the first x value blocks, over all items), at most one per chunk of the shortest
   // segment.
   // B=2 H=2 K=64 V=96: 4 items of 3 value blocks (32 columns) and 2 key blocks; 16 threads per
-  // item give 1 + (16 - 3) / 5 = 3 segments; 741 tokens are 12 chunks (4 + 4 + 4, the last
+  // item give 1 + (16 - 3) / 5 = 3 segments; 741 tokens are 24 chunks (8 + 8 + 8, the last
   // ragged). Pass A: 3 + 2 x (3 + 2) = 13 tasks per item; pass C: 2 segments x 3 blocks x
-  // 2 parts (64 / 24).
+  // 2 parts (64 / 24). The same at chunk 64 (12 chunks, 4 + 4 + 4): the same segments, half the
+  // factor tasks; at chunk 300 (3 chunks of one segment each): pass C 1 part per segment.
   // The gdn-h4 grain (H=4 K=V=128, 4 blocks of 32 each side): 16 threads per item, 2 segments
-  // (5 + 5 of 10 chunks): pass A 4 + 8 per item, pass C 4 blocks x 4 parts (64 / 16).
+  // (9 + 10 of 19 chunks): pass A 4 + 8 per item, pass C 4 blocks x 4 parts (64 / 16).
   // Packed 600 + 200 tokens on 2 heads: 4 items of 3 blocks; the long sequence's heads split in
-  // 2 segments (10 chunks, 3 segments would be 3 chunks each), the short one's (4 chunks) not;
-  // pass C 3 blocks x 5 parts (64 / 6 = 10, at most 5 chunks).
+  // 2 segments (19 chunks, 3 segments would be 6 chunks, under 256 tokens, each), the short
+  // one's (7 chunks) not; pass C 3 blocks x 9 parts (64 / 6 = 10, at most 9 chunks).
   const std::vector<Case> cases = {
-      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 12, 4 * 13, 4 * 2 * 3 * 2}},
-      {1, 600, 4, 128, 128, DeltaGate::scalar, {}, {4 * 10, 4 * 12, 4 * 4 * 4}},
-      {1, 800, 2, 64, 96, DeltaGate::channel, {0, 600, 800}, {2 * 10 + 2 * 4, 2 * 8 + 2 * 3, 2 * 3 * 5}},
+      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 24, 4 * 13, 4 * 2 * 3 * 2}},
+      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 12, 4 * 13, 4 * 2 * 3 * 2}, 64},
+      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 3, 4 * 13, 4 * 2 * 3 * 1}, 300},
+      {1, 600, 4, 128, 128, DeltaGate::scalar, {}, {4 * 19, 4 * 12, 4 * 4 * 4}},
+      {1, 800, 2, 64, 96, DeltaGate::channel, {0, 600, 800}, {2 * 19 + 2 * 7, 2 * 8 + 2 * 3, 2 * 3 * 9}},
   };
   std::uint64_t seed = 1500;
   for (const Case& c : cases) {
     seed += 10;
     std::ostringstream what;
     what << "B=" << c.B << " T=" << c.T << " H=" << c.H << " K=" << c.K << " V=" << c.V
-         << " gate=" << (c.gate == DeltaGate::scalar ? "scalar" : "channel") << " sequences=" << c.cu_seqlens.size();
+         << " gate=" << (c.gate == DeltaGate::scalar ? "scalar" : "channel") << " sequences=" << c.cu_seqlens.size()
+         << " chunk=" << c.chunk;
     INFO(what.str());
     // Weak decays (log-gates in [-0.05, 0]) so that the initial state still shows in late tokens.
     const GdrProblem problem(c.B, c.T, c.H, c.H, c.K, c.V, c.gate, c.cu_seqlens, seed, -0.05f);
@@ -249,6 +256,7 @@ TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and
     seqmix::GatedDeltaRuleOptions options;
     options.gate = c.gate;
     options.algorithm = DeltaAlgorithm::chunked;
+    options.chunk_size = c.chunk;
     Tensor<float, 4> o_ref({c.B, c.T, c.H, c.V}), s_ref({N, c.H, c.K, c.V}), o({c.B, c.T, c.H, c.V}),
         s({N, c.H, c.K, c.V});
     seqmix::reference::gated_delta_rule(in, {o_ref.view(), s_ref.view()}, options);
@@ -264,8 +272,9 @@ TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and
 }
 
 TEST_CASE("parallel grain delta: delta_rule's value blocks share their chunk factors", "[parallel_grain][delta_rule]") {
-  // No gate: the factors are the plain (K;Q) rows and scores. 3 heads of 2 chunks (64 + 36
-  // tokens) on 64 threads: a first pass of 3 x 2 tasks, then 3 x 3 value blocks (V = 96).
+  // No gate: the factors are the plain (K;Q) rows and scores. 3 heads of 4 chunks of the default
+  // 32 tokens (3 x 32 + 4) on 64 threads: a first pass of 3 x 4 tasks, then 3 x 3 value blocks
+  // (V = 96).
   const index_t B = 1, T = 100, H = 3, K = 32, V = 96;
   Tensor<float, 4> q = st::random_tensor<4>({B, T, H, K}, 1301);
   Tensor<float, 4> k = st::random_tensor<4>({B, T, H, K}, 1302);
@@ -282,7 +291,7 @@ TEST_CASE("parallel grain delta: delta_rule's value blocks share their chunk fac
   st::CountingExecutor ex(64);
   seqmix::delta_rule(in, {o.view(), s.view()}, options, ex);
   CHECK(prefill_tasks(ex) == H * 3);
-  CHECK(factor_tasks(ex, H * 2) == H * 2);
+  CHECK(factor_tasks(ex, H * 4) == H * 4);
   st::require_close("o", o.view(), o_ref.view(), kTol);
   st::require_close("final_state", s.view(), s_ref.view(), kTol);
 }

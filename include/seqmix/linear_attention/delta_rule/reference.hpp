@@ -23,8 +23,9 @@ struct DeltaRuleOptions {
   std::optional<float> scale;
   /// Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
   QkNorm qk_norm = QkNorm::none;
-  /// Tokens per chunk of the chunked WY form; see GatedDeltaRuleOptions::chunk_size.
-  index_t chunk_size = 64;
+  /// Tokens per chunk of the chunked WY form; see GatedDeltaRuleOptions::chunk_size (the same
+  /// default, measured for this gate too).
+  index_t chunk_size = 32;
   /// Prefill algorithm: chunked WY form, recurrent, or the measured choice (the step ignores it).
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
   /// Run from the last token to the first (core/direction.hpp): the token-indexed views are

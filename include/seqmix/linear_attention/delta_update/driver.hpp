@@ -233,12 +233,19 @@ constexpr index_t kShareFactorsMinBlocks = 3;
 /// above this it keeps the per-block path: more work, no retained memory.
 constexpr std::size_t kShareFactorsMaxBytes = std::size_t{64} << 20;
 
-/// 4: the fewest chunks per segment of the chunk-parallel form. Beside its chunks, each segment
+/// 256: the fewest tokens per segment of the chunk-parallel form. Beside its chunks, each segment
 /// after the first costs its start state, chained through the earlier segments' [K,K]
 /// transitions (2 K^2 w flops per step and block of w columns), and its readout correction
 /// (2 L K w, L its tokens): against the segment's own state work (the reads by k and q and the
-/// update, 6 L K w) a chain step is K / 3L of it, a sixth with 4 chunks of 64 at K = 128.
-constexpr index_t kMinSegmentChunks = 4;
+/// update, 6 L K w) a chain step is K / 3L of it, a sixth with L = 256 at K = 128. The ratio
+/// counts tokens, not chunks, so the chunk size does not move it (4 chunks of 64, 8 of 32).
+constexpr index_t kMinSegmentTokens = 256;
+
+/// Whole chunks of `chunk` tokens that make a segment of at least kMinSegmentTokens (1 for a
+/// chunk of 256 tokens or more).
+inline index_t min_segment_chunks(index_t chunk) {
+  return std::max<index_t>(1, (kMinSegmentTokens + chunk - 1) / chunk);
+}
 
 /// Segments per item of the chunk-parallel form for `items` items of `blocks` value blocks and
 /// `key_blocks` blocks of a transition's columns on `concurrency` threads: the most for which the
@@ -396,7 +403,7 @@ struct ChunkSegments {
 
 /// Binds every item over all of V into the store with its chunk records' place (shared: chunked
 /// fp32; none for the others) and, under the chunk-parallel form's `segments`, its own segment
-/// count (at least kMinSegmentChunks chunks each; 1: not split) and the places of its segment
+/// count (at least min_segment_chunks(chunk) chunks each; 1: not split) and the places of its segment
 /// states, transitions and readout rows.
 template <class BindItem>
 void bind_items(FactorStore& store, index_t items, index_t chunk, index_t segments, BindItem&& bind_item) {
@@ -410,7 +417,7 @@ void bind_items(FactorStore& store, index_t items, index_t chunk, index_t segmen
     const DeltaItem& item = store.items.back();
     const bool shared = item.algorithm == DeltaAlgorithm::chunked && !item.p.bf16_dot;
     const index_t chunks = shared ? item_chunks(item.p.T(), chunk) : 0;
-    const index_t own = std::max<index_t>(1, std::min(segments, chunks / kMinSegmentChunks));
+    const index_t own = std::max<index_t>(1, std::min(segments, chunks / min_segment_chunks(chunk)));
     store.first.push_back(store.first.back() + chunks);
     store.segments.push_back(own);
     store.first_segment.push_back(store.first_segment.back() + (own > 1 ? own : 0));

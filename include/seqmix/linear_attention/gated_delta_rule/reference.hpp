@@ -44,11 +44,13 @@ struct GatedDeltaRuleOptions {
   std::optional<float> scale;
   /// Normalize q and k inside the kernel (QkNorm::l2), or use them as given.
   QkNorm qk_norm = QkNorm::none;
-  /// Tokens per chunk of the chunked WY form. 64 measured best for K=V=128 (delta_update/README.md):
-  /// the chunk's [64,128] tiles and 64x64 score and solve blocks stay in L1/L2 while the
-  /// state GEMMs are large enough to run near peak. Any value in [1, 4096] works; it changes
-  /// rounding only.
-  index_t chunk_size = 64;
+  /// Tokens per chunk of the chunked WY form. Any value in [1, 4096] works; it changes rounding
+  /// only. 32: the chunked form's extra flops (scores, solve, M U: 2K(C+1) + 2VC per token beside
+  /// the recurrence's 6KV) halve against C = 64 while its state products stay on the register
+  /// tile's rate: 1.06-1.11x faster than 64 with the scalar gate (idle machine), 1.04-1.22x
+  /// (loaded) with no gate, KDA's chunked form, bf16 dot products and bf16 storage, K = V = 64
+  /// and 128 (delta_update/README.md, "Chunk size").
+  index_t chunk_size = 32;
   /// Prefill algorithm: chunked WY form, recurrent, or the measured choice (the step ignores it).
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
   /// Run from the last token to the first (core/direction.hpp): the token-indexed views are
@@ -170,7 +172,7 @@ struct DeltaCallOf {
   SequenceBatch batch = {};
   std::optional<float> scale;
   QkNorm norm = QkNorm::none;
-  index_t chunk = 64;
+  index_t chunk = 32;  // always set from the options (their chunk_size)
   DeltaAlgorithm algorithm = DeltaAlgorithm::automatic;
   Bf16Compute bf16_compute = Bf16Compute::fp32;
 };
