@@ -160,19 +160,21 @@ void gdr_prefill_bf16_io(benchmark::State& state, index_t T, index_t H, index_t 
     set_prefill_counters(state, 6.0 * T * H * K * K);
 }
 
-// gated_delta_rule/phases/<shape>: the fp32 chunked WY form of a scalar-gated head (q/k L2
-// normalized in the kernel, chunk 64) run through wy.hpp's five steps with each step timed in
-// thread CPU time, one thread, all heads advancing chunk by chunk; beside it one core's FMA rate
-// timed in the same run. Counters: <step>_share of the summed time (scores: load, q/k L2 norm,
-// gates, the lower-triangle scores and the mask; read: the decayed (K;Q) S; intra: right-hand
+// gated_delta_rule/phases/<shape> and kda/phases/<shape>[/c32]: the fp32 chunked WY form of a
+// scalar-gated / per-channel-gated head (q/k L2 normalized in the kernel, chunk 64 or 32) run
+// through wy.hpp's five steps with each step timed in thread CPU time, one thread, all heads
+// advancing chunk by chunk; beside it one core's FMA rate timed in the same run. Counters:
+// <step>_share of the summed time (scores: load, q/k L2 norm, gates, the lower-triangle scores
+// and the mask, and under a per-channel gate the decayed keys and queries of every step; read: the decayed (K;Q) S; intra: right-hand
 // side, triangular solve and O += M U; update: state passing; store: output rows); <step>_eff,
 // the step's flops (scores 2 K L (L+1), read 4 L K V, intra 2 V L^2, update 2 L K V per chunk)
 // per second over the FMA rate; eff_6kv, the recurrence's 6 K V per token over the summed time
 // and the FMA rate; fma_gflops; clock_us, one clock read, subtracted from every timed step.
-void gdr_phases(benchmark::State& state, index_t T, index_t H, index_t K) {
+void gdr_phases(benchmark::State& state, index_t T, index_t H, index_t K, DeltaGate gate = DeltaGate::scalar,
+                index_t C = 64) {
   namespace du = seqmix::delta_update;
-  GdrBenchData data(T, H, K, DeltaGate::scalar);
-  const index_t C = 64, V = K;
+  GdrBenchData data(T, H, K, gate);
+  const index_t V = K;
   std::vector<du::DeltaHead> heads;
   for (index_t h = 0; h < H; ++h) {
     du::DeltaHead p;
@@ -181,9 +183,13 @@ void gdr_phases(benchmark::State& state, index_t T, index_t H, index_t K) {
     p.v = seqmix::ConstView<float, 2>(data.v.view()[0].select(1, h));
     p.beta = data.beta.view()[0].select(1, h);
     p.o = data.o.view()[0].select(1, h);
-    const auto g = data.gs.view()[0].select(1, h);
-    p.g = seqmix::ConstView<float, 2>(g.data(), {T, K}, {g.stride(0), 0});
-    p.scalar_gate = true;
+    p.scalar_gate = gate == DeltaGate::scalar;
+    if (p.scalar_gate) {
+      const auto g = data.gs.view()[0].select(1, h);
+      p.g = seqmix::ConstView<float, 2>(g.data(), {T, K}, {g.stride(0), 0});
+    } else {
+      p.g = seqmix::ConstView<float, 2>(data.g.view()[0].select(1, h));
+    }
     p.scale = 1.f / std::sqrt(static_cast<float>(K));
     p.norm = seqmix::QkNorm::l2;
     heads.push_back(p);
@@ -423,6 +429,10 @@ void register_all() {
   // The chunked form's phase split against one core's FMA rate (issue 19 item 4).
   reg("gated_delta_rule/phases/h16_k64_t1024", [](benchmark::State& st) { gdr_phases(st, 1024, 16, 64); });
   reg("gated_delta_rule/phases/h32_k128_t1024", [](benchmark::State& st) { gdr_phases(st, 1024, 32, 128); });
+  reg("gated_delta_rule/phases/h32_k128_t512", [](benchmark::State& st) { gdr_phases(st, 512, 32, 128); });
+  reg("kda/phases/h32_k128_t512", [](benchmark::State& st) { gdr_phases(st, 512, 32, 128, DeltaGate::channel); });
+  reg("kda/phases/h32_k128_t512/c32",
+      [](benchmark::State& st) { gdr_phases(st, 512, 32, 128, DeltaGate::channel, 32); });
   // bf16 dot products (issue 19 item 3; target >= 1.4x the fp32 chunked prefill).
   reg("gated_delta_rule/bf16/prefill/h32_k128_t1024",
       [](benchmark::State& st) { gdr_prefill_bf16(st, 1024, 32, 128, DeltaGate::scalar); });

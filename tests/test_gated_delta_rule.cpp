@@ -99,6 +99,9 @@ std::vector<GdrCase> table() {
       {1, 65, 1, 1, 80, 80, DeltaGate::channel, -3.f, -0.5f, 1.f, 1.f, false},
       {3, 300, 1, 1, 64, 64, DeltaGate::channel, -1e-3f, 0.f, 0.f, 1.f, false},
       {1, 300, 2, 4, 16, 16, DeltaGate::channel, -8.f, 0.f, 0.f, 1.f, false},
+      // K not a multiple of any vector width (the per-channel operands' scalar tails), decays
+      // over a 64-token chunk just under and over kAnchorRange (factors up to exp(+-30)).
+      {2, 130, 1, 2, 20, 24, DeltaGate::channel, -1.6f, 0.f, 0.f, 1.f, false},
   };
   if (st::small_test_scale())
     cases.erase(std::remove_if(cases.begin(), cases.end(), [](const GdrCase& c) { return c.big; }), cases.end());

@@ -47,11 +47,15 @@ constexpr float kAnchorRange = 60.f;
 /// and reused for every chunk and head (never allocated per chunk).
 struct WyWorkspace {
   WyWorkspace(index_t C, index_t K, index_t V)
-      : KQ(2 * C, K), KQg(2 * C, K), Kn(C, K), gamma(C, K), G(2 * C, C), A(C, C), M(C, C), P(2 * C, V), Vc(C, V),
-        U(C, V), KT(RowMatrix::Zero(K, C)), beta(C), anchor(K), gsum(C), factor(C) {}
+      : KQ(2 * C, K), KQg(2 * C, K), Kn(C, K), KQa(2 * C, K), Ka(C, K), gamma(C, K), G(2 * C, C), A(C, C), M(C, C),
+        P(2 * C, V), Vc(C, V), U(C, V), KT(RowMatrix::Zero(K, C)), beta(C), anchor(K), anchor_exp(K), row_decay(K),
+        gsum(C), factor(C) {}
   RowMatrix KQ;     ///< [2C,K] rows [0,L): k (normalized), rows [L,2L): q (normalized, * scale)
   RowMatrix KQg;    ///< [2C,K] the same rows * exp(gamma) (the read of the carried state)
-  RowMatrix Kn;     ///< [C,K]  k * exp(m - gamma) (anchored scores), then k * exp(gamma_L - gamma)
+  RowMatrix Kn;     ///< [C,K]  k * exp(gamma_L - gamma) (the keys of the state update)
+  /// Per-channel gate, anchored scores (channel_operands): [2C,K] (K;Q) * exp(gamma - m) and
+  /// [C,K] K * exp(m - gamma), the two factors of the scores.
+  RowMatrix KQa, Ka;
   RowMatrix gamma;  ///< [C,K]  cumulative log-gates (column 0 only for a scalar gate)
   RowMatrix G;      ///< [2C,C] raw scores: rows [0,L) against k, rows [L,2L) q against k
   RowMatrix A, M;   ///< [C,C]  strictly lower beta-scaled k scores; lower q scores
@@ -59,6 +63,9 @@ struct WyWorkspace {
   RowMatrix Vc, U;  ///< [C,V]  values; right-hand side, then the solution U
   RowMatrix KT;     ///< [K,C]  k transposed, the right operand of the scores (scores_lower)
   Eigen::Matrix<float, 1, Eigen::Dynamic> beta, anchor;
+  /// [K] per-channel gate: exp(m) of the anchor m = gamma_L / 2; exp(gamma_L), the state rows'
+  /// decay over the chunk (both set by chunk_scores).
+  Eigen::Matrix<float, 1, Eigen::Dynamic> anchor_exp, row_decay;
   /// [C] scalar gate: gamma's column 0 contiguous (the mask's vector loads); per-row factors
   /// exp(...) of the rows being scaled, computed once per row (not once per element).
   Eigen::Matrix<float, 1, Eigen::Dynamic> gsum, factor;
@@ -154,26 +161,84 @@ inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
 /// Raw scores G = (K;Q) K^T without gates, only where mask_scores reads them: row i of either
 /// half needs columns j <= i, so each 6-row tile stops at the vector holding its last row's
 /// diagonal (about half the flops of the full product; core/small_gemm.hpp's lower_scores).
-inline void scores_lower(index_t L, WyWorkspace& ws) {
-  const index_t K = ws.KQ.cols(), ldg = ws.G.cols();
+/// X: the rows (K;Q) [2L,K], Y: the keys [L,K] (X's top rows without a gate; the anchored
+/// factors under a per-channel gate).
+inline void scores_lower(index_t L, const RowMatrix& X, const RowMatrix& Y, WyWorkspace& ws) {
+  const index_t K = X.cols(), ldg = ws.G.cols();
   constexpr auto R = static_cast<std::size_t>(kTileRows), NV = static_cast<std::size_t>(kTileVectors);
-  ws.KT.leftCols(L) = ws.KQ.topRows(L).transpose();
+  ws.KT.leftCols(L) = Y.topRows(L).transpose();
   for (index_t half = 0; half < 2; ++half)
-    detail::lower_scores<R, NV>({ws.KQ.row(half * L).data(), K, 1}, L, K, ws.KT.data(), ws.KT.cols(),
+    detail::lower_scores<R, NV>({X.row(half * L).data(), K, 1}, L, K, ws.KT.data(), ws.KT.cols(),
                                 ws.G.row(half * L).data(), ldg, ldg);
 }
 
-/// Raw scores G for per-channel gates (see the header comment for the two regimes).
-inline void channel_scores(index_t L, index_t K, WyWorkspace& ws) {
-  const float range = -ws.gamma.row(L - 1).minCoeff();
-  if (range <= kAnchorRange) {
-    ws.anchor = 0.5f * ws.gamma.row(L - 1);
-    ws.Kn.topRows(L).array() =
-        ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + ws.anchor).array().exp();
-    for (int half = 0; half < 2; ++half)
-      ws.KQg.middleRows(half * L, L).array() =
-          ws.KQ.middleRows(half * L, L).array() * (ws.gamma.topRows(L).rowwise() - ws.anchor).array().exp();
-    ws.G.topLeftCorner(2 * L, L).noalias() = ws.KQg.topRows(2 * L) * ws.Kn.topRows(L).transpose();
+/// Per-channel gate, decay over the chunk at most kAnchorRange: every decayed operand of the chunk
+/// from one exp per element, e = exp(gamma_i - m) with the anchor m = gamma_L / 2 (|gamma_i - m|
+/// <= 30): the scores' factors (K;Q) * e into KQa and K / e into Ka, the state read's (K;Q) *
+/// exp(gamma) = (K;Q) * e * exp(m) into KQg and the update's keys K * exp(gamma_L - gamma) =
+/// (K / e) * exp(m) into Kn (gamma_L - m = m). Computing each of those with exps of its own took
+/// 6 L K exps per chunk, the largest part of KDA's extra time over the scalar gate (README.md).
+/// The products and the quotient add a rounding or two to factors exact to about 1 ulp anyway.
+inline void channel_operands_anchored(index_t L, index_t K, WyWorkspace& ws) {
+  using simd::Batch;
+  const float* m = ws.anchor.data();
+  const float* em = ws.anchor_exp.data();
+  const index_t kv = simd::vector_end(K);
+  for (index_t i = 0; i < L; ++i) {
+    const float *g = ws.gamma.row(i).data(), *k = ws.KQ.row(i).data(), *q = ws.KQ.row(L + i).data();
+    float *ka = ws.KQa.row(i).data(), *qa = ws.KQa.row(L + i).data(), *kn = ws.Ka.row(i).data();
+    float *kg = ws.KQg.row(i).data(), *qg = ws.KQg.row(L + i).data(), *ku = ws.Kn.row(i).data();
+    for (index_t c = 0; c < kv; c += simd::kWidth) {
+      const Batch<float> e = simd::exp(simd::load(g + c) - simd::load(m + c)), mc = simd::load(em + c);
+      const Batch<float> kc = simd::load(k + c), kae = kc * e, qae = simd::load(q + c) * e, kne = kc / e;
+      simd::store(ka + c, kae), simd::store(qa + c, qae), simd::store(kn + c, kne);
+      simd::store(kg + c, kae * mc), simd::store(qg + c, qae * mc), simd::store(ku + c, kne * mc);
+    }
+    for (index_t c = kv; c < K; ++c) {
+      const float e = std::exp(g[c] - m[c]);
+      ka[c] = k[c] * e, qa[c] = q[c] * e, kn[c] = k[c] / e;
+      kg[c] = ka[c] * em[c], qg[c] = qa[c] * em[c], ku[c] = kn[c] * em[c];
+    }
+  }
+}
+
+/// The decayed operands of a per-channel gate without the anchored factors (stronger decays):
+/// (K;Q) * exp(gamma) into KQg and K * exp(gamma_L - gamma) into Kn, every exponent <= 0.
+inline void channel_operands_direct(index_t L, index_t K, WyWorkspace& ws) {
+  using detail::la::times_exp_rows;
+  const index_t G = ws.gamma.cols();
+  for (index_t half = 0; half < 2; ++half)
+    times_exp_rows(ws.KQ.row(half * L).data(), K, ws.gamma.data(), G, 1.f, nullptr, ws.KQg.row(half * L).data(), K, L,
+                   K);
+  times_exp_rows(ws.KQ.data(), K, ws.gamma.data(), G, -1.f, ws.gamma.row(L - 1).data(), ws.Kn.data(), K, L, K);
+}
+
+/// Per-channel gate: true when the chunk's decay allows the anchored scores (header comment).
+inline bool channel_anchored(index_t L, const WyWorkspace& ws) {
+  return -ws.gamma.row(L - 1).minCoeff() <= kAnchorRange;
+}
+
+/// Per-channel gate: the chunk's decayed operands (KQg, Kn, row_decay = exp(gamma_L)), and the
+/// anchored factors of the scores (KQa, Ka) when channel_anchored; returns channel_anchored.
+inline bool channel_operands(index_t L, index_t K, WyWorkspace& ws) {
+  const auto last = ws.gamma.row(L - 1);
+  ws.row_decay = last.array().exp().matrix();
+  if (!channel_anchored(L, ws)) {
+    channel_operands_direct(L, K, ws);
+    return false;
+  }
+  ws.anchor = 0.5f * last;
+  ws.anchor_exp = ws.anchor.array().exp().matrix();
+  channel_operands_anchored(L, K, ws);
+  return true;
+}
+
+/// Raw scores G for per-channel gates (see the header comment for the two regimes), after
+/// channel_operands: the register-tiled lower scores of the anchored factors, or the pairs
+/// j <= i summed directly.
+inline void channel_scores(index_t L, index_t K, bool anchored, WyWorkspace& ws) {
+  if (anchored) {
+    scores_lower(L, ws.KQa, ws.Ka, ws);
     return;
   }
   for (index_t i = 0; i < L; ++i)
@@ -215,16 +280,14 @@ inline void scale_rows(const float* x, const float* y, const float* f, index_t r
 /// factor = exp(gamma) per row (scalar gate): the decay of the state read.
 inline void read_decays(index_t L, WyWorkspace& ws) { ws.factor.head(L) = ws.gsum.head(L).array().exp().matrix(); }
 
-/// KQg = (K;Q) * exp(gamma) rowwise (scalar) or elementwise (channel).
-inline void decay_rows(const DeltaHead& p, index_t L, WyWorkspace& ws) {
-  if (p.scalar_gate) read_decays(L, ws);
+/// KQg = (K;Q) * exp(gamma) rowwise under a scalar gate (a per-channel gate's KQg comes from
+/// channel_operands, with its scores).
+inline void decay_rows(index_t L, WyWorkspace& ws) {
+  read_decays(L, ws);
   for (int half = 0; half < 2; ++half) {
     auto dst = ws.KQg.middleRows(half * L, L);
     const auto src = ws.KQ.middleRows(half * L, L);
-    if (p.scalar_gate)
-      scale_rows(src.data(), nullptr, ws.factor.data(), L, src.cols(), src.cols(), dst.data());
-    else
-      dst.array() = src.array() * ws.gamma.topRows(L).array().exp();
+    scale_rows(src.data(), nullptr, ws.factor.data(), L, src.cols(), src.cols(), dst.data());
   }
 }
 
@@ -239,17 +302,9 @@ inline void decayed_keys(index_t L, float last, WyWorkspace& ws) {
   scale_rows(ws.KQ.data(), nullptr, ws.factor.data(), L, ws.KQ.cols(), ws.KQ.cols(), ws.Kn.data());
 }
 
-/// Kn = K * exp(gamma_L - gamma) under a per-channel gate (decayed_keys is the scalar gate's).
-inline void channel_decayed_keys(index_t L, WyWorkspace& ws) {
-  const auto last = ws.gamma.row(L - 1);
-  ws.Kn.topRows(L).array() = ws.KQ.topRows(L).array() * ((-ws.gamma.topRows(L)).rowwise() + last).array().exp();
-}
-
-/// S row c *= exp(last[c]) (per-channel gate), each exp once; `anchor` is free here (it serves
-/// the next chunk's scores). A colwise broadcast over the row-major S evaluated one exp per element.
-inline void decay_state_rows(const float* last, RowMatrix& S, WyWorkspace& ws) {
-  ws.anchor = Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(last, S.rows()).array().exp().matrix();
-  scale_rows(S.data(), nullptr, ws.anchor.data(), S.rows(), S.cols(), S.cols(), S.data());
+/// S row c *= exp(gamma_L[c]) (per-channel gate; ws.row_decay from channel_operands).
+inline void decay_state_rows(RowMatrix& S, const WyWorkspace& ws) {
+  scale_rows(S.data(), nullptr, ws.row_decay.data(), S.rows(), S.cols(), S.cols(), S.data());
 }
 
 /// Solves (I + A) X = X in place for the first L rows of X by forward substitution on the
@@ -351,23 +406,18 @@ inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale
 // The steps of one chunk [t0, t0 + L) of head p on the state S [K,V], in the order the chunkwise
 // engine (core/chunkwise/engine.hpp) calls them; driver.hpp binds them to its hooks.
 
-/// The state-free scores A and M of a chunk whose k, q, beta and gates are loaded (load_chunk).
+/// The state-free scores A and M of a chunk whose k, q, beta and gates are loaded (load_chunk);
+/// under a per-channel gate also the chunk's decayed operands of the state read and update
+/// (channel_operands: they share the scores' exps).
 inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   const bool channel = p.gated() && !p.scalar_gate;
+  const bool anchored = channel && channel_operands(L, p.K(), ws);
   ws.bf16_dot = detail::kNativeBf16Dot && p.bf16_dot;
   ws.kq_words = false;
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (ws.bf16_dot && (!channel || -ws.gamma.row(L - 1).minCoeff() <= kAnchorRange)) {
-    if (channel) {  // channel_scores' anchored operands, the exps vectorized
-      using detail::la::times_exp_rows;
-      const index_t K = p.K(), G = ws.gamma.cols();
-      ws.anchor = 0.5f * ws.gamma.row(L - 1);
-      times_exp_rows(ws.KQ.data(), K, ws.gamma.data(), G, -1.f, ws.anchor.data(), ws.Kn.data(), K, L, K);
-      ws.anchor = -ws.anchor;
-      for (int half = 0; half < 2; ++half)
-        times_exp_rows(ws.KQ.row(half * L).data(), K, ws.gamma.data(), G, 1.f, ws.anchor.data(),
-                     ws.KQg.row(half * L).data(), K, L, K);
-      scores_bf16(ws.KQg, 2 * L, ws.Kn, L, p.K(), ws);
+  if (ws.bf16_dot && (!channel || anchored)) {
+    if (channel) {
+      scores_bf16(ws.KQa, 2 * L, ws.Ka, L, p.K(), ws);
     } else {
       scores_bf16(ws.KQ, 2 * L, ws.KQ, L, p.K(), ws);
       ws.kq_words = true;  // the state read multiplies the same words (wy_read_state)
@@ -377,9 +427,9 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   }
 #endif
   if (channel)
-    channel_scores(L, p.K(), ws);
+    channel_scores(L, p.K(), anchored, ws);
   else
-    scores_lower(L, ws);
+    scores_lower(L, ws.KQ, ws.KQ, ws);
   mask_scores(L, p.gated() && p.scalar_gate, ws);
 }
 
@@ -405,17 +455,14 @@ inline void wy_read_state(const DeltaHead& p, index_t t0, index_t L, const RowMa
     ws.p_unscaled = p.gated();
     return;
   }
-  if (ws.bf16_dot) {  // a channel gate: chunk_scores leaves the words of a scalar gate or none
-    for (int half = 0; half < 2; ++half)
-      detail::la::times_exp_rows(ws.KQ.row(half * L).data(), p.K(), ws.gamma.data(), ws.gamma.cols(), 1.f, nullptr,
-                                 ws.KQg.row(half * L).data(), p.K(), L, p.K());
+  if (ws.bf16_dot) {  // a channel gate: KQg from chunk_scores (channel_operands)
     read_state_bf16(ws.KQg, L, S, ws, false);
     return;
   }
 #else
   (void)t0;  // only the bf16 steps write into the output rows
 #endif
-  if (p.gated()) decay_rows(p, L, ws);
+  if (p.gated() && p.scalar_gate) decay_rows(L, ws);  // a channel gate's KQg: chunk_scores
   const RowMatrix& X = p.gated() ? ws.KQg : ws.KQ;
   small_product({X.data(), X.cols(), 1}, 2 * L, S.rows(), S.data(), S.cols(), S.cols(), ws.P.data(), ws.P.cols(), kOverwrite);
 }
@@ -475,18 +522,13 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
     const RowMatrix* keys = &ws.KQ;
     const float* key_scale = nullptr;  // the scalar gate's key decays, applied as K is packed
     const float* decay = nullptr;      // no decay of S without a gate
-    // ws.anchor is free here (it serves the next chunk's scores): the state rows' decays.
     if (p.gated() && p.scalar_gate) {
       const float last = ws.gamma(L - 1, 0);
       key_decays(L, last, ws);
-      ws.anchor.setConstant(std::exp(last));
-      key_scale = ws.factor.data(), decay = ws.anchor.data();
-    } else if (p.gated()) {
-      const auto last = ws.gamma.row(L - 1);
-      detail::la::times_exp_rows(ws.KQ.data(), p.K(), ws.gamma.data(), ws.gamma.cols(), -1.f, last.data(),
-                                 ws.Kn.data(), p.K(), L, p.K());
-      ws.anchor = last.array().exp().matrix();
-      keys = &ws.Kn, decay = ws.anchor.data();
+      ws.row_decay.setConstant(std::exp(last));
+      key_scale = ws.factor.data(), decay = ws.row_decay.data();
+    } else if (p.gated()) {  // the decayed keys and the rows' decays from chunk_scores
+      keys = &ws.Kn, decay = ws.row_decay.data();
     }
     add_state_bf16(*keys, L, key_scale, decay, S);
     return;
@@ -497,9 +539,8 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
     const float last = ws.gamma(L - 1, 0);
     decayed_keys(L, last, ws);
     decay = std::exp(last);
-  } else if (p.gated()) {
-    channel_decayed_keys(L, ws);
-    decay_state_rows(ws.gamma.row(L - 1).data(), S, ws);
+  } else if (p.gated()) {  // Kn and the rows' decays from chunk_scores (channel_operands)
+    decay_state_rows(S, ws);
   }
   add_keys_times_u((p.gated() ? ws.Kn : ws.KQ).data(), L, decay, S, ws);
 }
@@ -554,15 +595,14 @@ inline void wy_chunk_factors(const DeltaHead& p, index_t t0, index_t L, WyWorksp
   const RowMatrix* Kn = &ws.KQ;
   f.decay()[0] = 1.f;
   if (p.gated()) {
-    decay_rows(p, L, ws);
     X = &ws.KQg, Kn = &ws.Kn;
     if (p.scalar_gate) {
+      decay_rows(L, ws);
       const float last = ws.gamma(L - 1, 0);
       decayed_keys(L, last, ws);
       f.decay()[0] = std::exp(last);
-    } else {
-      channel_decayed_keys(L, ws);
-      for (index_t r = 0; r < K; ++r) f.decay()[r] = std::exp(ws.gamma(L - 1, r));
+    } else {  // KQg, Kn and the rows' decays from chunk_scores (channel_operands)
+      std::copy(ws.row_decay.data(), ws.row_decay.data() + K, f.decay());
     }
   }
   std::copy(X->data(), X->data() + 2 * L * K, f.X());
