@@ -22,17 +22,24 @@ namespace seqmix::delta_update {
 /// (H32 K64 T8: 0.13 against 0.20 ms for the recurrent kernel, one thread, same run).
 constexpr index_t kChunkedMinTokens = 8;
 
+/// 8: the fewest tokens for which KDA's chunked form (per-channel gates) was measured faster
+/// (H32 K128, one thread, same run, loaded: T8 0.46 against 0.60 ms, 1.30x; T4 0.36 against 0.33
+/// ms, the recurrent kernel ahead). Its own constant: the per-channel operands make KDA's chunk
+/// costs differ from the scalar gate's, so the two thresholds are measured separately.
+constexpr index_t kChannelChunkedMinTokens = 8;
+
 /// Picks the prefill algorithm. Measured with one thread, thread CPU time, both forms in the same
 /// run on the loaded 2-core AVX-512 (Zen 5) machine, chunk 64 (README.md, "Which prefill runs"):
 /// with a scalar gate or none the chunked WY form on its register-tile products
 /// (small_gemm.hpp) is 1.6-2.7x the recurrent kernel from T 8 up (H16 K64 T1024: 1.64 against
 /// 2.7 ms per 4 heads; H2 K128 T1024: 2.0 against 5.4 ms); below 8 tokens the chunk's fixed
-/// costs stay with the recurrent kernel. Per-channel gates (KDA) keep the recurrent kernel: the
-/// chunked form's L x K exps put the two within +-15% of each other, the sign changing between
-/// runs of the loaded machine. K, V and the chunk size do not change the choice.
+/// costs stay with the recurrent kernel. With per-channel gates (KDA), since its decayed
+/// operands share one exp per element (wy.hpp, channel_operands), the chunked form is
+/// 1.5-1.7x the recurrent kernel from T 16 to 512 and 1.3x at T 8 (H32 K128, chunk 64 or 32).
+/// K, V and the chunk size do not change the choice.
 inline DeltaAlgorithm choose_delta_algorithm(bool channel_gate, index_t T, index_t K, index_t V, index_t chunk) {
   (void)K, (void)V, (void)chunk;
-  if (channel_gate || T < kChunkedMinTokens) return DeltaAlgorithm::recurrent;
+  if (T < (channel_gate ? kChannelChunkedMinTokens : kChunkedMinTokens)) return DeltaAlgorithm::recurrent;
   return DeltaAlgorithm::chunked;
 }
 
