@@ -23,9 +23,10 @@ namespace seqmix::delta_update {
 constexpr index_t kChunkedMinTokens = 8;
 
 /// 8: the fewest tokens for which KDA's chunked form (per-channel gates) was measured faster
-/// (H32 K128, one thread, same run, loaded: T8 0.46 against 0.60 ms, 1.30x; T4 0.36 against 0.33
-/// ms, the recurrent kernel ahead). Its own constant: the per-channel operands make KDA's chunk
-/// costs differ from the scalar gate's, so the two thresholds are measured separately.
+/// (H32 K128, one thread, same run: T8 0.46 against 0.60 ms at load 13, 1.30x, and 0.37-0.38
+/// against 0.40 ms at load 6, 1.05-1.08x; T16 1.26-1.56x; T4 0.26 against 0.25 ms, the recurrent
+/// kernel ahead). Its own constant: the per-channel operands make KDA's chunk costs differ from
+/// the scalar gate's, so the two thresholds are measured separately.
 constexpr index_t kChannelChunkedMinTokens = 8;
 
 /// Picks the prefill algorithm. Measured with one thread, thread CPU time, both forms in the same
