@@ -52,7 +52,7 @@ set(_exception_families)
 # Headers whose transitive includes must not reach Eigen.
 set(_eigen_free
   seqmix/core/error.hpp seqmix/core/tensor.hpp seqmix/core/batch.hpp seqmix/core/parallel.hpp
-  seqmix/core/simd.hpp seqmix/core/half.hpp seqmix/core/scan.hpp seqmix/io/npy.hpp
+  seqmix/core/simd.hpp seqmix/core/half.hpp seqmix/core/scan.hpp seqmix/core/thread_keep.hpp seqmix/io/npy.hpp
   seqmix/attention/dense/flash.hpp seqmix/attention/dense/decode.hpp seqmix/attention/paged/paged.hpp
   seqmix/positional.hpp)
 

@@ -211,59 +211,114 @@ TEST_CASE("gated_linear_attention: recurrent prefill on padded state rows, whole
   st::require_close("token_states[19]", token_states.view()[0][kMid - 1], state_mid.view()[0], kTol);
 }
 
-TEST_CASE("gated_linear_attention: the recurrent prefill's kept per-thread memory leaks nothing between calls", "[gla]") {
+TEST_CASE("gated_linear_attention: the prefills' kept per-thread memory leaks nothing between calls", "[gla]") {
   // Each thread keeps the recurrent prefill's states and token operands across calls
-  // (RecurrentPrefillScratch in diagonal_decay/driver.hpp). Calls whose shapes grow and shrink, a
-  // call fed a NaN, then every case again: each equals the reference, and bit for bit a call made
-  // on a fresh thread (nothing kept).
-  const GlaCase cases[] = {{1, 40, 3, 3, 64, 300, GateKind::channel, -0.5f, 0.f, false},
+  // (RecurrentPrefillScratch in diagonal_decay/driver.hpp), and the chunked prefill's workspace
+  // and group states (ChunkedPrefillScratch). Calls whose shapes grow and shrink, a call fed a
+  // NaN, then every case again: each equals the reference, and bit for bit a call made on a fresh
+  // thread (nothing kept). On two threads the single-head cases split into value-column blocks
+  // (V = 300: a narrower last block), the three- and four-head ones run as groups of heads.
+  const GlaCase cases[] = {{1, 140, 3, 3, 64, 300, GateKind::channel, -0.5f, 0.f, false},
                            {2, 19, 2, 4, 9, 17, GateKind::scalar, -0.3f, 0.f, false},
-                           {1, 23, 1, 1, 33, 1024, GateKind::channel, -0.5f, 0.f, false},
+                           {1, 77, 1, 1, 33, 1024, GateKind::channel, -0.5f, 0.f, false},
+                           {1, 70, 1, 1, 20, 300, GateKind::scalar, -0.5f, 0.f, false},
                            {2, 17, 2, 2, 5, 3, GateKind::none, 0.f, 0.f, false}};
-  seqmix::GatedLinearAttentionOptions options;
-  options.algorithm = LinearAttentionAlgorithm::recurrent;
-  seqmix::ThreadPool pool(2);
-  auto run_case = [&](const GlaCase& c, const GlaData& data, bool two_threads) {
-    GlaResult out(c);
-    options.gate = c.gate;
-    if (two_threads)
-      seqmix::gated_linear_attention(data.inputs(), out.outputs(), options, pool);
-    else
-      seqmix::gated_linear_attention(data.inputs(), out.outputs(), options);
-    return out;
-  };
-  for (int round = 0; round < 2; ++round) {
-    for (const GlaCase& c : cases) {
-      const GlaData data(c, 40);
-      GlaResult ref(c);
+  for (const LinearAttentionAlgorithm algorithm :
+       {LinearAttentionAlgorithm::recurrent, LinearAttentionAlgorithm::chunked}) {
+    seqmix::GatedLinearAttentionOptions options;
+    options.algorithm = algorithm;
+    seqmix::ThreadPool pool(2);
+    auto run_case = [&](const GlaCase& c, const GlaData& data, bool two_threads) {
+      GlaResult out(c);
       options.gate = c.gate;
-      seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
-      GlaResult fresh(c);
-      std::thread([&] { fresh = run_case(c, data, false); }).join();
-      for (const bool two_threads : {false, true}) {
-        const GlaResult kept = run_case(c, data, two_threads);
-        const std::string what = describe(c, 40) + (two_threads ? " two threads" : " one thread");
-        require_close(kept.o, ref.o, kTol, what + " o");
-        require_close(kept.state, ref.state, kTol, what + " final_state");
-        if (!two_threads) {
-          require_close(kept.o, fresh.o, 0.0, what + " o against a fresh thread");
-          require_close(kept.state, fresh.state, 0.0, what + " final_state against a fresh thread");
+      if (two_threads)
+        seqmix::gated_linear_attention(data.inputs(), out.outputs(), options, pool);
+      else
+        seqmix::gated_linear_attention(data.inputs(), out.outputs(), options);
+      return out;
+    };
+    for (int round = 0; round < 2; ++round) {
+      for (const GlaCase& c : cases) {
+        const GlaData data(c, 40);
+        GlaResult ref(c);
+        options.gate = c.gate;
+        seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
+        GlaResult fresh(c);
+        std::thread([&] { fresh = run_case(c, data, false); }).join();
+        for (const bool two_threads : {false, true}) {
+          const GlaResult kept = run_case(c, data, two_threads);
+          const std::string what = describe(c, 40) + (two_threads ? " two threads" : " one thread") +
+                                   (algorithm == LinearAttentionAlgorithm::chunked ? " chunked" : " recurrent");
+          require_close(kept.o, ref.o, kTol, what + " o");
+          require_close(kept.state, ref.state, kTol, what + " final_state");
+          if (!two_threads) {
+            require_close(kept.o, fresh.o, 0.0, what + " o against a fresh thread");
+            require_close(kept.state, fresh.state, 0.0, what + " final_state against a fresh thread");
+          }
+        }
+      }
+      // A NaN in the first round's last call leaves NaN in the kept memory; the second round's calls
+      // must not see it.
+      if (round == 0) {
+        const GlaCase& c = cases[2];
+        GlaData poisoned(c, 41);
+        poisoned.q.view()(0, 3, 0, 5) = std::nanf("");
+        poisoned.v.view()(0, 2, 0, 7) = std::nanf("");
+        for (const bool two_threads : {false, true}) {
+          const GlaResult out = run_case(c, poisoned, two_threads);
+          CHECK(std::isnan(out.state.view()(0, 0, 0, 7)));
         }
       }
     }
-    // A NaN in the first round's last call leaves NaN in the kept memory; the second round's calls
-    // must not see it.
-    if (round == 0) {
-      const GlaCase& c = cases[2];
-      GlaData poisoned(c, 41);
-      poisoned.q.view()(0, 3, 0, 5) = std::nanf("");
-      poisoned.v.view()(0, 2, 0, 7) = std::nanf("");
-      for (const bool two_threads : {false, true}) {
-        const GlaResult out = run_case(c, poisoned, two_threads);
-        CHECK(std::isnan(out.state.view()(0, 0, 0, 7)));
-      }
-    }
   }
+}
+
+// The memory a thread keeps (diagonal_decay/driver.hpp) is the memory its next call of the same
+// shape runs in: the same buffers (a group's states trade places with the workspace's state as
+// they are swapped in, so those are compared as a set). Eigen's matrices are not allocated by
+// operator new, so the allocation-counting tests (tests/alloc) cannot see this.
+std::vector<const float*> kept_buffers() {
+  const auto& recurrent = seqmix::detail::la::RecurrentPrefillKeep::slot();
+  const auto& chunked = seqmix::detail::la::ChunkedPrefillKeep::slot();
+  std::vector<const float*> states{recurrent.tokens.data()};
+  for (const auto& S : recurrent.states) states.push_back(S.data());
+  if (chunked.whole) {
+    states.push_back(chunked.whole->S.data());
+    const auto& w = chunked.whole->chunk;
+    for (const auto* m : {&w.Q, &w.Kc, &w.QD, &w.KD, &w.KT, &w.Vc, &w.O, &w.A, &w.Bq, &w.Bk}) states.push_back(m->data());
+  }
+  for (const auto& S : chunked.states) states.push_back(S.data());
+  std::sort(states.begin(), states.end());
+  return states;
+}
+
+TEST_CASE("the prefills run in the memory they keep, and linear_attention_release_thread_scratch frees it", "[gla]") {
+  using seqmix::detail::la::ChunkedPrefillKeep;
+  using seqmix::detail::la::RecurrentPrefillKeep;
+  const GlaCase c{1, 80, 2, 2, 64, 64, GateKind::channel, -0.5f, 0.f, false};
+  const GlaData data(c, 50);
+  GlaResult ref(c);
+  seqmix::GatedLinearAttentionOptions options;
+  seqmix::reference::gated_linear_attention(data.inputs(), ref.outputs(), options);
+  std::thread([&] {  // a thread of its own: nothing kept before, nothing left for the other cases
+    for (int round = 0; round < 2; ++round) {
+      for (const LinearAttentionAlgorithm algorithm :
+           {LinearAttentionAlgorithm::recurrent, LinearAttentionAlgorithm::chunked}) {
+        options.algorithm = algorithm;
+        GlaResult out(c);
+        seqmix::gated_linear_attention(data.inputs(), out.outputs(), options);
+        require_close(out.o, ref.o, kTol, describe(c, 50) + " round " + std::to_string(round));
+        const std::vector<const float*> kept = kept_buffers();
+        seqmix::gated_linear_attention(data.inputs(), out.outputs(), options);
+        CHECK(kept_buffers() == kept);
+      }
+      CHECK(RecurrentPrefillKeep::slot().bytes() > 0);
+      CHECK(ChunkedPrefillKeep::slot().bytes() > 0);
+      seqmix::linear_attention_release_thread_scratch();
+      CHECK(RecurrentPrefillKeep::slot().bytes() == 0);
+      CHECK(ChunkedPrefillKeep::slot().bytes() == 0);
+    }
+  }).join();
 }
 
 TEST_CASE("gated_linear_attention: one call equals prefill + prefill + steps", "[gla]") {

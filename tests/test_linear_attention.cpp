@@ -123,34 +123,42 @@ TEST_CASE("linear_attention: fast forms match the reference over the shape table
   }
 }
 
-// The recurrent prefill keeps its states and token operands per thread across calls
-// (RecurrentPrefillScratch, diagonal_decay/driver.hpp): calls with and without the normalizer
-// (V + 1 columns, another row stride), growing and shrinking, one thread and two, then the same
-// after linear_attention_release_thread_scratch; each against the reference.
-TEST_CASE("linear_attention: calls after the recurrent prefill's kept memory changes shape", "[linear_attention]") {
-  const LaCase cases[] = {{1, 30, 2, 2, 33, 511, FeatureMap::elu1, true, 0},
+// The prefills keep memory per thread across calls (diagonal_decay/driver.hpp: the recurrent
+// form's states and token operands, RecurrentPrefillScratch; the chunked form's workspace and group
+// states, ChunkedPrefillScratch): calls with and without the normalizer (V + 1 columns, another
+// row stride and chunk matrices), with and without a JRT prefix (one head at a time), growing and
+// shrinking, one thread and two, then the same after linear_attention_release_thread_scratch;
+// each against the reference.
+TEST_CASE("linear_attention: calls after the prefills' kept memory changes shape", "[linear_attention]") {
+  const LaCase cases[] = {{1, 90, 2, 2, 33, 511, FeatureMap::elu1, true, 0},
                           {2, 19, 2, 4, 9, 17, FeatureMap::identity, false, 0},
-                          {1, 23, 1, 1, 16, 1024, FeatureMap::relu, true, 0},
-                          {3, 21, 3, 3, 64, 64, FeatureMap::identity, false, 0}};
+                          {1, 70, 1, 1, 16, 1024, FeatureMap::relu, true, 0},
+                          {1, 81, 2, 2, 24, 40, FeatureMap::elu1, true, 13},
+                          {3, 21, 3, 3, 64, 64, FeatureMap::identity, false, 0},
+                          {2, 75, 1, 2, 8, 100, FeatureMap::identity, false, 70}};
   seqmix::ThreadPool pool(2);
   for (int round = 0; round < 2; ++round) {
-    for (const LaCase& c : cases)
-      for (const bool two_threads : {false, true}) {
-        const LaData data(c, 90);
-        seqmix::LinearAttentionOptions options = options_for(c);
-        LaResult ref(c), fast(c);
-        seqmix::reference::linear_attention(data.inputs(c), ref.outputs(c), options);
-        options.algorithm = LinearAttentionAlgorithm::recurrent;
-        if (two_threads)
-          seqmix::linear_attention(data.inputs(c), fast.outputs(c), options, pool);
-        else
-          seqmix::linear_attention(data.inputs(c), fast.outputs(c), options);
-        const std::string what = describe(c, 90) + (two_threads ? " two threads" : " one thread") +
-                                 " round " + std::to_string(round);
-        require_close(fast.o, ref.o, 2e-4, what + " o");
-        require_close(fast.state, ref.state, 2e-4, what + " final_state");
-        if (c.normalize) require_close(fast.z, ref.z, 2e-4, what + " final_normalizer");
-      }
+    for (const LinearAttentionAlgorithm algorithm :
+         {LinearAttentionAlgorithm::recurrent, LinearAttentionAlgorithm::chunked}) {
+      for (const LaCase& c : cases)
+        for (const bool two_threads : {false, true}) {
+          const LaData data(c, 90);
+          seqmix::LinearAttentionOptions options = options_for(c);
+          LaResult ref(c), fast(c);
+          seqmix::reference::linear_attention(data.inputs(c), ref.outputs(c), options);
+          options.algorithm = algorithm;
+          if (two_threads)
+            seqmix::linear_attention(data.inputs(c), fast.outputs(c), options, pool);
+          else
+            seqmix::linear_attention(data.inputs(c), fast.outputs(c), options);
+          const std::string what = describe(c, 90) + (two_threads ? " two threads" : " one thread") +
+                                   (algorithm == LinearAttentionAlgorithm::chunked ? " chunked" : " recurrent") +
+                                   " round " + std::to_string(round);
+          require_close(fast.o, ref.o, 2e-4, what + " o");
+          require_close(fast.state, ref.state, 2e-4, what + " final_state");
+          if (c.normalize) require_close(fast.z, ref.z, 2e-4, what + " final_normalizer");
+        }
+    }
     seqmix::linear_attention_release_thread_scratch();
   }
 }

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 
 #include <Eigen/Core>
 
@@ -71,6 +72,25 @@ struct ChunkWorkspace {
   bool v_words = false;  // bf16 steps: V's pair words packed by the intra step for the state update
   bool keys_anchored = false;  // tiled steps: KD holds K * exp(Bk_last / 2 - Bk) from the scores
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
+
+  // A workspace kept across calls (driver.hpp, ChunkedPrefillScratch) is reused only for the
+  // same dimensions, after reset() puts back what the constructor initialized (the zeroed KT, A
+  // and the flags; every other member is written before it is read), so a call computes what it
+  // would on a fresh one, bit for bit.
+  bool fits(index_t C, index_t K, index_t Kf, index_t Vp) const {
+    return Q.rows() == C && Q.cols() == Kf && Bq.cols() == K && Vc.cols() == Vp;
+  }
+  void reset() {
+    KT.setZero();
+    A.setZero();
+    v_words = keys_anchored = false;
+  }
+  std::size_t bytes() const {
+    const index_t floats = Q.size() + Kc.size() + QD.size() + KD.size() + KT.size() + Vc.size() + O.size() +
+                           A.size() + Bq.size() + Bk.size() + m.size() + bonus.size() + bk0.size() + in_row.size() +
+                           finite_values.size();
+    return static_cast<std::size_t>(floats) * sizeof(float);
+  }
 };
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/core/thread_keep.hpp"
 #include "seqmix/linear_attention/diagonal_decay/chunked.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 #include "seqmix/linear_attention/diagonal_decay/recurrent.hpp"
@@ -269,6 +271,33 @@ void run_recurrent_heads(const PrefillPlan& plan, const StateIo& io, const Seque
                 states[static_cast<std::size_t>(i)].leftCols(cols.width + (plan.normalize ? 1 : 0)));
 }
 
+// The chunked form's workspace of one parallel block: the state S [Kf, Vp] and the chunk's
+// matrices (chunked.hpp).
+struct ChunkTaskWorkspace {
+  RowMatrix S;
+  ChunkWorkspace chunk;
+  AlignedVector<float> prefix_buffer;  // [Kf + max(Vp, K)] for the JRT prefix read (read_state), else empty
+  bool in_pieces = false;              // the current chunk runs as pieces (run_in_pieces)
+  std::vector<index_t> piece_ends;     // their ends (capacity: the chunk size)
+
+  // Reused from a kept one (ChunkedPrefillScratch) only for the same dimensions, after reset()
+  // puts back the constructor's values (S is loaded by begin_head before it is read).
+  bool fits(index_t C, index_t K, index_t Kf, index_t Vp, index_t prefix_floats) const {
+    return S.rows() == Kf && S.cols() == Vp && chunk.fits(C, K, Kf, Vp) &&
+           static_cast<index_t>(prefix_buffer.size()) == prefix_floats;
+  }
+  void reset() {
+    chunk.reset();
+    std::fill(prefix_buffer.begin(), prefix_buffer.end(), 0.f);
+    in_pieces = false;
+    piece_ends.clear();
+  }
+  std::size_t bytes() const {
+    return static_cast<std::size_t>(S.size()) * sizeof(float) + chunk.bytes() + prefix_buffer.size() * sizeof(float) +
+           piece_ends.capacity() * sizeof(index_t);
+  }
+};
+
 // The family's chunked form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp). Item
 // i is value head i % HV of sequence order[i / HV]; each sequence is chunked on its own grid. The
 // state S [Kf, Vp] lives in the workspace; the steps are chunked.hpp's.
@@ -279,13 +308,7 @@ struct ChunkKernel {
   const std::vector<index_t>& order;
   MakeHead& make_head;
 
-  struct Workspace {
-    RowMatrix S;
-    ChunkWorkspace chunk;
-    AlignedVector<float> prefix_buffer;  // [Kf + max(Vp, K)] for the JRT prefix read (read_state), else empty
-    bool in_pieces = false;              // the current chunk runs as pieces (run_in_pieces)
-    std::vector<index_t> piece_ends;     // their ends (capacity: the chunk size)
-  };
+  using Workspace = ChunkTaskWorkspace;
   struct Head {
     HeadProblem p;
     SequenceSpan s;
@@ -298,11 +321,21 @@ struct ChunkKernel {
   Workspace make_workspace() const { return make_workspace(plan.V); }
   // The workspace of items of `columns` value columns: its matrices are that wide.
   Workspace make_workspace(index_t columns) const {
-    const index_t prefix_floats = plan.prefix_len > 0 ? plan.Kf + std::max(Vp(columns), plan.K) : 0;  // read_state
     Workspace ws{RowMatrix(plan.Kf, Vp(columns)), ChunkWorkspace(plan.chunk, plan.K, plan.Kf, Vp(columns)),
-                 AlignedVector<float>(static_cast<std::size_t>(prefix_floats)), false, {}};
+                 AlignedVector<float>(static_cast<std::size_t>(prefix_floats(columns))), false, {}};
     ws.piece_ends.reserve(static_cast<std::size_t>(plan.chunk));
     return ws;
+  }
+  index_t prefix_floats(index_t columns) const {  // read_state's buffer
+    return plan.prefix_len > 0 ? plan.Kf + std::max(Vp(columns), plan.K) : 0;
+  }
+  // make_workspace(columns) in `kept`: the one kept there, reset, when it has those dimensions.
+  Workspace& workspace_in(std::optional<Workspace>& kept, index_t columns) const {
+    if (kept && kept->fits(plan.chunk, plan.K, plan.Kf, Vp(columns), prefix_floats(columns)))
+      kept->reset();
+    else
+      kept.emplace(make_workspace(columns));
+    return *kept;
   }
   Head begin_head(index_t item, Workspace& ws) const { return begin_head(item, ws, ValueColumns{0, plan.V}); }
   // Value columns cols of item's head; ws must be make_workspace(cols.width)'s.
@@ -375,6 +408,26 @@ struct ChunkKernel {
   }
 };
 
+// The chunked prefill's memory per parallel block (its workspace and a group's states), kept by
+// each thread across calls (core/thread_keep.hpp). Allocated per block, it faulted fresh pages in
+// on every call wherever glibc handed it back: GLA at H 4, K = V = 1024, T 1024 (6.5 MiB per
+// block) took 6440 faults and ~250 ms per call with MALLOC_MMAP_THRESHOLD_=131072 against 0 and
+// ~137 ms under glibc's dynamic threshold (AMD EPYC Zen 5, loaded, process CPU time, medians of
+// 3); gla-1.3b T 8192 (a group of 32 states of 16 KiB) 102 faults per call either way. Reused
+// only for the same dimensions (ChunkTaskWorkspace::fits); a call of another shape replaces it.
+struct ChunkedPrefillScratch {
+  std::optional<ChunkTaskWorkspace> whole;   // of the block's whole-width tasks
+  std::optional<ChunkTaskWorkspace> narrow;  // of the narrower last column block (ValueSplit)
+  std::vector<RowMatrix> states;             // a group's carried states (run_items_together)
+
+  std::size_t bytes() const {
+    std::size_t n = (whole ? whole->bytes() : 0) + (narrow ? narrow->bytes() : 0);
+    for (const RowMatrix& S : states) n += static_cast<std::size_t>(S.size()) * sizeof(float);
+    return n;
+  }
+};
+using ChunkedPrefillKeep = ThreadKept<ChunkedPrefillScratch>;
+
 // Fewer heads x sequences than threads: one task per (sequence, head, block of value columns),
 // the head's chunks in order. Every block repeats the head's K-side work (loads, gates, the
 // intra-chunk scores); see the diagonal_decay bullet of docs/parallel_grain.md for its cost.
@@ -382,15 +435,19 @@ template <class Kernel>
 void run_chunked_column_blocks(const Kernel& kernel, const PrefillPlan& plan, index_t sequences,
                                const ValueSplit& split, const Executor& executor) {
   parallel_for(executor, sequences * plan.HV * split.blocks, 1, [&](index_t begin, index_t end) {
-    typename Kernel::Workspace ws = kernel.make_workspace(split.width);
+    ChunkedPrefillScratch scratch = ChunkedPrefillKeep::take();
+    ChunkTaskWorkspace *whole = nullptr, *narrow = nullptr;  // set up on first use in this block
     for (index_t task = begin; task < end; ++task) {
       const ValueColumns cols = split.block(task % split.blocks);
-      if (ws.S.cols() != kernel.Vp(cols.width)) ws = kernel.make_workspace(cols.width);  // the narrower last block
-      const typename Kernel::Head h = kernel.begin_head(task / split.blocks, ws, cols);
+      const bool is_whole = cols.width == split.width;  // else the narrower last block
+      ChunkTaskWorkspace*& ws = is_whole ? whole : narrow;
+      if (!ws) ws = &kernel.workspace_in(is_whole ? scratch.whole : scratch.narrow, cols.width);
+      const typename Kernel::Head h = kernel.begin_head(task / split.blocks, *ws, cols);
       const index_t T = kernel.tokens(h);
-      seqmix::chunkwise::run_chunks(kernel, h, 0, T, plan.chunk, ws);
-      kernel.end_head(h, ws);
+      seqmix::chunkwise::run_chunks(kernel, h, 0, T, plan.chunk, *ws);
+      kernel.end_head(h, *ws);
     }
+    ChunkedPrefillKeep::give_back(std::move(scratch));
   });
 }
 
@@ -412,11 +469,14 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
   const index_t group = seqmix::chunkwise::items_together_group(plan.HV, state_floats, executor.concurrency());
   const index_t per_sequence = (plan.HV + group - 1) / group;
   parallel_for(executor, sequences * per_sequence, 1, [&](index_t begin, index_t end) {
-    typename Kernel::Workspace ws = kernel.make_workspace();
-    // Groups of one head (states over 2^16 floats, or one head per thread) run in ws.S: the swapped copies would
-    // be one more state-sized allocation per parallel block, and on the measured VM a first touch
-    // costs ~12 us per 4 KiB page (4 MiB: ~12 ms), a third of a K = V = 1024 call on one thread.
-    std::vector<RowMatrix> states(static_cast<std::size_t>(group > 1 ? group : 0), ws.S);
+    ChunkedPrefillScratch scratch = ChunkedPrefillKeep::take();
+    ChunkTaskWorkspace& ws = kernel.workspace_in(scratch.whole, plan.V);
+    // Groups of one head (states over 2^16 floats, or one head per thread) run in ws.S: the swapped
+    // copies would be one more state-sized buffer per thread (4 MiB at K = V = 1024). A group's
+    // states are ws.S's shape; their values are loaded by begin_head before they are read.
+    std::vector<RowMatrix>& states = scratch.states;
+    states.resize(static_cast<std::size_t>(group > 1 ? group : 0));
+    for (RowMatrix& S : states) S.resize(ws.S.rows(), ws.S.cols());  // no-op for a kept one of that shape
     std::vector<typename Kernel::Head> heads;
     heads.reserve(static_cast<std::size_t>(group));
     for (index_t task = begin; task < end; ++task) {
@@ -427,6 +487,7 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
       else
         seqmix::chunkwise::run_items_together(kernel, first, n, plan.chunk, heads, states, ws);
     }
+    ChunkedPrefillKeep::give_back(std::move(scratch));
   });
 }
 
@@ -437,7 +498,7 @@ void run_chunked_heads(const Kernel& kernel, const PrefillPlan& plan, index_t se
 // T 1024, recurrent form: 5168 page faults per call on one thread, 276 ms, against 0 faults and
 // 170 ms with glibc told to keep freed memory (AMD EPYC Zen 5, process CPU time, medians of 3
 // alternated runs; linear attention 267 -> 143, rwkv6 238 -> 196). A thread keeps at most
-// kRecurrentPrefillKeepBytes; a block that needed more frees its memory when it ends.
+// kThreadKeepBytes (64 MiB); a block that needed more frees its memory when it ends.
 struct RecurrentPrefillScratch {
   std::vector<RowMatrix> states;
   AlignedVector<float> tokens;  // RecurrentWorkspace's slots
@@ -448,19 +509,19 @@ struct RecurrentPrefillScratch {
     return n * sizeof(float);
   }
 };
-constexpr std::size_t kRecurrentPrefillKeepBytes = std::size_t{64} << 20;
+using RecurrentPrefillKeep = ThreadKept<RecurrentPrefillScratch>;
 
-inline RecurrentPrefillScratch& thread_recurrent_prefill_scratch() {
-  thread_local RecurrentPrefillScratch kept;
-  return kept;
-}
-// Taken, not borrowed: a nested call on the same thread (none today) would find the slot empty
-// and allocate its own rather than share.
-inline RecurrentPrefillScratch take_recurrent_prefill_scratch() {
-  return std::exchange(thread_recurrent_prefill_scratch(), RecurrentPrefillScratch{});
-}
-inline void keep_recurrent_prefill_scratch(RecurrentPrefillScratch&& scratch) {
-  if (scratch.bytes() <= kRecurrentPrefillKeepBytes) thread_recurrent_prefill_scratch() = std::move(scratch);
+// The chunked form with a JRT prefix (linear_attention): one head at a time through the engine
+// (ChunkKernel::prefix_tokens), each block's workspace from the thread's kept one.
+template <class Kernel>
+void run_chunked_prefix_heads(const Kernel& kernel, const PrefillPlan& plan, index_t sequences,
+                              const Executor& executor) {
+  parallel_for(executor, sequences * plan.HV, 1, [&](index_t begin, index_t end) {
+    ChunkedPrefillScratch scratch = ChunkedPrefillKeep::take();
+    ChunkTaskWorkspace& ws = kernel.workspace_in(scratch.whole, plan.V);
+    for (index_t item = begin; item < end; ++item) seqmix::chunkwise::run_item(kernel, item, plan.chunk, ws);
+    ChunkedPrefillKeep::give_back(std::move(scratch));
+  });
 }
 
 // Prefill: make_head(b, hv) returns the HeadProblem of one (batch row, value head) over all T
@@ -477,7 +538,7 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
   if (plan.algorithm == LinearAttentionAlgorithm::chunked) {
     const ChunkKernel<std::remove_reference_t<MakeHead>> kernel{plan, io, order, make_head};
     if (plan.prefix_len > 0)
-      seqmix::chunkwise::run(kernel, sequences * plan.HV, 1, plan.chunk, executor);
+      run_chunked_prefix_heads(kernel, plan, sequences, executor);
     else
       run_chunked_heads(kernel, plan, sequences, executor);
     return;
@@ -495,7 +556,7 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
     parallel_for(executor, sequences * per_sequence * split.blocks, 1, [&](index_t begin, index_t end) {
       std::vector<HeadProblem> heads;
       heads.reserve(static_cast<std::size_t>(group));
-      RecurrentPrefillScratch scratch = take_recurrent_prefill_scratch();
+      RecurrentPrefillScratch scratch = RecurrentPrefillKeep::take();
       scratch.states.resize(static_cast<std::size_t>(group));  // each sized by run_recurrent_heads
       RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock, &scratch.tokens);
       index_t used = 0;  // states this block's tasks used; a kept larger group's others are dropped
@@ -508,15 +569,19 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
                             scratch.states, ws);
       }
       scratch.states.resize(static_cast<std::size_t>(used));
-      keep_recurrent_prefill_scratch(std::move(scratch));
+      RecurrentPrefillKeep::give_back(std::move(scratch));
     });
     return;
   }
-  // The recurrent form with a JRT prefix: one head at a time.
+  // The recurrent form with a JRT prefix: one head at a time, its state and token operands from
+  // the thread's kept RecurrentPrefillScratch.
   parallel_for(executor, sequences * plan.HV, 1, [&](index_t begin, index_t end) {
-    RowMatrix padded(plan.Kf, state_row_stride(Vp));
+    RecurrentPrefillScratch scratch = RecurrentPrefillKeep::take();
+    scratch.states.resize(1);
+    RowMatrix& padded = scratch.states.front();
+    padded.resize(plan.Kf, state_row_stride(Vp));  // no-op for a kept one of that shape
     auto S = padded.leftCols(Vp);
-    RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock);
+    RecurrentWorkspace ws(plan.K, plan.Kf, Vp, kTokenBlock, &scratch.tokens);
     AlignedVector<float> prefix_buffer(static_cast<std::size_t>(plan.Kf + std::max(Vp, plan.K)));
     for (index_t task = begin; task < end; ++task) {
       const SequenceSpan s = plan.seqs[order[static_cast<std::size_t>(task / plan.HV)]];
@@ -529,6 +594,7 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
       if (P < p.T()) run_recurrent(slice_head(p, P, p.T() - P), padded.data(), padded.cols(), ws);
       store_state(io, s, hv, plan.V, S);
     }
+    RecurrentPrefillKeep::give_back(std::move(scratch));
   });
 }
 
@@ -611,15 +677,17 @@ void run_step(index_t B, index_t HV, index_t K, index_t Kf, index_t V, bool norm
 
 namespace seqmix {
 
-/// Frees the memory the calling thread keeps for the recurrent prefills of the diagonal-decay
-/// family (gated_linear_attention, simple GLA, linear_attention, rwkv6 with the recurrent form):
-/// the working states of the heads one parallel block runs and their token operands, kept across
-/// calls so that a call does not fault fresh pages in (at most 64 MiB per thread; a call that
-/// needs more frees its memory when it ends). Each thread that ran such a block (the caller's and
-/// every pool worker) keeps its own. Call it when the memory is wanted elsewhere; not while such a
-/// call runs on this thread. The next call allocates again.
+/// Frees the memory the calling thread keeps for the prefills of the diagonal-decay family
+/// (gated_linear_attention, simple GLA, linear_attention, rwkv6), kept across calls so that a call
+/// does not fault fresh pages in: for the recurrent form the working states of the heads one
+/// parallel block runs and their token operands, for the chunked form a block's workspace (state
+/// and chunk matrices) and its group's states. At most 64 MiB per thread for each form (a call
+/// that needs more frees its memory when it ends). Each thread that ran such a block (the
+/// caller's and every pool worker) keeps its own. Call it when the memory is wanted elsewhere;
+/// not while such a call runs on this thread. The next call allocates again.
 inline void linear_attention_release_thread_scratch() {
-  detail::la::thread_recurrent_prefill_scratch() = detail::la::RecurrentPrefillScratch{};
+  detail::la::RecurrentPrefillKeep::release();
+  detail::la::ChunkedPrefillKeep::release();
 }
 
 }  // namespace seqmix
