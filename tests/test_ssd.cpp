@@ -2,9 +2,11 @@
 // recurrence, over a shape table straddling the chunk size (T) and the SIMD width (P, N).
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "seqmix/chunked/streaming.hpp"  // StreamTraits: the per-token views of a call
@@ -213,6 +215,79 @@ TEST_CASE("ssd chunked register tiles: every panel width and ragged rows against
       require_close<4>("y", y.view(), ref.y.view());
       require_close<4>("final_state", s.view(), ref.state.view());
     }
+}
+
+// The chunked form keeps its C B^T tiles (calling thread) and each parallel block's chunk scratch
+// per thread across calls (SsdCbKeep, SsdTaskKeep in ssm/ssd/chunked.hpp). Calls whose shapes
+// grow and shrink (tiles, chunk size, P, N), one thread and two, a NaN in between, then
+// ssd_release_thread_scratch: each against the reference, and bit for bit a call on a fresh
+// thread (nothing kept).
+TEST_CASE("ssd chunked: the kept per-thread memory survives shape changes and is released", "[ssd]") {
+  using seqmix::detail::SsdCbKeep;
+  using seqmix::detail::SsdTaskKeep;
+  struct Shaped {
+    SsdCase c;
+    index_t chunk;
+  };
+  const Shaped cases[] = {{{1, 300, 4, 24, 80, 2, kAll, 120}, 64},
+                          {{2, 65, 2, 16, 16, 1, kSoftplus | kState, 121}, 32},
+                          {{1, 1000, 3, 33, 20, 1, kAll, 122}, 32},
+                          {{1, 70, 8, 64, 128, 2, kD | kZ, 123}, 128}};
+  struct Result {
+    Tensor<float, 4> y, state;
+  };
+  const auto run = [](const Shaped& s, const SsdData& data, const seqmix::Executor& executor) {
+    const SsdCase& c = s.c;
+    Result out{Tensor<float, 4>({c.B, c.T, c.H, c.P}), Tensor<float, 4>({c.B, c.H, c.P, c.N})};
+    seqmix::ssd(data.inputs(c), {out.y.view(), out.state.view()}, options_of(c, seqmix::SsdAlgorithm::chunked, s.chunk),
+                executor);
+    return out;
+  };
+  std::thread([&] {  // a thread of its own: nothing kept before, nothing left for the other cases
+    for (int round = 0; round < 2; ++round) {
+      for (const Shaped& s : cases) {
+        INFO(s.c.describe() << " chunk_size=" << s.chunk << " round " << round);
+        const SsdData data(s.c);
+        const Reference ref(s.c, data);
+        Result fresh;
+        std::thread([&] { fresh = run(s, data, seqmix::serial_executor()); }).join();
+        for (const seqmix::Executor* executor : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool())}) {
+          INFO("threads=" << executor->concurrency());
+          const Result out = run(s, data, *executor);
+          require_close<4>("y", out.y.view(), ref.y.view());
+          require_close<4>("final_state", out.state.view(), ref.state.view());
+          if (executor->concurrency() == 1) {
+            require_close<4>("y against a fresh thread", out.y.view(), fresh.y.view(), 0.0);
+            require_close<4>("final_state against a fresh thread", out.state.view(), fresh.state.view(), 0.0);
+          }
+        }
+      }
+      {  // a second call of the same shape runs in the kept memory (Eigen's matrices are not
+         // allocated by operator new: the allocation-counting tests cannot see them)
+        const SsdData data(cases[3].c);
+        run(cases[3], data, seqmix::serial_executor());
+        const float* tiles = SsdCbKeep::slot().data.get();
+        const float* lhs = SsdTaskKeep::slot().chunk->lhs.data();
+        const float* rhs = SsdTaskKeep::slot().chunk->rhs.data();
+        run(cases[3], data, seqmix::serial_executor());
+        CHECK(SsdCbKeep::slot().data.get() == tiles);
+        CHECK(SsdTaskKeep::slot().chunk->lhs.data() == lhs);
+        CHECK(SsdTaskKeep::slot().chunk->rhs.data() == rhs);
+      }
+      if (round == 0) {  // NaN left in the kept memory must not reach the second round
+        SsdData poisoned(cases[0].c);
+        poisoned.x.view()(0, 5, 1, 3) = std::nanf("");
+        poisoned.Bm.view()(0, 7, 0, 2) = std::nanf("");
+        const Result out = run(cases[0], poisoned, seqmix::serial_executor());
+        CHECK(std::isnan(out.y.view()(0, 7, 1, 3)));
+      }
+      CHECK(SsdCbKeep::slot().bytes() > 0);
+      CHECK(SsdTaskKeep::slot().bytes() > 0);
+      seqmix::ssd_release_thread_scratch();
+      CHECK(SsdCbKeep::slot().bytes() == 0);
+      CHECK(SsdTaskKeep::slot().bytes() == 0);
+    }
+  }).join();
 }
 
 TEST_CASE("ssd one call equals prefill(T1) + prefill(T2) + decode steps", "[ssd]") {

@@ -1,6 +1,7 @@
 // Zero heap allocations on the decode path of the selective state-space family: causal_conv1d_step,
 // ssd_step and selective_scan_step, dense and through state slots (a pool with holes, a padding
-// row, has_initial_state), serially and on a ThreadPool(2), after a warm-up.
+// row, has_initial_state), serially and on a ThreadPool(2), after a warm-up; and no large allocation
+// in ssd's chunked prefill, whose C B^T tiles and chunk scratch each thread keeps across calls.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -18,6 +19,7 @@ using seqmix::Tensor;
 namespace st = seqmix::testing;
 
 using st::allocations_after_warmup;
+using st::large_allocations_after_warmup;
 
 // Slots of 4 token rows in a pool of 9: a padding row, holes, one fresh sequence.
 const std::vector<std::int32_t> kSlots = {6, -1, 2, 0};
@@ -75,5 +77,28 @@ TEST_CASE("ssm decode steps allocate nothing after warm-up", "[alloc][ssm]") {
         CHECK(allocations_after_warmup(ex, [&] { seqmix::selective_scan_step(in, {y.view(), state.view()}, o, ex); }) == 0);
       }
     }
+  }
+}
+
+// ssd's chunked prefill at chunk 128: the C B^T tiles (5 chunks of 128 x 128 floats, 320 KiB) and
+// each block's chunk scratch are kept per thread (ssm/ssd/chunked.hpp), so after warm-up a call
+// allocates only its small plan. The counter sees the tiles (operator new); the scratch's Eigen
+// matrices bypass it (test_ssd.cpp checks that a call reuses them).
+TEST_CASE("ssd chunked prefill makes no large allocation after warm-up", "[alloc][ssm]") {
+  const seqmix::ThreadPool& pool = st::two_thread_pool();
+  const index_t T = 600, H = 8, P = 64, N = 128, G = 1;
+  const Tensor<float, 4> x = st::random_tensor<4>({1, T, H, P}, 1), z = st::random_tensor<4>({1, T, H, P}, 2);
+  const Tensor<float, 3> dt = st::random_tensor<3>({1, T, H}, 3, 0.f, 0.1f);
+  const Tensor<float, 1> A = st::random_tensor<1>({H}, 4, -1.f, -0.1f), D = st::random_tensor<1>({H}, 5);
+  const Tensor<float, 4> Bm = st::random_tensor<4>({1, T, G, N}, 6), Cm = st::random_tensor<4>({1, T, G, N}, 7);
+  Tensor<float, 4> y({1, T, H, P}), state({1, H, P, N});
+  const seqmix::SsdInputs in{x.view(), dt.view(), A.view(), Bm.view(), Cm.view(), D.view(), z.view(), {}, {}, {}};
+  seqmix::SsdOptions options;
+  options.algorithm = seqmix::SsdAlgorithm::chunked;
+  options.chunk_size = 128;
+  for (const bool threaded : {false, true}) {
+    const seqmix::Executor& ex = threaded ? static_cast<const seqmix::Executor&>(pool) : seqmix::serial_executor();
+    INFO("threaded=" << threaded);
+    CHECK(large_allocations_after_warmup(ex, [&] { seqmix::ssd(in, {y.view(), state.view(), {}}, options, ex); }) == 0);
   }
 }

@@ -9,9 +9,11 @@
 
 namespace {
 std::atomic<std::size_t> g_allocations{0};
+std::atomic<std::size_t> g_large_allocations{0};  // of at least kLargeAllocationBytes
 
 void* counted_allocate(std::size_t size, std::size_t alignment) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (size >= seqmix::testing::kLargeAllocationBytes) g_large_allocations.fetch_add(1, std::memory_order_relaxed);
   if (size == 0) size = 1;
   void* p = nullptr;
   if (alignment <= alignof(std::max_align_t)) {
@@ -26,6 +28,9 @@ void* counted_allocate(std::size_t size, std::size_t alignment) {
 }  // namespace
 
 std::size_t seqmix::testing::allocation_count() noexcept { return g_allocations.load(std::memory_order_relaxed); }
+std::size_t seqmix::testing::large_allocation_count() noexcept {
+  return g_large_allocations.load(std::memory_order_relaxed);
+}
 
 void* operator new(std::size_t size) { return counted_allocate(size, alignof(std::max_align_t)); }
 void* operator new[](std::size_t size) { return counted_allocate(size, alignof(std::max_align_t)); }

@@ -19,6 +19,12 @@ namespace seqmix::testing {
 // Total allocations made by any thread since the program started.
 std::size_t allocation_count() noexcept;
 
+// Allocations of at least kLargeAllocationBytes, the ones a prefill keeps per thread across calls
+// instead (core/thread_keep.hpp: glibc may hand such blocks back as fresh pages, faulted in again
+// on every call). A prefill's small per-call bookkeeping (its sequence map and plans) stays below.
+constexpr std::size_t kLargeAllocationBytes = std::size_t{64} << 10;
+std::size_t large_allocation_count() noexcept;
+
 class AllocationCounter {
  public:
   AllocationCounter() : start_(allocation_count()) {}
@@ -67,6 +73,16 @@ std::size_t allocations_after_warmup(const seqmix::Executor& executor, Step&& st
   AllocationCounter counter;
   for (int i = 0; i < kSteps; ++i) step();
   return counter.allocations();
+}
+
+// The same warm-up, then the allocations of at least kLargeAllocationBytes made by kSteps more calls.
+template <class Step>
+std::size_t large_allocations_after_warmup(const seqmix::Executor& executor, Step&& step) {
+  run_on_every_thread(executor, step, kWarmup);
+  for (int i = 0; i < kWarmup; ++i) step();
+  const std::size_t start = large_allocation_count();
+  for (int i = 0; i < kSteps; ++i) step();
+  return large_allocation_count() - start;
 }
 
 // How many times allocations_after_warmup calls `step` (for tests that count what the calls append).

@@ -11,7 +11,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -23,6 +25,7 @@
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
+#include "seqmix/core/thread_keep.hpp"
 #include "seqmix/ssm/ssd/bf16_products.hpp"
 #include "seqmix/ssm/ssd/gemm.hpp"
 #include "seqmix/ssm/ssd/reference.hpp"
@@ -89,7 +92,44 @@ struct SsdChunkScratch {
         a(static_cast<std::size_t>(L)), cs(static_cast<std::size_t>(ssd_vector_ceil(L))),
         decay_in(static_cast<std::size_t>(L)), decay_out(static_cast<std::size_t>(L)),
         cs_lo(static_cast<std::size_t>(ssd_vector_ceil(L))), xc(widened ? L : 0, P), bc(widened ? L : 0, N), cc(widened ? L : 0, N) {}
+
+  // A scratch kept across calls (SsdTaskScratch) is reused only for the same dimensions, after
+  // reset() puts back what the constructor initialized (the zeroed vectors; the matrices are
+  // written before they are read, the bf16 tiles and nonfinite_xd are sized and filled on use),
+  // so a call computes what it would on a fresh one, bit for bit.
+  bool fits(index_t L, index_t P, index_t N, bool widened) const {
+    return y.rows() == L && y.cols() == P && rhs.rows() == N + L && xc.rows() == (widened ? L : 0);
+  }
+  void reset() {
+    for (std::vector<float>* v : {&dt, &a, &cs, &decay_in, &decay_out, &cs_lo}) std::fill(v->begin(), v->end(), 0.f);
+    xd_finite = true;
+    growing = false;
+  }
+  std::size_t bytes() const {
+    const index_t floats = lhs.size() + rhs.size() + xw.size() + y.size() + nonfinite_xd.size() + xc.size() +
+                           bc.size() + cc.size();
+    const std::size_t vectors = dt.size() + a.size() + cs.size() + decay_in.size() + decay_out.size() + cs_lo.size();
+    return (static_cast<std::size_t>(floats) + vectors) * sizeof(float) +
+           (bf16.a.capacity() + bf16.b.capacity()) * sizeof(std::uint32_t);
+  }
 };
+
+// The chunked form's memory, kept by each thread across calls (core/thread_keep.hpp): allocated
+// per call, it faulted fresh pages in on every call wherever glibc handed it back (with
+// MALLOC_MMAP_THRESHOLD_=131072, mamba2-780m T 4096: 131 faults per call, the C B^T tiles).
+// A parallel block's chunk scratch, reused for the same dimensions (SsdChunkScratch::fits):
+struct SsdTaskScratch {
+  std::optional<SsdChunkScratch> chunk;
+  std::size_t bytes() const { return chunk ? chunk->bytes() : 0; }
+};
+using SsdTaskKeep = ThreadKept<SsdTaskScratch>;
+// The calling thread's C B^T tiles (SsdCbTiles), reused while large enough:
+struct SsdCbStorage {
+  std::unique_ptr<float[]> data;  // not zeroed: the C B^T tasks write a tile before it is read
+  std::size_t floats = 0;
+  std::size_t bytes() const { return floats * sizeof(float); }
+};
+using SsdCbKeep = ThreadKept<SsdCbStorage>;
 
 // mask[i][j] = cb[i][j] * exp(cs_i - cs_j) for j <= i, 0 above the diagonal. cs comes as a
 // float pair hi + lo (hi = cs rounded, lo = the rounding error of a double-precision prefix sum)
@@ -240,13 +280,20 @@ struct SsdChunkPlan {
 // The shared C B^T tiles: one per (group, chunk), each [l,l] packed at the start of a slot of
 // L*L floats and a vector. ssd_decay_mask reads a row up to the next whole vector, so past the
 // tile's last row by less than a vector: the slot's padding, zeroed by the tile's writer.
+// The memory comes from `storage` (the thread's kept one), grown when too small.
 struct SsdCbTiles {
   index_t L = 1, slot = 1;
-  std::unique_ptr<float[]> data;  // not zeroed here: the C B^T tasks first-touch their own rows
+  SsdCbStorage storage;
 
-  explicit SsdCbTiles(index_t tiles, index_t chunk)
-      : L(chunk), slot(chunk * chunk + simd::kWidth), data(new float[static_cast<std::size_t>(tiles * slot)]) {}
-  float* tile(index_t t) const noexcept { return data.get() + t * slot; }
+  SsdCbTiles(index_t tiles, index_t chunk, SsdCbStorage kept)
+      : L(chunk), slot(chunk * chunk + simd::kWidth), storage(std::move(kept)) {
+    const auto floats = static_cast<std::size_t>(tiles * slot);
+    if (storage.floats < floats) {
+      storage = SsdCbStorage{};  // the old tiles are freed before the larger ones are allocated
+      storage = SsdCbStorage{std::unique_ptr<float[]>(new float[floats]), floats};
+    }
+  }
+  float* tile(index_t t) const noexcept { return storage.data.get() + t * slot; }
 };
 
 // Row blocks per C B^T tile: one, unless the tiles are fewer than the threads (16 chunks at T 512
@@ -350,6 +397,14 @@ struct SsdChunkKernel {
   };
 
   Workspace make_workspace() const { return SsdChunkScratch(plan.L, dims.P, dims.N, kWidened); }
+  // make_workspace() in `kept`: the one kept there, reset, when it has those dimensions.
+  Workspace& workspace_in(std::optional<Workspace>& kept) const {
+    if (kept && kept->fits(plan.L, dims.P, dims.N, kWidened))
+      kept->reset();
+    else
+      kept.emplace(make_workspace());
+    return *kept;
+  }
   // The chunk's x, Bm and Cm rows: the inputs themselves (fp32) or their widened copies.
   SsdConstTile x_tile(const Head& hd, index_t t0, index_t l, const Workspace& s) const {
     if constexpr (kWidened) return ssd_widened(s.xc, l);
@@ -468,9 +523,10 @@ struct SsdChunkKernel {
   }
 };
 
-// The chunked prefill. Workspace, allocated once per call: G*chunks*(L*L + a vector) floats for the shared
-// C B^T tiles (plus contiguous copies of x, z, Bm, Cm if they have a strided last dimension),
-// and per task O(L*(L+P) + P*N) floats.
+// The chunked prefill. Workspace: G*chunks*(L*L + a vector) floats for the shared C B^T tiles
+// and per parallel block O(L*(L+P) + P*N) floats, both kept by the thread across calls
+// (SsdCbKeep, SsdTaskKeep; freed by ssd_release_thread_scratch), plus contiguous copies of x, z,
+// Bm, Cm if they have a strided last dimension (per call).
 // 16-bit x, Bm, Cm are never copied whole: they are widened a chunk at a time (any strides).
 template <class E>
 void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdOptions& options, const SsdDims& dims,
@@ -488,7 +544,7 @@ void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdO
   const index_t count = static_cast<index_t>(plan.seqs.size());
   if (count == 0) return;
   const index_t L = plan.L;
-  const SsdCbTiles cb(dims.G * plan.chunk_count(), L);
+  SsdCbTiles cb(dims.G * plan.chunk_count(), L, SsdCbKeep::take());
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb, executor);
 
   const bool bf16_dot = std::is_same_v<E, bf16> && options.bf16_compute == Bf16Compute::dot &&
@@ -496,8 +552,15 @@ void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdO
   const SsdColumnBlocks blocks = ssd_column_blocks(count * dims.H, dims.P, executor.concurrency());
   const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb, blocks, bf16_dot};
   const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
-  seqmix::chunkwise::run(kernel, count * dims.H * blocks.count, ssd_grain(mean_tokens * blocks.width * dims.N), L,
-                         executor);
+  // chunkwise::run's loop, with each block's workspace from the thread's kept one.
+  parallel_for(executor, count * dims.H * blocks.count, ssd_grain(mean_tokens * blocks.width * dims.N),
+               [&](index_t begin, index_t end) {
+                 SsdTaskScratch scratch = SsdTaskKeep::take();
+                 SsdChunkScratch& ws = kernel.workspace_in(scratch.chunk);
+                 for (index_t item = begin; item < end; ++item) seqmix::chunkwise::run_item(kernel, item, L, ws);
+                 SsdTaskKeep::give_back(std::move(scratch));
+               });
+  SsdCbKeep::give_back(std::move(cb.storage));
 }
 
 // Below this many tokens the recurrent form wins: the chunked form has fixed costs per call and
@@ -555,6 +618,18 @@ template <class H, class = std::enable_if_t<std::is_same_v<H, bf16> || std::is_s
 void ssd(const SsdInputsOf<H>& in, const SsdOutputs& out, const SsdOptions& options = {},
          const Executor& executor = serial_executor()) {
   detail::ssd_prefill(in, out, options, executor);
+}
+
+/// Frees the memory the calling thread keeps for ssd's chunked prefill, kept across calls so that
+/// a call does not fault fresh pages in: the C B^T tiles of the calling thread's calls (G * chunks
+/// * (L * L + 16) floats: 0.5 MiB at mamba2-780m T 4096, chunk 32) and the chunk scratch of the
+/// parallel blocks this thread ran (O(L * (L + P) + P * N) floats). At most 64 MiB of each per
+/// thread (a call that needs more frees it when it ends). Each thread that ran such a call or
+/// block (the caller's and every pool worker) keeps its own. Call it when the memory is wanted
+/// elsewhere; not while such a call runs on this thread. The next call allocates again.
+inline void ssd_release_thread_scratch() {
+  detail::SsdCbKeep::release();
+  detail::SsdTaskKeep::release();
 }
 
 }  // namespace seqmix
