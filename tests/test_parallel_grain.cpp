@@ -1,5 +1,5 @@
 // The counting executor behind seqmix-parallel-grain (testing/seqmix_testing/counting_executor.hpp)
-// and the causal prefill's paired query blocks that it led to (attention/dense/flash.hpp).
+// and the causal prefill's task order that it led to (attention/dense/flash.hpp).
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -92,10 +92,10 @@ TEST_CASE("parallel grain: list schedules and idle fractions of known task sets"
   CHECK(st::estimate_grain({equal_run(64, 1e-3), nested}, 0.0, 64).total_seconds == Approx(64e-3));
 }
 
-// Causal prefill pairs query blocks j and blocks-1-j in one task: even and odd block counts, a
-// ragged last block, more keys than queries (a cached prefix), one task per pair (64 claimed
-// threads) and a real pool, each against the reference.
-TEST_CASE("parallel grain: paired causal query blocks match the reference", "[parallel_grain]") {
+// The causal prefill hands out its (query block, KV head) tasks most expensive first: even and
+// odd block counts, a ragged last block, more keys than queries (a cached prefix), one thread
+// per task (64 claimed threads) and a real pool, each against the reference.
+TEST_CASE("parallel grain: causal query blocks, most expensive first, match the reference", "[parallel_grain]") {
   struct Shape {
     index_t B, Tq, Tk, Hq, Hkv;
   };
@@ -127,5 +127,16 @@ TEST_CASE("parallel grain: paired causal query blocks match the reference", "[pa
                 << " concurrency=" << ex->concurrency() << ": " << cmp.describe());
       CHECK(cmp.ok);
     }
+    // Every block once, in non-increasing cost (a ragged last block may cost less than a full one).
+    const seqmix::detail::AttentionDims d{s.B, s.Tq, s.Tk, s.Hq, s.Hkv, D, D};
+    const index_t bq = seqmix::detail::flash_query_block(s.Hq / s.Hkv, s.Tq);
+    const auto order = seqmix::detail::prefill_blocks_by_cost(in, options, d, bq);
+    REQUIRE(static_cast<index_t>(order.size()) == s.B * ((s.Tq + bq - 1) / bq));
+    std::vector<int> seen(static_cast<std::size_t>(s.B * s.Tq), 0);
+    for (std::size_t t = 0; t < order.size(); ++t) {
+      ++seen[static_cast<std::size_t>(order[t].b * s.Tq + order[t].i0)];
+      if (t > 0) CHECK(order[t].cost <= order[t - 1].cost);
+    }
+    for (const auto& block : order) CHECK(seen[static_cast<std::size_t>(block.b * s.Tq + block.i0)] == 1);
   }
 }

@@ -556,6 +556,39 @@ index_t lowest_query_position(const AttentionInputs<KV, Q>& in, const AttentionD
   return lowest;
 }
 
+// One block of queries [i0, i0 + nq) of batch row b: an unpacked prefill's task for each KV head.
+struct QueryBlock {
+  index_t b, i0, nq;
+  double cost;  // (query, key) pairs its rows see
+};
+
+// The query blocks of an unpacked prefill, most expensive first: cost = the (query, key) pairs
+// their rows can see (a causal block j visits j + 1 key tiles), ties in (b, i0) order. Handed
+// out in this order one at a time (Executor::run's counter), the costly blocks start first and
+// a call ends on its cheapest blocks (one key tile each, causal), so when one thread starts late
+// or runs slower (a shared machine, a core taken by another process) the other waits for at
+// most such a block. The former tasks of two blocks (j and blocks-1-j, equal cost) split as
+// equally on two equal threads (task CPU times list-scheduled: within 1-3% of an even split,
+// llama3-8b T = 256), but parallel_for handed them out in 8 runs of 2 tasks, ~0.6 ms of a
+// 2.9 ms call, which a slowed thread could leave the other to wait for.
+template <class KV, class Q>
+std::vector<QueryBlock> prefill_blocks_by_cost(const AttentionInputs<KV, Q>& in, const AttentionOptions& options,
+                                               const AttentionDims& d, index_t bq) {
+  std::vector<QueryBlock> blocks;
+  for (index_t b = 0; b < d.B; ++b)
+    for (index_t i0 = 0; i0 < d.Tq; i0 += bq) {
+      const index_t nq = std::min(bq, d.Tq - i0);
+      double pairs = 0;
+      for (index_t i = i0; i < i0 + nq; ++i) {
+        const VisibleKeys v = visible_keys(options, query_position(in, b, i), d.Tk);  // sink_end <= lo
+        pairs += static_cast<double>(v.sink_end + std::max<index_t>(v.hi - v.lo, 0));
+      }
+      blocks.push_back({b, i0, nq, pairs});
+    }
+  std::stable_sort(blocks.begin(), blocks.end(), [](const QueryBlock& x, const QueryBlock& y) { return x.cost > y.cost; });
+  return blocks;
+}
+
 // One task of a packed call: query block [i0, i0 + nq) of one sequence against KV head hk.
 struct VarlenTask {
   index_t seq, hk, i0, nq;
@@ -617,33 +650,22 @@ void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& o
   if (d.B * d.Tq * d.Hq == 0) return;
   if (in.batch.packed()) return attention_flash_varlen(in, out, options, d, executor);
   const float scale = attention_scale(options, d.Dk);
-  const index_t G = d.group(), bq = flash_query_block(G, d.Tq), blocks = (d.Tq + bq - 1) / bq;
+  const index_t G = d.group(), bq = flash_query_block(G, d.Tq);
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
   // T5 / KERPLE / FIRE per offset, once per call: with the default positions every offset is
   // within Tk (given positions farther away fall back to the formula, key by key).
   const DistanceBiasCache cache =
       prefill_bias_cache(in.relative_bias, d.Hq, d.Tq, d.Tk, lowest_query_position(in, d), executor);
   const DistanceBiasCache* const table = cache.built() ? &cache : nullptr;
-  // Task t = (group, j), j fastest: a contiguous range of tasks keeps one group's keys in cache.
-  // Causal: task j takes query blocks j and blocks-1-j, which together visit about the same
-  // number of keys whatever j, so every task costs about the same and a wide pool is not left
-  // waiting on the last blocks (128 single blocks of llama3-8b at T 1024 left ~40% of 64 cores
-  // idle; docs/parallel_grain.md). Without a causal mask every block costs the same already.
-  const bool paired = options.causal && blocks > 1;
-  const index_t per_group = paired ? (blocks + 1) / 2 : blocks;
-  parallel_for(executor, d.B * d.Hkv * per_group, 1, [&](index_t begin, index_t end) {
+  // One task per (query block, KV head), handed out one at a time most expensive first
+  // (prefill_blocks_by_cost), so the tasks that end a call are the cheapest ones.
+  const std::vector<QueryBlock> order = prefill_blocks_by_cost(in, options, d, bq);
+  executor.run(static_cast<index_t>(order.size()) * d.Hkv, [&](index_t t) {
+    const QueryBlock& block = order[static_cast<std::size_t>(t / d.Hkv)];
     FlashScratch& scratch = FlashScratch::local(bq * G, d.Dk, Dkp, Dvp);
-    for (index_t t = begin; t < end; ++t) {
-      const index_t j = t % per_group, group = t / per_group, b = group / d.Hkv, hk = group % d.Hkv;
-      const auto run_block = [&](index_t block) {
-        const index_t i0 = block * bq;
-        flash_block_dense(in, out, options, d, scale, b, hk, i0, std::min(bq, d.Tq - i0), scratch,
-                          [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
-                          table);
-      };
-      run_block(j);
-      if (paired && blocks - 1 - j != j) run_block(blocks - 1 - j);  // not the middle block of an odd count
-    }
+    flash_block_dense(in, out, options, d, scale, block.b, t % d.Hkv, block.i0, block.nq, scratch,
+                      [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
+                      table);
   });
 }
 
