@@ -45,12 +45,16 @@ inline index_t flash_query_block(index_t G, index_t Tq) {
 
 // Per-thread scratch of the prefill (FlashScratch::local keeps one per thread).
 struct FlashScratch {
-  AlignedVector<float> q, kt, v, s, acc, alpha, row;
+  AlignedVector<float> q, kt, v, s, acc, alpha, sums, row;
   AlignedVector<float> keys;  // 16 key rows widened (and rotated) for the register transpose
   std::vector<index_t> pos, ends;  // ends: per row, the keys of the current tile it can see
   std::vector<SoftmaxRow> state;
   NonFiniteKeys bad;              // value rows kept out of the P V GEMM (NaN / inf)
   std::vector<float> bad_rows;    // their saved contents (sized on first use)
+  // True from flash_begin until the task's first P V product: acc then holds nothing yet, and
+  // that product writes acc = P V instead of rescaling a zero-filled acc (the same values: the
+  // first factor scales zeros), which saves the 128 KB fill and re-read of a 256-row task.
+  bool acc_empty = false;
   FlashScratch(index_t rows, index_t Dk, index_t Dkp, index_t Dvp)
       : q(static_cast<std::size_t>(rows * Dkp)),
         kt(static_cast<std::size_t>(Dk * kFlashKeyTile)),
@@ -58,6 +62,7 @@ struct FlashScratch {
         s(static_cast<std::size_t>(rows * kFlashKeyTile)),
         acc(static_cast<std::size_t>(rows * Dvp)),
         alpha(static_cast<std::size_t>(rows)),
+        sums(static_cast<std::size_t>(rows)),
         row(static_cast<std::size_t>(Dk)),
         keys(static_cast<std::size_t>(16 * round_up(Dk, 16))),
         pos(static_cast<std::size_t>(rows)),
@@ -113,11 +118,11 @@ void load_key_tile_rotated(const AttentionInputs<KV, Q>& in, index_t b, index_t 
 template <class KV, class Q>
 index_t flash_begin(const AttentionInputs<KV, Q>& in, const AttentionDims& d, float scale, index_t b, index_t hk,
                     index_t i0, index_t nq, FlashScratch& w) {
-  const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth);
+  const index_t G = d.group(), M = nq * G, Dkp = round_up(d.Dk, simd::kWidth);
   load_query_rows(in, b, hk, G, i0, nq, scale, w.q.data(), Dkp);
   for (index_t r = 0; r < M; ++r) w.pos[r] = query_position(in, b, i0 + r / G);
   std::fill(w.state.begin(), w.state.begin() + M, SoftmaxRow{});
-  std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);
+  w.acc_empty = true;  // acc is written by the first tile's P V (FlashScratch::acc_empty)
   return M;
 }
 
@@ -126,17 +131,36 @@ index_t flash_begin(const AttentionInputs<KV, Q>& in, const AttentionDims& d, fl
 // causal diagonal, diagonal_row_ends) a row's exponentials stop at the vector holding its last
 // visible key: the logits past it are -inf, whose weights are exactly 0, so they are stored as
 // 0 without an exp (the same P, m and l bit for bit; about 3/8 of a diagonal tile's exps).
+// Three passes over the rows, online_softmax_tile's arithmetic split at its branches (the rule
+// and each row's new maximum; the exps and sums; the (m, l) updates): row by row, each row's
+// reductions and exps waited on the one before behind data-dependent branches (whether the
+// maximum moved). Rows that see no key yet (maximum -inf) take online_softmax_tile whole.
 template <class KV, class Q>
 void flash_softmax(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
                    index_t j0, index_t n, FlashScratch& w, const index_t* ends = nullptr) {
   const index_t G = d.group(), T = kFlashKeyTile;
+  const auto width_of = [&](index_t r) { return ends ? std::min<index_t>(T, round_up(ends[r], simd::kWidth)) : T; };
+  float* m_new = w.alpha.data();  // each row's new maximum until the last pass makes it the factor
   for (index_t r = 0; r < M; ++r) {
     float* s = w.s.data() + r * T;
     rule.apply(s, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
-    const index_t width = ends ? std::min<index_t>(T, round_up(ends[r], simd::kWidth)) : T;
-    w.alpha[r] = online_softmax_tile(s, width, w.state[r].m, w.state[r].l);
-    std::fill(s + width, s + T, 0.f);
+    m_new[r] = std::max(w.state[r].m, row_max(s, width_of(r)));
   }
+  for (index_t r = 0; r < M; ++r) {
+    float* s = w.s.data() + r * T;
+    const index_t width = width_of(r);
+    if (m_new[r] == kMinusInf) {  // done here: alpha gets its factor, sums the mark -inf
+      w.alpha[r] = online_softmax_tile(s, width, w.state[r].m, w.state[r].l);
+      w.sums[r] = kMinusInf;
+    } else {
+      w.sums[r] = softmax_tile_exps(s, width, m_new[r]);  // >= 0 or NaN
+    }
+    // Only where something is past the width: an empty fill of 0.f is still a memset call, one
+    // per row of every tile (~3% of a T = 256 prefill's samples in memset, perf, loaded).
+    if (width < T) std::fill(s + width, s + T, 0.f);
+  }
+  for (index_t r = 0; r < M; ++r)
+    if (w.sums[r] != kMinusInf) w.alpha[r] = softmax_tile_update(w.state[r].m, w.state[r].l, m_new[r], w.sums[r]);
 }
 
 // ---- tiles that cross the causal diagonal ------------------------------------------------------
@@ -219,13 +243,22 @@ inline void gemm_scores(const float* A, index_t lda, const float* B, index_t ldb
   });
 }
 
-// acc [M x N] = diag(alpha) acc + P [M x K] V [K x N]; with ends (row r's weights past ends[r]
-// are 0) each block of rows runs over the keys its rows reach (every block is rescaled).
+// acc [M x N] = diag(alpha) acc + P [M x K] V [K x N] (acc = P V when alpha is null); with ends
+// (row r's weights past ends[r] are 0) each block of rows runs over the keys its rows reach (every
+// block is written).
 inline void gemm_values(const float* P, index_t ldp, const float* V, index_t ldv, float* acc, index_t ldacc,
                         index_t M, index_t N, index_t K, const float* alpha, const index_t* ends) noexcept {
   if (!ends && M <= 4) return gemm(P, ldp, V, ldv, acc, ldacc, M, N, K, alpha);
   flash_gemm(P, ldp, V, ldv, acc, ldacc, M, N, alpha,
              [&](index_t, index_t r, index_t rows) { return ends ? block_end(ends, r, rows) : K; });
+}
+
+// The row factors of the tile's P V product: none for the task's first (acc = P V, see
+// FlashScratch::acc_empty), w.alpha after it. Called once per tile, right before that product.
+inline const float* first_rescale(FlashScratch& w) noexcept {
+  const bool first = w.acc_empty;
+  w.acc_empty = false;
+  return first ? nullptr : w.alpha.data();
 }
 
 // One key tile whose keys and values are in w.kt / w.v (fp32): S = Q K^T, softmax, acc += P V.
@@ -249,7 +282,7 @@ void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b,
       std::fill(row, row + Dvp, 0.f);
     }
   }
-  gemm_values(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, w.alpha.data(), ends);
+  gemm_values(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, first_rescale(w), ends);
   if (guard) {
     for (index_t b = 0; b < w.bad.count; ++b) {
       const index_t j = w.bad.key[b];
@@ -268,6 +301,7 @@ template <class KV, class Q>
 void flash_finish(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionDims& d, index_t b,
                   index_t hk, index_t i0, index_t M, FlashScratch& w) {
   const index_t G = d.group(), Dvp = round_up(d.Dv, simd::kWidth);
+  if (w.acc_empty) std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);  // no tile visited: zeros
   const bool has_sink = in.sink_logits.has_value();
   for (index_t r = 0; r < M; ++r) {
     const index_t i = i0 + r / G, h = hk * G + r % G;
@@ -470,7 +504,7 @@ void gemm_bf16_values_panel(const std::uint32_t* P, index_t ldp, const std::uint
                             index_t ldacc, index_t M, const float* alpha, const index_t* ends) noexcept {
   for (index_t r = 0; r < M; r += kBf16GemmRows) {
     const index_t rows = std::min<index_t>(kBf16GemmRows, M - r), pairs = (block_end(ends, r, rows) + 1) / 2;
-    gemm_bf16_columns<NV>(P + r * ldp, ldp, V, ldv, acc + r * ldacc, ldacc, rows, pairs, alpha + r);
+    gemm_bf16_columns<NV>(P + r * ldp, ldp, V, ldv, acc + r * ldacc, ldacc, rows, pairs, alpha ? alpha + r : nullptr);
   }
 }
 
@@ -512,11 +546,11 @@ void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs
       gemm_bf16(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, nullptr);
     flash_softmax(rule, d, b, hk, i0, M, j0, n, w, diagonal ? w.ends.data() : nullptr);
     for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.s.data() + r * T, T, x.p.data() + r * (T / 2));
+    const float* alpha = first_rescale(w);
     if (diagonal)
-      gemm_bf16_values_to_ends(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, w.alpha.data(),
-                               w.ends.data());
+      gemm_bf16_values_to_ends(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, alpha, w.ends.data());
     else
-      gemm_bf16(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, (n + 1) / 2, w.alpha.data());
+      gemm_bf16(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, (n + 1) / 2, alpha);
   }
   flash_finish(in, out, d, b, hk, i0, M, w);
 }

@@ -41,6 +41,37 @@ inline float row_max(const float* s, index_t n) noexcept {
   return top;
 }
 
+// The two halves of online_softmax_tile for a row whose new maximum m_new (= max(m, row_max(s,
+// n))) is finite: softmax_tile_exps replaces s by p = exp(s - m_new) and returns their sum;
+// softmax_tile_update folds that sum into (m, l) and returns the factor exp(m - m_new) for the
+// accumulator. The prefill runs them as passes over a tile's rows (flash_softmax), so the rows'
+// independent reductions and exps overlap instead of waiting on each row's branches.
+inline float softmax_tile_exps(float* s, index_t n, float m_new) noexcept {
+  const simd::Batch<float> shift(m_new);
+  simd::Batch<float> sum(0.f);
+  const index_t nv = simd::vector_end(n);
+  for (index_t j = 0; j < nv; j += simd::kWidth) {
+    const simd::Batch<float> p = simd::exp(simd::load(s + j) - shift);
+    simd::store(s + j, p);
+    sum += p;
+  }
+  float total = simd::reduce_add(sum);
+  for (index_t j = nv; j < n; ++j) {
+    s[j] = std::exp(s[j] - m_new);
+    total += s[j];
+  }
+  return total;
+}
+
+inline float softmax_tile_update(float& m, float& l, float m_new, float total) noexcept {
+  // The running maximum held (most rows of most tiles): exp(0) = 1 without the libm call, which
+  // was a scalar exp per row of every tile.
+  const float alpha = m == m_new ? 1.f : m == kMinusInf ? 0.f : std::exp(m - m_new);
+  l = l * alpha + total;
+  m = m_new;
+  return alpha;
+}
+
 // One row of the online softmax over a new tile of logits s[0..n) (-inf = invisible). Replaces
 // s by p = exp(s - m_new), updates (m, l) and returns the factor exp(m_old - m_new) the caller
 // applies to its accumulator. A row that has seen no visible key keeps m = -inf, l = 0, p = 0.
@@ -55,25 +86,8 @@ inline float online_softmax_tile(float* s, index_t n, float& m, float& l) noexce
     }
     m_new = std::numeric_limits<float>::quiet_NaN();
   }
-  const simd::Batch<float> shift(m_new);
-  simd::Batch<float> sum(0.f);
-  const index_t nv = simd::vector_end(n);
-  for (index_t j = 0; j < nv; j += simd::kWidth) {
-    const simd::Batch<float> p = simd::exp(simd::load(s + j) - shift);
-    simd::store(s + j, p);
-    sum += p;
-  }
-  float total = simd::reduce_add(sum);
-  for (index_t j = nv; j < n; ++j) {
-    s[j] = std::exp(s[j] - m_new);
-    total += s[j];
-  }
-  // The running maximum held (most rows of most tiles): exp(0) = 1 without the libm call, which
-  // was a scalar exp per row of every tile.
-  const float alpha = m == m_new ? 1.f : m == kMinusInf ? 0.f : std::exp(m - m_new);
-  l = l * alpha + total;
-  m = m_new;
-  return alpha;
+  const float total = softmax_tile_exps(s, n, m_new);
+  return softmax_tile_update(m, l, m_new, total);
 }
 
 // Unnormalized online-softmax state of one row: the (m, l) pair; acc lives beside it.
