@@ -144,4 +144,18 @@ void run(const Kernel& kernel, index_t items, index_t grain, index_t chunk, cons
   });
 }
 
+/// run, with each parallel block's workspace from the memory its thread keeps across calls
+/// instead of a fresh make_workspace(): Keep is a core/thread_keep.hpp ThreadKept<Scratch>, and
+/// workspace_of(Scratch&) returns the block's Workspace& in it (made or reset there).
+template <class Keep, class Kernel, class WorkspaceOf>
+void run_kept(const Kernel& kernel, index_t items, index_t grain, index_t chunk, const Executor& executor,
+              WorkspaceOf&& workspace_of) {
+  parallel_for(executor, items, grain, [&](index_t begin, index_t end) {
+    auto scratch = Keep::take();
+    typename Kernel::Workspace& ws = workspace_of(scratch);
+    for (index_t item = begin; item < end; ++item) run_item(kernel, item, chunk, ws);
+    Keep::give_back(std::move(scratch));
+  });
+}
+
 }  // namespace seqmix::chunkwise

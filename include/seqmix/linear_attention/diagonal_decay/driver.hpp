@@ -511,19 +511,6 @@ struct RecurrentPrefillScratch {
 };
 using RecurrentPrefillKeep = ThreadKept<RecurrentPrefillScratch>;
 
-// The chunked form with a JRT prefix (linear_attention): one head at a time through the engine
-// (ChunkKernel::prefix_tokens), each block's workspace from the thread's kept one.
-template <class Kernel>
-void run_chunked_prefix_heads(const Kernel& kernel, const PrefillPlan& plan, index_t sequences,
-                              const Executor& executor) {
-  parallel_for(executor, sequences * plan.HV, 1, [&](index_t begin, index_t end) {
-    ChunkedPrefillScratch scratch = ChunkedPrefillKeep::take();
-    ChunkTaskWorkspace& ws = kernel.workspace_in(scratch.whole, plan.V);
-    for (index_t item = begin; item < end; ++item) seqmix::chunkwise::run_item(kernel, item, plan.chunk, ws);
-    ChunkedPrefillKeep::give_back(std::move(scratch));
-  });
-}
-
 // Prefill: make_head(b, hv) returns the HeadProblem of one (batch row, value head) over all T
 // tokens of the row; the driver cuts it to each sequence of plan.seqs. Each parallel block
 // sets up its workspace and states once (the recurrent form's from the thread's kept
@@ -537,8 +524,12 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
   const index_t sequences = static_cast<index_t>(order.size());
   if (plan.algorithm == LinearAttentionAlgorithm::chunked) {
     const ChunkKernel<std::remove_reference_t<MakeHead>> kernel{plan, io, order, make_head};
-    if (plan.prefix_len > 0)
-      run_chunked_prefix_heads(kernel, plan, sequences, executor);
+    const auto whole_width = [&](ChunkedPrefillScratch& scratch) -> ChunkTaskWorkspace& {
+      return kernel.workspace_in(scratch.whole, plan.V);
+    };
+    if (plan.prefix_len > 0)  // JRT prefix (linear_attention): one head at a time (ChunkKernel::prefix_tokens)
+      seqmix::chunkwise::run_kept<ChunkedPrefillKeep>(kernel, sequences * plan.HV, 1, plan.chunk, executor,
+                                                      whole_width);
     else
       run_chunked_heads(kernel, plan, sequences, executor);
     return;

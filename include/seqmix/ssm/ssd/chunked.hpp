@@ -552,14 +552,9 @@ void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdO
   const SsdColumnBlocks blocks = ssd_column_blocks(count * dims.H, dims.P, executor.concurrency());
   const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb, blocks, bf16_dot};
   const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
-  // chunkwise::run's loop, with each block's workspace from the thread's kept one.
-  parallel_for(executor, count * dims.H * blocks.count, ssd_grain(mean_tokens * blocks.width * dims.N),
-               [&](index_t begin, index_t end) {
-                 SsdTaskScratch scratch = SsdTaskKeep::take();
-                 SsdChunkScratch& ws = kernel.workspace_in(scratch.chunk);
-                 for (index_t item = begin; item < end; ++item) seqmix::chunkwise::run_item(kernel, item, L, ws);
-                 SsdTaskKeep::give_back(std::move(scratch));
-               });
+  seqmix::chunkwise::run_kept<SsdTaskKeep>(
+      kernel, count * dims.H * blocks.count, ssd_grain(mean_tokens * blocks.width * dims.N), L, executor,
+      [&](SsdTaskScratch& scratch) -> SsdChunkScratch& { return kernel.workspace_in(scratch.chunk); });
   SsdCbKeep::give_back(std::move(cb.storage));
 }
 
