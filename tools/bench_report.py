@@ -8,7 +8,9 @@ benchmark program (--benchmark_format=json). The report goes to OUT_DIR/<machine
 report.md (tables per family: time, GFLOP/s or GB/s, efficiency against this machine's limits,
 speed-up over the reference loop, one- vs two-thread time) and PNG plots (efficiency per
 operator as bars; time against T or Tk where a case was run at several lengths). OUT_DIR/README.md
-indexes every report kept, per machine, so an EPYC run never overwrites a Xeon run.
+indexes every report kept, per machine, so an EPYC run never overwrites a Xeon run. The report
+opens with issue 19 item 4's targets: every case a group of tools/bench_targets.json names, against
+its bar, and for a case below the bar the limit known to hold it there (or "not explained").
 
 scripts/bench_report.sh runs the benchmarks and then this script; matplotlib comes from Debian's
 python3-matplotlib (installed by `bash scripts/install-deps.sh report`).
@@ -29,6 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 REFERENCE = "reference"
 ONE_THREAD = "1thread"
 LENGTH_PATTERN = re.compile(r"(?<![A-Za-z])(Tk|T)(\d+)")
+# The bars of issue 19 item 4 and what is known to stop each kernel below its bar.
+TARGETS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_targets.json")
 
 
 def load(raw_dir):
@@ -188,6 +192,7 @@ def write_report(limits, programs, out_root, raw_dir):
         "repetitions; quote them with the CPU above, never across machines.",
         "",
     ]
+    lines += targets_section(limits, programs, TARGETS_PATH)
     pngs = 0
     for program, table in tables.items():
         lines += [f"## {program}", ""]
@@ -209,6 +214,54 @@ def write_report(limits, programs, out_root, raw_dir):
         f.write("\n".join(lines))
     write_index(out_root)
     return out_dir, sum(len(t) for t in tables.values()), pngs
+
+
+def target_rows(group, programs, has_amx):
+    """(case, value, bar, stops, where) for every case of this run that one of the group's patterns names."""
+    rows = []
+    for spec in group["cases"]:
+        pattern = re.compile(spec["pattern"])
+        bar = group.get("at_least_with_amx", group["at_least"]) if spec.get("amx_bar") and has_amx else group["at_least"]
+        for data in programs.values():
+            for row in data["rows"]:
+                case = clean_name(row["name"])
+                value = row.get(group["counter"])
+                if value is not None and pattern.fullmatch(case):
+                    rows.append((case, value, bar, spec.get("stops", ""), spec.get("where", "")))
+    return rows
+
+
+def targets_section(limits, programs, path):
+    """Issue 19 item 4's bars beside this run's figures, and for each case below its bar the limit that
+    holds it there and the page with the measurement (from tools/bench_targets.json)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        groups = json.load(f)["groups"]
+    has_amx = limits.get("amx_bf16_gflops") is not None
+    lines = ["## Targets (issue 19 item 4)", "",
+             "Each case against its bar in this run. Below the bar, `what stops it` names the limit that holds "
+             "the case there, as measured on the page named (`tools/bench_targets.json` keeps these); "
+             "`not explained` means no measurement says yet.", ""]
+    for group in groups:
+        rows = target_rows(group, programs, has_amx)
+        lines += [f"### {group['target']}", ""]
+        if not rows:
+            lines += ["No case of this group ran.", ""]
+            continue
+        met = sum(1 for _, value, bar, _, _ in rows if value >= bar)
+        lines += [f"{met} of {len(rows)} cases at or above the bar (counter `{group['counter']}`).", "",
+                  "| case | measured | bar | what stops it |", "|---|---|---|---|"]
+        for case, value, bar, stops, where in rows:
+            if value >= bar:
+                reason = "met"
+            elif stops:
+                reason = f"{stops} ({where})" if where else stops
+            else:
+                reason = "not explained"
+            lines.append(f"| `{case}` | {value:.2f} | {bar:.2f} | {reason} |")
+        lines.append("")
+    return lines
 
 
 def grain_section(raw_dir):
