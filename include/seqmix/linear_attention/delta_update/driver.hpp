@@ -210,8 +210,8 @@ inline WyWorkspace& factor_scratch(index_t chunk, index_t K) {
 /// record (57 KB at chunk 32, K = 128) into L2: another task wrote it, so it comes from L3 or
 /// memory, and the hardware prefetchers stop at every 4 KB page of it. On a CountingExecutor
 /// claiming 64 threads (gdn-h4, K = V = 128, T 1024, loaded AMD EPYC Zen 5) the block tasks that
-/// read a segment's records first took 1.7-2x the others; with the request 1.4-1.5x, and the
-/// chunk-parallel pass A's work fell 5-7%.
+/// read a segment's records first took 1.7-2x the others; with the request 1.3-1.5x, and the
+/// chunk-parallel pass A's work fell 5-8% (docs/parallel_grain.md, the delta-rule bullet).
 inline void run_block_chunks(const DeltaHead& p, index_t chunk, float* f0, index_t c0, index_t c1, RowMatrix& S,
                              WyWorkspace& wy) {
   const index_t K = p.K(), stride = WyFactors::floats(chunk, K);
