@@ -210,8 +210,8 @@ TEST_CASE("gated_delta_rule: one call equals prefill + prefill + steps", "[gated
     GdrResult full(c);
     seqmix::gated_delta_rule(data.inputs(), full.outputs(), options);
 
-    // Pieces [0,100) and [100,137) (the automatic choice: chunked for either gate), then 13 steps,
-    // the state carried in place.
+    // Pieces [0,100) and [100,137) (the automatic choice: chunked for either gate on 16-lane
+    // vectors, recurrent on 4), then 13 steps, the state carried in place.
     Tensor<float, 4> state({c.B, c.HV, c.K, c.V});
     seqmix::copy(data.s0.cview(), state.view());
     Tensor<float, 4> o({c.B, c.T, c.HV, c.V});

@@ -148,20 +148,23 @@ TEST_CASE("parallel grain delta: value-column blocks of gated_delta_rule and KDA
       // From 3 blocks on the chunk factors are shared (delta_update::kShareFactorsMinBlocks; with
       // 2 blocks above, not), one record per (item, chunk) of the default 32 tokens: KDA's
       // chunked form over packed sequences of 130, 70 and 5 tokens (5 + 3 + 1 chunks per head);
-      // the gdn-h4 grain, 4 heads of 5 chunks (4 x 32 + 22 tokens) in 4 blocks each; a short
-      // sequence (5 tokens) that stays recurrent beside chunked ones (5 + 3 chunks per head).
+      // the gdn-h4 grain, 4 heads of 5 chunks (4 x 32 + 22 tokens) in 4 blocks each; a 1-token
+      // sequence that stays recurrent beside chunked ones (5 + 3 chunks per head). K = 128: the
+      // automatic choice (delta_update::choose_delta_algorithm) takes the chunked form for the
+      // 70 and more tokens and the recurrent kernel for 1 token at 4, 8 and 16 floats per vector.
       {1, 205, 1, 2, 32, 97, DeltaGate::channel, DeltaAlgorithm::chunked, {0, 70, 75, 205}, false, 64, 3 * 2 * 3, 9 * 2},
-      {1, 150, 4, 4, 32, 128, DeltaGate::scalar, DeltaAlgorithm::automatic, {}, false, 64, 4 * 4, 4 * 5},
-      {1, 205, 2, 2, 32, 96, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 64, 3 * 2 * 3, 8 * 2},
+      {1, 150, 4, 4, 128, 128, DeltaGate::scalar, DeltaAlgorithm::automatic, {}, false, 64, 4 * 4, 4 * 5},
+      {1, 201, 2, 2, 128, 96, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 131, 201}, false, 64, 3 * 2 * 3, 8 * 2},
       // Items that fill the threads run in tasks of ceil(HV / threads) heads of one sequence
       // advancing chunk by chunk together (delta_update::run_item_groups), at most as many as
       // keep their states in 512 KB: HV = 5 on 2 threads, tasks of 3 and 2 heads; on 4 threads
-      // tasks of 2, 2 and 1 (B = 2); one thread, all heads of each packed sequence in one task,
-      // the 5-token one recurrent; K = V = 128, 8 heads at most (8 + 2); KDA's chunked form;
+      // tasks of 2, 2 and 1 (B = 2); one thread, all heads of each packed sequence in one task
+      // (the chunked form asked for: the automatic choice depends on the vector width here);
+      // K = V = 128, 8 heads at most (8 + 2); KDA's chunked form;
       // token states (recurrent: one head per task as before).
       {1, 150, 1, 5, 32, 40, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 2, 2, 0},
       {2, 100, 1, 5, 32, 40, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 4, 2 * 3, 0},
-      {1, 205, 2, 4, 48, 33, DeltaGate::scalar, DeltaAlgorithm::automatic, {0, 130, 135, 205}, false, 1, 3, 0},
+      {1, 205, 2, 4, 48, 33, DeltaGate::scalar, DeltaAlgorithm::chunked, {0, 130, 135, 205}, false, 1, 3, 0},
       {1, 70, 1, 10, 128, 128, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, false, 1, 2, 0},
       {1, 205, 1, 3, 32, 40, DeltaGate::channel, DeltaAlgorithm::chunked, {0, 70, 75, 205}, false, 2, 3 * 2, 0},
       {2, 150, 1, 3, 64, 75, DeltaGate::scalar, DeltaAlgorithm::chunked, {}, true, 1, 2 * 3, 0},
@@ -347,7 +350,8 @@ TEST_CASE("parallel grain delta: head groups hand each head's state in and out",
   // Tasks of several heads of one sequence (delta_update::run_item_groups: HV = 6 on 2 threads,
   // 2 tasks of 3 heads per sequence) swap each head's state through one scratch: every way a
   // state can come in and go out must still reach the right head and sequence. Packed sequences
-  // of 130, 5 (recurrent), 70 and 65 tokens; the variants: no initial state, no final state,
+  // of 130, 5, 70 and 65 tokens, the chunked form asked for (the automatic choice at K 32 V 40
+  // depends on the vector width); the variants: no initial state, no final state,
   // final_state the initial_state view (in place), pool slots with a padding sequence and a
   // fresh one (in place); and a reverse call (dense: 2 rows of 135 tokens).
   const index_t HV = 6, K = 32, V = 40;
@@ -367,6 +371,7 @@ TEST_CASE("parallel grain delta: head groups hand each head's state in and out",
     seqmix::GatedDeltaRuleOptions options;
     options.chunk_size = 32;
     options.reverse = reverse;
+    options.algorithm = DeltaAlgorithm::chunked;
     if (variant == 0) in.initial_state = {};
     if (variant == 3) in.batch.state_indices = slots, in.batch.has_initial_state = has_initial;
     const bool in_place = variant == 2 || variant == 3, has_final = variant != 1;

@@ -264,8 +264,8 @@ struct StreamTraits<DeltaRuleInputsOf<T>>
   }
   static Options fix_options(Options o, const DeltaRuleInputsOf<T>& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_update::choose_delta_algorithm(false, std::numeric_limits<index_t>::max(), in.k.size(3),
-                                                         in.v.size(3), o.chunk_size);
+      o.algorithm = delta_update::choose_delta_algorithm(
+          {std::numeric_limits<index_t>::max(), in.k.size(3), in.v.size(3), in.v.size(2), o.chunk_size, o.bf16_compute});
     return o;
   }
   static void run(const DeltaRuleInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
@@ -299,8 +299,8 @@ struct StreamTraits<GatedDeltaRuleInputsOf<T>>
   }
   static Options fix_options(Options o, const GatedDeltaRuleInputsOf<T>& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_update::choose_delta_algorithm(o.gate == DeltaGate::channel, std::numeric_limits<index_t>::max(),
-                                                         in.k.size(3), in.v.size(3), o.chunk_size);
+      o.algorithm = delta_update::choose_delta_algorithm(
+          {std::numeric_limits<index_t>::max(), in.k.size(3), in.v.size(3), in.v.size(2), o.chunk_size, o.bf16_compute});
     return o;
   }
   static void run(const GatedDeltaRuleInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <type_traits>
 #include <vector>
 
+#include "seqmix/core/bf16_gemm.hpp"
 #include "seqmix/core/chunkwise/engine.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/prefetch.hpp"
@@ -19,30 +21,101 @@
 
 namespace seqmix::delta_update {
 
-/// 8: the fewest tokens for which the chunked form was measured faster with a scalar gate
-/// (H32 K64 T8: 0.13 against 0.20 ms for the recurrent kernel, one thread, same run).
-constexpr index_t kChunkedMinTokens = 8;
+/// One sequence of a prefill, as choose_delta_algorithm sees it. The gate does not enter: with
+/// no gate, a scalar gate or per-channel gates the crossover fell at the same points (measured
+/// below), each gate's extra work costing both forms alike.
+struct DeltaShape {
+  index_t tokens;  ///< the sequence's length
+  index_t K, V;    ///< key and value head sizes
+  index_t heads;   ///< value heads (HV), whose rows lie between a head's rows of one token
+  index_t chunk;   ///< the chunked form's chunk size
+  Bf16Compute compute = Bf16Compute::fp32;  ///< dot: the chunked form's products on bf16 dot products
+};
 
-/// 8: the fewest tokens for which KDA's chunked form (per-channel gates) was measured faster
-/// (H32 K128, one thread, same run: T8 0.46 against 0.60 ms at load 13, 1.30x, and 0.37-0.38
-/// against 0.40 ms at load 6, 1.05-1.08x; T16 1.26-1.56x; T4 0.26 against 0.25 ms, the recurrent
-/// kernel ahead). Its own constant: the per-channel operands make KDA's chunk costs differ from
-/// the scalar gate's, so the two thresholds are measured separately.
-constexpr index_t kChannelChunkedMinTokens = 8;
+/// The recurrent kernel's cost of one token of one head, in dependent steps (recurrent.hpp): each
+/// column tile runs two sweeps over the K rows of S, each row waiting on the previous row's FMA
+/// (p += alpha_r S_r, then acc += q_r S_r), so a tile costs 2K steps whatever its width; only a
+/// 4-vector tile, bound by its loads, stores and 12 vector operations per row rather than by the
+/// chain, costs twice that; a scalar tail column is a tile of its own. `width`: floats per vector
+/// (the kernel's tiles are simd::kWidth wide). Measured (one thread, per token and head): 0.036 us
+/// at K = V = 16 (32 steps), 0.12-0.13 at 32 (128), 0.25 at 48 (288), 0.23-0.27 at 64 (256),
+/// 0.77-1.1 at 96 (768), 1.2-1.5 at 128 (1024, S no longer in L1): about 1 ns per step.
+inline double recurrent_token_steps(index_t K, index_t V, index_t width) {
+  const index_t wide = V / (4 * width), narrow = V % (4 * width) / width, tail = V % width;
+  return 2.0 * static_cast<double>(K) * static_cast<double>(2 * wide + narrow + tail);
+}
 
-/// Picks the prefill algorithm. Measured with one thread, thread CPU time, both forms in the same
-/// run on the loaded 2-core AVX-512 (Zen 5) machine, chunk 64 (README.md, "Which prefill runs"):
-/// with a scalar gate or none the chunked WY form on its register-tile products
-/// (small_gemm.hpp) is 1.6-2.7x the recurrent kernel from T 8 up (H16 K64 T1024: 1.64 against
-/// 2.7 ms per 4 heads; H2 K128 T1024: 2.0 against 5.4 ms); below 8 tokens the chunk's fixed
-/// costs stay with the recurrent kernel. With per-channel gates (KDA), since its decayed
-/// operands share one exp per element (wy.hpp, channel_operands), the chunked form is
-/// 1.5-1.7x the recurrent kernel from T 16 to 512 and 1.3x at T 8 (H32 K128, chunk 64 or 32).
-/// K, V and the chunk size do not change the choice.
-inline DeltaAlgorithm choose_delta_algorithm(bool channel_gate, index_t T, index_t K, index_t V, index_t chunk) {
-  (void)K, (void)V, (void)chunk;
-  if (T < (channel_gate ? kChannelChunkedMinTokens : kChunkedMinTokens)) return DeltaAlgorithm::recurrent;
-  return DeltaAlgorithm::chunked;
+/// 7.5: the chunked form's flops per vector lane in the time of one recurrent step (120 flops per
+/// step on 16 lanes). A step is one FMA latency, 4 cycles, so this is the chunked form at about
+/// one vector FMA per cycle, half the FMA peak, which is what its small products reach (README.md,
+/// "Where a chunk's time goes"). Fitted, with the next two, on the points measured below.
+constexpr double kChunkedFlopsPerLaneStep = 7.5;
+
+/// 1.5: how much faster the chunked form's flops run on bf16 dot products (Bf16Compute::dot, where
+/// the build has them: detail::kNativeBf16Dot). Each instruction does two multiply-adds per lane
+/// but the solve, masks and right-hand side stay fp32; fitted on 180 points (scalar gate, K = V
+/// from 16 to 128, H 4-32, T 4-2048, one thread: the choice then loses more than 5% at 4, at most
+/// 1.12x; counted at fp32's rate it lost more than 20% at 21 points, up to 1.83x, the chunked
+/// form winning from 16-32 tokens at K = V = 32 and 64 with these products).
+constexpr double kBf16DotFlopsRatio = 1.5;
+
+/// 30 steps: what each token costs the chunked form beside its flops (its rows' loads into the
+/// chunk buffers, decays, masks and stores).
+constexpr double kChunkedTokenSteps = 30;
+
+/// 700 steps: what each chunk costs beside its flops and tokens (starting its products and
+/// solve, decaying and storing the state); it keeps a few tokens on the recurrent kernel.
+constexpr double kChunkSteps = 700;
+
+/// 8 MiB: beyond this many bytes of q, k, v and output rows of one sequence (all its heads), the
+/// recurrent kernel, which walks one head's rows from the first token to the last, H * K floats
+/// apart, no longer finds them cached when it comes back for the next head; the chunked form reads
+/// each token's rows of all heads together. Measured at K = V = 64, one thread, H16 and H32, every
+/// gate, recurrent / chunked (median): 0.66-1.05 (0.77) up to 4 MiB of rows, 0.74-0.97 (0.83) at
+/// 6-8, 0.82-1.12 (0.96) at 12-24, 0.97-1.33 (1.14) at 32-64; 8 MiB fitted best with the next
+/// constant (the choice is near parity between 8 and 24 MiB either way).
+constexpr double kCachedRowBytes = 8.0 * (1 << 20);
+
+/// 0.1: the recurrent kernel's extra steps per byte of a token's rows once they are not cached (at
+/// K = V = 64, 1 KB of rows per token and head, its time grew from 0.25 to 0.51 us and the chunked
+/// form's by 0.16 us: 0.1 ns more per byte).
+constexpr double kUncachedStepsPerByte = 0.1;
+
+/// The chunked form's cost of a sequence per token and head, in recurrent steps: its flops (the
+/// recurrence's 6KV, the scores 2K(L+1), the solve and M U 2VL, for chunks of L tokens) at
+/// kChunkedFlopsPerLaneStep, its per-token work and its chunks' fixed costs.
+inline double chunked_token_steps(const DeltaShape& s, index_t width) {
+  const double T = static_cast<double>(s.tokens), K = static_cast<double>(s.K), V = static_cast<double>(s.V);
+  const double L = static_cast<double>(std::min(s.tokens, s.chunk));
+  const double chunks = std::ceil(T / static_cast<double>(s.chunk));
+  const double flops = 6 * K * V + 2 * K * (L + 1) + 2 * V * L;
+  const bool bf16_dot = s.compute == Bf16Compute::dot && detail::kNativeBf16Dot;
+  const double rate = kChunkedFlopsPerLaneStep * static_cast<double>(width) * (bf16_dot ? kBf16DotFlopsRatio : 1.0);
+  return flops / rate + kChunkedTokenSteps + kChunkSteps * chunks / T;
+}
+
+/// The recurrent kernel's cost of a sequence per token and head, in steps: its tiles, plus its
+/// rows' bytes (fp32 q, k, v, o) once the sequence's rows of all heads pass kCachedRowBytes.
+inline double recurrent_sequence_steps(const DeltaShape& s, index_t width) {
+  const double row_bytes = 4.0 * static_cast<double>(2 * s.K + 2 * s.V);
+  const double rows = row_bytes * static_cast<double>(s.heads) * static_cast<double>(s.tokens);
+  return recurrent_token_steps(s.K, s.V, width) + (rows > kCachedRowBytes ? kUncachedStepsPerByte * row_bytes : 0.0);
+}
+
+/// Picks the prefill algorithm of one sequence by comparing the two forms' operation counts
+/// (chunked_token_steps against recurrent_sequence_steps), not times, so machines with the same
+/// vector width pick alike (the 16-lane AVX-512 EPYC and Xeon). What the counts follow was
+/// measured (README.md, "Which prefill runs": both forms alternated in one process, K = V from
+/// 16 to 128, K 64 V 128 and K 128 V 64, H 4, 16 and 32, T 4-2048, no gate, scalar and
+/// per-channel gates, one and two threads): the recurrent kernel's time follows its column
+/// tiles, not K V, so it wins at K = V = 16 and 64 (one tile per row) and the chunked form at
+/// 48, 96 and 128 from a few tokens; at 32 they are within 10% of each other; long sequences of
+/// many heads go to the chunked form (kCachedRowBytes). `width`: floats per vector, the
+/// build's simd::kWidth unless a test asks for another.
+inline DeltaAlgorithm choose_delta_algorithm(const DeltaShape& s, index_t width = simd::kWidth) {
+  if (s.tokens <= 0) return DeltaAlgorithm::recurrent;
+  return chunked_token_steps(s, width) < recurrent_sequence_steps(s, width) ? DeltaAlgorithm::chunked
+                                                                           : DeltaAlgorithm::recurrent;
 }
 
 /// Loads token t of a delta head into the workspace: q (scaled), k, alpha = w * k, decays.

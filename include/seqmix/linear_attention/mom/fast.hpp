@@ -1,8 +1,10 @@
 // seqmix::mom, the fast prefill: the entries routed to each memory are gathered in token order
 // into one packed batch (a sequence per (batch row, memory), cu_seqlens), run by the gated delta
-// rule's fast prefill in one call (chunked WY form, threaded over sequences and heads), and the
-// reads are scattered back as the weighted sum per token. Each memory thus runs a dense chunked
-// recurrence over its own tokens only, which is MoM's "chunk by grouping each memory's tokens";
+// rule's fast prefill in one call (threaded over sequences and heads, each memory's sequence on
+// the form delta_update::choose_delta_algorithm picks for its own tokens: the chunked WY form, or
+// the recurrent kernel, e.g. at K = V = 64 up to about 8 MiB of rows per memory), and the reads
+// are scattered back as the weighted sum per token. Each memory thus runs a dense recurrence
+// over its own tokens only, which is MoM's "chunk by grouping each memory's tokens";
 // the gather and scatter copy O(T E (K + V)) floats against the recurrence's O(T E K V) work.
 #pragma once
 

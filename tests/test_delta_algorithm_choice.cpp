@@ -1,0 +1,200 @@
+// The delta rules' automatic prefill choice (delta_update::choose_delta_algorithm): which form
+// its operation counts pick at points of the measured crossover (asked for 16-lane vectors, the
+// AVX-512 machines it was measured on; README.md "Which prefill runs"), and that an automatic
+// call runs exactly the form the choice names, per sequence of a packed batch, for every gate,
+// with fp32 and bf16 dot products, on one and two threads.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqmix/linear_attention/delta_rule/chunked.hpp"
+#include "seqmix/linear_attention/gated_delta_rule/chunked.hpp"
+#include "seqmix_testing/testing.hpp"
+
+namespace delta_choice_test {
+
+using seqmix::DeltaAlgorithm;
+using seqmix::index_t;
+using seqmix::Tensor;
+using seqmix::delta_update::DeltaShape;
+namespace st = seqmix::testing;
+
+constexpr DeltaAlgorithm kChunked = DeltaAlgorithm::chunked, kRecurrent = DeltaAlgorithm::recurrent;
+
+enum class Gate { none, scalar, channel };
+
+const char* gate_name(Gate g) { return g == Gate::none ? "none" : g == Gate::scalar ? "scalar" : "channel"; }
+
+std::string describe(const DeltaShape& s) {
+  std::ostringstream out;
+  out << "T=" << s.tokens << " K=" << s.K << " V=" << s.V << " heads=" << s.heads << " chunk=" << s.chunk;
+  return out.str();
+}
+
+// The choice on 16 lanes for T over `tokens`, chunk 32.
+void require_choice(index_t K, index_t V, index_t heads, const std::vector<index_t>& tokens, DeltaAlgorithm expected) {
+  for (index_t T : tokens) {
+    const DeltaShape shape{T, K, V, heads, 32};
+    INFO(describe(shape));
+    CHECK(seqmix::delta_update::choose_delta_algorithm(shape, 16) == expected);
+  }
+}
+
+// The same bytes (not only equal values: -0 against +0 or a NaN's payload would differ).
+template <std::size_t R>
+bool same_bits(const Tensor<float, R>& a, const Tensor<float, R>& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.numel()) * sizeof(float)) == 0;
+}
+
+}  // namespace delta_choice_test
+
+using namespace delta_choice_test;
+
+TEST_CASE("delta rules: the automatic choice at the measured crossover points, 16 lanes", "[delta_rule][gated_delta_rule]") {
+  const std::vector<index_t> all{4, 8, 16, 32, 64, 256, 1024, 2048};
+  // K = V = 16 and 64: the recurrent kernel's one tile per row beats the chunk's fixed work at
+  // every length while the rows stay cached (4 heads: 8 MiB of rows at T = 2048 with K = V = 64).
+  require_choice(16, 16, 16, all, kRecurrent);
+  require_choice(64, 64, 4, all, kRecurrent);
+  require_choice(64, 64, 16, {4, 8, 16, 32, 64, 256}, kRecurrent);
+  // K = V = 48, 96, 128: the recurrent kernel's tiles cost as much as at 64 or more, the chunked
+  // form wins from a few tokens.
+  require_choice(48, 48, 16, {12, 16, 32, 64, 256, 1024, 2048}, kChunked);
+  require_choice(96, 96, 16, {8, 16, 32, 64, 256, 1024, 2048}, kChunked);
+  require_choice(128, 128, 32, {8, 16, 32, 64, 256, 1024, 2048}, kChunked);
+  require_choice(128, 128, 32, {1, 2}, kRecurrent);
+  // Long sequences of many heads at K = V = 64: past kCachedRowBytes of rows the recurrent
+  // kernel's head-by-head walk misses the cache, the chunked form takes over.
+  require_choice(64, 64, 32, {1024, 2048}, kChunked);
+  require_choice(64, 64, 16, {2048}, kChunked);
+  // bf16 dot products speed the chunked form's flops up (kBf16DotFlopsRatio) where the build has
+  // them: K = V = 64 then goes chunked from 16 tokens; elsewhere the products stay fp32 and so does
+  // the choice.
+  const DeltaAlgorithm with_dot = seqmix::detail::kNativeBf16Dot ? kChunked : kRecurrent;
+  for (index_t T : {16, 64, 256}) {
+    const DeltaShape shape{T, 64, 64, 4, 32, seqmix::Bf16Compute::dot};
+    INFO(describe(shape) << " bf16 dot");
+    CHECK(seqmix::delta_update::choose_delta_algorithm(shape, 16) == with_dot);
+  }
+  CHECK(seqmix::delta_update::choose_delta_algorithm({4, 64, 64, 4, 32, seqmix::Bf16Compute::dot}, 16) == kRecurrent);
+  // A stream pins its choice with T = the largest index_t (chunked/streaming.hpp): no overflow,
+  // the long-sequence answer.
+  const index_t huge = std::numeric_limits<index_t>::max();
+  CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 64, 64, 16, 32}, 16) == kChunked);
+  CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 16, 16, 16, 32}, 16) == kRecurrent);
+  CHECK(seqmix::delta_update::choose_delta_algorithm({0, 64, 64, 16, 32}, 16) == kRecurrent);
+}
+
+namespace delta_choice_test {
+
+// A packed gated (or ungated) prefill of sequences `lengths` with HK = 1, HV heads.
+struct PackedCase {
+  std::vector<index_t> lengths;
+  index_t HV, K, V;
+  Gate gate;
+  index_t total() const {
+    index_t t = 0;
+    for (index_t n : lengths) t += n;
+    return t;
+  }
+};
+
+struct PackedData {
+  Tensor<float, 4> q, k, v, g, s0;
+  Tensor<float, 3> beta, gs;
+  std::vector<std::int64_t> cu;
+  PackedData(const PackedCase& c, std::uint64_t seed)
+      : q(st::random_tensor<4>({1, c.total(), 1, c.K}, seed + 1)), k(st::random_tensor<4>({1, c.total(), 1, c.K}, seed + 2)),
+        v(st::random_tensor<4>({1, c.total(), c.HV, c.V}, seed + 3)),
+        g(st::random_tensor<4>({1, c.total(), c.HV, c.K}, seed + 4, -0.5f, 0.f)),
+        s0(st::random_tensor<4>({static_cast<index_t>(c.lengths.size()), c.HV, c.K, c.V}, seed + 5, -0.5f, 0.5f)),
+        beta(st::random_tensor<3>({1, c.total(), c.HV}, seed + 6, 0.f, 1.f)),
+        gs(st::random_tensor<3>({1, c.total(), c.HV}, seed + 7, -0.5f, 0.f)) {
+    st::normalize_rows(q);
+    st::normalize_rows(k);
+    cu.push_back(0);
+    for (index_t n : c.lengths) cu.push_back(cu.back() + n);
+  }
+};
+
+struct PackedResult {
+  Tensor<float, 4> o, state;
+  explicit PackedResult(const PackedCase& c)
+      : o({1, c.total(), c.HV, c.V}), state({static_cast<index_t>(c.lengths.size()), c.HV, c.K, c.V}) {}
+};
+
+// Runs tokens [t0, t0 + n) as the packed sequences `cu` (offsets from t0) with `algorithm`, their
+// states in rows [row0, row0 + cu.size() - 1).
+void run_packed(const PackedCase& c, const PackedData& d, const std::vector<std::int64_t>& cu, index_t t0, index_t n,
+                index_t row0, DeltaAlgorithm algorithm, seqmix::Bf16Compute compute, const seqmix::Executor& ex,
+                PackedResult& r) {
+  const index_t rows = static_cast<index_t>(cu.size()) - 1;
+  const auto o = r.o.view().slice(1, t0, n);
+  const auto state = r.state.view().slice(0, row0, rows);
+  const auto s0 = d.s0.cview().slice(0, row0, rows);
+  if (c.gate == Gate::none) {
+    seqmix::DeltaRuleInputs in;
+    in.q = d.q.cview().slice(1, t0, n), in.k = d.k.cview().slice(1, t0, n), in.v = d.v.cview().slice(1, t0, n);
+    in.beta = d.beta.cview().slice(1, t0, n), in.initial_state = s0;
+    in.batch.cu_seqlens = cu;
+    seqmix::DeltaRuleOptions options;
+    options.algorithm = algorithm, options.bf16_compute = compute;
+    seqmix::delta_rule(in, {o, state}, options, ex);
+    return;
+  }
+  seqmix::GatedDeltaRuleInputs in;
+  in.q = d.q.cview().slice(1, t0, n), in.k = d.k.cview().slice(1, t0, n), in.v = d.v.cview().slice(1, t0, n);
+  in.beta = d.beta.cview().slice(1, t0, n), in.initial_state = s0;
+  in.batch.cu_seqlens = cu;
+  seqmix::GatedDeltaRuleOptions options;
+  options.algorithm = algorithm, options.bf16_compute = compute;
+  if (c.gate == Gate::channel) {
+    options.gate = seqmix::DeltaGate::channel;
+    in.g = d.g.cview().slice(1, t0, n);
+  } else {
+    in.g_scalar = d.gs.cview().slice(1, t0, n);
+  }
+  seqmix::gated_delta_rule(in, {o, state}, options, ex);
+}
+
+}  // namespace delta_choice_test
+
+TEST_CASE("delta rules: an automatic call runs the chosen form of each sequence bit for bit", "[delta_rule][gated_delta_rule]") {
+  // Each packed batch mixes sequences the choice sends different ways at this build's vector
+  // width (short ones recurrent, long ones chunked where K favours it): the automatic call must
+  // equal, byte for byte, each sequence run alone with the form choose_delta_algorithm names.
+  seqmix::ThreadPool pool(2);
+  const std::vector<PackedCase> cases = {
+      {{3, 100, 1, 37}, 2, 48, 48, Gate::scalar},
+      {{5, 70, 33}, 3, 16, 16, Gate::channel},
+      {{2, 90, 9}, 2, 128, 128, Gate::none},
+      {{65, 4, 31}, 2, 64, 64, Gate::scalar},
+      {{40, 7}, 1, 96, 40, Gate::channel},
+  };
+  std::uint64_t seed = 300;
+  for (const PackedCase& c : cases)
+    for (auto compute : {seqmix::Bf16Compute::fp32, seqmix::Bf16Compute::dot})
+      for (const seqmix::Executor* ex : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)}) {
+        const PackedData d(c, ++seed);
+        PackedResult automatic(c), alone(c);
+        run_packed(c, d, d.cu, 0, c.total(), 0, DeltaAlgorithm::automatic, compute, *ex, automatic);
+        index_t t0 = 0;
+        for (std::size_t i = 0; i < c.lengths.size(); ++i) {
+          const index_t n = c.lengths[i];
+          const DeltaShape shape{n, c.K, c.V, c.HV, 32, compute};
+          const DeltaAlgorithm chosen = seqmix::delta_update::choose_delta_algorithm(shape);
+          run_packed(c, d, {0, n}, t0, n, static_cast<index_t>(i), chosen, compute, *ex, alone);
+          t0 += n;
+        }
+        INFO("K=" << c.K << " V=" << c.V << " HV=" << c.HV << " gate=" << gate_name(c.gate)
+                  << " bf16_compute=" << static_cast<int>(compute) << " threads=" << ex->concurrency() << " seed=" << seed);
+        CHECK(same_bits(automatic.o, alone.o));
+        CHECK(same_bits(automatic.state, alone.state));
+      }
+}
