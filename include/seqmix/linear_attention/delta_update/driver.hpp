@@ -73,7 +73,8 @@ constexpr double kChunkSteps = 700;
 /// each token's rows of all heads together. Measured at K = V = 64, one thread, H16 and H32, every
 /// gate, recurrent / chunked (median): 0.66-1.05 (0.77) up to 4 MiB of rows, 0.74-0.97 (0.83) at
 /// 6-8, 0.82-1.12 (0.96) at 12-24, 0.97-1.33 (1.14) at 32-64; 8 MiB fitted best with the next
-/// constant (the choice is near parity between 8 and 24 MiB either way).
+/// constant (the choice is near parity between 8 and 24 MiB either way). It stands for the cache
+/// the call gets: at load 16-17 the recurrent kernel fell behind from 2-4 MiB (README.md).
 constexpr double kCachedRowBytes = 8.0 * (1 << 20);
 
 /// 0.1: the recurrent kernel's extra steps per byte of a token's rows once they are not cached (at
