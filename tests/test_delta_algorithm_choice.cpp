@@ -54,9 +54,8 @@ bool same_bits(const Tensor<float, R>& a, const Tensor<float, R>& b) {
 
 }  // namespace delta_choice_test
 
-using namespace delta_choice_test;
-
 TEST_CASE("delta rules: the automatic choice at the measured crossover points, 16 lanes", "[delta_rule][gated_delta_rule]") {
+  using namespace delta_choice_test;
   const std::vector<index_t> all{4, 8, 16, 32, 64, 256, 1024, 2048};
   // K = V = 16 and 64: the recurrent kernel's one tile per row beats the chunk's fixed work at
   // every length while the rows stay cached (4 heads: 8 MiB of rows at T = 2048 with K = V = 64).
@@ -166,6 +165,7 @@ void run_packed(const PackedCase& c, const PackedData& d, const std::vector<std:
 }  // namespace delta_choice_test
 
 TEST_CASE("delta rules: an automatic call runs the chosen form of each sequence bit for bit", "[delta_rule][gated_delta_rule]") {
+  using namespace delta_choice_test;
   // Each packed batch mixes sequences the choice sends different ways at this build's vector
   // width (short ones recurrent, long ones chunked where K favours it): the automatic call must
   // equal, byte for byte, each sequence run alone with the form choose_delta_algorithm names.
