@@ -37,6 +37,7 @@ struct SplitCase {
   LinearAttentionAlgorithm algorithm;
   index_t tasks;  // the prefill's tasks at 64 claimed threads: sequences x H x column blocks
   GateKind gate = GateKind::channel;  // gla only
+  bool normalize = true;              // linear_attention only (elu1 features either way)
 };
 
 std::string describe(const SplitCase& c) {
@@ -45,7 +46,8 @@ std::string describe(const SplitCase& c) {
   std::ostringstream s;
   s << ops[static_cast<int>(c.op)] << " B=" << c.B << " T=" << c.T << " H=" << c.H << " K=" << c.K << " V=" << c.V
     << " sequences=" << (c.cu_seqlens.empty() ? c.B : static_cast<index_t>(c.cu_seqlens.size()) - 1)
-    << " algorithm=" << algorithms[static_cast<int>(c.algorithm)];
+    << " algorithm=" << algorithms[static_cast<int>(c.algorithm)] << " gate=" << static_cast<int>(c.gate)
+    << " normalize=" << c.normalize;
   return s.str();
 }
 
@@ -106,11 +108,13 @@ void run(const SplitCase& c, const SplitData& d, SplitResult& r, bool reference,
       return;
     }
     case Op::linear_attention: {
-      const seqmix::LinearAttentionInputs in{d.q.view(), d.k.view(), d.v.view(), d.s0.view(), d.z0.view(), batch};
+      seqmix::LinearAttentionInputs in{d.q.view(), d.k.view(), d.v.view(), d.s0.view(), {}, batch};
+      if (c.normalize) in.initial_normalizer = d.z0.view();
       seqmix::LinearAttentionOptions options;
-      options.feature_map = seqmix::FeatureMap::elu1, options.normalize = true;  // z > 0
+      options.feature_map = seqmix::FeatureMap::elu1, options.normalize = c.normalize;  // z > 0
       options.algorithm = c.algorithm, options.chunk_size = 16;
-      const seqmix::LinearAttentionOutputs out{r.o.view(), r.state.view(), r.z.view()};
+      seqmix::LinearAttentionOutputs out{r.o.view(), r.state.view(), {}};
+      if (c.normalize) out.final_normalizer = r.z.view();
       if (reference)
         seqmix::reference::linear_attention(in, out, options);
       else
@@ -165,7 +169,7 @@ TEST_CASE("diagonal-decay prefills split value columns at 64 claimed threads and
       INFO(what);
       st::require_close((what + " o").c_str(), fast.o.view(), ref.o.view(), kTol);
       st::require_close((what + " final_state").c_str(), fast.state.view(), ref.state.view(), kTol);
-      if (c.op == Op::linear_attention)
+      if (c.op == Op::linear_attention && c.normalize)
         st::require_close((what + " final_normalizer").c_str(), fast.z.view(), ref.z.view(), kTol);
       REQUIRE(!executor.runs().empty());
       if (threads == 3) continue;  // outputs only: the task count depends on the form's grouping
@@ -174,6 +178,74 @@ TEST_CASE("diagonal-decay prefills split value columns at 64 claimed threads and
       const index_t group = (c.H + 1) / 2;
       const index_t at_two = data.N * c.H < 2 ? 2 : data.N * ((c.H + group - 1) / group);
       REQUIRE(executor.runs().back().tasks == (threads == 2 ? at_two : c.tasks));
+    }
+  }
+}
+
+namespace {
+
+// A recurrent prefill split in time (driver.hpp, time_split): at 64 claimed threads, `first`
+// tasks of (item, segment) then `second` of (item, later segment, part); first = 0: no split (the
+// prefill's last run has `second` tasks).
+struct TimeCase {
+  SplitCase c;
+  index_t first, second;
+};
+
+// Segments are whole multiples of 16 tokens, at least 512 tokens each for the longest sequence:
+// T 1100 -> 560 + 540, T 1600 with one item -> 544 + 544 + 512; parts of a later segment fill the
+// threads, at most one per 64 tokens. The packed case's sequences (1300, 1, 699 tokens) split in
+// 2, 1 and 2 segments (656 + 644, 352 + 347).
+std::vector<TimeCase> time_table() {
+  using A = LinearAttentionAlgorithm;
+  return {
+      {{Op::gla, 1, 1100, 2, 16, 37, {}, A::recurrent, 0}, 2 * 2, 2 * 8},
+      {{Op::gla, 2, 1030, 1, 16, 48, {}, A::automatic, 0, GateKind::scalar}, 2 * 2, 2 * 8},
+      {{Op::gla, 1, 1600, 1, 32, 64, {}, A::recurrent, 0, GateKind::none}, 3, 2 * 8},
+      {{Op::gla, 1, 2000, 2, 16, 32, {0, 1300, 1301, 2000}, A::recurrent, 0}, 6 * 2, 6 * 10},
+      {{Op::rwkv6, 1, 1100, 2, 16, 40, {}, A::recurrent, 0}, 2 * 2, 2 * 8},
+      {{Op::linear_attention, 1, 1100, 2, 16, 33, {}, A::recurrent, 0, GateKind::channel, false}, 2 * 2, 2 * 8},
+      // normalize divides o by q . z, which the correction would change: value-column blocks.
+      {{Op::linear_attention, 1, 1100, 2, 16, 33, {}, A::recurrent, 0}, 0, 2 * 2},
+      // Segments would be shorter than 512 tokens: value-column blocks.
+      {{Op::gla, 1, 1000, 2, 16, 32, {}, A::recurrent, 0}, 0, 2 * 2},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("diagonal-decay recurrent prefills split long heads in time above two threads and match the reference",
+          "[gla][rwkv6][linear_attention][parallel_grain]") {
+  std::uint64_t seed = 2900;
+  for (const TimeCase& t : time_table()) {
+    const SplitCase& c = t.c;
+    seed += 10;
+    const SplitData data(c, seed);
+    SplitResult ref(c, data.N);
+    run(c, data, ref, true, seqmix::serial_executor());
+    // 3 and 7: odd claimed counts (one item splits in 3 segments at 3 threads, two in 2); 48 and
+    // 63 split as 64 does here, the segments capped by T / 512.
+    for (const int threads : {2, 3, 7, 48, 63, 64}) {
+      st::CountingExecutor executor(threads);
+      SplitResult fast(c, data.N);
+      run(c, data, fast, false, executor);
+      const std::string what = describe(c) + " claimed threads=" + std::to_string(threads);
+      INFO(what);
+      st::require_close((what + " o").c_str(), fast.o.view(), ref.o.view(), kTol);
+      st::require_close((what + " final_state").c_str(), fast.state.view(), ref.state.view(), kTol);
+      if (c.op == Op::linear_attention && c.normalize)
+        st::require_close((what + " final_normalizer").c_str(), fast.z.view(), ref.z.view(), kTol);
+      const auto& runs = executor.runs();
+      REQUIRE(!runs.empty());
+      if (threads == 2) {  // unchanged: tasks of ceil(H / 2) whole heads, a lone head in two blocks
+        const index_t group = (c.H + 1) / 2;
+        REQUIRE(runs.back().tasks == (data.N * c.H < 2 ? 2 : data.N * ((c.H + group - 1) / group)));
+      }
+      if (threads != 64) continue;
+      REQUIRE(runs.back().tasks == t.second);
+      if (t.first == 0) continue;
+      REQUIRE(runs.size() >= 2);
+      REQUIRE(runs[runs.size() - 2].tasks == t.first);
     }
   }
 }

@@ -18,6 +18,7 @@
 #include "seqmix/linear_attention/diagonal_decay/chunked.hpp"
 #include "seqmix/linear_attention/diagonal_decay/head.hpp"
 #include "seqmix/linear_attention/diagonal_decay/recurrent.hpp"
+#include "seqmix/linear_attention/diagonal_decay/segments.hpp"
 #include "seqmix/linear_attention/diagonal_decay/validate.hpp"
 #include "seqmix/linear_attention/value_columns.hpp"
 
@@ -511,6 +512,151 @@ struct RecurrentPrefillScratch {
 };
 using RecurrentPrefillKeep = ThreadKept<RecurrentPrefillScratch>;
 
+// The recurrent prefill's time split (segments.hpp has the algebra): when a call's (sequence,
+// head) items are fewer than the threads, each head's tokens run as `segments` segments of whole
+// kTokenBlock blocks, all at once from zero (the first from the initial state), then each later
+// segment's outputs are corrected by what they read from its true start, in `parts` tasks of its
+// tokens. Against the value-column blocks it replaces there, a segment task reads each token's
+// q / k / gate rows once for all V columns, where every column block re-read and re-prepared them.
+// Measured with the tool (docs/parallel_grain.md, the diagonal-decay bullet).
+struct TimeSplit {
+  index_t segments = 1;  // per item, at most (a short sequence has fewer)
+  index_t parts = 1;     // second-pass tasks per later segment
+
+  // A segment's tokens in a sequence of `tokens`: whole token blocks, at least one.
+  index_t length(index_t tokens) const {
+    const index_t even = (tokens + segments - 1) / segments;
+    return std::max(kTokenBlock, (even + kTokenBlock - 1) / kTokenBlock * kTokenBlock);
+  }
+  index_t count(index_t tokens) const { return std::max<index_t>(1, (tokens + length(tokens) - 1) / length(tokens)); }
+};
+
+// Above two threads only: one and two threads keep the tasks they had (a call with one item on
+// two threads splits its columns). 512 tokens: below, the split finished later than the column
+// blocks on the tool's estimate (GLA, H 32, K = V = 64, 64 claimed threads, thread CPU times of a
+// serial counting executor, loaded machine; a variant that also kept the decayed queries from the
+// first pass, whose second pass read no q or gate rows: T 512 1.1-1.15x the blocks' time, T 1024
+// 0.92-1.01x, T 2048 0.82-0.90x, T 4096 0.82-0.84x; this form, 3 alternated runs: T 1024 and 2048
+// 1.01x, linear_attention T 8192 (no gate) 0.76x): the second pass is one more run whose slowest
+// task adds to the first's, and on that executor a head's second column block finds the head's
+// rows in cache from its first, which short heads make a large share. 2^16 floats (256 KiB): a segment
+// task carries the whole state, which then stays in L2 (1 MiB on Zen 5) beside the rows; wider
+// states keep the column blocks (not measured beyond K = V = 128).
+constexpr int kMinThreadsToSplitTime = 3;
+constexpr index_t kMinSegmentTokens = 512;
+constexpr index_t kMaxSegmentStateFloats = index_t{1} << 16;
+
+// The time split of `items` items whose longest sequence has `longest` tokens: as many segments
+// as give every thread a first-pass task, and as many parts as give it a second-pass one.
+inline TimeSplit time_split(index_t items, index_t longest, index_t state_floats, index_t concurrency) {
+  TimeSplit split;
+  if (concurrency < kMinThreadsToSplitTime || items <= 0 || items >= concurrency ||
+      state_floats > kMaxSegmentStateFloats)
+    return split;
+  split.segments = std::min((concurrency + items - 1) / items, longest / kMinSegmentTokens);
+  if (split.segments < 2) return TimeSplit{};
+  const index_t later = items * (split.segments - 1);
+  split.parts = std::max<index_t>(
+      1, std::min((concurrency + later - 1) / later, split.length(longest) / kSegmentBlock));
+  return split;
+}
+
+// The first pass's results, kept by the calling thread across calls (see RecurrentPrefillScratch
+// for why): each (item, segment)'s end state from its start (zero after the first) and log-decay.
+struct SegmentStates {
+  AlignedVector<float> local;      // [items, segments, Kf, V]
+  AlignedVector<float> log_decay;  // [items, segments, Kf]
+
+  std::size_t bytes() const { return (local.capacity() + log_decay.capacity()) * sizeof(float); }
+};
+using SegmentStatesKeep = ThreadKept<SegmentStates>;
+
+// Segment p on S (rows S.cols() apart), one token block at a time (each block requests the next
+// block's rows while it runs, as run_recurrent_heads does for one head); the segment's log-decay
+// is summed into `log_decay` [Kf] block by block, while the gate rows are in L1.
+inline void run_segment(const HeadProblem& p, RowMatrix& S, RecurrentWorkspace& ws, float* log_decay) {
+  std::fill(log_decay, log_decay + p.Kf(), 0.f);
+  for (index_t t0 = 0; t0 < p.T(); t0 += kTokenBlock) {
+    const index_t n = std::min(kTokenBlock, p.T() - t0);
+    const bool has_next = t0 + n < p.T();
+    const HeadProblem block = slice_head(p, t0, n);
+    const HeadProblem next = has_next ? slice_head(p, t0 + n, std::min(kTokenBlock, p.T() - t0 - n)) : block;
+    run_recurrent(block, S.data(), S.cols(), ws, has_next ? &next : nullptr);
+    add_log_decay(p, t0, t0 + n, log_decay);
+  }
+}
+
+using SegmentCorrectionKeep = ThreadKept<SegmentCorrection>;
+
+// The recurrent prefill split in time (TimeSplit): first pass, one task per (item, segment);
+// second pass, one per (item, later segment, part). Items are (sequence in `order`, value head).
+// Not with normalize (o is divided by q . z, which the correction would change) or token_states.
+template <class MakeHead>
+void run_recurrent_segments(const PrefillPlan& plan, const StateIo& io, const std::vector<index_t>& order,
+                            const TimeSplit& split, const Executor& executor, MakeHead& make_head) {
+  const index_t items = static_cast<index_t>(order.size()) * plan.HV;
+  const index_t Kf = plan.Kf, V = plan.V, state = Kf * V, segments = split.segments;
+  const index_t later = segments - 1, parts = split.parts;
+  SegmentStates kept = SegmentStatesKeep::take();
+  kept.local.resize(static_cast<std::size_t>(items * segments * state));
+  kept.log_decay.resize(static_cast<std::size_t>(items * segments * Kf));
+  float* const local = kept.local.data();
+  float* const log_decay = kept.log_decay.data();
+  const auto span_of = [&](index_t item) { return plan.seqs[order[static_cast<std::size_t>(item / plan.HV)]]; };
+  // Segment j of item's head.
+  const auto segment = [&](index_t item, index_t j) {
+    const SequenceSpan s = span_of(item);
+    const index_t length = split.length(s.tokens), t0 = j * length;
+    return slice_head(sequence_head(make_head, s, item % plan.HV), t0, std::min(length, s.tokens - t0));
+  };
+  parallel_for(executor, items * segments, 1, [&](index_t begin, index_t end) {
+    RecurrentPrefillScratch scratch = RecurrentPrefillKeep::take();
+    scratch.states.resize(1);
+    RowMatrix& S = scratch.states.front();
+    S.resize(Kf, state_row_stride(V));  // no-op for a kept one of that shape
+    RecurrentWorkspace ws(plan.K, Kf, V, kTokenBlock, &scratch.tokens);
+    for (index_t task = begin; task < end; ++task) {
+      const index_t item = task / segments, j = task % segments;
+      const SequenceSpan s = span_of(item);
+      const index_t count = split.count(s.tokens), hv = item % plan.HV, slot = item * segments + j;
+      if (j >= count) continue;
+      if (j == 0)
+        load_state(io, s, hv, V, S.leftCols(V));
+      else
+        S.leftCols(V).setZero();
+      run_segment(segment(item, j), S, ws, log_decay + slot * Kf);
+      if (count == 1)
+        store_state(io, s, hv, V, S.leftCols(V));
+      else
+        Eigen::Map<RowMatrix>(local + slot * state, Kf, V) = S.leftCols(V);
+    }
+    RecurrentPrefillKeep::give_back(std::move(scratch));
+  });
+  parallel_for(executor, items * later * parts, 1, [&](index_t begin, index_t end) {
+    SegmentCorrection ws = SegmentCorrectionKeep::take();
+    ws.fit(plan.K, Kf, V);
+    for (index_t task = begin; task < end; ++task) {
+      const index_t item = task / (later * parts), j = 1 + task / parts % later, part = task % parts;
+      const SequenceSpan s = span_of(item);
+      const index_t count = split.count(s.tokens);
+      if (j >= count) continue;
+      const index_t first = item * segments;  // the item's slot of segment 0
+      ws.start = Eigen::Map<const RowMatrix>(local + first * state, Kf, V);
+      for (index_t m = 1; m < j; ++m) chain_state(log_decay + (first + m) * Kf, local + (first + m) * state, ws.start);
+      const HeadProblem p = segment(item, j);
+      const index_t per_part = (p.T() + parts - 1) / parts;
+      const index_t t0 = std::min(p.T(), part * per_part), t1 = std::min(p.T(), t0 + per_part);
+      add_start_readout(p, t0, t1, ws);
+      if (j + 1 == count && part == 0) {  // the head's final state: the last segment's end
+        chain_state(log_decay + (first + j) * Kf, local + (first + j) * state, ws.start);
+        store_state(io, s, item % plan.HV, V, ws.start);
+      }
+    }
+    SegmentCorrectionKeep::give_back(std::move(ws));
+  });
+  SegmentStatesKeep::give_back(std::move(kept));
+}
+
 // Prefill: make_head(b, hv) returns the HeadProblem of one (batch row, value head) over all T
 // tokens of the row; the driver cuts it to each sequence of plan.seqs. Each parallel block
 // sets up its workspace and states once (the recurrent form's from the thread's kept
@@ -534,6 +680,13 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
       run_chunked_heads(kernel, plan, sequences, executor);
     return;
   }
+  const bool keeps_tokens = io.token_states.has_value() || io.token_normalizers.has_value();
+  if (plan.prefix_len == 0 && !keeps_tokens && !plan.normalize) {
+    index_t longest = 0;
+    for (const index_t n : order) longest = std::max(longest, plan.seqs[n].tokens);
+    const TimeSplit time = time_split(sequences * plan.HV, longest, plan.Kf * plan.V, executor.concurrency());
+    if (time.segments > 1) return run_recurrent_segments(plan, io, order, time, executor, make_head);
+  }
   if (plan.prefix_len == 0) {
     // Tasks of `group` value heads of one sequence (heads of one sequence share its tokens, which
     // the interleaving needs). A dense batch of one row splits into one range per thread as before;
@@ -541,7 +694,6 @@ void run_prefill(const PrefillPlan& plan, const StateIo& io, const Executor& exe
     // threads: one head per task (group 1), split into blocks of value columns.
     const index_t group = (plan.HV + executor.concurrency() - 1) / executor.concurrency();
     const index_t per_sequence = (plan.HV + group - 1) / group;
-    const bool keeps_tokens = io.token_states.has_value() || io.token_normalizers.has_value();
     const ValueSplit split =
         keeps_tokens ? whole_columns(plan.V) : split_columns(sequences * plan.HV, plan.V, executor.concurrency());
     parallel_for(executor, sequences * per_sequence * split.blocks, 1, [&](index_t begin, index_t end) {
