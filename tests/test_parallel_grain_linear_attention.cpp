@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "seqmix/linear_attention/gla/chunked.hpp"
@@ -248,4 +249,30 @@ TEST_CASE("diagonal-decay recurrent prefills split long heads in time above two 
       REQUIRE(runs[runs.size() - 2].tasks == t.first);
     }
   }
+}
+
+TEST_CASE("the time split runs in the memory it keeps, and linear_attention_release_thread_scratch frees it",
+          "[gla][parallel_grain]") {
+  using seqmix::detail::la::SegmentCorrectionKeep;
+  using seqmix::detail::la::SegmentStatesKeep;
+  const SplitCase c{Op::gla, 1, 1100, 2, 16, 32, {}, LinearAttentionAlgorithm::recurrent, 0};
+  const SplitData data(c, 3100);
+  SplitResult ref(c, data.N);
+  run(c, data, ref, true, seqmix::serial_executor());
+  std::thread([&] {  // a thread of its own: nothing kept before, nothing left for the other cases
+    const st::CountingExecutor executor(64);  // runs every task on this thread
+    for (int round = 0; round < 2; ++round) {
+      SplitResult fast(c, data.N);
+      run(c, data, fast, false, executor);
+      st::require_close("o", fast.o.view(), ref.o.view(), kTol);
+      const float* kept = SegmentStatesKeep::slot().local.data();
+      run(c, data, fast, false, executor);
+      CHECK(SegmentStatesKeep::slot().local.data() == kept);  // the same memory, not a new one
+      CHECK(SegmentStatesKeep::slot().bytes() > 0);
+      CHECK(SegmentCorrectionKeep::slot().bytes() > 0);
+      seqmix::linear_attention_release_thread_scratch();
+      CHECK(SegmentStatesKeep::slot().bytes() == 0);
+      CHECK(SegmentCorrectionKeep::slot().bytes() == 0);
+    }
+  }).join();
 }

@@ -824,13 +824,17 @@ namespace seqmix {
 /// (gated_linear_attention, simple GLA, linear_attention, rwkv6), kept across calls so that a call
 /// does not fault fresh pages in: for the recurrent form the working states of the heads one
 /// parallel block runs and their token operands, for the chunked form a block's workspace (state
-/// and chunk matrices) and its group's states. At most 64 MiB per thread for each form (a call
-/// that needs more frees its memory when it ends). Each thread that ran such a block (the
-/// caller's and every pool worker) keeps its own. Call it when the memory is wanted elsewhere;
-/// not while such a call runs on this thread. The next call allocates again.
+/// and chunk matrices) and its group's states, and for the recurrent form's time split (more
+/// threads than sequences x heads) the segments' end states, on the calling thread, and a
+/// correction's scratch. At most 64 MiB per thread for each (a call that needs more frees its
+/// memory when it ends). Each thread that ran such a block (the caller's and every pool worker)
+/// keeps its own. Call it when the memory is wanted elsewhere; not while such a call runs on this
+/// thread. The next call allocates again.
 inline void linear_attention_release_thread_scratch() {
   detail::la::RecurrentPrefillKeep::release();
   detail::la::ChunkedPrefillKeep::release();
+  detail::la::SegmentStatesKeep::release();
+  detail::la::SegmentCorrectionKeep::release();
 }
 
 }  // namespace seqmix
