@@ -126,6 +126,37 @@ index_t flash_begin(const AttentionInputs<KV, Q>& in, const AttentionDims& d, fl
   return M;
 }
 
+// m[r] = row_max(s + r * ld, width_of(r)) for r < rows, each width a multiple of the vector
+// width. With AVX512F 16 rows at a time: each row's vector of maxima, the 16 vectors transposed
+// in registers (transpose_words_16x16), and the lanes' maxima taken across them. xsimd 8's
+// horizontal maximum (simd::reduce_max) stores the vector and takes 15 scalar maxima, ~2.4% of a
+// T = 256 prefill's samples (perf, one thread, loaded EPYC Zen 5). The same values: a maximum is
+// exact in any order, and where a NaN logit is dropped or kept by either order, its exp makes
+// the row's sum NaN all the same (online_softmax_tile).
+constexpr index_t kRowMaxBlock = 16;
+
+template <class Width>
+void tile_row_maxima(const float* s, index_t ld, index_t rows, const Width& width_of, float* m) noexcept {
+  index_t r0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (simd::kWidth == 16)
+    for (; r0 + 16 <= rows; r0 += 16) {
+      __m512i top[16];
+      for (index_t r = 0; r < 16; ++r) {
+        const float* row = s + (r0 + r) * ld;
+        __m512 x = _mm512_set1_ps(kMinusInf);
+        for (index_t j = 0, e = width_of(r0 + r); j < e; j += 16) x = _mm512_max_ps(x, _mm512_loadu_ps(row + j));
+        top[r] = _mm512_castps_si512(x);
+      }
+      transpose_words_16x16(top);  // top[c] lane r: row r0 + r's lane c
+      __m512 x = _mm512_castsi512_ps(top[0]);
+      for (index_t c = 1; c < 16; ++c) x = _mm512_max_ps(x, _mm512_castsi512_ps(top[c]));
+      _mm512_storeu_ps(m + r0, x);
+    }
+#endif
+  for (; r0 < rows; ++r0) m[r0] = row_max(s + r0 * ld, width_of(r0));
+}
+
 // The logit rule and the online softmax over the task's logit tile w.s (keys [j0, j0 + n)):
 // w.s becomes the weights P, w.alpha each row's rescaling factor. With ends (a tile across the
 // causal diagonal, diagonal_row_ends) a row's exponentials stop at the vector holding its last
@@ -141,10 +172,22 @@ void flash_softmax(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t
   const index_t G = d.group(), T = kFlashKeyTile;
   const auto width_of = [&](index_t r) { return ends ? std::min<index_t>(T, round_up(ends[r], simd::kWidth)) : T; };
   float* m_new = w.alpha.data();  // each row's new maximum until the last pass makes it the factor
-  for (index_t r = 0; r < M; ++r) {
-    float* s = w.s.data() + r * T;
-    rule.apply(s, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
-    m_new[r] = std::max(w.state[r].m, row_max(s, width_of(r)));
+  // A rule that only masks has nothing to do in a row that sees the whole of a full tile (every
+  // row of a tile below the causal diagonal): its call per row and tile, with the visibility
+  // worked out and two empty fills, was ~2% of a T = 256 prefill's samples (perf, loaded).
+  const bool full_rows_as_they_are = rule.masks_only() && n == T;
+  const auto sees_tile = [&](index_t r) {
+    const VisibleKeys v = visible_keys(rule.options, w.pos[r], rule.Tk);
+    return j0 + n <= v.sink_end || (j0 >= v.lo && j0 + n <= v.hi);
+  };
+  // The rule and the maxima kRowMaxBlock rows at a time, while those rows are in L1.
+  for (index_t r0 = 0; r0 < M; r0 += kRowMaxBlock) {
+    const index_t rows = std::min(kRowMaxBlock, M - r0);
+    for (index_t r = r0; r < r0 + rows; ++r)
+      if (!(full_rows_as_they_are && sees_tile(r)))
+        rule.apply(w.s.data() + r * T, j0, n, T, b, i0 + r / G, hk * G + r % G, w.pos[r]);
+    tile_row_maxima(w.s.data() + r0 * T, T, rows, [&](index_t r) { return width_of(r0 + r); }, m_new + r0);
+    for (index_t r = r0; r < r0 + rows; ++r) m_new[r] = std::max(w.state[r].m, m_new[r]);
   }
   for (index_t r = 0; r < M; ++r) {
     float* s = w.s.data() + r * T;
@@ -296,7 +339,8 @@ void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b,
   }
 }
 
-// The end of a task: each row normalized into o (and its lse).
+// The end of a task: each row normalized into o (and its lse), the o rows requested for writing
+// kRowPrefetchAhead rows ahead (see there).
 template <class KV, class Q>
 void flash_finish(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionDims& d, index_t b,
                   index_t hk, index_t i0, index_t M, FlashScratch& w) {
@@ -304,7 +348,8 @@ void flash_finish(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out,
   if (w.acc_empty) std::fill(w.acc.begin(), w.acc.begin() + M * Dvp, 0.f);  // no tile visited: zeros
   const bool has_sink = in.sink_logits.has_value();
   for (index_t r = 0; r < M; ++r) {
-    const index_t i = i0 + r / G, h = hk * G + r % G;
+    const index_t i = i0 + r / G, h = hk * G + r % G, ahead = r + kRowPrefetchAhead;
+    if (ahead < M && out.o.stride(3) == 1) prefetch_row<true>(out.o.ptr(b, i0 + ahead / G, hk * G + ahead % G), d.Dv);
     const float lse = finish_row(w.state[r], w.acc.data() + r * Dvp, d.Dv, has_sink, has_sink ? in.sink_logits(h) : 0.f,
                                  out.o.ptr(b, i, h), out.o.stride(3));
     if (out.lse.has_value()) out.lse(b, i, h) = lse;
@@ -335,27 +380,46 @@ void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, 
 }
 
 #if defined(__AVX512F__)
+// True when the key rows [j0, j0 + n) of in.k can feed the register transpose as they are:
+// fp32, contiguous whole vectors, not rotated by the call's rope.
+template <class KV, class Q>
+bool key_rows_in_place(const AttentionInputs<KV, Q>& in, index_t j0, index_t n) noexcept {
+  if constexpr (std::is_same_v<KV, float>)
+    return in.k.stride(3) == 1 && in.k.size(3) % 16 == 0 && !tile_needs_rotation(in, j0, n);
+  return false;
+}
+
 // The key tile transposed into s.kt ([Dk x kFlashKeyTile], zero past n keys) 16 keys x 16
 // features at a time in registers (core/register_transpose.hpp, AVX512F: Skylake-X and Ice Lake
-// too; it moves 32-bit words, so floats as they are): each 16 keys are widened (and rotated where
-// the rope asks) into s.keys first, zero past n. Element by element the transpose was 8192 scalar
-// stores 256 bytes apart per tile at Dk = 128, 4-5% of a T = 256 prefill (thread CPU, loaded EPYC
-// Zen 5).
+// too; it moves 32-bit words, so floats as they are). Element by element the transpose was 8192
+// scalar stores 256 bytes apart per tile at Dk = 128, 4-5% of a T = 256 prefill (thread CPU,
+// loaded EPYC Zen 5). fp32 rows of whole vectors that the rope leaves alone are read where they
+// are (key_rows_in_place); others are widened (and rotated) into s.keys first, 16 at a time,
+// zero past D. Reading in place drops a 32 KB copy per tile at Dk = 128 (the 16-row copies were
+// ~2% of a T = 256 prefill's samples, perf, loaded).
 template <class KV, class Q>
 void load_key_tile_by_blocks(const AttentionInputs<KV, Q>& in, index_t b, index_t h, index_t j0, index_t n,
                              FlashScratch& s) {
   const index_t D = in.k.size(3), T = kFlashKeyTile, ld = round_up(D, 16);
-  float* rows = s.keys.data();
+  const bool in_place = key_rows_in_place(in, j0, n);
   float* dst = s.kt.data();
   for (index_t r0 = 0; r0 < n; r0 += 16) {
     const index_t m = std::min<index_t>(16, n - r0);
-    load_kv_tile(in.k, b, h, j0 + r0, m, 16, rows, ld);
-    rotate_key_rows(in, j0 + r0, m, rows, ld);
-    // Whole aligned rows and unmasked stores (s.keys is zero past n and D), not transpose_words:
-    // its masked edges took a T = 256 prefill from 2.50 to 2.62 ms (3 alternations, near idle).
+    const float* src[16];  // key r0 + r at src[r], r < m (rows past m load as zeros)
+    if (in_place) {
+      if constexpr (std::is_same_v<KV, float>)
+        for (index_t r = 0; r < m; ++r) src[r] = in.k.ptr(b, j0 + r0 + r, h);
+    } else {
+      load_kv_tile(in.k, b, h, j0 + r0, m, 16, s.keys.data(), ld);
+      rotate_key_rows(in, j0 + r0, m, s.keys.data(), ld);
+      for (index_t r = 0; r < m; ++r) src[r] = s.keys.data() + r * ld;
+    }
+    // Whole rows and unmasked stores (rows are whole vectors, or s.keys zero past D), not
+    // transpose_words: its masked edges took a T = 256 prefill from 2.50 to 2.62 ms (3
+    // alternations, near idle).
     for (index_t c0 = 0; c0 < D; c0 += 16) {
       __m512i w[16];
-      for (index_t r = 0; r < 16; ++r) w[r] = _mm512_castps_si512(_mm512_load_ps(rows + r * ld + c0));
+      for (index_t r = 0; r < 16; ++r) w[r] = r < m ? _mm512_castps_si512(_mm512_loadu_ps(src[r] + c0)) : _mm512_setzero_si512();
       transpose_words_16x16(w);
       const index_t features = std::min<index_t>(16, D - c0);
       for (index_t c = 0; c < features; ++c) _mm512_storeu_ps(dst + (c0 + c) * T + r0, _mm512_castsi512_ps(w[c]));
