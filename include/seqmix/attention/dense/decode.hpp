@@ -92,11 +92,23 @@ void load_kv_tile_transposed(const ConstView<KV, 4>& x, index_t b, index_t h, in
 
 // ---- GEMM kernel -------------------------------------------------------------------------------
 
+// Where a GEMM's rows go instead of C, when `rows` is set: row r, columns from `col` on, to
+// rows[r] + col, each scaled by scale[r] (the flash prefill's last tile writes its normalized rows
+// straight into o, flash.hpp's flash_output_rows).
+struct ScaledRows {
+  float* const* rows = nullptr;
+  const float* scale = nullptr;
+  index_t col = 0;
+  ScaledRows from_row(index_t r) const noexcept { return rows ? ScaledRows{rows + r, scale + r, col} : ScaledRows{}; }
+  ScaledRows from_col(index_t c) const noexcept { return rows ? ScaledRows{rows, scale, col + c} : ScaledRows{}; }
+};
+
 // C[MR x NV*W] = row_scale * C + A[MR x K] * B[K x NV*W], accumulators in registers.
-// A is read by broadcast (any lda), B and C by whole vectors.
+// A is read by broadcast (any lda), B and C by whole vectors. With out.rows set, the result
+// goes to out's rows (scaled) instead of C.
 template <int MR, int NV>
 inline void gemm_block(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t K,
-                       const float* row_scale) noexcept {
+                       const float* row_scale, ScaledRows out = {}) noexcept {
   // The unroll pragmas keep acc in registers at -O2 too: GCC 12 unrolls these fixed-count loops
   // completely only at -O3, and at -O2 left acc in memory (the prefill took twice its -O3 time).
   FBatch acc[MR][NV];
@@ -116,6 +128,14 @@ inline void gemm_block(const float* A, index_t lda, const float* B, index_t ldb,
       for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(a, bk[v], acc[r][v]);
     }
   }
+  if (out.rows) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        simd::store(out.rows[r] + out.col + v * simd::kWidth, acc[r][v] * FBatch(out.scale[r]));
+    return;
+  }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
@@ -128,18 +148,20 @@ constexpr int kGemmRows = 6;
 
 template <int NV>
 inline void gemm_column_block(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc,
-                              index_t M, index_t K, const float* row_scale) noexcept {
+                              index_t M, index_t K, const float* row_scale, ScaledRows out = {}) noexcept {
   index_t r = 0;
   for (; r + kGemmRows <= M; r += kGemmRows)
-    gemm_block<kGemmRows, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr);
+    gemm_block<kGemmRows, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr,
+                              out.from_row(r));
   const float* scale = row_scale ? row_scale + r : nullptr;
+  const ScaledRows rest = out.from_row(r);
   A += r * lda, C += r * ldc;
   switch (M - r) {  // the ragged rows in one pass over B, not one pass per row
-    case 5: gemm_block<5, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
-    case 4: gemm_block<4, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
-    case 3: gemm_block<3, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
-    case 2: gemm_block<2, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
-    case 1: gemm_block<1, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 5: gemm_block<5, NV>(A, lda, B, ldb, C, ldc, K, scale, rest); break;
+    case 4: gemm_block<4, NV>(A, lda, B, ldb, C, ldc, K, scale, rest); break;
+    case 3: gemm_block<3, NV>(A, lda, B, ldb, C, ldc, K, scale, rest); break;
+    case 2: gemm_block<2, NV>(A, lda, B, ldb, C, ldc, K, scale, rest); break;
+    case 1: gemm_block<1, NV>(A, lda, B, ldb, C, ldc, K, scale, rest); break;
     default: break;
   }
 }

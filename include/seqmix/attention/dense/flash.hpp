@@ -55,6 +55,8 @@ struct FlashScratch {
   // that product writes acc = P V instead of rescaling a zero-filled acc (the same values: the
   // first factor scales zeros), which saves the 128 KB fill and re-read of a 256-row task.
   bool acc_empty = false;
+  std::vector<float*> o_rows;       // the task's rows of o, for its last tile (flash_output_rows)
+  AlignedVector<float> o_scale;     // and each row's factor acc -> o
   FlashScratch(index_t rows, index_t Dk, index_t Dkp, index_t Dvp)
       : q(static_cast<std::size_t>(rows * Dkp)),
         kt(static_cast<std::size_t>(Dk * kFlashKeyTile)),
@@ -67,7 +69,9 @@ struct FlashScratch {
         keys(static_cast<std::size_t>(16 * round_up(Dk, 16))),
         pos(static_cast<std::size_t>(rows)),
         ends(static_cast<std::size_t>(rows)),
-        state(static_cast<std::size_t>(rows)) {}
+        state(static_cast<std::size_t>(rows)),
+        o_rows(static_cast<std::size_t>(rows)),
+        o_scale(static_cast<std::size_t>(rows)) {}
 
   // This thread's scratch for tasks of `rows` rows, kept across tasks and calls (made anew when
   // the sizes change): ~400 KB zeroed per parallel block cost a llama3-8b T = 256 prefill (16
@@ -248,32 +252,36 @@ constexpr int kFlashGemmRows = simd::kWidth >= 16 ? 12 : kGemmRows;
 // row blocking, so results are bit for bit those of gemm().
 template <int NV, class Depth>
 void flash_gemm_panel(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t M,
-                      const float* row_scale, const Depth& depth) noexcept {
+                      const float* row_scale, const Depth& depth, ScaledRows out) noexcept {
   constexpr index_t R = kFlashGemmRows;
   index_t r = 0;
   for (; r + R <= M; r += R) {
     const index_t K = depth(r, R);
-    if (K >= 0) gemm_block<R, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr);
+    if (K >= 0)
+      gemm_block<R, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr,
+                        out.from_row(r));
   }
   const index_t K = r < M ? depth(r, M - r) : -1;
   if (K >= 0)
-    gemm_column_block<NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, M - r, K, row_scale ? row_scale + r : nullptr);
+    gemm_column_block<NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, M - r, K, row_scale ? row_scale + r : nullptr,
+                          out.from_row(r));
 }
 
 // Both products of a tile, full or cut at the causal diagonal, as one walk: column panels of 2
 // vectors, then 1 (N a multiple of the width), each walked by flash_gemm_panel with
-// depth(c, r, rows) for the panel starting at column c.
+// depth(c, r, rows) for the panel starting at column c. With out.rows set the results go there
+// (ScaledRows) instead of C.
 template <class Depth>
 void flash_gemm(const float* A, index_t lda, const float* B, index_t ldb, float* C, index_t ldc, index_t M, index_t N,
-                const float* row_scale, const Depth& depth) noexcept {
+                const float* row_scale, const Depth& depth, ScaledRows out = {}) noexcept {
   const index_t W = simd::kWidth;
   index_t c = 0;
   for (; c + 2 * W <= N; c += 2 * W)
     flash_gemm_panel<2>(A, lda, B + c, ldb, C + c, ldc, M, row_scale,
-                        [&](index_t r, index_t rows) { return depth(c, r, rows); });
+                        [&](index_t r, index_t rows) { return depth(c, r, rows); }, out.from_col(c));
   for (; c < N; c += W)
     flash_gemm_panel<1>(A, lda, B + c, ldb, C + c, ldc, M, row_scale,
-                        [&](index_t r, index_t rows) { return depth(c, r, rows); });
+                        [&](index_t r, index_t rows) { return depth(c, r, rows); }, out.from_col(c));
 }
 
 // S [M x N] = A [M x K] B [K x N], with ends: only the column panels some row of a block sees
@@ -288,12 +296,13 @@ inline void gemm_scores(const float* A, index_t lda, const float* B, index_t ldb
 
 // acc [M x N] = diag(alpha) acc + P [M x K] V [K x N] (acc = P V when alpha is null); with ends
 // (row r's weights past ends[r] are 0) each block of rows runs over the keys its rows reach (every
-// block is written).
+// block is written). With out.rows set, row r goes to out's row r scaled instead of to acc.
 inline void gemm_values(const float* P, index_t ldp, const float* V, index_t ldv, float* acc, index_t ldacc,
-                        index_t M, index_t N, index_t K, const float* alpha, const index_t* ends) noexcept {
-  if (!ends && M <= 4) return gemm(P, ldp, V, ldv, acc, ldacc, M, N, K, alpha);
+                        index_t M, index_t N, index_t K, const float* alpha, const index_t* ends,
+                        ScaledRows out = {}) noexcept {
+  if (!ends && M <= 4 && !out.rows) return gemm(P, ldp, V, ldv, acc, ldacc, M, N, K, alpha);
   flash_gemm(P, ldp, V, ldv, acc, ldacc, M, N, alpha,
-             [&](index_t, index_t r, index_t rows) { return ends ? block_end(ends, r, rows) : K; });
+             [&](index_t, index_t r, index_t rows) { return ends ? block_end(ends, r, rows) : K; }, out);
 }
 
 // The row factors of the tile's P V product: none for the task's first (acc = P V, see
@@ -304,10 +313,34 @@ inline const float* first_rescale(FlashScratch& w) noexcept {
   return first ? nullptr : w.alpha.data();
 }
 
-// One key tile whose keys and values are in w.kt / w.v (fp32): S = Q K^T, softmax, acc += P V.
+// The task's rows of o and their factors (and each row's lse written), once its states are
+// final (after the last tile's softmax): the last tile's P V then writes each row of o from its
+// registers, acc * factor, the product flash_finish would make from acc (bit for bit), without
+// the store of acc and its second pass. The separate pass stored 128 KB of o per task with
+// nothing to overlap the misses, ~5% of a T = 256 prefill (perf, one thread, loaded). False
+// (nothing done) where o's rows are not whole vectors of the width.
 template <class KV, class Q>
-void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
-                index_t j0, index_t n, FlashScratch& w) {
+bool flash_output_rows(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionDims& d,
+                       index_t b, index_t hk, index_t i0, index_t M, FlashScratch& w) {
+  if (out.o.stride(3) != 1 || d.Dv % simd::kWidth != 0) return false;
+  const index_t G = d.group();
+  const bool has_sink = in.sink_logits.has_value();
+  for (index_t r = 0; r < M; ++r) {
+    const index_t i = i0 + r / G, h = hk * G + r % G;
+    const RowEnd end = finish_factor(w.state[r], has_sink, has_sink ? in.sink_logits(h) : 0.f);
+    w.o_rows[r] = out.o.ptr(b, i, h);
+    w.o_scale[r] = end.factor;
+    if (out.lse.has_value()) out.lse(b, i, h) = end.lse;
+  }
+  return true;
+}
+
+// One key tile whose keys and values are in w.kt / w.v (fp32): S = Q K^T, softmax, acc += P V.
+// `last` (the task's last tile, or null): where the P V product may write the task's rows of o
+// straight away; returns true when it did (flash_output_rows; the task is then finished).
+template <class KV, class Q>
+bool flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b, index_t hk, index_t i0, index_t M,
+                index_t j0, index_t n, FlashScratch& w, const AttentionOutputs* last = nullptr) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
   const bool diagonal = diagonal_row_ends(rule, j0, n, M, w);
   const index_t* ends = diagonal ? w.ends.data() : nullptr;
@@ -325,7 +358,9 @@ void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b,
       std::fill(row, row + Dvp, 0.f);
     }
   }
-  gemm_values(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, first_rescale(w), ends);
+  const bool to_o = last && !guard && flash_output_rows(rule.in, *last, d, b, hk, i0, M, w);
+  const ScaledRows o_rows = to_o ? ScaledRows{w.o_rows.data(), w.o_scale.data(), 0} : ScaledRows{};
+  gemm_values(w.s.data(), T, w.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, n, first_rescale(w), ends, o_rows);
   if (guard) {
     for (index_t b = 0; b < w.bad.count; ++b) {
       const index_t j = w.bad.key[b];
@@ -337,6 +372,7 @@ void flash_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, index_t b,
       }
     }
   }
+  return to_o;
 }
 
 // The end of a task: each row normalized into o (and its lse), the o rows requested for writing
@@ -372,11 +408,15 @@ void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, 
                  SelectTiles&& select_tiles, LoadTile&& load_tile, const DistanceBiasCache* cache = nullptr) {
   const LogitRule<KV, Q> rule{in, options, d.Tk, cache};
   const index_t M = flash_begin(in, d, scale, b, hk, i0, nq, w);
-  for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
+  const auto tiles = select_tiles(w.pos.data(), M);
+  bool finished = false;  // the last tile wrote o (flash_tile)
+  for (auto it = tiles.begin(); it != tiles.end();) {
+    const KeyTile tile = *it;
+    const bool last = !(++it != tiles.end());
     load_tile(tile.j0, tile.n, w);
-    flash_tile(rule, d, b, hk, i0, M, tile.j0, tile.n, w);
+    finished = flash_tile(rule, d, b, hk, i0, M, tile.j0, tile.n, w, last ? &out : nullptr);
   }
-  flash_finish(in, out, d, b, hk, i0, M, w);
+  if (!finished) flash_finish(in, out, d, b, hk, i0, M, w);
 }
 
 #if defined(__AVX512F__)

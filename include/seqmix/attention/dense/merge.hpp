@@ -144,10 +144,13 @@ inline index_t combine_grain(int threads, index_t rows, index_t pieces, index_t 
   return std::max<index_t>(1, kMinCombineFloats / std::max<index_t>(1, pieces * Dv));
 }
 
-// Turns a finished row state into (o, lse), adding exp(sink) to the denominator when has_sink.
-// o has stride o_stride; a row without a visible key gives zeros.
-inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool has_sink, float sink, float* o,
-                        index_t o_stride) noexcept {
+// A finished row's lse (exp(sink) added to the denominator when has_sink) and the factor that
+// turns its acc into o: o = acc * factor (0 for a row without a visible key).
+struct RowEnd {
+  float lse, factor;
+};
+
+inline RowEnd finish_factor(const SoftmaxRow& row, bool has_sink, float sink) noexcept {
   // l = 0: no visible key. l NaN (a NaN or +inf logit): lse and o come out NaN.
   const bool seen = !(row.l <= 0.f);
   float lse = seen ? row.m + std::log(row.l) : kMinusInf;
@@ -156,7 +159,14 @@ inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool
     lse = top + std::log(std::exp(lse - top) + std::exp(sink - top));
   }
   // o = acc * exp(m) / exp(lse); exp(m - lse) / ... kept in one factor to stay in range.
-  const float factor = seen ? std::exp(row.m - lse) : 0.f;
+  return {lse, seen ? std::exp(row.m - lse) : 0.f};
+}
+
+// Turns a finished row state into (o, lse), adding exp(sink) to the denominator when has_sink.
+// o has stride o_stride; a row without a visible key gives zeros.
+inline float finish_row(const SoftmaxRow& row, const float* acc, index_t n, bool has_sink, float sink, float* o,
+                        index_t o_stride) noexcept {
+  const auto [lse, factor] = finish_factor(row, has_sink, sink);
   if (o_stride == 1) {
     const simd::Batch<float> f(factor);
     const index_t nv = simd::vector_end(n);
