@@ -139,6 +139,12 @@ index_t flash_begin(const AttentionInputs<KV, Q>& in, const AttentionDims& d, fl
 // the row's sum NaN all the same (online_softmax_tile).
 constexpr index_t kRowMaxBlock = 16;
 
+#if defined(__AVX512F__)
+// max(a, b) per lane: the zero-masking form with every lane kept is the plain instruction, whose
+// undefined merge source GCC 12's -Wall reports as uninitialized (as in register_transpose.hpp).
+inline __m512 max_lanes(__m512 a, __m512 b) noexcept { return _mm512_maskz_max_ps(0xFFFF, a, b); }
+#endif
+
 template <class Width>
 void tile_row_maxima(const float* s, index_t ld, index_t rows, const Width& width_of, float* m) noexcept {
   index_t r0 = 0;
@@ -149,12 +155,12 @@ void tile_row_maxima(const float* s, index_t ld, index_t rows, const Width& widt
       for (index_t r = 0; r < 16; ++r) {
         const float* row = s + (r0 + r) * ld;
         __m512 x = _mm512_set1_ps(kMinusInf);
-        for (index_t j = 0, e = width_of(r0 + r); j < e; j += 16) x = _mm512_max_ps(x, _mm512_loadu_ps(row + j));
+        for (index_t j = 0, e = width_of(r0 + r); j < e; j += 16) x = max_lanes(x, _mm512_loadu_ps(row + j));
         top[r] = _mm512_castps_si512(x);
       }
       transpose_words_16x16(top);  // top[c] lane r: row r0 + r's lane c
       __m512 x = _mm512_castsi512_ps(top[0]);
-      for (index_t c = 1; c < 16; ++c) x = _mm512_max_ps(x, _mm512_castsi512_ps(top[c]));
+      for (index_t c = 1; c < 16; ++c) x = max_lanes(x, _mm512_castsi512_ps(top[c]));
       _mm512_storeu_ps(m + r0, x);
     }
 #endif
