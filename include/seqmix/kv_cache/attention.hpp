@@ -193,6 +193,9 @@ inline KvF load_key_vector(const std::uint8_t* row, index_t v) noexcept {
 }
 
 // acc[r][t] += sum_c Q[r][c] * key[c][token vector t], for kKvRows rows.
+// The float kernels' loops over rows and vectors state their unrolling (here, in block_scores and
+// in value_chunk): GCC 12 at -O2 left them rolled, with every accumulator in memory (a load, an
+// FMA and a store per vector and channel); the same FMAs in the same order once unrolled.
 template <KvFormat F, int NT>
 inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, const float* Q, index_t ldq,
                      KvF (&acc)[kKvRows][NT], LineStream& ahead) noexcept {
@@ -200,9 +203,12 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, cons
     ahead.step();
     const std::uint8_t* row = keys + c * key_row;
     KvF k[NT];
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) k[t] = load_key_vector<F>(row, t);
+#pragma GCC unroll 4
     for (index_t r = 0; r < kKvRows; ++r) {
       const KvF q = simd::in_register(KvF(Q[r * ldq + c]));
+#pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) acc[r][t] = simd::fma(q, k[t], acc[r][t]);
     }
   }
@@ -313,10 +319,14 @@ void block_scores(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w
   const index_t Dk = cfg.key_dim;
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
     KvF acc[kKvRows][NT];
+#pragma GCC unroll 4
     for (auto& a : acc)
+#pragma GCC unroll 8
       for (auto& x : a) x = KvF(0.f);
     key_dots<F, NT>(blk.keys, blk.key_row, Dk, w.q.data() + r0 * Dk, Dk, acc, ahead);
+#pragma GCC unroll 4
     for (index_t r = 0; r < kKvRows; ++r)
+#pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) simd::store(s + (r0 + r) * w.lds + t * simd::kWidth, acc[r][t]);
   }
 }
@@ -337,19 +347,26 @@ template <KvFormat F, int NV>
 void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc,
                  index_t ldacc) noexcept {
   KvF a[kKvRows][NV];
+#pragma GCC unroll 4
   for (index_t r = 0; r < kKvRows; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
   for (index_t t = 0; t < count; ++t) {
     const std::uint8_t* row = blk.values + t * blk.value_row;
     KvF x[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) x[v] = load_key_vector<F>(row, c0 / simd::kWidth + v);  // same layout along the row
     // Each row's weight is broadcast once per token into a register and feeds NV FMAs.
+#pragma GCC unroll 4
     for (index_t r = 0; r < kKvRows; ++r) {
       const KvF w = simd::in_register(KvF(p[r * lds + t]));
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) a[r][v] = simd::fma(w, x[v], a[r][v]);
     }
   }
+#pragma GCC unroll 4
   for (index_t r = 0; r < kKvRows; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) simd::store(acc + r * ldacc + c0 + v * simd::kWidth, a[r][v]);
 }
 
