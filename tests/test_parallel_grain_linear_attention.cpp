@@ -150,6 +150,17 @@ std::vector<SplitCase> split_table() {
 
 constexpr double kTol = 2e-4;
 
+// Runs the fast form on `executor` and requires its outputs and states close to the reference's.
+void require_matches_reference(const SplitCase& c, const SplitData& data, const SplitResult& ref,
+                               const seqmix::Executor& executor, const std::string& what) {
+  SplitResult fast(c, data.N);
+  run(c, data, fast, false, executor);
+  st::require_close((what + " o").c_str(), fast.o.view(), ref.o.view(), kTol);
+  st::require_close((what + " final_state").c_str(), fast.state.view(), ref.state.view(), kTol);
+  if (c.op == Op::linear_attention && c.normalize)
+    st::require_close((what + " final_normalizer").c_str(), fast.z.view(), ref.z.view(), kTol);
+}
+
 }  // namespace
 
 TEST_CASE("diagonal-decay prefills split value columns at 64 claimed threads and match the reference",
@@ -164,14 +175,9 @@ TEST_CASE("diagonal-decay prefills split value columns at 64 claimed threads and
     // 3 splits a lone sequence's heads in ceil(3 / heads) blocks or runs whole ones).
     for (const int threads : {2, 3, 63, 64}) {
       st::CountingExecutor executor(threads);
-      SplitResult fast(c, data.N);
-      run(c, data, fast, false, executor);
       const std::string what = describe(c) + " claimed threads=" + std::to_string(threads);
       INFO(what);
-      st::require_close((what + " o").c_str(), fast.o.view(), ref.o.view(), kTol);
-      st::require_close((what + " final_state").c_str(), fast.state.view(), ref.state.view(), kTol);
-      if (c.op == Op::linear_attention && c.normalize)
-        st::require_close((what + " final_normalizer").c_str(), fast.z.view(), ref.z.view(), kTol);
+      require_matches_reference(c, data, ref, executor, what);
       REQUIRE(!executor.runs().empty());
       if (threads == 3) continue;  // outputs only: the task count depends on the form's grouping
       // At 2 threads: tasks of ceil(H / 2) whole heads of one sequence, as before the split; a
@@ -228,14 +234,9 @@ TEST_CASE("diagonal-decay recurrent prefills split long heads in time above two 
     // 63 split as 64 does here, the segments capped by T / 512.
     for (const int threads : {2, 3, 7, 48, 63, 64}) {
       st::CountingExecutor executor(threads);
-      SplitResult fast(c, data.N);
-      run(c, data, fast, false, executor);
       const std::string what = describe(c) + " claimed threads=" + std::to_string(threads);
       INFO(what);
-      st::require_close((what + " o").c_str(), fast.o.view(), ref.o.view(), kTol);
-      st::require_close((what + " final_state").c_str(), fast.state.view(), ref.state.view(), kTol);
-      if (c.op == Op::linear_attention && c.normalize)
-        st::require_close((what + " final_normalizer").c_str(), fast.z.view(), ref.z.view(), kTol);
+      require_matches_reference(c, data, ref, executor, what);
       const auto& runs = executor.runs();
       REQUIRE(!runs.empty());
       if (threads == 2) {  // unchanged: tasks of ceil(H / 2) whole heads, a lone head in two blocks
