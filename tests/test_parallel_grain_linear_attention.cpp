@@ -260,20 +260,36 @@ TEST_CASE("the time split runs in the memory it keeps, and linear_attention_rele
   const SplitData data(c, 3100);
   SplitResult ref(c, data.N);
   run(c, data, ref, true, seqmix::serial_executor());
+  // What each round saw, asserted after the join: Catch2's assertions are not for other threads.
+  struct Round {
+    SplitResult fast;
+    bool same_memory = false, states_kept = false, correction_kept = false;
+    bool states_freed = false, correction_freed = false;
+  };
+  std::vector<Round> rounds;
   std::thread([&] {  // a thread of its own: nothing kept before, nothing left for the other cases
     const st::CountingExecutor executor(64);  // runs every task on this thread
     for (int round = 0; round < 2; ++round) {
-      SplitResult fast(c, data.N);
-      run(c, data, fast, false, executor);
-      st::require_close("o", fast.o.view(), ref.o.view(), kTol);
+      Round r{SplitResult(c, data.N)};
+      run(c, data, r.fast, false, executor);
       const float* kept = SegmentStatesKeep::slot().local.data();
-      run(c, data, fast, false, executor);
-      CHECK(SegmentStatesKeep::slot().local.data() == kept);  // the same memory, not a new one
-      CHECK(SegmentStatesKeep::slot().bytes() > 0);
-      CHECK(SegmentCorrectionKeep::slot().bytes() > 0);
+      run(c, data, r.fast, false, executor);
+      r.same_memory = SegmentStatesKeep::slot().local.data() == kept;  // the same memory, not a new one
+      r.states_kept = SegmentStatesKeep::slot().bytes() > 0;
+      r.correction_kept = SegmentCorrectionKeep::slot().bytes() > 0;
       seqmix::linear_attention_release_thread_scratch();
-      CHECK(SegmentStatesKeep::slot().bytes() == 0);
-      CHECK(SegmentCorrectionKeep::slot().bytes() == 0);
+      r.states_freed = SegmentStatesKeep::slot().bytes() == 0;
+      r.correction_freed = SegmentCorrectionKeep::slot().bytes() == 0;
+      rounds.push_back(std::move(r));
     }
   }).join();
+  REQUIRE(rounds.size() == 2);
+  for (const Round& r : rounds) {
+    st::require_close("o", r.fast.o.view(), ref.o.view(), kTol);
+    CHECK(r.same_memory);
+    CHECK(r.states_kept);
+    CHECK(r.correction_kept);
+    CHECK(r.states_freed);
+    CHECK(r.correction_freed);
+  }
 }
