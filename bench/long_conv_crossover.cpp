@@ -199,7 +199,10 @@ void measure_passes(const Shape& shape, double gflops, double gbs) {
   const index_t per = sd::long_conv_prepared_walk_width(blocks, 1, N);
   const seqmix::LongConvInputs in{p.u.view(), p.h.view()};  // no skip or bias: no row weights
   const seqmix::TensorView<float, 3> y = p.y.view();
-  seqmix::AlignedVector<float> x(static_cast<std::size_t>(per * N * E));
+  // The walks' scratch as the call lays it out and grows it (huge pages), sized for the widest.
+  const auto layout_of = [&](const sd::LongConvWalk& walk) { return sd::long_conv_walk_layout(walk, N, T, true); };
+  seqmix::AlignedVector<float> x;
+  sd::long_conv_grow_scratch(x, layout_of(sd::LongConvWalk{0, per, D, E}).floats(sd::LongConvWalk{0, per, D, E}, N));
   constexpr int kPasses = 7;
   const char* names[kPasses] = {"gather", "first pass", "parts fwd", "product", "parts inv", "last pass", "scatter"};
   std::vector<double> times[kPasses];
@@ -213,9 +216,10 @@ void measure_passes(const Shape& shape, double gflops, double gbs) {
     };
     for (index_t first = 0; first < blocks; first += per) {
       const sd::LongConvWalk walk{first * E, std::min(per, blocks - first), D, E};
-      timed(0, [&] { sd::long_conv_gather_rows(in, walk, 0, 0, N, x.data()); });
+      const sd::LongConvWalkLayout layout = layout_of(walk);
+      timed(0, [&] { sd::long_conv_gather_rows(in, walk, 0, 0, layout.stride, x.data(), layout.stream); });
       for (index_t k = 0; k < walk.blocks; ++k) {
-        float* xk = x.data() + k * N * E;
+        const sd::LongConvSignal xk = layout.signal(x.data(), walk, k, N);
         const float* G = spectrum.data() + (first + k) * N * E;
         timed(1, [&] { sd::long_conv_forward_top(T, xk, tw); });
         // long_conv_convolve_parts, its three steps timed apart
@@ -223,18 +227,20 @@ void measure_passes(const Shape& shape, double gflops, double gbs) {
           const index_t mirror = tw.mirror[static_cast<std::size_t>(part)] / len * len;
           if (mirror < part) continue;
           timed(2, [&] {
-            sd::fft_dif(xk + part * E, len, tw);
-            if (mirror != part) sd::fft_dif(xk + mirror * E, len, tw);
+            sd::fft_dif(xk.at(part), len, tw);
+            if (mirror != part) sd::fft_dif(xk.at(mirror), len, tw);
           });
           timed(3, [&] { sd::long_conv_spectral_product(xk, G, tw, part, mirror, len); });
           timed(4, [&] {
-            sd::fft_dit_inverse(xk + part * E, len, tw);
-            if (mirror != part) sd::fft_dit_inverse(xk + mirror * E, len, tw);
+            sd::fft_dit_inverse(xk.at(part), len, tw);
+            if (mirror != part) sd::fft_dit_inverse(xk.at(mirror), len, tw);
           });
         }
         timed(5, [&] { sd::long_conv_inverse_top(xk, tw, 0, T); });
       }
-      timed(6, [&] { sd::long_conv_scatter_rows(in, y, walk, sd::LongConvRowWeights{}, 0, 0, N, x.data()); });
+      timed(6, [&] {
+        sd::long_conv_scatter_rows(in, y, walk, sd::LongConvRowWeights{}, 0, 0, layout.stride, x.data(), layout.stream);
+      });
     }
     if (round > 0)
       for (int pass = 0; pass < kPasses; ++pass) times[pass].push_back(t[pass]);

@@ -198,6 +198,44 @@ TEST_CASE("long_conv prepared: wide walks once a block's signal stays in no cach
   }
 }
 
+TEST_CASE("long_conv prepared: wide walks share one upper half when the window fits the lower half",
+          "[long_conv]") {
+  // long_conv_walk_layout: a prepared wide walk that streams and whose window and outputs lie
+  // below N/2 keeps only the lower halves per block, the upper half one buffer for all blocks,
+  // and stores with non-temporal stores (the gather's signals, the scatter's y: rows of y not
+  // aligned to the vector at D = 5 E + 3, so both store paths run). Causal (T + L - 1 just past
+  // N/2) and bidirectional (T + Lb - 1 just past it), ragged last block, skip and bias, two batch
+  // rows in the second.
+  namespace sd = seqmix::detail;
+  const index_t E = sd::kFftElement;
+  const index_t wide_N = st::long_conv_first_wide_N();
+  const index_t T = wide_N / 2 - 20;
+  for (const PreparedCase& c : {PreparedCase{1, T, 5 * E + 3, 30, 5 * E + 3, 0, true, false, false, 33},
+                                PreparedCase{2, T, 5 * E + 3, 8, 5 * E + 3, 30, true, false, false, 34}}) {
+    INFO(c.describe());
+    const PreparedData data(c);
+    const seqmix::LongConvFilterSpectrum spectrum(data.h.cview(), data.backward(c), c.spectrum_shape());
+    REQUIRE(spectrum.fft_length() == wide_N);
+    REQUIRE(sd::long_conv_prepared_walk_width(6, 1, wide_N) == 6);
+    const sd::LongConvWalk one_thread{0, 6, c.D, E};
+    const sd::LongConvWalkLayout layout = sd::long_conv_walk_layout(one_thread, wide_N, c.T, true);
+    REQUIRE(layout.stream);
+    REQUIRE(layout.halves);
+    CHECK(layout.floats(one_thread, wide_N) < static_cast<std::size_t>(6 * wide_N * E));
+    // Not with a window past N/2, nor for walks that transform their filters in the signals.
+    CHECK_FALSE(sd::long_conv_walk_layout(one_thread, wide_N, wide_N / 2 + 1, true).halves);
+    CHECK_FALSE(sd::long_conv_walk_layout(one_thread, wide_N, c.T, false).halves);
+    const Result ref = run(c, data, nullptr, LongConvMethod::automatic, true, seqmix::serial_executor());
+    const Result got = run(c, data, &spectrum, LongConvMethod::fft, false, seqmix::serial_executor());
+    st::require_close("y", got.y.cview(), ref.y.cview(), 2e-5);
+    const Result two = run(c, data, &spectrum, LongConvMethod::fft, false, st::two_thread_pool());
+    st::require_close("y (two threads)", two.y.cview(), ref.y.cview(), 2e-5);
+    const Result plain = run(c, data, nullptr, LongConvMethod::fft, false, seqmix::serial_executor());
+    st::require_close("y (without a spectrum)", plain.y.cview(), ref.y.cview(), 2e-5);
+  }
+  seqmix::long_conv_release_thread_scratch();
+}
+
 TEST_CASE("long_conv prepared: one spectrum serves several T and batch sizes", "[long_conv]") {
   const index_t D = 20, L = 300, Tmax = 1000;
   const PreparedCase made{1, Tmax, D, L, D, 0, true, false, false, 11};

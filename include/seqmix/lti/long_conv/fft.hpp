@@ -251,6 +251,23 @@ constexpr index_t kLongConvFftWalkBlocks = 4;
 // quarters run in cache).
 inline index_t long_conv_top_parts(index_t N) noexcept { return fft_split_parts(N) == 8 ? 8 : 4; }
 
+// A block's signal of N positions (E floats each) as two halves: positions [0, N/2) at lo,
+// [N/2, N) at hi. Contiguous (hi = lo + N/2 E) but for a prepared wide walk whose window and
+// outputs lie in the lower half, where every block's upper half is one buffer of the walk
+// (long_conv_walk_layout). Every part of the transforms lies in one half (a part holds N/8 or
+// N/4 positions), and so does its mirror part (positions from N/2 on hold the odd frequencies,
+// whose negations are odd too).
+struct LongConvSignal {
+  float* lo = nullptr;
+  float* hi = nullptr;
+  index_t half = 0;
+  float* at(index_t position) const noexcept {
+    return position < half ? lo + position * kFftElement : hi + (position - half) * kFftElement;
+  }
+};
+
+inline LongConvSignal long_conv_contiguous_signal(float* x, index_t N) noexcept { return {x, x + N / 2 * kFftElement, N / 2}; }
+
 // The first pass of the forward transform of a signal at x whose elements from `rows` on are zero
 // and never written (no zero fill): fft_stage8 or fft_stage4 of length N (long_conv_top_parts),
 // reading only the positions below `rows` (half of them under the usual padding, rows <= N/2).
@@ -262,38 +279,48 @@ inline index_t long_conv_top_parts(index_t N) noexcept { return fft_split_parts(
 // 16 MiB signal stays in no cache) made it 1.7-2x slower (36-40 against 19-22 ms), and software
 // prefetches 8 or 32 groups ahead of its strided streams (here and in the inverse's last pass)
 // were flat over 4 alternations (18.6 against 18.7 ms).
-inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw, index_t parts, index_t j0,
-                                  index_t j1) noexcept {
+inline void long_conv_forward_top(index_t rows, const LongConvSignal& x, const FftTwiddles& tw, index_t parts,
+                                  index_t j0, index_t j1) noexcept {
   constexpr index_t E = kFftElement;
   const index_t N = tw.N, end = std::min(j1, N / parts);
   const FftValue zero{FftBatch(0.f), FftBatch(0.f)};
   if (parts == 8) {
     const index_t e = N / 8;
+    float* const part[8] = {x.at(0), x.at(e), x.at(2 * e), x.at(3 * e), x.at(4 * e), x.at(5 * e), x.at(6 * e), x.at(7 * e)};
     for (index_t j = j0; j < end; ++j) {
-      float* p = x + j * E;
-      const auto in = [&](index_t m) { return j + m * e < rows ? fft_load(p + m * e * E) : zero; };
+      const auto in = [&](index_t m) { return j + m * e < rows ? fft_load(part[m] + j * E) : zero; };
       FftValue a[8] = {in(0), in(1), in(2), in(3), in(4), in(5), in(6), in(7)};
       fft_butterfly8<false>(a, j, e, 1, tw);
-      fft_store(p, a[0]), fft_store(p + e * E, a[1]), fft_store(p + 2 * e * E, a[2]), fft_store(p + 3 * e * E, a[3]);
-      fft_store(p + 4 * e * E, a[4]), fft_store(p + 5 * e * E, a[5]), fft_store(p + 6 * e * E, a[6]);
-      fft_store(p + 7 * e * E, a[7]);
+      fft_store(part[0] + j * E, a[0]), fft_store(part[1] + j * E, a[1]), fft_store(part[2] + j * E, a[2]);
+      fft_store(part[3] + j * E, a[3]), fft_store(part[4] + j * E, a[4]), fft_store(part[5] + j * E, a[5]);
+      fft_store(part[6] + j * E, a[6]), fft_store(part[7] + j * E, a[7]);
     }
     return;
   }
   const index_t q = N / 4;
+  float* const part[4] = {x.at(0), x.at(q), x.at(2 * q), x.at(3 * q)};
   for (index_t j = j0; j < end; ++j) {
-    float* p = x + j * E;
-    FftValue a0 = j < rows ? fft_load(p) : zero, a1 = j + q < rows ? fft_load(p + q * E) : zero;
-    FftValue a2 = j + 2 * q < rows ? fft_load(p + 2 * q * E) : zero, a3 = j + 3 * q < rows ? fft_load(p + 3 * q * E) : zero;
+    const auto in = [&](index_t m) { return j + m * q < rows ? fft_load(part[m] + j * E) : zero; };
+    FftValue a0 = in(0), a1 = in(1), a2 = in(2), a3 = in(3);
     fft_butterfly4<false>(a0, a1, a2, a3, fft_twiddle<false>(tw, j), fft_twiddle<false>(tw, j + q),
                           fft_twiddle<false>(tw, 2 * j));
-    fft_store(p, a0), fft_store(p + q * E, a1), fft_store(p + 2 * q * E, a2), fft_store(p + 3 * q * E, a3);
+    fft_store(part[0] + j * E, a0), fft_store(part[1] + j * E, a1), fft_store(part[2] + j * E, a2);
+    fft_store(part[3] + j * E, a3);
   }
 }
 
-inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw) noexcept {
+inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw, index_t parts, index_t j0,
+                                  index_t j1) noexcept {
+  long_conv_forward_top(rows, long_conv_contiguous_signal(x, tw.N), tw, parts, j0, j1);
+}
+
+inline void long_conv_forward_top(index_t rows, const LongConvSignal& x, const FftTwiddles& tw) noexcept {
   const index_t parts = long_conv_top_parts(tw.N);
   long_conv_forward_top(rows, x, tw, parts, 0, tw.N / parts);
+}
+
+inline void long_conv_forward_top(index_t rows, float* x, const FftTwiddles& tw) noexcept {
+  long_conv_forward_top(rows, long_conv_contiguous_signal(x, tw.N), tw);
 }
 
 // The whole forward transform of such a signal: the first pass, then the parts.
@@ -309,45 +336,110 @@ inline void long_conv_forward_padded(index_t rows, float* x, const FftTwiddles& 
 // length N, storing only positions [first, first + count), the window's outputs (half the
 // positions under the usual padding); the others are left as they were. With `parts` parts and
 // groups j in [j0, j1) only, as long_conv_forward_top.
-inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count, index_t parts,
-                                  index_t j0, index_t j1) noexcept {
+inline void long_conv_inverse_top(const LongConvSignal& x, const FftTwiddles& tw, index_t first, index_t count,
+                                  index_t parts, index_t j0, index_t j1) noexcept {
   constexpr index_t E = kFftElement;
   const index_t N = tw.N, end = std::min(j1, N / parts);
   const auto keep = [&](index_t position) { return position >= first && position - first < count; };
   if (parts == 8) {
     const index_t e = N / 8;
+    float* const part[8] = {x.at(0), x.at(e), x.at(2 * e), x.at(3 * e), x.at(4 * e), x.at(5 * e), x.at(6 * e), x.at(7 * e)};
     for (index_t j = j0; j < end; ++j) {
-      float* p = x + j * E;
-      FftValue a[8] = {fft_load(p), fft_load(p + e * E), fft_load(p + 2 * e * E), fft_load(p + 3 * e * E),
-                       fft_load(p + 4 * e * E), fft_load(p + 5 * e * E), fft_load(p + 6 * e * E), fft_load(p + 7 * e * E)};
+      FftValue a[8] = {fft_load(part[0] + j * E), fft_load(part[1] + j * E), fft_load(part[2] + j * E),
+                       fft_load(part[3] + j * E), fft_load(part[4] + j * E), fft_load(part[5] + j * E),
+                       fft_load(part[6] + j * E), fft_load(part[7] + j * E)};
       fft_butterfly8<true>(a, j, e, 1, tw);
       for (index_t m = 0; m < 8; ++m)
-        if (keep(j + m * e)) fft_store(p + m * e * E, a[m]);
+        if (keep(j + m * e)) fft_store(part[m] + j * E, a[m]);
     }
     return;
   }
   const index_t q = N / 4;
+  float* const part[4] = {x.at(0), x.at(q), x.at(2 * q), x.at(3 * q)};
   for (index_t j = j0; j < end; ++j) {
-    float* p = x + j * E;
-    FftValue a0 = fft_load(p), a1 = fft_load(p + q * E), a2 = fft_load(p + 2 * q * E), a3 = fft_load(p + 3 * q * E);
+    FftValue a0 = fft_load(part[0] + j * E), a1 = fft_load(part[1] + j * E), a2 = fft_load(part[2] + j * E);
+    FftValue a3 = fft_load(part[3] + j * E);
     fft_butterfly4<true>(a0, a1, a2, a3, fft_twiddle<true>(tw, j), fft_twiddle<true>(tw, j + q),
                          fft_twiddle<true>(tw, 2 * j));
     const FftValue out[4] = {a0, a1, a2, a3};
     for (index_t m = 0; m < 4; ++m)
-      if (keep(j + m * q)) fft_store(p + m * q * E, out[m]);
+      if (keep(j + m * q)) fft_store(part[m] + j * E, out[m]);
   }
 }
 
-inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
+inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count, index_t parts,
+                                  index_t j0, index_t j1) noexcept {
+  long_conv_inverse_top(long_conv_contiguous_signal(x, tw.N), tw, first, count, parts, j0, j1);
+}
+
+inline void long_conv_inverse_top(const LongConvSignal& x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
   const index_t parts = long_conv_top_parts(tw.N);
   long_conv_inverse_top(x, tw, first, count, parts, 0, tw.N / parts);
 }
 
+inline void long_conv_inverse_top(float* x, const FftTwiddles& tw, index_t first, index_t count) noexcept {
+  long_conv_inverse_top(long_conv_contiguous_signal(x, tw.N), tw, first, count);
+}
+
 // One element of a block's signal from `lanes` contiguous floats (lanes = E, or W with the
-// imaginary parts zero).
-inline void long_conv_store_row(const float* src, index_t lanes, float* dst) noexcept {
+// imaginary parts zero). stream: non-temporal stores (long_conv_walk_streams).
+inline void long_conv_store_row(const float* src, index_t lanes, float* dst, bool stream = false) noexcept {
   constexpr index_t W = simd::kWidth, E = kFftElement;
-  for (index_t i = 0; i < E; i += W) simd::store(dst + i, i < lanes ? simd::load(src + i) : FftBatch(0.f));
+  for (index_t i = 0; i < E; i += W) {
+    const FftBatch v = i < lanes ? simd::load(src + i) : FftBatch(0.f);
+    if (stream)
+      simd::stream_store(dst + i, v);
+    else
+      simd::store(dst + i, v);
+  }
+}
+
+// Bytes of a walk's signals (blocks x N x E floats) above which its gather stores the signals
+// and its scatter stores y with non-temporal stores, 32 MiB. Why: such a walk writes all its
+// signals before the first block's first pass reads any back (192-384 MiB for the wide walks at
+// N = 131072), and y is written once and not read by the call, so the lines go to memory whatever
+// the stores do; plain stores first read every line they write (read for ownership), a third of
+// the gather's and the scatter's traffic. Pass profile at T = L = 65536, one thread (D = 768,
+// long_conv_crossover --passes, loaded): gather 11.7-12.4 against 20.4-22.2 ms, scatter
+// 16.8-19.4 against 20.9-22.2. Below it (the cache-sized walks, N <= 32768 with AVX-512) the
+// first pass reads a block's rows back from cache. Tried with it and dropped: signals N + 1
+// elements apart instead of N (so that a row's 24 blocks fall into different cache sets): the
+// streaming gather took 16.4-17.3 ms instead of 11.4-12.6, the scatter no less.
+constexpr index_t kLongConvFftStreamBytes = index_t{32} << 20;
+
+inline bool long_conv_walk_streams(const LongConvWalk& walk, index_t N) noexcept {
+  return walk.blocks * N * kFftElement * static_cast<index_t>(sizeof(float)) > kLongConvFftStreamBytes;
+}
+
+// Where a walk's signals lie in its scratch x: block k's at x + k stride E, whole, or with
+// `halves` only its lower half there and every block's upper half in one buffer after them, at
+// x + blocks stride E (long_conv_walk_layout).
+struct LongConvWalkLayout {
+  index_t stride = 0;
+  bool halves = false;
+  bool stream = false;  // long_conv_walk_streams
+  std::size_t floats(const LongConvWalk& walk, index_t N) const noexcept {
+    return static_cast<std::size_t>((walk.blocks * stride + (halves ? N / 2 : 0)) * kFftElement);
+  }
+  LongConvSignal signal(float* x, const LongConvWalk& walk, index_t k, index_t N) const noexcept {
+    float* lo = x + k * stride * kFftElement;
+    if (!halves) return long_conv_contiguous_signal(lo, N);
+    return {lo, x + walk.blocks * stride * kFftElement, N / 2};
+  }
+};
+
+// The layout of a walk at FFT length N whose window (and outputs) are its first `rows` positions.
+// shared_halves: the walk transforms no filter in x (a prepared call's pair blocks). The upper
+// halves are shared when the walk streams and rows <= N/2. Why: positions from N/2 on are zero
+// before the first pass, which writes them without reading, and dead after the last pass (the
+// outputs lie below N/2), so each block's upper half was read for ownership from memory and
+// written back for nothing, 2 x 8 MiB per block at N = 131072; one buffer for all blocks stays
+// in cache from one block to the next, and the walk holds half the scratch (200 instead of
+// 384 MiB at D = 768, T = L = 65536).
+inline LongConvWalkLayout long_conv_walk_layout(const LongConvWalk& walk, index_t N, index_t rows, bool shared_halves) {
+  const bool stream = long_conv_walk_streams(walk, N);
+  const bool halves = stream && shared_halves && rows <= N / 2;
+  return {halves ? N / 2 : N, halves, stream};
 }
 
 // Copies taps [0, taps) of the walk's filter columns to their signals (block k's tap s at
@@ -464,15 +556,19 @@ inline void for_each_mirrored_pair(const FftTwiddles& tw, index_t first, index_t
 
 // The product of spectra, in place over the signal's, at positions [first, first + len) and at
 // their mirrors [mirror_first, mirror_first + len).
-inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddles& tw, index_t first,
+inline void long_conv_spectral_product(const LongConvSignal& x, const float* G, const FftTwiddles& tw, index_t first,
                                        index_t mirror_first, index_t len) noexcept {
   constexpr index_t E = kFftElement;
   const FftBatch c(0.25f / static_cast<float>(tw.N));
+  float* const part = x.at(first);
+  float* const mirror = x.at(mirror_first);  // each range lies in one half
   for_each_mirrored_pair(tw, first, mirror_first, len, [&](index_t k, index_t mk) {
-    const FftValue z = fft_load(x + k * E), zm = fft_load(x + mk * E);
+    float* xk = part + (k - first) * E;
+    float* xmk = mirror + (mk - mirror_first) * E;
+    const FftValue z = fft_load(xk), zm = fft_load(xmk);
     const FftValue g = fft_load(G + k * E), gm = fft_load(G + mk * E);
-    fft_store(x + k * E, long_conv_pair_product(z, zm, g, gm, c));
-    if (mk != k) fft_store(x + mk * E, long_conv_pair_product(zm, z, gm, g, c));
+    fft_store(xk, long_conv_pair_product(z, zm, g, gm, c));
+    if (mk != k) fft_store(xmk, long_conv_pair_product(zm, z, gm, g, c));
   });
 }
 
@@ -481,19 +577,23 @@ inline void long_conv_spectral_product(float* x, const float* G, const FftTwiddl
 // and their mirrors as long_conv_spectral_product. For real u and h, conj Z[-k] = U - i H, so
 // U H = (z^2 - conj(zm)^2) / 4i, and Y[-k] = conj Y[k] (y is real). c = 1 / 4N (the inverse runs
 // unscaled).
-inline void long_conv_packed_product(float* x, const FftTwiddles& tw, index_t first, index_t mirror_first,
+inline void long_conv_packed_product(const LongConvSignal& x, const FftTwiddles& tw, index_t first, index_t mirror_first,
                                      index_t len) noexcept {
   constexpr index_t E = kFftElement;
   const FftBatch c(0.25f / static_cast<float>(tw.N));
+  float* const part = x.at(first);
+  float* const mirror = x.at(mirror_first);
   for_each_mirrored_pair(tw, first, mirror_first, len, [&](index_t k, index_t mk) {
-    const FftValue z = fft_load(x + k * E), zm = fft_load(x + mk * E);
+    float* xk = part + (k - first) * E;
+    float* xmk = mirror + (mk - mirror_first) * E;
+    const FftValue z = fft_load(xk), zm = fft_load(xmk);
     // z^2 - conj(zm)^2 = (z.re^2 - z.im^2 - zm.re^2 + zm.im^2) + i (2 z.re z.im + 2 zm.re zm.im)
     const FftBatch re = simd::fma(z.re, z.re, -(z.im * z.im)) - simd::fma(zm.re, zm.re, -(zm.im * zm.im));
     const FftBatch im = simd::fma(z.re, z.im, zm.re * zm.im);
     // (re + i im) / 4i / N = (im - i re) c: the 2 of im folded into c's 1/4 -> 1/2
     const FftValue y{im * (c + c), -(re * c)};
-    fft_store(x + k * E, y);
-    if (mk != k) fft_store(x + mk * E, FftValue{y.re, FftBatch(0.f) - y.im});
+    fft_store(xk, y);
+    if (mk != k) fft_store(xmk, FftValue{y.re, FftBatch(0.f) - y.im});
   });
 }
 
@@ -509,29 +609,30 @@ inline void long_conv_packed_product(float* x, const FftTwiddles& tw, index_t fi
 // recursively, each part pair's own parts paired down to the cache blocks. frequency0: the
 // spectrum's position 0 (frequency 0), copied before the product. G null: a packed narrow block
 // (long_conv_packed_product), its filter in the signal.
-inline void long_conv_convolve_parts(float* x, const float* G, const FftTwiddles& tw, float* frequency0) noexcept {
+inline void long_conv_convolve_parts(const LongConvSignal& x, const float* G, const FftTwiddles& tw,
+                                     float* frequency0) noexcept {
   constexpr index_t E = kFftElement;
   const index_t len = tw.N / long_conv_top_parts(tw.N);
   for (index_t part = 0; part < tw.N; part += len) {
     const index_t mirror = tw.mirror[static_cast<std::size_t>(part)] / len * len;
     if (mirror < part) continue;  // done with its mirror
-    fft_dif(x + part * E, len, tw);
-    if (mirror != part) fft_dif(x + mirror * E, len, tw);
+    fft_dif(x.at(part), len, tw);
+    if (mirror != part) fft_dif(x.at(mirror), len, tw);
     if (part == 0)
-      for (index_t i = 0; i < E; ++i) frequency0[i] = x[i];
+      for (index_t i = 0; i < E; ++i) frequency0[i] = x.lo[i];
     if (G == nullptr)
       long_conv_packed_product(x, tw, part, mirror, len);
     else
       long_conv_spectral_product(x, G, tw, part, mirror, len);
-    fft_dit_inverse(x + part * E, len, tw);
-    if (mirror != part) fft_dit_inverse(x + mirror * E, len, tw);
+    fft_dit_inverse(x.at(part), len, tw);
+    if (mirror != part) fft_dit_inverse(x.at(mirror), len, tw);
   }
 }
 
 // One block's convolution in place: the forward transform of its window (the first `rows`
 // elements, the rest zero and never read), the product with the filters' pair spectrum G (null:
 // packed, as long_conv_convolve_parts), and the inverse, storing positions [first, first + count).
-inline void long_conv_convolve_block(float* x, const float* G, index_t rows, index_t first, index_t count,
+inline void long_conv_convolve_block(const LongConvSignal& x, const float* G, index_t rows, index_t first, index_t count,
                                      const FftTwiddles& tw, float* frequency0) noexcept {
   long_conv_forward_top(rows, x, tw);
   long_conv_convolve_parts(x, G, tw, frequency0);
@@ -546,9 +647,11 @@ inline void long_conv_convolve_block(float* x, const float* G, index_t rows, ind
 // 8 outputs stored) 41-86 ms against 36-48 for this walk and the first pass, whether groups or
 // blocks ran inner or in tiles of 8-128 groups, and the inverse's last pass fused with the
 // scatter broke even (one thread, loaded; docs/operators.md, long_conv, 2026-12-06).
-// [r0, r1): the window rows to copy (a split block's piece; r1 < 0: to the end).
-inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& walk, index_t b, index_t S, index_t N,
-                                  float* x, index_t r0 = 0, index_t r1 = -1) {
+// block_stride: elements from one block's signal to the next (long_conv_walk_layout); stream:
+// non-temporal stores (long_conv_walk_streams). [r0, r1): the window rows to copy (a split
+// block's piece; r1 < 0: to the end).
+inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& walk, index_t b, index_t S,
+                                  index_t block_stride, float* x, bool stream, index_t r0 = 0, index_t r1 = -1) {
   constexpr index_t E = kFftElement;
   const index_t T = in.u.size(1), end = r1 < 0 ? S + T : std::min(r1, S + T);
   alignas(64) float buffer[E];
@@ -565,9 +668,10 @@ inline void long_conv_gather_rows(const LongConvInputs& in, const LongConvWalk& 
         for (index_t i = 0; i < walk.lanes; ++i) buffer[i] = i < width ? src[i * stride] : 0.f;
         src = buffer;
       }
-      long_conv_store_row(src, walk.lanes, x + (k * N + r) * E);
+      long_conv_store_row(src, walk.lanes, x + (k * block_stride + r) * E, stream);
     }
   }
+  if (stream) simd::stream_fence();
 }
 
 // A walk's skip and bias weights for long_conv_scatter_rows: block k's at skip + k E and
@@ -605,26 +709,29 @@ inline LongConvRowWeights long_conv_row_weights(const LongConvInputs& in, const 
 }
 
 // Writes y[b, t, c] = conv (+ skip u, + bias) for t < T from the walk's inverse transforms (block
-// k's output t at x + (k N + S + t) E, channel c of the block in lane c % W of part c / W), one
-// row of y after the other. weights: the walk's (long_conv_row_weights). [t0, t1): the rows to
-// write (a split block's piece; t1 < 0: to T).
+// k's output t at x + (k block_stride + S + t) E, channel c of the block in lane c % W of part
+// c / W), one row of y after the other. weights: the walk's (long_conv_row_weights). stream:
+// non-temporal stores to y where a row's run is aligned (long_conv_walk_streams). [t0, t1): the
+// rows to write (a split block's piece; t1 < 0: to T).
 inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<float, 3>& y, const LongConvWalk& walk,
-                                   const LongConvRowWeights& weights, index_t b, index_t S, index_t N, const float* x,
-                                   index_t t0 = 0, index_t t1 = -1) {
+                                   const LongConvRowWeights& weights, index_t b, index_t S, index_t block_stride,
+                                   const float* x, bool stream, index_t t0 = 0, index_t t1 = -1) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t end = t1 < 0 ? in.u.size(1) : std::min(t1, in.u.size(1));
   const float* skips = weights.skip;
   const float* biases = weights.bias;
   const bool skip = skips != nullptr, bias = biases != nullptr;
   const bool unit = y.stride(2) == 1 && in.u.stride(2) == 1;
+  const auto aligned = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p) % (W * sizeof(float)) == 0; };
   for (index_t t = t0; t < end; ++t) {
     if (unit && t + kLongConvPrefetchRows < end) {
-      long_conv_prefetch_span(y.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 1);
+      // (not when streaming: the prefetch for writing would read the lines the stores skip)
+      if (!stream) long_conv_prefetch_span(y.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 1);
       if (skip) long_conv_prefetch_span(in.u.ptr(b, t + kLongConvPrefetchRows, walk.c0), walk.span(), 0);
     }
     for (index_t k = 0; k < walk.blocks; ++k) {
       const index_t c = walk.channel(k), width = walk.width(k);
-      const float* row = x + (k * N + S + t) * E;
+      const float* row = x + (k * block_stride + S + t) * E;
       if (unit && width == walk.lanes) {
         float* out = y.ptr(b, t, c);
         const float* u = in.u.ptr(b, t, c);
@@ -632,7 +739,10 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
           FftBatch v = simd::load(row + i);
           if (skip) v += simd::load(skips + k * E + i) * simd::load(u + i);
           if (bias) v += simd::load(biases + k * E + i);
-          simd::store(out + i, v);
+          if (stream && aligned(out + i))
+            simd::stream_store(out + i, v);
+          else
+            simd::store(out + i, v);
         }
         continue;
       }
@@ -644,6 +754,7 @@ inline void long_conv_scatter_rows(const LongConvInputs& in, const TensorView<fl
       }
     }
   }
+  if (stream) simd::stream_fence();
 }
 
 // Lists the channels of a block (first: b * D + its first channel, width channels) whose window
@@ -680,15 +791,16 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   constexpr index_t W = simd::kWidth, E = kFftElement;
   const index_t B = in.u.size(0), T = in.u.size(1), D = in.u.size(2), N = tw.N;
   const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
-  const auto size = static_cast<std::size_t>(walk.blocks * N * E);
+  const auto g_size = static_cast<std::size_t>(walk.blocks * N * E);
   // A narrow walk of a causal call transforms its filters with its input, one per lane's
   // imaginary part (long_conv_packed_product): two transforms per block and batch row instead of
   // three for the first row. Why: narrow walks run when threads outnumber the blocks (at 64
   // threads, D = 768), where each task's length is the call's time.
   const bool packed = prepared == nullptr && walk.lanes == W && !in.filter_backward.has_value();
   const bool own_spectra = !packed && (prepared == nullptr || walk.lanes != E);
-  long_conv_grow_scratch(scratch.x, size);
-  if (own_spectra) long_conv_grow_scratch(scratch.G, size);
+  const LongConvWalkLayout layout = long_conv_walk_layout(walk, N, S + T, prepared != nullptr && walk.lanes == E);
+  long_conv_grow_scratch(scratch.x, layout.floats(walk, N));
+  if (own_spectra) long_conv_grow_scratch(scratch.G, g_size);
   const float* G = packed ? nullptr : scratch.G.data();
   // Block k's spectrum: adjacent in G, or a tiled prepared spectrum's block.
   const auto block_spectrum = [&](index_t k) -> const float* {
@@ -713,16 +825,15 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   float* x = scratch.x.data();
   const LongConvRowWeights weights = long_conv_row_weights(in, walk, scratch.weights);
   for (index_t b = 0; b < B; ++b) {
-    long_conv_gather_rows(in, walk, b, S, N, x);
+    long_conv_gather_rows(in, walk, b, S, layout.stride, x, layout.stream);
     if (packed) long_conv_load_filter_rows(in.filter, walk, taps, D / in.filter.size(1), N, x, true);
     // Block after block, its transforms and product while its signal is in cache.
     for (index_t k = 0; k < walk.blocks; ++k) {
-      float* xk = x + k * N * E;
       alignas(64) float lanes[E];
-      long_conv_convolve_block(xk, block_spectrum(k), S + T, S, T, tw, lanes);
+      long_conv_convolve_block(layout.signal(x, walk, k, N), block_spectrum(k), S + T, S, T, tw, lanes);
       long_conv_list_nonfinite(lanes, b * D + walk.channel(k), walk.width(k), nonfinite);
     }
-    long_conv_scatter_rows(in, y, walk, weights, b, S, N, x);
+    long_conv_scatter_rows(in, y, walk, weights, b, S, layout.stride, x, layout.stream);
   }
 }
 
@@ -1004,7 +1115,7 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
       float* filter = G + block * N * E;
       for (index_t m = 0; m < parts; ++m) {
         long_conv_piece_rows(j0 + m * len, j1 + m * len, 0, rows, [&](index_t r0, index_t r1) {
-          long_conv_gather_rows(in, walk_of(block), b, S, N, xs, r0, r1);
+          long_conv_gather_rows(in, walk_of(block), b, S, N, xs, false, r0, r1);
         });
         if (b == 0)
           long_conv_piece_rows(j0 + m * len, j1 + m * len, 0, taps, [&](index_t s0, index_t s1) {
@@ -1041,7 +1152,8 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
       long_conv_inverse_top(product, tw, S, T, parts, j0, j1);
       for (index_t m = 0; m < parts; ++m)
         long_conv_piece_rows(j0 + m * len, j1 + m * len, S, rows, [&](index_t r0, index_t r1) {
-          long_conv_scatter_rows(in, y, walk_of(block), weights.block(block), b, S, N, product, r0 - S, r1 - S);
+          long_conv_scatter_rows(in, y, walk_of(block), weights.block(block), b, S, N, product, false, r0 - S,
+                                 r1 - S);
         });
     }
   });
