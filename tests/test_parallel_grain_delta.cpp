@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -389,4 +390,81 @@ TEST_CASE("parallel grain delta: head groups hand each head's state in and out",
     st::require_close("o", o.view(), o_ref.view(), kTol);
     if (has_final) st::require_close("final_state", s.view(), s_ref.view(), kTol);
   }
+}
+
+TEST_CASE("parallel grain delta: bad beta and gate elements throw before any output or state is written",
+          "[parallel_grain][gated_delta_rule]") {
+  // The fast prefill leaves the elements of beta and the gate to delta_update::run_delta_items
+  // (ElementChecks::caller): checked before the first task that writes, or, with a chunk-factor
+  // pass, by each factor task on its chunk and then by the call's own checks when a task found a
+  // bad element or the pass did not cover every token (a padding sequence). Either way the error
+  // must name the element the reference names, and o and final_state must be as they were. At 64
+  // claimed threads: B=1 T=300 H=2 K=64 V=96 has a factor pass (2 items of 3 value blocks, one
+  // segment of 10 chunks); T=600 also splits in segments (19 chunks, 2 segments); the packed call
+  // with a padding sequence (slot -1) runs only the second sequence's items. At 2 threads the
+  // same calls run whole items (no factor pass).
+  struct Case {
+    index_t T, H;
+    DeltaGate gate;
+    std::vector<std::int32_t> cu_seqlens, slots;  // empty: dense B = 1; slots: state_indices
+    const char* bad;                              // "beta", "g" or "g_scalar"
+    index_t t, h, c;                              // the bad element (c: the gate's key channel)
+    float value;
+  };
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<Case> cases = {
+      {300, 2, DeltaGate::scalar, {}, {}, "beta", 299, 1, 0, inf},       // the last, ragged chunk
+      {300, 2, DeltaGate::scalar, {}, {}, "g_scalar", 150, 0, 0, 0.5f},  // a positive log-gate
+      {600, 2, DeltaGate::channel, {}, {}, "g", 599, 1, 63, nan},
+      {600, 2, DeltaGate::channel, {}, {}, "beta", 0, 0, 0, nan},
+      {600, 2, DeltaGate::scalar, {0, 200, 600}, {-1, 1}, "beta", 10, 1, 0, -inf},       // in the padding sequence
+      {600, 2, DeltaGate::channel, {0, 200, 600}, {-1, 1}, "g", 300, 0, 5, 1e-3f},      // in the running one
+  };
+  const index_t K = 64, V = 96;
+  std::uint64_t seed = 1700;
+  for (const Case& c : cases)
+    for (int threads : {2, 64}) {
+      seed += 10;
+      INFO("T=" << c.T << " H=" << c.H << " gate=" << (c.gate == DeltaGate::scalar ? "scalar" : "channel")
+                << " sequences=" << c.cu_seqlens.size() << " bad " << c.bad << " at t=" << c.t << " h=" << c.h
+                << " c=" << c.c << " threads=" << threads);
+      GdrProblem problem(1, c.T, c.H, c.H, K, V, c.gate, c.cu_seqlens, seed, -0.05f);
+      if (std::string(c.bad) == "beta") problem.beta(0, c.t, c.h) = c.value;
+      if (std::string(c.bad) == "g_scalar") problem.gs(0, c.t, c.h) = c.value;
+      if (std::string(c.bad) == "g") problem.g(0, c.t, c.h, c.c) = c.value;
+      seqmix::GatedDeltaRuleInputs in = problem.in;
+      if (!c.slots.empty()) in.batch.state_indices = c.slots;
+      seqmix::GatedDeltaRuleOptions options;
+      options.gate = c.gate;
+      options.algorithm = DeltaAlgorithm::chunked;  // the factor pass needs chunked items (SSE2 would pick recurrent)
+      Tensor<float, 4> o({1, c.T, c.H, V}), s({problem.N, c.H, K, V});
+      std::string reference_error;
+      try {
+        seqmix::reference::gated_delta_rule(in, {o.view(), s.view()}, options);
+      } catch (const seqmix::ShapeError& e) {
+        reference_error = e.what();
+      }
+      REQUIRE(reference_error.find(std::string("argument '") + c.bad + "'") != std::string::npos);
+      o.fill(42.f);
+      s.fill(7.f);
+      st::CountingExecutor ex(threads);
+      try {
+        seqmix::gated_delta_rule(in, {o.view(), s.view()}, options, ex);
+        FAIL("no error");
+      } catch (const seqmix::ShapeError& e) {
+        const std::string what = e.what();
+        CHECK(e.argument() == c.bad);
+        // The same element named as the reference names it (the op's name differs).
+        CHECK(what.substr(what.find("argument '")) == reference_error.substr(reference_error.find("argument '")));
+      }
+      CHECK(std::all_of(o.begin(), o.end(), [](float x) { return x == 42.f; }));
+      CHECK(std::all_of(s.begin(), s.end(), [](float x) { return x == 7.f; }));
+      if (threads == 64 && c.cu_seqlens.empty()) {
+        // The check rode on the factor pass (2 items x chunks of 32); after it only the gate's own
+        // check ran, to name the element (a channel gate's check is a parallel pass).
+        REQUIRE(!ex.runs().empty());
+        CHECK(ex.runs().front().tasks == 2 * ((c.T + 31) / 32));
+        CHECK(ex.runs().size() == (std::string(c.bad) == "g" ? 2u : 1u));
+      }
+    }
 }

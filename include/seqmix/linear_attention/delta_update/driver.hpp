@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <optional>
 #include <type_traits>
@@ -515,6 +516,16 @@ void bind_items(FactorStore& store, index_t items, index_t chunk, index_t segmen
   }
 }
 
+/// Whether the chunk-factor pass over `store`'s items covers every token of every head of the
+/// call: every sequence runs (none is padding) and every item has its chunks' records.
+inline bool covers_every_token(const FactorStore& store, const SequenceMap& map, const std::vector<index_t>& order,
+                               index_t chunk) {
+  if (static_cast<index_t>(order.size()) != map.sequences()) return false;
+  for (std::size_t i = 0; i < store.items.size(); ++i)
+    if (store.first[i + 1] - store.first[i] != item_chunks(store.items[i].p.T(), chunk)) return false;
+  return true;
+}
+
 /// Grows v to at least n floats.
 inline void reserve_floats(AlignedVector<float>& v, index_t n) {
   if (static_cast<index_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
@@ -568,9 +579,17 @@ void run_chunk_segments(const Executor& executor, ChunkSegments plan, WholeBlock
 /// whole per-block algorithm). When even the value blocks leave most threads idle
 /// (chunk_segments), the chunked fp32 items of enough chunks also run in segments
 /// (ChunkSegments), on the same records.
-template <class Bind>
+///
+/// check_elements() checks the call's beta and gate elements (ElementChecks::caller), throwing
+/// ShapeError on a bad one; it runs before any task that writes an output or a state. With a
+/// chunk-factor pass, which writes only the caller's FactorStore, each of its tasks checks its
+/// chunk's beta and gate rows, which it reads anyway, and check_elements() runs after the pass
+/// only when a task found a bad one or the pass did not cover every token of every head
+/// (padding sequences, items without records): so the serial part of such a call no longer reads
+/// beta and the gate (gdn-h4: about 3 us right after a previous call, docs/parallel_grain.md).
+template <class Bind, class CheckElements>
 void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H, index_t K, index_t V, index_t chunk,
-                     Bind&& bind) {
+                     Bind&& bind, CheckElements&& check_elements) {
   const std::vector<index_t>& order = longest_first(map);
   const index_t items = static_cast<index_t>(order.size()) * H;
   const int threads = executor.concurrency();
@@ -585,9 +604,14 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
   };
   const index_t group =
       split.blocks == 1 && segments < 2 ? seqmix::chunkwise::items_together_group(H, K * V, threads) : 1;
-  if (group > 1 && items > 0 && bound(0, ValueColumns{0, V}).algorithm == DeltaAlgorithm::chunked)
+  if (group > 1 && items > 0 && bound(0, ValueColumns{0, V}).algorithm == DeltaAlgorithm::chunked) {
+    check_elements();
     return run_item_groups(executor, static_cast<index_t>(order.size()), H, K, V, chunk, group, bound);
-  if (split.blocks < kShareFactorsMinBlocks && segments < 2) return for_each_item(executor, map, H, K, V, whole);
+  }
+  if (split.blocks < kShareFactorsMinBlocks && segments < 2) {
+    check_elements();
+    return for_each_item(executor, map, H, K, V, whole);
+  }
 
   FactorStore& store = factor_store();  // the caller's (a name, not a capture, would be each thread's own)
   bind_items(store, items, chunk, segments, [&](index_t it) { return bound(it, ValueColumns{0, V}); });
@@ -595,18 +619,22 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
   const index_t segment_count = store.first_segment.back(), rows = store.first_row.back();
   const index_t floats = chunks * stride + segment_count * (K * V + K * K) + rows * K;
   if (chunks == 0 || (split.blocks < kShareFactorsMinBlocks && segment_count == 0) ||
-      static_cast<std::size_t>(floats) * sizeof(float) > kShareFactorsMaxBytes)
+      static_cast<std::size_t>(floats) * sizeof(float) > kShareFactorsMaxBytes) {
+    check_elements();
     return for_each_item(executor, map, H, K, V, whole);
+  }
   reserve_floats(store.records, chunks * stride);
 
+  std::atomic<bool> bad{false};  // a chunk holds a bad beta or gate element
   executor.run(chunks, [&](index_t j) {  // pass 1: (item, chunk) tasks
     const auto next = std::upper_bound(store.first.begin(), store.first.end(), j);
     const std::size_t it = static_cast<std::size_t>(next - store.first.begin()) - 1;
     const DeltaHead& p = store.items[it].p;
-    const index_t t0 = (j - store.first[it]) * chunk;
-    wy_chunk_factors(p, t0, std::min(chunk, p.T() - t0), factor_scratch(chunk, K),
-                     WyFactors{store.records.data() + j * stride, chunk, K});
+    const index_t t0 = (j - store.first[it]) * chunk, L = std::min(chunk, p.T() - t0);
+    wy_chunk_factors(p, t0, L, factor_scratch(chunk, K), WyFactors{store.records.data() + j * stride, chunk, K});
+    if (chunk_elements_bad(p, t0, L)) bad.store(true, std::memory_order_relaxed);
   });
+  if (bad.load(std::memory_order_relaxed) || !covers_every_token(store, map, order, chunk)) check_elements();
   // An item of one segment: its value blocks, each from the item's records when it has them.
   const auto whole_block = [&](std::size_t i, ValueColumns cols) {
     ItemScratch& ws = item_scratch(K, cols.width);

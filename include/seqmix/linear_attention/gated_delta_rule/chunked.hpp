@@ -23,10 +23,12 @@ namespace delta_update {
 // items than threads, the chunked items' V-independent chunk factors then computed once in a first
 // pass (run_delta_items). Each sequence picks its algorithm on its own length (as a
 // call of that sequence alone would); token_states take the recurrent kernel. E: the storage
-// type of q/k/v; 16-bit rows are widened as each chunk or token is loaded (DeltaHead).
+// type of q/k/v; 16-bit rows are widened as each chunk or token is loaded (DeltaHead). The
+// elements of beta and the gate are checked by run_delta_items before anything is written, in its
+// chunk-factor pass when it has one (ElementChecks::caller).
 template <class E>
 void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& executor) {
-  const DeltaProblem pr = validate_delta(check, c, executor);
+  const DeltaProblem pr = validate_delta(check, c, executor, ElementChecks::caller);
   const Dims& d = pr.d;
   const bool channel = c.gated && c.gate == DeltaGate::channel;
   run_delta_items(executor, pr.map, d.HV, d.K, d.V, c.chunk, [&](index_t n, index_t hv, ValueColumns cols) {
@@ -59,7 +61,7 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
       item.algorithm = choose_delta_algorithm({span.tokens, d.K, d.V, d.HV, c.chunk, c.bf16_compute});
     if (item.token_states.has_value()) item.algorithm = DeltaAlgorithm::recurrent;
     return item;
-  });
+  }, [&] { check_delta_elements(check, c, executor); });
 }
 
 }  // namespace delta_update

@@ -123,10 +123,12 @@ struct GatedDeltaRuleStepOutputs {
 namespace delta_update {
 
 // The gate arguments of a prefill (GRank 4) or a step (GRank 3). `gated` false: no gate at all
-// (delta_rule), both views must be empty.
+// (delta_rule), both views must be empty. `elements` false: the shapes only, the caller checks
+// the log-gates' values later (check_delta_elements).
 template <std::size_t GRank>
 inline void check_delta_gate(const ArgCheck& check, bool gated, DeltaGate gate, const ConstView<float, GRank>& g,
-                             const ConstView<float, GRank - 1>& g_scalar, const Dims& d, const Executor& executor) {
+                             const ConstView<float, GRank - 1>& g_scalar, const Dims& d, const Executor& executor,
+                             bool elements = true) {
   constexpr bool prefill = GRank == 4;
   if (gated) check_enum(check.op(), "options.gate", gate, 2);
   std::array<index_t, GRank> g_shape{};
@@ -146,13 +148,13 @@ inline void check_delta_gate(const ArgCheck& check, bool gated, DeltaGate gate, 
       check.fail("g", std::string("is required for DeltaGate::channel, shape [") + g_dims + "]");
     check.shape("g", g, g_shape, g_dims);
     if (g_scalar.has_value()) check.fail("g_scalar", "must be empty with DeltaGate::channel (the gate is g)");
-    detail::la::check_log_gate(check, "g", g, executor);
+    if (elements) detail::la::check_log_gate(check, "g", g, executor);
   } else {
     if (!g_scalar.has_value() && g_scalar.numel() != 0)
       check.fail("g_scalar", std::string("is required for DeltaGate::scalar, shape [") + s_dims + "]");
     check.shape("g_scalar", g_scalar, s_shape, s_dims);
     if (g.has_value()) check.fail("g", "must be empty with DeltaGate::scalar (the gate is g_scalar)");
-    detail::la::check_log_gate(check, "g_scalar", g_scalar, executor);
+    if (elements) detail::la::check_log_gate(check, "g_scalar", g_scalar, executor);
   }
 }
 
@@ -179,6 +181,13 @@ struct DeltaCallOf {
 
 using DeltaCall = DeltaCallOf<float>;
 
+// Who checks the elements of a prefill's beta (finite) and gate (log-decays <= 0).
+enum class ElementChecks {
+  now,     ///< validate_delta, with the shapes
+  caller,  ///< the caller, before it writes any output or state (fast_delta: run_delta_items,
+           ///< which folds them into its chunk-factor pass when it has one)
+};
+
 // A validated prefill: its sizes, its sequences and the resolved scale.
 struct DeltaProblem {
   Dims d;
@@ -186,13 +195,30 @@ struct DeltaProblem {
   float scale;
 };
 
-// Validates a prefill call before any output is written.
+// The elements of a prefill's beta and gate whose shapes validate_delta checked: a ShapeError
+// naming the first bad one.
 template <class E>
-DeltaProblem validate_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& executor) {
+void check_delta_elements(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& executor) {
+  check_beta_finite(check, c.beta);
+  if (!c.gated) return;
+  if (c.gate == DeltaGate::channel)
+    detail::la::check_log_gate(check, "g", c.g, executor);
+  else
+    detail::la::check_log_gate(check, "g_scalar", c.g_scalar, executor);
+}
+
+// Validates a prefill call before any output is written. With ElementChecks::caller the elements
+// of beta and the gate are left to the caller (check_delta_elements), which must check them before
+// it writes an output or a state.
+template <class E>
+DeltaProblem validate_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& executor,
+                            ElementChecks elements = ElementChecks::now) {
   using namespace detail::la;
+  const bool now = elements == ElementChecks::now;
   const Dims d = check_qkv(check, "q", c.q, c.k, c.v);
-  check_beta<3>(check, c.beta, {d.B, d.T, d.HV}, "B,T,HV");
-  check_delta_gate<4>(check, c.gated, c.gate, c.g, c.g_scalar, d, executor);
+  check.shape("beta", c.beta, std::array<index_t, 3>{d.B, d.T, d.HV}, "B,T,HV");
+  if (now) check_beta_finite(check, c.beta);
+  check_delta_gate<4>(check, c.gated, c.gate, c.g, c.g_scalar, d, executor, now);
   const std::array<index_t, 4> state_shape{-1, d.HV, d.K, d.V};
   check.optional_shape("initial_state", c.initial_state, state_shape, "N,HV,K,V");
   check.shape("o", c.o, std::array<index_t, 4>{d.B, d.T, d.HV, d.V}, "B,T,HV,V");
@@ -204,7 +230,7 @@ DeltaProblem validate_delta(const ArgCheck& check, const DeltaCallOf<E>& c, cons
   check_enum(check.op(), "options.algorithm", c.algorithm, 3);
   check_bf16_compute(check, c.bf16_compute);
   const index_t rows = state_rows(check, c.initial_state, c.final_state);
-  const SequenceMap map = SequenceMap::make(check.op(), c.batch, d.B, d.T, c.initial_state.has_value(), rows);
+  const SequenceMap map = SequenceMap::make(check, c.batch, d.B, d.T, c.initial_state.has_value(), rows);
   check_prefill_aliasing(check, c.o, c.final_state, c.token_states, c.initial_state, named("q", c.q), named("k", c.k),
                          named("v", c.v), named("beta", c.beta), named("g", c.g), named("g_scalar", c.g_scalar));
   return {d, map, scale};

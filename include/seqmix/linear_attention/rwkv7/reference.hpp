@@ -115,7 +115,7 @@ Rwkv7Problem validate_rwkv7(const ArgCheck& check, const Rwkv7InputsOf<T>& in, c
   check.optional_shape("token_states", out.token_states, std::array<index_t, 5>{d.B, d.T, d.H, d.K, d.V}, "B,T,H,K,V");
   detail::la::check_log_gate(check, "g", in.g, executor);
   const index_t rows = state_rows(check, in.initial_state, out.final_state);
-  const SequenceMap map = SequenceMap::make(check.op(), in.batch, d.B, d.T, in.initial_state.has_value(), rows);
+  const SequenceMap map = SequenceMap::make(check, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
   check_prefill_aliasing(check, out.o, out.final_state, out.token_states, in.initial_state, named("r", in.r),
                          named("k", in.k), named("v", in.v), named("a", in.a), named("b", in.b), named("g", in.g));
   return {d, map};
