@@ -1244,7 +1244,8 @@ struct LongConvSpectrumShape {
 /// per head is expanded to its D channels), about twice the filter's size at L = T: 384 MiB at
 /// D = 768, T = L = 65536. Calls with it at FFT lengths whose channel block stays in no cache
 /// (N >= 65536 with AVX-512) walk wide blocks of channels, and the calling thread then keeps
-/// scratch of up to the same size (384 MiB per running walk at most; long_conv_prepared_walk_width)
+/// scratch of up to the same size (384 MiB per running walk at most; long_conv_prepared_walk_width;
+/// about 200 MiB on one thread at L = T, where the walk keeps only its signals' lower halves)
 /// until 16 FFT calls on it no longer took it (long_conv_release_thread_scratch).
 class LongConvFilterSpectrum {
  public:
@@ -1289,7 +1290,8 @@ class LongConvFilterSpectrum {
 
 /// Frees the FFT scratch that long_conv's FFT form keeps on the calling thread for its next call:
 /// one scratch per task that ran at once, each as large as the longest walk it served (for
-/// prepared calls up to the spectrum's own size: 384 MiB at D = 768, T = 65536). Without it the
+/// prepared calls up to the spectrum's own size: 384 MiB at D = 768, T = 65536, or about 200 MiB
+/// where the walk shares one upper half among its signals, as at L = T). Without it the
 /// thread keeps at most 64 MiB of scratch no task took in its last 16 FFT calls (the least
 /// recently taken is freed first; scratch taken within those calls, of any size, stays), so a
 /// long call's scratch is freed at the start of the 17th later call that does not take it, but
