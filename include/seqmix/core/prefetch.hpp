@@ -73,7 +73,10 @@ struct LineStream {
     next_range();
   }
 
-  void step() noexcept {
+  // Always inlined: a call in a kernel's inner loop makes every vector register live across it
+  // a store and a reload (no vector register survives a call in the x86-64 ABI), and GCC at -O2
+  // did not inline step() (the decode kernels' 16 accumulators went through memory per step).
+  [[gnu::always_inline]] void step() noexcept {
     if (to_l2)
       step_to<2>();
     else
@@ -81,7 +84,7 @@ struct LineStream {
   }
 
   template <int Locality>
-  void step_to() noexcept {
+  [[gnu::always_inline]] void step_to() noexcept {
     const char* line = next;  // a local, so the loop does not store to *this per line
     for (int i = 0; i < per_step; ++i, line += 64) {
       if (line >= stop) {

@@ -643,19 +643,29 @@ inline void score_block(const float* Q, index_t ldq, const KV* const* keys, inde
   constexpr index_t KC = simd::kWidth / R;
   static_assert(R * KC == simd::kWidth, "the score block must fill one reduce_add_rows");
   // The first feature vector initializes the accumulators (a zero-filled array here became a
-  // memset call per block).
+  // memset call per block). The unroll pragmas keep acc in registers at -O2 too: GCC 12 unrolls
+  // these fixed-count loops completely only at -O3, and at -O2 left acc in memory (a load, an
+  // FMA and a store per accumulator and feature vector); unrolled, the same FMAs in the same order.
   FBatch acc[simd::kWidth];
   for (index_t d = 0; d < D; d += simd::kWidth) {
     if (ahead) ahead->step();
     FBatch k[KC];
+#pragma GCC unroll 16
     for (index_t c = 0; c < KC; ++c) k[c] = load_kv_batch(keys[c] + d);
+#pragma GCC unroll 4
     for (index_t r = 0; r < R; ++r) {
       const FBatch q = simd::in_register(simd::load(Q + r * ldq + d));
+#pragma GCC unroll 16
       for (index_t c = 0; c < KC; ++c) acc[r * KC + c] = d == 0 ? q * k[c] : simd::fma(q, k[c], acc[r * KC + c]);
     }
   }
+  // reduce_add_rows takes the rows' address, and GCC at -O2 does not inline it: handing it acc
+  // itself would pin acc to memory for the whole loop, so it gets a copy.
+  FBatch rows[simd::kWidth];
+#pragma GCC unroll 16
+  for (index_t i = 0; i < simd::kWidth; ++i) rows[i] = acc[i];
   alignas(64) float sums[simd::kWidth];
-  simd::reduce_add_rows(acc).store_aligned(sums);
+  simd::reduce_add_rows(rows).store_aligned(sums);
   for (index_t r = 0; r < R; ++r)
     for (index_t c = 0; c < KC; ++c) S[r * lds + c] = sums[r * KC + c];
 }
@@ -686,20 +696,28 @@ inline void scores_dot(const float* Q, index_t ldq, index_t M, const float* K, i
 template <int R, int NV, class Rows>
 inline void pv_block(const float* P, index_t ldp, const Rows& V, index_t n, index_t col, float* acc,
                      index_t ldacc, LineStream* ahead) noexcept {
+  // Unrolling stated for -O2, as in score_block: there the rolled loops kept a in memory.
   FBatch a[R][NV];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + col + v * simd::kWidth);
   for (index_t c = 0; c < n; ++c) {
     if (ahead) ahead->step();
     const auto* row = V.row(c) + col;
     FBatch x[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) x[v] = load_kv_batch(row + v * simd::kWidth);
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const FBatch p = simd::in_register(FBatch(P[r * ldp + c]));
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) a[r][v] = simd::fma(p, x[v], a[r][v]);
     }
   }
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) simd::store(acc + r * ldacc + col + v * simd::kWidth, a[r][v]);
 }
 
