@@ -122,6 +122,16 @@ struct GatedDeltaRuleStepOutputs {
 
 namespace delta_update {
 
+// The log-gates' values of a gate whose shapes check_delta_gate checked: all <= 0 (NaN refused).
+template <std::size_t GRank>
+inline void check_delta_gate_elements(const ArgCheck& check, DeltaGate gate, const ConstView<float, GRank>& g,
+                                      const ConstView<float, GRank - 1>& g_scalar, const Executor& executor) {
+  if (gate == DeltaGate::channel)
+    detail::la::check_log_gate(check, "g", g, executor);
+  else
+    detail::la::check_log_gate(check, "g_scalar", g_scalar, executor);
+}
+
 // The gate arguments of a prefill (GRank 4) or a step (GRank 3). `gated` false: no gate at all
 // (delta_rule), both views must be empty. `elements` false: the shapes only, the caller checks
 // the log-gates' values later (check_delta_elements).
@@ -148,14 +158,13 @@ inline void check_delta_gate(const ArgCheck& check, bool gated, DeltaGate gate, 
       check.fail("g", std::string("is required for DeltaGate::channel, shape [") + g_dims + "]");
     check.shape("g", g, g_shape, g_dims);
     if (g_scalar.has_value()) check.fail("g_scalar", "must be empty with DeltaGate::channel (the gate is g)");
-    if (elements) detail::la::check_log_gate(check, "g", g, executor);
   } else {
     if (!g_scalar.has_value() && g_scalar.numel() != 0)
       check.fail("g_scalar", std::string("is required for DeltaGate::scalar, shape [") + s_dims + "]");
     check.shape("g_scalar", g_scalar, s_shape, s_dims);
     if (g.has_value()) check.fail("g", "must be empty with DeltaGate::scalar (the gate is g_scalar)");
-    if (elements) detail::la::check_log_gate(check, "g_scalar", g_scalar, executor);
   }
+  if (elements) check_delta_gate_elements<GRank>(check, gate, g, g_scalar, executor);
 }
 
 // Everything a delta-rule prefill needs, gated or not (delta_rule passes gated = false). E: the
@@ -200,11 +209,7 @@ struct DeltaProblem {
 template <class E>
 void check_delta_elements(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& executor) {
   check_beta_finite(check, c.beta);
-  if (!c.gated) return;
-  if (c.gate == DeltaGate::channel)
-    detail::la::check_log_gate(check, "g", c.g, executor);
-  else
-    detail::la::check_log_gate(check, "g_scalar", c.g_scalar, executor);
+  if (c.gated) check_delta_gate_elements<4>(check, c.gate, c.g, c.g_scalar, executor);
 }
 
 // Validates a prefill call before any output is written. With ElementChecks::caller the elements
