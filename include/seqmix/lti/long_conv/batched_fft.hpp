@@ -47,13 +47,25 @@ constexpr index_t kFftElement = 2 * simd::kWidth;
 // cutoff instead of once per stage.
 constexpr index_t kFftCacheElements = 2048;
 
+// Floats of a radix-8 group's twiddles in FftTwiddles::groups8: the seven real parts, a pad, the
+// seven imaginary parts, a pad (one 64-byte line).
+constexpr index_t kFftGroup8Floats = 16;
+
 // The plan of a length-N transform: twiddles w^j = exp(-2 pi i j / N) for j < N/2 (computed in
-// double), and for each position of the bit-reversed spectrum the position of the mirrored
-// frequency N - k (what a pair of real signals needs, long_conv's fft.hpp).
+// double), for each position of the bit-reversed spectrum the position of the mirrored
+// frequency N - k (what a pair of real signals needs, long_conv's fft.hpp), and for every radix-8
+// stage length len = 8e (8 <= len <= N) the seven twiddles of each group j < e in one line
+// (stage8_twiddles), copied from re / im (the same values).
+// Why the grouped copy: a stage of length len reads w^(j N / len) etc., N / len table entries
+// apart (2 KiB to 16 KiB for the in-cache stages at N = 131072), so each twiddle was a line of
+// its own and, the strides being powers of two, the lines fell into few L1 sets; with the grouped
+// lines a radix-8 stage over a 256-element block ran 1.9x faster (10.6 against 5.5 ms for 12288
+// blocks with the twiddles held in registers, one thread; docs/operators.md, long_conv, lc65k4).
 struct FftTwiddles {
   index_t N = 0;
   std::vector<float> re, im;
   std::vector<index_t> mirror;
+  AlignedVector<float> groups8;
 
   explicit FftTwiddles(index_t n)
       : N(n), re(static_cast<std::size_t>(n / 2)), im(static_cast<std::size_t>(n / 2)), mirror(static_cast<std::size_t>(n)) {
@@ -63,7 +75,33 @@ struct FftTwiddles {
       im[static_cast<std::size_t>(j)] = static_cast<float>(std::sin(step * static_cast<double>(j)));
     }
     for (index_t i = 0; i < n; ++i) mirror[static_cast<std::size_t>(i)] = reverse((n - reverse(i)) % n);
+    if (n >= 8) build_groups8();
   }
+
+  // Group j's twiddles of the radix-8 stage of length len (a power of two, 8 <= len <= N): at
+  // stage8_twiddles(len) + j kFftGroup8Floats (fft_butterfly8's order: positions j, j + e,
+  // j + 2e, j + 3e of length len, j and j + e of length len / 2, j of length len / 4).
+  const float* stage8_twiddles(index_t len) const noexcept {
+    return groups8.data() + (len / 8 - 1) * kFftGroup8Floats;  // lengths 8 .. len / 2 before it
+  }
+
+ private:
+  void build_groups8() {
+    groups8.assign(static_cast<std::size_t>((N / 4 - 1) * kFftGroup8Floats), 0.f);
+    for (index_t len = 8; len <= N; len *= 2) {
+      const index_t e = len / 8, s1 = N / len;
+      float* g = groups8.data() + (len / 8 - 1) * kFftGroup8Floats;
+      for (index_t j = 0; j < e; ++j, g += kFftGroup8Floats) {
+        const index_t at[7] = {j * s1, (j + e) * s1, (j + 2 * e) * s1, (j + 3 * e) * s1, j * 2 * s1, (j + e) * 2 * s1, j * 4 * s1};
+        for (int i = 0; i < 7; ++i) {
+          g[i] = re[static_cast<std::size_t>(at[i])];
+          g[8 + i] = im[static_cast<std::size_t>(at[i])];
+        }
+      }
+    }
+  }
+
+ public:
 
   // Bit reversal over log2 N bits: position i of the forward transform's output holds frequency
   // reverse(i).
@@ -78,8 +116,9 @@ struct FftTwiddles {
 // length, immutable once built (std::call_once makes concurrent first callers wait for the one
 // building it). Why: long_conv built its plan on the calling thread for every call, 160 us at
 // N = 8192 (cos / sin in double, the bit reversals), a serial 1% of a 64-thread call's work that
-// alone idled ~40% of 64 cores (docs/parallel_grain.md, long_conv). Size: 16 N bytes with 8-byte
-// indices (2 MiB at N = 131072), for each length a process uses.
+// alone idled ~40% of 64 cores (docs/parallel_grain.md, long_conv). Size: 32 N bytes with 8-byte
+// indices (16 N for the tables and mirrors, 16 N for the grouped radix-8 twiddles: 4 MiB at
+// N = 131072), for each length a process uses.
 inline const FftTwiddles& fft_twiddles(index_t n) {
   constexpr int kLengths = 63;  // log2 n < 63 for any index_t length
   static std::once_flag built[kLengths];
@@ -187,12 +226,9 @@ inline void fft_stage4(float* x, index_t len, const FftTwiddles& tw) noexcept {
 // Forced inline: out of line (GCC's choice for a function this size) the eight values go through
 // memory and the transform ran 1.3x slower (long_conv, T = 16384).
 template <bool kInverse>
-[[gnu::always_inline]] inline void fft_butterfly8(FftValue (&a)[8], index_t j, index_t e, index_t s1, const FftTwiddles& tw) noexcept {
-  const index_t s2 = 2 * s1, s4 = 4 * s1;
-  const FftValue w10 = fft_twiddle<kInverse>(tw, j * s1), w11 = fft_twiddle<kInverse>(tw, (j + e) * s1);
-  const FftValue w12 = fft_twiddle<kInverse>(tw, (j + 2 * e) * s1), w13 = fft_twiddle<kInverse>(tw, (j + 3 * e) * s1);
-  const FftValue w20 = fft_twiddle<kInverse>(tw, j * s2), w21 = fft_twiddle<kInverse>(tw, (j + e) * s2);
-  const FftValue w4 = fft_twiddle<kInverse>(tw, j * s4);
+[[gnu::always_inline]] inline void fft_butterfly8(FftValue (&a)[8], const FftValue& w10, const FftValue& w11,
+                                                  const FftValue& w12, const FftValue& w13, const FftValue& w20,
+                                                  const FftValue& w21, const FftValue& w4) noexcept {
   if (kInverse) {
     fft_dit2(a[0], a[1], w4), fft_dit2(a[2], a[3], w4), fft_dit2(a[4], a[5], w4), fft_dit2(a[6], a[7], w4);
     fft_dit2(a[0], a[2], w20), fft_dit2(a[1], a[3], w21), fft_dit2(a[4], a[6], w20), fft_dit2(a[5], a[7], w21);
@@ -202,6 +238,24 @@ template <bool kInverse>
     fft_dif2(a[0], a[2], w20), fft_dif2(a[1], a[3], w21), fft_dif2(a[4], a[6], w20), fft_dif2(a[5], a[7], w21);
     fft_dif2(a[0], a[1], w4), fft_dif2(a[2], a[3], w4), fft_dif2(a[4], a[5], w4), fft_dif2(a[6], a[7], w4);
   }
+}
+
+// The same with the twiddles read from the table (a pass over the whole length, s1 = 1: the
+// entries are contiguous streams there).
+template <bool kInverse>
+[[gnu::always_inline]] inline void fft_butterfly8(FftValue (&a)[8], index_t j, index_t e, index_t s1, const FftTwiddles& tw) noexcept {
+  const index_t s2 = 2 * s1, s4 = 4 * s1;
+  fft_butterfly8<kInverse>(a, fft_twiddle<kInverse>(tw, j * s1), fft_twiddle<kInverse>(tw, (j + e) * s1),
+                           fft_twiddle<kInverse>(tw, (j + 2 * e) * s1), fft_twiddle<kInverse>(tw, (j + 3 * e) * s1),
+                           fft_twiddle<kInverse>(tw, j * s2), fft_twiddle<kInverse>(tw, (j + e) * s2),
+                           fft_twiddle<kInverse>(tw, j * s4));
+}
+
+// The same with group j's twiddles from FftTwiddles::stage8_twiddles (one line per group).
+template <bool kInverse>
+[[gnu::always_inline]] inline void fft_butterfly8(FftValue (&a)[8], const float* group) noexcept {
+  const auto w = [group](int i) { return FftValue{FftBatch(group[i]), FftBatch(kInverse ? -group[8 + i] : group[8 + i])}; };
+  fft_butterfly8<kInverse>(a, w(0), w(1), w(2), w(3), w(4), w(5), w(6));
 }
 
 // Three radix-2 stages at once over a sub-transform of len = 8e elements at x: the stage of
@@ -215,12 +269,13 @@ template <bool kInverse>
 template <bool kInverse>
 inline void fft_stage8(float* x, index_t len, const FftTwiddles& tw) noexcept {
   constexpr index_t E = kFftElement;
-  const index_t e = len / 8, s1 = tw.N / len;
-  for (index_t j = 0; j < e; ++j) {
+  const index_t e = len / 8;
+  const float* group = tw.stage8_twiddles(len);
+  for (index_t j = 0; j < e; ++j, group += kFftGroup8Floats) {
     float* p = x + j * E;
     FftValue a[8] = {fft_load(p), fft_load(p + e * E), fft_load(p + 2 * e * E), fft_load(p + 3 * e * E),
                      fft_load(p + 4 * e * E), fft_load(p + 5 * e * E), fft_load(p + 6 * e * E), fft_load(p + 7 * e * E)};
-    fft_butterfly8<kInverse>(a, j, e, s1, tw);
+    fft_butterfly8<kInverse>(a, group);
     fft_store(p, a[0]), fft_store(p + e * E, a[1]), fft_store(p + 2 * e * E, a[2]), fft_store(p + 3 * e * E, a[3]);
     fft_store(p + 4 * e * E, a[4]), fft_store(p + 5 * e * E, a[5]), fft_store(p + 6 * e * E, a[6]);
     fft_store(p + 7 * e * E, a[7]);
