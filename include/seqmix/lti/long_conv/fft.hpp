@@ -554,6 +554,10 @@ inline void for_each_mirrored_pair(const FftTwiddles& tw, index_t first, index_t
   }
 }
 
+// Elements of G the product prefetches ahead (k up, its mirror down: a part's mirror positions
+// run backwards).
+constexpr index_t kLongConvProductAhead = 16;
+
 // The product of spectra, in place over the signal's, at positions [first, first + len) and at
 // their mirrors [mirror_first, mirror_first + len).
 inline void long_conv_spectral_product(const LongConvSignal& x, const float* G, const FftTwiddles& tw, index_t first,
@@ -566,6 +570,8 @@ inline void long_conv_spectral_product(const LongConvSignal& x, const float* G, 
     float* xk = part + (k - first) * E;
     float* xmk = mirror + (mk - mirror_first) * E;
     const FftValue z = fft_load(xk), zm = fft_load(xmk);
+    if (k + kLongConvProductAhead < first + len) long_conv_prefetch_span(G + (k + kLongConvProductAhead) * E, E, 0);
+    if (mk - kLongConvProductAhead >= mirror_first) long_conv_prefetch_span(G + (mk - kLongConvProductAhead) * E, E, 0);
     const FftValue g = fft_load(G + k * E), gm = fft_load(G + mk * E);
     fft_store(xk, long_conv_pair_product(z, zm, g, gm, c));
     if (mk != k) fft_store(xmk, long_conv_pair_product(zm, z, gm, g, c));
