@@ -74,3 +74,38 @@ TEST_CASE("long_conv batched FFT: forward against a double DFT, inverse undoes i
     CHECK(worst <= 1e-6 * std::log2(static_cast<double>(n)) + 1e-7);
   }
 }
+
+TEST_CASE("long_conv batched FFT: grouped radix-8 twiddles and the length-4 stage", "[long_conv]") {
+  const index_t n = 4096;
+  const sd::FftTwiddles tw(n);
+  // Group j of the stage of length len holds the table's w^(j s1), w^((j+e) s1), w^((j+2e) s1),
+  // w^((j+3e) s1), w^(2 j s1), w^(2 (j+e) s1), w^(4 j s1) (s1 = n / len), real parts then imaginary.
+  for (index_t len = 8; len <= n; len *= 2) {
+    const index_t e = len / 8, s1 = n / len;
+    for (index_t j = 0; j < e; ++j) {
+      const float* g = tw.stage8_twiddles(len) + j * sd::kFftGroup8Floats;
+      const index_t at[7] = {j * s1, (j + e) * s1, (j + 2 * e) * s1, (j + 3 * e) * s1, 2 * j * s1, 2 * (j + e) * s1, 4 * j * s1};
+      for (int i = 0; i < 7; ++i) {
+        INFO("len " << len << " group " << j << " twiddle " << i);
+        CHECK(g[i] == tw.re[static_cast<std::size_t>(at[i])]);
+        CHECK(g[8 + i] == tw.im[static_cast<std::size_t>(at[i])]);
+      }
+    }
+  }
+  // The multiplication-free stage of length 4 against the general radix-4 stage, both ways.
+  for (bool inverse : {false, true}) {
+    const auto x = batched_signal(64, inverse ? 51 : 50);
+    auto general = x, short_form = x;
+    if (inverse) {
+      sd::fft_stage_all<true, 4>(general.data(), 64, 4, tw);
+      sd::fft_stage4_short<true>(short_form.data(), 64);
+    } else {
+      sd::fft_stage_all<false, 4>(general.data(), 64, 4, tw);
+      sd::fft_stage4_short<false>(short_form.data(), 64);
+    }
+    double worst = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(double(general[i]) - short_form[i]));
+    INFO("inverse " << inverse);
+    CHECK(worst <= 1e-6);
+  }
+}
