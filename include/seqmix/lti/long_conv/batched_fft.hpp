@@ -219,10 +219,10 @@ inline void fft_stage4(float* x, index_t len, const FftTwiddles& tw) noexcept {
 }
 
 // The group's butterflies of three radix-2 stages: a[m] the element at position j + m e (m < 8)
-// of a length-8e stage, s1 = N / 8e (the twiddle stride of that length). Levels (forward; the
-// inverse runs them the other way round): length 8e, pairs (m, m + 4), twiddle of position
-// j + m e; length 4e, pairs (m, m + 2) in each half, position j + (m % 4) e; length 2e, pairs
-// (m, m + 1), position j. (long_conv's fft.hpp runs its padded first and last passes through it.)
+// of a length-8e stage, w1m the twiddle of position j + m e at that length, w2m that of j + m e
+// at length 4e, w4 that of j at length 2e (the inverse's conjugated). Levels (forward; the
+// inverse runs them the other way round): length 8e, pairs (m, m + 4), twiddle w1m; length 4e,
+// pairs (m, m + 2) in each half, w2(m % 2); length 2e, pairs (m, m + 1), w4.
 // Forced inline: out of line (GCC's choice for a function this size) the eight values go through
 // memory and the transform ran 1.3x slower (long_conv, T = 16384).
 template <bool kInverse>
@@ -240,18 +240,8 @@ template <bool kInverse>
   }
 }
 
-// The same with the twiddles read from the table (a pass over the whole length, s1 = 1: the
-// entries are contiguous streams there).
-template <bool kInverse>
-[[gnu::always_inline]] inline void fft_butterfly8(FftValue (&a)[8], index_t j, index_t e, index_t s1, const FftTwiddles& tw) noexcept {
-  const index_t s2 = 2 * s1, s4 = 4 * s1;
-  fft_butterfly8<kInverse>(a, fft_twiddle<kInverse>(tw, j * s1), fft_twiddle<kInverse>(tw, (j + e) * s1),
-                           fft_twiddle<kInverse>(tw, (j + 2 * e) * s1), fft_twiddle<kInverse>(tw, (j + 3 * e) * s1),
-                           fft_twiddle<kInverse>(tw, j * s2), fft_twiddle<kInverse>(tw, (j + e) * s2),
-                           fft_twiddle<kInverse>(tw, j * s4));
-}
-
 // The same with group j's twiddles from FftTwiddles::stage8_twiddles (one line per group).
+// (long_conv's fft.hpp runs its padded first and last passes through it too.)
 template <bool kInverse>
 [[gnu::always_inline]] inline void fft_butterfly8(FftValue (&a)[8], const float* group) noexcept {
   const auto w = [group](int i) { return FftValue{FftBatch(group[i]), FftBatch(kInverse ? -group[8 + i] : group[8 + i])}; };

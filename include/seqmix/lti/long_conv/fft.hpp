@@ -278,7 +278,10 @@ inline LongConvSignal long_conv_contiguous_signal(float* x, index_t N) noexcept 
 // long_conv_crossover --passes, loaded): non-temporal stores of the pass's outputs (a block's
 // 16 MiB signal stays in no cache) made it 1.7-2x slower (36-40 against 19-22 ms), and software
 // prefetches 8 or 32 groups ahead of its strided streams (here and in the inverse's last pass)
-// were flat over 4 alternations (18.6 against 18.7 ms).
+// were flat over 4 alternations (18.6 against 18.7 ms). The twiddles come from the grouped table
+// (FftTwiddles::stage8_twiddles, one line per group) rather than 14 streams of the re / im
+// tables: first pass 9.2-12.3 against 13.9-15.9 ms, the inverse's last 8.0-11.6 against
+// 12.1-15.4 (same profile, 3 alternations, load 7-8).
 inline void long_conv_forward_top(index_t rows, const LongConvSignal& x, const FftTwiddles& tw, index_t parts,
                                   index_t j0, index_t j1) noexcept {
   constexpr index_t E = kFftElement;
@@ -290,7 +293,7 @@ inline void long_conv_forward_top(index_t rows, const LongConvSignal& x, const F
     for (index_t j = j0; j < end; ++j) {
       const auto in = [&](index_t m) { return j + m * e < rows ? fft_load(part[m] + j * E) : zero; };
       FftValue a[8] = {in(0), in(1), in(2), in(3), in(4), in(5), in(6), in(7)};
-      fft_butterfly8<false>(a, j, e, 1, tw);
+      fft_butterfly8<false>(a, tw.stage8_twiddles(N) + j * kFftGroup8Floats);
       fft_store(part[0] + j * E, a[0]), fft_store(part[1] + j * E, a[1]), fft_store(part[2] + j * E, a[2]);
       fft_store(part[3] + j * E, a[3]), fft_store(part[4] + j * E, a[4]), fft_store(part[5] + j * E, a[5]);
       fft_store(part[6] + j * E, a[6]), fft_store(part[7] + j * E, a[7]);
@@ -348,7 +351,7 @@ inline void long_conv_inverse_top(const LongConvSignal& x, const FftTwiddles& tw
       FftValue a[8] = {fft_load(part[0] + j * E), fft_load(part[1] + j * E), fft_load(part[2] + j * E),
                        fft_load(part[3] + j * E), fft_load(part[4] + j * E), fft_load(part[5] + j * E),
                        fft_load(part[6] + j * E), fft_load(part[7] + j * E)};
-      fft_butterfly8<true>(a, j, e, 1, tw);
+      fft_butterfly8<true>(a, tw.stage8_twiddles(N) + j * kFftGroup8Floats);
       for (index_t m = 0; m < 8; ++m)
         if (keep(j + m * e)) fft_store(part[m] + j * E, a[m]);
     }
