@@ -12,7 +12,9 @@
 // sub-transform fits in L2. Stages go three at a time (radix-8 groups of the radix-2 butterflies,
 // fft_stage8; one radix-4 or radix-2 group for the levels left over): the in-cache stages are
 // bound by loads and stores, not arithmetic, and above the cache block each pass over memory does
-// three levels. Radix-8 against radix-4 (long_conv at D = 768, one thread, loaded machine, with
+// three levels. Each radix-8 group reads its seven twiddles from one cache line
+// (FftTwiddles::stage8_twiddles): read from the table, N / len entries apart, they had bound the
+// in-cache stages at half their speed (docs/operators.md, long_conv, lc65k4). Radix-8 against radix-4 (long_conv at D = 768, one thread, loaded machine, with
 // the other changes of that revision): docs/operators.md, long_conv. Earlier, radix-4 against
 // radix-2: Measured on the transform alone (one
 // thread, thread CPU time, 5 N log2 N flops per lane, AMD EPYC AVX-512, machine loaded, both
