@@ -3,13 +3,19 @@
 // Names kv/<storage>/decode/Hq<>_Hkv<>_D<>_Tk<>; GB/s = KvCache::bytes() (codes + parameters +
 // positions + entry map) / time, i.e. the cache bytes read once per call; compare with the
 // machine's ~68 GB/s 2-core streaming bandwidth. The reference form (entry-by-entry
-// dequantization, double accumulation, single thread) runs on Tk = 1024 as a baseline.
+// dequantization, double accumulation, single thread) runs on Tk = 1024 as a baseline. The cache
+// draws its blocks from the heap (KvCacheConfig::arena null): blocks of 32 tokens, 8-16 KiB each,
+// too small for AlignedAllocator's huge-page path, so they sit in 4 KiB pages.
+// kv/<storage>/decode/..._Tk16384_huge_arena: the same cache with every byte in a KvArena over
+// one HugePageBuffer (2 MiB pages, core/huge_pages.hpp), the way a serving engine allocates its
+// KV memory; its ratio to the row above is what huge pages (and the arena's packing) buy.
 //
 // attention/paged/<format>/decode/N16_Tk4096_Hq32_Hkv8_D128_bs<16|32|64>: paged_attention over
 // quantized pages (kv_cache/paged.hpp; pages of 16 tokens, each half a group's image, and of 32
 // and 64 tokens, whole quantization groups; shuffled block table) for 16 sequences of 4096 tokens, beside ..._kv_cache_attention:
 // a KvCache (batch 16, residual 0) holding the same tokens. GB/s on the bytes read: the pages'
-// group images (codes + parameters) of every sequence, or KvCache::bytes().
+// group images (codes + parameters) of every sequence, or KvCache::bytes(). The page pool is a
+// Tensor, so in 2 MiB pages (AlignedAllocator, as a serving engine would allocate it).
 //
 // kv/dmc_<r>x/decode/Hq32_Hkv8_D128_Tk16384: dmc_decode_step over a DmcCache that absorbed 16384
 // tokens merged r to a slot (r = 4: 4096 slots per head; r = 1: no merging), beside
@@ -31,10 +37,12 @@
 #include <algorithm>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "seqmix/core/huge_pages.hpp"
 #include "seqmix/kv_cache/paged.hpp"
 #include "seqmix/kv_cache.hpp"
 #include "seqmix_testing/bench_counters.hpp"
@@ -58,10 +66,28 @@ constexpr Setup kSetups[] = {
     {"int4", KvFormat::int4, KvFormat::int4},
 };
 
-void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index_t D, index_t Tk, bool reference) {
+// Where a decode benchmark's KvCache keeps its bytes.
+enum class Storage { heap, huge_arena };
+
+// KV memory as a serving engine allocates it: one buffer in 2 MiB pages, carved by a KvArena.
+// Sized for the one-shot append of Tk fp32 tokens (the residual window grows geometrically up to
+// twice their bytes before the blocks are flushed) plus the blocks; only what is carved is touched.
+struct HugeArena {
+  seqmix::HugePageBuffer buffer;
+  std::optional<seqmix::KvArena> arena;
+  explicit HugeArena(std::size_t bytes) : buffer(bytes) { arena.emplace(buffer.data(), buffer.size()); }
+};
+
+void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index_t D, index_t Tk, bool reference,
+            Storage storage = Storage::heap) {
   seqmix::KvCacheConfig config;
   config.batch = 1, config.kv_heads = Hkv, config.key_dim = D, config.value_dim = D;
   config.key_format = setup.key, config.value_format = setup.value, config.key_quant = KeyQuant::per_channel;
+  std::optional<HugeArena> huge;
+  if (storage == Storage::huge_arena) {
+    huge.emplace(static_cast<std::size_t>(4 * Tk * Hkv * 2 * D) * sizeof(float) + (std::size_t{64} << 20));
+    config.arena = &*huge->arena;
+  }
   seqmix::KvCache cache(config);
   {
     const auto k = st::random_tensor<4>({1, Tk, Hkv, D}, 1), v = st::random_tensor<4>({1, Tk, Hkv, D}, 2);
@@ -240,6 +266,9 @@ const bool registered = [] {
     benchmark::RegisterBenchmark((base + shape_name(32, 8, 128, 16384)).c_str(),
                                  [s](benchmark::State& st_) { decode(st_, s, 32, 8, 128, 16384, false); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark((base + shape_name(32, 8, 128, 16384) + "_huge_arena").c_str(),
+                                 [s](benchmark::State& st_) { decode(st_, s, 32, 8, 128, 16384, false, Storage::huge_arena); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark((base + shape_name(32, 8, 128, 1024)).c_str(),
                                  [s](benchmark::State& st_) { decode(st_, s, 32, 8, 128, 1024, false); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -262,6 +291,9 @@ const bool registered = [] {
     const Setup fp32{"fp32", KvFormat::f32, KvFormat::f32};
     benchmark::RegisterBenchmark(("kv/fp32/decode/" + shape_name(32, 8, 128, 16384)).c_str(),
                                  [fp32](benchmark::State& st_) { decode(st_, fp32, 32, 8, 128, 16384, false); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("kv/fp32/decode/" + shape_name(32, 8, 128, 16384) + "_huge_arena").c_str(),
+                                 [fp32](benchmark::State& st_) { decode(st_, fp32, 32, 8, 128, 16384, false, Storage::huge_arena); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();
     for (index_t ratio : {4, 1})
       benchmark::RegisterBenchmark(("kv/dmc_" + std::to_string(ratio) + "x/decode/" + shape_name(32, 8, 128, 16384)).c_str(),
