@@ -2,14 +2,14 @@
 //
 // Why: decode reads a whole KV cache once per token, a stream of hundreds of MiB. In 4 KiB pages
 // a 512 MiB cache is ~131k pages, each a TLB miss and a stop for the hardware prefetchers (they
-// do not cross a 4 KiB page); in 2 MiB pages it is 256. Measured on dense fp32 attention decode
-// at Tk 65536 (include/seqmix/attention/README.md, "What limits decode"). Linux serves huge pages
-// to a range only when asked (THP mode `madvise`, the common default) and only for whole 2 MiB
-// pages aligned to 2 MiB, so a large buffer is placed on a 2 MiB boundary and marked with
-// madvise(MADV_HUGEPAGE) before its first touch.
+// do not cross a 4 KiB page); in 2 MiB pages it is 256. Dense decode at Tk 65536 took 1.21x (fp32)
+// and 1.43x (fp16) the CPU time in 4 KiB pages (include/seqmix/attention/README.md, "Huge
+// pages"). Linux serves huge pages to a range only when asked (THP mode `madvise`, the common
+// default) and only for whole 2 MiB pages aligned to 2 MiB, so a large buffer is placed on a
+// 2 MiB boundary and marked with madvise(MADV_HUGEPAGE) before its first touch.
 //
-// The mark is advice: where the kernel refuses it (THP `never`, no free huge page, not Linux) the
-// buffer is ordinary memory, with the same contents and the same lifetime rules. Allocation goes
+// The mark is advice: where the kernel does not act on it (THP `never`, no free huge page, not
+// Linux) the buffer is ordinary memory, with the same contents and lifetime. Allocation goes
 // through posix_memalign (std::aligned_alloc off POSIX) and release through std::free, so the
 // pointer freed is the one allocated.
 #pragma once
@@ -32,12 +32,14 @@ inline constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
 /// Allocations of this many bytes and more are placed on a 2 MiB boundary and marked for huge
 /// pages. 4 MiB: at least one whole huge page then backs every such buffer and the 2 MiB
 /// alignment never costs more than half the buffer's size in address space (untouched, so no
-/// memory); below it a buffer is a few pages of 4 KiB at most worth a TLB entry each.
+/// memory); a smaller buffer saves at most a few hundred TLB entries, which its madvise call and
+/// alignment slack would outweigh.
 inline constexpr std::size_t kHugePageMinBytes = std::size_t{4} << 20;
 
 /// Marks the whole 2 MiB pages inside [p, p + bytes) for transparent huge pages. Advice only:
-/// returns whether the kernel took the mark (false off Linux or when THP is off); a failure
-/// changes nothing else. Never marks a byte outside the range.
+/// returns whether the kernel took the mark (false off Linux, on a kernel without THP, or when the
+/// range holds no whole huge page); a failure changes nothing else. Never marks a byte outside the
+/// range.
 inline bool advise_huge_pages(void* p, std::size_t bytes) noexcept {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(p);
