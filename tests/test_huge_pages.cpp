@@ -1,6 +1,7 @@
 // core/huge_pages.hpp and AlignedAllocator's large-buffer path: alignment, sizes around the
-// threshold, release, the madvise mark confined to whole 2 MiB pages of the range (read back
-// from /proc/self/smaps), and the buffer offered for caller-owned KV memory.
+// threshold, release (a large block's mapping gone with it), the madvise mark confined to whole
+// 2 MiB pages of the range (read back from /proc/self/smaps), and the buffer offered for
+// caller-owned KV memory.
 #include <catch2/catch.hpp>
 
 #include <cstddef>
@@ -56,6 +57,19 @@ bool marked_huge(const void* p) {
   return false;
 }
 
+// Whether some mapping of the process holds `p` (a line "lo-hi ..." of /proc/self/maps around it).
+bool mapped(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    unsigned long long lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && lo <= address(p) && address(p) < hi) return true;
+  }
+  return false;
+}
+
 // Writes the first and last byte of every 4 KiB page, so an allocation too small would fault.
 void touch(void* p, std::size_t bytes) {
   auto* c = static_cast<unsigned char*>(p);
@@ -79,8 +93,23 @@ TEST_CASE("allocate_maybe_huge places small buffers at the asked alignment and l
       CHECK(marked_huge(p));
       CHECK(marked_huge(static_cast<char*>(p) + bytes / kHugePageBytes * kHugePageBytes - 1));
     }
-    std::free(p);
+    seqmix::deallocate_maybe_huge(p, bytes);
   }
+}
+
+TEST_CASE("a large block is a mapping of its own, gone when released", "[core][huge_pages]") {
+#if defined(__linux__)
+  const std::size_t bytes = kHugePageMinBytes + 3 * 4096 + 64;
+  void* p = seqmix::allocate_maybe_huge(bytes, 64);
+  REQUIRE(p != nullptr);
+  touch(p, bytes);
+  CHECK(mapped(p));
+  CHECK(mapped(static_cast<char*>(p) + bytes - 1));
+  seqmix::deallocate_maybe_huge(p, bytes);
+  // Nothing of this thread maps anything in between, so the range stays unmapped.
+  CHECK_FALSE(mapped(p));
+  CHECK_FALSE(mapped(static_cast<char*>(p) + bytes - 1));
+#endif
 }
 
 TEST_CASE("allocate_maybe_huge refuses zero and sizes that would overflow", "[core][huge_pages]") {

@@ -9,9 +9,9 @@
 // 2 MiB boundary and marked with madvise(MADV_HUGEPAGE) before its first touch.
 //
 // The mark is advice: where the kernel does not act on it (THP `never`, no free huge page, not
-// Linux) the buffer is ordinary memory, with the same contents and lifetime. Allocation goes
-// through posix_memalign (std::aligned_alloc off POSIX) and release through std::free, so the
-// pointer freed is the one allocated.
+// Linux) the buffer is ordinary memory, with the same contents and lifetime. On Linux such a
+// buffer is a mapping of its own (mmap, munmap on release), so memory and mark go back to the
+// system with it; elsewhere, and for small buffers, a heap block (posix_memalign / std::free).
 #pragma once
 
 #include <cstddef>
@@ -22,6 +22,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace seqmix {
@@ -57,7 +58,7 @@ namespace detail {
 
 // `bytes` bytes at a multiple of `alignment` (a power of two, at least sizeof(void*)), freed by
 // std::free; nullptr when refused. posix_memalign where there is one: it takes any size, where
-// std::aligned_alloc wants a multiple of the alignment (2 MiB would round a 5 MiB buffer to 6).
+// std::aligned_alloc wants a multiple of the alignment.
 inline void* aligned_block(std::size_t alignment, std::size_t bytes) noexcept {
 #if defined(__unix__) || defined(__APPLE__)
   void* p = nullptr;
@@ -67,22 +68,71 @@ inline void* aligned_block(std::size_t alignment, std::size_t bytes) noexcept {
 #endif
 }
 
+#if defined(__linux__)
+// `bytes` rounded up to whole pages of the system (4 KiB on x86-64): a mapping's length.
+inline std::size_t whole_pages(std::size_t bytes) noexcept {
+  const long page = sysconf(_SC_PAGESIZE);
+  const std::size_t p = page > 0 ? static_cast<std::size_t>(page) : 4096;
+  return (bytes + p - 1) / p * p;
+}
+#endif
+
+// A mapping of its own for `bytes` bytes, starting on a 2 MiB boundary and marked for huge pages
+// (Linux; elsewhere a 2 MiB-aligned heap block). Its own mapping, not a heap block, so the memory
+// and the mark go back to the system with unmap_huge: a heap block would leave the mark on the
+// heap range (glibc serves blocks below its mmap threshold, which grows to 32 MiB, from the heap),
+// and later small allocations there would fault in whole 2 MiB pages. Freshly mapped memory is
+// faulted in on first touch, 2 MiB at a time. nullptr when refused.
+inline void* map_huge(std::size_t bytes) noexcept {
+#if defined(__linux__)
+  const std::size_t length = whole_pages(bytes);
+  if (length < bytes || length > static_cast<std::size_t>(-1) - kHugePageBytes) return nullptr;
+  // Over-map by 2 MiB, then give back what lies before the first 2 MiB boundary and after the end.
+  void* raw = mmap(nullptr, length + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(raw);
+  const std::uintptr_t begin = (start + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  const std::uintptr_t end = begin + length, raw_end = start + length + kHugePageBytes;
+  if (begin > start) munmap(raw, begin - start);
+  if (raw_end > end) munmap(reinterpret_cast<void*>(end), raw_end - end);
+  advise_huge_pages(reinterpret_cast<void*>(begin), length);
+  return reinterpret_cast<void*>(begin);
+#else
+  return aligned_block(kHugePageBytes, bytes);
+#endif
+}
+
+// Releases a map_huge(`bytes`) block (the same `bytes`).
+inline void unmap_huge(void* p, std::size_t bytes) noexcept {
+  if (p == nullptr) return;
+#if defined(__linux__)
+  munmap(p, whole_pages(bytes));
+#else
+  (void)bytes;
+  std::free(p);
+#endif
+}
+
 }  // namespace detail
 
 /// `bytes` bytes at a multiple of `alignment` (a power of two from sizeof(void*) up to 2 MiB);
-/// from kHugePageMinBytes on at a multiple of 2 MiB and marked for huge pages. The size is not
-/// rounded up to 2 MiB: the last partial huge page stays in 4 KiB pages, so a buffer never holds
-/// more memory than it asked for (the alignment's slack before it goes back to the allocator, or
-/// is address space never touched). Free with std::free; nullptr when refused (and for 0).
+/// from kHugePageMinBytes on a mapping of its own at a multiple of 2 MiB, marked for huge pages.
+/// The size is not rounded up to 2 MiB: the last partial huge page stays in 4 KiB pages, so a
+/// buffer never holds more memory than it asked for (the 2 MiB of over-mapping that aligns it is
+/// unmapped at once). Release with deallocate_maybe_huge and the same `bytes`; nullptr when
+/// refused (and for 0).
 inline void* allocate_maybe_huge(std::size_t bytes, std::size_t alignment) noexcept {
-  if (bytes == 0 || bytes > static_cast<std::size_t>(-1) - kHugePageBytes) return nullptr;
-  const bool huge = bytes >= kHugePageMinBytes;
-  void* p = detail::aligned_block(huge ? kHugePageBytes : alignment, bytes);
-  // glibc places a buffer this large in its own mapping, unmapped with it; when it reuses its
-  // heap instead (its mmap threshold grows up to 32 MiB), the mark outlives the buffer and only
-  // lets later allocations in that range be backed by huge pages too: no data is affected.
-  if (p != nullptr && huge) advise_huge_pages(p, bytes);
-  return p;
+  if (bytes == 0 || bytes > static_cast<std::size_t>(-1) - 2 * kHugePageBytes) return nullptr;
+  return bytes >= kHugePageMinBytes ? detail::map_huge(bytes) : detail::aligned_block(alignment, bytes);
+}
+
+/// Releases allocate_maybe_huge(`bytes`, ...): the size decides, as it did there, whether the
+/// block is a mapping or a heap block.
+inline void deallocate_maybe_huge(void* p, std::size_t bytes) noexcept {
+  if (bytes >= kHugePageMinBytes)
+    detail::unmap_huge(p, bytes);
+  else
+    std::free(p);
 }
 
 /// An owning buffer for memory the caller hands to the library, such as a KvArena's storage:
@@ -101,10 +151,10 @@ class HugePageBuffer {
     // Rounded up to whole huge pages: the caller asked for huge pages, and its last one would
     // otherwise stay in 4 KiB pages. At most 2 MiB more than asked.
     const std::size_t rounded = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
-    data_ = detail::aligned_block(kHugePageBytes, rounded);
+    data_ = detail::map_huge(rounded);
     if (data_ == nullptr) throw std::bad_alloc();
     size_ = rounded;
-    huge_ = advise_huge_pages(data_, size_);
+    huge_ = advise_huge_pages(data_, size_);  // again, for what it reports (map_huge marked it)
   }
   HugePageBuffer(HugePageBuffer&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)),
@@ -112,7 +162,7 @@ class HugePageBuffer {
         huge_(std::exchange(other.huge_, false)) {}
   HugePageBuffer& operator=(HugePageBuffer&& other) noexcept {
     if (this != &other) {
-      std::free(data_);
+      detail::unmap_huge(data_, size_);
       data_ = std::exchange(other.data_, nullptr);
       size_ = std::exchange(other.size_, 0);
       huge_ = std::exchange(other.huge_, false);
@@ -121,7 +171,7 @@ class HugePageBuffer {
   }
   HugePageBuffer(const HugePageBuffer&) = delete;
   HugePageBuffer& operator=(const HugePageBuffer&) = delete;
-  ~HugePageBuffer() { std::free(data_); }
+  ~HugePageBuffer() { detail::unmap_huge(data_, size_); }
 
   /// The buffer (nullptr when empty), 2 MiB aligned.
   void* data() const noexcept { return data_; }

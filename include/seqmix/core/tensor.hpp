@@ -242,9 +242,9 @@ void copy(const TensorView<Src, Rank>& src, const TensorView<Dst, Rank>& dst) {
 }
 
 /// Allocator returning 64-byte aligned memory: one cache line, one AVX-512 register. Buffers of
-/// kHugePageMinBytes (4 MiB) and more start on a 2 MiB boundary and are marked for transparent
-/// huge pages on Linux (core/huge_pages.hpp): a decode over a large K/V reads it at up to 1.13x
-/// the rate it has in 4 KiB pages (attention/README.md, "What limits decode").
+/// kHugePageMinBytes (4 MiB) and more are, on Linux, mappings of their own on a 2 MiB boundary,
+/// marked for transparent huge pages (core/huge_pages.hpp): dense decode over a large K/V took
+/// 1.2-1.4x the CPU time in 4 KiB pages (attention/README.md, "Huge pages").
 template <class T>
 struct AlignedAllocator {
   /// Allocator interface (std::allocator_traits).
@@ -257,20 +257,25 @@ struct AlignedAllocator {
   /// Allocates n elements rounded up to whole 64-byte lines; throws std::bad_alloc when refused.
   T* allocate(std::size_t n) {
     if (n == 0) return nullptr;
-    if (n > (std::numeric_limits<std::size_t>::max() - kHugePageBytes) / sizeof(T)) throw std::bad_array_new_length();
-    const std::size_t bytes = (n * sizeof(T) + alignment - 1) / alignment * alignment;
-    void* p = allocate_maybe_huge(bytes, alignment);
+    if (n > (std::numeric_limits<std::size_t>::max() - 2 * kHugePageBytes) / sizeof(T)) throw std::bad_array_new_length();
+    void* p = allocate_maybe_huge(bytes_for(n), alignment);
     if (!p) throw std::bad_alloc();
     return static_cast<T*>(p);
   }
-  /// Frees memory from allocate() (std::free, whichever alignment it got).
-  void deallocate(T* p, std::size_t) noexcept { std::free(p); }
+  /// Frees memory from allocate(n), with the same n (its size decides how it was placed).
+  void deallocate(T* p, std::size_t n) noexcept {
+    if (p != nullptr) deallocate_maybe_huge(p, bytes_for(n));
+  }
   /// All AlignedAllocators are interchangeable.
   template <class U>
   bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
   template <class U>
   bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
   ///@}
+
+ private:
+  // n elements rounded up to whole 64-byte lines.
+  static std::size_t bytes_for(std::size_t n) noexcept { return (n * sizeof(T) + alignment - 1) / alignment * alignment; }
 };
 
 /// A std::vector whose buffer is 64-byte aligned.
