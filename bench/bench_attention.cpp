@@ -9,7 +9,7 @@
 //             bound of decode; compare with the 68 GB/s 2-core streaming bandwidth.
 // K, V and the page pools are seqmix::Tensor, so from 4 MiB on they sit in 2 MiB transparent huge
 // pages (AlignedAllocator, core/huge_pages.hpp), as a serving engine would allocate its KV cache;
-// in 4 KiB pages fp32 / fp16 decode at Tk 65536 took 1.21x / 1.43x the CPU time (attention/README.md).
+// in 4 KiB pages fp32 / fp16 decode took 1.04-1.06x / 1.14-1.16x the CPU time (attention/README.md).
 // Serving forms (issue 14), each beside its dense counterpart in the same run:
 //   attention/paged/...   paged decode, 16 sequences x 4096 cached tokens in fp16 pages of 16
 //                         and 64 tokens (shuffled block table), beside attention/paged/..._contiguous,

@@ -244,7 +244,7 @@ void copy(const TensorView<Src, Rank>& src, const TensorView<Dst, Rank>& dst) {
 /// Allocator returning 64-byte aligned memory: one cache line, one AVX-512 register. Buffers of
 /// kHugePageMinBytes (4 MiB) and more are, on Linux, mappings of their own on a 2 MiB boundary,
 /// marked for transparent huge pages (core/huge_pages.hpp): dense decode over a large K/V took
-/// 1.2-1.4x the CPU time in 4 KiB pages (attention/README.md, "Huge pages").
+/// 1.04-1.16x the CPU time in 4 KiB pages (attention/README.md, "Huge pages").
 template <class T>
 struct AlignedAllocator {
   /// Allocator interface (std::allocator_traits).
