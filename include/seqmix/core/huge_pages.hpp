@@ -4,9 +4,10 @@
 // a 512 MiB cache is ~131k pages, each a TLB miss and a stop for the hardware prefetchers (they
 // do not cross a 4 KiB page); in 2 MiB pages it is 256. Dense decode at Tk 16384-65536 took
 // 1.04-1.06x (fp32) and 1.14-1.16x (fp16) the CPU time in 4 KiB pages (loaded machine;
-// include/seqmix/attention/README.md, "Huge pages"). Linux serves huge pages to a range only when asked (THP mode `madvise`, the common
-// default) and only for whole 2 MiB pages aligned to 2 MiB, so a large buffer is placed on a
-// 2 MiB boundary and marked with madvise(MADV_HUGEPAGE) before its first touch.
+// include/seqmix/attention/README.md, "Huge pages"). Linux serves huge pages to a range only
+// when asked (THP mode `madvise`, the common default) and only for whole 2 MiB pages aligned to
+// 2 MiB, so a large buffer is placed on a 2 MiB boundary and marked with madvise(MADV_HUGEPAGE)
+// before its first touch.
 //
 // The mark is advice: where the kernel does not act on it (THP `never`, no free huge page, not
 // Linux) the buffer is ordinary memory, with the same contents and lifetime. On Linux such a
