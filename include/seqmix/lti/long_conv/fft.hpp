@@ -17,11 +17,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
-
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
@@ -71,29 +66,15 @@ inline void long_conv_prefetch_span(const float* p, index_t floats, int write) n
 }
 
 // Grows a scratch buffer to at least `floats` floats: the old buffer freed first (its values are
-// never needed: every walk writes what it reads), and on Linux a new one of 32 MiB or more marked
-// for transparent huge pages before its first touch (our own memory; a caller's u and y are never marked). Why:
-// a prepared call's wide walks hold up to 384 MiB (kLongConvFftWideWalkBytes), and growing it in
+// never needed: every walk writes what it reads). A buffer of 4 MiB and more comes in transparent
+// huge pages (AlignedAllocator, core/huge_pages.hpp), marked before its first touch. Why: a
+// prepared call's wide walks hold up to 384 MiB (kLongConvFftWideWalkBytes), and growing it in
 // 4 KiB pages cost the first call at T = 65536 1.4-1.7 s of CPU time against 0.22-0.26 s for the
 // next ones (page faults and zeroing; resize also copied the old values), 0.5-0.7 s on main's
 // 64 MiB walks (one thread and two, loaded).
 inline void long_conv_grow_scratch(AlignedVector<float>& buffer, std::size_t floats) {
   if (buffer.size() >= floats) return;
   AlignedVector<float>().swap(buffer);
-  buffer.reserve(floats);
-#if defined(__linux__)
-  // Only buffers of 32 MiB and more: glibc serves those by mmap (its threshold grows to at most
-  // 32 MiB), so the marked range is returned to the system with them; a smaller one may sit in
-  // the malloc heap, where the mark would outlive it and reach whatever is placed there next.
-  constexpr std::size_t kAdviseMinBytes = std::size_t{32} << 20;
-  const long page_size = sysconf(_SC_PAGESIZE);
-  if (floats * sizeof(float) >= kAdviseMinBytes && page_size > 0) {
-    const std::uintptr_t page = static_cast<std::uintptr_t>(page_size);
-    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(buffer.data()) + page - 1) / page * page;
-    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(buffer.data() + floats) / page * page;
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice only: failure is harmless
-  }
-#endif
   buffer.resize(floats);
 }
 
