@@ -157,10 +157,12 @@ class HugePageBuffer {
     size_ = rounded;
     huge_ = advise_huge_pages(data_, size_);  // again, for what it reports (map_huge marked it)
   }
+  /// Takes other's mapping; other is left empty.
   HugePageBuffer(HugePageBuffer&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)),
         size_(std::exchange(other.size_, 0)),
         huge_(std::exchange(other.huge_, false)) {}
+  /// Releases this buffer's mapping, then takes other's; other is left empty.
   HugePageBuffer& operator=(HugePageBuffer&& other) noexcept {
     if (this != &other) {
       detail::unmap_huge(data_, size_);
