@@ -60,35 +60,13 @@ inline void local_conv_step_head(const ConstView<float, 2>& x, const LocalConvSt
   if (x.stride(1) == 1 && out.y.stride(1) == 1 && out.state.stride(2) == 1) {
     float* y = out.y.ptr(b, c0);
     const float* xt = x.ptr(b, c0);
-    // Each vector of channels sums in a register over the taps (g++ -O2 left the per-tap channel
-    // loop scalar, see local_conv_contiguous_row in fast.hpp); same multiply-adds, same order.
-    const index_t nv = simd::vector_end(group), row = out.state.stride(1);
-    const float* s0 = K > 1 ? out.state.ptr(b, 0, c0) : nullptr;  // state row k at s0 + k * row
-    index_t c = 0;
-    // Four vectors at once: four independent FMA chains over the taps (one chain left the FMA
-    // latency exposed: 1.15-1.35x slower than the per-tap loop at -O3).
-    for (; c + 4 * simd::kWidth <= nv; c += 4 * simd::kWidth) {
-      simd::Batch<float> acc[4] = {simd::Batch<float>(0.f), simd::Batch<float>(0.f), simd::Batch<float>(0.f),
-                                   simd::Batch<float>(0.f)};
-      for (index_t k = 0; k + 1 < K; ++k) {
-        const simd::Batch<float> w(p[k]);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) acc[j] = simd::fma(w, simd::load(s0 + k * row + c + j * simd::kWidth), acc[j]);
-      }
-      const simd::Batch<float> w(p[K - 1]);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) simd::store(y + c + j * simd::kWidth, simd::fma(w, simd::load(xt + c + j * simd::kWidth), acc[j]));
-    }
-    for (; c < nv; c += simd::kWidth) {
-      simd::Batch<float> acc(0.f);
-      for (index_t k = 0; k + 1 < K; ++k) acc = simd::fma(simd::Batch<float>(p[k]), simd::load(s0 + k * row + c), acc);
-      simd::store(y + c, simd::fma(simd::Batch<float>(p[K - 1]), simd::load(xt + c), acc));
-    }
-    for (index_t c = nv; c < group; ++c) y[c] = 0.f;
-    for (index_t k = 0; k + 1 < K; ++k) {
-      const float* s = out.state.ptr(b, k, c0);
-      for (index_t c = nv; c < group; ++c) y[c] += p[k] * s[c];
-    }
+    // The state's taps through the prefill's row sum (local_conv_contiguous_row: sums in
+    // registers, also at -O2), then this token's tap: the same multiply-adds in the same order.
+    const float* s0 = K > 1 ? out.state.ptr(b, 0, c0) : nullptr;  // state row k at s0 + k * stride(1)
+    local_conv_contiguous_row(s0, out.state.stride(1), y, group, p, K - 1);
+    const index_t nv = simd::vector_end(group);
+    const simd::Batch<float> w_last(p[K - 1]);
+    for (index_t c = 0; c < nv; c += simd::kWidth) simd::store(y + c, simd::fma(w_last, simd::load(xt + c), simd::load(y + c)));
     for (index_t c = nv; c < group; ++c) y[c] += p[K - 1] * xt[c];
     for (index_t k = 0; k + 2 < K; ++k)
       std::memmove(out.state.ptr(b, k, c0), out.state.ptr(b, k + 1, c0), static_cast<std::size_t>(group) * sizeof(float));
