@@ -259,6 +259,57 @@ TEST_CASE("long_conv: wide walks without a prepared spectrum once a block's sign
   seqmix::long_conv_release_thread_scratch();  // 96 MiB of wide walks: not for the next cases
 }
 
+TEST_CASE("long_conv: one batch row's wide walks make each block's filter spectrum next to its signal",
+          "[long_conv]") {
+  // long_conv_fft_walk, fused (long_conv_fuses_filters): one batch row, causal, window and taps
+  // in the transform's lower half, a streaming walk. The same butterflies as the spectra made
+  // apart (what two batch rows run), so each row of a two-row call of the same inputs is equal bit
+  // for bit; a few outputs against double sums. The walks: 10 blocks (a ragged last one) on one
+  // thread, 5 + 5 on two, each over kLongConvFftStreamBytes.
+  namespace sd = seqmix::detail;
+  const index_t E = sd::kFftElement;
+  const index_t wide_N = st::long_conv_first_wide_N();
+  st::check_wide_walk_widths(
+      [](index_t blocks, int threads, index_t N) { return sd::long_conv_plain_walk_width(blocks, threads, N, true); },
+      [](index_t blocks, int threads, index_t) { return sd::long_conv_fft_walk_blocks(blocks, threads); },
+      1);  // lower halves of signals and filter spectra
+  const index_t T = wide_N / 2, D = 9 * E + 5;
+  for (const LongCase& c : {LongCase{1, T, D, T, D, 0, true, true, false, 61},        // L = T
+                            LongCase{1, T - 37, D, 1000, 1, 0, false, false, false, 62}}) {  // one filter
+    INFO(c.describe());
+    const LongData data(c);
+    const seqmix::detail::LongConvDims dims{c.B, c.T, c.D, c.L, c.Lb, c.G};
+    REQUIRE(sd::long_conv_fft_length(dims, false) == wide_N);
+    REQUIRE(sd::long_conv_fuses_filters(data.inputs(c), E, wide_N));
+    // The two-row call: u's row twice (spectra made once for both rows, kept whole).
+    LongCase twice = c;
+    twice.B = 2;
+    LongData rows(twice);
+    for (index_t b = 0; b < 2; ++b)
+      for (index_t t = 0; t < c.T; ++t)
+        for (index_t d = 0; d < c.D; ++d) rows.u(b, t, d) = data.u(0, t, d);
+    rows.h = data.h, rows.skip = data.skip, rows.bias = data.bias;
+    REQUIRE_FALSE(sd::long_conv_fuses_filters(rows.inputs(twice), E, wide_N));
+    const Result apart = run(twice, rows, LongConvMethod::fft, false, seqmix::serial_executor());
+    const seqmix::Executor& two_threads = st::two_thread_pool();
+    for (const seqmix::Executor* executor : {&seqmix::serial_executor(), &two_threads}) {
+      const Result fused = run(c, data, LongConvMethod::fft, false, *executor);
+      for (index_t b = 0; b < 2; ++b)
+        st::require_close("y against the spectra made apart", fused.y.cview(), apart.y.cview().slice(0, b, 1), 0.0);
+      for (index_t t : {index_t{0}, index_t{1}, c.T / 3, c.T - 1})
+        for (index_t d : {index_t{0}, E - 1, E + 2, D - 1}) {
+          double acc = c.bias ? data.bias(d) : 0.0;
+          if (c.skip) acc += double(data.skip(d)) * data.u(0, t, d);
+          for (index_t s = 0; s <= std::min(t, c.L - 1); ++s)
+            acc += double(data.h(s, d / (c.D / c.G))) * data.u(0, t - s, d);
+          INFO("t = " << t << ", d = " << d);
+          CHECK(std::abs(fused.y(0, t, d) - acc) < 2e-5);
+        }
+    }
+  }
+  seqmix::long_conv_release_thread_scratch();  // ~100 MiB of wide walks: not for the next cases
+}
+
 TEST_CASE("long_conv: the FFT scratch a thread keeps falls under its cap once a long call's is stale",
           "[long_conv]") {
   namespace sd = seqmix::detail;

@@ -430,10 +430,12 @@ inline LongConvWalkLayout long_conv_walk_layout(const LongConvWalk& walk, index_
 // x + (k N + s) E; lane c % W of part c / W: channel c of the block, real part channel a,
 // imaginary part channel b of each pair), one row of h after the other.
 // imaginary: a narrow walk's taps into the imaginary parts only (long_conv_packed_product), the
-// real parts left as they are. first: taps [first, taps) only (a split block's piece).
+// real parts left as they are. first: taps [first, taps) only (a split block's piece). N: the
+// elements from one block's signal to the next (N/2 for lower halves, long_conv_walk_layout).
+// stream: non-temporal stores (long_conv_walk_streams).
 inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongConvWalk& walk, index_t taps,
                                        index_t group, index_t N, float* x, bool imaginary = false,
-                                       index_t first = 0) {
+                                       index_t first = 0, bool stream = false) {
   constexpr index_t W = simd::kWidth, E = kFftElement;
   // One filter per channel, adjacent: a block's row is walk.lanes contiguous floats.
   const bool unit = group == 1 && h.stride(1) == 1;
@@ -451,9 +453,10 @@ inline void long_conv_load_filter_rows(const ConstView<float, 2>& h, const LongC
       if (imaginary)
         simd::store(x + (k * N + s) * E + W, simd::load(src));  // walk.lanes == W
       else
-        long_conv_store_row(src, walk.lanes, x + (k * N + s) * E);
+        long_conv_store_row(src, walk.lanes, x + (k * N + s) * E, stream);
     }
   }
+  if (stream) simd::stream_fence();
 }
 
 // The spectra G = FFT(h_a + i h_b) of the walk's filter pairs from their first `taps` causal
@@ -543,23 +546,31 @@ inline void for_each_mirrored_pair(const FftTwiddles& tw, index_t first, index_t
 constexpr index_t kLongConvProductAhead = 16;
 
 // The product of spectra, in place over the signal's, at positions [first, first + len) and at
-// their mirrors [mirror_first, mirror_first + len).
-inline void long_conv_spectral_product(const LongConvSignal& x, const float* G, const FftTwiddles& tw, index_t first,
-                                       index_t mirror_first, index_t len) noexcept {
+// their mirrors [mirror_first, mirror_first + len); the filters' spectrum of those positions at
+// g_part and g_mirror (each range lies in one half of either signal).
+inline void long_conv_spectral_product(const LongConvSignal& x, const float* g_part, const float* g_mirror,
+                                       const FftTwiddles& tw, index_t first, index_t mirror_first, index_t len) noexcept {
   constexpr index_t E = kFftElement;
   const FftBatch c(0.25f / static_cast<float>(tw.N));
   float* const part = x.at(first);
-  float* const mirror = x.at(mirror_first);  // each range lies in one half
+  float* const mirror = x.at(mirror_first);
   for_each_mirrored_pair(tw, first, mirror_first, len, [&](index_t k, index_t mk) {
-    float* xk = part + (k - first) * E;
-    float* xmk = mirror + (mk - mirror_first) * E;
+    const index_t i = k - first, mi = mk - mirror_first;
+    float* xk = part + i * E;
+    float* xmk = mirror + mi * E;
     const FftValue z = fft_load(xk), zm = fft_load(xmk);
-    if (k + kLongConvProductAhead < first + len) long_conv_prefetch_span(G + (k + kLongConvProductAhead) * E, E, 0);
-    if (mk - kLongConvProductAhead >= mirror_first) long_conv_prefetch_span(G + (mk - kLongConvProductAhead) * E, E, 0);
-    const FftValue g = fft_load(G + k * E), gm = fft_load(G + mk * E);
+    if (i + kLongConvProductAhead < len) long_conv_prefetch_span(g_part + (i + kLongConvProductAhead) * E, E, 0);
+    if (mi >= kLongConvProductAhead) long_conv_prefetch_span(g_mirror + (mi - kLongConvProductAhead) * E, E, 0);
+    const FftValue g = fft_load(g_part + i * E), gm = fft_load(g_mirror + mi * E);
     fft_store(xk, long_conv_pair_product(z, zm, g, gm, c));
     if (mk != k) fft_store(xmk, long_conv_pair_product(zm, z, gm, g, c));
   });
+}
+
+// The same with the filters' spectrum G whole and contiguous (position k at G + k E).
+inline void long_conv_spectral_product(const LongConvSignal& x, const float* G, const FftTwiddles& tw, index_t first,
+                                       index_t mirror_first, index_t len) noexcept {
+  long_conv_spectral_product(x, G + first * kFftElement, G + mirror_first * kFftElement, tw, first, mirror_first, len);
 }
 
 // The product of spectra of a packed narrow block (long_conv_load_filter_rows, imaginary: input in the real
@@ -598,19 +609,27 @@ inline void long_conv_packed_product(const LongConvSignal& x, const FftTwiddles&
 // Tried and slower at N = 131072 (medians of 6, loaded, 272 against 258 ms per call): the same
 // recursively, each part pair's own parts paired down to the cache blocks. frequency0: the
 // spectrum's position 0 (frequency 0), copied before the product. G null: a packed narrow block
-// (long_conv_packed_product), its filter in the signal.
-inline void long_conv_convolve_parts(const LongConvSignal& x, const float* G, const FftTwiddles& tw,
-                                     float* frequency0) noexcept {
+// (long_conv_packed_product), its filter in the signal, unless `filter` is given: the filters'
+// pair signal after its own first pass (long_conv_forward_top), whose part pairs go through
+// their forward stages here, each just before the product reads it (long_conv_fft_walk, fused).
+inline void long_conv_convolve_parts(const LongConvSignal& x, const float* G, const FftTwiddles& tw, float* frequency0,
+                                     const LongConvSignal& filter = {}) noexcept {
   constexpr index_t E = kFftElement;
   const index_t len = tw.N / long_conv_top_parts(tw.N);
   for (index_t part = 0; part < tw.N; part += len) {
     const index_t mirror = tw.mirror[static_cast<std::size_t>(part)] / len * len;
     if (mirror < part) continue;  // done with its mirror
+    if (filter.lo != nullptr) {
+      fft_dif(filter.at(part), len, tw);
+      if (mirror != part) fft_dif(filter.at(mirror), len, tw);
+    }
     fft_dif(x.at(part), len, tw);
     if (mirror != part) fft_dif(x.at(mirror), len, tw);
     if (part == 0)
       for (index_t i = 0; i < E; ++i) frequency0[i] = x.lo[i];
-    if (G == nullptr)
+    if (filter.lo != nullptr)
+      long_conv_spectral_product(x, filter.at(part), filter.at(mirror), tw, part, mirror, len);
+    else if (G == nullptr)
       long_conv_packed_product(x, tw, part, mirror, len);
     else
       long_conv_spectral_product(x, G, tw, part, mirror, len);
@@ -622,10 +641,14 @@ inline void long_conv_convolve_parts(const LongConvSignal& x, const float* G, co
 // One block's convolution in place: the forward transform of its window (the first `rows`
 // elements, the rest zero and never read), the product with the filters' pair spectrum G (null:
 // packed, as long_conv_convolve_parts), and the inverse, storing positions [first, first + count).
+// filter: the filters' pair signal, its first `filter_rows` taps loaded and the rest zero, to
+// transform here (long_conv_convolve_parts) instead of G.
 inline void long_conv_convolve_block(const LongConvSignal& x, const float* G, index_t rows, index_t first, index_t count,
-                                     const FftTwiddles& tw, float* frequency0) noexcept {
+                                     const FftTwiddles& tw, float* frequency0, const LongConvSignal& filter = {},
+                                     index_t filter_rows = 0) noexcept {
+  if (filter.lo != nullptr) long_conv_forward_top(filter_rows, filter, tw);
   long_conv_forward_top(rows, x, tw);
-  long_conv_convolve_parts(x, G, tw, frequency0);
+  long_conv_convolve_parts(x, G, tw, frequency0, filter);
   long_conv_inverse_top(x, tw, first, count);
 }
 
@@ -770,6 +793,17 @@ inline void long_conv_list_nonfinite(const float* frequency0, index_t first, ind
 // tiled spectrum of `tile` blocks (tile > 0) block % tile.
 inline index_t long_conv_prepared_block(index_t block, index_t tile) noexcept { return tile > 0 ? block % tile : block; }
 
+// Whether a call without a prepared spectrum, at FFT length N with blocks of `lanes` channels,
+// can make its filters' spectra block by block next to its signals' (long_conv_fft_walk, fused;
+// the walk must stream too): one batch row, causal taps only, full blocks, and window and taps
+// within the lower half of the transform (the halves layout).
+inline bool long_conv_fuses_filters(const LongConvInputs& in, index_t lanes, index_t N) noexcept {
+  const bool has_state = in.initial_state.has_value();
+  const index_t T = in.u.size(1), S = has_state ? in.filter.size(0) - 1 : 0;
+  return lanes == kFftElement && in.u.size(0) == 1 && !in.filter_backward.has_value() && S + T <= N / 2 &&
+         long_conv_fft_causal_taps(in.filter.size(0), T, has_state) <= N / 2;
+}
+
 // One task: the walk's channels of every batch row.
 // prepared: the pair spectra of every full block of channels (LongConvFilterSpectrum's, block j
 // at prepared + j N E), or null to transform the walk's filters here. tile > 0 (h3's prepared
@@ -788,9 +822,20 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   // threads, D = 768), where each task's length is the call's time.
   const bool packed = prepared == nullptr && walk.lanes == W && !in.filter_backward.has_value();
   const bool own_spectra = !packed && (prepared == nullptr || walk.lanes != E);
-  const LongConvWalkLayout layout = long_conv_walk_layout(walk, N, S + T, prepared != nullptr && walk.lanes == E);
+  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
+  // A streaming walk of one batch row that makes its causal filters' spectra (fused): the walk loads
+  // every block's taps, then each block transforms its filters right before its signal, the
+  // filters' parts pair by pair next to the signal's (long_conv_convolve_parts), both in the
+  // halves layout (every block's upper half in one buffer). Why: made apart, each block's 16 MiB
+  // filter spectrum (N = 131072) went to memory after its first pass, again after its parts and
+  // came back for the product, and the filters cost the call as much as a prepared call's two
+  // transforms (one thread, T = L = 65536: 242 against 143 ms). With B > 1 the spectra serve
+  // every batch row, so they are made once and kept whole.
+  const bool fused = prepared == nullptr && long_conv_fuses_filters(in, walk.lanes, N) && long_conv_walk_streams(walk, N);
+  const LongConvWalkLayout layout =
+      long_conv_walk_layout(walk, N, S + T, (prepared != nullptr && walk.lanes == E) || fused);
   long_conv_grow_scratch(scratch.x, layout.floats(walk, N));
-  if (own_spectra) long_conv_grow_scratch(scratch.G, g_size);
+  if (own_spectra) long_conv_grow_scratch(scratch.G, fused ? layout.floats(walk, N) : g_size);
   const float* G = packed ? nullptr : scratch.G.data();
   // Block k's spectrum: adjacent in G, or a tiled prepared spectrum's block.
   const auto block_spectrum = [&](index_t k) -> const float* {
@@ -798,9 +843,11 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
       return prepared + long_conv_prepared_block(walk.c0 / E + k, tile) * N * E;
     return G == nullptr ? nullptr : G + k * N * E;
   };
-  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
   if (packed) {
     // no spectra: each batch row's signal carries the filters (loaded below, with the window)
+  } else if (fused) {
+    long_conv_load_filter_rows(in.filter, walk, taps, D / in.filter.size(1), layout.stride, scratch.G.data(), false, 0,
+                               layout.stream);
   } else if (prepared == nullptr) {
     long_conv_filter_spectra(in, walk, scratch, tw);
   } else if (walk.lanes == E) {
@@ -820,7 +867,11 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
     // Block after block, its transforms and product while its signal is in cache.
     for (index_t k = 0; k < walk.blocks; ++k) {
       alignas(64) float lanes[E];
-      long_conv_convolve_block(layout.signal(x, walk, k, N), block_spectrum(k), S + T, S, T, tw, lanes);
+      if (fused)
+        long_conv_convolve_block(layout.signal(x, walk, k, N), nullptr, S + T, S, T, tw, lanes,
+                                 layout.signal(scratch.G.data(), walk, k, N), taps);
+      else
+        long_conv_convolve_block(layout.signal(x, walk, k, N), block_spectrum(k), S + T, S, T, tw, lanes);
       long_conv_list_nonfinite(lanes, b * D + walk.channel(k), walk.width(k), nonfinite);
     }
     long_conv_scatter_rows(in, y, walk, weights, b, S, layout.stride, x, layout.stream);
@@ -897,16 +948,18 @@ inline index_t long_conv_prepared_walk_width(index_t blocks, int concurrency, in
 // to 4 blocks while a block fits in cache (N <= 32768 with AVX-512, as before); above, wide walks
 // whose signals and filter spectra together (2 N E floats per block) hold at most
 // kLongConvFftWideWalkBytes: at D = 768 with AVX-512, N = 65536 one walk of 24 blocks on one
-// thread, 12 + 12 on two; N = 131072 two walks of 12 on one thread, 12 + 12 on two. Why: as for
+// thread, 12 + 12 on two; N = 131072 two walks of 12 on one thread, 12 + 12 on two. fused
+// (long_conv_fuses_filters): the walk holds lower halves only (N E floats per block for both
+// signals), N = 131072 one walk of 24 on one thread (1.12-1.17x, README). Why: as for
 // a prepared call, the walk width decides how the gather, the filter load and the scatter touch
 // u, h and y (whole rows instead of 512 bytes of each 3 KiB row). Measured (long_conv_crossover
 // --prepared, one thread, D = L = T, loaded, docs/operators.md long_conv): T = 65536 4 blocks
 // 349-386 ms, 12 blocks 323-366, 24 blocks 297-308 (24 not kept: 768 MiB of scratch); T = 32768
 // 4 blocks 165-179, 24 blocks 139-151 ms.
-inline index_t long_conv_plain_walk_width(index_t blocks, int concurrency, index_t N) {
+inline index_t long_conv_plain_walk_width(index_t blocks, int concurrency, index_t N, bool fused = false) {
   const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
   if (block_bytes <= 2 * kLongConvFftWalkCacheBytes) return long_conv_fft_walk_blocks(blocks, concurrency);
-  return long_conv_wide_walk_width(blocks, concurrency, 2 * block_bytes);
+  return long_conv_wide_walk_width(blocks, concurrency, fused ? block_bytes : 2 * block_bytes);
 }
 
 // Channels per block: E (a pair per lane), or W (narrow blocks, one channel per lane) when the
@@ -1173,7 +1226,8 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const index_t blocks = (D + lanes - 1) / lanes;
   const index_t per_walk = segments.count > 1    ? 1
                            : prepared != nullptr ? long_conv_prepared_walk_width(blocks, executor.concurrency(), segments.N)
-                                                 : long_conv_plain_walk_width(blocks, executor.concurrency(), segments.N);
+                                                 : long_conv_plain_walk_width(blocks, executor.concurrency(), segments.N,
+                                                                              long_conv_fuses_filters(in, lanes, segments.N));
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
   if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
     const index_t pieces =
