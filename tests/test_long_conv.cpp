@@ -259,20 +259,16 @@ TEST_CASE("long_conv: wide walks without a prepared spectrum once a block's sign
   seqmix::long_conv_release_thread_scratch();  // 96 MiB of wide walks: not for the next cases
 }
 
-TEST_CASE("long_conv: one batch row's wide walks make each block's filter spectrum next to its signal",
-          "[long_conv]") {
-  // long_conv_fft_walk, fused (long_conv_fuses_filters): one batch row, causal, window and taps
-  // in the transform's lower half, a streaming walk. The same butterflies as the spectra made
-  // apart (what two batch rows run), so each row of a two-row call of the same inputs is equal bit
-  // for bit; a few outputs against double sums. The walks: 10 blocks (a ragged last one) on one
-  // thread, 5 + 5 on two, each over kLongConvFftStreamBytes.
+TEST_CASE("long_conv: one batch row split by rows and blocks equals the walks, bit for bit", "[long_conv]") {
+  // long_conv_fft_rows_run (long_conv_fft_splits_rows: one batch row, causal, window and taps in
+  // the transform's lower half, blocks of 2 MiB and more): rows of u and h split over the threads,
+  // each block's filters transformed next to its signal, rows of y split again. The same
+  // butterflies as the walks (what two batch rows run), so each row of a two-row call of the same
+  // inputs is equal bit for bit; a few outputs against double sums. 10 blocks (a ragged last one)
+  // on one thread and on two.
   namespace sd = seqmix::detail;
   const index_t E = sd::kFftElement;
   const index_t wide_N = st::long_conv_first_wide_N();
-  st::check_wide_walk_widths(
-      [](index_t blocks, int threads, index_t N) { return sd::long_conv_plain_walk_width(blocks, threads, N, true); },
-      [](index_t blocks, int threads, index_t) { return sd::long_conv_fft_walk_blocks(blocks, threads); },
-      1);  // lower halves of signals and filter spectra
   const index_t T = wide_N / 2, D = 9 * E + 5;
   for (const LongCase& c : {LongCase{1, T, D, T, D, 0, true, true, false, 61},        // L = T
                             LongCase{1, T - 37, D, 1000, 1, 0, false, false, false, 62}}) {  // one filter
@@ -281,6 +277,7 @@ TEST_CASE("long_conv: one batch row's wide walks make each block's filter spectr
     const seqmix::detail::LongConvDims dims{c.B, c.T, c.D, c.L, c.Lb, c.G};
     REQUIRE(sd::long_conv_fft_length(dims, false) == wide_N);
     REQUIRE(sd::long_conv_fuses_filters(data.inputs(c), E, wide_N));
+    REQUIRE(sd::long_conv_fft_splits_rows(data.inputs(c), wide_N, E, 2, false));
     // The two-row call: u's row twice (spectra made once for both rows, kept whole).
     LongCase twice = c;
     twice.B = 2;
@@ -306,8 +303,27 @@ TEST_CASE("long_conv: one batch row's wide walks make each block's filter spectr
           CHECK(std::abs(fused.y(0, t, d) - acc) < 2e-5);
         }
     }
+    if (c.L == c.T) continue;
+    // A NaN input on two threads: its channel's outputs from it on for L
+    // steps are NaN, every other output stays as without it (the pair's channels by the direct form).
+    const Result clean = run(c, data, LongConvMethod::fft, false, two_threads);
+    LongData spoiled(c);
+    spoiled.u = data.u, spoiled.h = data.h;
+    const index_t t_nan = c.T / 2, d_nan = E + 3;
+    spoiled.u(0, t_nan, d_nan) = std::numeric_limits<float>::quiet_NaN();
+    const Result with_nan = run(c, spoiled, LongConvMethod::fft, false, two_threads);
+    index_t nans = 0, off = 0;
+    for (index_t t = 0; t < c.T; ++t)
+      for (index_t d = 0; d < c.D; ++d) {
+        const float v = with_nan.y(0, t, d);
+        const bool reached = d == d_nan && t >= t_nan && t < t_nan + c.L;
+        nans += std::isnan(v) ? 1 : 0;
+        off += reached != std::isnan(v) || (!reached && std::abs(v - clean.y(0, t, d)) > 2e-5) ? 1 : 0;
+      }
+    CHECK(nans == c.L);
+    CHECK(off == 0);
   }
-  seqmix::long_conv_release_thread_scratch();  // ~100 MiB of wide walks: not for the next cases
+  seqmix::long_conv_release_thread_scratch();  // ~100 MiB of scratch: not for the next cases
 }
 
 TEST_CASE("long_conv: the FFT scratch a thread keeps falls under its cap once a long call's is stale",

@@ -611,7 +611,7 @@ inline void long_conv_packed_product(const LongConvSignal& x, const FftTwiddles&
 // spectrum's position 0 (frequency 0), copied before the product. G null: a packed narrow block
 // (long_conv_packed_product), its filter in the signal, unless `filter` is given: the filters'
 // pair signal after its own first pass (long_conv_forward_top), whose part pairs go through
-// their forward stages here, each just before the product reads it (long_conv_fft_walk, fused).
+// their forward stages here, each just before the product reads it (long_conv_fft_rows_run).
 inline void long_conv_convolve_parts(const LongConvSignal& x, const float* G, const FftTwiddles& tw, float* frequency0,
                                      const LongConvSignal& filter = {}) noexcept {
   constexpr index_t E = kFftElement;
@@ -794,9 +794,9 @@ inline void long_conv_list_nonfinite(const float* frequency0, index_t first, ind
 inline index_t long_conv_prepared_block(index_t block, index_t tile) noexcept { return tile > 0 ? block % tile : block; }
 
 // Whether a call without a prepared spectrum, at FFT length N with blocks of `lanes` channels,
-// can make its filters' spectra block by block next to its signals' (long_conv_fft_walk, fused;
-// the walk must stream too): one batch row, causal taps only, full blocks, and window and taps
-// within the lower half of the transform (the halves layout).
+// can make its filters' spectra block by block next to its signals' (long_conv_fft_rows_run):
+// one batch row, causal taps only, full blocks, and window and taps within the lower half of the
+// transform (the halves layout).
 inline bool long_conv_fuses_filters(const LongConvInputs& in, index_t lanes, index_t N) noexcept {
   const bool has_state = in.initial_state.has_value();
   const index_t T = in.u.size(1), S = has_state ? in.filter.size(0) - 1 : 0;
@@ -822,20 +822,9 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
   // threads, D = 768), where each task's length is the call's time.
   const bool packed = prepared == nullptr && walk.lanes == W && !in.filter_backward.has_value();
   const bool own_spectra = !packed && (prepared == nullptr || walk.lanes != E);
-  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
-  // A streaming walk of one batch row that makes its causal filters' spectra (fused): the walk loads
-  // every block's taps, then each block transforms its filters right before its signal, the
-  // filters' parts pair by pair next to the signal's (long_conv_convolve_parts), both in the
-  // halves layout (every block's upper half in one buffer). Why: made apart, each block's 16 MiB
-  // filter spectrum (N = 131072) went to memory after its first pass, again after its parts and
-  // came back for the product, and the filters cost the call as much as a prepared call's two
-  // transforms (one thread, T = L = 65536: 242 against 143 ms). With B > 1 the spectra serve
-  // every batch row, so they are made once and kept whole.
-  const bool fused = prepared == nullptr && long_conv_fuses_filters(in, walk.lanes, N) && long_conv_walk_streams(walk, N);
-  const LongConvWalkLayout layout =
-      long_conv_walk_layout(walk, N, S + T, (prepared != nullptr && walk.lanes == E) || fused);
+  const LongConvWalkLayout layout = long_conv_walk_layout(walk, N, S + T, prepared != nullptr && walk.lanes == E);
   long_conv_grow_scratch(scratch.x, layout.floats(walk, N));
-  if (own_spectra) long_conv_grow_scratch(scratch.G, fused ? layout.floats(walk, N) : g_size);
+  if (own_spectra) long_conv_grow_scratch(scratch.G, g_size);
   const float* G = packed ? nullptr : scratch.G.data();
   // Block k's spectrum: adjacent in G, or a tiled prepared spectrum's block.
   const auto block_spectrum = [&](index_t k) -> const float* {
@@ -843,11 +832,9 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
       return prepared + long_conv_prepared_block(walk.c0 / E + k, tile) * N * E;
     return G == nullptr ? nullptr : G + k * N * E;
   };
+  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, in.initial_state.has_value());
   if (packed) {
     // no spectra: each batch row's signal carries the filters (loaded below, with the window)
-  } else if (fused) {
-    long_conv_load_filter_rows(in.filter, walk, taps, D / in.filter.size(1), layout.stride, scratch.G.data(), false, 0,
-                               layout.stream);
   } else if (prepared == nullptr) {
     long_conv_filter_spectra(in, walk, scratch, tw);
   } else if (walk.lanes == E) {
@@ -867,11 +854,7 @@ inline void long_conv_fft_walk(const LongConvInputs& in, const TensorView<float,
     // Block after block, its transforms and product while its signal is in cache.
     for (index_t k = 0; k < walk.blocks; ++k) {
       alignas(64) float lanes[E];
-      if (fused)
-        long_conv_convolve_block(layout.signal(x, walk, k, N), nullptr, S + T, S, T, tw, lanes,
-                                 layout.signal(scratch.G.data(), walk, k, N), taps);
-      else
-        long_conv_convolve_block(layout.signal(x, walk, k, N), block_spectrum(k), S + T, S, T, tw, lanes);
+      long_conv_convolve_block(layout.signal(x, walk, k, N), block_spectrum(k), S + T, S, T, tw, lanes);
       long_conv_list_nonfinite(lanes, b * D + walk.channel(k), walk.width(k), nonfinite);
     }
     long_conv_scatter_rows(in, y, walk, weights, b, S, layout.stride, x, layout.stream);
@@ -948,18 +931,17 @@ inline index_t long_conv_prepared_walk_width(index_t blocks, int concurrency, in
 // to 4 blocks while a block fits in cache (N <= 32768 with AVX-512, as before); above, wide walks
 // whose signals and filter spectra together (2 N E floats per block) hold at most
 // kLongConvFftWideWalkBytes: at D = 768 with AVX-512, N = 65536 one walk of 24 blocks on one
-// thread, 12 + 12 on two; N = 131072 two walks of 12 on one thread, 12 + 12 on two. fused
-// (long_conv_fuses_filters): the walk holds lower halves only (N E floats per block for both
-// signals), N = 131072 one walk of 24 on one thread (1.12-1.17x, README). Why: as for
+// thread, 12 + 12 on two; N = 131072 two walks of 12 on one thread, 12 + 12 on two (one batch
+// row: long_conv_fft_rows_run instead). Why: as for
 // a prepared call, the walk width decides how the gather, the filter load and the scatter touch
 // u, h and y (whole rows instead of 512 bytes of each 3 KiB row). Measured (long_conv_crossover
 // --prepared, one thread, D = L = T, loaded, docs/operators.md long_conv): T = 65536 4 blocks
 // 349-386 ms, 12 blocks 323-366, 24 blocks 297-308 (24 not kept: 768 MiB of scratch); T = 32768
 // 4 blocks 165-179, 24 blocks 139-151 ms.
-inline index_t long_conv_plain_walk_width(index_t blocks, int concurrency, index_t N, bool fused = false) {
+inline index_t long_conv_plain_walk_width(index_t blocks, int concurrency, index_t N) {
   const index_t block_bytes = N * kFftElement * static_cast<index_t>(sizeof(float));
   if (block_bytes <= 2 * kLongConvFftWalkCacheBytes) return long_conv_fft_walk_blocks(blocks, concurrency);
-  return long_conv_wide_walk_width(blocks, concurrency, fused ? block_bytes : 2 * block_bytes);
+  return long_conv_wide_walk_width(blocks, concurrency, 2 * block_bytes);
 }
 
 // Channels per block: E (a pair per lane), or W (narrow blocks, one channel per lane) when the
@@ -1211,6 +1193,89 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
 
 // FFT form over a validated call (prepared, tile: as in long_conv_fft_walk; its FFT length is the
 // call's, so a prepared call never splits into segments).
+// Whether a call runs long_conv_fft_rows_run: one batch row, blocks of pairs at least as many as
+// the threads, FFT lengths whose block's signal takes kLongConvFftWalkCacheBytes or more (N >= 16384
+// with AVX-512), window (and taps, without a prepared spectrum: long_conv_fuses_filters) in the
+// transform's lower half, and every block's lower halves within kLongConvFftWideWalkBytes.
+// Below that length the walks measured as fast or faster (T = L = 4096, N = 8192: 0.95-1.08x;
+// 1024: 0.8x), their blocks' signals staying in cache from gather to scatter.
+inline bool long_conv_fft_splits_rows(const LongConvInputs& in, index_t N, index_t lanes, int concurrency,
+                                      bool prepared) noexcept {
+  constexpr index_t E = kFftElement;
+  const index_t D = in.u.size(2), blocks = (D + E - 1) / E, T = in.u.size(1);
+  const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
+  const index_t block_bytes = N * E * static_cast<index_t>(sizeof(float));
+  if (lanes != E || blocks < concurrency || block_bytes < kLongConvFftWalkCacheBytes) return false;
+  if (prepared ? in.u.size(0) != 1 || S + T > N / 2 : !long_conv_fuses_filters(in, lanes, N)) return false;
+  return blocks * (block_bytes / 2) * (prepared ? 1 : 2) <= kLongConvFftWideWalkBytes;
+}
+
+// A call of one batch row (long_conv_fft_splits_rows) in three parallel passes: the rows of u
+// (and of h, without a prepared spectrum) split into ranges over the threads, each range copied
+// to every block's signal; each block's transforms, product and inverse
+// (long_conv_convolve_block); the rows of y split again, written from every block. Signals in the
+// halves layout: every block's lower half in one scratch of the call, the upper halves (written by
+// the first pass, dead after the last) one per task. Without a prepared spectrum each block's
+// filters go through their first pass right before its signal's and their part pairs through
+// their forward stages right before the product reads them (long_conv_convolve_parts' filter).
+// Why: the walks read and wrote 128-512 bytes of each 3 KiB row of u, h and y (1-4 blocks below
+// N = 65536, 12 of 24 blocks per thread above), and made every block's filter spectrum whole
+// before the first signal, a trip of 2 x N E floats per block through memory between its passes.
+// Measured in one process, old path and this alternated 9 times (5 at T = 65536), medians of both
+// threads' CPU time, AMD EPYC (Zen 5), machine loaded (load 17-19), D = 768, L = T, two threads:
+// T = 8192 27.4 -> 18.8 ms (prepared 16.9 -> 14.1), T = 16384 72.6 -> 51.0 (prepared 52.2 -> 31.8);
+// one thread T = 16384 72.9 -> 51.7 (56.2 -> 35.7); docs/operators.md, long_conv. Outputs equal
+// bit for bit (the same butterflies in the same order). nonfinite[k]: block k's channels whose
+// window held a non-finite input (long_conv_list_nonfinite).
+inline void long_conv_fft_rows_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
+                                   const FftTwiddles& tw, const float* prepared,
+                                   std::vector<std::vector<index_t>>& nonfinite) {
+  constexpr index_t E = kFftElement;
+  const index_t T = in.u.size(1), D = in.u.size(2), N = tw.N, half = N / 2, blocks = (D + E - 1) / E;
+  const bool has_state = in.initial_state.has_value();
+  const index_t S = has_state ? in.filter.size(0) - 1 : 0, rows = S + T;
+  const index_t taps = long_conv_fft_causal_taps(in.filter.size(0), T, has_state);
+  const index_t group = D / in.filter.size(1);
+  const LongConvWalk all{0, blocks, D, E};
+  const auto lower_floats = static_cast<std::size_t>(blocks * half * E);
+  LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
+  std::unique_ptr<LongConvFftScratch> lower = pool.take(lower_floats);
+  long_conv_grow_scratch(lower->x, lower_floats);
+  if (prepared == nullptr) long_conv_grow_scratch(lower->G, lower_floats);
+  float* const x = lower->x.data();
+  float* const G = prepared == nullptr ? lower->G.data() : nullptr;
+  const LongConvRowWeights weights = long_conv_row_weights(in, all, lower->weights);
+  const bool stream = long_conv_walk_streams(all, N);
+  // Row ranges: a few per thread (parallel_for), each a whole number of rows of every block.
+  const index_t row_end = prepared == nullptr ? std::max(rows, taps) : rows;
+  parallel_for(executor, row_end, 64, [&](index_t r0, index_t r1) {
+    if (r0 < rows) long_conv_gather_rows(in, all, 0, S, half, x, stream, r0, std::min(r1, rows));
+    if (G != nullptr && r0 < taps)
+      long_conv_load_filter_rows(in.filter, all, std::min(r1, taps), group, half, G, false, r0, stream);
+  });
+  nonfinite.assign(static_cast<std::size_t>(blocks), {});
+  parallel_for(executor, blocks, 1, [&](index_t begin, index_t end) {
+    std::unique_ptr<LongConvFftScratch> upper = pool.take(static_cast<std::size_t>(half * E));
+    long_conv_grow_scratch(upper->x, static_cast<std::size_t>(half * E));
+    if (G != nullptr) long_conv_grow_scratch(upper->G, static_cast<std::size_t>(half * E));
+    for (index_t k = begin; k < end; ++k) {
+      alignas(64) float lanes[E];
+      const LongConvSignal signal{x + k * half * E, upper->x.data(), half};
+      if (G == nullptr)
+        long_conv_convolve_block(signal, prepared + k * N * E, rows, S, T, tw, lanes);
+      else
+        long_conv_convolve_block(signal, nullptr, rows, S, T, tw, lanes,
+                                 LongConvSignal{G + k * half * E, upper->G.data(), half}, taps);
+      long_conv_list_nonfinite(lanes, all.channel(k), all.width(k), nonfinite[static_cast<std::size_t>(k)]);
+    }
+    pool.give(std::move(upper));
+  });
+  parallel_for(executor, T, 64, [&](index_t t0, index_t t1) {
+    long_conv_scatter_rows(in, y, all, weights, 0, S, half, x, stream, t0, t1);
+  });
+  pool.give(std::move(lower));
+}
+
 inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
                               const float* prepared = nullptr, index_t tile = 0) {
   LongConvFftScratchPool::local().begin_call();  // before any task takes scratch (the split's too)
@@ -1226,8 +1291,7 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   const index_t blocks = (D + lanes - 1) / lanes;
   const index_t per_walk = segments.count > 1    ? 1
                            : prepared != nullptr ? long_conv_prepared_walk_width(blocks, executor.concurrency(), segments.N)
-                                                 : long_conv_plain_walk_width(blocks, executor.concurrency(), segments.N,
-                                                                              long_conv_fuses_filters(in, lanes, segments.N));
+                                                 : long_conv_plain_walk_width(blocks, executor.concurrency(), segments.N);
   const index_t walks = (blocks + per_walk - 1) / per_walk, tasks = walks * segments.count;
   if (segments.count == 1 && prepared == nullptr && !in.filter_backward.has_value()) {
     const index_t pieces =
@@ -1236,17 +1300,22 @@ inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 
   }
   std::vector<std::vector<index_t>> nonfinite(static_cast<std::size_t>(tasks));
   LongConvFftScratchPool& pool = LongConvFftScratchPool::local();
-  parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
-    std::unique_ptr<LongConvFftScratch> scratch = pool.take(static_cast<std::size_t>(per_walk * segments.N * kFftElement));
-    for (index_t i = begin; i < end; ++i) {
-      const index_t first = i / segments.count * per_walk, segment = i % segments.count;
-      const LongConvWalk walk{first * lanes, std::min(per_walk, blocks - first), D, lanes};
-      const index_t t0 = segment * segments.length, t1 = std::min(T, t0 + segments.length);
-      long_conv_fft_walk(long_conv_segment_inputs(in, t0, t1), y.slice(1, t0, t1 - t0), tw, walk, prepared, *scratch,
-                         nonfinite[static_cast<std::size_t>(i)], tile);
-    }
-    pool.give(std::move(scratch));
-  });
+  if (segments.count == 1 && tile == 0 &&
+      long_conv_fft_splits_rows(in, segments.N, lanes, executor.concurrency(), prepared != nullptr)) {
+    long_conv_fft_rows_run(in, y, executor, tw, prepared, nonfinite);
+  } else {
+    parallel_for(executor, tasks, 1, [&](index_t begin, index_t end) {
+      std::unique_ptr<LongConvFftScratch> scratch = pool.take(static_cast<std::size_t>(per_walk * segments.N * kFftElement));
+      for (index_t i = begin; i < end; ++i) {
+        const index_t first = i / segments.count * per_walk, segment = i % segments.count;
+        const LongConvWalk walk{first * lanes, std::min(per_walk, blocks - first), D, lanes};
+        const index_t t0 = segment * segments.length, t1 = std::min(T, t0 + segments.length);
+        long_conv_fft_walk(long_conv_segment_inputs(in, t0, t1), y.slice(1, t0, t1 - t0), tw, walk, prepared, *scratch,
+                           nonfinite[static_cast<std::size_t>(i)], tile);
+      }
+      pool.give(std::move(scratch));
+    });
+  }
   std::vector<index_t> channels;
   for (const auto& list : nonfinite) channels.insert(channels.end(), list.begin(), list.end());
   if (channels.empty()) return;
@@ -1444,7 +1513,10 @@ inline LongConvFilterSpectrum::LongConvFilterSpectrum(const ConstView<float, 2>&
 /// FFT: about 1e-6 relative to sum |h| |u|). Each channel's window (state rows and inputs) is
 /// zero-padded to a power of two N >= S + T + L - 1, transformed (two channels per complex
 /// transform, one pair per SIMD lane), multiplied by the filter's spectrum and transformed back.
-/// Threaded over groups of up to 4 blocks of 2 * simd::kWidth channels (fewer when the call
+/// One batch row at N >= 16384 (AVX-512; a block's signal of 2 MiB and more), window and taps in
+/// the transform's lower half: the rows of u and h split over the threads, then a task per block,
+/// then the rows of y (long_conv_fft_rows_run; scratch about 2 x D x N floats). Otherwise
+/// threaded over groups of up to 4 blocks of 2 * simd::kWidth channels (fewer when the call
 /// would split into fewer than two groups per thread; from N = 65536 with AVX-512, where a
 /// block's signal stays in no cache, wider groups of up to 384 MiB of scratch each, about one per
 /// thread: long_conv_plain_walk_width; blocks of simd::kWidth channels when more
