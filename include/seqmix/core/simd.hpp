@@ -133,8 +133,8 @@ inline Batch<float> log1p(const Batch<float>& x) noexcept { return xsimd::log1p(
 inline Batch<float> fma(const Batch<float>& a, const Batch<float>& b, const Batch<float>& c) noexcept {
   return xsimd::fma(a, b, c);
 }
-/// log(1 + x), x^y and max(a, b) in double lanes (xsimd's implementations; the relative biases
-/// that attention evaluates per logit in double).
+/// log(1 + x), x^y, ln x, e^x and max(a, b) in double lanes (xsimd's implementations; the
+/// relative biases that attention evaluates per logit in double).
 ///
 /// Except under g++ without optimization on AVX-512BW: there GCC defines the byte and word blend
 /// intrinsics as macros whose casts do not take xsimd 8.1's batches, and its double log (inside
@@ -154,9 +154,20 @@ inline Batch<double> log1p(const Batch<double>& x) noexcept {
 inline Batch<double> pow(const Batch<double>& x, const Batch<double>& y) noexcept {
   return lane_by_lane(x, y, [](double v, double e) { return std::pow(v, e); });
 }
+inline Batch<double> log(const Batch<double>& x) noexcept {
+  return lane_by_lane(x, x, [](double v, double) { return std::log(v); });
+}
+inline Batch<double> exp(const Batch<double>& x) noexcept {
+  return lane_by_lane(x, x, [](double v, double) { return std::exp(v); });
+}
 #else
 inline Batch<double> log1p(const Batch<double>& x) noexcept { return xsimd::log1p(x); }
 inline Batch<double> pow(const Batch<double>& x, const Batch<double>& y) noexcept { return xsimd::pow(x, y); }
+/// ln x and e^x in double lanes: pow(x, y) is exp(y * log(x)) in xsimd, so a caller with one x
+/// and many y (attention decode's KERPLE power bias, one ln d per key for every head) takes the
+/// log once.
+inline Batch<double> log(const Batch<double>& x) noexcept { return xsimd::log(x); }
+inline Batch<double> exp(const Batch<double>& x) noexcept { return xsimd::exp(x); }
 #endif
 inline Batch<double> max(const Batch<double>& a, const Batch<double>& b) noexcept { return xsimd::max(a, b); }
 /// a * b + c in double lanes (the double-precision Cauchy sums of ssm_dplr_kernel).

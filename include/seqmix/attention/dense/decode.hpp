@@ -216,6 +216,7 @@ struct DistanceBiasCache {
   std::vector<FireLine> fire_lines;  // head h's: [fire_first[h], fire_first[h + 1]), by x_end
   std::vector<index_t> fire_first;
   std::vector<double> fire_psi;  // psi(|rel|) = ln(1 + c |rel|) at reach + rel
+  std::vector<double> fire_kinks;  // build_fire_lines's scratch, kept for its storage
 
   bool built() const noexcept { return reach >= 0; }
   bool covers(index_t pos) const noexcept { return static_cast<double>(pos) <= limit; }
@@ -240,6 +241,7 @@ struct DistanceBiasCache {
     const bool table_rows = !fire || static_cast<double>(lowest_position) <= static_cast<double>(rb.fire_threshold);
     if (fire) {
       cache.limit = table_rows ? static_cast<double>(rb.fire_threshold) : -std::numeric_limits<double>::infinity();
+      cache.build_fire_psi(rb);
       cache.build_fire_lines(rb, Hq);
     }
     if (!table_rows) return cache;
@@ -264,20 +266,26 @@ struct DistanceBiasCache {
     return cache;
   }
 
-  void build_fire_lines(const RelativeBias& rb, index_t Hq) {
+  void build_fire_psi(const RelativeBias& rb) {
     fire_psi.resize(static_cast<std::size_t>(width()));
     for (index_t rel = -reach; rel <= reach; ++rel)
       fire_psi[static_cast<std::size_t>(reach + rel)] =
           std::log1p(static_cast<double>(rb.fire_c) * std::abs(static_cast<double>(rel)));
+  }
+
+  // The lines of Hq heads (fire_lines, fire_first), for x >= 0. Rebuilding them into the same
+  // object reuses its storage (decode builds them once per call: DecodeTileBias).
+  void build_fire_lines(const RelativeBias& rb, index_t Hq) {
     const index_t W = rb.fire_w1.size(1);
-    std::vector<double> kinks;
+    fire_lines.clear();
     fire_first.assign(1, 0);
     for (index_t h = 0; h < Hq; ++h) {
-      kinks.clear();
+      fire_kinks.clear();
       for (index_t k = 0; k < W; ++k) {  // x >= 0 here (psi >= 0, normalizer > 0)
         const double w1 = rb.fire_w1(h, k), kink = w1 != 0.0 ? -static_cast<double>(rb.fire_b1(h, k)) / w1 : 0.0;
-        if (kink > 0.0) kinks.push_back(kink);
+        if (kink > 0.0) fire_kinks.push_back(kink);
       }
+      std::vector<double>& kinks = fire_kinks;
       std::sort(kinks.begin(), kinks.end());
       kinks.erase(std::unique(kinks.begin(), kinks.end()), kinks.end());
       const index_t m = static_cast<index_t>(kinks.size());
@@ -399,6 +407,7 @@ struct LogitRule {
   const AttentionOptions& options;
   index_t Tk;
   const DistanceBiasCache* cache = nullptr;  // the call's per-distance bias, if built
+  const DistanceBiasCache* fire_lines = nullptr;  // decode: the call's FIRE lines (DecodeTileBias)
 
   // True when apply() only masks what a row cannot see (no softcap, ALiBi, relative bias or
   // mask): then it leaves a row that sees every key of a tile without padding as it was.
@@ -408,12 +417,20 @@ struct LogitRule {
   }
 
   void apply(float* s, index_t j0, index_t n, index_t cols, index_t b, index_t i, index_t h, index_t pos) const {
+    apply(s, j0, n, cols, b, i, h, pos, [&] { relative_bias(s, j0, n, h, pos); });
+  }
+
+  // The same, with add_bias() adding the row's relative bias in its place (decode adds it from
+  // the tile's head-invariant parts, DecodeTileBias).
+  template <class AddBias>
+  void apply(float* s, index_t j0, index_t n, index_t cols, index_t b, index_t i, index_t h, index_t pos,
+             AddBias&& add_bias) const {
     if (options.softcap > 0.f) softcap(s, n);
     if (in.alibi_slopes.has_value()) {
       const float slope = in.alibi_slopes(h);
       for (index_t c = 0; c < n; ++c) s[c] -= slope * static_cast<float>(std::abs(pos - (j0 + c)));
     }
-    if (in.relative_bias.kind != RelativeBiasKind::none) relative_bias(s, j0, n, h, pos);
+    if (in.relative_bias.kind != RelativeBiasKind::none) add_bias();
     if (in.mask.has_value()) {
       const float* mask = in.mask.ptr(in.mask.size(0) == 1 ? 0 : b, i, j0);
       const index_t stride = in.mask.stride(2);
@@ -880,6 +897,174 @@ inline index_t decode_tile_keys(index_t row_bytes) noexcept {
 // A split below 4 tiles (128 to 256 keys) costs more in merging and scheduling than it saves.
 constexpr index_t kMinTilesPerSplit = 4;
 
+// ---- decode: relative bias per tile ---------------------------------------------------------
+
+// The relative bias of one decode tile's rows. Decode evaluates its bias per logit (each
+// distance meets each head once per call, so a per-call table would not pay), and a tile's rows
+// are every query head at the same few positions: what a bias takes from the key's distance
+// alone is evaluated here once per tile and query, and each head's row then adds its own part.
+// T5 and distance tables: one table column per key (usually one for the whole tile, past T5's
+// max_distance). KERPLE power: ln d, so a head takes exp(r2 ln d), which is xsimd's pow(d, r2)
+// operation for operation. FIRE: x = psi(d) / normalizer, so a head takes its MLP's lines (the
+// call's, built once: DistanceBiasCache::build_fire_lines) instead of W units per logit.
+// KERPLE log, ln(1 + r2 d), shares nothing: its rows take whole vectors in double.
+// Values: those of LogitRule::add_formula, bit for bit for T5, tables and KERPLE's vector lanes,
+// to double rounding for FIRE (lines against the MLP) and KERPLE's former scalar tail lanes.
+struct DecodeTileBias {
+  using DBatch = simd::Batch<double>;
+  static constexpr index_t kLanes = static_cast<index_t>(DBatch::size);
+  static constexpr index_t kStride = kDecodeTile;  // per query: one tile's keys
+
+  RelativeBiasKind kind = RelativeBiasKind::none;
+  index_t n = 0, padded = 0;  // the tile's keys; rounded up to whole double vectors
+  // Per query i, from i * kStride: |pos - j| of key j0 + c (the last key's past n), and the
+  // shared part (ln d, or FIRE's x); T5 / tables: the column of key c, and whether one column
+  // holds for every key of the tile.
+  AlignedVector<double> distance, shared;
+  std::vector<double> x_low, x_high;  // FIRE: per query and vector of keys, its lanes' x range
+  std::vector<index_t> column;
+  std::vector<char> one_column;
+  AlignedVector<double> row;  // one head's bias, before it is rounded to float and added
+
+  // Whether add_row serves this bias (FIRE only with its lines).
+  static bool serves(const RelativeBias& rb, const DistanceBiasCache* fire_lines) noexcept {
+    switch (rb.kind) {
+      case RelativeBiasKind::t5:
+      case RelativeBiasKind::distance_table:
+      case RelativeBiasKind::kerple_log:
+      case RelativeBiasKind::kerple_power: return true;
+      case RelativeBiasKind::fire: return fire_lines != nullptr && fire_lines->has_fire_lines();
+      default: return false;
+    }
+  }
+
+  // The shared parts of keys [j0, j0 + n) for `queries` queries, query i at position_of(i).
+  template <class PositionOf>
+  void prepare(const RelativeBias& rb, index_t j0, index_t n_, index_t queries, const PositionOf& position_of) {
+    kind = rb.kind, n = n_, padded = round_up(n_, kLanes);
+    const std::size_t size = static_cast<std::size_t>(queries * kStride);
+    grow(distance, size), grow(shared, size), grow(row, kStride);
+    grow(column, size), grow(one_column, static_cast<std::size_t>(queries));
+    grow(x_low, size / kLanes), grow(x_high, size / kLanes);
+    for (index_t i = 0; i < queries; ++i) {
+      const index_t pos = position_of(i);
+      if (kind == RelativeBiasKind::t5 || kind == RelativeBiasKind::distance_table) {
+        prepare_columns(rb, j0, pos, i);
+        continue;
+      }
+      double* d = distance.data() + i * kStride;
+      for (index_t c = 0; c < padded; ++c) d[c] = std::abs(static_cast<double>(pos - (j0 + std::min(c, n - 1))));
+      if (kind == RelativeBiasKind::kerple_power) prepare_log_distance(d, shared.data() + i * kStride);
+      if (kind == RelativeBiasKind::fire) prepare_fire_x(rb, pos, d, i);
+    }
+  }
+
+  // s[c] += the bias of key j0 + c for query head h at query i, c < n (after prepare).
+  void add_row(const RelativeBias& rb, const DistanceBiasCache* fire_lines, index_t h, index_t i, float* s) {
+    if (kind == RelativeBiasKind::t5 || kind == RelativeBiasKind::distance_table) return add_columns(rb, h, i, s);
+    const double* d = distance.data() + i * kStride;
+    const double* shared_part = shared.data() + i * kStride;
+    double* out = row.data();
+    if (kind == RelativeBiasKind::kerple_log) {
+      const DBatch r1(-static_cast<double>(rb.r1(h))), r2(static_cast<double>(rb.r2(h)));
+      for (index_t c = 0; c < padded; c += kLanes)
+        (r1 * simd::log1p(r2 * DBatch::load_aligned(d + c))).store_aligned(out + c);
+    } else if (kind == RelativeBiasKind::kerple_power) {
+      // xsimd's pow(d, r2): exp(r2 ln d), with ln e standing in for ln 0 and the result 0 there.
+      const DBatch r1(-static_cast<double>(rb.r1(h))), r2(static_cast<double>(rb.r2(h))), zero(0.0);
+      for (index_t c = 0; c < padded; c += kLanes) {
+        const DBatch power = simd::exp(r2 * DBatch::load_aligned(shared_part + c));
+        (r1 * xsimd::select(DBatch::load_aligned(d + c) == zero, zero, power)).store_aligned(out + c);
+      }
+    } else {
+      add_fire_lines(*fire_lines, h, i, shared_part, out);
+    }
+    for (index_t c = 0; c < n; ++c) s[c] += static_cast<float>(out[c]);
+  }
+
+ private:
+  template <class Vector, class Size>
+  static void grow(Vector& x, Size size) {
+    if (x.size() < static_cast<std::size_t>(size)) x.resize(static_cast<std::size_t>(size));
+  }
+
+  // T5: keys max_distance or more before the query share the last bucket, and the keys after it
+  // (causal) or max_distance or more after it (bidirectional) theirs, as in add_formula; only
+  // the keys between take t5_bucket's log. Tables: the distance, clamped at the last column.
+  void prepare_columns(const RelativeBias& rb, index_t j0, index_t pos, index_t i) {
+    index_t* col = column.data() + i * kStride;
+    if (kind == RelativeBiasKind::t5) {
+      const index_t nb = rb.table.size(1), md = rb.max_distance;
+      const auto bucket = [&](index_t rel) { return t5_bucket(rel, rb.bidirectional, nb, md); };
+      const index_t near_lo = std::clamp<index_t>(pos - md + 1 - j0, 0, n);
+      const index_t near_hi = std::clamp<index_t>(pos + (rb.bidirectional ? md : 1) - j0, near_lo, n);
+      const index_t before = bucket(-md), after = bucket(rb.bidirectional ? md : 1);
+      for (index_t c = 0; c < near_lo; ++c) col[c] = before;
+      for (index_t c = near_lo; c < near_hi; ++c) col[c] = bucket(j0 + c - pos);
+      for (index_t c = near_hi; c < n; ++c) col[c] = after;
+    } else {
+      const index_t last = rb.table.size(1) - 1;
+      for (index_t c = 0; c < n; ++c) {
+        const index_t j = j0 + c, dist = pos >= j ? pos - j : j - pos;
+        col[c] = dist < last ? dist : last;
+      }
+    }
+    one_column[static_cast<std::size_t>(i)] = std::all_of(col, col + n, [&](index_t x) { return x == col[0]; });
+  }
+
+  void add_columns(const RelativeBias& rb, index_t h, index_t i, float* s) const {
+    const index_t* col = column.data() + i * kStride;
+    if (one_column[static_cast<std::size_t>(i)]) return simd::add_scalar(rb.table(h, col[0]), s, n);
+    for (index_t c = 0; c < n; ++c) s[c] += rb.table(h, col[c]);
+  }
+
+  // ln d, with ln e = 1 for d = 0 as in xsimd's pow (whose result add_row then sets to 0).
+  void prepare_log_distance(const double* d, double* log_d) const {
+    const DBatch zero(0.0), e(2.718281828459045);
+    for (index_t c = 0; c < padded; c += kLanes) {
+      const DBatch x = DBatch::load_aligned(d + c);
+      simd::log(xsimd::select(x == zero, e, x)).store_aligned(log_d + c);
+    }
+  }
+
+  // FIRE's x = psi(d) / normalizer as LogitRule::fire_lanes takes it, and each vector's range.
+  void prepare_fire_x(const RelativeBias& rb, index_t pos, const double* d, index_t i) {
+    const DBatch c_fire(static_cast<double>(rb.fire_c)), normalizer(fire_normalizer(rb, pos));
+    double* x = shared.data() + i * kStride;
+    for (index_t c = 0; c < padded; c += kLanes) {
+      (simd::log1p(c_fire * DBatch::load_aligned(d + c)) / normalizer).store_aligned(x + c);
+      const auto [low, high] = std::minmax_element(x + c, x + c + kLanes);
+      x_low[static_cast<std::size_t>((i * kStride + c) / kLanes)] = *low;
+      x_high[static_cast<std::size_t>((i * kStride + c) / kLanes)] = *high;
+    }
+  }
+
+  // Head h's lines on x: a vector of keys on one line takes one multiply-add; across kinks each
+  // line in turn, lanes at or past a line's start replacing the line before's value (as
+  // DistanceBiasCache::add_fire_row).
+  void add_fire_lines(const DistanceBiasCache& cache, index_t h, index_t i, const double* x, double* out) const {
+    using FireLine = DistanceBiasCache::FireLine;
+    const FireLine* lines = cache.fire_lines.data() + cache.fire_first[static_cast<std::size_t>(h)];
+    index_t near = 0;  // the last line found: along a tile x moves by little
+    const auto line_of = [lines, &near](double value) {
+      index_t k = near;
+      while (value >= lines[k].x_end) ++k;  // the last x_end is +inf
+      while (k > 0 && value < lines[k - 1].x_end) --k;
+      return near = k;
+    };
+    for (index_t c = 0; c < padded; c += kLanes) {
+      const std::size_t v = static_cast<std::size_t>((i * kStride + c) / kLanes);
+      const index_t low = line_of(x_low[v]), high = line_of(x_high[v]);
+      const DBatch xs = DBatch::load_aligned(x + c);
+      DBatch value = simd::fma(DBatch(lines[low].beta), xs, DBatch(lines[low].alpha));
+      for (index_t k = low + 1; k <= high; ++k)
+        value = xsimd::select(xs >= DBatch(lines[k - 1].x_end), simd::fma(DBatch(lines[k].beta), xs, DBatch(lines[k].alpha)),
+                              value);
+      value.store_aligned(out + c);
+    }
+  }
+};
+
 // Per-thread scratch of the decode kernel, kept across calls (thread_local, grown on demand, so
 // decode allocates nothing once warm): per KV head the scaled query rows (padded to a multiple
 // of 4 rows) and the logits of the current tile; one head's fp32 K and V tiles for the fallback
@@ -889,6 +1074,7 @@ struct DecodeScratch {
   AlignedVector<float> q, k, v, s;
   std::vector<index_t> pos;
   std::vector<VisibleKeys> visible;
+  DecodeTileBias bias;  // the current tile's relative bias, when it serves the call's
 
   // Sizes the scratch for `rows` query rows per KV head; reuses the storage when it is big enough.
   void reserve(index_t Hkv, index_t rows_, index_t Dkp, index_t Dvp) {
@@ -1045,10 +1231,18 @@ void decode_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScr
     score_tile<2, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
   else
     score_tile<kScoreRows, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+  // The bias's head-invariant parts once for the tile's queries, then each row adds its head's.
+  const RelativeBias& rb = rule.in.relative_bias;
+  const bool tile_bias = !skip_rule && DecodeTileBias::serves(rb, rule.fire_lines);
+  if (tile_bias) w.bias.prepare(rb, j0, n, d.Tq, [&](index_t i) { return w.pos[i * G]; });
   for (index_t h = h0; h < h1; ++h)
     for (index_t r = 0; r < M; ++r) {
       float* s = w.s.data() + h * w.s_stride + r * T;
-      if (!skip_rule) rule.apply(s, j0, n, n, b, r / G, h * G + r % G, w.pos[r]);
+      const index_t i = r / G, head = h * G + r % G;
+      if (tile_bias)
+        rule.apply(s, j0, n, n, b, i, head, w.pos[r], [&] { w.bias.add_row(rb, rule.fire_lines, head, i, s); });
+      else if (!skip_rule)
+        rule.apply(s, j0, n, n, b, i, head, w.pos[r]);
       const float alpha = online_softmax_tile(s, n, states[h * M + r].m, states[h * M + r].l);
       if (alpha == 1.f) continue;  // the running maximum held: nothing to rescale
       float* acc = accs + (h * M + r) * Dvp;
@@ -1101,6 +1295,7 @@ struct DecodeWorkspace {
   std::vector<SoftmaxRow> states;
   AlignedVector<float> accs;
   std::vector<TileRange> tiles;  // per batch row or sequence
+  DistanceBiasCache fire;  // FIRE's lines of the current call (no table: built() is false)
 
   void reserve(index_t rows, index_t Dvp, index_t lists) {
     DecodeScratch::grow(states, rows);
@@ -1147,10 +1342,13 @@ void attention_step(const AttentionInputs<KV, Q>& in, const AttentionOutputs& ou
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W);
   if (d.B * d.Tq * d.Hq == 0) return;
   const float scale = attention_scale(options, d.Dk);
-  const LogitRule<KV, Q> rule{in, options, d.Tk};
+  DecodeWorkspace& ws = DecodeWorkspace::local();
+  // FIRE: the heads' MLPs as lines, once per call (DecodeTileBias evaluates them per key).
+  const bool fire = in.relative_bias.kind == RelativeBiasKind::fire;
+  if (fire) ws.fire.build_fire_lines(in.relative_bias, d.Hq);
+  const LogitRule<KV, Q> rule{in, options, d.Tk, nullptr, fire ? &ws.fire : nullptr};
   const index_t keys_per_tile = decode_tile_keys(d.Hkv * d.Dk * static_cast<index_t>(sizeof(KV)));
 
-  DecodeWorkspace& ws = DecodeWorkspace::local();
   DecodeScratch::grow(ws.tiles, d.B);
   index_t max_tiles = 0;
   {
