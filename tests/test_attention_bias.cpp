@@ -258,3 +258,91 @@ TEST_CASE("relative biases and head scales refuse bad parameters before writing"
   in.head_scales = scales.view();
   refused("head_scales");
 }
+
+namespace {
+
+// attention_step adds each tile's relative bias from parts shared by every head (DecodeTileBias:
+// T5 / table columns, KERPLE-power ln d, FIRE's x and lines): a sweep of its shapes against the
+// reference, per bias kind and K/V type. Tk around the 64-key tile (1, 63, 65, ragged 1000),
+// groups of 1 to 4 heads, B > 1, Tq > 1 (draft tokens), D = 80 (heads copied one by one into
+// the scratch tiles, so the shared parts are prepared per KV head), keys after the query
+// (not causal), and positions far past the keys.
+struct StepShape {
+  index_t B, Tq, Tk, Hq, Hkv, D;
+  bool causal;
+  std::int64_t first_position;  // -1: the default positions (the last Tq keys)
+};
+
+const std::vector<StepShape> kStepShapes = {
+    {1, 1, 1, 4, 4, 64, true, -1},      {1, 1, 63, 8, 2, 64, true, -1},    {2, 1, 65, 6, 3, 64, false, -1},
+    {2, 3, 200, 8, 2, 64, true, -1},    {1, 2, 1000, 4, 1, 128, true, -1}, {2, 1, 130, 4, 2, 80, false, -1},
+    {1, 2, 150, 4, 2, 64, true, std::int64_t{1} << 40},
+};
+
+const RelativeBiasKind kStepKinds[] = {RelativeBiasKind::t5,         RelativeBiasKind::distance_table,
+                                       RelativeBiasKind::kerple_log, RelativeBiasKind::kerple_power,
+                                       RelativeBiasKind::fire};
+
+template <class KV>
+void check_step_bias(const StepShape& c, RelativeBiasKind kind, int variant, std::uint64_t seed) {
+  const index_t W = 8;
+  const auto q = st::random_tensor<4>({c.B, c.Tq, c.Hq, c.D}, seed);
+  Tensor<KV, 4> k({c.B, c.Tk, c.Hkv, c.D}), v({c.B, c.Tk, c.Hkv, c.D});
+  seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 1, -2.f, 2.f).cview(), k.view());
+  seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 2).cview(), v.view());
+  const auto table = st::random_tensor<2>({c.Hq, 32}, seed + 3, -3.f, 3.f);
+  const auto r1 = st::random_tensor<1>({c.Hq}, seed + 4, 0.05f, 1.f);
+  const auto r2 = st::random_tensor<1>({c.Hq}, seed + 5, 0.1f, kind == RelativeBiasKind::kerple_power ? 0.6f : 3.f);
+  const auto w1 = st::random_tensor<2>({c.Hq, W}, seed + 6, -4.f, 4.f), b1 = st::random_tensor<2>({c.Hq, W}, seed + 7);
+  const auto w2 = st::random_tensor<2>({c.Hq, W}, seed + 8);
+  const auto b2 = st::random_tensor<1>({c.Hq}, seed + 9);
+  Tensor<std::int64_t, 2> positions({c.B, c.Tq});
+  for (index_t b = 0; b < c.B; ++b)
+    for (index_t i = 0; i < c.Tq; ++i) positions(b, i) = c.first_position + 5 * b + 2 * i;
+
+  seqmix::AttentionInputs<KV> in;
+  in.q = q.view(), in.k = k.view(), in.v = v.view();
+  if (c.first_position >= 0) in.positions = positions.view();
+  seqmix::RelativeBias& rb = in.relative_bias;
+  rb.kind = kind, rb.table = table.view(), rb.r1 = r1.view(), rb.r2 = r2.view();
+  rb.bidirectional = variant == 1, rb.max_distance = 20;  // t5: 16 or 32 buckets below
+  if (kind == RelativeBiasKind::t5) rb.table = table.cview().slice(1, 0, rb.bidirectional ? 32 : 16);
+  if (kind == RelativeBiasKind::distance_table) rb.table = table.cview().slice(1, 0, variant == 1 ? 32 : 5);
+  rb.fire_c = 0.3f, rb.fire_threshold = variant == 1 ? 1e6f : 30.f;  // rows below L, or above it
+  if (variant == 1) {  // the paper's layout: one hidden layer every head reads
+    rb.fire_w1 = seqmix::ConstView<float, 2>(w1.data(), {c.Hq, W}, {0, 1});
+    rb.fire_b1 = seqmix::ConstView<float, 2>(b1.data(), {c.Hq, W}, {0, 1});
+  } else {
+    rb.fire_w1 = w1.view(), rb.fire_b1 = b1.view();
+  }
+  rb.fire_w2 = w2.view(), rb.fire_b2 = b2.view();
+  seqmix::AttentionOptions options;
+  options.causal = c.causal;
+
+  Tensor<float, 4> o_step({c.B, c.Tq, c.Hq, c.D}), o_ref({c.B, c.Tq, c.Hq, c.D});
+  seqmix::ThreadPool pool(2);
+  seqmix::attention_step(in, {o_step.view()}, options, pool);
+  seqmix::reference::attention(in, {o_ref.view()}, options);
+  // fp32 logits against the reference's double: biases here stay within ~60 of the rows' maxima.
+  st::require_close("attention_step (per-tile relative bias)", o_step.cview(), o_ref.cview(), 2e-5);
+}
+
+}  // namespace
+
+TEST_CASE("attention_step's per-tile relative bias equals the reference", "[attention][bias]") {
+  std::uint64_t seed = 7600;
+  for (const StepShape& c : kStepShapes)
+    for (const RelativeBiasKind kind : kStepKinds)
+      for (int variant = 0; variant < 2; ++variant) {
+        seed += 10;
+        // KERPLE power 2^40 keys away is a bias near -1e7, where an fp32 logit's ulp is 1: no
+        // fp32 form can follow the reference there (the former per-row formula failed alike).
+        if (kind == RelativeBiasKind::kerple_power && c.first_position > 0) continue;
+        INFO("B=" << c.B << " Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " D=" << c.D
+                  << " causal=" << c.causal << " first_position=" << c.first_position << " kind=" << static_cast<int>(kind)
+                  << " variant=" << variant << " seed=" << seed << " simd=" << seqmix::simd::arch_name());
+        check_step_bias<float>(c, kind, variant, seed);
+        check_step_bias<seqmix::f16>(c, kind, variant, seed);
+        check_step_bias<seqmix::bf16>(c, kind, variant, seed);
+      }
+}

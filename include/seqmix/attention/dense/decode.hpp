@@ -922,6 +922,7 @@ struct DecodeTileBias {
   // holds for every key of the tile.
   AlignedVector<double> distance, shared;
   std::vector<double> x_low, x_high;  // FIRE: per query and vector of keys, its lanes' x range
+  std::vector<double> tile_x_low, tile_x_high;  // FIRE: per query, the tile's x range
   std::vector<index_t> column;
   std::vector<char> one_column;
   AlignedVector<double> row;  // one head's bias, before it is rounded to float and added
@@ -946,6 +947,7 @@ struct DecodeTileBias {
     grow(distance, size), grow(shared, size), grow(row, kStride);
     grow(column, size), grow(one_column, static_cast<std::size_t>(queries));
     grow(x_low, size / kLanes), grow(x_high, size / kLanes);
+    grow(tile_x_low, static_cast<std::size_t>(queries)), grow(tile_x_high, static_cast<std::size_t>(queries));
     for (index_t i = 0; i < queries; ++i) {
       const index_t pos = position_of(i);
       if (kind == RelativeBiasKind::t5 || kind == RelativeBiasKind::distance_table) {
@@ -1037,6 +1039,8 @@ struct DecodeTileBias {
       x_low[static_cast<std::size_t>((i * kStride + c) / kLanes)] = *low;
       x_high[static_cast<std::size_t>((i * kStride + c) / kLanes)] = *high;
     }
+    const auto [low, high] = std::minmax_element(x, x + padded);
+    tile_x_low[static_cast<std::size_t>(i)] = *low, tile_x_high[static_cast<std::size_t>(i)] = *high;
   }
 
   // Head h's lines on x: a vector of keys on one line takes one multiply-add; across kinks each
@@ -1052,6 +1056,13 @@ struct DecodeTileBias {
       while (k > 0 && value < lines[k - 1].x_end) --k;
       return near = k;
     };
+    // Usually one line holds the whole tile (x changes little over 64 keys far from the query).
+    const index_t first = line_of(tile_x_low[static_cast<std::size_t>(i)]);
+    if (first == line_of(tile_x_high[static_cast<std::size_t>(i)])) {
+      const DBatch alpha(lines[first].alpha), beta(lines[first].beta);
+      for (index_t c = 0; c < padded; c += kLanes) simd::fma(beta, DBatch::load_aligned(x + c), alpha).store_aligned(out + c);
+      return;
+    }
     for (index_t c = 0; c < padded; c += kLanes) {
       const std::size_t v = static_cast<std::size_t>((i * kStride + c) / kLanes);
       const index_t low = line_of(x_low[v]), high = line_of(x_high[v]);
