@@ -266,7 +266,8 @@ namespace {
 // reference, per bias kind and K/V type. Tk around the 64-key tile (1, 63, 65, ragged 1000),
 // groups of 1 to 4 heads, B > 1, Tq > 1 (draft tokens), D = 80 (heads copied one by one into
 // the scratch tiles, so the shared parts are prepared per KV head), keys after the query
-// (not causal), and positions far past the keys.
+// (not causal), positions far past the keys, and Tk 6000 (KERPLE log's series from ~2000 keys
+// away on).
 struct StepShape {
   index_t B, Tq, Tk, Hq, Hkv, D;
   bool causal;
@@ -276,7 +277,7 @@ struct StepShape {
 const std::vector<StepShape> kStepShapes = {
     {1, 1, 1, 4, 4, 64, true, -1},      {1, 1, 63, 8, 2, 64, true, -1},    {2, 1, 65, 6, 3, 64, false, -1},
     {2, 3, 200, 8, 2, 64, true, -1},    {1, 2, 1000, 4, 1, 128, true, -1}, {2, 1, 130, 4, 2, 80, false, -1},
-    {1, 2, 150, 4, 2, 64, true, std::int64_t{1} << 40},
+    {1, 2, 150, 4, 2, 64, true, std::int64_t{1} << 40}, {1, 1, 6000, 4, 2, 64, true, -1},
 };
 
 const RelativeBiasKind kStepKinds[] = {RelativeBiasKind::t5,         RelativeBiasKind::distance_table,
@@ -345,4 +346,48 @@ TEST_CASE("attention_step's per-tile relative bias equals the reference", "[atte
         check_step_bias<seqmix::f16>(c, kind, variant, seed);
         check_step_bias<seqmix::bf16>(c, kind, variant, seed);
       }
+}
+
+// The per-tile bias itself, row by row against relative_bias_value: outputs average a bias
+// error over many keys (a wrong series term of 1e-4 moved no output by 2e-5), so the values are
+// checked directly, to a few fp32 ulps. Keys near and far from the query (KERPLE log's log1p
+// and its series), on both sides, tiles of 1, 7 and 64 keys, several queries per tile.
+TEST_CASE("decode's per-tile relative bias equals relative_bias_value key by key", "[attention][bias]") {
+  using seqmix::detail::DecodeTileBias;
+  const index_t Hq = 4, W = 8, T = seqmix::detail::kDecodeTile;
+  const auto table = st::random_tensor<2>({Hq, 32}, 7900, -3.f, 3.f);
+  const auto r1 = st::random_tensor<1>({Hq}, 7901, 0.05f, 2.f);
+  const auto r2 = st::random_tensor<1>({Hq}, 7902, 0.1f, 2.f);
+  const auto w1 = st::random_tensor<2>({Hq, W}, 7903, -4.f, 4.f), b1 = st::random_tensor<2>({Hq, W}, 7904);
+  const auto w2 = st::random_tensor<2>({Hq, W}, 7905);
+  const auto b2 = st::random_tensor<1>({Hq}, 7906);
+  const std::int64_t positions[] = {0, 5, 70, 3000, 100000, std::int64_t{1} << 40};
+  for (const RelativeBiasKind kind : kStepKinds) {
+    seqmix::RelativeBias rb;
+    rb.kind = kind, rb.r1 = r1.view(), rb.r2 = r2.view(), rb.max_distance = 20;
+    rb.table = table.cview().slice(1, 0, kind == RelativeBiasKind::t5 ? 16 : 32);
+    rb.fire_w1 = w1.view(), rb.fire_b1 = b1.view(), rb.fire_w2 = w2.view(), rb.fire_b2 = b2.view();
+    rb.fire_c = 0.3f, rb.fire_threshold = 100.f;
+    seqmix::detail::DistanceBiasCache lines;
+    lines.build_fire_lines(rb, Hq);
+    DecodeTileBias bias;
+    for (const std::int64_t pos : positions)
+      for (const index_t n : {index_t{1}, index_t{7}, T})
+        for (const std::int64_t j0 : {pos - 4000, pos - 70, pos - 3, pos + 10}) {
+          if (j0 < 0) continue;
+          const index_t queries = 2;  // query i at pos + i
+          bias.prepare(rb, j0, n, queries, [&](index_t i) { return pos + i; });
+          for (index_t i = 0; i < queries; ++i)
+            for (index_t h = 0; h < Hq; ++h) {
+              std::vector<float> s(static_cast<std::size_t>(T), 0.f);
+              bias.add_row(rb, &lines, h, i, s.data());
+              for (index_t c = 0; c < n; ++c) {
+                const double want = seqmix::detail::relative_bias_value(rb, h, pos + i, j0 + c);
+                INFO("kind=" << static_cast<int>(kind) << " pos=" << pos + i << " j0=" << j0 << " n=" << n << " h=" << h
+                             << " key=" << j0 + c);
+                REQUIRE(std::abs(static_cast<double>(s[static_cast<std::size_t>(c)]) - want) <= 2.5e-7 * std::abs(want) + 1e-12);
+              }
+            }
+        }
+  }
 }

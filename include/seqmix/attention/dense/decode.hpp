@@ -923,6 +923,7 @@ struct DecodeTileBias {
   AlignedVector<double> distance, shared;
   std::vector<double> x_low, x_high;  // FIRE: per query and vector of keys, its lanes' x range
   std::vector<double> tile_x_low, tile_x_high;  // FIRE: per query, the tile's x range
+  std::vector<double> middle_distance, half_range;  // KERPLE log: per query (prepare_offsets)
   std::vector<index_t> column;
   std::vector<char> one_column;
   AlignedVector<double> row;  // one head's bias, before it is rounded to float and added
@@ -948,6 +949,7 @@ struct DecodeTileBias {
     grow(column, size), grow(one_column, static_cast<std::size_t>(queries));
     grow(x_low, size / kLanes), grow(x_high, size / kLanes);
     grow(tile_x_low, static_cast<std::size_t>(queries)), grow(tile_x_high, static_cast<std::size_t>(queries));
+    grow(middle_distance, static_cast<std::size_t>(queries)), grow(half_range, static_cast<std::size_t>(queries));
     for (index_t i = 0; i < queries; ++i) {
       const index_t pos = position_of(i);
       if (kind == RelativeBiasKind::t5 || kind == RelativeBiasKind::distance_table) {
@@ -957,6 +959,7 @@ struct DecodeTileBias {
       double* d = distance.data() + i * kStride;
       for (index_t c = 0; c < padded; ++c) d[c] = std::abs(static_cast<double>(pos - (j0 + std::min(c, n - 1))));
       if (kind == RelativeBiasKind::kerple_power) prepare_log_distance(d, shared.data() + i * kStride);
+      if (kind == RelativeBiasKind::kerple_log) prepare_offsets(d, i);
       if (kind == RelativeBiasKind::fire) prepare_fire_x(rb, pos, d, i);
     }
   }
@@ -968,9 +971,7 @@ struct DecodeTileBias {
     const double* shared_part = shared.data() + i * kStride;
     double* out = row.data();
     if (kind == RelativeBiasKind::kerple_log) {
-      const DBatch r1(-static_cast<double>(rb.r1(h))), r2(static_cast<double>(rb.r2(h)));
-      for (index_t c = 0; c < padded; c += kLanes)
-        (r1 * simd::log1p(r2 * DBatch::load_aligned(d + c))).store_aligned(out + c);
+      add_kerple_log(rb, h, i, d, shared_part, out);
     } else if (kind == RelativeBiasKind::kerple_power) {
       // xsimd's pow(d, r2): exp(r2 ln d), with ln e standing in for ln 0 and the result 0 there.
       const DBatch r1(-static_cast<double>(rb.r1(h))), r2(static_cast<double>(rb.r2(h))), zero(0.0);
@@ -1018,6 +1019,40 @@ struct DecodeTileBias {
     const index_t* col = column.data() + i * kStride;
     if (one_column[static_cast<std::size_t>(i)]) return simd::add_scalar(rb.table(h, col[0]), s, n);
     for (index_t c = 0; c < n; ++c) s[c] += rb.table(h, col[c]);
+  }
+
+  // KERPLE log: the keys' distances from the tile's middle distance, and the largest of them.
+  void prepare_offsets(const double* d, index_t i) {
+    const double middle = 0.5 * (d[0] + d[n - 1]);
+    double* offset = shared.data() + i * kStride;
+    double spread = 0.0;
+    for (index_t c = 0; c < padded; ++c) offset[c] = d[c] - middle, spread = std::max(spread, std::abs(offset[c]));
+    middle_distance[static_cast<std::size_t>(i)] = middle, half_range[static_cast<std::size_t>(i)] = spread;
+  }
+
+  // -r1 ln(1 + r2 d) for head h. Far from the query a tile's distances lie within a few percent
+  // of its middle one m: ln(1 + r2 d) = ln(1 + r2 m) + ln(1 + t), t = r2 (d - m) / (1 + r2 m),
+  // one log1p per head and tile and a series in t per key (|t| <= 1/64: terms to t^10, whose
+  // remainder is below 1e-19) instead of a vector log1p (two divisions) per 8 keys. Near the
+  // query, the log1p.
+  void add_kerple_log(const RelativeBias& rb, index_t h, index_t i, const double* d, const double* offset,
+                      double* out) const {
+    const double r1 = -static_cast<double>(rb.r1(h)), r2 = static_cast<double>(rb.r2(h));
+    const double middle = middle_distance[static_cast<std::size_t>(i)], base = 1.0 + r2 * middle;
+    if (half_range[static_cast<std::size_t>(i)] * r2 > base / 64.0) {
+      const DBatch vr1(r1), vr2(r2);
+      for (index_t c = 0; c < padded; c += kLanes)
+        (vr1 * simd::log1p(vr2 * DBatch::load_aligned(d + c))).store_aligned(out + c);
+      return;
+    }
+    const DBatch at_middle(r1 * std::log1p(r2 * middle)), to_t(r2 / base), vr1(r1);
+    for (index_t c = 0; c < padded; c += kLanes) {
+      const DBatch t = DBatch::load_aligned(offset + c) * to_t;
+      // ln(1 + t) = t - t^2/2 + t^3/3 - ... by Horner, from the t^10 term down.
+      DBatch series(-1.0 / 10);
+      for (int k = 9; k >= 1; --k) series = simd::fma(series, t, DBatch((k % 2 ? 1.0 : -1.0) / k));
+      simd::fma(vr1, series * t, at_middle).store_aligned(out + c);
+    }
   }
 
   // ln d, with ln e = 1 for d = 0 as in xsimd's pow (whose result add_row then sets to 0).
