@@ -908,8 +908,10 @@ constexpr index_t kMinTilesPerSplit = 4;
 // operation for operation. FIRE: x = psi(d) / normalizer, so a head takes its MLP's lines (the
 // call's, built once: DistanceBiasCache::build_fire_lines) instead of W units per logit.
 // KERPLE log, ln(1 + r2 d), shares nothing: its rows take whole vectors in double.
-// Values: those of LogitRule::add_formula, bit for bit for T5, tables and KERPLE's vector lanes,
-// to double rounding for FIRE (lines against the MLP) and KERPLE's former scalar tail lanes.
+// Far from the query KERPLE takes one log1p / exp per head and tile and a short series per key
+// (add_kerple_log, add_kerple_power). Values: those of LogitRule::add_formula, bit for bit for
+// T5, tables and KERPLE near the query, to double rounding for FIRE (lines against the MLP),
+// KERPLE's series and the keys add_formula's scalar tail took.
 struct DecodeTileBias {
   using DBatch = simd::Batch<double>;
   static constexpr index_t kLanes = static_cast<index_t>(DBatch::size);
