@@ -80,7 +80,9 @@ void gla_prefill(const GatedLinearAttentionInputsOf<T>& in, const GatedLinearAtt
   using namespace la;
   const auto [checked_dims, seqs] = validate_gla("gated_linear_attention", in, out, options, executor);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
-  const float scale = check_scale(ArgCheck("gated_linear_attention"), options.scale, d.K);
+  // Validated above; a static ArgCheck: building one per call allocates its name.
+  static const ArgCheck scale_check("gated_linear_attention");
+  const float scale = check_scale(scale_check, options.scale, d.K);
   PrefillPlan plan{seqs, d.HV, d.K, d.K, d.V, false, options.algorithm, options.chunk_size};
   if (out.token_states.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;
   if (plan.algorithm == LinearAttentionAlgorithm::automatic)

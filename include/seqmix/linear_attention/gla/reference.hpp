@@ -168,7 +168,7 @@ PrefillCheck validate_gla(const char* op, const GatedLinearAttentionInputsOf<T>&
   check_algorithm(check, options.algorithm);
   check_bf16_compute(check, options.bf16_compute);
   check_gate<4>(check, options.gate, in.g, in.g_scalar, d, executor);
-  const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
   check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.g, in.g_scalar, in.initial_state, out.final_state,
                    out.token_states);
   check_no_overlap(check, "token_states", out.token_states, in.q, in.k, in.v, in.g, in.g_scalar, in.initial_state,

@@ -41,7 +41,9 @@ void linear_attention_prefill(const LinearAttentionInputsOf<T>& in, const Linear
   }
   const auto [checked_dims, seqs] = validate_linear_attention("linear_attention", in, out, options);
   const auto d = checked_dims;  // lambdas below capture d: C++17 cannot capture a structured binding
-  const float scale = check_scale(ArgCheck("linear_attention"), options.scale, d.K);
+  // Validated above; a static ArgCheck: building one per call allocates its name.
+  static const ArgCheck scale_check("linear_attention");
+  const float scale = check_scale(scale_check, options.scale, d.K);
   PrefillPlan plan{seqs, d.HV, d.K, d.Kf, d.V, options.normalize, options.algorithm, options.chunk_size,
                    options.prefix_len};
   if (out.token_states.has_value() || out.token_normalizers.has_value()) plan.algorithm = LinearAttentionAlgorithm::recurrent;

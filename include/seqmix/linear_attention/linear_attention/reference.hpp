@@ -139,9 +139,10 @@ PrefillCheck validate_linear_attention(const char* op, const LinearAttentionInpu
   check_token_states(check, out.token_states, d);
   check.optional_shape("token_normalizers", out.token_normalizers, std::array<index_t, 4>{d.B, d.T, d.HV, d.Kf},
                        "B,T,HV,Kf");
-  check.that(options.normalize || (!in.initial_normalizer.has_value() && !out.final_normalizer.has_value()),
-             in.initial_normalizer.has_value() ? "initial_normalizer" : "final_normalizer",
-             "is only used with options.normalize = true");
+  // fail() rather than that(): the message would be built into a std::string on every call.
+  if (!options.normalize && (in.initial_normalizer.has_value() || out.final_normalizer.has_value()))
+    check.fail(in.initial_normalizer.has_value() ? "initial_normalizer" : "final_normalizer",
+               "is only used with options.normalize = true");
   if (out.token_normalizers.has_value() && !options.normalize)
     check.fail("token_normalizers", "is only used with options.normalize = true");
   // Within a JRT prefix every token reads the whole prefix: no per-token state to roll back to.
@@ -150,7 +151,7 @@ PrefillCheck validate_linear_attention(const char* op, const LinearAttentionInpu
                "is not supported with options.prefix_len > 0");
   check_linear_attention_options(check, options, d, false);
   const bool has_initial = in.initial_state.has_value() || in.initial_normalizer.has_value();
-  const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, has_initial, rows);
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, has_initial, rows);
   check_no_overlap(check, "o", out.o, in.q, in.k, in.v, in.initial_state, in.initial_normalizer, out.final_state,
                    out.final_normalizer, out.token_states, out.token_normalizers);
   check_no_overlap(check, "token_states", out.token_states, in.q, in.k, in.v, in.initial_state, out.final_state,

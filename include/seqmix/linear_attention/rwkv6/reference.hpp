@@ -109,7 +109,7 @@ PrefillCheck validate_rwkv6(const char* op, const Rwkv6InputsOf<T>& in, const Rw
   check_chunk(check, options.chunk_size);
   check_algorithm(check, options.algorithm);
   check_log_gate(check, "g", in.g, executor);
-  const SequenceMap seqs = SequenceMap::make(op, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
+  const SequenceMap seqs = SequenceMap::make(check, in.batch, d.B, d.T, in.initial_state.has_value(), rows);
   check_no_overlap(check, "o", out.o, in.r, in.k, in.v, in.g, in.u, in.initial_state, out.final_state,
                    out.token_states);
   check_no_overlap(check, "token_states", out.token_states, in.r, in.k, in.v, in.g, in.u, in.initial_state,

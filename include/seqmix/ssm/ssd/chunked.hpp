@@ -269,6 +269,12 @@ struct SsdChunkPlan {
     index_t longest = 1;
     for (const SequenceSpan& s : seqs) longest = std::max(longest, s.tokens);
     L = std::min(chunk_size, longest);
+    // Sized once: each regrowth is an allocation on the call's serial part (cold after the
+    // previous call's tasks, docs/parallel_grain.md).
+    std::size_t count = 0;
+    for (const SequenceSpan& s : seqs) count += static_cast<std::size_t>((s.tokens + L - 1) / L);
+    first_chunk.reserve(seqs.size());
+    chunks.reserve(count);
     for (const SequenceSpan& s : seqs) {
       first_chunk.push_back(static_cast<index_t>(chunks.size()));
       for (index_t t = 0; t < s.tokens; t += L) chunks.push_back({s.batch_row, s.token_begin + t, std::min(L, s.tokens - t)});

@@ -174,13 +174,13 @@ SsdCall validate_ssd(const char* op, const SsdInputsOf<E>& in, const SsdOutputs&
   const index_t rows = in.initial_state.has_value() ? in.initial_state.size(0) : -1;
   check.optional_shape("final_state", out.final_state, std::array<index_t, 4>{rows, H, P, N}, "N,H,P,N");
   check.optional_shape("token_states", out.token_states, std::array<index_t, 5>{B, T, H, P, N}, "Bt,Tt,H,P,N");
-  check.that(options.chunk_size >= 1, "options.chunk_size",
-             "must be >= 1, got " + std::to_string(options.chunk_size));
+  if (options.chunk_size < 1)  // the message is formatted only on failure
+    check.fail("options.chunk_size", "must be >= 1, got " + std::to_string(options.chunk_size));
   check_enum(check.op(), "options.algorithm", options.algorithm, 3);
   check_enum(check.op(), "options.bf16_compute", options.bf16_compute, 2);
   check_ssd_parameters(check, in.A);
   const index_t state_rows = rows >= 0 ? rows : (out.final_state.has_value() ? out.final_state.size(0) : -1);
-  const SequenceMap map = SequenceMap::make(op, in.batch, B, T, in.initial_state.has_value(), state_rows);
+  const SequenceMap map = SequenceMap::make(check, in.batch, B, T, in.initial_state.has_value(), state_rows);
   check_prefill_aliasing(check, out.y, in.initial_state, out.final_state, out.token_states, named("x", in.x),
                          named("dt", in.dt), named("Bm", in.Bm), named("Cm", in.Cm), named("z", in.z));
   return {{B, T, H, P, N, G}, map};
