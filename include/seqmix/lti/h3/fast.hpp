@@ -6,10 +6,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <string>
 #include <vector>
 
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 #include "seqmix/lti/h3/reference.hpp"
 #include "seqmix/lti/long_conv/fast.hpp"
@@ -105,12 +109,124 @@ inline bool h3_tiles(const H3Dims& dims, const H3Options& options) {
   return long_conv_pick(conv, conv_dims, false, true) == LongConvMethod::fft;
 }
 
+// The per-row kernels of h3_fill_products and h3_read_out. GCC -O2 leaves their loops scalar (its
+// cheap cost model vectorizes no loop of runtime length), so where the rows are contiguous they
+// run on xsimd batches: over j for the i-major layout when the block is at least a vector wide,
+// over i for the tiled one, and for narrower power-of-two blocks (P = 64: width 4) over whole
+// vectors of the flat [P, width] row, kbar[i] or q[i] spread over its `width` lanes by a constant
+// swizzle. Other widths keep the scalar loops.
+
+// Lane l of the k-th vector of a narrow row reads element k W / width + l / width of the
+// W-element vector it was loaded from (each spread over `width` lanes).
+template <index_t kBlockWidth, index_t kPart>
+struct H3SpreadLane {
+  static constexpr std::uint32_t get(std::size_t l, std::size_t W) {
+    return static_cast<std::uint32_t>(kPart * (W / kBlockWidth) + l / kBlockWidth);
+  }
+};
+// Lane l reads element l % width: the block's width values repeated over the vector.
+template <index_t kBlockWidth>
+struct H3RepeatLane {
+  static constexpr std::uint32_t get(std::size_t l, std::size_t) { return static_cast<std::uint32_t>(l % kBlockWidth); }
+};
+
+template <index_t kBlockWidth, index_t kPart>
+simd::Batch<float> h3_spread(const simd::Batch<float>& x) noexcept {
+  return xsimd::swizzle(x, simd::batch_constant<simd::Batch<std::uint32_t>, H3SpreadLane<kBlockWidth, kPart>>());
+}
+
+// Whether the narrow kernels serve `width` (a power of two below the vector width: it divides it).
+inline bool h3_narrow_width(index_t width) { return width < simd::kWidth && simd::kWidth % width == 0 && width <= 8; }
+
+// Calls f with width as a compile-time constant (h3_narrow_width(width) holds).
+template <class F>
+void h3_with_narrow_width(index_t width, F&& f) {
+  switch (width) {
+    case 1: return f(std::integral_constant<index_t, 1>{});
+    case 2: return f(std::integral_constant<index_t, 2>{});
+    case 4: return f(std::integral_constant<index_t, 4>{});
+    default: return f(std::integral_constant<index_t, 8>{});
+  }
+}
+
+// dst[i*w + j] = kb[i] v[j] (i < P, j < w = kBlockWidth): per W values of kb, w vectors.
+template <index_t kBlockWidth>
+void h3_products_narrow(float* dst, const float* kb, const float* v, index_t P) noexcept {
+  constexpr index_t W = simd::kWidth;
+  alignas(64) float lanes[W];
+  for (index_t j = 0; j < kBlockWidth; ++j) lanes[j] = v[j];
+  const simd::Batch<float> v_rep =
+      xsimd::swizzle(simd::load(lanes), simd::batch_constant<simd::Batch<std::uint32_t>, H3RepeatLane<kBlockWidth>>());
+  const index_t pv = simd::vector_end(P);
+  for (index_t i0 = 0; i0 < pv; i0 += W) {
+    const simd::Batch<float> k = simd::load(kb + i0);
+    unrolled(std::make_index_sequence<kBlockWidth>{}, [&](auto part) {
+      constexpr index_t m = decltype(part)::value;
+      simd::store(dst + i0 * kBlockWidth + m * W, h3_spread<kBlockWidth, m>(k) * v_rep);
+    });
+  }
+  for (index_t i = pv; i < P; ++i)
+    for (index_t j = 0; j < kBlockWidth; ++j) dst[i * kBlockWidth + j] = kb[i] * v[j];
+}
+
+// y[j] = sum_i q[i] src[i*w + j] (i < P, j < w = kBlockWidth): lane l of the sum collects the
+// terms of j = l % w, folded at the end.
+template <index_t kBlockWidth>
+void h3_read_narrow(float* y, const float* q, const float* src, index_t P) noexcept {
+  constexpr index_t W = simd::kWidth;
+  simd::Batch<float> acc(0.f);
+  const index_t pv = simd::vector_end(P);
+  for (index_t i0 = 0; i0 < pv; i0 += W) {
+    const simd::Batch<float> qv = simd::load(q + i0);
+    unrolled(std::make_index_sequence<kBlockWidth>{}, [&](auto part) {
+      constexpr index_t m = decltype(part)::value;
+      acc = simd::fma(h3_spread<kBlockWidth, m>(qv), simd::load(src + i0 * kBlockWidth + m * W), acc);
+    });
+  }
+  alignas(64) float lanes[W];
+  simd::store(lanes, acc);
+  for (index_t j = 0; j < kBlockWidth; ++j) {
+    float sum = 0.f;
+    for (index_t l = j; l < W; l += kBlockWidth) sum += lanes[l];
+    for (index_t i = pv; i < P; ++i) sum += q[i] * src[i * kBlockWidth + j];
+    y[j] = sum;
+  }
+}
+
+// dst[i*width + j] = kb[i] v[j], width >= W: vectors over j, a scalar tail.
+inline void h3_products_wide(float* dst, const float* kb, const float* v, index_t P, index_t width) noexcept {
+  const index_t jv = simd::vector_end(width);
+  for (index_t i = 0; i < P; ++i) {
+    const simd::Batch<float> ki(kb[i]);
+    float* row = dst + i * width;
+    for (index_t j = 0; j < jv; j += simd::kWidth) simd::store(row + j, ki * simd::load(v + j));
+    for (index_t j = jv; j < width; ++j) row[j] = kb[i] * v[j];
+  }
+}
+
+// y[j] = sum_i q[i] src[i*width + j], width >= W: each vector of j keeps its sum in a register
+// over i (the scalar loop's terms in its order).
+inline void h3_read_wide(float* y, const float* q, const float* src, index_t P, index_t width) noexcept {
+  const index_t jv = simd::vector_end(width);
+  for (index_t j = 0; j < jv; j += simd::kWidth) {
+    simd::Batch<float> acc(0.f);
+    for (index_t i = 0; i < P; ++i) acc = simd::fma(simd::Batch<float>(q[i]), simd::load(src + i * width + j), acc);
+    simd::store(y + j, acc);
+  }
+  for (index_t j = jv; j < width; ++j) {
+    float sum = 0.f;
+    for (index_t i = 0; i < P; ++i) sum += q[i] * src[i * width + j];
+    y[j] = sum;
+  }
+}
+
 // kv[b,t,(i,j)] = kbar[b,t,i] v[b,t,h,j0+j] for the block's `width` value columns (kv's
 // last extent is P * width): channel j*P + i (tiled) or i*width + j. Each layout's loop has its
 // unit stride innermost.
 inline void h3_fill_products(const ConstView<float, 4>& v, index_t h, index_t j0, const Tensor<float, 3>& kbar,
                              const TensorView<float, 3>& kv, bool tiled, index_t grain, const Executor& executor) {
   const index_t T = kbar.shape()[1], P = kbar.shape()[2], width = kv.shape()[2] / P;
+  const bool contiguous = v.stride(3) == 1 && kv.stride(2) == 1;
   parallel_for(executor, kbar.shape()[0] * T, grain, [&](index_t begin, index_t end) {
     for (index_t r = begin; r < end; ++r) {
       const index_t b = r / T, t = r % T;
@@ -119,13 +235,26 @@ inline void h3_fill_products(const ConstView<float, 4>& v, index_t h, index_t j0
       if (tiled) {
         for (index_t j = 0; j < width; ++j) {
           const float vj = v(b, t, h, j0 + j);
-          for (index_t i = 0; i < P; ++i) dst[j * P + i] = kb[i] * vj;
+          if (contiguous) {
+            const simd::Batch<float> vjv(vj);
+            const index_t pv = simd::vector_end(P);
+            for (index_t i = 0; i < pv; i += simd::kWidth) simd::store(dst + j * P + i, simd::load(kb + i) * vjv);
+            for (index_t i = pv; i < P; ++i) dst[j * P + i] = kb[i] * vj;
+          } else {
+            for (index_t i = 0; i < P; ++i) dst[j * P + i] = kb[i] * vj;
+          }
         }
         continue;
       }
-      for (index_t i = 0; i < P; ++i) {
-        const float ki = kb[i];
-        for (index_t j = 0; j < width; ++j) dst[i * width + j] = ki * v(b, t, h, j0 + j);
+      if (contiguous && width >= simd::kWidth) {
+        h3_products_wide(dst, kb, v.ptr(b, t, h, j0), P, width);
+      } else if (contiguous && h3_narrow_width(width)) {
+        h3_with_narrow_width(width, [&](auto w) { h3_products_narrow<decltype(w)::value>(dst, kb, v.ptr(b, t, h, j0), P); });
+      } else {
+        for (index_t i = 0; i < P; ++i) {
+          const float ki = kb[i];
+          for (index_t j = 0; j < width; ++j) dst[i * width + j] = ki * v(b, t, h, j0 + j);
+        }
       }
     }
   });
@@ -136,19 +265,28 @@ inline void h3_fill_products(const ConstView<float, 4>& v, index_t h, index_t j0
 inline void h3_read_out(const ConstView<float, 4>& q, index_t h, index_t j0, const TensorView<float, 3>& conv,
                         const TensorView<float, 4>& y, bool tiled, index_t grain, const Executor& executor) {
   const index_t T = conv.shape()[1], P = q.shape()[3], width = conv.shape()[2] / P;
+  const bool contiguous = q.stride(3) == 1 && conv.stride(2) == 1;
   parallel_for(executor, conv.shape()[0] * T, grain, [&](index_t begin, index_t end) {
     float acc[kH3Channels];
     for (index_t r = begin; r < end; ++r) {
       const index_t b = r / T, t = r % T;
       const float* src = conv.ptr(b, t, 0);
-      std::fill(acc, acc + width, 0.f);
-      if (tiled) {
-        for (index_t j = 0; j < width; ++j)
-          for (index_t i = 0; i < P; ++i) acc[j] += q(b, t, h, i) * src[j * P + i];
+      if (contiguous && tiled) {
+        for (index_t j = 0; j < width; ++j) acc[j] = simd::dot(q.ptr(b, t, h, 0), src + j * P, P);
+      } else if (contiguous && width >= simd::kWidth) {
+        h3_read_wide(acc, q.ptr(b, t, h, 0), src, P, width);
+      } else if (contiguous && h3_narrow_width(width)) {
+        h3_with_narrow_width(width, [&](auto w) { h3_read_narrow<decltype(w)::value>(acc, q.ptr(b, t, h, 0), src, P); });
       } else {
-        for (index_t i = 0; i < P; ++i) {
-          const float qi = q(b, t, h, i);
-          for (index_t j = 0; j < width; ++j) acc[j] += qi * src[i * width + j];
+        std::fill(acc, acc + width, 0.f);
+        if (tiled) {
+          for (index_t j = 0; j < width; ++j)
+            for (index_t i = 0; i < P; ++i) acc[j] += q(b, t, h, i) * src[j * P + i];
+        } else {
+          for (index_t i = 0; i < P; ++i) {
+            const float qi = q(b, t, h, i);
+            for (index_t j = 0; j < width; ++j) acc[j] += qi * src[i * width + j];
+          }
         }
       }
       for (index_t j = 0; j < width; ++j) y(b, t, h, j0 + j) = acc[j];
