@@ -5,6 +5,7 @@
 // batch and head) becomes an Eigen expression without copying.
 #pragma once
 
+#include <cassert>
 #include <limits>
 #include <type_traits>
 
@@ -48,6 +49,37 @@ MatrixMap<T> as_matrix(const TensorView<T, 2>& view) {
 template <class Tag, class T>
 deferred_t<MatrixMap<T>, Tag> as_deferred_matrix(const TensorView<T, 2>& view) {
   return as_matrix(view);
+}
+
+/// An Eigen map over a rank-2 view whose columns are adjacent (stride(1) == 1; the row stride
+/// may be negative, as in a reversed view): the inner stride is 1 at compile time, so Eigen's
+/// products read the operand in place. With MatrixMap's runtime inner stride a product first
+/// copies the operand element by element into a temporary, a loop GCC -O2 leaves scalar.
+template <class T>
+using RowStrideMap = Eigen::Map<std::conditional_t<std::is_const_v<T>, const RowMajorMatrix<T>, RowMajorMatrix<T>>,
+                                Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// A [rows, cols] view with stride(1) == 1 as a RowStrideMap (debug builds assert the stride).
+template <class T>
+RowStrideMap<T> as_row_stride_matrix(const TensorView<T, 2>& view) {
+  assert(view.stride(1) == 1 || view.size(1) <= 1);
+  return RowStrideMap<T>(view.data(), view.size(0), view.size(1), Eigen::OuterStride<>(view.stride(0)));
+}
+
+/// as_row_stride_matrix, its type named through `Tag` (see Deferred).
+template <class Tag, class T>
+deferred_t<RowStrideMap<T>, Tag> as_deferred_row_stride_matrix(const TensorView<T, 2>& view) {
+  return as_row_stride_matrix(view);
+}
+
+/// as_deferred_row_stride_matrix where kUnitStride (the caller checked stride(1) == 1), else
+/// as_deferred_matrix: one function body serves both layouts.
+template <class Tag, bool kUnitStride, class T>
+auto as_deferred_matrix_for(const TensorView<T, 2>& view) {
+  if constexpr (kUnitStride)
+    return as_deferred_row_stride_matrix<Tag>(view);
+  else
+    return as_deferred_matrix<Tag>(view);
 }
 
 /// A view over an Eigen row-major matrix (or map) without copying.

@@ -18,16 +18,29 @@ namespace detail {
 // Output rows per task and diagonal block.
 constexpr index_t kMaskedMixerBlock = 64;
 
-// Rows [r0, r1) of y for batch b and the columns [c0, c0 + cols) of group g.
-template <class Deferred>
-void masked_mixer_rows(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, index_t b, index_t g,
-                              index_t c0, index_t cols, index_t r0, index_t r1) {
-  const auto x = as_deferred_matrix<Deferred>(in.x.select(0, b).slice(1, c0, cols));
-  auto y = as_deferred_matrix<Deferred>(out.y.select(0, b).slice(1, c0, cols));
-  const auto w = as_deferred_matrix<Deferred>(in.weight.select(0, g));
+// Rows [r0, r1) of y from the maps x [T, cols], w [L, L] (lower triangle read) and y [T, cols].
+template <class XMap, class WMap, class YMap>
+void masked_mixer_block(const XMap& x, const WMap& w, YMap&& y, index_t r0, index_t r1) {
   const index_t n = r1 - r0;
   y.middleRows(r0, n).noalias() = w.block(r0, r0, n, n).template triangularView<Eigen::Lower>() * x.middleRows(r0, n);
   if (r0 > 0) y.middleRows(r0, n).noalias() += w.block(r0, 0, n, r0) * x.topRows(r0);
+}
+
+// Rows [r0, r1) of y for batch b and the columns [c0, c0 + cols) of group g. Unit-stride rows
+// (the usual layouts, reversed ones included) are mapped with a compile-time inner stride, so
+// Eigen reads them in place instead of copying each operand element by element (scalar at -O2:
+// 1.5-2x slower than -O3 before).
+template <class Deferred>
+void masked_mixer_rows(const MaskedMixerInputs& in, const MaskedMixerOutputs& out, index_t b, index_t g,
+                              index_t c0, index_t cols, index_t r0, index_t r1) {
+  const ConstView<float, 2> x = in.x.select(0, b).slice(1, c0, cols), w = in.weight.select(0, g);
+  const TensorView<float, 2> y = out.y.select(0, b).slice(1, c0, cols);
+  if (x.stride(1) == 1 && w.stride(1) == 1 && y.stride(1) == 1)
+    masked_mixer_block(as_deferred_row_stride_matrix<Deferred>(x), as_deferred_row_stride_matrix<Deferred>(w),
+                       as_deferred_row_stride_matrix<Deferred>(y), r0, r1);
+  else
+    masked_mixer_block(as_deferred_matrix<Deferred>(x), as_deferred_matrix<Deferred>(w),
+                       as_deferred_matrix<Deferred>(y), r0, r1);
 }
 
 }  // namespace detail
