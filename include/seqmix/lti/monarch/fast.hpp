@@ -34,30 +34,42 @@ using MonarchOuterMap = Eigen::Map<const RowMajorMatrix<float>, Eigen::Unaligned
 using MonarchComplexMatrix = RowMajorMatrix<std::complex<float>>;
 using MonarchComplexMap = Eigen::Map<MonarchComplexMatrix>;
 
-// Rows of y for batch row bt and channels [c0, c0 + nc) of group g.
-template <class Deferred, class Matrix = deferred_t<RowMajorMatrix<float>, Deferred>>
-void monarch_mix_columns(const MonarchMixInputs& in, const MonarchMixOutputs& out, index_t bt, index_t g, index_t c0,
-                         index_t nc, Matrix& z) {
+// Rows of y for batch row bt and channels [c0, c0 + nc) of group g (monarch_mix_columns).
+template <class Deferred, bool kUnitStride, class Matrix>
+void monarch_mix_columns_mapped(const MonarchMixInputs& in, const MonarchMixOutputs& out, index_t bt, index_t g,
+                                index_t c0, index_t nc, Matrix& z) {
   using OuterMap = deferred_t<MonarchOuterMap, Deferred>;
   const index_t T = in.x.size(1), b = in.left.size(1);
   z.resize(b * b, nc);
-  const auto x = as_deferred_matrix<Deferred>(in.x.select(0, bt).slice(1, c0, nc));
+  const auto x = as_deferred_matrix_for<Deferred, kUnitStride>(in.x.select(0, bt).slice(1, c0, nc));
   for (index_t k = 0; k < b; ++k) {
     const index_t rows = std::min(b, T - k * b);
     if (rows <= 0) {
       z.middleRows(k * b, b).setZero();
       continue;
     }
-    const auto r = as_deferred_matrix<Deferred>(in.right.select(0, g).select(0, k));
+    const auto r = as_deferred_matrix_for<Deferred, kUnitStride>(in.right.select(0, g).select(0, k));
     z.middleRows(k * b, b).noalias() = r.leftCols(rows) * x.middleRows(k * b, rows);
   }
   for (index_t i = 0; i < b && i < T; ++i) {
     const index_t rows = (T - i + b - 1) / b;  // outputs m*b + i < T
     const OuterMap zi(z.data() + i * nc, b, nc, Eigen::OuterStride<>(b * nc));
     const TensorView<float, 2> yi(out.y.ptr(bt, i, c0), {rows, nc}, {b * out.y.stride(1), out.y.stride(2)});
-    as_deferred_matrix<Deferred>(yi).noalias() =
-        as_deferred_matrix<Deferred>(in.left.select(0, g).select(0, i)).topRows(rows) * zi;
+    as_deferred_matrix_for<Deferred, kUnitStride>(yi).noalias() =
+        as_deferred_matrix_for<Deferred, kUnitStride>(in.left.select(0, g).select(0, i)).topRows(rows) * zi;
   }
+}
+
+// Rows of y for batch row bt and channels [c0, c0 + nc) of group g. Unit-stride channels (the
+// usual layout) take maps with a compile-time inner stride: with runtime strides Eigen copied
+// every operand element by element first, a loop GCC -O2 leaves scalar (1.2-1.4x slower than -O3).
+template <class Deferred, class Matrix = deferred_t<RowMajorMatrix<float>, Deferred>>
+void monarch_mix_columns(const MonarchMixInputs& in, const MonarchMixOutputs& out, index_t bt, index_t g, index_t c0,
+                         index_t nc, Matrix& z) {
+  if (in.x.stride(2) == 1 && out.y.stride(2) == 1 && in.left.stride(3) == 1 && in.right.stride(3) == 1)
+    monarch_mix_columns_mapped<Deferred, true>(in, out, bt, g, c0, nc, z);
+  else
+    monarch_mix_columns_mapped<Deferred, false>(in, out, bt, g, c0, nc, z);
 }
 
 // Smallest b with b*b >= m (m >= 1).
