@@ -58,20 +58,23 @@ TEST_CASE("delta rules: the automatic choice at the measured crossover points, 1
   using namespace delta_choice_test;
   const std::vector<index_t> all{4, 8, 16, 32, 64, 256, 1024, 2048};
   // K = V = 16 and 64: the recurrent kernel's one tile per row beats the chunk's fixed work at
-  // every length while the rows stay cached (4 heads: 8 MiB of rows at T = 2048 with K = V = 64).
+  // every length and head count (its rows requested ahead, kRecurrentRowsAhead: 64 MiB of rows
+  // at H32 T2048 cost it no more per token than 4 MiB).
   require_choice(16, 16, 16, all, kRecurrent);
   require_choice(64, 64, 4, all, kRecurrent);
-  require_choice(64, 64, 16, {4, 8, 16, 32, 64, 256}, kRecurrent);
+  require_choice(64, 64, 16, all, kRecurrent);
+  require_choice(64, 64, 32, all, kRecurrent);
+  // K = V = 32 and the mixed sizes K 64 V 128, K 128 V 64: near parity, the recurrent kernel
+  // ahead by 10-20% at 8-32 MiB of rows.
+  require_choice(32, 32, 16, {256, 1024, 4096}, kRecurrent);
+  require_choice(64, 128, 16, {256, 1024, 2048}, kRecurrent);
+  require_choice(128, 64, 16, {256, 1024, 2048}, kRecurrent);
   // K = V = 48, 96, 128: the recurrent kernel's tiles cost as much as at 64 or more, the chunked
   // form wins from a few tokens.
   require_choice(48, 48, 16, {12, 16, 32, 64, 256, 1024, 2048}, kChunked);
   require_choice(96, 96, 16, {8, 16, 32, 64, 256, 1024, 2048}, kChunked);
   require_choice(128, 128, 32, {8, 16, 32, 64, 256, 1024, 2048}, kChunked);
   require_choice(128, 128, 32, {1, 2}, kRecurrent);
-  // Long sequences of many heads at K = V = 64: past kCachedRowBytes of rows the recurrent
-  // kernel's head-by-head walk misses the cache, the chunked form takes over.
-  require_choice(64, 64, 32, {1024, 2048}, kChunked);
-  require_choice(64, 64, 16, {2048}, kChunked);
   // bf16 dot products speed the chunked form's flops up (kBf16DotFlopsRatio) where the build has
   // them: K = V = 64 then goes chunked from 16 tokens; elsewhere the products stay fp32 and so does
   // the choice.
@@ -85,7 +88,8 @@ TEST_CASE("delta rules: the automatic choice at the measured crossover points, 1
   // A stream pins its choice with T = the largest index_t (chunked/streaming.hpp): no overflow,
   // the long-sequence answer.
   const index_t huge = std::numeric_limits<index_t>::max();
-  CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 64, 64, 16, 32}, 16) == kChunked);
+  CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 64, 64, 16, 32}, 16) == kRecurrent);
+  CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 128, 128, 16, 32}, 16) == kChunked);
   CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 16, 16, 16, 32}, 16) == kRecurrent);
   CHECK(seqmix::delta_update::choose_delta_algorithm({0, 64, 64, 16, 32}, 16) == kRecurrent);
 }

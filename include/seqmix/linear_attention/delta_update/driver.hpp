@@ -28,7 +28,7 @@ namespace seqmix::delta_update {
 struct DeltaShape {
   index_t tokens;  ///< the sequence's length
   index_t K, V;    ///< key and value head sizes
-  index_t heads;   ///< value heads (HV), whose rows lie between a head's rows of one token
+  index_t heads;   ///< value heads (HV); the counts no longer use it (recurrent_sequence_steps)
   index_t chunk;   ///< the chunked form's chunk size
   Bf16Compute compute = Bf16Compute::fp32;  ///< dot: the chunked form's products on bf16 dot products
 };
@@ -68,21 +68,6 @@ constexpr double kChunkedTokenSteps = 30;
 /// solve, decaying and storing the state); it keeps a few tokens on the recurrent kernel.
 constexpr double kChunkSteps = 700;
 
-/// 8 MiB: beyond this many bytes of q, k, v and output rows of one sequence (all its heads), the
-/// recurrent kernel, which walks one head's rows from the first token to the last, H * K floats
-/// apart, no longer finds them cached when it comes back for the next head; the chunked form reads
-/// each token's rows of all heads together. Measured at K = V = 64, one thread, H16 and H32, every
-/// gate, recurrent / chunked (median): 0.66-1.05 (0.77) up to 4 MiB of rows, 0.74-0.97 (0.83) at
-/// 6-8, 0.82-1.12 (0.96) at 12-24, 0.97-1.33 (1.14) at 32-64; 8 MiB fitted best with the next
-/// constant (the choice is near parity between 8 and 24 MiB either way). It stands for the cache
-/// the call gets: at load 16-17 the recurrent kernel fell behind from 2-4 MiB (README.md).
-constexpr double kCachedRowBytes = 8.0 * (1 << 20);
-
-/// 0.1: the recurrent kernel's extra steps per byte of a token's rows once they are not cached (at
-/// K = V = 64, 1 KB of rows per token and head, its time grew from 0.25 to 0.51 us and the chunked
-/// form's by 0.16 us: 0.1 ns more per byte).
-constexpr double kUncachedStepsPerByte = 0.1;
-
 /// The chunked form's cost of a sequence per token and head, in recurrent steps: its flops (the
 /// recurrence's 6KV, the scores 2K(L+1), the solve and M U 2VL, for chunks of L tokens) at
 /// kChunkedFlopsPerLaneStep, its per-token work and its chunks' fixed costs.
@@ -96,12 +81,15 @@ inline double chunked_token_steps(const DeltaShape& s, index_t width) {
   return flops / rate + kChunkedTokenSteps + kChunkSteps * chunks / T;
 }
 
-/// The recurrent kernel's cost of a sequence per token and head, in steps: its tiles, plus its
-/// rows' bytes (fp32 q, k, v, o) once the sequence's rows of all heads pass kCachedRowBytes.
+/// The recurrent kernel's cost of a sequence per token and head, in steps: its tiles. The length
+/// and the heads do not enter: with its rows requested ahead (kRecurrentRowsAhead) the kernel
+/// keeps its per-token time when they come from memory. Before that request a term of 0.1 step
+/// per byte of rows past 8 MiB of them (all heads) sent K = V = 64 to the chunked form from H16
+/// T1024; with it, recurrent / chunked at K = V = 64 was 0.67-0.75 (scalar gate) and 0.51-0.64
+/// (per-channel) from 4 to 64 MiB of rows (H4, H16, H32, T 256-4096; one thread, load 14-17), and
+/// 0.81 / 0.86-0.90 at K = V = 32 / K 64 V 128 / K 128 V 64 at 24-32 MiB (README.md).
 inline double recurrent_sequence_steps(const DeltaShape& s, index_t width) {
-  const double row_bytes = 4.0 * static_cast<double>(2 * s.K + 2 * s.V);
-  const double rows = row_bytes * static_cast<double>(s.heads) * static_cast<double>(s.tokens);
-  return recurrent_token_steps(s.K, s.V, width) + (rows > kCachedRowBytes ? kUncachedStepsPerByte * row_bytes : 0.0);
+  return recurrent_token_steps(s.K, s.V, width);
 }
 
 /// Picks the prefill algorithm of one sequence by comparing the two forms' operation counts
@@ -111,8 +99,7 @@ inline double recurrent_sequence_steps(const DeltaShape& s, index_t width) {
 /// 16 to 128, K 64 V 128 and K 128 V 64, H 4, 16 and 32, T 4-2048, no gate, scalar and
 /// per-channel gates, one and two threads): the recurrent kernel's time follows its column
 /// tiles, not K V, so it wins at K = V = 16 and 64 (one tile per row) and the chunked form at
-/// 48, 96 and 128 from a few tokens; at 32 they are within 10% of each other; long sequences of
-/// many heads go to the chunked form (kCachedRowBytes). `width`: floats per vector, the
+/// 48, 96 and 128 from a few tokens; at 32 they are within 10% of each other. `width`: floats per vector, the
 /// build's simd::kWidth unless a test asks for another.
 inline DeltaAlgorithm choose_delta_algorithm(const DeltaShape& s, index_t width = simd::kWidth) {
   if (s.tokens <= 0) return DeltaAlgorithm::recurrent;
@@ -154,12 +141,42 @@ inline TokenOperands load_delta_token(const DeltaHead& p, index_t t, TokenWorksp
   return x;
 }
 
+/// 8 tokens: how far ahead the recurrent prefill asks for a token's rows. One head's rows of
+/// consecutive tokens lie H K floats apart (4 KB at H16 K64), a page each, where the hardware
+/// prefetchers do not follow, and a token's kernel (about 0.25 us at K = V = 64) fills the
+/// reorder buffer before the next token's loads issue: unrequested, each row came from L3 or
+/// memory in the token's critical path and the rows' loads took as long as the kernel. Measured
+/// (one thread, Gated DeltaNet H16 K = V = 64 T1024, recurrent form, load 7-9): none 8.6-10.8 ms,
+/// 2 ahead 6.2-6.4, 4 ahead 7.2-8.7, 8 ahead 4.4-5.0, 12 ahead 4.5-4.6, 16 ahead 4.5-4.9; into L2
+/// instead of L1 4.6-6.9 (8 ahead 4.9-6.9). 8 tokens of rows (4 rows each, 8 KB at K = V = 64)
+/// stay well inside L1 beside the state's column tile.
+constexpr index_t kRecurrentRowsAhead = 8;
+
+/// Asks for row t of stored rows: fp32 rows into L1; 16-bit rows through InputRows::prefetch.
+inline void request_row(const detail::la::InputRows& x, index_t t) {
+  if (x.is_float() && x.floats()[t].is_last_dim_contiguous())
+    return detail::prefetch_row<false, 3>(x.floats()[t].data(), x.size(1));
+  x.prefetch(t);
+}
+
+/// Asks for token t's q, k, v rows, its per-channel log-decays and (direct: written in place)
+/// its output row.
+inline void request_token_rows(const DeltaHead& p, index_t t, bool direct) {
+  request_row(p.q, t);
+  request_row(p.k, t);
+  request_row(p.v, t);
+  if (p.gated() && !p.scalar_gate && p.g[t].is_last_dim_contiguous())
+    detail::prefetch_row<false, 3>(p.g[t].data(), p.K());
+  if (direct) detail::prefetch_row<true, 3>(p.o.ptr(t), p.V());
+}
+
 /// The recurrent prefill of one head on a contiguous state S [K,V]; with `token_states` [T,K,V]
 /// given, S is copied there after every token.
 inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws,
                           const TensorView<float, 3>& token_states = TensorView<float, 3>()) {
   const bool direct = p.o.is_last_dim_contiguous();
   for (index_t t = 0; t < p.T(); ++t) {
+    if (t + kRecurrentRowsAhead < p.T()) request_token_rows(p, t + kRecurrentRowsAhead, direct);
     const TokenOperands x = load_delta_token(p, t, ws);
     float* o = direct ? p.o.ptr(t) : ws.o();
     advance_token(Update::delta, S, p.V(), p.K(), p.V(), x, o);
