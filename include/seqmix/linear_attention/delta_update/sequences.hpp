@@ -62,6 +62,7 @@ inline const std::vector<index_t>& longest_first(const SequenceMap& map) {
 struct ItemScratch {
   RowMatrix S;
   std::optional<TokenWorkspace> tok;
+  std::optional<PairWorkspace> pair;  ///< the recurrent prefill's two-token pass
   std::optional<WyWorkspace> wy;
   index_t K = 0, V = 0, wy_chunk = 0;
   AlignedVector<float> staged;  ///< a strided step state, copied in and out
@@ -70,6 +71,7 @@ struct ItemScratch {
     if (k == K && v == V) return;
     S.resize(k, v);
     tok.emplace(k, v);
+    pair.emplace(k, v);
     wy.reset();
     wy_chunk = 0;
     K = k, V = v;
