@@ -276,7 +276,7 @@ TEST_CASE("long_conv: one batch row split by rows and blocks equals the walks, b
     const LongData data(c);
     const seqmix::detail::LongConvDims dims{c.B, c.T, c.D, c.L, c.Lb, c.G};
     REQUIRE(sd::long_conv_fft_length(dims, false) == wide_N);
-    REQUIRE(sd::long_conv_fuses_filters(data.inputs(c), E, wide_N));
+    REQUIRE(sd::long_conv_fuses_filters(data.inputs(c), wide_N));
     REQUIRE(sd::long_conv_fft_splits_rows(data.inputs(c), wide_N, E, 2, false));
     // The two-row call: u's row twice (spectra made once for both rows, kept whole).
     LongCase twice = c;
@@ -286,7 +286,7 @@ TEST_CASE("long_conv: one batch row split by rows and blocks equals the walks, b
       for (index_t t = 0; t < c.T; ++t)
         for (index_t d = 0; d < c.D; ++d) rows.u(b, t, d) = data.u(0, t, d);
     rows.h = data.h, rows.skip = data.skip, rows.bias = data.bias;
-    REQUIRE_FALSE(sd::long_conv_fuses_filters(rows.inputs(twice), E, wide_N));
+    REQUIRE_FALSE(sd::long_conv_fuses_filters(rows.inputs(twice), wide_N));
     const Result apart = run(twice, rows, LongConvMethod::fft, false, seqmix::serial_executor());
     const seqmix::Executor& two_threads = st::two_thread_pool();
     for (const seqmix::Executor* executor : {&seqmix::serial_executor(), &two_threads}) {

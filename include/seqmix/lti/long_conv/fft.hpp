@@ -793,15 +793,18 @@ inline void long_conv_list_nonfinite(const float* frequency0, index_t first, ind
 // tiled spectrum of `tile` blocks (tile > 0) block % tile.
 inline index_t long_conv_prepared_block(index_t block, index_t tile) noexcept { return tile > 0 ? block % tile : block; }
 
-// Whether a call without a prepared spectrum, at FFT length N with blocks of `lanes` channels,
-// can make its filters' spectra block by block next to its signals' (long_conv_fft_rows_run):
-// one batch row, causal taps only, full blocks, and window and taps within the lower half of the
-// transform (the halves layout).
-inline bool long_conv_fuses_filters(const LongConvInputs& in, index_t lanes, index_t N) noexcept {
-  const bool has_state = in.initial_state.has_value();
-  const index_t T = in.u.size(1), S = has_state ? in.filter.size(0) - 1 : 0;
-  return lanes == kFftElement && in.u.size(0) == 1 && !in.filter_backward.has_value() && S + T <= N / 2 &&
-         long_conv_fft_causal_taps(in.filter.size(0), T, has_state) <= N / 2;
+// Whether a call has one batch row whose window (state rows and inputs) lies in the lower half of
+// a length-N transform (the halves layout of long_conv_fft_rows_run).
+inline bool long_conv_window_in_lower_half(const LongConvInputs& in, index_t N) noexcept {
+  const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
+  return in.u.size(0) == 1 && S + in.u.size(1) <= N / 2;
+}
+
+// Whether such a call without a prepared spectrum can make its filters' spectra block by block
+// next to its signals' (long_conv_fft_rows_run): causal taps only, and those in the lower half too.
+inline bool long_conv_fuses_filters(const LongConvInputs& in, index_t N) noexcept {
+  return long_conv_window_in_lower_half(in, N) && !in.filter_backward.has_value() &&
+         long_conv_fft_causal_taps(in.filter.size(0), in.u.size(1), in.initial_state.has_value()) <= N / 2;
 }
 
 // One task: the walk's channels of every batch row.
@@ -1191,8 +1194,6 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
   if (!nonfinite.empty()) long_conv_fix_nonfinite(in, y, nonfinite);
 }
 
-// FFT form over a validated call (prepared, tile: as in long_conv_fft_walk; its FFT length is the
-// call's, so a prepared call never splits into segments).
 // Whether a call runs long_conv_fft_rows_run: one batch row, blocks of pairs at least as many as
 // the threads, FFT lengths whose block's signal takes kLongConvFftWalkCacheBytes or more (N >= 16384
 // with AVX-512), window (and taps, without a prepared spectrum: long_conv_fuses_filters) in the
@@ -1202,11 +1203,10 @@ inline void long_conv_fft_split_run(const LongConvInputs& in, const TensorView<f
 inline bool long_conv_fft_splits_rows(const LongConvInputs& in, index_t N, index_t lanes, int concurrency,
                                       bool prepared) noexcept {
   constexpr index_t E = kFftElement;
-  const index_t D = in.u.size(2), blocks = (D + E - 1) / E, T = in.u.size(1);
-  const index_t S = in.initial_state.has_value() ? in.filter.size(0) - 1 : 0;
+  const index_t blocks = (in.u.size(2) + E - 1) / E;
   const index_t block_bytes = N * E * static_cast<index_t>(sizeof(float));
   if (lanes != E || blocks < concurrency || block_bytes < kLongConvFftWalkCacheBytes) return false;
-  if (prepared ? in.u.size(0) != 1 || S + T > N / 2 : !long_conv_fuses_filters(in, lanes, N)) return false;
+  if (!(prepared ? long_conv_window_in_lower_half(in, N) : long_conv_fuses_filters(in, N))) return false;
   return blocks * (block_bytes / 2) * (prepared ? 1 : 2) <= kLongConvFftWideWalkBytes;
 }
 
@@ -1276,6 +1276,8 @@ inline void long_conv_fft_rows_run(const LongConvInputs& in, const TensorView<fl
   pool.give(std::move(lower));
 }
 
+// FFT form over a validated call (prepared, tile: as in long_conv_fft_walk; its FFT length is the
+// call's, so a prepared call never splits into segments).
 inline void long_conv_fft_run(const LongConvInputs& in, const TensorView<float, 3>& y, const Executor& executor,
                               const float* prepared = nullptr, index_t tile = 0) {
   LongConvFftScratchPool::local().begin_call();  // before any task takes scratch (the split's too)
