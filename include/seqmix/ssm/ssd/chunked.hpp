@@ -118,29 +118,24 @@ struct SsdChunkScratch {
 // The chunked form's memory, kept by each thread across calls (core/thread_keep.hpp): allocated
 // per call, it faulted fresh pages in on every call wherever glibc handed it back (with
 // MALLOC_MMAP_THRESHOLD_=131072, mamba2-780m T 4096: 131 faults per call, the C B^T tiles).
-// Per-task scratch of a column block that reads its chunks' shared records (SsdBlockKernel):
-// the block's state rows and its P-side tiles of one chunk, sized for all P columns (a block
-// uses the first `cols` rows of state and yt, the first `cols` columns of the others).
+// Per-task scratch of a column block on shared records (SsdBlockKernel): the block's state rows
+// (sized for all P; a block uses the first `cols`) and, for a chunk whose dt ∘ x holds a NaN or
+// inf, that chunk's xd with those values as 0.
 struct SsdBlockScratch {
-  SsdMatrix state;    // [P,N] the block's rows of the head's state, not transposed
-  SsdMatrix xd, xw;   // [L,P] dt ∘ x and exp(cs_end - cs) ∘ dt ∘ x
-  SsdMatrix yt;       // [P,Lp] the chunk's outputs transposed: a block row, tokens along it
-  SsdMatrix y;        // [L,P] the same token-major, for the store (and the growing chunks' rows)
-  SsdMatrix xd_zeroed;  // [L,P] xd with NaN / inf as 0, for a chunk holding one (sized on first use)
+  SsdMatrix state;      // [P,N] the block's rows of the head's state, not transposed
+  SsdMatrix xd_zeroed;  // [L,P]
   const float* record = nullptr;  // the current chunk's shared record (SsdRecordLayout)
   bool xd_finite = true;
 
-  SsdBlockScratch(index_t L, index_t P, index_t N)
-      : state(P, N), xd(L, P), xw(L, P), yt(P, ssd_vector_ceil(L)), y(L, P) {}
-  bool fits(index_t L, index_t P, index_t N) const { return state.rows() == P && state.cols() == N && xd.rows() == L; }
+  SsdBlockScratch(index_t L, index_t P, index_t N) : state(P, N), xd_zeroed(L, P) {}
+  bool fits(index_t L, index_t P, index_t N) const {
+    return state.rows() == P && state.cols() == N && xd_zeroed.rows() == L;
+  }
   void reset() {
     record = nullptr;
     xd_finite = true;
   }
-  std::size_t bytes() const {
-    const index_t floats = state.size() + xd.size() + xw.size() + yt.size() + y.size() + xd_zeroed.size();
-    return static_cast<std::size_t>(floats) * sizeof(float);
-  }
+  std::size_t bytes() const { return static_cast<std::size_t>(state.size() + xd_zeroed.size()) * sizeof(float); }
 };
 
 // A parallel block's chunk scratch, reused for the same dimensions (SsdChunkScratch::fits,
@@ -158,13 +153,17 @@ struct SsdCbStorage {
   std::size_t bytes() const { return floats * sizeof(float); }
 };
 using SsdCbKeep = ThreadKept<SsdCbStorage>;
-// The calling thread's shared chunk records (ssd_chunk_records), reused while large enough:
+// The calling thread's shared chunk records of a column-block split (ssd_chunk_records), reused
+// while large enough:
 struct SsdRecordStorage {
   std::unique_ptr<float[]> data;  // not zeroed: the record pass writes every float a block reads
   std::size_t floats = 0;
   std::size_t bytes() const { return floats * sizeof(float); }
 };
 using SsdRecordKeep = ThreadKept<SsdRecordStorage>;
+// ... and their output tiles (ssd_store_chunks); a type of its own, so a thread keeps one of each:
+struct SsdOutputStorage : SsdRecordStorage {};
+using SsdOutputKeep = ThreadKept<SsdOutputStorage>;
 
 // mask[i][j] = cb[i][j] * exp(cs_i - cs_j) for j <= i, 0 above the diagonal. cs comes as a
 // float pair hi + lo (hi = cs rounded, lo = the rounding error of a double-precision prefix sum)
@@ -587,45 +586,63 @@ struct SsdChunkKernel {
 
 // ---- Column blocks on shared chunk records ----------------------------------------------------
 //
-// Split into column blocks, a head's chunks have a P-independent part (the decays and the
-// decay-masked C B^T) that every block needs, and a part per column: dt ∘ x, the two products
-// and the store. The first is written once per (head, chunk) into a record, by a pass of its own
-// before the blocks (ssd_chunk_records), in the layout the blocks' products read; C^T, the same
-// for every head of a group, comes with the C B^T tiles. The blocks compute their outputs and
-// state transposed, so that a narrow block keeps wide register panels (the panels run along the
-// tokens and along N, the block's columns are the panel rows):
-//   Y^T    [cols,L] = (S [cols,N] · C^T [N,L]) diag(exp(cs))  +  Xd^T [cols,L] · (CB ∘ Lmask)^T [L,L]
-//   S_next [cols,N] = exp(cs_end) S  +  (exp(cs_end - cs) ∘ Xd)^T [cols,L] · B [L,N]
-// with S the block's rows of the head's [P,N] state, not transposed.
+// Split into column blocks of P, a head's chunks have work that every block needs (the decays
+// and the decay-masked C B^T) and work on the head's x, z and y rows, which a narrow block would
+// read and write one cache line per token row, rows H*P floats apart: a page (and a TLB walk) per
+// line, where the whole head uses each page for P/16 lines. Measured on one core, such blocks of
+// 16 spent 1.4x the whole head's time, their products costing the same. So the split runs three
+// passes after the C B^T tiles (which then hold C^T as well, shared by the heads of a group):
+//   records (ssd_chunk_records), per (head, chunk): the decays, the mask, and dt ∘ x and
+//     exp(cs_end - cs) ∘ dt ∘ x of the chunk's whole rows, stored block by block;
+//   blocks (SsdBlockKernel), per (sequence, head, block): only the products, transposed so that a
+//     narrow block keeps wide register panels (along the tokens and along N, the block's columns
+//     being the panel rows), writing Y^T into the chunk's output tile:
+//       Y^T    [cols,L] = (S [cols,N] · C^T [N,L]) diag(exp(cs))  +  Xd^T [cols,L] · (CB ∘ Lmask)^T [L,L]
+//       S_next [cols,N] = exp(cs_end) S  +  (exp(cs_end - cs) ∘ Xd)^T [cols,L] · B [L,N]
+//     with S the block's rows of the head's [P,N] state, not transposed;
+//   store (ssd_store_chunks), per (head, chunk): Y^T back to token rows, D skip, z gate, out to y.
 
 // One record: the mask [Lp, Lp] (row j, column i: token j's weight in token i's output,
 // CB[i][j] exp(cs_i - cs_j) for j <= i; zero elsewhere and past the chunk's l tokens), then dt,
 // exp(cs_end - cs), a = dt * A and exp(cs) ([Lp] each; exp(cs) zero past l, the others written
-// for the first l), exp(cs_end), and 1 if the chunk grows (some a > 0). Records are numbered
-// h * chunks + chunk (SsdChunkPlan::chunks), each a whole number of 64-byte lines long.
+// for the first l), exp(cs_end), 1 if the chunk grows (some a > 0), then per block its
+// finiteness (1 if its dt ∘ x has no NaN / inf) and its xd and xw [L, width] (token rows of the
+// block's columns). Records are numbered h * chunks + chunk (SsdChunkPlan::chunks), each a whole
+// number of 64-byte lines long; so are the blocks' areas.
 struct SsdRecordLayout {
-  index_t Lp = 0, floats = 0;
-  explicit SsdRecordLayout(index_t L) : Lp(ssd_vector_ceil(L)), floats((Lp * Lp + 4 * Lp + 2 + 15) / 16 * 16) {}
+  index_t Lp = 0, L = 0, blocks = 1, width = 1, area = 0, floats = 0;
+  SsdRecordLayout(index_t L_, SsdColumnBlocks b)
+      : Lp(ssd_vector_ceil(L_)), L(L_), blocks(b.count), width(b.width), area((L_ * b.width + 15) / 16 * 16) {
+    floats = xd(0) + 2 * blocks * area;
+  }
   index_t dt() const noexcept { return Lp * Lp; }
   index_t decay_out() const noexcept { return dt() + Lp; }
   index_t log_decay() const noexcept { return dt() + 2 * Lp; }
   index_t decay_in() const noexcept { return dt() + 3 * Lp; }
   index_t decay_end() const noexcept { return dt() + 4 * Lp; }
   index_t growing() const noexcept { return decay_end() + 1; }
+  index_t finite(index_t block) const noexcept { return decay_end() + 2 + block; }
+  index_t xd(index_t block) const noexcept { return (finite(blocks) + 15) / 16 * 16 + 2 * block * area; }
+  index_t xw(index_t block) const noexcept { return xd(block) + area; }
 };
 
-// At most this much memory for the records of one call (4.6 KB a head and chunk at L 32:
-// mamba2-780m T 512 B 1 3.6 MB); a larger call's blocks repeat the operands instead.
+// At most this much memory for the records and output tiles of one call (21 KB a head and chunk
+// at L 32, P 64: mamba2-780m T 512 B 1 16 MB, and 8 KB of output tile); a larger call's blocks
+// repeat the operands instead.
 constexpr std::size_t kSsdRecordMaxBytes = std::size_t{256} << 20;
 
-// The record of every (head, chunk). A task covers consecutive records of one or a few heads,
-// about one task per thread.
+// Items of a (head, chunk) pass: about one task per thread, unless the whole pass is small.
+inline index_t ssd_chunk_pass_grain(index_t items, index_t work_per_item, int threads) {
+  if (items * work_per_item < kSsdMinParallelStateWork) return items;
+  return (items + threads - 1) / threads;
+}
+
+// The record of every (head, chunk).
 inline void ssd_chunk_records(const SsdInputsOf<float>& in, const SsdOptions& options, const SsdDims& dims,
                               const SsdChunkPlan& plan, const SsdCbTiles& cb, const SsdRecordLayout& layout,
                               float* records, const Executor& executor) {
   const index_t L = plan.L, Lp = layout.Lp, chunks = plan.chunk_count(), items = dims.H * chunks;
-  const index_t per_thread = (items + executor.concurrency() - 1) / executor.concurrency();
-  const index_t grain = std::max(ssd_grain(L * L), per_thread);
+  const index_t grain = ssd_chunk_pass_grain(items, L * (L + 2 * dims.P), executor.concurrency());
   parallel_for(executor, items, grain, [&](index_t begin, index_t end) {
     SsdChunkScratch s(L, 1, 0);  // the decays, and the mask (row-major) in lhs
     for (index_t item = begin; item < end; ++item) {
@@ -645,12 +662,24 @@ inline void ssd_chunk_records(const SsdInputsOf<float>& in, const SsdOptions& op
       std::fill(record + layout.decay_in() + l, record + layout.decay_in() + Lp, 0.f);
       record[layout.decay_end()] = std::exp(s.cs[static_cast<std::size_t>(l - 1)]);
       record[layout.growing()] = s.growing ? 1.f : 0.f;
+      // dt ∘ x and its decayed copy, whole rows read once, written block by block
+      const SsdConstTile x = ssd_tile(in.x, c.b, c.t0, l, h);
+      for (index_t block = 0; block < layout.blocks; ++block) {
+        const index_t p0 = block * layout.width, cols = std::min(layout.width, dims.P - p0);
+        bool finite = true;
+        for (index_t i = 0; i < l; ++i)
+          finite &= ssd_scale_row(s.dt[static_cast<std::size_t>(i)], s.decay_out[static_cast<std::size_t>(i)],
+                                  x.data() + i * x.outerStride() + p0, cols, record + layout.xd(block) + i * layout.width,
+                                  record + layout.xw(block) + i * layout.width);
+        record[layout.finite(block)] = finite ? 1.f : 0.f;
+      }
     }
   });
 }
 
-// The column blocks of the shared form as a kernel of the chunkwise engine: items numbered as
-// SsdChunkKernel's, (h * blocks + block) * count + rank; each chunk reads its record and C^T.
+// The column blocks as a kernel of the chunkwise engine: items numbered as SsdChunkKernel's,
+// (h * blocks + block) * count + rank. Each chunk reads its record and C^T and writes its rows of
+// the chunk's output tile Y^T [P, Lp] (tiles numbered as the records); the store pass does the rest.
 struct SsdBlockKernel {
   const SsdInputsOf<float>& in;
   const SsdOutputs& out;
@@ -659,14 +688,14 @@ struct SsdBlockKernel {
   const SsdCbTiles& cb;  // C B^T tiles with C^T (SsdCbTiles::transposed_c)
   const SsdRecordLayout& layout;
   const float* records;
+  float* outputs;  // [records][P][Lp]
   SsdColumnBlocks blocks;
 
   using Workspace = SsdBlockScratch;
   struct Head {
     index_t rank, h, g;  // rank: the sequence's position in plan.seqs
-    index_t p0, cols;    // the column block: state rows and output columns [p0, p0 + cols)
+    index_t block, p0, cols;  // the column block: state rows and output columns [p0, p0 + cols)
     SequenceSpan seq;
-    float D;
   };
 
   Workspace& workspace_in(std::optional<Workspace>& kept) const {
@@ -682,8 +711,7 @@ struct SsdBlockKernel {
     const index_t count = static_cast<index_t>(plan.seqs.size());
     const index_t rank = item % count, h = item / count / blocks.count, block = item / count % blocks.count;
     const index_t p0 = block * blocks.width, cols = std::min(blocks.width, dims.P - p0);
-    const Head head{rank, h, h / (dims.H / dims.G), p0, cols, plan.seqs[static_cast<std::size_t>(rank)],
-                    in.D.has_value() ? in.D(h) : 0.f};
+    const Head head{rank, h, h / (dims.H / dims.G), block, p0, cols, plan.seqs[static_cast<std::size_t>(rank)]};
     auto state = s.state.topRows(cols);  // [cols,N]
     if (head.seq.read_state)
       state = as_matrix(in.initial_state.select(0, head.seq.state_row).select(0, h)).middleRows(p0, cols);
@@ -692,35 +720,24 @@ struct SsdBlockKernel {
     return head;
   }
   index_t tokens(const Head& hd) const { return hd.seq.tokens; }
-  // The chunk from token c0 of the head's sequence: its index in plan.chunks.
-  index_t chunk_index(const Head& hd, index_t c0) const {
-    return plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / plan.L;
-  }
-  const float* record(const Head& hd, index_t c0) const {
-    return records + (hd.h * plan.chunk_count() + chunk_index(hd, c0)) * layout.floats;
-  }
-  const float* transposed_c(const Head& hd, index_t c0) const {
-    return cb.transposed_c(hd.g * plan.chunk_count() + chunk_index(hd, c0));
+  // The chunk from token c0 of the head's sequence, as numbered in the records.
+  index_t record_index(const Head& hd, index_t c0) const {
+    return hd.h * plan.chunk_count() + plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / plan.L;
   }
   bool growing(const Workspace& s) const { return s.record[layout.growing()] != 0.f; }
+  // The block's rows of the chunk's output tile.
+  float* output_rows(const Head& hd, index_t c0) const {
+    return outputs + (record_index(hd, c0) * dims.P + hd.p0) * layout.Lp;
+  }
 
-  // The chunk's record, and dt ∘ x, exp(cs_end - cs) ∘ dt ∘ x of the block's columns.
   void load_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t L = plan.L, b = hd.seq.batch_row, h = hd.h, p0 = hd.p0, cols = hd.cols;
-    const index_t t0 = hd.seq.token_begin + c0;
-    s.record = record(hd, c0);
-    if (c0 + L < hd.seq.tokens) {  // the next chunk's rows and operands arrive while this one computes
-      const index_t next = std::min(L, hd.seq.tokens - c0 - L);
-      ssd_prefetch_rows(in.x.ptr(b, t0 + L, h) + p0, in.x.stride(1), next, cols);
-      if (in.z.has_value()) ssd_prefetch_rows(in.z.ptr(b, t0 + L, h) + p0, in.z.stride(1), next, cols);
-      ssd_prefetch_rows(record(hd, c0 + L), 0, 1, layout.floats);
+    s.record = records + record_index(hd, c0) * layout.floats;
+    s.xd_finite = s.record[layout.finite(hd.block)] != 0.f;
+    if (c0 + l < hd.seq.tokens) {  // the next chunk's mask and scalars, and this block's xd and xw there
+      const float* next = s.record + layout.floats;
+      ssd_prefetch_rows(next, 0, 1, layout.xd(0));
+      ssd_prefetch_rows(next + layout.xd(hd.block), 0, 1, 2 * layout.area);
     }
-    const SsdConstTile x = ssd_tile(in.x, b, t0, l, h);
-    const float *dt = s.record + layout.dt(), *w = s.record + layout.decay_out();
-    s.xd_finite = true;
-    for (index_t i = 0; i < l; ++i)
-      s.xd_finite &= ssd_scale_row(dt[i], w[i], x.data() + i * x.outerStride() + p0, cols, s.xd.row(i).data(),
-                                   s.xw.row(i).data());
   }
   void state_to_output(const Head&, index_t, index_t, Workspace&) const {}
   // Y^T = (S C^T) diag(exp(cs)) + Xd^T (CB ∘ Lmask)^T, tokens along the panels. A NaN or inf in
@@ -728,42 +745,46 @@ struct SsdBlockKernel {
   void intra(const Head& hd, index_t c0, index_t l, Workspace& s) const {
     if (growing(s)) return recurrent_chunk(hd, c0, l, s);
     constexpr std::size_t R = ssd_tile_rows<2>();
-    const index_t N = dims.N, P = dims.P, Lp = layout.Lp, cols = hd.cols;
-    small_product<R, 2>(StridedOperand{s.state.data(), N, 1}, cols, N, transposed_c(hd, c0), Lp, Lp, s.yt.data(), Lp,
-                        Accumulate{false});
+    const index_t N = dims.N, Lp = layout.Lp, W = layout.width, cols = hd.cols;
+    const index_t chunk = plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / plan.L;
+    float* yt = output_rows(hd, c0);
+    small_product<R, 2>(StridedOperand{s.state.data(), N, 1}, cols, N, cb.transposed_c(hd.g * plan.chunk_count() + chunk),
+                        Lp, Lp, yt, Lp, Accumulate{false});
     const float* decay_in = s.record + layout.decay_in();
     for (index_t p = 0; p < cols; ++p)
-      for (index_t i = 0; i < Lp; i += simd::kWidth) {
-        float* row = s.yt.data() + p * Lp + i;
-        simd::store(row, simd::load(row) * simd::load(decay_in + i));
-      }
-    const float* xd = s.xd.data();
+      for (index_t i = 0; i < Lp; i += simd::kWidth) simd::store(yt + p * Lp + i, simd::load(yt + p * Lp + i) * simd::load(decay_in + i));
+    const float* xd_raw = s.record + layout.xd(hd.block);
+    const float* xd = xd_raw;
     if (!s.xd_finite) {
-      if (s.xd_zeroed.rows() != s.xd.rows() || s.xd_zeroed.cols() != P) s.xd_zeroed.resize(s.xd.rows(), P);
-      s.xd_zeroed.topLeftCorner(l, cols) =
-          s.xd.topLeftCorner(l, cols).array().isFinite().select(s.xd.topLeftCorner(l, cols), 0.f);
+      const SsdConstTile raw(xd_raw, l, cols, Eigen::OuterStride<>(W));
+      s.xd_zeroed.topLeftCorner(l, cols) = raw.array().isFinite().select(raw, 0.f);
       xd = s.xd_zeroed.data();
     }
+    const index_t ld = s.xd_finite ? W : s.xd_zeroed.cols();
     const float* mask_t = s.record;
-    small_product<R, 2>(StridedOperand{xd, 1, P}, cols, l, mask_t, Lp, Lp, s.yt.data(), Lp, Accumulate{true});
+    small_product<R, 2>(StridedOperand{xd, 1, ld}, cols, l, mask_t, Lp, Lp, yt, Lp, Accumulate{true});
     if (!s.xd_finite) {
       for (index_t j = 0; j < l; ++j)
-        for (index_t p = 0; p < cols; ++p)
-          if (!std::isfinite(s.xd(j, p)))
-            for (index_t i = j; i < l; ++i) s.yt(p, i) += mask_t[j * Lp + i] * s.xd(j, p);
+        for (index_t p = 0; p < cols; ++p) {
+          const float v = xd_raw[j * W + p];
+          if (!std::isfinite(v))
+            for (index_t i = j; i < l; ++i) yt[p * Lp + i] += mask_t[j * Lp + i] * v;
+        }
     }
   }
   // A growing chunk token by token (see SsdChunkKernel::recurrent_chunk), on the block's rows.
   void recurrent_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t t0 = hd.seq.token_begin + c0, cols = hd.cols;
+    const index_t t0 = hd.seq.token_begin + c0, cols = hd.cols, W = layout.width, Lp = layout.Lp;
     const SsdConstTile Bm = ssd_tile(in.Bm, hd.seq.batch_row, t0, l, hd.g);
     const SsdConstTile Cm = ssd_tile(in.Cm, hd.seq.batch_row, t0, l, hd.g);
+    const SsdConstTile xd(s.record + layout.xd(hd.block), l, cols, Eigen::OuterStride<>(W));
     const float* a = s.record + layout.log_decay();
+    Eigen::Map<SsdMatrix, Eigen::Unaligned, Eigen::OuterStride<>> yt(output_rows(hd, c0), cols, l, Eigen::OuterStride<>(Lp));
     auto state = s.state.topRows(cols);  // [cols,N]
     for (index_t i = 0; i < l; ++i) {
       state *= std::exp(a[i]);
-      state.noalias() += s.xd.row(i).head(cols).transpose() * Bm.row(i);
-      s.y.row(i).head(cols).noalias() = Cm.row(i) * state.transpose();
+      state.noalias() += xd.row(i).transpose() * Bm.row(i);
+      yt.col(i).noalias() = state * Cm.row(i).transpose();
     }
   }
   // S = exp(cs_end) S + (exp(cs_end - cs) ∘ Xd)^T B, B read in place, panels along N.
@@ -771,21 +792,10 @@ struct SsdBlockKernel {
     if (growing(s)) return;  // recurrent_chunk advanced it
     constexpr std::size_t R = ssd_tile_rows<4>();
     const SsdConstTile Bm = ssd_tile(in.Bm, hd.seq.batch_row, hd.seq.token_begin + c0, l, hd.g);
-    small_product<R, 4>(StridedOperand{s.xw.data(), 1, dims.P}, hd.cols, l, Bm.data(), Bm.outerStride(), dims.N,
-                        s.state.data(), dims.N, Accumulate{true, s.record[layout.decay_end()]});
+    small_product<R, 4>(StridedOperand{s.record + layout.xw(hd.block), 1, layout.width}, hd.cols, l, Bm.data(),
+                        Bm.outerStride(), dims.N, s.state.data(), dims.N, Accumulate{true, s.record[layout.decay_end()]});
   }
-  // Y^T back to token rows, then D skip and z gate and out to y, as SsdChunkKernel.
-  void store_outputs(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t P = dims.P, b = hd.seq.batch_row, h = hd.h, t0 = hd.seq.token_begin + c0, p0 = hd.p0;
-    if (!growing(s)) s.y.topLeftCorner(l, hd.cols) = s.yt.topLeftCorner(hd.cols, l).transpose();
-    const SsdConstTile x = ssd_tile(in.x, b, t0, l, h);
-    for (index_t i = 0; i < l; ++i) {
-      const float* zrow = in.z.has_value() ? in.z.ptr(b, t0 + i, h) + p0 : nullptr;
-      float* yrow = s.y.data() + i * P;
-      ssd_finish(yrow, x.data() + i * x.outerStride() + p0, hd.D, zrow, hd.cols);
-      ssd_scatter(yrow, hd.cols, out.y.ptr(b, t0 + i, h) + p0 * out.y.stride(3), out.y.stride(3));
-    }
-  }
+  void store_outputs(const Head&, index_t, index_t, Workspace&) const {}  // ssd_store_chunks
   void end_head(const Head& hd, Workspace& s) const {
     if (out.final_state.has_value())
       as_matrix(out.final_state.select(0, hd.seq.state_row).select(0, hd.h)).middleRows(hd.p0, hd.cols) =
@@ -793,34 +803,66 @@ struct SsdBlockKernel {
   }
 };
 
-// Whether a call's column blocks take the shared records: fp32 x / Bm / Cm, and records within
-// kSsdRecordMaxBytes.
+// The store pass: every (head, chunk)'s output tile Y^T [P, Lp] back to token rows, D skip and
+// z gate, out to y (whole rows, as the whole-head kernel stores them).
+inline void ssd_store_chunks(const SsdInputsOf<float>& in, const SsdOutputs& out, const SsdDims& dims,
+                             const SsdChunkPlan& plan, const SsdRecordLayout& layout, const float* outputs,
+                             const Executor& executor) {
+  const index_t L = plan.L, P = dims.P, chunks = plan.chunk_count(), items = dims.H * chunks;
+  parallel_for(executor, items, ssd_chunk_pass_grain(items, 3 * L * P, executor.concurrency()), [&](index_t begin, index_t end) {
+    SsdMatrix y(L, P);
+    for (index_t item = begin; item < end; ++item) {
+      const index_t h = item / chunks;
+      const SsdChunkPlan::Chunk& c = plan.chunks[static_cast<std::size_t>(item % chunks)];
+      const float D = in.D.has_value() ? in.D(h) : 0.f;
+      y.topRows(c.l) = SsdConstTile(outputs + item * P * layout.Lp, P, c.l, Eigen::OuterStride<>(layout.Lp)).transpose();
+      const SsdConstTile x = ssd_tile(in.x, c.b, c.t0, c.l, h);
+      for (index_t i = 0; i < c.l; ++i) {
+        const float* zrow = in.z.has_value() ? in.z.ptr(c.b, c.t0 + i, h) : nullptr;
+        float* yrow = y.row(i).data();
+        ssd_finish(yrow, x.data() + i * x.outerStride(), D, zrow, P);
+        ssd_scatter(yrow, P, out.y.ptr(c.b, c.t0 + i, h), out.y.stride(3));
+      }
+    }
+  });
+}
+
+// Whether a call's column blocks would take the shared records: fp32 x / Bm / Cm, and records
+// and output tiles within kSsdRecordMaxBytes (sized for the narrowest blocks, 16 columns).
 template <class E>
 bool ssd_shares_records(const SsdDims& dims, const SsdChunkPlan& plan) {
   if (!std::is_same_v<E, float>) return false;
-  const SsdRecordLayout layout(plan.L);
-  return static_cast<std::size_t>(dims.H * plan.chunk_count() * layout.floats) * sizeof(float) <= kSsdRecordMaxBytes;
+  const index_t narrow = std::min<index_t>(dims.P, simd::kWidth);
+  const SsdRecordLayout layout(plan.L, SsdColumnBlocks{(dims.P + narrow - 1) / narrow, narrow});
+  const index_t floats = dims.H * plan.chunk_count() * (layout.floats + dims.P * layout.Lp);
+  return static_cast<std::size_t>(floats) * sizeof(float) <= kSsdRecordMaxBytes;
 }
 
-// The shared form's two runs after the C B^T tiles (with C^T): the records, then the blocks.
+// The shared form's three runs after the C B^T tiles (with C^T): records, blocks, store.
 inline void ssd_shared_blocks(const SsdInputsOf<float>& in, const SsdOutputs& out, const SsdOptions& options,
                               const SsdDims& dims, const SsdChunkPlan& plan, const SsdCbTiles& cb,
                               SsdColumnBlocks blocks, const Executor& executor) {
-  const SsdRecordLayout layout(plan.L);
-  const auto floats = static_cast<std::size_t>(dims.H * plan.chunk_count() * layout.floats);
-  SsdRecordStorage storage = SsdRecordKeep::take();
-  if (storage.floats < floats) {
-    storage = SsdRecordStorage{};  // the old records are freed before the larger ones are allocated
-    storage = SsdRecordStorage{std::unique_ptr<float[]>(new float[floats]), floats};
-  }
-  ssd_chunk_records(in, options, dims, plan, cb, layout, storage.data.get(), executor);
+  const SsdRecordLayout layout(plan.L, blocks);
+  const auto grown = [](SsdRecordStorage& kept, std::size_t floats) {
+    if (kept.floats < floats) {
+      kept = SsdRecordStorage{};  // the old memory is freed before the larger one is allocated
+      kept = SsdRecordStorage{std::unique_ptr<float[]>(new float[floats]), floats};
+    }
+  };
+  SsdRecordStorage records = SsdRecordKeep::take();
+  SsdOutputStorage outputs = SsdOutputKeep::take();
+  grown(records, static_cast<std::size_t>(dims.H * plan.chunk_count() * layout.floats));
+  grown(outputs, static_cast<std::size_t>(dims.H * plan.chunk_count() * dims.P * layout.Lp));
+  ssd_chunk_records(in, options, dims, plan, cb, layout, records.data.get(), executor);
   const index_t count = static_cast<index_t>(plan.seqs.size());
-  const SsdBlockKernel kernel{in, out, dims, plan, cb, layout, storage.data.get(), blocks};
+  const SsdBlockKernel kernel{in, out, dims, plan, cb, layout, records.data.get(), outputs.data.get(), blocks};
   const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
   seqmix::chunkwise::run_kept<SsdTaskKeep>(
       kernel, count * dims.H * blocks.count, ssd_grain(mean_tokens * blocks.width * dims.N), plan.L, executor,
       [&](SsdTaskScratch& scratch) -> SsdBlockScratch& { return kernel.workspace_in(scratch.block); });
-  SsdRecordKeep::give_back(std::move(storage));
+  ssd_store_chunks(in, out, dims, plan, layout, outputs.data.get(), executor);
+  SsdRecordKeep::give_back(std::move(records));
+  SsdOutputKeep::give_back(std::move(outputs));
 }
 
 // The chunked prefill. Workspace: G*chunks*(L*L + a vector) floats for the shared C B^T tiles
@@ -938,6 +980,7 @@ void ssd(const SsdInputsOf<H>& in, const SsdOutputs& out, const SsdOptions& opti
 inline void ssd_release_thread_scratch() {
   detail::SsdCbKeep::release();
   detail::SsdRecordKeep::release();
+  detail::SsdOutputKeep::release();
   detail::SsdTaskKeep::release();
 }
 
