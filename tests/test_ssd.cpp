@@ -286,7 +286,6 @@ TEST_CASE("ssd chunked: the kept per-thread memory survives shape changes and is
       seqmix::ssd_release_thread_scratch();
       CHECK(SsdCbKeep::slot().bytes() == 0);
       CHECK(SsdTaskKeep::slot().bytes() == 0);
-      CHECK(seqmix::detail::SsdRecordKeep::slot().bytes() == 0);  // the column blocks' records
     }
   }).join();
 }

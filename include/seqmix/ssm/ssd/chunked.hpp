@@ -11,7 +11,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -118,32 +117,10 @@ struct SsdChunkScratch {
 // The chunked form's memory, kept by each thread across calls (core/thread_keep.hpp): allocated
 // per call, it faulted fresh pages in on every call wherever glibc handed it back (with
 // MALLOC_MMAP_THRESHOLD_=131072, mamba2-780m T 4096: 131 faults per call, the C B^T tiles).
-// Per-task scratch of a column block on shared records (SsdBlockKernel): the block's state rows
-// (sized for all P; a block uses the first `cols`) and, for a chunk whose dt ∘ x holds a NaN or
-// inf, that chunk's xd with those values as 0.
-struct SsdBlockScratch {
-  SsdMatrix state;      // [P,N] the block's rows of the head's state, not transposed
-  SsdMatrix xd_zeroed;  // [L,P]
-  const float* record = nullptr;  // the current chunk's shared record (SsdRecordLayout)
-  bool xd_finite = true;
-
-  SsdBlockScratch(index_t L, index_t P, index_t N) : state(P, N), xd_zeroed(L, P) {}
-  bool fits(index_t L, index_t P, index_t N) const {
-    return state.rows() == P && state.cols() == N && xd_zeroed.rows() == L;
-  }
-  void reset() {
-    record = nullptr;
-    xd_finite = true;
-  }
-  std::size_t bytes() const { return static_cast<std::size_t>(state.size() + xd_zeroed.size()) * sizeof(float); }
-};
-
-// A parallel block's chunk scratch, reused for the same dimensions (SsdChunkScratch::fits,
-// SsdBlockScratch::fits): the whole-head kernel's, or the shared-record blocks':
+// A parallel block's chunk scratch, reused for the same dimensions (SsdChunkScratch::fits):
 struct SsdTaskScratch {
   std::optional<SsdChunkScratch> chunk;
-  std::optional<SsdBlockScratch> block;
-  std::size_t bytes() const { return (chunk ? chunk->bytes() : 0) + (block ? block->bytes() : 0); }
+  std::size_t bytes() const { return chunk ? chunk->bytes() : 0; }
 };
 using SsdTaskKeep = ThreadKept<SsdTaskScratch>;
 // The calling thread's C B^T tiles (SsdCbTiles), reused while large enough:
@@ -153,17 +130,6 @@ struct SsdCbStorage {
   std::size_t bytes() const { return floats * sizeof(float); }
 };
 using SsdCbKeep = ThreadKept<SsdCbStorage>;
-// The calling thread's shared chunk records of a column-block split (ssd_chunk_records), reused
-// while large enough:
-struct SsdRecordStorage {
-  std::unique_ptr<float[]> data;  // not zeroed: the record pass writes every float a block reads
-  std::size_t floats = 0;
-  std::size_t bytes() const { return floats * sizeof(float); }
-};
-using SsdRecordKeep = ThreadKept<SsdRecordStorage>;
-// ... and their output tiles (ssd_store_chunks); a type of its own, so a thread keeps one of each:
-struct SsdOutputStorage : SsdRecordStorage {};
-using SsdOutputKeep = ThreadKept<SsdOutputStorage>;
 
 // mask[i][j] = cb[i][j] * exp(cs_i - cs_j) for j <= i, 0 above the diagonal. cs comes as a
 // float pair hi + lo (hi = cs rounded, lo = the rounding error of a double-precision prefix sum)
@@ -320,17 +286,13 @@ struct SsdChunkPlan {
 // The shared C B^T tiles: one per (group, chunk), each [l,l] packed at the start of a slot of
 // L*L floats and a vector. ssd_decay_mask reads a row up to the next whole vector, so past the
 // tile's last row by less than a vector: the slot's padding, zeroed by the tile's writer.
-// For the column blocks on shared records (SsdBlockKernel) the slot also holds C^T [N,Lp]
-// (Lp: L in whole vectors, zero past the chunk's l tokens), what their output product reads.
 // The memory comes from `storage` (the thread's kept one), grown when too small.
 struct SsdCbTiles {
-  index_t L = 1, Lp = 1, ct_rows = 0, slot = 1;
+  index_t L = 1, slot = 1;
   SsdCbStorage storage;
 
-  // ct_rows: N to hold C^T as well, else 0.
-  SsdCbTiles(index_t tiles, index_t chunk, SsdCbStorage kept, index_t ct_rows_ = 0)
-      : L(chunk), Lp(ssd_vector_ceil(chunk)), ct_rows(ct_rows_), slot(chunk * chunk + simd::kWidth + ct_rows_ * Lp),
-        storage(std::move(kept)) {
+  SsdCbTiles(index_t tiles, index_t chunk, SsdCbStorage kept)
+      : L(chunk), slot(chunk * chunk + simd::kWidth), storage(std::move(kept)) {
     const auto floats = static_cast<std::size_t>(tiles * slot);
     if (storage.floats < floats) {
       storage = SsdCbStorage{};  // the old tiles are freed before the larger ones are allocated
@@ -338,7 +300,6 @@ struct SsdCbTiles {
     }
   }
   float* tile(index_t t) const noexcept { return storage.data.get() + t * slot; }
-  float* transposed_c(index_t t) const noexcept { return tile(t) + L * L + simd::kWidth; }  // [ct_rows, Lp]
 };
 
 // Row blocks per C B^T tile: one, unless the tiles are fewer than the threads (16 chunks at T 512
@@ -375,13 +336,7 @@ void ssd_chunk_cb(const ConstView<E, 4>& Bm, const ConstView<E, 4>& Cm, const Ss
         ssd_widen_tile(Cm, c.b, c.t0 + r0, rows, g, cw);
         out.noalias() = ssd_widened(cw, rows) * ssd_widened(bw, c.l).transpose();
       } else {
-        const SsdConstTile c_rows = ssd_tile(Cm, c.b, c.t0 + r0, rows, g);
-        out.noalias() = c_rows * ssd_tile(Bm, c.b, c.t0, c.l, g).transpose();
-        if (cb.ct_rows > 0) {  // this block's tokens' columns of C^T
-          Eigen::Map<SsdMatrix> ct(cb.transposed_c(t), cb.ct_rows, cb.Lp);
-          ct.middleCols(r0, rows) = c_rows.transpose();
-          if (block + 1 == blocks) ct.rightCols(cb.Lp - c.l).setZero();
-        }
+        out.noalias() = ssd_tile(Cm, c.b, c.t0 + r0, rows, g) * ssd_tile(Bm, c.b, c.t0, c.l, g).transpose();
       }
       if (block + 1 == blocks) std::fill(tile + c.l * c.l, tile + c.l * c.l + simd::kWidth, 0.f);
     }
@@ -390,34 +345,24 @@ void ssd_chunk_cb(const ConstView<E, 4>& Bm, const ConstView<E, 4>& Cm, const Ss
 
 // The state's P rows evolve independently, and so do the output columns p: a head can split
 // into column blocks of whole vectors when the (sequence, head) items alone leave threads idle.
-// How much a split costs depends on how its blocks get the chunk's P-independent operands:
-//  - repeated (SsdChunkKernel): each block recomputes the chunk's decays and decay-masked C B^T
-//    and runs the products on register panels as wide as its columns (one vector for 16). On
-//    one core (AMD EPYC Zen 5, mamba2-780m T 512, thread CPU time): 2 blocks of 32 cost 1.14x
-//    the whole head, 4 blocks of 16 1.68x (ssd-h128-p80, blocks of 48 + 32: 1.18x).
-//  - shared (SsdBlockKernel, fp32 x / Bm / Cm): a first pass writes those operands once per
-//    (head, chunk) (ssd_chunk_records) and the blocks run transposed products whose panels
-//    run along the tokens and N, whatever the block's width: SSD_SHARED_COST_NOTE
-// The count is the one that minimizes waves x per-block cost with those factors.
-enum class SsdBlockOperands { repeated, shared };
-
+// A block is not free: each repeats the chunk's decays and decay-masked C B^T, and a one-vector
+// block runs the products on one-vector register panels (a load per FMA). Measured on one core
+// (AMD EPYC Zen 5, mamba2-780m T 512, thread CPU time): 2 blocks of 32 cost 1.14x the whole
+// head, 4 blocks of 16 1.68x (ssd-h128-p80, blocks of 48 + 32: 1.18x). So the count is the one
+// that minimizes waves x per-block cost, with those factors: 48 heads on 64 threads stay whole
+// (4 blocks would fill 3 waves exactly but take about 1.27x as long), 16 heads take 4 blocks,
+// 1 head on 2 threads takes 2, the model shapes on 2 threads stay whole.
 struct SsdColumnBlocks {
   index_t count = 1, width = 1;  // blocks per head, columns per block (the last may be narrower)
 };
 
-// The work of `count` blocks of `width` columns over the whole head's (the factors above).
-inline double ssd_column_blocks_cost(SsdBlockOperands operands, index_t count, index_t width) {
-  if (count == 1) return 1.0;
-  if (operands == SsdBlockOperands::shared) return width >= 32 ? 1.05 : 1.15;
-  // by width in columns: the repeated work is per block, whatever the vector width
-  return width >= 32 ? 1.15 : 1.7;
-}
-
-inline SsdColumnBlocks ssd_column_blocks(index_t items, index_t P, int threads,
-                                         SsdBlockOperands operands = SsdBlockOperands::repeated) {
+inline SsdColumnBlocks ssd_column_blocks(index_t items, index_t P, int threads) {
   const index_t T = std::max(1, threads), vectors = std::max<index_t>(1, (P + simd::kWidth - 1) / simd::kWidth);
   const auto time = [&](const SsdColumnBlocks& b) {
-    return double((items * b.count + T - 1) / T) * ssd_column_blocks_cost(operands, b.count, b.width) / double(b.count);
+    // The factors above, by block width in columns (the repeated work is per block, whatever the
+    // vector width; a narrower vector only makes the panels less of a loss).
+    const double cost = b.count == 1 ? 1.0 : b.width >= 32 ? 1.15 : 1.7;
+    return double((items * b.count + T - 1) / T) * cost / double(b.count);
   };
   SsdColumnBlocks best{1, P};
   for (index_t count = 2; count <= vectors; ++count) {
@@ -584,287 +529,6 @@ struct SsdChunkKernel {
   }
 };
 
-// ---- Column blocks on shared chunk records ----------------------------------------------------
-//
-// Split into column blocks of P, a head's chunks have work that every block needs (the decays
-// and the decay-masked C B^T) and work on the head's x, z and y rows, which a narrow block would
-// read and write one cache line per token row, rows H*P floats apart: a page (and a TLB walk) per
-// line, where the whole head uses each page for P/16 lines. Measured on one core, such blocks of
-// 16 spent 1.4x the whole head's time, their products costing the same. So the split runs three
-// passes after the C B^T tiles (which then hold C^T as well, shared by the heads of a group):
-//   records (ssd_chunk_records), per (head, chunk): the decays, the mask, and dt ∘ x and
-//     exp(cs_end - cs) ∘ dt ∘ x of the chunk's whole rows, stored block by block;
-//   blocks (SsdBlockKernel), per (sequence, head, block): only the products, transposed so that a
-//     narrow block keeps wide register panels (along the tokens and along N, the block's columns
-//     being the panel rows), writing Y^T into the chunk's output tile:
-//       Y^T    [cols,L] = (S [cols,N] · C^T [N,L]) diag(exp(cs))  +  Xd^T [cols,L] · (CB ∘ Lmask)^T [L,L]
-//       S_next [cols,N] = exp(cs_end) S  +  (exp(cs_end - cs) ∘ Xd)^T [cols,L] · B [L,N]
-//     with S the block's rows of the head's [P,N] state, not transposed;
-//   store (ssd_store_chunks), per (head, chunk): Y^T back to token rows, D skip, z gate, out to y.
-
-// One record: the mask [Lp, Lp] (row j, column i: token j's weight in token i's output,
-// CB[i][j] exp(cs_i - cs_j) for j <= i; zero elsewhere and past the chunk's l tokens), then dt,
-// exp(cs_end - cs), a = dt * A and exp(cs) ([Lp] each; exp(cs) zero past l, the others written
-// for the first l), exp(cs_end), 1 if the chunk grows (some a > 0), then per block its
-// finiteness (1 if its dt ∘ x has no NaN / inf) and its xd and xw [L, width] (token rows of the
-// block's columns). Records are numbered h * chunks + chunk (SsdChunkPlan::chunks), each a whole
-// number of 64-byte lines long; so are the blocks' areas.
-struct SsdRecordLayout {
-  index_t Lp = 0, L = 0, blocks = 1, width = 1, area = 0, floats = 0;
-  SsdRecordLayout(index_t L_, SsdColumnBlocks b)
-      : Lp(ssd_vector_ceil(L_)), L(L_), blocks(b.count), width(b.width), area((L_ * b.width + 15) / 16 * 16) {
-    floats = xd(0) + 2 * blocks * area;
-  }
-  index_t dt() const noexcept { return Lp * Lp; }
-  index_t decay_out() const noexcept { return dt() + Lp; }
-  index_t log_decay() const noexcept { return dt() + 2 * Lp; }
-  index_t decay_in() const noexcept { return dt() + 3 * Lp; }
-  index_t decay_end() const noexcept { return dt() + 4 * Lp; }
-  index_t growing() const noexcept { return decay_end() + 1; }
-  index_t finite(index_t block) const noexcept { return decay_end() + 2 + block; }
-  index_t xd(index_t block) const noexcept { return (finite(blocks) + 15) / 16 * 16 + 2 * block * area; }
-  index_t xw(index_t block) const noexcept { return xd(block) + area; }
-};
-
-// At most this much memory for the records and output tiles of one call (21 KB a head and chunk
-// at L 32, P 64: mamba2-780m T 512 B 1 16 MB, and 8 KB of output tile); a larger call's blocks
-// repeat the operands instead.
-constexpr std::size_t kSsdRecordMaxBytes = std::size_t{256} << 20;
-
-// Items of a (head, chunk) pass: about one task per thread, unless the whole pass is small.
-inline index_t ssd_chunk_pass_grain(index_t items, index_t work_per_item, int threads) {
-  if (items * work_per_item < kSsdMinParallelStateWork) return items;
-  return (items + threads - 1) / threads;
-}
-
-// The record of every (head, chunk).
-inline void ssd_chunk_records(const SsdInputsOf<float>& in, const SsdOptions& options, const SsdDims& dims,
-                              const SsdChunkPlan& plan, const SsdCbTiles& cb, const SsdRecordLayout& layout,
-                              float* records, const Executor& executor) {
-  const index_t L = plan.L, Lp = layout.Lp, chunks = plan.chunk_count(), items = dims.H * chunks;
-  const index_t grain = ssd_chunk_pass_grain(items, L * (L + 2 * dims.P), executor.concurrency());
-  parallel_for(executor, items, grain, [&](index_t begin, index_t end) {
-    SsdChunkScratch s(L, 1, 0);  // the decays, and the mask (row-major) in lhs
-    for (index_t item = begin; item < end; ++item) {
-      const index_t h = item / chunks, k = item % chunks, g = h / (dims.H / dims.G);
-      const SsdChunkPlan::Chunk& c = plan.chunks[static_cast<std::size_t>(k)];
-      const index_t l = c.l;
-      float* record = records + item * layout.floats;
-      ssd_chunk_decays(in, options.dt_softplus, c.b, c.t0, l, h, s);
-      ssd_decay_mask(cb.tile(g * chunks + k), l, s.cs.data(), s.cs_lo.data(), l, s.lhs.data(), s.lhs.cols());
-      Eigen::Map<SsdMatrix> mask_t(record, Lp, Lp);
-      mask_t.setZero();
-      mask_t.topLeftCorner(l, l) = SsdConstTile(s.lhs.data(), l, l, Eigen::OuterStride<>(s.lhs.cols())).transpose();
-      std::copy_n(s.dt.data(), l, record + layout.dt());
-      std::copy_n(s.decay_out.data(), l, record + layout.decay_out());
-      std::copy_n(s.a.data(), l, record + layout.log_decay());
-      std::copy_n(s.decay_in.data(), l, record + layout.decay_in());
-      std::fill(record + layout.decay_in() + l, record + layout.decay_in() + Lp, 0.f);
-      record[layout.decay_end()] = std::exp(s.cs[static_cast<std::size_t>(l - 1)]);
-      record[layout.growing()] = s.growing ? 1.f : 0.f;
-      // dt ∘ x and its decayed copy, whole rows read once, written block by block
-      const SsdConstTile x = ssd_tile(in.x, c.b, c.t0, l, h);
-      for (index_t block = 0; block < layout.blocks; ++block) {
-        const index_t p0 = block * layout.width, cols = std::min(layout.width, dims.P - p0);
-        bool finite = true;
-        for (index_t i = 0; i < l; ++i)
-          finite &= ssd_scale_row(s.dt[static_cast<std::size_t>(i)], s.decay_out[static_cast<std::size_t>(i)],
-                                  x.data() + i * x.outerStride() + p0, cols, record + layout.xd(block) + i * layout.width,
-                                  record + layout.xw(block) + i * layout.width);
-        record[layout.finite(block)] = finite ? 1.f : 0.f;
-      }
-    }
-  });
-}
-
-// The column blocks as a kernel of the chunkwise engine: items numbered as SsdChunkKernel's,
-// (h * blocks + block) * count + rank. Each chunk reads its record and C^T and writes its rows of
-// the chunk's output tile Y^T [P, Lp] (tiles numbered as the records); the store pass does the rest.
-struct SsdBlockKernel {
-  const SsdInputsOf<float>& in;
-  const SsdOutputs& out;
-  const SsdDims& dims;
-  const SsdChunkPlan& plan;
-  const SsdCbTiles& cb;  // C B^T tiles with C^T (SsdCbTiles::transposed_c)
-  const SsdRecordLayout& layout;
-  const float* records;
-  float* outputs;  // [records][P][Lp]
-  SsdColumnBlocks blocks;
-
-  using Workspace = SsdBlockScratch;
-  struct Head {
-    index_t rank, h, g;  // rank: the sequence's position in plan.seqs
-    index_t block, p0, cols;  // the column block: state rows and output columns [p0, p0 + cols)
-    SequenceSpan seq;
-  };
-
-  Workspace& workspace_in(std::optional<Workspace>& kept) const {
-    if (kept && kept->fits(plan.L, dims.P, dims.N))
-      kept->reset();
-    else
-      kept.emplace(plan.L, dims.P, dims.N);
-    return *kept;
-  }
-  Workspace make_workspace() const { return Workspace(plan.L, dims.P, dims.N); }
-
-  Head begin_head(index_t item, Workspace& s) const {
-    const index_t count = static_cast<index_t>(plan.seqs.size());
-    const index_t rank = item % count, h = item / count / blocks.count, block = item / count % blocks.count;
-    const index_t p0 = block * blocks.width, cols = std::min(blocks.width, dims.P - p0);
-    const Head head{rank, h, h / (dims.H / dims.G), block, p0, cols, plan.seqs[static_cast<std::size_t>(rank)]};
-    auto state = s.state.topRows(cols);  // [cols,N]
-    if (head.seq.read_state)
-      state = as_matrix(in.initial_state.select(0, head.seq.state_row).select(0, h)).middleRows(p0, cols);
-    else
-      state.setZero();
-    return head;
-  }
-  index_t tokens(const Head& hd) const { return hd.seq.tokens; }
-  // The chunk from token c0 of the head's sequence, as numbered in the records.
-  index_t record_index(const Head& hd, index_t c0) const {
-    return hd.h * plan.chunk_count() + plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / plan.L;
-  }
-  bool growing(const Workspace& s) const { return s.record[layout.growing()] != 0.f; }
-  // The block's rows of the chunk's output tile.
-  float* output_rows(const Head& hd, index_t c0) const {
-    return outputs + (record_index(hd, c0) * dims.P + hd.p0) * layout.Lp;
-  }
-
-  void load_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    s.record = records + record_index(hd, c0) * layout.floats;
-    s.xd_finite = s.record[layout.finite(hd.block)] != 0.f;
-    if (c0 + l < hd.seq.tokens) {  // the next chunk's mask and scalars, and this block's xd and xw there
-      const float* next = s.record + layout.floats;
-      ssd_prefetch_rows(next, 0, 1, layout.xd(0));
-      ssd_prefetch_rows(next + layout.xd(hd.block), 0, 1, 2 * layout.area);
-    }
-  }
-  void state_to_output(const Head&, index_t, index_t, Workspace&) const {}
-  // Y^T = (S C^T) diag(exp(cs)) + Xd^T (CB ∘ Lmask)^T, tokens along the panels. A NaN or inf in
-  // dt ∘ x takes part as 0 and is added to the tokens that see it afterwards (as SsdChunkKernel).
-  void intra(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    if (growing(s)) return recurrent_chunk(hd, c0, l, s);
-    constexpr std::size_t R = ssd_tile_rows<2>();
-    const index_t N = dims.N, Lp = layout.Lp, W = layout.width, cols = hd.cols;
-    const index_t chunk = plan.first_chunk[static_cast<std::size_t>(hd.rank)] + c0 / plan.L;
-    float* yt = output_rows(hd, c0);
-    small_product<R, 2>(StridedOperand{s.state.data(), N, 1}, cols, N, cb.transposed_c(hd.g * plan.chunk_count() + chunk),
-                        Lp, Lp, yt, Lp, Accumulate{false});
-    const float* decay_in = s.record + layout.decay_in();
-    for (index_t p = 0; p < cols; ++p)
-      for (index_t i = 0; i < Lp; i += simd::kWidth) simd::store(yt + p * Lp + i, simd::load(yt + p * Lp + i) * simd::load(decay_in + i));
-    const float* xd_raw = s.record + layout.xd(hd.block);
-    const float* xd = xd_raw;
-    if (!s.xd_finite) {
-      const SsdConstTile raw(xd_raw, l, cols, Eigen::OuterStride<>(W));
-      s.xd_zeroed.topLeftCorner(l, cols) = raw.array().isFinite().select(raw, 0.f);
-      xd = s.xd_zeroed.data();
-    }
-    const index_t ld = s.xd_finite ? W : s.xd_zeroed.cols();
-    const float* mask_t = s.record;
-    small_product<R, 2>(StridedOperand{xd, 1, ld}, cols, l, mask_t, Lp, Lp, yt, Lp, Accumulate{true});
-    if (!s.xd_finite) {
-      for (index_t j = 0; j < l; ++j)
-        for (index_t p = 0; p < cols; ++p) {
-          const float v = xd_raw[j * W + p];
-          if (!std::isfinite(v))
-            for (index_t i = j; i < l; ++i) yt[p * Lp + i] += mask_t[j * Lp + i] * v;
-        }
-    }
-  }
-  // A growing chunk token by token (see SsdChunkKernel::recurrent_chunk), on the block's rows.
-  void recurrent_chunk(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    const index_t t0 = hd.seq.token_begin + c0, cols = hd.cols, W = layout.width, Lp = layout.Lp;
-    const SsdConstTile Bm = ssd_tile(in.Bm, hd.seq.batch_row, t0, l, hd.g);
-    const SsdConstTile Cm = ssd_tile(in.Cm, hd.seq.batch_row, t0, l, hd.g);
-    const SsdConstTile xd(s.record + layout.xd(hd.block), l, cols, Eigen::OuterStride<>(W));
-    const float* a = s.record + layout.log_decay();
-    Eigen::Map<SsdMatrix, Eigen::Unaligned, Eigen::OuterStride<>> yt(output_rows(hd, c0), cols, l, Eigen::OuterStride<>(Lp));
-    auto state = s.state.topRows(cols);  // [cols,N]
-    for (index_t i = 0; i < l; ++i) {
-      state *= std::exp(a[i]);
-      state.noalias() += xd.row(i).transpose() * Bm.row(i);
-      yt.col(i).noalias() = state * Cm.row(i).transpose();
-    }
-  }
-  // S = exp(cs_end) S + (exp(cs_end - cs) ∘ Xd)^T B, B read in place, panels along N.
-  void update_state(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    if (growing(s)) return;  // recurrent_chunk advanced it
-    constexpr std::size_t R = ssd_tile_rows<4>();
-    const SsdConstTile Bm = ssd_tile(in.Bm, hd.seq.batch_row, hd.seq.token_begin + c0, l, hd.g);
-    small_product<R, 4>(StridedOperand{s.record + layout.xw(hd.block), 1, layout.width}, hd.cols, l, Bm.data(),
-                        Bm.outerStride(), dims.N, s.state.data(), dims.N, Accumulate{true, s.record[layout.decay_end()]});
-  }
-  void store_outputs(const Head&, index_t, index_t, Workspace&) const {}  // ssd_store_chunks
-  void end_head(const Head& hd, Workspace& s) const {
-    if (out.final_state.has_value())
-      as_matrix(out.final_state.select(0, hd.seq.state_row).select(0, hd.h)).middleRows(hd.p0, hd.cols) =
-          s.state.topRows(hd.cols);
-  }
-};
-
-// The store pass: every (head, chunk)'s output tile Y^T [P, Lp] back to token rows, D skip and
-// z gate, out to y (whole rows, as the whole-head kernel stores them).
-inline void ssd_store_chunks(const SsdInputsOf<float>& in, const SsdOutputs& out, const SsdDims& dims,
-                             const SsdChunkPlan& plan, const SsdRecordLayout& layout, const float* outputs,
-                             const Executor& executor) {
-  const index_t L = plan.L, P = dims.P, chunks = plan.chunk_count(), items = dims.H * chunks;
-  parallel_for(executor, items, ssd_chunk_pass_grain(items, 3 * L * P, executor.concurrency()), [&](index_t begin, index_t end) {
-    SsdMatrix y(L, P);
-    for (index_t item = begin; item < end; ++item) {
-      const index_t h = item / chunks;
-      const SsdChunkPlan::Chunk& c = plan.chunks[static_cast<std::size_t>(item % chunks)];
-      const float D = in.D.has_value() ? in.D(h) : 0.f;
-      y.topRows(c.l) = SsdConstTile(outputs + item * P * layout.Lp, P, c.l, Eigen::OuterStride<>(layout.Lp)).transpose();
-      const SsdConstTile x = ssd_tile(in.x, c.b, c.t0, c.l, h);
-      for (index_t i = 0; i < c.l; ++i) {
-        const float* zrow = in.z.has_value() ? in.z.ptr(c.b, c.t0 + i, h) : nullptr;
-        float* yrow = y.row(i).data();
-        ssd_finish(yrow, x.data() + i * x.outerStride(), D, zrow, P);
-        ssd_scatter(yrow, P, out.y.ptr(c.b, c.t0 + i, h), out.y.stride(3));
-      }
-    }
-  });
-}
-
-// Whether a call's column blocks would take the shared records: fp32 x / Bm / Cm, and records
-// and output tiles within kSsdRecordMaxBytes (sized for the narrowest blocks, 16 columns).
-template <class E>
-bool ssd_shares_records(const SsdDims& dims, const SsdChunkPlan& plan) {
-  if (!std::is_same_v<E, float>) return false;
-  const index_t narrow = std::min<index_t>(dims.P, simd::kWidth);
-  const SsdRecordLayout layout(plan.L, SsdColumnBlocks{(dims.P + narrow - 1) / narrow, narrow});
-  const index_t floats = dims.H * plan.chunk_count() * (layout.floats + dims.P * layout.Lp);
-  return static_cast<std::size_t>(floats) * sizeof(float) <= kSsdRecordMaxBytes;
-}
-
-// The shared form's three runs after the C B^T tiles (with C^T): records, blocks, store.
-inline void ssd_shared_blocks(const SsdInputsOf<float>& in, const SsdOutputs& out, const SsdOptions& options,
-                              const SsdDims& dims, const SsdChunkPlan& plan, const SsdCbTiles& cb,
-                              SsdColumnBlocks blocks, const Executor& executor) {
-  const SsdRecordLayout layout(plan.L, blocks);
-  const auto grown = [](SsdRecordStorage& kept, std::size_t floats) {
-    if (kept.floats < floats) {
-      kept = SsdRecordStorage{};  // the old memory is freed before the larger one is allocated
-      kept = SsdRecordStorage{std::unique_ptr<float[]>(new float[floats]), floats};
-    }
-  };
-  SsdRecordStorage records = SsdRecordKeep::take();
-  SsdOutputStorage outputs = SsdOutputKeep::take();
-  grown(records, static_cast<std::size_t>(dims.H * plan.chunk_count() * layout.floats));
-  grown(outputs, static_cast<std::size_t>(dims.H * plan.chunk_count() * dims.P * layout.Lp));
-  ssd_chunk_records(in, options, dims, plan, cb, layout, records.data.get(), executor);
-  const index_t count = static_cast<index_t>(plan.seqs.size());
-  const SsdBlockKernel kernel{in, out, dims, plan, cb, layout, records.data.get(), outputs.data.get(), blocks};
-  const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
-  seqmix::chunkwise::run_kept<SsdTaskKeep>(
-      kernel, count * dims.H * blocks.count, ssd_grain(mean_tokens * blocks.width * dims.N), plan.L, executor,
-      [&](SsdTaskScratch& scratch) -> SsdBlockScratch& { return kernel.workspace_in(scratch.block); });
-  ssd_store_chunks(in, out, dims, plan, layout, outputs.data.get(), executor);
-  SsdRecordKeep::give_back(std::move(records));
-  SsdOutputKeep::give_back(std::move(outputs));
-}
-
 // The chunked prefill. Workspace: G*chunks*(L*L + a vector) floats for the shared C B^T tiles
 // and per parallel block O(L*(L+P) + P*N) floats, both kept by the thread across calls
 // (SsdCbKeep, SsdTaskKeep; freed by ssd_release_thread_scratch), plus contiguous copies of x, z,
@@ -886,23 +550,12 @@ void ssd_chunked(const SsdInputsOf<E>& in_arg, const SsdOutputs& out, const SsdO
   const index_t count = static_cast<index_t>(plan.seqs.size());
   if (count == 0) return;
   const index_t L = plan.L;
-  const bool shared = ssd_shares_records<E>(dims, plan);
-  const SsdColumnBlocks blocks =
-      ssd_column_blocks(count * dims.H, dims.P, executor.concurrency(),
-                        shared ? SsdBlockOperands::shared : SsdBlockOperands::repeated);
-  const bool shared_blocks = shared && blocks.count > 1;
-  SsdCbTiles cb(dims.G * plan.chunk_count(), L, SsdCbKeep::take(), shared_blocks ? dims.N : 0);
+  SsdCbTiles cb(dims.G * plan.chunk_count(), L, SsdCbKeep::take());
   ssd_chunk_cb(in.Bm, in.Cm, dims, plan, cb, executor);
 
   const bool bf16_dot = std::is_same_v<E, bf16> && options.bf16_compute == Bf16Compute::dot &&
                         ssd_bf16_products_fit(dims.P);
-  if constexpr (std::is_same_v<E, float>) {
-    if (shared_blocks) {
-      ssd_shared_blocks(in, out, options, dims, plan, cb, blocks, executor);
-      SsdCbKeep::give_back(std::move(cb.storage));
-      return;
-    }
-  }
+  const SsdColumnBlocks blocks = ssd_column_blocks(count * dims.H, dims.P, executor.concurrency());
   const SsdChunkKernel<E> kernel{in, out, options, dims, plan, cb, blocks, bf16_dot};
   const index_t mean_tokens = std::max<index_t>(1, ssd_total_tokens(plan.seqs) / count);
   seqmix::chunkwise::run_kept<SsdTaskKeep>(
@@ -970,17 +623,13 @@ void ssd(const SsdInputsOf<H>& in, const SsdOutputs& out, const SsdOptions& opti
 
 /// Frees the memory the calling thread keeps for ssd's chunked prefill, kept across calls so that
 /// a call does not fault fresh pages in: the C B^T tiles of the calling thread's calls (G * chunks
-/// * (L * L + 16) floats: 0.5 MiB at mamba2-780m T 4096, chunk 32; with C^T as well when heads
-/// split into column blocks), the chunk records of such a split (H * chunks * (L^2 + 4L) floats:
-/// 3.6 MB at mamba2-780m T 512) and the chunk scratch of the parallel blocks this thread ran
-/// (O(L * (L + P) + P * N) floats). At most 64 MiB of each per
+/// * (L * L + 16) floats: 0.5 MiB at mamba2-780m T 4096, chunk 32) and the chunk scratch of the
+/// parallel blocks this thread ran (O(L * (L + P) + P * N) floats). At most 64 MiB of each per
 /// thread (a call that needs more frees it when it ends). Each thread that ran such a call or
 /// block (the caller's and every pool worker) keeps its own. Call it when the memory is wanted
 /// elsewhere; not while such a call runs on this thread. The next call allocates again.
 inline void ssd_release_thread_scratch() {
   detail::SsdCbKeep::release();
-  detail::SsdRecordKeep::release();
-  detail::SsdOutputKeep::release();
   detail::SsdTaskKeep::release();
 }
 
