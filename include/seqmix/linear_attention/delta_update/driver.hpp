@@ -22,15 +22,18 @@
 
 namespace seqmix::delta_update {
 
-/// One sequence of a prefill, as choose_delta_algorithm sees it. The gate does not enter: with
-/// no gate, a scalar gate or per-channel gates the crossover fell at the same points (measured
-/// below), each gate's extra work costing both forms alike.
+/// One sequence of a prefill, as choose_delta_algorithm sees it. The gate's kind enters only
+/// through its rows (per-channel log-decays are one more row per token, kUncachedRowSteps): with
+/// no gate, a scalar gate or per-channel gates the crossover fell at the same points while the
+/// rows stayed cached (README.md), each gate's extra work costing both forms alike.
 struct DeltaShape {
   index_t tokens;  ///< the sequence's length
   index_t K, V;    ///< key and value head sizes
-  index_t heads;   ///< value heads (HV); the counts no longer use it (recurrent_sequence_steps)
+  index_t heads;   ///< value heads (HV): the sequence's rows of all heads decide whether they stay cached
   index_t chunk;   ///< the chunked form's chunk size
   Bf16Compute compute = Bf16Compute::fp32;  ///< dot: the chunked form's products on bf16 dot products
+  index_t input_bytes = 4;    ///< bytes per element of q, k and v (2: bf16 / f16 storage)
+  bool channel_gate = false;  ///< per-channel log-decays (KDA): a row of K floats per token and head
 };
 
 /// The recurrent kernel's cost of one token of one head, in dependent steps (recurrent.hpp): each
@@ -40,9 +43,12 @@ struct DeltaShape {
 /// chain, costs twice that; a scalar tail column is a tile of its own. `width`: floats per vector
 /// (the kernel's tiles are simd::kWidth wide). Measured (one thread, per token and head): 0.036 us
 /// at K = V = 16 (32 steps), 0.12-0.13 at 32 (128), 0.25 at 48 (288), 0.23-0.27 at 64 (256),
-/// 0.77-1.1 at 96 (768), 1.2-1.5 at 128 (1024, S no longer in L1): about 1 ns per step. (The
-/// prefill's two-token pass, advance_pair, is 1.2x / 1.5x faster at K = V = 64 / 128; not yet
-/// refitted here, so the counts still favour the chunked form a little where V fits the pass.)
+/// 0.77-1.1 at 96 (768), 1.2-1.5 at 128 (1024, S no longer in L1): about 1 ns per step. The
+/// prefill's two-token pass (advance_pair, 1.2x / 1.5x faster at K = V = 64 / 128 alone) left the
+/// crossover where these counts put it: re-measured with it (2026-12-07, one and two threads, load
+/// 1.5-8), the chunked form still wins at K = V = 128 from 64-256 tokens (recurrent / chunked
+/// 0.96-1.05 at T 64, 1.03-1.8 from T 256) and the recurrent kernel at K = V = 64 while the rows
+/// stay cached (0.64-0.85).
 inline double recurrent_token_steps(index_t K, index_t V, index_t width) {
   const index_t wide = V / (4 * width), narrow = V % (4 * width) / width, tail = V % width;
   return 2.0 * static_cast<double>(K) * static_cast<double>(2 * wide + narrow + tail);
@@ -83,26 +89,55 @@ inline double chunked_token_steps(const DeltaShape& s, index_t width) {
   return flops / rate + kChunkedTokenSteps + kChunkSteps * chunks / T;
 }
 
-/// The recurrent kernel's cost of a sequence per token and head, in steps: its tiles. The length
-/// and the heads do not enter: with its rows requested ahead (kRecurrentRowsAhead) the kernel
-/// keeps its per-token time when they come from memory. Before that request a term of 0.1 step
-/// per byte of rows past 8 MiB of them (all heads) sent K = V = 64 to the chunked form from H16
-/// T1024; with it, recurrent / chunked at K = V = 64 was 0.67-0.75 (scalar gate) and 0.51-0.64
-/// (per-channel) from 4 to 64 MiB of rows (H4, H16, H32, T 256-4096; one thread, load 14-17), and
-/// 0.81 / 0.86-0.90 at K = V = 32 / K 64 V 128 / K 128 V 64 at 24-32 MiB (README.md).
+/// 8 MiB: beyond this many bytes of rows of one sequence (q, k, v, the outputs and per-channel
+/// log-decays of all its heads), the rows no longer stay in the cache between the calls that
+/// write and read them (the L3 share of the 2-core Zen 5 slice this was measured on), and each
+/// token's rows come from memory. The recurrent kernel walks one head's rows from the first token
+/// to the last, each row H K elements from the previous one, on a page of its own; even asked for
+/// 8 tokens ahead (kRecurrentRowsAhead) they then cost it about 50 ns each, where the chunked form
+/// reads a token's rows of all heads of its task together. Measured at K = V = 64, one thread, load
+/// 1.5-2, every gate, fp32 and bf16 rows (recurrent / chunked): 0.64-0.80 up to 4 MiB of rows,
+/// 0.92-1.11 at 5-10 MiB, 1.04-1.37 from 16 MiB (README.md, "Which prefill runs").
+constexpr double kCachedRowBytes = 8.0 * (1 << 20);
+
+/// 50 steps (about 50 ns): what each row of a token (q, k, v, output, per-channel log-decays) adds
+/// to the recurrent kernel once the rows are not cached. Per row, not per byte: 16-bit rows cost
+/// as much as fp32 ones (one page each either way). At K = V = 64 the recurrent kernel's time per
+/// token and head rose from 0.22 to 0.47 us between 4 and 64 MiB of rows, the chunked form's from
+/// 0.32 to 0.38 us: about 0.19 us more for 4 rows. At K = V = 128 the kernel's own 1.1 us per token
+/// hides most of it (0.08 us more), so the term only decides where the kernel is short.
+constexpr double kUncachedRowSteps = 50;
+
+/// Bytes of one token's rows of one head: q, k, v in their storage, the fp32 output row and
+/// per-channel log-decays.
+inline double token_row_bytes(const DeltaShape& s) {
+  const double K = static_cast<double>(s.K), V = static_cast<double>(s.V);
+  return (2 * K + V) * static_cast<double>(s.input_bytes) + 4 * V + (s.channel_gate ? 4 * K : 0.0);
+}
+
+/// The recurrent kernel's cost of a sequence per token and head, in steps: its tiles, plus
+/// kUncachedRowSteps per row of a token once the sequence's rows of all heads pass
+/// kCachedRowBytes. (From 2026-12-06 to 2026-12-07 the term was left out: measured at load 14-17,
+/// where other processes keep the chunked form's working set out of the caches whatever the
+/// rows' size, recurrent / chunked stayed at 0.67-0.75 up to 64 MiB of rows; on a machine without
+/// that load the chunked form is 1.2-1.4x faster there, README.md.)
 inline double recurrent_sequence_steps(const DeltaShape& s, index_t width) {
-  return recurrent_token_steps(s.K, s.V, width);
+  const double rows = token_row_bytes(s) * static_cast<double>(s.heads) * static_cast<double>(s.tokens);
+  const double row_count = s.channel_gate ? 5 : 4;
+  return recurrent_token_steps(s.K, s.V, width) + (rows > kCachedRowBytes ? kUncachedRowSteps * row_count : 0.0);
 }
 
 /// Picks the prefill algorithm of one sequence by comparing the two forms' operation counts
 /// (chunked_token_steps against recurrent_sequence_steps), not times, so machines with the same
 /// vector width pick alike (the 16-lane AVX-512 EPYC and Xeon). What the counts follow was
 /// measured (README.md, "Which prefill runs": both forms alternated in one process, K = V from
-/// 16 to 128, K 64 V 128 and K 128 V 64, H 4, 16 and 32, T 4-2048, no gate, scalar and
-/// per-channel gates, one and two threads): the recurrent kernel's time follows its column
+/// 16 to 128, K 64 V 128 and K 128 V 64, H 1-32, T 4-16384, no gate, scalar and per-channel
+/// gates, fp32 and bf16 rows, one and two threads): the recurrent kernel's time follows its column
 /// tiles, not K V, so it wins at K = V = 16 and 64 (one tile per row) and the chunked form at
-/// 48, 96 and 128 from a few tokens; at 32 they are within 10% of each other. `width`: floats per vector, the
-/// build's simd::kWidth unless a test asks for another.
+/// 48, 96 and 128 from a few tokens; at 32 they are within 10% of each other; once the sequence's
+/// rows of all heads pass kCachedRowBytes the chunked form wins at every K measured (1.2-1.6x at
+/// 32-64 MiB of rows). `width`: floats per vector, the build's simd::kWidth unless a test asks
+/// for another.
 inline DeltaAlgorithm choose_delta_algorithm(const DeltaShape& s, index_t width = simd::kWidth) {
   if (s.tokens <= 0) return DeltaAlgorithm::recurrent;
   return chunked_token_steps(s, width) < recurrent_sequence_steps(s, width) ? DeltaAlgorithm::chunked

@@ -58,7 +58,8 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
       item.token_states = one.token_states[0].select(1, hv).slice(2, cols.begin, cols.width);
     item.algorithm = c.algorithm;
     if (item.algorithm == DeltaAlgorithm::automatic)
-      item.algorithm = choose_delta_algorithm({span.tokens, d.K, d.V, d.HV, c.chunk, c.bf16_compute});
+      item.algorithm = choose_delta_algorithm(
+          {span.tokens, d.K, d.V, d.HV, c.chunk, c.bf16_compute, static_cast<index_t>(sizeof(E)), channel});
     if (item.token_states.has_value()) item.algorithm = DeltaAlgorithm::recurrent;
     return item;
   }, [&] { check_delta_elements(check, c, executor); });
