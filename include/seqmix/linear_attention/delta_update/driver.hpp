@@ -89,16 +89,19 @@ inline double chunked_token_steps(const DeltaShape& s, index_t width) {
   return flops / rate + kChunkedTokenSteps + kChunkSteps * chunks / T;
 }
 
-/// 8 MiB: beyond this many bytes of rows of one sequence (q, k, v, the outputs and per-channel
+/// 16 MiB: beyond this many bytes of rows of one sequence (q, k, v, the outputs and per-channel
 /// log-decays of all its heads), the rows no longer stay in the cache between the calls that
 /// write and read them (the L3 share of the 2-core Zen 5 slice this was measured on), and each
 /// token's rows come from memory. The recurrent kernel walks one head's rows from the first token
 /// to the last, each row H K elements from the previous one, on a page of its own; even asked for
 /// 8 tokens ahead (kRecurrentRowsAhead) they then cost it about 50 ns each, where the chunked form
-/// reads a token's rows of all heads of its task together. Measured at K = V = 64, one thread, load
-/// 1.5-2, every gate, fp32 and bf16 rows (recurrent / chunked): 0.64-0.80 up to 4 MiB of rows,
-/// 0.92-1.11 at 5-10 MiB, 1.04-1.37 from 16 MiB (README.md, "Which prefill runs").
-constexpr double kCachedRowBytes = 8.0 * (1 << 20);
+/// reads a token's rows of all heads of its task together. Measured at K = V = 64, every gate,
+/// fp32 and bf16 rows, recurrent / chunked (README.md, "Which prefill runs"): 0.64-0.85 up to 4
+/// MiB of rows, 0.73-1.27 at 8-16 MiB (both forms alternated in one process; the automatic
+/// choices of an 8 MiB threshold and of none, as separate binaries: 0.74-1.20 at 16 MiB, noisy),
+/// 1.00-1.27 at 20-32 MiB, 1.07-1.84 from 64 MiB. (Before the rows were asked for ahead it was
+/// 8 MiB.)
+constexpr double kCachedRowBytes = 16.0 * (1 << 20);
 
 /// 50 steps (about 50 ns): what each row of a token (q, k, v, output, per-channel log-decays) adds
 /// to the recurrent kernel once the rows are not cached. Per row, not per byte: 16-bit rows cost
@@ -118,9 +121,8 @@ inline double token_row_bytes(const DeltaShape& s) {
 /// The recurrent kernel's cost of a sequence per token and head, in steps: its tiles, plus
 /// kUncachedRowSteps per row of a token once the sequence's rows of all heads pass
 /// kCachedRowBytes. (From 2026-12-06 to 2026-12-07 the term was left out: measured at load 14-17,
-/// where other processes keep the chunked form's working set out of the caches whatever the
-/// rows' size, recurrent / chunked stayed at 0.67-0.75 up to 64 MiB of rows; on a machine without
-/// that load the chunked form is 1.2-1.4x faster there, README.md.)
+/// other sessions sharing the caches, recurrent / chunked stayed at 0.67-0.75 up to 64 MiB of
+/// rows; at load 1.2-8 the chunked form is 1.0-1.8x faster beyond 16 MiB of rows, README.md.)
 inline double recurrent_sequence_steps(const DeltaShape& s, index_t width) {
   const double rows = token_row_bytes(s) * static_cast<double>(s.heads) * static_cast<double>(s.tokens);
   const double row_count = s.channel_gate ? 5 : 4;
