@@ -29,6 +29,9 @@
 //                         dot), GFLOP/s as prefill, eff against the bf16 dot peak, and
 //                         speedup_vs_f32: the fp32 prefill's CPU time over this one's, alternating
 //                         calls in the same run (issue 19 asks >= 1.4x without AMX).
+//   attention/decode/..._bf16_dot  bf16 K/V decode with bf16 dot products, GB/s and eff as decode,
+//                         and speedup_vs_fp32compute: the same call with fp32 products over this
+//                         one, alternating calls in the same run.
 //   attention/prefill/..._causal/bf16io_dot|_fp32  q, k and v all stored as bf16, with bf16 dot
 //                         products or fp32 products; speedup_vs_f32 over the fp32 q/k/v prefill,
 //                         vs_f32_query over the same call on fp32 q (the query load's conversion).
@@ -217,6 +220,32 @@ void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk
   }
   const double bytes = static_cast<double>(Tk * p.Hkv * 2 * p.D) * sizeof(KV);
   seqmix::testing::report_gbytes(state, bytes);
+}
+
+// bf16 K/V decode with bf16 dot products (bf16_compute = dot), GB/s and eff as decode.
+// speedup_vs_fp32compute is the same call with fp32 products (the default) over this one, from 5
+// calls of each taken alternately after the timed loop, medians of process CPU time.
+void decode_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, index_t Tk) {
+  Problem<seqmix::bf16> p(1, Tk, shape);
+  seqmix::AttentionOptions options, dot;
+  options.causal = true;
+  dot = options, dot.bf16_compute = seqmix::Bf16Compute::dot;
+  for (auto _ : state) {
+    seqmix::attention(p.inputs(), p.outputs(), dot, pool());
+    benchmark::DoNotOptimize(p.o.data());
+  }
+  std::vector<double> t_fp32, t_dot;
+  for (int r = 0; r < 5; ++r) {
+    double t0 = st::process_cpu_seconds();
+    seqmix::attention(p.inputs(), p.outputs(), options, pool());
+    t_fp32.push_back(st::process_cpu_seconds() - t0);
+    t0 = st::process_cpu_seconds();
+    seqmix::attention(p.inputs(), p.outputs(), dot, pool());
+    t_dot.push_back(st::process_cpu_seconds() - t0);
+  }
+  std::sort(t_fp32.begin(), t_fp32.end()), std::sort(t_dot.begin(), t_dot.end());
+  state.counters["speedup_vs_fp32compute"] = t_fp32[2] / t_dot[2];
+  seqmix::testing::report_gbytes(state, static_cast<double>(Tk * p.Hkv * 2 * p.D) * sizeof(seqmix::bf16));
 }
 
 // bf16 K/V prefill with bf16 dot products (AttentionOptions::bf16_compute = dot), eff against the
@@ -489,6 +518,12 @@ const bool kRegistered = [] {
   for (const index_t T : {1024, 2048, 4096})
     benchmark::RegisterBenchmark(("attention/bf16/prefill/" + llama.name + "_T" + std::to_string(T) + "_causal").c_str(),
                                  [&llama, T](benchmark::State& s) { prefill_bf16_dot(s, llama, T); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  // bf16 K/V decode with bf16 dot products (issue 19 item 4), beside the _bf16 rows above.
+  for (const index_t Tk : {16384, 65536})
+    benchmark::RegisterBenchmark(("attention/decode/" + llama.name + "_Tk" + std::to_string(Tk) + "_bf16_dot").c_str(),
+                                 [&llama, Tk](benchmark::State& s) { decode_bf16_dot(s, llama, Tk); })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   // bf16 storage of q as well as K/V (issue 19 item 3): dot products, and fp32 products.

@@ -5,8 +5,9 @@
 //   |o_dot - o_fp32| <= (exp(2 Delta) - 1 + 2^-8) * max_j |v_j|,   |lse_dot - lse_fp32| <= Delta
 // (plus fp32 rounding slack). Ragged shapes: T = 1, T not a multiple of the 64-key tile, odd and
 // non-multiple-of-16 head sizes, GQA, B > 1, masks and logit rules, packed sequences, strided K/V,
-// a non-finite value (its tile takes the fp32 path). On targets without AVX512-BF16 the option
-// falls back to fp32, and the results are checked to be the fp32 ones exactly.
+// a non-finite value (its tile takes the fp32 path). The decode kernel (attention_step) likewise,
+// against the reference. On targets without AVX512-BF16 the option falls back to fp32, and the
+// results are checked to be the fp32 ones exactly.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -16,7 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/flash.hpp"
+#include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/core/bf16_gemm.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -202,15 +205,135 @@ TEST_CASE("attention bf16 dot products: a non-finite value reaches only the rows
   bf16_attn_require_bound(c, data, options, o_dot, lse_dot, o_ref, lse_ref);
 }
 
-TEST_CASE("attention bf16 dot products: the decode kernel ignores the option", "[attention][bf16]") {
-  // Decode is bound by reading K/V (which bf16 storage halves already): Tq <= 4 keeps fp32 products.
-  const Bf16AttnCase c{"decode", 2, 3, 300, 8, 2, 64, 64, true, 0, 0, 0.f, false, false, false};
-  const Bf16AttnData data(c, 7400);
+namespace {
+
+// ---- decode (attention_step) ------------------------------------------------------------------
+// The decode kernel's dot-product tiles against the reference (fp32 products on the same stored
+// values), within the same bound: few query rows (T = 1 steps, Tq 2-3), GQA groups of 1, 4 and 8,
+// key counts off the 64-key tile, head sizes with a 16-feature tail (80, 48, 16), past a whole
+// 64-column block (160), not a multiple of 16 (67, 40: those tiles take the fp32 path), B > 1,
+// window / sinks / softcap, masks, strided heads, and splits over the keys on two threads.
+void bf16_decode_check(const Bf16AttnCase& c, std::uint64_t seed, const seqmix::Executor& executor) {
+  INFO(c.name << " seed " << seed);
+  const Bf16AttnData data(c, seed);
   seqmix::AttentionOptions options;
-  options.causal = true;
-  Tensor<float, 4> o_ref({2, 3, 8, 64}), o_dot({2, 3, 8, 64});
-  seqmix::attention(data.in, {o_ref.view(), {}}, options);
+  options.causal = c.causal, options.window = c.window, options.sink_tokens = c.sinks, options.softcap = c.softcap;
+  Tensor<float, 4> o_ref({c.B, c.Tq, c.Hq, c.Dv}), o_fp32({c.B, c.Tq, c.Hq, c.Dv}), o_dot({c.B, c.Tq, c.Hq, c.Dv});
+  Tensor<float, 3> lse_ref({c.B, c.Tq, c.Hq}), lse_fp32({c.B, c.Tq, c.Hq}), lse_dot({c.B, c.Tq, c.Hq});
+  seqmix::reference::attention(data.in, {o_ref.view(), lse_ref.view()}, options);
+  seqmix::attention_step(data.in, {o_fp32.view(), lse_fp32.view()}, options, executor);
   options.bf16_compute = seqmix::Bf16Compute::dot;
-  seqmix::attention(data.in, {o_dot.view(), {}}, options);
-  REQUIRE(std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_ref.data()));
+  seqmix::attention_step(data.in, {o_dot.view(), lse_dot.view()}, options, executor);
+  if (!seqmix::detail::kNativeBf16Dot) {  // the fallback is the fp32 decode itself
+    REQUIRE(std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_fp32.data()));
+    REQUIRE(std::equal(lse_dot.data(), lse_dot.data() + lse_dot.numel(), lse_fp32.data()));
+    return;
+  }
+  bf16_attn_require_bound(c, data, options, o_dot, lse_dot, o_ref, lse_ref);
+}
+
+const std::vector<Bf16AttnCase>& bf16_decode_cases() {
+  static const std::vector<Bf16AttnCase> cases = {
+      // name, B, Tq, Tk, Hq, Hkv, Dk, Dv, causal, window, sinks, softcap, mask, packed, strided
+      {"step-one-key", 1, 1, 1, 8, 2, 128, 128, true, 0, 0, 0.f, false, false, false},
+      {"step-g4-tk63", 1, 1, 63, 8, 2, 128, 128, true, 0, 0, 0.f, false, false, false},
+      {"step-g1-tk65-b2", 2, 1, 65, 4, 4, 64, 64, true, 0, 0, 0.f, false, false, false},
+      {"step-g8-tk300", 1, 1, 300, 16, 2, 64, 64, true, 0, 0, 0.f, false, false, false},
+      {"tq2-g1", 1, 2, 129, 2, 2, 128, 128, true, 0, 0, 0.f, false, false, false},
+      {"tq3-g4-b2", 2, 3, 300, 8, 2, 64, 64, true, 0, 0, 0.f, false, false, false},
+      {"dk80-dv48-tails", 1, 1, 200, 8, 2, 80, 48, true, 0, 0, 0.f, false, false, false},
+      {"dk96-dv160", 1, 2, 150, 4, 1, 96, 160, true, 0, 0, 0.f, false, false, false},
+      {"odd-dims-fp32-tiles", 1, 1, 150, 4, 2, 67, 40, true, 0, 0, 0.f, false, false, false},
+      {"window-sinks-softcap", 1, 1, 700, 8, 2, 64, 64, true, 100, 4, 30.f, false, false, false},
+      {"mask-dv16", 2, 2, 101, 4, 1, 32, 16, true, 0, 0, 0.f, true, false, false},
+      {"full-not-causal", 1, 1, 90, 8, 2, 64, 64, false, 0, 0, 0.f, false, false, false},
+      {"strided-heads", 1, 1, 300, 4, 2, 96, 96, true, 0, 0, 0.f, false, false, true},
+      {"split-over-keys", 1, 1, 3000, 8, 2, 128, 128, true, 0, 0, 0.f, false, false, false},
+      {"split-b2-g8", 2, 1, 1100, 16, 2, 64, 64, true, 0, 0, 0.f, false, false, false},
+  };
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("attention bf16 dot products: the decode kernel within the documented bound of the reference",
+          "[attention][bf16][decode]") {
+  std::uint64_t seed = 7400;
+  const seqmix::ThreadPool pool(2);
+  for (const Bf16AttnCase& c : bf16_decode_cases()) {
+    bf16_decode_check(c, seed += 10, seqmix::serial_executor());
+    bf16_decode_check(c, seed, pool);
+  }
+}
+
+TEST_CASE("attention bf16 dot products: in decode a non-finite value reaches only the rows that see it",
+          "[attention][bf16][decode]") {
+  // Window 100 at position 299: keys 192-199 share the tile [192, 256) with visible keys, at
+  // weight 0. Key 195's value holds a NaN (KV head 1, hidden: its rows stay finite) and key 250's
+  // an inf (KV head 0, seen: its rows are non-finite exactly as in the fp32 decode).
+  const Bf16AttnCase c{"nonfinite-step", 1, 1, 300, 8, 2, 64, 64, true, 100, 0, 0.f, false, false, false};
+  Bf16AttnData data(c, 7600);
+  data.v(0, 195, 1, 5) = bf16(std::numeric_limits<float>::quiet_NaN());
+  data.v(0, 250, 0, 9) = bf16(std::numeric_limits<float>::infinity());
+  seqmix::AttentionOptions options;
+  options.causal = true, options.window = 100;
+  Tensor<float, 4> o_ref({1, 1, 8, 64}), o_dot({1, 1, 8, 64});
+  Tensor<float, 3> lse_ref({1, 1, 8}), lse_dot({1, 1, 8});
+  seqmix::attention_step(data.in, {o_ref.view(), lse_ref.view()}, options);
+  options.bf16_compute = seqmix::Bf16Compute::dot;
+  seqmix::attention_step(data.in, {o_dot.view(), lse_dot.view()}, options);
+  for (index_t h = 0; h < 8; ++h)
+    for (index_t x = 0; x < 64; ++x) {
+      const float a = o_ref(0, 0, h, x), d = o_dot(0, 0, h, x);
+      INFO("head " << h << " feature " << x);
+      REQUIRE(std::isfinite(a) == std::isfinite(d));
+      REQUIRE(std::isnan(a) == std::isnan(d));
+      if (h >= 4) REQUIRE(std::isfinite(d));
+    }
+  for (index_t h = 0; h < 8; ++h)
+    for (index_t x = 0; x < 64; ++x)
+      if (!std::isfinite(o_ref(0, 0, h, x))) o_ref(0, 0, h, x) = o_dot(0, 0, h, x) = 0.f;
+  data.v(0, 195, 1, 5) = bf16(0.f), data.v(0, 250, 0, 9) = bf16(0.f);  // for the bound's max |v|
+  bf16_attn_require_bound(c, data, options, o_dot, lse_dot, o_ref, lse_ref);
+}
+
+TEST_CASE("attention bf16 dot products: decode with ALiBi, relative biases and the fused rope", "[attention][bf16][decode]") {
+  // The logit rule and the rope share the dot-product tile's path: keys [0, 256) are stored
+  // rotated (read in place, dot products), keys from 256 on are rotated as they load (fp32 tiles);
+  // every row adds ALiBi and a relative bias. Against the fp32 decode within 2^-4 max |v| and
+  // 2^-5 in lse, which the bound above stays far inside for D 64 (a wrong key, row or weight
+  // would move o by about max |v|).
+  const Bf16AttnCase c{"bias-rope", 2, 1, 500, 8, 2, 64, 64, true, 0, 0, 0.f, false, false, false};
+  Bf16AttnData data(c, 7700);
+  seqmix::RopeConfig config;
+  config.rotary_dim = 64, config.base = 10000.0;
+  const seqmix::RopeTable rope(config, 500);
+  const Tensor<float, 1> slopes = st::random_tensor<1>({8}, 7701, 0.01f, 0.1f);
+  const Tensor<float, 2> table = st::random_tensor<2>({8, 32}, 7702, -1.f, 1.f);
+  const Tensor<float, 1> r1 = st::random_tensor<1>({8}, 7703, 0.5f, 2.f), r2 = st::random_tensor<1>({8}, 7704, 0.2f, 1.f);
+  data.in.rope = &rope, data.in.rope_rotated_keys = 256;
+  data.in.alibi_slopes = slopes.cview();
+  for (const seqmix::RelativeBiasKind kind : {seqmix::RelativeBiasKind::t5, seqmix::RelativeBiasKind::kerple_power}) {
+    seqmix::RelativeBias& rb = data.in.relative_bias;
+    rb = {};
+    rb.kind = kind;
+    if (kind == seqmix::RelativeBiasKind::t5) rb.table = table.cview(), rb.max_distance = 128;
+    else rb.r1 = r1.cview(), rb.r2 = r2.cview();
+    seqmix::AttentionOptions options;
+    options.causal = true;
+    Tensor<float, 4> o_fp32({2, 1, 8, 64}), o_dot({2, 1, 8, 64});
+    Tensor<float, 3> lse_fp32({2, 1, 8}), lse_dot({2, 1, 8});
+    seqmix::attention_step(data.in, {o_fp32.view(), lse_fp32.view()}, options);
+    options.bf16_compute = seqmix::Bf16Compute::dot;
+    seqmix::attention_step(data.in, {o_dot.view(), lse_dot.view()}, options);
+    float vmax = 0.f;
+    for (index_t i = 0; i < data.v.numel(); ++i) vmax = std::max(vmax, std::abs(data.v.data()[i].to_float()));
+    for (index_t i = 0; i < o_dot.numel(); ++i) {
+      INFO("bias kind " << static_cast<int>(kind) << " element " << i);
+      REQUIRE(std::abs(o_dot.data()[i] - o_fp32.data()[i]) <= vmax / 16);
+    }
+    for (index_t i = 0; i < lse_dot.numel(); ++i) REQUIRE(std::abs(lse_dot.data()[i] - lse_fp32.data()[i]) <= 1.f / 32);
+    if (!seqmix::detail::kNativeBf16Dot)
+      REQUIRE(std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_fp32.data()));
+  }
 }

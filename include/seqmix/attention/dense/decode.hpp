@@ -22,6 +22,7 @@
 
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/bf16_gemm.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/prefetch.hpp"
@@ -1159,6 +1160,12 @@ struct DecodeTileBias {
 struct DecodeScratch {
   index_t rows = 0, rows_padded = 0, q_stride = 0, s_stride = 0;
   AlignedVector<float> q, k, v, s;
+  // Bf16Compute::dot: per KV head the q rows rounded to bf16, [rows_padded x q16_ld] with
+  // q16_ld = Dk rounded up to 32 (one 512-bit load of 32 values, zeros past Dk); per row of one
+  // head the tile's weights as bf16 pair words [rows x kDecodeTile / 2]; a zero value row.
+  index_t q16_ld = 0, q16_stride = 0;
+  AlignedVector<bf16> q16, zero16;
+  AlignedVector<std::uint32_t> p16;
   std::vector<index_t> pos;
   std::vector<VisibleKeys> visible;
   DecodeTileBias bias;  // the current tile's relative bias, when it serves the call's
@@ -1178,6 +1185,21 @@ struct DecodeScratch {
     // Padding query rows feed score rows nobody reads; zero them so they stay finite.
     for (index_t h = 0; h < Hkv; ++h)
       std::fill(q.begin() + h * q_stride + rows * Dkp, q.begin() + (h + 1) * q_stride, 0.f);
+  }
+
+  // The scaled q rows of Hkv heads (q, after the rows are loaded) rounded to bf16 into q16,
+  // once per task. Also sizes p16 and zero16 for value rows of Dv.
+  void round_queries_bf16(index_t Hkv, index_t Dk, index_t Dkp, index_t Dv) {
+    q16_ld = round_up(Dk, 32), q16_stride = rows_padded * q16_ld;
+    grow(q16, Hkv * q16_stride);
+    grow(p16, rows_padded * kDecodeTile / 2);
+    if (static_cast<index_t>(zero16.size()) < Dv) zero16.assign(static_cast<std::size_t>(Dv), bf16::from_bits(0));
+    for (index_t h = 0; h < Hkv; ++h)
+      for (index_t r = 0; r < rows_padded; ++r) {
+        bf16* dst = q16.data() + h * q16_stride + r * q16_ld;
+        convert(q.data() + h * q_stride + r * Dkp, dst, Dk);  // round to nearest even, as vcvtneps2bf16
+        std::fill(dst + Dk, dst + q16_ld, bf16::from_bits(0));
+      }
   }
 
   // This thread's scratch.
@@ -1253,9 +1275,15 @@ inline bool tile_needs_no_rule(const AttentionOptions& options, bool has_alibi, 
 }
 
 // Inner-loop steps (LineStream::step calls) of one decode tile of n keys: score blocks x feature
-// vectors, plus value rows x column blocks.
-inline std::size_t decode_tile_steps(const AttentionDims& d, index_t n) noexcept {
+// vectors, plus value rows x column blocks. The bf16 dot-product tile (bf16_dot) steps once per
+// 32 features and per key pair of a 64-column block.
+inline std::size_t decode_tile_steps(const AttentionDims& d, index_t n, bool bf16_dot = false) noexcept {
   const index_t W = simd::kWidth, row_blocks = (d.Tq * d.group() + 3) / 4;
+  if (bf16_dot) {
+    const index_t pv_blocks = d.Dv / 64 + (d.Dv % 64 >= 32) + (d.Dv % 32 != 0);
+    return static_cast<std::size_t>(d.Hkv * row_blocks *
+                                    ((n + kScoreKeys - 1) / kScoreKeys * ((d.Dk + 31) / 32) + (n + 1) / 2 * pv_blocks));
+  }
   const index_t steps = d.Hkv * row_blocks *
                         ((n + kScoreKeys - 1) / kScoreKeys * (d.Dk / W) + n * ((d.Dv + kPvVectors * W - 1) / (kPvVectors * W)));
   return static_cast<std::size_t>(steps);
@@ -1267,7 +1295,7 @@ inline std::size_t decode_tile_steps(const AttentionDims& d, index_t n) noexcept
 // named; other layouts are left to the hardware.
 template <class KV, class Q>
 LineStream next_tile_lines(const AttentionInputs<KV, Q>& in, const AttentionDims& d, index_t b, index_t next_j0,
-                           index_t next_n, index_t n) {
+                           index_t next_n, index_t n, bool bf16_dot = false) {
   LineStream lines;
   const auto packed = [](const ConstView<KV, 4>& x) {
     return x.stride(3) == 1 && x.stride(2) == x.size(3) && x.stride(1) == x.size(2) * x.size(3);
@@ -1277,7 +1305,7 @@ LineStream next_tile_lines(const AttentionInputs<KV, Q>& in, const AttentionDims
   const std::size_t v_bytes = static_cast<std::size_t>(next_n * d.Hkv * d.Dv) * sizeof(KV);
   lines.set(0, in.k.ptr(b, next_j0, 0), k_bytes);
   lines.set(1, in.v.ptr(b, next_j0, 0), v_bytes);
-  lines.spread_over(decode_tile_steps(d, n));
+  lines.spread_over(decode_tile_steps(d, n, bf16_dot));
   return lines;
 }
 
@@ -1298,26 +1326,13 @@ void score_tile(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, 
     }
 }
 
-// One decode tile [j0, j0 + n) for KV heads [h0, h1): logits, logit rule, online softmax and
-// P V into each head's accumulators [M x Dvp]. K and V rows of all heads lie side by side in
-// memory; the scores walk keys in small blocks with the heads inside, so the keys are read in
-// address order (one head's rows alone are 256-byte pieces 2 KB apart, which the hardware
-// prefetchers do not follow: 28 vs 50 GB/s on one core), while the next tile's lines are
-// requested from the inner loops (LineStream).
-template <class KV, class Q, class TileOf>
-void decode_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
-                 index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
-                 float* accs, LineStream& ahead) {
-  using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
-  const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
-  const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W), T = kDecodeTile;
-  // One or two query rows per KV head (MHA, or GQA groups of 2) take narrower score blocks.
-  if (M == 1)
-    score_tile<1, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
-  else if (M == 2)
-    score_tile<2, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
-  else
-    score_tile<kScoreRows, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+// The middle of a decode tile for KV heads [h0, h1), once the logits are in w.s: the logit rule
+// (bias, mask, visibility), the online softmax of each row, which leaves the weights p in w.s,
+// and the rescale of its accumulators [M x Dvp] where the running maximum moved.
+template <class KV, class Q>
+void decode_tile_softmax(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
+                         index_t n, index_t h0, index_t h1, bool skip_rule, SoftmaxRow* states, float* accs) {
+  const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth, Dvp = round_up(d.Dv, W), T = kDecodeTile;
   // The bias's head-invariant parts once for the tile's queries, then each row adds its head's.
   const RelativeBias& rb = rule.in.relative_bias;
   const bool tile_bias = !skip_rule && DecodeTileBias::serves(rb, rule.fire_lines);
@@ -1335,6 +1350,276 @@ void decode_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScr
       float* acc = accs + (h * M + r) * Dvp;
       for (index_t col = 0; col < Dvp; col += W) simd::store(acc + col, simd::load(acc + col) * FBatch(alpha));
     }
+}
+
+// True when a decode call over KV storage takes the bf16 dot-product tiles below: bf16 K/V,
+// options.bf16_compute = dot, and a compile target with AVX512-BF16.
+template <class KV>
+bool decode_takes_bf16_dot(const AttentionOptions& options) noexcept {
+  return kNativeBf16Dot && std::is_same_v<KV, bf16> && options.bf16_compute == Bf16Compute::dot;
+}
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// ---- bf16 dot-product decode tiles (AttentionOptions::bf16_compute = dot, bf16 K/V) -----------
+//
+// The same tile with both products on vdpbf16ps (core/bf16_gemm.hpp), read in place from the
+// bf16 rows with no widening: each instruction takes 32 bf16 of a key row against 32 of a q row
+// (rounded to bf16 once per task, DecodeScratch::round_queries_bf16), and in P V one broadcast
+// pair of weights (keys 2p, 2p + 1, rounded to bf16 after the fp32 softmax) against two keys'
+// value rows interleaved by 16-bit unpacks. Per key element and query row that is half an
+// instruction where the fp32 tile spends a widening and an FMA. Logits, the online softmax and
+// the accumulators stay fp32; the bound is the prefill's (docs/operators.md section 5).
+
+// S[r][c] = Q_r . K_c for R rows of q16 (bf16, zero past Dk up to a multiple of 32) and the
+// 16 / R key rows `keys`, Dk a multiple of 16.
+template <index_t R>
+inline void score_block_bf16(const bf16* Q, index_t ldq, const bf16* const* keys, index_t Dk, float* S, index_t lds,
+                             LineStream& ahead) noexcept {
+  constexpr index_t KC = 16 / R;
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  // The 16 features past the last whole 32, if any, by a masked load (none past a key row read).
+  for (index_t d = 0; d < Dk; d += 32) {
+    ahead.step();
+    const __mmask32 mask = Dk - d >= 32 ? ~__mmask32{0} : __mmask32{0xffffu};
+    __m512i k[KC];
+#pragma GCC unroll 16
+    for (index_t c = 0; c < KC; ++c) k[c] = _mm512_maskz_loadu_epi16(mask, keys[c] + d);
+#pragma GCC unroll 4
+    for (index_t r = 0; r < R; ++r) {
+      const __m512bh q = as_bf16_pairs(_mm512_loadu_si512(Q + r * ldq + d));
+#pragma GCC unroll 16
+      for (index_t c = 0; c < KC; ++c) acc[r * KC + c] = _mm512_dpbf16_ps(acc[r * KC + c], q, as_bf16_pairs(k[c]));
+    }
+  }
+  FBatch rows[16];  // a copy for reduce_add_rows, as in score_block
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) rows[i] = FBatch(acc[i]);
+  alignas(64) float sums[16];
+  simd::reduce_add_rows(rows).store_aligned(sums);
+  for (index_t r = 0; r < R; ++r)
+    for (index_t c = 0; c < KC; ++c) S[r * lds + c] = sums[r * KC + c];
+}
+
+// score_tile on the bf16 rows: keys in blocks of 16 / R with the heads inside (address order).
+template <index_t R, class TileOf>
+void score_tile_bf16(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, const TileOf& tile_of,
+                     index_t Dk, LineStream& ahead) {
+  constexpr index_t KC = 16 / R;
+  for (index_t c = 0; c < n; c += KC)
+    for (index_t h = h0; h < h1; ++h) {
+      const auto tile = tile_of(h);
+      const bf16* keys[KC];
+      for (index_t i = 0; i < KC; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
+      const bf16* q = w.q16.data() + h * w.q16_stride;
+      float* s = w.s.data() + h * w.s_stride + c;
+      for (index_t r = 0; r < M; r += R)
+        score_block_bf16<R>(q + r * w.q16_ld, w.q16_ld, keys, Dk, s + r * kDecodeTile, kDecodeTile, ahead);
+    }
+}
+
+// The accumulator order of the unpack interleave: _mm512_unpacklo_epi16(x0, x1) pairs columns
+// {0-3, 8-11, 16-19, 24-27} of a 32-column chunk (word i of each 128-bit lane), unpackhi the
+// others, so an accumulator pair of the chunk holds its columns in that order. They are put in it
+// once per block and back at its end (two permutes each way per chunk and row) rather than paying
+// a cross-lane word permute per key pair.
+struct UnpackOrder {
+  __m512i to_lo, to_hi, from_lo_hi[2];
+  UnpackOrder() noexcept {
+    alignas(64) std::int32_t lo[16], hi[16], back[2][16];
+    for (int i = 0; i < 16; ++i) lo[i] = 8 * (i / 4) + i % 4, hi[i] = lo[i] + 4;
+    for (int half = 0; half < 2; ++half)
+      for (int i = 0; i < 16; ++i) {
+        const int col = 16 * half + i;
+        back[half][i] = (col % 8 < 4 ? 0 : 16) + 4 * (col / 8) + col % 4;
+      }
+    to_lo = _mm512_load_si512(lo), to_hi = _mm512_load_si512(hi);
+    from_lo_hi[0] = _mm512_load_si512(back[0]), from_lo_hi[1] = _mm512_load_si512(back[1]);
+  }
+};
+
+// acc[r][col : col + 32 NC] += sum_p P[r][p] . (V_2p, V_2p+1) for R rows over the key pairs of
+// n keys, P in pair words [R x ldp]; V row n (odd n) is `zero`. R x 2 NC accumulators stay in
+// registers over the keys.
+template <int R, int NC, class Rows>
+inline void pv_block_bf16(const std::uint32_t* P, index_t ldp, const Rows& V, index_t n, index_t col, float* acc,
+                          index_t ldacc, const bf16* zero, const UnpackOrder& order, LineStream& ahead) noexcept {
+  __m512 a[R][2 * NC];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      const __m512 x0 = _mm512_loadu_ps(acc + r * ldacc + col + 32 * c), x1 = _mm512_loadu_ps(acc + r * ldacc + col + 32 * c + 16);
+      a[r][2 * c] = _mm512_permutex2var_ps(x0, order.to_lo, x1);
+      a[r][2 * c + 1] = _mm512_permutex2var_ps(x0, order.to_hi, x1);
+    }
+  for (index_t p = 0; 2 * p < n; ++p) {
+    ahead.step();
+    const bf16* row0 = V.row(2 * p) + col;
+    const bf16* row1 = 2 * p + 1 < n ? V.row(2 * p + 1) + col : zero;
+    __m512i lo[NC], hi[NC];
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      const __m512i x0 = _mm512_loadu_si512(row0 + 32 * c), x1 = _mm512_loadu_si512(row1 + 32 * c);
+      lo[c] = _mm512_unpacklo_epi16(x0, x1), hi[c] = _mm512_unpackhi_epi16(x0, x1);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512bh w = as_bf16_pairs(_mm512_set1_epi32(static_cast<int>(P[r * ldp + p])));
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
+        a[r][2 * c] = _mm512_dpbf16_ps(a[r][2 * c], w, as_bf16_pairs(lo[c]));
+        a[r][2 * c + 1] = _mm512_dpbf16_ps(a[r][2 * c + 1], w, as_bf16_pairs(hi[c]));
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      float* out = acc + r * ldacc + col + 32 * c;
+      _mm512_storeu_ps(out, _mm512_permutex2var_ps(a[r][2 * c], order.from_lo_hi[0], a[r][2 * c + 1]));
+      _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(a[r][2 * c], order.from_lo_hi[1], a[r][2 * c + 1]));
+    }
+}
+
+// The last 16 columns when Dv is not a multiple of 32: the two rows' 16 values interleaved in
+// column order by one word permute (interleave_bf16_rows' low half), read by masked loads.
+template <int R, class Rows>
+inline void pv_tail_bf16(const std::uint32_t* P, index_t ldp, const Rows& V, index_t n, index_t col, float* acc,
+                         index_t ldacc, const bf16* zero, LineStream& ahead) noexcept {
+  __m512 a[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) a[r] = _mm512_loadu_ps(acc + r * ldacc + col);
+  for (index_t p = 0; 2 * p < n; ++p) {
+    ahead.step();
+    const bf16* row1 = 2 * p + 1 < n ? V.row(2 * p + 1) + col : zero;
+    __m512i pairs, unused;
+    interleave_bf16_rows(_mm512_maskz_loadu_epi16(0xffffu, V.row(2 * p) + col), _mm512_maskz_loadu_epi16(0xffffu, row1),
+                         pairs, unused);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+      a[r] = _mm512_dpbf16_ps(a[r], as_bf16_pairs(_mm512_set1_epi32(static_cast<int>(P[r * ldp + p]))),
+                              as_bf16_pairs(pairs));
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * ldacc + col, a[r]);
+}
+
+// 4 rows x 2 chunks: 16 accumulators, 4 value vectors and their 4 interleaves, one broadcast and
+// the 4 order vectors fit AVX-512's 32 registers.
+template <int R, class Rows>
+inline void pv_rows_bf16(const std::uint32_t* P, index_t ldp, const Rows& V, index_t n, index_t Dv, float* acc,
+                         index_t ldacc, const bf16* zero, const UnpackOrder& order, LineStream& ahead) noexcept {
+  index_t col = 0;
+  for (; col + 64 <= Dv; col += 64) pv_block_bf16<R, 2>(P, ldp, V, n, col, acc, ldacc, zero, order, ahead);
+  for (; col + 32 <= Dv; col += 32) pv_block_bf16<R, 1>(P, ldp, V, n, col, acc, ldacc, zero, order, ahead);
+  if (col < Dv) pv_tail_bf16<R>(P, ldp, V, n, col, acc, ldacc, zero, ahead);
+}
+
+// True when some weight of P [M x n] is below the smallest normal float: 0 (a key the row does
+// not see) or a subnormal, which vdpbf16ps takes as 0 (so 0 * inf or 0 * NaN would reach the row).
+inline bool has_tiny_weight(const float* P, index_t ldp, index_t M, index_t n) noexcept {
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n % 16)) - 1u);
+  const __m512 smallest = _mm512_set1_ps(std::numeric_limits<float>::min());
+  for (index_t r = 0; r < M; ++r) {
+    const float* p = P + r * ldp;
+    __mmask16 found = 0;
+    index_t c = 0;
+    for (; c + 16 <= n; c += 16) found |= _mm512_cmp_ps_mask(_mm512_loadu_ps(p + c), smallest, _CMP_LT_OQ);
+    if (c < n) found |= _mm512_mask_cmp_ps_mask(tail, _mm512_loadu_ps(p + c), smallest, _CMP_LT_OQ);
+    if (found) return true;
+  }
+  return false;
+}
+
+// True when a value row of keys [0, n), Dv entries each (a multiple of 16), holds an inf or a NaN.
+template <class Rows>
+bool has_nonfinite_value(const Rows& V, index_t n, index_t Dv) noexcept {
+  __mmask32 bad = 0;
+  for (index_t j = 0; j < n; ++j)
+    for (index_t c = 0; c < Dv; c += 32)
+      bad |= bf16_nonfinite(_mm512_maskz_loadu_epi16(Dv - c >= 32 ? ~__mmask32{0} : 0xffffu, V.row(j) + c));
+  return bad != 0;
+}
+
+// acc [M x ldacc] += P [M x n] V [n x Dv] for one head, P the fp32 weights [M x ldp]: rounded to
+// bf16 pair words (zero past n) and taken 4 rows at a time. A head whose tile gives some row a
+// weight below the smallest normal float while some value is an inf or a NaN takes the fp32
+// guarded product instead (accumulate_pv_guarded), so such a value reaches exactly the rows the
+// fp32 form lets it reach.
+template <class Rows>
+void accumulate_pv_bf16(const float* P, index_t ldp, index_t M, const Rows& V, index_t n, index_t Dv, float* acc,
+                        index_t ldacc, DecodeScratch& w, LineStream& ahead) {
+  if (has_tiny_weight(P, ldp, M, n) && has_nonfinite_value(V, n, Dv))
+    return accumulate_pv_guarded(P, ldp, M, V, n, Dv, acc, ldacc, &ahead);
+  constexpr index_t ldw = kDecodeTile / 2;  // pair words per row of weights
+  std::uint32_t* const words = w.p16.data();
+  for (index_t r = 0; r < M; ++r)
+    for (index_t c = 0; c < n; c += 16) {
+      const __mmask16 keep = n - c >= 16 ? __mmask16(0xffffu) : static_cast<__mmask16>((1u << (n - c)) - 1u);
+      store_bf16x16(reinterpret_cast<std::uint16_t*>(words + r * ldw) + c, _mm512_maskz_loadu_ps(keep, P + r * ldp + c));
+    }
+  static const UnpackOrder order;
+  const bf16* zero = w.zero16.data();
+  index_t r = 0;
+  for (; r + 4 <= M; r += 4) pv_rows_bf16<4>(words + r * ldw, ldw, V, n, Dv, acc + r * ldacc, ldacc, zero, order, ahead);
+  const std::uint32_t* rest = words + r * ldw;
+  acc += r * ldacc;
+  switch (M - r) {
+    case 3: pv_rows_bf16<3>(rest, ldw, V, n, Dv, acc, ldacc, zero, order, ahead); break;
+    case 2: pv_rows_bf16<2>(rest, ldw, V, n, Dv, acc, ldacc, zero, order, ahead); break;
+    case 1: pv_rows_bf16<1>(rest, ldw, V, n, Dv, acc, ldacc, zero, order, ahead); break;
+    default: break;
+  }
+}
+
+// decode_tile on bf16 rows read in place, with both products on dot products (see above).
+template <class KV, class Q, class TileOf>
+void decode_tile_bf16(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
+                      index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
+                      float* accs, LineStream& ahead) {
+  const index_t M = d.Tq * d.group(), Dvp = round_up(d.Dv, simd::kWidth);
+  if (M == 1)
+    score_tile_bf16<1>(w, M, n, h0, h1, tile_of, d.Dk, ahead);
+  else if (M == 2)
+    score_tile_bf16<2>(w, M, n, h0, h1, tile_of, d.Dk, ahead);
+  else
+    score_tile_bf16<kScoreRows>(w, M, n, h0, h1, tile_of, d.Dk, ahead);
+  decode_tile_softmax(rule, d, w, b, j0, n, h0, h1, skip_rule, states, accs);
+  for (index_t h = h0; h < h1; ++h)
+    accumulate_pv_bf16(w.s.data() + h * w.s_stride, kDecodeTile, M, tile_of(h).v, n, Dvp, accs + h * M * Dvp, Dvp, w,
+                       ahead);
+}
+#endif
+
+// One decode tile [j0, j0 + n) for KV heads [h0, h1): logits, logit rule, online softmax and
+// P V into each head's accumulators [M x Dvp]. K and V rows of all heads lie side by side in
+// memory; the scores walk keys in small blocks with the heads inside, so the keys are read in
+// address order (one head's rows alone are 256-byte pieces 2 KB apart, which the hardware
+// prefetchers do not follow: 28 vs 50 GB/s on one core), while the next tile's lines are
+// requested from the inner loops (LineStream).
+template <class KV, class Q, class TileOf>
+void decode_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
+                 index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
+                 float* accs, LineStream& ahead) {
+  using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if constexpr (std::is_same_v<Stored, bf16>)
+    if (rule.options.bf16_compute == Bf16Compute::dot)
+      return decode_tile_bf16(rule, d, w, b, j0, n, h0, h1, tile_of, skip_rule, states, accs, ahead);
+#endif
+  const index_t G = d.group(), M = d.Tq * G, W = simd::kWidth;
+  const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W), T = kDecodeTile;
+  // One or two query rows per KV head (MHA, or GQA groups of 2) take narrower score blocks.
+  if (M == 1)
+    score_tile<1, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+  else if (M == 2)
+    score_tile<2, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+  else
+    score_tile<kScoreRows, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+  decode_tile_softmax(rule, d, w, b, j0, n, h0, h1, skip_rule, states, accs);
   // Values head by head over the whole tile: its lines were requested during the previous tile,
   // so the order no longer matters for memory, and one pass per head keeps the accumulators in
   // registers for all the tile's keys (passes of 16 keys with the heads inside: 1.45 vs 1.35 ms).
@@ -1354,7 +1639,8 @@ void decode_piece(const AttentionInputs<KV, Q>& in, const AttentionOptions& opti
     const bool skip_rule = tile_needs_no_rule(options, biased, in.mask.has_value(),
                                               w.visible.data(), w.rows, j0, n, keys_per_tile);
     const index_t next_j0 = tile + 1 < last ? list.key(tile + 1) : 0;
-    LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(keys_per_tile, d.Tk - next_j0) : 0, n);
+    LineStream ahead = next_tile_lines(in, d, b, next_j0, tile + 1 < last ? std::min(keys_per_tile, d.Tk - next_j0) : 0, n,
+                                       decode_takes_bf16_dot<KV>(options));
     if constexpr (kv_loads_as_vectors<KV>) {
       if (decode_reads_in_place(in, d) && !tile_needs_rotation(in, j0, n)) {
         // Head h's rows start one head stride after head 0's (ptr() per call showed in profiles).
@@ -1473,6 +1759,7 @@ void attention_step(const AttentionInputs<KV, Q>& in, const AttentionOutputs& ou
       if (first == last) continue;
       for (index_t hk = 0; hk < d.Hkv; ++hk)
         load_query_rows(in, b, hk, G, 0, d.Tq, scale, w.q.data() + hk * w.q_stride, Dkp);
+      if (decode_takes_bf16_dot<KV>(options)) w.round_queries_bf16(d.Hkv, d.Dk, Dkp, d.Dv);
       for (index_t r = 0; r < M; ++r) {
         w.pos[r] = query_position(in, b, r / G);
         w.visible[r] = visible_keys(options, w.pos[r], d.Tk);

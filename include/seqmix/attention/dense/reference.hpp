@@ -65,8 +65,9 @@ struct AttentionOptions {
   /// Gemma-2 / Grok logit soft-capping: s = softcap * tanh(s / softcap) before biases. 0: off.
   float softcap = 0.f;
   /// bf16 K/V only: Bf16Compute::dot rounds q and the softmax weights to bf16 and runs the
-  /// prefill's Q K^T and P V tiles as AVX512-BF16 dot products (fp32 accumulation and softmax)
-  /// where the target has them; fp32 (the default) widens K/V and computes in fp32.
+  /// prefill's and the decode's (attention_step) Q K^T and P V tiles as AVX512-BF16 dot products
+  /// (fp32 accumulation and softmax) where the target has them; fp32 (the default) widens K/V and
+  /// computes in fp32.
   Bf16Compute bf16_compute = {};
 };
 
