@@ -1,5 +1,5 @@
 // Attention's hot path allocates nothing after warm-up: dense decode (seqmix::attention with
-// Tq <= 4, fp32 and fp16 K/V), paged decode and speculative verify (paged_attention, Tq 1 and
+// Tq <= 4, fp32 and fp16 K/V, bf16 K/V with bf16 dot products), paged decode and speculative verify (paged_attention, Tq 1 and
 // 4, packed queries), paged prefill chunks beside decode rows, and paged_kv_append, also with
 // the fused rope and a relative bias; serial and on a two-thread pool.
 #include <catch2/catch.hpp>
@@ -37,10 +37,11 @@ Tensor<KV, 4> random_kv(const std::array<index_t, 4>& shape, std::uint64_t seed)
 }
 
 template <class KV>
-void dense_decode(const seqmix::Executor& executor, const char* name) {
+void dense_decode(const seqmix::Executor& executor, const char* name,
+                  seqmix::Bf16Compute compute = seqmix::Bf16Compute::fp32) {
   const index_t B = 2, Hq = 8, Hkv = 2, D = 128, Tk = 1000;
   seqmix::AttentionOptions options;
-  options.causal = true, options.window = 300, options.sink_tokens = 4;
+  options.causal = true, options.window = 300, options.sink_tokens = 4, options.bf16_compute = compute;
   for (const index_t Tq : {1, 4}) {
     const auto q = st::random_tensor<4>({B, Tq, Hq, D}, 1);
     const auto k = random_kv<KV>({B, Tk, Hkv, D}, 2), v = random_kv<KV>({B, Tk, Hkv, D}, 3);
@@ -104,6 +105,9 @@ TEST_CASE("attention decode allocates nothing after warm-up", "[alloc][attention
   dense_decode<float>(pool, "f32 pool(2)");
   dense_decode<seqmix::f16>(seqmix::serial_executor(), "f16 serial");
   dense_decode<seqmix::f16>(pool, "f16 pool(2)");
+  // bf16 dot products (the q rows and weights rounded into the thread's decode scratch).
+  dense_decode<seqmix::bf16>(seqmix::serial_executor(), "bf16 dot serial", seqmix::Bf16Compute::dot);
+  dense_decode<seqmix::bf16>(pool, "bf16 dot pool(2)", seqmix::Bf16Compute::dot);
 }
 
 TEST_CASE("paged attention and paged append allocate nothing after warm-up", "[alloc][attention][paged]") {
