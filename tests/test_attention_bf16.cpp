@@ -20,6 +20,7 @@
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/flash.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/attention/paged/paged.hpp"
 #include "seqmix/core/bf16_gemm.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix_testing/testing.hpp"
@@ -342,4 +343,50 @@ TEST_CASE("attention bf16 dot products: decode with ALiBi, relative biases and t
       }
       bf16_attn_require_bound(c, rotated, options, o_dot, lse_dot, o_fp32, lse_fp32);
     }
+}
+
+TEST_CASE("attention bf16 dot products: paged decode within the documented bound of the reference",
+          "[attention][bf16][paged]") {
+  // paged_attention's decode items run decode_tile on the pages in place, so the option reaches
+  // them through PagedAttentionOptions::bf16_compute: the same K/V in pages of 16 placed in
+  // reverse order, against the reference on the contiguous tensors.
+  const seqmix::ThreadPool pool(2);
+  std::uint64_t seed = 7800;
+  for (const Bf16AttnCase& c : {Bf16AttnCase{"paged-step-g4", 2, 1, 300, 8, 2, 128, 128, true, 0, 0, 0.f, false, false, false},
+                                Bf16AttnCase{"paged-verify-window", 2, 4, 517, 8, 2, 64, 64, true, 100, 4, 0.f, false, false, false},
+                                Bf16AttnCase{"paged-dk80-dv48", 1, 2, 150, 4, 1, 80, 48, true, 0, 0, 0.f, false, false, false}}) {
+    INFO(c.name);
+    const Bf16AttnData data(c, seed += 10);
+    const index_t bs = 16, per_seq = (c.Tk + bs - 1) / bs, pages = c.B * per_seq;
+    Tensor<bf16, 4> k_pages({pages, bs, c.Hkv, c.Dk}), v_pages({pages, bs, c.Hkv, c.Dv});
+    Tensor<std::int32_t, 2> table({c.B, per_seq});
+    for (index_t b = 0; b < c.B; ++b)
+      for (index_t i = 0; i < per_seq; ++i) table(b, i) = static_cast<std::int32_t>(pages - 1 - (b * per_seq + i));
+    for (index_t b = 0; b < c.B; ++b)
+      for (index_t j = 0; j < c.Tk; ++j)
+        for (index_t h = 0; h < c.Hkv; ++h) {
+          const index_t page = table(b, j / bs), slot = j % bs;
+          for (index_t x = 0; x < c.Dk; ++x) k_pages(page, slot, h, x) = data.k(b, j, h, x);
+          for (index_t x = 0; x < c.Dv; ++x) v_pages(page, slot, h, x) = data.v(b, j, h, x);
+        }
+    const std::vector<std::int32_t> lengths(static_cast<std::size_t>(c.B), static_cast<std::int32_t>(c.Tk));
+    seqmix::PagedAttentionInputs<bf16> in;
+    in.q = data.q.cview(), in.k_pages = k_pages.cview(), in.v_pages = v_pages.cview();
+    in.block_table = table.cview(), in.cache_seqlens = lengths;
+    seqmix::PagedAttentionOptions paged_options;
+    paged_options.window = c.window, paged_options.sink_tokens = c.sinks;
+    Tensor<float, 4> o_fp32({c.B, c.Tq, c.Hq, c.Dv}), o_dot({c.B, c.Tq, c.Hq, c.Dv}), o_ref({c.B, c.Tq, c.Hq, c.Dv});
+    Tensor<float, 3> lse_dot({c.B, c.Tq, c.Hq}), lse_ref({c.B, c.Tq, c.Hq});
+    seqmix::paged_attention(in, {o_fp32.view(), {}}, paged_options, pool);
+    paged_options.bf16_compute = seqmix::Bf16Compute::dot;
+    seqmix::paged_attention(in, {o_dot.view(), lse_dot.view()}, paged_options, pool);
+    const seqmix::AttentionOptions options = paged_options.dense();
+    seqmix::reference::attention(data.in, {o_ref.view(), lse_ref.view()}, options);
+    if (!seqmix::detail::kNativeBf16Dot) {
+      REQUIRE(std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_fp32.data()));
+      continue;
+    }
+    REQUIRE(!std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_fp32.data()));  // the dot tiles ran
+    bf16_attn_require_bound(c, data, options, o_dot, lse_dot, o_ref, lse_ref);
+  }
 }

@@ -179,6 +179,8 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
     else
       load_query_rows(in.q, qs.b, hk, G, qs.i0 + item.q0, item.nq, scale, dst, Dkp);
   }
+  const bool bf16_dot = decode_takes_bf16_dot<KV>(options);  // decode_tile's dot-product tiles
+  if (bf16_dot) w.round_queries_bf16(d.Hkv, d.Dk, Dkp, d.Dv);
   for (index_t r = 0; r < M; ++r) {
     w.pos[r] = item.L - qs.count + item.q0 + r / G;
     w.visible[r] = visible_keys(options, w.pos[r], item.L);
@@ -205,7 +207,7 @@ void paged_piece(const PagedAttentionInputs<KV>& in, const PagedDims& d, const A
       ahead.to_l2 = true;
       ahead.set_rows(0, next.k, static_cast<int>(next.n), k_row);
       ahead.set_rows(1, next.v, static_cast<int>(next.n), v_row);
-      ahead.spread_over(decode_tile_steps(tile_dims, n));
+      ahead.spread_over(decode_tile_steps(tile_dims, n, bf16_dot));
     }
     const bool biased = rule_inputs.alibi_slopes.has_value() || rule_inputs.relative_bias.kind != RelativeBiasKind::none;
     const bool skip_rule = tile_needs_no_rule(options, biased, false, w.visible.data(), M, j0, n, keys_per_tile);

@@ -40,11 +40,16 @@ struct PagedAttentionOptions {
   index_t window = 0;          ///< sliding window W (0: none), as AttentionOptions::window
   index_t sink_tokens = 0;     ///< StreamingLLM sinks kept visible by the window
   float softcap = 0.f;         ///< logit soft-capping (0: off)
+  /// bf16 pages: Bf16Compute::dot runs the decode tiles (up to 16 queries per sequence) on
+  /// AVX512-BF16 dot products, as AttentionOptions::bf16_compute does for attention_step; the
+  /// prefill chunks keep fp32 products.
+  Bf16Compute bf16_compute = Bf16Compute::fp32;
 
   /// The same rules as AttentionOptions (what the dense kernels take).
   AttentionOptions dense() const {
     AttentionOptions o;
     o.scale = scale, o.causal = causal, o.window = window, o.sink_tokens = sink_tokens, o.softcap = softcap;
+    o.bf16_compute = bf16_compute;
     return o;
   }
 };
