@@ -86,6 +86,40 @@ TEST_CASE("rwkv7: the fast form matches the reference over the shape table", "[r
   }
 }
 
+// The prefill takes tokens two at a time (delta_update::advance_rwkv7_pair) unless token_states
+// are asked for: one pair, pairs and an odd last token, value columns past the last whole vector
+// (the scalar tail, token by token), K != V, one item split into value blocks on two threads,
+// reverse; each against the reference, with and without token_states.
+TEST_CASE("rwkv7: the two-token pass matches the reference, tails, blocks, reverse, token states", "[rwkv7]") {
+  const std::vector<R7Case> cases = {{1, 2, 1, 64, 64, -1.f, false},  {2, 3, 2, 64, 40, -2.f, false},
+                                     {1, 33, 1, 64, 72, -0.5f, false}, {1, 64, 2, 32, 96, -1.f, false},
+                                     {1, 17, 1, 96, 48, -5.f, false},  {1, 9, 1, 16, 5, -1.f, false}};
+  seqmix::ThreadPool pool(2);
+  std::uint64_t seed = 900;
+  for (const R7Case& c : cases)
+    for (int threads = 1; threads <= 2; ++threads)
+      for (int reverse = 0; reverse < 2; ++reverse)
+        for (int keep_states = 0; keep_states < 2; ++keep_states) {
+          seed += 10;
+          const R7Data data(c, seed);
+          const std::string what = describe(c, seed) + " threads=" + std::to_string(threads) +
+                                   " reverse=" + std::to_string(reverse) + " token_states=" + std::to_string(keep_states);
+          seqmix::Rwkv7Options options;
+          options.reverse = reverse != 0;
+          Tensor<float, 4> o_ref({c.B, c.T, c.H, c.V}), s_ref({c.B, c.H, c.K, c.V});
+          Tensor<float, 4> o({c.B, c.T, c.H, c.V}), s({c.B, c.H, c.K, c.V});
+          Tensor<float, 5> ts_ref, ts;
+          if (keep_states) ts_ref = Tensor<float, 5>({c.B, c.T, c.H, c.K, c.V}), ts = Tensor<float, 5>(ts_ref.shape());
+          seqmix::reference::rwkv7(data.inputs(), {o_ref.view(), s_ref.view(), ts_ref.view()}, options);
+          const seqmix::Executor& executor = threads == 2 ? static_cast<const seqmix::Executor&>(pool)
+                                                          : seqmix::serial_executor();
+          seqmix::rwkv7(data.inputs(), {o.view(), s.view(), ts.view()}, options, executor);
+          require_close(o, o_ref, kTol, what + " o");
+          require_close(s, s_ref, kTol, what + " final_state");
+          if (keep_states) st::require_close((what + " token_states").c_str(), ts.view(), ts_ref.view(), kTol);
+        }
+}
+
 TEST_CASE("rwkv7: one call equals prefill + prefill + steps, strided inputs included", "[rwkv7]") {
   const R7Case c{2, 120, 2, 32, 24, -1.f, false};
   const R7Data data(c, 41);
