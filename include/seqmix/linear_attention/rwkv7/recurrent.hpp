@@ -92,11 +92,12 @@ void request_rwkv7_token(const ConstView<E, 3>& r, const ConstView<E, 3>& k, con
 
 // 4 tokens (two pairs): how far ahead the prefill asks for a token's rows. One head's rows of
 // consecutive tokens lie H K floats apart (8 KB at H32 K64), each on its own page, where the
-// hardware prefetchers stop. Measured with the two-token pass (H32 K = V = 64, one thread, thread
-// CPU time, medians of 3 alternations, load 1.5): T2048 / T4096 2 ahead 24.0 / 51.8 ms, 4 ahead
-// 24.2 / 49.7, 8 ahead 26.5 / 57.6, 16 ahead 27.9 / 60.1; 8 ahead into L2 23.2 / 56.3. Without the
-// output row's request 31.0 / 95.8 against 25.9 / 55.9 (4 ahead, load 7.5): the row is written in
-// place and its lines otherwise come from memory (read for ownership) in the token's path.
+// hardware prefetchers stop. Measured with the two-token pass in a program calling only the
+// prefill (H32 K = V = 64, one thread, thread CPU time, medians of 3 alternations, load 1.5):
+// T2048 / T4096 2 ahead 24.0 / 51.8 ms, 4 ahead 24.2 / 49.7, 8 ahead 26.5 / 57.6, 16 ahead 27.9
+// / 60.1; 8 ahead into L2 23.2 / 56.3. Without the output row's request 31.0 / 95.8 against 25.9
+// / 55.9 (4 ahead, load 7.5): the row is written in place and its lines otherwise come from
+// memory (read for ownership) in the token's path.
 constexpr index_t kRwkv7RowsAhead = 4;
 
 }  // namespace delta_update
