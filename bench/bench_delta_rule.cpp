@@ -462,7 +462,7 @@ void register_all() {
   reg("kda/step/h32_k128", [](benchmark::State& st) { gdr_step(st, 32, 128, DeltaGate::channel); });
   // rwkv7 targets: prefill h32 k64 t512 <= 2.5 ms, step <= 8 us.
   reg("rwkv7/prefill/h32_k64_t512", [](benchmark::State& st) { rwkv7_prefill(st, 512, 32, 64, false); });
-  // 16 MiB of rows per input: the rows come from memory, the look-ahead's case (README.md).
+  // 16 MiB of rows per input: the rows come from memory (delta_update/README.md, rwkv7 pairs).
   reg("rwkv7/prefill/h32_k64_t2048", [](benchmark::State& st) { rwkv7_prefill(st, 2048, 32, 64, false); });
   reg("rwkv7/prefill/h32_k64_t64/reference", [](benchmark::State& st) { rwkv7_prefill(st, 64, 32, 64, true); });
   reg("rwkv7/step/h32_k64", [](benchmark::State& st) { rwkv7_step(st, 32, 64); });

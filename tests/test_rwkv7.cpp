@@ -86,11 +86,10 @@ TEST_CASE("rwkv7: the fast form matches the reference over the shape table", "[r
   }
 }
 
-// The prefill takes tokens two at a time (delta_update::advance_rwkv7_pair) unless token_states
-// are asked for: one pair, pairs and an odd last token, value columns past the last whole vector
-// (the scalar tail, token by token), K != V, one item split into value blocks on two threads,
-// reverse; each against the reference, with and without token_states.
-TEST_CASE("rwkv7: the two-token pass matches the reference, tails, blocks, reverse, token states", "[rwkv7]") {
+// The prefill against the reference over shapes relative to the kernel's column tiles: T = 2, 3
+// and odd lengths, value columns past the last whole vector (the scalar tail), K != V, one item
+// split into value blocks on two threads, reverse, with and without token_states.
+TEST_CASE("rwkv7: the prefill matches the reference, tails, blocks, reverse, token states", "[rwkv7]") {
   const std::vector<R7Case> cases = {{1, 2, 1, 64, 64, -1.f, false},  {2, 3, 2, 64, 40, -2.f, false},
                                      {1, 33, 1, 64, 72, -0.5f, false}, {1, 64, 2, 32, 96, -1.f, false},
                                      {1, 17, 1, 96, 48, -5.f, false},  {1, 9, 1, 16, 5, -1.f, false}};

@@ -1,6 +1,6 @@
 // The fused token kernel of the delta-rule family: decode steps and the recurrent prefill both
-// run it; the prefills of the delta rules and of rwkv7 also advance two tokens per pass over S
-// (advance_pair, advance_rwkv7_pair, below). Internal.
+// run it; the delta rule's prefill also advances two tokens per pass over S (advance_pair,
+// below). Internal.
 //
 // A token changes the state S [K,V] by a diagonal decay plus rank-one terms that depend on a
 // read of the state itself, so it takes two sweeps over each column tile of S:
@@ -16,7 +16,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 
 #include "seqmix/core/simd.hpp"
@@ -175,98 +174,6 @@ inline void token_tail(float* S, index_t ldS, index_t K, index_t c0, index_t V, 
   }
 }
 
-/// Two consecutive tokens of rwkv7, as one pass of rwkv7_pair_tile over S. With W1, W2 the
-/// decays, p1 = S^T a1, S1 = W1 S + b1 p1^T + k1 v1^T, p2 = S1^T a2 and S2 = W2 S1 + b2 p2^T +
-/// k2 v2^T, every read of S1 or S2 is a read of S plus rank-one corrections:
-///   p1 = S^T a1
-///   p2 = S^T (w1 a2) + (b1 . a2) p1 + (k1 . a2) v1
-///   o1 = S^T (w1 r1) + (b1 . r1) p1 + (k1 . r1) v1
-///   o2 = S^T (w1 w2 r2) + (w2 b1 . r2) p1 + (w2 k1 . r2) v1 + (b2 . r2) p2 + (k2 . r2) v2
-///   S2 = W1 W2 S + (w2 b1) p1^T + (w2 k1) v1^T + b2 p2^T + k2 v2^T
-/// (products of vectors elementwise). Sweep 1 reads the four products from one load of each row
-/// of S, 4 NB independent FMA chains; sweep 2 applies both tokens with one load and store: per
-/// element 9 vector operations for the two tokens instead of 10, half the loads and stores, and
-/// no FMA chain through sweep 2 (the single-token kernel's readout).
-struct Rwkv7PairOperands {
-  const float* a1 = nullptr;   ///< [K] a1
-  const float* r1 = nullptr;   ///< [K] w1 r1
-  const float* a2 = nullptr;   ///< [K] w1 a2
-  const float* r2 = nullptr;   ///< [K] w1 w2 r2
-  const float* ww = nullptr;   ///< [K] w1 w2
-  const float* b1 = nullptr;   ///< [K] w2 b1
-  const float* k1 = nullptr;   ///< [K] w2 k1
-  const float* b2 = nullptr;   ///< [K]
-  const float* k2 = nullptr;   ///< [K]
-  const float* v1 = nullptr;   ///< [V]
-  const float* v2 = nullptr;   ///< [V]
-  float b1a2 = 0.f, k1a2 = 0.f;                          ///< b1 . a2, k1 . a2 (p2's corrections)
-  float b1r1 = 0.f, k1r1 = 0.f;                          ///< b1 . r1, k1 . r1 (o1's)
-  float b1r2 = 0.f, k1r2 = 0.f, b2r2 = 0.f, k2r2 = 0.f;  ///< w2 b1 . r2, w2 k1 . r2, b2 . r2, k2 . r2 (o2's)
-};
-
-template <int NB>
-inline void rwkv7_pair_tile(float* S, index_t ldS, index_t K, index_t c0, const Rwkv7PairOperands& x, float* o1,
-                            float* o2) {
-  static_assert(NB <= 4, "the loops over NB carry #pragma GCC unroll 4");
-  using simd::Batch;
-  constexpr index_t W = simd::kWidth;
-  // Sweep 1's four reads; then p1, v1, p2, v2 held for sweep 2 (ra, rb become v1, v2).
-  Batch<float> p1[NB], ra[NB], p2[NB], rb[NB];
-#pragma GCC unroll 4
-  for (int j = 0; j < NB; ++j) p1[j] = ra[j] = p2[j] = rb[j] = Batch<float>(0.f);
-  for (index_t r = 0; r < K; ++r) {
-    const float* row = S + r * ldS + c0;
-    const Batch<float> a1(x.a1[r]), r1(x.r1[r]), a2(x.a2[r]), r2(x.r2[r]);
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) {
-      const Batch<float> s = simd::load(row + j * W);
-      p1[j] = simd::fma(a1, s, p1[j]);
-      ra[j] = simd::fma(r1, s, ra[j]);
-      p2[j] = simd::fma(a2, s, p2[j]);
-      rb[j] = simd::fma(r2, s, rb[j]);
-    }
-  }
-  const Batch<float> b1a2(x.b1a2), k1a2(x.k1a2), b1r1(x.b1r1), k1r1(x.k1r1);
-  const Batch<float> b1r2(x.b1r2), k1r2(x.k1r2), b2r2(x.b2r2), k2r2(x.k2r2);
-#pragma GCC unroll 4
-  for (int j = 0; j < NB; ++j) {
-    const Batch<float> v1 = simd::load(x.v1 + c0 + j * W), v2 = simd::load(x.v2 + c0 + j * W);
-    p2[j] = simd::fma(k1a2, v1, simd::fma(b1a2, p1[j], p2[j]));
-    simd::store(o1 + c0 + j * W, simd::fma(k1r1, v1, simd::fma(b1r1, p1[j], ra[j])));
-    const Batch<float> first = simd::fma(k1r2, v1, simd::fma(b1r2, p1[j], rb[j]));
-    simd::store(o2 + c0 + j * W, simd::fma(k2r2, v2, simd::fma(b2r2, p2[j], first)));
-    ra[j] = v1;
-    rb[j] = v2;
-  }
-  for (index_t r = 0; r < K; ++r) {
-    float* row = S + r * ldS + c0;
-    const Batch<float> ww(x.ww[r]), b1(x.b1[r]), k1(x.k1[r]), b2(x.b2[r]), k2(x.k2[r]);
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) {
-      Batch<float> s = ww * simd::load(row + j * W);
-      s = simd::fma(b1, p1[j], s);
-      s = simd::fma(k1, ra[j], s);
-      s = simd::fma(b2, p2[j], s);
-      simd::store(row + j * W, simd::fma(k2, rb[j], s));
-    }
-  }
-}
-
-/// Advances S ([K,V], rows ldS apart) by the rwkv7 tokens x1 then x2 (`pair`: their
-/// rwkv7_pair_operands); writes o1[0..V), o2[0..V). Columns past the last whole vector take the
-/// scalar single-token path, x1 then x2: each column of S evolves on its own.
-inline void advance_rwkv7_pair(float* S, index_t ldS, index_t K, index_t V, const Rwkv7PairOperands& pair,
-                               const TokenOperands& x1, const TokenOperands& x2, float* o1, float* o2) {
-  constexpr index_t W = simd::kWidth;
-  index_t c = 0;
-  for (; c + 4 * W <= V; c += 4 * W) rwkv7_pair_tile<4>(S, ldS, K, c, pair, o1, o2);
-  for (; c + W <= V; c += W) rwkv7_pair_tile<1>(S, ldS, K, c, pair, o1, o2);
-  if (c < V) {
-    token_tail<Update::rwkv7, true>(S, ldS, K, c, V, x1, o1);
-    token_tail<Update::rwkv7, true>(S, ldS, K, c, V, x2, o2);
-  }
-}
-
 template <Update kUpdate, bool kDecay>
 inline void token_impl(float* S, index_t ldS, index_t K, index_t V, const TokenOperands& x, float* o) {
   constexpr index_t W = simd::kWidth;
@@ -305,18 +212,16 @@ class TokenWorkspace {
 };
 
 /// Per-thread scratch of the two-token pass: the second token's operands and the pair's
-/// combined vectors (PairOperands b, c, d, e, ww; rwkv7's pair uses a sixth, f). Allocated once
-/// per thread and shape.
+/// combined vectors (PairOperands b, c, d, e, ww). Allocated once per thread and shape.
 class PairWorkspace {
  public:
-  PairWorkspace(index_t K, index_t V) : second(K, V), buffer_(static_cast<std::size_t>(6 * K)), K_(K) {}
+  PairWorkspace(index_t K, index_t V) : second(K, V), buffer_(static_cast<std::size_t>(5 * K)), K_(K) {}
   TokenWorkspace second;
   float* b() { return buffer_.data(); }
   float* c() { return b() + K_; }
   float* d() { return c() + K_; }
   float* e() { return d() + K_; }
   float* ww() { return e() + K_; }
-  float* f() { return ww() + K_; }
 
  private:
   AlignedVector<float> buffer_;
@@ -364,61 +269,6 @@ inline PairOperands pair_operands(const TokenOperands& x1, const TokenOperands& 
   x.k1k2 = simd::dot(x.e, x2.k, K);
   x.k1q2 = simd::dot(x.e, x2.q, K);
   x.k2q2 = simd::dot(x2.k, x2.q, K);
-  return x;
-}
-
-/// The rwkv7 two-token pass's operands of tokens x1 then x2 (both with [K] decays, w_stride 1):
-/// its combined vectors written into ws and its eight dot products, all in one vectorized pass
-/// over K (at K = V = 64 the pair's kernel is ~1000 cycles, so a scalar pass here would take
-/// much of what it saves, as it did for the delta rule's pair_operands).
-inline Rwkv7PairOperands rwkv7_pair_operands(const TokenOperands& x1, const TokenOperands& x2, index_t K,
-                                             PairWorkspace& ws) {
-  using simd::Batch;
-  assert(x1.w != nullptr && x2.w != nullptr && x1.w_stride == 1 && x2.w_stride == 1);
-  Rwkv7PairOperands x;
-  x.a1 = x1.alpha, x.b2 = x2.b, x.k2 = x2.k, x.v1 = x1.v, x.v2 = x2.v;
-  float* const r1 = ws.b();
-  float* const a2 = ws.c();
-  float* const r2 = ws.d();
-  float* const b1 = ws.e();
-  float* const ww = ws.ww();
-  float* const k1 = ws.f();
-  // dots: b1.a2, k1.a2, b1.r1, k1.r1, w2b1.r2, w2k1.r2, b2.r2, k2.r2 (x1.q = r1, x2.alpha = a2)
-  Batch<float> acc[8];
-  for (Batch<float>& a : acc) a = Batch<float>(0.f);
-  const index_t nv = simd::vector_end(K);
-  for (index_t i = 0; i < nv; i += simd::kWidth) {
-    const Batch<float> w1 = simd::load(x1.w + i), w2 = simd::load(x2.w + i), w12 = w1 * w2;
-    const Batch<float> r1i = simd::load(x1.q + i), a2i = simd::load(x2.alpha + i), r2i = simd::load(x2.q + i);
-    const Batch<float> b1i = simd::load(x1.b + i), k1i = simd::load(x1.k + i);
-    const Batch<float> w2b1 = w2 * b1i, w2k1 = w2 * k1i;
-    simd::store(r1 + i, w1 * r1i);
-    simd::store(a2 + i, w1 * a2i);
-    simd::store(r2 + i, w12 * r2i);
-    simd::store(ww + i, w12);
-    simd::store(b1 + i, w2b1);
-    simd::store(k1 + i, w2k1);
-    acc[0] = simd::fma(b1i, a2i, acc[0]);
-    acc[1] = simd::fma(k1i, a2i, acc[1]);
-    acc[2] = simd::fma(b1i, r1i, acc[2]);
-    acc[3] = simd::fma(k1i, r1i, acc[3]);
-    acc[4] = simd::fma(w2b1, r2i, acc[4]);
-    acc[5] = simd::fma(w2k1, r2i, acc[5]);
-    acc[6] = simd::fma(simd::load(x2.b + i), r2i, acc[6]);
-    acc[7] = simd::fma(simd::load(x2.k + i), r2i, acc[7]);
-  }
-  float dots[8];
-  for (int d = 0; d < 8; ++d) dots[d] = simd::reduce_add(acc[d]);
-  for (index_t i = nv; i < K; ++i) {
-    const float w1 = x1.w[i], w2 = x2.w[i], w12 = w1 * w2;
-    const float r1i = x1.q[i], a2i = x2.alpha[i], r2i = x2.q[i], b1i = x1.b[i], k1i = x1.k[i];
-    r1[i] = w1 * r1i, a2[i] = w1 * a2i, r2[i] = w12 * r2i, ww[i] = w12, b1[i] = w2 * b1i, k1[i] = w2 * k1i;
-    dots[0] += b1i * a2i, dots[1] += k1i * a2i, dots[2] += b1i * r1i, dots[3] += k1i * r1i;
-    dots[4] += b1[i] * r2i, dots[5] += k1[i] * r2i, dots[6] += x2.b[i] * r2i, dots[7] += x2.k[i] * r2i;
-  }
-  x.r1 = r1, x.a2 = a2, x.r2 = r2, x.ww = ww, x.b1 = b1, x.k1 = k1;
-  x.b1a2 = dots[0], x.k1a2 = dots[1], x.b1r1 = dots[2], x.k1r1 = dots[3];
-  x.b1r2 = dots[4], x.k1r2 = dots[5], x.b2r2 = dots[6], x.k2r2 = dots[7];
   return x;
 }
 

@@ -1,10 +1,8 @@
 // The fast prefill of rwkv7: the recurrent form, vectorized over V and multi-threaded over
 // (batch, head), each head split into blocks of value columns when there are fewer (batch, head)
-// items than threads (delta_update::for_each_item: p = S^T a and the update are per column). It is
-// the delta family's fused token kernel (delta_update/recurrent.hpp) in its rwkv7 mode: sweep 1
-// reads p = S^T a, sweep 2 writes S = diag(w) S + b p^T + k v^T and accumulates o = S^T r while
-// the column tile is in L1. Without token_states the tokens go through S two at a time
-// (advance_rwkv7_pair: the second token's reads of S1 as reads of S plus rank-one corrections).
+// items than threads (delta_update::for_each_item: p = S^T a and the update are per column). It is the delta family's fused token kernel (delta_update/recurrent.hpp) in
+// its rwkv7 mode: sweep 1 reads p = S^T a, sweep 2 writes S = diag(w) S + b p^T + k v^T and
+// accumulates o = S^T r while the column tile is in L1.
 //
 // Why recurrent and not chunked: a chunked form of the diagonal-plus-rank-one transition needs
 // the WY solve with a per-channel decay (pairwise exp(gamma_i - gamma_j) per channel, as KDA's
@@ -20,7 +18,6 @@
 #include <type_traits>
 
 #include "seqmix/core/half.hpp"
-#include "seqmix/core/prefetch.hpp"
 #include "seqmix/linear_attention/delta_update/driver.hpp"
 #include "seqmix/linear_attention/rwkv7/reference.hpp"
 
@@ -79,26 +76,13 @@ void prefetch_rwkv7_row(const ConstView<E, 3>& x, index_t i, index_t h) {
   for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
-// Requests token i's six input rows and (written in place when contiguous) its output row.
 template <class E>
-void request_rwkv7_token(const ConstView<E, 3>& r, const ConstView<E, 3>& k, const ConstView<E, 3>& v,
-                         const ConstView<E, 3>& a, const ConstView<E, 3>& b, const ConstView<float, 3>& g,
-                         const TensorView<float, 3>& o, index_t i, index_t h) {
+void prefetch_rwkv7_token(const ConstView<E, 3>& r, const ConstView<E, 3>& k, const ConstView<E, 3>& v,
+                          const ConstView<E, 3>& a, const ConstView<E, 3>& b, const ConstView<float, 3>& g, index_t i,
+                          index_t h) {
   for (const ConstView<E, 3>* x : {&r, &k, &v, &a, &b}) prefetch_rwkv7_row(*x, i, h);
   prefetch_rwkv7_row(g, i, h);
-  const TensorView<float, 1> out = o[i][h];
-  if (out.is_last_dim_contiguous()) seqmix::detail::prefetch_row<true, 3>(out.data(), out.size(0));
 }
-
-// 4 tokens (two pairs): how far ahead the prefill asks for a token's rows. One head's rows of
-// consecutive tokens lie H K floats apart (8 KB at H32 K64), each on its own page, where the
-// hardware prefetchers stop. Measured with the two-token pass in a program calling only the
-// prefill (H32 K = V = 64, one thread, thread CPU time, medians of 3 alternations, load 1.5):
-// T2048 / T4096 2 ahead 24.0 / 51.8 ms, 4 ahead 24.2 / 49.7, 8 ahead 26.5 / 57.6, 16 ahead 27.9
-// / 60.1; 8 ahead into L2 23.2 / 56.3. Without the output row's request 31.0 / 95.8 against 25.9
-// / 55.9 (4 ahead, load 7.5): the row is written in place and its lines otherwise come from
-// memory (read for ownership) in the token's path.
-constexpr index_t kRwkv7RowsAhead = 4;
 
 }  // namespace delta_update
 
@@ -122,42 +106,17 @@ void rwkv7_prefill(const Rwkv7InputsOf<T>& in, const Rwkv7Outputs& out, const Ex
     const auto r = x.r[0], k = x.k[0], v = x.v[0].slice(2, c0, V), a = x.a[0], b = x.b[0];
     const ConstView<float, 3> g = x.g[0];
     const auto o = y.o[0].slice(2, c0, V);
-    const auto load = [&](index_t t, TokenWorkspace& tw) { return load_rwkv7_token(r, k, v, a, b, g, t, h, tw); };
-    const auto request = [&](index_t t) {
-      if (t < span.tokens) request_rwkv7_token(r, k, v, a, b, g, o, t, h);
-    };
-    // Token t's output: its row of o when contiguous, else tw's scratch row, copied out after.
-    const auto output = [&](index_t t, TokenWorkspace& tw) {
-      const TensorView<float, 1> o_t = o[t][h];
-      return o_t.is_last_dim_contiguous() ? o_t.data() : tw.o();
-    };
-    const auto write_back = [&](index_t t, const float* dst) {
-      const TensorView<float, 1> o_t = o[t][h];
+    constexpr index_t kAhead = 2;  // tokens between a row's prefetch and its use
+    for (index_t t = 0; t < span.tokens; ++t) {
+      if (t + kAhead < span.tokens) prefetch_rwkv7_token(r, k, v, a, b, g, t + kAhead, h);
+      const TokenOperands tok = load_rwkv7_token(r, k, v, a, b, g, t, h, *ws.tok);
+      const auto o_t = o[t][h];
+      float* dst = o_t.is_last_dim_contiguous() ? o_t.data() : ws.tok->o();
+      advance_token(Update::rwkv7, ws.S.data(), V, d.K, V, tok, dst);
       if (dst != o_t.data())
         for (index_t c = 0; c < V; ++c) o_t(c) = dst[c];
-    };
-    float* const S = ws.S.data();
-    index_t t = 0;
-    if (!y.token_states.has_value()) {
-      TokenWorkspace& second = ws.pair->second;
-      for (; t + 2 <= span.tokens; t += 2) {
-        request(t + kRwkv7RowsAhead);
-        request(t + kRwkv7RowsAhead + 1);
-        const TokenOperands x1 = load(t, *ws.tok), x2 = load(t + 1, second);
-        float* const o1 = output(t, *ws.tok);
-        float* const o2 = output(t + 1, second);
-        advance_rwkv7_pair(S, V, d.K, V, rwkv7_pair_operands(x1, x2, d.K, *ws.pair), x1, x2, o1, o2);
-        write_back(t, o1);
-        write_back(t + 1, o2);
-      }
-    }
-    for (; t < span.tokens; ++t) {  // with token_states, and an odd last token
-      request(t + kRwkv7RowsAhead);
-      const TokenOperands tok = load(t, *ws.tok);
-      float* const dst = output(t, *ws.tok);
-      advance_token(Update::rwkv7, S, V, d.K, V, tok, dst);
-      write_back(t, dst);
-      if (y.token_states.has_value()) store_item_state(y.token_states[0][t][h].slice(1, c0, V), S, d.K, V);
+      if (y.token_states.has_value())
+        store_item_state(y.token_states[0][t][h].slice(1, c0, V), ws.S.data(), d.K, V);
     }
     if (y.final_state.has_value()) store_item_state(y.final_state[0][h].slice(1, c0, V), ws.S.data(), d.K, V);
   });
