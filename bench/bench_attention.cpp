@@ -31,7 +31,7 @@
 //                         calls in the same run (issue 19 asks >= 1.4x without AMX).
 //   attention/decode/..._bf16_dot  bf16 K/V decode with bf16 dot products, GB/s and eff as decode,
 //                         and speedup_vs_fp32compute: the same call with fp32 products over this
-//                         one, alternating calls in the same run.
+//                         one, alternating batches of calls (about 0.1 s each) in the same run.
 //   attention/prefill/..._causal/bf16io_dot|_fp32  q, k and v all stored as bf16, with bf16 dot
 //                         products or fp32 products; speedup_vs_f32 over the fp32 q/k/v prefill,
 //                         vs_f32_query over the same call on fp32 q (the query load's conversion).
@@ -202,6 +202,26 @@ void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T
   seqmix::testing::report_gflops(state, flops);
 }
 
+// The CPU time of `a` over that of `b`, each the median of 5 samples taken alternately after the
+// timed loop; a sample is the process CPU time (every thread of the pool, which other load on the
+// machine inflates less than wall time) of a batch of calls of about 0.1 s. Not single calls: the
+// process CPU clock advances the pool's other threads by scheduler ticks (4 ms here), so calls of
+// a few ms read up to 4x apart (a bf16 decode with fp32 products at 5.2 ms of process CPU in 1.8
+// ms of wall time on 2 threads, 2026-12-07).
+template <class A, class B>
+double alternated_cpu_ratio(const A& a, const B& b) {
+  const auto per_call = [](const auto& call, int calls) {
+    const double t0 = st::process_cpu_seconds();
+    for (int c = 0; c < calls; ++c) call();
+    return (st::process_cpu_seconds() - t0) / calls;
+  };
+  const int calls = std::max(1, static_cast<int>(0.1 / std::max(per_call(a, 1), 1e-5)));
+  std::vector<double> ta, tb;
+  for (int r = 0; r < 5; ++r) ta.push_back(per_call(a, calls)), tb.push_back(per_call(b, calls));
+  std::sort(ta.begin(), ta.end()), std::sort(tb.begin(), tb.end());
+  return ta[2] / tb[2];
+}
+
 template <class KV>
 void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk, Form form, bool rope = false,
             Bias bias = Bias::none) {
@@ -234,24 +254,14 @@ void decode_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, i
     seqmix::attention(p.inputs(), p.outputs(), dot, pool());
     benchmark::DoNotOptimize(p.o.data());
   }
-  std::vector<double> t_fp32, t_dot;
-  for (int r = 0; r < 5; ++r) {
-    double t0 = st::process_cpu_seconds();
-    seqmix::attention(p.inputs(), p.outputs(), options, pool());
-    t_fp32.push_back(st::process_cpu_seconds() - t0);
-    t0 = st::process_cpu_seconds();
-    seqmix::attention(p.inputs(), p.outputs(), dot, pool());
-    t_dot.push_back(st::process_cpu_seconds() - t0);
-  }
-  std::sort(t_fp32.begin(), t_fp32.end()), std::sort(t_dot.begin(), t_dot.end());
-  state.counters["speedup_vs_fp32compute"] = t_fp32[2] / t_dot[2];
+  state.counters["speedup_vs_fp32compute"] = alternated_cpu_ratio(
+      [&] { seqmix::attention(p.inputs(), p.outputs(), options, pool()); },
+      [&] { seqmix::attention(p.inputs(), p.outputs(), dot, pool()); });
   seqmix::testing::report_gbytes(state, static_cast<double>(Tk * p.Hkv * 2 * p.D) * sizeof(seqmix::bf16));
 }
 
 // bf16 K/V prefill with bf16 dot products (AttentionOptions::bf16_compute = dot), eff against the
-// bf16 dot peak. speedup_vs_f32 is the fp32 prefill (fp32 K/V) over this one, from 3 calls of
-// each taken alternately after the timed loop, medians of process CPU time (every thread of the
-// pool), which other load on the machine inflates less than wall time: the ratio of one run.
+// bf16 dot peak. speedup_vs_f32 is the fp32 prefill (fp32 K/V) over this one (alternated_cpu_ratio).
 void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, index_t T) {
   Problem<seqmix::bf16> p(T, T, shape);
   Problem<float> f(T, T, shape);
@@ -262,17 +272,9 @@ void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, 
     seqmix::attention(p.inputs(), p.outputs(), dot, pool());
     benchmark::DoNotOptimize(p.o.data());
   }
-  std::vector<double> t_f32, t_bf16;
-  for (int r = 0; r < 3; ++r) {
-    double t0 = st::process_cpu_seconds();
-    seqmix::attention(f.inputs(), f.outputs(), options, pool());
-    t_f32.push_back(st::process_cpu_seconds() - t0);
-    t0 = st::process_cpu_seconds();
-    seqmix::attention(p.inputs(), p.outputs(), dot, pool());
-    t_bf16.push_back(st::process_cpu_seconds() - t0);
-  }
-  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
-  state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
+  state.counters["speedup_vs_f32"] = alternated_cpu_ratio(
+      [&] { seqmix::attention(f.inputs(), f.outputs(), options, pool()); },
+      [&] { seqmix::attention(p.inputs(), p.outputs(), dot, pool()); });
   const double pairs = 0.5 * static_cast<double>(T) * static_cast<double>(T + 1);
   seqmix::testing::report_gflops_bf16(state, 2.0 * static_cast<double>(p.Hq * 2 * p.D) * pairs);
 }
