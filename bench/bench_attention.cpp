@@ -202,26 +202,6 @@ void prefill(benchmark::State& state, const st::AttentionShape& shape, index_t T
   seqmix::testing::report_gflops(state, flops);
 }
 
-// The CPU time of `a` over that of `b`, each the median of 5 samples taken alternately after the
-// timed loop; a sample is the process CPU time (every thread of the pool, which other load on the
-// machine inflates less than wall time) of a batch of calls of about 0.1 s. Not single calls: the
-// process CPU clock advances the pool's other threads by scheduler ticks (4 ms here), so calls of
-// a few ms read up to 4x apart (a bf16 decode with fp32 products at 5.2 ms of process CPU in 1.8
-// ms of wall time on 2 threads, 2026-12-07).
-template <class A, class B>
-double alternated_cpu_ratio(const A& a, const B& b) {
-  const auto per_call = [](const auto& call, int calls) {
-    const double t0 = st::process_cpu_seconds();
-    for (int c = 0; c < calls; ++c) call();
-    return (st::process_cpu_seconds() - t0) / calls;
-  };
-  const int calls = std::max(1, static_cast<int>(0.1 / std::max(per_call(a, 1), 1e-5)));
-  std::vector<double> ta, tb;
-  for (int r = 0; r < 5; ++r) ta.push_back(per_call(a, calls)), tb.push_back(per_call(b, calls));
-  std::sort(ta.begin(), ta.end()), std::sort(tb.begin(), tb.end());
-  return ta[2] / tb[2];
-}
-
 template <class KV>
 void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk, Form form, bool rope = false,
             Bias bias = Bias::none) {
@@ -254,14 +234,14 @@ void decode_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, i
     seqmix::attention(p.inputs(), p.outputs(), dot, pool());
     benchmark::DoNotOptimize(p.o.data());
   }
-  state.counters["speedup_vs_fp32compute"] = alternated_cpu_ratio(
-      [&] { seqmix::attention(p.inputs(), p.outputs(), options, pool()); },
-      [&] { seqmix::attention(p.inputs(), p.outputs(), dot, pool()); });
+  const auto t = st::alternated_cpu_medians([&] { seqmix::attention(p.inputs(), p.outputs(), options, pool()); },
+                                            [&] { seqmix::attention(p.inputs(), p.outputs(), dot, pool()); });
+  state.counters["speedup_vs_fp32compute"] = t[0] / t[1];
   seqmix::testing::report_gbytes(state, static_cast<double>(Tk * p.Hkv * 2 * p.D) * sizeof(seqmix::bf16));
 }
 
 // bf16 K/V prefill with bf16 dot products (AttentionOptions::bf16_compute = dot), eff against the
-// bf16 dot peak. speedup_vs_f32 is the fp32 prefill (fp32 K/V) over this one (alternated_cpu_ratio).
+// bf16 dot peak. speedup_vs_f32 is the fp32 prefill (fp32 K/V) over this one (st::alternated_cpu_medians).
 void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, index_t T) {
   Problem<seqmix::bf16> p(T, T, shape);
   Problem<float> f(T, T, shape);
@@ -272,9 +252,9 @@ void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, 
     seqmix::attention(p.inputs(), p.outputs(), dot, pool());
     benchmark::DoNotOptimize(p.o.data());
   }
-  state.counters["speedup_vs_f32"] = alternated_cpu_ratio(
-      [&] { seqmix::attention(f.inputs(), f.outputs(), options, pool()); },
-      [&] { seqmix::attention(p.inputs(), p.outputs(), dot, pool()); });
+  const auto t = st::alternated_cpu_medians([&] { seqmix::attention(f.inputs(), f.outputs(), options, pool()); },
+                                            [&] { seqmix::attention(p.inputs(), p.outputs(), dot, pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[1];
   const double pairs = 0.5 * static_cast<double>(T) * static_cast<double>(T + 1);
   seqmix::testing::report_gflops_bf16(state, 2.0 * static_cast<double>(p.Hq * 2 * p.D) * pairs);
 }
@@ -282,8 +262,7 @@ void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, 
 // q, k and v all stored as bf16 (AttentionInputs<bf16, bf16>: each query tile is widened on
 // load), products as `compute` says. speedup_vs_f32 is the fp32 prefill (fp32 q/k/v, fp32
 // products) over this one, vs_f32_query the same call on fp32 q (bf16 K/V) over this one (the
-// cost of the query load's conversion; ~1 expected): 3 alternating calls each after the timed
-// loop, medians of CPU time.
+// cost of the query load's conversion; ~1 expected), timed by st::alternated_cpu_medians.
 void prefill_bf16_io(benchmark::State& state, const st::AttentionShape& shape, index_t T, seqmix::Bf16Compute compute) {
   Problem<seqmix::bf16> p(T, T, shape);
   Problem<float> f(T, T, shape);
@@ -298,20 +277,11 @@ void prefill_bf16_io(benchmark::State& state, const st::AttentionShape& shape, i
     seqmix::attention(in, p.outputs(), half, pool());
     benchmark::DoNotOptimize(p.o.data());
   }
-  std::vector<double> t_f32, t_f32q, t_io;
-  const auto timed = [](std::vector<double>& times, auto&& call) {
-    const double t0 = st::process_cpu_seconds();
-    call();
-    times.push_back(st::process_cpu_seconds() - t0);
-  };
-  for (int r = 0; r < 3; ++r) {
-    timed(t_f32, [&] { seqmix::attention(f.inputs(), f.outputs(), options, pool()); });
-    timed(t_f32q, [&] { seqmix::attention(p.inputs(), p.outputs(), half, pool()); });
-    timed(t_io, [&] { seqmix::attention(in, p.outputs(), half, pool()); });
-  }
-  for (auto* t : {&t_f32, &t_f32q, &t_io}) std::sort(t->begin(), t->end());
-  state.counters["speedup_vs_f32"] = t_f32[1] / t_io[1];
-  state.counters["vs_f32_query"] = t_f32q[1] / t_io[1];
+  const auto t = st::alternated_cpu_medians([&] { seqmix::attention(f.inputs(), f.outputs(), options, pool()); },
+                                            [&] { seqmix::attention(p.inputs(), p.outputs(), half, pool()); },
+                                            [&] { seqmix::attention(in, p.outputs(), half, pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[2];
+  state.counters["vs_f32_query"] = t[1] / t[2];
   const double pairs = 0.5 * static_cast<double>(T) * static_cast<double>(T + 1);
   const double flops = 2.0 * static_cast<double>(p.Hq * 2 * p.D) * pairs;
   if (compute == seqmix::Bf16Compute::dot)

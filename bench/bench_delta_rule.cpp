@@ -10,14 +10,13 @@
 // directly with gated_delta_rule/prefill/h16_k64_t2048 (the same entries as one sequence).
 // <op>/bf16/prefill/<shape>: the chunked WY prefill with bf16 dot-product GEMMs (bf16_compute =
 // dot, issue 19 item 3; target >= 1.4x fp32), eff against the bf16 dot peak, and speedup_vs_f32:
-// the fp32 chunked prefill over this one, 3 alternating calls each after the timed loop, medians
-// of process CPU time.
+// the fp32 chunked prefill over this one, process CPU time alternated after the timed loop
+// (st::alternated_cpu_medians: medians of 5 batches of about 0.1 s).
 // gated_delta_rule/prefill/<shape>/chunked_bf16io and gated_delta_rule/bf16/prefill/<shape>/bf16io:
 // the chunked prefill on q/k/v stored as bf16 (GatedDeltaRuleInputsOf<bf16>, rows widened per
 // chunk) with fp32 products and with bf16 dot products; speedup_vs_f32: the fp32-input fp32
 // chunked prefill over this one, vs_f32_inputs: the fp32-input prefill with the same products
-// over this one (the cost of the widening), 5 alternating calls of each after the timed loop,
-// medians of process CPU time.
+// over this one (the cost of the widening), as st::alternated_cpu_medians times them.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -108,17 +107,11 @@ void gdr_prefill_bf16(benchmark::State& state, index_t T, index_t H, index_t K, 
     seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, dot, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  std::vector<double> t_f32, t_bf16;
-  for (int r = 0; r < 3; ++r) {
-    double t0 = st::process_cpu_seconds();
-    seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, f32, st::two_thread_pool());
-    t_f32.push_back(st::process_cpu_seconds() - t0);
-    t0 = st::process_cpu_seconds();
-    seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, dot, st::two_thread_pool());
-    t_bf16.push_back(st::process_cpu_seconds() - t0);
-  }
-  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
-  state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
+  const auto call = [&](const seqmix::GatedDeltaRuleOptions& o) {
+    seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, o, st::two_thread_pool());
+  };
+  const auto t = st::alternated_cpu_medians([&] { call(f32); }, [&] { call(dot); });
+  state.counters["speedup_vs_f32"] = t[0] / t[1];
   seqmix::testing::report_gflops_bf16(state, 6.0 * T * H * K * K);
 }
 
@@ -140,20 +133,11 @@ void gdr_prefill_bf16_io(benchmark::State& state, index_t T, index_t H, index_t 
     seqmix::gated_delta_rule(in, out, same, st::two_thread_pool());
     benchmark::DoNotOptimize(o.data());
   }
-  std::vector<double> t_f32, t_same, t_io;
-  const auto timed = [](std::vector<double>& times, auto&& call) {
-    const double t0 = st::process_cpu_seconds();
-    call();
-    times.push_back(st::process_cpu_seconds() - t0);
-  };
-  for (int r = 0; r < 5; ++r) {
-    timed(t_f32, [&] { seqmix::gated_delta_rule(in32, out, f32, st::two_thread_pool()); });
-    timed(t_same, [&] { seqmix::gated_delta_rule(in32, out, same, st::two_thread_pool()); });
-    timed(t_io, [&] { seqmix::gated_delta_rule(in, out, same, st::two_thread_pool()); });
-  }
-  for (auto* t : {&t_f32, &t_same, &t_io}) std::sort(t->begin(), t->end());
-  state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];
-  state.counters["vs_f32_inputs"] = t_same[2] / t_io[2];
+  const auto t = st::alternated_cpu_medians([&] { seqmix::gated_delta_rule(in32, out, f32, st::two_thread_pool()); },
+                                            [&] { seqmix::gated_delta_rule(in32, out, same, st::two_thread_pool()); },
+                                            [&] { seqmix::gated_delta_rule(in, out, same, st::two_thread_pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[2];
+  state.counters["vs_f32_inputs"] = t[1] / t[2];
   if (compute == seqmix::Bf16Compute::dot)
     seqmix::testing::report_gflops_bf16(state, 6.0 * T * H * K * K);
   else

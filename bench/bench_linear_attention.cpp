@@ -33,7 +33,7 @@
 // speedup_vs_f32 over the fp32-input fp32 prefill, vs_f32_inputs over the fp32-input dot one.
 // linear_attention/prefill/<shape>-t<T>/chunked_bf16io: the chunked linear_attention prefill on
 // q/k/v stored as bf16 (LinearAttentionInputsOf<bf16>, fp32 products), speedup_vs_f32: the
-// fp32-input chunked prefill's CPU time over this one's (medians of 5 alternating calls).
+// fp32-input chunked prefill's CPU time over this one's (st::alternated_cpu_medians).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -291,17 +291,9 @@ void gla_prefill_bf16(benchmark::State& state, std::string shape, index_t T, Gat
     seqmix::gated_linear_attention(data.gla(gate), out, dot, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  std::vector<double> t_f32, t_bf16;
-  for (int r = 0; r < 3; ++r) {
-    double t0 = st::process_cpu_seconds();
-    seqmix::gated_linear_attention(data.gla(gate), out, f32, st::two_thread_pool());
-    t_f32.push_back(st::process_cpu_seconds() - t0);
-    t0 = st::process_cpu_seconds();
-    seqmix::gated_linear_attention(data.gla(gate), out, dot, st::two_thread_pool());
-    t_bf16.push_back(st::process_cpu_seconds() - t0);
-  }
-  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
-  state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
+  const auto t = st::alternated_cpu_medians([&] { seqmix::gated_linear_attention(data.gla(gate), out, f32, st::two_thread_pool()); },
+                                            [&] { seqmix::gated_linear_attention(data.gla(gate), out, dot, st::two_thread_pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[1];
   seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
 }
 
@@ -319,24 +311,16 @@ void la_prefill_bf16(benchmark::State& state, std::string shape, index_t T) {
     seqmix::linear_attention(in, out, dot, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  std::vector<double> t_f32, t_bf16;
-  for (int r = 0; r < 3; ++r) {
-    double t0 = st::process_cpu_seconds();
-    seqmix::linear_attention(in, out, f32, st::two_thread_pool());
-    t_f32.push_back(st::process_cpu_seconds() - t0);
-    t0 = st::process_cpu_seconds();
-    seqmix::linear_attention(in, out, dot, st::two_thread_pool());
-    t_bf16.push_back(st::process_cpu_seconds() - t0);
-  }
-  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_bf16.begin(), t_bf16.end());
-  state.counters["speedup_vs_f32"] = t_f32[1] / t_bf16[1];
+  const auto t = st::alternated_cpu_medians([&] { seqmix::linear_attention(in, out, f32, st::two_thread_pool()); },
+                                            [&] { seqmix::linear_attention(in, out, dot, st::two_thread_pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[1];
   seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
 }
 
 // The chunked GLA prefill on q/k/v stored as bf16 (GatedLinearAttentionInputsOf<bf16>: rows widened
 // as each chunk loads them) with bf16 dot products. speedup_vs_f32: the fp32-input fp32 chunked
 // prefill over this one; vs_f32_inputs: the fp32-input dot-product prefill over this one (what
-// the 16-bit loads cost or save). 3 alternating calls each after the timed loop, CPU-time medians.
+// the 16-bit loads cost or save). Timed by st::alternated_cpu_medians after the timed loop.
 void gla_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T, GateKind gate) {
   const auto& s = shape_named(shape);
   Data data(1, T, s);
@@ -354,26 +338,16 @@ void gla_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T, 
     seqmix::gated_linear_attention(in, out, dot, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  std::vector<double> t_f32, t_dot, t_io;
-  const auto timed = [](std::vector<double>& times, auto&& call) {
-    const double t0 = st::process_cpu_seconds();
-    call();
-    times.push_back(st::process_cpu_seconds() - t0);
-  };
-  for (int r = 0; r < 3; ++r) {
-    timed(t_f32, [&] { seqmix::gated_linear_attention(in32, out, f32, st::two_thread_pool()); });
-    timed(t_dot, [&] { seqmix::gated_linear_attention(in32, out, dot, st::two_thread_pool()); });
-    timed(t_io, [&] { seqmix::gated_linear_attention(in, out, dot, st::two_thread_pool()); });
-  }
-  for (auto* t : {&t_f32, &t_dot, &t_io}) std::sort(t->begin(), t->end());
-  state.counters["speedup_vs_f32"] = t_f32[1] / t_io[1];
-  state.counters["vs_f32_inputs"] = t_dot[1] / t_io[1];
+  const auto t = st::alternated_cpu_medians([&] { seqmix::gated_linear_attention(in32, out, f32, st::two_thread_pool()); },
+                                            [&] { seqmix::gated_linear_attention(in32, out, dot, st::two_thread_pool()); },
+                                            [&] { seqmix::gated_linear_attention(in, out, dot, st::two_thread_pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[2];
+  state.counters["vs_f32_inputs"] = t[1] / t[2];
   seqmix::testing::report_gflops_bf16(state, prefill_flops(1, T, s));
 }
 
 // The chunked linear_attention prefill on bf16 q/k/v (rows widened per chunk, fp32 products) and
-// the fp32-input chunked prefill's CPU time over it: 5 alternating calls each after the timed
-// loop, medians.
+// the fp32-input chunked prefill's CPU time over it (st::alternated_cpu_medians).
 void la_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T) {
   const auto& s = shape_named(shape);
   Data data(1, T, s);
@@ -390,17 +364,9 @@ void la_prefill_bf16_io(benchmark::State& state, std::string shape, index_t T) {
     seqmix::linear_attention(in, out, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
-  std::vector<double> t_f32, t_io;
-  for (int r = 0; r < 5; ++r) {
-    double t0 = st::process_cpu_seconds();
-    seqmix::linear_attention(in32, out, options, st::two_thread_pool());
-    t_f32.push_back(st::process_cpu_seconds() - t0);
-    t0 = st::process_cpu_seconds();
-    seqmix::linear_attention(in, out, options, st::two_thread_pool());
-    t_io.push_back(st::process_cpu_seconds() - t0);
-  }
-  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_io.begin(), t_io.end());
-  state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];
+  const auto t = st::alternated_cpu_medians([&] { seqmix::linear_attention(in32, out, options, st::two_thread_pool()); },
+                                            [&] { seqmix::linear_attention(in, out, options, st::two_thread_pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[1];
   seqmix::testing::report_gflops(state, prefill_flops(1, T, s));
 }
 

@@ -18,8 +18,8 @@
 //
 // ssd/prefill/<shape>/T4096/chunked_bf16io: the chunked prefill on x, Bm and Cm stored as bf16
 // (SsdInputsOf<bf16>, rows widened per chunk; issue 19 item 3), counter speedup_vs_f32: the
-// fp32-input chunked prefill's time over this one's, medians of process CPU time over 5 calls
-// of each taken alternately after the timed loop (one run's ratio).
+// fp32-input chunked prefill's time over this one's, process CPU time alternated after the timed
+// loop (st::alternated_cpu_medians; one run's ratio).
 // ssd/bf16/prefill/<shape>/T<T>: the same with SsdOptions::bf16_compute = dot (the output product
 // on AVX512-BF16 dot products where the target has them), speedup_vs_f32 likewise.
 #include <benchmark/benchmark.h>
@@ -227,17 +227,9 @@ void prefill_bf16io(benchmark::State& state, const st::SsmShape& shape, index_t 
     seqmix::ssd(in, out, o, st::two_thread_pool());
     benchmark::DoNotOptimize(p.y.data());
   }
-  std::vector<double> t_f32, t_io;
-  for (int r = 0; r < 5; ++r) {
-    double t0 = st::process_cpu_seconds();
-    seqmix::ssd(in32, out, o32, st::two_thread_pool());
-    t_f32.push_back(st::process_cpu_seconds() - t0);
-    t0 = st::process_cpu_seconds();
-    seqmix::ssd(in, out, o, st::two_thread_pool());
-    t_io.push_back(st::process_cpu_seconds() - t0);
-  }
-  std::sort(t_f32.begin(), t_f32.end()), std::sort(t_io.begin(), t_io.end());
-  state.counters["speedup_vs_f32"] = t_f32[2] / t_io[2];
+  const auto t = st::alternated_cpu_medians([&] { seqmix::ssd(in32, out, o32, st::two_thread_pool()); },
+                                            [&] { seqmix::ssd(in, out, o, st::two_thread_pool()); });
+  state.counters["speedup_vs_f32"] = t[0] / t[1];
   set_flop_rate(state, p);
 }
 
