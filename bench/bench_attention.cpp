@@ -223,8 +223,8 @@ void decode(benchmark::State& state, const st::AttentionShape& shape, index_t Tk
 }
 
 // bf16 K/V decode with bf16 dot products (bf16_compute = dot), GB/s and eff as decode.
-// speedup_vs_fp32compute is the same call with fp32 products (the default) over this one, from 5
-// calls of each taken alternately after the timed loop, medians of process CPU time.
+// speedup_vs_fp32compute is the same call with fp32 products (the default) over this one, timed
+// by st::alternated_cpu_medians after the timed loop.
 void decode_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, index_t Tk) {
   Problem<seqmix::bf16> p(1, Tk, shape);
   seqmix::AttentionOptions options, dot;
@@ -241,7 +241,8 @@ void decode_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, i
 }
 
 // bf16 K/V prefill with bf16 dot products (AttentionOptions::bf16_compute = dot), eff against the
-// bf16 dot peak. speedup_vs_f32 is the fp32 prefill (fp32 K/V) over this one (st::alternated_cpu_medians).
+// bf16 dot peak. speedup_vs_f32 is the fp32 prefill (fp32 K/V) over this one, timed by
+// st::alternated_cpu_medians.
 void prefill_bf16_dot(benchmark::State& state, const st::AttentionShape& shape, index_t T) {
   Problem<seqmix::bf16> p(T, T, shape);
   Problem<float> f(T, T, shape);
