@@ -100,14 +100,24 @@ TEST_CASE("delta rules: the automatic choice at the measured crossover points, 1
     CHECK(seqmix::delta_update::choose_delta_algorithm(shape, 16) == with_dot);
   }
   CHECK(seqmix::delta_update::choose_delta_algorithm({4, 64, 64, 4, 32, seqmix::Bf16Compute::dot}, 16) == kRecurrent);
-  // A stream pins its choice with T = the largest index_t (chunked/streaming.hpp): no overflow,
-  // the long-sequence answer, rows beyond any cache (K = V = 16 at 32 MiB of rows, 32 at 64 MiB:
-  // recurrent / chunked 1.28-1.57, one thread).
+  // T = the largest index_t: no overflow, the long-sequence answer, rows beyond any cache
+  // (K = V = 16 at 32 MiB of rows, 32 at 64 MiB: recurrent / chunked 1.28-1.57, one thread).
   const index_t huge = std::numeric_limits<index_t>::max();
   CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 64, 64, 16, 32}, 16) == kChunked);
   CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 128, 128, 16, 32}, 16) == kChunked);
   CHECK(seqmix::delta_update::choose_delta_algorithm({huge, 16, 16, 16, 32}, 16) == kChunked);
   CHECK(seqmix::delta_update::choose_delta_algorithm({0, 64, 64, 16, 32}, 16) == kRecurrent);
+  // A stream pins the counts with its rows cached (chunked/streaming.hpp: each segment's call
+  // reads only its own rows), so it picks what one call over a short sequence picks, at every
+  // vector width: the SSE2 build's streams (width 4) once took the long-sequence answer while
+  // the one call of test_streaming's 300 tokens ran recurrent.
+  for (const index_t width : {4, 8, 16})
+    for (const index_t kv : {16, 24, 32, 64, 128}) {
+      const DeltaShape short_call{300, 16, kv, 4, 32};
+      INFO("width " << width << " " << describe(short_call));
+      CHECK(seqmix::delta_update::choose_stream_delta_algorithm(short_call, width) ==
+            seqmix::delta_update::choose_delta_algorithm(short_call, width));
+    }
 }
 
 namespace delta_choice_test {

@@ -264,7 +264,7 @@ struct StreamTraits<DeltaRuleInputsOf<T>>
   }
   static Options fix_options(Options o, const DeltaRuleInputsOf<T>& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_update::choose_delta_algorithm(
+      o.algorithm = delta_update::choose_stream_delta_algorithm(
           {std::numeric_limits<index_t>::max(), in.k.size(3), in.v.size(3), in.v.size(2), o.chunk_size, o.bf16_compute});
     return o;
   }
@@ -299,7 +299,7 @@ struct StreamTraits<GatedDeltaRuleInputsOf<T>>
   }
   static Options fix_options(Options o, const GatedDeltaRuleInputsOf<T>& in) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_update::choose_delta_algorithm(
+      o.algorithm = delta_update::choose_stream_delta_algorithm(
           {std::numeric_limits<index_t>::max(), in.k.size(3), in.v.size(3), in.v.size(2), o.chunk_size, o.bf16_compute});
     return o;
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -144,6 +145,18 @@ inline DeltaAlgorithm choose_delta_algorithm(const DeltaShape& s, index_t width 
   if (s.tokens <= 0) return DeltaAlgorithm::recurrent;
   return chunked_token_steps(s, width) < recurrent_sequence_steps(s, width) ? DeltaAlgorithm::chunked
                                                                            : DeltaAlgorithm::recurrent;
+}
+
+/// The form a stream pins for all its segments (chunked/streaming.hpp): the counts of an endless
+/// sequence (s.tokens is ignored) whose rows stay cached. A stream cannot know how long it will
+/// run, and each segment's call reads only that segment's rows, which stay in the cache between
+/// the producer that writes them and the call; so not recurrent_sequence_steps' charge for rows
+/// beyond the cache, which would make a stream differ from one call over a short sequence (the
+/// segments must equal that call bit for bit at multiples of the chunk).
+inline DeltaAlgorithm choose_stream_delta_algorithm(DeltaShape s, index_t width = simd::kWidth) {
+  s.tokens = std::numeric_limits<index_t>::max();
+  return chunked_token_steps(s, width) < recurrent_token_steps(s.K, s.V, width) ? DeltaAlgorithm::chunked
+                                                                                : DeltaAlgorithm::recurrent;
 }
 
 /// Loads token t of a delta head into the workspace: q (scaled), k, alpha = w * k, decays.
