@@ -1309,21 +1309,30 @@ LineStream next_tile_lines(const AttentionInputs<KV, Q>& in, const AttentionDims
   return lines;
 }
 
-// Logits of one tile for KV heads [h0, h1), R query rows per score block: keys in blocks of
-// W / R with the heads inside, so the tile is read in address order.
-template <index_t R, class Stored, class TileOf>
-void score_tile(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, const TileOf& tile_of, index_t Dkp,
-                LineStream& ahead) {
-  constexpr index_t KC = simd::kWidth / R;
+// The walk of one tile's score blocks for KV heads [h0, h1): keys in blocks of KC with the heads
+// inside, so the tile is read in address order. block(h, c, keys) scores keys [c, c + KC) of head
+// h (past the tile's end the last key repeats; its logits are never read).
+template <index_t KC, class TileOf, class Block>
+void for_score_blocks(index_t n, index_t h0, index_t h1, const TileOf& tile_of, const Block& block) {
+  using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
   for (index_t c = 0; c < n; c += KC)
     for (index_t h = h0; h < h1; ++h) {
       const auto tile = tile_of(h);
       const Stored* keys[KC];
       for (index_t i = 0; i < KC; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
-      const float* q = w.q.data() + h * w.q_stride;
-      float* s = w.s.data() + h * w.s_stride + c;
-      for (index_t r = 0; r < M; r += R) score_block<R>(q + r * Dkp, Dkp, keys, Dkp, s + r * kDecodeTile, kDecodeTile, &ahead);
+      block(h, c, static_cast<const Stored* const*>(keys));
     }
+}
+
+// Logits of one tile for KV heads [h0, h1), R query rows per score block of W / R keys.
+template <index_t R, class TileOf>
+void score_tile(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, const TileOf& tile_of, index_t Dkp,
+                LineStream& ahead) {
+  for_score_blocks<simd::kWidth / R>(n, h0, h1, tile_of, [&](index_t h, index_t c, const auto* keys) {
+    const float* q = w.q.data() + h * w.q_stride;
+    float* s = w.s.data() + h * w.s_stride + c;
+    for (index_t r = 0; r < M; r += R) score_block<R>(q + r * Dkp, Dkp, keys, Dkp, s + r * kDecodeTile, kDecodeTile, &ahead);
+  });
 }
 
 // The middle of a decode tile for KV heads [h0, h1), once the logits are in w.s: the logit rule
@@ -1402,21 +1411,16 @@ inline void score_block_bf16(const bf16* Q, index_t ldq, const bf16* const* keys
     for (index_t c = 0; c < KC; ++c) S[r * lds + c] = sums[r * KC + c];
 }
 
-// score_tile on the bf16 rows: keys in blocks of 16 / R with the heads inside (address order).
+// score_tile on the bf16 rows against q rounded to bf16 (w.q16), 16 / R keys per block.
 template <index_t R, class TileOf>
 void score_tile_bf16(DecodeScratch& w, index_t M, index_t n, index_t h0, index_t h1, const TileOf& tile_of,
                      index_t Dk, LineStream& ahead) {
-  constexpr index_t KC = 16 / R;
-  for (index_t c = 0; c < n; c += KC)
-    for (index_t h = h0; h < h1; ++h) {
-      const auto tile = tile_of(h);
-      const bf16* keys[KC];
-      for (index_t i = 0; i < KC; ++i) keys[i] = tile.k.row(std::min(c + i, n - 1));
-      const bf16* q = w.q16.data() + h * w.q16_stride;
-      float* s = w.s.data() + h * w.s_stride + c;
-      for (index_t r = 0; r < M; r += R)
-        score_block_bf16<R>(q + r * w.q16_ld, w.q16_ld, keys, Dk, s + r * kDecodeTile, kDecodeTile, ahead);
-    }
+  for_score_blocks<16 / R>(n, h0, h1, tile_of, [&](index_t h, index_t c, const bf16* const* keys) {
+    const bf16* q = w.q16.data() + h * w.q16_stride;
+    float* s = w.s.data() + h * w.s_stride + c;
+    for (index_t r = 0; r < M; r += R)
+      score_block_bf16<R>(q + r * w.q16_ld, w.q16_ld, keys, Dk, s + r * kDecodeTile, kDecodeTile, ahead);
+  });
 }
 
 // The accumulator order of the unpack interleave: _mm512_unpacklo_epi16(x0, x1) pairs columns
@@ -1614,11 +1618,11 @@ void decode_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScr
   const index_t Dkp = round_up(d.Dk, W), Dvp = round_up(d.Dv, W), T = kDecodeTile;
   // One or two query rows per KV head (MHA, or GQA groups of 2) take narrower score blocks.
   if (M == 1)
-    score_tile<1, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+    score_tile<1>(w, M, n, h0, h1, tile_of, Dkp, ahead);
   else if (M == 2)
-    score_tile<2, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+    score_tile<2>(w, M, n, h0, h1, tile_of, Dkp, ahead);
   else
-    score_tile<kScoreRows, Stored>(w, M, n, h0, h1, tile_of, Dkp, ahead);
+    score_tile<kScoreRows>(w, M, n, h0, h1, tile_of, Dkp, ahead);
   decode_tile_softmax(rule, d, w, b, j0, n, h0, h1, skip_rule, states, accs);
   // Values head by head over the whole tile: its lines were requested during the previous tile,
   // so the order no longer matters for memory, and one pass per head keeps the accumulators in
