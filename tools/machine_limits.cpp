@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
 #else
   limits.push_back({"int8_dot_gops", "GOP/s", -1});
 #endif
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(__linux__)
+#if defined(SEQMIX_AMX_BF16) && (defined(__AMX_INT8__) || defined(__AMXINT8__))
   const bool amx = request_amx();
   limits.push_back({"amx_bf16_gflops", "GFLOP/s", amx ? amx_rate<false>(s) : -1});
   limits.push_back({"amx_int8_gops", "GOP/s", amx ? amx_rate<true>(s) : -1});

@@ -20,15 +20,12 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "seqmix/core/amx_gemm.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix_testing/cpu_clock.hpp"
 
-#if defined(__AVX512BF16__) || defined(__AVX512VNNI__) || defined(__AMX_TILE__)
+#if defined(__AVX512BF16__) || defined(__AVX512VNNI__) || defined(SEQMIX_AMX_BF16)
 #include <immintrin.h>
-#endif
-#if defined(__AMX_TILE__) && defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 namespace seqmix::testing::limits {
@@ -166,12 +163,9 @@ inline double int8_dot_gops(const Settings& s) {
 }
 #endif
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(__linux__)
-// Linux hands out the AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18).
-inline bool request_amx() {
-  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureTileData = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
-}
+#if defined(SEQMIX_AMX_BF16) && (defined(__AMX_INT8__) || defined(__AMXINT8__))
+// Linux hands out the AMX tile state only on request: the library's own request (amx_gemm.hpp).
+inline bool request_amx() { return seqmix::detail::amx_tiles_ready(); }
 
 // Palette 1: tiles 0-3 accumulate [16 rows x 16 fp32/int32], tiles 4-5 hold A [16 x 64 bytes],
 // tiles 6-7 hold B [16 x 64 bytes]. Each tile product is 16 x 16 x 32 bf16 MACs (or 16 x 16 x 64

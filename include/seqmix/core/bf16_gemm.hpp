@@ -15,13 +15,16 @@
 // weights) has relative error <= 2^-9, subnormals likewise flushed.
 //
 // Only compiled where the target has AVX512-BF16 (kNativeBf16Dot); elsewhere the callers keep
-// their fp32 kernels. AMX tiles are not used: no machine the project tests on can run them. The
-// 16 x 16 word transposes that pack bf16 tiles need only AVX512F: core/register_transpose.hpp.
+// their fp32 kernels. Where the target also has AMX tiles, gemm_bf16 runs on them once Linux grants
+// the tile state (core/amx_gemm.hpp; the triangular and panel kernels the attention prefill calls
+// directly stay on vdpbf16ps). The 16 x 16 word transposes that pack bf16 tiles need only
+// AVX512F: core/register_transpose.hpp.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "seqmix/core/amx_gemm.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 
@@ -111,8 +114,12 @@ inline void gemm_bf16_columns(const std::uint32_t* A, index_t lda, const std::ui
 
 /// C[M x N] = diag(row_scale) C + A B (C = A B when row_scale is null), A [M x K] and B [K x N]
 /// in pair words (see the top of this file), fp32 C. N must be a multiple of 16 (callers pad).
+/// On AMX targets whose kernel granted the tile state, the tiles do it (core/amx_gemm.hpp).
 inline void gemm_bf16(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C, index_t ldc,
                       index_t M, index_t N, index_t K, const float* row_scale) noexcept {
+#if defined(SEQMIX_AMX_BF16)
+  if (amx_tiles_ready()) return tile_gemm_bf16<AmxTiles>(A, lda, B, ldb, C, ldc, M, N, K, row_scale);
+#endif
   index_t c = 0;
   // Column blocks outer: one B panel (K x 64 words) stays in L1 while the row blocks stream past.
   for (; c + 64 <= N; c += 64) gemm_bf16_columns<4>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
