@@ -9,9 +9,9 @@
 // multiply-adds, 16 times a vdpbf16ps.
 //
 // tile_gemm_bf16 walks C in blocks of 32 x 32 (tiles 0-3 accumulate, 4-5 hold A, 6-7 hold B, so
-// each pair of A and B loads feeds four products), over K in steps of 16 pair words. Edges (rows
-// past M, pair words past K) go through zero-filled copies, never a load past the caller's
-// matrix. The walk is written against a backend of eight tiles (`Tiles`): `AmxTiles`, the
+// each pair of A and B loads feeds four products), over K in steps of 16 pair words; a whole C
+// tile loads from C (scaled in place) and stores back to it. Edges (rows past M, pair words past
+// K) go through zero-filled copies, never a load or store past the caller's matrix. The walk is written against a backend of eight tiles (`Tiles`): `AmxTiles`, the
 // instructions, where the compile target has AMX-TILE and AMX-BF16 on Linux; in the tests also an
 // emulation that runs the same walk on every machine (testing/seqmix_testing/tile_emulator.hpp),
 // since the machines this project is measured on do not all have AMX.
@@ -75,10 +75,26 @@ inline void load_b_tile(const std::uint32_t* B, index_t ldb, index_t c, index_t 
   Tiles::template load<T>(edge, 64);
 }
 
-// C rows [r, r + rows) x columns [c, c + 16) := scale * C + tile T (C := tile T without scale).
+// C tile T's start for rows [r, r + rows) x columns [c, c + 16) of C. A whole tile starts from C
+// itself, scaled in place first (so the products add to scale * C, and the tile stores straight
+// back); a tile cut by M starts from zero and is merged by end_c_tile.
 template <class Tiles, int T>
-inline void store_c_tile(float* C, index_t ldc, index_t r, index_t rows, index_t c, const float* row_scale,
-                         float* buffer) {
+inline void begin_c_tile(float* C, index_t ldc, index_t r, index_t rows, index_t c, const float* row_scale) {
+  if (rows < 16 || !row_scale) return Tiles::template zero<T>();
+  for (index_t i = 0; i < 16; ++i) {
+    float* row = C + (r + i) * ldc + c;
+    const float s = row_scale[r + i];
+    for (int j = 0; j < 16; ++j) row[j] *= s;
+  }
+  Tiles::template load<T>(C + r * ldc + c, ldc * 4);
+}
+
+// C tile T's end: a whole tile stores into C; a cut one through `buffer`, its rows set to
+// scale * C + tile (tile alone without scale).
+template <class Tiles, int T>
+inline void end_c_tile(float* C, index_t ldc, index_t r, index_t rows, index_t c, const float* row_scale,
+                       float* buffer) {
+  if (rows == 16) return Tiles::template store<T>(C + r * ldc + c, ldc * 4);
   Tiles::template store<T>(buffer, 64);
   for (index_t i = 0; i < rows; ++i) {
     float* out = C + (r + i) * ldc + c;
@@ -102,10 +118,10 @@ void tile_gemm_bf16(const std::uint32_t* A, index_t lda, const std::uint32_t* B,
     for (index_t c = 0; c < N; c += 32) {
       const index_t rows0 = std::min<index_t>(16, M - r), rows1 = std::min<index_t>(16, M - r - rows0);
       const bool right = c + 16 < N, lower = rows1 > 0;
-      Tiles::template zero<0>();
-      if (right) Tiles::template zero<1>();
-      if (lower) Tiles::template zero<2>();
-      if (right && lower) Tiles::template zero<3>();
+      begin_c_tile<Tiles, 0>(C, ldc, r, rows0, c, row_scale);
+      if (right) begin_c_tile<Tiles, 1>(C, ldc, r, rows0, c + 16, row_scale);
+      if (lower) begin_c_tile<Tiles, 2>(C, ldc, r + 16, rows1, c, row_scale);
+      if (right && lower) begin_c_tile<Tiles, 3>(C, ldc, r + 16, rows1, c + 16, row_scale);
       for (index_t k = 0; k < K; k += 16) {
         const index_t kk = std::min<index_t>(16, K - k);
         load_a_tile<Tiles, 4>(A, lda, r, rows0, k, kk, s.a[0]);
@@ -121,10 +137,10 @@ void tile_gemm_bf16(const std::uint32_t* A, index_t lda, const std::uint32_t* B,
           if (right) Tiles::template dot<3, 5, 7>();
         }
       }
-      store_c_tile<Tiles, 0>(C, ldc, r, rows0, c, row_scale, s.c);
-      if (right) store_c_tile<Tiles, 1>(C, ldc, r, rows0, c + 16, row_scale, s.c);
-      if (lower) store_c_tile<Tiles, 2>(C, ldc, r + 16, rows1, c, row_scale, s.c);
-      if (right && lower) store_c_tile<Tiles, 3>(C, ldc, r + 16, rows1, c + 16, row_scale, s.c);
+      end_c_tile<Tiles, 0>(C, ldc, r, rows0, c, row_scale, s.c);
+      if (right) end_c_tile<Tiles, 1>(C, ldc, r, rows0, c + 16, row_scale, s.c);
+      if (lower) end_c_tile<Tiles, 2>(C, ldc, r + 16, rows1, c, row_scale, s.c);
+      if (right && lower) end_c_tile<Tiles, 3>(C, ldc, r + 16, rows1, c + 16, row_scale, s.c);
     }
 }
 
@@ -174,8 +190,12 @@ struct AmxTiles {
   }
   template <int T>
   static void load(const void* p, index_t stride_bytes) noexcept {
-    static_assert(T >= 4 && T < 8, "A and B tiles are 4-7");
-    if constexpr (T == 4) _tile_loadd(4, p, stride_bytes);
+    static_assert(T >= 0 && T < 8, "tiles are 0-7");
+    if constexpr (T == 0) _tile_loadd(0, p, stride_bytes);
+    else if constexpr (T == 1) _tile_loadd(1, p, stride_bytes);
+    else if constexpr (T == 2) _tile_loadd(2, p, stride_bytes);
+    else if constexpr (T == 3) _tile_loadd(3, p, stride_bytes);
+    else if constexpr (T == 4) _tile_loadd(4, p, stride_bytes);
     else if constexpr (T == 5) _tile_loadd(5, p, stride_bytes);
     else if constexpr (T == 6) _tile_loadd(6, p, stride_bytes);
     else _tile_loadd(7, p, stride_bytes);
