@@ -97,9 +97,10 @@ TEST_CASE("amx tile gemm walk on emulated tiles matches the reference over ragge
   sweep([](auto&&... args) { seqmix::detail::tile_gemm_bf16<seqmix::testing::EmulatedTiles>(args...); });
 }
 
-TEST_CASE("gemm_bf16 as dispatched matches the reference over ragged M N K") {
+TEST_CASE("gemm_bf16 as dispatched and its vdpbf16ps kernel match the reference over ragged M N K") {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   sweep([](auto&&... args) { seqmix::detail::gemm_bf16(args...); });
+  sweep([](auto&&... args) { seqmix::detail::gemm_bf16_dot(args...); });
 #else
   WARN("no AVX512-BF16 in this build: gemm_bf16 is not compiled, its callers keep fp32 kernels");
 #endif

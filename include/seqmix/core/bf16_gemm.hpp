@@ -114,17 +114,24 @@ inline void gemm_bf16_columns(const std::uint32_t* A, index_t lda, const std::ui
 
 /// C[M x N] = diag(row_scale) C + A B (C = A B when row_scale is null), A [M x K] and B [K x N]
 /// in pair words (see the top of this file), fp32 C. N must be a multiple of 16 (callers pad).
-/// On AMX targets whose kernel granted the tile state, the tiles do it (core/amx_gemm.hpp).
-inline void gemm_bf16(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C, index_t ldc,
-                      index_t M, index_t N, index_t K, const float* row_scale) noexcept {
-#if defined(SEQMIX_AMX_BF16)
-  if (amx_tiles_ready()) return tile_gemm_bf16<AmxTiles>(A, lda, B, ldb, C, ldc, M, N, K, row_scale);
-#endif
+/// This is the vdpbf16ps kernel; gemm_bf16 below picks the AMX tiles over it where it can.
+inline void gemm_bf16_dot(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C,
+                          index_t ldc, index_t M, index_t N, index_t K, const float* row_scale) noexcept {
   index_t c = 0;
   // Column blocks outer: one B panel (K x 64 words) stays in L1 while the row blocks stream past.
   for (; c + 64 <= N; c += 64) gemm_bf16_columns<4>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
   for (; c + 32 <= N; c += 32) gemm_bf16_columns<2>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
   for (; c < N; c += 16) gemm_bf16_columns<1>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
+}
+
+/// gemm_bf16_dot's product, on AMX tiles where the target has them and Linux granted the tile
+/// state (core/amx_gemm.hpp), else by gemm_bf16_dot.
+inline void gemm_bf16(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C, index_t ldc,
+                      index_t M, index_t N, index_t K, const float* row_scale) noexcept {
+#if defined(SEQMIX_AMX_BF16)
+  if (amx_tiles_ready()) return tile_gemm_bf16<AmxTiles>(A, lda, B, ldb, C, ldc, M, N, K, row_scale);
+#endif
+  gemm_bf16_dot(A, lda, B, ldb, C, ldc, M, N, K, row_scale);
 }
 
 /// Pairs two rows of 32 bf16 (x, y) into the B layout: lo = words (x[c], y[c]) for c in [0, 16),
