@@ -33,7 +33,7 @@ const char* gate_name(Gate g) { return g == Gate::none ? "none" : g == Gate::sca
 std::string describe(const DeltaShape& s) {
   std::ostringstream out;
   out << "T=" << s.tokens << " K=" << s.K << " V=" << s.V << " heads=" << s.heads << " chunk=" << s.chunk
-      << " input_bytes=" << s.input_bytes << " channel_gate=" << s.channel_gate;
+      << " input_bytes=" << s.input_bytes << " channel_gate=" << s.channel_gate << " value_block=" << s.value_block;
   return out.str();
 }
 
@@ -118,6 +118,52 @@ TEST_CASE("delta rules: the automatic choice at the measured crossover points, 1
       CHECK(seqmix::delta_update::choose_stream_delta_algorithm(short_call, width) ==
             seqmix::delta_update::choose_delta_algorithm(short_call, width));
     }
+}
+
+TEST_CASE("delta rules: the automatic choice counts the value block each task runs", "[delta_rule][gated_delta_rule]") {
+  using namespace delta_choice_test;
+  using seqmix::delta_update::choose_delta_algorithm;
+  // K = V = 128 in two blocks of 64 columns (one head on two threads): per block the recurrent
+  // kernel's state is 32 KB and the chunked form repeats the chunk's K-side work, so the
+  // recurrent kernel runs (measured 0.79-0.89 of the chunked form's time, README.md) where the
+  // whole V picks the chunked form. Every vector width: 64 columns are whole 4-vector tiles at 4,
+  // 8 and 16 lanes, and the counts scale alike.
+  for (const index_t width : {4, 8, 16})
+    for (const index_t T : {64, 256, 1024, 4096}) {
+      DeltaShape shape{T, 128, 128, 1, 32};
+      INFO("width " << width << " " << describe(shape));
+      CHECK(choose_delta_algorithm(shape, width) == kChunked);
+      shape.value_block = 64;
+      CHECK(choose_delta_algorithm(shape, width) == kRecurrent);
+      shape.value_block = 128;  // a block of all of V is no block
+      CHECK(choose_delta_algorithm(shape, width) == kChunked);
+      // A stream sets no block: it picks what a call over all of V picks.
+      shape.value_block = 0;
+      shape.tokens = 300;
+      CHECK(seqmix::delta_update::choose_stream_delta_algorithm(shape, width) == choose_delta_algorithm(shape, width));
+      shape.value_block = 64;
+      CHECK(seqmix::delta_update::choose_stream_delta_algorithm(shape, width) == choose_delta_algorithm(shape, width));
+    }
+  // Blocks narrower than a 4-vector tile keep the counts of all of V (the 1-vector tiles' counts
+  // are not refitted): K = V = 64 in blocks of 32 stays recurrent on 16 lanes, as all of V does.
+  for (const index_t T : {64, 1024}) {
+    const DeltaShape shape{T, 64, 64, 1, 32, seqmix::Bf16Compute::fp32, 4, false, 32};
+    INFO(describe(shape));
+    CHECK(seqmix::delta_update::counted_columns(shape, 16) == 64);
+    CHECK(choose_delta_algorithm(shape, 16) == kRecurrent);
+  }
+  // The rows beyond the cache are all of V's (the call reads them all): K = V = 128 H32 T4096 in
+  // blocks of 64 stays chunked.
+  CHECK(choose_delta_algorithm({4096, 128, 128, 32, 32, seqmix::Bf16Compute::fp32, 4, false, 64}, 16) == kChunked);
+  // The block the driver counts: two blocks run on their own; one block, the shared chunk
+  // factors (3 blocks or more) and the sequence split count all of V.
+  using seqmix::delta_update::choice_value_block;
+  CHECK(choice_value_block(1, 128, 128, 2) == 64);
+  CHECK(choice_value_block(32, 128, 128, 64) == 64);
+  CHECK(choice_value_block(2, 128, 128, 2) == 0);
+  CHECK(choice_value_block(1, 128, 128, 1) == 0);
+  CHECK(choice_value_block(4, 128, 128, 16) == 0);
+  CHECK(choice_value_block(1, 64, 64, 64) == 0);
 }
 
 namespace delta_choice_test {
@@ -230,4 +276,28 @@ TEST_CASE("delta rules: an automatic call runs the chosen form of each sequence 
         CHECK(same_bits(automatic.o, alone.o));
         CHECK(same_bits(automatic.state, alone.state));
       }
+}
+
+TEST_CASE("delta rules: an automatic call in value blocks runs the form chosen on the block", "[delta_rule][gated_delta_rule]") {
+  using namespace delta_choice_test;
+  // One head of K = V = 128: on two threads the call runs two blocks of 64 columns and the
+  // recurrent kernel; on one thread all of V and the chunked form. Each automatic call must equal
+  // its forced form bit for bit.
+  seqmix::ThreadPool pool(2);
+  std::uint64_t seed = 700;
+  for (const Gate gate : {Gate::none, Gate::scalar, Gate::channel})
+    for (const seqmix::Executor* ex : {&seqmix::serial_executor(), static_cast<const seqmix::Executor*>(&pool)}) {
+      const PackedCase c{{200}, 1, 128, 128, gate};
+      const PackedData d(c, ++seed);
+      const index_t block = seqmix::delta_update::choice_value_block(1, c.K, c.V, ex->concurrency());
+      DeltaShape shape{200, c.K, c.V, c.HV, 32, seqmix::Bf16Compute::fp32, 4, gate == Gate::channel, block};
+      const DeltaAlgorithm chosen = seqmix::delta_update::choose_delta_algorithm(shape);
+      INFO("gate=" << gate_name(gate) << " threads=" << ex->concurrency() << " block=" << block << " seed=" << seed);
+      if (seqmix::simd::kWidth == 16) CHECK(chosen == (ex->concurrency() == 2 ? kRecurrent : kChunked));
+      PackedResult automatic(c), forced(c);
+      run_packed(c, d, d.cu, 0, c.total(), 0, DeltaAlgorithm::automatic, seqmix::Bf16Compute::fp32, *ex, automatic);
+      run_packed(c, d, d.cu, 0, c.total(), 0, chosen, seqmix::Bf16Compute::fp32, *ex, forced);
+      CHECK(same_bits(automatic.o, forced.o));
+      CHECK(same_bits(automatic.state, forced.state));
+    }
 }

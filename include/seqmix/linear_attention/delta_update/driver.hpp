@@ -35,7 +35,24 @@ struct DeltaShape {
   Bf16Compute compute = Bf16Compute::fp32;  ///< dot: the chunked form's products on bf16 dot products
   index_t input_bytes = 4;    ///< bytes per element of q, k and v (2: bf16 / f16 storage)
   bool channel_gate = false;  ///< per-channel log-decays (KDA): a row of K floats per token and head
+  /// The value columns each task of the call runs (run_delta_items splits an item into blocks of
+  /// columns when there are fewer items than threads; choice_value_block); 0: all of V.
+  index_t value_block = 0;
 };
+
+/// The value columns whose work the counts compare: a block of `s.value_block` columns when it
+/// is whole 4-vector tiles of the recurrent kernel (64 columns on AVX-512), else all of V. Both
+/// forms run each block on its own (the chunked one repeating the chunk's K-side work per
+/// block), so a block compares as a call with V = its width. Narrower blocks keep all of V: the
+/// counts' 1-vector tiles were not refitted for the two-token pass, where a 1-vector tile costs
+/// about a third of a 4-vector one, not the half counted (K = 64 and 128, README.md), and counted
+/// at V = 32 they would send K = V = 64's blocks of 32 columns to the chunked form, which measured
+/// 1.2-1.4x slower there (two threads, H1).
+inline index_t counted_columns(const DeltaShape& s, index_t width) {
+  const index_t block = s.value_block;
+  if (block <= 0 || block >= s.V || block % (4 * width) != 0) return s.V;
+  return block;
+}
 
 /// The recurrent kernel's cost of one token of one head, in dependent steps (recurrent.hpp): each
 /// column tile runs two sweeps over the K rows of S, each row waiting on the previous row's FMA
@@ -81,7 +98,8 @@ constexpr double kChunkSteps = 700;
 /// recurrence's 6KV, the scores 2K(L+1), the solve and M U 2VL, for chunks of L tokens) at
 /// kChunkedFlopsPerLaneStep, its per-token work and its chunks' fixed costs.
 inline double chunked_token_steps(const DeltaShape& s, index_t width) {
-  const double T = static_cast<double>(s.tokens), K = static_cast<double>(s.K), V = static_cast<double>(s.V);
+  const double T = static_cast<double>(s.tokens), K = static_cast<double>(s.K);
+  const double V = static_cast<double>(counted_columns(s, width));
   const double L = static_cast<double>(std::min(s.tokens, s.chunk));
   const double chunks = std::ceil(T / static_cast<double>(s.chunk));
   const double flops = 6 * K * V + 2 * K * (L + 1) + 2 * V * L;
@@ -127,7 +145,8 @@ inline double token_row_bytes(const DeltaShape& s) {
 inline double recurrent_sequence_steps(const DeltaShape& s, index_t width) {
   const double rows = token_row_bytes(s) * static_cast<double>(s.heads) * static_cast<double>(s.tokens);
   const double row_count = s.channel_gate ? 5 : 4;
-  return recurrent_token_steps(s.K, s.V, width) + (rows > kCachedRowBytes ? kUncachedRowSteps * row_count : 0.0);
+  return recurrent_token_steps(s.K, counted_columns(s, width), width) +
+         (rows > kCachedRowBytes ? kUncachedRowSteps * row_count : 0.0);
 }
 
 /// Picks the prefill algorithm of one sequence by comparing the two forms' operation counts
@@ -139,8 +158,11 @@ inline double recurrent_sequence_steps(const DeltaShape& s, index_t width) {
 /// tiles, not K V, so it wins at K = V = 16 and 64 (one tile per row) and the chunked form at
 /// 48, 96 and 128 from a few tokens; at 32 they are within 10% of each other; once the sequence's
 /// rows of all heads pass kCachedRowBytes the chunked form wins at every K measured (1.2-1.6x at
-/// 32-64 MiB of rows). `width`: floats per vector, the build's simd::kWidth unless a test asks
-/// for another.
+/// 32-64 MiB of rows). With value blocks (s.value_block, counted_columns) the tiles and the
+/// chunked form's products are a block's: at K = V = 128 split into two blocks of 64 columns (H1
+/// on two threads) the recurrent kernel measured 0.79-0.89 of the chunked form's time, where the
+/// counts over all of V chose the chunked form. `width`: floats per vector, the build's
+/// simd::kWidth unless a test asks for another.
 inline DeltaAlgorithm choose_delta_algorithm(const DeltaShape& s, index_t width = simd::kWidth) {
   if (s.tokens <= 0) return DeltaAlgorithm::recurrent;
   return chunked_token_steps(s, width) < recurrent_sequence_steps(s, width) ? DeltaAlgorithm::chunked
@@ -152,11 +174,13 @@ inline DeltaAlgorithm choose_delta_algorithm(const DeltaShape& s, index_t width 
 /// run, and each segment's call reads only that segment's rows, which stay in the cache between
 /// the producer that writes them and the call; so not recurrent_sequence_steps' charge for rows
 /// beyond the cache, which would make a stream differ from one call over a short sequence (the
-/// segments must equal that call bit for bit at multiples of the chunk).
+/// segments must equal that call bit for bit at multiples of the chunk). A stream's traits set no
+/// value block (all of V), which is what a call whose items fill the threads runs.
 inline DeltaAlgorithm choose_stream_delta_algorithm(DeltaShape s, index_t width = simd::kWidth) {
   s.tokens = std::numeric_limits<index_t>::max();
-  return chunked_token_steps(s, width) < recurrent_token_steps(s.K, s.V, width) ? DeltaAlgorithm::chunked
-                                                                                : DeltaAlgorithm::recurrent;
+  return chunked_token_steps(s, width) < recurrent_token_steps(s.K, counted_columns(s, width), width)
+             ? DeltaAlgorithm::chunked
+             : DeltaAlgorithm::recurrent;
 }
 
 /// Loads token t of a delta head into the workspace: q (scaled), k, alpha = w * k, decays.
@@ -262,7 +286,8 @@ struct DeltaItem {
   ConstView<float, 2> initial;        ///< [K,V], empty: start from zeros
   TensorView<float, 2> final_state = {}; ///< [K,V], optional
   TensorView<float, 3> token_states = {}; ///< [T,K,V], optional
-  DeltaAlgorithm algorithm;           ///< never automatic here
+  DeltaAlgorithm algorithm;           ///< automatic: run_delta_items chooses on `shape`
+  DeltaShape shape{};                 ///< the sequence as choose_delta_algorithm sees it (automatic only)
 };
 
 /// The chunked WY form as a kernel of the chunkwise engine (core/chunkwise/engine.hpp): the
@@ -433,6 +458,18 @@ inline index_t chunk_segments(index_t items, index_t blocks, index_t key_blocks,
   const index_t per_item = items > 0 ? concurrency / items : 0;
   if (per_item < 2 * blocks + key_blocks) return 1;
   return 1 + (per_item - blocks) / (blocks + key_blocks);
+}
+
+/// The value columns each task of a call of `items` (sequence, head) items runs, for the
+/// automatic choice (DeltaShape::value_block): the blocks' width when run_delta_items runs each
+/// block on its own from end to end (2 blocks; from kShareFactorsMinBlocks on the chunked form
+/// computes the chunk factors once per item, and with segments it splits the sequence, so the
+/// whole item's counts stand), else 0 (all of V).
+inline index_t choice_value_block(index_t items, index_t K, index_t V, int concurrency) {
+  const detail::ValueSplit split = value_blocks(items, V, concurrency);
+  const detail::ValueSplit keys = value_blocks(items, K, concurrency);
+  const bool separate_blocks = split.blocks > 1 && split.blocks < kShareFactorsMinBlocks;
+  return separate_blocks && chunk_segments(items, split.blocks, keys.blocks, concurrency) < 2 ? split.width : 0;
 }
 
 /// The chunk-parallel (sequence-split) form of the chunked fp32 items: when the items' value
@@ -665,7 +702,9 @@ void run_chunk_segments(const Executor& executor, ChunkSegments plan, WholeBlock
 /// pass instead of once per block (WyFactors; bf16 dot products and recurrent items keep the
 /// whole per-block algorithm). When even the value blocks leave most threads idle
 /// (chunk_segments), the chunked fp32 items of enough chunks also run in segments
-/// (ChunkSegments), on the same records.
+/// (ChunkSegments), on the same records. An item bound as DeltaAlgorithm::automatic takes the
+/// form choose_delta_algorithm names for its `shape` on the columns each of the call's tasks runs
+/// (choice_value_block), the same for all its blocks.
 ///
 /// check_elements() checks the call's beta and gate elements (ElementChecks::caller), throwing
 /// ShapeError on a bad one; it runs before any task that writes an output or a state. With a
@@ -683,11 +722,20 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
   const detail::ValueSplit split = value_blocks(items, V, threads);
   const detail::ValueSplit keys = value_blocks(items, K, threads);
   const index_t segments = chunk_segments(items, split.blocks, keys.blocks, threads);
+  const index_t choice_block = choice_value_block(items, K, V, threads);
+  const auto bind_chosen = [&](index_t n, index_t h, ValueColumns cols) {  // an automatic item on the block that runs
+    DeltaItem item = bind(n, h, cols);
+    if (item.algorithm == DeltaAlgorithm::automatic) {
+      item.shape.value_block = choice_block;
+      item.algorithm = choose_delta_algorithm(item.shape);
+    }
+    return item;
+  };
   const auto bound = [&](index_t it, ValueColumns cols) {  // item `it` of longest_first's order on `cols`
-    return bind(order[static_cast<std::size_t>(it / H)], it % H, cols);
+    return bind_chosen(order[static_cast<std::size_t>(it / H)], it % H, cols);
   };
   const auto whole = [&](index_t n, index_t h, ValueColumns cols, ItemScratch& ws) {
-    run_delta_item(bind(n, h, cols), chunk, ws);
+    run_delta_item(bind_chosen(n, h, cols), chunk, ws);
   };
   const index_t group =
       split.blocks == 1 && segments < 2 ? seqmix::chunkwise::items_together_group(H, K * V, threads) : 1;

@@ -22,7 +22,8 @@ namespace delta_update {
 // head), longest sequences first, split into blocks of value columns when there are fewer
 // items than threads, the chunked items' V-independent chunk factors then computed once in a first
 // pass (run_delta_items). Each sequence picks its algorithm on its own length (as a
-// call of that sequence alone would); token_states take the recurrent kernel. E: the storage
+// call of that sequence alone would) and the value columns each task runs (run_delta_items);
+// token_states take the recurrent kernel. E: the storage
 // type of q/k/v; 16-bit rows are widened as each chunk or token is loaded (DeltaHead). The
 // elements of beta and the gate are checked by run_delta_items before anything is written, in its
 // chunk-factor pass when it has one (ElementChecks::caller).
@@ -56,10 +57,8 @@ void fast_delta(const ArgCheck& check, const DeltaCallOf<E>& c, const Executor& 
     if (one.final_state.has_value()) item.final_state = one.final_state[0][hv].slice(1, cols.begin, cols.width);
     if (one.token_states.has_value())
       item.token_states = one.token_states[0].select(1, hv).slice(2, cols.begin, cols.width);
-    item.algorithm = c.algorithm;
-    if (item.algorithm == DeltaAlgorithm::automatic)
-      item.algorithm = choose_delta_algorithm(
-          {span.tokens, d.K, d.V, d.HV, c.chunk, c.bf16_compute, static_cast<index_t>(sizeof(E)), channel});
+    item.algorithm = c.algorithm;  // automatic: run_delta_items chooses on the value block that runs
+    item.shape = {span.tokens, d.K, d.V, d.HV, c.chunk, c.bf16_compute, static_cast<index_t>(sizeof(E)), channel};
     if (item.token_states.has_value()) item.algorithm = DeltaAlgorithm::recurrent;
     return item;
   }, [&] { check_delta_elements(check, c, executor); });
