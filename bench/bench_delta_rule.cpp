@@ -5,6 +5,9 @@
 //   rwkv7:                     8 * B*T*H*K*V   (a^T S, b p^T, k v^T, S^T r: 2KV each)
 // Steps report GB/s of state traffic, 2 * B*HV*K*V*4 bytes (the state is read and written once).
 // The reference runs as a baseline on a shorter T (it is a double-precision loop), named so.
+// gated_delta_rule/prefill/<shape> (automatic): recurrent_over_auto and chunked_over_auto, each
+// forced form's process CPU time over the automatic call's, alternated on the same inputs after
+// the timed loop (st::alternated_cpu_medians); h1_k128_t1024 runs in two value blocks.
 // mom/prefill/m8_top2_h16_k64_t1024: Mixture-of-Memories with 8 memories, top-2 routes per token;
 // GFLOP/s counts the gated delta rule's 6 K V per head on the T*E routed entries, so it compares
 // directly with gated_delta_rule/prefill/h16_k64_t2048 (the same entries as one sequence).
@@ -81,8 +84,26 @@ void set_prefill_counters(benchmark::State& state, double flops) {
   seqmix::testing::report_gflops(state, flops);
 }
 
+// Sets the automatic choice's counters: each forced form's time over the automatic call's, the three
+// alternated on the same inputs (process CPU time, medians: st::alternated_cpu_medians). The rows
+// themselves time each form on its own inputs, one row after another: at h16_k64_t1024 the
+// automatic row once read 7% slower than the forced recurrent row although it runs the same code,
+// where alternated in one process the two are within 2% (README.md of delta_update, "Which
+// prefill runs").
+void set_choice_counters(benchmark::State& state, GdrBenchData& data, seqmix::GatedDeltaRuleOptions options) {
+  const auto call = [&](DeltaAlgorithm algorithm) {
+    options.algorithm = algorithm;
+    seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, options, st::two_thread_pool());
+  };
+  const auto t = st::alternated_cpu_medians([&] { call(DeltaAlgorithm::automatic); },
+                                            [&] { call(DeltaAlgorithm::recurrent); },
+                                            [&] { call(DeltaAlgorithm::chunked); });
+  state.counters["recurrent_over_auto"] = t[1] / t[0];
+  state.counters["chunked_over_auto"] = t[2] / t[0];
+}
+
 void gdr_prefill(benchmark::State& state, index_t T, index_t H, index_t K, DeltaGate gate, DeltaAlgorithm algorithm,
-                 bool reference) {
+                 bool reference, bool choice_counters = false) {
   GdrBenchData data(T, H, K, gate);
   seqmix::GatedDeltaRuleOptions options;
   options.gate = gate;
@@ -94,6 +115,7 @@ void gdr_prefill(benchmark::State& state, index_t T, index_t H, index_t K, Delta
       seqmix::gated_delta_rule(data.inputs(), {data.o.view(), data.state.view()}, options, st::two_thread_pool());
     benchmark::DoNotOptimize(data.o.data());
   }
+  if (choice_counters) set_choice_counters(state, data, options);
   set_prefill_counters(state, 6.0 * T * H * K * K);
 }
 
@@ -406,10 +428,13 @@ void register_all() {
   for (const Shape& s : {Shape{"h32_k128_t512", 512, 32, 128}, Shape{"h32_k128_t1024", 1024, 32, 128},
                          Shape{"h4_k128_t1024", 1024, 4, 128}, Shape{"h16_k64_t1024", 1024, 16, 64}}) {
     const std::string base = std::string("gated_delta_rule/prefill/") + s.name;
-    reg(base, [s, autom](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, autom, false); });
+    reg(base, [s, autom](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, autom, false, true); });
     reg(base + "/chunked", [s, chunked](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, chunked, false); });
     reg(base + "/recurrent", [s, recurrent](benchmark::State& st) { gdr_prefill(st, s.T, s.H, s.K, DeltaGate::scalar, recurrent, false); });
   }
+  // One head on two threads: two blocks of 64 value columns, on which the choice counts (issue 19 item 4).
+  reg("gated_delta_rule/prefill/h1_k128_t1024",
+      [autom](benchmark::State& st) { gdr_prefill(st, 1024, 1, 128, DeltaGate::scalar, autom, false, true); });
   // The chunked form's phase split against one core's FMA rate (issue 19 item 4).
   reg("gated_delta_rule/phases/h16_k64_t1024", [](benchmark::State& st) { gdr_phases(st, 1024, 16, 64); });
   reg("gated_delta_rule/phases/h32_k128_t1024", [](benchmark::State& st) { gdr_phases(st, 1024, 32, 128); });
