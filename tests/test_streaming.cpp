@@ -170,6 +170,29 @@ TEST_CASE("streaming: delta-rule family in segments equals one call", "[streamin
   }
 }
 
+// One head on two threads splits its value columns into two blocks of 64 at K = V = 128, where the
+// automatic choice counts a block (recurrent) and all of V would count as chunked: a stream must
+// pin the form the one call takes on that executor, or its segments differ from it in the last
+// bits (chunked/streaming.hpp, detail::stream::delta_shape).
+TEST_CASE("streaming: a delta-rule stream of one head in value blocks equals one call", "[streaming]") {
+  const index_t B = 1, H = 1, K = 128, V = 128, T = 200;
+  const Tensor<float, 4> q = st::random_tensor<4>({B, T, H, K}, 61), k = unit_rows({B, T, H, K}, 62);
+  const Tensor<float, 4> v = st::random_tensor<4>({B, T, H, V}, 63);
+  const Tensor<float, 3> beta = st::random_tensor<3>({B, T, H}, 64, 0.f, 1.f);
+  Tensor<float, 3> g({B, T, H});
+  st::fill_log_gate(g.view(), 65, -1.f, 0.f);
+  SECTION("gated_delta_rule, automatic") {
+    seqmix::GatedDeltaRuleInputs in{q.cview(), k.cview(), v.cview(), beta.cview(), g.cview(), {}, {}};
+    seqmix::GatedDeltaRuleOptions o;
+    check_segmentations("gated_delta_rule H1", in, std::array<index_t, 4>{B, T, H, V}, o, o.chunk_size);
+  }
+  SECTION("delta_rule, automatic") {
+    seqmix::DeltaRuleInputs in{q.cview(), k.cview(), v.cview(), beta.cview(), {}};
+    seqmix::DeltaRuleOptions o;
+    check_segmentations("delta_rule H1", in, std::array<index_t, 4>{B, T, H, V}, o, o.chunk_size);
+  }
+}
+
 TEST_CASE("streaming: conv1d, selective scan and SSD in segments equal one call", "[streaming]") {
   const index_t B = 2, D = 40, N = 8, G = 2;
   SECTION("causal_conv1d carries its window, including segments shorter than the window") {

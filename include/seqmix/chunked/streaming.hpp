@@ -44,7 +44,8 @@ namespace seqmix {
 ///   load_initial(state, in)     copies a caller's initial state into the stream's state
 ///   write_final(state, out)     copies the state into the final-state views a caller asked for
 ///   bind(in, out, state)        points initial and final state at the stream's state
-///   fix_options(options, in)    the options every segment uses (algorithm resolved)
+///   fix_options(options, in, ex) the options every segment uses (algorithm resolved for the
+///                               executor of the first segment)
 ///   later_options(options)      the options of segments after the first
 ///   run(in, out, options, ex)   the fast operator
 template <class Inputs>
@@ -82,7 +83,7 @@ struct SingleStateTraits {
     in.initial_state = st.s.cview(), out.final_state = st.s.view();
   }
   static void write_final(const State& st, const Out& out) { copy_out(st.s, out.final_state); }
-  static Opt fix_options(Opt o, const In&) { return o; }
+  static Opt fix_options(Opt o, const In&, const Executor&) { return o; }
   static Opt later_options(Opt o) { return o; }
 };
 
@@ -101,6 +102,19 @@ namespace detail::stream {
 template <class Traits, class In, class Opt>
 typename Traits::State make_single_state(const In& in, const Opt& o) {
   return {decltype(std::declval<typename Traits::State>().s)(Traits::state_shape(in, o))};
+}
+
+// What a delta-rule stream's automatic choice counts (choose_stream_delta_algorithm): an endless
+// sequence of the call's heads on the value block each of its calls runs on `executor`
+// (choice_value_block of B x HV items, as run_delta_items splits them), so the stream pins the
+// form one call over the same batch and executor takes: one head on two threads at K = V = 128
+// runs two blocks of 64 columns, recurrent, where all of V would count as chunked.
+template <class In, class Opt>
+delta_update::DeltaShape delta_shape(const In& in, const Opt& o, const Executor& executor) {
+  const index_t B = in.q.size(0), K = in.k.size(3), V = in.v.size(3), HV = in.v.size(2);
+  delta_update::DeltaShape s{std::numeric_limits<index_t>::max(), K, V, HV, o.chunk_size, o.bf16_compute};
+  s.value_block = delta_update::choice_value_block(B * HV, K, V, executor.concurrency());
+  return s;
 }
 }  // namespace detail::stream
 
@@ -148,7 +162,7 @@ struct StreamTraits<LinearAttentionInputs> {
     detail::stream::copy_out(st.s, out.final_state);
     detail::stream::copy_out(st.z, out.final_normalizer);
   }
-  static Options fix_options(Options o, const LinearAttentionInputs& in) {
+  static Options fix_options(Options o, const LinearAttentionInputs& in, const Executor&) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(GateKind::none, std::numeric_limits<index_t>::max(),
                                                  feature_dim(o.feature_map, in.k.size(3)), in.v.size(3), o.chunk_size,
@@ -191,7 +205,7 @@ struct StreamTraits<GatedLinearAttentionInputsOf<T>>
   static State make_state(const GatedLinearAttentionInputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const GatedLinearAttentionInputsOf<T>& in) {
+  static Options fix_options(Options o, const GatedLinearAttentionInputsOf<T>& in, const Executor&) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(detail::la::effective_gate(o.gate), std::numeric_limits<index_t>::max(),
                                                  in.k.size(3), in.v.size(3), o.chunk_size,
@@ -227,7 +241,7 @@ struct StreamTraits<Rwkv6InputsOf<T>>
   static State make_state(const Rwkv6InputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const Rwkv6InputsOf<T>& in) {
+  static Options fix_options(Options o, const Rwkv6InputsOf<T>& in, const Executor&) {
     if (o.algorithm == LinearAttentionAlgorithm::automatic)
       o.algorithm = detail::la::choose_algorithm(GateKind::channel, std::numeric_limits<index_t>::max(), in.k.size(3),
                                                  in.v.size(3), o.chunk_size, false);  // rwkv6 has no bf16 dot products
@@ -262,10 +276,9 @@ struct StreamTraits<DeltaRuleInputsOf<T>>
   static State make_state(const DeltaRuleInputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const DeltaRuleInputsOf<T>& in) {
+  static Options fix_options(Options o, const DeltaRuleInputsOf<T>& in, const Executor& executor) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_update::choose_stream_delta_algorithm(
-          {std::numeric_limits<index_t>::max(), in.k.size(3), in.v.size(3), in.v.size(2), o.chunk_size, o.bf16_compute});
+      o.algorithm = delta_update::choose_stream_delta_algorithm(detail::stream::delta_shape(in, o, executor));
     return o;
   }
   static void run(const DeltaRuleInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
@@ -297,10 +310,9 @@ struct StreamTraits<GatedDeltaRuleInputsOf<T>>
   static State make_state(const GatedDeltaRuleInputsOf<T>& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const GatedDeltaRuleInputsOf<T>& in) {
+  static Options fix_options(Options o, const GatedDeltaRuleInputsOf<T>& in, const Executor& executor) {
     if (o.algorithm == DeltaAlgorithm::automatic)
-      o.algorithm = delta_update::choose_stream_delta_algorithm(
-          {std::numeric_limits<index_t>::max(), in.k.size(3), in.v.size(3), in.v.size(2), o.chunk_size, o.bf16_compute});
+      o.algorithm = delta_update::choose_stream_delta_algorithm(detail::stream::delta_shape(in, o, executor));
     return o;
   }
   static void run(const GatedDeltaRuleInputsOf<T>& in, const Outputs& out, const Options& o, const Executor& ex) {
@@ -364,7 +376,7 @@ struct StreamTraits<CausalConv1dInputs>
     return {in.x.size(0), std::max<index_t>(in.weight.size(1) - 1, 0) * o.dilation, in.x.size(2)};
   }
   /// A lookahead output reads tokens of the next segment: refused (before the state is made).
-  static Options fix_options(const Options& o, const CausalConv1dInputs& in) {
+  static Options fix_options(const Options& o, const CausalConv1dInputs& in, const Executor&) {
     const ArgCheck check("causal_conv1d stream");
     if (o.lookahead != 0)
       check.fail("options.lookahead", "must be 0 in a stream (an output would read the next segment's tokens)");
@@ -421,7 +433,7 @@ struct StreamTraits<SsdInputs> : detail::stream::SingleStateTraits<SsdInputs, Ss
   static State make_state(const SsdInputs& in, const Options& o) {
     return detail::stream::make_single_state<StreamTraits>(in, o);
   }
-  static Options fix_options(Options o, const SsdInputs&) {
+  static Options fix_options(Options o, const SsdInputs&, const Executor&) {
     // A long call runs chunked; a short one would go token by token (kSsdChunkedMinTokens).
     if (o.algorithm == SsdAlgorithm::automatic) o.algorithm = SsdAlgorithm::chunked;
     return o;
@@ -458,7 +470,7 @@ class RecurrentStream {
   void feed(Inputs segment, Outputs out, const Executor& executor = serial_executor()) {
     check_segment(segment, out);
     if (!started_) {
-      fixed_ = Traits::fix_options(options_, segment);
+      fixed_ = Traits::fix_options(options_, segment, executor);
       state_ = Traits::make_state(segment, fixed_);
       shape_ = Traits::state_shape(segment, fixed_);
       Traits::load_initial(state_, segment);

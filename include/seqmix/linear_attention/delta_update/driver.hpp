@@ -174,8 +174,8 @@ inline DeltaAlgorithm choose_delta_algorithm(const DeltaShape& s, index_t width 
 /// run, and each segment's call reads only that segment's rows, which stay in the cache between
 /// the producer that writes them and the call; so not recurrent_sequence_steps' charge for rows
 /// beyond the cache, which would make a stream differ from one call over a short sequence (the
-/// segments must equal that call bit for bit at multiples of the chunk). A stream's traits set no
-/// value block (all of V), which is what a call whose items fill the threads runs.
+/// segments must equal that call bit for bit at multiples of the chunk). The stream's traits set
+/// s.value_block to the block its calls run on the first segment's executor.
 inline DeltaAlgorithm choose_stream_delta_algorithm(DeltaShape s, index_t width = simd::kWidth) {
   s.tokens = std::numeric_limits<index_t>::max();
   return chunked_token_steps(s, width) < recurrent_token_steps(s.K, counted_columns(s, width), width)
