@@ -27,6 +27,8 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "seqmix/attention/dense/decode.hpp"
@@ -41,6 +43,20 @@
 #include "seqmix/kv_cache/integer_dots.hpp"
 
 namespace seqmix {
+
+/// How the integer kernels round their float operand (the query times the key scales, and the
+/// softmax weights times the value scales) to bytes for the u8 x s8 dot products over quantized
+/// blocks (integer_dots.hpp). Float blocks, the residual window and builds without AVX-512 VNNI
+/// do not round, whatever the choice.
+enum class KvOperandPrecision {
+  /// x ~ a (h + l / 256), a = max|x| / 127: error <= a / 512 (2^-16 of the row's largest
+  /// operand); two dot products per code. The default.
+  two_byte,
+  /// x ~ a b, one signed byte: error <= a / 2 (2^-8 of the row's largest operand), one dot
+  /// product per code. Opt-in: the rounding is of the order of an int8 cache's own storage error
+  /// (measured figures: kv_cache/README.md, "One-byte operands").
+  one_byte,
+};
 
 /// Arguments of kv_cache_attention (docs/operators.md sections 5 and 6). Optional views are
 /// empty when not given.
@@ -60,6 +76,8 @@ struct KvCacheAttentionInputs {
   RelativeBias relative_bias = {};
   /// [Hq], optional: per-head factor on the scale (AttentionInputs::head_scales).
   ConstView<float, 1> head_scales = {};
+  /// Byte rounding of the integer kernels' operands (two_byte: unchanged results, bit for bit).
+  KvOperandPrecision operand_precision = KvOperandPrecision::two_byte;
 };
 
 namespace detail {
@@ -91,6 +109,9 @@ inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCach
   if (!(options.softcap >= 0.f)) check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
   if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
   if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
+  if (in.operand_precision != KvOperandPrecision::two_byte && in.operand_precision != KvOperandPrecision::one_byte)
+    check.fail("operand_precision", "must be two_byte or one_byte, got " +
+                                        std::to_string(static_cast<int>(in.operand_precision)));
   if (in.rope) {  // every query position inside the table
     check_fused_rope_table(check, *in.rope, cfg.key_dim, FusedRopeUse::queries);
     for (index_t b = 0; b < B; ++b)
@@ -244,6 +265,7 @@ struct KvScratch {
   IntegerScratch ints;             // operand bytes of the integer kernels
   bool query_bytes_ready = false;  // per-token keys: the query's bytes, made once per task
   bool next_query_ready = false;   // per-channel keys: the next block's query bytes are in slot 1
+  bool one_byte = false;           // KvOperandPrecision::one_byte for the current piece
   KvBlock key_tile, value_tile;    // quantized blocks as fp32, where the integer kernels do not apply
   AlignedVector<float> saved_acc;  // the accumulators before a span's values (guard_hidden_values)
   AlignedVector<float> value_buf;  // one dequantized value row
@@ -479,6 +501,16 @@ inline void coded_block_values(const KvBlockView& blk, const KvCacheConfig& cfg,
   }
 }
 
+// Calls f with std::true_type for the one-byte operand form (w.one_byte), std::false_type for the
+// two-byte form: the integer kernels take it as a template flag.
+template <class F>
+void with_operand_bytes(const KvScratch& w, F&& f) {
+  if (w.one_byte)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
 // Whether a block's scores go through the integer key kernel.
 inline bool integer_key_block(const KvBlockView& blk, const KvCacheConfig& cfg) noexcept {
   return !blk.coded && integer_keys_supported(blk, cfg);
@@ -509,25 +541,27 @@ inline void any_block_scores(const KvBlockView* span, index_t n, index_t j, cons
       slot = 1, w.next_query_ready = false;
     } else if (j + 1 < n && integer_key_block(span[j + 1], cfg)) {
       const KvBlockView* const pair[2] = {&blk, &span[j + 1]};
-      prepare_query_bytes<true, 2>(pair, cfg.key_dim, w.q.data(), w.ints);
+      with_operand_bytes(w, [&](auto one_byte) { prepare_query_bytes<true, 2, decltype(one_byte)::value>(pair, cfg.key_dim, w.q.data(), w.ints); });
       w.next_query_ready = true;
     } else {
       const KvBlockView* const one[1] = {&blk};
-      prepare_query_bytes<true, 1>(one, cfg.key_dim, w.q.data(), w.ints);
+      with_operand_bytes(w, [&](auto one_byte) { prepare_query_bytes<true, 1, decltype(one_byte)::value>(one, cfg.key_dim, w.q.data(), w.ints); });
     }
   } else if (!w.query_bytes_ready) {
     const KvBlockView* const one[1] = {&blk};
-    prepare_query_bytes<false, 1>(one, cfg.key_dim, w.q.data(), w.ints);
+    with_operand_bytes(w, [&](auto one_byte) { prepare_query_bytes<false, 1, decltype(one_byte)::value>(one, cfg.key_dim, w.q.data(), w.ints); });
     w.query_bytes_ready = true;
   }
   const index_t key_groups = quant::group_count(cfg.key_dim, cfg.group_size > 0 ? cfg.group_size : cfg.key_dim);
   const float* qsum = w.qsum.data();
-  if (blk.key_format == KvFormat::int4)
-    integer_key_scores<4, 2>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
-  else if (blk.slots == 16)
-    integer_key_scores<8, 1>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
-  else
-    integer_key_scores<8, 2>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
+  with_operand_bytes(w, [&](auto one_byte) {
+    if (blk.key_format == KvFormat::int4)
+      integer_key_scores<4, 2, decltype(one_byte)::value>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
+    else if (blk.slots == 16)
+      integer_key_scores<8, 1, decltype(one_byte)::value>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
+    else
+      integer_key_scores<8, 2, decltype(one_byte)::value>(blk, cfg, w.ints, slot, qsum, key_groups, s, w.lds, ahead);
+  });
 #else
   (void)n, (void)j;
 #endif
@@ -562,12 +596,15 @@ inline void span_values(const KvBlockView* span, index_t n, const KvCacheConfig&
     index_t end = j + 1;
     while (end < n && span[end].value_format == blk.value_format) ++end;
 #if SEQMIX_KV_INTEGER_DOTS
-    prepare_value_weights(span + j, end - j, p, w.lds, w.ints);
-    switch (blk.value_format) {
-      case KvFormat::int8: integer_run_values<8>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
-      case KvFormat::int4: integer_run_values<4>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
-      default: integer_run_values<2>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
-    }
+    with_operand_bytes(w, [&](auto one_byte) {
+      constexpr bool kOneByte = decltype(one_byte)::value;
+      prepare_value_weights<kOneByte>(span + j, end - j, p, w.lds, w.ints);
+      switch (blk.value_format) {
+        case KvFormat::int8: integer_run_values<8, kOneByte>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
+        case KvFormat::int4: integer_run_values<4, kOneByte>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
+        default: integer_run_values<2, kOneByte>(span + j, end - j, cfg, w.ints, acc, w.ldacc); break;
+      }
+    });
 #endif
     j = end;
   }
@@ -702,13 +739,16 @@ void kv_load_query_rows(KvScratch& w, const ConstView<float, 4>& q, index_t b, i
 // KvBlockView, positions increasing), then the tail rows, into the rows' online-softmax states
 // and accumulators (row r: state[r], acc + r * w.ldacc). The query rows are in w
 // (kv_load_query_rows); alibi slopes and the relative bias (`bias`, or null) are those of heads
-// hk * G + g. Used by kv_cache_attention and by paged_attention over quantized pages
-// (kv_cache/paged.hpp).
+// hk * G + g. `precision`: the integer kernels' operand bytes. Used by kv_cache_attention and by
+// paged_attention over quantized pages (kv_cache/paged.hpp, two-byte operands).
 template <class BlockAt>
 void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, const ConstView<float, 1>& alibi_slopes,
                      index_t hk, index_t G, index_t M, KvScratch& w, BlockAt&& block_at, index_t first, index_t last,
-                     const KvTailRows& tail, SoftmaxRow* state, float* acc, const RelativeBias* bias = nullptr) {
+                     const KvTailRows& tail, SoftmaxRow* state, float* acc, const RelativeBias* bias = nullptr,
+                     KvOperandPrecision precision = KvOperandPrecision::two_byte) {
   if (bias && bias->kind == RelativeBiasKind::none) bias = nullptr;
+  // The query bytes of this piece are made after this (kv_load_query_rows cleared them).
+  w.one_byte = precision == KvOperandPrecision::one_byte;
   const bool alibi = alibi_slopes.has_value();
   const index_t ldacc = w.ldacc, Dk = cfg.key_dim, Dv = cfg.value_dim;
   // Coded storage: this piece's KV head, and the scratch of its kernels (grown once, then kept).
@@ -903,7 +943,8 @@ inline void kv_cache_attention(const KvCacheAttentionInputs& in, const Attention
       kv_attend_piece(
           cfg, options, in.alibi_slopes, piece.hk, G, M, w,
           [&](index_t k) { return view_of(hd.blocks[static_cast<std::size_t>(k)]); }, piece.first_block,
-          piece.last_block, tail, states.data() + pi * rows, accs.data() + pi * rows * ldacc, &in.relative_bias);
+          piece.last_block, tail, states.data() + pi * rows, accs.data() + pi * rows * ldacc, &in.relative_bias,
+          in.operand_precision);
     }
     scratch.release(slot);
   });

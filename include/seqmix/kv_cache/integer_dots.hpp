@@ -12,6 +12,9 @@
 //          of bytes per channel; lanes = tokens (layout.hpp), so no horizontal sums;
 //   values operand = p * scale_t per token (per block, row and value group); lanes = channels.
 // The int32 sums are exact; each block's sums are turned into floats once.
+// One-byte operands (KvOperandPrecision::one_byte, opt-in): x ~ a b, b = round(x / a) in
+// [-127, 127], |x - a b| <= a / 2 (2^-8 of the largest element): one dot product per code instead
+// of two. The kernels take it as a template flag (OneByte); the default is the two-byte form.
 // Without VNNI (or for group sizes the lanes cannot follow), a quantized block is dequantized
 // into an fp32 tile and goes through the float kernels: same results up to that rounding.
 // The operand preparations and the value tiles are [[gnu::noinline]]: inlined into the attention
@@ -113,6 +116,18 @@ inline void store_two_term(const __m512 (&v)[4], std::int8_t* hi, std::int8_t* l
   _mm512_storeu_si512(hi, in_lane_order(_mm512_packs_epi16(h0, h1)));
   _mm512_storeu_si512(lo, in_lane_order(_mm512_packs_epi16(l0, l1)));
 }
+// One-byte form: 64 values already in units of a (|v| <= 127) -> 64 bytes round(v).
+inline void store_one_term(const __m512 (&v)[4], std::int8_t* out) noexcept {
+  const __m512i n01 = _mm512_packs_epi32(rounded_256ths(v[0]), rounded_256ths(v[1]));
+  const __m512i n23 = _mm512_packs_epi32(rounded_256ths(v[2]), rounded_256ths(v[3]));
+  _mm512_storeu_si512(out, in_lane_order(_mm512_packs_epi16(n01, n23)));
+}
+// One-byte form of 32 values (2 vectors) -> 32 bytes (the low half of the 4-vector order).
+inline void store_one_term(__m512 v0, __m512 v1, std::int8_t* out) noexcept {
+  const __m512i n = _mm512_packs_epi32(rounded_256ths(v0), rounded_256ths(v1));
+  const __m512i bytes = in_lane_order(_mm512_packs_epi16(n, _mm512_setzero_si512()));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_castsi512_si256(bytes));
+}
 // 32 values (2 vectors) -> 32 h bytes and 32 l bytes (as vectors h0 h1 l0 l1 of the 4-vector form).
 inline void store_two_term(__m512 v0, __m512 v1, std::int8_t* hi, std::int8_t* lo) noexcept {
   __m512i h, l;
@@ -137,15 +152,19 @@ inline __m512 reduce_rows4(const __m512 (&v)[4], Op op) noexcept {
 inline __m512 max_op(__m512 a, __m512 b) noexcept { return _mm512_max_ps(a, b); }
 inline __m512 add_op(__m512 a, __m512 b) noexcept { return _mm512_add_ps(a, b); }
 
-// For the largest magnitudes of four rows (lanes 0-3 of `tops`): 256 / a per lane (0 when the
-// top is 0 or NaN: every byte becomes 0), and a = top / 127 into steps[0..4). Divisions on four
-// lanes only (a 16-lane division costs several times more).
-inline __m512 inverse_steps(__m512 tops, float* steps) noexcept {
+// For the largest magnitudes of four rows (lanes 0-3 of `tops`): units / a per lane (0 when the
+// top is 0 or NaN: every byte becomes 0), and a = top / 127 into steps[0..4). units = 256 for the
+// two-byte form (values in 256ths of a), 1 for the one-byte form. Divisions on four lanes only (a
+// 16-lane division costs several times more).
+inline __m512 inverse_steps(__m512 tops, float* steps, float units) noexcept {
   const __m128 t = _mm512_castps512_ps128(tops);
   _mm_storeu_ps(steps, _mm_div_ps(t, _mm_set1_ps(127.f)));
   const __mmask8 positive = _mm_cmp_ps_mask(t, _mm_setzero_ps(), _CMP_GT_OQ);
-  return _mm512_zextps128_ps512(_mm_maskz_div_ps(positive, _mm_set1_ps(127.f * 256.f), t));
+  return _mm512_zextps128_ps512(_mm_maskz_div_ps(positive, _mm_set1_ps(127.f * units), t));
 }
+// Units of a per operand value: 256ths for the two-byte form, a itself for the one-byte form.
+template <bool OneByte>
+constexpr float kOperandUnits = OneByte ? 1.f : 256.f;
 
 // acc + the 4-byte dot products of unsigned `codes` and signed `operand`, per int32 lane
 // (vpdpbusd). GCC 12 copies every accumulator twice per loop iteration around the intrinsic
@@ -190,8 +209,8 @@ inline __m512i code_plane(__m512i raw, int p) noexcept {
 // pairing took back about a third of it for int4, little for int8. q' is recomputed in the
 // second pass rather than stored and reloaded. The loops over blocks and rows are unrolled by
 // pragma: GCC 12 left them rolled for K = 2, with the maxima and sums on the stack (slower than
-// one block per call).
-template <bool PerChannel, int K>
+// one block per call). OneByte: one byte per channel into q_hi (q_lo is not written).
+template <bool PerChannel, int K, bool OneByte>
 [[gnu::noinline]] void prepare_query_bytes(const KvBlockView* const (&blks)[K], index_t Dk, const float* Q,
                                            IntegerScratch& x) {
   const index_t n16 = (Dk + 15) / 16 * 16;
@@ -224,7 +243,7 @@ template <bool PerChannel, int K>
 #pragma GCC unroll 2
     for (int k = 0; k < K; ++k) {
       float steps[4];
-      const __m512 inverses = inverse_steps(reduce_rows4(top[k], max_op), steps);
+      const __m512 inverses = inverse_steps(reduce_rows4(top[k], max_op), steps, kOperandUnits<OneByte>);
       std::copy(steps, steps + 4, x.q_step.data() + x.query_row(k, r0));
       _mm512_mask_storeu_ps(x.bias.data() + x.query_row(k, r0), 0xF,
                             PerChannel ? reduce_rows4(bias[k], add_op) : _mm512_setzero_ps());
@@ -241,7 +260,10 @@ template <bool PerChannel, int K>
           for (int i = 0; i < 4; ++i)
             v[i] = _mm512_mul_ps(scaled_query(Q + (r0 + r) * Dk, k, c + 16 * i, valid[i]), inv[k][r]);
           const index_t at = x.query_row(k, r0 + r) * x.quad_bytes + c;
-          store_two_term(v, x.q_hi.data() + at, x.q_lo.data() + at);
+          if constexpr (OneByte)
+            store_one_term(v, x.q_hi.data() + at);
+          else
+            store_two_term(v, x.q_hi.data() + at, x.q_lo.data() + at);
         }
     }
   }
@@ -249,8 +271,8 @@ template <bool PerChannel, int K>
 
 // Scores of one block, 4 rows at a time: s[r][t] = scale * q_r . k_t for the block's slots.
 // NT = slots / 16 token vectors; a key group spans `group` channels (Dk for per-channel keys).
-// The query's bytes are those of query slot `slot` (prepare_query_bytes).
-template <int Bits, int NT>
+// The query's bytes are those of query slot `slot` (prepare_query_bytes, the same OneByte).
+template <int Bits, int NT, bool OneByte>
 void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const IntegerScratch& x, index_t slot,
                         const float* qsum, index_t key_groups, float* s, index_t lds, LineStream& ahead) noexcept {
   constexpr int L = 8 / Bits;
@@ -297,11 +319,11 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
 #pragma GCC unroll 4
         for (int r = 0; r < 4; ++r) {
           const __m512i bh = broadcast_quad(q_hi[r] + 4 * cq);
-          const __m512i bl = broadcast_quad(q_lo[r] + 4 * cq);
+          const __m512i bl = OneByte ? _mm512_setzero_si512() : broadcast_quad(q_lo[r] + 4 * cq);
 #pragma GCC unroll 8
           for (int v = 0; v < NT; ++v) {
             hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
-            lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
+            if constexpr (!OneByte) lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
           }
         }
       }
@@ -310,8 +332,9 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
         const __m512 step = _mm512_set1_ps(x.q_step[x.query_row(slot, r0 + r)]);
 #pragma GCC unroll 8
         for (int v = 0; v < NT; ++v) {
-          const __m512 dot = _mm512_mul_ps(
-              _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][v]), inv256, _mm512_cvtepi32_ps(hi[r][v])), step);
+          const __m512 units = OneByte ? _mm512_cvtepi32_ps(hi[r][v])
+                                       : _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][v]), inv256, _mm512_cvtepi32_ps(hi[r][v]));
+          const __m512 dot = _mm512_mul_ps(units, step);
           if (!per_token) {
             score[r][v] = _mm512_add_ps(dot, _mm512_set1_ps(x.bias[x.query_row(slot, r0 + r)]));
           } else {  // + scale_{t,g} * dot + min_{t,g} * sum(q_g)
@@ -332,8 +355,10 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
 
 // Value weights of a run of blocks (consecutive in a span, same value format; p[j * 32 + t] is
 // row r's probability of block j's entry t at p + r * lds): w[j][r][g][t] = p * scale_{t,g} as
-// byte pairs with their step, and min_sum[r][g] = sum over the run of p * min_{t,g}.
-[[gnu::noinline]] inline void prepare_value_weights(const KvBlockView* blocks, index_t n, const float* p, index_t lds,
+// byte pairs with their step (OneByte: single bytes in w_hi), and min_sum[r][g] = sum over the
+// run of p * min_{t,g}.
+template <bool OneByte>
+[[gnu::noinline]] void prepare_value_weights(const KvBlockView* blocks, index_t n, const float* p, index_t lds,
                                                     IntegerScratch& x) {
   static_assert(kKvBlockTokens == 32, "a block's weights are two vectors");
   const index_t groups = x.groups, rows = x.rows;
@@ -359,12 +384,15 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
           _mm512_store_ps(mt, _mm512_fmadd_ps(p1, n1, _mm512_fmadd_ps(p0, n0, _mm512_load_ps(mt))));
         }
         float steps[4];
-        const __m512 inverses = inverse_steps(reduce_rows4(top, max_op), steps);
+        const __m512 inverses = inverse_steps(reduce_rows4(top, max_op), steps, kOperandUnits<OneByte>);
         for (int r = 0; r < 4; ++r) {
           const __m512 inv = _mm512_permutexvar_ps(_mm512_set1_epi32(r), inverses);
           const index_t at = (j * rows + r0 + r) * x.weight_bytes + g * kKvBlockTokens;
-          store_two_term(_mm512_mul_ps(w[r][0], inv), _mm512_mul_ps(w[r][1], inv), x.w_hi.data() + at, x.w_lo.data() + at);
-          x.w_step[(j * rows + r0 + r) * groups + g] = steps[r] / 256.f;
+          if constexpr (OneByte)
+            store_one_term(_mm512_mul_ps(w[r][0], inv), _mm512_mul_ps(w[r][1], inv), x.w_hi.data() + at);
+          else
+            store_two_term(_mm512_mul_ps(w[r][0], inv), _mm512_mul_ps(w[r][1], inv), x.w_hi.data() + at, x.w_lo.data() + at);
+          x.w_step[(j * rows + r0 + r) * groups + g] = steps[r] / kOperandUnits<OneByte>;
         }
       }
     }
@@ -376,8 +404,8 @@ void integer_key_scores(const KvBlockView& blk, const KvCacheConfig& cfg, const 
 // c], for R rows and the channels of kUnits units from u0. Each block's exact int32 sums become
 // floats once (times the block's step) into accumulators that stay in registers for the run.
 // OneGroup: the tile's channels share one value group, so each row's weight bytes are broadcast
-// once per token quad.
-template <int Bits, int kUnits, int R, bool OneGroup>
+// once per token quad. OneByte: the weights are single bytes (prepare_value_weights<true>).
+template <int Bits, int kUnits, int R, bool OneGroup, bool OneByte>
 void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_t group, index_t u0, index_t r0,
                         const IntegerScratch& x, float* acc, index_t ldacc) noexcept {
   constexpr int L = 8 / Bits, NV = kUnits * L;
@@ -419,17 +447,17 @@ void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_
         const std::int8_t* wh = wh0 + r * x.weight_bytes + 4 * tq;
         const std::int8_t* wl = wl0 + r * x.weight_bytes + 4 * tq;
         if constexpr (OneGroup) {
-          const __m512i bh = broadcast_quad(wh), bl = broadcast_quad(wl);
+          const __m512i bh = broadcast_quad(wh), bl = OneByte ? _mm512_setzero_si512() : broadcast_quad(wl);
 #pragma GCC unroll 8
           for (int v = 0; v < NV; ++v) {
             hi[r][v] = dot_u8s8(hi[r][v], codes[v], bh);
-            lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
+            if constexpr (!OneByte) lo[r][v] = dot_u8s8(lo[r][v], codes[v], bl);
           }
         } else {
 #pragma GCC unroll 8
           for (int v = 0; v < NV; ++v) {
             hi[r][v] = dot_u8s8(hi[r][v], codes[v], broadcast_quad(wh + vg[v] * kKvBlockTokens));
-            lo[r][v] = dot_u8s8(lo[r][v], codes[v], broadcast_quad(wl + vg[v] * kKvBlockTokens));
+            if constexpr (!OneByte) lo[r][v] = dot_u8s8(lo[r][v], codes[v], broadcast_quad(wl + vg[v] * kKvBlockTokens));
           }
         }
       }
@@ -440,7 +468,7 @@ void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
         // 256 h + l fits: |h sums| <= 127 * 255 * 32 tokens < 2^23.
-        const __m512i total = _mm512_add_epi32(_mm512_slli_epi32(hi[r][v], 8), lo[r][v]);
+        const __m512i total = OneByte ? hi[r][v] : _mm512_add_epi32(_mm512_slli_epi32(hi[r][v], 8), lo[r][v]);
         out[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(steps[r * x.groups + vg[v]]), out[r][v]);
       }
   }
@@ -451,7 +479,7 @@ void integer_value_tile(const KvBlockView* blocks, index_t n, index_t Dv, index_
       if (c0 + 16 * v < Dv) _mm512_storeu_ps(acc + (r0 + r) * ldacc + c0 + 16 * v, out[r][v]);
 }
 
-template <int Bits, bool OneGroup>
+template <int Bits, bool OneGroup, bool OneByte>
 [[gnu::noinline]] void integer_value_tiles(const KvBlockView* blocks, index_t n, index_t Dv, index_t group,
                                            const IntegerScratch& x, float* acc, index_t ldacc) noexcept {
   constexpr int L = 8 / Bits;
@@ -463,20 +491,20 @@ template <int Bits, bool OneGroup>
   for (index_t r0 = 0; r0 < x.rows; r0 += kRows) {
     index_t u = 0;
     for (; u + kTileUnits <= units; u += kTileUnits)
-      integer_value_tile<Bits, kTileUnits, kRows, OneGroup>(blocks, n, Dv, group, u, r0, x, acc, ldacc);
-    for (; u < units; ++u) integer_value_tile<Bits, 1, kRows, OneGroup>(blocks, n, Dv, group, u, r0, x, acc, ldacc);
+      integer_value_tile<Bits, kTileUnits, kRows, OneGroup, OneByte>(blocks, n, Dv, group, u, r0, x, acc, ldacc);
+    for (; u < units; ++u) integer_value_tile<Bits, 1, kRows, OneGroup, OneByte>(blocks, n, Dv, group, u, r0, x, acc, ldacc);
   }
 }
 
 // Probability-weighted values of a run of blocks with the same quantized value format.
-template <int Bits>
+template <int Bits, bool OneByte>
 void integer_run_values(const KvBlockView* blocks, index_t n, const KvCacheConfig& cfg, const IntegerScratch& x,
                         float* acc, index_t ldacc) noexcept {
   const index_t Dv = cfg.value_dim, group = cfg.group_size > 0 ? std::min(cfg.group_size, Dv) : Dv;
   if (group >= Dv)
-    integer_value_tiles<Bits, true>(blocks, n, Dv, group, x, acc, ldacc);
+    integer_value_tiles<Bits, true, OneByte>(blocks, n, Dv, group, x, acc, ldacc);
   else
-    integer_value_tiles<Bits, false>(blocks, n, Dv, group, x, acc, ldacc);
+    integer_value_tiles<Bits, false, OneByte>(blocks, n, Dv, group, x, acc, ldacc);
 }
 
 #endif
