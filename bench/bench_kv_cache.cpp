@@ -6,6 +6,9 @@
 // dequantization, double accumulation, single thread) runs on Tk = 1024 as a baseline. The cache
 // draws its blocks from the heap (KvCacheConfig::arena null): blocks of 32 tokens, 8-16 KiB each,
 // too small for AlignedAllocator's huge-page path, so they sit in 4 KiB pages.
+// kv/<int8|int4>/decode/..._one_byte: the same cache read with one-byte operands
+// (KvCacheAttentionInputs::operand_precision); speedup_vs_two_byte = process CPU time of the
+// default two-byte call over the one-byte call, alternated (st::alternated_cpu_medians).
 // kv/<storage>/decode/..._Tk16384_huge_arena: the same cache with every byte in a KvArena over
 // one HugePageBuffer (2 MiB pages, core/huge_pages.hpp), the way a serving engine allocates its
 // KV memory; its ratio to the row above is what huge pages (and the arena's packing) buy.
@@ -46,6 +49,7 @@
 #include "seqmix/kv_cache/paged.hpp"
 #include "seqmix/kv_cache.hpp"
 #include "seqmix_testing/bench_counters.hpp"
+#include "seqmix_testing/cpu_clock.hpp"
 #include "seqmix_testing/testing.hpp"
 
 namespace {
@@ -79,7 +83,8 @@ struct HugeArena {
 };
 
 void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index_t D, index_t Tk, bool reference,
-            Storage storage = Storage::heap) {
+            Storage storage = Storage::heap,
+            seqmix::KvOperandPrecision precision = seqmix::KvOperandPrecision::two_byte) {
   seqmix::KvCacheConfig config;
   config.batch = 1, config.kv_heads = Hkv, config.key_dim = D, config.value_dim = D;
   config.key_format = setup.key, config.value_format = setup.value, config.key_quant = KeyQuant::per_channel;
@@ -96,7 +101,7 @@ void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index
   const auto q = st::random_tensor<4>({1, 1, Hq, D}, 3);
   seqmix::Tensor<float, 4> o({1, 1, Hq, D});
   seqmix::KvCacheAttentionInputs in;
-  in.q = q.view(), in.cache = &cache;
+  in.q = q.view(), in.cache = &cache, in.operand_precision = precision;
   seqmix::AttentionOptions options;
   options.causal = true;
   for (auto _ : state) {
@@ -108,6 +113,17 @@ void decode(benchmark::State& state, Setup setup, index_t Hq, index_t Hkv, index
   }
   seqmix::testing::report_gbytes(state, static_cast<double>(cache.bytes()));
   state.counters["bytes/token"] = cache.bytes_per_token();
+  if (precision == seqmix::KvOperandPrecision::one_byte) {  // process CPU of two-byte / one-byte calls, alternated
+    const auto call = [&](seqmix::KvOperandPrecision p) {
+      return [&, p] {
+        seqmix::KvCacheAttentionInputs with = in;
+        with.operand_precision = p;
+        seqmix::kv_cache_attention(with, {o.view(), {}}, options, st::two_thread_pool());
+      };
+    };
+    const auto cpu = st::alternated_cpu_medians(call(seqmix::KvOperandPrecision::two_byte), call(precision));
+    state.counters["speedup_vs_two_byte"] = cpu[0] / cpu[1];
+  }
 }
 
 // The DMC cache is filled with the update the operators apply (detail::dmc_update), not through
@@ -272,6 +288,13 @@ const bool registered = [] {
     benchmark::RegisterBenchmark((base + shape_name(32, 8, 128, 1024)).c_str(),
                                  [s](benchmark::State& st_) { decode(st_, s, 32, 8, 128, 1024, false); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();
+    if (seqmix::is_quantized(s.key))  // one-byte operands of the integer kernels (KvOperandPrecision)
+      for (index_t Tk : {16384, 1024})
+        benchmark::RegisterBenchmark((base + shape_name(32, 8, 128, Tk) + "_one_byte").c_str(),
+                                     [s, Tk](benchmark::State& st_) {
+                                       decode(st_, s, 32, 8, 128, Tk, false, Storage::heap, seqmix::KvOperandPrecision::one_byte);
+                                     })
+            ->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark((base + shape_name(32, 8, 128, 1024) + "_reference").c_str(),
                                  [s](benchmark::State& st_) { decode(st_, s, 32, 8, 128, 1024, true); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -682,4 +682,104 @@ TEST_CASE("kv cache attention row with no visible key gives zeros", "[kv_cache]"
   REQUIRE(lse(0, 0, 0) == -std::numeric_limits<float>::infinity());
 }
 
+
+// ---- one-byte operands (KvOperandPrecision::one_byte) ------------------------------------------
+
+// Bound of one-byte operands against the reference over the same cache (kv_cache/README.md,
+// "One-byte operands"): a key operand byte is within a / 2 of q_c scale_c (a = max / 127), so a
+// logit moves by at most Dk max|q| Rk / 254 (Rk: the largest key group's range); a weight byte is
+// within a / 2 of p_t scale_t (a: the block's largest weight / 127), so an output channel moves
+// by at most 32 Rv / 254 (the blocks' largest probabilities sum to <= 1). q is taken with the
+// softmax scale. Float key / value formats round nothing.
+double one_byte_bound(const Storage& s, index_t Dk, double q_max, double key_range, double value_range,
+                      double value_max) {
+  const bool keys = seqmix::is_quantized(s.key) || s.mixed, values = seqmix::is_quantized(s.value) || s.mixed;
+  const double eps = keys ? double(Dk) * q_max * key_range / 254.0 : 0.0;
+  const double dv = values ? 32.0 * value_range / 254.0 : 0.0;
+  return std::expm1(2 * eps) * value_max + dv + reference_tolerance(s);
+}
+
+// What one-byte operands measured over these sweeps (uniform data in [-1, 1], outputs <= 1): the
+// worst |o - reference| over the cache was 7.2e-3 (Tk 1029: 1.0e-3); tested at 2e-2 beside the worst-case bound.
+constexpr double kOneByteTypical = 2e-2;
+
+TEST_CASE("kv cache attention with one-byte operands stays within its bound", "[kv_cache]") {
+  for (const AttnCase& ac : attn_cases())
+    for (const Storage& s : storages()) {
+      KvCache cache(make_config(s, ac.B, ac.Hkv, ac.Dk, ac.Dv));
+      auto k = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dk}, 41), v = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dv}, 42);
+      auto q = st::random_tensor<4>({ac.B, ac.Tq, ac.Hq, ac.Dk}, 43, -2.f, 2.f);
+      auto slopes = st::random_tensor<1>({ac.Hq}, 44, 0.f, 0.1f), sinks = st::random_tensor<1>({ac.Hq}, 45);
+      cache.append(k.view(), v.view());
+      seqmix::AttentionOptions opt;
+      opt.causal = ac.causal, opt.window = ac.window, opt.sink_tokens = ac.sinks, opt.softcap = ac.softcap;
+      seqmix::KvCacheAttentionInputs in;
+      in.q = q.view(), in.cache = &cache;
+      if (ac.alibi) in.alibi_slopes = slopes.view();
+      if (ac.sink_logits) in.sink_logits = sinks.view();
+      const index_t B = ac.B, Tq = ac.Tq, Hq = ac.Hq, Dv = ac.Dv;
+      Tensor<float, 4> o_ref({B, Tq, Hq, Dv}), o_two({B, Tq, Hq, Dv}), o1({B, Tq, Hq, Dv}), o2({B, Tq, Hq, Dv});
+      seqmix::reference::kv_cache_attention(in, {o_ref.view(), {}}, opt);
+      seqmix::kv_cache_attention(in, {o_two.view(), {}}, opt);
+      in.operand_precision = seqmix::KvOperandPrecision::one_byte;
+      seqmix::kv_cache_attention(in, {o1.view(), {}}, opt);
+      seqmix::kv_cache_attention(in, {o2.view(), {}}, opt, st::two_thread_pool());
+      double q_max = 0;
+      for (float x : q) q_max = std::max(q_max, double(std::abs(x)));
+      q_max /= std::sqrt(double(ac.Dk));
+      // Data in [-1, 1]: every group's range <= 2, |v| <= 1 (plus float rounding).
+      const double bound = one_byte_bound(s, ac.Dk, q_max, 2.0 + 1e-5, 2.0 + 1e-5, 1.0 + 1e-5);
+      INFO(ac.name << " / " << s.name << " (one-byte bound " << bound << ")");
+      for (const Tensor<float, 4>* o : {&o1, &o2})
+        st::require_close("o one-byte vs reference over the cache", o->cview(), o_ref.cview(), std::min(bound, kOneByteTypical));
+      // Where no integer kernel runs (float blocks, or no VNNI) nothing is rounded: bit for bit
+      // the two-byte result.
+      if (!seqmix::detail::kKvIntegerDots || (!seqmix::is_quantized(s.key) && !seqmix::is_quantized(s.value)))
+        for (index_t i = 0; i < o1.numel(); ++i) REQUIRE(o1.data()[i] == o_two.data()[i]);
+    }
+}
+
+TEST_CASE("kv cache attention one-byte operands with Tk 1024 GQA and B 2 on one and two threads", "[kv_cache]") {
+  // A longer cache than attn_cases(): 32 blocks per head, several pieces per head on 2 threads,
+  // a ragged tail of 5 tokens; int8 and int4 at D 128, the bench's storage.
+  for (KvFormat f : {KvFormat::int8, KvFormat::int4}) {
+    const index_t B = 2, T = 1029, Hq = 8, Hkv = 2, D = 128;
+    Storage s{"q", f, f, KeyQuant::per_channel, 0, 0, false};
+    KvCache cache(make_config(s, B, Hkv, D, D));
+    auto k = st::random_tensor<4>({B, T, Hkv, D}, 46), v = st::random_tensor<4>({B, T, Hkv, D}, 47);
+    auto q = st::random_tensor<4>({B, 1, Hq, D}, 48, -2.f, 2.f);
+    cache.append(k.view(), v.view());
+    seqmix::KvCacheAttentionInputs in;
+    in.q = q.view(), in.cache = &cache, in.operand_precision = seqmix::KvOperandPrecision::one_byte;
+    seqmix::AttentionOptions opt;
+    opt.causal = true;
+    Tensor<float, 4> o_ref({B, 1, Hq, D}), o1({B, 1, Hq, D}), o2({B, 1, Hq, D});
+    seqmix::reference::kv_cache_attention(in, {o_ref.view(), {}}, opt);
+    seqmix::kv_cache_attention(in, {o1.view(), {}}, opt);
+    seqmix::kv_cache_attention(in, {o2.view(), {}}, opt, st::two_thread_pool());
+    INFO(seqmix::format_name(f));
+    st::require_close("o one thread", o1.cview(), o_ref.cview(), kOneByteTypical);
+    st::require_close("o two threads", o2.cview(), o_ref.cview(), kOneByteTypical);
+    // The rounding is really one byte: it moves the result by more than two-byte operands do.
+    double moved = 0;
+    for (index_t i = 0; i < o1.numel(); ++i) moved = std::max(moved, double(std::abs(o1.data()[i] - o_ref.data()[i])));
+    if (seqmix::detail::kKvIntegerDots) REQUIRE(moved > 1e-4);
+  }
+}
+
+TEST_CASE("kv cache attention rejects an unknown operand precision before writing", "[kv_cache]") {
+  Storage s{"int8", KvFormat::int8, KvFormat::int8, KeyQuant::per_channel, 0, 0, false};
+  KvCache cache(make_config(s, 1, 1, 16, 16));
+  auto k = st::random_tensor<4>({1, 40, 1, 16}, 49), v = st::random_tensor<4>({1, 40, 1, 16}, 50);
+  cache.append(k.view(), v.view());
+  auto q = st::random_tensor<4>({1, 1, 2, 16}, 51);
+  seqmix::KvCacheAttentionInputs in;
+  in.q = q.view(), in.cache = &cache, in.operand_precision = static_cast<seqmix::KvOperandPrecision>(7);
+  Tensor<float, 4> o({1, 1, 2, 16});
+  o.fill(7.f);
+  st::require_shape_error("operand_precision", [&] { seqmix::kv_cache_attention(in, {o.view(), {}}); });
+  st::require_shape_error("operand_precision", [&] { seqmix::reference::kv_cache_attention(in, {o.view(), {}}); });
+  for (float x : o) REQUIRE(x == 7.f);
+}
+
 }  // namespace
