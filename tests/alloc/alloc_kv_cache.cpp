@@ -65,17 +65,20 @@ TEST_CASE("kv cache decode attention allocates nothing after warm-up", "[alloc][
       seqmix::AttentionOptions opt;
       opt.causal = true;
       for (const seqmix::Executor* ex : {static_cast<const seqmix::Executor*>(&seqmix::serial_executor()),
-                                         static_cast<const seqmix::Executor*>(&pool)}) {
-        const std::size_t allocations = seqmix::testing::allocations_after_warmup(*ex,
-            [&] { seqmix::kv_cache_attention(in, {o.view(), lse.view()}, opt, *ex); });
-        INFO(seqmix::format_name(f) << (kq == seqmix::KeyQuant::per_token ? " per-token" : " per-channel")
-                                    << (ex == &pool ? " pool(2)" : " serial"));
-        // Nothing (before: 4 per call from validation messages, and the per-call tables and task
-        // scratch). The sporadic allocations once bounded here (< 10) were a pool worker building
-        // its thread_local scratch in the first call it joined, which under load came after the
-        // warm-up: the tasks now take scratch the calling thread builds (KvScratchSet).
-        CHECK(allocations == 0);
-      }
+                                         static_cast<const seqmix::Executor*>(&pool)})
+        for (seqmix::KvOperandPrecision precision : {seqmix::KvOperandPrecision::two_byte, seqmix::KvOperandPrecision::one_byte}) {
+          in.operand_precision = precision;
+          const std::size_t allocations = seqmix::testing::allocations_after_warmup(*ex,
+              [&] { seqmix::kv_cache_attention(in, {o.view(), lse.view()}, opt, *ex); });
+          INFO(seqmix::format_name(f) << (kq == seqmix::KeyQuant::per_token ? " per-token" : " per-channel")
+                                      << (ex == &pool ? " pool(2)" : " serial")
+                                      << (precision == seqmix::KvOperandPrecision::one_byte ? " one-byte" : " two-byte"));
+          // Nothing (before: 4 per call from validation messages, and the per-call tables and task
+          // scratch). The sporadic allocations once bounded here (< 10) were a pool worker building
+          // its thread_local scratch in the first call it joined, which under load came after the
+          // warm-up: the tasks now take scratch the calling thread builds (KvScratchSet).
+          CHECK(allocations == 0);
+        }
     }
 }
 
