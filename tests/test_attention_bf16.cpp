@@ -390,3 +390,87 @@ TEST_CASE("attention bf16 dot products: paged decode within the documented bound
     bf16_attn_require_bound(c, data, options, o_dot, lse_dot, o_ref, lse_ref);
   }
 }
+
+namespace {
+
+// ---- the call's K/V tiles packed once (PackedKvTiles) -----------------------------------------
+// Calls of more than one query block take every key tile from one packing per call instead of
+// packing it in each task. Shapes with 2-7 query blocks: GQA groups of 1, 4 and 8 (blocks of 256,
+// 64 and 32 queries), T off the 64-key tile, odd head sizes, causal and full, Tq < Tk, B = 2,
+// window with sinks over strided heads; each on one and two threads, within the bound.
+const std::vector<Bf16AttnCase>& bf16_packed_call_cases() {
+  static const std::vector<Bf16AttnCase> cases = {
+      // name, B, Tq, Tk, Hq, Hkv, Dk, Dv, causal, window, sinks, softcap, mask, packed, strided
+      {"g1-two-blocks", 1, 300, 300, 2, 2, 64, 64, true, 0, 0, 0.f, false, false, false},
+      {"g4-ragged", 1, 333, 333, 8, 2, 128, 128, true, 0, 0, 0.f, false, false, false},
+      {"g8-ragged", 1, 200, 200, 16, 2, 64, 64, true, 0, 0, 0.f, false, false, false},
+      {"b2-full-odd-dims", 2, 150, 150, 4, 1, 67, 40, false, 0, 0, 0.f, false, false, false},
+      {"full-tq-lt-tk", 1, 130, 190, 8, 2, 96, 96, false, 0, 0, 0.f, false, false, false},
+      {"chunk-dk-ne-dv", 1, 100, 420, 4, 1, 48, 80, true, 0, 0, 0.f, false, false, false},
+      {"window-sinks-strided", 1, 260, 260, 8, 2, 64, 64, true, 70, 3, 0.f, false, false, true},
+  };
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("attention bf16 dot products: a call packs its K/V tiles once for all its query blocks", "[attention][bf16]") {
+  const seqmix::ThreadPool pool(2);
+  std::uint64_t seed = 8100;
+  for (const Bf16AttnCase& c : bf16_packed_call_cases()) {
+    bf16_attn_check(c, seed += 10, seqmix::serial_executor());
+    bf16_attn_check(c, seed, pool);
+  }
+}
+
+TEST_CASE("attention bf16 dot products: packed once per call equals packed per task, bit for bit", "[attention][bf16]") {
+  // One sequence given as a packed batch (cu_seqlens {0, T}) runs the same tasks, which pack their
+  // own tiles (attention_flash_varlen): the same pair words in the same products, so the same bits.
+  for (const Bf16AttnCase& c : bf16_packed_call_cases()) {
+    if (c.B != 1 || c.Tq != c.Tk) continue;
+    INFO(c.name);
+    Bf16AttnData data(c, 8300);
+    seqmix::AttentionOptions options;
+    options.causal = c.causal, options.window = c.window, options.sink_tokens = c.sinks;
+    options.bf16_compute = seqmix::Bf16Compute::dot;
+    Tensor<float, 4> o_call({1, c.Tq, c.Hq, c.Dv}), o_tasks({1, c.Tq, c.Hq, c.Dv});
+    Tensor<float, 3> lse_call({1, c.Tq, c.Hq}), lse_tasks({1, c.Tq, c.Hq});
+    seqmix::attention_flash(data.in, {o_call.view(), lse_call.view()}, options);
+    const std::vector<std::int32_t> one = {0, static_cast<std::int32_t>(c.Tq)};
+    data.in.batch.cu_seqlens = one;
+    seqmix::attention_flash(data.in, {o_tasks.view(), lse_tasks.view()}, options);
+    REQUIRE(std::equal(o_call.data(), o_call.data() + o_call.numel(), o_tasks.data()));
+    REQUIRE(std::equal(lse_call.data(), lse_call.data() + lse_call.numel(), lse_tasks.data()));
+  }
+}
+
+TEST_CASE("attention bf16 dot products: prefill with the fused rope, tiles past the rotated keys in fp32",
+          "[attention][bf16]") {
+  // Keys before rope_rotated_keys are stored rotated (dot-product tiles from the call's packing),
+  // later tiles are rotated as they load and take the fp32 tile. Against the fp32 form within the
+  // bound, whose q rows are the queries rotated at their positions (the rows the kernel rounds).
+  const Bf16AttnCase c{"prefill-rope", 1, 300, 300, 8, 2, 64, 64, true, 0, 0, 0.f, false, false, false};
+  Bf16AttnData data(c, 8500), rotated(c, 8500);
+  seqmix::RopeConfig config;
+  config.rotary_dim = 64, config.base = 10000.0;
+  const seqmix::RopeTable rope(config, 300);
+  for (index_t i = 0; i < c.Tq; ++i)
+    for (index_t h = 0; h < c.Hq; ++h) seqmix::detail::rope_row_in_place(rope, i, &rotated.q(0, i, h, 0), 1);
+  data.in.rope = &rope;
+  for (const index_t rotated_keys : {index_t{128}, c.Tk}) {
+    INFO("keys stored rotated " << rotated_keys);
+    data.in.rope_rotated_keys = rotated_keys;
+    seqmix::AttentionOptions options;
+    options.causal = true;
+    Tensor<float, 4> o_fp32({1, c.Tq, c.Hq, c.Dv}), o_dot({1, c.Tq, c.Hq, c.Dv});
+    Tensor<float, 3> lse_fp32({1, c.Tq, c.Hq}), lse_dot({1, c.Tq, c.Hq});
+    seqmix::attention_flash(data.in, {o_fp32.view(), lse_fp32.view()}, options);
+    options.bf16_compute = seqmix::Bf16Compute::dot;
+    seqmix::attention_flash(data.in, {o_dot.view(), lse_dot.view()}, options);
+    if (!seqmix::detail::kNativeBf16Dot) {
+      REQUIRE(std::equal(o_dot.data(), o_dot.data() + o_dot.numel(), o_fp32.data()));
+      continue;
+    }
+    bf16_attn_require_bound(c, rotated, options, o_dot, lse_dot, o_fp32, lse_fp32);
+  }
+}

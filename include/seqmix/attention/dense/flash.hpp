@@ -510,6 +510,24 @@ void flash_block(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, 
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk));
 }
 
+// The bf16 K/V tiles of a whole call in the dot-product layout (pack_call_kv_tiles), packed once
+// before its tasks instead of by every task that visits them: in a causal prefill a KV head's tile
+// j is visited by every query block from j on, so llama3-8b at T = 1024 (16 blocks of 64
+// queries) packed 136 tiles per head where 16 are distinct; packing (strided, latency-bound
+// loads of K and V rows from L2 / L3, and their transposes) was ~16% of the bf16 call there
+// (perf, one thread). Tile i = (b * Hkv + hk) * tiles + j0 / kFlashKeyTile holds its keys
+// [Dkw x 64] at words + i * tile_words, then its values [32 x Dvp] (see pack_key_tile_bf16 /
+// pack_value_tile_bf16). words is null where nothing was packed (tasks pack their own tiles).
+struct PackedKvTiles {
+  const std::uint32_t* words = nullptr;
+  const std::uint8_t* usable = nullptr;  // per tile: 0 where the fp32 tile takes it (rope, NaN / inf)
+  index_t Hkv = 0, tiles = 0, key_words = 0, tile_words = 0;
+
+  index_t index(index_t b, index_t hk, index_t j0) const noexcept { return (b * Hkv + hk) * tiles + j0 / kFlashKeyTile; }
+  const std::uint32_t* keys(index_t i) const noexcept { return words + i * tile_words; }
+  const std::uint32_t* values(index_t i) const noexcept { return keys(i) + key_words; }
+};
+
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 // ---- bf16 dot-product tiles (AttentionOptions::bf16_compute = dot, bf16 K/V) -----------------
 //
@@ -596,6 +614,41 @@ inline bool pack_value_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t
   return bad == 0;
 }
 
+// Above this the call's packed tiles (as many bytes as its K and V) are not kept: its tasks pack
+// their own. 64 MB holds llama3-8b's K and V up to T = 16384 (2 MB per 1024 tokens).
+constexpr std::size_t kMaxPackedKvBytes = std::size_t{64} << 20;
+
+// Every key tile of the call packed once (PackedKvTiles), one tile per executor task, into this
+// thread's buffer (kept across calls, grown on demand: the call's caller owns it until it
+// returns). Empty when too large.
+template <class Q>
+PackedKvTiles pack_kv_tiles_bf16(const AttentionInputs<bf16, Q>& in, const AttentionDims& d, const Executor& executor) {
+  const index_t T = kFlashKeyTile, Dkw = round_up(d.Dk, simd::kWidth) / 2, Dvp = round_up(d.Dv, simd::kWidth);
+  PackedKvTiles p;
+  p.Hkv = d.Hkv, p.tiles = (d.Tk + T - 1) / T, p.key_words = Dkw * T, p.tile_words = p.key_words + T / 2 * Dvp;
+  const index_t count = d.B * d.Hkv * p.tiles;
+  if (static_cast<std::size_t>(count * p.tile_words) * sizeof(std::uint32_t) > kMaxPackedKvBytes) return {};
+  struct Buffer {
+    AlignedVector<std::uint32_t> words;
+    std::vector<std::uint8_t> usable;
+  };
+  thread_local Buffer buffer;
+  if (static_cast<index_t>(buffer.words.size()) < count * p.tile_words)
+    buffer.words.resize(static_cast<std::size_t>(count * p.tile_words));
+  buffer.usable.resize(static_cast<std::size_t>(count));
+  std::uint32_t* const words = buffer.words.data();
+  std::uint8_t* const usable = buffer.usable.data();
+  executor.run(count, [&](index_t i) {
+    const index_t t = i % p.tiles, hk = (i / p.tiles) % d.Hkv, b = i / (p.tiles * d.Hkv);
+    const index_t j0 = t * T, n = std::min(T, d.Tk - j0);
+    std::uint32_t* tile = words + i * p.tile_words;
+    usable[i] = !tile_needs_rotation(in, j0, n) && pack_key_tile_bf16(in.k, b, hk, j0, n, Dkw, tile) &&
+                pack_value_tile_bf16(in.v, b, hk, j0, n, Dvp, tile + p.key_words);
+  });
+  p.words = words, p.usable = usable;
+  return p;
+}
+
 // The diagonal tiles' products (see gemm_scores) on pair words: S over the 32-key
 // panels some row of each block of kBf16GemmRows rows sees, P V over the key pairs its rows
 // reach, so the bf16 form keeps the fp32 form's saving on tiles that cross the diagonal.
@@ -631,7 +684,8 @@ inline void gemm_bf16_values_to_ends(const std::uint32_t* P, index_t ldp, const 
 template <class Q, class SelectTiles>
 void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                       const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq,
-                      FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache) {
+                      FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache,
+                      const PackedKvTiles& call_tiles) {
   const index_t Dkp = round_up(d.Dk, simd::kWidth), Dvp = round_up(d.Dv, simd::kWidth), T = kFlashKeyTile;
   const index_t Dkw = Dkp / 2, Kw = (d.Dk + 1) / 2;  // pair words per q row / holding features
   const LogitRule<bf16, Q> rule{in, options, d.Tk, cache};
@@ -641,9 +695,15 @@ void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs
   for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.q.data() + r * Dkp, Dkp, x.q.data() + r * Dkw);
   for (const KeyTile& tile : select_tiles(w.pos.data(), M)) {
     const index_t j0 = tile.j0, n = tile.n;
-    const bool packed = !tile_needs_rotation(in, j0, n) &&
-                        pack_key_tile_bf16(in.k, b, hk, j0, n, Dkw, x.kt.data()) &&
-                        pack_value_tile_bf16(in.v, b, hk, j0, n, Dvp, x.v.data());
+    const std::uint32_t *kt = x.kt.data(), *vt = x.v.data();
+    bool packed = false;
+    if (call_tiles.words) {
+      const index_t i = call_tiles.index(b, hk, j0);
+      kt = call_tiles.keys(i), vt = call_tiles.values(i), packed = call_tiles.usable[i] != 0;
+    } else {
+      packed = !tile_needs_rotation(in, j0, n) && pack_key_tile_bf16(in.k, b, hk, j0, n, Dkw, x.kt.data()) &&
+               pack_value_tile_bf16(in.v, b, hk, j0, n, Dvp, x.v.data());
+    }
     if (!packed) {
       dense_tile_loader(in, b, hk)(j0, n, w);
       flash_tile(rule, d, b, hk, i0, M, j0, n, w);
@@ -651,16 +711,16 @@ void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs
     }
     const bool diagonal = diagonal_row_ends(rule, j0, n, M, w);
     if (diagonal)
-      gemm_bf16_scores_to_ends(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, w.ends.data());
+      gemm_bf16_scores_to_ends(x.q.data(), Dkw, kt, T, w.s.data(), T, M, T, Kw, w.ends.data());
     else
-      gemm_bf16(x.q.data(), Dkw, x.kt.data(), T, w.s.data(), T, M, T, Kw, nullptr);
+      gemm_bf16(x.q.data(), Dkw, kt, T, w.s.data(), T, M, T, Kw, nullptr);
     flash_softmax(rule, d, b, hk, i0, M, j0, n, w, diagonal ? w.ends.data() : nullptr);
     for (index_t r = 0; r < M; ++r) floats_to_bf16_pairs(w.s.data() + r * T, T, x.p.data() + r * (T / 2));
     const float* alpha = first_rescale(w);
     if (diagonal)
-      gemm_bf16_values_to_ends(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, alpha, w.ends.data());
+      gemm_bf16_values_to_ends(x.p.data(), T / 2, vt, Dvp, w.acc.data(), Dvp, M, Dvp, alpha, w.ends.data());
     else
-      gemm_bf16(x.p.data(), T / 2, x.v.data(), Dvp, w.acc.data(), Dvp, M, Dvp, (n + 1) / 2, alpha);
+      gemm_bf16(x.p.data(), T / 2, vt, Dvp, w.acc.data(), Dvp, M, Dvp, (n + 1) / 2, alpha);
   }
   flash_finish(in, out, d, b, hk, i0, M, w);
 }
@@ -671,13 +731,28 @@ void flash_block_bf16(const AttentionInputs<bf16, Q>& in, const AttentionOutputs
 template <class KV, class Q, class SelectTiles>
 void flash_block_dense(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                        const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq,
-                       FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache) {
+                       FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache,
+                       const PackedKvTiles& call_tiles = {}) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if constexpr (std::is_same_v<KV, bf16>)
     if (options.bf16_compute == Bf16Compute::dot)
-      return flash_block_bf16(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, cache);
+      return flash_block_bf16(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, cache, call_tiles);
 #endif
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk), cache);
+}
+
+// The call's K/V tiles packed once for the bf16 dot-product tasks (PackedKvTiles) where a tile
+// is visited by more than one query block (query_blocks > 1); empty otherwise, and for fp32
+// products or targets without AVX512-BF16.
+template <class KV, class Q>
+PackedKvTiles pack_call_kv_tiles(const AttentionInputs<KV, Q>& in, const AttentionOptions& options,
+                                 const AttentionDims& d, index_t query_blocks, const Executor& executor) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if constexpr (std::is_same_v<KV, bf16>)
+    if (options.bf16_compute == Bf16Compute::dot && query_blocks > 1) return pack_kv_tiles_bf16(in, d, executor);
+#endif
+  (void)in, (void)options, (void)d, (void)query_blocks, (void)executor;
+  return {};
 }
 
 // The per-offset bias of a prefill whose keys lie within `distances` of every query and whose
@@ -804,12 +879,13 @@ void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& o
   // One task per (query block, KV head), handed out one at a time most expensive first
   // (prefill_blocks_by_cost), so the tasks that end a call are the cheapest ones.
   const std::vector<QueryBlock> order = prefill_blocks_by_cost(in, options, d, bq);
+  const PackedKvTiles call_tiles = pack_call_kv_tiles(in, options, d, (d.Tq + bq - 1) / bq, executor);
   executor.run(static_cast<index_t>(order.size()) * d.Hkv, [&](index_t t) {
     const QueryBlock& block = order[static_cast<std::size_t>(t / d.Hkv)];
     FlashScratch& scratch = FlashScratch::local(bq * G, d.Dk, Dkp, Dvp);
     flash_block_dense(in, out, options, d, scale, block.b, t % d.Hkv, block.i0, block.nq, scratch,
                       [&](const index_t* positions, index_t rows) { return dense_key_tiles(options, positions, rows, d.Tk); },
-                      table);
+                      table, call_tiles);
   });
 }
 
