@@ -397,7 +397,8 @@ namespace {
 // Calls of more than one query block take every key tile from one packing per call instead of
 // packing it in each task. Shapes with 2-7 query blocks: GQA groups of 1, 4 and 8 (blocks of 256,
 // 64 and 32 queries), T off the 64-key tile, odd head sizes, causal and full, Tq < Tk, B = 2,
-// window with sinks over strided heads; each on one and two threads, within the bound.
+// windows with sinks (over strided heads; and one leaving tiles no block visits, which are not
+// packed); each on one and two threads, within the bound.
 const std::vector<Bf16AttnCase>& bf16_packed_call_cases() {
   static const std::vector<Bf16AttnCase> cases = {
       // name, B, Tq, Tk, Hq, Hkv, Dk, Dv, causal, window, sinks, softcap, mask, packed, strided
@@ -408,6 +409,7 @@ const std::vector<Bf16AttnCase>& bf16_packed_call_cases() {
       {"full-tq-lt-tk", 1, 130, 190, 8, 2, 96, 96, false, 0, 0, 0.f, false, false, false},
       {"chunk-dk-ne-dv", 1, 100, 420, 4, 1, 48, 80, true, 0, 0, 0.f, false, false, false},
       {"window-sinks-strided", 1, 260, 260, 8, 2, 64, 64, true, 70, 3, 0.f, false, false, true},
+      {"window-tq-lt-tk", 1, 150, 700, 8, 2, 64, 64, true, 100, 2, 0.f, false, false, false},  // some tiles unvisited
   };
   return cases;
 }

@@ -618,11 +618,13 @@ inline bool pack_value_tile_bf16(const ConstView<bf16, 4>& x, index_t b, index_t
 // their own. 64 MB holds llama3-8b's K and V up to T = 16384 (2 MB per 1024 tokens).
 constexpr std::size_t kMaxPackedKvBytes = std::size_t{64} << 20;
 
-// Every key tile of the call packed once (PackedKvTiles), one tile per executor task, into this
-// thread's buffer (kept across calls, grown on demand: the call's caller owns it until it
-// returns). Empty when too large.
+// The key tiles `visited` (b * tiles + j0 / kFlashKeyTile, for every KV head) of the call packed
+// once (PackedKvTiles), one tile of one head per executor task, into this thread's buffer (kept
+// across calls, grown on demand: the call's caller owns it until it returns); tiles no task
+// visits are left as they were. Empty when the buffer would pass kMaxPackedKvBytes.
 template <class Q>
-PackedKvTiles pack_kv_tiles_bf16(const AttentionInputs<bf16, Q>& in, const AttentionDims& d, const Executor& executor) {
+PackedKvTiles pack_kv_tiles_bf16(const AttentionInputs<bf16, Q>& in, const AttentionDims& d,
+                                 const std::vector<index_t>& visited, const Executor& executor) {
   const index_t T = kFlashKeyTile, Dkw = round_up(d.Dk, simd::kWidth) / 2, Dvp = round_up(d.Dv, simd::kWidth);
   PackedKvTiles p;
   p.Hkv = d.Hkv, p.tiles = (d.Tk + T - 1) / T, p.key_words = Dkw * T, p.tile_words = p.key_words + T / 2 * Dvp;
@@ -638,8 +640,9 @@ PackedKvTiles pack_kv_tiles_bf16(const AttentionInputs<bf16, Q>& in, const Atten
   buffer.usable.resize(static_cast<std::size_t>(count));
   std::uint32_t* const words = buffer.words.data();
   std::uint8_t* const usable = buffer.usable.data();
-  executor.run(count, [&](index_t i) {
-    const index_t t = i % p.tiles, hk = (i / p.tiles) % d.Hkv, b = i / (p.tiles * d.Hkv);
+  executor.run(static_cast<index_t>(visited.size()) * d.Hkv, [&](index_t task) {
+    const index_t bt = visited[static_cast<std::size_t>(task / d.Hkv)], hk = task % d.Hkv;
+    const index_t b = bt / p.tiles, t = bt % p.tiles, i = p.index(b, hk, t * T);
     const index_t j0 = t * T, n = std::min(T, d.Tk - j0);
     std::uint32_t* tile = words + i * p.tile_words;
     usable[i] = !tile_needs_rotation(in, j0, n) && pack_key_tile_bf16(in.k, b, hk, j0, n, Dkw, tile) &&
@@ -741,20 +744,6 @@ void flash_block_dense(const AttentionInputs<KV, Q>& in, const AttentionOutputs&
   flash_block(in, out, options, d, scale, b, hk, i0, nq, w, select_tiles, dense_tile_loader(in, b, hk), cache);
 }
 
-// The call's K/V tiles packed once for the bf16 dot-product tasks (PackedKvTiles) where a tile
-// is visited by more than one query block (query_blocks > 1); empty otherwise, and for fp32
-// products or targets without AVX512-BF16.
-template <class KV, class Q>
-PackedKvTiles pack_call_kv_tiles(const AttentionInputs<KV, Q>& in, const AttentionOptions& options,
-                                 const AttentionDims& d, index_t query_blocks, const Executor& executor) {
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if constexpr (std::is_same_v<KV, bf16>)
-    if (options.bf16_compute == Bf16Compute::dot && query_blocks > 1) return pack_kv_tiles_bf16(in, d, executor);
-#endif
-  (void)in, (void)options, (void)d, (void)query_blocks, (void)executor;
-  return {};
-}
-
 // The per-offset bias of a prefill whose keys lie within `distances` of every query and whose
 // lowest query position is `lowest_position`, when its kind is worth a table and the queries
 // are many enough (each offset is then looked up by many rows); empty otherwise.
@@ -806,6 +795,38 @@ std::vector<QueryBlock> prefill_blocks_by_cost(const AttentionInputs<KV, Q>& in,
     }
   std::stable_sort(blocks.begin(), blocks.end(), [](const QueryBlock& x, const QueryBlock& y) { return x.cost > y.cost; });
   return blocks;
+}
+
+// The call's K/V tiles packed once for the bf16 dot-product tasks (PackedKvTiles): the tiles its
+// query blocks visit, where some tile is visited by more than one block (with one block, or
+// windows that do not overlap, each task packing its own costs no more); empty otherwise, and
+// for fp32 products or on targets without AVX512-BF16.
+template <class KV, class Q>
+PackedKvTiles pack_call_kv_tiles(const AttentionInputs<KV, Q>& in, const AttentionOptions& options,
+                                 const AttentionDims& d, const std::vector<QueryBlock>& blocks,
+                                 const Executor& executor) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if constexpr (std::is_same_v<KV, bf16>) {
+    if (options.bf16_compute != Bf16Compute::dot || blocks.size() < 2) return {};
+    const index_t tiles = (d.Tk + kFlashKeyTile - 1) / kFlashKeyTile;
+    std::vector<bool> seen(static_cast<std::size_t>(d.B * tiles), false);
+    std::vector<index_t> visited, positions;
+    std::size_t visits = 0;
+    for (const QueryBlock& block : blocks) {
+      positions.resize(static_cast<std::size_t>(block.nq));
+      for (index_t i = 0; i < block.nq; ++i) positions[static_cast<std::size_t>(i)] = query_position(in, block.b, block.i0 + i);
+      for (const index_t j0 : visible_tiles(options, positions.data(), block.nq, d.Tk, kFlashKeyTile)) {
+        const index_t bt = block.b * tiles + j0 / kFlashKeyTile;
+        ++visits;
+        if (!seen[static_cast<std::size_t>(bt)]) seen[static_cast<std::size_t>(bt)] = true, visited.push_back(bt);
+      }
+    }
+    if (visits == visited.size()) return {};
+    return pack_kv_tiles_bf16(in, d, visited, executor);
+  }
+#endif
+  (void)in, (void)options, (void)d, (void)blocks, (void)executor;
+  return {};
 }
 
 // One task of a packed call: query block [i0, i0 + nq) of one sequence against KV head hk.
@@ -879,7 +900,7 @@ void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& o
   // One task per (query block, KV head), handed out one at a time most expensive first
   // (prefill_blocks_by_cost), so the tasks that end a call are the cheapest ones.
   const std::vector<QueryBlock> order = prefill_blocks_by_cost(in, options, d, bq);
-  const PackedKvTiles call_tiles = pack_call_kv_tiles(in, options, d, (d.Tq + bq - 1) / bq, executor);
+  const PackedKvTiles call_tiles = pack_call_kv_tiles(in, options, d, order, executor);
   executor.run(static_cast<index_t>(order.size()) * d.Hkv, [&](index_t t) {
     const QueryBlock& block = order[static_cast<std::size_t>(t / d.Hkv)];
     FlashScratch& scratch = FlashScratch::local(bq * G, d.Dk, Dkp, Dvp);
