@@ -735,7 +735,7 @@ template <class KV, class Q, class SelectTiles>
 void flash_block_dense(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options,
                        const AttentionDims& d, float scale, index_t b, index_t hk, index_t i0, index_t nq,
                        FlashScratch& w, SelectTiles&& select_tiles, const DistanceBiasCache* cache,
-                       const PackedKvTiles& call_tiles = {}) {
+                       [[maybe_unused]] const PackedKvTiles& call_tiles = {}) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if constexpr (std::is_same_v<KV, bf16>)
     if (options.bf16_compute == Bf16Compute::dot)
@@ -881,7 +881,9 @@ void attention_flash_varlen(const AttentionInputs<KV, Q>& in, const AttentionOut
 
 /// Tiled prefill: same arguments and results as reference::attention, for any Tq. Keeps one
 /// scratch per thread across calls (about (2 * rows + 64) * (D + 64) floats, made anew when the
-/// shape changes), allocates none inside the loops.
+/// shape changes), allocates none inside the loops. With bf16_compute = dot on bf16 K/V the
+/// calling thread also keeps the call's packed K/V tiles (as many bytes as K and V, at most
+/// 64 MB; detail::PackedKvTiles), grown on demand.
 template <class KV, class Q>
 void attention_flash(const AttentionInputs<KV, Q>& in, const AttentionOutputs& out, const AttentionOptions& options = {},
                      const Executor& executor = serial_executor()) {
