@@ -35,30 +35,55 @@ constexpr int ssd_tile_rows() {
   return std::max(1, std::min(8, (registers - NV - 1) / NV));
 }
 
+// What ssd_gemm calls when rows of C are complete if the caller has nothing to do with them.
+struct SsdNoRowsHook {
+  void operator()(index_t, index_t) const noexcept {}
+};
+
 // Rows [0, M) of one column panel of NV vectors. causal_base >= 0: row block [i, i + mr) runs
 // k < min(K, causal_base + i + mr) (the lhs is zero beyond, see the top of the file).
-template <int NV>
+// rows_done(i, mr) after each row block (see ssd_gemm).
+template <int NV, class Hook>
 void ssd_gemm_panel(const SsdLhs& a, const float* b, index_t ldb, float* c, index_t ldc, index_t M, index_t K,
-                    const Accumulate& old, index_t causal_base) noexcept {
+                    const Accumulate& old, index_t causal_base, const Hook& rows_done) noexcept {
   constexpr std::size_t MR = ssd_tile_rows<NV>(), V = NV;
   const auto depth = [&](index_t i, index_t mr) { return causal_base < 0 ? K : std::min(K, causal_base + i + mr); };
   index_t i = 0;
-  for (; i + index_t(MR) <= M; i += MR) gemm_register_tile<MR, V>(a.from_row(i), b, ldb, c + i * ldc, ldc, depth(i, MR), old);
-  for (; i + 2 <= M; i += 2) gemm_register_tile<2, V>(a.from_row(i), b, ldb, c + i * ldc, ldc, depth(i, 2), old);
-  if (i < M) gemm_register_tile<1, V>(a.from_row(i), b, ldb, c + i * ldc, ldc, depth(i, 1), old);
+  for (; i + index_t(MR) <= M; i += MR) {
+    gemm_register_tile<MR, V>(a.from_row(i), b, ldb, c + i * ldc, ldc, depth(i, MR), old);
+    rows_done(i, index_t(MR));
+  }
+  for (; i + 2 <= M; i += 2) {
+    gemm_register_tile<2, V>(a.from_row(i), b, ldb, c + i * ldc, ldc, depth(i, 2), old);
+    rows_done(i, 2);
+  }
+  if (i < M) {
+    gemm_register_tile<1, V>(a.from_row(i), b, ldb, c + i * ldc, ldc, depth(i, 1), old);
+    rows_done(i, 1);
+  }
 }
 
 /// C[M, n] = beta * C + A[M, K] B[K, n], or C = A B when !read_c. B rows are `ldb` floats apart
 /// and contiguous, C rows `ldc` apart. causal_base >= 0 limits row i to k <= causal_base + i
 /// (rounded up to its row block; the caller's A holds zeros there).
-inline void ssd_gemm(const SsdLhs& a, const float* b, index_t ldb, float* c, index_t ldc, index_t M, index_t n,
-                     index_t K, float beta, bool read_c, index_t causal_base = -1) noexcept {
+/// rows_done(i, rows) is called once rows [i, i + rows) of C hold their final values, in order,
+/// while the product's later row blocks are still to run: work put there overlaps the product's
+/// FMAs (the chunk-state product asks for the next chunk's rows there, chunked.hpp SsdNextRows).
+template <class Hook = SsdNoRowsHook>
+void ssd_gemm(const SsdLhs& a, const float* b, index_t ldb, float* c, index_t ldc, index_t M, index_t n, index_t K,
+              float beta, bool read_c, index_t causal_base = -1, const Hook& rows_done = {}) noexcept {
   constexpr index_t W = simd::kWidth;
   const Accumulate old{read_c, beta};
   index_t col = 0;
+  // Panels run one after another over all rows, so rows are final after the last panel's row
+  // block, or after the scalar columns of an odd n.
+  const bool scalar_tail = n % W != 0;
   const auto panel = [&](auto nv) {
     constexpr int NV = decltype(nv)::value;
-    ssd_gemm_panel<NV>(a, b + col, ldb, c + col, ldc, M, K, old, causal_base);
+    if (!scalar_tail && col + NV * W == n)
+      ssd_gemm_panel<NV>(a, b + col, ldb, c + col, ldc, M, K, old, causal_base, rows_done);
+    else
+      ssd_gemm_panel<NV>(a, b + col, ldb, c + col, ldc, M, K, old, causal_base, SsdNoRowsHook{});
     col += NV * W;
   };
   if constexpr (W >= 16) {
@@ -74,7 +99,10 @@ inline void ssd_gemm(const SsdLhs& a, const float* b, index_t ldb, float* c, ind
   while ((n - col) / W >= 2) panel(std::integral_constant<int, 2>{});
   if ((n - col) / W == 1) panel(std::integral_constant<int, 1>{});
   // Columns past the last whole vector (odd P).
-  if (col < n) gemm_scalar_columns(a, M, b + col, ldb, n - col, c + col, ldc, K, old, causal_base);
+  if (col < n) {
+    gemm_scalar_columns(a, M, b + col, ldb, n - col, c + col, ldc, K, old, causal_base);
+    rows_done(index_t{0}, M);
+  }
 }
 
 }  // namespace seqmix::detail
