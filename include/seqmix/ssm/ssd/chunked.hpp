@@ -185,9 +185,9 @@ void ssd_prefetch_rows(const E* p, index_t stride, index_t rows, index_t width) 
 // first half of the product's N rows (then they are in flight well before load_chunk and
 // store_outputs read them). Asked for in one burst at the start of load_chunk, as before, they
 // waited on the full miss queue about as long as the loads they replace; measured (AMD EPYC Zen 5,
-// one thread, T 512, old and new alternated in one process): spread over the first half 0.93-0.95x
-// the time at mamba2-780m, 0.965-0.98x at ssd-h128-p80; over the whole product 0.95-0.98x / 0.98x;
-// over the first quarter or eighth about the first half's.
+// one and two threads, T 512, old and new alternated in one process): spread over the first half
+// 0.92-0.95x the time at mamba2-780m, 0.955-0.98x at ssd-h128-p80; over the whole product
+// 0.95-0.98x / 0.98x; over the first quarter or eighth about the first half's (README.md).
 template <class E>
 struct SsdNextRows {
   const E* x = nullptr;  // first row of x (nullptr: no next chunk)
@@ -530,17 +530,18 @@ struct SsdChunkKernel {
     const index_t t = hd.seq.token_begin + c0 + plan.L, b = hd.seq.batch_row, h = hd.h;
     const index_t rows = std::max<index_t>(0, std::min(plan.L, hd.seq.tokens - c0 - plan.L));
     if (rows == 0) return {};
-    return {in.x.ptr(b, t, h) + hd.p0 * in.x.stride(3), in.x.stride(1), in.z.has_value() ? in.z.ptr(b, t, h) + hd.p0 : nullptr,
-            in.z.has_value() ? in.z.stride(1) : 0, rows, hd.cols, dims.N};
+    const bool z = in.z.has_value();
+    return {in.x.ptr(b, t, h) + hd.p0 * in.x.stride(3), in.x.stride(1), z ? in.z.ptr(b, t, h) + hd.p0 : nullptr,
+            z ? in.z.stride(1) : 0, rows, hd.cols, dims.N};
   }
   // Chunk state: decay the incoming state over the chunk, add the chunk's own contribution; the
   // next chunk's x and z rows are asked for between its row blocks (SsdNextRows).
   void update_state(const Head& hd, index_t c0, index_t l, Workspace& s) const {
-    if (s.growing) return;  // recurrent_chunk advanced it
+    SsdNextRows<E> next = next_chunk_rows(hd, c0);
+    if (s.growing) return next.ask(next.rows);  // recurrent_chunk advanced the state
     // state_t [N,cols] (top of rhs) = exp(cs_end) state_t + Bm^T xw, Bm^T read in place.
     const SsdConstTile Bm = b_tile(hd, hd.seq.token_begin + c0, l, s);
     const index_t P = dims.P;
-    SsdNextRows<E> next = next_chunk_rows(hd, c0);
     ssd_gemm(SsdLhs{Bm.data(), 1, Bm.outerStride()}, s.xw.data(), P, s.rhs.data(), P, dims.N, hd.cols, l,
              std::exp(s.cs[l - 1]), true, -1, [&](index_t i, index_t rows) { next.ask_for_product_rows(i + rows); });
     next.ask(next.rows);
