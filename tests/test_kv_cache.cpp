@@ -571,21 +571,43 @@ const std::vector<AttnCase>& attn_cases() {
   return table;
 }
 
+// One attn_cases() row over one storage: a cache holding random K/V, the query, ALiBi slopes and
+// sink logits, and the call's options and inputs; seeds seed, seed + 1, ... Not copied: `in`
+// points at `cache`.
+struct AttnSetup {
+  KvCache cache;
+  Tensor<float, 4> k, v, q;
+  Tensor<float, 1> slopes, sinks;
+  seqmix::AttentionOptions opt;
+  seqmix::KvCacheAttentionInputs in;
+
+  AttnSetup(const AttnCase& ac, const Storage& s, std::uint64_t seed)
+      : cache(make_config(s, ac.B, ac.Hkv, ac.Dk, ac.Dv)),
+        k(st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dk}, seed)),
+        v(st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dv}, seed + 1)),
+        q(st::random_tensor<4>({ac.B, ac.Tq, ac.Hq, ac.Dk}, seed + 2, -2.f, 2.f)),
+        slopes(st::random_tensor<1>({ac.Hq}, seed + 3, 0.f, 0.1f)),
+        sinks(st::random_tensor<1>({ac.Hq}, seed + 4)) {
+    cache.append(k.view(), v.view());
+    opt.causal = ac.causal, opt.window = ac.window, opt.sink_tokens = ac.sinks, opt.softcap = ac.softcap;
+    in.q = q.view(), in.cache = &cache;
+    if (ac.alibi) in.alibi_slopes = slopes.view();
+    if (ac.sink_logits) in.sink_logits = sinks.view();
+  }
+  AttnSetup(const AttnSetup&) = delete;
+  AttnSetup& operator=(const AttnSetup&) = delete;
+};
+
 TEST_CASE("kv cache attention matches its reference and fp32 attention within the storage bound", "[kv_cache]") {
   const seqmix::Executor& pool = st::two_thread_pool();
   for (const AttnCase& ac : attn_cases())
     for (const Storage& s : storages()) {
-      KvCache cache(make_config(s, ac.B, ac.Hkv, ac.Dk, ac.Dv));
-      auto k = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dk}, 21), v = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dv}, 22);
-      auto q = st::random_tensor<4>({ac.B, ac.Tq, ac.Hq, ac.Dk}, 23, -2.f, 2.f);
-      auto slopes = st::random_tensor<1>({ac.Hq}, 24, 0.f, 0.1f), sinks = st::random_tensor<1>({ac.Hq}, 25);
-      cache.append(k.view(), v.view());
-      seqmix::AttentionOptions opt;
-      opt.causal = ac.causal, opt.window = ac.window, opt.sink_tokens = ac.sinks, opt.softcap = ac.softcap;
-      seqmix::KvCacheAttentionInputs in;
-      in.q = q.view(), in.cache = &cache;
-      if (ac.alibi) in.alibi_slopes = slopes.view();
-      if (ac.sink_logits) in.sink_logits = sinks.view();
+      AttnSetup setup(ac, s, 21);
+      const Tensor<float, 4> &k = setup.k, &v = setup.v, &q = setup.q;
+      const Tensor<float, 1> &slopes = setup.slopes, &sinks = setup.sinks;
+      const seqmix::AttentionOptions& opt = setup.opt;
+      const seqmix::KvCacheAttentionInputs& in = setup.in;
+      const KvCache& cache = setup.cache;
       Tensor<float, 4> o({ac.B, ac.Tq, ac.Hq, ac.Dv}), o_ref({ac.B, ac.Tq, ac.Hq, ac.Dv}), o_dense({ac.B, ac.Tq, ac.Hq, ac.Dv});
       Tensor<float, 3> lse({ac.B, ac.Tq, ac.Hq}), lse_ref({ac.B, ac.Tq, ac.Hq});
       seqmix::kv_cache_attention(in, {o.view(), lse.view()}, opt, pool);
@@ -706,17 +728,10 @@ constexpr double kOneByteTypical = 2e-2;
 TEST_CASE("kv cache attention with one-byte operands stays within its bound", "[kv_cache]") {
   for (const AttnCase& ac : attn_cases())
     for (const Storage& s : storages()) {
-      KvCache cache(make_config(s, ac.B, ac.Hkv, ac.Dk, ac.Dv));
-      auto k = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dk}, 41), v = st::random_tensor<4>({ac.B, ac.T, ac.Hkv, ac.Dv}, 42);
-      auto q = st::random_tensor<4>({ac.B, ac.Tq, ac.Hq, ac.Dk}, 43, -2.f, 2.f);
-      auto slopes = st::random_tensor<1>({ac.Hq}, 44, 0.f, 0.1f), sinks = st::random_tensor<1>({ac.Hq}, 45);
-      cache.append(k.view(), v.view());
-      seqmix::AttentionOptions opt;
-      opt.causal = ac.causal, opt.window = ac.window, opt.sink_tokens = ac.sinks, opt.softcap = ac.softcap;
-      seqmix::KvCacheAttentionInputs in;
-      in.q = q.view(), in.cache = &cache;
-      if (ac.alibi) in.alibi_slopes = slopes.view();
-      if (ac.sink_logits) in.sink_logits = sinks.view();
+      AttnSetup setup(ac, s, 41);
+      const auto& q = setup.q;
+      const seqmix::AttentionOptions& opt = setup.opt;
+      seqmix::KvCacheAttentionInputs in = setup.in;
       const index_t B = ac.B, Tq = ac.Tq, Hq = ac.Hq, Dv = ac.Dv;
       Tensor<float, 4> o_ref({B, Tq, Hq, Dv}), o_two({B, Tq, Hq, Dv}), o1({B, Tq, Hq, Dv}), o2({B, Tq, Hq, Dv});
       seqmix::reference::kv_cache_attention(in, {o_ref.view(), {}}, opt);
