@@ -1608,8 +1608,8 @@ template <class KV, class Q, class TileOf>
 void decode_tile(const LogitRule<KV, Q>& rule, const AttentionDims& d, DecodeScratch& w, index_t b, index_t j0,
                  index_t n, index_t h0, index_t h1, const TileOf& tile_of, bool skip_rule, SoftmaxRow* states,
                  float* accs, LineStream& ahead) {
-  using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  using Stored = typename std::invoke_result_t<const TileOf&, index_t>::stored_type;
   if constexpr (std::is_same_v<Stored, bf16>)
     if (rule.options.bf16_compute == Bf16Compute::dot)
       return decode_tile_bf16(rule, d, w, b, j0, n, h0, h1, tile_of, skip_rule, states, accs, ahead);
