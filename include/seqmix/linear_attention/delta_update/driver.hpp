@@ -460,16 +460,22 @@ inline index_t chunk_segments(index_t items, index_t blocks, index_t key_blocks,
   return 1 + (per_item - blocks) / (blocks + key_blocks);
 }
 
-/// The value columns each task of a call of `items` (sequence, head) items runs, for the
-/// automatic choice (DeltaShape::value_block): the blocks' width when run_delta_items runs each
+/// The value columns each task runs, for the automatic choice (DeltaShape::value_block), given
+/// the call's value split and chunk segments: the blocks' width when run_delta_items runs each
 /// block on its own from end to end (2 blocks; from kShareFactorsMinBlocks on the chunked form
 /// computes the chunk factors once per item, and with segments it splits the sequence, so the
 /// whole item's counts stand), else 0 (all of V).
+inline index_t choice_value_block(const detail::ValueSplit& split, index_t segments) {
+  const bool separate_blocks = split.blocks > 1 && split.blocks < kShareFactorsMinBlocks;
+  return separate_blocks && segments < 2 ? split.width : 0;
+}
+
+/// The same for a call of `items` (sequence, head) items on `concurrency` threads, from the split
+/// run_delta_items makes.
 inline index_t choice_value_block(index_t items, index_t K, index_t V, int concurrency) {
   const detail::ValueSplit split = value_blocks(items, V, concurrency);
   const detail::ValueSplit keys = value_blocks(items, K, concurrency);
-  const bool separate_blocks = split.blocks > 1 && split.blocks < kShareFactorsMinBlocks;
-  return separate_blocks && chunk_segments(items, split.blocks, keys.blocks, concurrency) < 2 ? split.width : 0;
+  return choice_value_block(split, chunk_segments(items, split.blocks, keys.blocks, concurrency));
 }
 
 /// The chunk-parallel (sequence-split) form of the chunked fp32 items: when the items' value
@@ -722,7 +728,7 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
   const detail::ValueSplit split = value_blocks(items, V, threads);
   const detail::ValueSplit keys = value_blocks(items, K, threads);
   const index_t segments = chunk_segments(items, split.blocks, keys.blocks, threads);
-  const index_t choice_block = choice_value_block(items, K, V, threads);
+  const index_t choice_block = choice_value_block(split, segments);
   const auto bind_chosen = [&](index_t n, index_t h, ValueColumns cols) {  // an automatic item on the block that runs
     DeltaItem item = bind(n, h, cols);
     if (item.algorithm == DeltaAlgorithm::automatic) {
