@@ -1,7 +1,7 @@
 // Paged attention over quantized pages (kv_cache/paged.hpp): paged_kv_append in
 // ragged chunks into a pool of quantized pages with shuffled block tables, then paged_attention,
 // against a KvCache (residual 0, same formats) holding the same tokens and kv_cache_attention over
-// it: equal bit for bit (same kernels, pieces and merge), over int8 / int4 / int2 formats with
+// it: equal bit for bit (same kernels, pieces and merge; two-byte and one-byte operands), over int8 / int4 / int2 formats with
 // per-channel and per-token keys, value groups the integer kernels follow and ones they do not,
 // block sizes 8 / 16 (a group's image cut between pages) and 32 / 64 / 128, ragged lengths around the 32-token groups, GQA, Tq 1..16, window /
 // sinks / softcap / ALiBi / sink logits, serial and 2 threads; also within the documented error
@@ -255,6 +255,14 @@ TEST_CASE("quantized paged attention equals kv_cache_attention on a KvCache with
         seqmix::reference::kv_cache_attention(ci, {o_ref.view(), lse_ref.view()}, dense);
         st::require_close("o vs reference::kv_cache_attention", o.cview(), o_ref.cview(), 2e-4);
         st::require_close("lse vs reference::kv_cache_attention", lse.cview(), lse_ref.cview(), 2e-4);
+
+        // One-byte operands: the same pieces and kernels as kv_cache_attention's one-byte call
+        // (its accuracy against the definition is test_kv_cache's).
+        in.operand_precision = ci.operand_precision = seqmix::KvOperandPrecision::one_byte;
+        seqmix::paged_attention(in, {o.view(), lse.view()}, options_of(sc), *ex);
+        seqmix::kv_cache_attention(ci, {o_cache.view(), lse_cache.view()}, dense, *ex);
+        require_identical("o, one-byte operands", o.cview(), o_cache.cview());
+        require_identical("lse, one-byte operands", lse.cview(), lse_cache.cview());
       }
     }
 }
@@ -348,6 +356,11 @@ TEST_CASE("quantized paged append and attention refuse bad arguments before writ
       pool.block_size = bs;
       st::require_shape_error("block_size", [&] { seqmix::paged_kv_append(ai, pool); });
     }
+  }
+  SECTION("operand precision outside the enum") {
+    auto in = s.attention_inputs(q);
+    in.operand_precision = static_cast<seqmix::KvOperandPrecision>(7);
+    st::require_shape_error("operand_precision", [&] { attend(in); });
   }
   SECTION("table entry out of range") {
     auto in = s.attention_inputs(q);

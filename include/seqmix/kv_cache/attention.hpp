@@ -82,6 +82,12 @@ struct KvCacheAttentionInputs {
 
 namespace detail {
 
+// An operand precision outside the enum (a cast integer) is refused before anything is read.
+inline void check_operand_precision(const ArgCheck& check, KvOperandPrecision precision) {
+  if (precision != KvOperandPrecision::two_byte && precision != KvOperandPrecision::one_byte)
+    check.fail("operand_precision", "must be two_byte or one_byte, got " + std::to_string(static_cast<int>(precision)));
+}
+
 struct KvAttentionDims {
   index_t B, Tq, Hq, Hkv, Dk, Dv;
   index_t group() const noexcept { return Hq / Hkv; }
@@ -109,9 +115,7 @@ inline KvAttentionDims validate_kv_attention(const ArgCheck& check, const KvCach
   if (!(options.softcap >= 0.f)) check.fail("options.softcap", "must be >= 0 (0 disables it), got " + std::to_string(options.softcap));
   if (options.window < 0) check.fail("options.window", "must be >= 0 (0 disables it), got " + std::to_string(options.window));
   if (options.sink_tokens < 0) check.fail("options.sink_tokens", "must be >= 0, got " + std::to_string(options.sink_tokens));
-  if (in.operand_precision != KvOperandPrecision::two_byte && in.operand_precision != KvOperandPrecision::one_byte)
-    check.fail("operand_precision", "must be two_byte or one_byte, got " +
-                                        std::to_string(static_cast<int>(in.operand_precision)));
+  check_operand_precision(check, in.operand_precision);
   if (in.rope) {  // every query position inside the table
     check_fused_rope_table(check, *in.rope, cfg.key_dim, FusedRopeUse::queries);
     for (index_t b = 0; b < B; ++b)

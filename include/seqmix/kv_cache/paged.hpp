@@ -95,6 +95,9 @@ struct QuantizedPagedAttentionInputs {
   /// per visible logit; kind none by default.
   RelativeBias relative_bias = {};
   ConstView<float, 1> head_scales = {}; ///< [Hq], optional: per-head factor on the scale
+  /// Byte rounding of the integer kernels' operands (KvCacheAttentionInputs::operand_precision):
+  /// two_byte by default; one_byte gives kv_cache_attention's one-byte result, bit for bit.
+  KvOperandPrecision operand_precision = KvOperandPrecision::two_byte;
 };
 
 namespace detail {
@@ -387,6 +390,7 @@ inline QuantizedDims validate_quantized_paged_attention(const QuantizedPagedAtte
   check.optional_shape("lse", out.lse, std::array<index_t, 3>{Bq, Tq, Hq}, "N,Tq,Hq");
   validate_attention_options(check, options.dense());
   validate_relative_bias(check, in.relative_bias, in.head_scales, Hq);
+  check_operand_precision(check, in.operand_precision);
   if (in.rope) {  // queries sit at positions up to cache_seqlens[n] - 1
     check_fused_rope_table(check, *in.rope, Dk, FusedRopeUse::queries);
     for (index_t n = 0; n < N; ++n) {
@@ -587,7 +591,8 @@ inline void paged_attention(const QuantizedPagedAttentionInputs& in, const Paged
         return layout.view(page, piece.hk, s, positions + g * kKvGroupTokens);
       };
       kv_attend_piece(cfg, dense_options, in.alibi_slopes, piece.hk, G, item.nq * G, w, group_at, piece.first,
-                      piece.last, tail, states + piece.row0, accs + piece.row0 * ldacc, &in.relative_bias);
+                      piece.last, tail, states + piece.row0, accs + piece.row0 * ldacc, &in.relative_bias,
+                      in.operand_precision);
     }
     scratch.release(slot);
   });
