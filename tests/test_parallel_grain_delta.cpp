@@ -214,10 +214,13 @@ TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and
           "[parallel_grain][gated_delta_rule]") {
   // When items x value blocks leave most threads idle (delta_update::chunk_segments), each
   // chunked item's chunks are cut into segments of whole chunks of at least kMinSegmentTokens
-  // (256) tokens: 8 chunks of the default 32, 4 of 64, 1 of 300 (min_segment_chunks): a factor
-  // pass over (item, chunk), pass A over (item, segment, block) and pass C over (item, segment
-  // after the first, value block). Ragged T (not a multiple of chunk x segments), B > 1, initial
-  // states; one packed sequence too short to split beside one that splits.
+  // (256) tokens: 8 chunks of the default 32, 4 of 64, 1 of 300 (min_segment_chunks), equal ones
+  // unless the first segment runs in narrow value blocks (16 columns, where they are twice the
+  // blocks and fit beside a later segment's tasks), when it is longer by 1 / 0.7 (plan_segments):
+  // a factor pass over (item, chunk), pass A over (item, segment, block), longest segments
+  // first, and pass C over (item, part of the chunks after the first segment, value block). Ragged T
+  // (not a multiple of chunk x segments), B > 1, initial states; one packed sequence too short to
+  // split beside one that splits.
   struct Case {
     index_t B, T, H, K, V;
     DeltaGate gate;
@@ -225,25 +228,33 @@ TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and
     std::vector<index_t> runs;  // task counts of the prefill's runs, in order
     index_t chunk = 32;         // options.chunk_size (32: the default)
   };
-  // Pass C cuts each segment's chunks into parts, as many as fill the threads: 64 / (segments
-  // after the first x value blocks, over all items), at most one per chunk of the shortest
-  // segment.
-  // B=2 H=2 K=64 V=96: 4 items of 3 value blocks (32 columns) and 2 key blocks; 16 threads per
-  // item give 1 + (16 - 3) / 5 = 3 segments; 741 tokens are 24 chunks (8 + 8 + 8, the last
-  // ragged). Pass A: 3 + 2 x (3 + 2) = 13 tasks per item; pass C: 2 segments x 3 blocks x
-  // 2 parts (64 / 24). The same at chunk 64 (12 chunks, 4 + 4 + 4): the same segments, half the
-  // factor tasks; at chunk 300 (3 chunks of one segment each): pass C 1 part per segment.
-  // The gdn-h4 grain (H=4 K=V=128, 4 blocks of 32 each side): 16 threads per item, 2 segments
-  // (9 + 10 of 19 chunks): pass A 4 + 8 per item, pass C 4 blocks x 4 parts (64 / 16).
+  // Pass C cuts the chunks after each item's first segment into parts (plan_parts): at most
+  // 64 / (split items x value blocks), as few as give the least maximum cost, a chunk's
+  // correction costing 1 and an advance of a state through a segment K / chunk.
+  // B=2 H=2 K=64 V=96: 4 items of 3 value blocks (32 columns), 6 narrow ones and 2 key blocks;
+  // 16 threads per item hold 6 narrow + 2 x (3 + 2) tasks; 741 tokens are 24 chunks, whose two
+  // later segments of 24 x 1 / (1 / 0.7 + 2) = 7 chunks would be under 8: equal segments
+  // (8 + 8 + 8, the last ragged), the first in blocks of 32. Pass A: 3 + 2 x (3 + 2) = 13 tasks
+  // per item; pass C: 3 blocks x 4 parts of the 5 allowed (64 / 12; advance 2: chunks 8-13,
+  // 14-17 with the advance into the third segment, 18-21 after it, 22-23 with the final state: 6
+  // each). The same at chunk 64 (12 chunks, 4 + 4 + 4; advance 1): the same segments and parts,
+  // half the factor tasks; at chunk 300 (3 chunks, segments of at least 1): 1 + 1 + 1 with the
+  // first in narrow blocks, pass A 6 + 2 x 5 per item, pass C 2 parts, one chunk each.
+  // The gdn-h4 grain (H=4 K=V=128, 4 blocks of 32 each side, 8 narrow ones, advance 4): 16
+  // threads per item, 8 narrow + 8 tasks; 19 chunks: 11 + 8, pass C 4 blocks x 3 parts (5, 2,
+  // 1 chunk and the final state: 5 each); 32 chunks (1000 tokens, the last ragged): 19 + 13,
+  // pass C 4 blocks x 4 parts (5, 5, 2, 1 chunk and the final state).
   // Packed 600 + 200 tokens on 2 heads: 4 items of 3 blocks; the long sequence's heads split in
   // 2 segments (19 chunks, 3 segments would be 6 chunks, under 256 tokens, each), the short
-  // one's (7 chunks) not; pass C 3 blocks x 9 parts (64 / 6 = 10, at most 9 chunks).
+  // one's (7 chunks) not; pass C 3 blocks x 4 parts (chunks 9-11, 12-14, 15-17 and 18 with the
+  // final state, advance 2: 3 each) of the 10 allowed (64 / 6).
   const std::vector<Case> cases = {
-      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 24, 4 * 13, 4 * 2 * 3 * 2}},
-      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 12, 4 * 13, 4 * 2 * 3 * 2}, 64},
-      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 3, 4 * 13, 4 * 2 * 3 * 1}, 300},
-      {1, 600, 4, 128, 128, DeltaGate::scalar, {}, {4 * 19, 4 * 12, 4 * 4 * 4}},
-      {1, 800, 2, 64, 96, DeltaGate::channel, {0, 600, 800}, {2 * 19 + 2 * 7, 2 * 8 + 2 * 3, 2 * 3 * 9}},
+      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 24, 4 * 13, 4 * 3 * 4}},
+      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 12, 4 * 13, 4 * 3 * 4}, 64},
+      {2, 741, 2, 64, 96, DeltaGate::scalar, {}, {4 * 3, 4 * 16, 4 * 3 * 2}, 300},
+      {1, 600, 4, 128, 128, DeltaGate::scalar, {}, {4 * 19, 4 * 16, 4 * 4 * 3}},
+      {1, 1000, 4, 128, 128, DeltaGate::scalar, {}, {4 * 32, 4 * 16, 4 * 4 * 4}},
+      {1, 800, 2, 64, 96, DeltaGate::channel, {0, 600, 800}, {2 * 19 + 2 * 7, 2 * 8 + 2 * 3, 2 * 3 * 4}},
   };
   std::uint64_t seed = 1500;
   for (const Case& c : cases) {
@@ -272,6 +283,45 @@ TEST_CASE("parallel grain delta: the chunk-parallel form of gated_delta_rule and
     CHECK(runs == c.runs);
     st::require_close("o", o.view(), o_ref.view(), kTol);
     st::require_close("final_state", s.view(), s_ref.view(), kTol);
+  }
+}
+
+TEST_CASE("parallel grain delta: the chunk-parallel plan covers every chunk within its limits",
+          "[parallel_grain][gated_delta_rule]") {
+  // plan_segments: segments start at 0, increase, and each later one has at least min_chunks;
+  // a longer first segment only with narrow blocks (first_cost < 1). plan_parts: the parts
+  // start at the first later chunk, increase, end at the last chunk, and are at most `parts`.
+  using seqmix::delta_update::SegmentShape;
+  for (index_t chunks : {16, 19, 24, 32, 33, 40, 64, 257}) {
+    for (index_t per_item : {11, 16, 32, 64}) {
+      for (const SegmentShape& shape : {SegmentShape{per_item, 8, 0.7, 4, 4}, SegmentShape{per_item, 4, 1.0, 4, 4},
+                                        SegmentShape{per_item, 6, 0.7, 3, 2}}) {
+        INFO("chunks=" << chunks << " per_item=" << per_item << " first_blocks=" << shape.first_blocks);
+        const index_t min_chunks = 8;
+        std::vector<index_t> starts;
+        const bool longer = seqmix::delta_update::plan_segments(chunks, min_chunks, shape, starts);
+        REQUIRE(!starts.empty());
+        CHECK(starts[0] == 0);
+        CHECK((!longer || shape.first_cost < 1.0));
+        const index_t n = static_cast<index_t>(starts.size());
+        CHECK(shape.first_blocks + (n - 1) * (shape.blocks + shape.key_blocks) <= std::max(per_item, shape.first_blocks));
+        for (index_t s = 1; s < n; ++s) {
+          CHECK(starts[static_cast<std::size_t>(s)] > starts[static_cast<std::size_t>(s - 1)]);
+          const index_t end = s + 1 < n ? starts[static_cast<std::size_t>(s + 1)] : chunks;
+          CHECK(end - starts[static_cast<std::size_t>(s)] >= min_chunks);
+        }
+        if (n < 2) continue;
+        for (index_t parts : {1, 3, 4, 16}) {
+          std::vector<index_t> part;
+          seqmix::delta_update::plan_parts(starts.data(), n, chunks, parts, 4.0, part);
+          REQUIRE(part.size() >= 2);
+          CHECK(static_cast<index_t>(part.size()) - 1 <= parts);
+          CHECK(part.front() == starts[1]);
+          CHECK(part.back() == chunks);
+          for (std::size_t e = 1; e < part.size(); ++e) CHECK(part[e] > part[e - 1]);
+        }
+      }
+    }
   }
 }
 

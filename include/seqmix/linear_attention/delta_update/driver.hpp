@@ -372,10 +372,17 @@ struct FactorStore {
   std::vector<index_t> first;  ///< item i's chunks are records [first[i], first[i + 1])
   std::vector<DeltaItem> items;  ///< each item bound over all of V (pass 1 reads its keys' side)
   // The chunk-parallel form (ChunkSegments): per item its segment count, its first segment and
-  // its first readout row; per segment a [K,V] state and a [K,K] transition; per token of a
-  // segmented item a readout row [K].
+  // its first readout row; per segment its first chunk, a [K,V] state and a [K,K] transition;
+  // per token of a segmented item a readout row [K]; the plan of passes A and C
+  // (plan_chunk_segments).
   std::vector<index_t> segments, first_segment, first_row;
-  std::vector<index_t> first_run_task, first_fix_task;  ///< each item's first task of pass A / pass C
+  std::vector<char> narrow_first;      ///< item i's first segment runs narrow value blocks (plan_segments)
+  std::vector<index_t> segment_start;  ///< each segment's first chunk, item i's from first_segment[i] on
+  std::vector<index_t> part_start;     ///< pass C's parts: item i's first chunks from first_part[i] on
+  std::vector<index_t> first_part;     ///< item i's parts are [first_part[i], first_part[i + 1])
+  std::vector<index_t> first_fix_task;  ///< each item's first task of pass C
+  /// Pass A's tasks, longest first: (item, task of the item as ChunkSegments::first_pass numbers them).
+  std::vector<std::pair<index_t, index_t>> run_tasks;
   AlignedVector<float> states, transitions, readout;
 };
 
@@ -460,6 +467,98 @@ inline index_t chunk_segments(index_t items, index_t blocks, index_t key_blocks,
   return 1 + (per_item - blocks) / (blocks + key_blocks);
 }
 
+/// 0.7: what a chunk of a narrow value block (half the columns, kMinValueBlock / 2) costs
+/// against a chunk of a block of kMinValueBlock columns, both from the shared chunk factors: the
+/// narrow block runs a one-vector tile and reads the same record. Measured (gdn-h4, K = V = 128,
+/// 32 chunks of 32 per task, serial CountingExecutor claiming 64 threads, -O2, load 4, two runs):
+/// 152-158 us a task of 16 columns, 216-226 us of 32.
+constexpr double kNarrowBlockCost = 0.7;
+
+/// How the chunk-parallel form may split the call's items: `per_item` threads for each (0: no
+/// split), `first_blocks` value blocks of the first segment, each chunk of them costing
+/// `first_cost` (1, or kNarrowBlockCost for narrow ones), `blocks` value blocks and `key_blocks`
+/// blocks of a transition's columns of every other segment.
+struct SegmentShape {
+  index_t per_item = 0, first_blocks = 1;
+  double first_cost = 1.0;
+  index_t blocks = 1, key_blocks = 1;
+};
+
+/// Appends the first chunk of each segment of an item of `chunks` chunks (0 alone: not split),
+/// segments of at least `min_chunks`. Pass A runs `first_blocks` tasks for the first segment and
+/// `blocks + key_blocks` (a group) for each other, each over its segment's whole length, so the
+/// call ends with its longest task: the first segment's tasks need no transition, and when they
+/// are narrow blocks (shape.first_cost < 1) it is longer than the others by 1 / first_cost, so
+/// that all tasks take about as long. gdn-h4 (16 threads per item, 32 chunks of 32): 8 narrow
+/// blocks + 4 + 4 blocks over 19 + 13 chunks, the tasks 13.3 and 13 chunks of 32 columns long,
+/// where 4 + (4 + 4) blocks over 16 + 16 chunks took 16 and left 4 threads idle. Otherwise (or
+/// when the later segments would be under `min_chunks`) the segments are equal: as many as the
+/// groups fit, each at least `min_chunks`. Returns whether the first segment is the longer one.
+inline bool plan_segments(index_t chunks, index_t min_chunks, const SegmentShape& shape, std::vector<index_t>& starts) {
+  starts.push_back(0);
+  const index_t group = shape.blocks + shape.key_blocks, rest = shape.per_item - shape.first_blocks;
+  if (rest < group || chunks < 2 * min_chunks) return false;
+  const index_t full = rest / group;  // later segments
+  const double first = 1.0 / shape.first_cost;  // the first segment's length in later ones'
+  const index_t head = std::lround(static_cast<double>(chunks) * first / (first + static_cast<double>(full)));
+  if (first > 1.0 && head < chunks && (chunks - head) / full >= min_chunks) {
+    for (index_t s = 0; s < full; ++s) starts.push_back(head + (chunks - head) * s / full);
+    return true;
+  }
+  const index_t equal = std::min(1 + full, chunks / min_chunks);
+  for (index_t s = 1; s < equal; ++s) starts.push_back(chunks * s / equal);
+  return false;
+}
+
+/// 1: pass C's cost of correcting one chunk's outputs (an [L,K] x [K,w] product), the unit of
+/// plan_parts; an advance of a start state through a segment (S = A S + B, [K,K] x [K,w]) costs
+/// K / L of them.
+inline double advance_cost(index_t K, index_t chunk) { return static_cast<double>(K) / static_cast<double>(chunk); }
+
+/// Appends pass C's parts of an item (each part's first chunk, then the end, `chunks`), whose
+/// segments after the first start at `starts` [1, n): the fewest parts, at most `parts`, whose
+/// costs' maximum is the least. A part from chunk c of segment s first chains the start state
+/// through segments 1 .. s - 1 (s - 1 advances: the first segment's final state is stored), then
+/// corrects its chunks, advancing once more where it enters a segment, and the part that ends
+/// the item advances once more for the final state: so the last part gets fewer chunks (gdn-h4,
+/// 13 + 13 + 6 chunks, advance 4 at K = 128, chunk 32: parts of 9, 5 + 1, 4 and 1 chunks, each
+/// costing 9, where equal parts of each segment cost 7-13).
+inline void plan_parts(const index_t* starts, index_t n, index_t chunks, index_t parts, double advance,
+                       std::vector<index_t>& part_start) {
+  const auto segment_of = [&](index_t c) {
+    index_t s = 1;
+    while (s + 1 < n && starts[s + 1] <= c) ++s;
+    return s;
+  };
+  double worst = 0.0;  // the costliest part of the last fill (a part of one chunk may pass `most`)
+  const auto fill = [&](double most, std::vector<index_t>* out) {  // greedy parts of cost <= most; their count
+    index_t used = 0;
+    worst = 0.0;
+    for (index_t c = starts[1]; c < chunks; ++used) {
+      if (out) out->push_back(c);
+      index_t s = segment_of(c), taken = 0;
+      double cost = advance * static_cast<double>(s - 1);
+      while (c < chunks) {
+        const bool enters = taken > 0 && s + 1 < n && c == starts[s + 1];
+        const double with = cost + 1.0 + (enters ? advance : 0.0);
+        if (taken > 0 && with + (c + 1 == chunks ? advance : 0.0) > most) break;
+        cost = with, s += enters ? 1 : 0, ++c, ++taken;
+      }
+      worst = std::max(worst, cost + (c == chunks ? advance : 0.0));
+    }
+    return used;
+  };
+  double low = 0.0, high = static_cast<double>(chunks - starts[1]) + advance * static_cast<double>(n);
+  for (int step = 0; step < 12; ++step) {  // the least most-cost that `parts` parts allow (to 1e-2 of a chunk)
+    const double mid = 0.5 * (low + high);
+    (fill(mid, nullptr) <= parts ? high : low) = mid;
+  }
+  const index_t at_high = fill(high, nullptr);
+  const double least = worst;
+  fill(fill(least, nullptr) <= at_high ? least : high, &part_start);  // the fewest parts with that maximum
+  part_start.push_back(chunks);
+}
+
 /// The value columns each task runs, for the automatic choice (DeltaShape::value_block), given
 /// the call's value split and chunk segments: the blocks' width when run_delta_items runs each
 /// block on its own from end to end (2 blocks; from kShareFactorsMinBlocks on the chunked form
@@ -486,26 +585,32 @@ inline index_t choice_value_block(index_t items, index_t K, index_t V, int concu
 /// to the identity as a state (K columns) with zero values, computed from the same shared chunk
 /// records. So:
 ///  - pass A, parallel over (item, segment, block): the first segment runs for real from the
-///    initial state (its outputs final, its final state the next one's start); every other
-///    segment runs each value block from zero (outputs and final state local) and each key
-///    block of the identity (readout and transition);
-///  - pass C, parallel over (item, segment after the first, value block, part of the
-///    segment's chunks): the segment's start state chained through the earlier segments
-///    (S = A S + B), the part's outputs corrected by R S, and with the last segment's last part
-///    the final state A S + B. The parts (`parts`, as many as fill the threads) keep this pass
-///    short: a segment's whole correction on one task took about half of pass A's task time.
+///    initial state (its outputs final, its final state the next one's start), in narrow value
+///    blocks where plan_segments made it the longer one; every other segment runs each value
+///    block from zero (outputs and final state local) and each key block of the identity
+///    (readout and transition);
+///  - pass C, parallel over (item, part of the chunks after the first segment, value block):
+///    the part's start state chained through the segments before it (S = A S + B), its chunks'
+///    outputs corrected by R S (advancing S where a segment starts), and with the last part the
+///    final state A S + B. The parts (plan_parts, balanced by cost, as many as fill the threads
+///    at most) keep this pass short: a segment's whole correction on one task took about half of
+///    pass A's task time.
 /// The correction costs one [L,K] x [K,w] product per block where running the segment again from
 /// its start would cost its chunks' whole state work (reads, solves, updates).
 struct ChunkSegments {
   FactorStore& store;
   index_t K, V, chunk;
   detail::ValueSplit values, keys;
-  index_t parts;  ///< pass C's parts per segment (fewer for an item whose segments are shorter)
+  detail::ValueSplit narrow;  ///< the first segment's value blocks where store.narrow_first
+
+  /// Item i's first segment's value blocks.
+  const detail::ValueSplit& first_values(std::size_t i) const { return store.narrow_first[i] ? narrow : values; }
 
   index_t segments(std::size_t i) const { return store.segments[i]; }
   /// Chunks [first, last) of segment s of item i.
   index_t first_chunk(std::size_t i, index_t s) const {
-    return item_chunks(store.items[i].p.T(), chunk) * s / segments(i);
+    return s < segments(i) ? store.segment_start[static_cast<std::size_t>(store.first_segment[i] + s)]
+                           : item_chunks(store.items[i].p.T(), chunk);
   }
   /// Item i's first chunk-factor record.
   float* records(std::size_t i) const { return store.records.data() + store.first[i] * WyFactors::floats(chunk, K); }
@@ -521,20 +626,22 @@ struct ChunkSegments {
   /// Pass A tasks of item i: its value blocks for the first segment, its value and key blocks for
   /// each other one.
   index_t first_pass_tasks(std::size_t i) const {
-    return values.blocks + (segments(i) - 1) * (values.blocks + keys.blocks);
+    return first_values(i).blocks + (segments(i) - 1) * (values.blocks + keys.blocks);
   }
 
   /// Pass A, task r of item i (`block`: the item bound to a block of value columns).
   template <class BlockItem>
   void first_pass(std::size_t i, index_t r, BlockItem&& block) const {
     index_t s = 0;
-    if (r >= values.blocks) {
-      r -= values.blocks;
+    const detail::ValueSplit* split = &first_values(i);
+    if (r >= split->blocks) {
+      r -= split->blocks;
       s = 1 + r / (values.blocks + keys.blocks);
       r %= values.blocks + keys.blocks;
       if (r >= values.blocks) return identity_block(i, s, keys.block(r - values.blocks));
+      split = &values;
     }
-    const ValueColumns cols = values.block(r);
+    const ValueColumns cols = split->block(r);
     const DeltaItem item = block(cols);
     ItemScratch& ws = item_scratch(K, cols.width);
     if (s == 0)
@@ -574,18 +681,19 @@ struct ChunkSegments {
     small_product({transition(i, s), K, 1}, K, K, S, cols.width, cols.width, next, cols.width, kAdd);
   }
 
-  /// Pass C's parts of each of item i's segments.
-  index_t item_parts(std::size_t i) const {
-    return std::max<index_t>(1, std::min(parts, item_chunks(store.items[i].p.T(), chunk) / segments(i)));
-  }
-  /// Pass C tasks of item i.
-  index_t second_pass_tasks(std::size_t i) const { return (segments(i) - 1) * values.blocks * item_parts(i); }
+  /// Pass C's parts of item i (plan_parts).
+  index_t item_parts(std::size_t i) const { return store.first_part[i + 1] - store.first_part[i]; }
+  /// Pass C tasks of item i: its parts of each value block.
+  index_t second_pass_tasks(std::size_t i) const { return values.blocks * item_parts(i); }
 
-  /// Pass C, task r of item i: segment 1 + r / (blocks x parts), then value block, then part.
+  /// Pass C, task r of item i: part r / blocks of value block r % blocks. The part's start state
+  /// chained from the first segment's final state through the segments before its own, its
+  /// chunks' outputs corrected (the state advanced where a segment starts), and, for the part
+  /// that ends the item, the final state.
   template <class BlockItem>
   void second_pass(std::size_t i, index_t r, BlockItem&& block) const {
-    const index_t per_segment = values.blocks * item_parts(i);
-    const index_t s = 1 + r / per_segment, part = r % per_segment / values.blocks;
+    const index_t* part = store.part_start.data() + store.first_part[i] + i;  // item i's parts' first chunks
+    const index_t p = r / values.blocks, c1 = part[p + 1];
     const ValueColumns cols = values.block(r % values.blocks);
     const DeltaItem item = block(cols);
     ItemScratch& ws = item_scratch(K, cols.width);
@@ -594,14 +702,20 @@ struct ChunkSegments {
     float* S = ws.S.data();
     float* next = ws.staged.data();
     state_columns(i, 0, cols, S);  // the first segment's final state: the second one's start
-    for (index_t u = 1; u < s; ++u) {
-      advance(i, u, cols, S, next);
+    index_t s = 1;
+    for (; first_chunk(i, s + 1) <= part[p]; ++s) {
+      advance(i, s, cols, S, next);
       std::swap(S, next);
     }
-    const index_t c0 = first_chunk(i, s), n = first_chunk(i, s + 1) - c0;
-    const index_t last = item_parts(i) - 1;
-    correct_outputs(i, c0 + n * part / (last + 1), c0 + n * (part + 1) / (last + 1), item.p, S, w, ws.wy_for(chunk));
-    if (s + 1 == segments(i) && part == last && item.final_state.has_value()) {
+    for (index_t c = part[p]; c < c1; s += 1) {  // the part's chunks of segment s
+      const index_t end = std::min(c1, first_chunk(i, s + 1));
+      correct_outputs(i, c, end, item.p, S, w, ws.wy_for(chunk));
+      c = end;
+      if (c == c1) break;
+      advance(i, s, cols, S, next);
+      std::swap(S, next);
+    }
+    if (first_chunk(i, s + 1) == c1 && s + 1 == segments(i) && item.final_state.has_value()) {
       advance(i, s, cols, S, next);
       store_item_state(item.final_state, next, K, w);
     }
@@ -622,23 +736,36 @@ struct ChunkSegments {
   }
 };
 
+
 /// Binds every item over all of V into the store with its chunk records' place (shared: chunked
-/// fp32; none for the others) and, under the chunk-parallel form's `segments`, its own segment
-/// count (at least min_segment_chunks(chunk) chunks each; 1: not split) and the places of its segment
-/// states, transitions and readout rows.
+/// fp32; none for the others) and, under the chunk-parallel form's `shape`, its own segments
+/// (plan_segments, of at least min_segment_chunks(chunk) chunks; one: not split) and the places of
+/// its segment states, transitions and readout rows.
 template <class BindItem>
-void bind_items(FactorStore& store, index_t items, index_t chunk, index_t segments, BindItem&& bind_item) {
+void bind_items(FactorStore& store, index_t items, index_t chunk, const SegmentShape& shape, BindItem&& bind_item) {
   store.items.clear();
   store.first.assign(1, 0);
   store.segments.clear();
   store.first_segment.assign(1, 0);
   store.first_row.assign(1, 0);
+  store.segment_start.clear();
+  store.narrow_first.clear();
+  thread_local std::vector<index_t> starts;
   for (index_t it = 0; it < items; ++it) {
     store.items.push_back(bind_item(it));
     const DeltaItem& item = store.items.back();
     const bool shared = item.algorithm == DeltaAlgorithm::chunked && !item.p.bf16_dot;
     const index_t chunks = shared ? item_chunks(item.p.T(), chunk) : 0;
-    const index_t own = std::max<index_t>(1, std::min(segments, chunks / min_segment_chunks(chunk)));
+    starts.clear();
+    const bool narrow = plan_segments(chunks, min_segment_chunks(chunk), shape, starts);
+    if (!narrow && shape.first_blocks != shape.blocks) {  // equal segments: no narrow blocks
+      starts.clear();
+      plan_segments(chunks, min_segment_chunks(chunk), {shape.per_item, shape.blocks, 1.0, shape.blocks, shape.key_blocks},
+                    starts);
+    }
+    store.narrow_first.push_back(narrow);
+    const index_t own = static_cast<index_t>(starts.size());
+    if (own > 1) store.segment_start.insert(store.segment_start.end(), starts.begin(), starts.end());
     store.first.push_back(store.first.back() + chunks);
     store.segments.push_back(own);
     store.first_segment.push_back(store.first_segment.back() + (own > 1 ? own : 0));
@@ -661,35 +788,81 @@ inline void reserve_floats(AlignedVector<float>& v, index_t n) {
   if (static_cast<index_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
 }
 
-/// Passes A and C of the chunk-parallel form (ChunkSegments) over a call's bound items, pass 1's
-/// records written: the items of one segment run whole_block(i, columns) in pass A.
+/// Plans passes A and C of the chunk-parallel form over a call's bound items on `concurrency`
+/// threads: pass A's task order (store.run_tasks) and pass C's parts (plan_parts) and task
+/// counts. Called right after bind_items, before the factor pass, while the items and the
+/// store's vectors are still in cache (after the factor pass writes its records they are not:
+/// this planning then cost 3-4 us of the serial part at gdn-h4 against 0.2 us warm).
+inline void plan_chunk_segments(const ChunkSegments& plan, int concurrency) {
+  FactorStore& store = plan.store;
+  const detail::ValueSplit& split = plan.values;
+  // Pass A's tasks, longest segment first (a narrow first segment's, then the others), in item
+  // order within a length, so that a list schedule ends on its shorter tasks.
+  std::vector<std::pair<index_t, index_t>>& tasks = store.run_tasks;
+  tasks.clear();
+  index_t split_blocks = 0;  // (split item, value block) pairs: pass C's parts share the threads
+  const auto add_segment = [&](std::size_t i, index_t s, index_t longest, index_t& next) {  // its tasks if that long
+    const bool whole = plan.segments(i) == 1;
+    const index_t length = whole ? item_chunks(store.items[i].p.T(), plan.chunk)
+                                 : plan.first_chunk(i, s + 1) - plan.first_chunk(i, s);
+    if (length < longest) next = std::max(next, length);
+    if (length != longest) return;
+    const index_t first = whole || s == 0 ? 0 : plan.first_values(i).blocks + (s - 1) * (split.blocks + plan.keys.blocks);
+    const index_t count = whole ? split.blocks : s == 0 ? plan.first_values(i).blocks : split.blocks + plan.keys.blocks;
+    for (index_t r = first; r < first + count; ++r) tasks.emplace_back(static_cast<index_t>(i), r);
+  };
+  for (index_t longest = std::numeric_limits<index_t>::max();;) {  // one sweep per distinct length
+    index_t next = 0;
+    for (std::size_t i = 0; i < store.items.size(); ++i)
+      for (index_t s = 0; s < plan.segments(i); ++s) add_segment(i, s, longest, next);
+    if (next == 0) break;
+    longest = next;
+  }
+  for (std::size_t i = 0; i < store.items.size(); ++i) split_blocks += plan.segments(i) > 1 ? split.blocks : 0;
+  // Pass C's parts, item by item (prefix sums: item i's tasks are [fix_first[i], fix_first[i + 1])).
+  const index_t parts = std::max<index_t>(1, concurrency / std::max<index_t>(1, split_blocks));
+  std::vector<index_t>& fix_first = store.first_fix_task;
+  fix_first.assign(1, 0);
+  store.part_start.clear();
+  store.first_part.assign(1, 0);
+  for (std::size_t i = 0; i < store.items.size(); ++i) {
+    const index_t chunks = item_chunks(store.items[i].p.T(), plan.chunk);
+    const index_t* starts = store.segment_start.data() + store.first_segment[i];
+    const bool as_before = i > 0 && plan.segments(i) > 1 && plan.segments(i) == plan.segments(i - 1) &&
+                           chunks == item_chunks(store.items[i - 1].p.T(), plan.chunk) &&
+                           std::equal(starts, starts + plan.segments(i), starts - plan.segments(i));
+    if (as_before) {  // the same parts as item i - 1 (the heads of one sequence)
+      const std::size_t from = static_cast<std::size_t>(store.first_part[i - 1] + static_cast<index_t>(i) - 1);
+      for (std::size_t e = from; e < from + static_cast<std::size_t>(plan.item_parts(i - 1)) + 1; ++e)
+        store.part_start.push_back(store.part_start[e]);
+    } else if (plan.segments(i) > 1) {
+      plan_parts(starts, plan.segments(i), chunks, parts, advance_cost(plan.K, plan.chunk), store.part_start);
+    } else
+      store.part_start.push_back(chunks);  // no parts: the end alone
+    store.first_part.push_back(static_cast<index_t>(store.part_start.size()) - static_cast<index_t>(i) - 1);
+    fix_first.push_back(fix_first.back() + (plan.segments(i) > 1 ? plan.second_pass_tasks(i) : 0));
+  }
+}
+
+/// Passes A and C of the chunk-parallel form (ChunkSegments) over a call's bound items, planned
+/// (plan_chunk_segments) and pass 1's records written: the items of one segment run
+/// whole_block(i, columns) in pass A.
 template <class WholeBlock, class Bound>
-void run_chunk_segments(const Executor& executor, ChunkSegments plan, WholeBlock&& whole_block, Bound&& bound) {
+void run_chunk_segments(const Executor& executor, const ChunkSegments& plan, WholeBlock&& whole_block, Bound&& bound) {
   FactorStore& store = plan.store;
   const index_t K = plan.K, V = plan.V, segment_count = store.first_segment.back();
   reserve_floats(store.states, segment_count * K * V);
   reserve_floats(store.transitions, segment_count * K * K);
   reserve_floats(store.readout, store.first_row.back() * K);
   const detail::ValueSplit& split = plan.values;
-  index_t fixes = 0;  // pass C's tasks before the parts
-  for (std::size_t i = 0; i < store.items.size(); ++i) fixes += (plan.segments(i) - 1) * split.blocks;
-  plan.parts = std::max<index_t>(1, executor.concurrency() / fixes);
-  // Pass A and pass C's tasks, item by item (prefix sums: item i's are [first[i], first[i + 1])).
-  std::vector<index_t>& run_first = store.first_run_task;
-  std::vector<index_t>& fix_first = store.first_fix_task;
-  run_first.assign(1, 0);
-  fix_first.assign(1, 0);
-  for (std::size_t i = 0; i < store.items.size(); ++i) {
-    const bool split_item = plan.segments(i) > 1;
-    run_first.push_back(run_first.back() + (split_item ? plan.first_pass_tasks(i) : split.blocks));
-    fix_first.push_back(fix_first.back() + (split_item ? plan.second_pass_tasks(i) : 0));
-  }
+  const std::vector<std::pair<index_t, index_t>>& tasks = store.run_tasks;
+  const std::vector<index_t>& fix_first = store.first_fix_task;
   const auto locate = [](const std::vector<index_t>& first, index_t j) {
     return static_cast<std::size_t>(std::upper_bound(first.begin(), first.end(), j) - first.begin()) - 1;
   };
-  executor.run(run_first.back(), [&](index_t j) {  // pass A
-    const std::size_t i = locate(run_first, j);
-    const index_t r = j - run_first[i];
+  executor.run(static_cast<index_t>(tasks.size()), [&](index_t j) {  // pass A
+    const std::size_t i = static_cast<std::size_t>(tasks[static_cast<std::size_t>(j)].first);
+    const index_t r = tasks[static_cast<std::size_t>(j)].second;
     if (plan.segments(i) == 1) return whole_block(i, split.block(r));
     plan.first_pass(i, r, [&](ValueColumns cols) { return bound(static_cast<index_t>(i), cols); });
   });
@@ -755,7 +928,14 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
   }
 
   FactorStore& store = factor_store();  // the caller's (a name, not a capture, would be each thread's own)
-  bind_items(store, items, chunk, segments, [&](index_t it) { return bound(it, ValueColumns{0, V}); });
+  // The first segment in narrow blocks when they double the blocks and still fit beside a group.
+  const detail::ValueSplit narrow =
+      segments > 1 ? detail::split_value_columns(items, V, threads, simd::kWidth, kMinValueBlock / 2) : split;
+  const index_t per_item = segments > 1 ? threads / items : 0;
+  const bool narrow_first = narrow.blocks == 2 * split.blocks && per_item >= narrow.blocks + split.blocks + keys.blocks;
+  const SegmentShape shape{per_item, narrow_first ? narrow.blocks : split.blocks, narrow_first ? kNarrowBlockCost : 1.0,
+                           split.blocks, keys.blocks};
+  bind_items(store, items, chunk, shape, [&](index_t it) { return bound(it, ValueColumns{0, V}); });
   const index_t chunks = store.first.back(), stride = WyFactors::floats(chunk, K);
   const index_t segment_count = store.first_segment.back(), rows = store.first_row.back();
   const index_t floats = chunks * stride + segment_count * (K * V + K * K) + rows * K;
@@ -765,6 +945,8 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
     return for_each_item(executor, map, H, K, V, whole);
   }
   reserve_floats(store.records, chunks * stride);
+  const ChunkSegments segmented{store, K, V, chunk, split, keys, narrow};
+  if (segment_count > 0) plan_chunk_segments(segmented, threads);
 
   std::atomic<bool> bad{false};  // a chunk holds a bad beta or gate element
   executor.run(chunks, [&](index_t j) {  // pass 1: (item, chunk) tasks
@@ -792,7 +974,7 @@ void run_delta_items(const Executor& executor, const SequenceMap& map, index_t H
     return;
   }
 
-  run_chunk_segments(executor, ChunkSegments{store, K, V, chunk, split, keys, 1}, whole_block, bound);
+  run_chunk_segments(executor, segmented, whole_block, bound);
 }
 
 /// Decode step over all (row, value head) pairs, in place on the pool `state` [S,HV,K,V]:
