@@ -12,9 +12,11 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include <Eigen/Core>
 
+#include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix::chunkwise {
@@ -32,12 +34,24 @@ void add_nonfinite_lower(const Lower& A, const Rows& X, Out&& O) {
         for (index_t i = j; i < L; ++i) O(i, c) += A(i, j) * X(j, c);
 }
 
+// Whether every entry of X is finite: vectorized where X is float rows in memory (Eigen's
+// allFinite is a scalar compare per value: 6% of the chunked GLA call at K = V = 1024).
+template <class Rows>
+bool all_finite(const Rows& X) {
+  constexpr bool rows_in_memory = std::is_same_v<typename Rows::Scalar, float> && bool(Rows::IsRowMajor) &&
+                                  (int(Eigen::internal::traits<Rows>::Flags) & Eigen::DirectAccessBit) != 0;
+  if constexpr (rows_in_memory)
+    return simd::rows_finite(X.data(), X.rows(), X.cols(), X.outerStride());
+  else
+    return X.allFinite();
+}
+
 // O += A X with A [L,L] lower-triangular, X [L,n], O [L,n] (Eigen blocks or matrices).
 // `finite_x` is scratch, sized on first use by a chunk with non-finite X (clean inputs never
 // allocate it).
 template <class Lower, class Rows, class Out>
 void add_lower_product(const Lower& A, const Rows& X, Out&& O, ProductScratch& finite_x) {
-  if (X.allFinite()) {
+  if (all_finite(X)) {
     O.noalias() += A * X;
     return;
   }

@@ -474,7 +474,7 @@ inline void add_mu(index_t L, const LowerM& M, WyWorkspace& ws) {
   // M's zeros (docs/reliability.md): such entries run as 0 and are added to the rows i >= j
   // that see them afterwards (core/chunkwise/causal_product.hpp), so the earlier rows are
   // bit-identical to a clean chunk's.
-  const bool finite = ws.U.topRows(L).allFinite();
+  const bool finite = chunkwise::all_finite(ws.U.topRows(L));
   if (!finite) ws.finite_u = ws.U.topRows(L).array().isFinite().select(ws.U.topRows(L), 0.f);
   const float* u = finite ? ws.U.data() : ws.finite_u.data();
   small_product({M.data(), M.outerStride(), 1}, L, L, u, ws.U.cols(), ws.U.cols(), ws.P.row(L).data(), ws.P.cols(), kAdd,
