@@ -29,6 +29,7 @@
 #include "seqmix/attention/mla/reference.hpp"
 #include "seqmix/core/eigen.hpp"
 #include "seqmix/core/parallel.hpp"
+#include "seqmix/core/simd.hpp"
 
 namespace seqmix {
 
@@ -181,7 +182,8 @@ void mla_decode_run(const MlaDims& d, const ConstView<float, 3>& q_nope, const C
       // both signs (NaN), and an inf in q_nope likewise turns the other way; such logits are
       // formed in the expanded form. Values are added only with non-zero weights below (0 * inf
       // would be NaN for a hidden key).
-      const bool finite_block = Cn.allFinite();
+      // Vectorized: Eigen's allFinite is a scalar compare per value (n x dc of them a block).
+      const bool finite_block = simd::rows_finite(cblk.data(), n, dc, cblk.cols());
       for (index_t h = 0; h < H; ++h) {
         const bool all_rows = q_bad[b * H + h] != 0;
         if (finite_block && !all_rows) continue;
