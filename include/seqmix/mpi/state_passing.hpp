@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "seqmix/core/eigen.hpp"
@@ -225,6 +226,33 @@ void check_state_pass(const ArgCheck& check, int rank, index_t T, const Sequence
   check.optional_shape("final_state", final_state, state_shape, layout);
 }
 
+// The collective check every recurrent wrapper makes before any exchange: `validate(check)` runs
+// the operator's own validation (and the wrapper's refusals) and returns the slice's token count
+// and state shape, which check_state_pass then judges; every rank throws if any rank's call fails.
+// Returns the state shape.
+template <std::size_t R, class In, class Out, class Validate>
+std::array<index_t, R> check_sliced_call(MPI_Comm comm, const std::string& op, const std::vector<AgreedValue>& agreed,
+                                         const In& in, const Out& out, bool reverse, const char* layout,
+                                         Validate&& validate) {
+  const int rank = comm_rank(comm);
+  std::array<index_t, R> state_shape{};
+  collective_check(comm, op, agreed, [&] {
+    const ArgCheck check(op);
+    const std::pair<index_t, std::array<index_t, R>> slice = validate(check);
+    state_shape = slice.second;
+    check_state_pass<R>(check, rank, slice.first, in.batch, reverse, out.token_states.has_value(), in.initial_state,
+                        out.final_state, state_shape, layout);
+  });
+  return state_shape;
+}
+
+// The inputs of a slice with its true initial state, for the correction pass.
+template <class In, std::size_t R>
+In with_initial_state(In slice, const ConstView<float, R>& initial) {
+  slice.initial_state = initial;
+  return slice;
+}
+
 }  // namespace detail
 
 /// selective_scan (Mamba-1) over sequences sliced contiguously by position across the ranks of
@@ -239,7 +267,6 @@ inline void selective_scan(MPI_Comm comm, const SelectiveScanInputs& in, const S
                            StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::selective_scan";
-  const int rank = detail::comm_rank(comm);
   SelectiveScanInputs zero = in;
   zero.initial_state = {};
   seqmix::detail::ScanDims d{};
@@ -248,21 +275,18 @@ inline void selective_scan(MPI_Comm comm, const SelectiveScanInputs& in, const S
       {"A (state size, dimension 1)", in.A.size(1)}, {"Bm (groups, dimension 2)", in.Bm.size(2)},
       {"options.delta_softplus", options.delta_softplus}, {"z (given or not)", in.z.has_value()},
       {"Dskip (given or not)", in.Dskip.has_value()}, {"delta_bias (given or not)", in.delta_bias.has_value()}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
-    d = seqmix::detail::validate_selective_scan(op.c_str(), zero, SelectiveScanOutputs{out.y}).dims;
-    detail::check_state_pass<3>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
-                                in.initial_state, out.final_state, {d.B, d.D, d.N}, "B,D,N");
-  });
+  const auto state_shape =
+      detail::check_sliced_call<3>(comm, op, agreed, in, out, options.reverse, "B,D,N", [&](const ArgCheck&) {
+        d = seqmix::detail::validate_selective_scan(op.c_str(), zero, SelectiveScanOutputs{out.y}).dims;
+        return std::pair{d.T, std::array<index_t, 3>{d.B, d.D, d.N}};
+      });
   detail::pass_diagonal_state<3, 3>(
-      comm, {d.B, d.D, d.N}, in.initial_state, out.final_state, stats, start,
+      comm, state_shape, in.initial_state, out.final_state, stats, start,
       [&](const TensorView<float, 3>& local, const TensorView<float, 3>& decay) {
         selective_scan_slice(zero, {out.y, local}, decay, options, executor);
       },
       [&](const ConstView<float, 3>& initial) {
-        SelectiveScanInputs s = zero;
-        s.initial_state = initial;
-        selective_scan_slice_correct(s, {out.y}, options, executor);
+        selective_scan_slice_correct(detail::with_initial_state(zero, initial), {out.y}, options, executor);
       });
 }
 
@@ -275,7 +299,6 @@ inline void linear_attention(MPI_Comm comm, const LinearAttentionInputs& in, con
                              StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::linear_attention";
-  const int rank = detail::comm_rank(comm);
   LinearAttentionInputs zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
@@ -283,26 +306,23 @@ inline void linear_attention(MPI_Comm comm, const LinearAttentionInputs& in, con
       {"q (batch, dimension 0)", in.q.size(0)}, {"q (heads, dimension 2)", in.q.size(2)},
       {"q (key size, dimension 3)", in.q.size(3)}, {"v (value heads, dimension 2)", in.v.size(2)},
       {"v (value size, dimension 3)", in.v.size(3)}, {"options.feature_map", static_cast<int>(options.feature_map)}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
-    d = seqmix::detail::la::validate_linear_attention(op.c_str(), zero, LinearAttentionOutputs{out.o}, options).d;
-    if (options.normalize) check.fail("options.normalize", "is not supported by mpi::linear_attention");
-    if (options.prefix_len != 0) check.fail("options.prefix_len", "must be 0 for mpi::linear_attention");
-    if (in.initial_normalizer.has_value() || out.final_normalizer.has_value() || out.token_normalizers.has_value())
-      check.fail("initial_normalizer", "normalizers are not supported by mpi::linear_attention (leave them empty)");
-    detail::check_state_pass<4>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
-                                in.initial_state, out.final_state, {d.B, d.HV, d.Kf, d.V}, "B,HV,Kf,V");
-  });
+  const auto state_shape =
+      detail::check_sliced_call<4>(comm, op, agreed, in, out, options.reverse, "B,HV,Kf,V", [&](const ArgCheck& check) {
+        d = seqmix::detail::la::validate_linear_attention(op.c_str(), zero, LinearAttentionOutputs{out.o}, options).d;
+        if (options.normalize) check.fail("options.normalize", "is not supported by mpi::linear_attention");
+        if (options.prefix_len != 0) check.fail("options.prefix_len", "must be 0 for mpi::linear_attention");
+        if (in.initial_normalizer.has_value() || out.final_normalizer.has_value() || out.token_normalizers.has_value())
+          check.fail("initial_normalizer", "normalizers are not supported by mpi::linear_attention (leave them empty)");
+        return std::pair{d.T, std::array<index_t, 4>{d.B, d.HV, d.Kf, d.V}};
+      });
   detail::pass_diagonal_state<3, 4>(
-      comm, {d.B, d.HV, d.Kf, d.V}, in.initial_state, out.final_state, stats, start,
+      comm, state_shape, in.initial_state, out.final_state, stats, start,
       [&](const TensorView<float, 4>& local, const TensorView<float, 3>& decay) {
         linear_attention_slice(zero, {out.o, local}, options, executor);
         std::fill(decay.data(), decay.data() + decay.numel(), 0.f);  // the identity transition
       },
       [&](const ConstView<float, 4>& initial) {
-        LinearAttentionInputs s = zero;
-        s.initial_state = initial;
-        linear_attention_slice_correct(s, {out.o}, options, executor);
+        linear_attention_slice_correct(detail::with_initial_state(zero, initial), {out.o}, options, executor);
       });
 }
 
@@ -316,7 +336,6 @@ void gated_linear_attention(MPI_Comm comm, const GatedLinearAttentionInputsOf<T>
                                    const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::gated_linear_attention";
-  const int rank = detail::comm_rank(comm);
   GatedLinearAttentionInputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
@@ -324,21 +343,18 @@ void gated_linear_attention(MPI_Comm comm, const GatedLinearAttentionInputsOf<T>
       {"q (batch, dimension 0)", in.q.size(0)}, {"q (heads, dimension 2)", in.q.size(2)},
       {"q (key size, dimension 3)", in.q.size(3)}, {"v (value heads, dimension 2)", in.v.size(2)},
       {"v (value size, dimension 3)", in.v.size(3)}, {"options.gate", static_cast<int>(options.gate)}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
-    d = seqmix::detail::la::validate_gla(op.c_str(), zero, GatedLinearAttentionOutputs{out.o}, options, executor).d;
-    detail::check_state_pass<4>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
-                                in.initial_state, out.final_state, {d.B, d.HV, d.K, d.V}, "B,HV,K,V");
-  });
+  const auto state_shape =
+      detail::check_sliced_call<4>(comm, op, agreed, in, out, options.reverse, "B,HV,K,V", [&](const ArgCheck&) {
+        d = seqmix::detail::la::validate_gla(op.c_str(), zero, GatedLinearAttentionOutputs{out.o}, options, executor).d;
+        return std::pair{d.T, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}};
+      });
   detail::pass_diagonal_state<3, 4>(
-      comm, {d.B, d.HV, d.K, d.V}, in.initial_state, out.final_state, stats, start,
+      comm, state_shape, in.initial_state, out.final_state, stats, start,
       [&](const TensorView<float, 4>& local, const TensorView<float, 3>& decay) {
         gated_linear_attention_slice(zero, {out.o, local}, decay, options, executor);
       },
       [&](const ConstView<float, 4>& initial) {
-        GatedLinearAttentionInputsOf<T> s = zero;
-        s.initial_state = initial;
-        gated_linear_attention_slice_correct(s, {out.o}, options, executor);
+        gated_linear_attention_slice_correct(detail::with_initial_state(zero, initial), {out.o}, options, executor);
       });
 }
 
@@ -349,7 +365,6 @@ void rwkv6(MPI_Comm comm, const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, c
                   const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::rwkv6";
-  const int rank = detail::comm_rank(comm);
   Rwkv6InputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
@@ -357,21 +372,18 @@ void rwkv6(MPI_Comm comm, const Rwkv6InputsOf<T>& in, const Rwkv6Outputs& out, c
       {"r (batch, dimension 0)", in.r.size(0)}, {"r (heads, dimension 2)", in.r.size(2)},
       {"r (key size, dimension 3)", in.r.size(3)}, {"v (value heads, dimension 2)", in.v.size(2)},
       {"v (value size, dimension 3)", in.v.size(3)}, {"g (gate heads, dimension 2)", in.g.size(2)}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
-    d = seqmix::detail::la::validate_rwkv6(op.c_str(), zero, Rwkv6Outputs{out.o}, options, executor).d;
-    detail::check_state_pass<4>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
-                                in.initial_state, out.final_state, {d.B, d.HV, d.K, d.V}, "B,HV,K,V");
-  });
+  const auto state_shape =
+      detail::check_sliced_call<4>(comm, op, agreed, in, out, options.reverse, "B,HV,K,V", [&](const ArgCheck&) {
+        d = seqmix::detail::la::validate_rwkv6(op.c_str(), zero, Rwkv6Outputs{out.o}, options, executor).d;
+        return std::pair{d.T, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}};
+      });
   detail::pass_diagonal_state<3, 4>(
-      comm, {d.B, d.HV, d.K, d.V}, in.initial_state, out.final_state, stats, start,
+      comm, state_shape, in.initial_state, out.final_state, stats, start,
       [&](const TensorView<float, 4>& local, const TensorView<float, 3>& decay) {
         rwkv6_slice(zero, {out.o, local}, decay, options, executor);
       },
       [&](const ConstView<float, 4>& initial) {
-        Rwkv6InputsOf<T> s = zero;
-        s.initial_state = initial;
-        rwkv6_slice_correct(s, {out.o}, options, executor);
+        rwkv6_slice_correct(detail::with_initial_state(zero, initial), {out.o}, options, executor);
       });
 }
 
@@ -387,7 +399,6 @@ void gated_delta_rule(MPI_Comm comm, const GatedDeltaRuleInputsOf<T>& in, const 
                              StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::gated_delta_rule";
-  const int rank = detail::comm_rank(comm);
   GatedDeltaRuleInputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
@@ -396,13 +407,11 @@ void gated_delta_rule(MPI_Comm comm, const GatedDeltaRuleInputsOf<T>& in, const 
       {"q (key size, dimension 3)", in.q.size(3)}, {"v (value heads, dimension 2)", in.v.size(2)},
       {"v (value size, dimension 3)", in.v.size(3)}, {"options.gate", static_cast<int>(options.gate)},
       {"options.qk_norm", static_cast<int>(options.qk_norm)}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
+  detail::check_sliced_call<4>(comm, op, agreed, in, out, options.reverse, "B,HV,K,V", [&](const ArgCheck& check) {
     d = delta_update::validate_delta(check, delta_update::gated_call(zero, GatedDeltaRuleOutputs{out.o}, options),
                                      executor)
             .d;
-    detail::check_state_pass<4>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
-                                in.initial_state, out.final_state, {d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+    return std::pair{d.T, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}};
   });
   detail::pass_matrix_state(comm, d, in.initial_state, out.o, out.final_state, stats, start, executor,
                             [&](const TensorView<float, 4>& local, const TensorView<float, 4>& readout,
@@ -419,7 +428,6 @@ void delta_rule(MPI_Comm comm, const DeltaRuleInputsOf<T>& in, const DeltaRuleOu
                        StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::delta_rule";
-  const int rank = detail::comm_rank(comm);
   DeltaRuleInputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
@@ -427,13 +435,11 @@ void delta_rule(MPI_Comm comm, const DeltaRuleInputsOf<T>& in, const DeltaRuleOu
       {"q (batch, dimension 0)", in.q.size(0)}, {"q (heads, dimension 2)", in.q.size(2)},
       {"q (key size, dimension 3)", in.q.size(3)}, {"v (value heads, dimension 2)", in.v.size(2)},
       {"v (value size, dimension 3)", in.v.size(3)}, {"options.qk_norm", static_cast<int>(options.qk_norm)}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
+  detail::check_sliced_call<4>(comm, op, agreed, in, out, options.reverse, "B,HV,K,V", [&](const ArgCheck& check) {
     d = delta_update::validate_delta(check, delta_update::ungated_call(zero, DeltaRuleOutputs{out.o}, options),
                                      executor)
             .d;
-    detail::check_state_pass<4>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
-                                in.initial_state, out.final_state, {d.B, d.HV, d.K, d.V}, "B,HV,K,V");
+    return std::pair{d.T, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}};
   });
   detail::pass_matrix_state(comm, d, in.initial_state, out.o, out.final_state, stats, start, executor,
                             [&](const TensorView<float, 4>& local, const TensorView<float, 4>& readout,
@@ -450,18 +456,15 @@ void rwkv7(MPI_Comm comm, const Rwkv7InputsOf<T>& in, const Rwkv7Outputs& out,
                   const Executor& executor = serial_executor(), StatePassStats* stats = nullptr) {
   const auto start = detail::StateClock::now();
   const std::string op = "mpi::rwkv7";
-  const int rank = detail::comm_rank(comm);
   Rwkv7InputsOf<T> zero = in;
   zero.initial_state = {};
   seqmix::detail::la::Dims d{};
   const std::vector<detail::AgreedValue> agreed = {
       {"r (batch, dimension 0)", in.r.size(0)}, {"r (heads, dimension 2)", in.r.size(2)},
       {"r (key size, dimension 3)", in.r.size(3)}, {"v (value size, dimension 3)", in.v.size(3)}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
+  detail::check_sliced_call<4>(comm, op, agreed, in, out, false, "B,H,K,V", [&](const ArgCheck& check) {
     d = delta_update::validate_rwkv7(check, zero, Rwkv7Outputs{out.o}, executor).d;
-    detail::check_state_pass<4>(check, rank, d.T, in.batch, false, out.token_states.has_value(), in.initial_state,
-                                out.final_state, {d.B, d.HV, d.K, d.V}, "B,H,K,V");
+    return std::pair{d.T, std::array<index_t, 4>{d.B, d.HV, d.K, d.V}};
   });
   detail::pass_matrix_state(comm, d, in.initial_state, out.o, out.final_state, stats, start, executor,
                             [&](const TensorView<float, 4>& local, const TensorView<float, 4>& readout,
@@ -531,13 +534,11 @@ inline void causal_conv1d(MPI_Comm comm, const CausalConv1dInputs& in, const Cau
       {"x (batch, dimension 0)", in.x.size(0)}, {"x (channels, dimension 2)", in.x.size(2)},
       {"weight (taps, dimension 1)", in.weight.size(1)}, {"options.activation", static_cast<int>(options.activation)},
       {"bias (given or not)", in.bias.has_value()}};
-  detail::collective_check(comm, op, agreed, [&] {
-    const ArgCheck check(op);
+  detail::check_sliced_call<3>(comm, op, agreed, in, out, options.reverse, "B,W-1,D", [&](const ArgCheck& check) {
     d = seqmix::detail::validate_causal_conv1d(op.c_str(), zero, CausalConv1dOutputs{out.y}, options).dims;
     if (options.dilation != 1) check.fail("options.dilation", "must be 1 across ranks (not implemented)");
     if (options.lookahead != 0) check.fail("options.lookahead", "must be 0 across ranks (an output would read the next rank's tokens)");
-    detail::check_state_pass<3>(check, rank, d.T, in.batch, options.reverse, out.token_states.has_value(),
-                                in.initial_state, out.final_state, {d.B, d.W - 1, d.D}, "B,W-1,D");
+    return std::pair{d.T, std::array<index_t, 3>{d.B, d.W - 1, d.D}};
   });
   StatePassStats st;
   st.exchange_seconds = detail::seconds_since(start);
