@@ -225,3 +225,29 @@ TEST_CASE("rwkv6: recurrent lazy decay windows under strong and extreme gates", 
     require_close(fast.state, ref.state, 2e-4, what + " final_state");
   }
 }
+
+// u read through a strided view ([K, H] storage, u[h][i] at i * H + h): the recurrent prefill's
+// block prep sums the bonus in its pass over q and k only for a contiguous u and sums it apart
+// otherwise; both against the reference, K ragged against the vector width.
+TEST_CASE("rwkv6: a strided u gives the contiguous result", "[rwkv6]") {
+  const RwkvCase cases[] = {{2, 70, 3, 3, 37, 20, -0.3f, 0.f, false}, {1, 64, 2, 2, 64, 64, -1.f, 0.f, false}};
+  for (const RwkvCase& c : cases) {
+    const RwkvData data(c, 77);
+    Tensor<float, 2> u_by_column({c.K, c.H});
+    for (index_t h = 0; h < c.H; ++h)
+      for (index_t i = 0; i < c.K; ++i) u_by_column(i, h) = data.u(h, i);
+    const seqmix::ConstView<float, 2> strided_u(u_by_column.data(), {c.H, c.K}, {1, c.H});
+    seqmix::Rwkv6Inputs strided = data.inputs();
+    strided.u = strided_u;
+    RwkvResult ref(c), fast(c), fast_strided(c);
+    seqmix::reference::rwkv6(data.inputs(), ref.outputs());
+    seqmix::Rwkv6Options options;
+    options.algorithm = LinearAttentionAlgorithm::recurrent;
+    seqmix::rwkv6(data.inputs(), fast.outputs(), options);
+    seqmix::rwkv6(strided, fast_strided.outputs(), options);
+    const std::string what = describe(c, 77);
+    require_close(fast.o, ref.o, 2e-4, what + " o");
+    require_close(fast_strided.o, ref.o, 2e-4, what + " o, strided u");
+    require_close(fast_strided.state, ref.state, 2e-4, what + " final_state, strided u");
+  }
+}

@@ -660,6 +660,9 @@ struct LazyBlockRows {
   const float* q[kTokenBlock];  // q rows, still to be multiplied by q_factor
   const float* g[kTokenBlock];  // log-gates: Kf of them, or one for a scalar gate
   float q_factor = 1.f;         // the scale when q is read in place, else 1 (already applied)
+  // rwkv6's u [Kf] when contiguous: the prep sums each token's bonus q . (u * k) in its pass over
+  // q and k. nullptr: no bonus (GLA), or a strided u, summed apart by bonus_dot.
+  const float* u = nullptr;
 };
 
 // The whole per-token prep of a gated block x[0..n) (kLazyGroup <= n <= kTokenBlock) in one
@@ -674,7 +677,10 @@ struct LazyBlockRows {
 // window it computes the same products in the same order. Before this pass the exp, the
 // products, the bound check and the fold were separate passes over workspace copies (~1/3 of
 // the kernel at K = 64), and the lazy tokens' plain operands, written but not read, took L1 room
-// and store slots (1.03-1.1x at L2-resident sizes).
+// and store slots (1.03-1.1x at L2-resident sizes). rwkv6 (with rows.u): each token's bonus
+// q . (u * k) is summed in the same pass, its q and k already in registers, and the n sums
+// reduced together (reduce_add_rows); as a pass of its own (bonus_dot per token: a dependent
+// FMA chain and a horizontal sum each) it was ~4% of rwkv6's one-thread prefill at K = V = 64.
 template <bool kScalarGate, bool kExclusive>
 inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index_t n, index_t Kf,
                               RecurrentWorkspace& ws) {
@@ -701,9 +707,15 @@ inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index
   float* const last_p = lazy_end > 1 ? ws.lazy_p(lazy_end - 1) : nullptr;
   const Batch<float> lo(kLazyMin), hi(1.f / kLazyMin), factor(rows.q_factor);
   simd::BatchBool<float> in_bound(true);
+  const bool sum_bonus = kExclusive && rows.u != nullptr;
+  static_assert(kTokenBlock % simd::kWidth == 0, "the bonus sums reduce kWidth tokens at a time");
+  Batch<float> bonus[kTokenBlock];  // per token: the bonus's partial sums, one per lane
+  if (sum_bonus)
+    for (index_t j = 0; j < kTokenBlock; ++j) bonus[j] = Batch<float>(0.f);
   const index_t nv = simd::vector_end(Kf);
   for (index_t i = 0; i < nv; i += simd::kWidth) {
     Batch<float> P(1.f), before(1.f);
+    const Batch<float> u = sum_bonus ? simd::load(rows.u + i) : Batch<float>(0.f);
     for (index_t j = 0; j < n; ++j) {
       const bool plain = j == 0 || j >= lazy_end;
       Batch<float> w(w_scalar[j]);
@@ -712,6 +724,7 @@ inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index
         if (plain) simd::store(out_w[j] + i, w);
       }
       const Batch<float> q = factor * simd::load(rows.q[j] + i);
+      if (sum_bonus) bonus[j] = simd::fma(q * u, simd::load(in_k[j] + i), bonus[j]);
       if (plain) {
         simd::store(out_q[j] + i, q);
         continue;
@@ -725,12 +738,17 @@ inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index
     if (last_p) simd::store(last_p + i, P);  // P of token lazy_end - 1: the plain tokens after leave it
   }
   bool ok = xsimd::all(in_bound);
+  alignas(64) float bonus_sum[kTokenBlock];
+  if (sum_bonus)
+    for (index_t j = 0; j < kTokenBlock; j += simd::kWidth)
+      simd::store(bonus_sum + j, simd::reduce_add_rows(bonus + j));
   for (index_t i = nv; i < Kf; ++i) {  // the key rows past the last full batch
     float P = 1.f, before = 1.f;
     for (index_t j = 0; j < n; ++j) {
       const bool plain = j == 0 || j >= lazy_end;
       const float w = kScalarGate ? w_scalar[j] : std::exp(rows.g[j][i]);
       const float q = rows.q_factor * rows.q[j][i];
+      if (sum_bonus) bonus_sum[j] += q * rows.u[i] * x[j].k[i];
       if (plain) {
         if constexpr (!kScalarGate) ws.w(j)[i] = w;
         ws.q(j)[i] = q;
@@ -744,6 +762,8 @@ inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index
       if (j == lazy_end - 1) ws.lazy_p(j)[i] = P;
     }
   }
+  if (sum_bonus)
+    for (index_t j = 0; j < n; ++j) x[j].bonus = bonus_sum[j];
   return ok;
 }
 
@@ -771,7 +791,9 @@ inline void plan_lazy_block(const HeadProblem& p, const LazyBlockRows& rows, Tok
     one_window = exclusive ? fold_block_window<false, true>(rows, x, n, Kf, ws)
                            : fold_block_window<false, false>(rows, x, n, Kf, ws);
   if (!one_window || p.Vp() % simd::kWidth != 0) complete_plain_operands(rows, p, n, ws);
-  if (exclusive)  // q . (u * k) of the stored q, times the scale (rows.q_factor or already applied)
+  // q . (u * k) of the stored q, times the scale (rows.q_factor or already applied), unless the
+  // fold summed it (rows.u).
+  if (exclusive && rows.u == nullptr)
     for (index_t j = 0; j < n; ++j) x[j].bonus = rows.q_factor * bonus_dot(rows.q[j], p.u, x[j].k, p.K());
   if (!one_window) return plan_lazy_windows(x, n, Kf, exclusive, ws, y, groups);
   const index_t count = n / kLazyGroup;
@@ -853,6 +875,8 @@ inline void run_recurrent(const HeadProblem& p, float* S, index_t ldS, Recurrent
   LazyGroup groups[kTokenBlock / kLazyGroup];
   LazyBlockRows rows;
   rows.q_factor = reads_q_in_place(p) ? p.scale : 1.f;
+  // The bonus runs over K, the fold over Kf: the same with rwkv6's identity map.
+  if (exclusive && p.u.is_last_dim_contiguous() && p.Kf() == p.K()) rows.u = p.u.data();
   float* o[kTokenBlock];
   const index_t block = std::min(ws.slots(), kTokenBlock);
   for (index_t t0 = 0; t0 < p.T(); t0 += block) {
