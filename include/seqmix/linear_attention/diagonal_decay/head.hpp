@@ -245,6 +245,24 @@ inline void exp_copy(const float* x, float* out, index_t n) {
 // Elementwise exp of n contiguous floats, in place.
 inline void exp_inplace(float* x, index_t n) { exp_copy(x, x, n); }
 
+// q . (u * k), rwkv6's bonus of one token: vectorized, as a scalar loop it was ~20% of an rwkv6
+// step or prefill (64 dependent adds per token and head). Here beside the loaders so that every
+// form can call it: the chunked form's load_chunk still sums it in a scalar loop (K dependent
+// adds per row: ~4% of its one-thread call at K = V = 1024, see the family README).
+inline float bonus_dot(const float* q, const ConstView<float, 1>& u, const float* k, index_t K) {
+  float sum = 0.f;
+  index_t i = 0;
+  if (u.is_last_dim_contiguous()) {
+    const float* up = u.data();
+    simd::Batch<float> acc(0.f);
+    for (; i + simd::kWidth <= K; i += simd::kWidth)
+      acc = simd::fma(simd::load(q + i) * simd::load(up + i), simd::load(k + i), acc);
+    sum = simd::reduce_add(acc);
+  }
+  for (; i < K; ++i) sum += q[i] * u(i) * k[i];
+  return sum;
+}
+
 // Writes one output row from the internal row of Vp values (dividing by the z column).
 inline void store_output_row(const HeadProblem& p, index_t t, const float* row) {
   const TensorView<float, 1> out = p.o[t];

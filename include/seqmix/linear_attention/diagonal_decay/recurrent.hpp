@@ -529,22 +529,6 @@ inline void recurrent_block_lazy(float* S, index_t ldS, index_t Kf, index_t ncol
     for (index_t j = 0; j < n; ++j) recurrent_tail<true, kExclusive>(S, ldS, Kf, c, ncols, x[j], o[j]);
 }
 
-// q . (u * k): vectorized, as a scalar loop it was ~20% of an rwkv6 step or prefill (64 dependent
-// adds per token and head).
-inline float bonus_dot(const float* q, const ConstView<float, 1>& u, const float* k, index_t K) {
-  float sum = 0.f;
-  index_t i = 0;
-  if (u.is_last_dim_contiguous()) {
-    const float* up = u.data();
-    simd::Batch<float> acc(0.f);
-    for (; i + simd::kWidth <= K; i += simd::kWidth)
-      acc = simd::fma(simd::load(q + i) * simd::load(up + i), simd::load(k + i), acc);
-    sum = simd::reduce_add(acc);
-  }
-  for (; i < K; ++i) sum += q[i] * u(i) * k[i];
-  return sum;
-}
-
 // The decays and the bonus of token t, after x's q/k/v rows are loaded.
 inline TokenOperands load_token_gates(const HeadProblem& p, index_t t, RecurrentWorkspace& ws, index_t slot,
                                       TokenOperands x) {
