@@ -53,6 +53,7 @@ std::vector<LaBf16Case> la_bf16_cases() {
       {2, 70, 2, 4, 33, 20, 64, -0.2f, 0.f, false},   // ragged T, odd K, GQA
       {1, 129, 1, 2, 64, 48, 32, -0.05f, 0.f, false}, // several chunks, ragged last one
       {1, 100, 1, 1, 31, 17, 64, -3.f, -1.f, false},  // strong decay (fp32 sub-chunked scores)
+      {1, 100, 1, 2, 40, 32, 64, -.8f, -.6f, false},  // a chunk's decay past 30: bf16 scores anchored half way
       {1, 90, 2, 2, 24, 32, 16, -0.1f, 0.f, true},    // packed sequences
       {1, 100, 1, 2, 20, 24, 40, -0.1f, 0.f, false},  // chunk not a multiple of 16: padded scratch
   };

@@ -70,6 +70,7 @@ struct ChunkWorkspace {
   RowVector bk0;       // [C] column 0 of Bk, contiguous (scalar gates)
   RowVector in_row;    // [K] a 16-bit q or k row widened before its feature map (InputRows)
   bool v_words = false;  // bf16 steps: V's pair words packed by the intra step for the state update
+  bool q_words = false;  // bf16 steps: the scratch's `a` holds the inter step's Q * exp(Bq) words
   bool keys_anchored = false;  // tiled steps: KD holds K * exp(Bk_last / 2 - Bk) from the scores
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 
@@ -83,7 +84,7 @@ struct ChunkWorkspace {
   void reset() {
     KT.setZero();
     A.setZero();
-    v_words = keys_anchored = false;
+    v_words = q_words = keys_anchored = false;
   }
   std::size_t bytes() const {
     const index_t floats = Q.size() + Kc.size() + QD.size() + KD.size() + KT.size() + Vc.size() + O.size() +
@@ -131,12 +132,20 @@ void chunk_inter_bf16(const HeadProblem& p, index_t L, const deferred_t<RowMatri
     row_scale = x.g.data();
   }
   pack_rows(q, Kf, L, Kf, x.a.data(), Kw, row_scale);
+  ws.q_words = true;
   pack_row_pairs(S.data(), Vp, Kf, Vp, x.b.data(), Vpad);
   gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, L, Vp, Kw, ws.O.data(), Vp, Vp, nullptr, x.f.data());
 }
 
+// 30: a chunk whose decay stays within it has its scores on the inter step's words of
+// Q * exp(Bq) as they are and the keys as K * exp(-Bk) (anchor 0 instead of half way): every
+// factor within exp(+-30), the bound the half-way anchor keeps up to kAnchorRange. Reusing the
+// words saves rescaling and repacking Q, and for scalar gates the exp per score.
+constexpr float kSharedQueryRange = 30.f;
+
 // False (nothing written) where the fp32 step must run instead. Leaves V's pair words in the
-// scratch's `d` (ws.v_words) for chunk_state_update_bf16.
+// scratch's `d` (ws.v_words) for chunk_state_update_bf16, and for channel gates the keys
+// K * exp(a - Bk) in KD with ws.m = exp(Bk_last - a) (a: the scores' anchor).
 template <class Deferred = void>
 bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
@@ -144,28 +153,43 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
   const bool channel = p.gated() && !p.scalar_gate, scalar = p.gated() && p.scalar_gate;
   const index_t Kf = ws.Q.cols(), Vp = ws.Vc.cols(), Kw = words(Kf), Lw = words(L), Lpad = pad16(L);
   ws.v_words = false;
-  if (channel && -ws.Bk.row(L - 1).minCoeff() > kAnchorRange) return false;
-  if (!all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
+  const float range = channel ? -ws.Bk.row(L - 1).minCoeff() : scalar ? -ws.Bk(L - 1, 0) : 0.f;
+  if (channel && range > kAnchorRange) return false;
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
-  const RowMatrix *q = &ws.Q, *k = &ws.Kc;
-  if (channel) {  // the anchored operands of intra_channel_anchored: m' = Bk_last / 2
-    // Q * exp(Bq - m') is chunk_inter's Q * exp(Bq) (in QD, both forms) times exp(-m') per
-    // channel: a product where the exps were (the exps are the dearest pass at K = 64).
-    ws.m = -0.5f * ws.Bk.row(L - 1);
-    exp_inplace(ws.m.data(), Kf);
-    times_columns(ws.QD.data(), Kf, ws.m.data(), ws.QD.data(), Kf, L, Kf);
-    ws.m = 0.5f * ws.Bk.row(L - 1);
-    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
-    q = &ws.QD, k = &ws.KD;
+  // V's words, checked as they are packed: a non-finite value takes the fp32 step.
+  if (!pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), pad16(Vp))) return false;
+  const bool shared_q = ws.q_words && range <= kSharedQueryRange;
+  const float* k = ws.Kc.data();
+  const float* key_scale = nullptr;
+  float* g = x.g.data();  // the scalar gate's exp(-bk_j), or column 0 of Bk; then free
+  if (shared_q && channel) {
+    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, nullptr, ws.KD.data(), Kf, L, Kf);
+    exp_copy(ws.Bk.row(L - 1).data(), ws.m.data(), Kf);
+    k = ws.KD.data();
+  } else if (shared_q && scalar) {
+    scalar_decays(ws.Bk, L, -1.f, 0.f, g);
+    key_scale = g;
+  } else if (!shared_q) {
+    const float* q = ws.Q.data();
+    if (channel) {  // the anchored operands of intra_channel_anchored: m' = Bk_last / 2
+      // Q * exp(Bq - m') is chunk_inter's Q * exp(Bq) (in QD, both forms) times exp(-m') per
+      // channel: a product where the exps were (the exps are the dearest pass at K = 64).
+      ws.m = -0.5f * ws.Bk.row(L - 1);
+      exp_inplace(ws.m.data(), Kf);
+      times_columns(ws.QD.data(), Kf, ws.m.data(), ws.QD.data(), Kf, L, Kf);
+      ws.m = 0.5f * ws.Bk.row(L - 1);
+      times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
+      exp_inplace(ws.m.data(), Kf);
+      q = ws.QD.data(), k = ws.KD.data();
+    } else if (scalar) {
+      for (index_t j = 0; j < L; ++j) g[j] = ws.Bk(j, 0);
+    }
+    pack_rows(q, Kf, L, Kf, x.a.data(), Kw);
   }
-  pack_rows(q->data(), Kf, L, Kf, x.a.data(), Kw);
-  pack_rows(k->data(), Kf, L, Kf, x.c.data(), Kw);
+  const bool score_decays = scalar && !shared_q;  // scores still to be times exp(bq_i - bk_j)
+  pack_rows(k, Kf, L, Kf, x.c.data(), Kw, key_scale);
   transpose_words(x.c.data(), Kw, L, Kw, x.b.data(), Lpad, Lpad);
-  float* bk = x.g.data();  // column 0 of Bk, contiguous
-  if (scalar)
-    for (index_t j = 0; j < L; ++j) bk[j] = ws.Bk(j, 0);
-  pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), pad16(Vp));
   float* A = x.f.data();  // [L x Lpad] scores, each 16-row strip up to its last row's diagonal
   for (index_t i0 = 0; i0 < L; i0 += 16) {
     const index_t rows = std::min<index_t>(16, L - i0), cols = std::min(L, i0 + 16);
@@ -173,7 +197,7 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
     gemm_bf16(x.a.data() + i0 * Kw, Kw, x.b.data(), Lpad, strip, Lpad, rows, pad16(cols), Kw, nullptr);
     for (index_t i = i0; i < i0 + rows; ++i) {
       float* row = A + i * Lpad;
-      if (scalar) times_exp_diff(row, ws.Bq(i, 0), bk, i + 1);  // exponents <= 0
+      if (score_decays) times_exp_diff(row, ws.Bq(i, 0), g, i + 1);  // exponents <= 0
       for (index_t j = exclusive ? i : i + 1; j < cols; ++j) row[j] = 0.f;
       if (exclusive) row[i] = ws.bonus(i);
     }
@@ -186,19 +210,20 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
 }
 
 // False (nothing written) where the fp32 step must run instead. V's pair words come from
-// chunk_intra_bf16 when it ran (the same bf16 V).
+// chunk_intra_bf16 when it ran (the same bf16 V), and for channel gates its keys.
 template <class Deferred = void>
 bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
                              deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const index_t Kf = S.rows(), Vp = S.cols(), Lw = words(L), Kpad = pad16(Kf), Vpad = pad16(Vp);
   const bool packed = ws.v_words;
-  ws.v_words = false;
+  ws.v_words = ws.q_words = false;  // the scratch's `a` is overwritten below
   if (!packed && !all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
   const float* k = ws.Kc.data();
   const float* key_scale = nullptr;    // the scalar gate's exp(bk_last - bk_j), applied as K is packed
+  const float* channel_scale = nullptr;  // K * exp(a - Bk) to K * exp(Bk_last - Bk), likewise
   const float* decay = x.ones.data();  // the state's decay over the chunk, the GEMM's row scale
   float* scales = x.g.data();
   if (p.gated() && p.scalar_gate) {
@@ -208,19 +233,16 @@ bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatr
     key_scale = scales, decay = scales + L;
   } else if (p.gated()) {
     const float* last = ws.Bk.row(L - 1).data();
-    if (packed) {  // K * exp(Bk_last - Bk) = chunk_intra_bf16's K * exp(Bk_last / 2 - Bk) * exp(Bk_last / 2)
-      for (index_t c = 0; c < Kf; ++c) scales[c] = 0.5f * last[c];
-      exp_inplace(scales, Kf);
-      times_columns(ws.KD.data(), Kf, scales, ws.KD.data(), Kf, L, Kf);
-    } else {
+    if (packed)  // chunk_intra_bf16's keys K * exp(a - Bk), times ws.m = exp(Bk_last - a)
+      channel_scale = ws.m.data();
+    else
       times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, last, ws.KD.data(), Kf, L, Kf);
-    }
     exp_copy(last, scales, Kf);
     k = ws.KD.data(), decay = scales;
   }
-  pack_row_pairs(k, Kf, L, Kf, x.c.data(), Kpad, key_scale);     // [Lw x Kpad]
-  transpose_words(x.c.data(), Kpad, Lw, Kf, x.a.data(), Lw, Lw);  // [Kf x Lw]: (K * decay)^T
-  if (!packed) pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), Vpad);  // [Lw x Vpad]
+  pack_row_pairs(k, Kf, L, Kf, x.c.data(), Kpad, key_scale, channel_scale);  // [Lw x Kpad]
+  transpose_words(x.c.data(), Kpad, Lw, Kf, x.a.data(), Lw, Lw);           // [Kf x Lw]: (K * decay)^T
+  if (!packed) pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), Vpad);   // [Lw x Vpad]
   gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, Kf, Vp, Lw, S.data(), Vp, Vp, decay, x.f.data());
   return true;
 }
@@ -234,7 +256,7 @@ inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16
 
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
-  ws.v_words = false, ws.keys_anchored = false;
+  ws.v_words = false, ws.q_words = false, ws.keys_anchored = false;
   for (index_t i = 0; i < L; ++i) {
     apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
     apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());
