@@ -34,6 +34,38 @@ inline void times_exp_rows(const float* x, index_t ldx, const float* g, index_t 
   }
 }
 
+// times_exp_rows with s = 1 and no shift that also keeps e[i][c] = exp(g[i][c]) (row stride
+// lde): the bf16 steps divide the keys by it instead of taking a second exp (chunked.hpp).
+inline void times_exp_rows_kept(const float* x, index_t ldx, const float* g, index_t ldg, float* e, index_t lde,
+                                float* out, index_t ldo, index_t n, index_t cols) {
+  const index_t cv = simd::vector_end(cols);
+  for (index_t i = 0; i < n; ++i) {
+    const float *xi = x + i * ldx, *gi = g + i * ldg;
+    float *ei = e + i * lde, *oi = out + i * ldo;
+    for (index_t c = 0; c < cv; c += simd::kWidth) {
+      const simd::Batch<float> ec = simd::exp(simd::load(gi + c));
+      simd::store(ei + c, ec);
+      simd::store(oi + c, simd::load(xi + c) * ec);
+    }
+    for (index_t c = cv; c < cols; ++c) {
+      ei[c] = std::exp(gi[c]);
+      oi[c] = xi[c] * ei[c];
+    }
+  }
+}
+
+// out[i][c] = x[i][c] / d[i][c] for i < n, c < cols. Row strides ldx, ldd, ldo; out may be d.
+inline void divide_rows(const float* x, index_t ldx, const float* d, index_t ldd, float* out, index_t ldo, index_t n,
+                        index_t cols) {
+  const index_t cv = simd::vector_end(cols);
+  for (index_t i = 0; i < n; ++i) {
+    const float *xi = x + i * ldx, *di = d + i * ldd;
+    float* oi = out + i * ldo;
+    for (index_t c = 0; c < cv; c += simd::kWidth) simd::store(oi + c, simd::load(xi + c) / simd::load(di + c));
+    for (index_t c = cv; c < cols; ++c) oi[c] = xi[c] / di[c];
+  }
+}
+
 // out[i][c] = x[i][c] * scale[c] for i < n, c < cols. Row strides ldx, ldo; out may be x.
 inline void times_columns(const float* x, index_t ldx, const float* scale, float* out, index_t ldo, index_t n,
                           index_t cols) {

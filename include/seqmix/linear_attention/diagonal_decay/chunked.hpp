@@ -71,6 +71,7 @@ struct ChunkWorkspace {
   RowVector in_row;    // [K] a 16-bit q or k row widened before its feature map (InputRows)
   bool v_words = false;  // bf16 steps: V's pair words packed by the intra step for the state update
   bool q_words = false;  // bf16 steps: the scratch's `a` holds the inter step's Q * exp(Bq) words
+  bool kd_exp_bq = false;  // bf16 steps, channel gates, inclusive readout: KD holds exp(Bq) = exp(Bk)
   bool keys_anchored = false;  // tiled steps: KD holds K * exp(Bk_last / 2 - Bk) from the scores
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 
@@ -84,7 +85,7 @@ struct ChunkWorkspace {
   void reset() {
     KT.setZero();
     A.setZero();
-    v_words = q_words = keys_anchored = false;
+    v_words = q_words = kd_exp_bq = keys_anchored = false;
   }
   std::size_t bytes() const {
     const index_t floats = Q.size() + Kc.size() + QD.size() + KD.size() + KT.size() + Vc.size() + O.size() +
@@ -107,6 +108,10 @@ struct ChunkWorkspace {
 // are packed, the scores and A V run over 16-row strips up to the diagonal, and V is packed once
 // for A V and the state update. With the channel gate's exps below, the bf16 call ran 1.21x
 // (channel) / 1.24x (scalar gate) faster at gla-1.3b T 8192, one thread.
+// Q is packed once per chunk, as Q * exp(Bq) for the state read-out, and the scores take those
+// words as they are (kSharedQueryRange); V is checked finite as it is packed; the keys' rescale
+// for the state update is applied as they are packed. At gla-k128 (K = V = 128) the products
+// already run near the dot-product peak (perf), so what is left to cut is these passes.
 
 // The row decay of a scalar gate, exp(s * b_i + c) for i < n (b: column 0 of Bq or Bk), in out.
 template <class Rows>
@@ -124,7 +129,12 @@ void chunk_inter_bf16(const HeadProblem& p, index_t L, const deferred_t<RowMatri
   x.reserve(L, Kf, Vp);
   const float* q = ws.Q.data();
   const float* row_scale = nullptr;
-  if (p.gated() && !p.scalar_gate) {
+  if (p.gated() && !p.scalar_gate && p.readout == Readout::inclusive) {
+    // exp(Bq) = exp(Bk) kept in KD: the scores' keys K * exp(-Bk) are then a division, not an exp.
+    times_exp_rows_kept(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), ws.KD.data(), Kf, ws.QD.data(), Kf, L, Kf);
+    ws.kd_exp_bq = true;
+    q = ws.QD.data();
+  } else if (p.gated() && !p.scalar_gate) {
     times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
     q = ws.QD.data();
   } else if (p.gated()) {  // exp(bq_i) on the rows of Q: O = (Q S) * exp(bq), rounded once
@@ -152,7 +162,8 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
   const bool exclusive = p.readout == Readout::exclusive_bonus;
   const bool channel = p.gated() && !p.scalar_gate, scalar = p.gated() && p.scalar_gate;
   const index_t Kf = ws.Q.cols(), Vp = ws.Vc.cols(), Kw = words(Kf), Lw = words(L), Lpad = pad16(L);
-  ws.v_words = false;
+  const bool kd_exp_bq = ws.kd_exp_bq;
+  ws.v_words = ws.kd_exp_bq = false;  // KD holds keys (or the fp32 step's operands) from here on
   const float range = channel ? -ws.Bk.row(L - 1).minCoeff() : scalar ? -ws.Bk(L - 1, 0) : 0.f;
   if (channel && range > kAnchorRange) return false;
   Scratch& x = Scratch::local();
@@ -164,7 +175,10 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
   const float* key_scale = nullptr;
   float* g = x.g.data();  // the scalar gate's exp(-bk_j), or column 0 of Bk; then free
   if (shared_q && channel) {
-    times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, nullptr, ws.KD.data(), Kf, L, Kf);
+    if (kd_exp_bq)  // exp(Bk) >= exp(-kSharedQueryRange): a division as exact as the exp
+      divide_rows(ws.Kc.data(), Kf, ws.KD.data(), Kf, ws.KD.data(), Kf, L, Kf);
+    else
+      times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), ws.Bk.cols(), -1.f, nullptr, ws.KD.data(), Kf, L, Kf);
     exp_copy(ws.Bk.row(L - 1).data(), ws.m.data(), Kf);
     k = ws.KD.data();
   } else if (shared_q && scalar) {
@@ -256,7 +270,7 @@ inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16
 
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
-  ws.v_words = false, ws.q_words = false, ws.keys_anchored = false;
+  ws.v_words = false, ws.q_words = false, ws.kd_exp_bq = false, ws.keys_anchored = false;
   for (index_t i = 0; i < L; ++i) {
     apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
     apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());
