@@ -299,13 +299,8 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
         std::fill(bq, bq + n, 0.f);
     }
   }
-  if (p.readout == Readout::exclusive_bonus) {
-    for (index_t i = 0; i < L; ++i) {
-      float b = 0.f;
-      for (index_t c = 0; c < p.K(); ++c) b += ws.Q(i, c) * p.u(c) * ws.Kc(i, c);
-      ws.bonus(i) = b;
-    }
-  }
+  if (p.readout == Readout::exclusive_bonus)
+    for (index_t i = 0; i < L; ++i) ws.bonus(i) = bonus_dot(ws.Q.row(i).data(), p.u, ws.Kc.row(i).data(), p.K());
 }
 
 // True where the fp32 steps run on the register tiles (chunk_products.hpp): value rows (V, plus
