@@ -357,6 +357,24 @@ TEST_CASE("quantized paged append and attention refuse bad arguments before writ
       st::require_shape_error("block_size", [&] { seqmix::paged_kv_append(ai, pool); });
     }
   }
+  SECTION("a table entry naming a page no sequence wrote, read on two threads") {
+    // The headers are checked by the pieces' tasks that read the pages: the error still comes
+    // before the merge writes o.
+    std::vector<bool> used(static_cast<std::size_t>(s.pages.size(0)), false);
+    for (index_t n = 0; n < sc.N; ++n)
+      for (index_t b = 0; b * sc.block_size < s.lengths[static_cast<std::size_t>(n)]; ++b)
+        used[static_cast<std::size_t>(s.table(n, b))] = true;
+    const auto spare = static_cast<std::int32_t>(std::find(used.begin(), used.end(), false) - used.begin());
+    for (index_t n = 0; n < sc.N; ++n) {
+      if (s.lengths[static_cast<std::size_t>(n)] < 32) continue;  // no whole group: no page read
+      INFO("sequence " << n << " of length " << s.lengths[static_cast<std::size_t>(n)] << ", spare page " << spare);
+      auto in = s.attention_inputs(q);
+      Tensor<std::int32_t, 2> table = s.table;
+      table(n, 0) = spare;
+      in.block_table = table.cview();
+      st::require_shape_error("pages", [&] { seqmix::paged_attention(in, {o.view(), {}}, {}, st::two_thread_pool()); });
+    }
+  }
   SECTION("operand precision outside the enum") {
     auto in = s.attention_inputs(q);
     in.operand_precision = static_cast<seqmix::KvOperandPrecision>(7);
