@@ -277,10 +277,22 @@ TEST_CASE("linear attention bf16 dot products: an invalid bf16_compute is refuse
 
 namespace {
 
-// One gated delta rule call (scalar gate, or none: delta_rule) with bf16 dot products on the
-// inputs of seed `seed`, T tokens, K = 32, an initial state, into `o` (any view of [1, T, 1, V]).
-// v(0, bad, 0, 3) = inf when bad >= 0.
-void delta_dot_call(bool gated, index_t T, index_t V, index_t bad, const seqmix::TensorView<float, 4>& o,
+// The gate of delta_dot_call: none (delta_rule), scalar (Gated DeltaNet) or per channel (KDA,
+// whose anchored chunks build their bf16 operands' words directly: wy.hpp's channel_words).
+enum class DotGate { none, scalar, channel };
+
+const char* dot_gate_name(DotGate gate) {
+  switch (gate) {
+    case DotGate::scalar: return "scalar gate";
+    case DotGate::channel: return "channel gate";
+    case DotGate::none: break;
+  }
+  return "delta_rule";
+}
+
+// One delta rule call with bf16 dot products on fixed inputs, T tokens, K = 32, an initial state,
+// into `o` (any view of [1, T, 1, V]). v(0, bad, 0, 3) = inf when bad >= 0.
+void delta_dot_call(DotGate gate, index_t T, index_t V, index_t bad, const seqmix::TensorView<float, 4>& o,
                     int threads = 1) {
   const index_t K = 32;
   auto q = st::random_tensor<4>({1, T, 1, K}, 21);
@@ -291,13 +303,18 @@ void delta_dot_call(bool gated, index_t T, index_t V, index_t bad, const seqmix:
   if (bad >= 0) v(0, bad, 0, 3) = std::numeric_limits<float>::infinity();
   auto beta = st::random_tensor<3>({1, T, 1}, 24, 0.f, 1.f);
   auto gs = st::random_tensor<3>({1, T, 1}, 25, -0.1f, 0.f);
+  Tensor<float, 4> g({1, T, 1, K});
+  st::fill_log_gate(g.view(), 27, -0.1f, 0.f);
   auto s0 = st::random_tensor<4>({1, 1, K, V}, 26, -0.5f, 0.5f);
-  if (gated) {
+  if (gate != DotGate::none) {
     seqmix::GatedDeltaRuleInputs in;
-    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view(), in.g_scalar = gs.view();
+    in.q = q.view(), in.k = k.view(), in.v = v.view(), in.beta = beta.view();
+    if (gate == DotGate::scalar) in.g_scalar = gs.view();
+    else in.g = g.view();
     in.initial_state = s0.view();
     seqmix::GatedDeltaRuleOptions opt;
-    opt.gate = seqmix::DeltaGate::scalar, opt.algorithm = seqmix::DeltaAlgorithm::chunked;
+    opt.gate = gate == DotGate::scalar ? seqmix::DeltaGate::scalar : seqmix::DeltaGate::channel;
+    opt.algorithm = seqmix::DeltaAlgorithm::chunked;
     opt.bf16_compute = Bf16Compute::dot;
     if (threads > 1) seqmix::gated_delta_rule(in, {o}, opt, st::two_thread_pool());
     else seqmix::gated_delta_rule(in, {o}, opt);
@@ -320,14 +337,16 @@ TEST_CASE("delta rules bf16 dot products: a non-finite U in a later chunk, the s
   // the gate is scalar). In the first chunk without an initial state q S is zero and that path
   // moves nothing: here the infinity is in the second chunk (default chunk 64) and the state is
   // nonzero, so the rows before it check the copy and the decays. V = 16 has the products written
-  // straight into the rows, V = 20 goes through the scratch.
+  // straight into the rows, V = 20 goes through the scratch. Under a channel gate the chunk's
+  // state update then also needs the fp32 keys its bf16 words replaced (wy.hpp's
+  // channel_keys_anchored).
   const index_t T = 150, bad = 64 + 30;
-  for (const bool gated : {true, false})
+  for (const DotGate gate : {DotGate::scalar, DotGate::channel, DotGate::none})
     for (const index_t V : {16, 20}) {
-      INFO((gated ? "scalar gate" : "delta_rule") << " V=" << V);
+      INFO(dot_gate_name(gate) << " V=" << V);
       Tensor<float, 4> o({1, T, 1, V}), o_clean({1, T, 1, V});
-      delta_dot_call(gated, T, V, bad, o.view());
-      delta_dot_call(gated, T, V, -1, o_clean.view());
+      delta_dot_call(gate, T, V, bad, o.view());
+      delta_dot_call(gate, T, V, -1, o_clean.view());
       for (index_t t = 0; t < 64; ++t)  // the first chunk: the same operations on the same inputs
         for (index_t c = 0; c < V; ++c) REQUIRE(o(0, t, 0, c) == o_clean(0, t, 0, c));
       double diff = 0.0, norm = 0.0;  // the second chunk's rows before the infinity: fp32 M U there
@@ -349,14 +368,14 @@ TEST_CASE("delta rules bf16 dot products: outputs written in place into a stride
   // the other columns alone. T = 150: two full chunks and a ragged one; one and two threads
   // (two: the value columns split into blocks, narrower views again).
   const index_t T = 150;
-  for (const bool gated : {true, false})
+  for (const DotGate gate : {DotGate::scalar, DotGate::channel, DotGate::none})
     for (const index_t V : {16, 20, 32})
       for (const int threads : {1, 2}) {
-        INFO((gated ? "scalar gate" : "delta_rule") << " V=" << V << " threads=" << threads);
+        INFO(dot_gate_name(gate) << " V=" << V << " threads=" << threads);
         Tensor<float, 4> o({1, T, 1, V}), wide({1, T, 1, V + 5});
         wide.fill(7.f);
-        delta_dot_call(gated, T, V, -1, o.view(), threads);
-        delta_dot_call(gated, T, V, -1, wide.view().slice(3, 2, V), threads);
+        delta_dot_call(gate, T, V, -1, o.view(), threads);
+        delta_dot_call(gate, T, V, -1, wide.view().slice(3, 2, V), threads);
         for (index_t t = 0; t < T; ++t)
           for (index_t c = 0; c < V + 5; ++c)
             if (c < 2 || c >= 2 + V) REQUIRE(wide(0, t, 0, c) == 7.f);

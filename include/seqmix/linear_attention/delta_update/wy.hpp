@@ -83,6 +83,12 @@ struct WyWorkspace {
   float* o_rows = nullptr;
   index_t o_ld = 0;
   bool u_words = false;   ///< bf16 U finite, its pair words packed by wy_intra for the state update
+  /// bf16 dot products, anchored per-channel gate: the chunk's decayed operands exist only as the
+  /// pair words below (channel_words), KQa, Ka, KQg and Kn are not filled.
+  bool channel_words = false;
+  /// channel_words: (K;Q) * exp(gamma) as A operands [2L, words(K)] (the state read), and
+  /// K * exp(gamma_L - gamma) as row-pair words [words(L), pad16(K)] (the state update's keys).
+  AlignedVector<std::uint32_t> kqg_words, kn_pairs;
 };
 
 /// The values of chunk [t0, t0 + L) into Vc: copied, or widened from 16-bit storage.
@@ -199,6 +205,21 @@ inline void channel_operands_anchored(index_t L, index_t K, WyWorkspace& ws) {
       ka[c] = k[c] * e, qa[c] = q[c] * e, kn[c] = k[c] / e;
       kg[c] = ka[c] * em[c], qg[c] = qa[c] * em[c], ku[c] = kn[c] * em[c];
     }
+  }
+}
+
+/// Kn alone, as channel_operands_anchored computes it (the same values): for a chunk whose
+/// operands went straight to bf16 words (channel_words) and whose U then turned out not finite.
+inline void channel_keys_anchored(index_t L, index_t K, WyWorkspace& ws) {
+  const float* m = ws.anchor.data();
+  const float* em = ws.anchor_exp.data();
+  const index_t kv = simd::vector_end(K);
+  for (index_t i = 0; i < L; ++i) {
+    const float *g = ws.gamma.row(i).data(), *k = ws.KQ.row(i).data();
+    float* ku = ws.Kn.row(i).data();
+    for (index_t c = 0; c < kv; c += simd::kWidth)
+      simd::store(ku + c, simd::load(k + c) / simd::exp(simd::load(g + c) - simd::load(m + c)) * simd::load(em + c));
+    for (index_t c = kv; c < K; ++c) ku[c] = k[c] / std::exp(g[c] - m[c]) * em[c];
   }
 }
 
@@ -324,6 +345,100 @@ inline void solve_unit_lower(const LowerA& A, index_t L, RowMatrix& X) {
 // V - P and the triangular solve stay fp32, as does the state. Strong channel decays (the
 // pairwise scores) and a non-finite U take the fp32 code.
 
+/// Anchored per-channel gate (channel_anchored), bf16 dot products: channel_operands_anchored's
+/// six decayed operands straight into their pair words in one pass over the rows, the fp32
+/// values the same as there (so the same words): the scores' factors (K;Q) * e into the
+/// scratch's `a` and K / e into `d` (rows of words(K) words), (K;Q) * exp(gamma) into
+/// ws.kqg_words and the update's keys (K / e) * exp(m) into ws.kn_pairs as row pairs. Built as
+/// fp32 rows and packed by three later passes, these were about 8% of a bf16 KDA chunk at K = 128
+/// (README.md, "bf16 dot products under a per-channel gate"). Rows two at a time: a pair word of
+/// the keys holds two tokens.
+inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail::la::bf16_tiles::Scratch& x) {
+  using namespace detail::la::bf16_tiles;
+  using detail::as_words, detail::first_lanes16;
+  static_assert(simd::kWidth == 16, "the pair words are built from 16-float registers");
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i pair_idx = _mm512_load_si512(kPair);
+  const index_t Kw = words(K), Kpad = pad16(K);
+  const float *m = ws.anchor.data(), *em = ws.anchor_exp.data();
+  std::uint32_t *qa_w = x.a.data() + L * Kw, *ka_w = x.a.data(), *kn_w = x.d.data();
+  std::uint32_t *kg_w = ws.kqg_words.data(), *qg_w = kg_w + L * Kw;
+  // 16 channels of row i from c: the six products, in channel_operands_anchored's order.
+  struct Sixteen {
+    __m512 ka, qa, kn, kg, qg, ku;
+  };
+  const auto sixteen = [&](index_t i, index_t c) {
+    const __mmask16 lanes = first_lanes16(K - c);
+    const __m512 g = _mm512_maskz_loadu_ps(lanes, ws.gamma.row(i).data() + c);
+    const simd::Batch<float> e = simd::exp(simd::Batch<float>(_mm512_sub_ps(g, _mm512_maskz_loadu_ps(lanes, m + c))));
+    const __m512 mc = _mm512_maskz_loadu_ps(lanes, em + c);
+    const __m512 k = _mm512_maskz_loadu_ps(lanes, ws.KQ.row(i).data() + c);
+    const __m512 q = _mm512_maskz_loadu_ps(lanes, ws.KQ.row(L + i).data() + c);
+    Sixteen r;
+    r.ka = _mm512_mul_ps(k, e), r.qa = _mm512_mul_ps(q, e), r.kn = _mm512_div_ps(k, e);
+    r.kg = _mm512_mul_ps(r.ka, mc), r.qg = _mm512_mul_ps(r.qa, mc), r.ku = _mm512_mul_ps(r.kn, mc);
+    return r;
+  };
+  const auto words32 = [](__m512 lo, __m512 hi) { return as_words(_mm512_cvtne2ps_pbh(hi, lo)); };
+  for (index_t i = 0; i < L; i += 2) {
+    const index_t rows = std::min<index_t>(2, L - i);
+    std::uint32_t* pairs = ws.kn_pairs.data() + i / 2 * Kpad;
+    for (index_t c0 = 0; c0 < K; c0 += 32) {
+      const __mmask16 out = first_lanes16(std::min<index_t>(16, Kw - c0 / 2));
+      __m512 ku[2][2] = {};  // [row][half]: the keys' channels c0 and c0 + 16 of rows i, i + 1 (zeros past)
+      for (index_t r = 0; r < rows; ++r) {  // each row's products stored as made (they fill the registers)
+        const Sixteen lo = sixteen(i + r, c0), hi = c0 + 16 < K ? sixteen(i + r, c0 + 16) : Sixteen{};
+        const index_t at = (i + r) * Kw + c0 / 2;
+        _mm512_mask_storeu_epi32(ka_w + at, out, words32(lo.ka, hi.ka));
+        _mm512_mask_storeu_epi32(qa_w + at, out, words32(lo.qa, hi.qa));
+        _mm512_mask_storeu_epi32(kn_w + at, out, words32(lo.kn, hi.kn));
+        _mm512_mask_storeu_epi32(kg_w + at, out, words32(lo.kg, hi.kg));
+        _mm512_mask_storeu_epi32(qg_w + at, out, words32(lo.qg, hi.qg));
+        ku[r][0] = lo.ku, ku[r][1] = hi.ku;
+      }
+      // The keys' row pairs: word (i / 2, c) = (ku[i][c], ku[i + 1][c]), zeros past K up to pad16(K).
+      for (index_t h = 0; h < 2 && c0 + 16 * h < K; ++h)
+        _mm512_storeu_si512(pairs + c0 + 16 * h,
+                            _mm512_permutexvar_epi16(pair_idx, as_words(_mm512_cvtne2ps_pbh(ku[1][h], ku[0][h]))));
+    }
+  }
+}
+
+/// G = X Y^T as scores_bf16 below, X's rows already packed in the scratch's `a` and Y's in y
+/// (rows of words(K) words).
+inline void scores_from_words(const std::uint32_t* y, index_t rows, index_t L, index_t K, WyWorkspace& ws,
+                              detail::la::bf16_tiles::Scratch& x) {
+  using namespace detail::la::bf16_tiles;
+  const index_t Kw = words(K), Lpad = pad16(L), ldg = ws.G.cols();
+  transpose_words(y, Kw, L, Kw, x.b.data(), Lpad, Lpad);
+  for (index_t half = 0; half * L < rows; ++half)
+    for (index_t i0 = 0; i0 < L; i0 += 16) {
+      const index_t r0 = half * L + i0;
+      gemm_bf16_into(x.a.data() + r0 * Kw, Kw, x.b.data(), Lpad, std::min<index_t>(16, L - i0), std::min(L, i0 + 16),
+                     Kw, ws.G.row(r0).data(), ldg, ldg, nullptr, x.f.data());
+    }
+}
+
+/// Anchored per-channel gate on bf16 dot products: the decayed operands' words
+/// (channel_words_anchored) and the raw scores G from them; false (nothing done) when the
+/// chunk's decay is too strong for the anchored factors.
+inline bool channel_scores_words(index_t L, index_t K, WyWorkspace& ws) {
+  using namespace detail::la::bf16_tiles;
+  const auto last = ws.gamma.row(L - 1);
+  ws.row_decay = last.array().exp().matrix();
+  if (!channel_anchored(L, ws)) return false;
+  ws.anchor = 0.5f * last;
+  ws.anchor_exp = ws.anchor.array().exp().matrix();
+  Scratch& x = Scratch::local();
+  x.reserve(2 * L, K, ws.Vc.cols());
+  Scratch::grow(ws.kqg_words, 2 * L * words(K));
+  Scratch::grow(ws.kn_pairs, words(L) * pad16(K));
+  channel_words_anchored(L, K, ws, x);
+  scores_from_words(x.d.data(), 2 * L, L, K, ws, x);
+  return true;
+}
+
 /// G = X Y^T over the first `rows` rows of X and L rows of Y (both [*, K], row stride K; Y may
 /// be X itself), only
 /// where mask_scores reads it: each 16-row strip of either half (rows of X [0, L) and [L, 2L))
@@ -339,34 +454,35 @@ inline void scores_bf16(const RowMatrix& X, index_t rows, const RowMatrix& Y, in
     pack_rows(Y.data(), K, L, K, x.c.data(), Kw);
     y = x.c.data();
   }
-  transpose_words(y, Kw, L, Kw, x.b.data(), Lpad, Lpad);
-  for (index_t half = 0; half * L < rows; ++half)
-    for (index_t i0 = 0; i0 < L; i0 += 16) {
-      const index_t r0 = half * L + i0;
-      gemm_bf16_into(x.a.data() + r0 * Kw, Kw, x.b.data(), Lpad, std::min<index_t>(16, L - i0), std::min(L, i0 + 16),
-                     Kw, ws.G.row(r0).data(), ldg, ldg, nullptr, x.f.data());
-    }
+  scores_from_words(y, rows, L, K, ws, x);
+}
+
+/// P = X S over 2L rows of X given as A operands (xw: rows of words(K) words); rows [L, 2L) (O)
+/// go to ws.o_rows when set.
+inline void read_state_words(const std::uint32_t* xw, index_t L, const RowMatrix& S, WyWorkspace& ws,
+                             detail::la::bf16_tiles::Scratch& x) {
+  using namespace detail::la::bf16_tiles;
+  const index_t K = S.rows(), V = S.cols(), Kw = words(K), Vpad = pad16(V), rows = 2 * L;
+  pack_row_pairs(S.data(), V, K, V, x.b.data(), Vpad);
+  if (ws.o_rows) {  // P's top rows, then O in the output rows (no padding room there: `room` V)
+    gemm_bf16_into(xw, Kw, x.b.data(), Vpad, L, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr, x.f.data());
+    gemm_bf16_into(xw + L * Kw, Kw, x.b.data(), Vpad, L, V, Kw, ws.o_rows, ws.o_ld, V, nullptr, x.f.data());
+    return;
+  }
+  gemm_bf16_into(xw, Kw, x.b.data(), Vpad, rows, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr, x.f.data());
 }
 
 /// P = X S over the 2L rows of X [*, K]. With `packed`, X's rows are already in the scratch's `a`
 /// as scores_bf16 left them (X = (K;Q)). Rows [L, 2L) (O) go to ws.o_rows when set.
 inline void read_state_bf16(const RowMatrix& X, index_t L, const RowMatrix& S, WyWorkspace& ws, bool packed) {
   using namespace detail::la::bf16_tiles;
-  const index_t K = S.rows(), V = S.cols(), Kw = words(K), Vpad = pad16(V), rows = 2 * L;
+  const index_t K = S.rows(), Kw = words(K);
   Scratch& x = Scratch::local();
-  x.reserve(rows, K, V);
+  x.reserve(2 * L, K, S.cols());
   if (!packed)
     for (index_t half = 0; half < 2; ++half)
       pack_rows(X.row(half * L).data(), K, L, K, x.a.data() + half * L * Kw, Kw);
-  pack_row_pairs(S.data(), V, K, V, x.b.data(), Vpad);
-  if (ws.o_rows) {  // P's top rows, then O in the output rows (no padding room there: `room` V)
-    gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, L, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr,
-                   x.f.data());
-    gemm_bf16_into(x.a.data() + L * Kw, Kw, x.b.data(), Vpad, L, V, Kw, ws.o_rows, ws.o_ld, V, nullptr, x.f.data());
-    return;
-  }
-  gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, rows, V, Kw, ws.P.data(), ws.P.cols(), ws.P.cols(), nullptr,
-                 x.f.data());
+  read_state_words(x.a.data(), L, S, ws, x);
 }
 
 /// O = diag(o_scale) O + M U (O: ws.o_rows, or P's rows [L, 2L); o_scale null: O += M U); U
@@ -390,13 +506,19 @@ inline void add_mu_bf16(index_t L, const float* o_scale, WyWorkspace& ws) {
 /// S = diag(decay) S + X^T U over the first L rows of X [*, K] (S += X^T U when decay is null),
 /// row i times key_scale[i] when given (the scalar gate's exp(gamma_L - gamma_i), applied as X
 /// is packed); U's pair words from add_mu_bf16.
-inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale, const float* decay, RowMatrix& S) {
+/// With `pairs`, X's rows are given as row-pair words instead ([words(L) x pad16(K)]:
+/// channel_words_anchored's keys) and X and key_scale are not read.
+inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale, const float* decay, RowMatrix& S,
+                           const std::uint32_t* pairs = nullptr) {
   using namespace detail::la::bf16_tiles;
   const index_t K = S.rows(), V = S.cols(), Lw = words(L), Kpad = pad16(K), Vpad = pad16(V);
   Scratch& x = Scratch::local();
   x.reserve(2 * L, K, V);
-  pack_row_pairs(X.data(), K, L, K, x.c.data(), Kpad, key_scale);  // [Lw x Kpad]
-  transpose_words(x.c.data(), Kpad, Lw, K, x.a.data(), Lw, Lw);  // [K x Lw]
+  if (!pairs) {
+    pack_row_pairs(X.data(), K, L, K, x.c.data(), Kpad, key_scale);  // [Lw x Kpad]
+    pairs = x.c.data();
+  }
+  transpose_words(pairs, Kpad, Lw, K, x.a.data(), Lw, Lw);  // [K x Lw]
   // The scratch's row of ones is taken after reserve, which may reallocate it.
   gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, K, V, Lw, S.data(), V, V, decay ? decay : x.ones.data(),
                  x.f.data());
@@ -411,14 +533,13 @@ inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale
 /// (channel_operands: they share the scores' exps).
 inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   const bool channel = p.gated() && !p.scalar_gate;
-  const bool anchored = channel && channel_operands(L, p.K(), ws);
   ws.bf16_dot = detail::kNativeBf16Dot && p.bf16_dot;
   ws.kq_words = false;
+  ws.channel_words = false;
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (ws.bf16_dot && (!channel || anchored)) {
-    if (channel) {
-      scores_bf16(ws.KQa, 2 * L, ws.Ka, L, p.K(), ws);
-    } else {
+  if (ws.bf16_dot && channel) ws.channel_words = channel_scores_words(L, p.K(), ws);
+  if (ws.bf16_dot && (!channel || ws.channel_words)) {
+    if (!channel) {
       scores_bf16(ws.KQ, 2 * L, ws.KQ, L, p.K(), ws);
       ws.kq_words = true;  // the state read multiplies the same words (wy_read_state)
     }
@@ -426,6 +547,7 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
     return;
   }
 #endif
+  const bool anchored = channel && channel_operands(L, p.K(), ws);
   if (channel)
     channel_scores(L, p.K(), anchored, ws);
   else
@@ -455,7 +577,13 @@ inline void wy_read_state(const DeltaHead& p, index_t t0, index_t L, const RowMa
     ws.p_unscaled = p.gated();
     return;
   }
-  if (ws.bf16_dot) {  // a channel gate: KQg from chunk_scores (channel_operands)
+  if (ws.channel_words) {  // an anchored channel gate: KQg's words from chunk_scores
+    if (p.o.stride(1) == 1) ws.o_rows = p.o.ptr(t0), ws.o_ld = p.o.stride(0);
+    using detail::la::bf16_tiles::Scratch;
+    read_state_words(ws.kqg_words.data(), L, S, ws, Scratch::local());
+    return;
+  }
+  if (ws.bf16_dot) {  // a channel gate's strong decays: KQg from chunk_scores (channel_operands)
     read_state_bf16(ws.KQg, L, S, ws, false);
     return;
   }
@@ -527,12 +655,13 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
       key_decays(L, last, ws);
       ws.row_decay.setConstant(std::exp(last));
       key_scale = ws.factor.data(), decay = ws.row_decay.data();
-    } else if (p.gated()) {  // the decayed keys and the rows' decays from chunk_scores
+    } else if (p.gated()) {  // the decayed keys (or their words) and the rows' decays from chunk_scores
       keys = &ws.Kn, decay = ws.row_decay.data();
     }
-    add_state_bf16(*keys, L, key_scale, decay, S);
+    add_state_bf16(*keys, L, key_scale, decay, S, ws.channel_words ? ws.kn_pairs.data() : nullptr);
     return;
   }
+  if (ws.channel_words) channel_keys_anchored(L, p.K(), ws);  // U not finite: the fp32 update below needs Kn
 #endif
   float decay = 1.f;  // the scalar gate's exp(gamma_L), applied to S inside the product
   if (p.gated() && p.scalar_gate) {
