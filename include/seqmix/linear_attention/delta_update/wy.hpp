@@ -405,8 +405,10 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
   }
 }
 
-/// G = X Y^T as scores_bf16 below, X's rows already packed in the scratch's `a` and Y's in y
-/// (rows of words(K) words).
+/// G = X Y^T over the first `rows` rows of X and L rows of Y, X's rows packed in the scratch's `a`
+/// and Y's in y (rows of words(K) words), only where mask_scores reads it: each 16-row strip of
+/// either half (rows of X [0, L) and [L, 2L)) stops at the 16 columns holding its last row's
+/// diagonal (5/8 of the full product at L = 64).
 inline void scores_from_words(const std::uint32_t* y, index_t rows, index_t L, index_t K, WyWorkspace& ws,
                               detail::la::bf16_tiles::Scratch& x) {
   using namespace detail::la::bf16_tiles;
@@ -439,22 +441,15 @@ inline bool channel_scores_words(index_t L, index_t K, WyWorkspace& ws) {
   return true;
 }
 
-/// G = X Y^T over the first `rows` rows of X and L rows of Y (both [*, K], row stride K; Y may
-/// be X itself), only
-/// where mask_scores reads it: each 16-row strip of either half (rows of X [0, L) and [L, 2L))
-/// stops at the 16 columns holding its last row's diagonal (5/8 of the full product at L = 64).
-inline void scores_bf16(const RowMatrix& X, index_t rows, const RowMatrix& Y, index_t L, index_t K, WyWorkspace& ws) {
+/// G = X X^T over the first `rows` rows of X and its first L rows (X [*, K], row stride K), only
+/// where mask_scores reads it (scores_from_words); X's rows stay packed in the scratch's `a` for
+/// the state read.
+inline void scores_bf16(const RowMatrix& X, index_t rows, index_t L, index_t K, WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
-  const index_t Kw = words(K), Lpad = pad16(L), ldg = ws.G.cols();
   Scratch& x = Scratch::local();
   x.reserve(rows, K, ws.Vc.cols());
-  pack_rows(X.data(), K, rows, K, x.a.data(), Kw);
-  const std::uint32_t* y = x.a.data();  // Y is X's first L rows unless the gate is per channel
-  if (&Y != &X) {
-    pack_rows(Y.data(), K, L, K, x.c.data(), Kw);
-    y = x.c.data();
-  }
-  scores_from_words(y, rows, L, K, ws, x);
+  pack_rows(X.data(), K, rows, K, x.a.data(), words(K));
+  scores_from_words(x.a.data(), rows, L, K, ws, x);
 }
 
 /// P = X S over 2L rows of X given as A operands (xw: rows of words(K) words); rows [L, 2L) (O)
@@ -540,7 +535,7 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   if (ws.bf16_dot && channel) ws.channel_words = channel_scores_words(L, p.K(), ws);
   if (ws.bf16_dot && (!channel || ws.channel_words)) {
     if (!channel) {
-      scores_bf16(ws.KQ, 2 * L, ws.KQ, L, p.K(), ws);
+      scores_bf16(ws.KQ, 2 * L, L, p.K(), ws);
       ws.kq_words = true;  // the state read multiplies the same words (wy_read_state)
     }
     mask_scores(L, p.gated() && p.scalar_gate, ws);
