@@ -362,11 +362,11 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
   const __m512i pair_idx = _mm512_load_si512(kPair);
   const index_t Kw = words(K), Kpad = pad16(K);
   const float *m = ws.anchor.data(), *em = ws.anchor_exp.data();
-  std::uint32_t *qa_w = x.a.data() + L * Kw, *ka_w = x.a.data(), *kn_w = x.d.data();
+  std::uint32_t *qa_w = x.a.data() + L * Kw, *ka_w = x.a.data(), *kd_w = x.d.data();
   std::uint32_t *kg_w = ws.kqg_words.data(), *qg_w = kg_w + L * Kw;
   // 16 channels of row i from c: the six products, in channel_operands_anchored's order.
   struct Sixteen {
-    __m512 ka, qa, kn, kg, qg, ku;
+    __m512 ka, qa, kd, kg, qg, ku;  // k e, q e, k / e, then each times exp(m)
   };
   const auto sixteen = [&](index_t i, index_t c) {
     const __mmask16 lanes = first_lanes16(K - c);
@@ -376,8 +376,8 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
     const __m512 k = _mm512_maskz_loadu_ps(lanes, ws.KQ.row(i).data() + c);
     const __m512 q = _mm512_maskz_loadu_ps(lanes, ws.KQ.row(L + i).data() + c);
     Sixteen r;
-    r.ka = _mm512_mul_ps(k, e), r.qa = _mm512_mul_ps(q, e), r.kn = _mm512_div_ps(k, e);
-    r.kg = _mm512_mul_ps(r.ka, mc), r.qg = _mm512_mul_ps(r.qa, mc), r.ku = _mm512_mul_ps(r.kn, mc);
+    r.ka = _mm512_mul_ps(k, e), r.qa = _mm512_mul_ps(q, e), r.kd = _mm512_div_ps(k, e);
+    r.kg = _mm512_mul_ps(r.ka, mc), r.qg = _mm512_mul_ps(r.qa, mc), r.ku = _mm512_mul_ps(r.kd, mc);
     return r;
   };
   const auto words32 = [](__m512 lo, __m512 hi) { return as_words(_mm512_cvtne2ps_pbh(hi, lo)); };
@@ -392,7 +392,7 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
         const index_t at = (i + r) * Kw + c0 / 2;
         _mm512_mask_storeu_epi32(ka_w + at, out, words32(lo.ka, hi.ka));
         _mm512_mask_storeu_epi32(qa_w + at, out, words32(lo.qa, hi.qa));
-        _mm512_mask_storeu_epi32(kn_w + at, out, words32(lo.kn, hi.kn));
+        _mm512_mask_storeu_epi32(kd_w + at, out, words32(lo.kd, hi.kd));
         _mm512_mask_storeu_epi32(kg_w + at, out, words32(lo.kg, hi.kg));
         _mm512_mask_storeu_epi32(qg_w + at, out, words32(lo.qg, hi.qg));
         ku[r][0] = lo.ku, ku[r][1] = hi.ku;
