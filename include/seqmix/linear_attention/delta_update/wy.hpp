@@ -613,7 +613,7 @@ inline void wy_intra(index_t L, WyWorkspace& ws) {
   scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data(), p_scale);
   solve_unit_lower(ws.A, L, ws.U);
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  ws.u_words = ws.bf16_dot && detail::la::bf16_tiles::all_finite(ws.U.data(), ws.U.cols(), L, ws.U.cols());
+  ws.u_words = ws.bf16_dot && simd::rows_finite(ws.U.data(), L, ws.U.cols(), ws.U.cols());
   if (ws.u_words) {
     add_mu_bf16(L, p_scale, ws);
     return;

@@ -109,19 +109,6 @@ inline void gemm_bf16_into(const std::uint32_t* A, index_t lda, const std::uint3
   }
 }
 
-/// True when every one of the n x cols floats is finite.
-inline bool all_finite(const float* src, index_t ld, index_t n, index_t cols) {
-  const __m512i e = _mm512_set1_epi32(0x7f800000);
-  __mmask16 bad = 0;
-  for (index_t r = 0; r < n; ++r)
-    for (index_t c0 = 0; c0 < cols; c0 += 16) {
-      const __mmask16 m = first_lanes16(cols - c0);
-      const __m512i x = _mm512_maskz_loadu_epi32(m, src + r * ld + c0);
-      bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(x, e), e);
-    }
-  return bad == 0;
-}
-
 /// Per-thread scratch of the bf16 chunk forms, grown on demand (no allocation after warm-up).
 struct Scratch {
   AlignedVector<std::uint32_t> a, b, c, d;  // packed operands

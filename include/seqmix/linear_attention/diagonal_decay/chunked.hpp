@@ -232,7 +232,7 @@ bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatr
   const index_t Kf = S.rows(), Vp = S.cols(), Lw = words(L), Kpad = pad16(Kf), Vpad = pad16(Vp);
   const bool packed = ws.v_words;
   ws.v_words = ws.q_words = false;  // the scratch's `a` is overwritten below
-  if (!packed && !all_finite(ws.Vc.data(), Vp, L, Vp)) return false;
+  if (!packed && !simd::rows_finite(ws.Vc.data(), L, Vp, Vp)) return false;
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
   const float* k = ws.Kc.data();
