@@ -357,9 +357,6 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
   using namespace detail::la::bf16_tiles;
   using detail::as_words, detail::first_lanes16;
   static_assert(simd::kWidth == 16, "the pair words are built from 16-float registers");
-  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i pair_idx = _mm512_load_si512(kPair);
   const index_t Kw = words(K), Kpad = pad16(K);
   const float *m = ws.anchor.data(), *em = ws.anchor_exp.data();
   std::uint32_t *qa_w = x.a.data() + L * Kw, *ka_w = x.a.data(), *kd_w = x.d.data();
@@ -399,8 +396,7 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
       }
       // The keys' row pairs: word (i / 2, c) = (ku[i][c], ku[i + 1][c]), zeros past K up to pad16(K).
       for (index_t h = 0; h < 2 && c0 + 16 * h < K; ++h)
-        _mm512_storeu_si512(pairs + c0 + 16 * h,
-                            _mm512_permutexvar_epi16(pair_idx, as_words(_mm512_cvtne2ps_pbh(ku[1][h], ku[0][h]))));
+        _mm512_storeu_si512(pairs + c0 + 16 * h, row_pair_words(ku[0][h], ku[1][h]));
     }
   }
 }

@@ -60,6 +60,14 @@ inline void pack_rows(const float* src, index_t ld, index_t n, index_t cols, std
   }
 }
 
+/// 16 columns of two rows (a: the even row, b: the odd one) as the B operand's 16 pair words:
+/// word c = (a[c], b[c]), each rounded to bf16.
+inline __m512i row_pair_words(__m512 a, __m512 b) noexcept {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kPair), as_words(_mm512_cvtne2ps_pbh(b, a)));
+}
+
 /// n rows of `cols` floats (row stride ld), row r times row_scale[r] and column c times
 /// col_scale[c] when given, as a B operand: word (p, c) = (x[2p][c], x[2p+1][c]) at
 /// dst[p * ldw + c] for p < words(n), c < pad16(cols); zeros past the rows and columns. Returns
@@ -68,9 +76,6 @@ inline void pack_rows(const float* src, index_t ld, index_t n, index_t cols, std
 /// bf16's range rounds to infinity and reads as non-finite, which only sends it to the fp32 steps).
 inline bool pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols, std::uint32_t* dst, index_t ldw,
                            const float* row_scale = nullptr, const float* col_scale = nullptr) {
-  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i idx = _mm512_load_si512(kPair);
   __mmask32 bad = 0;
   for (index_t p = 0; p < words(n); ++p) {
     const float* x0 = src + 2 * p * ld;
@@ -84,9 +89,9 @@ inline bool pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols
       const __m512 s0 = col_scale ? _mm512_mul_ps(f0, fc) : f0, s1 = col_scale ? _mm512_mul_ps(f1, fc) : f1;
       const __m512 a = _mm512_mul_ps(s0, _mm512_maskz_loadu_ps(m, x0 + c0));
       const __m512 b = x1 ? _mm512_mul_ps(s1, _mm512_maskz_loadu_ps(m, x1 + c0)) : _mm512_setzero_ps();
-      const __m512i w = as_words(_mm512_cvtne2ps_pbh(b, a));
-      bad |= bf16_nonfinite(w);
-      _mm512_storeu_si512(out + c0, _mm512_permutexvar_epi16(idx, w));
+      const __m512i w = row_pair_words(a, b);
+      bad |= bf16_nonfinite(w);  // the same 32 values in another order
+      _mm512_storeu_si512(out + c0, w);
     }
   }
   return bad == 0;

@@ -85,8 +85,10 @@ struct ChunkWorkspace {
   void reset() {
     KT.setZero();
     A.setZero();
-    v_words = q_words = kd_exp_bq = keys_anchored = false;
+    forget_chunk_operands();
   }
+  // A new chunk: no step's packed words or kept operands carry over.
+  void forget_chunk_operands() { v_words = q_words = kd_exp_bq = keys_anchored = false; }
   std::size_t bytes() const {
     const index_t floats = Q.size() + Kc.size() + QD.size() + KD.size() + KT.size() + Vc.size() + O.size() +
                            A.size() + Bq.size() + Bk.size() + m.size() + bonus.size() + bk0.size() + in_row.size() +
@@ -270,7 +272,7 @@ inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16
 
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
-  ws.v_words = false, ws.q_words = false, ws.kd_exp_bq = false, ws.keys_anchored = false;
+  ws.forget_chunk_operands();
   for (index_t i = 0; i < L; ++i) {
     apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
     apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());

@@ -246,9 +246,9 @@ inline void exp_copy(const float* x, float* out, index_t n) {
 inline void exp_inplace(float* x, index_t n) { exp_copy(x, x, n); }
 
 // q . (u * k), rwkv6's bonus of one token: vectorized, as a scalar loop it was ~20% of an rwkv6
-// step or prefill (64 dependent adds per token and head). Here beside the loaders so that every
-// form can call it: the chunked form's load_chunk still sums it in a scalar loop (K dependent
-// adds per row: ~4% of its one-thread call at K = V = 1024, see the family README).
+// step or prefill (64 dependent adds per token and head), and ~4% of the chunked form's
+// one-thread call at K = V = 1024 (load_chunk). Here beside the loaders so that every form calls
+// it (the recurrent prefill sums it inside its block prep where u is contiguous).
 inline float bonus_dot(const float* q, const ConstView<float, 1>& u, const float* k, index_t K) {
   float sum = 0.f;
   index_t i = 0;
