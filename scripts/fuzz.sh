@@ -29,8 +29,10 @@ bash "$root/scripts/install-deps.sh" fuzz
 cxx=${SEQMIX_FUZZ_CXX:-clang++}
 targets=(scan ssm linear_attention attention kv_cache npy hybrid_serving)
 # -march=native: the SIMD kernels the machine really runs are the ones fuzzed under the sanitizers
-# (the test suite's sanitizer stage builds the SSE2 baseline).
-flags=(-std=c++17 -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+# (the test suite's sanitizer stage builds the SSE2 baseline). -g1 (line tables) is all a
+# sanitizer's or libFuzzer's stack trace needs; full -g cost 13% more clang CPU time per target
+# (linear_attention: 143.8 s against 126.8 s, AMD EPYC, loaded).
+flags=(-std=c++17 -O1 -g1 -march=native -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
        -fno-sanitize-recover=undefined -I "$root/include" -I "$root/tests/fuzz" -I /usr/include/eigen3)
 
 start=$(date +%s)
