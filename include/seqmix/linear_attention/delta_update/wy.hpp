@@ -154,8 +154,8 @@ inline void mask_row(index_t i, float bi, const float* g, float gi, const float*
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 /// mask_row over the whole row [0, L) of A and M in masked 16-lane vectors, the zeros past the
 /// diagonal included: the bf16 steps' form. mask_row's last, partial vector of j is up to 15
-/// scalar std::exp calls, ~480 a chunk of 64 (perf: 9.5% of the bf16 Gated DeltaNet call at
-/// H16 K = V = 64 in mask_scores and libm's expf), here one masked vector exp. The vector exp
+/// scalar std::exp calls a row, ~240 a chunk of 32 (perf: 9.5% of the bf16 Gated DeltaNet call
+/// at H16 K = V = 64 in mask_scores and libm's expf), here one masked vector exp. The vector exp
 /// differs from std::exp by about an ulp, far inside the bf16 rounding of M and of the solved U;
 /// the fp32 form keeps mask_row, so its results stay bit for bit those of before.
 inline void mask_row_lanes(index_t i, index_t L, float bi, const float* g, float gi, const float* gk, const float* gq,
