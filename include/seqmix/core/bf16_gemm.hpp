@@ -59,24 +59,11 @@ inline void floats_to_bf16_pairs(const float* src, index_t n, std::uint32_t* dst
 #define SEQMIX_BF16_UNROLL
 #endif
 
-/// Two rows' 16 floats (even, odd) as the B operand's 16 pair words: word c = (even[c], odd[c]),
-/// each rounded to bf16 (nearest even).
-inline __m512i row_pair_words16(__m512 even, __m512 odd) noexcept {
-  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  return _mm512_permutexvar_epi16(_mm512_load_si512(kPair), as_words(_mm512_cvtne2ps_pbh(odd, even)));
-}
-
 // C[MR x NV*16] = row_scale * C + A[MR x K pair words] B[K x NV*16 pair words]: MR x NV
 // accumulators in registers; A broadcast one pair word at a time, B read by whole vectors.
-// With W, C's rows are also written as a B operand (row pairs 2p, 2p + 1 of the block as the
-// pair words W[p * ldw + c], a zero half past an odd MR): the same rounded values a later
-// packing of C would give, while the accumulators are still in registers. MR even, except at
-// C's last row.
 template <int MR, int NV>
 inline void gemm_bf16_block(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C,
-                            index_t ldc, index_t K, const float* row_scale, std::uint32_t* W = nullptr,
-                            index_t ldw = 0) noexcept {
+                            index_t ldc, index_t K, const float* row_scale) noexcept {
   // The accumulators must live in registers: GCC at -O2 does not unroll these loops by itself
   // (the arrays then go to the stack and the kernel runs at a third of its -O3 speed).
   __m512 acc[MR][NV];
@@ -101,42 +88,26 @@ inline void gemm_bf16_block(const std::uint32_t* A, index_t lda, const std::uint
   for (int r = 0; r < MR; ++r)
     SEQMIX_BF16_UNROLL
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + v * 16, acc[r][v]);
-  if (W == nullptr) return;
-  SEQMIX_BF16_UNROLL
-  for (int r = 0; r < MR; r += 2) {
-    const int odd = r + 1 < MR ? r + 1 : r;  // r itself only to keep the index in bounds
-    SEQMIX_BF16_UNROLL
-    for (int v = 0; v < NV; ++v)
-      _mm512_storeu_si512(W + r / 2 * ldw + v * 16,
-                          row_pair_words16(acc[r][v], odd != r ? acc[odd][v] : _mm512_setzero_ps()));
-  }
 }
 
 // 6 rows x 4 vectors: 24 accumulators + 4 B vectors + 1 broadcast of AVX-512's 32 registers,
 // enough independent chains to cover vdpbf16ps's latency.
 constexpr int kBf16GemmRows = 6;
 
-// W, ldw: gemm_bf16_block's pair words of C (kBf16GemmRows is even, so every block starts on an
-// even row).
 template <int NV>
 inline void gemm_bf16_columns(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C,
-                              index_t ldc, index_t M, index_t K, const float* row_scale, std::uint32_t* W = nullptr,
-                              index_t ldw = 0) noexcept {
-  static_assert(kBf16GemmRows % 2 == 0, "row blocks must keep C's row pairs together");
-  const auto words_at = [&](index_t r) { return W ? W + r / 2 * ldw : nullptr; };
+                              index_t ldc, index_t M, index_t K, const float* row_scale) noexcept {
   index_t r = 0;
   for (; r + kBf16GemmRows <= M; r += kBf16GemmRows)
-    gemm_bf16_block<kBf16GemmRows, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr,
-                                       words_at(r), ldw);
+    gemm_bf16_block<kBf16GemmRows, NV>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, row_scale ? row_scale + r : nullptr);
   const float* scale = row_scale ? row_scale + r : nullptr;
-  std::uint32_t* w = words_at(r);
   A += r * lda, C += r * ldc;
   switch (M - r) {  // the ragged rows in one pass over B
-    case 5: gemm_bf16_block<5, NV>(A, lda, B, ldb, C, ldc, K, scale, w, ldw); break;
-    case 4: gemm_bf16_block<4, NV>(A, lda, B, ldb, C, ldc, K, scale, w, ldw); break;
-    case 3: gemm_bf16_block<3, NV>(A, lda, B, ldb, C, ldc, K, scale, w, ldw); break;
-    case 2: gemm_bf16_block<2, NV>(A, lda, B, ldb, C, ldc, K, scale, w, ldw); break;
-    case 1: gemm_bf16_block<1, NV>(A, lda, B, ldb, C, ldc, K, scale, w, ldw); break;
+    case 5: gemm_bf16_block<5, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 4: gemm_bf16_block<4, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 3: gemm_bf16_block<3, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 2: gemm_bf16_block<2, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
+    case 1: gemm_bf16_block<1, NV>(A, lda, B, ldb, C, ldc, K, scale); break;
     default: break;
   }
 }
@@ -151,27 +122,6 @@ inline void gemm_bf16_dot(const std::uint32_t* A, index_t lda, const std::uint32
   for (; c + 64 <= N; c += 64) gemm_bf16_columns<4>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
   for (; c + 32 <= N; c += 32) gemm_bf16_columns<2>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
   for (; c < N; c += 16) gemm_bf16_columns<1>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale);
-}
-
-/// gemm_bf16_dot's product, C's rows also written as a B operand's pair words W [(M + 1) / 2 x N]
-/// at row stride ldw (for a product that is the next product's right factor: the state of a
-/// chunked recurrence). Always on vdpbf16ps (the words are written from its registers).
-inline void gemm_bf16_dot_paired(const std::uint32_t* A, index_t lda, const std::uint32_t* B, index_t ldb, float* C,
-                                 index_t ldc, index_t M, index_t N, index_t K, const float* row_scale,
-                                 std::uint32_t* W, index_t ldw) noexcept {
-  index_t c = 0;
-  for (; c + 64 <= N; c += 64) gemm_bf16_columns<4>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale, W + c, ldw);
-  for (; c + 32 <= N; c += 32) gemm_bf16_columns<2>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale, W + c, ldw);
-  for (; c < N; c += 16) gemm_bf16_columns<1>(A, lda, B + c, ldb, C + c, ldc, M, K, row_scale, W + c, ldw);
-}
-
-/// True where gemm_bf16 runs on vdpbf16ps (gemm_bf16_dot), not on AMX tiles.
-inline bool gemm_bf16_on_dot_products() noexcept {
-#if defined(SEQMIX_AMX_BF16)
-  return !amx_tiles_ready();
-#else
-  return true;
-#endif
 }
 
 /// gemm_bf16_dot's product, on AMX tiles where the target has them and Linux granted the tile

@@ -62,7 +62,11 @@ inline void pack_rows(const float* src, index_t ld, index_t n, index_t cols, std
 
 /// 16 columns of two rows (a: the even row, b: the odd one) as the B operand's 16 pair words:
 /// word c = (a[c], b[c]), each rounded to bf16.
-inline __m512i row_pair_words(__m512 a, __m512 b) noexcept { return seqmix::detail::row_pair_words16(a, b); }
+inline __m512i row_pair_words(__m512 a, __m512 b) noexcept {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                          8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kPair), as_words(_mm512_cvtne2ps_pbh(b, a)));
+}
 
 /// n rows of `cols` floats (row stride ld), row r times row_scale[r] and column c times
 /// col_scale[c] when given, as a B operand: word (p, c) = (x[2p][c], x[2p+1][c]) at

@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <cstdint>
 
 #include <Eigen/Core>
 
@@ -98,17 +97,6 @@ struct ChunkWorkspace {
   }
 };
 
-// bf16 steps: the carried state S as the pair words Q S reads (bf16_tiles.hpp, the B operand),
-// written by the state update's GEMM from its registers as it writes S, so the next chunk's read
-// takes them instead of rounding and packing S again (that packing was ~5% of the one-thread bf16
-// GLA call at K = V = 128, perf). One per carried state: a group of heads advancing together
-// swaps its states through one workspace (driver.hpp), the words stay with their head. Any other
-// write of S (a load, an fp32 step) leaves them stale: `valid` false.
-struct StateWords {
-  AlignedVector<std::uint32_t> words;  // [words(Kf), pad16(Vp)]
-  bool valid = false;
-};
-
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 // ---- bf16 dot-product chunk steps (HeadProblem::bf16_dot; GLA's Bf16Compute::dot) ---------------
 //
@@ -136,7 +124,7 @@ void scalar_decays(const Rows& B, index_t n, float s, float c, float* out) {
 
 template <class Deferred = void>
 void chunk_inter_bf16(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, Deferred>& S,
-                      deferred_t<ChunkWorkspace, Deferred>& ws, const StateWords* state_words) {
+                      deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const index_t Kf = S.rows(), Vp = S.cols(), Kw = words(Kf), Vpad = pad16(Vp);
   Scratch& x = Scratch::local();
@@ -157,12 +145,8 @@ void chunk_inter_bf16(const HeadProblem& p, index_t L, const deferred_t<RowMatri
   }
   pack_rows(q, Kf, L, Kf, x.a.data(), Kw, row_scale);
   ws.q_words = true;
-  const std::uint32_t* s_words = x.b.data();
-  if (state_words && state_words->valid)
-    s_words = state_words->words.data();
-  else
-    pack_row_pairs(S.data(), Vp, Kf, Vp, x.b.data(), Vpad);
-  gemm_bf16_into(x.a.data(), Kw, s_words, Vpad, L, Vp, Kw, ws.O.data(), Vp, Vp, nullptr, x.f.data());
+  pack_row_pairs(S.data(), Vp, Kf, Vp, x.b.data(), Vpad);
+  gemm_bf16_into(x.a.data(), Kw, x.b.data(), Vpad, L, Vp, Kw, ws.O.data(), Vp, Vp, nullptr, x.f.data());
 }
 
 // 30: a chunk whose decay stays within it has its scores on the inter step's words of
@@ -242,11 +226,10 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
 }
 
 // False (nothing written) where the fp32 step must run instead. V's pair words come from
-// chunk_intra_bf16 when it ran (the same bf16 V), and for channel gates its keys. Writes
-// state_words (when given) with S where the GEMM can write S in place on dot products.
+// chunk_intra_bf16 when it ran (the same bf16 V), and for channel gates its keys.
 template <class Deferred = void>
 bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
-                             deferred_t<ChunkWorkspace, Deferred>& ws, StateWords* state_words) {
+                             deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const index_t Kf = S.rows(), Vp = S.cols(), Lw = words(L), Kpad = pad16(Kf), Vpad = pad16(Vp);
   const bool packed = ws.v_words;
@@ -276,14 +259,6 @@ bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatr
   pack_row_pairs(k, Kf, L, Kf, x.c.data(), Kpad, key_scale, channel_scale);  // [Lw x Kpad]
   transpose_words(x.c.data(), Kpad, Lw, Kf, x.a.data(), Lw, Lw);           // [Kf x Lw]: (K * decay)^T
   if (!packed) pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), Vpad);   // [Lw x Vpad]
-  if (state_words && Vpad == Vp && gemm_bf16_on_dot_products()) {
-    const auto size = static_cast<std::size_t>(words(Kf) * Vpad);
-    if (state_words->words.size() < size) state_words->words.resize(size);  // once per kept workspace
-    gemm_bf16_dot_paired(x.a.data(), Lw, x.d.data(), Vpad, S.data(), Vp, Kf, Vp, Lw, decay,
-                         state_words->words.data(), Vpad);
-    state_words->valid = true;
-    return true;
-  }
   gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, Kf, Vp, Lw, S.data(), Vp, Vp, decay, x.f.data());
   return true;
 }
@@ -341,14 +316,11 @@ constexpr Accumulate kOverwrite{false};
 constexpr Accumulate kAddTo{true};
 
 // O = (Q * exp(Bq)) S: what the tokens of the chunk read from the state carried into it.
-// state_words: S's pair words, where the bf16 steps keep them (StateWords).
 template <class Deferred = void>
 void chunk_inter(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, Deferred>& S,
-                 deferred_t<ChunkWorkspace, Deferred>& ws, const StateWords* state_words = nullptr) {
+                 deferred_t<ChunkWorkspace, Deferred>& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (use_bf16_dot(p)) return chunk_inter_bf16<Deferred>(p, L, S, ws, state_words);
-#else
-  (void)state_words;
+  if (use_bf16_dot(p)) return chunk_inter_bf16<Deferred>(p, L, S, ws);
 #endif
   auto O = ws.O.topRows(L);
   const index_t Kf = ws.Q.cols();
@@ -538,14 +510,12 @@ void chunk_state_update_tiled(const HeadProblem& p, index_t L, deferred_t<RowMat
   tiled_product({k, 1, Kf}, Kf, L, ws.Vc.data(), Vp, Vp, S.data(), Vp, old);
 }
 
-// S = diag(exp(Bk_last)) S + (K * exp(Bk_last - Bk))^T V. state_words: S's pair words, kept
-// current by the bf16 step where it can, marked stale otherwise.
+// S = diag(exp(Bk_last)) S + (K * exp(Bk_last - Bk))^T V.
 template <class Deferred = void>
 void chunk_state_update(const HeadProblem& p, index_t L, deferred_t<RowMatrix, Deferred>& S,
-                        deferred_t<ChunkWorkspace, Deferred>& ws, StateWords* state_words = nullptr) {
-  if (state_words) state_words->valid = false;
+                        deferred_t<ChunkWorkspace, Deferred>& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-  if (use_bf16_dot(p) && chunk_state_update_bf16<Deferred>(p, L, S, ws, state_words)) return;
+  if (use_bf16_dot(p) && chunk_state_update_bf16<Deferred>(p, L, S, ws)) return;
 #endif
   if (tiled_steps(ws)) return chunk_state_update_tiled<Deferred>(p, L, S, ws);
   if (!p.gated()) {

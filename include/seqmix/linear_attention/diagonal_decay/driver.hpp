@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -282,15 +281,6 @@ struct ChunkTaskWorkspace {
   bool in_pieces = false;              // the current chunk runs as pieces (run_in_pieces)
   std::vector<index_t> piece_ends;     // their ends (capacity: the chunk size)
   index_t group_first = 0, group_end = 0;  // value heads [first, end) advancing together, else empty
-  // bf16 steps: each carried state's pair words (chunked.hpp), slot hv - group_first of a group,
-  // slot 0 for a head running alone. Grown on a head's first bf16 chunk, kept with the workspace.
-  std::vector<StateWords> state_words;
-
-  StateWords& words_of(index_t hv) {
-    const auto slot = static_cast<std::size_t>(group_end > group_first ? hv - group_first : 0);
-    if (state_words.size() <= slot) state_words.resize(slot + 1);
-    return state_words[slot];
-  }
 
   // Reused from a kept one (ChunkedPrefillScratch) only for the same dimensions, after reset()
   // puts back the constructor's values (S is loaded by begin_head before it is read).
@@ -304,13 +294,10 @@ struct ChunkTaskWorkspace {
     in_pieces = false;
     piece_ends.clear();
     group_first = group_end = 0;
-    for (StateWords& w : state_words) w.valid = false;
   }
   std::size_t bytes() const {
-    std::size_t words = 0;
-    for (const StateWords& w : state_words) words += w.words.capacity() * sizeof(std::uint32_t);
     return static_cast<std::size_t>(S.size()) * sizeof(float) + chunk.bytes() + prefix_buffer.size() * sizeof(float) +
-           piece_ends.capacity() * sizeof(index_t) + words;
+           piece_ends.capacity() * sizeof(index_t);
   }
 };
 
@@ -360,7 +347,6 @@ struct ChunkKernel {
     const index_t hv = item % plan.HV;
     Head h{value_columns(sequence_head(make_head, s, hv), cols), s, hv, cols};
     load_state(io, s, hv, cols, ws.S);
-    ws.words_of(hv).valid = false;
     return h;
   }
   index_t tokens(const Head& h) const { return h.p.T(); }
@@ -384,20 +370,16 @@ struct ChunkKernel {
     for (index_t t = next_t0; t < next_end; ++t) prefetch_token(next, t);
   }
   void state_to_output(const Head& h, index_t, index_t L, Workspace& ws) const {
-    if (!ws.in_pieces) chunk_inter(h.p, L, ws.S, ws.chunk, state_words(h, ws));
+    if (!ws.in_pieces) chunk_inter(h.p, L, ws.S, ws.chunk);
   }
   void intra(const Head& h, index_t, index_t L, Workspace& ws) const {
     if (!ws.in_pieces) chunk_intra(h.p, L, ws.chunk);
   }
   void update_state(const Head& h, index_t t0, index_t L, Workspace& ws) const {
     if (ws.in_pieces)
-      run_in_pieces(h, t0, L, ws);
+      run_in_pieces(h.p, t0, L, ws);
     else
-      chunk_state_update(h.p, L, ws.S, ws.chunk, state_words(h, ws));
-  }
-  // The head's StateWords where its chunks run on bf16 dot products, else none.
-  StateWords* state_words(const Head& h, Workspace& ws) const {
-    return use_bf16_dot(h.p) ? &ws.words_of(h.hv) : nullptr;
+      chunk_state_update(h.p, L, ws.S, ws.chunk);
   }
   void store_outputs(const Head& h, index_t t0, index_t L, Workspace& ws) const {
     if (!ws.in_pieces) store_chunk_outputs(h.p, t0, L, ws.chunk);
@@ -410,9 +392,7 @@ struct ChunkKernel {
   // the state handed from piece to piece; prefix sums then stay below kPieceRange + 128 (one
   // floored gate), resolved to ~3e-5. Pairs of tokens in different pieces are more than
   // kPieceRange apart in log-decay, where exp() has long underflowed, so nothing is lost.
-  void run_in_pieces(const Head& h, index_t t0, index_t L, Workspace& ws) const {
-    const HeadProblem& p = h.p;
-    StateWords* words = state_words(h, ws);
+  void run_in_pieces(const HeadProblem& p, index_t t0, index_t L, Workspace& ws) const {
     // Piece ends first (the chunk-relative sums are coarse but only decide where pieces end),
     // since loading a piece overwrites them.
     const index_t channels = p.scalar_gate ? 1 : p.K();
@@ -431,9 +411,9 @@ struct ChunkKernel {
     for (const index_t end : ws.piece_ends) {
       const index_t n = end - begin;
       la::load_chunk(p, t0 + begin, n, ws.chunk);
-      chunk_inter(p, n, ws.S, ws.chunk, words);
+      chunk_inter(p, n, ws.S, ws.chunk);
       chunk_intra(p, n, ws.chunk);
-      chunk_state_update(p, n, ws.S, ws.chunk, words);
+      chunk_state_update(p, n, ws.S, ws.chunk);
       store_chunk_outputs(p, t0 + begin, n, ws.chunk);
       begin = end;
     }
