@@ -404,4 +404,26 @@ TEST_CASE("bf16 tiles: transpose_words equals the word-by-word transpose", "[gla
           }
       }
 }
+
+TEST_CASE("bf16 tiles: rows_words_from_columns equals packing the row pairs and transposing them",
+          "[gla][bf16]") {
+  // The update's K^T words derived from the scores' (no gate) against the path they replace, over
+  // token counts around the 32-token step (odd ones: a zero half) and odd channel counts.
+  namespace bt = seqmix::detail::la::bf16_tiles;
+  for (const index_t n : {1, 5, 16, 31, 33, 40, 64})
+    for (const index_t cols : {1, 16, 33, 128}) {
+      INFO("n=" << n << " cols=" << cols);
+      const index_t kw = bt::words(cols), lpad = bt::pad16(n), lw = bt::words(n), kpad = bt::pad16(cols);
+      const Tensor<float, 2> x = st::random_tensor<2>({n, cols}, static_cast<std::uint64_t>(n * 131 + cols));
+      std::vector<std::uint32_t> rows(static_cast<std::size_t>(n * kw)), cols_t(static_cast<std::size_t>(kw * lpad));
+      bt::pack_rows(x.data(), cols, n, cols, rows.data(), kw);
+      bt::transpose_words(rows.data(), kw, n, kw, cols_t.data(), lpad, lpad);
+      std::vector<std::uint32_t> got(static_cast<std::size_t>(cols * lw), 0xdeadbeefu);
+      bt::rows_words_from_columns(cols_t.data(), lpad, n, cols, got.data(), lw);
+      std::vector<std::uint32_t> pairs(static_cast<std::size_t>(lw * kpad)), want(static_cast<std::size_t>(cols * lw));
+      bt::pack_row_pairs(x.data(), cols, n, cols, pairs.data(), kpad);
+      bt::transpose_words(pairs.data(), kpad, lw, cols, want.data(), lw, lw);
+      for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(got[i] == want[i]);
+    }
+}
 #endif

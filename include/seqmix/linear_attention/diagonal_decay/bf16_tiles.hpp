@@ -97,6 +97,34 @@ inline bool pack_row_pairs(const float* src, index_t ld, index_t n, index_t cols
   return bad == 0;
 }
 
+/// The B operand of X^T for X [n x cols] (src [words(cols) x lds]: word (p, j) =
+/// (x[j][2p], x[j][2p+1]), transpose_words' output, zeros for j in [n, lds)) as the A operand of
+/// X^T over the rows of X: dst row c holds words(n) pair words (x[2q][c], x[2q+1][c]) at stride
+/// ldw. The same bf16 values regrouped (two vpermt2w per 64), where packing X's row pairs and
+/// transposing them again cost a pass over the fp32 X and a word transpose.
+inline void rows_words_from_columns(const std::uint32_t* src, index_t lds, index_t n, index_t cols,
+                                    std::uint32_t* dst, index_t ldw) {
+  alignas(64) static constexpr std::uint16_t kEven[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20,
+                                                          22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
+                                                          44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
+  alignas(64) static constexpr std::uint16_t kOdd[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
+                                                         23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
+                                                         45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const __m512i even = _mm512_load_si512(kEven), odd = _mm512_load_si512(kOdd);
+  const index_t w = words(n);
+  for (index_t p = 0; p < words(cols); ++p) {
+    const std::uint32_t* row = src + p * lds;
+    std::uint32_t* lo = dst + 2 * p * ldw;  // channel 2p
+    for (index_t j0 = 0; j0 < n; j0 += 32) {  // 32 rows of X: words j0 / 2 .. j0 / 2 + 15 of dst
+      const __m512i x = _mm512_maskz_loadu_epi32(first_lanes16(lds - j0), row + j0);
+      const __m512i y = _mm512_maskz_loadu_epi32(first_lanes16(lds - j0 - 16), row + j0 + 16);
+      const __mmask16 keep = first_lanes16(w - j0 / 2);
+      _mm512_mask_storeu_epi32(lo + j0 / 2, keep, _mm512_permutex2var_epi16(x, even, y));
+      if (2 * p + 1 < cols) _mm512_mask_storeu_epi32(lo + ldw + j0 / 2, keep, _mm512_permutex2var_epi16(x, odd, y));
+    }
+  }
+}
+
 /// dst [M, n] = diag(row_scale) dst + A B (dst = A B when row_scale is null): gemm_bf16 over
 /// pad16(n) columns (B zero past n), straight into dst when its rows have `room` >= pad16(n)
 /// floats, else through `f` (M x pad16(n) floats) and copied. Writing in place saves a pass over

@@ -72,6 +72,7 @@ struct ChunkWorkspace {
   bool v_words = false;  // bf16 steps: V's pair words packed by the intra step for the state update
   bool q_words = false;  // bf16 steps: the scratch's `a` holds the inter step's Q * exp(Bq) words
   bool kd_exp_bq = false;  // bf16 steps, channel gates, inclusive readout: KD holds exp(Bq) = exp(Bk)
+  bool key_words = false;  // bf16 steps: the scratch's `b` holds the undecayed keys' words, transposed
   bool keys_anchored = false;  // tiled steps: KD holds K * exp(Bk_last / 2 - Bk) from the scores
   chunkwise::ProductScratch finite_values;  // add_lower_product's scratch (non-finite values only)
 
@@ -88,7 +89,7 @@ struct ChunkWorkspace {
     forget_chunk_operands();
   }
   // A new chunk: no step's packed words or kept operands carry over.
-  void forget_chunk_operands() { v_words = q_words = kd_exp_bq = keys_anchored = false; }
+  void forget_chunk_operands() { v_words = q_words = kd_exp_bq = key_words = keys_anchored = false; }
   std::size_t bytes() const {
     const index_t floats = Q.size() + Kc.size() + QD.size() + KD.size() + KT.size() + Vc.size() + O.size() +
                            A.size() + Bq.size() + Bk.size() + m.size() + bonus.size() + bk0.size() + in_row.size() +
@@ -206,6 +207,7 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
   const bool score_decays = scalar && !shared_q;  // scores still to be times exp(bq_i - bk_j)
   pack_rows(k, Kf, L, Kf, x.c.data(), Kw, key_scale);
   transpose_words(x.c.data(), Kw, L, Kw, x.b.data(), Lpad, Lpad);
+  ws.key_words = k == ws.Kc.data() && key_scale == nullptr;  // K itself: the update's keys without a gate
   float* A = x.f.data();  // [L x Lpad] scores, each 16-row strip up to its last row's diagonal
   for (index_t i0 = 0; i0 < L; i0 += 16) {
     const index_t rows = std::min<index_t>(16, L - i0), cols = std::min(L, i0 + 16);
@@ -232,8 +234,8 @@ bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatr
                              deferred_t<ChunkWorkspace, Deferred>& ws) {
   using namespace bf16_tiles;
   const index_t Kf = S.rows(), Vp = S.cols(), Lw = words(L), Kpad = pad16(Kf), Vpad = pad16(Vp);
-  const bool packed = ws.v_words;
-  ws.v_words = ws.q_words = false;  // the scratch's `a` is overwritten below
+  const bool packed = ws.v_words, key_words = ws.key_words && !p.gated();
+  ws.v_words = ws.q_words = ws.key_words = false;  // the scratch's `a` is overwritten below
   if (!packed && !simd::rows_finite(ws.Vc.data(), L, Vp, Vp)) return false;
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
@@ -256,8 +258,12 @@ bool chunk_state_update_bf16(const HeadProblem& p, index_t L, deferred_t<RowMatr
     exp_copy(last, scales, Kf);
     k = ws.KD.data(), decay = scales;
   }
-  pack_row_pairs(k, Kf, L, Kf, x.c.data(), Kpad, key_scale, channel_scale);  // [Lw x Kpad]
-  transpose_words(x.c.data(), Kpad, Lw, Kf, x.a.data(), Lw, Lw);           // [Kf x Lw]: (K * decay)^T
+  if (key_words) {  // no gate: the scores' words of K^T, regrouped by channel
+    rows_words_from_columns(x.b.data(), pad16(L), L, Kf, x.a.data(), Lw);   // [Kf x Lw]: K^T
+  } else {
+    pack_row_pairs(k, Kf, L, Kf, x.c.data(), Kpad, key_scale, channel_scale);  // [Lw x Kpad]
+    transpose_words(x.c.data(), Kpad, Lw, Kf, x.a.data(), Lw, Lw);           // [Kf x Lw]: (K * decay)^T
+  }
   if (!packed) pack_row_pairs(ws.Vc.data(), Vp, L, Vp, x.d.data(), Vpad);   // [Lw x Vpad]
   gemm_bf16_into(x.a.data(), Lw, x.d.data(), Vpad, Kf, Vp, Lw, S.data(), Vp, Vp, decay, x.f.data());
   return true;
