@@ -45,12 +45,12 @@ struct LongData {
   Tensor<float, 1> skip, bias;
 
   explicit LongData(const LongCase& c)
-      : u(st::random_tensor<3>({c.B, c.T, c.D}, c.seed)),
-        state(st::random_tensor<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
-        h(st::random_tensor<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
-        hb(st::random_tensor<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
-        skip(st::random_tensor<1>({c.D}, c.seed + 4)),
-        bias(st::random_tensor<1>({c.D}, c.seed + 5)) {}
+      : u(st::random_tensor_fast<3>({c.B, c.T, c.D}, c.seed)),
+        state(st::random_tensor_fast<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
+        h(st::random_tensor_fast<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
+        hb(st::random_tensor_fast<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
+        skip(st::random_tensor_fast<1>({c.D}, c.seed + 4)),
+        bias(st::random_tensor_fast<1>({c.D}, c.seed + 5)) {}
 
   seqmix::LongConvInputs inputs(const LongCase& c) const {
     seqmix::LongConvInputs in{u.view(), h.view()};
@@ -265,19 +265,21 @@ TEST_CASE("long_conv: one batch row split by rows and blocks equals the walks, b
   // each block's filters transformed next to its signal, rows of y split again. The same
   // butterflies as the walks (what two batch rows run), so each row of a two-row call of the same
   // inputs is equal bit for bit; a few outputs against double sums. 10 blocks (a ragged last one)
-  // on one thread and on two.
+  // on one thread and on two, at the shortest transform that splits: blocks of exactly
+  // kLongConvFftWalkCacheBytes (N = 65536 on SSE2, 16384 with AVX-512; a quarter of the first
+  // wide N, which the walk-width tests need and this path does not).
   namespace sd = seqmix::detail;
   const index_t E = sd::kFftElement;
-  const index_t wide_N = st::long_conv_first_wide_N();
-  const index_t T = wide_N / 2, D = 9 * E + 5;
+  const index_t N = sd::kLongConvFftWalkCacheBytes / (E * static_cast<index_t>(sizeof(float)));
+  const index_t T = N / 2, D = 9 * E + 5;
   for (const LongCase& c : {LongCase{1, T, D, T, D, 0, true, true, false, 61},        // L = T
                             LongCase{1, T - 37, D, 1000, 1, 0, false, false, false, 62}}) {  // one filter
     INFO(c.describe());
     const LongData data(c);
     const seqmix::detail::LongConvDims dims{c.B, c.T, c.D, c.L, c.Lb, c.G};
-    REQUIRE(sd::long_conv_fft_length(dims, false) == wide_N);
-    REQUIRE(sd::long_conv_fuses_filters(data.inputs(c), wide_N));
-    REQUIRE(sd::long_conv_fft_splits_rows(data.inputs(c), wide_N, E, 2, false));
+    REQUIRE(sd::long_conv_fft_length(dims, false) == N);
+    REQUIRE(sd::long_conv_fuses_filters(data.inputs(c), N));
+    REQUIRE(sd::long_conv_fft_splits_rows(data.inputs(c), N, E, 2, false));
     // The two-row call: u's row twice (spectra made once for both rows, kept whole).
     LongCase twice = c;
     twice.B = 2;
@@ -286,7 +288,7 @@ TEST_CASE("long_conv: one batch row split by rows and blocks equals the walks, b
       for (index_t t = 0; t < c.T; ++t)
         for (index_t d = 0; d < c.D; ++d) rows.u(b, t, d) = data.u(0, t, d);
     rows.h = data.h, rows.skip = data.skip, rows.bias = data.bias;
-    REQUIRE_FALSE(sd::long_conv_fuses_filters(rows.inputs(twice), wide_N));
+    REQUIRE_FALSE(sd::long_conv_fuses_filters(rows.inputs(twice), N));
     const Result apart = run(twice, rows, LongConvMethod::fft, false, seqmix::serial_executor());
     const seqmix::Executor& two_threads = st::two_thread_pool();
     for (const seqmix::Executor* executor : {&seqmix::serial_executor(), &two_threads}) {
@@ -323,7 +325,7 @@ TEST_CASE("long_conv: one batch row split by rows and blocks equals the walks, b
     CHECK(nans == c.L);
     CHECK(off == 0);
   }
-  seqmix::long_conv_release_thread_scratch();  // ~100 MiB of scratch: not for the next cases
+  seqmix::long_conv_release_thread_scratch();  // ~25 MiB of scratch: not for the next cases
 }
 
 TEST_CASE("long_conv: the FFT scratch a thread keeps falls under its cap once a long call's is stale",
@@ -390,8 +392,14 @@ TEST_CASE("long_conv: a small scratch untaken for 17 calls stays beside a large 
   REQUIRE(pool.held_scratches() == 2);
   REQUIRE(both > sd::kLongConvScratchKeepBytes);
   // The large one stays recent; the small one goes stale (17 calls untaken) but under the bound.
+  // The calls between take the large scratch without the large call's cost: one walk of 5 blocks
+  // at half its transform length needs 5/8 of its signals, over the half below which take()
+  // leaves a scratch past the bound to the calls it was made for (the counts below show it was
+  // taken, not made anew or grown); 0.6 of the large call's transforms each.
+  const LongCase aging{1, N / 4 + 1, 5 * E, 2, 5 * E, 0, false, false, false, 45};
+  const LongData aging_data(aging);
   for (std::uint64_t i = 0; i <= sd::kLongConvScratchStaleCalls; ++i)
-    run(big, big_data, LongConvMethod::fft, false, seqmix::serial_executor());
+    run(aging, aging_data, LongConvMethod::fft, false, seqmix::serial_executor());
   CHECK(pool.held_scratches() == 2);
   CHECK(kept_bytes() == both);
   const Result again = run(small, small_data, LongConvMethod::fft, false, seqmix::serial_executor());
@@ -421,8 +429,8 @@ TEST_CASE("long_conv: a non-finite input reaches only the outputs that read it",
 
 TEST_CASE("long_conv: bad arguments are refused before any write", "[long_conv]") {
   const index_t B = 2, T = 16, D = 8, L = 5;
-  Tensor<float, 3> u = st::random_tensor<3>({B, T, D}, 1), y({B, T, D}), state({B, L - 1, D});
-  Tensor<float, 2> h = st::random_tensor<2>({L, D}, 2), h3({L, 3}), empty({0, D});
+  Tensor<float, 3> u = st::random_tensor_fast<3>({B, T, D}, 1), y({B, T, D}), state({B, L - 1, D});
+  Tensor<float, 2> h = st::random_tensor_fast<2>({L, D}, 2), h3({L, 3}), empty({0, D});
   Tensor<float, 3> wrong_y({B, T + 1, D}), wrong_state({B, L, D});
   y.fill(7.f);
   const auto untouched = [&] {
@@ -455,7 +463,7 @@ TEST_CASE("long_conv: bad arguments are refused before any write", "[long_conv]"
   st::require_shape_error("options.method",
                           [&] { seqmix::long_conv({u.view(), h.view()}, {y.view()}, {{}, static_cast<LongConvMethod>(7)}); });
   // The step.
-  Tensor<float, 2> y1({B, D}), u1 = st::random_tensor<2>({B, D}, 3);
+  Tensor<float, 2> y1({B, D}), u1 = st::random_tensor_fast<2>({B, D}, 3);
   y1.fill(7.f);
   st::require_shape_error("state", [&] { seqmix::long_conv_step({u1.view(), h.view()}, {y1.view(), wrong_state.view()}); });
   st::require_shape_error("filter", [&] { seqmix::long_conv_step({u1.view(), h3.view()}, {y1.view(), state.view()}); });
@@ -519,8 +527,8 @@ TEST_CASE("long_conv: a non-finite filter element is refused wherever it sits in
   // The finite check reads contiguous rows a vector at a time: elements in the vectors, in the
   // scalar tail past them, and a view whose rows lie further apart than their length.
   const index_t T = 20, D = 37, L = 9;
-  const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 5);
-  const Tensor<float, 2> h = st::random_tensor<2>({L, D}, 6), wide = st::random_tensor<2>({L, 2 * D}, 7);
+  const Tensor<float, 3> u = st::random_tensor_fast<3>({1, T, D}, 5);
+  const Tensor<float, 2> h = st::random_tensor_fast<2>({L, D}, 6), wide = st::random_tensor_fast<2>({L, 2 * D}, 7);
   Tensor<float, 3> y({1, T, D});
   seqmix::long_conv({u.view(), h.view()}, {y.view()});
   seqmix::long_conv({u.view(), wide.view().slice(1, 0, D)}, {y.view()});

@@ -46,12 +46,12 @@ struct PreparedData {
   Tensor<float, 1> skip, bias;
 
   explicit PreparedData(const PreparedCase& c)
-      : u(st::random_tensor<3>({c.B, c.T, c.D}, c.seed)),
-        state(st::random_tensor<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
-        h(st::random_tensor<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
-        hb(st::random_tensor<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
-        skip(st::random_tensor<1>({c.D}, c.seed + 4)),
-        bias(st::random_tensor<1>({c.D}, c.seed + 5)) {}
+      : u(st::random_tensor_fast<3>({c.B, c.T, c.D}, c.seed)),
+        state(st::random_tensor_fast<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
+        h(st::random_tensor_fast<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
+        hb(st::random_tensor_fast<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
+        skip(st::random_tensor_fast<1>({c.D}, c.seed + 4)),
+        bias(st::random_tensor_fast<1>({c.D}, c.seed + 5)) {}
 
   seqmix::LongConvInputs inputs(const PreparedCase& c) const {
     seqmix::LongConvInputs in{u.view(), h.view()};
@@ -203,15 +203,16 @@ TEST_CASE("long_conv prepared: wide walks share one upper half when the window f
   // long_conv_walk_layout: a prepared wide walk that streams and whose window and outputs lie
   // below N/2 keeps only the lower halves per block, the upper half one buffer for all blocks,
   // and stores with non-temporal stores (the gather's signals, the scatter's y: rows of y not
-  // aligned to the vector at D = 5 E + 3, so both store paths run). Causal (T + L - 1 just past
-  // N/2) and bidirectional (T + Lb - 1 just past it), ragged last block, skip and bias, two batch
-  // rows in the second.
+  // aligned to the vector at D = 5 E + 3, so both store paths run). Causal (T + L - 1 = N/2 + 1)
+  // and bidirectional (T + Lb - 1 = N/2 + 1), ragged last block, skip and bias, two batch rows in
+  // the second. Short filters: the reference's T (L + Lb) D multiply-adds were two thirds of the
+  // test under the sanitizers with L = Lb = 30.
   namespace sd = seqmix::detail;
   const index_t E = sd::kFftElement;
   const index_t wide_N = st::long_conv_first_wide_N();
-  const index_t T = wide_N / 2 - 20;
-  for (const PreparedCase& c : {PreparedCase{1, T, 5 * E + 3, 30, 5 * E + 3, 0, true, false, false, 33},
-                                PreparedCase{2, T, 5 * E + 3, 8, 5 * E + 3, 30, true, false, false, 34}}) {
+  const index_t T = wide_N / 2 - 4;
+  for (const PreparedCase& c : {PreparedCase{1, T, 5 * E + 3, 6, 5 * E + 3, 0, true, false, false, 33},
+                                PreparedCase{2, T, 5 * E + 3, 4, 5 * E + 3, 6, true, false, false, 34}}) {
     INFO(c.describe());
     const PreparedData data(c);
     const seqmix::LongConvFilterSpectrum spectrum(data.h.cview(), data.backward(c), c.spectrum_shape());
@@ -265,7 +266,7 @@ TEST_CASE("long_conv prepared: a spectrum that does not serve the call is refuse
   const index_t B = 2, T = 100, D = 16, L = 100;
   const Tensor<float, 3> u = st::random_tensor<3>({B, T, D}, 1), state = st::random_tensor<3>({B, L - 1, D}, 5);
   const Tensor<float, 3> u_long = st::random_tensor<3>({B, 2 * T, D}, 1), u_short = st::random_tensor<3>({B, 30, D}, 1);
-  const Tensor<float, 3> u_wide = st::random_tensor<3>({B, T, 2 * D}, 1);
+  const Tensor<float, 3> u_wide = st::random_tensor_fast<3>({B, T, 2 * D}, 1);
   const Tensor<float, 2> h = st::random_tensor<2>({L, D}, 2, -0.1f, 0.1f), h_short = st::random_tensor<2>({L - 1, D}, 3);
   const Tensor<float, 2> h_heads = st::random_tensor<2>({L, D / 4}, 4), h_wide = st::random_tensor<2>({L, 2 * D}, 2);
   Tensor<float, 3> y({B, T, D}), y_long({B, 2 * T, D}), y_short({B, 30, D}), y_wide({B, T, 2 * D});
@@ -316,12 +317,12 @@ TEST_CASE("hyena with prepared filter spectra equals the reference", "[long_conv
   for (const auto& c : cases) {
     INFO("N=" << c.N << " B=" << c.B << " T=" << c.T << " D=" << c.D << " L=" << c.L << " state=" << c.state
               << " reverse=" << c.reverse);
-    const Tensor<float, 3> v = st::random_tensor<3>({c.B, c.T, c.D}, 1);
-    const Tensor<float, 4> x = st::random_tensor<4>({c.N, c.B, c.T, c.D}, 2);
+    const Tensor<float, 3> v = st::random_tensor_fast<3>({c.B, c.T, c.D}, 1);
+    const Tensor<float, 4> x = st::random_tensor_fast<4>({c.N, c.B, c.T, c.D}, 2);
     const float scale = 1.f / std::sqrt(float(c.L));
-    const Tensor<float, 3> h = st::random_tensor<3>({c.N, c.L, c.D}, 3, -scale, scale);
-    const Tensor<float, 2> skip = st::random_tensor<2>({c.N, c.D}, 4);
-    const Tensor<float, 4> state = st::random_tensor<4>({c.N, c.B, c.L - 1, c.D}, 5);
+    const Tensor<float, 3> h = st::random_tensor_fast<3>({c.N, c.L, c.D}, 3, -scale, scale);
+    const Tensor<float, 2> skip = st::random_tensor_fast<2>({c.N, c.D}, 4);
+    const Tensor<float, 4> state = st::random_tensor_fast<4>({c.N, c.B, c.L - 1, c.D}, 5);
     seqmix::HyenaInputs in{v.view(), x.view(), h.view(), skip.view()};
     if (c.state) in.initial_state = state.view();
     seqmix::HyenaOptions options;

@@ -24,6 +24,7 @@
 #include "seqmix_testing/model_shapes.hpp"
 #include "seqmix_testing/random.hpp"
 #include "seqmix_testing/ssd_half_io.hpp"
+#include "seqmix_testing/testing.hpp"
 
 namespace {
 
@@ -125,16 +126,23 @@ TEST_CASE("ssd prefill task counts at 64 and 2 claimed threads at the model shap
     index_t wide_cb, wide_heads;
   };
   for (const Expected& e : {Expected{"mamba2-780m", 64, 48}, Expected{"ssd-h128-p80", 64, 128}}) {
+    // Under the sanitizers (small scale) mamba2-780m only (ssd-h128-p80's calls cost 3.3 times
+    // as much): its counts come from the same branches. The C B^T pass sees the same 16 tiles
+    // (G = 1, T = 512); each head stays one column block at both (ssd_column_blocks(128, 80, 64)
+    // is pinned by the next test case) and a head is a task (grain 1) up to parallel_for's cap of
+    // 4 tasks per thread: 48 or 128 tasks at 64 threads, the cap's 8 at 2.
+    if (st::small_test_scale() && e.shape != std::string("mamba2-780m")) continue;
     INFO(e.shape);
     const auto& shapes = st::ssm_shapes();
     const auto found = std::find_if(shapes.begin(), shapes.end(), [&](const st::SsmShape& s) { return s.name == e.shape; });
     REQUIRE(found != shapes.end());
     const st::SsmShape& s = *found;
     const index_t T = 512;
-    Tensor<float, 4> x = st::random_tensor<4>({1, T, s.H, s.P}, 1), Bm = st::random_tensor<4>({1, T, s.G, s.N}, 2),
-                     Cm = st::random_tensor<4>({1, T, s.G, s.N}, 3);
-    Tensor<float, 3> dt = st::random_tensor<3>({1, T, s.H}, 4, 0.001f, 0.1f);
-    Tensor<float, 1> A = st::random_tensor<1>({s.H}, 5, -4.f, -0.05f);
+    Tensor<float, 4> x = st::random_tensor_fast<4>({1, T, s.H, s.P}, 1),
+                     Bm = st::random_tensor_fast<4>({1, T, s.G, s.N}, 2),
+                     Cm = st::random_tensor_fast<4>({1, T, s.G, s.N}, 3);
+    Tensor<float, 3> dt = st::random_tensor_fast<3>({1, T, s.H}, 4, 0.001f, 0.1f);
+    Tensor<float, 1> A = st::random_tensor_fast<1>({s.H}, 5, -4.f, -0.05f);
     seqmix::SsdInputs in;
     in.x = x.cview(), in.dt = dt.cview(), in.A = A.cview(), in.Bm = Bm.cview(), in.Cm = Cm.cview();
     seqmix::SsdOptions options;
