@@ -88,15 +88,15 @@ double largest_row_max_logit(const seqmix::AttentionInputs<KV>& in, const Tensor
 template <class KV>
 void check_case(const Case& c, std::uint64_t seed) {
   INFO(c.describe() << " kv bytes=" << sizeof(KV));
-  const auto q = st::random_tensor_fast<4>({c.B, c.Tq, c.Hq, c.D}, seed);
+  const auto q = st::random_tensor<4>({c.B, c.Tq, c.Hq, c.D}, seed);
   Tensor<KV, 4> k({c.B, c.Tk, c.Hkv, c.D}), v({c.B, c.Tk, c.Hkv, c.D});
-  seqmix::copy(st::random_tensor_fast<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 1, -2.f, 2.f).cview(), k.view());
-  seqmix::copy(st::random_tensor_fast<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 2).cview(), v.view());
+  seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 1, -2.f, 2.f).cview(), k.view());
+  seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 2).cview(), v.view());
   const index_t buckets = c.bidirectional ? 32 : 16;
-  const auto table = st::random_tensor_fast<2>({c.Hq, buckets}, seed + 3, -3.f, 3.f);
-  const auto r1 = st::random_tensor_fast<1>({c.Hq}, seed + 4, 0.05f, 2.f);
+  const auto table = st::random_tensor<2>({c.Hq, buckets}, seed + 3, -3.f, 3.f);
+  const auto r1 = st::random_tensor<1>({c.Hq}, seed + 4, 0.05f, 2.f);
   const auto r2 = st::random_tensor<1>({c.Hq}, seed + 5, 0.1f, c.kind == RelativeBiasKind::kerple_power ? 2.f : 5.f);
-  const auto scales = st::random_tensor_fast<1>({c.Hq}, seed + 6, 0.5f, 2.f);
+  const auto scales = st::random_tensor<1>({c.Hq}, seed + 6, 0.5f, 2.f);
   Tensor<std::int64_t, 2> positions({c.B, c.Tq});
   for (index_t b = 0; b < c.B; ++b)
     for (index_t i = 0; i < c.Tq; ++i) positions(b, i) = c.Tk - c.Tq - 13 * b + 2 * i;
@@ -171,13 +171,13 @@ TEST_CASE("relative biases in the tile loop equal the same bias as a dense mask"
 // far outside overflows the address space: clang's UBSan stops on it).
 TEST_CASE("relative biases with query positions near 2^61 equal the reference", "[attention][bias]") {
   const index_t Tq = 16, Tk = 40, Hq = 2, D = 16, W = 4;
-  const auto q = st::random_tensor_fast<4>({1, Tq, Hq, D}, 7500);
-  const auto k = st::random_tensor_fast<4>({1, Tk, 1, D}, 7501, -2.f, 2.f);
-  const auto v = st::random_tensor_fast<4>({1, Tk, 1, D}, 7502);
-  const auto table = st::random_tensor_fast<2>({Hq, 16}, 7503, -3.f, 3.f);
-  const auto r = st::random_tensor_fast<1>({Hq}, 7504, 0.1f, 1.f);
-  const auto w = st::random_tensor_fast<2>({Hq, W}, 7505, -1.f, 1.f);
-  const auto b2 = st::random_tensor_fast<1>({Hq}, 7506);
+  const auto q = st::random_tensor<4>({1, Tq, Hq, D}, 7500);
+  const auto k = st::random_tensor<4>({1, Tk, 1, D}, 7501, -2.f, 2.f);
+  const auto v = st::random_tensor<4>({1, Tk, 1, D}, 7502);
+  const auto table = st::random_tensor<2>({Hq, 16}, 7503, -3.f, 3.f);
+  const auto r = st::random_tensor<1>({Hq}, 7504, 0.1f, 1.f);
+  const auto w = st::random_tensor<2>({Hq, W}, 7505, -1.f, 1.f);
+  const auto b2 = st::random_tensor<1>({Hq}, 7506);
   Tensor<std::int64_t, 2> positions({1, Tq});
   for (index_t i = 0; i < Tq; ++i) positions(0, i) = (std::int64_t{1} << 61) + 3 * i;
   for (int variant = 0; variant < 5; ++variant) {
@@ -218,9 +218,9 @@ TEST_CASE("t5 buckets follow transformers' _relative_position_bucket", "[attenti
 
 TEST_CASE("relative biases and head scales refuse bad parameters before writing", "[attention][bias]") {
   const index_t Hq = 4;
-  const auto q = st::random_tensor_fast<4>({1, 3, Hq, 64}, 1);
-  const auto k = st::random_tensor_fast<4>({1, 50, 2, 64}, 2);
-  const auto v = st::random_tensor_fast<4>({1, 50, 2, 64}, 3);
+  const auto q = st::random_tensor<4>({1, 3, Hq, 64}, 1);
+  const auto k = st::random_tensor<4>({1, 50, 2, 64}, 2);
+  const auto v = st::random_tensor<4>({1, 50, 2, 64}, 3);
   Tensor<float, 4> o({1, 3, Hq, 64});
   o.fill(7.f);
   Tensor<float, 2> table({Hq, 32}), small_table({Hq, 3});
@@ -296,11 +296,11 @@ struct StepTensors {
   Tensor<float, 4> q;
   Tensor<KV, 4> k, v;
   StepTensors(const StepShape& c, std::uint64_t seed)
-      : q(st::random_tensor_fast<4>({c.B, c.Tq, c.Hq, c.D}, seed)),
+      : q(st::random_tensor<4>({c.B, c.Tq, c.Hq, c.D}, seed)),
         k({c.B, c.Tk, c.Hkv, c.D}),
         v({c.B, c.Tk, c.Hkv, c.D}) {
-    seqmix::copy(st::random_tensor_fast<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 1, -2.f, 2.f).cview(), k.view());
-    seqmix::copy(st::random_tensor_fast<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 2).cview(), v.view());
+    seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 1, -2.f, 2.f).cview(), k.view());
+    seqmix::copy(st::random_tensor<4>({c.B, c.Tk, c.Hkv, c.D}, seed + 2).cview(), v.view());
   }
 };
 
@@ -311,12 +311,12 @@ void check_step_bias(const StepShape& c, const StepTensors<KV>& data, RelativeBi
   const Tensor<float, 4>& q = data.q;
   const Tensor<KV, 4>& k = data.k;
   const Tensor<KV, 4>& v = data.v;
-  const auto table = st::random_tensor_fast<2>({c.Hq, 32}, seed + 3, -3.f, 3.f);
-  const auto r1 = st::random_tensor_fast<1>({c.Hq}, seed + 4, 0.05f, 1.f);
+  const auto table = st::random_tensor<2>({c.Hq, 32}, seed + 3, -3.f, 3.f);
+  const auto r1 = st::random_tensor<1>({c.Hq}, seed + 4, 0.05f, 1.f);
   const auto r2 = st::random_tensor<1>({c.Hq}, seed + 5, 0.1f, kind == RelativeBiasKind::kerple_power ? 0.6f : 3.f);
   const auto w1 = st::random_tensor<2>({c.Hq, W}, seed + 6, -4.f, 4.f), b1 = st::random_tensor<2>({c.Hq, W}, seed + 7);
-  const auto w2 = st::random_tensor_fast<2>({c.Hq, W}, seed + 8);
-  const auto b2 = st::random_tensor_fast<1>({c.Hq}, seed + 9);
+  const auto w2 = st::random_tensor<2>({c.Hq, W}, seed + 8);
+  const auto b2 = st::random_tensor<1>({c.Hq}, seed + 9);
   Tensor<std::int64_t, 2> positions({c.B, c.Tq});
   for (index_t b = 0; b < c.B; ++b)
     for (index_t i = 0; i < c.Tq; ++i) positions(b, i) = c.first_position + 5 * b + 2 * i;
@@ -385,12 +385,12 @@ TEST_CASE("attention_step's per-tile relative bias equals the reference", "[atte
 TEST_CASE("decode's per-tile relative bias equals relative_bias_value key by key", "[attention][bias]") {
   using seqmix::detail::DecodeTileBias;
   const index_t Hq = 4, W = 8, T = seqmix::detail::kDecodeTile;
-  const auto table = st::random_tensor_fast<2>({Hq, 32}, 7900, -3.f, 3.f);
-  const auto r1 = st::random_tensor_fast<1>({Hq}, 7901, 0.05f, 2.f);
-  const auto r2 = st::random_tensor_fast<1>({Hq}, 7902, 0.1f, 2.f);
-  const auto w1 = st::random_tensor_fast<2>({Hq, W}, 7903, -4.f, 4.f), b1 = st::random_tensor_fast<2>({Hq, W}, 7904);
-  const auto w2 = st::random_tensor_fast<2>({Hq, W}, 7905);
-  const auto b2 = st::random_tensor_fast<1>({Hq}, 7906);
+  const auto table = st::random_tensor<2>({Hq, 32}, 7900, -3.f, 3.f);
+  const auto r1 = st::random_tensor<1>({Hq}, 7901, 0.05f, 2.f);
+  const auto r2 = st::random_tensor<1>({Hq}, 7902, 0.1f, 2.f);
+  const auto w1 = st::random_tensor<2>({Hq, W}, 7903, -4.f, 4.f), b1 = st::random_tensor<2>({Hq, W}, 7904);
+  const auto w2 = st::random_tensor<2>({Hq, W}, 7905);
+  const auto b2 = st::random_tensor<1>({Hq}, 7906);
   const std::int64_t positions[] = {0, 5, 70, 3000, 100000, std::int64_t{1} << 40};
   for (const RelativeBiasKind kind : kStepKinds) {
     seqmix::RelativeBias rb;

@@ -95,9 +95,9 @@ struct DiagonalData {
   Tensor<float, 3> mask;
 
   DiagonalData(const DiagonalCase& c, index_t B, std::uint64_t seed)
-      : q(st::random_tensor_fast<4>({B, c.T, c.Hq, c.D}, seed)),
-        k(st::random_tensor_fast<4>({B, c.prefix + c.T, c.Hkv, c.D}, seed + 1)),
-        v(st::random_tensor_fast<4>({B, c.prefix + c.T, c.Hkv, c.D}, seed + 2)),
+      : q(st::random_tensor<4>({B, c.T, c.Hq, c.D}, seed)),
+        k(st::random_tensor<4>({B, c.prefix + c.T, c.Hkv, c.D}, seed + 1)),
+        v(st::random_tensor<4>({B, c.prefix + c.T, c.Hkv, c.D}, seed + 2)),
         positions({B, c.T}),
         mask({B, c.T, c.prefix + c.T}) {
     const index_t Tk = c.prefix + c.T;
@@ -169,9 +169,9 @@ TEST_CASE("attention prefill: tiles across the causal diagonal equal the causal 
 
 TEST_CASE("attention prefill: a call after one whose queries held a NaN gives the clean result", "[attention]") {
   const index_t B = 1, T = 130, Hq = 8, Hkv = 2, D = 64;
-  Tensor<float, 4> q = st::random_tensor_fast<4>({B, T, Hq, D}, 4300);
-  const Tensor<float, 4> k = st::random_tensor_fast<4>({B, T, Hkv, D}, 4301);
-  const Tensor<float, 4> v = st::random_tensor_fast<4>({B, T, Hkv, D}, 4302);
+  Tensor<float, 4> q = st::random_tensor<4>({B, T, Hq, D}, 4300);
+  const Tensor<float, 4> k = st::random_tensor<4>({B, T, Hkv, D}, 4301);
+  const Tensor<float, 4> v = st::random_tensor<4>({B, T, Hkv, D}, 4302);
   seqmix::AttentionInputs<float> in;
   in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
   seqmix::AttentionOptions options;
@@ -203,9 +203,9 @@ TEST_CASE("attention prefill: calls of different shapes after non-finite keys an
   for (int round = 0; round < 4; ++round) {
     const Shape& s = shapes[round];
     INFO("round " << round << " T=" << s.T << " Hq=" << s.Hq << " D=" << s.D);
-    const Tensor<float, 4> q = st::random_tensor_fast<4>({1, s.T, s.Hq, s.D}, seed);
-    Tensor<float, 4> k = st::random_tensor_fast<4>({1, s.T, s.Hkv, s.D}, seed + 1);
-    Tensor<float, 4> v = st::random_tensor_fast<4>({1, s.T, s.Hkv, s.D}, seed + 2);
+    const Tensor<float, 4> q = st::random_tensor<4>({1, s.T, s.Hq, s.D}, seed);
+    Tensor<float, 4> k = st::random_tensor<4>({1, s.T, s.Hkv, s.D}, seed + 1);
+    Tensor<float, 4> v = st::random_tensor<4>({1, s.T, s.Hkv, s.D}, seed + 2);
     seqmix::AttentionInputs<float> in;
     in.q = q.cview(), in.k = k.cview(), in.v = v.cview();
     seqmix::AttentionOptions options;

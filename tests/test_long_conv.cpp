@@ -45,12 +45,12 @@ struct LongData {
   Tensor<float, 1> skip, bias;
 
   explicit LongData(const LongCase& c)
-      : u(st::random_tensor_fast<3>({c.B, c.T, c.D}, c.seed)),
-        state(st::random_tensor_fast<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
-        h(st::random_tensor_fast<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
-        hb(st::random_tensor_fast<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
-        skip(st::random_tensor_fast<1>({c.D}, c.seed + 4)),
-        bias(st::random_tensor_fast<1>({c.D}, c.seed + 5)) {}
+      : u(st::random_tensor<3>({c.B, c.T, c.D}, c.seed)),
+        state(st::random_tensor<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
+        h(st::random_tensor<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
+        hb(st::random_tensor<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
+        skip(st::random_tensor<1>({c.D}, c.seed + 4)),
+        bias(st::random_tensor<1>({c.D}, c.seed + 5)) {}
 
   seqmix::LongConvInputs inputs(const LongCase& c) const {
     seqmix::LongConvInputs in{u.view(), h.view()};
@@ -429,8 +429,8 @@ TEST_CASE("long_conv: a non-finite input reaches only the outputs that read it",
 
 TEST_CASE("long_conv: bad arguments are refused before any write", "[long_conv]") {
   const index_t B = 2, T = 16, D = 8, L = 5;
-  Tensor<float, 3> u = st::random_tensor_fast<3>({B, T, D}, 1), y({B, T, D}), state({B, L - 1, D});
-  Tensor<float, 2> h = st::random_tensor_fast<2>({L, D}, 2), h3({L, 3}), empty({0, D});
+  Tensor<float, 3> u = st::random_tensor<3>({B, T, D}, 1), y({B, T, D}), state({B, L - 1, D});
+  Tensor<float, 2> h = st::random_tensor<2>({L, D}, 2), h3({L, 3}), empty({0, D});
   Tensor<float, 3> wrong_y({B, T + 1, D}), wrong_state({B, L, D});
   y.fill(7.f);
   const auto untouched = [&] {
@@ -463,7 +463,7 @@ TEST_CASE("long_conv: bad arguments are refused before any write", "[long_conv]"
   st::require_shape_error("options.method",
                           [&] { seqmix::long_conv({u.view(), h.view()}, {y.view()}, {{}, static_cast<LongConvMethod>(7)}); });
   // The step.
-  Tensor<float, 2> y1({B, D}), u1 = st::random_tensor_fast<2>({B, D}, 3);
+  Tensor<float, 2> y1({B, D}), u1 = st::random_tensor<2>({B, D}, 3);
   y1.fill(7.f);
   st::require_shape_error("state", [&] { seqmix::long_conv_step({u1.view(), h.view()}, {y1.view(), wrong_state.view()}); });
   st::require_shape_error("filter", [&] { seqmix::long_conv_step({u1.view(), h3.view()}, {y1.view(), state.view()}); });
@@ -527,8 +527,8 @@ TEST_CASE("long_conv: a non-finite filter element is refused wherever it sits in
   // The finite check reads contiguous rows a vector at a time: elements in the vectors, in the
   // scalar tail past them, and a view whose rows lie further apart than their length.
   const index_t T = 20, D = 37, L = 9;
-  const Tensor<float, 3> u = st::random_tensor_fast<3>({1, T, D}, 5);
-  const Tensor<float, 2> h = st::random_tensor_fast<2>({L, D}, 6), wide = st::random_tensor_fast<2>({L, 2 * D}, 7);
+  const Tensor<float, 3> u = st::random_tensor<3>({1, T, D}, 5);
+  const Tensor<float, 2> h = st::random_tensor<2>({L, D}, 6), wide = st::random_tensor<2>({L, 2 * D}, 7);
   Tensor<float, 3> y({1, T, D});
   seqmix::long_conv({u.view(), h.view()}, {y.view()});
   seqmix::long_conv({u.view(), wide.view().slice(1, 0, D)}, {y.view()});

@@ -48,12 +48,12 @@ struct PreparedData {
   Tensor<float, 1> skip, bias;
 
   explicit PreparedData(const PreparedCase& c)
-      : u(st::random_tensor_fast<3>({c.B, c.T, c.D}, c.seed)),
-        state(st::random_tensor_fast<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
-        h(st::random_tensor_fast<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
-        hb(st::random_tensor_fast<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
-        skip(st::random_tensor_fast<1>({c.D}, c.seed + 4)),
-        bias(st::random_tensor_fast<1>({c.D}, c.seed + 5)) {}
+      : u(st::random_tensor<3>({c.B, c.T, c.D}, c.seed)),
+        state(st::random_tensor<3>({c.B, c.L - 1, c.D}, c.seed + 1)),
+        h(st::random_tensor<2>({c.L, c.G}, c.seed + 2, -1.f / std::sqrt(float(c.L)), 1.f / std::sqrt(float(c.L)))),
+        hb(st::random_tensor<2>({std::max<index_t>(c.Lb, 1), c.G}, c.seed + 3, -0.1f, 0.1f)),
+        skip(st::random_tensor<1>({c.D}, c.seed + 4)),
+        bias(st::random_tensor<1>({c.D}, c.seed + 5)) {}
 
   seqmix::LongConvInputs inputs(const PreparedCase& c) const {
     seqmix::LongConvInputs in{u.view(), h.view()};
@@ -307,7 +307,7 @@ TEST_CASE("long_conv prepared: a spectrum that does not serve the call is refuse
   const index_t B = 2, T = 100, D = 16, L = 100;
   const Tensor<float, 3> u = st::random_tensor<3>({B, T, D}, 1), state = st::random_tensor<3>({B, L - 1, D}, 5);
   const Tensor<float, 3> u_long = st::random_tensor<3>({B, 2 * T, D}, 1), u_short = st::random_tensor<3>({B, 30, D}, 1);
-  const Tensor<float, 3> u_wide = st::random_tensor_fast<3>({B, T, 2 * D}, 1);
+  const Tensor<float, 3> u_wide = st::random_tensor<3>({B, T, 2 * D}, 1);
   const Tensor<float, 2> h = st::random_tensor<2>({L, D}, 2, -0.1f, 0.1f), h_short = st::random_tensor<2>({L - 1, D}, 3);
   const Tensor<float, 2> h_heads = st::random_tensor<2>({L, D / 4}, 4), h_wide = st::random_tensor<2>({L, 2 * D}, 2);
   Tensor<float, 3> y({B, T, D}), y_long({B, 2 * T, D}), y_short({B, 30, D}), y_wide({B, T, 2 * D});
@@ -358,12 +358,12 @@ TEST_CASE("hyena with prepared filter spectra equals the reference", "[long_conv
   for (const auto& c : cases) {
     INFO("N=" << c.N << " B=" << c.B << " T=" << c.T << " D=" << c.D << " L=" << c.L << " state=" << c.state
               << " reverse=" << c.reverse);
-    const Tensor<float, 3> v = st::random_tensor_fast<3>({c.B, c.T, c.D}, 1);
-    const Tensor<float, 4> x = st::random_tensor_fast<4>({c.N, c.B, c.T, c.D}, 2);
+    const Tensor<float, 3> v = st::random_tensor<3>({c.B, c.T, c.D}, 1);
+    const Tensor<float, 4> x = st::random_tensor<4>({c.N, c.B, c.T, c.D}, 2);
     const float scale = 1.f / std::sqrt(float(c.L));
-    const Tensor<float, 3> h = st::random_tensor_fast<3>({c.N, c.L, c.D}, 3, -scale, scale);
-    const Tensor<float, 2> skip = st::random_tensor_fast<2>({c.N, c.D}, 4);
-    const Tensor<float, 4> state = st::random_tensor_fast<4>({c.N, c.B, c.L - 1, c.D}, 5);
+    const Tensor<float, 3> h = st::random_tensor<3>({c.N, c.L, c.D}, 3, -scale, scale);
+    const Tensor<float, 2> skip = st::random_tensor<2>({c.N, c.D}, 4);
+    const Tensor<float, 4> state = st::random_tensor<4>({c.N, c.B, c.L - 1, c.D}, 5);
     seqmix::HyenaInputs in{v.view(), x.view(), h.view(), skip.view()};
     if (c.state) in.initial_state = state.view();
     seqmix::HyenaOptions options;

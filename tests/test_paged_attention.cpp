@@ -137,8 +137,8 @@ struct PagedProblem {
     std::size_t next = 0;
     for (index_t n = 0; n < N; ++n)
       for (index_t b = 0; b * bs < lengths[n]; ++b) table(n, b) = ids[next++];
-    k_pages = to_kv(st::random_tensor_fast<4>({num_blocks, bs, Hkv, Dk}, seed + 1));
-    v_pages = to_kv(st::random_tensor_fast<4>({num_blocks, bs, Hkv, Dv}, seed + 2));
+    k_pages = to_kv(st::random_tensor<4>({num_blocks, bs, Hkv, Dk}, seed + 1));
+    v_pages = to_kv(st::random_tensor<4>({num_blocks, bs, Hkv, Dv}, seed + 2));
     total_q = 0;
     cu_q.push_back(0);
     for (index_t n = 0; n < N; ++n) {
@@ -146,11 +146,11 @@ struct PagedProblem {
       cu_q.push_back(static_cast<std::int32_t>(total_q));
       seqlens.push_back(static_cast<std::int32_t>(lengths[n]));
     }
-    q = packed ? st::random_tensor_fast<4>({1, total_q, Hq, Dk}, seed + 3)
-               : st::random_tensor_fast<4>({N, c.Tq, Hq, Dk}, seed + 3);
+    q = packed ? st::random_tensor<4>({1, total_q, Hq, Dk}, seed + 3)
+               : st::random_tensor<4>({N, c.Tq, Hq, Dk}, seed + 3);
     slopes = Tensor<float, 1>({Hq});
     for (index_t h = 0; h < Hq; ++h) slopes(h) = std::pow(2.f, -8.f * static_cast<float>(h + 1) / static_cast<float>(Hq));
-    sinks = st::random_tensor_fast<1>({Hq}, seed + 4, -1.f, 3.f);
+    sinks = st::random_tensor<1>({Hq}, seed + 4, -1.f, 3.f);
   }
 
   static Tensor<KV, 4> to_kv(const Tensor<float, 4>& x) {

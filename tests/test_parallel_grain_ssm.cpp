@@ -138,11 +138,11 @@ TEST_CASE("ssd prefill task counts at 64 and 2 claimed threads at the model shap
     REQUIRE(found != shapes.end());
     const st::SsmShape& s = *found;
     const index_t T = 512;
-    Tensor<float, 4> x = st::random_tensor_fast<4>({1, T, s.H, s.P}, 1),
-                     Bm = st::random_tensor_fast<4>({1, T, s.G, s.N}, 2),
-                     Cm = st::random_tensor_fast<4>({1, T, s.G, s.N}, 3);
-    Tensor<float, 3> dt = st::random_tensor_fast<3>({1, T, s.H}, 4, 0.001f, 0.1f);
-    Tensor<float, 1> A = st::random_tensor_fast<1>({s.H}, 5, -4.f, -0.05f);
+    Tensor<float, 4> x = st::random_tensor<4>({1, T, s.H, s.P}, 1),
+                     Bm = st::random_tensor<4>({1, T, s.G, s.N}, 2),
+                     Cm = st::random_tensor<4>({1, T, s.G, s.N}, 3);
+    Tensor<float, 3> dt = st::random_tensor<3>({1, T, s.H}, 4, 0.001f, 0.1f);
+    Tensor<float, 1> A = st::random_tensor<1>({s.H}, 5, -4.f, -0.05f);
     seqmix::SsdInputs in;
     in.x = x.cview(), in.dt = dt.cview(), in.A = A.cview(), in.Bm = Bm.cview(), in.Cm = Cm.cview();
     seqmix::SsdOptions options;

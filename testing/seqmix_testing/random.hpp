@@ -30,9 +30,20 @@ void fill_with(const TensorView<T, Rank>& view, std::uint64_t seed, Draw draw) {
   detail::fill_from_engine(view, engine, draw);
 }
 
+// The value std::uniform_real_distribution<float>(lo, hi)(engine) returns with libstdc++, bit for
+// bit: generate_canonical<float, 24> takes one 64-bit draw, float(draw) / 2^64 (kept below 1),
+// scaled to [lo, hi). Why: libstdc++ works out the engine's bits per draw with two long double
+// logarithms on every call, which the -O1 sanitizer build does not fold away: filling a tensor
+// took half of some tests' time there (a 10^7-element u of the long_conv wide-walk tests, 3 s).
+inline float uniform_float(std::mt19937_64& engine, float lo, float hi) {
+  float unit = static_cast<float>(engine()) / 0x1p64f;
+  if (unit >= 1.f) unit = std::nextafter(1.f, 0.f);
+  return unit * (hi - lo) + lo;
+}
+
 template <class T, std::size_t Rank>
 void fill_uniform(const TensorView<T, Rank>& view, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
-  fill_with(view, seed, [lo, hi](std::mt19937_64& e) { return std::uniform_real_distribution<float>(lo, hi)(e); });
+  fill_with(view, seed, [lo, hi](std::mt19937_64& e) { return uniform_float(e, lo, hi); });
 }
 
 template <class T, std::size_t Rank>
@@ -51,35 +62,6 @@ template <std::size_t Rank>
 Tensor<float, Rank> random_tensor(const std::array<index_t, Rank>& shape, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
   Tensor<float, Rank> t(shape);
   fill_uniform(t.view(), seed, lo, hi);
-  return t;
-}
-
-// The value std::uniform_real_distribution<float>(lo, hi)(engine) returns with libstdc++, bit for
-// bit: generate_canonical<float, 24> takes one 64-bit draw, float(draw) / 2^64 (kept below 1),
-// scaled to [lo, hi). Why: libstdc++ works out the engine's bits per draw with two long double
-// logarithms on every call, which the -O1 sanitizer build does not fold away: filling a tensor
-// took half of some tests' time there (a 10^7-element u of the long_conv wide-walk tests, 3 s).
-inline float uniform_float(std::mt19937_64& engine, float lo, float hi) {
-  float unit = static_cast<float>(engine()) / 0x1p64f;
-  if (unit >= 1.f) unit = std::nextafter(1.f, 0.f);
-  return unit * (hi - lo) + lo;
-}
-
-// fill_uniform's values (the same engine, the same draws in the same order), drawn by
-// uniform_float into contiguous storage.
-template <std::size_t Rank>
-void fill_uniform_fast(Tensor<float, Rank>& t, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937_64 engine(seed);
-  for (float& x : t) x = uniform_float(engine, lo, hi);
-}
-
-// random_tensor's tensor, drawn by uniform_float: for the tests whose data is large enough that
-// drawing it costs seconds under the sanitizers.
-template <std::size_t Rank>
-Tensor<float, Rank> random_tensor_fast(const std::array<index_t, Rank>& shape, std::uint64_t seed, float lo = -1.f,
-                                       float hi = 1.f) {
-  Tensor<float, Rank> t(shape);
-  fill_uniform_fast(t, seed, lo, hi);
   return t;
 }
 
