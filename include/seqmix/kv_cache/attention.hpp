@@ -260,6 +260,51 @@ inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* af
   return lines;
 }
 
+// fp32 blocks read their bytes in a fixed order of units, each one allocation of 16 KB (D 128):
+// the keys of the span's blocks, then their values, then the next span's keys. Each phase (one
+// unit) requests the next unit, spread over its steps, at the rate the kernel consumes it.
+// (key_phase_lines put the next keys and this block's values, twice the bytes the key loop reads,
+// on the key loop and nothing on the value loop: fp32 in cache spent a third of its key loop
+// waiting on prefetches; old / new 1.03-1.17x, kv_cache/README.md "fp32 and fp16 decode".) fp16
+// / bf16 blocks keep key_phase_lines: for them the same order, one or two units ahead, measured
+// 0.88-1.09x.
+inline bool fp32_block(const KvBlockView& blk) noexcept {
+  return !blk.coded && blk.key_format == KvFormat::f32 && blk.value_format == KvFormat::f32;
+}
+// Steps of the float kernels: key_dots one per channel per 4 query rows, value_chunk one per
+// token per 4 query rows and column chunk (block_values).
+inline index_t float_key_steps(const KvCacheConfig& cfg, index_t rows) noexcept {
+  return (rows + kKvRows - 1) / kKvRows * cfg.key_dim;
+}
+inline index_t float_value_steps(const KvCacheConfig& cfg, index_t rows, index_t count) noexcept {
+  const index_t W = simd::kWidth, vec_end = simd::vector_end(cfg.value_dim);
+  const index_t chunks = vec_end / (4 * W) + (vec_end % (4 * W)) / W;
+  return (rows + kKvRows - 1) / kKvRows * chunks * count;
+}
+// The lines of unit u of a span of n blocks (u < n: keys of span[u]; u < 2n: values of
+// span[u - n]; u = 2n: keys of `next`, the block after the span, or none), over `steps` steps.
+inline LineStream fp32_unit_lines(const KvBlockView* span, index_t n, const KvBlockView* next, index_t u,
+                                  std::size_t steps) noexcept {
+  LineStream lines;
+  if (u >= n && u < 2 * n) {
+    lines.set(0, span[u - n].values, span[u - n].value_bytes);
+  } else {
+    const KvBlockView* blk = u < n ? &span[u] : next;
+    if (blk) lines.set(0, blk->keys, blk->key_bytes);
+  }
+  lines.spread_over(steps);
+  return lines;
+}
+// span[j]'s key phase (unit j) and value phase (unit n + j).
+inline LineStream fp32_key_lines(const KvBlockView* span, index_t n, index_t j, const KvBlockView* next,
+                                 const KvCacheConfig& cfg, index_t rows) noexcept {
+  return fp32_unit_lines(span, n, next, j + 1, static_cast<std::size_t>(float_key_steps(cfg, rows)));
+}
+inline LineStream fp32_value_lines(const KvBlockView* span, index_t n, index_t j, const KvBlockView* next,
+                                   const KvCacheConfig& cfg, index_t rows) noexcept {
+  return fp32_unit_lines(span, n, next, n + j + 1, static_cast<std::size_t>(float_value_steps(cfg, rows, span[j].count)));
+}
+
 // Per-task scratch, for up to `capacity` query rows (rows: those of the current piece, a multiple
 // of kKvRows; padding rows hold zero queries).
 struct KvScratch {
@@ -371,13 +416,14 @@ void block_scores_dispatch(const KvBlockView& blk, const KvCacheConfig& cfg, KvS
 // acc[r] += sum_t p[r][t] * v_t over a float block's `count` tokens, for kKvRows rows.
 template <KvFormat F, int NV>
 void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc,
-                 index_t ldacc) noexcept {
+                 index_t ldacc, LineStream& ahead) noexcept {
   KvF a[kKvRows][NV];
 #pragma GCC unroll 4
   for (index_t r = 0; r < kKvRows; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) a[r][v] = simd::load(acc + r * ldacc + c0 + v * simd::kWidth);
   for (index_t t = 0; t < count; ++t) {
+    ahead.step();
     const std::uint8_t* row = blk.values + t * blk.value_row;
     KvF x[NV];
 #pragma GCC unroll 4
@@ -397,14 +443,15 @@ void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float*
 }
 
 template <KvFormat F>
-void block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc) {
+void block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc,
+                  LineStream& ahead) {
   const index_t Dv = cfg.value_dim, W = simd::kWidth, count = blk.count, vec_end = simd::vector_end(Dv);
   for (index_t r0 = 0; r0 < w.rows; r0 += kKvRows) {
     const float* p = s + r0 * w.lds;
     float* acc_rows = acc + r0 * w.ldacc;
     index_t c = 0;
-    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, p, w.lds, acc_rows, w.ldacc);
-    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, p, w.lds, acc_rows, w.ldacc);
+    for (; c + 4 * W <= vec_end; c += 4 * W) value_chunk<F, 4>(blk, count, c, p, w.lds, acc_rows, w.ldacc, ahead);
+    for (; c + W <= vec_end; c += W) value_chunk<F, 1>(blk, count, c, p, w.lds, acc_rows, w.ldacc, ahead);
     for (index_t t = 0; t < count && c < Dv; ++t) {  // tail channels
       const std::uint8_t* row = blk.values + t * blk.value_row;
       for (index_t r = 0; r < kKvRows; ++r)
@@ -573,27 +620,33 @@ inline void any_block_scores(const KvBlockView* span, index_t n, index_t j, cons
 
 // Probability-weighted values of one float block, or of a quantized one the integer kernels
 // cannot follow, into the accumulators (p: the block's probabilities, row stride w.lds).
-inline void any_block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc) {
+inline void any_block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* p, float* acc,
+                             LineStream& ahead) {
   if (blk.coded) {
     coded_block_values(blk, cfg, w, p, acc);
     return;
   }
   if (!is_quantized(blk.value_format)) {
-    dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, p, acc); });
+    dispatch_float_format(blk.value_format, [&](auto f) { block_values<decltype(f)::value>(blk, cfg, w, p, acc, ahead); });
     return;
   }
   // The tile holds dequantized values, min included.
-  block_values<KvFormat::f32>(float_value_tile(blk, cfg, w.value_tile), cfg, w, p, acc);
+  block_values<KvFormat::f32>(float_value_tile(blk, cfg, w.value_tile), cfg, w, p, acc, ahead);
 }
 
 // Values of a span's n blocks (block j's probabilities at w.s + 32 j): runs of blocks with the
 // same quantized value format go through the integer kernels together, the rest block by block.
-inline void span_values(const KvBlockView* span, index_t n, const KvCacheConfig& cfg, KvScratch& w, float* acc) {
+// next: the block read after the span, or null (its keys are requested during the values of an
+// fp32 span's last block).
+inline void span_values(const KvBlockView* span, index_t n, const KvBlockView* next, const KvCacheConfig& cfg,
+                        KvScratch& w, float* acc) {
   for (index_t j = 0; j < n;) {
     const KvBlockView& blk = span[j];
     const float* p = w.s.data() + j * kKvBlockTokens;
     if (!integer_values_supported(blk, cfg)) {
-      any_block_values(blk, cfg, w, p, acc);
+      LineStream ahead;
+      if (fp32_block(blk)) ahead = fp32_value_lines(span, n, j, next, cfg, w.rows);
+      any_block_values(blk, cfg, w, p, acc, ahead);
       ++j;
       continue;
     }
@@ -827,7 +880,8 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
       return i < n ? &span[i] : k + (i - n) < last ? &after[i - n] : nullptr;
     };
     for (index_t j = 0; j < n; ++j) {
-      LineStream ahead = key_phase_lines(upcoming(j + 1), upcoming(j + 2), span[j], cfg, w.rows);
+      LineStream ahead = fp32_block(span[j]) ? fp32_key_lines(span, n, j, upcoming(n), cfg, w.rows)
+                                             : key_phase_lines(upcoming(j + 1), upcoming(j + 2), span[j], cfg, w.rows);
       segs[j] = {span[j].positions, span[j].count, span[j].min_position, span[j].max_position};
       any_block_scores(span, n, j, cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
     }
@@ -838,7 +892,7 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
     if (guard)
       for (index_t r = 0; r < M; ++r)
         std::copy(acc + r * w.ldacc, acc + r * w.ldacc + cfg.value_dim, w.saved_acc.data() + r * w.ldacc);
-    span_values(span, n, cfg, w, acc);
+    span_values(span, n, upcoming(n), cfg, w, acc);
     if (guard) guard_hidden_values(span, n, cfg, w, M, acc);
   }
   if (pq) {  // the pq histograms onto the value centroids: o_r[s] += sum_k W[s][k] C_v[h][s][k]
