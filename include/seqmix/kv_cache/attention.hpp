@@ -239,6 +239,11 @@ inline void key_dots(const std::uint8_t* keys, index_t key_row, index_t Dk, cons
   }
 }
 
+// Steps of the float kernels' key_dots: one per channel per 4 query rows.
+inline index_t float_key_steps(const KvCacheConfig& cfg, index_t rows) noexcept {
+  return (rows + kKvRows - 1) / kKvRows * cfg.key_dim;
+}
+
 // Lines requested from inside a block's key kernel (see core/prefetch.hpp): the keys of the
 // next block to be scored, the key parameters of the block after it (the query operands of
 // per-channel keys are made for two blocks at a time, before the first's key loop: see
@@ -252,10 +257,9 @@ inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* af
   if (next) lines.set(1, next->keys, next->key_bytes);
   lines.set(2, blk.values, blk.value_bytes);
   lines.set(3, blk.value_params, blk.value_param_count * sizeof(float));
-  // Steps the key kernels take: float keys one per channel per 4 query rows; the integer kernel
-  // counts its own.
+  // Steps the key kernels take: the integer kernel counts its own.
   const index_t key_steps = integer_keys_supported(blk, cfg) ? integer_key_steps(cfg.key_dim, rows)
-                                                             : (rows + kKvRows - 1) / kKvRows * cfg.key_dim;
+                                                             : float_key_steps(cfg, rows);
   lines.spread_over(static_cast<std::size_t>(key_steps));
   return lines;
 }
@@ -271,11 +275,8 @@ inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* af
 inline bool fp32_block(const KvBlockView& blk) noexcept {
   return !blk.coded && blk.key_format == KvFormat::f32 && blk.value_format == KvFormat::f32;
 }
-// Steps of the float kernels: key_dots one per channel per 4 query rows, value_chunk one per
-// token per 4 query rows and column chunk (block_values).
-inline index_t float_key_steps(const KvCacheConfig& cfg, index_t rows) noexcept {
-  return (rows + kKvRows - 1) / kKvRows * cfg.key_dim;
-}
+// Steps of the float kernels' value_chunk: one per token per 4 query rows and column chunk
+// (block_values).
 inline index_t float_value_steps(const KvCacheConfig& cfg, index_t rows, index_t count) noexcept {
   const index_t W = simd::kWidth, vec_end = simd::vector_end(cfg.value_dim);
   const index_t chunks = vec_end / (4 * W) + (vec_end % (4 * W)) / W;
