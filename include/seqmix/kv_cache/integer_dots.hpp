@@ -225,8 +225,9 @@ template <bool PerChannel, int K, bool OneByte>
 #pragma GCC unroll 8
     for (int k = 0; k < K; ++k)
       for (int r = 0; r < 4; ++r) top[k][r] = bias[k][r] = _mm512_setzero_ps();
-    for (index_t c = 0; c < n16; c += 16) {
-      const __mmask16 valid = first_lanes(Dk - c);
+    // Channels c .. c + 16 (lanes past Dk masked off). Whole vectors get a constant mask: the
+    // mask computed per step took ~6 of the loop's ~50 instructions.
+    const auto absorb = [&](index_t c, __mmask16 valid) {
 #pragma GCC unroll 2
       for (int k = 0; k < K; ++k) {
         const __m512 mn = PerChannel ? _mm512_maskz_loadu_ps(valid, scales[k] + Dk + c) : _mm512_setzero_ps();
@@ -237,7 +238,10 @@ template <bool PerChannel, int K, bool OneByte>
           if (PerChannel) bias[k][r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, q + c), mn, bias[k][r]);
         }
       }
-    }
+    };
+    index_t c1 = 0;
+    for (; c1 + 16 <= Dk; c1 += 16) absorb(c1, 0xFFFF);
+    if (c1 < n16) absorb(c1, first_lanes(Dk - c1));
     // Lanes 0-3: the four rows' 256 / a, their a into q_step, their q . min into bias.
     __m512 inv[K][4];
 #pragma GCC unroll 2
@@ -249,9 +253,8 @@ template <bool PerChannel, int K, bool OneByte>
                             PerChannel ? reduce_rows4(bias[k], add_op) : _mm512_setzero_ps());
       for (int r = 0; r < 4; ++r) inv[k][r] = _mm512_permutexvar_ps(_mm512_set1_epi32(r), inverses);
     }
-    for (index_t c = 0; c < x.quad_bytes; c += 64) {  // rows hold whole 64-byte units; lanes past Dk get 0
-      __mmask16 valid[4];
-      for (int i = 0; i < 4; ++i) valid[i] = first_lanes(Dk - c - 16 * i);
+    // Rows hold whole 64-byte units; lanes past Dk get 0.
+    const auto emit = [&](index_t c, const __mmask16 (&valid)[4]) {
 #pragma GCC unroll 2
       for (int k = 0; k < K; ++k)
 #pragma GCC unroll 4
@@ -265,6 +268,13 @@ template <bool PerChannel, int K, bool OneByte>
           else
             store_two_term(v, x.q_hi.data() + at, x.q_lo.data() + at);
         }
+    };
+    index_t c2 = 0;
+    for (; c2 + 64 <= Dk; c2 += 64) emit(c2, {0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF});
+    if (c2 < x.quad_bytes) {
+      __mmask16 valid[4];
+      for (int i = 0; i < 4; ++i) valid[i] = first_lanes(Dk - c2 - 16 * i);
+      emit(c2, valid);
     }
   }
 }
