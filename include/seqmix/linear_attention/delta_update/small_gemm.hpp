@@ -20,8 +20,13 @@
 namespace seqmix::delta_update {
 
 /// 6 rows x 2 vectors: 12 accumulators, 2 loads and 6 broadcasts per inner step; fits the 16
-/// registers of SSE2 as well as AVX-512's 32 and covers the FMA latency (4 cycles, 2 ports).
-constexpr index_t kTileRows = 6;
+/// registers of SSE2 and AVX2 and covers the FMA latency (4 cycles, 2 ports). 8 rows on AVX-512's
+/// 32 registers (16 accumulators): the chunk's products have 32, 64 or 128 rows (the state read
+/// runs its key and query halves as two products of L rows), which 6-row tiles cut with a 2- or
+/// 4-row tail tile each; the fp32 Gated DeltaNet call at H32 K = V = 128 T512 measured 1.06x
+/// faster with 8 (README.md, "Where a chunk's time goes"). Every element's chain of FMAs is the
+/// same whatever the tile, so the results are too.
+constexpr index_t kTileRows = simd::kWidth >= 16 ? 8 : 6;
 constexpr index_t kTileVectors = 2;
 
 /// A left operand: element (r, p) at data[r * row_stride + p * col_stride]. Row-major A:

@@ -27,6 +27,7 @@
 #include <Eigen/Core>
 
 #include "seqmix/core/chunkwise/causal_product.hpp"
+#include "seqmix/core/register_transpose.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
 #include "seqmix/linear_attention/delta_update/recurrent.hpp"
@@ -77,9 +78,9 @@ struct WyWorkspace {
   /// P's row i and L + i still lack the factor[i] = exp(gamma_i) of the scalar gate (applied by
   /// wy_intra: to the right-hand side's P and as the row scale of O += M U).
   bool p_unscaled = false;
-  /// bf16 dot products: O lives in the caller's output rows (o_rows, o_ld floats apart) instead
-  /// of P's rows [L, 2L): the state read writes it there and O += M U adds to it in place, so
-  /// wy_store_outputs has nothing left to copy. Null: O is in P.
+  /// O lives in the caller's output rows (o_rows, o_ld floats apart; bind_output_rows) instead of
+  /// P's rows [L, 2L): the state read writes it there and O += M U adds to it in place, so
+  /// wy_store_outputs has nothing left to copy. Null: O is in P (outputs with a column stride).
   float* o_rows = nullptr;
   index_t o_ld = 0;
   bool u_words = false;   ///< bf16 U finite, its pair words packed by wy_intra for the state update
@@ -211,7 +212,8 @@ inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws, bool lane
 inline void scores_lower(index_t L, const RowMatrix& X, const RowMatrix& Y, WyWorkspace& ws) {
   const index_t K = X.cols(), ldg = ws.G.cols();
   constexpr auto R = static_cast<std::size_t>(kTileRows), NV = static_cast<std::size_t>(kTileVectors);
-  ws.KT.leftCols(L) = Y.topRows(L).transpose();
+  // In 16 x 16 register blocks: Eigen's transposing assignment was ~3% of a chunk (perf, H32 K128).
+  detail::transpose_words(Y.data(), Y.cols(), L, K, ws.KT.data(), ws.KT.cols(), L);
   for (index_t half = 0; half < 2; ++half)
     detail::lower_scores<R, NV>({X.row(half * L).data(), K, 1}, L, K, ws.KT.data(), ws.KT.cols(),
                                 ws.G.row(half * L).data(), ldg, ldg);
@@ -372,6 +374,24 @@ inline void decay_state_rows(RowMatrix& S, const WyWorkspace& ws) {
 template <class LowerA>
 inline void solve_unit_lower(const LowerA& A, index_t L, RowMatrix& X) {
   solve_unit_lower_tiles(A.data(), A.outerStride(), L, X.data(), X.cols(), X.cols());
+}
+
+/// O of chunk t0 goes straight into the caller's output rows when they have a unit column stride
+/// (ws.o_rows), else into P's rows [L, 2L) and wy_store_outputs copies it out. Copying O out of
+/// P was 3.5% of the fp32 chunk (perf, H32 K = V = 128, one thread).
+inline void bind_output_rows(const DeltaHead& p, index_t t0, WyWorkspace& ws) {
+  ws.o_rows = nullptr;
+  if (p.o.stride(1) == 1) ws.o_rows = p.o.ptr(t0), ws.o_ld = p.o.stride(0);
+}
+inline float* output_rows(index_t L, WyWorkspace& ws) { return ws.o_rows ? ws.o_rows : ws.P.row(L).data(); }
+inline index_t output_stride(const WyWorkspace& ws) { return ws.o_rows ? ws.o_ld : ws.P.cols(); }
+
+/// The fp32 read of the state by X [2L, K] (rows K floats apart): its first L rows (the keys)
+/// into P's rows [0, L), the next L (the queries) into O (output_rows).
+inline void read_state_fp32(const float* X, index_t L, const RowMatrix& S, WyWorkspace& ws) {
+  const index_t K = S.rows(), V = S.cols();
+  small_product({X, K, 1}, L, K, S.data(), V, V, ws.P.data(), ws.P.cols(), kOverwrite);
+  small_product({X + L * K, K, 1}, L, K, S.data(), V, V, output_rows(L, ws), output_stride(ws), kOverwrite);
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -617,17 +637,16 @@ inline void wy_read_state(const DeltaHead& p, index_t t0, index_t L, const RowMa
     read_state_bf16(ws.KQg, L, S, ws, false);
     return;
   }
-#else
-  (void)t0;  // only the bf16 steps write into the output rows
 #endif
   if (p.gated() && p.scalar_gate) decay_rows(L, ws);  // a channel gate's KQg: chunk_scores
-  const RowMatrix& X = p.gated() ? ws.KQg : ws.KQ;
-  small_product({X.data(), X.cols(), 1}, 2 * L, S.rows(), S.data(), S.cols(), S.cols(), ws.P.data(), ws.P.cols(), kOverwrite);
+  bind_output_rows(p, t0, ws);
+  read_state_fp32((p.gated() ? ws.KQg : ws.KQ).data(), L, S, ws);
 }
 
-/// O += M U over M's lower triangle (O is P's rows [L, 2L)); M: a RowMatrix or a map of one's rows.
+/// O += M U over M's lower triangle (O: output_rows); M: a RowMatrix or a map of one's rows.
 template <class LowerM>
 inline void add_mu(index_t L, const LowerM& M, WyWorkspace& ws) {
+  using Rows = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
   // O += M U over M's lower triangle. A NaN / inf in U must not reach earlier tokens through
   // M's zeros (docs/reliability.md): such entries run as 0 and are added to the rows i >= j
   // that see them afterwards (core/chunkwise/causal_product.hpp), so the earlier rows are
@@ -635,13 +654,13 @@ inline void add_mu(index_t L, const LowerM& M, WyWorkspace& ws) {
   const bool finite = chunkwise::all_finite(ws.U.topRows(L));
   if (!finite) ws.finite_u = ws.U.topRows(L).array().isFinite().select(ws.U.topRows(L), 0.f);
   const float* u = finite ? ws.U.data() : ws.finite_u.data();
-  small_product({M.data(), M.outerStride(), 1}, L, L, u, ws.U.cols(), ws.U.cols(), ws.P.row(L).data(), ws.P.cols(), kAdd,
-                InnerRange::lower);
-  if (!finite) chunkwise::add_nonfinite_lower(M.topLeftCorner(L, L), ws.U.topRows(L), ws.P.middleRows(L, L));
+  const index_t V = ws.U.cols(), ldo = output_stride(ws);
+  float* o = output_rows(L, ws);
+  small_product({M.data(), M.outerStride(), 1}, L, L, u, V, V, o, ldo, kAdd, InnerRange::lower);
+  if (!finite) chunkwise::add_nonfinite_lower(M.topLeftCorner(L, L), ws.U.topRows(L), Rows(o, L, V, Eigen::OuterStride<>(ldo)));
 }
 
-/// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O is P's rows [L, 2L), or
-/// the output rows under bf16 dot products: ws.o_rows).
+/// U = (I + A)^-1 diag(beta) (V - (K * exp(gamma)) S), then O += M U (O: output_rows).
 inline void wy_intra(index_t L, WyWorkspace& ws) {
   ws.u_words = false;
   const float* p_scale = ws.p_unscaled ? ws.factor.data() : nullptr;  // P's row decays, when still due
@@ -654,14 +673,9 @@ inline void wy_intra(index_t L, WyWorkspace& ws) {
     return;
   }
 #endif
-  if (ws.o_rows) {  // the fp32 code below works on O in P: bring it back from the output rows
-    for (index_t i = 0; i < L; ++i)
-      std::copy(ws.o_rows + i * ws.o_ld, ws.o_rows + i * ws.o_ld + ws.U.cols(), ws.P.row(L + i).data());
-    ws.o_rows = nullptr;
-  }
   if (p_scale) {  // O's rows take their decays before the fp32 product adds M U to them
-    float* o = ws.P.row(L).data();
-    scale_rows(o, nullptr, p_scale, L, ws.P.cols(), ws.P.cols(), o);
+    float* o = output_rows(L, ws);
+    scale_rows(o, nullptr, p_scale, L, ws.U.cols(), output_stride(ws), o);
   }
   add_mu(L, ws.M, ws);
 }
@@ -704,10 +718,10 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
   add_keys_times_u((p.gated() ? ws.Kn : ws.KQ).data(), L, decay, S, ws);
 }
 
-/// The chunk's outputs (P's rows [L, 2L)) out to o, any stride, unless the bf16 steps wrote them
+/// The chunk's outputs (P's rows [L, 2L)) out to o, any stride, unless the steps wrote them
 /// there already (ws.o_rows). Nothing above overwrites them.
 inline void wy_store_outputs(const DeltaHead& p, index_t t0, index_t L, const WyWorkspace& ws) {
-  if (ws.o_rows) return;  // written in place by the bf16 steps
+  if (ws.o_rows) return;  // written in place
   const auto O = ws.P.middleRows(L, L);
   for (index_t i = 0; i < L; ++i) {
     const TensorView<float, 1> out = p.o[t0 + i];
@@ -778,7 +792,8 @@ inline void wy_block_chunk(const DeltaHead& p, index_t t0, index_t L, const WyFa
   using Rows = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
   const index_t K = S.rows(), V = S.cols();
   load_chunk_values(p, t0, L, ws);
-  small_product({f.X(), K, 1}, 2 * L, K, S.data(), V, V, ws.P.data(), ws.P.cols(), kOverwrite);
+  bind_output_rows(p, t0, ws);
+  read_state_fp32(f.X(), L, S, ws);
   scale_rows(ws.Vc.data(), ws.P.data(), f.beta(), L, V, V, ws.U.data());
   solve_unit_lower(Rows(f.A(), L, L, Eigen::OuterStride<>(f.C)), L, ws.U);
   add_mu(L, Rows(f.M(), L, L, Eigen::OuterStride<>(f.C)), ws);
