@@ -152,13 +152,14 @@ inline void mask_row(index_t i, float bi, const float* g, float gi, const float*
   a[i] = 0.f;
 }
 
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#if defined(__AVX512F__)
 /// mask_row over the whole row [0, L) of A and M in masked 16-lane vectors, the zeros past the
-/// diagonal included: the bf16 steps' form. mask_row's last, partial vector of j is up to 15
-/// scalar std::exp calls a row, ~240 a chunk of 32 (perf: 9.5% of the bf16 Gated DeltaNet call
-/// at H16 K = V = 64 in mask_scores and libm's expf), here one masked vector exp. The vector exp
-/// differs from std::exp by about an ulp, far inside the bf16 rounding of M and of the solved U;
-/// the fp32 form keeps mask_row, so its results stay bit for bit those of before.
+/// diagonal included. mask_row's last, partial vector of j is up to 15 scalar std::exp calls a
+/// row, ~240 a chunk of 32 (perf: 9.5% of the bf16 Gated DeltaNet call at H16 K = V = 64 in
+/// mask_scores and libm's expf; 3.8% of the fp32 call at H32 K = V = 128), here one masked vector
+/// exp. The vector exp differs from std::exp by about an ulp in those lanes (the whole vectors
+/// before them are mask_row's own); the bf16 steps took this first, the fp32 ones since
+/// 2026-12-07 (README.md, "Where a chunk's time goes").
 inline void mask_row_lanes(index_t i, index_t L, float bi, const float* g, float gi, const float* gk, const float* gq,
                            float* a, float* m) {
   using simd::Batch;
@@ -183,24 +184,20 @@ inline void mask_row_lanes(index_t i, index_t L, float bi, const float* g, float
 #endif
 
 /// Fills A (strict lower, beta-scaled) and M (lower) from the raw scores G, with the pairwise
-/// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise. `lanes`: the
-/// bf16 steps' rows (mask_row_lanes; AVX-512 BF16 builds only).
-inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws, bool lanes = false) {
+/// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise. Whole rows
+/// in masked vectors where AVX-512 is there (mask_row_lanes).
+inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
   const float* g = scalar_decay ? ws.gsum.data() : nullptr;
   for (index_t i = 0; i < L; ++i) {
     float* a = ws.A.row(i).data();
     float* m = ws.M.row(i).data();
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
-    if (lanes) {
-      mask_row_lanes(i, L, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m);
-      continue;
-    }
+#if defined(__AVX512F__)
+    mask_row_lanes(i, L, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m);
 #else
-    (void)lanes;
-#endif
     mask_row(i, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m);
     std::fill(a + i + 1, a + L, 0.f);
     std::fill(m + i + 1, m + L, 0.f);
+#endif
   }
 }
 
@@ -593,7 +590,7 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
       scores_bf16(ws.KQ, 2 * L, L, p.K(), ws);
       ws.kq_words = true;  // the state read multiplies the same words (wy_read_state)
     }
-    mask_scores(L, p.gated() && p.scalar_gate, ws, true);
+    mask_scores(L, p.gated() && p.scalar_gate, ws);
     return;
   }
 #endif
