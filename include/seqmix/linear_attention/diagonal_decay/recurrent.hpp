@@ -650,12 +650,12 @@ struct LazyBlockRows {
 };
 
 // The whole per-token prep of a gated block x[0..n) (kLazyGroup <= n <= kTokenBlock) in one
-// vector pass per slice of kWidth key rows over all n tokens, planning the block as ONE lazy
+// vector pass over each token's key rows, token after token, planning the block as ONE lazy
 // window (token 0 opens it, each further group extends it; the case of gates within +-30 over
 // 16 tokens, which is every GLA model's). The plain operands (decays exp(g) into ws.w(j), q *
 // scale into ws.q(j)) are written for the tokens that run the plain update in that plan: the
 // opening token 0 and the block's last n % 4. Tokens [1, n - n % 4) get the running product P_j,
-// held in a register, its bound check and the fold: ws.lazy_q(j) = q P_j (rwkv6: q P_{j-1}),
+// carried in lazy_p(n - n % 4 - 1) from token to token, its bound check and the fold: ws.lazy_q(j) = q P_j (rwkv6: q P_{j-1}),
 // lazy_k(j) = k / P_j, and P_j in lazy_p(j) for the last of them (the window's rescale). Returns
 // whether every product stayed within the bound. Where plan_lazy_windows would open the same
 // window it computes the same products in the same order. Before this pass the exp, the
@@ -688,7 +688,8 @@ inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index
     out_w[j] = ws.w(j);
     in_k[j] = x[j].k;
   }
-  float* const last_p = lazy_end > 1 ? ws.lazy_p(lazy_end - 1) : nullptr;
+  assert(lazy_end >= kLazyGroup);
+  float* const last_p = ws.lazy_p(lazy_end - 1);
   const Batch<float> lo(kLazyMin), hi(1.f / kLazyMin), factor(rows.q_factor);
   simd::BatchBool<float> in_bound(true);
   const bool sum_bonus = kExclusive && rows.u != nullptr;
@@ -696,30 +697,35 @@ inline bool fold_block_window(const LazyBlockRows& rows, TokenOperands* x, index
   Batch<float> bonus[kTokenBlock];  // per token: the bonus's partial sums, one per lane
   if (sum_bonus)
     for (index_t j = 0; j < kTokenBlock; ++j) bonus[j] = Batch<float>(0.f);
+  // Token by token, each row front to back: a token's q / k / gate rows (8 KiB apart from the
+  // next token's at H = 16, K = 128) are read in order, where a pass per slice of key rows over
+  // all tokens took a new line of 3n rows per slice (perf: ~23 cycles per token and slice at
+  // gla-k128). The running product P waits in last_p between tokens: the same products in the
+  // same order, the same bits. One thread, gla-k128-t512: 0.99x, gla-1.3b-t512 0.98x (with
+  // the look-ahead as before; AMD EPYC Zen 5, load 5, 9 alternations).
   const index_t nv = simd::vector_end(Kf);
-  for (index_t i = 0; i < nv; i += simd::kWidth) {
-    Batch<float> P(1.f), before(1.f);
-    const Batch<float> u = sum_bonus ? simd::load(rows.u + i) : Batch<float>(0.f);
-    for (index_t j = 0; j < n; ++j) {
-      const bool plain = j == 0 || j >= lazy_end;
-      Batch<float> w(w_scalar[j]);
+  for (index_t j = 0; j < n; ++j) {
+    const bool plain = j == 0 || j >= lazy_end;
+    const Batch<float> w_token(w_scalar[j]);
+    for (index_t i = 0; i < nv; i += simd::kWidth) {
+      Batch<float> w = w_token;
       if constexpr (!kScalarGate) {
         w = simd::exp(simd::load(rows.g[j] + i));
         if (plain) simd::store(out_w[j] + i, w);
       }
       const Batch<float> q = factor * simd::load(rows.q[j] + i);
-      if (sum_bonus) bonus[j] = simd::fma(q * u, simd::load(in_k[j] + i), bonus[j]);
+      if (sum_bonus) bonus[j] = simd::fma(q * simd::load(rows.u + i), simd::load(in_k[j] + i), bonus[j]);
       if (plain) {
         simd::store(out_q[j] + i, q);
         continue;
       }
-      before = P;
-      P = j == 1 ? w : P * w;
+      const Batch<float> before = j == 1 ? Batch<float>(1.f) : simd::load(last_p + i);
+      const Batch<float> P = j == 1 ? w : before * w;
+      simd::store(last_p + i, P);  // after the window's last token: its P, for the rescale
       in_bound = in_bound & (P >= lo) & (P <= hi);
       simd::store(out_q[j] + i, kExclusive ? q * before : q * P);
       simd::store(out_k[j] + i, simd::load(in_k[j] + i) / P);
     }
-    if (last_p) simd::store(last_p + i, P);  // P of token lazy_end - 1: the plain tokens after leave it
   }
   bool ok = xsimd::all(in_bound);
   alignas(64) float bonus_sum[kTokenBlock];
@@ -812,21 +818,66 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
 // next, requested per_step tokens at a time after each of the block's tile passes, so the
 // requests overlap the FMAs instead of waiting in one burst at the block's start (with
 // them all issued while the block loaded its rows, the kernel ran at 0.54-0.56 of the FMA rate on
-// the gla-1.3b rows, against 0.97 on L1-resident ones: see the family README).
+// the gla-1.3b rows, against 0.97 on L1-resident ones: see the family README). With at most one
+// token per pass (K = V = 128: 16 passes per 16-token block) and fp32 q, k and v, each input's
+// rows are found once, as a first address and a stride: asking the views for every token's row
+// (prefetch_token: a view per row, a switch on the storage type) took 5-6% of gla-k128-t512's
+// samples, and without it the call ran 0.89x (one thread) / 0.87x (two, process CPU time). With
+// more tokens per pass (K = V = 64: 2) the same cheap requests ran 1.08-1.23x slower (gla-1.3b-t512,
+// one thread; the README's K = 64 section saw the same, unexplained): those keep the views,
+// whose cost spreads the requests through the pass. 16-bit rows go through prefetch_token too.
 struct AheadRows {
+  // Rows of one input: `bytes` from `first + t * stride` for token t of [next, end).
+  struct RowStream {
+    const char* first = nullptr;
+    std::ptrdiff_t stride = 0, bytes = 0;
+  };
   const HeadProblem* p = nullptr;
   index_t next = 0, end = 0, per_step = 0;
+  RowStream reads[4];  // q, k, v, gates: those with contiguous rows
+  int read_count = 0;
+  RowStream out;       // o, written; bytes 0: strided rows, left to the hardware
+  bool by_view = false;  // prefetch_token per row (more than one token per pass, or 16-bit q/k/v)
 
   // Tokens [first, last) of head over about `passes` steps.
   AheadRows(const HeadProblem& head, index_t first, index_t last, index_t passes)
-      : p(&head), next(first), end(last), per_step((last - first + passes - 1) / std::max<index_t>(passes, 1)) {}
-
-  void step() {
-    for (const index_t stop = std::min(end, next + per_step); next < stop; ++next) prefetch_token(*p, next);
+      : p(&head), next(first), end(last), per_step((last - first + passes - 1) / std::max<index_t>(passes, 1)) {
+    if (first >= last) return;
+    by_view = per_step > 1 || !(head.q.is_float() && head.k.is_float() && head.v.is_float());
+    if (by_view) return;
+    for (const InputRows* x : {&head.q, &head.k, &head.v}) add_read(x->floats(), x->floats().size(1));
+    if (head.gated()) add_read(head.g, head.g.stride(1) == 0 ? 1 : head.g.size(1));
+    if (head.o.stride(1) == 1 || head.o.size(1) <= 1) out = stream_of(head.o, head.o.size(1));
   }
+
+  void step() { request(std::min(end, next + per_step)); }
   // Whatever the passes left (fewer passes than planned: the scalar tail columns).
-  void finish() {
-    for (; next < end; ++next) prefetch_token(*p, next);
+  void finish() { request(end); }
+
+ private:
+  template <class View>
+  RowStream stream_of(const View& rows, index_t n) const {
+    RowStream s;
+    s.first = reinterpret_cast<const char*>(rows.data());
+    s.stride = static_cast<std::ptrdiff_t>(rows.stride(0) * static_cast<index_t>(sizeof(float)));
+    s.bytes = static_cast<std::ptrdiff_t>(n * static_cast<index_t>(sizeof(float)));
+    return s;
+  }
+  // Rows of n elements, stride(1) apart: requested only when contiguous (n <= 1 or stride 1), as
+  // InputRows::prefetch and prefetch_token do.
+  void add_read(const ConstView<float, 2>& rows, index_t n) {
+    if (n <= 1 || rows.stride(1) == 1) reads[read_count++] = stream_of(rows, n);
+  }
+  void request(index_t stop) {
+    if (by_view) {
+      for (; next < stop; ++next) prefetch_token(*p, next);
+      return;
+    }
+    for (; next < stop; ++next) {
+      for (int i = 0; i < read_count; ++i)
+        prefetch_row<false, kAheadLocality>(reads[i].first + next * reads[i].stride, reads[i].bytes);
+      if (out.bytes > 0) prefetch_row<true, kAheadLocality>(out.first + next * out.stride, out.bytes);
+    }
   }
 };
 
