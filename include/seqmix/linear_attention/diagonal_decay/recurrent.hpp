@@ -822,7 +822,7 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
 // token per pass (K = V = 128: 16 passes per 16-token block) and fp32 q, k and v, each input's
 // rows are found once, as a first address and a stride: asking the views for every token's row
 // (prefetch_token: a view per row, a switch on the storage type) took 5-6% of gla-k128-t512's
-// samples, and without it the call ran 0.89x (one thread) / 0.87x (two, process CPU time). With
+// samples, and without it the call ran 0.89x (one thread) / 0.87-0.99x (two, process CPU time). With
 // more tokens per pass (K = V = 64: 2) the same cheap requests ran 1.08-1.23x slower (gla-1.3b-t512,
 // one thread; the README's K = 64 section saw the same, unexplained): those keep the views,
 // whose cost spreads the requests through the pass. 16-bit rows go through prefetch_token too.
