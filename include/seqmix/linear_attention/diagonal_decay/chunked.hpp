@@ -276,13 +276,41 @@ inline bool use_bf16_dot(const HeadProblem& p) { return kNativeBf16Dot && p.bf16
 // The chunk loop itself is seqmix::chunkwise's engine (core/chunkwise/engine.hpp); driver.hpp maps its
 // hooks onto the steps below.
 
+// fp32 q, k and v rows of unit column stride under the identity map (GLA's and linear
+// attention's usual inputs): load_chunk reads them by pointer. Per row, the view and feature-map
+// calls cost about as much as the copies they made (perf, bf16 GLA call at gla-k128, one thread).
+inline bool plain_rows(const HeadProblem& p) {
+  const auto unit = [](const InputRows& x) { return x.is_float() && x.floats().is_last_dim_contiguous(); };
+  return p.phi == FeatureMap::identity && unit(p.q) && unit(p.k) && unit(p.v);
+}
+
 // Loads chunk [t0, t0+L): features, values, cumulative decays relative to the chunk start.
 inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
   ws.forget_chunk_operands();
-  for (index_t i = 0; i < L; ++i) {
-    apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
-    apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());
-    load_value_row(p, t0 + i, ws.Vc.row(i).data());
+  if (plain_rows(p)) {  // the same values as the general loop below, bit for bit
+    const ConstView<float, 2>&q = p.q.floats(), &k = p.k.floats(), &v = p.v.floats();
+    const index_t K = p.K(), V = p.V();
+    const float *qt = q.data() + t0 * q.stride(0), *kt = k.data() + t0 * k.stride(0), *vt = v.data() + t0 * v.stride(0);
+    for (index_t i = 0; i < L; ++i, qt += q.stride(0), kt += k.stride(0), vt += v.stride(0)) {
+#ifdef GLABF_AHEAD
+      if (i + GLABF_AHEAD < L) {
+        prefetch_row(qt + GLABF_AHEAD * q.stride(0), K);
+        prefetch_row(kt + GLABF_AHEAD * k.stride(0), K);
+        prefetch_row(vt + GLABF_AHEAD * v.stride(0), V);
+      }
+#endif
+      scaled_copy(qt, p.scale, ws.Q.row(i).data(), K);
+      scaled_copy(kt, 1.f, ws.Kc.row(i).data(), K);
+      float* vi = ws.Vc.row(i).data();
+      std::copy(vt, vt + V, vi);
+      if (p.normalize) vi[V] = 1.f;
+    }
+  } else {
+    for (index_t i = 0; i < L; ++i) {
+      apply_feature_map(p.phi, p.q.row(t0 + i, ws.in_row.data()), p.scale, ws.Q.row(i).data());
+      apply_feature_map(p.phi, p.k.row(t0 + i, ws.in_row.data()), 1.f, ws.Kc.row(i).data());
+      load_value_row(p, t0 + i, ws.Vc.row(i).data());
+    }
   }
   if (p.gated()) {
     const index_t n = p.scalar_gate ? 1 : p.K();
