@@ -65,6 +65,7 @@ struct ChunkWorkspace {
   RowMatrix Vc, O;     // [C,Vp] values (+ ones column), outputs
   RowMatrix A;         // [C,Cpad] intra-chunk scores (the first L columns used)
   RowMatrix Bq, Bk;    // [C,K] cumulative log-decays (column 0 only for scalar gates)
+  bool bq_is_bk = false;  // an inclusive readout: Bq is Bk, not copied (load_chunk)
   RowVector m;         // [K] anchor
   RowVector bonus;     // [C] rwkv6 diagonal
   RowVector bk0;       // [C] column 0 of Bk, contiguous (scalar gates)
@@ -88,6 +89,8 @@ struct ChunkWorkspace {
     A.setZero();
     forget_chunk_operands();
   }
+  // The queries' cumulative log-decays: Bk itself for an inclusive readout.
+  const RowMatrix& query_decays() const { return bq_is_bk ? Bk : Bq; }
   // A new chunk: no step's packed words or kept operands carry over.
   void forget_chunk_operands() { v_words = q_words = kd_exp_bq = key_words = keys_anchored = false; }
   std::size_t bytes() const {
@@ -130,18 +133,19 @@ void chunk_inter_bf16(const HeadProblem& p, index_t L, const deferred_t<RowMatri
   const index_t Kf = S.rows(), Vp = S.cols(), Kw = words(Kf), Vpad = pad16(Vp);
   Scratch& x = Scratch::local();
   x.reserve(L, Kf, Vp);
+  const RowMatrix& Bq = ws.query_decays();
   const float* q = ws.Q.data();
   const float* row_scale = nullptr;
   if (p.gated() && !p.scalar_gate && p.readout == Readout::inclusive) {
     // exp(Bq) = exp(Bk) kept in KD: the scores' keys K * exp(-Bk) are then a division, not an exp.
-    times_exp_rows_kept(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), ws.KD.data(), Kf, ws.QD.data(), Kf, L, Kf);
+    times_exp_rows_kept(ws.Q.data(), Kf, Bq.data(), Bq.cols(), ws.KD.data(), Kf, ws.QD.data(), Kf, L, Kf);
     ws.kd_exp_bq = true;
     q = ws.QD.data();
   } else if (p.gated() && !p.scalar_gate) {
-    times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
+    times_exp_rows(ws.Q.data(), Kf, Bq.data(), Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
     q = ws.QD.data();
   } else if (p.gated()) {  // exp(bq_i) on the rows of Q: O = (Q S) * exp(bq), rounded once
-    scalar_decays(ws.Bq, L, 1.f, 0.f, x.g.data());
+    scalar_decays(Bq, L, 1.f, 0.f, x.g.data());
     row_scale = x.g.data();
   }
   pack_rows(q, Kf, L, Kf, x.a.data(), Kw, row_scale);
@@ -215,7 +219,7 @@ bool chunk_intra_bf16(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace
     gemm_bf16(x.a.data() + i0 * Kw, Kw, x.b.data(), Lpad, strip, Lpad, rows, pad16(cols), Kw, nullptr);
     for (index_t i = i0; i < i0 + rows; ++i) {
       float* row = A + i * Lpad;
-      if (score_decays) times_exp_diff(row, ws.Bq(i, 0), g, i + 1);  // exponents <= 0
+      if (score_decays) times_exp_diff(row, ws.query_decays()(i, 0), g, i + 1);  // exponents <= 0
       for (index_t j = exclusive ? i : i + 1; j < cols; ++j) row[j] = 0.f;
       if (exclusive) row[i] = ws.bonus(i);
     }
@@ -312,6 +316,7 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
       load_value_row(p, t0 + i, ws.Vc.row(i).data());
     }
   }
+  ws.bq_is_bk = p.readout == Readout::inclusive;
   if (p.gated()) {
     const index_t n = p.scalar_gate ? 1 : p.K();
     const bool rows = n > 1 && p.g.stride(1) == 1;  // contiguous gate rows: vectorized sums
@@ -326,10 +331,9 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
           bk[c] = prev ? prev[c] + g : g;
         }
       }
+      if (ws.bq_is_bk) continue;
       float* bq = ws.Bq.row(i).data();
-      if (p.readout == Readout::inclusive)
-        std::copy(bk, bk + n, bq);
-      else if (prev)
+      if (prev)
         std::copy(prev, prev + n, bq);
       else
         std::fill(bq, bq + n, 0.f);
@@ -358,23 +362,24 @@ void chunk_inter(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, De
 #endif
   auto O = ws.O.topRows(L);
   const index_t Kf = ws.Q.cols();
+  const RowMatrix& Bq = ws.query_decays();
   if (tiled_steps(ws)) {
     const float* q = ws.Q.data();
     if (p.gated() && !p.scalar_gate) {
-      times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
+      times_exp_rows(ws.Q.data(), Kf, Bq.data(), Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
       q = ws.QD.data();
     }
     tiled_product({q, Kf, 1}, L, Kf, S.data(), S.cols(), S.cols(), ws.O.data(), ws.O.cols(), kOverwrite);
-    if (p.gated() && p.scalar_gate) O.array().colwise() *= ws.Bq.col(0).head(L).array().exp();
+    if (p.gated() && p.scalar_gate) O.array().colwise() *= Bq.col(0).head(L).array().exp();
     return;
   }
   if (!p.gated()) {
     O.noalias() = ws.Q.topRows(L) * S;
   } else if (p.scalar_gate) {
     O.noalias() = ws.Q.topRows(L) * S;
-    O.array().colwise() *= ws.Bq.col(0).head(L).array().exp();
+    O.array().colwise() *= Bq.col(0).head(L).array().exp();
   } else {
-    times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), ws.Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
+    times_exp_rows(ws.Q.data(), Kf, Bq.data(), Bq.cols(), 1.f, nullptr, ws.QD.data(), Kf, L, Kf);
     O.noalias() = ws.QD.topRows(L) * S;
   }
 }
@@ -383,7 +388,7 @@ void chunk_inter(const HeadProblem& p, index_t L, const deferred_t<RowMatrix, De
 inline float direct_score(const ChunkWorkspace& ws, index_t i, index_t j, index_t K) {
   using simd::Batch;
   const float *q = ws.Q.row(i).data(), *k = ws.Kc.row(j).data();
-  const float *bq = ws.Bq.row(i).data(), *bk = ws.Bk.row(j).data();
+  const float *bq = ws.query_decays().row(i).data(), *bk = ws.Bk.row(j).data();
   Batch<float> acc(0.f);
   const index_t kv = simd::vector_end(K);
   for (index_t c = 0; c < kv; c += simd::kWidth) {
@@ -405,7 +410,7 @@ void intra_channel_subchunked(const HeadProblem& p, index_t L, deferred_t<ChunkW
     if (i0 > 0) {
       const index_t Kf = ws.Q.cols(), G = ws.Bk.cols();
       ws.m = -ws.Bk.row(i0 - 1);  // the anchor r = i0 - 1: exp(Bq - Bk_r) and exp(Bk_r - Bk)
-      times_exp_rows(ws.Q.row(i0).data(), Kf, ws.Bq.row(i0).data(), G, 1.f, ws.m.data(), ws.QD.row(i0).data(), Kf, n, Kf);
+      times_exp_rows(ws.Q.row(i0).data(), Kf, ws.query_decays().row(i0).data(), G, 1.f, ws.m.data(), ws.QD.row(i0).data(), Kf, n, Kf);
       ws.m = -ws.m;
       times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), G, -1.f, ws.m.data(), ws.KD.data(), Kf, i0, Kf);
       ws.A.block(i0, 0, n, i0).noalias() = ws.QD.middleRows(i0, n) * ws.KD.topRows(i0).transpose();
@@ -420,7 +425,7 @@ template <class Deferred = void>
 void intra_channel_anchored(index_t L, deferred_t<ChunkWorkspace, Deferred>& ws) {
   const index_t Kf = ws.Q.cols(), G = ws.Bk.cols();
   ws.m = -0.5f * ws.Bk.row(L - 1);  // exp(Bq - m) and exp(m - Bk) with m = Bk_last / 2
-  times_exp_rows(ws.Q.data(), Kf, ws.Bq.data(), G, 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
+  times_exp_rows(ws.Q.data(), Kf, ws.query_decays().data(), G, 1.f, ws.m.data(), ws.QD.data(), Kf, L, Kf);
   ws.m = -ws.m;
   times_exp_rows(ws.Kc.data(), Kf, ws.Bk.data(), G, -1.f, ws.m.data(), ws.KD.data(), Kf, L, Kf);
   ws.A.topLeftCorner(L, L).noalias() = ws.QD.topRows(L) * ws.KD.topRows(L).transpose();
@@ -450,7 +455,7 @@ void tiled_scores(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, De
   if (p.gated() && p.scalar_gate) {
     float* bk = ws.bk0.data();
     for (index_t j = 0; j < L; ++j) bk[j] = ws.Bk(j, 0);
-    for (index_t i = 0; i < L; ++i) times_exp_diff(ws.A.row(i).data(), ws.Bq(i, 0), bk, i + 1);
+    for (index_t i = 0; i < L; ++i) times_exp_diff(ws.A.row(i).data(), ws.query_decays()(i, 0), bk, i + 1);
   }
 }
 
@@ -503,7 +508,7 @@ void chunk_intra(const HeadProblem& p, index_t L, deferred_t<ChunkWorkspace, Def
     if (p.gated()) {
       float* bk = ws.bk0.data();
       for (index_t j = 0; j < L; ++j) bk[j] = ws.Bk(j, 0);
-      for (index_t i = 0; i < L; ++i) times_exp_diff(&A(i, 0), ws.Bq(i, 0), bk, i + 1);
+      for (index_t i = 0; i < L; ++i) times_exp_diff(&A(i, 0), ws.query_decays()(i, 0), bk, i + 1);
     }
   }
   // Causal mask (the sub-chunked path wrote zeros there already; cheap to redo).
