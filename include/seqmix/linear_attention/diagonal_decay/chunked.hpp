@@ -296,13 +296,6 @@ inline void load_chunk(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspa
     const index_t K = p.K(), V = p.V();
     const float *qt = q.data() + t0 * q.stride(0), *kt = k.data() + t0 * k.stride(0), *vt = v.data() + t0 * v.stride(0);
     for (index_t i = 0; i < L; ++i, qt += q.stride(0), kt += k.stride(0), vt += v.stride(0)) {
-#ifdef GLABF_AHEAD
-      if (i + GLABF_AHEAD < L) {
-        prefetch_row(qt + GLABF_AHEAD * q.stride(0), K);
-        prefetch_row(kt + GLABF_AHEAD * k.stride(0), K);
-        prefetch_row(vt + GLABF_AHEAD * v.stride(0), V);
-      }
-#endif
       scaled_copy(qt, p.scale, ws.Q.row(i).data(), K);
       scaled_copy(kt, 1.f, ws.Kc.row(i).data(), K);
       float* vi = ws.Vc.row(i).data();
