@@ -570,14 +570,7 @@ void chunk_state_update(const HeadProblem& p, index_t L, deferred_t<RowMatrix, D
 }
 
 // Writes the chunk's output rows (the engine's store_outputs hook).
-// Unit-stride rows without a normalizer are copied by pointer (a row view per row, as load_chunk's).
 inline void store_chunk_outputs(const HeadProblem& p, index_t t0, index_t L, const ChunkWorkspace& ws) {
-  if (!p.normalize && p.o.is_last_dim_contiguous()) {
-    const index_t V = p.V();
-    float* out = p.o.data() + t0 * p.o.stride(0);
-    for (index_t i = 0; i < L; ++i, out += p.o.stride(0)) std::copy(ws.O.row(i).data(), ws.O.row(i).data() + V, out);
-    return;
-  }
   for (index_t i = 0; i < L; ++i) store_output_row(p, t0 + i, ws.O.row(i).data());
 }
 
