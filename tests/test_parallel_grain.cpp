@@ -2,6 +2,7 @@
 // and the causal prefill's task order that it led to (attention/dense/flash.hpp).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -57,12 +58,16 @@ TEST_CASE("parallel grain: the serial part is the call's time outside its top-le
   CHECK(st::serial_seconds({outer}, 1e-3) == 0.0);  // never negative
   // Measured: about 2 ms of work before a run of 64 tasks of 0.1 ms each. The serial part comes
   // out near 2 ms however many clock reads the tasks took (thread CPU time: only this thread's
-  // work counts, so a loaded machine does not move it much).
-  st::CountingExecutor ex(64);
-  const double start = st::thread_cpu_seconds();
-  busy(2e-3);
-  ex.run(64, [](index_t) { busy(1e-4); });
-  const double serial = st::serial_seconds(ex.runs(), st::thread_cpu_seconds() - start);
+  // work counts, so a loaded machine does not move it much). Interrupts and page faults charged
+  // to this thread only ever add time, so the smallest of a few tries is the one to bound.
+  double serial = 1.0;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    st::CountingExecutor ex(64);
+    const double start = st::thread_cpu_seconds();
+    busy(2e-3);
+    ex.run(64, [](index_t) { busy(1e-4); });
+    serial = std::min(serial, st::serial_seconds(ex.runs(), st::thread_cpu_seconds() - start));
+  }
   CHECK(serial > 1.9e-3);
   CHECK(serial < 2.5e-3);
 }
