@@ -108,10 +108,10 @@ inline double chunked_token_steps(const DeltaShape& s, index_t width) {
   return flops / rate + kChunkedTokenSteps + kChunkSteps * chunks / T;
 }
 
-/// 12 MiB: beyond this many bytes of rows of one sequence (q, k, v, the outputs and per-channel
+/// 16 MiB: beyond this many bytes of rows of one sequence (q, k, v, the outputs and per-channel
 /// log-decays of all its heads), the rows no longer stay in the cache between the calls that
-/// write and read them (the L3 share of the 2-core Zen 5 slice this was measured on, which other
-/// processes' work shrinks), and each token's rows come from memory. The recurrent kernel walks one head's rows from the first token
+/// write and read them (the L3 share of the 2-core Zen 5 slice this was measured on), and each
+/// token's rows come from memory. The recurrent kernel walks one head's rows from the first token
 /// to the last, each row H K elements from the previous one, on a page of its own; even asked for
 /// 8 tokens ahead (kRecurrentRowsAhead) they then cost it about 50 ns each, where the chunked form
 /// reads a token's rows of all heads of its task together. Measured at K = V = 64, every gate,
@@ -119,13 +119,8 @@ inline double chunked_token_steps(const DeltaShape& s, index_t width) {
 /// MiB of rows, 0.73-1.27 at 8-16 MiB (both forms alternated in one process; the automatic
 /// choices of an 8 MiB threshold and of none, as separate binaries: 0.74-1.20 at 16 MiB, noisy),
 /// 1.00-1.27 at 20-32 MiB, 1.07-1.84 from 64 MiB. (Before the rows were asked for ahead it was
-/// 8 MiB.) It was 16 MiB until the chunked form's output rows, 8-row tiles and vector masks
-/// (2026-12-07) made it 1.03-1.09x faster: then, both forms alternated in one process (one thread,
-/// thread CPU time, load 1-4), recurrent / chunked read 1.19-1.31 at 14-16 MiB (H14 and H16
-/// T1024, H4 T4096, H32 T512; every gate) and 1.0-1.4 at 8-12 MiB, where the recurrent kernel
-/// also won by 1.2x minutes before (H8 T1024, load 1): there the answer follows the neighbours'
-/// use of the L3, so only the shapes that lost in every run moved.
-constexpr double kCachedRowBytes = 12.0 * (1 << 20);
+/// 8 MiB.)
+constexpr double kCachedRowBytes = 16.0 * (1 << 20);
 
 /// 50 steps (about 50 ns): what each row of a token (q, k, v, output, per-channel log-decays) adds
 /// to the recurrent kernel once the rows are not cached. Per row, not per byte: 16-bit rows cost
