@@ -246,6 +246,41 @@ inline void request_token_rows(const DeltaHead& p, index_t t, bool direct) {
   if (direct) detail::prefetch_row<true, 3>(p.o.ptr(t), p.V());
 }
 
+/// The cache lines of the rows a pair of tokens asks for ahead, handed to the two-token pass
+/// (PairOperands::ahead), which asks for one per row of S in its first sweep. Issued in one burst
+/// before the pass (request_token_rows: 24 lines for two tokens at K = V = 64, 8 more for the
+/// outputs) they were not there when used once the rows came from memory: at 16 MiB of rows
+/// (H16 K = V = 64 T1024) the q and k loads took 40% of the samples and a token 0.38-0.52 us
+/// against 0.21 with the rows in L3; spread, 0.25 (README.md, "The rows asked for during the
+/// pass"). fp32 rows with unit stride only; 16-bit rows go through InputRows::prefetch as before,
+/// and the outputs (asked for with write intent) in a burst.
+struct AheadLines {
+  static constexpr index_t kCapacity = 128;
+  const char* line[kCapacity];
+  index_t count = 0;
+
+  void add_row(const float* p, index_t n) {
+    const char* bytes = reinterpret_cast<const char*>(p);
+    for (index_t offset = 0; offset < n * static_cast<index_t>(sizeof(float)); offset += 64)
+      if (count < kCapacity)
+        line[count++] = bytes + offset;
+      else
+        __builtin_prefetch(bytes + offset, 0, 3);
+  }
+};
+
+/// request_token_rows for the two-token pass: the fp32 rows' lines into `lines`.
+inline void collect_token_rows(const DeltaHead& p, index_t t, bool direct, AheadLines& lines) {
+  for (const detail::la::InputRows* x : {&p.q, &p.k, &p.v}) {
+    if (x->is_float() && x->floats()[t].is_last_dim_contiguous())
+      lines.add_row(x->floats()[t].data(), x->size(1));
+    else
+      x->prefetch(t);
+  }
+  if (p.gated() && !p.scalar_gate && p.g[t].is_last_dim_contiguous()) lines.add_row(p.g[t].data(), p.K());
+  if (direct) detail::prefetch_row<true, 3>(p.o.ptr(t), p.V());
+}
+
 /// The recurrent prefill of one head on a contiguous state S [K,V]; with `token_states` [T,K,V]
 /// given, S is copied there after every token. Without them, and with V a multiple of the
 /// vector width, tokens go through S two at a time (advance_pair: half the loads and stores of
@@ -258,14 +293,17 @@ inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws, Pair
   const bool pairs = !token_states.has_value() && V % simd::kWidth == 0;
   index_t t = 0;
   for (; pairs && t + 2 <= T; t += 2) {
+    AheadLines ahead;
     if (t + kRecurrentRowsAhead + 1 < T) {
-      request_token_rows(p, t + kRecurrentRowsAhead, direct);
-      request_token_rows(p, t + kRecurrentRowsAhead + 1, direct);
+      collect_token_rows(p, t + kRecurrentRowsAhead, direct, ahead);
+      collect_token_rows(p, t + kRecurrentRowsAhead + 1, direct, ahead);
     }
     const TokenOperands x1 = load_delta_token(p, t, ws), x2 = load_delta_token(p, t + 1, pair.second);
     float* o1 = direct ? p.o.ptr(t) : ws.o();
     float* o2 = direct ? p.o.ptr(t + 1) : pair.second.o();
-    advance_pair(S, V, K, V, pair_operands(x1, x2, K, pair), o1, o2);
+    PairOperands x = pair_operands(x1, x2, K, pair);
+    x.ahead = ahead.line, x.ahead_count = ahead.count;
+    advance_pair(S, V, K, V, x, o1, o2);
     if (!direct)
       for (index_t c = 0; c < V; ++c) p.o(t, c) = o1[c], p.o(t + 1, c) = o2[c];
   }

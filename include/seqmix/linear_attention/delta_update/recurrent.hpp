@@ -102,6 +102,11 @@ struct PairOperands {
   const float* v2 = nullptr;  ///< [V]
   float beta1 = 1.f, beta2 = 1.f;
   float k1q1 = 0.f, k1k2 = 0.f, k1q2 = 0.f, k2q2 = 0.f;  ///< k1 . q1, e . k2, e . q2, k2 . q2
+  /// Cache lines of later tokens' rows to ask for during the pass: one per row of S in the first
+  /// tile's first sweep (advance_pair asks for any beyond K at once). Spread so, they do not queue
+  /// behind each other ahead of the pass's own loads as a burst does (driver.hpp, AheadLines).
+  const char* const* ahead = nullptr;
+  index_t ahead_count = 0;
 };
 
 template <int NB, bool kDecay>
@@ -114,6 +119,7 @@ inline void pair_tile(float* S, index_t ldS, index_t K, index_t c0, const PairOp
   for (int j = 0; j < NB; ++j) pa[j] = pb[j] = pc[j] = pd[j] = Batch<float>(0.f);
   for (index_t r = 0; r < K; ++r) {
     const float* row = S + r * ldS + c0;
+    if (r < x.ahead_count) __builtin_prefetch(x.ahead[r], 0, 3);
     const Batch<float> ar(x.a[r]), br(x.b[r]), cr(x.c[r]), dr(x.d[r]);
 #pragma GCC unroll 4
     for (int j = 0; j < NB; ++j) {
@@ -145,13 +151,16 @@ inline void pair_tile(float* S, index_t ldS, index_t K, index_t c0, const PairOp
 }
 
 /// Advances S ([K,V], V a multiple of simd::kWidth) by two tokens; writes o1[0..V), o2[0..V).
-inline void advance_pair(float* S, index_t ldS, index_t K, index_t V, const PairOperands& x, float* o1, float* o2) {
+inline void advance_pair(float* S, index_t ldS, index_t K, index_t V, const PairOperands& pass, float* o1, float* o2) {
   constexpr index_t W = simd::kWidth;
-  const bool decay = x.ww != nullptr;
+  const bool decay = pass.ww != nullptr;
+  for (index_t i = K; i < pass.ahead_count; ++i) __builtin_prefetch(pass.ahead[i], 0, 3);
+  PairOperands x = pass;
+  x.ahead_count = std::min(pass.ahead_count, K);
   index_t c = 0;
-  for (; c + 4 * W <= V; c += 4 * W)
+  for (; c + 4 * W <= V; c += 4 * W, x.ahead_count = 0)
     decay ? pair_tile<4, true>(S, ldS, K, c, x, o1, o2) : pair_tile<4, false>(S, ldS, K, c, x, o1, o2);
-  for (; c + W <= V; c += W)
+  for (; c + W <= V; c += W, x.ahead_count = 0)
     decay ? pair_tile<1, true>(S, ldS, K, c, x, o1, o2) : pair_tile<1, false>(S, ldS, K, c, x, o1, o2);
 }
 
