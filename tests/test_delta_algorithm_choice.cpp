@@ -60,25 +60,25 @@ TEST_CASE("delta rules: the automatic choice at the measured crossover points, 1
   const std::vector<index_t> all{4, 8, 16, 32, 64, 256, 1024, 2048};
   // K = V = 16 and 64: the recurrent kernel's one tile per row beats the chunk's fixed work at
   // every length while the sequence's rows (q, k, v, outputs of all heads) stay within
-  // kCachedRowBytes, 16 MiB: 4 heads to T = 4096 at K = V = 64 (1 KB of fp32 rows per token and
-  // head), 16 heads to 1024, 32 heads to 512; beyond, each row from memory costs the recurrent
-  // kernel's head-by-head walk more than the chunked form's extra flops (README.md, "Which prefill
-  // runs": recurrent / chunked 1.00-1.27 at 20-32 MiB, 1.07-1.84 from 64 MiB, 0.64-0.85 up to 4).
+  // kCachedRowBytes, 32 MiB: 4 heads to T = 8192 at K = V = 64 (1 KB of fp32 rows per token and
+  // head), 16 heads to 2048, 32 heads to 1024; beyond, each row from memory costs the recurrent
+  // kernel's head-by-head walk more than the chunked form's extra flops (README.md, "The rows
+  // asked for during the pass": recurrent / chunked 0.72-0.99 up to 32 MiB, 1.16-1.58 at 64 MiB).
   require_choice(16, 16, 16, all, kRecurrent);
   require_choice(64, 64, 4, all, kRecurrent);
-  require_choice(64, 64, 4, {4096}, kRecurrent);
-  require_choice(64, 64, 16, {4, 8, 16, 32, 64, 256, 512, 1024}, kRecurrent);
-  require_choice(64, 64, 32, {4, 8, 16, 32, 64, 256, 512}, kRecurrent);
-  require_choice(64, 64, 4, {4200, 16384}, kChunked);
-  require_choice(64, 64, 16, {1100, 2048, 4096}, kChunked);
-  require_choice(64, 64, 32, {600, 1024, 2048, 4096}, kChunked);
+  require_choice(64, 64, 4, {4096, 8192}, kRecurrent);
+  require_choice(64, 64, 16, {4, 8, 16, 32, 64, 256, 512, 1024, 2048}, kRecurrent);
+  require_choice(64, 64, 32, {4, 8, 16, 32, 64, 256, 512, 1024}, kRecurrent);
+  require_choice(64, 64, 4, {8400, 16384}, kChunked);
+  require_choice(64, 64, 16, {2100, 4096}, kChunked);
+  require_choice(64, 64, 32, {1100, 2048, 4096}, kChunked);
   // The rows' bytes follow their storage and the gate: bf16 q, k, v (640 bytes per token and head
-  // at K = V = 64) keep H32 T1024 (20 MiB) chunked but H16 T1024 (10 MiB) recurrent; KDA's
-  // per-channel log-decays (1280 bytes with fp32 rows) take H16 T1024 (20 MiB) to the chunked form.
-  CHECK(seqmix::delta_update::choose_delta_algorithm({1024, 64, 64, 32, 32, seqmix::Bf16Compute::fp32, 2}, 16) == kChunked);
-  CHECK(seqmix::delta_update::choose_delta_algorithm({1024, 64, 64, 16, 32, seqmix::Bf16Compute::fp32, 2}, 16) == kRecurrent);
-  CHECK(seqmix::delta_update::choose_delta_algorithm({1024, 64, 64, 16, 32, seqmix::Bf16Compute::fp32, 4, true}, 16) == kChunked);
-  CHECK(seqmix::delta_update::choose_delta_algorithm({1024, 64, 64, 16, 32, seqmix::Bf16Compute::fp32, 4, false}, 16) == kRecurrent);
+  // at K = V = 64) keep H32 T2048 (40 MiB) chunked but H32 T1024 (20 MiB) recurrent; KDA's
+  // per-channel log-decays (1280 bytes with fp32 rows) take H16 T2048 (40 MiB) to the chunked form.
+  CHECK(seqmix::delta_update::choose_delta_algorithm({2048, 64, 64, 32, 32, seqmix::Bf16Compute::fp32, 2}, 16) == kChunked);
+  CHECK(seqmix::delta_update::choose_delta_algorithm({1024, 64, 64, 32, 32, seqmix::Bf16Compute::fp32, 2}, 16) == kRecurrent);
+  CHECK(seqmix::delta_update::choose_delta_algorithm({2048, 64, 64, 16, 32, seqmix::Bf16Compute::fp32, 4, true}, 16) == kChunked);
+  CHECK(seqmix::delta_update::choose_delta_algorithm({2048, 64, 64, 16, 32, seqmix::Bf16Compute::fp32, 4, false}, 16) == kRecurrent);
   // K = V = 32 and the mixed sizes K 64 V 128, K 128 V 64: near parity, the recurrent kernel
   // ahead while the rows stay cached.
   require_choice(32, 32, 16, {256, 1024}, kRecurrent);
@@ -252,9 +252,9 @@ TEST_CASE("delta rules: an automatic call runs the chosen form of each sequence 
       {{2, 90, 9}, 2, 128, 128, Gate::none},
       {{65, 4, 31}, 2, 64, 64, Gate::scalar},
       {{40, 7}, 1, 96, 40, Gate::channel},
-      // K = V = 64, 16 heads: 1100 tokens pass kCachedRowBytes (17.2 MiB of rows: chunked), 300
+      // K = V = 64, 16 heads: 2100 tokens pass kCachedRowBytes (32.8 MiB of rows: chunked), 300
       // stay within it (4.7 MiB: recurrent).
-      {{1100, 300}, 16, 64, 64, Gate::scalar},
+      {{2100, 300}, 16, 64, 64, Gate::scalar},
   };
   std::uint64_t seed = 300;
   for (const PackedCase& c : cases)

@@ -119,8 +119,12 @@ inline double chunked_token_steps(const DeltaShape& s, index_t width) {
 /// MiB of rows, 0.73-1.27 at 8-16 MiB (both forms alternated in one process; the automatic
 /// choices of an 8 MiB threshold and of none, as separate binaries: 0.74-1.20 at 16 MiB, noisy),
 /// 1.00-1.27 at 20-32 MiB, 1.07-1.84 from 64 MiB. (Before the rows were asked for ahead it was
-/// 8 MiB.)
-constexpr double kCachedRowBytes = 16.0 * (1 << 20);
+/// 8 MiB.) 32 MiB since the two-token pass asks for its rows during its first sweep (AheadLines,
+/// 2026-12-07): recurrent / chunked per token and head 0.76-0.86 at 16 MiB (H16 T1024), 0.78-0.93
+/// at 32 MiB (H16 T2048, H32 T1024, H4 T8192; K = V = 32 H16 T4096 0.72-0.76, K = V = 16 H16
+/// T8192 0.83-0.99), 1.16-1.58 at 64 MiB (H16 T4096): scalar and per-channel gates and none, one
+/// thread, load 4.1-4.2 (README.md, "The rows asked for during the pass").
+constexpr double kCachedRowBytes = 32.0 * (1 << 20);
 
 /// 50 steps (about 50 ns): what each row of a token (q, k, v, output, per-channel log-decays) adds
 /// to the recurrent kernel once the rows are not cached. Per row, not per byte: 16-bit rows cost
