@@ -45,13 +45,14 @@ inline float row_max(const float* s, index_t n) noexcept {
 // n))) is finite: softmax_tile_exps replaces s by p = exp(s - m_new) and returns their sum;
 // softmax_tile_update folds that sum into (m, l) and returns the factor exp(m - m_new) for the
 // accumulator. The prefill runs them as passes over a tile's rows (flash_softmax), so the rows'
-// independent reductions and exps overlap instead of waiting on each row's branches.
+// independent reductions and exps overlap instead of waiting on each row's branches. Every
+// s - m_new is <= 0 (or NaN), so the exp is simd::exp_nonpositive.
 inline float softmax_tile_exps(float* s, index_t n, float m_new) noexcept {
   const simd::Batch<float> shift(m_new);
   simd::Batch<float> sum(0.f);
   const index_t nv = simd::vector_end(n);
   for (index_t j = 0; j < nv; j += simd::kWidth) {
-    const simd::Batch<float> p = simd::exp(simd::load(s + j) - shift);
+    const simd::Batch<float> p = simd::exp_nonpositive(simd::load(s + j) - shift);
     simd::store(s + j, p);
     sum += p;
   }
