@@ -27,6 +27,7 @@
 #include <Eigen/Core>
 
 #include "seqmix/core/chunkwise/causal_product.hpp"
+#include "seqmix/core/prefetch.hpp"
 #include "seqmix/core/register_transpose.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/linear_attention/delta_update/head.hpp"
@@ -83,6 +84,11 @@ struct WyWorkspace {
   /// wy_store_outputs has nothing left to copy. Null: O is in P (outputs with a column stride).
   float* o_rows = nullptr;
   index_t o_ld = 0;
+  /// The chunk's values read in place from the caller's fp32 rows (v_ld floats apart) by wy_intra's
+  /// right-hand side instead of from a copy in Vc (load_chunk only asks for their lines). Null:
+  /// the values are in Vc.
+  const float* v_rows = nullptr;
+  index_t v_ld = 0;
   bool u_words = false;   ///< bf16 U finite, its pair words packed by wy_intra for the state update
   /// bf16 dot products, anchored per-channel gate: the chunk's decayed operands exist only as the
   /// pair words below (channel_words), KQa, Ka, KQg and Kn are not filled.
@@ -97,14 +103,26 @@ inline void load_chunk_values(const DeltaHead& p, index_t t0, index_t L, WyWorks
   for (index_t i = 0; i < L; ++i) p.v.load(t0 + i, ws.Vc.row(i).data());
 }
 
+/// Whether wy_intra reads the values from the caller's rows in place (ws.v_rows): fp32 rows with
+/// a unit column stride. Copying them into Vc in load_chunk's pass, whose time is the rows'
+/// misses, put 8 more stores a token behind those misses (README.md, 2026-12-07 evening).
+inline bool in_place_values(const DeltaHead& p) {
+  return p.v.is_float() && p.v.floats().stride(1) == 1;
+}
+
 /// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, beta, cumulative gates, and
 /// the values unless `values` is false (the shared chunk factors, below, need none). One pass
 /// over the token rows, each token's k, q and v together.
 inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, bool values = true) {
+  ws.v_rows = nullptr;
+  if (values && in_place_values(p)) ws.v_rows = p.v.floats()[t0].data(), ws.v_ld = p.v.floats().stride(0);
   for (index_t i = 0; i < L; ++i) {
     load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
     load_row(p.q, t0 + i, p.scale, p.norm, ws.KQ.row(L + i).data());
-    if (values) p.v.load(t0 + i, ws.Vc.row(i).data());
+    if (ws.v_rows)
+      detail::prefetch_row<false, 2>(ws.v_rows + i * ws.v_ld, p.V());
+    else if (values)
+      p.v.load(t0 + i, ws.Vc.row(i).data());
     ws.beta(i) = p.beta(t0 + i);
   }
   if (!p.gated()) return;
@@ -334,6 +352,14 @@ inline void scale_rows(const float* x, const float* y, const float* f, index_t r
     }
     for (index_t c = nv; c < n; ++c) di[c] = f[i] * (yi ? xi[c] - yi[c] : xi[c]);
   }
+}
+
+/// The right-hand side U = diag(beta) (V - P) (P's row i times yf[i] when given) with the values
+/// read in place, rows ldv floats apart (ws.v_rows): scale_rows' arithmetic, the same bits.
+inline void rhs_rows(const float* v, index_t ldv, const float* P, const float* beta, index_t rows, index_t n,
+                     index_t ld, float* U, const float* yf) {
+  for (index_t i = 0; i < rows; ++i)
+    scale_rows(v + i * ldv, P + i * ld, beta + i, 1, n, ld, U + i * ld, yf ? yf + i : nullptr);
 }
 
 /// factor = exp(gamma) per row (scalar gate): the decay of the state read.
@@ -661,7 +687,10 @@ inline void add_mu(index_t L, const LowerM& M, WyWorkspace& ws) {
 inline void wy_intra(index_t L, WyWorkspace& ws) {
   ws.u_words = false;
   const float* p_scale = ws.p_unscaled ? ws.factor.data() : nullptr;  // P's row decays, when still due
-  scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data(), p_scale);
+  if (ws.v_rows)
+    rhs_rows(ws.v_rows, ws.v_ld, ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data(), p_scale);
+  else
+    scale_rows(ws.Vc.data(), ws.P.data(), ws.beta.data(), L, ws.U.cols(), ws.U.cols(), ws.U.data(), p_scale);
   solve_unit_lower(ws.A, L, ws.U);
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   ws.u_words = ws.bf16_dot && simd::rows_finite(ws.U.data(), L, ws.U.cols(), ws.U.cols());
