@@ -89,6 +89,11 @@ struct WyWorkspace {
   /// the values are in Vc.
   const float* v_rows = nullptr;
   index_t v_ld = 0;
+  /// The chunk's keys read in place from the caller's fp32 rows (k_ld floats apart) by the scores
+  /// and the decayed copies (KQg's top rows, Kn), KQ's rows [0, L) left unfilled
+  /// (in_place_keys). Null: the keys are in KQ.
+  const float* k_rows = nullptr;
+  index_t k_ld = 0;
   bool u_words = false;   ///< bf16 U finite, its pair words packed by wy_intra for the state update
   /// bf16 dot products, anchored per-channel gate: the chunk's decayed operands exist only as the
   /// pair words below (channel_words), KQa, Ka, KQg and Kn are not filled.
@@ -110,14 +115,24 @@ inline bool in_place_values(const DeltaHead& p) {
   return p.v.is_float() && p.v.floats().stride(1) == 1;
 }
 
+/// Whether a chunk's keys are read in place (ws.k_rows) on the fp32 path of a scalar gate: fp32
+/// rows with a unit column stride that need no normalization. There the keys are only read by
+/// the scores and the two row-scale passes (decay_rows, decayed_keys), which take a row stride.
+inline bool in_place_keys(const DeltaHead& p) {
+  return p.gated() && p.scalar_gate && p.norm == QkNorm::none && p.k.is_float() && p.k.floats().stride(1) == 1;
+}
+
 /// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, beta, cumulative gates, and
 /// the values unless `values` is false (the shared chunk factors, below, need none). One pass
 /// over the token rows, each token's k, q and v together.
-inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, bool values = true) {
+inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, bool values = true,
+                       bool keys = true) {
+  ws.k_rows = nullptr;
+  if (!keys) ws.k_rows = p.k.floats()[t0].data(), ws.k_ld = p.k.floats().stride(0);
   ws.v_rows = nullptr;
   if (values && in_place_values(p)) ws.v_rows = p.v.floats()[t0].data(), ws.v_ld = p.v.floats().stride(0);
   for (index_t i = 0; i < L; ++i) {
-    load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
+    if (keys) load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
     load_row(p.q, t0 + i, p.scale, p.norm, ws.KQ.row(L + i).data());
     if (ws.v_rows)
       detail::prefetch_row<false, 2>(ws.v_rows + i * ws.v_ld, p.V());
@@ -219,19 +234,32 @@ inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
   }
 }
 
+/// Rows of a chunk operand: row i at data + i * ld.
+struct ChunkRows {
+  const float* data;
+  index_t ld;
+};
+
+/// scores_lower on rows given apart: X's key half xk, its query half xq, the keys y (each [L,K]).
+inline void scores_lower_rows(index_t L, index_t K, ChunkRows xk, ChunkRows xq, ChunkRows y, WyWorkspace& ws) {
+  const index_t ldg = ws.G.cols();
+  constexpr auto R = static_cast<std::size_t>(kTileRows), NV = static_cast<std::size_t>(kTileVectors);
+  // In 16 x 16 register blocks: Eigen's transposing assignment was ~3% of a chunk (perf, H32 K128).
+  detail::transpose_words(y.data, y.ld, L, K, ws.KT.data(), ws.KT.cols(), L);
+  const ChunkRows halves[2] = {xk, xq};
+  for (index_t half = 0; half < 2; ++half)
+    detail::lower_scores<R, NV>({halves[half].data, halves[half].ld, 1}, L, K, ws.KT.data(), ws.KT.cols(),
+                                ws.G.row(half * L).data(), ldg, ldg);
+}
+
 /// Raw scores G = (K;Q) K^T without gates, only where mask_scores reads them: row i of either
 /// half needs columns j <= i, so each 6-row tile stops at the vector holding its last row's
 /// diagonal (about half the flops of the full product; core/small_gemm.hpp's lower_scores).
 /// X: the rows (K;Q) [2L,K], Y: the keys [L,K] (X's top rows without a gate; the anchored
 /// factors under a per-channel gate).
 inline void scores_lower(index_t L, const RowMatrix& X, const RowMatrix& Y, WyWorkspace& ws) {
-  const index_t K = X.cols(), ldg = ws.G.cols();
-  constexpr auto R = static_cast<std::size_t>(kTileRows), NV = static_cast<std::size_t>(kTileVectors);
-  // In 16 x 16 register blocks: Eigen's transposing assignment was ~3% of a chunk (perf, H32 K128).
-  detail::transpose_words(Y.data(), Y.cols(), L, K, ws.KT.data(), ws.KT.cols(), L);
-  for (index_t half = 0; half < 2; ++half)
-    detail::lower_scores<R, NV>({X.row(half * L).data(), K, 1}, L, K, ws.KT.data(), ws.KT.cols(),
-                                ws.G.row(half * L).data(), ldg, ldg);
+  const index_t K = X.cols();
+  scores_lower_rows(L, K, {X.data(), K}, {X.row(L).data(), K}, {Y.data(), Y.cols()}, ws);
 }
 
 /// Per-channel gate, decay over the chunk at most kAnchorRange: every decayed operand of the chunk
@@ -362,6 +390,12 @@ inline void rhs_rows(const float* v, index_t ldv, const float* P, const float* b
     scale_rows(v + i * ldv, P + i * ld, beta + i, 1, n, ld, U + i * ld, yf ? yf + i : nullptr);
 }
 
+/// dst row i = f_i x row i, x's rows ldx floats apart and dst's ldd (scale_rows' arithmetic).
+inline void scale_rows_apart(const float* x, index_t ldx, const float* f, index_t rows, index_t n, float* dst,
+                             index_t ldd) {
+  for (index_t i = 0; i < rows; ++i) scale_rows(x + i * ldx, nullptr, f + i, 1, n, ldd, dst + i * ldd);
+}
+
 /// factor = exp(gamma) per row (scalar gate): the decay of the state read.
 inline void read_decays(index_t L, WyWorkspace& ws) { ws.factor.head(L) = ws.gsum.head(L).array().exp().matrix(); }
 
@@ -372,7 +406,10 @@ inline void decay_rows(index_t L, WyWorkspace& ws) {
   for (int half = 0; half < 2; ++half) {
     auto dst = ws.KQg.middleRows(half * L, L);
     const auto src = ws.KQ.middleRows(half * L, L);
-    scale_rows(src.data(), nullptr, ws.factor.data(), L, src.cols(), src.cols(), dst.data());
+    if (half == 0 && ws.k_rows)
+      scale_rows_apart(ws.k_rows, ws.k_ld, ws.factor.data(), L, src.cols(), dst.data(), dst.cols());
+    else
+      scale_rows(src.data(), nullptr, ws.factor.data(), L, src.cols(), src.cols(), dst.data());
   }
 }
 
@@ -384,7 +421,10 @@ inline void key_decays(index_t L, float last, WyWorkspace& ws) {
 /// Kn = K * exp(gamma_L - gamma) rowwise (scalar gate), each row's factor computed once.
 inline void decayed_keys(index_t L, float last, WyWorkspace& ws) {
   key_decays(L, last, ws);
-  scale_rows(ws.KQ.data(), nullptr, ws.factor.data(), L, ws.KQ.cols(), ws.KQ.cols(), ws.Kn.data());
+  if (ws.k_rows)
+    scale_rows_apart(ws.k_rows, ws.k_ld, ws.factor.data(), L, ws.KQ.cols(), ws.Kn.data(), ws.Kn.cols());
+  else
+    scale_rows(ws.KQ.data(), nullptr, ws.factor.data(), L, ws.KQ.cols(), ws.KQ.cols(), ws.Kn.data());
 }
 
 /// S row c *= exp(gamma_L[c]) (per-channel gate; ws.row_decay from channel_operands).
@@ -621,16 +661,22 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   }
 #endif
   const bool anchored = channel && channel_operands(L, p.K(), ws);
-  if (channel)
+  if (channel) {
     channel_scores(L, p.K(), anchored, ws);
-  else
+  } else if (ws.k_rows) {
+    const index_t K = p.K();
+    const ChunkRows keys{ws.k_rows, ws.k_ld};
+    scores_lower_rows(L, K, keys, {ws.KQ.row(L).data(), K}, keys, ws);
+  } else {
     scores_lower(L, ws.KQ, ws.KQ, ws);
+  }
   mask_scores(L, p.gated() && p.scalar_gate, ws);
 }
 
 /// Operands and the state-free scores: A and M.
 inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
-  load_chunk(p, t0, L, ws);
+  // The keys in place only where nothing but the fp32 scores and decays reads them.
+  load_chunk(p, t0, L, ws, true, !(in_place_keys(p) && !(detail::kNativeBf16Dot && p.bf16_dot)));
   chunk_scores(p, L, ws);
 }
 
@@ -787,7 +833,7 @@ struct WyFactors {
 /// Pass 1: the factors of chunk [t0, t0 + L) of p (fp32 products: p.bf16_dot false) into f;
 /// ws is any WyWorkspace of chunk size f.C (its value-side rows are not used).
 inline void wy_chunk_factors(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, const WyFactors& f) {
-  load_chunk(p, t0, L, ws, false);
+  load_chunk(p, t0, L, ws, false);  // keys copied: the factors keep them (f.X)
   chunk_scores(p, L, ws);
   const index_t K = p.K();
   const RowMatrix* X = &ws.KQ;
