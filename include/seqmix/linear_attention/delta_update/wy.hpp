@@ -94,6 +94,11 @@ struct WyWorkspace {
   /// (in_place_keys). Null: the keys are in KQ.
   const float* k_rows = nullptr;
   index_t k_ld = 0;
+  /// The same for the queries (q_rows, q_ld): then unscaled, and q_scale, the call's scale, goes on
+  /// M's rows (mask_scores) and on the decays of KQg's bottom rows (decay_rows). 1 otherwise.
+  const float* q_rows = nullptr;
+  index_t q_ld = 0;
+  float q_scale = 1.f;
   bool u_words = false;   ///< bf16 U finite, its pair words packed by wy_intra for the state update
   /// bf16 dot products, anchored per-channel gate: the chunk's decayed operands exist only as the
   /// pair words below (channel_words), KQa, Ka, KQg and Kn are not filled.
@@ -127,13 +132,18 @@ inline bool in_place_keys(const DeltaHead& p) {
 /// over the token rows, each token's k, q and v together.
 inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, bool values = true,
                        bool keys = true) {
-  ws.k_rows = nullptr;
-  if (!keys) ws.k_rows = p.k.floats()[t0].data(), ws.k_ld = p.k.floats().stride(0);
+  ws.k_rows = ws.q_rows = nullptr;
+  ws.q_scale = 1.f;
+  if (!keys) {  // in_place_keys: the queries too, where they qualify alike
+    ws.k_rows = p.k.floats()[t0].data(), ws.k_ld = p.k.floats().stride(0);
+    if (p.q.floats().stride(1) == 1 && p.q.is_float())
+      ws.q_rows = p.q.floats()[t0].data(), ws.q_ld = p.q.floats().stride(0), ws.q_scale = p.scale;
+  }
   ws.v_rows = nullptr;
   if (values && in_place_values(p)) ws.v_rows = p.v.floats()[t0].data(), ws.v_ld = p.v.floats().stride(0);
   for (index_t i = 0; i < L; ++i) {
     if (keys) load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
-    load_row(p.q, t0 + i, p.scale, p.norm, ws.KQ.row(L + i).data());
+    if (!ws.q_rows) load_row(p.q, t0 + i, p.scale, p.norm, ws.KQ.row(L + i).data());
     if (ws.v_rows)
       detail::prefetch_row<false, 2>(ws.v_rows + i * ws.v_ld, p.V());
     else if (values)
@@ -168,19 +178,20 @@ inline float decayed_dot(const float* x, const float* k, const float* gx, const 
 /// strict), m[j] = d_j gq[j], with d_j = exp(gamma_i - gamma_j) for a scalar gate (`g`: the
 /// contiguous cumulative gates, gi = gamma_i), 1 without one. Vectorized over j: the exps were
 /// a scalar std::exp per pair, 16% of a chunk at K = 64 (per-phase profile in README.md).
-inline void mask_row(index_t i, float bi, const float* g, float gi, const float* gk, const float* gq, float* a, float* m) {
+inline void mask_row(index_t i, float bi, const float* g, float gi, const float* gk, const float* gq, float* a, float* m,
+                     float qs = 1.f) {
   using simd::Batch;
   const index_t n = i + 1, nv = simd::vector_end(n);
-  const Batch<float> b(bi), gv(gi);
+  const Batch<float> b(bi), gv(gi), qv(qs);
   for (index_t j = 0; j < nv; j += simd::kWidth) {
     const Batch<float> d = g ? simd::exp(gv - simd::load(g + j)) : Batch<float>(1.f);
     simd::store(a + j, b * d * simd::load(gk + j));
-    simd::store(m + j, d * simd::load(gq + j));
+    simd::store(m + j, d * qv * simd::load(gq + j));
   }
   for (index_t j = nv; j < n; ++j) {
     const float d = g ? std::exp(gi - g[j]) : 1.f;
     a[j] = bi * d * gk[j];
-    m[j] = d * gq[j];
+    m[j] = d * qs * gq[j];
   }
   a[i] = 0.f;
 }
@@ -194,11 +205,11 @@ inline void mask_row(index_t i, float bi, const float* g, float gi, const float*
 /// before them are mask_row's own); the bf16 steps took this first, the fp32 ones since
 /// 2026-12-07 (README.md, "Where a chunk's time goes").
 inline void mask_row_lanes(index_t i, index_t L, float bi, const float* g, float gi, const float* gk, const float* gq,
-                           float* a, float* m) {
+                           float* a, float* m, float qs = 1.f) {
   using simd::Batch;
   using detail::first_lanes16;
   static_assert(simd::kWidth == 16, "a row's lanes are 16-float registers");
-  const Batch<float> b(bi), gv(gi);
+  const Batch<float> b(bi), gv(gi), qv(qs);
   for (index_t j = 0; j < L; j += 16) {
     const __mmask16 row = first_lanes16(L - j);
     if (j > i) {  // wholly past the diagonal: zeros, no exp
@@ -210,7 +221,7 @@ inline void mask_row_lanes(index_t i, index_t L, float bi, const float* g, float
     // Lanes past the diagonal load 0: exp(gamma_i) <= 1, then masked to zero.
     const Batch<float> d = g ? simd::exp(gv - Batch<float>(_mm512_maskz_loadu_ps(keep, g + j))) : Batch<float>(1.f);
     _mm512_mask_storeu_ps(a + j, row, _mm512_maskz_mul_ps(keep, b * d, _mm512_maskz_loadu_ps(keep, gk + j)));
-    _mm512_mask_storeu_ps(m + j, row, _mm512_maskz_mul_ps(keep, d, _mm512_maskz_loadu_ps(keep, gq + j)));
+    _mm512_mask_storeu_ps(m + j, row, _mm512_maskz_mul_ps(keep, d * qv, _mm512_maskz_loadu_ps(keep, gq + j)));
   }
   a[i] = 0.f;
 }
@@ -225,9 +236,9 @@ inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
     float* a = ws.A.row(i).data();
     float* m = ws.M.row(i).data();
 #if defined(__AVX512F__)
-    mask_row_lanes(i, L, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m);
+    mask_row_lanes(i, L, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m, ws.q_scale);
 #else
-    mask_row(i, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m);
+    mask_row(i, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m, ws.q_scale);
     std::fill(a + i + 1, a + L, 0.f);
     std::fill(m + i + 1, m + L, 0.f);
 #endif
@@ -408,6 +419,11 @@ inline void decay_rows(index_t L, WyWorkspace& ws) {
     const auto src = ws.KQ.middleRows(half * L, L);
     if (half == 0 && ws.k_rows)
       scale_rows_apart(ws.k_rows, ws.k_ld, ws.factor.data(), L, src.cols(), dst.data(), dst.cols());
+    else if (half == 1 && ws.q_rows)
+      for (index_t i = 0; i < L; ++i) {  // the call's scale with the row's decay, one product per element
+        const float f = ws.q_scale * ws.factor(i);
+        scale_rows(ws.q_rows + i * ws.q_ld, nullptr, &f, 1, src.cols(), src.cols(), dst.row(i).data());
+      }
     else
       scale_rows(src.data(), nullptr, ws.factor.data(), L, src.cols(), src.cols(), dst.data());
   }
@@ -666,7 +682,8 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   } else if (ws.k_rows) {
     const index_t K = p.K();
     const ChunkRows keys{ws.k_rows, ws.k_ld};
-    scores_lower_rows(L, K, keys, {ws.KQ.row(L).data(), K}, keys, ws);
+    const ChunkRows queries = ws.q_rows ? ChunkRows{ws.q_rows, ws.q_ld} : ChunkRows{ws.KQ.row(L).data(), K};
+    scores_lower_rows(L, K, keys, queries, keys, ws);
   } else {
     scores_lower(L, ws.KQ, ws.KQ, ws);
   }
