@@ -120,29 +120,37 @@ inline bool in_place_values(const DeltaHead& p) {
   return p.v.is_float() && p.v.floats().stride(1) == 1;
 }
 
-/// Whether a chunk's keys are read in place (ws.k_rows) on the fp32 path of a scalar gate: fp32
-/// rows with a unit column stride that need no normalization. There the keys are only read by
-/// the scores and the two row-scale passes (decay_rows, decayed_keys), which take a row stride.
+/// Whether a chunk's keys are read in place (ws.k_rows) on the fp32 path of a gate: fp32 rows
+/// with a unit column stride that need no normalization. There the keys are only read by the
+/// scores and the row-scale passes (decay_rows, decayed_keys; a channel gate's operands), which
+/// take a row stride. The queries too under a scalar gate (their scale then goes on M and KQg).
 inline bool in_place_keys(const DeltaHead& p) {
-  return p.gated() && p.scalar_gate && p.norm == QkNorm::none && p.k.is_float() && p.k.floats().stride(1) == 1;
+  return p.gated() && p.norm == QkNorm::none && p.k.is_float() && p.k.floats().stride(1) == 1;
+}
+
+/// Row i of the chunk's keys: in place (ws.k_rows) or in KQ.
+inline const float* key_row(const WyWorkspace& ws, index_t i) {
+  return ws.k_rows ? ws.k_rows + i * ws.k_ld : ws.KQ.row(i).data();
 }
 
 /// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, beta, cumulative gates, and
 /// the values unless `values` is false (the shared chunk factors, below, need none). One pass
-/// over the token rows, each token's k, q and v together.
+/// over the token rows, each token's k, q and v together. fp32 values with a unit column stride
+/// are only asked for (ws.v_rows); without `copy_keys` (in_place_keys) the keys, and under a
+/// scalar gate the queries, are left in the caller's rows too (ws.k_rows, ws.q_rows).
 inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, bool values = true,
-                       bool keys = true) {
+                       bool copy_keys = true) {
   ws.k_rows = ws.q_rows = nullptr;
   ws.q_scale = 1.f;
-  if (!keys) {  // in_place_keys: the queries too, where they qualify alike
+  if (!copy_keys) {  // in_place_keys: the queries too, where they qualify alike
     ws.k_rows = p.k.floats()[t0].data(), ws.k_ld = p.k.floats().stride(0);
-    if (p.q.floats().stride(1) == 1 && p.q.is_float())
+    if (p.scalar_gate && p.q.is_float() && p.q.floats().stride(1) == 1)
       ws.q_rows = p.q.floats()[t0].data(), ws.q_ld = p.q.floats().stride(0), ws.q_scale = p.scale;
   }
   ws.v_rows = nullptr;
   if (values && in_place_values(p)) ws.v_rows = p.v.floats()[t0].data(), ws.v_ld = p.v.floats().stride(0);
   for (index_t i = 0; i < L; ++i) {
-    if (keys) load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
+    if (copy_keys) load_row(p.k, t0 + i, 1.f, p.norm, ws.KQ.row(i).data());
     if (!ws.q_rows) load_row(p.q, t0 + i, p.scale, p.norm, ws.KQ.row(L + i).data());
     if (ws.v_rows)
       detail::prefetch_row<false, 2>(ws.v_rows + i * ws.v_ld, p.V());
@@ -286,7 +294,7 @@ inline void channel_operands_anchored(index_t L, index_t K, WyWorkspace& ws) {
   const float* em = ws.anchor_exp.data();
   const index_t kv = simd::vector_end(K);
   for (index_t i = 0; i < L; ++i) {
-    const float *g = ws.gamma.row(i).data(), *k = ws.KQ.row(i).data(), *q = ws.KQ.row(L + i).data();
+    const float *g = ws.gamma.row(i).data(), *k = key_row(ws, i), *q = ws.KQ.row(L + i).data();
     float *ka = ws.KQa.row(i).data(), *qa = ws.KQa.row(L + i).data(), *kn = ws.Ka.row(i).data();
     float *kg = ws.KQg.row(i).data(), *qg = ws.KQg.row(L + i).data(), *ku = ws.Kn.row(i).data();
     for (index_t c = 0; c < kv; c += simd::kWidth) {
@@ -310,7 +318,7 @@ inline void channel_keys_anchored(index_t L, index_t K, WyWorkspace& ws) {
   const float* em = ws.anchor_exp.data();
   const index_t kv = simd::vector_end(K);
   for (index_t i = 0; i < L; ++i) {
-    const float *g = ws.gamma.row(i).data(), *k = ws.KQ.row(i).data();
+    const float *g = ws.gamma.row(i).data(), *k = key_row(ws, i);
     float* ku = ws.Kn.row(i).data();
     for (index_t c = 0; c < kv; c += simd::kWidth)
       simd::store(ku + c, simd::load(k + c) / simd::exp(simd::load(g + c) - simd::load(m + c)) * simd::load(em + c));
@@ -323,10 +331,11 @@ inline void channel_keys_anchored(index_t L, index_t K, WyWorkspace& ws) {
 inline void channel_operands_direct(index_t L, index_t K, WyWorkspace& ws) {
   using detail::la::times_exp_rows;
   const index_t G = ws.gamma.cols();
-  for (index_t half = 0; half < 2; ++half)
-    times_exp_rows(ws.KQ.row(half * L).data(), K, ws.gamma.data(), G, 1.f, nullptr, ws.KQg.row(half * L).data(), K, L,
-                   K);
-  times_exp_rows(ws.KQ.data(), K, ws.gamma.data(), G, -1.f, ws.gamma.row(L - 1).data(), ws.Kn.data(), K, L, K);
+  const float* keys = key_row(ws, 0);
+  const index_t ldk = ws.k_rows ? ws.k_ld : K;
+  times_exp_rows(keys, ldk, ws.gamma.data(), G, 1.f, nullptr, ws.KQg.data(), K, L, K);
+  times_exp_rows(ws.KQ.row(L).data(), K, ws.gamma.data(), G, 1.f, nullptr, ws.KQg.row(L).data(), K, L, K);
+  times_exp_rows(keys, ldk, ws.gamma.data(), G, -1.f, ws.gamma.row(L - 1).data(), ws.Kn.data(), K, L, K);
 }
 
 /// Per-channel gate: true when the chunk's decay allows the anchored scores (header comment).
@@ -361,8 +370,8 @@ inline void channel_scores(index_t L, index_t K, bool anchored, WyWorkspace& ws)
     for (index_t j = 0; j <= i; ++j) {
       const float* gi = ws.gamma.row(i).data();
       const float* gj = ws.gamma.row(j).data();
-      ws.G(i, j) = decayed_dot(ws.KQ.row(i).data(), ws.KQ.row(j).data(), gi, gj, K);
-      ws.G(L + i, j) = decayed_dot(ws.KQ.row(L + i).data(), ws.KQ.row(j).data(), gi, gj, K);
+      ws.G(i, j) = decayed_dot(key_row(ws, i), key_row(ws, j), gi, gj, K);
+      ws.G(L + i, j) = decayed_dot(ws.KQ.row(L + i).data(), key_row(ws, j), gi, gj, K);
     }
 }
 
