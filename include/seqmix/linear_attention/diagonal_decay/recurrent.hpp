@@ -35,6 +35,13 @@ struct TokenOperands {
   float bonus;         // exclusive readout: q . (u * k); 0 otherwise
 };
 
+// Cache lines of later tokens' rows for one tile pass to ask for, one per row of S from the
+// first row on, so the requests trickle out among the pass's FMAs (see AheadRows).
+struct PassLines {
+  const char* const* line = nullptr;
+  index_t count = 0;
+};
+
 // Which tokens of a tile decay the state: all (the plain recurrence), none (no gates, or the
 // lazy tokens of a window, whose decays are folded into q and k), or only the first (the token
 // that opens a lazy window, see plan_lazy_windows).
@@ -61,7 +68,8 @@ inline void unrolled_tokens(F&& f) {
 // unrolls them completely only at -O3; at -O2 the decode tile (NT = 1, NB = 4) kept s, vv and
 // acc in memory, a load and a store around each FMA, and the steps took 1.5-2.7x their -O3 time.
 template <int NT, int NB, Decay kDecay, bool kExclusive, bool kRescale = false>
-inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, float* const* o) {
+inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, float* const* o,
+                           PassLines ahead = {}) {
   static_assert(NT <= 4 && NB <= 4, "the loops over NT and NB carry #pragma GCC unroll 4");
   using simd::Batch;
   constexpr index_t W = simd::kWidth;
@@ -81,6 +89,7 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
   }
   for (index_t r = 0; r < Kf; ++r) {
     float* row = S + r * ldS + c0;
+    if (r < ahead.count) __builtin_prefetch(ahead.line[r], 0, kAheadLocality);
     Batch<float> s[NB];
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) s[b] = simd::load(row + b * W);
@@ -124,6 +133,7 @@ constexpr Decay kEvery = kDecay ? Decay::every_token : Decay::none;
 // section): step() is called once after each pass. nullptr: none (decode steps, the last block).
 struct AheadRows;
 inline void ahead_step(AheadRows* ahead);
+inline PassLines pass_lines(const AheadRows* ahead);
 
 // Columns [c0, c0 + NB*kWidth) through tokens x[0..n), NT at a time.
 template <int NT, int NB, bool kDecay, bool kExclusive>
@@ -131,11 +141,11 @@ inline void recurrent_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0,
                                   float* const* o, AheadRows* ahead) {
   index_t j = 0;
   for (; j + NT <= n; j += NT) {
-    recurrent_tile<NT, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+    recurrent_tile<NT, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j, pass_lines(ahead));
     ahead_step(ahead);
   }
   for (; j < n; ++j) {
-    recurrent_tile<1, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+    recurrent_tile<1, NB, kEvery<kDecay>, kExclusive>(S, ldS, Kf, c0, x + j, o + j, pass_lines(ahead));
     ahead_step(ahead);
   }
 }
@@ -487,15 +497,17 @@ inline void plan_lazy_windows(const TokenOperands* x, index_t n, index_t Kf, boo
 // One group of kLazyGroup tokens on columns [c0, c0 + NB*kWidth).
 template <int NB, bool kExclusive>
 inline void lazy_group(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, const TokenOperands* y,
-                       LazyGroup group, float* const* o) {
+                       LazyGroup group, float* const* o, PassLines ahead) {
   constexpr int NT = kLazyGroup;
   using Mode = LazyGroup::Mode;
-  if (group.mode == Mode::plain) return recurrent_tile<NT, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x, o);
+  if (group.mode == Mode::plain)
+    return recurrent_tile<NT, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x, o, ahead);
   if (group.mode == Mode::open && group.closes)
-    return recurrent_tile<NT, NB, Decay::first_token, kExclusive, true>(S, ldS, Kf, c0, y, o);
-  if (group.mode == Mode::open) return recurrent_tile<NT, NB, Decay::first_token, kExclusive>(S, ldS, Kf, c0, y, o);
-  if (group.closes) return recurrent_tile<NT, NB, Decay::none, kExclusive, true>(S, ldS, Kf, c0, y, o);
-  recurrent_tile<NT, NB, Decay::none, kExclusive>(S, ldS, Kf, c0, y, o);
+    return recurrent_tile<NT, NB, Decay::first_token, kExclusive, true>(S, ldS, Kf, c0, y, o, ahead);
+  if (group.mode == Mode::open)
+    return recurrent_tile<NT, NB, Decay::first_token, kExclusive>(S, ldS, Kf, c0, y, o, ahead);
+  if (group.closes) return recurrent_tile<NT, NB, Decay::none, kExclusive, true>(S, ldS, Kf, c0, y, o, ahead);
+  recurrent_tile<NT, NB, Decay::none, kExclusive>(S, ldS, Kf, c0, y, o, ahead);
 }
 
 // Columns [c0, c0 + NB*kWidth) through tokens x[0..n) as planned (plan_lazy_windows).
@@ -505,11 +517,11 @@ inline void lazy_tile_tokens(float* S, index_t ldS, index_t Kf, index_t c0, cons
                              AheadRows* ahead) {
   index_t j = 0;
   for (; j + kLazyGroup <= n; j += kLazyGroup) {
-    lazy_group<NB, kExclusive>(S, ldS, Kf, c0, x + j, y + j, groups[j / kLazyGroup], o + j);
+    lazy_group<NB, kExclusive>(S, ldS, Kf, c0, x + j, y + j, groups[j / kLazyGroup], o + j, pass_lines(ahead));
     ahead_step(ahead);
   }
   for (; j < n; ++j) {
-    recurrent_tile<1, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x + j, o + j);
+    recurrent_tile<1, NB, Decay::every_token, kExclusive>(S, ldS, Kf, c0, x + j, o + j, pass_lines(ahead));
     ahead_step(ahead);
   }
 }
@@ -823,36 +835,52 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
 // rows are found once, as a first address and a stride: asking the views for every token's row
 // (prefetch_token: a view per row, a switch on the storage type) took 5-6% of gla-k128-t512's
 // samples, and without it the call ran 0.89x (one thread) / 0.87-0.99x (two, process CPU time). With
-// more tokens per pass (K = V = 64: 2) the same cheap requests ran 1.08-1.23x slower (gla-1.3b-t512,
-// one thread; the README's K = 64 section saw the same, unexplained): those keep the views,
-// whose cost spreads the requests through the pass. 16-bit rows go through prefetch_token too.
+// more tokens per pass (K = V = 64: 2) the same cheap requests, 2 tokens' rows in a burst after
+// each pass, ran 1.08-1.23x slower (gla-1.3b-t512, one thread), and the views' cost was what spread
+// them. Those now hand the read rows' lines to the passes, one per row of S (PassLines, as the
+// delta rule's AheadLines): 1.08-1.15x faster than the views at gla-1.3b T512 / T8192, simple_gla
+// T8192 and rwkv6 h32 T512 (one thread, README). At K = V = 128 the same ran 0.98x: kept as is.
+// 16-bit rows go through prefetch_token.
 struct AheadRows {
   // Rows of one input: `bytes` from `first + t * stride` for token t of [next, end).
   struct RowStream {
     const char* first = nullptr;
     std::ptrdiff_t stride = 0, bytes = 0;
   };
+  static constexpr index_t kLineCapacity = 512;  // 16 tokens of 4 rows of 128 floats
   const HeadProblem* p = nullptr;
   index_t next = 0, end = 0, per_step = 0;
   RowStream reads[4];  // q, k, v, gates: those with contiguous rows
   int read_count = 0;
   RowStream out;       // o, written; bytes 0: strided rows, left to the hardware
-  bool by_view = false;  // prefetch_token per row (more than one token per pass, or 16-bit q/k/v)
+  bool by_view = false;  // prefetch_token per row (16-bit q/k/v)
+  // More than one token per pass: the read rows' lines, handed to the passes (pass_lines) to ask
+  // for one per row of S; the outputs still go in a burst after each pass.
+  const char* line[kLineCapacity];
+  index_t line_count = 0, line_next = 0, lines_per_pass = 0;
 
   // Tokens [first, last) of head over about `passes` steps.
   AheadRows(const HeadProblem& head, index_t first, index_t last, index_t passes)
       : p(&head), next(first), end(last), per_step((last - first + passes - 1) / std::max<index_t>(passes, 1)) {
     if (first >= last) return;
-    by_view = per_step > 1 || !(head.q.is_float() && head.k.is_float() && head.v.is_float());
+    by_view = !(head.q.is_float() && head.k.is_float() && head.v.is_float());
     if (by_view) return;
     for (const InputRows* x : {&head.q, &head.k, &head.v}) add_read(x->floats(), x->floats().size(1));
     if (head.gated()) add_read(head.g, head.g.stride(1) == 0 ? 1 : head.g.size(1));
     if (head.o.stride(1) == 1 || head.o.size(1) <= 1) out = stream_of(head.o, head.o.size(1));
+    if (per_step > 1) by_view = !collect_lines(head.Kf(), passes);
   }
 
-  void step() { request(std::min(end, next + per_step)); }
+  PassLines pass() const { return {line + line_next, std::min(lines_per_pass, line_count - line_next)}; }
+  void step() {
+    line_next = std::min(line_count, line_next + lines_per_pass);
+    request(std::min(end, next + per_step));
+  }
   // Whatever the passes left (fewer passes than planned: the scalar tail columns).
-  void finish() { request(end); }
+  void finish() {
+    for (; line_next < line_count; ++line_next) __builtin_prefetch(line[line_next], 0, kAheadLocality);
+    request(end);
+  }
 
  private:
   template <class View>
@@ -868,14 +896,28 @@ struct AheadRows {
   void add_read(const ConstView<float, 2>& rows, index_t n) {
     if (n <= 1 || rows.stride(1) == 1) reads[read_count++] = stream_of(rows, n);
   }
+  // The read rows' lines of all tokens, if they fit and a pass over Kf rows can ask for its share.
+  bool collect_lines(index_t Kf, index_t passes) {
+    std::ptrdiff_t per_token = 0;
+    for (int i = 0; i < read_count; ++i) per_token += (reads[i].bytes + 63) / 64;
+    const index_t count = (end - next) * per_token;
+    if (passes < 1 || count > kLineCapacity || (count + passes - 1) / passes > Kf) return false;
+    for (index_t t = next; t < end; ++t)
+      for (int i = 0; i < read_count; ++i)
+        for (std::ptrdiff_t offset = 0; offset < reads[i].bytes; offset += 64)
+          line[line_count++] = reads[i].first + t * reads[i].stride + offset;
+    lines_per_pass = (line_count + passes - 1) / passes;
+    return true;
+  }
   void request(index_t stop) {
     if (by_view) {
       for (; next < stop; ++next) prefetch_token(*p, next);
       return;
     }
     for (; next < stop; ++next) {
-      for (int i = 0; i < read_count; ++i)
-        prefetch_row<false, kAheadLocality>(reads[i].first + next * reads[i].stride, reads[i].bytes);
+      if (line_count == 0)
+        for (int i = 0; i < read_count; ++i)
+          prefetch_row<false, kAheadLocality>(reads[i].first + next * reads[i].stride, reads[i].bytes);
       if (out.bytes > 0) prefetch_row<true, kAheadLocality>(out.first + next * out.stride, out.bytes);
     }
   }
@@ -884,6 +926,8 @@ struct AheadRows {
 inline void ahead_step(AheadRows* ahead) {
   if (ahead) ahead->step();
 }
+
+inline PassLines pass_lines(const AheadRows* ahead) { return ahead ? ahead->pass() : PassLines{}; }
 
 // The number of tile passes recurrent_block / recurrent_block_lazy make over n tokens and ncols
 // columns (the vector tiles; the scalar tail takes none).
