@@ -839,8 +839,9 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
 // each pass, ran 1.08-1.23x slower (gla-1.3b-t512, one thread), and the views' cost was what spread
 // them. Those now hand the read rows' lines to the passes, one per row of S (PassLines, as the
 // delta rule's AheadLines): 1.08-1.15x faster than the views at gla-1.3b T512 / T8192, simple_gla
-// T8192 and rwkv6 h32 T512 (one thread, README). At K = V = 128 the same ran 0.98x: kept as is.
-// 16-bit rows go through prefetch_token.
+// T8192 and rwkv6 h32 T512 (one thread, README). Gated heads only: the ungated tiles (2 ops per
+// element, not 3) ran 0.88x so at linear_attention gla-1.3b T8192; and at K = V = 128 the spread
+// ran 0.98x: both keep their former requests. 16-bit rows go through prefetch_token.
 struct AheadRows {
   // Rows of one input: `bytes` from `first + t * stride` for token t of [next, end).
   struct RowStream {
@@ -853,9 +854,9 @@ struct AheadRows {
   RowStream reads[4];  // q, k, v, gates: those with contiguous rows
   int read_count = 0;
   RowStream out;       // o, written; bytes 0: strided rows, left to the hardware
-  bool by_view = false;  // prefetch_token per row (16-bit q/k/v)
-  // More than one token per pass: the read rows' lines, handed to the passes (pass_lines) to ask
-  // for one per row of S; the outputs still go in a burst after each pass.
+  bool by_view = false;  // prefetch_token per row (16-bit q/k/v; several tokens per pass, no lines)
+  // More than one token per pass, gated: the read rows' lines, handed to the passes (pass_lines)
+  // to ask for one per row of S; the outputs still go in a burst after each pass.
   const char* line[kLineCapacity];
   index_t line_count = 0, line_next = 0, lines_per_pass = 0;
 
@@ -868,7 +869,7 @@ struct AheadRows {
     for (const InputRows* x : {&head.q, &head.k, &head.v}) add_read(x->floats(), x->floats().size(1));
     if (head.gated()) add_read(head.g, head.g.stride(1) == 0 ? 1 : head.g.size(1));
     if (head.o.stride(1) == 1 || head.o.size(1) <= 1) out = stream_of(head.o, head.o.size(1));
-    if (per_step > 1) by_view = !collect_lines(head.Kf(), passes);
+    if (per_step > 1) by_view = !(head.gated() && collect_lines(head.Kf(), passes));
   }
 
   PassLines pass() const { return {line + line_next, std::min(lines_per_pass, line_count - line_next)}; }
