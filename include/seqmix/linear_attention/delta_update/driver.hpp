@@ -232,32 +232,14 @@ inline TokenOperands load_delta_token(const DeltaHead& p, index_t t, TokenWorksp
 /// stay well inside L1 beside the state's column tile.
 constexpr index_t kRecurrentRowsAhead = 8;
 
-/// Asks for row t of stored rows: fp32 rows into L1; 16-bit rows through InputRows::prefetch.
-inline void request_row(const detail::la::InputRows& x, index_t t) {
-  if (x.is_float() && x.floats()[t].is_last_dim_contiguous())
-    return detail::prefetch_row<false, 3>(x.floats()[t].data(), x.size(1));
-  x.prefetch(t);
-}
-
-/// Asks for token t's q, k, v rows, its per-channel log-decays and (direct: written in place)
-/// its output row.
-inline void request_token_rows(const DeltaHead& p, index_t t, bool direct) {
-  request_row(p.q, t);
-  request_row(p.k, t);
-  request_row(p.v, t);
-  if (p.gated() && !p.scalar_gate && p.g[t].is_last_dim_contiguous())
-    detail::prefetch_row<false, 3>(p.g[t].data(), p.K());
-  if (direct) detail::prefetch_row<true, 3>(p.o.ptr(t), p.V());
-}
-
 /// The cache lines of the rows a pair of tokens asks for ahead, handed to the two-token pass
 /// (PairOperands::ahead), which asks for one per row of S in its first sweep. Issued in one burst
-/// before the pass (request_token_rows: 24 lines for two tokens at K = V = 64, 8 more for the
-/// outputs) they were not there when used once the rows came from memory: at 16 MiB of rows
-/// (H16 K = V = 64 T1024) the q and k loads took 40% of the samples and a token 0.38-0.52 us
-/// against 0.21 with the rows in L3; spread, 0.25 (README.md, "The rows asked for during the
-/// pass"). fp32 rows with unit stride only; 16-bit rows go through InputRows::prefetch as before,
-/// and the outputs (asked for with write intent) in a burst.
+/// before the pass (24 lines for two tokens at K = V = 64, 8 more for the outputs) they were not
+/// there when used once the rows came from memory: at 16 MiB of rows (H16 K = V = 64 T1024) the
+/// q and k loads took 40% of the samples and a token 0.38-0.52 us against 0.21 with the rows in
+/// L3; spread, 0.25 (README.md, "The rows asked for during the pass"). fp32 rows with unit stride
+/// only; 16-bit rows go through InputRows::prefetch as before, and the outputs (asked for with
+/// write intent) in a burst.
 struct AheadLines {
   static constexpr index_t kCapacity = 128;
   const char* line[kCapacity];
@@ -273,15 +255,27 @@ struct AheadLines {
   }
 };
 
-/// request_token_rows for the two-token pass: the fp32 rows' lines into `lines`.
-inline void collect_token_rows(const DeltaHead& p, index_t t, bool direct, AheadLines& lines) {
-  for (const detail::la::InputRows* x : {&p.q, &p.k, &p.v}) {
-    if (x->is_float() && x->floats()[t].is_last_dim_contiguous())
-      lines.add_row(x->floats()[t].data(), x->size(1));
-    else
-      x->prefetch(t);
-  }
-  if (p.gated() && !p.scalar_gate && p.g[t].is_last_dim_contiguous()) lines.add_row(p.g[t].data(), p.K());
+/// Asks for n floats at p into L1: at once, or (lines given) as lines for the pass to ask for.
+inline void request_floats(const float* p, index_t n, AheadLines* lines) {
+  if (lines) return lines->add_row(p, n);
+  detail::prefetch_row<false, 3>(p, n);
+}
+
+/// Asks for row t of stored rows: fp32 rows into L1 (or into `lines`); 16-bit rows through
+/// InputRows::prefetch.
+inline void request_row(const detail::la::InputRows& x, index_t t, AheadLines* lines) {
+  if (x.is_float() && x.floats()[t].is_last_dim_contiguous())
+    return request_floats(x.floats()[t].data(), x.size(1), lines);
+  x.prefetch(t);
+}
+
+/// Asks for token t's q, k, v rows, its per-channel log-decays and (direct: written in place)
+/// its output row. With `lines` (the two-token pass) the read rows' fp32 lines go there instead.
+inline void request_token_rows(const DeltaHead& p, index_t t, bool direct, AheadLines* lines = nullptr) {
+  request_row(p.q, t, lines);
+  request_row(p.k, t, lines);
+  request_row(p.v, t, lines);
+  if (p.gated() && !p.scalar_gate && p.g[t].is_last_dim_contiguous()) request_floats(p.g[t].data(), p.K(), lines);
   if (direct) detail::prefetch_row<true, 3>(p.o.ptr(t), p.V());
 }
 
@@ -299,8 +293,8 @@ inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws, Pair
   for (; pairs && t + 2 <= T; t += 2) {
     AheadLines ahead;
     if (t + kRecurrentRowsAhead + 1 < T) {
-      collect_token_rows(p, t + kRecurrentRowsAhead, direct, ahead);
-      collect_token_rows(p, t + kRecurrentRowsAhead + 1, direct, ahead);
+      request_token_rows(p, t + kRecurrentRowsAhead, direct, &ahead);
+      request_token_rows(p, t + kRecurrentRowsAhead + 1, direct, &ahead);
     }
     const TokenOperands x1 = load_delta_token(p, t, ws), x2 = load_delta_token(p, t + 1, pair.second);
     float* o1 = direct ? p.o.ptr(t) : ws.o();

@@ -702,7 +702,8 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
 /// Operands and the state-free scores: A and M.
 inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
   // The keys in place only where nothing but the fp32 scores and decays reads them.
-  load_chunk(p, t0, L, ws, true, !(in_place_keys(p) && !(detail::kNativeBf16Dot && p.bf16_dot)));
+  const bool keys_in_place = in_place_keys(p) && !(detail::kNativeBf16Dot && p.bf16_dot);
+  load_chunk(p, t0, L, ws, true, !keys_in_place);
   chunk_scores(p, L, ws);
 }
 
