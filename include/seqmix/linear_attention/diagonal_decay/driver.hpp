@@ -95,15 +95,18 @@ inline index_t task_columns(const SequenceMap& seqs, index_t HV, index_t V, cons
 // the chunked form. Both thresholds lie at or beyond either kind's L2 (Zen 5: 1 MiB, Sapphire
 // Rapids: 2 MiB = 2^19 floats), where that shift only helps the chunked form; the Xeon's bf16 dot
 // rate against its fp32 FMAs is not known here (with no gain, 768 x 768 would fall back to about
-// the fp32 tie). 2^18 with bf16 dots (1.3-1.6x on Zen 5) waits for a Xeon measurement: a 1 MiB
-// state stays in its L2. Inputs shorter than one chunk always go token by token (callers keeping
-// token_states force it).
-constexpr index_t kChunkedStateFloats = index_t{1} << 20;
-constexpr index_t kChunkedStateFloatsBf16Dot = index_t{1} << 19;
+// the fp32 tie). Moved on Zen 4 (2026-12-08; README, "On Zen 4"), chunked / recurrent: fp32
+// 0.81-0.97 at 768 (one and two threads, every gate, rwkv6; Zen 5: a tie), 0.92-1.13 at 512 and
+// 1.12-1.17 for a K = V = 1024 head split into two tasks of 1024 x 512 (2^19 floats), so fp32 goes
+// chunked from 768 x 768 floats; bf16 dots 0.55-0.72 at 512 (Zen 5 0.61-0.78), so from 2^18 (a
+// 1 MiB state: the Xeon, whose L2 keeps it, is still not measured). Inputs shorter than one chunk
+// always go token by token (callers keeping token_states force it).
+constexpr index_t kChunkedStateFloats = index_t{768} * 768;
+constexpr index_t kChunkedStateFloatsBf16Dot = index_t{1} << 18;
 
 inline LinearAttentionAlgorithm choose_algorithm(GateKind gate, index_t T, index_t Kf, index_t V, index_t chunk,
                                                  bool bf16_dot) {
-  (void)gate;  // the same thresholds hold for every gate kind and for rwkv6 on the measured machine
+  (void)gate;  // the same thresholds hold for every gate kind and for rwkv6 on Zen 4 and Zen 5
   if (T < chunk) return LinearAttentionAlgorithm::recurrent;
   // Where the target lacks AVX512-BF16, Bf16Compute::dot runs the fp32 products.
   const index_t threshold = bf16_dot && kNativeBf16Dot ? kChunkedStateFloatsBf16Dot : kChunkedStateFloats;
