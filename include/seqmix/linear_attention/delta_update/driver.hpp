@@ -54,6 +54,10 @@ inline index_t counted_columns(const DeltaShape& s, index_t width) {
   return block;
 }
 
+/// Steps per row of S of a 1-vector column tile in the two-token pass: a third of a 4-vector
+/// tile's 4 (recurrent_token_steps).
+constexpr double kOneVectorTileSteps = 4.0 / 3.0;
+
 /// The recurrent kernel's cost of one token of one head, in dependent steps (recurrent.hpp): each
 /// column tile runs two sweeps over the K rows of S, each row waiting on the previous row's FMA
 /// (p += alpha_r S_r, then acc += q_r S_r), so a tile costs 2K steps whatever its width; only a
@@ -66,16 +70,24 @@ inline index_t counted_columns(const DeltaShape& s, index_t width) {
 /// crossover where these counts put it: re-measured with it (2026-12-07, one and two threads, load
 /// 1.5-8), the chunked form still wins at K = V = 128 from 64-256 tokens (recurrent / chunked
 /// 0.96-1.05 at T 64, 1.03-1.8 from T 256) and the recurrent kernel at K = V = 64 while the rows
-/// stay cached (0.64-0.85).
+/// stay cached (0.64-0.85). Since 2026-12-08 a 1-vector tile counts a third of a 4-vector one
+/// (4K / 3 steps, kOneVectorTileSteps), as the two-token pass runs it (README.md, "Value blocks":
+/// 0.8 K ns against 2.4 K ns per tile, Zen 5); counted at half, K = V = 48 went chunked where the
+/// recurrent kernel is faster on both kinds measured (recurrent / chunked 0.67-0.93 on Zen 5,
+/// 0.68-0.82 on Zen 4: README.md, "On Zen 4 (2026-12-08)").
 inline double recurrent_token_steps(index_t K, index_t V, index_t width) {
   const index_t wide = V / (4 * width), narrow = V % (4 * width) / width, tail = V % width;
-  return 2.0 * static_cast<double>(K) * static_cast<double>(2 * wide + narrow + tail);
+  const double per_row = 4.0 * static_cast<double>(wide) + kOneVectorTileSteps * static_cast<double>(narrow) +
+                         2.0 * static_cast<double>(tail);
+  return static_cast<double>(K) * per_row;
 }
 
 /// 7.5: the chunked form's flops per vector lane in the time of one recurrent step (120 flops per
 /// step on 16 lanes). A step is one FMA latency, 4 cycles, so this is the chunked form at about
 /// one vector FMA per cycle, half the FMA peak, which is what its small products reach (README.md,
-/// "Where a chunk's time goes"). Fitted, with the next two, on the points measured below.
+/// "Where a chunk's time goes"). Fitted, with the next two, on the points measured below. On Zen 4
+/// (half the FMA rate per core) both forms take 1.1-1.4 ns per counted step alike (K 48-128), so it holds
+/// there too (README.md, "On Zen 4 (2026-12-08)").
 constexpr double kChunkedFlopsPerLaneStep = 7.5;
 
 /// 1.5: how much faster the chunked form's flops run on bf16 dot products (Bf16Compute::dot, where
@@ -123,7 +135,9 @@ inline double chunked_token_steps(const DeltaShape& s, index_t width) {
 /// 2026-12-07): recurrent / chunked per token and head 0.76-0.86 at 16 MiB (H16 T1024), 0.78-0.93
 /// at 32 MiB (H16 T2048, H32 T1024, H4 T8192; K = V = 32 H16 T4096 0.72-0.76, K = V = 16 H16
 /// T8192 0.83-0.99), 1.16-1.58 at 64 MiB (H16 T4096): scalar and per-channel gates and none, one
-/// thread, load 4.1-4.2 (README.md, "The rows asked for during the pass").
+/// thread, load 4.1-4.2 (README.md, "The rows asked for during the pass"). On Zen 4 (2026-12-08)
+/// the scalar gate agrees (chunked 1.08-1.16x faster from 48 MiB), but KDA at 40-60 MiB runs
+/// 1.04-1.28x faster recurrent: not fixable by this threshold alone (README.md, "On Zen 4").
 constexpr double kCachedRowBytes = 32.0 * (1 << 20);
 
 /// 50 steps (about 50 ns): what each row of a token (q, k, v, output, per-channel log-decays) adds
