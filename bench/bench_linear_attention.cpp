@@ -71,9 +71,9 @@ namespace st = seqmix::testing;
 
 
 // Shapes of the algorithm-choice, phase and wide-step rows only (h4-k768: a state of 768 x 768
-// floats, between choose_algorithm's thresholds for bf16 dot products, 2^19, and fp32 products,
-// 2^20; h4-k1024: at the fp32 one; h8-k256: between the model shapes and those; k1024-v1024 and
-// k256-v2048: the wide-state steps, 4 heads each).
+// floats, choose_algorithm's fp32 threshold since 2026-12-08 (bf16 dot products: 2^18); h4-k1024:
+// beyond it; h8-k256: between the model shapes and those; k1024-v1024 and k256-v2048: the
+// wide-state steps, 4 heads each).
 const std::vector<st::LinearAttentionShape>& choice_shapes() {
   static const std::vector<st::LinearAttentionShape> shapes = {
       {"h8-k256", 8, 256, 256, 8},         {"h4-k768", 4, 768, 768, 4},       {"h4-k1024", 4, 1024, 1024, 4},
