@@ -90,12 +90,13 @@ struct WyWorkspace {
   const float* v_rows = nullptr;
   index_t v_ld = 0;
   /// The chunk's keys read in place from the caller's fp32 rows (k_ld floats apart) by the scores
-  /// and the decayed copies (KQg's top rows, Kn), KQ's rows [0, L) left unfilled
-  /// (in_place_keys). Null: the keys are in KQ.
+  /// and the decayed copies (KQg's top rows, Kn), or packed from there into pair words, KQ's rows
+  /// [0, L) left unfilled (in_place_keys). Null: the keys are in KQ.
   const float* k_rows = nullptr;
   index_t k_ld = 0;
   /// The same for the queries (q_rows, q_ld): then unscaled, and q_scale, the call's scale, goes on
-  /// M's rows (mask_scores) and on the decays of KQg's bottom rows (decay_rows). 1 otherwise.
+  /// M's rows (mask_scores) and on the decays of KQg's bottom rows (decay_rows) in fp32, on the
+  /// queries as they are packed with bf16 dot products. 1 otherwise.
   const float* q_rows = nullptr;
   index_t q_ld = 0;
   float q_scale = 1.f;
@@ -133,20 +134,42 @@ inline const float* key_row(const WyWorkspace& ws, index_t i) {
   return ws.k_rows ? ws.k_rows + i * ws.k_ld : ws.KQ.row(i).data();
 }
 
+/// Row i of the L queries: in place (ws.q_rows, without the scale ws.q_scale) or in KQ (scaled).
+inline const float* query_row(const WyWorkspace& ws, index_t L, index_t i) {
+  return ws.q_rows ? ws.q_rows + i * ws.q_ld : ws.KQ.row(L + i).data();
+}
+
+/// A per-channel gate whose queries were left in place (bf16 dot products) but whose decay is
+/// too strong for the packed operands: the fp32 operands read them from KQ, scaled there as
+/// load_chunk would have (the same products).
+inline void copy_queries(index_t L, index_t K, WyWorkspace& ws) {
+  if (!ws.q_rows) return;
+  for (index_t i = 0; i < L; ++i)
+    load_row(ConstView<float, 1>(query_row(ws, L, i), {K}), ws.q_scale, QkNorm::none, ws.KQ.row(L + i).data());
+  ws.q_rows = nullptr;
+  ws.q_scale = 1.f;
+}
+
+/// Whether a chunk's queries are read in place (ws.q_rows) where its keys are (in_place_keys):
+/// fp32 rows with a unit column stride, under a scalar gate (the fp32 scores take them raw) or
+/// on bf16 dot products under either gate (the queries are only packed there, times the scale;
+/// a per-channel gate's strong decays copy them after all, chunk_scores).
+inline bool in_place_queries(const DeltaHead& p, bool bf16_dot) {
+  return in_place_keys(p) && (p.scalar_gate || bf16_dot) && p.q.is_float() && p.q.floats().stride(1) == 1;
+}
+
 /// Loads chunk [t0, t0 + L) of a head: normalized k and scaled q, beta, cumulative gates, and
 /// the values unless `values` is false (the shared chunk factors, below, need none). One pass
 /// over the token rows, each token's k, q and v together. fp32 values with a unit column stride
-/// are only asked for (ws.v_rows); without `copy_keys` (in_place_keys) the keys, and under a
-/// scalar gate the queries, are left in the caller's rows too (ws.k_rows, ws.q_rows).
+/// are only asked for (ws.v_rows); without `copy_keys` (in_place_keys) the keys, and without
+/// `copy_queries` (in_place_queries) the queries, are left in the caller's rows too (ws.k_rows,
+/// ws.q_rows).
 inline void load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws, bool values = true,
-                       bool copy_keys = true) {
+                       bool copy_keys = true, bool copy_queries = true) {
   ws.k_rows = ws.q_rows = nullptr;
   ws.q_scale = 1.f;
-  if (!copy_keys) {  // in_place_keys: the queries too, where they qualify alike
-    ws.k_rows = p.k.floats()[t0].data(), ws.k_ld = p.k.floats().stride(0);
-    if (p.scalar_gate && p.q.is_float() && p.q.floats().stride(1) == 1)
-      ws.q_rows = p.q.floats()[t0].data(), ws.q_ld = p.q.floats().stride(0), ws.q_scale = p.scale;
-  }
+  if (!copy_keys) ws.k_rows = p.k.floats()[t0].data(), ws.k_ld = p.k.floats().stride(0);
+  if (!copy_queries) ws.q_rows = p.q.floats()[t0].data(), ws.q_ld = p.q.floats().stride(0), ws.q_scale = p.scale;
   ws.v_rows = nullptr;
   if (values && in_place_values(p)) ws.v_rows = p.v.floats()[t0].data(), ws.v_ld = p.v.floats().stride(0);
   for (index_t i = 0; i < L; ++i) {
@@ -236,17 +259,18 @@ inline void mask_row_lanes(index_t i, index_t L, float bi, const float* g, float
 #endif
 
 /// Fills A (strict lower, beta-scaled) and M (lower) from the raw scores G, with the pairwise
-/// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise. Whole rows
-/// in masked vectors where AVX-512 is there (mask_row_lanes).
-inline void mask_scores(index_t L, bool scalar_decay, WyWorkspace& ws) {
+/// decay exp(gamma_i - gamma_j) for a scalar gate (`scalar_decay`), none otherwise, and M's rows
+/// times q_scale (the call's scale where the scores took the raw queries). Whole rows in masked
+/// vectors where AVX-512 is there (mask_row_lanes).
+inline void mask_scores(index_t L, bool scalar_decay, float q_scale, WyWorkspace& ws) {
   const float* g = scalar_decay ? ws.gsum.data() : nullptr;
   for (index_t i = 0; i < L; ++i) {
     float* a = ws.A.row(i).data();
     float* m = ws.M.row(i).data();
 #if defined(__AVX512F__)
-    mask_row_lanes(i, L, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m, ws.q_scale);
+    mask_row_lanes(i, L, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m, q_scale);
 #else
-    mask_row(i, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m, ws.q_scale);
+    mask_row(i, ws.beta(i), g, g ? g[i] : 0.f, ws.G.row(i).data(), ws.G.row(L + i).data(), a, m, q_scale);
     std::fill(a + i + 1, a + L, 0.f);
     std::fill(m + i + 1, m + L, 0.f);
 #endif
@@ -258,6 +282,12 @@ struct ChunkRows {
   const float* data;
   index_t ld;
 };
+
+/// The chunk's keys (key_row) and its L queries (query_row) as rows, in place or in KQ.
+inline ChunkRows chunk_keys(const WyWorkspace& ws) { return {key_row(ws, 0), ws.k_rows ? ws.k_ld : ws.KQ.cols()}; }
+inline ChunkRows chunk_queries(const WyWorkspace& ws, index_t L) {
+  return {query_row(ws, L, 0), ws.q_rows ? ws.q_ld : ws.KQ.cols()};
+}
 
 /// scores_lower on rows given apart: X's key half xk, its query half xq, the keys y (each [L,K]).
 inline void scores_lower_rows(index_t L, index_t K, ChunkRows xk, ChunkRows xq, ChunkRows y, WyWorkspace& ws) {
@@ -508,6 +538,8 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
   const float *m = ws.anchor.data(), *em = ws.anchor_exp.data();
   std::uint32_t *qa_w = x.a.data() + L * Kw, *ka_w = x.a.data(), *kd_w = x.d.data();
   std::uint32_t *kg_w = ws.kqg_words.data(), *qg_w = kg_w + L * Kw;
+  // Queries in place take the scale here, as load_row would have (the same product).
+  const __m512 qs = _mm512_set1_ps(ws.q_rows ? ws.q_scale : 1.f);
   // 16 channels of row i from c: the six products, in channel_operands_anchored's order.
   struct Sixteen {
     __m512 ka, qa, kd, kg, qg, ku;  // k e, q e, k / e, then each times exp(m)
@@ -517,8 +549,8 @@ inline void channel_words_anchored(index_t L, index_t K, WyWorkspace& ws, detail
     const __m512 g = _mm512_maskz_loadu_ps(lanes, ws.gamma.row(i).data() + c);
     const simd::Batch<float> e = simd::exp(simd::Batch<float>(_mm512_sub_ps(g, _mm512_maskz_loadu_ps(lanes, m + c))));
     const __m512 mc = _mm512_maskz_loadu_ps(lanes, em + c);
-    const __m512 k = _mm512_maskz_loadu_ps(lanes, ws.KQ.row(i).data() + c);
-    const __m512 q = _mm512_maskz_loadu_ps(lanes, ws.KQ.row(L + i).data() + c);
+    const __m512 k = _mm512_maskz_loadu_ps(lanes, key_row(ws, i) + c);
+    const __m512 q = _mm512_mul_ps(qs, _mm512_maskz_loadu_ps(lanes, query_row(ws, L, i) + c));
     Sixteen r;
     r.ka = _mm512_mul_ps(k, e), r.qa = _mm512_mul_ps(q, e), r.kd = _mm512_div_ps(k, e);
     r.kg = _mm512_mul_ps(r.ka, mc), r.qg = _mm512_mul_ps(r.qa, mc), r.ku = _mm512_mul_ps(r.kd, mc);
@@ -584,15 +616,30 @@ inline bool channel_scores_words(index_t L, index_t K, WyWorkspace& ws) {
   return true;
 }
 
-/// G = X X^T over the first `rows` rows of X and its first L rows (X [*, K], row stride K), only
-/// where mask_scores reads it (scores_from_words); X's rows stay packed in the scratch's `a` for
-/// the state read.
-inline void scores_bf16(const RowMatrix& X, index_t rows, index_t L, index_t K, WyWorkspace& ws) {
+/// n rows of K floats (rows ld apart) times `factor` as A operands (rows of words(K) words at
+/// dst): pack_rows with one factor for every row.
+inline void pack_rows_times(const float* src, index_t ld, index_t n, index_t K, float factor, std::uint32_t* dst) {
+  using namespace detail::la::bf16_tiles;
+  const index_t w = words(K);
+  for (index_t r = 0; r < n; ++r)
+    for (index_t c0 = 0; c0 < K; c0 += 32)
+      _mm512_mask_storeu_epi32(dst + r * w + c0 / 2, detail::first_lanes16(std::min<index_t>(16, w - c0 / 2)),
+                               round32(src + r * ld + c0, std::min<index_t>(32, K - c0), factor));
+}
+
+/// G = (K;Q) K^T over the chunk's L keys and L queries, only where mask_scores reads it
+/// (scores_from_words). The rows are packed from where load_chunk left them, the caller's rows
+/// or KQ, the queries in place times the call's scale (the words of KQ's scaled rows); they stay
+/// packed in the scratch's `a` for the state read. Copying them into KQ first and packing KQ was
+/// a pass over the rows more (README.md, "The bf16 chunk packs its rows in place").
+inline void scores_bf16(index_t L, index_t K, WyWorkspace& ws) {
   using namespace detail::la::bf16_tiles;
   Scratch& x = Scratch::local();
-  x.reserve(rows, K, ws.Vc.cols());
-  pack_rows(X.data(), K, rows, K, x.a.data(), words(K));
-  scores_from_words(x.a.data(), rows, L, K, ws, x);
+  x.reserve(2 * L, K, ws.Vc.cols());
+  const ChunkRows keys = chunk_keys(ws), queries = chunk_queries(ws, L);
+  pack_rows_times(keys.data, keys.ld, L, K, 1.f, x.a.data());
+  pack_rows_times(queries.data, queries.ld, L, K, ws.q_rows ? ws.q_scale : 1.f, x.a.data() + L * words(K));
+  scores_from_words(x.a.data(), 2 * L, L, K, ws, x);
 }
 
 /// P = X S over 2L rows of X given as A operands (xw: rows of words(K) words); rows [L, 2L) (O)
@@ -646,14 +693,14 @@ inline void add_mu_bf16(index_t L, const float* o_scale, WyWorkspace& ws) {
 /// is packed); U's pair words from add_mu_bf16.
 /// With `pairs`, X's rows are given as row-pair words instead ([words(L) x pad16(K)]:
 /// channel_words_anchored's keys) and X and key_scale are not read.
-inline void add_state_bf16(const RowMatrix& X, index_t L, const float* key_scale, const float* decay, RowMatrix& S,
+inline void add_state_bf16(ChunkRows X, index_t L, const float* key_scale, const float* decay, RowMatrix& S,
                            const std::uint32_t* pairs = nullptr) {
   using namespace detail::la::bf16_tiles;
   const index_t K = S.rows(), V = S.cols(), Lw = words(L), Kpad = pad16(K), Vpad = pad16(V);
   Scratch& x = Scratch::local();
   x.reserve(2 * L, K, V);
   if (!pairs) {
-    pack_row_pairs(X.data(), K, L, K, x.c.data(), Kpad, key_scale);  // [Lw x Kpad]
+    pack_row_pairs(X.data, X.ld, L, K, x.c.data(), Kpad, key_scale);  // [Lw x Kpad]
     pairs = x.c.data();
   }
   transpose_words(pairs, Kpad, Lw, K, x.a.data(), Lw, Lw);  // [K x Lw]
@@ -678,13 +725,14 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   if (ws.bf16_dot && channel) ws.channel_words = channel_scores_words(L, p.K(), ws);
   if (ws.bf16_dot && (!channel || ws.channel_words)) {
     if (!channel) {
-      scores_bf16(ws.KQ, 2 * L, L, p.K(), ws);
+      scores_bf16(L, p.K(), ws);
       ws.kq_words = true;  // the state read multiplies the same words (wy_read_state)
     }
-    mask_scores(L, p.gated() && p.scalar_gate, ws);
+    mask_scores(L, p.gated() && p.scalar_gate, 1.f, ws);  // the words hold the scaled queries
     return;
   }
 #endif
+  if (channel) copy_queries(L, p.K(), ws);  // bf16 dot products' strong decays: the fp32 operands
   const bool anchored = channel && channel_operands(L, p.K(), ws);
   if (channel) {
     channel_scores(L, p.K(), anchored, ws);
@@ -696,14 +744,13 @@ inline void chunk_scores(const DeltaHead& p, index_t L, WyWorkspace& ws) {
   } else {
     scores_lower(L, ws.KQ, ws.KQ, ws);
   }
-  mask_scores(L, p.gated() && p.scalar_gate, ws);
+  mask_scores(L, p.gated() && p.scalar_gate, ws.q_scale, ws);
 }
 
 /// Operands and the state-free scores: A and M.
 inline void wy_load_chunk(const DeltaHead& p, index_t t0, index_t L, WyWorkspace& ws) {
-  // The keys in place only where nothing but the fp32 scores and decays reads them.
-  const bool keys_in_place = in_place_keys(p) && !(detail::kNativeBf16Dot && p.bf16_dot);
-  load_chunk(p, t0, L, ws, true, !keys_in_place);
+  const bool bf16_dot = detail::kNativeBf16Dot && p.bf16_dot;
+  load_chunk(p, t0, L, ws, true, !in_place_keys(p), !in_place_queries(p, bf16_dot));
   chunk_scores(p, L, ws);
 }
 
@@ -790,7 +837,7 @@ inline void add_keys_times_u(const float* X, index_t L, float decay, RowMatrix& 
 inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorkspace& ws) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
   if (ws.u_words) {  // bf16 dot products, U finite and packed by wy_intra
-    const RowMatrix* keys = &ws.KQ;
+    ChunkRows keys = chunk_keys(ws);
     const float* key_scale = nullptr;  // the scalar gate's key decays, applied as K is packed
     const float* decay = nullptr;      // no decay of S without a gate
     if (p.gated() && p.scalar_gate) {
@@ -799,9 +846,9 @@ inline void wy_update_state(const DeltaHead& p, index_t L, RowMatrix& S, WyWorks
       ws.row_decay.setConstant(std::exp(last));
       key_scale = ws.factor.data(), decay = ws.row_decay.data();
     } else if (p.gated()) {  // the decayed keys (or their words) and the rows' decays from chunk_scores
-      keys = &ws.Kn, decay = ws.row_decay.data();
+      keys = {ws.Kn.data(), ws.Kn.cols()}, decay = ws.row_decay.data();
     }
-    add_state_bf16(*keys, L, key_scale, decay, S, ws.channel_words ? ws.kn_pairs.data() : nullptr);
+    add_state_bf16(keys, L, key_scale, decay, S, ws.channel_words ? ws.kn_pairs.data() : nullptr);
     return;
   }
   if (ws.channel_words) channel_keys_anchored(L, p.K(), ws);  // U not finite: the fp32 update below needs Kn
