@@ -10,6 +10,7 @@
 // 4.5 ms with bursts, 2.8 ms spread over the inner loop).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 
 namespace seqmix::detail {
@@ -25,6 +26,54 @@ inline void prefetch_row(const T* p, std::ptrdiff_t count) noexcept {
   for (std::ptrdiff_t offset = 0; offset < n; offset += 64)
     __builtin_prefetch(bytes + offset, kWrite ? 1 : 0, kLocality);
 }
+
+// Cache lines of rows a kernel reads later (the next tokens' or the next head's), for one pass
+// of a recurrent kernel to ask for, one per row of the state in its first sweep, so the requests
+// trickle out among the pass's FMAs; issued in a burst before the pass they queued ahead of its
+// own loads (delta_update/README.md, "The rows asked for during the pass"; linear_attention/
+// README.md). kLocality as prefetch_row's; a span of a LineList.
+template <int kLocality>
+struct PassLines {
+  const char* const* line = nullptr;
+  std::ptrdiff_t count = 0;
+
+  // Asks for line r, if the span has one: a pass calls it once per row r of its first sweep.
+  [[gnu::always_inline]] void request(std::ptrdiff_t r) const noexcept {
+    if (r < count) __builtin_prefetch(line[r], 0, kLocality);
+  }
+  // The lines a pass over `rows` rows asks for: the first `rows`.
+  PassLines first(std::ptrdiff_t rows) const noexcept { return {line, std::min(count, rows)}; }
+  // Asks at once for lines [from, count): those no pass reached.
+  void request_from(std::ptrdiff_t from) const noexcept {
+    for (std::ptrdiff_t i = from; i < count; ++i) __builtin_prefetch(line[i], 0, kLocality);
+  }
+};
+
+// Up to kCapacity cache-line addresses of rows, collected for passes to ask for (PassLines); a
+// row added to a full list is asked for at once. The array is left uninitialized: the delta rule
+// fills a list per pair of tokens, and only `count` of it is read.
+template <std::ptrdiff_t kCapacity, int kLocality>
+struct LineList {
+  const char* line[kCapacity];
+  std::ptrdiff_t count = 0;
+
+  // Adds the lines of `bytes` bytes from p.
+  void add_row(const void* p, std::ptrdiff_t bytes) noexcept {
+    const char* start = static_cast<const char*>(p);
+    for (std::ptrdiff_t offset = 0; offset < bytes; offset += 64)
+      if (count < kCapacity)
+        line[count++] = start + offset;
+      else
+        __builtin_prefetch(start + offset, 0, kLocality);
+  }
+  // Lines [from, from + n) of the list, as far as it has them; from <= count, unchecked: with
+  // `from` clamped too, GCC 12 built the two bounds in a vector register through a stack slot
+  // whose reload stalled per pass (77% of recurrent_block_lazy's samples), and GLA's recurrent
+  // prefill ran 0.95x (gla-1.3b T512, one thread, AMD EPYC Zen 4, load 4.7).
+  PassLines<kLocality> lines(std::ptrdiff_t from = 0, std::ptrdiff_t n = kCapacity) const noexcept {
+    return {line + from, std::min(n, count - from)};
+  }
+};
 
 // Up to kRanges byte ranges, then up to kLists lists of equally long rows (a paged cache's key
 // rows, wherever their pages are), handed out `per_step` cache lines per step() call, in order.

@@ -253,26 +253,14 @@ constexpr index_t kRecurrentRowsAhead = 8;
 /// q and k loads took 40% of the samples and a token 0.38-0.52 us against 0.21 with the rows in
 /// L3; spread, 0.25 (README.md, "The rows asked for during the pass"). fp32 rows with unit stride
 /// only; 16-bit rows go through InputRows::prefetch as before, and the outputs (asked for with
-/// write intent) in a burst.
-struct AheadLines {
-  static constexpr index_t kCapacity = 128;
-  const char* line[kCapacity];
-  index_t count = 0;
-
-  void add_row(const float* p, index_t n) {
-    const char* bytes = reinterpret_cast<const char*>(p);
-    for (index_t offset = 0; offset < n * static_cast<index_t>(sizeof(float)); offset += 64)
-      if (count < kCapacity)
-        line[count++] = bytes + offset;
-      else
-        __builtin_prefetch(bytes + offset, 0, 3);
-  }
-};
+/// write intent) in a burst. 128 lines: two tokens' four rows at K = V = 256; rows past them are
+/// asked for at once.
+using AheadLines = detail::LineList<128, kRowsLocality>;
 
 /// Asks for n floats at p into L1: at once, or (lines given) as lines for the pass to ask for.
 inline void request_floats(const float* p, index_t n, AheadLines* lines) {
-  if (lines) return lines->add_row(p, n);
-  detail::prefetch_row<false, 3>(p, n);
+  if (lines) return lines->add_row(p, n * static_cast<index_t>(sizeof(float)));
+  detail::prefetch_row<false, kRowsLocality>(p, n);
 }
 
 /// Asks for row t of stored rows: fp32 rows into L1 (or into `lines`); 16-bit rows through
@@ -290,7 +278,7 @@ inline void request_token_rows(const DeltaHead& p, index_t t, bool direct, Ahead
   request_row(p.k, t, lines);
   request_row(p.v, t, lines);
   if (p.gated() && !p.scalar_gate && p.g[t].is_last_dim_contiguous()) request_floats(p.g[t].data(), p.K(), lines);
-  if (direct) detail::prefetch_row<true, 3>(p.o.ptr(t), p.V());
+  if (direct) detail::prefetch_row<true, kRowsLocality>(p.o.ptr(t), p.V());
 }
 
 /// The recurrent prefill of one head on a contiguous state S [K,V]; with `token_states` [T,K,V]
@@ -314,7 +302,7 @@ inline void run_recurrent(const DeltaHead& p, float* S, TokenWorkspace& ws, Pair
     float* o1 = direct ? p.o.ptr(t) : ws.o();
     float* o2 = direct ? p.o.ptr(t + 1) : pair.second.o();
     PairOperands x = pair_operands(x1, x2, K, pair);
-    x.ahead = ahead.line, x.ahead_count = ahead.count;
+    x.ahead = ahead.lines();
     advance_pair(S, V, K, V, x, o1, o2);
     if (!direct)
       for (index_t c = 0; c < V; ++c) p.o(t, c) = o1[c], p.o(t + 1, c) = o2[c];

@@ -18,10 +18,15 @@
 #include <algorithm>
 #include <cmath>
 
+#include "seqmix/core/prefetch.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix/core/tensor.hpp"
 
 namespace seqmix::delta_update {
+
+/// Where the recurrent prefill asks for later tokens' rows: L1 (driver.hpp, kRecurrentRowsAhead:
+/// into L2 measured slower).
+constexpr int kRowsLocality = 3;
 
 enum class Update {
   delta,  ///< x = beta (v - p), no b term
@@ -105,8 +110,7 @@ struct PairOperands {
   /// Cache lines of later tokens' rows to ask for during the pass: one per row of S in the first
   /// tile's first sweep (advance_pair asks for any beyond K at once). Spread so, they do not queue
   /// behind each other ahead of the pass's own loads as a burst does (driver.hpp, AheadLines).
-  const char* const* ahead = nullptr;
-  index_t ahead_count = 0;
+  detail::PassLines<kRowsLocality> ahead;
 };
 
 template <int NB, bool kDecay>
@@ -119,7 +123,7 @@ inline void pair_tile(float* S, index_t ldS, index_t K, index_t c0, const PairOp
   for (int j = 0; j < NB; ++j) pa[j] = pb[j] = pc[j] = pd[j] = Batch<float>(0.f);
   for (index_t r = 0; r < K; ++r) {
     const float* row = S + r * ldS + c0;
-    if (r < x.ahead_count) __builtin_prefetch(x.ahead[r], 0, 3);
+    x.ahead.request(r);
     const Batch<float> ar(x.a[r]), br(x.b[r]), cr(x.c[r]), dr(x.d[r]);
 #pragma GCC unroll 4
     for (int j = 0; j < NB; ++j) {
@@ -154,13 +158,13 @@ inline void pair_tile(float* S, index_t ldS, index_t K, index_t c0, const PairOp
 inline void advance_pair(float* S, index_t ldS, index_t K, index_t V, const PairOperands& pass, float* o1, float* o2) {
   constexpr index_t W = simd::kWidth;
   const bool decay = pass.ww != nullptr;
-  for (index_t i = K; i < pass.ahead_count; ++i) __builtin_prefetch(pass.ahead[i], 0, 3);
+  pass.ahead.request_from(K);
   PairOperands x = pass;
-  x.ahead_count = std::min(pass.ahead_count, K);
+  x.ahead = pass.ahead.first(K);
   index_t c = 0;
-  for (; c + 4 * W <= V; c += 4 * W, x.ahead_count = 0)
+  for (; c + 4 * W <= V; c += 4 * W, x.ahead = {})
     decay ? pair_tile<4, true>(S, ldS, K, c, x, o1, o2) : pair_tile<4, false>(S, ldS, K, c, x, o1, o2);
-  for (; c + W <= V; c += W, x.ahead_count = 0)
+  for (; c + W <= V; c += W, x.ahead = {})
     decay ? pair_tile<1, true>(S, ldS, K, c, x, o1, o2) : pair_tile<1, false>(S, ldS, K, c, x, o1, o2);
 }
 

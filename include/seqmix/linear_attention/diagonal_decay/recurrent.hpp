@@ -35,13 +35,6 @@ struct TokenOperands {
   float bonus;         // exclusive readout: q . (u * k); 0 otherwise
 };
 
-// Cache lines of later tokens' rows for one tile pass to ask for, one per row of S from the
-// first row on, so the requests trickle out among the pass's FMAs (see AheadRows).
-struct PassLines {
-  const char* const* line = nullptr;
-  index_t count = 0;
-};
-
 // Which tokens of a tile decay the state: all (the plain recurrence), none (no gates, or the
 // lazy tokens of a window, whose decays are folded into q and k), or only the first (the token
 // that opens a lazy window, see plan_lazy_windows).
@@ -69,7 +62,7 @@ inline void unrolled_tokens(F&& f) {
 // acc in memory, a load and a store around each FMA, and the steps took 1.5-2.7x their -O3 time.
 template <int NT, int NB, Decay kDecay, bool kExclusive, bool kRescale = false>
 inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, float* const* o,
-                           PassLines ahead = {}) {
+                           PassLines<kAheadLocality> ahead = {}) {
   static_assert(NT <= 4 && NB <= 4, "the loops over NT and NB carry #pragma GCC unroll 4");
   using simd::Batch;
   constexpr index_t W = simd::kWidth;
@@ -89,7 +82,7 @@ inline void recurrent_tile(float* S, index_t ldS, index_t Kf, index_t c0, const 
   }
   for (index_t r = 0; r < Kf; ++r) {
     float* row = S + r * ldS + c0;
-    if (r < ahead.count) __builtin_prefetch(ahead.line[r], 0, kAheadLocality);
+    ahead.request(r);
     Batch<float> s[NB];
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) s[b] = simd::load(row + b * W);
@@ -133,7 +126,7 @@ constexpr Decay kEvery = kDecay ? Decay::every_token : Decay::none;
 // section): step() is called once after each pass. nullptr: none (decode steps, the last block).
 struct AheadRows;
 inline void ahead_step(AheadRows* ahead);
-inline PassLines pass_lines(const AheadRows* ahead);
+inline PassLines<kAheadLocality> pass_lines(const AheadRows* ahead);
 
 // Columns [c0, c0 + NB*kWidth) through tokens x[0..n), NT at a time.
 template <int NT, int NB, bool kDecay, bool kExclusive>
@@ -497,7 +490,7 @@ inline void plan_lazy_windows(const TokenOperands* x, index_t n, index_t Kf, boo
 // One group of kLazyGroup tokens on columns [c0, c0 + NB*kWidth).
 template <int NB, bool kExclusive>
 inline void lazy_group(float* S, index_t ldS, index_t Kf, index_t c0, const TokenOperands* x, const TokenOperands* y,
-                       LazyGroup group, float* const* o, PassLines ahead) {
+                       LazyGroup group, float* const* o, PassLines<kAheadLocality> ahead) {
   constexpr int NT = kLazyGroup;
   using Mode = LazyGroup::Mode;
   if (group.mode == Mode::plain)
@@ -837,11 +830,12 @@ inline void prefetch_token(const HeadProblem& p, index_t t) {
 // samples, and without it the call ran 0.89x (one thread) / 0.87-0.99x (two, process CPU time). With
 // more tokens per pass (K = V = 64: 2) the same cheap requests, 2 tokens' rows in a burst after
 // each pass, ran 1.08-1.23x slower (gla-1.3b-t512, one thread), and the views' cost was what spread
-// them. Those now hand the read rows' lines to the passes, one per row of S (PassLines, as the
-// delta rule's AheadLines): 1.08-1.15x faster than the views at gla-1.3b T512 / T8192, simple_gla
-// T8192 and rwkv6 h32 T512 (one thread, README). Gated heads only: the ungated tiles (2 ops per
-// element, not 3) ran 0.88x so at linear_attention gla-1.3b T8192; and at K = V = 128 the spread
-// ran 0.98x: both keep their former requests. 16-bit rows go through prefetch_token.
+// them. Those now hand the read rows' lines to the passes, one per row of S (PassLines of a
+// LineList, core/prefetch.hpp, as the delta rule's): 1.08-1.15x faster than the views at gla-1.3b
+// T512 / T8192, simple_gla T8192 and rwkv6 h32 T512 (one thread, README). Gated heads only: the
+// ungated tiles (2 ops per element, not 3) ran 0.88x so at linear_attention gla-1.3b T8192; and at
+// K = V = 128 the spread ran 0.98x: both keep their former requests. 16-bit rows go through
+// prefetch_token.
 struct AheadRows {
   // Rows of one input: `bytes` from `first + t * stride` for token t of [next, end).
   struct RowStream {
@@ -857,11 +851,15 @@ struct AheadRows {
   bool by_view = false;  // prefetch_token per row (16-bit q/k/v; several tokens per pass, no lines)
   // More than one token per pass, gated: the read rows' lines, handed to the passes (pass_lines)
   // to ask for one per row of S; the outputs still go in a burst after each pass.
-  const char* line[kLineCapacity];
-  index_t line_count = 0, line_next = 0, lines_per_pass = 0;
+  LineList<kLineCapacity, kAheadLocality> lines;
+  index_t line_next = 0, lines_per_pass = 0;
 
-  // Tokens [first, last) of head over about `passes` steps.
-  AheadRows(const HeadProblem& head, index_t first, index_t last, index_t passes)
+  // Tokens [first, last) of head over about `passes` steps. Out of line (once per block): inlined
+  // into run_recurrent it left GCC 12 less room there and the per-token row views went out of
+  // line instead. gla-1.3b T512 recurrent, one thread, against both out of line and pass_lines
+  // always inlined: 0.96x both left to GCC, 0.98x this alone, 0.95x pass_lines alone (AMD EPYC
+  // Zen 4, load 7-8, 8 alternated rounds).
+  [[gnu::noinline]] AheadRows(const HeadProblem& head, index_t first, index_t last, index_t passes)
       : p(&head), next(first), end(last), per_step((last - first + passes - 1) / std::max<index_t>(passes, 1)) {
     if (first >= last) return;
     by_view = !(head.q.is_float() && head.k.is_float() && head.v.is_float());
@@ -872,14 +870,15 @@ struct AheadRows {
     if (per_step > 1) by_view = !(head.gated() && collect_lines(head.Kf(), passes));
   }
 
-  PassLines pass() const { return {line + line_next, std::min(lines_per_pass, line_count - line_next)}; }
+  PassLines<kAheadLocality> pass() const { return lines.lines(line_next, lines_per_pass); }
   void step() {
-    line_next = std::min(line_count, line_next + lines_per_pass);
+    line_next = std::min(lines.count, line_next + lines_per_pass);
     request(std::min(end, next + per_step));
   }
   // Whatever the passes left (fewer passes than planned: the scalar tail columns).
   void finish() {
-    for (; line_next < line_count; ++line_next) __builtin_prefetch(line[line_next], 0, kAheadLocality);
+    lines.lines().request_from(line_next);
+    line_next = lines.count;
     request(end);
   }
 
@@ -904,10 +903,8 @@ struct AheadRows {
     const index_t count = (end - next) * per_token;
     if (passes < 1 || count > kLineCapacity || (count + passes - 1) / passes > Kf) return false;
     for (index_t t = next; t < end; ++t)
-      for (int i = 0; i < read_count; ++i)
-        for (std::ptrdiff_t offset = 0; offset < reads[i].bytes; offset += 64)
-          line[line_count++] = reads[i].first + t * reads[i].stride + offset;
-    lines_per_pass = (line_count + passes - 1) / passes;
+      for (int i = 0; i < read_count; ++i) lines.add_row(reads[i].first + t * reads[i].stride, reads[i].bytes);
+    lines_per_pass = (lines.count + passes - 1) / passes;
     return true;
   }
   void request(index_t stop) {
@@ -916,7 +913,7 @@ struct AheadRows {
       return;
     }
     for (; next < stop; ++next) {
-      if (line_count == 0)
+      if (lines.count == 0)
         for (int i = 0; i < read_count; ++i)
           prefetch_row<false, kAheadLocality>(reads[i].first + next * reads[i].stride, reads[i].bytes);
       if (out.bytes > 0) prefetch_row<true, kAheadLocality>(out.first + next * out.stride, out.bytes);
@@ -928,7 +925,10 @@ inline void ahead_step(AheadRows* ahead) {
   if (ahead) ahead->step();
 }
 
-inline PassLines pass_lines(const AheadRows* ahead) { return ahead ? ahead->pass() : PassLines{}; }
+// Always inlined: it runs before every tile pass (see AheadRows' constructor for the measure).
+[[gnu::always_inline]] inline PassLines<kAheadLocality> pass_lines(const AheadRows* ahead) {
+  return ahead ? ahead->pass() : PassLines<kAheadLocality>{};
+}
 
 // The number of tile passes recurrent_block / recurrent_block_lazy make over n tokens and ncols
 // columns (the vector tiles; the scalar tail takes none).
