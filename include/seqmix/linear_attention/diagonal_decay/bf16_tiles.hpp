@@ -144,8 +144,9 @@ inline void gemm_bf16_into(const std::uint32_t* A, index_t lda, const std::uint3
 
 /// Per-thread scratch of the bf16 chunk forms, grown on demand (no allocation after warm-up).
 struct Scratch {
-  AlignedVector<std::uint32_t> a, b, c, d;  // packed operands
-  AlignedVector<float> f, g, ones;          // fp32 products (padded rows), row scales of 1
+  AlignedVector<std::uint32_t> a, b, c, d, e;  // packed operands
+  AlignedVector<float> f, g, ones;             // fp32 products (padded rows), row scales of 1
+  AlignedVector<float> staging;                // a few fp32 rows made just before they are packed
   static void grow(AlignedVector<std::uint32_t>& x, index_t n) {
     if (static_cast<index_t>(x.size()) < n) x.resize(static_cast<std::size_t>(n));
   }
@@ -156,7 +157,7 @@ struct Scratch {
   void reserve(index_t rows, index_t K, index_t V) {
     const index_t big = std::max({rows, K, V}) + 16;
     const index_t n = big * (big + 16);
-    grow(a, n), grow(b, n), grow(c, n), grow(d, n), grow(f, n), grow(g, n);
+    grow(a, n), grow(b, n), grow(c, n), grow(d, n), grow(e, n), grow(f, n), grow(g, n), grow(staging, 4 * big);
     if (static_cast<index_t>(ones.size()) < big) ones.assign(static_cast<std::size_t>(big), 1.f);
   }
   static Scratch& local() {
