@@ -310,10 +310,12 @@ inline bool plain_rows(const HeadProblem& p) {
 // are. These are the values the steps made from Q, Kc and Vc, with the same operations in the
 // same order (bit for bit), where those made the fp32 copies and read them back several times.
 // False (nothing but the scratch written) where load_chunk must load the fp32 rows.
-// kRowsAhead: the channel gate's rows are asked for into L1 this many rows ahead, since the
-// exps between two rows' loads leave few of those loads in flight. Without it the packed rows
-// were 1.05x slower than the fp32 copies at gla-k128 (one thread); with it 1.07x faster, and
-// 1.15x at gla-1.3b (AMD EPYC Zen 4, load 4-8; linear_attention/README.md, 2026-12-08).
+// kRowsAhead: the rows are asked for into L1 this many rows ahead, row pair by row pair. With a
+// channel gate the exps between two rows' loads leave few of those loads in flight: without the
+// requests the packed rows were 1.05x slower than the fp32 copies at gla-k128 (one thread), with
+// them 1.07x faster, and 1.15x at gla-1.3b. Without a gate, packing the tiles whole then
+// measured the same as the copies, row pairs with the requests 1.07x faster (AMD EPYC Zen 4,
+// load 4-9; linear_attention/README.md, 2026-12-08).
 constexpr index_t kRowsAhead = 4;
 inline bool load_chunk_words(const HeadProblem& p, index_t t0, index_t L, ChunkWorkspace& ws) {
   using namespace bf16_tiles;
@@ -328,14 +330,25 @@ inline bool load_chunk_words(const HeadProblem& p, index_t t0, index_t L, ChunkW
   const float* vt = v.data() + t0 * v.stride(0);  // [L, V] rows v.stride(0) apart
   Scratch& x = Scratch::local();
   x.reserve(L, K, V);
-  // V's words, checked as they are packed: a non-finite value takes the fp32 rows and steps.
-  if (!pack_row_pairs(vt, v.stride(0), L, V, x.d.data(), pad16(V))) return false;
+  // V's words are checked as they are packed: a non-finite value takes the fp32 rows and steps.
   if (!channel) {
     float* scale = x.staging.data();  // pack_rows' row scale: q * scale as scaled_copy makes it
     std::fill(scale, scale + L, p.scale);
-    pack_rows(qt, q.stride(0), L, K, x.a.data(), Kw, scale);
-    pack_rows(kt, k.stride(0), L, K, x.c.data(), Kw);
+    bool finite = true;
+    for (index_t i0 = 0; i0 < L; i0 += 2) {
+      const index_t n = std::min<index_t>(2, L - i0);
+      for (index_t i = i0 + kRowsAhead; i < std::min(L, i0 + kRowsAhead + 2); ++i) {
+        prefetch_row(qt + i * q.stride(0), K);
+        prefetch_row(kt + i * k.stride(0), K);
+        prefetch_row(vt + i * v.stride(0), V);
+      }
+      finite &= pack_row_pairs(vt + i0 * v.stride(0), v.stride(0), n, V, x.d.data() + i0 / 2 * pad16(V), pad16(V));
+      pack_rows(qt + i0 * q.stride(0), q.stride(0), n, K, x.a.data() + i0 * Kw, Kw, scale);
+      pack_rows(kt + i0 * k.stride(0), k.stride(0), n, K, x.c.data() + i0 * Kw, Kw);
+    }
+    if (!finite) return false;
   } else {
+    if (!pack_row_pairs(vt, v.stride(0), L, V, x.d.data(), pad16(V))) return false;
     exp_copy(ws.Bk.row(L - 1).data(), ws.m.data(), K);
     float* e = x.staging.data();  // [K] exp(Bk_i)
     float* qe = e + K;             // [K] Q_i * exp(Bk_i)
