@@ -254,6 +254,56 @@ TEST_CASE("linear attention bf16 dot products: a non-finite value reaches no ear
   }
 }
 
+// A value that is not finite in a later chunk: that chunk leaves the words packed at load time
+// (load_chunk_words, channel gate and no gate) for the fp32 steps. The chunks before it must
+// equal a clean run's bit for bit, and no row before the bad token may see it.
+TEST_CASE("gla / linear_attention bf16 dot products: a non-finite value in a later chunk, channel gate and none",
+          "[gla][linear_attention][bf16]") {
+  using seqmix::GateKind;
+  const index_t T = 150, K = 48, V = 32, chunk = 64, bad = 80;
+  auto q = st::random_tensor<4>({1, T, 2, K}, 21);
+  auto k = st::random_tensor<4>({1, T, 2, K}, 22);
+  auto v_clean = st::random_tensor<4>({1, T, 2, V}, 23);
+  auto v = st::random_tensor<4>({1, T, 2, V}, 23);
+  v(0, bad, 1, 5) = std::numeric_limits<float>::infinity();
+  Tensor<float, 4> g({1, T, 2, K});
+  st::fill_log_gate(g.view(), 24, -0.1f, 0.f);
+  const auto check = [&](const std::string& what, const Tensor<float, 4>& o, const Tensor<float, 4>& o_clean) {
+    INFO(what);
+    for (index_t t = 0; t < bad; ++t)
+      for (index_t h = 0; h < 2; ++h)
+        for (index_t c = 0; c < V; ++c) {
+          REQUIRE(std::isfinite(o(0, t, h, c)));
+          if (t < chunk) REQUIRE(o(0, t, h, c) == o_clean(0, t, h, c));
+        }
+    // Head 0 never sees the bad value: every row equals the clean run's.
+    for (index_t t = bad; t < T; ++t)
+      for (index_t c = 0; c < V; ++c) REQUIRE(o(0, t, 0, c) == o_clean(0, t, 0, c));
+  };
+  for (const GateKind gate : {GateKind::channel, GateKind::none}) {
+    seqmix::GatedLinearAttentionInputs in;
+    in.q = q.view(), in.k = k.view(), in.v = v.view();
+    if (gate == GateKind::channel) in.g = g.view();
+    seqmix::GatedLinearAttentionOptions opt;
+    opt.gate = gate, opt.chunk_size = chunk, opt.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+    opt.bf16_compute = Bf16Compute::dot;
+    Tensor<float, 4> o({1, T, 2, V}), o_clean({1, T, 2, V});
+    seqmix::gated_linear_attention(in, {o.view()}, opt, st::two_thread_pool());
+    in.v = v_clean.view();
+    seqmix::gated_linear_attention(in, {o_clean.view()}, opt, st::two_thread_pool());
+    check(gate == GateKind::channel ? "gla, channel gate" : "gla, no gate", o, o_clean);
+  }
+  seqmix::LinearAttentionInputs in{q.view(), k.view(), v.view(), {}, {}};
+  seqmix::LinearAttentionOptions opt;
+  opt.chunk_size = chunk, opt.algorithm = seqmix::LinearAttentionAlgorithm::chunked;
+  opt.bf16_compute = Bf16Compute::dot;
+  Tensor<float, 4> o({1, T, 2, V}), o_clean({1, T, 2, V});
+  seqmix::linear_attention(in, {o.view(), {}, {}}, opt, st::two_thread_pool());
+  in.v = v_clean.view();
+  seqmix::linear_attention(in, {o_clean.view(), {}, {}}, opt, st::two_thread_pool());
+  check("linear_attention", o, o_clean);
+}
+
 TEST_CASE("linear attention bf16 dot products: an invalid bf16_compute is refused before any write",
           "[gla][bf16]") {
   const index_t T = 5, K = 8, V = 8;
