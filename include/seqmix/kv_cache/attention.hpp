@@ -264,16 +264,18 @@ inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* af
   return lines;
 }
 
-// fp32 blocks read their bytes in a fixed order of units, each one allocation of 16 KB (D 128):
-// the keys of the span's blocks, then their values, then the next span's keys. Each phase (one
-// unit) requests the next unit, spread over its steps, at the rate the kernel consumes it.
-// (key_phase_lines put the next keys and this block's values, twice the bytes the key loop reads,
-// on the key loop and nothing on the value loop: fp32 in cache spent a third of its key loop
-// waiting on prefetches; old / new 1.03-1.17x, kv_cache/README.md "fp32 and fp16 decode".) fp16
-// / bf16 blocks keep key_phase_lines: for them the same order, one or two units ahead, measured
-// 0.88-1.09x.
-inline bool fp32_block(const KvBlockView& blk) noexcept {
-  return !blk.coded && blk.key_format == KvFormat::f32 && blk.value_format == KvFormat::f32;
+// fp32 and fp16 blocks read their bytes in a fixed order of units, each one allocation (16 KB
+// fp32, 8 KB fp16 at D 128): the keys of the span's blocks, then their values, then the next
+// span's keys. Each phase (one unit) requests the next unit, spread over its steps, at the rate
+// the kernel consumes it, into L2. (key_phase_lines put the next keys and this block's values,
+// twice the bytes the key loop reads, on the key loop and nothing on the value loop: fp32 in
+// cache spent a third of its key loop waiting on prefetches, old / new 1.03-1.17x on Zen 5. On
+// Zen 4 the L1 requests wait for the core's L1 miss buffers: into L2, fp32 and fp16 Tk 16384 run
+// 1.4-1.7x faster there; kv_cache/README.md "fp32 and fp16 decode", "On Zen 4".) bf16 blocks,
+// not measured with it, keep key_phase_lines.
+inline bool unit_order_block(const KvBlockView& blk) noexcept {
+  return !blk.coded && blk.key_format == blk.value_format &&
+         (blk.key_format == KvFormat::f32 || blk.key_format == KvFormat::f16);
 }
 // Steps of the float kernels' value_chunk: one per token per 4 query rows and column chunk
 // (block_values).
@@ -284,7 +286,7 @@ inline index_t float_value_steps(const KvCacheConfig& cfg, index_t rows, index_t
 }
 // The lines of unit u of a span of n blocks (u < n: keys of span[u]; u < 2n: values of
 // span[u - n]; u = 2n: keys of `next`, the block after the span, or none), over `steps` steps.
-inline LineStream fp32_unit_lines(const KvBlockView* span, index_t n, const KvBlockView* next, index_t u,
+inline LineStream unit_lines(const KvBlockView* span, index_t n, const KvBlockView* next, index_t u,
                                   std::size_t steps) noexcept {
   LineStream lines;
   if (u >= n && u < 2 * n) {
@@ -293,17 +295,18 @@ inline LineStream fp32_unit_lines(const KvBlockView* span, index_t n, const KvBl
     const KvBlockView* blk = u < n ? &span[u] : next;
     if (blk) lines.set(0, blk->keys, blk->key_bytes);
   }
+  lines.to_l2 = true;  // Zen 4: 1.4-1.7x over L1 at Tk 16384 (Zen 5, fp32, measured 1.06x against L1's 1.17x)
   lines.spread_over(steps);
   return lines;
 }
 // span[j]'s key phase (unit j) and value phase (unit n + j).
-inline LineStream fp32_key_lines(const KvBlockView* span, index_t n, index_t j, const KvBlockView* next,
+inline LineStream unit_key_lines(const KvBlockView* span, index_t n, index_t j, const KvBlockView* next,
                                  const KvCacheConfig& cfg, index_t rows) noexcept {
-  return fp32_unit_lines(span, n, next, j + 1, static_cast<std::size_t>(float_key_steps(cfg, rows)));
+  return unit_lines(span, n, next, j + 1, static_cast<std::size_t>(float_key_steps(cfg, rows)));
 }
-inline LineStream fp32_value_lines(const KvBlockView* span, index_t n, index_t j, const KvBlockView* next,
+inline LineStream unit_value_lines(const KvBlockView* span, index_t n, index_t j, const KvBlockView* next,
                                    const KvCacheConfig& cfg, index_t rows) noexcept {
-  return fp32_unit_lines(span, n, next, n + j + 1, static_cast<std::size_t>(float_value_steps(cfg, rows, span[j].count)));
+  return unit_lines(span, n, next, n + j + 1, static_cast<std::size_t>(float_value_steps(cfg, rows, span[j].count)));
 }
 
 // Per-task scratch, for up to `capacity` query rows (rows: those of the current piece, a multiple
@@ -415,8 +418,9 @@ void block_scores_dispatch(const KvBlockView& blk, const KvCacheConfig& cfg, KvS
 }
 
 // acc[r] += sum_t p[r][t] * v_t over a float block's `count` tokens, for kKvRows rows.
-// kStream: the loop steps `ahead` once per token (fp32 blocks); without it the loop is the one
-// fp16 / bf16 blocks had before (that path with an idle stream measured 0.93x).
+// kStream: the loop steps `ahead` once per token (fp32 and fp16 blocks, unit_order_block); without
+// it the loop of the other blocks (bf16, dequantized tiles), which have no stream there (an idle
+// stream, one compare per token, measured 0.93x on fp16 on Zen 5).
 template <KvFormat F, int NV, bool kStream>
 void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc,
                  index_t ldacc, LineStream* ahead) noexcept {
@@ -445,7 +449,7 @@ void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float*
     for (int v = 0; v < NV; ++v) simd::store(acc + r * ldacc + c0 + v * simd::kWidth, a[r][v]);
 }
 
-// kStream: ahead (not null) is stepped once per token (fp32 blocks, fp32_value_lines).
+// kStream: ahead (not null) is stepped once per token (fp32 and fp16 blocks, unit_value_lines).
 template <KvFormat F, bool kStream = false>
 void block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc,
                   LineStream* ahead = nullptr) {
@@ -640,16 +644,19 @@ inline void any_block_values(const KvBlockView& blk, const KvCacheConfig& cfg, K
 // Values of a span's n blocks (block j's probabilities at w.s + 32 j): runs of blocks with the
 // same quantized value format go through the integer kernels together, the rest block by block.
 // next: the block read after the span, or null (its keys are requested during the values of an
-// fp32 span's last block).
+// fp32 or fp16 span's last block).
 inline void span_values(const KvBlockView* span, index_t n, const KvBlockView* next, const KvCacheConfig& cfg,
                         KvScratch& w, float* acc) {
   for (index_t j = 0; j < n;) {
     const KvBlockView& blk = span[j];
     const float* p = w.s.data() + j * kKvBlockTokens;
     if (!integer_values_supported(blk, cfg)) {
-      if (fp32_block(blk)) {
-        LineStream ahead = fp32_value_lines(span, n, j, next, cfg, w.rows);
-        block_values<KvFormat::f32, true>(blk, cfg, w, p, acc, &ahead);
+      if (unit_order_block(blk)) {
+        LineStream ahead = unit_value_lines(span, n, j, next, cfg, w.rows);
+        if (blk.value_format == KvFormat::f16)
+          block_values<KvFormat::f16, true>(blk, cfg, w, p, acc, &ahead);
+        else
+          block_values<KvFormat::f32, true>(blk, cfg, w, p, acc, &ahead);
       } else {
         any_block_values(blk, cfg, w, p, acc);
       }
@@ -886,7 +893,7 @@ void kv_attend_piece(const KvCacheConfig& cfg, const AttentionOptions& options, 
       return i < n ? &span[i] : k + (i - n) < last ? &after[i - n] : nullptr;
     };
     for (index_t j = 0; j < n; ++j) {
-      LineStream ahead = fp32_block(span[j]) ? fp32_key_lines(span, n, j, upcoming(n), cfg, w.rows)
+      LineStream ahead = unit_order_block(span[j]) ? unit_key_lines(span, n, j, upcoming(n), cfg, w.rows)
                                              : key_phase_lines(upcoming(j + 1), upcoming(j + 2), span[j], cfg, w.rows);
       segs[j] = {span[j].positions, span[j].count, span[j].min_position, span[j].max_position};
       any_block_scores(span, n, j, cfg, w, w.s.data() + j * kKvBlockTokens, ahead);
