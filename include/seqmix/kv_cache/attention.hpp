@@ -264,18 +264,18 @@ inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* af
   return lines;
 }
 
-// fp32 and fp16 blocks read their bytes in a fixed order of units, each one allocation (16 KB
-// fp32, 8 KB fp16 at D 128): the keys of the span's blocks, then their values, then the next
-// span's keys. Each phase (one unit) requests the next unit, spread over its steps, at the rate
-// the kernel consumes it, into L2. (key_phase_lines put the next keys and this block's values,
+// fp32, fp16 and bf16 blocks read their bytes in a fixed order of units, each one allocation
+// (16 KB fp32, 8 KB fp16 / bf16 at D 128): the keys of the span's blocks, then their values,
+// then the next span's keys. Each phase (one unit) requests the next unit, spread over its
+// steps, at the rate the kernel consumes it, into L2. (key_phase_lines put the next keys and this block's values,
 // twice the bytes the key loop reads, on the key loop and nothing on the value loop: fp32 in
 // cache spent a third of its key loop waiting on prefetches, old / new 1.03-1.17x on Zen 5. On
-// Zen 4 the L1 requests wait for the core's L1 miss buffers: into L2, fp32 and fp16 Tk 16384 run
-// 1.4-1.7x faster there; kv_cache/README.md "fp32 and fp16 decode", "On Zen 4".) bf16 blocks,
-// not measured with it, keep key_phase_lines.
+// Zen 4 the L1 requests wait for the core's L1 miss buffers: into L2, fp32, fp16 and bf16 Tk
+// 16384 run 1.2-1.8x faster there; kv_cache/README.md "fp32 and fp16 decode", "On Zen 4".)
 inline bool unit_order_block(const KvBlockView& blk) noexcept {
   return !blk.coded && blk.key_format == blk.value_format &&
-         (blk.key_format == KvFormat::f32 || blk.key_format == KvFormat::f16);
+         (blk.key_format == KvFormat::f32 || blk.key_format == KvFormat::f16 ||
+          blk.key_format == KvFormat::bf16);
 }
 // Steps of the float kernels' value_chunk: one per token per 4 query rows and column chunk
 // (block_values).
@@ -418,9 +418,9 @@ void block_scores_dispatch(const KvBlockView& blk, const KvCacheConfig& cfg, KvS
 }
 
 // acc[r] += sum_t p[r][t] * v_t over a float block's `count` tokens, for kKvRows rows.
-// kStream: the loop steps `ahead` once per token (fp32 and fp16 blocks, unit_order_block); without
-// it the loop of the other blocks (bf16, dequantized tiles), which have no stream there (an idle
-// stream, one compare per token, measured 0.93x on fp16 on Zen 5).
+// kStream: the loop steps `ahead` once per token (fp32 / fp16 / bf16 blocks, unit_order_block);
+// without it the loop of dequantized tiles, which have no stream there (an idle stream, one
+// compare per token, measured 0.93x on fp16 on Zen 5).
 template <KvFormat F, int NV, bool kStream>
 void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float* p, index_t lds, float* acc,
                  index_t ldacc, LineStream* ahead) noexcept {
@@ -449,7 +449,7 @@ void value_chunk(const KvBlockView& blk, index_t count, index_t c0, const float*
     for (int v = 0; v < NV; ++v) simd::store(acc + r * ldacc + c0 + v * simd::kWidth, a[r][v]);
 }
 
-// kStream: ahead (not null) is stepped once per token (fp32 and fp16 blocks, unit_value_lines).
+// kStream: ahead (not null) is stepped once per token (fp32 / fp16 / bf16 blocks, unit_value_lines).
 template <KvFormat F, bool kStream = false>
 void block_values(const KvBlockView& blk, const KvCacheConfig& cfg, KvScratch& w, const float* s, float* acc,
                   LineStream* ahead = nullptr) {
@@ -644,7 +644,7 @@ inline void any_block_values(const KvBlockView& blk, const KvCacheConfig& cfg, K
 // Values of a span's n blocks (block j's probabilities at w.s + 32 j): runs of blocks with the
 // same quantized value format go through the integer kernels together, the rest block by block.
 // next: the block read after the span, or null (its keys are requested during the values of an
-// fp32 or fp16 span's last block).
+// fp32 / fp16 / bf16 span's last block).
 inline void span_values(const KvBlockView* span, index_t n, const KvBlockView* next, const KvCacheConfig& cfg,
                         KvScratch& w, float* acc) {
   for (index_t j = 0; j < n;) {
@@ -655,6 +655,8 @@ inline void span_values(const KvBlockView* span, index_t n, const KvBlockView* n
         LineStream ahead = unit_value_lines(span, n, j, next, cfg, w.rows);
         if (blk.value_format == KvFormat::f16)
           block_values<KvFormat::f16, true>(blk, cfg, w, p, acc, &ahead);
+        else if (blk.value_format == KvFormat::bf16)
+          block_values<KvFormat::bf16, true>(blk, cfg, w, p, acc, &ahead);
         else
           block_values<KvFormat::f32, true>(blk, cfg, w, p, acc, &ahead);
       } else {
