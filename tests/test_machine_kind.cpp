@@ -3,6 +3,7 @@
 // only "AMD EPYC" while a Zen 4 and a Zen 5 differ twofold in fp32 peak.
 #include <catch2/catch.hpp>
 
+#include "seqmix/core/cpu_kind.hpp"
 #include "seqmix_testing/limit_probes.hpp"
 
 using seqmix::testing::limits::amd_core_generation;
@@ -25,4 +26,18 @@ TEST_CASE("machine kind: the CPU model names a kind on this machine", "[machine_
   if (seqmix::testing::limits::cpuinfo_field("vendor_id") == "AuthenticAMD" &&
       seqmix::testing::limits::cpuinfo_field("model name").find("EPYC") != std::string::npos)
     CHECK(model.find("(Zen") != std::string::npos);
+}
+
+TEST_CASE("machine kind: the library's CPUID family matches /proc/cpuinfo", "[machine_limits]") {
+  // core/cpu_kind.hpp picks where the KV-cache decode's prefetches land by AMD family; it must read
+  // the same family the kernel reports (0 on other vendors).
+  const std::string vendor = seqmix::testing::limits::cpuinfo_field("vendor_id");
+  const std::string family = seqmix::testing::limits::cpuinfo_field("cpu family");
+  if (vendor == "AuthenticAMD" && !family.empty()) {
+    CHECK(seqmix::detail::amd_cpu_family() == static_cast<unsigned>(std::stoi(family)));
+    CHECK(seqmix::detail::amd_zen5_or_later() == (std::stoi(family) >= 0x1a));
+  } else if (!vendor.empty()) {
+    CHECK(seqmix::detail::amd_cpu_family() == 0u);
+    CHECK_FALSE(seqmix::detail::amd_zen5_or_later());
+  }
 }

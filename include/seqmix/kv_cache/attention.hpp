@@ -34,6 +34,7 @@
 #include "seqmix/attention/dense/decode.hpp"
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
+#include "seqmix/core/cpu_kind.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/simd.hpp"
@@ -264,18 +265,22 @@ inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* af
   return lines;
 }
 
-// fp32, fp16 and bf16 blocks read their bytes in a fixed order of units, each one allocation
-// (16 KB fp32, 8 KB fp16 / bf16 at D 128): the keys of the span's blocks, then their values,
-// then the next span's keys. Each phase (one unit) requests the next unit, spread over its
-// steps, at the rate the kernel consumes it, into L2. (key_phase_lines put the next keys and this block's values,
-// twice the bytes the key loop reads, on the key loop and nothing on the value loop: fp32 in
-// cache spent a third of its key loop waiting on prefetches, old / new 1.03-1.17x on Zen 5. On
-// Zen 4 the L1 requests wait for the core's L1 miss buffers: into L2, fp32, fp16 and bf16 Tk
-// 16384 run 1.2-1.8x faster there; kv_cache/README.md "fp32 and fp16 decode", "On Zen 4".)
+// fp32 blocks (and, except on Zen 5, fp16 and bf16 blocks) read their bytes in a fixed order of
+// units, each one allocation (16 KB fp32, 8 KB fp16 / bf16 at D 128): the keys of the span's
+// blocks, then their values, then the next span's keys. Each phase (one unit) requests the next
+// unit, spread over its steps, at the rate the kernel consumes it. (key_phase_lines put the next
+// keys and this block's values, twice the bytes the key loop reads, on the key loop and nothing
+// on the value loop: fp32 in cache spent a third of its key loop waiting on prefetches, old / new
+// 1.03-1.17x on Zen 5.) Where the requests go differs by machine, so it is chosen at run time
+// (core/cpu_kind.hpp): on Zen 4 requests into L1 wait for the core's L1 miss buffers, and the
+// unit order into L2 ran fp32, fp16 and bf16 at Tk 16384 1.2-1.8x faster; on Zen 5 fp32 measured
+// 1.17x with its units into L1 against 1.06x into L2, and fp16 / bf16 in this order 0.88-1.09x,
+// so a Zen 5 keeps fp32 into L1 and key_phase_lines for fp16 / bf16 (kv_cache/README.md, "fp32
+// and fp16 decode", "On Zen 4"). Other machines (the Xeon: not measured) take Zen 4's choice.
 inline bool unit_order_block(const KvBlockView& blk) noexcept {
-  return !blk.coded && blk.key_format == blk.value_format &&
-         (blk.key_format == KvFormat::f32 || blk.key_format == KvFormat::f16 ||
-          blk.key_format == KvFormat::bf16);
+  if (blk.coded || blk.key_format != blk.value_format) return false;
+  if (blk.key_format == KvFormat::f32) return true;
+  return (blk.key_format == KvFormat::f16 || blk.key_format == KvFormat::bf16) && !amd_zen5_or_later();
 }
 // Steps of the float kernels' value_chunk: one per token per 4 query rows and column chunk
 // (block_values).
@@ -295,7 +300,7 @@ inline LineStream unit_lines(const KvBlockView* span, index_t n, const KvBlockVi
     const KvBlockView* blk = u < n ? &span[u] : next;
     if (blk) lines.set(0, blk->keys, blk->key_bytes);
   }
-  lines.to_l2 = true;  // Zen 4: 1.4-1.7x over L1 at Tk 16384 (Zen 5, fp32, measured 1.06x against L1's 1.17x)
+  lines.to_l2 = !amd_zen5_or_later();  // see unit_order_block
   lines.spread_over(steps);
   return lines;
 }
