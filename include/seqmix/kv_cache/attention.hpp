@@ -261,6 +261,11 @@ inline LineStream key_phase_lines(const KvBlockView* next, const KvBlockView* af
   // Steps the key kernels take: the integer kernel counts its own.
   const index_t key_steps = integer_keys_supported(blk, cfg) ? integer_key_steps(cfg.key_dim, rows)
                                                              : float_key_steps(cfg, rows);
+  // Into L2 except on Zen 5 (core/cpu_kind.hpp), as unit_order_block's: on Zen 4 the int8 / int4
+  // decodes at Tk 16384 ran 1.6-2.0x faster so (int8 2.96-3.20 -> 1.53-1.62 ms, cold 3.64-4.01 ->
+  // 2.29-2.55, int4 cold 2.83-3.03 -> 1.63-1.82; bench_kv_cache, 2 threads, 3 alternated runs, load
+  // 1.1, 2026-12-08); Zen 5 keeps the L1 requests it was tuned with.
+  lines.to_l2 = !amd_zen5_or_later();
   lines.spread_over(static_cast<std::size_t>(key_steps));
   return lines;
 }
