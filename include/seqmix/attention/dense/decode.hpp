@@ -23,6 +23,7 @@
 #include "seqmix/attention/dense/merge.hpp"
 #include "seqmix/attention/dense/reference.hpp"
 #include "seqmix/core/bf16_gemm.hpp"
+#include "seqmix/core/cpu_kind.hpp"
 #include "seqmix/core/half.hpp"
 #include "seqmix/core/parallel.hpp"
 #include "seqmix/core/prefetch.hpp"
@@ -1305,6 +1306,12 @@ LineStream next_tile_lines(const AttentionInputs<KV, Q>& in, const AttentionDims
   const std::size_t v_bytes = static_cast<std::size_t>(next_n * d.Hkv * d.Dv) * sizeof(KV);
   lines.set(0, in.k.ptr(b, next_j0, 0), k_bytes);
   lines.set(1, in.v.ptr(b, next_j0, 0), v_bytes);
+  // Into L2 except on Zen 5 (core/cpu_kind.hpp), as the KV cache's decode: on Zen 4 the L1
+  // requests waited for the core's L1 miss buffers; bench_attention, 2 threads, 3 alternated runs,
+  // idle (load 1.3-1.4, 2026-12-08), Tk 16384 / 65536: fp32 6.02-6.18 -> 4.77-4.97 / 22.4-28.6 ->
+  // 18.5-22.8 ms, fp16 3.44-3.73 -> 2.22-4.00 / 12.4-15.4 -> 8.7-11.5, bf16 2.92-3.76 -> 2.66-3.79 /
+  // 12.9-14.9 -> 10.4-11.3. Zen 5 keeps the L1 requests it was tuned with.
+  lines.to_l2 = !amd_zen5_or_later();
   lines.spread_over(decode_tile_steps(d, n, bf16_dot));
   return lines;
 }
