@@ -35,6 +35,8 @@ TEST_CASE("machine kind: the library's CPUID family matches /proc/cpuinfo", "[ma
   const std::string family = seqmix::testing::limits::cpuinfo_field("cpu family");
   if (vendor == "AuthenticAMD" && !family.empty()) {
     CHECK(seqmix::detail::amd_cpu_family() == static_cast<unsigned>(std::stoi(family)));
+    CHECK(seqmix::detail::amd_cpu_id().model ==
+          static_cast<unsigned>(std::stoi(seqmix::testing::limits::cpuinfo_field("model"))));
     CHECK(seqmix::detail::amd_zen5_or_later() == (std::stoi(family) >= 0x1a));
   } else if (!vendor.empty()) {
     CHECK(seqmix::detail::amd_cpu_family() == 0u);

@@ -21,6 +21,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "seqmix/core/amx_gemm.hpp"
+#include "seqmix/core/cpu_kind.hpp"
 #include "seqmix/core/simd.hpp"
 #include "seqmix_testing/cpu_clock.hpp"
 
@@ -267,14 +268,13 @@ inline std::string amd_core_generation(int family, int model) {
   return zen4 ? "Zen 4" : "Zen 3";
 }
 
-// The CPU's model name, with the core generation appended for AMD (e.g. "AMD EPYC (Zen 4)").
+// The CPU's model name, with the core generation appended for AMD (e.g. "AMD EPYC (Zen 4)"), from
+// the same CPUID family and model the library's run-time choices read (core/cpu_kind.hpp).
 inline std::string cpu_model() {
   const std::string name = cpuinfo_field("model name");
   if (name.empty()) return "unknown";
-  if (cpuinfo_field("vendor_id") != "AuthenticAMD") return name;
-  const std::string family = cpuinfo_field("cpu family"), model = cpuinfo_field("model");
-  if (family.empty() || model.empty()) return name;
-  const std::string generation = amd_core_generation(std::stoi(family), std::stoi(model));
+  const seqmix::detail::AmdCpuId id = seqmix::detail::amd_cpu_id();
+  const std::string generation = amd_core_generation(static_cast<int>(id.family), static_cast<int>(id.model));
   return generation.empty() ? name : name + " (" + generation + ")";
 }
 

@@ -10,19 +10,25 @@
 
 namespace seqmix::detail {
 
-// AMD's CPU family (0x19: Zen 3 / Zen 4, 0x1a: Zen 5), 0 on other vendors and other architectures.
-inline unsigned amd_cpu_family() noexcept {
+// AMD's CPU family and model from CPUID leaf 1 (family 0x19: Zen 3 / Zen 4, 0x1a: Zen 5); both 0
+// on other vendors and other architectures.
+struct AmdCpuId {
+  unsigned family = 0, model = 0;
+};
+inline AmdCpuId amd_cpu_id() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return 0;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return {};
   const bool amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;  // "AuthenticAMD"
-  if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
-  const unsigned base = (eax >> 8) & 0xfu, extended = (eax >> 20) & 0xffu;
-  return base == 0xfu ? base + extended : base;
+  if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return {};
+  const unsigned base = (eax >> 8) & 0xfu, base_model = (eax >> 4) & 0xfu;
+  if (base != 0xfu) return {base, base_model};
+  return {base + ((eax >> 20) & 0xffu), (((eax >> 16) & 0xfu) << 4) | base_model};
 #else
-  return 0;
+  return {};
 #endif
 }
+inline unsigned amd_cpu_family() noexcept { return amd_cpu_id().family; }
 
 // Whether this is a Zen 5 or later AMD core (full 512-bit units), read once per process.
 inline bool amd_zen5_or_later() noexcept {
